@@ -1,0 +1,281 @@
+"""onnxruntime latency benchmark: files timed interleaved, with an A/A control to show the noise.
+
+Example::
+
+    result = benchmark(["dense.onnx", "pruned.onnx"], batch_sizes=[1, 32])
+    print(latency_table(result))
+    result["files"][1]["ratio_to_first"]["1"]["p50"]   # < 1: pruned is faster at batch 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sparsekit.errors import ExportError
+from sparsekit.export import load_onnx, onnx_sizes
+
+__all__ = ["benchmark", "latency_table"]
+
+# Ratio spread comes from this many consecutive blocks of runs, each with its own p50 ratio.
+N_BLOCKS = 5
+
+PathLike = str | os.PathLike[str]
+
+
+def benchmark(
+    paths: PathLike | Sequence[PathLike],
+    batch_sizes: Sequence[int] = (1, 32),
+    *,
+    threads: int = 1,
+    warmup: int = 20,
+    runs: int = 200,
+    provider: str = "CPUExecutionProvider",
+    input_shape: Sequence[int] | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time each ONNX file at each batch size; ratios are relative to the first file.
+
+    Runs are interleaved across files (rotating which goes first) so drift in machine speed hits
+    all alike, and a second session of the first file is timed alongside as an A/A control:
+    its ratio to the first shows how large a difference noise alone produces.
+    ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
+    """
+    files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    if not files:
+        raise ExportError("benchmark needs at least one ONNX file")
+    sizes = _check_batch_sizes(batch_sizes)
+    if threads < 0 or warmup < 0 or runs < 1:
+        raise ExportError(f"need threads >= 0, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ExportError(f"provider {provider!r} is not available; available: {', '.join(available)}")
+
+    sessions, dims = [], []
+    for path in files:
+        load_onnx(path, load_external_data=False)  # a clear error naming the file beats ORT's
+        sessions.append(_session(path, threads, provider))
+        dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
+    sessions.append(_session(files[0], threads, provider))  # the A/A control
+    dims.append(dims[0])
+
+    samples = {}  # batch size -> int64 ns array of shape (len(sessions), runs)
+    total = len(sizes) * (warmup + runs)
+    with _progress_bar(progress, total) as advance:
+        for b in sizes:
+            feeds = [
+                {s.get_inputs()[0].name: _input(b, d, seed)} for s, d in zip(sessions, dims, strict=True)
+            ]
+            for _ in range(warmup):
+                for s, feed in zip(sessions, feeds, strict=True):
+                    s.run(None, feed)
+                advance(1)
+            samples[b] = _timed_runs(sessions, feeds, runs, advance)
+
+    return _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
+
+
+def latency_table(result: dict[str, Any]) -> str:
+    """A markdown table of a :func:`benchmark` result, one row per file and batch size."""
+    lines = [
+        "| file | batch | p50 ms | p90 ms | p99 ms | samples/s | p50 vs first [spread] | significant |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for i, f in enumerate(result["files"]):
+        for b, lat in f["latency_ms"].items():
+            ratio = f["ratio_to_first"][b]
+            lo, hi = ratio["spread"]
+            vs = "1 (ref)" if i == 0 else f"{ratio['p50']:.2f}x [{lo:.2f}-{hi:.2f}]"
+            sig = "" if i == 0 else ("yes" if f["speedup_significant"][b] else "no")
+            lines.append(
+                f"| {Path(f['path']).name} | {b} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} "
+                f"| {f['throughput_per_s'][b]:,.0f} | {vs} | {sig} |"
+            )
+    noise = ", ".join(f"batch {b}: {c['ratio_p50']:.3f}" for b, c in result["control"].items())
+    lines.append("")
+    lines.append(f"A/A control (second session of the first file), p50 ratio: {noise}")
+    return "\n".join(lines)
+
+
+def _check_batch_sizes(batch_sizes: Sequence[int]) -> list[int]:
+    if isinstance(batch_sizes, (int, np.integer)):
+        batch_sizes = [batch_sizes]
+    sizes = list(dict.fromkeys(batch_sizes))  # dedupe, keep order
+    bad = [b for b in sizes if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0]
+    if not sizes or bad:
+        raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    return [int(b) for b in sizes]
+
+
+def _session(path: Path, threads: int, provider: str) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads != 1:
+        # Interleaved sessions each own a thread pool; an idle pool that spins would steal cores
+        # from the session being timed.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
+    except Exception as e:  # ORT raises its own unrelated exception types
+        raise ExportError(f"{path}: onnxruntime cannot load it with {provider}: {e}") from e
+
+
+def _input_dims(
+    session: ort.InferenceSession, path: Path, input_shape: Sequence[int] | None, sizes: list[int]
+) -> list[int]:
+    """The non-batch dims to feed: the model's own when static, else ``input_shape``'s."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or not inputs[0].shape:
+        got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
+        raise ExportError(f"{path}: benchmark feeds one float32 tensor with a batch dim; model takes {got}")
+    batch, *rest = inputs[0].shape
+    if isinstance(batch, int) and any(b != batch for b in sizes):
+        raise ExportError(
+            f"{path}: the batch dim is fixed at {batch}; export it dynamic or use batch {batch}"
+        )
+    if input_shape is None:
+        if not all(isinstance(d, int) for d in rest):
+            raise ExportError(
+                f"{path}: input {inputs[0].name!r} has symbolic dims {inputs[0].shape}; "
+                "pass --input-shape (e.g. 1,3,32,32) to say what to feed"
+            )
+        return rest
+    try:
+        user = [int(d) for d in input_shape]
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"input shape must be integers like 1,3,32,32, got {input_shape!r}") from e
+    user = user[1:] if len(user) == len(rest) + 1 else user
+    fits = len(user) == len(rest) and all(
+        not isinstance(m, int) or m == u for m, u in zip(rest, user, strict=True)
+    )
+    if not fits or any(d <= 0 for d in user):
+        shape = inputs[0].shape
+        raise ExportError(f"{path}: input shape {list(input_shape)} does not fit the model's input {shape}")
+    return user
+
+
+def _input(batch: int, dims: list[int], seed: int) -> np.ndarray:
+    # Seeded per call, so files with the same input shape see exactly the same data.
+    return np.random.default_rng(seed).standard_normal((batch, *dims), dtype=np.float32)
+
+
+def _timed_runs(
+    sessions: list[ort.InferenceSession], feeds: list[dict], runs: int, advance: Callable[[int], None]
+) -> np.ndarray:
+    n = len(sessions)
+    times = np.zeros((n, runs), dtype=np.int64)
+    for r in range(runs):
+        # Rotate who goes first so no file always runs right after the same neighbour.
+        for i in [(r + k) % n for k in range(n)]:
+            t0 = time.perf_counter_ns()
+            sessions[i].run(None, feeds[i])
+            times[i, r] = time.perf_counter_ns() - t0
+        advance(1)
+    return times
+
+
+def _ratio(times: np.ndarray, i: int) -> dict[str, Any]:
+    """p50 of session ``i`` over p50 of session 0, overall and per block of runs."""
+    blocks = np.array_split(np.arange(times.shape[1]), min(N_BLOCKS, times.shape[1]))
+    per_block = [float(np.median(times[i, blk]) / np.median(times[0, blk])) for blk in blocks]
+    p50 = float(np.median(times[i]) / np.median(times[0]))
+    # The ratio of overall medians can fall outside the block ratios; widen so the range holds it.
+    return {"p50": p50, "spread": [min(*per_block, p50), max(*per_block, p50)]}
+
+
+def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
+    """Is the ratio outside the noise band: the farthest A/A ratio from 1 (overall or in any
+    block of runs), or half the file's own block spread, whichever is wider?
+
+    Measured on a log scale (~ |ratio - 1| near 1) so that a 100x speedup still counts when one
+    noisy A/A run is off by 2x; on a linear scale no speedup could exceed a noise of 1.
+    """
+    lo, hi = ratio["spread"]
+    aa = [control["ratio_p50"], *control["spread"]]
+    band = max(*(abs(math.log(r)) for r in aa), (math.log(hi) - math.log(lo)) / 2)
+    return abs(math.log(ratio["p50"])) > band
+
+
+def _summarise(
+    files: list[Path],
+    dims: list[list[int]],
+    samples: dict[int, np.ndarray],
+    threads: int,
+    provider: str,
+    warmup: int,
+    runs: int,
+    seed: int,
+) -> dict[str, Any]:
+    control = {}
+    for b, times in samples.items():
+        r = _ratio(times, len(files))
+        control[str(b)] = {"ratio_p50": r["p50"], "noise": abs(r["p50"] - 1.0), "spread": r["spread"]}
+    out_files = []
+    for i, path in enumerate(files):
+        latency, throughput, ratios, significant = {}, {}, {}, {}
+        for b, times in samples.items():
+            ms = times[i] / 1e6
+            p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+            stats = {"p50": p50, "p90": p90, "p99": p99, "mean": ms.mean()}
+            # Rounded to the nanosecond the clock resolves; more digits are float noise.
+            latency[str(b)] = {k: round(float(v), 6) for k, v in stats.items()}
+            throughput[str(b)] = round(float(b / (p50 / 1e3)), 1)
+            ratios[str(b)] = r = _ratio(times, i)
+            significant[str(b)] = _significant(r, control[str(b)])
+        out_files.append(
+            {
+                "path": str(path),
+                **onnx_sizes(path),
+                "input_shape": ["batch", *dims[i]],
+                "latency_ms": latency,
+                "throughput_per_s": throughput,
+                "ratio_to_first": ratios,
+                "speedup_significant": significant,
+            }
+        )
+    return {
+        "threads": threads,
+        "provider": provider,
+        "warmup": warmup,
+        "runs": runs,
+        "seed": seed,
+        "batch_sizes": [int(b) for b in samples],
+        "onnxruntime": ort.__version__,
+        "files": out_files,
+        "control": control,
+    }
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    # No auto-refresh thread: it would compete for the CPU with the runs being timed. We redraw
+    # between runs instead, at most ten times a second.
+    with Progress(console=Console(stderr=True), auto_refresh=False, transient=True) as bar:
+        task = bar.add_task("onnxruntime benchmark", total=total)
+        last = [0.0]
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            if time.perf_counter() - last[0] > 0.1:
+                last[0] = time.perf_counter()
+                bar.refresh()
+
+        yield advance

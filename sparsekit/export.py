@@ -1,0 +1,343 @@
+"""ONNX export with the checks that make the file trustworthy: checker, parity, zeros kept.
+
+Example::
+
+    info = export_onnx(model, "pruned.onnx", input_shape=(1, 784))
+    assert info["parity"]["ok"] and info["zeros"]["zeros_ok"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from sparsekit.errors import ExportError
+
+__all__ = ["check_zeros", "count_initializer_stats", "export_onnx", "load_onnx", "onnx_sizes"]
+
+EXPORTERS = ("dynamo", "torchscript")
+# Protobuf caps a single file at 2 GB; leave headroom for the graph itself.
+EXTERNAL_DATA_BYTES = int(1.8e9)
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
+_FLOAT_TYPES = {getattr(onnx.TensorProto, t) for t in ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16")}
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int],
+    *,
+    opset: int = 18,
+    exporter: str = "dynamo",
+    check_parity: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> dict[str, Any]:
+    """Export ``model`` to ``path`` (batch dim dynamic) and verify the written file.
+
+    The file appears at ``path`` only after ``onnx.checker`` and shape inference pass. Returns
+    ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter"}``.
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    shape = _validate_shape(input_shape)
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    n_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    external = n_bytes > EXTERNAL_DATA_BYTES
+    if external and exporter != "dynamo":
+        raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use exporter='dynamo'")
+
+    # A private folder beside the target: same filesystem, so os.replace is atomic, and an external
+    # data file written under the final name keeps the relative location recorded in the graph.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = tmp_dir / final.name
+    try:
+        with _cpu_eval(model):
+            _export(model, tmp, shape, opset, exporter, external)
+            _check_file(tmp)
+            parity = _parity(model, tmp, shape, rtol, atol) if check_parity else None
+            zeros = check_zeros(model, tmp)
+        for extra in tmp_dir.iterdir():  # external data first, so the graph never points at nothing
+            if extra != tmp:
+                os.replace(extra, final.parent / extra.name)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    info = {"path": str(final), **onnx_sizes(final)}  # + bytes, gzip_bytes
+    return {**info, "parity": parity, "zeros": zeros, "opset": opset, "exporter": exporter}
+
+
+def load_onnx(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, raising :class:`ExportError` naming the file when it is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"{p}: no such file")
+    try:
+        model = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as e:  # protobuf raises several unrelated types on garbage input
+        raise ExportError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    # Protobuf happily parses some non-ONNX bytes (an empty file, say) into an empty message.
+    if model.ir_version == 0 or not model.graph.output:
+        raise ExportError(f"{p}: not an ONNX model (no IR version or no graph outputs)")
+    return model
+
+
+def onnx_sizes(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Raw and gzip-9 bytes of the ``.onnx`` file plus any external-data files it references."""
+    p = Path(path)
+    model = load_onnx(p, load_external_data=False)
+    files = [p]
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next(e.value for e in tensor.external_data if e.key == "location")
+            data = p.parent / location
+            if data not in files:
+                files.append(data)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ExportError(f"{p}: external data file(s) missing: {', '.join(missing)}")
+    return {"bytes": sum(f.stat().st_size for f in files), "gzip_bytes": _gzip_size(files)}
+
+
+def count_initializer_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Element and nonzero counts over the floating-point initializers of an ONNX file."""
+    model = load_onnx(path)
+    params = nonzero = count = 0
+    for init in model.graph.initializer:
+        if init.data_type not in _FLOAT_TYPES:
+            continue
+        arr = numpy_helper.to_array(init)
+        count += 1
+        params += int(arr.size)
+        nonzero += int(np.count_nonzero(arr))
+    sparsity = 1.0 - nonzero / params if params else 0.0
+    return {"initializers": count, "params": params, "nonzero_params": nonzero, "sparsity": sparsity}
+
+
+def check_zeros(model: nn.Module, onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check every Linear/Conv weight kept its exact zero count in the ONNX file.
+
+    Exporters rename, transpose and fold weights, so each torch weight is matched in turn by name,
+    by identical values, by shape with the same zero count, and finally by shape alone (which then
+    reports the mismatch). A weight without zeros that cannot be found is listed but not a failure.
+    """
+    graph = load_onnx(onnx_path).graph
+    tensors = [t for t in _all_tensors(graph) if t.data_type in _FLOAT_TYPES]
+    inits = {t.name or f"<constant {i}>": numpy_helper.to_array(t) for i, t in enumerate(tensors)}
+    weights = list(_prunable_weights(model))
+    zeros = {name: int(np.count_nonzero(w == 0)) for name, w in weights}
+    found: dict[str, str] = {}  # torch name -> initializer name
+    # Stage by stage over all weights, so a loose match for one layer cannot take an initializer
+    # that a stricter test would have given to a later layer.
+    for stage in range(4):
+        for name, w in weights:
+            if name not in found:
+                key = _match(stage, name, w, zeros[name], inits, set(found.values()))
+                if key is not None:
+                    found[name] = key
+    layers = []
+    for name, _ in weights:
+        key = found.get(name)
+        onnx_zeros = None if key is None else int(np.count_nonzero(inits[key] == 0))
+        ok = onnx_zeros == zeros[name] if key is not None else zeros[name] == 0
+        layers.append(
+            {"name": name, "onnx_name": key, "torch_zeros": zeros[name], "onnx_zeros": onnx_zeros, "ok": ok}
+        )
+    return {"zeros_ok": all(layer["ok"] for layer in layers), "layers": layers}
+
+
+def _validate_shape(input_shape: Sequence[int]) -> list[int]:
+    try:
+        shape = [int(d) for d in input_shape]
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"input_shape must be a list of integers, got {input_shape!r}") from e
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise ExportError(f"input_shape must be positive and include the batch dim (e.g. 1,784), got {shape}")
+    return shape
+
+
+@contextlib.contextmanager
+def _cpu_eval(model: nn.Module) -> Iterator[None]:
+    # Per-module flags, because model.train(flag) would unfreeze deliberately frozen submodules.
+    modes = [(m, m.training) for m in model.modules()]
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    model.eval().cpu()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        if device.type != "cpu":
+            model.to(device)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # The dynamo exporter prints progress with emoji on stdout and logs torchvision warnings; stdout
+    # must stay clean for `--json`.
+    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        # torch.export also print()s whole traced graphs to stderr when it fails; the ExportError we
+        # raise keeps the cause chain, so the dump adds only noise.
+        sink = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _export(model: nn.Module, tmp: Path, shape: list[int], opset: int, exporter: str, external: bool) -> None:
+    # Trace with batch 2: a batch of 1 invites the tracer to specialise the dim away.
+    x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))  # leave global RNG alone
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as e:
+        msg = f"the model fails on a float32 input of shape {shape}: {e}; pass the right --input-shape"
+        raise ExportError(msg) from e
+    names = {"input_names": ["input"], "output_names": ["output"], "opset_version": opset}
+    try:
+        with _quiet():
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch")
+                torch.onnx.export(
+                    model, (x,), str(tmp), dynamo=True, external_data=external, verbose=False,
+                    dynamic_shapes=({0: batch},), **names,
+                )  # fmt: skip
+            else:
+                axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+                torch.onnx.export(model, (x,), str(tmp), dynamo=False, dynamic_axes=axes, **names)
+    except Exception as e:
+        hint = " (exporter='torchscript' may succeed)" if exporter == "dynamo" else ""
+        msg = f"torch.onnx.export with exporter={exporter!r} failed{hint}: {_root_cause(e)}"
+        raise ExportError(msg) from e
+
+
+def _root_cause(e: BaseException) -> str:
+    # The exporters wrap the real reason in pages of advice with ANSI colours; keep one line of it.
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _check_file(tmp: Path) -> None:
+    # The dynamo exporter stamps every node with its Python stack trace: local paths in a file meant
+    # to be shipped, and ~1 kB per node that blurs dense-vs-pruned size comparisons. Weights in
+    # external data are not loaded, so re-saving keeps their references as they are.
+    model = onnx.load(str(tmp), load_external_data=False)
+    if _strip_node_metadata(model.graph):
+        onnx.save(model, str(tmp))
+    try:
+        onnx.checker.check_model(str(tmp))  # the path form also handles external data
+        onnx.shape_inference.infer_shapes(model)
+    except Exception as e:
+        raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
+
+
+def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
+    changed = False
+    for node in graph.node:
+        if len(node.metadata_props):
+            del node.metadata_props[:]
+            changed = True
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                changed = _strip_node_metadata(sub) or changed
+    return changed
+
+
+def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: float) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    x = torch.randn(4, *shape[1:], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(x)
+    expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    result: dict[str, Any] = {"max_abs_diff": None, "ok": False, "rtol": rtol, "atol": atol}
+    if [g.shape for g in got] != [e.shape for e in expected]:
+        return result
+    pairs = list(zip(got, expected, strict=True))
+    diff = max((float(np.max(np.abs(g - e), initial=0.0)) for g, e in pairs), default=0.0)
+    # NaN is not valid JSON: leave None ("not comparable"); allclose already says not ok.
+    result["max_abs_diff"] = diff if np.isfinite(diff) else None
+    result["ok"] = all(np.allclose(g, e, rtol=rtol, atol=atol) for g, e in pairs)
+    return result
+
+
+def _prunable_weights(model: nn.Module) -> Iterator[tuple[str, np.ndarray]]:
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and id(module.weight) not in seen:
+            seen.add(id(module.weight))  # tied weights are one initializer in ONNX
+            yield f"{name}.weight", module.weight.detach().cpu().numpy()
+
+
+def _match(
+    stage: int, name: str, w: np.ndarray, zeros: int, inits: dict[str, np.ndarray], used: set[str]
+) -> str | None:
+    """Stage 0: by name; 1: identical values; 2: shape and zero count; 3: shape alone."""
+    transposed = w.shape[::-1] if w.ndim == 2 else w.shape
+    free = {k: a for k, a in inits.items() if k not in used and a.shape in (w.shape, transposed)}
+    if stage == 0:
+        # dynamo keeps `fc1.weight` (or `p_fc1_weight`); torchscript keeps it or makes `onnx::MatMul_7`.
+        return next(
+            (k for k in (name, "p_" + name.replace(".", "_"), name.replace(".", "_")) if k in free), None
+        )
+    tests = {
+        1: lambda a: np.array_equal(a, w) or (w.ndim == 2 and np.array_equal(a, w.T)),
+        2: lambda a: int(np.count_nonzero(a == 0)) == zeros,
+        3: lambda a: True,
+    }
+    return next((k for k, a in free.items() if tests[stage](a)), None)
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _gzip_size(files: Sequence[Path]) -> int:
+    # Streamed (wbits=31 is the gzip container) so a multi-GB external data file never sits in memory.
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                n += len(comp.compress(chunk))
+    return n + len(comp.flush())

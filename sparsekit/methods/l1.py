@@ -1,0 +1,183 @@
+"""L1-induced sparsity: an L1 / group-lasso penalty in the loss, or a proximal soft-threshold.
+
+- ``mode: penalty`` adds ``strength * sum|w|`` (``group: none``) or ``strength * sum_g ||w_g||_2``
+  (group lasso, ``group: row`` = each output unit of a Linear layer, ``group: channel`` = each output
+  channel of a Conv layer) to the loss through :meth:`L1.penalty`.
+- ``mode: proximal`` soft-thresholds after every optimizer step: ``w <- sign(w) * max(|w| - strength, 0)``
+  or, per group, ``w_g <- w_g * max(0, 1 - strength / ||w_g||)``. Here ``strength`` is the shrinkage
+  per step, i.e. the ``lambda * lr`` of proximal gradient descent: the user picks it directly, so it
+  does not change when the learning-rate schedule does.
+
+Both are active for the steps inside ``schedule`` (default: the whole run). Exact zeros become masked
+zeros, so optimizer momentum cannot revive them. At :meth:`L1.finalize`, weights with
+``|w| < threshold`` become masked zeros, and with ``remove_dead`` the neurons/channels left all-zero
+are removed physically (see :func:`sparsekit.surgery.remove_dead_units`).
+
+L1 never owns a mask (``masks_weights = False``): it only AND-s zeros into the shared mask, so it
+composes with a magnitude or gradient method on the same weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import RecipeError
+from ..layers import prunable_layers, select_layers
+from ..masks import bake, set_mask
+from ..schedule import Schedule
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _check_group(group: str, layers: dict[str, nn.Module], where: str) -> None:
+    for name, module in layers.items():
+        kind = type(module).__name__
+        if group == "row" and not isinstance(module, nn.Linear):
+            raise RecipeError(
+                f"{where}.group: 'row' groups the rows of Linear weights, but layer {name!r} is a {kind}: "
+                "use group: channel for conv layers, or set layers.types: [Linear] (add a second l1 entry "
+                "with group: channel and layers.types: [Conv2d] for the convolutions)"
+            )
+        if group == "channel" and not isinstance(module, _CONV):
+            raise RecipeError(
+                f"{where}.group: 'channel' groups the output channels of Conv weights, but layer {name!r} "
+                f"is a {kind}: use group: row for Linear layers, or set layers.types: [Conv2d] (add a second "
+                "l1 entry with group: row and layers.types: [Linear] for the fully connected layers)"
+            )
+
+
+def _last_layer(model: nn.Module, input_shape: list[int]) -> str | None:
+    """Name of the prunable layer that runs last in a forward pass: the head, whose output units
+    are the model's outputs and must never be removed."""
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, m in prunable_layers(model).items()
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(input_shape, dtype=param.dtype, device=param.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return order[-1] if order else None
+
+
+class L1:
+    """L1 / group-lasso regularization (``method: l1``)."""
+
+    name = "l1"
+    masks_weights = False
+    needs_grad = False
+
+    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+        self.spec = spec
+        self.where = f"pruning[{index}]"
+        self.context = context
+        self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        _check_group(spec.group, self.layers, self.where)
+        self.schedule = Schedule.from_spec(spec.schedule, 1.0, steps_per_epoch)
+        self.step = 0  # optimizer steps completed
+
+    def active(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
+
+        Step ``start + 1`` is the first step of ``start_epoch``, step ``end`` the last one before
+        ``end_epoch`` (the same boundaries at which magnitude masks change)."""
+        return self.schedule.start < step <= self.schedule.end
+
+    def _groups(self, weight: torch.Tensor) -> torch.Tensor:
+        # One row per output unit: Linear rows, or Conv output channels flattened.
+        return weight.flatten(1)
+
+    def penalty(self) -> torch.Tensor | float:
+        # The penalty enters the loss of the step being taken now, step ``self.step + 1``.
+        if self.spec.mode != "penalty" or not self.active(self.step + 1):
+            return 0.0
+        total: Any = 0.0
+        for module in self.layers.values():
+            w = module.weight
+            if self.spec.group == "none":
+                total = total + w.abs().sum()
+            else:
+                total = total + torch.linalg.vector_norm(self._groups(w), dim=1).sum()
+        return self.spec.strength * total
+
+    @torch.no_grad()
+    def _soft_threshold(self) -> None:
+        lam = self.spec.strength
+        for module in self.layers.values():
+            w = module.weight
+            if self.spec.group == "none":
+                w.copy_(torch.sign(w) * (w.abs() - lam).clamp_min(0))
+                alive = w != 0
+            else:
+                norms = torch.linalg.vector_norm(self._groups(w), dim=1)
+                # Norm 0 gives scale 0 (not nan): the group is already dead.
+                scale = (1 - lam / norms.clamp_min(torch.finfo(w.dtype).tiny)).clamp_min(0)
+                scale = scale.view(-1, *([1] * (w.dim() - 1)))
+                w.mul_(scale)
+                alive = (scale > 0).expand_as(w)
+            if not bool(alive.all()):
+                set_mask(module, alive)
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+        if self.spec.mode == "proximal" and self.active(step):
+            self._soft_threshold()
+
+    def start(self) -> None:
+        self.step = 0
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        if self.spec.threshold > 0:
+            with torch.no_grad():
+                for module in self.layers.values():
+                    set_mask(module, module.weight.abs() >= self.spec.threshold)
+        if self.spec.remove_dead:
+            model = self._remove_dead(model)
+        return model
+
+    def _remove_dead(self, model: nn.Module) -> nn.Module:
+        input_shape = self.context.get("input_shape")
+        if not input_shape:
+            warnings.warn(
+                f"{self.where}.remove_dead: skipped, the input shape is unknown; set model.input_shape in "
+                "the recipe or pass context={'input_shape': [1, ...]} to the Pruner",
+                stacklevel=2,
+            )
+            return model
+        from ..surgery import remove_dead_units  # lazy: pulls in torch-pruning
+
+        # Only this entry's layers lose units, and never the head (it would change the output shape).
+        ignore = [n for n in prunable_layers(model) if n not in self.layers]
+        head = _last_layer(model, list(input_shape))
+        if head is not None and head not in ignore:
+            ignore.append(head)
+        # Surgery changes weight shapes; mask buffers would no longer fit, so zero for good first.
+        bake(model)
+        model, history = remove_dead_units(model, list(input_shape), ignore=ignore)
+        pruner = self.context.get("pruner")
+        if pruner is not None:
+            pruner.pruning_history.extend(history)
+        return model
+
+    def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
+        return []  # how many weights L1 zeroes is only known after training
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+METHOD = L1

@@ -1,0 +1,85 @@
+"""Max-norm constraint (Srivastava et al., 2014): each output unit's incoming weights have L2 norm
+at most ``max_value``.
+
+After every optimizer step (and once at the start, so the constraint holds from the first forward),
+every row of a Linear weight and every output channel of a Conv weight is rescaled:
+``w_u <- w_u * min(1, max_value / ||w_u||)``. Biases are not part of the norm.
+
+It never creates zeros: rescaling by a positive factor keeps every weight's sign and keeps zeros
+zero, so it composes with any masking method on the same layers (``masks_weights = False``).
+Rows already within the bound are left untouched, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import select_layers
+
+
+def _unit_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output unit's incoming weights (dim 0 indexes output units)."""
+    return torch.linalg.vector_norm(weight.detach().flatten(1).float(), dim=1)
+
+
+class MaxNorm:
+    """Project each output unit's incoming weight vector onto the ball of radius ``max_value``."""
+
+    name = "max_norm"
+    masks_weights = False
+    needs_grad = False
+
+    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+        self.spec = spec
+        self.where = f"pruning[{index}]"
+        self.max_value = float(spec.max_value)
+        self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+
+    @torch.no_grad()
+    def project(self) -> None:
+        for module in self.layers.values():
+            w = module.weight
+            norms = _unit_norms(w)
+            over = norms > self.max_value
+            if not bool(over.any()):
+                continue
+            # Only rows over the bound are touched, so the others stay identical bit for bit.
+            scale = torch.ones_like(norms)
+            scale[over] = self.max_value / norms[over]
+            # A rescaled row lands on the bound up to float rounding (a few ulps of max_value).
+            w.mul_(scale.to(w.dtype).view(-1, *([1] * (w.dim() - 1))))
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """Per-layer ``{"max": ..., "mean": ...}`` of the output units' incoming-weight norms."""
+        out = {}
+        for name, module in self.layers.items():
+            norms = _unit_norms(module.weight)
+            out[name] = {"max": float(norms.max()), "mean": float(norms.mean())}
+        return out
+
+    def start(self) -> None:
+        self.project()
+
+    def penalty(self) -> torch.Tensor | float:
+        return 0.0
+
+    def after_step(self, step: int) -> None:
+        self.project()
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
+        return []  # a constraint, not a sparsity target
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # stateless: the constraint is a function of the current weights
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+METHOD = MaxNorm

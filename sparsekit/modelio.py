@@ -1,0 +1,238 @@
+"""Loading and saving models safely.
+
+Accepted without ``--trust-model-file``: sparsekit checkpoints (a plain dict, loaded with
+``torch.load(weights_only=True)``), plain state_dicts and ``.safetensors`` files together with an
+architecture (``--arch pkg.module:callable`` or ``model.factory``). Whole pickled modules, TorchScript
+and ``.pt2`` archives can run code when loaded and are refused unless the user trusts the file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelFileError
+from .fsutil import atomic_path, resolve_callable
+
+FORMAT = "sparsekit/1"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_shape: list[int] | None = None
+    pruning_history: list = field(default_factory=list)
+    kind: str = "checkpoint"  # checkpoint | state_dict | safetensors | trusted-module
+
+
+def _refuse(path: Path, what: str) -> ModelFileError:
+    return ModelFileError(
+        f"{path}: is {what}, which can run code when loaded; refused. Either save a state_dict "
+        "(torch.save(model.state_dict(), 'weights.pt')) or a sparsekit checkpoint (sparsekit.save_model) "
+        "and pass --arch pkg.module:callable, or pass --trust-model-file if you trust where this file came from"
+    )
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names)
+
+
+def _read(path: Path, trust: bool) -> tuple[Any, str]:
+    """Return (object, kind) from a file, refusing anything that would execute code."""
+    if not path.exists():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path)), "safetensors"
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ModelFileError(f"{path}: not a valid safetensors file ({err})") from None
+    if path.suffix == ".pt2":
+        if not trust:
+            raise _refuse(path, "a torch.export archive (.pt2)")
+        return torch.export.load(str(path)).module(), "trusted-module"
+    if _is_torchscript(path):
+        if not trust:
+            raise _refuse(path, "a TorchScript archive")
+        return torch.jit.load(str(path), map_location="cpu"), "trusted-module"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" not in text and "weights_only" not in text:
+            raise ModelFileError(f"{path}: not a PyTorch checkpoint or state_dict ({text.splitlines()[0]})") from None
+        if not trust:
+            raise _refuse(path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))")
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user marked the file trusted
+        return obj, "trusted-module"
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch checkpoint ({first}); expected a sparsekit checkpoint, "
+            "a state_dict .pt or a .safetensors file"
+        ) from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj, "checkpoint"
+    return obj, "state_dict"
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    raise ModelFileError(
+        f"{path}: holds a {type(obj).__name__}, not a state_dict (a mapping of parameter names to tensors)"
+    )
+
+
+def build_model(factory: str, kwargs: dict[str, Any] | None = None, where: str = "--arch") -> nn.Module:
+    fn = resolve_callable(factory, where, ModelFileError)
+    try:
+        model = fn(**(kwargs or {}))
+    except TypeError as err:
+        raise ModelFileError(f"{where}: calling {factory} with kwargs {kwargs or {}} failed: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelFileError(f"{where}: {factory} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
+    """Strict load that names the missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:6]}{' …' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}")
+        if shapes:
+            parts.append(f"shape mismatch (file vs model) {shapes[:4]}")
+        raise ModelFileError(
+            f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. "
+            "Check --arch / model.factory and model.kwargs"
+        )
+    model.load_state_dict(state)
+
+
+def load_model(path: str | Path, arch: str | None = None, *, trust: bool = False) -> nn.Module:
+    """Load any accepted model file (see the module docstring) and return the model in eval mode.
+
+    >>> model = sparsekit.load_model("sparsekit-out/model.pt")
+    >>> model = sparsekit.load_model("weights.safetensors", arch="examples.models:lenet_300_100")
+    """
+    return read_model(path, arch, trust=trust).model
+
+
+def read_model(
+    path: str | Path,
+    arch: str | None = None,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    input_shape: list[int] | None = None,
+    trust: bool = False,
+) -> LoadedModel:
+    """Like :func:`load_model` but also returns factory, kwargs, input shape and pruning history.
+    ``arch`` overrides a checkpoint's factory."""
+    path = Path(path)
+    obj, kind = _read(path, trust)
+    if kind == "trusted-module":
+        if not isinstance(obj, nn.Module):
+            raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
+        return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
+    history: list = []
+    if kind == "checkpoint":
+        factory = arch or obj.get("factory")
+        if kwargs is None:
+            kwargs = obj.get("kwargs") or {}
+        input_shape = input_shape or obj.get("input_shape")
+        history = list(obj.get("pruning_history") or [])
+        state = obj["state_dict"]
+    else:
+        factory = arch
+        state = _state_dict_of(obj, path)
+        kwargs = kwargs or {}
+    if not factory:
+        raise ModelFileError(
+            f"{path}: is a plain state_dict with no architecture; pass --arch pkg.module:callable "
+            "(e.g. --arch examples.models:lenet_300_100) or set model.factory in the recipe"
+        )
+    model = build_model(factory, kwargs)
+    if history:
+        if not input_shape:
+            raise ModelFileError(f"{path}: a structurally pruned checkpoint needs its input_shape to rebuild")
+        from .surgery import replay_history
+
+        model = replay_history(model, history, input_shape)
+    load_weights(model, state, path, factory)
+    return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None,
+                       history, kind)
+
+
+def save_model(
+    model: nn.Module,
+    path: str | Path,
+    factory: str,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    input_shape: list[int] | tuple[int, ...] | None = None,
+    pruner: Any = None,
+    pruning_history: list | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a sparsekit checkpoint (loads with ``weights_only=True``), atomically."""
+    model = getattr(model, "module", model)
+    history = list(pruning_history if pruning_history is not None else getattr(pruner, "pruning_history", []))
+    try:
+        json.dumps([kwargs or {}, history, extra or {}])
+    except TypeError as err:
+        raise ModelFileError(f"save_model: kwargs, history and extra must be JSON-able ({err})") from None
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    checkpoint = {
+        "format": FORMAT,
+        "factory": factory,
+        "kwargs": dict(kwargs or {}),
+        "input_shape": [int(d) for d in input_shape] if input_shape else None,
+        "state_dict": state,
+        "pruning_history": history,
+        "extra": dict(extra or {}),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
+
+
+def infer_input_shape(model: nn.Module) -> list[int] | None:
+    """A batch-1 input shape when the first layer tells it (Linear); None for convolutions."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return [1, m.in_features]
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            return None
+    return None

@@ -1,0 +1,115 @@
+"""The Pruner: the one orchestrator the CLI and a user's training loop both drive.
+
+>>> pruner = Pruner(model, recipe, steps_per_epoch=len(train_loader))
+>>> loss = criterion(model(x), y) + pruner.penalty(); loss.backward(); opt.step(); pruner.step()
+>>> model = pruner.finalize()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import methods
+from .errors import TargetError
+from .masks import MASK, apply_masks, bake, get_mask
+from .recipe import Recipe
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel / DataParallel keep the real model in .module.
+    return getattr(model, "module", model)
+
+
+class Pruner:
+    """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, context: dict | None = None):
+        if steps_per_epoch <= 0:
+            raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
+        self.model = _unwrap(model)
+        self.recipe = recipe
+        self.steps_per_epoch = steps_per_epoch
+        self.step_count = 0
+        self.pruning_history: list = []  # torch-pruning's replayable history (structured methods)
+        self.context = {"pruner": self, **(context or {})}
+        self.methods = [
+            methods.build(spec, self.model, i, steps_per_epoch, self.context) for i, spec in enumerate(recipe.pruning)
+        ]
+        self._check_overlap()
+        for method in self.methods:
+            method.start()
+
+    def _check_overlap(self) -> None:
+        owner: dict[str, int] = {}
+        for i, method in enumerate(self.methods):
+            if not method.masks_weights:
+                continue
+            for name in method.layers:
+                if name in owner:
+                    j = owner[name]
+                    raise TargetError(
+                        f"pruning[{j}] ({self.methods[j].name}) and pruning[{i}] ({method.name}) both mask "
+                        f"the weights of {name!r}: exclude it from one of them (layers.exclude)"
+                    )
+                owner[name] = i
+
+    def penalty(self) -> torch.Tensor:
+        """Differentiable regularization terms (L1); a zero tensor when the recipe has none."""
+        total: Any = 0.0
+        for method in self.methods:
+            total = total + method.penalty()
+        if not isinstance(total, torch.Tensor):
+            total = torch.zeros((), device=next(self.model.parameters()).device)
+        return total
+
+    def step(self) -> None:
+        """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints."""
+        self.step_count += 1
+        for method in self.methods:
+            method.after_step(self.step_count)
+        apply_masks(self.model)
+
+    @property
+    def epoch(self) -> float:
+        return self.step_count / self.steps_per_epoch
+
+    def finalize(self) -> nn.Module:
+        """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
+        and buffers. Returns the model to save/export (possibly a new, smaller object)."""
+        apply_masks(self.model)
+        model = self.model
+        for method in self.methods:
+            model = method.finalize(model)
+        self.model = bake(model)
+        return self.model
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {n: get_mask(m).clone() for n, m in self.model.named_modules() if get_mask(m) is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "masks": self.masks(),
+            "methods": [m.state_dict() for m in self.methods],
+            "pruning_history": list(self.pruning_history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+        modules = dict(self.model.named_modules())
+        for name, mask in state["masks"].items():
+            module = modules[name]
+            if get_mask(module) is None:
+                module.register_buffer(MASK, mask.clone(), persistent=False)
+            else:
+                get_mask(module).copy_(mask)
+        for method, s in zip(self.methods, state["methods"], strict=True):
+            method.load_state_dict(s)
+        self.pruning_history = list(state.get("pruning_history", []))
+        apply_masks(self.model)
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"method": m.name, "layers": list(m.layers)} for m in self.methods]

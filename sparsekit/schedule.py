@@ -1,0 +1,57 @@
+"""Schedules: pure functions from the optimizer step to a target sparsity (no state).
+
+The gradual curve is Zhu & Gupta (2017), "To prune, or not to prune":
+``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3`` for ``t = t0, t0 + dt, ..., t0 + n * dt``.
+Steps count optimizer steps; epochs in the recipe are converted with ``steps_per_epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .recipe import ScheduleSpec
+
+
+@dataclass(frozen=True)
+class Schedule:
+    start: int  # first update step
+    end: int  # step at which the final target is reached
+    every: int  # steps between updates
+    init: float
+    final: float
+    curve: str = "cubic"
+
+    @classmethod
+    def from_spec(cls, spec: ScheduleSpec, final: float, steps_per_epoch: int) -> Schedule:
+        start = round(spec.start_epoch * steps_per_epoch)
+        end = round(spec.end_epoch * steps_per_epoch)
+        every = max(1, round(spec.every * steps_per_epoch))
+        return cls(start, max(end, start), every, spec.init_sparsity, final, spec.curve)
+
+    @property
+    def oneshot(self) -> bool:
+        return self.end == self.start
+
+    def is_update(self, step: int) -> bool:
+        """True at the steps where masks are recomputed: t0, t0 + dt, ... and the end step."""
+        if step < self.start or step > self.end:
+            return False
+        return step == self.end or (step - self.start) % self.every == 0
+
+    def target(self, step: int) -> float:
+        """Target sparsity at ``step`` (0 before the start, final after the end)."""
+        if step < self.start:
+            return 0.0
+        if step >= self.end:
+            return self.final
+        # Targets change only at update steps: hold the value of the last update point.
+        last = self.start + ((step - self.start) // self.every) * self.every
+        frac = (last - self.start) / (self.end - self.start)
+        power = 3 if self.curve == "cubic" else 1
+        return self.final + (self.init - self.final) * (1.0 - frac) ** power
+
+    def epoch_targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
+        """Target at the end of every epoch, for ``sparsekit validate`` and reports."""
+        n = max(epochs, math.ceil(self.end / max(steps_per_epoch, 1)))
+        return [self.target((e + 1) * steps_per_epoch) for e in range(max(n, 1))]

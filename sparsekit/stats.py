@@ -1,0 +1,75 @@
+"""Counting: parameters, zeros, sparsity and MACs, per layer and overall.
+
+``sparsity`` is the fraction of zeros among the weights of prunable layers (Linear/Conv), of the
+model as it is: a structurally pruned model has fewer parameters, not more zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import prunable_layers
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of zero weights over all prunable layers (0.0 for a model with none)."""
+    total = zeros = 0
+    for m in prunable_layers(getattr(model, "module", model)).values():
+        total += m.weight.numel()
+        zeros += int((m.weight == 0).sum())
+    return zeros / total if total else 0.0
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> dict[str, int]:
+    """Dense multiply-accumulates per prunable layer for one sample (batch 1), from a forward pass."""
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, m in prunable_layers(model).items():
+        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
+            per_out = mod.weight.numel() // mod.weight.shape[0]  # in_features, or in/groups * kernel
+            macs[name] = macs.get(name, 0) + out.numel() // out.shape[0] * per_out
+
+        hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros([1, *list(input_shape)[1:]]))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list[dict[str, Any]]:
+    """One row per prunable layer: name, type, shape, params, nonzeros, sparsity (and MACs if shape given)."""
+    model = getattr(model, "module", model)
+    macs = layer_macs(model, input_shape) if input_shape else {}
+    rows = []
+    for name, m in prunable_layers(model).items():
+        n = m.weight.numel()
+        nz = int((m.weight != 0).sum())
+        row = {"name": name, "type": type(m).__name__, "shape": list(m.weight.shape), "params": n,
+               "nonzero_params": nz, "sparsity": 1 - nz / n if n else 0.0}
+        if name in macs:
+            row["macs"] = macs[name]
+            row["effective_macs"] = round(macs[name] * nz / n) if n else 0
+        rows.append(row)
+    return rows
+
+
+def model_stats(model: nn.Module, input_shape: list[int] | None = None) -> dict[str, Any]:
+    """Totals over the whole model: params (all), nonzeros, prunable sparsity, dense/effective MACs."""
+    model = getattr(model, "module", model)
+    params = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    out: dict[str, Any] = {"params": params, "nonzero_params": nonzero, "sparsity": sparsity(model)}
+    if input_shape:
+        rows = layer_report(model, input_shape)
+        out["macs"] = sum(r.get("macs", 0) for r in rows)
+        out["effective_macs"] = sum(r.get("effective_macs", 0) for r in rows)
+    return out

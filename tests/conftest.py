@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # examples.models is importable as --arch/factory
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    # `--arch examples.models:...` resolves from the current directory, as for a user at the repo root.
+    monkeypatch.chdir(ROOT)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def mlp_checkpoint(tmp_path):
+    """A briefly trained digits MLP saved as a sparsekit checkpoint."""
+    import sparsekit
+    from examples.models import mlp
+    from sparsekit.data import load_data
+
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=[64, 32])
+    data = load_data("digits", batch_size=64, seed=0, input_shape=[1, 64])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        for x, y in data.train:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(model, path, factory="examples.models:mlp", kwargs={"in_features": 64, "hidden": [64, 32]},
+                         input_shape=[1, 64])
+    return path
+
+
+FAST = ["--set", "export.exporter=torchscript", "--set", "benchmark.runs=5", "--set", "benchmark.warmup=1",
+        "--no-progress"]
+os.environ.setdefault("MPLBACKEND", "Agg")

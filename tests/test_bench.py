@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+import sparsekit.bench as bench_mod
+from sparsekit.bench import _significant, benchmark, latency_table
+from sparsekit.errors import ExportError
+from sparsekit.export import export_onnx
+
+
+def _export(model: nn.Module, path, features: int = 784) -> str:
+    # torchscript: ~100x faster to export than dynamo, and the file format is the same for bench.
+    export_onnx(model, path, [1, features], exporter="torchscript", check_parity=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    relu = nn.ReLU
+    big = nn.Sequential(nn.Linear(784, 1000), relu(), nn.Linear(1000, 1000), relu(), nn.Linear(1000, 10))
+    return {
+        "tiny": _export(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), d / "tiny.onnx", 16),
+        "big": _export(big, d / "big.onnx"),
+        "small": _export(nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10)), d / "small.onnx"),
+    }
+
+
+def test_result_shape_and_percentiles(files, capsys):
+    result = benchmark(files["tiny"], batch_sizes=(1, 8), runs=20, warmup=2, progress=True)
+
+    assert capsys.readouterr().out == ""  # the progress bar goes to stderr
+    json.dumps(result, allow_nan=False)  # the report embeds it as-is
+    assert {"threads", "provider", "warmup", "runs", "files", "control"} <= result.keys()
+    assert result["runs"] == 20 and result["threads"] == 1
+    (f,) = result["files"]
+    assert f["path"] == files["tiny"] and f["bytes"] > 0 and f["gzip_bytes"] > 0
+    assert f["input_shape"] == ["batch", 16]
+    for b in ("1", "8"):
+        lat = f["latency_ms"][b]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["mean"] > 0
+        assert f["throughput_per_s"][b] == pytest.approx(int(b) / lat["p50"] * 1e3, rel=1e-3)
+        assert f["ratio_to_first"][b] == {"p50": 1.0, "spread": [1.0, 1.0]}
+        assert f["speedup_significant"][b] is False
+        control = result["control"][b]
+        assert control["noise"] == pytest.approx(abs(control["ratio_p50"] - 1))
+
+
+def test_file_against_itself_is_near_one(files):
+    result = benchmark([files["tiny"], files["tiny"]], batch_sizes=[4], runs=30, warmup=3)
+    ratio = result["files"][1]["ratio_to_first"]["4"]
+    lo, hi = ratio["spread"]
+    assert 0.5 < lo <= ratio["p50"] <= hi < 2.0
+    assert 0.5 < result["control"]["4"]["ratio_p50"] < 2.0
+
+
+def test_smaller_model_is_faster(files):
+    result = benchmark([files["big"], files["small"]], batch_sizes=[32], runs=15, warmup=3)
+    small = result["files"][1]
+    assert small["ratio_to_first"]["32"]["p50"] < 0.5  # ~40x fewer MACs
+    assert small["ratio_to_first"]["32"]["spread"][1] < 1.0
+    assert small["speedup_significant"]["32"] is True
+    table = latency_table(result)
+    assert "| big.onnx | 32 |" in table and "| small.onnx | 32 |" in table and "A/A control" in table
+
+
+@pytest.mark.parametrize("sizes", [(0,), (1, -4), (), (1.5,)])
+def test_bad_batch_size(files, sizes):
+    with pytest.raises(ExportError, match="batch sizes"):
+        benchmark(files["tiny"], batch_sizes=sizes, runs=1, warmup=0)
+
+
+def test_missing_and_non_onnx_files(files, tmp_path):
+    with pytest.raises(ExportError, match="nope.onnx"):
+        benchmark([files["tiny"], tmp_path / "nope.onnx"], runs=1, warmup=0)
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    with pytest.raises(ExportError, match="notes.onnx"):
+        benchmark(text, runs=1, warmup=0)
+
+
+def test_unknown_provider_lists_available(files):
+    with pytest.raises(ExportError, match="CPUExecutionProvider") as err:
+        benchmark(files["tiny"], provider="NoSuchExecutionProvider", runs=1, warmup=0)
+    assert "NoSuchExecutionProvider" in str(err.value)
+
+
+def _relu_model(path, shape) -> str:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+def test_symbolic_dims_need_input_shape(tmp_path):
+    path = _relu_model(tmp_path / "sym.onnx", ["batch", "width"])
+    with pytest.raises(ExportError, match="--input-shape"):
+        benchmark(path, batch_sizes=[2], runs=1, warmup=0)
+    for shape in ([1, 7], [7]):  # with or without the batch dim
+        result = benchmark(path, batch_sizes=[2], runs=2, warmup=0, input_shape=shape)
+        assert result["files"][0]["input_shape"] == ["batch", 7]
+    with pytest.raises(ExportError, match="does not fit"):
+        benchmark(path, batch_sizes=[2], runs=1, warmup=0, input_shape=[1, 7, 7, 7])
+
+
+def test_fixed_batch_dim_is_refused(tmp_path):
+    path = _relu_model(tmp_path / "fixed.onnx", [1, 7])
+    assert benchmark(path, batch_sizes=[1], runs=2, warmup=0)["files"][0]["latency_ms"]["1"]["p50"] > 0
+    with pytest.raises(ExportError, match="fixed at 1"):
+        benchmark(path, batch_sizes=[1, 32], runs=1, warmup=0)
+
+
+def test_significance_band():
+    quiet = {"ratio_p50": 1.01, "spread": [0.99, 1.02]}
+    assert _significant({"p50": 0.5, "spread": [0.48, 0.52]}, quiet)
+    assert not _significant({"p50": 0.985, "spread": [0.98, 0.99]}, quiet)  # inside the A/A band
+    assert not _significant({"p50": 0.9, "spread": [0.6, 1.2]}, quiet)  # its own spread is too wide
+    # A noisy control (off by 2x) must not hide a 50x speedup, as it would on a linear scale.
+    assert _significant({"p50": 0.02, "spread": [0.019, 0.021]}, {"ratio_p50": 2.0, "spread": [1.5, 2.5]})
+
+
+def test_threads_option_and_single_batch_size(files):
+    result = benchmark(files["tiny"], batch_sizes=4, threads=2, runs=3, warmup=1)
+    assert result["threads"] == 2 and list(result["files"][0]["latency_ms"]) == ["4"]
+
+
+def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch):
+    log = []
+
+    class FakeSession:
+        def __init__(self, path, threads, provider):
+            self.path = path
+
+        def get_inputs(self):
+            return [SimpleNamespace(name="input", type="tensor(float)", shape=["batch", 16])]
+
+        def run(self, outputs, feed):
+            log.append(self)
+
+    monkeypatch.setattr(bench_mod, "_session", FakeSession)
+    benchmark([files["tiny"], files["small"]], batch_sizes=[1], runs=3, warmup=0, input_shape=[1, 16])
+
+    a, b, control = log[:3]
+    assert control is not a and control.path == a.path and b.path.name == "small.onnx"
+    # Every run times each session once, and who goes first rotates.
+    assert log == [a, b, control, b, control, a, control, a, b]
+
+
+def test_session_options(files):
+    opts = bench_mod._session(files["tiny"], 1, "CPUExecutionProvider").get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparsekit.errors import TargetError
+from sparsekit.masks import get_mask
+from sparsekit.pruner import Pruner
+from sparsekit.recipe import Recipe
+
+
+def recipe(epochs: int = 1, **method) -> Recipe:
+    return Recipe(**{"finetune": {"epochs": epochs}, "pruning": [{"method": "gradient", **method}]})
+
+
+def single(weights: list[float]) -> nn.Linear:
+    layer = nn.Linear(len(weights), 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([weights]))
+    return layer
+
+
+def backward_with_grad(model: nn.Module, grad: list[float]) -> None:
+    """For y = W x, d(sum y)/dW = x: feeding x = grad sets exactly that gradient on W."""
+    model.zero_grad()
+    model(torch.tensor([grad])).sum().backward()
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def train_steps(model, pruner, opt, n, check=None):
+    torch.manual_seed(1)
+    for _ in range(n):
+        x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+        if check:
+            check()
+
+
+def test_taylor_keeps_small_weights_with_large_gradients_unlike_magnitude():
+    # big weights with ~zero gradient (indices 0, 3) vs small weights with big gradient (1, 2)
+    weights, grad = [4.0, 1.0, 0.5, 2.0], [0.001, 10.0, 10.0, 0.001]
+    kept = {}
+    for method in ("magnitude", "gradient"):
+        model = single(weights)
+        spec = {"sparsity": 0.5, "schedule": "oneshot"}
+        if method == "gradient":
+            spec["criterion"] = "taylor"
+        r = Recipe(**{"finetune": {"epochs": 1}, "pruning": [{"method": method, **spec}]})
+        pruner = Pruner(model, r, steps_per_epoch=1)
+        backward_with_grad(model, grad)  # no optimizer step: weights do not change
+        pruner.step()
+        kept[method] = (model.weight[0] != 0).tolist()
+    assert kept["magnitude"] == [True, False, False, True]
+    assert kept["gradient"] == [False, True, True, False]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("criterion", ["taylor", "movement"])
+def test_exact_sparsity_follows_the_schedule(scope, criterion):
+    model = mlp()
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    r = recipe(
+        epochs=3, criterion=criterion, sparsity=0.8, scope=scope,
+        schedule={"start_epoch": 0, "end_epoch": 2, "every": 0.5, "init_sparsity": 0.1},
+    )
+    pruner = Pruner(model, r, steps_per_epoch=4)
+    schedule = pruner.methods[0].schedule
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    seen = set()
+
+    def check():
+        target = schedule.target(pruner.step_count)
+        seen.add(target)
+        if scope == "global":
+            zeros = sum(int((m.weight == 0).sum()) for m in layers)
+            assert zeros == round(target * sum(m.weight.numel() for m in layers))
+        else:
+            for m in layers:
+                assert int((m.weight == 0).sum()) == round(target * m.weight.numel())
+
+    train_steps(model, pruner, opt, 12, check)
+    assert max(seen) == pytest.approx(0.8) and len(seen) >= 4  # it did go through the gradual steps
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.Adam(p, lr=0.05),
+], ids=["sgd_momentum", "adam"])
+def test_zeros_stay_zero_through_optimizer_steps(make_opt):
+    model = mlp()
+    pruner = Pruner(model, recipe(epochs=2, sparsity=0.7, schedule="oneshot"), steps_per_epoch=5)
+    opt = make_opt(model.parameters())
+    train_steps(model, pruner, opt, 1)  # oneshot waits for the first gradients, then prunes
+    zero_sets = [(m.weight == 0).clone() for m in model if isinstance(m, nn.Linear)]
+    before = [m.weight.detach().clone() for m in model if isinstance(m, nn.Linear)]
+    assert sum(int(z.sum()) for z in zero_sets) == round(0.7 * sum(z.numel() for z in zero_sets))
+
+    def check():
+        for z, m in zip(zero_sets, (m for m in model if isinstance(m, nn.Linear)), strict=True):
+            assert torch.equal(m.weight == 0, z)
+
+    train_steps(model, pruner, opt, 25, check)
+    after = [m.weight.detach() for m in model if isinstance(m, nn.Linear)]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # training happened
+    final = pruner.finalize()
+    assert get_mask(final[0]) is None  # baked: no buffers left
+
+
+def test_taylor_resets_between_updates_but_movement_accumulates():
+    # Two updates on 4 weights fixed at 1 (no optimizer): step 1 prunes one, step 2 a second one.
+    sched = {"start_epoch": 1, "end_epoch": 2, "every": 1, "init_sparsity": 0.25, "curve": "linear"}
+    cases = {
+        # taylor |g|: step 1 -> prune 0; step 2 alone says prune 1, the sum (9.5, 4, 9) would say prune 2
+        "taylor": ([0.1, 9.0, 1.0, 8.0], [0.0, 0.5, 3.0, 1.0], [False, False, True, True]),
+        # movement -g: step 1 (-1, 5, 0, 3) -> prune 0; step 2 alone (-, -2, 1, 0) says prune 1,
+        # the running sum (-, 3, 1, 3) says prune 2
+        "movement": ([1.0, -5.0, 0.0, -3.0], [0.0, 2.0, -1.0, 0.0], [False, True, False, True]),
+    }
+    for criterion, (g1, g2, expected) in cases.items():
+        model = single([1.0, 1.0, 1.0, 1.0])
+        pruner = Pruner(model, recipe(epochs=2, criterion=criterion, sparsity=0.5, schedule=sched), 1)
+        backward_with_grad(model, g1)
+        pruner.step()
+        assert (model.weight[0] == 0).tolist() == [True, False, False, False], criterion
+        backward_with_grad(model, g2)
+        pruner.step()
+        assert (model.weight[0] != 0).tolist() == expected, criterion
+
+
+def test_movement_scores_sum_over_steps_between_updates():
+    model = single([1.0, -2.0, 0.5])
+    sched = {"start_epoch": 3, "end_epoch": 3}
+    pruner = Pruner(model, recipe(epochs=3, criterion="movement", sparsity=0.34, schedule=sched), 1)
+    # index 0 is pushed up then down (net 0); index 2 moves steadily away from zero
+    for g in ([-3.0, 0.0, -1.0], [3.0, 0.0, -1.0], [0.0, 0.1, -1.0]):
+        backward_with_grad(model, g)
+        pruner.step()
+    # -w*g summed: (0, 0.2, 1.5): index 0 is lowest although its |w| is above index 2's
+    assert (model.weight[0] != 0).tolist() == [False, True, True]
+
+
+def test_no_gradients_defers_the_update_then_prunes_on_the_first_gradient():
+    model = mlp()
+    pruner = Pruner(model, recipe(sparsity=0.5, schedule="oneshot"), steps_per_epoch=4)
+    pruner.step()  # no backward yet: nothing to score
+    assert all(int((m.weight == 0).sum()) == 0 for m in model if isinstance(m, nn.Linear))
+    model(torch.randn(4, 12)).sum().backward()
+    pruner.step()
+    total = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    assert sum(int((m.weight == 0).sum()) for m in model if isinstance(m, nn.Linear)) == round(0.5 * total)
+    pruner.finalize()
+
+
+def test_never_getting_gradients_fails_at_finalize_with_a_way_out():
+    model = mlp()
+    pruner = Pruner(model, recipe(sparsity=0.5, schedule="oneshot"), steps_per_epoch=4)
+    for _ in range(3):
+        pruner.step()
+    with pytest.raises(TargetError, match=r"pruning\[0\].*no gradients.*loss\.backward\(\)"):
+        pruner.finalize()
+
+
+def test_frozen_layer_is_named_in_the_error():
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    pruner = Pruner(model, recipe(sparsity=0.5, schedule="oneshot"), steps_per_epoch=4)
+    model(torch.randn(4, 12)).sum().backward()
+    pruner.step()
+    assert int((model[2].weight == 0).sum()) == 0  # no partial global ranking without layer 0
+    with pytest.raises(TargetError, match=r"'0'.*layers\.exclude"):
+        pruner.finalize()
+
+
+def test_state_dict_round_trip_keeps_accumulated_scores():
+    model = single([1.0, 1.0, 1.0])
+    r = recipe(epochs=3, criterion="movement", sparsity=0.34, schedule={"start_epoch": 2, "end_epoch": 2})
+    pruner = Pruner(model, r, 1)
+    backward_with_grad(model, [-1.0, 1.0, 0.0])
+    pruner.step()
+    state = pruner.state_dict()
+
+    fresh = single([1.0, 1.0, 1.0])
+    resumed = Pruner(fresh, r, 1)
+    resumed.load_state_dict(state)
+    backward_with_grad(fresh, [0.0, 0.0, 0.0])
+    resumed.step()  # the update at step 2 must still see step 1's scores (1, -1, 0), not all ties
+    assert (fresh.weight[0] != 0).tolist() == [True, False, True]
