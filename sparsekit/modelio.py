@@ -156,9 +156,12 @@ def read_model(
     kwargs: dict[str, Any] | None = None,
     input_shape: list[int] | None = None,
     trust: bool = False,
+    fallback_factory: str | None = None,
+    fallback_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Like :func:`load_model` but also returns factory, kwargs, input shape and pruning history.
-    ``arch`` overrides a checkpoint's factory."""
+    ``arch`` overrides a checkpoint's factory; ``fallback_factory``/``fallback_kwargs`` (the recipe's
+    ``model`` section) apply only when neither ``arch`` nor the file names an architecture."""
     path = Path(path)
     obj, kind = _read(path, trust)
     if kind == "trusted-module":
@@ -167,16 +170,16 @@ def read_model(
         return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
     history: list = []
     if kind == "checkpoint":
-        factory = arch or obj.get("factory")
+        factory = arch or obj.get("factory") or fallback_factory
         if kwargs is None:
-            kwargs = obj.get("kwargs") or {}
+            kwargs = (obj.get("kwargs") if obj.get("factory") else fallback_kwargs) or {}
         input_shape = input_shape or obj.get("input_shape")
         history = list(obj.get("pruning_history") or [])
         state = obj["state_dict"]
     else:
-        factory = arch
+        factory = arch or fallback_factory
         state = _state_dict_of(obj, path)
-        kwargs = kwargs or {}
+        kwargs = kwargs if kwargs is not None else (fallback_kwargs or {})
     if not factory:
         raise ModelFileError(
             f"{path}: is a plain state_dict with no architecture; pass --arch pkg.module:callable "

@@ -46,9 +46,16 @@ def prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 def resolve_model(model_path: str | Path, recipe: Recipe, arch: str | None, trust: bool) -> LoadedModel:
+    """Load MODEL: ``--arch`` beats the checkpoint's own factory, which beats the recipe's ``model``."""
     spec = recipe.model
-    loaded = read_model(model_path, arch or spec.factory, kwargs=spec.kwargs if (arch or spec.factory) else None,
-                        input_shape=spec.input_shape, trust=trust)
+    kwargs = spec.kwargs if arch and spec.factory in (None, arch) and spec.kwargs else None
+    loaded = read_model(model_path, arch, kwargs=kwargs, trust=trust, fallback_factory=spec.factory,
+                        fallback_kwargs=spec.kwargs)
+    if spec.input_shape and loaded.input_shape and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]:
+        raise DataError(
+            f"model.input_shape: the recipe says {list(spec.input_shape)} but {model_path} was saved for input "
+            f"{list(loaded.input_shape)}; use a recipe for this model or --set model.input_shape=null"
+        )
     shape = spec.input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         raise SparsekitError(

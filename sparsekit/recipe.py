@@ -213,7 +213,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see INTERFACE.md §3 for the schema)"
         elif e["type"] == "union_tag_invalid":
-            msg = f"unknown method; use one of {e['ctx']['expected_tags']}"
+            msg = f"unknown method {e['ctx']['tag']!r}; use one of {e['ctx']['expected_tags']}"
         lines.append(f"{_path(e['loc'])}: {msg}")
     return f"{source}: " + "; ".join(lines)
 

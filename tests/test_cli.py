@@ -1,0 +1,433 @@
+"""The `sparsekit` command as a user meets it: exit codes, one-line errors, and a real prune run."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.data import load_data
+
+from conftest import FAST
+
+# A user's own architecture, not shipped with sparsekit: written to a temp folder and passed as --arch.
+USER_MODULE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, width=96):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 48), nn.Tanh())
+            self.head = nn.Linear(48, 10)
+
+        def forward(self, x):
+            return self.head(self.body(x.flatten(1)))
+
+    def build(width=96):
+        return Net(width)
+''')
+
+USER_RECIPE = textwrap.dedent('''
+    version: 1
+    model: {input_shape: [1, 64]}
+    data: {source: digits, batch_size: 32}
+    finetune:
+      epochs: 5
+      optimizer: {name: adam, lr: 0.002}
+      lr_schedule: {name: cosine}
+    pruning:
+      - method: magnitude
+        sparsity: 0.85
+        scope: global
+        schedule: {start_epoch: 0, end_epoch: 3, every: 0.5}
+        layers: {exclude: [head]}
+    benchmark: {batch_sizes: [1, 32], runs: 5, warmup: 1}
+''')
+
+
+def run(*args: str):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def assert_bad_input(result, *needles: str) -> str:
+    """Exit 2, one `Error:` line naming what is wrong, no traceback."""
+    err = result.stderr
+    assert result.exit_code == 2, (result.exit_code, result.output, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def user_arch(tmp_path, monkeypatch):
+    (tmp_path / "usernet.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "usernet:build"
+
+
+@pytest.fixture
+def trained_state_dict(tmp_path, user_arch):
+    """A user's MLP trained on digits, saved as a plain state_dict (not a sparsekit checkpoint)."""
+    import usernet
+
+    torch.manual_seed(0)
+    model = usernet.build()
+    data = load_data("digits", batch_size=32, seed=0, input_shape=[1, 64])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(6):
+        for x, y in data.train:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_prune_state_dict_with_arch_end_to_end(tmp_path, trained_state_dict, user_arch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(USER_RECIPE)
+    out = tmp_path / "out"
+    result = run("prune", trained_state_dict, recipe, "-o", out, "--arch", user_arch, "--json", *FAST)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)  # exactly one JSON document on stdout
+
+    for name in ("model.pt", "model.onnx", "dense.onnx", "report.json", "report.md", "layer_sparsity.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.tmp*")), "temp files left behind"
+
+    selected = [r for r in report["layers"] if r["name"] != "head"]
+    zeros = sum(r["params"] - r["nonzero_params"] for r in selected)
+    total = sum(r["params"] for r in selected)
+    assert abs(zeros / total - 0.85) <= 0.01
+    head = next(r for r in report["layers"] if r["name"] == "head")
+    assert head["nonzero_params"] == head["params"]  # excluded layer untouched
+    assert report["pruned"]["accuracy"] >= report["dense"]["accuracy"] - 0.03
+    assert report["parity"]["ok"] and report["zeros_preserved"]
+    assert report["pruned"]["onnx_gzip_bytes"] < 0.5 * report["dense"]["onnx_gzip_bytes"]
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3, 4, 5]
+    assert set(report["pruned"]["latency_ms"]) == {"1", "32"}
+    for key in ("sparsekit", "torch", "onnx", "onnxruntime"):
+        assert key in report["versions"]
+
+    # The saved model is a checkpoint that loads weights-only and rebuilds without --arch.
+    raw = torch.load(out / "model.pt", weights_only=True)
+    assert raw["format"] == "sparsekit/1" and raw["factory"] == user_arch
+    model = sparsekit.load_model(out / "model.pt")
+    assert not any("mask" in k for k in model.state_dict())  # finalize left no buffers behind
+    insp = run("inspect", out / "model.pt", "--json")
+    assert insp.exit_code == 0, insp.stderr
+    info = json.loads(insp.stdout)
+    assert abs(info["sparsity"] - report["pruned"]["sparsity"]) < 1e-9
+    assert {r["name"] for r in info["layers"]} == {"body.0", "body.2", "head"}
+
+    # A second run into the same folder is refused, --overwrite replaces it.
+    again = run("prune", trained_state_dict, recipe, "-o", out, "--arch", user_arch, *FAST)
+    assert_bad_input(again, str(out), "--overwrite")
+
+    rerender = run("report", out)
+    assert rerender.exit_code == 0, rerender.stderr
+    assert "| accuracy" in (out / "report.md").read_text() or "accuracy" in (out / "report.md").read_text()
+
+
+def test_prune_oneshot_without_finetune_on_checkpoint(tmp_path, mlp_checkpoint):
+    out = tmp_path / "o"
+    result = run("prune", mlp_checkpoint, "recipes/lenet-gradual-magnitude-90.yaml", "-o", out, "--data", "digits",
+                 "--set", "model.factory=examples.models:mlp", "--set", "model.kwargs={in_features: 64, hidden: [64, 32]}",
+                 "--set", "model.input_shape=[1,64]", "--set", "finetune.epochs=0",
+                 "--set", "pruning.0.schedule=oneshot", "--set", "pruning.0.sparsity=0.5",
+                 "--set", "benchmark.enabled=false", *FAST)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    layers = {r["name"]: r for r in report["layers"]}
+    pruned = [layers["fc1"], layers["fc2"]]
+    assert sum(r["params"] - r["nonzero_params"] for r in pruned) == round(0.5 * sum(r["params"] for r in pruned))
+    assert layers["fc3"]["sparsity"] == 0.0
+    assert report["history"] == []
+
+
+def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
+    """Ctrl-C mid-fine-tune exits 130 with finished epochs checkpointed; --resume completes the run."""
+    import sparsekit.pipeline as pipeline_mod
+    import sparsekit.train as train_mod
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\ndata: {source: digits}\nfinetune: {epochs: 3, optimizer: {name: adam, lr: 0.001}}\n"
+                      "pruning: [{method: magnitude, sparsity: 0.7, schedule: {start_epoch: 0, end_epoch: 2},"
+                      " layers: {exclude: [fc3]}}]\nbenchmark: {enabled: false}\n")
+    real_evaluate = train_mod.evaluate
+    calls = {"n": 0}
+
+    def interrupt_on_third_eval(model, loader):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 1: dense model, 2: after epoch 1, 3: after epoch 2 -> Ctrl-C
+            raise KeyboardInterrupt
+        return real_evaluate(model, loader)
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupt_on_third_eval)
+    monkeypatch.setattr(pipeline_mod, "evaluate", interrupt_on_third_eval)
+    out = tmp_path / "o"
+    first = run("prune", mlp_checkpoint, recipe, "-o", out, *FAST)
+    assert first.exit_code == 130, first.stderr
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert not (out / "model.pt").exists()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    monkeypatch.setattr(pipeline_mod, "evaluate", real_evaluate)
+    second = run("prune", mlp_checkpoint, recipe, "-o", out, "--resume", *FAST)
+    assert second.exit_code == 0, second.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
+    selected = [r for r in report["layers"] if r["name"] != "fc3"]
+    zeros = sum(r["params"] - r["nonzero_params"] for r in selected)
+    assert zeros == round(0.7 * sum(r["params"] for r in selected))
+
+
+# ---------------------------------------------------------------- bad inputs: exit 2, one Error: line
+
+
+def test_pickled_module_is_refused(tmp_path, mlp_checkpoint):
+    from examples.models import mlp
+
+    path = tmp_path / "whole.pt"
+    torch.save(mlp(), path)
+    line = assert_bad_input(run("inspect", path), str(path), "--trust-model-file", "state_dict")
+    assert "refused" in line
+    # With explicit trust it loads.
+    assert run("inspect", path, "--trust-model-file", "--input-shape", "1,64").exit_code == 0
+
+
+def test_torchscript_is_refused(tmp_path):
+    from examples.models import mlp
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(mlp(), torch.zeros(1, 64)), path)
+    assert_bad_input(run("inspect", path), "TorchScript", "--trust-model-file")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_model_file(tmp_path, content):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), str(path))
+
+
+def test_corrupt_safetensors(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), str(path), "safetensors")
+
+
+def test_state_dict_without_arch(tmp_path):
+    from examples.models import mlp
+
+    path = tmp_path / "sd.pt"
+    torch.save(mlp().state_dict(), path)
+    assert_bad_input(run("inspect", path), str(path), "--arch")
+
+
+def test_safetensors_with_arch_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from examples.models import mlp
+
+    path = tmp_path / "w.safetensors"
+    save_file(mlp().state_dict(), str(path))
+    result = run("inspect", path, "--arch", "examples.models:mlp", "--input-shape", "1,64", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["params"] == sum(p.numel() for p in mlp().parameters())
+
+
+def test_mismatched_weights_name_the_keys(tmp_path):
+    from examples.models import mlp
+
+    path = tmp_path / "sd.pt"
+    torch.save(mlp(hidden=[32]).state_dict(), path)
+    line = assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), str(path))
+    assert "fc2.weight" in line and "fc3" in line  # a shape mismatch and a missing layer, both named
+
+
+def test_bad_arch_spec(tmp_path):
+    from examples.models import mlp
+
+    path = tmp_path / "sd.pt"
+    torch.save(mlp().state_dict(), path)
+    assert_bad_input(run("inspect", path, "--arch", "examples.models"), "pkg.module:callable")
+    assert_bad_input(run("inspect", path, "--arch", "no_such_pkg.x:y"), "no_such_pkg")
+    assert_bad_input(run("inspect", path, "--arch", "examples.models:nope"), "nope")
+
+
+def test_missing_model_and_recipe_files(tmp_path, mlp_checkpoint):
+    assert_bad_input(run("inspect", tmp_path / "nope.pt"), "nope.pt", "not found")
+    assert_bad_input(run("prune", mlp_checkpoint, tmp_path / "nope.yaml", "-o", tmp_path / "o"), "nope.yaml",
+                     "not found")
+    assert not (tmp_path / "o").exists()  # nothing created on bad input
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("version: 1\npruning:\n  - method: magnitude\n    sparsity: [0.5\n", ["line 5", "YAML"]),
+        ("version: 1\npruning: [{method: magnitude, sparsity: 0.5, sparsty: 0.4}]\n", ["pruning[0].sparsty"]),
+        ("version: 1\nfinetun: {epochs: 2}\n", ["finetun"]),
+        ("version: 1\npruning: [{method: magnitude, sparsity: 1.0}]\n", ["pruning[0].sparsity"]),
+        ("version: 1\npruning: [{method: magnitude, sparsity: -0.2}]\n", ["pruning[0].sparsity"]),
+        ("version: 1\nfinetune: {epochs: 4}\npruning: [{method: magnitude, sparsity: 0.5, "
+         "schedule: {start_epoch: 3, end_epoch: 1}}]\n", ["pruning[0].schedule"]),
+        ("version: 1\nfinetune: {epochs: 2}\npruning: [{method: magnitude, sparsity: 0.5, "
+         "schedule: {start_epoch: 0, end_epoch: 5}}]\n", ["finetune.epochs"]),
+        ("version: 1\npruning: [{method: pruneall, sparsity: 0.5}]\n", ["pruning[0]", "pruneall"]),
+        ("version: 1\nseed: !!python/object/apply:os.system ['echo hacked']\n", ["tag"]),
+        ("version: 2\n", ["version"]),
+        ("- just\n- a list\n", ["mapping"]),
+    ],
+)
+def test_bad_recipes_exit_2_and_name_the_field(tmp_path, mlp_checkpoint, text, needles):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    out = tmp_path / "o"
+    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", out), "bad.yaml", *needles)
+    assert_bad_input(run("validate", recipe), "bad.yaml", *needles)
+    assert not out.exists()
+
+
+def test_bad_set_override(tmp_path, mlp_checkpoint):
+    assert_bad_input(run("validate", "lenet-gradual-magnitude-90", "--set", "pruning.0.sparsity=2"),
+                     "pruning[0].sparsity")
+    assert_bad_input(run("validate", "lenet-gradual-magnitude-90", "--set", "pruning.7.sparsity=0.5"), "pruning.7")
+    assert_bad_input(run("validate", "lenet-gradual-magnitude-90", "--set", "finetune.epochs"), "key.path=value")
+
+
+def test_pattern_matching_nothing_lists_prunable_layers(tmp_path, mlp_checkpoint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot, "
+                      "layers: {include: ['encoder.*']}}]\n")
+    line = assert_bad_input(run("validate", recipe, mlp_checkpoint), "encoder.*")
+    assert "fc1" in line and "fc2" in line and "fc3" in line
+    out = tmp_path / "o"
+    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", out, *FAST), "encoder.*")
+
+
+def test_overlapping_methods_are_refused(tmp_path, mlp_checkpoint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
+                      "  - {method: magnitude, sparsity: 0.3, schedule: oneshot, layers: {include: [fc2]}}\n")
+    assert_bad_input(run("validate", recipe, mlp_checkpoint), "pruning[0]", "pruning[1]", "fc2")
+
+
+def test_non_empty_output_folder_refused(tmp_path, mlp_checkpoint):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
+    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", out, *FAST), str(out), "--overwrite", "--resume")
+    assert (out / "mine.txt").read_text() == "user data"
+
+
+def test_input_shape_mismatch(tmp_path, mlp_checkpoint):
+    # A checkpoint saved for 64 features, a recipe written for 784.
+    assert_bad_input(run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", *FAST),
+                     "model.input_shape", "[1, 784]", "[1, 64]")
+    # A state_dict whose architecture cannot take the recipe's input shape.
+    from examples.models import mlp
+
+    sd = tmp_path / "sd.pt"
+    torch.save(mlp().state_dict(), sd)
+    assert_bad_input(run("prune", sd, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", "--arch",
+                         "examples.models:mlp", *FAST), "[1, 784]")
+    # Data whose samples do not fit the model.
+    npz = tmp_path / "d.npz"
+    import numpy as np
+
+    np.savez(npz, x=np.zeros((40, 10), dtype=np.float32), y=np.zeros(40, dtype=np.int64))
+    assert_bad_input(run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o",
+                         "--set", "model.input_shape=null", "--data", npz, *FAST), "d.npz")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_data_source(tmp_path, mlp_checkpoint):
+    assert_bad_input(run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o",
+                         "--set", "model.input_shape=null", "--data", tmp_path / "missing.npz", *FAST),
+                     "missing.npz")
+
+
+def test_bench_bad_inputs(tmp_path):
+    notonnx = tmp_path / "x.onnx"
+    notonnx.write_text("hello")
+    assert_bad_input(run("bench", notonnx, "--runs", "2"), "x.onnx")
+    result = run("bench", notonnx, "--batch-size", "0")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+
+
+def test_unexpected_failure_exit_1_and_debug_traceback(tmp_path, monkeypatch):
+    import sparsekit.recipe as recipe_mod
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(recipe_mod, "load_recipe", boom)
+    result = run("validate", "lenet-gradual-magnitude-90")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr and "--debug" in result.stderr
+    result = run("validate", "lenet-gradual-magnitude-90", "--debug")
+    assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+# ---------------------------------------------------------------- the other commands
+
+
+def test_validate_dry_run_lists_layers_and_targets(mlp_checkpoint):
+    result = run("validate", "lenet-gradual-magnitude-90", mlp_checkpoint, "--set", "model.input_shape=[1,64]",
+                 "--set", "model.factory=null", "--json")
+    assert result.exit_code == 0, result.stderr
+    res = json.loads(result.stdout)
+    (method,) = res["methods"]
+    assert method["layers"] == ["fc1", "fc2"]
+    targets = method["targets_per_epoch"]
+    assert len(targets) == 8
+    assert targets == sorted(targets) and targets[-1] == pytest.approx(0.9)
+    assert targets[4] == pytest.approx(0.9)  # end_epoch 5 reached
+    assert 0 < targets[0] < 0.9
+
+
+def test_recipes_lists_shipped(tmp_path):
+    result = run("recipes", "--json")
+    assert result.exit_code == 0
+    names = {r["name"] for r in json.loads(result.stdout)}
+    assert {"lenet-gradual-magnitude-90", "cnn-layer-magnitude-80"} <= names
+
+
+def test_export_and_bench_commands(tmp_path, mlp_checkpoint):
+    onnx_path = tmp_path / "m.onnx"
+    result = run("export", mlp_checkpoint, "-o", onnx_path, "--exporter", "torchscript", "--json")
+    assert result.exit_code == 0, result.stderr
+    res = json.loads(result.stdout)
+    assert res["parity"]["ok"] and onnx_path.is_file()
+    result = run("bench", onnx_path, onnx_path, "--runs", "5", "--warmup", "1", "-b", "1", "-b", "8", "--json",
+                 "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    res = json.loads(result.stdout)
+    assert len(res["files"]) == 2
+    assert set(res["files"][0]["latency_ms"]) == {"1", "8"}
+    insp = run("inspect", onnx_path, "--json")
+    assert insp.exit_code == 0, insp.stderr
+
+
+def test_help_teaches():
+    result = run("--help")
+    assert result.exit_code == 0
+    for cmd in ("prune", "export", "bench", "inspect", "validate", "recipes", "report"):
+        assert cmd in result.output
+    assert "--set" in run("prune", "--help").output
