@@ -1,0 +1,79 @@
+"""Model files: safe loading, sparsekit checkpoints, atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsekit
+from examples.models import lenet_300_100, mlp
+from sparsekit.errors import ModelFileError
+from sparsekit.fsutil import atomic_path
+from sparsekit.modelio import read_model
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    model = mlp(hidden=[32])
+    path = sparsekit.save_model(model, tmp_path / "m.pt", factory="examples.models:mlp",
+                                kwargs={"hidden": [32]}, input_shape=[1, 64])
+    raw = torch.load(path, weights_only=True)  # a plain dict: no code runs on load
+    assert raw["format"] == "sparsekit/1" and raw["kwargs"] == {"hidden": [32]} and raw["input_shape"] == [1, 64]
+    loaded = read_model(path)
+    assert loaded.factory == "examples.models:mlp" and loaded.input_shape == [1, 64]
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(loaded.model(x), model.eval()(x))
+    assert not loaded.model.training
+
+
+def test_state_dict_and_safetensors_need_and_use_arch(tmp_path):
+    from safetensors.torch import save_file
+
+    model = lenet_300_100()
+    sd, st = tmp_path / "w.pt", tmp_path / "w.safetensors"
+    torch.save(model.state_dict(), sd)
+    save_file(model.state_dict(), str(st))
+    for path in (sd, st):
+        with pytest.raises(ModelFileError, match="--arch"):
+            sparsekit.load_model(path)
+        got = sparsekit.load_model(path, arch="examples.models:lenet_300_100")
+        torch.testing.assert_close(got.fc1.weight, model.fc1.weight)
+
+
+def test_training_checkpoint_dict_with_state_dict_key(tmp_path):
+    model = mlp()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "model_state_dict": model.state_dict()}, path)
+    got = sparsekit.load_model(path, arch="examples.models:mlp")
+    torch.testing.assert_close(got.fc3.bias, model.fc3.bias)
+
+
+def test_pickled_module_refused_then_trusted(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(mlp(), path)
+    with pytest.raises(ModelFileError, match="trust-model-file"):
+        sparsekit.load_model(path)
+    assert isinstance(sparsekit.load_model(path, trust=True), torch.nn.Module)
+
+
+def test_wrong_kwargs_and_shapes_are_named(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(mlp(hidden=[16, 8]).state_dict(), path)
+    with pytest.raises(ModelFileError) as err:
+        sparsekit.load_model(path, arch="examples.models:mlp")
+    assert "fc1.weight" in str(err.value) and "(16, 64)" in str(err.value)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_save_model_rejects_non_json_kwargs(tmp_path):
+    with pytest.raises(ModelFileError, match="JSON"):
+        sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", kwargs={"act": torch.relu})
+    assert not (tmp_path / "m.pt").exists()

@@ -1,0 +1,164 @@
+"""The Pruner as a user's own training loop drives it (INTERFACE.md §5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from examples.models import mlp, small_cnn
+from sparsekit.masks import MASK
+
+
+def recipe(**magnitude):
+    spec = {"method": "magnitude", "sparsity": 0.8, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.5},
+            "layers": {"exclude": ["fc3"]}, **magnitude}
+    return sparsekit.Recipe(finetune={"epochs": 3}, pruning=[spec])
+
+
+def batches(n, features=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, features, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+
+
+def train(model, pruner, data, opt, on_step=None):
+    for x, y in data:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y) + pruner.penalty()
+        loss.backward()
+        opt.step()
+        pruner.step()
+        if on_step:
+            on_step()
+
+
+def zero_fraction(model, names):
+    mods = dict(model.named_modules())
+    zeros = sum(int((mods[n].weight == 0).sum()) for n in names)
+    return zeros / sum(mods[n].weight.numel() for n in names)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda p: torch.optim.Adam(p, lr=1e-2),
+    lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+], ids=["sgd-momentum", "adam", "adamw"])
+def test_zeros_stay_zero_and_exact_sparsity(make_opt):
+    model = mlp()
+    spe = 4
+    pruner = sparsekit.Pruner(model, recipe(), steps_per_epoch=spe)
+    opt = make_opt(model.parameters())
+    zero_sets: list[torch.Tensor] = []
+
+    def check():
+        # Once a weight is zero it never comes back, whatever momentum or Adam state says.
+        now = torch.cat([model.fc1.weight.flatten(), model.fc2.weight.flatten()]) == 0
+        if zero_sets:
+            assert bool((zero_sets[-1] <= now).all()), "a pruned weight came back"
+        zero_sets.append(now)
+
+    train(model, pruner, batches(3 * spe), opt, on_step=check)
+    total = model.fc1.weight.numel() + model.fc2.weight.numel()
+    assert int(zero_sets[-1].sum()) == round(0.8 * total)  # exact count, global across fc1+fc2
+    assert zero_fraction(model, ["fc3"]) == 0.0  # excluded head untouched
+    # Scores were global: the two layers end with different sparsities.
+    assert zero_fraction(model, ["fc1"]) != pytest.approx(zero_fraction(model, ["fc2"]), abs=1e-3)
+
+
+def test_gradual_targets_follow_the_schedule():
+    model = mlp()
+    spe = 4
+    pruner = sparsekit.Pruner(model, recipe(), steps_per_epoch=spe)
+    sched = pruner.methods[0].schedule
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    seen = []
+    train(model, pruner, batches(3 * spe), opt, on_step=lambda: seen.append(zero_fraction(model, ["fc1", "fc2"])))
+    for step, frac in enumerate(seen, start=1):
+        assert frac == pytest.approx(sched.target(step), abs=1e-4)
+    assert seen[0] < seen[4] < seen[-1]  # gradual, not one shot
+
+
+def test_layer_scope_gives_each_layer_the_target():
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe(scope="layer", schedule="oneshot", sparsity=0.6), steps_per_epoch=2)
+    assert zero_fraction(model, ["fc1"]) == pytest.approx(0.6, abs=1e-3)
+    assert zero_fraction(model, ["fc2"]) == pytest.approx(0.6, abs=1e-3)
+    assert pruner.finalize() is model
+
+
+def test_finalize_leaves_a_plain_model():
+    model = mlp()
+    keys = set(model.state_dict())
+    pruner = sparsekit.Pruner(model, recipe(schedule="oneshot"), steps_per_epoch=2)
+    out = pruner.finalize()
+    assert set(out.state_dict()) == keys
+    assert not any(hasattr(m, MASK) for m in out.modules())
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in out.modules())
+    assert sparsekit.sparsity(out) == pytest.approx(0.8 * 0.985, abs=0.02)  # fc3 (excluded) is ~1.5%
+
+
+def test_resume_matches_an_uninterrupted_run():
+    data = batches(12)
+
+    def fresh():
+        torch.manual_seed(1)
+        model = mlp()
+        return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    model_a, opt_a = fresh()
+    pruner_a = sparsekit.Pruner(model_a, recipe(), steps_per_epoch=4)
+    train(model_a, pruner_a, data, opt_a)
+
+    model_b, opt_b = fresh()
+    pruner_b = sparsekit.Pruner(model_b, recipe(), steps_per_epoch=4)
+    train(model_b, pruner_b, data[:5], opt_b)
+    state = {"model": model_b.state_dict(), "opt": opt_b.state_dict(), "pruner": pruner_b.state_dict()}
+
+    model_c, opt_c = fresh()
+    pruner_c = sparsekit.Pruner(model_c, recipe(), steps_per_epoch=4)
+    model_c.load_state_dict(state["model"])
+    opt_c.load_state_dict(state["opt"])
+    pruner_c.load_state_dict(state["pruner"])
+    assert pruner_c.step_count == 5
+    train(model_c, pruner_c, data[5:], opt_c)
+    for name in ("fc1", "fc2"):
+        torch.testing.assert_close(getattr(model_c, name).weight, getattr(model_a, name).weight)
+    assert pruner_c.masks().keys() == pruner_a.masks().keys()
+
+
+def test_pruner_unwraps_ddp_style_wrappers_and_masks_conv():
+    class Wrapper(nn.Module):  # DistributedDataParallel keeps the real model in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    model = small_cnn(width=8, image_size=8)
+    rec = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot",
+                                     "layers": {"include": ["conv*"], "types": ["Conv2d"]}}])
+    pruner = sparsekit.Pruner(Wrapper(model), rec, steps_per_epoch=1)
+    assert sorted(pruner.methods[0].layers) == ["conv1", "conv2", "conv3"]
+    assert zero_fraction(model, ["conv1", "conv2", "conv3"]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_penalty_is_a_zero_tensor_without_l1_and_bad_steps_per_epoch():
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe(), steps_per_epoch=3)
+    p = pruner.penalty()
+    assert isinstance(p, torch.Tensor) and float(p) == 0.0
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        sparsekit.Pruner(model, recipe(), steps_per_epoch=0)
+
+
+def test_unknown_layer_pattern_lists_prunable_layers():
+    with pytest.raises(sparsekit.TargetError, match="fc1.*fc2.*fc3"):
+        sparsekit.Pruner(mlp(), recipe(layers={"include": ["encoder*"]}), steps_per_epoch=1)
+
+
+def test_public_api_all_is_sorted_and_importable():
+    assert sparsekit.__all__ == sorted(sparsekit.__all__)
+    for name in sparsekit.__all__:
+        assert hasattr(sparsekit, name), name
