@@ -64,9 +64,7 @@ class SmallCNN(nn.Module):
     so removing channels structurally shortens inference, not just the parameter count.
     """
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 28
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 28) -> None:
         super().__init__()
         if image_size < 8:
             raise ValueError(f"small_cnn needs image_size >= 8 (three 2x2 poolings), got {image_size}")
@@ -114,9 +112,7 @@ class BasicBlock(nn.Module):
 class ResNetSmall(nn.Module):
     """Stem ``conv1``/``bn1``, blocks ``layer1`` (w), ``layer2`` (2w, /2), ``layer3`` (4w, /2), ``fc``."""
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 28
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 28) -> None:
         super().__init__()
         if image_size < 4:
             raise ValueError(f"resnet_small needs image_size >= 4 (two stride-2 blocks), got {image_size}")
@@ -152,9 +148,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32, imag
     return SmallCNN(in_channels, num_classes, width, image_size)
 
 
-def resnet_small(
-    in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 28
-) -> ResNetSmall:
+def resnet_small(in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 28) -> ResNetSmall:
     """Small residual CNN with BatchNorm (stem, three BasicBlocks, global average pooling, ``fc``).
 
     Input ``[N, in_channels, image_size, image_size]``; any ``image_size >= 4`` works since the

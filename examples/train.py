@@ -1,7 +1,7 @@
 """Train an example model on a bundled dataset and save a sparsekit checkpoint.
 
-    python examples/train.py lenet_300_100 --data mnist5k --epochs 6 -o lenet.pt
-    python examples/train.py small_cnn --data mnist5k --epochs 4 -o cnn.pt
+python examples/train.py lenet_300_100 --data mnist5k --epochs 6 -o lenet.pt
+python examples/train.py small_cnn --data mnist5k --epochs 4 -o cnn.pt
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsekit.errors import ExportError
-from sparsekit.export import load_onnx, onnx_sizes
+from sparsekit.export import load_onnx, size_report
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -72,9 +72,7 @@ def benchmark(
     total = len(sizes) * (warmup + runs)
     with _progress_bar(progress, total) as advance:
         for b in sizes:
-            feeds = [
-                {s.get_inputs()[0].name: _input(b, d, seed)} for s, d in zip(sessions, dims, strict=True)
-            ]
+            feeds = [{s.get_inputs()[0].name: _input(b, d, seed)} for s, d in zip(sessions, dims, strict=True)]
             for _ in range(warmup):
                 for s, feed in zip(sessions, feeds, strict=True):
                     s.run(None, feed)
@@ -142,9 +140,7 @@ def _input_dims(
         raise ExportError(f"{path}: benchmark feeds one float32 tensor with a batch dim; model takes {got}")
     batch, *rest = inputs[0].shape
     if isinstance(batch, int) and any(b != batch for b in sizes):
-        raise ExportError(
-            f"{path}: the batch dim is fixed at {batch}; export it dynamic or use batch {batch}"
-        )
+        raise ExportError(f"{path}: the batch dim is fixed at {batch}; export it dynamic or use batch {batch}")
     if input_shape is None:
         if not all(isinstance(d, int) for d in rest):
             raise ExportError(
@@ -157,9 +153,7 @@ def _input_dims(
     except (TypeError, ValueError) as e:
         raise ExportError(f"input shape must be integers like 1,3,32,32, got {input_shape!r}") from e
     user = user[1:] if len(user) == len(rest) + 1 else user
-    fits = len(user) == len(rest) and all(
-        not isinstance(m, int) or m == u for m, u in zip(rest, user, strict=True)
-    )
+    fits = len(user) == len(rest) and all(not isinstance(m, int) or m == u for m, u in zip(rest, user, strict=True))
     if not fits or any(d <= 0 for d in user):
         shape = inputs[0].shape
         raise ExportError(f"{path}: input shape {list(input_shape)} does not fit the model's input {shape}")
@@ -202,10 +196,14 @@ def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
     Measured on a log scale (~ |ratio - 1| near 1) so that a 100x speedup still counts when one
     noisy A/A run is off by 2x; on a linear scale no speedup could exceed a noise of 1.
     """
+    return abs(math.log(ratio["p50"])) > _band(ratio, control)
+
+
+def _band(ratio: dict[str, Any], control: dict[str, Any]) -> float:
+    """Half-width of the noise band on a log scale (see :func:`_significant`)."""
     lo, hi = ratio["spread"]
     aa = [control["ratio_p50"], *control["spread"]]
-    band = max(*(abs(math.log(r)) for r in aa), (math.log(hi) - math.log(lo)) / 2)
-    return abs(math.log(ratio["p50"])) > band
+    return max(*(abs(math.log(r)) for r in aa), (math.log(hi) - math.log(lo)) / 2)
 
 
 def _summarise(
@@ -224,7 +222,7 @@ def _summarise(
         control[str(b)] = {"ratio_p50": r["p50"], "noise": abs(r["p50"] - 1.0), "spread": r["spread"]}
     out_files = []
     for i, path in enumerate(files):
-        latency, throughput, ratios, significant = {}, {}, {}, {}
+        latency, throughput, ratios, significant, bands = {}, {}, {}, {}, {}
         for b, times in samples.items():
             ms = times[i] / 1e6
             p50, p90, p99 = np.percentile(ms, [50, 90, 99])
@@ -234,15 +232,18 @@ def _summarise(
             throughput[str(b)] = round(float(b / (p50 / 1e3)), 1)
             ratios[str(b)] = r = _ratio(times, i)
             significant[str(b)] = _significant(r, control[str(b)])
+            # As a ratio: a p50 ratio within 1 ± noise_band (log-symmetric) is not called a change.
+            bands[str(b)] = round(math.exp(_band(r, control[str(b)])) - 1, 4)
         out_files.append(
             {
                 "path": str(path),
-                **onnx_sizes(path),
+                **size_report(path),
                 "input_shape": ["batch", *dims[i]],
                 "latency_ms": latency,
                 "throughput_per_s": throughput,
                 "ratio_to_first": ratios,
                 "speedup_significant": significant,
+                "noise_band": bands,
             }
         )
     return {

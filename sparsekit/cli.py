@@ -33,8 +33,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.get("debug", False)
-        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.WARNING,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
         try:
             return fn(*args, **kwargs)
         except SparsekitError as err:
@@ -42,16 +45,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             _fail(str(err), err.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted: finished files are complete; `--resume` continues from the last "
-                       "finished epoch.", err=True)
+            click.echo(
+                "Interrupted: finished files are complete; `--resume` continues from the last finished epoch.", err=True
+            )
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit):
             raise  # click prints usage errors itself, with exit code 2
         except Exception as err:  # noqa: BLE001 - the CLI edge: report, never dump a traceback by default
             if debug:
                 traceback.print_exc()
-            _fail(f"unexpected failure: {type(err).__name__}: {err} (run again with --debug for a traceback "
-                  "and report it)", 1)
+            _fail(
+                f"unexpected failure: {type(err).__name__}: {err} (run again with --debug for a traceback "
+                "and report it)",
+                1,
+            )
 
     return wrapper
 
@@ -110,23 +117,49 @@ def main() -> None:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("recipe")
-@click.option("-o", "--output", "out", default="sparsekit-out", show_default=True, type=click.Path(path_type=Path),
-              help="Output folder (model.pt, model.onnx, dense.onnx, report.json/.md, plots, checkpoints/).")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    default="sparsekit-out",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output folder (model.pt, model.onnx, dense.onnx, report.json/.md, plots, checkpoints/).",
+)
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
 @click.option("--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a recipe field, e.g. --set finetune.epochs=2 --set pruning.0.sparsity=0.8.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe field, e.g. --set finetune.epochs=2 --set pruning.0.sparsity=0.8.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results in a non-empty output folder.")
-@click.option("--trust-model-file", is_flag=True,
-              help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).")
+@click.option(
+    "--trust-model-file",
+    is_flag=True,
+    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (logs stay on stderr).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @debug_option
 @handle_errors
-def prune(model: Path, recipe: str, out: Path, arch: str | None, data: str | None, overrides: tuple[str, ...],
-          resume: bool, overwrite: bool, trust_model_file: bool, as_json: bool, no_progress: bool,
-          debug: bool) -> None:
+def prune(
+    model: Path,
+    recipe: str,
+    out: Path,
+    arch: str | None,
+    data: str | None,
+    overrides: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+    trust_model_file: bool,
+    as_json: bool,
+    no_progress: bool,
+    debug: bool,
+) -> None:
     """Prune MODEL with RECIPE while fine-tuning, then export ONNX, check parity and benchmark.
 
     RECIPE is a YAML file or the name of a shipped recipe (see `sparsekit recipes`).
@@ -137,39 +170,90 @@ def prune(model: Path, recipe: str, out: Path, arch: str | None, data: str | Non
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
     rec = load_recipe(_recipe_path(recipe), list(overrides))
-    report = run_prune(model, rec, out, arch=arch, data=data, trust=trust_model_file, overwrite=overwrite,
-                       resume=resume, progress=not no_progress)
+    report = run_prune(
+        model,
+        rec,
+        out,
+        arch=arch,
+        data=data,
+        trust=trust_model_file,
+        overwrite=overwrite,
+        resume=resume,
+        progress=not no_progress,
+        notify=lambda m: click.echo(m, err=True),
+    )
     d, p = report["dense"], report["pruned"]
-    text = [f"Wrote {out}/ (model.pt, model.onnx, dense.onnx, report.md, report.json)",
-            f"  accuracy  {d['accuracy']:.4f} -> {p['accuracy']:.4f}",
-            f"  sparsity  {d['sparsity']:.3f} -> {p['sparsity']:.3f}   params {d['params']:,} -> {p['params']:,}",
-            f"  ONNX size {d['onnx_bytes']:,} -> {p['onnx_bytes']:,} B; gzip {d['onnx_gzip_bytes']:,} -> "
-            f"{p['onnx_gzip_bytes']:,} B ({p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x)",
-            f"  parity    max |onnx - torch| {report['parity']['max_abs_diff']:.2e} "
-            f"({'ok' if report['parity']['ok'] else 'FAILED'}), zeros kept in ONNX: {report['zeros_preserved']}"]
+    text = [
+        f"Wrote {out}/ (model.pt, model.onnx, dense.onnx, report.md, report.json)",
+        f"  accuracy  {d['accuracy']:.4f} -> {p['accuracy']:.4f}",
+        f"  sparsity  {d['sparsity']:.3f} -> {p['sparsity']:.3f}   params {d['params']:,} -> {p['params']:,}",
+        f"  ONNX size {d['onnx_bytes']:,} -> {p['onnx_bytes']:,} B; gzip {d['onnx_gzip_bytes']:,} -> "
+        f"{p['onnx_gzip_bytes']:,} B ({p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x)",
+        f"  parity    max |onnx - torch| {report['parity']['max_abs_diff']:.2e} "
+        f"({'ok' if report['parity']['ok'] else 'FAILED'}), zeros kept in ONNX: {report['zeros_preserved']}",
+    ]
     for bs, s in (report.get("benchmark") or {}).get("speedup", {}).items():
-        verdict = "faster" if s["significant"] and s["ratio"] < 1 else "within noise" if not s["significant"] else "slower"
-        text.append(f"  latency   batch {bs}: {d['latency_ms'][bs]['p50']:.3f} -> {p['latency_ms'][bs]['p50']:.3f} ms "
-                    f"(ratio {s['ratio']:.3f}, A/A noise {s['noise']:.3f}: {verdict})")
+        verdict = (
+            "faster" if s["significant"] and s["ratio"] < 1 else "within noise" if not s["significant"] else "slower"
+        )
+        text.append(
+            f"  latency   batch {bs}: {d['latency_ms'][bs]['p50']:.3f} -> {p['latency_ms'][bs]['p50']:.3f} ms "
+            f"(ratio {s['ratio']:.3f}, noise ±{s['noise']:.3f}: {verdict})"
+        )
     text += [f"  note      {n}" for n in report["notes"]]
+    text.append(f"  {report['expectation']}")
     _emit(report, as_json, "\n".join(text))
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Output .onnx (default: MODEL with .onnx).")
+@click.option(
+    "-o", "--output", "out", type=click.Path(path_type=Path), help="Output .onnx (default: MODEL with .onnx)."
+)
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
 @click.option("--input-shape", help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).")
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(13, 23))
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
-@click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True)
-@click.option("--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only).")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "int8"]),
+    default="none",
+    show_default=True,
+    help="Also write FILE.int8.onnx: static QDQ calibrated on --data, dynamic without it.",
+)
+@click.option(
+    "--data", help="Calibration/eval data for --quantize int8: digits | mnist5k | FILE.npz | pkg.module:callable."
+)
+@click.option(
+    "--sparse-storage",
+    is_flag=True,
+    help="Also write FILE.sparse.onnx with sparse initializers where smaller (saves disk, not time).",
+)
+@click.option(
+    "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
 @handle_errors
-def export(model: Path, out: Path | None, arch: str | None, input_shape: str | None, opset: int, exporter: str,
-           quantize: str, trust_model_file: bool, as_json: bool, debug: bool) -> None:
-    """Export MODEL to ONNX, check it with onnx.checker and its parity with torch in onnxruntime."""
+def export(
+    model: Path,
+    out: Path | None,
+    arch: str | None,
+    input_shape: str | None,
+    opset: int,
+    exporter: str,
+    quantize: str,
+    data: str | None,
+    sparse_storage: bool,
+    trust_model_file: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Export MODEL to ONNX, check it with onnx.checker and its parity with torch in onnxruntime.
+
+    Sizes count any external-data file. --quantize int8 checks that every pruned weight is still
+    exactly zero after quantization and, with --data, reports int8 accuracy next to fp32.
+    """
     from .export import export_onnx
     from .modelio import infer_input_shape, read_model
 
@@ -179,38 +263,107 @@ def export(model: Path, out: Path | None, arch: str | None, input_shape: str | N
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
     out = out or model.with_suffix(".onnx")
     res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
+    if data and quantize != "int8":
+        raise click.UsageError("--data is only used with --quantize int8")
+    lines = [
+        f"Wrote {out} ({res['bytes']:,} B, gzip {res['gzip_bytes']:,} B); parity max diff "
+        f"{res['parity']['max_abs_diff']:.2e} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
+        f"zeros kept: {res['zeros']['zeros_ok']}"
+    ]
     if quantize == "int8":
-        from .quantize import quantize_int8
+        res["int8"] = _export_int8(out, data, shape)
+        q = res["int8"]
+        lines.append(
+            f"Wrote {q['path']} ({q['mode']} int8, {q['bytes']:,} B, gzip {q['gzip_bytes']:,} B); "
+            f"pruned zeros still zero: {q['zeros']['zeros_ok']}"
+        )
+        if q.get("eval"):
+            ev = q["eval"]
+            lines.append(
+                f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
+                f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
+            )
+    if sparse_storage:
+        from .sparse_storage import to_sparse_storage
 
-        res["int8"] = quantize_int8(out, out.with_suffix(".int8.onnx"))
-    _emit(res, as_json, f"Wrote {out} ({res['bytes']:,} B, gzip {res['gzip_bytes']:,} B); parity "
-          f"max diff {res['parity']['max_abs_diff']:.2e} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
-          f"zeros kept: {res['zeros']['zeros_ok']}")
+        ss = res["sparse_storage"] = to_sparse_storage(out, out.with_suffix(".sparse.onnx"))
+        lines.append(
+            f"Wrote {ss['path']} ({ss['bytes_after']:,} B vs {ss['bytes_before']:,} B; "
+            f"{ss['sparse_initializers']} sparse initializer(s); saves disk, not time)"
+        )
+    _emit(res, as_json, "\n".join(lines))
+
+
+def _export_int8(path: Path, data: str | None, shape: list[int]) -> dict[str, Any]:
+    import numpy as np
+
+    from .quantize import quantize_int8
+
+    if not data:
+        return quantize_int8(path, path.with_suffix(".int8.onnx"))
+    from .data import load_data
+
+    bundle = load_data(data, input_shape=shape)
+    xs, ys = zip(*[(np.asarray(x, dtype=np.float32), np.asarray(y)) for x, y in bundle.val], strict=True)
+    return quantize_int8(
+        path,
+        path.with_suffix(".int8.onnx"),
+        calibration=bundle.train,
+        eval_data=(np.concatenate(xs), np.concatenate(ys)),
+    )
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-b", "--batch-size", "batch_sizes", multiple=True, type=int, default=(1, 32), show_default=True,
-              help="Repeat for several batch sizes.")
+@click.option(
+    "-b",
+    "--batch-size",
+    "batch_sizes",
+    multiple=True,
+    type=int,
+    default=(1, 32),
+    show_default=True,
+    help="Repeat for several batch sizes.",
+)
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="onnxruntime intra-op threads.")
 @click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
-@click.option("--runs", default=200, show_default=True, type=click.IntRange(1), help="Timed runs per file and batch size.")
+@click.option(
+    "--runs", default=200, show_default=True, type=click.IntRange(1), help="Timed runs per file and batch size."
+)
 @click.option("--provider", default="CPUExecutionProvider", show_default=True)
 @click.option("--input-shape", help="Input shape when the ONNX file has symbolic dims besides batch, e.g. 1,3,32,32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @debug_option
 @handle_errors
-def bench(files: tuple[Path, ...], batch_sizes: tuple[int, ...], threads: int, warmup: int, runs: int, provider: str,
-          input_shape: str | None, as_json: bool, no_progress: bool, debug: bool) -> None:
+def bench(
+    files: tuple[Path, ...],
+    batch_sizes: tuple[int, ...],
+    threads: int,
+    warmup: int,
+    runs: int,
+    provider: str,
+    input_shape: str | None,
+    as_json: bool,
+    no_progress: bool,
+    debug: bool,
+) -> None:
     """Benchmark ONNX FILES in onnxruntime, interleaved (A B A B ...), with ratios to the first file
     and an A/A control (the first file against itself) that shows the noise floor."""
     from .bench import benchmark, latency_table
 
     if any(b <= 0 for b in batch_sizes):
         raise ExportError(f"--batch-size {min(batch_sizes)}: batch sizes must be > 0")
-    res = benchmark(list(files), list(batch_sizes), threads=threads, warmup=warmup, runs=runs, provider=provider,
-                    input_shape=_shape(input_shape), progress=not no_progress and not as_json)
+    res = benchmark(
+        list(files),
+        list(batch_sizes),
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        provider=provider,
+        input_shape=_shape(input_shape),
+        progress=not no_progress and not as_json,
+    )
     _emit(res, as_json, latency_table(res))
 
 
@@ -218,12 +371,15 @@ def bench(files: tuple[Path, ...], batch_sizes: tuple[int, ...], threads: int, w
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
 @click.option("--input-shape", help="Input shape for MACs, batch first (default: from the checkpoint).")
-@click.option("--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only).")
+@click.option(
+    "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
 @handle_errors
-def inspect(model: Path, arch: str | None, input_shape: str | None, trust_model_file: bool, as_json: bool,
-            debug: bool) -> None:
+def inspect(
+    model: Path, arch: str | None, input_shape: str | None, trust_model_file: bool, as_json: bool, debug: bool
+) -> None:
     """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx)."""
     if model.suffix == ".onnx":
         from .export import count_initializer_stats, onnx_sizes
@@ -237,16 +393,28 @@ def inspect(model: Path, arch: str | None, input_shape: str | None, trust_model_
     loaded = read_model(model, arch, trust=trust_model_file)
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     rows = layer_report(loaded.model, shape)
-    res = {"path": str(model), "factory": loaded.factory, "input_shape": shape,
-           "structurally_pruned": bool(loaded.pruning_history), **model_stats(loaded.model, shape), "layers": rows}
-    lines = [f"{model}: {loaded.factory or 'unknown factory'}, input {shape or '? (pass --input-shape for MACs)'}",
-             f"{'layer':24} {'type':8} {'shape':18} {'params':>10} {'nonzero':>10} {'sparsity':>8} {'MACs':>12}"]
+    res = {
+        "path": str(model),
+        "factory": loaded.factory,
+        "input_shape": shape,
+        "structurally_pruned": bool(loaded.pruning_history),
+        **model_stats(loaded.model, shape),
+        "layers": rows,
+    }
+    lines = [
+        f"{model}: {loaded.factory or 'unknown factory'}, input {shape or '? (pass --input-shape for MACs)'}",
+        f"{'layer':24} {'type':8} {'shape':18} {'params':>10} {'nonzero':>10} {'sparsity':>8} {'MACs':>12}",
+    ]
     for r in rows:
-        lines.append(f"{r['name']:24} {r['type']:8} {'x'.join(map(str, r['shape'])):18} {r['params']:>10,} "
-                     f"{r['nonzero_params']:>10,} {r['sparsity']:>8.3f} {r.get('effective_macs', 0):>12,}")
-    lines.append(f"total params {res['params']:,}, nonzero {res['nonzero_params']:,}, prunable sparsity "
-                 f"{res['sparsity']:.3f}" + (f", MACs {res['macs']:,} (nonzero {res['effective_macs']:,})"
-                                             if "macs" in res else ""))
+        lines.append(
+            f"{r['name']:24} {r['type']:8} {'x'.join(map(str, r['shape'])):18} {r['params']:>10,} "
+            f"{r['nonzero_params']:>10,} {r['sparsity']:>8.3f} {r.get('effective_macs', 0):>12,}"
+        )
+    lines.append(
+        f"total params {res['params']:,}, nonzero {res['nonzero_params']:,}, prunable sparsity "
+        f"{res['sparsity']:.3f}"
+        + (f", MACs {res['macs']:,} (nonzero {res['effective_macs']:,})" if "macs" in res else "")
+    )
     _emit(res, as_json, "\n".join(lines))
 
 
@@ -255,13 +423,25 @@ def inspect(model: Path, arch: str | None, input_shape: str | None, trust_model_
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe field.")
-@click.option("--steps-per-epoch", default=100, show_default=True, type=click.IntRange(1),
-              help="Batches per epoch assumed for the dry run.")
+@click.option(
+    "--steps-per-epoch",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Batches per epoch assumed for the dry run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
 @handle_errors
-def validate(recipe: str, model: Path | None, arch: str | None, overrides: tuple[str, ...], steps_per_epoch: int,
-             as_json: bool, debug: bool) -> None:
+def validate(
+    recipe: str,
+    model: Path | None,
+    arch: str | None,
+    overrides: tuple[str, ...],
+    steps_per_epoch: int,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Check RECIPE; with MODEL, a dry run: layers each method matches and its target per epoch."""
     from .recipe import load_recipe
 
@@ -277,8 +457,9 @@ def validate(recipe: str, model: Path | None, arch: str | None, overrides: tuple
         pruner = Pruner(loaded.model, rec, steps_per_epoch, context={"input_shape": loaded.input_shape})
         for i, m in enumerate(pruner.methods):
             targets = m.targets(rec.finetune.epochs, steps_per_epoch)
-            res["methods"].append({"index": i, "method": m.name, "layers": list(m.layers),
-                                   "targets_per_epoch": targets})
+            res["methods"].append(
+                {"index": i, "method": m.name, "layers": list(m.layers), "targets_per_epoch": targets}
+            )
             lines.append(f"pruning[{i}] {m.name}: {', '.join(m.layers)}")
             if targets:
                 lines.append("  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(targets)))
@@ -299,8 +480,15 @@ def recipes(as_json: bool, debug: bool) -> None:
         first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
         data = yaml.safe_load(text) or {}
         methods = [m.get("method", "?") for m in data.get("pruning", [])]
-        rows.append({"name": path.stem, "path": str(path), "description": first, "methods": methods,
-                     "model": (data.get("model") or {}).get("factory")})
+        rows.append(
+            {
+                "name": path.stem,
+                "path": str(path),
+                "description": first,
+                "methods": methods,
+                "model": (data.get("model") or {}).get("factory"),
+            }
+        )
     if not rows:
         raise RecipeError(f"no shipped recipes found in {RECIPES_DIR}")
     _emit(rows, as_json, "\n".join(f"{r['name']:36} {'+'.join(r['methods']):24} {r['description']}" for r in rows))

@@ -52,8 +52,10 @@ def resolve_callable(spec: str, where: str, error: type[SparsekitError]) -> Call
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise error(f"{where}: cannot import module {module_name!r} ({exc}); run from the folder that "
-                    "contains it or install its package") from exc
+        raise error(
+            f"{where}: cannot import module {module_name!r} ({exc}); run from the folder that "
+            "contains it or install its package"
+        ) from exc
     except Exception as exc:  # the user's module raised while importing
         raise error(f"{where}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     for part in attr_path.split("."):

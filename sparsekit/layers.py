@@ -15,7 +15,8 @@ def prunable_layers(model: nn.Module, types: tuple[str, ...] | list[str] = LAYER
     return {
         name: m
         for name, m in model.named_modules()
-        if type(m).__name__ in types and isinstance(getattr(m, "weight", None), nn.Parameter)
+        if type(m).__name__ in types
+        and isinstance(getattr(m, "weight", None), nn.Parameter)
         and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
     }
 
@@ -39,9 +40,7 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     everything = prunable_layers(model)
     for pattern in spec.include:
         if not any(fnmatchcase(n, pattern) for n in candidates):
-            raise TargetError(
-                f"{where}.include: {pattern!r} matches no layer of types {spec.types}; {_listing(model)}"
-            )
+            raise TargetError(f"{where}.include: {pattern!r} matches no layer of types {spec.types}; {_listing(model)}")
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in everything):
             raise TargetError(f"{where}.exclude: {pattern!r} matches no layer; {_listing(model)}")

@@ -80,7 +80,9 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         if "Weights only load failed" not in text and "weights_only" not in text:
             raise ModelFileError(f"{path}: not a PyTorch checkpoint or state_dict ({text.splitlines()[0]})") from None
         if not trust:
-            raise _refuse(path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))")
+            raise _refuse(
+                path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))"
+            ) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)  # the user marked the file trusted
         return obj, "trusted-module"
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as err:
@@ -123,8 +125,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -193,8 +198,7 @@ def read_model(
 
         model = replay_history(model, history, input_shape)
     load_weights(model, state, path, factory)
-    return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None,
-                       history, kind)
+    return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None, history, kind)
 
 
 def save_model(

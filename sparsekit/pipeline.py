@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,19 @@ from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune
 
 log = logging.getLogger("sparsekit")
-OUTPUTS = ("model.pt", "model.onnx", "dense.onnx", "model.int8.onnx", "report.json", "report.md",
-           "layer_sparsity.png", "finetune.png", "latency.png", "checkpoints")
+OUTPUTS = (
+    "model.pt",
+    "model.onnx",
+    "dense.onnx",
+    "model.int8.onnx",
+    "model.sparse.onnx",
+    "report.json",
+    "report.md",
+    "layer_sparsity.png",
+    "finetune.png",
+    "latency.png",
+    "checkpoints",
+)
 
 
 def prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
@@ -49,8 +61,9 @@ def resolve_model(model_path: str | Path, recipe: Recipe, arch: str | None, trus
     """Load MODEL: ``--arch`` beats the checkpoint's own factory, which beats the recipe's ``model``."""
     spec = recipe.model
     kwargs = spec.kwargs if arch and spec.factory in (None, arch) and spec.kwargs else None
-    loaded = read_model(model_path, arch, kwargs=kwargs, trust=trust, fallback_factory=spec.factory,
-                        fallback_kwargs=spec.kwargs)
+    loaded = read_model(
+        model_path, arch, kwargs=kwargs, trust=trust, fallback_factory=spec.factory, fallback_kwargs=spec.kwargs
+    )
     if spec.input_shape and loaded.input_shape and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]:
         raise DataError(
             f"model.input_shape: the recipe says {list(spec.input_shape)} but {model_path} was saved for input "
@@ -75,7 +88,9 @@ def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
         msg = str(err).strip().splitlines()[0]
         raise DataError(f"{where}: the model does not accept inputs of shape {input_shape}: {msg}") from None
     if out.dim() != 2:
-        raise DataError(f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]")
+        raise DataError(
+            f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]"
+        )
     return int(out.shape[1])
 
 
@@ -83,8 +98,13 @@ def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    return {"sparsekit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    return {
+        "sparsekit": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def run_prune(
@@ -98,9 +118,12 @@ def run_prune(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the whole recipe on the model file and write DIR; returns report.json's content.
+    ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr)."""
     out = Path(out)
-    from .export import check_zeros, export_onnx, onnx_sizes
+    from .export import check_zeros, export_onnx
 
     torch.manual_seed(recipe.seed)
     loaded = resolve_model(model_path, recipe, arch, trust)
@@ -108,10 +131,19 @@ def run_prune(
     factory = loaded.factory or arch or recipe.model.factory
     source = data or recipe.data.source
     classes = check_input(model, shape, str(model_path))
-    bundle = load_data(source, batch_size=recipe.data.batch_size, val_fraction=recipe.data.val_fraction,
-                       seed=recipe.seed, input_shape=shape, synthetic_samples=recipe.data.synthetic_samples,
-                       num_classes=classes)
+    bundle = load_data(
+        source,
+        batch_size=recipe.data.batch_size,
+        val_fraction=recipe.data.val_fraction,
+        seed=recipe.seed,
+        input_shape=shape,
+        synthetic_samples=recipe.data.synthetic_samples,
+        num_classes=classes,
+    )
     prepare_output(out, overwrite, resume)  # after inputs are known good: a typo never touches the folder
+    expectation = what_it_buys(recipe)
+    if notify:
+        notify(expectation)
 
     log.info("evaluating the dense model")
     dense_metrics = evaluate(model, bundle.val)
@@ -120,14 +152,25 @@ def run_prune(
     ex = recipe.export
     dense_export = export_onnx(model, out / "dense.onnx", shape, opset=ex.opset, exporter=ex.exporter)
 
-    spe = len(bundle.train) if recipe.finetune.max_steps_per_epoch is None else min(
-        len(bundle.train), recipe.finetune.max_steps_per_epoch)
+    spe = (
+        len(bundle.train)
+        if recipe.finetune.max_steps_per_epoch is None
+        else min(len(bundle.train), recipe.finetune.max_steps_per_epoch)
+    )
     model.train()
     pruner = Pruner(model, recipe, steps_per_epoch=spe, context={"input_shape": shape})
     history: list[dict[str, Any]] = []
     if recipe.finetune.epochs > 0:
-        model, history, pruner = finetune(model, recipe, bundle.train, bundle.val, pruner=pruner,
-                                          progress=progress, checkpoint_dir=out / "checkpoints", resume=resume)
+        model, history, pruner = finetune(
+            model,
+            recipe,
+            bundle.train,
+            bundle.val,
+            pruner=pruner,
+            progress=progress,
+            checkpoint_dir=out / "checkpoints",
+            resume=resume,
+        )
     elif any(m.needs_grad for m in pruner.methods):
         batches = max(getattr(s, "calibration_batches", 0) for s in recipe.pruning)
         calibrate(model, pruner, bundle.train, batches)
@@ -138,13 +181,19 @@ def run_prune(
     save_model(model, out / "model.pt", factory, kwargs=loaded.kwargs, input_shape=shape, pruner=pruner)
     pruned_export = export_onnx(model, out / "model.onnx", shape, opset=ex.opset, exporter=ex.exporter)
     zeros = check_zeros(model, out / "model.onnx")
+    int8 = _quantize(out, bundle) if ex.quantize == "int8" else None
+    sparse_store = None
+    if ex.sparse_storage:
+        from .sparse_storage import to_sparse_storage
+
+        sparse_store = to_sparse_storage(out / "model.onnx", out / "model.sparse.onnx")
 
     report: dict[str, Any] = {
         "schema": 1,
         "model": {"path": str(model_path), "factory": factory, "kwargs": loaded.kwargs, "input_shape": shape},
         "data": {"source": source, "train_batches": len(bundle.train), "val_batches": len(bundle.val)},
-        "dense": {**dense_metrics, **dense_stats, **_sizes(onnx_sizes(out / "dense.onnx"))},
-        "pruned": {**pruned_metrics, **pruned_stats, **_sizes(onnx_sizes(out / "model.onnx"))},
+        "dense": {**dense_metrics, **dense_stats, **_sizes(out / "dense.onnx", 32)},
+        "pruned": {**pruned_metrics, **pruned_stats, **_sizes(out / "model.onnx", 32)},
         "layers": layer_report(model, shape),
         "dense_layers": dense_layers,
         "history": history,
@@ -155,6 +204,9 @@ def run_prune(
         "methods": _method_reports(pruner),
         "recipe": recipe.model_dump(mode="json"),
         "versions": _versions(),
+        "int8": int8,
+        "sparse_storage": sparse_store,
+        "expectation": expectation,
         "notes": [],
     }
     if recipe.benchmark.enabled:
@@ -166,8 +218,69 @@ def run_prune(
     return report
 
 
-def _sizes(s: dict[str, int]) -> dict[str, int]:
-    return {"onnx_bytes": s["bytes"], "onnx_gzip_bytes": s["gzip_bytes"]}
+def what_it_buys(recipe: Recipe) -> str:
+    """Say plainly, before the run, what this recipe's sparsity can buy on onnxruntime's CPU kernels."""
+    kinds = {spec.method for spec in recipe.pruning}
+    structural = "structured" in kinds or any(
+        spec.method == "l1" and spec.group != "none" and spec.remove_dead for spec in recipe.pruning
+    )
+    unstructured = bool(kinds & {"magnitude", "gradient"}) or any(
+        spec.method == "l1" and spec.group == "none" for spec in recipe.pruning
+    )
+    parts = []
+    if unstructured:
+        parts.append("unstructured zeros shrink the compressed (gzip) file but not onnxruntime CPU latency")
+    if structural:
+        parts.append("removing whole neurons/channels shrinks the model and its latency (up to the MACs ratio)")
+    if recipe.export.quantize == "int8":
+        parts.append("int8 quantization cuts size about 4x and usually latency")
+    if not parts:
+        parts.append("no method here creates zeros or removes units: expect no size or latency change")
+    return "What this recipe can buy: " + "; ".join(parts) + "."
+
+
+def _sizes(path: Path, value_bits: int, nonzero_params: int | None = None) -> dict[str, Any]:
+    """Size of an ONNX file (external data included) and how close gzip comes to the entropy bound
+    (nonzero fraction x value bits + binary entropy of the zero mask, per weight)."""
+    from .export import entropy_bound_bytes, size_report
+
+    s = size_report(path, nonzero_params)
+    bound = entropy_bound_bytes(s["params"], min(s["nonzero_params"], s["params"]), value_bits)
+    return {
+        "onnx_bytes": s["bytes"],
+        "onnx_gzip_bytes": s["gzip_bytes"],
+        "onnx_params": s["params"],
+        "onnx_nonzero_params": s["nonzero_params"],
+        "bytes_per_nonzero": s["bytes_per_nonzero"],
+        "gzip_bytes_per_nonzero": s["gzip_bytes_per_nonzero"],
+        "entropy_bound_bytes": round(bound),
+    }
+
+
+def _quantize(out: Path, bundle: Any) -> dict[str, Any]:
+    """int8 QDQ calibrated on training batches; accuracy and top-1 agreement measured on validation."""
+    import numpy as np
+
+    from .quantize import quantize_int8
+
+    xs, ys = [], []
+    for x, y in bundle.val:
+        xs.append(np.asarray(x, dtype=np.float32))
+        ys.append(np.asarray(y))
+    res = quantize_int8(
+        out / "model.onnx",
+        out / "model.int8.onnx",
+        calibration=bundle.train,
+        eval_data=(np.concatenate(xs), np.concatenate(ys)),
+    )
+    res.update(_sizes(out / "model.int8.onnx", 8, res.get("nonzero_params")))
+    # The int8 file's weights are integers, so count weights as the fp32 file does for the bound.
+    from .export import entropy_bound_bytes, size_report
+
+    fp32 = size_report(out / "model.onnx")
+    res["onnx_params"] = fp32["params"]
+    res["entropy_bound_bytes"] = round(entropy_bound_bytes(fp32["params"], fp32["nonzero_params"], 8))
+    return res
 
 
 def _method_reports(pruner: Pruner) -> list[dict[str, Any]]:
@@ -186,18 +299,45 @@ def _benchmark_into(report: dict[str, Any], out: Path, recipe: Recipe, shape: li
     from .bench import benchmark
 
     b = recipe.benchmark
-    res = benchmark([out / "dense.onnx", out / "model.onnx"], b.batch_sizes, threads=b.threads, warmup=b.warmup,
-                    runs=b.runs, input_shape=shape, progress=progress, seed=recipe.seed)
-    dense_f, pruned_f = res["files"]
-    for key, f in (("dense", dense_f), ("pruned", pruned_f)):
+    files = [out / "dense.onnx", out / "model.onnx"] + ([out / "model.int8.onnx"] if report.get("int8") else [])
+    res = benchmark(
+        files,
+        b.batch_sizes,
+        threads=b.threads,
+        warmup=b.warmup,
+        runs=b.runs,
+        input_shape=shape,
+        progress=progress,
+        seed=recipe.seed,
+    )
+    keys = ["dense", "pruned", "int8"][: len(files)]
+    for key, f in zip(keys, res["files"], strict=True):
         report[key]["latency_ms"] = f["latency_ms"]
         report[key]["throughput_per_s"] = f["throughput_per_s"]
-    speedup = {}
-    for bs, r in pruned_f["ratio_to_first"].items():
-        speedup[bs] = {"ratio": r["p50"], "spread": r["spread"], "noise": res["control"][bs]["noise"],
-                       "significant": bool(pruned_f.get("speedup_significant", {}).get(bs, False))}
-    report["benchmark"] = {"threads": b.threads, "runs": b.runs, "warmup": b.warmup, "provider": res["provider"],
-                           "speedup": speedup, "control": res["control"]}
+
+    def speedup_of(f: dict[str, Any]) -> dict[str, Any]:
+        return {
+            bs: {
+                "ratio": r["p50"],
+                "spread": r["spread"],
+                "noise": f["noise_band"][bs],  # the band actually used to call a change significant
+                "aa_ratio": res["control"][bs]["ratio_p50"],
+                "significant": bool(f.get("speedup_significant", {}).get(bs, False)),
+            }
+            for bs, r in f["ratio_to_first"].items()
+        }
+
+    speedup = speedup_of(res["files"][1])
+    if len(files) == 3:
+        report["int8"]["speedup"] = speedup_of(res["files"][2])
+    report["benchmark"] = {
+        "threads": b.threads,
+        "runs": b.runs,
+        "warmup": b.warmup,
+        "provider": res["provider"],
+        "speedup": speedup,
+        "control": res["control"],
+    }
 
 
 def _notes(report: dict[str, Any]) -> list[str]:
@@ -207,12 +347,41 @@ def _notes(report: dict[str, Any]) -> list[str]:
         notes.append(f"Structural removal cut dense MACs to {p['macs'] / d['macs']:.3f}x of the original.")
     for bs, s in (report.get("benchmark") or {}).get("speedup", {}).items():
         if not s["significant"]:
-            notes.append(f"batch {bs}: latency ratio {s['ratio']:.3f} is within the measured noise "
-                         f"(A/A {s['noise']:.3f}): no speedup claimed.")
+            notes.append(
+                f"batch {bs}: latency ratio {s['ratio']:.3f} is within the measured noise "
+                f"(noise band ±{s['noise']:.3f} from the A/A control and run spread): no speedup claimed."
+            )
         elif d.get("macs") and p.get("macs"):
-            notes.append(f"batch {bs}: latency ratio {s['ratio']:.3f} vs MACs ratio {p['macs'] / d['macs']:.3f} "
-                         f"(latency ÷ MACs = {s['ratio'] / (p['macs'] / d['macs']):.2f}).")
+            notes.append(
+                f"batch {bs}: latency ratio {s['ratio']:.3f} vs MACs ratio {p['macs'] / d['macs']:.3f} "
+                f"(latency ÷ MACs = {s['ratio'] / (p['macs'] / d['macs']):.2f})."
+            )
     if d.get("onnx_gzip_bytes") and p.get("onnx_gzip_bytes"):
-        notes.append(f"gzip size {p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x of dense "
-                     f"(raw {p['onnx_bytes'] / d['onnx_bytes']:.3f}x).")
+        notes.append(
+            f"gzip size {p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x of dense "
+            f"(raw {p['onnx_bytes'] / d['onnx_bytes']:.3f}x); the entropy bound for this many nonzero "
+            f"fp32 weights is {p['entropy_bound_bytes'] / d['onnx_gzip_bytes']:.3f}x."
+        )
+    q = report.get("int8")
+    if q and d.get("onnx_gzip_bytes"):
+        ev = q.get("eval") or {}
+        notes.append(
+            f"int8 ({q['mode']}): gzip {q['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x of dense "
+            f"(bound {q['entropy_bound_bytes'] / d['onnx_gzip_bytes']:.3f}x), accuracy "
+            f"{ev.get('int8_accuracy', float('nan')):.4f} vs fp32 {ev.get('fp32_accuracy', float('nan')):.4f}, "
+            f"top-1 agreement {ev.get('top1_agreement', float('nan')):.4f}, zeros kept: "
+            f"{q['zeros']['zeros_ok']}."
+        )
+        for bs, s in (q.get("speedup") or {}).items():
+            notes.append(
+                f"int8 batch {bs}: latency ratio {s['ratio']:.3f} vs dense"
+                + ("" if s["significant"] else " (within noise)")
+                + "."
+            )
+    ss = report.get("sparse_storage")
+    if ss:
+        notes.append(
+            f"sparse storage (model.sparse.onnx): {ss['bytes_after']:,} B vs {ss['bytes_before']:,} B raw; "
+            "onnxruntime densifies it at load, so it saves disk, not time."
+        )
     return notes

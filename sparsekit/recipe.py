@@ -87,9 +87,7 @@ def _schedule(value: Any) -> Any:
 class LayerSelect(_Strict):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
-    types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(
-        default_factory=lambda: ["Linear", "Conv2d"]
-    )
+    types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"])
 
 
 class _MethodBase(_Strict):
@@ -279,9 +277,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise RecipeError(
-            f"{path}{where}: YAML tag not allowed ({err.problem}); recipes are plain data"
-        ) from None
+        raise RecipeError(f"{path}{where}: YAML tag not allowed ({err.problem}); recipes are plain data") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -32,14 +32,20 @@ def _ratio(a: float | None, b: float | None) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     d, p = report["dense"], report["pruned"]
     lines = ["# sparsekit report", ""]
-    lines += [f"Model `{report.get('model', {}).get('factory', '?')}`, data `{report.get('data', {}).get('source', '?')}`. "
-              + ADVICE, ""]
+    lines += [
+        f"Model `{report.get('model', {}).get('factory', '?')}`, data `{report.get('data', {}).get('source', '?')}`. "
+        + ADVICE,
+        "",
+    ]
+    if report.get("expectation"):
+        lines += [report["expectation"], ""]
     lines += ["| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
 
     def row(label: str, key: str, fmt: Any = str) -> None:
         a, b = d.get(key), p.get(key)
-        lines.append(f"| {label} | {fmt(a) if a is not None else '–'} | {fmt(b) if b is not None else '–'} | "
-                     f"{_ratio(a, b)} |")
+        lines.append(
+            f"| {label} | {fmt(a) if a is not None else '–'} | {fmt(b) if b is not None else '–'} | {_ratio(a, b)} |"
+        )
 
     lines.append(f"| accuracy | {d['accuracy']:.4f} | {p['accuracy']:.4f} | {p['accuracy'] - d['accuracy']:+.4f} |")
     lines.append(f"| sparsity (prunable weights) | {d['sparsity']:.3f} | {p['sparsity']:.3f} | |")
@@ -49,39 +55,87 @@ def render_markdown(report: dict[str, Any]) -> str:
     row("MACs (nonzero weights)", "effective_macs", lambda v: f"{v:,}")
     row("ONNX size", "onnx_bytes", _fmt_bytes)
     row("ONNX size, gzip", "onnx_gzip_bytes", _fmt_bytes)
+    row("gzip entropy bound (fp32)", "entropy_bound_bytes", _fmt_bytes)
+    row("gzip bytes per nonzero weight", "gzip_bytes_per_nonzero", lambda v: f"{v:.2f}")
     for bs, lat in d.get("latency_ms", {}).items():
         pl = p.get("latency_ms", {}).get(bs, {})
         if pl:
-            lines.append(f"| latency p50, batch {bs} (ms) | {lat['p50']:.3f} | {pl['p50']:.3f} | "
-                         f"{pl['p50'] / lat['p50']:.3f}x |")
+            lines.append(
+                f"| latency p50, batch {bs} (ms) | {lat['p50']:.3f} | {pl['p50']:.3f} | {pl['p50'] / lat['p50']:.3f}x |"
+            )
     lines.append("")
     bench = report.get("benchmark") or {}
     if bench.get("speedup"):
-        lines.append("Latency ratio (pruned/dense, p50) with the A/A noise floor measured in the same run:")
+        lines.append(
+            "Latency ratio (pruned/dense, p50) with the noise band measured in the same run (the A/A control: "
+            "the dense file against itself, and the spread across blocks of runs):"
+        )
         lines.append("")
-        lines.append("| batch | ratio | spread | A/A noise | significant |")
+        lines.append("| batch | ratio | spread | noise band (±) | significant |")
         lines.append("|---:|---:|---|---:|---|")
         for bs, s in bench["speedup"].items():
-            lines.append(f"| {bs} | {s['ratio']:.3f} | {s['spread'][0]:.3f}–{s['spread'][1]:.3f} | "
-                         f"{s['noise']:.3f} | {'yes' if s['significant'] else 'no (within noise)'} |")
+            lines.append(
+                f"| {bs} | {s['ratio']:.3f} | {s['spread'][0]:.3f}–{s['spread'][1]:.3f} | "
+                f"{s['noise']:.3f} | {'yes' if s['significant'] else 'no (within noise)'} |"
+            )
+        lines.append("")
+    q = report.get("int8")
+    if q:
+        ev = q.get("eval") or {}
+        lines += [
+            f"int8 ({q['mode']} quantization, `model.int8.onnx`): {_fmt_bytes(q['onnx_bytes'])} raw "
+            f"({_ratio(d.get('onnx_bytes'), q['onnx_bytes'])} of dense), {_fmt_bytes(q['onnx_gzip_bytes'])} gzip "
+            f"({_ratio(d.get('onnx_gzip_bytes'), q['onnx_gzip_bytes'])}; entropy bound "
+            f"{_ratio(d.get('onnx_gzip_bytes'), q['entropy_bound_bytes'])}); pruned zeros still exactly zero: "
+            f"{'yes' if q['zeros']['zeros_ok'] else 'NO'}."
+        ]
+        if ev:
+            lines.append(
+                f"Accuracy int8 {ev['int8_accuracy']:.4f} vs fp32 {ev['fp32_accuracy']:.4f}; top-1 "
+                f"agreement {ev['top1_agreement']:.4f} on {ev['samples']} validation samples."
+            )
+        for bs, lat in (q.get("latency_ms") or {}).items():
+            dl = d.get("latency_ms", {}).get(bs)
+            if dl:
+                lines.append(
+                    f"int8 latency p50 at batch {bs}: {lat['p50']:.3f} ms ({lat['p50'] / dl['p50']:.3f}x dense)."
+                )
         lines.append("")
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     if report.get("notes"):
         lines.append("")
     par = report.get("parity", {})
-    lines.append(f"ONNX parity: max |onnx − torch| = {par.get('max_abs_diff', float('nan')):.2e} "
-                 f"({'ok' if par.get('ok') else 'FAILED'}); zeros preserved in ONNX: "
-                 f"{'yes' if report.get('zeros_preserved') else 'NO'}.")
-    lines += ["", "## Layers", "", "| layer | type | shape | params | nonzero | sparsity |", "|---|---|---|---:|---:|---:|"]
+    lines.append(
+        f"ONNX parity: max |onnx − torch| = {par.get('max_abs_diff', float('nan')):.2e} "
+        f"({'ok' if par.get('ok') else 'FAILED'}); zeros preserved in ONNX: "
+        f"{'yes' if report.get('zeros_preserved') else 'NO'}."
+    )
+    lines += [
+        "",
+        "## Layers",
+        "",
+        "| layer | type | shape | params | nonzero | sparsity |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for r in report.get("layers", []):
-        lines.append(f"| {r['name']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['params']:,} | "
-                     f"{r['nonzero_params']:,} | {r['sparsity']:.3f} |")
+        lines.append(
+            f"| {r['name']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['params']:,} | "
+            f"{r['nonzero_params']:,} | {r['sparsity']:.3f} |"
+        )
     if report.get("history"):
-        lines += ["", "## Fine-tuning", "", "| epoch | sparsity | train loss | val accuracy | lr |", "|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Fine-tuning",
+            "",
+            "| epoch | sparsity | train loss | val accuracy | lr |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         for h in report["history"]:
-            lines.append(f"| {h['epoch']} | {h['sparsity']:.3f} | {h['train_loss']:.4f} | {h['val_accuracy']:.4f} | "
-                         f"{h['lr']:.2e} |")
+            lines.append(
+                f"| {h['epoch']} | {h['sparsity']:.3f} | {h['train_loss']:.4f} | {h['val_accuracy']:.4f} | "
+                f"{h['lr']:.2e} |"
+            )
     plots = [p for p in report.get("plots", [])]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in plots]

@@ -29,6 +29,7 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
     macs: dict[str, int] = {}
     hooks = []
     for name, m in prunable_layers(model).items():
+
         def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
             per_out = mod.weight.numel() // mod.weight.shape[0]  # in_features, or in/groups * kernel
             macs[name] = macs.get(name, 0) + out.numel() // out.shape[0] * per_out
@@ -53,8 +54,14 @@ def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list
     for name, m in prunable_layers(model).items():
         n = m.weight.numel()
         nz = int((m.weight != 0).sum())
-        row = {"name": name, "type": type(m).__name__, "shape": list(m.weight.shape), "params": n,
-               "nonzero_params": nz, "sparsity": 1 - nz / n if n else 0.0}
+        row = {
+            "name": name,
+            "type": type(m).__name__,
+            "shape": list(m.weight.shape),
+            "params": n,
+            "nonzero_params": nz,
+            "sparsity": 1 - nz / n if n else 0.0,
+        }
         if name in macs:
             row["macs"] = macs[name]
             row["effective_macs"] = round(macs[name] * nz / n) if n else 0

@@ -74,8 +74,14 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=Console(stderr=True), disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -131,8 +137,14 @@ def finetune(
                 seen += len(y)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
             metrics = evaluate(model, val_loader)
-            row = {"epoch": epoch + 1, "sparsity": sparsity(model), "train_loss": loss_sum / max(seen, 1),
-                   "val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"], "lr": lr_at(epoch, spec)}
+            row = {
+                "epoch": epoch + 1,
+                "sparsity": sparsity(model),
+                "train_loss": loss_sum / max(seen, 1),
+                "val_accuracy": metrics["accuracy"],
+                "val_loss": metrics["loss"],
+                "lr": lr_at(epoch, spec),
+            }
             history.append(row)
             bar.update(task, info=f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}")
             if ckpt:
@@ -150,16 +162,29 @@ def _rebuilt(model: nn.Module, old: torch.optim.Optimizer, spec: FinetuneSpec) -
     return new
 
 
-def _save_checkpoint(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     pruner: Pruner, history: list[dict[str, Any]]) -> None:
-    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "pruner": pruner.state_dict(), "history": history, "rng": torch.get_rng_state()}
+def _save_checkpoint(
+    path: Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pruner: Pruner,
+    history: list[dict[str, Any]],
+) -> None:
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "pruner": pruner.state_dict(),
+        "history": history,
+        "rng": torch.get_rng_state(),
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     pruner: Pruner) -> tuple[int, list[dict[str, Any]]]:
+def _load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner
+) -> tuple[int, list[dict[str, Any]]]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     history_struct = state["pruner"].get("pruning_history") or []
     if history_struct:

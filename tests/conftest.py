@@ -36,11 +36,19 @@ def mlp_checkpoint(tmp_path):
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     path = tmp_path / "mlp.pt"
-    sparsekit.save_model(model, path, factory="examples.models:mlp", kwargs={"in_features": 64, "hidden": [64, 32]},
-                         input_shape=[1, 64])
+    sparsekit.save_model(
+        model, path, factory="examples.models:mlp", kwargs={"in_features": 64, "hidden": [64, 32]}, input_shape=[1, 64]
+    )
     return path
 
 
-FAST = ["--set", "export.exporter=torchscript", "--set", "benchmark.runs=5", "--set", "benchmark.warmup=1",
-        "--no-progress"]
+FAST = [
+    "--set",
+    "export.exporter=torchscript",
+    "--set",
+    "benchmark.runs=5",
+    "--set",
+    "benchmark.warmup=1",
+    "--no-progress",
+]
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -8,15 +8,14 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import FAST
 
 import sparsekit
 from sparsekit.cli import main
 from sparsekit.data import load_data
 
-from conftest import FAST
-
 # A user's own architecture, not shipped with sparsekit: written to a temp folder and passed as --arch.
-USER_MODULE = textwrap.dedent('''
+USER_MODULE = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -31,9 +30,9 @@ USER_MODULE = textwrap.dedent('''
 
     def build(width=96):
         return Net(width)
-''')
+""")
 
-USER_RECIPE = textwrap.dedent('''
+USER_RECIPE = textwrap.dedent("""
     version: 1
     model: {input_shape: [1, 64]}
     data: {source: digits, batch_size: 32}
@@ -48,7 +47,7 @@ USER_RECIPE = textwrap.dedent('''
         schedule: {start_epoch: 0, end_epoch: 3, every: 0.5}
         layers: {exclude: [head]}
     benchmark: {batch_sizes: [1, 32], runs: 5, warmup: 1}
-''')
+""")
 
 
 def run(*args: str):
@@ -142,11 +141,30 @@ def test_prune_state_dict_with_arch_end_to_end(tmp_path, trained_state_dict, use
 
 def test_prune_oneshot_without_finetune_on_checkpoint(tmp_path, mlp_checkpoint):
     out = tmp_path / "o"
-    result = run("prune", mlp_checkpoint, "recipes/lenet-gradual-magnitude-90.yaml", "-o", out, "--data", "digits",
-                 "--set", "model.factory=examples.models:mlp", "--set", "model.kwargs={in_features: 64, hidden: [64, 32]}",
-                 "--set", "model.input_shape=[1,64]", "--set", "finetune.epochs=0",
-                 "--set", "pruning.0.schedule=oneshot", "--set", "pruning.0.sparsity=0.5",
-                 "--set", "benchmark.enabled=false", *FAST)
+    result = run(
+        "prune",
+        mlp_checkpoint,
+        "recipes/lenet-gradual-magnitude-90.yaml",
+        "-o",
+        out,
+        "--data",
+        "digits",
+        "--set",
+        "model.factory=examples.models:mlp",
+        "--set",
+        "model.kwargs={in_features: 64, hidden: [64, 32]}",
+        "--set",
+        "model.input_shape=[1,64]",
+        "--set",
+        "finetune.epochs=0",
+        "--set",
+        "pruning.0.schedule=oneshot",
+        "--set",
+        "pruning.0.sparsity=0.5",
+        "--set",
+        "benchmark.enabled=false",
+        *FAST,
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     layers = {r["name"]: r for r in report["layers"]}
@@ -162,9 +180,11 @@ def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
     import sparsekit.train as train_mod
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("version: 1\ndata: {source: digits}\nfinetune: {epochs: 3, optimizer: {name: adam, lr: 0.001}}\n"
-                      "pruning: [{method: magnitude, sparsity: 0.7, schedule: {start_epoch: 0, end_epoch: 2},"
-                      " layers: {exclude: [fc3]}}]\nbenchmark: {enabled: false}\n")
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 3, optimizer: {name: adam, lr: 0.001}}\n"
+        "pruning: [{method: magnitude, sparsity: 0.7, schedule: {start_epoch: 0, end_epoch: 2},"
+        " layers: {exclude: [fc3]}}]\nbenchmark: {enabled: false}\n"
+    )
     real_evaluate = train_mod.evaluate
     calls = {"n": 0}
 
@@ -271,8 +291,9 @@ def test_bad_arch_spec(tmp_path):
 
 def test_missing_model_and_recipe_files(tmp_path, mlp_checkpoint):
     assert_bad_input(run("inspect", tmp_path / "nope.pt"), "nope.pt", "not found")
-    assert_bad_input(run("prune", mlp_checkpoint, tmp_path / "nope.yaml", "-o", tmp_path / "o"), "nope.yaml",
-                     "not found")
+    assert_bad_input(
+        run("prune", mlp_checkpoint, tmp_path / "nope.yaml", "-o", tmp_path / "o"), "nope.yaml", "not found"
+    )
     assert not (tmp_path / "o").exists()  # nothing created on bad input
 
 
@@ -284,10 +305,16 @@ def test_missing_model_and_recipe_files(tmp_path, mlp_checkpoint):
         ("version: 1\nfinetun: {epochs: 2}\n", ["finetun"]),
         ("version: 1\npruning: [{method: magnitude, sparsity: 1.0}]\n", ["pruning[0].sparsity"]),
         ("version: 1\npruning: [{method: magnitude, sparsity: -0.2}]\n", ["pruning[0].sparsity"]),
-        ("version: 1\nfinetune: {epochs: 4}\npruning: [{method: magnitude, sparsity: 0.5, "
-         "schedule: {start_epoch: 3, end_epoch: 1}}]\n", ["pruning[0].schedule"]),
-        ("version: 1\nfinetune: {epochs: 2}\npruning: [{method: magnitude, sparsity: 0.5, "
-         "schedule: {start_epoch: 0, end_epoch: 5}}]\n", ["finetune.epochs"]),
+        (
+            "version: 1\nfinetune: {epochs: 4}\npruning: [{method: magnitude, sparsity: 0.5, "
+            "schedule: {start_epoch: 3, end_epoch: 1}}]\n",
+            ["pruning[0].schedule"],
+        ),
+        (
+            "version: 1\nfinetune: {epochs: 2}\npruning: [{method: magnitude, sparsity: 0.5, "
+            "schedule: {start_epoch: 0, end_epoch: 5}}]\n",
+            ["finetune.epochs"],
+        ),
         ("version: 1\npruning: [{method: pruneall, sparsity: 0.5}]\n", ["pruning[0]", "pruneall"]),
         ("version: 1\nseed: !!python/object/apply:os.system ['echo hacked']\n", ["tag"]),
         ("version: 2\n", ["version"]),
@@ -304,16 +331,19 @@ def test_bad_recipes_exit_2_and_name_the_field(tmp_path, mlp_checkpoint, text, n
 
 
 def test_bad_set_override(tmp_path, mlp_checkpoint):
-    assert_bad_input(run("validate", "lenet-gradual-magnitude-90", "--set", "pruning.0.sparsity=2"),
-                     "pruning[0].sparsity")
+    assert_bad_input(
+        run("validate", "lenet-gradual-magnitude-90", "--set", "pruning.0.sparsity=2"), "pruning[0].sparsity"
+    )
     assert_bad_input(run("validate", "lenet-gradual-magnitude-90", "--set", "pruning.7.sparsity=0.5"), "pruning.7")
     assert_bad_input(run("validate", "lenet-gradual-magnitude-90", "--set", "finetune.epochs"), "key.path=value")
 
 
 def test_pattern_matching_nothing_lists_prunable_layers(tmp_path, mlp_checkpoint):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot, "
-                      "layers: {include: ['encoder.*']}}]\n")
+    recipe.write_text(
+        "version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot, "
+        "layers: {include: ['encoder.*']}}]\n"
+    )
     line = assert_bad_input(run("validate", recipe, mlp_checkpoint), "encoder.*")
     assert "fc1" in line and "fc2" in line and "fc3" in line
     out = tmp_path / "o"
@@ -322,8 +352,10 @@ def test_pattern_matching_nothing_lists_prunable_layers(tmp_path, mlp_checkpoint
 
 def test_overlapping_methods_are_refused(tmp_path, mlp_checkpoint):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
-                      "  - {method: magnitude, sparsity: 0.3, schedule: oneshot, layers: {include: [fc2]}}\n")
+    recipe.write_text(
+        "version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
+        "  - {method: magnitude, sparsity: 0.3, schedule: oneshot, layers: {include: [fc2]}}\n"
+    )
     assert_bad_input(run("validate", recipe, mlp_checkpoint), "pruning[0]", "pruning[1]", "fc2")
 
 
@@ -339,29 +371,60 @@ def test_non_empty_output_folder_refused(tmp_path, mlp_checkpoint):
 
 def test_input_shape_mismatch(tmp_path, mlp_checkpoint):
     # A checkpoint saved for 64 features, a recipe written for 784.
-    assert_bad_input(run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", *FAST),
-                     "model.input_shape", "[1, 784]", "[1, 64]")
+    assert_bad_input(
+        run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", *FAST),
+        "model.input_shape",
+        "[1, 784]",
+        "[1, 64]",
+    )
     # A state_dict whose architecture cannot take the recipe's input shape.
     from examples.models import mlp
 
     sd = tmp_path / "sd.pt"
     torch.save(mlp().state_dict(), sd)
-    assert_bad_input(run("prune", sd, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", "--arch",
-                         "examples.models:mlp", *FAST), "[1, 784]")
+    assert_bad_input(
+        run("prune", sd, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", "--arch", "examples.models:mlp", *FAST),
+        "[1, 784]",
+    )
     # Data whose samples do not fit the model.
     npz = tmp_path / "d.npz"
     import numpy as np
 
     np.savez(npz, x=np.zeros((40, 10), dtype=np.float32), y=np.zeros(40, dtype=np.int64))
-    assert_bad_input(run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o",
-                         "--set", "model.input_shape=null", "--data", npz, *FAST), "d.npz")
+    assert_bad_input(
+        run(
+            "prune",
+            mlp_checkpoint,
+            "lenet-gradual-magnitude-90",
+            "-o",
+            tmp_path / "o",
+            "--set",
+            "model.input_shape=null",
+            "--data",
+            npz,
+            *FAST,
+        ),
+        "d.npz",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_bad_data_source(tmp_path, mlp_checkpoint):
-    assert_bad_input(run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o",
-                         "--set", "model.input_shape=null", "--data", tmp_path / "missing.npz", *FAST),
-                     "missing.npz")
+    assert_bad_input(
+        run(
+            "prune",
+            mlp_checkpoint,
+            "lenet-gradual-magnitude-90",
+            "-o",
+            tmp_path / "o",
+            "--set",
+            "model.input_shape=null",
+            "--data",
+            tmp_path / "missing.npz",
+            *FAST,
+        ),
+        "missing.npz",
+    )
 
 
 def test_bench_bad_inputs(tmp_path):
@@ -389,8 +452,16 @@ def test_unexpected_failure_exit_1_and_debug_traceback(tmp_path, monkeypatch):
 
 
 def test_validate_dry_run_lists_layers_and_targets(mlp_checkpoint):
-    result = run("validate", "lenet-gradual-magnitude-90", mlp_checkpoint, "--set", "model.input_shape=[1,64]",
-                 "--set", "model.factory=null", "--json")
+    result = run(
+        "validate",
+        "lenet-gradual-magnitude-90",
+        mlp_checkpoint,
+        "--set",
+        "model.input_shape=[1,64]",
+        "--set",
+        "model.factory=null",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
     (method,) = res["methods"]
@@ -415,8 +486,9 @@ def test_export_and_bench_commands(tmp_path, mlp_checkpoint):
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
     assert res["parity"]["ok"] and onnx_path.is_file()
-    result = run("bench", onnx_path, onnx_path, "--runs", "5", "--warmup", "1", "-b", "1", "-b", "8", "--json",
-                 "--no-progress")
+    result = run(
+        "bench", onnx_path, onnx_path, "--runs", "5", "--warmup", "1", "-b", "1", "-b", "8", "--json", "--no-progress"
+    )
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
     assert len(res["files"]) == 2
@@ -431,3 +503,51 @@ def test_help_teaches():
     for cmd in ("prune", "export", "bench", "inspect", "validate", "recipes", "report"):
         assert cmd in result.output
     assert "--set" in run("prune", "--help").output
+
+
+def test_prune_with_int8_and_sparse_storage(tmp_path, mlp_checkpoint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\n"
+        "pruning: [{method: magnitude, sparsity: 0.8, schedule: oneshot, layers: {exclude: [fc3]}}]\n"
+        "export: {quantize: int8, sparse_storage: true}\nbenchmark: {batch_sizes: [4], runs: 5, warmup: 1}\n"
+    )
+    out = tmp_path / "o"
+    result = run("prune", mlp_checkpoint, recipe, "-o", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "What this recipe can buy" in result.stderr  # told before the run
+    report = json.loads((out / "report.json").read_text())
+    q = report["int8"]
+    assert q["mode"] == "static" and (out / "model.int8.onnx").is_file()
+    assert q["zeros"]["zeros_ok"] and q["zeros"]["fp32_zeros"] > 0
+    assert q["eval"]["top1_agreement"] >= 0.95
+    assert abs(q["eval"]["int8_accuracy"] - report["pruned"]["accuracy"]) < 0.05
+    assert q["onnx_bytes"] < 0.6 * report["pruned"]["onnx_bytes"]  # tiny model: scales and graph weigh in
+    assert set(q["latency_ms"]) == {"4"}
+    ss = report["sparse_storage"]
+    assert ss["bytes_after"] < ss["bytes_before"] and (out / "model.sparse.onnx").is_file()
+    md = (out / "report.md").read_text()
+    assert "int8" in md and "entropy bound" in md
+
+
+def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):
+    onnx_path = tmp_path / "m.onnx"
+    result = run(
+        "export",
+        mlp_checkpoint,
+        "-o",
+        onnx_path,
+        "--exporter",
+        "torchscript",
+        "--quantize",
+        "int8",
+        "--data",
+        "digits",
+        "--sparse-storage",
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    res = json.loads(result.stdout)
+    assert res["int8"]["mode"] == "static" and res["int8"]["eval"]["top1_agreement"] >= 0.95
+    assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.sparse.onnx").is_file()
+    assert_bad_input(run("export", mlp_checkpoint, "-o", onnx_path, "--data", "digits"), "--data")

@@ -14,8 +14,9 @@ from sparsekit.modelio import read_model
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
     model = mlp(hidden=[32])
-    path = sparsekit.save_model(model, tmp_path / "m.pt", factory="examples.models:mlp",
-                                kwargs={"hidden": [32]}, input_shape=[1, 64])
+    path = sparsekit.save_model(
+        model, tmp_path / "m.pt", factory="examples.models:mlp", kwargs={"hidden": [32]}, input_shape=[1, 64]
+    )
     raw = torch.load(path, weights_only=True)  # a plain dict: no code runs on load
     assert raw["format"] == "sparsekit/1" and raw["kwargs"] == {"hidden": [32]} and raw["input_shape"] == [1, 64]
     loaded = read_model(path)

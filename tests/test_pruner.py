@@ -12,8 +12,13 @@ from sparsekit.masks import MASK
 
 
 def recipe(**magnitude):
-    spec = {"method": "magnitude", "sparsity": 0.8, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.5},
-            "layers": {"exclude": ["fc3"]}, **magnitude}
+    spec = {
+        "method": "magnitude",
+        "sparsity": 0.8,
+        "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.5},
+        "layers": {"exclude": ["fc3"]},
+        **magnitude,
+    }
     return sparsekit.Recipe(finetune={"epochs": 3}, pruning=[spec])
 
 
@@ -39,11 +44,15 @@ def zero_fraction(model, names):
     return zeros / sum(mods[n].weight.numel() for n in names)
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
-    lambda p: torch.optim.Adam(p, lr=1e-2),
-    lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
-], ids=["sgd-momentum", "adam", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        lambda p: torch.optim.Adam(p, lr=1e-2),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    ],
+    ids=["sgd-momentum", "adam", "adamw"],
+)
 def test_zeros_stay_zero_and_exact_sparsity(make_opt):
     model = mlp()
     spe = 4
@@ -137,8 +146,16 @@ def test_pruner_unwraps_ddp_style_wrappers_and_masks_conv():
             return self.module(x)
 
     model = small_cnn(width=8, image_size=8)
-    rec = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot",
-                                     "layers": {"include": ["conv*"], "types": ["Conv2d"]}}])
+    rec = sparsekit.Recipe(
+        pruning=[
+            {
+                "method": "magnitude",
+                "sparsity": 0.5,
+                "schedule": "oneshot",
+                "layers": {"include": ["conv*"], "types": ["Conv2d"]},
+            }
+        ]
+    )
     pruner = sparsekit.Pruner(Wrapper(model), rec, steps_per_epoch=1)
     assert sorted(pruner.methods[0].layers) == ["conv1", "conv2", "conv3"]
     assert zero_fraction(model, ["conv1", "conv2", "conv3"]) == pytest.approx(0.5, abs=1e-3)

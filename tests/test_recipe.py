@@ -74,4 +74,7 @@ def test_overrides_parse_types_and_list_indices(tmp_path):
 
 
 def test_recipe_from_dict():
-    assert Recipe(**{"pruning": [{"method": "magnitude", "sparsity": 0.3, "schedule": "oneshot"}]}).pruning[0].sparsity == 0.3
+    assert (
+        Recipe(**{"pruning": [{"method": "magnitude", "sparsity": 0.3, "schedule": "oneshot"}]}).pruning[0].sparsity
+        == 0.3
+    )

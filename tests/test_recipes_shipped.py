@@ -27,13 +27,34 @@ def test_shipped_recipe_runs(path: Path, tmp_path):
     assert recipe.model.factory and recipe.model.input_shape, "shipped recipes name their model"
     torch.manual_seed(0)
     model = build_model(recipe.model.factory, recipe.model.kwargs)
-    ckpt = sparsekit.save_model(model, tmp_path / "dense.pt", factory=recipe.model.factory,
-                                kwargs=recipe.model.kwargs, input_shape=recipe.model.input_shape)
+    ckpt = sparsekit.save_model(
+        model,
+        tmp_path / "dense.pt",
+        factory=recipe.model.factory,
+        kwargs=recipe.model.kwargs,
+        input_shape=recipe.model.input_shape,
+    )
     out = tmp_path / "out"
-    args = ["prune", str(ckpt), str(path), "-o", str(out), "--data", "synthetic", "--no-progress",
-            "--set", "finetune.max_steps_per_epoch=2", "--set", "data.synthetic_samples=256",
-            "--set", "benchmark.enabled=false", "--set", "export.exporter=torchscript",
-            "--set", "export.quantize=none"]
+    args = [
+        "prune",
+        str(ckpt),
+        str(path),
+        "-o",
+        str(out),
+        "--data",
+        "synthetic",
+        "--no-progress",
+        "--set",
+        "finetune.max_steps_per_epoch=2",
+        "--set",
+        "data.synthetic_samples=256",
+        "--set",
+        "benchmark.enabled=false",
+        "--set",
+        "export.exporter=torchscript",
+        "--set",
+        "export.quantize=none",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.stderr
     report = json.loads((out / "report.json").read_text())

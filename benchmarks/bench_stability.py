@@ -1,0 +1,59 @@
+"""How stable is `sparsekit bench`? Repeats the same dense-vs-pruned comparison and reports the
+spread of the latency ratio (max/min over repeats). Target: <= 1.10 on a shared 2-core machine.
+
+    python benchmarks/bench_stability.py [--repeats 5] [--runs 200]
+
+Uses small_cnn dense vs 50% structurally pruned (so there is a real difference to measure) and
+LeNet-300-100 against itself (a ratio that must stay near 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sparsekit  # noqa: E402
+from examples.models import lenet_300_100, small_cnn  # noqa: E402
+
+
+def structured_half(model: torch.nn.Module, shape: list[int]) -> torch.nn.Module:
+    recipe = sparsekit.Recipe(pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot"}])
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1, context={"input_shape": shape})
+    return pruner.finalize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, action="append", default=None)
+    args = ap.parse_args()
+    sizes = args.batch_size or [1, 32]
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cnn_shape = [1, 1, 28, 28]
+        pairs = {"small_cnn dense vs structured-50%": (tmp / "cnn.onnx", tmp / "cnn50.onnx"),
+                 "lenet vs itself": (tmp / "lenet.onnx", tmp / "lenet.onnx")}
+        sparsekit.export_onnx(small_cnn(), pairs["small_cnn dense vs structured-50%"][0], cnn_shape)
+        sparsekit.export_onnx(structured_half(small_cnn(), cnn_shape), tmp / "cnn50.onnx", cnn_shape)
+        sparsekit.export_onnx(lenet_300_100(), tmp / "lenet.onnx", [1, 784])
+        for name, (a, b) in pairs.items():
+            ratios: dict[str, list[float]] = {str(s): [] for s in sizes}
+            for _ in range(args.repeats):
+                res = sparsekit.benchmark([a, b], sizes, runs=args.runs, warmup=20)
+                for s in ratios:
+                    ratios[s].append(res["files"][1]["ratio_to_first"][s]["p50"])
+            print(f"{name}:")
+            for s, r in ratios.items():
+                print(f"  batch {s:>3}: ratios {', '.join(f'{x:.3f}' for x in r)}  spread max/min {max(r) / min(r):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from examples.models import mlp
+from sparsekit.data import load_data
+from sparsekit.errors import ExportError
+from sparsekit.export import entropy_bound_bytes, export_onnx, onnx_sizes
+from sparsekit.quantize import onnx_accuracy, quantize_int8, quantized_zeros, top1_agreement
+
+
+def prune_global_(model: torch.nn.Module, fraction: float) -> None:
+    """Zero the globally smallest ``fraction`` of all Linear weights (magnitude pruning)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        scores = torch.cat([w.abs().flatten() for w in weights])
+        threshold = scores.kthvalue(int(fraction * scores.numel())).values
+        for w in weights:
+            w[w.abs() <= threshold] = 0.0
+
+
+def batches(n: int, features: int = 64, size: int = 32, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((size, features), dtype=np.float32) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pruned_mlp(tmp_path_factory):
+    """An untrained digits-sized MLP, 80% pruned, exported to fp32 ONNX.
+
+    Positive weights are doubled so each row's range is lopsided ([-a, 2a]): asymmetric quantization
+    would then pick a nonzero zero point, which the zero checks must catch (with the symmetric
+    init, an asymmetric zero point rounds to 0 and a wrong setting would go unnoticed).
+    """
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=[128, 64])
+    prune_global_(model, 0.8)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight[m.weight > 0] *= 2
+    path = tmp_path_factory.mktemp("q") / "pruned.onnx"
+    export_onnx(model, path, [1, 64], exporter="torchscript")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits MLP trained briefly, pruned 80% and fine-tuned with the mask held; ONNX + val data."""
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=[64, 32])
+    data = load_data("digits", batch_size=64, seed=0, input_shape=[1, 64])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: extra threads only add contention (10x slower on a busy box)
+    for epoch in range(6):
+        if epoch == 3:
+            prune_global_(model, 0.8)
+            masks = [(m.weight, m.weight != 0) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        for x, y in data.train:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if epoch >= 3:
+                with torch.no_grad():
+                    for w, mask in masks:
+                        w.mul_(mask)
+    torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("trained") / "model.onnx"
+    export_onnx(model, path, [1, 64], exporter="torchscript")
+    x_val = torch.cat([x for x, _ in data.val]).numpy()
+    y_val = torch.cat([y for _, y in data.val]).numpy()
+    return {"path": path, "model": model, "train": data.train, "x": x_val, "y": y_val}
+
+
+def int8_weights(path) -> dict[str, np.ndarray]:
+    graph = onnx.load(str(path)).graph
+    return {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
+    }
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_static_int8_keeps_every_pruned_weight_exactly_zero(pruned_mlp, tmp_path, capsys, per_channel):
+    out = tmp_path / "int8.onnx"
+    info = quantize_int8(pruned_mlp, out, calibration=batches(4), per_channel=per_channel)
+
+    assert capsys.readouterr().out == ""  # stdout stays clean for --json
+    assert info["mode"] == "static" and info["calibration_batches"] == 4 and info["path"] == str(out)
+    assert info["per_channel"] is per_channel
+    assert info["zeros"]["zeros_ok"]
+    graph = onnx.load(str(out)).graph
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # QDQ format
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(pruned_mlp)).graph.initializer}
+    q = int8_weights(out)
+    for layer in info["zeros"]["layers"]:
+        name = layer["name"]
+        w, qw = fp32[name], q[f"{name}_quantized"]
+        # Checked on the file, independently of quantized_zeros: every pruned weight is the integer 0
+        # and its zero point is 0, so it dequantizes to exactly 0.0.
+        assert np.all(qw[w == 0] == 0)
+        assert np.all(q[f"{name}_zero_point"] == 0)
+        assert layer["fp32_zeros"] == int((w == 0).sum()) > 0
+        assert layer["int8_zeros"] == int((qw == 0).sum()) >= layer["fp32_zeros"]
+        assert layer["zero_point_zero"] and layer["ok"]
+    # Per-channel: one scale per output row of the first layer. (onnxruntime makes per-channel int8
+    # weights symmetric on its own; per-tensor ones are symmetric only because we ask for it.)
+    scale = next(t for t in graph.initializer if t.name == "fc1.weight_scale")
+    assert list(scale.dims) == ([128] if per_channel else [])
+    assert info["bytes"] == onnx_sizes(out)["bytes"] < info["fp32_bytes"] / 2  # small model: scales add up
+    assert info["gzip_bytes"] < info["fp32_gzip_bytes"]
+    assert info["bytes_per_nonzero"] == pytest.approx(info["bytes"] / info["nonzero_params"])
+
+
+def test_nonzero_weight_zero_point_is_detected(pruned_mlp, tmp_path):
+    good = tmp_path / "good.onnx"
+    quantize_int8(pruned_mlp, good, calibration=batches(2))
+    model = onnx.load(str(good))
+    zp = next(t for t in model.graph.initializer if t.name == "fc2.weight_zero_point")
+    zp.CopyFrom(numpy_helper.from_array(np.ones(zp.dims, np.int8), zp.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+
+    report = quantized_zeros(pruned_mlp, bad)
+
+    # The stored integers at pruned positions are still 0, but with zero point 1 they dequantize
+    # to -scale, not 0: the check must look at the zero point, not just the stored zeros.
+    layers = {r["name"]: r for r in report["layers"]}
+    assert not report["zeros_ok"]
+    assert layers["fc2.weight"]["zero_point_zero"] is False and not layers["fc2.weight"]["ok"]
+    assert layers["fc2.weight"]["int8_zeros"] >= layers["fc2.weight"]["fp32_zeros"]
+    assert layers["fc1.weight"]["ok"] and layers["fc3.weight"]["ok"]
+    assert quantized_zeros(pruned_mlp, good)["zeros_ok"]
+
+
+def test_asymmetric_quantization_is_detected(pruned_mlp, tmp_path):
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches(2))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    bad = tmp_path / "asym.onnx"
+    # What quantize_int8 must not do: asymmetric uint8 weights, where a pruned weight is stored as
+    # its row's zero point (~128), so zeros neither read as 0 nor compress as 0.
+    quantize_static(
+        str(pruned_mlp), str(bad), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        weight_type=QuantType.QUInt8, activation_type=QuantType.QUInt8,
+        extra_options={"WeightSymmetric": False},
+    )  # fmt: skip
+
+    report = quantized_zeros(pruned_mlp, bad)
+
+    assert not report["zeros_ok"]
+    fc1 = next(r for r in report["layers"] if r["name"] == "fc1.weight")
+    assert fc1["quantized_name"] == "fc1.weight_quantized"
+    assert fc1["zero_point_zero"] is False and not fc1["ok"]
+    assert fc1["int8_zeros"] < fc1["fp32_zeros"]
+
+
+def test_dynamic_quantization_without_calibration(pruned_mlp, tmp_path):
+    out = tmp_path / "dyn.onnx"
+    info = quantize_int8(pruned_mlp, out, calibration=None)
+
+    assert info["mode"] == "dynamic" and info["calibration_batches"] is None
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+    assert info["zeros"]["zeros_ok"]
+    # Dynamic MatMul weights are stored transposed; the zeros must line up after un-transposing.
+    layers = {r["name"]: r for r in info["zeros"]["layers"]}
+    assert layers["fc1.weight"]["quantized_name"] == "fc1.weight_Transposed_quantized"
+    assert all(r["int8_zeros"] >= r["fp32_zeros"] > 0 for r in layers.values())
+    x = batches(1, size=200, seed=1)[0]
+    assert top1_agreement(pruned_mlp, out, x) > 0.9
+
+
+def test_int8_agrees_with_fp32_on_a_trained_model(trained, tmp_path):
+    out = tmp_path / "int8.onnx"
+    # A DataLoader of (x, y) batches is accepted as calibration data as is.
+    info = quantize_int8(
+        trained["path"], out, calibration=trained["train"], eval_data=(trained["x"], trained["y"])
+    )
+
+    with torch.no_grad():
+        torch_acc = float(
+            (trained["model"](torch.from_numpy(trained["x"])).argmax(1).numpy() == trained["y"]).mean()
+        )
+    fp32_acc = onnx_accuracy(trained["path"], trained["x"], trained["y"], batch_size=50)
+    assert fp32_acc == pytest.approx(torch_acc, abs=1e-9)
+    assert fp32_acc > 0.85  # trained, so the agreement below is about real decisions
+    ev = info["eval"]
+    assert ev["fp32_accuracy"] == pytest.approx(fp32_acc)
+    assert ev["top1_agreement"] == top1_agreement(trained["path"], out, trained["x"]) >= 0.97
+    assert abs(ev["int8_accuracy"] - ev["fp32_accuracy"]) <= 0.03
+    assert info["zeros"]["zeros_ok"]
+
+
+def test_calibration_batches_are_capped(pruned_mlp, tmp_path):
+    info = quantize_int8(
+        pruned_mlp, tmp_path / "q.onnx", calibration=iter(batches(10)), max_calibration_batches=3
+    )
+    assert info["calibration_batches"] == 3
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx model at all \x00\x01\x02", b"\x08\x07" * 100])
+def test_non_onnx_file_is_an_export_error(tmp_path, content):
+    src = tmp_path / "model.onnx"
+    src.write_bytes(content)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(ExportError, match="model.onnx"):
+        quantize_int8(src, out, calibration=None)
+    assert not out.exists()
+    with pytest.raises(ExportError, match="no such file"):
+        quantize_int8(tmp_path / "missing.onnx", out)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "match"),
+    [([], "empty"), ([np.zeros((4, 8, 8), np.float32)], "rank"), (np.zeros((4, 64), np.float32), "iterable")],
+    ids=["empty", "wrong-rank", "bare-array"],
+)
+def test_bad_calibration_data_is_an_export_error(pruned_mlp, tmp_path, calibration, match):
+    out = tmp_path / "out.onnx"
+    with pytest.raises(ExportError, match=match):
+        quantize_int8(pruned_mlp, out, calibration=calibration)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging leftovers
+
+
+def test_wrong_feature_count_in_calibration_is_an_export_error(pruned_mlp, tmp_path):
+    with pytest.raises(ExportError, match="quantization failed"):
+        quantize_int8(pruned_mlp, tmp_path / "out.onnx", calibration=[np.zeros((4, 10), np.float32)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accuracy_helpers_check_their_inputs(pruned_mlp):
+    x = batches(1, size=10)[0]
+    with pytest.raises(ExportError, match="labels"):
+        onnx_accuracy(pruned_mlp, x, np.zeros(9, np.int64), 4)
+    with pytest.raises(ExportError, match="cannot run"):
+        top1_agreement(pruned_mlp, pruned_mlp, np.zeros((3, 5), np.float32))
+    assert top1_agreement(pruned_mlp, pruned_mlp, x, batch_size=3) == 1.0
+
+
+def test_entropy_bound():
+    n = 266_200
+    # 90% sparse: 0.1 * 32 value bits + H(0.1) = 0.469 mask bits per weight, over 32 bits dense.
+    fp32 = entropy_bound_bytes(n, n // 10, 32) / (4 * n)
+    int8 = entropy_bound_bytes(n, n // 10, 8) / (4 * n)
+    h = -(0.1 * math.log2(0.1) + 0.9 * math.log2(0.9))
+    assert fp32 == pytest.approx((3.2 + h) / 32, rel=1e-4) and 0.114 < fp32 < 0.116
+    assert int8 == pytest.approx((0.8 + h) / 32, rel=1e-4) and 0.039 < int8 < 0.041
+    assert entropy_bound_bytes(100, 0, 32) == 0.0
+    assert entropy_bound_bytes(100, 100, 32) == 400.0
+    with pytest.raises(ValueError):
+        entropy_bound_bytes(10, 11, 8)

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import sparsekit.sparse_storage as storage_mod
+from examples.models import mlp
+from sparsekit.errors import ExportError
+from sparsekit.export import export_onnx, onnx_sizes, size_report
+from sparsekit.quantize import quantize_int8
+from sparsekit.sparse_storage import index_dtype_for, to_sparse_storage
+
+
+def make_onnx(path, sparsity: float, hidden=(256, 128)) -> str:
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=list(hidden))
+    if sparsity:
+        with torch.no_grad():  # per layer, so no layer is pruned away entirely (constant outputs)
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear):
+                    w = m.weight.view(-1)
+                    w[w.abs().argsort()[: int(sparsity * w.numel())]] = 0.0
+    export_onnx(model, path, [1, 64], exporter="torchscript")
+    return str(path)
+
+
+def run(path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+@pytest.fixture(scope="module")
+def sparse90(tmp_path_factory):
+    return make_onnx(tmp_path_factory.mktemp("s") / "sparse90.onnx", 0.9)
+
+
+def test_round_trip_is_bit_identical_and_smaller(sparse90, tmp_path):
+    out = tmp_path / "stored.onnx"
+    info = to_sparse_storage(sparse90, out)
+
+    x = np.random.default_rng(7).standard_normal((33, 64), dtype=np.float32)
+    dense_out, sparse_out = run(sparse90, x), run(out, x)
+    assert np.ptp(dense_out, axis=0).min() > 0  # outputs depend on the input: weights matter
+    assert sparse_out.dtype == dense_out.dtype and sparse_out.tobytes() == dense_out.tobytes()
+
+    assert info["path"] == str(out) and info["verified"] == {"ok": True, "reason": None}
+    assert info["bytes_before"] == onnx_sizes(sparse90)["bytes"]
+    assert info["bytes_after"] == out.stat().st_size < 0.4 * info["bytes_before"]
+    graph = onnx.load(str(out)).graph
+    # The three weight matrices went sparse; biases (dense) stayed dense initializers.
+    names = sorted(t.values.name for t in graph.sparse_initializer)
+    assert names == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    assert info["sparse_initializers"] == 3
+    assert {t.name for t in graph.initializer} == {"fc1.bias", "fc2.bias", "fc3.bias"}
+    dense = {t.name: numpy_helper.to_array(t) for t in onnx.load(sparse90).graph.initializer}
+    decisions = {d["name"]: d for d in info["initializers"]}
+    for t in graph.sparse_initializer:
+        w = dense[t.values.name]
+        idx = numpy_helper.to_array(t.indices)
+        # Linear (flattened) indices, 1-D, ascending, in the smallest signed type that holds numel - 1.
+        assert idx.ndim == 1 and np.all(np.diff(idx) > 0)
+        assert idx.dtype == index_dtype_for(w.size - 1) and idx.dtype != np.int64
+        assert np.array_equal(idx, np.flatnonzero(w))
+        assert np.array_equal(numpy_helper.to_array(t.values), w.reshape(-1)[idx])
+        d = decisions[t.values.name]
+        assert d["sparse"] and d["sparse_bytes"] < d["dense_bytes"] and d["nonzero"] == idx.size
+    # fc1 is 256x64 = 16384 weights: int16 indices; fc3 is 10x128 = 1280: int16 too.
+    assert decisions["fc1.weight"]["index_dtype"] == "int16"
+    assert all(not decisions[b]["sparse"] for b in ("fc1.bias", "fc2.bias", "fc3.bias"))
+    # Sizes: parameter counts are unchanged, only how they are stored.
+    assert size_report(out)["params"] == size_report(sparse90)["params"]
+    assert size_report(out)["nonzero_params"] == size_report(sparse90)["nonzero_params"]
+
+
+def test_dense_model_stays_dense(tmp_path):
+    src = make_onnx(tmp_path / "dense.onnx", 0.0, hidden=(32, 16))
+    out = tmp_path / "stored.onnx"
+    info = to_sparse_storage(src, out)
+
+    graph = onnx.load(str(out)).graph
+    assert len(graph.sparse_initializer) == 0 and info["sparse_initializers"] == 0
+    assert not any(d["sparse"] for d in info["initializers"])
+    assert info["bytes_after"] <= info["bytes_before"]
+    x = np.random.default_rng(0).standard_normal((5, 64), dtype=np.float32)
+    assert run(out, x).tobytes() == run(src, x).tobytes()
+    assert info["onnx_checker_ok"]
+
+
+def test_half_sparse_fp32_stays_dense_but_int64_indices_pass_the_checker(tmp_path):
+    src = make_onnx(tmp_path / "half.onnx", 0.5, hidden=(64, 32))
+    # 50% dense fp32: 4 bytes of value + 2 bytes of int16 index per nonzero beats 4 bytes per weight...
+    small = to_sparse_storage(src, tmp_path / "small.onnx")
+    assert {d["name"] for d in small["initializers"] if d["sparse"]} >= {"fc1.weight", "fc2.weight"}
+    assert not small["onnx_checker_ok"]  # onnx.checker insists on int64 indices
+    # ... but with 8-byte int64 indices it would not: everything stays dense, and the file is valid.
+    strict = to_sparse_storage(src, tmp_path / "strict.onnx", index_dtype="int64")
+    assert strict["sparse_initializers"] == 0 and strict["onnx_checker_ok"]
+
+
+def test_int64_indices_pass_onnx_checker(sparse90, tmp_path):
+    out = tmp_path / "strict.onnx"
+    info = to_sparse_storage(sparse90, out, index_dtype="int64")
+    assert info["onnx_checker_ok"] and info["sparse_initializers"] == 3
+    onnx.checker.check_model(str(out))
+    for t in onnx.load(str(out)).graph.sparse_initializer:
+        assert t.indices.data_type == onnx.TensorProto.INT64
+    x = np.random.default_rng(1).standard_normal((4, 64), dtype=np.float32)
+    assert run(out, x).tobytes() == run(sparse90, x).tobytes()
+
+
+def test_int8_model_round_trip(sparse90, tmp_path):
+    q = tmp_path / "q.onnx"
+    quantize_int8(sparse90, q, calibration=[np.random.default_rng(0).standard_normal((16, 64), np.float32)])
+    out = tmp_path / "q.sparse.onnx"
+    info = to_sparse_storage(q, out)
+    assert info["verified"]["ok"]
+    assert "fc1.weight_quantized" in {t.values.name for t in onnx.load(str(out)).graph.sparse_initializer}
+    x = np.random.default_rng(2).standard_normal((9, 64), dtype=np.float32)
+    assert run(out, x).tobytes() == run(q, x).tobytes()
+
+
+@pytest.mark.parametrize("check", ["decode", "outputs"])
+def test_mismatch_is_caught_and_nothing_written(sparse90, tmp_path, monkeypatch, check):
+    real = storage_mod._decide
+
+    def corrupt(init, index_dtype, is_input):
+        row, tensor = real(init, index_dtype, is_input)
+        if tensor is not None and init.name == "fc1.weight":
+            values = numpy_helper.to_array(tensor.values).copy()
+            values[:] = 0.5  # every stored fc1 weight is wrong
+            tensor.values.CopyFrom(numpy_helper.from_array(values, init.name))
+        return row, tensor
+
+    monkeypatch.setattr(storage_mod, "_decide", corrupt)
+    if check == "outputs":  # the onnxruntime comparison alone catches it too
+        monkeypatch.setattr(storage_mod, "_check_decoded", lambda path, originals: None)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(ExportError, match="does not decode" if check == "decode" else "differ"):
+        to_sparse_storage(sparse90, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_zeros_are_stored_as_zeros(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=[128, 64])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                keep = m.weight.abs() > m.weight.abs().flatten().kthvalue(int(0.9 * m.weight.numel())).values
+                m.weight.mul_(keep)  # what applying a mask does: negative weights become -0.0
+    assert torch.signbit(model.fc1.weight[model.fc1.weight == 0]).any()
+    src = tmp_path / "m.onnx"
+    export_onnx(model, src, [1, 64], exporter="torchscript")
+
+    info = to_sparse_storage(src, tmp_path / "s.onnx")
+
+    fc1 = next(d for d in info["initializers"] if d["name"] == "fc1.weight")
+    assert fc1["sparse"] and fc1["negative_zeros"] > 0 and fc1["nonzero"] == 64 * 128 - int(0.9 * 64 * 128)
+    assert info["verified"]["ok"]
+
+
+def test_not_onnx_and_bad_option(tmp_path, sparse90):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ExportError, match="x.onnx"):
+        to_sparse_storage(bad, tmp_path / "o.onnx")
+    with pytest.raises(ExportError, match="index_dtype"):
+        to_sparse_storage(sparse90, tmp_path / "o.onnx", index_dtype="int16")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("max_index", "dtype"),
+    [(0, np.int8), (127, np.int8), (128, np.int16), (32767, np.int16), (32768, np.int32),
+     (2**31 - 1, np.int32), (2**31, np.int64)],
+)  # fmt: skip
+def test_index_dtype_for(max_index, dtype):
+    assert index_dtype_for(max_index) is dtype
+    assert index_dtype_for(max_index, "int64") is np.int64
