@@ -551,3 +551,33 @@ def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):
     assert res["int8"]["mode"] == "static" and res["int8"]["eval"]["top1_agreement"] >= 0.95
     assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.sparse.onnx").is_file()
     assert_bad_input(run("export", mlp_checkpoint, "-o", onnx_path, "--data", "digits"), "--data")
+
+
+def test_export_and_bench_shape_and_provider_errors(tmp_path):
+    from examples.models import small_cnn
+
+    sd = tmp_path / "cnn.pt"
+    torch.save(small_cnn().state_dict(), sd)
+    # A conv net's input size cannot be read off its weights.
+    assert_bad_input(run("export", sd, "--arch", "examples.models:small_cnn"), "--input-shape")
+    onnx_path = tmp_path / "cnn.onnx"
+    ok = run(
+        "export",
+        sd,
+        "--arch",
+        "examples.models:small_cnn",
+        "--input-shape",
+        "1,1,28,28",
+        "-o",
+        onnx_path,
+        "--exporter",
+        "torchscript",
+    )
+    assert ok.exit_code == 0, ok.stderr
+    assert_bad_input(
+        run("bench", onnx_path, "--provider", "CUDAExecutionProvider", "--runs", "2"),
+        "CUDAExecutionProvider",
+        "available",
+    )
+    assert_bad_input(run("bench", onnx_path, "--runs", "2", "--input-shape", "1,3,32,32"), "1, 3, 32, 32")
+    assert_bad_input(run("bench", tmp_path / "missing.onnx"), "missing.onnx")
