@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from sparsekit.errors import ExportError
 from sparsekit.export import load_onnx, size_report
+from sparsekit.onnx_macs import onnx_macs
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -238,6 +239,7 @@ def _summarise(
             {
                 "path": str(path),
                 **size_report(path),
+                **{k: v for k, v in onnx_macs(path).items() if k != "layers"},
                 "input_shape": ["batch", *dims[i]],
                 "latency_ms": latency,
                 "throughput_per_s": throughput,

@@ -382,10 +382,19 @@ def inspect(
 ) -> None:
     """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx)."""
     if model.suffix == ".onnx":
-        from .export import count_initializer_stats, onnx_sizes
+        from .export import size_report
+        from .onnx_macs import onnx_macs, param_counts
 
-        res = {**count_initializer_stats(model), **onnx_sizes(model)}
-        _emit(res, as_json, "\n".join(f"{k:16} {v}" for k, v in res.items()))
+        counts = param_counts(model)  # quantized and sparse-stored weights count as weights too
+        res = {"path": str(model), **size_report(model, counts["nonzero_params"]), **counts, **onnx_macs(model)}
+        res["sparsity"] = 1 - counts["nonzero_params"] / counts["params"] if counts["params"] else 0.0
+        lines = [
+            f"{model}: {res['params']:,} params, {res['nonzero_params']:,} nonzero (sparsity {res['sparsity']:.3f})",
+            f"size {res['bytes']:,} B raw, {res['gzip_bytes']:,} B gzip "
+            f"({res['gzip_bytes_per_nonzero'] or 0:.2f} gzip B per nonzero weight)",
+            f"MACs at batch 1: {res['macs']:,} (nonzero weights only: {res['effective_macs']:,})",
+        ]
+        _emit(res, as_json, "\n".join(lines))
         return
     from .modelio import infer_input_shape, read_model
     from .stats import layer_report, model_stats

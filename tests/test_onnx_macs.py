@@ -1,0 +1,42 @@
+"""MACs and parameter counts read from ONNX files agree with the torch-side counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparsekit
+from examples.models import mlp, resnet_small, small_cnn
+from sparsekit.onnx_macs import onnx_macs, param_counts
+from sparsekit.stats import model_stats
+
+
+@pytest.mark.parametrize("make", [small_cnn, resnet_small], ids=["small_cnn", "resnet_small"])
+def test_conv_macs_match_torch(tmp_path, make):
+    model = make()
+    path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, path, [1, 1, 28, 28], exporter="torchscript")
+    assert onnx_macs(path)["macs"] == model_stats(model, [1, 1, 28, 28])["macs"]
+
+
+def test_pruned_int8_and_sparse_files_count_the_same_weights(tmp_path):
+    from sparsekit.quantize import quantize_int8
+    from sparsekit.sparse_storage import to_sparse_storage
+
+    model = mlp()
+    rec = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.75, "schedule": "oneshot"}])
+    model = sparsekit.Pruner(model, rec, steps_per_epoch=1).finalize()
+    fp32, q8, sp = tmp_path / "m.onnx", tmp_path / "m.int8.onnx", tmp_path / "m.sparse.onnx"
+    sparsekit.export_onnx(model, fp32, [1, 64], exporter="torchscript")
+    quantize_int8(fp32, q8, calibration=[torch.randn(8, 64).numpy() for _ in range(4)])
+    to_sparse_storage(fp32, sp)
+    stats = model_stats(model, [1, 64])
+    for path in (fp32, q8, sp):
+        macs = onnx_macs(path)
+        assert macs["macs"] == stats["macs"], path.name
+        # int8 rounding may zero a few more tiny weights, never revive one
+        assert macs["effective_macs"] <= stats["effective_macs"]
+        assert macs["effective_macs"] >= 0.99 * stats["effective_macs"]
+        counts = param_counts(path)
+        assert counts["params"] == sum(p.numel() for p in model.parameters()), path.name
+    assert onnx_macs(fp32)["effective_macs"] == stats["effective_macs"]
