@@ -178,14 +178,19 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.legend(loc="lower right")
         ax.set_title("Fine-tuning")
         save(fig, "finetune.png")
-    dl, pl = report["dense"].get("latency_ms", {}), report["pruned"].get("latency_ms", {})
-    if dl and pl:
+    series = [
+        (label, (report.get(key) or {}).get("latency_ms") or {})
+        for key, label in (("dense", "dense"), ("pruned", "pruned"), ("int8", "pruned int8"))
+    ]
+    series = [(label, lat) for label, lat in series if lat]
+    if len(series) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3))
-        sizes = list(dl)
-        xs = range(len(sizes))
-        ax.bar([x - 0.2 for x in xs], [dl[b]["p50"] for b in sizes], 0.4, label="dense")
-        ax.bar([x + 0.2 for x in xs], [pl[b]["p50"] for b in sizes if b in pl], 0.4, label="pruned")
-        ax.set_xticks(list(xs), [f"batch {b}" for b in sizes])
+        sizes = list(series[0][1])
+        width = 0.8 / len(series)
+        for i, (label, lat) in enumerate(series):
+            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(sizes))]
+            ax.bar(xs, [lat[b]["p50"] if b in lat else 0 for b in sizes], width, label=label)
+        ax.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
         ax.set_yscale("log")
         ax.set_ylabel("p50 latency (ms)")
         ax.legend()
