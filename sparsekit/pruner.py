@@ -26,7 +26,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class Pruner:
     """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step."""
 
-    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, context: dict | None = None):
+    def __init__(
+        self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, context: dict | None = None
+    ):
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model = _unwrap(model)
@@ -34,9 +36,14 @@ class Pruner:
         self.steps_per_epoch = steps_per_epoch
         self.step_count = 0
         self.pruning_history: list = []  # torch-pruning's replayable history (structured methods)
+        # Set when a structural method replaced parameters: rebuild the optimizer, then reset it.
+        self.structure_changed = False
         self.context = {"pruner": self, **(context or {})}
+        if not self.context.get("input_shape") and recipe.model.input_shape:
+            self.context["input_shape"] = list(recipe.model.input_shape)
         self.methods = [
-            methods.build(spec, self.model, i, steps_per_epoch, self.context) for i, spec in enumerate(recipe.pruning)
+            methods.build(spec, self.model, i, steps_per_epoch, self.context)
+            for i, spec in enumerate(recipe.pruning)
         ]
         self._check_overlap()
         for method in self.methods:
@@ -55,6 +62,22 @@ class Pruner:
                         f"the weights of {name!r}: exclude it from one of them (layers.exclude)"
                     )
                 owner[name] = i
+        # A structural method changes weight shapes (its layers' outputs, their consumers' inputs):
+        # a masking method's masks and scores on those weights would no longer fit. (Masks created
+        # by l1 are refitted instead, see surgery.refit_masks.)
+        for i, method in enumerate(self.methods):
+            if not getattr(method, "structural", False):
+                continue
+            for name in getattr(method, "touched", method.layers):
+                if name in owner:
+                    j = owner[name]
+                    how = "removes output channels of" if name in method.layers else "shrinks the inputs of"
+                    raise TargetError(
+                        f"pruning[{i}] ({method.name}) {how} {name!r}, whose weights pruning[{j}] "
+                        f"({self.methods[j].name}) masks: the masks would no longer fit. Exclude {name!r} "
+                        f"from pruning[{j}] (layers.exclude), or keep pruning[{i}] away from it (ignore / "
+                        "layers.exclude of the layers feeding it)"
+                    )
 
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1); a zero tensor when the recipe has none."""
@@ -66,7 +89,10 @@ class Pruner:
         return total
 
     def step(self) -> None:
-        """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints."""
+        """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints.
+
+        When a structural method removed channels, :attr:`structure_changed` is True: the model has
+        new parameter objects, so rebuild the optimizer and set the flag back to False."""
         self.step_count += 1
         for method in self.methods:
             method.after_step(self.step_count)
@@ -102,10 +128,12 @@ class Pruner:
         modules = dict(self.model.named_modules())
         for name, mask in state["masks"].items():
             module = modules[name]
-            if get_mask(module) is None:
-                module.register_buffer(MASK, mask.clone(), persistent=False)
+            current = get_mask(module)
+            if current is None or current.shape != mask.shape:
+                # New, or the layer changed shape (structural pruning replayed): replace the buffer.
+                module.register_buffer(MASK, mask.clone().to(module.weight.device), persistent=False)
             else:
-                get_mask(module).copy_(mask)
+                current.copy_(mask)
         for method, s in zip(self.methods, state["methods"], strict=True):
             method.load_state_dict(s)
         self.pruning_history = list(state.get("pruning_history", []))

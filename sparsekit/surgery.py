@@ -1,0 +1,348 @@
+"""Physical channel surgery, always through torch-pruning's dependency graph.
+
+torch-pruning (``tp``) knows how removing an output channel ripples into BatchNorm, the next layer's
+inputs, residual adds, depthwise/grouped convolutions and flatten→linear; this module never
+re-derives that. It adds three things on top:
+
+- :func:`replay_history` rebuilds a pruned shape from tp's JSON-able ``pruning_history()`` on a
+  freshly built dense model, so checkpoints never need unpickling.
+- :func:`remove_dead_units` removes output units whose incoming weights are all zero while keeping
+  the network's function: a dead unit still emits a constant (``act(bias)``, shifted by BatchNorm),
+  which is folded into whatever consumes it before the unit goes.
+- :func:`refit_masks` keeps sparsekit's mask buffers (L1's exact zeros) aligned with weights whose
+  shape just changed.
+
+>>> model, history = remove_dead_units(model, [1, 784], ignore=["fc3"])
+>>> fresh = replay_history(build_fresh_model(), history, [1, 784])   # same shapes as ``model``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from .errors import ModelFileError
+from .layers import prunable_layers
+from .masks import MASK, apply_mask, get_mask
+
+__all__ = [
+    "build_graph", "example_input", "forward_order", "last_layer", "normalize_history", "refit_masks",
+    "remove_dead_units", "replay_history", "traced",
+]
+
+# Constants are compared with a tolerance: a GEMM may sum the same products in a different order at
+# different positions. A real border effect of zero padding is far larger than this.
+_RTOL, _ATOL = 1e-5, 1e-6
+
+
+@contextlib.contextmanager
+def traced(model: nn.Module) -> Iterator[None]:
+    """Eval mode (a traced forward must not move BatchNorm running stats) with autograd on (tp
+    traces through ``grad_fn``); every module's own training flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def example_input(model: nn.Module, input_shape: Sequence[int], batch: int | None = None,
+                  random: bool = False) -> torch.Tensor:
+    param = next(iter(model.parameters()), None)
+    kw: dict[str, Any] = {"dtype": param.dtype, "device": param.device} if param is not None else {}
+    shape = [int(d) for d in input_shape]
+    if batch is not None:
+        shape[0] = batch
+    if random:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(shape, generator=gen).to(**kw)
+    return torch.zeros(shape, **kw)
+
+
+def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    """tp's dependency graph of ``model`` traced with a zero input of ``input_shape``."""
+    with traced(model):
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input(model, input_shape), verbose=False
+        )
+
+
+def normalize_history(history: Sequence[Any]) -> list[list[Any]]:
+    """tp history as plain JSON types: ``[[module_name, is_out_channel_pruning, [idx, ...]], ...]``."""
+    return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in history]
+
+
+def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequence[int]) -> nn.Module:
+    """Re-apply a recorded ``pruning_history`` to a freshly built (dense) ``model``, in place.
+
+    Returns the same model object, now with the pruned shapes, ready for ``load_state_dict``.
+    Raises :class:`ModelFileError` when the history does not fit this architecture.
+    """
+    if not history:
+        return model
+    try:
+        entries = normalize_history(history)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(
+            f"pruning_history is malformed ({err}); expected [[module_name, is_out_channel, [indices]], ...] "
+            "as written by sparsekit.save_model"
+        ) from None
+    arch = type(model).__name__
+    try:
+        graph = build_graph(model, input_shape)
+    except Exception as err:  # any failure of the user's forward with this input
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(
+            f"cannot rebuild the pruned model: tracing {arch} with input_shape {list(input_shape)} "
+            f"failed ({first})"
+        ) from None
+    modules = dict(model.named_modules())
+    for i, (name, is_out, idxs) in enumerate(entries):
+        module = modules.get(name)
+        where = f"pruning_history[{i}] ({'outputs' if is_out else 'inputs'} of {name!r})"
+        if module is None or graph.get_pruner_of_module(module) is None:
+            raise ModelFileError(
+                f"{where}: {arch} has no prunable module named {name!r}; the checkpoint was pruned from a "
+                "different architecture (check model.factory / --arch and model.kwargs)"
+            )
+        pruner = graph.get_pruner_of_module(module)
+        channels = graph.get_out_channels(module) if is_out else graph.get_in_channels(module)
+        if not idxs:
+            continue
+        if channels is not None and (max(idxs) >= channels or min(idxs) < 0 or len(idxs) >= channels):
+            raise ModelFileError(
+                f"{where}: removes indices {idxs[:8]}{' …' if len(idxs) > 8 else ''} but the layer has "
+                f"{channels} channels at this point; the checkpoint does not fit {arch} (check model.kwargs)"
+            )
+        try:
+            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+            graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
+        except Exception as err:  # tp raises assorted types for indices that do not fit
+            raise ModelFileError(
+                f"{where}: cannot be replayed on {arch} ({type(err).__name__}: {err})"
+            ) from None
+    return model
+
+
+def last_layer(model: nn.Module, input_shape: Sequence[int]) -> str | None:
+    """Name of the prunable layer that runs last in a forward pass: the head, whose output units are
+    the model's outputs and must never be removed."""
+    return (forward_order(model, input_shape) or [None])[-1]
+
+
+def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """Prunable layer names in the order a forward pass first calls them."""
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda *_, name=name: order.append(name) if name not in order else None)
+        for name, m in prunable_layers(model).items()
+    ]
+    try:
+        with traced(model), torch.no_grad():
+            model(example_input(model, input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def refit_masks(model: nn.Module) -> list[str]:
+    """After channel removal, rebuild every mask whose weight changed shape from that weight's zeros.
+
+    Masked weights are exact zeros (masks are applied after every step), so the surviving part of an
+    old mask is exactly the zeros of the surviving weights; a weight that happened to be exactly zero
+    becomes masked too, which keeps masks' "only lose ones" rule. Returns the names refitted."""
+    names = []
+    for name, module in model.named_modules():
+        mask = get_mask(module)
+        if mask is not None and mask.shape != module.weight.shape:
+            module._buffers[MASK] = module.weight.detach() != 0
+            names.append(name)
+    return names
+
+
+def prune_group(model: nn.Module, group: Any) -> None:
+    """``group.prune()`` with masks kept consistent: masked zeros are applied first, masks refitted after."""
+    for module in model.modules():
+        apply_mask(module)
+    group.prune()
+    refit_masks(model)
+
+
+# ----------------------------------------------------------------------------- dead units
+
+
+def _dead_rows(module: nn.Module) -> list[int]:
+    w = module.weight.detach()
+    if getattr(module, "transposed", False):
+        w = w.transpose(0, 1)
+    return [int(i) for i in torch.nonzero(w.flatten(1).abs().sum(1) == 0).flatten()]
+
+
+def _is_constant(t: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    """``t`` is [N, K, P] (batch, unit, position); constant over N and P per unit → (True, [K])."""
+    ref = t[:1, :, :1]
+    ok = bool(torch.allclose(t, ref.expand_as(t), rtol=_RTOL, atol=_ATOL))
+    return ok, ref.flatten()
+
+
+def _only_bn_after(graph: tp.DependencyGraph, module: nn.Module) -> _BatchNorm | None:
+    outs = graph.module2node[module].outputs
+    if len(outs) == 1 and isinstance(outs[0].module, _BatchNorm) and outs[0].module.running_mean is not None:
+        return outs[0].module
+    return None
+
+
+def _fold_plan(graph: tp.DependencyGraph, group: Any, inputs: dict[nn.Module, torch.Tensor]) -> list | None:
+    """How to absorb the removed units' constant output into their consumers, or None when that
+    cannot be done exactly (then the units stay).
+
+    Returns ``[(tensor_to_change, delta)]``: ``bias += delta`` or ``running_mean -= delta``."""
+    root = group[0].dep.target.module
+    consumers = []
+    for item in group:
+        dep, idxs = item.dep, item.idxs
+        node, module = dep.target, dep.target.module
+        if module is root:
+            continue
+        if node.type == tp.ops.OPTYPE.OUTPUT or isinstance(module, nn.Parameter):
+            return None  # the units reach the model's output, or an unwrapped parameter
+        if isinstance(module, _BatchNorm):
+            continue  # per-channel affine: a constant stays a constant; tp drops its entries
+        if isinstance(module, nn.Linear | _ConvNd):
+            # Output-channel coupling (a residual add, a depthwise conv) means the same channel
+            # carries another layer's live output: removing it is not a no-op.
+            if graph.is_out_channel_pruning_fn(dep.handler) or getattr(module, "transposed", False):
+                return None
+            consumers.append((module, list(idxs)))
+            continue
+        if next(module.parameters(recurse=False), None) is not None or module._buffers:
+            return None  # LayerNorm, PReLU, GroupNorm, embeddings ...: not analysed, keep the units
+    plan = []
+    for module, idxs in consumers:
+        x = inputs.get(module)
+        if x is None:
+            return None
+        dim = x.dim() - 1 if isinstance(module, nn.Linear) else 1
+        idx = torch.tensor(idxs, device=x.device)
+        dead = x.index_select(dim, idx)
+        k = len(idxs)
+        # As [N, unit, position]: Linear inputs may carry extra leading dims, conv inputs spatial ones.
+        dead_view = dead.reshape(x.shape[0], k, -1) if dim == 1 else dead.reshape(-1, k, 1)
+        ok, _ = _is_constant(dead_view)
+        if not ok:
+            return None  # e.g. average pooling with padding turned the constant into a pattern
+        x_dead = torch.zeros_like(x)
+        x_dead.index_copy_(dim, idx, dead)
+        if isinstance(module, nn.Linear):
+            y = nn.functional.linear(x_dead, module.weight)
+            y = y.reshape(-1, y.shape[-1], 1)
+        else:
+            y = module._conv_forward(x_dead, module.weight, None)
+            y = y.reshape(y.shape[0], y.shape[1], -1)
+        ok, delta = _is_constant(y)
+        if not ok:
+            return None  # zero padding: the constant's contribution differs at the borders
+        if not bool(delta.any()):
+            continue
+        if module.bias is not None:
+            plan.append((module.bias, delta))
+        elif (bn := _only_bn_after(graph, module)) is not None:
+            # BN(x + d) with running_mean m equals BN(x) with running_mean m - d; in training mode
+            # the batch mean absorbs the shift by itself.
+            plan.append((bn.running_mean, -delta))
+        else:
+            return None
+    return plan
+
+
+def remove_dead_units(
+    model: nn.Module, input_shape: Sequence[int], ignore: Sequence[str] = ()
+) -> tuple[nn.Module, list[list[Any]]]:
+    """Remove output units (Linear rows, Conv output channels) whose incoming weights are all zero.
+
+    Layers named in ``ignore`` keep all their outputs (pass the head). Each dead unit still emits a
+    constant; it is folded exactly into the consumer's bias (or into the running mean of a BatchNorm
+    that directly follows a bias-less consumer) before torch-pruning removes the unit. Handled:
+    Linear→act→Linear, Conv→(BN)→act→(max-pool)→flatten→Linear, Conv→…→Conv without padding, and
+    any case where the constant is exactly 0 (e.g. ReLU of a negative shift). Kept, to stay exact:
+    units whose nonzero constant enters a zero-padded conv (the border differs), units coupled to
+    another layer's live outputs (residual add, depthwise conv), units reaching the model output,
+    and units whose consumers cannot take the constant (no bias, no BatchNorm after). At least one
+    unit per layer always stays. Outputs are unchanged in eval mode.
+
+    Returns ``(model, history)``: the model (changed in place) and tp's history of the removal, to
+    append to the checkpoint's ``pruning_history``. Should the self-check on random inputs fail,
+    the untouched model is returned with an empty history and a warning.
+    """
+    skip = set(ignore)
+    backup = copy.deepcopy(model)
+    probe = example_input(model, input_shape, batch=4, random=True)
+    with traced(model), torch.no_grad():
+        reference = model(probe)
+    graph = build_graph(model, input_shape)
+    layers = prunable_layers(model)
+    for name in forward_order(model, input_shape):
+        module = layers[name]
+        if name in skip or module not in graph.module2node:
+            continue
+        dead = _dead_rows(module)
+        pruner = graph.get_pruner_of_module(module)
+        if len(dead) >= pruner.get_out_channels(module):
+            dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
+        if not dead:
+            continue
+        fn = pruner.prune_out_channels
+        inputs = _consumer_inputs(model, graph.get_pruning_group(module, fn, dead), probe)
+        # Unit by unit, so one unit that must stay does not keep the others.
+        removable, plan = [], []
+        for unit in dead:
+            unit_plan = _fold_plan(graph, graph.get_pruning_group(module, fn, [unit]), inputs)
+            if unit_plan is not None:
+                removable.append(unit)
+                plan.extend(unit_plan)
+        if not removable:
+            continue
+        with torch.no_grad():
+            for tensor, delta in plan:
+                tensor.add_(delta.to(tensor.dtype))
+        group = graph.get_pruning_group(module, fn, removable)
+        prune_group(model, group)
+    with traced(model), torch.no_grad():
+        after = model(probe)
+    if after.shape != reference.shape or not torch.allclose(after, reference, rtol=1e-4, atol=1e-5):
+        warnings.warn(
+            "remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2
+        )
+        return backup, []
+    return model, normalize_history(graph.pruning_history())
+
+
+def _consumer_inputs(model: nn.Module, group: Any, probe: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    wanted = {item.dep.target.module for item in group}
+    wanted = {m for m in wanted if isinstance(m, nn.Linear | _ConvNd)}
+    seen: dict[nn.Module, torch.Tensor] = {}
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        seen.setdefault(module, args[0].detach())
+
+    hooks = [m.register_forward_pre_hook(grab) for m in wanted]
+    try:
+        with traced(model), torch.no_grad():
+            model(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen

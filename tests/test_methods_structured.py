@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+from examples.models import resnet_small, small_cnn
+from sparsekit.errors import TargetError
+from sparsekit.export import export_onnx
+from sparsekit.masks import get_mask
+from sparsekit.modelio import load_model, read_model, save_model
+from sparsekit.surgery import replay_history
+
+SHAPE = [1, 1, 8, 8]
+
+
+class HeldOut(nn.Module):
+    """Not from examples/: BatchNorm, a residual add across a depthwise + pointwise branch, a grouped
+    conv and a bias-free conv, then global pooling and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.gconv = nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.stem(x)))
+        x = x + self.pw(F.relu(self.bn1(self.dw(x))))
+        x = F.relu(self.bn2(self.gconv(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def held_out() -> HeldOut:
+    return HeldOut()
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.2, 1.5)
+    return model
+
+
+def recipe(**method) -> sparsekit.Recipe:
+    spec = {"method": "structured", "ratio": 0.5, "importance": "l2", "schedule": "oneshot", **method}
+    return sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "finetune": {"epochs": 2}, "pruning": [spec]})
+
+
+def channels(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    layers = (nn.Conv2d, nn.Linear)
+    return {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, layers)}
+
+
+def prune(model: nn.Module, **method) -> tuple[nn.Module, sparsekit.Pruner]:
+    pruner = sparsekit.Pruner(model, recipe(**method), steps_per_epoch=2)
+    return pruner.finalize(), pruner
+
+
+def test_small_cnn_layer_scope_halves_every_layer_but_the_head():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    final, pruner = prune(model)
+    assert channels(final) == {
+        "conv1": (4, 1, 3, 3), "conv2": (8, 4, 3, 3), "conv3": (16, 8, 3, 3),
+        "fc1": (64, 16), "fc2": (10, 64),
+    }
+    assert final(torch.randn(3, *SHAPE[1:])).shape == (3, 10)
+    assert pruner.structure_changed and pruner.pruning_history
+    assert all(isinstance(i, int) for entry in pruner.pruning_history for i in entry[2])
+    assert not any(get_mask(m) is not None for m in final.modules())  # nothing of sparsekit left
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in final.modules())
+
+
+def test_resnet_small_prunes_residual_coupled_channels_together():
+    torch.manual_seed(0)
+    final, _ = prune(resnet_small(width=8, image_size=8))
+    shapes = channels(final)
+    assert shapes["conv1"][0] == shapes["layer1.conv2"][0] == 4  # stem and layer1 share the residual
+    assert shapes["layer2.conv2"][0] == shapes["layer2.shortcut.0"][0] == 8
+    assert shapes["layer3.conv1"][0] == 16 and shapes["fc"] == (10, 16)
+    assert final(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
+
+
+def test_held_out_model_with_depthwise_grouped_and_residual(tmp_path):
+    torch.manual_seed(0)
+    model = _randomize_bn(held_out())
+    final, pruner = prune(model)
+    assert final.stem.out_channels == final.dw.out_channels == final.pw.out_channels == 8
+    assert final.dw.groups == 8 and final.gconv.groups == 4  # depthwise stays depthwise
+    assert final.gconv.in_channels == 8 and final.gconv.out_channels == 16
+    assert final.fc.weight.shape == (5, 16)
+    x = torch.randn(4, *SHAPE[1:])
+    expected = final.eval()(x)
+    path = save_model(final, tmp_path / "h.pt", "tests.test_methods_structured:held_out", input_shape=SHAPE,
+                      pruner=pruner)
+    loaded = load_model(path)
+    assert channels(loaded) == channels(final)
+    torch.testing.assert_close(loaded(x), expected, atol=0, rtol=0)
+    assert export_onnx(final, tmp_path / "h.onnx", SHAPE, exporter="torchscript")["parity"]["ok"]
+
+
+@pytest.mark.parametrize("factory", ["small_cnn", "resnet_small"])
+def test_checkpoint_round_trip_rebuilds_by_replay_and_onnx_matches(tmp_path, factory):
+    torch.manual_seed(0)
+    kwargs = {"width": 8, "image_size": 8}
+    build = {"small_cnn": small_cnn, "resnet_small": resnet_small}[factory]
+    final, pruner = prune(_randomize_bn(build(**kwargs)), steps=2, scope="global")
+    path = save_model(final, tmp_path / "m.pt", f"examples.models:{factory}", kwargs=kwargs,
+                      input_shape=SHAPE, pruner=pruner)
+    loaded = read_model(path)
+    assert loaded.pruning_history == pruner.pruning_history
+    x = torch.randn(5, *SHAPE[1:])
+    torch.testing.assert_close(loaded.model(x), final.eval()(x), atol=0, rtol=0)
+    # A dense model with the same weights cannot load them: the shapes really come from the replay.
+    assert channels(loaded.model) != channels(build(**kwargs))
+    info = export_onnx(final, tmp_path / "m.onnx", SHAPE, exporter="torchscript")
+    assert info["parity"]["ok"], info["parity"]
+
+
+def test_iterative_steps_follow_the_schedule_and_targets():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    r = recipe(steps=4, schedule={"start_epoch": 0, "end_epoch": 2})
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=2)
+    assert model.training and model.bn1.num_batches_tracked == 0  # tracing ran in eval mode
+    method = pruner.methods[0]
+    assert method.events == [0, 1, 2, 3]
+    assert method.targets(2, 2) == [0.375, 0.5]
+    assert model.conv1.out_channels == 8  # building the pruner never changes the model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sizes = []
+    for _ in range(4):
+        x, y = torch.randn(8, *SHAPE[1:]), torch.randint(0, 10, (8,))
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            pruner.structure_changed = False
+        sizes.append(model.conv1.out_channels)
+    # Step 1 runs the events due at steps 0 and 1 (int(8 * 0.75)), then one event per step.
+    assert sizes == [6, 5, 4, 4]
+
+
+def test_finetune_rebuilds_the_optimizer_and_keeps_training():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    data = [(torch.randn(8, *SHAPE[1:]), torch.randint(0, 10, (8,))) for _ in range(3)]
+    r = recipe(steps=2, schedule={"start_epoch": 0, "end_epoch": 1})
+    r.finetune.optimizer.name = "adam"
+    model, history, pruner = sparsekit.finetune(model, r, data, data[:1], progress=False)
+    assert model.conv2.out_channels == 8 and len(history) == 2
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in history)
+    before = model.conv1.weight.detach().clone()
+    sparsekit.finetune(model, r, data, data[:1], pruner=pruner, progress=False)
+    assert not torch.equal(before, model.conv1.weight)  # the rebuilt optimizer updates the new params
+
+
+def test_resume_restores_the_schedule_position(tmp_path):
+    def run(interrupt: bool) -> tuple[nn.Module, list]:
+        torch.manual_seed(0)
+        model = small_cnn(width=8, image_size=8)
+        r = recipe(steps=3, scope="global", schedule={"start_epoch": 0, "end_epoch": 2})
+        pruner = sparsekit.Pruner(model, r, steps_per_epoch=3)  # events at steps 0, 2 and 4
+        for _ in range(3):
+            pruner.step()
+        if interrupt:
+            state, weights = pruner.state_dict(), model.state_dict()
+            model = small_cnn(width=8, image_size=8)
+            pruner = sparsekit.Pruner(model, r, steps_per_epoch=3)
+            replay_history(model, state["pruning_history"], SHAPE)
+            model.load_state_dict(weights)
+            pruner.load_state_dict(state)
+        for _ in range(2):
+            pruner.step()
+        assert pruner.methods[0].done == 3
+        return pruner.finalize(), pruner.pruning_history
+
+    straight, history = run(False)
+    resumed, resumed_history = run(True)
+    assert channels(resumed) == channels(straight) and resumed_history == history
+    assert sum(s[0] for n, s in channels(straight).items() if n != "fc2") == (8 + 16 + 32 + 128) // 2
+
+
+def test_min_channels_is_a_floor():
+    torch.manual_seed(0)
+    final, _ = prune(small_cnn(width=8, image_size=8), ratio=0.5, min_channels=6)
+    assert final.conv1.out_channels == 6 and final.conv2.out_channels == 8  # 8 -> 4 floored at 6; 16 -> 8
+    torch.manual_seed(0)
+    final, _ = prune(small_cnn(width=8, image_size=8), ratio=0.9, scope="global", min_channels=3)
+    assert min(s[0] for s in channels(final).values()) >= 3
+
+
+def test_a_ratio_that_empties_a_layer_names_it():
+    with pytest.raises(TargetError, match="'conv1'"):
+        prune(small_cnn(width=8, image_size=8), ratio=0.9)
+
+
+def test_taylor_without_gradients_is_a_target_error():
+    model = small_cnn(width=8, image_size=8)
+    pruner = sparsekit.Pruner(model, recipe(importance="taylor"), steps_per_epoch=2)
+    assert pruner.methods[0].needs_grad
+    with pytest.raises(TargetError, match="taylor.*gradients"):
+        pruner.step()  # no loss.backward() before it
+    with pytest.raises(TargetError, match="fine-tuning epochs"):
+        model = small_cnn(width=8, image_size=8)
+        sparsekit.Pruner(model, recipe(importance="taylor"), steps_per_epoch=2).finalize()
+
+
+def test_taylor_with_gradients_prunes():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    pruner = sparsekit.Pruner(model, recipe(importance="taylor"), steps_per_epoch=2)
+    F.cross_entropy(model(torch.randn(8, *SHAPE[1:])), torch.randint(0, 10, (8,))).backward()
+    pruner.step()
+    assert model.conv1.out_channels == 4 and all(p.grad is None for p in model.parameters())
+
+
+def test_overlap_with_a_masking_method_is_a_target_error():
+    mag = {"method": "magnitude", "sparsity": 0.5, "layers": {"include": ["conv2"]}}
+    structured = {"method": "structured", "ratio": 0.5, "schedule": "oneshot"}
+    r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "pruning": [mag, structured]})
+    names_both = r"pruning\[1\] \(structured\).*'conv2'.*pruning\[0\] \(magnitude\)"
+    with pytest.raises(TargetError, match=names_both):
+        sparsekit.Pruner(small_cnn(width=8, image_size=8), r, steps_per_epoch=1)
+    # The head keeps its outputs but loses inputs: masks on it would not fit either.
+    mag["layers"] = {"include": ["fc2"]}
+    r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "pruning": [mag, structured]})
+    with pytest.raises(TargetError, match="shrinks the inputs of 'fc2'"):
+        sparsekit.Pruner(small_cnn(width=8, image_size=8), r, steps_per_epoch=1)
+    # Disjoint layers are fine: structured only on the conv stack's first layer... whose consumer is conv2.
+    mag["layers"] = {"include": ["fc1"]}
+    structured_convs = {**structured, "layers": {"include": ["conv1", "conv2"]}}
+    r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "pruning": [mag, structured_convs]})
+    sparsekit.Pruner(small_cnn(width=8, image_size=8), r, steps_per_epoch=1)
+
+
+def test_composes_with_l1_masks_which_follow_the_new_shapes():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    l1 = {"method": "l1", "strength": 0.02, "mode": "proximal", "remove_dead": False}
+    structured = {"method": "structured", "ratio": 0.5, "steps": 2,
+                  "schedule": {"start_epoch": 0, "end_epoch": 1}}
+    r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "finetune": {"epochs": 1},
+                            "pruning": [l1, structured]})
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, *SHAPE[1:])), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        pruner.step()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for m in model.modules():
+            if get_mask(m) is not None:
+                assert get_mask(m).shape == m.weight.shape
+    assert model.conv1.out_channels == 4 and any(get_mask(m) is not None for m in model.modules())
+    final = pruner.finalize()
+    assert not any(get_mask(m) is not None for m in final.modules())
+
+
+def test_needs_an_input_shape_and_valid_ignore():
+    r = sparsekit.Recipe(**{"pruning": [{"method": "structured", "ratio": 0.5}]})
+    with pytest.raises(TargetError, match="input_shape"):
+        sparsekit.Pruner(small_cnn(width=8, image_size=8), r, steps_per_epoch=1)
+    with pytest.raises(TargetError, match="'nope'"):
+        prune(small_cnn(width=8, image_size=8), ignore=["nope"])
+    final, _ = prune(small_cnn(width=8, image_size=8), ignore=["fc*"])
+    assert final.fc1.out_features == 128 and final.conv1.out_channels == 4
+
+
+def test_pruner_loads_masks_of_a_different_shape():
+    model = small_cnn(width=8, image_size=8)
+    mag = {"method": "magnitude", "sparsity": 0.5, "layers": {"include": ["fc1"]}}
+    r = sparsekit.Recipe(**{"pruning": [mag]})
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=1)
+    state = pruner.state_dict()
+    replay_history(model, [["conv3", True, list(range(8))]], SHAPE)  # fc1 inputs: 32 -> 24
+    state["masks"]["fc1"] = torch.ones(128, 24, dtype=torch.bool)
+    pruner.load_state_dict(state)
+    assert get_mask(model.fc1).shape == (128, 24) == model.fc1.weight.shape
+
+
+def test_finetune_resume_replays_the_history_from_its_checkpoint(tmp_path):
+    data = [(torch.randn(8, *SHAPE[1:]), torch.randint(0, 10, (8,))) for _ in range(3)]
+    r = recipe(steps=3, scope="global", schedule={"start_epoch": 0, "end_epoch": 2})  # steps 0, 2, 4
+
+    def stop_after_first(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        sparsekit.finetune(model, r, data, data[:1], progress=False, checkpoint_dir=tmp_path,
+                           on_epoch=stop_after_first)
+    interrupted = channels(model)
+    torch.manual_seed(0)
+    fresh = small_cnn(width=8, image_size=8)  # dense again, as `sparsekit prune --resume` loads it
+    fresh, history, pruner = sparsekit.finetune(fresh, r, data, data[:1], progress=False,
+                                                checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert channels(fresh) != interrupted  # the second event ran after the resume
+    kept = sum(s[0] for n, s in channels(fresh).items() if n != "fc2")
+    assert kept == (8 + 16 + 32 + 128) // 2 and pruner.methods[0].done == 3

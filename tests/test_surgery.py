@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from examples.models import mlp, resnet_small
+from sparsekit.errors import ModelFileError
+from sparsekit.masks import MASK, get_mask, set_mask
+from sparsekit.surgery import last_layer, refit_masks, remove_dead_units, replay_history
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return mlp(in_features=16, hidden=(12, 8), num_classes=4).eval()
+
+
+class ConvBN(nn.Module):
+    """conv1 -> bn1 -> relu -> conv2 (padding 1) -> bn2 -> relu -> conv3 (1x1, no bias) -> bn3 -> relu
+    -> maxpool -> flatten -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 6, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 5, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _conv_bn() -> ConvBN:
+    torch.manual_seed(0)
+    model = ConvBN()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2, model.bn3):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        # conv1: channel 0 dead with a negative BN output (ReLU gives exactly 0) -> removable;
+        # channel 1 dead with a positive constant feeding a zero-padded conv -> must stay.
+        model.conv1.weight[[0, 1]] = 0
+        model.bn1.running_mean[[0, 1]] = 0.0
+        model.bn1.bias[0], model.bn1.bias[1] = -0.7, 0.9
+        # conv2 (with bias): dead channels 2, 5 feed the 1x1 conv3 (no padding, no bias, BN after):
+        # their constant is folded into bn3's running mean.
+        model.conv2.weight[[2, 5]] = 0
+        model.conv2.bias[[2, 5]] = 0.3
+        # conv3: dead channel 4 -> max-pool -> flatten -> fc: folded into fc's bias.
+        model.conv3.weight[4] = 0
+        model.bn3.running_mean[4], model.bn3.bias[4] = 0.0, 0.8
+    return model.eval()
+
+
+def test_remove_dead_units_mlp_folds_biases_and_keeps_outputs():
+    model = _mlp()
+    with torch.no_grad():
+        model.fc1.weight[[1, 5, 7]] = 0
+        model.fc1.bias[[1, 5, 7]] = torch.tensor([0.5, -0.4, 1.2])  # relu(0.5), relu(1.2) must be folded
+        model.fc2.weight[[0, 3]] = 0
+        model.fc2.bias[[0, 3]] = torch.tensor([0.7, 0.2])
+    x = torch.randn(32, 16)
+    expected = model(x)
+    out, history = remove_dead_units(model, [1, 16], ignore=["fc3"])
+    assert out.fc1.weight.shape == (9, 16) and out.fc2.weight.shape == (6, 9)
+    assert out.fc3.weight.shape == (4, 6)
+    assert not (out.fc1.weight.flatten(1).abs().sum(1) == 0).any()  # the dead rows are gone
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
+    assert [h[0] for h in history] == ["fc1", "fc2"]
+    # The history rebuilds the same shapes on a fresh model.
+    fresh = replay_history(_mlp(), history, [1, 16])
+    fresh.load_state_dict(out.state_dict())
+    torch.testing.assert_close(fresh.eval()(x), expected, atol=1e-5, rtol=0)
+
+
+def test_remove_dead_units_conv_bn_exact_where_provable():
+    model = _conv_bn()
+    fc_bias, running_mean = model.fc.bias.clone(), model.bn3.running_mean.clone()
+    x = torch.randn(6, 2, 8, 8)
+    expected = model(x)
+    out, history = remove_dead_units(model, [1, 2, 8, 8], ignore=["fc"])
+    assert out.conv1.weight.shape[0] == 5  # channel 0 removed, channel 1 (border effect) kept
+    assert out.bn1.num_features == 5 and out.conv2.weight.shape[1] == 5
+    assert out.conv2.weight.shape[0] == 6 and out.conv3.weight.shape[1] == 6  # folded into bn3.running_mean
+    assert out.conv3.weight.shape[0] == 4 and out.fc.weight.shape == (3, 4 * 16)  # folded into fc.bias
+    assert out.conv1.weight.flatten(1).abs().sum(1).eq(0).sum() == 1  # only the unremovable one is left
+    assert not torch.equal(out.fc.bias, fc_bias) and not torch.equal(out.bn3.running_mean, running_mean[:4])
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
+    fresh = replay_history(ConvBN(), history, [1, 2, 8, 8])
+    fresh.load_state_dict(out.state_dict())
+    torch.testing.assert_close(fresh.eval()(x), expected, atol=1e-5, rtol=0)
+
+
+def test_remove_dead_units_keeps_residual_coupled_channels():
+    torch.manual_seed(0)
+    model = resnet_small(width=4, image_size=8).eval()
+    with torch.no_grad():
+        model.layer1.conv1.weight[1] = 0  # inside the block: bn1 -> relu -> conv2
+        model.layer1.bn1.bias[1] = -1.0  # relu gives exactly 0: removable
+        model.layer1.conv2.weight[2] = 0  # its output is added to the residual: must stay
+    x = torch.randn(4, 1, 8, 8)
+    expected = model(x)
+    out, history = remove_dead_units(model, [1, 1, 8, 8], ignore=["fc"])
+    assert out.layer1.conv1.weight.shape[0] == 3
+    assert out.layer1.conv2.weight.shape == (4, 3, 3, 3)
+    assert history == [["layer1.conv1", True, [1]]]
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
+
+
+def test_remove_dead_units_keeps_one_unit_and_respects_ignore():
+    model = _mlp()
+    with torch.no_grad():
+        model.fc1.weight.zero_()
+        model.fc3.weight[0] = 0  # the head is ignored: its outputs are the model's outputs
+    x = torch.randn(8, 16)
+    expected = model(x)
+    out, _ = remove_dead_units(model, [1, 16], ignore=["fc3"])
+    assert out.fc1.weight.shape == (1, 16) and out.fc3.weight.shape[0] == 4
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
+
+
+def test_remove_dead_units_refits_masks_of_touched_layers():
+    model = _mlp()
+    with torch.no_grad():
+        model.fc1.weight[[2, 3]] = 0
+    set_mask(model.fc2, torch.rand(model.fc2.weight.shape) > 0.5)
+    zeros_before = int((model.fc2.weight == 0).sum())
+    out, _ = remove_dead_units(model, [1, 16], ignore=["fc3"])
+    assert get_mask(out.fc2).shape == out.fc2.weight.shape == (8, 10)
+    assert not bool(out.fc2.weight[~get_mask(out.fc2)].any())
+    assert int((~get_mask(out.fc2)).sum()) <= zeros_before
+
+
+def test_l1_group_proximal_then_remove_dead_keeps_outputs():
+    model = _mlp()
+    recipe = sparsekit.Recipe(**{
+        "model": {"input_shape": [1, 16]},
+        "finetune": {"epochs": 1},
+        "pruning": [{"method": "l1", "strength": 0.08, "mode": "proximal", "group": "row",
+                     "remove_dead": True, "layers": {"exclude": ["fc3"]}}],
+    })
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    torch.manual_seed(1)
+    for _ in range(10):
+        x, y = torch.randn(32, 16), torch.randint(0, 4, (32,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+    dead1 = int(model.fc1.weight.flatten(1).abs().sum(1).eq(0).sum())
+    dead2 = int(model.fc2.weight.flatten(1).abs().sum(1).eq(0).sum())
+    assert dead1 + dead2 > 0, "the proximal step should have killed some rows"
+    x = torch.randn(64, 16)
+    expected = model.eval()(x).detach()
+    final = pruner.finalize()
+    assert final.fc1.weight.shape[0] == 12 - dead1 or dead1 == 12
+    assert final.fc2.weight.shape[0] == 8 - dead2 or dead2 == 8
+    assert not any(get_mask(m) is not None for m in final.modules())
+    torch.testing.assert_close(final.eval()(x), expected, atol=1e-5, rtol=0)
+    assert len(pruner.pruning_history) >= (dead1 > 0) + (dead2 > 0)
+
+
+def test_replay_history_rejects_a_history_that_does_not_fit():
+    with pytest.raises(ModelFileError, match="no prunable module named 'conv9'"):
+        replay_history(_mlp(), [["conv9", True, [0]]], [1, 16])
+    with pytest.raises(ModelFileError, match="12 channels"):
+        replay_history(_mlp(), [["fc1", True, [3, 40]]], [1, 16])
+    with pytest.raises(ModelFileError, match="malformed"):
+        replay_history(_mlp(), [["fc1", True]], [1, 16])
+    with pytest.raises(ModelFileError, match="tracing"):
+        replay_history(_mlp(), [["fc1", True, [0]]], [1, 99])
+
+
+def test_replay_returns_the_same_model_and_last_layer_is_the_head():
+    model = _mlp()
+    assert replay_history(model, [["fc2", True, [0, 1]]], [1, 16]) is model
+    assert model.fc2.out_features == 6 and model.fc3.in_features == 6
+    assert last_layer(model, [1, 16]) == "fc3"
+
+
+def test_refit_masks_rebuilds_from_zeros_only_when_shapes_differ():
+    layer = nn.Linear(4, 3)
+    set_mask(layer, torch.tensor([[1, 0, 1, 1]] * 3, dtype=torch.bool))
+    assert refit_masks(layer) == []
+    with torch.no_grad():
+        layer.weight = nn.Parameter(layer.weight[:2].clone())
+    assert refit_masks(layer) == [""]
+    assert layer._buffers[MASK].tolist() == [[True, False, True, True]] * 2
