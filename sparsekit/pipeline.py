@@ -343,6 +343,13 @@ def _benchmark_into(report: dict[str, Any], out: Path, recipe: Recipe, shape: li
 def _notes(report: dict[str, Any]) -> list[str]:
     d, p = report["dense"], report["pruned"]
     notes = []
+    drop = d["accuracy"] - p["accuracy"]
+    if drop > 0.03:
+        epochs = report["recipe"]["finetune"]["epochs"]
+        notes.append(
+            f"Accuracy fell {drop:.3f} ({d['accuracy']:.4f} -> {p['accuracy']:.4f}) with {epochs} fine-tuning "
+            "epoch(s): fine-tune longer, prune less, or spread pruning over more of the schedule."
+        )
     if d.get("macs") and p.get("macs") is not None and p["macs"] < d["macs"]:
         notes.append(f"Structural removal cut dense MACs to {p['macs'] / d['macs']:.3f}x of the original.")
     for bs, s in (report.get("benchmark") or {}).get("speedup", {}).items():

@@ -141,6 +141,7 @@ class StructuredSpec(_MethodBase):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     ignore: list[str] | None = Field(None, description="modules whose outputs are kept (default: the head)")
     min_channels: int = Field(1, gt=0, description="floor: no layer keeps fewer output channels")
+    calibration_batches: int = Field(8, gt=0, description="batches scored for taylor importance when not fine-tuning")
 
 
 MethodSpec = Annotated[
