@@ -21,8 +21,10 @@ from ..layers import select_layers
 
 
 def _unit_norms(weight: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each output unit's incoming weights (dim 0 indexes output units)."""
-    return torch.linalg.vector_norm(weight.detach().flatten(1).float(), dim=1)
+    """L2 norm of each output unit's incoming weights (dim 0 indexes output units), accumulated in
+    at least float32 (half weights would overflow) and in float64 for float64 weights."""
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    return torch.linalg.vector_norm(weight.detach().flatten(1), dim=1, dtype=dtype)
 
 
 class MaxNorm:
@@ -32,7 +34,9 @@ class MaxNorm:
     masks_weights = False
     needs_grad = False
 
-    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+    def __init__(
+        self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict
+    ) -> None:
         self.spec = spec
         self.where = f"pruning[{index}]"
         self.max_value = float(spec.max_value)
@@ -43,10 +47,10 @@ class MaxNorm:
         for module in self.layers.values():
             w = module.weight
             norms = _unit_norms(w)
-            over = norms > self.max_value
-            if not bool(over.any()):
+            if float(norms.max()) <= self.max_value:  # the usual case, decided by one scalar
                 continue
             # Only rows over the bound are touched, so the others stay identical bit for bit.
+            over = norms > self.max_value
             scale = torch.ones_like(norms)
             scale[over] = self.max_value / norms[over]
             # A rescaled row lands on the bound up to float rounding (a few ulps of max_value).
