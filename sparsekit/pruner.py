@@ -79,13 +79,18 @@ class Pruner:
                         "layers.exclude of the layers feeding it)"
                     )
 
+    _zero: torch.Tensor | None = None
+
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1); a zero tensor when the recipe has none."""
         total: Any = 0.0
         for method in self.methods:
             total = total + method.penalty()
         if not isinstance(total, torch.Tensor):
-            total = torch.zeros((), device=next(self.model.parameters()).device)
+            device = next(self.model.parameters()).device
+            if self._zero is None or self._zero.device != device:
+                self._zero = torch.zeros((), device=device)  # made once: this runs every step
+            total = self._zero
         return total
 
     def step(self) -> None:

@@ -51,3 +51,19 @@ def test_masks_only_lose_ones_and_bake_removes_buffers():
     assert MASK not in lin.state_dict()  # non-persistent: never in checkpoint keys
     bake(lin)
     assert not hasattr(lin, MASK) and (lin.weight[:, 1:3] == 0).all()
+
+
+def test_global_topk_matches_stable_sort_with_ties():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        a = torch.randint(0, 5, (37,), generator=g).float()  # many ties
+        b = torch.randn(23, generator=g).round()
+        if trial % 3 == 0:
+            a[:5] = float("-inf")  # already pruned
+        sparsity = [0.0, 0.1, 0.5, 0.77, 0.95][trial % 5]
+        masks = global_topk_masks({"a": a, "b": b}, sparsity)
+        flat = torch.cat([a, b])
+        n_prune = round(sparsity * flat.numel())
+        expected = torch.ones_like(flat, dtype=torch.bool)
+        expected[torch.argsort(flat, stable=True)[:n_prune]] = False
+        assert torch.equal(torch.cat([masks["a"], masks["b"]]), expected)

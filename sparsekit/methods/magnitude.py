@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import select_layers
-from ..masks import apply_mask, ensure_mask, global_topk_masks, layer_topk_masks, masked_scores, set_mask
+from ..masks import ensure_mask, global_topk_masks, layer_topk_masks, masked_scores, set_mask
 from ..schedule import Schedule
 
 
@@ -51,8 +51,7 @@ class Magnitude:
     def after_step(self, step: int) -> None:
         if self.schedule.is_update(step) or self._pending:
             self._pending = not self.update(step)
-        for module in self.layers.values():
-            apply_mask(module)
+        # No apply_mask here: Pruner.step applies every mask once after all methods ran.
 
     _pending = False
 
