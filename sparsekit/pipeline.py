@@ -343,6 +343,12 @@ def _benchmark_into(report: dict[str, Any], out: Path, recipe: Recipe, shape: li
 def _notes(report: dict[str, Any]) -> list[str]:
     d, p = report["dense"], report["pruned"]
     notes = []
+    dead = [r["name"] for r in report["layers"] if r["params"] and r["nonzero_params"] == 0]
+    if dead:
+        notes.append(
+            f"Every weight of {', '.join(dead)} is zero, so the layer passes on only its bias: lower the "
+            "pruning strength/sparsity there or exclude it (layers.exclude)."
+        )
     drop = d["accuracy"] - p["accuracy"]
     if drop > 0.03:
         epochs = report["recipe"]["finetune"]["epochs"]

@@ -581,3 +581,83 @@ def test_export_and_bench_shape_and_provider_errors(tmp_path):
     )
     assert_bad_input(run("bench", onnx_path, "--runs", "2", "--input-shape", "1,3,32,32"), "1, 3, 32, 32")
     assert_bad_input(run("bench", tmp_path / "missing.onnx"), "missing.onnx")
+
+
+HELDOUT_CNN = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.a = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn_a = nn.BatchNorm2d(c)
+            self.b = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn_b = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(x + self.bn_b(self.b(torch.relu(self.bn_a(self.a(x))))))
+
+    class Net(nn.Module):
+        def __init__(self, c=8):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+            self.block = Block(c)
+            self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+            self.hidden = nn.Linear(c * 16, 48)
+            self.classifier = nn.Linear(48, 10)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(self.dw(self.block(self.stem(x))), 2)
+            return self.classifier(torch.relu(self.hidden(x.flatten(1))))
+""")
+
+
+def test_combined_methods_on_a_heldout_residual_cnn(tmp_path, monkeypatch):
+    """Group L1 on the convs, then structured removal of hidden units, fine-tuned under max-norm."""
+    (tmp_path / "heldout_cnn.py").write_text(HELDOUT_CNN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import heldout_cnn
+
+    torch.manual_seed(0)
+    model = heldout_cnn.Net()
+    data = load_data("digits", batch_size=32, seed=0, input_shape=[1, 1, 8, 8])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        for x, y in data.train:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    recipe = tmp_path / "combo.yaml"
+    recipe.write_text(
+        textwrap.dedent("""
+        version: 1
+        model: {input_shape: [1, 1, 8, 8]}
+        data: {source: digits, batch_size: 32}
+        finetune: {epochs: 4, optimizer: {name: adam, lr: 0.003}, lr_schedule: {name: cosine}}
+        pruning:
+          - {method: l1, strength: 0.002, mode: proximal, group: channel, layers: {types: [Conv2d], exclude: [dw]},
+             schedule: {start_epoch: 0, end_epoch: 2}}
+          - {method: structured, ratio: 0.5, steps: 2, schedule: {start_epoch: 1, end_epoch: 3},
+             layers: {types: [Linear]}}
+          - {method: max_norm, max_value: 2.0, layers: {types: [Linear]}}
+        benchmark: {enabled: false}
+    """)
+    )
+    out = tmp_path / "out"
+    result = run("prune", weights, recipe, "--arch", "heldout_cnn:Net", "-o", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["ok"]
+    assert report["pruned"]["accuracy"] >= report["dense"]["accuracy"] - 0.03
+    layers = {r["name"]: r for r in report["layers"]}
+    assert layers["hidden"]["shape"] == [24, 128] and layers["classifier"]["shape"] == [10, 24]
+    pruned = sparsekit.load_model(out / "model.pt")  # rebuilt by factory + replayed history
+    assert pruned.hidden.out_features == 24
+    for name in ("hidden", "classifier"):
+        norms = getattr(pruned, name).weight.norm(dim=1)
+        assert float(norms.max()) <= 2.0 * (1 + 1e-5)
+    assert pruned(torch.randn(5, 1, 8, 8)).shape == (5, 10)
+    assert "structured" in {m["method"] for m in report["methods"]}
