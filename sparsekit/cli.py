@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .errors import ExportError, RecipeError, SparsekitError
+from .errors import DataError, ExportError, RecipeError, SparsekitError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -44,6 +44,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 traceback.print_exc()
             _fail(str(err), err.exit_code)
+        except OSError as err:  # a path the user gave: missing folder, a file where a folder should be, ...
+            if debug:
+                traceback.print_exc()
+            where = err.filename or ""
+            _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2)
         except KeyboardInterrupt:
             click.echo(
                 "Interrupted: finished files are complete; `--resume` continues from the last finished epoch.", err=True
@@ -261,17 +266,22 @@ def export(
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
-    out = out or model.with_suffix(".onnx")
-    res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
     if data and quantize != "int8":
         raise click.UsageError("--data is only used with --quantize int8")
+    bundle = None
+    if data:  # loaded before anything is written, so bad data leaves no files behind
+        from .data import load_data
+
+        bundle = load_data(data, input_shape=shape)
+    out = out or model.with_suffix(".onnx")
+    res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
     lines = [
         f"Wrote {out} ({res['bytes']:,} B, gzip {res['gzip_bytes']:,} B); parity max diff "
         f"{res['parity']['max_abs_diff']:.2e} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]
     if quantize == "int8":
-        res["int8"] = _export_int8(out, data, shape)
+        res["int8"] = _export_int8(out, bundle)
         q = res["int8"]
         lines.append(
             f"Wrote {q['path']} ({q['mode']} int8, {q['bytes']:,} B, gzip {q['gzip_bytes']:,} B); "
@@ -294,16 +304,13 @@ def export(
     _emit(res, as_json, "\n".join(lines))
 
 
-def _export_int8(path: Path, data: str | None, shape: list[int]) -> dict[str, Any]:
+def _export_int8(path: Path, bundle: Any) -> dict[str, Any]:
     import numpy as np
 
     from .quantize import quantize_int8
 
-    if not data:
+    if bundle is None:
         return quantize_int8(path, path.with_suffix(".int8.onnx"))
-    from .data import load_data
-
-    bundle = load_data(data, input_shape=shape)
     xs, ys = zip(*[(np.asarray(x, dtype=np.float32), np.asarray(y)) for x, y in bundle.val], strict=True)
     return quantize_int8(
         path,
@@ -382,9 +389,10 @@ def inspect(
 ) -> None:
     """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx)."""
     if model.suffix == ".onnx":
-        from .export import size_report
+        from .export import load_onnx, size_report
         from .onnx_macs import onnx_macs, param_counts
 
+        load_onnx(model)  # a clear error naming the file if it is not ONNX
         counts = param_counts(model)  # quantized and sparse-stored weights count as weights too
         res = {"path": str(model), **size_report(model, counts["nonzero_params"]), **counts, **onnx_macs(model)}
         res["sparsity"] = 1 - counts["nonzero_params"] / counts["params"] if counts["params"] else 0.0
@@ -401,7 +409,11 @@ def inspect(
 
     loaded = read_model(model, arch, trust=trust_model_file)
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
-    rows = layer_report(loaded.model, shape)
+    try:
+        rows = layer_report(loaded.model, shape)
+    except Exception as err:  # noqa: BLE001 - the model cannot run on the given shape
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"--input-shape {shape}: the model does not accept it ({first})") from None
     res = {
         "path": str(model),
         "factory": loaded.factory,
@@ -518,7 +530,10 @@ def report(folder: Path, debug: bool) -> None:
         data = json.loads(src.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SparsekitError(f"{src}: not valid JSON ({err})") from None
-    write_report(data, folder)
+    try:
+        write_report(data, folder)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise SparsekitError(f"{src}: not a report.json written by sparsekit prune (missing {err})") from None
     click.echo(f"Wrote {folder / 'report.md'}")
 
 

@@ -57,6 +57,11 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         raise ModelFileError(f"{path}: model file not found")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
+    if path.suffix == ".onnx":
+        raise ModelFileError(
+            f"{path}: is an ONNX file; prune/export/validate take the PyTorch model (.pt or .safetensors). "
+            "`sparsekit bench` and `sparsekit inspect` read ONNX files"
+        )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -85,7 +90,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
             ) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)  # the user marked the file trusted
         return obj, "trusted-module"
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as err:
+    except Exception as err:  # noqa: BLE001 - torch raises many unrelated types on garbage input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
             f"{path}: not a readable PyTorch checkpoint ({first}); expected a sparsekit checkpoint, "
@@ -113,8 +118,10 @@ def build_model(factory: str, kwargs: dict[str, Any] | None = None, where: str =
     fn = resolve_callable(factory, where, ModelFileError)
     try:
         model = fn(**(kwargs or {}))
-    except TypeError as err:
-        raise ModelFileError(f"{where}: calling {factory} with kwargs {kwargs or {}} failed: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the user's factory failed: bad --arch/kwargs, not our bug
+        raise ModelFileError(
+            f"{where}: calling {factory} with kwargs {kwargs or {}} failed: {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{where}: {factory} returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -180,7 +187,9 @@ def read_model(
             kwargs = (obj.get("kwargs") if obj.get("factory") else fallback_kwargs) or {}
         input_shape = input_shape or obj.get("input_shape")
         history = list(obj.get("pruning_history") or [])
-        state = obj["state_dict"]
+        state = obj.get("state_dict")
+        if not isinstance(state, dict):
+            raise ModelFileError(f"{path}: a sparsekit checkpoint without a state_dict; the file is damaged")
     else:
         factory = arch or fallback_factory
         state = _state_dict_of(obj, path)
@@ -215,6 +224,13 @@ def save_model(
     """Write a sparsekit checkpoint (loads with ``weights_only=True``), atomically."""
     model = getattr(model, "module", model)
     history = list(pruning_history if pruning_history is not None else getattr(pruner, "pruning_history", []))
+    if input_shape is None and pruner is not None:
+        input_shape = pruner.context.get("input_shape")
+    if history and not input_shape:
+        raise ModelFileError(
+            f"save_model({path}): a structurally pruned model is rebuilt by replaying its history on an input; "
+            "pass input_shape=[1, ...]"
+        )
     try:
         json.dumps([kwargs or {}, history, extra or {}])
     except TypeError as err:

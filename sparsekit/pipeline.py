@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
 import shutil
@@ -15,7 +16,7 @@ from torch import nn
 
 from . import __version__
 from .data import load_data
-from .errors import DataError, SparsekitError
+from .errors import DataError, ModelFileError, SparsekitError
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .pruner import Pruner
 from .recipe import Recipe
@@ -140,6 +141,22 @@ def run_prune(
         synthetic_samples=recipe.data.synthetic_samples,
         num_classes=classes,
     )
+    if not factory:
+        raise ModelFileError(
+            f"{model_path}: a pickled module names no architecture; pass --arch pkg.module:callable too, so the "
+            "pruned model can be saved as a safe checkpoint"
+        )
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelFileError(f"{model_path}: weights hold NaN or inf values ({', '.join(bad[:4])}); nothing to prune")
+    spe = (
+        len(bundle.train)
+        if recipe.finetune.max_steps_per_epoch is None
+        else min(len(bundle.train), recipe.finetune.max_steps_per_epoch)
+    )
+    # Dry run on a copy: every recipe/model mismatch (patterns, overlaps, groups, ...) fails here,
+    # before the output folder is touched.
+    Pruner(copy.deepcopy(model), recipe, steps_per_epoch=spe, context={"input_shape": shape})
     prepare_output(out, overwrite, resume)  # after inputs are known good: a typo never touches the folder
     expectation = what_it_buys(recipe)
     if notify:
@@ -152,11 +169,6 @@ def run_prune(
     ex = recipe.export
     dense_export = export_onnx(model, out / "dense.onnx", shape, opset=ex.opset, exporter=ex.exporter)
 
-    spe = (
-        len(bundle.train)
-        if recipe.finetune.max_steps_per_epoch is None
-        else min(len(bundle.train), recipe.finetune.max_steps_per_epoch)
-    )
     model.train()
     pruner = Pruner(model, recipe, steps_per_epoch=spe, context={"input_shape": shape})
     history: list[dict[str, Any]] = []
@@ -230,6 +242,8 @@ def what_it_buys(recipe: Recipe) -> str:
     parts = []
     if unstructured:
         parts.append("unstructured zeros shrink the compressed (gzip) file but not onnxruntime CPU latency")
+    if not structural and any(s.method == "l1" and s.group == "none" and s.remove_dead for s in recipe.pruning):
+        parts.append("neurons whose weights all reach zero under L1 are removed, which buys latency only if many do")
     if structural:
         parts.append("removing whole neurons/channels shrinks the model and its latency (up to the MACs ratio)")
     if recipe.export.quantize == "int8":
@@ -349,6 +363,13 @@ def _notes(report: dict[str, Any]) -> list[str]:
             f"Every weight of {', '.join(dead)} is zero, so the layer passes on only its bias: lower the "
             "pruning strength/sparsity there or exclude it (layers.exclude)."
         )
+    for m in report.get("methods", []):
+        du = m.get("dead_units")
+        if du and du["found"]:
+            notes.append(
+                f"{m['method']}: {du['found'] - du['kept']} of {du['found']} all-zero units removed; {du['kept']} kept "
+                "because removing them would change the outputs (residual add, depthwise conv or zero padding)."
+            )
     drop = d["accuracy"] - p["accuracy"]
     if drop > 0.03:
         epochs = report["recipe"]["finetune"]["epochs"]

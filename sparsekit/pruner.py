@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -26,9 +27,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class Pruner:
     """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step."""
 
-    def __init__(
-        self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, context: dict | None = None
-    ):
+    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, context: dict | None = None):
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model = _unwrap(model)
@@ -42,10 +41,13 @@ class Pruner:
         if not self.context.get("input_shape") and recipe.model.input_shape:
             self.context["input_shape"] = list(recipe.model.input_shape)
         self.methods = [
-            methods.build(spec, self.model, i, steps_per_epoch, self.context)
-            for i, spec in enumerate(recipe.pruning)
+            methods.build(spec, self.model, i, steps_per_epoch, self.context) for i, spec in enumerate(recipe.pruning)
         ]
         self._check_overlap()
+        self._structural = any(getattr(m, "structural", False) for m in self.methods)
+        self._param_names: dict[int, str] = {}
+        if self._structural:
+            self._remember_params()
         for method in self.methods:
             method.start()
 
@@ -80,6 +82,8 @@ class Pruner:
                     )
 
     _zero: torch.Tensor | None = None
+    finalized = False
+    _warned_stale = False
 
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1); a zero tensor when the recipe has none."""
@@ -98,10 +102,52 @@ class Pruner:
 
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
         new parameter objects, so rebuild the optimizer and set the flag back to False."""
+        if self.finalized:
+            raise RuntimeError("pruner.step() after finalize(): the masks are baked; build a new Pruner to prune again")
+        if self.structure_changed and not self._warned_stale:
+            self._warned_stale = True
+            warnings.warn(
+                "channels were removed at the previous step but the optimizer was not updated: call "
+                "optimizer = pruner.update_optimizer(optimizer) after pruner.step() when pruner.structure_changed",
+                stacklevel=2,
+            )
+        if self._structural:
+            self._remember_params()
         self.step_count += 1
         for method in self.methods:
             method.after_step(self.step_count)
         apply_masks(self.model)
+
+    def _remember_params(self) -> None:
+        # Names of the parameter objects an optimizer may hold, so update_optimizer can map them to
+        # the new objects torch-pruning creates. Old entries stay: the optimizer still holds them.
+        self._param_names.update({id(p): n for n, p in self.model.named_parameters()})
+
+    def update_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """After channels were removed (:attr:`structure_changed`), point ``optimizer`` at the model's new
+        parameters, in place, so an LR scheduler attached to it keeps working. Optimizer state (momentum,
+        Adam moments) is kept for parameters whose shape did not change and restarts for pruned ones.
+
+        >>> pruner.step()
+        >>> if pruner.structure_changed:
+        ...     optimizer = pruner.update_optimizer(optimizer)
+        """
+        current = dict(self.model.named_parameters())
+        for group in optimizer.param_groups:
+            new_params = []
+            for old in group["params"]:
+                new = current.get(self._param_names.get(id(old), ""), old)
+                state = optimizer.state.pop(old, None)
+                if state is not None and all(
+                    v.shape == new.shape for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+                ):
+                    optimizer.state[new] = state
+                new_params.append(new)
+            group["params"] = new_params
+        self.structure_changed = False
+        self._warned_stale = False
+        self._remember_params()
+        return optimizer
 
     @property
     def epoch(self) -> float:
@@ -115,6 +161,7 @@ class Pruner:
         for method in self.methods:
             model = method.finalize(model)
         self.model = bake(model)
+        self.finalized = True
         return self.model
 
     def masks(self) -> dict[str, torch.Tensor]:
@@ -129,6 +176,25 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a run. Call it on a freshly built Pruner *before* ``model.load_state_dict``: channels
+        removed by structured pruning are removed again first (replayed), so the saved weights fit."""
+        history = list(state.get("pruning_history", []))
+        if history and not self.pruning_history:
+            from .surgery import replay_history
+
+            shape = self.context.get("input_shape")
+            if not shape:
+                raise TargetError(
+                    "resuming a structurally pruned run needs the input shape: set model.input_shape "
+                    "in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
+                )
+            replay_history(self.model, history, shape)
+            self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
+        elif history != self.pruning_history:
+            raise ValueError(
+                "load_state_dict: this Pruner already removed other channels; build a fresh Pruner "
+                "on a fresh model to resume"
+            )
         self.step_count = int(state["step"])
         modules = dict(self.model.named_modules())
         for name, mask in state["masks"].items():
@@ -141,7 +207,7 @@ class Pruner:
                 current.copy_(mask)
         for method, s in zip(self.methods, state["methods"], strict=True):
             method.load_state_dict(s)
-        self.pruning_history = list(state.get("pruning_history", []))
+        self.pruning_history = history
         apply_masks(self.model)
 
     def summary(self) -> list[dict[str, Any]]:

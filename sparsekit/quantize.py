@@ -194,8 +194,7 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
             row["ok"] = name in float_left or row["fp32_zeros"] == 0
         else:
             q, zp = uses[key]
-            q = _orient(q, w)
-            zp = _orient(zp, w)
+            q, zp = _orient(q, w, key), _orient(zp, w, key)
             int8_zero = q == 0
             row["int8_zeros"] = int(int8_zero.sum())
             row["zero_point_zero"] = bool(np.all(zp == 0))
@@ -421,18 +420,26 @@ def _match_by_values(w: np.ndarray, uses: dict[str, tuple], used: set[str | None
     for key, (q, zp) in uses.items():
         if key in used or q.shape not in (w.shape, w.shape[::-1]):
             continue
-        score = float(np.mean(np.sign(_orient(q - zp, w)) == np.sign(w)))
+        score = max(float(np.mean(np.sign(a) == np.sign(w))) for a in _layouts(q - zp, w))
         if score > best_score:
             best, best_score = key, score
     return best
 
 
-def _orient(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``a`` in ``w``'s layout: transposed when it is the transpose (dynamic MatMul weights are)."""
-    if a.shape == w.shape:
-        return a
-    return a.T
+def _layouts(a: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    """The ways ``a`` can be laid out like ``w``: as is and/or transposed (both for a square matrix)."""
+    out = [a] if a.shape == w.shape else []
+    if a.ndim == 2 and a.T.shape == w.shape:
+        out.append(a.T)
+    return out
 
+
+def _orient(a: np.ndarray, w: np.ndarray, key: str) -> np.ndarray:
+    """``a`` in ``w``'s layout. Dynamic MatMul weights are stored transposed (``*_Transposed_*``);
+    a square matrix's shape cannot tell, so its name does (or, failing that, its sign pattern)."""
+    if a.shape != w.shape or "_Transposed" in key:
+        return a.T
+    return a
 
 def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     import onnxruntime as ort

@@ -159,7 +159,7 @@ class ExportSpec(_Strict):
 
 class BenchmarkSpec(_Strict):
     enabled: bool = True
-    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32])
+    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32], min_length=1)
     threads: int = Field(1, gt=0)
     warmup: int = Field(20, ge=0)
     runs: int = Field(200, gt=0)

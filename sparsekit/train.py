@@ -6,6 +6,7 @@ is the same calls in the same order.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import DataError, RecipeError, SparsekitError
 from .fsutil import atomic_path
 from .pruner import Pruner
 from .recipe import FinetuneSpec, Recipe
@@ -39,6 +41,26 @@ def lr_at(epoch: int, spec: FinetuneSpec) -> float:
     return base
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``model(x)`` against ``y`` (moved to the model's device); labels out of range
+    are a data error, not a crash deep in torch."""
+    device = _device(model)
+    x, y = x.to(device), y.to(device)
+    out = model(x)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
+        raise DataError(
+            f"data: label {int(y.max()) if int(y.max()) >= out.shape[1] else int(y.min())} is outside the "
+            f"model's {out.shape[1]} outputs; labels must be 0..{out.shape[1] - 1}"
+        )
+    return nn.functional.cross_entropy(out, y, reduction=reduction), out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy over ``loader``."""
@@ -49,9 +71,9 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        out = model(x)
-        loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
+        loss, out = _loss(model, x, y, reduction="sum")
+        loss_sum += float(loss)
+        correct += int((out.argmax(1) == y.to(out.device)).sum())
         total += int(y.numel())
     model.train(was_training)
     return {"accuracy": correct / total if total else 0.0, "loss": loss_sum / total if total else 0.0}
@@ -64,7 +86,7 @@ def calibrate(model: nn.Module, pruner: Pruner, loader: Iterable, batches: int) 
     for i, (x, y) in enumerate(loader):
         if i >= batches:
             break
-        nn.functional.cross_entropy(model(x), y).backward()
+        _loss(model, x, y)[0].backward()
     pruner.step()
     model.zero_grad()
 
@@ -109,11 +131,14 @@ def finetune(
     history: list[dict[str, Any]] = []
     first_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():
-        first_epoch, history = _load_checkpoint(ckpt, model, optimizer, pruner)
-        optimizer = _rebuilt(model, optimizer, spec) if pruner.pruning_history else optimizer
-
-    torch.manual_seed(recipe.seed)
+        first_epoch, history, optimizer = _load_checkpoint(ckpt, model, optimizer, pruner, spec)
+        if first_epoch > spec.epochs:
+            raise RecipeError(
+                f"finetune.epochs: {spec.epochs}, but {ckpt} already finished epoch {first_epoch}; "
+                "use --overwrite to start again"
+            )
     with _progress(progress) as bar:
         task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
         for epoch in range(first_epoch, spec.epochs):
@@ -125,14 +150,18 @@ def finetune(
                 if i >= steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = _loss(model, x, y)[0]
+                if not torch.isfinite(loss):
+                    raise RecipeError(
+                        f"finetune: the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}: training "
+                        f"diverged; lower finetune.optimizer.lr (now {optimizer.param_groups[0]['lr']:g})"
+                    )
                 (loss + pruner.penalty()).backward()
                 optimizer.step()
                 pruner.step()
-                if getattr(pruner, "structure_changed", False):
+                if pruner.structure_changed:
                     # torch-pruning replaced the Parameter objects: the optimizer must follow them.
-                    optimizer = _rebuilt(model, optimizer, spec)
-                    pruner.structure_changed = False
+                    optimizer = pruner.update_optimizer(optimizer)
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
@@ -177,23 +206,35 @@ def _save_checkpoint(
         "pruner": pruner.state_dict(),
         "history": history,
         "rng": torch.get_rng_state(),
+        # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
+        "pruning": json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner
-) -> tuple[int, list[dict[str, Any]]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    history_struct = state["pruner"].get("pruning_history") or []
-    if history_struct:
-        from .surgery import replay_history
-
-        replay_history(model, history_struct, pruner.context["input_shape"])
-    model.load_state_dict(state["model"])
-    pruner.load_state_dict(state["pruner"])
-    if not history_struct:
-        optimizer.load_state_dict(state["optimizer"])
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner, spec: FinetuneSpec
+) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state.get("pruning")
+        now = json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True)
+        if saved is not None and saved != now:
+            raise SparsekitError("the recipe's pruning section changed since this checkpoint was written")
+        pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
+        model.load_state_dict(state["model"])
+    except SparsekitError as err:
+        raise SparsekitError(f"{path}: cannot resume from it ({err}); use --overwrite to start again") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable or mismatched checkpoint is bad input here
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SparsekitError(
+            f"{path}: does not fit this model and recipe ({first}); use --overwrite to start again"
+        ) from None
+    if pruner.structure_changed:
+        # Same parameters, in the same order, as the optimizer that was saved: its state loads as is.
+        optimizer = _rebuilt(model, optimizer, spec)
+        pruner.structure_changed = False
+    optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
-    return int(state["epoch"]), list(state["history"])
+    return int(state["epoch"]), list(state["history"]), optimizer

@@ -82,9 +82,7 @@ def trained(tmp_path_factory):
 
 def int8_weights(path) -> dict[str, np.ndarray]:
     graph = onnx.load(str(path)).graph
-    return {
-        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
-    }
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
 
 
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
@@ -186,14 +184,10 @@ def test_dynamic_quantization_without_calibration(pruned_mlp, tmp_path):
 def test_int8_agrees_with_fp32_on_a_trained_model(trained, tmp_path):
     out = tmp_path / "int8.onnx"
     # A DataLoader of (x, y) batches is accepted as calibration data as is.
-    info = quantize_int8(
-        trained["path"], out, calibration=trained["train"], eval_data=(trained["x"], trained["y"])
-    )
+    info = quantize_int8(trained["path"], out, calibration=trained["train"], eval_data=(trained["x"], trained["y"]))
 
     with torch.no_grad():
-        torch_acc = float(
-            (trained["model"](torch.from_numpy(trained["x"])).argmax(1).numpy() == trained["y"]).mean()
-        )
+        torch_acc = float((trained["model"](torch.from_numpy(trained["x"])).argmax(1).numpy() == trained["y"]).mean())
     fp32_acc = onnx_accuracy(trained["path"], trained["x"], trained["y"], batch_size=50)
     assert fp32_acc == pytest.approx(torch_acc, abs=1e-9)
     assert fp32_acc > 0.85  # trained, so the agreement below is about real decisions
@@ -205,9 +199,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, tmp_path):
 
 
 def test_calibration_batches_are_capped(pruned_mlp, tmp_path):
-    info = quantize_int8(
-        pruned_mlp, tmp_path / "q.onnx", calibration=iter(batches(10)), max_calibration_batches=3
-    )
+    info = quantize_int8(pruned_mlp, tmp_path / "q.onnx", calibration=iter(batches(10)), max_calibration_batches=3)
     assert info["calibration_batches"] == 3
 
 
@@ -263,3 +255,22 @@ def test_entropy_bound():
     assert entropy_bound_bytes(100, 100, 32) == 400.0
     with pytest.raises(ValueError):
         entropy_bound_bytes(10, 11, 8)
+
+
+def test_dynamic_zero_check_on_square_weights(tmp_path):
+    """Dynamic MatMul weights are stored transposed; a square one must still be compared transposed."""
+    import sparsekit
+    from sparsekit.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 96), torch.nn.ReLU(), torch.nn.Linear(96, 10)
+    )
+    recipe = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.8, "schedule": "oneshot"}])
+    model = sparsekit.Pruner(model, recipe, steps_per_epoch=1).finalize()
+    sparsekit.export_onnx(model, tmp_path / "m.onnx", [1, 64], exporter="torchscript")
+    res = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx")
+    assert res["mode"] == "dynamic"
+    square = next(row for row in res["zeros"]["layers"] if row["name"] == "2.weight")
+    assert square["fp32_zeros"] > 1000 and square["ok"] and square["int8_zeros"] >= square["fp32_zeros"]
+    assert res["zeros"]["zeros_ok"]

@@ -70,9 +70,7 @@ class L1:
     masks_weights = False
     needs_grad = False
 
-    def __init__(
-        self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict
-    ) -> None:
+    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
         self.spec = spec
         self.where = f"pruning[{index}]"
         self.context = context
@@ -145,7 +143,13 @@ class L1:
         if self.spec.threshold > 0:
             with torch.no_grad():
                 for module in self.layers.values():
-                    set_mask(module, module.weight.abs() >= self.spec.threshold)
+                    w = module.weight
+                    if self.spec.group == "none":
+                        set_mask(module, w.abs() >= self.spec.threshold)
+                    else:
+                        # Group lasso shrinks whole rows: the threshold applies to each row's norm.
+                        alive = torch.linalg.vector_norm(self._groups(w), dim=1) >= self.spec.threshold
+                        set_mask(module, alive.view(-1, *([1] * (w.dim() - 1))).expand_as(w))
         if self.spec.remove_dead:
             model = self._remove_dead(model)
         return model
@@ -177,11 +181,26 @@ class L1:
             ignore.append(head)
         # Surgery changes weight shapes; mask buffers would no longer fit, so zero for good first.
         bake(model)
+        dead_before = self._dead_units()
         model, history = remove_dead_units(model, input_shape, ignore=ignore)
+        # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
+        # removing them would change the outputs. Reported so a missing speedup is explained.
+        self.dead_units = {"found": dead_before, "kept": self._dead_units()}
         pruner = self.context.get("pruner")
         if pruner is not None:
             pruner.pruning_history.extend(history)
         return model
+
+    dead_units: dict[str, int] | None = None
+
+    def _dead_units(self) -> int:
+        return sum(
+            int((torch.linalg.vector_norm(self._groups(m.weight.detach()), dim=1) == 0).sum())
+            for m in self.layers.values()
+        )
+
+    def report(self) -> dict[str, Any]:
+        return {"dead_units": self.dead_units} if self.dead_units else {}
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
         return []  # how many weights L1 zeroes is only known after training
