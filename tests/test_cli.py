@@ -661,3 +661,97 @@ def test_combined_methods_on_a_heldout_residual_cnn(tmp_path, monkeypatch):
         assert float(norms.max()) <= 2.0 * (1 + 1e-5)
     assert pruned(torch.randn(5, 1, 8, 8)).shape == (5, 10)
     assert "structured" in {m["method"] for m in report["methods"]}
+
+
+def test_recipe_model_mismatch_leaves_previous_results_untouched(tmp_path, mlp_checkpoint):
+    out = tmp_path / "o"
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    assert run("prune", mlp_checkpoint, good, "-o", out, *FAST).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\npruning: [{method: l1, strength: 0.01, group: channel}]\n")  # no conv layers
+    assert_bad_input(run("prune", mlp_checkpoint, bad, "-o", out, "--overwrite", *FAST), "pruning[0].group")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_diverging_training_is_a_clear_error(tmp_path, mlp_checkpoint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nfinetune: {epochs: 2, optimizer: {name: sgd, lr: 1.0e+8}}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", tmp_path / "o", *FAST), "finetune", "lr")
+
+
+def test_more_bad_inputs_exit_2(tmp_path, mlp_checkpoint, monkeypatch):
+    (tmp_path / "userbits.py").write_text(
+        textwrap.dedent("""
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        def broken():
+            raise RuntimeError("cannot build")
+
+        def big_labels():
+            ds = TensorDataset(torch.randn(64, 64), torch.full((64,), 42))
+            return DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16)
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nfinetune: {epochs: 1}\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    sd = tmp_path / "sd.pt"
+    from examples.models import mlp
+
+    torch.save(mlp().state_dict(), sd)
+    assert_bad_input(run("inspect", sd, "--arch", "userbits:broken"), "userbits:broken", "cannot build")
+    assert_bad_input(
+        run("prune", mlp_checkpoint, recipe, "-o", tmp_path / "o", "--data", "userbits:big_labels", *FAST), "label 42"
+    )
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", blocker / "sub", *FAST), "afile")
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"\x08\x07garbage")
+    assert_bad_input(run("inspect", fake), "fake.onnx")
+    assert_bad_input(run("prune", fake, recipe, "-o", tmp_path / "o2"), "ONNX")
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "report.json").write_text('{"schema": 1}')
+    assert_bad_input(run("report", rep), "report.json")
+    ckpt = tmp_path / "nostate.pt"
+    torch.save({"format": "sparsekit/1", "factory": "examples.models:mlp"}, ckpt)
+    assert_bad_input(run("inspect", ckpt), "nostate.pt")
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, mlp_checkpoint, monkeypatch):
+    import sparsekit.pipeline as pipeline_mod
+    import sparsekit.train as train_mod
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nfinetune: {epochs: 2}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    real = train_mod.evaluate
+    calls = {"n": 0}
+
+    def interrupt(model, loader):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(model, loader)
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupt)
+    monkeypatch.setattr(pipeline_mod, "evaluate", interrupt)
+    out = tmp_path / "o"
+    assert run("prune", mlp_checkpoint, recipe, "-o", out, *FAST).exit_code == 130
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    monkeypatch.setattr(pipeline_mod, "evaluate", real)
+    changed = run("prune", mlp_checkpoint, recipe, "-o", out, "--resume", "--set", "pruning.0.sparsity=0.6", *FAST)
+    assert_bad_input(changed, "last.pt", "pruning section changed", "--overwrite")

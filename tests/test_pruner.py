@@ -179,3 +179,54 @@ def test_public_api_all_is_sorted_and_importable():
     assert sparsekit.__all__ == sorted(sparsekit.__all__)
     for name in sparsekit.__all__:
         assert hasattr(sparsekit, name), name
+
+
+def test_update_optimizer_after_channel_removal_keeps_the_scheduler():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    rec = sparsekit.Recipe(
+        model={"input_shape": [1, 1, 8, 8]},
+        finetune={"epochs": 2},
+        pruning=[{"method": "structured", "ratio": 0.5, "steps": 1, "schedule": {"start_epoch": 1, "end_epoch": 1}}],
+    )
+    pruner = sparsekit.Pruner(model, rec, steps_per_epoch=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    changed_at = []
+    for step in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            changed_at.append(step)
+            assert pruner.update_optimizer(opt) is opt and not pruner.structure_changed
+        sched.step()
+    assert changed_at == [1]
+    params = {id(p) for p in model.parameters()}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == params  # follows the new tensors
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**4)  # the scheduler still drives it
+    before = model.conv1.weight.detach().clone()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert not torch.equal(before, model.conv1.weight)  # pruned layers keep training
+
+
+def test_step_after_finalize_and_save_takes_input_shape_from_pruner(tmp_path):
+    model = small_cnn(width=8, image_size=8)
+    rec = sparsekit.Recipe(
+        model={"input_shape": [1, 1, 8, 8]}, pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot"}]
+    )
+    pruner = sparsekit.Pruner(model, rec, steps_per_epoch=1)
+    out = pruner.finalize()
+    with pytest.raises(RuntimeError, match="finalize"):
+        pruner.step()
+    sparsekit.save_model(
+        out, tmp_path / "m.pt", factory="examples.models:small_cnn", kwargs={"width": 8, "image_size": 8}, pruner=pruner
+    )
+    back = sparsekit.load_model(tmp_path / "m.pt")
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(back(x), out.eval()(x))
+    assert back.conv1.out_channels == 4
