@@ -91,6 +91,18 @@ def _shape(value: str | None) -> list[int] | None:
     return dims
 
 
+def _kwargs(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"{value!r}: not JSON ({err.msg}); e.g. --kwargs '{{\"hidden\": 32}}'") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"{value!r}: expected a JSON object of keyword arguments for --arch")
+    return parsed
+
+
 def _recipe_path(recipe: str) -> Path:
     """A path, or the name of a shipped recipe (`sparsekit recipes`)."""
     path = Path(recipe)
@@ -216,6 +228,7 @@ def prune(
     "-o", "--output", "out", type=click.Path(path_type=Path), help="Output .onnx (default: MODEL with .onnx)."
 )
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+@click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
 @click.option("--input-shape", help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).")
 @click.option("--opset", default=18, show_default=True, type=click.IntRange(13, 23))
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
@@ -244,6 +257,7 @@ def export(
     model: Path,
     out: Path | None,
     arch: str | None,
+    arch_kwargs: str | None,
     input_shape: str | None,
     opset: int,
     exporter: str,
@@ -262,7 +276,9 @@ def export(
     from .export import export_onnx
     from .modelio import infer_input_shape, read_model
 
-    loaded = read_model(model, arch, input_shape=_shape(input_shape), trust=trust_model_file)
+    loaded = read_model(
+        model, arch, kwargs=_kwargs(arch_kwargs), input_shape=_shape(input_shape), trust=trust_model_file
+    )
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
@@ -377,6 +393,7 @@ def bench(
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+@click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
 @click.option("--input-shape", help="Input shape for MACs, batch first (default: from the checkpoint).")
 @click.option(
     "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
@@ -385,7 +402,13 @@ def bench(
 @debug_option
 @handle_errors
 def inspect(
-    model: Path, arch: str | None, input_shape: str | None, trust_model_file: bool, as_json: bool, debug: bool
+    model: Path,
+    arch: str | None,
+    arch_kwargs: str | None,
+    input_shape: str | None,
+    trust_model_file: bool,
+    as_json: bool,
+    debug: bool,
 ) -> None:
     """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx)."""
     if model.suffix == ".onnx":
@@ -407,7 +430,7 @@ def inspect(
     from .modelio import infer_input_shape, read_model
     from .stats import layer_report, model_stats
 
-    loaded = read_model(model, arch, trust=trust_model_file)
+    loaded = read_model(model, arch, kwargs=_kwargs(arch_kwargs), trust=trust_model_file)
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     try:
         rows = layer_report(loaded.model, shape)

@@ -112,11 +112,7 @@ def load_data(
         raise DataError(f"data.source must be a non-empty string, got {source!r}; {_valid_sources()}")
     source = source.strip()
     _check_int("data.batch_size", batch_size, minimum=1)
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, (int, float))
-        or not (0.0 < val_fraction < 1.0)
-    ):
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (0.0 < val_fraction < 1.0):
         raise DataError(f"data.val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     _check_int("seed", seed, minimum=0)
     if num_classes is not None:
@@ -139,9 +135,7 @@ def load_data(
         x = _reshape(x, source, input_shape)
     num_classes = _check_labels(y, source, num_classes)
     train, val = _split(x, y, batch_size=batch_size, val_fraction=val_fraction, seed=seed, source=source)
-    return DataBundle(
-        train=train, val=val, input_shape=tuple(x.shape[1:]), num_classes=num_classes, source=source
-    )
+    return DataBundle(train=train, val=val, input_shape=tuple(x.shape[1:]), num_classes=num_classes, source=source)
 
 
 # --- built-in sources ---------------------------------------------------------------------------
@@ -272,9 +266,7 @@ def _load_callable(source: str, input_shape: Sequence[int] | None, num_classes: 
             raise DataError(f"{where}: '{obj.__name__ if hasattr(obj, '__name__') else obj}' has no '{part}'")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise DataError(
-            f"{where} is a {type(obj).__name__}, not a callable returning (train_loader, val_loader)"
-        )
+        raise DataError(f"{where} is a {type(obj).__name__}, not a callable returning (train_loader, val_loader)")
     try:
         result = obj()
     except Exception as exc:
@@ -325,9 +317,7 @@ def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
         raise DataError(f"{where} must yield tensors, got ({type(x).__name__}, {type(y).__name__})")
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
-        raise DataError(
-            f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}"
-        )
+        raise DataError(f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{where} must yield integer class labels (torch.long), got {y.dtype}")
     if len(y) and int(y.min()) < 0:
@@ -383,9 +373,7 @@ def _split(
 
     # A seeded generator makes the batch order a function of `seed` alone (same seed, same batches).
     generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(
-        dataset(train_idx), batch_size=batch_size, shuffle=True, generator=generator, num_workers=0
-    )
+    train = DataLoader(dataset(train_idx), batch_size=batch_size, shuffle=True, generator=generator, num_workers=0)
     val = DataLoader(dataset(val_idx), batch_size=batch_size, shuffle=False, num_workers=0)
     return train, val
 

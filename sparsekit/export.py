@@ -217,9 +217,7 @@ def check_zeros(model: nn.Module, onnx_path: str | os.PathLike[str]) -> dict[str
         key = found.get(name)
         onnx_zeros = None if key is None else int(np.count_nonzero(inits[key] == 0))
         ok = onnx_zeros == zeros[name] if key is not None else zeros[name] == 0
-        layers.append(
-            {"name": name, "onnx_name": key, "torch_zeros": zeros[name], "onnx_zeros": onnx_zeros, "ok": ok}
-        )
+        layers.append({"name": name, "onnx_name": key, "torch_zeros": zeros[name], "onnx_zeros": onnx_zeros, "ok": ok})
     return {"zeros_ok": all(layer["ok"] for layer in layers), "layers": layers}
 
 
@@ -367,9 +365,7 @@ def _match(
     free = {k: a for k, a in inits.items() if k not in used and a.shape in (w.shape, transposed)}
     if stage == 0:
         # dynamo keeps `fc1.weight` (or `p_fc1_weight`); torchscript keeps it or makes `onnx::MatMul_7`.
-        return next(
-            (k for k in (name, "p_" + name.replace(".", "_"), name.replace(".", "_")) if k in free), None
-        )
+        return next((k for k in (name, "p_" + name.replace(".", "_"), name.replace(".", "_")) if k in free), None)
     tests = {
         1: lambda a: np.array_equal(a, w) or (w.ndim == 2 and np.array_equal(a, w.T)),
         2: lambda a: int(np.count_nonzero(a == 0)) == zeros,

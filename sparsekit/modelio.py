@@ -147,7 +147,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
             parts.append(f"shape mismatch (file vs model) {shapes[:4]}")
         raise ModelFileError(
             f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. "
-            "Check --arch / model.factory and model.kwargs"
+            "Check --arch and its kwargs (--kwargs JSON, or model.kwargs in the recipe)"
         )
     model.load_state_dict(state)
 

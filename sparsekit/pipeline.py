@@ -87,7 +87,10 @@ def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
             out = model.eval()(torch.zeros([2, *input_shape[1:]]))
     except Exception as err:  # any shape error from the user's model
         msg = str(err).strip().splitlines()[0]
-        raise DataError(f"{where}: the model does not accept inputs of shape {input_shape}: {msg}") from None
+        raise DataError(
+            f"{where}: the model does not accept inputs of shape {input_shape}: {msg}; set model.input_shape in "
+            "the recipe (or --set model.input_shape=[1,...]) to the shape it takes"
+        ) from None
     if out.dim() != 2:
         raise DataError(
             f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]"

@@ -168,9 +168,7 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
     ref = load_onnx(fp32_path).graph
     q_graph = load_onnx(int8_path).graph
     weights = {
-        t.name: numpy_helper.to_array(t)
-        for t in ref.initializer
-        if t.data_type in _FLOAT_TYPES and len(t.dims) >= 2
+        t.name: numpy_helper.to_array(t) for t in ref.initializer if t.data_type in _FLOAT_TYPES and len(t.dims) >= 2
     }
     q_inits = {t.name: t for t in q_graph.initializer}
     uses = _quantized_weights(q_graph, q_inits)  # name -> (int array, zero point broadcast to it)
@@ -440,6 +438,7 @@ def _orient(a: np.ndarray, w: np.ndarray, key: str) -> np.ndarray:
     if a.shape != w.shape or "_Transposed" in key:
         return a.T
     return a
+
 
 def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     import onnxruntime as ort

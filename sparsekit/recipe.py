@@ -169,7 +169,7 @@ class Recipe(_Strict):
     """A whole recipe. ``Recipe(**mapping)`` validates; prefer :func:`load_recipe` for files."""
 
     version: Literal[1] = 1
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
@@ -211,6 +211,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see INTERFACE.md §3 for the schema)"
+        elif e["type"] == "union_tag_not_found":
+            msg = "missing 'method:'; use one of 'magnitude', 'gradient', 'l1', 'max_norm', 'structured'"
         elif e["type"] == "union_tag_invalid":
             msg = f"unknown method {e['ctx']['tag']!r}; use one of {e['ctx']['expected_tags']}"
         lines.append(f"{_path(e['loc'])}: {msg}")

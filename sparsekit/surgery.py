@@ -35,8 +35,15 @@ from .layers import prunable_layers
 from .masks import MASK, apply_mask, get_mask
 
 __all__ = [
-    "build_graph", "example_input", "forward_order", "last_layer", "normalize_history", "refit_masks",
-    "remove_dead_units", "replay_history", "traced",
+    "build_graph",
+    "example_input",
+    "forward_order",
+    "last_layer",
+    "normalize_history",
+    "refit_masks",
+    "remove_dead_units",
+    "replay_history",
+    "traced",
 ]
 
 # Constants are compared with a tolerance: a GEMM may sum the same products in a different order at
@@ -58,8 +65,9 @@ def traced(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def example_input(model: nn.Module, input_shape: Sequence[int], batch: int | None = None,
-                  random: bool = False) -> torch.Tensor:
+def example_input(
+    model: nn.Module, input_shape: Sequence[int], batch: int | None = None, random: bool = False
+) -> torch.Tensor:
     param = next(iter(model.parameters()), None)
     kw: dict[str, Any] = {"dtype": param.dtype, "device": param.device} if param is not None else {}
     shape = [int(d) for d in input_shape]
@@ -105,8 +113,7 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
     except Exception as err:  # any failure of the user's forward with this input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(
-            f"cannot rebuild the pruned model: tracing {arch} with input_shape {list(input_shape)} "
-            f"failed ({first})"
+            f"cannot rebuild the pruned model: tracing {arch} with input_shape {list(input_shape)} failed ({first})"
         ) from None
     modules = dict(model.named_modules())
     for i, (name, is_out, idxs) in enumerate(entries):
@@ -130,9 +137,7 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
             fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
             graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
         except Exception as err:  # tp raises assorted types for indices that do not fit
-            raise ModelFileError(
-                f"{where}: cannot be replayed on {arch} ({type(err).__name__}: {err})"
-            ) from None
+            raise ModelFileError(f"{where}: cannot be replayed on {arch} ({type(err).__name__}: {err})") from None
     return model
 
 
@@ -323,9 +328,7 @@ def remove_dead_units(
     with traced(model), torch.no_grad():
         after = model(probe)
     if after.shape != reference.shape or not torch.allclose(after, reference, rtol=1e-4, atol=1e-5):
-        warnings.warn(
-            "remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2
-        )
+        warnings.warn("remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2)
         return backup, []
     return model, normalize_history(graph.pruning_history())
 

@@ -81,9 +81,7 @@ class Gradient(Magnitude):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         accum = state.get("accum", {})
-        self.accum = {
-            n: t.clone().to(self.layers[n].weight.device) for n, t in accum.items() if n in self.layers
-        }
+        self.accum = {n: t.clone().to(self.layers[n].weight.device) for n, t in accum.items() if n in self.layers}
 
 
 METHOD = Gradient

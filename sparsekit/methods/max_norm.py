@@ -34,9 +34,7 @@ class MaxNorm:
     masks_weights = False
     needs_grad = False
 
-    def __init__(
-        self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict
-    ) -> None:
+    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
         self.spec = spec
         self.where = f"pruning[{index}]"
         self.max_value = float(spec.max_value)

@@ -68,14 +68,20 @@ class Structured:
     masks_weights = False
     structural = True  # changes weight shapes: no masking method may own the layers it touches
 
-    def __init__(
-        self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict
-    ) -> None:
+    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
         self.spec = spec
         self.where = f"pruning[{index}]"
         self.context = context
         self.model = model
         self.needs_grad = spec.importance == "taylor"
+        if spec.importance == "bn_scale" and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        ):
+            # torch-pruning would score every channel alike and silently remove nothing useful.
+            raise TargetError(
+                f"{self.where}.importance: 'bn_scale' ranks channels by BatchNorm scales, but the model has no "
+                "BatchNorm layers; use importance l1, l2 or taylor"
+            )
         shape = context.get("input_shape")
         if not shape:
             raise TargetError(
@@ -170,8 +176,11 @@ class Structured:
 
     def report(self) -> dict[str, Any]:
         return {
-            "ratio": self.spec.ratio, "importance": self.spec.importance, "scope": self.spec.scope,
-            "events_done": self.done, "events": len(self.events),
+            "ratio": self.spec.ratio,
+            "importance": self.spec.importance,
+            "scope": self.spec.scope,
+            "events_done": self.done,
+            "events": len(self.events),
             "channels": {n: [self.initial[n], _out_channels(m)] for n, m in self.layers.items()},
         }
 
@@ -192,8 +201,11 @@ class Structured:
             scopes = state.get("scope_channels", {})
             self._tp._scope_initial_channels = {str(k): int(v) for k, v in scopes.items()}
         params = dict(self.model.named_parameters())
-        self.accum = {n: t.clone().to(params[n].device) for n, t in state.get("accum", {}).items()
-                      if n in params and params[n].shape == t.shape}
+        self.accum = {
+            n: t.clone().to(params[n].device)
+            for n, t in state.get("accum", {}).items()
+            if n in params and params[n].shape == t.shape
+        }
         self.accum_steps = int(state.get("accum_steps", 0)) if self.accum else 0
 
     # ------------------------------------------------------------------ internals
@@ -240,7 +252,7 @@ class Structured:
             self.accum, self.accum_steps = {}, 0
         graph = self._tp.DG
         history = graph.pruning_history()
-        new = surgery.normalize_history(history[self._history_seen:])
+        new = surgery.normalize_history(history[self._history_seen :])
         self._history_seen = len(history)
         pruner = self.context.get("pruner")
         if pruner is not None:
@@ -275,9 +287,7 @@ def _out_channels(module: nn.Module) -> int:
 
 
 def _grouped(group: Any) -> bool:
-    return any(
-        isinstance(m := item.dep.target.module, _ConvNd) and 1 < m.groups < m.out_channels for item in group
-    )
+    return any(isinstance(m := item.dep.target.module, _ConvNd) and 1 < m.groups < m.out_channels for item in group)
 
 
 METHOD = Structured
