@@ -39,8 +39,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cnn_shape = [1, 1, 28, 28]
-        pairs = {"small_cnn dense vs structured-50%": (tmp / "cnn.onnx", tmp / "cnn50.onnx"),
-                 "lenet vs itself": (tmp / "lenet.onnx", tmp / "lenet.onnx")}
+        pairs = {
+            "small_cnn dense vs structured-50%": (tmp / "cnn.onnx", tmp / "cnn50.onnx"),
+            "lenet vs itself": (tmp / "lenet.onnx", tmp / "lenet.onnx"),
+        }
         sparsekit.export_onnx(small_cnn(), pairs["small_cnn dense vs structured-50%"][0], cnn_shape)
         sparsekit.export_onnx(structured_half(small_cnn(), cnn_shape), tmp / "cnn50.onnx", cnn_shape)
         sparsekit.export_onnx(lenet_300_100(), tmp / "lenet.onnx", [1, 784])
@@ -52,7 +54,9 @@ def main() -> None:
                     ratios[s].append(res["files"][1]["ratio_to_first"][s]["p50"])
             print(f"{name}:")
             for s, r in ratios.items():
-                print(f"  batch {s:>3}: ratios {', '.join(f'{x:.3f}' for x in r)}  spread max/min {max(r) / min(r):.3f}")
+                print(
+                    f"  batch {s:>3}: ratios {', '.join(f'{x:.3f}' for x in r)}  spread max/min {max(r) / min(r):.3f}"
+                )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ def measure(model_name: str, method: str, args: argparse.Namespace) -> dict:
     factory, sample = MODELS[model_name]
     g = torch.Generator().manual_seed(0)
     batches = [
-        (torch.randn(args.batch_size, *sample, generator=g),
-         torch.randint(0, 10, (args.batch_size,), generator=g))
+        (torch.randn(args.batch_size, *sample, generator=g), torch.randint(0, 10, (args.batch_size,), generator=g))
         for _ in range(args.block)
     ]
     recipe = sparsekit.Recipe(**{"finetune": {"epochs": 6}, "pruning": [RECIPES[method]]})
@@ -111,9 +110,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--block", type=int, default=10, help="steps per timed block")
     ap.add_argument("--rounds", type=int, default=0, help="A/B/C rounds (default: 30 lenet, 8 small_cnn)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's choice; 1, the default, is the least disturbed by other "
-                         "processes: with every core busy, 2 threads ran 3-10x slower in both arms)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's choice; 1, the default, is the least disturbed by other "
+        "processes: with every core busy, 2 threads ran 3-10x slower in both arms)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args = ap.parse_args(argv)
     if args.threads > 0:
@@ -121,10 +124,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = []
     if not args.json:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-              f"blocks of {args.block} steps, median of per-round ratios (A/A control: noise level)")
-        print(f"{'model':<14} {'recipe':<10} {'dense ms':>9} {'with ms':>10} {'ratio':>7} {'overhead':>9} "
-              f"{'IQR':>13} {'total':>7} {'A/A':>6}")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+            f"blocks of {args.block} steps, median of per-round ratios (A/A control: noise level)"
+        )
+        print(
+            f"{'model':<14} {'recipe':<10} {'dense ms':>9} {'with ms':>10} {'ratio':>7} {'overhead':>9} "
+            f"{'IQR':>13} {'total':>7} {'A/A':>6}"
+        )
     for model_name in args.models:
         for method in args.recipes:
             ns = argparse.Namespace(**vars(args))
@@ -133,10 +140,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             if not args.json:
                 lo, hi = row["ratio_iqr"]
-                print(f"{model_name:<14} {method:<10} {row['dense_ms']:9.2f} {row['pruner_ms']:10.2f} "
-                      f"{row['ratio']:7.3f} {row['overhead_pct']:8.1f}% {lo:6.3f}-{hi:6.3f} "
-                      f"{row['total_overhead_pct']:6.1f}% {row['control_ratio']:6.3f}",
-                      flush=True)
+                print(
+                    f"{model_name:<14} {method:<10} {row['dense_ms']:9.2f} {row['pruner_ms']:10.2f} "
+                    f"{row['ratio']:7.3f} {row['overhead_pct']:8.1f}% {lo:6.3f}-{hi:6.3f} "
+                    f"{row['total_overhead_pct']:6.1f}% {row['control_ratio']:6.3f}",
+                    flush=True,
+                )
     if args.json:
         doc = {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": rows}
         print(json.dumps(doc, indent=1))

@@ -34,11 +34,20 @@ MODELS = {"small_cnn": small_cnn, "resnet_small": resnet_small}
 
 
 def prune(model: torch.nn.Module, ratio: float, importance: str, scope: str) -> sparsekit.Pruner:
-    recipe = sparsekit.Recipe(**{
-        "model": {"input_shape": INPUT_SHAPE},
-        "pruning": [{"method": "structured", "ratio": ratio, "importance": importance, "scope": scope,
-                     "schedule": "oneshot"}],
-    })
+    recipe = sparsekit.Recipe(
+        **{
+            "model": {"input_shape": INPUT_SHAPE},
+            "pruning": [
+                {
+                    "method": "structured",
+                    "ratio": ratio,
+                    "importance": importance,
+                    "scope": scope,
+                    "schedule": "oneshot",
+                }
+            ],
+        }
+    )
     pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
     pruner.finalize()
     return pruner
@@ -57,24 +66,38 @@ def measure(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         info = sparsekit.export_onnx(model, path, INPUT_SHAPE, exporter=args.exporter)
         if not info["parity"]["ok"]:
             raise SystemExit(f"{path}: ONNX output differs from torch ({info['parity']})")
-    res = sparsekit.benchmark(paths, args.batch_size, threads=args.threads, warmup=args.warmup, runs=args.runs,
-                              input_shape=INPUT_SHAPE, seed=args.seed)
+    res = sparsekit.benchmark(
+        paths,
+        args.batch_size,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        input_shape=INPUT_SHAPE,
+        seed=args.seed,
+    )
     dense_f, pruned_f = res["files"]
     macs_ratio = pruned_macs / dense_macs
     rows = {}
     for b in (str(b) for b in args.batch_size):
         lat = pruned_f["ratio_to_first"][b]["p50"]
         rows[b] = {
-            "dense_p50_ms": dense_f["latency_ms"][b]["p50"], "pruned_p50_ms": pruned_f["latency_ms"][b]["p50"],
-            "latency_ratio": lat, "spread": pruned_f["ratio_to_first"][b]["spread"],
-            "aa_noise": res["control"][b]["noise"], "significant": pruned_f["speedup_significant"][b],
-            "macs_ratio": macs_ratio, "latency_per_macs": lat / macs_ratio,
+            "dense_p50_ms": dense_f["latency_ms"][b]["p50"],
+            "pruned_p50_ms": pruned_f["latency_ms"][b]["p50"],
+            "latency_ratio": lat,
+            "spread": pruned_f["ratio_to_first"][b]["spread"],
+            "aa_noise": res["control"][b]["noise"],
+            "significant": pruned_f["speedup_significant"][b],
+            "macs_ratio": macs_ratio,
+            "latency_per_macs": lat / macs_ratio,
         }
     return {
-        "model": name, "dense_macs": dense_macs, "pruned_macs": pruned_macs,
+        "model": name,
+        "dense_macs": dense_macs,
+        "pruned_macs": pruned_macs,
         "dense_params": sum(p.numel() for p in dense.parameters()),
         "pruned_params": sum(p.numel() for p in pruned.parameters()),
-        "removal_events": len(pruner.pruning_history), "batches": rows,
+        "removal_events": len(pruner.pruning_history),
+        "batches": rows,
     }
 
 
@@ -103,15 +126,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.json:
         print(json.dumps(results, indent=2))
         return results
-    print(f"structured ratio {args.ratio} ({args.importance}, {args.scope} scope), onnxruntime "
-          f"{args.threads} thread(s), {args.runs} runs, input {INPUT_SHAPE[1:]}")
+    print(
+        f"structured ratio {args.ratio} ({args.importance}, {args.scope} scope), onnxruntime "
+        f"{args.threads} thread(s), {args.runs} runs, input {INPUT_SHAPE[1:]}"
+    )
     print("| model | batch | dense p50 ms | pruned p50 ms | latency ratio | A/A noise | MACs ratio | latency ÷ MACs |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for b, row in r["batches"].items():
-            print(f"| {r['model']} | {b} | {row['dense_p50_ms']:.3f} | {row['pruned_p50_ms']:.3f} | "
-                  f"{row['latency_ratio']:.3f}{'' if row['significant'] else ' (noise)'} | {row['aa_noise']:.3f} | "
-                  f"{row['macs_ratio']:.3f} | {row['latency_per_macs']:.2f} |")
+            print(
+                f"| {r['model']} | {b} | {row['dense_p50_ms']:.3f} | {row['pruned_p50_ms']:.3f} | "
+                f"{row['latency_ratio']:.3f}{'' if row['significant'] else ' (noise)'} | {row['aa_noise']:.3f} | "
+                f"{row['macs_ratio']:.3f} | {row['latency_per_macs']:.2f} |"
+            )
     return results
 
 

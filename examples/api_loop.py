@@ -65,16 +65,16 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             pruner.step()  # advances the schedule, applies the masks: pruned weights stay zero
-        print(f"epoch {epoch + 1}: sparsity {sparsekit.sparsity(model):.3f}  "
-              f"accuracy {accuracy(model, data.val):.4f}")
+        print(f"epoch {epoch + 1}: sparsity {sparsekit.sparsity(model):.3f}  accuracy {accuracy(model, data.val):.4f}")
     model = pruner.finalize()  # masks baked into the weights, no sparsekit buffers left
 
     print(f"pruned: sparsity {sparsekit.sparsity(model):.3f}  accuracy {accuracy(model, data.val):.4f}")
     for row in sparsekit.layer_report(model):
         print(f"  {row['name']:<4} {str(row['shape']):<11} sparsity {row['sparsity']:.3f}")
     args.output.mkdir(parents=True, exist_ok=True)
-    sparsekit.save_model(model, args.output / "pruned.pt", factory="examples.models:lenet_300_100",
-                         input_shape=[1, 784], pruner=pruner)
+    sparsekit.save_model(
+        model, args.output / "pruned.pt", factory="examples.models:lenet_300_100", input_shape=[1, 784], pruner=pruner
+    )
     onnx_info = sparsekit.export_onnx(model, args.output / "pruned.onnx", input_shape=(1, 784))
     print(f"exported {onnx_info['path']}: {onnx_info['bytes']:,} bytes, {onnx_info['gzip_bytes']:,} gzipped")
     stats = sparsekit.benchmark(args.output / "pruned.onnx", batch_sizes=[1, 32])
