@@ -134,6 +134,10 @@ def finetune(
     torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():
         first_epoch, history, optimizer = _load_checkpoint(ckpt, model, optimizer, pruner, spec)
+        loader_rng = _loader_generator(train_loader)
+        saved_loader_rng = torch.load(ckpt, map_location="cpu", weights_only=True).get("loader_rng")
+        if loader_rng is not None and saved_loader_rng is not None:
+            loader_rng.set_state(saved_loader_rng)  # the next epochs shuffle as the interrupted run would have
         if first_epoch > spec.epochs:
             raise RecipeError(
                 f"finetune.epochs: {spec.epochs}, but {ckpt} already finished epoch {first_epoch}; "
@@ -177,7 +181,7 @@ def finetune(
             history.append(row)
             bar.update(task, info=f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}")
             if ckpt:
-                _save_checkpoint(ckpt, epoch + 1, model, optimizer, pruner, history)
+                _save_checkpoint(ckpt, epoch + 1, model, optimizer, pruner, history, _loader_generator(train_loader))
             if on_epoch:
                 on_epoch(row)
     return model, history, pruner
@@ -191,6 +195,12 @@ def _rebuilt(model: nn.Module, old: torch.optim.Optimizer, spec: FinetuneSpec) -
     return new
 
 
+def _loader_generator(loader: Any) -> torch.Generator | None:
+    """The generator a DataLoader shuffles with, when it has its own (sparsekit's built-in sources do)."""
+    gen = getattr(loader, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
 def _save_checkpoint(
     path: Path,
     epoch: int,
@@ -198,6 +208,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     pruner: Pruner,
     history: list[dict[str, Any]],
+    loader_rng: torch.Generator | None = None,
 ) -> None:
     state = {
         "epoch": epoch,
@@ -206,6 +217,7 @@ def _save_checkpoint(
         "pruner": pruner.state_dict(),
         "history": history,
         "rng": torch.get_rng_state(),
+        "loader_rng": loader_rng.get_state() if loader_rng is not None else None,
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
         "pruning": json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True),
     }

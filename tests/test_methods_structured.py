@@ -72,8 +72,11 @@ def test_small_cnn_layer_scope_halves_every_layer_but_the_head():
     model = small_cnn(width=8, image_size=8)
     final, pruner = prune(model)
     assert channels(final) == {
-        "conv1": (4, 1, 3, 3), "conv2": (8, 4, 3, 3), "conv3": (16, 8, 3, 3),
-        "fc1": (64, 16), "fc2": (10, 64),
+        "conv1": (4, 1, 3, 3),
+        "conv2": (8, 4, 3, 3),
+        "conv3": (16, 8, 3, 3),
+        "fc1": (64, 16),
+        "fc2": (10, 64),
     }
     assert final(torch.randn(3, *SHAPE[1:])).shape == (3, 10)
     assert pruner.structure_changed and pruner.pruning_history
@@ -102,8 +105,9 @@ def test_held_out_model_with_depthwise_grouped_and_residual(tmp_path):
     assert final.fc.weight.shape == (5, 16)
     x = torch.randn(4, *SHAPE[1:])
     expected = final.eval()(x)
-    path = save_model(final, tmp_path / "h.pt", "tests.test_methods_structured:held_out", input_shape=SHAPE,
-                      pruner=pruner)
+    path = save_model(
+        final, tmp_path / "h.pt", "tests.test_methods_structured:held_out", input_shape=SHAPE, pruner=pruner
+    )
     loaded = load_model(path)
     assert channels(loaded) == channels(final)
     torch.testing.assert_close(loaded(x), expected, atol=0, rtol=0)
@@ -116,8 +120,9 @@ def test_checkpoint_round_trip_rebuilds_by_replay_and_onnx_matches(tmp_path, fac
     kwargs = {"width": 8, "image_size": 8}
     build = {"small_cnn": small_cnn, "resnet_small": resnet_small}[factory]
     final, pruner = prune(_randomize_bn(build(**kwargs)), steps=2, scope="global")
-    path = save_model(final, tmp_path / "m.pt", f"examples.models:{factory}", kwargs=kwargs,
-                      input_shape=SHAPE, pruner=pruner)
+    path = save_model(
+        final, tmp_path / "m.pt", f"examples.models:{factory}", kwargs=kwargs, input_shape=SHAPE, pruner=pruner
+    )
     loaded = read_model(path)
     assert loaded.pruning_history == pruner.pruning_history
     x = torch.randn(5, *SHAPE[1:])
@@ -250,10 +255,8 @@ def test_composes_with_l1_masks_which_follow_the_new_shapes():
     torch.manual_seed(0)
     model = small_cnn(width=8, image_size=8)
     l1 = {"method": "l1", "strength": 0.02, "mode": "proximal", "remove_dead": False}
-    structured = {"method": "structured", "ratio": 0.5, "steps": 2,
-                  "schedule": {"start_epoch": 0, "end_epoch": 1}}
-    r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "finetune": {"epochs": 1},
-                            "pruning": [l1, structured]})
+    structured = {"method": "structured", "ratio": 0.5, "steps": 2, "schedule": {"start_epoch": 0, "end_epoch": 1}}
+    r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "finetune": {"epochs": 1}, "pruning": [l1, structured]})
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     for _ in range(2):
@@ -303,14 +306,31 @@ def test_finetune_resume_replays_the_history_from_its_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = small_cnn(width=8, image_size=8)
     with pytest.raises(KeyboardInterrupt):
-        sparsekit.finetune(model, r, data, data[:1], progress=False, checkpoint_dir=tmp_path,
-                           on_epoch=stop_after_first)
+        sparsekit.finetune(model, r, data, data[:1], progress=False, checkpoint_dir=tmp_path, on_epoch=stop_after_first)
     interrupted = channels(model)
     torch.manual_seed(0)
     fresh = small_cnn(width=8, image_size=8)  # dense again, as `sparsekit prune --resume` loads it
-    fresh, history, pruner = sparsekit.finetune(fresh, r, data, data[:1], progress=False,
-                                                checkpoint_dir=tmp_path, resume=True)
+    fresh, history, pruner = sparsekit.finetune(
+        fresh, r, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True
+    )
     assert [h["epoch"] for h in history] == [1, 2]
     assert channels(fresh) != interrupted  # the second event ran after the resume
     kept = sum(s[0] for n, s in channels(fresh).items() if n != "fc2")
     assert kept == (8 + 16 + 32 + 128) // 2 and pruner.methods[0].done == 3
+
+
+def test_settings_that_would_remove_nothing_are_errors():
+    from examples.models import mlp
+
+    shape = {"input_shape": [1, 1, 8, 8]}
+    floor = sparsekit.Recipe(
+        model=shape, pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "min_channels": 1000}]
+    )
+    with pytest.raises(sparsekit.TargetError, match=r"pruning\[0\].min_channels"):
+        sparsekit.Pruner(small_cnn(width=8, image_size=8), floor, steps_per_epoch=1)
+    no_bn = sparsekit.Recipe(
+        model={"input_shape": [1, 64]},
+        pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "importance": "bn_scale"}],
+    )
+    with pytest.raises(sparsekit.TargetError, match="BatchNorm"):
+        sparsekit.Pruner(mlp(), no_bn, steps_per_epoch=1)

@@ -107,6 +107,11 @@ class Structured:
         self.accum_steps = 0
         self._history_seen = 0
         self.initial = {n: _out_channels(m) for n, m in self.layers.items()}
+        if all(c <= spec.min_channels for c in self.initial.values()):
+            raise TargetError(
+                f"{self.where}.min_channels: {spec.min_channels} is at least the channel count of every selected "
+                f"layer (largest: {max(self.initial.values())}), so nothing would be removed; lower it"
+            )
 
         chosen = set(self.layers.values())
         ignored = [m for m in model.modules() if isinstance(m, (*_ROOTS, nn.LSTM)) and m not in chosen]
