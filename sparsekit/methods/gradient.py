@@ -42,12 +42,20 @@ class Gradient(Magnitude):
             grad = module.weight.grad
             if grad is None:
                 continue
-            term = module.weight.detach().float() * grad.detach().float()
-            term = term.abs() if self.criterion == "taylor" else term.neg()
-            if name in self.accum:
-                self.accum[name].add_(term)
+            w, g = module.weight.detach().float(), grad.detach().float()
+            acc = self.accum.get(name)
+            if self.criterion == "movement":
+                # In place: this runs every step, and fresh temporaries cost as much as the math.
+                if acc is None:
+                    self.accum[name] = -(w * g)
+                else:
+                    acc.addcmul_(w, g, value=-1)
             else:
-                self.accum[name] = term
+                term = (w * g).abs_()
+                if acc is None:
+                    self.accum[name] = term
+                else:
+                    acc.add_(term)
 
     def scores(self) -> dict[str, torch.Tensor] | None:
         # Ranking layers that have no gradient yet against those that have would be meaningless.
