@@ -321,19 +321,11 @@ def export(
 
 
 def _export_int8(path: Path, bundle: Any) -> dict[str, Any]:
-    import numpy as np
-
-    from .quantize import quantize_int8
+    from .quantize import quantize_int8, quantize_on_data
 
     if bundle is None:
         return quantize_int8(path, path.with_suffix(".int8.onnx"))
-    xs, ys = zip(*[(np.asarray(x, dtype=np.float32), np.asarray(y)) for x, y in bundle.val], strict=True)
-    return quantize_int8(
-        path,
-        path.with_suffix(".int8.onnx"),
-        calibration=bundle.train,
-        eval_data=(np.concatenate(xs), np.concatenate(ys)),
-    )
+    return quantize_on_data(path, path.with_suffix(".int8.onnx"), bundle)
 
 
 @main.command()

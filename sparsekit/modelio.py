@@ -88,7 +88,9 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
             raise _refuse(
                 path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))"
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user marked the file trusted
+        # The one unpickling load: reached only with --trust-model-file / trust=True, which the user passes
+        # for a file they vouch for, after the weights-only load has refused it. Never a silent retry.
+        obj = torch.load(path, map_location="cpu", weights_only=False)
         return obj, "trusted-module"
     except Exception as err:  # noqa: BLE001 - torch raises many unrelated types on garbage input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -256,18 +256,20 @@ def what_it_buys(recipe: Recipe) -> str:
     return "What this recipe can buy: " + "; ".join(parts) + "."
 
 
-def _sizes(path: Path, value_bits: int, nonzero_params: int | None = None) -> dict[str, Any]:
+def _sizes(path: Path, value_bits: int) -> dict[str, Any]:
     """Size of an ONNX file (external data included) and how close gzip comes to the entropy bound
     (nonzero fraction x value bits + binary entropy of the zero mask, per weight)."""
     from .export import entropy_bound_bytes, size_report
+    from .onnx_macs import param_counts
 
-    s = size_report(path, nonzero_params)
-    bound = entropy_bound_bytes(s["params"], min(s["nonzero_params"], s["params"]), value_bits)
+    counts = param_counts(path)  # quantized weights count as weights, so int8 and fp32 compare alike
+    s = size_report(path, counts["nonzero_params"])
+    bound = entropy_bound_bytes(counts["params"], counts["nonzero_params"], value_bits)
     return {
         "onnx_bytes": s["bytes"],
         "onnx_gzip_bytes": s["gzip_bytes"],
-        "onnx_params": s["params"],
-        "onnx_nonzero_params": s["nonzero_params"],
+        "onnx_params": counts["params"],
+        "onnx_nonzero_params": counts["nonzero_params"],
         "bytes_per_nonzero": s["bytes_per_nonzero"],
         "gzip_bytes_per_nonzero": s["gzip_bytes_per_nonzero"],
         "entropy_bound_bytes": round(bound),
@@ -276,27 +278,10 @@ def _sizes(path: Path, value_bits: int, nonzero_params: int | None = None) -> di
 
 def _quantize(out: Path, bundle: Any) -> dict[str, Any]:
     """int8 QDQ calibrated on training batches; accuracy and top-1 agreement measured on validation."""
-    import numpy as np
+    from .quantize import quantize_on_data
 
-    from .quantize import quantize_int8
-
-    xs, ys = [], []
-    for x, y in bundle.val:
-        xs.append(np.asarray(x, dtype=np.float32))
-        ys.append(np.asarray(y))
-    res = quantize_int8(
-        out / "model.onnx",
-        out / "model.int8.onnx",
-        calibration=bundle.train,
-        eval_data=(np.concatenate(xs), np.concatenate(ys)),
-    )
-    res.update(_sizes(out / "model.int8.onnx", 8, res.get("nonzero_params")))
-    # The int8 file's weights are integers, so count weights as the fp32 file does for the bound.
-    from .export import entropy_bound_bytes, size_report
-
-    fp32 = size_report(out / "model.onnx")
-    res["onnx_params"] = fp32["params"]
-    res["entropy_bound_bytes"] = round(entropy_bound_bytes(fp32["params"], fp32["nonzero_params"], 8))
+    res = quantize_on_data(out / "model.onnx", out / "model.int8.onnx", bundle)
+    res.update(_sizes(out / "model.int8.onnx", 8))
     return res
 
 

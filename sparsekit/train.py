@@ -51,14 +51,14 @@ def _loss(
     """Cross-entropy of ``model(x)`` against ``y`` (moved to the model's device); labels out of range
     are a data error, not a crash deep in torch."""
     device = _device(model)
-    x, y = x.to(device), y.to(device)
-    out = model(x)
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
+    out = model(x.to(device))
+    try:
+        return nn.functional.cross_entropy(out, y.to(device), reduction=reduction), out
+    except IndexError as err:  # torch's "Target 42 is out of bounds."; checked by torch, not per step here
+        label = str(err).removeprefix("Target ").split(" ")[0]
         raise DataError(
-            f"data: label {int(y.max()) if int(y.max()) >= out.shape[1] else int(y.min())} is outside the "
-            f"model's {out.shape[1]} outputs; labels must be 0..{out.shape[1] - 1}"
-        )
-    return nn.functional.cross_entropy(out, y, reduction=reduction), out
+            f"data: label {label} is outside the model's {out.shape[1]} outputs; labels must be 0..{out.shape[1] - 1}"
+        ) from None
 
 
 @torch.no_grad()
@@ -133,11 +133,9 @@ def finetune(
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():
-        first_epoch, history, optimizer = _load_checkpoint(ckpt, model, optimizer, pruner, spec)
-        loader_rng = _loader_generator(train_loader)
-        saved_loader_rng = torch.load(ckpt, map_location="cpu", weights_only=True).get("loader_rng")
-        if loader_rng is not None and saved_loader_rng is not None:
-            loader_rng.set_state(saved_loader_rng)  # the next epochs shuffle as the interrupted run would have
+        first_epoch, history, optimizer = _load_checkpoint(
+            ckpt, model, optimizer, pruner, spec, _loader_generator(train_loader)
+        )
         if first_epoch > spec.epochs:
             raise RecipeError(
                 f"finetune.epochs: {spec.epochs}, but {ckpt} already finished epoch {first_epoch}; "
@@ -155,9 +153,10 @@ def finetune(
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss = _loss(model, x, y)[0]
-                if not torch.isfinite(loss):
+                value = loss.item()  # the one host sync per step, for the divergence check and the running mean
+                if not math.isfinite(value):
                     raise RecipeError(
-                        f"finetune: the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}: training "
+                        f"finetune: the loss became {value} at epoch {epoch + 1}, batch {i + 1}: training "
                         f"diverged; lower finetune.optimizer.lr (now {optimizer.param_groups[0]['lr']:g})"
                     )
                 (loss + pruner.penalty()).backward()
@@ -166,7 +165,7 @@ def finetune(
                 if pruner.structure_changed:
                     # torch-pruning replaced the Parameter objects: the optimizer must follow them.
                     optimizer = pruner.update_optimizer(optimizer)
-                loss_sum += loss.item() * len(y)
+                loss_sum += value * len(y)
                 seen += len(y)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
             metrics = evaluate(model, val_loader)
@@ -219,20 +218,24 @@ def _save_checkpoint(
         "rng": torch.get_rng_state(),
         "loader_rng": loader_rng.get_state() if loader_rng is not None else None,
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
-        "pruning": json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True),
+        "pruning": _pruning_key(pruner),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, pruner: Pruner, spec: FinetuneSpec
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pruner: Pruner,
+    spec: FinetuneSpec,
+    loader_rng: torch.Generator | None,
 ) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state.get("pruning")
-        now = json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True)
-        if saved is not None and saved != now:
+        if saved is not None and saved != _pruning_key(pruner):
             raise SparsekitError("the recipe's pruning section changed since this checkpoint was written")
         pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
         model.load_state_dict(state["model"])
@@ -249,4 +252,11 @@ def _load_checkpoint(
         pruner.structure_changed = False
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
+    if loader_rng is not None and state.get("loader_rng") is not None:
+        loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
     return int(state["epoch"]), list(state["history"]), optimizer
+
+
+def _pruning_key(pruner: Pruner) -> str:
+    """The recipe's pruning section as text: what the masks in a checkpoint mean."""
+    return json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True)

@@ -19,22 +19,28 @@ def _in_repo_root(monkeypatch):
     torch.manual_seed(0)
 
 
+def train_on_digits(model, input_shape, epochs, lr, batch_size=32):
+    """A short Adam run on scikit-learn's digits: a model trained the way a user's would be."""
+    from sparsekit.data import load_data
+
+    data = load_data("digits", batch_size=batch_size, seed=0, input_shape=input_shape)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for x, y in data.train:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model
+
+
 @pytest.fixture
 def mlp_checkpoint(tmp_path):
     """A briefly trained digits MLP saved as a sparsekit checkpoint."""
     import sparsekit
     from examples.models import mlp
-    from sparsekit.data import load_data
 
     torch.manual_seed(0)
-    model = mlp(in_features=64, hidden=[64, 32])
-    data = load_data("digits", batch_size=64, seed=0, input_shape=[1, 64])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(4):
-        for x, y in data.train:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+    model = train_on_digits(mlp(in_features=64, hidden=[64, 32]), [1, 64], epochs=4, lr=3e-3, batch_size=64)
     path = tmp_path / "mlp.pt"
     sparsekit.save_model(
         model, path, factory="examples.models:mlp", kwargs={"in_features": 64, "hidden": [64, 32]}, input_shape=[1, 64]

@@ -8,11 +8,10 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FAST
+from conftest import FAST, train_on_digits
 
 import sparsekit
 from sparsekit.cli import main
-from sparsekit.data import load_data
 
 # A user's own architecture, not shipped with sparsekit: written to a temp folder and passed as --arch.
 USER_MODULE = textwrap.dedent("""
@@ -80,14 +79,7 @@ def trained_state_dict(tmp_path, user_arch):
     import usernet
 
     torch.manual_seed(0)
-    model = usernet.build()
-    data = load_data("digits", batch_size=32, seed=0, input_shape=[1, 64])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(6):
-        for x, y in data.train:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+    model = train_on_digits(usernet.build(), [1, 64], epochs=6, lr=2e-3)
     path = tmp_path / "weights.pt"
     torch.save(model.state_dict(), path)
     return path
@@ -626,14 +618,7 @@ def test_combined_methods_on_a_heldout_residual_cnn(tmp_path, monkeypatch):
     import heldout_cnn
 
     torch.manual_seed(0)
-    model = heldout_cnn.Net()
-    data = load_data("digits", batch_size=32, seed=0, input_shape=[1, 1, 8, 8])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(3):
-        for x, y in data.train:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+    model = train_on_digits(heldout_cnn.Net(), [1, 1, 8, 8], epochs=3, lr=3e-3)
     weights = tmp_path / "w.pt"
     torch.save(model.state_dict(), weights)
     recipe = tmp_path / "combo.yaml"
