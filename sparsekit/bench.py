@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsekit.errors import ExportError
-from sparsekit.export import load_onnx, size_report
+from sparsekit.export import check_external_data, size_report
 from sparsekit.onnx_macs import onnx_macs
 
 __all__ = ["benchmark", "latency_table"]
@@ -50,6 +50,8 @@ def benchmark(
     all alike, and a second session of the first file is timed alongside as an A/A control:
     its ratio to the first shows how large a difference noise alone produces.
     ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
+    Raises :class:`ExportError` for bad options and for a file that is not ONNX, keeps external data
+    outside its folder (checked before onnxruntime opens it) or does not load in onnxruntime.
     """
     files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     if not files:
@@ -63,7 +65,6 @@ def benchmark(
 
     sessions, dims = [], []
     for path in files:
-        load_onnx(path, load_external_data=False)  # a clear error naming the file beats ORT's
         sessions.append(_session(path, threads, provider))
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
     sessions.append(_session(files[0], threads, provider))  # the A/A control
@@ -116,6 +117,10 @@ def _check_batch_sizes(batch_sizes: Sequence[int]) -> list[int]:
 
 
 def _session(path: Path, threads: int, provider: str) -> ort.InferenceSession:
+    """An onnxruntime session for ``path``; :class:`ExportError` naming the file when it is not ONNX,
+    keeps external data outside its folder, or onnxruntime cannot load it."""
+    # A clear error naming the file beats ORT's, and ORT would follow external-data locations unchecked.
+    check_external_data(path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -56,6 +56,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit):
             raise  # click prints usage errors itself, with exit code 2
+        except SystemExit as err:  # user code (a model's forward, a dataset) called sys.exit()
+            if debug:
+                traceback.print_exc()
+            _fail(
+                f"user code called sys.exit({err.code!r}) during the run (a model's forward, a data loader or a "
+                "factory); it must return or raise, not exit",
+                2,
+            )
         except Exception as err:  # noqa: BLE001 - the CLI edge: report, never dump a traceback by default
             if debug:
                 traceback.print_exc()
@@ -70,6 +78,28 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def debug_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")(fn)
+
+
+def trust_code_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--trust-code",
+        is_flag=True,
+        help="Run the model factory / data callable that MODEL or RECIPE names, and remember its module as "
+        "trusted (see `sparsekit trust`). Without it, code named in a file runs only if you name it "
+        "yourself with --arch/--data or trusted its module before.",
+    )(fn)
+
+
+def _load_native(*modules: str) -> None:
+    """Import torch / onnxruntime with Ctrl-C held until they are loaded: a KeyboardInterrupt raised
+    inside their C++ start-up aborts the process (SIGABRT) instead of exiting 130."""
+    import importlib
+
+    from .fsutil import sigint_deferred
+
+    with sigint_deferred():
+        for module in modules:
+            importlib.import_module(module)
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
@@ -121,13 +151,15 @@ def main() -> None:
     \b
     Typical run (see README.md):
       sparsekit recipes                                  # shipped recipes
-      sparsekit validate recipes/lenet-gradual-magnitude-90.yaml lenet.pt
-      sparsekit prune lenet.pt recipes/lenet-gradual-magnitude-90.yaml -o out
-      sparsekit inspect out/model.pt
+      sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100
+      sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
+      sparsekit inspect out/model.pt --arch examples.models:lenet_300_100
       sparsekit bench out/dense.onnx out/model.onnx
 
-    Model files are loaded safely (weights only): sparsekit checkpoints, state_dicts and
-    .safetensors with --arch pkg.module:callable. Exit codes: 0 ok, 2 bad input, 1 bug, 130 interrupted.
+    Files are data: model files are loaded weights-only, recipes with yaml.safe_load, and a model
+    factory or data callable named inside a file runs only if you name it yourself (--arch, --data)
+    or trust its module (--trust-code, `sparsekit trust`). See SECURITY.md.
+    Exit codes: 0 ok, 2 bad input, 1 bug, 130 interrupted.
     """
 
 
@@ -159,6 +191,7 @@ def main() -> None:
     is_flag=True,
     help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
 )
+@trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (logs stay on stderr).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @debug_option
@@ -173,6 +206,7 @@ def prune(
     resume: bool,
     overwrite: bool,
     trust_model_file: bool,
+    trust_code: bool,
     as_json: bool,
     no_progress: bool,
     debug: bool,
@@ -180,7 +214,17 @@ def prune(
     """Prune MODEL with RECIPE while fine-tuning, then export ONNX, check parity and benchmark.
 
     RECIPE is a YAML file or the name of a shipped recipe (see `sparsekit recipes`).
+
+    \b
+    Example:
+      sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
+
+    Outputs are built in DIR/.sparsekit/next and moved into DIR when the run ends, so an interrupted
+    or failed run leaves earlier results as they were. --overwrite replaces only files an earlier
+    sparsekit run wrote (listed in DIR/.sparsekit/manifest.json); a folder holding anything else is
+    refused. DIR may not be or contain MODEL, RECIPE or the data file.
     """
+    _load_native("torch", "onnxruntime")
     from .pipeline import run_prune
     from .recipe import load_recipe
 
@@ -194,6 +238,7 @@ def prune(
         arch=arch,
         data=data,
         trust=trust_model_file,
+        trust_code=trust_code,
         overwrite=overwrite,
         resume=resume,
         progress=not no_progress,
@@ -250,6 +295,7 @@ def prune(
 @click.option(
     "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
 )
+@trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
 @handle_errors
@@ -265,6 +311,7 @@ def export(
     data: str | None,
     sparse_storage: bool,
     trust_model_file: bool,
+    trust_code: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -272,12 +319,30 @@ def export(
 
     Sizes count any external-data file. --quantize int8 checks that every pruned weight is still
     exactly zero after quantization and, with --data, reports int8 accuracy next to fp32.
+    An existing output file is replaced only if sparsekit wrote it.
+
+    \b
+    Example:
+      sparsekit export out/model.pt -o pruned.onnx --arch examples.models:lenet_300_100 --quantize int8
     """
+    _load_native("torch", "onnxruntime")
     from .export import export_onnx
     from .modelio import infer_input_shape, read_model
 
+    out = out or model.with_suffix(".onnx")
+    targets = [out]
+    if quantize == "int8":
+        targets.append(out.with_suffix(".int8.onnx"))
+    if sparse_storage:
+        targets.append(out.with_suffix(".sparse.onnx"))
+    _check_export_targets(model, targets)
     loaded = read_model(
-        model, arch, kwargs=_kwargs(arch_kwargs), input_shape=_shape(input_shape), trust=trust_model_file
+        model,
+        arch,
+        kwargs=_kwargs(arch_kwargs),
+        input_shape=_shape(input_shape),
+        trust=trust_model_file,
+        trust_code=trust_code,
     )
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
@@ -289,7 +354,6 @@ def export(
         from .data import load_data
 
         bundle = load_data(data, input_shape=shape)
-    out = out or model.with_suffix(".onnx")
     res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
     lines = [
         f"Wrote {out} ({res['bytes']:,} B, gzip {res['gzip_bytes']:,} B); parity max diff "
@@ -318,6 +382,24 @@ def export(
             f"{ss['sparse_initializers']} sparse initializer(s); saves disk, not time)"
         )
     _emit(res, as_json, "\n".join(lines))
+
+
+def _check_export_targets(model: Path, targets: list[Path]) -> None:
+    """Refuse to write over the input or over a file sparsekit did not write (before any work)."""
+    from .errors import OutputError
+    from .export import written_by_sparsekit
+
+    src = model.resolve()
+    for target in targets:
+        if target.resolve() == src:
+            raise OutputError(f"-o {target}: is the input MODEL; choose another output file")
+        if target.is_dir():
+            raise OutputError(f"-o {target}: is a folder; give the .onnx file to write, e.g. -o {target}/model.onnx")
+        if (target.exists() or target.is_symlink()) and (target.is_symlink() or not written_by_sparsekit(target)):
+            raise OutputError(
+                f"{target}: exists and sparsekit did not write it; sparsekit never replaces your files: "
+                "choose another -o or move it away"
+            )
 
 
 def _export_int8(path: Path, bundle: Any) -> dict[str, Any]:
@@ -365,6 +447,7 @@ def bench(
 ) -> None:
     """Benchmark ONNX FILES in onnxruntime, interleaved (A B A B ...), with ratios to the first file
     and an A/A control (the first file against itself) that shows the noise floor."""
+    _load_native("onnxruntime")
     from .bench import benchmark, latency_table
 
     if any(b <= 0 for b in batch_sizes):
@@ -390,6 +473,7 @@ def bench(
 @click.option(
     "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
 )
+@trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
 @handle_errors
@@ -399,10 +483,12 @@ def inspect(
     arch_kwargs: str | None,
     input_shape: str | None,
     trust_model_file: bool,
+    trust_code: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
     """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx)."""
+    _load_native("onnxruntime" if model.suffix == ".onnx" else "torch")
     if model.suffix == ".onnx":
         from .export import load_onnx, size_report
         from .onnx_macs import onnx_macs, param_counts
@@ -422,7 +508,7 @@ def inspect(
     from .modelio import infer_input_shape, read_model
     from .stats import layer_report, model_stats
 
-    loaded = read_model(model, arch, kwargs=_kwargs(arch_kwargs), trust=trust_model_file)
+    loaded = read_model(model, arch, kwargs=_kwargs(arch_kwargs), trust=trust_model_file, trust_code=trust_code)
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     try:
         rows = layer_report(loaded.model, shape)
@@ -466,6 +552,7 @@ def inspect(
     type=click.IntRange(1),
     help="Batches per epoch assumed for the dry run.",
 )
+@trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
 @handle_errors
@@ -475,21 +562,31 @@ def validate(
     arch: str | None,
     overrides: tuple[str, ...],
     steps_per_epoch: int,
+    trust_code: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Check RECIPE; with MODEL, a dry run: layers each method matches and its target per epoch."""
+    """Check RECIPE; with MODEL, a dry run: layers each method matches and its target per epoch.
+
+    Without MODEL nothing the recipe names is imported. With MODEL the architecture is built, so a
+    factory named in RECIPE or MODEL needs --arch (or --trust-code) as for `prune`.
+    """
     from .recipe import load_recipe
 
     path = _recipe_path(recipe)
     rec = load_recipe(path, list(overrides))
-    res: dict[str, Any] = {"recipe": str(path), "valid": True, "methods": []}
+    res: dict[str, Any] = {"recipe": str(path), "valid": True, "methods": [], "names_code": _named_code(rec)}
     lines = [f"{path}: valid ({len(rec.pruning)} method(s), {rec.finetune.epochs} fine-tuning epoch(s))"]
+    for field, spec in res["names_code"].items():
+        lines.append(
+            f"{field} names code {spec}: not imported; it runs only when confirmed (--arch/--data or --trust-code)"
+        )
     if model is not None:
+        _load_native("torch")
         from .pipeline import resolve_model
         from .pruner import Pruner
 
-        loaded = resolve_model(model, rec, arch, trust=False)
+        loaded = resolve_model(model, rec, arch, trust=False, trust_code=trust_code)
         pruner = Pruner(loaded.model, rec, steps_per_epoch, context={"input_shape": loaded.input_shape})
         for i, m in enumerate(pruner.methods):
             targets = m.targets(rec.finetune.epochs, steps_per_epoch)
@@ -500,6 +597,19 @@ def validate(
             if targets:
                 lines.append("  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(targets)))
     _emit(res, as_json, "\n".join(lines))
+
+
+def _named_code(rec: Any) -> dict[str, str]:
+    """The callables a recipe names (shown by validate; imported only when confirmed)."""
+    from .data import BUILTIN_SOURCES
+
+    named = {}
+    if rec.model.factory:
+        named["model.factory"] = rec.model.factory
+    src = rec.data.source
+    if ":" in src and not src.endswith(".npz") and src not in BUILTIN_SOURCES:
+        named["data.source"] = src
+    return named
 
 
 @main.command()
@@ -545,11 +655,50 @@ def report(folder: Path, debug: bool) -> None:
         data = json.loads(src.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SparsekitError(f"{src}: not valid JSON ({err})") from None
+    from .outputs import RunFolder
+
+    run = RunFolder(folder)
+    if not run.has_run():
+        raise SparsekitError(f"{folder}: holds no sparsekit run (no .sparsekit/manifest.json); nothing re-rendered")
+    run.check_owned()  # report.md and the plots are replaced: they must still be the ones sparsekit wrote
     try:
-        write_report(data, folder)
+        written = write_report(data, folder)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise SparsekitError(f"{src}: not a report.json written by sparsekit prune (missing {err})") from None
+    run.record(written)
     click.echo(f"Wrote {folder / 'report.md'}")
+
+
+@main.command()
+@click.argument("modules", nargs=-1)
+@click.option("--forget", is_flag=True, help="Stop trusting MODULES instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the trusted modules as JSON.")
+@debug_option
+@handle_errors
+def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) -> None:
+    """List, add (MODULES) or --forget the modules whose code a recipe or checkpoint may name.
+
+    A file may name a model factory or data callable (pkg.module:callable); sparsekit runs it only
+    if you name it yourself this run (--arch, --data) or trust its module here or with --trust-code.
+    Standard-library and tool modules are never trusted.
+
+    \b
+    Examples:
+      sparsekit trust                    # list
+      sparsekit trust mypkg.nets         # trust a module of yours
+      sparsekit trust --forget mypkg.nets
+    """
+    from .trust import forget_module, store_path, trust_module, trusted_modules
+
+    for module in modules:
+        if forget:
+            if not forget_module(module):
+                click.echo(f"{module}: was not trusted", err=True)
+        else:
+            trust_module(module)
+    mods = trusted_modules()
+    text = "\n".join(mods) if mods else f"no trusted modules ({store_path()})"
+    _emit({"store": str(store_path()), "modules": mods}, as_json, text)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ Example::
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import os
 import re
-import sys
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,8 +98,15 @@ def load_data(
     input_shape: Sequence[int] | None = None,
     synthetic_samples: int = 512,
     num_classes: int | None = None,
+    named_in: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
 ) -> DataBundle:
     """Build train/val loaders for ``source`` (see the module docstring for the sources).
+
+    ``named_in`` is the recipe file that named ``source`` (``None``: the caller named it directly).
+    A file-named ``pkg.module:callable`` runs only when confirmed (``trust_code=True`` or a trusted
+    module, see :mod:`sparsekit.trust`), and a file-named ``.npz`` path must lie inside the recipe's
+    folder or the current folder.
 
     ``input_shape`` is the model's input shape, with or without a leading batch 1; built-in and
     ``.npz`` samples are reshaped to it when the number of values matches, and a mismatch is a
@@ -119,6 +124,8 @@ def load_data(
         _check_int("num_classes", num_classes, minimum=2)
 
     if source.endswith(".npz"):
+        if named_in is not None:
+            _check_named_path(source, named_in)
         x, y = _load_npz(source)
     elif source == "digits":
         x, y = _load_digits()
@@ -127,7 +134,7 @@ def load_data(
     elif source == "synthetic":
         x, y, num_classes = _make_synthetic(input_shape, synthetic_samples, num_classes, seed)
     elif _CALLABLE_RE.match(source):
-        return _load_callable(source, input_shape, num_classes)
+        return _load_callable(source, input_shape, num_classes, named_in, trust_code)
     else:
         raise DataError(f"data.source {source!r} is not a known source; {_valid_sources()}")
 
@@ -245,32 +252,33 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
 # --- user callables -----------------------------------------------------------------------------
 
 
-def _load_callable(source: str, input_shape: Sequence[int] | None, num_classes: int | None) -> DataBundle:
-    module_name, attr_path = source.split(":", 1)
-    where = f"data.source {source!r}"
-    # Like `python -m`, a module next to the recipe is importable when run from its folder.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    importlib.invalidate_caches()  # a module written moments ago (generated, or by a test) is found
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
+    """A data file named inside a recipe is followed only within the recipe's folder or the current
+    folder (symlinks resolved); anything else must be confirmed by naming it directly (--data)."""
+    target = Path(source).resolve()
+    roots = [Path.cwd().resolve()]
+    if Path(named_in).is_file():
+        roots.append(Path(named_in).resolve().parent)
+    if not any(target.is_relative_to(root) for root in roots):
         raise DataError(
-            f"{where}: cannot import module '{module_name}' ({exc}); run from the folder that contains "
-            "it or install its package"
-        ) from exc
-    except Exception as exc:  # the user's module failed while importing; report, keep the cause
-        raise DataError(f"{where}: importing '{module_name}' raised {type(exc).__name__}: {exc}") from exc
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise DataError(f"{where}: '{obj.__name__ if hasattr(obj, '__name__') else obj}' has no '{part}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise DataError(f"{where} is a {type(obj).__name__}, not a callable returning (train_loader, val_loader)")
-    try:
-        result = obj()
-    except Exception as exc:
-        raise DataError(f"{where}: calling it raised {type(exc).__name__}: {exc}") from exc
+            f"{named_in}: data.source names the file {source!r}, outside the recipe's folder and the current "
+            f"folder; to use it, name it yourself: --data {source}"
+        )
+
+
+def _load_callable(
+    source: str,
+    input_shape: Sequence[int] | None,
+    num_classes: int | None,
+    named_in: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
+) -> DataBundle:
+    from .trust import call_user_code, load_callable
+
+    fn = load_callable(source, kind="data", named_in=named_in, field="data.source", trust_code=trust_code,
+                       error=DataError)  # fmt: skip
+    where = f"data.source {source!r}" if named_in is None else f"{named_in}: data.source {source!r}"
+    result = call_user_code(fn, where, DataError)
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise DataError(f"{where} must return a pair (train_loader, val_loader), got {type(result).__name__}")
     train, val = result
@@ -295,7 +303,7 @@ def _load_callable(source: str, input_shape: Sequence[int] | None, num_classes: 
         # One pass over the validation labels: cheap for the loaders this is meant for, and it
         # catches a val set whose classes are missing from the first training batch.
         highest = int(y.max())
-        for batch in val:
+        for batch in _guarded(val, f"{where}: the val loader"):
             _, val_y = _unpack(batch, f"{where}: the val loader")
             highest = max(highest, int(val_y.max()))
         num_classes = highest + 1
@@ -307,7 +315,29 @@ def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = next(iter(loader))
     except StopIteration:
         raise DataError(f"{where} yields no batches") from None
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:  # the user's dataset code: bad input, never a silent exit 0
+        raise DataError(f"{where}: reading a batch called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{where}: reading a batch raised {type(exc).__name__}: {exc}") from None
     return _unpack(batch, where)
+
+
+def _guarded(loader: Any, where: str) -> Any:
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except KeyboardInterrupt:
+            raise
+        except SystemExit as exc:
+            raise DataError(f"{where}: reading a batch called sys.exit({exc.code!r})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{where}: reading a batch raised {type(exc).__name__}: {exc}") from None
+        yield batch
 
 
 def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,3 +30,13 @@ class DataError(SparsekitError):
 
 class ExportError(SparsekitError):
     """ONNX export, parity or benchmark input is not usable."""
+
+
+class TrustError(SparsekitError):
+    """A file names code (a model factory or a data callable) that the user has not confirmed, or
+    names a callable that is never run (standard library, process, file-system or pickle machinery)."""
+
+
+class OutputError(SparsekitError):
+    """An output cannot be written: the disk is full, permission is denied, the filesystem is
+    read-only, or the output folder holds files sparsekit did not write."""

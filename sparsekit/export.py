@@ -20,18 +20,21 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor
 from torch import nn
 
 from sparsekit.errors import ExportError
+from sparsekit.fsutil import writing
 
 __all__ = [
+    "check_external_data",
     "check_zeros",
     "count_initializer_stats",
     "entropy_bound_bytes",
@@ -39,6 +42,7 @@ __all__ = [
     "load_onnx",
     "onnx_sizes",
     "size_report",
+    "written_by_sparsekit",
 ]
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -46,6 +50,8 @@ EXPORTERS = ("dynamo", "torchscript")
 EXTERNAL_DATA_BYTES = int(1.8e9)
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
 _FLOAT_TYPES = {getattr(onnx.TensorProto, t) for t in ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16")}
+# metadata_props key of every ONNX file sparsekit writes; the value is the sparsekit version.
+MARK_KEY = "sparsekit"
 
 
 def export_onnx(
@@ -61,64 +67,105 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` to ``path`` (batch dim dynamic) and verify the written file.
 
-    The file appears at ``path`` only after ``onnx.checker`` and shape inference pass. Returns
+    The file appears at ``path`` only after ``onnx.checker`` and shape inference pass, and carries
+    the ``sparsekit`` metadata mark (see :func:`written_by_sparsekit`). Returns
     ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter"}``.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     shape = _validate_shape(input_shape)
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    n_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    external = n_bytes > EXTERNAL_DATA_BYTES
-    if external and exporter != "dynamo":
-        raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use exporter='dynamo'")
+    with writing(final):  # a full, read-only or unwritable disk is an OutputError naming the file
+        final.parent.mkdir(parents=True, exist_ok=True)
+        n_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        external = n_bytes > EXTERNAL_DATA_BYTES
+        if external and exporter != "dynamo":
+            raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use exporter='dynamo'")
 
-    # A private folder beside the target: same filesystem, so os.replace is atomic, and an external
-    # data file written under the final name keeps the relative location recorded in the graph.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    tmp = tmp_dir / final.name
-    try:
-        with _cpu_eval(model):
-            _export(model, tmp, shape, opset, exporter, external)
-            _check_file(tmp)
-            parity = _parity(model, tmp, shape, rtol, atol) if check_parity else None
-            zeros = check_zeros(model, tmp)
-        for extra in tmp_dir.iterdir():  # external data first, so the graph never points at nothing
-            if extra != tmp:
-                os.replace(extra, final.parent / extra.name)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        # A private folder beside the target: same filesystem, so os.replace is atomic, and an external
+        # data file written under the final name keeps the relative location recorded in the graph.
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        tmp = tmp_dir / final.name
+        try:
+            with _cpu_eval(model):
+                _export(model, tmp, shape, opset, exporter, external)
+                _check_file(tmp)
+                parity = _parity(model, tmp, shape, rtol, atol) if check_parity else None
+                zeros = check_zeros(model, tmp)
+            for extra in tmp_dir.iterdir():  # external data first, so the graph never points at nothing
+                if extra != tmp:
+                    os.replace(extra, final.parent / extra.name)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     info = {"path": str(final), **onnx_sizes(final)}  # + bytes, gzip_bytes
     return {**info, "parity": parity, "zeros": zeros, "opset": opset, "exporter": exporter}
 
 
 def load_onnx(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model, raising :class:`ExportError` naming the file when it is not one."""
+    """Load an ONNX model, external data included unless ``load_external_data=False``.
+
+    Raises :class:`ExportError` naming the file when it is not an ONNX model, when a tensor keeps
+    its data outside the model's folder (see :func:`check_external_data`; checked before any
+    external file is opened) or when its external data cannot be read.
+    """
     p = Path(path)
     if not p.is_file():
         raise ExportError(f"{p}: no such file")
     try:
-        model = onnx.load(str(p), load_external_data=load_external_data)
+        # Never let onnx follow external-data locations before they are checked.
+        model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises several unrelated types on garbage input
         raise ExportError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e})") from e
     # Protobuf happily parses some non-ONNX bytes (an empty file, say) into an empty message.
     if model.ir_version == 0 or not model.graph.output:
         raise ExportError(f"{p}: not an ONNX model (no IR version or no graph outputs)")
+    targets = _check_locations(p, model)
+    if load_external_data:
+        _load_external_data(p, model, targets)
     return model
 
 
+def check_external_data(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ExportError` unless ``path`` is an ONNX model whose external data, if any, are
+    files inside the model's own folder.
+
+    Call it before handing a path to anything that reads external data itself (onnxruntime, onnx's
+    checker). Refused: an empty or absolute location, one with a ``..`` component, one whose real
+    path (symlinks followed) is outside the real path of the model's folder, and one naming a
+    directory or other non-regular file. Reads the ``.onnx`` file only.
+    """
+    load_onnx(path, load_external_data=False)
+
+
+def written_by_sparsekit(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a readable ONNX file carrying sparsekit's mark; never raises.
+
+    False for a missing file, non-ONNX bytes and ONNX files without the mark. External data is
+    not loaded. The mark says who wrote the file, not that it is safe: anyone can set it.
+    """
+    try:
+        model = load_onnx(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
+        return False
+    return any(prop.key == MARK_KEY for prop in model.metadata_props)
+
+
 def onnx_sizes(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Raw and gzip-9 bytes of the ``.onnx`` file plus any external-data files it references."""
+    """Raw and gzip-9 bytes of the ``.onnx`` file plus any external-data files it references.
+
+    Raises :class:`ExportError` when the file is not ONNX, an external-data file is missing, or one
+    lies outside the model's folder (checked before any of them is read).
+    """
     p = Path(path)
-    model = load_onnx(p, load_external_data=False)
+    model = load_onnx(p, load_external_data=False)  # checks every location first
     files = [p]
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next(e.value for e in tensor.external_data if e.key == "location")
+    seen = {os.path.realpath(p)}  # a data file reached twice (e.g. through a symlink) counts once
+    for _, tensor in _model_tensors(model):
+        for location in _locations(tensor):
             data = p.parent / location
-            if data not in files:
+            if os.path.realpath(data) not in seen:
+                seen.add(os.path.realpath(data))
                 files.append(data)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -306,15 +353,28 @@ def _root_cause(e: BaseException) -> str:
 def _check_file(tmp: Path) -> None:
     # The dynamo exporter stamps every node with its Python stack trace: local paths in a file meant
     # to be shipped, and ~1 kB per node that blurs dense-vs-pruned size comparisons. Weights in
-    # external data are not loaded, so re-saving keeps their references as they are.
-    model = onnx.load(str(tmp), load_external_data=False)
-    if _strip_node_metadata(model.graph):
-        onnx.save(model, str(tmp))
+    # external data are not loaded, so re-saving keeps their references as they are. Saved always,
+    # for the mark that tells later commands sparsekit wrote the file.
+    model = load_onnx(tmp, load_external_data=False)
+    _strip_node_metadata(model.graph)
+    _mark(model)
+    onnx.save(model, str(tmp))
     try:
         onnx.checker.check_model(str(tmp))  # the path form also handles external data
         onnx.shape_inference.infer_shapes(model)
     except Exception as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
+
+
+def _mark(model: onnx.ModelProto) -> None:
+    """Stamp ``model`` as written by sparsekit (see :func:`written_by_sparsekit`); a few bytes."""
+    from sparsekit import __version__  # lazily: the package imports this module
+
+    for prop in model.metadata_props:
+        if prop.key == MARK_KEY:
+            prop.value = __version__
+            return
+    model.metadata_props.add(key=MARK_KEY, value=__version__)
 
 
 def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
@@ -336,6 +396,7 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
     with torch.no_grad():
         out = model(x)
     expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+    check_external_data(tmp)  # onnxruntime follows external-data locations unchecked
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     result: dict[str, Any] = {"max_abs_diff": None, "ok": False, "rtol": rtol, "atol": atol}
@@ -375,16 +436,120 @@ def _match(
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
+    """Every tensor stored in ``graph``: see :func:`_named_tensors`."""
+    for _, tensor in _named_tensors(graph):
+        yield tensor
+
+
+def _model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """:func:`_named_tensors` of the main graph and of the model's local functions."""
+    yield from _named_tensors(model.graph)
+    for function in model.functions:  # onnx loads external data for their attributes too
+        yield from _named_tensors(function)
+
+
+def _named_tensors(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """``(name to report, tensor)`` for every tensor stored in ``graph``: initializers, values and
+    indices of sparse initializers, tensors in node attributes (Constant values among them) and
+    the same in every subgraph."""
+    for tensor in getattr(graph, "initializer", ()):  # a FunctionProto has no initializers
+        yield tensor.name, tensor
+    for sparse in getattr(graph, "sparse_initializer", ()):
+        yield from _sparse_parts(sparse, "sparse initializer")
     for node in graph.node:
         for attr in node.attribute:
+            where = f"attribute {attr.name!r} of node {node.name or node.op_type!r}"
             if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
+                yield attr.t.name or where, attr.t
+            for tensor in attr.tensors:
+                yield tensor.name or where, tensor
+            if attr.HasField("sparse_tensor"):
+                yield from _sparse_parts(attr.sparse_tensor, where)
+            for sparse in attr.sparse_tensors:
+                yield from _sparse_parts(sparse, where)
             if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
+                yield from _named_tensors(attr.g)
             for sub in attr.graphs:
-                yield from _all_tensors(sub)
+                yield from _named_tensors(sub)
+
+
+def _sparse_parts(sparse: onnx.SparseTensorProto, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:
+    name = sparse.values.name or where
+    yield name, sparse.values
+    yield sparse.indices.name or f"{name} (indices)", sparse.indices
+
+
+def _locations(tensor: onnx.TensorProto) -> list[str]:
+    """The external-data locations of ``tensor``: none when its data is inline. A missing
+    location entry is returned as ``""`` (and refused), not silently skipped."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return []
+    return [e.value for e in tensor.external_data if e.key == "location"] or [""]
+
+
+def _check_locations(path: Path, model: onnx.ModelProto) -> dict[str, str]:
+    """Raise :class:`ExportError` for the first tensor of ``model`` (read from ``path``) whose
+    external data is not a file inside the model's folder; else return each location's real path.
+    Touches no data file's contents."""
+    folder = path.parent
+    real_folder = os.path.realpath(folder)
+    targets: dict[str, str] = {}  # location -> real path; most tensors share one file
+    for name, tensor in _model_tensors(model):
+        for location in _locations(tensor):
+            if location in targets:
+                continue
+            why = _location_problem(folder, real_folder, location)
+            if why is not None:
+                raise ExportError(
+                    f"{path}: tensor {name!r} stores its data at {location!r}, {why}; external data must be "
+                    f"a file beside the model (re-save it with onnx.save(..., location='{path.name}.data'))"
+                )
+            targets[location] = os.path.realpath(folder / location)
+    return targets
+
+
+def _load_external_data(path: Path, model: onnx.ModelProto, targets: dict[str, str]) -> None:
+    """Read every external tensor of ``model`` from the files :func:`_check_locations` approved.
+
+    Done tensor by tensor over :func:`_model_tensors` rather than with onnx's
+    ``load_external_data_for_model``, which skips sparse initializers (``numpy_helper.to_array``
+    would later read those relative to the current directory) and refuses a symlinked data file
+    even when it stays inside the folder.
+    """
+    real_folder = os.path.realpath(path.parent)
+    for name, tensor in _model_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location":  # the checked real file: no symlink, no '..' left to follow
+                entry.value = os.path.relpath(targets[entry.value], real_folder)
+        try:
+            load_external_data_for_tensor(tensor, real_folder)
+        except Exception as e:  # a missing or truncated data file, mostly
+            msg = f"{path}: cannot read the external data of tensor {name!r} ({type(e).__name__}: {e})"
+            raise ExportError(msg) from e
+
+
+def _location_problem(folder: Path, real_folder: str, location: str) -> str | None:
+    """Why ``location`` may not be read as external data of a model in ``folder``; None if it may."""
+    if not location:
+        return "which names no file"
+    if "\x00" in location:
+        return "which is not a valid file name"
+    # Both separators and drive letters: a file written on Windows must not escape either.
+    if location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
+        return "outside the model's folder (an absolute path)"
+    if ".." in re.split(r"[\\/]", location):
+        # Refused even when it would land inside: '..' has no business in a file beside the model.
+        return "outside the model's folder ('..' is not allowed)"
+    target = os.path.realpath(folder / location)  # symlinks followed, as the reader would
+    if os.path.commonpath([real_folder, target]) != real_folder:
+        return "outside the model's folder (it resolves to another place)"
+    if os.path.isdir(target):  # the folder itself ('.') included
+        return "which is a directory, not a file"
+    if os.path.exists(target) and not os.path.isfile(target):
+        return "which is not a regular file"  # a FIFO or device would hang or never end
+    return None  # a missing file is reported by whoever needs its bytes
 
 
 def _gzip_size(files: Sequence[Path]) -> int:

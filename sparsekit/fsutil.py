@@ -1,39 +1,104 @@
-"""Small file helpers: atomic writes and ``pkg.module:callable`` imports."""
+"""Small file helpers: atomic writes that turn disk errors into clear messages."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import errno
 import os
-import sys
+import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from .errors import SparsekitError
+from .errors import OutputError
+
+# errno -> what the user is told; each is a fact about their disk, not a sparsekit bug (exit 2).
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large for this file system",
+}
+# Some writers (torch's C++ zip writer, onnx's protobuf I/O) drop the errno; below this much free
+# space a failed write is taken to be a full disk.
+_NEARLY_FULL_BYTES = 4 << 20
+
+
+def _disk_errno(err: BaseException) -> int | None:
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            return e.errno
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for p in (folder, *folder.parents):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(p).free
+    return None
+
+
+def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError | None:
+    """An :class:`OutputError` naming ``path`` when ``err`` (or its cause) is a disk problem, else None."""
+    path = Path(path)
+    code = _disk_errno(err)
+    if code is None:
+        free = _free_bytes(path.parent)
+        if free is None or free >= _NEARLY_FULL_BYTES:
+            return None
+        code = errno.ENOSPC
+    hint = {
+        errno.ENOSPC: "free some space or choose an output on another disk",
+        errno.EDQUOT: "free some space or choose an output on another disk",
+        errno.EFBIG: "choose an output on a file system that takes large files",
+    }.get(code, "choose an output folder you can write to")
+    return OutputError(f"{path}: cannot write it: {DISK_ERRORS[code]}; {hint}")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a disk error raised while writing ``path`` (full, no permission, read-only) into an
+    :class:`OutputError` naming it; any other error passes through unchanged."""
+    try:
+        yield
+    except (KeyboardInterrupt, OutputError):
+        raise
+    except Exception as err:
+        mapped = disk_error(err, path)
+        if mapped is None:
+            raise
+        raise mapped from err
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path in the same folder; on success it is renamed to ``path``, on error removed.
 
-    A finished file is therefore either the old one or the complete new one, never half-written."""
+    A finished file is therefore either the old one or the complete new one, never half-written.
+    Raises :class:`OutputError` naming ``path`` when the disk is full, read-only or not writable."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        if os.path.exists(tmp):
-            # mkstemp creates 0600; a finished output gets the mode any normally created file would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            if os.path.exists(tmp):
+                # mkstemp creates 0600; a finished output gets the mode any normally created file would.
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -41,27 +106,21 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def resolve_callable(spec: str, where: str, error: type[SparsekitError]) -> Callable[..., Any]:
-    """Import ``pkg.module:callable`` (the current directory is on the import path, like ``python -m``)."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise error(f"{where}: {spec!r} is not of the form pkg.module:callable (e.g. examples.models:small_cnn)")
-    module_name, attr_path = spec.split(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    importlib.invalidate_caches()
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then raise it (main thread only; elsewhere a no-op)."""
+    got: list[int] = []
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):  # ignored (a background job): keep it so
+        yield
+        return
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise error(
-            f"{where}: cannot import module {module_name!r} ({exc}); run from the folder that "
-            "contains it or install its package"
-        ) from exc
-    except Exception as exc:  # the user's module raised while importing
-        raise error(f"{where}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise error(f"{where}: module {module_name!r} has no {attr_path!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise error(f"{where}: {spec!r} is a {type(obj).__name__}, not a callable")
-    return obj
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread: signals cannot be handled here anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt

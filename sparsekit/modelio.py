@@ -9,6 +9,7 @@ and ``.pt2`` archives can run code when loaded and are refused unless the user t
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError
-from .fsutil import atomic_path, resolve_callable
+from .fsutil import atomic_path
+from .trust import call_user_code, load_callable
 
 FORMAT = "sparsekit/1"
 
@@ -103,6 +105,29 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
     return obj, "state_dict"
 
 
+# The most values one input sample may have (a 16k x 16k RGB image): a file asking for more is damaged
+# or hostile, and allocating it for a test forward pass would exhaust memory.
+MAX_INPUT_VALUES = 2**28
+
+
+def _checked_shape(shape: Any, path: Path) -> list[int] | None:
+    """A checkpoint's ``input_shape``: None, or a list of positive ints of sane total size."""
+    if shape is None:
+        return None
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ModelFileError(f"{path}: its 'input_shape' {shape!r} is not a list of positive integers; damaged")
+    values = 1
+    for d in shape[1:]:
+        values *= d
+    if values > MAX_INPUT_VALUES:
+        raise ModelFileError(f"{path}: its 'input_shape' {shape} asks for {values:,} values per sample; damaged")
+    return shape
+
+
 def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -116,16 +141,28 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def build_model(factory: str, kwargs: dict[str, Any] | None = None, where: str = "--arch") -> nn.Module:
-    fn = resolve_callable(factory, where, ModelFileError)
-    try:
-        model = fn(**(kwargs or {}))
-    except Exception as err:  # noqa: BLE001 - the user's factory failed: bad --arch/kwargs, not our bug
-        raise ModelFileError(
-            f"{where}: calling {factory} with kwargs {kwargs or {}} failed: {type(err).__name__}: {err}"
-        ) from None
+def build_model(
+    factory: str,
+    kwargs: dict[str, Any] | None = None,
+    where: str = "--arch",
+    *,
+    named_in: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
+) -> nn.Module:
+    """Call the architecture ``factory`` (``pkg.module:callable``) with ``kwargs`` and check it
+    returns an ``nn.Module``.
+
+    ``named_in`` is the file that named the factory (a checkpoint or recipe; ``where`` is then its
+    field); ``None`` means the user named it directly. See :mod:`sparsekit.trust` for what runs.
+    Raises :class:`~sparsekit.errors.TrustError` when a file-named factory is not confirmed or is
+    never run, :class:`ModelFileError` when it cannot be imported, fails or returns something else.
+    """
+    fn = load_callable(factory, kind="model", named_in=named_in, field=where, trust_code=trust_code,
+                       error=ModelFileError)  # fmt: skip
+    label = f"{named_in}: {where} {factory}" if named_in is not None else f"{where} {factory}"
+    model = call_user_code(fn, f"{label} with kwargs {kwargs or {}}", ModelFileError, **(kwargs or {}))
     if not isinstance(model, nn.Module):
-        raise ModelFileError(f"{where}: {factory} returned a {type(model).__name__}, not an nn.Module")
+        raise ModelFileError(f"{label}: returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -154,13 +191,19 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
     model.load_state_dict(state)
 
 
-def load_model(path: str | Path, arch: str | None = None, *, trust: bool = False) -> nn.Module:
+def load_model(
+    path: str | Path, arch: str | None = None, *, trust: bool = False, trust_code: bool = False
+) -> nn.Module:
     """Load any accepted model file (see the module docstring) and return the model in eval mode.
 
-    >>> model = sparsekit.load_model("sparsekit-out/model.pt")
-    >>> model = sparsekit.load_model("weights.safetensors", arch="examples.models:lenet_300_100")
+    ``arch`` names the architecture (``pkg.module:callable``) yourself. Without it, a checkpoint's
+    own ``factory`` is imported only with ``trust_code=True`` or when its module is trusted (see
+    :mod:`sparsekit.trust`). ``trust=True`` allows unpickling a whole module (runs code).
+
+    >>> model = sparsekit.load_model("sparsekit-out/model.pt", arch="examples.models:lenet_300_100")
+    >>> model = sparsekit.load_model("sparsekit-out/model.pt", trust_code=True)   # the file's factory
     """
-    return read_model(path, arch, trust=trust).model
+    return read_model(path, arch, trust=trust, trust_code=trust_code).model
 
 
 def read_model(
@@ -170,12 +213,19 @@ def read_model(
     kwargs: dict[str, Any] | None = None,
     input_shape: list[int] | None = None,
     trust: bool = False,
+    trust_code: bool = False,
     fallback_factory: str | None = None,
     fallback_kwargs: dict[str, Any] | None = None,
+    fallback_named_in: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Like :func:`load_model` but also returns factory, kwargs, input shape and pruning history.
     ``arch`` overrides a checkpoint's factory; ``fallback_factory``/``fallback_kwargs`` (the recipe's
-    ``model`` section) apply only when neither ``arch`` nor the file names an architecture."""
+    ``model`` section, read from ``fallback_named_in``) apply only when neither ``arch`` nor the file
+    names an architecture. A factory named by the file or the recipe runs only when confirmed
+    (``trust_code`` or a trusted module); ``arch`` is the caller's own choice.
+
+    Raises :class:`ModelFileError` for an unreadable, unsafe or mismatched file and
+    :class:`~sparsekit.errors.TrustError` for unconfirmed code."""
     path = Path(path)
     obj, kind = _read(path, trust)
     if kind == "trusted-module":
@@ -183,25 +233,41 @@ def read_model(
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
         return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
     history: list = []
+    # Who named the architecture: the caller (arch), the file itself, or the recipe.
+    named_in: str | os.PathLike[str] | None = None
+    where = "--arch"
     if kind == "checkpoint":
-        factory = arch or obj.get("factory") or fallback_factory
+        own = obj.get("factory")
+        if own is not None and not isinstance(own, str):
+            raise ModelFileError(f"{path}: its 'factory' is a {type(own).__name__}, not 'pkg.module:callable'")
+        factory = arch or own or fallback_factory
+        if not arch and own:
+            named_in, where = path, "factory"
         if kwargs is None:
-            kwargs = (obj.get("kwargs") if obj.get("factory") else fallback_kwargs) or {}
-        input_shape = input_shape or obj.get("input_shape")
-        history = list(obj.get("pruning_history") or [])
+            kwargs = (obj.get("kwargs") if own else fallback_kwargs) or {}
+        input_shape = input_shape or _checked_shape(obj.get("input_shape"), path)
+        history = obj.get("pruning_history") or []
+        if not isinstance(history, list):
+            raise ModelFileError(f"{path}: its 'pruning_history' is a {type(history).__name__}, not a list; damaged")
         state = obj.get("state_dict")
         if not isinstance(state, dict):
             raise ModelFileError(f"{path}: a sparsekit checkpoint without a state_dict; the file is damaged")
+        if not isinstance(kwargs, dict):
+            raise ModelFileError(
+                f"{path}: its 'kwargs' is a {type(kwargs).__name__}, not a mapping; the file is damaged"
+            )
     else:
         factory = arch or fallback_factory
         state = _state_dict_of(obj, path)
         kwargs = kwargs if kwargs is not None else (fallback_kwargs or {})
+    if factory and not arch and named_in is None:
+        named_in, where = fallback_named_in or "the recipe", "model.factory"
     if not factory:
         raise ModelFileError(
             f"{path}: is a plain state_dict with no architecture; pass --arch pkg.module:callable "
             "(e.g. --arch examples.models:lenet_300_100) or set model.factory in the recipe"
         )
-    model = build_model(factory, kwargs)
+    model = build_model(factory, kwargs, where, named_in=named_in, trust_code=trust_code)
     if history:
         if not input_shape:
             raise ModelFileError(f"{path}: a structurally pruned checkpoint needs its input_shape to rebuild")
@@ -248,8 +314,10 @@ def save_model(
         "extra": dict(extra or {}),
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # Through a Python file object: a full disk then raises OSError(ENOSPC), which atomic_path turns into
+    # a clear error naming the path (torch's own writer reports only 'unexpected pos').
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(checkpoint, fh)
     return path
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from sparsekit.export import load_onnx
+
 
 def _static_batch_one(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -46,8 +48,12 @@ def _weights(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 
 def onnx_macs(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"macs", "effective_macs", "layers": [{"node", "op", "macs", "effective_macs"}]}`` at batch 1."""
-    model = onnx.load(os.fspath(path))
+    """``{"macs", "effective_macs", "layers": [{"node", "op", "macs", "effective_macs"}]}`` at batch 1.
+
+    Raises :class:`~sparsekit.errors.ExportError` when ``path`` is not an ONNX model or keeps external
+    data outside its folder.
+    """
+    model = load_onnx(path)
     try:
         inferred = shape_inference.infer_shapes(_static_batch_one(model))
     except Exception:  # noqa: BLE001 - shapes are a nicety here; fall back to what the file declares
@@ -89,8 +95,11 @@ def onnx_macs(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def param_counts(path: str | os.PathLike[str]) -> dict[str, int]:
     """Parameters and nonzeros of an ONNX file, quantized weights included: float initializers plus
-    the integer tensors a ``DequantizeLinear`` turns into weights (not its scales and zero points)."""
-    graph = onnx.load(os.fspath(path)).graph
+    the integer tensors a ``DequantizeLinear`` turns into weights (not its scales and zero points).
+
+    Raises :class:`~sparsekit.errors.ExportError` like :func:`onnx_macs`.
+    """
+    graph = load_onnx(path).graph
     quant_inputs = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     aux = {name for n in graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear") for name in n.input[1:]}
     params = nonzero = 0

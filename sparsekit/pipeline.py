@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import logging
 import platform
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,46 +23,24 @@ from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune
 
 log = logging.getLogger("sparsekit")
-OUTPUTS = (
-    "model.pt",
-    "model.onnx",
-    "dense.onnx",
-    "model.int8.onnx",
-    "model.sparse.onnx",
-    "report.json",
-    "report.md",
-    "layer_sparsity.png",
-    "finetune.png",
-    "latency.png",
-    "checkpoints",
-)
 
 
-def prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SparsekitError(f"{out}: exists and is not a folder; choose another -o DIR")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise SparsekitError(
-            f"{out}: output folder exists and is not empty; pass --overwrite to replace its results, "
-            "--resume to continue an interrupted run, or choose another -o DIR"
-        )
-    if overwrite and out.exists():
-        # Only what sparsekit itself writes is removed: never a user's other files.
-        for name in OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def resolve_model(model_path: str | Path, recipe: Recipe, arch: str | None, trust: bool) -> LoadedModel:
-    """Load MODEL: ``--arch`` beats the checkpoint's own factory, which beats the recipe's ``model``."""
+def resolve_model(
+    model_path: str | Path, recipe: Recipe, arch: str | None, trust: bool, trust_code: bool = False
+) -> LoadedModel:
+    """Load MODEL: ``--arch`` beats the checkpoint's own factory, which beats the recipe's ``model``.
+    A factory named by the checkpoint or the recipe runs only when confirmed (see :mod:`sparsekit.trust`)."""
     spec = recipe.model
     kwargs = spec.kwargs if arch and spec.factory in (None, arch) and spec.kwargs else None
     loaded = read_model(
-        model_path, arch, kwargs=kwargs, trust=trust, fallback_factory=spec.factory, fallback_kwargs=spec.kwargs
+        model_path,
+        arch,
+        kwargs=kwargs,
+        trust=trust,
+        trust_code=trust_code,
+        fallback_factory=spec.factory,
+        fallback_kwargs=spec.kwargs,
+        fallback_named_in=recipe.source or "the recipe",
     )
     if spec.input_shape and loaded.input_shape and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]:
         raise DataError(
@@ -119,21 +96,30 @@ def run_prune(
     arch: str | None = None,
     data: str | None = None,
     trust: bool = False,
+    trust_code: bool = False,
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole recipe on the model file and write DIR; returns report.json's content.
-    ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr)."""
-    out = Path(out)
-    from .export import check_zeros, export_onnx
 
+    ``arch`` and ``data`` are the caller's own choices; a model factory or data callable named by the
+    model file or the recipe runs only with ``trust_code=True`` or a trusted module. ``trust`` allows
+    unpickling a whole-module MODEL. Every output is built in ``DIR/.sparsekit/next`` and moved into
+    DIR at the end, replacing only files an earlier sparsekit run wrote there (see
+    :mod:`sparsekit.outputs`). ``notify`` receives one-line messages meant for the user (the CLI
+    prints them on stderr). Raises :class:`~sparsekit.errors.SparsekitError` subclasses for bad input."""
+    out = Path(out)
+    from .outputs import RunFolder
+
+    source = data or recipe.data.source
+    data_file = source if source.endswith(".npz") else None
+    folder = RunFolder.prepare(out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume)
     torch.manual_seed(recipe.seed)
-    loaded = resolve_model(model_path, recipe, arch, trust)
+    loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
     model, shape = loaded.model, loaded.input_shape
     factory = loaded.factory or arch or recipe.model.factory
-    source = data or recipe.data.source
     classes = check_input(model, shape, str(model_path))
     bundle = load_data(
         source,
@@ -143,6 +129,8 @@ def run_prune(
         input_shape=shape,
         synthetic_samples=recipe.data.synthetic_samples,
         num_classes=classes,
+        named_in=None if data else (recipe.source or "the recipe"),
+        trust_code=trust_code,
     )
     if not factory:
         raise ModelFileError(
@@ -160,7 +148,47 @@ def run_prune(
     # Dry run on a copy: every recipe/model mismatch (patterns, overlaps, groups, ...) fails here,
     # before the output folder is touched.
     Pruner(copy.deepcopy(model), recipe, steps_per_epoch=spe, context={"input_shape": shape})
-    prepare_output(out, overwrite, resume)  # after inputs are known good: a typo never touches the folder
+    stage = folder.begin()  # after inputs are known good: a typo never touches the folder
+    report = _run_stages(
+        model,
+        loaded,
+        recipe,
+        stage,
+        out,
+        str(model_path),
+        shape,
+        factory,
+        source,
+        bundle,
+        spe,
+        resume,
+        progress,
+        notify,
+    )
+    folder.publish()
+    return report
+
+
+def _run_stages(
+    model: nn.Module,
+    loaded: LoadedModel,
+    recipe: Recipe,
+    out: Path,
+    final_out: Path,
+    model_path: str,
+    shape: list[int],
+    factory: str,
+    source: str,
+    bundle: Any,
+    spe: int,
+    resume: bool,
+    progress: bool,
+    notify: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Everything after the inputs are checked, written into the staging folder ``out``; paths in the
+    report name the files where they will be once published (``final_out``)."""
+    from .export import check_zeros, export_onnx
+
     expectation = what_it_buys(recipe)
     if notify:
         notify(expectation)
@@ -205,7 +233,7 @@ def run_prune(
 
     report: dict[str, Any] = {
         "schema": 1,
-        "model": {"path": str(model_path), "factory": factory, "kwargs": loaded.kwargs, "input_shape": shape},
+        "model": {"path": model_path, "factory": factory, "kwargs": loaded.kwargs, "input_shape": shape},
         "data": {"source": source, "train_batches": len(bundle.train), "val_batches": len(bundle.val)},
         "dense": {**dense_metrics, **dense_stats, **_sizes(out / "dense.onnx", 32)},
         "pruned": {**pruned_metrics, **pruned_stats, **_sizes(out / "model.onnx", 32)},
@@ -224,6 +252,9 @@ def run_prune(
         "expectation": expectation,
         "notes": [],
     }
+    for key, name in (("int8", "model.int8.onnx"), ("sparse_storage", "model.sparse.onnx")):
+        if report.get(key):
+            report[key]["path"] = str(final_out / name)
     if recipe.benchmark.enabled:
         _benchmark_into(report, out, recipe, shape, progress)
     report["notes"] = _notes(report)

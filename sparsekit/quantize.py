@@ -35,13 +35,16 @@ from onnx import numpy_helper
 from sparsekit.errors import ExportError
 from sparsekit.export import (
     EXTERNAL_DATA_BYTES,
-    _all_tensors,
+    _locations,
+    _mark,
+    _model_tensors,
     _quiet,
+    check_external_data,
     entropy_bound_bytes,
     load_onnx,
     size_report,
 )
-from sparsekit.fsutil import atomic_path
+from sparsekit.fsutil import atomic_path, writing
 
 __all__ = ["entropy_bound_bytes", "onnx_accuracy", "quantize_int8", "quantized_zeros", "top1_agreement"]
 
@@ -61,7 +64,8 @@ def quantize_int8(
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Quantize the fp32 ONNX model ``onnx_path`` to int8 and write it to ``out_path`` atomically.
+    """Quantize the fp32 ONNX model ``onnx_path`` to int8 and write it to ``out_path`` atomically,
+    with the ``sparsekit`` metadata mark (see :func:`sparsekit.export.written_by_sparsekit`).
 
     ``calibration``: batches of model input, each a numpy array or torch tensor, an ``(x, y)``
     pair (so a ``DataLoader`` works as is; ``y`` is ignored) or a dict of input name to array. At
@@ -72,8 +76,9 @@ def quantize_int8(
     "fp32_bytes", "fp32_gzip_bytes", "nonzero_params", "bytes_per_nonzero",
     "gzip_bytes_per_nonzero", "calibration_batches", "preprocess", "zeros"}`` (+ ``"eval"``), where
     ``zeros`` is :func:`quantized_zeros` of the model that was quantized against the int8 result.
-    Raises :class:`ExportError` when the input is not an ONNX model, the calibration data does not
-    fit it, or onnxruntime fails; nothing is written at ``out_path`` then.
+    Raises :class:`ExportError` when the input is not an ONNX model, keeps external data outside
+    its folder (checked before anything reads it), the calibration data does not fit it, or
+    onnxruntime fails; nothing is written at ``out_path`` then.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -122,6 +127,7 @@ def quantize_int8(
         except Exception as e:
             msg = f"{src}: onnxruntime {mode} int8 quantization failed: {type(e).__name__}: {e}"
             raise ExportError(msg) from e
+        _mark_file(tmp)  # before the checks, so they run on the very bytes that get published
         _check_runs(tmp)
         zeros = quantized_zeros(pre, tmp)
         result: dict[str, Any] = {"mode": mode, "per_channel": per_channel}
@@ -235,12 +241,13 @@ def top1_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_size
 @contextlib.contextmanager
 def _staging(final: Path) -> Iterator[Path]:
     """A private folder beside ``final`` (same filesystem) for intermediate files; always removed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with writing(final):  # a full, read-only or unwritable disk is an OutputError naming the file
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _publish(work: Path, tmp: Path, final: Path) -> None:
@@ -249,7 +256,7 @@ def _publish(work: Path, tmp: Path, final: Path) -> None:
     Data files first, so the graph at ``final`` never points at nothing; the graph itself goes
     through :func:`atomic_path`, so ``final`` is either the old file or the complete new one.
     """
-    model = onnx.load(str(tmp), load_external_data=False)
+    model = load_onnx(tmp, load_external_data=False)  # refuses locations outside ``work``
     for location in sorted(_external_locations(model)):
         os.replace(work / location, final.parent / location)
     with atomic_path(final) as dest:
@@ -257,13 +264,17 @@ def _publish(work: Path, tmp: Path, final: Path) -> None:
 
 
 def _external_locations(model: onnx.ModelProto) -> set[str]:
-    return {
-        e.value
-        for t in _all_tensors(model.graph)
-        if t.data_location == onnx.TensorProto.EXTERNAL
-        for e in t.external_data
-        if e.key == "location"
-    }
+    return {location for _, t in _model_tensors(model) for location in _locations(t)}
+
+
+def _mark_file(path: Path) -> None:
+    """Stamp the ONNX file at ``path`` as written by sparsekit, keeping its external-data references."""
+    model = load_onnx(path, load_external_data=False)
+    _mark(model)
+    try:
+        onnx.save(model, str(path))
+    except Exception as e:  # disk full, permission denied, ...
+        raise ExportError(f"{path.name}: cannot write the int8 model: {e}") from e
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -362,6 +373,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 def _check_runs(path: Path) -> None:
     import onnxruntime as ort
 
+    check_external_data(path)  # onnxruntime follows external-data locations unchecked
     try:
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:
@@ -453,7 +465,7 @@ def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     import onnxruntime as ort
 
     p = Path(path)
-    load_onnx(p, load_external_data=False)
+    check_external_data(p)  # a clear error naming the file, before onnxruntime reads external data
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
     x = _to_numpy(x)

@@ -8,64 +8,173 @@ A recipe is YAML with ``version: 1``. Every validation error is reported with it
 
 from __future__ import annotations
 
-import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError
+from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml, short
 
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 
+# Numeric bounds. Each is far beyond any value a user could mean, and small enough that the code
+# using the value cannot overflow, allocate absurd memory or loop for days.
+FOREVER_EPOCHS = 1e9  # "no end": the l1 default schedule, and the cap of every schedule epoch
+MAX_EPOCHS = 100_000  # finetune.epochs, lr_schedule.step_size
+MAX_BATCH = 2**20  # data.batch_size and benchmark.batch_sizes entries
+MAX_SAMPLES = 10**7  # data.synthetic_samples: 10M generated samples is already GBs for a small input
+MAX_STEPS = 10**9  # finetune.max_steps_per_epoch (a cap, so only sanity matters)
+MAX_CALIBRATION = 100_000  # calibration batches scored before pruning
+# Learning rates in practice are <= ~10 even for large-batch SGD; a step of 100 x gradient diverges with
+# any optimizer here, and 1e300 overflows the weights to inf on the first step.
+MAX_LR = 100.0
+MAX_WEIGHT_DECAY = 10.0  # in use: <= 1 (AdamW); SGD/AdamW scale weights by (1 - lr * wd) each step
+MAX_STRENGTH = 100.0  # l1.strength: useful values are ~1e-6..1e-2, so 100 is far past useful
+MAX_MAGNITUDE = 1e6  # l1.threshold, max_norm.max_value: compared with |w| / row norms; float32-safe
+MAX_STRUCTURED_STEPS = 1_000  # each step traces the model; validate costs epochs x steps
+MAX_CHANNELS = 2**24  # structured.min_channels, model.input_shape dims
+MAX_INPUT_VALUES = 2**28  # product of model.input_shape: 1 GiB of float32 for a single input
+MAX_INPUT_DIMS = 8  # Conv3d takes 5-D input; more dims cannot be meant
+MAX_THREADS = 1024
+MAX_RUNS = 100_000  # benchmark warmup/runs: 100k inferences already take minutes on a tiny model
+MAX_SEED = 2**63 - 1  # torch.manual_seed overflows past 2**64; numpy's and an int64 stop at 2**63 - 1
+MAX_JSON_INT = 2**63 - 1  # model.kwargs ints: what a checkpoint's JSON metadata and torch can hold
+
+
+def _number(value: Any) -> Any:
+    # pydantic's lax mode reads `true` as 1; a boolean in a numeric field is always a mistake.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
+    # An int too large for a float would otherwise give pydantic's vague "valid number" error.
+    if isinstance(value, int) and abs(value) > 1e308:
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_number)]
+Float = Annotated[float, BeforeValidator(_number)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: .nan/.inf in any float (or int) field is an error naming the field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
     factory: str | None = Field(None, description="pkg.module:callable that builds the model")
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    input_shape: list[Annotated[int, Field(gt=0)]] | None = None
+    input_shape: list[Annotated[Int, Field(gt=0, le=MAX_CHANNELS)]] | None = Field(None, max_length=MAX_INPUT_DIMS)
+
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def _json_like(cls, value: Any) -> Any:
+        # kwargs go to the user's model factory and into checkpoint JSON: plain, finite data only.
+        if isinstance(value, dict):
+            problem = _json_problem(value, "", 0, set())
+            if problem:
+                subpath, msg = problem
+                raise PydanticCustomError("kwargs_value", "{problem}", {"subpath": subpath, "problem": msg})
+        return value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _not_too_big(cls, value: list[int] | None) -> list[int] | None:
+        if value and math.prod(value) > MAX_INPUT_VALUES:
+            raise ValueError(
+                f"{value} has {math.prod(value):,} values per input, more than {MAX_INPUT_VALUES:,} (2**28); "
+                "check the dimensions ([batch, channels, height, width] or [batch, features])"
+            )
+        return value
+
+
+def _json_problem(value: Any, path: str, depth: int, active: set[int]) -> tuple[str, str] | None:
+    """(sub-path, problem) for the first value in ``value`` that is not finite JSON-like data."""
+    if depth > MAX_DEPTH:
+        return path, f"nested deeper than {MAX_DEPTH} levels"
+    if value is None or isinstance(value, bool | str):
+        return None
+    if isinstance(value, int):
+        return (
+            None
+            if abs(value) <= MAX_JSON_INT
+            else (path, f"a {value.bit_length()}-bit integer does not fit in 64 bits")
+        )
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, "must be a finite number")
+    if isinstance(value, dict | list):
+        if id(value) in active:
+            return path, "refers to itself (a recursive YAML alias)"
+        active.add(id(value))
+        try:
+            if isinstance(value, list):
+                items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+            else:
+                for k in value:
+                    if not isinstance(k, str):
+                        return path, f"key {k!r} is not a string"
+                items = ((f"{path}.{k}", v) for k, v in value.items())
+            for sub, v in items:
+                problem = _json_problem(v, sub, depth + 1, active)
+                if problem:
+                    return problem
+        finally:
+            active.discard(id(value))
+        return None
+    return path, f"{describe(value)} is not allowed; use numbers, strings, true/false, null, lists and mappings"
 
 
 class DataSpec(_Strict):
     source: str = "digits"
-    batch_size: int = Field(64, gt=0)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    synthetic_samples: int = Field(512, gt=0)
+    batch_size: Int = Field(64, gt=0, le=MAX_BATCH)
+    val_fraction: Float = Field(0.2, gt=0, lt=1)
+    synthetic_samples: Int = Field(512, gt=0, le=MAX_SAMPLES)
 
 
 class OptimizerSpec(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: Float = Field(0.01, gt=0, le=MAX_LR)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY)
 
 
 class LRScheduleSpec(_Strict):
     name: Literal["constant", "cosine", "step"] = "constant"
-    step_size: int = Field(1, gt=0, description="epochs between decays (step)")
-    gamma: float = Field(0.1, gt=0, le=1)
+    step_size: Int = Field(1, gt=0, le=MAX_EPOCHS, description="epochs between decays (step)")
+    gamma: Float = Field(0.1, gt=0, le=1)
 
 
 class FinetuneSpec(_Strict):
-    epochs: int = Field(0, ge=0)
+    epochs: Int = Field(0, ge=0, le=MAX_EPOCHS)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
     loss: Literal["cross_entropy"] = "cross_entropy"
-    max_steps_per_epoch: int | None = Field(None, gt=0, description="cap on batches per epoch (quick runs)")
+    max_steps_per_epoch: Int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="cap on batches per epoch (quick runs)"
+    )
 
 
 class ScheduleSpec(_Strict):
     """Zhu & Gupta gradual pruning: sparsity rises from ``init_sparsity`` at ``start_epoch`` to the
     method's target at ``end_epoch`` along a cubic curve, updated every ``every`` epochs."""
 
-    start_epoch: float = Field(0, ge=0)
-    end_epoch: float = Field(0, ge=0)
-    every: float = Field(1, gt=0)
-    init_sparsity: float = Field(0.0, ge=0, lt=1)
+    start_epoch: Float = Field(0, ge=0, le=FOREVER_EPOCHS)
+    end_epoch: Float = Field(0, ge=0, le=FOREVER_EPOCHS)
+    # Schedule.from_spec rounds `every` to >= 1 optimizer step, so a tiny value cannot make billions
+    # of updates; the floor only catches typos such as 1e-9 for 1e9.
+    every: Float = Field(1, ge=1e-6, le=FOREVER_EPOCHS)
+    init_sparsity: Float = Field(0.0, ge=0, lt=1)
     curve: Literal["cubic", "linear"] = "cubic"
 
     @model_validator(mode="after")
@@ -103,7 +212,7 @@ class _MethodBase(_Strict):
 
 class MagnitudeSpec(_MethodBase):
     method: Literal["magnitude"]
-    sparsity: float = Field(ge=0, lt=1)
+    sparsity: Float = Field(ge=0, lt=1)
     scope: Literal["global", "layer"] = "global"
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
 
@@ -111,37 +220,42 @@ class MagnitudeSpec(_MethodBase):
 class GradientSpec(_MethodBase):
     method: Literal["gradient"]
     criterion: Literal["taylor", "movement"] = "taylor"
-    sparsity: float = Field(ge=0, lt=1)
+    sparsity: Float = Field(ge=0, lt=1)
     scope: Literal["global", "layer"] = "global"
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    calibration_batches: int = Field(8, gt=0, description="batches used to score when not fine-tuning")
+    calibration_batches: Int = Field(
+        8, gt=0, le=MAX_CALIBRATION, description="batches used to score when not fine-tuning"
+    )
 
 
 class L1Spec(_MethodBase):
     method: Literal["l1"]
-    strength: float = Field(gt=0)
+    strength: Float = Field(gt=0, le=MAX_STRENGTH)
     mode: Literal["penalty", "proximal"] = "penalty"
     group: Literal["none", "row", "channel"] = "none"
-    threshold: float = Field(0.0, ge=0)
+    threshold: Float = Field(0.0, ge=0, le=MAX_MAGNITUDE)
     remove_dead: bool = True
-    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(end_epoch=1e9))
+    # Regularize the whole run unless told otherwise: FOREVER_EPOCHS is past any finetune.epochs.
+    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(end_epoch=FOREVER_EPOCHS))
 
 
 class MaxNormSpec(_MethodBase):
     method: Literal["max_norm"]
-    max_value: float = Field(gt=0)
+    max_value: Float = Field(gt=0, le=MAX_MAGNITUDE)
 
 
 class StructuredSpec(_MethodBase):
     method: Literal["structured"]
-    ratio: float = Field(gt=0, lt=1)
+    ratio: Float = Field(gt=0, lt=1)
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l2"
     scope: Literal["layer", "global"] = "layer"
-    steps: int = Field(1, gt=0)
+    steps: Int = Field(1, gt=0, le=MAX_STRUCTURED_STEPS)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     ignore: list[str] | None = Field(None, description="modules whose outputs are kept (default: the head)")
-    min_channels: int = Field(1, gt=0, description="floor: no layer keeps fewer output channels")
-    calibration_batches: int = Field(8, gt=0, description="batches scored for taylor importance when not fine-tuning")
+    min_channels: Int = Field(1, gt=0, le=MAX_CHANNELS, description="floor: no layer keeps fewer output channels")
+    calibration_batches: Int = Field(
+        8, gt=0, le=MAX_CALIBRATION, description="batches scored for taylor importance when not fine-tuning"
+    )
 
 
 MethodSpec = Annotated[
@@ -151,7 +265,7 @@ MethodSpec = Annotated[
 
 class ExportSpec(_Strict):
     onnx: bool = True
-    opset: int = Field(18, ge=13, le=23)
+    opset: Int = Field(18, ge=13, le=23)
     quantize: Literal["none", "int8"] = "none"
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     sparse_storage: bool = False
@@ -159,23 +273,41 @@ class ExportSpec(_Strict):
 
 class BenchmarkSpec(_Strict):
     enabled: bool = True
-    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 32], min_length=1)
-    threads: int = Field(1, gt=0)
-    warmup: int = Field(20, ge=0)
-    runs: int = Field(200, gt=0)
+    batch_sizes: list[Annotated[Int, Field(gt=0, le=MAX_BATCH)]] = Field(
+        default_factory=lambda: [1, 32], min_length=1, max_length=64
+    )
+    threads: Int = Field(1, gt=0, le=MAX_THREADS)
+    warmup: Int = Field(20, ge=0, le=MAX_RUNS)
+    runs: Int = Field(200, gt=0, le=MAX_RUNS)
 
 
 class Recipe(_Strict):
     """A whole recipe. ``Recipe(**mapping)`` validates; prefer :func:`load_recipe` for files."""
 
-    version: Literal[1] = 1
-    seed: int = Field(0, ge=0)
+    version: Annotated[Literal[1], BeforeValidator(_number)] = 1
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     pruning: list[MethodSpec] = Field(default_factory=list)
     export: ExportSpec = Field(default_factory=ExportSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    # The file this recipe was read from (set by load_recipe; None when built in Python). Not a
+    # field: it never appears in the schema, the YAML or model_dump().
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """Path of the YAML file this recipe came from, or None."""
+        return self._source
+
+    def __eq__(self, other: object) -> bool:
+        # Two recipes are equal when their contents are; where one was read from does not matter.
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
 
     @model_validator(mode="after")
     def _within_epochs(self) -> Recipe:
@@ -191,111 +323,73 @@ class Recipe(_Strict):
         return self
 
 
+_METHOD_TAGS = ("magnitude", "gradient", "l1", "max_norm", "structured")
+_BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+MAX_ERRORS_SHOWN = 8
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
+    previous: Any = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("magnitude", "gradient", "l1", "max_norm", "structured", "function-after[_order()]"):
-            continue  # discriminator tags pydantic adds to the location
+        elif part in _METHOD_TAGS and isinstance(previous, int):
+            pass  # the discriminator tag pydantic adds after a pruning[i] index
         elif isinstance(part, str) and part.startswith(("function-", "union[")):
-            continue
+            pass  # validator wrappers pydantic adds to the location
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + short(str(part))
+        previous = part
     return out or "<recipe>"
 
 
+def _message(e: Any) -> str:
+    ctx = e.get("ctx") or {}
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see INTERFACE.md §3 for the schema)"
+    if kind == "union_tag_not_found":
+        return "missing 'method:'; use one of 'magnitude', 'gradient', 'l1', 'max_norm', 'structured'"
+    if kind == "union_tag_invalid":
+        return f"unknown method {short(str(ctx.get('tag')))!r}; use one of {ctx.get('expected_tags')}"
+    if kind == "finite_number":
+        return "must be a finite number (not .nan, .inf or -.inf)"
+    if kind in _BOUND_WORDS:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {_BOUND_WORDS[kind]} {limit} (got {short(repr(e.get('input')), 40)})"
+    if kind == "int_from_float":
+        return "must be a whole number"
+    return short(e["msg"].removeprefix("Value error, "), 300)
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
+    errors = err.errors()
     lines = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see INTERFACE.md §3 for the schema)"
-        elif e["type"] == "union_tag_not_found":
-            msg = "missing 'method:'; use one of 'magnitude', 'gradient', 'l1', 'max_norm', 'structured'"
-        elif e["type"] == "union_tag_invalid":
-            msg = f"unknown method {e['ctx']['tag']!r}; use one of {e['ctx']['expected_tags']}"
-        lines.append(f"{_path(e['loc'])}: {msg}")
+    for e in errors[:MAX_ERRORS_SHOWN]:
+        # kwargs problems carry the path inside model.kwargs (e.g. ".width") in their context.
+        subpath = short(str((e.get("ctx") or {}).get("subpath", "")), 200)
+        lines.append(f"{_path(e['loc'])}{subpath}: {_message(e)}")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
     return f"{source}: " + "; ".join(lines)
 
 
 def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a YAML mapping (got {type(data).__name__})")
+    check_plain_data(data, source)
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source)) from None
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (list items by index: ``pruning.0.sparsity=0.8``)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected key.path=value, e.g. --set finetune.epochs=2")
-        key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
-        node: Any = data
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise RecipeError(f"--set {key}: {where!r} is not an index of a list of {len(node)}")
-                if last:
-                    node[int(part)] = _parse_value(raw)
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = _parse_value(raw)
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                raise RecipeError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a mapping")
-    return data
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"{path}: recipe file not found (see `sparsekit recipes` for shipped ones)")
-    if path.is_dir():
-        raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read the recipe ({err})") from None
-    try:
-        # safe_load only: a recipe never constructs Python objects (!!python/... tags are refused).
-        data = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as err:
-        mark = err.problem_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise RecipeError(f"{path}{where}: YAML tag not allowed ({err.problem}); recipes are plain data") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError(f"{path}:{where}: invalid YAML: {problem}") from None
-    if data is None:
-        raise RecipeError(f"{path}: the recipe is empty; start from one in recipes/")
-    return data
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override (``--set``) and validate a recipe file."""
+    """Read, override (``--set``) and validate a recipe file: a Recipe or a RecipeError, whatever the input."""
     data = read_yaml(path)
     if overrides:
-        if not isinstance(data, dict):
-            raise RecipeError(f"{path}: the recipe must be a YAML mapping")
         data = apply_overrides(data, overrides)
-    return validate_recipe(data, str(path))
+    recipe = validate_recipe(data, str(path))
+    recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
+    return recipe

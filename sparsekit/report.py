@@ -204,9 +204,12 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     return files
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> None:
+def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write report.json, report.md and (with ``plots``) the PNG plots into ``out_dir``, each
+    atomically; returns the paths written."""
     out_dir = Path(out_dir)
     if plots:
         report["plots"] = write_plots(report, out_dir)
     write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_text(out_dir / "report.md", render_markdown(report))
+    return [out_dir / "report.json", out_dir / "report.md", *(out_dir / f for f in report.get("plots", []))]

@@ -29,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from sparsekit.errors import ExportError
-from sparsekit.export import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes
+from sparsekit.export import EXTERNAL_DATA_BYTES, _mark, check_external_data, load_onnx, onnx_sizes
 from sparsekit.quantize import _publish, _staging
 
 __all__ = ["INDEX_DTYPES", "densify", "index_dtype_for", "to_sparse_storage"]
@@ -63,13 +63,15 @@ def to_sparse_storage(
     verify: bool = True,
 ) -> dict[str, Any]:
     """Rewrite ``onnx_path`` to ``out_path`` with each numeric initializer stored sparse (COO,
-    linear indices) when its serialized sparse form is smaller than the dense one.
+    linear indices) when its serialized sparse form is smaller than the dense one. The output
+    carries the ``sparsekit`` metadata mark (see :func:`sparsekit.export.written_by_sparsekit`).
 
     Saves disk, not time: onnxruntime densifies sparse initializers at load, so inference speed
     and memory are unchanged. Every sparse tensor is read back from the written file and must
     decode to the dense one; with ``verify`` (default) both files are also run in onnxruntime on
     the same seeded input and the outputs must be bit-identical. Otherwise :class:`ExportError`
-    and nothing is written. A ``-0.0`` weight is stored as an absent entry (+0.0, equal in value;
+    and nothing is written; the same when ``onnx_path`` is not ONNX or keeps external data outside
+    its folder (checked before anything reads it). A ``-0.0`` weight is stored as an absent entry (+0.0, equal in value;
     counted as ``negative_zeros``).
 
     ``index_dtype``: ``"smallest"`` (int8..int64, read by onnxruntime) or ``"int64"`` (the only
@@ -174,7 +176,7 @@ def _decide(
 
 
 def _check_decoded(path: Path, originals: dict[str, np.ndarray]) -> None:
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = load_onnx(path, load_external_data=False).graph
     stored = {t.values.name: t for t in graph.sparse_initializer}
     for name, want in originals.items():
         got = densify(stored[name]) if name in stored else None
@@ -194,6 +196,7 @@ def _checker_ok(model: onnx.ModelProto) -> bool:
 def _save(model: onnx.ModelProto, path: Path, dense_bytes: int) -> None:
     # Sparse tensors stay inside the protobuf (onnx writes only dense ones to external data), so
     # they must fit in its 2 GB together with the graph.
+    _mark(model)
     try:
         if dense_bytes > EXTERNAL_DATA_BYTES:
             onnx.save_model(
@@ -210,6 +213,9 @@ def _verify(dense: Path, sparse: Path) -> dict[str, Any]:
     """Run both files on the same seeded input; outputs must be bit-identical."""
     import onnxruntime as ort
 
+    # onnxruntime follows external-data locations unchecked; a refusal is an error, not "cannot verify".
+    check_external_data(dense)
+    check_external_data(sparse)
     try:
         a = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"])
     except Exception as e:

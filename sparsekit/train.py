@@ -220,8 +220,10 @@ def _save_checkpoint(
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
         "pruning": _pruning_key(pruner),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Through a Python file object: a full disk then raises OSError(ENOSPC), which atomic_path turns into
+    # a clear error naming the path (torch's own writer reports only 'unexpected pos').
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def _load_checkpoint(

@@ -13,10 +13,25 @@ if str(ROOT) not in sys.path:
 
 
 @pytest.fixture(autouse=True)
-def _in_repo_root(monkeypatch):
+def _in_repo_root(monkeypatch, tmp_path_factory):
     # `--arch examples.models:...` resolves from the current directory, as for a user at the repo root.
     monkeypatch.chdir(ROOT)
+    # Each test starts trusting no module, and --trust-code never writes into the real home folder.
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path_factory.mktemp("sparsekit-config")))
     torch.manual_seed(0)
+
+
+def assert_bad_input(result, *needles: str) -> str:
+    """A CLI result that is bad input: exit 2, exactly one `Error:` line containing every needle, no
+    traceback. Returns the line."""
+    err = result.stderr
+    assert result.exit_code == 2, (result.exit_code, result.output, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
 
 
 def train_on_digits(model, input_shape, epochs, lr, batch_size=32):

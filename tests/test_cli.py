@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FAST, train_on_digits
+from conftest import FAST, assert_bad_input, train_on_digits
 
 import sparsekit
 from sparsekit.cli import main
@@ -49,21 +49,14 @@ USER_RECIPE = textwrap.dedent("""
 """)
 
 
+# The architecture of conftest's mlp_checkpoint, named by the user as --arch: the checkpoint's own
+# `factory` would run only with --trust-code (tests/test_trust.py covers that).
+MLP = ("--arch", "examples.models:mlp")
+
+
 def run(*args: str):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result
-
-
-def assert_bad_input(result, *needles: str) -> str:
-    """Exit 2, one `Error:` line naming what is wrong, no traceback."""
-    err = result.stderr
-    assert result.exit_code == 2, (result.exit_code, result.output, err)
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
@@ -111,12 +104,16 @@ def test_prune_state_dict_with_arch_end_to_end(tmp_path, trained_state_dict, use
     for key in ("sparsekit", "torch", "onnx", "onnxruntime"):
         assert key in report["versions"]
 
-    # The saved model is a checkpoint that loads weights-only and rebuilds without --arch.
+    # The saved model is a checkpoint that loads weights-only; the factory it names runs only when the
+    # user confirms it (--arch this run, or --trust-code).
     raw = torch.load(out / "model.pt", weights_only=True)
     assert raw["format"] == "sparsekit/1" and raw["factory"] == user_arch
-    model = sparsekit.load_model(out / "model.pt")
+    with pytest.raises(sparsekit.TrustError, match="usernet:build"):
+        sparsekit.load_model(out / "model.pt")
+    model = sparsekit.load_model(out / "model.pt", arch=user_arch)
     assert not any("mask" in k for k in model.state_dict())  # finalize left no buffers behind
-    insp = run("inspect", out / "model.pt", "--json")
+    assert_bad_input(run("inspect", out / "model.pt"), "usernet:build", "--arch", "--trust-code")
+    insp = run("inspect", out / "model.pt", "--arch", user_arch, "--json")
     assert insp.exit_code == 0, insp.stderr
     info = json.loads(insp.stdout)
     assert abs(info["sparsity"] - report["pruned"]["sparsity"]) < 1e-9
@@ -136,6 +133,7 @@ def test_prune_oneshot_without_finetune_on_checkpoint(tmp_path, mlp_checkpoint):
     result = run(
         "prune",
         mlp_checkpoint,
+        *MLP,
         "recipes/lenet-gradual-magnitude-90.yaml",
         "-o",
         out,
@@ -189,16 +187,18 @@ def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
     monkeypatch.setattr(train_mod, "evaluate", interrupt_on_third_eval)
     monkeypatch.setattr(pipeline_mod, "evaluate", interrupt_on_third_eval)
     out = tmp_path / "o"
-    first = run("prune", mlp_checkpoint, recipe, "-o", out, *FAST)
+    first = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST)
     assert first.exit_code == 130, first.stderr
-    assert (out / "checkpoints" / "last.pt").is_file()
-    assert not (out / "model.pt").exists()
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    # The unfinished run lives in DIR/.sparsekit/next until it ends; nothing is published yet.
+    ckpt = out / ".sparsekit" / "next" / "checkpoints" / "last.pt"
+    assert ckpt.is_file()
+    assert not (out / "model.pt").exists() and not (out / "checkpoints").exists()
+    state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == 1
 
     monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
     monkeypatch.setattr(pipeline_mod, "evaluate", real_evaluate)
-    second = run("prune", mlp_checkpoint, recipe, "-o", out, "--resume", *FAST)
+    second = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *FAST)
     assert second.exit_code == 0, second.stderr
     report = json.loads((out / "report.json").read_text())
     assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
@@ -207,7 +207,7 @@ def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
     assert zeros == round(0.7 * sum(r["params"] for r in selected))
     # Bit for bit what an uninterrupted run gives (RNG, shuffle order, optimizer state all restored).
     straight = tmp_path / "straight"
-    assert run("prune", mlp_checkpoint, recipe, "-o", straight, *FAST).exit_code == 0
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", straight, *FAST).exit_code == 0
     a = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -290,7 +290,7 @@ def test_bad_arch_spec(tmp_path):
 def test_missing_model_and_recipe_files(tmp_path, mlp_checkpoint):
     assert_bad_input(run("inspect", tmp_path / "nope.pt"), "nope.pt", "not found")
     assert_bad_input(
-        run("prune", mlp_checkpoint, tmp_path / "nope.yaml", "-o", tmp_path / "o"), "nope.yaml", "not found"
+        run("prune", mlp_checkpoint, *MLP, tmp_path / "nope.yaml", "-o", tmp_path / "o"), "nope.yaml", "not found"
     )
     assert not (tmp_path / "o").exists()  # nothing created on bad input
 
@@ -323,7 +323,7 @@ def test_bad_recipes_exit_2_and_name_the_field(tmp_path, mlp_checkpoint, text, n
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)
     out = tmp_path / "o"
-    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", out), "bad.yaml", *needles)
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out), "bad.yaml", *needles)
     assert_bad_input(run("validate", recipe), "bad.yaml", *needles)
     assert not out.exists()
 
@@ -342,10 +342,10 @@ def test_pattern_matching_nothing_lists_prunable_layers(tmp_path, mlp_checkpoint
         "version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot, "
         "layers: {include: ['encoder.*']}}]\n"
     )
-    line = assert_bad_input(run("validate", recipe, mlp_checkpoint), "encoder.*")
+    line = assert_bad_input(run("validate", recipe, mlp_checkpoint, *MLP), "encoder.*")
     assert "fc1" in line and "fc2" in line and "fc3" in line
     out = tmp_path / "o"
-    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", out, *FAST), "encoder.*")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST), "encoder.*")
 
 
 def test_overlapping_methods_are_refused(tmp_path, mlp_checkpoint):
@@ -354,7 +354,7 @@ def test_overlapping_methods_are_refused(tmp_path, mlp_checkpoint):
         "version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
         "  - {method: magnitude, sparsity: 0.3, schedule: oneshot, layers: {include: [fc2]}}\n"
     )
-    assert_bad_input(run("validate", recipe, mlp_checkpoint), "pruning[0]", "pruning[1]", "fc2")
+    assert_bad_input(run("validate", recipe, mlp_checkpoint, *MLP), "pruning[0]", "pruning[1]", "fc2")
 
 
 def test_non_empty_output_folder_refused(tmp_path, mlp_checkpoint):
@@ -363,14 +363,14 @@ def test_non_empty_output_folder_refused(tmp_path, mlp_checkpoint):
     (out / "mine.txt").write_text("user data")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
-    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", out, *FAST), str(out), "--overwrite", "--resume")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST), str(out), "--overwrite", "--resume")
     assert (out / "mine.txt").read_text() == "user data"
 
 
 def test_input_shape_mismatch(tmp_path, mlp_checkpoint):
     # A checkpoint saved for 64 features, a recipe written for 784.
     assert_bad_input(
-        run("prune", mlp_checkpoint, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", *FAST),
+        run("prune", mlp_checkpoint, *MLP, "lenet-gradual-magnitude-90", "-o", tmp_path / "o", *FAST),
         "model.input_shape",
         "[1, 784]",
         "[1, 64]",
@@ -393,6 +393,7 @@ def test_input_shape_mismatch(tmp_path, mlp_checkpoint):
         run(
             "prune",
             mlp_checkpoint,
+            *MLP,
             "lenet-gradual-magnitude-90",
             "-o",
             tmp_path / "o",
@@ -412,6 +413,7 @@ def test_bad_data_source(tmp_path, mlp_checkpoint):
         run(
             "prune",
             mlp_checkpoint,
+            *MLP,
             "lenet-gradual-magnitude-90",
             "-o",
             tmp_path / "o",
@@ -454,6 +456,7 @@ def test_validate_dry_run_lists_layers_and_targets(mlp_checkpoint):
         "validate",
         "lenet-gradual-magnitude-90",
         mlp_checkpoint,
+        *MLP,
         "--set",
         "model.input_shape=[1,64]",
         "--set",
@@ -480,7 +483,7 @@ def test_recipes_lists_shipped(tmp_path):
 
 def test_export_and_bench_commands(tmp_path, mlp_checkpoint):
     onnx_path = tmp_path / "m.onnx"
-    result = run("export", mlp_checkpoint, "-o", onnx_path, "--exporter", "torchscript", "--json")
+    result = run("export", mlp_checkpoint, *MLP, "-o", onnx_path, "--exporter", "torchscript", "--json")
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
     assert res["parity"]["ok"] and onnx_path.is_file()
@@ -511,7 +514,7 @@ def test_prune_with_int8_and_sparse_storage(tmp_path, mlp_checkpoint):
         "export: {quantize: int8, sparse_storage: true}\nbenchmark: {batch_sizes: [4], runs: 5, warmup: 1}\n"
     )
     out = tmp_path / "o"
-    result = run("prune", mlp_checkpoint, recipe, "-o", out, *FAST)
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST)
     assert result.exit_code == 0, result.stderr
     assert "What this recipe can buy" in result.stderr  # told before the run
     report = json.loads((out / "report.json").read_text())
@@ -533,6 +536,7 @@ def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):
     result = run(
         "export",
         mlp_checkpoint,
+        *MLP,
         "-o",
         onnx_path,
         "--exporter",
@@ -548,7 +552,7 @@ def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):
     res = json.loads(result.stdout)
     assert res["int8"]["mode"] == "static" and res["int8"]["eval"]["top1_agreement"] >= 0.95
     assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.sparse.onnx").is_file()
-    assert_bad_input(run("export", mlp_checkpoint, "-o", onnx_path, "--data", "digits"), "--data")
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", onnx_path, "--data", "digits"), "--data")
 
 
 def test_export_and_bench_shape_and_provider_errors(tmp_path):
@@ -645,7 +649,7 @@ def test_combined_methods_on_a_heldout_residual_cnn(tmp_path, monkeypatch):
     assert report["pruned"]["accuracy"] >= report["dense"]["accuracy"] - 0.03
     layers = {r["name"]: r for r in report["layers"]}
     assert layers["hidden"]["shape"] == [24, 128] and layers["classifier"]["shape"] == [10, 24]
-    pruned = sparsekit.load_model(out / "model.pt")  # rebuilt by factory + replayed history
+    pruned = sparsekit.load_model(out / "model.pt", arch="heldout_cnn:Net")  # factory + replayed history
     assert pruned.hidden.out_features == 24
     for name in ("hidden", "classifier"):
         norms = getattr(pruned, name).weight.norm(dim=1)
@@ -660,11 +664,11 @@ def test_recipe_model_mismatch_leaves_previous_results_untouched(tmp_path, mlp_c
     good.write_text(
         "version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
     )
-    assert run("prune", mlp_checkpoint, good, "-o", out, *FAST).exit_code == 0
+    assert run("prune", mlp_checkpoint, *MLP, good, "-o", out, *FAST).exit_code == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\npruning: [{method: l1, strength: 0.01, group: channel}]\n")  # no conv layers
-    assert_bad_input(run("prune", mlp_checkpoint, bad, "-o", out, "--overwrite", *FAST), "pruning[0].group")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, bad, "-o", out, "--overwrite", *FAST), "pruning[0].group")
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
@@ -674,7 +678,7 @@ def test_diverging_training_is_a_clear_error(tmp_path, mlp_checkpoint):
         "version: 1\nfinetune: {epochs: 2, optimizer: {name: sgd, lr: 1.0e+8}}\n"
         "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
     )
-    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", tmp_path / "o", *FAST), "finetune", "lr")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", *FAST), "finetune", "lr")
 
 
 def test_more_bad_inputs_exit_2(tmp_path, mlp_checkpoint, monkeypatch):
@@ -702,11 +706,12 @@ def test_more_bad_inputs_exit_2(tmp_path, mlp_checkpoint, monkeypatch):
     torch.save(mlp().state_dict(), sd)
     assert_bad_input(run("inspect", sd, "--arch", "userbits:broken"), "userbits:broken", "cannot build")
     assert_bad_input(
-        run("prune", mlp_checkpoint, recipe, "-o", tmp_path / "o", "--data", "userbits:big_labels", *FAST), "label 42"
+        run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", "--data", "userbits:big_labels", *FAST),
+        "label 42",
     )
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    assert_bad_input(run("prune", mlp_checkpoint, recipe, "-o", blocker / "sub", *FAST), "afile")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", blocker / "sub", *FAST), "afile")
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"\x08\x07garbage")
     assert_bad_input(run("inspect", fake), "fake.onnx")
@@ -714,7 +719,7 @@ def test_more_bad_inputs_exit_2(tmp_path, mlp_checkpoint, monkeypatch):
     rep = tmp_path / "rep"
     rep.mkdir()
     (rep / "report.json").write_text('{"schema": 1}')
-    assert_bad_input(run("report", rep), "report.json")
+    assert_bad_input(run("report", rep), str(rep), "no sparsekit run")
     ckpt = tmp_path / "nostate.pt"
     torch.save({"format": "sparsekit/1", "factory": "examples.models:mlp"}, ckpt)
     assert_bad_input(run("inspect", ckpt), "nostate.pt")
@@ -741,8 +746,10 @@ def test_resume_refuses_a_changed_recipe(tmp_path, mlp_checkpoint, monkeypatch):
     monkeypatch.setattr(train_mod, "evaluate", interrupt)
     monkeypatch.setattr(pipeline_mod, "evaluate", interrupt)
     out = tmp_path / "o"
-    assert run("prune", mlp_checkpoint, recipe, "-o", out, *FAST).exit_code == 130
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 130
     monkeypatch.setattr(train_mod, "evaluate", real)
     monkeypatch.setattr(pipeline_mod, "evaluate", real)
-    changed = run("prune", mlp_checkpoint, recipe, "-o", out, "--resume", "--set", "pruning.0.sparsity=0.6", *FAST)
+    changed = run(
+        "prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--set", "pruning.0.sparsity=0.6", *FAST
+    )
     assert_bad_input(changed, "last.pt", "pruning section changed", "--overwrite")

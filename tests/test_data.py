@@ -230,9 +230,7 @@ def test_npz_round_trip(tmp_path):
     assert (len(x_tr), len(x_va)) == (40, 10)
     assert x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
     # Every original (sample, label) pair survives the split exactly once.
-    got = sorted(
-        zip(torch.cat([x_tr, x_va]).flatten(1).sum(1).tolist(), torch.cat([y_tr, y_va]).tolist(), strict=True)
-    )
+    got = sorted(zip(torch.cat([x_tr, x_va]).flatten(1).sum(1).tolist(), torch.cat([y_tr, y_va]).tolist(), strict=True))
     want = sorted(zip(x.astype(np.float32).reshape(50, -1).sum(1).tolist(), y.tolist(), strict=True))
     assert [label for _, label in got] == [label for _, label in want]
     np.testing.assert_allclose([s for s, _ in got], [s for s, _ in want], rtol=1e-5)
@@ -341,8 +339,7 @@ def test_callable_source(tmp_path, monkeypatch):
         ("def loaders():\n    return [], []\n", "loaders", "empty"),
         ("def loaders():\n    return [(1, 2)], [(1, 2)]\n", "loaders", "must yield tensors"),
         (
-            "import torch\ndef loaders():\n"
-            "    b = (torch.zeros(2, 3), torch.zeros(2))\n    return [b], [b]\n",
+            "import torch\ndef loaders():\n    b = (torch.zeros(2, 3), torch.zeros(2))\n    return [b], [b]\n",
             "loaders",
             "integer class labels",
         ),

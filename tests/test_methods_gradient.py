@@ -68,7 +68,10 @@ def test_exact_sparsity_follows_the_schedule(scope, criterion):
     model = mlp()
     layers = [m for m in model if isinstance(m, nn.Linear)]
     r = recipe(
-        epochs=3, criterion=criterion, sparsity=0.8, scope=scope,
+        epochs=3,
+        criterion=criterion,
+        sparsity=0.8,
+        scope=scope,
         schedule={"start_epoch": 0, "end_epoch": 2, "every": 0.5, "init_sparsity": 0.1},
     )
     pruner = Pruner(model, r, steps_per_epoch=4)
@@ -90,10 +93,14 @@ def test_exact_sparsity_follows_the_schedule(scope, criterion):
     assert max(seen) == pytest.approx(0.8) and len(seen) >= 4  # it did go through the gradual steps
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    lambda p: torch.optim.Adam(p, lr=0.05),
-], ids=["sgd_momentum", "adam"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.Adam(p, lr=0.05),
+    ],
+    ids=["sgd_momentum", "adam"],
+)
 def test_zeros_stay_zero_through_optimizer_steps(make_opt):
     model = mlp()
     pruner = Pruner(model, recipe(epochs=2, sparsity=0.7, schedule="oneshot"), steps_per_epoch=5)

@@ -31,8 +31,13 @@ def mlp() -> nn.Sequential:
 def cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
     )
 
 
@@ -133,10 +138,14 @@ def test_proximal_soft_thresholds_by_strength_to_exact_masked_zeros():
     assert get_mask(model).tolist() == [[True, False, True, True, False]]
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    lambda p: torch.optim.Adam(p, lr=0.02),
-], ids=["sgd_momentum", "adam"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.Adam(p, lr=0.02),
+    ],
+    ids=["sgd_momentum", "adam"],
+)
 def test_proximal_zeros_stay_zero_through_optimizer_steps(make_opt):
     model = mlp()
     pruner = sparsekit.Pruner(model, recipe(strength=0.004, mode="proximal"), steps_per_epoch=10)
@@ -258,10 +267,12 @@ def test_remove_dead_removes_all_zero_rows_and_keeps_the_outputs():
     model = mlp()
     with torch.no_grad():
         model[0].weight[[1, 5, 7]] = 0.0  # three dead hidden units of fc "0"
-    r = sparsekit.Recipe(**{
-        "model": {"input_shape": [1, 12]},  # no context: the pruner takes the shape from the recipe
-        "pruning": [{"method": "l1", "strength": 1e-6, "group": "row", "remove_dead": True}],
-    })
+    r = sparsekit.Recipe(
+        **{
+            "model": {"input_shape": [1, 12]},  # no context: the pruner takes the shape from the recipe
+            "pruning": [{"method": "l1", "strength": 1e-6, "group": "row", "remove_dead": True}],
+        }
+    )
     x = torch.randn(5, 12)
     expected = model(x).detach()
     final = sparsekit.Pruner(model, r, steps_per_epoch=1).finalize()

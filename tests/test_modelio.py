@@ -19,7 +19,9 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     )
     raw = torch.load(path, weights_only=True)  # a plain dict: no code runs on load
     assert raw["format"] == "sparsekit/1" and raw["kwargs"] == {"hidden": [32]} and raw["input_shape"] == [1, 64]
-    loaded = read_model(path)
+    with pytest.raises(sparsekit.TrustError, match="examples.models:mlp"):
+        read_model(path)  # the factory a file names runs only when confirmed
+    loaded = read_model(path, trust_code=True)
     assert loaded.factory == "examples.models:mlp" and loaded.input_shape == [1, 64]
     x = torch.randn(3, 64)
     torch.testing.assert_close(loaded.model(x), model.eval()(x))

@@ -33,9 +33,7 @@ def test_registry_and_docstrings():
 
 def test_lenet_layers_and_input_layouts():
     model = lenet_300_100().eval()
-    linears = {
-        n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)
-    }
+    linears = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert linears == {"fc1": (784, 300), "fc2": (300, 100), "fc3": (100, 10)}
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(model(x), model(x.reshape(4, 784)))

@@ -226,7 +226,7 @@ def test_step_after_finalize_and_save_takes_input_shape_from_pruner(tmp_path):
     sparsekit.save_model(
         out, tmp_path / "m.pt", factory="examples.models:small_cnn", kwargs={"width": 8, "image_size": 8}, pruner=pruner
     )
-    back = sparsekit.load_model(tmp_path / "m.pt")
+    back = sparsekit.load_model(tmp_path / "m.pt", arch="examples.models:small_cnn")
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(back(x), out.eval()(x))
     assert back.conv1.out_channels == 4

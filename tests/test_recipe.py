@@ -78,3 +78,283 @@ def test_recipe_from_dict():
         Recipe(**{"pruning": [{"method": "magnitude", "sparsity": 0.3, "schedule": "oneshot"}]}).pruning[0].sparsity
         == 0.3
     )
+
+
+# --- numeric fields: finite, bounded, and the right kind of number ----------------------------------
+
+FULL = """version: 1
+seed: 0
+model: {factory: "examples.models:mlp", kwargs: {in_features: 64}, input_shape: [1, 64]}
+data: {source: synthetic, batch_size: 32, val_fraction: 0.2, synthetic_samples: 256}
+finetune:
+  epochs: 4
+  max_steps_per_epoch: 2
+  optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0.0}
+  lr_schedule: {name: step, step_size: 1, gamma: 0.5}
+pruning:
+  - {method: magnitude, sparsity: 0.8, schedule: {start_epoch: 0, end_epoch: 3, every: 1, init_sparsity: 0.0}}
+  - {method: gradient, sparsity: 0.5, calibration_batches: 2, schedule: {start_epoch: 0, end_epoch: 2}}
+  - {method: l1, strength: 1.0e-4, threshold: 1.0e-3, schedule: {start_epoch: 0, end_epoch: 4}}
+  - {method: max_norm, max_value: 3.0}
+  - {method: structured, ratio: 0.5, steps: 2, min_channels: 1, calibration_batches: 2,
+     schedule: {start_epoch: 0, end_epoch: 2}}
+export: {opset: 18}
+benchmark: {batch_sizes: [1, 32], threads: 1, warmup: 20, runs: 200}
+"""
+
+# (field path as errors name it, a reasonable value, a value that cannot be meant)
+NUMERIC_FIELDS = [
+    ("seed", "7", str(2**63)),
+    ("model.input_shape[0]", "2", str(2**24 + 1)),
+    ("model.input_shape[1]", "32", str(2**40)),
+    ("data.batch_size", "16", str(2**21)),
+    ("data.val_fraction", "0.5", "1.0e+300"),
+    ("data.synthetic_samples", "1000", str(10**8)),
+    ("finetune.epochs", "6", str(10**6)),
+    ("finetune.max_steps_per_epoch", "5", str(10**12)),
+    ("finetune.optimizer.lr", "0.1", "1.0e+300"),
+    ("finetune.optimizer.momentum", "0.5", "1.0e+300"),
+    ("finetune.optimizer.weight_decay", "1.0e-4", "1.0e+300"),
+    ("finetune.lr_schedule.step_size", "2", str(10**9)),
+    ("finetune.lr_schedule.gamma", "0.9", "1.0e+300"),
+    ("pruning[0].sparsity", "0.5", "1.0e+300"),
+    ("pruning[0].schedule.start_epoch", "1", "1.0e+300"),
+    ("pruning[0].schedule.end_epoch", "2", "1.0e+300"),
+    ("pruning[0].schedule.every", "0.5", "1.0e-9"),
+    ("pruning[0].schedule.init_sparsity", "0.1", "1.0e+300"),
+    ("pruning[1].sparsity", "0.3", "1.0e+300"),
+    ("pruning[1].calibration_batches", "4", str(10**9)),
+    ("pruning[1].schedule.end_epoch", "3", "1.0e+300"),
+    ("pruning[2].strength", "1.0e-3", "1.0e+300"),
+    ("pruning[2].threshold", "1.0e-2", "1.0e+300"),
+    ("pruning[2].schedule.end_epoch", "100", "1.0e+300"),
+    ("pruning[2].schedule.every", "2", "1.0e+300"),
+    ("pruning[3].max_value", "2.0", "1.0e+300"),
+    ("pruning[4].ratio", "0.3", "1.0e+300"),
+    ("pruning[4].steps", "3", str(10**9)),
+    ("pruning[4].min_channels", "2", str(2**30)),
+    ("pruning[4].calibration_batches", "4", str(10**9)),
+    ("pruning[4].schedule.start_epoch", "1", "1.0e+300"),
+    ("export.opset", "17", str(10**9)),
+    ("benchmark.batch_sizes[0]", "8", str(2**30)),
+    ("benchmark.threads", "4", str(10**6)),
+    ("benchmark.warmup", "5", str(10**9)),
+    ("benchmark.runs", "10", str(10**9)),
+]
+INT_FIELDS = [
+    "seed",
+    "model.input_shape[1]",
+    "data.batch_size",
+    "data.synthetic_samples",
+    "finetune.epochs",
+    "finetune.max_steps_per_epoch",
+    "finetune.lr_schedule.step_size",
+    "pruning[1].calibration_batches",
+    "pruning[4].steps",
+    "pruning[4].min_channels",
+    "pruning[4].calibration_batches",
+    "export.opset",
+    "benchmark.batch_sizes[0]",
+    "benchmark.threads",
+    "benchmark.warmup",
+    "benchmark.runs",
+]
+
+
+def _key(path: str) -> str:
+    """The --set key for a field path: pruning[0].schedule.end_epoch -> pruning.0.schedule.end_epoch."""
+    return path.replace("[", ".").replace("]", "")
+
+
+def _value(recipe: Recipe, path: str):
+    node = recipe
+    for part in _key(path).split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def test_full_recipe_is_valid(tmp_path):
+    r = load_recipe(write(tmp_path, FULL))
+    assert len(r.pruning) == 5
+
+
+@pytest.mark.parametrize(("path", "ok", "absurd"), NUMERIC_FIELDS, ids=[f[0] for f in NUMERIC_FIELDS])
+def test_numeric_fields_refuse_non_finite_and_absurd_values(tmp_path, path, ok, absurd):
+    recipe = write(tmp_path, FULL)
+    assert _value(load_recipe(recipe, [f"{_key(path)}={ok}"]), path) == float(ok)
+    for bad in (".nan", ".inf", "-.inf", absurd):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(recipe, [f"{_key(path)}={bad}"])
+        assert f"{path}: " in str(err.value), (bad, str(err.value))
+        assert "\n" not in str(err.value)
+    with pytest.raises(RecipeError, match="finite number"):
+        load_recipe(recipe, [f"{_key(path)}=.inf"])
+
+
+@pytest.mark.parametrize("path", INT_FIELDS)
+def test_integer_fields_refuse_booleans_and_fractions(tmp_path, path):
+    recipe = write(tmp_path, FULL)
+    for bad, needle in (("true", "not true/false"), ("false", "not true/false"), ("2.5", "whole number")):
+        with pytest.raises(RecipeError, match=needle) as err:
+            load_recipe(recipe, [f"{_key(path)}={bad}"])
+        assert f"{path}: " in str(err.value)
+
+
+def test_non_finite_nan_in_yaml_text_names_the_field(tmp_path):
+    text = BASE.replace("end_epoch: 3", "end_epoch: .inf")
+    with pytest.raises(RecipeError, match=r"pruning\[0\]\.schedule\.end_epoch: must be a finite number"):
+        load_recipe(write(tmp_path, text))
+    with pytest.raises(RecipeError, match=r"finetune\.epochs: must be a finite number"):
+        load_recipe(write(tmp_path, BASE.replace("epochs: 4", "epochs: -.inf")))
+
+
+def test_l1_default_schedule_still_means_the_whole_run(tmp_path):
+    r = load_recipe(write(tmp_path, "finetune: {epochs: 3}\npruning: [{method: l1, strength: 1.0e-4}]\n"))
+    assert r.pruning[0].schedule.end_epoch >= 1e9  # past any finetune.epochs
+    assert load_recipe(write(tmp_path, FULL), ["pruning.2.schedule.end_epoch=1.0e+9"])
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.input_shape=[1, 65536, 65536]", "model.input_shape: [1, 65536, 65536] has 4,294,967,296 values"),
+        ("model.input_shape=[1, 1, 1, 1, 1, 1, 1, 1, 1]", "model.input_shape"),
+        ("model.kwargs.width=.nan", "model.kwargs.width: must be a finite number"),
+        ("model.kwargs={a: {b: [1, -.inf]}}", "model.kwargs.a.b[1]: must be a finite number"),
+        ("model.kwargs.n=100000000000000000000", "model.kwargs.n: a 67-bit integer"),
+        ("model.kwargs.x=!!binary aGVsbG8=", "binary data"),
+        ("model.kwargs.x=!!set {a}", "a set"),
+        ("model.kwargs.x=!!timestamp 2024-01-01", "date/time"),
+        ("version=true", "version: must be a number, not true/false"),
+        ("benchmark.batch_sizes=[1, true]", "benchmark.batch_sizes[1]: must be a number, not true/false"),
+        ("finetune.optimizer.lr=true", "finetune.optimizer.lr: must be a number, not true/false"),
+    ],
+)
+def test_more_values_that_cannot_be_meant(tmp_path, override, needle):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, FULL), [override])
+    assert needle in str(err.value)
+
+
+def test_kwargs_checked_when_built_in_python_too():
+    with pytest.raises(ValueError, match="finite"):
+        Recipe(model={"kwargs": {"width": float("inf")}})
+    assert Recipe(model={"kwargs": {"hidden": [32, 16], "act": "relu", "p": 0.1, "x": None}}).model.kwargs["p"] == 0.1
+
+
+def test_reasonable_kwargs_dates_as_strings_and_anchors_still_load(tmp_path):
+    text = FULL.replace("kwargs: {in_features: 64}", "kwargs: {in_features: 64, note: 2024-01-01}")
+    text += "x-defaults: &d {sparsity: 0.5}\n"  # anchors are fine, but unknown keys are still unknown
+    with pytest.raises(RecipeError, match="x-defaults: unknown key"):
+        load_recipe(write(tmp_path, text))
+    r = load_recipe(write(tmp_path, text.replace("x-defaults: &d {sparsity: 0.5}\n", "")))
+    assert r.model.kwargs["note"] == "2024-01-01"  # a recipe has no dates: an unquoted one stays text
+    merged = (
+        "pruning:\n  - &m {method: magnitude, sparsity: 0.5, schedule: oneshot}\n  - {<<: *m, layers: {include: [a]}}\n"
+    )
+    assert [m.sparsity for m in load_recipe(write(tmp_path, merged)).pruning] == [0.5, 0.5]
+
+
+def test_shipped_recipes_still_load():
+    from sparsekit.cli import RECIPES_DIR
+
+    shipped = sorted(RECIPES_DIR.glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        load_recipe(path)
+
+
+def test_cli_validate_with_inf_override_is_a_clean_error():
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    result = CliRunner().invoke(
+        main, ["validate", "lenet-gradual-magnitude-90", "--set", "pruning.0.schedule.end_epoch=.inf"]
+    )
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "pruning[0].schedule.end_epoch" in errors[0] and "finite" in errors[0]
+    assert "Traceback" not in result.output
+
+
+# --- the loader answers RecipeError for any text and any --set ----------------------------------------
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (_bomb(), "expands to more than 100,000 values"),
+        ("a: &a [*a]\n", "refers to itself"),
+        ("[" * 100 + "]" * 100, "must be a YAML mapping"),
+        ("a: " + "[" * 100 + "]" * 100, "nested deeper than 64"),
+        ("a: " + "[" * 3000 + "]" * 3000, "nested deeper than 64"),
+        ("x: 1\n" * 250_000, "larger than 1,000,000 bytes"),
+        (b"a: \xff\xfe\n", "not UTF-8"),
+        ("a: \x01\n", "invalid YAML"),
+        ("1: 2\n", "key 1 is not a name"),
+        ("on: 2\n", "key True is not a name"),
+        ("~: 2\n", "empty or null"),
+        ("? [a, b]\n: 1\n", "a key is itself a list or mapping"),
+        ("seed: 1\nseed: 2\n", "duplicate key 'seed'"),
+        ("data: !!binary aGVsbG8=\n", "data: binary data (!!binary) is not allowed"),
+        ("data: !!set {a}\n", "data: a set (!!set)"),
+        ("seed: !!timestamp 2024-01-01\n", "seed: a date/time"),
+        ("seed: !!timestamp nope\n", "cannot read 'nope' as !!timestamp"),
+        ("seed: !!int abc\n", "cannot read 'abc' as !!int"),
+        ("seed: !!bool maybe\n", "cannot read 'maybe' as !!bool"),
+        ("seed: !!int ''\n", "as !!int"),
+        ("a: !!python/tuple [1, 2]\n", "YAML tag not allowed (!!python/tuple)"),
+        ("a: !custom 1\n", "YAML tag not allowed (!custom)"),
+        ("a: !!str [1]\n", "expected a scalar node"),
+        ("seed: 1\n---\nseed: 2\n", "more than one YAML document"),
+        ("---\n", "empty"),
+        ("3\n", "must be a YAML mapping (got int)"),
+    ],
+)
+def test_any_yaml_gives_a_recipe_error(tmp_path, content, needle):
+    path = tmp_path / "r.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert needle in str(err.value)
+    assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("pruning.²=1", "not an index"),
+        ("pruning.-1.sparsity=0.5", "not an index"),
+        ("pruning.99999999999999999999.sparsity=0.5", "not an index"),
+        ("a..b=1", "empty part"),
+        ("=1", "empty part"),
+        (".=", "empty part"),
+        ("finetune.epochs.x=1", "'finetune.epochs' is a value, not a mapping"),
+        ("." * 100 + "=1", "empty part"),
+        ("a." * 100 + "a=1", "deeper than any recipe"),
+        ("model.kwargs.x=" + "y" * 70_000, "longer than"),
+        ("model.kwargs.x=" + _bomb().replace("\n", ", ").join("{}"), "expands to more than"),
+        ("model.kwargs.x=&a [*a]", "refers to itself"),
+        ("seed=[1, 2", "seed: Input should be a valid integer"),  # not YAML: kept as text
+    ],
+)
+def test_any_override_gives_a_recipe_error(tmp_path, override, needle):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), [override])
+    assert needle in str(err.value)
+    assert len(str(err.value)) < 1000
+
+
+def test_override_fills_a_null_section(tmp_path):
+    r = load_recipe(write(tmp_path, BASE + "model: ~\n"), ["model.factory=examples.models:mlp"])
+    assert r.model.factory == "examples.models:mlp"

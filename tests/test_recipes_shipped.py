@@ -41,6 +41,8 @@ def test_shipped_recipe_runs(path: Path, tmp_path):
         str(path),
         "-o",
         str(out),
+        "--arch",
+        recipe.model.factory,  # the user names the architecture, as in the README
         "--data",
         "synthetic",
         "--no-progress",

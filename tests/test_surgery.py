@@ -143,12 +143,22 @@ def test_remove_dead_units_refits_masks_of_touched_layers():
 
 def test_l1_group_proximal_then_remove_dead_keeps_outputs():
     model = _mlp()
-    recipe = sparsekit.Recipe(**{
-        "model": {"input_shape": [1, 16]},
-        "finetune": {"epochs": 1},
-        "pruning": [{"method": "l1", "strength": 0.08, "mode": "proximal", "group": "row",
-                     "remove_dead": True, "layers": {"exclude": ["fc3"]}}],
-    })
+    recipe = sparsekit.Recipe(
+        **{
+            "model": {"input_shape": [1, 16]},
+            "finetune": {"epochs": 1},
+            "pruning": [
+                {
+                    "method": "l1",
+                    "strength": 0.08,
+                    "mode": "proximal",
+                    "group": "row",
+                    "remove_dead": True,
+                    "layers": {"exclude": ["fc3"]},
+                }
+            ],
+        }
+    )
     pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     torch.manual_seed(1)

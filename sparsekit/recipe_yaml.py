@@ -1,0 +1,291 @@
+"""Reading recipe YAML as plain, bounded data, and ``--set key.path=value`` overrides.
+
+Recipes come from anywhere, so the reader accepts only what a page of settings holds: one UTF-8
+YAML document of mappings with string keys, lists, strings, numbers, booleans and null, read with a
+safe loader (no Python objects are ever built). Anything else — a huge file, deep nesting, an alias
+bomb, tags, duplicate keys — is a :class:`~sparsekit.errors.RecipeError` naming the file and line.
+
+>>> data = read_yaml("recipes/lenet-gradual-magnitude-90.yaml")
+>>> data = apply_overrides(data, ["finetune.epochs=2", "pruning.0.sparsity=0.8"])
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RecipeError
+
+# What a recipe file may hold. A recipe is a page of settings; these limits are orders of magnitude
+# above any real one and stop hostile or broken input (huge files, deep nesting, alias bombs that
+# expand to billions of nodes) before parsing, deep-copying or validating it takes forever.
+MAX_TEXT_BYTES = 1_000_000
+MAX_NODES = 100_000  # values in the document with every alias expanded
+MAX_DEPTH = 64  # nesting of mappings/lists; PyYAML, deepcopy and pydantic all recurse
+MAX_OVERRIDE_CHARS = 65_536  # one --set item
+
+
+def short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(value: Any) -> str:
+    """How a non-JSON value reads to a user who wrote YAML."""
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date/time (!!timestamp)"
+    if isinstance(value, bytes | bytearray):
+        return "binary data (!!binary)"
+    if isinstance(value, set | frozenset):
+        return "a set (!!set)"
+    return f"a {type(value).__name__}"
+
+
+def _key_problem(key: Any) -> str:
+    if isinstance(key, bool):
+        return f"key {key!r} is not a name: YAML reads unquoted yes/no/on/off/true/false as booleans; quote the key"
+    if key is None:
+        return "a key is empty or null (~); every key is a name"
+    return f"key {short(repr(key))} is not a name; quote it (e.g. '{short(str(key))}': ...)"
+
+
+def check_plain_data(data: Any, source: str) -> None:
+    """Refuse what no recipe holds, before anything walks it: values other than mappings with
+    string keys, lists, strings, numbers, booleans and null; nesting deeper than MAX_DEPTH; more than
+    MAX_NODES values with aliases expanded; aliases that contain themselves.
+
+    PyYAML shares the object behind every use of an alias, so a few lines of ``&a [*b, *b, ...]``
+    load instantly but expand to billions of values for anything that copies or validates them.
+    Counting with a memo per shared object costs one visit per distinct object and stops early."""
+    sizes: dict[int, int] = {}  # id(container) -> values inside it, aliases expanded
+    active: set[int] = set()  # containers on the current path: seeing one again is a cycle
+
+    def fail(path: str, problem: str) -> RecipeError:
+        return RecipeError(f"{source}: {short(path, 120)}: {problem}" if path else f"{source}: {problem}")
+
+    def walk(value: Any, path: str, depth: int) -> int:
+        if value is None or isinstance(value, bool | int | float | str):
+            return 1
+        if not isinstance(value, dict | list):
+            raise fail(path, f"{describe(value)} is not allowed; recipes hold only plain data, quote it if it is text")
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise fail(path, "refers to itself (a recursive YAML alias)")
+        if depth >= MAX_DEPTH:
+            raise fail(path, f"nested deeper than {MAX_DEPTH} levels; a recipe is a few levels deep")
+        active.add(key)
+        total = 1
+        if isinstance(value, dict):
+            children = []
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise fail(path, _key_problem(k))
+                children.append((f"{path}.{short(k)}" if path else short(k), v))
+        else:
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        for child_path, child in children:
+            total += walk(child, child_path, depth + 1)
+            if total > MAX_NODES:
+                raise fail(
+                    path,
+                    f"expands to more than {MAX_NODES:,} values (YAML aliases are counted each time they are "
+                    "used); a recipe is a page of settings",
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    walk(data, "", 0)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` (no Python objects are ever built) with three changes for recipes:
+    a duplicate key is an error instead of silently keeping the last value; unquoted dates stay
+    strings (a recipe has no dates); a value its tag cannot build (``!!int abc``, ``2024-13-45``
+    with ``!!timestamp``, ``!!bool maybe``) is a YAML error with a line, not a ValueError/KeyError."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._keys_checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Check before the merge (`<<: *base`) rewrites node.value: keys merged in may be overridden
+        # legitimately, keys written twice may not. A merged node is flattened more than once.
+        if id(node) not in self._keys_checked:
+            self._keys_checked.add(id(node))
+            seen: dict[tuple[str, str], Any] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    k = (key_node.tag, key_node.value)
+                    if k in seen:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            f"found duplicate key {short(key_node.value)!r} (first written on line "
+                            f"{seen[k].line + 1}); remove one of them",
+                            key_node.start_mark,
+                        )
+                    seen[k] = key_node.start_mark
+        super().flatten_mapping(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as err:
+            what = f" {short(node.value)!r}" if isinstance(node, yaml.ScalarNode) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read{what} as {_tag(node.tag)} ({type(err).__name__}: {err})", node.start_mark
+            ) from None
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _tag(tag: str | None) -> str:
+    return short(str(tag).replace("tag:yaml.org,2002:", "!!"))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> tuple[str, Any]:
+    """(what is wrong, mark) for a PyYAML error, in a user's words."""
+    problem = str(getattr(err, "problem", None) or "")
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"invalid YAML: {err.reason} (character {err.character!r} at offset {err.position})", None
+    if isinstance(err, yaml.constructor.ConstructorError):
+        tag = re.search(r"for the tag '([^']*)'", problem)
+        if tag:
+            return (
+                f"YAML tag not allowed ({_tag(tag.group(1))}); recipes are plain data: mappings, lists, "
+                "strings, numbers, true/false and null",
+                mark,
+            )
+        if "unhashable key" in problem:
+            return "a key is itself a list or mapping (a `? ` complex key); keys are plain names", mark
+        context = f"{err.context}: " if err.context and "duplicate" not in problem else ""
+        return f"invalid YAML value: {context}{problem}", mark
+    if isinstance(err, yaml.composer.ComposerError) and "single document" in str(err.context or ""):
+        return "holds more than one YAML document (separated by ---); a recipe is one document", mark
+    return f"invalid YAML: {problem or short(str(err), 300)}", mark
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """One YAML document as plain Python data; every failure is a RecipeError naming the line."""
+    loader = None
+    try:
+        loader = _RecipeLoader(text)  # the reader refuses control characters already here
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        problem, mark = _yaml_problem(err)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise RecipeError(f"{source}{where}: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels deep") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _parse_value(text: str, key: str) -> Any:
+    where = f"--set {short(key, 120)}"
+    try:
+        value = _parse_yaml(text, where)
+    except RecipeError:
+        return text  # not YAML: the words as a string (a path, a glob, ...), as before
+    check_plain_data(value, where)
+    return value
+
+
+# An index is ASCII digits: '²'.isdigit() is True but int('²') raises; 9 digits is past any list.
+_INDEX = re.compile(r"[0-9]{1,9}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (list items by index: ``pruning.0.sparsity=0.8``)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"the recipe must be a YAML mapping to apply --set to (got {type(data).__name__})")
+    check_plain_data(data, "recipe")  # bounded before deepcopy walks it
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if not isinstance(item, str):
+            raise RecipeError(f"--set {short(repr(item))}: expected a 'key.path=value' string")
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise RecipeError(f"--set {short(item)}: longer than {MAX_OVERRIDE_CHARS:,} characters")
+        if "=" not in item:
+            raise RecipeError(f"--set {short(item)!r}: expected key.path=value, e.g. --set finetune.epochs=2")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        shown = short(key, 120)
+        if any(not part.strip() for part in parts):
+            raise RecipeError(
+                f"--set {short(item)!r}: empty part in the key {shown!r}; expected key.path=value, "
+                "e.g. --set pruning.0.sparsity=0.8"
+            )
+        if len(parts) > MAX_DEPTH:
+            raise RecipeError(f"--set {shown}: a key path of {len(parts)} parts is deeper than any recipe")
+        value = _parse_value(raw, key)
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = short(".".join(parts[: depth + 1]), 120)
+            if isinstance(node, list):
+                if not _INDEX.fullmatch(part) or int(part) >= len(node):
+                    raise RecipeError(f"--set {shown}: {where!r} is not an index of a list of {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:  # absent or `key: null`: a new mapping to fill in
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise RecipeError(f"--set {shown}: {short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise RecipeError(f"{path}: recipe file not found (see `sparsekit recipes` for shipped ones)")
+        if path.is_dir():
+            raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
+        # Read at most one byte past the limit: the file may be a pipe or a device with no size.
+        with path.open("rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise RecipeError(f"{path}: cannot read the recipe ({err})") from None
+    if len(raw) > MAX_TEXT_BYTES:
+        raise RecipeError(
+            f"{path}: larger than {MAX_TEXT_BYTES:,} bytes; a recipe is a page of settings (is this the right file?)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); save the recipe as UTF-8"
+        ) from None
+    # Parsed with a safe loader only: a recipe never constructs Python objects (!!python/... is refused).
+    data = _parse_yaml(text, str(path))
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty; start from one in recipes/")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: the recipe must be a YAML mapping (got {type(data).__name__})")
+    check_plain_data(data, str(path))
+    return data

@@ -1,0 +1,317 @@
+"""Which callables named inside a file may be imported and called.
+
+A recipe (``model.factory``, ``data.source: pkg.module:callable``) or a checkpoint (``factory``) may
+*name* code. Files are data, so sparsekit imports and calls such a name only when the user confirmed
+it:
+
+- the user named it directly this run: ``--arch`` / ``--data`` on the command line, or the ``arch=`` /
+  ``source=`` argument in Python (those are not "named inside a file");
+- or the user trusts its module: ``--trust-code`` (Python: ``trust_code=True``) trusts the modules the
+  files of this run name and remembers them, the way ``torch.hub``'s ``trust_repo`` remembers a
+  repository, in ``trusted_modules.json`` under the user's config folder (see :func:`store_path`).
+
+Even a confirmed or trusted name is refused when it is not a model or data function of the user's
+own: anything from the standard library (process, file-system, import, pickle and exec machinery
+live there), from sparsekit's own dependencies or from well-known tool packages; builtins, bound
+methods and callable instances. A model factory must be a module-level Python function or an
+``nn.Module`` class (a class from torch itself is fine: ``torch.nn:Linear``), a data callable a
+module-level Python function; what they return is checked by their callers.
+
+Imports never let a file in the current folder shadow a dependency: the current folder is
+*appended* to ``sys.path`` only while a user-named module is imported, then taken off again.
+
+>>> fn = load_callable("examples.models:lenet_300_100", kind="model")          # named by the user
+>>> load_callable("os:system", kind="model")                                    # doctest: +SKIP
+TrustError: os:system: 'os' is part of Python's standard library, not a model ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import SparsekitError, TrustError
+
+log = logging.getLogger("sparsekit")
+
+Kind = Literal["model", "data"]
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_SPEC_RE = re.compile(rf"^{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*$")
+
+# Tool, shell, network, pickle and notebook packages (beyond the standard library and sparsekit's
+# own dependency tree, which are found at run time): none of them builds a model or a data loader,
+# and several can start processes, write files or unpickle. A name in them is never called.
+_TOOL_PACKAGES = frozenset(
+    {
+        "sparsekit", "pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "distutils",
+        "virtualenv", "dill", "cloudpickle", "joblib", "pandas", "IPython", "ipykernel", "jupyter_client",
+        "jupyter_core", "nbformat", "nbconvert", "pytest", "_pytest", "hypothesis", "mypy", "ruff",
+        "requests", "urllib3", "httpx", "paramiko", "fabric", "invoke", "sh", "plumbum", "pexpect",
+        "psutil", "docker", "boto3", "botocore", "fsspec", "huggingface_hub", "yaml", "click",
+    }
+)  # fmt: skip
+
+
+# --- the remembered list of trusted modules ------------------------------------------------------
+
+
+def store_path() -> Path:
+    """Where trusted modules are remembered: ``$SPARSEKIT_CONFIG_DIR/trusted_modules.json``, else
+    ``$XDG_CONFIG_HOME/sparsekit/…``, else ``~/.config/sparsekit/trusted_modules.json``."""
+    if os.environ.get("SPARSEKIT_CONFIG_DIR"):
+        base = Path(os.environ["SPARSEKIT_CONFIG_DIR"])
+    elif os.environ.get("XDG_CONFIG_HOME"):
+        base = Path(os.environ["XDG_CONFIG_HOME"]) / "sparsekit"
+    else:
+        base = Path.home() / ".config" / "sparsekit"
+    return base / "trusted_modules.json"
+
+
+def trusted_modules() -> list[str]:
+    """The modules the user trusts (sorted). A missing or unreadable store means none."""
+    path = store_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        log.warning("%s: cannot read the trusted-module list (%s); trusting none", path, err)
+        return []
+    mods = data.get("modules") if isinstance(data, dict) else None
+    return sorted(m for m in mods or [] if isinstance(m, str) and _module_ok(m))
+
+
+def trust_module(module: str) -> Path:
+    """Remember ``module`` as trusted. Raises :class:`TrustError` for a module that is never run
+    (standard library, sparsekit's dependencies, tool packages) or a malformed name, and
+    :class:`~sparsekit.errors.OutputError` when the store cannot be written."""
+    if not _module_ok(module):
+        raise TrustError(f"{module!r}: not a module name (e.g. mypkg.nets)")
+    reason = _denied(module)
+    if reason:
+        raise TrustError(f"{module}: {reason}; it is never trusted")
+    return _write_store(sorted({*trusted_modules(), module}))
+
+
+def forget_module(module: str) -> bool:
+    """Stop trusting ``module``; returns whether it was trusted."""
+    mods = trusted_modules()
+    if module not in mods:
+        return False
+    _write_store([m for m in mods if m != module])
+    return True
+
+
+def _write_store(modules: list[str]) -> Path:
+    from .fsutil import atomic_path
+
+    path = store_path()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"format": "sparsekit-trust/1", "modules": modules}, indent=2) + "\n", "utf-8")
+    return path
+
+
+# --- resolving a callable -----------------------------------------------------------------------
+
+
+def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) -> tuple[str, str]:
+    """``"pkg.module:callable"`` -> ``("pkg.module", "callable")``; raises ``error`` naming ``where``."""
+    if not isinstance(spec, str) or not _SPEC_RE.match(spec):
+        raise error(f"{where}: {spec!r} is not of the form pkg.module:callable (e.g. examples.models:small_cnn)")
+    module, attr = spec.split(":")
+    if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):
+        raise error(f"{where}: {spec!r} names a dunder attribute; name a module-level function or class")
+    return module, attr
+
+
+def load_callable(
+    spec: str,
+    *,
+    kind: Kind,
+    named_in: str | os.PathLike[str] | None = None,
+    field: str = "",
+    trust_code: bool = False,
+    error: type[SparsekitError] = TrustError,
+) -> Callable[..., Any]:
+    """Import ``pkg.module:callable`` and return it, after every check in the module docstring.
+
+    ``named_in`` is the file that names the callable (a recipe or checkpoint) and ``field`` where in
+    it (``model.factory``); ``None`` means the user named it directly (command line, Python argument).
+    A file-named callable needs ``trust_code=True`` (which also remembers its module) or a module
+    the user trusted before. Raises :class:`TrustError` when it is not confirmed or never run, and
+    ``error`` when it cannot be imported or found.
+    """
+    where = _where(spec, named_in, field)
+    module, attr = split_spec(spec, where, error)
+    reason = _denied(module)
+    if reason and not (kind == "model" and module.split(".")[0] == "torch"):
+        raise TrustError(f"{where}: {reason}, so it is never run")
+    if named_in is not None:
+        _require_trust(spec, module, named_in, field, trust_code)
+    obj: Any = _import(module, where, error)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{where}: module {module!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    _check_shape(obj, where, kind, error)
+    return obj  # type: ignore[no-any-return]
+
+
+def call_user_code(fn: Callable[..., Any], where: str, error: type[SparsekitError], **kwargs: Any) -> Any:
+    """Call a user's factory or data callable; whatever it raises, ``sys.exit()`` included, is bad
+    input naming ``where`` (Ctrl-C still interrupts)."""
+    try:
+        return fn(**kwargs)
+    except KeyboardInterrupt:
+        raise
+    except SparsekitError:
+        raise
+    except SystemExit as exc:
+        raise error(f"{where}: calling it called sys.exit({exc.code!r}); it must return, not exit") from None
+    except BaseException as exc:  # noqa: BLE001 - the user's code failed: bad input, not our bug
+        raise error(f"{where}: calling it raised {type(exc).__name__}: {exc}") from None
+
+
+def _where(spec: str, named_in: str | os.PathLike[str] | None, field: str) -> str:
+    if named_in is None:
+        return f"{field} {spec!r}" if field else repr(spec)
+    return f"{named_in}: {field} {spec!r}" if field else f"{named_in}: {spec!r}"
+
+
+def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], field: str, trust_code: bool) -> None:
+    if module in trusted_modules():
+        return
+    if not trust_code:
+        flag = "--data" if field.startswith("data") else "--arch"
+        raise TrustError(
+            f"{named_in}: {field or 'the file'} names the code {spec!r}; a file's code runs only when you "
+            f"confirm it: pass {flag} {spec} for this run, or --trust-code to trust module {module!r} "
+            "from now on (Python: trust_code=True)"
+        )
+    try:
+        path = trust_module(module)
+    except SparsekitError as err:  # a read-only home: trusted for this run, not remembered
+        log.warning("trusting %s for this run only: %s", module, err)
+        return
+    log.warning("trusted module %s (named in %s); remembered in %s", module, named_in, path)
+
+
+def _module_ok(name: str) -> bool:
+    return bool(re.fullmatch(rf"{_IDENT}(?:\.{_IDENT})*", name))
+
+
+def _denied(module: str) -> str | None:
+    """Why a module is never run, or None."""
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return f"{top!r} is part of Python's standard library, not a model or data module"
+    if top in _TOOL_PACKAGES:
+        return f"{top!r} is a tool package, not a model or data module"
+    if top in _dependency_packages():
+        return f"{top!r} is one of sparsekit's own dependencies, not a model or data module"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _dependency_packages() -> frozenset[str]:
+    """Import names of every package sparsekit depends on, directly or not (extras excluded)."""
+    try:
+        top_level = importlib.metadata.packages_distributions()
+    except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
+        return frozenset()
+    by_dist: dict[str, set[str]] = {}
+    for imp, dists in top_level.items():
+        for d in dists:
+            by_dist.setdefault(_norm(d), set()).add(imp)
+    seen: set[str] = set()
+    todo = ["sparsekit"]
+    while todo:
+        dist = _norm(todo.pop())
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            reqs = importlib.metadata.requires(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for req in reqs:
+            name, _, marker = req.partition(";")
+            if "extra" in marker:  # optional extras (dev tools, integrations) are not installed deps
+                continue
+            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
+            if m:
+                todo.append(m.group(1))
+    return frozenset({imp for d in seen for imp in by_dist.get(d, ())} | {"torch"})
+
+
+def _norm(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+@contextlib.contextmanager
+def _cwd_appended() -> Iterator[None]:
+    # Like `python -m`, a module in the current folder is importable, but only at the end of the
+    # path (an installed package always wins) and only while the user-named module is imported.
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
+
+
+def _import(module: str, where: str, error: type[SparsekitError]) -> types.ModuleType:
+    importlib.invalidate_caches()  # a module written moments ago (generated, or by a test) is found
+    try:
+        with _cwd_appended():
+            return importlib.import_module(module)
+    except KeyboardInterrupt:
+        raise
+    except ImportError as exc:
+        raise error(
+            f"{where}: cannot import module {module!r} ({exc}); run from the folder that contains it or "
+            "install its package"
+        ) from None
+    except SystemExit as exc:
+        raise error(f"{where}: importing {module!r} called sys.exit({exc.code!r})") from None
+    except BaseException as exc:  # noqa: BLE001 - the user's module raised while importing
+        raise error(f"{where}: importing {module!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def _check_shape(obj: Any, where: str, kind: Kind, error: type[SparsekitError]) -> None:
+    """A model factory is a function or an nn.Module class; a data callable is a function. Both must
+    be defined outside the standard library and the tool/dependency packages (a user module that
+    re-exports ``os.system`` is caught here)."""
+    from torch import nn
+
+    if isinstance(obj, type):
+        if kind == "model" and issubclass(obj, nn.Module):
+            return
+        wanted = "an nn.Module class or a function returning one" if kind == "model" else "a function"
+        raise error(f"{where}: is the class {obj.__qualname__}, not {wanted}; it is never run")
+    if not isinstance(obj, types.FunctionType):
+        what = "the model factory" if kind == "model" else "the function returning (train_loader, val_loader)"
+        raise error(
+            f"{where}: is a {type(obj).__name__} object, not a callable module-level Python function, so it is "
+            f"never run; name {what}"
+        )
+    defined_in = getattr(obj, "__module__", None) or ""
+    reason = _denied(defined_in) if defined_in else "it has no module"
+    if reason:
+        raise TrustError(f"{where}: resolves to {defined_in}.{obj.__qualname__}: {reason}, so it is never run")

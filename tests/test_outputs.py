@@ -1,0 +1,297 @@
+"""No run loses the user's files: the output folder's manifest, staging and swap, the -o guards, disk
+errors, and export's refusal to replace files sparsekit did not write."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FAST, assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import OutputError
+from sparsekit.fsutil import atomic_path
+from sparsekit.outputs import RunFolder
+
+MLP = ("--arch", "examples.models:mlp")
+RECIPE = (
+    "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits}\n"
+    "finetune: {epochs: 2, max_steps_per_epoch: 3, optimizer: {name: adam, lr: 0.001}}\n"
+    "pruning: [{method: magnitude, sparsity: 0.6, schedule: {start_epoch: 0, end_epoch: 1},"
+    " layers: {exclude: [fc3]}}]\n"
+    "benchmark: {enabled: false}\n"
+)
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under folder (hidden ones too) -> SHA-256 of its content."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def results(folder: Path) -> dict[str, str]:
+    return {k: v for k, v in snapshot(folder).items() if not k.startswith(".sparsekit/")}
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def test_a_run_publishes_its_files_and_a_manifest_of_them(tmp_path, mlp_checkpoint, recipe):
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    manifest = json.loads((out / ".sparsekit" / "manifest.json").read_text())
+    listed = manifest["files"]
+    assert set(listed) == set(results(out))
+    assert {"model.pt", "model.onnx", "dense.onnx", "report.json", "report.md", "checkpoints/last.pt"} <= set(listed)
+    for rel, info in listed.items():
+        assert info["sha256"] == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+    assert not (out / ".sparsekit" / "next").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    # Paths in the report name the published files, not the staging folder.
+    assert ".sparsekit" not in (out / "report.json").read_text()
+
+
+def test_overwrite_refuses_a_folder_with_files_sparsekit_did_not_write(tmp_path, mlp_checkpoint, recipe):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_text("my own model")
+    (out / "report.md").write_text("my notes")
+    before = snapshot(out)
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST), str(out), "model.pt")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *FAST), "no sparsekit run")
+    assert snapshot(out) == before
+
+
+def test_overwrite_of_a_run_refuses_added_or_changed_files(tmp_path, mlp_checkpoint, recipe):
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST), "notes.txt")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *FAST), "notes.txt")
+    (out / "notes.txt").unlink()
+    (out / "report.md").write_text("edited by the user")  # a file sparsekit wrote, changed since
+    assert_bad_input(
+        run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST), "report.md", "changed"
+    )
+    (out / "report.md").unlink()
+    (out / "sub").mkdir()
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST), "sub")
+    (out / "sub").rmdir()
+    (out / "model.onnx").unlink()
+    (out / "model.onnx").symlink_to(mlp_checkpoint)  # a link where a result was: never followed or replaced
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST), "model.onnx")
+    (out / "model.onnx").unlink()
+    assert before["model.pt"] == snapshot(out)["model.pt"]
+    # Only sparsekit's own files left (some deleted by the user): --overwrite replaces them.
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST).exit_code == 0
+    assert (out / "report.md").is_file() and (out / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("where", ["model-folder", "recipe-folder", "is-model"])
+def test_output_may_not_hold_the_inputs(tmp_path, mlp_checkpoint, recipe, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    target = {"model-folder": mlp_checkpoint.parent, "recipe-folder": recipe.parent, "is-model": mlp_checkpoint}[where]
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", target, *flags, *FAST), "input")
+        assert_bad_input(run("prune", mlp_checkpoint.name, *MLP, recipe.name, "-o", ".", *flags, *FAST), "input")
+    assert snapshot(tmp_path) == before
+
+
+def test_output_may_not_be_root_or_home(tmp_path, mlp_checkpoint, recipe, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", "/", "--overwrite", *FAST), "root folder")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", home, "--overwrite", *FAST), "home folder")
+    assert list(home.iterdir()) == []
+
+
+def test_current_folder_with_other_files_is_refused(tmp_path, mlp_checkpoint, recipe, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.csv").write_text("1,2")
+    monkeypatch.chdir(work)
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", ".", "--overwrite", *FAST), "data.csv")
+    assert snapshot(work) == {"data.csv": hashlib.sha256(b"1,2").hexdigest()}
+
+
+def test_interrupted_or_failed_overwrite_leaves_the_previous_results(tmp_path, mlp_checkpoint, recipe, monkeypatch):
+    import sparsekit.pipeline as pipeline_mod
+    import sparsekit.train as train_mod
+
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    first = snapshot(out)
+    real = train_mod.evaluate
+    calls = {"n": 0}
+
+    def interrupt_after_first_epoch(model, loader):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(model, loader)
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupt_after_first_epoch)
+    monkeypatch.setattr(pipeline_mod, "evaluate", interrupt_after_first_epoch)
+    changed = ("--set", "pruning.0.sparsity=0.7")
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *changed, *FAST).exit_code == 130
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".sparsekit/next/")} == first
+
+    # A failure late in the run (export) leaves them too.
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    monkeypatch.setattr(pipeline_mod, "evaluate", real)
+
+    def broken_zeros(*a, **k):
+        raise sparsekit.ExportError("simulated export failure")
+
+    monkeypatch.setattr(pipeline_mod, "check_zeros", broken_zeros, raising=False)
+    import sparsekit.export as export_mod
+
+    monkeypatch.setattr(export_mod, "check_zeros", broken_zeros)
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *changed, *FAST), "simulated")
+    assert results(out) == {k: v for k, v in first.items() if not k.startswith(".sparsekit/")}
+    monkeypatch.undo()
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "cfg"))
+
+    # --resume finishes the interrupted run and only then replaces the results.
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *changed, *FAST)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["pruning"][0]["sparsity"] == 0.7
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert results(out)["model.pt"] != first["model.pt"]
+    assert not (out / ".sparsekit" / "next").exists()
+
+
+def test_resume_of_a_finished_run_republishes(tmp_path, mlp_checkpoint, recipe):
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert set(json.loads((out / ".sparsekit" / "manifest.json").read_text())["files"]) == set(results(out))
+
+
+def test_report_rerender_only_in_a_run_folder(tmp_path, mlp_checkpoint, recipe):
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    assert run("report", out).exit_code == 0
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST).exit_code == 0  # still ours
+    (out / "report.md").write_text("my edits")
+    assert_bad_input(run("report", out), "report.md")
+    assert (out / "report.md").read_text() == "my edits"
+
+
+# --- disks -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT])
+def test_disk_errors_name_the_path(tmp_path, monkeypatch, code):
+    import sparsekit.modelio as modelio
+
+    def failing_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(modelio.torch, "save", failing_save)
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"previous")
+    with pytest.raises(OutputError, match=str(target)):
+        sparsekit.save_model(torch.nn.Linear(2, 2), target, "examples.models:mlp")
+    assert target.read_bytes() == b"previous"  # the old file, never half a new one
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_torch_writer_without_errno_on_a_full_disk(tmp_path, monkeypatch):
+    import sparsekit.fsutil as fsutil
+
+    monkeypatch.setattr(fsutil, "_free_bytes", lambda folder: 1024)
+    with pytest.raises(OutputError, match="no space left"), atomic_path(tmp_path / "x.bin"):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(fsutil, "_free_bytes", lambda folder: 10 << 30)
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "x.bin"):
+        raise RuntimeError("a bug, not the disk")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 kB tmpfs (Linux, root only): a real full disk."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root on Linux)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_prune_onto_a_full_disk_is_bad_input(tmp_path, small_disk, mlp_checkpoint, recipe):
+    from examples.models import lenet_300_100
+
+    # LeNet-300-100 (1 MB of weights) cannot fit: some write fails with ENOSPC.
+    big = sparsekit.save_model(lenet_300_100(), tmp_path / "lenet.pt", "examples.models:lenet_300_100",
+                               input_shape=[1, 784])  # fmt: skip
+    out = small_disk / "out"
+    result = run("prune", big, "lenet-gradual-magnitude-90", "--arch", "examples.models:lenet_300_100", "-o", out,
+                 "--set", "finetune.epochs=1", "--set", "pruning.0.schedule=oneshot", *FAST)  # fmt: skip
+    assert_bad_input(result, "no space left on device", str(small_disk))
+    # Nothing half-written where a finished file belongs: results appear only after a complete run.
+    assert not [p for p in out.iterdir() if p.name != ".sparsekit"]
+
+
+def test_read_only_filesystem_is_bad_input(tmp_path, small_disk, mlp_checkpoint, recipe):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", small_disk / "out", *FAST), "read-only")
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", small_disk / "m.onnx", "--exporter", "torchscript"),
+              "read-only")  # fmt: skip
+
+
+# --- export's own outputs ------------------------------------------------------------------------
+
+
+def test_export_never_replaces_a_file_it_did_not_write(tmp_path, mlp_checkpoint):
+    theirs = tmp_path / "theirs.onnx"
+    theirs.write_text("not mine")
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", theirs), str(theirs), "did not write")
+    assert theirs.read_text() == "not mine"
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", mlp_checkpoint), "input")
+    assert torch.load(mlp_checkpoint, weights_only=True)["format"] == "sparsekit/1"
+    int8_theirs = tmp_path / "m.int8.onnx"
+    int8_theirs.write_text("mine too")
+    assert_bad_input(
+        run("export", mlp_checkpoint, *MLP, "-o", tmp_path / "m.onnx", "--quantize", "int8"), "m.int8.onnx"
+    )
+    assert not (tmp_path / "m.onnx").exists() and int8_theirs.read_text() == "mine too"
+    # A file sparsekit wrote is replaced on request.
+    ours = tmp_path / "ours.onnx"
+    for _ in range(2):
+        result = run("export", mlp_checkpoint, *MLP, "-o", ours, "--exporter", "torchscript")
+        assert result.exit_code == 0, result.stderr
+
+
+def test_run_folder_guard_is_read_only(tmp_path):
+    out = tmp_path / "o"
+    RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    assert not out.exists()
+    with pytest.raises(OutputError, match="no run to resume"):
+        RunFolder.prepare(out, inputs=[], overwrite=False, resume=True)

@@ -1,0 +1,360 @@
+"""Files are data: code a recipe or checkpoint names runs only when the user confirms it, never when it
+is standard-library or tool machinery, and no file in the working folder shadows a dependency.
+
+Every hostile case checks a canary file that the named code would create: it must never appear."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.data import load_data
+from sparsekit.errors import DataError, TrustError
+from sparsekit.trust import forget_module, load_callable, store_path, trust_module, trusted_modules
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def canary(tmp_path):
+    path = tmp_path / "canary"
+    yield path
+    assert not path.exists(), f"hostile code ran: {path} was created"
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A plain state_dict of examples.models:mlp (the architecture is then named by a file or --arch)."""
+    from examples.models import mlp
+
+    path = tmp_path / "weights.pt"
+    torch.save(mlp(in_features=64, hidden=[16]).state_dict(), path)
+    return path
+
+
+def recipe_file(tmp_path: Path, model: dict, data: str = "digits", name: str = "r.yaml") -> Path:
+    doc = {
+        "version": 1,
+        "model": {"input_shape": [1, 64], **model},
+        "data": {"source": data},
+        "finetune": {"epochs": 1, "max_steps_per_epoch": 2},
+        "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot", "layers": {"exclude": ["fc2"]}}],
+        "export": {"exporter": "torchscript"},
+        "benchmark": {"enabled": False},
+    }
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path
+
+
+def hostile_calls(canary: Path) -> list[tuple[str, dict]]:
+    """Callables that would start a process, delete or write files, import or unpickle: each one, if
+    called with these arguments, creates (or proves by its effect) the canary."""
+    touch = ["touch", str(canary)]
+    return [
+        ("subprocess:run", {"args": touch}),
+        ("subprocess:Popen", {"args": touch}),
+        ("subprocess:check_call", {"args": touch}),
+        ("os:system", {"command": f"touch {canary}"}),
+        ("posix:system", {"command": f"touch {canary}"}),
+        ("builtins:exec", {"source": f"open({str(canary)!r}, 'w')"}),
+        ("builtins:eval", {"source": f"open({str(canary)!r}, 'w')"}),
+        ("runpy:run_path", {"path_name": str(canary)}),
+        ("importlib:import_module", {"name": "antigravity"}),
+        ("pathlib:Path.touch", {"self": str(canary)}),
+        ("shutil:copyfile", {"src": __file__, "dst": str(canary)}),
+        ("pickle:loads", {"data": "x"}),
+        ("pty:spawn", {"argv": touch}),
+        ("torch:load", {"f": str(canary)}),
+        ("torch.hub:load", {"repo_or_dir": str(canary), "model": "x"}),
+        ("torch.utils.cpp_extension:load_inline", {"name": "x", "cpp_sources": ""}),
+        ("numpy:save", {"file": str(canary), "arr": [1]}),
+        ("pip._internal.cli.main:main", {"args": ["--version"]}),
+        ("yaml:unsafe_load", {"stream": "x"}),
+    ]
+
+
+# --- recipes that name code ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trust_flag", [[], ["--trust-code"]], ids=["untrusted", "trust-code"])
+def test_recipe_naming_machinery_never_runs_it(tmp_path, weights, canary, trust_flag):
+    for i, (spec, kwargs) in enumerate(hostile_calls(canary)):
+        recipe = recipe_file(tmp_path, {"factory": spec, "kwargs": kwargs}, name=f"r{i}.yaml")
+        assert_bad_input(run("validate", recipe, weights, *trust_flag), spec)
+        assert_bad_input(run("prune", weights, recipe, "-o", tmp_path / f"o{i}", *trust_flag), spec)
+        assert not (tmp_path / f"o{i}").exists()
+        # As a data source too.
+        recipe = recipe_file(tmp_path, {}, data=spec, name=f"d{i}.yaml")
+        assert_bad_input(
+            run("prune", weights, recipe, "--arch", "examples.models:mlp", "-o", tmp_path / f"p{i}", *trust_flag)
+        )
+    assert trusted_modules() == []  # none of them was remembered either
+
+
+def test_validate_without_model_imports_nothing_the_recipe_names(tmp_path, canary, monkeypatch):
+    (tmp_path / "sk_named_mod.py").write_text(f"open({str(canary)!r}, 'w').close()\ndef build():\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {"factory": "sk_named_mod:build"}, data="sk_named_mod:build")
+    result = run("validate", recipe, "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["names_code"] == {"model.factory": "sk_named_mod:build", "data.source": "sk_named_mod:build"}
+    assert "sk_named_mod" not in sys.modules
+
+
+def test_a_user_module_named_in_a_recipe_runs_only_when_confirmed(tmp_path, weights, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "sk_user_arch.py").write_text(
+        textwrap.dedent(f"""
+        open({str(marker)!r}, "w").close()
+        from examples.models import mlp
+
+        def build(**kw):
+            return mlp(**kw)
+        """)
+    )
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {"factory": "sk_user_arch:build", "kwargs": {"in_features": 64, "hidden": [16]}})
+    line = assert_bad_input(
+        run("validate", recipe, weights), str(recipe), "sk_user_arch:build", "--arch", "--trust-code"
+    )
+    assert "model.factory" in line
+    assert not marker.exists() and "sk_user_arch" not in sys.modules  # not even imported
+    # Named on the command line this run: confirmed, not remembered.
+    assert run("validate", recipe, weights, "--arch", "sk_user_arch:build").exit_code == 0
+    assert marker.exists() and trusted_modules() == []
+    # --trust-code: runs and is remembered for later runs.
+    result = run("validate", recipe, weights, "--trust-code")
+    assert result.exit_code == 0, result.stderr
+    assert trusted_modules() == ["sk_user_arch"]
+    assert json.loads(store_path().read_text())["modules"] == ["sk_user_arch"]
+    assert run("validate", recipe, weights).exit_code == 0
+    listed = run("trust", "--json")
+    assert json.loads(listed.stdout)["modules"] == ["sk_user_arch"]
+    assert run("trust", "--forget", "sk_user_arch").exit_code == 0
+    assert_bad_input(run("validate", recipe, weights), "sk_user_arch:build")
+
+
+def test_trust_command_refuses_machinery(tmp_path):
+    for module in ("os", "subprocess", "importlib", "torch.hub", "pip", "sparsekit.trust", "numpy"):
+        assert_bad_input(run("trust", module), module, "never trusted")
+    assert_bad_input(run("trust", "not a module"), "not a module name")
+    assert run("trust", "mypkg.nets").exit_code == 0
+    assert trusted_modules() == ["mypkg.nets"]
+    assert forget_module("mypkg.nets") and not forget_module("mypkg.nets")
+
+
+def test_a_trusted_module_that_reexports_machinery_is_still_refused(tmp_path, monkeypatch, canary):
+    (tmp_path / "sk_reexport.py").write_text(
+        "from os import system\nfrom subprocess import run as build\nimport torch\nload = torch.load\n"
+        "class NotAModel:\n    def __init__(self, **kw):\n        pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    trust_module("sk_reexport")
+    for attr in ("system", "build", "load", "torch.load", "torch.hub.load"):
+        with pytest.raises(TrustError, match="never run"):
+            load_callable(f"sk_reexport:{attr}", kind="model", named_in="r.yaml", field="model.factory")
+    with pytest.raises(sparsekit.SparsekitError, match="not an nn.Module class"):
+        load_callable("sk_reexport:NotAModel", kind="model", named_in="r.yaml", field="model.factory")
+    # torch's own nn.Module classes are fine as a factory; its functions are not.
+    assert load_callable("torch.nn:Linear", kind="model") is torch.nn.Linear
+    with pytest.raises(TrustError):
+        load_callable("torch.nn.functional:relu", kind="model")
+
+
+def test_dunder_and_malformed_specs_are_refused():
+    for spec in ("examples.models:mlp.__globals__", "examples.models:__builtins__", "a:b:c", "a b:c", ":x", "x:"):
+        with pytest.raises(sparsekit.SparsekitError):
+            load_callable(spec, kind="model")
+
+
+# --- checkpoints that name code ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["inspect", "export", "prune", "validate"])
+def test_checkpoint_factory_naming_machinery_never_runs(tmp_path, canary, command):
+    from examples.models import mlp
+
+    state = mlp(in_features=64, hidden=[16]).state_dict()
+    for i, (spec, kwargs) in enumerate(hostile_calls(canary)[:8]):
+        ckpt = tmp_path / f"c{i}.pt"
+        torch.save({"format": "sparsekit/1", "factory": spec, "kwargs": kwargs, "input_shape": [1, 64],
+                    "state_dict": state, "pruning_history": []}, ckpt)  # fmt: skip
+        recipe = recipe_file(tmp_path, {}, name=f"r{i}.yaml")
+        args = {
+            "inspect": ["inspect", ckpt],
+            "export": ["export", ckpt, "-o", tmp_path / f"x{i}.onnx"],
+            "prune": ["prune", ckpt, recipe, "-o", tmp_path / f"o{i}"],
+            "validate": ["validate", recipe, ckpt],
+        }[command]
+        assert_bad_input(run(*args), spec)
+        assert_bad_input(run(*args, "--trust-code"), spec, "never run")
+        assert not (tmp_path / f"x{i}.onnx").exists() and not (tmp_path / f"o{i}").exists()
+
+
+def test_checkpoint_factory_of_a_user_module_needs_confirmation(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "sk_ckpt_arch.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom examples.models import mlp as build\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
+    from examples.models import mlp
+
+    ckpt = sparsekit.save_model(mlp(hidden=[8]), tmp_path / "m.pt", "sk_ckpt_arch:build", kwargs={"hidden": [8]},
+                                input_shape=[1, 64])  # fmt: skip
+    with pytest.raises(TrustError, match="sk_ckpt_arch:build"):
+        sparsekit.load_model(ckpt)
+    assert not marker.exists()
+    assert_bad_input(run("inspect", ckpt), str(ckpt), "factory", "--arch sk_ckpt_arch:build", "--trust-code")
+    assert not marker.exists()
+    # `build` is examples.models.mlp re-exported: defined in a non-machinery module, so fine once trusted.
+    assert isinstance(sparsekit.load_model(ckpt, trust_code=True), torch.nn.Module)
+    assert marker.exists() and "sk_ckpt_arch" in trusted_modules()
+
+
+def test_a_damaged_checkpoint_factory_field_is_bad_input(tmp_path):
+    from examples.models import mlp
+
+    for factory in (3, ["os:system"], {"a": 1}, "os.system", "a:b:c"):
+        ckpt = tmp_path / "m.pt"
+        torch.save({"format": "sparsekit/1", "factory": factory, "kwargs": {}, "state_dict": mlp().state_dict()}, ckpt)
+        assert_bad_input(run("inspect", ckpt, "--trust-code"))
+
+
+# --- user code that exits or raises ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("import sys\ndef loaders():\n    sys.exit(0)\n", "sys.exit(0)"),
+        ("import sys\ndef loaders():\n    sys.exit('bye')\n", "sys.exit('bye')"),
+        ("def loaders():\n    raise MemoryError('big')\n", "MemoryError"),
+        ("import sys\nsys.exit(3)\n", "sys.exit(3)"),
+        ("raise SystemExit\n", "sys.exit(None)"),
+    ],
+)
+def test_data_callable_that_exits_is_bad_input(tmp_path, mlp_checkpoint, monkeypatch, body, needle):
+    name = f"sk_exit_{abs(hash(body)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.chdir(tmp_path)
+    result = run("prune", mlp_checkpoint, recipe_file(tmp_path, {}), "--arch", "examples.models:mlp",
+                 "--data", f"{name}:loaders", "-o", tmp_path / "o")  # fmt: skip
+    assert_bad_input(result, f"{name}:loaders", needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_factory_or_forward_that_exits_is_bad_input(tmp_path, monkeypatch, weights):
+    (tmp_path / "sk_exit_arch.py").write_text(
+        textwrap.dedent("""
+        import sys
+        import torch
+
+        def build(**kw):
+            sys.exit(0)
+
+        class Quits(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = torch.nn.Linear(64, 16)
+                self.fc2 = torch.nn.Linear(16, 10)
+
+            def forward(self, x):
+                sys.exit(0)
+        """)
+    )
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {})
+    assert_bad_input(run("inspect", weights, "--arch", "sk_exit_arch:build"), "sk_exit_arch:build", "sys.exit(0)")
+    assert_bad_input(run("prune", weights, recipe, "--arch", "sk_exit_arch:Quits", "-o", tmp_path / "o"), "sys.exit")
+
+
+# --- data paths named in a recipe ----------------------------------------------------------------
+
+
+def test_recipe_data_file_outside_its_folders_needs_confirmation(tmp_path, monkeypatch):
+    import numpy as np
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    npz = elsewhere / "d.npz"
+    np.savez(npz, x=np.random.rand(40, 64).astype("float32"), y=np.arange(40) % 10)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    recipe = recipe_file(work, {})
+    for named in (str(npz), "../elsewhere/d.npz"):
+        with pytest.raises(DataError, match="outside the recipe's folder"):
+            load_data(named, input_shape=[1, 64], named_in=recipe)
+        assert load_data(named, input_shape=[1, 64]).num_classes == 10  # named by the caller: fine
+    (work / "link.npz").symlink_to(npz)
+    with pytest.raises(DataError, match="--data link.npz"):
+        load_data("link.npz", input_shape=[1, 64], named_in=recipe)
+    shutil.copy(npz, work / "inside.npz")
+    assert load_data("inside.npz", input_shape=[1, 64], named_in=recipe).num_classes == 10
+
+
+# --- the import path ---------------------------------------------------------------------------
+
+
+def test_resolving_leaves_the_import_path_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "sk_path_mod.py").write_text("from examples.models import mlp as build\n")
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    assert load_callable("sk_path_mod:build", kind="model") is not None
+    assert sys.path == before and str(tmp_path) not in sys.path
+
+
+def _console_script() -> Path | None:
+    exe = Path(sys.executable).parent / "sparsekit"
+    return exe if exe.exists() else None
+
+
+@pytest.mark.skipif(_console_script() is None, reason="the sparsekit console script is not installed")
+def test_files_in_the_working_folder_do_not_shadow_dependencies(tmp_path):
+    """A folder holding modules named like sparsekit's dependencies: the real ones are imported."""
+    work = tmp_path / "work"
+    work.mkdir()
+    canaries = []
+    for dep in ("torch_pruning", "onnx", "onnxruntime", "yaml", "click", "pydantic", "numpy", "rich", "safetensors"):
+        canary = tmp_path / f"shadowed-{dep}"
+        (work / f"{dep}.py").write_text(f"open({str(canary)!r}, 'w').close()\nraise SystemExit('shadowed')\n")
+        canaries.append(canary)
+    (work / "sk_work_arch.py").write_text("from examples.models import small_cnn as build\n")
+    from examples.models import small_cnn
+
+    torch.save(small_cnn(width=8, image_size=8).state_dict(), work / "cnn.pt")
+    (work / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8], kwargs: {width: 8, image_size: 8}}\n"
+        "finetune: {epochs: 1}\n"
+        "pruning: [{method: structured, ratio: 0.5, schedule: oneshot}]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # examples.models, as for a user with it installed
+    result = subprocess.run(
+        [str(_console_script()), "validate", "r.yaml", "cnn.pt", "--arch", "sk_work_arch:build"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "structured" in result.stdout
+    for canary in canaries:
+        assert not canary.exists(), f"{canary.name}: a file in the working folder was imported"
