@@ -5,12 +5,22 @@ without loading torch or onnxruntime until a name that needs them is used, so ``
 is quick and a Ctrl-C during start-up is handled like any other.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: it imports the module `__future__`, and this must run
+# before any import that the current folder could shadow (see below).
+import os as _os
+import sys as _sys
 
-import importlib
-from typing import TYPE_CHECKING, Any
+if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
+    # `python -m sparsekit` (and torchrun -m) put the current folder first on sys.path, and Python
+    # imports this package before sparsekit/__main__.py runs: a typing.py or yaml.py lying in that
+    # folder would be imported in place of the real module. Only modules the user names are looked up
+    # there, and then last (sparsekit.trust).
+    del _sys.path[0]
 
-from .errors import (
+import importlib  # noqa: E402 - after the import path is safe
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+from .errors import (  # noqa: E402
     DataError,
     ExportError,
     ModelFileError,

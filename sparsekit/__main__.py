@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 
@@ -18,7 +20,13 @@ def entry() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         raise SystemExit(130) from None
-    main(prog_name="sparsekit")
+    try:
+        main(prog_name="sparsekit")
+    finally:
+        # The command is over and its files are complete. Unloading torch and onnxruntime at exit can
+        # take a second; a Ctrl-C then must not turn a finished run into a death by signal.
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsekit.errors import ExportError
-from sparsekit.export import check_external_data, size_report
+from sparsekit.export import check_external_data, load_onnx, size_report
 from sparsekit.onnx_macs import onnx_macs
 
 __all__ = ["benchmark", "latency_table"]
@@ -69,6 +69,7 @@ def benchmark(
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
     sessions.append(_session(files[0], threads, provider))  # the A/A control
     dims.append(dims[0])
+    _check_memory(files, dims, sizes)
 
     samples = {}  # batch size -> int64 ns array of shape (len(sessions), runs)
     total = len(sizes) * (warmup + runs)
@@ -164,6 +165,68 @@ def _input_dims(
         shape = inputs[0].shape
         raise ExportError(f"{path}: input shape {list(input_shape)} does not fit the model's input {shape}")
     return user
+
+
+def _sample_bytes(path: Path, dims: list[int]) -> int | None:
+    """Bytes of the input and every intermediate float tensor for ONE sample, from ONNX shape
+    inference with the batch dim set to 1; None when the shapes cannot be inferred."""
+    from onnx import TensorProto, shape_inference
+
+    model = load_onnx(path, load_external_data=False)
+    inp = model.graph.input[0].type.tensor_type.shape.dim
+    for d, value in zip(inp, [1, *dims], strict=False):
+        d.ClearField("dim_param")
+        d.dim_value = value
+    try:
+        graph = shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - an estimate only: without shapes, no check
+        return None
+    size = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8, TensorProto.INT64: 8}
+    # Only tensors computed from the input grow with the batch (not transposed weights, constants).
+    per_batch = {graph.input[0].name}
+    for node in graph.node:
+        if any(i in per_batch for i in node.input):
+            per_batch.update(node.output)
+    total = 4 * math.prod(dims)
+    for info in [*graph.value_info, *graph.output]:
+        if info.name not in per_batch:
+            continue
+        t = info.type.tensor_type
+        if not all(d.HasField("dim_value") for d in t.shape.dim):
+            return None
+        total += size.get(t.elem_type, 4) * math.prod(d.dim_value for d in t.shape.dim)
+    return total
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) -> None:
+    """Refuse a batch size whose inputs and activations cannot fit in memory, instead of being killed
+    by the kernel halfway. Every session keeps its own buffers, so their needs add up (an upper bound:
+    onnxruntime reuses memory between layers)."""
+    available = _available_bytes()
+    if available is None:
+        return
+    per_sample = [_sample_bytes(f, d) for f, d in zip(files, dims[: len(files)], strict=True)]
+    if any(b is None for b in per_sample):
+        return
+    need_one = sum(b for b in per_sample if b is not None) + (per_sample[0] or 0)  # + the A/A control
+    batch = max(sizes)
+    if batch * need_one > 0.8 * available:
+        raise ExportError(
+            f"batch size {batch} needs about {batch * need_one / 2**30:.1f} GiB for inputs and activations of "
+            f"{len(files) + 1} onnxruntime sessions, more than the {available / 2**30:.1f} GiB available; "
+            "use a smaller batch size"
+        )
 
 
 def _input(batch: int, dims: list[int], seed: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .errors import DataError, ExportError, RecipeError, SparsekitError
+from .errors import DataError, ExportError, RecipeError, SparsekitError, one_line
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -64,14 +64,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "factory); it must return or raise, not exit",
                 2,
             )
+        except MemoryError as err:
+            if debug:
+                traceback.print_exc()
+            _fail(f"out of memory ({one_line(err)}); use a smaller model, batch or input, or more memory", 2)
         except Exception as err:  # noqa: BLE001 - the CLI edge: report, never dump a traceback by default
             if debug:
                 traceback.print_exc()
-            _fail(
-                f"unexpected failure: {type(err).__name__}: {err} (run again with --debug for a traceback "
-                "and report it)",
-                1,
-            )
+            if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):  # torch's allocator
+                _fail(f"out of memory ({one_line(err, 200)}); use a smaller model, batch or input", 2)
+            _fail(f"unexpected failure: {one_line(err)} (run again with --debug for a traceback and report it)", 1)
+        except BaseException as err:  # noqa: BLE001 - GeneratorExit & co. raised by user code (forward, data)
+            if debug:
+                traceback.print_exc()
+            _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2)
 
     return wrapper
 
@@ -395,11 +401,14 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
             raise OutputError(f"-o {target}: is the input MODEL; choose another output file")
         if target.is_dir():
             raise OutputError(f"-o {target}: is a folder; give the .onnx file to write, e.g. -o {target}/model.onnx")
-        if (target.exists() or target.is_symlink()) and (target.is_symlink() or not written_by_sparsekit(target)):
-            raise OutputError(
-                f"{target}: exists and sparsekit did not write it; sparsekit never replaces your files: "
-                "choose another -o or move it away"
-            )
+        ours = not target.is_symlink() and written_by_sparsekit(target)
+        data = target.parent / f"{target.name}.data"  # where external data (models over 1.8 GB) goes
+        for path in (target, data):
+            if (path.exists() or path.is_symlink()) and not ours:
+                raise OutputError(
+                    f"{path}: exists and sparsekit did not write it (or it changed since); sparsekit never "
+                    "replaces your files: choose another -o or move it away"
+                )
 
 
 def _export_int8(path: Path, bundle: Any) -> dict[str, Any]:
@@ -512,6 +521,8 @@ def inspect(
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     try:
         rows = layer_report(loaded.model, shape)
+    except MemoryError:
+        raise
     except Exception as err:  # noqa: BLE001 - the model cannot run on the given shape
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(f"--input-shape {shape}: the model does not accept it ({first})") from None
@@ -577,10 +588,12 @@ def validate(
     rec = load_recipe(path, list(overrides))
     res: dict[str, Any] = {"recipe": str(path), "valid": True, "methods": [], "names_code": _named_code(rec)}
     lines = [f"{path}: valid ({len(rec.pruning)} method(s), {rec.finetune.epochs} fine-tuning epoch(s))"]
-    for field, spec in res["names_code"].items():
-        lines.append(
-            f"{field} names code {spec}: not imported; it runs only when confirmed (--arch/--data or --trust-code)"
-        )
+    if model is None:
+        for field, spec in res["names_code"].items():
+            lines.append(
+                f"{field} names code {spec}: not imported; prune runs it only when confirmed "
+                "(--arch/--data, --trust-code or a trusted module)"
+            )
     if model is not None:
         _load_native("torch")
         from .pipeline import resolve_model
@@ -659,13 +672,18 @@ def report(folder: Path, debug: bool) -> None:
 
     run = RunFolder(folder)
     if not run.has_run():
-        raise SparsekitError(f"{folder}: holds no sparsekit run (no .sparsekit/manifest.json); nothing re-rendered")
+        raise SparsekitError(f"{folder}: holds no sparsekit run (no .sparsekit folder); nothing re-rendered")
     run.check_owned()  # report.md and the plots are replaced: they must still be the ones sparsekit wrote
+    run.lock()
     try:
         written = write_report(data, folder)
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise SparsekitError(f"{src}: not a report.json written by sparsekit prune (missing {err})") from None
-    run.record(written)
+        run.record(written)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        raise SparsekitError(
+            f"{src}: not a report.json written by sparsekit prune ({one_line(err, 120)}); run prune again"
+        ) from None
+    finally:
+        run.unlock()
     click.echo(f"Wrote {folder / 'report.md'}")
 
 

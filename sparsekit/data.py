@@ -49,6 +49,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # same task, so results across seeds stay comparable.
 _TEACHER_SEED = 20240601
 
+_MAX_SYNTHETIC_VALUES = 2**28  # float32 values generated for `synthetic`: 1 GiB
+
 _CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -185,6 +187,11 @@ def _make_synthetic(
         )
     _check_int("data.synthetic_samples", samples, minimum=2)
     shape = sample_shape(input_shape)
+    if samples * math.prod(shape) > _MAX_SYNTHETIC_VALUES:
+        raise DataError(
+            f"data.synthetic_samples {samples} x {math.prod(shape):,} values per sample is more than "
+            f"{_MAX_SYNTHETIC_VALUES:,} values (1 GiB); use fewer synthetic samples"
+        )
     classes = 10 if num_classes is None else num_classes
     x = np.random.default_rng(seed).standard_normal((samples, *shape), dtype=np.float32)
     # Unit-norm teacher columns keep the argmax classes roughly balanced.

@@ -40,3 +40,11 @@ class TrustError(SparsekitError):
 class OutputError(SparsekitError):
     """An output cannot be written: the disk is full, permission is denied, the filesystem is
     read-only, or the output folder holds files sparsekit did not write."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (cut to ``limit``): what a one-line ``Error:`` may quote from
+    an exception raised by user code or a library, whose messages can run to pages of C++ frames."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import logging
@@ -141,14 +142,17 @@ def check_external_data(path: str | os.PathLike[str]) -> None:
 def written_by_sparsekit(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a readable ONNX file carrying sparsekit's mark; never raises.
 
-    False for a missing file, non-ONNX bytes and ONNX files without the mark. External data is
-    not loaded. The mark says who wrote the file, not that it is safe: anyone can set it.
+    False for a missing file, non-ONNX bytes, ONNX files without the mark and marked files whose
+    graph changed since sparsekit wrote them (the mark holds a SHA-256 of the rest of the file;
+    external data files are not hashed). The mark says who wrote the file, not that it is safe:
+    anyone can compute it.
     """
     try:
         model = load_onnx(path, load_external_data=False)
+        value = _unmark(model)
+        return value is not None and value.endswith(f" sha256:{_digest(model)}")
     except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
         return False
-    return any(prop.key == MARK_KEY for prop in model.metadata_props)
 
 
 def onnx_sizes(path: str | os.PathLike[str]) -> dict[str, int]:
@@ -367,14 +371,26 @@ def _check_file(tmp: Path) -> None:
 
 
 def _mark(model: onnx.ModelProto) -> None:
-    """Stamp ``model`` as written by sparsekit (see :func:`written_by_sparsekit`); a few bytes."""
+    """Stamp ``model`` as written by sparsekit (see :func:`written_by_sparsekit`): the version and a
+    SHA-256 of the rest of the graph, so a file edited since (the mark kept) is no longer "ours"."""
     from sparsekit import __version__  # lazily: the package imports this module
 
-    for prop in model.metadata_props:
-        if prop.key == MARK_KEY:
-            prop.value = __version__
-            return
-    model.metadata_props.add(key=MARK_KEY, value=__version__)
+    _unmark(model)
+    model.metadata_props.add(key=MARK_KEY, value=f"{__version__} sha256:{_digest(model)}")
+
+
+def _unmark(model: onnx.ModelProto) -> str | None:
+    """Remove sparsekit's mark from ``model``; returns its value (None when there was none)."""
+    value = None
+    for i in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[i].key == MARK_KEY:
+            value = model.metadata_props[i].value
+            del model.metadata_props[i]
+    return value
+
+
+def _digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
 
 
 def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
@@ -539,9 +555,14 @@ def _location_problem(folder: Path, real_folder: str, location: str) -> str | No
     # Both separators and drive letters: a file written on Windows must not escape either.
     if location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
         return "outside the model's folder (an absolute path)"
-    if ".." in re.split(r"[\\/]", location):
+    parts = re.split(r"[\\/]", location)
+    if ".." in parts:
         # Refused even when it would land inside: '..' has no business in a file beside the model.
         return "outside the model's folder ('..' is not allowed)"
+    if any(part.startswith(".") and part != "." for part in parts):
+        # A model saved in a home folder must not read ~/.ssh/id_rsa or ~/.netrc as "weights": hidden
+        # files and folders hold keys and settings, never a model's data.
+        return "a hidden file or folder, where model data never lives"
     target = os.path.realpath(folder / location)  # symlinks followed, as the reader would
     if os.path.commonpath([real_folder, target]) != real_folder:
         return "outside the model's folder (it resolves to another place)"

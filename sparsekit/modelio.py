@@ -176,6 +176,16 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
         for k in own
         if k in state and state[k].shape != own[k].shape
     ]
+    odd = [
+        f"{k} ({v.layout}, {v.dtype})"
+        for k, v in state.items()
+        if k in own and (v.layout != torch.strided or v.is_floating_point() != own[k].is_floating_point())
+    ]
+    if odd:
+        raise ModelFileError(
+            f"{path}: tensors {odd[:4]} are not plain dense tensors of the model's kind; save the weights "
+            "with model.state_dict() (dense tensors)"
+        )
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -188,7 +198,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
             f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. "
             "Check --arch and its kwargs (--kwargs JSON, or model.kwargs in the recipe)"
         )
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - e.g. a dtype torch cannot copy: the file does not fit
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ModelFileError(f"{path}: its weights cannot be loaded into {factory} ({first})") from None
 
 
 def load_model(
@@ -273,7 +287,10 @@ def read_model(
             raise ModelFileError(f"{path}: a structurally pruned checkpoint needs its input_shape to rebuild")
         from .surgery import replay_history
 
-        model = replay_history(model, history, input_shape)
+        try:
+            model = replay_history(model, history, input_shape)
+        except ModelFileError as err:
+            raise ModelFileError(f"{path}: {err}") from None
     load_weights(model, state, path, factory)
     return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None, history, kind)
 

@@ -6,6 +6,7 @@ After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.on
 - ``manifest.json`` lists every result file sparsekit wrote, with its size and SHA-256. ``--overwrite``
   and ``--resume`` refuse a folder holding anything else (a file not listed, or a listed file whose
   content changed since), naming the first such file, so a user's file is never replaced or deleted.
+- ``lock`` holds the pid and host of the run writing the folder: a second run into it is refused.
 - ``next/`` is the run in progress. Every output is built there and moved into ``DIR`` only when the
   run has finished, so an interrupted or failed run leaves the previous results as they were, and
   ``--resume`` continues from ``next/checkpoints/``.
@@ -13,8 +14,9 @@ After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.on
 ``-o`` may not be ``/`` or the home folder, nor be or contain an input (model, recipe, data file).
 
 >>> folder = RunFolder.prepare(Path("out"), inputs=[Path("lenet.pt")], overwrite=False, resume=False)
->>> stage = folder.begin()          # write everything under stage/
+>>> stage = folder.begin()          # takes the folder's lock; write everything under stage/
 >>> folder.publish()                # then swap it into out/
+>>> folder.unlock()
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,6 +40,7 @@ META = ".sparsekit"
 MANIFEST = "manifest.json"
 PENDING = "manifest.next.json"  # written before the swap, so a half-finished swap stays ours
 STAGE = "next"
+LOCK = "lock"
 FORMAT = "sparsekit-run/1"
 
 
@@ -73,6 +77,7 @@ class RunFolder:
         self.meta = self.out / META
         self.stage = self.meta / STAGE
         self.resume = resume
+        self._locked = False
 
     # --- checks (read-only) ----------------------------------------------------------------------
 
@@ -88,33 +93,33 @@ class RunFolder:
             if resume:
                 raise OutputError(f"{out}: no such folder, so there is no run to resume; run without --resume")
             return folder
+        folder.check_unlocked()
         has_run = folder.has_run()
         entries = sorted(p.name for p in out.iterdir())
         if resume:
             if not has_run:
                 raise OutputError(
-                    f"{out}: holds no sparsekit run (no {META}/{MANIFEST}), so there is nothing to resume; "
+                    f"{out}: holds no sparsekit run (no {META} folder), so there is nothing to resume; "
                     "choose the folder of an interrupted run, or run without --resume"
                 )
             folder.check_owned()
         elif entries:
-            if not overwrite:
-                what = "a sparsekit run" if has_run else "files"
-                raise OutputError(
-                    f"{out}: output folder exists and holds {what}; pass --overwrite to replace a sparsekit run, "
-                    "--resume to continue an interrupted one, or choose another -o DIR"
-                )
             if not has_run:
                 raise OutputError(
-                    f"{out}: holds files sparsekit did not write (first: {entries[0]}); --overwrite only replaces "
-                    "a sparsekit run's own files: choose another -o DIR"
+                    f"{out}: holds files sparsekit did not write (first: {entries[0]}); sparsekit writes only into "
+                    "a new or empty folder or over its own earlier run: choose another -o DIR"
+                )
+            if not overwrite:
+                raise OutputError(
+                    f"{out}: holds an earlier sparsekit run; pass --overwrite to replace it, --resume to continue "
+                    "it if it was interrupted, or choose another -o DIR"
                 )
             folder.check_owned()
         return folder
 
     def has_run(self) -> bool:
         """Whether the folder holds a sparsekit run (finished, or unfinished in ``.sparsekit/next``)."""
-        return not self.meta.is_symlink() and ((self.meta / MANIFEST).is_file() or self.stage.is_dir())
+        return not self.meta.is_symlink() and self.meta.is_dir()  # only sparsekit makes DIR/.sparsekit
 
     def owned(self) -> dict[str, set[str]]:
         """Relative path -> SHA-256 digests sparsekit wrote there (current and pending manifests)."""
@@ -165,9 +170,10 @@ class RunFolder:
     def begin(self) -> Path:
         """Create the staging folder (fresh, unless resuming) and return it; write every output there.
         On resume of a finished run, its last checkpoint is copied in so training continues from it."""
+        if self.meta.exists() and not self.meta.is_dir():
+            raise OutputError(f"{self.meta}: is not a folder; move it away or choose another -o DIR")
+        self.lock()  # released by the caller (unlock), after publish or on failure
         with writing(self.stage):
-            if self.meta.exists() and not self.meta.is_dir():
-                raise OutputError(f"{self.meta}: is not a folder; move it away or choose another -o DIR")
             if self.stage.exists() and not self.resume:
                 shutil.rmtree(self.stage)  # an earlier unfinished run of ours; --overwrite starts again
             self.stage.mkdir(parents=True, exist_ok=True)
@@ -180,24 +186,90 @@ class RunFolder:
 
     def publish(self) -> list[str]:
         """Move the finished run from the staging folder into the output folder, replacing only
-        files sparsekit wrote there; returns the published relative paths. Ctrl-C waits for the end
-        of the swap (a fraction of a second), so the folder is never left half-swapped by it."""
+        files sparsekit wrote there; returns the published relative paths.
+
+        The earlier results are first moved aside into ``.sparsekit/old``; if any move fails they are
+        put back, so the folder holds either the old results or the new ones. Ctrl-C waits for the
+        end of the swap (a fraction of a second)."""
         self.check_owned()  # again: the user may have put a file in the folder while the run went on
         new = {rel: _entry(self.stage / rel) for rel in _files_under(self.stage)}
-        old = _read_manifest(self.meta / MANIFEST)
+        old = [rel for rel in _read_manifest(self.meta / MANIFEST) if (self.out / rel).is_file()]
+        backup = self.meta / "old"
+        for rel in _files_under(backup) if backup.is_dir() else []:  # left by a swap that could not undo itself
+            if not (self.out / rel).exists():
+                with contextlib.suppress(OSError):
+                    os.replace(backup / rel, self.out / rel)
+        shutil.rmtree(backup, ignore_errors=True)
         _write_manifest(self.meta / PENDING, new)
+        moved: list[str] = []
+        placed: list[str] = []
         with sigint_deferred():
-            for rel in sorted(set(old) - set(new)):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.out / rel).unlink()
-            for rel in new:
-                target = self.out / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.stage / rel, target)
-            os.replace(self.meta / PENDING, self.meta / MANIFEST)
+            try:
+                for rel in old:
+                    (backup / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.out / rel, backup / rel)
+                    moved.append(rel)
+                for rel in new:
+                    (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.stage / rel, self.out / rel)
+                    placed.append(rel)
+                os.replace(self.meta / PENDING, self.meta / MANIFEST)
+            except BaseException:
+                for rel in reversed(placed):  # undo in reverse: the new run back to staging ...
+                    with contextlib.suppress(OSError):
+                        os.replace(self.out / rel, self.stage / rel)
+                for rel in reversed(moved):  # ... and the earlier results back in place
+                    with contextlib.suppress(OSError):
+                        os.replace(backup / rel, self.out / rel)
+                with contextlib.suppress(OSError):
+                    (self.meta / PENDING).unlink()
+                raise
         _remove_empty_dirs(self.out, {str(Path(r).parent) for r in old})
+        shutil.rmtree(backup, ignore_errors=True)
         shutil.rmtree(self.stage, ignore_errors=True)
         return list(new)
+
+    def lock(self) -> None:
+        """Take the folder's run lock, ``.sparsekit/lock`` (pid and host of the run holding it), so two
+        runs never write one folder. A lock whose process is gone is taken over. Raises
+        :class:`OutputError` naming the run that holds it."""
+        with writing(self.meta):
+            self.meta.mkdir(parents=True, exist_ok=True)
+        path = self.meta / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _live_holder(path)
+                if holder is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()  # stale: its run was killed
+                    continue
+                raise OutputError(
+                    f"{self.out}: another sparsekit run ({holder}) is writing this folder; wait for it to end or "
+                    f"choose another -o DIR (if no run is active, delete {path})"
+                ) from None
+            with writing(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+            self._locked = True
+            return
+        raise OutputError(f"{path}: cannot take the run lock; delete it if no sparsekit run is active")
+
+    def unlock(self) -> None:
+        """Release the lock taken by :meth:`lock` (a no-op otherwise)."""
+        if getattr(self, "_locked", False):
+            with contextlib.suppress(FileNotFoundError):
+                (self.meta / LOCK).unlink()
+            self._locked = False
+
+    def check_unlocked(self) -> None:
+        """Raise :class:`OutputError` when another live run holds the folder's lock."""
+        holder = _live_holder(self.meta / LOCK) if (self.meta / LOCK).exists() else None
+        if holder is not None:
+            raise OutputError(
+                f"{self.out}: another sparsekit run ({holder}) is writing this folder; wait for it to end or "
+                f"choose another -o DIR (if no run is active, delete {self.meta / LOCK})"
+            )
 
     def record(self, paths: Iterable[Path]) -> None:
         """Add files sparsekit has just written into the folder itself (``sparsekit report``)."""
@@ -205,6 +277,33 @@ class RunFolder:
         for p in paths:
             files[Path(p).relative_to(self.out).as_posix()] = _entry(Path(p))
         _write_manifest(self.meta / MANIFEST, files)
+
+
+def _live_holder(path: Path) -> str | None:
+    """'pid N on HOST' for a lock whose run is still alive (or on another host), None when stale."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        pid, host = int(info["pid"]), str(info["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # Unreadable: a run that died between creating and writing it, or one writing it right now.
+        try:
+            young = time.time() - path.stat().st_mtime < 10
+        except OSError:
+            return None
+        return "a run that is starting" if young else None
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"  # cannot check another machine's processes: assume it is alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return f"pid {pid} on {host}"
 
 
 def _guard_location(out: Path, inputs: list[Path]) -> None:

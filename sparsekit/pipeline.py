@@ -62,6 +62,8 @@ def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros([2, *input_shape[1:]]))
+    except MemoryError:
+        raise
     except Exception as err:  # any shape error from the user's model
         msg = str(err).strip().splitlines()[0]
         raise DataError(
@@ -149,23 +151,12 @@ def run_prune(
     # before the output folder is touched.
     Pruner(copy.deepcopy(model), recipe, steps_per_epoch=spe, context={"input_shape": shape})
     stage = folder.begin()  # after inputs are known good: a typo never touches the folder
-    report = _run_stages(
-        model,
-        loaded,
-        recipe,
-        stage,
-        out,
-        str(model_path),
-        shape,
-        factory,
-        source,
-        bundle,
-        spe,
-        resume,
-        progress,
-        notify,
-    )
-    folder.publish()
+    try:
+        args = (stage, out, str(model_path), shape, factory, source, bundle, spe, resume, progress, notify)
+        report = _run_stages(model, loaded, recipe, *args)
+        folder.publish()
+    finally:
+        folder.unlock()
     return report
 
 

@@ -348,7 +348,7 @@ def _message(e: Any) -> str:
     ctx = e.get("ctx") or {}
     kind = e["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see INTERFACE.md §3 for the schema)"
+        return "unknown key (check the spelling; README.md, section Recipes, lists every key)"
     if kind == "union_tag_not_found":
         return "missing 'method:'; use one of 'magnitude', 'gradient', 'l1', 'max_norm', 'structured'"
     if kind == "union_tag_invalid":

@@ -102,7 +102,7 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
         return model
     try:
         entries = normalize_history(history)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ModelFileError(
             f"pruning_history is malformed ({err}); expected [[module_name, is_out_channel, [indices]], ...] "
             "as written by sparsekit.save_model"
@@ -117,15 +117,20 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
         ) from None
     modules = dict(model.named_modules())
     for i, (name, is_out, idxs) in enumerate(entries):
-        module = modules.get(name)
+        module = modules.get(name) if name else None  # "" would be the model itself
         where = f"pruning_history[{i}] ({'outputs' if is_out else 'inputs'} of {name!r})"
-        if module is None or graph.get_pruner_of_module(module) is None:
+        try:
+            pruner = graph.get_pruner_of_module(module) if module is not None else None
+            channels = None
+            if pruner is not None:
+                channels = graph.get_out_channels(module) if is_out else graph.get_in_channels(module)
+        except Exception:  # noqa: BLE001 - tp raises KeyError & co. for modules it cannot prune
+            pruner = None
+        if pruner is None:
             raise ModelFileError(
                 f"{where}: {arch} has no prunable module named {name!r}; the checkpoint was pruned from a "
                 "different architecture (check model.factory / --arch and model.kwargs)"
             )
-        pruner = graph.get_pruner_of_module(module)
-        channels = graph.get_out_channels(module) if is_out else graph.get_in_channels(module)
         if not idxs:
             continue
         if channels is not None and (max(idxs) >= channels or min(idxs) < 0 or len(idxs) >= channels):
@@ -137,7 +142,8 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
             fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
             graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
         except Exception as err:  # tp raises assorted types for indices that do not fit
-            raise ModelFileError(f"{where}: cannot be replayed on {arch} ({type(err).__name__}: {err})") from None
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ModelFileError(f"{where}: cannot be replayed on {arch} ({type(err).__name__}: {first})") from None
     return model
 
 

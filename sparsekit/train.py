@@ -155,10 +155,7 @@ def finetune(
                 loss = _loss(model, x, y)[0]
                 value = loss.item()  # the one host sync per step, for the divergence check and the running mean
                 if not math.isfinite(value):
-                    raise RecipeError(
-                        f"finetune: the loss became {value} at epoch {epoch + 1}, batch {i + 1}: training "
-                        f"diverged; lower finetune.optimizer.lr (now {optimizer.param_groups[0]['lr']:g})"
-                    )
+                    raise _not_finite(value, epoch, i, x, model, optimizer)
                 (loss + pruner.penalty()).backward()
                 optimizer.step()
                 pruner.step()
@@ -184,6 +181,25 @@ def finetune(
             if on_epoch:
                 on_epoch(row)
     return model, history, pruner
+
+
+def _not_finite(
+    value: float, epoch: int, batch: int, x: Any, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> SparsekitError:
+    """Why the loss is not finite, in the order worth checking: the data, the weights, the step size."""
+    where = f"the loss became {value} at epoch {epoch + 1}, batch {batch + 1}"
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        return DataError(f"data: {where}: this batch of inputs holds NaN or inf values; clean the data")
+    if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return RecipeError(
+            f"finetune: {where}: training diverged (weights are no longer finite); lower finetune.optimizer.lr "
+            f"(now {optimizer.param_groups[0]['lr']:g})"
+        )
+    return DataError(
+        f"{where} with finite inputs and weights: the model's forward gives NaN/inf on this data (e.g. log of "
+        "zero, or activations that overflow); check the model and the data's scale, or if it happens only after "
+        f"some steps lower finetune.optimizer.lr (now {optimizer.param_groups[0]['lr']:g})"
+    )
 
 
 def _rebuilt(model: nn.Module, old: torch.optim.Optimizer, spec: FinetuneSpec) -> torch.optim.Optimizer:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import SparsekitError, TrustError
+from .errors import SparsekitError, TrustError, one_line
 
 log = logging.getLogger("sparsekit")
 
@@ -50,16 +50,24 @@ Kind = Literal["model", "data"]
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _SPEC_RE = re.compile(rf"^{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*$")
 
-# Tool, shell, network, pickle and notebook packages (beyond the standard library and sparsekit's
-# own dependency tree, which are found at run time): none of them builds a model or a data loader,
-# and several can start processes, write files or unpickle. A name in them is never called.
-_TOOL_PACKAGES = frozenset(
+# Tool, shell, network, pickle and notebook distributions: none of them builds a model or a data
+# loader, and several start processes, write files, import by name or unpickle. Every import name
+# they install (pytest also installs `py` and `_pytest`; hypothesis `_hypothesis_*`), and those of
+# everything they and sparsekit (extras included) depend on, is never called; so is the standard
+# library. The names below are also refused when the distribution's metadata cannot be read.
+_TOOL_DISTRIBUTIONS = (
+    "pip", "setuptools", "wheel", "virtualenv", "dill", "cloudpickle", "joblib", "pandas", "ipython",
+    "ipykernel", "jupyter-client", "jupyter-core", "nbformat", "nbconvert", "pytest", "hypothesis", "mypy",
+    "ruff", "requests", "urllib3", "httpx", "paramiko", "fabric", "invoke", "sh", "plumbum", "pexpect",
+    "psutil", "docker", "boto3", "botocore", "fsspec", "huggingface-hub", "pyyaml", "click",
+)  # fmt: skip
+_TOOL_IMPORT_NAMES = frozenset(
     {
-        "sparsekit", "pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "distutils",
-        "virtualenv", "dill", "cloudpickle", "joblib", "pandas", "IPython", "ipykernel", "jupyter_client",
-        "jupyter_core", "nbformat", "nbconvert", "pytest", "_pytest", "hypothesis", "mypy", "ruff",
-        "requests", "urllib3", "httpx", "paramiko", "fabric", "invoke", "sh", "plumbum", "pexpect",
-        "psutil", "docker", "boto3", "botocore", "fsspec", "huggingface_hub", "yaml", "click",
+        "sparsekit", "pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "distutils", "virtualenv",
+        "dill", "cloudpickle", "joblib", "pandas", "IPython", "ipykernel", "jupyter_client", "jupyter_core",
+        "nbformat", "nbconvert", "pytest", "_pytest", "py", "pluggy", "hypothesis", "mypy", "mypyc", "ruff",
+        "requests", "urllib3", "httpx", "paramiko", "fabric", "invoke", "sh", "plumbum", "pexpect", "psutil",
+        "docker", "boto3", "botocore", "fsspec", "huggingface_hub", "yaml", "_yaml", "click",
     }
 )  # fmt: skip
 
@@ -181,7 +189,7 @@ def call_user_code(fn: Callable[..., Any], where: str, error: type[SparsekitErro
     except SystemExit as exc:
         raise error(f"{where}: calling it called sys.exit({exc.code!r}); it must return, not exit") from None
     except BaseException as exc:  # noqa: BLE001 - the user's code failed: bad input, not our bug
-        raise error(f"{where}: calling it raised {type(exc).__name__}: {exc}") from None
+        raise error(f"{where}: calling it raised {one_line(exc)}") from None
 
 
 def _where(spec: str, named_in: str | os.PathLike[str] | None, field: str) -> str:
@@ -217,28 +225,28 @@ def _denied(module: str) -> str | None:
     top = module.split(".")[0]
     if top in sys.stdlib_module_names or top in sys.builtin_module_names:
         return f"{top!r} is part of Python's standard library, not a model or data module"
-    if top in _TOOL_PACKAGES:
-        return f"{top!r} is a tool package, not a model or data module"
-    if top in _dependency_packages():
-        return f"{top!r} is one of sparsekit's own dependencies, not a model or data module"
+    if top in _TOOL_IMPORT_NAMES or top in _denied_import_names():
+        return f"{top!r} belongs to sparsekit, its dependencies or a tool package, not a model or data module"
     return None
 
 
 @functools.lru_cache(maxsize=1)
-def _dependency_packages() -> frozenset[str]:
-    """Import names of every package sparsekit depends on, directly or not (extras excluded)."""
+def _denied_import_names() -> frozenset[str]:
+    """Import names installed by sparsekit's dependencies (extras included) and by the tool
+    distributions, with everything those depend on; torch is among them (see :func:`load_callable`)."""
     try:
         top_level = importlib.metadata.packages_distributions()
     except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
-        return frozenset()
+        return frozenset({"torch"})
     by_dist: dict[str, set[str]] = {}
     for imp, dists in top_level.items():
         for d in dists:
             by_dist.setdefault(_norm(d), set()).add(imp)
     seen: set[str] = set()
-    todo = ["sparsekit"]
+    todo = [(name, False) for name in _TOOL_DISTRIBUTIONS] + [("sparsekit", True)]
     while todo:
-        dist = _norm(todo.pop())
+        dist, with_extras = todo.pop()
+        dist = _norm(dist)
         if dist in seen:
             continue
         seen.add(dist)
@@ -248,11 +256,12 @@ def _dependency_packages() -> frozenset[str]:
             continue
         for req in reqs:
             name, _, marker = req.partition(";")
-            if "extra" in marker:  # optional extras (dev tools, integrations) are not installed deps
+            if "extra" in marker and not with_extras:  # another package's optional extras: not installed
                 continue
             m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
             if m:
-                todo.append(m.group(1))
+                todo.append((m.group(1), False))
+    seen.discard("sparsekit")  # its own modules are in _TOOL_IMPORT_NAMES; its user's are not in its dist
     return frozenset({imp for d in seen for imp in by_dist.get(d, ())} | {"torch"})
 
 
@@ -285,13 +294,13 @@ def _import(module: str, where: str, error: type[SparsekitError]) -> types.Modul
         raise
     except ImportError as exc:
         raise error(
-            f"{where}: cannot import module {module!r} ({exc}); run from the folder that contains it or "
-            "install its package"
+            f"{where}: cannot import module {module!r} ({one_line(exc)}); run from the folder that contains it "
+            "or install its package"
         ) from None
     except SystemExit as exc:
         raise error(f"{where}: importing {module!r} called sys.exit({exc.code!r})") from None
     except BaseException as exc:  # noqa: BLE001 - the user's module raised while importing
-        raise error(f"{where}: importing {module!r} raised {type(exc).__name__}: {exc}") from None
+        raise error(f"{where}: importing {module!r} raised {one_line(exc)}") from None
 
 
 def _check_shape(obj: Any, where: str, kind: Kind, error: type[SparsekitError]) -> None:

@@ -161,3 +161,18 @@ def test_session_options(files):
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_batch_that_cannot_fit_in_memory_is_refused_before_running(files, monkeypatch):
+    """Inputs and activations of every session add up; a batch far beyond memory is an error, not an
+    out-of-memory kill halfway through."""
+    from pathlib import Path
+
+    monkeypatch.setattr(bench_mod, "_available_bytes", lambda: 1 << 30)  # a 1 GiB machine
+    pair = [files["big"], files["small"]]
+    per_sample = bench_mod._sample_bytes(Path(files["big"]), [784])
+    # input, two 1000-wide hidden layers (+ their ReLUs), logits: all grow with the batch
+    assert per_sample is not None and per_sample >= 4 * (784 + 2 * 1000 + 10)
+    with pytest.raises(ExportError, match="GiB available"):
+        benchmark(pair, [(1 << 30) // per_sample], runs=1, warmup=0)
+    assert benchmark(pair, [64], runs=1, warmup=0)["files"]  # a batch that fits still runs

@@ -363,7 +363,7 @@ def test_non_empty_output_folder_refused(tmp_path, mlp_checkpoint):
     (out / "mine.txt").write_text("user data")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
-    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST), str(out), "--overwrite", "--resume")
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST), str(out), "mine.txt", "another -o")
     assert (out / "mine.txt").read_text() == "user data"
 
 
@@ -753,3 +753,22 @@ def test_resume_refuses_a_changed_recipe(tmp_path, mlp_checkpoint, monkeypatch):
         "prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--set", "pruning.0.sparsity=0.6", *FAST
     )
     assert_bad_input(changed, "last.pt", "pruning section changed", "--overwrite")
+
+
+def test_nan_inputs_are_blamed_on_the_data_not_the_learning_rate(tmp_path, mlp_checkpoint, monkeypatch):
+    (tmp_path / "sk_nan_data.py").write_text(
+        "import torch\n"
+        "def loaders():\n"
+        "    x = torch.randn(64, 64)\n"
+        "    x[5, 3] = float('nan')\n"
+        "    y = torch.arange(64) % 10\n"
+        "    ds = torch.utils.data.TensorDataset(x, y)\n"
+        "    return torch.utils.data.DataLoader(ds, batch_size=64), torch.utils.data.DataLoader(ds, batch_size=64)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 64]}\nfinetune: {epochs: 1}\n"
+                      "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")  # fmt: skip
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "--data", "sk_nan_data:loaders", "-o", tmp_path / "o", *FAST)
+    line = assert_bad_input(result, "NaN or inf", "inputs")
+    assert "lr" not in line

@@ -360,3 +360,8 @@ def test_callable_module_not_found(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="cannot import module 'sk_no_such_module'"):
         load_data("sk_no_such_module:loaders")
+
+
+def test_synthetic_samples_times_sample_size_is_bounded():
+    with pytest.raises(DataError, match="data.synthetic_samples"):
+        load_data("synthetic", input_shape=[1, 3, 512, 512], synthetic_samples=400_000)

@@ -83,7 +83,7 @@ def make_external(tensor: onnx.TensorProto, location: str) -> None:
 
 # --- hostile locations ----------------------------------------------------------------------------
 
-CASES = ["absolute", "dotdot", "sub_dotdot", "symlink_out", "directory", "empty"]
+CASES = ["absolute", "dotdot", "sub_dotdot", "symlink_out", "directory", "empty", "hidden_dir", "hidden_file"]
 
 
 @pytest.fixture(params=CASES)
@@ -113,6 +113,13 @@ def hostile(request, tmp_path, tmp_path_factory):
     elif request.param == "symlink_out":
         os.symlink(canary, folder / "weights.bin")
         location = "weights.bin"
+    elif request.param == "hidden_dir":  # a model saved in a home folder must not read ~/.ssh/id_rsa
+        (folder / ".ssh").mkdir()
+        shutil.copy(canary, folder / ".ssh" / "id_rsa")
+        location = ".ssh/id_rsa"
+    elif request.param == "hidden_file":
+        shutil.copy(canary, folder / ".netrc")
+        location = ".netrc"
     elif request.param == "directory":
         (folder / "weights.d").mkdir()
         location = "weights.d"
@@ -353,20 +360,20 @@ def _mark(path) -> list[str]:
 
 def test_export_output_is_marked(exported):
     assert written_by_sparsekit(exported)
-    assert _mark(exported) == [sparsekit.__version__]
+    assert [m.split()[0] for m in _mark(exported)] == [sparsekit.__version__]
 
 
 def test_int8_output_is_marked(exported, tmp_path):
     out = tmp_path / "model.int8.onnx"
     quantize_int8(exported, out)
-    assert written_by_sparsekit(out) and _mark(out) == [sparsekit.__version__]
+    assert written_by_sparsekit(out) and [m.split()[0] for m in _mark(out)] == [sparsekit.__version__]
 
 
 def test_sparse_storage_output_is_marked(exported, tmp_path):
     out = tmp_path / "model.sparse.onnx"
     info = to_sparse_storage(exported, out)
     assert info["verified"] == {"ok": True, "reason": None}
-    assert written_by_sparsekit(out) and _mark(out) == [sparsekit.__version__]
+    assert written_by_sparsekit(out) and [m.split()[0] for m in _mark(out)] == [sparsekit.__version__]
 
 
 def test_unmarked_and_unreadable_files_are_not_ours(tmp_path):
@@ -388,8 +395,22 @@ def test_written_by_sparsekit_reads_no_external_data(tmp_path):
     path = tmp_path / "model.onnx"
     save_external(path)
     model = onnx.load(str(path), load_external_data=False)
-    model.metadata_props.add(key="sparsekit", value=sparsekit.__version__)
+    from sparsekit.export import _mark as stamp
+
+    stamp(model)
     onnx.save_model(model, str(path))
     assert written_by_sparsekit(path)
     relocate(path, "fc.weight", "/etc/passwd")
+    assert not written_by_sparsekit(path)
+
+
+def test_a_marked_file_edited_since_is_not_ours(tmp_path):
+    """The mark holds a hash of the rest of the graph: a user's edit keeps the mark but not the hash."""
+    path = tmp_path / "m.onnx"
+    export_onnx(torch.nn.Linear(4, 3), path, [1, 4], exporter="torchscript")
+    assert written_by_sparsekit(path)
+    model = onnx.load(str(path))
+    model.doc_string = "tuned by hand"
+    onnx.save(model, str(path))
+    assert any(p.key == "sparsekit" for p in onnx.load(str(path)).metadata_props)
     assert not written_by_sparsekit(path)

@@ -282,11 +282,24 @@ def test_export_never_replaces_a_file_it_did_not_write(tmp_path, mlp_checkpoint)
         run("export", mlp_checkpoint, *MLP, "-o", tmp_path / "m.onnx", "--quantize", "int8"), "m.int8.onnx"
     )
     assert not (tmp_path / "m.onnx").exists() and int8_theirs.read_text() == "mine too"
-    # A file sparsekit wrote is replaced on request.
+    # A file sparsekit wrote is replaced on request ...
     ours = tmp_path / "ours.onnx"
     for _ in range(2):
         result = run("export", mlp_checkpoint, *MLP, "-o", ours, "--exporter", "torchscript")
         assert result.exit_code == 0, result.stderr
+    # ... but not once the user edited it (the mark survives an onnx edit; its hash does not).
+    import onnx
+
+    edited = onnx.load(str(ours))
+    edited.doc_string = "my notes"
+    onnx.save(edited, str(ours))
+    before = ours.read_bytes()
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", ours, "--exporter", "torchscript"), "changed since")
+    assert ours.read_bytes() == before
+    # Nor a user's file where the external data of a large model would go.
+    (tmp_path / "big.onnx.data").write_text("user data")
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", tmp_path / "big.onnx"), "big.onnx.data")
+    assert not (tmp_path / "big.onnx").exists()
 
 
 def test_run_folder_guard_is_read_only(tmp_path):
@@ -295,3 +308,54 @@ def test_run_folder_guard_is_read_only(tmp_path):
     assert not out.exists()
     with pytest.raises(OutputError, match="no run to resume"):
         RunFolder.prepare(out, inputs=[], overwrite=False, resume=True)
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, mlp_checkpoint, recipe):
+    out = tmp_path / "out"
+    (out / ".sparsekit").mkdir(parents=True)
+    lock = out / ".sparsekit" / "lock"
+    import socket
+
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process standing in for the first run
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": 0}))
+        for flags in ([], ["--overwrite"], ["--resume"]):
+            assert_bad_input(
+                run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *flags, *FAST), f"pid {sleeper.pid}", "another"
+            )
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [".sparsekit", ".sparsekit/lock"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Its process is gone: the lock is stale and taken over; a finished run leaves no lock behind.
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert not lock.exists() and (out / "model.pt").is_file()
+
+
+def test_a_failed_swap_puts_the_previous_results_back(tmp_path, mlp_checkpoint, recipe, monkeypatch):
+    import sparsekit.outputs as outputs_mod
+
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    first = results(out)
+    real_replace = os.replace
+    failed = []
+
+    def replace(src, dst, *a, **k):
+        if Path(dst) == out / "report.md" and not failed:  # an I/O error halfway through the swap
+            failed.append(dst)
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(outputs_mod.os, "replace", replace)
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", "--set", "seed=3", *FAST)
+    assert_bad_input(result, "report.md")
+    assert results(out) == first
+    assert not (out / ".sparsekit" / "lock").exists()
+    monkeypatch.undo()
+    # The finished run is still staged: --resume publishes it.
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--set", "seed=3", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert results(out)["model.pt"] != first["model.pt"]

@@ -358,3 +358,99 @@ def test_files_in_the_working_folder_do_not_shadow_dependencies(tmp_path):
     assert "structured" in result.stdout
     for canary in canaries:
         assert not canary.exists(), f"{canary.name}: a file in the working folder was imported"
+
+
+def test_every_module_of_the_tool_and_dependency_distributions_is_refused():
+    """Not just the well-known names: every top-level module the installed dev tools and sparsekit's
+    dependencies bring (hypothesis's `_hypothesis_ftz_detector`, pytest's `py`, mypy's `mypyc`, ...)."""
+    import importlib.metadata
+
+    from sparsekit.trust import _denied
+
+    dists = {"hypothesis", "pytest", "mypy", "pluggy", "numpy", "onnx", "torch-pruning", "pyyaml", "click"}
+    names = [
+        imp
+        for imp, owners in importlib.metadata.packages_distributions().items()
+        if any(o.lower().replace("_", "-") in dists for o in owners) and imp.isidentifier()
+    ]
+    assert {"_hypothesis_ftz_detector", "py", "mypyc", "_pytest"} <= set(names)
+    for name in names:
+        assert _denied(name), name
+        with pytest.raises(TrustError, match="never run"):
+            load_callable(f"{name}:anything", kind="data", named_in="r.yaml", field="data.source", trust_code=True)
+    assert trusted_modules() == []
+    assert _denied("examples.models") is None and _denied("mypkg.nets") is None
+
+
+def test_python_m_does_not_import_the_working_folder_first(tmp_path):
+    """`python -m sparsekit` puts the current folder first on sys.path; modules there named like the
+    standard library or a dependency must still not be imported."""
+    work = tmp_path / "work"
+    work.mkdir()
+    names = ("typing", "__future__", "yaml", "click", "json", "re", "numpy", "torch")
+    for name in names:
+        (work / f"{name}.py").write_text(f"open({str(tmp_path / ('canary-' + name))!r}, 'w').close()\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # sparsekit itself, as an installed package would be
+    for args in (["recipes"], ["validate", str(ROOT / "recipes" / "lenet-gradual-magnitude-90.yaml")]):
+        result = subprocess.run(
+            [sys.executable, "-m", "sparsekit", *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.glob("canary-*")) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("raise GeneratorExit('odd')", "GeneratorExit"),
+        ("raise MemoryError('no room')", "out of memory"),
+        ("raise RuntimeError('line one\\n' + 'C++ frame\\n' * 60)", "line one"),
+    ],
+)
+def test_user_forward_raising_anything_is_bad_input(tmp_path, monkeypatch, weights, body, needle):
+    name = f"sk_odd_arch_{abs(hash(body)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(f"""
+        import torch
+
+        class Odd(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = torch.nn.Linear(64, 16)
+                self.fc2 = torch.nn.Linear(16, 10)
+
+            def forward(self, x):
+                {body}
+        """)
+    )
+    monkeypatch.chdir(tmp_path)
+    line = assert_bad_input(run("inspect", weights, "--arch", f"{name}:Odd", "--input-shape", "1,64"), needle)
+    assert "C++ frame" not in line
+    line = assert_bad_input(run("prune", weights, recipe_file(tmp_path, {}), "--arch", f"{name}:Odd", "-o",
+                                tmp_path / "o"))  # fmt: skip
+    assert len(line) < 600
+
+
+def test_hostile_checkpoint_contents_are_bad_input(tmp_path):
+    from examples.models import mlp
+
+    state = mlp(in_features=64, hidden=[16]).state_dict()
+    base = {"format": "sparsekit/1", "factory": "examples.models:mlp", "kwargs": {"in_features": 64, "hidden": [16]},
+            "input_shape": [1, 64], "state_dict": state, "pruning_history": []}  # fmt: skip
+    sparse_state = {**state, "fc1.weight": state["fc1.weight"].to_sparse()}
+    cases = {
+        "history-root": {**base, "pruning_history": [["", True, [0]]]},
+        "history-int": {**base, "pruning_history": 5},
+        "history-inf": {**base, "pruning_history": [["fc1", True, [float("inf")]]]},
+        "shape-huge": {**base, "input_shape": [1, 100000, 100000]},
+        "shape-text": {**base, "input_shape": "abc"},
+        "kwargs-huge": {**base, "kwargs": {"in_features": 2**70}},
+        "kwargs-list": {**base, "kwargs": [1, 2]},
+        "sparse-tensor": {**base, "state_dict": sparse_state},
+        "int-weights": {**base, "state_dict": {**state, "fc1.weight": state["fc1.weight"].to(torch.int32)}},
+    }
+    for name, ckpt in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(ckpt, path)
+        line = assert_bad_input(run("inspect", path, "--trust-code"), str(path))
+        assert len(line) < 600, (name, line)
