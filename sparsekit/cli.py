@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import click
 
 from .errors import DataError, ExportError, RecipeError, SparsekitError, one_line
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# Shipped recipes are package data (sparsekit/recipes/*.yaml), so a wheel install has them too; the
+# top-level recipes/ of the repository is a link to the same folder.
+RECIPES_DIR = Path(str(resources.files("sparsekit").joinpath("recipes")))
 
 
 def _fail(message: str, code: int) -> None:
@@ -630,7 +633,7 @@ def _named_code(rec: Any) -> dict[str, str]:
 @debug_option
 @handle_errors
 def recipes(as_json: bool, debug: bool) -> None:
-    """List the recipes shipped in recipes/ (use the name or the path as RECIPE)."""
+    """List the recipes shipped with sparsekit (use the name or the path as RECIPE)."""
     import yaml
 
     rows = []

@@ -284,7 +284,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     # Parsed with a safe loader only: a recipe never constructs Python objects (!!python/... is refused).
     data = _parse_yaml(text, str(path))
     if data is None:
-        raise RecipeError(f"{path}: the recipe is empty; start from one in recipes/")
+        raise RecipeError(f"{path}: the recipe is empty; start from a shipped one (`sparsekit recipes`)")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: the recipe must be a YAML mapping (got {type(data).__name__})")
     check_plain_data(data, str(path))
