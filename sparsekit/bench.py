@@ -107,7 +107,7 @@ def latency_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _check_batch_sizes(batch_sizes: Sequence[int]) -> list[int]:
+def _check_batch_sizes(batch_sizes: Sequence[int] | int) -> list[int]:
     if isinstance(batch_sizes, (int, np.integer)):
         batch_sizes = [batch_sizes]
     sizes = list(dict.fromkeys(batch_sizes))  # dedupe, keep order

@@ -636,7 +636,7 @@ def recipes(as_json: bool, debug: bool) -> None:
     """List the recipes shipped with sparsekit (use the name or the path as RECIPE)."""
     import yaml
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
         first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")

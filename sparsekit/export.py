@@ -327,18 +327,21 @@ def _export(model: nn.Module, tmp: Path, shape: list[int], opset: int, exporter:
     except RuntimeError as e:
         msg = f"the model fails on a float32 input of shape {shape}: {e}; pass the right --input-shape"
         raise ExportError(msg) from e
-    names = {"input_names": ["input"], "output_names": ["output"], "opset_version": opset}
     try:
         with _quiet():
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch")
                 torch.onnx.export(
                     model, (x,), str(tmp), dynamo=True, external_data=external, verbose=False,
-                    dynamic_shapes=({0: batch},), **names,
+                    dynamic_shapes=({0: batch},), input_names=["input"], output_names=["output"],
+                    opset_version=opset,
                 )  # fmt: skip
             else:
                 axes = {"input": {0: "batch"}, "output": {0: "batch"}}
-                torch.onnx.export(model, (x,), str(tmp), dynamo=False, dynamic_axes=axes, **names)
+                torch.onnx.export(
+                    model, (x,), str(tmp), dynamo=False, dynamic_axes=axes,
+                    input_names=["input"], output_names=["output"], opset_version=opset,
+                )  # fmt: skip
     except Exception as e:
         hint = " (exporter='torchscript' may succeed)" if exporter == "dynamo" else ""
         msg = f"torch.onnx.export with exporter={exporter!r} failed{hint}: {_root_cause(e)}"

@@ -8,12 +8,19 @@ parameter objects an optimizer holds stay the same; they only ever lose ones dur
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
 
 MASK = "sparsekit_mask"
 LOWEST = torch.finfo(torch.float32).min  # the score of an already-pruned weight
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, typed as the tensor it is (torch's stubs type module attributes ``Tensor | Module``)."""
+    return cast(torch.Tensor, module.weight)
 
 
 def get_mask(module: nn.Module) -> torch.Tensor | None:
@@ -24,7 +31,7 @@ def get_mask(module: nn.Module) -> torch.Tensor | None:
 def ensure_mask(module: nn.Module) -> torch.Tensor:
     mask = get_mask(module)
     if mask is None:
-        mask = torch.ones_like(module.weight, dtype=torch.bool)
+        mask = torch.ones_like(weight_of(module), dtype=torch.bool)
         module.register_buffer(MASK, mask, persistent=False)
     return mask
 
@@ -41,7 +48,7 @@ def apply_mask(module: nn.Module) -> None:
     mask = get_mask(module)
     if mask is not None:
         # float * bool is not vectorized on CPU; the same bytes viewed as uint8 are (~4x faster).
-        module.weight.mul_(mask.view(torch.uint8))
+        weight_of(module).mul_(mask.view(torch.uint8))
 
 
 def apply_masks(model: nn.Module) -> None:

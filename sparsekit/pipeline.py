@@ -8,7 +8,7 @@ import logging
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -120,7 +120,7 @@ def run_prune(
     folder = RunFolder.prepare(out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume)
     torch.manual_seed(recipe.seed)
     loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
-    model, shape = loaded.model, loaded.input_shape
+    model, shape = loaded.model, cast(list[int], loaded.input_shape)  # resolve_model always sets it
     factory = loaded.factory or arch or recipe.model.factory
     classes = check_input(model, shape, str(model_path))
     bundle = load_data(

@@ -165,7 +165,7 @@ class Pruner:
         return self.model
 
     def masks(self) -> dict[str, torch.Tensor]:
-        return {n: get_mask(m).clone() for n, m in self.model.named_modules() if get_mask(m) is not None}
+        return {n: mask.clone() for n, m in self.model.named_modules() if (mask := get_mask(m)) is not None}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -190,7 +190,7 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
     float_left = {t.name for t in q_graph.initializer if t.data_type in _FLOAT_TYPES}
 
     found: dict[str, str | None] = {name: _match_by_name(name, w, uses) for name, w in weights.items()}
-    used = {key for key in found.values() if key is not None}
+    used: set[str | None] = {key for key in found.values() if key is not None}
     for name, key in found.items():  # by shape and sign pattern, after the name matches took theirs
         if key is None:
             found[name] = key = _match_by_values(weights[name], uses, used)

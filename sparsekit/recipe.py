@@ -28,6 +28,7 @@ from .errors import RecipeError
 from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml, short
 
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]
 
 # Numeric bounds. Each is far beyond any value a user could mean, and small enough that the code
 # using the value cannot overflow, allocate absurd memory or loop for days.
@@ -193,10 +194,14 @@ def _schedule(value: Any) -> Any:
     return value
 
 
+def _default_layer_types() -> list[LayerType]:
+    return ["Linear", "Conv2d"]
+
+
 class LayerSelect(_Strict):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
-    types: list[Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"])
+    types: list[LayerType] = Field(default_factory=_default_layer_types)
 
 
 class _MethodBase(_Strict):

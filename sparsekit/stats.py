@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 from .layers import prunable_layers
+from .masks import weight_of
 
 
 def sparsity(model: nn.Module) -> float:
     """Fraction of zero weights over all prunable layers (0.0 for a model with none)."""
     total = zeros = 0
     for m in prunable_layers(getattr(model, "module", model)).values():
-        total += m.weight.numel()
-        zeros += int((m.weight == 0).sum())
+        w = weight_of(m)
+        total += w.numel()
+        zeros += int((w == 0).sum())
     return zeros / total if total else 0.0
 
 
@@ -31,7 +33,8 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
     for name, m in prunable_layers(model).items():
 
         def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
-            per_out = mod.weight.numel() // mod.weight.shape[0]  # in_features, or in/groups * kernel
+            w = weight_of(mod)
+            per_out = w.numel() // w.shape[0]  # in_features, or in/groups * kernel
             macs[name] = macs.get(name, 0) + out.numel() // out.shape[0] * per_out
 
         hooks.append(m.register_forward_hook(hook))
@@ -52,12 +55,13 @@ def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list
     macs = layer_macs(model, input_shape) if input_shape else {}
     rows = []
     for name, m in prunable_layers(model).items():
-        n = m.weight.numel()
-        nz = int((m.weight != 0).sum())
+        w = weight_of(m)
+        n = w.numel()
+        nz = int((w != 0).sum())
         row = {
             "name": name,
             "type": type(m).__name__,
-            "shape": list(m.weight.shape),
+            "shape": list(w.shape),
             "params": n,
             "nonzero_params": nz,
             "sparsity": 1 - nz / n if n else 0.0,

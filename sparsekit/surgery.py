@@ -22,7 +22,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -32,7 +32,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from .errors import ModelFileError
 from .layers import prunable_layers
-from .masks import MASK, apply_mask, get_mask
+from .masks import MASK, apply_mask, get_mask, weight_of
 
 __all__ = [
     "build_graph",
@@ -150,7 +150,8 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
 def last_layer(model: nn.Module, input_shape: Sequence[int]) -> str | None:
     """Name of the prunable layer that runs last in a forward pass: the head, whose output units are
     the model's outputs and must never be removed."""
-    return (forward_order(model, input_shape) or [None])[-1]
+    order = forward_order(model, input_shape)
+    return order[-1] if order else None
 
 
 def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
@@ -196,7 +197,7 @@ def prune_group(model: nn.Module, group: Any) -> None:
 
 
 def _dead_rows(module: nn.Module) -> list[int]:
-    w = module.weight.detach()
+    w = weight_of(module).detach()
     if getattr(module, "transposed", False):
         w = w.transpose(0, 1)
     return [int(i) for i in torch.nonzero(w.flatten(1).abs().sum(1) == 0).flatten()]
@@ -241,7 +242,7 @@ def _fold_plan(graph: tp.DependencyGraph, group: Any, inputs: dict[nn.Module, to
             continue
         if next(module.parameters(recurse=False), None) is not None or module._buffers:
             return None  # LayerNorm, PReLU, GroupNorm, embeddings ...: not analysed, keep the units
-    plan = []
+    plan: list[tuple[torch.Tensor, torch.Tensor]] = []
     for module, idxs in consumers:
         x = inputs.get(module)
         if x is None:
@@ -273,7 +274,7 @@ def _fold_plan(graph: tp.DependencyGraph, group: Any, inputs: dict[nn.Module, to
         elif (bn := _only_bn_after(graph, module)) is not None:
             # BN(x + d) with running_mean m equals BN(x) with running_mean m - d; in training mode
             # the batch mean absorbs the shift by itself.
-            plan.append((bn.running_mean, -delta))
+            plan.append((cast(torch.Tensor, bn.running_mean), -delta))  # _only_bn_after checked it is set
         else:
             return None
     return plan

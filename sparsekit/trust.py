@@ -174,7 +174,7 @@ def load_callable(
             raise error(f"{where}: module {module!r} has no {attr!r}")
         obj = getattr(obj, part)
     _check_shape(obj, where, kind, error)
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def call_user_code(fn: Callable[..., Any], where: str, error: type[SparsekitError], **kwargs: Any) -> Any:

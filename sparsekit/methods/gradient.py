@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import TargetError
+from ..masks import weight_of
 from .magnitude import Magnitude
 
 
@@ -39,10 +40,11 @@ class Gradient(Magnitude):
     def accumulate(self) -> None:
         """Add this step's ``w * grad`` term; layers without a ``.grad`` contribute nothing."""
         for name, module in self.layers.items():
-            grad = module.weight.grad
+            weight = weight_of(module)
+            grad = weight.grad
             if grad is None:
                 continue
-            w, g = module.weight.detach().float(), grad.detach().float()
+            w, g = weight.detach().float(), grad.detach().float()
             acc = self.accum.get(name)
             if self.criterion == "movement":
                 # In place: this runs every step, and fresh temporaries cost as much as the math.

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..layers import prunable_layers, select_layers
-from ..masks import bake, ensure_mask, get_mask, set_mask
+from ..masks import bake, ensure_mask, get_mask, set_mask, weight_of
 from ..schedule import Schedule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -103,7 +103,7 @@ class L1:
             return 0.0
         total: Any = 0.0
         for module in self.layers.values():
-            w = module.weight
+            w = weight_of(module)
             if self.spec.group == "none":
                 total = total + w.abs().sum()
             else:
@@ -117,7 +117,7 @@ class L1:
         # the mask only needs their bits cleared (the pruner applies masks right after).
         lam = self.spec.strength
         for module in self.layers.values():
-            w = module.weight
+            w = weight_of(module)
             if self.spec.group == "none":
                 w.copy_(F.softshrink(w, lam))  # sign(w) * max(|w| - lam, 0), bit for bit
                 _clear_mask_bits(module, w.bool())  # w.bool() is `w != 0`, several times faster
@@ -143,7 +143,7 @@ class L1:
         if self.spec.threshold > 0:
             with torch.no_grad():
                 for module in self.layers.values():
-                    w = module.weight
+                    w = weight_of(module)
                     if self.spec.group == "none":
                         set_mask(module, w.abs() >= self.spec.threshold)
                     else:
@@ -195,7 +195,7 @@ class L1:
 
     def _dead_units(self) -> int:
         return sum(
-            int((torch.linalg.vector_norm(self._groups(m.weight.detach()), dim=1) == 0).sum())
+            int((torch.linalg.vector_norm(self._groups(weight_of(m).detach()), dim=1) == 0).sum())
             for m in self.layers.values()
         )
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import select_layers
-from ..masks import ensure_mask, global_topk_masks, layer_topk_masks, masked_scores, set_mask
+from ..masks import ensure_mask, global_topk_masks, layer_topk_masks, masked_scores, set_mask, weight_of
 from ..schedule import Schedule
 
 
@@ -30,7 +30,7 @@ class Magnitude:
 
     def scores(self) -> dict[str, torch.Tensor] | None:
         """Higher = keep. None means "no scores yet" (the update waits for the next step)."""
-        return {name: m.weight.detach().abs() for name, m in self.layers.items()}
+        return {name: weight_of(m).detach().abs() for name, m in self.layers.items()}
 
     def update(self, step: int) -> bool:
         """Recompute masks to the schedule's target at ``step``; False if scores are not ready."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..layers import select_layers
+from ..masks import weight_of
 
 
 def _unit_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class MaxNorm:
     @torch.no_grad()
     def project(self) -> None:
         for module in self.layers.values():
-            w = module.weight
+            w = weight_of(module)
             norms = _unit_norms(w)
             if float(norms.max()) <= self.max_value:  # the usual case, decided by one scalar
                 continue
@@ -58,7 +59,7 @@ class MaxNorm:
         """Per-layer ``{"max": ..., "mean": ...}`` of the output units' incoming-weight norms."""
         out = {}
         for name, module in self.layers.items():
-            norms = _unit_norms(module.weight)
+            norms = _unit_norms(weight_of(module))
             out[name] = {"max": float(norms.max()), "mean": float(norms.mean())}
         return out
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -241,8 +241,10 @@ class Structured:
             )
         for name, p in self.model.named_parameters():
             g = self.accum.get(name)
-            fits = g is not None and g.shape == p.shape
-            p.grad = (g / self.accum_steps).to(p.dtype) if fits else torch.zeros_like(p)
+            if g is not None and g.shape == p.shape:
+                p.grad = (g / self.accum_steps).to(p.dtype)
+            else:
+                p.grad = torch.zeros_like(p)
 
     def _remove(self, until: int | None) -> None:
         if self.needs_grad:
@@ -288,7 +290,9 @@ def _expand(model: nn.Module, pattern: str) -> list[str]:
 
 
 def _out_channels(module: nn.Module) -> int:
-    return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    return int(cast(_ConvNd, module).out_channels)
 
 
 def _grouped(group: Any) -> bool:
