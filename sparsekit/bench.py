@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from sparsekit.errors import ExportError
 from sparsekit.export import check_external_data, load_onnx, size_report
+from sparsekit.fsutil import available_memory
 from sparsekit.onnx_macs import onnx_macs
 
 __all__ = ["benchmark", "latency_table"]
@@ -198,28 +199,22 @@ def _sample_bytes(path: Path, dims: list[int]) -> int | None:
     return total
 
 
-def _available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+_UNSIZED_ACTIVATIONS = 16
 
 
 def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) -> None:
     """Refuse a batch size whose inputs and activations cannot fit in memory, instead of being killed
     by the kernel halfway. Every session keeps its own buffers, so their needs add up (an upper bound:
     onnxruntime reuses memory between layers)."""
-    available = _available_bytes()
+    available = available_memory()
     if available is None:
         return
-    per_sample = [_sample_bytes(f, d) for f, d in zip(files, dims[: len(files)], strict=True)]
-    if any(b is None for b in per_sample):
-        return
-    need_one = sum(b for b in per_sample if b is not None) + (per_sample[0] or 0)  # + the A/A control
+    per_sample = [
+        # Shapes that inference cannot size: assume activations of up to 16x the input per layer stack.
+        _sample_bytes(f, d) or 4 * math.prod(d) * (1 + _UNSIZED_ACTIVATIONS)
+        for f, d in zip(files, dims[: len(files)], strict=True)
+    ]
+    need_one = sum(per_sample) + per_sample[0]  # + the A/A control
     batch = max(sizes)
     if batch * need_one > 0.8 * available:
         raise ExportError(

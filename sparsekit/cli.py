@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -41,6 +42,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             stream=sys.stderr,
             format="%(levelname)s %(name)s: %(message)s",
         )
+        if not debug:
+            # Library warnings (torch on odd tensors in a file, exporters, onnxruntime) are not for the
+            # user; sparsekit's own advice goes through logging. --debug shows them all.
+            warnings.filterwarnings("ignore")
         try:
             return fn(*args, **kwargs)
         except SparsekitError as err:
@@ -53,9 +58,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = err.filename or ""
             _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2)
         except KeyboardInterrupt:
-            click.echo(
-                "Interrupted: finished files are complete; `--resume` continues from the last finished epoch.", err=True
-            )
+            resume = "; `--resume` continues from the last finished epoch" if fn.__name__ == "prune" else ""
+            click.echo(f"Interrupted: finished files are complete, unfinished ones were not written{resume}.", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit):
             raise  # click prints usage errors itself, with exit code 2
@@ -118,6 +122,10 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
         click.echo(text)
 
 
+def _diff(value: float | None) -> str:
+    return "n/a (outputs not finite)" if value is None else f"{value:.2e}"
+
+
 def _shape(value: str | None) -> list[int] | None:
     if value is None:
         return None
@@ -135,6 +143,8 @@ def _kwargs(value: str | None) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(value)
+    except RecursionError:
+        raise click.BadParameter(f"{value[:40]!r}…: nested too deeply") from None
     except json.JSONDecodeError as err:
         raise click.BadParameter(f"{value!r}: not JSON ({err.msg}); e.g. --kwargs '{{\"hidden\": 32}}'") from None
     if not isinstance(parsed, dict):
@@ -260,7 +270,7 @@ def prune(
         f"  sparsity  {d['sparsity']:.3f} -> {p['sparsity']:.3f}   params {d['params']:,} -> {p['params']:,}",
         f"  ONNX size {d['onnx_bytes']:,} -> {p['onnx_bytes']:,} B; gzip {d['onnx_gzip_bytes']:,} -> "
         f"{p['onnx_gzip_bytes']:,} B ({p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x)",
-        f"  parity    max |onnx - torch| {report['parity']['max_abs_diff']:.2e} "
+        f"  parity    max |onnx - torch| {_diff(report['parity']['max_abs_diff'])} "
         f"({'ok' if report['parity']['ok'] else 'FAILED'}), zeros kept in ONNX: {report['zeros_preserved']}",
     ]
     for bs, s in (report.get("benchmark") or {}).get("speedup", {}).items():
@@ -366,7 +376,7 @@ def export(
     res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
     lines = [
         f"Wrote {out} ({res['bytes']:,} B, gzip {res['gzip_bytes']:,} B); parity max diff "
-        f"{res['parity']['max_abs_diff']:.2e} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
+        f"{_diff(res['parity']['max_abs_diff'])} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]
     if quantize == "int8":
@@ -396,7 +406,7 @@ def export(
 def _check_export_targets(model: Path, targets: list[Path]) -> None:
     """Refuse to write over the input or over a file sparsekit did not write (before any work)."""
     from .errors import OutputError
-    from .export import written_by_sparsekit
+    from .export import external_data_files, written_by_sparsekit
 
     src = model.resolve()
     for target in targets:
@@ -406,8 +416,9 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
             raise OutputError(f"-o {target}: is a folder; give the .onnx file to write, e.g. -o {target}/model.onnx")
         ours = not target.is_symlink() and written_by_sparsekit(target)
         data = target.parent / f"{target.name}.data"  # where external data (models over 1.8 GB) goes
-        for path in (target, data):
-            if (path.exists() or path.is_symlink()) and not ours:
+        data_ours = ours and not data.is_symlink() and data.name in external_data_files(target)
+        for path, owned in ((target, ours), (data, data_ours)):
+            if (path.exists() or path.is_symlink()) and not owned:
                 raise OutputError(
                     f"{path}: exists and sparsekit did not write it (or it changed since); sparsekit never "
                     "replaces your files: choose another -o or move it away"
@@ -669,6 +680,8 @@ def report(folder: Path, debug: bool) -> None:
         raise SparsekitError(f"{src}: not found; run `sparsekit prune ... -o {folder}` first")
     try:
         data = json.loads(src.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit") from None
     except json.JSONDecodeError as err:
         raise SparsekitError(f"{src}: not valid JSON ({err})") from None
     from .outputs import RunFolder

@@ -25,7 +25,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparsekit.errors import DataError
+from sparsekit.errors import DataError, one_line
 
 __all__ = ["BUILTIN_SOURCES", "DataBundle", "load_data", "sample_shape"]
 
@@ -292,6 +292,8 @@ def _load_callable(
     for name, loader in (("train", train), ("val", val)):
         try:
             size = len(loader)
+        except OverflowError:
+            raise DataError(f"{where}: the {name} loader claims more batches than Python can count") from None
         except TypeError:
             raise DataError(
                 f"{where}: the {name} loader has no len(); return torch DataLoaders (the pruning "
@@ -310,7 +312,7 @@ def _load_callable(
         # One pass over the validation labels: cheap for the loaders this is meant for, and it
         # catches a val set whose classes are missing from the first training batch.
         highest = int(y.max())
-        for batch in _guarded(val, f"{where}: the val loader"):
+        for batch in batches(val, f"{where}: the val loader"):
             _, val_y = _unpack(batch, f"{where}: the val loader")
             highest = max(highest, int(val_y.max()))
         num_classes = highest + 1
@@ -331,8 +333,13 @@ def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _unpack(batch, where)
 
 
-def _guarded(loader: Any, where: str) -> Any:
-    it = iter(loader)
+def batches(loader: Any, where: str) -> Iterator[tuple[Any, Any]]:
+    """Iterate a user's loader: whatever its code raises (``sys.exit()`` too) becomes a
+    :class:`DataError` naming ``where``, and each batch must be an ``(inputs, labels)`` pair."""
+    try:
+        it = iter(loader)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{where}: iterating it raised {one_line(exc)}") from None
     while True:
         try:
             batch = next(it)
@@ -343,8 +350,10 @@ def _guarded(loader: Any, where: str) -> Any:
         except SystemExit as exc:
             raise DataError(f"{where}: reading a batch called sys.exit({exc.code!r})") from None
         except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{where}: reading a batch raised {type(exc).__name__}: {exc}") from None
-        yield batch
+            raise DataError(f"{where}: reading a batch raised {one_line(exc)}") from None
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise DataError(f"{where} must yield (inputs, labels) pairs, got {type(batch).__name__}")
+        yield batch[0], batch[1]
 
 
 def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,6 +364,8 @@ def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{where} must yield tensors, got ({type(x).__name__}, {type(y).__name__})")
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}")
+    if not x.is_floating_point():
+        raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}; convert them with x.float()")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{where} must yield integer class labels (torch.long), got {y.dtype}")
     if len(y) and int(y.min()) < 0:

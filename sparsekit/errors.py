@@ -45,6 +45,9 @@ class OutputError(SparsekitError):
 def one_line(err: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (cut to ``limit``): what a one-line ``Error:`` may quote from
     an exception raised by user code or a library, whose messages can run to pages of C++ frames."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    try:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    except Exception:  # noqa: BLE001 - an exception whose __str__ itself fails (user code)
+        lines = []
     text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -40,6 +40,7 @@ __all__ = [
     "count_initializer_stats",
     "entropy_bound_bytes",
     "export_onnx",
+    "external_data_files",
     "load_onnx",
     "onnx_sizes",
     "size_report",
@@ -137,6 +138,12 @@ def check_external_data(path: str | os.PathLike[str]) -> None:
     directory or other non-regular file. Reads the ``.onnx`` file only.
     """
     load_onnx(path, load_external_data=False)
+
+
+def external_data_files(path: str | os.PathLike[str]) -> set[str]:
+    """The external-data locations an ONNX file names (relative to its folder); checked first."""
+    model = load_onnx(path, load_external_data=False)
+    return {location for _, tensor in _model_tensors(model) for location in _locations(tensor)}
 
 
 def written_by_sparsekit(path: str | os.PathLike[str]) -> bool:
@@ -569,6 +576,8 @@ def _location_problem(folder: Path, real_folder: str, location: str) -> str | No
     target = os.path.realpath(folder / location)  # symlinks followed, as the reader would
     if os.path.commonpath([real_folder, target]) != real_folder:
         return "outside the model's folder (it resolves to another place)"
+    if any(part.startswith(".") for part in Path(os.path.relpath(target, real_folder)).parts):
+        return "a link to a hidden file or folder, where model data never lives"
     if os.path.isdir(target):  # the folder itself ('.') included
         return "which is a directory, not a file"
     if os.path.exists(target) and not os.path.isfile(target):

@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes that turn disk errors into clear messages."""
+"""Small helpers for the machine: atomic writes that turn disk errors into clear messages, a held
+Ctrl-C, and the memory available."""
 
 from __future__ import annotations
 
@@ -124,3 +125,15 @@ def sigint_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if got:
         raise KeyboardInterrupt
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelFileError
-from .fsutil import atomic_path
+from .errors import ModelFileError, one_line
+from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, load_callable
 
 FORMAT = "sparsekit/1"
@@ -121,10 +121,10 @@ def _checked_shape(shape: Any, path: Path) -> list[int] | None:
     ):
         raise ModelFileError(f"{path}: its 'input_shape' {shape!r} is not a list of positive integers; damaged")
     values = 1
-    for d in shape[1:]:
+    for d in shape:  # the batch dim too: a rebuild traces a tensor of exactly this shape
         values *= d
     if values > MAX_INPUT_VALUES:
-        raise ModelFileError(f"{path}: its 'input_shape' {shape} asks for {values:,} values per sample; damaged")
+        raise ModelFileError(f"{path}: its 'input_shape' {shape} asks for {values:,} input values; damaged")
     return shape
 
 
@@ -148,9 +148,11 @@ def build_model(
     *,
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
+    probe: bool = False,
 ) -> nn.Module:
     """Call the architecture ``factory`` (``pkg.module:callable``) with ``kwargs`` and check it
-    returns an ``nn.Module``.
+    returns an ``nn.Module``. With ``probe`` (kwargs read from a file), the model is first built on
+    the meta device to refuse one that would not fit in memory, before any memory is allocated.
 
     ``named_in`` is the file that named the factory (a checkpoint or recipe; ``where`` is then its
     field); ``None`` means the user named it directly. See :mod:`sparsekit.trust` for what runs.
@@ -160,10 +162,41 @@ def build_model(
     fn = load_callable(factory, kind="model", named_in=named_in, field=where, trust_code=trust_code,
                        error=ModelFileError)  # fmt: skip
     label = f"{named_in}: {where} {factory}" if named_in is not None else f"{where} {factory}"
-    model = call_user_code(fn, f"{label} with kwargs {kwargs or {}}", ModelFileError, **(kwargs or {}))
+    label = f"{label} with kwargs {_short(kwargs or {})}"
+    if probe:
+        _check_size_on_meta(fn, kwargs or {}, label)
+    model = call_user_code(fn, label, ModelFileError, kwargs or {})
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{label}: returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - RecursionError for absurdly nested data, a hostile __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
+    """Refuse kwargs (read from a file) that build a model too large for this machine's memory."""
+    try:
+        with torch.device("meta"):
+            probe = fn(**kwargs)
+    except BaseException as err:  # noqa: BLE001 - cannot build on meta: the real build reports its own errors
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        return
+    if not isinstance(probe, nn.Module):
+        return
+    n_bytes = sum(t.numel() * t.element_size() for t in [*probe.parameters(), *probe.buffers()])
+    available = available_memory()
+    if available is not None and n_bytes > 0.8 * available:
+        raise ModelFileError(
+            f"{label}: builds a model of {n_bytes / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of "
+            "memory available; check the kwargs"
+        )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
@@ -231,6 +264,7 @@ def read_model(
     fallback_factory: str | None = None,
     fallback_kwargs: dict[str, Any] | None = None,
     fallback_named_in: str | os.PathLike[str] | None = None,
+    probe: bool | None = None,
 ) -> LoadedModel:
     """Like :func:`load_model` but also returns factory, kwargs, input shape and pruning history.
     ``arch`` overrides a checkpoint's factory; ``fallback_factory``/``fallback_kwargs`` (the recipe's
@@ -241,6 +275,7 @@ def read_model(
     Raises :class:`ModelFileError` for an unreadable, unsafe or mismatched file and
     :class:`~sparsekit.errors.TrustError` for unconfirmed code."""
     path = Path(path)
+    kwargs_given = kwargs
     obj, kind = _read(path, trust)
     if kind == "trusted-module":
         if not isinstance(obj, nn.Module):
@@ -270,6 +305,12 @@ def read_model(
             raise ModelFileError(
                 f"{path}: its 'kwargs' is a {type(kwargs).__name__}, not a mapping; the file is damaged"
             )
+        if not all(isinstance(k, str) for k in kwargs):
+            raise ModelFileError(f"{path}: its 'kwargs' have keys that are not names (strings); damaged")
+        try:
+            json.dumps(kwargs, allow_nan=False)  # plain, finite, not absurdly nested: what save_model writes
+        except (TypeError, ValueError, RecursionError) as err:
+            raise ModelFileError(f"{path}: its 'kwargs' are not plain JSON data ({one_line(err, 120)})") from None
     else:
         factory = arch or fallback_factory
         state = _state_dict_of(obj, path)
@@ -281,7 +322,9 @@ def read_model(
             f"{path}: is a plain state_dict with no architecture; pass --arch pkg.module:callable "
             "(e.g. --arch examples.models:lenet_300_100) or set model.factory in the recipe"
         )
-    model = build_model(factory, kwargs, where, named_in=named_in, trust_code=trust_code)
+    if probe is None:
+        probe = kwargs_given is None  # the kwargs came from the checkpoint or the recipe, not the caller
+    model = build_model(factory, kwargs, where, named_in=named_in, trust_code=trust_code, probe=probe)
     if history:
         if not input_shape:
             raise ModelFileError(f"{path}: a structurally pruned checkpoint needs its input_shape to rebuild")

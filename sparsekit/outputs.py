@@ -77,49 +77,63 @@ class RunFolder:
         self.meta = self.out / META
         self.stage = self.meta / STAGE
         self.resume = resume
+        self.overwrite = False
         self._locked = False
 
     # --- checks (read-only) ----------------------------------------------------------------------
 
     @classmethod
     def prepare(cls, out: Path, *, inputs: Iterable[Path | str | None], overwrite: bool, resume: bool) -> RunFolder:
-        """Check that a run may write ``out``; touches nothing. Raises :class:`OutputError`."""
+        """Check that a run may write ``out``; touches nothing. Raises :class:`OutputError`.
+        :meth:`begin` checks again once it holds the folder's lock."""
         out = Path(out)
         _guard_location(out, [Path(p) for p in inputs if p])
         folder = cls(out, resume)
+        folder.overwrite = overwrite
+        folder.check_unlocked()
+        folder._check_state()
+        return folder
+
+    def _check_state(self) -> None:
+        """May this run write the folder as it is now (given --overwrite / --resume)?"""
+        out = self.out
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder; choose another -o DIR")
         if not out.exists():
-            if resume:
+            if self.resume:
                 raise OutputError(f"{out}: no such folder, so there is no run to resume; run without --resume")
-            return folder
-        folder.check_unlocked()
-        has_run = folder.has_run()
-        entries = sorted(p.name for p in out.iterdir())
-        if resume:
+            return
+        others = sorted(p.name for p in out.iterdir() if p.name != META)
+        has_run = self.has_run()
+        if self.resume:
             if not has_run:
                 raise OutputError(
-                    f"{out}: holds no sparsekit run (no {META} folder), so there is nothing to resume; "
-                    "choose the folder of an interrupted run, or run without --resume"
+                    f"{out}: holds no sparsekit run, so there is nothing to resume; choose the folder of an "
+                    "interrupted run, or run without --resume"
                 )
-            folder.check_owned()
-        elif entries:
+            self.check_owned()
+        elif others or has_run:
             if not has_run:
                 raise OutputError(
-                    f"{out}: holds files sparsekit did not write (first: {entries[0]}); sparsekit writes only into "
+                    f"{out}: holds files sparsekit did not write (first: {others[0]}); sparsekit writes only into "
                     "a new or empty folder or over its own earlier run: choose another -o DIR"
                 )
-            if not overwrite:
+            if not self.overwrite:
                 raise OutputError(
                     f"{out}: holds an earlier sparsekit run; pass --overwrite to replace it, --resume to continue "
                     "it if it was interrupted, or choose another -o DIR"
                 )
-            folder.check_owned()
-        return folder
+            self.check_owned()
+        elif self.meta.is_symlink() or (self.meta.exists() and not self.meta.is_dir()):
+            raise OutputError(f"{self.meta}: is not sparsekit's folder; move it away or choose another -o DIR")
 
     def has_run(self) -> bool:
-        """Whether the folder holds a sparsekit run (finished, or unfinished in ``.sparsekit/next``)."""
-        return not self.meta.is_symlink() and self.meta.is_dir()  # only sparsekit makes DIR/.sparsekit
+        """Whether the folder holds a sparsekit run: finished (a manifest) or unfinished (``next/``)."""
+        return (
+            not self.meta.is_symlink()
+            and self.meta.is_dir()
+            and ((self.meta / MANIFEST).is_file() or (self.meta / STAGE).exists() or (self.meta / "old").exists())
+        )
 
     def owned(self) -> dict[str, set[str]]:
         """Relative path -> SHA-256 digests sparsekit wrote there (current and pending manifests)."""
@@ -173,15 +187,20 @@ class RunFolder:
         if self.meta.exists() and not self.meta.is_dir():
             raise OutputError(f"{self.meta}: is not a folder; move it away or choose another -o DIR")
         self.lock()  # released by the caller (unlock), after publish or on failure
-        with writing(self.stage):
-            if self.stage.exists() and not self.resume:
-                shutil.rmtree(self.stage)  # an earlier unfinished run of ours; --overwrite starts again
-            self.stage.mkdir(parents=True, exist_ok=True)
-            ckpt = Path("checkpoints") / "last.pt"
-            if self.resume and not (self.stage / ckpt).exists() and (self.out / ckpt).is_file():
-                (self.stage / ckpt).parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(self.stage / ckpt) as tmp:
-                    shutil.copyfile(self.out / ckpt, tmp)
+        try:
+            self._check_state()  # again, under the lock: another run may have finished here meanwhile
+            with writing(self.stage):
+                if self.stage.exists() and not self.resume:
+                    shutil.rmtree(self.stage)  # an earlier unfinished run of ours; --overwrite starts again
+                self.stage.mkdir(parents=True, exist_ok=True)
+                ckpt = Path("checkpoints") / "last.pt"
+                if self.resume and not (self.stage / ckpt).exists() and (self.out / ckpt).is_file():
+                    (self.stage / ckpt).parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(self.stage / ckpt) as tmp:
+                        shutil.copyfile(self.out / ckpt, tmp)
+        except BaseException:
+            self.unlock()
+            raise
         return self.stage
 
     def publish(self) -> list[str]:
@@ -286,7 +305,7 @@ def _live_holder(path: Path) -> str | None:
         pid, host = int(info["pid"]), str(info["host"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         # Unreadable: a run that died between creating and writing it, or one writing it right now.
         try:
             young = time.time() - path.stat().st_mtime < 10
@@ -329,7 +348,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}  # unreadable: nothing counts as ours, so nothing is replaced
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):

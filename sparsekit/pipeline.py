@@ -41,6 +41,7 @@ def resolve_model(
         fallback_factory=spec.factory,
         fallback_kwargs=spec.kwargs,
         fallback_named_in=recipe.source or "the recipe",
+        probe=None if kwargs is None else True,  # recipe kwargs are a file's data too
     )
     if spec.input_shape and loaded.input_shape and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]:
         raise DataError(

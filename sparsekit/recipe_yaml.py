@@ -147,8 +147,18 @@ class _RecipeLoader(yaml.SafeLoader):
             ) from None
 
 
+def _no_base60(regexp: re.Pattern[str]) -> re.Pattern[str]:
+    # YAML 1.1 reads 1:30:00 as the base-60 number 5400: in a recipe that is a typo, not a number.
+    return re.compile("^(?![^\n]*:)" + regexp.pattern.removeprefix("^"), regexp.flags)
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [
+        (tag, _no_base60(regexp) if tag in _NUMBER_TAGS else regexp)
+        for tag, regexp in resolvers
+        if tag != "tag:yaml.org,2002:timestamp"
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 

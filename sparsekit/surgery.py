@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .errors import ModelFileError
+from .errors import ModelFileError, one_line
 from .layers import prunable_layers
 from .masks import MASK, apply_mask, get_mask, weight_of
 
@@ -102,10 +102,10 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
         return model
     try:
         entries = normalize_history(history)
-    except (TypeError, ValueError, OverflowError) as err:
+    except Exception as err:  # noqa: BLE001 - a file's data: tensors, nesting, anything may be in there
         raise ModelFileError(
-            f"pruning_history is malformed ({err}); expected [[module_name, is_out_channel, [indices]], ...] "
-            "as written by sparsekit.save_model"
+            f"pruning_history is malformed ({one_line(err, 120)}); expected [[module_name, is_out_channel, "
+            "[indices]], ...] as written by sparsekit.save_model"
         ) from None
     arch = type(model).__name__
     try:

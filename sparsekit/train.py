@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError, RecipeError, SparsekitError
+from .data import batches as _batches
+from .errors import DataError, RecipeError, SparsekitError, one_line
 from .fsutil import atomic_path
 from .pruner import Pruner
 from .recipe import FinetuneSpec, Recipe
@@ -51,7 +52,13 @@ def _loss(
     """Cross-entropy of ``model(x)`` against ``y`` (moved to the model's device); labels out of range
     are a data error, not a crash deep in torch."""
     device = _device(model)
-    out = model(x.to(device))
+    try:
+        out = model(x.to(device))
+    except (KeyboardInterrupt, MemoryError, SparsekitError):
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"data: the model fails on a batch of inputs {shape}: {one_line(err)}") from None
     try:
         return nn.functional.cross_entropy(out, y.to(device), reduction=reduction), out
     except IndexError as err:  # torch's "Target 42 is out of bounds."; checked by torch, not per step here
@@ -68,7 +75,7 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
     model.eval()
     correct = total = 0
     loss_sum = 0.0
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in enumerate(_batches(loader, "data: the validation loader")):
         if max_batches is not None and i >= max_batches:
             break
         loss, out = _loss(model, x, y, reduction="sum")
@@ -83,7 +90,7 @@ def calibrate(model: nn.Module, pruner: Pruner, loader: Iterable, batches: int) 
     """Gradient-based methods with no fine-tuning: sum gradients over a few batches, then one step."""
     model.train()
     model.zero_grad()
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in enumerate(_batches(loader, "data: the training loader")):
         if i >= batches:
             break
         _loss(model, x, y)[0].backward()
@@ -148,7 +155,7 @@ def finetune(
                 group["lr"] = lr_at(epoch, spec)
             model.train()
             loss_sum, seen = 0.0, 0
-            for i, (x, y) in enumerate(train_loader):
+            for i, (x, y) in enumerate(_batches(train_loader, "data: the training loader")):
                 if i >= steps:
                     break
                 optimizer.zero_grad(set_to_none=True)

@@ -31,11 +31,13 @@ import contextlib
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 import re
 import sys
+import sysconfig
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,8 +96,8 @@ def trusted_modules() -> list[str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as err:
-        log.warning("%s: cannot read the trusted-module list (%s); trusting none", path, err)
+    except (OSError, ValueError, RecursionError) as err:
+        log.warning("%s: cannot read the trusted-module list (%s); trusting none", path, type(err).__name__)
         return []
     mods = data.get("modules") if isinstance(data, dict) else None
     return sorted(m for m in mods or [] if isinstance(m, str) and _module_ok(m))
@@ -163,12 +165,16 @@ def load_callable(
     """
     where = _where(spec, named_in, field)
     module, attr = split_spec(spec, where, error)
-    reason = _denied(module)
-    if reason and not (kind == "model" and module.split(".")[0] == "torch"):
+    torch_class = kind == "model" and module.split(".")[0] == "torch"  # e.g. torch.nn:Linear
+    reason = _denied(module) or _denied_file(_top_level_origin(module))
+    if reason and not torch_class:
         raise TrustError(f"{where}: {reason}, so it is never run")
     if named_in is not None:
         _require_trust(spec, module, named_in, field, trust_code)
     obj: Any = _import(module, where, error)
+    reason = _denied_file(getattr(obj, "__file__", None))
+    if reason and not torch_class:
+        raise TrustError(f"{where}: {reason}, so it is never run")
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise error(f"{where}: module {module!r} has no {attr!r}")
@@ -177,11 +183,13 @@ def load_callable(
     return obj
 
 
-def call_user_code(fn: Callable[..., Any], where: str, error: type[SparsekitError], **kwargs: Any) -> Any:
-    """Call a user's factory or data callable; whatever it raises, ``sys.exit()`` included, is bad
-    input naming ``where`` (Ctrl-C still interrupts)."""
+def call_user_code(
+    fn: Callable[..., Any], where: str, error: type[SparsekitError], kwargs: dict[str, Any] | None = None
+) -> Any:
+    """Call a user's factory or data callable with ``kwargs``; whatever it raises, ``sys.exit()`` and
+    unusable kwargs included, is bad input naming ``where`` (Ctrl-C still interrupts)."""
     try:
-        return fn(**kwargs)
+        return fn(**(kwargs or {}))
     except KeyboardInterrupt:
         raise
     except SparsekitError:
@@ -230,18 +238,76 @@ def _denied(module: str) -> str | None:
     return None
 
 
+def _top_level_origin(module: str) -> str | None:
+    """The file a top-level module would be imported from, found without importing anything."""
+    top = module.split(".")[0]
+    if top in sys.modules:
+        return getattr(sys.modules[top], "__file__", None) or "built-in"
+    try:
+        with _cwd_appended():
+            spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    return spec.origin or "namespace"
+
+
+def _denied_file(origin: str | None) -> str | None:
+    """Why a module file is never run, or None: it is part of the Python installation (its test
+    suite and private extension modules included, which ``sys.stdlib_module_names`` leaves out), or
+    was installed by sparsekit, one of its dependencies or a tool package, whatever name it is
+    imported under (onnxruntime, for one, puts a folder of its own scripts on ``sys.path``)."""
+    if not origin or origin == "namespace":
+        return None
+    if origin in ("built-in", "frozen"):
+        return "it is built into Python, not a model or data module"
+    real = os.path.realpath(origin)
+    if real in _denied_files():
+        return f"{origin} was installed by sparsekit, one of its dependencies or a tool package"
+    for root in _python_roots():
+        if real.startswith(root + os.sep) and "site-packages" not in real and "dist-packages" not in real:
+            return f"{origin} is part of the Python installation, not a model or data module"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _python_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths})
+
+
+@functools.lru_cache(maxsize=1)
+def _denied_files() -> frozenset[str]:
+    """Real paths of every Python source and extension file the denied distributions installed."""
+    files: set[str] = set()
+    for dist in _denied_distributions():
+        try:
+            entries = importlib.metadata.distribution(dist).files or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for entry in entries:
+            if entry.suffix in (".py", ".so", ".pyd", ".pyc"):
+                files.add(os.path.realpath(str(entry.locate())))
+    return frozenset(files)
+
+
 @functools.lru_cache(maxsize=1)
 def _denied_import_names() -> frozenset[str]:
-    """Import names installed by sparsekit's dependencies (extras included) and by the tool
-    distributions, with everything those depend on; torch is among them (see :func:`load_callable`)."""
+    """Import names installed by the denied distributions (see :func:`_denied_distributions`)."""
     try:
         top_level = importlib.metadata.packages_distributions()
     except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
         return frozenset({"torch"})
-    by_dist: dict[str, set[str]] = {}
-    for imp, dists in top_level.items():
-        for d in dists:
-            by_dist.setdefault(_norm(d), set()).add(imp)
+    denied = set(_denied_distributions())
+    return frozenset({imp for imp, dists in top_level.items() if any(_norm(d) in denied for d in dists)} | {"torch"})
+
+
+@functools.lru_cache(maxsize=1)
+def _denied_distributions() -> tuple[str, ...]:
+    """sparsekit's dependencies (extras included) and the tool distributions, with everything they
+    depend on, as normalized names; sparsekit itself is left out (its own modules are in
+    ``_TOOL_IMPORT_NAMES``; a user's modules beside an editable checkout must stay usable)."""
     seen: set[str] = set()
     todo = [(name, False) for name in _TOOL_DISTRIBUTIONS] + [("sparsekit", True)]
     while todo:
@@ -261,8 +327,8 @@ def _denied_import_names() -> frozenset[str]:
             m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
             if m:
                 todo.append((m.group(1), False))
-    seen.discard("sparsekit")  # its own modules are in _TOOL_IMPORT_NAMES; its user's are not in its dist
-    return frozenset({imp for d in seen for imp in by_dist.get(d, ())} | {"torch"})
+    seen.discard("sparsekit")
+    return tuple(sorted(seen))
 
 
 def _norm(dist: str) -> str:
@@ -321,6 +387,7 @@ def _check_shape(obj: Any, where: str, kind: Kind, error: type[SparsekitError]) 
             f"never run; name {what}"
         )
     defined_in = getattr(obj, "__module__", None) or ""
-    reason = _denied(defined_in) if defined_in else "it has no module"
+    source = getattr(sys.modules.get(defined_in), "__file__", None)
+    reason = (_denied(defined_in) or _denied_file(source)) if defined_in else "it has no module"
     if reason:
         raise TrustError(f"{where}: resolves to {defined_in}.{obj.__qualname__}: {reason}, so it is never run")

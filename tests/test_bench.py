@@ -168,7 +168,7 @@ def test_batch_that_cannot_fit_in_memory_is_refused_before_running(files, monkey
     out-of-memory kill halfway through."""
     from pathlib import Path
 
-    monkeypatch.setattr(bench_mod, "_available_bytes", lambda: 1 << 30)  # a 1 GiB machine
+    monkeypatch.setattr(bench_mod, "available_memory", lambda: 1 << 30)  # a 1 GiB machine
     pair = [files["big"], files["small"]]
     per_sample = bench_mod._sample_bytes(Path(files["big"]), [784])
     # input, two 1000-wide hidden layers (+ their ReLUs), logits: all grow with the batch
@@ -176,3 +176,12 @@ def test_batch_that_cannot_fit_in_memory_is_refused_before_running(files, monkey
     with pytest.raises(ExportError, match="GiB available"):
         benchmark(pair, [(1 << 30) // per_sample], runs=1, warmup=0)
     assert benchmark(pair, [64], runs=1, warmup=0)["files"]  # a batch that fits still runs
+
+
+def test_unsized_graphs_are_still_bounded(files, monkeypatch):
+    """When shape inference cannot size the graph, the check assumes activations of up to 16x the
+    input rather than skipping it (a kill by the kernel gives the user nothing)."""
+    monkeypatch.setattr(bench_mod, "available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(bench_mod, "_sample_bytes", lambda path, dims: None)
+    with pytest.raises(ExportError, match="GiB available"):
+        benchmark([files["small"]], [1 << 20], runs=1, warmup=0)

@@ -83,7 +83,10 @@ def make_external(tensor: onnx.TensorProto, location: str) -> None:
 
 # --- hostile locations ----------------------------------------------------------------------------
 
-CASES = ["absolute", "dotdot", "sub_dotdot", "symlink_out", "directory", "empty", "hidden_dir", "hidden_file"]
+CASES = [
+    "absolute", "dotdot", "sub_dotdot", "symlink_out", "directory", "empty", "hidden_dir", "hidden_file",
+    "link_to_hidden_file", "link_to_hidden_dir",
+]  # fmt: skip
 
 
 @pytest.fixture(params=CASES)
@@ -120,6 +123,16 @@ def hostile(request, tmp_path, tmp_path_factory):
     elif request.param == "hidden_file":
         shutil.copy(canary, folder / ".netrc")
         location = ".netrc"
+    elif request.param == "link_to_hidden_file":  # weights.bin -> .ssh/id_rsa, all inside the folder
+        (folder / ".ssh").mkdir()
+        shutil.copy(canary, folder / ".ssh" / "id_rsa")
+        os.symlink(folder / ".ssh" / "id_rsa", folder / "weights.bin")
+        location = "weights.bin"
+    elif request.param == "link_to_hidden_dir":  # keys -> .ssh, location keys/id_rsa
+        (folder / ".ssh").mkdir()
+        shutil.copy(canary, folder / ".ssh" / "id_rsa")
+        os.symlink(folder / ".ssh", folder / "keys")
+        location = "keys/id_rsa"
     elif request.param == "directory":
         (folder / "weights.d").mkdir()
         location = "weights.d"

@@ -359,3 +359,26 @@ def test_a_failed_swap_puts_the_previous_results_back(tmp_path, mlp_checkpoint, 
     result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--set", "seed=3", *FAST)
     assert result.exit_code == 0, result.stderr
     assert results(out)["model.pt"] != first["model.pt"]
+
+
+def test_a_run_that_finished_meanwhile_is_not_replaced_without_overwrite(tmp_path):
+    """Both runs pass the read-only check of an empty folder; the one that starts writing second
+    checks again under the lock and finds the first one's results."""
+    out = tmp_path / "out"
+    first = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    second = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    (first.begin() / "report.json").write_text("{}")
+    first.publish()
+    first.unlock()
+    with pytest.raises(OutputError, match="earlier sparsekit run"):
+        second.begin()
+    assert (out / "report.json").read_text() == "{}" and not (out / ".sparsekit" / "lock").exists()
+
+
+def test_export_keeps_a_users_data_file_beside_its_own_output(tmp_path, mlp_checkpoint):
+    ours = tmp_path / "own.onnx"
+    args = ("export", mlp_checkpoint, *MLP, "-o", ours, "--exporter", "torchscript")
+    assert run(*args).exit_code == 0
+    (tmp_path / "own.onnx.data").write_text("user data")  # not named by own.onnx: not sparsekit's
+    assert_bad_input(run(*args), "own.onnx.data")
+    assert (tmp_path / "own.onnx.data").read_text() == "user data"

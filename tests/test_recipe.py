@@ -358,3 +358,11 @@ def test_any_override_gives_a_recipe_error(tmp_path, override, needle):
 def test_override_fills_a_null_section(tmp_path):
     r = load_recipe(write(tmp_path, BASE + "model: ~\n"), ["model.factory=examples.models:mlp"])
     assert r.model.factory == "examples.models:mlp"
+
+
+def test_base60_numbers_are_not_numbers(tmp_path):
+    """YAML 1.1 reads `epochs: 1:30:00` as 5400; in a recipe that is a typo, refused by the schema."""
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\nfinetune: {epochs: 1:30:00}\n")
+    with pytest.raises(RecipeError, match="finetune.epochs"):
+        load_recipe(path)

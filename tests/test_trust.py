@@ -454,3 +454,124 @@ def test_hostile_checkpoint_contents_are_bad_input(tmp_path):
         torch.save(ckpt, path)
         line = assert_bad_input(run("inspect", path, "--trust-code"), str(path))
         assert len(line) < 600, (name, line)
+
+
+def test_python_installation_modules_outside_stdlib_names_are_refused(tmp_path, canary):
+    """`sys.stdlib_module_names` leaves out CPython's own test suite and private extension modules;
+    they are part of the installation all the same."""
+    import importlib.util
+
+    specs = [("test.support:run_in_subinterp", {"code": f"open({str(canary)!r}, 'w')"})]
+    specs += [(f"{m}:anything", {}) for m in ("_testcapi", "xxlimited", "_xxsubinterpreters")]
+    for spec, kwargs in specs:
+        if importlib.util.find_spec(spec.split(":")[0].split(".")[0]) is None:
+            continue  # not shipped by this Python build
+        ckpt = tmp_path / "c.pt"
+        torch.save({"format": "sparsekit/1", "factory": spec, "kwargs": kwargs, "state_dict": {}}, ckpt)
+        assert_bad_input(run("inspect", ckpt, "--trust-code"), spec, "never run")
+    assert trusted_modules() == []
+
+
+def test_modules_a_dependency_puts_on_the_import_path_are_refused(canary):
+    """onnxruntime.quantization appends onnxruntime/transformers to sys.path: its scripts become
+    importable under plain names. They were installed by a dependency, so they never run."""
+    import onnxruntime.quantization  # noqa: F401
+
+    for spec in ("benchmark_helper:output_details", "import_utils:is_installed"):
+        with pytest.raises(TrustError, match="installed by sparsekit, one of its dependencies"):
+            load_callable(spec, kind="model", named_in="m.pt", field="factory", trust_code=True)
+
+
+def test_more_hostile_checkpoint_contents_are_bad_input(tmp_path, monkeypatch):
+    from examples.models import mlp
+
+    state = mlp(in_features=64, hidden=[16]).state_dict()
+    base = {"format": "sparsekit/1", "factory": "examples.models:mlp", "kwargs": {"in_features": 64, "hidden": [16]},
+            "input_shape": [1, 64], "state_dict": state, "pruning_history": []}  # fmt: skip
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    cases = {
+        "history-tensor": {**base, "pruning_history": [["fc1", torch.ones(3), [0]]]},
+        "history-deep": {**base, "pruning_history": [[deep, True, [0]]]},
+        "kwargs-deep": {**base, "kwargs": {"hidden": deep}},
+        "kwargs-int-key": {**base, "kwargs": {1: 2}},
+        "batch-huge": {**base, "input_shape": [80_000_000, 64], "pruning_history": [["fc1", True, [0]]]},
+    }
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # only so that this test can pickle the deep lists
+    try:
+        for name, ckpt in cases.items():
+            torch.save(ckpt, tmp_path / f"{name}.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    for name in cases:
+        path = tmp_path / f"{name}.pt"
+        assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), str(path))
+    # kwargs from a file that build a model too large for memory: refused before anything is allocated.
+    import sparsekit.modelio as modelio
+
+    monkeypatch.setattr(modelio, "available_memory", lambda: 64 << 20)  # a 64 MiB machine
+    path = tmp_path / "wide.pt"
+    torch.save({**base, "kwargs": {"in_features": 64, "hidden": [50_000_000]}}, path)
+    assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), "GiB", "memory available")
+
+
+def test_odd_user_code_and_state_files_are_bad_input(tmp_path, monkeypatch, mlp_checkpoint):
+    (tmp_path / "sk_odd_data.py").write_text(
+        textwrap.dedent("""
+        import torch
+
+        class Weird(Exception):
+            def __str__(self):
+                raise ValueError("no text")
+
+        def ints():
+            x, y = torch.randint(0, 5, (32, 64)), torch.arange(32) % 10
+            return [(x, y)], [(x, y)]
+
+        class Deep(torch.utils.data.Dataset):
+            def __len__(self):
+                return 64
+            def __getitem__(self, i):
+                if i > 40:
+                    raise RecursionError("maximum recursion depth exceeded")
+                return torch.randn(64), i % 10
+
+        def deep():
+            loader = torch.utils.data.DataLoader(Deep(), batch_size=16)
+            return loader, loader
+
+        class Endless(list):
+            def __len__(self):
+                return 10**30
+
+        def endless():
+            return Endless([1]), Endless([1])
+
+        def weird():
+            raise Weird()
+        """)
+    )
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {}, name="r.yaml")
+    for source, needle in (("ints", "floating-point"), ("deep", "RecursionError"), ("endless", "more batches"),
+                           ("weird", "Weird")):  # fmt: skip
+        result = run("prune", mlp_checkpoint, recipe, "--arch", "examples.models:mlp", "--data",
+                     f"sk_odd_data:{source}", "-o", tmp_path / f"o-{source}")  # fmt: skip
+        assert_bad_input(result, needle)
+    deep = "[" * 100_000 + "]" * 100_000
+    assert run("inspect", mlp_checkpoint, "--arch", "examples.models:mlp", "--kwargs", deep).exit_code == 2
+    # sparsekit's own state files, nested absurdly deep: treated as unreadable, never a crash.
+    out = tmp_path / "out"
+    (out / ".sparsekit").mkdir(parents=True)
+    for name in ("manifest.json", "lock"):
+        (out / ".sparsekit" / name).write_text(deep)
+    os.utime(out / ".sparsekit" / "lock", (1, 1))  # an unreadable, old lock: its run died long ago
+    (out / "report.json").write_text(deep)
+    assert_bad_input(run("report", out), "report.json")
+    assert_bad_input(run("prune", mlp_checkpoint, recipe, "--arch", "examples.models:mlp", "-o", out,
+                         "--overwrite"), "report.json")  # fmt: skip
+    store_path().parent.mkdir(parents=True, exist_ok=True)
+    store_path().write_text(deep)
+    assert run("trust", "--json").exit_code == 0 and trusted_modules() == []
