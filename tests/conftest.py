@@ -34,6 +34,31 @@ def assert_bad_input(result, *needles: str) -> str:
     return lines[0]
 
 
+class InterruptOnEvaluate:
+    """Ctrl-C (KeyboardInterrupt) on the n-th evaluation of a prune run: 1 is the dense model, 2 the
+    end of epoch 1, 3 the end of epoch 2. ``restore()`` puts the real evaluation back."""
+
+    def __init__(self, monkeypatch, n: int) -> None:
+        import sparsekit.pipeline as pipeline_mod
+        import sparsekit.train as train_mod
+
+        self.real, self.calls, self.n = train_mod.evaluate, 0, n
+        self.targets = [(train_mod, "evaluate"), (pipeline_mod, "evaluate")]
+        self.monkeypatch = monkeypatch
+        for mod, name in self.targets:
+            monkeypatch.setattr(mod, name, self)
+
+    def __call__(self, model, loader):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.real(model, loader)
+
+    def restore(self) -> None:
+        for mod, name in self.targets:
+            self.monkeypatch.setattr(mod, name, self.real)
+
+
 def train_on_digits(model, input_shape, epochs, lr, batch_size=32):
     """A short Adam run on scikit-learn's digits: a model trained the way a user's would be."""
     from sparsekit.data import load_data

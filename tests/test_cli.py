@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FAST, assert_bad_input, train_on_digits
+from conftest import FAST, InterruptOnEvaluate, assert_bad_input, train_on_digits
 
 import sparsekit
 from sparsekit.cli import main
@@ -166,8 +166,6 @@ def test_prune_oneshot_without_finetune_on_checkpoint(tmp_path, mlp_checkpoint):
 
 def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
     """Ctrl-C mid-fine-tune exits 130 with finished epochs checkpointed; --resume completes the run."""
-    import sparsekit.pipeline as pipeline_mod
-    import sparsekit.train as train_mod
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
@@ -175,17 +173,7 @@ def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
         "pruning: [{method: magnitude, sparsity: 0.7, schedule: {start_epoch: 0, end_epoch: 2},"
         " layers: {exclude: [fc3]}}]\nbenchmark: {enabled: false}\n"
     )
-    real_evaluate = train_mod.evaluate
-    calls = {"n": 0}
-
-    def interrupt_on_third_eval(model, loader):
-        calls["n"] += 1
-        if calls["n"] == 3:  # 1: dense model, 2: after epoch 1, 3: after epoch 2 -> Ctrl-C
-            raise KeyboardInterrupt
-        return real_evaluate(model, loader)
-
-    monkeypatch.setattr(train_mod, "evaluate", interrupt_on_third_eval)
-    monkeypatch.setattr(pipeline_mod, "evaluate", interrupt_on_third_eval)
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)  # 1: dense model, 2: after epoch 1, 3: after epoch 2
     out = tmp_path / "o"
     first = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST)
     assert first.exit_code == 130, first.stderr
@@ -196,8 +184,7 @@ def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
     state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == 1
 
-    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
-    monkeypatch.setattr(pipeline_mod, "evaluate", real_evaluate)
+    interrupt.restore()
     second = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *FAST)
     assert second.exit_code == 0, second.stderr
     report = json.loads((out / "report.json").read_text())
@@ -726,29 +713,16 @@ def test_more_bad_inputs_exit_2(tmp_path, mlp_checkpoint, monkeypatch):
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, mlp_checkpoint, monkeypatch):
-    import sparsekit.pipeline as pipeline_mod
-    import sparsekit.train as train_mod
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "version: 1\nfinetune: {epochs: 2}\n"
         "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
     )
-    real = train_mod.evaluate
-    calls = {"n": 0}
-
-    def interrupt(model, loader):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(model, loader)
-
-    monkeypatch.setattr(train_mod, "evaluate", interrupt)
-    monkeypatch.setattr(pipeline_mod, "evaluate", interrupt)
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)
     out = tmp_path / "o"
     assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 130
-    monkeypatch.setattr(train_mod, "evaluate", real)
-    monkeypatch.setattr(pipeline_mod, "evaluate", real)
+    interrupt.restore()
     changed = run(
         "prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--set", "pruning.0.sparsity=0.6", *FAST
     )

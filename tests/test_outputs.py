@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FAST, assert_bad_input
+from conftest import FAST, InterruptOnEvaluate, assert_bad_input
 
 import sparsekit
 from sparsekit.cli import main
@@ -138,29 +138,17 @@ def test_current_folder_with_other_files_is_refused(tmp_path, mlp_checkpoint, re
 
 def test_interrupted_or_failed_overwrite_leaves_the_previous_results(tmp_path, mlp_checkpoint, recipe, monkeypatch):
     import sparsekit.pipeline as pipeline_mod
-    import sparsekit.train as train_mod
 
     out = tmp_path / "out"
     assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
     first = snapshot(out)
-    real = train_mod.evaluate
-    calls = {"n": 0}
-
-    def interrupt_after_first_epoch(model, loader):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(model, loader)
-
-    monkeypatch.setattr(train_mod, "evaluate", interrupt_after_first_epoch)
-    monkeypatch.setattr(pipeline_mod, "evaluate", interrupt_after_first_epoch)
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)  # Ctrl-C after the first epoch
     changed = ("--set", "pruning.0.sparsity=0.7")
     assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *changed, *FAST).exit_code == 130
     assert {k: v for k, v in snapshot(out).items() if not k.startswith(".sparsekit/next/")} == first
 
     # A failure late in the run (export) leaves them too.
-    monkeypatch.setattr(train_mod, "evaluate", real)
-    monkeypatch.setattr(pipeline_mod, "evaluate", real)
+    interrupt.restore()
 
     def broken_zeros(*a, **k):
         raise sparsekit.ExportError("simulated export failure")
