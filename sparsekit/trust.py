@@ -263,7 +263,8 @@ def _denied_file(origin: str | None) -> str | None:
     if origin in ("built-in", "frozen"):
         return "it is built into Python, not a model or data module"
     real = os.path.realpath(origin)
-    if real in _denied_files():
+    installed = "site-packages" in real or "dist-packages" in real  # else a user's own folder: no file list
+    if installed and real in _denied_files():
         return f"{origin} was installed by sparsekit, one of its dependencies or a tool package"
     for root in _python_roots():
         if real.startswith(root + os.sep) and "site-packages" not in real and "dist-packages" not in real:
