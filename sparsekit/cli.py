@@ -111,7 +111,7 @@ def _load_native(*modules: str) -> None:
     from .fsutil import sigint_deferred
 
     with sigint_deferred():
-        for module in modules:
+        for module in modules:  # fixed names given by the commands below, never from a file
             importlib.import_module(module)
 
 

@@ -320,17 +320,9 @@ def _load_callable(
 
 
 def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        batch = next(iter(loader))
-    except StopIteration:
-        raise DataError(f"{where} yields no batches") from None
-    except KeyboardInterrupt:
-        raise
-    except SystemExit as exc:  # the user's dataset code: bad input, never a silent exit 0
-        raise DataError(f"{where}: reading a batch called sys.exit({exc.code!r})") from None
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{where}: reading a batch raised {type(exc).__name__}: {exc}") from None
-    return _unpack(batch, where)
+    for batch in batches(loader, where):
+        return _unpack(batch, where)
+    raise DataError(f"{where} yields no batches")
 
 
 def batches(loader: Any, where: str) -> Iterator[tuple[Any, Any]]:

@@ -42,6 +42,11 @@ class OutputError(SparsekitError):
     read-only, or the output folder holds files sparsekit did not write."""
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def one_line(err: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (cut to ``limit``): what a one-line ``Error:`` may quote from
     an exception raised by user code or a library, whose messages can run to pages of C++ frames."""
@@ -49,5 +54,4 @@ def one_line(err: BaseException, limit: int = 300) -> str:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     except Exception:  # noqa: BLE001 - an exception whose __str__ itself fails (user code)
         lines = []
-    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__, limit)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelFileError, one_line
+from .errors import ModelFileError, one_line, shorten
 from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, load_callable
 
@@ -176,7 +176,7 @@ def _short(value: Any, limit: int = 200) -> str:
         text = repr(value)
     except Exception:  # noqa: BLE001 - RecursionError for absurdly nested data, a hostile __repr__
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
@@ -234,8 +234,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
     try:
         model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - e.g. a dtype torch cannot copy: the file does not fit
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise ModelFileError(f"{path}: its weights cannot be loaded into {factory} ({first})") from None
+        raise ModelFileError(f"{path}: its weights cannot be loaded into {factory} ({one_line(err)})") from None
 
 
 def load_model(

@@ -79,6 +79,7 @@ class RunFolder:
         self.resume = resume
         self.overwrite = False
         self._locked = False
+        self._digests: dict[tuple[str, int, int, int], str] = {}  # a file is hashed once per run, not per check
 
     # --- checks (read-only) ----------------------------------------------------------------------
 
@@ -165,9 +166,16 @@ class RunFolder:
             for name in sorted(filenames):
                 rel = (rel_dir / name).as_posix()
                 path = Path(dirpath, name)
-                if rel not in owned or path.is_symlink() or not path.is_file() or _sha256(path) not in owned[rel]:
+                if rel not in owned or path.is_symlink() or not path.is_file() or self._sha256(path) not in owned[rel]:
                     found.append(rel)
         return sorted(found)
+
+    def _sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = _sha256(path)
+        return self._digests[key]
 
     def check_owned(self) -> None:
         """Raise :class:`OutputError` naming the first entry sparsekit did not write."""
@@ -191,7 +199,9 @@ class RunFolder:
             self._check_state()  # again, under the lock: another run may have finished here meanwhile
             with writing(self.stage):
                 if self.stage.exists() and not self.resume:
-                    shutil.rmtree(self.stage)  # an earlier unfinished run of ours; --overwrite starts again
+                    # DIR/.sparsekit/next holds only what an earlier unfinished run of ours wrote; _check_state
+                    # has refused it if it is a link, and rmtree never follows links inside it.
+                    shutil.rmtree(self.stage)
                 self.stage.mkdir(parents=True, exist_ok=True)
                 ckpt = Path("checkpoints") / "last.pt"
                 if self.resume and not (self.stage / ckpt).exists() and (self.out / ckpt).is_file():
@@ -213,7 +223,7 @@ class RunFolder:
         self.check_owned()  # again: the user may have put a file in the folder while the run went on
         new = {rel: _entry(self.stage / rel) for rel in _files_under(self.stage)}
         old = [rel for rel in _read_manifest(self.meta / MANIFEST) if (self.out / rel).is_file()]
-        backup = self.meta / "old"
+        backup = self.meta / "old"  # only ever holds our earlier results, moved aside by a swap
         for rel in _files_under(backup) if backup.is_dir() else []:  # left by a swap that could not undo itself
             if not (self.out / rel).exists():
                 with contextlib.suppress(OSError):

@@ -25,7 +25,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError
-from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml, short
+from .errors import shorten as short
+from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml
 
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]

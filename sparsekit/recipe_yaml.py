@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import RecipeError
+from .errors import shorten as short
 
 # What a recipe file may hold. A recipe is a page of settings; these limits are orders of magnitude
 # above any real one and stop hostile or broken input (huge files, deep nesting, alias bombs that
@@ -28,10 +29,6 @@ MAX_TEXT_BYTES = 1_000_000
 MAX_NODES = 100_000  # values in the document with every alias expanded
 MAX_DEPTH = 64  # nesting of mappings/lists; PyYAML, deepcopy and pydantic all recurse
 MAX_OVERRIDE_CHARS = 65_536  # one --set item
-
-
-def short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def describe(value: Any) -> str:

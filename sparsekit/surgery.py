@@ -142,8 +142,7 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
             fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
             graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
         except Exception as err:  # tp raises assorted types for indices that do not fit
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise ModelFileError(f"{where}: cannot be replayed on {arch} ({type(err).__name__}: {first})") from None
+            raise ModelFileError(f"{where}: cannot be replayed on {arch} ({one_line(err, 200)})") from None
     return model
 
 
