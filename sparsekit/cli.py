@@ -19,15 +19,38 @@ from typing import Any
 
 import click
 
-from .errors import DataError, ExportError, RecipeError, SparsekitError, one_line
+from .errors import DataError, ExportError, RecipeError, SparsekitError, one_line, render
 
 # Shipped recipes are package data (sparsekit/recipes/*.yaml), so a wheel install has them too; the
 # top-level recipes/ of the repository is a link to the same folder.
 RECIPES_DIR = Path(str(resources.files("sparsekit").joinpath("recipes")))
 
 
+# The flag for each caller option a library message may point to (see sparsekit.errors.option):
+# library code words its remedies neutrally; only this module knows the command line.
+FLAGS = {
+    "arch": "--arch",
+    "data": "--data",
+    "input_shape": "--input-shape",
+    "overwrite": "--overwrite",
+    "resume": "--resume",
+    "set": "--set",
+    "trust_code": "--trust-code",
+    "trust_model_file": "--trust-model-file",
+}
+
+
+def _flag(name: str, value: str) -> str:
+    flag = FLAGS.get(name, name)
+    if not value:
+        return flag + (" pkg.module:callable" if name == "arch" else "")
+    if name == "input_shape":
+        value = value.strip("[]").replace(" ", "")
+    return f"{flag} {value}"
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {render(message, _flag)}", err=True)
     sys.exit(code)
 
 
@@ -51,7 +74,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SparsekitError as err:
             if debug:
                 traceback.print_exc()
-            _fail(str(err), err.exit_code)
+            _fail(err.render(_flag), err.exit_code)
         except OSError as err:  # a path the user gave: missing folder, a file where a folder should be, ...
             if debug:
                 traceback.print_exc()

@@ -1,15 +1,62 @@
 """The exception tree. Library code raises these; only ``cli.py`` turns them into exit codes.
 
-Every message should name the file or field at fault and say what to do about it.
+Every message should name the file or field at fault and say what to do about it. When the remedy is
+an option of the caller (allow overwriting, name the architecture, ...), the message names it with
+:func:`option`, never as a command-line flag: ``str(err)`` spells it as the Python API does
+(``overwrite=True``), and the CLI renders the same message with its flags (``--overwrite``).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+# How the Python API spells each option a message may point to (the CLI has its own table).
+API_SPELLING = {
+    "arch": "arch='pkg.module:callable'",
+    "data": "data=...",
+    "input_shape": "input_shape=[...]",
+    "overwrite": "overwrite=True",
+    "resume": "resume=True",
+    "set": "overrides=[...]",
+    "trust_code": "trust_code=True",
+    "trust_model_file": "trust=True",
+}
+_OPTION = re.compile("\x00([a-z_]+)\x1f([^\x00]*)\x00")
+
+
+def option(name: str, value: str = "") -> str:
+    """A placeholder for the caller's option ``name`` (a key of :data:`API_SPELLING`), optionally with
+    the ``value`` to give it, to embed in an error message; see :meth:`SparsekitError.render`."""
+    return f"\x00{name}\x1f{value}\x00"
+
+
+def _api_spelling(name: str, value: str) -> str:
+    if not value:
+        return API_SPELLING.get(name, name)
+    if name == "set":
+        return f"overrides=[{value!r}]"
+    if name == "input_shape":
+        return f"input_shape={value}"
+    return f"{name}={value!r}"
+
+
+def render(message: str, spell: Callable[[str, str], str] = _api_spelling) -> str:
+    """``message`` with each :func:`option` placeholder replaced by ``spell(name, value)``."""
+    return _OPTION.sub(lambda m: spell(m.group(1), m.group(2)), message)
 
 
 class SparsekitError(Exception):
     """Bad input from the user: the CLI prints ``Error: <message>`` and exits 2."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return render(super().__str__())
+
+    def render(self, spell: Callable[[str, str], str]) -> str:
+        """The message with its options spelled by ``spell(name, value)`` (the CLI passes its flags)."""
+        return render(super().__str__(), spell)
 
 
 class RecipeError(SparsekitError):
