@@ -13,18 +13,14 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import DataError, ExportError, RecipeError, SparsekitError, one_line, render
-
-# Shipped recipes are package data (sparsekit/recipes/*.yaml), so a wheel install has them too; the
-# top-level recipes/ of the repository is a link to the same folder.
-RECIPES_DIR = Path(str(resources.files("sparsekit").joinpath("recipes")))
-
+from .errors import ExportError, SparsekitError, one_line, render
+from .recipe_catalog import RECIPES_DIR as RECIPES_DIR  # noqa: F401 - kept importable from here
+from .recipe_catalog import find_recipe
 
 # The flag for each caller option a library message may point to (see sparsekit.errors.option):
 # library code words its remedies neutrally; only this module knows the command line.
@@ -32,6 +28,7 @@ FLAGS = {
     "arch": "--arch",
     "data": "--data",
     "input_shape": "--input-shape",
+    "output": "-o",
     "overwrite": "--overwrite",
     "resume": "--resume",
     "set": "--set",
@@ -175,16 +172,6 @@ def _kwargs(value: str | None) -> dict[str, Any] | None:
     return parsed
 
 
-def _recipe_path(recipe: str) -> Path:
-    """A path, or the name of a shipped recipe (`sparsekit recipes`)."""
-    path = Path(recipe)
-    if not path.exists():
-        for candidate in (RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.yaml"):
-            if candidate.is_file():
-                return candidate
-    return path
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="sparsekit")
 def main() -> None:
@@ -269,10 +256,11 @@ def prune(
     _load_native("torch", "onnxruntime")
     from .pipeline import run_prune
     from .recipe import load_recipe
+    from .report import render_summary
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
-    rec = load_recipe(_recipe_path(recipe), list(overrides))
+    rec = load_recipe(find_recipe(recipe), list(overrides))
     report = run_prune(
         model,
         rec,
@@ -286,27 +274,7 @@ def prune(
         progress=not no_progress,
         notify=lambda m: click.echo(m, err=True),
     )
-    d, p = report["dense"], report["pruned"]
-    text = [
-        f"Wrote {out}/ (model.pt, model.onnx, dense.onnx, report.md, report.json)",
-        f"  accuracy  {d['accuracy']:.4f} -> {p['accuracy']:.4f}",
-        f"  sparsity  {d['sparsity']:.3f} -> {p['sparsity']:.3f}   params {d['params']:,} -> {p['params']:,}",
-        f"  ONNX size {d['onnx_bytes']:,} -> {p['onnx_bytes']:,} B; gzip {d['onnx_gzip_bytes']:,} -> "
-        f"{p['onnx_gzip_bytes']:,} B ({p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x)",
-        f"  parity    max |onnx - torch| {_diff(report['parity']['max_abs_diff'])} "
-        f"({'ok' if report['parity']['ok'] else 'FAILED'}), zeros kept in ONNX: {report['zeros_preserved']}",
-    ]
-    for bs, s in (report.get("benchmark") or {}).get("speedup", {}).items():
-        verdict = (
-            "faster" if s["significant"] and s["ratio"] < 1 else "within noise" if not s["significant"] else "slower"
-        )
-        text.append(
-            f"  latency   batch {bs}: {d['latency_ms'][bs]['p50']:.3f} -> {p['latency_ms'][bs]['p50']:.3f} ms "
-            f"(ratio {s['ratio']:.3f}, noise ±{s['noise']:.3f}: {verdict})"
-        )
-    text += [f"  note      {n}" for n in report["notes"]]
-    text.append(f"  {report['expectation']}")
-    _emit(report, as_json, "\n".join(text))
+    _emit(report.to_json(), as_json, render_summary(report, out))
 
 
 @main.command()
@@ -533,16 +501,27 @@ def inspect(
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx)."""
-    _load_native("onnxruntime" if model.suffix == ".onnx" else "torch")
-    if model.suffix == ".onnx":
-        from .export import load_onnx, size_report
-        from .onnx_macs import onnx_macs, param_counts
+    """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx).
 
-        load_onnx(model)  # a clear error naming the file if it is not ONNX
-        counts = param_counts(model)  # quantized and sparse-stored weights count as weights too
-        res = {"path": str(model), **size_report(model, counts["nonzero_params"]), **counts, **onnx_macs(model)}
-        res["sparsity"] = 1 - counts["nonzero_params"] / counts["params"] if counts["params"] else 0.0
+    An .onnx file is read as data (nothing in it runs); its sizes count any external-data file.
+
+    \b
+    Example:
+      sparsekit inspect out/model.pt --arch examples.models:lenet_300_100
+      sparsekit inspect out/model.onnx --json
+    """
+    _load_native("onnxruntime" if model.suffix == ".onnx" else "torch")
+    from .inspection import inspect as inspect_file
+
+    res = inspect_file(
+        model,
+        arch=arch,
+        kwargs=_kwargs(arch_kwargs),
+        input_shape=_shape(input_shape),
+        trust=trust_model_file,
+        trust_code=trust_code,
+    )
+    if model.suffix == ".onnx":
         lines = [
             f"{model}: {res['params']:,} params, {res['nonzero_params']:,} nonzero (sparsity {res['sparsity']:.3f})",
             f"size {res['bytes']:,} B raw, {res['gzip_bytes']:,} B gzip "
@@ -551,28 +530,9 @@ def inspect(
         ]
         _emit(res, as_json, "\n".join(lines))
         return
-    from .modelio import infer_input_shape, read_model
-    from .stats import layer_report, model_stats
-
-    loaded = read_model(model, arch, kwargs=_kwargs(arch_kwargs), trust=trust_model_file, trust_code=trust_code)
-    shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
-    try:
-        rows = layer_report(loaded.model, shape)
-    except MemoryError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the model cannot run on the given shape
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"--input-shape {shape}: the model does not accept it ({first})") from None
-    res = {
-        "path": str(model),
-        "factory": loaded.factory,
-        "input_shape": shape,
-        "structurally_pruned": bool(loaded.pruning_history),
-        **model_stats(loaded.model, shape),
-        "layers": rows,
-    }
+    shape, rows = res["input_shape"], res["layers"]
     lines = [
-        f"{model}: {loaded.factory or 'unknown factory'}, input {shape or '? (pass --input-shape for MACs)'}",
+        f"{model}: {res['factory'] or 'unknown factory'}, input {shape or '? (pass --input-shape for MACs)'}",
         f"{'layer':24} {'type':8} {'shape':18} {'params':>10} {'nonzero':>10} {'sparsity':>8} {'MACs':>12}",
     ]
     for r in rows:
@@ -619,11 +579,15 @@ def validate(
     Without MODEL nothing the recipe names is imported. With MODEL the architecture is built, so a
     factory named in RECIPE or MODEL needs --arch (or --trust-code) as for `prune`.
     """
+    from .planning import plan
     from .recipe import load_recipe
 
-    path = _recipe_path(recipe)
+    path = find_recipe(recipe)
     rec = load_recipe(path, list(overrides))
-    res: dict[str, Any] = {"recipe": str(path), "valid": True, "methods": [], "names_code": _named_code(rec)}
+    if model is not None:
+        _load_native("torch")
+    res = plan(rec, model, arch=arch, steps_per_epoch=steps_per_epoch, trust_code=trust_code)
+    res["recipe"] = str(path)
     lines = [f"{path}: valid ({len(rec.pruning)} method(s), {rec.finetune.epochs} fine-tuning epoch(s))"]
     if model is None:
         for field, spec in res["names_code"].items():
@@ -631,35 +595,13 @@ def validate(
                 f"{field} names code {spec}: not imported; prune runs it only when confirmed "
                 "(--arch/--data, --trust-code or a trusted module)"
             )
-    if model is not None:
-        _load_native("torch")
-        from .pipeline import resolve_model
-        from .pruner import Pruner
-
-        loaded = resolve_model(model, rec, arch, trust=False, trust_code=trust_code)
-        pruner = Pruner(loaded.model, rec, steps_per_epoch, context={"input_shape": loaded.input_shape})
-        for i, m in enumerate(pruner.methods):
-            targets = m.targets(rec.finetune.epochs, steps_per_epoch)
-            res["methods"].append(
-                {"index": i, "method": m.name, "layers": list(m.layers), "targets_per_epoch": targets}
+    for m in res["methods"]:
+        lines.append(f"pruning[{m['index']}] {m['method']}: {', '.join(m['layers'])}")
+        if m["targets_per_epoch"]:
+            lines.append(
+                "  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(m["targets_per_epoch"]))
             )
-            lines.append(f"pruning[{i}] {m.name}: {', '.join(m.layers)}")
-            if targets:
-                lines.append("  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(targets)))
     _emit(res, as_json, "\n".join(lines))
-
-
-def _named_code(rec: Any) -> dict[str, str]:
-    """The callables a recipe names (shown by validate; imported only when confirmed)."""
-    from .data import BUILTIN_SOURCES
-
-    named = {}
-    if rec.model.factory:
-        named["model.factory"] = rec.model.factory
-    src = rec.data.source
-    if ":" in src and not src.endswith(".npz") and src not in BUILTIN_SOURCES:
-        named["data.source"] = src
-    return named
 
 
 @main.command()
@@ -668,59 +610,46 @@ def _named_code(rec: Any) -> dict[str, str]:
 @handle_errors
 def recipes(as_json: bool, debug: bool) -> None:
     """List the recipes shipped with sparsekit (use the name or the path as RECIPE)."""
-    import yaml
+    from .recipe_catalog import shipped_recipes
 
-    rows: list[dict[str, Any]] = []
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        text = path.read_text(encoding="utf-8")
-        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
-        data = yaml.safe_load(text) or {}
-        methods = [m.get("method", "?") for m in data.get("pruning", [])]
-        rows.append(
-            {
-                "name": path.stem,
-                "path": str(path),
-                "description": first,
-                "methods": methods,
-                "model": (data.get("model") or {}).get("factory"),
-            }
-        )
-    if not rows:
-        raise RecipeError(f"no shipped recipes found in {RECIPES_DIR}")
+    rows = shipped_recipes()
     _emit(rows, as_json, "\n".join(f"{r['name']:36} {'+'.join(r['methods']):24} {r['description']}" for r in rows))
 
 
 @main.command()
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.option("--schema", is_flag=True, help="Print the JSON schema of report.json instead.")
 @debug_option
 @handle_errors
-def report(folder: Path, debug: bool) -> None:
-    """Re-render report.md and the plots in FOLDER from its report.json."""
-    from .report import write_report
+def report(folder: Path | None, schema: bool, debug: bool) -> None:
+    """Re-render report.md and the plots in FOLDER from its report.json.
 
+    \b
+    Example:
+      sparsekit report out            # after editing nothing: same report.md, fresh plots
+      sparsekit report --schema       # what report.json holds, as a JSON schema
+    """
+    from .report import load_report, report_schema, write_report
+
+    if schema:
+        click.echo(json.dumps(report_schema(), indent=2))
+        return
+    if folder is None:
+        raise click.UsageError("give the output FOLDER of a prune run, or --schema")
     src = folder / "report.json"
     if not src.is_file():
         raise SparsekitError(f"{src}: not found; run `sparsekit prune ... -o {folder}` first")
-    try:
-        data = json.loads(src.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit") from None
-    except json.JSONDecodeError as err:
-        raise SparsekitError(f"{src}: not valid JSON ({err})") from None
     from .outputs import RunFolder
 
     run = RunFolder(folder)
     if not run.has_run():
         raise SparsekitError(f"{folder}: holds no sparsekit run (no .sparsekit folder); nothing re-rendered")
+    data = load_report(src)
     run.check_owned()  # report.md and the plots are replaced: they must still be the ones sparsekit wrote
     run.lock()
     try:
         written = write_report(data, folder)
         run.record(written)
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
-        raise SparsekitError(
-            f"{src}: not a report.json written by sparsekit prune ({one_line(err, 120)}); run prune again"
-        ) from None
     finally:
         run.unlock()
     click.echo(f"Wrote {folder / 'report.md'}")

@@ -16,6 +16,7 @@ API_SPELLING = {
     "arch": "arch='pkg.module:callable'",
     "data": "data=...",
     "input_shape": "input_shape=[...]",
+    "output": "out=...",
     "overwrite": "overwrite=True",
     "resume": "resume=True",
     "set": "overrides=[...]",

@@ -1,5 +1,7 @@
-"""`sparsekit prune` end to end: load → evaluate dense → prune while fine-tuning → finalize → save
-→ export → parity → benchmark → report. The CLI is a thin wrapper around :func:`run_prune`."""
+"""`sparsekit prune` end to end, as a short sequence of named stages (see :func:`run_prune`):
+check the inputs → rehearse the recipe on a copy → measure the dense model → prune while fine-tuning
+→ save and export the pruned model → int8 / sparse storage → benchmark → report. The CLI is a thin
+wrapper around :func:`run_prune`; every sentence the user reads is in :mod:`sparsekit.report`."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import copy
 import logging
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,10 +18,11 @@ from torch import nn
 
 from . import __version__
 from .data import load_data
-from .errors import DataError, ModelFileError, SparsekitError
+from .errors import DataError, ModelFileError, SparsekitError, option
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .pruner import Pruner
 from .recipe import Recipe
+from .report import Benchmark, Int8, Report, Speedup, notes, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune
 
@@ -28,7 +32,8 @@ log = logging.getLogger("sparsekit")
 def resolve_model(
     model_path: str | Path, recipe: Recipe, arch: str | None, trust: bool, trust_code: bool = False
 ) -> LoadedModel:
-    """Load MODEL: ``--arch`` beats the checkpoint's own factory, which beats the recipe's ``model``.
+    """Load MODEL: ``arch`` (the caller's choice) beats the checkpoint's own factory, which beats the
+    recipe's ``model``.
     A factory named by the checkpoint or the recipe runs only when confirmed (see :mod:`sparsekit.trust`)."""
     spec = recipe.model
     kwargs = spec.kwargs if arch and spec.factory in (None, arch) and spec.kwargs else None
@@ -46,13 +51,13 @@ def resolve_model(
     if spec.input_shape and loaded.input_shape and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]:
         raise DataError(
             f"model.input_shape: the recipe says {list(spec.input_shape)} but {model_path} was saved for input "
-            f"{list(loaded.input_shape)}; use a recipe for this model or --set model.input_shape=null"
+            f"{list(loaded.input_shape)}; use a recipe for this model or {option('set', 'model.input_shape=null')}"
         )
     shape = spec.input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         raise SparsekitError(
             f"{model_path}: cannot tell the model's input shape; set model.input_shape in the recipe "
-            "(e.g. --set model.input_shape=[1,1,28,28])"
+            f"(e.g. {option('set', 'model.input_shape=[1,1,28,28]')})"
         )
     loaded.input_shape = list(shape)
     return loaded
@@ -69,7 +74,7 @@ def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
         msg = str(err).strip().splitlines()[0]
         raise DataError(
             f"{where}: the model does not accept inputs of shape {input_shape}: {msg}; set model.input_shape in "
-            "the recipe (or --set model.input_shape=[1,...]) to the shape it takes"
+            f"the recipe ({option('set', 'model.input_shape=[1,...]')}) to the shape it takes"
         ) from None
     if out.dim() != 2:
         raise DataError(
@@ -91,6 +96,30 @@ def _versions() -> dict[str, str]:
     }
 
 
+@dataclass
+class Inputs:
+    """The checked inputs of a run: the model as loaded, its input shape (batch first), the
+    architecture to save it under, and the data."""
+
+    loaded: LoadedModel
+    model_path: str
+    shape: list[int]
+    factory: str
+    source: str
+    bundle: Any  # data.DataBundle: train / val loaders
+    steps_per_epoch: int
+
+
+@dataclass
+class Measured:
+    """One model (dense or pruned) as measured: accuracy/loss, counts, layer rows and its ONNX export."""
+
+    metrics: dict[str, Any]
+    stats: dict[str, Any]
+    layers: list[dict[str, Any]]
+    export: dict[str, Any]
+
+
 def run_prune(
     model_path: str | Path,
     recipe: Recipe,
@@ -104,26 +133,65 @@ def run_prune(
     resume: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run the whole recipe on the model file and write DIR; returns report.json's content.
+) -> Report:
+    """Run the whole recipe on the model file and write the output folder ``out``; returns the
+    :class:`~sparsekit.report.Report` that report.json holds.
 
     ``arch`` and ``data`` are the caller's own choices; a model factory or data callable named by the
     model file or the recipe runs only with ``trust_code=True`` or a trusted module. ``trust`` allows
-    unpickling a whole-module MODEL. Every output is built in ``DIR/.sparsekit/next`` and moved into
-    DIR at the end, replacing only files an earlier sparsekit run wrote there (see
-    :mod:`sparsekit.outputs`). ``notify`` receives one-line messages meant for the user (the CLI
-    prints them on stderr). Raises :class:`~sparsekit.errors.SparsekitError` subclasses for bad input."""
-    out = Path(out)
+    unpickling a whole-module MODEL. Every output is built in ``out/.sparsekit/next`` and moved into
+    ``out`` at the end, replacing only files an earlier sparsekit run wrote there (see
+    :mod:`sparsekit.outputs`); ``overwrite`` allows that, ``resume`` continues an interrupted run.
+    ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr).
+
+    Raises :class:`~sparsekit.errors.SparsekitError` subclasses for bad input (model file, recipe,
+    data, output folder), before the output folder is touched wherever the fault can be seen early."""
     from .outputs import RunFolder
 
+    out = Path(out)
     source = data or recipe.data.source
     data_file = source if source.endswith(".npz") else None
     folder = RunFolder.prepare(out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume)
     torch.manual_seed(recipe.seed)
+    inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
+    rehearse(inputs, recipe)
+    stage = folder.begin()  # after inputs are known good: a typo never touches the folder
+    try:
+        report = _run(inputs, recipe, stage, out, resume=resume, progress=progress, notify=notify)
+        folder.publish()
+    finally:
+        folder.unlock()
+    return report
+
+
+def check_inputs(
+    model_path: str | Path,
+    recipe: Recipe,
+    *,
+    arch: str | None = None,
+    data: str | None = None,
+    trust: bool = False,
+    trust_code: bool = False,
+) -> Inputs:
+    """Load the model and the data and check they fit each other and the recipe (no file written).
+
+    Raises :class:`~sparsekit.errors.ModelFileError` (no architecture to save under, non-finite
+    weights), :class:`~sparsekit.errors.DataError` (shapes) and what loading raises."""
+    source = data or recipe.data.source
     loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
-    model, shape = loaded.model, cast(list[int], loaded.input_shape)  # resolve_model always sets it
+    shape = cast(list[int], loaded.input_shape)  # resolve_model always sets it
     factory = loaded.factory or arch or recipe.model.factory
-    classes = check_input(model, shape, str(model_path))
+    if not factory:
+        raise ModelFileError(
+            f"{model_path}: a pickled module names no architecture; name it too ({option('arch')}), so the "
+            "pruned model can be saved as a safe checkpoint"
+        )
+    bad = [
+        n for n, t in loaded.model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise ModelFileError(f"{model_path}: weights hold NaN or inf values ({', '.join(bad[:4])}); nothing to prune")
+    classes = check_input(loaded.model, shape, str(model_path))
     bundle = load_data(
         source,
         batch_size=recipe.data.batch_size,
@@ -135,151 +203,134 @@ def run_prune(
         named_in=None if data else (recipe.source or "the recipe"),
         trust_code=trust_code,
     )
-    if not factory:
-        raise ModelFileError(
-            f"{model_path}: a pickled module names no architecture; pass --arch pkg.module:callable too, so the "
-            "pruned model can be saved as a safe checkpoint"
-        )
-    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise ModelFileError(f"{model_path}: weights hold NaN or inf values ({', '.join(bad[:4])}); nothing to prune")
-    spe = (
-        len(bundle.train)
-        if recipe.finetune.max_steps_per_epoch is None
-        else min(len(bundle.train), recipe.finetune.max_steps_per_epoch)
+    limit = recipe.finetune.max_steps_per_epoch
+    spe = len(bundle.train) if limit is None else min(len(bundle.train), limit)
+    return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
+
+
+def rehearse(inputs: Inputs, recipe: Recipe) -> None:
+    """Build the pruner on a copy of the model: every recipe/model mismatch (patterns, overlaps,
+    channel groups, ...) fails here, before the output folder is touched."""
+    Pruner(
+        copy.deepcopy(inputs.loaded.model),
+        recipe,
+        steps_per_epoch=inputs.steps_per_epoch,
+        context={"input_shape": inputs.shape},
     )
-    # Dry run on a copy: every recipe/model mismatch (patterns, overlaps, groups, ...) fails here,
-    # before the output folder is touched.
-    Pruner(copy.deepcopy(model), recipe, steps_per_epoch=spe, context={"input_shape": shape})
-    stage = folder.begin()  # after inputs are known good: a typo never touches the folder
-    try:
-        args = (stage, out, str(model_path), shape, factory, source, bundle, spe, resume, progress, notify)
-        report = _run_stages(model, loaded, recipe, *args)
-        folder.publish()
-    finally:
-        folder.unlock()
-    return report
 
 
-def _run_stages(
-    model: nn.Module,
-    loaded: LoadedModel,
+def _run(
+    inputs: Inputs,
     recipe: Recipe,
-    out: Path,
+    stage: Path,
     final_out: Path,
-    model_path: str,
-    shape: list[int],
-    factory: str,
-    source: str,
-    bundle: Any,
-    spe: int,
+    *,
     resume: bool,
     progress: bool,
     notify: Callable[[str], None] | None,
-) -> dict[str, Any]:
-    """Everything after the inputs are checked, written into the staging folder ``out``; paths in the
-    report name the files where they will be once published (``final_out``)."""
-    from .export import check_zeros, export_onnx
-
+) -> Report:
+    """The stages after the inputs are checked, writing into the staging folder ``stage``; paths in
+    the report name the files where they will be once published (``final_out``)."""
     expectation = what_it_buys(recipe)
     if notify:
         notify(expectation)
-
+    model = inputs.loaded.model
     log.info("evaluating the dense model")
-    dense_metrics = evaluate(model, bundle.val)
-    dense_stats = model_stats(model, shape)
-    dense_layers = layer_report(model, shape)
-    ex = recipe.export
-    dense_export = export_onnx(model, out / "dense.onnx", shape, opset=ex.opset, exporter=ex.exporter)
+    dense = measure(model, inputs, recipe, stage / "dense.onnx")
+    model, history, pruner = prune_model(model, recipe, inputs, stage, resume=resume, progress=progress)
+    save_model(
+        model,
+        stage / "model.pt",
+        inputs.factory,
+        kwargs=inputs.loaded.kwargs,
+        input_shape=inputs.shape,
+        pruner=pruner,
+    )
+    pruned = measure(model, inputs, recipe, stage / "model.onnx")
+    int8 = quantize(stage, inputs.bundle, final_out) if recipe.export.quantize == "int8" else None
+    sparse_store = None
+    if recipe.export.sparse_storage:
+        from .sparse_storage import to_sparse_storage
 
+        sparse_store = to_sparse_storage(stage / "model.onnx", stage / "model.sparse.onnx")
+        sparse_store["path"] = str(final_out / "model.sparse.onnx")
+    report = Report(
+        model={
+            "path": inputs.model_path,
+            "factory": inputs.factory,
+            "kwargs": inputs.loaded.kwargs,
+            "input_shape": inputs.shape,
+        },
+        data={
+            "source": inputs.source,
+            "train_batches": len(inputs.bundle.train),
+            "val_batches": len(inputs.bundle.val),
+        },
+        dense={**dense.metrics, **dense.stats, **onnx_sizes(stage / "dense.onnx", 32)},
+        pruned={**pruned.metrics, **pruned.stats, **onnx_sizes(stage / "model.onnx", 32)},
+        layers=pruned.layers,
+        dense_layers=dense.layers,
+        history=history,
+        parity=pruned.export["parity"],
+        dense_parity=dense.export["parity"],
+        zeros_preserved=pruned.export["zeros"]["zeros_ok"],
+        zeros=pruned.export["zeros"]["layers"],
+        methods=method_results(pruner),
+        recipe=recipe.model_dump(mode="json"),
+        versions=_versions(),
+        int8=int8,
+        sparse_storage=sparse_store,
+        expectation=expectation,
+    )
+    if recipe.benchmark.enabled:
+        benchmark_into(report, stage, recipe, inputs.shape, progress)
+    report.notes = notes(report)
+    from .report import write_report
+
+    write_report(report, stage)
+    return report
+
+
+def measure(model: nn.Module, inputs: Inputs, recipe: Recipe, onnx_path: Path) -> Measured:
+    """Evaluate ``model`` on the validation split, count it, and export it to ``onnx_path`` (which
+    checks ONNX/torch parity and that every zero survived)."""
+    from .export import export_onnx
+
+    ex = recipe.export
+    metrics = evaluate(model, inputs.bundle.val)
+    stats = model_stats(model, inputs.shape)
+    layers = layer_report(model, inputs.shape)
+    exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
+    return Measured(metrics, stats, layers, exported)
+
+
+def prune_model(
+    model: nn.Module, recipe: Recipe, inputs: Inputs, stage: Path, *, resume: bool, progress: bool
+) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
+    """Prune while fine-tuning (checkpoints in ``stage/checkpoints``), or, with no fine-tuning epochs,
+    calibrate gradient-based methods on a few batches; returns the finalized model in eval mode, the
+    per-epoch history and the pruner."""
     model.train()
-    pruner = Pruner(model, recipe, steps_per_epoch=spe, context={"input_shape": shape})
+    pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
     history: list[dict[str, Any]] = []
     if recipe.finetune.epochs > 0:
         model, history, pruner = finetune(
             model,
             recipe,
-            bundle.train,
-            bundle.val,
+            inputs.bundle.train,
+            inputs.bundle.val,
             pruner=pruner,
             progress=progress,
-            checkpoint_dir=out / "checkpoints",
+            checkpoint_dir=stage / "checkpoints",
             resume=resume,
         )
     elif any(m.needs_grad for m in pruner.methods):
         batches = max(getattr(s, "calibration_batches", 0) for s in recipe.pruning)
-        calibrate(model, pruner, bundle.train, batches)
-    model = pruner.finalize().eval()
-
-    pruned_metrics = evaluate(model, bundle.val)
-    pruned_stats = model_stats(model, shape)
-    save_model(model, out / "model.pt", factory, kwargs=loaded.kwargs, input_shape=shape, pruner=pruner)
-    pruned_export = export_onnx(model, out / "model.onnx", shape, opset=ex.opset, exporter=ex.exporter)
-    zeros = check_zeros(model, out / "model.onnx")
-    int8 = _quantize(out, bundle) if ex.quantize == "int8" else None
-    sparse_store = None
-    if ex.sparse_storage:
-        from .sparse_storage import to_sparse_storage
-
-        sparse_store = to_sparse_storage(out / "model.onnx", out / "model.sparse.onnx")
-
-    report: dict[str, Any] = {
-        "schema": 1,
-        "model": {"path": model_path, "factory": factory, "kwargs": loaded.kwargs, "input_shape": shape},
-        "data": {"source": source, "train_batches": len(bundle.train), "val_batches": len(bundle.val)},
-        "dense": {**dense_metrics, **dense_stats, **_sizes(out / "dense.onnx", 32)},
-        "pruned": {**pruned_metrics, **pruned_stats, **_sizes(out / "model.onnx", 32)},
-        "layers": layer_report(model, shape),
-        "dense_layers": dense_layers,
-        "history": history,
-        "parity": pruned_export["parity"],
-        "dense_parity": dense_export["parity"],
-        "zeros_preserved": zeros["zeros_ok"],
-        "zeros": zeros["layers"],
-        "methods": _method_reports(pruner),
-        "recipe": recipe.model_dump(mode="json"),
-        "versions": _versions(),
-        "int8": int8,
-        "sparse_storage": sparse_store,
-        "expectation": expectation,
-        "notes": [],
-    }
-    for key, name in (("int8", "model.int8.onnx"), ("sparse_storage", "model.sparse.onnx")):
-        if report.get(key):
-            report[key]["path"] = str(final_out / name)
-    if recipe.benchmark.enabled:
-        _benchmark_into(report, out, recipe, shape, progress)
-    report["notes"] = _notes(report)
-    from .report import write_report
-
-    write_report(report, out)
-    return report
+        calibrate(model, pruner, inputs.bundle.train, batches)
+    return pruner.finalize().eval(), history, pruner
 
 
-def what_it_buys(recipe: Recipe) -> str:
-    """Say plainly, before the run, what this recipe's sparsity can buy on onnxruntime's CPU kernels."""
-    kinds = {spec.method for spec in recipe.pruning}
-    structural = "structured" in kinds or any(
-        spec.method == "l1" and spec.group != "none" and spec.remove_dead for spec in recipe.pruning
-    )
-    unstructured = bool(kinds & {"magnitude", "gradient"}) or any(
-        spec.method == "l1" and spec.group == "none" for spec in recipe.pruning
-    )
-    parts = []
-    if unstructured:
-        parts.append("unstructured zeros shrink the compressed (gzip) file but not onnxruntime CPU latency")
-    if not structural and any(s.method == "l1" and s.group == "none" and s.remove_dead for s in recipe.pruning):
-        parts.append("neurons whose weights all reach zero under L1 are removed, which buys latency only if many do")
-    if structural:
-        parts.append("removing whole neurons/channels shrinks the model and its latency (up to the MACs ratio)")
-    if recipe.export.quantize == "int8":
-        parts.append("int8 quantization cuts size about 4x and usually latency")
-    if not parts:
-        parts.append("no method here creates zeros or removes units: expect no size or latency change")
-    return "What this recipe can buy: " + "; ".join(parts) + "."
-
-
-def _sizes(path: Path, value_bits: int) -> dict[str, Any]:
+def onnx_sizes(path: Path, value_bits: int) -> dict[str, Any]:
     """Size of an ONNX file (external data included) and how close gzip comes to the entropy bound
     (nonzero fraction x value bits + binary entropy of the zero mask, per weight)."""
     from .export import entropy_bound_bytes, size_report
@@ -299,16 +350,18 @@ def _sizes(path: Path, value_bits: int) -> dict[str, Any]:
     }
 
 
-def _quantize(out: Path, bundle: Any) -> dict[str, Any]:
+def quantize(stage: Path, bundle: Any, final_out: Path) -> Int8:
     """int8 QDQ calibrated on training batches; accuracy and top-1 agreement measured on validation."""
     from .quantize import quantize_on_data
 
-    res = quantize_on_data(out / "model.onnx", out / "model.int8.onnx", bundle)
-    res.update(_sizes(out / "model.int8.onnx", 8))
-    return res
+    res = quantize_on_data(stage / "model.onnx", stage / "model.int8.onnx", bundle)
+    res.update(onnx_sizes(stage / "model.int8.onnx", 8))
+    res["path"] = str(final_out / "model.int8.onnx")
+    return Int8.model_validate(res)
 
 
-def _method_reports(pruner: Pruner) -> list[dict[str, Any]]:
+def method_results(pruner: Pruner) -> list[dict[str, Any]]:
+    """One entry per ``pruning`` item: the method, its layers, its target and its own report."""
     rows = []
     for m, spec in zip(pruner.methods, pruner.recipe.pruning, strict=True):
         row: dict[str, Any] = {"method": m.name, "layers": list(m.layers)}
@@ -320,11 +373,13 @@ def _method_reports(pruner: Pruner) -> list[dict[str, Any]]:
     return rows
 
 
-def _benchmark_into(report: dict[str, Any], out: Path, recipe: Recipe, shape: list[int], progress: bool) -> None:
+def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int], progress: bool) -> None:
+    """Time dense, pruned (and int8) side by side in onnxruntime and put latency, throughput and the
+    speedups with their A/A control into ``report``."""
     from .bench import benchmark
 
     b = recipe.benchmark
-    files = [out / "dense.onnx", out / "model.onnx"] + ([out / "model.int8.onnx"] if report.get("int8") else [])
+    files = [stage / "dense.onnx", stage / "model.onnx"] + ([stage / "model.int8.onnx"] if report.int8 else [])
     res = benchmark(
         files,
         b.batch_sizes,
@@ -335,98 +390,30 @@ def _benchmark_into(report: dict[str, Any], out: Path, recipe: Recipe, shape: li
         progress=progress,
         seed=recipe.seed,
     )
-    keys = ["dense", "pruned", "int8"][: len(files)]
-    for key, f in zip(keys, res["files"], strict=True):
-        report[key]["latency_ms"] = f["latency_ms"]
-        report[key]["throughput_per_s"] = f["throughput_per_s"]
+    results: list[Any] = [report.dense, report.pruned, report.int8][: len(files)]
+    for result, f in zip(results, res["files"], strict=True):
+        result.latency_ms = f["latency_ms"]
+        result.throughput_per_s = f["throughput_per_s"]
 
-    def speedup_of(f: dict[str, Any]) -> dict[str, Any]:
+    def speedup_of(f: dict[str, Any]) -> dict[str, Speedup]:
         return {
-            bs: {
-                "ratio": r["p50"],
-                "spread": r["spread"],
-                "noise": f["noise_band"][bs],  # the band actually used to call a change significant
-                "aa_ratio": res["control"][bs]["ratio_p50"],
-                "significant": bool(f.get("speedup_significant", {}).get(bs, False)),
-            }
+            bs: Speedup(
+                ratio=r["p50"],
+                spread=list(r["spread"]),
+                noise=f["noise_band"][bs],  # the band actually used to call a change significant
+                aa_ratio=res["control"][bs]["ratio_p50"],
+                significant=bool(f.get("speedup_significant", {}).get(bs, False)),
+            )
             for bs, r in f["ratio_to_first"].items()
         }
 
-    speedup = speedup_of(res["files"][1])
-    if len(files) == 3:
-        report["int8"]["speedup"] = speedup_of(res["files"][2])
-    report["benchmark"] = {
-        "threads": b.threads,
-        "runs": b.runs,
-        "warmup": b.warmup,
-        "provider": res["provider"],
-        "speedup": speedup,
-        "control": res["control"],
-    }
-
-
-def _notes(report: dict[str, Any]) -> list[str]:
-    d, p = report["dense"], report["pruned"]
-    notes = []
-    dead = [r["name"] for r in report["layers"] if r["params"] and r["nonzero_params"] == 0]
-    if dead:
-        notes.append(
-            f"Every weight of {', '.join(dead)} is zero, so the layer passes on only its bias: lower the "
-            "pruning strength/sparsity there or exclude it (layers.exclude)."
-        )
-    for m in report.get("methods", []):
-        du = m.get("dead_units")
-        if du and du["found"]:
-            notes.append(
-                f"{m['method']}: {du['found'] - du['kept']} of {du['found']} all-zero units removed; {du['kept']} kept "
-                "because removing them would change the outputs (residual add, depthwise conv or zero padding)."
-            )
-    drop = d["accuracy"] - p["accuracy"]
-    if drop > 0.03:
-        epochs = report["recipe"]["finetune"]["epochs"]
-        notes.append(
-            f"Accuracy fell {drop:.3f} ({d['accuracy']:.4f} -> {p['accuracy']:.4f}) with {epochs} fine-tuning "
-            "epoch(s): fine-tune longer, prune less, or spread pruning over more of the schedule."
-        )
-    if d.get("macs") and p.get("macs") is not None and p["macs"] < d["macs"]:
-        notes.append(f"Structural removal cut dense MACs to {p['macs'] / d['macs']:.3f}x of the original.")
-    for bs, s in (report.get("benchmark") or {}).get("speedup", {}).items():
-        if not s["significant"]:
-            notes.append(
-                f"batch {bs}: latency ratio {s['ratio']:.3f} is within the measured noise "
-                f"(noise band ±{s['noise']:.3f} from the A/A control and run spread): no speedup claimed."
-            )
-        elif d.get("macs") and p.get("macs"):
-            notes.append(
-                f"batch {bs}: latency ratio {s['ratio']:.3f} vs MACs ratio {p['macs'] / d['macs']:.3f} "
-                f"(latency ÷ MACs = {s['ratio'] / (p['macs'] / d['macs']):.2f})."
-            )
-    if d.get("onnx_gzip_bytes") and p.get("onnx_gzip_bytes"):
-        notes.append(
-            f"gzip size {p['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x of dense "
-            f"(raw {p['onnx_bytes'] / d['onnx_bytes']:.3f}x); the entropy bound for this many nonzero "
-            f"fp32 weights is {p['entropy_bound_bytes'] / d['onnx_gzip_bytes']:.3f}x."
-        )
-    q = report.get("int8")
-    if q and d.get("onnx_gzip_bytes"):
-        ev = q.get("eval") or {}
-        notes.append(
-            f"int8 ({q['mode']}): gzip {q['onnx_gzip_bytes'] / d['onnx_gzip_bytes']:.3f}x of dense "
-            f"(bound {q['entropy_bound_bytes'] / d['onnx_gzip_bytes']:.3f}x), accuracy "
-            f"{ev.get('int8_accuracy', float('nan')):.4f} vs fp32 {ev.get('fp32_accuracy', float('nan')):.4f}, "
-            f"top-1 agreement {ev.get('top1_agreement', float('nan')):.4f}, zeros kept: "
-            f"{q['zeros']['zeros_ok']}."
-        )
-        for bs, s in (q.get("speedup") or {}).items():
-            notes.append(
-                f"int8 batch {bs}: latency ratio {s['ratio']:.3f} vs dense"
-                + ("" if s["significant"] else " (within noise)")
-                + "."
-            )
-    ss = report.get("sparse_storage")
-    if ss:
-        notes.append(
-            f"sparse storage (model.sparse.onnx): {ss['bytes_after']:,} B vs {ss['bytes_before']:,} B raw; "
-            "onnxruntime densifies it at load, so it saves disk, not time."
-        )
-    return notes
+    if report.int8 is not None:
+        report.int8.speedup = speedup_of(res["files"][2])
+    report.benchmark = Benchmark(
+        threads=b.threads,
+        runs=b.runs,
+        warmup=b.warmup,
+        provider=res["provider"],
+        speedup=speedup_of(res["files"][1]),
+        control=res["control"],
+    )

@@ -1,4 +1,11 @@
-"""report.json, report.md and PNG plots. ``sparsekit report DIR`` re-renders from report.json."""
+"""The run report: its typed schema (report.json), and every sentence a user reads about a run.
+
+:class:`Report` is what :func:`sparsekit.pipeline.run_prune` returns and what ``report.json`` holds
+(``Report.model_json_schema()``, or ``sparsekit report --schema``, gives its JSON schema). All wording
+lives here: the up-front expectation (:func:`what_it_buys`), the notes (:func:`notes`), the terminal
+summary (:func:`render_summary`), ``report.md`` (:func:`render_markdown`) and the PNG plots.
+``sparsekit report DIR`` re-renders the last two from report.json.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,341 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import SparsekitError, one_line
 from .fsutil import atomic_path, write_text
+
+SCHEMA_VERSION = 1
 
 ADVICE = (
     "Unstructured zeros make the compressed (gzip) file smaller but do not make onnxruntime's CPU "
     "kernels faster; removing whole neurons/channels (structured pruning, L1 groups) or int8 "
     "quantization is what buys latency."
 )
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _Closed(BaseModel):
+    """A part of the report whose keys are all listed here."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class _Open(BaseModel):
+    """A part whose listed keys are always there; the module that measures it may add more."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, validate_assignment=True)
+
+
+class ModelInfo(_Closed):
+    path: str = Field(description="MODEL as given")
+    factory: str = Field(description="pkg.module:callable that builds the architecture")
+    kwargs: dict[str, Any] | None = Field(None, description="keyword arguments of the factory")
+    input_shape: list[int] = Field(description="input shape, batch first")
+
+
+class DataInfo(_Closed):
+    source: str
+    train_batches: int
+    val_batches: int
+
+
+class Latency(_Open):
+    """onnxruntime latency at one batch size, in milliseconds."""
+
+    p50: float
+    p90: float
+    p99: float
+
+
+class Result(_Closed):
+    """The dense or the pruned model: accuracy on the validation split, counts, ONNX file sizes
+    (external data included) and, when benchmarked, latency per batch size (keys are batch sizes)."""
+
+    accuracy: float = Field(description="top-1 accuracy on the validation split, 0..1")
+    loss: float = Field(description="mean cross-entropy on the validation split")
+    params: int = Field(description="all parameters of the model as saved")
+    nonzero_params: int
+    sparsity: float = Field(description="fraction of zeros among the weights of prunable layers")
+    macs: int | None = Field(None, description="multiply-accumulates per sample, dense count")
+    effective_macs: int | None = Field(None, description="MACs of nonzero weights only")
+    onnx_bytes: int = Field(description="ONNX file size in bytes, external data included")
+    onnx_gzip_bytes: int
+    onnx_params: int = Field(description="weights stored in the ONNX file (quantized ones included)")
+    onnx_nonzero_params: int
+    bytes_per_nonzero: float | None = None
+    gzip_bytes_per_nonzero: float | None = None
+    entropy_bound_bytes: int = Field(description="bytes needed at best for the nonzero values and the zero mask")
+    latency_ms: dict[str, Latency] = Field(default_factory=dict)
+    throughput_per_s: dict[str, float] = Field(default_factory=dict)
+
+
+class Layer(_Closed):
+    name: str
+    type: str
+    shape: list[int]
+    params: int
+    nonzero_params: int
+    sparsity: float
+    macs: int | None = None
+    effective_macs: int | None = None
+
+
+class Epoch(_Open):
+    epoch: int
+    sparsity: float
+    train_loss: float
+    val_accuracy: float
+    lr: float
+
+
+class Parity(_Open):
+    """ONNX output against torch output on the same seeded input."""
+
+    max_abs_diff: float | None = Field(description="max |onnx - torch|; null when the outputs are not finite")
+    ok: bool
+
+
+class ZeroCheck(_Open):
+    """One prunable weight: its exact zero count in torch and in the ONNX file."""
+
+    name: str
+    torch_zeros: int
+    onnx_zeros: int | None
+    ok: bool
+
+
+class DeadUnits(_Closed):
+    found: int
+    kept: int
+
+
+class MethodResult(_Open):
+    """What one ``pruning`` entry did; each method adds its own keys (see its ``report()``)."""
+
+    method: str
+    layers: list[str]
+    target_sparsity: float | None = None
+    dead_units: DeadUnits | None = None
+
+
+class Speedup(_Closed):
+    """Latency ratio (other / dense, p50) at one batch size, with the noise measured in the same run."""
+
+    ratio: float
+    spread: list[float]
+    noise: float = Field(description="half-width of the band within which a ratio is not a change")
+    aa_ratio: float = Field(description="the A/A control: the dense file timed against itself")
+    significant: bool
+
+
+class Benchmark(_Closed):
+    threads: int
+    runs: int
+    warmup: int
+    provider: str
+    speedup: dict[str, Speedup]
+    control: dict[str, dict[str, Any]]
+
+
+class Int8(_Open):
+    """The int8 (QDQ) model: sizes, whether every pruned zero stayed zero, and accuracy when data was given."""
+
+    path: str
+    mode: str
+    onnx_bytes: int
+    onnx_gzip_bytes: int
+    entropy_bound_bytes: int
+    zeros: dict[str, Any]
+    eval: dict[str, Any] | None = None
+    latency_ms: dict[str, Latency] = Field(default_factory=dict)
+    throughput_per_s: dict[str, float] = Field(default_factory=dict)
+    speedup: dict[str, Speedup] | None = None
+
+
+class SparseStorage(_Open):
+    path: str
+    bytes_before: int
+    bytes_after: int
+
+
+class Report(_Closed):
+    """report.json of a ``sparsekit prune`` run. Keys of ``latency_ms``, ``speedup`` and the like are
+    batch sizes as strings (JSON object keys)."""
+
+    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
+    model: ModelInfo
+    data: DataInfo
+    dense: Result
+    pruned: Result
+    layers: list[Layer] = Field(description="prunable layers of the pruned model")
+    dense_layers: list[Layer]
+    history: list[Epoch] = Field(description="one row per fine-tuning epoch")
+    parity: Parity
+    dense_parity: Parity
+    zeros_preserved: bool = Field(description="every pruned weight is still exactly zero in model.onnx")
+    zeros: list[ZeroCheck]
+    methods: list[MethodResult]
+    recipe: dict[str, Any] = Field(description="the resolved recipe, overrides applied")
+    versions: dict[str, str]
+    int8: Int8 | None = None
+    sparse_storage: SparseStorage | None = None
+    benchmark: Benchmark | None = None
+    expectation: str = Field(description="what this recipe can buy, said before the run")
+    notes: list[str] = Field(default_factory=list)
+    plots: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json's content: plain JSON types, ``schema`` spelled as in the file."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON schema of report.json (draft 2020-12)."""
+    return Report.model_json_schema(by_alias=True)
+
+
+def load_report(path: str | Path) -> Report:
+    """Read a report.json. Raises :class:`~sparsekit.errors.SparsekitError` naming the file and the
+    first field at fault when it is missing, not JSON, or not a report sparsekit wrote."""
+    src = Path(path)
+    if not src.is_file():
+        raise SparsekitError(f"{src}: not found; run sparsekit's prune first")
+    try:
+        data = json.loads(src.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SparsekitError(f"{src}: not valid JSON ({one_line(err, 120)})") from None
+    try:
+        return Report.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SparsekitError(
+            f"{src}: not a report.json written by sparsekit prune ({where}: {first['msg']}); run prune again"
+        ) from None
+
+
+# --------------------------------------------------------------------------- wording
+
+
+def what_it_buys(recipe: Any) -> str:
+    """Say plainly, before the run, what this recipe's sparsity can buy on onnxruntime's CPU kernels."""
+    specs = list(recipe.pruning)
+    kinds = {spec.method for spec in specs}
+    l1_groups = [s for s in specs if s.method == "l1" and s.group != "none"]
+    structural = "structured" in kinds or any(s.remove_dead for s in l1_groups)
+    unstructured = bool(kinds & {"magnitude", "gradient"}) or any(s.method == "l1" and s.group == "none" for s in specs)
+    parts = []
+    if unstructured:
+        parts.append("unstructured zeros shrink the compressed (gzip) file but not onnxruntime CPU latency")
+    if not structural and any(s.method == "l1" and s.group == "none" and s.remove_dead for s in specs):
+        parts.append("neurons whose weights all reach zero under L1 are removed, which buys latency only if many do")
+    if structural:
+        parts.append("removing whole neurons/channels shrinks the model and its latency (up to the MACs ratio)")
+    if recipe.export.quantize == "int8":
+        parts.append("int8 quantization cuts size about 4x and usually latency")
+    if not parts:
+        parts.append("no method here creates zeros or removes units: expect no size or latency change")
+    return "What this recipe can buy: " + "; ".join(parts) + "."
+
+
+def notes(report: Report) -> list[str]:
+    """What the numbers mean, and what to do when something went wrong: one sentence each."""
+    d, p = report.dense, report.pruned
+    out = []
+    dead = [r.name for r in report.layers if r.params and r.nonzero_params == 0]
+    if dead:
+        out.append(
+            f"Every weight of {', '.join(dead)} is zero, so the layer passes on only its bias: lower the "
+            "pruning strength/sparsity there or exclude it (layers.exclude)."
+        )
+    for m in report.methods:
+        du = m.dead_units
+        if du and du.found:
+            out.append(
+                f"{m.method}: {du.found - du.kept} of {du.found} all-zero units removed; {du.kept} kept "
+                "because removing them would change the outputs (residual add, depthwise conv or zero padding)."
+            )
+    drop = d.accuracy - p.accuracy
+    if drop > 0.03:
+        epochs = report.recipe["finetune"]["epochs"]
+        out.append(
+            f"Accuracy fell {drop:.3f} ({d.accuracy:.4f} -> {p.accuracy:.4f}) with {epochs} fine-tuning "
+            "epoch(s): fine-tune longer, prune less, or spread pruning over more of the schedule."
+        )
+    macs_ratio = p.macs / d.macs if d.macs and p.macs is not None else None
+    if macs_ratio is not None and macs_ratio < 1:
+        out.append(f"Structural removal cut dense MACs to {macs_ratio:.3f}x of the original.")
+    for bs, s in (report.benchmark.speedup if report.benchmark else {}).items():
+        if not s.significant:
+            out.append(
+                f"batch {bs}: latency ratio {s.ratio:.3f} is within the measured noise "
+                f"(noise band ±{s.noise:.3f} from the A/A control and run spread): no speedup claimed."
+            )
+        elif macs_ratio:
+            out.append(
+                f"batch {bs}: latency ratio {s.ratio:.3f} vs MACs ratio {macs_ratio:.3f} "
+                f"(latency ÷ MACs = {s.ratio / macs_ratio:.2f})."
+            )
+    if d.onnx_gzip_bytes and p.onnx_gzip_bytes:
+        out.append(
+            f"gzip size {p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x of dense "
+            f"(raw {p.onnx_bytes / d.onnx_bytes:.3f}x); the entropy bound for this many nonzero "
+            f"fp32 weights is {p.entropy_bound_bytes / d.onnx_gzip_bytes:.3f}x."
+        )
+    q = report.int8
+    if q and d.onnx_gzip_bytes:
+        ev = q.eval or {}
+        out.append(
+            f"int8 ({q.mode}): gzip {q.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x of dense "
+            f"(bound {q.entropy_bound_bytes / d.onnx_gzip_bytes:.3f}x), accuracy "
+            f"{ev.get('int8_accuracy', float('nan')):.4f} vs fp32 {ev.get('fp32_accuracy', float('nan')):.4f}, "
+            f"top-1 agreement {ev.get('top1_agreement', float('nan')):.4f}, zeros kept: "
+            f"{q.zeros['zeros_ok']}."
+        )
+        for bs, s in (q.speedup or {}).items():
+            out.append(
+                f"int8 batch {bs}: latency ratio {s.ratio:.3f} vs dense{'' if s.significant else ' (within noise)'}."
+            )
+    ss = report.sparse_storage
+    if ss:
+        out.append(
+            f"sparse storage (model.sparse.onnx): {ss.bytes_after:,} B vs {ss.bytes_before:,} B raw; "
+            "onnxruntime densifies it at load, so it saves disk, not time."
+        )
+    return out
+
+
+def _diff(value: float | None) -> str:
+    return "n/a (outputs not finite)" if value is None else f"{value:.2e}"
+
+
+def render_summary(report: Report, out: str | Path) -> str:
+    """The lines ``sparsekit prune`` prints when it finishes (``out``: the output folder)."""
+    d, p = report.dense, report.pruned
+    lines = [
+        f"Wrote {out}/ (model.pt, model.onnx, dense.onnx, report.md, report.json)",
+        f"  accuracy  {d.accuracy:.4f} -> {p.accuracy:.4f}",
+        f"  sparsity  {d.sparsity:.3f} -> {p.sparsity:.3f}   params {d.params:,} -> {p.params:,}",
+        f"  ONNX size {d.onnx_bytes:,} -> {p.onnx_bytes:,} B; gzip {d.onnx_gzip_bytes:,} -> "
+        f"{p.onnx_gzip_bytes:,} B ({p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x)",
+        f"  parity    max |onnx - torch| {_diff(report.parity.max_abs_diff)} "
+        f"({'ok' if report.parity.ok else 'FAILED'}), zeros kept in ONNX: {report.zeros_preserved}",
+    ]
+    for bs, s in (report.benchmark.speedup if report.benchmark else {}).items():
+        verdict = "within noise" if not s.significant else "faster" if s.ratio < 1 else "slower"
+        lines.append(
+            f"  latency   batch {bs}: {d.latency_ms[bs].p50:.3f} -> {p.latency_ms[bs].p50:.3f} ms "
+            f"(ratio {s.ratio:.3f}, noise ±{s.noise:.3f}: {verdict})"
+        )
+    lines += [f"  note      {n}" for n in report.notes]
+    lines.append(f"  {report.expectation}")
+    return "\n".join(lines)
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -29,48 +364,42 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.3f}x" if a and b is not None else "–"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    d, p = report["dense"], report["pruned"]
+def render_markdown(report: Report) -> str:
+    """report.md: the dense/pruned table, the benchmark with its noise band, int8, notes, layers,
+    fine-tuning history and the plots."""
+    d, p = report.dense, report.pruned
     lines = ["# sparsekit report", ""]
-    lines += [
-        f"Model `{report.get('model', {}).get('factory', '?')}`, data `{report.get('data', {}).get('source', '?')}`. "
-        + ADVICE,
-        "",
-    ]
-    if report.get("expectation"):
-        lines += [report["expectation"], ""]
+    lines += [f"Model `{report.model.factory}`, data `{report.data.source}`. " + ADVICE, ""]
+    if report.expectation:
+        lines += [report.expectation, ""]
     lines += ["| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
 
     def row(label: str, key: str, fmt: Any = str) -> None:
-        a, b = d.get(key), p.get(key)
+        a, b = getattr(d, key), getattr(p, key)
         lines.append(
             f"| {label} | {fmt(a) if a is not None else '–'} | {fmt(b) if b is not None else '–'} | {_ratio(a, b)} |"
         )
 
-    lines.append(f"| accuracy | {d['accuracy']:.4f} | {p['accuracy']:.4f} | {p['accuracy'] - d['accuracy']:+.4f} |")
-    lines.append(f"| sparsity (prunable weights) | {d['sparsity']:.3f} | {p['sparsity']:.3f} | |")
+    lines.append(f"| accuracy | {d.accuracy:.4f} | {p.accuracy:.4f} | {p.accuracy - d.accuracy:+.4f} |")
+    lines.append(f"| sparsity (prunable weights) | {d.sparsity:.3f} | {p.sparsity:.3f} | |")
     row("params", "params", lambda v: f"{v:,}")
     row("nonzero params", "nonzero_params", lambda v: f"{v:,}")
     row("MACs (dense count)", "macs", lambda v: f"{v:,}")
     row("MACs (nonzero weights)", "effective_macs", lambda v: f"{v:,}")
     row("ONNX size", "onnx_bytes", _fmt_bytes)
     row("ONNX size, gzip", "onnx_gzip_bytes", _fmt_bytes)
-    if p.get("entropy_bound_bytes") is not None:
-        # The bound is compared with the dense file's gzip size, like the pruned gzip size above it.
-        lines.append(
-            f"| entropy bound for the pruned weights (fp32) | | {_fmt_bytes(p['entropy_bound_bytes'])} | "
-            f"{_ratio(d.get('onnx_gzip_bytes'), p['entropy_bound_bytes'])} |"
-        )
+    # The bound is compared with the dense file's gzip size, like the pruned gzip size above it.
+    lines.append(
+        f"| entropy bound for the pruned weights (fp32) | | {_fmt_bytes(p.entropy_bound_bytes)} | "
+        f"{_ratio(d.onnx_gzip_bytes, p.entropy_bound_bytes)} |"
+    )
     row("gzip bytes per nonzero weight", "gzip_bytes_per_nonzero", lambda v: f"{v:.2f}")
-    for bs, lat in d.get("latency_ms", {}).items():
-        pl = p.get("latency_ms", {}).get(bs, {})
+    for bs, lat in d.latency_ms.items():
+        pl = p.latency_ms.get(bs)
         if pl:
-            lines.append(
-                f"| latency p50, batch {bs} (ms) | {lat['p50']:.3f} | {pl['p50']:.3f} | {pl['p50'] / lat['p50']:.3f}x |"
-            )
+            lines.append(f"| latency p50, batch {bs} (ms) | {lat.p50:.3f} | {pl.p50:.3f} | {pl.p50 / lat.p50:.3f}x |")
     lines.append("")
-    bench = report.get("benchmark") or {}
-    if bench.get("speedup"):
+    if report.benchmark and report.benchmark.speedup:
         lines.append(
             "Latency ratio (pruned/dense, p50) with the noise band measured in the same run (the A/A control: "
             "the dense file against itself, and the spread across blocks of runs):"
@@ -78,43 +407,41 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append("| batch | ratio | spread | noise band (±) | significant |")
         lines.append("|---:|---:|---|---:|---|")
-        for bs, s in bench["speedup"].items():
+        for bs, s in report.benchmark.speedup.items():
             lines.append(
-                f"| {bs} | {s['ratio']:.3f} | {s['spread'][0]:.3f}–{s['spread'][1]:.3f} | "
-                f"{s['noise']:.3f} | {'yes' if s['significant'] else 'no (within noise)'} |"
+                f"| {bs} | {s.ratio:.3f} | {s.spread[0]:.3f}–{s.spread[1]:.3f} | "
+                f"{s.noise:.3f} | {'yes' if s.significant else 'no (within noise)'} |"
             )
         lines.append("")
-    q = report.get("int8")
+    q = report.int8
     if q:
-        ev = q.get("eval") or {}
+        ev = q.eval or {}
         lines += [
-            f"int8 ({q['mode']} quantization, `model.int8.onnx`): {_fmt_bytes(q['onnx_bytes'])} raw "
-            f"({_ratio(d.get('onnx_bytes'), q['onnx_bytes'])} of dense), {_fmt_bytes(q['onnx_gzip_bytes'])} gzip "
-            f"({_ratio(d.get('onnx_gzip_bytes'), q['onnx_gzip_bytes'])}; entropy bound "
-            f"{_ratio(d.get('onnx_gzip_bytes'), q['entropy_bound_bytes'])}); pruned zeros still exactly zero: "
-            f"{'yes' if q['zeros']['zeros_ok'] else 'NO'}."
+            f"int8 ({q.mode} quantization, `model.int8.onnx`): {_fmt_bytes(q.onnx_bytes)} raw "
+            f"({_ratio(d.onnx_bytes, q.onnx_bytes)} of dense), {_fmt_bytes(q.onnx_gzip_bytes)} gzip "
+            f"({_ratio(d.onnx_gzip_bytes, q.onnx_gzip_bytes)}; entropy bound "
+            f"{_ratio(d.onnx_gzip_bytes, q.entropy_bound_bytes)}); pruned zeros still exactly zero: "
+            f"{'yes' if q.zeros['zeros_ok'] else 'NO'}."
         ]
         if ev:
             lines.append(
                 f"Accuracy int8 {ev['int8_accuracy']:.4f} vs fp32 {ev['fp32_accuracy']:.4f}; top-1 "
                 f"agreement {ev['top1_agreement']:.4f} on {ev['samples']} validation samples."
             )
-        for bs, lat in (q.get("latency_ms") or {}).items():
-            dl = d.get("latency_ms", {}).get(bs)
+        for bs, lat in q.latency_ms.items():
+            dl = d.latency_ms.get(bs)
             if dl:
-                lines.append(
-                    f"int8 latency p50 at batch {bs}: {lat['p50']:.3f} ms ({lat['p50'] / dl['p50']:.3f}x dense)."
-                )
+                lines.append(f"int8 latency p50 at batch {bs}: {lat.p50:.3f} ms ({lat.p50 / dl.p50:.3f}x dense).")
         lines.append("")
-    for note in report.get("notes", []):
+    for note in report.notes:
         lines.append(f"- {note}")
-    if report.get("notes"):
+    if report.notes:
         lines.append("")
-    par = report.get("parity", {})
+    par = report.parity
+    diff = "n/a" if par.max_abs_diff is None else f"{par.max_abs_diff:.2e}"
     lines.append(
-        f"ONNX parity: max |onnx − torch| = {par.get('max_abs_diff', float('nan')):.2e} "
-        f"({'ok' if par.get('ok') else 'FAILED'}); zeros preserved in ONNX: "
-        f"{'yes' if report.get('zeros_preserved') else 'NO'}."
+        f"ONNX parity: max |onnx − torch| = {diff} ({'ok' if par.ok else 'FAILED'}); zeros preserved in ONNX: "
+        f"{'yes' if report.zeros_preserved else 'NO'}."
     )
     lines += [
         "",
@@ -123,12 +450,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| layer | type | shape | params | nonzero | sparsity |",
         "|---|---|---|---:|---:|---:|",
     ]
-    for r in report.get("layers", []):
+    for r in report.layers:
         lines.append(
-            f"| {r['name']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['params']:,} | "
-            f"{r['nonzero_params']:,} | {r['sparsity']:.3f} |"
+            f"| {r.name} | {r.type} | {'x'.join(map(str, r.shape))} | {r.params:,} | "
+            f"{r.nonzero_params:,} | {r.sparsity:.3f} |"
         )
-    if report.get("history"):
+    if report.history:
         lines += [
             "",
             "## Fine-tuning",
@@ -136,18 +463,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| epoch | sparsity | train loss | val accuracy | lr |",
             "|---:|---:|---:|---:|---:|",
         ]
-        for h in report["history"]:
-            lines.append(
-                f"| {h['epoch']} | {h['sparsity']:.3f} | {h['train_loss']:.4f} | {h['val_accuracy']:.4f} | "
-                f"{h['lr']:.2e} |"
-            )
-    plots = [p for p in report.get("plots", [])]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in plots]
+        for h in report.history:
+            lines.append(f"| {h.epoch} | {h.sparsity:.3f} | {h.train_loss:.4f} | {h.val_accuracy:.4f} | {h.lr:.2e} |")
+    if report.plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in report.plots]
     return "\n".join(lines) + "\n"
 
 
-def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
+def write_plots(report: Report, out_dir: Path) -> list[str]:
     """Per-layer sparsity, sparsity/accuracy per epoch, latency by batch size. Returns file names."""
     import matplotlib
 
@@ -162,31 +485,30 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         plt.close(fig)
         files.append(name)
 
-    layers = report.get("layers", [])
+    layers = report.layers
     if layers:
         fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(layers) + 2), 3))
-        ax.bar([r["name"] for r in layers], [r["sparsity"] for r in layers], color="tab:blue")
+        ax.bar([r.name for r in layers], [r.sparsity for r in layers], color="tab:blue")
         ax.set_ylim(0, 1)
         ax.set_ylabel("sparsity")
         ax.set_title("Sparsity per layer")
         ax.tick_params(axis="x", rotation=60)
         save(fig, "layer_sparsity.png")
-    hist = report.get("history", [])
+    hist = report.history
     if hist:
         fig, ax = plt.subplots(figsize=(5, 3))
-        epochs = [h["epoch"] for h in hist]
-        ax.plot(epochs, [h["val_accuracy"] for h in hist], "o-", label="val accuracy")
-        ax.plot(epochs, [h["sparsity"] for h in hist], "s--", label="sparsity")
-        ax.axhline(report["dense"]["accuracy"], color="gray", lw=0.8, ls=":", label="dense accuracy")
+        epochs = [h.epoch for h in hist]
+        ax.plot(epochs, [h.val_accuracy for h in hist], "o-", label="val accuracy")
+        ax.plot(epochs, [h.sparsity for h in hist], "s--", label="sparsity")
+        ax.axhline(report.dense.accuracy, color="gray", lw=0.8, ls=":", label="dense accuracy")
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1.02)
         ax.legend(loc="lower right")
         ax.set_title("Fine-tuning")
         save(fig, "finetune.png")
-    series = [
-        (label, (report.get(key) or {}).get("latency_ms") or {})
-        for key, label in (("dense", "dense"), ("pruned", "pruned"), ("int8", "pruned int8"))
-    ]
+    series = [("dense", report.dense.latency_ms), ("pruned", report.pruned.latency_ms)]
+    if report.int8:
+        series.append(("pruned int8", report.int8.latency_ms))
     series = [(label, lat) for label, lat in series if lat]
     if len(series) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3))
@@ -194,7 +516,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         width = 0.8 / len(series)
         for i, (label, lat) in enumerate(series):
             xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(sizes))]
-            ax.bar(xs, [lat[b]["p50"] if b in lat else 0 for b in sizes], width, label=label)
+            ax.bar(xs, [lat[b].p50 if b in lat else 0 for b in sizes], width, label=label)
         ax.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
         ax.set_yscale("log")
         ax.set_ylabel("p50 latency (ms)")
@@ -204,12 +526,12 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     return files
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
+def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.json, report.md and (with ``plots``) the PNG plots into ``out_dir``, each
-    atomically; returns the paths written."""
+    atomically; returns the paths written. Sets ``report.plots`` to the plot file names."""
     out_dir = Path(out_dir)
     if plots:
-        report["plots"] = write_plots(report, out_dir)
-    write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+        report.plots = write_plots(report, out_dir)
+    write_text(out_dir / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     write_text(out_dir / "report.md", render_markdown(report))
-    return [out_dir / "report.json", out_dir / "report.md", *(out_dir / f for f in report.get("plots", []))]
+    return [out_dir / "report.json", out_dir / "report.md", *(out_dir / f for f in report.plots)]

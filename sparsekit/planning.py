@@ -1,0 +1,74 @@
+"""``sparsekit.plan()``: the dry run of a recipe — what it names, and with a model, which layers each
+method selects and its sparsity target per epoch. Nothing is trained or written.
+
+The ``sparsekit validate`` command prints this; Python users get the same dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe
+
+
+def plan(
+    recipe: Recipe,
+    model: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    steps_per_epoch: int = 100,
+    trust_code: bool = False,
+) -> dict[str, Any]:
+    """Rehearse ``recipe`` (already validated by :func:`sparsekit.load_recipe`).
+
+    Without ``model`` nothing the recipe names is imported: the result lists that code under
+    ``names_code`` (field -> ``pkg.module:callable``). With ``model`` (a model file) its
+    architecture is built as for a prune run (a factory named by a file runs only with ``arch`` or
+    ``trust_code``, see :mod:`sparsekit.trust`), a :class:`~sparsekit.pruner.Pruner` is built on it,
+    and each method's layers and expected target per epoch (fraction of its weights, or of its
+    channels for ``structured``) are listed, assuming ``steps_per_epoch`` optimizer steps per epoch.
+
+    Returns ``{"recipe", "valid": True, "names_code": {...}, "epochs", "methods": [{"index",
+    "method", "layers", "targets_per_epoch"}]}``. Raises the
+    :class:`~sparsekit.errors.SparsekitError` subclasses a prune run would raise for the same
+    recipe and model (patterns matching nothing, overlapping methods, ...)."""
+    if steps_per_epoch <= 0:
+        raise ValueError("steps_per_epoch must be > 0")
+    res: dict[str, Any] = {
+        "recipe": recipe.source,
+        "valid": True,
+        "names_code": named_code(recipe),
+        "epochs": recipe.finetune.epochs,
+        "methods": [],
+    }
+    if model is None:
+        return res
+    from .pipeline import resolve_model
+    from .pruner import Pruner
+
+    loaded = resolve_model(model, recipe, arch, trust=False, trust_code=trust_code)
+    pruner = Pruner(loaded.model, recipe, steps_per_epoch, context={"input_shape": loaded.input_shape})
+    for i, m in enumerate(pruner.methods):
+        res["methods"].append(
+            {
+                "index": i,
+                "method": m.name,
+                "layers": list(m.layers),
+                "targets_per_epoch": m.targets(recipe.finetune.epochs, steps_per_epoch),
+            }
+        )
+    return res
+
+
+def named_code(recipe: Recipe) -> dict[str, str]:
+    """The callables ``recipe`` names (field -> ``pkg.module:callable``); imported only when confirmed."""
+    from .data import BUILTIN_SOURCES
+
+    named = {}
+    if recipe.model.factory:
+        named["model.factory"] = recipe.model.factory
+    src = recipe.data.source
+    if ":" in src and not src.endswith(".npz") and src not in BUILTIN_SOURCES:
+        named["data.source"] = src
+    return named

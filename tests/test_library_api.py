@@ -1,0 +1,139 @@
+"""The library under the CLI: inspect(), plan(), run_prune() returning a typed Report, report.json's
+schema, and errors that name the caller's options in the caller's language (Python or flags)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST, assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import OutputError, SparsekitError, option
+from sparsekit.report import Report, load_report, report_schema
+
+MLP_ARCH = "examples.models:mlp"
+
+
+def _recipe(tmp_path, **extra: str):
+    text = (
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits, batch_size: 64}\n"
+        "finetune: {epochs: 1, max_steps_per_epoch: 4}\n"
+        "pruning:\n  - method: magnitude\n    sparsity: 0.5\n    schedule: oneshot\n    layers: {exclude: [fc3]}\n"
+        "export: {exporter: torchscript}\nbenchmark: {enabled: false}\n"
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_inspect_matches_the_cli_json(mlp_checkpoint):
+    res = sparsekit.inspect(mlp_checkpoint, arch=MLP_ARCH)
+    out = CliRunner().invoke(main, ["inspect", str(mlp_checkpoint), "--arch", MLP_ARCH, "--json"])
+    assert out.exit_code == 0, out.stderr
+    assert json.loads(out.stdout) == json.loads(json.dumps(res, default=str))
+    rows = res["layers"]
+    assert res["params"] >= sum(r["params"] for r in rows) > 0
+    assert res["macs"] == sum(r["macs"] for r in rows)
+
+
+def test_inspect_bad_input_shape_names_the_option(mlp_checkpoint):
+    with pytest.raises(SparsekitError) as info:
+        sparsekit.inspect(mlp_checkpoint, arch=MLP_ARCH, input_shape=[1, 3, 7])
+    assert "input_shape=" in str(info.value) and "--input-shape" not in str(info.value)
+    result = CliRunner().invoke(main, ["inspect", str(mlp_checkpoint), "--arch", MLP_ARCH, "--input-shape", "1,3,7"])
+    assert_bad_input(result, "--input-shape 1,3,32,32")
+
+
+def test_plan_without_model_imports_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\nmodel: {factory: 'evil_pkg_never_imported:build'}\n"
+        "data: {source: 'other_never_imported:load'}\npruning: [{method: magnitude, sparsity: 0.5}]\n"
+    )
+    res = sparsekit.plan(sparsekit.load_recipe(path))
+    assert res["names_code"] == {
+        "model.factory": "evil_pkg_never_imported:build",
+        "data.source": "other_never_imported:load",
+    }
+    assert res["methods"] == []
+    import sys
+
+    assert "evil_pkg_never_imported" not in sys.modules and "other_never_imported" not in sys.modules
+
+
+def test_plan_with_model_lists_layers_and_targets(tmp_path, mlp_checkpoint):
+    recipe = sparsekit.load_recipe(_recipe(tmp_path))
+    res = sparsekit.plan(recipe, mlp_checkpoint, arch=MLP_ARCH, steps_per_epoch=4)
+    (m,) = res["methods"]
+    assert m["method"] == "magnitude" and "fc3" not in m["layers"] and m["layers"]
+    assert m["targets_per_epoch"][-1] == pytest.approx(0.5)
+
+
+def test_run_prune_returns_the_report_it_writes(tmp_path, mlp_checkpoint):
+    out = tmp_path / "o"
+    recipe = sparsekit.load_recipe(_recipe(tmp_path))
+    report = sparsekit.run_prune(mlp_checkpoint, recipe, out, arch=MLP_ARCH, progress=False)
+    assert isinstance(report, Report)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report.to_json()
+    assert on_disk["schema"] == 1
+    assert load_report(out / "report.json") == report
+    # The pruned layers reach the asked sparsity exactly (round(0.5 * n) zeros).
+    pruned = [r for r in report.layers if r.name in report.methods[0].layers]
+    assert sum(r.params - r.nonzero_params for r in pruned) == round(0.5 * sum(r.params for r in pruned))
+    # Every sentence the user reads comes from the same typed report.
+    md = (out / "report.md").read_text()
+    assert f"{report.pruned.accuracy:.4f}" in md
+    # A second run into the same folder without permission: the library says overwrite=True, not a flag.
+    with pytest.raises(OutputError) as info:
+        sparsekit.run_prune(mlp_checkpoint, recipe, out, arch=MLP_ARCH, progress=False)
+    assert "overwrite=True" in str(info.value) and "--overwrite" not in str(info.value)
+    result = CliRunner().invoke(
+        main, ["prune", str(mlp_checkpoint), str(_recipe(tmp_path)), "--arch", MLP_ARCH, "-o", str(out), *FAST]
+    )
+    assert_bad_input(result, "--overwrite")
+
+
+def test_report_schema_describes_report_json(tmp_path):
+    schema = report_schema()
+    assert {"schema", "dense", "pruned", "layers", "history", "parity", "recipe", "versions"} <= set(
+        schema["properties"]
+    )
+    result = CliRunner().invoke(main, ["report", "--schema"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == schema
+
+
+def test_load_report_names_the_bad_field(tmp_path):
+    good = {
+        "schema": 1,
+        "model": {"path": "m.pt", "factory": "a:b", "kwargs": None, "input_shape": [1, 4]},
+        "data": {"source": "digits", "train_batches": 1, "val_batches": 1},
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({**good, "model": {**good["model"], "input_shape": "wide"}}))
+    with pytest.raises(SparsekitError, match=r"model\.input_shape"):
+        load_report(path)
+    path.write_text("{not json")
+    with pytest.raises(SparsekitError, match="not valid JSON"):
+        load_report(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "python", "flag"),
+    [
+        ("overwrite", "", "overwrite=True", "--overwrite"),
+        ("arch", "m.n:build", "arch='m.n:build'", "--arch m.n:build"),
+        ("set", "model.input_shape=null", "overrides=['model.input_shape=null']", "--set model.input_shape=null"),
+        ("trust_code", "", "trust_code=True", "--trust-code"),
+        ("output", "", "out=", "-o"),
+    ],
+)
+def test_options_render_per_caller(name, value, python, flag):
+    from sparsekit.cli import _flag
+
+    err = SparsekitError(f"x.pt: something is off; pass {option(name, value)} to fix it")
+    assert python in str(err) and "\x00" not in str(err)
+    assert flag in err.render(_flag)
