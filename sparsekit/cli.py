@@ -110,10 +110,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def debug_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--debug`` flag every command takes (tracebacks, debug logs, library warnings)."""
     return click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")(fn)
 
 
 def trust_code_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--trust-code`` flag of the commands that may build a model or load data named in a file."""
     return click.option(
         "--trust-code",
         is_flag=True,

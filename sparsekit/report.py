@@ -43,6 +43,8 @@ class _Open(BaseModel):
 
 
 class ModelInfo(_Closed):
+    """The model file that was pruned and the architecture its checkpoint names."""
+
     path: str = Field(description="MODEL as given")
     factory: str = Field(description="pkg.module:callable that builds the architecture")
     kwargs: dict[str, Any] | None = Field(None, description="keyword arguments of the factory")
@@ -50,6 +52,8 @@ class ModelInfo(_Closed):
 
 
 class DataInfo(_Closed):
+    """The data source and how many batches each split had."""
+
     source: str
     train_batches: int
     val_batches: int
@@ -86,6 +90,8 @@ class Result(_Closed):
 
 
 class Layer(_Closed):
+    """One prunable layer (Linear/Conv): weight shape, counts, sparsity and MACs per sample."""
+
     name: str
     type: str
     shape: list[int]
@@ -97,6 +103,8 @@ class Layer(_Closed):
 
 
 class Epoch(_Open):
+    """One fine-tuning epoch: sparsity reached, mean train loss, validation accuracy, learning rate."""
+
     epoch: int
     sparsity: float
     train_loss: float
@@ -121,6 +129,8 @@ class ZeroCheck(_Open):
 
 
 class DeadUnits(_Closed):
+    """Units (rows/channels) left all-zero by L1: how many were found and how many had to stay."""
+
     found: int
     kept: int
 
@@ -145,6 +155,9 @@ class Speedup(_Closed):
 
 
 class Benchmark(_Closed):
+    """How latency was measured (onnxruntime threads, timed runs, warm-up runs, provider) and the
+    pruned/dense speedup per batch size with the A/A control per batch size."""
+
     threads: int
     runs: int
     warmup: int
@@ -169,6 +182,8 @@ class Int8(_Open):
 
 
 class SparseStorage(_Open):
+    """``model.sparse.onnx``: sizes in bytes before and after storing initializers as sparse tensors."""
+
     path: str
     bytes_before: int
     bytes_after: int
