@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparsekit.errors import DataError, one_line
+from sparsekit.errors import DataError, one_line, option
 
 __all__ = ["BUILTIN_SOURCES", "DataBundle", "load_data", "sample_shape"]
 
@@ -58,8 +58,11 @@ _CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 class DataBundle:
     """Train/validation loaders plus what a model needs to know about the samples.
 
-    ``input_shape`` is the per-sample shape (no batch dimension). For a ``pkg.module:callable``
-    source, ``train``/``val`` are whatever the callable returned (usually ``DataLoader``\\ s).
+    The loaders yield ``(x, y)`` batches: ``x`` float32 ``[N, *input_shape]``, ``y`` int64 class labels
+    ``[N]``. ``input_shape`` is the per-sample shape (no batch dimension), ``num_classes`` the number
+    of classes (labels run ``0..num_classes - 1``), ``source`` the source it was loaded from. For a
+    ``pkg.module:callable`` source, ``train``/``val`` are whatever the callable returned (usually
+    ``DataLoader``\\ s).
     """
 
     train: DataLoader
@@ -75,7 +78,8 @@ def sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     A leading 1 is taken as the batch dimension when the shape has 2, 4 or more dimensions (the
     batched layouts of Linear and Conv2d models: ``[1, 784]``, ``[1, 1, 28, 28]``). A 3-D shape is
     taken as per-sample ``(C, H, W)``, so both ``[1, 28, 28]`` and ``[1, 1, 28, 28]`` mean one
-    28x28 channel.
+    28x28 channel. Raises :class:`DataError` unless ``input_shape`` is a non-empty list of positive
+    integers.
 
     >>> sample_shape([1, 784]), sample_shape([1, 28, 28]), sample_shape([1, 1, 28, 28])
     ((784,), (1, 28, 28), (1, 28, 28))
@@ -113,7 +117,14 @@ def load_data(
     ``input_shape`` is the model's input shape, with or without a leading batch 1; built-in and
     ``.npz`` samples are reshaped to it when the number of values matches, and a mismatch is a
     :class:`DataError`. ``num_classes`` is the model's number of outputs: labels must be below it
-    (default: largest label + 1; 10 for ``synthetic``). Raises ``DataError`` for any bad input.
+    (default: largest label + 1; 10 for ``synthetic``). ``batch_size`` is in samples,
+    ``val_fraction`` the share of samples held out (0 < f < 1), ``seed`` fixes the split, the order
+    of training batches and the synthetic samples, ``synthetic_samples`` their number.
+
+    Raises :class:`DataError` for any bad input (an unknown source, an unreadable or malformed file,
+    a shape or label mismatch, a user callable that fails or returns something else) and
+    :class:`~sparsekit.errors.TrustError` for a file-named callable that is not confirmed or is
+    never run.
     """
     if not isinstance(source, str) or not source.strip():
         raise DataError(f"data.source must be a non-empty string, got {source!r}; {_valid_sources()}")
@@ -261,7 +272,8 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
     """A data file named inside a recipe is followed only within the recipe's folder or the current
-    folder (symlinks resolved); anything else must be confirmed by naming it directly (--data)."""
+    folder (symlinks resolved); anything else must be confirmed by naming it directly (the ``data``
+    option rather than the recipe)."""
     target = Path(source).resolve()
     roots = [Path.cwd().resolve()]
     if Path(named_in).is_file():
@@ -269,7 +281,7 @@ def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
     if not any(target.is_relative_to(root) for root in roots):
         raise DataError(
             f"{named_in}: data.source names the file {source!r}, outside the recipe's folder and the current "
-            f"folder; to use it, name it yourself: --data {source}"
+            f"folder; to use it, name it yourself: {option('data', source)}"
         )
 
 
@@ -326,8 +338,9 @@ def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batches(loader: Any, where: str) -> Iterator[tuple[Any, Any]]:
-    """Iterate a user's loader: whatever its code raises (``sys.exit()`` too) becomes a
-    :class:`DataError` naming ``where``, and each batch must be an ``(inputs, labels)`` pair."""
+    """Iterate a user's loader, yielding ``(inputs, labels)`` as the loader gives them (unchecked
+    beyond being a pair). Whatever its code raises (``sys.exit()`` too) becomes a :class:`DataError`
+    naming ``where``, and so does a batch that is not an ``(inputs, labels)`` pair; Ctrl-C passes."""
     try:
         it = iter(loader)
     except Exception as exc:  # noqa: BLE001

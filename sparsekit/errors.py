@@ -3,7 +3,7 @@
 Every message should name the file or field at fault and say what to do about it. When the remedy is
 an option of the caller (allow overwriting, name the architecture, ...), the message names it with
 :func:`option`, never as a command-line flag: ``str(err)`` spells it as the Python API does
-(``overwrite=True``), and the CLI renders the same message with its flags (``--overwrite``).
+(``overwrite=True``), and the CLI renders the same message with its own flag names.
 """
 
 from __future__ import annotations

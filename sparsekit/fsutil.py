@@ -47,7 +47,8 @@ def _free_bytes(folder: Path) -> int | None:
 
 
 def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError | None:
-    """An :class:`OutputError` naming ``path`` when ``err`` (or its cause) is a disk problem, else None."""
+    """An :class:`OutputError` naming ``path`` when ``err`` (or its cause) is a disk problem (full,
+    quota, permission, read-only, file too large; or any failure with under 4 MiB free), else None."""
     path = Path(path)
     code = _disk_errno(err)
     if code is None:
@@ -103,6 +104,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically (see :func:`atomic_path`). Raises
+    :class:`OutputError` naming ``path`` when the disk is full, read-only or not writable."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

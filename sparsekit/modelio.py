@@ -1,9 +1,10 @@
 """Loading and saving models safely.
 
-Accepted without ``--trust-model-file``: sparsekit checkpoints (a plain dict, loaded with
+Read as data, with no trust needed: sparsekit checkpoints (a plain dict, loaded with
 ``torch.load(weights_only=True)``), plain state_dicts and ``.safetensors`` files together with an
-architecture (``--arch pkg.module:callable`` or ``model.factory``). Whole pickled modules, TorchScript
-and ``.pt2`` archives can run code when loaded and are refused unless the user trusts the file.
+architecture (``arch='pkg.module:callable'``, the checkpoint's own ``factory`` or the recipe's
+``model.factory``). Whole pickled modules, TorchScript and ``.pt2`` archives can run code when loaded
+and are refused unless the caller trusts the file (``trust=True``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelFileError, one_line, shorten
+from .errors import ModelFileError, one_line, option, shorten
 from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, load_callable
 
@@ -28,6 +29,14 @@ FORMAT = "sparsekit/1"
 
 @dataclass
 class LoadedModel:
+    """A model read by :func:`read_model`, in eval mode, with what its file said about it.
+
+    ``factory`` is the architecture it was built with (``pkg.module:callable``; ``None`` for a trusted
+    whole module loaded without ``arch``), ``kwargs`` the factory's keyword arguments, ``input_shape``
+    the input it takes including the batch dimension (e.g. ``[1, 1, 28, 28]``; ``None`` when unknown),
+    ``pruning_history`` the channel removals replayed to rebuild it (structured pruning), ``kind``
+    what the file was: ``checkpoint``, ``state_dict``, ``safetensors`` or ``trusted-module``."""
+
     model: nn.Module
     factory: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +49,8 @@ def _refuse(path: Path, what: str) -> ModelFileError:
     return ModelFileError(
         f"{path}: is {what}, which can run code when loaded; refused. Either save a state_dict "
         "(torch.save(model.state_dict(), 'weights.pt')) or a sparsekit checkpoint (sparsekit.save_model) "
-        "and pass --arch pkg.module:callable, or pass --trust-model-file if you trust where this file came from"
+        f"and load it with {option('arch')}, or pass {option('trust_model_file')} if you trust where this file "
+        "came from"
     )
 
 
@@ -90,7 +100,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
             raise _refuse(
                 path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))"
             ) from None
-        # The one unpickling load: reached only with --trust-model-file / trust=True, which the user passes
+        # The one unpickling load: reached only with trust=True (the CLI's trust flag), which the user passes
         # for a file they vouch for, after the weights-only load has refused it. Never a silent retry.
         obj = torch.load(path, map_location="cpu", weights_only=False)
         return obj, "trusted-module"
@@ -144,24 +154,28 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def build_model(
     factory: str,
     kwargs: dict[str, Any] | None = None,
-    where: str = "--arch",
+    where: str = "model.factory",
     *,
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
     probe: bool = False,
 ) -> nn.Module:
     """Call the architecture ``factory`` (``pkg.module:callable``) with ``kwargs`` and check it
-    returns an ``nn.Module``. With ``probe`` (kwargs read from a file), the model is first built on
-    the meta device to refuse one that would not fit in memory, before any memory is allocated.
+    returns an ``nn.Module`` (on the CPU, in the mode the factory leaves it). With ``probe`` (kwargs
+    read from a file), the model is first built on the meta device to refuse one that needs more
+    than 80% of the memory available, before any memory is allocated.
 
-    ``named_in`` is the file that named the factory (a checkpoint or recipe; ``where`` is then its
-    field); ``None`` means the user named it directly. See :mod:`sparsekit.trust` for what runs.
+    ``named_in`` is the file that named the factory (a checkpoint or recipe) and ``where`` its field
+    there (``factory``, ``model.factory``); ``None`` means the caller named it directly (the ``arch``
+    option, and messages say so). See :mod:`sparsekit.trust` for what runs.
     Raises :class:`~sparsekit.errors.TrustError` when a file-named factory is not confirmed or is
-    never run, :class:`ModelFileError` when it cannot be imported, fails or returns something else.
+    never run, :class:`ModelFileError` when it cannot be imported, fails, would not fit in memory or
+    returns something else.
     """
-    fn = load_callable(factory, kind="model", named_in=named_in, field=where, trust_code=trust_code,
+    field = where if named_in is not None else "arch"  # the caller's own option: arch='m:f' / the CLI's flag
+    fn = load_callable(factory, kind="model", named_in=named_in, field=field, trust_code=trust_code,
                        error=ModelFileError)  # fmt: skip
-    label = f"{named_in}: {where} {factory}" if named_in is not None else f"{where} {factory}"
+    label = f"{named_in}: {where} {factory}" if named_in is not None else option("arch", factory)
     label = f"{label} with kwargs {_short(kwargs or {})}"
     if probe:
         _check_size_on_meta(fn, kwargs or {}, label)
@@ -200,7 +214,10 @@ def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
-    """Strict load that names the missing, unexpected and mis-shaped keys."""
+    """Copy ``state`` (parameter name -> tensor, read from ``path``) into ``model`` strictly: every key
+    present, none extra, every shape equal, dense tensors of the model's kind (floating or integer).
+    ``factory`` names the architecture in messages. Raises :class:`ModelFileError` naming the missing,
+    unexpected and mis-shaped keys (a few of each)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -229,7 +246,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
             parts.append(f"shape mismatch (file vs model) {shapes[:4]}")
         raise ModelFileError(
             f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. "
-            "Check --arch and its kwargs (--kwargs JSON, or model.kwargs in the recipe)"
+            "Check the architecture and its kwargs (those given with it, or model.kwargs in the recipe)"
         )
     try:
         model.load_state_dict(state)
@@ -240,11 +257,14 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
 def load_model(
     path: str | Path, arch: str | None = None, *, trust: bool = False, trust_code: bool = False
 ) -> nn.Module:
-    """Load any accepted model file (see the module docstring) and return the model in eval mode.
+    """Load any accepted model file (see the module docstring) and return the model in eval mode, on
+    the CPU, in float32 when it was a trusted whole module.
 
     ``arch`` names the architecture (``pkg.module:callable``) yourself. Without it, a checkpoint's
     own ``factory`` is imported only with ``trust_code=True`` or when its module is trusted (see
     :mod:`sparsekit.trust`). ``trust=True`` allows unpickling a whole module (runs code).
+    Raises :class:`ModelFileError` for a missing, unreadable, unsafe or mismatched file and
+    :class:`~sparsekit.errors.TrustError` for a factory that is not confirmed or is never run.
 
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", arch="examples.models:lenet_300_100")
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", trust_code=True)   # the file's factory
@@ -265,11 +285,14 @@ def read_model(
     fallback_named_in: str | os.PathLike[str] | None = None,
     probe: bool | None = None,
 ) -> LoadedModel:
-    """Like :func:`load_model` but also returns factory, kwargs, input shape and pruning history.
-    ``arch`` overrides a checkpoint's factory; ``fallback_factory``/``fallback_kwargs`` (the recipe's
-    ``model`` section, read from ``fallback_named_in``) apply only when neither ``arch`` nor the file
-    names an architecture. A factory named by the file or the recipe runs only when confirmed
-    (``trust_code`` or a trusted module); ``arch`` is the caller's own choice.
+    """Like :func:`load_model` but returns a :class:`LoadedModel`: the model with its factory, kwargs,
+    input shape and pruning history. ``arch`` overrides a checkpoint's factory and ``kwargs`` its
+    kwargs; ``input_shape`` (with the batch dimension, e.g. ``[1, 784]``) is used when the file has
+    none. ``fallback_factory``/``fallback_kwargs`` (the recipe's ``model`` section, read from
+    ``fallback_named_in``) apply only when neither ``arch`` nor the file names an architecture. A
+    factory named by the file or the recipe runs only when confirmed (``trust_code`` or a trusted
+    module); ``arch`` is the caller's own choice. ``probe`` (default: when the kwargs come from a
+    file) first builds the model on the meta device to refuse one too large for the memory.
 
     Raises :class:`ModelFileError` for an unreadable, unsafe or mismatched file and
     :class:`~sparsekit.errors.TrustError` for unconfirmed code."""
@@ -283,7 +306,7 @@ def read_model(
     history: list = []
     # Who named the architecture: the caller (arch), the file itself, or the recipe.
     named_in: str | os.PathLike[str] | None = None
-    where = "--arch"
+    where = "model.factory"
     if kind == "checkpoint":
         own = obj.get("factory")
         if own is not None and not isinstance(own, str):
@@ -318,8 +341,8 @@ def read_model(
         named_in, where = fallback_named_in or "the recipe", "model.factory"
     if not factory:
         raise ModelFileError(
-            f"{path}: is a plain state_dict with no architecture; pass --arch pkg.module:callable "
-            "(e.g. --arch examples.models:lenet_300_100) or set model.factory in the recipe"
+            f"{path}: is a plain state_dict with no architecture; name it ({option('arch')}, e.g. "
+            f"{option('arch', 'examples.models:lenet_300_100')}) or set model.factory in the recipe"
         )
     if probe is None:
         probe = kwargs_given is None  # the kwargs came from the checkpoint or the recipe, not the caller
@@ -348,7 +371,15 @@ def save_model(
     pruning_history: list | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a sparsekit checkpoint (loads with ``weights_only=True``), atomically."""
+    """Write a sparsekit checkpoint of ``model`` (a DDP wrapper is unwrapped) to ``path``, atomically;
+    returns ``path``. It holds the weights (copied to the CPU), ``factory`` (``pkg.module:callable``
+    rebuilding the architecture) with its ``kwargs``, the ``input_shape`` with the batch dimension, the
+    structured-pruning history (from ``pruner`` when not given) and ``extra`` metadata, and loads with
+    ``torch.load(weights_only=True)``.
+
+    Raises :class:`ModelFileError` when a structurally pruned model has no input shape to replay its
+    history on, or kwargs/history/extra are not JSON-able, and
+    :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only)."""
     model = getattr(model, "module", model)
     history = list(pruning_history if pruning_history is not None else getattr(pruner, "pruning_history", []))
     if input_shape is None and pruner is not None:
@@ -381,7 +412,8 @@ def save_model(
 
 
 def infer_input_shape(model: nn.Module) -> list[int] | None:
-    """A batch-1 input shape when the first layer tells it (Linear); None for convolutions."""
+    """A batch-1 input shape ``[1, in_features]`` when the first prunable layer is a Linear; None when it
+    is a convolution (its spatial size is unknown) or there is none."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             return [1, m.in_features]

@@ -1,17 +1,19 @@
-"""The output folder of ``sparsekit prune``: only what sparsekit wrote is ever replaced.
+"""The output folder of a prune run: only what sparsekit wrote is ever replaced.
 
 After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.onnx``, ``report.json``,
 ``report.md``, plots, ``checkpoints/``) and a hidden ``DIR/.sparsekit/``:
 
-- ``manifest.json`` lists every result file sparsekit wrote, with its size and SHA-256. ``--overwrite``
-  and ``--resume`` refuse a folder holding anything else (a file not listed, or a listed file whose
-  content changed since), naming the first such file, so a user's file is never replaced or deleted.
+- ``manifest.json`` lists every result file sparsekit wrote, with its size and SHA-256. Overwriting
+  and resuming (``overwrite=True``, ``resume=True``) refuse a folder holding anything else (a file not
+  listed, or a listed file whose content changed since), naming the first such file, so a user's file
+  is never replaced or deleted.
 - ``lock`` holds the pid and host of the run writing the folder: a second run into it is refused.
 - ``next/`` is the run in progress. Every output is built there and moved into ``DIR`` only when the
   run has finished, so an interrupted or failed run leaves the previous results as they were, and
-  ``--resume`` continues from ``next/checkpoints/``.
+  resuming continues from ``next/checkpoints/``.
 
-``-o`` may not be ``/`` or the home folder, nor be or contain an input (model, recipe, data file).
+The output folder may not be ``/`` or the home folder, nor be or contain an input (model, recipe,
+data file). Every refusal is an :class:`~sparsekit.errors.OutputError` naming the folder or file.
 
 >>> folder = RunFolder.prepare(Path("out"), inputs=[Path("lenet.pt")], overwrite=False, resume=False)
 >>> stage = folder.begin()          # takes the folder's lock; write everything under stage/
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import OutputError
+from .errors import OutputError, option
 from .fsutil import atomic_path, sigint_deferred, writing
 
 META = ".sparsekit"
@@ -70,7 +72,8 @@ def _files_under(root: Path) -> Iterator[str]:
 
 
 class RunFolder:
-    """One ``sparsekit prune`` output folder; see the module docstring for the guarantees."""
+    """One prune run's output folder ``out``; see the module docstring for the guarantees. ``resume``:
+    this run continues the unfinished (or finished) run in it."""
 
     def __init__(self, out: Path, resume: bool = False) -> None:
         self.out = Path(out)
@@ -85,8 +88,11 @@ class RunFolder:
 
     @classmethod
     def prepare(cls, out: Path, *, inputs: Iterable[Path | str | None], overwrite: bool, resume: bool) -> RunFolder:
-        """Check that a run may write ``out``; touches nothing. Raises :class:`OutputError`.
-        :meth:`begin` checks again once it holds the folder's lock."""
+        """Check that a run may write ``out`` and return its RunFolder; touches nothing. ``inputs`` are
+        the run's input files (None entries skipped), which ``out`` may not be or contain. Raises
+        :class:`OutputError` for a forbidden location, a folder held by another live run, or one whose
+        contents this run may not replace (given ``overwrite`` / ``resume``). :meth:`begin` checks again
+        once it holds the folder's lock."""
         out = Path(out)
         _guard_location(out, [Path(p) for p in inputs if p])
         folder = cls(out, resume)
@@ -96,13 +102,15 @@ class RunFolder:
         return folder
 
     def _check_state(self) -> None:
-        """May this run write the folder as it is now (given --overwrite / --resume)?"""
+        """May this run write the folder as it is now (given ``overwrite`` / ``resume``)?"""
         out = self.out
         if out.exists() and not out.is_dir():
-            raise OutputError(f"{out}: exists and is not a folder; choose another -o DIR")
+            raise OutputError(f"{out}: exists and is not a folder; choose another output folder")
         if not out.exists():
             if self.resume:
-                raise OutputError(f"{out}: no such folder, so there is no run to resume; run without --resume")
+                raise OutputError(
+                    f"{out}: no such folder, so there is no run to resume; run without {option('resume')}"
+                )
             return
         others = sorted(p.name for p in out.iterdir() if p.name != META)
         has_run = self.has_run()
@@ -110,26 +118,27 @@ class RunFolder:
             if not has_run:
                 raise OutputError(
                     f"{out}: holds no sparsekit run, so there is nothing to resume; choose the folder of an "
-                    "interrupted run, or run without --resume"
+                    f"interrupted run, or run without {option('resume')}"
                 )
             self.check_owned()
         elif others or has_run:
             if not has_run:
                 raise OutputError(
                     f"{out}: holds files sparsekit did not write (first: {others[0]}); sparsekit writes only into "
-                    "a new or empty folder or over its own earlier run: choose another -o DIR"
+                    "a new or empty folder or over its own earlier run: choose another output folder"
                 )
             if not self.overwrite:
                 raise OutputError(
-                    f"{out}: holds an earlier sparsekit run; pass --overwrite to replace it, --resume to continue "
-                    "it if it was interrupted, or choose another -o DIR"
+                    f"{out}: holds an earlier sparsekit run; pass {option('overwrite')} to replace it, "
+                    f"{option('resume')} to continue it if it was interrupted, or choose another output folder"
                 )
             self.check_owned()
         elif self.meta.is_symlink() or (self.meta.exists() and not self.meta.is_dir()):
-            raise OutputError(f"{self.meta}: is not sparsekit's folder; move it away or choose another -o DIR")
+            raise OutputError(f"{self.meta}: is not sparsekit's folder; move it away or choose another output folder")
 
     def has_run(self) -> bool:
-        """Whether the folder holds a sparsekit run: finished (a manifest) or unfinished (``next/``)."""
+        """Whether the folder holds a sparsekit run: finished (a manifest) or unfinished (``next/``, or
+        ``old/`` left by an interrupted swap)."""
         return (
             not self.meta.is_symlink()
             and self.meta.is_dir()
@@ -137,7 +146,8 @@ class RunFolder:
         )
 
     def owned(self) -> dict[str, set[str]]:
-        """Relative path -> SHA-256 digests sparsekit wrote there (current and pending manifests)."""
+        """Relative POSIX path -> the SHA-256 hex digests sparsekit wrote there (current and pending
+        manifests; an unreadable manifest counts as empty, so nothing in it is replaced)."""
         owned: dict[str, set[str]] = {}
         for name in (MANIFEST, PENDING):
             for rel, info in _read_manifest(self.meta / name).items():
@@ -146,7 +156,8 @@ class RunFolder:
         return owned
 
     def foreign(self) -> list[str]:
-        """Entries of the folder sparsekit did not write (relative paths, sorted)."""
+        """Entries of the folder sparsekit did not write, or that changed since (relative POSIX paths,
+        sorted): unlisted files and folders, links, and listed files whose content differs."""
         if self.meta.is_symlink() or (self.meta.exists() and not self.meta.is_dir()):
             return [META]
         if self.stage.is_symlink() or (self.stage.exists() and not self.stage.is_dir()):
@@ -184,16 +195,18 @@ class RunFolder:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
             raise OutputError(
                 f"{self.out}: holds {foreign[0]}{more}, which sparsekit did not write (or that changed since); "
-                "sparsekit never replaces or deletes your files: move it away or choose another -o DIR"
+                "sparsekit never replaces or deletes your files: move it away or choose another output folder"
             )
 
     # --- writing ---------------------------------------------------------------------------------
 
     def begin(self) -> Path:
-        """Create the staging folder (fresh, unless resuming) and return it; write every output there.
-        On resume of a finished run, its last checkpoint is copied in so training continues from it."""
+        """Take the folder's lock, create the staging folder (fresh, unless resuming) and return it;
+        write every output there. On resume of a finished run, its last checkpoint is copied in so
+        training continues from it. Raises :class:`OutputError` when the folder is locked, no longer
+        fits the run (rechecked under the lock) or cannot be written; the lock is then released."""
         if self.meta.exists() and not self.meta.is_dir():
-            raise OutputError(f"{self.meta}: is not a folder; move it away or choose another -o DIR")
+            raise OutputError(f"{self.meta}: is not a folder; move it away or choose another output folder")
         self.lock()  # released by the caller (unlock), after publish or on failure
         try:
             self._check_state()  # again, under the lock: another run may have finished here meanwhile
@@ -219,7 +232,8 @@ class RunFolder:
 
         The earlier results are first moved aside into ``.sparsekit/old``; if any move fails they are
         put back, so the folder holds either the old results or the new ones. Ctrl-C waits for the
-        end of the swap (a fraction of a second)."""
+        end of the swap (a fraction of a second). Raises :class:`OutputError` when the folder now holds
+        a file sparsekit did not write; an OSError of a failed move propagates after the undo."""
         self.check_owned()  # again: the user may have put a file in the folder while the run went on
         new = {rel: _entry(self.stage / rel) for rel in _files_under(self.stage)}
         old = [rel for rel in _read_manifest(self.meta / MANIFEST) if (self.out / rel).is_file()]
@@ -276,7 +290,7 @@ class RunFolder:
                     continue
                 raise OutputError(
                     f"{self.out}: another sparsekit run ({holder}) is writing this folder; wait for it to end or "
-                    f"choose another -o DIR (if no run is active, delete {path})"
+                    f"choose another output folder (if no run is active, delete {path})"
                 ) from None
             with writing(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
@@ -297,11 +311,13 @@ class RunFolder:
         if holder is not None:
             raise OutputError(
                 f"{self.out}: another sparsekit run ({holder}) is writing this folder; wait for it to end or "
-                f"choose another -o DIR (if no run is active, delete {self.meta / LOCK})"
+                f"choose another output folder (if no run is active, delete {self.meta / LOCK})"
             )
 
     def record(self, paths: Iterable[Path]) -> None:
-        """Add files sparsekit has just written into the folder itself (``sparsekit report``)."""
+        """Add files sparsekit has just written into the folder itself (a re-rendered report) to the
+        manifest, with their size and SHA-256. ``paths`` must lie inside the folder (ValueError
+        otherwise); an unwritable manifest raises :class:`OutputError`."""
         files = _read_manifest(self.meta / MANIFEST)
         for p in paths:
             files[Path(p).relative_to(self.out).as_posix()] = _entry(Path(p))
@@ -342,14 +358,16 @@ def _guard_location(out: Path, inputs: list[Path]) -> None:
     except (RuntimeError, KeyError):  # no HOME and no passwd entry
         home = None
     if target == Path(target.anchor) or target == home:
-        raise OutputError(f"-o {out}: is {'the root folder' if target == Path(target.anchor) else 'your home folder'}; "
-                          "choose a folder of its own for the results, e.g. -o sparsekit-out")  # fmt: skip
+        what = "the root folder" if target == Path(target.anchor) else "your home folder"
+        raise OutputError(
+            f"{out}: the output folder is {what}; choose a folder of its own for the results, e.g. sparsekit-out"
+        )
     for inp in inputs:
         resolved = inp.resolve()
         if resolved == target or resolved.is_relative_to(target):
             raise OutputError(
-                f"-o {out}: {'is' if resolved == target else 'contains'} the input {inp}; sparsekit never writes "
-                "where its inputs are: choose another -o DIR"
+                f"{out}: the output folder {'is' if resolved == target else 'contains'} the input {inp}; "
+                "sparsekit never writes where its inputs are: choose another output folder"
             )
 
 

@@ -1,4 +1,5 @@
-"""Reading recipe YAML as plain, bounded data, and ``--set key.path=value`` overrides.
+"""Reading recipe YAML as plain, bounded data, and ``key.path=value`` overrides
+(``load_recipe(path, overrides=[...])``).
 
 Recipes come from anywhere, so the reader accepts only what a page of settings holds: one UTF-8
 YAML document of mappings with string keys, lists, strings, numbers, booleans and null, read with a
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import RecipeError
+from .errors import RecipeError, option
 from .errors import shorten as short
 
 # What a recipe file may hold. A recipe is a page of settings; these limits are orders of magnitude
@@ -28,11 +29,11 @@ from .errors import shorten as short
 MAX_TEXT_BYTES = 1_000_000
 MAX_NODES = 100_000  # values in the document with every alias expanded
 MAX_DEPTH = 64  # nesting of mappings/lists; PyYAML, deepcopy and pydantic all recurse
-MAX_OVERRIDE_CHARS = 65_536  # one --set item
+MAX_OVERRIDE_CHARS = 65_536  # one override item
 
 
 def describe(value: Any) -> str:
-    """How a non-JSON value reads to a user who wrote YAML."""
+    """How a non-JSON value reads to a user who wrote YAML, e.g. ``'a date/time (!!timestamp)'``."""
     if isinstance(value, datetime.date | datetime.time):
         return "a date/time (!!timestamp)"
     if isinstance(value, bytes | bytearray):
@@ -57,7 +58,8 @@ def check_plain_data(data: Any, source: str) -> None:
 
     PyYAML shares the object behind every use of an alias, so a few lines of ``&a [*b, *b, ...]``
     load instantly but expand to billions of values for anything that copies or validates them.
-    Counting with a memo per shared object costs one visit per distinct object and stops early."""
+    Counting with a memo per shared object costs one visit per distinct object and stops early.
+    Raises :class:`~sparsekit.errors.RecipeError` naming ``source`` and the path of the offending value."""
     sizes: dict[int, int] = {}  # id(container) -> values inside it, aliases expanded
     active: set[int] = set()  # containers on the current path: seeing one again is a cycle
 
@@ -204,8 +206,8 @@ def _parse_yaml(text: str, source: str) -> Any:
             loader.dispose()
 
 
-def _parse_value(text: str, key: str) -> Any:
-    where = f"--set {short(key, 120)}"
+def _parse_value(text: str, item: str) -> Any:
+    where = f"override {short(item, 120)!r}"
     try:
         value = _parse_yaml(text, where)
     except RecipeError:
@@ -219,37 +221,44 @@ _INDEX = re.compile(r"[0-9]{1,9}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (list items by index: ``pruning.0.sparsity=0.8``)."""
+    """A copy of ``data`` (a recipe's plain data) with ``key.path=value`` overrides applied in order
+    (list items by index: ``pruning.0.sparsity=0.8``). Each value is read as YAML (``0.8``, ``true``,
+    ``[1, 28, 28]``, ``null``), or kept as text when it is not YAML; missing mappings on the path are
+    created. ``data`` itself is not changed.
+
+    Raises :class:`~sparsekit.errors.RecipeError` naming the override when it is not a
+    ``key.path=value`` string, is longer than ``MAX_OVERRIDE_CHARS``, has an empty or too deep key, an
+    index outside its list, a path through a plain value, or a value that is not plain data."""
     if not isinstance(data, dict):
-        raise RecipeError(f"the recipe must be a YAML mapping to apply --set to (got {type(data).__name__})")
+        raise RecipeError(f"the recipe must be a YAML mapping to apply overrides to (got {type(data).__name__})")
     check_plain_data(data, "recipe")  # bounded before deepcopy walks it
     data = copy.deepcopy(data)
     for item in overrides:
         if not isinstance(item, str):
-            raise RecipeError(f"--set {short(repr(item))}: expected a 'key.path=value' string")
+            raise RecipeError(f"override {short(repr(item))}: expected a 'key.path=value' string")
+        shown = f"override {short(item, 120)!r}"
         if len(item) > MAX_OVERRIDE_CHARS:
-            raise RecipeError(f"--set {short(item)}: longer than {MAX_OVERRIDE_CHARS:,} characters")
+            raise RecipeError(f"{shown}: longer than {MAX_OVERRIDE_CHARS:,} characters")
         if "=" not in item:
-            raise RecipeError(f"--set {short(item)!r}: expected key.path=value, e.g. --set finetune.epochs=2")
+            raise RecipeError(f"{shown}: expected key.path=value, e.g. {option('set', 'finetune.epochs=2')}")
         key, _, raw = item.partition("=")
         key = key.strip()
         parts = key.split(".")
-        shown = short(key, 120)
         if any(not part.strip() for part in parts):
             raise RecipeError(
-                f"--set {short(item)!r}: empty part in the key {shown!r}; expected key.path=value, "
-                "e.g. --set pruning.0.sparsity=0.8"
+                f"{shown}: empty part in the key {short(key, 120)!r}; expected key.path=value, "
+                f"e.g. {option('set', 'pruning.0.sparsity=0.8')}"
             )
         if len(parts) > MAX_DEPTH:
-            raise RecipeError(f"--set {shown}: a key path of {len(parts)} parts is deeper than any recipe")
-        value = _parse_value(raw, key)
+            raise RecipeError(f"{shown}: a key path of {len(parts)} parts is deeper than any recipe")
+        value = _parse_value(raw, item)
         node: Any = data
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             where = short(".".join(parts[: depth + 1]), 120)
             if isinstance(node, list):
                 if not _INDEX.fullmatch(part) or int(part) >= len(node):
-                    raise RecipeError(f"--set {shown}: {where!r} is not an index of a list of {len(node)}")
+                    raise RecipeError(f"{shown}: {where!r} is not an index of a list of {len(node)}")
                 if last:
                     node[int(part)] = value
                 else:
@@ -262,11 +271,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                         node[part] = {}
                     node = node[part]
             else:
-                raise RecipeError(f"--set {shown}: {short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")
+                raise RecipeError(f"{shown}: {short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")
     return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The recipe file at ``path`` as plain data: a mapping with string keys of lists, strings,
+    numbers, booleans and null (at most ``MAX_TEXT_BYTES`` of UTF-8 YAML, one document, no tags,
+    duplicate keys or dates). Raises :class:`~sparsekit.errors.RecipeError` naming the file (and the
+    line, for YAML errors) when it is missing, unreadable, too large, not UTF-8, not YAML, empty, not a
+    mapping or holds anything but plain data."""
     path = Path(path)
     try:
         if not path.exists():

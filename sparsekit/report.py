@@ -1,7 +1,7 @@
 """The run report: its typed schema (report.json), and every sentence a user reads about a run.
 
 :class:`Report` is what :func:`sparsekit.pipeline.run_prune` returns and what ``report.json`` holds
-(``Report.model_json_schema()``, or ``sparsekit report --schema``, gives its JSON schema). All wording
+(:func:`report_schema`, which the ``report`` command prints, gives its JSON schema). All wording
 lives here: the up-front expectation (:func:`what_it_buys`), the notes (:func:`notes`), the terminal
 summary (:func:`render_summary`), ``report.md`` (:func:`render_markdown`) and the PNG plots.
 ``sparsekit report DIR`` re-renders the last two from report.json.

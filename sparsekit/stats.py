@@ -16,7 +16,8 @@ from .masks import weight_of
 
 
 def sparsity(model: nn.Module) -> float:
-    """Fraction of zero weights over all prunable layers (0.0 for a model with none)."""
+    """Fraction (0..1) of exactly-zero weights over all prunable layers (Linear/Conv weights, masks
+    applied; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped."""
     total = zeros = 0
     for m in prunable_layers(getattr(model, "module", model)).values():
         w = weight_of(m)
@@ -27,7 +28,10 @@ def sparsity(model: nn.Module) -> float:
 
 @torch.no_grad()
 def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> dict[str, int]:
-    """Dense multiply-accumulates per prunable layer for one sample (batch 1), from a forward pass."""
+    """Dense multiply-accumulates per prunable layer (name -> MACs) for one sample, from one forward
+    pass on zeros of ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``,
+    ``[1, 3, 32, 32]``); zeros in the weights are not subtracted. The model's train/eval mode is
+    restored. Whatever the model raises on that input (e.g. a shape mismatch) propagates."""
     macs: dict[str, int] = {}
     hooks = []
     for name, m in prunable_layers(model).items():
@@ -50,7 +54,9 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
 
 
 def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list[dict[str, Any]]:
-    """One row per prunable layer: name, type, shape, params, nonzeros, sparsity (and MACs if shape given)."""
+    """One row per prunable layer: ``name``, ``type`` (class name), ``shape`` (the weight's), ``params``,
+    ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included) also
+    ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share)."""
     model = getattr(model, "module", model)
     macs = layer_macs(model, input_shape) if input_shape else {}
     rows = []
@@ -74,7 +80,9 @@ def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list
 
 
 def model_stats(model: nn.Module, input_shape: list[int] | None = None) -> dict[str, Any]:
-    """Totals over the whole model: params (all), nonzeros, prunable sparsity, dense/effective MACs."""
+    """Totals over the whole model: ``params`` and ``nonzero_params`` (every parameter, biases
+    included), ``sparsity`` (prunable weights, 0..1) and, with ``input_shape`` (batch dimension
+    included), ``macs`` / ``effective_macs`` for one sample summed over the prunable layers."""
     model = getattr(model, "module", model)
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())

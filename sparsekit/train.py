@@ -1,13 +1,16 @@
-"""The plain fine-tuning loop the CLI uses: optimizer, LR schedule, pruner steps, eval, checkpoints.
+"""The plain fine-tuning loop of a prune run: optimizer, LR schedule, pruner steps, eval, checkpoints.
 
 Users with their own loop drive :class:`~sparsekit.pruner.Pruner` directly (INTERFACE.md §5); this
-is the same calls in the same order.
+is the same calls in the same order. The learning rate follows a ``torch.optim.lr_scheduler``
+stepped once per epoch (:func:`make_scheduler`); its state is saved in the resume checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,14 +19,18 @@ import torch
 from torch import nn
 
 from .data import batches as _batches
-from .errors import DataError, RecipeError, SparsekitError, one_line
+from .errors import DataError, RecipeError, SparsekitError, one_line, option
 from .fsutil import atomic_path
 from .pruner import Pruner
 from .recipe import FinetuneSpec, Recipe
 from .stats import sparsity
 
+log = logging.getLogger("sparsekit")
+
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: FinetuneSpec) -> torch.optim.Optimizer:
+    """The optimizer ``spec.optimizer`` names (SGD with momentum, Adam or AdamW) over ``params``, at the
+    base learning rate ``spec.optimizer.lr`` (the scheduler of :func:`make_scheduler` then moves it)."""
     o = spec.optimizer
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -32,14 +39,25 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: FinetuneSpec) -> torch.
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def lr_at(epoch: int, spec: FinetuneSpec) -> float:
-    """The learning rate for ``epoch`` (a pure function, so resuming and rebuilding need no state)."""
-    base, s = spec.optimizer.lr, spec.lr_schedule
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: FinetuneSpec) -> torch.optim.lr_scheduler.LRScheduler:
+    """The ``torch.optim.lr_scheduler`` for ``spec.lr_schedule``, to be stepped once per epoch (after the
+    epoch's optimizer steps). With base rate ``lr = spec.optimizer.lr``, epoch ``e`` (from 0) trains at:
+
+    - ``constant``: ``lr`` (``ConstantLR`` with factor 1);
+    - ``cosine``: ``lr * (1 + cos(pi * e / epochs)) / 2`` (``CosineAnnealingLR``, ``T_max = epochs``,
+      down to 0 after the last epoch);
+    - ``step``: ``lr * gamma ** (e // step_size)`` (``StepLR``).
+
+    torch computes the cosine and step curves recursively from the previous epoch's rate, so they
+    match the formulas to within a few ulps (relative error ~1e-15). Create the scheduler on the
+    optimizer it drives, before its first step; it reads and writes ``optimizer.param_groups[i]["lr"]``.
+    """
+    s = spec.lr_schedule
     if s.name == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * epoch / max(spec.epochs, 1)))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(spec.epochs, 1))
     if s.name == "step":
-        return base * s.gamma ** (epoch // s.step_size)
-    return base
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -70,7 +88,11 @@ def _loss(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy over ``loader``."""
+    """``{"accuracy": top-1 (0..1), "loss": mean cross-entropy (nats per sample)}`` of ``model`` over
+    ``loader``'s ``(inputs [N, ...], labels [N])`` batches (the first ``max_batches`` when given), in
+    eval mode and without gradients; the model's train/eval mode is restored. Both are 0.0 for an
+    empty loader. Raises :class:`~sparsekit.errors.DataError` when a batch is malformed, the model
+    fails on it or a label is outside its outputs."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -87,7 +109,10 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
 
 
 def calibrate(model: nn.Module, pruner: Pruner, loader: Iterable, batches: int) -> None:
-    """Gradient-based methods with no fine-tuning: sum gradients over a few batches, then one step."""
+    """For gradient-based methods with no fine-tuning: sum the cross-entropy gradients of the first
+    ``batches`` batches of ``loader`` (``(inputs [N, ...], labels [N])``), then one :meth:`Pruner.step`,
+    which scores and prunes; the gradients are cleared afterwards. No optimizer step is taken, so the
+    weights change only by pruning. Raises :class:`~sparsekit.errors.DataError` as :func:`evaluate`."""
     model.train()
     model.zero_grad()
     for i, (x, y) in enumerate(_batches(loader, "data: the training loader")):
@@ -128,8 +153,24 @@ def finetune(
 ) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
     """Fine-tune ``model`` for ``recipe.finetune.epochs`` while the pruner follows its schedules.
 
-    Returns ``(model, history, pruner)``; call ``pruner.finalize()`` afterwards. With
-    ``checkpoint_dir`` a resumable checkpoint is written after every epoch (``resume=True`` continues)."""
+    ``train_loader`` and ``val_loader`` yield ``(inputs [N, ...], labels [N])`` batches (integer class
+    labels); each epoch runs at most ``finetune.max_steps_per_epoch`` training batches. The loss is
+    cross-entropy plus :meth:`Pruner.penalty`; after each optimizer step comes :meth:`Pruner.step`, and
+    after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated.
+    ``pruner`` defaults to a new :class:`Pruner` over ``recipe``. ``on_epoch`` receives each history row.
+
+    Returns ``(model, history, pruner)``; call ``pruner.finalize()`` afterwards. ``history`` has one row
+    per epoch: ``epoch`` (from 1), ``sparsity`` (fraction of zero prunable weights), ``train_loss`` and
+    ``val_loss`` (mean cross-entropy, nats per sample), ``val_accuracy`` (top-1, 0..1) and ``lr`` (the
+    rate the epoch trained at). With ``checkpoint_dir`` a resumable checkpoint (``last.pt``: weights,
+    optimizer, scheduler, pruner, RNG and shuffle state) is written after every epoch; ``resume=True``
+    continues from it bit for bit as the uninterrupted run would have.
+
+    Raises :class:`~sparsekit.errors.DataError` when a batch is malformed, the model fails on it, a label
+    is out of range or the loss becomes NaN/inf on the data; :class:`~sparsekit.errors.RecipeError`
+    when training diverges or the checkpoint already finished more epochs than the recipe has; and
+    :class:`~sparsekit.errors.SparsekitError` when the checkpoint cannot be resumed (unreadable, another
+    model, or the recipe's pruning section changed)."""
     spec = recipe.finetune
     steps = len(train_loader) if spec.max_steps_per_epoch is None else min(len(train_loader), spec.max_steps_per_epoch)
     if pruner is None:
@@ -140,19 +181,20 @@ def finetune(
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():
-        first_epoch, history, optimizer = _load_checkpoint(
+        first_epoch, history, optimizer, scheduler = _load_checkpoint(
             ckpt, model, optimizer, pruner, spec, _loader_generator(train_loader)
         )
         if first_epoch > spec.epochs:
             raise RecipeError(
                 f"finetune.epochs: {spec.epochs}, but {ckpt} already finished epoch {first_epoch}; "
-                "use --overwrite to start again"
+                f"start again with {option('overwrite')}"
             )
+    else:
+        scheduler = make_scheduler(optimizer, spec)
     with _progress(progress) as bar:
         task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
         for epoch in range(first_epoch, spec.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch, spec)
+            lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at
             model.train()
             loss_sum, seen = 0.0, 0
             for i, (x, y) in enumerate(_batches(train_loader, "data: the training loader")):
@@ -167,11 +209,13 @@ def finetune(
                 optimizer.step()
                 pruner.step()
                 if pruner.structure_changed:
-                    # torch-pruning replaced the Parameter objects: the optimizer must follow them.
-                    optimizer = pruner.update_optimizer(optimizer)
+                    # torch-pruning replaced the Parameter objects: the optimizer follows them in place, so
+                    # the scheduler attached to it keeps driving it.
+                    _follow_in_place(pruner, optimizer)
                 loss_sum += value * len(y)
                 seen += len(y)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
+            scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
             metrics = evaluate(model, val_loader)
             row = {
                 "epoch": epoch + 1,
@@ -179,15 +223,24 @@ def finetune(
                 "train_loss": loss_sum / max(seen, 1),
                 "val_accuracy": metrics["accuracy"],
                 "val_loss": metrics["loss"],
-                "lr": lr_at(epoch, spec),
+                "lr": lr,
             }
             history.append(row)
             bar.update(task, info=f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}")
             if ckpt:
-                _save_checkpoint(ckpt, epoch + 1, model, optimizer, pruner, history, _loader_generator(train_loader))
+                _save_checkpoint(
+                    ckpt, epoch + 1, model, optimizer, scheduler, spec, pruner, history, _loader_generator(train_loader)
+                )
             if on_epoch:
                 on_epoch(row)
     return model, history, pruner
+
+
+def _follow_in_place(pruner: Pruner, optimizer: torch.optim.Optimizer) -> None:
+    """Point ``optimizer`` at the parameters structured pruning just replaced. Pruner.update_optimizer
+    edits the optimizer in place; a new object would leave the LR scheduler driving the old one."""
+    if pruner.update_optimizer(optimizer) is not optimizer:
+        raise RuntimeError("Pruner.update_optimizer returned a new optimizer; the LR scheduler drives the old one")
 
 
 def _not_finite(
@@ -209,14 +262,6 @@ def _not_finite(
     )
 
 
-def _rebuilt(model: nn.Module, old: torch.optim.Optimizer, spec: FinetuneSpec) -> torch.optim.Optimizer:
-    lr = old.param_groups[0]["lr"]
-    new = make_optimizer(model.parameters(), spec)
-    for group in new.param_groups:
-        group["lr"] = lr
-    return new
-
-
 def _loader_generator(loader: Any) -> torch.Generator | None:
     """The generator a DataLoader shuffles with, when it has its own (sparsekit's built-in sources do)."""
     gen = getattr(loader, "generator", None)
@@ -228,6 +273,8 @@ def _save_checkpoint(
     epoch: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    spec: FinetuneSpec,
     pruner: Pruner,
     history: list[dict[str, Any]],
     loader_rng: torch.Generator | None = None,
@@ -235,7 +282,10 @@ def _save_checkpoint(
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict(),  # its param groups hold the next epoch's learning rate
+        "scheduler": scheduler.state_dict(),
+        # The settings the scheduler's state belongs to: a resume under other ones replays the schedule.
+        "schedule": _schedule_key(spec),
         "pruner": pruner.state_dict(),
         "history": history,
         "rng": torch.get_rng_state(),
@@ -256,7 +306,11 @@ def _load_checkpoint(
     pruner: Pruner,
     spec: FinetuneSpec,
     loader_rng: torch.Generator | None,
-) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer]:
+) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Restore a checkpoint of :func:`_save_checkpoint` into ``model``, ``pruner``, the RNGs and a fresh
+    optimizer and scheduler (``optimizer`` itself when no channels were removed); returns
+    ``(finished epochs, history, optimizer, scheduler)``. Raises SparsekitError naming ``path``."""
+    again = f"start again with {option('overwrite')}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state.get("pruning")
@@ -265,21 +319,52 @@ def _load_checkpoint(
         pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
         model.load_state_dict(state["model"])
     except SparsekitError as err:
-        raise SparsekitError(f"{path}: cannot resume from it ({err}); use --overwrite to start again") from None
+        raise SparsekitError(f"{path}: cannot resume from it ({err}); {again}") from None
     except Exception as err:  # noqa: BLE001 - any unreadable or mismatched checkpoint is bad input here
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SparsekitError(
-            f"{path}: does not fit this model and recipe ({first}); use --overwrite to start again"
-        ) from None
+        raise SparsekitError(f"{path}: does not fit this model and recipe ({first}); {again}") from None
     if pruner.structure_changed:
         # Same parameters, in the same order, as the optimizer that was saved: its state loads as is.
-        optimizer = _rebuilt(model, optimizer, spec)
+        optimizer = make_optimizer(model.parameters(), spec)
         pruner.structure_changed = False
+    epoch = int(state["epoch"])
+    scheduler = make_scheduler(optimizer, spec)  # attached first; the states loaded next overwrite its rates
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("scheduler") is not None and state.get("schedule") == _schedule_key(spec):
+        scheduler.load_state_dict(state["scheduler"])
+    else:
+        scheduler = _replayed(optimizer, spec, epoch)
     torch.set_rng_state(state["rng"])
     if loader_rng is not None and state.get("loader_rng") is not None:
         loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
-    return int(state["epoch"]), list(state["history"]), optimizer
+    return epoch, list(state["history"]), optimizer, scheduler
+
+
+def _replayed(
+    optimizer: torch.optim.Optimizer, spec: FinetuneSpec, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A scheduler for ``spec`` moved on by ``epochs`` epochs from the base rate: for a checkpoint whose
+    schedule settings differ from the recipe's (or that predates saved scheduler state). The schedule
+    continues as if the recipe's settings had been used from the start."""
+    log.info("LR schedule settings differ from the checkpoint's: the recipe's continues at epoch %d", epochs + 1)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = spec.optimizer.lr
+    scheduler = make_scheduler(optimizer, spec)
+    with warnings.catch_warnings():
+        # torch warns that no optimizer step came first: here none is meant to.
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+        for _ in range(epochs):
+            scheduler.step()
+    return scheduler
+
+
+def _schedule_key(spec: FinetuneSpec) -> str:
+    """What a saved LR scheduler state depends on: the optimizer, the schedule and the epoch count."""
+    return json.dumps(
+        {"optimizer": spec.optimizer.model_dump(mode="json"), "lr_schedule": spec.lr_schedule.model_dump(mode="json"),
+         "epochs": spec.epochs},
+        sort_keys=True,
+    )  # fmt: skip
 
 
 def _pruning_key(pruner: Pruner) -> str:

@@ -4,11 +4,11 @@ A recipe (``model.factory``, ``data.source: pkg.module:callable``) or a checkpoi
 *name* code. Files are data, so sparsekit imports and calls such a name only when the user confirmed
 it:
 
-- the user named it directly this run: ``--arch`` / ``--data`` on the command line, or the ``arch=`` /
-  ``source=`` argument in Python (those are not "named inside a file");
-- or the user trusts its module: ``--trust-code`` (Python: ``trust_code=True``) trusts the modules the
-  files of this run name and remembers them, the way ``torch.hub``'s ``trust_repo`` remembers a
-  repository, in ``trusted_modules.json`` under the user's config folder (see :func:`store_path`).
+- the user named it directly this run, as an argument (``arch=``, ``data=``, ``load_data(source)``)
+  rather than inside a file;
+- or the user trusts its module: ``trust_code=True`` trusts the modules the files of this run name
+  and remembers them, the way ``torch.hub``'s ``trust_repo`` remembers a repository, in
+  ``trusted_modules.json`` under the user's config folder (see :func:`store_path`).
 
 Even a confirmed or trusted name is refused when it is not a model or data function of the user's
 own: anything from the standard library (process, file-system, import, pickle and exec machinery
@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import SparsekitError, TrustError, one_line
+from .errors import API_SPELLING, SparsekitError, TrustError, one_line, option
 
 log = logging.getLogger("sparsekit")
 
@@ -79,7 +79,8 @@ _TOOL_IMPORT_NAMES = frozenset(
 
 def store_path() -> Path:
     """Where trusted modules are remembered: ``$SPARSEKIT_CONFIG_DIR/trusted_modules.json``, else
-    ``$XDG_CONFIG_HOME/sparsekit/…``, else ``~/.config/sparsekit/trusted_modules.json``."""
+    ``$XDG_CONFIG_HOME/sparsekit/…``, else ``~/.config/sparsekit/trusted_modules.json``. The file
+    need not exist; nothing is created or read here."""
     if os.environ.get("SPARSEKIT_CONFIG_DIR"):
         base = Path(os.environ["SPARSEKIT_CONFIG_DIR"])
     elif os.environ.get("XDG_CONFIG_HOME"):
@@ -90,7 +91,8 @@ def store_path() -> Path:
 
 
 def trusted_modules() -> list[str]:
-    """The modules the user trusts (sorted). A missing or unreadable store means none."""
+    """The modules the user trusts (sorted names, e.g. ``['mypkg.nets']``). A missing or unreadable
+    store means none (an unreadable one is logged as a warning); never raises."""
     path = store_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -116,7 +118,8 @@ def trust_module(module: str) -> Path:
 
 
 def forget_module(module: str) -> bool:
-    """Stop trusting ``module``; returns whether it was trusted."""
+    """Stop trusting ``module``; returns whether it was trusted. Raises
+    :class:`~sparsekit.errors.OutputError` when the store cannot be rewritten."""
     mods = trusted_modules()
     if module not in mods:
         return False
@@ -137,7 +140,9 @@ def _write_store(modules: list[str]) -> Path:
 
 
 def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) -> tuple[str, str]:
-    """``"pkg.module:callable"`` -> ``("pkg.module", "callable")``; raises ``error`` naming ``where``."""
+    """``"pkg.module:callable"`` -> ``("pkg.module", "callable")``. Raises ``error`` (a
+    :class:`~sparsekit.errors.SparsekitError` subclass, :class:`TrustError` by default) naming
+    ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
         raise error(f"{where}: {spec!r} is not of the form pkg.module:callable (e.g. examples.models:small_cnn)")
     module, attr = spec.split(":")
@@ -158,10 +163,12 @@ def load_callable(
     """Import ``pkg.module:callable`` and return it, after every check in the module docstring.
 
     ``named_in`` is the file that names the callable (a recipe or checkpoint) and ``field`` where in
-    it (``model.factory``); ``None`` means the user named it directly (command line, Python argument).
-    A file-named callable needs ``trust_code=True`` (which also remembers its module) or a module
-    the user trusted before. Raises :class:`TrustError` when it is not confirmed or never run, and
-    ``error`` when it cannot be imported or found.
+    it (``model.factory``); ``None`` means the user named it directly, and ``field`` is then the
+    caller's option that named it (``arch``, ``data``: messages spell it as the caller would) or a
+    plain label. A file-named callable needs ``trust_code=True`` (which also remembers its module) or
+    a module the user trusted before. Raises :class:`TrustError` when it is not confirmed or never
+    run, and ``error`` when it is malformed, cannot be imported or found, or is not a function (or,
+    for a model, an ``nn.Module`` class).
     """
     where = _where(spec, named_in, field)
     module, attr = split_spec(spec, where, error)
@@ -186,8 +193,10 @@ def load_callable(
 def call_user_code(
     fn: Callable[..., Any], where: str, error: type[SparsekitError], kwargs: dict[str, Any] | None = None
 ) -> Any:
-    """Call a user's factory or data callable with ``kwargs``; whatever it raises, ``sys.exit()`` and
-    unusable kwargs included, is bad input naming ``where`` (Ctrl-C still interrupts)."""
+    """Call a user's factory or data callable with ``kwargs`` and return what it returns; whatever it
+    raises, ``sys.exit()`` and unusable kwargs included, becomes ``error`` (a
+    :class:`~sparsekit.errors.SparsekitError` subclass) naming ``where``. A SparsekitError it raises
+    passes through; Ctrl-C still interrupts."""
     try:
         return fn(**(kwargs or {}))
     except KeyboardInterrupt:
@@ -202,6 +211,8 @@ def call_user_code(
 
 def _where(spec: str, named_in: str | os.PathLike[str] | None, field: str) -> str:
     if named_in is None:
+        if field in API_SPELLING:  # the caller's option: arch='m:f' in Python, the flag on the command line
+            return option(field, spec)
         return f"{field} {spec!r}" if field else repr(spec)
     return f"{named_in}: {field} {spec!r}" if field else f"{named_in}: {spec!r}"
 
@@ -210,11 +221,11 @@ def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], fie
     if module in trusted_modules():
         return
     if not trust_code:
-        flag = "--data" if field.startswith("data") else "--arch"
+        name = "data" if field.startswith("data") else "arch"
         raise TrustError(
             f"{named_in}: {field or 'the file'} names the code {spec!r}; a file's code runs only when you "
-            f"confirm it: pass {flag} {spec} for this run, or --trust-code to trust module {module!r} "
-            "from now on (Python: trust_code=True)"
+            f"confirm it: pass {option(name, spec)} for this run, or {option('trust_code')} to trust module "
+            f"{module!r} from now on"
         )
     try:
         path = trust_module(module)

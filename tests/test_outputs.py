@@ -154,7 +154,7 @@ def test_interrupted_or_failed_overwrite_leaves_the_previous_results(tmp_path, m
         raise sparsekit.ExportError("simulated export failure")
 
     monkeypatch.setattr(pipeline_mod, "check_zeros", broken_zeros, raising=False)
-    import sparsekit.export as export_mod
+    import sparsekit.onnx.export as export_mod
 
     monkeypatch.setattr(export_mod, "check_zeros", broken_zeros)
     assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *changed, *FAST), "simulated")

@@ -307,7 +307,7 @@ def test_recipe_data_file_outside_its_folders_needs_confirmation(tmp_path, monke
             load_data(named, input_shape=[1, 64], named_in=recipe)
         assert load_data(named, input_shape=[1, 64]).num_classes == 10  # named by the caller: fine
     (work / "link.npz").symlink_to(npz)
-    with pytest.raises(DataError, match="--data link.npz"):
+    with pytest.raises(DataError, match="name it yourself: data='link.npz'"):
         load_data("link.npz", input_shape=[1, 64], named_in=recipe)
     shutil.copy(npz, work / "inside.npz")
     assert load_data("inside.npz", input_shape=[1, 64], named_in=recipe).num_classes == 10

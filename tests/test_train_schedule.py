@@ -1,0 +1,171 @@
+"""The fine-tuning loop's LR schedule: torch.optim.lr_scheduler, stepped per epoch, saved and restored
+on resume, and still driving the optimizer after structured pruning replaced its parameters."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+import sparsekit.train as train_mod
+from examples.models import mlp, small_cnn
+
+SHAPE = [1, 1, 8, 8]
+
+
+def _recipe(schedule: dict[str, Any], *, epochs: int = 4, structured: bool = False, lr: float = 0.05) -> Any:
+    if structured:
+        model: dict[str, Any] = {"input_shape": SHAPE}
+        method = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": {"start_epoch": 1, "end_epoch": 1}}
+    else:
+        model = {}
+        method = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2},
+                  "layers": {"exclude": ["fc3"]}}  # fmt: skip
+    return sparsekit.Recipe(
+        model=model,
+        finetune={"epochs": epochs, "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9}, "lr_schedule": schedule},
+        pruning=[method],
+    )
+
+
+def _data(structured: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(7)
+    shape = SHAPE[1:] if structured else [64]
+    return [(torch.randn(8, *shape, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(3)]
+
+
+def _model(structured: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return small_cnn(width=8, image_size=8) if structured else mlp()
+
+
+def _expected(schedule: dict[str, Any], base: float, epochs: int) -> list[float]:
+    if schedule["name"] == "cosine":
+        return [base * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    if schedule["name"] == "step":
+        return [base * schedule["gamma"] ** (e // schedule["step_size"]) for e in range(epochs)]
+    return [base] * epochs
+
+
+SCHEDULES = [{"name": "cosine"}, {"name": "step", "step_size": 2, "gamma": 0.1}, {"name": "constant"}]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s["name"])
+def test_lr_per_epoch_follows_the_schedule(schedule):
+    r = _recipe(schedule, epochs=6)
+    data = _data(False)
+    _, history, _ = sparsekit.finetune(_model(False), r, data, data[:1], progress=False)
+    got = [h["lr"] for h in history]
+    assert got[0] == 0.05
+    # torch's schedulers compute each epoch's rate from the previous one: equal to the formula to a few ulps.
+    assert got == pytest.approx(_expected(schedule, 0.05, 6), rel=1e-14, abs=0)
+    if schedule["name"] == "constant":
+        assert got == [0.05] * 6
+
+
+def test_make_scheduler_uses_torch_schedulers():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    kinds = {
+        "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+        "step": torch.optim.lr_scheduler.StepLR,
+        "constant": torch.optim.lr_scheduler.ConstantLR,
+    }
+    for name, kind in kinds.items():
+        spec = sparsekit.Recipe(finetune={"epochs": 3, "lr_schedule": {"name": name}}).finetune
+        assert isinstance(train_mod.make_scheduler(opt, spec), kind)
+
+
+def _interrupted_then_resumed(r: Any, structured: bool, tmp_path, stop_after: int) -> tuple[nn.Module, list]:
+    data = _data(structured)
+
+    def stop(row: dict[str, Any]) -> None:
+        if row["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sparsekit.finetune(
+            _model(structured), r, data, data[:1], progress=False, checkpoint_dir=tmp_path, on_epoch=stop
+        )
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == stop_after and state["scheduler"]["last_epoch"] == stop_after
+    model, history, _ = sparsekit.finetune(
+        _model(structured), r, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True
+    )
+    return model, history
+
+
+@pytest.mark.parametrize(
+    ("schedule", "structured", "stop_after"),
+    [({"name": "cosine"}, False, 2), ({"name": "step", "step_size": 1, "gamma": 0.5}, False, 1),
+     ({"name": "cosine"}, True, 2), ({"name": "cosine"}, True, 1)],
+    ids=["cosine", "step", "cosine-structured-after-removal", "cosine-structured-before-removal"],
+)  # fmt: skip
+def test_resume_is_bit_identical(tmp_path, schedule, structured, stop_after):
+    r = _recipe(schedule, structured=structured)
+    data = _data(structured)
+    straight, history, _ = sparsekit.finetune(_model(structured), r, data, data[:1], progress=False)
+    resumed, resumed_history = _interrupted_then_resumed(r, structured, tmp_path, stop_after)
+    assert resumed_history == history  # lr, losses and accuracies, exactly
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_structured_pruning_keeps_the_scheduler_on_the_optimizer(monkeypatch):
+    made: list[torch.optim.lr_scheduler.LRScheduler] = []
+    real = train_mod.make_scheduler
+
+    def spy(optimizer: torch.optim.Optimizer, spec: Any) -> torch.optim.lr_scheduler.LRScheduler:
+        made.append(real(optimizer, spec))
+        return made[-1]
+
+    monkeypatch.setattr(train_mod, "make_scheduler", spy)
+    r = _recipe({"name": "cosine"}, structured=True)
+    data = _data(True)
+    model = _model(True)
+    before = sum(p.numel() for p in model.parameters())
+    model, history, _ = sparsekit.finetune(model, r, data, data[:1], progress=False)
+    assert sum(p.numel() for p in model.parameters()) < before  # channels were removed mid-run
+    (scheduler,) = made
+    optimizer = scheduler.optimizer
+    # The optimizer the scheduler drives trains the new parameters, at the rate the schedule says.
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert [h["lr"] for h in history] == pytest.approx(_expected({"name": "cosine"}, 0.05, 4), rel=1e-14)
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-18)
+
+
+def test_resume_under_a_changed_schedule_continues_the_new_one(tmp_path):
+    data = _data(False)
+
+    def stop(row: dict[str, Any]) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sparsekit.finetune(
+            _model(False), _recipe({"name": "cosine"}), data, data[:1], progress=False, checkpoint_dir=tmp_path,
+            on_epoch=stop,
+        )  # fmt: skip
+    longer = _recipe({"name": "cosine"}, epochs=6, lr=0.1)  # as lr_at(epoch, spec) always did: the recipe's curve
+    _, history, _ = sparsekit.finetune(
+        _model(False), longer, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True
+    )
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["lr"] for h in history[2:]] == pytest.approx(_expected({"name": "cosine"}, 0.1, 6)[2:], rel=1e-14)
+
+
+def test_resume_messages_name_the_option_not_a_flag(tmp_path):
+    data = _data(False)
+    r = _recipe({"name": "constant"}, epochs=3)
+    sparsekit.finetune(_model(False), r, data, data[:1], progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(sparsekit.RecipeError, match=r"already finished epoch 3; start again with overwrite=True$"):
+        sparsekit.finetune(
+            _model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1], progress=False,
+            checkpoint_dir=tmp_path, resume=True,
+        )  # fmt: skip
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(sparsekit.SparsekitError, match=r"start again with overwrite=True$"):
+        sparsekit.finetune(_model(False), r, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True)
