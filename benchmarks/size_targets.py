@@ -12,7 +12,7 @@ relative to the dense fp32 file's raw bytes:
 - int8 top-1 agreement with fp32     target >= 99%    (on the 1,000 validation images)
 
 plus the sparse-storage variants (raw and gzip) for information. The bound counts every float
-parameter of the model (biases too) with ``sparsekit.export.entropy_bound_bytes``; gzip can land
+parameter of the model (biases too) with ``sparsekit.onnx.entropy_bound_bytes``; gzip can land
 under it only if the fp32 values are not 32 random bits. Exit code 1 if a target is missed.
 Results also go to ``DIR/size_targets.json`` (default DIR: $TMPDIR/sparsekit-size-targets).
 Takes 10-30 s on 2 cores.
@@ -36,9 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 from examples.models import lenet_300_100  # noqa: E402
 from sparsekit.data import load_data  # noqa: E402
-from sparsekit.export import entropy_bound_bytes, export_onnx, size_report  # noqa: E402
-from sparsekit.quantize import onnx_accuracy, quantize_int8, top1_agreement  # noqa: E402
-from sparsekit.sparse_storage import to_sparse_storage  # noqa: E402
+from sparsekit.onnx import (  # noqa: E402
+    entropy_bound_bytes,
+    export_onnx,
+    onnx_accuracy,
+    quantize_int8,
+    size_report,
+    to_sparse_storage,
+    top1_agreement,
+)
 
 TARGETS = {"fp32_gzip": 0.15, "int8_gzip": 0.06, "agreement": 0.99}
 

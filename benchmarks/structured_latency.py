@@ -2,7 +2,7 @@
 
 Prunes each example model structurally (torch-pruning, L2 importance, per layer, head kept; no
 training: only shapes matter for latency), exports dense and pruned ONNX, and times both in
-onnxruntime, interleaved with an A/A control (``sparsekit.bench.benchmark``). Prints, per batch size,
+onnxruntime, interleaved with an A/A control (``sparsekit.onnx.benchmark``). Prints, per batch size,
 the p50 latency ratio (pruned / dense), the MACs ratio, and latency ÷ MACs (1.0 = latency falls
 exactly as fast as the arithmetic; above 1, fixed per-op costs eat part of the win).
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))  # `examples.models` importable from anywhere
 
 import sparsekit  # noqa: E402
 from examples.models import lenet_300_100  # noqa: E402
-from sparsekit.bench import latency_table  # noqa: E402
 from sparsekit.data import load_data  # noqa: E402
+from sparsekit.onnx import latency_table  # noqa: E402
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """sparsekit: prune, fine-tune, export and benchmark PyTorch FC/CNN models from a YAML recipe.
 
 The public API is imported lazily (PEP 562): ``import sparsekit`` and the ``sparsekit`` command start
-without loading torch or onnxruntime until a name that needs them is used, so ``sparsekit --help``
+without loading torch or onnxruntime until a name that needs them is used, so the command's help
 is quick and a Ctrl-C during start-up is handled like any other.
 """
 
@@ -37,22 +37,31 @@ __version__ = "0.1.0"
 _LAZY = {
     "Pruner": ".pruner",
     "Recipe": ".recipe",
-    "benchmark": ".bench",
-    "export_onnx": ".export",
+    "Report": ".report",
+    "benchmark": ".onnx",
+    "export_onnx": ".onnx",
     "finetune": ".train",
+    "inspect": ".inspection",
     "layer_report": ".stats",
     "load_model": ".modelio",
     "load_recipe": ".recipe",
+    "plan": ".planning",
+    "run_prune": ".pipeline",
     "save_model": ".modelio",
+    "shipped_recipes": ".recipe_catalog",
     "sparsity": ".stats",
 }
 
 if TYPE_CHECKING:
-    from .bench import benchmark
-    from .export import export_onnx
+    from .inspection import inspect
     from .modelio import load_model, save_model
+    from .onnx import benchmark, export_onnx
+    from .pipeline import run_prune
+    from .planning import plan
     from .pruner import Pruner
     from .recipe import Recipe, load_recipe
+    from .recipe_catalog import shipped_recipes
+    from .report import Report
     from .stats import layer_report, sparsity
     from .train import finetune
 
@@ -77,6 +86,7 @@ __all__ = [
     "Pruner",
     "Recipe",
     "RecipeError",
+    "Report",
     "SparsekitError",
     "TargetError",
     "TrustError",
@@ -84,9 +94,13 @@ __all__ = [
     "benchmark",
     "export_onnx",
     "finetune",
+    "inspect",
     "layer_report",
     "load_model",
     "load_recipe",
+    "plan",
+    "run_prune",
     "save_model",
+    "shipped_recipes",
     "sparsity",
 ]

@@ -338,8 +338,8 @@ def export(
       sparsekit export out/model.pt -o pruned.onnx --arch examples.models:lenet_300_100 --quantize int8
     """
     _load_native("torch", "onnxruntime")
-    from .export import export_onnx
     from .modelio import infer_input_shape, read_model
+    from .onnx import export_onnx
 
     out = out or model.with_suffix(".onnx")
     targets = [out]
@@ -386,7 +386,7 @@ def export(
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
             )
     if sparse_storage:
-        from .sparse_storage import to_sparse_storage
+        from .onnx import to_sparse_storage
 
         ss = res["sparse_storage"] = to_sparse_storage(out, out.with_suffix(".sparse.onnx"))
         lines.append(
@@ -399,7 +399,7 @@ def export(
 def _check_export_targets(model: Path, targets: list[Path]) -> None:
     """Refuse to write over the input or over a file sparsekit did not write (before any work)."""
     from .errors import OutputError
-    from .export import external_data_files, written_by_sparsekit
+    from .onnx import external_data_files, written_by_sparsekit
 
     src = model.resolve()
     for target in targets:
@@ -419,7 +419,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
 
 
 def _export_int8(path: Path, bundle: Any) -> dict[str, Any]:
-    from .quantize import quantize_int8, quantize_on_data
+    from .onnx import quantize_int8, quantize_on_data
 
     if bundle is None:
         return quantize_int8(path, path.with_suffix(".int8.onnx"))
@@ -464,7 +464,7 @@ def bench(
     """Benchmark ONNX FILES in onnxruntime, interleaved (A B A B ...), with ratios to the first file
     and an A/A control (the first file against itself) that shows the noise floor."""
     _load_native("onnxruntime")
-    from .bench import benchmark, latency_table
+    from .onnx import benchmark, latency_table
 
     if any(b <= 0 for b in batch_sizes):
         raise ExportError(f"--batch-size {min(batch_sizes)}: batch sizes must be > 0")

@@ -63,8 +63,7 @@ def inspect(
 
 
 def _inspect_onnx(path: Path) -> dict[str, Any]:
-    from .export import load_onnx, size_report
-    from .onnx_macs import onnx_macs, param_counts
+    from .onnx import load_onnx, onnx_macs, param_counts, size_report
 
     load_onnx(path)  # a clear error naming the file if it is not ONNX
     counts = param_counts(path)  # quantized and sparse-stored weights count as weights too

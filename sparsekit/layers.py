@@ -28,7 +28,7 @@ def _listing(model: nn.Module) -> str:
 
 
 def check_names(model: nn.Module, names: list[str], where: str) -> None:
-    """Every pattern in ``names`` must match at least one module."""
+    """Every pattern in ``names`` must match at least one module; TargetError naming ``where`` otherwise."""
     all_names = [n for n, _ in model.named_modules() if n]
     for pattern in names:
         if not any(fnmatchcase(n, pattern) for n in all_names):
@@ -36,6 +36,8 @@ def check_names(model: nn.Module, names: list[str], where: str) -> None:
 
 
 def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") -> dict[str, nn.Module]:
+    """The prunable layers a recipe's ``layers:`` selects, by name, in model order. Raises TargetError
+    naming ``where`` when an include or exclude pattern matches nothing, or nothing is left."""
     candidates = prunable_layers(model, tuple(spec.types))
     everything = prunable_layers(model)
     for pattern in spec.include:

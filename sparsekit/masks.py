@@ -24,11 +24,13 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 
 def get_mask(module: nn.Module) -> torch.Tensor | None:
+    """The module's mask (bool, the weight's shape, False = pruned), or None when it has none."""
     # Not getattr: nn.Module.__getattr__ raises and catches for every module without a mask (slow).
     return module._buffers.get(MASK)
 
 
 def ensure_mask(module: nn.Module) -> torch.Tensor:
+    """The module's mask, created all ones (bool, the weight's shape and device) when it has none."""
     mask = get_mask(module)
     if mask is None:
         mask = torch.ones_like(weight_of(module), dtype=torch.bool)
@@ -45,6 +47,7 @@ def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
 
 @torch.no_grad()
 def apply_mask(module: nn.Module) -> None:
+    """Zero the masked weights in place (the parameter object stays the same); no-op without a mask."""
     mask = get_mask(module)
     if mask is not None:
         # float * bool is not vectorized on CPU; the same bytes viewed as uint8 are (~4x faster).
@@ -52,6 +55,7 @@ def apply_mask(module: nn.Module) -> None:
 
 
 def apply_masks(model: nn.Module) -> None:
+    """:func:`apply_mask` on every module of ``model``."""
     for module in model.modules():
         apply_mask(module)
 
@@ -108,6 +112,7 @@ def global_topk_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[
 
 
 def layer_topk_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """:func:`global_topk_masks` for each layer on its own: every layer loses ``round(sparsity * n)``."""
     return {name: global_topk_masks({name: s}, sparsity)[name] for name, s in scores.items()}
 
 

@@ -24,7 +24,7 @@ from .pruner import Pruner
 from .recipe import Recipe
 from .report import Benchmark, Int8, Report, Speedup, notes, what_it_buys
 from .stats import layer_report, model_stats
-from .train import calibrate, evaluate, finetune
+from .train import calibrate, evaluate, finetune, steps_per_epoch
 
 log = logging.getLogger("sparsekit")
 
@@ -203,8 +203,7 @@ def check_inputs(
         named_in=None if data else (recipe.source or "the recipe"),
         trust_code=trust_code,
     )
-    limit = recipe.finetune.max_steps_per_epoch
-    spe = len(bundle.train) if limit is None else min(len(bundle.train), limit)
+    spe = steps_per_epoch(recipe.finetune, len(bundle.train))
     return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
 
 
@@ -250,7 +249,7 @@ def _run(
     int8 = quantize(stage, inputs.bundle, final_out) if recipe.export.quantize == "int8" else None
     sparse_store = None
     if recipe.export.sparse_storage:
-        from .sparse_storage import to_sparse_storage
+        from .onnx import to_sparse_storage
 
         sparse_store = to_sparse_storage(stage / "model.onnx", stage / "model.sparse.onnx")
         sparse_store["path"] = str(final_out / "model.sparse.onnx")
@@ -266,8 +265,8 @@ def _run(
             "train_batches": len(inputs.bundle.train),
             "val_batches": len(inputs.bundle.val),
         },
-        dense={**dense.metrics, **dense.stats, **onnx_sizes(stage / "dense.onnx", 32)},
-        pruned={**pruned.metrics, **pruned.stats, **onnx_sizes(stage / "model.onnx", 32)},
+        dense={**dense.metrics, **dense.stats, **file_sizes(stage / "dense.onnx", 32)},
+        pruned={**pruned.metrics, **pruned.stats, **file_sizes(stage / "model.onnx", 32)},
         layers=pruned.layers,
         dense_layers=dense.layers,
         history=history,
@@ -294,7 +293,7 @@ def _run(
 def measure(model: nn.Module, inputs: Inputs, recipe: Recipe, onnx_path: Path) -> Measured:
     """Evaluate ``model`` on the validation split, count it, and export it to ``onnx_path`` (which
     checks ONNX/torch parity and that every zero survived)."""
-    from .export import export_onnx
+    from .onnx import export_onnx
 
     ex = recipe.export
     metrics = evaluate(model, inputs.bundle.val)
@@ -330,11 +329,10 @@ def prune_model(
     return pruner.finalize().eval(), history, pruner
 
 
-def onnx_sizes(path: Path, value_bits: int) -> dict[str, Any]:
+def file_sizes(path: Path, value_bits: int) -> dict[str, Any]:
     """Size of an ONNX file (external data included) and how close gzip comes to the entropy bound
     (nonzero fraction x value bits + binary entropy of the zero mask, per weight)."""
-    from .export import entropy_bound_bytes, size_report
-    from .onnx_macs import param_counts
+    from .onnx import entropy_bound_bytes, param_counts, size_report
 
     counts = param_counts(path)  # quantized weights count as weights, so int8 and fp32 compare alike
     s = size_report(path, counts["nonzero_params"])
@@ -352,10 +350,10 @@ def onnx_sizes(path: Path, value_bits: int) -> dict[str, Any]:
 
 def quantize(stage: Path, bundle: Any, final_out: Path) -> Int8:
     """int8 QDQ calibrated on training batches; accuracy and top-1 agreement measured on validation."""
-    from .quantize import quantize_on_data
+    from .onnx import quantize_on_data
 
     res = quantize_on_data(stage / "model.onnx", stage / "model.int8.onnx", bundle)
-    res.update(onnx_sizes(stage / "model.int8.onnx", 8))
+    res.update(file_sizes(stage / "model.int8.onnx", 8))
     res["path"] = str(final_out / "model.int8.onnx")
     return Int8.model_validate(res)
 
@@ -364,9 +362,7 @@ def method_results(pruner: Pruner) -> list[dict[str, Any]]:
     """One entry per ``pruning`` item: the method, its layers, its target and its own report."""
     rows = []
     for m, spec in zip(pruner.methods, pruner.recipe.pruning, strict=True):
-        row: dict[str, Any] = {"method": m.name, "layers": list(m.layers)}
-        if hasattr(m, "report"):
-            row.update(m.report())
+        row: dict[str, Any] = {"method": m.name, "layers": list(m.layers), **m.report()}
         if hasattr(spec, "sparsity"):
             row["target_sparsity"] = spec.sparsity
         rows.append(row)
@@ -376,7 +372,7 @@ def method_results(pruner: Pruner) -> list[dict[str, Any]]:
 def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int], progress: bool) -> None:
     """Time dense, pruned (and int8) side by side in onnxruntime and put latency, throughput and the
     speedups with their A/A control into ``report``."""
-    from .bench import benchmark
+    from .onnx import benchmark
 
     b = recipe.benchmark
     files = [stage / "dense.onnx", stage / "model.onnx"] + ([stage / "model.int8.onnx"] if report.int8 else [])

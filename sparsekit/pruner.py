@@ -3,11 +3,17 @@
 >>> pruner = Pruner(model, recipe, steps_per_epoch=len(train_loader))
 >>> loss = criterion(model(x), y) + pruner.penalty(); loss.backward(); opt.step(); pruner.step()
 >>> model = pruner.finalize()
+
+Each entry of the recipe's ``pruning`` list becomes a method (:mod:`sparsekit.methods`); the Pruner
+calls their hooks and alone keeps the run's state: the step count, the masks, the structural
+``pruning_history`` and ``structure_changed``, which it updates from the
+:class:`~sparsekit.methods.Changes` the methods return.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,9 +31,38 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class Pruner:
-    """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step."""
+    """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step.
 
-    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, context: dict | None = None):
+    ``model``: the model to prune, changed in place (a DistributedDataParallel / DataParallel wrapper
+    is unwrapped). ``steps_per_epoch``: optimizer steps per epoch (``len(train_loader)``), which turns
+    the recipe's epochs into steps; ValueError when not positive. ``context``: ``{"input_shape": [1,
+    ...]}``, the batch-first shape of one input, needed by methods that trace the model (structured,
+    l1 ``remove_dead``); defaults to the recipe's ``model.input_shape``.
+
+    ``scorers``: Python-only replacements of entries' criteria, by index into ``recipe.pruning``
+    (recipes themselves name criteria only: file data never names code):
+
+    - a ``magnitude`` or ``gradient`` entry takes a scorer ``fn(weight, grad) -> scores`` of the weight's
+      shape, higher = keep (see :mod:`sparsekit.methods.scorers`);
+    - a ``structured`` entry takes a torch-pruning importance, e.g.
+      ``tp.importance.GroupMagnitudeImportance(p=1)``, or any ``fn(group) -> Tensor[channels]``.
+
+    >>> pruner = Pruner(model, recipe, len(loader), scorers={0: lambda w, g: -w.abs()})
+
+    A non-callable scorer is a TypeError; an index outside ``recipe.pruning`` or an entry that ranks
+    nothing (l1, max_norm) is a ValueError. Building also raises TargetError when a recipe's layer
+    selection does not fit the model or two methods would mask the same weights.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        steps_per_epoch: int,
+        *,
+        context: dict | None = None,
+        scorers: Mapping[int, Callable[..., Any]] | None = None,
+    ):
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model = _unwrap(model)
@@ -37,14 +72,26 @@ class Pruner:
         self.pruning_history: list = []  # torch-pruning's replayable history (structured methods)
         # Set when a structural method replaced parameters: rebuild the optimizer, then reset it.
         self.structure_changed = False
-        self.context = {"pruner": self, **(context or {})}
+        self.context = dict(context or {})
         if not self.context.get("input_shape") and recipe.model.input_shape:
             self.context["input_shape"] = list(recipe.model.input_shape)
+        shape = self.context.get("input_shape")
+        chosen = _check_scorers(scorers or {}, len(recipe.pruning))
         self.methods = [
-            methods.build(spec, self.model, i, steps_per_epoch, self.context) for i, spec in enumerate(recipe.pruning)
+            methods.build(
+                spec,
+                self.model,
+                methods.Setup(
+                    index=i,
+                    steps_per_epoch=steps_per_epoch,
+                    input_shape=[int(d) for d in shape] if shape else None,
+                    scorer=chosen.get(i),
+                ),
+            )
+            for i, spec in enumerate(recipe.pruning)
         ]
         self._check_overlap()
-        self._structural = any(getattr(m, "structural", False) for m in self.methods)
+        self._structural = any(m.structural for m in self.methods)
         self._param_names: dict[int, str] = {}
         if self._structural:
             self._remember_params()
@@ -68,9 +115,7 @@ class Pruner:
         # a masking method's masks and scores on those weights would no longer fit. (Masks created
         # by l1 are refitted instead, see surgery.refit_masks.)
         for i, method in enumerate(self.methods):
-            if not getattr(method, "structural", False):
-                continue
-            for name in getattr(method, "touched", method.layers):
+            for name in method.touched:
                 if name in owner:
                     j = owner[name]
                     how = "removes output channels of" if name in method.layers else "shrinks the inputs of"
@@ -115,8 +160,15 @@ class Pruner:
             self._remember_params()
         self.step_count += 1
         for method in self.methods:
-            method.after_step(self.step_count)
+            self._record(method.after_step(self.step_count))
         apply_masks(self.model)
+
+    def _record(self, changes: methods.Changes) -> None:
+        """Take note of what a method's hook did: the one place the Pruner's structural state changes."""
+        if changes.history:
+            self.pruning_history.extend(changes.history)
+        if changes.structure_changed:
+            self.structure_changed = True
 
     def _remember_params(self) -> None:
         # Names of the parameter objects an optimizer may hold, so update_optimizer can map them to
@@ -151,23 +203,29 @@ class Pruner:
 
     @property
     def epoch(self) -> float:
+        """Epochs completed, fractional: optimizer steps taken / ``steps_per_epoch``."""
         return self.step_count / self.steps_per_epoch
 
     def finalize(self) -> nn.Module:
         """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
-        and buffers. Returns the model to save/export (possibly a new, smaller object)."""
+        and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
+        TargetError when a method could not do its job (e.g. gradient scores never arrived)."""
         apply_masks(self.model)
         model = self.model
         for method in self.methods:
-            model = method.finalize(model)
+            model, changes = method.finalize(model)
+            self._record(changes)
         self.model = bake(model)
         self.finalized = True
         return self.model
 
     def masks(self) -> dict[str, torch.Tensor]:
+        """A copy of every mask, by module name: bool tensors of the weight's shape, False = pruned."""
         return {n: mask.clone() for n, m in self.model.named_modules() if (mask := get_mask(m)) is not None}
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume bit-identically: step count, masks, each method's state and
+        the structural ``pruning_history``. Restore it with :meth:`load_state_dict`."""
         return {
             "step": self.step_count,
             "masks": self.masks(),
@@ -211,4 +269,18 @@ class Pruner:
         apply_masks(self.model)
 
     def summary(self) -> list[dict[str, Any]]:
+        """``[{"method": name, "layers": [layer names]}]``, one row per recipe entry."""
         return [{"method": m.name, "layers": list(m.layers)} for m in self.methods]
+
+
+def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> dict[int, Callable[..., Any]]:
+    """``scorers`` as a dict after checking its keys index ``recipe.pruning`` (ValueError otherwise);
+    each method checks its own scorer."""
+    for key in scorers:
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < entries:
+            raise ValueError(
+                f"scorers: key {key!r} is not an index of the recipe's pruning list "
+                f"({f'0..{entries - 1}' if entries else 'it is empty'}); "
+                "scorers={index: scorer} replaces the criterion of pruning[index]"
+            )
+    return dict(scorers)

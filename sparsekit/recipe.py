@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -75,6 +75,9 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
+    """``model:``: how to build the model (``factory`` + JSON-like ``kwargs``, run only when confirmed, see
+    :mod:`sparsekit.trust`) and ``input_shape``, batch first (e.g. ``[1, 1, 28, 28]``)."""
+
     factory: str | None = Field(None, description="pkg.module:callable that builds the model")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     input_shape: list[Annotated[Int, Field(gt=0, le=MAX_CHANNELS)]] | None = Field(None, max_length=MAX_INPUT_DIMS)
@@ -138,6 +141,9 @@ def _json_problem(value: Any, path: str, depth: int, active: set[int]) -> tuple[
 
 
 class DataSpec(_Strict):
+    """``data:``: the source (a built-in name, a ``.npz`` file or ``pkg.module:callable``), batch size,
+    validation fraction and the size of the synthetic set."""
+
     source: str = "digits"
     batch_size: Int = Field(64, gt=0, le=MAX_BATCH)
     val_fraction: Float = Field(0.2, gt=0, lt=1)
@@ -145,6 +151,8 @@ class DataSpec(_Strict):
 
 
 class OptimizerSpec(_Strict):
+    """``finetune.optimizer:``: sgd | adam | adamw with learning rate, momentum (sgd) and weight decay."""
+
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: Float = Field(0.01, gt=0, le=MAX_LR)
     momentum: Float = Field(0.9, ge=0, lt=1)
@@ -152,12 +160,17 @@ class OptimizerSpec(_Strict):
 
 
 class LRScheduleSpec(_Strict):
+    """``finetune.lr_schedule:``: constant, cosine over the epochs, or step (x ``gamma`` every ``step_size`` epochs)."""
+
     name: Literal["constant", "cosine", "step"] = "constant"
     step_size: Int = Field(1, gt=0, le=MAX_EPOCHS, description="epochs between decays (step)")
     gamma: Float = Field(0.1, gt=0, le=1)
 
 
 class FinetuneSpec(_Strict):
+    """``finetune:``: epochs (0: prune without training), optimizer, LR schedule, loss, optional cap on batches
+    per epoch."""
+
     epochs: Int = Field(0, ge=0, le=MAX_EPOCHS)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
@@ -200,6 +213,9 @@ def _default_layer_types() -> list[LayerType]:
 
 
 class LayerSelect(_Strict):
+    """``layers:``: shell globs over ``named_modules()`` names (``include`` minus ``exclude``), restricted to
+    module ``types``."""
+
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     types: list[LayerType] = Field(default_factory=_default_layer_types)
@@ -217,6 +233,8 @@ class _MethodBase(_Strict):
 
 
 class MagnitudeSpec(_MethodBase):
+    """``method: magnitude``: prune the smallest |w| to ``sparsity`` (see :mod:`sparsekit.methods.magnitude`)."""
+
     method: Literal["magnitude"]
     sparsity: Float = Field(ge=0, lt=1)
     scope: Literal["global", "layer"] = "global"
@@ -224,6 +242,8 @@ class MagnitudeSpec(_MethodBase):
 
 
 class GradientSpec(_MethodBase):
+    """``method: gradient``: prune by taylor or movement scores (see :mod:`sparsekit.methods.gradient`)."""
+
     method: Literal["gradient"]
     criterion: Literal["taylor", "movement"] = "taylor"
     sparsity: Float = Field(ge=0, lt=1)
@@ -235,6 +255,8 @@ class GradientSpec(_MethodBase):
 
 
 class L1Spec(_MethodBase):
+    """``method: l1``: L1 / group-lasso penalty or proximal step (see :mod:`sparsekit.methods.l1`)."""
+
     method: Literal["l1"]
     strength: Float = Field(gt=0, le=MAX_STRENGTH)
     mode: Literal["penalty", "proximal"] = "penalty"
@@ -246,11 +268,15 @@ class L1Spec(_MethodBase):
 
 
 class MaxNormSpec(_MethodBase):
+    """``method: max_norm``: bound each output unit's incoming-weight norm (see :mod:`sparsekit.methods.max_norm`)."""
+
     method: Literal["max_norm"]
     max_value: Float = Field(gt=0, le=MAX_MAGNITUDE)
 
 
 class StructuredSpec(_MethodBase):
+    """``method: structured``: remove a ``ratio`` of output channels (see :mod:`sparsekit.methods.structured`)."""
+
     method: Literal["structured"]
     ratio: Float = Field(gt=0, lt=1)
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l2"
@@ -267,9 +293,20 @@ class StructuredSpec(_MethodBase):
 MethodSpec = Annotated[
     MagnitudeSpec | GradientSpec | L1Spec | MaxNormSpec | StructuredSpec, Field(discriminator="method")
 ]
+"""One entry of ``pruning``: the spec class is chosen by its ``method:`` value."""
+
+METHOD_SPECS: tuple[type[_MethodBase], ...] = get_args(get_args(MethodSpec)[0])
+"""The spec class of every method, in the union's order."""
+
+METHOD_NAMES: tuple[str, ...] = tuple(get_args(spec.model_fields["method"].annotation)[0] for spec in METHOD_SPECS)
+"""Every ``method:`` name the schema accepts, derived from :data:`MethodSpec` (the one list of names in
+this module). ``sparsekit.methods.REGISTRY`` must hold the same names (a test checks it); this module
+does not import it, so that validating a recipe imports no torch."""
 
 
 class ExportSpec(_Strict):
+    """``export:``: ONNX opset and exporter, int8 quantization, sparse storage."""
+
     onnx: bool = True
     opset: Int = Field(18, ge=13, le=23)
     quantize: Literal["none", "int8"] = "none"
@@ -278,6 +315,8 @@ class ExportSpec(_Strict):
 
 
 class BenchmarkSpec(_Strict):
+    """``benchmark:``: onnxruntime latency measurement (batch sizes, threads, warm-up and timed runs)."""
+
     enabled: bool = True
     batch_sizes: list[Annotated[Int, Field(gt=0, le=MAX_BATCH)]] = Field(
         default_factory=lambda: [1, 32], min_length=1, max_length=64
@@ -329,7 +368,6 @@ class Recipe(_Strict):
         return self
 
 
-_METHOD_TAGS = ("magnitude", "gradient", "l1", "max_norm", "structured")
 _BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 MAX_ERRORS_SHOWN = 8
 
@@ -340,7 +378,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _METHOD_TAGS and isinstance(previous, int):
+        elif part in METHOD_NAMES and isinstance(previous, int):
             pass  # the discriminator tag pydantic adds after a pruning[i] index
         elif isinstance(part, str) and part.startswith(("function-", "union[")):
             pass  # validator wrappers pydantic adds to the location
@@ -356,7 +394,7 @@ def _message(e: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; README.md, section Recipes, lists every key)"
     if kind == "union_tag_not_found":
-        return "missing 'method:'; use one of 'magnitude', 'gradient', 'l1', 'max_norm', 'structured'"
+        return f"missing 'method:'; use one of {', '.join(map(repr, METHOD_NAMES))}"
     if kind == "union_tag_invalid":
         return f"unknown method {short(str(ctx.get('tag')))!r}; use one of {ctx.get('expected_tags')}"
     if kind == "finite_number":
@@ -370,6 +408,8 @@ def _message(e: Any) -> str:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line for a pydantic ``err``: ``source: path: problem; path: problem`` (at most
+    ``MAX_ERRORS_SHOWN`` problems, each with its YAML path, e.g. ``pruning[0].sparsity``)."""
     errors = err.errors()
     lines = []
     for e in errors[:MAX_ERRORS_SHOWN]:
@@ -382,6 +422,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate a mapping (parsed YAML, or a dict built in Python) into a :class:`Recipe`; RecipeError naming
+    ``source`` and the field at fault for anything else, including values that are not plain data."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a YAML mapping (got {type(data).__name__})")
     check_plain_data(data, source)
@@ -392,7 +434,8 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override (``--set``) and validate a recipe file: a Recipe or a RecipeError, whatever the input."""
+    """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file: a Recipe or a
+    RecipeError, whatever the input."""
     data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)

@@ -15,6 +15,11 @@ from .recipe import ScheduleSpec
 
 @dataclass(frozen=True)
 class Schedule:
+    """When masks change and to which target sparsity, in optimizer steps (see the module docstring).
+
+    Targets are fractions in ``[0, 1)`` of the method's selected weights; ``curve`` is ``cubic`` (Zhu &
+    Gupta) or ``linear``."""
+
     start: int  # first update step
     end: int  # step at which the final target is reached
     every: int  # steps between updates
@@ -24,6 +29,8 @@ class Schedule:
 
     @classmethod
     def from_spec(cls, spec: ScheduleSpec, final: float, steps_per_epoch: int) -> Schedule:
+        """From a recipe's ``schedule`` (in epochs) and the method's ``final`` target: epochs become steps
+        (rounded; ``every`` at least one step)."""
         start = round(spec.start_epoch * steps_per_epoch)
         end = round(spec.end_epoch * steps_per_epoch)
         every = max(1, round(spec.every * steps_per_epoch))
@@ -31,6 +38,7 @@ class Schedule:
 
     @property
     def oneshot(self) -> bool:
+        """True when the whole target is applied at a single step."""
         return self.end == self.start
 
     def is_update(self, step: int) -> bool:

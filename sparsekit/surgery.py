@@ -1,8 +1,9 @@
 """Physical channel surgery, always through torch-pruning's dependency graph.
 
-torch-pruning (``tp``) knows how removing an output channel ripples into BatchNorm, the next layer's
-inputs, residual adds, depthwise/grouped convolutions and flatten→linear; this module never
-re-derives that. It adds three things on top:
+torch-pruning (Fang et al., 2023, DepGraph) knows how removing an output channel ripples into BatchNorm,
+the next layer's inputs, residual adds, depthwise/grouped convolutions and flatten→linear; this module
+never re-derives that, and reaches torch-pruning only through :mod:`sparsekit.tp_adapter` (which imports
+it on first use). It adds three things on top:
 
 - :func:`replay_history` rebuilds a pruned shape from tp's JSON-able ``pruning_history()`` on a
   freshly built dense model, so checkpoints never need unpickling.
@@ -25,12 +26,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .errors import ModelFileError, one_line
+from . import tp_adapter as tpa
+from .errors import ModelFileError, one_line, option
 from .layers import prunable_layers
 from .masks import MASK, apply_mask, get_mask, weight_of
 
@@ -68,6 +69,9 @@ def traced(model: nn.Module) -> Iterator[None]:
 def example_input(
     model: nn.Module, input_shape: Sequence[int], batch: int | None = None, random: bool = False
 ) -> torch.Tensor:
+    """An input for tracing ``model``: zeros of ``input_shape`` (batch first, e.g. ``[1, 784]``), or seeded
+    standard-normal values with ``random``; ``batch`` replaces the first dimension. On the device and in
+    the dtype of the model's first parameter (CPU float32 for a model without parameters)."""
     param = next(iter(model.parameters()), None)
     kw: dict[str, Any] = {"dtype": param.dtype, "device": param.device} if param is not None else {}
     shape = [int(d) for d in input_shape]
@@ -79,12 +83,11 @@ def example_input(
     return torch.zeros(shape, **kw)
 
 
-def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
-    """tp's dependency graph of ``model`` traced with a zero input of ``input_shape``."""
+def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tpa.Graph:
+    """torch-pruning's dependency graph of ``model`` traced with a zero input of ``input_shape``
+    (batch first, e.g. ``[1, 1, 28, 28]``). Raises whatever the model's forward raises on that input."""
     with traced(model):
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input(model, input_shape), verbose=False
-        )
+        return tpa.dependency_graph(model, example_input(model, input_shape))
 
 
 def normalize_history(history: Sequence[Any]) -> list[list[Any]]:
@@ -119,31 +122,34 @@ def replay_history(model: nn.Module, history: Sequence[Any], input_shape: Sequen
     for i, (name, is_out, idxs) in enumerate(entries):
         module = modules.get(name) if name else None  # "" would be the model itself
         where = f"pruning_history[{i}] ({'outputs' if is_out else 'inputs'} of {name!r})"
-        try:
-            pruner = graph.get_pruner_of_module(module) if module is not None else None
-            channels = None
-            if pruner is not None:
-                channels = graph.get_out_channels(module) if is_out else graph.get_in_channels(module)
-        except Exception:  # noqa: BLE001 - tp raises KeyError & co. for modules it cannot prune
-            pruner = None
-        if pruner is None:
+        channels = _channels(graph, module, is_out) if module is not None else None
+        if module is None or channels is None:
             raise ModelFileError(
                 f"{where}: {arch} has no prunable module named {name!r}; the checkpoint was pruned from a "
-                "different architecture (check model.factory / --arch and model.kwargs)"
+                f"different architecture (check model.factory / {option('arch')} and model.kwargs)"
             )
         if not idxs:
             continue
-        if channels is not None and (max(idxs) >= channels or min(idxs) < 0 or len(idxs) >= channels):
+        if max(idxs) >= channels or min(idxs) < 0 or len(idxs) >= channels:
             raise ModelFileError(
                 f"{where}: removes indices {idxs[:8]}{' …' if len(idxs) > 8 else ''} but the layer has "
                 f"{channels} channels at this point; the checkpoint does not fit {arch} (check model.kwargs)"
             )
         try:
-            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
-            graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
+            tpa.prune(tpa.channel_group(graph, module, idxs, outputs=is_out), record_history=False)
         except Exception as err:  # tp raises assorted types for indices that do not fit
             raise ModelFileError(f"{where}: cannot be replayed on {arch} ({one_line(err, 200)})") from None
     return model
+
+
+def _channels(graph: tpa.Graph, module: nn.Module, outputs: bool) -> int | None:
+    """The module's current output (or input) channel count; None when torch-pruning cannot prune it."""
+    if not tpa.can_prune(graph, module):
+        return None
+    try:
+        return tpa.out_channels(graph, module) if outputs else tpa.in_channels(graph, module)
+    except Exception:  # noqa: BLE001 - tp raises KeyError & co. for modules it cannot prune
+        return None
 
 
 def last_layer(model: nn.Module, input_shape: Sequence[int]) -> str | None:
@@ -184,11 +190,12 @@ def refit_masks(model: nn.Module) -> list[str]:
     return names
 
 
-def prune_group(model: nn.Module, group: Any) -> None:
-    """``group.prune()`` with masks kept consistent: masked zeros are applied first, masks refitted after."""
+def prune_group(model: nn.Module, group: tpa.Group) -> None:
+    """Remove a torch-pruning group's channels from ``model`` (in place, recorded in the graph's history)
+    with masks kept consistent: masked zeros are applied first, masks refitted after."""
     for module in model.modules():
         apply_mask(module)
-    group.prune()
+    tpa.prune(group)
     refit_masks(model)
 
 
@@ -209,33 +216,32 @@ def _is_constant(t: torch.Tensor) -> tuple[bool, torch.Tensor]:
     return ok, ref.flatten()
 
 
-def _only_bn_after(graph: tp.DependencyGraph, module: nn.Module) -> _BatchNorm | None:
-    outs = graph.module2node[module].outputs
-    if len(outs) == 1 and isinstance(outs[0].module, _BatchNorm) and outs[0].module.running_mean is not None:
-        return outs[0].module
+def _only_bn_after(graph: tpa.Graph, module: nn.Module) -> _BatchNorm | None:
+    after = tpa.sole_consumer(graph, module)
+    if isinstance(after, _BatchNorm) and after.running_mean is not None:
+        return after
     return None
 
 
-def _fold_plan(graph: tp.DependencyGraph, group: Any, inputs: dict[nn.Module, torch.Tensor]) -> list | None:
+def _fold_plan(graph: tpa.Graph, group: tpa.Group, inputs: dict[nn.Module, torch.Tensor]) -> list | None:
     """How to absorb the removed units' constant output into their consumers, or None when that
     cannot be done exactly (then the units stay).
 
     Returns ``[(tensor_to_change, delta)]``: ``bias += delta`` or ``running_mean -= delta``."""
-    root = group[0].dep.target.module
+    root = tpa.group_root(group)
     consumers = []
-    for item in group:
-        dep, idxs = item.dep, item.idxs
-        node, module = dep.target, dep.target.module
+    for member in tpa.group_members(graph, group):
+        module, idxs = member.module, member.idxs
         if module is root:
             continue
-        if node.type == tp.ops.OPTYPE.OUTPUT or isinstance(module, nn.Parameter):
+        if member.is_model_output or isinstance(module, nn.Parameter):
             return None  # the units reach the model's output, or an unwrapped parameter
         if isinstance(module, _BatchNorm):
             continue  # per-channel affine: a constant stays a constant; tp drops its entries
         if isinstance(module, nn.Linear | _ConvNd):
             # Output-channel coupling (a residual add, a depthwise conv) means the same channel
             # carries another layer's live output: removing it is not a no-op.
-            if graph.is_out_channel_pruning_fn(dep.handler) or getattr(module, "transposed", False):
+            if member.out_channels or getattr(module, "transposed", False):
                 return None
             consumers.append((module, list(idxs)))
             continue
@@ -307,20 +313,18 @@ def remove_dead_units(
     layers = prunable_layers(model)
     for name in forward_order(model, input_shape):
         module = layers[name]
-        if name in skip or module not in graph.module2node:
+        if name in skip or not tpa.in_graph(graph, module):
             continue
         dead = _dead_rows(module)
-        pruner = graph.get_pruner_of_module(module)
-        if len(dead) >= pruner.get_out_channels(module):
+        if len(dead) >= tpa.out_channels(graph, module):
             dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
         if not dead:
             continue
-        fn = pruner.prune_out_channels
-        inputs = _consumer_inputs(model, graph.get_pruning_group(module, fn, dead), probe)
+        inputs = _consumer_inputs(model, tpa.channel_group(graph, module, dead), probe)
         # Unit by unit, so one unit that must stay does not keep the others.
         removable, plan = [], []
         for unit in dead:
-            unit_plan = _fold_plan(graph, graph.get_pruning_group(module, fn, [unit]), inputs)
+            unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs)
             if unit_plan is not None:
                 removable.append(unit)
                 plan.extend(unit_plan)
@@ -329,19 +333,17 @@ def remove_dead_units(
         with torch.no_grad():
             for tensor, delta in plan:
                 tensor.add_(delta.to(tensor.dtype))
-        group = graph.get_pruning_group(module, fn, removable)
-        prune_group(model, group)
+        prune_group(model, tpa.channel_group(graph, module, removable))
     with traced(model), torch.no_grad():
         after = model(probe)
     if after.shape != reference.shape or not torch.allclose(after, reference, rtol=1e-4, atol=1e-5):
         warnings.warn("remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2)
         return backup, []
-    return model, normalize_history(graph.pruning_history())
+    return model, normalize_history(tpa.pruning_history(graph))
 
 
-def _consumer_inputs(model: nn.Module, group: Any, probe: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
-    wanted = {item.dep.target.module for item in group}
-    wanted = {m for m in wanted if isinstance(m, nn.Linear | _ConvNd)}
+def _consumer_inputs(model: nn.Module, group: tpa.Group, probe: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+    wanted = {m for m in tpa.group_modules(group) if isinstance(m, nn.Linear | _ConvNd)}
     seen: dict[nn.Module, torch.Tensor] = {}
 
     def grab(module: nn.Module, args: tuple) -> None:

@@ -39,6 +39,13 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: FinetuneSpec) -> torch.
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
+def steps_per_epoch(spec: FinetuneSpec, n_batches: int) -> int:
+    """Optimizer steps in one fine-tuning epoch: the training loader's ``n_batches``, capped by
+    ``finetune.max_steps_per_epoch``. The Pruner's schedules are laid out in these steps."""
+    cap = spec.max_steps_per_epoch
+    return n_batches if cap is None else min(n_batches, cap)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: FinetuneSpec) -> torch.optim.lr_scheduler.LRScheduler:
     """The ``torch.optim.lr_scheduler`` for ``spec.lr_schedule``, to be stepped once per epoch (after the
     epoch's optimizer steps). With base rate ``lr = spec.optimizer.lr``, epoch ``e`` (from 0) trains at:
@@ -172,7 +179,7 @@ def finetune(
     :class:`~sparsekit.errors.SparsekitError` when the checkpoint cannot be resumed (unreadable, another
     model, or the recipe's pruning section changed)."""
     spec = recipe.finetune
-    steps = len(train_loader) if spec.max_steps_per_epoch is None else min(len(train_loader), spec.max_steps_per_epoch)
+    steps = steps_per_epoch(spec, len(train_loader))
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
     optimizer = make_optimizer(model.parameters(), spec)

@@ -10,10 +10,12 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-import sparsekit.bench as bench_mod
-from sparsekit.bench import _significant, benchmark, latency_table
+import sparsekit.onnx.bench as bench_mod
 from sparsekit.errors import ExportError
-from sparsekit.export import export_onnx
+from sparsekit.onnx import benchmark, export_onnx, latency_table
+from sparsekit.onnx.bench import _significant
+from sparsekit.onnx.graph import activation_bytes
+from sparsekit.onnx.sessions import open_session
 
 
 def _export(model: nn.Module, path, features: int = 784) -> str:
@@ -104,7 +106,7 @@ def _relu_model(path, shape) -> str:
 
 def test_symbolic_dims_need_input_shape(tmp_path):
     path = _relu_model(tmp_path / "sym.onnx", ["batch", "width"])
-    with pytest.raises(ExportError, match="--input-shape"):
+    with pytest.raises(ExportError, match=r"input_shape=\[1, 3, 32, 32\]"):
         benchmark(path, batch_sizes=[2], runs=1, warmup=0)
     for shape in ([1, 7], [7]):  # with or without the batch dim
         result = benchmark(path, batch_sizes=[2], runs=2, warmup=0, input_shape=shape)
@@ -138,7 +140,7 @@ def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch
     log = []
 
     class FakeSession:
-        def __init__(self, path, threads, provider):
+        def __init__(self, path, *, provider, threads, spinning):
             self.path = path
 
         def get_inputs(self):
@@ -147,7 +149,7 @@ def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch
         def run(self, outputs, feed):
             log.append(self)
 
-    monkeypatch.setattr(bench_mod, "_session", FakeSession)
+    monkeypatch.setattr(bench_mod, "open_session", FakeSession)
     benchmark([files["tiny"], files["small"]], batch_sizes=[1], runs=3, warmup=0, input_shape=[1, 16])
 
     a, b, control = log[:3]
@@ -157,7 +159,7 @@ def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch
 
 
 def test_session_options(files):
-    opts = bench_mod._session(files["tiny"], 1, "CPUExecutionProvider").get_session_options()
+    opts = open_session(files["tiny"], threads=1).get_session_options()
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -170,7 +172,7 @@ def test_batch_that_cannot_fit_in_memory_is_refused_before_running(files, monkey
 
     monkeypatch.setattr(bench_mod, "available_memory", lambda: 1 << 30)  # a 1 GiB machine
     pair = [files["big"], files["small"]]
-    per_sample = bench_mod._sample_bytes(Path(files["big"]), [784])
+    per_sample = activation_bytes(Path(files["big"]), [784])
     # input, two 1000-wide hidden layers (+ their ReLUs), logits: all grow with the batch
     assert per_sample is not None and per_sample >= 4 * (784 + 2 * 1000 + 10)
     with pytest.raises(ExportError, match="GiB available"):
@@ -182,6 +184,6 @@ def test_unsized_graphs_are_still_bounded(files, monkeypatch):
     """When shape inference cannot size the graph, the check assumes activations of up to 16x the
     input rather than skipping it (a kill by the kernel gives the user nothing)."""
     monkeypatch.setattr(bench_mod, "available_memory", lambda: 1 << 30)
-    monkeypatch.setattr(bench_mod, "_sample_bytes", lambda path, dims: None)
+    monkeypatch.setattr(bench_mod, "activation_bytes", lambda path, dims: None)
     with pytest.raises(ExportError, match="GiB available"):
         benchmark([files["small"]], [1 << 20], runs=1, warmup=0)

@@ -350,7 +350,9 @@ def test_non_empty_output_folder_refused(tmp_path, mlp_checkpoint):
     (out / "mine.txt").write_text("user data")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
-    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST), str(out), "mine.txt", "another output folder")
+    assert_bad_input(
+        run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST), str(out), "mine.txt", "another output folder"
+    )
     assert (out / "mine.txt").read_text() == "user data"
 
 

@@ -8,9 +8,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-import sparsekit.export as export_mod
+import sparsekit.onnx.export as export_mod
 from sparsekit.errors import ExportError
-from sparsekit.export import check_zeros, count_initializer_stats, export_onnx, onnx_sizes
+from sparsekit.onnx import check_zeros, count_initializer_stats, export_onnx, onnx_sizes
 
 
 def mlp(hidden: int = 32) -> nn.Sequential:

@@ -8,9 +8,9 @@ from torch import nn
 import sparsekit
 from examples.models import resnet_small, small_cnn
 from sparsekit.errors import TargetError
-from sparsekit.export import export_onnx
 from sparsekit.masks import get_mask
 from sparsekit.modelio import load_model, read_model, save_model
+from sparsekit.onnx import export_onnx
 from sparsekit.surgery import replay_history
 
 SHAPE = [1, 1, 8, 8]

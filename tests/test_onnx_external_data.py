@@ -19,20 +19,21 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import convert_model_to_external_data
 
 import sparsekit
-from sparsekit.bench import benchmark
 from sparsekit.cli import main
 from sparsekit.errors import ExportError
-from sparsekit.export import (
+from sparsekit.onnx import (
+    benchmark,
     check_external_data,
     export_onnx,
     load_onnx,
+    onnx_macs,
     onnx_sizes,
+    param_counts,
+    quantize_int8,
     size_report,
+    to_sparse_storage,
     written_by_sparsekit,
 )
-from sparsekit.onnx_macs import onnx_macs, param_counts
-from sparsekit.quantize import quantize_int8
-from sparsekit.sparse_storage import to_sparse_storage
 
 WEIGHT = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5.5) / 10
 
@@ -408,7 +409,7 @@ def test_written_by_sparsekit_reads_no_external_data(tmp_path):
     path = tmp_path / "model.onnx"
     save_external(path)
     model = onnx.load(str(path), load_external_data=False)
-    from sparsekit.export import _mark as stamp
+    from sparsekit.onnx.files import mark as stamp
 
     stamp(model)
     onnx.save_model(model, str(path))

@@ -7,7 +7,7 @@ import torch
 
 import sparsekit
 from examples.models import mlp, resnet_small, small_cnn
-from sparsekit.onnx_macs import onnx_macs, param_counts
+from sparsekit.onnx import onnx_macs, param_counts
 from sparsekit.stats import model_stats
 
 
@@ -20,8 +20,7 @@ def test_conv_macs_match_torch(tmp_path, make):
 
 
 def test_pruned_int8_and_sparse_files_count_the_same_weights(tmp_path):
-    from sparsekit.quantize import quantize_int8
-    from sparsekit.sparse_storage import to_sparse_storage
+    from sparsekit.onnx import quantize_int8, to_sparse_storage
 
     model = mlp()
     rec = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.75, "schedule": "oneshot"}])

@@ -12,8 +12,15 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from examples.models import mlp
 from sparsekit.data import load_data
 from sparsekit.errors import ExportError
-from sparsekit.export import entropy_bound_bytes, export_onnx, onnx_sizes
-from sparsekit.quantize import onnx_accuracy, quantize_int8, quantized_zeros, top1_agreement
+from sparsekit.onnx import (
+    entropy_bound_bytes,
+    export_onnx,
+    onnx_accuracy,
+    onnx_sizes,
+    quantize_int8,
+    quantized_zeros,
+    top1_agreement,
+)
 
 
 def prune_global_(model: torch.nn.Module, fraction: float) -> None:
@@ -260,7 +267,7 @@ def test_entropy_bound():
 def test_dynamic_zero_check_on_square_weights(tmp_path):
     """Dynamic MatMul weights are stored transposed; a square one must still be compared transposed."""
     import sparsekit
-    from sparsekit.quantize import quantize_int8
+    from sparsekit.onnx import quantize_int8
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(

@@ -7,12 +7,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import sparsekit.sparse_storage as storage_mod
+import sparsekit.onnx.sparse_storage as storage_mod
 from examples.models import mlp
 from sparsekit.errors import ExportError
-from sparsekit.export import export_onnx, onnx_sizes, size_report
-from sparsekit.quantize import quantize_int8
-from sparsekit.sparse_storage import index_dtype_for, to_sparse_storage
+from sparsekit.onnx import export_onnx, index_dtype_for, onnx_sizes, quantize_int8, size_report, to_sparse_storage
 
 
 def make_onnx(path, sparsity: float, hidden=(256, 128)) -> str:

@@ -1,5 +1,8 @@
 """L1-induced sparsity: an L1 / group-lasso penalty in the loss, or a proximal soft-threshold.
 
+L1 regularization (Tibshirani, 1996, the lasso) for unstructured zeros; group lasso (Yuan & Lin, 2006)
+over output units for structured sparsity, as in structured sparsity learning (Wen et al., 2016).
+
 - ``mode: penalty`` adds ``strength * sum|w|`` (``group: none``) or ``strength * sum_g ||w_g||_2``
   (group lasso, ``group: row`` = each output unit of a Linear layer, ``group: channel`` = each output
   channel of a Conv layer) to the loss through :meth:`L1.penalty`.
@@ -12,7 +15,8 @@ Both are active for the steps inside ``schedule`` (default: the whole run; an em
 error). The zeros the proximal step makes become masked zeros, so optimizer momentum cannot revive
 them (a penalty alone rarely makes exact zeros: use ``threshold``). At :meth:`L1.finalize`, weights with
 ``|w| < threshold`` become masked zeros, and with ``remove_dead`` the neurons/channels left all-zero
-are removed physically (see :func:`sparsekit.surgery.remove_dead_units`).
+are removed physically (see :func:`sparsekit.surgery.remove_dead_units`); :meth:`L1.finalize` returns
+that removal's history, which the Pruner records for checkpoints.
 
 L1 never owns a mask (``masks_weights = False``): it only AND-s zeros into the shared mask, so it
 composes with a magnitude or gradient method on the same weights.
@@ -31,6 +35,8 @@ from ..errors import RecipeError
 from ..layers import prunable_layers, select_layers
 from ..masks import bake, ensure_mask, get_mask, set_mask, weight_of
 from ..schedule import Schedule
+from ..surgery import last_layer, remove_dead_units
+from .base import UNCHANGED, Changes, Setup
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -64,19 +70,25 @@ def _clear_mask_bits(module: nn.Module, alive: torch.Tensor) -> None:
 
 
 class L1:
-    """L1 / group-lasso regularization (``method: l1``)."""
+    """L1 / group-lasso regularization (``method: l1``).
+
+    Raises RecipeError at construction when ``group`` does not fit a selected layer's type or the
+    schedule window is empty, TargetError when ``spec.layers`` selects no layer."""
 
     name = "l1"
     masks_weights = False
     needs_grad = False
+    structural = False  # units are removed at finalize only, after masks are baked
 
-    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+    def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
+        setup.refuse_scorer(self.name)
         self.spec = spec
-        self.where = f"pruning[{index}]"
-        self.context = context
+        self.where = setup.where
+        self.input_shape = list(setup.input_shape) if setup.input_shape else None
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        self.touched: list[str] = []  # no shape changes before finalize
         _check_group(spec.group, self.layers, self.where)
-        self.schedule = Schedule.from_spec(spec.schedule, 1.0, steps_per_epoch)
+        self.schedule = Schedule.from_spec(spec.schedule, 1.0, setup.steps_per_epoch)
         if self.schedule.end <= self.schedule.start:
             # `schedule: oneshot` (or end_epoch == start_epoch) would make l1 silently do nothing.
             raise RecipeError(
@@ -98,6 +110,8 @@ class L1:
         return weight.flatten(1)
 
     def penalty(self) -> torch.Tensor | float:
+        """``strength * sum|w|`` (or ``strength * sum_g ||w_g||_2`` per output unit) over the layers, a
+        scalar tensor, in ``mode: penalty`` while the window is active; else 0.0."""
         # The penalty enters the loss of the step being taken now, step ``self.step + 1``.
         if self.spec.mode != "penalty" or not self.active(self.step + 1):
             return 0.0
@@ -131,15 +145,21 @@ class L1:
                 if bool(dead.any()):
                     ensure_mask(module)[dead] = False
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> Changes:
+        """In ``mode: proximal`` while the window is active: soft-threshold the weights, masking the zeros."""
         self.step = step
         if self.spec.mode == "proximal" and self.active(step):
             self._soft_threshold()
+        return UNCHANGED
 
     def start(self) -> None:
+        """Nothing acts before the first step."""
         self.step = 0
 
-    def finalize(self, model: nn.Module) -> nn.Module:
+    def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
+        """Mask weights (or units) under ``threshold``; with ``remove_dead``, remove all-zero units and
+        return their removal history (``structure_changed`` when any went). Warns and skips the removal
+        when the input shape is unknown."""
         if self.spec.threshold > 0:
             with torch.no_grad():
                 for module in self.layers.values():
@@ -151,19 +171,20 @@ class L1:
                         alive = torch.linalg.vector_norm(self._groups(w), dim=1) >= self.spec.threshold
                         set_mask(module, alive.view(-1, *([1] * (w.dim() - 1))).expand_as(w))
         if self.spec.remove_dead:
-            model = self._remove_dead(model)
-        return model
+            model, history = self._remove_dead(model)
+            return model, Changes(history=tuple(history), structure_changed=bool(history))
+        return model, UNCHANGED
 
     def _input_shape(self, model: nn.Module) -> list[int] | None:
         """The pruner's shape (context, or the recipe's ``model.input_shape``), else a Linear-first guess."""
-        shape = self.context.get("input_shape")
+        shape = self.input_shape
         if not shape:
             from ..modelio import infer_input_shape
 
             shape = infer_input_shape(model)
         return list(shape) if shape else None
 
-    def _remove_dead(self, model: nn.Module) -> nn.Module:
+    def _remove_dead(self, model: nn.Module) -> tuple[nn.Module, list[list[Any]]]:
         input_shape = self._input_shape(model)
         if not input_shape:
             warnings.warn(
@@ -171,9 +192,7 @@ class L1:
                 "the recipe or pass context={'input_shape': [1, ...]} to the Pruner",
                 stacklevel=2,
             )
-            return model
-        from ..surgery import last_layer, remove_dead_units  # lazy: pulls in torch-pruning
-
+            return model, []
         # Only this entry's layers lose units, and never the head (it would change the output shape).
         ignore = [n for n in prunable_layers(model) if n not in self.layers]
         head = last_layer(model, input_shape)
@@ -186,10 +205,7 @@ class L1:
         # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
         # removing them would change the outputs. Reported so a missing speedup is explained.
         self.dead_units = {"found": dead_before, "kept": self._dead_units()}
-        pruner = self.context.get("pruner")
-        if pruner is not None:
-            pruner.pruning_history.extend(history)
-        return model
+        return model, history
 
     dead_units: dict[str, int] | None = None
 
@@ -200,16 +216,17 @@ class L1:
         )
 
     def report(self) -> dict[str, Any]:
+        """``{"dead_units": {"found": n, "kept": k}}`` after a dead-unit removal, else nothing."""
         return {"dead_units": self.dead_units} if self.dead_units else {}
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
-        return []  # how many weights L1 zeroes is only known after training
+        """Empty: how many weights L1 zeroes is only known after training."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer steps completed."""
         return {"step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.step = int(state["step"])
-
-
-METHOD = L1

@@ -1,4 +1,15 @@
-"""Magnitude pruning: zero the weights with the smallest |w|, globally or per layer, on a schedule."""
+"""Magnitude pruning: zero the weights with the smallest |w|, globally or per layer, on a schedule.
+
+Han et al. (2015), "Learning both Weights and Connections for Efficient Neural Networks", with the
+gradual cubic schedule of Zhu & Gupta (2017), "To prune, or not to prune" (see
+:mod:`sparsekit.schedule`): at each update point the masks are recomputed so that the schedule's target
+fraction of the selected weights is zero, ranking the layers together (``scope: global``) or each
+layer on its own (``scope: layer``). Masks only lose ones: a pruned weight never comes back.
+
+The ranking is a scorer (:mod:`sparsekit.methods.scorers`), :func:`~sparsekit.methods.scorers.magnitude`
+by default. From Python, ``Pruner(..., scorers={i: fn})`` ranks ``pruning[i]`` by ``fn(weight, None)``
+instead (``grad`` is None here: use ``method: gradient`` for gradient-based scores).
+"""
 
 from __future__ import annotations
 
@@ -10,27 +21,53 @@ from torch import nn
 from ..layers import select_layers
 from ..masks import ensure_mask, global_topk_masks, layer_topk_masks, masked_scores, set_mask, weight_of
 from ..schedule import Schedule
+from . import scorers
+from .base import UNCHANGED, Changes, Setup
 
 
 class Magnitude:
-    """Unstructured pruning by a score; subclasses only change :meth:`scores` (see ``gradient``)."""
+    """Unstructured pruning by a score (``method: magnitude``); :class:`~sparsekit.methods.gradient.Gradient`
+    changes only how scores are gathered (:meth:`scores`).
+
+    Raises TargetError at construction when ``spec.layers`` selects no layer."""
 
     name = "magnitude"
     masks_weights = True
     needs_grad = False
+    structural = False
 
-    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+    def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
         self.spec = spec
-        self.where = f"pruning[{index}]"
+        self.where = setup.where
+        self.custom = setup.scorer is not None
+        self.scorer: scorers.Scorer = (
+            scorers.check(setup.scorer, f"scorers[{setup.index}]") if self.custom else self._builtin_scorer(spec)
+        )
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
-        self.schedule = Schedule.from_spec(spec.schedule, spec.sparsity, steps_per_epoch)
-        self.current = 0.0
+        self.touched: list[str] = []  # never changes shapes
+        self.schedule = Schedule.from_spec(spec.schedule, spec.sparsity, setup.steps_per_epoch)
+        self.current = 0.0  # the sparsity the masks were last set to
         for module in self.layers.values():
             ensure_mask(module)
 
+    def _builtin_scorer(self, spec: Any) -> scorers.Scorer:
+        return scorers.magnitude
+
     def scores(self) -> dict[str, torch.Tensor] | None:
-        """Higher = keep. None means "no scores yet" (the update waits for the next step)."""
-        return {name: weight_of(m).detach().abs() for name, m in self.layers.items()}
+        """Scores per layer, each of its weight's shape, higher = keep. None means "no scores yet" (the
+        update waits for the next step)."""
+        return {name: self._checked(name, self.scorer(weight_of(m).detach(), None)) for name, m in self.layers.items()}
+
+    def _checked(self, name: str, scores: Any) -> torch.Tensor:
+        # A user's scorer is code we did not write: a wrong shape would otherwise fail deep in the ranking.
+        weight = weight_of(self.layers[name])
+        if not isinstance(scores, torch.Tensor) or scores.shape != weight.shape:
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(
+                f"{self.where}: the scorer returned {got} for layer {name!r}; it must return a tensor of the "
+                f"weight's shape {tuple(weight.shape)}"
+            )
+        return scores
 
     def update(self, step: int) -> bool:
         """Recompute masks to the schedule's target at ``step``; False if scores are not ready."""
@@ -46,32 +83,40 @@ class Magnitude:
         return True
 
     def penalty(self) -> torch.Tensor | float:
+        """No loss term."""
         return 0.0
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> Changes:
+        """At an update point of the schedule (or when an earlier one is still waiting for scores)
+        recompute the masks. Masks are applied by the Pruner right after."""
         if self.schedule.is_update(step) or self._pending:
             self._pending = not self.update(step)
-        # No apply_mask here: Pruner.step applies every mask once after all methods ran.
+        return UNCHANGED
 
-    _pending = False
+    _pending = False  # an update point passed without scores; retried at every step until it runs
 
     def start(self) -> None:
         """Called once when the pruner is built: a schedule that starts at step 0 acts now."""
         if self.schedule.is_update(0):
             self._pending = not self.update(0)
 
-    def finalize(self, model: nn.Module) -> nn.Module:
-        return model
+    def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
+        """Nothing left to do: the Pruner bakes the masks."""
+        return model, UNCHANGED
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
+        """The schedule's target sparsity of the selected weights at the end of each epoch."""
         return self.schedule.epoch_targets(epochs, steps_per_epoch)
 
+    def report(self) -> dict[str, Any]:
+        """The scorer's name when it is a user's own (``scorers=``); otherwise nothing to add."""
+        return {"scorer": scorers.name_of(self.scorer)} if self.custom else {}
+
     def state_dict(self) -> dict[str, Any]:
+        """``current`` sparsity and whether an update is pending (masks are saved by the Pruner)."""
         return {"current": self.current, "pending": self._pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.current = float(state["current"])
         self._pending = bool(state["pending"])
-
-
-METHOD = Magnitude

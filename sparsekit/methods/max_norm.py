@@ -1,4 +1,5 @@
-"""Max-norm constraint (Srivastava et al., 2014): each output unit's incoming weights have L2 norm
+"""Max-norm constraint (Srivastava et al., 2014, "Dropout: A Simple Way to Prevent Neural Networks from
+Overfitting", section 5.1): each output unit's incoming weights have L2 norm
 at most ``max_value``.
 
 After every optimizer step (and once at the start, so the constraint holds from the first forward),
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..layers import select_layers
 from ..masks import weight_of
+from .base import UNCHANGED, Changes, Setup
 
 
 def _unit_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -29,20 +31,25 @@ def _unit_norms(weight: torch.Tensor) -> torch.Tensor:
 
 
 class MaxNorm:
-    """Project each output unit's incoming weight vector onto the ball of radius ``max_value``."""
+    """Project each output unit's incoming weight vector onto the ball of radius ``max_value``
+    (``method: max_norm``). Raises TargetError at construction when ``spec.layers`` selects no layer."""
 
     name = "max_norm"
     masks_weights = False
     needs_grad = False
+    structural = False
 
-    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+    def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
+        setup.refuse_scorer(self.name)
         self.spec = spec
-        self.where = f"pruning[{index}]"
+        self.where = setup.where
         self.max_value = float(spec.max_value)
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        self.touched: list[str] = []
 
     @torch.no_grad()
     def project(self) -> None:
+        """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``."""
         for module in self.layers.values():
             w = weight_of(module)
             norms = _unit_norms(w)
@@ -64,25 +71,29 @@ class MaxNorm:
         return out
 
     def start(self) -> None:
+        """Project once, so the constraint holds from the first forward pass."""
         self.project()
 
     def penalty(self) -> torch.Tensor | float:
+        """No loss term."""
         return 0.0
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> Changes:
+        """Project after every optimizer step."""
         self.project()
+        return UNCHANGED
 
-    def finalize(self, model: nn.Module) -> nn.Module:
-        return model
+    def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
+        """Nothing to finish: the last step's projection holds."""
+        return model, UNCHANGED
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
-        return []  # a constraint, not a sparsity target
+        """Empty: a constraint, not a sparsity target."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # stateless: the constraint is a function of the current weights
+        """Empty: the constraint is a function of the current weights."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-METHOD = MaxNorm
+        """Nothing to restore."""

@@ -1,5 +1,8 @@
 """Structured pruning: remove whole neurons / channels with torch-pruning, for real latency wins.
 
+Channels are found, ranked and removed by torch-pruning's dependency graph (Fang et al., 2023,
+"DepGraph: Towards Any Structural Pruning"), through :mod:`sparsekit.tp_adapter`.
+
 ``ratio`` is the fraction of prunable output channels removed: per layer (``scope: layer``) or
 ranked across all layers (``scope: global``). Channels are ranked by ``importance``:
 
@@ -7,8 +10,15 @@ ranked across all layers (``scope: global``). Channels are ranked by ``importanc
   (``tp.importance.MagnitudeImportance(p=1|2)``);
 - ``taylor``: ``|w * dL/dw|`` with the gradients of the user's own backward passes, summed since the
   previous removal (``tp.importance.TaylorImportance``); it needs fine-tuning steps;
-- ``bn_scale``: the BatchNorm scale of the channel (network slimming); groups without a BatchNorm
-  (plain Linear layers) are not pruned by it.
+- ``bn_scale``: the BatchNorm scale of the channel (network slimming, Liu et al., 2017, "Learning
+  Efficient Convolutional Networks through Network Slimming"); groups without a BatchNorm (plain
+  Linear layers) are not pruned by it.
+
+From Python, ``Pruner(..., scorers={i: imp})`` ranks the channels of ``pruning[i]`` with ``imp``
+instead: a torch-pruning importance object (e.g. ``tp.importance.GroupMagnitudeImportance(p=1)``) or
+any callable ``imp(group) -> Tensor[channels]`` (higher = keep). Importances that read ``.grad`` (tp's
+Taylor importances, or an object with ``needs_grad = True``) get the mean gradient of the fine-tuning
+steps since the previous removal, as ``taylor`` does.
 
 Removal happens in ``steps`` events, one at the start of each of ``steps`` equal slices of
 ``schedule.start_epoch .. end_epoch`` (``oneshot``: all at the start), each removing ``ratio / steps``
@@ -16,7 +26,8 @@ more, as torch-pruning's iterative pruner does; every event is followed by a sli
 step 0 runs at the first :meth:`~sparsekit.pruner.Pruner.step` (or at finalize), so building a
 Pruner never changes the model: resuming replays the recorded history onto the untouched model.
 
-After each event the model has new, smaller parameters: ``pruner.structure_changed`` is set and the
+After each event the model has new, smaller parameters: :meth:`Structured.after_step` returns
+``Changes(history=..., structure_changed=True)``, the Pruner sets ``pruner.structure_changed`` and the
 training loop must rebuild its optimizer (``sparsekit.finetune`` does). Every removal is appended to
 ``pruner.pruning_history`` (torch-pruning's JSON-able history) so a checkpoint is rebuilt by replay.
 
@@ -32,25 +43,26 @@ from fnmatch import fnmatchcase
 from typing import Any, cast
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .. import surgery
+from .. import tp_adapter as tpa
 from ..errors import TargetError
 from ..layers import check_names, select_layers
+from .base import UNCHANGED, Changes, Setup
 
 _ROOTS = (_ConvNd, nn.Linear)
 
 
-def _importance(kind: str) -> Any:
-    if kind == "l1":
-        return tp.importance.MagnitudeImportance(p=1)
-    if kind == "l2":
-        return tp.importance.MagnitudeImportance(p=2)
-    if kind == "taylor":
-        return tp.importance.TaylorImportance()
-    return tp.importance.BNScaleImportance()
+def _check_importance(imp: object, where: str) -> tpa.Importance:
+    if not callable(imp):
+        raise TypeError(
+            f"{where}: structured pruning takes a torch-pruning importance (e.g. "
+            "tp.importance.GroupMagnitudeImportance(p=1)) or a callable importance(group) -> Tensor[channels], "
+            f"not {type(imp).__name__}"
+        )
+    return imp
 
 
 def _event_steps(spec: Any, steps_per_epoch: int) -> list[int]:
@@ -62,27 +74,35 @@ def _event_steps(spec: Any, steps_per_epoch: int) -> list[int]:
 
 
 class Structured:
-    """Channel removal through torch-pruning's ``BasePruner`` (``method: structured``)."""
+    """Channel removal through torch-pruning's ``BasePruner`` (``method: structured``).
+
+    Raises TargetError at construction when the input shape is unknown, the selection leaves nothing
+    to prune, ``bn_scale`` meets a model without BatchNorm, or ``ratio`` / ``min_channels`` cannot be
+    met; TypeError when a ``scorers=`` importance is not callable."""
 
     name = "structured"
     masks_weights = False
     structural = True  # changes weight shapes: no masking method may own the layers it touches
 
-    def __init__(self, spec: Any, model: nn.Module, *, index: int, steps_per_epoch: int, context: dict) -> None:
+    def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
         self.spec = spec
-        self.where = f"pruning[{index}]"
-        self.context = context
+        self.where = setup.where
         self.model = model
-        self.needs_grad = spec.importance == "taylor"
-        if spec.importance == "bn_scale" and not any(
+        self.custom = setup.scorer is not None
+        if setup.scorer is not None:
+            self.importance = _check_importance(setup.scorer, f"scorers[{setup.index}]")
+        else:
+            self.importance = tpa.importance(spec.importance)
+        self.needs_grad = tpa.reads_grad(self.importance)
+        if tpa.is_bn_scale(self.importance) and not any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
         ):
             # torch-pruning would score every channel alike and silently remove nothing useful.
             raise TargetError(
-                f"{self.where}.importance: 'bn_scale' ranks channels by BatchNorm scales, but the model has no "
-                "BatchNorm layers; use importance l1, l2 or taylor"
+                f"{self.where}.importance: {self._importance_name()!r} ranks channels by BatchNorm scales, but the "
+                "model has no BatchNorm layers; use importance l1, l2 or taylor"
             )
-        shape = context.get("input_shape")
+        shape = setup.input_shape
         if not shape:
             raise TargetError(
                 f"{self.where}: structured pruning traces the model and needs its input shape: set "
@@ -101,7 +121,7 @@ class Structured:
         self.layers = {n: m for n, m in selected.items() if n not in kept}
         if not self.layers:
             raise TargetError(f"{self.where}: every selected layer is in ignore; nothing left to prune")
-        self.events = _event_steps(spec, steps_per_epoch)
+        self.events = _event_steps(spec, setup.steps_per_epoch)
         self.done = 0  # removal events performed
         self.accum: dict[str, torch.Tensor] = {}  # taylor: summed grads per parameter name
         self.accum_steps = 0
@@ -116,35 +136,32 @@ class Structured:
         chosen = set(self.layers.values())
         ignored = [m for m in model.modules() if isinstance(m, (*_ROOTS, nn.LSTM)) and m not in chosen]
         with surgery.traced(model):
-            self._tp = tp.pruner.BasePruner(
+            # min_channels (>= 1) is enforced in _one_event: the adapter lets tp propose groups that
+            # would lose every channel, so a layer is trimmed to its floor rather than silently left whole.
+            self._tp: tpa.ChannelPruner | None = tpa.ChannelPruner(
                 model,
                 surgery.example_input(model, self.input_shape),
-                importance=_importance(spec.importance),
+                importance=self.importance,
                 global_pruning=spec.scope == "global",
-                pruning_ratio=spec.ratio,
-                iterative_steps=spec.steps,
-                ignored_layers=ignored,
-                root_module_types=list(_ROOTS),
+                ratio=spec.ratio,
+                steps=spec.steps,
+                ignored=ignored,
+                root_types=list(_ROOTS),
             )
-        graph = self._tp.DG
-        # tp skips a whole group that would lose every channel; min_channels (>= 1) is enforced
-        # below instead, so a layer is trimmed to its floor rather than silently left whole.
-        graph.check_pruning_group = lambda group: True
+        graph = self._tp.graph
         names = {m: n for n, m in model.named_modules()}
         self.touched: list[str] = []  # Conv/Linear layers whose weight shape may change
-        groups = graph.get_all_groups(ignored_layers=self._tp.ignored_layers, root_module_types=list(_ROOTS))
-        for group in groups:
-            root = group[0].dep.target.module
-            for item in group:
-                module = item.dep.target.module
+        for group in self._tp.groups():
+            root = tpa.group_root(group)
+            for module in tpa.group_modules(group):
                 if isinstance(module, _ROOTS) and names[module] not in self.touched:
                     self.touched.append(names[module])
             if spec.scope == "layer":
-                per_group = graph.get_out_channels(root) // max(1, self._tp._get_channel_groups(group))
+                per_group = tpa.out_channels(graph, root) // max(1, self._tp.channel_groups(group))
                 if per_group > 1 and int(per_group * (1 - spec.ratio)) < 1:
                     raise TargetError(
                         f"{self.where}.ratio: {spec.ratio:g} would remove every output channel of "
-                        f"{names[root]!r} ({graph.get_out_channels(root)} channels): lower the ratio or add "
+                        f"{names[root]!r} ({tpa.out_channels(graph, root)} channels): lower the ratio or add "
                         f"{names[root]!r} to ignore"
                     )
 
@@ -154,21 +171,25 @@ class Structured:
         """Nothing happens at construction; an event at step 0 runs at the first step (see module doc)."""
 
     def penalty(self) -> torch.Tensor | float:
+        """No loss term."""
         return 0.0
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> Changes:
+        """Gather gradients (when the importance reads them); run the removal events due by ``step``
+        and return their history (``structure_changed``: rebuild the optimizer)."""
         if self.needs_grad:
             self._accumulate()
         if self.done < len(self.events) and self.events[self.done] <= step:
-            self._remove(until=step)
+            return self._remove(until=step)
+        return UNCHANGED
 
-    def finalize(self, model: nn.Module) -> nn.Module:
-        # A run that stopped early (or had no fine-tuning) still gets the recipe's final shape.
-        if self.done < len(self.events):
-            self._remove(until=None)
+    def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
+        """Run every removal event not yet run (a run that stopped early, or had no fine-tuning, still
+        gets the recipe's final shape), then drop torch-pruning's graph."""
+        changes = self._remove(until=None) if self.done < len(self.events) else UNCHANGED
         self._tp = None  # drop tp's graph: it holds references to the model
         self.accum = {}
-        return model
+        return model, changes
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
         """Expected fraction of the selected channels removed at the end of each epoch."""
@@ -180,9 +201,10 @@ class Structured:
         return out
 
     def report(self) -> dict[str, Any]:
+        """Ratio, importance, scope, events run, and ``[initial, now]`` output channels per layer."""
         return {
             "ratio": self.spec.ratio,
-            "importance": self.spec.importance,
+            "importance": type(self.importance).__name__ if self.custom else self.spec.importance,
             "scope": self.spec.scope,
             "events_done": self.done,
             "events": len(self.events),
@@ -190,21 +212,22 @@ class Structured:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """Events run, tp's ranking-scope sizes, and the gradients summed since the last removal."""
         return {
             "done": self.done,
             # tp sizes each ranking scope at its first pruning step; a resumed run must not
             # take the already-pruned size as the starting point.
-            "scope_channels": dict(self._tp._scope_initial_channels) if self._tp is not None else {},
+            "scope_channels": self._tp.scope_channels if self._tp is not None else {},
             "accum": {n: t.clone() for n, t in self.accum.items()},
             "accum_steps": self.accum_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after the Pruner replayed the removal history onto the model)."""
         self.done = int(state["done"])
         if self._tp is not None:
-            self._tp.current_step = self.done
-            scopes = state.get("scope_channels", {})
-            self._tp._scope_initial_channels = {str(k): int(v) for k, v in scopes.items()}
+            self._tp.steps_done = self.done
+            self._tp.scope_channels = state.get("scope_channels", {})
         params = dict(self.model.named_parameters())
         self.accum = {
             n: t.clone().to(params[n].device)
@@ -230,11 +253,11 @@ class Structured:
         self.accum_steps += int(got)
 
     def _install_grads(self) -> None:
-        """Taylor importance reads ``.grad``: put the mean accumulated gradient there."""
+        """A gradient-reading importance reads ``.grad``: put the mean accumulated gradient there."""
         missing = [n for n in self.layers if f"{n}.weight" not in self.accum] if self.accum_steps else []
         if not self.accum_steps or missing:
             raise TargetError(
-                f"{self.where}.importance: 'taylor' needs gradients, but "
+                f"{self.where}.importance: {self._importance_name()!r} needs gradients, but "
                 f"{'none arrived' if not self.accum_steps else f'layers {missing} got none'} before the "
                 "removal: give the recipe fine-tuning epochs (finetune.epochs > 0) or call loss.backward() "
                 "before pruner.step(); otherwise use importance l1, l2 or bn_scale"
@@ -246,7 +269,11 @@ class Structured:
             else:
                 p.grad = torch.zeros_like(p)
 
-    def _remove(self, until: int | None) -> None:
+    def _importance_name(self) -> str:
+        return type(self.importance).__name__ if self.custom else str(self.spec.importance)
+
+    def _remove(self, until: int | None) -> Changes:
+        assert self._tp is not None, "removal after finalize"
         if self.needs_grad:
             self._install_grads()
         with torch.no_grad():
@@ -257,29 +284,26 @@ class Structured:
             for p in self.model.parameters():
                 p.grad = None  # the optimizer is rebuilt anyway; stale shapes must not linger
             self.accum, self.accum_steps = {}, 0
-        graph = self._tp.DG
-        history = graph.pruning_history()
+        history = tpa.pruning_history(self._tp.graph)
         new = surgery.normalize_history(history[self._history_seen :])
         self._history_seen = len(history)
-        pruner = self.context.get("pruner")
-        if pruner is not None:
-            pruner.pruning_history.extend(new)
-            pruner.structure_changed = True
+        return Changes(history=tuple(new), structure_changed=True)
 
     def _one_event(self) -> None:
-        graph = self._tp.DG
-        for group in self._tp.step(interactive=True):
-            root, fn = group[0].dep.target.module, group[0].dep.handler
-            idxs = list(group[0].idxs)
-            current = graph.get_out_channels(root)
+        assert self._tp is not None
+        tpp = self._tp
+        for group in tpp.step():
+            root = tpa.group_root(group)
+            idxs = tpp.root_idxs(group)
+            current = tpa.out_channels(tpp.graph, root)
             allowed = current - min(self.spec.min_channels, current)
             if len(idxs) > allowed:
                 if allowed <= 0 or _grouped(group):
                     continue  # at the floor (a grouped conv cannot be trimmed evenly: left as is)
                 # Keep the floor: remove only the least important of the proposed channels.
-                imp = self._tp.estimate_importance(graph.get_pruning_group(root, fn, list(range(current))))
+                imp = tpp.estimate(tpp.regroup(group, range(current)))
                 idxs = sorted(idxs, key=lambda i: float(imp[i]))[:allowed]
-                group = graph.get_pruning_group(root, fn, idxs)
+                group = tpp.regroup(group, idxs)
             surgery.prune_group(self.model, group)
 
 
@@ -295,8 +319,5 @@ def _out_channels(module: nn.Module) -> int:
     return int(cast(_ConvNd, module).out_channels)
 
 
-def _grouped(group: Any) -> bool:
-    return any(isinstance(m := item.dep.target.module, _ConvNd) and 1 < m.groups < m.out_channels for item in group)
-
-
-METHOD = Structured
+def _grouped(group: tpa.Group) -> bool:
+    return any(isinstance(m, _ConvNd) and 1 < m.groups < m.out_channels for m in tpa.group_modules(group))

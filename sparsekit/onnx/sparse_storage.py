@@ -15,6 +15,8 @@ Example::
 
     info = to_sparse_storage("pruned.onnx", "pruned.sparse.onnx")
     info["bytes_after"] / info["bytes_before"]      # ~0.2-0.3 for a 90% sparse fp32 model
+
+Format: ONNX ``SparseTensorProto`` (https://onnx.ai/onnx/repo-docs/IR.html#sparse-tensors).
 """
 
 from __future__ import annotations
@@ -29,25 +31,30 @@ import onnx
 from onnx import helper, numpy_helper
 
 from sparsekit.errors import ExportError
-from sparsekit.export import EXTERNAL_DATA_BYTES, _mark, check_external_data, load_onnx, onnx_sizes
-from sparsekit.quantize import _publish, _staging
+from sparsekit.onnx.files import (
+    EXTERNAL_DATA_BYTES,
+    check_external_data,
+    load_onnx,
+    onnx_sizes,
+    publish,
+    save_onnx,
+    staging,
+)
+from sparsekit.onnx.sessions import open_session, random_feeds
+from sparsekit.onnx.tensors import NUMERIC_TYPES, densify
 
-__all__ = ["INDEX_DTYPES", "densify", "index_dtype_for", "to_sparse_storage"]
+__all__ = ["INDEX_DTYPES", "index_dtype_for", "to_sparse_storage"]
 
 PathLike = str | os.PathLike[str]
 
 # Signed index types onnxruntime accepts for sparse initializer indices (it rejects unsigned ones).
 INDEX_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 
-_NUMERIC = {
-    getattr(onnx.TensorProto, t)
-    for t in ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32",
-              "UINT32", "INT64", "UINT64")
-}  # fmt: skip
-
 
 def index_dtype_for(max_index: int, index_dtype: str = "smallest") -> type[np.signedinteger]:
-    """The smallest signed type that holds ``max_index`` (``index_dtype="smallest"``), or int64."""
+    """The smallest signed integer type of :data:`INDEX_DTYPES` that holds ``max_index``
+    (``index_dtype="smallest"``), or ``np.int64`` (``"int64"``). Raises :class:`ExportError` for any
+    other ``index_dtype``."""
     if index_dtype == "int64":
         return np.int64
     if index_dtype != "smallest":
@@ -64,7 +71,7 @@ def to_sparse_storage(
 ) -> dict[str, Any]:
     """Rewrite ``onnx_path`` to ``out_path`` with each numeric initializer stored sparse (COO,
     linear indices) when its serialized sparse form is smaller than the dense one. The output
-    carries the ``sparsekit`` metadata mark (see :func:`sparsekit.export.written_by_sparsekit`).
+    carries the ``sparsekit`` metadata mark (see :func:`sparsekit.onnx.files.written_by_sparsekit`).
 
     Saves disk, not time: onnxruntime densifies sparse initializers at load, so inference speed
     and memory are unchanged. Every sparse tensor is read back from the written file and must
@@ -82,7 +89,9 @@ def to_sparse_storage(
     "sparse_initializers", "initializers": [{"name", "dtype", "shape", "nonzero", "dense_bytes",
     "sparse_bytes", "index_dtype", "sparse"[, "negative_zeros"]}], "onnx_checker_ok", "verified"}``
     where ``verified`` is None when not run or ``{"ok": True|None, "reason"}`` (None: no input
-    could be made for the model, e.g. symbolic non-batch dims).
+    could be made for the model, e.g. symbolic non-batch dims). Sizes are bytes, external data
+    included. Raises :class:`~sparsekit.errors.OutputError` when the disk is full, read-only or not
+    writable.
     """
     src, final = Path(onnx_path), Path(out_path)
     index_dtype_for(0, index_dtype)  # validate the option before any work
@@ -105,12 +114,15 @@ def to_sparse_storage(
     graph.sparse_initializer.extend(sparse)
 
     checker_ok = _checker_ok(model)
-    with _staging(final) as work:
+    with staging(final) as work:
         tmp = work / final.name
-        _save(model, tmp, sum(t.ByteSize() for t in keep))
+        # Sparse tensors stay inside the protobuf (onnx writes only dense ones to external data), so
+        # they must fit in its 2 GB together with the graph.
+        large = sum(t.ByteSize() for t in keep) > EXTERNAL_DATA_BYTES
+        save_onnx(model, tmp, what="sparse-storage model", external_data=large)
         _check_decoded(tmp, originals)  # every sparse tensor, read back from the file, equals the dense one
         verified = _verify(src, tmp) if verify and sparse else None
-        _publish(work, tmp, final)
+        publish(tmp, final)
     after = onnx_sizes(final)
     return {
         "path": str(final),
@@ -123,18 +135,6 @@ def to_sparse_storage(
         "onnx_checker_ok": checker_ok,
         "verified": verified,
     }
-
-
-def densify(sparse: onnx.SparseTensorProto) -> np.ndarray:
-    """The dense array of a ``SparseTensorProto`` (linear ``[nnz]`` or ``[nnz, rank]`` indices)."""
-    values = numpy_helper.to_array(sparse.values)
-    idx = numpy_helper.to_array(sparse.indices).astype(np.int64)
-    dims = tuple(sparse.dims)
-    if idx.ndim == 2:
-        idx = np.ravel_multi_index(tuple(idx.T), dims)
-    out = np.zeros(math.prod(dims), dtype=values.dtype)
-    out[idx] = values
-    return out.reshape(dims)
 
 
 def _decide(
@@ -150,7 +150,7 @@ def _decide(
         "index_dtype": None,
         "sparse": False,
     }
-    if init.data_type not in _NUMERIC or not init.dims or is_input:
+    if init.data_type not in NUMERIC_TYPES or not init.dims or is_input:
         return row, None
     arr = numpy_helper.to_array(init)
     flat = arr.reshape(-1)
@@ -193,41 +193,20 @@ def _checker_ok(model: onnx.ModelProto) -> bool:
     return True
 
 
-def _save(model: onnx.ModelProto, path: Path, dense_bytes: int) -> None:
-    # Sparse tensors stay inside the protobuf (onnx writes only dense ones to external data), so
-    # they must fit in its 2 GB together with the graph.
-    _mark(model)
-    try:
-        if dense_bytes > EXTERNAL_DATA_BYTES:
-            onnx.save_model(
-                model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=f"{path.name}.data", size_threshold=1024,
-            )  # fmt: skip
-        else:
-            onnx.save_model(model, str(path))
-    except Exception as e:  # protobuf's size limit, disk full, ...
-        raise ExportError(f"{path.name}: cannot write the sparse-storage model: {e}") from e
-
-
 def _verify(dense: Path, sparse: Path) -> dict[str, Any]:
     """Run both files on the same seeded input; outputs must be bit-identical."""
-    import onnxruntime as ort
-
-    # onnxruntime follows external-data locations unchecked; a refusal is an error, not "cannot verify".
-    check_external_data(dense)
-    check_external_data(sparse)
+    check_external_data(dense)  # a refusal is an error, not "cannot verify"
     try:
-        a = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        return {"ok": None, "reason": f"the input model does not load in onnxruntime: {e}"}
+        a = open_session(dense)
+    except ExportError as e:
+        return {"ok": None, "reason": f"the input model does not load in onnxruntime: {e.__cause__ or e}"}
     try:
-        feeds = {i.name: _random_input(i) for i in a.get_inputs()}
+        feeds = random_feeds(a)
         expected = a.run(None, feeds)
     except Exception as e:  # symbolic non-batch dims, non-tensor inputs: nothing to compare with
         return {"ok": None, "reason": f"cannot make an input the model accepts: {e}"}
     try:
-        b = ort.InferenceSession(str(sparse), providers=["CPUExecutionProvider"])
-        got = b.run(None, feeds)
+        got = open_session(sparse).run(None, feeds)
     except Exception as e:
         raise ExportError(f"onnxruntime cannot run the sparse-storage model: {e}") from e
     identical = len(got) == len(expected) and all(
@@ -237,19 +216,3 @@ def _verify(dense: Path, sparse: Path) -> dict[str, Any]:
     if not identical:
         raise ExportError("the sparse-storage model's outputs differ from the dense model's; not written")
     return {"ok": True, "reason": None}
-
-
-def _random_input(arg: Any) -> np.ndarray:
-    kinds = {
-        "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-        "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-    }  # fmt: skip
-    if arg.type not in kinds:
-        raise TypeError(f"input {arg.name!r} has type {arg.type}")
-    if any(not isinstance(d, int) for d in arg.shape[1:]):
-        raise TypeError(f"input {arg.name!r} has symbolic dims {arg.shape}")
-    shape = [d if isinstance(d, int) and d > 0 else 16 for d in arg.shape]  # a batch of 16
-    dtype = kinds[arg.type]
-    if np.issubdtype(dtype, np.floating):
-        return np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    return np.zeros(shape, dtype)

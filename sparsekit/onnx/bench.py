@@ -1,5 +1,9 @@
 """onnxruntime latency benchmark: files timed interleaved, with an A/A control to show the noise.
 
+Sessions come from :func:`sparsekit.onnx.sessions.open_session`, inputs from
+:func:`~sparsekit.onnx.sessions.random_array`; sizes, weight counts and MACs of each file from
+:mod:`sparsekit.onnx.stats` and :mod:`sparsekit.onnx.graph` (computed once per file).
+
 Example::
 
     result = benchmark(["dense.onnx", "pruned.onnx"], batch_sizes=[1, 32])
@@ -20,10 +24,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sparsekit.errors import ExportError
-from sparsekit.export import check_external_data, load_onnx, size_report
+from sparsekit.errors import ExportError, option
 from sparsekit.fsutil import available_memory
-from sparsekit.onnx_macs import onnx_macs
+from sparsekit.onnx.graph import activation_bytes, onnx_macs
+from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
+from sparsekit.onnx.stats import size_report
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -40,19 +45,28 @@ def benchmark(
     threads: int = 1,
     warmup: int = 20,
     runs: int = 200,
-    provider: str = "CPUExecutionProvider",
+    provider: str = DEFAULT_PROVIDER,
     input_shape: Sequence[int] | None = None,
     progress: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Time each ONNX file at each batch size; ratios are relative to the first file.
+    """Time each ONNX file at each batch size on ``provider`` with ``threads`` intra-op threads
+    (0: onnxruntime's default); ratios are relative to the first file.
 
     Runs are interleaved across files (rotating which goes first) so drift in machine speed hits
     all alike, and a second session of the first file is timed alongside as an A/A control:
-    its ratio to the first shows how large a difference noise alone produces.
+    its ratio to the first shows how large a difference noise alone produces. Each file takes one
+    float32 input, fed with seeded standard-normal data (the same for files of the same shape);
     ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
-    Raises :class:`ExportError` for bad options and for a file that is not ONNX, keeps external data
-    outside its folder (checked before onnxruntime opens it) or does not load in onnxruntime.
+
+    Returns ``{"threads", "provider", "warmup", "runs", "seed", "batch_sizes", "onnxruntime",
+    "files", "control"}``; each file has :func:`~sparsekit.onnx.stats.size_report` (bytes),
+    ``macs``/``effective_macs``, ``latency_ms`` (p50/p90/p99/mean per batch size, in ms),
+    ``throughput_per_s`` (samples/s), ``ratio_to_first`` (p50 ratio and its spread over blocks of
+    runs), ``speedup_significant`` and ``noise_band``; ``control`` is the A/A ratio per batch size.
+    Raises :class:`ExportError` for bad options, an unavailable provider, a batch too big for the
+    memory, and a file that is not ONNX, keeps external data outside its folder (checked before
+    onnxruntime opens it) or does not load in onnxruntime.
     """
     files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     if not files:
@@ -60,15 +74,17 @@ def benchmark(
     sizes = _check_batch_sizes(batch_sizes)
     if threads < 0 or warmup < 0 or runs < 1:
         raise ExportError(f"need threads >= 0, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise ExportError(f"provider {provider!r} is not available; available: {', '.join(available)}")
+
+    # Interleaved sessions each own a thread pool; an idle pool that spins would steal cores from the
+    # session being timed, so only a single-threaded session may spin.
+    def session(path: Path) -> ort.InferenceSession:
+        return open_session(path, provider=provider, threads=threads, spinning=threads == 1)
 
     sessions, dims = [], []
     for path in files:
-        sessions.append(_session(path, threads, provider))
+        sessions.append(session(path))
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
-    sessions.append(_session(files[0], threads, provider))  # the A/A control
+    sessions.append(session(files[0]))  # the A/A control
     dims.append(dims[0])
     _check_memory(files, dims, sizes)
 
@@ -76,7 +92,10 @@ def benchmark(
     total = len(sizes) * (warmup + runs)
     with _progress_bar(progress, total) as advance:
         for b in sizes:
-            feeds = [{s.get_inputs()[0].name: _input(b, d, seed)} for s, d in zip(sessions, dims, strict=True)]
+            # Seeded per file, so files with the same input shape see exactly the same data.
+            feeds = [
+                {s.get_inputs()[0].name: random_array([b, *d], seed=seed)} for s, d in zip(sessions, dims, strict=True)
+            ]
             for _ in range(warmup):
                 for s, feed in zip(sessions, feeds, strict=True):
                     s.run(None, feed)
@@ -87,7 +106,9 @@ def benchmark(
 
 
 def latency_table(result: dict[str, Any]) -> str:
-    """A markdown table of a :func:`benchmark` result, one row per file and batch size."""
+    """A markdown table of a :func:`benchmark` result, one row per file and batch size: latency
+    percentiles in ms, samples/s, the p50 ratio to the first file with its spread, and whether it is
+    outside the noise band; then the A/A control's p50 ratio per batch size."""
     lines = [
         "| file | batch | p50 ms | p90 ms | p99 ms | samples/s | p50 vs first [spread] | significant |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|",
@@ -118,26 +139,6 @@ def _check_batch_sizes(batch_sizes: Sequence[int] | int) -> list[int]:
     return [int(b) for b in sizes]
 
 
-def _session(path: Path, threads: int, provider: str) -> ort.InferenceSession:
-    """An onnxruntime session for ``path``; :class:`ExportError` naming the file when it is not ONNX,
-    keeps external data outside its folder, or onnxruntime cannot load it."""
-    # A clear error naming the file beats ORT's, and ORT would follow external-data locations unchecked.
-    check_external_data(path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads != 1:
-        # Interleaved sessions each own a thread pool; an idle pool that spins would steal cores
-        # from the session being timed.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
-    except Exception as e:  # ORT raises its own unrelated exception types
-        raise ExportError(f"{path}: onnxruntime cannot load it with {provider}: {e}") from e
-
-
 def _input_dims(
     session: ort.InferenceSession, path: Path, input_shape: Sequence[int] | None, sizes: list[int]
 ) -> list[int]:
@@ -153,7 +154,7 @@ def _input_dims(
         if not all(isinstance(d, int) for d in rest):
             raise ExportError(
                 f"{path}: input {inputs[0].name!r} has symbolic dims {inputs[0].shape}; "
-                "pass --input-shape (e.g. 1,3,32,32) to say what to feed"
+                f"pass the shape to feed, e.g. {option('input_shape', '[1, 3, 32, 32]')}"
             )
         return rest
     try:
@@ -168,37 +169,6 @@ def _input_dims(
     return user
 
 
-def _sample_bytes(path: Path, dims: list[int]) -> int | None:
-    """Bytes of the input and every intermediate float tensor for ONE sample, from ONNX shape
-    inference with the batch dim set to 1; None when the shapes cannot be inferred."""
-    from onnx import TensorProto, shape_inference
-
-    model = load_onnx(path, load_external_data=False)
-    inp = model.graph.input[0].type.tensor_type.shape.dim
-    for d, value in zip(inp, [1, *dims], strict=False):
-        d.ClearField("dim_param")
-        d.dim_value = value
-    try:
-        graph = shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - an estimate only: without shapes, no check
-        return None
-    size = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8, TensorProto.INT64: 8}
-    # Only tensors computed from the input grow with the batch (not transposed weights, constants).
-    per_batch = {graph.input[0].name}
-    for node in graph.node:
-        if any(i in per_batch for i in node.input):
-            per_batch.update(node.output)
-    total = 4 * math.prod(dims)
-    for info in [*graph.value_info, *graph.output]:
-        if info.name not in per_batch:
-            continue
-        t = info.type.tensor_type
-        if not all(d.HasField("dim_value") for d in t.shape.dim):
-            return None
-        total += size.get(t.elem_type, 4) * math.prod(d.dim_value for d in t.shape.dim)
-    return total
-
-
 _UNSIZED_ACTIVATIONS = 16
 
 
@@ -211,7 +181,7 @@ def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) ->
         return
     per_sample = [
         # Shapes that inference cannot size: assume activations of up to 16x the input per layer stack.
-        _sample_bytes(f, d) or 4 * math.prod(d) * (1 + _UNSIZED_ACTIVATIONS)
+        activation_bytes(f, d) or 4 * math.prod(d) * (1 + _UNSIZED_ACTIVATIONS)
         for f, d in zip(files, dims[: len(files)], strict=True)
     ]
     need_one = sum(per_sample) + per_sample[0]  # + the A/A control
@@ -222,11 +192,6 @@ def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) ->
             f"{len(files) + 1} onnxruntime sessions, more than the {available / 2**30:.1f} GiB available; "
             "use a smaller batch size"
         )
-
-
-def _input(batch: int, dims: list[int], seed: int) -> np.ndarray:
-    # Seeded per call, so files with the same input shape see exactly the same data.
-    return np.random.default_rng(seed).standard_normal((batch, *dims), dtype=np.float32)
 
 
 def _timed_runs(

@@ -14,17 +14,18 @@ Example::
     top1_agreement("pruned.onnx", "pruned.int8.onnx", x_val)   # fraction of identical argmax
 
 Size accounting (``bytes`` includes any external-data file, ``gzip_bytes`` is gzip -9 of it all)
-comes from :func:`sparsekit.export.size_report`; :func:`entropy_bound_bytes` is the reference a
-sparse int8 file can be compared against.
+comes from :func:`sparsekit.onnx.stats.size_report`; :func:`sparsekit.onnx.stats.entropy_bound_bytes`
+is the reference a sparse int8 file can be compared against.
+
+Sources: https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html (QDQ format,
+``quantize_static``/``quantize_dynamic``, pre-processing) and the ONNX operators
+``QuantizeLinear``/``DequantizeLinear`` (https://onnx.ai/onnx/operators/onnx__DequantizeLinear.html).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +34,16 @@ import onnx
 from onnx import numpy_helper
 
 from sparsekit.errors import ExportError
-from sparsekit.export import (
-    EXTERNAL_DATA_BYTES,
-    _locations,
-    _mark,
-    _model_tensors,
-    _quiet,
-    check_external_data,
-    entropy_bound_bytes,
-    load_onnx,
-    size_report,
-)
-from sparsekit.fsutil import atomic_path, writing
+from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, publish, save_onnx, staging
+from sparsekit.onnx.graph import graph_inputs
+from sparsekit.onnx.quiet import quiet
+from sparsekit.onnx.sessions import open_session
+from sparsekit.onnx.stats import size_report
+from sparsekit.onnx.tensors import FLOAT_TYPES, QUANT_TYPES
 
-__all__ = ["entropy_bound_bytes", "onnx_accuracy", "quantize_int8", "quantized_zeros", "top1_agreement"]
+__all__ = ["onnx_accuracy", "quantize_int8", "quantize_on_data", "quantized_zeros", "top1_agreement"]
 
 PathLike = str | os.PathLike[str]
-
-_FLOAT_TYPES = {getattr(onnx.TensorProto, t) for t in ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16")}
-_INT_TYPES = {getattr(onnx.TensorProto, t) for t in ("INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4")}
 
 
 def quantize_int8(
@@ -64,21 +56,25 @@ def quantize_int8(
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Quantize the fp32 ONNX model ``onnx_path`` to int8 and write it to ``out_path`` atomically,
-    with the ``sparsekit`` metadata mark (see :func:`sparsekit.export.written_by_sparsekit`).
+    """Quantize the fp32 ONNX model ``onnx_path`` to int8 and write it to ``out_path`` atomically
+    (external data beside it for models over 1.8 GB), with the ``sparsekit`` metadata mark (see
+    :func:`sparsekit.onnx.files.written_by_sparsekit`).
 
     ``calibration``: batches of model input, each a numpy array or torch tensor, an ``(x, y)``
     pair (so a ``DataLoader`` works as is; ``y`` is ignored) or a dict of input name to array. At
     most ``max_calibration_batches`` are read. ``None`` selects dynamic quantization.
-    ``eval_data``: optional ``(x, y)`` arrays; adds fp32 and int8 accuracy and top-1 agreement.
+    ``eval_data``: optional ``(x, y)`` arrays (inputs N x ..., labels N); adds fp32 and int8
+    accuracy and top-1 agreement, run in ``batch_size`` batches.
 
     Returns ``{"path", "mode": "static"|"dynamic", "per_channel", "bytes", "gzip_bytes",
     "fp32_bytes", "fp32_gzip_bytes", "nonzero_params", "bytes_per_nonzero",
     "gzip_bytes_per_nonzero", "calibration_batches", "preprocess", "zeros"}`` (+ ``"eval"``), where
     ``zeros`` is :func:`quantized_zeros` of the model that was quantized against the int8 result.
+    Sizes are bytes (external data included); ``nonzero_params`` is the fp32 model's.
     Raises :class:`ExportError` when the input is not an ONNX model, keeps external data outside
     its folder (checked before anything reads it), the calibration data does not fit it, or
-    onnxruntime fails; nothing is written at ``out_path`` then.
+    onnxruntime fails, and :class:`~sparsekit.errors.OutputError` when the disk is full, read-only or
+    not writable; nothing is written at ``out_path`` then.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -92,14 +88,14 @@ def quantize_int8(
     final = Path(out_path)
     if max_calibration_batches < 1:
         raise ExportError(f"max_calibration_batches must be >= 1, got {max_calibration_batches}")
-    model = load_onnx(src)  # ExportError naming the file when it is not an ONNX model
-    fp32 = size_report(src)
-    inputs = _graph_inputs(model)
+    model = load_onnx(src, load_external_data=False)  # ExportError naming the file when it is not ONNX
+    fp32 = size_report(src)  # reads the external data too (and is kept for later callers)
+    inputs = graph_inputs(model)
     if not inputs:
         raise ExportError(f"{src}: the model has no inputs to quantize for")
     large = fp32["bytes"] > EXTERNAL_DATA_BYTES
 
-    with _staging(final) as work:
+    with staging(final) as work:
         pre, preprocess = _preprocess(src, work / "preprocessed.onnx", large)
         tmp = work / final.name
         # Symmetric int8 weights: zero point 0, so a pruned weight is the integer 0 (and gzips).
@@ -108,7 +104,7 @@ def quantize_int8(
         mode = "dynamic" if calibration is None else "static"
         reader = None
         try:
-            with _quiet():
+            with quiet():
                 if calibration is None:
                     quantize_dynamic(
                         pre, tmp, per_channel=per_channel, weight_type=QuantType.QInt8,
@@ -127,19 +123,20 @@ def quantize_int8(
         except Exception as e:
             msg = f"{src}: onnxruntime {mode} int8 quantization failed: {type(e).__name__}: {e}"
             raise ExportError(msg) from e
-        _mark_file(tmp)  # before the checks, so they run on the very bytes that get published
+        # Marked before the checks, so they run on the very bytes that get published.
+        save_onnx(load_onnx(tmp, load_external_data=False), tmp, what="int8 model")
         _check_runs(tmp)
         zeros = quantized_zeros(pre, tmp)
         result: dict[str, Any] = {"mode": mode, "per_channel": per_channel}
         if eval_data is not None:
-            x, y = eval_data
-            acc32 = onnx_accuracy(src, x, y, batch_size)
-            acc8 = onnx_accuracy(tmp, x, y, batch_size)
+            x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
+            fp32_pred, int8_pred = _predict(src, x, batch_size), _predict(tmp, x, batch_size)
             result["eval"] = {
-                "samples": len(y), "fp32_accuracy": acc32, "int8_accuracy": acc8,
-                "top1_agreement": top1_agreement(src, tmp, x, batch_size),
+                "samples": len(y), "fp32_accuracy": float(np.mean(fp32_pred == y)),
+                "int8_accuracy": float(np.mean(int8_pred == y)),
+                "top1_agreement": float(np.mean(fp32_pred == int8_pred)),
             }  # fmt: skip
-        _publish(work, tmp, final)
+        publish(tmp, final)
 
     int8 = size_report(final, nonzero_params=fp32["nonzero_params"])
     return {
@@ -160,7 +157,8 @@ def quantize_int8(
 
 def quantize_on_data(onnx_path: PathLike, out_path: PathLike, bundle: Any) -> dict[str, Any]:
     """:func:`quantize_int8` calibrated on ``bundle.train`` (static QDQ), with int8 vs fp32 accuracy and
-    top-1 agreement measured on all of ``bundle.val`` (a :class:`sparsekit.data.DataBundle`)."""
+    top-1 agreement measured on all of ``bundle.val`` (a :class:`sparsekit.data.DataBundle` whose
+    loaders yield ``(x, y)`` batches). Returns and raises as :func:`quantize_int8`."""
     xs, ys = zip(*[(np.asarray(x, dtype=np.float32), np.asarray(y)) for x, y in bundle.val], strict=True)
     return quantize_int8(
         onnx_path, out_path, calibration=bundle.train, eval_data=(np.concatenate(xs), np.concatenate(ys))
@@ -178,16 +176,17 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
     weights that quantized to 0 (smaller than half a step: not an error, but more zeros).
     Returns ``{"zeros_ok", "fp32_zeros", "int8_zeros", "layers": [{"name", "quantized_name",
     "fp32_zeros", "int8_zeros", "zero_point_zero", "rounded_to_zero", "ok"}]}``; a weight left in
-    fp32 has ``quantized_name`` None and is ok.
+    fp32 has ``quantized_name`` None and is ok. Both files are read with their external data; raises
+    :class:`ExportError` like :func:`sparsekit.onnx.files.load_onnx`.
     """
     ref = load_onnx(fp32_path).graph
     q_graph = load_onnx(int8_path).graph
     weights = {
-        t.name: numpy_helper.to_array(t) for t in ref.initializer if t.data_type in _FLOAT_TYPES and len(t.dims) >= 2
+        t.name: numpy_helper.to_array(t) for t in ref.initializer if t.data_type in FLOAT_TYPES and len(t.dims) >= 2
     }
     q_inits = {t.name: t for t in q_graph.initializer}
     uses = _quantized_weights(q_graph, q_inits)  # name -> (int array, zero point broadcast to it)
-    float_left = {t.name for t in q_graph.initializer if t.data_type in _FLOAT_TYPES}
+    float_left = {t.name for t in q_graph.initializer if t.data_type in FLOAT_TYPES}
 
     found: dict[str, str | None] = {name: _match_by_name(name, w, uses) for name, w in weights.items()}
     used: set[str | None] = {key for key in found.values() if key is not None}
@@ -223,64 +222,28 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
 
 
 def onnx_accuracy(path: PathLike, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of the ONNX model at ``path`` on inputs ``x`` (N x ...) and labels ``y`` (N)."""
-    y = np.asarray(y).reshape(-1)
-    if len(y) != len(x):
-        raise ExportError(f"onnx_accuracy: {len(x)} inputs but {len(y)} labels")
+    """Top-1 accuracy (0..1) of the ONNX model at ``path`` on inputs ``x`` (N x ..., fed as float32 to
+    its first input in batches of ``batch_size``) and integer labels ``y`` (N): the fraction whose
+    argmax over the flattened first output equals the label. Raises :class:`ExportError` when the
+    counts differ, there are no samples, or onnxruntime cannot load or run the model."""
+    y = _labels(x, y)
     return float(np.mean(_predict(path, x, batch_size) == y))
 
 
 def top1_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_size: int = 256) -> float:
-    """Fraction of inputs ``x`` on which the two ONNX models predict the same class."""
+    """Fraction (0..1) of inputs ``x`` (N x ...) on which the two ONNX models predict the same class
+    (argmax of the first output). Raises :class:`ExportError` like :func:`onnx_accuracy`."""
     return float(np.mean(_predict(path_a, x, batch_size) == _predict(path_b, x, batch_size)))
 
 
 # --- helpers --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _staging(final: Path) -> Iterator[Path]:
-    """A private folder beside ``final`` (same filesystem) for intermediate files; always removed."""
-    with writing(final):  # a full, read-only or unwritable disk is an OutputError naming the file
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        try:
-            yield work
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _publish(work: Path, tmp: Path, final: Path) -> None:
-    """Move ``tmp`` (named ``final.name``) and the external-data files it references into place.
-
-    Data files first, so the graph at ``final`` never points at nothing; the graph itself goes
-    through :func:`atomic_path`, so ``final`` is either the old file or the complete new one.
-    """
-    model = load_onnx(tmp, load_external_data=False)  # refuses locations outside ``work``
-    for location in sorted(_external_locations(model)):
-        os.replace(work / location, final.parent / location)
-    with atomic_path(final) as dest:
-        os.replace(tmp, dest)
-
-
-def _external_locations(model: onnx.ModelProto) -> set[str]:
-    return {location for _, t in _model_tensors(model) for location in _locations(t)}
-
-
-def _mark_file(path: Path) -> None:
-    """Stamp the ONNX file at ``path`` as written by sparsekit, keeping its external-data references."""
-    model = load_onnx(path, load_external_data=False)
-    _mark(model)
-    try:
-        onnx.save(model, str(path))
-    except Exception as e:  # disk full, permission denied, ...
-        raise ExportError(f"{path.name}: cannot write the int8 model: {e}") from e
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    graph = model.graph
-    inits = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    return [i for i in graph.input if i.name not in inits]
+def _labels(x: Any, y: Any) -> np.ndarray:
+    y = np.asarray(y).reshape(-1)
+    if len(y) != len(x):
+        raise ExportError(f"onnx_accuracy: {len(x)} inputs but {len(y)} labels")
+    return y
 
 
 def _preprocess(src: Path, dest: Path, large: bool) -> tuple[Path, dict[str, Any]]:
@@ -291,7 +254,7 @@ def _preprocess(src: Path, dest: Path, large: bool) -> tuple[Path, dict[str, Any
     # Symbolic shape inference gives up on some graphs; ONNX shape inference alone is the fallback.
     for skip_symbolic in (False, True):
         try:
-            with _quiet():
+            with quiet():
                 quant_pre_process(
                     str(src), str(dest), skip_symbolic_shape=skip_symbolic,
                     save_as_external_data=large, all_tensors_to_one_file=True,
@@ -371,13 +334,11 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _check_runs(path: Path) -> None:
-    import onnxruntime as ort
-
-    check_external_data(path)  # onnxruntime follows external-data locations unchecked
     try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise ExportError(f"the int8 model onnxruntime wrote cannot be loaded by onnxruntime: {e}") from e
+        open_session(path)  # checks the external data first: onnxruntime follows locations unchecked
+    except ExportError as e:
+        why = e.__cause__ or e
+        raise ExportError(f"the int8 model onnxruntime wrote cannot be loaded by onnxruntime: {why}") from e
 
 
 def _quantized_weights(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> dict[str, tuple]:
@@ -399,7 +360,7 @@ def _quantized_weights(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto
         if len(node.input) <= w_i or node.input[w_i] not in inits:
             continue
         t = inits[node.input[w_i]]
-        if t.data_type not in _INT_TYPES or len(t.dims) < 2:
+        if t.data_type not in QUANT_TYPES or len(t.dims) < 2:
             continue
         q = numpy_helper.to_array(t).astype(np.int32)
         zp_name = node.input[zp_i] if len(node.input) > zp_i else ""
@@ -462,19 +423,17 @@ def _orient(a: np.ndarray, w: np.ndarray, key: str) -> np.ndarray:
 
 
 def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
-    import onnxruntime as ort
-
+    """Argmax over the flattened first output of the model at ``path``, per sample of ``x``."""
     p = Path(path)
-    check_external_data(p)  # a clear error naming the file, before onnxruntime reads external data
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
     x = _to_numpy(x)
     if len(x) == 0:
         raise ExportError("no samples to evaluate")
+    session = open_session(p)  # checks the external data first; ExportError naming the file
+    name = session.get_inputs()[0].name
+    preds = []
     try:
-        session = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        preds = []
         for i in range(0, len(x), batch_size):
             out = session.run(None, {name: x[i : i + batch_size]})[0]
             preds.append(out.reshape(len(out), -1).argmax(axis=1))

@@ -1,0 +1,156 @@
+"""The contract between the :class:`~sparsekit.pruner.Pruner` and a pruning method.
+
+Three types, re-exported by :mod:`sparsekit.methods`:
+
+- :class:`Method`: what a method must declare and do (a ``Protocol``; the classes do not inherit it).
+- :class:`Setup`: everything a method is told besides its recipe entry and the model. A method never
+  receives the Pruner.
+- :class:`Changes`: what :meth:`Method.after_step` / :meth:`Method.finalize` did besides editing weight
+  values and masks in place. Only the Pruner acts on it (its ``pruning_history`` and
+  ``structure_changed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a method is told when it is built (besides its recipe entry and the model).
+
+    ``index``: position of the entry in ``recipe.pruning``; messages name it ``pruning[index]``.
+    ``steps_per_epoch``: optimizer steps per epoch, to turn the recipe's epochs into steps.
+    ``input_shape``: batch-first shape of one model input (e.g. ``[1, 1, 28, 28]``), or None when
+    unknown; methods that trace the model need it.
+    ``scorer``: a Python-API override of the entry's criterion (``Pruner(..., scorers={index: ...})``):
+    an unstructured scorer (:mod:`sparsekit.methods.scorers`) or a torch-pruning importance. None
+    when the recipe's own criterion applies. Methods that take no scorer refuse one (ValueError).
+    """
+
+    index: int
+    steps_per_epoch: int
+    input_shape: list[int] | None = None
+    scorer: Callable[..., Any] | None = None
+
+    @property
+    def where(self) -> str:
+        """How messages name the recipe entry: ``pruning[index]``."""
+        return f"pruning[{self.index}]"
+
+    def refuse_scorer(self, method: str) -> None:
+        """Raise ValueError when a scorer was given to a method (``method``) that ranks nothing."""
+        if self.scorer is not None:
+            raise ValueError(
+                f"scorers[{self.index}]: {self.where} is method {method!r}, which ranks no weights; scorers "
+                "apply to magnitude, gradient and structured entries"
+            )
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a hook did to the model beyond weight values and masks.
+
+    ``history``: channel removals, as JSON-able ``[module_name, is_out_channels, [idx, ...]]`` entries
+    (torch-pruning's history format), in the order they happened; the Pruner appends them to its
+    ``pruning_history`` so a checkpoint can be rebuilt by replaying them on a dense model.
+    ``structure_changed``: parameters were replaced by new (smaller) objects, so an optimizer built over
+    the old ones must be rebuilt (the Pruner sets ``structure_changed``).
+    """
+
+    history: tuple[list[Any], ...] = ()
+    structure_changed: bool = False
+
+
+UNCHANGED = Changes()
+"""What a hook returns when it only edited weight values or masks (or did nothing)."""
+
+
+class Method(Protocol):
+    """A pruning method: one entry of a recipe's ``pruning`` list, bound to a model.
+
+    A class implementing it is built as ``cls(spec, model, setup)`` (``spec``: the validated recipe
+    entry, ``model``: the unwrapped ``nn.Module``, ``setup``: a :class:`Setup`) and registered in
+    :data:`sparsekit.methods.REGISTRY` under the name its recipe entries use. Building must not change
+    the model's weights or shapes (masks may be created, all ones); the first change happens in
+    :meth:`start`, for a schedule that begins at step 0, or in :meth:`after_step`.
+
+    Methods never receive the Pruner and never change its state: they report what they did through
+    :class:`Changes`. They change the model only in place (weights, masks, parameters replaced by
+    torch-pruning), except :meth:`finalize`, which may return a new model object.
+
+    Every attribute below is declared by every method (the Pruner reads them directly).
+    """
+
+    name: str
+    """The recipe's ``method:`` value (and the REGISTRY key)."""
+
+    layers: dict[str, nn.Module]
+    """The layers this entry acts on, by ``named_modules()`` name, in model order. For a structural
+    method: the layers whose output channels it may remove."""
+
+    masks_weights: bool
+    """True when the method owns an unstructured mask over its layers' weights (magnitude, gradient).
+    Two such methods may not share a layer: the Pruner refuses the recipe (TargetError)."""
+
+    needs_grad: bool
+    """True when :meth:`after_step` reads ``weight.grad`` from the user's ``loss.backward()``; with no
+    fine-tuning, ``sparsekit.finetune``'s caller calibrates on a few batches first."""
+
+    structural: bool
+    """True when :meth:`after_step` may replace parameters with differently shaped ones (channel
+    removal during training). The Pruner then tracks parameter names for ``update_optimizer``."""
+
+    touched: list[str]
+    """Layers whose weight shapes :meth:`after_step` may change: :attr:`layers` and the layers consuming
+    their outputs. Empty for a method that is not :attr:`structural` (shape changes at finalize do not
+    count: masks are baked by then). No masking method may own a touched layer (TargetError)."""
+
+    def start(self) -> None:
+        """Called once by the Pruner after every method was built: act on step 0 if the schedule says
+        so (e.g. one-shot magnitude pruning). Must not replace parameters."""
+        ...
+
+    def penalty(self) -> torch.Tensor | float:
+        """A differentiable term the user adds to the loss before ``backward()`` (a scalar tensor on the
+        model's device), or ``0.0`` when the method adds none at this step. Must not change the model."""
+        ...
+
+    def after_step(self, step: int) -> Changes:
+        """Called after every ``optimizer.step()``; ``step`` counts them from 1. May read ``.grad``
+        (:attr:`needs_grad`), edit weights and masks in place, and (:attr:`structural` methods only)
+        remove channels. Must not apply masks (the Pruner applies all masks once after every method
+        ran) and must not touch the optimizer. Returns what changed beyond weights and masks."""
+        ...
+
+    def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
+        """Called once at the end, in recipe order, with masks applied (and already baked when an earlier
+        method removed units). Completes the method (e.g. remaining removal events, removal of dead
+        units) and returns the model (possibly a new object) and what changed. Raises TargetError when
+        the method could not do its job (e.g. gradient scores never arrived)."""
+        ...
+
+    def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
+        """Expected fraction pruned (weights, or channels for structured) at the end of each epoch, for
+        ``sparsekit validate`` and reports; empty when not known in advance (l1, max_norm). Pure."""
+        ...
+
+    def report(self) -> dict[str, Any]:
+        """JSON-able facts for report.json's ``methods`` row (merged into ``{"method", "layers"}``); may be
+        empty. Pure: called after finalize."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to resume this method bit-identically (tensors and plain data;
+        masks and the structural history are saved by the Pruner)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on a freshly built method, after the Pruner replayed the structural
+        history and restored masks."""
+        ...

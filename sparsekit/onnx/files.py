@@ -1,0 +1,453 @@
+"""ONNX files on disk: reading them safely, marking, saving and publishing them, and their sizes.
+
+Every reader goes through :func:`load_onnx`, which refuses external data outside the model's folder
+before any of it is opened. Every writer stages its output in a private folder beside the target
+(:func:`staging`), saves it with sparsekit's mark (:func:`save_onnx`) and moves it into place with
+its external-data files (:func:`publish`), so a target is either the old file or the complete new
+one. Statistics of a file (sizes here, counts in :mod:`sparsekit.onnx.stats`, MACs in
+:mod:`sparsekit.onnx.graph`) are computed once per version of the file (:func:`memoized`).
+
+External data: https://onnx.ai/onnx/repo-docs/ExternalData.html (a tensor's bytes in another file,
+named by a path relative to the model's folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+from typing import Any, TypeVar
+
+import onnx
+from onnx.external_data_helper import (
+    convert_model_to_external_data,
+    load_external_data_for_tensor,
+    write_external_data_tensors,
+)
+
+from sparsekit.errors import ExportError
+from sparsekit.fsutil import atomic_path, writing
+from sparsekit.onnx.tensors import external_locations, model_tensors
+
+__all__ = [
+    "EXTERNAL_DATA_BYTES",
+    "MARK_KEY",
+    "check_external_data",
+    "clear_memo",
+    "external_data_files",
+    "gzip_size",
+    "load_onnx",
+    "mark",
+    "memoized",
+    "onnx_sizes",
+    "publish",
+    "save_onnx",
+    "staging",
+    "written_by_sparsekit",
+]
+
+PathLike = str | os.PathLike[str]
+T = TypeVar("T")
+
+# Protobuf caps a single file at 2 GB; above this many bytes of weights, they go to external data.
+EXTERNAL_DATA_BYTES = int(1.8e9)
+# metadata_props key of every ONNX file sparsekit writes; the value is the sparsekit version and a hash.
+MARK_KEY = "sparsekit"
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def load_onnx(path: PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read the ONNX model at ``path``, with its external data unless ``load_external_data=False``
+    (then external tensors keep their references and no data file is opened).
+
+    Raises :class:`ExportError` naming the file when it is missing or not an ONNX model, when a tensor
+    keeps its data outside the model's folder (see :func:`check_external_data`; checked before any
+    external file is opened) or when its external data cannot be read.
+    """
+    return _read(Path(path), load_external_data)[0]
+
+
+def check_external_data(path: PathLike) -> None:
+    """Raise :class:`ExportError` unless ``path`` is an ONNX model whose external data, if any, are
+    files inside the model's own folder.
+
+    Call it before handing a path to anything that reads external data itself (onnxruntime, onnx's
+    checker). Refused: an empty or absolute location, one with a ``..`` component, a hidden file or
+    folder, one whose real path (symlinks followed) is outside the real path of the model's folder,
+    and one naming a directory or other non-regular file. Reads the ``.onnx`` file only, and only
+    once per version of it (:func:`memoized`): its locations are kept, the checks on them run on
+    every call.
+    """
+    _checked_locations(Path(path))
+
+
+def external_data_files(path: PathLike) -> set[str]:
+    """The external-data locations the ONNX file at ``path`` names (relative to its folder), each
+    checked as by :func:`check_external_data` first (:class:`ExportError` otherwise)."""
+    return set(_checked_locations(Path(path)))
+
+
+def written_by_sparsekit(path: PathLike) -> bool:
+    """True when ``path`` is a readable ONNX file carrying sparsekit's mark (see :func:`mark`); never
+    raises.
+
+    False for a missing file, non-ONNX bytes, ONNX files without the mark and marked files whose
+    graph changed since sparsekit wrote them (the mark holds a SHA-256 of the rest of the file;
+    external data files are not hashed). The mark says who wrote the file, not that it is safe:
+    anyone can compute it. Never cached: it decides whether a file may be replaced.
+    """
+    try:
+        model = load_onnx(path, load_external_data=False)
+        value = _unmark(model)
+        return value is not None and value.endswith(f" sha256:{_digest(model)}")
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
+        return False
+
+
+def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The model at ``path`` and the real path of each external-data location it names (checked)."""
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    try:
+        # Never let onnx follow external-data locations before they are checked.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises several unrelated types on garbage input
+        raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    # Protobuf happily parses some non-ONNX bytes (an empty file, say) into an empty message.
+    if model.ir_version == 0 or not model.graph.output:
+        raise ExportError(f"{path}: not an ONNX model (no IR version or no graph outputs)")
+    targets = _check_locations(path, _locations(path, model, []))
+    if load_external_data:
+        _load_external_data(path, model, targets)
+    return model, targets
+
+
+def _locations(path: Path, model: onnx.ModelProto, files: list[Path]) -> list[tuple[str, str]]:
+    """``(tensor name, location)`` of every external tensor of ``model``, in order."""
+    return [(name, location) for name, tensor in model_tensors(model) for location in external_locations(tensor)]
+
+
+def _checked_locations(path: Path) -> dict[str, str]:
+    """:func:`_check_locations` of the file's locations, read from it once per version of the file."""
+    return _check_locations(path, memoized(path, "locations", _locations, load_external_data=False))
+
+
+def _check_locations(path: Path, locations: list[tuple[str, str]]) -> dict[str, str]:
+    """Raise :class:`ExportError` for the first ``(tensor name, location)`` of the model at ``path``
+    whose external data is not a file inside the model's folder; else return each location's real
+    path. Touches no data file's contents."""
+    folder = path.parent
+    real_folder = os.path.realpath(folder)
+    targets: dict[str, str] = {}  # location -> real path; most tensors share one file
+    for name, location in locations:
+        if location in targets:
+            continue
+        why = _location_problem(folder, real_folder, location)
+        if why is not None:
+            raise ExportError(
+                f"{path}: tensor {name!r} stores its data at {location!r}, {why}; external data must be "
+                f"a file beside the model (re-save it with onnx.save(..., location='{path.name}.data'))"
+            )
+        targets[location] = os.path.realpath(folder / location)
+    return targets
+
+
+def _load_external_data(path: Path, model: onnx.ModelProto, targets: dict[str, str]) -> None:
+    """Read every external tensor of ``model`` from the files :func:`_check_locations` approved.
+
+    Done tensor by tensor over :func:`model_tensors` rather than with onnx's
+    ``load_external_data_for_model``, which skips sparse initializers (``numpy_helper.to_array``
+    would later read those relative to the current directory) and refuses a symlinked data file
+    even when it stays inside the folder.
+    """
+    real_folder = os.path.realpath(path.parent)
+    for name, tensor in model_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location":  # the checked real file: no symlink, no '..' left to follow
+                entry.value = os.path.relpath(targets[entry.value], real_folder)
+        try:
+            load_external_data_for_tensor(tensor, real_folder)
+        except Exception as e:  # a missing or truncated data file, mostly
+            msg = f"{path}: cannot read the external data of tensor {name!r} ({type(e).__name__}: {e})"
+            raise ExportError(msg) from e
+
+
+def _location_problem(folder: Path, real_folder: str, location: str) -> str | None:
+    """Why ``location`` may not be read as external data of a model in ``folder``; None if it may."""
+    if not location:
+        return "which names no file"
+    if "\x00" in location:
+        return "which is not a valid file name"
+    # Both separators and drive letters: a file written on Windows must not escape either.
+    if location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
+        return "outside the model's folder (an absolute path)"
+    parts = re.split(r"[\\/]", location)
+    if ".." in parts:
+        # Refused even when it would land inside: '..' has no business in a file beside the model.
+        return "outside the model's folder ('..' is not allowed)"
+    if any(part.startswith(".") and part != "." for part in parts):
+        # A model saved in a home folder must not read ~/.ssh/id_rsa or ~/.netrc as "weights": hidden
+        # files and folders hold keys and settings, never a model's data.
+        return "a hidden file or folder, where model data never lives"
+    target = os.path.realpath(folder / location)  # symlinks followed, as the reader would
+    if os.path.commonpath([real_folder, target]) != real_folder:
+        return "outside the model's folder (it resolves to another place)"
+    if any(part.startswith(".") for part in Path(os.path.relpath(target, real_folder)).parts):
+        return "a link to a hidden file or folder, where model data never lives"
+    if os.path.isdir(target):  # the folder itself ('.') included
+        return "which is a directory, not a file"
+    if os.path.exists(target) and not os.path.isfile(target):
+        return "which is not a regular file"  # a FIFO or device would hang or never end
+    return None  # a missing file is reported by whoever needs its bytes
+
+
+# --- the mark --------------------------------------------------------------------------------------
+
+
+def mark(model: onnx.ModelProto) -> None:
+    """Stamp ``model`` (in memory) as written by sparsekit: ``metadata_props["sparsekit"]`` holds the
+    version and a SHA-256 of the rest of the serialized model, so a file edited since (the mark kept)
+    is no longer "ours" to :func:`written_by_sparsekit`. An earlier mark is replaced."""
+    from sparsekit import __version__  # lazily: the package imports this module
+
+    _unmark(model)
+    model.metadata_props.add(key=MARK_KEY, value=f"{__version__} sha256:{_digest(model)}")
+
+
+def _unmark(model: onnx.ModelProto) -> str | None:
+    """Remove sparsekit's mark from ``model``; returns its value (None when there was none)."""
+    value = None
+    for i in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[i].key == MARK_KEY:
+            value = model.metadata_props[i].value
+            del model.metadata_props[i]
+    return value
+
+
+def _digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def save_onnx(model: onnx.ModelProto, path: PathLike, *, what: str = "model", external_data: bool = False) -> None:
+    """:func:`mark` ``model`` and write it to ``path`` (a staged file, see :func:`staging`).
+
+    Tensors whose data is already external keep their references. ``external_data=True`` moves every
+    tensor of 1 kB or more into ``<name>.data`` beside it (for models over protobuf's 2 GB limit).
+    Raises :class:`ExportError` naming the file and ``what`` it is when onnx cannot write it (a
+    disk-full cause is kept, so :func:`~sparsekit.fsutil.writing` still reports an OutputError).
+    """
+    p = Path(path)
+    try:
+        if external_data:
+            # Data written first, so the mark hashes the graph as saved: with references, not bytes.
+            convert_model_to_external_data(
+                model, all_tensors_to_one_file=True, location=f"{p.name}.data", size_threshold=1024
+            )
+            write_external_data_tensors(model, str(p.parent))
+        mark(model)
+        onnx.save_model(model, str(p))
+    except Exception as e:  # protobuf's size limit, disk full, permission denied, ...
+        raise ExportError(f"{p.name}: cannot write the {what}: {e}") from e
+
+
+@contextlib.contextmanager
+def staging(final: PathLike) -> Iterator[Path]:
+    """A private folder beside ``final`` (same filesystem, so renames out of it are atomic) for a file
+    being written and its intermediates; always removed. Creates ``final``'s folder. A full, read-only
+    or unwritable disk is an :class:`~sparsekit.errors.OutputError` naming ``final``."""
+    final = Path(final)
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(staged: PathLike, final: PathLike) -> None:
+    """Move the ONNX file ``staged`` (inside a :func:`staging` folder, named like ``final``) and the
+    external-data files it references to ``final``'s folder.
+
+    Data files first, so the graph at ``final`` never points at nothing; the graph itself goes
+    through :func:`~sparsekit.fsutil.atomic_path`, so ``final`` is either the old file or the
+    complete new one. Locations are checked first (:class:`ExportError`).
+    """
+    staged, final = Path(staged), Path(final)
+    for location in sorted(external_data_files(staged)):
+        os.replace(staged.parent / location, final.parent / location)
+    with atomic_path(final) as dest:
+        os.replace(staged, dest)
+
+
+# --- sizes and the per-file memo -----------------------------------------------------------------
+
+
+def onnx_sizes(path: PathLike) -> dict[str, int]:
+    """``{"bytes", "gzip_bytes"}``: raw bytes of the ``.onnx`` file plus every external-data file it
+    references (each counted once, however many paths reach it), and the gzip -9 size of them all
+    concatenated. Computed once per version of the files (:func:`memoized`).
+
+    Raises :class:`ExportError` when the file is not ONNX, an external-data file is missing, or one
+    lies outside the model's folder (checked before any of them is read).
+    """
+    return memoized(path, "sizes", _sizes, load_external_data=False)
+
+
+def _sizes(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, int]:
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ExportError(f"{path}: external data file(s) missing: {', '.join(missing)}")
+    return {"bytes": sum(f.stat().st_size for f in files), "gzip_bytes": gzip_size(files)}
+
+
+def gzip_size(files: Sequence[PathLike]) -> int:
+    """Bytes of ``files`` concatenated and compressed with gzip at level 9 (the container included).
+
+    Streamed in 1 MiB chunks, so a multi-GB external-data file never sits in memory."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits=31: the gzip container
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                n += len(comp.compress(chunk))
+    return n + len(comp.flush())
+
+
+@dataclass
+class _Entry:
+    watch: list[Path]  # the .onnx file, then each external-data file (as the model names it)
+    signatures: list[tuple[int, ...] | None]
+    # A file modified too recently for its timestamps to tell a later change apart (see _RACY_NS) has
+    # the hash of its contents here, taken before it was read: they decide, as git does for "racily
+    # clean" files. None for the others.
+    digests: list[str | None]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+_MEMO_ENTRIES = 256
+# A file modified this recently may be rewritten within the same timestamp tick (coarse kernel
+# clocks: a few ms; FAT: 2 s) with the same size, which stat alone cannot see.
+_RACY_NS = 2_000_000_000
+_memo: OrderedDict[str, _Entry] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def memoized(
+    path: PathLike,
+    fact: str,
+    compute: Callable[[Path, onnx.ModelProto, list[Path]], T],
+    *,
+    load_external_data: bool,
+) -> T:
+    """``compute(path, model, files)`` for the ONNX file at ``path``, once per version of the file.
+
+    ``model`` is :func:`load_onnx` of ``path`` (external data loaded or not, as asked; checked as
+    always), ``files`` the ``.onnx`` file followed by each external-data file it names. The result is
+    kept under ``fact`` for as long as none of those files changes: each is identified by
+    ``os.stat`` (device, inode, size, modification and change times in ns), taken before it is read,
+    so a file rewritten or replaced since is read again; while a file's modification time is under
+    2 s old when it is identified, its contents (BLAKE2b) are compared too. A hit parses no file,
+    so it cannot read external data a check would refuse. Returns a deep copy, which the caller may
+    change. Errors (:class:`ExportError`) are not kept.
+    """
+    p = Path(path)
+    key = os.path.abspath(p)
+    with _memo_lock:
+        entry = _memo.get(key)
+        if entry is not None:
+            _memo.move_to_end(key)
+    if entry is not None and not _still_valid(entry):
+        entry = None
+    if entry is not None and fact in entry.facts:
+        return copy.deepcopy(entry.facts[fact])
+    # Each file is identified before it is read: one changed while we read is read again next time.
+    first = _signature(p)
+    first_digest = _file_digest(p) if _racy(first) else None
+    model, targets = _read(p, False)
+    files = [p]
+    seen = {os.path.realpath(p)}
+    for location, real in targets.items():  # a data file reached twice (e.g. through a symlink) counts once
+        if real not in seen:
+            seen.add(real)
+            files.append(p.parent / location)
+    locations = _locations(p, model, files)
+    signatures = [first, *(_signature(f) for f in files[1:])]
+    data = zip(files[1:], signatures[1:], strict=True)
+    digests = [first_digest, *(_file_digest(f) if _racy(sig) else None for f, sig in data)]
+    if load_external_data:
+        _load_external_data(p, model, targets)
+    value = compute(p, model, files)
+    with _memo_lock:
+        if entry is None or entry.signatures != signatures or entry.digests != digests:
+            entry = _Entry(files, signatures, digests)
+        entry.facts[fact] = value
+        entry.facts.setdefault("locations", locations)  # free with any parse; what every check needs
+        _memo[key] = entry
+        _memo.move_to_end(key)
+        while len(_memo) > _MEMO_ENTRIES:
+            _memo.popitem(last=False)
+    return copy.deepcopy(value)
+
+
+def clear_memo() -> None:
+    """Forget every statistic :func:`memoized` holds (they are recomputed on the next call)."""
+    with _memo_lock:
+        _memo.clear()
+
+
+def _still_valid(entry: _Entry) -> bool:
+    """Do the files of ``entry`` still hold what its facts were computed from?"""
+    signatures = [_signature(f) for f in entry.watch]
+    if signatures != entry.signatures:
+        return False
+    for i, (path, digest) in enumerate(zip(entry.watch, entry.digests, strict=True)):
+        if digest is None:
+            continue
+        racy = _racy(signatures[i])  # judged before hashing: a change after it shows in the timestamps
+        if _file_digest(path) != digest:
+            return False
+        if not racy:  # the contents are the ones measured, and any later change gets a newer timestamp
+            entry.digests[i] = None
+    return True
+
+
+def _racy(signature: tuple[int, ...] | None) -> bool:
+    return signature is not None and abs(time.time_ns() - signature[3]) < _RACY_NS
+
+
+def _file_digest(path: Path) -> str | None:
+    h = hashlib.blake2b(digest_size=32)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)  # symlinks followed: a link pointed elsewhere is another file
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -1,0 +1,156 @@
+"""Counts read from an ONNX graph: multiply-accumulates (dense and over nonzero weights only), the
+model's real inputs, and the activation memory one sample needs.
+
+MACs count Conv, Gemm and MatMul nodes whose weight is an initializer (the layers pruning touches), at
+batch size 1, using ONNX shape inference (https://onnx.ai/onnx/api/shape_inference.html) for output
+sizes. Elementwise ops, pooling and attention between activations are not counted, as in the
+torch-side :mod:`sparsekit.stats`. Quantized files (QDQ) are followed through ``DequantizeLinear``
+to the integer weight; sparse initializers are densified.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from sparsekit.onnx.files import memoized
+from sparsekit.onnx.tensors import densify
+
+__all__ = ["activation_bytes", "graph_inputs", "onnx_macs"]
+
+PathLike = str | os.PathLike[str]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs of ``model``'s graph that are fed at run time: declared inputs that are not also
+    (dense or sparse) initializers, which older exporters list as inputs too."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def onnx_macs(path: PathLike) -> dict[str, Any]:
+    """``{"macs", "effective_macs", "layers": [{"node", "op", "macs", "effective_macs"}]}`` of the ONNX
+    file at ``path``, at batch size 1; ``effective_macs`` counts nonzero weights only. Computed once
+    per version of the file (:func:`sparsekit.onnx.files.memoized`).
+
+    Raises :class:`~sparsekit.errors.ExportError` when ``path`` is not an ONNX model or keeps external
+    data outside its folder.
+    """
+    return memoized(path, "macs", _macs, load_external_data=True)
+
+
+def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
+    batch_one = {i.name: [1] for i in graph_inputs(model)}  # a symbolic batch dim only; fixed ones stay
+    inferred = _inferred_graph(model, batch_one, keep_fixed=True)
+    shapes = _static_shapes(inferred if inferred is not None else model.graph)
+    weights = _weights(model.graph)
+    layers = []
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights:
+            w = weights[node.input[1]]
+            out = shapes.get(node.output[0])
+            positions = math.prod(out[2:]) if out else None
+        elif node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
+            w = weights[node.input[1]]
+            a = shapes.get(node.input[0])
+            positions = math.prod(a[:-1]) if a and len(a) > 1 else 1
+        else:
+            continue
+        if positions is None:
+            continue
+        layers.append(
+            {
+                "node": node.name or node.output[0],
+                "op": node.op_type,
+                "macs": int(w.size * positions),
+                "effective_macs": int(np.count_nonzero(w) * positions),
+            }
+        )
+    return {
+        "macs": sum(r["macs"] for r in layers),
+        "effective_macs": sum(r["effective_macs"] for r in layers),
+        "layers": layers,
+    }
+
+
+def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
+    """Bytes of the first input and of every tensor computed from it, for ONE sample whose non-batch
+    dims are ``dims``, from ONNX shape inference; None when some of those shapes cannot be inferred.
+    Weights, constants and tensors derived from them alone do not grow with the batch and are left
+    out. Raises :class:`~sparsekit.errors.ExportError` like :func:`onnx_macs`.
+    """
+    dims = [int(d) for d in dims]
+
+    def compute(p: Path, model: onnx.ModelProto, files: list[Path]) -> int | None:
+        first = model.graph.input[0].name
+        graph = _inferred_graph(model, {first: [1, *dims]}, keep_fixed=False)
+        if graph is None:
+            return None
+        per_batch = {first}  # only tensors computed from the input grow with the batch
+        for node in graph.node:
+            if any(i in per_batch for i in node.input):
+                per_batch.update(node.output)
+        total = 4 * math.prod(dims)
+        for info in [*graph.value_info, *graph.output]:
+            if info.name not in per_batch:
+                continue
+            t = info.type.tensor_type
+            if not all(d.HasField("dim_value") for d in t.shape.dim):
+                return None
+            total += _itemsize(t.elem_type) * math.prod(d.dim_value for d in t.shape.dim)
+        return total
+
+    return memoized(path, f"activation_bytes {dims}", compute, load_external_data=False)
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except Exception:  # noqa: BLE001 - an undefined or exotic type: count it as float32
+        return 4
+
+
+def _inferred_graph(model: onnx.ModelProto, dims: dict[str, list[int]], *, keep_fixed: bool) -> onnx.GraphProto | None:
+    """Shape inference on a copy of ``model`` whose inputs named in ``dims`` get those leading dims:
+    in place of symbolic ones only (``keep_fixed``) or of all; None when inference fails."""
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    for inp in clone.graph.input:
+        for d, value in zip(inp.type.tensor_type.shape.dim, dims.get(inp.name, []), strict=False):
+            if not (keep_fixed and d.HasField("dim_value")):
+                d.ClearField("dim_param")
+                d.dim_value = value
+    try:
+        return shape_inference.infer_shapes(clone).graph
+    except Exception:  # noqa: BLE001 - shapes are a nicety; callers fall back
+        return None
+
+
+def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for vi in [*graph.value_info, *graph.output, *graph.input]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    return shapes
+
+
+def _weights(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializer arrays by name, with a DequantizeLinear's output mapped to its integer input."""
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    arrays.update({s.values.name: densify(s) for s in graph.sparse_initializer})
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in arrays:
+            arrays[node.output[0]] = arrays[node.input[0]]
+    for node in graph.node:  # Transpose of a weight (some exporters emit W^T this way)
+        if node.op_type == "Transpose" and node.input[0] in arrays:
+            arrays[node.output[0]] = arrays[node.input[0]]
+    return arrays

@@ -1,0 +1,135 @@
+"""What an ONNX model stores: its tensors, their element types, and how many weights they hold.
+
+Pure functions of an in-memory ``onnx.ModelProto``; no file is read here (see
+:mod:`sparsekit.onnx.files` for that and :mod:`sparsekit.onnx.stats` for per-file counts).
+
+Tensors live in more places than ``graph.initializer``: ``graph.sparse_initializer``
+(``SparseTensorProto``: ``values`` [nnz] plus ``indices`` [nnz] or [nnz, rank], see
+https://onnx.ai/onnx/repo-docs/IR.html#sparse-tensors), tensor-valued node attributes (``Constant``
+among them), subgraphs of control-flow nodes and the model's local functions. :func:`model_tensors`
+walks them all, which is what the external-data checks rely on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = [
+    "FLOAT_TYPES",
+    "NUMERIC_TYPES",
+    "QUANT_TYPES",
+    "count_params",
+    "densify",
+    "external_locations",
+    "graph_tensors",
+    "model_tensors",
+]
+
+_T = onnx.TensorProto
+# The floating-point element types: what counts as a weight in an fp32/fp16 model.
+FLOAT_TYPES = frozenset({_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.BFLOAT16})
+# Integer types quantized weights are stored in (onnxruntime writes int8/uint8; 4- and 16-bit exist too).
+QUANT_TYPES = frozenset({_T.INT8, _T.UINT8, _T.INT16, _T.UINT16, _T.INT4, _T.UINT4})
+# Every number type of whole bytes (no 4-bit, strings, bools or complex numbers).
+NUMERIC_TYPES = FLOAT_TYPES | {_T.INT8, _T.UINT8, _T.INT16, _T.UINT16, _T.INT32, _T.UINT32, _T.INT64, _T.UINT64}
+
+
+def model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """``(name to report, tensor)`` for every tensor stored in ``model``: :func:`graph_tensors` of the
+    main graph and of each local function (onnx loads external data for their attributes too)."""
+    yield from graph_tensors(model.graph)
+    for function in model.functions:
+        yield from graph_tensors(function)
+
+
+def graph_tensors(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """``(name to report, tensor)`` for every tensor stored in ``graph``: initializers, the values and
+    indices of sparse initializers, tensors in node attributes (``Constant`` values among them, named
+    after their node when unnamed) and the same in every subgraph, recursively."""
+    for tensor in getattr(graph, "initializer", ()):  # a FunctionProto has no initializers
+        yield tensor.name, tensor
+    for sparse in getattr(graph, "sparse_initializer", ()):
+        yield from _sparse_parts(sparse, "sparse initializer")
+    for node in graph.node:
+        for attr in node.attribute:
+            where = f"attribute {attr.name!r} of node {node.name or node.op_type!r}"
+            if attr.HasField("t"):
+                yield attr.t.name or where, attr.t
+            for tensor in attr.tensors:
+                yield tensor.name or where, tensor
+            if attr.HasField("sparse_tensor"):
+                yield from _sparse_parts(attr.sparse_tensor, where)
+            for sparse in attr.sparse_tensors:
+                yield from _sparse_parts(sparse, where)
+            if attr.HasField("g"):
+                yield from graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from graph_tensors(sub)
+
+
+def _sparse_parts(sparse: onnx.SparseTensorProto, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:
+    name = sparse.values.name or where
+    yield name, sparse.values
+    yield sparse.indices.name or f"{name} (indices)", sparse.indices
+
+
+def external_locations(tensor: onnx.TensorProto) -> list[str]:
+    """The external-data ``location`` entries of ``tensor`` (paths relative to the model's folder,
+    per https://onnx.ai/onnx/repo-docs/ExternalData.html): none when its data is inline. A tensor
+    marked external without a location entry gives ``[""]``, so that callers refuse it rather than
+    skip it."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return []
+    return [e.value for e in tensor.external_data if e.key == "location"] or [""]
+
+
+def densify(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """The dense array (shape ``sparse.dims``, dtype of ``sparse.values``) of a ``SparseTensorProto``
+    whose indices are linear ``[nnz]`` or per-dimension ``[nnz, rank]``, as the ONNX IR allows.
+    The tensor's data must be loaded (not external)."""
+    values = numpy_helper.to_array(sparse.values)
+    idx = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dims = tuple(sparse.dims)
+    if idx.ndim == 2:
+        idx = np.ravel_multi_index(tuple(idx.T), dims)
+    out = np.zeros(math.prod(dims), dtype=values.dtype)
+    out[idx] = values
+    return out.reshape(dims)
+
+
+def count_params(model: onnx.ModelProto) -> dict[str, Any]:
+    """The one weight counter: ``{"tensors", "params", "nonzero_params"}`` of ``model``'s weights.
+
+    A weight is a dense or sparse initializer of the main graph that is floating point, or an
+    integer tensor that a ``DequantizeLinear`` turns into a weight (a QDQ-quantized file, see
+    https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html); the scales and
+    zero points of ``QuantizeLinear``/``DequantizeLinear`` are not. So an fp32 file, its int8 QDQ
+    version and its sparse-storage version count the same weights. ``params`` counts elements,
+    ``nonzero_params`` those that are not 0. The model's external data must be loaded.
+    """
+    graph = model.graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
+    aux = {name for n in graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear") for name in n.input[1:]}
+
+    def is_weight(name: str, data_type: int) -> bool:
+        return name not in aux and (data_type in FLOAT_TYPES or name in dequantized)
+
+    tensors = params = nonzero = 0
+    for init in graph.initializer:
+        if is_weight(init.name, init.data_type):
+            arr = numpy_helper.to_array(init)
+            tensors += 1
+            params += int(arr.size)
+            nonzero += int(np.count_nonzero(arr))
+    for sparse in graph.sparse_initializer:
+        if is_weight(sparse.values.name, sparse.values.data_type):
+            tensors += 1
+            params += math.prod(sparse.dims)
+            nonzero += int(np.count_nonzero(numpy_helper.to_array(sparse.values)))
+    return {"tensors": tensors, "params": params, "nonzero_params": nonzero}
