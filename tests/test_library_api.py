@@ -137,3 +137,24 @@ def test_options_render_per_caller(name, value, python, flag):
     err = SparsekitError(f"x.pt: something is off; pass {option(name, value)} to fix it")
     assert python in str(err) and "\x00" not in str(err)
     assert flag in err.render(_flag)
+
+
+EXPECTED = {  # method entry -> what the up-front expectation must say about it
+    "magnitude": ({"method": "magnitude", "sparsity": 0.5}, "unstructured zeros shrink"),
+    "gradient": ({"method": "gradient", "sparsity": 0.5}, "unstructured zeros shrink"),
+    "l1": ({"method": "l1", "strength": 1e-4, "group": "row"}, "removing whole neurons"),
+    "max_norm": ({"method": "max_norm", "max_value": 3.0}, "expect no size or latency change"),
+    "structured": ({"method": "structured", "ratio": 0.5}, "removing whole neurons"),
+}
+
+
+def test_expectation_covers_every_registered_method():
+    from sparsekit.methods import REGISTRY
+    from sparsekit.recipe import METHOD_NAMES
+    from sparsekit.report import what_it_buys
+
+    # A new method must say here what it buys (and so be handled by what_it_buys).
+    assert set(EXPECTED) == set(METHOD_NAMES) == set(REGISTRY)
+    for name, (entry, needle) in EXPECTED.items():
+        recipe = sparsekit.Recipe(version=1, pruning=[entry])
+        assert needle in what_it_buys(recipe), name
