@@ -45,6 +45,7 @@ _LAZY = {
     "layer_report": ".stats",
     "load_model": ".modelio",
     "load_recipe": ".recipe",
+    "load_report": ".report",
     "plan": ".planning",
     "run_prune": ".pipeline",
     "save_model": ".modelio",
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from .pruner import Pruner
     from .recipe import Recipe, load_recipe
     from .recipe_catalog import shipped_recipes
-    from .report import Report
+    from .report import Report, load_report
     from .stats import layer_report, sparsity
     from .train import finetune
 
@@ -98,6 +99,7 @@ __all__ = [
     "layer_report",
     "load_model",
     "load_recipe",
+    "load_report",
     "plan",
     "run_prune",
     "save_model",
