@@ -1,4 +1,4 @@
-"""Prune LeNet-300-100 to 90% sparsity inside your own training loop (the Python API, INTERFACE.md §5).
+"""Prune LeNet-300-100 to 90% sparsity inside your own training loop (the Python API, README "Python API").
 
     python examples/api_loop.py --epochs 3 -o api-out
 

@@ -535,7 +535,7 @@ def inspect(
     shape, rows = res["input_shape"], res["layers"]
     lines = [
         f"{model}: {res['factory'] or 'unknown factory'}, input {shape or '? (pass --input-shape for MACs)'}",
-        f"{'layer':24} {'type':8} {'shape':18} {'params':>10} {'nonzero':>10} {'sparsity':>8} {'MACs':>12}",
+        f"{'layer':24} {'type':8} {'shape':18} {'params':>10} {'nonzero':>10} {'sparsity':>8} {'nonzero MACs':>12}",
     ]
     for r in rows:
         lines.append(

@@ -38,7 +38,8 @@ def _api_spelling(name: str, value: str) -> str:
     if name == "set":
         return f"overrides=[{value!r}]"
     if name == "input_shape":
-        return f"input_shape={value}"
+        dims = [d for d in value.strip("[]").replace(" ", "").split(",") if d]
+        return f"input_shape=[{', '.join(dims)}]"
     return f"{name}={value!r}"
 
 
@@ -52,12 +53,21 @@ class SparsekitError(Exception):
 
     exit_code = 2
 
-    def __str__(self) -> str:
-        return render(super().__str__())
+    def __init__(self, message: str = "", *args: object) -> None:
+        # args (and so repr, pickling, logging) carry the Python spelling; the raw message keeps the
+        # option placeholders for render().
+        self.raw_message = str(message)
+        super().__init__(render(self.raw_message), *args)
 
     def render(self, spell: Callable[[str, str], str]) -> str:
         """The message with its options spelled by ``spell(name, value)`` (the CLI passes its flags)."""
-        return render(super().__str__(), spell)
+        return render(self.raw_message, spell)
+
+
+def quoted(err: BaseException) -> str:
+    """``err``'s message for quoting inside another SparsekitError: a SparsekitError's options stay
+    placeholders, so the outer error renders them for its caller (flags in the CLI)."""
+    return err.raw_message if isinstance(err, SparsekitError) else str(err)
 
 
 class RecipeError(SparsekitError):

@@ -49,8 +49,8 @@ def inspect(
     except Exception as err:  # noqa: BLE001 - the model cannot run on the given shape
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(
-            f"input shape {shape}: the model does not accept it ({first}); give the right one "
-            f"({option('input_shape', '1,3,32,32')})"
+            f"input shape {shape}: the model does not accept it ({first}); give the shape it takes, batch first "
+            f"({option('input_shape')})"
         ) from None
     return {
         "path": str(path),

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelFileError, one_line, option, shorten
+from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, load_callable
 
@@ -355,7 +355,7 @@ def read_model(
         try:
             model = replay_history(model, history, input_shape)
         except ModelFileError as err:
-            raise ModelFileError(f"{path}: {err}") from None
+            raise ModelFileError(f"{path}: {quoted(err)}") from None
     load_weights(model, state, path, factory)
     return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None, history, kind)
 

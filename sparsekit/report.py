@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -135,12 +135,27 @@ class DeadUnits(_Closed):
     kept: int
 
 
+class LayerAim(_Closed):
+    """One selected layer: the fraction asked (weights zeroed, or output channels removed for
+    ``structured``; null when the method ranks globally), the fraction achieved, and why they differ."""
+
+    asked: float | None = None
+    achieved: float
+    reason: str | None = None
+
+
 class MethodResult(_Open):
-    """What one ``pruning`` entry did; each method adds its own keys (see its ``report()``)."""
+    """What one ``pruning`` entry did; each method adds its own keys (see its ``report()``).
+
+    ``asked`` / ``achieved``: over all the layers the entry selected, the fraction asked and reached
+    (weights zeroed; output channels removed for ``structured``); ``per_layer``: the same per layer."""
 
     method: str
     layers: list[str]
     target_sparsity: float | None = None
+    asked: float | None = None
+    achieved: float | None = None
+    per_layer: dict[str, LayerAim] = Field(default_factory=dict)
     dead_units: DeadUnits | None = None
 
 
@@ -193,7 +208,7 @@ class Report(_Closed):
     """report.json of a ``sparsekit prune`` run. Keys of ``latency_ms``, ``speedup`` and the like are
     batch sizes as strings (JSON object keys)."""
 
-    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schema")
     model: ModelInfo
     data: DataInfo
     dense: Result
@@ -288,6 +303,15 @@ def notes(report: Report) -> list[str]:
                 f"{m.method}: {du.found - du.kept} of {du.found} all-zero units removed; {du.kept} kept "
                 "because removing them would change the outputs (residual add, depthwise conv or zero padding)."
             )
+    for i, m in enumerate(report.methods):
+        if m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
+            out.append(
+                f"pruning[{i}] ({m.method}) reached {m.achieved:.3f} of the {m.asked:.3f} asked over its layers."
+            )
+        for name, aim in m.per_layer.items():
+            if aim.reason:
+                asked = "" if aim.asked is None else f" of {aim.asked:.3f} asked"
+                out.append(f"pruning[{i}] ({m.method}) {name}: {aim.achieved:.3f}{asked}: {aim.reason}.")
     drop = d.accuracy - p.accuracy
     if drop > 0.03:
         epochs = report.recipe["finetune"]["epochs"]
@@ -354,6 +378,14 @@ def render_summary(report: Report, out: str | Path) -> str:
         f"  parity    max |onnx - torch| {_diff(report.parity.max_abs_diff)} "
         f"({'ok' if report.parity.ok else 'FAILED'}), zeros kept in ONNX: {report.zeros_preserved}",
     ]
+    for i, m in enumerate(report.methods):
+        if m.achieved is None:
+            continue
+        what = "channels removed" if m.method == "structured" else "weights zero"
+        asked = "" if m.asked is None else f"asked {m.asked:.3f}, "
+        lines.append(
+            f"  pruning[{i}] {m.method}: {asked}achieved {m.achieved:.3f} ({what}, over its {len(m.layers)} layers)"
+        )
     for bs, s in (report.benchmark.speedup if report.benchmark else {}).items():
         verdict = "within noise" if not s.significant else "faster" if s.ratio < 1 else "slower"
         lines.append(
@@ -447,6 +479,22 @@ def render_markdown(report: Report) -> str:
             dl = d.latency_ms.get(bs)
             if dl:
                 lines.append(f"int8 latency p50 at batch {bs}: {lat.p50:.3f} ms ({lat.p50 / dl.p50:.3f}x dense).")
+        lines.append("")
+    aims = [(i, m) for i, m in enumerate(report.methods) if m.per_layer]
+    if aims:
+        lines += [
+            "## Asked vs achieved",
+            "",
+            "| entry | layer | asked | achieved | reason |",
+            "|---|---|---:|---:|---|",
+        ]
+        for i, m in aims:
+            total_asked = "–" if m.asked is None else f"{m.asked:.3f}"
+            total = "–" if m.achieved is None else f"{m.achieved:.3f}"
+            lines.append(f"| pruning[{i}] {m.method} | all selected | {total_asked} | {total} | |")
+            for name, aim in m.per_layer.items():
+                asked = "–" if aim.asked is None else f"{aim.asked:.3f}"
+                lines.append(f"| | {name} | {asked} | {aim.achieved:.3f} | {aim.reason or ''} |")
         lines.append("")
     for note in report.notes:
         lines.append(f"- {note}")

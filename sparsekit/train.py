@@ -1,6 +1,6 @@
 """The plain fine-tuning loop of a prune run: optimizer, LR schedule, pruner steps, eval, checkpoints.
 
-Users with their own loop drive :class:`~sparsekit.pruner.Pruner` directly (INTERFACE.md §5); this
+Users with their own loop drive :class:`~sparsekit.pruner.Pruner` directly (README, "Python API"); this
 is the same calls in the same order. The learning rate follows a ``torch.optim.lr_scheduler``
 stepped once per epoch (:func:`make_scheduler`); its state is saved in the resume checkpoint.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import batches as _batches
-from .errors import DataError, RecipeError, SparsekitError, one_line, option
+from .errors import DataError, RecipeError, SparsekitError, one_line, option, quoted
 from .fsutil import atomic_path
 from .pruner import Pruner
 from .recipe import FinetuneSpec, Recipe
@@ -326,7 +326,7 @@ def _load_checkpoint(
         pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
         model.load_state_dict(state["model"])
     except SparsekitError as err:
-        raise SparsekitError(f"{path}: cannot resume from it ({err}); {again}") from None
+        raise SparsekitError(f"{path}: cannot resume from it ({quoted(err)}); {again}") from None
     except Exception as err:  # noqa: BLE001 - any unreadable or mismatched checkpoint is bad input here
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SparsekitError(f"{path}: does not fit this model and recipe ({first}); {again}") from None

@@ -1,4 +1,4 @@
-"""Under DistributedDataParallel every rank must end with the same masks (INTERFACE.md §5)."""
+"""Under DistributedDataParallel every rank must end with the same masks."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_inspect_bad_input_shape_names_the_option(mlp_checkpoint):
         sparsekit.inspect(mlp_checkpoint, arch=MLP_ARCH, input_shape=[1, 3, 7])
     assert "input_shape=" in str(info.value) and "--input-shape" not in str(info.value)
     result = CliRunner().invoke(main, ["inspect", str(mlp_checkpoint), "--arch", MLP_ARCH, "--input-shape", "1,3,7"])
-    assert_bad_input(result, "--input-shape 1,3,32,32")
+    assert_bad_input(result, "--input-shape", "batch first")
 
 
 def test_plan_without_model_imports_nothing(tmp_path, monkeypatch):
@@ -158,3 +158,15 @@ def test_expectation_covers_every_registered_method():
     for name, (entry, needle) in EXPECTED.items():
         recipe = sparsekit.Recipe(version=1, pruning=[entry])
         assert needle in what_it_buys(recipe), name
+
+
+def test_quoted_errors_keep_the_callers_spelling():
+    from sparsekit.cli import _flag
+    from sparsekit.errors import ModelFileError, quoted
+
+    inner = ModelFileError(f"history names 'fc1' (check {option('arch')})")
+    outer = ModelFileError(f"model.pt: {quoted(inner)}")
+    assert "--arch pkg.module:callable" in outer.render(_flag)
+    assert "arch='pkg.module:callable'" in str(outer)
+    for text in (repr(outer), str(outer), *map(str, outer.args)):
+        assert "\x00" not in text and "\x1f" not in text
