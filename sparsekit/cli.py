@@ -287,7 +287,14 @@ def prune(
 @click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
 @click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
 @click.option("--input-shape", help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).")
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(13, 23))
+@click.option(
+    "--opset",
+    default=18,
+    show_default=True,
+    type=click.IntRange(13, 23),
+    help="ONNX opset of the file (read back to check). dynamo writes 18-23 itself; below 18 it falls back "
+    "to the torchscript exporter when it cannot convert.",
+)
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option(
     "--quantize",
@@ -368,10 +375,13 @@ def export(
         bundle = load_data(data, input_shape=shape)
     res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
     lines = [
-        f"Wrote {out} ({res['bytes']:,} B, gzip {res['gzip_bytes']:,} B); parity max diff "
+        f"Wrote {out} (opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "
+        f"{res['gzip_bytes']:,} B); parity max diff "
         f"{_diff(res['parity']['max_abs_diff'])} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]
+    if res.get("fallback"):
+        lines.append(f"  {res['fallback']}")
     if quantize == "int8":
         res["int8"] = _export_int8(out, bundle)
         q = res["int8"]

@@ -119,6 +119,11 @@ class Measured:
     layers: list[dict[str, Any]]
     export: dict[str, Any]
 
+    def onnx_info(self) -> dict[str, Any]:
+        """The opset read back from the file, the exporter that wrote it and why, if it was not the asked one."""
+        e = self.export
+        return {"opset": e.get("opset"), "exporter": e.get("exporter"), "export_fallback": e.get("fallback")}
+
 
 def run_prune(
     model_path: str | Path,
@@ -265,8 +270,8 @@ def _run(
             "train_batches": len(inputs.bundle.train),
             "val_batches": len(inputs.bundle.val),
         },
-        dense={**dense.metrics, **dense.stats, **file_sizes(stage / "dense.onnx", 32)},
-        pruned={**pruned.metrics, **pruned.stats, **file_sizes(stage / "model.onnx", 32)},
+        dense={**dense.metrics, **dense.stats, **file_sizes(stage / "dense.onnx", 32), **dense.onnx_info()},
+        pruned={**pruned.metrics, **pruned.stats, **file_sizes(stage / "model.onnx", 32), **pruned.onnx_info()},
         layers=pruned.layers,
         dense_layers=dense.layers,
         history=history,

@@ -18,8 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import SparsekitError, one_line
 from .fsutil import atomic_path, write_text
 
-SCHEMA_VERSION = 1
-
 ADVICE = (
     "Unstructured zeros make the compressed (gzip) file smaller but do not make onnxruntime's CPU "
     "kernels faster; removing whole neurons/channels (structured pruning, L1 groups) or int8 "
@@ -85,6 +83,9 @@ class Result(_Closed):
     bytes_per_nonzero: float | None = None
     gzip_bytes_per_nonzero: float | None = None
     entropy_bound_bytes: int = Field(description="bytes needed at best for the nonzero values and the zero mask")
+    opset: int | None = Field(None, description="ONNX opset of the written file, read back from it")
+    exporter: str | None = Field(None, description="the exporter that wrote it: dynamo or torchscript")
+    export_fallback: str | None = Field(None, description="why another exporter than the recipe's was used")
     latency_ms: dict[str, Latency] = Field(default_factory=dict)
     throughput_per_s: dict[str, float] = Field(default_factory=dict)
 
@@ -208,7 +209,7 @@ class Report(_Closed):
     """report.json of a ``sparsekit prune`` run. Keys of ``latency_ms``, ``speedup`` and the like are
     batch sizes as strings (JSON object keys)."""
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schema")
+    schema_version: Literal[1] = Field(1, alias="schema")
     model: ModelInfo
     data: DataInfo
     dense: Result
@@ -319,6 +320,9 @@ def notes(report: Report) -> list[str]:
             f"Accuracy fell {drop:.3f} ({d.accuracy:.4f} -> {p.accuracy:.4f}) with {epochs} fine-tuning "
             "epoch(s): fine-tune longer, prune less, or spread pruning over more of the schedule."
         )
+    for label, r in (("dense", d), ("pruned", p)):
+        if r.export_fallback:
+            out.append(f"{label} ONNX written by the {r.exporter} exporter at opset {r.opset}: {r.export_fallback}.")
     macs_ratio = p.macs / d.macs if d.macs and p.macs is not None else None
     if macs_ratio is not None and macs_ratio < 1:
         out.append(f"Structural removal cut dense MACs to {macs_ratio:.3f}x of the original.")

@@ -62,6 +62,8 @@ def test_export_matches_torch_with_dynamic_batch(tmp_path, capsys, exporter, mak
     assert info["bytes"] == path.stat().st_size and info["gzip_bytes"] > 0
     assert model.training and model[1].training  # the caller's mode is restored
     assert capsys.readouterr().out == ""  # the dynamo exporter's progress lines stay off stdout
+    assert info["opset"] == 18 and info["exporter"] == exporter and info["fallback"] is None
+    assert next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")) == 18
 
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["output"]
@@ -156,6 +158,7 @@ def test_non_onnx_file_is_an_export_error(tmp_path, content):
         ({"input_shape": [20]}, "batch dim"),
         ({"input_shape": [1, 0]}, "positive"),
         ({"input_shape": [1, 20], "exporter": "jit"}, "exporter must be"),
+        ({"input_shape": [1, 20], "opset": "18"}, "opset must be an integer"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):

@@ -13,6 +13,7 @@ Exporters: https://pytorch.org/docs/stable/onnx.html (``dynamo=True``: torch.exp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import torch
 from onnx import numpy_helper
 from torch import nn
@@ -35,6 +37,12 @@ from sparsekit.onnx.tensors import FLOAT_TYPES, graph_tensors
 __all__ = ["EXPORTERS", "check_zeros", "export_onnx"]
 
 EXPORTERS = ("dynamo", "torchscript")
+# torch's ONNX function library starts at opset 18: the dynamo exporter writes 18 and newer directly
+# and converts to older opsets with onnx's version converter, which lacks many operators' adapters.
+DYNAMO_OPSET = 18
+# Opsets 21-23 add element types and new operators only, so the torchscript exporter's opset-20
+# operators are valid under those version numbers (torch warns that it does not support them).
+OPSETS = "13-23"  # what both exporters deliver, and the range of a recipe's export.opset
 
 
 def export_onnx(
@@ -49,22 +57,37 @@ def export_onnx(
     atol: float = 1e-5,
 ) -> dict[str, Any]:
     """Export ``model`` (in eval mode, on the CPU; its modes and device are restored after) to the ONNX
-    file ``path``, for inputs of ``input_shape`` (batch first; the batch dim is exported dynamic),
-    and verify the written file.
+    file ``path`` at ONNX ``opset`` (default domain), for inputs of ``input_shape`` (batch first; the
+    batch dim is exported dynamic), and verify the written file.
 
     The file appears at ``path`` only after ``onnx.checker`` and shape inference pass, with the
     ``sparsekit`` mark (see :func:`sparsekit.onnx.files.written_by_sparsekit`); models with more than
     1.8 GB of weights keep them in ``<path>.data`` beside it (dynamo exporter only). Parity: the
     model and onnxruntime run a seeded batch of 4 and must agree within ``rtol``/``atol``.
-    Returns ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter"}`` with sizes in
-    bytes (external data included), ``parity`` = ``{"max_abs_diff", "ok", "rtol", "atol"}`` (None
-    without ``check_parity``) and ``zeros`` = :func:`check_zeros`.
-    Raises :class:`ExportError` for a bad shape or exporter, a model that fails on the input or that
-    the exporter cannot handle, or an invalid graph; :class:`~sparsekit.errors.OutputError` when the
-    disk is full, read-only or not writable. Nothing is written at ``path`` then.
+
+    Opsets: the opset is read back from the written file, and a file of another opset is never
+    returned. ``exporter="dynamo"`` writes opsets 18-23 directly; below 18 torch converts its graph
+    with onnx's version converter, which handles only some operators, so when that conversion fails
+    (or its file fails the checker or parity) the model is exported again with the torchscript exporter
+    (not for models over 1.8 GB), and ``"exporter"``/``"fallback"`` say so. ``exporter="torchscript"``
+    writes opsets 13-23 (21-23 with its opset-20 operators: those opsets only add types and operators).
+    Nothing is printed: the exporters' output, warnings and log lines are discarded (see
+    :func:`sparsekit.onnx.quiet.quiet`).
+
+    Returns ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter", "fallback"}``
+    with sizes in bytes (external data included), ``parity`` = ``{"max_abs_diff", "ok", "rtol",
+    "atol"}`` (None without ``check_parity``), ``zeros`` = :func:`check_zeros`, ``opset`` read from
+    the file, ``exporter`` the one that wrote it and ``fallback`` why it is not the one asked for
+    (None when it is).
+    Raises :class:`ExportError` for a bad shape, exporter or opset, a model that fails on the input or
+    that the exporters cannot handle, an opset that cannot be delivered (the message says which ones
+    work), or an invalid graph; :class:`~sparsekit.errors.OutputError` when the disk is full,
+    read-only or not writable. Nothing is written at ``path`` then.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ExportError(f"opset must be an integer ({OPSETS}), got {opset!r}")
     shape = _validate_shape(input_shape)
     final = Path(path)
     # A private folder beside the target: same filesystem, so publishing is atomic, and an external
@@ -74,15 +97,128 @@ def export_onnx(
         external = n_bytes > EXTERNAL_DATA_BYTES
         if external and exporter != "dynamo":
             raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use exporter='dynamo'")
-        tmp = work / final.name
         with _cpu_eval(model):
-            _export(model, tmp, shape, opset, exporter, external)
-            _check_file(tmp)
-            parity = _parity(model, tmp, shape, rtol, atol) if check_parity else None
-            zeros = check_zeros(model, tmp)
-        publish(tmp, final)
+            x = _example_input(model, shape)
+            job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol)
+            written, used, fallback = _deliver(job, exporter, final)
+            zeros = check_zeros(model, written.path)
+        publish(written.path, final)
     info = {"path": str(final), **onnx_sizes(final)}  # + bytes, gzip_bytes
-    return {**info, "parity": parity, "zeros": zeros, "opset": opset, "exporter": exporter}
+    return {
+        **info, "parity": written.parity, "zeros": zeros, "opset": written.opset, "exporter": used,
+        "fallback": fallback,
+    }  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every export attempt of one :func:`export_onnx` call shares."""
+
+    model: nn.Module
+    work: Path
+    name: str
+    x: torch.Tensor  # the traced input
+    shape: list[int]
+    opset: int
+    external: bool
+    check_parity: bool
+    rtol: float
+    atol: float
+
+
+@dataclasses.dataclass
+class _Written:
+    path: Path
+    opset: int | None  # the file's default-domain opset
+    parity: dict[str, Any] | None  # None without check_parity or when the opset is not the one asked for
+
+    def delivers(self, opset: int) -> bool:
+        return self.opset == opset and (self.parity is None or bool(self.parity["ok"]))
+
+
+def _deliver(job: _Job, exporter: str, final: Path) -> tuple[_Written, str, str | None]:
+    """Write the file at ``job.opset`` with ``exporter``, or with the torchscript exporter when the
+    dynamo one cannot convert to it; returns the file, the exporter that wrote it and why that is not
+    ``exporter`` (None when it is)."""
+    opset = job.opset
+    if exporter == "torchscript" or opset >= DYNAMO_OPSET:
+        written = _write(job, exporter)
+        if written.opset != opset:
+            raise _undeliverable(job, final, f"the {exporter} exporter wrote opset {written.opset}")
+        return written, exporter, None
+    # The dynamo exporter below its own opset: torch's conversion may fail (it then keeps opset 18 and
+    # only logs why), raise, or give a graph that the checker or the parity check rejects.
+    dynamo: _Written | None = None
+    try:
+        dynamo = _write(job, "dynamo")
+    except ExportError as e:
+        problem = f"the dynamo exporter failed: {_reason(e)}"
+    else:
+        if dynamo.delivers(opset):
+            return dynamo, "dynamo", None
+        if dynamo.opset != opset:
+            cause = _conversion_error(dynamo.path, opset)
+            problem = f"the dynamo exporter wrote opset {dynamo.opset} (its conversion to {opset} failed"
+            problem += f": {cause})" if cause else ")"
+        else:
+            diff = dynamo.parity["max_abs_diff"] if dynamo.parity else None
+            problem = f"the dynamo exporter's conversion to opset {opset} changes the outputs (max |diff| {diff})"
+    if job.external:
+        raise _undeliverable(job, final, problem, "the torchscript exporter cannot export models over 1.8 GB")
+    try:
+        torchscript = _write(job, "torchscript")
+    except ExportError as e:
+        raise _undeliverable(job, final, problem, f"the torchscript exporter failed: {_reason(e)}") from e
+    if torchscript.opset != opset:
+        raise _undeliverable(job, final, problem, f"the torchscript exporter wrote opset {torchscript.opset}")
+    if dynamo is not None and dynamo.opset == opset and not torchscript.delivers(opset):
+        return dynamo, "dynamo", None  # neither file agrees with torch: keep the exporter asked for
+    return torchscript, "torchscript", problem
+
+
+def _undeliverable(job: _Job, final: Path, *problems: str) -> ExportError:
+    """The error for an opset that no exporter wrote: what each one did, and the opsets that work."""
+    works = f"{DYNAMO_OPSET}-23 with the dynamo exporter (older ones only where its conversion handles the model)"
+    if not job.external:
+        works += f", {OPSETS} with the torchscript exporter"
+    what = "; ".join(problems)
+    return ExportError(f"{final}: cannot write ONNX opset {job.opset}: {what}. Opsets that work: {works}")
+
+
+class _ExporterFailed(ExportError):
+    """torch.onnx.export raised; ``reason`` is the one line of why."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _reason(e: ExportError) -> str:
+    return e.reason if isinstance(e, _ExporterFailed) else str(e)
+
+
+def _write(job: _Job, exporter: str) -> _Written:
+    """One export attempt into its own folder; checked, and compared with torch when its opset is
+    the one asked for."""
+    tmp = job.work / exporter / job.name
+    tmp.parent.mkdir()
+    _export(job.model, tmp, job.x, job.opset, exporter, job.external)
+    opset = _check_file(tmp)
+    parity = None
+    if job.check_parity and opset == job.opset:
+        parity = _parity(job.model, tmp, job.shape, job.rtol, job.atol)
+    return _Written(tmp, opset, parity)
+
+
+def _conversion_error(path: Path, opset: int) -> str | None:
+    """Why onnx's version converter cannot take the file at ``path`` to ``opset`` (torch only logs it)."""
+    try:
+        with quiet():
+            onnx.version_converter.convert_version(load_onnx(path, load_external_data=False), opset)
+    except Exception as e:  # noqa: BLE001 - only a reason to quote
+        # "/project/onnx/version_converter/BaseConverter.h:66: adapter_lookup: Assertion `false` failed: No ..."
+        return re.sub(r"^.*Assertion `[^`]*` failed:\s*", "", _root_cause(e)) or None
+    return None
 
 
 def check_zeros(model: nn.Module, onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -145,7 +281,7 @@ def _cpu_eval(model: nn.Module) -> Iterator[None]:
             model.to(device)
 
 
-def _export(model: nn.Module, tmp: Path, shape: list[int], opset: int, exporter: str, external: bool) -> None:
+def _example_input(model: nn.Module, shape: list[int]) -> torch.Tensor:
     # Trace with batch 2: a batch of 1 invites the tracer to specialise the dim away.
     x = torch.from_numpy(random_array([2, *shape[1:]], seed=0))
     try:
@@ -154,6 +290,10 @@ def _export(model: nn.Module, tmp: Path, shape: list[int], opset: int, exporter:
     except RuntimeError as e:
         msg = f"the model fails on a float32 input of shape {shape}: {e}; pass the right {option('input_shape')}"
         raise ExportError(msg) from e
+    return x
+
+
+def _export(model: nn.Module, tmp: Path, x: torch.Tensor, opset: int, exporter: str, external: bool) -> None:
     try:
         with quiet():
             if exporter == "dynamo":
@@ -171,8 +311,8 @@ def _export(model: nn.Module, tmp: Path, shape: list[int], opset: int, exporter:
                 )  # fmt: skip
     except Exception as e:
         hint = " (exporter='torchscript' may succeed)" if exporter == "dynamo" else ""
-        msg = f"torch.onnx.export with exporter={exporter!r} failed{hint}: {_root_cause(e)}"
-        raise ExportError(msg) from e
+        reason = _root_cause(e)
+        raise _ExporterFailed(f"torch.onnx.export with exporter={exporter!r} failed{hint}: {reason}", reason) from e
 
 
 def _root_cause(e: BaseException) -> str:
@@ -184,7 +324,8 @@ def _root_cause(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _check_file(tmp: Path) -> None:
+def _check_file(tmp: Path) -> int | None:
+    """Check the file and return its default-domain opset (None when it names none)."""
     # The dynamo exporter stamps every node with its Python stack trace: local paths in a file meant
     # to be shipped, and ~1 kB per node that blurs dense-vs-pruned size comparisons. Weights in
     # external data are not loaded, so re-saving keeps their references as they are. Saved always,
@@ -197,6 +338,7 @@ def _check_file(tmp: Path) -> None:
         onnx.shape_inference.infer_shapes(model)
     except Exception as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
