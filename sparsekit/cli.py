@@ -609,6 +609,8 @@ def validate(
             )
     for m in res["methods"]:
         lines.append(f"pruning[{m['index']}] {m['method']}: {', '.join(m['layers'])}")
+        for row in m["left_out"]:
+            lines.append(f"  left out {row['name']} ({row['type']}): {row['reason']}")
         if m["targets_per_epoch"]:
             lines.append(
                 "  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(m["targets_per_epoch"]))

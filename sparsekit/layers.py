@@ -1,24 +1,108 @@
-"""Which layers a method touches: shell-glob include/exclude over ``named_modules()`` and module type."""
+"""Which layers a method touches, and how their weights split into output units.
+
+Selection: shell-glob include/exclude over ``named_modules()`` names and module kind
+(:data:`~sparsekit.recipe.LAYER_TYPES`: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d; a subclass counts as
+its base). :func:`unselected_layers` says, for every other module holding parameters, why it is left out.
+
+Output units: a Linear row, a Conv output channel. Conv weights are ``[out, in/groups, *k]`` but
+ConvTranspose weights are ``[in, out/groups, *k]``, so per-unit math (norms, unit masks, MACs) goes
+through :func:`unit_view` / :func:`unit_broadcast` instead of assuming dim 0::
+
+    norms = unit_view(w, conv_t).norm(dim=1)                    # one norm per output channel
+    w.mul_(unit_broadcast(scale, conv_t, w))                    # scale each output channel
+"""
 
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from typing import Any
 
+import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.conv import _ConvNd
 
 from .errors import TargetError
+from .masks import weight_of
 from .recipe import LAYER_TYPES, LayerSelect
+
+KINDS: dict[str, type[nn.Module]] = {name: getattr(nn, name) for name in LAYER_TYPES}
+"""The torch class of each ``layers.types`` name."""
+
+_NORMS: tuple[type[nn.Module], ...] = (
+    _NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *filter(None, [getattr(nn, "RMSNorm", None)]),
+)
+NORM_REASON = "normalization layers are not pruned; their channels follow structured pruning"
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """The ``layers.types`` name ``module`` counts as (its class or a base class: ``"Conv2d"`` for a
+    subclass of ``nn.Conv2d``), or None when it is no prunable kind."""
+    name = type(module).__name__
+    if name in KINDS and type(module) is KINDS[name]:
+        return name
+    for kind, cls in KINDS.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def _maskable(module: nn.Module) -> bool:
+    w = module._parameters.get("weight")
+    return isinstance(w, nn.Parameter) and not isinstance(w, nn.parameter.UninitializedParameter)
 
 
 def prunable_layers(model: nn.Module, types: tuple[str, ...] | list[str] = LAYER_TYPES) -> dict[str, nn.Module]:
-    """Named Linear/Conv modules (those with a weight sparsekit can mask), in model order."""
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if type(m).__name__ in types
-        and isinstance(getattr(m, "weight", None), nn.Parameter)
-        and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    }
+    """Named modules of the kinds in ``types`` (default: all, :data:`~sparsekit.recipe.LAYER_TYPES`) with an
+    initialized weight parameter sparsekit can mask, in model order."""
+    wanted = set(types)
+    return {name: m for name, m in model.named_modules() if layer_kind(m) in wanted and _maskable(m)}
+
+
+# ----------------------------------------------------------------------------- output units
+
+
+def output_dim(module: nn.Module) -> int:
+    """The weight dimension that indexes output units: 1 for ConvTranspose (``[in, out/groups, *k]``),
+    0 for Linear and Conv (``[out, in/groups, *k]``)."""
+    return 1 if isinstance(module, _ConvNd) and module.transposed else 0
+
+
+def num_units(module: nn.Module) -> int:
+    """Number of output units: Linear ``out_features``, Conv/ConvTranspose ``out_channels``."""
+    if isinstance(module, _ConvNd):
+        return int(module.out_channels)
+    return int(weight_of(module).shape[0])
+
+
+def unit_view(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``weight`` as ``[units, rest]``: row ``u`` holds every weight feeding output unit ``u`` (a Linear
+    row, a Conv output channel). A view for Linear/Conv; a copy for ConvTranspose, whose output channel
+    ``g * (out/groups) + j`` is ``weight[g*(in/groups):(g+1)*(in/groups), j]``."""
+    if not output_dim(module):
+        return weight.flatten(1)
+    groups = int(module.groups)  # type: ignore[arg-type]
+    in_per, out_per = weight.shape[0] // groups, weight.shape[1]
+    grouped = weight.reshape(groups, in_per, out_per, -1)
+    return grouped.transpose(1, 2).reshape(groups * out_per, -1)
+
+
+def unit_broadcast(values: torch.Tensor, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """One value per output unit (``[units]``) laid out to broadcast against ``weight``: every weight
+    feeding unit ``u`` meets ``values[u]`` (``weight * unit_broadcast(scale, m, weight)`` scales units)."""
+    rest = [1] * (weight.dim() - 2)
+    if not output_dim(module):
+        return values.reshape(-1, *([1] * (weight.dim() - 1)))
+    groups = int(module.groups)  # type: ignore[arg-type]
+    in_per, out_per = weight.shape[0] // groups, weight.shape[1]
+    per = values.reshape(groups, 1, out_per).expand(groups, in_per, out_per)
+    return per.reshape(weight.shape[0], out_per, *rest)
+
+
+# ----------------------------------------------------------------------------- selection
 
 
 def _listing(model: nn.Module) -> str:
@@ -54,3 +138,47 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     if not chosen:
         raise TargetError(f"{where}: include/exclude leave no layer to prune; {_listing(model)}")
     return chosen
+
+
+def _not_prunable(module: nn.Module) -> str:
+    kind = type(module).__name__
+    if isinstance(module, _NORMS):
+        return NORM_REASON
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return "embeddings are lookup tables, not weighted sums; they are not pruned"
+    if layer_kind(module) is not None:
+        return "its weight is not initialized yet (a lazy module): run one forward pass before pruning"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention's packed input projection is not pruned (its out_proj Linear is a layer of its own)"
+    if isinstance(module, nn.RNNBase | nn.RNNCellBase):
+        return f"recurrent weights ({kind}) are not pruned"
+    return f"{kind} is not a prunable kind (those are {', '.join(LAYER_TYPES)}); its parameters are left as they are"
+
+
+def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list[dict[str, Any]]:
+    """Every module holding parameters of its own that ``spec`` (a recipe's ``layers:``; default: the
+    default selection) does not select, in model order, as ``{"name", "type", "reason"}``. Never raises.
+
+    >>> unselected_layers(nn.Sequential(nn.Conv1d(4, 8, 3), nn.BatchNorm1d(8)))[0]["reason"] == NORM_REASON
+    True
+    """
+    spec = spec or LayerSelect()
+    types = list(spec.types)
+    out = []
+    for name, module in model.named_modules():
+        if next(iter(module.parameters(recurse=False)), None) is None:
+            continue
+        kind = layer_kind(module)
+        excluded = next((p for p in spec.exclude if fnmatchcase(name, p)), None)
+        if kind is None or not _maskable(module):
+            reason = _not_prunable(module)
+        elif kind not in types:
+            reason = f"{kind} is not in layers.types [{', '.join(types)}]; add {kind} there to prune it"
+        elif excluded is not None:
+            reason = f"excluded by layers.exclude pattern {excluded!r}"
+        elif not any(fnmatchcase(name, p) for p in spec.include):
+            reason = f"matches no layers.include pattern [{', '.join(spec.include)}]"
+        else:
+            continue
+        out.append({"name": name or "<root>", "type": type(module).__name__, "reason": reason})
+    return out

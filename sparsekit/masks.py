@@ -8,6 +8,7 @@ parameter objects an optimizer holds stay the same; they only ever lose ones dur
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import numpy as np
@@ -82,13 +83,63 @@ def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(flat, k).values
 
 
-def global_topk_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    """Rank all scores together and prune the lowest ``round(sparsity * total)`` of them.
+def layer_cap(numel: int, max_layer_sparsity: float) -> int:
+    """The most weights a layer of ``numel`` may lose under ``max_layer_sparsity``: ``floor(max * numel)``
+    (so a cap below 1 always keeps at least one weight), ``numel`` for a cap of 1."""
+    if max_layer_sparsity >= 1:
+        return numel
+    # round() first: 0.29 * 100 is 28.999999999999996 in floating point, and means 29.
+    return min(numel, math.floor(round(max_layer_sparsity * numel, 6)))
+
+
+def global_topk_masks(
+    scores: dict[str, torch.Tensor], sparsity: float, max_layer_sparsity: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Rank all scores together and prune the lowest ``round(sparsity * total)`` of them, no layer losing
+    more than :func:`layer_cap` of its weights (``max_layer_sparsity`` < 1).
+
+    A layer that would pass its cap keeps exactly its cap's worth pruned (its lowest scores) and the
+    prunes it cannot take go to the next-lowest scores of the other layers, so the total stays exact;
+    when the caps together allow fewer than the target, every layer is pruned to its cap. This is the
+    greedy "lowest score first, skipping full layers", which is the best ranking under per-layer caps.
 
     Already-pruned weights must carry the lowest score (see :func:`masked_scores`) so they stay
-    pruned: masks only lose ones. Ties are broken by position, as a stable sort would."""
+    pruned: masks only lose ones (a layer already past its cap keeps what it has, and takes no more).
+    Ties are broken by position, as a stable sort would."""
+    total = sum(s.numel() for s in scores.values())
+    n_prune = round(sparsity * total)
+    masks = _lowest_pruned(scores, n_prune)
+    if max_layer_sparsity >= 1:
+        return masks
+    caps = {name: layer_cap(s.numel(), max_layer_sparsity) for name, s in scores.items()}
+    over = {name for name, m in masks.items() if _n_pruned(m) > caps[name]}
+    if not over:
+        return masks  # the usual case: the plain ranking respects every cap
+    # A layer already pruned past its cap keeps what it has (masks only lose ones) and takes no more.
+    caps = {name: max(cap, int((scores[name].detach() == LOWEST).sum())) for name, cap in caps.items()}
+    over = {name for name in over if _n_pruned(masks[name]) > caps[name]}
+    capped: set[str] = set()
+    while over:  # each round caps at least one more layer, so this ends
+        capped |= over
+        rest = {n: s for n, s in scores.items() if n not in capped}
+        if not rest:
+            break
+        budget = max(n_prune - sum(caps[n] for n in capped), 0)
+        masks.update(_lowest_pruned(rest, min(budget, sum(s.numel() for s in rest.values()))))
+        over = {name for name in rest if _n_pruned(masks[name]) > caps[name]}
+    for name in capped:
+        masks[name] = _lowest_pruned({name: scores[name]}, caps[name])[name]
+    return masks
+
+
+def _n_pruned(mask: torch.Tensor) -> int:
+    # uint8 view: a reduction over a bool tensor is much slower on CPU than over its bytes
+    return mask.numel() - int(mask.view(torch.uint8).sum())
+
+
+def _lowest_pruned(scores: dict[str, torch.Tensor], n_prune: int) -> dict[str, torch.Tensor]:
+    """Masks pruning exactly the ``n_prune`` lowest scores over all layers (ties by position)."""
     flat = torch.cat([s.detach().flatten().float() for s in scores.values()])
-    n_prune = round(sparsity * flat.numel())
     keep = torch.ones_like(flat, dtype=torch.bool)
     if n_prune > 0:
         # The already-pruned block is one big tie; selection over it is slow (introselect degrades

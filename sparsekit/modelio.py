@@ -412,11 +412,15 @@ def save_model(
 
 
 def infer_input_shape(model: nn.Module) -> list[int] | None:
-    """A batch-1 input shape ``[1, in_features]`` when the first prunable layer is a Linear; None when it
-    is a convolution (its spatial size is unknown) or there is none."""
+    """A batch-1 input shape ``[1, in_features]`` when the first module holding parameters is a Linear
+    (a guess: modules are taken in registration order). None whenever that is not sure: the first is a
+    convolution of any kind (Conv1d/2d/3d, ConvTranspose: the length or image size is unknown), a
+    normalization, an embedding, a lazy module, ... or there is none; the recipe's ``model.input_shape``
+    must then say it."""
     for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return [1, m.in_features]
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            return None
+        if next(iter(m.parameters(recurse=False)), None) is None:
+            continue
+        if isinstance(m, nn.Linear) and not isinstance(m.weight, nn.parameter.UninitializedParameter):
+            return [1, int(m.in_features)]
+        return None
     return None

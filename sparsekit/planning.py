@@ -30,7 +30,8 @@ def plan(
     channels for ``structured``) are listed, assuming ``steps_per_epoch`` optimizer steps per epoch.
 
     Returns ``{"recipe", "valid": True, "names_code": {...}, "epochs", "methods": [{"index",
-    "method", "layers", "targets_per_epoch"}]}``. Raises the
+    "method", "layers", "left_out": [{"name", "type", "reason"}], "targets_per_epoch"}]}``, where
+    ``left_out`` lists the model's other modules with weights and why the entry does not prune them. Raises the
     :class:`~sparsekit.errors.SparsekitError` subclasses a prune run would raise for the same
     recipe and model (patterns matching nothing, overlapping methods, ...)."""
     if steps_per_epoch <= 0:
@@ -44,21 +45,31 @@ def plan(
     }
     if model is None:
         return res
+    from .layers import prunable_layers, unselected_layers
     from .pipeline import resolve_model
     from .pruner import Pruner
 
     loaded = resolve_model(model, recipe, arch, trust=False, trust_code=trust_code)
     pruner = Pruner(loaded.model, recipe, steps_per_epoch, context={"input_shape": loaded.input_shape})
-    for i, m in enumerate(pruner.methods):
+    for i, (m, spec) in enumerate(zip(pruner.methods, recipe.pruning, strict=True)):
+        left_out = unselected_layers(loaded.model, spec.layers)
+        listed = {row["name"] for row in left_out}
+        for name, module in prunable_layers(loaded.model).items():
+            if name not in m.layers and name not in listed:  # selected, then kept by structured's ignore
+                left_out.append({"name": name, "type": type(module).__name__, "reason": IGNORED_REASON})
         res["methods"].append(
             {
                 "index": i,
                 "method": m.name,
                 "layers": list(m.layers),
+                "left_out": left_out,
                 "targets_per_epoch": m.targets(recipe.finetune.epochs, steps_per_epoch),
             }
         )
     return res
+
+
+IGNORED_REASON = "in ignore: its output channels are kept (default: the classifier head)"
 
 
 def named_code(recipe: Recipe) -> dict[str, str]:

@@ -28,8 +28,14 @@ from .errors import RecipeError
 from .errors import shorten as short
 from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml
 
-LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d"]
+LayerType = Literal[
+    "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"
+]  # fmt: skip
+LAYER_TYPES: tuple[str, ...] = get_args(LayerType)
+"""Every module kind a method can prune (``layers.types`` entries, and its default): their ``weight``
+is a weighted sum's coefficients. Normalization layers, embeddings and attention are not prunable
+kinds (:func:`sparsekit.layers.unselected_layers` says why for each module left out)."""
+DEFAULT_MAX_LAYER_SPARSITY = 0.99  # magnitude/gradient: no layer is pruned past this unless asked
 
 # Numeric bounds. Each is far beyond any value a user could mean, and small enough that the code
 # using the value cannot overflow, allocate absurd memory or loop for days.
@@ -76,7 +82,9 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     """``model:``: how to build the model (``factory`` + JSON-like ``kwargs``, run only when confirmed, see
-    :mod:`sparsekit.trust`) and ``input_shape``, batch first (e.g. ``[1, 1, 28, 28]``)."""
+    :mod:`sparsekit.trust`) and ``input_shape``: the whole input, batch first (``[1, 784]``, ``[1, 4, 32]``
+    for a Conv1d over 4 channels of length 32, ``[1, 1, 28, 28]``); data samples have shape
+    ``input_shape[1:]``."""
 
     factory: str | None = Field(None, description="pkg.module:callable that builds the model")
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -96,6 +104,12 @@ class ModelSpec(_Strict):
     @field_validator("input_shape")
     @classmethod
     def _not_too_big(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(value) < 2:
+            raise ValueError(
+                f"{value} has no batch dimension: input_shape is the whole input, batch first "
+                f"(e.g. [1, {value[0] if value else 784}] for {value[0] if value else 784} features, [1, 4, 32] "
+                "for 4 channels of length 32, [1, 3, 32, 32] for RGB images)"
+            )
         if value and math.prod(value) > MAX_INPUT_VALUES:
             raise ValueError(
                 f"{value} has {math.prod(value):,} values per input, more than {MAX_INPUT_VALUES:,} (2**28); "
@@ -209,12 +223,13 @@ def _schedule(value: Any) -> Any:
 
 
 def _default_layer_types() -> list[LayerType]:
-    return ["Linear", "Conv2d"]
+    return list(get_args(LayerType))
 
 
 class LayerSelect(_Strict):
     """``layers:``: shell globs over ``named_modules()`` names (``include`` minus ``exclude``), restricted to
-    module ``types``."""
+    module ``types`` (default: every prunable kind, :data:`LAYER_TYPES`; a subclass counts as its base,
+    e.g. a class derived from ``nn.Conv2d`` is a ``Conv2d``)."""
 
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
@@ -232,22 +247,51 @@ class _MethodBase(_Strict):
         return data
 
 
-class MagnitudeSpec(_MethodBase):
+class _Ranked(_MethodBase):
+    """What magnitude and gradient share: the target, its scope and the per-layer ceiling.
+
+    ``max_layer_sparsity`` caps the fraction of any one layer's weights that may be pruned, so a global
+    ranking cannot empty a small layer; the prunes a capped layer cannot take go to the other layers.
+    Default: 0.99, or halfway between ``sparsity`` and 1 when ``sparsity`` is above 0.98. It may not be
+    below ``sparsity`` (no layer could then reach it, so neither could their total)."""
+
+    sparsity: Float = Field(ge=0, lt=1)
+    scope: Literal["global", "layer"] = "global"
+    max_layer_sparsity: Float | None = Field(
+        None, gt=0, le=1, description="no layer loses more than this fraction of its weights (default 0.99)"
+    )
+
+    @model_validator(mode="after")
+    def _layer_cap(self) -> _Ranked:
+        if self.max_layer_sparsity is None:
+            self.max_layer_sparsity = max(DEFAULT_MAX_LAYER_SPARSITY, (1 + self.sparsity) / 2)
+        elif self.max_layer_sparsity < self.sparsity:
+            where = "every layer" if self.scope == "layer" else "the selected layers together"
+            raise ValueError(
+                f"max_layer_sparsity ({self.max_layer_sparsity:g}) is below sparsity ({self.sparsity:g}): no layer "
+                f"may pass {self.max_layer_sparsity:g}, so {where} cannot reach {self.sparsity:g}; raise "
+                "max_layer_sparsity (at most 1) or lower sparsity"
+            )
+        return self
+
+    @property
+    def layer_cap(self) -> float:
+        """``max_layer_sparsity`` as resolved at validation (never None)."""
+        return float(self.max_layer_sparsity if self.max_layer_sparsity is not None else 1.0)
+
+
+class MagnitudeSpec(_Ranked):
     """``method: magnitude``: prune the smallest |w| to ``sparsity`` (see :mod:`sparsekit.methods.magnitude`)."""
 
     method: Literal["magnitude"]
-    sparsity: Float = Field(ge=0, lt=1)
-    scope: Literal["global", "layer"] = "global"
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
 
 
-class GradientSpec(_MethodBase):
+class GradientSpec(_Ranked):
     """``method: gradient``: prune by taylor or movement scores (see :mod:`sparsekit.methods.gradient`)."""
 
     method: Literal["gradient"]
     criterion: Literal["taylor", "movement"] = "taylor"
-    sparsity: Float = Field(ge=0, lt=1)
-    scope: Literal["global", "layer"] = "global"
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     calibration_batches: Int = Field(
         8, gt=0, le=MAX_CALIBRATION, description="batches used to score when not fine-tuning"

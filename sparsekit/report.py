@@ -156,6 +156,7 @@ class MethodResult(_Open):
     target_sparsity: float | None = None
     asked: float | None = None
     achieved: float | None = None
+    reason: str | None = Field(None, description="why achieved falls short of asked, when it does")
     per_layer: dict[str, LayerAim] = Field(default_factory=dict)
     dead_units: DeadUnits | None = None
 
@@ -306,8 +307,9 @@ def notes(report: Report) -> list[str]:
             )
     for i, m in enumerate(report.methods):
         if m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
+            why = f": {m.reason}" if m.reason else ""
             out.append(
-                f"pruning[{i}] ({m.method}) reached {m.achieved:.3f} of the {m.asked:.3f} asked over its layers."
+                f"pruning[{i}] ({m.method}) reached {m.achieved:.3f} of the {m.asked:.3f} asked over its layers{why}."
             )
         for name, aim in m.per_layer.items():
             if aim.reason:

@@ -1,7 +1,8 @@
 """Counting: parameters, zeros, sparsity and MACs, per layer and overall.
 
-``sparsity`` is the fraction of zeros among the weights of prunable layers (Linear/Conv), of the
-model as it is: a structurally pruned model has fewer parameters, not more zeros.
+``sparsity`` is the fraction of zeros among the weights of prunable layers (Linear, Conv and
+ConvTranspose of any dimension), of the model as it is: a structurally pruned model has fewer parameters,
+not more zeros.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import prunable_layers
+from .layers import output_dim, prunable_layers
 from .masks import weight_of
 
 
@@ -36,10 +37,15 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
     hooks = []
     for name, m in prunable_layers(model).items():
 
-        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
+        def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
             w = weight_of(mod)
-            per_out = w.numel() // w.shape[0]  # in_features, or in/groups * kernel
-            macs[name] = macs.get(name, 0) + out.numel() // out.shape[0] * per_out
+            # Dim 0 of a Linear/Conv weight is the output channels: every output value costs the
+            # weights of one output channel (in_features, or in/groups * kernel). Dim 0 of a
+            # ConvTranspose weight is the input channels: every input value is multiplied by the
+            # weights of one input channel (out/groups * kernel).
+            per = w.numel() // w.shape[0]
+            values = inp[0] if output_dim(mod) else out
+            macs[name] = macs.get(name, 0) + values.numel() // values.shape[0] * per
 
         hooks.append(m.register_forward_hook(hook))
     was_training = model.training
@@ -92,3 +98,27 @@ def model_stats(model: nn.Module, input_shape: list[int] | None = None) -> dict[
         out["macs"] = sum(r.get("macs", 0) for r in rows)
         out["effective_macs"] = sum(r.get("effective_macs", 0) for r in rows)
     return out
+
+
+def asked_vs_achieved(
+    layers: dict[str, nn.Module],
+    asked: float | None,
+    layer_asked: float | None = None,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What a method asked and reached, for its ``report()``: ``{"asked": asked, "achieved": zeros over all
+    of ``layers``' weights, "per_layer": {name: {"asked": layer_asked, "achieved": its zero fraction,
+    "reason": reasons.get(name)}}}`` (fractions 0..1; ``asked`` None when the method sets no target)."""
+    reasons = reasons or {}
+    zeros = total = 0
+    per_layer = {}
+    for name, module in layers.items():
+        w = weight_of(module).detach()
+        z = int((w == 0).sum())
+        zeros, total = zeros + z, total + w.numel()
+        per_layer[name] = {
+            "asked": layer_asked,
+            "achieved": z / w.numel() if w.numel() else 0.0,
+            "reason": reasons.get(name),
+        }
+    return {"asked": asked, "achieved": zeros / total if total else 0.0, "per_layer": per_layer}

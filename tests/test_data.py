@@ -96,7 +96,7 @@ def test_same_seed_same_split():
     assert not torch.equal(va[0], vc[0])
 
 
-@pytest.mark.parametrize("shape", [[1, 784], [784]])
+@pytest.mark.parametrize("shape", [[1, 784], [64, 784]])
 def test_reshape_to_model_input_shape(shape):
     bundle = load_data("mnist5k", input_shape=shape)
     assert bundle.input_shape == (784,)
@@ -107,10 +107,13 @@ def test_reshape_to_model_input_shape(shape):
     assert torch.equal(x, ref.reshape(64, 784))
 
 
-def test_reshape_keeps_image_layout_with_or_without_batch_dim():
+def test_input_shape_is_batch_first_everywhere():
+    # input_shape[1:] is the sample, whatever its length: [1, 8, 8] means 8x8 samples, not 1x8x8 ones.
     assert load_data("digits", input_shape=[1, 1, 8, 8]).input_shape == (1, 8, 8)
-    assert load_data("digits", input_shape=[1, 8, 8]).input_shape == (1, 8, 8)
+    assert load_data("digits", input_shape=[1, 8, 8]).input_shape == (8, 8)
     assert load_data("digits", input_shape=[1, 64]).input_shape == (64,)
+    x, _ = next(iter(load_data("digits", input_shape=[1, 8, 8]).train))
+    assert x.shape[1:] == (8, 8)
 
 
 def test_mismatched_input_shape_names_both_shapes():
@@ -127,17 +130,18 @@ def test_mismatched_input_shape_names_both_shapes():
     ("shape", "expected"),
     [
         ([1, 784], (784,)),
-        ([784], (784,)),
-        ([1, 28, 28], (1, 28, 28)),
+        ([1, 4, 32], (4, 32)),
+        ([1, 28, 28], (28, 28)),
         ([1, 3, 32, 32], (3, 32, 32)),
-        ([28, 28], (28, 28)),
+        ([28, 28], (28,)),
+        ([8, 2, 3, 4, 5], (2, 3, 4, 5)),
     ],
 )
 def test_sample_shape(shape, expected):
     assert sample_shape(shape) == expected
 
 
-@pytest.mark.parametrize("shape", [[], [1, 0], [1, -3], ["a", 2]])
+@pytest.mark.parametrize("shape", [[], [1, 0], [1, -3], ["a", 2], [784]])
 def test_sample_shape_rejects_bad_shapes(shape):
     with pytest.raises(DataError, match="input_shape"):
         sample_shape(shape)
@@ -178,8 +182,8 @@ def test_synthetic_default_ten_classes_and_image_shape():
 
 def test_synthetic_teacher_is_shared_across_seeds():
     # Different seeds draw different samples of the same task: a sample's label depends only on x.
-    a = load_data("synthetic", input_shape=[5], seed=0, num_classes=4)
-    b = load_data("synthetic", input_shape=[5], seed=1, num_classes=4)
+    a = load_data("synthetic", input_shape=[1, 5], seed=0, num_classes=4)
+    b = load_data("synthetic", input_shape=[1, 5], seed=1, num_classes=4)
     xa, ya = _all(a.train)
     xb, yb = _all(b.train)
     assert not torch.equal(xa[:10], xb[:10])

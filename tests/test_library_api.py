@@ -170,3 +170,18 @@ def test_quoted_errors_keep_the_callers_spelling():
     assert "arch='pkg.module:callable'" in str(outer)
     for text in (repr(outer), str(outer), *map(str, outer.args)):
         assert "\x00" not in text and "\x1f" not in text
+
+
+def test_plan_says_what_each_entry_leaves_out(tmp_path, mlp_checkpoint):
+    recipe = sparsekit.load_recipe(_recipe(tmp_path))
+    (m,) = sparsekit.plan(recipe, mlp_checkpoint, arch=MLP_ARCH, steps_per_epoch=4)["methods"]
+    left = {row["name"]: row["reason"] for row in m["left_out"]}
+    assert set(left) == {"fc3"} and "exclude" in left["fc3"]
+    structured = sparsekit.Recipe(
+        version=1, model={"input_shape": [1, 64]}, pruning=[{"method": "structured", "ratio": 0.5}]
+    )
+    (s,) = sparsekit.plan(structured, mlp_checkpoint, arch=MLP_ARCH, steps_per_epoch=4)["methods"]
+    left = {row["name"]: row["reason"] for row in s["left_out"]}
+    from sparsekit.planning import IGNORED_REASON
+
+    assert left == {"fc3": IGNORED_REASON}

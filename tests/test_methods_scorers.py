@@ -48,7 +48,7 @@ def test_a_user_scorer_changes_which_weights_magnitude_prunes():
     assert float(w[kept_default].abs().min()) >= float(w[~kept_default].abs().max())
     assert float(w[kept_custom].abs().max()) <= float(w[~kept_custom].abs().min())
     assert pruner.methods[0].report()["scorer"].endswith("<lambda>")
-    assert sparsekit.Pruner(mlp(), magnitude_recipe(), steps_per_epoch=1).methods[0].report() == {}
+    assert "scorer" not in sparsekit.Pruner(mlp(), magnitude_recipe(), steps_per_epoch=1).methods[0].report()
 
 
 def test_a_user_scorer_on_a_gradient_method_gets_each_steps_gradient():

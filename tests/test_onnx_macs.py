@@ -39,3 +39,19 @@ def test_pruned_int8_and_sparse_files_count_the_same_weights(tmp_path):
         counts = param_counts(path)
         assert counts["params"] == sum(p.numel() for p in model.parameters()), path.name
     assert onnx_macs(fp32)["effective_macs"] == stats["effective_macs"]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose_macs_match_torch(tmp_path, groups):
+    # weight [in, out/groups, k, k]: the output-unit dim is 1, and every input value meets out/groups*k*k weights
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(8, 4, 3, stride=2, groups=groups),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 17 * 17, 10),
+    )
+    sparsekit.export_onnx(model, tmp_path / "m.onnx", [1, 2, 8, 8], exporter="torchscript")
+    torch_macs = model_stats(model, [1, 2, 8, 8])["macs"]
+    assert onnx_macs(tmp_path / "m.onnx")["macs"] == torch_macs
+    assert torch_macs == 2 * 8 * 9 * 64 + 8 * (4 // groups) * 9 * 64 + 4 * 17 * 17 * 10

@@ -1,4 +1,5 @@
-"""Property tests: whatever a user feeds the loaders, they answer with a result or a SparsekitError.
+"""Property tests: whatever a user feeds the loaders, they answer with a result or a SparsekitError;
+the capped global ranking prunes exactly what it should.
 
 A recipe loader that raises anything but RecipeError (OverflowError, RecursionError, KeyError, ...)
 shows a traceback and exit 1 instead of ``Error: <field>: <what to do>`` and exit 2; a model loader
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from sparsekit.cli import RECIPES_DIR
 from sparsekit.errors import ModelFileError, RecipeError
+from sparsekit.masks import LOWEST, global_topk_masks, layer_cap
 from sparsekit.modelio import read_model
 from sparsekit.recipe import Recipe, load_recipe
 
@@ -424,3 +426,60 @@ def test_damaged_sparsekit_checkpoints_are_model_file_errors(tmp_path, fields):
     path.write_bytes(_torch_saved({"format": "sparsekit/1", **fields}))
     with pytest.raises(ModelFileError):
         read_model(path, arch="examples.models:mlp", **_TRUST)
+
+
+# ----------------------------------------------------------------------------- capped global ranking
+
+
+def _greedy_capped(scores: dict[str, torch.Tensor], sparsity: float, cap: float) -> torch.Tensor:
+    """Reference: walk the scores lowest first (stable), pruning each unless its layer is full."""
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten() for n in names])
+    owner = [i for i, n in enumerate(names) for _ in range(scores[n].numel())]
+    caps = [max(layer_cap(scores[n].numel(), cap), int((scores[n] == LOWEST).sum())) for n in names]
+    left, taken = round(sparsity * flat.numel()), [0] * len(names)
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    for idx in torch.argsort(flat, stable=True).tolist():
+        if left == 0:
+            break
+        if taken[owner[idx]] < caps[owner[idx]]:
+            taken[owner[idx]] += 1
+            keep[idx] = False
+            left -= 1
+    return keep
+
+
+layer_scores = st.lists(
+    st.tuples(
+        st.integers(1, 40),  # layer size
+        st.integers(0, 40),  # weights already pruned (clipped to the size)
+        st.sampled_from([2, 5, 1000]),  # distinct score values: few means many ties
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@FAST
+@given(layers=layer_scores, sparsity=st.floats(0, 0.999), cap=st.floats(0.01, 1.0), seed=st.integers(0, 2**16))
+def test_capped_global_ranking_is_exact_and_respects_every_cap(layers, sparsity, cap, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = {}
+    for i, (size, pruned, values) in enumerate(layers):
+        s = torch.randint(0, values, (size,), generator=g).float()
+        s[torch.randperm(size, generator=g)[: min(pruned, size)]] = LOWEST
+        scores[f"l{i}"] = s
+    masks = global_topk_masks(scores, sparsity, max_layer_sparsity=cap)
+    total = sum(s.numel() for s in scores.values())
+    caps = {n: max(layer_cap(s.numel(), cap), int((s == LOWEST).sum())) for n, s in scores.items()}
+    pruned = {n: int((~m).sum()) for n, m in masks.items()}
+    already = sum(int((s == LOWEST).sum()) for s in scores.values())
+    for n, s in scores.items():
+        assert pruned[n] <= caps[n]  # no layer above its cap (or above what was pruned before)
+        if round(sparsity * total) >= already:  # targets only rise: what was pruned stays pruned
+            assert not bool(masks[n][s == LOWEST].any())
+    # The global count is exact whenever the caps allow it, and as close as they allow otherwise.
+    assert sum(pruned.values()) == min(round(sparsity * total), sum(caps.values()))
+    assert torch.equal(torch.cat([masks[n].flatten() for n in scores]), _greedy_capped(scores, sparsity, cap))
+    if cap >= 1:  # no cap: the plain global ranking, bit for bit
+        assert all(torch.equal(masks[n], m) for n, m in global_topk_masks(scores, sparsity).items())

@@ -30,15 +30,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..errors import RecipeError
-from ..layers import prunable_layers, select_layers
+from ..layers import prunable_layers, select_layers, unit_broadcast, unit_view
 from ..masks import bake, ensure_mask, get_mask, set_mask, weight_of
 from ..schedule import Schedule
+from ..stats import asked_vs_achieved
 from ..surgery import last_layer, remove_dead_units
 from .base import UNCHANGED, Changes, Setup
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _check_group(group: str, layers: dict[str, nn.Module], where: str) -> None:
@@ -50,7 +50,7 @@ def _check_group(group: str, layers: dict[str, nn.Module], where: str) -> None:
                 "use group: channel for conv layers, or set layers.types: [Linear] (add a second l1 entry "
                 "with group: channel and layers.types: [Conv2d] for the convolutions)"
             )
-        if group == "channel" and not isinstance(module, _CONV):
+        if group == "channel" and not isinstance(module, _ConvNd):
             raise RecipeError(
                 f"{where}.group: 'channel' groups the output channels of Conv weights, but layer {name!r} "
                 f"is a {kind}: use group: row for Linear layers, or set layers.types: [Conv2d] (add a second "
@@ -105,9 +105,10 @@ class L1:
         ``end_epoch`` (the same boundaries at which magnitude masks change)."""
         return self.schedule.start < step <= self.schedule.end
 
-    def _groups(self, weight: torch.Tensor) -> torch.Tensor:
-        # One row per output unit: Linear rows, or Conv output channels flattened.
-        return weight.flatten(1)
+    @staticmethod
+    def _groups(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        # One row per output unit: Linear rows, Conv output channels (dim 1 of a ConvTranspose weight).
+        return unit_view(weight, module)
 
     def penalty(self) -> torch.Tensor | float:
         """``strength * sum|w|`` (or ``strength * sum_g ||w_g||_2`` per output unit) over the layers, a
@@ -121,7 +122,7 @@ class L1:
             if self.spec.group == "none":
                 total = total + w.abs().sum()
             else:
-                total = total + torch.linalg.vector_norm(self._groups(w), dim=1).sum()
+                total = total + torch.linalg.vector_norm(self._groups(w, module), dim=1).sum()
         return self.spec.strength * total
 
     @torch.no_grad()
@@ -137,13 +138,13 @@ class L1:
                 _clear_mask_bits(module, w.bool())  # w.bool() is `w != 0`, several times faster
             else:
                 dtype = torch.promote_types(w.dtype, torch.float32)
-                norms = torch.linalg.vector_norm(self._groups(w), dim=1, dtype=dtype)
+                norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
                 # Norm 0 gives scale 0 (not nan): the group is already dead.
                 scale = (1 - lam / norms.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
-                w.mul_(scale.to(w.dtype).view(-1, *([1] * (w.dim() - 1))))
+                w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
                 dead = scale == 0  # one entry per group: cheap to test
                 if bool(dead.any()):
-                    ensure_mask(module)[dead] = False
+                    ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
 
     def after_step(self, step: int) -> Changes:
         """In ``mode: proximal`` while the window is active: soft-threshold the weights, masking the zeros."""
@@ -168,8 +169,8 @@ class L1:
                         set_mask(module, w.abs() >= self.spec.threshold)
                     else:
                         # Group lasso shrinks whole rows: the threshold applies to each row's norm.
-                        alive = torch.linalg.vector_norm(self._groups(w), dim=1) >= self.spec.threshold
-                        set_mask(module, alive.view(-1, *([1] * (w.dim() - 1))).expand_as(w))
+                        alive = torch.linalg.vector_norm(self._groups(w, module), dim=1) >= self.spec.threshold
+                        set_mask(module, unit_broadcast(alive, module, w).expand_as(w))
         if self.spec.remove_dead:
             model, history = self._remove_dead(model)
             return model, Changes(history=tuple(history), structure_changed=bool(history))
@@ -202,6 +203,9 @@ class L1:
         bake(model)
         dead_before = self._dead_units()
         model, history = remove_dead_units(model, input_shape, ignore=ignore)
+        # The removal may hand back another model object (an untouched copy when its self-check failed).
+        modules = dict(model.named_modules())
+        self.layers = {n: modules[n] for n in self.layers if n in modules}
         # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
         # removing them would change the outputs. Reported so a missing speedup is explained.
         self.dead_units = {"found": dead_before, "kept": self._dead_units()}
@@ -211,13 +215,18 @@ class L1:
 
     def _dead_units(self) -> int:
         return sum(
-            int((torch.linalg.vector_norm(self._groups(weight_of(m).detach()), dim=1) == 0).sum())
+            int((torch.linalg.vector_norm(self._groups(weight_of(m).detach(), m), dim=1) == 0).sum())
             for m in self.layers.values()
         )
 
     def report(self) -> dict[str, Any]:
-        """``{"dead_units": {"found": n, "kept": k}}`` after a dead-unit removal, else nothing."""
-        return {"dead_units": self.dead_units} if self.dead_units else {}
+        """Asked vs achieved (:func:`~sparsekit.stats.asked_vs_achieved`; ``asked`` is None: l1 sets no
+        target, its zeros come from training) and, after a dead-unit removal,
+        ``{"dead_units": {"found": n, "kept": k}}``."""
+        out = asked_vs_achieved(self.layers, None)
+        if self.dead_units:
+            out["dead_units"] = self.dead_units
+        return out
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
         """Empty: how many weights L1 zeroes is only known after training."""

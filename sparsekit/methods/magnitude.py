@@ -6,6 +6,10 @@ gradual cubic schedule of Zhu & Gupta (2017), "To prune, or not to prune" (see
 fraction of the selected weights is zero, ranking the layers together (``scope: global``) or each
 layer on its own (``scope: layer``). Masks only lose ones: a pruned weight never comes back.
 
+Under ``scope: global`` no layer loses more than ``max_layer_sparsity`` of its weights (default 0.99), so a
+small layer whose weights all rank low is not emptied: its surplus prunes go to the other layers' next
+lowest scores and the total stays ``round(target * n)`` (see :func:`~sparsekit.masks.global_topk_masks`).
+
 The ranking is a scorer (:mod:`sparsekit.methods.scorers`), :func:`~sparsekit.methods.scorers.magnitude`
 by default. From Python, ``Pruner(..., scorers={i: fn})`` ranks ``pruning[i]`` by ``fn(weight, None)``
 instead (``grad`` is None here: use ``method: gradient`` for gradient-based scores).
@@ -19,8 +23,9 @@ import torch
 from torch import nn
 
 from ..layers import select_layers
-from ..masks import ensure_mask, global_topk_masks, layer_topk_masks, masked_scores, set_mask, weight_of
+from ..masks import ensure_mask, global_topk_masks, layer_cap, layer_topk_masks, masked_scores, set_mask, weight_of
 from ..schedule import Schedule
+from ..stats import asked_vs_achieved
 from . import scorers
 from .base import UNCHANGED, Changes, Setup
 
@@ -46,6 +51,7 @@ class Magnitude:
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # never changes shapes
         self.schedule = Schedule.from_spec(spec.schedule, spec.sparsity, setup.steps_per_epoch)
+        self.cap = float(spec.layer_cap)  # max_layer_sparsity, resolved by the recipe
         self.current = 0.0  # the sparsity the masks were last set to
         for module in self.layers.values():
             ensure_mask(module)
@@ -76,8 +82,11 @@ class Magnitude:
         if scores is None:
             return False
         scores = {n: masked_scores(s, self.layers[n]) for n, s in scores.items()}
-        make = global_topk_masks if self.spec.scope == "global" else layer_topk_masks
-        for name, mask in make(scores, target).items():
+        if self.spec.scope == "global":
+            masks = global_topk_masks(scores, target, self.cap)
+        else:
+            masks = layer_topk_masks(scores, target)  # validated: target <= sparsity <= the cap
+        for name, mask in masks.items():
             set_mask(self.layers[name], mask)
         self.current = target
         return True
@@ -109,8 +118,28 @@ class Magnitude:
         return self.schedule.epoch_targets(epochs, steps_per_epoch)
 
     def report(self) -> dict[str, Any]:
-        """The scorer's name when it is a user's own (``scorers=``); otherwise nothing to add."""
-        return {"scorer": scorers.name_of(self.scorer)} if self.custom else {}
+        """Asked vs achieved (:func:`~sparsekit.stats.asked_vs_achieved`): ``asked`` is ``sparsity``, per
+        layer too under ``scope: layer`` (None under ``global``); a layer pruned as far as
+        ``max_layer_sparsity`` lets it has a ``reason`` saying so, and when the caps made the target
+        unreachable the method has one too. Plus ``scorer``, the scorer's name when it is a user's own."""
+        out: dict[str, Any] = {"scorer": scorers.name_of(self.scorer)} if self.custom else {}
+        global_scope = self.spec.scope == "global"
+        reasons, room, total = {}, 0, 0
+        for name, module in self.layers.items():
+            w = weight_of(module).detach()
+            cap = layer_cap(w.numel(), self.cap)
+            room, total = room + cap, total + w.numel()
+            if global_scope and self.cap < 1 and int((w == 0).sum()) >= cap:
+                reasons[name] = f"at max_layer_sparsity {self.cap:g} (at most {cap:,} of {w.numel():,} weights)"
+        layer_asked = None if global_scope else self.spec.sparsity
+        out.update(asked_vs_achieved(self.layers, self.spec.sparsity, layer_asked, reasons))
+        if global_scope and total and round(self.spec.sparsity * total) > room:
+            out["reason"] = (
+                f"max_layer_sparsity {self.cap:g} lets these layers lose at most {room:,} of {total:,} weights "
+                f"({room / total:.3f}), less than the {self.spec.sparsity:g} asked; raise max_layer_sparsity or "
+                "select more layers"
+            )
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """``current`` sparsity and whether an update is pending (masks are saved by the Pruner)."""

@@ -3,7 +3,8 @@ Overfitting", section 5.1): each output unit's incoming weights have L2 norm
 at most ``max_value``.
 
 After every optimizer step (and once at the start, so the constraint holds from the first forward),
-every row of a Linear weight and every output channel of a Conv weight is rescaled:
+every row of a Linear weight and every output channel of a Conv or ConvTranspose weight (for a
+ConvTranspose, ``weight[:, c]`` with ``groups=1``: its weight is ``[in, out/groups, *k]``) is rescaled:
 ``w_u <- w_u * min(1, max_value / ||w_u||)``. Biases are not part of the norm.
 
 It never creates zeros: rescaling by a positive factor keeps every weight's sign and keeps zeros
@@ -18,16 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import select_layers
+from ..layers import select_layers, unit_broadcast, unit_view
 from ..masks import weight_of
 from .base import UNCHANGED, Changes, Setup
 
 
-def _unit_norms(weight: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each output unit's incoming weights (dim 0 indexes output units), accumulated in
-    at least float32 (half weights would overflow) and in float64 for float64 weights."""
+def _unit_norms(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """L2 norm of each output unit's incoming weights (:func:`~sparsekit.layers.unit_view`: dim 0 of a
+    Linear/Conv weight, dim 1 of a ConvTranspose weight), accumulated in at least float32 (half weights
+    would overflow) and in float64 for float64 weights."""
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    return torch.linalg.vector_norm(weight.detach().flatten(1), dim=1, dtype=dtype)
+    return torch.linalg.vector_norm(unit_view(weight.detach(), module), dim=1, dtype=dtype)
 
 
 class MaxNorm:
@@ -52,7 +54,7 @@ class MaxNorm:
         """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``."""
         for module in self.layers.values():
             w = weight_of(module)
-            norms = _unit_norms(w)
+            norms = _unit_norms(w, module)
             if float(norms.max()) <= self.max_value:  # the usual case, decided by one scalar
                 continue
             # Only rows over the bound are touched, so the others stay identical bit for bit.
@@ -60,13 +62,13 @@ class MaxNorm:
             scale = torch.ones_like(norms)
             scale[over] = self.max_value / norms[over]
             # A rescaled row lands on the bound up to float rounding (a few ulps of max_value).
-            w.mul_(scale.to(w.dtype).view(-1, *([1] * (w.dim() - 1))))
+            w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
 
     def report(self) -> dict[str, dict[str, float]]:
         """Per-layer ``{"max": ..., "mean": ...}`` of the output units' incoming-weight norms."""
         out = {}
         for name, module in self.layers.items():
-            norms = _unit_norms(weight_of(module))
+            norms = _unit_norms(weight_of(module), module)
             out[name] = {"max": float(norms.max()), "mean": float(norms.mean())}
         return out
 

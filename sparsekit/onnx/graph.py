@@ -1,7 +1,7 @@
 """Counts read from an ONNX graph: multiply-accumulates (dense and over nonzero weights only), the
 model's real inputs, and the activation memory one sample needs.
 
-MACs count Conv, Gemm and MatMul nodes whose weight is an initializer (the layers pruning touches), at
+MACs count Conv, ConvTranspose, Gemm and MatMul nodes whose weight is an initializer (the layers pruning touches), at
 batch size 1, using ONNX shape inference (https://onnx.ai/onnx/api/shape_inference.html) for output
 sizes. Elementwise ops, pooling and attention between activations are not counted, as in the
 torch-side :mod:`sparsekit.stats`. Quantized files (QDQ) are followed through ``DequantizeLinear``
@@ -58,6 +58,11 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
             w = weights[node.input[1]]
             out = shapes.get(node.output[0])
             positions = math.prod(out[2:]) if out else None
+        elif node.op_type == "ConvTranspose" and len(node.input) > 1 and node.input[1] in weights:
+            # weight [in, out/groups, *k]: every input value meets out/groups * k weights
+            w = weights[node.input[1]]
+            a = shapes.get(node.input[0])
+            positions = math.prod(a[2:]) if a else None
         elif node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
             w = weights[node.input[1]]
             a = shapes.get(node.input[0])
