@@ -407,7 +407,8 @@ class Recipe(_Strict):
             if sched.end_epoch > 0 and sched.end_epoch > self.finetune.epochs:
                 raise ValueError(
                     f"pruning[{i}].schedule.end_epoch ({sched.end_epoch:g}) is after the last fine-tuning "
-                    f"epoch (finetune.epochs={self.finetune.epochs}): the target would never be reached"
+                    f"epoch (finetune.epochs={self.finetune.epochs}): the target would never be reached; lower "
+                    "end_epoch or raise finetune.epochs"
                 )
         return self
 
@@ -429,7 +430,7 @@ def _path(loc: tuple[Any, ...]) -> str:
         else:
             out += ("." if out else "") + short(str(part))
         previous = part
-    return out or "<recipe>"
+    return out
 
 
 def _message(e: Any) -> str:
@@ -459,7 +460,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in errors[:MAX_ERRORS_SHOWN]:
         # kwargs problems carry the path inside model.kwargs (e.g. ".width") in their context.
         subpath = short(str((e.get("ctx") or {}).get("subpath", "")), 200)
-        lines.append(f"{_path(e['loc'])}{subpath}: {_message(e)}")
+        where = f"{_path(e['loc'])}{subpath}"
+        # A check across fields (the whole recipe) names its fields in the message itself.
+        lines.append(f"{where}: {_message(e)}" if where else _message(e))
     if len(errors) > MAX_ERRORS_SHOWN:
         lines.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
     return f"{source}: " + "; ".join(lines)
@@ -478,8 +481,12 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file: a Recipe or a
-    RecipeError, whatever the input."""
+    """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file, or a shipped
+    recipe by name (``"lenet-gradual-magnitude-90"``, see :func:`sparsekit.shipped_recipes`) when no
+    such file exists: a Recipe or a RecipeError, whatever the input."""
+    from .recipe_catalog import find_recipe
+
+    path = find_recipe(path)
     data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)

@@ -185,3 +185,14 @@ def test_plan_says_what_each_entry_leaves_out(tmp_path, mlp_checkpoint):
     from sparsekit.planning import IGNORED_REASON
 
     assert left == {"fc3": IGNORED_REASON}
+
+
+def test_load_recipe_takes_a_shipped_name_and_cross_field_errors_read_cleanly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of that name here: the shipped recipe is meant
+    recipe = sparsekit.load_recipe("lenet-gradual-magnitude-90")
+    assert recipe.pruning[0].method == "magnitude"
+    with pytest.raises(sparsekit.RecipeError) as info:
+        sparsekit.load_recipe("lenet-gradual-magnitude-90", ["finetune.epochs=2"])
+    message = str(info.value)
+    assert ": pruning[0].schedule.end_epoch (5)" in message and "<recipe>" not in message
+    assert "raise finetune.epochs" in message

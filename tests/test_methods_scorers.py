@@ -135,3 +135,15 @@ def test_a_taylor_importance_object_reads_gradients():
 def test_a_non_callable_importance_is_refused():
     with pytest.raises(TypeError, match=r"scorers\[0\]: structured pruning takes a torch-pruning importance"):
         sparsekit.Pruner(Stem(), structured_recipe(), steps_per_epoch=1, scorers={0: 0.5})
+
+
+def test_a_bad_user_scorer_is_named_not_silently_used():
+    """NaN scores would prune nothing; a torch-pruning importance here is called with the wrong arguments."""
+    with pytest.raises(ValueError, match=r"scorers\[0\].*NaN or inf"):
+        sparsekit.Pruner(mlp(), magnitude_recipe(), steps_per_epoch=1, scorers={0: lambda w, g: w * float("nan")})
+
+    def importance_like(group):  # one argument: the structured kind of scorer
+        return torch.ones(3)
+
+    with pytest.raises(TypeError, match=r"scorers\[0\].*fn\(weight, grad\)"):
+        sparsekit.Pruner(mlp(), magnitude_recipe(), steps_per_epoch=1, scorers={0: importance_like})

@@ -77,7 +77,7 @@ class Gradient(Magnitude):
             if acc is not None and self._fused is not None:
                 self._fused(acc, w, g)
                 continue
-            term = self._checked(name, self.scorer(w, g))
+            term = self._score(name, w, g)
             if acc is None:
                 # A user's scorer may return a view of its inputs: the sum must own its memory.
                 self.accum[name] = term.clone() if self.custom else term

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import one_line
 from ..layers import select_layers
 from ..masks import ensure_mask, global_topk_masks, layer_cap, layer_topk_masks, masked_scores, set_mask, weight_of
 from ..schedule import Schedule
@@ -44,6 +45,7 @@ class Magnitude:
     def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
         self.spec = spec
         self.where = setup.where
+        self.index = setup.index
         self.custom = setup.scorer is not None
         self.scorer: scorers.Scorer = (
             scorers.check(setup.scorer, f"scorers[{setup.index}]") if self.custom else self._builtin_scorer(spec)
@@ -62,16 +64,32 @@ class Magnitude:
     def scores(self) -> dict[str, torch.Tensor] | None:
         """Scores per layer, each of its weight's shape, higher = keep. None means "no scores yet" (the
         update waits for the next step)."""
-        return {name: self._checked(name, self.scorer(weight_of(m).detach(), None)) for name, m in self.layers.items()}
+        return {name: self._score(name, weight_of(m).detach(), None) for name, m in self.layers.items()}
 
-    def _checked(self, name: str, scores: Any) -> torch.Tensor:
-        # A user's scorer is code we did not write: a wrong shape would otherwise fail deep in the ranking.
-        weight = weight_of(self.layers[name])
-        if not isinstance(scores, torch.Tensor) or scores.shape != weight.shape:
+    def _score(self, name: str, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        """``self.scorer(weight, grad)`` for layer ``name``; a user's scorer is checked (ValueError /
+        TypeError naming ``scorers[i]``): it is code we did not write, and a wrong result would
+        otherwise fail deep in the ranking or silently prune nothing."""
+        if not self.custom:
+            return self.scorer(weight, grad)
+        where = f"scorers[{self.index}]"
+        try:
+            scores: Any = self.scorer(weight, grad)
+        except TypeError as err:
+            raise TypeError(
+                f"{where}: calling scorer(weight, grad) failed ({one_line(err, 160)}); a {self.name} entry takes "
+                "fn(weight, grad) -> scores (torch-pruning importances rank channels: use them with structured)"
+            ) from err
+        w = weight_of(self.layers[name])
+        if not isinstance(scores, torch.Tensor) or scores.shape != w.shape:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise ValueError(
-                f"{self.where}: the scorer returned {got} for layer {name!r}; it must return a tensor of the "
-                f"weight's shape {tuple(weight.shape)}"
+                f"{where}: the scorer returned {got} for layer {name!r}; it must return a tensor of the "
+                f"weight's shape {tuple(w.shape)}"
+            )
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError(
+                f"{where}: the scorer returned NaN or inf scores for layer {name!r}; scores must be finite"
             )
         return scores
 
