@@ -607,6 +607,20 @@ def validate(
                 f"{field} names code {spec}: not imported; prune runs it only when confirmed "
                 "(--arch/--data, --trust-code or a trusted module)"
             )
+    reh = res.get("rehearsal") or {}
+    if reh.get("events"):
+        parity = reh.get("parity") or {}
+        lines.append(
+            f"rehearsed {reh['events']} channel-removal event(s) on a copy: forward ok after each, ONNX parity "
+            f"{'ok' if parity.get('ok') else 'not checked' if not parity else 'FAILED'}"
+        )
+        for row in reh.get("methods", []):
+            for name, aim in row.get("per_layer", {}).items():
+                why = f" ({aim['reason']})" if aim.get("reason") else ""
+                lines.append(
+                    f"  pruning[{row['index']}] {name}: {aim['achieved']:.3f} of channels removed, "
+                    f"{aim['asked']:.3f} asked{why}"
+                )
     for m in res["methods"]:
         lines.append(f"pruning[{m['index']}] {m['method']}: {', '.join(m['layers'])}")
         for row in m["left_out"]:

@@ -5,7 +5,6 @@ wrapper around :func:`run_prune`; every sentence the user reads is in :mod:`spar
 
 from __future__ import annotations
 
-import copy
 import logging
 import platform
 from collections.abc import Callable
@@ -213,14 +212,13 @@ def check_inputs(
 
 
 def rehearse(inputs: Inputs, recipe: Recipe) -> None:
-    """Build the pruner on a copy of the model: every recipe/model mismatch (patterns, overlaps,
-    channel groups, ...) fails here, before the output folder is touched."""
-    Pruner(
-        copy.deepcopy(inputs.loaded.model),
-        recipe,
-        steps_per_epoch=inputs.steps_per_epoch,
-        context={"input_shape": inputs.shape},
-    )
+    """Build the pruner on a copy of the model and perform every structural removal the recipe will
+    make, with a forward pass after each and one export (:func:`sparsekit.rehearsal.rehearse`): every
+    recipe/model mismatch (patterns, overlaps, layouts that cannot lose channels, ...) fails here with a
+    TargetError naming the layer, before the output folder is touched or any training step is taken."""
+    from .rehearsal import rehearse as rehearse_removals
+
+    rehearse_removals(inputs.loaded.model, recipe, inputs.shape, inputs.steps_per_epoch)
 
 
 def _run(

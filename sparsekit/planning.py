@@ -7,7 +7,7 @@ The ``sparsekit validate`` command prints this; Python users get the same dict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .recipe import Recipe
 
@@ -30,8 +30,10 @@ def plan(
     channels for ``structured``) are listed, assuming ``steps_per_epoch`` optimizer steps per epoch.
 
     Returns ``{"recipe", "valid": True, "names_code": {...}, "epochs", "methods": [{"index",
-    "method", "layers", "left_out": [{"name", "type", "reason"}], "targets_per_epoch"}]}``, where
-    ``left_out`` lists the model's other modules with weights and why the entry does not prune them. Raises the
+    "method", "layers", "left_out": [{"name", "type", "reason"}], "targets_per_epoch"}], "rehearsal":
+    {...}}``, where ``left_out`` lists the model's other modules with weights and why the entry does not
+    prune them, and ``rehearsal`` (with a model) is :func:`sparsekit.rehearsal.rehearse`'s result: every
+    structural removal performed on a copy, channels asked vs achievable per layer, export parity. Raises the
     :class:`~sparsekit.errors.SparsekitError` subclasses a prune run would raise for the same
     recipe and model (patterns matching nothing, overlapping methods, ...)."""
     if steps_per_epoch <= 0:
@@ -48,8 +50,11 @@ def plan(
     from .layers import prunable_layers, unselected_layers
     from .pipeline import resolve_model
     from .pruner import Pruner
+    from .rehearsal import rehearse
 
     loaded = resolve_model(model, recipe, arch, trust=False, trust_code=trust_code)
+    # Every structural removal the run will make, performed on a copy (forward pass after each, one export).
+    res["rehearsal"] = rehearse(loaded.model, recipe, cast(list[int], loaded.input_shape), steps_per_epoch).as_dict()
     pruner = Pruner(loaded.model, recipe, steps_per_epoch, context={"input_shape": loaded.input_shape})
     for i, (m, spec) in enumerate(zip(pruner.methods, recipe.pruning, strict=True)):
         left_out = unselected_layers(loaded.model, spec.layers)

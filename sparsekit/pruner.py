@@ -12,6 +12,7 @@ calls their hooks and alone keeps the run's state: the step count, the masks, th
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from . import methods
 from .errors import TargetError
 from .masks import MASK, apply_masks, bake, get_mask
 from .recipe import Recipe
+from .surgery import tied_parameters
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -51,7 +53,9 @@ class Pruner:
 
     A non-callable scorer is a TypeError; an index outside ``recipe.pruning`` or an entry that ranks
     nothing (l1, max_norm) is a ValueError. Building also raises TargetError when a recipe's layer
-    selection does not fit the model or two methods would mask the same weights.
+    selection does not fit the model, two methods would mask the same weights, or a method would untie
+    weights shared by several modules (a structural method changing the shape of one of them, a
+    masking method selecting only some of them; modules selected together share one mask).
     """
 
     def __init__(
@@ -91,8 +95,10 @@ class Pruner:
             for i, spec in enumerate(recipe.pruning)
         ]
         self._check_overlap()
+        self._check_tied()
+        self._share_tied_masks()
         self._structural = any(m.structural for m in self.methods)
-        self._param_names: dict[int, str] = {}
+        self._param_names: dict[int, list[str]] = {}
         if self._structural:
             self._remember_params()
         for method in self.methods:
@@ -125,6 +131,55 @@ class Pruner:
                         f"from pruning[{j}] (layers.exclude), or keep pruning[{i}] away from it (ignore / "
                         "layers.exclude of the layers feeding it)"
                     )
+
+    def _check_tied(self) -> None:
+        """Weights shared by several modules stay shared: a structural method may not change the shape of
+        any of them, and a masking method masks all of them (one shared mask) or none (TargetError)."""
+        for holders in tied_parameters(self.model):
+            modules = list(dict.fromkeys(n for n, _ in holders))
+            shared = f"{holders[0][0]}.{holders[0][1]}"
+            for i, method in enumerate(self.methods):
+                where = f"pruning[{i}] ({method.name})"
+                hit = [n for n in modules if n in method.touched]
+                if method.structural and hit:
+                    others = [n for n in modules if n != hit[0]]
+                    by = getattr(method, "touched_by", {})
+                    roots = list(dict.fromkeys(r for n in hit for r in by.get(n, [])))
+                    remedy = (
+                        f"add {', '.join(repr(r) for r in roots)} to pruning[{i}].ignore"
+                        if roots
+                        else f"exclude them from pruning[{i}] (layers.exclude)"
+                    )
+                    raise TargetError(
+                        f"{where} would change the shape of {hit[0]!r}, whose parameter {shared!r} is shared with "
+                        f"{', '.join(repr(n) for n in others)} (tied weights): removing channels would untie them. "
+                        f"Keep pruning[{i}] away from the tied layers: {remedy}"
+                    )
+                if method.masks_weights:
+                    selected = [n for n in modules if n in method.layers]
+                    if selected and len(selected) < len(modules):
+                        missing = [n for n in modules if n not in selected]
+                        raise TargetError(
+                            f"{where} masks the weights of {', '.join(repr(n) for n in selected)}, whose parameter "
+                            f"{shared!r} is shared with {', '.join(repr(n) for n in missing)} (tied weights), which it "
+                            f"does not select: select every module sharing it (they then share one mask) or none "
+                            f"(pruning[{i}].layers)"
+                        )
+
+    def _share_tied_masks(self) -> None:
+        """Modules that share a weight share one mask buffer (the AND of theirs), so masking keeps them tied."""
+        modules = dict(self.model.named_modules(remove_duplicate=False))
+        for holders in tied_parameters(self.model):
+            masked = [modules[n] for n, p in holders if p == "weight" and get_mask(modules[n]) is not None]
+            if len(masked) < 2:
+                continue
+            first = get_mask(masked[0])
+            assert first is not None
+            for module in masked[1:]:
+                mask = get_mask(module)
+                if mask is not first and mask is not None and mask.shape == first.shape:
+                    first.logical_and_(mask)
+                    module._buffers[MASK] = first
 
     _zero: torch.Tensor | None = None
     finalized = False
@@ -171,30 +226,42 @@ class Pruner:
             self.structure_changed = True
 
     def _remember_params(self) -> None:
-        # Names of the parameter objects an optimizer may hold, so update_optimizer can map them to
-        # the new objects torch-pruning creates. Old entries stay: the optimizer still holds them.
-        self._param_names.update({id(p): n for n, p in self.model.named_parameters()})
+        # Every name of each parameter object an optimizer may hold (a tied weight has several), so
+        # update_optimizer can map it to the new objects torch-pruning creates. Old entries stay: the
+        # optimizer still holds them.
+        names: dict[int, list[str]] = {}
+        for n, p in self.model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(n)
+        self._param_names.update(names)
 
     def update_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """After channels were removed (:attr:`structure_changed`), point ``optimizer`` at the model's new
         parameters, in place, so an LR scheduler attached to it keeps working. Optimizer state (momentum,
         Adam moments) is kept for parameters whose shape did not change and restarts for pruned ones.
+        Parameters are mapped by every name they have in the model (a weight shared by several modules
+        has several), so each parameter the optimizer covered is covered once afterwards.
 
         >>> pruner.step()
         >>> if pruner.structure_changed:
         ...     optimizer = pruner.update_optimizer(optimizer)
         """
-        current = dict(self.model.named_parameters())
+        current = dict(self.model.named_parameters(remove_duplicate=False))
+        placed: set[int] = set()  # each parameter once, in the group of the first old one it replaces
         for group in optimizer.param_groups:
             new_params = []
             for old in group["params"]:
-                new = current.get(self._param_names.get(id(old), ""), old)
+                names = self._param_names.get(id(old), [])
+                news = list({id(p): p for p in (current[n] for n in names if n in current)}.values()) or [old]
                 state = optimizer.state.pop(old, None)
-                if state is not None and all(
-                    v.shape == new.shape for v in state.values() if torch.is_tensor(v) and v.dim() > 0
-                ):
-                    optimizer.state[new] = state
-                new_params.append(new)
+                for k, new in enumerate(news):
+                    if id(new) in placed:
+                        continue
+                    placed.add(id(new))
+                    if state is not None and all(
+                        v.shape == new.shape for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+                    ):
+                        optimizer.state[new] = state if k == 0 else copy.deepcopy(state)
+                    new_params.append(new)
             group["params"] = new_params
         self.structure_changed = False
         self._warned_stale = False
@@ -266,6 +333,7 @@ class Pruner:
         for method, s in zip(self.methods, state["methods"], strict=True):
             method.load_state_dict(s)
         self.pruning_history = history
+        self._share_tied_masks()
         apply_masks(self.model)
 
     def summary(self) -> list[dict[str, Any]]:

@@ -38,12 +38,15 @@ from .masks import MASK, apply_mask, get_mask, weight_of
 __all__ = [
     "build_graph",
     "example_input",
+    "forward_failure",
     "forward_order",
     "last_layer",
     "normalize_history",
     "refit_masks",
     "remove_dead_units",
     "replay_history",
+    "reused_parameters",
+    "tied_parameters",
     "traced",
 ]
 
@@ -175,6 +178,108 @@ def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     return order
 
 
+def forward_failure(
+    model: nn.Module, input_shape: Sequence[int], output_shape: Sequence[int] | None = None
+) -> str | None:
+    """Whether ``model`` still runs: None when a forward pass on a seeded input of ``input_shape`` (batch 2,
+    eval mode, no autograd) succeeds and, with ``output_shape``, returns that shape (batch dim left
+    out); otherwise a phrase saying where and how it fails, e.g. ``"in 'up' (RuntimeError: ...)"``."""
+    stack: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def enter(module: nn.Module, _args: Any) -> None:
+        stack.append(names.get(module, type(module).__name__))
+
+    def leave(_module: nn.Module, _args: Any, _out: Any) -> None:
+        if stack:
+            stack.pop()
+
+    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with traced(model), torch.no_grad():
+            out = model(example_input(model, input_shape, batch=2, random=True))
+    except Exception as err:  # noqa: BLE001 - any failure of the forward is the answer
+        inner = [n for n in stack if n]
+        return f"{f'in {inner[-1]!r} ' if inner else ''}({one_line(err, 200)})"
+    finally:
+        for h in hooks:
+            h.remove()
+    if output_shape is not None:
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+        if got != tuple(output_shape):
+            shown = list(got) if got is not None else type(out).__name__
+            return f"(its output has shape {shown} instead of {list(output_shape)})"
+    return None
+
+
+def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Parameters held by more than one module (tied weights), each as ``[(module_name, param_name), ...]``
+    in model order, one list per shared parameter object. A module registered under several names is
+    one module (named as ``named_modules()`` names it), not a tie."""
+    holders: dict[int, list[tuple[str, str]]] = {}
+    seen: dict[int, set[int]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module._parameters.items():
+            if p is None or id(module) in seen.setdefault(id(p), set()):
+                continue
+            seen[id(p)].add(id(module))
+            holders.setdefault(id(p), []).append((name, pname))
+    return [h for h in holders.values() if len(h) > 1]
+
+
+def reused_parameters(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, str, int]]:
+    """Weights of prunable layers that the forward pass also uses outside their own layer (a decoder
+    computing ``F.linear(h, enc.weight.t())``: tied weights no module structure shows), as
+    ``(layer_name, param_name, extra_uses)``. Found from one forward pass on a zero input of
+    ``input_shape``: the autograd graph's uses of each weight beyond one per call of its layer."""
+    layers = prunable_layers(model)
+    calls: dict[int, int] = {}
+
+    def count(module: nn.Module, _args: Any) -> None:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+
+    hooks = [m.register_forward_pre_hook(count) for m in layers.values()]
+    try:
+        with traced(model):
+            out = model(example_input(model, input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    uses: dict[int, int] = {}
+    roots = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+    seen: set[int] = set()
+    while roots:
+        node = roots.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            variable = getattr(nxt, "variable", None)
+            if variable is not None:
+                uses[id(variable)] = uses.get(id(variable), 0) + 1
+            else:
+                roots.append(nxt)
+    found = []
+    for name, module in layers.items():
+        for pname, param in module.named_parameters(recurse=False):
+            extra = uses.get(id(param), 0) - calls.get(id(module), 0)
+            if extra > 0:
+                found.append((name, pname, extra))
+    return found
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in _tensors(item)]
+    return []
+
+
 def refit_masks(model: nn.Module) -> list[str]:
     """After channel removal, rebuild every mask whose weight changed shape from that weight's zeros.
 
@@ -297,12 +402,14 @@ def remove_dead_units(
     any case where the constant is exactly 0 (e.g. ReLU of a negative shift). Kept, to stay exact:
     units whose nonzero constant enters a zero-padded conv (the border differs), units coupled to
     another layer's live outputs (residual add, depthwise conv), units reaching the model output,
-    and units whose consumers cannot take the constant (no bias, no BatchNorm after). At least one
+    units whose consumers cannot take the constant (no bias, no BatchNorm after), and units of layers
+    whose weights are tied to another module's or used again outside the layer (a shape change would
+    untie them; see :func:`tied_parameters`, :func:`reused_parameters`). At least one
     unit per layer always stays. Outputs are unchanged in eval mode.
 
     Returns ``(model, history)``: the model (changed in place) and tp's history of the removal, to
-    append to the checkpoint's ``pruning_history``. Should the self-check on random inputs fail,
-    the untouched model is returned with an empty history and a warning.
+    append to the checkpoint's ``pruning_history``. Should the self-check on random inputs fail (or the
+    forward pass raise), the untouched model is returned with an empty history and a warning.
     """
     skip = set(ignore)
     backup = copy.deepcopy(model)
@@ -311,14 +418,20 @@ def remove_dead_units(
         reference = model(probe)
     graph = build_graph(model, input_shape)
     layers = prunable_layers(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    # A shape change would untie a weight shared by several modules: their units stay.
+    tied = {id(modules[n]) for holders in tied_parameters(model) for n, _ in holders}
+    tied |= {id(modules[n]) for n, _, _ in reused_parameters(model, input_shape)}
     for name in forward_order(model, input_shape):
         module = layers[name]
-        if name in skip or not tpa.in_graph(graph, module):
+        if name in skip or not tpa.in_graph(graph, module) or id(module) in tied:
             continue
         dead = _dead_rows(module)
         if len(dead) >= tpa.out_channels(graph, module):
             dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
         if not dead:
+            continue
+        if any(id(m) in tied for m in tpa.group_modules(tpa.channel_group(graph, module, dead))):
             continue
         inputs = _consumer_inputs(model, tpa.channel_group(graph, module, dead), probe)
         # Unit by unit, so one unit that must stay does not keep the others.
@@ -334,9 +447,12 @@ def remove_dead_units(
             for tensor, delta in plan:
                 tensor.add_(delta.to(tensor.dtype))
         prune_group(model, tpa.channel_group(graph, module, removable))
-    with traced(model), torch.no_grad():
-        after = model(probe)
-    if after.shape != reference.shape or not torch.allclose(after, reference, rtol=1e-4, atol=1e-5):
+    try:
+        with traced(model), torch.no_grad():
+            after = model(probe)
+    except Exception:  # noqa: BLE001 - a layout the removal broke: keep the model as it was
+        after = None
+    if after is None or after.shape != reference.shape or not torch.allclose(after, reference, rtol=1e-4, atol=1e-5):
         warnings.warn("remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2)
         return backup, []
     return model, normalize_history(tpa.pruning_history(graph))

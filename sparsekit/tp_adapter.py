@@ -37,7 +37,7 @@ Importance = Any  # tp.importance.Importance, or any callable(group) -> Tensor[c
 TP_ATTRIBUTES = (
     "DependencyGraph",
     "DependencyGraph.build_dependency",
-    "DependencyGraph.check_pruning_group",  # PRIVATE use: replaced per graph (see ChannelPruner)
+    "DependencyGraph.check_pruning_group",  # tp's own guard, consulted before every removal
     "DependencyGraph.get_all_groups",
     "DependencyGraph.get_in_channels",
     "DependencyGraph.get_out_channels",
@@ -46,11 +46,12 @@ TP_ATTRIBUTES = (
     "DependencyGraph.is_out_channel_pruning_fn",
     "DependencyGraph.pruning_history",
     "Group.prune",
+    "Group.__setitem__",
     "ops.OPTYPE.OUTPUT",
-    "pruner.BasePruner",
-    "pruner.BasePruner._get_channel_groups",  # PRIVATE
-    "pruner.BasePruner.estimate_importance",
-    "pruner.BasePruner.step",
+    "ops.OPTYPE.PARAMETER",
+    "ops.OPTYPE.ELEMENTWISE",
+    "pruner.function.BasePruningFunc.get_in_channel_groups",
+    "pruner.function.BasePruningFunc.get_out_channel_groups",
     "importance.Importance",
     "importance.MagnitudeImportance",
     "importance.TaylorImportance",
@@ -58,14 +59,13 @@ TP_ATTRIBUTES = (
     "importance.BNScaleImportance",
 )
 # Instance attributes, set in ``__init__`` of the class named by the key (and of a group's items and
-# nodes): checked by the test on a graph and a pruner built from a small model.
+# nodes): checked by the test on a graph built from a small model.
 TP_INSTANCE_ATTRIBUTES = {
     "DependencyGraph": ("module2node",),
-    "BasePruner": ("DG", "ignored_layers", "current_step", "_scope_initial_channels"),  # last: PRIVATE
-    "Node": ("outputs", "module", "type"),
-    "GroupItem": ("dep", "idxs"),
+    "Node": ("outputs", "module", "type", "grad_fn"),
+    "GroupItem": ("dep", "idxs", "root_idxs"),  # root_idxs: PRIVATE (see _listed_once)
     "Dependency": ("target", "handler"),
-    "Pruner": ("prune_out_channels", "prune_in_channels"),  # what get_pruner_of_module returns
+    "Pruner": ("prune_out_channels", "prune_in_channels", "get_in_channel_groups", "get_out_channel_groups"),
 }
 
 
@@ -111,17 +111,49 @@ def in_channels(graph: Graph, module: nn.Module) -> int:
 
 def channel_group(graph: Graph, module: nn.Module, idxs: Sequence[int], *, outputs: bool = True) -> Group:
     """The group that removing channels ``idxs`` of ``module`` implies: its outputs (``outputs=True``) or
-    its inputs. Nothing changes until :func:`prune`. Raises (tp's ValueError) when ``module`` is not in
-    the graph or tp cannot prune its type."""
+    its inputs, each member's channels listed once (see :func:`_listed_once`). Nothing changes until
+    :func:`prune`. Raises (tp's ValueError) when ``module`` is not in the graph or tp cannot prune its type."""
     pruner = graph.get_pruner_of_module(module)
     fn = pruner.prune_out_channels if outputs else pruner.prune_in_channels
-    return graph.get_pruning_group(module, fn, list(idxs))
+    return _listed_once(graph.get_pruning_group(module, fn, list(idxs)))
+
+
+def _listed_once(group: Group) -> Group:
+    """``group`` with each member's channel indices listed once, in place.
+
+    tp maps every root channel to the channel it lands in for each member; when several root channels
+    land in one channel of a member (a Linear's 128 outputs viewed as 8 channels of 16 values feeding a
+    ConvTranspose2d), that channel is listed once per root channel, and tp's ``prune_in_channels``
+    subtracts the list's length from the layer's channel count: the layer ends with a wrong (zero or
+    negative) count and the next forward pass fails. The root's list is never changed (it is what the
+    history records)."""
+    for k in range(1, len(group)):
+        item = group[k]
+        idxs = list(item.idxs)
+        if len(set(idxs)) == len(idxs):
+            continue
+        # PRIVATE: GroupItem.root_idxs (set by get_pruning_group, read by tp's importances) must stay
+        # aligned with idxs.
+        roots = list(getattr(item, "root_idxs", None) or idxs)
+        seen: dict[int, int] = {}
+        for i, root in zip(idxs, roots, strict=False):
+            seen.setdefault(int(i), int(root))
+        fixed = type(item)(item.dep, list(seen))
+        fixed.root_idxs = list(seen.values())
+        group[k] = fixed
+    return group
 
 
 def prune(group: Group, *, record_history: bool = True) -> None:
     """Remove the group's channels in place: every module in it gets new, smaller parameters.
     With ``record_history`` the removal is appended to the graph's :func:`pruning_history`."""
     group.prune(record_history=record_history)
+
+
+def guard(graph: Graph, group: Group) -> bool:
+    """torch-pruning's own guard (``check_pruning_group``): False when the group would remove every
+    channel of one of its members. sparsekit consults it before every removal it makes."""
+    return bool(graph.check_pruning_group(group))
 
 
 def pruning_history(graph: Graph) -> list[Any]:
@@ -141,29 +173,58 @@ def sole_consumer(graph: Graph, module: nn.Module) -> nn.Module | None:
 class Member:
     """One (module, channels) pair of a group, as surgery reads it.
 
-    ``module`` is an ``nn.Module`` or, for a parameter tp tracks by itself, an ``nn.Parameter``;
-    ``idxs`` are the channel indices removed from it; ``out_channels`` says whether they are its output
-    channels (else its inputs, or a per-channel module such as BatchNorm); ``is_model_output`` marks the
-    graph's output node (the channels reach the model's output)."""
+    ``module`` is an ``nn.Module`` or, for a parameter tp tracks by itself, an ``nn.Parameter`` (or one
+    of tp's stand-ins for a functional operation, see ``op``); ``idxs`` are the channel indices removed
+    from it; ``out_channels`` says whether they are its output channels (else its inputs, or a
+    per-channel module such as BatchNorm); ``is_model_output`` marks the graph's output node (the
+    channels reach the model's output). ``channels``: the member's current channel count in that
+    direction, None when tp does not count it (functional operations). ``op``: what the member is, as
+    a name: the module's class (``"Conv2d"``), or for a functional operation tp's stand-in
+    (``"_ReshapeOp"``, ``"_SplitOp"``, ``"_ConcatOp"``...) or, for an element-wise one, the autograd
+    function it traced (``"GluBackward0"``, ``"MulBackward0"``...)."""
 
     module: Any
     idxs: list[int]
     out_channels: bool
     is_model_output: bool
+    channels: int | None = None
+    op: str = ""
+
+
+def _count(graph: Graph, module: Any, outputs: bool) -> int | None:
+    try:
+        n = graph.get_out_channels(module) if outputs else graph.get_in_channels(module)
+    except Exception:  # noqa: BLE001 - tp raises assorted types for modules it does not count
+        return None
+    return None if n is None else int(n)
+
+
+def _op_name(node: Any) -> str:
+    ops = _tp().ops.OPTYPE
+    if node.type == ops.ELEMENTWISE and node.grad_fn is not None:
+        return type(node.grad_fn).__name__
+    return type(node.module).__name__
 
 
 def group_members(graph: Graph, group: Group) -> list[Member]:
     """The group's members in tp's order; the first is the root (the module whose channels were asked)."""
-    output = _tp().ops.OPTYPE.OUTPUT
-    return [
-        Member(
-            module=item.dep.target.module,
-            idxs=list(item.idxs),
-            out_channels=bool(graph.is_out_channel_pruning_fn(item.dep.handler)),
-            is_model_output=item.dep.target.type == output,
+    ops = _tp().ops.OPTYPE
+    members = []
+    for item in group:
+        target = item.dep.target
+        outputs = bool(graph.is_out_channel_pruning_fn(item.dep.handler))
+        counted = target.type not in (ops.OUTPUT, ops.PARAMETER, ops.ELEMENTWISE)
+        members.append(
+            Member(
+                module=target.module,
+                idxs=list(item.idxs),
+                out_channels=outputs,
+                is_model_output=target.type == ops.OUTPUT,
+                channels=_count(graph, target.module, outputs) if counted else None,
+                op=_op_name(target),
+            )
         )
-        for item in group
-    ]
+    return members
 
 
 def group_root(group: Group) -> nn.Module:
@@ -215,13 +276,47 @@ def is_bn_scale(imp: Importance) -> bool:
 # ----------------------------------------------------------------------------- iterative pruner
 
 
+class GroupFailure(Exception):
+    """torch-pruning failed on the group rooted at ``root`` while ranking its channels (``stage``:
+    ``"ranking"``); ``error`` is what it raised. Raised by :meth:`ChannelPruner.step` so the caller can
+    name the layer."""
+
+    def __init__(self, root: nn.Module, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage} failed: {type(error).__name__}: {error}")
+        self.root, self.stage, self.error = root, stage, error
+
+
+@dataclass
+class Proposal:
+    """Channels one iterative step proposes to remove from one group (nothing is removed yet).
+
+    ``root``: the group's root module. ``units``: the root channel indices, in removal units (one
+    index, or for a grouped convolution the same index in each of its ``channel_groups`` blocks), least
+    important first. ``idxs``: all of them, sorted."""
+
+    root: nn.Module
+    units: list[list[int]]
+    channel_groups: int
+    handler: Any  # tp's pruning function of the root; only this module reads it
+
+    @property
+    def idxs(self) -> list[int]:
+        return sorted({i for unit in self.units for i in unit})
+
+
 class ChannelPruner:
-    """tp's ``BasePruner`` with the few extra handles structured pruning needs.
+    """Iterative channel ranking over torch-pruning's dependency graph, as tp's ``BasePruner`` ranks.
 
     Built from a model in eval mode with autograd on (:func:`sparsekit.surgery.traced`): traces it once.
-    ``ratio`` is the fraction of channels removed after all ``steps``; ``global_pruning`` ranks all
-    groups together instead of per layer. Modules in ``ignored`` keep their output channels (their
-    inputs still shrink with their producers); ``root_types`` are the module types that root a group.
+    ``ratio`` is the fraction of channels removed after all ``steps`` (``ratio * k / steps`` after step
+    ``k``, tp's linear schedule); ``global_pruning`` ranks all groups together instead of per layer.
+    Modules in ``ignored`` keep their output channels (their inputs still shrink with their producers);
+    ``root_types`` are the module types that root a group.
+
+    :meth:`step` only *proposes* (:class:`Proposal`); the caller decides how much of each proposal to
+    remove (floors, coupled channels) and removes it with :func:`prune` after :func:`guard`. tp's own
+    pruner is not used: it drops every group that would empty one of its members without saying so,
+    where sparsekit trims the group to what the layers can lose and reports it.
     """
 
     def __init__(
@@ -237,74 +332,125 @@ class ChannelPruner:
         root_types: Sequence[type],
     ) -> None:
         self._root_types = list(root_types)
-        self._pruner = _tp().pruner.BasePruner(
-            model,
-            example_inputs,
-            importance=importance,
-            global_pruning=global_pruning,
-            pruning_ratio=ratio,
-            iterative_steps=steps,
-            ignored_layers=list(ignored),
-            root_module_types=self._root_types,
-        )
-        # PRIVATE use (a monkey-patch of one graph): tp skips a whole group when it would lose every
-        # channel of some member. sparsekit enforces its own floor (structured min_channels >= 1) and
-        # trims such a group to it instead, which tp's check would prevent by skipping it silently.
-        self.graph.check_pruning_group = lambda group: True
-
-    @property
-    def graph(self) -> Graph:
-        """The dependency graph the pruner traced (shared: removals update it)."""
-        return self._pruner.DG
+        self._ignored = [sub for m in ignored for sub in m.modules()]
+        self._importance = importance
+        self._global = global_pruning
+        self._ratios = [ratio * k / steps for k in range(steps + 1)]
+        self._step = 0
+        self._scope_initial: dict[str, int] = {}
+        self._names = {m: n for n, m in model.named_modules()}
+        self.graph: Graph = dependency_graph(model, example_inputs)
+        # Channel blocks of grouped convolutions (tp's in/out_channel_groups): channels are removed
+        # evenly from every block. A depthwise conv (groups == out_channels) follows its input instead.
+        self._in_blocks: dict[nn.Module, int] = {}
+        self._out_blocks: dict[nn.Module, int] = {}
+        for m in model.modules():
+            pruner = self.graph.get_pruner_of_module(m)
+            if pruner is None or (isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels):
+                continue
+            if (k := int(pruner.get_in_channel_groups(m))) > 1:
+                self._in_blocks[m] = k
+            if (k := int(pruner.get_out_channel_groups(m))) > 1:
+                self._out_blocks[m] = k
 
     def groups(self) -> list[Group]:
         """Every prunable group (full channel sets), ignored layers left out."""
-        return list(
-            self.graph.get_all_groups(ignored_layers=self._pruner.ignored_layers, root_module_types=self._root_types)
-        )
+        return list(self.graph.get_all_groups(ignored_layers=self._ignored, root_module_types=self._root_types))
 
     def channel_groups(self, group: Group) -> int:
         """How many equal channel blocks the group's channels form (>1 for grouped convolutions)."""
-        # PRIVATE: BasePruner._get_channel_groups is how tp itself sizes a group for its ratio; the
-        # layer-scope check ("would remove every channel") must size it the same way.
-        return int(self._pruner._get_channel_groups(group))
+        blocks = [
+            (self._out_blocks if self.graph.is_out_channel_pruning_fn(item.dep.handler) else self._in_blocks).get(
+                item.dep.target.module, 1
+            )
+            for item in group
+        ]
+        return max(blocks, default=1)
 
-    def step(self) -> Iterator[Group]:
-        """Advance to the next iterative step and yield the groups tp proposes to prune (nothing is
-        removed: the caller prunes each group, possibly trimmed, with :func:`prune`)."""
-        return self._pruner.step(interactive=True)
+    def estimate(self, group: Group) -> torch.Tensor | None:
+        """Importance of each channel of the group: a 1-D tensor, higher = keep (None: not ranked)."""
+        return self._importance(group)
 
-    def estimate(self, group: Group) -> torch.Tensor:
-        """Importance of each channel of the group: a 1-D tensor, higher = keep."""
-        return self._pruner.estimate_importance(group)
+    def _prunable(self, group: Group) -> bool:
+        # tp's BasePruner._check_pruning_ratio with max_pruning_ratio=1: a group with a member down to
+        # one channel is not ranked at all.
+        ops = _tp().ops.OPTYPE
+        for item in group:
+            if item.dep.target.type == ops.PARAMETER:
+                continue
+            n = _count(self.graph, item.dep.target.module, bool(self.graph.is_out_channel_pruning_fn(item.dep.handler)))
+            if n == 1:
+                return False
+        return True
 
-    def regroup(self, group: Group, idxs: Sequence[int]) -> Group:
-        """The group of the same root and direction with channels ``idxs`` instead."""
-        root, fn = group[0].dep.target.module, group[0].dep.handler
-        return self.graph.get_pruning_group(root, fn, list(idxs))
+    def step(self) -> Iterator[Proposal]:
+        """Advance to the next iterative step and yield what it proposes to remove, group by group.
+        Every group is ranked before the first proposal is yielded; a proposal's group is built by
+        :meth:`group` when the caller removes it, on the graph as it is then. Raises
+        :class:`GroupFailure` when tp cannot rank a group."""
+        self._step += 1
+        if self._step >= len(self._ratios):
+            return iter(())
+        return self._proposals(self._ratios[self._step])
 
-    @staticmethod
-    def root_idxs(group: Group) -> list[int]:
-        """The channel indices of the group's root."""
-        return list(group[0].idxs)
+    def _proposals(self, ratio: float) -> Iterator[Proposal]:
+        scopes: dict[str, list[tuple[Group, int, torch.Tensor]]] = {}
+        for group in self.groups():
+            if not self._prunable(group):
+                continue
+            blocks = self.channel_groups(group)
+            try:
+                imp = self.estimate(group)
+            except Exception as err:  # noqa: BLE001 - tp (or a user's importance) on a layout it mis-maps
+                raise GroupFailure(group[0].dep.target.module, "ranking", err) from err
+            if imp is None:
+                continue
+            imp = imp.detach().float().cpu()
+            dim_imp = imp.view(blocks, -1).mean(dim=0) if blocks > 1 else imp
+            scope = "DEFAULT_SCOPE" if self._global else self._names[group[0].dep.target.module]
+            scopes.setdefault(scope, []).append((group, blocks, dim_imp))
+        for scope, records in scopes.items():
+            concat = torch.cat([imp for _, _, imp in records])
+            initial = self._scope_initial.setdefault(scope, len(concat))
+            n_pruned = len(concat) - int(initial * (1 - ratio))
+            if n_pruned <= 0:
+                continue
+            lowest, order = torch.topk(concat, k=n_pruned, largest=False)
+            threshold = lowest[-1]
+            for group, blocks, imp in records:
+                if self._global:
+                    picked = (imp <= threshold).nonzero().view(-1)
+                    picked = picked[torch.argsort(imp[picked], stable=True)]
+                else:
+                    picked = order
+                if len(picked) == 0:
+                    continue
+                size = len(imp)
+                units = [[int(i) + b * size for b in range(blocks)] for i in picked]
+                root, handler = group[0].dep.target.module, group[0].dep.handler
+                yield Proposal(root=root, units=units, channel_groups=blocks, handler=handler)
+
+    def group(self, proposal: Proposal, idxs: Sequence[int]) -> Group:
+        """The group removing root channels ``idxs`` of the proposal's root, on the graph as it is now,
+        each member's channels listed once."""
+        return _listed_once(self.graph.get_pruning_group(proposal.root, proposal.handler, list(idxs)))
 
     @property
     def steps_done(self) -> int:
-        """Iterative steps taken (tp's ``current_step``); set it when resuming."""
-        return int(self._pruner.current_step)
+        """Iterative steps taken; set it when resuming."""
+        return self._step
 
     @steps_done.setter
     def steps_done(self, value: int) -> None:
-        self._pruner.current_step = int(value)
+        self._step = int(value)
 
     @property
     def scope_channels(self) -> dict[str, int]:
-        """Channel count of each ranking scope when first pruned: tp sizes every later step from it, so a
-        resumed run must restore it instead of taking the already-pruned size as its start."""
-        # PRIVATE: BasePruner._scope_initial_channels, filled at the first step; there is no public way
-        # to read or restore it.
-        return {str(k): int(v) for k, v in self._pruner._scope_initial_channels.items()}
+        """Channel count of each ranking scope when first ranked: every later step is sized from it, so
+        a resumed run must restore it instead of taking the already-pruned size as its start (the keys
+        are tp's: a layer's name, or ``DEFAULT_SCOPE`` for global ranking)."""
+        return dict(self._scope_initial)
 
     @scope_channels.setter
     def scope_channels(self, value: dict[str, int]) -> None:
-        self._pruner._scope_initial_channels = {str(k): int(v) for k, v in value.items()}
+        self._scope_initial = {str(k): int(v) for k, v in value.items()}

@@ -253,7 +253,9 @@ def _top_level_origin(module: str) -> str | None:
     """The file a top-level module would be imported from, found without importing anything."""
     top = module.split(".")[0]
     if top in sys.modules:
-        return getattr(sys.modules[top], "__file__", None) or "built-in"
+        mod = sys.modules[top]
+        # A namespace package (a folder without __init__.py, e.g. a tests/ folder) has no __file__.
+        return getattr(mod, "__file__", None) or ("namespace" if hasattr(mod, "__path__") else "built-in")
     try:
         with _cwd_appended():
             spec = importlib.util.find_spec(top)

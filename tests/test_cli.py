@@ -748,3 +748,50 @@ def test_nan_inputs_are_blamed_on_the_data_not_the_learning_rate(tmp_path, mlp_c
     result = run("prune", mlp_checkpoint, *MLP, recipe, "--data", "sk_nan_data:loaders", "-o", tmp_path / "o", *FAST)
     line = assert_bad_input(result, "NaN or inf", "inputs")
     assert "lr" not in line
+
+
+GLU_MODULE = textwrap.dedent("""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class GluNet(nn.Module):
+        # conv -> GLU along channels: the two halves of conv1's output are value and gate
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = F.glu(self.conv1(x), dim=1)
+            x = F.relu(self.conv2(x)).mean((2, 3))
+            return self.head(x)
+
+    def build():
+        return GluNet()
+""")
+
+
+def test_a_layout_that_cannot_lose_channels_is_refused_before_training(tmp_path, monkeypatch):
+    """Issue 10: torch-pruning used to fail inside the first removal (exit 1) after validate said ok."""
+    (tmp_path / "glunet.py").write_text(GLU_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import glunet
+
+    torch.manual_seed(0)
+    model_path = tmp_path / "glu.pt"
+    sparsekit.save_model(glunet.build(), model_path, factory="glunet:build", input_shape=[1, 1, 8, 8])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8]}\ndata: {source: digits, batch_size: 32}\n"
+        "finetune: {epochs: 1}\npruning: [{method: structured, ratio: 0.5}]\n"
+    )
+    arch = ("--arch", "glunet:build")
+    assert_bad_input(run("validate", recipe, model_path, *arch), "conv1", "ignore")
+    out = tmp_path / "o"
+    from sparsekit import pipeline
+
+    monkeypatch.setattr(pipeline, "finetune", lambda *a, **k: pytest.fail("training started"))
+    assert_bad_input(run("prune", model_path, recipe, *arch, "-o", out, *FAST), "conv1", "ignore")
+    assert not out.exists()  # refused before the output folder was touched

@@ -230,3 +230,83 @@ def test_step_after_finalize_and_save_takes_input_shape_from_pruner(tmp_path):
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(back(x), out.eval()(x))
     assert back.conv1.out_channels == 4
+
+
+class Tied(nn.Module):
+    """``dec`` shares its weight with ``mid`` (the same Parameter object)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(16, 24)
+        self.enc = nn.Linear(24, 32)
+        self.mid = nn.Linear(32, 32)
+        self.dec = nn.Linear(32, 32)
+        self.dec.weight = self.mid.weight
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.enc(torch.relu(self.pre(x))))
+        return self.head(torch.relu(self.dec(torch.relu(self.mid(x)))))
+
+
+def _structured(**spec) -> sparsekit.Recipe:
+    spec = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": {"start_epoch": 1, "end_epoch": 1}, **spec}
+    return sparsekit.Recipe(model={"input_shape": [1, 16]}, finetune={"epochs": 2}, pruning=[spec])
+
+
+def test_structured_on_tied_weights_is_refused_naming_both_modules():
+    with pytest.raises(sparsekit.TargetError) as info:
+        sparsekit.Pruner(Tied(), _structured(), steps_per_epoch=2)
+    message = str(info.value)
+    assert "'mid'" in message and "'dec'" in message and "tied weights" in message
+    assert "pruning[0].ignore" in message and "'enc'" in message  # enc's outputs are mid's inputs
+
+
+def test_tied_weights_stay_tied_and_update_optimizer_covers_every_parameter():
+    torch.manual_seed(0)
+    model = Tied()
+    pruner = sparsekit.Pruner(model, _structured(ignore=["enc", "mid", "dec", "head"]), steps_per_epoch=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            pruner.update_optimizer(opt)
+    assert model.pre.out_features == 12 and model.enc.in_features == 12  # pruned around the tied pair
+    assert model.dec.weight is model.mid.weight
+    held = [p for g in opt.param_groups for p in g["params"]]
+    assert len(held) == len({id(p) for p in held})  # each once
+    assert {id(p) for p in held} == {id(p) for p in model.parameters()}  # every parameter the model has
+
+
+def test_update_optimizer_maps_a_parameter_by_every_name_it_has():
+    # A weight tied before a removal and untied by it (done here by hand) stays trained under both names.
+    torch.manual_seed(0)
+    model = Tied()
+    pruner = sparsekit.Pruner(model, _structured(ignore=["enc", "mid", "dec", "head"]), steps_per_epoch=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(torch.randn(4, 16)), torch.randint(0, 4, (4,))).backward()
+    opt.step()
+    model.mid.weight = nn.Parameter(model.mid.weight.detach().clone())
+    model.dec.weight = nn.Parameter(model.dec.weight.detach().clone())
+    pruner.update_optimizer(opt)
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert {id(p) for p in model.parameters()} == held
+    assert model.mid.weight in opt.state and model.dec.weight in opt.state  # momentum kept for both
+    assert opt.state[model.mid.weight] is not opt.state[model.dec.weight]
+
+
+def test_masking_a_tied_weight_shares_one_mask_or_is_refused():
+    mag = {"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot", "layers": {"include": ["mid"]}}
+    with pytest.raises(sparsekit.TargetError, match=r"'mid'.*shared with 'dec'.*select every module sharing it"):
+        sparsekit.Pruner(Tied(), sparsekit.Recipe(pruning=[mag]), steps_per_epoch=1)
+    model = Tied()
+    mag["layers"] = {"include": ["mid", "dec"]}
+    pruner = sparsekit.Pruner(model, sparsekit.Recipe(pruning=[mag]), steps_per_epoch=1)
+    assert model.mid._buffers[MASK] is model.dec._buffers[MASK]
+    final = pruner.finalize()
+    assert final.dec.weight is final.mid.weight
+    assert float((final.mid.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)

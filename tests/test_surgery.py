@@ -207,3 +207,65 @@ def test_refit_masks_rebuilds_from_zeros_only_when_shapes_differ():
         layer.weight = nn.Parameter(layer.weight[:2].clone())
     assert refit_masks(layer) == [""]
     assert layer._buffers[MASK].tolist() == [[True, False, True, True]] * 2
+
+
+def test_remove_dead_units_keeps_tied_weights_tied():
+    from sparsekit.surgery import tied_parameters
+
+    model = _mlp()  # fc1 (16 -> 12), fc2 (12 -> 8), fc3 (8 -> 4)
+    extra = nn.Linear(16, 12)
+    extra.weight = model.fc1.weight  # fc1's weight is shared with a module outside the forward pass
+    model.add_module("extra", extra)
+    with torch.no_grad():
+        model.fc1.weight[[1, 5]] = 0
+        model.fc1.bias[[1, 5]] = -1.0  # relu gives exactly 0: removable but for the tie
+        model.fc2.weight[3] = 0
+        model.fc2.bias[3] = -1.0
+    assert tied_parameters(model) == [[("fc1", "weight"), ("extra", "weight")]]
+    model.add_module("alias", model.fc3)  # one module under two names: not a tie
+    assert tied_parameters(model) == [[("fc1", "weight"), ("extra", "weight")]]
+    del model.alias
+    out, history = remove_dead_units(model, [1, 16], ignore=["fc3"])
+    assert out.fc1.weight.shape == (12, 16) and out.extra.weight is out.fc1.weight
+    assert out.fc2.weight.shape == (7, 12) and history == [["fc2", True, [3]]]
+
+
+def test_forward_failure_says_where_the_forward_pass_fails():
+    from sparsekit.surgery import forward_failure
+
+    model = _mlp()
+    assert forward_failure(model, [1, 16], (4,)) is None
+    assert forward_failure(model, [1, 16], (5,)) == "(its output has shape [4] instead of [5])"
+    with torch.no_grad():
+        model.fc2.weight = nn.Parameter(torch.zeros(8, 11))  # fc2 now expects 11 inputs, fc1 gives 12
+    failure = forward_failure(model, [1, 16])
+    assert failure is not None and failure.startswith("in 'fc2' (RuntimeError:")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+def test_weights_reused_by_the_forward_are_found_and_their_units_kept():
+    from sparsekit.surgery import reused_parameters
+
+    class TiedTransposed(nn.Module):  # the decoder reuses the encoder's weights transposed
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc1 = nn.Linear(16, 12)
+            self.enc2 = nn.Linear(12, 6)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = torch.relu(self.enc2(torch.relu(self.enc1(x))))
+            h = torch.relu(nn.functional.linear(z, self.enc2.weight.t()))
+            return self.head(nn.functional.linear(h, self.enc1.weight.t()))
+
+    model = TiedTransposed().eval()
+    assert reused_parameters(model, [1, 16]) == [("enc1", "weight", 1), ("enc2", "weight", 1)]
+    assert reused_parameters(_mlp(), [1, 16]) == []
+    with torch.no_grad():
+        model.enc1.weight[3] = 0
+        model.enc1.bias[3] = -1.0
+    x = torch.randn(4, 16)
+    expected = model(x)
+    out, history = remove_dead_units(model, [1, 16], ignore=["head"])
+    assert history == [] and out.enc1.out_features == 12
+    torch.testing.assert_close(out(x), expected)

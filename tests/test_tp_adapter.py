@@ -4,7 +4,6 @@ only module that uses torch-pruning. A torch-pruning upgrade that renames or dro
 from __future__ import annotations
 
 import ast
-import inspect
 from pathlib import Path
 
 import torch
@@ -68,7 +67,6 @@ def test_instance_attributes_the_adapter_reads_exist():
     group = tpa.channel_group(graph, model.conv, [0])
     objects = {
         "DependencyGraph": graph,
-        "BasePruner": pruner._pruner,
         "Node": graph.module2node[model.conv],
         "GroupItem": group[0],
         "Dependency": group[0].dep,
@@ -80,12 +78,41 @@ def test_instance_attributes_the_adapter_reads_exist():
             assert hasattr(objects[kind], name), f"torch-pruning {tp.__version__}: {kind} has no {name}"
 
 
-def test_the_check_the_adapter_replaces_is_still_the_one_tp_consults():
-    # ChannelPruner replaces DependencyGraph.check_pruning_group on its graph; should tp stop calling
-    # it, groups at their floor would be handled differently (see methods/structured.py).
-    assert "check_pruning_group" in inspect.getsource(tp.pruner.BasePruner)
-    pruner = _channel_pruner(Net())
-    assert pruner.graph.check_pruning_group(None) is True
+def test_torch_pruning_guard_is_its_own_and_refuses_emptying_a_layer():
+    model = Net()
+    pruner = _channel_pruner(model)
+    assert "check_pruning_group" not in vars(pruner.graph)  # never patched
+    graph = pruner.graph
+    assert tpa.guard(graph, tpa.channel_group(graph, model.conv, [0, 1]))
+    assert not tpa.guard(graph, tpa.channel_group(graph, model.conv, range(6)))
+
+
+class ViewNet(nn.Module):
+    """Linear(16, 128) viewed as 8 channels of 4x4 feeding a ConvTranspose2d: 16 Linear outputs land in
+    one input channel of the ConvTranspose2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 128)
+        self.up = nn.ConvTranspose2d(8, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.relu(self.fc(x)).view(x.shape[0], -1, 4, 4)).mean((1, 2, 3))
+
+
+def test_each_member_lists_its_channels_once():
+    # Without it tp subtracts every listing from the ConvTranspose2d's channel count (8 - 3 = 5 with one
+    # channel gone from the weight): the layer's count and its weight disagree.
+    model = ViewNet()
+    graph = surgery.build_graph(model, [1, 16])
+    group = tpa.channel_group(graph, model.fc, [0, 1, 2])
+    members = {m.module: m for m in tpa.group_members(graph, group)}
+    assert members[model.fc].idxs == list(range(16))  # tp widens the root to the whole block
+    assert members[model.up].idxs == [0] and members[model.up].channels == 8
+    assert members[model.up].op == "ConvTranspose2d" and any(m.op == "_ReshapeOp" for m in members.values())
+    tpa.prune(group)
+    assert model.up.in_channels == model.up.weight.shape[0] == 7 and model.fc.out_features == 112
+    assert model(torch.randn(2, 16)).shape == (2,)
 
 
 def test_adapter_functions_on_a_small_model():
@@ -112,15 +139,37 @@ def test_channel_pruner_handles():
     groups = pruner.groups()
     assert [tpa.group_root(g) for g in groups] == [model.conv]
     assert pruner.channel_groups(groups[0]) == 1
-    assert pruner.estimate(groups[0]).shape == (6,)
+    imp = pruner.estimate(groups[0])
+    assert imp is not None and imp.shape == (6,)
     proposed = list(pruner.step())
-    assert pruner.steps_done == 1 and len(pruner.root_idxs(proposed[0])) == 3
-    assert pruner.scope_channels  # sized at the first step
-    regrouped = pruner.regroup(proposed[0], [0])
-    assert pruner.root_idxs(regrouped) == [0]
+    assert pruner.steps_done == 1 and len(proposed) == 1
+    proposal = proposed[0]
+    assert proposal.root is model.conv and len(proposal.idxs) == 3 and all(len(u) == 1 for u in proposal.units)
+    units = [u[0] for u in proposal.units]
+    assert [float(imp[i]) for i in units] == sorted(float(imp[i]) for i in units)  # least important first
+    assert pruner.scope_channels == {"conv": 6}  # sized at the first step
+    group = pruner.group(proposal, [0])
+    assert tpa.group_members(pruner.graph, group)[0].idxs == [0]
+    assert list(pruner.step()) == []  # past the last step: nothing more
     pruner.scope_channels = {"x": 5}
     pruner.steps_done = 0
     assert pruner.scope_channels == {"x": 5} and pruner.steps_done == 0
+
+
+def test_channel_pruner_reports_a_group_it_cannot_rank():
+    model = Net()
+    pruner = _channel_pruner(model)
+
+    def broken(group: object) -> torch.Tensor:
+        raise IndexError("index 8 is out of bounds")
+
+    pruner._importance = broken
+    try:
+        list(pruner.step())
+    except tpa.GroupFailure as err:
+        assert err.root is model.conv and isinstance(err.error, IndexError)
+    else:
+        raise AssertionError("GroupFailure not raised")
 
 
 def test_importances():

@@ -33,7 +33,21 @@ training loop must rebuild its optimizer (``sparsekit.finetune`` does). Every re
 
 ``layers`` selects whose outputs may be removed; ``ignore`` (default: the classifier head, the last
 prunable layer in forward order) keeps a layer's outputs. A layer's inputs shrink whenever its
-producer loses channels, whatever the selection. ``min_channels`` is a floor per layer.
+producer loses channels, whatever the selection.
+
+``min_channels`` is a floor for every layer a removal touches, counted on the model as it is: the
+channels the whole dependency group removes from each member (a root's coupled channels through a
+view, a chunk or a grouped conv; a consumer's inputs), not the indices asked for. A proposal that
+would take a member below its floor, or remove more of the root than asked, is cut to its least
+important units that fit (or skipped); torch-pruning's own guard is consulted before every removal,
+and after every event the model's forward pass is checked. :meth:`Structured.report` says, per layer,
+the fraction asked, the fraction achieved and why they differ (``per_layer``).
+
+Layouts torch-pruning does not model are refused when the method is built (TargetError naming the
+layer, the operation and the ``ignore`` entry that avoids it): a depthwise convolution with a channel
+multiplier > 1 fed by a pruned layer, ``F.glu`` along the channel dimension, and any group whose
+channel mapping runs past a layer's channel count. :func:`sparsekit.rehearsal.rehearse` performs every
+removal on a copy to catch what inspection cannot.
 """
 
 from __future__ import annotations
@@ -48,7 +62,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from .. import surgery
 from .. import tp_adapter as tpa
-from ..errors import TargetError
+from ..errors import TargetError, one_line
 from ..layers import check_names, select_layers
 from .base import UNCHANGED, Changes, Setup
 
@@ -74,11 +88,14 @@ def _event_steps(spec: Any, steps_per_epoch: int) -> list[int]:
 
 
 class Structured:
-    """Channel removal through torch-pruning's ``BasePruner`` (``method: structured``).
+    """Channel removal over torch-pruning's dependency graph (``method: structured``).
 
-    Raises TargetError at construction when the input shape is unknown, the selection leaves nothing
-    to prune, ``bn_scale`` meets a model without BatchNorm, or ``ratio`` / ``min_channels`` cannot be
-    met; TypeError when a ``scorers=`` importance is not callable."""
+    Raises TargetError at construction when the input shape is unknown, the model cannot be traced,
+    the selection leaves nothing to prune, ``bn_scale`` meets a model without BatchNorm, ``ratio`` /
+    ``min_channels`` cannot be met, a layout torch-pruning does not model would be pruned, or a weight
+    the forward pass also uses outside its layer (tied) would change shape; TypeError
+    when a ``scorers=`` importance is not callable. A removal event raises TargetError (naming the
+    layer) when torch-pruning fails on a group or the model's forward pass fails afterwards."""
 
     name = "structured"
     masks_weights = False
@@ -111,9 +128,10 @@ class Structured:
             )
         self.input_shape = [int(d) for d in shape]
         selected = select_layers(model, spec.layers, f"{self.where}.layers")
+        self.head: str | None = None
         if spec.ignore is None:
-            head = surgery.last_layer(model, self.input_shape)
-            ignore = [head] if head else []
+            self.head = surgery.last_layer(model, self.input_shape)
+            ignore = [self.head] if self.head else []
         else:
             check_names(model, spec.ignore, f"{self.where}.ignore")
             ignore = list(spec.ignore)
@@ -132,38 +150,146 @@ class Structured:
                 f"{self.where}.min_channels: {spec.min_channels} is at least the channel count of every selected "
                 f"layer (largest: {max(self.initial.values())}), so nothing would be removed; lower it"
             )
+        self.names = {m: n for n, m in model.named_modules()}
+        self.reasons: dict[str, str] = {}  # layer -> why an event removed less than proposed
 
         chosen = set(self.layers.values())
         ignored = [m for m in model.modules() if isinstance(m, (*_ROOTS, nn.LSTM)) and m not in chosen]
-        with surgery.traced(model):
-            # min_channels (>= 1) is enforced in _one_event: the adapter lets tp propose groups that
-            # would lose every channel, so a layer is trimmed to its floor rather than silently left whole.
-            self._tp: tpa.ChannelPruner | None = tpa.ChannelPruner(
-                model,
-                surgery.example_input(model, self.input_shape),
-                importance=self.importance,
-                global_pruning=spec.scope == "global",
-                ratio=spec.ratio,
-                steps=spec.steps,
-                ignored=ignored,
-                root_types=list(_ROOTS),
-            )
+        try:
+            with surgery.traced(model), torch.no_grad():
+                self.output_shape = tuple(model(surgery.example_input(model, self.input_shape)).shape[1:])
+            reused = surgery.reused_parameters(model, self.input_shape)
+            with surgery.traced(model):
+                self._tp: tpa.ChannelPruner | None = tpa.ChannelPruner(
+                    model,
+                    surgery.example_input(model, self.input_shape),
+                    importance=self.importance,
+                    global_pruning=spec.scope == "global",
+                    ratio=spec.ratio,
+                    steps=spec.steps,
+                    ignored=ignored,
+                    root_types=list(_ROOTS),
+                )
+        except TargetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's forward or torch-pruning's tracer
+            raise TargetError(
+                f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
+                f"({one_line(err, 200)}); check model.input_shape, or use an unstructured method"
+            ) from None
         graph = self._tp.graph
-        names = {m: n for n, m in model.named_modules()}
         self.touched: list[str] = []  # Conv/Linear layers whose weight shape may change
+        self.touched_by: dict[str, list[str]] = {}  # touched layer -> selected layers whose removal shrinks it
+        self._owner: dict[str, str] = {}  # a selected layer whose outputs another layer's group removes
+        self._blocks: dict[str, int] = {}  # channel blocks of each root (grouped convs)
         for group in self._tp.groups():
             root = tpa.group_root(group)
-            for module in tpa.group_modules(group):
-                if isinstance(module, _ROOTS) and names[module] not in self.touched:
-                    self.touched.append(names[module])
+            root_name = self.names[root]
+            problem = self._layout_problem(group)
+            if problem:
+                raise TargetError(
+                    f"{self.where}: cannot remove output channels of {root_name!r}: {problem}; "
+                    f"{self.ignore_hint([root_name])}"
+                )
+            self._blocks[root_name] = max(1, self._tp.channel_groups(group))
+            for member in tpa.group_members(graph, group):
+                module = member.module
+                if not isinstance(module, _ROOTS) or module not in self.names:
+                    continue
+                name = self.names[module]
+                if name not in self.touched:
+                    self.touched.append(name)
+                self.touched_by.setdefault(name, [])
+                if root_name not in self.touched_by[name]:
+                    self.touched_by[name].append(root_name)
+                if member.out_channels and module is not root and name in self.layers:
+                    self._owner.setdefault(name, root_name)
             if spec.scope == "layer":
-                per_group = tpa.out_channels(graph, root) // max(1, self._tp.channel_groups(group))
+                per_group = tpa.out_channels(graph, root) // self._blocks[root_name]
                 if per_group > 1 and int(per_group * (1 - spec.ratio)) < 1:
                     raise TargetError(
                         f"{self.where}.ratio: {spec.ratio:g} would remove every output channel of "
-                        f"{names[root]!r} ({tpa.out_channels(graph, root)} channels): lower the ratio or add "
-                        f"{names[root]!r} to ignore"
+                        f"{root_name!r} ({tpa.out_channels(graph, root)} channels): lower the ratio or add "
+                        f"{root_name!r} to ignore"
                     )
+        self._fixed = self._fixed_reasons(graph, chosen)
+        hit = [(layer, param, extra) for layer, param, extra in reused if layer in self.touched]
+        if hit:
+            layer, param, extra = hit[0]
+            roots = list(dict.fromkeys(r for name, _, _ in hit for r in self.touched_by.get(name, [name])))
+            also = f" (and {', '.join(repr(f'{n}.{p}') for n, p, _ in hit[1:])})" if hit[1:] else ""
+            raise TargetError(
+                f"{self.where}: '{layer}.{param}'{also} is used {extra} more time(s) outside {layer!r} in the "
+                "forward pass (tied weights, e.g. a decoder reusing it transposed): removing channels would "
+                f"change its shape there too. Keep {self.where} away from it: {self.ignore_hint(roots)}"
+            )
+
+    # ------------------------------------------------------------------ inspection
+
+    def ignore_hint(self, names: list[str]) -> str:
+        """What to do about layers that must keep their outputs: name them in ``ignore``."""
+        listed = ", ".join(repr(n) for n in names)
+        keep_head = f" (keep the head {self.head!r} there too)" if self.spec.ignore is None and self.head else ""
+        whose = "its" if len(names) == 1 else "their"
+        return f"add {listed} to {self.where}.ignore{keep_head} so {whose} output channels are kept"
+
+    def _layout_problem(self, group: tpa.Group) -> str | None:
+        """Why removing channels of this (full) group would break the model, when it can be seen by
+        inspection; None when nothing known is wrong."""
+        assert self._tp is not None
+        members = tpa.group_members(self._tp.graph, group)
+        for member in members[1:]:
+            module = member.module
+            if (
+                isinstance(module, _ConvNd)
+                and not member.out_channels
+                and 1 < module.groups == module.in_channels != module.out_channels
+            ):
+                return (
+                    f"they feed {self.names.get(module, '?')!r}, a depthwise convolution with channel multiplier "
+                    f"{module.out_channels // module.in_channels} ({type(module).__name__}({module.in_channels}, "
+                    f"{module.out_channels}, groups={module.groups})): depthwise multiplier "
+                    f"{module.out_channels // module.in_channels} is a layout torch-pruning cannot shrink"
+                )
+        for member in members:
+            if isinstance(member.module, _ROOTS) and member.channels is not None and member.idxs:
+                if max(member.idxs) < member.channels:
+                    continue
+                target = self.names.get(member.module, "?")
+                if any(m.op.startswith("Glu") for m in members):
+                    return (
+                        f"they pass through F.glu along the channel dimension before {target!r} (a channel split "
+                        "feeding a gate), which torch-pruning does not model"
+                    )
+                ops = sorted({w for m in members if (w := op_word(m.op))})
+                return (
+                    f"torch-pruning maps them past the {member.channels} channels of {target!r}"
+                    f"{' through ' + ', '.join(ops) if ops else ''}, a layout it does not model"
+                )
+        return None
+
+    def _fixed_reasons(self, graph: tpa.Graph, chosen: set[nn.Module]) -> dict[str, str]:
+        """Why a selected layer cannot reach the ratio, known before any event: not traced, or its
+        output channels are coupled to a layer that keeps its outputs (ignored)."""
+        out: dict[str, str] = {}
+        for name, module in self.layers.items():
+            if not tpa.in_graph(graph, module):
+                out[name] = "not reached by the forward pass"
+                continue
+            if name in self._owner or name in self._blocks:
+                continue
+            try:
+                full = tpa.channel_group(graph, module, range(tpa.out_channels(graph, module)))
+            except Exception:  # noqa: BLE001 - a module tp cannot prune
+                out[name] = "not prunable by torch-pruning"
+                continue
+            partners = [
+                self.names[m.module]
+                for m in tpa.group_members(graph, full)
+                if m.out_channels and isinstance(m.module, _ROOTS) and m.module not in chosen and m.module in self.names
+            ]
+            out[name] = f"coupled to ignored layer {partners[0]!r}" if partners else "not ranked"
+        return out
 
     # ------------------------------------------------------------------ hooks
 
@@ -183,6 +309,19 @@ class Structured:
             return self._remove(until=step)
         return UNCHANGED
 
+    def rehearse_event(self) -> Changes:
+        """Run the next removal event now, whatever the step (a rehearsal on a copy of the model, see
+        :func:`sparsekit.rehearsal.rehearse`); an importance that reads gradients gets placeholder
+        gradients of ones (Taylor's ``|w * 1|`` ranks by magnitude). UNCHANGED when every event ran."""
+        if self.done >= len(self.events):
+            return UNCHANGED
+        if self.needs_grad:
+            self.accum, self.accum_steps = {}, 0
+            for p in self.model.parameters():
+                p.grad = torch.ones_like(p)
+            self._accumulate()
+        return self._remove(until=self.events[self.done], single=True)
+
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
         """Run every removal event not yet run (a run that stopped early, or had no fine-tuning, still
         gets the recipe's final shape), then drop torch-pruning's graph."""
@@ -201,7 +340,19 @@ class Structured:
         return out
 
     def report(self) -> dict[str, Any]:
-        """Ratio, importance, scope, events run, and ``[initial, now]`` output channels per layer."""
+        """Ratio, importance, scope, events run, ``[initial, now]`` output channels per layer, and asked
+        vs achieved: ``per_layer`` = ``{layer: {"asked", "achieved", "reason"}}`` (fractions of the
+        layer's initial output channels; ``reason`` says why they differ beyond rounding, else None),
+        ``asked`` / ``achieved`` over all selected channels, ``at_floor`` = layers left at
+        ``min_channels``."""
+        asked = self.spec.ratio * self.done / self.spec.steps
+        per_layer: dict[str, dict[str, Any]] = {}
+        for name, module in self.layers.items():
+            initial, now = self.initial[name], _out_channels(module)
+            achieved = 1 - now / initial
+            per_layer[name] = {"asked": asked, "achieved": achieved, "reason": self._reason(name, asked, initial, now)}
+        total = sum(self.initial.values())
+        now_total = sum(_out_channels(m) for m in self.layers.values())
         return {
             "ratio": self.spec.ratio,
             "importance": type(self.importance).__name__ if self.custom else self.spec.importance,
@@ -209,7 +360,29 @@ class Structured:
             "events_done": self.done,
             "events": len(self.events),
             "channels": {n: [self.initial[n], _out_channels(m)] for n, m in self.layers.items()},
+            "asked": asked,
+            "achieved": 1 - now_total / total if total else 0.0,
+            "per_layer": per_layer,
+            "at_floor": [
+                n for n, m in self.layers.items() if _out_channels(m) <= min(self.spec.min_channels, self.initial[n])
+            ],
         }
+
+    def _reason(self, name: str, asked: float, initial: int, now: int) -> str | None:
+        blocks = self._blocks.get(name, 1)
+        if abs((initial - now) - asked * initial) < blocks - 1e-6:
+            return None  # rounding: int(channels * (1 - ratio)) are kept, per channel block
+        if name in self.reasons:
+            return self.reasons[name]
+        if name in self._fixed:
+            return self._fixed[name]
+        if name in self._owner:
+            return f"coupled to {self._owner[name]!r}"
+        if self.spec.scope == "global":
+            return "global ranking"
+        if blocks > 1:
+            return "grouped conv"
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Events run, tp's ranking-scope sizes, and the gradients summed since the last removal."""
@@ -220,6 +393,7 @@ class Structured:
             "scope_channels": self._tp.scope_channels if self._tp is not None else {},
             "accum": {n: t.clone() for n, t in self.accum.items()},
             "accum_steps": self.accum_steps,
+            "reasons": dict(self.reasons),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,6 +409,7 @@ class Structured:
             if n in params and params[n].shape == t.shape
         }
         self.accum_steps = int(state.get("accum_steps", 0)) if self.accum else 0
+        self.reasons = {str(k): str(v) for k, v in state.get("reasons", {}).items()}
 
     # ------------------------------------------------------------------ internals
 
@@ -272,39 +447,154 @@ class Structured:
     def _importance_name(self) -> str:
         return type(self.importance).__name__ if self.custom else str(self.spec.importance)
 
-    def _remove(self, until: int | None) -> Changes:
+    def _remove(self, until: int | None, single: bool = False) -> Changes:
         assert self._tp is not None, "removal after finalize"
         if self.needs_grad:
             self._install_grads()
-        with torch.no_grad():
-            while self.done < len(self.events) and (until is None or self.events[self.done] <= until):
-                self._one_event()
-                self.done += 1
-        if self.needs_grad:
-            for p in self.model.parameters():
-                p.grad = None  # the optimizer is rebuilt anyway; stale shapes must not linger
-            self.accum, self.accum_steps = {}, 0
+        try:
+            with torch.no_grad():
+                while self.done < len(self.events) and (until is None or self.events[self.done] <= until):
+                    self._one_event()
+                    self.done += 1
+                    if single:
+                        break
+        finally:
+            if self.needs_grad:
+                for p in self.model.parameters():
+                    p.grad = None  # the optimizer is rebuilt anyway; stale shapes must not linger
+                self.accum, self.accum_steps = {}, 0
         history = tpa.pruning_history(self._tp.graph)
         new = surgery.normalize_history(history[self._history_seen :])
+        self._check_forward(new)  # raises with the event's removals still pending (see pending_history)
         self._history_seen = len(history)
         return Changes(history=tuple(new), structure_changed=True)
 
+    def pending_history(self) -> list[list[Any]]:
+        """Removals made since the last returned :class:`Changes` (those of an event that failed part way),
+        in the JSON form of ``pruning_history``; empty after finalize."""
+        if self._tp is None:
+            return []
+        return surgery.normalize_history(tpa.pruning_history(self._tp.graph)[self._history_seen :])
+
+    def _check_forward(self, history: list[list[Any]]) -> None:
+        """After an event: the model still runs on its input shape and gives outputs of the same shape."""
+        failure = surgery.forward_failure(self.model, self.input_shape, self.output_shape)
+        if failure is None:
+            return
+        roots = list(dict.fromkeys(str(entry[0]) for entry in history))
+        raise TargetError(
+            f"{self.where}: after removal event {self.done} of {len(self.events)} (channels of "
+            f"{', '.join(repr(r) for r in roots) or 'no layer'}), the model's forward pass fails {failure}; "
+            f"{self.ignore_hint(roots[:3]) if roots else 'use an unstructured method for this model'}"
+        )
+
+    def _failure(self, root: nn.Module, doing: str, err: BaseException) -> TargetError:
+        name = self.names.get(root, type(root).__name__)
+        return TargetError(
+            f"{self.where}: torch-pruning failed {doing} for {name!r} ({one_line(err, 160)}), a layout it does "
+            f"not model; {self.ignore_hint([name])}"
+        )
+
     def _one_event(self) -> None:
         assert self._tp is not None
-        tpp = self._tp
-        for group in tpp.step():
-            root = tpa.group_root(group)
-            idxs = tpp.root_idxs(group)
-            current = tpa.out_channels(tpp.graph, root)
-            allowed = current - min(self.spec.min_channels, current)
-            if len(idxs) > allowed:
-                if allowed <= 0 or _grouped(group):
-                    continue  # at the floor (a grouped conv cannot be trimmed evenly: left as is)
-                # Keep the floor: remove only the least important of the proposed channels.
-                imp = tpp.estimate(tpp.regroup(group, range(current)))
-                idxs = sorted(idxs, key=lambda i: float(imp[i]))[:allowed]
-                group = tpp.regroup(group, idxs)
+        try:
+            for proposal in self._tp.step():
+                self._remove_proposal(proposal)
+        except tpa.GroupFailure as err:
+            raise self._failure(err.root, "ranking the channels", err.error) from None
+
+    def _remove_proposal(self, proposal: tpa.Proposal) -> None:
+        """Remove what the proposal asks, or the most of it that every member's floor allows."""
+        assert self._tp is not None
+        tpp, graph = self._tp, self._tp.graph
+        root = self.names.get(proposal.root, "?")
+        asked = len(proposal.idxs)
+        try:
+            group = tpp.group(proposal, proposal.idxs)
+            if self._blocked(tpa.group_members(graph, group), asked) is not None:
+                trimmed, why = self._trim(proposal, asked)
+                self._note(root, why)
+                if trimmed is None:
+                    return
+                group = trimmed
+            if not tpa.guard(graph, group):
+                self._note(root, "torch-pruning's guard: a coupled layer would lose every channel")
+                return
             surgery.prune_group(self.model, group)
+        except TargetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch-pruning on a layout it does not model
+            raise self._failure(proposal.root, "removing channels", err) from None
+
+    def _note(self, layer: str, reason: str) -> None:
+        self.reasons.setdefault(layer, reason)
+
+    def _floor(self, channels: int) -> int:
+        return min(self.spec.min_channels, channels)
+
+    def _blocked(self, members: list[tpa.Member], asked: int) -> str | None:
+        """Why removing this group is not allowed as is (None: it is): the root would lose more channels
+        than asked (coupled channels), or a member would go below its floor."""
+        root = members[0]
+        removed = len(set(root.idxs))
+        if removed > asked:
+            return self._coupled_reason(members, removed)
+        for member in members:
+            if member.channels is None:
+                continue
+            if member.channels - len(set(member.idxs)) < self._floor(member.channels):
+                return self._floor_reason(member, members[0].module)
+        return None
+
+    def _coupled_reason(self, members: list[tpa.Member], removed: int) -> str:
+        ops = sorted({w for m in members if (w := op_word(m.op))})
+        via = f" through {', '.join(ops)}" if ops else ""
+        return f"coupled channels{via}: removal goes in blocks of {removed}"
+
+    def _floor_reason(self, member: tpa.Member, root: Any) -> str:
+        if member.module is root or not isinstance(member.module, nn.Module):
+            return "floor min_channels"
+        name = self.names.get(member.module, type(member.module).__name__)
+        if isinstance(member.module, _ROOTS):
+            kind = "output" if member.out_channels else "input"
+            return f"floor min_channels of {name!r} ({kind} channels)"
+        return f"floor min_channels (coupled {name!r})"
+
+    def _trim(self, proposal: tpa.Proposal, asked: int) -> tuple[tpa.Group | None, str]:
+        """The proposal's least important units that fit: each unit is added while the root loses at most
+        ``asked`` channels and every member keeps its floor. Returns the group (None: nothing fits) and
+        why the proposal was cut."""
+        assert self._tp is not None
+        tpp, graph = self._tp, self._tp.graph
+        chosen: list[int] = []
+        removed: dict[tuple[int, bool], set[int]] = {}
+        why: str | None = None
+        for unit in proposal.units:
+            members = tpa.group_members(graph, tpp.group(proposal, unit))
+            trial = {(id(m.module), m.out_channels): set(m.idxs) for m in members}
+            merged = {k: removed.get(k, set()) | v for k, v in trial.items()}
+            root_key = (id(members[0].module), members[0].out_channels)
+            problem = None
+            if len(merged[root_key]) > asked:
+                problem = self._coupled_reason(members, len(trial[root_key]))
+            else:
+                for m in members:
+                    key = (id(m.module), m.out_channels)
+                    if m.channels is not None and m.channels - len(merged[key]) < self._floor(m.channels):
+                        problem = self._floor_reason(m, members[0].module)
+                        break
+            if problem is not None:
+                why = why or problem
+                continue
+            removed.update(merged)
+            chosen.extend(unit)
+        reason = why or "floor min_channels"
+        if not chosen:
+            return None, reason
+        group = tpp.group(proposal, sorted(set(chosen)))
+        if self._blocked(tpa.group_members(graph, group), asked) is not None:
+            return None, reason  # the units' removals did not add up (a mapping tp does not keep additive)
+        return group, reason
 
 
 def _expand(model: nn.Module, pattern: str) -> list[str]:
@@ -319,5 +609,20 @@ def _out_channels(module: nn.Module) -> int:
     return int(cast(_ConvNd, module).out_channels)
 
 
-def _grouped(group: tpa.Group) -> bool:
-    return any(isinstance(m, _ConvNd) and 1 < m.groups < m.out_channels for m in tpa.group_modules(group))
+# How reasons name torch-pruning's stand-ins for functional operations (see tpa.Member.op).
+_OP_WORDS = {
+    "_ReshapeOp": "view/reshape",
+    "_SplitOp": "split/chunk",
+    "_ConcatOp": "concat",
+    "_UnbindOp": "unbind",
+    "_SliceOp": "slice",
+    "_ExpandOp": "expand",
+}
+
+
+def op_word(op: str) -> str | None:
+    """How a message names the operation a group member stands for (see ``tpa.Member.op``), or None for
+    a plain module or element-wise operation."""
+    if op.startswith("Glu"):
+        return "F.glu"
+    return _OP_WORDS.get(op)

@@ -1,0 +1,223 @@
+"""Rehearse a recipe's structural removals on a throw-away copy of the model, before any training.
+
+A structured entry removes channels during fine-tuning; should torch-pruning not model some layout of
+the user's network, the failure would otherwise come after minutes or hours of training.
+:func:`rehearse` performs, on a deep copy, every removal event the recipe's schedule holds (with the
+recipe's importance where it needs no data; an importance that reads gradients gets placeholder
+gradients of ones), runs a forward pass after each event, and exports the result once to ONNX
+(TorchScript exporter, into a temporary folder) with the onnxruntime parity check. Whatever fails
+becomes a :class:`~sparsekit.errors.TargetError` naming the recipe entry, the layer, the operation
+and what to do (usually: name the layer in the entry's ``ignore``). The real model is never touched.
+
+>>> r = rehearse(model, recipe, input_shape=[1, 1, 28, 28], steps_per_epoch=len(train_loader))
+>>> r.methods[0]["per_layer"]["conv1"]     # {"asked": 0.5, "achieved": 0.5, "reason": None}
+
+``sparsekit validate RECIPE MODEL`` and the start of ``sparsekit prune`` call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from . import surgery
+from . import tp_adapter as tpa
+from .errors import ExportError, SparsekitError, TargetError, one_line
+from .methods import structured as structured_mod
+from .pruner import Pruner
+from .recipe import Recipe
+
+__all__ = ["Rehearsal", "rehearse"]
+
+
+@dataclass
+class Rehearsal:
+    """What a rehearsal learnt (every field JSON-able; :meth:`as_dict`).
+
+    ``events``: structural removal events performed. ``methods``: one row per structural recipe entry,
+    ``{"index", "method", "asked", "achieved", "per_layer": {layer: {"asked", "achieved", "reason"}},
+    "at_floor", "channels": {layer: [initial, after]}}`` (see :meth:`Structured.report
+    <sparsekit.methods.structured.Structured.report>`): the channels each layer can actually lose.
+    ``history``: the removals, as a checkpoint's ``pruning_history`` records them. ``exported``:
+    whether the pruned copy was exported (only when something was removed); ``parity``: the export's
+    onnxruntime parity (``{"max_abs_diff", "ok", ...}``) or None. ``ms``: wall time."""
+
+    events: int = 0
+    methods: list[dict[str, Any]] = field(default_factory=list)
+    history: list[list[Any]] = field(default_factory=list)
+    exported: bool = False
+    parity: dict[str, Any] | None = None
+    ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The rehearsal as plain JSON types."""
+        return {
+            "events": self.events,
+            "methods": self.methods,
+            "history": self.history,
+            "exported": self.exported,
+            "parity": self.parity,
+            "ms": self.ms,
+        }
+
+
+def rehearse(
+    model: nn.Module,
+    recipe: Recipe,
+    input_shape: Sequence[int],
+    steps_per_epoch: int,
+    *,
+    scorers: Mapping[int, Callable[..., Any]] | None = None,
+    export: bool = True,
+) -> Rehearsal:
+    """Perform every structural removal ``recipe`` will make, on a copy of ``model``; see the module doc.
+
+    ``input_shape``: batch-first shape of one input (e.g. ``[1, 1, 28, 28]``); ``steps_per_epoch``:
+    optimizer steps per epoch, which places the removal events as the real run will; ``scorers``: as
+    for :class:`~sparsekit.pruner.Pruner`; ``export=False`` skips the ONNX export and parity check.
+    Returns a :class:`Rehearsal`. Raises :class:`~sparsekit.errors.TargetError` when the recipe cannot
+    be carried out on this architecture (and whatever building the Pruner raises, as a prune run
+    would); never a torch-pruning exception. The global RNG state is left as it was."""
+    start = time.perf_counter()
+    shape = [int(d) for d in input_shape]
+    original = getattr(model, "module", model)  # DDP / DataParallel keep the model in .module
+    with torch.random.fork_rng(devices=[]):
+        work = copy.deepcopy(original)
+        try:
+            pruner = Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
+        except (SparsekitError, ValueError, TypeError):
+            raise
+        except Exception as err:  # noqa: BLE001 - torch-pruning or torch while building: never exit 1
+            raise TargetError(f"pruning: the recipe cannot be set up on this model ({one_line(err, 200)})") from None
+        result = Rehearsal()
+        methods = [(i, m) for i, m in enumerate(pruner.methods) if isinstance(m, structured_mod.Structured)]
+        queue = sorted((step, i, k) for i, m in methods for k, step in enumerate(m.events))
+        by_index = dict(methods)
+        for _step, i, _k in queue:
+            method = by_index[i]
+            try:
+                changes = method.rehearse_event()
+            except TargetError as err:
+                pending = method.pending_history()
+                culprit = _culprit(original, [*result.history, *pending], shape, method)
+                raise (culprit or err) from None
+            except Exception as err:  # noqa: BLE001 - anything torch or torch-pruning raises
+                raise TargetError(
+                    f"pruning[{i}] ({method.name}): removal event {method.done + 1} failed ({one_line(err, 200)}); "
+                    f"{method.ignore_hint(list(method.layers)[:1])}"
+                ) from None
+            result.history.extend(changes.history)
+            result.events += 1
+            _check_floors(method, i)
+        result.methods = [{"index": i, "method": m.name, **m.report()} for i, m in methods]
+        if export and result.events:
+            result.exported, result.parity = True, _export(work, original, shape)
+    result.ms = (time.perf_counter() - start) * 1000
+    return result
+
+
+def _check_floors(method: structured_mod.Structured, index: int) -> None:
+    """No layer is left empty, and no selected layer below its floor, counted on the model."""
+    floor = method.spec.min_channels
+    for name, module in method.model.named_modules():
+        if not isinstance(module, (nn.Linear, _ConvNd)):
+            continue
+        counts = [int(module.weight.shape[0]), int(module.weight.shape[1])]
+        initial = method.initial.get(name)
+        low = initial is not None and _out_channels(module) < min(floor, initial)
+        if min(counts) < 1 or low:
+            raise TargetError(
+                f"pruning[{index}] ({method.name}): after removal event {method.done}, {name!r} has weight shape "
+                f"{list(module.weight.shape)}, below its floor (min_channels {floor}); "
+                f"{method.ignore_hint([name])}"
+            )
+
+
+def _out_channels(module: nn.Module) -> int:
+    return int(module.out_features) if isinstance(module, nn.Linear) else int(cast(_ConvNd, module).out_channels)
+
+
+def _culprit(
+    original: nn.Module, history: list[list[Any]], shape: list[int], method: structured_mod.Structured
+) -> TargetError | None:
+    """Replay ``history`` removal by removal on a fresh copy, checking the forward pass after each: a
+    TargetError naming the first removal that breaks the model and the operations its channels pass
+    through (None when the replay cannot tell)."""
+    fresh = copy.deepcopy(original)
+    try:
+        with torch.no_grad():
+            graph = surgery.build_graph(fresh, shape)
+            modules = dict(fresh.named_modules())
+            for name, is_out, idxs in history:
+                module = modules.get(name)
+                if module is None or not idxs:
+                    continue
+                group = tpa.channel_group(graph, module, idxs, outputs=is_out)
+                members = tpa.group_members(graph, group)
+                ops = sorted({w for m in members if (w := structured_mod.op_word(m.op))})
+                try:
+                    tpa.prune(group, record_history=False)
+                    failure = surgery.forward_failure(fresh, shape, method.output_shape)
+                except Exception as err:  # noqa: BLE001 - torch-pruning itself failed on this group
+                    failure = f"(torch-pruning: {one_line(err, 160)})"
+                if failure is None:
+                    continue
+                through = f"; its channels pass through {', '.join(ops)}" if ops else ""
+                fixed = (
+                    " (a shape written into the forward code cannot follow a channel removal)"
+                    if "view/reshape" in ops
+                    else ""
+                )
+                return TargetError(
+                    f"{method.where}: removing {'output' if is_out else 'input'} channels of {name!r} breaks the "
+                    f"model's forward pass {failure}{through}{fixed}; {method.ignore_hint([name])}"
+                )
+    except Exception:  # noqa: BLE001 - attribution is best effort; the original error stands
+        return None
+    return None
+
+
+def _export(work: nn.Module, original: nn.Module, shape: list[int]) -> dict[str, Any] | None:
+    """Export the pruned copy once (TorchScript exporter, temporary folder) and check parity. A failure
+    the dense model shares is the model's own (raised as it is); one only the pruned copy has is the
+    recipe's (TargetError)."""
+    from .onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="sparsekit-rehearsal-") as tmp:
+        try:
+            info = export_onnx(work, Path(tmp) / "rehearsal.onnx", shape, exporter="torchscript", check_parity=True)
+        except ExportError as err:
+            if _dense_fails(original, Path(tmp), shape):
+                raise
+            raise TargetError(
+                "pruning: after the recipe's channel removals the model no longer exports to ONNX "
+                f"({one_line(err, 200)}); name the layers involved in the structured entry's ignore"
+            ) from None
+        parity = info.get("parity")
+        if parity is not None and not parity.get("ok", True) and not _dense_fails(original, Path(tmp), shape):
+            raise TargetError(
+                f"pruning: after the recipe's channel removals onnxruntime's outputs differ from torch's (max |diff| "
+                f"{parity.get('max_abs_diff')}); name the layers involved in the structured entry's ignore"
+            )
+        return dict(parity) if parity is not None else None
+
+
+def _dense_fails(original: nn.Module, folder: Path, shape: list[int]) -> bool:
+    from .onnx import export_onnx
+
+    try:
+        info = export_onnx(
+            copy.deepcopy(original), folder / "dense.onnx", shape, exporter="torchscript", check_parity=True
+        )
+    except Exception:  # noqa: BLE001 - any failure means the model itself does not export
+        return True
+    return not (info.get("parity") or {}).get("ok", True)

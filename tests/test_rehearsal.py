@@ -1,0 +1,137 @@
+"""sparsekit.rehearsal.rehearse: every structural removal of a recipe, on a copy, before any training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+import sparsekit.onnx
+from examples.models import mlp, resnet_small, small_cnn
+from sparsekit.errors import ExportError, TargetError
+from sparsekit.rehearsal import Rehearsal, rehearse
+
+IMG = [1, 1, 8, 8]
+
+
+class ViewConvT(nn.Module):
+    """``Linear(16, 128)`` → ``view(N, 8, 4, 4)`` (8 channels written into the code) → ``ConvTranspose2d``.
+    (Defined here, not imported from another test module: see tests/test_structured_layouts.py.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 128)
+        self.up = nn.ConvTranspose2d(8, 4, 3)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.up(torch.relu(self.fc(x)).view(x.shape[0], 8, 4, 4)))
+        return self.head(x.mean((2, 3)))
+
+
+def structured(**method: object) -> sparsekit.Recipe:
+    spec = {"method": "structured", "ratio": 0.5, "importance": "l2", **method}
+    return sparsekit.Recipe(model={"input_shape": IMG}, finetune={"epochs": 2}, pruning=[spec])
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+@pytest.mark.parametrize("build", [small_cnn, resnet_small])
+def test_rehearses_every_event_and_leaves_the_model_and_rng_alone(build):
+    torch.manual_seed(0)
+    model = build(width=8, image_size=8)
+    before = snapshot(model)
+    rng = torch.random.get_rng_state()
+    r = structured(steps=3, schedule={"start_epoch": 0, "end_epoch": 2})
+    result = rehearse(model, r, IMG, steps_per_epoch=4)
+    assert isinstance(result, Rehearsal) and result.events == 3 and result.history
+    assert result.exported and result.parity is not None and result.parity["ok"]
+    row = result.methods[0]
+    assert row["index"] == 0 and row["method"] == "structured" and row["asked"] == 0.5
+    assert row["achieved"] == pytest.approx(0.5, abs=0.02)
+    assert all(set(v) == {"asked", "achieved", "reason"} for v in row["per_layer"].values())
+    assert result.as_dict()["events"] == 3 and result.ms > 0
+    assert_unchanged(model, before)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    # The rehearsed shapes are the real run's: the same recipe, driven to the end by the Pruner.
+    real = dict(sparsekit.Pruner(model, r, steps_per_epoch=4).finalize().named_modules())
+    for name, (initial, after) in row["channels"].items():
+        module = real[name]
+        assert initial >= after >= 1
+        assert (module.out_features if isinstance(module, nn.Linear) else module.out_channels) == after
+
+
+def test_taylor_needs_no_data_to_rehearse():
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    result = rehearse(model, structured(importance="taylor", schedule="oneshot"), IMG, steps_per_epoch=2)
+    assert result.events == 1 and result.methods[0]["achieved"] == pytest.approx(0.5, abs=0.02)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_refuses_before_any_training_and_touches_nothing():
+    model = ViewConvT()
+    before = snapshot(model)
+    r = sparsekit.Recipe(model={"input_shape": [1, 16]}, pruning=[{"method": "structured", "ratio": 0.5}])
+    with pytest.raises(TargetError, match="'fc'"):
+        rehearse(model, r, [1, 16], steps_per_epoch=10)
+    assert_unchanged(model, before)
+    assert model.fc.out_features == 128 and model(torch.randn(2, 16)).shape == (2, 10)
+
+
+def test_a_recipe_without_structural_removal_rehearses_nothing():
+    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
+    result = rehearse(mlp(), r, [1, 64], steps_per_epoch=3)
+    assert result.events == 0 and not result.exported and result.parity is None and result.methods == []
+
+
+def test_a_layer_pattern_that_matches_nothing_is_raised_as_a_prune_run_would():
+    with pytest.raises(TargetError, match="'nope'"):
+        rehearse(small_cnn(width=8, image_size=8), structured(ignore=["nope"]), IMG, steps_per_epoch=1)
+
+
+def test_an_export_only_the_pruned_model_fails_is_the_recipes_fault(monkeypatch):
+    real = sparsekit.onnx.export_onnx
+    calls = []
+
+    def export(model, path, shape, **kw):
+        calls.append(path.name)
+        if path.name == "rehearsal.onnx":
+            raise ExportError("Unsupported: aten::something")
+        return real(model, path, shape, **kw)
+
+    monkeypatch.setattr(sparsekit.onnx, "export_onnx", export)
+    with pytest.raises(TargetError, match="no longer exports to ONNX.*aten::something"):
+        rehearse(small_cnn(width=8, image_size=8), structured(schedule="oneshot"), IMG, steps_per_epoch=1)
+    assert calls == ["rehearsal.onnx", "dense.onnx"]
+
+    def export_fails_always(model, path, shape, **kw):
+        raise ExportError("Unsupported: aten::something")
+
+    monkeypatch.setattr(sparsekit.onnx, "export_onnx", export_fails_always)
+    with pytest.raises(ExportError):  # the dense model fails too: the model's own problem, said as such
+        rehearse(small_cnn(width=8, image_size=8), structured(schedule="oneshot"), IMG, steps_per_epoch=1)
+
+
+def test_a_parity_failure_after_pruning_is_a_target_error(monkeypatch):
+    real = sparsekit.onnx.export_onnx
+
+    def export(model, path, shape, **kw):
+        info = real(model, path, shape, **kw)
+        if path.name == "rehearsal.onnx":
+            info["parity"] = {**info["parity"], "ok": False, "max_abs_diff": 0.5}
+        return info
+
+    monkeypatch.setattr(sparsekit.onnx, "export_onnx", export)
+    with pytest.raises(TargetError, match="differ from torch's"):
+        rehearse(small_cnn(width=8, image_size=8), structured(schedule="oneshot"), IMG, steps_per_epoch=1)
