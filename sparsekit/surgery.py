@@ -32,7 +32,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from . import tp_adapter as tpa
 from .errors import ModelFileError, one_line, option
-from .layers import prunable_layers
+from .layers import prunable_layers, unit_view
 from .masks import MASK, apply_mask, get_mask, weight_of
 
 __all__ = [
@@ -308,10 +308,9 @@ def prune_group(model: nn.Module, group: tpa.Group) -> None:
 
 
 def _dead_rows(module: nn.Module) -> list[int]:
-    w = weight_of(module).detach()
-    if getattr(module, "transposed", False):
-        w = w.transpose(0, 1)
-    return [int(i) for i in torch.nonzero(w.flatten(1).abs().sum(1) == 0).flatten()]
+    # unit_view knows each layer kind's output-unit layout (a grouped ConvTranspose's included).
+    units = unit_view(weight_of(module).detach(), module)
+    return [int(i) for i in torch.nonzero(units.abs().sum(1) == 0).flatten()]
 
 
 def _is_constant(t: torch.Tensor) -> tuple[bool, torch.Tensor]:

@@ -269,3 +269,12 @@ def test_weights_reused_by_the_forward_are_found_and_their_units_kept():
     out, history = remove_dead_units(model, [1, 16], ignore=["head"])
     assert history == [] and out.enc1.out_features == 12
     torch.testing.assert_close(out(x), expected)
+
+
+def test_dead_rows_of_a_grouped_conv_transpose_are_output_channels():
+    from sparsekit.surgery import _dead_rows
+
+    layer = torch.nn.ConvTranspose2d(4, 6, 3, groups=2)  # weight [4, 3, 3, 3]: output channel c = group*3 + j
+    with torch.no_grad():
+        layer.weight[2:, 1] = 0  # output channel 3 + 1 = 4 (second group, second channel)
+    assert _dead_rows(layer) == [4]
