@@ -239,6 +239,13 @@ class LayerSelect(_Strict):
 class _MethodBase(_Strict):
     layers: LayerSelect = Field(default_factory=LayerSelect)
 
+    def effects(self) -> frozenset[str]:
+        """What this entry does to the exported model, for the up-front expectation
+        (:func:`sparsekit.report.what_it_buys`): ``"zeros"`` (unstructured zeros: smaller compressed file),
+        ``"units"`` (whole neurons/channels removed: smaller and faster), ``"some_units"`` (units removed
+        only where training zeroes them all); empty for neither. Each method's spec says its own."""
+        return frozenset()
+
     @model_validator(mode="before")
     @classmethod
     def _oneshot(cls, data: Any) -> Any:
@@ -248,7 +255,8 @@ class _MethodBase(_Strict):
 
 
 class _Ranked(_MethodBase):
-    """What magnitude and gradient share: the target, its scope and the per-layer ceiling.
+    """What magnitude and gradient share: the target, its scope and the per-layer ceiling; they make
+    unstructured zeros (:meth:`effects`).
 
     ``max_layer_sparsity`` caps the fraction of any one layer's weights that may be pruned, so a global
     ranking cannot empty a small layer; the prunes a capped layer cannot take go to the other layers.
@@ -273,6 +281,9 @@ class _Ranked(_MethodBase):
                 "max_layer_sparsity (at most 1) or lower sparsity"
             )
         return self
+
+    def effects(self) -> frozenset[str]:
+        return frozenset({"zeros"})
 
     @property
     def layer_cap(self) -> float:
@@ -310,6 +321,13 @@ class L1Spec(_MethodBase):
     # Regularize the whole run unless told otherwise: FOREVER_EPOCHS is past any finetune.epochs.
     schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(end_epoch=FOREVER_EPOCHS))
 
+    def effects(self) -> frozenset[str]:
+        # Group lasso drives whole units to zero, which remove_dead then removes; plain L1 makes scattered
+        # zeros, and a unit only rarely loses every weight.
+        if self.group != "none":
+            return frozenset({"units"} if self.remove_dead else {"zeros"})
+        return frozenset({"zeros", "some_units"} if self.remove_dead else {"zeros"})
+
 
 class MaxNormSpec(_MethodBase):
     """``method: max_norm``: bound each output unit's incoming-weight norm (see :mod:`sparsekit.methods.max_norm`)."""
@@ -332,6 +350,9 @@ class StructuredSpec(_MethodBase):
     calibration_batches: Int = Field(
         8, gt=0, le=MAX_CALIBRATION, description="batches scored for taylor importance when not fine-tuning"
     )
+
+    def effects(self) -> frozenset[str]:
+        return frozenset({"units"})
 
 
 MethodSpec = Annotated[

@@ -268,17 +268,15 @@ def load_report(path: str | Path) -> Report:
 
 
 def what_it_buys(recipe: Any) -> str:
-    """Say plainly, before the run, what this recipe's sparsity can buy on onnxruntime's CPU kernels."""
-    specs = list(recipe.pruning)
-    kinds = {spec.method for spec in specs}
-    l1_groups = [s for s in specs if s.method == "l1" and s.group != "none"]
-    structural = "structured" in kinds or any(s.remove_dead for s in l1_groups)
-    unstructured = bool(kinds & {"magnitude", "gradient"}) or any(s.method == "l1" and s.group == "none" for s in specs)
+    """Say plainly, before the run, what this recipe's sparsity can buy on onnxruntime's CPU kernels,
+    from what each entry says it does (``spec.effects()`` in :mod:`sparsekit.recipe`)."""
+    effects: set[str] = set().union(*(spec.effects() for spec in recipe.pruning))
+    structural = "units" in effects
     parts = []
-    if unstructured:
+    if "zeros" in effects:
         parts.append("unstructured zeros shrink the compressed (gzip) file but not onnxruntime CPU latency")
-    if not structural and any(s.method == "l1" and s.group == "none" and s.remove_dead for s in specs):
-        parts.append("neurons whose weights all reach zero under L1 are removed, which buys latency only if many do")
+    if not structural and "some_units" in effects:
+        parts.append("neurons whose weights all reach zero are removed, which buys latency only if many do")
     if structural:
         parts.append("removing whole neurons/channels shrinks the model and its latency (up to the MACs ratio)")
     if recipe.export.quantize == "int8":
