@@ -293,8 +293,8 @@ def notes(report: Report) -> list[str]:
     dead = [r.name for r in report.layers if r.params and r.nonzero_params == 0]
     if dead:
         out.append(
-            f"Every weight of {', '.join(dead)} is zero, so the layer passes on only its bias: lower the "
-            "pruning strength/sparsity there or exclude it (layers.exclude)."
+            f"Every weight of {', '.join(dead)} is zero, so its output is a constant (its bias, if it has one): "
+            "lower the pruning strength/sparsity there, lower max_layer_sparsity, or exclude it (layers.exclude)."
         )
     for m in report.methods:
         du = m.dead_units

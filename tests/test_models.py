@@ -14,6 +14,8 @@ INPUTS = {
     "lenet_300_100": (784,),
     "small_cnn": (1, 28, 28),
     "resnet_small": (1, 28, 28),
+    "resnet18_small": (1, 28, 28),
+    "mobilenetv2_small": (1, 28, 28),
     "mlp": (64,),
 }
 
