@@ -193,6 +193,7 @@ class Int8(_Open):
     entropy_bound_bytes: int
     zeros: dict[str, Any]
     eval: dict[str, Any] | None = None
+    fallback: str | None = Field(None, description="why per-tensor scales were used instead of per-channel")
     latency_ms: dict[str, Latency] = Field(default_factory=dict)
     throughput_per_s: dict[str, float] = Field(default_factory=dict)
     speedup: dict[str, Speedup] | None = None
@@ -353,6 +354,8 @@ def notes(report: Report) -> list[str]:
             f"top-1 agreement {ev.get('top1_agreement', float('nan')):.4f}, zeros kept: "
             f"{q.zeros['zeros_ok']}."
         )
+        if q.fallback:
+            out.append(f"int8: {q.fallback}.")
         for bs, s in (q.speedup or {}).items():
             out.append(
                 f"int8 batch {bs}: latency ratio {s.ratio:.3f} vs dense{'' if s.significant else ' (within noise)'}."

@@ -103,31 +103,40 @@ def quantize_int8(
         options = {"WeightSymmetric": True}
         mode = "dynamic" if calibration is None else "static"
         reader = None
-        try:
-            with quiet():
-                if calibration is None:
-                    quantize_dynamic(
-                        pre, tmp, per_channel=per_channel, weight_type=QuantType.QInt8,
-                        use_external_data_format=large, extra_options=options,
-                    )  # fmt: skip
-                else:
-                    reader = _Reader(calibration, inputs, max_calibration_batches)
-                    quantize_static(
-                        pre, tmp, reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
-                        extra_options={**options, "ActivationSymmetric": False},
-                    )  # fmt: skip
-        except ExportError:
-            raise
-        except Exception as e:
-            msg = f"{src}: onnxruntime {mode} int8 quantization failed: {type(e).__name__}: {e}"
-            raise ExportError(msg) from e
+        fallback = None
+        # Per-channel first; onnxruntime's per-channel pass fails on some graphs (a weight shared by two
+        # nodes that read it along different axes, e.g. tied encoder/decoder weights), and per-tensor
+        # scales, which need no axis, are then the one working choice.
+        for channel_wise in dict.fromkeys([per_channel, False]):
+            try:
+                with quiet():
+                    if calibration is None:
+                        quantize_dynamic(
+                            pre, tmp, per_channel=channel_wise, weight_type=QuantType.QInt8,
+                            use_external_data_format=large, extra_options=options,
+                        )  # fmt: skip
+                    else:
+                        reader = _Reader(calibration, inputs, max_calibration_batches)
+                        quantize_static(
+                            pre, tmp, reader, quant_format=QuantFormat.QDQ, per_channel=channel_wise,
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
+                            extra_options={**options, "ActivationSymmetric": False},
+                        )  # fmt: skip
+                break
+            except ExportError:
+                raise
+            except Exception as e:
+                msg = f"{src}: onnxruntime {mode} int8 quantization failed: {type(e).__name__}: {e}"
+                if not channel_wise:
+                    raise ExportError(msg) from e
+                fallback = f"per-channel quantization failed ({type(e).__name__}: {e}); per-tensor scales used"
+        per_channel = channel_wise
         # Marked before the checks, so they run on the very bytes that get published.
         save_onnx(load_onnx(tmp, load_external_data=False), tmp, what="int8 model")
         _check_runs(tmp)
         zeros = quantized_zeros(pre, tmp)
-        result: dict[str, Any] = {"mode": mode, "per_channel": per_channel}
+        result: dict[str, Any] = {"mode": mode, "per_channel": per_channel, "fallback": fallback}
         if eval_data is not None:
             x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
             fp32_pred, int8_pred = _predict(src, x, batch_size), _predict(tmp, x, batch_size)
