@@ -70,12 +70,6 @@ def bake(model: nn.Module) -> nn.Module:
     return model
 
 
-def topk_mask(scores: torch.Tensor, sparsity: float, keep_zero: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask keeping the ``1 - sparsity`` fraction of highest scores, exactly ``round(sparsity * n)``
-    zeros. Ties are broken by position (stable) so the count is exact."""
-    return global_topk_masks({"_": scores}, sparsity)["_"]
-
-
 def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     if flat.device.type == "cpu":
         # numpy's introselect is about 2x faster than torch.kthvalue on CPU.
