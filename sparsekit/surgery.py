@@ -403,7 +403,8 @@ def remove_dead_units(
     another layer's live outputs (residual add, depthwise conv), units reaching the model output,
     units whose consumers cannot take the constant (no bias, no BatchNorm after), and units of layers
     whose weights are tied to another module's or used again outside the layer (a shape change would
-    untie them; see :func:`tied_parameters`, :func:`reused_parameters`). At least one
+    untie them; see :func:`tied_parameters`, :func:`reused_parameters`), and every unit of a model whose
+    graph the removal cannot handle (it raises: the model is returned untouched). At least one
     unit per layer always stays. Outputs are unchanged in eval mode.
 
     Returns ``(model, history)``: the model (changed in place) and tp's history of the removal, to
@@ -415,37 +416,43 @@ def remove_dead_units(
     probe = example_input(model, input_shape, batch=4, random=True)
     with traced(model), torch.no_grad():
         reference = model(probe)
-    graph = build_graph(model, input_shape)
-    layers = prunable_layers(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    # A shape change would untie a weight shared by several modules: their units stay.
-    tied = {id(modules[n]) for holders in tied_parameters(model) for n, _ in holders}
-    tied |= {id(modules[n]) for n, _, _ in reused_parameters(model, input_shape)}
-    for name in forward_order(model, input_shape):
-        module = layers[name]
-        if name in skip or not tpa.in_graph(graph, module) or id(module) in tied:
-            continue
-        dead = _dead_rows(module)
-        if len(dead) >= tpa.out_channels(graph, module):
-            dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
-        if not dead:
-            continue
-        if any(id(m) in tied for m in tpa.group_modules(tpa.channel_group(graph, module, dead))):
-            continue
-        inputs = _consumer_inputs(model, tpa.channel_group(graph, module, dead), probe)
-        # Unit by unit, so one unit that must stay does not keep the others.
-        removable, plan = [], []
-        for unit in dead:
-            unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs)
-            if unit_plan is not None:
-                removable.append(unit)
-                plan.extend(unit_plan)
-        if not removable:
-            continue
-        with torch.no_grad():
-            for tensor, delta in plan:
-                tensor.add_(delta.to(tensor.dtype))
-        prune_group(model, tpa.channel_group(graph, module, removable))
+    try:
+        graph = build_graph(model, input_shape)
+        layers = prunable_layers(model)
+        modules = dict(model.named_modules(remove_duplicate=False))
+        # A shape change would untie a weight shared by several modules: their units stay.
+        tied = {id(modules[n]) for holders in tied_parameters(model) for n, _ in holders}
+        tied |= {id(modules[n]) for n, _, _ in reused_parameters(model, input_shape)}
+        for name in forward_order(model, input_shape):
+            module = layers[name]
+            if name in skip or not tpa.in_graph(graph, module) or id(module) in tied:
+                continue
+            dead = _dead_rows(module)
+            if len(dead) >= tpa.out_channels(graph, module):
+                dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
+            if not dead:
+                continue
+            if any(id(m) in tied for m in tpa.group_modules(tpa.channel_group(graph, module, dead))):
+                continue
+            inputs = _consumer_inputs(model, tpa.channel_group(graph, module, dead), probe)
+            # Unit by unit, so one unit that must stay does not keep the others.
+            removable, plan = [], []
+            for unit in dead:
+                unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs)
+                if unit_plan is not None:
+                    removable.append(unit)
+                    plan.extend(unit_plan)
+            if not removable:
+                continue
+            with torch.no_grad():
+                for tensor, delta in plan:
+                    tensor.add_(delta.to(tensor.dtype))
+            prune_group(model, tpa.channel_group(graph, module, removable))
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a layout the removal cannot handle: keep every unit, exactly
+        warnings.warn(f"remove_dead_units: {one_line(err)}; the model is left unchanged", stacklevel=2)
+        return backup, []
     try:
         with traced(model), torch.no_grad():
             after = model(probe)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -278,3 +280,47 @@ def test_dead_rows_of_a_grouped_conv_transpose_are_output_channels():
     with torch.no_grad():
         layer.weight[2:, 1] = 0  # output channel 3 + 1 = 4 (second group, second channel)
     assert _dead_rows(layer) == [4]
+
+
+class _GluHead(torch.nn.Module):
+    # glu's rows are split in value and gate halves: removing a dead row of one half breaks the pairing
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.glu, self.out = torch.nn.Linear(64, 32), torch.nn.Linear(32, 32), torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.glu(self.glu(torch.relu(self.fc1(x))), dim=-1))
+
+
+class _TiedDecoder(torch.nn.Module):
+    # the decoder reads the encoder's weight transposed: torch-pruning cannot trace the concat that follows
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.cls = torch.nn.Linear(64, 24), torch.nn.Linear(64 + 24, 5)
+        self.dec_bias = torch.nn.Parameter(torch.zeros(64))
+
+    def forward(self, x):
+        h = torch.relu(self.encoder(x))
+        return self.cls(torch.cat([torch.nn.functional.linear(h, self.encoder.weight.t(), self.dec_bias), h], 1))
+
+
+@pytest.mark.parametrize("make", [_GluHead, _TiedDecoder])
+def test_dead_unit_removal_leaves_a_layout_it_cannot_handle_untouched(make):
+    """Found by review: these raised deep in the removal (exit 1 after training). Removal is an
+    optimization, so such a model keeps every unit, exactly as it was."""
+    from sparsekit.surgery import remove_dead_units
+
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        for layer in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+            layer.weight[::3] = 0  # dead rows everywhere
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 64)
+    expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result, history = remove_dead_units(model, [1, 64], ignore=["out", "cls"])
+    assert torch.allclose(result(x), expected, atol=1e-6)
+    if history == []:  # refused: nothing changed
+        assert all(torch.equal(result.state_dict()[k], v) for k, v in before.items())
