@@ -17,7 +17,7 @@ from torch import nn
 
 from . import __version__
 from .data import load_data
-from .errors import DataError, ModelFileError, SparsekitError, option
+from .errors import DataError, ModelFileError, SparsekitError, one_line, option
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .pruner import Pruner
 from .recipe import Recipe
@@ -79,6 +79,21 @@ def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
         raise DataError(
             f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]"
         )
+    # Export, its parity check, rehearsal and the benchmark feed random normal values: a model that
+    # fails on them (token ids for an nn.Embedding, say) is refused now, not after training.
+    probe = torch.randn([2, *input_shape[1:]], generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            model(probe)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's model: bad input, not our bug
+        raise DataError(
+            f"{where}: the model fails on random normal inputs of shape {input_shape} ({one_line(err, 200)}); "
+            "export, its parity check and the benchmark feed such values, so a model that only accepts some "
+            "values (token ids for an nn.Embedding, say) cannot be pruned by this pipeline: drive "
+            "sparsekit.Pruner from your own training loop instead"
+        ) from None
     return int(out.shape[1])
 
 

@@ -795,3 +795,41 @@ def test_a_layout_that_cannot_lose_channels_is_refused_before_training(tmp_path,
     monkeypatch.setattr(pipeline, "finetune", lambda *a, **k: pytest.fail("training started"))
     assert_bad_input(run("prune", model_path, recipe, *arch, "-o", out, *FAST), "conv1", "ignore")
     assert not out.exists()  # refused before the output folder was touched
+
+
+EMBED_MODULE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class EmbedNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):  # token ids, given as floats
+            return self.fc(self.emb(x.long()).mean(1))
+
+    def build():
+        return EmbedNet()
+""")
+
+
+def test_a_model_that_takes_token_ids_is_refused_up_front(tmp_path, monkeypatch):
+    """Found by review: an nn.Embedding front failed on the random export input (exit 1)."""
+    (tmp_path / "embednet.py").write_text(EMBED_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import embednet
+
+    model_path = tmp_path / "e.pt"
+    sparsekit.save_model(embednet.build(), model_path, factory="embednet:build", input_shape=[1, 12])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: synthetic}\nfinetune: {epochs: 1}\npruning: [{method: magnitude, sparsity: 0.5}]\n"
+    )
+    out = tmp_path / "o"
+    arch = ("--arch", "embednet:build")
+    assert_bad_input(run("prune", model_path, recipe, *arch, "-o", out, *FAST), "random normal inputs", "Embedding")
+    assert not out.exists()
+    assert_bad_input(run("export", model_path, *arch, "-o", tmp_path / "e.onnx"), "random float32 input")
+    assert not (tmp_path / "e.onnx").exists()

@@ -28,7 +28,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from sparsekit.errors import ExportError, option
+from sparsekit.errors import ExportError, one_line, option
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
@@ -287,9 +287,15 @@ def _example_input(model: nn.Module, shape: list[int]) -> torch.Tensor:
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError as e:
-        msg = f"the model fails on a float32 input of shape {shape}: {e}; pass the right {option('input_shape')}"
-        raise ExportError(msg) from e
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model on a random input: bad input, not our bug
+        msg = (
+            f"the model fails on a random float32 input of shape {shape} ({one_line(e, 200)}); give the shape it "
+            f"takes ({option('input_shape')}). Export and its parity check feed random normal values, so a "
+            "model that only accepts some values (token ids for an nn.Embedding, say) cannot be exported here"
+        )
+        raise ExportError(msg) from None
     return x
 
 
