@@ -281,3 +281,21 @@ def test_dynamic_zero_check_on_square_weights(tmp_path):
     square = next(row for row in res["zeros"]["layers"] if row["name"] == "2.weight")
     assert square["fp32_zeros"] > 1000 and square["ok"] and square["int8_zeros"] >= square["fp32_zeros"]
     assert res["zeros"]["zeros_ok"]
+
+
+def test_constants_without_zeros_do_not_fail_the_zero_check(tmp_path):
+    """Found by review: GroupNorm's affine constants are quantized with a nonzero zero point; they hold no
+    zeros to keep, so the check must not report the pruned model's zeros as lost."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 16, 5),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[0].weight[:, :, 0] = 0
+        model[4].weight[:, ::2] = 0
+    export_onnx(model, tmp_path / "m.onnx", [1, 2, 16], exporter="torchscript")
+    calibration = [np.random.default_rng(0).standard_normal([8, 2, 16]).astype(np.float32)]
+    q = quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", calibration=calibration)
+    assert q["zeros"]["zeros_ok"], [r for r in q["zeros"]["layers"] if not r["ok"]]
+    assert q["zeros"]["int8_zeros"] >= q["zeros"]["fp32_zeros"] > 0

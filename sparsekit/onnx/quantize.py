@@ -182,7 +182,8 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
     (dynamic and operator formats), found by onnxruntime's naming (``W_quantized``,
     ``W_Transposed_quantized``) or else by shape and sign pattern. A layer is ``ok`` when its zero
     points are all 0 and every fp32 zero is stored as 0. ``rounded_to_zero`` counts nonzero fp32
-    weights that quantized to 0 (smaller than half a step: not an error, but more zeros).
+    weights that quantized to 0 (smaller than half a step: not an error, but more zeros). A weight with no
+    fp32 zeros is ok whatever its zero point.
     Returns ``{"zeros_ok", "fp32_zeros", "int8_zeros", "layers": [{"name", "quantized_name",
     "fp32_zeros", "int8_zeros", "zero_point_zero", "rounded_to_zero", "ok"}]}``; a weight left in
     fp32 has ``quantized_name`` None and is ok. Both files are read with their external data; raises
@@ -220,7 +221,9 @@ def quantized_zeros(fp32_path: PathLike, int8_path: PathLike) -> dict[str, Any]:
             row["int8_zeros"] = int(int8_zero.sum())
             row["zero_point_zero"] = bool(np.all(zp == 0))
             row["rounded_to_zero"] = int((int8_zero & ~fp32_zero).sum())
-            row["ok"] = row["zero_point_zero"] and bool(np.all(int8_zero[fp32_zero]))
+            # A nonzero zero point only matters where there are zeros to keep (GroupNorm's affine constants,
+            # say, are quantized asymmetrically and hold none).
+            row["ok"] = bool(np.all(int8_zero[fp32_zero])) and (row["zero_point_zero"] or row["fp32_zeros"] == 0)
         rows.append(row)
     return {
         "zeros_ok": all(r["ok"] for r in rows),
