@@ -180,9 +180,11 @@ def _undeliverable(job: _Job, final: Path, *problems: str) -> ExportError:
     """The error for an opset that no exporter wrote: what each one did, and the opsets that work."""
     works = f"{DYNAMO_OPSET}-23 with the dynamo exporter (older ones only where its conversion handles the model)"
     if not job.external:
-        works += f", {OPSETS} with the torchscript exporter"
+        works += f", {OPSETS} with the torchscript exporter where the model's operators exist at that opset"
     what = "; ".join(problems)
-    return ExportError(f"{final}: cannot write ONNX opset {job.opset}: {what}. Opsets that work: {works}")
+    return ExportError(
+        f"{final}: cannot write ONNX opset {job.opset}: {what}. Ask for a higher opset: the exporters support {works}"
+    )
 
 
 class _ExporterFailed(ExportError):
