@@ -279,3 +279,29 @@ def test_remove_dead_removes_all_zero_rows_and_keeps_the_outputs():
     assert final[0].weight.shape == (21, 12) and final[2].weight.shape == (16, 21)
     assert final[4].weight.shape == (3, 16)  # the head keeps its outputs
     assert torch.allclose(final(x), expected, atol=1e-5)  # dead units' biases are folded forward
+
+
+@pytest.mark.parametrize("group", ["row", "none"])
+def test_l1_never_empties_a_layer(group):
+    """Found by review: a strong group lasso zeroed every unit of a layer (the head included), exit 0."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 4))
+    recipe = sparsekit.Recipe(
+        version=1,
+        model={"input_shape": [1, 16]},
+        finetune={"epochs": 1},
+        pruning=[{"method": "l1", "mode": "proximal", "strength": 5.0, "group": group, "threshold": 10.0,
+                  "remove_dead": False}],
+    )  # fmt: skip
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 16)).sum().backward()
+        opt.step()
+        pruner.step()
+    final = pruner.finalize()
+    for layer in (final[0], final[2]):
+        assert int((layer.weight != 0).sum()) >= 1
+    per_layer = pruner.methods[0].report()["per_layer"]
+    assert all("kept one unit alive" in (row["reason"] or "") for row in per_layer.values())

@@ -97,6 +97,7 @@ class L1:
                 f"{spec.schedule.end_epoch:g}); leave schedule out to regularize the whole run"
             )
         self.step = 0  # optimizer steps completed
+        self.floored: set[str] = set()  # layers kept from going all-zero (one unit or weight left alive)
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
@@ -131,18 +132,38 @@ class L1:
         # no bool reductions over whole weights (slow on CPU); zeros it makes are exact already, so
         # the mask only needs their bits cleared (the pruner applies masks right after).
         lam = self.spec.strength
-        for module in self.layers.values():
+        for name, module in self.layers.items():
             w = weight_of(module)
             if self.spec.group == "none":
-                w.copy_(F.softshrink(w, lam))  # sign(w) * max(|w| - lam, 0), bit for bit
+                flat = w.view(-1)
+                mask = get_mask(module)
+                # Masked weights moved with the optimizer step but are zeroed right after: not candidates.
+                magnitude = flat.abs() if mask is None else flat.abs() * mask.view(-1)
+                strongest = int(magnitude.argmax())
+                if float(flat[strongest].abs()) <= lam:
+                    # Never empty a layer: the shrink would zero every weight, so the largest one stays.
+                    keep = flat[strongest].clone()
+                    w.copy_(F.softshrink(w, lam))
+                    flat[strongest] = keep
+                    self.floored.add(name)
+                else:
+                    w.copy_(F.softshrink(w, lam))  # sign(w) * max(|w| - lam, 0), bit for bit
                 _clear_mask_bits(module, w.bool())  # w.bool() is `w != 0`, several times faster
             else:
                 dtype = torch.promote_types(w.dtype, torch.float32)
                 norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
                 # Norm 0 gives scale 0 (not nan): the group is already dead.
                 scale = (1 - lam / norms.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
-                w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
                 dead = scale == 0  # one entry per group: cheap to test
+                if bool(dead.any()) and bool(dead.all()):
+                    # Never empty a layer (it would pass on only a constant): its strongest unit skips
+                    # this shrink, so at least one unit lives.
+                    mask = get_mask(module)
+                    alive_rows = None if mask is None else unit_view(mask, module).any(dim=1)
+                    keep = int((norms if alive_rows is None else norms * alive_rows).argmax())
+                    scale[keep], dead[keep] = 1.0, False
+                    self.floored.add(name)
+                w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
                 if bool(dead.any()):
                     ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
 
@@ -163,13 +184,21 @@ class L1:
         when the input shape is unknown."""
         if self.spec.threshold > 0:
             with torch.no_grad():
-                for module in self.layers.values():
+                for name, module in self.layers.items():
                     w = weight_of(module)
                     if self.spec.group == "none":
-                        set_mask(module, w.abs() >= self.spec.threshold)
+                        keep = w.abs() >= self.spec.threshold
+                        if not bool(keep.any()):  # never empty a layer: its largest weight stays
+                            keep.view(-1)[int(w.abs().argmax())] = True
+                            self.floored.add(name)
+                        set_mask(module, keep)
                     else:
                         # Group lasso shrinks whole rows: the threshold applies to each row's norm.
-                        alive = torch.linalg.vector_norm(self._groups(w, module), dim=1) >= self.spec.threshold
+                        norms = torch.linalg.vector_norm(self._groups(w, module), dim=1)
+                        alive = norms >= self.spec.threshold
+                        if not bool(alive.any()):  # never empty a layer: its strongest unit stays
+                            alive[int(norms.argmax())] = True
+                            self.floored.add(name)
                         set_mask(module, unit_broadcast(alive, module, w).expand_as(w))
         if self.spec.remove_dead:
             model, history = self._remove_dead(model)
@@ -223,7 +252,10 @@ class L1:
         """Asked vs achieved (:func:`~sparsekit.stats.asked_vs_achieved`; ``asked`` is None: l1 sets no
         target, its zeros come from training) and, after a dead-unit removal,
         ``{"dead_units": {"found": n, "kept": k}}``."""
-        out = asked_vs_achieved(self.layers, None)
+        reasons = {
+            n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
+        }
+        out = asked_vs_achieved(self.layers, None, reasons=reasons)
         if self.dead_units:
             out["dead_units"] = self.dead_units
         return out
@@ -233,9 +265,10 @@ class L1:
         return []
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer steps completed."""
-        return {"step": self.step}
+        """The optimizer steps completed, and the layers kept from going all-zero (for the report)."""
+        return {"step": self.step, "floored": sorted(self.floored)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.step = int(state["step"])
+        self.floored = {str(n) for n in state.get("floored", [])}
