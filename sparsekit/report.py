@@ -302,7 +302,9 @@ def notes(report: Report) -> list[str]:
         if du and du.found:
             out.append(
                 f"{m.method}: {du.found - du.kept} of {du.found} all-zero units removed; {du.kept} kept "
-                "because removing them would change the outputs (residual add, depthwise conv or zero padding)."
+                "because removing them would change the outputs or the layout does not allow it (a residual "
+                "add, depthwise conv, zero padding, a norm over the units such as LayerNorm, tied weights, or a "
+                "graph the removal cannot trace)."
             )
     for i, m in enumerate(report.methods):
         if m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
