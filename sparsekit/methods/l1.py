@@ -158,10 +158,10 @@ class L1:
                 if bool(dead.any()) and bool(dead.all()):
                     # Never empty a layer (it would pass on only a constant): its strongest unit skips
                     # this shrink, so at least one unit lives.
-                    mask = get_mask(module)
-                    alive_rows = None if mask is None else unit_view(mask, module).any(dim=1)
-                    keep = int((norms if alive_rows is None else norms * alive_rows).argmax())
-                    scale[keep], dead[keep] = 1.0, False
+                    unit_mask = get_mask(module)
+                    alive_rows = None if unit_mask is None else unit_view(unit_mask, module).any(dim=1)
+                    strongest_unit = int((norms if alive_rows is None else norms * alive_rows).argmax())
+                    scale[strongest_unit], dead[strongest_unit] = 1.0, False
                     self.floored.add(name)
                 w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
                 if bool(dead.any()):
