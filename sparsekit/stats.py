@@ -105,20 +105,24 @@ def asked_vs_achieved(
     asked: float | None,
     layer_asked: float | None = None,
     reasons: dict[str, str] | None = None,
+    initial: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """What a method asked and reached, for its ``report()``: ``{"asked": asked, "achieved": zeros over all
     of ``layers``' weights, "per_layer": {name: {"asked": layer_asked, "achieved": its zero fraction,
-    "reason": reasons.get(name)}}}`` (fractions 0..1; ``asked`` None when the method sets no target)."""
+    "reason": reasons.get(name)}}}`` (fractions 0..1; ``asked`` None when the method sets no target).
+    ``initial``: each layer's weight count before units were removed, so removed weights count as
+    pruned (fraction = 1 - nonzero now / weights at the start)."""
     reasons = reasons or {}
     zeros = total = 0
     per_layer = {}
     for name, module in layers.items():
         w = weight_of(module).detach()
-        z = int((w == 0).sum())
-        zeros, total = zeros + z, total + w.numel()
+        n = max(w.numel(), (initial or {}).get(name, 0))
+        z = n - int((w != 0).sum())  # zeros, plus the weights of removed units
+        zeros, total = zeros + z, total + n
         per_layer[name] = {
             "asked": layer_asked,
-            "achieved": z / w.numel() if w.numel() else 0.0,
+            "achieved": z / n if n else 0.0,
             "reason": reasons.get(name),
         }
     return {"asked": asked, "achieved": zeros / total if total else 0.0, "per_layer": per_layer}

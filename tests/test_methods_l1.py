@@ -305,3 +305,22 @@ def test_l1_never_empties_a_layer(group):
         assert int((layer.weight != 0).sum()) >= 1
     per_layer = pruner.methods[0].report()["per_layer"]
     assert all("kept one unit alive" in (row["reason"] or "") for row in per_layer.values())
+
+
+def test_l1_achieved_counts_the_weights_of_removed_units():
+    """Found by review: after remove_dead shrank a layer, its achieved fraction only counted zeros left."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 4))
+    with torch.no_grad():
+        model[0].weight[:6] = 0  # six dead units for remove_dead to take out
+    recipe = sparsekit.Recipe(
+        version=1,
+        model={"input_shape": [1, 16]},
+        finetune={"epochs": 1},
+        pruning=[{"method": "l1", "strength": 1e-6, "group": "row", "layers": {"include": ["0"]}}],
+    )
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    final = pruner.finalize()
+    assert final[0].out_features == 6  # the dead units are gone
+    row = pruner.methods[0].report()["per_layer"]["0"]
+    assert row["achieved"] == pytest.approx(0.5)  # 96 of 192 weights, though none of those left is zero

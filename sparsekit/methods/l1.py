@@ -98,6 +98,8 @@ class L1:
             )
         self.step = 0  # optimizer steps completed
         self.floored: set[str] = set()  # layers kept from going all-zero (one unit or weight left alive)
+        # Weight counts before remove_dead shrinks layers: removed units count as pruned in the report.
+        self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
@@ -255,7 +257,7 @@ class L1:
         reasons = {
             n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
         }
-        out = asked_vs_achieved(self.layers, None, reasons=reasons)
+        out = asked_vs_achieved(self.layers, None, reasons=reasons, initial=self.initial)
         if self.dead_units:
             out["dead_units"] = self.dead_units
         return out
