@@ -42,18 +42,20 @@ from .base import UNCHANGED, Changes, Setup
 
 
 def _check_group(group: str, layers: dict[str, nn.Module], where: str) -> None:
+    # The conv kinds actually selected, so the suggested layers.types fits this model.
+    conv_kinds = ", ".join(sorted({type(m).__name__ for m in layers.values() if isinstance(m, _ConvNd)})) or "Conv2d"
     for name, module in layers.items():
         kind = type(module).__name__
         if group == "row" and not isinstance(module, nn.Linear):
             raise RecipeError(
                 f"{where}.group: 'row' groups the rows of Linear weights, but layer {name!r} is a {kind}: "
                 "use group: channel for conv layers, or set layers.types: [Linear] (add a second l1 entry "
-                "with group: channel and layers.types: [Conv2d] for the convolutions)"
+                f"with group: channel and layers.types: [{conv_kinds}] for the convolutions)"
             )
         if group == "channel" and not isinstance(module, _ConvNd):
             raise RecipeError(
                 f"{where}.group: 'channel' groups the output channels of Conv weights, but layer {name!r} "
-                f"is a {kind}: use group: row for Linear layers, or set layers.types: [Conv2d] (add a second "
+                f"is a {kind}: use group: row for Linear layers, or set layers.types: [{conv_kinds}] (add a second "
                 "l1 entry with group: row and layers.types: [Linear] for the fully connected layers)"
             )
 
