@@ -98,3 +98,13 @@ FAST = [
     "--no-progress",
 ]
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for tests of tiny tensors: a second thread only adds synchronization, which
+    stalls badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

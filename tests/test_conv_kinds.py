@@ -25,13 +25,7 @@ from sparsekit.modelio import infer_input_shape
 from sparsekit.recipe import LAYER_TYPES, LayerSelect
 from sparsekit.stats import layer_macs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def recipe(*pruning: dict, epochs: int = 0, **model) -> sparsekit.Recipe:

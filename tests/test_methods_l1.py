@@ -8,14 +8,7 @@ import sparsekit
 from sparsekit.errors import RecipeError
 from sparsekit.masks import get_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds synchronization, which stalls badly on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def recipe(epochs: int = 2, *extra: dict, **method) -> sparsekit.Recipe:

@@ -10,13 +10,7 @@ from sparsekit.masks import get_mask
 MAX = 1.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds synchronization, which stalls badly on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def recipe(*extra: dict, first: bool = True, epochs: int = 2, **method) -> sparsekit.Recipe:
