@@ -2,6 +2,7 @@
 
 >>> pruner = Pruner(model, recipe, steps_per_epoch=len(train_loader))
 >>> loss = criterion(model(x), y) + pruner.penalty(); loss.backward(); opt.step(); pruner.step()
+>>> loss = criterion(model(x), y); loss.backward(); pruner.regularize(); opt.step(); pruner.step()  # same
 >>> model = pruner.finalize()
 
 Each entry of the recipe's ``pruning`` list becomes a method (:mod:`sparsekit.methods`); the Pruner
@@ -196,6 +197,33 @@ class Pruner:
                 self._zero = torch.zeros((), device=device)  # made once: this runs every step
             total = self._zero
         return total
+
+    def regularize(self) -> None:
+        """After ``loss.backward()`` and before ``optimizer.step()``: add the gradient of :meth:`penalty`
+        (L1 ``strength * sign(w)``, group lasso ``strength * w_g / ||w_g||_2``) to each weight's ``.grad``
+        in place, so the user's loss needs no edit (Torch-Pruning's ``regularize`` pattern). Use it
+        instead of adding ``penalty()`` to the loss, not as well. A no-op when the recipe has no penalty
+        at this step.
+
+        Mixed precision: with ``torch.amp.GradScaler`` the grads are scaled until ``scaler.unscale_``,
+        so call ``scaler.unscale_(optimizer)`` first, then ``regularize()``, then ``scaler.step``.
+        Gradient accumulation: call it once per real optimizer step (after the last micro-batch's
+        backward), like :meth:`step`.
+
+        >>> loss.backward(); pruner.regularize(); optimizer.step(); pruner.step()
+        """
+        total = self.penalty()
+        if not total.requires_grad:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+        for param, grad in zip(params, grads, strict=True):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad.detach()
+            else:
+                param.grad.add_(grad)
 
     def step(self) -> None:
         """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints.
