@@ -223,6 +223,19 @@ def main() -> None:
     help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
 )
 @trust_code_option
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"] + [f"cuda:{i}" for i in range(16)]),
+    metavar="auto|cpu|cuda[:N]|mps",
+    help="Where to train (overrides finetune.device, default auto: CUDA when available). Under torchrun "
+    "each process uses cuda:LOCAL_RANK.",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path),
+    help="Write per-step and per-epoch metrics (CSV; TensorBoard when installed) to a new folder in DIR "
+    "(finetune.log: true writes them to OUT/logs instead).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (logs stay on stderr).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @debug_option
@@ -238,6 +251,8 @@ def prune(
     overwrite: bool,
     trust_model_file: bool,
     trust_code: bool,
+    device: str | None,
+    log_dir: Path | None,
     as_json: bool,
     no_progress: bool,
     debug: bool,
@@ -249,6 +264,10 @@ def prune(
     \b
     Example:
       sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
+    \b
+    Several processes (DistributedDataParallel; gloo on CPU, nccl on GPU), rank 0 writes DIR:
+      torchrun --nproc-per-node=2 -m sparsekit prune lenet.pt lenet-gradual-magnitude-90 \\
+          --arch examples.models:lenet_300_100 -o out
 
     Outputs are built in DIR/.sparsekit/next and moved into DIR when the run ends, so an interrupted
     or failed run leaves earlier results as they were. --overwrite replaces only files an earlier
@@ -262,6 +281,8 @@ def prune(
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    if device:
+        overrides = (*overrides, f"finetune.device={device}")
     rec = load_recipe(find_recipe(recipe), list(overrides))
     report = run_prune(
         model,
@@ -275,7 +296,10 @@ def prune(
         resume=resume,
         progress=not no_progress,
         notify=lambda m: click.echo(m, err=True),
+        log_dir=log_dir,
     )
+    if report is None:
+        return  # a distributed run's rank other than 0: rank 0 reports
     _emit(report.to_json(), as_json, render_summary(report, out))
 
 

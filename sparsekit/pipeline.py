@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from . import __version__
+from . import distributed as _distributed
 from .data import load_data
-from .errors import DataError, ModelFileError, SparsekitError, one_line, option
+from .errors import DataError, ModelFileError, OutputError, SparsekitError, one_line, option, quoted
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .pruner import Pruner
 from .recipe import Recipe
@@ -152,9 +153,16 @@ def run_prune(
     resume: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
-) -> Report:
+    log_dir: str | Path | None = None,
+) -> Report | None:
     """Run the whole recipe on the model file and write the output folder ``out``; returns the
     :class:`~sparsekit.report.Report` that report.json holds.
+
+    The model trains on ``recipe.finetune.device``. Started by ``torchrun`` with several processes,
+    the run is distributed (see :mod:`sparsekit.distributed`): every rank trains its shard of the data,
+    rank 0 alone measures, writes, exports and benchmarks, and returns the report; the other ranks
+    return None. Training metrics are logged (CSV, TensorBoard when installed) to ``log_dir`` when given
+    (a new folder per run inside it), else to ``out/logs`` when ``finetune.log`` is true.
 
     ``arch`` and ``data`` are the caller's own choices; a model factory or data callable named by the
     model file or the recipe runs only with ``trust_code=True`` or a trusted module. ``trust`` allows
@@ -170,17 +178,52 @@ def run_prune(
     out = Path(out)
     source = data or recipe.data.source
     data_file = source if source.endswith(".npz") else None
-    folder = RunFolder.prepare(out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume)
-    torch.manual_seed(recipe.seed)
-    inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
-    rehearse(inputs, recipe)
-    stage = folder.begin()  # after inputs are known good: a typo never touches the folder
+    device = _distributed.resolve_device(recipe.finetune.device)
+    joined = _distributed.init_from_env(device)  # under torchrun: one process group, rank 0 writes
+    main = _distributed.is_main()
     try:
-        report = _run(inputs, recipe, stage, out, resume=resume, progress=progress, notify=notify)
-        folder.publish()
+        folder = RunFolder(out, resume)
+        failure: SparsekitError | None = None
+        if main:
+            try:
+                folder = RunFolder.prepare(
+                    out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume
+                )
+            except SparsekitError as err:
+                failure = err
+        verdict = _distributed.agree(quoted(failure) if failure else None)  # the other ranks stop too
+        if failure:
+            raise failure
+        if verdict:
+            raise SparsekitError(verdict)
+        torch.manual_seed(recipe.seed)
+        inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
+        rehearse(inputs, recipe)
+        if not main:
+            _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
+            return None
+        stage = folder.begin()  # after inputs are known good: a typo never touches the folder
+        try:
+            report = _run(
+                inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
+                log_dir=log_dir,
+            )  # fmt: skip
+            folder.publish()
+        finally:
+            folder.unlock()
+            _distributed.barrier()  # the other ranks wait here until the outputs are published
+        return report
     finally:
-        folder.unlock()
-    return report
+        if joined:
+            _distributed.close()
+
+
+def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.device, *, resume: bool) -> None:
+    """What a rank other than 0 does in a distributed run: train its shard in step with the others
+    (reading rank 0's checkpoint when resuming), finalize the same way, then wait for rank 0 to write."""
+    _distributed.barrier()  # rank 0 has measured the dense model and created the staging folder
+    prune_model(inputs.loaded.model.to(device), recipe, inputs, stage, resume=resume, progress=False, log_dir=None)
+    _distributed.barrier()
 
 
 def check_inputs(
@@ -222,7 +265,8 @@ def check_inputs(
         named_in=None if data else (recipe.source or "the recipe"),
         trust_code=trust_code,
     )
-    spe = steps_per_epoch(recipe.finetune, len(bundle.train))
+    # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
+    spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))
     return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
 
 
@@ -242,19 +286,25 @@ def _run(
     stage: Path,
     final_out: Path,
     *,
+    device: torch.device,
     resume: bool,
     progress: bool,
     notify: Callable[[str], None] | None,
+    log_dir: str | Path | None,
 ) -> Report:
     """The stages after the inputs are checked, writing into the staging folder ``stage``; paths in
     the report name the files where they will be once published (``final_out``)."""
     expectation = what_it_buys(recipe)
     if notify:
         notify(expectation)
-    model = inputs.loaded.model
+    model = inputs.loaded.model.to(device)
     log.info("evaluating the dense model")
     dense = measure(model, inputs, recipe, stage / "dense.onnx")
-    model, history, pruner = prune_model(model, recipe, inputs, stage, resume=resume, progress=progress)
+    _distributed.barrier()  # the other ranks start training with rank 0
+    logs = _log_folder(log_dir, stage, recipe)
+    model, history, pruner = prune_model(model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=logs)
+    if logs is not None and notify:
+        notify(f"training metrics: {logs if log_dir else final_out / 'logs'} (steps.csv, epochs.csv)")
     save_model(
         model,
         stage / "model.pt",
@@ -282,6 +332,8 @@ def _run(
             "source": inputs.source,
             "train_batches": len(inputs.bundle.train),
             "val_batches": len(inputs.bundle.val),
+            "processes": _distributed.world_size(),
+            "device": str(device),
         },
         dense={**dense.metrics, **dense.stats, **file_sizes(stage / "dense.onnx", 32), **dense.onnx_info()},
         pruned={**pruned.metrics, **pruned.stats, **file_sizes(stage / "model.onnx", 32), **pruned.onnx_info()},
@@ -321,12 +373,41 @@ def measure(model: nn.Module, inputs: Inputs, recipe: Recipe, onnx_path: Path) -
     return Measured(metrics, stats, layers, exported)
 
 
+def _log_folder(log_dir: str | Path | None, stage: Path, recipe: Recipe) -> Path | None:
+    """Where training metrics go: a new folder inside the caller's ``log_dir`` (never one that exists,
+    so nothing there is overwritten), else ``stage/logs`` when ``finetune.log`` is true, else nowhere."""
+    if log_dir is not None:
+        import time
+
+        base = Path(log_dir)
+        name = time.strftime("sparsekit-%Y%m%d-%H%M%S")
+        for n in range(1000):
+            folder = base / (name if n == 0 else f"{name}-{n}")
+            try:
+                folder.mkdir(parents=True, exist_ok=False)
+                return folder
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise OutputError(f"{base}: cannot create a log folder there ({err.strerror or err})") from None
+        raise OutputError(f"{base}: too many log folders named {name}-*; choose another log folder")
+    return stage / "logs" if recipe.finetune.log else None
+
+
 def prune_model(
-    model: nn.Module, recipe: Recipe, inputs: Inputs, stage: Path, *, resume: bool, progress: bool
+    model: nn.Module,
+    recipe: Recipe,
+    inputs: Inputs,
+    stage: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    log_dir: Path | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
     """Prune while fine-tuning (checkpoints in ``stage/checkpoints``), or, with no fine-tuning epochs,
     calibrate gradient-based methods on a few batches; returns the finalized model in eval mode, the
-    per-epoch history and the pruner."""
+    per-epoch history and the pruner. Distributed: every rank calls it with the same model and recipe
+    (see :func:`sparsekit.finetune`); calibration then reads each rank's shard through DDP."""
     model.train()
     pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
     history: list[dict[str, Any]] = []
@@ -340,10 +421,13 @@ def prune_model(
             progress=progress,
             checkpoint_dir=stage / "checkpoints",
             resume=resume,
+            log_dir=log_dir,
         )
     elif any(m.needs_grad for m in pruner.methods):
         batches = max(getattr(s, "calibration_batches", 0) for s in recipe.pruning)
-        calibrate(model, pruner, inputs.bundle.train, batches)
+        wrapped = _distributed.wrap(model)
+        pruner.average_grads = wrapped is model  # DDP averages the calibration gradients itself
+        calibrate(wrapped, pruner, _distributed.shard(inputs.bundle.train, recipe.seed), batches)
     return pruner.finalize().eval(), history, pruner
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed as _distributed
 from . import methods
 from .errors import TargetError
 from .masks import MASK, apply_masks, bake, get_mask
@@ -52,6 +53,15 @@ class Pruner:
 
     >>> pruner = Pruner(model, recipe, len(loader), scorers={0: lambda w, g: -w.abs()})
 
+    Under ``torch.distributed`` (e.g. ``torchrun``) every rank must end each step with the same masks:
+    wrap the model in ``DistributedDataParallel`` (its averaged gradients make gradient scores equal) and
+    call :meth:`step` on every rank. For a model used without DDP, :attr:`average_grads` (True then) makes
+    the Pruner average gradients across ranks before gradient scoring. A checksum of the masks is compared
+    across ranks once per epoch and at :meth:`finalize`; ranks that disagree raise
+    :class:`~sparsekit.distributed.DivergenceError`. After structured pruning removed channels under DDP,
+    rebuild the wrapper (``model = sparsekit.distributed.rewrap(model)``) on every rank, then
+    :meth:`update_optimizer`.
+
     A non-callable scorer is a TypeError; an index outside ``recipe.pruning`` or an entry that ranks
     nothing (l1, max_norm) is a ValueError. Building also raises TargetError when a recipe's layer
     selection does not fit the model, two methods would mask the same weights, or a method would untie
@@ -71,6 +81,9 @@ class Pruner:
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model = _unwrap(model)
+        # Under torch.distributed, DDP averages gradients in backward(); a model used without it gets
+        # them averaged here before gradient scoring, so every rank ranks the same scores.
+        self.average_grads = self.model is model
         self.recipe = recipe
         self.steps_per_epoch = steps_per_epoch
         self.step_count = 0
@@ -242,9 +255,17 @@ class Pruner:
         if self._structural:
             self._remember_params()
         self.step_count += 1
+        distributed = _distributed.active()
+        if distributed and self.average_grads and any(m.needs_grad for m in self.methods):
+            _distributed.average_grads(self.model.parameters())
         for method in self.methods:
             self._record(method.after_step(self.step_count))
         apply_masks(self.model)
+        if distributed and self.step_count % self.steps_per_epoch == 0:
+            _distributed.check_masks(self._mask_views(), f"after step {self.step_count}")
+
+    def _mask_views(self) -> dict[str, torch.Tensor]:
+        return {n: mask for n, m in self.model.named_modules() if (mask := get_mask(m)) is not None}
 
     def _record(self, changes: methods.Changes) -> None:
         """Take note of what a method's hook did: the one place the Pruner's structural state changes."""
@@ -306,6 +327,8 @@ class Pruner:
         and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
         TargetError when a method could not do its job (e.g. gradient scores never arrived)."""
         apply_masks(self.model)
+        if _distributed.active():
+            _distributed.check_masks(self._mask_views(), "at finalize")
         model = self.model
         for method in self.methods:
             model, changes = method.finalize(model)

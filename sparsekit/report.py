@@ -55,6 +55,8 @@ class DataInfo(_Closed):
     source: str
     train_batches: int
     val_batches: int
+    processes: int = Field(1, description="training processes (torchrun ranks); each trained 1/processes of the data")
+    device: str = Field("cpu", description="where the model trained (cpu, cuda:0, ...)")
 
 
 class Latency(_Open):

@@ -51,7 +51,8 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
     was_training = model.training
     try:
         model.eval()
-        model(torch.zeros([1, *list(input_shape)[1:]]))
+        param = next(model.parameters(), None)
+        model(torch.zeros([1, *list(input_shape)[1:]], device=param.device if param is not None else None))
     finally:
         model.train(was_training)
         for h in hooks:

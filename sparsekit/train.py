@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed as _distributed
 from .data import batches as _batches
 from .errors import DataError, RecipeError, SparsekitError, one_line, option, quoted
 from .fsutil import atomic_path
+from .metrics_log import MetricsLog
 from .pruner import Pruner
 from .recipe import FinetuneSpec, Recipe
-from .stats import sparsity
+from .stats import layer_report, sparsity
 
 log = logging.getLogger("sparsekit")
 
@@ -157,6 +159,7 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    log_dir: str | Path | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
     """Fine-tune ``model`` for ``recipe.finetune.epochs`` while the pruner follows its schedules.
 
@@ -166,30 +169,45 @@ def finetune(
     after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated.
     ``pruner`` defaults to a new :class:`Pruner` over ``recipe``. ``on_epoch`` receives each history row.
 
-    Returns ``(model, history, pruner)``; call ``pruner.finalize()`` afterwards. ``history`` has one row
-    per epoch: ``epoch`` (from 1), ``sparsity`` (fraction of zero prunable weights), ``train_loss`` and
-    ``val_loss`` (mean cross-entropy, nats per sample), ``val_accuracy`` (top-1, 0..1) and ``lr`` (the
-    rate the epoch trained at). With ``checkpoint_dir`` a resumable checkpoint (``last.pt``: weights,
-    optimizer, scheduler, pruner, RNG and shuffle state) is written after every epoch; ``resume=True``
-    continues from it bit for bit as the uninterrupted run would have.
+    The model trains on ``finetune.device`` (moved there first; a DistributedDataParallel model stays on
+    its own device). Inside a ``torch.distributed`` process group (``torchrun``) the model is wrapped
+    in DistributedDataParallel, each rank trains on its shard of ``train_loader``'s dataset
+    (:func:`sparsekit.distributed.shard`; ``batch_size`` per rank), the wrapper is rebuilt after channels
+    are removed, and only rank 0 shows progress, writes checkpoints and logs; every rank evaluates.
+
+    Returns ``(model, history, pruner)`` (the model unwrapped); call ``pruner.finalize()`` afterwards.
+    ``history`` has one row per epoch: ``epoch`` (from 1), ``sparsity`` (fraction of zero prunable
+    weights), ``train_loss`` and ``val_loss`` (mean cross-entropy, nats per sample), ``val_accuracy``
+    (top-1, 0..1) and ``lr`` (the rate the epoch trained at). With ``checkpoint_dir`` a resumable
+    checkpoint (``last.pt``: weights, optimizer, scheduler, pruner, CPU and CUDA RNG and shuffle state)
+    is written after every epoch; ``resume=True`` continues from it bit for bit as the uninterrupted
+    run would have. With ``log_dir``, per-step and per-epoch metrics go to CSV (and TensorBoard when
+    installed), see :mod:`sparsekit.metrics_log`.
 
     Raises :class:`~sparsekit.errors.DataError` when a batch is malformed, the model fails on it, a label
     is out of range or the loss becomes NaN/inf on the data; :class:`~sparsekit.errors.RecipeError`
-    when training diverges or the checkpoint already finished more epochs than the recipe has; and
-    :class:`~sparsekit.errors.SparsekitError` when the checkpoint cannot be resumed (unreadable, another
-    model, or the recipe's pruning section changed)."""
+    when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
+    more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
+    cannot be resumed (unreadable, another model, or the recipe's pruning section changed)."""
     spec = recipe.finetune
+    inner = _distributed.unwrap(model)
+    if inner is model:
+        device = _distributed.resolve_device(spec.device)
+        if _device(model) != device:
+            model.to(device)
+    main = _distributed.is_main()
+    train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
-    optimizer = make_optimizer(model.parameters(), spec)
+    optimizer = make_optimizer(inner.parameters(), spec)
     history: list[dict[str, Any]] = []
     first_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
-            ckpt, model, optimizer, pruner, spec, _loader_generator(train_loader)
+            ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader)
         )
         if first_epoch > spec.epochs:
             raise RecipeError(
@@ -198,49 +216,93 @@ def finetune(
             )
     else:
         scheduler = make_scheduler(optimizer, spec)
-    with _progress(progress) as bar:
-        task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
-        for epoch in range(first_epoch, spec.epochs):
-            lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at
-            model.train()
-            loss_sum, seen = 0.0, 0
-            for i, (x, y) in enumerate(_batches(train_loader, "data: the training loader")):
-                if i >= steps:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss = _loss(model, x, y)[0]
-                value = loss.item()  # the one host sync per step, for the divergence check and the running mean
-                if not math.isfinite(value):
-                    raise _not_finite(value, epoch, i, x, model, optimizer)
-                (loss + pruner.penalty()).backward()
-                optimizer.step()
-                pruner.step()
-                if pruner.structure_changed:
-                    # torch-pruning replaced the Parameter objects: the optimizer follows them in place, so
-                    # the scheduler attached to it keeps driving it.
-                    _follow_in_place(pruner, optimizer)
-                loss_sum += value * len(y)
-                seen += len(y)
-                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
-            scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
-            metrics = evaluate(model, val_loader)
-            row = {
-                "epoch": epoch + 1,
-                "sparsity": sparsity(model),
-                "train_loss": loss_sum / max(seen, 1),
-                "val_accuracy": metrics["accuracy"],
-                "val_loss": metrics["loss"],
-                "lr": lr,
-            }
-            history.append(row)
-            bar.update(task, info=f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}")
-            if ckpt:
-                _save_checkpoint(
-                    ckpt, epoch + 1, model, optimizer, scheduler, spec, pruner, history, _loader_generator(train_loader)
-                )
-            if on_epoch:
-                on_epoch(row)
-    return model, history, pruner
+    if _distributed.active() and inner is model:
+        model = _distributed.wrap(model)
+        pruner.average_grads = False  # DDP averages them in backward()
+    metrics_log = MetricsLog(log_dir, first_epoch * steps) if log_dir and main else None
+    masks_before = pruner.masks() if metrics_log else {}
+    try:
+        with _progress(progress and main) as bar:
+            task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
+            for epoch in range(first_epoch, spec.epochs):
+                lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at
+                model.train()
+                _distributed.set_epoch(train_loader, epoch)
+                loss_sum, seen = 0.0, 0
+                for i, (x, y) in enumerate(_batches(train_loader, "data: the training loader")):
+                    if i >= steps:
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = _loss(model, x, y)[0]
+                    value = loss.item()  # the one host sync per step, for the divergence check and the mean
+                    if not math.isfinite(value):
+                        raise _not_finite(value, epoch, i, x, model, optimizer)
+                    (loss + pruner.penalty()).backward()
+                    optimizer.step()
+                    pruner.step()
+                    if pruner.structure_changed:
+                        # torch-pruning replaced the Parameter objects: the optimizer follows them in place,
+                        # so the scheduler attached to it keeps driving it; DDP's buckets need a new wrapper.
+                        _follow_in_place(pruner, optimizer)
+                        model = _distributed.rewrap(model)
+                    loss_sum += value * len(y)
+                    seen += len(y)
+                    if metrics_log:
+                        metrics_log.step(pruner.step_count, pruner.epoch, value, lr)
+                    bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
+                scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
+                metrics = evaluate(pruner.model, val_loader)
+                row = {
+                    "epoch": epoch + 1,
+                    "sparsity": sparsity(pruner.model),
+                    "train_loss": loss_sum / max(seen, 1),
+                    "val_accuracy": metrics["accuracy"],
+                    "val_loss": metrics["loss"],
+                    "lr": lr,
+                }
+                history.append(row)
+                info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"
+                bar.update(task, info=info)
+                if ckpt and main:
+                    _save_checkpoint(
+                        ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
+                        _loader_generator(train_loader),
+                    )  # fmt: skip
+                if metrics_log:
+                    masks_now = pruner.masks()
+                    changed = _changes(masks_before, masks_now)
+                    metrics_log.epoch(row, pruner.step_count, _layer_sparsity(pruner.model), changed)
+                    masks_before = masks_now
+                if on_epoch:
+                    on_epoch(row)
+    finally:
+        if metrics_log:
+            metrics_log.close()
+    return pruner.model, history, pruner
+
+
+def _sharded(loader: Any, seed: int) -> Any:
+    """Under torch.distributed, ``loader`` reading this rank's shard (unless it already has a
+    DistributedSampler of the caller's); else ``loader``."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    if not _distributed.active() or isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        return loader
+    return _distributed.shard(loader, seed)
+
+
+def _layer_sparsity(model: nn.Module) -> dict[str, float]:
+    return {row["name"]: row["sparsity"] for row in layer_report(model)}
+
+
+def _changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
+    """Mask entries that differ between two :meth:`Pruner.masks` snapshots (a layer whose shape changed
+    counts all its entries)."""
+    total = 0
+    for name, mask in after.items():
+        old = before.get(name)
+        total += int((old != mask).sum()) if old is not None and old.shape == mask.shape else mask.numel()
+    return total
 
 
 def _follow_in_place(pruner: Pruner, optimizer: torch.optim.Optimizer) -> None:
@@ -296,6 +358,7 @@ def _save_checkpoint(
         "pruner": pruner.state_dict(),
         "history": history,
         "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "loader_rng": loader_rng.get_state() if loader_rng is not None else None,
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
         "pruning": _pruning_key(pruner),
@@ -342,6 +405,9 @@ def _load_checkpoint(
     else:
         scheduler = _replayed(optimizer, spec, epoch)
     torch.set_rng_state(state["rng"])
+    cuda_rng = state.get("cuda_rng")
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
     if loader_rng is not None and state.get("loader_rng") is not None:
         loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
     return epoch, list(state["history"]), optimizer, scheduler

@@ -1,0 +1,275 @@
+"""Devices and ``torch.distributed``: where a run trains, and how ``torchrun`` processes agree.
+
+``torchrun --nproc-per-node=N -m sparsekit prune ...`` starts N processes with ``RANK``, ``LOCAL_RANK``
+and ``WORLD_SIZE`` in their environment. :func:`init_from_env` joins them into one process group
+(``gloo`` on CPU, ``nccl`` on CUDA); every rank then trains a ``DistributedDataParallel`` replica on its
+own shard of the training data (:func:`shard`), and only rank 0 writes, exports and benchmarks.
+
+Masks stay identical on every rank because everything they are computed from is identical there:
+weights (DDP keeps replicas equal), and gradients, which DDP averages across ranks in ``backward()``
+(a model not wrapped in DDP gets its gradients averaged by :class:`~sparsekit.pruner.Pruner` before
+gradient-based scoring, see :func:`average_grads`). :func:`check_masks` proves it: a checksum of every
+mask is compared across ranks once per epoch and at ``finalize()``, and a divergence is an error naming
+the first layer that differs, not a silently different model per rank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import RecipeError, SparsekitError, option
+
+
+class DivergenceError(SparsekitError):
+    """Ranks of one distributed run hold different masks."""
+
+
+def active() -> bool:
+    """True inside an initialized process group of more than one process."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    """Processes in the group (1 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """True on the process that writes outputs: rank 0, or the only process."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """True when started by ``torchrun`` (or any launcher setting ``WORLD_SIZE``) with more than one process."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``torch.device`` for ``finetune.device``: ``auto`` (CUDA when available, else CPU), ``cpu``,
+    ``cuda``, ``cuda:N`` or ``mps``. Under a multi-process launch, ``auto`` and ``cuda`` mean
+    ``cuda:LOCAL_RANK`` (one GPU per process, the torchrun convention).
+
+    Raises :class:`~sparsekit.errors.RecipeError` naming ``finetune.device`` when the device is not
+    there (no CUDA build or GPU, an index past the GPUs present, no MPS), or when ``cuda:N`` is given
+    to a multi-process run."""
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local if launched() else torch.cuda.current_device())
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    fix = f"use auto or cpu ({option('set', 'finetune.device=cpu')})"
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise RecipeError(f"finetune.device: 'mps', but this torch has no usable MPS device; {fix}")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise RecipeError(
+            f"finetune.device: {name!r}, but torch sees no CUDA device (a CPU-only build of torch, no GPU, or "
+            f"CUDA_VISIBLE_DEVICES hides them); {fix}"
+        )
+    count = torch.cuda.device_count()
+    if name == "cuda":
+        return torch.device("cuda", local if launched() else torch.cuda.current_device())
+    index = int(name.split(":", 1)[1])
+    if launched():
+        raise RecipeError(
+            f"finetune.device: {name!r} in a run of {os.environ.get('WORLD_SIZE')} processes: each process uses "
+            f"cuda:LOCAL_RANK; ask for 'cuda' ({option('set', 'finetune.device=cuda')})"
+        )
+    if index >= count:
+        raise RecipeError(f"finetune.device: {name!r}, but only {count} CUDA device(s) are visible (cuda:0..)")
+    return torch.device("cuda", index)
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group a launcher described in the environment (``MASTER_ADDR``, ``RANK``, ...):
+    ``nccl`` for a CUDA device, else ``gloo``. Returns True when this run is distributed; a no-op
+    (False) for a single process, True when a group is already initialized by the caller."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if not launched():
+        return False
+    if not dist.is_available():
+        raise SparsekitError("started with WORLD_SIZE > 1, but this torch build has no torch.distributed")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def close() -> None:
+    """Leave the process group :func:`init_from_env` joined (no-op when there is none)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    import torch.distributed as dist
+
+    if active():
+        dist.barrier()
+
+
+def agree(error: str | None) -> str | None:
+    """Every rank learns rank 0's verdict: ``error`` is rank 0's message (None when it succeeded); returns
+    it on all ranks. Used where only rank 0 can check something (the output folder), so the others stop
+    with it instead of waiting forever."""
+    import torch.distributed as dist
+
+    if not active():
+        return error
+    box = [error]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(loader: Any, seed: int) -> Any:
+    """``loader`` (a ``torch.utils.data.DataLoader``) rebuilt to read this rank's shard of its dataset
+    through a ``DistributedSampler`` (shuffled with ``seed``, padded so every rank has as many batches);
+    ``batch_size`` stays per rank, so an epoch has ``1/world_size`` of the single-process steps.
+    Returned unchanged when not distributed. Call :func:`set_epoch` at the start of every epoch.
+
+    Raises :class:`~sparsekit.errors.SparsekitError` for a loader that is not a DataLoader over a
+    map-style dataset (it cannot be sharded without knowing its length)."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    if not active():
+        return loader
+    if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
+        raise SparsekitError(
+            "data: a distributed run shards the training data with a DistributedSampler, which needs a "
+            f"torch DataLoader over a dataset with a len() (got {type(loader).__name__})"
+        )
+    sampler: DistributedSampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+    )
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell a sharded loader's ``DistributedSampler`` which epoch starts, so each epoch shuffles anew and
+    a resumed run shuffles as the uninterrupted one would have."""
+    set_sampler_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if callable(set_sampler_epoch):
+        set_sampler_epoch(epoch)
+
+
+def wrap(model: nn.Module) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` (on its own device) when distributed, else ``model``.
+    Building the wrapper broadcasts rank 0's weights and buffers, so every replica starts equal."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device = next(model.parameters()).device
+    return DDP(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def rewrap(model: nn.Module) -> nn.Module:
+    """A new ``DistributedDataParallel`` around ``model.module`` after structured pruning replaced its
+    parameters (DDP's buckets hold the old ones); ``model`` itself when it is not DDP. Every rank must
+    call it at the same step (the Pruner removes channels at the same step everywhere)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if not isinstance(model, DDP):
+        return model
+    inner = model.module
+    return DDP(inner, device_ids=model.device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (itself otherwise)."""
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def average_grads(params: Iterable[nn.Parameter]) -> None:
+    """Average ``.grad`` of ``params`` across ranks in place (all-reduce, then divide by the world size);
+    parameters without a gradient are skipped, the same ones on every rank."""
+    import torch.distributed as dist
+
+    if not active():
+        return
+    n = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(n)
+
+
+def _checksum(masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Two numbers per mask, in name order: how many weights it keeps, and a position-weighted sum of the
+    kept positions (different masks with the same count almost surely differ there)."""
+    rows = []
+    for name in sorted(masks):
+        m = masks[name].reshape(-1)
+        kept = m.to(torch.float64)
+        # Weights 1..n scaled into (0, 1]: a swap of a kept and a pruned weight changes the sum.
+        pos = torch.arange(1, m.numel() + 1, dtype=torch.float64, device=m.device) / m.numel()
+        rows.append(torch.stack([kept.sum(), (kept * pos).sum()]))
+    return torch.stack(rows).cpu() if rows else torch.zeros((0, 2), dtype=torch.float64)
+
+
+def check_masks(masks: dict[str, torch.Tensor], when: str) -> None:
+    """Compare a checksum of ``masks`` across ranks (one small all-reduce); raises
+    :class:`DivergenceError` on every rank, naming the first layer whose mask differs, when they do
+    not all hold the same masks. ``when`` says at which point of the run (for the message)."""
+    import torch.distributed as dist
+
+    if not active():
+        return
+    local = _checksum(masks)
+    both = torch.cat([local, -local]).to(_collective_device())
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)  # max and -min in one collective
+    both = both.cpu()
+    high, low = both[: len(local)], -both[len(local) :]
+    differs = (high != low).any(dim=1)
+    if bool(differs.any()):
+        first = sorted(masks)[int(differs.nonzero()[0])]
+        raise DivergenceError(
+            f"distributed run: the ranks hold different masks {when} (first at layer {first!r}). Masks must be "
+            "computed from the same weights and gradients on every rank: wrap the model in "
+            "DistributedDataParallel, start every rank from the same weights, and call pruner.step() after "
+            "every optimizer step on every rank"
+        )
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,0 +1,123 @@
+"""Training metrics to files: ``steps.csv`` (one row per optimizer step), ``epochs.csv`` (one row per
+epoch, with the sparsity of every layer and how many mask entries changed), and TensorBoard event files
+when the ``tensorboard`` package is installed (``pip install tensorboard``; view with
+``tensorboard --logdir DIR``).
+
+A resumed run continues the same files: rows past the checkpoint it resumes from are dropped first (and
+TensorBoard purges events from that step on), so the files read as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sparsekit")
+
+STEP_FIELDS = ["step", "epoch", "loss", "lr"]
+EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "sparsity", "mask_changes"]
+
+
+class MetricsLog:
+    """Appends metric rows under ``folder`` (created if needed).
+
+    ``resume_step``: the optimizer step the run resumes after; rows with a larger step are removed from
+    existing CSV files first. Step rows are buffered and flushed with every epoch row, so the per-step
+    cost is a list append. Raises OSError when ``folder`` cannot be written."""
+
+    def __init__(self, folder: str | Path, resume_step: int = 0) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.steps_path = self.folder / "steps.csv"
+        self.epochs_path = self.folder / "epochs.csv"
+        self._layer_fields: list[str] = []
+        _truncate(self.steps_path, resume_step)
+        _truncate(self.epochs_path, resume_step)
+        self._pending: list[list[Any]] = []
+        self._tb = _tensorboard(self.folder, resume_step)
+
+    def step(self, step: int, epoch: float, loss: float, lr: float) -> None:
+        """One optimizer step: ``loss`` (the batch's cross-entropy, nats), ``lr`` (the rate it trained at)."""
+        self._pending.append([step, round(epoch, 6), loss, lr])
+        if self._tb is not None:
+            self._tb.add_scalar("train/loss", loss, step)
+            self._tb.add_scalar("train/lr", lr, step)
+
+    def epoch(self, row: dict[str, Any], step: int, layers: dict[str, float], mask_changes: int) -> None:
+        """One epoch: ``row`` is the history row (see :func:`sparsekit.finetune`), ``layers`` the sparsity of
+        each prunable layer (fraction of zero weights), ``mask_changes`` the mask entries that flipped
+        during the epoch. Writes the buffered step rows too."""
+        _append(self.steps_path, STEP_FIELDS, self._pending)
+        self._pending = []
+        if not self._layer_fields:
+            self._layer_fields = _existing_layer_fields(self.epochs_path) or [f"sparsity/{n}" for n in layers]
+        values = [row.get(k) for k in EPOCH_FIELDS[:1]] + [step] + [row.get(k) for k in EPOCH_FIELDS[2:7]]
+        values.append(mask_changes)
+        values += [layers.get(f.removeprefix("sparsity/"), "") for f in self._layer_fields]
+        _append(self.epochs_path, EPOCH_FIELDS + self._layer_fields, [values])
+        if self._tb is not None:
+            for key in ("val_loss", "val_accuracy", "sparsity", "train_loss"):
+                if row.get(key) is not None:
+                    self._tb.add_scalar(f"epoch/{key}", row[key], step)
+            self._tb.add_scalar("epoch/mask_changes", mask_changes, step)
+            for name, value in layers.items():
+                self._tb.add_scalar(f"sparsity/{name}", value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Write what is buffered and close the TensorBoard writer."""
+        if self._pending:
+            _append(self.steps_path, STEP_FIELDS, self._pending)
+            self._pending = []
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _tensorboard(folder: Path, resume_step: int) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: CSV only
+        return None
+    return SummaryWriter(str(folder), purge_step=resume_step + 1 if resume_step else None)
+
+
+def _existing_layer_fields(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), [])
+    return [h for h in header if h.startswith("sparsity/")]
+
+
+def _append(path: Path, fields: list[str], rows: list[list[Any]]) -> None:
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(fields)
+        writer.writerows(rows)
+
+
+def _truncate(path: Path, resume_step: int) -> None:
+    """Keep the header and the rows whose ``step`` is at most ``resume_step`` (all gone when 0)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    at = header.index("step") if "step" in header else None
+    kept = [r for r in body if at is not None and resume_step and r and _int(r[at]) <= resume_step]
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *kept])
+
+
+def _int(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        return 1 << 62

@@ -1,0 +1,86 @@
+"""`torchrun --nproc-per-node=2 -m sparsekit prune`: two CPU ranks (gloo), one set of outputs, the same
+sparsity as one process, and --resume under torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RECIPE = """
+data: {source: digits, batch_size: 64}
+finetune: {epochs: 1, optimizer: {name: adam, lr: 0.002}}
+pruning:
+  - method: magnitude
+    sparsity: 0.8
+    schedule: {start_epoch: 0, end_epoch: 1, every: 0.25}
+benchmark: {batch_sizes: [1]}
+"""
+
+
+def _prune(args: list[str], ranks: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    cmd = (launcher if ranks > 1 else [sys.executable]) + ["-m", "sparsekit", "prune", *args, *FAST]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-rank run of 1 epoch, resumed under torchrun to 2 epochs; and the 2-epoch run in one process."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import sparsekit
+    from examples.models import mlp
+
+    tmp = tmp_path_factory.mktemp("torchrun")
+    torch.manual_seed(0)
+    sparsekit.save_model(mlp(), tmp / "mlp.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    (tmp / "r.yaml").write_text(RECIPE)
+    base = [str(tmp / "mlp.pt"), str(tmp / "r.yaml"), "--arch", "examples.models:mlp"]
+    first = _prune([*base, "-o", str(tmp / "dist"), "--log-dir", str(tmp / "logs")], ranks=2)
+    first_report = json.loads((tmp / "dist" / "report.json").read_text()) if first.returncode == 0 else None
+    resumed = _prune([*base, "-o", str(tmp / "dist"), "--resume", "--set", "finetune.epochs=2"], ranks=2)
+    single = _prune([*base, "-o", str(tmp / "one"), "--set", "finetune.epochs=2"], ranks=1)
+    return tmp, first, first_report, resumed, single
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_two_ranks_write_one_set_of_outputs_at_the_asked_sparsity(runs):
+    tmp, first, report, _, _ = runs
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("Wrote ") == 1  # rank 1 prints no summary
+    assert report["data"]["processes"] == 2 and report["data"]["device"] == "cpu"
+    (method,) = report["methods"]
+    assert method["asked"] == pytest.approx(0.8) and method["achieved"] == pytest.approx(0.8, abs=1e-4)
+    # Each rank trained its shard: an epoch is half the single-process batches.
+    (folder,) = (tmp / "logs").iterdir()
+    rows = list(csv.DictReader((folder / "epochs.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == [math.ceil(report["data"]["train_batches"] / 2)]
+    steps = list(csv.DictReader((folder / "steps.csv").read_text().splitlines()))
+    assert len(steps) == int(rows[0]["step"])
+
+
+def test_resume_under_torchrun_continues_the_run_and_matches_one_process_sparsity(runs):
+    tmp, _, first, resumed, single = runs
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert single.returncode == 0, single.stderr[-2000:]
+    dist_report, one_report = _report(tmp / "dist"), _report(tmp / "one")
+    assert [row["epoch"] for row in dist_report["history"]] == [1, 2]
+    assert dist_report["history"][0] == first["history"][0]  # epoch 1 came from the checkpoint, not retrained
+    assert dist_report["methods"][0]["achieved"] == pytest.approx(one_report["methods"][0]["achieved"], abs=1e-6)
+    assert dist_report["pruned"]["sparsity"] == pytest.approx(one_report["pruned"]["sparsity"], abs=1e-6)
+    assert one_report["data"]["processes"] == 1
