@@ -67,11 +67,17 @@ if TYPE_CHECKING:
     from .train import finetune
 
 
+# Submodules reachable as attributes without their own import (``sparsekit.distributed.rewrap``).
+_SUBMODULES = {"distributed", "integrations", "methods", "onnx", "sensitivity"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")
 
 

@@ -84,3 +84,18 @@ def test_resume_under_torchrun_continues_the_run_and_matches_one_process_sparsit
     assert dist_report["methods"][0]["achieved"] == pytest.approx(one_report["methods"][0]["achieved"], abs=1e-6)
     assert dist_report["pruned"]["sparsity"] == pytest.approx(one_report["pruned"]["sparsity"], abs=1e-6)
     assert one_report["data"]["processes"] == 1
+
+
+def test_the_torchrun_example_prunes_identically_on_two_ranks(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += [str(ROOT / "examples" / "torchrun_train.py"), "--epochs", "2", "-o", str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("rank 0 of 2: fc1 sparsity 0.800, fc2 keeps 48 of 64 units") == 1
+    import torch
+
+    saved = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)["state_dict"]
+    assert saved["fc2.weight"].shape[0] == 48 and float((saved["fc1.weight"] == 0).float().mean()) == pytest.approx(
+        0.8, abs=1e-4
+    )
