@@ -1,7 +1,7 @@
 """Devices and ``torch.distributed``: where a run trains, and how ``torchrun`` processes agree.
 
-``torchrun --nproc-per-node=N -m sparsekit prune ...`` starts N processes with ``RANK``, ``LOCAL_RANK``
-and ``WORLD_SIZE`` in their environment. :func:`init_from_env` joins them into one process group
+``torchrun`` started with N processes (README, "GPUs, torchrun and several machines") gives each
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in its environment. :func:`init_from_env` joins them into one process group
 (``gloo`` on CPU, ``nccl`` on CUDA); every rank then trains a ``DistributedDataParallel`` replica on its
 own shard of the training data (:func:`shard`), and only rank 0 writes, exports and benchmarks.
 
