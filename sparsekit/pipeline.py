@@ -211,7 +211,9 @@ def run_prune(
             folder.publish()
         finally:
             folder.unlock()
-            _distributed.barrier()  # the other ranks wait here until the outputs are published
+        # The other ranks wait here until the outputs are published. Not after a failure: the others may
+        # be inside a collective; rank 0's exit makes torchrun stop them.
+        _distributed.barrier()
         return report
     finally:
         if joined:

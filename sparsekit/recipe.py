@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -192,6 +193,12 @@ class FinetuneSpec(_Strict):
     max_steps_per_epoch: Int | None = Field(
         None, gt=0, le=MAX_STEPS, description="cap on batches per epoch (quick runs)"
     )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
+        description="where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps",
+    )
+    log: bool = Field(False, description="write per-step and per-epoch metrics (CSV, TensorBoard) to OUT/logs")
 
 
 class ScheduleSpec(_Strict):
@@ -254,36 +261,155 @@ class _MethodBase(_Strict):
         return data
 
 
+AUTO = "auto"
+"""The value of ``sparsity`` / ``ratio`` that asks sparsekit to choose the per-layer values itself, from a
+sensitivity analysis (:mod:`sparsekit.sensitivity`), to meet ``target`` / ``target_macs`` / ``target_latency``."""
+
+
+def _fraction_or_auto(lower: str) -> Any:
+    """A BeforeValidator for ``sparsity`` (``lower="ge"``: 0 allowed) and ``ratio`` (``"gt"``): ``"auto"``, or a
+    finite number in the range, with the same error types (so the same messages) as a plain bounded float."""
+
+    def check(value: Any) -> Any:
+        if value == AUTO:
+            return value
+        if isinstance(value, str):
+            raise PydanticCustomError(
+                "fraction_or_auto",
+                "must be a number in {range} or 'auto' (per-layer values from a sensitivity analysis), got {got}",
+                {"range": "[0, 1)" if lower == "ge" else "(0, 1)", "got": short(repr(value), 40)},
+            )
+        value = _number(value)
+        if not isinstance(value, int | float):
+            raise PydanticCustomError("fraction_or_auto", "must be a number or 'auto'")
+        if not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "must be a finite number")
+        if lower == "ge" and value < 0:
+            raise PydanticCustomError("greater_than_equal", "must be >= 0", {"ge": 0})
+        if lower == "gt" and value <= 0:
+            raise PydanticCustomError("greater_than", "must be > 0", {"gt": 0})
+        if value >= 1:
+            raise PydanticCustomError("less_than", "must be < 1", {"lt": 1})
+        return float(value)
+
+    return BeforeValidator(check)
+
+
+SparsityValue = Annotated[float | Literal["auto"], _fraction_or_auto("ge")]
+RatioValue = Annotated[float | Literal["auto"], _fraction_or_auto("gt")]
+LayerFraction = Annotated[Float, Field(ge=0, lt=1)]
+MAX_LAYER_VALUES = 100_000  # entries of layer_sparsity / layer_ratio: far more layers than any network has
+
+
 class _Ranked(_MethodBase):
     """What magnitude and gradient share: the target, its scope and the per-layer ceiling; they make
     unstructured zeros (:meth:`effects`).
 
     ``max_layer_sparsity`` caps the fraction of any one layer's weights that may be pruned, so a global
     ranking cannot empty a small layer; the prunes a capped layer cannot take go to the other layers.
-    Default: 0.99, or halfway between ``sparsity`` and 1 when ``sparsity`` is above 0.98. It may not be
-    below ``sparsity`` (no layer could then reach it, so neither could their total)."""
+    Default: 0.99, or halfway between ``sparsity`` (``target`` for ``sparsity: auto``) and 1 when that is
+    above 0.98. It may not be below ``sparsity`` (no layer could then reach it, so neither could their total).
 
-    sparsity: Float = Field(ge=0, lt=1)
+    Per-layer values:
+
+    - ``layer_sparsity: {layer: fraction}`` prunes each listed layer (a ``named_modules()`` name the entry
+      selects) to its own fraction of its weights, ranked within the layer, on the entry's schedule (each
+      layer's target scales with the schedule: at a point where the schedule is at ``t`` of ``sparsity``,
+      the layer is at ``t / sparsity`` of its value). Selected layers not listed are pruned to ``sparsity``
+      as ``scope`` says (together under ``global``, each on its own under ``layer``).
+    - ``sparsity: auto`` with ``target: fraction`` asks sparsekit to choose ``layer_sparsity`` from a
+      per-layer sensitivity analysis (:func:`sparsekit.sensitivity.allocate`) so that the selected weights
+      are pruned to ``target`` in total; a prune run does it before training. A Pruner refuses an entry
+      still holding ``auto``. The allocated entry reads ``sparsity: <target>, scope: layer,
+      layer_sparsity: {...}``."""
+
+    sparsity: SparsityValue
+    target: Float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        validate_default=True,
+        description="with sparsity: auto, the fraction of the selected weights pruned in total",
+    )
     scope: Literal["global", "layer"] = "global"
     max_layer_sparsity: Float | None = Field(
         None, gt=0, le=1, description="no layer loses more than this fraction of its weights (default 0.99)"
     )
+    layer_sparsity: dict[str, LayerFraction] | None = Field(
+        None, max_length=MAX_LAYER_VALUES, description="per-layer sparsity, by layer name (overrides sparsity there)"
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _target_with_auto(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if "sparsity" not in info.data:
+            return value  # sparsity itself is invalid: that error says enough
+        auto = info.data["sparsity"] == AUTO
+        if auto and value is None:
+            raise ValueError(
+                "sparsity: auto needs target, the fraction of the selected weights to prune in total (e.g. "
+                "target: 0.9); the per-layer sparsities are then chosen from a sensitivity analysis"
+            )
+        if not auto and value is not None:
+            raise ValueError(
+                f"is only read with sparsity: auto; sparsity {info.data['sparsity']:g} is already the target: "
+                "remove target, or set sparsity: auto to have the per-layer values chosen for you"
+            )
+        return value
+
+    @field_validator("layer_sparsity")
+    @classmethod
+    def _layer_values(cls, value: dict[str, float] | None, info: ValidationInfo) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if info.data.get("sparsity") == AUTO:
+            raise ValueError(
+                "sparsity: auto asks sparsekit to choose the per-layer values, layer_sparsity gives them: use one "
+                "(remove layer_sparsity, or give sparsity a number)"
+            )
+        if not value:
+            raise ValueError("is empty: list at least one layer (name: fraction), or remove layer_sparsity")
+        cap = info.data.get("max_layer_sparsity")
+        if cap is not None:
+            over = {n: v for n, v in value.items() if v > cap}
+            if over:
+                name, v = next(iter(over.items()))
+                raise ValueError(
+                    f"{short(name, 60)}: {v:g} is above max_layer_sparsity ({cap:g}); raise max_layer_sparsity "
+                    "or lower the layer's value"
+                )
+        return value
 
     @model_validator(mode="after")
     def _layer_cap(self) -> _Ranked:
+        aim = self.final_sparsity
         if self.max_layer_sparsity is None:
-            self.max_layer_sparsity = max(DEFAULT_MAX_LAYER_SPARSITY, (1 + self.sparsity) / 2)
-        elif self.max_layer_sparsity < self.sparsity:
+            highest = max([aim, *(self.layer_sparsity or {}).values()])
+            self.max_layer_sparsity = max(DEFAULT_MAX_LAYER_SPARSITY, (1 + highest) / 2)
+        elif self.max_layer_sparsity < aim:
             where = "every layer" if self.scope == "layer" else "the selected layers together"
+            name = "target" if self.auto else "sparsity"
             raise ValueError(
-                f"max_layer_sparsity ({self.max_layer_sparsity:g}) is below sparsity ({self.sparsity:g}): no layer "
-                f"may pass {self.max_layer_sparsity:g}, so {where} cannot reach {self.sparsity:g}; raise "
-                "max_layer_sparsity (at most 1) or lower sparsity"
+                f"max_layer_sparsity ({self.max_layer_sparsity:g}) is below {name} ({aim:g}): no layer "
+                f"may pass {self.max_layer_sparsity:g}, so {where} cannot reach {aim:g}; raise "
+                f"max_layer_sparsity (at most 1) or lower {name}"
             )
         return self
 
     def effects(self) -> frozenset[str]:
         return frozenset({"zeros"})
+
+    @property
+    def auto(self) -> bool:
+        """True while ``sparsity`` is ``auto`` (per-layer values not chosen yet)."""
+        return self.sparsity == AUTO
+
+    @property
+    def final_sparsity(self) -> float:
+        """The entry's overall target as a number: ``sparsity``, or ``target`` for ``sparsity: auto``."""
+        if self.sparsity == AUTO:
+            return float(self.target or 0.0)
+        return float(self.sparsity)
 
     @property
     def layer_cap(self) -> float:
@@ -337,10 +463,41 @@ class MaxNormSpec(_MethodBase):
 
 
 class StructuredSpec(_MethodBase):
-    """``method: structured``: remove a ``ratio`` of output channels (see :mod:`sparsekit.methods.structured`)."""
+    """``method: structured``: remove a ``ratio`` of output channels (see :mod:`sparsekit.methods.structured`).
+
+    Per-layer values:
+
+    - ``layer_ratio: {layer: fraction}`` removes that fraction of each listed layer's output channels
+      (0 keeps the layer whole), each ranked within the layer (torch-pruning's ``pruning_ratio_dict``);
+      selected layers not listed lose ``ratio`` as ``scope`` says. Names are layers whose output channels the
+      entry removes (not ``ignore``\'d; for channels coupled across layers, e.g. a residual add, the layer
+      torch-pruning roots the group at).
+    - ``ratio: auto`` with exactly one of ``target_macs`` (the pruned model keeps this fraction of the dense
+      model's multiply-accumulates per sample, over all its Linear/Conv layers) or ``target_latency`` (this
+      fraction of the dense model's onnxruntime latency, as :func:`sparsekit.sensitivity.allocate` measures
+      it) asks sparsekit to choose ``layer_ratio`` from a per-layer sensitivity analysis; a prune run does
+      it before training. A Pruner refuses an entry still holding ``auto``. The allocated entry reads
+      ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``."""
 
     method: Literal["structured"]
-    ratio: Float = Field(gt=0, lt=1)
+    ratio: RatioValue
+    target_latency: Float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        validate_default=True,
+        description="with ratio: auto, the fraction of the dense onnxruntime latency to reach",
+    )
+    target_macs: Float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        validate_default=True,
+        description="with ratio: auto, the fraction of the dense model's MACs to keep",
+    )
+    layer_ratio: dict[str, LayerFraction] | None = Field(
+        None, max_length=MAX_LAYER_VALUES, description="per-layer channel ratio, by layer name (overrides ratio there)"
+    )
     importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l2"
     scope: Literal["layer", "global"] = "layer"
     steps: Int = Field(1, gt=0, le=MAX_STRUCTURED_STEPS)
@@ -350,6 +507,56 @@ class StructuredSpec(_MethodBase):
     calibration_batches: Int = Field(
         8, gt=0, le=MAX_CALIBRATION, description="batches scored for taylor importance when not fine-tuning"
     )
+
+    @field_validator("target_latency", "target_macs")
+    @classmethod
+    def _targets_with_auto(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if "ratio" not in info.data:
+            return value  # ratio itself is invalid: that error says enough
+        ratio = info.data["ratio"]
+        if ratio != AUTO:
+            if value is not None:
+                raise ValueError(
+                    f"is only read with ratio: auto; ratio {ratio:g} already says how much to remove: remove "
+                    f"{info.field_name}, or set ratio: auto to have the per-layer ratios chosen for you"
+                )
+            return value
+        if info.field_name == "target_macs":  # validated after target_latency: both are known here
+            latency = info.data.get("target_latency")
+            if value is None and latency is None and "target_latency" in info.data:
+                raise ValueError(
+                    "ratio: auto needs target_macs (the fraction of the dense model's MACs to keep, e.g. "
+                    "target_macs: 0.5) or target_latency (the fraction of its onnxruntime latency)"
+                )
+            if value is not None and latency is not None:
+                raise ValueError("give one of target_macs and target_latency, not both")
+        return value
+
+    @field_validator("layer_ratio")
+    @classmethod
+    def _layer_ratios(cls, value: dict[str, float] | None, info: ValidationInfo) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if info.data.get("ratio") == AUTO:
+            raise ValueError(
+                "ratio: auto asks sparsekit to choose the per-layer ratios, layer_ratio gives them: use one "
+                "(remove layer_ratio, or give ratio a number)"
+            )
+        if not value:
+            raise ValueError("is empty: list at least one layer (name: fraction), or remove layer_ratio")
+        return value
+
+    @property
+    def auto(self) -> bool:
+        """True while ``ratio`` is ``auto`` (per-layer ratios not chosen yet)."""
+        return self.ratio == AUTO
+
+    def ratio_of(self, layer: str) -> float:
+        """The fraction of ``layer``'s output channels this entry removes: its ``layer_ratio`` value, else
+        ``ratio`` (0.0 while ``ratio`` is ``auto``)."""
+        if self.layer_ratio is not None and layer in self.layer_ratio:
+            return float(self.layer_ratio[layer])
+        return 0.0 if self.ratio == AUTO else float(self.ratio)
 
     def effects(self) -> frozenset[str]:
         return frozenset({"units"})

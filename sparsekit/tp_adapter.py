@@ -20,7 +20,7 @@ inputs, residual partners); ``group.prune()`` changes those modules in place, re
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,6 +310,10 @@ class ChannelPruner:
     Built from a model in eval mode with autograd on (:func:`sparsekit.surgery.traced`): traces it once.
     ``ratio`` is the fraction of channels removed after all ``steps`` (``ratio * k / steps`` after step
     ``k``, tp's linear schedule); ``global_pruning`` ranks all groups together instead of per layer.
+    ``layer_ratios`` (tp's ``pruning_ratio_dict``): a group rooted at a module of that name is ranked on its
+    own and loses that fraction instead (0: none), ``int(units * (1 - r) + 1e-9)`` units kept, so a ratio
+    written as ``removed / units`` keeps exactly ``units - removed``; the other groups follow ``ratio`` and
+    ``global_pruning``.
     Modules in ``ignored`` keep their output channels (their inputs still shrink with their producers);
     ``root_types`` are the module types that root a group.
 
@@ -330,8 +334,11 @@ class ChannelPruner:
         steps: int,
         ignored: Sequence[nn.Module],
         root_types: Sequence[type],
+        layer_ratios: Mapping[str, float] | None = None,
     ) -> None:
         self._root_types = list(root_types)
+        self._layer_ratios = {str(k): float(v) for k, v in (layer_ratios or {}).items()}
+        self._steps = steps
         self._ignored = [sub for m in ignored for sub in m.modules()]
         self._importance = importance
         self._global = global_pruning
@@ -393,6 +400,13 @@ class ChannelPruner:
             return iter(())
         return self._proposals(self._ratios[self._step])
 
+    def _scope_ratio(self, scope: str, ratio: float) -> float:
+        """The fraction a ranking scope loses by this step: its ``layer_ratios`` value on the same linear
+        schedule, else ``ratio``."""
+        if scope in self._layer_ratios:
+            return self._layer_ratios[scope] * self._step / self._steps
+        return ratio
+
     def _proposals(self, ratio: float) -> Iterator[Proposal]:
         scopes: dict[str, list[tuple[Group, int, torch.Tensor]]] = {}
         for group in self.groups():
@@ -407,18 +421,22 @@ class ChannelPruner:
                 continue
             imp = imp.detach().float().cpu()
             dim_imp = imp.view(blocks, -1).mean(dim=0) if blocks > 1 else imp
-            scope = "DEFAULT_SCOPE" if self._global else self._names[group[0].dep.target.module]
+            name = self._names[group[0].dep.target.module]
+            scope = "DEFAULT_SCOPE" if self._global and name not in self._layer_ratios else name
             scopes.setdefault(scope, []).append((group, blocks, dim_imp))
         for scope, records in scopes.items():
             concat = torch.cat([imp for _, _, imp in records])
             initial = self._scope_initial.setdefault(scope, len(concat))
-            n_pruned = len(concat) - int(initial * (1 - ratio))
+            if scope in self._layer_ratios:
+                n_pruned = len(concat) - int(initial * (1 - self._scope_ratio(scope, ratio)) + 1e-9)
+            else:
+                n_pruned = len(concat) - int(initial * (1 - ratio))
             if n_pruned <= 0:
                 continue
             lowest, order = torch.topk(concat, k=n_pruned, largest=False)
             threshold = lowest[-1]
             for group, blocks, imp in records:
-                if self._global:
+                if scope == "DEFAULT_SCOPE":
                     picked = (imp <= threshold).nonzero().view(-1)
                     picked = picked[torch.argsort(imp[picked], stable=True)]
                 else:

@@ -13,6 +13,13 @@ lowest scores and the total stays ``round(target * n)`` (see :func:`~sparsekit.m
 The ranking is a scorer (:mod:`sparsekit.methods.scorers`), :func:`~sparsekit.methods.scorers.magnitude`
 by default. From Python, ``Pruner(..., scorers={i: fn})`` ranks ``pruning[i]`` by ``fn(weight, None)``
 instead (``grad`` is None here: use ``method: gradient`` for gradient-based scores).
+
+Per-layer values (``layer_sparsity: {layer: fraction}``, written by hand or chosen by
+:func:`sparsekit.sensitivity.allocate` for ``sparsity: auto``): each listed layer is ranked on its own and
+pruned to exactly ``round(value * weights)`` at the end of the schedule; on the way, when the schedule is
+at ``t`` of ``sparsity``, each listed layer is at ``value * t / sparsity`` (the same curve, scaled per
+layer). The other selected layers follow ``sparsity`` and ``scope`` as usual. An entry still holding
+``sparsity: auto`` is refused when the method is built (RecipeError: allocate first).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import one_line
+from ..errors import RecipeError, TargetError, one_line
 from ..layers import select_layers
 from ..masks import ensure_mask, global_topk_masks, layer_cap, layer_topk_masks, masked_scores, set_mask, weight_of
 from ..schedule import Schedule
@@ -35,7 +42,8 @@ class Magnitude:
     """Unstructured pruning by a score (``method: magnitude``); :class:`~sparsekit.methods.gradient.Gradient`
     changes only how scores are gathered (:meth:`scores`).
 
-    Raises TargetError at construction when ``spec.layers`` selects no layer."""
+    Raises TargetError at construction when ``spec.layers`` selects no layer or ``layer_sparsity`` names a
+    layer it does not select, and RecipeError when ``sparsity`` is still ``auto``."""
 
     name = "magnitude"
     masks_weights = True
@@ -50,10 +58,32 @@ class Magnitude:
         self.scorer: scorers.Scorer = (
             scorers.check(setup.scorer, f"scorers[{setup.index}]") if self.custom else self._builtin_scorer(spec)
         )
+        if spec.auto:
+            raise unallocated(self.where, "sparsity")
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # never changes shapes
-        self.schedule = Schedule.from_spec(spec.schedule, spec.sparsity, setup.steps_per_epoch)
+        self.final = float(spec.sparsity)
+        self.schedule = Schedule.from_spec(spec.schedule, self.final, setup.steps_per_epoch)
         self.cap = float(spec.layer_cap)  # max_layer_sparsity, resolved by the recipe
+        # layer_sparsity: layer -> its own final fraction (ranked within the layer); the rest follow `sparsity`.
+        self.layer_values: dict[str, float] = {}
+        if spec.layer_sparsity:
+            unknown = [n for n in spec.layer_sparsity if n not in self.layers]
+            if unknown:
+                raise TargetError(
+                    f"{self.where}.layer_sparsity: {unknown[0]!r} is not a layer this entry selects; it selects "
+                    f"{', '.join(self.layers)} (names as in named_modules(); check the spelling or pruning "
+                    f"layers.include)"
+                )
+            self.layer_values = {n: float(v) for n, v in spec.layer_sparsity.items()}
+            # Below sparsity 0 the schedule's curve is flat: the listed layers then follow it from 0 to 1.
+            self.progress = (
+                self.schedule
+                if self.final > 0
+                else Schedule.from_spec(
+                    spec.schedule.model_copy(update={"init_sparsity": 0.0}), 1.0, setup.steps_per_epoch
+                )
+            )
         self.current = 0.0  # the sparsity the masks were last set to
         for module in self.layers.values():
             ensure_mask(module)
@@ -100,14 +130,28 @@ class Magnitude:
         if scores is None:
             return False
         scores = {n: masked_scores(s, self.layers[n]) for n, s in scores.items()}
-        if self.spec.scope == "global":
-            masks = global_topk_masks(scores, target, self.cap)
-        else:
-            masks = layer_topk_masks(scores, target)  # validated: target <= sparsity <= the cap
+        own = {n: s for n, s in scores.items() if n in self.layer_values}
+        rest = {n: s for n, s in scores.items() if n not in self.layer_values}
+        masks: dict[str, torch.Tensor] = {}
+        if own:
+            frac = self.fraction(step)
+            for name, s in own.items():
+                masks.update(global_topk_masks({name: s}, self.layer_values[name] * frac))
+        if rest and self.spec.scope == "global":
+            masks.update(global_topk_masks(rest, target, self.cap))
+        elif rest:
+            masks.update(layer_topk_masks(rest, target))  # validated: target <= sparsity <= the cap
         for name, mask in masks.items():
             set_mask(self.layers[name], mask)
         self.current = target
         return True
+
+    def fraction(self, step: int) -> float:
+        """How far along its schedule the entry is at ``step``: 0 before it starts, 1 at its end (the schedule's
+        target divided by ``sparsity``); each ``layer_sparsity`` layer is at ``value * fraction``."""
+        if self.final > 0:
+            return 1.0 if step >= self.schedule.end else self.schedule.target(step) / self.final
+        return 1.0 if step >= self.progress.end else self.progress.target(step)
 
     def penalty(self) -> torch.Tensor | float:
         """No loss term."""
@@ -132,12 +176,30 @@ class Magnitude:
         return model, UNCHANGED
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
-        """The schedule's target sparsity of the selected weights at the end of each epoch."""
-        return self.schedule.epoch_targets(epochs, steps_per_epoch)
+        """The schedule's target sparsity of the selected weights at the end of each epoch (with
+        ``layer_sparsity``: the weight-weighted mean of every layer's own target)."""
+        plain = self.schedule.epoch_targets(epochs, steps_per_epoch)
+        if not self.layer_values:
+            return plain
+        sizes = {n: weight_of(m).numel() for n, m in self.layers.items()}
+        total = sum(sizes.values()) or 1
+        own = sum(sizes[n] * v for n, v in self.layer_values.items())
+        rest = sum(s for n, s in sizes.items() if n not in self.layer_values)
+        out = []
+        for e, t in enumerate(plain):
+            frac = self.fraction((e + 1) * steps_per_epoch)
+            out.append((own * frac + rest * t) / total)
+        return out
+
+    def asked(self) -> dict[str, float]:
+        """The final fraction asked of each layer: its ``layer_sparsity`` value, else ``sparsity``."""
+        return {n: self.layer_values.get(n, self.final) for n in self.layers}
 
     def report(self) -> dict[str, Any]:
         """Asked vs achieved (:func:`~sparsekit.stats.asked_vs_achieved`): ``asked`` is ``sparsity``, per
-        layer too under ``scope: layer`` (None under ``global``); a layer pruned as far as
+        layer too under ``scope: layer`` (None under ``global``); with ``layer_sparsity``, each listed layer's
+        ``asked`` is its own value, the total ``asked`` their weight-weighted mean with the others' and the
+        values are repeated under ``layer_sparsity``. A layer pruned as far as
         ``max_layer_sparsity`` lets it has a ``reason`` saying so, and when the caps made the target
         unreachable the method has one too. Plus ``scorer``, the scorer's name when it is a user's own."""
         out: dict[str, Any] = {"scorer": scorers.name_of(self.scorer)} if self.custom else {}
@@ -147,14 +209,23 @@ class Magnitude:
             w = weight_of(module).detach()
             cap = layer_cap(w.numel(), self.cap)
             room, total = room + cap, total + w.numel()
-            if global_scope and self.cap < 1 and int((w == 0).sum()) >= cap:
+            if global_scope and name not in self.layer_values and self.cap < 1 and int((w == 0).sum()) >= cap:
                 reasons[name] = f"at max_layer_sparsity {self.cap:g} (at most {cap:,} of {w.numel():,} weights)"
-        layer_asked = None if global_scope else self.spec.sparsity
-        out.update(asked_vs_achieved(self.layers, self.spec.sparsity, layer_asked, reasons))
-        if global_scope and total and round(self.spec.sparsity * total) > room:
+        layer_asked = None if global_scope else self.final
+        if self.layer_values:
+            # Own values: the total asked is their weight-weighted mean with `sparsity` for the other layers.
+            sizes = {n: weight_of(m).numel() for n, m in self.layers.items()}
+            total_asked = sum(sizes[n] * v for n, v in self.asked().items()) / max(sum(sizes.values()), 1)
+            out.update(asked_vs_achieved(self.layers, total_asked, layer_asked, reasons))
+            for name, value in self.layer_values.items():
+                out["per_layer"][name]["asked"] = value
+            out["layer_sparsity"] = dict(self.layer_values)
+            return out
+        out.update(asked_vs_achieved(self.layers, self.final, layer_asked, reasons))
+        if global_scope and total and round(self.final * total) > room:
             out["reason"] = (
                 f"max_layer_sparsity {self.cap:g} lets these layers lose at most {room:,} of {total:,} weights "
-                f"({room / total:.3f}), less than the {self.spec.sparsity:g} asked; raise max_layer_sparsity or "
+                f"({room / total:.3f}), less than the {self.final:g} asked; raise max_layer_sparsity or "
                 "select more layers"
             )
         return out
@@ -167,3 +238,14 @@ class Magnitude:
         """Restore :meth:`state_dict`."""
         self.current = float(state["current"])
         self._pending = bool(state["pending"])
+
+
+def unallocated(where: str, key: str) -> RecipeError:
+    """The error for a recipe entry still holding ``auto`` (``key``: ``sparsity`` or ``ratio``) when a method is
+    built: its per-layer values come from a sensitivity analysis that has not run."""
+    return RecipeError(
+        f"{where}.{key}: auto means the per-layer values are chosen from a sensitivity analysis on validation "
+        "data, which has not run for this recipe. `sparsekit prune` runs it before training; from Python, call "
+        "sparsekit.sensitivity.auto_allocate(model, recipe, val_loader, input_shape=...) (or analyze, then "
+        "allocate) and build the Pruner on the recipe it returns"
+    )

@@ -31,6 +31,14 @@ After each event the model has new, smaller parameters: :meth:`Structured.after_
 training loop must rebuild its optimizer (``sparsekit.finetune`` does). Every removal is appended to
 ``pruner.pruning_history`` (torch-pruning's JSON-able history) so a checkpoint is rebuilt by replay.
 
+Per-layer ratios (``layer_ratio: {layer: fraction}``, written by hand or chosen by
+:func:`sparsekit.sensitivity.allocate` for ``ratio: auto``): the group rooted at each listed layer is ranked
+on its own and loses that fraction of its channels (0: none), spread over the ``steps`` events like
+``ratio`` (torch-pruning's ``pruning_ratio_dict``); the other selected layers follow ``ratio`` and ``scope``.
+A listed layer must be one whose outputs the entry removes and the root of its group (for channels coupled
+across layers, e.g. by a residual add, the layer named in the error). An entry still holding ``ratio: auto``
+is refused when the method is built (RecipeError: allocate first).
+
 ``layers`` selects whose outputs may be removed; ``ignore`` (default: the classifier head, the last
 prunable layer in forward order) keeps a layer's outputs. A layer's inputs shrink whenever its
 producer loses channels, whatever the selection.
@@ -65,6 +73,7 @@ from .. import tp_adapter as tpa
 from ..errors import TargetError, one_line
 from ..layers import check_names, select_layers
 from .base import UNCHANGED, Changes, Setup
+from .magnitude import unallocated
 
 _ROOTS = (_ConvNd, nn.Linear)
 
@@ -94,8 +103,10 @@ class Structured:
     the selection leaves nothing to prune, ``bn_scale`` meets a model without BatchNorm, ``ratio`` /
     ``min_channels`` cannot be met, a layout torch-pruning does not model would be pruned, or a weight
     the forward pass also uses outside its layer (tied) would change shape; TypeError
-    when a ``scorers=`` importance is not callable. A removal event raises TargetError (naming the
-    layer) when torch-pruning fails on a group or the model's forward pass fails afterwards."""
+    when a ``scorers=`` importance is not callable; TargetError when ``layer_ratio`` names a layer whose outputs
+    the entry does not remove or that is not its group's root; RecipeError when ``ratio`` is still ``auto``.
+    A removal event raises TargetError (naming the layer) when torch-pruning fails on a group or the model's
+    forward pass fails afterwards."""
 
     name = "structured"
     masks_weights = False
@@ -104,6 +115,8 @@ class Structured:
     def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
         self.spec = spec
         self.where = setup.where
+        if spec.auto:
+            raise unallocated(self.where, "ratio")
         self.model = model
         self.custom = setup.scorer is not None
         if setup.scorer is not None:
@@ -169,6 +182,7 @@ class Structured:
                     steps=spec.steps,
                     ignored=ignored,
                     root_types=list(_ROOTS),
+                    layer_ratios=spec.layer_ratio,
                 )
         except TargetError:
             raise
@@ -204,15 +218,19 @@ class Structured:
                     self.touched_by[name].append(root_name)
                 if member.out_channels and module is not root and name in self.layers:
                     self._owner.setdefault(name, root_name)
-            if spec.scope == "layer":
+            own = spec.layer_ratio is not None and root_name in spec.layer_ratio
+            if spec.scope == "layer" or own:
                 per_group = tpa.out_channels(graph, root) // self._blocks[root_name]
-                if per_group > 1 and int(per_group * (1 - spec.ratio)) < 1:
+                ratio = spec.ratio_of(root_name)
+                if per_group > 1 and int(per_group * (1 - ratio) + (1e-9 if own else 0)) < 1:
+                    field = f"layer_ratio.{root_name}" if own else "ratio"
                     raise TargetError(
-                        f"{self.where}.ratio: {spec.ratio:g} would remove every output channel of "
+                        f"{self.where}.{field}: {ratio:g} would remove every output channel of "
                         f"{root_name!r} ({tpa.out_channels(graph, root)} channels): lower the ratio or add "
                         f"{root_name!r} to ignore"
                     )
         self._fixed = self._fixed_reasons(graph, chosen)
+        self._check_layer_ratio()
         hit = [(layer, param, extra) for layer, param, extra in reused if layer in self.touched]
         if hit:
             layer, param, extra = hit[0]
@@ -225,6 +243,54 @@ class Structured:
             )
 
     # ------------------------------------------------------------------ inspection
+
+    def _check_layer_ratio(self) -> None:
+        """Every ``layer_ratio`` name is a layer whose outputs this entry removes, rooting its group."""
+        for name in self.spec.layer_ratio or {}:
+            if name in self._blocks:
+                continue
+            if name in self._owner:
+                raise TargetError(
+                    f"{self.where}.layer_ratio: the output channels of {name!r} are removed together with those of "
+                    f"{self._owner[name]!r} (coupled, e.g. by a residual add): give the ratio to "
+                    f"{self._owner[name]!r} instead"
+                )
+            if name in self.layers:
+                why = self._fixed.get(name, "not ranked")
+                raise TargetError(f"{self.where}.layer_ratio: {name!r} cannot lose output channels ({why})")
+            roots = ", ".join(self._blocks) or "none"
+            raise TargetError(
+                f"{self.where}.layer_ratio: {name!r} is not a layer whose output channels this entry removes "
+                f"(those are: {roots}; the head and ignore are kept); check the spelling or layers.include"
+            )
+
+    def roots(self) -> dict[str, int]:
+        """The layers whose groups this entry ranks (the names ``layer_ratio`` takes), with the channel
+        blocks each removal unit spans (1, or a grouped convolution's ``groups``), in model order. Empty
+        after finalize."""
+        return dict(self._blocks) if self._tp is not None else {}
+
+    def channel_roots(self) -> dict[str, tuple[str | None, str | None]]:
+        """For every Linear/Conv layer whose weight shape this entry may change: ``(root whose removal
+        shrinks its outputs, root whose removal shrinks its inputs)`` (None: not shrunk), from
+        torch-pruning's groups. A depthwise convolution's channels follow its input, so it may be listed
+        under either. Empty after finalize."""
+        if self._tp is None:
+            return {}
+        out: dict[str, list[str | None]] = {}
+        for group in self._tp.groups():
+            root_name = self.names[tpa.group_root(group)]
+            for member in tpa.group_members(self._tp.graph, group):
+                module = member.module
+                if not isinstance(module, _ROOTS) or module not in self.names:
+                    continue
+                slot = out.setdefault(self.names[module], [None, None])
+                slot[0 if member.out_channels else 1] = slot[0 if member.out_channels else 1] or root_name
+        return {n: (v[0], v[1]) for n, v in out.items()}
+
+    def ratio_of(self, layer: str) -> float:
+        """The fraction of ``layer``'s output channels asked by the end: its ``layer_ratio``, else ``ratio``."""
+        return float(self.spec.ratio_of(layer))
 
     def ignore_hint(self, names: list[str]) -> str:
         """What to do about layers that must keep their outputs: name them in ``ignore``."""
@@ -333,11 +399,20 @@ class Structured:
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
         """Expected fraction of the selected channels removed at the end of each epoch."""
         n = max(epochs, math.ceil(self.events[-1] / max(steps_per_epoch, 1)), 1)
+        final = self._asked_total()
         out = []
         for e in range(n):
             k = sum(1 for s in self.events if s <= (e + 1) * steps_per_epoch)
-            out.append(self.spec.ratio * k / self.spec.steps)
+            out.append(final * k / self.spec.steps)
         return out
+
+    def _asked_total(self) -> float:
+        """The fraction of the selected layers' output channels asked by the end: ``ratio``, or with
+        ``layer_ratio`` the channel-weighted mean of every layer's own ratio."""
+        if not self.spec.layer_ratio:
+            return float(self.spec.ratio)
+        total = sum(self.initial.values())
+        return sum(self.ratio_of(n) * c for n, c in self.initial.items()) / total if total else 0.0
 
     def report(self) -> dict[str, Any]:
         """Ratio, importance, scope, events run, ``[initial, now]`` output channels per layer, and asked
@@ -345,15 +420,19 @@ class Structured:
         layer's initial output channels; ``reason`` says why they differ beyond rounding, else None),
         ``asked`` / ``achieved`` over all selected channels, ``at_floor`` = layers left at
         ``min_channels``."""
-        asked = self.spec.ratio * self.done / self.spec.steps
+        progress = self.done / self.spec.steps
+        asked = self._asked_total() * progress
         per_layer: dict[str, dict[str, Any]] = {}
         for name, module in self.layers.items():
             initial, now = self.initial[name], _out_channels(module)
             achieved = 1 - now / initial
-            per_layer[name] = {"asked": asked, "achieved": achieved, "reason": self._reason(name, asked, initial, now)}
+            own = self.ratio_of(name) * progress
+            per_layer[name] = {"asked": own, "achieved": achieved, "reason": self._reason(name, own, initial, now)}
         total = sum(self.initial.values())
         now_total = sum(_out_channels(m) for m in self.layers.values())
+        extra = {"layer_ratio": dict(self.spec.layer_ratio)} if self.spec.layer_ratio else {}
         return {
+            **extra,
             "ratio": self.spec.ratio,
             "importance": type(self.importance).__name__ if self.custom else self.spec.importance,
             "scope": self.spec.scope,
