@@ -1,0 +1,359 @@
+"""Prune inside Lightning's ``Trainer.fit``: :class:`SparsekitCallback`.
+
+>>> from sparsekit.integrations.lightning import SparsekitCallback
+>>> pruning = SparsekitCallback("cnn-layer-magnitude-80", submodule="net")
+>>> trainer = lightning.pytorch.Trainer(max_epochs=4, callbacks=[pruning])
+>>> trainer.fit(lit_module, train_loader)       # masks follow the recipe's schedule, zeros stay zero
+>>> pruned = pruning.model                      # masks baked in at the end of fit
+
+Lightning owns the loop: the recipe's ``pruning`` list is used, its ``finetune`` (epochs, optimizer,
+LR schedule, ``max_steps_per_epoch``) and ``data`` sections are not. Schedules given in epochs are
+laid out in real optimizer steps of this Trainer (``steps_per_epoch``). Needs ``lightning`` (or the
+older ``pytorch_lightning``): ``pip install 'sparsekit[lightning]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..pruner import Pruner
+from ..recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+else:
+
+    def _import_lightning() -> Any:
+        for name in ("lightning.pytorch", "pytorch_lightning"):
+            try:
+                return importlib.import_module(name)
+            except ImportError:
+                continue
+        raise ImportError(
+            "sparsekit.integrations.lightning needs Lightning (lightning.pytorch or pytorch_lightning), "
+            "which is not installed: pip install 'sparsekit[lightning]'"
+        )
+
+    pl = _import_lightning()
+
+__all__ = ["SparsekitCallback"]
+
+STATE_VERSION = 1
+
+
+def _as_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str | os.PathLike):
+        return load_recipe(os.fspath(recipe))
+    raise TypeError(
+        f"recipe must be a sparsekit.Recipe, a recipe file or a shipped recipe's name, not {type(recipe).__name__}"
+    )
+
+
+def _pruning_key(recipe: Recipe) -> str:
+    """The recipe's pruning section as text: what the masks in a checkpoint mean."""
+    return json.dumps([m.model_dump(mode="json") for m in recipe.pruning], sort_keys=True)
+
+
+def _short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float) -> list[str]:
+    """One line per pruning entry whose schedule ends after ``total_steps`` optimizer steps."""
+    lines = []
+    for i, spec in enumerate(recipe.pruning):
+        schedule = getattr(spec, "schedule", None)
+        if schedule is None or spec.method == "l1":  # l1 regularizes "forever" by default
+            continue
+        end = math.ceil(schedule.end_epoch * steps_per_epoch)
+        if end > total_steps:
+            lines.append(
+                f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
+                f"but this fit takes {int(total_steps)} steps ({steps_per_epoch} per epoch)"
+            )
+    return lines
+
+
+class SparsekitCallback(pl.Callback):
+    """Drive a :class:`~sparsekit.pruner.Pruner` from Lightning's hooks during ``Trainer.fit``.
+
+    ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a recipe file or a shipped recipe's name (read with
+    :func:`sparsekit.load_recipe`: RecipeError when invalid, TypeError for anything else). Only its
+    ``pruning`` list matters here (plus ``model.input_shape``): the Trainer owns data, epochs and
+    optimizer.
+
+    ``submodule``: dotted name of the module to prune inside the LightningModule (``"net"`` for
+    ``self.net = small_cnn()``), so the recipe's layer globs are that module's own names (``fc1``
+    rather than ``net.fc1``), structured pruning traces that module alone, and the model
+    :meth:`~sparsekit.pruner.Pruner.finalize` returns is put back in its place. Default: the
+    LightningModule itself. A name that is not a submodule is a ValueError at the start of fit.
+
+    ``steps_per_epoch``: real optimizer steps per epoch, which turn the recipe's epochs into steps.
+    Default: ``ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)`` (Lightning steps
+    at the last batch of an epoch even when the accumulation window is incomplete); required (ValueError
+    otherwise) when the training loader has no length. ``input_shape``: the batch-first shape of one
+    input (``[1, 1, 8, 8]``) for methods that trace the model (``structured``, l1 ``remove_dead``);
+    default: the recipe's ``model.input_shape``. ``scorers``: as for :class:`~sparsekit.pruner.Pruner`.
+    ``finalize``: call :meth:`Pruner.finalize` at the end of fit (default True): masks baked into the
+    weights, pending removals done, no sparsekit buffers left.
+
+    Hooks, in the order Lightning calls them:
+
+    - ``setup`` (fit): forgets any previous fit's pruner; wraps the LightningModule's
+      ``on_load_checkpoint`` (until ``teardown``) so that on ``fit(ckpt_path=...)`` the pruner is
+      rebuilt and its state loaded *before* Lightning loads the weights: channels a ``structured``
+      method removed are removed again first, so the saved, smaller weights fit, and the optimizer
+      Lightning configures next covers the new parameters.
+    - ``on_train_start``: builds the Pruner (when no checkpoint restored it): the training loader's
+      length is known only here. Warns when a schedule ends after the fit's last step.
+    - ``on_before_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
+      ``.grad`` in place, so ``training_step``'s loss needs no edit). Lightning calls it once per real
+      optimizer step, after the last accumulated backward and after the precision plugin unscaled the
+      gradients (AMP), before gradient clipping.
+    - ``on_train_batch_end``: :meth:`Pruner.step` when ``trainer.global_step`` advanced, so with
+      ``accumulate_grad_batches`` only real optimizer steps count (``pruner.step_count`` equals the
+      optimizer steps taken under this callback). Gradients are still there (Lightning zeroes them at
+      the next step), which gradient-based criteria need. When channels were removed
+      (``structure_changed``), every optimizer in ``trainer.optimizers`` is pointed at the new parameters
+      in place (:meth:`Pruner.update_optimizer`), so LR schedulers keep driving them.
+    - ``on_fit_end``: :meth:`Pruner.finalize` (with ``finalize=True``). :attr:`model` is then the pruned
+      module (the LightningModule or ``submodule``). If finalize returned a new object, it replaces
+      ``submodule`` on the LightningModule; without ``submodule`` it cannot replace the LightningModule
+      itself: a warning says so and :attr:`model` holds it.
+    - ``state_dict`` / ``on_load_checkpoint``: the pruner's state (step count, masks, method state,
+      structural history) and ``steps_per_epoch`` live in Lightning's checkpoints, under
+      :attr:`state_key`; resuming continues with the same masks, step count and shapes. Resuming under
+      a recipe whose ``pruning`` section differs is a ValueError. A checkpoint written after finalize
+      (``trainer.save_checkpoint`` after fit) holds no pruner state: resuming from it starts pruning
+      again from step 0, with a warning.
+
+    Limits: one optimizer over the pruned weights is assumed (automatic optimization; under manual
+    optimization with several optimizers the pruner steps once per batch in which ``global_step``
+    advanced). Structured pruning replaces parameters during fit, which DDP/FSDP wrappers do not follow:
+    use it on a single device. Attributes: :attr:`pruner` (None before ``on_train_start``), :attr:`model`.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe | str | os.PathLike[str],
+        *,
+        steps_per_epoch: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        scorers: Mapping[int, Callable[..., Any]] | None = None,
+        submodule: str | None = None,
+        finalize: bool = True,
+    ) -> None:
+        if steps_per_epoch is not None and (
+            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0
+        ):
+            raise ValueError(
+                f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
+            )
+        self.recipe = _as_recipe(recipe)
+        self.steps_per_epoch = steps_per_epoch
+        self.input_shape = [int(d) for d in input_shape] if input_shape else None
+        self.scorers = dict(scorers) if scorers else None
+        self.submodule = submodule
+        self.finalize = finalize
+        self.pruner: Pruner | None = None
+        """The run's Pruner: built at ``on_train_start`` or when a checkpoint is restored."""
+        self.model: nn.Module | None = None
+        """The pruned module after fit (finalized when ``finalize=True``)."""
+        self._last_step = 0
+        self._restored = False
+        self._unhook: Callable[[], None] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(submodule=self.submodule)
+
+    # -- building -------------------------------------------------------------------------------------
+
+    def _target(self, pl_module: nn.Module) -> nn.Module:
+        if not self.submodule:
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.submodule)
+        except AttributeError:
+            names = [n for n, _ in pl_module.named_children()]
+            raise ValueError(
+                f"SparsekitCallback(submodule={self.submodule!r}): {type(pl_module).__name__} has no such submodule "
+                f"(its children: {', '.join(names) or 'none'})"
+            ) from None
+
+    def _build(self, pl_module: nn.Module, steps_per_epoch: int) -> Pruner:
+        context = {"input_shape": self.input_shape} if self.input_shape else None
+        return Pruner(self._target(pl_module), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+
+    def _trainer_steps_per_epoch(self, trainer: pl.Trainer) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                "SparsekitCallback: the training loader has no length, so optimizer steps per epoch are unknown; "
+                "pass SparsekitCallback(..., steps_per_epoch=N)"
+            )
+        return max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
+
+    # -- hooks ----------------------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.pruner, self.model, self._restored, self._last_step = None, None, False, 0
+        self._hook_restore(trainer, pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
+
+    def _hook_restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Restore the pruner in the LightningModule's ``on_load_checkpoint``: Lightning calls it just before
+        loading the weights, and callbacks' own hooks only after (too late for a model that lost channels)."""
+        if self._unhook is not None:
+            self._unhook()
+        own = vars(pl_module).get("on_load_checkpoint")  # an instance attribute, if someone set one
+        original = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            self._restore(trainer, pl_module, checkpoint)
+            original(checkpoint)
+
+        vars(pl_module)["on_load_checkpoint"] = on_load_checkpoint
+
+        def unhook() -> None:
+            if own is None:
+                vars(pl_module).pop("on_load_checkpoint", None)
+            else:
+                vars(pl_module)["on_load_checkpoint"] = own
+
+        self._unhook = unhook
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Normally done already (see _hook_restore); this covers a LightningModule whose hook did not run.
+        self._restore(trainer, pl_module, checkpoint)
+
+    def _restore(self, trainer: pl.Trainer, pl_module: nn.Module, checkpoint: Mapping[str, Any]) -> None:
+        if self._restored:
+            return
+        state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        if not state:
+            return
+        self._restored = True
+        if state.get("finalized"):
+            warnings.warn(
+                "SparsekitCallback: this checkpoint was written after pruner.finalize(), so it holds no pruner "
+                "state; pruning starts again from step 0 on the restored weights",
+                stacklevel=2,
+            )
+            return
+        if state.get("pruning") != _pruning_key(self.recipe):
+            raise ValueError(
+                "SparsekitCallback: the recipe's pruning section differs from the one this checkpoint was "
+                "written with, so its masks and schedule do not apply; resume with the same recipe or start a new fit"
+            )
+        steps = int(state["steps_per_epoch"])
+        if self.steps_per_epoch is not None and self.steps_per_epoch != steps:
+            warnings.warn(
+                f"SparsekitCallback: steps_per_epoch={self.steps_per_epoch} but the checkpoint's schedule was laid "
+                f"out with {steps}; continuing with {steps}",
+                stacklevel=2,
+            )
+        pruner = self._build(pl_module, steps)
+        pruner.load_state_dict(state["pruner"])  # replays removed channels: the saved weights fit next
+        if pruner.structure_changed:
+            if trainer.optimizers:  # a strategy that restores after configuring the optimizers
+                for optimizer in trainer.optimizers:
+                    pruner.update_optimizer(optimizer)
+            pruner.structure_changed = False  # otherwise Lightning configures them next, over the new parameters
+        self.pruner = pruner
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = self._trainer_steps_per_epoch(trainer)
+        if self.pruner is None:
+            self.pruner = self._build(pl_module, steps)
+        elif self.pruner.steps_per_epoch != steps:
+            warnings.warn(
+                f"SparsekitCallback: this fit takes {steps} optimizer steps per epoch, the resumed schedule "
+                f"{self.pruner.steps_per_epoch}; the schedule keeps its steps",
+                stacklevel=2,
+            )
+        total = trainer.estimated_stepping_batches
+        short = _short_schedules(self.recipe, self.pruner.steps_per_epoch, float(total))
+        if short:
+            warnings.warn(
+                "SparsekitCallback: the recipe's schedule outlasts the fit, so its target is not reached: "
+                + "; ".join(short),
+                stacklevel=2,
+            )
+        self._last_step = trainer.global_step
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.pruner is not None and not self.pruner.finalized:
+            self.pruner.regularize()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        pruner = self.pruner
+        if pruner is None or pruner.finalized or trainer.global_step <= self._last_step:
+            return  # an accumulation micro-batch (or a skipped step): no optimizer step happened
+        self._last_step = trainer.global_step
+        pruner.step()
+        if pruner.structure_changed:
+            for optimizer in trainer.optimizers:
+                pruner.update_optimizer(optimizer)  # in place: LR schedulers keep driving it
+            pruner.structure_changed = False
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pruner = self.pruner
+        if pruner is None:
+            return
+        target = pruner.model
+        if not self.finalize or pruner.finalized:
+            self.model = target
+            return
+        model = pruner.finalize()
+        if model is not target:
+            if self.submodule:
+                parent_name, _, attr = self.submodule.rpartition(".")
+                setattr(pl_module.get_submodule(parent_name) if parent_name else pl_module, attr, model)
+            else:
+                warnings.warn(
+                    "SparsekitCallback: pruner.finalize() returned a new model object, which cannot replace the "
+                    "LightningModule itself; use callback.model (or pass submodule=... to prune a child module)",
+                    stacklevel=2,
+                )
+        self.model = model
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning stores in its checkpoints under :attr:`state_key`: ``{}`` before the pruner exists,
+        ``{"finalized": True}`` after finalize, else the pruner's state, ``steps_per_epoch`` and the recipe's
+        pruning section (checked on resume)."""
+        if self.pruner is None:
+            return {}
+        if self.pruner.finalized:
+            return {"version": STATE_VERSION, "finalized": True}
+        return {
+            "version": STATE_VERSION,
+            "steps_per_epoch": self.pruner.steps_per_epoch,
+            "pruning": _pruning_key(self.recipe),
+            "pruner": self.pruner.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Restored in on_load_checkpoint, which also gets the LightningModule the pruner is built on.
+        pass

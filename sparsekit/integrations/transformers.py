@@ -1,0 +1,389 @@
+"""Prune inside Hugging Face's ``transformers.Trainer``: :class:`SparsekitTrainerCallback`.
+
+>>> from sparsekit.integrations.transformers import SparsekitTrainerCallback
+>>> pruning = SparsekitTrainerCallback("lenet-gradual-magnitude-90", submodule="net")
+>>> trainer = transformers.Trainer(model=model, args=args, train_dataset=train, callbacks=[pruning])
+>>> trainer.train()                             # masks follow the recipe's schedule, zeros stay zero
+>>> pruned = pruning.model                      # masks baked in at the end of training
+
+The model is any ``nn.Module`` the Trainer accepts: its ``forward(**batch)`` returns a dict (or
+``ModelOutput``) with ``"loss"`` when the batch holds labels, ``"logits"`` always. The Trainer owns the
+loop: the recipe's ``pruning`` list is used, its ``finetune`` (epochs, optimizer, LR schedule,
+``max_steps_per_epoch``) and ``data`` sections are not. Schedules given in epochs are laid out in the
+Trainer's real optimizer steps (``steps_per_epoch``). Needs ``transformers`` (and ``accelerate``, which
+it requires for training): ``pip install 'sparsekit[transformers]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..fsutil import atomic_path
+from ..pruner import Pruner
+from ..recipe import Recipe, load_recipe
+
+try:
+    import transformers
+except ImportError:
+    raise ImportError(
+        "sparsekit.integrations.transformers needs Hugging Face transformers, which is not installed: "
+        "pip install 'sparsekit[transformers]'"
+    ) from None
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+
+__all__ = ["PRUNER_FILE", "SparsekitTrainerCallback"]
+
+PRUNER_FILE = "pruner.pt"
+"""The file, in each ``checkpoint-N`` folder, holding the pruner's state."""
+STATE_VERSION = 1
+
+
+def _as_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str | os.PathLike):
+        return load_recipe(os.fspath(recipe))
+    raise TypeError(
+        f"recipe must be a sparsekit.Recipe, a recipe file or a shipped recipe's name, not {type(recipe).__name__}"
+    )
+
+
+def _pruning_key(recipe: Recipe) -> str:
+    """The recipe's pruning section as text: what the masks in a checkpoint mean."""
+    return json.dumps([m.model_dump(mode="json") for m in recipe.pruning], sort_keys=True)
+
+
+def _short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float) -> list[str]:
+    """One line per pruning entry whose schedule ends after ``total_steps`` optimizer steps."""
+    lines = []
+    for i, spec in enumerate(recipe.pruning):
+        schedule = getattr(spec, "schedule", None)
+        if schedule is None or spec.method == "l1":  # l1 regularizes "forever" by default
+            continue
+        end = math.ceil(schedule.end_epoch * steps_per_epoch)
+        if end > total_steps:
+            lines.append(
+                f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
+                f"but this run takes {int(total_steps)} steps ({steps_per_epoch} per epoch)"
+            )
+    return lines
+
+
+def _checkpoint_dir(args: TrainingArguments, step: int) -> Path:
+    """Where ``Trainer`` writes the checkpoint of ``step``: ``output_dir/checkpoint-N`` (outside hyperparameter
+    search)."""
+    return Path(args.output_dir or "trainer_output") / f"checkpoint-{step}"
+
+
+def _real_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind accelerate's ``AcceleratedOptimizer`` (its ``.optimizer``), or ``optimizer``."""
+    inner = getattr(optimizer, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+
+
+class SparsekitTrainerCallback(transformers.TrainerCallback):
+    """Drive a :class:`~sparsekit.pruner.Pruner` from ``transformers.Trainer``'s callback events.
+
+    ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a recipe file or a shipped recipe's name (read with
+    :func:`sparsekit.load_recipe`: RecipeError when invalid, TypeError for anything else). Only its
+    ``pruning`` list matters here (plus ``model.input_shape``).
+
+    ``submodule``: dotted name of the module to prune inside the Trainer's model (``"net"`` for a
+    wrapper holding ``self.net = small_cnn()`` whose ``forward`` adds the loss), so the recipe's layer
+    globs are that module's own names (``fc1`` rather than ``net.fc1``), structured pruning traces that
+    module alone (whose forward takes one input tensor), and the model finalize returns is put back in
+    its place. Default: the Trainer's model itself. A name that is not a submodule is a ValueError when
+    training begins.
+
+    ``steps_per_epoch``: real optimizer steps per epoch, which turn the recipe's epochs into steps.
+    Default: ``ceil(len(train_dataloader) / args.gradient_accumulation_steps)``, the Trainer's own count
+    (required, ValueError otherwise, when the loader has no length). ``input_shape``: the batch-first
+    shape of one input for methods that trace the model (``structured``, l1 ``remove_dead``); default:
+    the recipe's ``model.input_shape``. ``scorers``: as for :class:`~sparsekit.pruner.Pruner`.
+    ``finalize``: call :meth:`Pruner.finalize` when training ends (default True).
+
+    Events used:
+
+    - ``on_init_end`` (recipes with a ``structured`` entry): a ``load_state_dict`` pre-hook on the model
+      turns the size mismatch of resuming a run that removed channels, without :meth:`prepare_resume`,
+      into an error saying what to do.
+    - ``on_train_begin``: builds the Pruner on ``kwargs["model"]`` (the Trainer's unwrapped model), or on
+      a resume (``state.global_step > 0``) restores it from ``args.output_dir/checkpoint-N/pruner.pt``
+      (N = the global step resumed at) when :meth:`prepare_resume` did not already. Warns when a
+      schedule ends after the run's last step.
+    - ``on_pre_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
+      ``.grad``; the model's loss needs no edit). Called once per real optimizer step, after the last
+      accumulated backward and after gradient clipping (``max_grad_norm``; the penalty's gradient is not
+      clipped). Mixed precision: accelerate unscales fp16 gradients while clipping, so with ``fp16``
+      keep ``max_grad_norm > 0`` (a warning says so); bf16 needs no scaling.
+    - ``on_optimizer_step``: :meth:`Pruner.step`, once per real optimizer step (gradient accumulation
+      counts real steps only: ``pruner.step_count`` equals ``state.global_step`` of a run pruned from
+      its start). This event rather than ``on_step_end``: the Trainer zeroes the gradients between
+      the two, and gradient-based criteria (``gradient``, structured ``taylor``) read them. When channels
+      were removed (``structure_changed``) the torch optimizer (unwrapped from accelerate's
+      ``AcceleratedOptimizer``: ``.optimizer``) is pointed at the new parameters in place, before the
+      LR scheduler steps, so the scheduler keeps driving it.
+    - ``on_save``: writes the pruner's state to ``checkpoint-N/pruner.pt`` in ``args.output_dir`` (world
+      process zero only; a warning when the folder is elsewhere, e.g. under hyperparameter search).
+    - ``on_train_end``: :meth:`Pruner.finalize`; :attr:`model` is the pruned module. If finalize
+      returned a new object it replaces ``submodule`` in the model; without ``submodule`` it cannot
+      replace the Trainer's model: a warning says so and :attr:`model` holds it.
+
+    Resuming (``trainer.train(resume_from_checkpoint=...)``): unstructured methods resume by themselves
+    from ``output_dir/checkpoint-N``. The Trainer loads the weights *before* any callback event, so a run
+    that removed channels must be rebuilt first: call ``callback.prepare_resume(trainer, checkpoint)``,
+    then ``trainer.train(resume_from_checkpoint=checkpoint)`` (also the way for a checkpoint outside
+    ``output_dir``). Resuming under a recipe whose ``pruning`` section differs is a ValueError.
+
+    Limits: structured pruning replaces parameters during training, which DeepSpeed/FSDP/DDP wrappers
+    do not follow: use it on a single device; ``load_best_model_at_end`` cannot load a checkpoint whose
+    shapes differ from the final model's. Attributes: :attr:`pruner` (None before training begins),
+    :attr:`model`.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe | str | os.PathLike[str],
+        *,
+        steps_per_epoch: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        scorers: Mapping[int, Callable[..., Any]] | None = None,
+        submodule: str | None = None,
+        finalize: bool = True,
+    ) -> None:
+        if steps_per_epoch is not None and (
+            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0
+        ):
+            raise ValueError(
+                f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
+            )
+        self.recipe = _as_recipe(recipe)
+        self.steps_per_epoch = steps_per_epoch
+        self.input_shape = [int(d) for d in input_shape] if input_shape else None
+        self.scorers = dict(scorers) if scorers else None
+        self.submodule = submodule
+        self.finalize = finalize
+        self.pruner: Pruner | None = None
+        """The run's Pruner: built when training begins, or by :meth:`prepare_resume`."""
+        self.model: nn.Module | None = None
+        """The pruned module after training (finalized when ``finalize=True``)."""
+        self._guard: Any = None
+        self._prepared = False
+
+    # -- building and restoring -----------------------------------------------------------------------
+
+    def _target(self, model: nn.Module) -> nn.Module:
+        if not self.submodule:
+            return model
+        try:
+            return model.get_submodule(self.submodule)
+        except AttributeError:
+            names = [n for n, _ in model.named_children()]
+            raise ValueError(
+                f"SparsekitTrainerCallback(submodule={self.submodule!r}): {type(model).__name__} has no such "
+                f"submodule (its children: {', '.join(names) or 'none'})"
+            ) from None
+
+    def _build(self, model: nn.Module, steps_per_epoch: int) -> Pruner:
+        context = {"input_shape": self.input_shape} if self.input_shape else None
+        return Pruner(self._target(model), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+
+    def _state(self) -> dict[str, Any]:
+        assert self.pruner is not None
+        return {
+            "version": STATE_VERSION,
+            "steps_per_epoch": self.pruner.steps_per_epoch,
+            "pruning": _pruning_key(self.recipe),
+            "submodule": self.submodule,
+            "pruner": self.pruner.state_dict(),
+        }
+
+    def _restore(self, model: nn.Module, state: Mapping[str, Any], optimizer: Any, where: Path) -> None:
+        if state.get("pruning") != _pruning_key(self.recipe):
+            raise ValueError(
+                f"{where}: the recipe's pruning section differs from the one this checkpoint was written with, "
+                "so its masks and schedule do not apply; resume with the same recipe or start a new run"
+            )
+        steps = int(state["steps_per_epoch"])
+        if self.steps_per_epoch is not None and self.steps_per_epoch != steps:
+            warnings.warn(
+                f"SparsekitTrainerCallback: steps_per_epoch={self.steps_per_epoch} but {where}'s schedule was "
+                f"laid out with {steps}; continuing with {steps}",
+                stacklevel=3,
+            )
+        pruner = self._build(model, steps)
+        pruner.load_state_dict(state["pruner"])  # replays removed channels: the saved weights fit next
+        if pruner.structure_changed:
+            if optimizer is not None:
+                pruner.update_optimizer(_real_optimizer(optimizer))
+            pruner.structure_changed = False  # otherwise the Trainer creates its optimizer over the new parameters
+        self.pruner = pruner
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "pruner" not in state:
+            raise ValueError(f"{path}: not a sparsekit pruner state (written by SparsekitTrainerCallback)")
+        return state
+
+    def prepare_resume(self, trainer: Trainer, checkpoint: str | os.PathLike[str]) -> None:
+        """Before ``trainer.train(resume_from_checkpoint=checkpoint)``: rebuild the pruner from
+        ``checkpoint/pruner.pt`` on ``trainer.model``, removing the channels the run had removed, so the
+        checkpoint's smaller weights (and optimizer state) fit when the Trainer loads them. Needed when
+        the recipe has a ``structured`` entry or the checkpoint lies outside ``args.output_dir``; harmless
+        otherwise. FileNotFoundError when ``checkpoint`` has no ``pruner.pt``; ValueError when it was
+        written under another recipe's pruning section."""
+        path = Path(checkpoint) / PRUNER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no pruner state there; was the run trained with SparsekitTrainerCallback?"
+            )
+        model: Any = trainer.model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"prepare_resume: trainer.model is {type(model).__name__}, not an nn.Module")
+        self._restore(model, self._read(path), trainer.optimizer, path)
+        self._prepared = True
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        model = kwargs.get("model")
+        if not isinstance(model, nn.Module) or not any(s.method == "structured" for s in self.recipe.pruning):
+            return
+
+        def guard(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *_: Any) -> None:
+            if self.pruner is not None or prefix:
+                return
+            own = module.state_dict()
+            for key, value in state_dict.items():
+                if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+                    raise RuntimeError(
+                        f"the checkpoint's {key!r} has shape {list(value.shape)} but the model's "
+                        f"{list(own[key].shape)}: the run removed channels (structured pruning). Call "
+                        "callback.prepare_resume(trainer, checkpoint) before "
+                        "trainer.train(resume_from_checkpoint=checkpoint), with the same recipe"
+                    )
+
+        self._guard = model.register_load_state_dict_pre_hook(guard)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = kwargs["model"]
+        self.model = None
+        if not self._prepared:
+            self.pruner = None  # each train() call builds its own pruner, unless prepare_resume built it
+        self._prepared = False
+        if self.pruner is None and state.global_step > 0:
+            path = _checkpoint_dir(args, state.global_step) / PRUNER_FILE
+            if path.is_file():
+                self._restore(model, self._read(path), kwargs.get("optimizer"), path)
+            else:
+                warnings.warn(
+                    f"SparsekitTrainerCallback: resuming at step {state.global_step} but {path} does not exist; "
+                    "pruning starts again from step 0 (for a checkpoint elsewhere call "
+                    "callback.prepare_resume(trainer, checkpoint) first)",
+                    stacklevel=2,
+                )
+        if self.pruner is None:
+            self.pruner = self._build(model, self._steps_per_epoch(args, kwargs.get("train_dataloader")))
+        short = _short_schedules(self.recipe, self.pruner.steps_per_epoch, float(state.max_steps))
+        if short and state.max_steps > 0:
+            warnings.warn(
+                "SparsekitTrainerCallback: the recipe's schedule outlasts training, so its target is not reached: "
+                + "; ".join(short),
+                stacklevel=2,
+            )
+        if args.fp16 and args.max_grad_norm <= 0 and any(s.method == "l1" for s in self.recipe.pruning):
+            warnings.warn(
+                "SparsekitTrainerCallback: fp16 with max_grad_norm=0 leaves the gradients scaled at "
+                "on_pre_optimizer_step, so the L1 gradient is added at the wrong scale; set max_grad_norm > 0 "
+                "(accelerate then unscales first) or use bf16",
+                stacklevel=2,
+            )
+
+    def _steps_per_epoch(self, args: TrainingArguments, loader: Any) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        try:
+            batches = len(loader)
+        except TypeError:
+            raise ValueError(
+                "SparsekitTrainerCallback: the training loader has no length, so optimizer steps per epoch are "
+                "unknown; pass SparsekitTrainerCallback(..., steps_per_epoch=N)"
+            ) from None
+        return max(1, math.ceil(batches / max(1, args.gradient_accumulation_steps)))
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.pruner is not None and not self.pruner.finalized:
+            self.pruner.regularize()
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        pruner = self.pruner
+        if pruner is None or pruner.finalized:
+            return
+        pruner.step()
+        if pruner.structure_changed:
+            optimizer = kwargs.get("optimizer")
+            if optimizer is None:
+                raise RuntimeError(
+                    "SparsekitTrainerCallback: channels were removed but the Trainer passed no optimizer"
+                )
+            pruner.update_optimizer(_real_optimizer(optimizer))  # in place: the LR scheduler keeps driving it
+            pruner.structure_changed = False
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.pruner is None or self.pruner.finalized or not state.is_world_process_zero:
+            return
+        folder = _checkpoint_dir(args, state.global_step)
+        if not folder.is_dir():
+            warnings.warn(
+                f"SparsekitTrainerCallback: the checkpoint folder {folder} does not exist (hyperparameter search "
+                "writes elsewhere); the pruner's state was not saved",
+                stacklevel=2,
+            )
+            return
+        with atomic_path(folder / PRUNER_FILE) as tmp, open(tmp, "wb") as fh:
+            torch.save(self._state(), fh)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = None
+        pruner = self.pruner
+        if pruner is None:
+            return
+        target = pruner.model
+        if not self.finalize or pruner.finalized:
+            self.model = target
+            return
+        model = pruner.finalize()
+        if model is not target:
+            root = kwargs.get("model")
+            if self.submodule and isinstance(root, nn.Module):
+                parent_name, _, attr = self.submodule.rpartition(".")
+                setattr(root.get_submodule(parent_name) if parent_name else root, attr, model)
+            else:
+                warnings.warn(
+                    "SparsekitTrainerCallback: pruner.finalize() returned a new model object, which cannot replace "
+                    "the Trainer's model; use callback.model (or pass submodule=... to prune a child module)",
+                    stacklevel=2,
+                )
+        self.model = model
