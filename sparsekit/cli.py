@@ -78,7 +78,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = err.filename or ""
             _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2)
         except KeyboardInterrupt:
-            resume = "; `--resume` continues from the last finished epoch" if fn.__name__ == "prune" else ""
+            resume = {
+                "prune": "; `--resume` continues from the last finished epoch",
+                "sensitivity": "; `--resume` continues the analysis from the last finished probe",
+            }.get(fn.__name__, "")
             click.echo(f"Interrupted: finished files are complete, unfinished ones were not written{resume}.", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit):
@@ -615,7 +618,7 @@ def validate(
     Without MODEL nothing the recipe names is imported. With MODEL the architecture is built, so a
     factory named in RECIPE or MODEL needs --arch (or --trust-code) as for `prune`.
     """
-    from .planning import plan
+    from .planning import allocation_lines, plan
     from .recipe import load_recipe
 
     path = find_recipe(recipe)
@@ -624,6 +627,17 @@ def validate(
         _load_native("torch")
     res = plan(rec, model, arch=arch, steps_per_epoch=steps_per_epoch, trust_code=trust_code)
     res["recipe"] = str(path)
+    auto_lines: list[str] = []
+    if model is not None and any(a["auto"] for a in res.get("allocation", [])):
+        # The values prune would choose need the data: analyse now (the model was built already).
+        from .analysis import allocate_for_run, allocation_summary
+        from .pipeline import check_inputs
+
+        inputs = check_inputs(model, rec, arch=arch, trust_code=trust_code)
+        rec, _, allocation = allocate_for_run(inputs, rec, [], progress=not as_json)
+        res = plan(rec, model, arch=arch, steps_per_epoch=steps_per_epoch, trust_code=trust_code)
+        res.update(recipe=str(path), auto_allocation=allocation)
+        auto_lines = [allocation_summary(allocation)] if allocation else []
     lines = [f"{path}: valid ({len(rec.pruning)} method(s), {rec.finetune.epochs} fine-tuning epoch(s))"]
     if model is None:
         for field, spec in res["names_code"].items():
@@ -653,7 +667,113 @@ def validate(
             lines.append(
                 "  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(m["targets_per_epoch"]))
             )
+    lines += allocation_lines(res) + auto_lines
     _emit(res, as_json, "\n".join(lines))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("recipe")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    default="sparsekit-sensitivity",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output folder (sensitivity.json, sensitivity.png, sensitivity.md; allocation.json for auto entries).",
+)
+@click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+@click.option("--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe field.")
+@click.option(
+    "--max-batches",
+    type=click.IntRange(1),
+    help="Validation batches per evaluation (default: all; fewer is faster and noisier).",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted analysis in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier analysis in the output folder.")
+@click.option(
+    "--trust-model-file",
+    is_flag=True,
+    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
+)
+@trust_code_option
+@click.option("--json", "as_json", is_flag=True, help="Print the table, ranking and allocation as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@debug_option
+@handle_errors
+def sensitivity(
+    model: Path,
+    recipe: str,
+    out: Path,
+    arch: str | None,
+    data: str | None,
+    overrides: tuple[str, ...],
+    max_batches: int | None,
+    resume: bool,
+    overwrite: bool,
+    trust_model_file: bool,
+    trust_code: bool,
+    as_json: bool,
+    no_progress: bool,
+    debug: bool,
+) -> None:
+    """Per-layer sensitivity: prune each layer RECIPE selects alone, one shot, no fine-tuning.
+
+    Every layer the recipe's magnitude / gradient entries select is pruned alone at sparsities
+    0.3 ... 0.98 (structured entries: channel ratios 0.1 ... 0.7) and evaluated on the validation split.
+    Writes the table (sensitivity.json), curves of loss increase and accuracy drop per layer
+    (sensitivity.png) and the ranking (sensitivity.md), and prints the most and least sensitive layers.
+    With `sparsity: auto` / `ratio: auto` entries it also prints and writes (allocation.json) the
+    per-layer values `prune` would use. The table is saved after every probe: --resume continues.
+
+    \b
+    Example:
+      sparsekit sensitivity lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o sens
+    """
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    _load_native("torch")
+    from .analysis import allocation_summary, run_sensitivity
+    from .recipe import load_recipe
+
+    rec = load_recipe(find_recipe(recipe), list(overrides))
+    res = run_sensitivity(
+        model,
+        rec,
+        out,
+        arch=arch,
+        data=data,
+        trust=trust_model_file,
+        trust_code=trust_code,
+        resume=resume,
+        overwrite=overwrite,
+        max_batches=max_batches,
+        progress=not no_progress and not as_json,
+    )
+    table = res["table"]
+    ranking = res["ranking"]
+    doc = {
+        "table": table.model_dump(mode="json"),
+        "ranking": [{"layer": n, "score": s} for n, s in ranking],
+        "files": res["files"],
+        "allocation": res["allocation"],
+    }
+    lines = [
+        f"Wrote {out}/ ({', '.join(Path(p).name for p in res['files'].values())})",
+        f"  dense     accuracy {table.dense_accuracy:.4f}, loss {table.dense_loss:.4f} ({table.val_samples:,} samples)",
+        "  score     mean validation-loss increase over the probed range, nats per sample",
+    ]
+    shown = ranking if len(ranking) <= 6 else ranking[:3] + ranking[-3:]
+    for i, (name, score) in enumerate(shown):
+        label = "most" if i == 0 else "least" if i == len(shown) - 1 else ""
+        lines.append(f"  {label:9} {name}: {score:.4f}")
+    for row in table.left_out:
+        lines.append(f"  left out  {row.name} ({row.type}): {row.reason}")
+    if res["allocation"]:
+        lines.append(allocation_summary(res["allocation"]))
+    _emit(doc, as_json, "\n".join(lines))
 
 
 @main.command()

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from .errors import RecipeError, SparsekitError, option
+
+T = TypeVar("T")
 
 
 class DivergenceError(SparsekitError):
@@ -136,17 +138,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast(value: T) -> T:
+    """Rank 0's ``value`` (picklable plain data) on every rank; ``value`` itself when not distributed."""
+    import torch.distributed as dist
+
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def agree(error: str | None) -> str | None:
     """Every rank learns rank 0's verdict: ``error`` is rank 0's message (None when it succeeded); returns
     it on all ranks. Used where only rank 0 can check something (the output folder), so the others stop
     with it instead of waiting forever."""
-    import torch.distributed as dist
-
-    if not active():
-        return error
-    box = [error]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return broadcast(error)
 
 
 def shard(loader: Any, seed: int) -> Any:

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import __version__
 from . import distributed as _distributed
+from .analysis import allocate_for_run, allocation_summary, write_allocation
 from .data import load_data
 from .errors import DataError, ModelFileError, OutputError, SparsekitError, one_line, option, quoted
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
@@ -198,12 +199,19 @@ def run_prune(
             raise SparsekitError(verdict)
         torch.manual_seed(recipe.seed)
         inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
+        # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
+        recipe, table, allocation = allocate_for_run(
+            inputs, recipe, [folder.stage, out] if resume else [], progress=progress
+        )
+        if allocation and notify and main:
+            notify(allocation_summary(allocation))
         rehearse(inputs, recipe)
         if not main:
             _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
             return None
         stage = folder.begin()  # after inputs are known good: a typo never touches the folder
         try:
+            write_allocation(stage, table, allocation)
             report = _run(
                 inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
                 log_dir=log_dir,

@@ -132,7 +132,9 @@ def calibrate(model: nn.Module, pruner: Pruner, loader: Iterable, batches: int) 
     model.zero_grad()
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool) -> Any:
+    """A rich progress bar on stderr (description, bar, n/total, time left, an `info` field); hidden when
+    not ``enabled``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -222,7 +224,7 @@ def finetune(
     metrics_log = MetricsLog(log_dir, first_epoch * steps) if log_dir and main else None
     masks_before = pruner.masks() if metrics_log else {}
     try:
-        with _progress(progress and main) as bar:
+        with progress_bar(progress and main) as bar:
             task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
             for epoch in range(first_epoch, spec.epochs):
                 lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at

@@ -13,7 +13,8 @@ From Python, ``Pruner(..., scorers={i: fn})`` replaces the scorer of ``pruning[i
 ``fn(weight, grad)`` (float32 tensors of the weight's shape); the entry's ``criterion`` still chooses
 the window it is summed over (taylor: since the last update; movement: the whole run).
 
-Ranking, scopes and schedules are those of :mod:`~sparsekit.methods.magnitude`. An update point
+Ranking, scopes, schedules and per-layer values (``layer_sparsity``; an entry still holding ``sparsity:
+auto`` is refused) are those of :mod:`~sparsekit.methods.magnitude`. An update point
 reached before any gradient arrived (``schedule: oneshot`` before the first step) waits for the
 next step that brings gradients; a run that never gets them fails at :meth:`Gradient.finalize`.
 """

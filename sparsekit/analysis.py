@@ -1,0 +1,221 @@
+"""Sensitivity analysis on files: ``sparsekit sensitivity`` (:func:`run_sensitivity`) and the step of
+``sparsekit prune`` that turns ``sparsity: auto`` / ``ratio: auto`` into per-layer values
+(:func:`allocate_for_run`). The measurements and the allocation algorithms are in
+:mod:`sparsekit.sensitivity`; this module adds the model file, the data, progress, the resumable table
+and the output files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import distributed as _distributed
+from .errors import OutputError, SparsekitError, option
+from .fsutil import write_text
+from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .pipeline import Inputs
+    from .sensitivity import Probe, SensitivityTable
+
+ALLOCATION_FILE = "allocation.json"
+OUTPUT_FILES = ("sensitivity.json", "sensitivity.png", "sensitivity.md", ALLOCATION_FILE)
+
+
+def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any]:
+    """A progress bar and the ``progress(probe)`` callback that advances it and, with ``save_to``, saves the
+    table so far after every probe (what ``resume`` continues from)."""
+    from .train import progress_bar
+
+    bar = progress_bar(progress)
+    task = bar.add_task("sensitivity", total=None, info="")
+
+    def advance(probe: Probe) -> None:
+        bar.update(task, total=probe.total, completed=probe.done, info=f"{probe.layer} at {probe.value:g}")
+        if save_to is not None:
+            write_text(save_to, probe.table.to_json())
+
+    return bar, advance
+
+
+def allocate_for_run(
+    inputs: Inputs, recipe: Recipe, reuse: list[Path], *, progress: bool
+) -> tuple[Recipe, SensitivityTable | None, dict[str, Any] | None]:
+    """For ``sparsekit prune``: ``recipe`` with its ``auto`` entries allocated from a sensitivity analysis of
+    the loaded model on the validation split (:func:`sparsekit.sensitivity.auto_allocate`); unchanged, with
+    None, None, when it has none. Returns ``(recipe, table, allocation)`` where ``allocation`` is what
+    ``allocation.json`` holds (the allocated pruning section and, per entry, the predicted loss increase of
+    the allocation and of a uniform one).
+
+    A resumed run reuses the allocation in the first folder of ``reuse`` that holds ``allocation.json``, so
+    its checkpoint's masks keep their meaning (a latency target would measure differently twice). Under
+    torchrun every rank takes rank 0's allocation."""
+    from .sensitivity import SensitivityTable, allocate_with_details, analyze, auto_entries
+
+    wanted = auto_entries(recipe)
+    if not wanted:
+        return recipe, None, None
+    for folder in reuse:
+        saved = folder / ALLOCATION_FILE
+        if saved.is_file():
+            allocation = json.loads(saved.read_text())
+            table_path = folder / "sensitivity.json"
+            table = SensitivityTable.load(table_path) if table_path.is_file() else None
+            return _with_pruning(recipe, allocation["pruning"]), table, allocation
+    model = inputs.loaded.model
+    bar, advance = _analysis_bar(progress and _distributed.is_main())
+    with bar:
+        table = analyze(model, recipe, inputs.bundle.val, progress=advance, input_shape=inputs.shape, entries=wanted)
+    allocated, details = allocate_with_details(model, recipe, table, input_shape=inputs.shape)
+    pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
+    pruning = _distributed.broadcast(pruning)  # rank 0's, in case a measured latency differed
+    allocation = {"pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
+    return _with_pruning(recipe, pruning), table, allocation
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is an output of an earlier ``sparsekit sensitivity`` (so ``overwrite`` may replace it):
+    each kind of file carries its own mark."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        head = path.read_bytes()[:4096]
+        if path.suffix == ".png":
+            return b"sparsekit sensitivity" in head
+        if path.suffix == ".md":
+            return head.startswith(b"# Sensitivity analysis")
+        data = json.loads(path.read_text())
+        if path.name == ALLOCATION_FILE:
+            return isinstance(data, dict) and {"pruning", "entries"} <= data.keys()
+        return isinstance(data, dict) and {"layers", "grid", "dense_accuracy"} <= data.keys()
+    except (OSError, ValueError):
+        return False
+
+
+def _with_pruning(recipe: Recipe, pruning: list[dict[str, Any]]) -> Recipe:
+    new = Recipe.model_validate({**recipe.model_dump(mode="json"), "pruning": pruning})
+    new._source = recipe.source
+    return new
+
+
+def allocation_summary(allocation: dict[str, Any]) -> str:
+    """One line per allocated entry: its target and the predicted loss increase against a uniform choice."""
+    lines = []
+    for index, entry in allocation["entries"].items():
+        predicted, uniform = entry.get("predicted_loss_increase"), entry.get("uniform_loss_increase")
+        values = entry.get("values") or {}
+        spread = f"{min(values.values()):.3f}..{max(values.values()):.3f}" if values else "-"
+        line = f"pruning[{index}]: auto -> per-layer values {spread} over {len(values)} layer(s)"
+        if predicted is not None and uniform is not None:
+            line += (
+                f"; predicted loss increase {predicted:.3f} vs {uniform:.3f} uniform (nats/sample, before fine-tuning)"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_allocation(stage: Path, table: SensitivityTable | None, allocation: dict[str, Any] | None) -> None:
+    """Write the analysis behind an ``auto`` allocation into a run's staging folder: ``sensitivity.json``,
+    ``.png``, ``.md`` and ``allocation.json`` (nothing when the recipe had no ``auto`` entry)."""
+    from .sensitivity import write_outputs
+
+    if allocation is None:
+        return
+    if table is not None:
+        write_outputs(table, stage)
+    write_text(stage / ALLOCATION_FILE, json.dumps(allocation, indent=2))
+
+
+def run_sensitivity(
+    model_path: str | Path,
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    data: str | None = None,
+    trust: bool = False,
+    trust_code: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``sparsekit sensitivity``: prune every layer the recipe selects alone, one shot, at a grid of
+    sparsities (channel ratios for ``structured``), evaluate on the validation split without fine-tuning,
+    and write ``sensitivity.json`` (the table), ``sensitivity.png`` (curves) and ``sensitivity.md`` (the
+    ranking) into ``out``; with ``auto`` entries also the per-layer values they get (``allocation.json``).
+
+    The table is saved after every probe, so an interrupted analysis continues with ``resume=True``.
+    ``out`` may not hold an earlier analysis unless ``resume`` or ``overwrite`` is given.
+    ``max_batches`` caps the validation batches per evaluation (faster, noisier).
+
+    Returns ``{"table": SensitivityTable, "files": {kind: path}, "ranking": [(layer, score), ...] (most
+    sensitive first; score = mean validation-loss increase, nats per sample), "allocation": {...} or
+    None, "recipe": the allocated recipe or None}``. Raises the errors of a prune run's input checks
+    (:func:`sparsekit.pipeline.check_inputs`) and :class:`~sparsekit.errors.OutputError` for ``out``."""
+    from .pipeline import check_inputs
+    from .sensitivity import SensitivityTable, allocate_with_details, analyze, auto_entries, write_outputs
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is not a folder; choose another output folder ({option('output')})")
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    foreign = [name for name in existing if not _ours(out / name)]
+    if foreign:
+        raise OutputError(
+            f"{out}: holds {', '.join(foreign)}, which sparsekit sensitivity did not write; nothing there is "
+            f"replaced: choose another output folder ({option('output')})"
+        )
+    if existing and not (resume or overwrite):
+        raise OutputError(
+            f"{out}: holds an earlier analysis ({', '.join(existing)}); continue it with {option('resume')} "
+            f"or replace it with {option('overwrite')}"
+        )
+    inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
+    table_path = out / "sensitivity.json"
+    earlier = None
+    if resume and table_path.is_file():
+        try:
+            earlier = SensitivityTable.load(table_path)
+        except (ValueError, OSError) as err:
+            raise SparsekitError(
+                f"{table_path}: cannot continue from it ({err}); start again with {option('overwrite')}"
+            ) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create it ({err.strerror or err})") from None
+    bar, advance = _analysis_bar(progress, save_to=table_path)
+    with bar:
+        table = analyze(
+            inputs.loaded.model,
+            recipe,
+            inputs.bundle.val,
+            progress=advance,
+            resume_from=earlier,
+            input_shape=inputs.shape,
+            max_batches=max_batches,
+        )
+    files = {k: str(v) for k, v in write_outputs(table, out).items()}
+    allocation = allocated = None
+    wanted = auto_entries(recipe)
+    if wanted:
+        allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
+        pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
+        allocation = {
+            "pruning": pruning,
+            "entries": {str(d.index): d.as_dict() for d in details},
+        }
+        write_text(out / ALLOCATION_FILE, json.dumps(allocation, indent=2))
+        files["allocation"] = str(out / ALLOCATION_FILE)
+    elif (out / ALLOCATION_FILE).exists() and overwrite:
+        (out / ALLOCATION_FILE).unlink()  # ours (checked above), from the analysis being replaced
+    return {
+        "table": table,
+        "files": files,
+        "ranking": [(row.name, row.score()) for row in table.ranking()],
+        "allocation": allocation,
+        "recipe": allocated,
+    }

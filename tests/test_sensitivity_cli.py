@@ -1,0 +1,126 @@
+"""`sparsekit sensitivity`, `sparsity: auto` in `sparsekit prune` and `validate`: files, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST, assert_bad_input
+
+import sparsekit.sensitivity as sens
+from sparsekit.cli import main
+
+MLP = ("--arch", "examples.models:mlp")
+AUTO = (
+    "data: {source: digits}\nfinetune: {epochs: 2, optimizer: {name: adam, lr: 0.002}}\n"
+    "pruning: [{method: magnitude, sparsity: auto, target: 0.9, schedule: {start_epoch: 0, end_epoch: 1, every: 0.5}}]\n"
+    "benchmark: {enabled: false}\n"
+)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def auto_recipe(tmp_path):
+    path = tmp_path / "auto.yaml"
+    path.write_text(AUTO)
+    return path
+
+
+class StopAfter:
+    """KeyboardInterrupt on the n-th evaluation inside the sensitivity analysis; counts the calls."""
+
+    def __init__(self, monkeypatch, n: int | None) -> None:
+        self.real, self.calls, self.n = sens.evaluate, 0, n
+        monkeypatch.setattr(sens, "evaluate", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+def test_sensitivity_writes_the_table_ranking_and_allocation(tmp_path, mlp_checkpoint, auto_recipe):
+    out = tmp_path / "sens"
+    result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    names = [r["layer"] for r in doc["ranking"]]
+    assert sorted(names) == ["fc1", "fc2", "fc3"]
+    scores = [r["score"] for r in doc["ranking"]]
+    assert scores == sorted(scores, reverse=True)
+    table = sens.SensitivityTable.load(out / "sensitivity.json")
+    assert table.complete() and [r.name for r in table.ranking()] == names
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "sensitivity.md").read_text().startswith("# Sensitivity analysis")
+    entry = json.loads((out / "allocation.json").read_text())["entries"]["0"]
+    values = entry["values"]
+    assert set(values) == {"fc1", "fc2", "fc3"} and len(set(values.values())) > 1  # not uniform
+    assert entry["reached"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert entry["predicted_loss_increase"] <= entry["uniform_loss_increase"]
+
+
+def test_an_interrupted_analysis_resumes_without_redoing_probes(tmp_path, mlp_checkpoint, auto_recipe, monkeypatch):
+    out = tmp_path / "sens"
+    stop = StopAfter(monkeypatch, 6)  # dense + 4 probes done, the 5th interrupted
+    first = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress")
+    assert first.exit_code == 130 and "--resume" in first.stderr
+    partial = sens.SensitivityTable.load(out / "sensitivity.json")
+    assert partial.probes_done() == 4 and not partial.complete()
+    again = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress")
+    assert_bad_input(again, str(out), "--resume", "--overwrite")  # no silent restart over it
+    stop.n, stop.calls = None, 0
+    resumed = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--no-progress")
+    assert resumed.exit_code == 0, resumed.stderr
+    total = partial.probes_total()
+    assert stop.calls == total - 4  # neither the dense model nor the four finished probes again
+    assert sens.SensitivityTable.load(out / "sensitivity.json").complete()
+
+
+def test_files_sparsekit_did_not_write_are_never_replaced(tmp_path, mlp_checkpoint, auto_recipe):
+    out = tmp_path / "sens"
+    out.mkdir()
+    (out / "sensitivity.md").write_text("my notes\n")
+    result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite")
+    assert_bad_input(result, "sensitivity.md", "did not write")
+    assert (out / "sensitivity.md").read_text() == "my notes\n"
+
+
+def test_prune_with_auto_allocates_per_layer_and_resume_reuses_it(tmp_path, mlp_checkpoint, auto_recipe, monkeypatch):
+    out = tmp_path / "o"
+    result = run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "auto -> per-layer values" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    spec = report["recipe"]["pruning"][0]
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert spec["layer_sparsity"] == allocation["entries"]["0"]["values"]
+    rows = {r["name"]: r for r in report["layers"]}
+    for name, value in spec["layer_sparsity"].items():  # exact per layer, so exact in total
+        assert rows[name]["params"] - rows[name]["nonzero_params"] == round(value * rows[name]["params"])
+    assert report["methods"][0]["achieved"] == pytest.approx(0.9, abs=1e-3)
+    assert (out / "sensitivity.json").is_file()
+    # A resume takes the allocation the run started with: no second analysis.
+    monkeypatch.setattr(sens, "analyze", lambda *a, **k: pytest.fail("analysed again on resume"))
+    again = run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "finetune.epochs=3", *FAST)
+    assert again.exit_code == 0, again.stderr
+    assert json.loads((out / "report.json").read_text())["recipe"]["pruning"][0]["layer_sparsity"] == spec[
+        "layer_sparsity"
+    ]
+
+
+def test_validate_with_a_model_shows_the_values_auto_would_choose(mlp_checkpoint, auto_recipe):
+    result = run("validate", auto_recipe, mlp_checkpoint, *MLP, "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    values = doc["auto_allocation"]["entries"]["0"]["values"]
+    (row,) = doc["allocation"]
+    assert row["layer_values"] == values and not row["auto"]
+    text = run("validate", auto_recipe, mlp_checkpoint, *MLP)
+    assert "fc1:" in text.stdout and "auto -> per-layer values" in text.stdout
+    without_model = run("validate", auto_recipe)
+    assert without_model.exit_code == 0 and "sensitivity analysis" in without_model.stdout
