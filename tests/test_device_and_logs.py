@@ -90,7 +90,6 @@ def test_metrics_log_truncates_past_the_resume_step(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_finetune_on_cuda_keeps_masks_on_the_device_and_reaches_the_sparsity():
     from examples.models import mlp
-
     from sparsekit.data import load_data
 
     torch.manual_seed(0)

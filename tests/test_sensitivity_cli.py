@@ -14,7 +14,8 @@ from sparsekit.cli import main
 MLP = ("--arch", "examples.models:mlp")
 AUTO = (
     "data: {source: digits}\nfinetune: {epochs: 2, optimizer: {name: adam, lr: 0.002}}\n"
-    "pruning: [{method: magnitude, sparsity: auto, target: 0.9, schedule: {start_epoch: 0, end_epoch: 1, every: 0.5}}]\n"
+    "pruning: [{method: magnitude, sparsity: auto, target: 0.9,"
+    " schedule: {start_epoch: 0, end_epoch: 1, every: 0.5}}]\n"
     "benchmark: {enabled: false}\n"
 )
 
@@ -108,9 +109,10 @@ def test_prune_with_auto_allocates_per_layer_and_resume_reuses_it(tmp_path, mlp_
     monkeypatch.setattr(sens, "analyze", lambda *a, **k: pytest.fail("analysed again on resume"))
     again = run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "finetune.epochs=3", *FAST)
     assert again.exit_code == 0, again.stderr
-    assert json.loads((out / "report.json").read_text())["recipe"]["pruning"][0]["layer_sparsity"] == spec[
-        "layer_sparsity"
-    ]
+    assert (
+        json.loads((out / "report.json").read_text())["recipe"]["pruning"][0]["layer_sparsity"]
+        == spec["layer_sparsity"]
+    )
 
 
 def test_validate_with_a_model_shows_the_values_auto_would_choose(mlp_checkpoint, auto_recipe):
