@@ -99,3 +99,29 @@ def test_the_torchrun_example_prunes_identically_on_two_ranks(tmp_path):
     assert saved["fc2.weight"].shape[0] == 48 and float((saved["fc1.weight"] == 0).float().mean()) == pytest.approx(
         0.8, abs=1e-4
     )
+
+
+def test_structured_removal_under_torchrun_rebuilds_ddp_and_keeps_training(tmp_path):
+    """Channels removed mid-epoch under DDP: the wrapper is rebuilt on both ranks and training goes on."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    sparsekit.save_model(mlp(), tmp_path / "mlp.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    (tmp_path / "s.yaml").write_text(
+        "data: {source: digits, batch_size: 64}\nfinetune: {epochs: 2, optimizer: {name: adam, lr: 0.002}}\n"
+        "pruning: [{method: structured, ratio: 0.5, steps: 2, schedule: {start_epoch: 0, end_epoch: 1}}]\n"
+        "benchmark: {batch_sizes: [1]}\n"
+    )
+    args = [str(tmp_path / "mlp.pt"), str(tmp_path / "s.yaml"), "--arch", "examples.models:mlp"]
+    done = _prune([*args, "-o", str(tmp_path / "out")], ranks=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(tmp_path / "out")
+    (method,) = report["methods"]
+    assert method["asked"] == pytest.approx(0.5) and method["achieved"] == pytest.approx(0.5, abs=0.02)
+    assert report["pruned"]["params"] < 0.6 * report["dense"]["params"]
+    assert report["history"][-1]["val_accuracy"] > report["history"][0]["val_accuracy"] - 0.05
+    assert all(math.isfinite(row["train_loss"]) for row in report["history"])
