@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 
 # Submodules reachable as attributes without their own import (``sparsekit.distributed.rewrap``).
-_SUBMODULES = {"distributed", "integrations", "methods", "onnx", "sensitivity"}
+_SUBMODULES = {"allocation", "distributed", "integrations", "methods", "onnx", "sensitivity"}
 
 
 def __getattr__(name: str) -> Any:

@@ -44,7 +44,7 @@ def allocate_for_run(
     inputs: Inputs, recipe: Recipe, reuse: list[Path], *, progress: bool
 ) -> tuple[Recipe, SensitivityTable | None, dict[str, Any] | None]:
     """For ``sparsekit prune``: ``recipe`` with its ``auto`` entries allocated from a sensitivity analysis of
-    the loaded model on the validation split (:func:`sparsekit.sensitivity.auto_allocate`); unchanged, with
+    the loaded model on the validation split (:func:`sparsekit.allocation.auto_allocate`); unchanged, with
     None, None, when it has none. Returns ``(recipe, table, allocation)`` where ``allocation`` is what
     ``allocation.json`` holds (the allocated pruning section and, per entry, the predicted loss increase of
     the allocation and of a uniform one).
@@ -52,7 +52,8 @@ def allocate_for_run(
     A resumed run reuses the allocation in the first folder of ``reuse`` that holds ``allocation.json``, so
     its checkpoint's masks keep their meaning (a latency target would measure differently twice). Under
     torchrun every rank takes rank 0's allocation."""
-    from .sensitivity import SensitivityTable, allocate_with_details, analyze, auto_entries
+    from .allocation import allocate_with_details
+    from .sensitivity import SensitivityTable, analyze, auto_entries
 
     wanted = auto_entries(recipe)
     if not wanted:
@@ -155,8 +156,9 @@ def run_sensitivity(
     sensitive first; score = mean validation-loss increase, nats per sample), "allocation": {...} or
     None, "recipe": the allocated recipe or None}``. Raises the errors of a prune run's input checks
     (:func:`sparsekit.pipeline.check_inputs`) and :class:`~sparsekit.errors.OutputError` for ``out``."""
+    from .allocation import allocate_with_details
     from .pipeline import check_inputs
-    from .sensitivity import SensitivityTable, allocate_with_details, analyze, auto_entries, write_outputs
+    from .sensitivity import SensitivityTable, analyze, auto_entries, write_outputs
 
     out = Path(out)
     if out.exists() and not out.is_dir():

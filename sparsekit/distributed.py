@@ -11,9 +11,11 @@ weights (DDP keeps replicas equal), and gradients, which DDP averages across ran
 gradient-based scoring, see :func:`average_grads`). No importance reads rank-local state: BatchNorm
 running statistics differ between ranks between DDP's buffer broadcasts, and ``bn_scale`` ranks by the
 BatchNorm weight (a parameter, equal everywhere), not by them. Calibration batches (gradient methods with
-no fine-tuning) go through the DDP wrapper too, so their gradients are averaged. :func:`check_masks` proves it: a checksum of every
-mask is compared across ranks once per epoch and at ``finalize()``, and a divergence is an error naming
-the first layer that differs, not a silently different model per rank.
+no fine-tuning) go through the DDP wrapper too, so their gradients are averaged.
+
+:func:`check_masks` proves it: a checksum of every mask is compared across ranks once per epoch and at
+``finalize()``, and a divergence is an error naming the first layer that differs, not a silently
+different model per rank.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def plan(
     the values an entry's ``layer_sparsity`` / ``layer_ratio`` gives, or, for an entry still holding ``auto``,
     a note that they will be chosen from a sensitivity analysis on validation data at prune time (a dry run
     has no data). With a model, such an entry is rehearsed with a uniform stand-in
-    (:func:`sparsekit.sensitivity.placeholder_recipe`), its ``targets_per_epoch`` are the stand-in's, and
+    (:func:`sparsekit.allocation.placeholder_recipe`), its ``targets_per_epoch`` are the stand-in's, and
     its method row says ``"auto": True``.
 
     Raises the :class:`~sparsekit.errors.SparsekitError` subclasses a prune run would raise for the same
@@ -56,11 +56,12 @@ def plan(
     }
     if model is None:
         return res
+    from .allocation import placeholder_recipe
     from .layers import prunable_layers, unselected_layers
     from .pipeline import resolve_model
     from .pruner import Pruner
     from .rehearsal import rehearse
-    from .sensitivity import auto_entries, placeholder_recipe
+    from .sensitivity import auto_entries
 
     auto = set(auto_entries(recipe))
     if auto:  # no data here: the structure is rehearsed with uniform stand-ins for the auto values

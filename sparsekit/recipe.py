@@ -318,7 +318,7 @@ class _Ranked(_MethodBase):
       the layer is at ``t / sparsity`` of its value). Selected layers not listed are pruned to ``sparsity``
       as ``scope`` says (together under ``global``, each on its own under ``layer``).
     - ``sparsity: auto`` with ``target: fraction`` asks sparsekit to choose ``layer_sparsity`` from a
-      per-layer sensitivity analysis (:func:`sparsekit.sensitivity.allocate`) so that the selected weights
+      per-layer sensitivity analysis (:func:`sparsekit.allocation.allocate`) so that the selected weights
       are pruned to ``target`` in total; a prune run does it before training. A Pruner refuses an entry
       still holding ``auto``. The allocated entry reads ``sparsity: <target>, scope: layer,
       layer_sparsity: {...}``."""
@@ -474,7 +474,7 @@ class StructuredSpec(_MethodBase):
       torch-pruning roots the group at).
     - ``ratio: auto`` with exactly one of ``target_macs`` (the pruned model keeps this fraction of the dense
       model's multiply-accumulates per sample, over all its Linear/Conv layers) or ``target_latency`` (this
-      fraction of the dense model's onnxruntime latency, as :func:`sparsekit.sensitivity.allocate` measures
+      fraction of the dense model's onnxruntime latency, as :func:`sparsekit.allocation.allocate` measures
       it) asks sparsekit to choose ``layer_ratio`` from a per-layer sensitivity analysis; a prune run does
       it before training. A Pruner refuses an entry still holding ``auto``. The allocated entry reads
       ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``."""

@@ -1,4 +1,4 @@
-"""Per-layer values: `sparsity: auto` / `ratio: auto` in recipes, sparsekit.sensitivity.allocate, and the
+"""Per-layer values: `sparsity: auto` / `ratio: auto` in recipes, sparsekit.allocation.allocate, and the
 methods honouring `layer_sparsity` / `layer_ratio`."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
+import sparsekit.allocation as alloc
 import sparsekit.onnx
 import sparsekit.sensitivity as sens
 from examples.models import mlp, resnet_small, small_cnn
@@ -257,7 +258,7 @@ def test_auto_sparsity_hits_the_target_exactly_and_beats_uniform(digits_mlps):
     acc = {"auto": [], "uniform": []}
     for seed, dense in enumerate(models):
         before = copy.deepcopy(dense.state_dict())
-        allocated, table = sens.auto_allocate(dense, auto, loader(val_ds), input_shape=[1, 64])
+        allocated, table = alloc.auto_allocate(dense, auto, loader(val_ds), input_shape=[1, 64])
         assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
         entry = allocated.pruning[0]
         assert not entry.auto and entry.sparsity == 0.9 and entry.target is None and entry.scope == "layer"
@@ -288,7 +289,7 @@ def test_allocation_respects_max_layer_sparsity_and_refuses_unreachable_targets(
         {"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.8, "max_layer_sparsity": 0.85}]}
     )
     table = sens.analyze(models[0], recipe, loader(val_ds), grid={"unstructured": [0.5, 0.8, 0.95]})
-    allocated = sens.allocate(models[0], recipe, table, input_shape=[1, 64])
+    allocated = alloc.allocate(models[0], recipe, table, input_shape=[1, 64])
     assert max(allocated.pruning[0].layer_sparsity.values()) <= 0.85
     # the 10-class head can lose at most 85% of 640 weights, the rest must take the remainder
     tight = validate_recipe(
@@ -304,19 +305,31 @@ def test_allocation_respects_max_layer_sparsity_and_refuses_unreachable_targets(
             ]
         }
     )
-    out = sens.allocate(models[0], tight, table, input_shape=[1, 64])
+    out = alloc.allocate(models[0], tight, table, input_shape=[1, 64])
     assert out.pruning[0].layer_sparsity == {"fc3": 0.8}
     missing = validate_recipe({"pruning": [{"method": "gradient", "sparsity": "auto", "target": 0.5}]})
     small = sens.analyze(models[0], recipe, loader(val_ds), grid={"unstructured": [0.5]}, entries=[0])
     small.layers = [r for r in small.layers if r.name != "fc2"]
     with pytest.raises(TargetError, match="no probes for layer 'fc2'"):
-        sens.allocate(models[0], missing, small, input_shape=[1, 64])
+        alloc.allocate(models[0], missing, small, input_shape=[1, 64])
 
 
 def test_auto_allocate_without_auto_entries_evaluates_nothing(monkeypatch):
     recipe = validate_recipe({"pruning": [{"method": "magnitude", "sparsity": 0.5}]})
     monkeypatch.setattr(sens, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
-    assert sens.auto_allocate(mlp(), recipe, [], input_shape=[1, 64]) == (recipe, None)
+    assert alloc.auto_allocate(mlp(), recipe, [], input_shape=[1, 64]) == (recipe, None)
+
+
+def test_allocation_builds_on_sensitivity_and_not_the_other_way_round():
+    import ast
+    import inspect
+
+    import sparsekit
+
+    assert sparsekit.allocation.auto_allocate is alloc.auto_allocate  # reachable after `import sparsekit`
+    tree = ast.parse(inspect.getsource(sens))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "allocation" not in imported and not any(hasattr(sens, n) for n in alloc.__all__)
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +347,7 @@ def test_auto_ratio_reaches_the_macs_target(digits_cnn):
         {"model": {"input_shape": shape}, "pruning": [{"method": "structured", "ratio": "auto", "target_macs": 0.5}]}
     )
     table = sens.analyze(model, recipe, loader(val_ds), grid={"structured": [0.2, 0.4, 0.6, 0.7]})
-    allocated, details = sens.allocate_with_details(model, recipe, table, input_shape=shape)
+    allocated, details = alloc.allocate_with_details(model, recipe, table, input_shape=shape)
     entry = allocated.pruning[0]
     assert not entry.auto and entry.target_macs is None and entry.scope == "layer"
     assert set(entry.layer_ratio) == {"conv1", "conv2", "conv3", "fc1"}  # every group root; the head is kept
@@ -354,7 +367,7 @@ def test_auto_ratio_reaches_the_macs_target(digits_cnn):
         assert initial - kept == round(ratio * initial), name
 
     with pytest.raises(TargetError, match=r"pruning\[0\]\.target_macs: cannot be reached"):
-        sens.allocate(
+        alloc.allocate(
             model, recipe.model_copy(update={"pruning": [recipe.pruning[0].model_copy(update={"target_macs": 0.01})]}),
             table, input_shape=shape,
         )  # fmt: skip
@@ -386,7 +399,7 @@ def test_target_latency_is_turned_into_a_macs_target_from_a_timed_sweep(digits_c
         }
     )
     table = sens.analyze(model, recipe, loader(val_ds), grid={"structured": [0.3, 0.6]})
-    allocated, details = sens.allocate_with_details(model, recipe, table, input_shape=shape)
+    allocated, details = alloc.allocate_with_details(model, recipe, table, input_shape=shape)
     info = details[0]
     assert timed == [
         ["dense.onnx", "uniform-0.25.onnx", "uniform-0.5.onnx", "uniform-0.75.onnx"],
@@ -401,7 +414,7 @@ def test_target_latency_is_turned_into_a_macs_target_from_a_timed_sweep(digits_c
     assert info.note is None
     entry = allocated.pruning[0]
     assert entry.layer_ratio and entry.target_latency is None
-    align = sens.latency_align()
+    align = alloc.latency_align()
     for name, ratio in entry.layer_ratio.items():  # channel counts onnxruntime's convolutions run fast on
         channels = 128 if name == "fc1" else getattr(model, name).out_channels
         assert round((1 - ratio) * channels) % align == 0 or channels < align, (name, ratio)
@@ -409,14 +422,14 @@ def test_target_latency_is_turned_into_a_macs_target_from_a_timed_sweep(digits_c
     # Measured slower than asked: the MACs target is lowered and the allocation timed again, three times at most.
     timed.clear()
     final[0] = 0.9
-    _, details = sens.allocate_with_details(model, recipe, table, input_shape=shape)
+    _, details = alloc.allocate_with_details(model, recipe, table, input_shape=shape)
     # (here the third, lower MACs target is out of reach with aligned channels: the second allocation stays)
-    assert 3 <= len(timed) <= 1 + sens.LATENCY_ROUNDS and "above target_latency 0.7" in details[0].note
+    assert 3 <= len(timed) <= 1 + alloc.LATENCY_ROUNDS and "above target_latency 0.7" in details[0].note
     assert details[0].macs_target < info.macs_target
 
     too_fast = recipe.model_copy(update={"pruning": [recipe.pruning[0].model_copy(update={"target_latency": 0.3})]})
     with pytest.raises(TargetError, match=r"target_latency: 0.3 is below .*0\.500 of the dense latency"):
-        sens.allocate(model, too_fast, table, input_shape=shape)
+        alloc.allocate(model, too_fast, table, input_shape=shape)
 
 
 # ----------------------------------------------------------------------------- validate

@@ -15,7 +15,7 @@ by default. From Python, ``Pruner(..., scorers={i: fn})`` ranks ``pruning[i]`` b
 instead (``grad`` is None here: use ``method: gradient`` for gradient-based scores).
 
 Per-layer values (``layer_sparsity: {layer: fraction}``, written by hand or chosen by
-:func:`sparsekit.sensitivity.allocate` for ``sparsity: auto``): each listed layer is ranked on its own and
+:func:`sparsekit.allocation.allocate` for ``sparsity: auto``): each listed layer is ranked on its own and
 pruned to exactly ``round(value * weights)`` at the end of the schedule; on the way, when the schedule is
 at ``t`` of ``sparsity``, each listed layer is at ``value * t / sparsity`` (the same curve, scaled per
 layer). The other selected layers follow ``sparsity`` and ``scope`` as usual. An entry still holding
@@ -246,6 +246,6 @@ def unallocated(where: str, key: str) -> RecipeError:
     return RecipeError(
         f"{where}.{key}: auto means the per-layer values are chosen from a sensitivity analysis on validation "
         "data, which has not run for this recipe. `sparsekit prune` runs it before training; from Python, call "
-        "sparsekit.sensitivity.auto_allocate(model, recipe, val_loader, input_shape=...) (or analyze, then "
+        "sparsekit.allocation.auto_allocate(model, recipe, val_loader, input_shape=...) (or analyze, then "
         "allocate) and build the Pruner on the recipe it returns"
     )

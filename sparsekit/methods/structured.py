@@ -32,7 +32,7 @@ training loop must rebuild its optimizer (``sparsekit.finetune`` does). Every re
 ``pruner.pruning_history`` (torch-pruning's JSON-able history) so a checkpoint is rebuilt by replay.
 
 Per-layer ratios (``layer_ratio: {layer: fraction}``, written by hand or chosen by
-:func:`sparsekit.sensitivity.allocate` for ``ratio: auto``): the group rooted at each listed layer is ranked
+:func:`sparsekit.allocation.allocate` for ``ratio: auto``): the group rooted at each listed layer is ranked
 on its own and loses that fraction of its channels (0: none), spread over the ``steps`` events like
 ``ratio`` (torch-pruning's ``pruning_ratio_dict``); the other selected layers follow ``ratio`` and ``scope``.
 A listed layer must be one whose outputs the entry removes and the root of its group (for channels coupled
