@@ -47,7 +47,12 @@ def _flag(name: str, value: str) -> str:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {render(message, _flag)}", err=True)
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    # Under torchrun every process prints its own line: say which, unless it is rank 0's.
+    where = f"rank {rank}: " if rank not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    click.echo(f"Error: {where}{render(message, _flag)}", err=True)
     sys.exit(code)
 
 
@@ -103,6 +108,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):  # torch's allocator
                 _fail(f"out of memory ({one_line(err, 200)}); use a smaller model, batch or input", 2)
+            if _peer_failed(err):
+                _fail(
+                    f"another process of this distributed run stopped ({one_line(err, 160)}); its own Error "
+                    "line above says why",
+                    2,
+                )
             _fail(f"unexpected failure: {one_line(err)} (run again with --debug for a traceback and report it)", 1)
         except BaseException as err:  # noqa: BLE001 - GeneratorExit & co. raised by user code (forward, data)
             if debug:
@@ -110,6 +121,28 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2)
 
     return wrapper
+
+
+def _device_flag(value: str | None) -> str | None:
+    import re
+
+    if value is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", value):
+        raise click.BadParameter(f"{value!r}: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _peer_failed(err: BaseException) -> bool:
+    """A collective broke because another torchrun process exited (gloo / NCCL / store errors)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "torch.distributed" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(
+        mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")
+    )
 
 
 def debug_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -228,8 +261,8 @@ def main() -> None:
 @trust_code_option
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"] + [f"cuda:{i}" for i in range(16)]),
     metavar="auto|cpu|cuda[:N]|mps",
+    callback=lambda ctx, param, value: _device_flag(value),
     help="Where to train (overrides finetune.device, default auto: CUDA when available). Under torchrun "
     "each process uses cuda:LOCAL_RANK.",
 )

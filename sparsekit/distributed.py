@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -80,9 +81,9 @@ def resolve_device(name: str) -> torch.device:
     to a multi-process run."""
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if name == "auto":
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not (launched() and local >= torch.cuda.device_count()):
             return torch.device("cuda", local if launched() else torch.cuda.current_device())
-        return torch.device("cpu")
+        return torch.device("cpu")  # more processes than GPUs: auto means CPU for all (gloo)
     if name == "cpu":
         return torch.device("cpu")
     fix = f"use auto or cpu ({option('set', 'finetune.device=cpu')})"
@@ -97,6 +98,11 @@ def resolve_device(name: str) -> torch.device:
         )
     count = torch.cuda.device_count()
     if name == "cuda":
+        if launched() and local >= count:
+            raise RecipeError(
+                f"finetune.device: 'cuda' for process LOCAL_RANK={local}, but this machine shows {count} CUDA "
+                "device(s): start at most one process per GPU, or use the CPU (gloo)"
+            )
         return torch.device("cuda", local if launched() else torch.cuda.current_device())
     index = int(name.split(":", 1)[1])
     if launched():
@@ -109,21 +115,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+# Rank 0 alone measures, exports and benchmarks while the others wait in a collective: NCCL's default
+# 10-minute timeout would abort them on a large model.
+TIMEOUT = timedelta(hours=6)
+
+
 def init_from_env(device: torch.device) -> bool:
     """Join the process group a launcher described in the environment (``MASTER_ADDR``, ``RANK``, ...):
-    ``nccl`` for a CUDA device, else ``gloo``. Returns True when this run is distributed; a no-op
-    (False) for a single process, True when a group is already initialized by the caller."""
+    ``nccl`` for a CUDA device, else ``gloo``, with a :data:`TIMEOUT` long enough for rank 0's solo work.
+    Returns True when this call created the group (the caller then closes it with :func:`close`); False
+    for a single process, or when the caller had initialized a group already (it stays theirs).
+
+    Raises :class:`~sparsekit.errors.SparsekitError` when ``WORLD_SIZE`` says several processes but the
+    other variables a launcher sets are missing."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1
+        return False
     if not launched():
         return False
     if not dist.is_available():
         raise SparsekitError("started with WORLD_SIZE > 1, but this torch build has no torch.distributed")
+    missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise SparsekitError(
+            f"the environment says WORLD_SIZE={os.environ.get('WORLD_SIZE')} but not {', '.join(missing)}: start "
+            "several processes with torchrun, or unset WORLD_SIZE for one"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return True
 
 
@@ -218,14 +239,37 @@ def rewrap(model: nn.Module) -> nn.Module:
 
     if not isinstance(model, DDP):
         return model
-    inner = model.module
-    return DDP(inner, device_ids=model.device_ids)
+    # Every setting the caller chose carries over (a bare rebuild would silently change them, e.g. turn
+    # find_unused_parameters off or move to the default process group).
+    return DDP(
+        model.module,
+        device_ids=model.device_ids,
+        output_device=model.output_device,
+        dim=model.dim,
+        forward_sync_buffers=getattr(model, "forward_sync_buffers", True),
+        process_group=model.process_group,
+        bucket_cap_mb=model.bucket_bytes_cap / (1024 * 1024),
+        find_unused_parameters=model.find_unused_parameters,
+        gradient_as_bucket_view=model.gradient_as_bucket_view,
+        static_graph=model.static_graph,
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (itself otherwise)."""
     inner = getattr(model, "module", model)
     return inner if isinstance(inner, nn.Module) else model
+
+
+def sum_across(values: list[float]) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (``values`` itself when not distributed)."""
+    import torch.distributed as dist
+
+    if not active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return [float(v) for v in t.cpu()]
 
 
 def average_grads(params: Iterable[nn.Parameter]) -> None:

@@ -185,11 +185,13 @@ def run_prune(
     try:
         folder = RunFolder(out, resume)
         failure: SparsekitError | None = None
+        logs: Path | None = None
         if main:
             try:
                 folder = RunFolder.prepare(
                     out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume
                 )
+                logs = _log_folder(log_dir, out) if log_dir is not None else None
             except SparsekitError as err:
                 failure = err
         verdict = _distributed.agree(quoted(failure) if failure else None)  # the other ranks stop too
@@ -214,17 +216,14 @@ def run_prune(
             write_allocation(stage, table, allocation)
             report = _run(
                 inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
-                log_dir=log_dir,
+                log_dir=logs if log_dir is not None else (stage / "logs" if recipe.finetune.log else None),
             )  # fmt: skip
             folder.publish()
         finally:
             folder.unlock()
-        # The other ranks wait here until the outputs are published. Not after a failure: the others may
-        # be inside a collective; rank 0's exit makes torchrun stop them.
-        _distributed.barrier()
         return report
     finally:
-        if joined:
+        if joined:  # a process group the caller made stays theirs
             _distributed.close()
 
 
@@ -233,7 +232,7 @@ def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.d
     (reading rank 0's checkpoint when resuming), finalize the same way, then wait for rank 0 to write."""
     _distributed.barrier()  # rank 0 has measured the dense model and created the staging folder
     prune_model(inputs.loaded.model.to(device), recipe, inputs, stage, resume=resume, progress=False, log_dir=None)
-    _distributed.barrier()
+    # Done: torchrun waits for rank 0 (saving, exporting, benchmarking) and reports its exit code.
 
 
 def check_inputs(
@@ -300,7 +299,7 @@ def _run(
     resume: bool,
     progress: bool,
     notify: Callable[[str], None] | None,
-    log_dir: str | Path | None,
+    log_dir: Path | None,
 ) -> Report:
     """The stages after the inputs are checked, writing into the staging folder ``stage``; paths in
     the report name the files where they will be once published (``final_out``)."""
@@ -311,10 +310,12 @@ def _run(
     log.info("evaluating the dense model")
     dense = measure(model, inputs, recipe, stage / "dense.onnx")
     _distributed.barrier()  # the other ranks start training with rank 0
-    logs = _log_folder(log_dir, stage, recipe)
-    model, history, pruner = prune_model(model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=logs)
-    if logs is not None and notify:
-        notify(f"training metrics: {logs if log_dir else final_out / 'logs'} (steps.csv, epochs.csv)")
+    model, history, pruner = prune_model(
+        model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
+    )
+    if log_dir is not None and notify:
+        shown = final_out / "logs" if Path(log_dir) == stage / "logs" else log_dir
+        notify(f"training metrics: {shown} (steps.csv, epochs.csv)")
     save_model(
         model,
         stage / "model.pt",
@@ -383,25 +384,29 @@ def measure(model: nn.Module, inputs: Inputs, recipe: Recipe, onnx_path: Path) -
     return Measured(metrics, stats, layers, exported)
 
 
-def _log_folder(log_dir: str | Path | None, stage: Path, recipe: Recipe) -> Path | None:
-    """Where training metrics go: a new folder inside the caller's ``log_dir`` (never one that exists,
-    so nothing there is overwritten), else ``stage/logs`` when ``finetune.log`` is true, else nowhere."""
-    if log_dir is not None:
-        import time
+def _log_folder(log_dir: str | Path, out: Path) -> Path:
+    """A new folder inside the caller's ``log_dir`` for this run's training metrics (never one that exists,
+    so nothing there is overwritten; a resumed run gets a new one too). Raises OutputError when it
+    cannot be created or lies inside the output folder ``out`` (whose contents sparsekit manages)."""
+    import time
 
-        base = Path(log_dir)
-        name = time.strftime("sparsekit-%Y%m%d-%H%M%S")
-        for n in range(1000):
-            folder = base / (name if n == 0 else f"{name}-{n}")
-            try:
-                folder.mkdir(parents=True, exist_ok=False)
-                return folder
-            except FileExistsError:
-                continue
-            except OSError as err:
-                raise OutputError(f"{base}: cannot create a log folder there ({err.strerror or err})") from None
-        raise OutputError(f"{base}: too many log folders named {name}-*; choose another log folder")
-    return stage / "logs" if recipe.finetune.log else None
+    base = Path(log_dir)
+    if base.resolve() == out.resolve() or out.resolve() in base.resolve().parents:
+        raise OutputError(
+            f"{base}: the log folder may not be inside the output folder {out} (sparsekit replaces what is there); "
+            "choose a folder beside it, or set finetune.log: true to keep the logs in OUT/logs"
+        )
+    name = time.strftime("sparsekit-%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = base / (name if n == 0 else f"{name}-{n}")
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"{base}: cannot create a log folder there ({err.strerror or err})") from None
+    raise OutputError(f"{base}: too many log folders named {name}-*; choose another log folder")
 
 
 def prune_model(

@@ -55,8 +55,10 @@ class Pruner:
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank must end each step with the same masks:
     wrap the model in ``DistributedDataParallel`` (its averaged gradients make gradient scores equal) and
-    call :meth:`step` on every rank. For a model used without DDP, :attr:`average_grads` (True then) makes
-    the Pruner average gradients across ranks before gradient scoring. A checksum of the masks is compared
+    call :meth:`step` on every rank. Without DDP each rank's optimizer steps on its own gradients, so the
+    weights themselves drift apart; :attr:`average_grads` (True for a model not wrapped in DDP) only makes
+    gradient *scores* agree (e.g. calibration with no optimizer step), by averaging gradients across ranks
+    inside :meth:`step`. A checksum of the masks is compared
     across ranks once per epoch and at :meth:`finalize`; ranks that disagree raise
     :class:`~sparsekit.distributed.DivergenceError`. After structured pruning removed channels under DDP,
     rebuild the wrapper (``model = sparsekit.distributed.rewrap(model)``) on every rank, then

@@ -9,6 +9,7 @@ A recipe is YAML with ``version: 1``. Every validation error is reported with it
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -194,11 +195,16 @@ class FinetuneSpec(_Strict):
         None, gt=0, le=MAX_STEPS, description="cap on batches per epoch (quick runs)"
     )
     device: str = Field(
-        "auto",
-        pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$",
-        description="where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps",
+        "auto", description="where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps"
     )
     log: bool = Field(False, description="write per-step and per-epoch metrics (CSV, TensorBoard) to OUT/logs")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", value):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {short(value, 40)!r})")
+        return value
 
 
 class ScheduleSpec(_Strict):

@@ -202,6 +202,15 @@ def finetune(
     steps = steps_per_epoch(spec, len(train_loader))
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
+    elif pruner.steps_per_epoch != steps:
+        # The schedules would run on another clock than the loop: e.g. a Pruner built with the whole
+        # loader's length while each torchrun rank takes 1/N of the batches.
+        raise ValueError(
+            f"pruner.steps_per_epoch is {pruner.steps_per_epoch}, but this loop takes {steps} optimizer steps per "
+            f"epoch{f' on each of {_distributed.world_size()} processes' if _distributed.active() else ''}: build "
+            "the Pruner with steps_per_epoch=sparsekit.train.steps_per_epoch(recipe.finetune, len(loader)) over "
+            "the loader each process trains on, or leave pruner out"
+        )
     optimizer = make_optimizer(inner.parameters(), spec)
     history: list[dict[str, Any]] = []
     first_epoch = 0
@@ -254,10 +263,11 @@ def finetune(
                     bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
                 scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
                 metrics = evaluate(pruner.model, val_loader)
+                loss_sum, total_seen = _distributed.sum_across([loss_sum, seen])  # every rank's share of the data
                 row = {
                     "epoch": epoch + 1,
                     "sparsity": sparsity(pruner.model),
-                    "train_loss": loss_sum / max(seen, 1),
+                    "train_loss": loss_sum / max(total_seen, 1),
                     "val_accuracy": metrics["accuracy"],
                     "val_loss": metrics["loss"],
                     "lr": lr,
@@ -358,6 +368,9 @@ def _save_checkpoint(
         # The settings the scheduler's state belongs to: a resume under other ones replays the schedule.
         "schedule": _schedule_key(spec),
         "pruner": pruner.state_dict(),
+        # The clock the pruner's step count runs on: a resume with another one would shift every schedule.
+        "steps_per_epoch": pruner.steps_per_epoch,
+        "processes": _distributed.world_size(),
         "history": history,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
@@ -388,6 +401,14 @@ def _load_checkpoint(
         saved = state.get("pruning")
         if saved is not None and saved != _pruning_key(pruner):
             raise SparsekitError("the recipe's pruning section changed since this checkpoint was written")
+        clock = state.get("steps_per_epoch")
+        if clock is not None and clock != pruner.steps_per_epoch:
+            was, now = int(state.get("processes", 1)), _distributed.world_size()
+            raise SparsekitError(
+                f"it was written at {clock} optimizer steps per epoch ({was} process(es)), this run takes "
+                f"{pruner.steps_per_epoch} ({now}): the schedules would shift. Resume with the same number of "
+                "processes, data.batch_size and finetune.max_steps_per_epoch"
+            )
         pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
         model.load_state_dict(state["model"])
     except SparsekitError as err:

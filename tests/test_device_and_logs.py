@@ -105,3 +105,51 @@ def test_finetune_on_cuda_keeps_masks_on_the_device_and_reaches_the_sparsity():
     model = pruner.finalize()
     assert sparsekit.sparsity(model) == pytest.approx(0.8 * 0.99, abs=0.05)
     assert history[-1]["val_accuracy"] > 0.5
+
+
+def test_a_device_name_is_explained_not_a_regex(tmp_path):
+    (tmp_path / "r.yaml").write_text("finetune: {device: gpu0}\npruning: []\n")
+    line = assert_bad_input(run("validate", tmp_path / "r.yaml"), "finetune.device", "auto, cpu, cuda, cuda:N or mps")
+    assert "pattern" not in line
+
+
+def test_a_log_folder_inside_the_output_folder_is_refused_before_any_work(tmp_path, mlp_checkpoint):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    out = tmp_path / "o"
+    result = run("prune", mlp_checkpoint, *MLP, tmp_path / "r.yaml", "-o", out, "--log-dir", out / "tb", *FAST)
+    assert_bad_input(result, "tb", "inside the output folder", "finetune.log")
+    assert not out.exists()
+
+
+def test_resume_on_another_step_clock_is_refused(tmp_path, mlp_checkpoint, monkeypatch):
+    """A checkpoint's step count means epochs only at its steps per epoch: another batch size (or number
+    of torchrun processes) would shift every schedule, so the resume is refused, naming what to keep."""
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    out = tmp_path / "o"
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)
+    assert run("prune", mlp_checkpoint, *MLP, tmp_path / "r.yaml", "-o", out, *FAST).exit_code == 130
+    interrupt.restore()
+    again = run(
+        "prune", mlp_checkpoint, *MLP, tmp_path / "r.yaml", "-o", out, "--resume", "--set", "data.batch_size=16", *FAST
+    )
+    assert_bad_input(again, "optimizer steps per epoch", "data.batch_size", "processes")
+
+
+def test_finetune_refuses_a_pruner_on_another_step_clock():
+    from examples.models import mlp
+    from sparsekit.data import load_data
+
+    recipe = sparsekit.Recipe(finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
+    data = load_data("digits", batch_size=64, input_shape=[1, 64])
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=len(data.train) * 2)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        sparsekit.finetune(model, recipe, data.train, data.val, pruner=pruner, progress=False)
+
+
+def test_errors_of_other_torchrun_ranks_say_which_rank(tmp_path, monkeypatch):
+    (tmp_path / "r.yaml").write_text("pruning: [{method: magnitude}]\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    line = assert_bad_input(run("validate", tmp_path / "r.yaml"), "pruning[0].sparsity")
+    assert line.startswith("Error: rank 1: ")

@@ -114,7 +114,12 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
     torch.manual_seed(0)
     dense = small_cnn()
     results["dense_shapes"] = {n: list(p.shape) for n, p in dense.named_parameters()}
-    model = torch.nn.parallel.DistributedDataParallel(dense)
+    # Non-default wrapper settings, which a rebuild must keep.
+    model = torch.nn.parallel.DistributedDataParallel(
+        dense, find_unused_parameters=True, broadcast_buffers=False, bucket_cap_mb=1
+    )
+    settings = ("find_unused_parameters", "forward_sync_buffers", "bucket_bytes_cap", "static_graph")
+    before = {k: getattr(model, k) for k in settings}
     recipe = sparsekit.Recipe(
         finetune={"epochs": 2},
         pruning=[{"method": "structured", "ratio": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1, "every": 0.5}}],
@@ -133,6 +138,7 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
         if pruner.structure_changed:
             model = rewrap(model)
             opt = pruner.update_optimizer(opt)
+            results["rewrap_kept_settings"] = {k: getattr(model, k) for k in settings} == before
         losses.append(loss.item())
     final = pruner.finalize()
     results["structured_shapes"] = {n: list(p.shape) for n, p in final.named_parameters()}
@@ -167,3 +173,34 @@ def test_plain_model_divergence_and_structured_ddp_across_two_ranks(tmp_path):
         assert torch.equal(t, r1["structured_state"][name]), name
     assert all(torch.isfinite(torch.tensor(r0["structured_losses"])))
     assert r0["optimizer_holds_model_params"] and r1["optimizer_holds_model_params"]
+    assert r0["rewrap_kept_settings"] and r1["rewrap_kept_settings"]
+
+
+def test_a_process_group_the_caller_made_is_left_alone(monkeypatch):
+    from sparsekit import distributed
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: still not ours to create or close
+        assert distributed.init_from_env(torch.device("cpu")) is False
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stray_world_size_is_bad_input_not_a_hang(monkeypatch):
+    from sparsekit import distributed
+    from sparsekit.errors import SparsekitError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        distributed.init_from_env(torch.device("cpu"))
+    except SparsekitError as err:
+        assert "WORLD_SIZE=2" in str(err) and "RANK" in str(err) and "torchrun" in str(err)
+    else:
+        raise AssertionError("no error")
+    assert not dist.is_initialized()

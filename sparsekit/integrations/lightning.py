@@ -27,6 +27,7 @@ from torch import nn
 
 from ..pruner import Pruner
 from ..recipe import Recipe, load_recipe
+from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -190,6 +191,7 @@ class SparsekitCallback(pl.Callback):
 
     def _build(self, pl_module: nn.Module, steps_per_epoch: int) -> Pruner:
         context = {"input_shape": self.input_shape} if self.input_shape else None
+        _refuse_distributed_structured(self.recipe)
         return Pruner(self._target(pl_module), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
 
     def _trainer_steps_per_epoch(self, trainer: pl.Trainer) -> int:

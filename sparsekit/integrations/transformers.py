@@ -30,6 +30,7 @@ from torch import nn
 from ..fsutil import atomic_path
 from ..pruner import Pruner
 from ..recipe import Recipe, load_recipe
+from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 try:
     import transformers
@@ -197,6 +198,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
 
     def _build(self, model: nn.Module, steps_per_epoch: int) -> Pruner:
         context = {"input_shape": self.input_shape} if self.input_shape else None
+        _refuse_distributed_structured(self.recipe)
         return Pruner(self._target(model), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
 
     def _state(self) -> dict[str, Any]:
