@@ -361,15 +361,22 @@ def prune(
     type=click.Choice(["none", "int8"]),
     default="none",
     show_default=True,
-    help="Also write FILE.int8.onnx: static QDQ calibrated on --data, dynamic without it.",
+    help="int8: the file at -o is the int8 model (static QDQ calibrated on --data, dynamic without it); "
+    "the fp32 model it is quantized from is checked, then kept only with --keep-fp32.",
 )
 @click.option(
     "--data", help="Calibration/eval data for --quantize int8: digits | mnist5k | FILE.npz | pkg.module:callable."
 )
 @click.option(
+    "--keep-fp32",
+    is_flag=True,
+    help="With --quantize int8: also write the fp32 model, as FILE.fp32.onnx beside the int8 FILE.onnx.",
+)
+@click.option(
     "--sparse-storage",
     is_flag=True,
-    help="Also write FILE.sparse.onnx with sparse initializers where smaller (saves disk, not time).",
+    help="Also write FILE.sparse.onnx: the model at -o (int8 with --quantize int8) with sparse initializers "
+    "where smaller (saves disk, not time).",
 )
 @click.option(
     "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
@@ -388,6 +395,7 @@ def export(
     exporter: str,
     quantize: str,
     data: str | None,
+    keep_fp32: bool,
     sparse_storage: bool,
     trust_model_file: bool,
     trust_code: bool,
@@ -396,22 +404,29 @@ def export(
 ) -> None:
     """Export MODEL to ONNX, check it with onnx.checker and its parity with torch in onnxruntime.
 
-    Sizes count any external-data file. --quantize int8 checks that every pruned weight is still
-    exactly zero after quantization and, with --data, reports int8 accuracy next to fp32.
-    An existing output file is replaced only if sparsekit wrote it.
+    Sizes count any external-data file. With --quantize int8 the file at -o is the int8 model: the
+    fp32 export is checked first (parity, zeros), then quantized; every pruned weight must still be
+    exactly zero, and with --data int8 accuracy is reported next to fp32. The fp32 file is kept only
+    with --keep-fp32 (FILE.fp32.onnx). An existing output file is replaced only if sparsekit wrote it.
 
     \b
     Example:
       sparsekit export out/model.pt -o pruned.onnx --arch examples.models:lenet_300_100 --quantize int8
     """
+    if data and quantize != "int8":  # checked before anything is loaded or written
+        raise click.UsageError("--data is only used with --quantize int8")
+    if keep_fp32 and quantize != "int8":
+        raise click.UsageError("--keep-fp32 is only used with --quantize int8 (without it -o is the fp32 model)")
     _load_native("torch", "onnxruntime")
     from .modelio import infer_input_shape, read_model
     from .onnx import export_onnx
+    from .onnx.export import export_int8
 
     out = out or model.with_suffix(".onnx")
+    fp32_out = out.with_suffix(".fp32.onnx") if keep_fp32 else None
     targets = [out]
-    if quantize == "int8":
-        targets.append(out.with_suffix(".int8.onnx"))
+    if fp32_out is not None:
+        targets.append(fp32_out)
     if sparse_storage:
         targets.append(out.with_suffix(".sparse.onnx"))
     _check_export_targets(model, targets)
@@ -426,16 +441,19 @@ def export(
     shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
-    if data and quantize != "int8":
-        raise click.UsageError("--data is only used with --quantize int8")
     bundle = None
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data
 
         bundle = load_data(data, input_shape=shape)
-    res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
+    if quantize == "int8":
+        res = export_int8(loaded.model, out, shape, data=bundle, fp32_path=fp32_out, opset=opset, exporter=exporter)
+        fp32 = f"Wrote {fp32_out} (fp32, " if fp32_out is not None else "Exported fp32, not kept ("
+    else:
+        res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
+        fp32 = f"Wrote {out} ("
     lines = [
-        f"Wrote {out} (opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "
+        f"{fp32}opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "
         f"{res['gzip_bytes']:,} B); parity max diff "
         f"{_diff(res['parity']['max_abs_diff'])} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
@@ -443,11 +461,10 @@ def export(
     if res.get("fallback"):
         lines.append(f"  {res['fallback']}")
     if quantize == "int8":
-        res["int8"] = _export_int8(out, bundle)
         q = res["int8"]
         lines.append(
-            f"Wrote {q['path']} ({q['mode']} int8, {q['bytes']:,} B, gzip {q['gzip_bytes']:,} B); "
-            f"pruned zeros still zero: {q['zeros']['zeros_ok']}"
+            f"Wrote {q['path']} ({q['mode']} int8, {q['bytes']:,} B = {q['bytes'] / q['fp32_bytes']:.2f}x fp32, "
+            f"gzip {q['gzip_bytes']:,} B); pruned zeros still zero: {q['zeros']['zeros_ok']}"
         )
         if q.get("eval"):
             ev = q["eval"]
@@ -486,14 +503,6 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
                     f"{path}: exists and sparsekit did not write it (or it changed since); sparsekit never "
                     "replaces your files: choose another -o or move it away"
                 )
-
-
-def _export_int8(path: Path, bundle: Any) -> dict[str, Any]:
-    from .onnx import quantize_int8, quantize_on_data
-
-    if bundle is None:
-        return quantize_int8(path, path.with_suffix(".int8.onnx"))
-    return quantize_on_data(path, path.with_suffix(".int8.onnx"), bundle)
 
 
 @main.command()

@@ -540,7 +540,8 @@ def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
     assert res["int8"]["mode"] == "static" and res["int8"]["eval"]["top1_agreement"] >= 0.95
-    assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.sparse.onnx").is_file()
+    assert res["int8"]["path"] == str(onnx_path) and (tmp_path / "m.sparse.onnx").is_file()
+    assert not (tmp_path / "m.int8.onnx").exists() and not (tmp_path / "m.fp32.onnx").exists()
     assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", onnx_path, "--data", "digits"), "--data")
 
 

@@ -264,12 +264,13 @@ def test_export_never_replaces_a_file_it_did_not_write(tmp_path, mlp_checkpoint)
     assert theirs.read_text() == "not mine"
     assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", mlp_checkpoint), "input")
     assert torch.load(mlp_checkpoint, weights_only=True)["format"] == "sparsekit/1"
-    int8_theirs = tmp_path / "m.int8.onnx"
-    int8_theirs.write_text("mine too")
+    fp32_theirs = tmp_path / "m.fp32.onnx"
+    fp32_theirs.write_text("mine too")
     assert_bad_input(
-        run("export", mlp_checkpoint, *MLP, "-o", tmp_path / "m.onnx", "--quantize", "int8"), "m.int8.onnx"
+        run("export", mlp_checkpoint, *MLP, "-o", tmp_path / "m.onnx", "--quantize", "int8", "--keep-fp32"),
+        "m.fp32.onnx",
     )
-    assert not (tmp_path / "m.onnx").exists() and int8_theirs.read_text() == "mine too"
+    assert not (tmp_path / "m.onnx").exists() and fp32_theirs.read_text() == "mine too"
     # A file sparsekit wrote is replaced on request ...
     ours = tmp_path / "ours.onnx"
     for _ in range(2):

@@ -5,6 +5,7 @@ Example::
 
     info = export_onnx(model, "pruned.onnx", input_shape=(1, 784))
     assert info["parity"]["ok"] and info["zeros"]["zeros_ok"]
+    info = export_int8(model, "pruned.onnx", (1, 784), data=bundle)  # the int8 model, at that path
 
 Exporters: https://pytorch.org/docs/stable/onnx.html (``dynamo=True``: torch.export based;
 ``dynamo=False``: TorchScript based).
@@ -30,11 +31,12 @@ from torch import nn
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
+from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, graph_tensors
 
-__all__ = ["EXPORTERS", "check_zeros", "export_onnx"]
+__all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
 EXPORTERS = ("dynamo", "torchscript")
 # torch's ONNX function library starts at opset 18: the dynamo exporter writes 18 and newer directly
@@ -108,6 +110,57 @@ def export_onnx(
         **info, "parity": written.parity, "zeros": zeros, "opset": written.opset, "exporter": used,
         "fallback": fallback,
     }  # fmt: skip
+
+
+def export_int8(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int],
+    *,
+    data: Any = None,
+    fp32_path: str | os.PathLike[str] | None = None,
+    opset: int = 18,
+    exporter: str = "dynamo",
+) -> dict[str, Any]:
+    """Export ``model`` as :func:`export_onnx` does, quantize that fp32 file to int8 and write the int8
+    model at ``path``; the fp32 file is kept only at ``fp32_path`` (None: not kept).
+
+    ``data``: a :class:`sparsekit.data.DataBundle` to calibrate on (static QDQ, with fp32 vs int8
+    accuracy and top-1 agreement on its validation set, see
+    :func:`sparsekit.onnx.quantize.quantize_on_data`), or None for dynamic quantization
+    (:func:`sparsekit.onnx.quantize.quantize_int8`). Both files are built in private folders beside
+    their targets and published only once the export, its checks and the quantization have all
+    passed, int8 first; each carries the ``sparsekit`` mark.
+
+    Returns :func:`export_onnx`'s result for the fp32 model (its ``"path"`` is ``fp32_path`` as a
+    string, or None when it is not kept; ``bytes``/``gzip_bytes`` are the fp32 file's either way),
+    with ``"int8"``: the quantization result, whose ``"path"`` is ``path``.
+    Raises :class:`ExportError` as :func:`export_onnx` and :func:`~sparsekit.onnx.quantize.quantize_int8`
+    do, and when ``fp32_path`` is ``path``; :class:`~sparsekit.errors.OutputError` for a full,
+    read-only or unwritable disk. Nothing is written at either path then.
+    """
+    final = Path(path)
+    keep = Path(fp32_path) if fp32_path is not None else None
+    if keep is not None and os.path.abspath(keep) == os.path.abspath(final):
+        raise ExportError(f"{keep}: is where the int8 model goes; keep the fp32 model under another name")
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(staging(final))
+        # The fp32 file is staged beside its own target, so publishing it is a rename on one filesystem;
+        # named as it will be, so an external-data location recorded in it stays right.
+        fp32_work = work if keep is None else stack.enter_context(staging(keep))
+        fp32_tmp = fp32_work / (keep.name if keep is not None else final.with_suffix(".fp32.onnx").name)
+        int8_tmp = work / final.name
+        info = export_onnx(model, fp32_tmp, input_shape, opset=opset, exporter=exporter)
+        if data is None:
+            q = quantize_int8(fp32_tmp, int8_tmp)
+        else:
+            q = quantize_on_data(fp32_tmp, int8_tmp, data)
+        publish(int8_tmp, final)
+        if keep is not None:
+            publish(fp32_tmp, keep)
+    info["path"] = None if keep is None else str(keep)
+    q["path"] = str(final)
+    return {**info, "int8": q}
 
 
 @dataclasses.dataclass

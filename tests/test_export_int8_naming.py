@@ -1,0 +1,172 @@
+"""`sparsekit export -o FILE.onnx --quantize int8`: the file at -o is the int8 model; the fp32 model it
+was quantized from is written (as FILE.fp32.onnx) only with --keep-fp32, and no file sparsekit did not
+write is replaced (issue 12, "Export naming")."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input
+from onnx import TensorProto
+
+import sparsekit
+from examples.models import lenet_300_100, mlp
+from sparsekit.cli import main
+from sparsekit.errors import ExportError
+from sparsekit.onnx import written_by_sparsekit
+from sparsekit.onnx.export import export_int8
+
+LENET = ("--arch", "examples.models:lenet_300_100", "--exporter", "torchscript")
+# LeNet-300-100's Linear weights, as torch stores them ([out, in]) or transposed (MatMul's layout).
+LENET_WEIGHTS = {(300, 784), (100, 300), (10, 100)}
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    """A seeded LeNet-300-100 with 90% of each weight pruned to zero, saved as a sparsekit checkpoint."""
+    torch.manual_seed(0)
+    model = lenet_300_100()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p[p.abs() <= p.abs().flatten().kthvalue(int(0.9 * p.numel())).values] = 0.0
+    path = tmp_path_factory.mktemp("lenet") / "lenet.pt"
+    sparsekit.save_model(model, path, "examples.models:lenet_300_100", input_shape=[1, 784])
+    return path
+
+
+def weight_types(path) -> dict[tuple[int, ...], int]:
+    """Element type of each weight matrix (rank-2 initializer) of the ONNX file, by its torch shape."""
+    graph = onnx.load(str(path)).graph
+    out = {}
+    for t in graph.initializer:
+        if len(t.dims) == 2:
+            shape = tuple(t.dims) if tuple(t.dims) in LENET_WEIGHTS else tuple(t.dims)[::-1]
+            out[shape] = t.data_type
+    return out
+
+
+def op_types(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def listing(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_int8_is_written_at_o_and_fp32_only_on_request(tmp_path, lenet):
+    q = tmp_path / "q.onnx"
+    # Dynamic (no --data), with sparse storage: only q.onnx and q.sparse.onnx appear.
+    result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8", "--sparse-storage", "--json")
+    assert result.exit_code == 0, result.stderr
+    res = json.loads(result.stdout)
+    assert listing(tmp_path) == ["q.onnx", "q.sparse.onnx"]  # no fp32 copy, no q.int8.onnx, no temp files
+    assert weight_types(q) == dict.fromkeys(LENET_WEIGHTS, TensorProto.INT8)
+    assert "MatMulInteger" in op_types(q) and written_by_sparsekit(q)
+    assert res["path"] is None and res["int8"]["path"] == str(q) and res["int8"]["mode"] == "dynamic"
+    assert res["int8"]["bytes"] == q.stat().st_size and res["int8"]["zeros"]["zeros_ok"]
+    assert res["parity"]["ok"] and res["zeros"]["zeros_ok"]  # the fp32 export was checked all the same
+    # --sparse-storage stores the file at -o, so the int8 weights, sparsely.
+    sparse = onnx.load(str(tmp_path / "q.sparse.onnx")).graph.sparse_initializer
+    assert {t.values.data_type for t in sparse if len(t.dims) == 2} == {TensorProto.INT8}
+    assert res["sparse_storage"]["bytes_before"] == q.stat().st_size
+
+    # Static with --data and --keep-fp32: q.onnx (sparsekit's) is replaced by the new int8 model, and the
+    # fp32 model appears beside it; parity and accuracy are reported as for any int8 export.
+    before = q.stat().st_ino
+    result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8", "--data", "mnist5k", "--keep-fp32")
+    assert result.exit_code == 0, result.stderr
+    fp32 = tmp_path / "q.fp32.onnx"
+    assert listing(tmp_path) == ["q.fp32.onnx", "q.onnx", "q.sparse.onnx"]
+    assert q.stat().st_ino != before  # published by rename, not rewritten in place
+    assert weight_types(q) == dict.fromkeys(LENET_WEIGHTS, TensorProto.INT8)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(q)
+    assert weight_types(fp32) == dict.fromkeys(LENET_WEIGHTS, TensorProto.FLOAT)
+    assert not op_types(fp32) & {"QuantizeLinear", "DequantizeLinear", "MatMulInteger"}
+    assert written_by_sparsekit(q) and written_by_sparsekit(fp32)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"Wrote {fp32} (fp32, ") and "parity max diff" in lines[0] and "(ok)" in lines[0]
+    assert lines[1].startswith(f"Wrote {q} (static int8, {q.stat().st_size:,} B")
+    assert "pruned zeros still zero: True" in lines[1]
+    assert lines[2].strip().startswith("accuracy fp32") and "top-1 agreement" in lines[2]
+
+    ratio = q.stat().st_size / fp32.stat().st_size
+    print(f"LeNet-300-100 int8/fp32 file size: {q.stat().st_size:,} / {fp32.stat().st_size:,} B = {ratio:.4f}")
+    assert ratio <= 0.3
+    assert f"= {ratio:.2f}x fp32" in lines[1]
+
+
+def test_export_never_replaces_a_users_file_among_its_targets(tmp_path, lenet):
+    q, fp32 = tmp_path / "q.onnx", tmp_path / "q.fp32.onnx"
+    old_int8 = tmp_path / "q.int8.onnx"  # the name int8 went to before: no longer a target
+    fp32.write_text("my fp32 model")
+    old_int8.write_text("my int8 model")
+    result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8", "--keep-fp32")
+    assert_bad_input(result, str(fp32), "did not write")
+    assert not q.exists() and fp32.read_text() == "my fp32 model"
+    assert listing(tmp_path) == ["q.fp32.onnx", "q.int8.onnx"]  # nothing written, no temp folders either
+
+    # Without --keep-fp32 the user's q.fp32.onnx is not a target: left alone, and the export goes ahead.
+    result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8")
+    assert result.exit_code == 0, result.stderr
+    assert fp32.read_text() == "my fp32 model" and old_int8.read_text() == "my int8 model"
+    assert weight_types(q) == dict.fromkeys(LENET_WEIGHTS, TensorProto.INT8)
+
+    theirs = tmp_path / "theirs.onnx"
+    theirs.write_text("not sparsekit's")
+    assert_bad_input(run("export", lenet, *LENET, "-o", theirs, "--quantize", "int8"), str(theirs), "did not write")
+    assert theirs.read_text() == "not sparsekit's" and not (tmp_path / "theirs.fp32.onnx").exists()
+
+
+def test_keep_fp32_needs_quantize(tmp_path, lenet):
+    assert_bad_input(run("export", lenet, *LENET, "-o", tmp_path / "q.onnx", "--keep-fp32"), "--keep-fp32", "int8")
+    assert listing(tmp_path) == []
+
+
+def test_help_names_the_files():
+    text = " ".join(run("export", "--help").output.split())
+    assert "--keep-fp32" in text and "FILE.fp32.onnx" in text
+    assert "the file at -o is the int8 model" in text
+
+
+# --- the library function --------------------------------------------------------------------------
+
+
+def small_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return mlp(in_features=64, hidden=[32])
+
+
+def test_export_int8_keeps_fp32_only_where_asked(tmp_path):
+    out = tmp_path / "int8" / "m.onnx"
+    keep = tmp_path / "fp32" / "m.onnx"  # another folder, the same name: staged beside its own target
+    info = export_int8(small_mlp(), out, [1, 64], fp32_path=keep, exporter="torchscript")
+    assert listing(out.parent) == ["m.onnx"] and listing(keep.parent) == ["m.onnx"]
+    assert info["path"] == str(keep) and info["int8"]["path"] == str(out)
+    assert info["bytes"] == keep.stat().st_size and info["int8"]["bytes"] == out.stat().st_size
+    assert {t.data_type for t in onnx.load(str(out)).graph.initializer if len(t.dims) == 2} == {TensorProto.INT8}
+    assert {t.data_type for t in onnx.load(str(keep)).graph.initializer if len(t.dims) == 2} == {TensorProto.FLOAT}
+
+    alone = tmp_path / "alone"
+    info = export_int8(small_mlp(), alone / "m.onnx", [1, 64], exporter="torchscript")
+    assert info["path"] is None and listing(alone) == ["m.onnx"]
+
+
+def test_export_int8_failure_writes_nothing(tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous file")
+    with pytest.raises(ExportError, match="shape"):
+        export_int8(small_mlp(), out, [1, 65], fp32_path=tmp_path / "m.fp32.onnx", exporter="torchscript")
+    with pytest.raises(ExportError, match="int8 model goes"):
+        export_int8(small_mlp(), out, [1, 64], fp32_path=tmp_path / "." / "m.onnx", exporter="torchscript")
+    assert out.read_bytes() == b"previous file" and listing(tmp_path) == ["m.onnx"]
+    assert not os.path.exists(tmp_path / "m.fp32.onnx")
