@@ -277,10 +277,14 @@ def _allocate_unstructured(
 
 def _feasible(units: int, blocks: int, limit: int, align: int) -> list[int]:
     """Units a group may lose, ascending from 0, up to ``limit``: every count, or with ``align`` > 1 those
-    leaving a multiple of ``align`` channels (``units * blocks`` channels in all; a group narrower than
-    ``align`` keeps the every-count steps)."""
+    leaving a multiple of ``align`` channels (``units * blocks`` channels in all; a group no wider than
+    ``align`` aligns to the largest power-of-two fraction of ``align`` below its width)."""
     counts = range(0, max(limit, 0) + 1)
-    if align <= 1 or units * blocks < align:
+    # A group of at most `align` channels could only be kept whole: it aligns to half as many (16 channels
+    # at align 16 may keep 8), down to every count for the narrowest.
+    while align > 1 and units * blocks <= align:
+        align //= 2
+    if align <= 1:
         return list(counts)
     return [x for x in counts if x == 0 or ((units - x) * blocks) % align == 0]
 
@@ -565,7 +569,7 @@ def allocate_with_details(
     entries = list(recipe.pruning)
     details: list[EntryAllocation] = []
     done: list[tuple[int, StructuredSpec]] = []
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
     model.eval()
     try:
         for index in auto_entries(recipe):
@@ -591,7 +595,8 @@ def allocate_with_details(
             done.append((index, info.spec))
             details.append(info)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     new = Recipe.model_validate({**recipe.model_dump(), "pruning": [e.model_dump() for e in entries]})
     new._source = recipe.source
     return new, details

@@ -35,6 +35,8 @@ def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any
     def advance(probe: Probe) -> None:
         bar.update(task, total=probe.total, completed=probe.done, info=f"{probe.layer} at {probe.value:g}")
         if save_to is not None:
+            # Created with the first result: inputs that fail their checks leave no empty folder behind.
+            save_to.parent.mkdir(parents=True, exist_ok=True)
             write_text(save_to, probe.table.to_json())
 
     return bar, advance
@@ -58,10 +60,16 @@ def allocate_for_run(
     wanted = auto_entries(recipe)
     if not wanted:
         return recipe, None, None
+    asked = [spec.model_dump(mode="json") for spec in recipe.pruning]
     for folder in reuse:
         saved = folder / ALLOCATION_FILE
         if saved.is_file():
             allocation = json.loads(saved.read_text())
+            if allocation.get("asked") != asked:
+                raise SparsekitError(
+                    f"{saved}: its per-layer values were chosen for another pruning section (a changed target, "
+                    f"say); the run cannot continue with them. Start again with {option('overwrite')}"
+                )
             table_path = folder / "sensitivity.json"
             table = SensitivityTable.load(table_path) if table_path.is_file() else None
             return _with_pruning(recipe, allocation["pruning"]), table, allocation
@@ -72,7 +80,8 @@ def allocate_for_run(
     allocated, details = allocate_with_details(model, recipe, table, input_shape=inputs.shape)
     pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
     pruning = _distributed.broadcast(pruning)  # rank 0's, in case a measured latency differed
-    allocation = {"pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
+    # `asked`: the pruning section as written, so a resume can tell whether these values still answer it.
+    allocation = {"asked": asked, "pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
     return _with_pruning(recipe, pruning), table, allocation
 
 
@@ -185,10 +194,10 @@ def run_sensitivity(
             raise SparsekitError(
                 f"{table_path}: cannot continue from it ({err}); start again with {option('overwrite')}"
             ) from None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{out}: cannot create it ({err.strerror or err})") from None
+    if overwrite:
+        # Inputs are good: the earlier analysis goes now, so an interrupted one never mixes with it.
+        for name in existing:
+            (out / name).unlink()
     bar, advance = _analysis_bar(progress, save_to=table_path)
     with bar:
         table = analyze(
@@ -200,6 +209,7 @@ def run_sensitivity(
             input_shape=inputs.shape,
             max_batches=max_batches,
         )
+    out.mkdir(parents=True, exist_ok=True)
     files = {k: str(v) for k, v in write_outputs(table, out).items()}
     allocation = allocated = None
     wanted = auto_entries(recipe)
@@ -207,13 +217,12 @@ def run_sensitivity(
         allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
         pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
         allocation = {
+            "asked": [spec.model_dump(mode="json") for spec in recipe.pruning],
             "pruning": pruning,
             "entries": {str(d.index): d.as_dict() for d in details},
         }
         write_text(out / ALLOCATION_FILE, json.dumps(allocation, indent=2))
         files["allocation"] = str(out / ALLOCATION_FILE)
-    elif (out / ALLOCATION_FILE).exists() and overwrite:
-        (out / ALLOCATION_FILE).unlink()  # ours (checked above), from the analysis being replaced
     return {
         "table": table,
         "files": files,

@@ -658,7 +658,9 @@ def validate(
     """Check RECIPE; with MODEL, a dry run: layers each method matches and its target per epoch.
 
     Without MODEL nothing the recipe names is imported. With MODEL the architecture is built, so a
-    factory named in RECIPE or MODEL needs --arch (or --trust-code) as for `prune`.
+    factory named in RECIPE or MODEL needs --arch (or --trust-code) as for `prune`. With MODEL and
+    `sparsity: auto` / `ratio: auto` entries, the data is loaded and the sensitivity analysis runs (as in
+    `prune`; `target_latency` also exports and times the model) to show the per-layer values chosen.
     """
     from .planning import allocation_lines, plan
     from .recipe import load_recipe

@@ -162,6 +162,9 @@ class SensitivityTable(_Data):
     val_samples: int
     max_batches: int | None = None
     fingerprint: str
+    setup: str | None = Field(
+        None, description="sha256 of the validation data and the analysed entries' settings (what a resume must match)"
+    )
     input_shape: list[int]
     model_macs: int
     grid: dict[str, list[float]]
@@ -386,6 +389,32 @@ def _samples(loader: Iterable, max_batches: int | None) -> int:
     return n
 
 
+# Settings that do not change what a probe measures (targets, schedules): a resume may differ in them.
+_NOT_MEASURED = {
+    "target", "target_macs", "target_latency", "sparsity", "ratio", "layer_sparsity", "layer_ratio",
+    "schedule", "max_layer_sparsity", "calibration_batches", "criterion", "scope", "steps",
+}  # fmt: skip
+
+
+def _setup_digest(loader: Iterable, max_batches: int | None, specs: list[tuple[int, Any]]) -> str:
+    """sha256 of the evaluated validation batches (inputs and labels) and of what each analysed entry
+    measures (method, layers, importance, ignore, ...): two tables with the same digest come from the
+    same data and settings."""
+    h = hashlib.sha256()
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        for t in (x, y):
+            if isinstance(t, torch.Tensor):
+                data = t.detach().cpu().contiguous()
+                h.update(f"{tuple(data.shape)}:{data.dtype}".encode())
+                h.update((data.float() if data.dtype == torch.bfloat16 else data).numpy().tobytes())
+    for index, spec in specs:
+        kept = {k: v for k, v in spec.model_dump(mode="json").items() if k not in _NOT_MEASURED}
+        h.update(f"{index}:{sorted(kept.items())!r}".encode())
+    return h.hexdigest()
+
+
 def _shape(model: nn.Module, recipe: Recipe, loader: Iterable, input_shape: Sequence[int] | None) -> list[int]:
     if input_shape:
         return [int(d) for d in input_shape]
@@ -561,18 +590,24 @@ def _new_table(
     probes copied in when it matches this model, data and shape; and the plan of each structured entry."""
     fp = fingerprint(model)
     samples = _samples(loader, max_batches)
+    setup = _setup_digest(loader, max_batches, specs)
     if resume_from is not None:
         problems = []
         if resume_from.fingerprint != fp:
             problems.append("the model's weights differ")
         if resume_from.val_samples != samples or resume_from.max_batches != max_batches:
-            problems.append(f"the validation data differ ({resume_from.val_samples} samples then, {samples} now)")
+            problems.append(
+                f"the validation data differ ({resume_from.val_samples} samples then, {samples} now; "
+                f"max_batches {resume_from.max_batches} then, {max_batches} now)"
+            )
+        elif resume_from.setup is not None and resume_from.setup != setup:
+            problems.append("the validation data (e.g. another seed's split) or the analysed entries' settings differ")
         if list(resume_from.input_shape) != shape:
             problems.append(f"the input shape differs ({resume_from.input_shape} then, {shape} now)")
         if problems:
             raise TargetError(
-                f"resume_from: the sensitivity table was measured on another setup ({'; '.join(problems)}); "
-                "analyse from scratch (leave resume_from out) or resume with the same model and data"
+                f"the sensitivity table to resume was measured on another setup ({'; '.join(problems)}); "
+                "analyse from scratch, or resume with the same model, data, seed and recipe settings"
             )
         dense = {"accuracy": resume_from.dense_accuracy, "loss": resume_from.dense_loss}
     else:
@@ -647,6 +682,7 @@ def _new_table(
         val_samples=samples,
         max_batches=max_batches,
         fingerprint=fp,
+        setup=setup,
         input_shape=shape,
         model_macs=sum(macs.values()),
         grid=grids,

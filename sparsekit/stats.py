@@ -48,13 +48,14 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
             macs[name] = macs.get(name, 0) + values.numel() // values.shape[0] * per
 
         hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
     try:
         model.eval()
         param = next(model.parameters(), None)
         model(torch.zeros([1, *list(input_shape)[1:]], device=param.device if param is not None else None))
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         for h in hooks:
             h.remove()
     return macs

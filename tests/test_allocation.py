@@ -465,3 +465,30 @@ def test_validate_shows_per_layer_values_or_says_they_come_at_prune_time(mlp_che
     assert lines == ["pruning[0] magnitude: per-layer sparsity (sparsity 0.5 elsewhere):", "  fc1: 0.7500"]
     with_model = plan(given, mlp_checkpoint, arch="examples.models:mlp")
     assert "auto" not in with_model["methods"][0]
+
+
+def test_groups_as_wide_as_the_alignment_can_still_lose_aligned_channels():
+    from sparsekit.allocation import _feasible
+
+    assert _feasible(32, 1, 31, 16) == [0, 16]
+    assert _feasible(16, 1, 15, 16) == [0, 8]  # as wide as the alignment: half of it (was: never prunable)
+    assert _feasible(16, 1, 15, 8) == [0, 8]
+    assert _feasible(6, 1, 5, 8) == [0, 2]  # keeps 4
+    assert _feasible(1, 1, 0, 8) == [0]
+
+
+def test_auto_allocate_leaves_each_module_mode_as_it_was():
+    import torch
+    from torch import nn
+
+    import sparsekit
+    from sparsekit.allocation import auto_allocate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    data = [(torch.randn(32, 8), torch.randint(0, 4, (32,))) for _ in range(2)]
+    recipe = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": "auto", "target": 0.5}])
+    auto_allocate(model, recipe, data, input_shape=[1, 8])
+    assert model.training and model[0].training and not model[1].training

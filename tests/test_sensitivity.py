@@ -156,7 +156,7 @@ def test_resume_skips_the_probes_already_done(bottleneck, monkeypatch):
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.fc1.weight.mul_(0.5)
-    with pytest.raises(TargetError, match="resume_from: .*weights differ"):
+    with pytest.raises(TargetError, match="another setup .*weights differ"):
         analyze(other, recipe, val, grid=grid, input_shape=[1, 64], resume_from=partial)
 
 

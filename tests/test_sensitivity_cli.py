@@ -126,3 +126,32 @@ def test_validate_with_a_model_shows_the_values_auto_would_choose(mlp_checkpoint
     assert "fc1:" in text.stdout and "auto -> per-layer values" in text.stdout
     without_model = run("validate", auto_recipe)
     assert without_model.exit_code == 0 and "sensitivity analysis" in without_model.stdout
+
+
+def test_prune_resume_refuses_an_allocation_made_for_another_target(tmp_path, mlp_checkpoint, auto_recipe, monkeypatch):
+    from conftest import InterruptOnEvaluate
+
+    out = tmp_path / "o"
+    interrupt = InterruptOnEvaluate(monkeypatch, 2)  # after the allocation, at the end of epoch 1
+    assert run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, *FAST).exit_code == 130
+    interrupt.restore()
+    again = run(
+        "prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "pruning.0.target=0.5", *FAST
+    )
+    assert_bad_input(again, "allocation.json", "another pruning section", "--overwrite")
+
+
+def test_sensitivity_resume_refuses_another_validation_split(tmp_path, mlp_checkpoint, auto_recipe, monkeypatch):
+    out = tmp_path / "sens"
+    StopAfter(monkeypatch, 4)
+    assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress").exit_code == 130
+    monkeypatch.undo()
+    other_seed = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "seed=1")
+    assert_bad_input(other_seed, "another setup", "validation data")
+
+
+def test_a_recipe_with_nothing_to_analyse_leaves_no_folder(tmp_path, mlp_checkpoint):
+    (tmp_path / "l1.yaml").write_text("data: {source: digits}\npruning: [{method: l1, strength: 0.001}]\n")
+    result = run("sensitivity", mlp_checkpoint, tmp_path / "l1.yaml", *MLP, "-o", tmp_path / "sens")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert not (tmp_path / "sens").exists()
