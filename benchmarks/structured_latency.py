@@ -1,13 +1,18 @@
-"""How much latency does structural channel removal buy? small_cnn and resnet_small, 50% of channels.
+"""How much latency does structural channel removal buy? small_cnn and resnet_small, 30/50/70% of
+channels, with and without channel alignment (``round_to``).
 
 Prunes each example model structurally (torch-pruning, L2 importance, per layer, head kept; no
-training: only shapes matter for latency), exports dense and pruned ONNX, and times both in
-onnxruntime, interleaved with an A/A control (``sparsekit.onnx.benchmark``). Prints, per batch size,
-the p50 latency ratio (pruned / dense), the MACs ratio, and latency ÷ MACs (1.0 = latency falls
-exactly as fast as the arithmetic; above 1, fixed per-op costs eat part of the win).
+training: only shapes matter for latency) once per (ratio, round_to) arm, exports dense and every
+pruned model to ONNX, and times them all in one onnxruntime run per model, interleaved with an A/A
+control (``sparsekit.onnx.benchmark``). Prints, per arm and batch size, the p50 latency ratio
+(pruned / dense), the MACs ratio, and latency ÷ MACs (1.0 = latency falls exactly as fast as the
+arithmetic; above 1, fixed per-op costs or kernels' poor handling of odd channel counts eat part of
+the win), and the kept channels of each pruned layer.
 
-    python benchmarks/structured_latency.py                  # batch 1 and 32, 1 thread
-    python benchmarks/structured_latency.py --runs 500 --threads 2 --ratio 0.75 --json
+    python benchmarks/structured_latency.py                  # ratios 0.3 0.5 0.7, round_to 1 8 16, batch 1 and 32
+    python benchmarks/structured_latency.py --ratio 0.5 --round-to 8 --runs 500 --threads 2 --json
+
+``--round-to 1`` is the unaligned arm (the recipe's ``round_to: null``).
 
 Re-runnable: seeded models, seeded inputs; the ONNX files go to a temporary folder unless --out.
 """
@@ -33,7 +38,7 @@ INPUT_SHAPE = [1, 1, 28, 28]
 MODELS = {"small_cnn": small_cnn, "resnet_small": resnet_small}
 
 
-def prune(model: torch.nn.Module, ratio: float, importance: str, scope: str) -> sparsekit.Pruner:
+def prune(model: torch.nn.Module, ratio: float, importance: str, scope: str, round_to: int) -> sparsekit.Pruner:
     recipe = sparsekit.Recipe(
         **{
             "model": {"input_shape": INPUT_SHAPE},
@@ -44,6 +49,7 @@ def prune(model: torch.nn.Module, ratio: float, importance: str, scope: str) -> 
                     "importance": importance,
                     "scope": scope,
                     "schedule": "oneshot",
+                    "round_to": round_to if round_to > 1 else None,
                 }
             ],
         }
@@ -53,16 +59,33 @@ def prune(model: torch.nn.Module, ratio: float, importance: str, scope: str) -> 
     return pruner
 
 
-def measure(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def measure(name: str, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """Every (ratio, round_to) arm of one model, timed together with the dense model in one run."""
     torch.manual_seed(args.seed)
     dense = MODELS[name]().eval()
-    pruned = MODELS[name]().eval()
-    pruned.load_state_dict(dense.state_dict())
-    pruner = prune(pruned, args.ratio, args.importance, args.scope)
     dense_macs = model_stats(dense, INPUT_SHAPE)["macs"]
-    pruned_macs = model_stats(pruned, INPUT_SHAPE)["macs"]
-    paths = [out / f"{name}.dense.onnx", out / f"{name}.pruned.onnx"]
-    for model, path in zip((dense, pruned), paths, strict=True):
+    arms, paths, models = [], [out / f"{name}.dense.onnx"], [dense]
+    for ratio in args.ratio:
+        for round_to in args.round_to:
+            pruned = MODELS[name]().eval()
+            pruned.load_state_dict(dense.state_dict())
+            pruner = prune(pruned, ratio, args.importance, args.scope, round_to)
+            arms.append(
+                {
+                    "model": name,
+                    "ratio": ratio,
+                    "round_to": round_to,
+                    "dense_macs": dense_macs,
+                    "pruned_macs": model_stats(pruned, INPUT_SHAPE)["macs"],
+                    "dense_params": sum(p.numel() for p in dense.parameters()),
+                    "pruned_params": sum(p.numel() for p in pruned.parameters()),
+                    "removal_events": len(pruner.pruning_history),
+                    "channels": _channels(pruned),
+                }
+            )
+            paths.append(out / f"{name}.r{ratio:g}.round{round_to}.onnx")
+            models.append(pruned)
+    for model, path in zip(models, paths, strict=True):
         info = sparsekit.export_onnx(model, path, INPUT_SHAPE, exporter=args.exporter)
         if not info["parity"]["ok"]:
             raise SystemExit(f"{path}: ONNX output differs from torch ({info['parity']})")
@@ -75,36 +98,36 @@ def measure(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         input_shape=INPUT_SHAPE,
         seed=args.seed,
     )
-    dense_f, pruned_f = res["files"]
-    macs_ratio = pruned_macs / dense_macs
-    rows = {}
-    for b in (str(b) for b in args.batch_size):
-        lat = pruned_f["ratio_to_first"][b]["p50"]
-        rows[b] = {
-            "dense_p50_ms": dense_f["latency_ms"][b]["p50"],
-            "pruned_p50_ms": pruned_f["latency_ms"][b]["p50"],
-            "latency_ratio": lat,
-            "spread": pruned_f["ratio_to_first"][b]["spread"],
-            "aa_noise": res["control"][b]["noise"],
-            "significant": pruned_f["speedup_significant"][b],
-            "macs_ratio": macs_ratio,
-            "latency_per_macs": lat / macs_ratio,
-        }
-    return {
-        "model": name,
-        "dense_macs": dense_macs,
-        "pruned_macs": pruned_macs,
-        "dense_params": sum(p.numel() for p in dense.parameters()),
-        "pruned_params": sum(p.numel() for p in pruned.parameters()),
-        "removal_events": len(pruner.pruning_history),
-        "batches": rows,
-    }
+    dense_f = res["files"][0]
+    for arm, pruned_f in zip(arms, res["files"][1:], strict=True):
+        macs_ratio = arm["pruned_macs"] / dense_macs
+        arm["batches"] = {}
+        for b in (str(b) for b in args.batch_size):
+            lat = pruned_f["ratio_to_first"][b]["p50"]
+            arm["batches"][b] = {
+                "dense_p50_ms": dense_f["latency_ms"][b]["p50"],
+                "pruned_p50_ms": pruned_f["latency_ms"][b]["p50"],
+                "latency_ratio": lat,
+                "spread": pruned_f["ratio_to_first"][b]["spread"],
+                "aa_noise": res["control"][b]["noise"],
+                "significant": pruned_f["speedup_significant"][b],
+                "macs_ratio": macs_ratio,
+                "latency_per_macs": lat / macs_ratio,
+            }
+    return arms
+
+
+def _channels(model: torch.nn.Module) -> str:
+    """Kept output channels of each Conv/Linear layer but the last (the head), in model order."""
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][:-1]
+    return "/".join(str(m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features) for m in layers)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--ratio", type=float, action="append", help="repeatable (default: 0.3, 0.5 and 0.7)")
+    ap.add_argument("--round-to", type=int, action="append", help="repeatable; 1: no alignment (default: 1, 8 and 16)")
     ap.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale"])
     ap.add_argument("--scope", default="layer", choices=["layer", "global"])
     ap.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 1 and 32)")
@@ -117,27 +140,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = ap.parse_args(argv)
     args.batch_size = args.batch_size or [1, 32]
+    args.ratio = args.ratio or [0.3, 0.5, 0.7]
+    args.round_to = args.round_to or [1, 8, 16]
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        results = [measure(name, args, out) for name in args.models]
+        results = [arm for name in args.models for arm in measure(name, args, out)]
 
     if args.json:
         print(json.dumps(results, indent=2))
         return results
     print(
-        f"structured ratio {args.ratio} ({args.importance}, {args.scope} scope), onnxruntime "
-        f"{args.threads} thread(s), {args.runs} runs, input {INPUT_SHAPE[1:]}"
+        f"structured ({args.importance}, {args.scope} scope), onnxruntime {args.threads} thread(s), "
+        f"{args.runs} runs, input {INPUT_SHAPE[1:]}; arms of a model timed together with dense and an A/A control"
     )
-    print("| model | batch | dense p50 ms | pruned p50 ms | latency ratio | A/A noise | MACs ratio | latency ÷ MACs |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| model | ratio | round_to | batch | dense p50 ms | pruned p50 ms | latency ratio | A/A noise "
+        "| MACs ratio | latency ÷ MACs | kept channels |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         for b, row in r["batches"].items():
             print(
-                f"| {r['model']} | {b} | {row['dense_p50_ms']:.3f} | {row['pruned_p50_ms']:.3f} | "
+                f"| {r['model']} | {r['ratio']:g} | {r['round_to'] if r['round_to'] > 1 else '–'} | {b} "
+                f"| {row['dense_p50_ms']:.3f} | {row['pruned_p50_ms']:.3f} | "
                 f"{row['latency_ratio']:.3f}{'' if row['significant'] else ' (noise)'} | {row['aa_noise']:.3f} | "
-                f"{row['macs_ratio']:.3f} | {row['latency_per_macs']:.2f} |"
+                f"{row['macs_ratio']:.3f} | {row['latency_per_macs']:.2f} | {r['channels']} |"
             )
     return results
 

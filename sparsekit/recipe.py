@@ -483,7 +483,13 @@ class StructuredSpec(_MethodBase):
       fraction of the dense model's onnxruntime latency, as :func:`sparsekit.allocation.allocate` measures
       it) asks sparsekit to choose ``layer_ratio`` from a per-layer sensitivity analysis; a prune run does
       it before training. A Pruner refuses an entry still holding ``auto``. The allocated entry reads
-      ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``."""
+      ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``.
+
+    ``round_to`` (default ``null``: off, as 1; 8 recommended) aligns channel counts for onnxruntime's CPU
+    kernels: a group sized by ``ratio`` (not listed in ``layer_ratio``) that loses channels keeps a multiple
+    of ``round_to``, rounded down (torch-pruning's ``round_to``), or up to the first multiple at or above
+    ``min_channels``; groups narrower than ``round_to`` keep any count. ``layer_ratio`` values keep their
+    exact counts (the allocator aligns them itself for ``target_latency``)."""
 
     method: Literal["structured"]
     ratio: RatioValue
@@ -510,6 +516,13 @@ class StructuredSpec(_MethodBase):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     ignore: list[str] | None = Field(None, description="modules whose outputs are kept (default: the head)")
     min_channels: Int = Field(1, gt=0, le=MAX_CHANNELS, description="floor: no layer keeps fewer output channels")
+    round_to: Int | None = Field(
+        None,
+        gt=0,
+        le=MAX_CHANNELS,
+        description="channel alignment: a group sized by ratio keeps a multiple of this many channels (null or 1: any "
+        "count; 8 recommended for onnxruntime CPU); layer_ratio layers keep their exact counts",
+    )
     calibration_batches: Int = Field(
         8, gt=0, le=MAX_CALIBRATION, description="batches scored for taylor importance when not fine-tuning"
     )

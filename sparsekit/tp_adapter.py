@@ -19,6 +19,7 @@ inputs, residual partners); ``group.prune()`` changes those modules in place, re
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -304,6 +305,43 @@ class Proposal:
         return sorted({i for unit in self.units for i in unit})
 
 
+def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1, blocks: int = 1) -> int:
+    """How many of a group's ``channels`` to keep when the ratio asks to keep ``keep`` and kept counts are
+    aligned to ``round_to`` (torch-pruning's ``round_to``): ``keep`` rounded down to a multiple of
+    ``round_to``, or, when that falls below ``floor`` (``min_channels``, at least 1), up to the first
+    multiple at or above it; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at
+    or above the floor. ``keep`` unchanged when it is already a multiple at or above the floor, ``round_to``
+    is None or 1, or the group is narrower than that multiple. With ``blocks`` > 1 (a grouped conv, removed
+    evenly from each block) counts move in whole units of ``blocks`` channels: the kept total is a multiple
+    of ``round_to`` and of ``blocks``."""
+    if not round_to or round_to <= 1 or keep >= channels:
+        return keep
+    step = round_to * blocks // math.gcd(round_to, blocks)  # kept channels: a multiple of both
+    if channels < step:
+        return keep
+    low = max(1, min(floor, channels))
+    if keep % step == 0 and keep >= low:
+        return keep
+    down = keep // step * step
+    if down >= low:
+        return down
+    up = -(-low // step) * step
+    return up if up < channels else channels
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """What :func:`aligned_keep` did to one group at one step: the ranking would keep ``asked`` of its
+    ``channels`` output channels, ``kept`` are kept (a multiple of ``round_to``, or all ``channels``);
+    ``floor``: the ``min_channels`` floor it respected."""
+
+    channels: int
+    asked: int
+    kept: int
+    round_to: int
+    floor: int
+
+
 class ChannelPruner:
     """Iterative channel ranking over torch-pruning's dependency graph, as tp's ``BasePruner`` ranks.
 
@@ -316,6 +354,11 @@ class ChannelPruner:
     ``global_pruning``.
     Modules in ``ignored`` keep their output channels (their inputs still shrink with their producers);
     ``root_types`` are the module types that root a group.
+
+    ``round_to`` (torch-pruning's pruner option): a group sized by ``ratio`` that loses channels at a step
+    keeps a multiple of ``round_to`` channels (:func:`aligned_keep`, never below ``min_channels``); unlike
+    tp, groups named in ``layer_ratios`` keep exactly the count their ratio gives. What the rounding did at
+    the last step that ranked each root is in :attr:`rounded`.
 
     :meth:`step` only *proposes* (:class:`Proposal`); the caller decides how much of each proposal to
     remove (floors, coupled channels) and removes it with :func:`prune` after :func:`guard`. tp's own
@@ -335,7 +378,13 @@ class ChannelPruner:
         ignored: Sequence[nn.Module],
         root_types: Sequence[type],
         layer_ratios: Mapping[str, float] | None = None,
+        round_to: int | None = None,
+        min_channels: int = 1,
     ) -> None:
+        self._round_to = int(round_to) if round_to and round_to > 1 else None
+        self._min_channels = int(min_channels)
+        # root name -> what aligning did at the last step that proposed removals from it (None: nothing).
+        self.rounded: dict[str, Rounding | None] = {}
         self._root_types = list(root_types)
         self._layer_ratios = {str(k): float(v) for k, v in (layer_ratios or {}).items()}
         self._steps = steps
@@ -441,12 +490,35 @@ class ChannelPruner:
                     picked = picked[torch.argsort(imp[picked], stable=True)]
                 else:
                     picked = order
+                size = len(imp)
+                if self._round_to and scope not in self._layer_ratios:
+                    picked = self._aligned(group, blocks, imp, picked)
                 if len(picked) == 0:
                     continue
-                size = len(imp)
                 units = [[int(i) + b * size for b in range(blocks)] for i in picked]
                 root, handler = group[0].dep.target.module, group[0].dep.handler
                 yield Proposal(root=root, units=units, channel_groups=blocks, handler=handler)
+
+    def _aligned(self, group: Group, blocks: int, imp: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        """``picked`` (root units, least important first) resized so the group keeps :func:`aligned_keep`
+        channels; records what was done in :attr:`rounded`."""
+        name = self._names[group[0].dep.target.module]
+        size = len(imp)
+        if len(picked) == 0:
+            self.rounded[name] = None
+            return picked
+        channels, asked = size * blocks, (size - len(picked)) * blocks
+        kept = aligned_keep(channels, asked, self._round_to, self._min_channels, blocks)
+        assert self._round_to is not None
+        self.rounded[name] = (
+            None if kept == asked else Rounding(channels, asked, kept, self._round_to, self._min_channels)
+        )
+        n_units = size - kept // blocks
+        if n_units == len(picked):
+            return picked
+        if n_units < len(picked):
+            return picked[:n_units]
+        return torch.argsort(imp, stable=True)[:n_units]
 
     def group(self, proposal: Proposal, idxs: Sequence[int]) -> Group:
         """The group removing root channels ``idxs`` of the proposal's root, on the graph as it is now,

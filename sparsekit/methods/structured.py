@@ -51,6 +51,17 @@ important units that fit (or skipped); torch-pruning's own guard is consulted be
 and after every event the model's forward pass is checked. :meth:`Structured.report` says, per layer,
 the fraction asked, the fraction achieved and why they differ (``per_layer``).
 
+``round_to`` (default ``null``: off, as 1; 8 recommended, see benchmarks/README.md) aligns channel
+counts for onnxruntime's CPU kernels, which handle other counts poorly (resnet_small with 30% of its
+channels removed measured slower than dense without it; see benchmarks/README.md): at every event, a group
+sized by ``ratio`` that loses channels keeps a multiple of ``round_to`` (torch-pruning's ``round_to``:
+rounded down, so at least the asked fraction goes), or the first multiple at or above ``min_channels`` when
+rounding down would go below it, or all its channels when no such multiple is below its width; a group
+narrower than ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
+fraction gives (``ratio: auto`` writes one for every group; ``target_latency`` aligns them itself, see
+:func:`sparsekit.allocation.latency_align`). The report's ``reason`` says when rounding moved a layer
+away from its fraction.
+
 Layouts torch-pruning does not model are refused when the method is built (TargetError naming the
 layer, the operation and the ``ignore`` entry that avoids it): a depthwise convolution with a channel
 multiplier > 1 fed by a pruned layer, ``F.glu`` along the channel dimension, and any group whose
@@ -165,6 +176,7 @@ class Structured:
             )
         self.names = {m: n for n, m in model.named_modules()}
         self.reasons: dict[str, str] = {}  # layer -> why an event removed less than proposed
+        self.rounding: dict[str, str] = {}  # layer -> what round_to did at its last ranked event
 
         chosen = set(self.layers.values())
         ignored = [m for m in model.modules() if isinstance(m, (*_ROOTS, nn.LSTM)) and m not in chosen]
@@ -183,6 +195,8 @@ class Structured:
                     ignored=ignored,
                     root_types=list(_ROOTS),
                     layer_ratios=spec.layer_ratio,
+                    round_to=spec.round_to,
+                    min_channels=spec.min_channels,
                 )
         except TargetError:
             raise
@@ -417,7 +431,8 @@ class Structured:
     def report(self) -> dict[str, Any]:
         """Ratio, importance, scope, events run, ``[initial, now]`` output channels per layer, and asked
         vs achieved: ``per_layer`` = ``{layer: {"asked", "achieved", "reason"}}`` (fractions of the
-        layer's initial output channels; ``reason`` says why they differ beyond rounding, else None),
+        layer's initial output channels; ``reason`` says why they differ by a channel (per block) or more,
+        ``round_to`` included, else None),
         ``asked`` / ``achieved`` over all selected channels, ``at_floor`` = layers left at
         ``min_channels``."""
         progress = self.done / self.spec.steps
@@ -451,8 +466,14 @@ class Structured:
         blocks = self._blocks.get(name, 1)
         if abs((initial - now) - asked * initial) < blocks - 1e-6:
             return None  # rounding: int(channels * (1 - ratio)) are kept, per channel block
-        if name in self.reasons:
-            return self.reasons[name]
+        rounding = self.rounding.get(name)
+        if rounding is None and name in self._owner and self._owner[name] in self.rounding:
+            rounding = f"coupled to {self._owner[name]!r} ({self.rounding[self._owner[name]]})"
+        why = [r for r in (rounding, self.reasons.get(name)) if r]
+        if why and self.spec.scope == "global" and name not in self.reasons:
+            why.insert(0, "global ranking")
+        if why:
+            return "; ".join(why)
         if name in self._fixed:
             return self._fixed[name]
         if name in self._owner:
@@ -473,6 +494,7 @@ class Structured:
             "accum": {n: t.clone() for n, t in self.accum.items()},
             "accum_steps": self.accum_steps,
             "reasons": dict(self.reasons),
+            "rounding": dict(self.rounding),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -489,6 +511,7 @@ class Structured:
         }
         self.accum_steps = int(state.get("accum_steps", 0)) if self.accum else 0
         self.reasons = {str(k): str(v) for k, v in state.get("reasons", {}).items()}
+        self.rounding = {str(k): str(v) for k, v in state.get("rounding", {}).items()}
 
     # ------------------------------------------------------------------ internals
 
@@ -581,6 +604,13 @@ class Structured:
                 self._remove_proposal(proposal)
         except tpa.GroupFailure as err:
             raise self._failure(err.root, "ranking the channels", err.error) from None
+        finally:
+            for name, rounding in self._tp.rounded.items():
+                if rounding is None:
+                    self.rounding.pop(name, None)
+                else:
+                    self.rounding[name] = _rounding_reason(rounding)
+            self._tp.rounded.clear()
 
     def _remove_proposal(self, proposal: tpa.Proposal) -> None:
         """Remove what the proposal asks, or the most of it that every member's floor allows."""
@@ -674,6 +704,24 @@ class Structured:
         if self._blocked(tpa.group_members(graph, group), asked) is not None:
             return None, reason  # the units' removals did not add up (a mapping tp does not keep additive)
         return group, reason
+
+
+def _rounding_reason(r: tpa.Rounding) -> str:
+    """How ``per_layer[...]["reason"]`` says what ``round_to`` did to a layer (see :func:`tpa.aligned_keep`)."""
+    if r.kept == r.channels:
+        return (
+            f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: no multiple of "
+            f"{r.round_to} below {r.channels} is at or above min_channels {r.floor}"
+        )
+    if r.kept > r.asked:
+        return (
+            f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, up from {r.asked} to the first "
+            f"multiple of {r.round_to} at or above min_channels {r.floor}"
+        )
+    return (
+        f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, rounded down from {r.asked} to a "
+        f"multiple of {r.round_to}"
+    )
 
 
 def _expand(model: nn.Module, pattern: str) -> list[str]:
