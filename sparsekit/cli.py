@@ -150,6 +150,18 @@ def debug_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")(fn)
 
 
+# Options several commands share, declared once so their names and help stay the same everywhere.
+arch_option = click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+data_option = click.option(
+    "--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable."
+)
+trust_model_file_option = click.option(
+    "--trust-model-file",
+    is_flag=True,
+    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
+)
+
+
 def trust_code_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The ``--trust-code`` flag of the commands that may build a model or load data named in a file."""
     return click.option(
@@ -242,8 +254,8 @@ def main() -> None:
     type=click.Path(path_type=Path),
     help="Output folder (model.pt, model.onnx, dense.onnx, report.json/.md, plots, checkpoints/).",
 )
-@click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
-@click.option("--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.")
+@arch_option
+@data_option
 @click.option(
     "--set",
     "overrides",
@@ -253,11 +265,7 @@ def main() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results in a non-empty output folder.")
-@click.option(
-    "--trust-model-file",
-    is_flag=True,
-    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
-)
+@trust_model_file_option
 @trust_code_option
 @click.option(
     "--device",
@@ -344,7 +352,7 @@ def prune(
 @click.option(
     "-o", "--output", "out", type=click.Path(path_type=Path), help="Output .onnx (default: MODEL with .onnx)."
 )
-@click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+@arch_option
 @click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
 @click.option("--input-shape", help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).")
 @click.option(
@@ -378,9 +386,7 @@ def prune(
     help="Also write FILE.sparse.onnx: the model at -o (int8 with --quantize int8) with sparse initializers "
     "where smaller (saves disk, not time).",
 )
-@click.option(
-    "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
-)
+@trust_model_file_option
 @trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
@@ -562,12 +568,10 @@ def bench(
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+@arch_option
 @click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
 @click.option("--input-shape", help="Input shape for MACs, batch first (default: from the checkpoint).")
-@click.option(
-    "--trust-model-file", is_flag=True, help="Allow a pickled nn.Module MODEL (runs code: trusted files only)."
-)
+@trust_model_file_option
 @trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
@@ -632,7 +636,7 @@ def inspect(
 @main.command()
 @click.argument("recipe")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
-@click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+@arch_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe field.")
 @click.option(
     "--steps-per-epoch",
@@ -727,8 +731,8 @@ def validate(
     type=click.Path(path_type=Path),
     help="Output folder (sensitivity.json, sensitivity.png, sensitivity.md; allocation.json for auto entries).",
 )
-@click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
-@click.option("--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.")
+@arch_option
+@data_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe field.")
 @click.option(
     "--max-batches",
@@ -737,11 +741,7 @@ def validate(
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted analysis in the output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier analysis in the output folder.")
-@click.option(
-    "--trust-model-file",
-    is_flag=True,
-    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
-)
+@trust_model_file_option
 @trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the table, ranking and allocation as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")

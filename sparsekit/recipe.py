@@ -595,6 +595,14 @@ this module). ``sparsekit.methods.REGISTRY`` must hold the same names (a test ch
 does not import it, so that validating a recipe imports no torch."""
 
 
+def pruning_key(recipe: Recipe) -> str:
+    """``recipe``'s pruning section as canonical JSON text: what the masks in a checkpoint mean. A resume
+    (the CLI's, or a trainer callback's) is refused when the key it saved differs."""
+    import json
+
+    return json.dumps([m.model_dump(mode="json") for m in recipe.pruning], sort_keys=True)
+
+
 class ExportSpec(_Strict):
     """``export:``: ONNX opset and exporter, int8 quantization, sparse storage."""
 

@@ -24,7 +24,7 @@ from .errors import DataError, RecipeError, SparsekitError, one_line, option, qu
 from .fsutil import atomic_path
 from .metrics_log import MetricsLog
 from .pruner import Pruner
-from .recipe import FinetuneSpec, Recipe
+from .recipe import FinetuneSpec, Recipe, pruning_key
 from .stats import layer_report, sparsity
 
 log = logging.getLogger("sparsekit")
@@ -376,7 +376,7 @@ def _save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "loader_rng": loader_rng.get_state() if loader_rng is not None else None,
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
-        "pruning": _pruning_key(pruner),
+        "pruning": pruning_key(pruner.recipe),
     }
     # Through a Python file object: a full disk then raises OSError(ENOSPC), which atomic_path turns into
     # a clear error naming the path (torch's own writer reports only 'unexpected pos').
@@ -399,7 +399,7 @@ def _load_checkpoint(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state.get("pruning")
-        if saved is not None and saved != _pruning_key(pruner):
+        if saved is not None and saved != pruning_key(pruner.recipe):
             raise SparsekitError("the recipe's pruning section changed since this checkpoint was written")
         clock = state.get("steps_per_epoch")
         if clock is not None and clock != pruner.steps_per_epoch:
@@ -461,8 +461,3 @@ def _schedule_key(spec: FinetuneSpec) -> str:
          "epochs": spec.epochs},
         sort_keys=True,
     )  # fmt: skip
-
-
-def _pruning_key(pruner: Pruner) -> str:
-    """The recipe's pruning section as text: what the masks in a checkpoint mean."""
-    return json.dumps([m.model_dump(mode="json") for m in pruner.recipe.pruning], sort_keys=True)

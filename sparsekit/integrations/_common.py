@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ..recipe import Recipe
+import math
+import os
+
+from ..recipe import Recipe, load_recipe
 
 
 def refuse_distributed_structured(recipe: Recipe) -> None:
@@ -15,3 +18,32 @@ def refuse_distributed_structured(recipe: Recipe) -> None:
             "device with this callback, or prune channels in your own DDP loop (README, torchrun) or with "
             "`torchrun -m sparsekit prune`; unstructured methods work here under DDP"
         )
+
+
+def as_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
+    """``recipe`` itself, or the recipe a file path or a shipped recipe's name names (RecipeError when
+    invalid); TypeError for anything else."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str | os.PathLike):
+        return load_recipe(os.fspath(recipe))
+    raise TypeError(
+        f"recipe must be a sparsekit.Recipe, a recipe file or a shipped recipe's name, not {type(recipe).__name__}"
+    )
+
+
+def short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float, run: str = "run") -> list[str]:
+    """One line per pruning entry whose schedule ends after ``total_steps`` optimizer steps (``run``: what
+    the user calls the training: ``fit`` in Lightning)."""
+    lines = []
+    for i, spec in enumerate(recipe.pruning):
+        schedule = getattr(spec, "schedule", None)
+        if schedule is None or spec.method == "l1":  # l1 regularizes "forever" by default
+            continue
+        end = math.ceil(schedule.end_epoch * steps_per_epoch)
+        if end > total_steps:
+            lines.append(
+                f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
+                f"but this {run} takes {int(total_steps)} steps ({steps_per_epoch} per epoch)"
+            )
+    return lines

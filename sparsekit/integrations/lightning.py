@@ -15,7 +15,6 @@ older ``pytorch_lightning``): ``pip install 'sparsekit[lightning]'``.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import warnings
@@ -26,7 +25,8 @@ import torch
 from torch import nn
 
 from ..pruner import Pruner
-from ..recipe import Recipe, load_recipe
+from ..recipe import Recipe, pruning_key
+from ._common import as_recipe, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 if TYPE_CHECKING:
@@ -49,37 +49,6 @@ else:
 __all__ = ["SparsekitCallback"]
 
 STATE_VERSION = 1
-
-
-def _as_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
-    if isinstance(recipe, Recipe):
-        return recipe
-    if isinstance(recipe, str | os.PathLike):
-        return load_recipe(os.fspath(recipe))
-    raise TypeError(
-        f"recipe must be a sparsekit.Recipe, a recipe file or a shipped recipe's name, not {type(recipe).__name__}"
-    )
-
-
-def _pruning_key(recipe: Recipe) -> str:
-    """The recipe's pruning section as text: what the masks in a checkpoint mean."""
-    return json.dumps([m.model_dump(mode="json") for m in recipe.pruning], sort_keys=True)
-
-
-def _short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float) -> list[str]:
-    """One line per pruning entry whose schedule ends after ``total_steps`` optimizer steps."""
-    lines = []
-    for i, spec in enumerate(recipe.pruning):
-        schedule = getattr(spec, "schedule", None)
-        if schedule is None or spec.method == "l1":  # l1 regularizes "forever" by default
-            continue
-        end = math.ceil(schedule.end_epoch * steps_per_epoch)
-        if end > total_steps:
-            lines.append(
-                f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
-                f"but this fit takes {int(total_steps)} steps ({steps_per_epoch} per epoch)"
-            )
-    return lines
 
 
 class SparsekitCallback(pl.Callback):
@@ -157,7 +126,7 @@ class SparsekitCallback(pl.Callback):
             raise ValueError(
                 f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
             )
-        self.recipe = _as_recipe(recipe)
+        self.recipe = as_recipe(recipe)
         self.steps_per_epoch = steps_per_epoch
         self.input_shape = [int(d) for d in input_shape] if input_shape else None
         self.scorers = dict(scorers) if scorers else None
@@ -260,7 +229,7 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
             return
-        if state.get("pruning") != _pruning_key(self.recipe):
+        if state.get("pruning") != pruning_key(self.recipe):
             raise ValueError(
                 "SparsekitCallback: the recipe's pruning section differs from the one this checkpoint was "
                 "written with, so its masks and schedule do not apply; resume with the same recipe or start a new fit"
@@ -292,7 +261,7 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
         total = trainer.estimated_stepping_batches
-        short = _short_schedules(self.recipe, self.pruner.steps_per_epoch, float(total))
+        short = short_schedules(self.recipe, self.pruner.steps_per_epoch, float(total), run="fit")
         if short:
             warnings.warn(
                 "SparsekitCallback: the recipe's schedule outlasts the fit, so its target is not reached: "
@@ -352,7 +321,7 @@ class SparsekitCallback(pl.Callback):
         return {
             "version": STATE_VERSION,
             "steps_per_epoch": self.pruner.steps_per_epoch,
-            "pruning": _pruning_key(self.recipe),
+            "pruning": pruning_key(self.recipe),
             "pruner": self.pruner.state_dict(),
         }
 

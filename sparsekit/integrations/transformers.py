@@ -16,7 +16,6 @@ it requires for training): ``pip install 'sparsekit[transformers]'``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -29,7 +28,8 @@ from torch import nn
 
 from ..fsutil import atomic_path
 from ..pruner import Pruner
-from ..recipe import Recipe, load_recipe
+from ..recipe import Recipe, pruning_key
+from ._common import as_recipe, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 try:
@@ -48,37 +48,6 @@ __all__ = ["PRUNER_FILE", "SparsekitTrainerCallback"]
 PRUNER_FILE = "pruner.pt"
 """The file, in each ``checkpoint-N`` folder, holding the pruner's state."""
 STATE_VERSION = 1
-
-
-def _as_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
-    if isinstance(recipe, Recipe):
-        return recipe
-    if isinstance(recipe, str | os.PathLike):
-        return load_recipe(os.fspath(recipe))
-    raise TypeError(
-        f"recipe must be a sparsekit.Recipe, a recipe file or a shipped recipe's name, not {type(recipe).__name__}"
-    )
-
-
-def _pruning_key(recipe: Recipe) -> str:
-    """The recipe's pruning section as text: what the masks in a checkpoint mean."""
-    return json.dumps([m.model_dump(mode="json") for m in recipe.pruning], sort_keys=True)
-
-
-def _short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float) -> list[str]:
-    """One line per pruning entry whose schedule ends after ``total_steps`` optimizer steps."""
-    lines = []
-    for i, spec in enumerate(recipe.pruning):
-        schedule = getattr(spec, "schedule", None)
-        if schedule is None or spec.method == "l1":  # l1 regularizes "forever" by default
-            continue
-        end = math.ceil(schedule.end_epoch * steps_per_epoch)
-        if end > total_steps:
-            lines.append(
-                f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
-                f"but this run takes {int(total_steps)} steps ({steps_per_epoch} per epoch)"
-            )
-    return lines
 
 
 def _checkpoint_dir(args: TrainingArguments, step: int) -> Path:
@@ -169,7 +138,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
             raise ValueError(
                 f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
             )
-        self.recipe = _as_recipe(recipe)
+        self.recipe = as_recipe(recipe)
         self.steps_per_epoch = steps_per_epoch
         self.input_shape = [int(d) for d in input_shape] if input_shape else None
         self.scorers = dict(scorers) if scorers else None
@@ -206,13 +175,13 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         return {
             "version": STATE_VERSION,
             "steps_per_epoch": self.pruner.steps_per_epoch,
-            "pruning": _pruning_key(self.recipe),
+            "pruning": pruning_key(self.recipe),
             "submodule": self.submodule,
             "pruner": self.pruner.state_dict(),
         }
 
     def _restore(self, model: nn.Module, state: Mapping[str, Any], optimizer: Any, where: Path) -> None:
-        if state.get("pruning") != _pruning_key(self.recipe):
+        if state.get("pruning") != pruning_key(self.recipe):
             raise ValueError(
                 f"{where}: the recipe's pruning section differs from the one this checkpoint was written with, "
                 "so its masks and schedule do not apply; resume with the same recipe or start a new run"
@@ -300,7 +269,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
                 )
         if self.pruner is None:
             self.pruner = self._build(model, self._steps_per_epoch(args, kwargs.get("train_dataloader")))
-        short = _short_schedules(self.recipe, self.pruner.steps_per_epoch, float(state.max_steps))
+        short = short_schedules(self.recipe, self.pruner.steps_per_epoch, float(state.max_steps))
         if short and state.max_steps > 0:
             warnings.warn(
                 "SparsekitTrainerCallback: the recipe's schedule outlasts training, so its target is not reached: "
