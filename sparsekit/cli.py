@@ -363,7 +363,14 @@ def prune(
     help="ONNX opset of the file (read back to check). dynamo writes 18-23 itself; below 18 it falls back "
     "to the torchscript exporter when it cannot convert.",
 )
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "dynamo", "torchscript"]),
+    default="auto",
+    show_default=True,
+    help="auto: the TorchScript exporter's file when it has the opset, agrees with torch and kept every zero "
+    "(10-30x faster on small models), else dynamo.",
+)
 @click.option(
     "--quantize",
     type=click.Choice(["none", "int8"]),
@@ -381,10 +388,12 @@ def prune(
     help="With --quantize int8: also write the fp32 model, as FILE.fp32.onnx beside the int8 FILE.onnx.",
 )
 @click.option(
-    "--sparse-storage",
-    is_flag=True,
-    help="Also write FILE.sparse.onnx: the model at -o (int8 with --quantize int8) with sparse initializers "
-    "where smaller (saves disk, not time).",
+    "--storage",
+    type=click.Choice(["auto", "sparse", "dense"]),
+    default="auto",
+    show_default=True,
+    help="How FILE stores its weights. auto: as sparse initializers where that is smaller after gzip and "
+    "onnxruntime's outputs stay bit-identical (saves disk, not time: onnxruntime densifies at load).",
 )
 @trust_model_file_option
 @trust_code_option
@@ -402,7 +411,7 @@ def export(
     quantize: str,
     data: str | None,
     keep_fp32: bool,
-    sparse_storage: bool,
+    storage: str,
     trust_model_file: bool,
     trust_code: bool,
     as_json: bool,
@@ -433,8 +442,6 @@ def export(
     targets = [out]
     if fp32_out is not None:
         targets.append(fp32_out)
-    if sparse_storage:
-        targets.append(out.with_suffix(".sparse.onnx"))
     _check_export_targets(model, targets)
     loaded = read_model(
         model,
@@ -478,13 +485,13 @@ def export(
                 f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
             )
-    if sparse_storage:
-        from .onnx import to_sparse_storage
+    from .onnx import choose_storage
 
-        ss = res["sparse_storage"] = to_sparse_storage(out, out.with_suffix(".sparse.onnx"))
+    st = res["storage"] = choose_storage(out, out, storage)
+    if st["encoding"] == "sparse":
         lines.append(
-            f"Wrote {ss['path']} ({ss['bytes_after']:,} B vs {ss['bytes_before']:,} B; "
-            f"{ss['sparse_initializers']} sparse initializer(s); saves disk, not time)"
+            f"Stored {out} with sparse initializers: {st['bytes']:,} B, gzip {st['gzip_bytes']:,} B "
+            f"({st['gzip_bytes'] / st['dense']['gzip_bytes']:.3f}x of dense storage; saves disk, not time)"
         )
     _emit(res, as_json, "\n".join(lines))
 

@@ -5,10 +5,12 @@ wrapper around :func:`run_prune`; every sentence the user reads is in :mod:`spar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +23,7 @@ from .analysis import allocate_for_run, allocation_summary, write_allocation
 from .data import load_data
 from .errors import DataError, ModelFileError, OutputError, SparsekitError, one_line, option, quoted
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
+from .plots import PlotWorker
 from .pruner import Pruner
 from .recipe import Recipe
 from .report import Benchmark, Int8, Report, Speedup, notes, what_it_buys
@@ -113,6 +116,38 @@ def _versions() -> dict[str, str]:
 
 
 @dataclass
+class PhaseClock:
+    """Wall time per phase of a run (seconds), for report.json's ``timings``: ``with clock("data"): ...``.
+    A phase entered twice (the dense and the pruned export) adds up."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - start)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def timings(self) -> dict[str, Any]:
+        """``{"seconds": {phase: s}, "total": s, "outside_finetune": s, "outside_finetune_ratio": x}``: the
+        ratio is the time of everything but fine-tuning over fine-tuning (None without fine-tuning)."""
+        total = time.perf_counter() - self.started
+        tuning = self.seconds.get("finetune", 0.0)
+        return {
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "total": round(total, 3),
+            "outside_finetune": round(total - tuning, 3),
+            "outside_finetune_ratio": round((total - tuning) / tuning, 3) if tuning > 0 else None,
+        }
+
+
+@dataclass
 class Inputs:
     """The checked inputs of a run: the model as loaded, its input shape (batch first), the
     architecture to save it under, and the data."""
@@ -176,6 +211,7 @@ def run_prune(
     data, output folder), before the output folder is touched wherever the fault can be seen early."""
     from .outputs import RunFolder
 
+    clock = PhaseClock()
     out = Path(out)
     source = data or recipe.data.source
     data_file = source if source.endswith(".npz") else None
@@ -200,14 +236,15 @@ def run_prune(
         if verdict:
             raise SparsekitError(verdict)
         torch.manual_seed(recipe.seed)
-        inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
-        # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
-        recipe, table, allocation = allocate_for_run(
-            inputs, recipe, [folder.stage, out] if resume else [], progress=progress
-        )
-        if allocation and notify and main:
-            notify(allocation_summary(allocation))
-        rehearse(inputs, recipe)
+        inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code, clock=clock)
+        with clock("plan"):
+            # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
+            recipe, table, allocation = allocate_for_run(
+                inputs, recipe, [folder.stage, out] if resume else [], progress=progress
+            )
+            if allocation and notify and main:
+                notify(allocation_summary(allocation))
+            rehearse(inputs, recipe)
         if not main:
             _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
             return None
@@ -217,6 +254,7 @@ def run_prune(
             report = _run(
                 inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
                 log_dir=logs if log_dir is not None else (stage / "logs" if recipe.finetune.log else None),
+                clock=clock,
             )  # fmt: skip
             folder.publish()
         finally:
@@ -243,37 +281,43 @@ def check_inputs(
     data: str | None = None,
     trust: bool = False,
     trust_code: bool = False,
+    clock: PhaseClock | None = None,
 ) -> Inputs:
-    """Load the model and the data and check they fit each other and the recipe (no file written).
+    """Load the model and the data and check they fit each other and the recipe (no file written);
+    ``clock`` receives the time of the phases ``load`` and ``data``.
 
     Raises :class:`~sparsekit.errors.ModelFileError` (no architecture to save under, non-finite
     weights), :class:`~sparsekit.errors.DataError` (shapes) and what loading raises."""
+    clock = clock or PhaseClock()
     source = data or recipe.data.source
-    loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
-    shape = cast(list[int], loaded.input_shape)  # resolve_model always sets it
-    factory = loaded.factory or arch or recipe.model.factory
-    if not factory:
-        raise ModelFileError(
-            f"{model_path}: a pickled module names no architecture; name it too ({option('arch')}), so the "
-            "pruned model can be saved as a safe checkpoint"
+    with clock("load"):
+        loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
+        shape = cast(list[int], loaded.input_shape)  # resolve_model always sets it
+        factory = loaded.factory or arch or recipe.model.factory
+        if not factory:
+            raise ModelFileError(
+                f"{model_path}: a pickled module names no architecture; name it too ({option('arch')}), so the "
+                "pruned model can be saved as a safe checkpoint"
+            )
+        state = loaded.model.state_dict().items()
+        bad = [n for n, t in state if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ModelFileError(
+                f"{model_path}: weights hold NaN or inf values ({', '.join(bad[:4])}); nothing to prune"
+            )
+        classes = check_input(loaded.model, shape, str(model_path))
+    with clock("data"):
+        bundle = load_data(
+            source,
+            batch_size=recipe.data.batch_size,
+            val_fraction=recipe.data.val_fraction,
+            seed=recipe.seed,
+            input_shape=shape,
+            synthetic_samples=recipe.data.synthetic_samples,
+            num_classes=classes,
+            named_in=None if data else (recipe.source or "the recipe"),
+            trust_code=trust_code,
         )
-    bad = [
-        n for n, t in loaded.model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-    if bad:
-        raise ModelFileError(f"{model_path}: weights hold NaN or inf values ({', '.join(bad[:4])}); nothing to prune")
-    classes = check_input(loaded.model, shape, str(model_path))
-    bundle = load_data(
-        source,
-        batch_size=recipe.data.batch_size,
-        val_fraction=recipe.data.val_fraction,
-        seed=recipe.seed,
-        input_shape=shape,
-        synthetic_samples=recipe.data.synthetic_samples,
-        num_classes=classes,
-        named_in=None if data else (recipe.source or "the recipe"),
-        trust_code=trust_code,
-    )
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
     spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))
     return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
@@ -300,38 +344,65 @@ def _run(
     progress: bool,
     notify: Callable[[str], None] | None,
     log_dir: Path | None,
+    clock: PhaseClock,
 ) -> Report:
     """The stages after the inputs are checked, writing into the staging folder ``stage``; paths in
-    the report name the files where they will be once published (``final_out``)."""
+    the report name the files where they will be once published (``final_out``); ``clock`` times them."""
     expectation = what_it_buys(recipe)
     if notify:
         notify(expectation)
     model = inputs.loaded.model.to(device)
     log.info("evaluating the dense model")
-    dense = measure(model, inputs, recipe, stage / "dense.onnx")
+    dense = measure(model, inputs, recipe, stage / "dense.onnx", clock, "dense_eval")
     _distributed.barrier()  # the other ranks start training with rank 0
-    model, history, pruner = prune_model(
-        model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
-    )
+    with clock("finetune"):
+        model, history, pruner = prune_model(
+            model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
+        )
     if log_dir is not None and notify:
         shown = final_out / "logs" if Path(log_dir) == stage / "logs" else log_dir
         notify(f"training metrics: {shown} (steps.csv, epochs.csv)")
-    save_model(
-        model,
-        stage / "model.pt",
-        inputs.factory,
-        kwargs=inputs.loaded.kwargs,
-        input_shape=inputs.shape,
-        pruner=pruner,
-    )
-    pruned = measure(model, inputs, recipe, stage / "model.onnx")
-    int8 = quantize(stage, inputs.bundle, final_out) if recipe.export.quantize == "int8" else None
-    sparse_store = None
-    if recipe.export.sparse_storage:
-        from .onnx import to_sparse_storage
+    with clock("save"):
+        save_model(
+            model,
+            stage / "model.pt",
+            inputs.factory,
+            kwargs=inputs.loaded.kwargs,
+            input_shape=inputs.shape,
+            pruner=pruner,
+        )
+    pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
+    plots = PlotWorker(stage)  # draws while the run exports and measures; idle before the benchmark
+    with clock("report"):
+        plots.start({"layers": pruned.layers, "history": history, "dense_accuracy": dense.metrics.get("accuracy")})
+    try:
+        report = _measure_and_report(inputs, recipe, stage, final_out, dense, pruned, history, pruner, device,
+                                     expectation, progress, clock, plots)  # fmt: skip
+    finally:
+        plots.close()
+    return report
 
-        sparse_store = to_sparse_storage(stage / "model.onnx", stage / "model.sparse.onnx")
-        sparse_store["path"] = str(final_out / "model.sparse.onnx")
+
+def _measure_and_report(
+    inputs: Inputs,
+    recipe: Recipe,
+    stage: Path,
+    final_out: Path,
+    dense: Measured,
+    pruned: Measured,
+    history: list[dict[str, Any]],
+    pruner: Pruner,
+    device: torch.device,
+    expectation: str,
+    progress: bool,
+    clock: PhaseClock,
+    plots: PlotWorker,
+) -> Report:
+    """int8, sizes, benchmark, storage and the report, once the pruned model is exported."""
+    with clock("int8"):
+        int8 = quantize(stage, inputs, final_out) if recipe.export.quantize == "int8" else None
+    with clock("sizes"):
+        dense_sizes, pruned_sizes = file_sizes(stage / "dense.onnx"), file_sizes(stage / "model.onnx")
     report = Report(
         model={
             "path": inputs.model_path,
@@ -346,8 +417,8 @@ def _run(
             "processes": _distributed.world_size(),
             "device": str(device),
         },
-        dense={**dense.metrics, **dense.stats, **file_sizes(stage / "dense.onnx", 32), **dense.onnx_info()},
-        pruned={**pruned.metrics, **pruned.stats, **file_sizes(stage / "model.onnx", 32), **pruned.onnx_info()},
+        dense={**dense.metrics, **dense.stats, **dense_sizes, **dense.onnx_info()},
+        pruned={**pruned.metrics, **pruned.stats, **pruned_sizes, **pruned.onnx_info()},
         layers=pruned.layers,
         dense_layers=dense.layers,
         history=history,
@@ -359,28 +430,55 @@ def _run(
         recipe=recipe.model_dump(mode="json"),
         versions=_versions(),
         int8=int8,
-        sparse_storage=sparse_store,
         expectation=expectation,
     )
+    with clock("report"):
+        plots.ready()  # never time latency while plots are being drawn
     if recipe.benchmark.enabled:
-        benchmark_into(report, stage, recipe, inputs.shape, progress)
-    report.notes = notes(report)
-    from .report import write_report
+        with clock("bench"):
+            benchmark_into(report, stage, recipe, inputs.shape, progress)
+    from .onnx import choose_storage
+    from .report import Storage, Timings, plot_data, write_report
 
-    write_report(report, stage)
+    with clock("storage"):
+        # Last: parity, int8 and the benchmark used the dense-stored file; the shipped one may store its
+        # weights as sparse initializers (same outputs bit for bit, smaller after gzip).
+        storage = choose_storage(stage / "model.onnx", stage / "model.onnx", recipe.export.sparse_storage)
+        storage["path"] = str(final_out / "model.onnx")
+        report.storage = Storage.model_validate(storage)
+    with clock("report"):
+        report.notes = notes(report)
+        report.plots = plots.finish(plot_data(report))
+        if plots.error:
+            report.notes.append(f"plots not drawn: {plots.error}")
+    # Timed up to here: writing report.json and report.md is all that is left.
+    report.timings = Timings.model_validate(clock.timings())
+    write_report(report, stage, plots=False)
     return report
 
 
-def measure(model: nn.Module, inputs: Inputs, recipe: Recipe, onnx_path: Path) -> Measured:
+def measure(
+    model: nn.Module,
+    inputs: Inputs,
+    recipe: Recipe,
+    onnx_path: Path,
+    clock: PhaseClock | None = None,
+    eval_phase: str = "eval",
+) -> Measured:
     """Evaluate ``model`` on the validation split, count it, and export it to ``onnx_path`` (which
-    checks ONNX/torch parity and that every zero survived)."""
+    checks ONNX/torch parity and that every zero survived). ``clock`` receives the time of
+    ``eval_phase`` (evaluation and counts), ``export``, ``checks`` and ``sizes``."""
     from .onnx import export_onnx
 
+    clock = clock or PhaseClock()
     ex = recipe.export
-    metrics = evaluate(model, inputs.bundle.val)
-    stats = model_stats(model, inputs.shape)
-    layers = layer_report(model, inputs.shape)
+    with clock(eval_phase):
+        metrics = evaluate(model, inputs.bundle.val)
+        stats = model_stats(model, inputs.shape)
+        layers = layer_report(model, inputs.shape)
     exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
+    for phase, seconds in exported["seconds"].items():
+        clock.add(phase, seconds)
     return Measured(metrics, stats, layers, exported)
 
 
@@ -446,14 +544,15 @@ def prune_model(
     return pruner.finalize().eval(), history, pruner
 
 
-def file_sizes(path: Path, value_bits: int) -> dict[str, Any]:
-    """Size of an ONNX file (external data included) and how close gzip comes to the entropy bound
-    (nonzero fraction x value bits + binary entropy of the zero mask, per weight)."""
-    from .onnx import entropy_bound_bytes, param_counts, size_report
+def file_sizes(path: Path) -> dict[str, Any]:
+    """Size of an ONNX file (external data included) and the bounds its weights allow
+    (:func:`sparsekit.onnx.weight_entropy`: zero masks and nonzero values at their measured entropy, and
+    with values verbatim)."""
+    from .onnx import param_counts, size_report, weight_entropy
 
     counts = param_counts(path)  # quantized weights count as weights, so int8 and fp32 compare alike
     s = size_report(path, counts["nonzero_params"])
-    bound = entropy_bound_bytes(counts["params"], counts["nonzero_params"], value_bits)
+    entropy = weight_entropy(path)
     return {
         "onnx_bytes": s["bytes"],
         "onnx_gzip_bytes": s["gzip_bytes"],
@@ -461,16 +560,18 @@ def file_sizes(path: Path, value_bits: int) -> dict[str, Any]:
         "onnx_nonzero_params": counts["nonzero_params"],
         "bytes_per_nonzero": s["bytes_per_nonzero"],
         "gzip_bytes_per_nonzero": s["gzip_bytes_per_nonzero"],
-        "entropy_bound_bytes": round(bound),
+        "entropy_bound_bytes": round(entropy["bound_bytes"]),
+        "verbatim_bound_bytes": round(entropy["verbatim_bound_bytes"]),
     }
 
 
-def quantize(stage: Path, bundle: Any, final_out: Path) -> Int8:
-    """int8 QDQ calibrated on training batches; accuracy and top-1 agreement measured on validation."""
+def quantize(stage: Path, inputs: Inputs, final_out: Path) -> Int8:
+    """int8 QDQ calibrated on the training batches the model was fine-tuned on (reshaped to its exported
+    input); accuracy and top-1 agreement measured on validation."""
     from .onnx import quantize_on_data
 
-    res = quantize_on_data(stage / "model.onnx", stage / "model.int8.onnx", bundle)
-    res.update(file_sizes(stage / "model.int8.onnx", 8))
+    res = quantize_on_data(stage / "model.onnx", stage / "model.int8.onnx", inputs.bundle, input_shape=inputs.shape)
+    res.update(file_sizes(stage / "model.int8.onnx"))
     res["path"] = str(final_out / "model.int8.onnx")
     return Int8.model_validate(res)
 

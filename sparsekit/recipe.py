@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -59,6 +60,7 @@ MAX_INPUT_VALUES = 2**28  # product of model.input_shape: 1 GiB of float32 for a
 MAX_INPUT_DIMS = 8  # Conv3d takes 5-D input; more dims cannot be meant
 MAX_THREADS = 1024
 MAX_RUNS = 100_000  # benchmark warmup/runs: 100k inferences already take minutes on a tiny model
+MAX_TEMPERATURE = 1e3  # distill.temperature: useful values are 1..20; logits / 1e3 are already uniform
 MAX_SEED = 2**63 - 1  # torch.manual_seed overflows past 2**64; numpy's and an int64 stop at 2**63 - 1
 MAX_JSON_INT = 2**63 - 1  # model.kwargs ints: what a checkpoint's JSON metadata and torch can hold
 
@@ -183,14 +185,34 @@ class LRScheduleSpec(_Strict):
     gamma: Float = Field(0.1, gt=0, le=1)
 
 
+class DistillSpec(_Strict):
+    """``finetune.distill:``: knowledge distillation from the dense model (Hinton, Vinyals & Dean 2015,
+    "Distilling the Knowledge in a Neural Network"). The training loss becomes
+
+    ``(1 - weight) * CE(student, y) + weight * temperature**2 * KL(softmax(teacher / T) || softmax(student / T))``
+
+    with ``T = temperature``; the teacher is a frozen copy of the dense model taken before pruning (eval
+    mode, no gradients). The ``T**2`` factor keeps the soft term's gradients on the scale of the hard one's
+    as ``T`` changes (Hinton et al., section 2). ``weight: 0`` trains exactly as without distillation."""
+
+    weight: Float = Field(0.5, ge=0, le=1, description="share of the distillation term in the loss (0..1)")
+    temperature: Float = Field(
+        2.0, gt=0, le=MAX_TEMPERATURE, description="softmax temperature of teacher and student logits (> 0)"
+    )
+
+
 class FinetuneSpec(_Strict):
-    """``finetune:``: epochs (0: prune without training), optimizer, LR schedule, loss, optional cap on batches
-    per epoch."""
+    """``finetune:``: epochs (0: prune without training), optimizer, LR schedule, loss, optional knowledge
+    distillation from the dense model (``distill``, :class:`DistillSpec`; null: off), optional cap on
+    batches per epoch."""
 
     epochs: Int = Field(0, ge=0, le=MAX_EPOCHS)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
     loss: Literal["cross_entropy"] = "cross_entropy"
+    distill: DistillSpec | None = Field(
+        None, description="knowledge distillation from the dense model: {weight, temperature}; null: off"
+    )
     max_steps_per_epoch: Int | None = Field(
         None, gt=0, le=MAX_STEPS, description="cap on batches per epoch (quick runs)"
     )
@@ -198,6 +220,16 @@ class FinetuneSpec(_Strict):
         "auto", description="where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps"
     )
     log: bool = Field(False, description="write per-step and per-epoch metrics (CSV, TensorBoard) to OUT/logs")
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _distill_mapping(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict | DistillSpec):
+            return value
+        raise ValueError(
+            f"must be a mapping {{weight, temperature}} (e.g. {{weight: 0.5, temperature: 2}}) or null for off, "
+            f"got {short(repr(value), 40)}"
+        )
 
     @field_validator("device")
     @classmethod
@@ -485,11 +517,11 @@ class StructuredSpec(_MethodBase):
       it before training. A Pruner refuses an entry still holding ``auto``. The allocated entry reads
       ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``.
 
-    ``round_to`` (default ``null``: off, as 1; 8 recommended) aligns channel counts for onnxruntime's CPU
-    kernels: a group sized by ``ratio`` (not listed in ``layer_ratio``) that loses channels keeps a multiple
-    of ``round_to``, rounded down (torch-pruning's ``round_to``), or up to the first multiple at or above
-    ``min_channels``; groups narrower than ``round_to`` keep any count. ``layer_ratio`` values keep their
-    exact counts (the allocator aligns them itself for ``target_latency``)."""
+    ``round_to`` (default 8, chosen with benchmarks/structured_latency.py; ``null`` or 1: off) aligns channel
+    counts for onnxruntime's CPU kernels: a group sized by ``ratio`` (not listed in ``layer_ratio``) that loses
+    channels keeps a multiple of ``round_to``, rounded down (torch-pruning's ``round_to``), or up to the first
+    multiple at or above ``min_channels``; groups narrower than twice ``round_to`` keep any count.
+    ``layer_ratio`` values keep their exact counts (the allocator aligns them itself for ``target_latency``)."""
 
     method: Literal["structured"]
     ratio: RatioValue
@@ -516,12 +548,14 @@ class StructuredSpec(_MethodBase):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     ignore: list[str] | None = Field(None, description="modules whose outputs are kept (default: the head)")
     min_channels: Int = Field(1, gt=0, le=MAX_CHANNELS, description="floor: no layer keeps fewer output channels")
+    # 8 from benchmarks/structured_latency.py: unaligned counts (11/22/44) made 30% removal slower than
+    # dense in onnxruntime's CPU kernels; multiples of 8 made every measured arm faster.
     round_to: Int | None = Field(
-        None,
+        8,
         gt=0,
         le=MAX_CHANNELS,
-        description="channel alignment: a group sized by ratio keeps a multiple of this many channels (null or 1: any "
-        "count; 8 recommended for onnxruntime CPU); layer_ratio layers keep their exact counts",
+        description="channel alignment: a group sized by ratio keeps a multiple of this many channels (default 8, "
+        "measured fastest on onnxruntime CPU; null or 1: any count); layer_ratio layers keep their exact counts",
     )
     calibration_batches: Int = Field(
         8, gt=0, le=MAX_CALIBRATION, description="batches scored for taylor importance when not fine-tuning"
@@ -609,8 +643,14 @@ class ExportSpec(_Strict):
     onnx: bool = True
     opset: Int = Field(18, ge=13, le=23)
     quantize: Literal["none", "int8"] = "none"
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
-    sparse_storage: bool = False
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    # StrictBool: "yes"/"on" are typos of "auto" more often than they mean true.
+    sparse_storage: Literal["auto"] | StrictBool = Field(
+        "auto",
+        description="how model.onnx stores its weights: auto (sparse initializers when that file is smaller "
+        "after gzip -9 and onnxruntime gives bit-identical outputs, else dense), true (always sparse), false "
+        "(always dense); the run itself always works on the dense file",
+    )
 
 
 class BenchmarkSpec(_Strict):

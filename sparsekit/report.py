@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SparsekitError, one_line
-from .fsutil import atomic_path, write_text
+from .fsutil import write_text
 
 ADVICE = (
     "Unstructured zeros make the compressed (gzip) file smaller but do not make onnxruntime's CPU "
@@ -84,7 +84,14 @@ class Result(_Closed):
     onnx_nonzero_params: int
     bytes_per_nonzero: float | None = None
     gzip_bytes_per_nonzero: float | None = None
-    entropy_bound_bytes: int = Field(description="bytes needed at best for the nonzero values and the zero mask")
+    entropy_bound_bytes: int = Field(
+        description="estimated information in the weights, bytes: each tensor's zero mask at its entropy plus the "
+        "nonzero values at their measured entropy (sparsekit.onnx.weight_entropy); gzip lands above it unless the "
+        "file has structure between weights (zero blocks, repeated values)"
+    )
+    verbatim_bound_bytes: int | None = Field(
+        None, description="the same with nonzero values stored verbatim (all their bits): the floor for raw bytes"
+    )
     opset: int | None = Field(None, description="ONNX opset of the written file, read back from it")
     exporter: str | None = Field(None, description="the exporter that wrote it: dynamo or torchscript")
     export_fallback: str | None = Field(None, description="why another exporter than the recipe's was used")
@@ -201,12 +208,56 @@ class Int8(_Open):
     speedup: dict[str, Speedup] | None = None
 
 
+class StoredSizes(_Closed):
+    """One candidate encoding of model.onnx: raw and gzip -9 bytes, external data included."""
+
+    bytes: int
+    gzip_bytes: int
+    sparse_initializers: int | None = Field(None, description="weights stored as sparse initializers")
+    onnx_checker_ok: bool | None = Field(None, description="onnx.checker accepts the file")
+
+
+class Storage(_Closed):
+    """How the shipped model.onnx stores its weights (``export.sparse_storage``), what each candidate
+    weighs after gzip, and how close the shipped file comes to the weights' entropy bound. The run
+    itself (parity, int8, benchmark) used the dense file; a sparse one gives bit-identical outputs."""
+
+    mode: Literal["auto", "sparse", "dense"]
+    encoding: Literal["sparse", "dense"] = Field(description="what model.onnx holds")
+    reason: str = Field(description="why this encoding")
+    path: str
+    bytes: int = Field(description="model.onnx as shipped, bytes")
+    gzip_bytes: int
+    gzip_level: int = 9
+    dense: StoredSizes
+    sparse: StoredSizes | None = Field(None, description="the sparse candidate; null when none was built")
+    entropy_bound_bytes: int = Field(description="as in Result: mask and values at their measured entropy")
+    verbatim_bound_bytes: int = Field(description="mask at its entropy, nonzero values verbatim")
+    bound_ratio: float | None = Field(None, description="gzip_bytes / entropy_bound_bytes")
+    verbatim_bound_ratio: float | None = Field(None, description="gzip_bytes / verbatim_bound_bytes")
+    outputs_identical: bool | None = Field(
+        description="onnxruntime outputs bit-identical to the dense file's; null when no input could be made"
+    )
+
+
 class SparseStorage(_Open):
     """``model.sparse.onnx``: sizes in bytes before and after storing initializers as sparse tensors."""
 
     path: str
     bytes_before: int
     bytes_after: int
+
+
+class Timings(_Closed):
+    """Wall time of a run by phase, in seconds: ``load`` (model file and its checks), ``data``,
+    ``plan`` (allocation, rehearsal), ``dense_eval``/``pruned_eval`` (accuracy and counts), ``finetune``
+    (pruning while fine-tuning, finalize), ``save``, ``export`` (both ONNX files), ``checks`` (parity,
+    zeros), ``int8``, ``sizes``, ``bench``, ``report`` (notes, plots); phases a run skips are absent."""
+
+    seconds: dict[str, float]
+    total: float = Field(description="from the start of the run to the report, seconds")
+    outside_finetune: float = Field(description="total minus finetune, seconds")
+    outside_finetune_ratio: float | None = Field(description="outside_finetune / finetune (None without fine-tuning)")
 
 
 class Report(_Closed):
@@ -230,10 +281,12 @@ class Report(_Closed):
     versions: dict[str, str]
     int8: Int8 | None = None
     sparse_storage: SparseStorage | None = None
+    storage: Storage | None = Field(None, description="the encoding of the shipped model.onnx and its sizes")
     benchmark: Benchmark | None = None
     expectation: str = Field(description="what this recipe can buy, said before the run")
     notes: list[str] = Field(default_factory=list)
     plots: list[str] = Field(default_factory=list)
+    timings: Timings | None = None
 
     def to_json(self) -> dict[str, Any]:
         """report.json's content: plain JSON types, ``schema`` spelled as in the file."""
@@ -344,9 +397,20 @@ def notes(report: Report) -> list[str]:
             )
     if d.onnx_gzip_bytes and p.onnx_gzip_bytes:
         out.append(
-            f"gzip size {p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x of dense "
-            f"(raw {p.onnx_bytes / d.onnx_bytes:.3f}x); the entropy bound for this many nonzero "
-            f"fp32 weights is {p.entropy_bound_bytes / d.onnx_gzip_bytes:.3f}x."
+            f"gzip size {p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x of dense gzip "
+            f"(raw {p.onnx_bytes / d.onnx_bytes:.3f}x of dense raw), dense-stored; the pruned weights' entropy "
+            f"bound is {p.entropy_bound_bytes / d.onnx_gzip_bytes:.3f}x of dense gzip."
+        )
+    st = report.storage
+    if st:
+        how = "sparse initializers" if st.encoding == "sparse" else "dense initializers"
+        ratio = f"{st.bound_ratio:.2f}x" if st.bound_ratio is not None else "n/a"
+        verbatim = f"{st.verbatim_bound_ratio:.2f}x" if st.verbatim_bound_ratio is not None else "n/a"
+        out.append(
+            f"model.onnx ships with {how} ({st.mode}: {st.reason}): gzip -{st.gzip_level} {st.gzip_bytes:,} B, "
+            f"{ratio} the entropy bound ({st.entropy_bound_bytes:,} B: zero masks and nonzero values at their "
+            f"measured entropy) and {verbatim} the bound with values verbatim ({st.verbatim_bound_bytes:,} B)"
+            + ("; onnxruntime densifies it at load: memory and latency unchanged." if st.encoding == "sparse" else ".")
         )
     q = report.int8
     if q and d.onnx_gzip_bytes:
@@ -386,6 +450,7 @@ def render_summary(report: Report, out: str | Path) -> str:
         f"  sparsity  {d.sparsity:.3f} -> {p.sparsity:.3f}   params {d.params:,} -> {p.params:,}",
         f"  ONNX size {d.onnx_bytes:,} -> {p.onnx_bytes:,} B; gzip {d.onnx_gzip_bytes:,} -> "
         f"{p.onnx_gzip_bytes:,} B ({p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x)",
+        *_storage_summary(report),
         f"  parity    max |onnx - torch| {_diff(report.parity.max_abs_diff)} "
         f"({'ok' if report.parity.ok else 'FAILED'}), zeros kept in ONNX: {report.zeros_preserved}",
     ]
@@ -406,6 +471,20 @@ def render_summary(report: Report, out: str | Path) -> str:
     lines += [f"  note      {n}" for n in report.notes]
     lines.append(f"  {report.expectation}")
     return "\n".join(lines)
+
+
+def _storage_summary(report: Report) -> list[str]:
+    """The summary line on the shipped model.onnx's encoding, when the report has one."""
+    st = report.storage
+    if st is None:
+        return []
+    ratio = f", {st.bound_ratio:.2f}x the entropy bound {st.entropy_bound_bytes:,} B" if st.bound_ratio else ""
+    if st.verbatim_bound_ratio:
+        ratio += f" ({st.verbatim_bound_ratio:.2f}x with values verbatim)"
+    return [
+        f"  stored    model.onnx {st.encoding} ({st.mode}): {st.bytes:,} B, gzip {st.gzip_bytes:,} B "
+        f"({st.gzip_bytes / st.dense.gzip_bytes:.3f}x of dense storage){ratio}"
+    ]
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -430,7 +509,7 @@ def render_markdown(report: Report) -> str:
     lines += [f"Model `{report.model.factory}`, data `{report.data.source}`. " + ADVICE, ""]
     if report.expectation:
         lines += [report.expectation, ""]
-    lines += ["| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
+    lines += ["| | dense | pruned | pruned / dense (same row) |", "|---|---:|---:|---:|"]
 
     def row(label: str, key: str, fmt: Any = str) -> None:
         a, b = getattr(d, key), getattr(p, key)
@@ -448,15 +527,33 @@ def render_markdown(report: Report) -> str:
     row("ONNX size, gzip", "onnx_gzip_bytes", _fmt_bytes)
     # The bound is compared with the dense file's gzip size, like the pruned gzip size above it.
     lines.append(
-        f"| entropy bound for the pruned weights (fp32) | | {_fmt_bytes(p.entropy_bound_bytes)} | "
-        f"{_ratio(d.onnx_gzip_bytes, p.entropy_bound_bytes)} |"
+        f"| entropy bound of the weights (vs dense gzip) | {_fmt_bytes(d.entropy_bound_bytes)} | "
+        f"{_fmt_bytes(p.entropy_bound_bytes)} | {_ratio(d.onnx_gzip_bytes, p.entropy_bound_bytes)} |"
     )
+    st = report.storage
+    if st:
+        # The shipped file against dense gzip, like the rows above; its ratio to the bound in the text below.
+        lines.append(
+            f"| model.onnx as shipped ({st.encoding} storage), gzip | | {_fmt_bytes(st.gzip_bytes)} | "
+            f"{_ratio(d.onnx_gzip_bytes, st.gzip_bytes)} |"
+        )
     row("gzip bytes per nonzero weight", "gzip_bytes_per_nonzero", lambda v: f"{v:.2f}")
     for bs, lat in d.latency_ms.items():
         pl = p.latency_ms.get(bs)
         if pl:
             lines.append(f"| latency p50, batch {bs} (ms) | {lat.p50:.3f} | {pl.p50:.3f} | {pl.p50 / lat.p50:.3f}x |")
     lines.append("")
+    if st:
+        lines += [
+            f"Sizes are bytes with external data; gzip at level {st.gzip_level}. model.onnx stores its weights as "
+            f"{st.encoding} initializers ({st.mode}: {st.reason}); its gzip size is "
+            + (f"{st.bound_ratio:.2f}x" if st.bound_ratio is not None else "n/a")
+            + f" the entropy bound ({_fmt_bytes(st.entropy_bound_bytes)}: each tensor's zero mask at its entropy plus "
+            "the nonzero values at their measured entropy) and "
+            + (f"{st.verbatim_bound_ratio:.2f}x" if st.verbatim_bound_ratio is not None else "n/a")
+            + f" the bound with values stored verbatim ({_fmt_bytes(st.verbatim_bound_bytes)}).",
+            "",
+        ]
     if report.benchmark and report.benchmark.speedup:
         lines.append(
             "Latency ratio (pruned/dense, p50) with the noise band measured in the same run (the A/A control: "
@@ -544,60 +641,25 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(report: Report, out_dir: Path) -> list[str]:
-    """Per-layer sparsity, sparsity/accuracy per epoch, latency by batch size. Returns file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-
-    def save(fig: Any, name: str) -> None:
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        files.append(name)
-
-    layers = report.layers
-    if layers:
-        fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(layers) + 2), 3))
-        ax.bar([r.name for r in layers], [r.sparsity for r in layers], color="tab:blue")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("sparsity")
-        ax.set_title("Sparsity per layer")
-        ax.tick_params(axis="x", rotation=60)
-        save(fig, "layer_sparsity.png")
-    hist = report.history
-    if hist:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        epochs = [h.epoch for h in hist]
-        ax.plot(epochs, [h.val_accuracy for h in hist], "o-", label="val accuracy")
-        ax.plot(epochs, [h.sparsity for h in hist], "s--", label="sparsity")
-        ax.axhline(report.dense.accuracy, color="gray", lw=0.8, ls=":", label="dense accuracy")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower right")
-        ax.set_title("Fine-tuning")
-        save(fig, "finetune.png")
-    series = [("dense", report.dense.latency_ms), ("pruned", report.pruned.latency_ms)]
+def plot_data(report: Report) -> dict[str, Any]:
+    """What :func:`sparsekit.plots.render` draws for ``report``, as plain data."""
+    latency = {"dense": report.dense.latency_ms, "pruned": report.pruned.latency_ms}
     if report.int8:
-        series.append(("pruned int8", report.int8.latency_ms))
-    series = [(label, lat) for label, lat in series if lat]
-    if len(series) >= 2:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        sizes = list(series[0][1])
-        width = 0.8 / len(series)
-        for i, (label, lat) in enumerate(series):
-            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(sizes))]
-            ax.bar(xs, [lat[b].p50 if b in lat else 0 for b in sizes], width, label=label)
-        ax.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
-        ax.set_yscale("log")
-        ax.set_ylabel("p50 latency (ms)")
-        ax.legend()
-        ax.set_title("onnxruntime latency")
-        save(fig, "latency.png")
-    return files
+        latency["pruned int8"] = report.int8.latency_ms
+    return {
+        "layers": [{"name": r.name, "sparsity": r.sparsity} for r in report.layers],
+        "history": [{"epoch": h.epoch, "val_accuracy": h.val_accuracy, "sparsity": h.sparsity} for h in report.history],
+        "dense_accuracy": report.dense.accuracy,
+        "latency": {k: {b: v.p50 for b, v in lat.items()} for k, lat in latency.items() if lat},
+    }
+
+
+def write_plots(report: Report, out_dir: Path) -> list[str]:
+    """Per-layer sparsity, sparsity/accuracy per epoch, latency by batch size (:mod:`sparsekit.plots`).
+    Returns file names."""
+    from .plots import render
+
+    return render(plot_data(report), out_dir)
 
 
 def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:

@@ -311,13 +311,14 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     ``round_to``, or, when that falls below ``floor`` (``min_channels``, at least 1), up to the first
     multiple at or above it; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at
     or above the floor. ``keep`` unchanged when it is already a multiple at or above the floor, ``round_to``
-    is None or 1, or the group is narrower than that multiple. With ``blocks`` > 1 (a grouped conv, removed
-    evenly from each block) counts move in whole units of ``blocks`` channels: the kept total is a multiple
-    of ``round_to`` and of ``blocks``."""
+    is None or 1, or the group is narrower than twice that multiple (the only aligned count below its
+    width would then be that one multiple: far more removed than asked, or with the floor nothing). With
+    ``blocks`` > 1 (a grouped conv, removed evenly from each block) counts move in whole units of ``blocks``
+    channels: the kept total is a multiple of ``round_to`` and of ``blocks``."""
     if not round_to or round_to <= 1 or keep >= channels:
         return keep
     step = round_to * blocks // math.gcd(round_to, blocks)  # kept channels: a multiple of both
-    if channels < step:
+    if channels < 2 * step:
         return keep
     low = max(1, min(floor, channels))
     if keep % step == 0 and keep >= low:

@@ -18,6 +18,8 @@ def _in_repo_root(monkeypatch, tmp_path_factory):
     monkeypatch.chdir(ROOT)
     # Each test starts trusting no module, and --trust-code never writes into the real home folder.
     monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path_factory.mktemp("sparsekit-config")))
+    # Parsed datasets are cached once per test session, never in the real home folder.
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sparsekit-cache"))
     torch.manual_seed(0)
 
 

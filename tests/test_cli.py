@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -514,8 +515,10 @@ def test_prune_with_int8_and_sparse_storage(tmp_path, mlp_checkpoint):
     assert abs(q["eval"]["int8_accuracy"] - report["pruned"]["accuracy"]) < 0.05
     assert q["onnx_bytes"] < 0.6 * report["pruned"]["onnx_bytes"]  # tiny model: scales and graph weigh in
     assert set(q["latency_ms"]) == {"4"}
-    ss = report["sparse_storage"]
-    assert ss["bytes_after"] < ss["bytes_before"] and (out / "model.sparse.onnx").is_file()
+    st = report["storage"]  # sparse_storage: true ships model.onnx with sparse initializers
+    assert st["encoding"] == "sparse" and st["bytes"] == (out / "model.onnx").stat().st_size
+    assert st["bytes"] < report["pruned"]["onnx_bytes"] and not (out / "model.sparse.onnx").exists()
+    assert onnx.load(str(out / "model.onnx")).graph.sparse_initializer
     md = (out / "report.md").read_text()
     assert "int8" in md and "entropy bound" in md
 
@@ -534,13 +537,15 @@ def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):
         "int8",
         "--data",
         "digits",
-        "--sparse-storage",
+        "--storage",
+        "sparse",
         "--json",
     )
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
     assert res["int8"]["mode"] == "static" and res["int8"]["eval"]["top1_agreement"] >= 0.95
-    assert res["int8"]["path"] == str(onnx_path) and (tmp_path / "m.sparse.onnx").is_file()
+    assert res["int8"]["path"] == str(onnx_path) and res["storage"]["encoding"] == "sparse"
+    assert onnx.load(str(onnx_path)).graph.sparse_initializer
     assert not (tmp_path / "m.int8.onnx").exists() and not (tmp_path / "m.fp32.onnx").exists()
     assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", onnx_path, "--data", "digits"), "--data")
 

@@ -65,20 +65,26 @@ def listing(folder) -> list[str]:
 
 def test_int8_is_written_at_o_and_fp32_only_on_request(tmp_path, lenet):
     q = tmp_path / "q.onnx"
-    # Dynamic (no --data), with sparse storage: only q.onnx and q.sparse.onnx appear.
-    result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8", "--sparse-storage", "--json")
+    # Dynamic (no --data): only q.onnx appears.
+    result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8", "--json")
     assert result.exit_code == 0, result.stderr
     res = json.loads(result.stdout)
-    assert listing(tmp_path) == ["q.onnx", "q.sparse.onnx"]  # no fp32 copy, no q.int8.onnx, no temp files
+    assert listing(tmp_path) == ["q.onnx"]  # no fp32 copy, no q.int8.onnx, no temp files
     assert weight_types(q) == dict.fromkeys(LENET_WEIGHTS, TensorProto.INT8)
     assert "MatMulInteger" in op_types(q) and written_by_sparsekit(q)
     assert res["path"] is None and res["int8"]["path"] == str(q) and res["int8"]["mode"] == "dynamic"
     assert res["int8"]["bytes"] == q.stat().st_size and res["int8"]["zeros"]["zeros_ok"]
     assert res["parity"]["ok"] and res["zeros"]["zeros_ok"]  # the fp32 export was checked all the same
-    # --sparse-storage stores the file at -o, so the int8 weights, sparsely.
-    sparse = onnx.load(str(tmp_path / "q.sparse.onnx")).graph.sparse_initializer
+    # int8 zeros stored sparsely are larger after gzip than int8 stored densely: auto keeps it dense.
+    assert res["storage"]["encoding"] == "dense" and res["storage"]["bytes"] == q.stat().st_size
+    # --storage sparse stores the file at -o, so the int8 weights, sparsely.
+    qs = tmp_path / "sub" / "qs.onnx"
+    qs.parent.mkdir()
+    result = run("export", lenet, *LENET, "-o", qs, "--quantize", "int8", "--storage", "sparse", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert listing(qs.parent) == ["qs.onnx"]
+    sparse = onnx.load(str(qs)).graph.sparse_initializer
     assert {t.values.data_type for t in sparse if len(t.dims) == 2} == {TensorProto.INT8}
-    assert res["sparse_storage"]["bytes_before"] == q.stat().st_size
 
     # Static with --data and --keep-fp32: q.onnx (sparsekit's) is replaced by the new int8 model, and the
     # fp32 model appears beside it; parity and accuracy are reported as for any int8 export.
@@ -86,7 +92,7 @@ def test_int8_is_written_at_o_and_fp32_only_on_request(tmp_path, lenet):
     result = run("export", lenet, *LENET, "-o", q, "--quantize", "int8", "--data", "mnist5k", "--keep-fp32")
     assert result.exit_code == 0, result.stderr
     fp32 = tmp_path / "q.fp32.onnx"
-    assert listing(tmp_path) == ["q.fp32.onnx", "q.onnx", "q.sparse.onnx"]
+    assert listing(tmp_path) == ["q.fp32.onnx", "q.onnx", "sub"]
     assert q.stat().st_ino != before  # published by rename, not rewritten in place
     assert weight_types(q) == dict.fromkeys(LENET_WEIGHTS, TensorProto.INT8)
     assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(q)

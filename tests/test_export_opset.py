@@ -72,6 +72,8 @@ def dynamo_keeps_opset_18(monkeypatch):
         ("torchscript", 23, "torchscript"),
         ("dynamo", 13, "torchscript"),
         ("dynamo", 17, "dynamo"),
+        ("auto", 13, "torchscript"),
+        ("auto", 21, "dynamo"),
     ],
 )
 def test_requested_opset_is_written_and_nothing_printed(tmp_path, capfd, exporter, opset, used):
@@ -82,7 +84,7 @@ def test_requested_opset_is_written_and_nothing_printed(tmp_path, capfd, exporte
 
     assert file_opset(path) == info["opset"] == opset
     assert info["exporter"] == used
-    if used == exporter:
+    if used == exporter or exporter == "auto":
         assert info["fallback"] is None
     else:
         assert "wrote opset 18 (its conversion to 13 failed" in info["fallback"]
@@ -95,7 +97,7 @@ def test_requested_opset_is_written_and_nothing_printed(tmp_path, capfd, exporte
 def test_undeliverable_opset_is_an_error_naming_the_working_ones(tmp_path, monkeypatch, dynamo_keeps_opset_18):
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)  # a model the torchscript exporter cannot take
     with pytest.raises(ExportError) as err:
-        export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=13)
+        export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=13, exporter="dynamo")
     msg = str(err.value)
     for needle in ("opset 13", "wrote opset 18", "over 1.8 GB", "the exporters support 18-23 with the dynamo exporter"):
         assert needle in msg, (needle, msg)
@@ -112,7 +114,7 @@ def test_torchscript_failure_after_dynamo_names_both(tmp_path, monkeypatch, dyna
 
     monkeypatch.setattr(export_mod, "_export", torchscript_fails)
     with pytest.raises(ExportError) as err:
-        export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=15)
+        export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=15, exporter="dynamo")
     msg = str(err.value)
     for needle in ("opset 15", "wrote opset 18", "aten::odd", "18-23 with the dynamo", "13-23 with the torchscript"):
         assert needle in msg, (needle, msg)
@@ -133,7 +135,7 @@ def test_converted_file_failing_parity_falls_back(tmp_path, monkeypatch):
         return {**result, "ok": False, "max_abs_diff": 0.5} if tmp.parent.name == "dynamo" else result
 
     monkeypatch.setattr(export_mod, "_parity", parity)
-    info = export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=16)
+    info = export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=16, exporter="dynamo")
     assert info["exporter"] == "torchscript" and info["opset"] == 16 and info["parity"]["ok"]
     assert "changes the outputs" in info["fallback"]
 

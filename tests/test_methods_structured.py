@@ -53,7 +53,8 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
 
 
 def recipe(**method) -> sparsekit.Recipe:
-    spec = {"method": "structured", "ratio": 0.5, "importance": "l2", "schedule": "oneshot", **method}
+    # Exact channel counts: these tests check removal itself; alignment (default round_to 8) is test_round_to's.
+    spec = {"method": "structured", "ratio": 0.5, "importance": "l2", "round_to": 1, "schedule": "oneshot", **method}
     return sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "finetune": {"epochs": 2}, "pruning": [spec]})
 
 
@@ -255,7 +256,13 @@ def test_composes_with_l1_masks_which_follow_the_new_shapes():
     torch.manual_seed(0)
     model = small_cnn(width=8, image_size=8)
     l1 = {"method": "l1", "strength": 0.02, "mode": "proximal", "remove_dead": False}
-    structured = {"method": "structured", "ratio": 0.5, "steps": 2, "schedule": {"start_epoch": 0, "end_epoch": 1}}
+    structured = {
+        "method": "structured",
+        "ratio": 0.5,
+        "round_to": 1,
+        "steps": 2,
+        "schedule": {"start_epoch": 0, "end_epoch": 1},
+    }
     r = sparsekit.Recipe(**{"model": {"input_shape": SHAPE}, "finetune": {"epochs": 1}, "pruning": [l1, structured]})
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -250,7 +250,14 @@ class Tied(nn.Module):
 
 
 def _structured(**spec) -> sparsekit.Recipe:
-    spec = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": {"start_epoch": 1, "end_epoch": 1}, **spec}
+    spec = {
+        "method": "structured",
+        "ratio": 0.5,
+        "round_to": 1,
+        "steps": 1,
+        "schedule": {"start_epoch": 1, "end_epoch": 1},
+        **spec,
+    }
     return sparsekit.Recipe(model={"input_shape": [1, 16]}, finetune={"epochs": 2}, pruning=[spec])
 
 

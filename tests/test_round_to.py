@@ -45,8 +45,10 @@ def outs(model: nn.Module) -> dict[str, int]:
         (6, 3, 8, 1, 1, 3),  # narrower than round_to: any count
         (32, 9, 16, 1, 1, 16),  # down would be 0: up to the first multiple at or above the floor
         (32, 9, 8, 12, 1, 16),  # down (8) is below min_channels 12: up to 16
-        (16, 4, 16, 1, 1, 16),  # no multiple below the width: nothing removed
-        (16, 11, 16, 1, 1, 16),
+        (16, 4, 16, 1, 1, 4),  # narrower than twice round_to: any count
+        (15, 7, 8, 1, 1, 7),
+        (16, 7, 8, 1, 1, 8),  # twice round_to: aligned
+        (16, 4, 8, 12, 1, 16),  # the floor's multiple is the width: nothing removed
         (32, 0, 8, 1, 1, 8),  # everything asked: the floor's multiple
         (32, 24, 8, 1, 4, 24),  # grouped conv (4 blocks of 8): 24 is a multiple of both
         (48, 36, 8, 1, 3, 24),  # 3 blocks: multiples of 24
@@ -57,9 +59,10 @@ def test_aligned_keep(channels, keep, round_to, floor, blocks, expected):
     assert aligned_keep(channels, keep, round_to, floor, blocks) == expected
 
 
-def test_schema_default_is_off_and_values_are_checked():
+def test_schema_default_is_8_and_values_are_checked():
     spec = recipe().pruning[0]
-    assert spec.round_to is None
+    assert spec.round_to == 8  # measured: benchmarks/structured_latency.py
+    assert recipe(round_to=None).pruning[0].round_to is None
     assert recipe(round_to=8).pruning[0].round_to == 8
     for bad in (0, -8, 2.5, "eight"):
         with pytest.raises(ValidationError, match="round_to"):
@@ -91,10 +94,10 @@ def test_kept_channels_are_multiples_where_a_layer_was_pruned(ratio, scope):
 
 def test_uneven_counts_without_round_to_and_the_reason_with_it():
     torch.manual_seed(0)
-    plain, _ = prune(small_cnn(width=16, image_size=8), ratio=0.3)
+    plain, _ = prune(small_cnn(width=16, image_size=8), ratio=0.3, round_to=None)
     assert [outs(plain)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [11, 22, 44, 89]
     torch.manual_seed(0)
-    final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3, round_to=8)
+    final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3)  # the default, 8
     assert [outs(final)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [8, 16, 40, 88]
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["conv2"]["asked"] == pytest.approx(0.3) and rows["conv2"]["achieved"] == pytest.approx(0.5)
@@ -104,15 +107,16 @@ def test_uneven_counts_without_round_to_and_the_reason_with_it():
 
 def test_a_ratio_rounding_cannot_honour_is_reported_with_a_reason():
     torch.manual_seed(0)
-    # resnet_small width 16: the stem group (conv1 + layer1, joined by the residual add) has 16 channels.
-    final, pruner = prune(resnet_small(width=16, image_size=8), ratio=0.3, round_to=16)
+    # resnet_small width 16: the stem group (conv1 + layer1, joined by the residual add) has 16 channels;
+    # 30% asks to keep 11, min_channels 9 rules out 8, and the next multiple of 8 is the whole width.
+    final, pruner = prune(resnet_small(width=16, image_size=8), ratio=0.3, round_to=8, min_channels=9)
     shapes = outs(final)
-    assert shapes["conv1"] == shapes["layer1.conv2"] == 16 and shapes["layer1.conv1"] == 16
-    assert shapes["layer2.conv1"] == shapes["layer2.shortcut.0"] == 16 and shapes["layer3.conv1"] == 32
+    assert shapes["conv1"] == shapes["layer1.conv2"] == 16
+    assert shapes["layer2.conv1"] == shapes["layer2.shortcut.0"] == 16 and shapes["layer3.conv1"] == 40
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["conv1"]["asked"] == pytest.approx(0.3) and rows["conv1"]["achieved"] == 0.0
     assert rows["conv1"]["reason"] == (
-        "round_to 16: keeps all 16 channels instead of 11: no multiple of 16 below 16 is at or above min_channels 1"
+        "round_to 8: keeps all 16 channels instead of 11: no multiple of 8 below 16 is at or above min_channels 9"
     )
     # a layer whose outputs go with the stem's says so, and why
     assert rows["layer1.conv2"]["reason"] == f"coupled to 'conv1' ({rows['conv1']['reason']})"

@@ -125,8 +125,8 @@ def test_int8_model_round_trip(sparse90, tmp_path):
 def test_mismatch_is_caught_and_nothing_written(sparse90, tmp_path, monkeypatch, check):
     real = storage_mod._decide
 
-    def corrupt(init, index_dtype, is_input):
-        row, tensor = real(init, index_dtype, is_input)
+    def corrupt(init, index_dtype, is_input, *rest):
+        row, tensor = real(init, index_dtype, is_input, *rest)
         if tensor is not None and init.name == "fc1.weight":
             values = numpy_helper.to_array(tensor.values).copy()
             values[:] = 0.5  # every stored fc1 weight is wrong

@@ -83,7 +83,8 @@ class Glu(nn.Module):
 
 
 def recipe(shape: list[int], **method: object) -> sparsekit.Recipe:
-    spec = {"method": "structured", "ratio": 0.5, "importance": "l2", "schedule": "oneshot", **method}
+    # Exact channel counts: these tests check removal itself; alignment (default round_to 8) is test_round_to's.
+    spec = {"method": "structured", "ratio": 0.5, "importance": "l2", "round_to": 1, "schedule": "oneshot", **method}
     return sparsekit.Recipe(model={"input_shape": shape}, pruning=[spec])
 
 

@@ -6,13 +6,13 @@
 ``files``                files on disk: safe loading (external data checks), the sparsekit mark,
                          saving, staging and publishing atomically, sizes, the per-file memo
 ``stats``                per-file statistics, computed once: ``size_report``, ``param_counts``,
-                         ``count_initializer_stats``, ``entropy_bound_bytes``
+                         ``count_initializer_stats``, ``entropy_bound_bytes``, ``weight_entropy``
 ``graph``                graph counts: MACs, run-time inputs, activation bytes per sample
 ``sessions``             the one onnxruntime session constructor and the one input maker
 ``quiet``                silencing the exporters' and quantizer's output
 ``export``               torch -> ONNX with checker, parity and zero checks
 ``quantize``             int8 quantization with onnxruntime, accuracy and agreement
-``sparse_storage``       sparse-initializer (COO) storage
+``sparse_storage``       sparse-initializer (COO) storage; ``choose_storage``: the encoding to ship
 ``bench``                the interleaved onnxruntime latency benchmark
 =======================  ==========================================================================
 
@@ -31,6 +31,7 @@ _LAZY = {
     "benchmark": "bench",
     "check_external_data": "files",
     "check_zeros": "export",
+    "choose_storage": "sparse_storage",
     "count_initializer_stats": "stats",
     "count_params": "tensors",
     "densify": "tensors",
@@ -51,6 +52,7 @@ _LAZY = {
     "size_report": "stats",
     "to_sparse_storage": "sparse_storage",
     "top1_agreement": "quantize",
+    "weight_entropy": "stats",
     "written_by_sparsekit": "files",
 }
 
@@ -68,8 +70,8 @@ if TYPE_CHECKING:
     from .graph import onnx_macs
     from .quantize import onnx_accuracy, quantize_int8, quantize_on_data, quantized_zeros, top1_agreement
     from .sessions import open_session
-    from .sparse_storage import index_dtype_for, to_sparse_storage
-    from .stats import count_initializer_stats, entropy_bound_bytes, param_counts, size_report
+    from .sparse_storage import choose_storage, index_dtype_for, to_sparse_storage
+    from .stats import count_initializer_stats, entropy_bound_bytes, param_counts, size_report, weight_entropy
     from .tensors import count_params, densify
 
 
@@ -90,6 +92,7 @@ __all__ = [
     "benchmark",
     "check_external_data",
     "check_zeros",
+    "choose_storage",
     "count_initializer_stats",
     "count_params",
     "densify",
@@ -110,5 +113,6 @@ __all__ = [
     "size_report",
     "to_sparse_storage",
     "top1_agreement",
+    "weight_entropy",
     "written_by_sparsekit",
 ]

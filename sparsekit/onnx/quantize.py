@@ -25,7 +25,7 @@ Sources: https://onnxruntime.ai/docs/performance/model-optimizations/quantizatio
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +164,35 @@ def quantize_int8(
     }
 
 
-def quantize_on_data(onnx_path: PathLike, out_path: PathLike, bundle: Any) -> dict[str, Any]:
+def quantize_on_data(
+    onnx_path: PathLike, out_path: PathLike, bundle: Any, input_shape: Sequence[int] | None = None
+) -> dict[str, Any]:
     """:func:`quantize_int8` calibrated on ``bundle.train`` (static QDQ), with int8 vs fp32 accuracy and
     top-1 agreement measured on all of ``bundle.val`` (a :class:`sparsekit.data.DataBundle` whose
-    loaders yield ``(x, y)`` batches). Returns and raises as :func:`quantize_int8`."""
-    xs, ys = zip(*[(np.asarray(x, dtype=np.float32), np.asarray(y)) for x, y in bundle.val], strict=True)
+    loaders yield ``(x, y)`` batches).
+
+    ``input_shape`` (batch first, e.g. ``[1, 784]``): the shape the model was exported for. Batches
+    are reshaped to it, so a model that flattens its input itself (trained on ``[N, 1, 28, 28]``
+    batches, exported for ``[N, 784]``) is calibrated and evaluated on exactly the samples it was
+    fine-tuned on. Returns and raises as :func:`quantize_int8`, and :class:`ExportError` when a
+    batch's samples do not have the number of values ``input_shape`` says."""
+
+    def shaped(x: Any) -> np.ndarray:
+        a = np.asarray(x, dtype=np.float32)
+        if input_shape is None:
+            return a
+        sample = [int(d) for d in input_shape[1:]]
+        if a.ndim < 1 or int(np.prod(a.shape[1:])) != int(np.prod(sample)):
+            raise ExportError(
+                f"int8 calibration: a batch of shape {list(a.shape)} does not fit the exported input "
+                f"{list(input_shape)}"
+            )
+        return a.reshape(len(a), *sample)
+
+    xs, ys = zip(*[(shaped(x), np.asarray(y)) for x, y in bundle.val], strict=True)
+    calibration = ((shaped(x), y) for x, y in bundle.train)
     return quantize_int8(
-        onnx_path, out_path, calibration=bundle.train, eval_data=(np.concatenate(xs), np.concatenate(ys))
+        onnx_path, out_path, calibration=calibration, eval_data=(np.concatenate(xs), np.concatenate(ys))
     )
 
 

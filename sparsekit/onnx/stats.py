@@ -1,6 +1,6 @@
 """Statistics of an ONNX file, each computed once per version of the file: sizes (external data
-included, raw and gzip), weight counts, bytes per nonzero weight, and the entropy bound that a
-sparse file's compressed size can be compared against.
+included, raw and gzip), weight counts, bytes per nonzero weight, and the estimated information
+content of the weights (:func:`weight_entropy`) that a file's compressed size is compared against.
 
 The counts come from the one counter, :func:`sparsekit.onnx.tensors.count_params`; the sizes from
 :func:`sparsekit.onnx.files.onnx_sizes`; both go through :func:`sparsekit.onnx.files.memoized`, so
@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from sparsekit.onnx.files import memoized, onnx_sizes
-from sparsekit.onnx.tensors import count_params
+from sparsekit.onnx.tensors import FLOAT_TYPES, count_params, densify
 
-__all__ = ["count_initializer_stats", "entropy_bound_bytes", "param_counts", "size_report"]
+__all__ = ["count_initializer_stats", "entropy_bound_bytes", "param_counts", "size_report", "weight_entropy"]
 
 PathLike = str | os.PathLike[str]
 
@@ -81,19 +84,124 @@ def size_report(path: PathLike, nonzero_params: int | None = None) -> dict[str, 
 
 
 def entropy_bound_bytes(n_weights: int, n_nonzero: int, value_bits: float) -> float:
-    """Bytes an ideal coder needs for ``n_weights`` of which ``n_nonzero`` are nonzero.
-
-    Each nonzero costs ``value_bits`` (32 for fp32, 8 for int8; values taken as incompressible) and
-    the zero/nonzero mask costs its binary entropy H(p) bits per weight, p = n_nonzero / n_weights:
+    """Bytes for ``n_weights`` weights of which ``n_nonzero`` are nonzero when every nonzero value is
+    stored verbatim (``value_bits`` each: 32 for fp32, 8 for int8) and the zero/nonzero mask is
+    coded at its binary entropy H(p) bits per weight, p = n_nonzero / n_weights:
     ``n_weights * (p * value_bits + H(p)) / 8``. For 90% sparsity and fp32 that is 0.115x of the
-    dense 4 bytes per weight; for int8 values, 0.040x. gzip lands above it; a size near or below it
-    means the values themselves were compressible (e.g. low-entropy exponents), not a lossless miracle.
+    dense 4 bytes per weight.
+
+    It bounds encodings that keep the values as they are (the raw bytes of any ONNX encoding), not a
+    compressor: gzip shrinks fp32 values by ~10% (their exponents take few values) and lands under
+    it on nearly dense files. :func:`weight_entropy` is the estimate a gzip size is compared against.
     Raises ``ValueError`` unless ``0 <= n_nonzero <= n_weights``; 0.0 when ``n_weights <= 0``.
     """
     if n_weights <= 0:
         return 0.0
     if not 0 <= n_nonzero <= n_weights:
         raise ValueError(f"need 0 <= n_nonzero <= n_weights, got {n_nonzero} of {n_weights}")
-    p = n_nonzero / n_weights
-    mask_bits = 0.0 if p in (0.0, 1.0) else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
-    return n_weights * (p * value_bits + mask_bits) / 8
+    return n_weights * (n_nonzero / n_weights * value_bits + _binary_entropy(n_nonzero / n_weights)) / 8
+
+
+def weight_entropy(path: PathLike) -> dict[str, Any]:
+    """Estimated information content of the weights of the ONNX file at ``path``, in bytes: what a
+    coder needs that treats each weight tensor as independent symbols. Memoized per file version.
+
+    Returns ``{"bound_bytes", "verbatim_bound_bytes", "mask_bytes", "value_bytes", "params",
+    "nonzero_params"}`` (bytes as floats):
+
+    - ``mask_bytes``: each tensor's zero/nonzero mask at its binary entropy, n * H(nonzero / n). Per
+      tensor, so a dense head next to a 95% sparse layer is not charged the average density.
+    - ``value_bytes``: the nonzero values at their empirical entropy. Floating point: sign and
+      exponent at their measured frequencies (a pruned layer's magnitudes span a few octaves, so
+      ~2 bits instead of 9 for fp32) plus the mantissa bits as stored (23 for fp32: trained
+      weights' low bits are noise); a tensor of few distinct values (e.g. a LayerNorm scale of ones)
+      is charged instead its distinct values verbatim plus each value's entropy, whichever is less.
+      Integer weights (QDQ int8): the values' empirical entropy.
+    - ``bound_bytes`` = mask + values: a lower bound, up to the plug-in estimate's small bias, for
+      coders that take weights as independent symbols. A file can go below it only by exploiting
+      structure between weights (whole zero rows or blocks, repeated values); structural removal
+      deletes rows physically, leaving little such structure.
+    - ``verbatim_bound_bytes``: mask as above, values verbatim (all their bits): the floor for the
+      raw bytes of any encoding that stores values as they are, as every standard ONNX one does
+      (see :func:`entropy_bound_bytes`, which uses one density for all tensors).
+
+    Weights are counted as :func:`param_counts` counts them (dense and sparse initializers, QDQ
+    integer weights). The ONNX container (graph, names) is not counted, so a file's gzip size
+    always carries some overhead over the bound. Raises :class:`~sparsekit.errors.ExportError` like
+    :func:`param_counts`.
+    """
+    return memoized(path, "entropy", _entropy, load_external_data=True)
+
+
+def _entropy(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
+    mask = values = verbatim = 0.0
+    params = nonzero = 0
+    for arr in _weight_arrays(model):
+        flat = arr.reshape(-1)
+        nz = flat[flat != 0]
+        params += flat.size
+        nonzero += nz.size
+        mask += flat.size * _binary_entropy(nz.size / flat.size) / 8 if flat.size else 0.0
+        values += _value_bits(nz) / 8
+        verbatim += nz.size * nz.itemsize
+    return {
+        "bound_bytes": mask + values,
+        "verbatim_bound_bytes": mask + verbatim,
+        "mask_bytes": mask,
+        "value_bytes": values,
+        "params": params,
+        "nonzero_params": nonzero,
+    }
+
+
+def _weight_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
+    """Every weight of ``model`` as a dense array, chosen exactly as
+    :func:`~sparsekit.onnx.tensors.count_params` chooses them (a test holds the two together)."""
+    graph = model.graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
+    aux = {name for n in graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear") for name in n.input[1:]}
+
+    def is_weight(name: str, data_type: int) -> bool:
+        return name not in aux and (data_type in FLOAT_TYPES or name in dequantized)
+
+    for init in graph.initializer:
+        if is_weight(init.name, init.data_type):
+            yield numpy_helper.to_array(init)
+    for sparse in graph.sparse_initializer:
+        if is_weight(sparse.values.name, sparse.values.data_type):
+            yield densify(sparse)
+
+
+# Floating-point dtype -> (unsigned integer view, mantissa bits); the bits above are sign and exponent.
+_FLOAT_LAYOUT: dict[str, tuple[type[np.unsignedinteger], int]] = {
+    "float64": (np.uint64, 52),
+    "float32": (np.uint32, 23),
+    "float16": (np.uint16, 10),
+    "bfloat16": (np.uint16, 7),
+}
+
+
+def _value_bits(values: np.ndarray) -> float:
+    """Bits for the 1-D array of nonzero ``values`` at their empirical entropy (see :func:`weight_entropy`)."""
+    k = values.size
+    if k == 0:
+        return 0.0
+    distinct, counts = np.unique(values.view(f"u{values.itemsize}"), return_counts=True)
+    # Two-part code: the distinct values verbatim, then each value as an index into them.
+    as_symbols = distinct.size * values.itemsize * 8 + k * _entropy_of(counts)
+    layout = _FLOAT_LAYOUT.get(values.dtype.name)
+    if layout is None:  # integer (quantized) weights: the symbol entropy is the whole story
+        return as_symbols
+    utype, mantissa = layout
+    _, se_counts = np.unique(values.view(utype) >> utype(mantissa), return_counts=True)
+    return min(as_symbols, k * (_entropy_of(se_counts) + mantissa))
+
+
+def _entropy_of(counts: np.ndarray) -> float:
+    """Plug-in (empirical) entropy in bits per symbol of a histogram."""
+    q = counts / counts.sum()
+    return float(-(q * np.log2(q)).sum())
+
+
+def _binary_entropy(p: float) -> float:
+    return 0.0 if p <= 0.0 or p >= 1.0 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
