@@ -351,6 +351,32 @@ def _run(
     expectation = what_it_buys(recipe)
     if notify:
         notify(expectation)
+    plots = PlotWorker(stage)  # imports matplotlib now, waits through fine-tuning, draws beside the export
+    with clock("report"):
+        plots.start()
+    try:
+        return _prune_measure_report(
+            inputs, recipe, stage, final_out, device, resume, progress, notify, log_dir, clock, plots, expectation
+        )
+    finally:
+        plots.close()
+
+
+def _prune_measure_report(
+    inputs: Inputs,
+    recipe: Recipe,
+    stage: Path,
+    final_out: Path,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    notify: Callable[[str], None] | None,
+    log_dir: Path | None,
+    clock: PhaseClock,
+    plots: PlotWorker,
+    expectation: str,
+) -> Report:
+    """Measure the dense model, prune while fine-tuning, save and export the pruned one, then the rest."""
     model = inputs.loaded.model.to(device)
     log.info("evaluating the dense model")
     dense = measure(model, inputs, recipe, stage / "dense.onnx", clock, "dense_eval")
@@ -372,15 +398,11 @@ def _run(
             pruner=pruner,
         )
     pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
-    plots = PlotWorker(stage)  # draws while the run exports and measures; idle before the benchmark
     with clock("report"):
-        plots.start({"layers": pruned.layers, "history": history, "dense_accuracy": dense.metrics.get("accuracy")})
-    try:
-        report = _measure_and_report(inputs, recipe, stage, final_out, dense, pruned, history, pruner, device,
-                                     expectation, progress, clock, plots)  # fmt: skip
-    finally:
-        plots.close()
-    return report
+        plots.draw({"layers": pruned.layers, "history": history, "dense_accuracy": dense.metrics.get("accuracy")})
+    return _measure_and_report(
+        inputs, recipe, stage, final_out, dense, pruned, history, pruner, device, expectation, progress, clock, plots
+    )
 
 
 def _measure_and_report(

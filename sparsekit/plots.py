@@ -83,9 +83,10 @@ def render(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[str]:
 
 
 class PlotWorker:
-    """Draws a run's plots in a helper process, in two parts: :meth:`start` with what is known when
-    fine-tuning ends (the worker imports matplotlib and draws while the run exports and checks), then
-    :meth:`finish` with the benchmark's latencies. :meth:`ready` waits until the first part is drawn:
+    """Draws a run's plots in a helper process. :meth:`start` launches it early (it imports matplotlib
+    while the run loads and measures the dense model, then waits, idle, through fine-tuning);
+    :meth:`draw` sends what is known when fine-tuning ends (drawn while the run exports and checks);
+    :meth:`finish` sends the benchmark's latencies. :meth:`ready` waits until the first part is drawn:
     call it before timing anything, so the benchmark never shares the CPU with drawing.
 
     Plots are a convenience: a worker that fails or cannot start makes :meth:`finish` return the plots
@@ -99,8 +100,8 @@ class PlotWorker:
         self._proc: subprocess.Popen[str] | None = None
         self._ready = False
 
-    def start(self, data: dict[str, Any]) -> None:
-        """Start the worker on ``data``'s :data:`FIRST` keys."""
+    def start(self) -> None:
+        """Launch the worker: it imports matplotlib, then waits for :meth:`draw`."""
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "sparsekit.plots", str(self.out_dir)],
@@ -110,9 +111,13 @@ class PlotWorker:
                 text=True,
                 env={**os.environ, "MPLBACKEND": "Agg"},
             )
-            self._send({k: data.get(k) for k in (*FIRST, "dense_accuracy")})
         except OSError as err:
             self.error, self._proc = f"cannot start the plot process: {err}", None
+
+    def draw(self, data: dict[str, Any]) -> None:
+        """Draw ``data``'s :data:`FIRST` keys (and ``dense_accuracy``), in the worker."""
+        if self._proc is not None:
+            self._send({k: data.get(k) for k in (*FIRST, "dense_accuracy")})
 
     def ready(self) -> None:
         """Wait until the first plots are drawn (the worker then waits for :meth:`finish`)."""
@@ -160,6 +165,8 @@ class PlotWorker:
 
 def _worker(out_dir: str) -> None:
     """The helper process: one JSON line of data in, the file names drawn out, twice."""
+    import matplotlib.figure  # noqa: F401 - the slow part, done before any data arrives
+
     for _ in range(2):
         line = sys.stdin.readline()
         if not line:

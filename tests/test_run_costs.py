@@ -252,7 +252,8 @@ def test_the_plot_worker_draws_in_two_parts(tmp_path):
     from sparsekit.plots import PlotWorker
 
     worker = PlotWorker(tmp_path)
-    worker.start(PLOT_DATA)
+    worker.start()
+    worker.draw(PLOT_DATA)
     worker.ready()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune.png", "layer_sparsity.png"]
     files = worker.finish({"latency": {"dense": {"1": 0.05, "32": 0.2}, "pruned": {"1": 0.04, "32": 0.1}}})
@@ -267,7 +268,8 @@ def test_a_plot_worker_that_cannot_run_costs_only_the_plots(tmp_path, monkeypatc
 
     monkeypatch.setattr(plots.sys, "executable", str(tmp_path / "no-python"))
     worker = plots.PlotWorker(tmp_path)
-    worker.start(PLOT_DATA)
+    worker.start()
+    worker.draw(PLOT_DATA)
     assert worker.finish({"latency": None}) == [] and "cannot start" in (worker.error or "")
 
 
@@ -275,6 +277,7 @@ def test_a_plot_worker_that_dies_is_reported_and_leaves_no_process(tmp_path):
     from sparsekit.plots import PlotWorker
 
     worker = PlotWorker(tmp_path)
-    worker.start({"layers": "not a list of layers"})  # render fails on it
+    worker.start()
+    worker.draw({"layers": "not a list of layers"})  # render fails on it
     assert worker.finish({}) == []
     assert worker.error and worker._proc is not None and worker._proc.poll() not in (None, 0)
