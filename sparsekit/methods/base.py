@@ -124,8 +124,14 @@ class Method(Protocol):
     def after_step(self, step: int) -> Changes:
         """Called after every ``optimizer.step()``; ``step`` counts them from 1. May read ``.grad``
         (:attr:`needs_grad`), edit weights and masks in place, and (:attr:`structural` methods only)
-        remove channels. Must not apply masks (the Pruner applies all masks once after every method
-        ran) and must not touch the optimizer. Returns what changed beyond weights and masks."""
+        remove channels. Need not apply masks (the Pruner applies all masks once after every method
+        ran); a hook that leaves a layer's weights masked anyway may say so with
+        :func:`sparsekit.masks.mark_applied`, and the Pruner skips that layer. Must not touch the optimizer.
+        Returns what changed beyond weights and masks.
+
+        A :attr:`structural` method may also define ``due(step) -> bool``: whether ``after_step(step)`` may
+        replace parameters. The Pruner then notes the parameters' names (for ``update_optimizer``) only at
+        those steps, instead of at every step."""
         ...
 
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:

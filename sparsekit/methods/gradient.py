@@ -39,10 +39,37 @@ CRITERIA: dict[str, tuple[scorers.Scorer, bool]] = {
     "movement": (scorers.movement, False),
 }
 
-# Fused in-place sums for built-in scorers: this runs every step, a temporary costs as much as the
-# math, and the fused form keeps the sums bit-identical to earlier releases.
-_FUSED: dict[Callable[..., Any], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]] = {
-    scorers.movement: lambda acc, w, g: acc.addcmul_(w, g, value=-1),
+# Fused in-place sums for built-in scorers, over all layers at once (sums, weights, grads, scratch buffers
+# like the weights): this runs every step, so it allocates nothing and makes few calls. The ops are the
+# scorers' own, so the sums stay bit-identical to earlier releases.
+_Fused = Callable[[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]], Any]
+
+
+def _taylor_sums(
+    accs: list[torch.Tensor], ws: list[torch.Tensor], gs: list[torch.Tensor], bufs: list[torch.Tensor]
+) -> None:
+    # scorers.taylor is (w * g).abs_(), then added. Per layer into a kept buffer: a foreach product would
+    # allocate a fresh weight-sized tensor per layer and step, which costs as much as the product itself.
+    for acc, w, g, buf in zip(accs, ws, gs, bufs, strict=True):
+        acc.add_(torch.mul(w, g, out=buf).abs_())
+
+
+def _movement_sums(
+    accs: list[torch.Tensor], ws: list[torch.Tensor], gs: list[torch.Tensor], bufs: list[torch.Tensor]
+) -> None:
+    if all(a.is_cpu for a in accs):
+        torch._foreach_addcmul_(accs, ws, gs, value=-1)  # on CPU, addcmul_ per tensor: the same kernel
+    else:
+        # A device's fused foreach kernel may round acc + (-w) * g in one step (FMA) where addcmul_ rounds
+        # twice: keep the kernel earlier releases summed with.
+        for acc, w, g in zip(accs, ws, gs, strict=True):
+            acc.addcmul_(w, g, value=-1)
+
+
+# scorer -> (fused sums, whether they need scratch buffers)
+_FUSED: dict[Callable[..., Any], tuple[_Fused, bool]] = {
+    scorers.movement: (_movement_sums, False),
+    scorers.taylor: (_taylor_sums, True),
 }
 
 
@@ -60,7 +87,10 @@ class Gradient(Magnitude):
         self.criterion: str = spec.criterion
         self.resets = CRITERIA[spec.criterion][1]  # taylor: a fresh estimate per update interval
         self.accum: dict[str, torch.Tensor] = {}  # summed scores per layer since the last reset
-        self._fused = _FUSED.get(self.scorer)
+        fused = _FUSED.get(self.scorer)
+        self._fused: _Fused | None = fused[0] if fused else None
+        self._scratch = bool(fused and fused[1])
+        self._bufs: dict[str, torch.Tensor] = {}  # per layer, scratch for the fused sums (taylor)
 
     def _builtin_scorer(self, spec: Any) -> scorers.Scorer:
         return CRITERIA[spec.criterion][0]
@@ -68,15 +98,25 @@ class Gradient(Magnitude):
     @torch.no_grad()
     def accumulate(self) -> None:
         """Add this step's ``scorer(w, grad)`` to the sums; layers without a ``.grad`` contribute nothing."""
+        accs: list[torch.Tensor] = []
+        ws: list[torch.Tensor] = []
+        gs: list[torch.Tensor] = []
+        bufs: list[torch.Tensor] = []
         for name, module in self.layers.items():
             weight = weight_of(module)
             grad = weight.grad
             if grad is None:
                 continue
-            w, g = weight.detach().float(), grad.detach().float()
+            w, g = weight.detach(), grad.detach()
+            if w.dtype != torch.float32 or g.dtype != torch.float32:  # (.float() costs a call even when a no-op)
+                w, g = w.float(), g.float()
             acc = self.accum.get(name)
-            if acc is not None and self._fused is not None:
-                self._fused(acc, w, g)
+            if acc is not None and self._fused is not None and not g.is_sparse:
+                accs.append(acc)
+                ws.append(w)
+                gs.append(g)
+                if self._scratch:
+                    bufs.append(self._buf(name, acc))
                 continue
             term = self._score(name, w, g)
             if acc is None:
@@ -84,6 +124,16 @@ class Gradient(Magnitude):
                 self.accum[name] = term.clone() if self.custom else term
             else:
                 acc.add_(term)  # in place: this runs every step
+        if accs:
+            assert self._fused is not None
+            self._fused(accs, ws, gs, bufs)
+
+    def _buf(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A scratch tensor like ``like`` (a layer's sum), kept between steps."""
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._bufs[name] = torch.empty_like(like)
+        return buf
 
     def scores(self) -> dict[str, torch.Tensor] | None:
         """The summed scores, or None while some layer has had no gradient yet."""

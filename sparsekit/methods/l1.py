@@ -28,13 +28,12 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import RecipeError
 from ..layers import prunable_layers, select_layers, unit_broadcast, unit_view
-from ..masks import bake, ensure_mask, get_mask, set_mask, weight_of
+from ..masks import MASK, bake, count_true, ensure_mask, get_mask, mark_applied, mask_factor, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
 from ..surgery import last_layer, remove_dead_units
@@ -71,6 +70,55 @@ def _clear_mask_bits(module: nn.Module, alive: torch.Tensor) -> None:
     mask.logical_and_(alive)
 
 
+class _AbsSum(torch.autograd.Function):
+    """``strength * (sum|w_1| + sum|w_2| + ...)``, the ``group: none`` penalty, with a cheaper backward.
+
+    Autograd's own graph for it (abs, sum, add, mul) multiplies each weight's ``sgn(w)`` by a broadcast
+    scalar, which on CPU is a slow strided kernel (~1.7x this backward's in-place multiply by a scalar), and
+    walks one node per op and layer; this backward is one foreach ``sign`` and one foreach ``mul_`` over
+    all layers. The forward runs the same ops as before and the gradient is the same product ``c *
+    sgn(w)`` (c = grad * strength, as MulBackward computes it; times +-1 or 0 it is exact), so values and
+    gradients are bit for bit those of ``strength * (w_1.abs().sum() + ...)``."""
+
+    @staticmethod
+    def forward(ctx: Any, strength: float, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.strength = strength
+        ctx.save_for_backward(*weights)
+        total: Any = None
+        for w in weights:
+            term = w.abs().sum()
+            total = term if total is None else total + term
+        return total * strength
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        c = grad * ctx.strength
+        needs = ctx.needs_input_grad[1:]
+        ws = [w for w, need in zip(ctx.saved_tensors, needs, strict=True) if need]
+        signs = list(torch._foreach_sign(ws)) if ws else []  # torch.sgn is sign for real dtypes; one call
+        if signs:
+            torch._foreach_mul_(signs, c)
+        it = iter(signs)
+        return (None, *(next(it) if need else None for need in needs))
+
+
+class _UnitCover:
+    """Which output units of a layer the mask still has any weight of: cached until the mask changes, so
+    group-lasso units found dead again (every step while they stay masked) cost no pass over the mask."""
+
+    __slots__ = ("alive_units", "mask", "version")
+
+    def __init__(self, mask: torch.Tensor, module: nn.Module) -> None:
+        self.mask, self.version = mask, mask._version
+        self.alive_units = unit_view(mask.view(torch.uint8), module).amax(dim=1).bool()
+
+    def holds(self, mask: torch.Tensor) -> bool:
+        return self.mask is mask and self.version == mask._version
+
+
+_BUFFER_MAX_NUMEL = 1 << 24  # a kept buffer costs the layer's weight size again in memory: 64 MB at most
+
+
 class L1:
     """L1 / group-lasso regularization (``method: l1``).
 
@@ -100,6 +148,9 @@ class L1:
             )
         self.step = 0  # optimizer steps completed
         self.floored: set[str] = set()  # layers kept from going all-zero (one unit or weight left alive)
+        self._buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, _shrink's scratch
+        self._counts: dict[str, tuple[torch.Tensor, int, int]] = {}  # per layer: mask, its version, its ones
+        self._covers: dict[str, _UnitCover] = {}  # per layer, the units its mask still has (group proximal)
         # Weight counts before remove_dead shrinks layers: removed units count as pruned in the report.
         self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
 
@@ -121,55 +172,123 @@ class L1:
         # The penalty enters the loss of the step being taken now, step ``self.step + 1``.
         if self.spec.mode != "penalty" or not self.active(self.step + 1):
             return 0.0
-        total: Any = 0.0
+        if self.spec.group == "none":
+            # One autograd node for all layers, with a cheaper backward (see _AbsSum); the same values.
+            return _AbsSum.apply(self.spec.strength, *(weight_of(m) for m in self.layers.values()))
+        total: Any = None  # not 0.0 + ...: one op and one autograd node less per step, the same value
         for module in self.layers.values():
             w = weight_of(module)
-            if self.spec.group == "none":
-                total = total + w.abs().sum()
-            else:
-                total = total + torch.linalg.vector_norm(self._groups(w, module), dim=1).sum()
-        return self.spec.strength * total
+            term = torch.linalg.vector_norm(self._groups(w, module), dim=1).sum()
+            total = term if total is None else total + term
+        return 0.0 if total is None else self.spec.strength * total
 
     @torch.no_grad()
     def _soft_threshold(self) -> None:
-        # Runs after every optimizer step, so it is written for speed: one fused kernel per weight and
-        # no bool reductions over whole weights (slow on CPU); zeros it makes are exact already, so
-        # the mask only needs their bits cleared (the pruner applies masks right after).
+        # Runs after every optimizer step, so it is written for speed (see _shrink and _shrink_groups).
         lam = self.spec.strength
         for name, module in self.layers.items():
-            w = weight_of(module)
             if self.spec.group == "none":
-                flat = w.view(-1)
-                mask = get_mask(module)
-                # Masked weights moved with the optimizer step but are zeroed right after: not candidates.
-                magnitude = flat.abs() if mask is None else flat.abs() * mask.view(-1)
-                strongest = int(magnitude.argmax())
-                if float(flat[strongest].abs()) <= lam:
-                    # Never empty a layer: the shrink would zero every weight, so the largest one stays.
-                    keep = flat[strongest].clone()
-                    w.copy_(F.softshrink(w, lam))
-                    flat[strongest] = keep
-                    self.floored.add(name)
-                else:
-                    w.copy_(F.softshrink(w, lam))  # sign(w) * max(|w| - lam, 0), bit for bit
-                _clear_mask_bits(module, w.bool())  # w.bool() is `w != 0`, several times faster
+                self._shrink(name, module, lam)
             else:
-                dtype = torch.promote_types(w.dtype, torch.float32)
-                norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
-                # Norm 0 gives scale 0 (not nan): the group is already dead.
-                scale = (1 - lam / norms.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
-                dead = scale == 0  # one entry per group: cheap to test
-                if bool(dead.any()) and bool(dead.all()):
-                    # Never empty a layer (it would pass on only a constant): its strongest unit skips
-                    # this shrink, so at least one unit lives.
-                    unit_mask = get_mask(module)
-                    alive_rows = None if unit_mask is None else unit_view(unit_mask, module).any(dim=1)
-                    strongest_unit = int((norms if alive_rows is None else norms * alive_rows).argmax())
-                    scale[strongest_unit], dead[strongest_unit] = 1.0, False
-                    self.floored.add(name)
-                w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
-                if bool(dead.any()):
-                    ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
+                self._shrink_groups(name, module, lam)
+
+    def _shrink(self, name: str, module: nn.Module, lam: float) -> None:
+        """Soft-threshold one layer's weights and mask the zeros it makes, bit for bit as ``w.copy_(softshrink(w,
+        lam))``, ``mask &= w != 0`` and the Pruner's ``w *= mask`` did (tests/test_step_cost.py checks).
+
+        Few passes over the weights, into buffers kept between steps, and none of torch's bool kernels on
+        whole weights (slow on CPU): the shrink goes to a buffer, its nonzeros are cast to a bool buffer and
+        counted through numpy, the masked result is written in one multiply, and the mask is written only
+        when that count says it changed. The layer is then marked applied, so the Pruner's apply_masks skips
+        it. A shrink that would leave no weight alive takes the plain path (:meth:`_shrink_to_floor`)."""
+        w = weight_of(module)
+        mask = get_mask(module)
+        shrunk, alive = self._scratch(name, w)
+        # sign(w) * max(|w| - lam, 0) (zeros keep w's sign): F.softshrink, into `shrunk` (F has no out=)
+        torch._C._nn.softshrink(w, lam, out=shrunk)  # type: ignore[call-arg]
+        alive.copy_(shrunk)  # the cast is `!= 0` (NaN counts as alive, as w.bool() did), and fast
+        if mask is not None:
+            # Masked weights moved with the optimizer step but are zeroed right after: never alive.
+            alive.view(torch.uint8).bitwise_and_(mask.view(torch.uint8))
+        n_alive = count_true(alive)
+        if n_alive == 0:
+            self._shrink_to_floor(name, module, w, shrunk, mask)
+            return
+        factor = None if mask is None else mask_factor(w, mask)
+        if factor is None:
+            w.copy_(shrunk)
+        else:
+            # shrunk * old mask = shrunk * new mask: where only the new one is 0, shrunk is +-0 already.
+            torch.mul(shrunk, factor, out=w)
+        if mask is None:
+            if n_alive < alive.numel():  # no mask is created while every weight is alive
+                module.register_buffer(MASK, alive.clone(), persistent=False)
+        else:
+            known = self._counts.get(name)
+            n_mask = known[2] if known is not None and known[0] is mask and known[1] == mask._version else None
+            if n_alive != (count_true(mask) if n_mask is None else n_mask):
+                mask.copy_(alive)  # alive lies within the mask: equal counts, equal masks
+            self._counts[name] = (mask, mask._version, n_alive)
+        mark_applied(module)
+
+    def _scratch(self, name: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffers like ``w`` (its dtype, and bool) for :meth:`_shrink`, kept between steps (no allocation per
+        step) for layers up to ``_BUFFER_MAX_NUMEL`` weights; bigger layers get fresh ones each step."""
+        bufs = self._buffers.get(name)
+        if bufs is None or bufs[0].shape != w.shape or bufs[0].dtype != w.dtype or bufs[0].device != w.device:
+            shrunk = torch.empty(w.shape, dtype=w.dtype, device=w.device)
+            bufs = (shrunk, torch.empty(w.shape, dtype=torch.bool, device=w.device))
+            if w.numel() <= _BUFFER_MAX_NUMEL:
+                self._buffers[name] = bufs
+        return bufs
+
+    def _shrink_groups(self, name: str, module: nn.Module, lam: float) -> None:
+        """Group soft-threshold of one layer: ``w_g <- w_g * max(0, 1 - lam / ||w_g||)``, masking dead units."""
+        w = weight_of(module)
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
+        # Norm 0 gives scale 0 (not nan): the group is already dead.
+        scale = (1 - lam / norms.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
+        dead = scale == 0  # one entry per group: cheap to test
+        any_dead = bool(dead.any())
+        if any_dead and bool(dead.all()):
+            # Never empty a layer (it would pass on only a constant): its strongest unit skips
+            # this shrink, so at least one unit lives.
+            unit_mask = get_mask(module)
+            alive_rows = None if unit_mask is None else unit_view(unit_mask, module).any(dim=1)
+            strongest_unit = int((norms if alive_rows is None else norms * alive_rows).argmax())
+            scale[strongest_unit], dead[strongest_unit] = 1.0, False
+            self.floored.add(name)
+            any_dead = bool(dead.any())
+        w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
+        if any_dead:
+            mask = get_mask(module)
+            if mask is not None:
+                # A masked unit is dead again at every step (its weights are zero but for the optimizer's
+                # last move): AND-ing its zeros in again changes nothing, so only newly dead units do it.
+                cover = self._covers.get(name)
+                if cover is None or not cover.holds(mask):
+                    cover = self._covers[name] = _UnitCover(mask, module)
+                if not bool((dead & cover.alive_units).any()):
+                    return
+            ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
+
+    def _shrink_to_floor(
+        self, name: str, module: nn.Module, w: torch.Tensor, shrunk: torch.Tensor, mask: torch.Tensor | None
+    ) -> None:
+        """The shrink (``shrunk``, ``w`` still unchanged) would leave no weight of the layer alive."""
+        flat = w.view(-1)
+        magnitude = flat.abs() if mask is None else flat.abs() * mask.view(-1)
+        strongest = int(magnitude.argmax())
+        if float(flat[strongest].abs()) <= self.spec.strength:
+            # Never empty a layer: the shrink would zero every weight, so the largest one stays.
+            keep = flat[strongest].clone()
+            w.copy_(shrunk)
+            flat[strongest] = keep
+            self.floored.add(name)
+        else:
+            w.copy_(shrunk)
+        _clear_mask_bits(module, w.bool())
 
     def after_step(self, step: int) -> Changes:
         """In ``mode: proximal`` while the window is active: soft-threshold the weights, masking the zeros."""

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import select_layers, unit_broadcast, unit_view
+from ..layers import output_dim, select_layers, unit_broadcast, unit_view
 from ..masks import weight_of
 from .base import UNCHANGED, Changes, Setup
 
@@ -48,21 +48,44 @@ class MaxNorm:
         self.max_value = float(spec.max_value)
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []
+        # (module, whether its output units index dim 0): a 2-D such weight is its own [units, rest] view
+        self._layout = [(m, not output_dim(m)) for m in self.layers.values()]
 
-    @torch.no_grad()
     def project(self) -> None:
-        """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``."""
-        for module in self.layers.values():
-            w = weight_of(module)
-            norms = _unit_norms(w, module)
-            if float(norms.max()) <= self.max_value:  # the usual case, decided by one scalar
-                continue
-            # Only rows over the bound are touched, so the others stay identical bit for bit.
-            over = norms > self.max_value
-            scale = torch.ones_like(norms)
-            scale[over] = self.max_value / norms[over]
-            # A rescaled row lands on the bound up to float rounding (a few ulps of max_value).
-            w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
+        """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``: ``w_u <- w_u *
+        (max_value / ||w_u||)``, bit for bit; units within the bound are left untouched."""
+        # Runs after every optimizer step, so it makes few calls: detached weights instead of a no_grad
+        # context (neither records a graph), a Linear's weight is its own [units, rest] view, and on CPU one
+        # max over every layer's norms decides the usual case (no unit over the bound).
+        norms = []
+        for module, own_rows in self._layout:
+            w = weight_of(module).detach()
+            rows = w if own_rows and w.dim() == 2 else unit_view(w, module)
+            norms.append(torch.linalg.vector_norm(rows, dim=1, dtype=torch.promote_types(w.dtype, torch.float32)))
+        if not norms:
+            return
+        if all(n.is_cpu for n in norms):
+            # numpy's max of these few norms per layer costs a fraction of a torch call (NaN propagates).
+            peaks = [float(n.numpy().max()) for n in norms]
+            if all(peak <= self.max_value for peak in peaks):  # the usual case (not max(): NaN-blind)
+                return
+            for module, n, peak in zip(self.layers.values(), norms, peaks, strict=True):
+                if not peak <= self.max_value:  # (a NaN norm: its layer's other units still count)
+                    self._rescale(module, n, n > self.max_value)
+        else:
+            # Elsewhere reading a scalar waits for the device: rescale every layer, units within the bound
+            # by exactly 1 (the same bits), and never wait.
+            for module, n in zip(self.layers.values(), norms, strict=True):
+                self._rescale(module, n, n > self.max_value)
+
+    def _rescale(self, module: nn.Module, norms: torch.Tensor, over: torch.Tensor) -> None:
+        """Scale the units ``over`` the bound (bool, one per unit) by ``max_value / norm``, the others by 1."""
+        w = weight_of(module).detach()
+        # max_value / norms is reciprocal(norms) * max_value (Tensor.__rdiv__), as it always was; computed for
+        # every unit, kept for those over the bound (indexing them first gives the same values).
+        scale = torch.where(over, self.max_value / norms, 1.0)
+        # A rescaled row lands on the bound up to float rounding (a few ulps of max_value).
+        w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
 
     def report(self) -> dict[str, dict[str, float]]:
         """Per-layer ``{"max": ..., "mean": ...}`` of the output units' incoming-weight norms."""

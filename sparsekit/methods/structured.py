@@ -51,13 +51,13 @@ important units that fit (or skipped); torch-pruning's own guard is consulted be
 and after every event the model's forward pass is checked. :meth:`Structured.report` says, per layer,
 the fraction asked, the fraction achieved and why they differ (``per_layer``).
 
-``round_to`` (default ``null``: off, as 1; 8 recommended, see benchmarks/README.md) aligns channel
+``round_to`` (default 8, measured fastest, see benchmarks/README.md; ``null`` or 1: off) aligns channel
 counts for onnxruntime's CPU kernels, which handle other counts poorly (resnet_small with 30% of its
 channels removed measured slower than dense without it; see benchmarks/README.md): at every event, a group
 sized by ``ratio`` that loses channels keeps a multiple of ``round_to`` (torch-pruning's ``round_to``:
 rounded down, so at least the asked fraction goes), or the first multiple at or above ``min_channels`` when
 rounding down would go below it, or all its channels when no such multiple is below its width; a group
-narrower than ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
+narrower than twice ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
 fraction gives (``ratio: auto`` writes one for every group; ``target_latency`` aligns them itself, see
 :func:`sparsekit.allocation.latency_align`). The report's ``reason`` says when rounding moved a layer
 away from its fraction.
@@ -380,12 +380,17 @@ class Structured:
         """No loss term."""
         return 0.0
 
+    def due(self, step: int) -> bool:
+        """Whether :meth:`after_step` at ``step`` runs a removal event (and so replaces parameters); the Pruner
+        notes the parameters' names only then, for :meth:`~sparsekit.pruner.Pruner.update_optimizer`."""
+        return self.done < len(self.events) and self.events[self.done] <= step
+
     def after_step(self, step: int) -> Changes:
         """Gather gradients (when the importance reads them); run the removal events due by ``step``
         and return their history (``structure_changed``: rebuild the optimizer)."""
         if self.needs_grad:
             self._accumulate()
-        if self.done < len(self.events) and self.events[self.done] <= step:
+        if self.due(step):
             return self._remove(until=step)
         return UNCHANGED
 
