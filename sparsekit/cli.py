@@ -459,16 +459,22 @@ def export(
         from .data import load_data
 
         bundle = load_data(data, input_shape=shape)
+    from .onnx import choose_storage
+
     if quantize == "int8":
         res = export_int8(loaded.model, out, shape, data=bundle, fp32_path=fp32_out, opset=opset, exporter=exporter)
         fp32 = f"Wrote {fp32_out} (fp32, " if fp32_out is not None else "Exported fp32, not kept ("
     else:
         res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)
         fp32 = f"Wrote {out} ("
+    st = res["storage"] = choose_storage(out, out, storage)
+    written = res["int8"] if quantize == "int8" else res  # the sizes of the file at -o are the shipped file's
+    written["bytes"], written["gzip_bytes"] = st["bytes"], st["gzip_bytes"]
     lines = [
         f"{fp32}opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "
         f"{res['gzip_bytes']:,} B); parity max diff "
-        f"{_diff(res['parity']['max_abs_diff'])} ({'ok' if res['parity']['ok'] else 'FAILED'}), "
+        f"{_diff(res['parity']['max_abs_diff'])} ({'ok' if res['parity']['ok'] else 'FAILED'}"
+        f"{': ' + res['parity']['error'] if res['parity'].get('error') else ''}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]
     if res.get("fallback"):
@@ -485,9 +491,6 @@ def export(
                 f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
             )
-    from .onnx import choose_storage
-
-    st = res["storage"] = choose_storage(out, out, storage)
     if st["encoding"] == "sparse":
         lines.append(
             f"Stored {out} with sparse initializers: {st['bytes']:,} B, gzip {st['gzip_bytes']:,} B "

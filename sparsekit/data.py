@@ -202,9 +202,9 @@ def cache_dir() -> Path:
     """Where parsed built-in datasets are kept: ``$SPARSEKIT_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/sparsekit``, else ``~/.cache/sparsekit``. Deleting it is always safe."""
     if os.environ.get("SPARSEKIT_CACHE_DIR"):
-        return Path(os.environ["SPARSEKIT_CACHE_DIR"])
+        return Path(os.environ["SPARSEKIT_CACHE_DIR"]).expanduser()
     if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "sparsekit"
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sparsekit"
     return Path.home() / ".cache" / "sparsekit"
 
 

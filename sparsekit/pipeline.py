@@ -421,8 +421,10 @@ def _measure_and_report(
     plots: PlotWorker,
 ) -> Report:
     """int8, sizes, benchmark, storage and the report, once the pruned model is exported."""
-    with clock("int8"):
-        int8 = quantize(stage, inputs, final_out) if recipe.export.quantize == "int8" else None
+    int8 = None
+    if recipe.export.quantize == "int8":
+        with clock("int8"):
+            int8 = quantize(stage, inputs, final_out)
     with clock("sizes"):
         dense_sizes, pruned_sizes = file_sizes(stage / "dense.onnx"), file_sizes(stage / "model.onnx")
     report = Report(

@@ -142,10 +142,15 @@ class PlotWorker:
         return self.files
 
     def close(self) -> None:
-        """Stop the worker if it still runs (an interrupted run leaves no process behind)."""
+        """Stop the worker if it still runs (an interrupted run leaves no process behind): SIGTERM, so a
+        plot being written removes its temp file, then SIGKILL after 2 s."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
     def _send(self, part: dict[str, Any]) -> None:
         assert self._proc is not None and self._proc.stdin is not None
@@ -165,6 +170,10 @@ class PlotWorker:
 
 def _worker(out_dir: str) -> None:
     """The helper process: one JSON line of data in, the file names drawn out, twice."""
+    import signal
+
+    # SIGTERM (PlotWorker.close) unwinds like Ctrl-C: atomic_path removes a half-written plot.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import matplotlib.figure  # noqa: F401 - the slow part, done before any data arrives
 
     for _ in range(2):

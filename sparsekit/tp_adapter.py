@@ -307,9 +307,10 @@ class Proposal:
 
 def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1, blocks: int = 1) -> int:
     """How many of a group's ``channels`` to keep when the ratio asks to keep ``keep`` and kept counts are
-    aligned to ``round_to`` (torch-pruning's ``round_to``): ``keep`` rounded down to a multiple of
-    ``round_to``, or, when that falls below ``floor`` (``min_channels``, at least 1), up to the first
-    multiple at or above it; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at
+    aligned to ``round_to`` (as torch-pruning's ``round_to``, but to the nearest multiple, a tie keeping
+    more, where torch-pruning rounds down): ``keep`` rounded to the nearest multiple of ``round_to`` at
+    or above ``floor`` (``min_channels``, at least 1) and below ``channels``, else the first multiple at
+    or above the floor; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at
     or above the floor. ``keep`` unchanged when it is already a multiple at or above the floor, ``round_to``
     is None or 1, or the group is narrower than twice that multiple (the only aligned count below its
     width would then be that one multiple: far more removed than asked, or with the floor nothing). With
@@ -323,9 +324,12 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     low = max(1, min(floor, channels))
     if keep % step == 0 and keep >= low:
         return keep
+    # The nearest multiple (a tie keeps more): rounding always down, as torch-pruning does, removed 60%
+    # of a 20-channel layer asked for 30%.
     down = keep // step * step
-    if down >= low:
-        return down
+    near = [c for c in (down, down + step) if low <= c < channels]
+    if near:
+        return min(near, key=lambda c: (abs(c - keep), -c))
     up = -(-low // step) * step
     return up if up < channels else channels
 

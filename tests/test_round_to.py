@@ -36,8 +36,10 @@ def outs(model: nn.Module) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("channels", "keep", "round_to", "floor", "blocks", "expected"),
     [
-        (32, 22, 8, 1, 1, 16),  # rounded down, as torch-pruning's round_to
-        (32, 22, 16, 1, 1, 16),
+        (32, 22, 8, 1, 1, 24),  # the nearest multiple (torch-pruning rounds down, to 16)
+        (20, 14, 8, 1, 1, 16),  # not 8: 60% removed for 30% asked
+        (64, 44, 8, 1, 1, 48),  # a tie keeps more
+        (32, 22, 16, 1, 1, 16),  # 32 would remove nothing
         (128, 89, 8, 1, 1, 88),
         (64, 48, 16, 1, 1, 48),  # already a multiple
         (32, 22, None, 1, 1, 22),  # off
@@ -98,11 +100,11 @@ def test_uneven_counts_without_round_to_and_the_reason_with_it():
     assert [outs(plain)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [11, 22, 44, 89]
     torch.manual_seed(0)
     final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3)  # the default, 8
-    assert [outs(final)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [8, 16, 40, 88]
+    assert [outs(final)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [8, 24, 48, 88]
     rows = pruner.methods[0].report()["per_layer"]
-    assert rows["conv2"]["asked"] == pytest.approx(0.3) and rows["conv2"]["achieved"] == pytest.approx(0.5)
-    assert rows["conv2"]["reason"] == "round_to 8: keeps 16 of 32 channels, rounded down from 22 to a multiple of 8"
-    assert rows["fc1"]["reason"] == "round_to 8: keeps 88 of 128 channels, rounded down from 89 to a multiple of 8"
+    assert rows["conv2"]["asked"] == pytest.approx(0.3) and rows["conv2"]["achieved"] == pytest.approx(0.25)
+    assert rows["conv2"]["reason"] == "round_to 8: keeps 24 of 32 channels, 22 rounded to the nearest multiple of 8"
+    assert rows["fc1"]["reason"] == "round_to 8: keeps 88 of 128 channels, 89 rounded to the nearest multiple of 8"
 
 
 def test_a_ratio_rounding_cannot_honour_is_reported_with_a_reason():
@@ -112,7 +114,7 @@ def test_a_ratio_rounding_cannot_honour_is_reported_with_a_reason():
     final, pruner = prune(resnet_small(width=16, image_size=8), ratio=0.3, round_to=8, min_channels=9)
     shapes = outs(final)
     assert shapes["conv1"] == shapes["layer1.conv2"] == 16
-    assert shapes["layer2.conv1"] == shapes["layer2.shortcut.0"] == 16 and shapes["layer3.conv1"] == 40
+    assert shapes["layer2.conv1"] == shapes["layer2.shortcut.0"] == 24 and shapes["layer3.conv1"] == 48
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["conv1"]["asked"] == pytest.approx(0.3) and rows["conv1"]["achieved"] == 0.0
     assert rows["conv1"]["reason"] == (
@@ -126,8 +128,9 @@ def test_min_channels_is_respected_by_rounding_up():
     torch.manual_seed(0)
     final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.7, round_to=8, min_channels=12)
     shapes = outs(final)
-    # conv1 16 -> 4 asked, floored at 12, aligned up to 16: kept whole; conv2 32 -> 9 -> 16; conv3 64 -> 19 -> 16
-    assert [shapes[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [16, 16, 16, 32]
+    # conv1 16 -> 4 asked, floored at 12, aligned up to 16: kept whole; conv2 32 -> 9 -> 16; conv3 64 -> 19 -> 16;
+    # fc1 128 -> 38 -> 40 (the nearest multiple)
+    assert [shapes[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [16, 16, 16, 40]
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["conv2"]["reason"] == (
         "round_to 8: keeps 16 of 32 channels, up from 9 to the first multiple of 8 at or above min_channels 12"
@@ -142,7 +145,7 @@ def test_layer_ratio_layers_keep_their_exact_counts():
     final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3, round_to=8, layer_ratio={"conv2": 0.3})
     shapes = outs(final)
     assert shapes["conv2"] == 22  # int(32 * 0.7): the fraction is a count, not rounded
-    assert shapes["conv1"] == 8 and shapes["conv3"] == 40  # the others follow ratio, aligned
+    assert shapes["conv1"] == 8 and shapes["conv3"] == 48  # the others follow ratio, aligned (44 -> 48)
     assert pruner.methods[0].report()["per_layer"]["conv2"]["reason"] is None
 
 
@@ -165,8 +168,9 @@ def test_every_iterative_event_keeps_multiples_and_a_resumed_run_matches():
         return pruner.finalize(), pruner.pruning_history, sizes, pruner.methods[0].report()["per_layer"]
 
     final, history, sizes, rows = run(False)
-    # ratio 1/6, 1/3, 1/2 of 16 / 32 / 64 / 128: int() keeps 13/26/53/106, 10/21/42/85, then 8/16/32/64
-    assert sizes == [[8, 24, 48, 104], [8, 16, 40, 80], [8, 16, 40, 80], [8, 16, 32, 64]]
+    # ratio 1/6, 1/3, 1/2 of 16 / 32 / 64 / 128: int() keeps 13/26/53/106 (nearest multiples 8/24/56/104),
+    # 10/21/42/85 (21 of conv2's 24 left: 24 would remove nothing, so 16; 40; 88), then 8/16/32/64
+    assert sizes == [[8, 24, 56, 104], [8, 16, 40, 88], [8, 16, 40, 88], [8, 16, 32, 64]]
     assert all(c % 8 == 0 for row in sizes for c in row)
     resumed, resumed_history, resumed_sizes, resumed_rows = run(True)
     assert outs(resumed) == outs(final) and resumed_history == history and resumed_sizes == sizes

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from onnx import numpy_helper
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -46,8 +47,9 @@ def test_report_times_every_phase_and_the_overhead_ratio_adds_up(tmp_path, mlp_c
     phases = t["seconds"]
     for phase in ("load", "data", "plan", "dense_eval", "finetune", "save", "pruned_eval", "export", "checks"):
         assert phase in phases, phase
-    for phase in ("sizes", "bench", "report", "int8"):
+    for phase in ("sizes", "bench", "storage", "report"):
         assert phase in phases, phase
+    assert "int8" not in phases  # a phase the run skips is absent
     assert all(v >= 0 for v in phases.values())
     assert sum(phases.values()) <= t["total"] + 1e-3  # phases do not overlap
     assert t["outside_finetune"] == pytest.approx(t["total"] - phases["finetune"], abs=2e-3)
@@ -281,3 +283,78 @@ def test_a_plot_worker_that_dies_is_reported_and_leaves_no_process(tmp_path):
     worker.draw({"layers": "not a list of layers"})  # render fails on it
     assert worker.finish({}) == []
     assert worker.error and worker._proc is not None and worker._proc.poll() not in (None, 0)
+
+
+class DataDependent(nn.Module):
+    """Two branches picked by the input's values: a trace keeps one of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) if x.sum() > 0 else self.b(x)
+
+
+class EvenBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * 2 if x.shape[0] % 2 == 0 else self.fc(x)
+
+
+def test_auto_never_ships_a_trace_that_baked_in_a_branch(tmp_path):
+    # The TorchScript tracer warns; dynamo refuses data-dependent control flow: an error, not a wrong file.
+    try:
+        info = export_onnx(DataDependent().eval(), tmp_path / "m.onnx", [1, 16])
+    except ExportError as err:
+        assert "data-dependent" in str(err) or "dynamo" in str(err)
+    else:
+        assert info["exporter"] == "dynamo"
+
+
+def test_parity_is_checked_beyond_the_traced_batch_size(tmp_path):
+    info = export_onnx(EvenBatch().eval(), tmp_path / "m.onnx", [1, 16], exporter="torchscript")
+    assert not info["parity"]["ok"]  # traced at 2: right at even sizes only
+    auto = export_onnx(EvenBatch().eval(), tmp_path / "a.onnx", [1, 16])
+    assert auto["exporter"] == "dynamo" or not auto["parity"]["ok"]
+
+
+class Mix(nn.Module):
+    """A module whose MatMul reads a derived tensor, not its `weight`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 16))
+        self.basis = nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self.basis * 2) + x @ self.weight
+
+
+def test_restored_names_name_only_the_tensor_itself(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("mix", Mix())
+    info = export_onnx(model.eval(), tmp_path / "m.onnx", [1, 16], exporter="torchscript")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(tmp_path / "m.onnx").graph.initializer}
+    if "mix.weight" in inits:
+        assert np.array_equal(inits["mix.weight"], model.mix.weight.detach().numpy())
+    assert info["parity"]["ok"]
+
+
+def test_restored_names_reach_into_sequentials(tmp_path):
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+    model = nn.Sequential()
+    model.add_module("features", features)
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("head", nn.Linear(8, 3))
+    with torch.no_grad():
+        features[1].running_var.uniform_(0.5, 2)
+    info = export_onnx(model.eval(), tmp_path / "m.onnx", [1, 1, 8, 8], exporter="torchscript")
+    names = {t.name for t in onnx.load(tmp_path / "m.onnx").graph.initializer}
+    assert "features.0.weight" in names and info["zeros"]["zeros_ok"]

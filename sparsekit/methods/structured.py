@@ -54,9 +54,10 @@ the fraction asked, the fraction achieved and why they differ (``per_layer``).
 ``round_to`` (default 8, measured fastest, see benchmarks/README.md; ``null`` or 1: off) aligns channel
 counts for onnxruntime's CPU kernels, which handle other counts poorly (resnet_small with 30% of its
 channels removed measured slower than dense without it; see benchmarks/README.md): at every event, a group
-sized by ``ratio`` that loses channels keeps a multiple of ``round_to`` (torch-pruning's ``round_to``:
-rounded down, so at least the asked fraction goes), or the first multiple at or above ``min_channels`` when
-rounding down would go below it, or all its channels when no such multiple is below its width; a group
+sized by ``ratio`` that loses channels keeps the nearest multiple of ``round_to`` (torch-pruning's
+``round_to`` rounds down; the nearest keeps the achieved fraction close to the asked one), or the first
+multiple at or above ``min_channels`` when the nearest is below it, or all its channels when no such
+multiple is below its width; a group
 narrower than twice ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
 fraction gives (``ratio: auto`` writes one for every group; ``target_latency`` aligns them itself, see
 :func:`sparsekit.allocation.latency_align`). The report's ``reason`` says when rounding moved a layer
@@ -718,13 +719,13 @@ def _rounding_reason(r: tpa.Rounding) -> str:
             f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: no multiple of "
             f"{r.round_to} below {r.channels} is at or above min_channels {r.floor}"
         )
-    if r.kept > r.asked:
+    if r.kept > r.asked and r.asked // r.round_to * r.round_to < r.floor:
         return (
             f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, up from {r.asked} to the first "
             f"multiple of {r.round_to} at or above min_channels {r.floor}"
         )
     return (
-        f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, rounded down from {r.asked} to a "
+        f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, {r.asked} rounded to the nearest "
         f"multiple of {r.round_to}"
     )
 

@@ -19,6 +19,7 @@ import itertools
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,7 @@ class _Written:
     opset: int | None  # the file's default-domain opset
     parity: dict[str, Any] | None  # None without check_parity or when the opset is not the one asked for
     zeros: dict[str, Any] | None = None  # check_zeros' result, when already known
+    tracer_warnings: tuple[str, ...] = ()  # what the TorchScript tracer warned about (a branch baked in, ...)
 
     def delivers(self, opset: int) -> bool:
         return self.opset == opset and (self.parity is None or bool(self.parity["ok"]))
@@ -219,7 +221,9 @@ def _auto(job: _Job) -> tuple[_Written | None, str, str | None]:
         written = _write(job, "torchscript")
     except ExportError:
         return None, "", None  # the dynamo exporter handles what TorchScript tracing cannot
-    if not written.delivers(job.opset):
+    # A tracer warning means the trace may hold one branch of data-dependent code or a constant that
+    # should vary: parity on a few inputs cannot rule that out, so dynamo (which refuses such code) decides.
+    if written.tracer_warnings or not written.delivers(job.opset):
         return None, "", None
     start = time.perf_counter()
     written.zeros = check_zeros(job.model, written.path)
@@ -297,7 +301,7 @@ def _write(job: _Job, exporter: str) -> _Written:
     tmp.parent.mkdir(exist_ok=True)  # `auto` may try TorchScript, then dynamo, then TorchScript again
     start = time.perf_counter()
     try:
-        _export(job.model, tmp, job.x, job.opset, exporter, job.external)
+        warned = _export(job.model, tmp, job.x, job.opset, exporter, job.external)
         opset = _check_file(tmp, job.model if exporter == "torchscript" else None)
     finally:
         job.clock("export", start)
@@ -306,7 +310,7 @@ def _write(job: _Job, exporter: str) -> _Written:
         start = time.perf_counter()
         parity = _parity(job.model, tmp, job.shape, job.rtol, job.atol)
         job.clock("checks", start)
-    return _Written(tmp, opset, parity)
+    return _Written(tmp, opset, parity, tracer_warnings=warned)
 
 
 def _conversion_error(path: Path, opset: int) -> str | None:
@@ -398,9 +402,11 @@ def _example_input(model: nn.Module, shape: list[int]) -> torch.Tensor:
     return x
 
 
-def _export(model: nn.Module, tmp: Path, x: torch.Tensor, opset: int, exporter: str, external: bool) -> None:
+def _export(model: nn.Module, tmp: Path, x: torch.Tensor, opset: int, exporter: str, external: bool) -> tuple[str, ...]:
+    """Write ``tmp``; returns the TorchScript tracer's warnings (none for dynamo)."""
     try:
-        with quiet():
+        with quiet(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", torch.jit.TracerWarning)
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch")
                 torch.onnx.export(
@@ -414,6 +420,7 @@ def _export(model: nn.Module, tmp: Path, x: torch.Tensor, opset: int, exporter: 
                     model, (x,), str(tmp), dynamo=False, dynamic_axes=axes,
                     input_names=["input"], output_names=["output"], opset_version=opset,
                 )  # fmt: skip
+        return tuple(str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning))
     except Exception as e:
         hint = " (exporter='torchscript' may succeed)" if exporter == "dynamo" else ""
         reason = _root_cause(e)
@@ -451,9 +458,11 @@ def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
 
 def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:
     """Rename weights the TorchScript exporter called ``onnx::Conv_40`` (a Conv with BatchNorm folded
-    in) after the module its node belongs to: the node ``/layer1/conv1/Conv`` reads ``layer1.conv1.weight``
-    and ``.bias``. Only an initializer read by that one node, whose size matches the module's tensor,
-    and only to a name the graph does not use yet: a wrong name is worse than ``onnx::``."""
+    in) after the module its node belongs to: the node ``/layer1/conv1/Conv`` (or, inside an
+    ``nn.Sequential``, ``/features/features.0/Conv``) reads ``layer1.conv1.weight``. Only a weight read
+    by that one node, equal to the module's tensor or, for a convolution, that tensor scaled per output
+    channel (BatchNorm folded into it), and only to a name the graph does not use yet: a wrong name is
+    worse than ``onnx::``. Biases keep their names (a folded bias is not the module's)."""
     modules = dict(model.named_modules())
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, int] = {}
@@ -463,24 +472,53 @@ def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:
     taken = set(inits) | {v for n in graph.node for v in n.output} | {i.name for i in graph.input}
     renames: dict[str, str] = {}
     for node in graph.node:
-        path = node.name.strip("/").split("/")[:-1]  # "/layer1/conv1/Conv" -> ["layer1", "conv1"]
-        module = modules.get(".".join(path)) if path else None
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or module is None:
+        old = node.input[1] if len(node.input) > 1 else ""
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not old.startswith("onnx::"):
             continue
-        for idx, attr in ((1, "weight"), (2, "bias")):
-            old = node.input[idx] if len(node.input) > idx else ""
-            tensor = getattr(module, attr, None)
-            new = f"{'.'.join(path)}.{attr}"
-            if (
-                old.startswith("onnx::") and old in inits and readers.get(old) == 1 and new not in taken
-                and isinstance(tensor, torch.Tensor) and int(np.prod(inits[old].dims)) == tensor.numel()
-            ):  # fmt: skip
-                renames[old] = new
-                taken.add(new)
+        name = _scope_module(node.name, modules)
+        tensor = getattr(modules.get(name or ""), "weight", None)
+        new = f"{name}.weight"
+        if name is None or not isinstance(tensor, torch.Tensor) or old not in inits or readers.get(old) != 1:
+            continue
+        conv_axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op_type)
+        if new not in taken and _same_weight(numpy_helper.to_array(inits[old]), tensor, conv_axis):
+            renames[old] = new
+            taken.add(new)
     for old, new in renames.items():
         inits[old].name = new
     for node in graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
+
+
+def _scope_module(node_name: str, modules: dict[str, nn.Module]) -> str | None:
+    """The module a TorchScript node name's scope names: ``/a/b/Conv`` is ``a.b``; a scope part with
+    dots (``/features/features.0/Conv``) is already the path from the root."""
+    parts = node_name.strip("/").split("/")[:-1]
+    for name in (".".join(parts), parts[-1] if parts else ""):
+        if name and name in modules:
+            return name
+    return None
+
+
+def _same_weight(stored: np.ndarray, tensor: torch.Tensor, conv_axis: int | None) -> bool:
+    """``stored`` is the torch ``tensor``, or (``conv_axis`` given) it scaled by one factor per output
+    channel along that axis, zeros where it has zeros."""
+    w = tensor.detach().cpu().numpy()
+    if stored.shape != w.shape or stored.dtype != w.dtype:
+        return False
+    if np.array_equal(stored, w):
+        return True
+    if conv_axis is None or not np.array_equal(stored == 0, w == 0):
+        return False
+    s, t = np.moveaxis(stored, conv_axis, 0).reshape(w.shape[conv_axis], -1), np.moveaxis(w, conv_axis, 0)
+    t = t.reshape(s.shape)
+    for row_s, row_t in zip(s, t, strict=True):
+        nz = row_t != 0
+        if nz.any():
+            ratio = row_s[nz] / row_t[nz]
+            if not np.allclose(ratio, ratio[0], rtol=1e-4, atol=0):
+                return False
+    return True
 
 
 def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
@@ -495,24 +533,37 @@ def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
     return changed
 
 
+# Parity batches: the trace used 2, so an odd size and the deployment favourite 1 catch graphs that kept
+# the traced batch size or an even-size branch; 4 is the size earlier versions checked.
+PARITY_BATCHES = (1, 3, 4)
+
+
 def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: float) -> dict[str, Any]:
-    x = random_array([4, *shape[1:]], seed=0)
-    with torch.no_grad():
-        out = model(torch.from_numpy(x.copy()))  # a model that changes its input in place must not change x
-    expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+    """torch vs onnxruntime on seeded inputs of each of :data:`PARITY_BATCHES`: ``{"max_abs_diff", "ok",
+    "rtol", "atol", "error"}``, ``error`` saying why outputs could not be compared (else None)."""
     session = open_session(tmp)
-    result: dict[str, Any] = {"max_abs_diff": None, "ok": False, "rtol": rtol, "atol": atol}
-    try:
-        got = session.run(None, {session.get_inputs()[0].name: x})
-    except Exception:  # noqa: BLE001 - e.g. a traced graph that kept the batch size it was traced with
-        return result
-    if [g.shape for g in got] != [e.shape for e in expected]:
-        return result
-    pairs = list(zip(got, expected, strict=True))
-    diff = max((float(np.max(np.abs(g - e), initial=0.0)) for g, e in pairs), default=0.0)
+    result: dict[str, Any] = {"max_abs_diff": None, "ok": False, "rtol": rtol, "atol": atol, "error": None}
+    worst, ok = 0.0, True
+    for batch in PARITY_BATCHES:
+        x = random_array([batch, *shape[1:]], seed=batch)
+        with torch.no_grad():
+            out = model(torch.from_numpy(x.copy()))  # a model that changes its input in place must not change x
+        expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+        try:
+            got = session.run(None, {session.get_inputs()[0].name: x})
+        except Exception as e:  # noqa: BLE001 - e.g. a traced graph that kept the batch size it was traced with
+            result["error"] = f"onnxruntime cannot run the file on a batch of {batch}: {one_line(e, 200)}"
+            return result
+        if [g.shape for g in got] != [e.shape for e in expected]:
+            shapes = f"{[list(g.shape) for g in got]} vs torch {[list(e.shape) for e in expected]}"
+            result["error"] = f"output shapes differ on a batch of {batch}: {shapes}"
+            return result
+        pairs = list(zip(got, expected, strict=True))
+        worst = max([worst, *(float(np.max(np.abs(g - e), initial=0.0)) for g, e in pairs)])
+        ok = ok and all(np.allclose(g, e, rtol=rtol, atol=atol) for g, e in pairs)
     # NaN is not valid JSON: leave None ("not comparable"); allclose already says not ok.
-    result["max_abs_diff"] = diff if np.isfinite(diff) else None
-    result["ok"] = all(np.allclose(g, e, rtol=rtol, atol=atol) for g, e in pairs)
+    result["max_abs_diff"] = worst if np.isfinite(worst) else None
+    result["ok"] = ok
     return result
 
 

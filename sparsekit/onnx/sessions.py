@@ -60,6 +60,7 @@ def open_session(
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 4  # fatal only: every failure reaches the caller as an exception, said once
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
