@@ -28,7 +28,7 @@ from .pruner import Pruner
 from .recipe import Recipe
 from .report import Benchmark, Int8, Report, Speedup, notes, what_it_buys
 from .stats import layer_report, model_stats
-from .train import calibrate, evaluate, finetune, steps_per_epoch
+from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
 
 log = logging.getLogger("sparsekit")
 
@@ -546,6 +546,10 @@ def prune_model(
     per-epoch history and the pruner. Distributed: every rank calls it with the same model and recipe
     (see :func:`sparsekit.finetune`); calibration then reads each rank's shard through DDP."""
     model.train()
+    # The distillation teacher is the dense model, copied before the Pruner (a one-shot schedule prunes
+    # when it is built); on --resume `model` is reloaded from the model file, so it is dense there too.
+    distill = recipe.finetune.distill is not None and recipe.finetune.epochs > 0
+    teacher = frozen_teacher(model) if distill else None
     pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
     history: list[dict[str, Any]] = []
     if recipe.finetune.epochs > 0:
@@ -559,6 +563,7 @@ def prune_model(
             checkpoint_dir=stage / "checkpoints",
             resume=resume,
             log_dir=log_dir,
+            teacher=teacher,
         )
     elif any(m.needs_grad for m in pruner.methods):
         batches = max(getattr(s, "calibration_batches", 0) for s in recipe.pruning)

@@ -24,7 +24,7 @@ from .errors import DataError, RecipeError, SparsekitError, one_line, option, qu
 from .fsutil import atomic_path
 from .metrics_log import MetricsLog
 from .pruner import Pruner
-from .recipe import FinetuneSpec, Recipe, pruning_key
+from .recipe import DistillSpec, FinetuneSpec, Recipe, pruning_key
 from .stats import layer_report, sparsity
 
 log = logging.getLogger("sparsekit")
@@ -95,6 +95,42 @@ def _loss(
         ) from None
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015)'s soft-target term, ``T**2 * KL(softmax(teacher / T) || softmax(student / T))``,
+    averaged over the batch (nats per sample, >= 0; 0 when the two agree). ``student`` and ``teacher`` are
+    logits ``[N, classes]`` on one device; ``teacher`` should carry no gradient. The ``T**2`` factor keeps
+    its gradients on the scale of the cross-entropy's as ``T`` changes (Hinton et al., section 2)."""
+    t = float(temperature)
+    log_student = nn.functional.log_softmax(student / t, dim=1)
+    log_teacher = nn.functional.log_softmax(teacher / t, dim=1)
+    return nn.functional.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+def _train_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None, distill: DistillSpec | None
+) -> torch.Tensor:
+    """The loss one training step minimizes: cross-entropy, or with ``distill`` (and its ``teacher``)
+    ``(1 - weight) * CE + weight * distillation_loss(student, teacher(x), temperature)``. The teacher
+    runs without gradients, in the mode it is in (eval)."""
+    loss, out = _loss(model, x, y)
+    if distill is None or teacher is None:
+        return loss
+    with torch.no_grad():
+        soft = teacher(x.to(out.device))
+    return (1.0 - distill.weight) * loss + distill.weight * distillation_loss(out, soft, distill.temperature)
+
+
+def frozen_teacher(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (unwrapped from DistributedDataParallel) for distillation: eval mode, every
+    parameter with ``requires_grad=False``, on the model's device; the original is not touched."""
+    import copy
+
+    teacher = copy.deepcopy(_distributed.unwrap(model)).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
     """``{"accuracy": top-1 (0..1), "loss": mean cross-entropy (nats per sample)}`` of ``model`` over
@@ -162,6 +198,7 @@ def finetune(
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log_dir: str | Path | None = None,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
     """Fine-tune ``model`` for ``recipe.finetune.epochs`` while the pruner follows its schedules.
 
@@ -186,6 +223,16 @@ def finetune(
     run would have. With ``log_dir``, per-step and per-epoch metrics go to CSV (and TensorBoard when
     installed), see :mod:`sparsekit.metrics_log`.
 
+    With ``finetune.distill`` set, the loss is Hinton et al.'s mix of cross-entropy and the dense model's
+    soft targets (:class:`~sparsekit.recipe.DistillSpec`, :func:`distillation_loss`; ``train_loss`` is then
+    that mix). The teacher is ``teacher`` when given (the dense model; it is put in eval mode and never
+    updated, and it must accept the same inputs on the model's device); else a frozen copy of ``model``
+    as passed, taken before the pruner is built and before a checkpoint is resumed. Pass ``teacher`` when
+    ``model`` is not the dense model any more: when you pass a ``pruner`` whose schedule already pruned at
+    step 0 (``schedule: oneshot``, or ``init_sparsity`` > 0) this raises ValueError instead of distilling
+    from the pruned model; a resumed run must get the same dense model (e.g. reloaded from its file).
+    Teachers are not saved in checkpoints. Under torchrun every rank holds its own copy.
+
     Raises :class:`~sparsekit.errors.DataError` when a batch is malformed, the model fails on it, a label
     is out of range or the loss becomes NaN/inf on the data; :class:`~sparsekit.errors.RecipeError`
     when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
@@ -200,6 +247,8 @@ def finetune(
     main = _distributed.is_main()
     train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
+    if spec.distill is not None:
+        teacher = _teacher(inner, teacher, pruner)
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
     elif pruner.steps_per_epoch != steps:
@@ -244,7 +293,7 @@ def finetune(
                     if i >= steps:
                         break
                     optimizer.zero_grad(set_to_none=True)
-                    loss = _loss(model, x, y)[0]
+                    loss = _train_loss(model, x, y, teacher, spec.distill)
                     value = loss.item()  # the one host sync per step, for the divergence check and the mean
                     if not math.isfinite(value):
                         raise _not_finite(value, epoch, i, x, model, optimizer)
@@ -291,6 +340,33 @@ def finetune(
         if metrics_log:
             metrics_log.close()
     return pruner.model, history, pruner
+
+
+def _teacher(model: nn.Module, teacher: nn.Module | None, pruner: Pruner | None) -> nn.Module:
+    """The frozen dense model to distill from: ``teacher`` (eval mode, parameters frozen, moved to
+    ``model``'s device), else a copy of ``model``, which must not have been pruned yet (ValueError)."""
+    if teacher is not None:
+        teacher = _distributed.unwrap(teacher)
+        if teacher is model:
+            raise ValueError("teacher is the model being pruned: pass a copy of the dense model (copy.deepcopy)")
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        device = _device(model)
+        if next(teacher.parameters(), None) is not None and _device(teacher) != device:
+            teacher.to(device)
+        return teacher
+    if pruner is not None and (pruner.structure_changed or pruner.step_count > 0 or _pruned(pruner)):
+        raise ValueError(
+            "finetune.distill needs the dense model as teacher, but the pruner already pruned this model (its "
+            "schedule acts at step 0): pass teacher=<a copy of the dense model taken before building the Pruner>"
+        )
+    return frozen_teacher(model)
+
+
+def _pruned(pruner: Pruner) -> bool:
+    """Whether any of the pruner's masks already removes a weight."""
+    return any(not bool(mask.all()) for mask in pruner.masks().values())
 
 
 def _sharded(loader: Any, seed: int) -> Any:

@@ -1,0 +1,230 @@
+"""How the shipped recipes' settings were chosen: candidate settings compared on the validation split.
+
+Each round is a list of candidate arms (recipe overrides, ``key.path=value``) run at every sparsity /
+ratio of one model, per seed on the same dense model and training images as the results suite
+(:func:`benchmarks.results.arms.mnist_split`), next to the baseline (torch.nn.utils.prune one shot, or
+Torch-Pruning used directly). Only validation accuracy is computed: the test split is never evaluated
+here, so nothing chosen from this table has seen it.
+
+    python -m benchmarks.results.tune lenet            # LeNet-300-100, 80/90/95/98%, 3 seeds
+    python -m benchmarks.results.tune cnn              # small_cnn unstructured 90/95%
+    python -m benchmarks.results.tune structured       # small_cnn structured 30/50/70%
+    python -m benchmarks.results.tune lenet --seeds 3 --out benchmarks/results/tuning
+
+The candidates of every round, and what was chosen from them, are in benchmarks/results/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from . import arms
+
+OUT = Path(__file__).resolve().parent / "tuning"
+
+# The recipe each model's candidates start from, its input shape, dense epochs, the values tried.
+SETUPS: dict[str, dict[str, Any]] = {
+    "lenet": {
+        "recipe": "lenet-gradual-magnitude-90",
+        "factory": "lenet_300_100",
+        "shape": [1, 784],
+        "dense_epochs": 5,
+        "values": [0.8, 0.9, 0.95, 0.98],
+        "key": "pruning.0.sparsity",
+        "baseline": "torch",
+    },
+    "cnn": {
+        "recipe": "cnn-layer-magnitude-80",
+        "factory": "small_cnn",
+        "shape": [1, 1, 28, 28],
+        "dense_epochs": 4,
+        "values": [0.9, 0.95],
+        "key": "pruning.0.sparsity",
+        "baseline": "torch",
+    },
+    "structured": {
+        "recipe": "cnn-structured-50",
+        "factory": "small_cnn",
+        "shape": [1, 1, 28, 28],
+        "dense_epochs": 4,
+        "values": [0.3, 0.5, 0.7],
+        "key": "pruning.0.ratio",
+        "baseline": "torch-pruning",
+    },
+}
+
+# Candidate overrides per model (first the recipe as shipped before tuning, when listed).
+CANDIDATES: dict[str, dict[str, list[str]]] = {
+    "lenet": {
+        "v0: end 5, every 1/2": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 5, every: 0.5}",
+            "finetune.distill=null",
+        ],
+        "every 1/8": ["pruning.0.schedule={start_epoch: 0, end_epoch: 5, every: 0.125}", "finetune.distill=null"],
+        "end 3, every 1/8": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
+            "finetune.distill=null",
+        ],
+        "end 3, every 1/8, kd 0.5/T2": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
+            "finetune.distill={weight: 0.5, temperature: 2}",
+        ],
+        "end 3, every 1/8, kd 0.9/T4": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
+            "finetune.distill={weight: 0.9, temperature: 4}",
+        ],
+        "end 5, every 1/8, kd 0.5/T2": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 5, every: 0.125}",
+            "finetune.distill={weight: 0.5, temperature: 2}",
+        ],
+        # round 2: time at the final sparsity (end 3 was best at 95/98%), and a light distillation term
+        "end 2, every 1/8": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 2, every: 0.125}",
+            "finetune.distill=null",
+        ],
+        "end 1, every 1/8": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 1, every: 0.125}",
+            "finetune.distill=null",
+        ],
+        "end 2, every 1/16": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 2, every: 0.0625}",
+            "finetune.distill=null",
+        ],
+        "oneshot": ["pruning.0.schedule=oneshot", "finetune.distill=null"],
+        "end 3, every 1/8, kd 0.2/T1": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
+            "finetune.distill={weight: 0.2, temperature: 1}",
+        ],
+    },
+    "cnn": {
+        "v0: layer, end 3, every 1/2": [],
+        "global, end 3, every 1/8": ["pruning.0.scope=global", "pruning.0.schedule.every=0.125"],
+        "layer, end 2, every 1/8": ["pruning.0.schedule={start_epoch: 0, end_epoch: 2, every: 0.125}"],
+        "global, end 2, every 1/8, kd 0.5/T2": [
+            "pruning.0.scope=global",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 2, every: 0.125}",
+            "finetune.distill={weight: 0.5, temperature: 2}",
+        ],
+        # round 2: which of scope and update frequency made the difference; earlier end without distillation
+        "global, end 3, every 1/2": ["pruning.0.scope=global"],
+        "global, end 2, every 1/8": [
+            "pruning.0.scope=global",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 2, every: 0.125}",
+        ],
+    },
+    "structured": {
+        "v0: 3 steps over epochs 0-2": [],
+        "1 step at epoch 0": ["pruning.0.steps=1", "pruning.0.schedule={start_epoch: 0, end_epoch: 0}"],
+        "3 steps, kd 0.5/T2": ["finetune.distill={weight: 0.5, temperature: 2}"],
+        # round 2: removal events closer together; L1 importance
+        "3 steps over epochs 0-1": ["pruning.0.schedule={start_epoch: 0, end_epoch: 1}"],
+        "3 steps over epochs 0-2, l1": ["pruning.0.importance=l1"],
+    },
+}
+
+
+def run_seed(job: tuple[str, int, dict[str, list[str]], bool]) -> list[dict[str, Any]]:
+    """Every candidate and the baseline at every value, for one seed: validation accuracy."""
+    import torch
+
+    from examples import models
+
+    model_name, seed, candidates, with_baseline = job
+    torch.set_num_threads(1)
+    setup = SETUPS[model_name]
+    split = arms.mnist_split(seed, setup["shape"])
+    torch.manual_seed(seed)
+    dense = arms.train_dense(getattr(models, setup["factory"])(), split, setup["dense_epochs"])
+    rows = [{"seed": seed, "arm": "dense", "value": 0.0, "val_accuracy": arms.accuracy(dense, split, "val")}]
+    for value in setup["values"]:
+        base = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}"])
+        if with_baseline:
+            start = time.perf_counter()
+            if setup["baseline"] == "torch":
+                pruned = arms.run_torch_prune(dense, base, split, value)
+            else:
+                pruned = arms.run_torch_pruning(dense, base, split, setup["shape"])
+            rows.append(
+                {
+                    "seed": seed,
+                    "arm": setup["baseline"],
+                    "value": value,
+                    "val_accuracy": arms.accuracy(pruned, split, "val"),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+        for name, overrides in candidates.items():
+            recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *overrides])
+            start = time.perf_counter()
+            pruned = arms.run_sparsekit(dense, recipe, split)
+            rows.append(
+                {
+                    "seed": seed,
+                    "arm": name,
+                    "value": value,
+                    "val_accuracy": arms.accuracy(pruned, split, "val"),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per arm, one column per value: median validation accuracy (per-seed values)."""
+    values = sorted({r["value"] for r in rows if r["arm"] != "dense"})
+    dense = sorted(r["val_accuracy"] for r in rows if r["arm"] == "dense")
+    lines = [
+        f"dense validation accuracy per seed: {', '.join(f'{a:.3f}' for a in dense)}",
+        "",
+        "| arm | " + " | ".join(f"{v:g}" for v in values) + " |",
+        "|---|" + "---:|" * len(values),
+    ]
+    for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != "dense"):
+        cells = []
+        for v in values:
+            accs = [r["val_accuracy"] for r in rows if r["arm"] == arm and r["value"] == v]
+            med = arms.summary(accs)["median"]
+            cells.append(f"{med:.3f} ({' '.join(f'{a:.3f}' for a in accs)})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=sorted(SETUPS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="processes (at most 2; one torch thread each)")
+    ap.add_argument("--only", action="append", default=None, help="run only this candidate (repeatable)")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    candidates = CANDIDATES[args.model]
+    if args.only:
+        candidates = {k: v for k, v in candidates.items() if k in args.only}
+    started = time.perf_counter()
+    jobs = [(args.model, seed, candidates, not args.no_baseline) for seed in range(args.seeds)]
+    workers = max(1, min(args.workers, 2, len(jobs)))
+    if workers == 1:
+        results = [run_seed(j) for j in jobs]
+    else:
+        with get_context("spawn").Pool(workers) as pool:
+            results = pool.map(run_seed, jobs)
+    rows = [r for part in results for r in part]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.model}.json"
+    previous = json.loads(path.read_text()) if path.exists() else []
+    keep = [r for r in previous if r["arm"] not in {r2["arm"] for r2 in rows}]
+    path.write_text(json.dumps(keep + rows, indent=1) + "\n")
+    print(table(keep + rows))
+    print(f"\n{time.perf_counter() - started:.0f} s; {path}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
