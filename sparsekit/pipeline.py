@@ -351,58 +351,48 @@ def _run(
     expectation = what_it_buys(recipe)
     if notify:
         notify(expectation)
-    plots = PlotWorker(stage)  # imports matplotlib now, waits through fine-tuning, draws beside the export
-    with clock("report"):
-        plots.start()
-    try:
-        return _prune_measure_report(
-            inputs, recipe, stage, final_out, device, resume, progress, notify, log_dir, clock, plots, expectation
+    # The plot worker imports matplotlib now, waits through fine-tuning and draws beside the export.
+    with PlotWorker(stage) as plots:
+        with clock("report"):
+            plots.start()
+        model = inputs.loaded.model.to(device)
+        log.info("evaluating the dense model")
+        dense = measure(model, inputs, recipe, stage / "dense.onnx", clock, "dense_eval")
+        _distributed.barrier()  # the other ranks start training with rank 0
+        with clock("finetune"):
+            model, history, pruner = prune_model(
+                model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
+            )
+        if log_dir is not None and notify:
+            shown = final_out / "logs" if Path(log_dir) == stage / "logs" else log_dir
+            notify(f"training metrics: {shown} (steps.csv, epochs.csv)")
+        with clock("save"):
+            save_model(
+                model,
+                stage / "model.pt",
+                inputs.factory,
+                kwargs=inputs.loaded.kwargs,
+                input_shape=inputs.shape,
+                pruner=pruner,
+            )
+        pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
+        with clock("report"):
+            plots.draw({"layers": pruned.layers, "history": history, "dense_accuracy": dense.metrics.get("accuracy")})
+        return _measure_and_report(
+            inputs,
+            recipe,
+            stage,
+            final_out,
+            dense,
+            pruned,
+            history,
+            pruner,
+            device,
+            expectation,
+            progress,
+            clock,
+            plots,
         )
-    finally:
-        plots.close()
-
-
-def _prune_measure_report(
-    inputs: Inputs,
-    recipe: Recipe,
-    stage: Path,
-    final_out: Path,
-    device: torch.device,
-    resume: bool,
-    progress: bool,
-    notify: Callable[[str], None] | None,
-    log_dir: Path | None,
-    clock: PhaseClock,
-    plots: PlotWorker,
-    expectation: str,
-) -> Report:
-    """Measure the dense model, prune while fine-tuning, save and export the pruned one, then the rest."""
-    model = inputs.loaded.model.to(device)
-    log.info("evaluating the dense model")
-    dense = measure(model, inputs, recipe, stage / "dense.onnx", clock, "dense_eval")
-    _distributed.barrier()  # the other ranks start training with rank 0
-    with clock("finetune"):
-        model, history, pruner = prune_model(
-            model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
-        )
-    if log_dir is not None and notify:
-        shown = final_out / "logs" if Path(log_dir) == stage / "logs" else log_dir
-        notify(f"training metrics: {shown} (steps.csv, epochs.csv)")
-    with clock("save"):
-        save_model(
-            model,
-            stage / "model.pt",
-            inputs.factory,
-            kwargs=inputs.loaded.kwargs,
-            input_shape=inputs.shape,
-            pruner=pruner,
-        )
-    pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
-    with clock("report"):
-        plots.draw({"layers": pruned.layers, "history": history, "dense_accuracy": dense.metrics.get("accuracy")})
-    return _measure_and_report(
-        inputs, recipe, stage, final_out, dense, pruned, history, pruner, device, expectation, progress, clock, plots
-    )
 
 
 def _measure_and_report(

@@ -100,6 +100,12 @@ class PlotWorker:
         self._proc: subprocess.Popen[str] | None = None
         self._ready = False
 
+    def __enter__(self) -> PlotWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def start(self) -> None:
         """Launch the worker: it imports matplotlib, then waits for :meth:`draw`."""
         try:
