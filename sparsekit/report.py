@@ -288,7 +288,10 @@ class Report(_Closed):
     recipe: dict[str, Any] = Field(description="the resolved recipe, overrides applied")
     versions: dict[str, str]
     int8: Int8 | None = None
-    sparse_storage: SparseStorage | None = None
+    sparse_storage: SparseStorage | None = Field(
+        None,
+        description="reports of runs before `storage` (model.sparse.onnx beside model.onnx); kept to re-render them",
+    )
     storage: Storage | None = Field(None, description="the encoding of the shipped model.onnx and its sizes")
     benchmark: Benchmark | None = None
     expectation: str = Field(description="what this recipe can buy, said before the run")
