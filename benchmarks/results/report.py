@@ -210,6 +210,15 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(result: dict[str, Any], out: Path) -> list[Path]:
     """accuracy_vs_sparsity.png, latency_vs_macs.png and size_vs_entropy.png in ``out``."""
     import matplotlib
@@ -238,10 +247,7 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (median, min–max over seeds)")
         ax.set_title(f"{model}, {kind}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "accuracy_vs_sparsity.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "accuracy_vs_sparsity.png"))
 
     lat = result.get("latency") or {}
     if lat.get("arms"):
@@ -264,10 +270,7 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("p50 latency ratio to dense (onnxruntime CPU)")
         ax.set_title("small_cnn structured: latency vs MACs")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "latency_vs_macs.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out / "latency_vs_macs.png"))
 
     if result.get("sizes"):
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -284,8 +287,5 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("file size ÷ dense fp32 ONNX file")
         ax.set_title("LeNet-300-100: gzip size vs entropy bound")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "size_vs_entropy.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out / "size_vs_entropy.png"))
     return paths

@@ -510,15 +510,15 @@ def _same_weight(stored: np.ndarray, tensor: torch.Tensor, conv_axis: int | None
         return True
     if conv_axis is None or not np.array_equal(stored == 0, w == 0):
         return False
-    s, t = np.moveaxis(stored, conv_axis, 0).reshape(w.shape[conv_axis], -1), np.moveaxis(w, conv_axis, 0)
-    t = t.reshape(s.shape)
-    for row_s, row_t in zip(s, t, strict=True):
-        nz = row_t != 0
-        if nz.any():
-            ratio = row_s[nz] / row_t[nz]
-            if not np.allclose(ratio, ratio[0], rtol=1e-4, atol=0):
-                return False
-    return True
+    s = np.moveaxis(stored, conv_axis, 0).reshape(w.shape[conv_axis], -1).astype(np.float64)
+    t = np.moveaxis(w, conv_axis, 0).reshape(s.shape).astype(np.float64)
+    # One factor per output channel: the ratios over a row's nonzeros agree (rows of zeros say nothing).
+    ratio = np.divide(s, t, out=np.full_like(s, np.nan), where=t != 0)
+    rows = ~np.isnan(ratio).all(axis=1)
+    if not rows.any():
+        return True
+    lo, hi = np.nanmin(ratio[rows], axis=1), np.nanmax(ratio[rows], axis=1)
+    return bool(np.all(hi - lo <= 1e-4 * np.maximum(np.abs(lo), np.abs(hi))))
 
 
 def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
