@@ -306,16 +306,16 @@ class Proposal:
 
 
 def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1, blocks: int = 1) -> int:
-    """How many of a group's ``channels`` to keep when the ratio asks to keep ``keep`` and kept counts are
-    aligned to ``round_to`` (as torch-pruning's ``round_to``, but to the nearest multiple, a tie keeping
-    more, where torch-pruning rounds down): ``keep`` rounded to the nearest multiple of ``round_to`` at
-    or above ``floor`` (``min_channels``, at least 1) and below ``channels``, else the first multiple at
-    or above the floor; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at
-    or above the floor. ``keep`` unchanged when it is already a multiple at or above the floor, ``round_to``
-    is None or 1, or the group is narrower than twice that multiple (the only aligned count below its
-    width would then be that one multiple: far more removed than asked, or with the floor nothing). With
-    ``blocks`` > 1 (a grouped conv, removed evenly from each block) counts move in whole units of ``blocks``
-    channels: the kept total is a multiple of ``round_to`` and of ``blocks``."""
+    """How many of a group's ``channels`` to keep when the ratio asks to keep ``keep`` and kept counts are aligned
+    to ``round_to`` (as torch-pruning's ``round_to``, but to the nearest multiple, a tie keeping more, where
+    torch-pruning rounds down): ``keep`` rounded to the nearest of the multiples of ``round_to`` at or above
+    ``floor`` (``min_channels``, at least 1) and the full width ``channels``, else the first multiple at or
+    above the floor; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at or above the
+    floor. ``keep`` unchanged when it is already a multiple at or above the floor, ``round_to`` is None or 1, or
+    the group is narrower than twice that multiple (the only aligned count below its width would then be that
+    one multiple: far more removed than asked, or with the floor nothing). With ``blocks`` > 1 (a grouped conv,
+    removed evenly from each block) counts move in whole units of ``blocks`` channels: the kept total is a
+    multiple of ``round_to`` and of ``blocks``."""
     if not round_to or round_to <= 1 or keep >= channels:
         return keep
     step = round_to * blocks // math.gcd(round_to, blocks)  # kept channels: a multiple of both
@@ -325,9 +325,10 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     if keep % step == 0 and keep >= low:
         return keep
     # The nearest multiple (a tie keeps more): rounding always down, as torch-pruning does, removed 60%
-    # of a 20-channel layer asked for 30%.
+    # of a 20-channel layer asked for 30%. The whole width counts as a multiple: an iterative step that
+    # asks for little keeps its layer whole rather than rounding down, so steps do not compound.
     down = keep // step * step
-    near = [c for c in (down, down + step) if low <= c < channels]
+    near = [c for c in (down, down + step, channels) if low <= c <= channels]
     if near:
         return min(near, key=lambda c: (abs(c - keep), -c))
     up = -(-low // step) * step

@@ -53,7 +53,10 @@ def outs(model: nn.Module) -> dict[str, int]:
         (16, 4, 8, 12, 1, 16),  # the floor's multiple is the width: nothing removed
         (32, 0, 8, 1, 1, 8),  # everything asked: the floor's multiple
         (32, 24, 8, 1, 4, 24),  # grouped conv (4 blocks of 8): 24 is a multiple of both
-        (48, 36, 8, 1, 3, 24),  # 3 blocks: multiples of 24
+        (48, 36, 8, 1, 3, 48),  # 3 blocks: multiples of 24; a tie with the whole width keeps it
+        (48, 30, 8, 1, 3, 24),
+        (20, 19, 8, 1, 1, 20),  # the whole width is nearer than 16: nothing removed
+        (16, 13, 8, 1, 1, 16),
         (12, 6, 8, 1, 3, 6),  # narrower than one multiple of both (24): any count
     ],
 )
@@ -168,9 +171,10 @@ def test_every_iterative_event_keeps_multiples_and_a_resumed_run_matches():
         return pruner.finalize(), pruner.pruning_history, sizes, pruner.methods[0].report()["per_layer"]
 
     final, history, sizes, rows = run(False)
-    # ratio 1/6, 1/3, 1/2 of 16 / 32 / 64 / 128: int() keeps 13/26/53/106 (nearest multiples 8/24/56/104),
-    # 10/21/42/85 (21 of conv2's 24 left: 24 would remove nothing, so 16; 40; 88), then 8/16/32/64
-    assert sizes == [[8, 24, 56, 104], [8, 16, 40, 88], [8, 16, 40, 88], [8, 16, 32, 64]]
+    # ratio 1/6, 1/3, 1/2 of 16 / 32 / 64 / 128: int() keeps 13/26/53/106 (nearest aligned counts 16 (the
+    # whole width)/24/56/104), 10/21/42/85 (8, then 24: conv2 keeps its 24 rather than rounding down to 16,
+    # so steps do not compound; 40; 88), then exactly half, 8/16/32/64
+    assert sizes == [[16, 24, 56, 104], [8, 24, 40, 88], [8, 24, 40, 88], [8, 16, 32, 64]]
     assert all(c % 8 == 0 for row in sizes for c in row)
     resumed, resumed_history, resumed_sizes, resumed_rows = run(True)
     assert outs(resumed) == outs(final) and resumed_history == history and resumed_sizes == sizes

@@ -714,6 +714,11 @@ class Structured:
 
 def _rounding_reason(r: tpa.Rounding) -> str:
     """How ``per_layer[...]["reason"]`` says what ``round_to`` did to a layer (see :func:`tpa.aligned_keep`)."""
+    if r.kept == r.channels and r.asked // r.round_to * r.round_to >= max(r.floor, 1):
+        return (
+            f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: the full width is "
+            f"the nearest aligned count"
+        )
     if r.kept == r.channels:
         return (
             f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: no multiple of "
