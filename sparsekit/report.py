@@ -643,10 +643,16 @@ def render_markdown(report: Report) -> str:
             f"{r.nonzero_params:,} | {r.sparsity:.3f} |"
         )
     if report.history:
+        distill = (report.recipe.get("finetune") or {}).get("distill")
+        lines += ["", "## Fine-tuning", ""]
+        if distill:
+            lines += [
+                f"Distilled from the dense model (weight {distill['weight']:g}, temperature "
+                f"{distill['temperature']:g}): train loss is (1 − weight)·cross-entropy + weight·T²·KL, not "
+                "comparable with a run without it.",
+                "",
+            ]
         lines += [
-            "",
-            "## Fine-tuning",
-            "",
             "| epoch | sparsity | train loss | val accuracy | lr |",
             "|---:|---:|---:|---:|---:|",
         ]

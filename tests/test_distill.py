@@ -208,3 +208,4 @@ def test_prune_distils_from_the_dense_model_even_with_a_one_shot_schedule(tmp_pa
     args = [str(mlp_checkpoint), "--arch", "examples.models:mlp", str(recipe), "-o", str(tmp_path / "o"), *FAST]
     result = CliRunner().invoke(main, ["prune", *args])
     assert result.exit_code == 0, result.output
+    assert "Distilled from the dense model (weight 0.5, temperature 2)" in (tmp_path / "o" / "report.md").read_text()
