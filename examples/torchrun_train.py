@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"fc2 keeps {int(result['fc2_units'])} of 64 units, accuracy {result['accuracy']:.4f}; "
             f"saved {args.output / 'model.pt'}"
         )
+    dist.barrier()  # the ranks leave together, after rank 0 has saved
     dist.destroy_process_group()
     return result
 

@@ -247,6 +247,7 @@ def run_prune(
             rehearse(inputs, recipe)
         if not main:
             _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
+            _distributed.barrier()  # see below
             return None
         stage = folder.begin()  # after inputs are known good: a typo never touches the folder
         try:
@@ -259,6 +260,10 @@ def run_prune(
             folder.publish()
         finally:
             folder.unlock()
+        # Every rank leaves the process group together, after rank 0 has written: a rank that tore its
+        # gloo connections down while rank 0 still held them was seen to abort (SIGABRT) in CI. A rank 0
+        # that fails instead exits non-zero, and torchrun stops the others.
+        _distributed.barrier()
         return report
     finally:
         if joined:  # a process group the caller made stays theirs
@@ -270,7 +275,7 @@ def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.d
     (reading rank 0's checkpoint when resuming), finalize the same way, then wait for rank 0 to write."""
     _distributed.barrier()  # rank 0 has measured the dense model and created the staging folder
     prune_model(inputs.loaded.model.to(device), recipe, inputs, stage, resume=resume, progress=False, log_dir=None)
-    # Done: torchrun waits for rank 0 (saving, exporting, benchmarking) and reports its exit code.
+    # Done: the caller waits in a barrier for rank 0 (saving, exporting, benchmarking).
 
 
 def check_inputs(

@@ -57,6 +57,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         opt.step()
         pruner.step()
     torch.save(pruner.masks(), Path(out) / f"masks{rank}.pt")
+    dist.barrier()  # leave together: a rank tearing gloo down under a busy peer can abort
     dist.destroy_process_group()
 
 
@@ -149,6 +150,7 @@ def _scenarios(rank: int, world: int, port: int, out: str) -> None:
         id(p) for grp in opt.param_groups for p in grp["params"]
     }
     torch.save(results, Path(out) / f"scenarios{rank}.pt")
+    dist.barrier()  # leave together: a rank tearing gloo down under a busy peer can abort
     dist.destroy_process_group()
 
 
