@@ -13,6 +13,13 @@ validation loader. Sources:
 Built-in and ``.npz`` data are split by a seeded permutation, so the same ``seed`` always gives
 the same split and the same order of training batches. Nothing is downloaded.
 
+Preprocessing (``normalize``, the recipe's ``data.normalize``) is the only change made to the values,
+and only for the built-in image sources: ``none`` (the default) scales pixels to ``[0, 1]``
+(``digits``: ``x / 16``; ``mnist5k``: ``x / 255``), the scale models are usually trained on;
+``standard`` then standardizes them with fixed whole-set constants (``digits``:
+``(x/16 - 0.3053) / 0.3760``; ``mnist5k``: ``(x/255 - 0.1307) / 0.3081``). ``.npz`` files and callables
+are used exactly as given; ``synthetic`` is already standard normal.
+
 Example::
 
     bundle = load_data("mnist5k", input_shape=[1, 784])   # flattened for LeNet-300-100
@@ -39,13 +46,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparsekit.errors import DataError, one_line, option
+from sparsekit.errors import DataError, one_line, option, shorten
 
-__all__ = ["BUILTIN_SOURCES", "DataBundle", "cache_dir", "load_data", "sample_shape"]
+__all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
 
 log = logging.getLogger("sparsekit")
 
 BUILTIN_SOURCES = ("digits", "mnist5k", "synthetic")
+NORMALIZATIONS = ("none", "standard")  # data.normalize; what each does: module docstring
 
 # Pixel statistics of the whole 8x8 digits set after scaling to [0, 1]; fixed constants (like
 # MNIST's 0.1307/0.3081) so the normalization does not depend on the split or the seed.
@@ -112,6 +120,7 @@ def load_data(
     num_classes: int | None = None,
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
+    normalize: str = "none",
 ) -> DataBundle:
     """Build train/val loaders for ``source`` (see the module docstring for the sources).
 
@@ -129,6 +138,9 @@ def load_data(
     (default: largest label + 1; 10 for ``synthetic``). ``batch_size`` is in samples,
     ``val_fraction`` the share of samples held out (0 < f < 1), ``seed`` fixes the split, the order
     of training batches and the synthetic samples, ``synthetic_samples`` their number.
+    ``normalize`` (``none`` | ``standard``) is the built-in image sources' preprocessing (module
+    docstring); ``standard`` with any other source is a :class:`DataError` (their values are used as
+    given).
 
     Raises :class:`DataError` for any bad input (an unknown source, an unreadable or malformed file,
     a shape or label mismatch, a user callable that fails or returns something else) and
@@ -144,15 +156,22 @@ def load_data(
     _check_int("seed", seed, minimum=0)
     if num_classes is not None:
         _check_int("num_classes", num_classes, minimum=2)
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    if normalize == "standard" and source not in ("digits", "mnist5k"):
+        raise DataError(
+            "data.normalize: 'standard' applies to the built-in image sources (digits, mnist5k); "
+            f"{shorten(source, 60)!r} is used exactly as given: store it already preprocessed, or remove data.normalize"
+        )
 
     if source.endswith(".npz"):
         if named_in is not None:
             _check_named_path(source, named_in)
         x, y = _load_npz(source)
     elif source == "digits":
-        x, y = _load_digits()
+        x, y = _load_digits(standard=normalize == "standard")
     elif source == "mnist5k":
-        x, y = _load_mnist5k()
+        x, y = _load_mnist5k(standard=normalize == "standard")
     elif source == "synthetic":
         x, y, num_classes = _make_synthetic(input_shape, synthetic_samples, num_classes, seed)
     elif _CALLABLE_RE.match(source):
@@ -170,11 +189,13 @@ def load_data(
 # --- built-in sources ---------------------------------------------------------------------------
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+def _load_digits(*, standard: bool) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    x = (data.images.astype(np.float32) / 16.0 - DIGITS_MEAN) / DIGITS_STD
+    x = data.images.astype(np.float32) / 16.0  # pixels are 0..16
+    if standard:
+        x = (x - DIGITS_MEAN) / DIGITS_STD
     return x.reshape(-1, 1, 8, 8), data.target.astype(np.int64)
 
 
@@ -250,10 +271,12 @@ def _write_cache(path: Path, arrays: tuple[np.ndarray, np.ndarray]) -> None:
         log.debug("dataset cache %s not written: %s", path, err)
 
 
-def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+def _load_mnist5k(*, standard: bool) -> tuple[np.ndarray, np.ndarray]:
     # The file is sorted by class; _split's seeded permutation shuffles before splitting.
     raw_x, raw_y = _raw_mnist5k()
-    x = (raw_x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
+    x = raw_x.astype(np.float32) / 255.0
+    if standard:
+        x = (x - MNIST_MEAN) / MNIST_STD
     return x.reshape(-1, 1, 28, 28), raw_y.astype(np.int64)
 
 
@@ -360,6 +383,7 @@ def _load_callable(
     num_classes: int | None,
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
+    normalize: str = "none",
 ) -> DataBundle:
     from .trust import call_user_code, load_callable
 

@@ -322,6 +322,7 @@ def check_inputs(
             num_classes=classes,
             named_in=None if data else (recipe.source or "the recipe"),
             trust_code=trust_code,
+            normalize=recipe.data.normalize,
         )
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
     spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))

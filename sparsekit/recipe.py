@@ -160,11 +160,17 @@ def _json_problem(value: Any, path: str, depth: int, active: set[int]) -> tuple[
 
 class DataSpec(_Strict):
     """``data:``: the source (a built-in name, a ``.npz`` file or ``pkg.module:callable``), batch size,
-    validation fraction and the size of the synthetic set."""
+    validation fraction, the built-in sources' preprocessing and the size of the synthetic set."""
 
     source: str = "digits"
     batch_size: Int = Field(64, gt=0, le=MAX_BATCH)
     val_fraction: Float = Field(0.2, gt=0, lt=1)
+    normalize: Literal["none", "standard"] = Field(
+        "none",
+        description="built-in image sources only: none scales pixels to [0, 1] (digits x/16, mnist5k x/255); "
+        "standard also standardizes them (digits (x/16 - 0.3053)/0.3760, mnist5k (x/255 - 0.1307)/0.3081). "
+        ".npz files and callables are used as given",
+    )
     synthetic_samples: Int = Field(512, gt=0, le=MAX_SAMPLES)
 
 

@@ -38,9 +38,25 @@ def test_digits_shapes_counts_and_normalization():
     assert x_tr.shape[1:] == (1, 8, 8)
     assert x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
     x = torch.cat([x_tr, x_va])
-    assert abs(x.mean().item()) < 0.02
-    assert abs(x.std().item() - 1.0) < 0.02
+    # Default (data.normalize: none): the pixels 0..16 scaled to [0, 1], nothing else.
+    assert x.min().item() == 0.0 and x.max().item() == 1.0
+    assert torch.equal(torch.unique(x * 16), torch.arange(17, dtype=torch.float32))
     assert set(torch.cat([y_tr, y_va]).tolist()) == set(range(10))
+    # standard: the documented whole-set constants give mean 0, std 1, on the same split.
+    std = load_data("digits", batch_size=32, val_fraction=0.25, seed=0, normalize="standard")
+    xs = torch.cat([_all(std.train)[0], _all(std.val)[0]])
+    assert abs(xs.mean().item()) < 0.02 and abs(xs.std().item() - 1.0) < 0.02
+    assert torch.allclose(xs, (x - 0.3053) / 0.3760, atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "data.npz"])
+def test_standard_normalization_is_refused_for_sources_used_as_given(source, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "data.npz", x=np.zeros((20, 4), np.float32), y=np.arange(20) % 2)
+    src = str(tmp_path / source) if source.endswith(".npz") else source
+    with pytest.raises(DataError, match=r"data\.normalize: 'standard' applies to the built-in image sources"):
+        load_data(src, input_shape=[1, 4], normalize="standard")
 
 
 def test_mnist5k_counts_split_sizes_and_normalization(mnist):
@@ -49,10 +65,13 @@ def test_mnist5k_counts_split_sizes_and_normalization(mnist):
     assert (len(x_tr), len(x_va)) == (4000, 1000)
     assert mnist.input_shape == (1, 28, 28) and mnist.num_classes == 10
     assert x_tr.shape == (4000, 1, 28, 28) and x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
-    # Background pixels are 0 before normalization, so they map to exactly -mean/std.
-    assert x_tr.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
-    assert x_tr.max().item() == pytest.approx((1 - 0.1307) / 0.3081, abs=1e-5)
-    assert abs(x_tr.mean().item()) < 0.1
+    # Default: pixels 0..255 scaled to [0, 1].
+    assert x_tr.min().item() == 0.0 and x_tr.max().item() == 1.0
+    standard = load_data("mnist5k", batch_size=64, seed=0, normalize="standard")
+    xs = _all(standard.train)[0]
+    # Background pixels are 0 before standardizing, so they map to exactly -mean/std.
+    assert xs.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+    assert torch.allclose(xs, (x_tr - 0.1307) / 0.3081, atol=1e-5)
     # 500 images per class overall: a random split keeps every class well represented in val.
     counts = torch.bincount(y_va, minlength=10)
     assert counts.sum() == 1000 and counts.min() > 50
