@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -193,7 +195,7 @@ def finetune(
     val_loader: Any,
     *,
     pruner: Pruner | None = None,
-    progress: bool = True,
+    progress: bool | Literal["lines"] = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -207,6 +209,10 @@ def finetune(
     cross-entropy plus :meth:`Pruner.penalty`; after each optimizer step comes :meth:`Pruner.step`, and
     after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated.
     ``pruner`` defaults to a new :class:`Pruner` over ``recipe``. ``on_epoch`` receives each history row.
+    ``progress`` (on stderr): True shows a progress bar on a terminal and, without one (a log file, a
+    job scheduler), one line per epoch; ``"lines"`` always prints the lines instead of a bar; False
+    prints nothing. A resumed run says which epoch it continues from, and a Ctrl-C (KeyboardInterrupt)
+    is re-raised with a message naming the interrupted epoch and the last checkpointed one.
 
     The model trains on ``finetune.device`` (moved there first; a DistributedDataParallel model stays on
     its own device). Inside a ``torch.distributed`` process group (``torchrun``) the model is wrapped
@@ -281,10 +287,17 @@ def finetune(
         pruner.average_grads = False  # DDP averages them in backward()
     metrics_log = MetricsLog(log_dir, first_epoch * steps) if log_dir and main else None
     masks_before = pruner.masks() if metrics_log else {}
+    bar_shown = progress is True and main and sys.stderr.isatty()
+    lines = main and (progress == "lines" or (progress is True and not bar_shown))
+    if resume and first_epoch and main and progress:
+        done = f"resuming from {ckpt}: {first_epoch} of {spec.epochs} epochs finished"
+        _say(f"{done}, continuing with epoch {first_epoch + 1}" if first_epoch < spec.epochs else f"{done}, none left")
+    epoch = finished = first_epoch  # for the Ctrl-C message: the epoch running, the last one checkpointed
     try:
-        with progress_bar(progress and main) as bar:
+        with progress_bar(bar_shown) as bar:
             task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
             for epoch in range(first_epoch, spec.epochs):
+                started = time.perf_counter()
                 lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at
                 model.train()
                 _distributed.set_epoch(train_loader, epoch)
@@ -324,11 +337,18 @@ def finetune(
                 history.append(row)
                 info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"
                 bar.update(task, info=info)
+                if lines:
+                    _say(
+                        f"epoch {epoch + 1}/{spec.epochs}: train loss {row['train_loss']:.4f}, val accuracy "
+                        f"{row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {lr:.3g} "
+                        f"({time.perf_counter() - started:.1f} s)"
+                    )
                 if ckpt and main:
                     _save_checkpoint(
                         ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
                         _loader_generator(train_loader),
                     )  # fmt: skip
+                    finished = epoch + 1
                 if metrics_log:
                     masks_now = pruner.masks()
                     changed = _changes(masks_before, masks_now)
@@ -336,10 +356,18 @@ def finetune(
                     masks_before = masks_now
                 if on_epoch:
                     on_epoch(row)
+    except KeyboardInterrupt:
+        saved = f"{ckpt} holds epoch {finished}" if ckpt and finished else "no epoch was checkpointed"
+        raise KeyboardInterrupt(f"in epoch {epoch + 1} of {spec.epochs}; {saved}") from None
     finally:
         if metrics_log:
             metrics_log.close()
     return pruner.model, history, pruner
+
+
+def _say(line: str) -> None:
+    """One plain progress line on stderr (no terminal needed), flushed so a log file shows it now."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _teacher(model: nn.Module, teacher: nn.Module | None, pruner: Pruner | None) -> nn.Module:

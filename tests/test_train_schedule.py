@@ -169,3 +169,56 @@ def test_resume_messages_name_the_option_not_a_flag(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(sparsekit.SparsekitError, match=r"start again with overwrite=True$"):
         sparsekit.finetune(_model(False), r, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_without_a_terminal_each_epoch_prints_one_line_matching_its_history_row(capsys):
+    data = _data(False)
+    _, history, _ = sparsekit.finetune(_model(False), _recipe({"name": "cosine"}, epochs=3), data, data[:1])
+    lines = capsys.readouterr().err.splitlines()  # pytest's stderr is no terminal: no bar, plain lines
+    assert len(lines) == 3
+    for line, row in zip(lines, history, strict=True):
+        assert line.startswith(f"epoch {row['epoch']}/3: train loss {row['train_loss']:.4f}, ")
+        assert f"val accuracy {row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {row['lr']:.3g} (" in line
+
+
+def test_progress_false_prints_nothing_and_lines_print_even_when_asked_without_a_bar(capsys):
+    data = _data(False)
+    sparsekit.finetune(_model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1], progress=False)
+    assert capsys.readouterr().err == ""
+    sparsekit.finetune(_model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1], progress="lines")
+    assert [line.split(":")[0] for line in capsys.readouterr().err.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_ctrl_c_names_the_epoch_and_the_checkpoint_and_resume_says_where_it_continues(tmp_path, capsys):
+    data = _data(False)
+    r = _recipe({"name": "constant"}, epochs=4)
+    batches = iter(range(100))
+
+    class Loader(list):
+        def __iter__(self):  # Ctrl-C in the middle of the third epoch (3 batches per epoch)
+            for x, y in super().__iter__():
+                if next(batches) == 7:
+                    raise KeyboardInterrupt
+                yield x, y
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        sparsekit.finetune(_model(False), r, Loader(data), data[:1], progress=False, checkpoint_dir=tmp_path)
+    assert str(info.value) == f"in epoch 3 of 4; {tmp_path / 'last.pt'} holds epoch 2"
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
+    capsys.readouterr()
+    _, history, _ = sparsekit.finetune(_model(False), r, data, data[:1], checkpoint_dir=tmp_path, resume=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"resuming from {tmp_path / 'last.pt'}: 2 of 4 epochs finished, continuing with epoch 3"
+    assert [line.split(":")[0] for line in err[1:]] == ["epoch 3/4", "epoch 4/4"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_before_any_checkpoint_says_none_was_written():
+    data = _data(False)
+
+    def stop(row: dict[str, Any]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match=r"^in epoch 1 of 2; no epoch was checkpointed$"):
+        sparsekit.finetune(_model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1],
+                           progress=False, on_epoch=stop)  # fmt: skip
