@@ -25,6 +25,9 @@ from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, load_callable
 
 FORMAT = "sparsekit/1"
+# A plain attribute (not state) a Pruner sets on the model it structurally pruned:
+# {"history": [...], "input_shape": [...]}; save_model reads it when no pruner is passed.
+STRUCTURE_ATTR = "_sparsekit_structure"
 
 
 @dataclass
@@ -244,10 +247,24 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
             parts.append(f"unexpected keys {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}")
         if shapes:
             parts.append(f"shape mismatch (file vs model) {shapes[:4]}")
-        raise ModelFileError(
-            f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. "
-            "Check the architecture and its kwargs (those given with it, or model.kwargs in the recipe)"
+        # Only smaller weights with the same names: channels were removed, but the file has no history.
+        narrowed = (
+            not missing
+            and not unexpected
+            and all(
+                state[k].dim() == own[k].dim()
+                and all(a <= b for a, b in zip(state[k].shape, own[k].shape, strict=True))
+                for k in own
+                if k in state
+            )
         )
+        hint = (
+            "The file's layers are narrower than the architecture builds: a structurally pruned model saved "
+            "without its pruning history; save it with sparsekit.save_model(model, path, factory, pruner=pruner)"
+            if shapes and narrowed
+            else "Check the architecture and its kwargs (those given with it, or model.kwargs in the recipe)"
+        )
+        raise ModelFileError(f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. {hint}")
     try:
         model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - e.g. a dtype torch cannot copy: the file does not fit
@@ -374,16 +391,21 @@ def save_model(
     """Write a sparsekit checkpoint of ``model`` (a DDP wrapper is unwrapped) to ``path``, atomically;
     returns ``path``. It holds the weights (copied to the CPU), ``factory`` (``pkg.module:callable``
     rebuilding the architecture) with its ``kwargs``, the ``input_shape`` with the batch dimension, the
-    structured-pruning history (from ``pruner`` when not given) and ``extra`` metadata, and loads with
-    ``torch.load(weights_only=True)``.
+    structured-pruning history (from ``pruner`` when not given, else the one a :class:`~sparsekit.Pruner`
+    recorded on the model itself) and ``extra`` metadata, and loads with ``torch.load(weights_only=True)``.
 
     Raises :class:`ModelFileError` when a structurally pruned model has no input shape to replay its
     history on, or kwargs/history/extra are not JSON-able, and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only)."""
     model = getattr(model, "module", model)
-    history = list(pruning_history if pruning_history is not None else getattr(pruner, "pruning_history", []))
-    if input_shape is None and pruner is not None:
-        input_shape = pruner.context.get("input_shape")
+    # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
+    # structurally pruned model saved without them could not be rebuilt at load.
+    own = getattr(model, STRUCTURE_ATTR, None) or {}
+    if pruning_history is None:
+        pruning_history = pruner.pruning_history if pruner is not None else own.get("history", [])
+    history = list(pruning_history)
+    if input_shape is None:
+        input_shape = pruner.context.get("input_shape") if pruner is not None else own.get("input_shape")
     if history and not input_shape:
         raise ModelFileError(
             f"save_model({path}): a structurally pruned model is rebuilt by replaying its history on an input; "

@@ -295,8 +295,18 @@ class Pruner:
         """Take note of what a method's hook did: the one place the Pruner's structural state changes."""
         if changes.history:
             self.pruning_history.extend(changes.history)
+            self._mark_model()
         if changes.structure_changed:
             self.structure_changed = True
+
+    def _mark_model(self) -> None:
+        # The model carries its own removals, so save_model(model, ...) without pruner= still writes a
+        # checkpoint that can be rebuilt (a plain attribute: never in state_dict, copied by deepcopy).
+        from .modelio import STRUCTURE_ATTR
+
+        shape = self.context.get("input_shape")
+        structure = {"history": list(self.pruning_history), "input_shape": list(shape) if shape else None}
+        object.__setattr__(self.model, STRUCTURE_ATTR, structure)
 
     def _remember_params(self) -> None:
         # Every name of each parameter object an optimizer may hold (a tied weight has several), so
@@ -359,6 +369,8 @@ class Pruner:
             model, changes = method.finalize(model)
             self._record(changes)
         self.model = bake(model)
+        if self.pruning_history:
+            self._mark_model()  # a method's finalize may have returned a new model object
         self.finalized = True
         return self.model
 
@@ -409,6 +421,8 @@ class Pruner:
         for method, s in zip(self.methods, state["methods"], strict=True):
             method.load_state_dict(s)
         self.pruning_history = history
+        if history:
+            self._mark_model()
         self._share_tied_masks()
         apply_masks(self.model)
 

@@ -80,3 +80,34 @@ def test_save_model_rejects_non_json_kwargs(tmp_path):
     with pytest.raises(ModelFileError, match="JSON"):
         sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", kwargs={"act": torch.relu})
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_structurally_pruned_model_saved_without_pruner_still_loads(tmp_path):
+    """save_model(model, ...) after structured pruning, without pruner=: the Pruner left its removals on
+    the model, so the file rebuilds the narrower layers instead of failing at load."""
+    torch.manual_seed(0)
+    model = mlp()
+    recipe = sparsekit.Recipe(
+        model={"input_shape": [1, 64]},
+        pruning=[{"method": "structured", "ratio": 0.5, "round_to": 1, "schedule": "oneshot",
+                  "layers": {"exclude": ["fc3"]}}],
+    )  # fmt: skip
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    final = pruner.finalize()
+    assert final.fc1.out_features < 128  # channels were removed
+    path = sparsekit.save_model(final, tmp_path / "m.pt", factory="examples.models:mlp")
+    loaded = read_model(path, trust_code=True)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(loaded.model(x), final.eval()(x))
+    assert loaded.input_shape == [1, 64]
+
+
+def test_narrower_weights_without_history_get_an_error_naming_the_cause(tmp_path):
+    small = mlp(hidden=[32, 32])
+    torch.save(small.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ModelFileError, match=r"narrower than the architecture builds.*pruner=pruner"):
+        sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
+    torch.save(lenet_300_100().state_dict(), tmp_path / "other.pt")  # another model: the usual advice
+    with pytest.raises(ModelFileError, match=r"Check the architecture and its kwargs"):
+        sparsekit.load_model(tmp_path / "other.pt", arch="examples.models:mlp")
