@@ -319,6 +319,7 @@ def read_model(
     if kind == "trusted-module":
         if not isinstance(obj, nn.Module):
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
+        check_finite(obj, path)
         return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
     history: list = []
     # Who named the architecture: the caller (arch), the file itself, or the recipe.
@@ -374,7 +375,22 @@ def read_model(
         except ModelFileError as err:
             raise ModelFileError(f"{path}: {quoted(err)}") from None
     load_weights(model, state, path, factory)
+    check_finite(model, path)
     return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None, history, kind)
+
+
+def check_finite(model: nn.Module, path: str | Path) -> None:
+    """Refuse a model read from ``path`` whose parameters hold NaN or inf, or whose buffers hold NaN
+    (inf is legitimate in a buffer, e.g. an attention mask of -inf): nothing can be pruned, exported or
+    measured from it. Raises :class:`ModelFileError` naming the first few such tensors."""
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    bad += [n for n, b in model.named_buffers() if b.is_floating_point() and bool(torch.isnan(b).any())]
+    if bad:
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise ModelFileError(
+            f"{path}: weights hold NaN or inf values ({', '.join(bad[:4])}{more}); nothing to prune, export or "
+            "measure. Check the training that wrote it (a diverged run) or load an earlier checkpoint"
+        )
 
 
 def save_model(
