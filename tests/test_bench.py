@@ -115,6 +115,20 @@ def test_symbolic_dims_need_input_shape(tmp_path):
         benchmark(path, batch_sizes=[2], runs=1, warmup=0, input_shape=[1, 7, 7, 7])
 
 
+def test_a_shape_the_symbolic_dims_accept_but_the_layers_do_not_is_bad_input_not_a_crash(tmp_path):
+    """Input ['batch', 'features'] in front of a MatMul with 4 rows: a feature size of 5 passes the
+    declared shape, and is reported (ExportError: exit 2) before anything is timed."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "features"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], [0.1] * 12)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    assert benchmark(str(path), batch_sizes=[1], runs=1, warmup=0, input_shape=[1, 4])["files"][0]
+    with pytest.raises(ExportError, match=r"mm\.onnx: onnxruntime cannot run it on inputs of shape \[2, 5\]"):
+        benchmark(str(path), batch_sizes=[2], runs=1, warmup=0, input_shape=[1, 5])
+
+
 def test_fixed_batch_dim_is_refused(tmp_path):
     path = _relu_model(tmp_path / "fixed.onnx", [1, 7])
     assert benchmark(path, batch_sizes=[1], runs=2, warmup=0)["files"][0]["latency_ms"]["1"]["p50"] > 0
@@ -152,10 +166,10 @@ def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch
     monkeypatch.setattr(bench_mod, "open_session", FakeSession)
     benchmark([files["tiny"], files["small"]], batch_sizes=[1], runs=3, warmup=0, input_shape=[1, 16])
 
-    a, b, control = log[:3]
+    a, b, control = log[:3]  # one untimed run each first (a shape check)
     assert control is not a and control.path == a.path and b.path.name == "small.onnx"
     # Every run times each session once, and who goes first rotates.
-    assert log == [a, b, control, b, control, a, control, a, b]
+    assert log[3:] == [a, b, control, b, control, a, control, a, b]
 
 
 def test_session_options(files):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sparsekit.errors import ExportError, option
+from sparsekit.errors import ExportError, one_line, option
 from sparsekit.fsutil import available_memory
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
@@ -96,6 +96,8 @@ def benchmark(
             feeds = [
                 {s.get_inputs()[0].name: random_array([b, *d], seed=seed)} for s, d in zip(sessions, dims, strict=True)
             ]
+            for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
+                _first_run(s, feed, path, [b, *d])
             for _ in range(warmup):
                 for s, feed in zip(sessions, feeds, strict=True):
                     s.run(None, feed)
@@ -167,6 +169,21 @@ def _input_dims(
         shape = inputs[0].shape
         raise ExportError(f"{path}: input shape {list(input_shape)} does not fit the model's input {shape}")
     return user
+
+
+def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: list[int]) -> None:
+    """One untimed run: a symbolic dim accepts any size, the layers behind it do not, so a shape that
+    does not fit the graph is found here and reported as bad input, before any timing."""
+    try:
+        session.run(None, feed)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - onnxruntime's InvalidArgument / Fail / RuntimeException
+        raise ExportError(
+            f"{path}: onnxruntime cannot run it on inputs of shape {shape} ({one_line(err, 200)}); the symbolic "
+            f"input dims accept any size but the layers do not: pass the shape the model was built for "
+            f"({option('input_shape', '[1, 3, 32, 32]')})"
+        ) from None
 
 
 _UNSIZED_ACTIVATIONS = 16
