@@ -1,0 +1,284 @@
+"""The bad-input corpus: every CLI command fed malformed recipes, model files, ONNX files, data files,
+report folders and option values. Each must end in exit 0 or a clear exit 2: never exit 1 (the CLI's
+catch-all for sparsekit's own bugs), never a traceback, never a half-written output, never a canary
+file created by code named inside an input.
+
+Add every new fault found to CORPUS (one entry per class of input), with the command that showed it.
+Run just this suite with ``pytest -q tests/test_bad_inputs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sparsekit
+from examples.models import mlp
+from sparsekit.cli import main
+
+ARCH = ["--arch", "examples.models:mlp"]
+QUICK = ["--set", "finetune.epochs=1", "--set", "finetune.max_steps_per_epoch=2", "--set", "benchmark.enabled=false"]
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+
+class Os:  # unpickling this runs os.system: a model file must never be unpickled without consent
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.canary}",)
+
+
+def _model(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    return sparsekit.save_model(mlp(), tmp / "ok.pt", factory="examples.models:mlp", input_shape=[1, 64])
+
+
+def _onnx(tmp: Path) -> Path:
+    sparsekit.export_onnx(mlp().eval(), tmp / "ok.onnx", input_shape=[1, 64])
+    return tmp / "ok.onnx"
+
+
+RECIPES: dict[str, str] = {
+    "empty": "",
+    "not a mapping": "- 1\n- 2\n",
+    "scalar": "42\n",
+    "tabs": "finetune:\n\tepochs: 1\n",
+    "deep lists": "a: " + "[" * 5000 + "]" * 5000 + "\n",
+    "deep maps": "".join(f"{'  ' * i}k{i}:\n" for i in range(400)) + "  " * 400 + "x: 1\n",
+    "alias bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)),
+    "python tag": "seed: !!python/object/apply:os.system ['touch CANARY']\n",
+    "duplicate keys": "seed: 1\nseed: 2\n",
+    "huge seed": "seed: 1180591620717411303424\n",
+    "negative epochs": "finetune: {epochs: -1}\n",
+    "nan lr": "finetune: {optimizer: {lr: .nan}}\n",
+    "inf lr": "finetune: {optimizer: {lr: .inf}}\n",
+    "sparsity above 1": "pruning: [{method: magnitude, sparsity: 1.5}]\n",
+    "unknown method": "pruning: [{method: lottery, sparsity: 0.5}]\n",
+    "pruning not a list": "pruning: {method: magnitude}\n",
+    "structured with sparsity": "pruning: [{method: structured, sparsity: 0.5}]\n",
+    "init above final": "finetune: {epochs: 2}\npruning: [{method: magnitude, sparsity: 0.5, "
+    "schedule: {start_epoch: 0, end_epoch: 1, init_sparsity: 0.8}}]\n",
+    "infinite threshold": "pruning: [{method: l1, strength: 0.001, threshold: .inf}]\n",
+    "schedule without epochs": "finetune: {epochs: 0}\npruning: [{method: magnitude, sparsity: 0.5, "
+    "schedule: {start_epoch: 0, end_epoch: 3}}]\n",
+    "version 2": "version: 2\n",
+    "binary": "\x00\x01\x02\xff",
+    "long key": "x" * 100_000 + ": 1\n",
+    "unknown top key": "finetun: {epochs: 1}\n",
+    "data outside": "data: {source: ../../../../etc/passwd.npz}\n",
+    "callable data": "data: {source: 'os:system'}\n",
+    "factory": "model: {factory: 'os:system', kwargs: {command: 'touch CANARY'}}\n",
+    "huge batch": "data: {batch_size: 99999999999}\n",
+    "input shape without batch": "model: {input_shape: [64]}\n",
+}
+
+
+def _write_model_files(tmp: Path, canary: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+
+    def put(name: str, data: bytes) -> None:
+        files[name] = tmp / name
+        files[name].write_bytes(data)
+
+    put("empty.pt", b"")
+    put("random.pt", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    put("text.pt", b"hello, I am not a model\n")
+    put("pickle-os.pt", pickle.dumps(Os(canary)))
+    with zipfile.ZipFile(tmp / "zip.pt", "w") as z:
+        z.writestr("archive/data.pkl", b"not a pickle")
+    files["zip.pt"] = tmp / "zip.pt"
+    torch.save(mlp(hidden=[7, 7]).state_dict(), tmp / "shapes.pt")
+    files["shapes.pt"] = tmp / "shapes.pt"
+    torch.save({"format": "sparsekit/1", "factory": 42, "state_dict": {}}, tmp / "odd-checkpoint.pt")
+    files["odd-checkpoint.pt"] = tmp / "odd-checkpoint.pt"
+    torch.save([1, 2, 3], tmp / "list.pt")
+    files["list.pt"] = tmp / "list.pt"
+    ok = _onnx(tmp)
+    put("garbage.onnx", b"\x08\x07garbage" * 50)
+    put("truncated.onnx", ok.read_bytes()[: ok.stat().st_size // 2])
+    put("empty.onnx", b"")
+    (tmp / "folder.pt").mkdir()
+    files["folder.pt"] = tmp / "folder.pt"
+    files["missing.pt"] = tmp / "missing.pt"
+    return files
+
+
+def _write_data_files(tmp: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+
+    def npz(name: str, **arrays: object) -> None:
+        out[name] = tmp / name
+        np.savez(out[name], **arrays)  # type: ignore[arg-type]
+
+    x = np.zeros((40, 64), np.float32)
+    npz("no-y.npz", x=x)
+    npz("lengths.npz", x=x, y=np.zeros(39, np.int64))
+    npz("negative-labels.npz", x=x, y=-np.ones(40, np.int64))
+    npz("nan-x.npz", x=np.full((40, 64), np.nan, np.float32), y=np.zeros(40, np.int64))
+    npz("object.npz", x=np.array([object()] * 40, dtype=object), y=np.zeros(40, np.int64))
+    npz("wrong-size.npz", x=np.zeros((40, 63), np.float32), y=np.zeros(40, np.int64))
+    npz("float-labels.npz", x=x, y=np.linspace(0, 1, 40))
+    out["garbage.npz"] = tmp / "garbage.npz"
+    out["garbage.npz"].write_bytes(b"PK\x03\x04 broken")
+    return out
+
+
+def _check(result, out: Path | None = None) -> None:
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code in (0, 2), f"exit {result.exit_code}:\n{text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    if result.exit_code == 2:
+        assert any(line.startswith("Error:") for line in text.splitlines()), text[-3000:]
+    if out is not None and out.exists():
+        leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
+        assert not leftovers, leftovers
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("corpus")
+    canary = tmp / "CANARY"
+    files = {"model": _model(tmp), "onnx": tmp / "ok.onnx", "canary": canary}
+    files.update(_write_model_files(tmp, canary))
+    for name, text in RECIPES.items():
+        path = tmp / f"recipe-{name.replace(' ', '-')}.yaml"
+        path.write_text(text.replace("CANARY", str(canary)), encoding="utf-8", errors="surrogateescape")
+        files[f"recipe:{name}"] = path
+    files.update({f"data:{k}": v for k, v in _write_data_files(tmp).items()})
+    report = tmp / "reports"
+    for name, content in {"empty": None, "garbage": "{not json", "wrong": json.dumps({"x": 1}), "list": "[]"}.items():
+        (report / name).mkdir(parents=True)
+        if content is not None:
+            (report / name / "report.json").write_text(content)
+    files["reports"] = report
+    return files
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_canary(corpus):
+    yield
+    assert not corpus["canary"].exists(), "code named inside an input ran"
+
+
+# --- the corpus, command by command -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_validate_and_prune_with_a_bad_recipe(corpus, name, tmp_path):
+    recipe = corpus[f"recipe:{name}"]
+    _check(_run(["validate", recipe]))
+    _check(_run(["validate", recipe, corpus["model"], *ARCH]))
+    out = tmp_path / "out"
+    _check(_run(["prune", corpus["model"], recipe, *ARCH, "-o", out, *QUICK, "--no-progress"]), out)
+
+
+MODEL_FILES = ["empty.pt", "random.pt", "text.pt", "pickle-os.pt", "zip.pt", "shapes.pt", "odd-checkpoint.pt",
+               "list.pt", "garbage.onnx", "truncated.onnx", "empty.onnx", "folder.pt", "missing.pt"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_every_model_command_with_a_bad_model_file(corpus, name, tmp_path):
+    path = corpus[name]
+    _check(_run(["inspect", path, *ARCH]))
+    _check(_run(["export", path, *ARCH, "-o", tmp_path / "x.onnx"]), tmp_path)
+    _check(_run(["prune", path, "lenet-gradual-magnitude-90", *ARCH, "-o", tmp_path / "o", *QUICK]), tmp_path)
+    _check(_run(["sensitivity", path, "lenet-gradual-magnitude-90", *ARCH, "-o", tmp_path / "s"]), tmp_path)
+    if name.endswith(".onnx"):
+        _check(_run(["bench", path, "--runs", "2", "--warmup", "0"]))
+
+
+@pytest.mark.parametrize("name", ["no-y.npz", "lengths.npz", "negative-labels.npz", "nan-x.npz", "object.npz",
+                                  "wrong-size.npz", "float-labels.npz", "garbage.npz"])  # fmt: skip
+def test_prune_and_int8_export_with_bad_data(corpus, name, tmp_path):
+    data = corpus[f"data:{name}"]
+    out = tmp_path / "o"
+    _check(
+        _run(["prune", corpus["model"], "lenet-gradual-magnitude-90", *ARCH, "--data", data, "-o", out, *QUICK]), out
+    )
+    _check(_run(["export", corpus["model"], *ARCH, "--quantize", "int8", "--data", data, "-o", tmp_path / "q.onnx"]))
+
+
+@pytest.mark.parametrize("name", ["empty", "garbage", "wrong", "list", "missing"])
+def test_report_with_a_bad_folder(corpus, name):
+    _check(_run(["report", corpus["reports"] / name]))
+
+
+OPTIONS: list[list[str]] = [
+    ["export", "{model}", *ARCH, "--input-shape", "0,64"],
+    ["export", "{model}", *ARCH, "--input-shape", "1,64,99999,99999"],
+    ["export", "{model}", *ARCH, "--input-shape", "a,b"],
+    ["export", "{model}", *ARCH, "--opset", "5"],
+    ["export", "{model}", *ARCH, "--opset", "99"],
+    ["export", "{model}", *ARCH, "--kwargs", "{bad"],
+    ["export", "{model}", *ARCH, "--kwargs", "[1]"],
+    ["export", "{model}", *ARCH, "--kwargs", '{"hidden": [1e400]}'],
+    ["bench", "{onnx}", "-b", "0"],
+    ["bench", "{onnx}", "--threads", "-1"],
+    ["bench", "{onnx}", "--runs", "0"],
+    ["bench", "{onnx}", "--input-shape", "1,65", "--runs", "1"],
+    ["bench", "{onnx}", "--provider", "NoSuchExecutionProvider", "--runs", "1"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "seed=2**70"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "seed=1180591620717411303424"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "nope=1"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "finetune"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "pruning.7.sparsity=0.5"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--device", "cuda:99"],
+    ["prune", "{model}", "no-such-recipe", *ARCH],
+    ["inspect", "{model}", "--arch", "no_such_module:build"],
+    ["inspect", "{model}", "--arch", "os:system"],
+    ["sensitivity", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--max-batches", "0"],
+]
+
+
+@pytest.mark.parametrize("args", OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a in OPTIONS])
+def test_bad_option_values(corpus, args, tmp_path):
+    filled = [a.replace("{model}", str(corpus["model"])).replace("{onnx}", str(corpus["onnx"])) for a in args]
+    if filled[0] in ("prune", "sensitivity", "export"):
+        filled += ["-o", str(tmp_path / ("x.onnx" if filled[0] == "export" else "out"))]
+    _check(_run(filled), tmp_path)
+
+
+# --- property-based: option values -----------------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.one_of(_text, st.lists(st.integers(-5, 2**40), max_size=6).map(lambda v: ",".join(map(str, v)))))
+def test_any_input_shape_string_is_accepted_or_refused_cleanly(corpus, shape):
+    _check(_run(["inspect", str(corpus["model"]), *ARCH, "--input-shape", shape]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["seed", "finetune.epochs", "data.batch_size", "pruning.0.sparsity", "finetune.optimizer.lr",
+                            "benchmark.runs", "export.opset", "pruning.0.schedule.every", "model.input_shape"]),
+       value=st.one_of(_text, st.integers(-(2**80), 2**80).map(str), st.floats().map(str)))  # fmt: skip
+def test_any_set_value_is_accepted_or_refused_cleanly(corpus, key, value):
+    _check(_run(["validate", "lenet-gradual-magnitude-90", "--set", f"{key}={value}"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kwargs=st.one_of(_text, st.recursive(st.none() | st.integers() | st.floats() | _text,
+                                            lambda c: st.lists(c, max_size=3) | st.dictionaries(_text, c, max_size=3),
+                                            max_leaves=8).map(json.dumps)))  # fmt: skip
+def test_any_kwargs_json_is_accepted_or_refused_cleanly(corpus, kwargs, tmp_path_factory):
+    _check(_run(["inspect", str(corpus["model"]), *ARCH, "--kwargs", kwargs]))
