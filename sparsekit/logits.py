@@ -1,0 +1,116 @@
+"""Which part of a model's output is the logits: models that return a tuple (auxiliary heads), a dict
+(``{"logits": ...}``) or an object with fields (Hugging Face's ``ModelOutput``).
+
+The recipe's ``model.output`` names it: an integer indexes a tuple or list, a string keys a mapping or
+names an attribute. :func:`select_logits` picks it out of one output; :func:`attach` makes a model
+return it from every call (a forward hook: parameter names, ``state_dict`` and the layers a recipe
+matches stay the model's own), so fine-tuning, evaluation, sensitivity, export and its parity check
+all see one ``[batch, classes]`` tensor. :func:`detach` restores the model's own outputs.
+
+Example: a model returning ``(logits, aux)`` with ``model: {output: 0}``; one returning
+``{"logits": ..., "features": ...}`` with ``model: {output: logits}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import DataError
+
+__all__ = ["attach", "describe", "detach", "select_logits", "selected"]
+
+_MARK = "_sparsekit_output"  # set on the hook function: found again by detach, even in a deep copy
+
+
+def describe(out: Any, depth: int = 0) -> str:
+    """A short description of an output's structure, e.g. ``tuple(tensor [2, 10], tensor [2, 5])``."""
+    if isinstance(out, torch.Tensor):
+        return f"tensor {list(out.shape)}"
+    if depth >= 2:
+        return type(out).__name__
+    if isinstance(out, Mapping):
+        items = list(out.items())
+        inner = ", ".join(f"{k!r}: {describe(v, depth + 1)}" for k, v in items[:6])
+        return f"{type(out).__name__}({inner}{', …' if len(items) > 6 else ''})"
+    if isinstance(out, Sequence) and not isinstance(out, str | bytes):
+        inner = ", ".join(describe(v, depth + 1) for v in list(out)[:6])
+        return f"{type(out).__name__}({inner}{', …' if len(out) > 6 else ''})"
+    fields = [(k, v) for k, v in getattr(out, "__dict__", {}).items() if not k.startswith("_")]
+    if fields:  # a dataclass-like output object
+        inner = ", ".join(f"{k}: {describe(v, depth + 1)}" for k, v in fields[:6])
+        return f"{type(out).__name__}({inner}{', …' if len(fields) > 6 else ''})"
+    return type(out).__name__
+
+
+def _fix(out: Any) -> str:
+    """What to write in the recipe for ``out``: the first tensor's index or key."""
+    if isinstance(out, Mapping):
+        keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return f"model.output: {keys[0]}" if keys else "model.output: KEY"
+    if isinstance(out, Sequence) and not isinstance(out, str | bytes):
+        index = next((i for i, v in enumerate(out) if isinstance(v, torch.Tensor)), 0)
+        return f"model.output: {index}"
+    names = [k for k, v in vars(out).items() if isinstance(v, torch.Tensor)] if hasattr(out, "__dict__") else []
+    return f"model.output: {names[0]}" if names else "model.output: NAME"
+
+
+def select_logits(out: Any, output: int | str | None, where: str = "the model") -> torch.Tensor:
+    """The logits tensor in ``out`` (one model output) as ``output`` names it (None: ``out`` must be a
+    tensor itself). Raises :class:`~sparsekit.errors.DataError` naming the output's structure and the
+    recipe key to set when ``output`` is missing, does not exist in ``out`` or does not name a tensor."""
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        raise DataError(
+            f"{where} returns {describe(out)}, not one tensor of logits: set {_fix(out)} in the recipe "
+            "(an index for a tuple, a key or attribute name otherwise) to say which part is the logits"
+        )
+    try:
+        indexable = isinstance(output, int) and isinstance(out, Sequence) and not isinstance(out, str | bytes)
+        if isinstance(out, Mapping) or indexable:
+            picked = out[output]
+        elif isinstance(output, str) and not isinstance(out, torch.Tensor):
+            picked = getattr(out, output)
+        else:
+            raise LookupError
+    except (LookupError, AttributeError, TypeError):
+        raise DataError(
+            f"model.output: {output!r}, but {where} returns {describe(out)}: name one of its parts "
+            "(an index for a tuple, a key or attribute name otherwise)"
+        ) from None
+    if not isinstance(picked, torch.Tensor):
+        raise DataError(f"model.output: {output!r} is a {describe(picked)} in {describe(out)}; it must be a tensor")
+    return picked
+
+
+def attach(model: nn.Module, output: int | str | None) -> nn.Module:
+    """Make ``model`` return ``select_logits(its output, output)`` from every call (in place; returns
+    it). ``output=None`` removes an earlier selection. Attaching again replaces the selection. A deep
+    copy of the model keeps the selection."""
+    detach(model)
+    if output is None:
+        return model
+
+    def hook(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
+        return select_logits(out, output)
+
+    setattr(hook, _MARK, output)
+    model.register_forward_hook(hook)
+    return model
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove a selection :func:`attach` made (a no-op when there is none); returns ``model``."""
+    for key, fn in list(model._forward_hooks.items()):
+        if hasattr(fn, _MARK):
+            del model._forward_hooks[key]
+    return model
+
+
+def selected(model: nn.Module) -> int | str | None:
+    """The ``output`` :func:`attach` set on ``model`` (None when its output is used as it is)."""
+    return next((getattr(fn, _MARK) for fn in model._forward_hooks.values() if hasattr(fn, _MARK)), None)
