@@ -24,6 +24,7 @@ from . import distributed as _distributed
 from .data import batches as _batches
 from .errors import DataError, RecipeError, SparsekitError, one_line, option, quoted
 from .fsutil import atomic_path
+from .logits import select_logits
 from .metrics_log import MetricsLog
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, pruning_key
@@ -88,6 +89,7 @@ def _loss(
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(f"data: the model fails on a batch of inputs {shape}: {one_line(err)}") from None
+    out = select_logits(out, None)  # a tuple / dict output: sparsekit.logits.attach(model, output) picks one
     try:
         return nn.functional.cross_entropy(out, y.to(device), reduction=reduction), out
     except IndexError as err:  # torch's "Target 42 is out of bounds."; checked by torch, not per step here
