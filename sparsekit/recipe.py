@@ -8,10 +8,13 @@ A recipe is YAML with ``version: 1``. Every validation error is reported with it
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -27,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import RecipeError
+from .errors import RecipeError, option
 from .errors import shorten as short
 from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml
 
@@ -90,9 +93,24 @@ class ModelSpec(_Strict):
     for a Conv1d over 4 channels of length 32, ``[1, 1, 28, 28]``); data samples have shape
     ``input_shape[1:]``."""
 
-    factory: str | None = Field(None, description="pkg.module:callable that builds the model")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    input_shape: list[Annotated[Int, Field(gt=0, le=MAX_CHANNELS)]] | None = Field(None, max_length=MAX_INPUT_DIMS)
+    factory: str | None = Field(
+        None,
+        description="pkg.module:callable that builds the model, called with kwargs; needed when MODEL is a plain "
+        "state_dict or .safetensors file and no architecture is named for the run; runs only when confirmed (the "
+        "same callable named as the run's architecture, or its code trusted); null: the checkpoint's own factory",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments for factory: JSON-like data only (numbers, strings, true/false, null, "
+        "lists, mappings), e.g. {width: 64}",
+    )
+    input_shape: list[Annotated[Int, Field(gt=0, le=MAX_CHANNELS)]] | None = Field(
+        None,
+        max_length=MAX_INPUT_DIMS,
+        description="the whole model input, batch first: [1, 784] (flat features), [1, 4, 32] (Conv1d: 4 channels "
+        "of length 32), [1, 1, 28, 28] (images); data samples have shape input_shape[1:]; null: from the "
+        "sparsekit checkpoint, else inferred from the first layer",
+    )
 
     @field_validator("kwargs", mode="before")
     @classmethod
@@ -162,33 +180,62 @@ class DataSpec(_Strict):
     """``data:``: the source (a built-in name, a ``.npz`` file or ``pkg.module:callable``), batch size,
     validation fraction, the built-in sources' preprocessing and the size of the synthetic set."""
 
-    source: str = "digits"
-    batch_size: Int = Field(64, gt=0, le=MAX_BATCH)
-    val_fraction: Float = Field(0.2, gt=0, lt=1)
+    source: str = Field(
+        "digits",
+        description="where the training and validation data come from: digits (scikit-learn's 1,797 8x8 digits, "
+        "samples (1, 8, 8)), mnist5k (5,000 MNIST images, samples (1, 28, 28)), synthetic (seeded gaussian inputs "
+        "with learnable labels), path/to/file.npz (arrays x and y, integer labels) or pkg.module:callable "
+        "returning (train_loader, val_loader) (runs only when confirmed: named as the run's data, or its code "
+        "trusted); nothing is downloaded",
+    )
+    batch_size: Int = Field(64, gt=0, le=MAX_BATCH, description="samples per training and evaluation batch")
+    val_fraction: Float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="fraction of the samples held out for validation (built-in sources and .npz files; the split "
+        "is fixed by seed)",
+    )
     normalize: Literal["none", "standard"] = Field(
         "none",
         description="built-in image sources only: none scales pixels to [0, 1] (digits x/16, mnist5k x/255); "
         "standard also standardizes them (digits (x/16 - 0.3053)/0.3760, mnist5k (x/255 - 0.1307)/0.3081). "
         ".npz files and callables are used as given",
     )
-    synthetic_samples: Int = Field(512, gt=0, le=MAX_SAMPLES)
+    synthetic_samples: Int = Field(
+        512, gt=0, le=MAX_SAMPLES, description="number of samples generated for source: synthetic (ignored otherwise)"
+    )
 
 
 class OptimizerSpec(_Strict):
     """``finetune.optimizer:``: sgd | adam | adamw with learning rate, momentum (sgd) and weight decay."""
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: Float = Field(0.01, gt=0, le=MAX_LR)
-    momentum: Float = Field(0.9, ge=0, lt=1)
-    weight_decay: Float = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY)
+    name: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="the torch optimizer: sgd (SGD with momentum), adam (Adam) or adamw (AdamW)"
+    )
+    lr: Float = Field(0.01, gt=0, le=MAX_LR, description="learning rate (the starting one when lr_schedule changes it)")
+    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD momentum (read by sgd only)")
+    weight_decay: Float = Field(
+        0.0,
+        ge=0,
+        le=MAX_WEIGHT_DECAY,
+        description="weight decay: an L2 term for sgd and adam, decoupled for adamw; 0: none",
+    )
 
 
 class LRScheduleSpec(_Strict):
     """``finetune.lr_schedule:``: constant, cosine over the epochs, or step (x ``gamma`` every ``step_size`` epochs)."""
 
-    name: Literal["constant", "cosine", "step"] = "constant"
-    step_size: Int = Field(1, gt=0, le=MAX_EPOCHS, description="epochs between decays (step)")
-    gamma: Float = Field(0.1, gt=0, le=1)
+    name: Literal["constant", "cosine", "step"] = Field(
+        "constant",
+        description="how the learning rate changes per epoch: constant; cosine (lr * (1 + cos(pi * epoch / "
+        "epochs)) / 2, torch's CosineAnnealingLR over finetune.epochs); step (lr * gamma ** (epoch // step_size), "
+        "torch's StepLR)",
+    )
+    step_size: Int = Field(1, gt=0, le=MAX_EPOCHS, description="epochs between decays (name: step only)")
+    gamma: Float = Field(
+        0.1, gt=0, le=1, description="factor the learning rate is multiplied by at each decay (name: step only)"
+    )
 
 
 class DistillSpec(_Strict):
@@ -201,9 +248,18 @@ class DistillSpec(_Strict):
     mode, no gradients). The ``T**2`` factor keeps the soft term's gradients on the scale of the hard one's
     as ``T`` changes (Hinton et al., section 2). ``weight: 0`` trains exactly as without distillation."""
 
-    weight: Float = Field(0.5, ge=0, le=1, description="share of the distillation term in the loss (0..1)")
+    weight: Float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the distillation term in the loss: (1 - weight) * cross-entropy + weight * T**2 * "
+        "KL(teacher || student); 0 trains as without distillation",
+    )
     temperature: Float = Field(
-        2.0, gt=0, le=MAX_TEMPERATURE, description="softmax temperature of teacher and student logits (> 0)"
+        2.0,
+        gt=0,
+        le=MAX_TEMPERATURE,
+        description="softmax temperature T of teacher and student logits; higher: softer targets (useful: 1..20)",
     )
 
 
@@ -212,18 +268,32 @@ class FinetuneSpec(_Strict):
     distillation from the dense model (``distill``, :class:`DistillSpec`; null: off), optional cap on
     batches per epoch."""
 
-    epochs: Int = Field(0, ge=0, le=MAX_EPOCHS)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
-    loss: Literal["cross_entropy"] = "cross_entropy"
+    epochs: Int = Field(
+        0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="fine-tuning epochs while and after pruning; 0: prune without training (every schedule but "
+        "l1's must then end at epoch 0, e.g. schedule: oneshot); each schedule's end_epoch must be <= epochs",
+    )
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec, description="the optimizer: {name, lr, momentum, weight_decay}"
+    )
+    lr_schedule: LRScheduleSpec = Field(
+        default_factory=LRScheduleSpec, description="the learning-rate schedule: {name, step_size, gamma}"
+    )
+    loss: Literal["cross_entropy"] = Field(
+        "cross_entropy", description="training loss; cross_entropy (classification) is the only one"
+    )
     distill: DistillSpec | None = Field(
         None, description="knowledge distillation from the dense model: {weight, temperature}; null: off"
     )
     max_steps_per_epoch: Int | None = Field(
-        None, gt=0, le=MAX_STEPS, description="cap on batches per epoch (quick runs)"
+        None, gt=0, le=MAX_STEPS, description="cap on training batches per epoch (quick runs); null: every batch"
     )
     device: str = Field(
-        "auto", description="where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps"
+        "auto",
+        description="where to train: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps; the run's device "
+        "option overrides it",
     )
     log: bool = Field(False, description="write per-step and per-epoch metrics (CSV, TensorBoard) to OUT/logs")
 
@@ -246,16 +316,41 @@ class FinetuneSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
-    """Zhu & Gupta gradual pruning: sparsity rises from ``init_sparsity`` at ``start_epoch`` to the
-    method's target at ``end_epoch`` along a cubic curve, updated every ``every`` epochs."""
+    """``schedule:``: Zhu & Gupta gradual pruning: sparsity rises from ``init_sparsity`` at ``start_epoch`` to
+    the method's target at ``end_epoch`` along a cubic curve, updated every ``every`` epochs. Epochs may be
+    fractional (``every: 0.125`` updates 8 times per epoch). ``schedule: oneshot`` is short for
+    ``{start_epoch: 0, end_epoch: 0}``: the whole target at once, at the start. ``end_epoch`` must be
+    ``>= start_epoch`` and, for every method but ``l1``, ``<= finetune.epochs``."""
 
-    start_epoch: Float = Field(0, ge=0, le=FOREVER_EPOCHS)
-    end_epoch: Float = Field(0, ge=0, le=FOREVER_EPOCHS)
+    start_epoch: Float = Field(
+        0, ge=0, le=FOREVER_EPOCHS, description="epoch (fractions allowed) of the first mask update or removal"
+    )
+    end_epoch: Float = Field(
+        0,
+        ge=0,
+        le=FOREVER_EPOCHS,
+        description="epoch at which the method's final target is reached; >= start_epoch and (except l1) <= "
+        "finetune.epochs; equal to start_epoch: all at once",
+    )
     # Schedule.from_spec rounds `every` to >= 1 optimizer step, so a tiny value cannot make billions
     # of updates; the floor only catches typos such as 1e-9 for 1e9.
-    every: Float = Field(1, ge=1e-6, le=FOREVER_EPOCHS)
-    init_sparsity: Float = Field(0.0, ge=0, lt=1)
-    curve: Literal["cubic", "linear"] = "cubic"
+    every: Float = Field(
+        1,
+        ge=1e-6,
+        le=FOREVER_EPOCHS,
+        description="epochs between mask updates (0.125: 8 per epoch); at least one optimizer step",
+    )
+    init_sparsity: Float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="sparsity at start_epoch, where the curve starts (fraction of the selected weights)",
+    )
+    curve: Literal["cubic", "linear"] = Field(
+        "cubic",
+        description="shape of the rise from init_sparsity to the target: cubic (Zhu & Gupta: fast early, slow "
+        "late) or linear",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> ScheduleSpec:
@@ -282,13 +377,25 @@ class LayerSelect(_Strict):
     module ``types`` (default: every prunable kind, :data:`LAYER_TYPES`; a subclass counts as its base,
     e.g. a class derived from ``nn.Conv2d`` is a ``Conv2d``)."""
 
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
-    types: list[LayerType] = Field(default_factory=_default_layer_types)
+    include: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="shell globs over the model's named_modules() names the method may prune ('*': all); a "
+        "pattern that matches nothing is an error listing the prunable layers",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="shell globs of modules left out even when include matches them"
+    )
+    types: list[LayerType] = Field(
+        default_factory=_default_layer_types,
+        description="module kinds that may be pruned (a subclass counts as its base); default: every prunable kind",
+    )
 
 
 class _MethodBase(_Strict):
-    layers: LayerSelect = Field(default_factory=LayerSelect)
+    layers: LayerSelect = Field(
+        default_factory=LayerSelect,
+        description="which layers the entry prunes: {include, exclude, types} (see pruning[].layers)",
+    )
 
     def effects(self) -> frozenset[str]:
         """What this entry does to the exported model, for the up-front expectation
@@ -339,15 +446,17 @@ def _fraction_or_auto(lower: str) -> Any:
     return BeforeValidator(check)
 
 
-SparsityValue = Annotated[float | Literal["auto"], _fraction_or_auto("ge")]
-RatioValue = Annotated[float | Literal["auto"], _fraction_or_auto("gt")]
+# The number's range is stated twice: in the check (which runs first and words every error) and in the
+# type, so that the schema, and docs/recipe.md generated from it, show it.
+SparsityValue = Annotated[Annotated[float, Field(ge=0, lt=1)] | Literal["auto"], _fraction_or_auto("ge")]
+RatioValue = Annotated[Annotated[float, Field(gt=0, lt=1)] | Literal["auto"], _fraction_or_auto("gt")]
 LayerFraction = Annotated[Float, Field(ge=0, lt=1)]
 MAX_LAYER_VALUES = 100_000  # entries of layer_sparsity / layer_ratio: far more layers than any network has
 
 
 class _Ranked(_MethodBase):
     """What magnitude and gradient share: the target, its scope and the per-layer ceiling; they make
-    unstructured zeros (:meth:`effects`).
+    unstructured zeros.
 
     ``max_layer_sparsity`` caps the fraction of any one layer's weights that may be pruned, so a global
     ranking cannot empty a small layer; the prunes a capped layer cannot take go to the other layers.
@@ -367,20 +476,35 @@ class _Ranked(_MethodBase):
       still holding ``auto``. The allocated entry reads ``sparsity: <target>, scope: layer,
       layer_sparsity: {...}``."""
 
-    sparsity: SparsityValue
+    sparsity: SparsityValue = Field(
+        description="final fraction of the selected weights set to zero (0.9 keeps 10%); or auto, with target, to "
+        "have per-layer values chosen from a sensitivity analysis"
+    )
     target: Float | None = Field(
         None,
         gt=0,
         lt=1,
         validate_default=True,
-        description="with sparsity: auto, the fraction of the selected weights pruned in total",
+        description="with sparsity: auto (required there, refused otherwise), the fraction of the selected weights "
+        "pruned in total",
     )
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer"] = Field(
+        "global",
+        description="global: rank all selected weights together (layers end at different sparsities); layer: "
+        "prune each layer to sparsity on its own",
+    )
     max_layer_sparsity: Float | None = Field(
-        None, gt=0, le=1, description="no layer loses more than this fraction of its weights (default 0.99)"
+        None,
+        gt=0,
+        le=1,
+        description="no layer loses more than this fraction of its weights; must be >= sparsity; null: 0.99, or "
+        "halfway between the target and 1 when the target is above 0.98",
     )
     layer_sparsity: dict[str, LayerFraction] | None = Field(
-        None, max_length=MAX_LAYER_VALUES, description="per-layer sparsity, by layer name (overrides sparsity there)"
+        None,
+        max_length=MAX_LAYER_VALUES,
+        description="per-layer sparsity {layer name: fraction}, overriding sparsity for the listed layers; not "
+        "with sparsity: auto",
     )
 
     @field_validator("target")
@@ -464,32 +588,79 @@ class _Ranked(_MethodBase):
 class MagnitudeSpec(_Ranked):
     """``method: magnitude``: prune the smallest |w| to ``sparsity`` (see :mod:`sparsekit.methods.magnitude`)."""
 
-    method: Literal["magnitude"]
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    method: Literal["magnitude"] = Field(description="magnitude: zero the weights with the smallest |w|")
+    schedule: ScheduleSpec = Field(
+        default_factory=ScheduleSpec,
+        description="when the masks grow toward sparsity: gradual from start_epoch to end_epoch, or oneshot; "
+        "default: oneshot at epoch 0",
+    )
 
 
 class GradientSpec(_Ranked):
     """``method: gradient``: prune by taylor or movement scores (see :mod:`sparsekit.methods.gradient`)."""
 
-    method: Literal["gradient"]
-    criterion: Literal["taylor", "movement"] = "taylor"
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    method: Literal["gradient"] = Field(
+        description="gradient: zero the weights whose first-order effect on the loss is smallest (reads the "
+        "gradients of fine-tuning steps, or of calibration batches when finetune.epochs is 0)"
+    )
+    criterion: Literal["taylor", "movement"] = Field(
+        "taylor",
+        description="the score: taylor (|w * dL/dw| summed since the last mask update) or movement (-w * dL/dw "
+        "summed over the run: weights moving toward zero are pruned)",
+    )
+    schedule: ScheduleSpec = Field(
+        default_factory=ScheduleSpec,
+        description="when the masks grow toward sparsity: gradual from start_epoch to end_epoch, or oneshot; "
+        "default: oneshot at epoch 0",
+    )
     calibration_batches: Int = Field(
-        8, gt=0, le=MAX_CALIBRATION, description="batches used to score when not fine-tuning"
+        8,
+        gt=0,
+        le=MAX_CALIBRATION,
+        description="training batches whose gradients score the weights when finetune.epochs is 0",
     )
 
 
 class L1Spec(_MethodBase):
     """``method: l1``: L1 / group-lasso penalty or proximal step (see :mod:`sparsekit.methods.l1`)."""
 
-    method: Literal["l1"]
-    strength: Float = Field(gt=0, le=MAX_STRENGTH)
-    mode: Literal["penalty", "proximal"] = "penalty"
-    group: Literal["none", "row", "channel"] = "none"
-    threshold: Float = Field(0.0, ge=0, le=MAX_MAGNITUDE)
-    remove_dead: bool = True
+    method: Literal["l1"] = Field(
+        description="l1: drive weights toward zero with an L1 (or group-lasso) penalty or proximal step during "
+        "fine-tuning; has no sparsity target (the zeros follow from strength and threshold)"
+    )
+    strength: Float = Field(
+        gt=0,
+        le=MAX_STRENGTH,
+        description="how strongly weights are pulled to zero; penalty: the coefficient of strength * sum|w| (or "
+        "of the group norms) added to the loss; proximal: the amount taken off |w| after each optimizer step; "
+        "useful values ~1e-6..1e-2",
+    )
+    mode: Literal["penalty", "proximal"] = Field(
+        "penalty",
+        description="penalty (adds the L1 term to the loss) or proximal (soft-thresholds the weights after every "
+        "optimizer step: exact zeros)",
+    )
+    group: Literal["none", "row", "channel"] = Field(
+        "none",
+        description="none: each weight on its own; row: group lasso over each output unit of a Linear layer; "
+        "channel: over each output channel of a Conv layer (whole units go to zero)",
+    )
+    threshold: Float = Field(
+        0.0,
+        ge=0,
+        le=MAX_MAGNITUDE,
+        description="at the end, weights with |w| below this become exact, masked zeros; 0: only exact zeros",
+    )
+    remove_dead: bool = Field(
+        True,
+        description="at finalize, neurons/channels left all-zero are removed physically (their bias folded forward)",
+    )
     # Regularize the whole run unless told otherwise: FOREVER_EPOCHS is past any finetune.epochs.
-    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(end_epoch=FOREVER_EPOCHS))
+    schedule: ScheduleSpec = Field(
+        default_factory=lambda: ScheduleSpec(end_epoch=FOREVER_EPOCHS),
+        description="the epochs in which the penalty or proximal step is active; default: the whole run "
+        "(end_epoch may pass finetune.epochs)",
+    )
 
     def effects(self) -> frozenset[str]:
         # Group lasso drives whole units to zero, which remove_dead then removes; plain L1 makes scattered
@@ -502,8 +673,13 @@ class L1Spec(_MethodBase):
 class MaxNormSpec(_MethodBase):
     """``method: max_norm``: bound each output unit's incoming-weight norm (see :mod:`sparsekit.methods.max_norm`)."""
 
-    method: Literal["max_norm"]
-    max_value: Float = Field(gt=0, le=MAX_MAGNITUDE)
+    method: Literal["max_norm"] = Field(
+        description="max_norm: after every optimizer step, rescale each output unit's incoming weights so their "
+        "L2 norm is at most max_value (a constraint; it makes no zeros)"
+    )
+    max_value: Float = Field(
+        gt=0, le=MAX_MAGNITUDE, description="the bound on each output unit's incoming-weight L2 norm (bias excluded)"
+    )
 
 
 class StructuredSpec(_MethodBase):
@@ -529,30 +705,62 @@ class StructuredSpec(_MethodBase):
     first multiple at or above ``min_channels``; groups narrower than twice ``round_to`` keep any count.
     ``layer_ratio`` values keep their exact counts (the allocator aligns them itself for ``target_latency``)."""
 
-    method: Literal["structured"]
-    ratio: RatioValue
+    method: Literal["structured"] = Field(
+        description="structured: remove whole neurons/channels (torch-pruning's dependency graph), so the model "
+        "gets smaller and faster; sized by ratio, not sparsity"
+    )
+    ratio: RatioValue = Field(
+        description="fraction of the selected layers' output channels removed (0.5 removes half; structured has "
+        "no sparsity key); or auto, with target_macs or target_latency, to have per-layer ratios chosen"
+    )
     target_latency: Float | None = Field(
         None,
         gt=0,
         lt=1,
         validate_default=True,
-        description="with ratio: auto, the fraction of the dense onnxruntime latency to reach",
+        description="with ratio: auto, the fraction of the dense model's onnxruntime latency to reach (give it or "
+        "target_macs, not both); refused otherwise",
     )
     target_macs: Float | None = Field(
         None,
         gt=0,
         lt=1,
         validate_default=True,
-        description="with ratio: auto, the fraction of the dense model's MACs to keep",
+        description="with ratio: auto, the fraction of the dense model's multiply-accumulates per sample to keep "
+        "(give it or target_latency, not both); refused otherwise",
     )
     layer_ratio: dict[str, LayerFraction] | None = Field(
-        None, max_length=MAX_LAYER_VALUES, description="per-layer channel ratio, by layer name (overrides ratio there)"
+        None,
+        max_length=MAX_LAYER_VALUES,
+        description="per-layer channel ratio {layer name: fraction} (0 keeps a layer whole), overriding ratio for "
+        "the listed layers; not with ratio: auto",
     )
-    importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l2"
-    scope: Literal["layer", "global"] = "layer"
-    steps: Int = Field(1, gt=0, le=MAX_STRUCTURED_STEPS)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    ignore: list[str] | None = Field(None, description="modules whose outputs are kept (default: the head)")
+    importance: Literal["l1", "l2", "taylor", "bn_scale"] = Field(
+        "l2",
+        description="how channels are ranked: l1 / l2 (norm of the weights a channel owns), taylor (|w * dL/dw|; "
+        "needs fine-tuning steps or calibration batches), bn_scale (the channel's BatchNorm scale; needs BatchNorm)",
+    )
+    scope: Literal["layer", "global"] = Field(
+        "layer",
+        description="layer: each layer loses ratio of its channels; global: channels ranked across the selected "
+        "layers together (layers lose different fractions)",
+    )
+    steps: Int = Field(
+        1,
+        gt=0,
+        le=MAX_STRUCTURED_STEPS,
+        description="removal events spread evenly over the schedule, each removing a further ratio / steps",
+    )
+    schedule: ScheduleSpec = Field(
+        default_factory=ScheduleSpec,
+        description="when channels are removed: the steps events from start_epoch to end_epoch; default: oneshot "
+        "at epoch 0",
+    )
+    ignore: list[str] | None = Field(
+        None,
+        description="modules (names or shell globs) whose output channels are never removed; null: the classifier "
+        "head (the last prunable layer)",
+    )
     min_channels: Int = Field(1, gt=0, le=MAX_CHANNELS, description="floor: no layer keeps fewer output channels")
     # 8 from benchmarks/structured_latency.py: unaligned counts (11/22/44) made 30% removal slower than
     # dense in onnxruntime's CPU kernels; multiples of 8 made every measured arm faster.
@@ -564,7 +772,10 @@ class StructuredSpec(_MethodBase):
         "measured fastest on onnxruntime CPU; null or 1: any count); layer_ratio layers keep their exact counts",
     )
     calibration_batches: Int = Field(
-        8, gt=0, le=MAX_CALIBRATION, description="batches scored for taylor importance when not fine-tuning"
+        8,
+        gt=0,
+        le=MAX_CALIBRATION,
+        description="training batches scored for importance: taylor when finetune.epochs is 0",
     )
 
     @field_validator("target_latency", "target_macs")
@@ -646,10 +857,22 @@ def pruning_key(recipe: Recipe) -> str:
 class ExportSpec(_Strict):
     """``export:``: ONNX opset and exporter, int8 quantization, sparse storage."""
 
-    onnx: bool = True
-    opset: Int = Field(18, ge=13, le=23)
-    quantize: Literal["none", "int8"] = "none"
-    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    onnx: bool = Field(
+        True,
+        description="accepted for compatibility; sparsekit prune always writes model.onnx and dense.onnx (the "
+        "parity check, sizes and benchmark read them)",
+    )
+    opset: Int = Field(18, ge=13, le=23, description="ONNX opset (default domain) of the exported files")
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="none, or int8: also write model.int8.onnx (int8 QDQ calibrated on training batches; its "
+        "accuracy is in the report)",
+    )
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto",
+        description="torch's ONNX exporter: dynamo (torch.export based), torchscript, or auto (the TorchScript "
+        "exporter's file when it is valid, it is much faster on small models; else dynamo)",
+    )
     # StrictBool: "yes"/"on" are typos of "auto" more often than they mean true.
     sparse_storage: Literal["auto"] | StrictBool = Field(
         "auto",
@@ -662,26 +885,56 @@ class ExportSpec(_Strict):
 class BenchmarkSpec(_Strict):
     """``benchmark:``: onnxruntime latency measurement (batch sizes, threads, warm-up and timed runs)."""
 
-    enabled: bool = True
-    batch_sizes: list[Annotated[Int, Field(gt=0, le=MAX_BATCH)]] = Field(
-        default_factory=lambda: [1, 32], min_length=1, max_length=64
+    enabled: bool = Field(
+        True, description="time the dense and pruned ONNX models in onnxruntime after export; false: skip"
     )
-    threads: Int = Field(1, gt=0, le=MAX_THREADS)
-    warmup: Int = Field(20, ge=0, le=MAX_RUNS)
-    runs: Int = Field(200, gt=0, le=MAX_RUNS)
+    batch_sizes: list[Annotated[Int, Field(gt=0, le=MAX_BATCH)]] = Field(
+        default_factory=lambda: [1, 32],
+        min_length=1,
+        max_length=64,
+        description="batch sizes timed, each reported on its own (latency p50/p90/p99, throughput)",
+    )
+    threads: Int = Field(1, gt=0, le=MAX_THREADS, description="onnxruntime intra-op threads")
+    warmup: Int = Field(20, ge=0, le=MAX_RUNS, description="untimed runs per model and batch size before timing")
+    runs: Int = Field(200, gt=0, le=MAX_RUNS, description="timed runs per model and batch size")
 
 
 class Recipe(_Strict):
     """A whole recipe. ``Recipe(**mapping)`` validates; prefer :func:`load_recipe` for files."""
 
-    version: Annotated[Literal[1], BeforeValidator(_number)] = 1
-    seed: Int = Field(0, ge=0, le=MAX_SEED)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
-    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
-    pruning: list[MethodSpec] = Field(default_factory=list)
-    export: ExportSpec = Field(default_factory=ExportSpec)
-    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    version: Annotated[Literal[1], BeforeValidator(_number)] = Field(
+        1, description="recipe format version; 1 is the only one"
+    )
+    seed: Int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seeds torch, the data split, the batch order and synthetic data: the same seed repeats a run",
+    )
+    model: ModelSpec = Field(
+        default_factory=ModelSpec,
+        description="how to build the model: {factory, kwargs, input_shape}; optional for a sparsekit checkpoint",
+    )
+    data: DataSpec = Field(
+        default_factory=DataSpec,
+        description="training and validation data: {source, batch_size, val_fraction, normalize, synthetic_samples}",
+    )
+    finetune: FinetuneSpec = Field(
+        default_factory=FinetuneSpec,
+        description="the training loop run while pruning: epochs, optimizer, lr_schedule, distill, ...",
+    )
+    pruning: list[MethodSpec] = Field(
+        default_factory=list,
+        description="the pruning entries, applied together, each on its own schedule; each picks its kind with "
+        "method: magnitude | gradient | l1 | max_norm | structured; empty: fine-tune and export only",
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="ONNX export: {opset, exporter, quantize, sparse_storage}"
+    )
+    benchmark: BenchmarkSpec = Field(
+        default_factory=BenchmarkSpec,
+        description="onnxruntime latency measurement: {enabled, batch_sizes, threads, warmup, runs}",
+    )
     # The file this recipe was read from (set by load_recipe; None when built in Python). Not a
     # field: it never appears in the schema, the YAML or model_dump().
     _source: str | None = PrivateAttr(default=None)
@@ -705,15 +958,29 @@ class Recipe(_Strict):
             sched = getattr(m, "schedule", None)
             if sched is None or m.method == "l1":
                 continue
-            if sched.end_epoch > 0 and sched.end_epoch > self.finetune.epochs:
-                raise ValueError(
-                    f"pruning[{i}].schedule.end_epoch ({sched.end_epoch:g}) is after the last fine-tuning "
-                    f"epoch (finetune.epochs={self.finetune.epochs}): the target would never be reached; lower "
-                    "end_epoch or raise finetune.epochs"
+            epochs = self.finetune.epochs
+            if sched.end_epoch > 0 and sched.end_epoch > epochs:
+                # A custom error type: format_validation_error words the two fixes as overrides the caller
+                # can paste (--set in the CLI); pydantic's own text (Recipe(**dict)) names them plainly.
+                raise PydanticCustomError(
+                    "schedule_after_finetune",
+                    "pruning[{index}].schedule.end_epoch ({end}) is after the last fine-tuning epoch "
+                    "(finetune.epochs={epochs}): the target would never be reached; lower end_epoch to at most "
+                    "{epochs} or raise finetune.epochs to at least {needed}",
+                    {
+                        "index": i,
+                        "end": f"{sched.end_epoch:g}",
+                        "epochs": epochs,
+                        "needed": math.ceil(sched.end_epoch),
+                        "start_ok": sched.start_epoch <= epochs,
+                    },
                 )
         return self
 
 
+RECIPE_DOCS = "docs/recipe.md"
+"""The recipe reference, generated from this schema by ``python -m sparsekit.recipe_docs``; every recipe
+validation error points to it."""
 _BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 MAX_ERRORS_SHOWN = 8
 
@@ -734,15 +1001,162 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _unwrap(tp: Any) -> Any:
+    """``tp`` without ``Annotated[...]`` and without ``| None``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, UnionType) and type(None) in get_args(tp):
+            rest = [a for a in get_args(tp) if a is not type(None)]
+            tp = rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007 - built from a tuple
+        else:
+            return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _is_method_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, UnionType) and all(_is_model(a) for a in get_args(tp))
+
+
+_SPEC_OF_METHOD: dict[str, type[_MethodBase]] = dict(zip(METHOD_NAMES, METHOD_SPECS, strict=True))
+
+
+def section_at(loc: Sequence[Any], data: Any = None) -> type[BaseModel] | None:
+    """The schema class of the mapping at ``loc`` in a recipe: a pydantic error location (``("pruning", 0,
+    "structured")``: the method tag picks the spec) or an override's key split at dots (``["pruning", "0"]``:
+    the ``method:`` of that entry in ``data`` picks it). None where the keys are free (``model.kwargs``,
+    ``layer_sparsity``), for a plain value, a path off the schema, or an entry whose method is unknown.
+
+    >>> section_at(["finetune", "optimizer"]).__name__
+    'OptimizerSpec'"""
+    tp: Any = Recipe
+    node = data
+    for part in loc:
+        if isinstance(part, str) and part.startswith(("function-", "union[")):
+            continue  # validator wrappers pydantic adds to a location
+        if _is_method_union(tp):
+            if part in _SPEC_OF_METHOD:  # the tag in a pydantic location
+                tp = _SPEC_OF_METHOD[part]
+                continue
+            tp = _method_spec(node)
+        if _is_model(tp):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return None
+            tp = _unwrap(field.annotation)
+            node = node.get(str(part)) if isinstance(node, dict) else None
+        elif get_origin(tp) is list:
+            tp = _unwrap(get_args(tp)[0])
+            index = int(part) if isinstance(part, int) or str(part).isdigit() else -1
+            node = node[index] if isinstance(node, list) and 0 <= index < len(node) else None
+        else:
+            return None
+    if _is_method_union(tp):
+        tp = _method_spec(node)
+    return tp if _is_model(tp) else None
+
+
+def _method_spec(entry: Any) -> type[_MethodBase] | None:
+    method = entry.get("method") if isinstance(entry, dict) else None
+    return _SPEC_OF_METHOD.get(method) if isinstance(method, str) else None
+
+
+MISPLACED_KEYS: dict[tuple[str, str], tuple[str | None, str]] = {
+    ("structured", "sparsity"): (
+        "ratio",
+        "structured removes whole channels and takes ratio (the fraction of output channels removed, e.g. "
+        "ratio: 0.5), not sparsity",
+    ),
+    ("magnitude", "ratio"): ("sparsity", "magnitude takes sparsity (the fraction of weights set to zero), not ratio"),
+    ("gradient", "ratio"): ("sparsity", "gradient takes sparsity (the fraction of weights set to zero), not ratio"),
+    ("l1", "sparsity"): (
+        None,
+        "l1 has no sparsity target: its zeros follow from strength and threshold (for a target, add a magnitude entry)",
+    ),
+    ("max_norm", "sparsity"): (
+        None,
+        "max_norm bounds weight norms and makes no zeros (to prune to a sparsity, add a magnitude entry)",
+    ),
+}
+"""Keys written in the way another method sizes its work: ``(method, key) -> (the key meant or None, why)``.
+An unknown-key error says why (``structured`` takes ``ratio``, not ``sparsity``); docs/recipe.md too."""
+
+
+def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
+    """The entry of ``valid`` that ``key`` most likely misspells (difflib, case-insensitive), or the one it
+    abbreviates; None when nothing is close.
+
+    >>> did_you_mean("epoch", ["epochs", "optimizer"]), did_you_mean("temp", ["weight", "temperature"])
+    ('epochs', 'temperature')"""
+    lowered = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.6)
+    if close:
+        return lowered[close[0]]
+    longer = [v for v in valid if len(key) >= 3 and v.lower().startswith(key.lower())]
+    return longer[0] if len(longer) == 1 else None
+
+
+def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | None]:
+    """What to tell a user who wrote ``key`` in a mapping of ``section`` (see :func:`section_at`), where it
+    is not a key: ``("unknown key; did you mean 'epochs'?", "epochs")``; the second item is the key most
+    likely meant (None when none is)."""
+    if section is None:
+        return "unknown key", None
+    valid = list(section.model_fields)
+    method = _method_of(section)
+    if method and (method, key) in MISPLACED_KEYS:
+        meant, why = MISPLACED_KEYS[(method, key)]
+        return f"unknown key: {why}", meant
+    meant = did_you_mean(key, valid)
+    if meant:
+        return f"unknown key; did you mean {meant!r}?", meant
+    owners = [name for name, spec in _SPEC_OF_METHOD.items() if method and key in spec.model_fields]
+    if owners:
+        return f"unknown key: {key} is a key of method {' / '.join(owners)}, not of {method}", None
+    return f"unknown key; the keys here are {', '.join(valid)}", None
+
+
+def _method_of(section: type[BaseModel]) -> str | None:
+    return next((name for name, spec in _SPEC_OF_METHOD.items() if spec is section), None)
+
+
+def _missing(loc: tuple[Any, ...]) -> str:
+    """``required key missing: <what it is>`` for the required field at ``loc``."""
+    section = section_at(loc[:-1])
+    field = section.model_fields.get(str(loc[-1])) if section else None
+    what = (field.description or "") if field else ""
+    first = what.split("; ")[0]
+    if first.count("(") != first.count(")"):
+        first = first.split(" (")[0]
+    return f"required key missing: {first}" if first else "required key missing"
+
+
 def _message(e: Any) -> str:
     ctx = e.get("ctx") or {}
     kind = e["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; README.md, section Recipes, lists every key)"
+        loc = tuple(e["loc"])
+        return unknown_key(section_at(loc[:-1]), str(loc[-1]))[0]
+    if kind == "missing":
+        return _missing(tuple(e["loc"]))
+    if kind == "schedule_after_finetune":
+        i, epochs, needed = ctx["index"], ctx["epochs"], ctx["needed"]
+        raise_it = f"raise finetune.epochs to at least {needed} ({option('set', f'finetune.epochs={needed}')})"
+        if not ctx["start_ok"]:  # start_epoch is past the last epoch too: lowering end_epoch alone cannot fix it
+            return e["msg"].split("; lower")[0] + f"; {raise_it}"
+        lower = f"lower it to at most {epochs} ({option('set', f'pruning.{i}.schedule.end_epoch={epochs}')})"
+        return e["msg"].split("; lower")[0] + f"; {lower} or {raise_it}"
     if kind == "union_tag_not_found":
         return f"missing 'method:'; use one of {', '.join(map(repr, METHOD_NAMES))}"
     if kind == "union_tag_invalid":
-        return f"unknown method {short(str(ctx.get('tag')))!r}; use one of {ctx.get('expected_tags')}"
+        tag = str(ctx.get("tag"))
+        meant = did_you_mean(tag, METHOD_NAMES)
+        if meant:
+            return f"unknown method {short(tag)!r}; did you mean {meant!r}? (methods: {ctx.get('expected_tags')})"
+        return f"unknown method {short(tag)!r}; use one of {ctx.get('expected_tags')}"
     if kind == "finite_number":
         return "must be a finite number (not .nan, .inf or -.inf)"
     if kind in _BOUND_WORDS:
@@ -757,6 +1171,14 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     """One line for a pydantic ``err``: ``source: path: problem; path: problem`` (at most
     ``MAX_ERRORS_SHOWN`` problems, each with its YAML path, e.g. ``pruning[0].sparsity``)."""
     errors = err.errors()
+    # `sparsty: 0.5` also makes `sparsity` missing: the unknown key's "did you mean" says it all.
+    meant = set()
+    for e in errors:
+        if e["type"] == "extra_forbidden":
+            loc = tuple(e["loc"])
+            key = unknown_key(section_at(loc[:-1]), str(loc[-1]))[1]
+            meant.add((*loc[:-1], key))
+    errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
     lines = []
     for e in errors[:MAX_ERRORS_SHOWN]:
         # kwargs problems carry the path inside model.kwargs (e.g. ".width") in their context.
@@ -766,7 +1188,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         lines.append(f"{where}: {_message(e)}" if where else _message(e))
     if len(errors) > MAX_ERRORS_SHOWN:
         lines.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
-    return f"{source}: " + "; ".join(lines)
+    return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
 
 
 def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
@@ -781,6 +1203,15 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(format_validation_error(err, source)) from None
 
 
+def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str | None:
+    """For :func:`~sparsekit.recipe_yaml.apply_overrides`: why ``key`` is not a key of the mapping at
+    ``parents`` in ``data`` (with a "did you mean"), or None when it is, or when any key goes there."""
+    section = section_at(parents, data)
+    if section is None or key in section.model_fields:
+        return None
+    return f"{unknown_key(section, key)[0]} (see {RECIPE_DOCS})"
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file, or a shipped
     recipe by name (``"lenet-gradual-magnitude-90"``, see :func:`sparsekit.shipped_recipes`) when no
@@ -790,7 +1221,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = find_recipe(path)
     data = read_yaml(path)
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, check_key=_override_key)
     recipe = validate_recipe(data, str(path))
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
     return recipe

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,15 +221,24 @@ def _parse_value(text: str, item: str) -> Any:
 _INDEX = re.compile(r"[0-9]{1,9}")
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any],
+    overrides: list[str],
+    check_key: Callable[[Sequence[str], str, dict[str, Any]], str | None] | None = None,
+) -> dict[str, Any]:
     """A copy of ``data`` (a recipe's plain data) with ``key.path=value`` overrides applied in order
     (list items by index: ``pruning.0.sparsity=0.8``). Each value is read as YAML (``0.8``, ``true``,
     ``[1, 28, 28]``, ``null``), or kept as text when it is not YAML; missing mappings on the path are
     created. ``data`` itself is not changed.
 
+    ``check_key(parents, key, data)`` (the schema's, from :func:`sparsekit.recipe.load_recipe`; this
+    module knows no schema) is asked about every key on a path that ``data`` does not hold yet: the
+    problem it returns (``"unknown key; did you mean 'epochs'?"``) is the error, naming the override.
+
     Raises :class:`~sparsekit.errors.RecipeError` naming the override when it is not a
     ``key.path=value`` string, is longer than ``MAX_OVERRIDE_CHARS``, has an empty or too deep key, an
-    index outside its list, a path through a plain value, or a value that is not plain data."""
+    index outside its list, a path through a plain value, a key ``check_key`` refuses, or a value that
+    is not plain data."""
     if not isinstance(data, dict):
         raise RecipeError(f"the recipe must be a YAML mapping to apply overrides to (got {type(data).__name__})")
     check_plain_data(data, "recipe")  # bounded before deepcopy walks it
@@ -264,6 +274,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 else:
                     node = node[int(part)]
             elif isinstance(node, dict):
+                problem = check_key(parts[:depth], part, data) if check_key and part not in node else None
+                if problem:
+                    raise RecipeError(f"{shown}: {where}: {problem}")
                 if last:
                     node[part] = value
                 else:

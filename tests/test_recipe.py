@@ -366,3 +366,156 @@ def test_base60_numbers_are_not_numbers(tmp_path):
     path.write_text("version: 1\nfinetune: {epochs: 1:30:00}\n")
     with pytest.raises(RecipeError, match="finetune.epochs"):
         load_recipe(path)
+
+
+# --- unknown keys: "did you mean", per-method hints, and where to read more ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (BASE.replace("epochs: 4", "epoch: 4"), "finetune.epoch: unknown key; did you mean 'epochs'?"),
+        (BASE.replace("sparsity: 0.8", "sparsty: 0.8"), "pruning[0].sparsty: unknown key; did you mean 'sparsity'?"),
+        (
+            BASE.replace("end_epoch: 3", "end_epoch: 3, evry: 1"),
+            "pruning[0].schedule.evry: unknown key; did you mean 'every'",
+        ),
+        (BASE + "benchmark: {run: 5}\n", "benchmark.run: unknown key; did you mean 'runs'?"),
+        (
+            BASE.replace("finetune: {epochs: 4}", "finetune: {epochs: 4, distill: {temp: 2}}"),
+            "did you mean 'temperature'?",
+        ),
+        (BASE.replace("method: magnitude", "method: magnitde"), "unknown method 'magnitde'; did you mean 'magnitude'?"),
+        (
+            BASE.replace("sparsity: 0.8", "sparsity: 0.8\n    criterion: taylor"),
+            "criterion is a key of method gradient, not of magnitude",
+        ),
+        (BASE + "xyz: 1\n", "xyz: unknown key; the keys here are version, seed, model, data, finetune, pruning"),
+    ],
+)
+def test_unknown_keys_say_what_was_meant(tmp_path, text, needle):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, text))
+    assert needle in str(err.value)
+
+
+def test_a_misspelt_required_key_is_one_error_not_two(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE.replace("sparsity: 0.8", "sparsty: 0.8")))
+    assert "did you mean 'sparsity'" in str(err.value)
+    assert "pruning[0].sparsity" not in str(err.value)  # the "required key missing" it implies is not repeated
+
+
+def test_structured_with_sparsity_says_it_takes_ratio(tmp_path):
+    text = "finetune: {epochs: 2}\npruning: [{method: structured, sparsity: 0.5, schedule: oneshot}]\n"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, text))
+    msg = str(err.value)
+    assert "pruning[0].sparsity: unknown key: structured removes whole channels and takes ratio" in msg
+    assert "Field required" not in msg and "pruning[0].ratio" not in msg
+    fixed = load_recipe(write(tmp_path, text.replace("sparsity: 0.5", "ratio: 0.5")))
+    assert fixed.pruning[0].ratio == 0.5
+    with pytest.raises(RecipeError, match="magnitude takes sparsity"):
+        load_recipe(write(tmp_path, BASE.replace("sparsity: 0.8", "ratio: 0.8")))
+
+
+def test_a_missing_required_key_says_what_it_is(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "pruning: [{method: max_norm}]\n"))
+    assert "pruning[0].max_value: required key missing: the bound on each output unit's" in str(err.value)
+
+
+def test_every_validation_error_points_to_the_reference(tmp_path):
+    from pathlib import Path
+
+    from sparsekit.recipe import RECIPE_DOCS
+
+    root = Path(__file__).resolve().parent.parent
+    assert (root / RECIPE_DOCS).is_file()  # the pointer names a page that exists
+    for text in (BASE + "extra_top: 1\n", BASE.replace("sparsity: 0.8", "sparsity: 2"), "version: 2\n"):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(write(tmp_path, text))
+        assert str(err.value).endswith(f"(see {RECIPE_DOCS})")
+    for path in (root / "sparsekit").rglob("*.py"):  # no message points to a page outside the repository
+        text = path.read_text(encoding="utf-8")
+        assert "INTERFACE.md" not in text and "section Recipes" not in text, path
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("finetune.epoch=2", "override 'finetune.epoch=2': finetune.epoch: unknown key; did you mean 'epochs'?"),
+        ("pruning.0.sparsty=0.8", "pruning.0.sparsty: unknown key; did you mean 'sparsity'?"),
+        ("finetnue.epochs=2", "finetnue: unknown key; did you mean 'finetune'?"),
+        ("pruning.0.schedule.ende_epoch=2", "did you mean 'end_epoch'?"),
+        ("pruning.0.ratio=0.5", "magnitude takes sparsity"),
+        ("finetune.distill.temp=2", "did you mean 'temperature'?"),
+    ],
+)
+def test_override_keys_are_checked_against_the_schema(tmp_path, override, needle):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), [override])
+    assert needle in str(err.value)
+    assert "(see docs/recipe.md)" in str(err.value)
+
+
+def test_override_keys_follow_the_recipe_as_overridden(tmp_path):
+    # Free mappings take any key; an entry's keys are those of its method after earlier overrides.
+    r = load_recipe(write(tmp_path, BASE), ["model.kwargs.width=32", "pruning.0.layer_sparsity.fc1=0.5"])
+    assert r.model.kwargs == {"width": 32} and r.pruning[0].layer_sparsity == {"fc1": 0.5}
+    r = load_recipe(write(tmp_path, BASE), ["pruning.0={method: max_norm}", "pruning.0.max_value=2"])
+    assert r.pruning[0].method == "max_norm" and r.pruning[0].max_value == 2
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), ["pruning.0.method=structured", "pruning.0.ratio=0.5"])
+    # ratio was accepted for the now-structured entry; its leftover sparsity is what is refused
+    assert not str(err.value).startswith("override")
+    assert "pruning[0].sparsity: unknown key: structured" in str(err.value)
+
+
+def test_fewer_epochs_than_the_schedule_says_exactly_how_to_fix_it():
+    """README: `--set finetune.epochs=2 --set pruning.0.sparsity=0.8` on the shipped LeNet recipe (its
+    schedule ends at epoch 3) is refused; the error gives both fixes as overrides, and each works."""
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    args = ["validate", "lenet-gradual-magnitude-90", "--set", "finetune.epochs=2", "--set", "pruning.0.sparsity=0.8"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    [line] = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert "pruning[0].schedule.end_epoch (3) is after the last fine-tuning epoch (finetune.epochs=2)" in line
+    assert "--set pruning.0.schedule.end_epoch=2" in line and "--set finetune.epochs=3" in line
+    for fix in ("pruning.0.schedule.end_epoch=2", "finetune.epochs=3"):
+        fixed = load_recipe("lenet-gradual-magnitude-90", ["finetune.epochs=2", "pruning.0.sparsity=0.8", fix])
+        assert fixed.pruning[0].sparsity == 0.8
+    with pytest.raises(RecipeError) as err:  # the Python API spells the same fix as its own option
+        load_recipe("lenet-gradual-magnitude-90", ["finetune.epochs=2"])
+    assert "overrides=['pruning.0.schedule.end_epoch=2']" in str(err.value)
+
+
+def test_schedule_past_the_epochs_in_python_and_when_it_starts_too_late():
+    from pydantic import ValidationError
+
+    entry = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 3, "end_epoch": 4.5}}
+    with pytest.raises(ValidationError) as err:
+        Recipe(finetune={"epochs": 2}, pruning=[entry])
+    assert "\x00" not in str(err.value) and "raise finetune.epochs to at least 5" in str(err.value)
+    with pytest.raises(RecipeError) as rerr:
+        from sparsekit.recipe import validate_recipe
+
+        validate_recipe({"finetune": {"epochs": 2}, "pruning": [entry]})
+    # start_epoch 3 is past epoch 2 too: lowering end_epoch alone cannot help, so it is not offered
+    assert "finetune.epochs=5" in str(rerr.value) and "end_epoch=2" not in str(rerr.value)
+
+
+def test_schema_lookup_helpers():
+    from sparsekit.recipe import GradientSpec, LayerSelect, OptimizerSpec, did_you_mean, section_at
+
+    assert section_at(["finetune", "optimizer"]) is OptimizerSpec
+    assert section_at(("pruning", 0, "gradient", "layers")) is LayerSelect  # a pydantic location
+    assert section_at(["pruning", "0"], {"pruning": [{"method": "gradient"}]}) is GradientSpec
+    assert section_at(["pruning", "0"], {"pruning": [{"method": "nope"}]}) is None
+    assert section_at(["model", "kwargs"]) is None and section_at(["seed"]) is None
+    assert did_you_mean("Epochs", ["epochs", "optimizer"]) == "epochs"
+    assert did_you_mean("temp", ["weight", "temperature"]) == "temperature"
+    assert did_you_mean("zzz", ["weight", "temperature"]) is None
