@@ -111,6 +111,26 @@ class ModelSpec(_Strict):
         "of length 32), [1, 1, 28, 28] (images); data samples have shape input_shape[1:]; null: from the "
         "sparsekit checkpoint, else inferred from the first layer",
     )
+    output: int | str | None = Field(
+        None,
+        description="which part of the model's output is the logits [batch, classes], for a model that returns "
+        "more than one tensor: an index into a tuple or list (0..1000), or a key or attribute name (logits); null: "
+        "the output is one tensor",
+    )
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_part(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and 0 < len(value) <= 200):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000:
+            return value
+        raise PydanticCustomError(
+            "output_part",
+            "must be an index 0..1000 into a tuple output, a key or attribute name (1..200 characters), or null "
+            "(got {got})",
+            {"got": short(repr(value), 40)},
+        )
 
     @field_validator("kwargs", mode="before")
     @classmethod
@@ -561,6 +581,14 @@ class _Ranked(_MethodBase):
                 f"max_layer_sparsity ({self.max_layer_sparsity:g}) is below {name} ({aim:g}): no layer "
                 f"may pass {self.max_layer_sparsity:g}, so {where} cannot reach {aim:g}; raise "
                 f"max_layer_sparsity (at most 1) or lower {name}"
+            )
+        schedule = getattr(self, "schedule", None)
+        init = getattr(schedule, "init_sparsity", 0.0) or 0.0
+        if init > aim:
+            name = "target" if self.auto else "sparsity"
+            raise ValueError(
+                f"schedule.init_sparsity ({init:g}) is above {name} ({aim:g}): the schedule would lower the "
+                f"sparsity it starts at, and pruned weights never come back; make init_sparsity at most {aim:g}"
             )
         return self
 

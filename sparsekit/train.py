@@ -24,6 +24,7 @@ from . import distributed as _distributed
 from .data import batches as _batches
 from .errors import DataError, RecipeError, SparsekitError, one_line, option, quoted
 from .fsutil import atomic_path
+from .logits import attach as attach_logits
 from .logits import select_logits
 from .metrics_log import MetricsLog
 from .pruner import Pruner
@@ -211,6 +212,8 @@ def finetune(
     cross-entropy plus :meth:`Pruner.penalty`; after each optimizer step comes :meth:`Pruner.step`, and
     after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated.
     ``pruner`` defaults to a new :class:`Pruner` over ``recipe``. ``on_epoch`` receives each history row.
+    With ``model.output`` in the recipe, ``model`` is made to return that part of its output
+    (:func:`sparsekit.logits.attach`, a forward hook; ``sparsekit.logits.detach`` removes it).
     ``progress`` (on stderr): True shows a progress bar on a terminal and, without one (a log file, a
     job scheduler), one line per epoch; ``"lines"`` always prints the lines instead of a bar; False
     prints nothing. A resumed run says which epoch it continues from, and a Ctrl-C (KeyboardInterrupt)
@@ -248,6 +251,8 @@ def finetune(
     cannot be resumed (unreadable, another model, or the recipe's pruning section changed)."""
     spec = recipe.finetune
     inner = _distributed.unwrap(model)
+    if recipe.model.output is not None:
+        attach_logits(inner, recipe.model.output)  # a tuple / dict output: the part the recipe names
     if inner is model:
         device = _distributed.resolve_device(spec.device)
         if _device(model) != device:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from sparsekit.errors import RecipeError
 from sparsekit.recipe import Recipe, apply_overrides, load_recipe
@@ -519,3 +520,22 @@ def test_schema_lookup_helpers():
     assert did_you_mean("Epochs", ["epochs", "optimizer"]) == "epochs"
     assert did_you_mean("temp", ["weight", "temperature"]) == "temperature"
     assert did_you_mean("zzz", ["weight", "temperature"]) is None
+
+
+def test_init_sparsity_above_the_target_is_refused_naming_both():
+    bad = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1, "init_sparsity": 0.8}}
+    with pytest.raises(ValidationError, match=r"schedule\.init_sparsity \(0\.8\) is above sparsity \(0\.5\)"):
+        Recipe(finetune={"epochs": 2}, pruning=[bad])
+    bad["schedule"]["init_sparsity"] = 0.5  # equal: a flat schedule, allowed
+    Recipe(finetune={"epochs": 2}, pruning=[bad])
+
+
+@pytest.mark.parametrize("value", [0, 3, "logits", "aux.0", None])
+def test_model_output_takes_an_index_or_a_name(value):
+    assert Recipe(model={"output": value}).model.output == value
+
+
+@pytest.mark.parametrize("value", [True, -1, 1001, "", "x" * 201, 1.5, [1], {"a": 1}])
+def test_model_output_refuses_anything_else(value):
+    with pytest.raises(ValidationError, match=r"must be an index 0\.\.1000 into a tuple output"):
+        Recipe(model={"output": value})
