@@ -11,6 +11,8 @@ After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.on
 - ``next/`` is the run in progress. Every output is built there and moved into ``DIR`` only when the
   run has finished, so an interrupted or failed run leaves the previous results as they were, and
   resuming continues from ``next/checkpoints/``.
+- A run killed before it could rename a file leaves a ``.NAME.XXXXXXXX.tmp``; the next run into the
+  folder (or its ``--resume``) removes them once it holds the lock.
 
 The output folder may not be ``/`` or the home folder, nor be or contain an input (model, recipe,
 data file). Every refusal is an :class:`~sparsekit.errors.OutputError` naming the folder or file.
@@ -27,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -62,6 +65,33 @@ def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+# What sparsekit's atomic writes name their temp files and folders: tempfile.mkstemp/mkdtemp with
+# prefix ".NAME." and suffix ".tmp" (8 random characters between).
+_TEMP_RE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(root: Path) -> list[str]:
+    """Remove the temp files and folders sparsekit's atomic writes leave under ``root`` when a run is
+    killed (SIGKILL, power loss) before it renames them; returns their paths relative to ``root``.
+    Call it only while holding the folder's run lock: no other run is writing there then. Links are
+    never followed or removed."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in [*filenames, *dirnames]:
+            path = here / name
+            if not _TEMP_RE.fullmatch(name) or path.is_symlink():
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: leave it
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path.relative_to(root).as_posix())
+        dirnames[:] = [d for d in dirnames if not _TEMP_RE.fullmatch(d) and not (here / d).is_symlink()]
+    return removed
+
+
 def _files_under(root: Path) -> Iterator[str]:
     """Relative paths of the regular files under ``root`` (sorted; sparsekit's temp files skipped)."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -83,6 +113,7 @@ class RunFolder:
         self.overwrite = False
         self._locked = False
         self._digests: dict[tuple[str, int, int, int], str] = {}  # a file is hashed once per run, not per check
+        self.removed_temps: list[str] = []  # stale temp files begin() removed
 
     # --- checks (read-only) ----------------------------------------------------------------------
 
@@ -171,12 +202,14 @@ class RunFolder:
                 dirnames[:] = [d for d in dirnames if d != META]
             for d in sorted(dirnames):
                 rel = (rel_dir / d).as_posix()
-                if Path(dirpath, d).is_symlink() or rel not in dirs:
+                if (Path(dirpath, d).is_symlink() or rel not in dirs) and not _TEMP_RE.fullmatch(d):
                     found.append(rel)
             dirnames[:] = sorted(d for d in dirnames if (rel_dir / d).as_posix() in dirs)
             for name in sorted(filenames):
                 rel = (rel_dir / name).as_posix()
                 path = Path(dirpath, name)
+                if _TEMP_RE.fullmatch(name) and not path.is_symlink():
+                    continue  # a killed run's half-written file: removed by begin(), not the user's
                 if rel not in owned or path.is_symlink() or not path.is_file() or self._sha256(path) not in owned[rel]:
                     found.append(rel)
         return sorted(found)
@@ -210,6 +243,8 @@ class RunFolder:
         self.lock()  # released by the caller (unlock), after publish or on failure
         try:
             self._check_state()  # again, under the lock: another run may have finished here meanwhile
+            # A killed run's half-written files (never renamed into place) go now, under the lock.
+            self.removed_temps = remove_stale_temps(self.out) if self.out.is_dir() else []
             with writing(self.stage):
                 if self.stage.exists() and not self.resume:
                     # DIR/.sparsekit/next holds only what an earlier unfinished run of ours wrote; _check_state

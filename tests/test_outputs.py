@@ -371,3 +371,33 @@ def test_export_keeps_a_users_data_file_beside_its_own_output(tmp_path, mlp_chec
     (tmp_path / "own.onnx.data").write_text("user data")  # not named by own.onnx: not sparsekit's
     assert_bad_input(run(*args), "own.onnx.data")
     assert (tmp_path / "own.onnx.data").read_text() == "user data"
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(tmp_path, resume):
+    out = tmp_path / "out"
+    first = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    stage = first.begin()
+    (stage / "checkpoints").mkdir()
+    (stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
+    # What SIGKILL leaves mid-write: atomic_path's temp files, and a temp folder (ONNX external data).
+    import tempfile
+
+    stale = [
+        Path(tempfile.mkstemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)[1]),
+        Path(tempfile.mkstemp(prefix=".last.pt.", suffix=".tmp", dir=stage / "checkpoints")[1]),
+        Path(tempfile.mkdtemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)),
+        Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1]),  # killed mid-publish
+    ]
+    first.unlock()  # the process died: its lock is stale (here: released)
+    mine = [stage / ".notes.tmp", stage / "scratch.tmp"]  # not sparsekit's pattern: left alone
+    for path in mine:
+        path.write_text("user")
+    again = RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume)
+    new_stage = again.begin()
+    again.unlock()
+    assert sorted(again.removed_temps) == sorted(p.relative_to(out).as_posix() for p in stale)
+    assert not any(p.exists() for p in stale)
+    if resume:  # the interrupted run's own files stay for --resume
+        assert (new_stage / "checkpoints" / "last.pt").read_bytes() == b"ckpt"
+        assert all(p.read_text() == "user" for p in mine)
