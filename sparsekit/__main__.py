@@ -8,6 +8,13 @@ import signal
 import sys
 
 
+def _terminate(signum: int, frame: object) -> None:
+    from .errors import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated("stopped by SIGTERM")
+
+
 def entry() -> None:
     """Run the CLI. A Ctrl-C before a command takes over still exits 130 without a traceback."""
     # `python -m` puts the current folder first on sys.path, so a file there named like a dependency
@@ -15,6 +22,10 @@ def entry() -> None:
     # up in the current folder, and only last (sparsekit.trust appends it while importing them).
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
+    # SIGTERM (a job scheduler's stop) unwinds like Ctrl-C: checkpoints and finished files are kept, temp
+    # files removed. A handler someone installed before us (an embedding program) stays theirs.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         from .cli import main
     except KeyboardInterrupt:

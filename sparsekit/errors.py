@@ -48,6 +48,11 @@ def render(message: str, spell: Callable[[str, str], str] = _api_spelling) -> st
     return _OPTION.sub(lambda m: spell(m.group(1), m.group(2)), message)
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM (a job scheduler's stop, ``kill``): unwinds like Ctrl-C, so finished files and the last
+    checkpoint are kept and temp files removed; the CLI exits 143 (128 + SIGTERM) and says so."""
+
+
 class SparsekitError(Exception):
     """Bad input from the user: the CLI prints ``Error: <message>`` and exits 2."""
 

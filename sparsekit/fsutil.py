@@ -11,6 +11,7 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError
 
@@ -112,20 +113,28 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 @contextlib.contextmanager
 def sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends, then raise it (main thread only; elsewhere a no-op)."""
+    """Hold a Ctrl-C (and a SIGTERM that is handled in Python, see ``sparsekit.__main__``) until the
+    block ends, then raise it: KeyboardInterrupt, or :class:`~sparsekit.errors.Terminated` (main thread
+    only; elsewhere a no-op). A signal that is ignored or left to the OS's default stays so."""
     got: list[int] = []
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):  # ignored (a background job): keep it so
-        yield
-        return
+    held: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(sig)
+            if callable(current):  # not SIG_IGN / SIG_DFL / None: Python raises on it, so hold it
+                held[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
     except ValueError:  # not the main thread: signals cannot be handled here anyway
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, previous in held.items():
+            signal.signal(signum, previous)
+    if signal.SIGTERM in got:
+        from .errors import Terminated
+
+        raise Terminated("stopped by SIGTERM")
     if got:
         raise KeyboardInterrupt
 

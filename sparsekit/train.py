@@ -363,9 +363,9 @@ def finetune(
                     masks_before = masks_now
                 if on_epoch:
                     on_epoch(row)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated): the same type goes on
         saved = f"{ckpt} holds epoch {finished}" if ckpt and finished else "no epoch was checkpointed"
-        raise KeyboardInterrupt(f"in epoch {epoch + 1} of {spec.epochs}; {saved}") from None
+        raise type(err)(f"in epoch {epoch + 1} of {spec.epochs}; {saved}") from None
     finally:
         if metrics_log:
             metrics_log.close()
