@@ -155,6 +155,13 @@ arch_option = click.option("--arch", help="Architecture for a state_dict/.safete
 data_option = click.option(
     "--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable."
 )
+kwargs_option = click.option(
+    "--kwargs",
+    "arch_kwargs",
+    metavar="JSON",
+    help="Keyword arguments for the --arch factory, as a JSON object, e.g. --kwargs '{\"hidden\": [64, 32]}' "
+    "(the recipe's model.kwargs).",
+)
 trust_model_file_option = click.option(
     "--trust-model-file",
     is_flag=True,
@@ -208,18 +215,37 @@ def _shape(value: str | None) -> list[int] | None:
     return dims
 
 
-def _kwargs(value: str | None) -> dict[str, Any] | None:
+def _kwargs(value: str | None, arch: str | None = None) -> dict[str, Any] | None:
+    """``--kwargs`` parsed: a JSON object, given together with ``--arch`` (the factory it is for)."""
     if value is None:
         return None
+    if not arch:
+        raise click.UsageError(
+            "--kwargs gives the keyword arguments of the --arch factory: pass --arch pkg.module:callable too "
+            "(a sparsekit checkpoint keeps its own kwargs)"
+        )
     try:
         parsed = json.loads(value)
     except RecursionError:
-        raise click.BadParameter(f"{value[:40]!r}…: nested too deeply") from None
+        raise click.BadParameter(f"{value[:40]!r}…: nested too deeply", param_hint="'--kwargs'") from None
     except json.JSONDecodeError as err:
-        raise click.BadParameter(f"{value!r}: not JSON ({err.msg}); e.g. --kwargs '{{\"hidden\": 32}}'") from None
+        raise click.BadParameter(
+            f"{value!r}: not JSON ({err.msg}); e.g. --kwargs '{{\"hidden\": 32}}'", param_hint="'--kwargs'"
+        ) from None
     if not isinstance(parsed, dict):
-        raise click.BadParameter(f"{value!r}: expected a JSON object of keyword arguments for --arch")
+        raise click.BadParameter(
+            f"{value!r}: expected a JSON object of keyword arguments for --arch", param_hint="'--kwargs'"
+        )
     return parsed
+
+
+def _arch_overrides(arch: str | None, value: str | None) -> list[str]:
+    """``--kwargs`` as the recipe overrides it stands for: ``model.factory`` (the --arch it belongs to) and
+    ``model.kwargs``, so prune and validate build the model exactly as export and inspect do."""
+    parsed = _kwargs(value, arch)
+    if parsed is None:
+        return []
+    return [f"model.factory={arch}", f"model.kwargs={json.dumps(parsed)}"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -230,6 +256,7 @@ def main() -> None:
     \b
     Typical run (see README.md):
       sparsekit recipes                                  # shipped recipes
+      sparsekit recipes lenet-gradual-magnitude-90 > my-recipe.yaml   # a starting point of your own
       sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100
       sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
       sparsekit inspect out/model.pt --arch examples.models:lenet_300_100
@@ -242,7 +269,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Prune and fine-tune MODEL with RECIPE; export, check parity, benchmark, report.")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("recipe")
 @click.option(
@@ -255,6 +282,7 @@ def main() -> None:
     help="Output folder (model.pt, model.onnx, dense.onnx, report.json/.md, plots, checkpoints/).",
 )
 @arch_option
+@kwargs_option
 @data_option
 @click.option(
     "--set",
@@ -289,6 +317,7 @@ def prune(
     recipe: str,
     out: Path,
     arch: str | None,
+    arch_kwargs: str | None,
     data: str | None,
     overrides: tuple[str, ...],
     resume: bool,
@@ -306,8 +335,11 @@ def prune(
     RECIPE is a YAML file or the name of a shipped recipe (see `sparsekit recipes`).
 
     \b
-    Example:
+    Examples:
+      sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100   # dry run first
       sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
+      sparsekit prune weights.pt my-recipe.yaml --arch mypkg.nets:build --kwargs '{"width": 64}' \\
+          --set finetune.epochs=2 -o out
     \b
     Several processes (DistributedDataParallel; gloo on CPU, nccl on GPU), rank 0 writes DIR:
       torchrun --nproc-per-node=2 -m sparsekit prune lenet.pt lenet-gradual-magnitude-90 \\
@@ -318,16 +350,17 @@ def prune(
     sparsekit run wrote (listed in DIR/.sparsekit/manifest.json); a folder holding anything else is
     refused. DIR may not be or contain MODEL, RECIPE or the data file.
     """
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    model_overrides = _arch_overrides(arch, arch_kwargs)  # usage errors before the slow imports
     _load_native("torch", "onnxruntime")
     from .pipeline import run_prune
     from .recipe import load_recipe
     from .report import render_summary
 
-    if resume and overwrite:
-        raise click.UsageError("--resume and --overwrite contradict each other: pick one")
     if device:
         overrides = (*overrides, f"finetune.device={device}")
-    rec = load_recipe(find_recipe(recipe), list(overrides))
+    rec = load_recipe(find_recipe(recipe), [*overrides, *model_overrides])
     report = run_prune(
         model,
         rec,
@@ -347,14 +380,18 @@ def prune(
     _emit(report.to_json(), as_json, render_summary(report, out))
 
 
-@main.command()
+@main.command(short_help="Export MODEL to ONNX (parity and zeros checked; optional int8).")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out", type=click.Path(path_type=Path), help="Output .onnx (default: MODEL with .onnx)."
 )
 @arch_option
-@click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
-@click.option("--input-shape", help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).")
+@kwargs_option
+@click.option(
+    "--input-shape",
+    metavar="DIMS",
+    help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).",
+)
 @click.option(
     "--opset",
     default=18,
@@ -381,6 +418,12 @@ def prune(
 )
 @click.option(
     "--data", help="Calibration/eval data for --quantize int8: digits | mnist5k | FILE.npz | pkg.module:callable."
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["none", "standard"]),
+    help="How --data's built-in images are preprocessed, as in training (the recipe's data.normalize): none "
+    "(pixels in [0, 1], the default) or standard (zero mean, unit variance).",
 )
 @click.option(
     "--keep-fp32",
@@ -410,6 +453,7 @@ def export(
     exporter: str,
     quantize: str,
     data: str | None,
+    normalize: str | None,
     keep_fp32: bool,
     storage: str,
     trust_model_file: bool,
@@ -425,14 +469,27 @@ def export(
     with --keep-fp32 (FILE.fp32.onnx). An existing output file is replaced only if sparsekit wrote it.
 
     \b
-    Example:
-      sparsekit export out/model.pt -o pruned.onnx --arch examples.models:lenet_300_100 --quantize int8
+    Examples:
+      sparsekit export out/model.pt -o pruned.onnx
+      sparsekit export weights.pt -o cnn.onnx --arch examples.models:small_cnn --kwargs '{"image_size": 8}' \\
+          --input-shape 1,1,8,8
+      sparsekit export out/model.pt -o q.onnx --quantize int8 --data mnist5k     # static int8, calibrated
     """
     if data and quantize != "int8":  # checked before anything is loaded or written
         raise click.UsageError("--data is only used with --quantize int8")
+    if normalize and not data:
+        raise click.UsageError("--normalize says how --data is preprocessed: give --data too")
+    if normalize == "standard" and data not in ("digits", "mnist5k"):
+        raise click.UsageError(
+            f"--normalize standard applies to the built-in sources digits and mnist5k; --data {data} is used "
+            "as it is: store it already preprocessed"
+        )
     if keep_fp32 and quantize != "int8":
         raise click.UsageError("--keep-fp32 is only used with --quantize int8 (without it -o is the fp32 model)")
+    kwargs = _kwargs(arch_kwargs, arch)
+    given_shape = _shape(input_shape)
     _load_native("torch", "onnxruntime")
+    from .inspection import check_input_shape
     from .modelio import infer_input_shape, read_model
     from .onnx import export_onnx
     from .onnx.export import export_int8
@@ -446,19 +503,21 @@ def export(
     loaded = read_model(
         model,
         arch,
-        kwargs=_kwargs(arch_kwargs),
-        input_shape=_shape(input_shape),
+        kwargs=kwargs,
+        input_shape=given_shape,
         trust=trust_model_file,
         trust_code=trust_code,
     )
-    shape = _shape(input_shape) or loaded.input_shape or infer_input_shape(loaded.model)
+    shape = given_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
+    # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
+    check_input_shape(loaded.model, shape)
     bundle = None
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data
 
-        bundle = load_data(data, input_shape=shape)
+        bundle = load_data(data, input_shape=shape, normalize=normalize or "none")
     from .onnx import choose_storage
 
     if quantize == "int8":
@@ -521,7 +580,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
                 )
 
 
-@main.command()
+@main.command(short_help="Time ONNX files in onnxruntime (interleaved, with a noise control).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "-b",
@@ -534,12 +593,28 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     help="Repeat for several batch sizes.",
 )
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="onnxruntime intra-op threads.")
-@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--warmup",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Untimed runs per file and batch size first.",
+)
 @click.option(
     "--runs", default=200, show_default=True, type=click.IntRange(1), help="Timed runs per file and batch size."
 )
-@click.option("--provider", default="CPUExecutionProvider", show_default=True)
-@click.option("--input-shape", help="Input shape when the ONNX file has symbolic dims besides batch, e.g. 1,3,32,32.")
+@click.option(
+    "--provider",
+    default="CPUExecutionProvider",
+    show_default=True,
+    help="onnxruntime execution provider, e.g. CUDAExecutionProvider (must be installed and available).",
+)
+@click.option(
+    "--input-shape",
+    metavar="DIMS",
+    help="Input shape, batch first, when the ONNX file has symbolic dims besides batch, e.g. 1,3,32,32 "
+    "(the batch dim is then set by --batch-size).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @debug_option
@@ -557,12 +632,21 @@ def bench(
     debug: bool,
 ) -> None:
     """Benchmark ONNX FILES in onnxruntime, interleaved (A B A B ...), with ratios to the first file
-    and an A/A control (the first file against itself) that shows the noise floor."""
+    and an A/A control (the first file against itself) that shows the noise floor.
+
+    \b
+    Examples:
+      sparsekit bench out/dense.onnx out/model.onnx                 # batch 1 and 32, one thread
+      sparsekit bench out/model.onnx -b 1 -b 64 --threads 4 --runs 500
+    """
+    shape = _shape(input_shape)
     _load_native("onnxruntime")
     from .onnx import benchmark, latency_table
 
     if any(b <= 0 for b in batch_sizes):
         raise ExportError(f"--batch-size {min(batch_sizes)}: batch sizes must be > 0")
+    if shape is not None:
+        _check_batch_first(files, shape)
     res = benchmark(
         list(files),
         list(batch_sizes),
@@ -570,17 +654,47 @@ def bench(
         warmup=warmup,
         runs=runs,
         provider=provider,
-        input_shape=_shape(input_shape),
+        input_shape=shape,
         progress=not no_progress and not as_json,
     )
     _emit(res, as_json, latency_table(res))
 
 
-@main.command()
+def _check_batch_first(files: tuple[Path, ...], shape: list[int]) -> None:
+    """``--input-shape`` is the whole input, batch first: as many dims as each file's first input has (the
+    benchmark itself would also take the dims without the batch, and read ``1,8,8`` as a sample of
+    ``[1, 8, 8]``). Files it cannot read are left to the benchmark's own errors."""
+    from .onnx import load_onnx
+    from .onnx.graph import graph_inputs
+
+    for path in files:
+        try:
+            inputs = graph_inputs(load_onnx(path, load_external_data=False))
+        except SparsekitError:
+            continue
+        if not inputs:
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in inputs[0].type.tensor_type.shape.dim
+        ]
+        if dims and len(dims) != len(shape):
+            example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in [1, *dims[1:]])
+            raise ExportError(
+                f"--input-shape {','.join(map(str, shape))}: {path} takes inputs of {len(dims)} dims {dims}; give "
+                f"them all, batch first, e.g. --input-shape {example}"
+            )
+
+
+@main.command(short_help="Params, nonzeros, sparsity and MACs per layer of a .pt or .onnx file.")
 @click.argument("model", type=click.Path(path_type=Path))
 @arch_option
-@click.option("--kwargs", "arch_kwargs", help="Keyword arguments for --arch as JSON, e.g. '{\"hidden\": 32}'.")
-@click.option("--input-shape", help="Input shape for MACs, batch first (default: from the checkpoint).")
+@kwargs_option
+@click.option(
+    "--input-shape",
+    metavar="DIMS",
+    help="Input shape for MACs, batch first, e.g. 1,1,28,28 (default: from the checkpoint; .pt/.safetensors only).",
+)
 @trust_model_file_option
 @trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
@@ -596,65 +710,110 @@ def inspect(
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Per-layer params, nonzeros, sparsity and MACs of a model file (.pt, .safetensors or .onnx).
+    """Per-layer and whole-model params, nonzeros, weight sparsity and MACs of a model file (.pt,
+    .safetensors or .onnx).
 
-    An .onnx file is read as data (nothing in it runs); its sizes count any external-data file.
+    Each prunable layer (Linear / Conv; in ONNX, Conv / Gemm / MatMul nodes with a stored weight) gets a
+    row: params and nonzero count its weight and bias, sparsity is the fraction of its weight that is zero,
+    dense MACs are its multiply-accumulates per sample and nonzero MACs those of its nonzero weights
+    ("unknown" when the input shape is not known). Parameters outside these layers (BatchNorm, ...) get
+    a row of their own, so the rows add up to the total; the total's sparsity is over the prunable weights,
+    as in report.json. A .pt and the .onnx exported from it give the same rows (ONNX folds BatchNorm into
+    the convolution before it). An .onnx file is read as data (nothing in it runs); its sizes count any
+    external-data file.
 
     \b
-    Example:
-      sparsekit inspect out/model.pt --arch examples.models:lenet_300_100
+    Examples:
+      sparsekit inspect out/model.pt
+      sparsekit inspect weights.pt --arch examples.models:small_cnn --input-shape 1,1,28,28
       sparsekit inspect out/model.onnx --json
     """
-    _load_native("onnxruntime" if model.suffix == ".onnx" else "torch")
+    onnx_file = model.suffix == ".onnx"
+    if onnx_file and (arch or arch_kwargs or input_shape):
+        given = [f for f, v in (("--arch", arch), ("--kwargs", arch_kwargs), ("--input-shape", input_shape)) if v]
+        raise click.UsageError(
+            f"{' and '.join(given)}: an .onnx file holds its own graph and input shape; these options are for "
+            ".pt / .safetensors models"
+        )
+    kwargs, shape = _kwargs(arch_kwargs, arch), _shape(input_shape)
+    _load_native("onnxruntime" if onnx_file else "torch")
     from .inspection import inspect as inspect_file
 
     res = inspect_file(
-        model,
-        arch=arch,
-        kwargs=_kwargs(arch_kwargs),
-        input_shape=_shape(input_shape),
-        trust=trust_model_file,
-        trust_code=trust_code,
+        model, arch=arch, kwargs=kwargs, input_shape=shape, trust=trust_model_file, trust_code=trust_code
     )
-    if model.suffix == ".onnx":
-        lines = [
-            f"{model}: {res['params']:,} params, {res['nonzero_params']:,} nonzero (sparsity {res['sparsity']:.3f})",
-            f"size {res['bytes']:,} B raw, {res['gzip_bytes']:,} B gzip "
-            f"({res['gzip_bytes_per_nonzero'] or 0:.2f} gzip B per nonzero weight)",
-            f"MACs at batch 1: {res['macs']:,} (nonzero weights only: {res['effective_macs']:,})",
-        ]
-        _emit(res, as_json, "\n".join(lines))
-        return
-    shape, rows = res["input_shape"], res["layers"]
-    lines = [
-        f"{model}: {res['factory'] or 'unknown factory'}, input {shape or '? (pass --input-shape for MACs)'}",
-        f"{'layer':24} {'type':8} {'shape':18} {'params':>10} {'nonzero':>10} {'sparsity':>8} {'nonzero MACs':>12}",
-    ]
-    for r in rows:
-        lines.append(
-            f"{r['name']:24} {r['type']:8} {'x'.join(map(str, r['shape'])):18} {r['params']:>10,} "
-            f"{r['nonzero_params']:>10,} {r['sparsity']:>8.3f} {r.get('effective_macs', 0):>12,}"
+    _emit(res, as_json, _inspect_text(model, res))
+
+
+def _inspect_text(model: Path, res: dict[str, Any]) -> str:
+    """The table ``sparsekit inspect`` prints for :func:`sparsekit.inspect`'s result ``res``."""
+    shape = res.get("input_shape")
+    if res["format"] == "onnx":
+        per = res["gzip_bytes_per_nonzero"]
+        head = f"{model}: ONNX, input {shape}; {res['bytes']:,} B, gzip {res['gzip_bytes']:,} B" + (
+            f" ({per:.2f} gzip B per nonzero param)" if per else ""
         )
+    else:
+        where = f"input {shape}" if shape else "input shape unknown (pass --input-shape for MACs)"
+        head = f"{model}: {res['factory'] or 'unknown factory'}, {where}; {res['bytes']:,} B"
+        if res.get("structurally_pruned"):
+            head += "; channels removed (rebuilt from its pruning history)"
+
+    def count(value: int | None) -> str:
+        return "unknown" if value is None else f"{value:,}"
+
+    rows = [
+        [r["name"], r["type"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['nonzero_params']:,}",
+         f"{r['sparsity']:.3f}", count(r["macs"]), count(r["effective_macs"])]
+        for r in res["layers"]
+    ]  # fmt: skip
+    other = res["other_params"]
+    if other["params"]:
+        kinds = ", ".join(other["types"]) or "other"
+        rows.append([f"({kinds})", "", "", f"{other['params']:,}", f"{other['nonzero_params']:,}", "", "", ""])
+    unknown = res["macs_unknown"]
+    total = [
+        "total", "", "", f"{res['params']:,}", f"{res['nonzero_params']:,}", f"{res['sparsity']:.3f}",
+        count(res["macs"]), count(res["effective_macs"]),
+    ]  # fmt: skip
+    header = ["layer", "type", "weight", "params", "nonzero", "sparsity", "dense MACs", "nonzero MACs"]
+    table = [header, *rows, total]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    lines = [head, *(line(row) for row in table)]
     lines.append(
-        f"total params {res['params']:,}, nonzero {res['nonzero_params']:,}, prunable sparsity "
-        f"{res['sparsity']:.3f}"
-        + (f", MACs {res['macs']:,} (nonzero {res['effective_macs']:,})" if "macs" in res else "")
+        "params, nonzero: weights + biases; sparsity: of the weights (total: over the rows' weights, as in "
+        "report.json); MACs: per sample"
     )
-    _emit(res, as_json, "\n".join(lines))
+    if unknown and len(unknown) < len(res["layers"]):
+        lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
+    return "\n".join(lines)
 
 
-@main.command()
+@main.command(short_help="Check RECIPE; with MODEL, a dry run of prune (schedule per epoch).")
 @click.argument("recipe")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @arch_option
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe field.")
+@kwargs_option
+@data_option
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe field, as for prune, e.g. --set finetune.epochs=2.",
+)
 @click.option(
     "--steps-per-epoch",
-    default=100,
-    show_default=True,
     type=click.IntRange(1),
-    help="Batches per epoch assumed for the dry run.",
+    help="Optimizer steps per epoch to assume instead of the run's own (its training batches, capped by "
+    "finetune.max_steps_per_epoch), e.g. to preview the schedule on a larger dataset.",
 )
+@trust_model_file_option
 @trust_code_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 @debug_option
@@ -663,46 +822,89 @@ def validate(
     recipe: str,
     model: Path | None,
     arch: str | None,
+    arch_kwargs: str | None,
+    data: str | None,
     overrides: tuple[str, ...],
-    steps_per_epoch: int,
+    steps_per_epoch: int | None,
+    trust_model_file: bool,
     trust_code: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
-    """Check RECIPE; with MODEL, a dry run: layers each method matches and its target per epoch.
+    """Check RECIPE; with MODEL, a dry run of `sparsekit prune MODEL RECIPE`: what each method will do and
+    the sparsity after every epoch, without training or writing anything.
 
-    Without MODEL nothing the recipe names is imported. With MODEL the architecture is built, so a
-    factory named in RECIPE or MODEL needs --arch (or --trust-code) as for `prune`. With MODEL and
-    `sparsity: auto` / `ratio: auto` entries, the data is loaded and the sensitivity analysis runs (as in
-    `prune`; `target_latency` also exports and times the model) to show the per-layer values chosen.
+    Without MODEL: the recipe's schema and what each method will do; nothing the recipe names is imported.
+
+    With MODEL, what prune does before training, with the same code and the same options (--arch,
+    --kwargs, --data, --set, --trust-code): the model is built, the data loaded and one training batch run
+    through the model (a shape or label mismatch is an error naming both), every structural removal
+    rehearsed on a copy, and the run's own Pruner driven through every optimizer step of the run on a
+    copy (no training; optimizer steps per epoch are the data's training batches). The sparsity printed
+    per epoch is what report.json's history will show; l1's zeros, which depend on training, come on top.
+    With `sparsity: auto` / `ratio: auto` entries the sensitivity analysis runs as in prune
+    (`target_latency` also exports and times the model) and the chosen per-layer values are shown.
+
+    \b
+    Examples:
+      sparsekit validate lenet-gradual-magnitude-90                  # schema and plan, no model
+      sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100
+      sparsekit validate my-recipe.yaml weights.pt --arch mypkg.nets:build --kwargs '{"width": 64}' --json
     """
+    model_overrides = _arch_overrides(arch, arch_kwargs)
+    if model is None:
+        given = [f for f, v in (("--arch", arch), ("--data", data), ("--steps-per-epoch", steps_per_epoch)) if v]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)}: only used with MODEL (the dry run); give MODEL too")
     from .planning import allocation_lines, plan
     from .recipe import load_recipe
 
     path = find_recipe(recipe)
-    rec = load_recipe(path, list(overrides))
+    rec = load_recipe(path, [*overrides, *model_overrides])
+    inputs = None
     if model is not None:
         _load_native("torch")
-    res = plan(rec, model, arch=arch, steps_per_epoch=steps_per_epoch, trust_code=trust_code)
-    res["recipe"] = str(path)
-    auto_lines: list[str] = []
-    if model is not None and any(a["auto"] for a in res.get("allocation", [])):
-        # The values prune would choose need the data: analyse now (the model was built already).
-        from .analysis import allocate_for_run, allocation_summary
         from .pipeline import check_inputs
 
-        inputs = check_inputs(model, rec, arch=arch, trust_code=trust_code)
+        inputs = check_inputs(model, rec, arch=arch, data=data, trust=trust_model_file, trust_code=trust_code)
+    res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
+    res["recipe"] = str(path)
+    auto_lines: list[str] = []
+    if inputs is not None and any(a["auto"] for a in res.get("allocation", [])):
+        # The values prune would choose need the data: analyse now (the structure was rehearsed already).
+        from .analysis import allocate_for_run, allocation_summary
+
         rec, _, allocation = allocate_for_run(inputs, rec, [], progress=not as_json)
-        res = plan(rec, model, arch=arch, steps_per_epoch=steps_per_epoch, trust_code=trust_code)
+        res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
         res.update(recipe=str(path), auto_allocation=allocation)
         auto_lines = [allocation_summary(allocation)] if allocation else []
-    lines = [f"{path}: valid ({len(rec.pruning)} method(s), {rec.finetune.epochs} fine-tuning epoch(s))"]
-    if model is None:
-        for field, spec in res["names_code"].items():
+    _emit(res, as_json, "\n".join(_validate_lines(path, rec, res) + allocation_lines(res) + auto_lines))
+
+
+def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
+    """What ``sparsekit validate`` prints for :func:`sparsekit.plan`'s result ``res``."""
+    epochs = rec.finetune.epochs
+    lines = [f"{path}: valid ({len(rec.pruning)} method(s), {epochs} fine-tuning epoch(s))"]
+    for field, spec in res["names_code"].items():
+        if "model" not in res:
             lines.append(
                 f"{field} names code {spec}: not imported; prune runs it only when confirmed "
                 "(--arch/--data, --trust-code or a trusted module)"
             )
+    if "model" in res:
+        m, d = res["model"], res["data"]
+        lines.append(f"model {m['path']}: {m['factory']}, input {m['input_shape']}, {m['outputs']} outputs")
+        batches = f"{d['train_batches']:,} training batches" if d["train_batches"] is not None else "training batches"
+        lines.append(
+            f"data {d['source']}: {batches} of {d['batch_shape'][0]}; one of shape {d['batch_shape']} runs through "
+            f"the model: {d['output_shape']}"
+        )
+        spe = res["steps_per_epoch"]
+        source = "as given" if res["steps_per_epoch_from"] == "given" else "one per training batch"
+        if epochs:
+            lines.append(f"schedule: {spe:,} optimizer steps per epoch ({source}), {spe * epochs:,} in all")
+        else:
+            lines.append("schedule: no fine-tuning (finetune.epochs: 0): every entry acts at once, before any training")
     reh = res.get("rehearsal") or {}
     if reh.get("events"):
         parity = reh.get("parity") or {}
@@ -717,19 +919,47 @@ def validate(
                     f"  pruning[{row['index']}] {name}: {aim['achieved']:.3f} of channels removed, "
                     f"{aim['asked']:.3f} asked{why}"
                 )
+    if not res["methods"]:
+        lines += [f"pruning[{i}] {text}" for i, text in enumerate(res["descriptions"])]
     for m in res["methods"]:
-        lines.append(f"pruning[{m['index']}] {m['method']}: {', '.join(m['layers'])}")
+        lines.append(f"pruning[{m['index']}] {m['description']}")
+        if len(m["layers"]) > 6:
+            lines.append(f"  layers: {', '.join(m['layers'])}")
         for row in m["left_out"]:
             lines.append(f"  left out {row['name']} ({row['type']}): {row['reason']}")
-        if m["targets_per_epoch"]:
+        what = "channels removed" if m["method"] == "structured" else "its weights zero"
+        if m["expected_per_epoch"] is None:
+            lines.append("  its effect follows from training: known only after the run")
+        elif epochs:
+            lines.append(f"  {what} after epoch {_per_epoch(m['expected_per_epoch'])}")
+        else:
+            lines.append(f"  {what}: {m['final']:.3f}")
+    schedule = res.get("schedule")
+    if schedule:
+        unknown = any(m.get("expected_per_epoch", []) is None for m in res["methods"])
+        on_top = " (plus l1's zeros)" if unknown else ""
+        if epochs:
+            history = [row["sparsity"] for row in schedule["history"]]
             lines.append(
-                "  target after epoch: " + ", ".join(f"{e + 1}: {t:.3f}" for e, t in enumerate(m["targets_per_epoch"]))
+                f"model sparsity{on_top}, as report.json's history will show it, after epoch {_per_epoch(history)}"
             )
-    lines += allocation_lines(res) + auto_lines
-    _emit(res, as_json, "\n".join(lines))
+        lines.append(f"pruned model (model.pt): sparsity {schedule['final']['sparsity']:.3f}{on_top}")
+    return lines
 
 
-@main.command()
+def _per_epoch(values: list[float]) -> str:
+    """``1: 0.586, 2: 0.856, 3-8: 0.900``: consecutive epochs with the same (rounded) value as one range."""
+    parts: list[str] = []
+    first = 0
+    for e in range(1, len(values) + 1):
+        if e == len(values) or f"{values[e]:.3f}" != f"{values[first]:.3f}":
+            span = f"{first + 1}" if e - 1 == first else f"{first + 1}-{e}"
+            parts.append(f"{span}: {values[first]:.3f}")
+            first = e
+    return ", ".join(parts)
+
+
+@main.command(short_help="Accuracy/loss cost of pruning each layer alone (which layers to spare).")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("recipe")
 @click.option(
@@ -742,8 +972,15 @@ def validate(
     help="Output folder (sensitivity.json, sensitivity.png, sensitivity.md; allocation.json for auto entries).",
 )
 @arch_option
+@kwargs_option
 @data_option
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe field.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe field, as for prune, e.g. --set data.batch_size=128.",
+)
 @click.option(
     "--max-batches",
     type=click.IntRange(1),
@@ -762,6 +999,7 @@ def sensitivity(
     recipe: str,
     out: Path,
     arch: str | None,
+    arch_kwargs: str | None,
     data: str | None,
     overrides: tuple[str, ...],
     max_batches: int | None,
@@ -788,11 +1026,12 @@ def sensitivity(
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    model_overrides = _arch_overrides(arch, arch_kwargs)
     _load_native("torch")
     from .analysis import allocation_summary, run_sensitivity
     from .recipe import load_recipe
 
-    rec = load_recipe(find_recipe(recipe), list(overrides))
+    rec = load_recipe(find_recipe(recipe), [*overrides, *model_overrides])
     res = run_sensitivity(
         model,
         rec,
@@ -830,19 +1069,51 @@ def sensitivity(
     _emit(doc, as_json, "\n".join(lines))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@main.command(short_help="List the shipped recipes, or print one (NAME) in full.")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the list (or the recipe NAME) as JSON.")
 @debug_option
 @handle_errors
-def recipes(as_json: bool, debug: bool) -> None:
-    """List the recipes shipped with sparsekit (use the name or the path as RECIPE)."""
-    from .recipe_catalog import shipped_recipes
+def recipes(name: str | None, as_json: bool, debug: bool) -> None:
+    """List the recipes shipped with sparsekit, or print the recipe NAME in full.
 
+    Use the name (or a path to your own YAML file) as RECIPE in prune, validate and sensitivity. To start
+    your own recipe, save one: `sparsekit recipes NAME > my-recipe.yaml`.
+
+    \b
+    Examples:
+      sparsekit recipes
+      sparsekit recipes lenet-gradual-magnitude-90
+    """
+    from .recipe_catalog import shipped_recipe, shipped_recipes
+
+    if name is not None:
+        one = shipped_recipe(name)
+        _emit(one, as_json, one["text"].rstrip("\n"))
+        return
     rows = shipped_recipes()
-    _emit(rows, as_json, "\n".join(f"{r['name']:36} {'+'.join(r['methods']):24} {r['description']}" for r in rows))
+    _emit(rows, as_json, _recipes_text(rows))
 
 
-@main.command()
+def _recipes_text(rows: list[dict[str, Any]]) -> str:
+    """Each recipe's name, methods and model, then its whole description wrapped to the terminal."""
+    import shutil
+    import textwrap
+
+    width = max(min(shutil.get_terminal_size((100, 24)).columns, 100), 40)
+    lines: list[str] = []
+    for r in rows:
+        model = f"  (for {r['model']})" if r["model"] else ""
+        lines.append(f"{r['name']}: {' + '.join(r['methods']) or 'no pruning'}{model}")
+        if r["description"]:
+            lines += textwrap.wrap(
+                r["description"], width=width, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False
+            )
+    lines.append("Print one in full: sparsekit recipes NAME")
+    return "\n".join(lines)
+
+
+@main.command(short_help="Re-render report.md and the plots of a prune output folder.")
 @click.argument("folder", required=False, type=click.Path(path_type=Path))
 @click.option("--schema", is_flag=True, help="Print the JSON schema of report.json instead.")
 @debug_option
@@ -881,7 +1152,7 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
     click.echo(f"Wrote {folder / 'report.md'}")
 
 
-@main.command()
+@main.command(short_help="List, add or forget the modules whose code a file may name.")
 @click.argument("modules", nargs=-1)
 @click.option("--forget", is_flag=True, help="Stop trusting MODULES instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the trusted modules as JSON.")

@@ -1,14 +1,23 @@
-"""``sparsekit.inspect()``: what a model file holds — per-layer params, nonzeros, sparsity and MACs.
+"""``sparsekit.inspect()``: what a model file holds — per-layer and whole-model params, nonzeros, weight
+sparsity, and multiply-accumulates (dense, and over nonzero weights only).
 
-The ``sparsekit inspect`` command prints this; Python users get the same dict.
+The ``sparsekit inspect`` command prints this; Python users get the same dict. A ``.pt`` / ``.safetensors``
+model and the ``.onnx`` file exported from it give the same layer names, counts, sparsity and MACs (an
+ONNX file stores BatchNorm folded into the convolution before it, so its whole-model ``params`` may be
+smaller).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, option
+from .errors import DataError, one_line, option
+
+ROW_KEYS = ("name", "type", "shape", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity", "macs",
+            "effective_macs")  # fmt: skip
+"""The keys of every per-layer row, for a torch model and an ONNX file alike."""
 
 
 def inspect(
@@ -24,49 +33,316 @@ def inspect(
     (loaded as :func:`sparsekit.load_model` does, with ``arch``/``kwargs``, ``trust`` and
     ``trust_code`` meaning the same) or an ``.onnx`` file (read as data; nothing in it is run).
 
-    Returns for a torch model ``{"path", "factory", "input_shape", "structurally_pruned", "params",
-    "nonzero_params", "sparsity", "macs"?, "effective_macs"?, "layers": [row per prunable layer]}``
-    (MACs per sample, only when an input shape, batch first, is known); for ONNX ``{"path", "bytes",
-    "gzip_bytes", "params", "nonzero_params", "sparsity", "macs", "effective_macs", ...}`` with
-    sizes in bytes, external data included. ``sparsity`` is the fraction of zero weights of prunable
-    layers (torch) or of all weight initializers (ONNX).
+    Returns, for both kinds, ``{"path", "format" ("torch" | "onnx"), "bytes", "params", "nonzero_params",
+    "weights", "nonzero_weights", "sparsity", "macs", "effective_macs", "macs_unknown", "other_params",
+    "layers"}``:
+
+    - ``layers``: one row per prunable layer (Linear / Conv weights; ONNX: Conv, ConvTranspose, Gemm and
+      MatMul nodes whose weight is stored in the file) with the keys of :data:`ROW_KEYS`: ``params`` and
+      ``nonzero_params`` count the weight *and* the bias, ``weights`` / ``nonzero_weights`` the weight
+      alone, ``sparsity`` is the fraction of the weight that is zero, ``macs`` the dense
+      multiply-accumulates for one sample and ``effective_macs`` those of the nonzero weights; both None
+      when unknown (no input shape, or ONNX shape inference could not size the layer).
+    - totals: ``params`` / ``nonzero_params`` over every parameter (torch) or stored weight (ONNX);
+      ``other_params`` (``{"params", "nonzero_params", "types"}``) what the rows leave out (BatchNorm,
+      embeddings, ...), so rows plus other make the total; ``weights`` / ``nonzero_weights`` / ``sparsity``
+      over the rows' weights (the prunable weights: ``sparsity`` is report.json's); ``macs`` /
+      ``effective_macs`` summed over the rows, None when some row's are unknown (those rows are listed in
+      ``macs_unknown``).
+
+    A torch model adds ``factory``, ``input_shape`` (batch first, None when unknown: pass one for MACs)
+    and ``structurally_pruned``; an ONNX file adds ``gzip_bytes``, ``bytes_per_nonzero``,
+    ``gzip_bytes_per_nonzero`` (sizes count any external-data file) and ``input_shape`` (its first input,
+    symbolic dims as names).
 
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
-    ``input_shape``."""
+    ``input_shape`` (batch first)."""
     path = Path(path)
     if path.suffix == ".onnx":
         return _inspect_onnx(path)
     from .modelio import infer_input_shape, read_model
-    from .stats import layer_report, model_stats
 
     loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code)
     shape = input_shape or loaded.input_shape or infer_input_shape(loaded.model)
-    try:
-        rows = layer_report(loaded.model, shape)
-    except MemoryError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the model cannot run on the given shape
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(
-            f"input shape {shape}: the model does not accept it ({first}); give the shape it takes, batch first "
-            f"({option('input_shape')})"
-        ) from None
-    return {
+    if shape:
+        check_input_shape(loaded.model, list(shape))
+    res: dict[str, Any] = {
         "path": str(path),
+        "format": "torch",
+        "bytes": path.stat().st_size,
         "factory": loaded.factory,
-        "input_shape": shape,
+        "input_shape": list(shape) if shape else None,
         "structurally_pruned": bool(loaded.pruning_history),
-        **model_stats(loaded.model, shape),
+    }
+    res.update(_torch_counts(loaded.model, list(shape) if shape else None))
+    return res
+
+
+def check_input_shape(model: Any, shape: Sequence[int], *, fix: Callable[[str], str] | None = None) -> None:
+    """Check that ``model`` runs on ``shape`` read batch first: on zeros of ``[1, *shape[1:]]`` and of
+    ``[2, *shape[1:]]``. Raises :class:`~sparsekit.errors.DataError` naming ``shape`` and how to give another
+    otherwise: ``fix(value)`` words the remedy for a shape ``value`` (``""``: no particular one); by default
+    the caller's input-shape option (:func:`~sparsekit.errors.option`), e.g. a recipe's
+    ``option("set", f"model.input_shape={value}")`` elsewhere.
+
+    Both batch sizes are tried because many layers also take an input without its batch dimension (a
+    Conv2d takes ``[C, H, W]``): ``1,8,8`` given for a model of ``[N, 1, 8, 8]`` inputs runs at batch 1,
+    with the 1 read as its channel, and fails only later (export traces at batch 2), with an error
+    quoting a shape the user never gave. The message then suggests the shape with a batch dimension."""
+    import torch
+
+    remedy = fix or (lambda value: option("input_shape", value))
+    dims = [int(d) for d in shape]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else None
+
+    def fails(batch_shape: list[int]) -> Exception | None:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(batch_shape, device=device))
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's model on a shape: bad input, not our bug
+            return err
+        return None
+
+    modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
+    model.eval()
+    try:
+        first = fails([1, *dims[1:]])
+        if first is not None:
+            raise DataError(
+                f"input shape {dims}: the model does not accept it ({one_line(first, 160)}); give the shape it "
+                f"takes, batch first ({remedy('')})"
+            )
+        if fails([2, *dims[1:]]) is None:
+            return
+        guess = [1, *dims]
+        hint = (
+            f"; the model takes {guess}: did you leave out the batch dimension? ({remedy(str(guess))})"
+            if fails([2, *dims]) is None
+            else f"; give the whole input shape, batch first ({remedy('')})"
+        )
+        raise DataError(
+            f"input shape {dims}: the model runs on one such input but not on a batch of two, so its first "
+            f"dimension is not the batch{hint}"
+        )
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
+    """Rows and totals of a torch model (see :func:`inspect`)."""
+    import torch
+
+    from .layers import prunable_layers
+    from .masks import weight_of
+    from .stats import layer_macs, sparsity
+
+    model = getattr(model, "module", model)
+    layers = prunable_layers(model)
+    macs = layer_macs(model, shape) if shape else None  # layers the forward pass never reaches: 0
+    rows: list[dict[str, Any]] = []
+    owned: set[int] = set()
+    for name, module in layers.items():
+        weight = weight_of(module)
+        bias = getattr(module, "bias", None)
+        n, nz = weight.numel(), int((weight != 0).sum())
+        params, nonzero = n, nz
+        owned.add(id(weight))
+        if isinstance(bias, torch.Tensor):
+            params += bias.numel()
+            nonzero += int((bias != 0).sum())
+            owned.add(id(bias))
+        dense = None if macs is None else macs.get(name, 0)
+        rows.append(_row(name, type(module).__name__, list(weight.shape), params, nonzero, n, nz, dense))
+    other = [(m, p) for m in model.modules() for p in m.parameters(recurse=False) if id(p) not in owned]
+    seen: set[int] = set()
+    other_params = other_nonzero = 0
+    types: list[str] = []
+    for module, p in other:
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        other_params += p.numel()
+        other_nonzero += int((p != 0).sum())
+        if type(module).__name__ not in types:
+            types.append(type(module).__name__)
+    totals = _totals(rows, other_params, other_nonzero, types)
+    totals["sparsity"] = sparsity(model)  # the run's own definition (report.json), equal to the rows'
+    return totals
+
+
+def _row(
+    name: str, kind: str, shape: list[int], params: int, nonzero: int, weights: int, nonzero_weights: int,
+    macs: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "name": name,
+        "type": kind,
+        "shape": shape,
+        "params": params,
+        "nonzero_params": nonzero,
+        "weights": weights,
+        "nonzero_weights": nonzero_weights,
+        "sparsity": 1 - nonzero_weights / weights if weights else 0.0,
+        "macs": macs,
+        "effective_macs": None if macs is None else (round(macs * nonzero_weights / weights) if weights else 0),
+    }
+
+
+def _totals(rows: list[dict[str, Any]], other_params: int, other_nonzero: int, types: list[str]) -> dict[str, Any]:
+    weights = sum(r["weights"] for r in rows)
+    nonzero_weights = sum(r["nonzero_weights"] for r in rows)
+    unknown = [r["name"] for r in rows if r["macs"] is None]
+    return {
+        "params": sum(r["params"] for r in rows) + other_params,
+        "nonzero_params": sum(r["nonzero_params"] for r in rows) + other_nonzero,
+        "weights": weights,
+        "nonzero_weights": nonzero_weights,
+        "sparsity": 1 - nonzero_weights / weights if weights else 0.0,
+        "macs": None if unknown else sum(r["macs"] for r in rows),
+        "effective_macs": None if unknown else sum(r["effective_macs"] for r in rows),
+        "macs_unknown": unknown,
+        "other_params": {"params": other_params, "nonzero_params": other_nonzero, "types": types},
         "layers": rows,
     }
 
 
 def _inspect_onnx(path: Path) -> dict[str, Any]:
-    from .onnx import load_onnx, onnx_macs, param_counts, size_report
+    from .onnx import load_onnx, onnx_macs, onnx_sizes
 
-    load_onnx(path)  # a clear error naming the file if it is not ONNX
-    counts = param_counts(path)  # quantized and sparse-stored weights count as weights too
-    res = {"path": str(path), **size_report(path, counts["nonzero_params"]), **counts, **onnx_macs(path)}
-    res["sparsity"] = 1 - counts["nonzero_params"] / counts["params"] if counts["params"] else 0.0
+    model = load_onnx(path)  # a clear error naming the file if it is not ONNX
+    sizes = onnx_sizes(path)
+    macs = {row["node"]: row["macs"] for row in onnx_macs(path)["layers"]}
+    rows, used = _onnx_rows(model, macs)
+    other_params, other_nonzero = _onnx_other(model.graph, used)
+    res: dict[str, Any] = {
+        "path": str(path),
+        "format": "onnx",
+        "bytes": sizes["bytes"],
+        "gzip_bytes": sizes["gzip_bytes"],
+    }
+    res["input_shape"] = _onnx_input_shape(model)
+    res.update(_totals(rows, other_params, other_nonzero, ["other initializers"] if other_params else []))
+    nonzero = res["nonzero_params"]
+    res["bytes_per_nonzero"] = sizes["bytes"] / nonzero if nonzero else None
+    res["gzip_bytes_per_nonzero"] = sizes["gzip_bytes"] / nonzero if nonzero else None
     return res
+
+
+def _onnx_input_shape(model: Any) -> list[int | str] | None:
+    from .onnx.graph import graph_inputs
+
+    inputs = graph_inputs(model)
+    if not inputs:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger")
+# Ops whose output a bias Add may follow: an int8 layer's output is cast and rescaled first.
+_PASS_THROUGH = ("Cast", "Mul")
+
+
+def _onnx_rows(model: Any, macs: dict[str, int]) -> tuple[list[dict[str, Any]], set[str]]:
+    """One row per Conv / ConvTranspose / Gemm / MatMul (or int8 ConvInteger / MatMulInteger) node of the
+    main graph whose weight is stored in the file (dense, sparse, or int8, behind a DequantizeLinear or
+    not), named after the weight (``fc1.weight`` -> ``fc1``, as torch names the layer), else after the node.
+    Also returns the names of the stored tensors the rows count (weights and biases)."""
+    import numpy as np
+
+    arrays = _onnx_arrays(model.graph)
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def bias_after(output: str) -> str | None:
+        """A 1-D stored tensor added to ``output`` (through a Cast / rescaling Mul), the MatMul way."""
+        for _ in range(4):
+            nexts = consumers.get(output, [])
+            if len(nexts) != 1:
+                return None
+            node = nexts[0]
+            if node.op_type == "Add":
+                other = [i for i in node.input if i != output]
+                ok = len(other) == 1 and other[0] in arrays and arrays[other[0]][0].ndim == 1
+                return other[0] if ok else None
+            if node.op_type not in _PASS_THROUGH:
+                return None
+            output = node.output[0]
+        return None
+
+    rows, used = [], set()
+    for node in model.graph.node:
+        if node.op_type not in _WEIGHTED or len(node.input) < 2 or node.input[1] not in arrays:
+            continue
+        w, origin = arrays[node.input[1]]
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+            bias_name = node.input[2] if len(node.input) > 2 and node.input[2] in arrays else None
+        else:  # MatMul (torch's Linear exported as MatMul + Add), ConvInteger, MatMulInteger
+            bias_name = bias_after(node.output[0])
+        n, nz = int(w.size), int(np.count_nonzero(w))
+        params, nonzero = n, nz
+        used.add(origin)
+        if bias_name is not None:
+            bias, bias_origin = arrays[bias_name]
+            params, nonzero = params + int(bias.size), nonzero + int(np.count_nonzero(bias))
+            used.add(bias_origin)
+        key = node.name or node.output[0]
+        if ".weight" in origin:
+            name = origin.split(".weight")[0]
+        else:
+            name = key.strip("/").rsplit("/", 1)[0] or key
+        rows.append(_row(name, node.op_type, list(w.shape), params, nonzero, n, nz, macs.get(key)))
+    return rows, used
+
+
+def _onnx_other(graph: Any, used: set[str]) -> tuple[int, int]:
+    """Elements and nonzeros of the stored floating-point tensors the rows leave out (BatchNorm, embeddings,
+    ...), not counting quantization scales and zero points."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from .onnx import densify
+    from .onnx.tensors import FLOAT_TYPES
+
+    aux = set()
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            aux.update(node.input[1:])
+        elif node.op_type in ("MatMulInteger", "ConvInteger"):
+            aux.update(node.input[2:])
+        elif node.op_type == "Mul":  # the rescaling of an int8 layer's output: weight scales
+            aux.update(i for i in node.input if i.endswith("_scale"))
+    params = nonzero = 0
+    for init in graph.initializer:
+        if init.name not in used and init.name not in aux and init.data_type in FLOAT_TYPES:
+            arr = numpy_helper.to_array(init)
+            params, nonzero = params + int(arr.size), nonzero + int(np.count_nonzero(arr))
+    for sparse in graph.sparse_initializer:
+        name = sparse.values.name
+        if name not in used and name not in aux and sparse.values.data_type in FLOAT_TYPES:
+            arr = densify(sparse)
+            params, nonzero = params + int(arr.size), nonzero + int(np.count_nonzero(arr))
+    return params, nonzero
+
+
+def _onnx_arrays(graph: Any) -> dict[str, tuple[Any, str]]:
+    """Stored tensors by name, as ``(array, name of the stored tensor)``: initializers, sparse ones densified,
+    and the outputs of a DequantizeLinear or Transpose of one (a quantized or transposed weight)."""
+    from onnx import numpy_helper
+
+    from .onnx import densify
+
+    arrays = {i.name: (numpy_helper.to_array(i), i.name) for i in graph.initializer}
+    arrays.update({s.values.name: (densify(s), s.values.name) for s in graph.sparse_initializer})
+    for op in ("DequantizeLinear", "Transpose"):
+        for node in graph.node:
+            if node.op_type == op and node.input and node.input[0] in arrays:
+                arrays[node.output[0]] = arrays[node.input[0]]
+    return arrays

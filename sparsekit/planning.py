@@ -1,13 +1,16 @@
-"""``sparsekit.plan()``: the dry run of a recipe — what it names, and with a model, which layers each
-method selects and its sparsity target per epoch. Nothing is trained or written.
+"""``sparsekit.plan()``: the dry run of a recipe — what it names, and with a model, what each method will
+do (in words), which layers it selects, and the sparsity the run will reach after every epoch, found by
+driving the run's own Pruner through its optimizer steps on a copy of the model. Nothing is trained or
+written.
 
 The ``sparsekit validate`` command prints this; Python users get the same dict.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from .recipe import Recipe
 
@@ -17,34 +20,51 @@ def plan(
     model: str | Path | None = None,
     *,
     arch: str | None = None,
-    steps_per_epoch: int = 100,
+    data: str | None = None,
+    steps_per_epoch: int | None = None,
+    trust: bool = False,
     trust_code: bool = False,
+    inputs: Any = None,
 ) -> dict[str, Any]:
     """Rehearse ``recipe`` (already validated by :func:`sparsekit.load_recipe`).
 
-    Without ``model`` nothing the recipe names is imported: the result lists that code under
-    ``names_code`` (field -> ``pkg.module:callable``). With ``model`` (a model file) its
-    architecture is built as for a prune run (a factory named by a file runs only with ``arch`` or
-    ``trust_code``, see :mod:`sparsekit.trust`), a :class:`~sparsekit.pruner.Pruner` is built on it,
-    and each method's layers and expected target per epoch (fraction of its weights, or of its
-    channels for ``structured``) are listed, assuming ``steps_per_epoch`` optimizer steps per epoch.
+    Without ``model`` nothing the recipe names is imported (torch is not loaded either): the result lists
+    that code under ``names_code`` (field -> ``pkg.module:callable``).
 
-    Returns ``{"recipe", "valid": True, "names_code": {...}, "epochs", "allocation": [...], "methods":
-    [{"index", "method", "layers", "left_out": [{"name", "type", "reason"}], "targets_per_epoch"}],
-    "rehearsal": {...}}``, where ``left_out`` lists the model's other modules with weights and why the entry
-    does not prune them, and ``rehearsal`` (with a model) is :func:`sparsekit.rehearsal.rehearse`'s result:
-    every structural removal performed on a copy, channels asked vs achievable per layer, export parity.
+    With ``model`` (a model file) everything ``sparsekit prune`` does before training is done, with the
+    same code (:func:`sparsekit.pipeline.check_inputs`): the architecture is built (a factory named by a
+    file runs only with ``arch`` or ``trust_code``, see :mod:`sparsekit.trust`; ``trust`` allows a pickled
+    module), the data is loaded (``data`` overrides ``data.source`` as prune's ``data=`` does) and one
+    training batch is run through the model, every structural removal is rehearsed on a copy
+    (:func:`sparsekit.rehearsal.rehearse`), and a :class:`~sparsekit.pruner.Pruner` is driven through
+    every optimizer step of the run on a copy of the model, without training (:func:`simulate`). Optimizer
+    steps per epoch are the run's (training batches, capped by ``finetune.max_steps_per_epoch``) unless
+    ``steps_per_epoch`` is given. ``inputs``: the result of :func:`~sparsekit.pipeline.check_inputs` for
+    this model and recipe, when the caller has it already (it is not changed).
+
+    Returns ``{"recipe", "valid": True, "names_code", "epochs", "allocation": [...], "descriptions": [what each
+    entry will do, in words (:func:`describe`)], "methods": [...] (empty without a model)}`` and,
+    with a model, also ``"model"`` (``{"path", "factory", "input_shape", "outputs"}``), ``"data"``
+    (``{"source", "train_batches", "batch_shape", "output_shape"}``), ``"steps_per_epoch"``,
+    ``"steps_per_epoch_from"`` (``"data"`` | ``"given"``), ``"rehearsal"`` and ``"schedule"`` (see
+    :func:`simulate`: ``start``, ``history`` — the ``epoch``/``sparsity`` rows report.json's history will
+    show — and ``final``). Each ``methods`` row is ``{"index", "method", "description" (what it will do,
+    in words), "layers", "left_out": [{"name", "type", "reason"}], "targets_per_epoch" (the schedule's
+    target at the end of each fine-tuning epoch: fraction of the entry's weights, or of its channels for
+    ``structured``), "expected_per_epoch" (what the run reaches then, from the simulation; None for l1 and
+    max_norm, whose effect depends on training), "at_start", "final"}``. ``left_out`` lists the model's
+    other modules with weights and why the entry does not prune them.
 
     ``allocation`` (with or without a model) has one row per entry with per-layer values (:func:`allocation`):
     the values an entry's ``layer_sparsity`` / ``layer_ratio`` gives, or, for an entry still holding ``auto``,
-    a note that they will be chosen from a sensitivity analysis on validation data at prune time (a dry run
-    has no data). With a model, such an entry is rehearsed with a uniform stand-in
-    (:func:`sparsekit.allocation.placeholder_recipe`), its ``targets_per_epoch`` are the stand-in's, and
-    its method row says ``"auto": True``.
+    a note that they will be chosen from a sensitivity analysis on validation data at prune time. With a
+    model, such an entry is rehearsed with a uniform stand-in (:func:`sparsekit.allocation.placeholder_recipe`),
+    its targets are the stand-in's, and its method row says ``"auto": True``.
 
     Raises the :class:`~sparsekit.errors.SparsekitError` subclasses a prune run would raise for the same
-    recipe and model (patterns matching nothing, overlapping methods, ...)."""
-    if steps_per_epoch <= 0:
+    recipe, model and data (patterns matching nothing, overlapping methods, data that does not fit the
+    model, ...)."""
+    if steps_per_epoch is not None and steps_per_epoch <= 0:
         raise ValueError("steps_per_epoch must be > 0")
     res: dict[str, Any] = {
         "recipe": recipe.source,
@@ -52,41 +72,234 @@ def plan(
         "names_code": named_code(recipe),
         "epochs": recipe.finetune.epochs,
         "allocation": allocation(recipe),
+        "descriptions": [describe(spec, epochs=recipe.finetune.epochs) for spec in recipe.pruning],
         "methods": [],
     }
     if model is None:
         return res
+    import copy
+
     from .allocation import placeholder_recipe
     from .layers import prunable_layers, unselected_layers
-    from .pipeline import resolve_model
+    from .pipeline import check_inputs
     from .pruner import Pruner
     from .rehearsal import rehearse
     from .sensitivity import auto_entries
 
     auto = set(auto_entries(recipe))
-    if auto:  # no data here: the structure is rehearsed with uniform stand-ins for the auto values
+    if auto:  # no allocation here: the structure is rehearsed with uniform stand-ins for the auto values
         recipe = placeholder_recipe(recipe)
-    loaded = resolve_model(model, recipe, arch, trust=False, trust_code=trust_code)
+    if inputs is None:
+        inputs = check_inputs(model, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
+    loaded, shape = inputs.loaded, list(inputs.shape)
+    batch, out_shape = first_batch(inputs)
+    spe = steps_per_epoch or inputs.steps_per_epoch
+    res.update(
+        model={"path": str(model), "factory": inputs.factory, "input_shape": shape, "outputs": out_shape[1]},
+        data={
+            "source": inputs.source,
+            "train_batches": _length(inputs.bundle.train),
+            "batch_shape": list(batch[0].shape),
+            "output_shape": out_shape,
+        },
+        steps_per_epoch=spe,
+        steps_per_epoch_from="given" if steps_per_epoch else "data",
+    )
     # Every structural removal the run will make, performed on a copy (forward pass after each, one export).
-    res["rehearsal"] = rehearse(loaded.model, recipe, cast(list[int], loaded.input_shape), steps_per_epoch).as_dict()
-    pruner = Pruner(loaded.model, recipe, steps_per_epoch, context={"input_shape": loaded.input_shape})
+    res["rehearsal"] = rehearse(loaded.model, recipe, shape, spe).as_dict()
+    work = copy.deepcopy(loaded.model)  # building a Pruner adds masks, and a oneshot schedule prunes at once
+    pruner = Pruner(work, recipe, spe, context={"input_shape": shape})
+    schedule = simulate(loaded.model, recipe, spe, shape, batch)
+    res["schedule"] = schedule
+    epochs = recipe.finetune.epochs
     for i, (m, spec) in enumerate(zip(pruner.methods, recipe.pruning, strict=True)):
-        left_out = unselected_layers(loaded.model, spec.layers)
+        left_out = unselected_layers(work, spec.layers)
         listed = {row["name"] for row in left_out}
-        for name, module in prunable_layers(loaded.model).items():
+        for name, module in prunable_layers(work).items():
             if name not in m.layers and name not in listed:  # selected, then kept by structured's ignore
                 left_out.append({"name": name, "type": type(module).__name__, "reason": IGNORED_REASON})
+        predicted = i in schedule["predicted"]
         res["methods"].append(
             {
                 "index": i,
                 "method": m.name,
+                "description": describe(spec, list(m.layers), spe, epochs, auto=i in auto),
                 "layers": list(m.layers),
                 "left_out": left_out,
-                "targets_per_epoch": m.targets(recipe.finetune.epochs, steps_per_epoch),
+                "targets_per_epoch": m.targets(epochs, spe)[:epochs],
+                "expected_per_epoch": [row["methods"][i] for row in schedule["history"]] if predicted else None,
+                "at_start": schedule["start"]["methods"][i] if predicted else None,
+                "final": schedule["final"]["methods"][i] if predicted else None,
                 **({"auto": True} if i in auto else {}),
             }
         )
     return res
+
+
+UNPREDICTED = ("l1", "max_norm")
+"""Methods :func:`simulate` leaves out: they act on the weights at every training step, so what they do
+(l1's zeros; max_norm makes none) follows from the training itself."""
+
+
+def simulate(
+    model: Any,
+    recipe: Recipe,
+    steps_per_epoch: int,
+    input_shape: Sequence[int],
+    batch: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """What the run's Pruner will do, found by doing it: a :class:`~sparsekit.pruner.Pruner` over a copy of
+    ``model`` is driven through every optimizer step of ``recipe.finetune.epochs`` epochs of
+    ``steps_per_epoch`` steps as :func:`sparsekit.finetune` drives it (``pruner.step()`` after each
+    optimizer step), with no optimizer step in between: the weights do not change, the masks change exactly
+    as in the run (a mask update zeroes the same number of weights, whatever their values). With no
+    fine-tuning epochs it does what the run does then: the Pruner is built and, for methods that read
+    gradients, stepped once after a calibration backward pass. Then the copy is finalized (bake, channel
+    removal). ``model`` is not changed.
+
+    Methods that read gradients get those of ``batch`` (``(inputs, labels)``: cross-entropy on one training
+    batch), recomputed after each channel removal; which weights they pick then differs from the run, how
+    many does not. Steps at which no method can act are skipped (nothing would happen at them); l1 and
+    max_norm entries (:data:`UNPREDICTED`) are left out, since they act through training alone.
+
+    Returns ``{"steps_per_epoch", "predicted": [indices into recipe.pruning simulated], "start", "history":
+    [{"epoch", "sparsity", "methods"}] (one row per epoch, from 1), "final"}``; ``start`` (after the Pruner is
+    built, and calibrated when the run has no epochs) and ``final`` (after finalize: what model.pt holds)
+    have ``sparsity`` and ``methods`` too. ``sparsity`` is :func:`sparsekit.stats.sparsity` of the model,
+    as report.json's history and ``pruned.sparsity`` report it (l1 zeros would come on top); ``methods``
+    has one value per ``recipe.pruning`` entry: the fraction of its weights that is zero (of its output
+    channels removed, for structured), as its report row's ``achieved``; None for an entry not simulated."""
+    import copy
+
+    import torch
+
+    from .pruner import Pruner
+    from .stats import sparsity
+
+    keep = [i for i, spec in enumerate(recipe.pruning) if spec.method not in UNPREDICTED]
+    sim = recipe.model_copy(update={"pruning": [recipe.pruning[i] for i in keep]})
+    epochs = recipe.finetune.epochs
+    total = epochs * steps_per_epoch
+    with torch.random.fork_rng(devices=[]):
+        work = copy.deepcopy(getattr(model, "module", model))
+        pruner = Pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
+        needs_grad = any(m.needs_grad for m in pruner.methods)
+
+        def grads() -> None:
+            if needs_grad and batch is not None:
+                pruner.model.zero_grad()
+                x, y = batch
+                torch.nn.functional.cross_entropy(pruner.model(x), y).backward()
+
+        def state() -> dict[str, Any]:
+            achieved: list[float | None] = [None] * len(recipe.pruning)
+            for k, m in enumerate(pruner.methods):
+                achieved[keep[k]] = m.report().get("achieved")
+            return {"sparsity": sparsity(pruner.model), "methods": achieved}
+
+        pruner.model.eval()  # gradients without touching BatchNorm statistics (a batch of one is fine too)
+        grads()
+        history = []
+        if epochs == 0:
+            if needs_grad:  # sparsekit's calibrate(): gradients of a few batches, then one step
+                pruner.step()
+            start = state()
+        else:
+            start = state()
+            due = _acting_steps(pruner.methods, total)
+            waiting = _waiting(pruner.methods)
+            for step in range(1, total + 1):
+                if due is None or step in due or waiting or step % steps_per_epoch == 0:
+                    pruner.step_count = step - 1  # the steps skipped did nothing
+                    pruner.step()
+                    if pruner.structure_changed:  # new parameter objects, no gradients yet
+                        pruner.structure_changed = False
+                        grads()
+                    waiting = _waiting(pruner.methods)
+                if step % steps_per_epoch == 0:
+                    history.append({"epoch": step // steps_per_epoch, **state()})
+        pruner.finalize()
+        final = state()
+    return {"steps_per_epoch": steps_per_epoch, "predicted": keep, "start": start, "history": history, "final": final}
+
+
+def _acting_steps(methods: Sequence[Any], total: int) -> set[int] | None:
+    """The optimizer steps (1..total) at which some method may change masks or channels: a masking method's
+    schedule update points, a structured method's removal events; None (every step) for a method that
+    says neither."""
+    from .schedule import Schedule
+
+    steps: set[int] = set()
+    for m in methods:
+        schedule = getattr(m, "schedule", None)
+        events = getattr(m, "events", None)
+        if isinstance(schedule, Schedule):
+            steps.update(
+                s for s in range(max(schedule.start, 1), min(schedule.end, total) + 1) if schedule.is_update(s)
+            )
+        elif isinstance(events, list):
+            steps.update(min(max(int(s), 1), total) for s in events)
+        else:
+            return None
+    return steps
+
+
+def _waiting(methods: Sequence[Any]) -> bool:
+    # A gradient entry whose update point came before any gradient retries at every step until it runs.
+    return any(getattr(m, "_pending", False) for m in methods)
+
+
+def first_batch(inputs: Any) -> tuple[tuple[Any, Any], list[int]]:
+    """The first training batch of ``inputs`` (:class:`sparsekit.pipeline.Inputs`), run through its model in
+    eval mode: returns ``((x, y), output shape)``. Raises :class:`~sparsekit.errors.DataError` naming the data
+    source and the model file when the batch cannot be read, the model fails on it, its output is not
+    ``[batch, classes]`` or a label is outside the model's outputs."""
+    import torch
+
+    from .errors import DataError, SparsekitError, one_line
+
+    source, where = inputs.source, inputs.model_path
+    try:
+        x, y = next(iter(inputs.bundle.train))
+    except StopIteration:
+        raise DataError(f"data.source {source!r}: the training data yields no batch; it needs samples") from None
+    except SparsekitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's loader
+        raise DataError(f"data.source {source!r}: reading the first training batch failed ({one_line(err)})") from None
+    model = inputs.loaded.model
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input
+        raise DataError(
+            f"data.source {source!r}: a training batch of shape {list(x.shape)} does not run through {where} "
+            f"(input shape {list(inputs.shape)}): {one_line(err, 200)}; use data of the model's input shape"
+        ) from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"{where}: on a batch of data.source {source!r} the model returns {got}; sparsekit expects "
+                        "logits [batch, classes]")  # fmt: skip
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
+        raise DataError(
+            f"data.source {source!r}: labels {int(y.min())}..{int(y.max())} in the first batch, but {where} has "
+            f"{out.shape[1]} outputs (classes 0..{out.shape[1] - 1}); use data of the model's classes"
+        )
+    return (x, y), list(out.shape)
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 AUTO_NOTE = (
@@ -153,12 +366,150 @@ IGNORED_REASON = "in ignore: its output channels are kept (default: the classifi
 
 def named_code(recipe: Recipe) -> dict[str, str]:
     """The callables ``recipe`` names (field -> ``pkg.module:callable``); imported only when confirmed."""
-    from .data import BUILTIN_SOURCES
-
     named = {}
     if recipe.model.factory:
         named["model.factory"] = recipe.model.factory
     src = recipe.data.source
-    if ":" in src and not src.endswith(".npz") and src not in BUILTIN_SOURCES:
+    if ":" in src and not src.endswith(".npz"):  # the built-in sources (sparsekit.data) hold no ':'
         named["data.source"] = src
     return named
+
+
+def describe(
+    spec: Any, layers: Sequence[str] | None = None, steps_per_epoch: int | None = None, epochs: int | None = None,
+    *, auto: bool = False,
+) -> str:  # fmt: skip
+    """What a ``pruning`` entry will do, in one sentence (``sparsekit validate`` prints it), e.g. ``magnitude:
+    zero the 90% smallest-|w| weights of fc1, fc2 (global ranking), rising along a cubic schedule from
+    epoch 0 to 3, mask updated every 1/8 epoch (8 of 63 steps)``. ``layers``: the layers it selects (the
+    recipe's patterns when None); ``steps_per_epoch`` adds the schedule in optimizer steps; ``epochs``
+    (the run's fine-tuning epochs; default the schedule's) says what happens without fine-tuning; ``auto``:
+    the entry's values are a stand-in for an allocation still to come."""
+    from .recipe import FOREVER_EPOCHS, GradientSpec, L1Spec, MagnitudeSpec, MaxNormSpec, StructuredSpec
+
+    names = _names(layers) if layers is not None else _patterns(spec.layers)
+    if isinstance(spec, MagnitudeSpec | GradientSpec):
+        if spec.auto or auto:
+            amount = f"{_pct(spec.final_sparsity)} (per-layer values chosen by a sensitivity analysis at prune time)"
+        else:
+            amount = _pct(float(spec.sparsity))
+        if isinstance(spec, MagnitudeSpec):
+            what = "smallest-|w|"
+        elif spec.criterion == "taylor":
+            what = "lowest-|w*dL/dw| (taylor, summed between mask updates)"
+        else:
+            what = "most negative w*dL/dw (movement, summed over the run)"
+        if spec.scope == "global":
+            cap = spec.layer_cap
+            ranking = "global ranking" + (f", no layer above {_pct(cap)}" if cap < 1 else "")
+        else:
+            ranking = "each layer ranked on its own"
+        text = f"{spec.method}: zero the {amount} {what} weights of {names} ({ranking})"
+        if spec.layer_sparsity:
+            own = ", ".join(f"{n} {_pct(v)}" for n, v in spec.layer_sparsity.items())
+            text += f"; own values: {own}"
+        text += _when(spec.schedule, steps_per_epoch, epochs, "mask")
+        if isinstance(spec, GradientSpec) and epochs == 0:
+            text += f"; scored on the gradients of {spec.calibration_batches} training batches (no fine-tuning)"
+        return text
+    if isinstance(spec, StructuredSpec):
+        if spec.auto:
+            aim = (
+                f"{_pct(spec.target_macs)} of the MACs"
+                if spec.target_macs is not None
+                else f"{_pct(spec.target_latency or 0)} of the latency"
+            )
+            amount = f"enough output channels to keep {aim} (per-layer ratios chosen by a sensitivity analysis)"
+        else:
+            amount = f"{_pct(float(spec.ratio))} of the output channels"
+        extra = f", channel counts kept to multiples of {spec.round_to}" if spec.round_to and spec.round_to > 1 else ""
+        text = f"structured: remove {amount} of {names} ({spec.importance} importance, {spec.scope} scope{extra})"
+        if spec.layer_ratio:
+            text += "; own ratios: " + ", ".join(f"{n} {_pct(v)}" for n, v in spec.layer_ratio.items())
+        s = spec.schedule
+        if spec.steps == 1 or s.end_epoch == s.start_epoch:
+            text += f", {'in ' + str(spec.steps) + ' events ' if spec.steps > 1 else ''}at epoch {s.start_epoch:g}"
+        else:
+            text += f", in {spec.steps} removal events from epoch {s.start_epoch:g} to {s.end_epoch:g}"
+        if epochs == 0:
+            text += " (no fine-tuning: all at once)"
+        kept = ", ".join(spec.ignore) if spec.ignore else "the classifier head"
+        return text + f"; the layers they feed shrink with them; outputs never removed: {kept}"
+    if isinstance(spec, L1Spec):
+        unit = {
+            "none": "",
+            "row": " (group lasso over each output unit)",
+            "channel": " (group lasso over each channel)",
+        }
+        if spec.mode == "penalty":
+            text = f"l1: add {spec.strength:g} * the L1 norm of the weights of {names}{unit[spec.group]} to the loss"
+        else:
+            text = (
+                f"l1: after every optimizer step, shrink the weights of {names}{unit[spec.group]} toward zero by "
+                f"lr * {spec.strength:g} (soft threshold: exact zeros)"
+            )
+        s = spec.schedule
+        text += (
+            " for the whole run"
+            if s.end_epoch >= FOREVER_EPOCHS
+            else f" from epoch {s.start_epoch:g} to {s.end_epoch:g}"
+        )
+        if spec.threshold > 0:
+            text += f"; at the end |w| below {spec.threshold:g} becomes zero"
+        if spec.remove_dead:
+            text += "; neurons/channels left all zero are then removed"
+        return text + "; how many weights end at zero is known only after training"
+    if isinstance(spec, MaxNormSpec):
+        return (
+            f"max_norm: after every optimizer step, rescale each output unit's incoming weights of {names} to an L2 "
+            f"norm of at most {spec.max_value:g} (makes no zeros)"
+        )
+    return f"{getattr(spec, 'method', '?')}: acts on {names}"
+
+
+def _when(schedule: Any, steps_per_epoch: int | None, epochs: int | None, what: str) -> str:
+    """The schedule in words: when the target is reached and how often masks change (in steps too)."""
+    s = schedule
+    if s.end_epoch == s.start_epoch:
+        if s.start_epoch == 0:
+            return ", all at once before the first training step" if epochs != 0 else ", all at once"
+        return f", all at once at epoch {s.start_epoch:g}"
+    start = (
+        f"from {_pct(s.init_sparsity)} at epoch {s.start_epoch:g}"
+        if s.init_sparsity
+        else f"from epoch {s.start_epoch:g}"
+    )
+    text = f", rising along a {s.curve} schedule {start} to {s.end_epoch:g}, {what} updated every {_epochs(s.every)}"
+    if steps_per_epoch:
+        every = max(1, round(s.every * steps_per_epoch))  # as sparsekit.schedule.Schedule.from_spec
+        text += f" ({every} of {steps_per_epoch} steps)" if every < steps_per_epoch else f" ({every} steps)"
+    return text
+
+
+def _epochs(value: float) -> str:
+    from fractions import Fraction
+
+    f = Fraction(value).limit_denominator(1000)
+    if float(f) == value and f.denominator == 1:
+        return f"{f.numerator} epoch{'s' if f.numerator != 1 else ''}"
+    if float(f) == value and f.numerator == 1:
+        return f"1/{f.denominator} epoch"
+    return f"{value:g} epochs"
+
+
+def _pct(value: float) -> str:
+    return f"{round(value * 100, 4):g}%"
+
+
+def _names(layers: Sequence[str], limit: int = 6) -> str:
+    names = list(layers)
+    if len(names) <= limit:
+        return ", ".join(names) or "no layer"
+    return f"{', '.join(names[:limit])}, ... ({len(names)} layers)"
+
+
+def _patterns(select: Any) -> str:
+    text = "the layers matching " + ", ".join(select.include)
+    if select.exclude:
+        text += " except " + ", ".join(select.exclude)
+    return text

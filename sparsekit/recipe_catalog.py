@@ -23,9 +23,23 @@ def find_recipe(recipe: str | Path) -> Path:
     return path
 
 
+def describe_recipe(text: str) -> str:
+    """The description of a recipe file's ``text``: its leading comment block, as one paragraph (comment
+    lines before the first line of YAML; empty when there are none)."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            if stripped or lines:
+                break
+            continue
+        lines.append(stripped.lstrip("#").strip())
+    return " ".join(part for part in lines if part)
+
+
 def shipped_recipes() -> list[dict[str, Any]]:
-    """One entry per shipped recipe: ``{"name", "path", "description" (its first comment line),
-    "methods", "model" (the factory it is written for)}``, sorted by name.
+    """One entry per shipped recipe: ``{"name", "path", "description" (its leading comment block, whole,
+    as one paragraph), "methods", "model" (the factory it is written for)}``, sorted by name.
 
     Raises :class:`~sparsekit.errors.RecipeError` when none are found (a broken install)."""
     import yaml
@@ -33,13 +47,12 @@ def shipped_recipes() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
-        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
         data = yaml.safe_load(text) or {}
         rows.append(
             {
                 "name": path.stem,
                 "path": str(path),
-                "description": first,
+                "description": describe_recipe(text),
                 "methods": [m.get("method", "?") for m in data.get("pruning", [])],
                 "model": (data.get("model") or {}).get("factory"),
             }
@@ -49,3 +62,20 @@ def shipped_recipes() -> list[dict[str, Any]]:
             f"no shipped recipes found in {RECIPES_DIR}: the installation is incomplete; reinstall sparsekit"
         )
     return rows
+
+
+def shipped_recipe(name: str) -> dict[str, Any]:
+    """The shipped recipe ``name`` (with or without ``.yaml``): its :func:`shipped_recipes` entry plus
+    ``"text"``, the whole file. Raises :class:`~sparsekit.errors.RecipeError` listing the shipped names
+    (the closest first) when there is none of that name."""
+    import difflib
+
+    rows = shipped_recipes()
+    wanted = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    for row in rows:
+        if row["name"] == wanted:
+            return {**row, "text": Path(row["path"]).read_text(encoding="utf-8")}
+    names = [row["name"] for row in rows]
+    close = difflib.get_close_matches(wanted, names, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise RecipeError(f"recipe {name!r}: no shipped recipe of that name; {hint}shipped: {', '.join(names)}")

@@ -7,7 +7,6 @@ Steps count optimizer steps; epochs in the recipe are converted with ``steps_per
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .recipe import ScheduleSpec
@@ -60,6 +59,8 @@ class Schedule:
         return self.final + (self.init - self.final) * (1.0 - frac) ** power
 
     def epoch_targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
-        """Target at the end of every epoch, for ``sparsekit validate`` and reports."""
-        n = max(epochs, math.ceil(self.end / max(steps_per_epoch, 1)))
-        return [self.target((e + 1) * steps_per_epoch) for e in range(max(n, 1))]
+        """Target at the end of each of ``epochs`` epochs (``steps_per_epoch`` optimizer steps each), as the
+        Pruner applies it after the epoch's last step: ``target(e * steps_per_epoch)`` for e = 1..epochs.
+        Empty without epochs: a run with no fine-tuning applies only what is due at step 0 (see
+        :func:`sparsekit.planning.simulate` for what a run reaches)."""
+        return [self.target((e + 1) * steps_per_epoch) for e in range(max(epochs, 0))]

@@ -451,6 +451,8 @@ def test_validate_dry_run_lists_layers_and_targets(mlp_checkpoint):
         "model.input_shape=[1,64]",
         "--set",
         "model.factory=null",
+        "--set",
+        "data.source=digits",
         "--json",
     )
     assert result.exit_code == 0, result.stderr
@@ -460,8 +462,11 @@ def test_validate_dry_run_lists_layers_and_targets(mlp_checkpoint):
     targets = method["targets_per_epoch"]
     assert len(targets) == 8
     assert targets == sorted(targets) and targets[-1] == pytest.approx(0.9)
-    assert targets[4] == pytest.approx(0.9)  # end_epoch 5 reached
+    assert targets[2] == pytest.approx(0.9)  # end_epoch 3 reached
     assert 0 < targets[0] < 0.9
+    # What the run reaches: round(target * weights) zeros of the 6,144 selected weights.
+    assert method["expected_per_epoch"] == [round(t * 6144) / 6144 for t in targets]
+    assert res["steps_per_epoch"] == 23  # digits: 1,438 training samples in batches of 64
 
 
 def test_recipes_lists_shipped(tmp_path):
@@ -520,7 +525,7 @@ def test_prune_with_int8_and_sparse_storage(tmp_path, mlp_checkpoint):
     assert st["bytes"] < report["pruned"]["onnx_bytes"] and not (out / "model.sparse.onnx").exists()
     assert onnx.load(str(out / "model.onnx")).graph.sparse_initializer
     md = (out / "report.md").read_text()
-    assert "int8" in md and "entropy bound" in md
+    assert "int8" in md and "entropy estimate" in md
 
 
 def test_export_int8_static_with_data(tmp_path, mlp_checkpoint):

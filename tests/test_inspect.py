@@ -1,0 +1,235 @@
+"""`sparsekit inspect`: per-layer rows that add up to the totals, truthful MAC columns, unknown shown as
+unknown, and the same answer for a .pt and the .onnx exported from it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+
+CNN = ("--arch", "examples.models:small_cnn", "--kwargs", '{"image_size": 8}')
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def inspected(*args) -> dict:
+    result = run("inspect", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def pruned_checkpoint(tmp_path, model, factory, kwargs, shape, recipe):
+    """``model`` pruned one shot by ``recipe`` (a dict) and saved as a sparsekit checkpoint."""
+    pruner = sparsekit.Pruner(model, sparsekit.Recipe(**recipe), steps_per_epoch=1, context={"input_shape": shape})
+    pruned = pruner.finalize()
+    path = tmp_path / "pruned.pt"
+    sparsekit.save_model(pruned, path, factory=factory, kwargs=kwargs, input_shape=shape, pruner=pruner)
+    return path, pruned
+
+
+CASES = {
+    "mlp": (
+        "examples.models:mlp",
+        {"in_features": 64, "hidden": [64, 32]},
+        [1, 64],
+        {"pruning": [{"method": "magnitude", "sparsity": 0.83, "layers": {"exclude": ["fc3"]}}]},
+    ),
+    "cnn-with-batchnorm": (
+        "examples.models:small_cnn",
+        {"image_size": 8},
+        [1, 1, 8, 8],
+        {"pruning": [{"method": "magnitude", "sparsity": 0.7, "scope": "layer"}]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pt_and_exported_onnx_agree(tmp_path, case):
+    from examples import models
+
+    factory, kwargs, shape, recipe = CASES[case]
+    torch.manual_seed(0)
+    model = getattr(models, factory.split(":")[1])(**kwargs)
+    pt, pruned = pruned_checkpoint(tmp_path, model, factory, kwargs, shape, recipe)
+    onnx_path = tmp_path / "pruned.onnx"
+    exported = run("export", pt, "-o", onnx_path, "--exporter", "torchscript", "--storage", "dense", "--trust-code")
+    assert exported.exit_code == 0, exported.stderr
+
+    a, b = inspected(pt, "--trust-code"), inspected(onnx_path)
+    assert a["format"] == "torch" and b["format"] == "onnx"
+    assert 0.5 < a["sparsity"] < 0.9
+    # The run's own definition of sparsity (report.json), on both sides: zeros of the prunable weights.
+    assert a["sparsity"] == b["sparsity"] == pytest.approx(sparsekit.sparsity(pruned), abs=0)
+    rows_a = {r["name"]: r for r in a["layers"]}
+    rows_b = {r["name"]: r for r in b["layers"]}
+    assert set(rows_a) == set(rows_b)
+    for name, row in rows_a.items():
+        for key in ("weights", "nonzero_weights", "sparsity", "macs", "effective_macs"):
+            assert row[key] == rows_b[name][key], (name, key)
+    for key in ("weights", "nonzero_weights", "macs", "effective_macs"):
+        assert a[key] == b[key], key
+    if case == "mlp":  # nothing to fold: the files hold the same parameters
+        assert (a["params"], a["nonzero_params"]) == (b["params"], b["nonzero_params"])
+        for name, row in rows_a.items():
+            assert (row["params"], row["nonzero_params"]) == (rows_b[name]["params"], rows_b[name]["nonzero_params"])
+    else:  # the exporter folds BatchNorm into the convolution before it (which gains a bias)
+        assert a["other_params"]["types"] == ["BatchNorm2d"] and b["other_params"]["params"] == 0
+
+    # Sparse storage is another encoding of the same weights: the same counts.
+    sparse = tmp_path / "sparse.onnx"
+    assert (
+        run("export", pt, "-o", sparse, "--exporter", "torchscript", "--storage", "sparse", "--trust-code").exit_code
+        == 0
+    )
+    c = inspected(sparse)
+    assert (c["sparsity"], c["nonzero_weights"], c["effective_macs"]) == (
+        b["sparsity"],
+        b["nonzero_weights"],
+        b["effective_macs"],
+    )
+
+
+def test_rows_count_biases_and_add_up_to_the_total(tmp_path):
+    from examples.models import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn(image_size=8)
+    path, _ = pruned_checkpoint(
+        tmp_path, model, "examples.models:small_cnn", {"image_size": 8}, [1, 1, 8, 8],
+        {"pruning": [{"method": "magnitude", "sparsity": 0.5}]},
+    )  # fmt: skip
+    res = inspected(path, "--trust-code")
+    modules = dict(model.named_modules())
+    for row in res["layers"]:
+        m = modules[row["name"]]
+        bias = m.bias.numel() if m.bias is not None else 0
+        assert row["weights"] == m.weight.numel() and row["params"] == m.weight.numel() + bias
+        assert row["nonzero_params"] == int((m.weight != 0).sum()) + (int((m.bias != 0).sum()) if bias else 0)
+    total = sum(p.numel() for p in model.parameters())
+    bns = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    bn, bn_nonzero = sum(p.numel() for p in bns), sum(int((p != 0).sum()) for p in bns)  # fresh BN biases are 0
+    assert res["params"] == total
+    assert sum(r["params"] for r in res["layers"]) + res["other_params"]["params"] == total
+    assert res["other_params"] == {"params": bn, "nonzero_params": bn_nonzero, "types": ["BatchNorm2d"]}
+    text = run("inspect", path, "--trust-code").stdout
+    header = next(line for line in text.splitlines() if line.startswith("layer"))
+    assert header.split()[-4:] == ["dense", "MACs", "nonzero", "MACs"]
+    assert "(BatchNorm2d)" in text and f"{total:,}" in text.splitlines()[-2]
+    # A half-pruned conv: its nonzero MACs are about half its dense MACs, in their own columns.
+    conv2 = next(r for r in res["layers"] if r["name"] == "conv2")
+    line = next(line for line in text.splitlines() if line.startswith("conv2 "))
+    assert line.split()[-2:] == [f"{conv2['macs']:,}", f"{conv2['effective_macs']:,}"]
+    assert conv2["effective_macs"] < 0.75 * conv2["macs"]
+
+
+def test_unknown_macs_are_unknown_not_zero(tmp_path):
+    from examples.models import small_cnn
+
+    sd = tmp_path / "cnn.pt"
+    torch.save(small_cnn(image_size=8).state_dict(), sd)
+    res = inspected(sd, *CNN)  # a conv net's input size cannot be read off its weights
+    assert res["input_shape"] is None and res["macs"] is None and res["effective_macs"] is None
+    assert all(r["macs"] is None for r in res["layers"])
+    assert res["macs_unknown"] == [r["name"] for r in res["layers"]]
+    text = run("inspect", sd, *CNN).stdout
+    conv1 = next(line for line in text.splitlines() if line.startswith("conv1 "))
+    assert conv1.split()[-2:] == ["unknown", "unknown"]
+    assert "pass --input-shape for MACs" in text
+    known = inspected(sd, *CNN, "--input-shape", "1,1,8,8")
+    assert known["macs"] == sum(r["macs"] for r in known["layers"]) > 0
+
+
+def test_onnx_layers_shape_inference_cannot_size_are_unknown(tmp_path):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1))
+
+    path = tmp_path / "anysize.onnx"
+    axes = {"input": {0: "batch", 2: "h", 3: "w"}, "output": {0: "batch"}}
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["input"],
+                      output_names=["output"], dynamic_axes=axes)  # fmt: skip
+    res = inspected(path)
+    rows = {r["name"]: r for r in res["layers"]}
+    assert rows["conv"]["macs"] is None and rows["fc"]["macs"] == 40
+    assert res["macs"] is None and res["macs_unknown"] == ["conv"]
+    text = run("inspect", path).stdout
+    assert "MACs unknown for conv" in text
+    assert next(line for line in text.splitlines() if line.startswith("total")).split()[-2:] == ["unknown"] * 2
+
+
+USER_NET = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        # Conv2d also takes an unbatched [C, H, W] input: [1, 8, 8] runs, read as one 8x8 channel.
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((-2, -1)))
+
+    def build():
+        return Net()
+""")
+
+
+def test_an_input_shape_without_its_batch_dim_is_named_as_given(tmp_path, monkeypatch):
+    (tmp_path / "anybatch.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sd = tmp_path / "net.pt"
+    torch.save(__import__("anybatch").build().state_dict(), sd)
+    arch = ("--arch", "anybatch:build")
+    for command in (("inspect", sd, *arch), ("export", sd, *arch, "-o", tmp_path / "n.onnx")):
+        line = assert_bad_input(run(*command, "--input-shape", "1,8,8"), "[1, 8, 8]", "--input-shape 1,1,8,8")
+        assert "[1, 2, 8, 8]" not in line and "[2, 8, 8]" not in line  # never a shape the user did not give
+    assert not (tmp_path / "n.onnx").exists()
+    ok = run("export", sd, *arch, "-o", tmp_path / "n.onnx", "--input-shape", "1,1,8,8", "--exporter", "torchscript")
+    assert ok.exit_code == 0, ok.stderr
+    line = assert_bad_input(run("bench", tmp_path / "n.onnx", "--input-shape", "1,8,8", "--runs", "1"), "1,8,8")
+    assert "--input-shape 1,1,8,8" in line
+    assert inspected(tmp_path / "n.onnx")["input_shape"] == ["batch", 1, 8, 8]
+
+
+def test_inspect_onnx_refuses_torch_only_options(tmp_path, mlp_checkpoint):
+    onnx_path = tmp_path / "m.onnx"
+    assert run("export", mlp_checkpoint, "-o", onnx_path, "--exporter", "torchscript", "--trust-code").exit_code == 0
+    assert_bad_input(run("inspect", onnx_path, "--input-shape", "1,64"), "--input-shape", ".onnx")
+
+
+def test_int8_files_count_the_same_layers(tmp_path):
+    from examples.models import mlp
+
+    factory, kwargs, shape, recipe = CASES["mlp"]
+    torch.manual_seed(0)
+    pt, _ = pruned_checkpoint(tmp_path, mlp(**kwargs), factory, kwargs, shape, recipe)
+    fp32 = inspected(pt, "--trust-code")
+    dynamic = tmp_path / "dynamic.onnx"  # MatMulInteger layers, no calibration data
+    result = run("export", pt, "-o", dynamic, "--quantize", "int8", "--exporter", "torchscript", "--trust-code")
+    assert result.exit_code == 0, result.stderr
+    q = inspected(dynamic)
+    rows = {r["name"]: r for r in q["layers"]}
+    assert {r["type"] for r in rows.values()} == {"MatMulInteger"}
+    for row in fp32["layers"]:
+        other = rows[row["name"]]
+        assert (other["weights"], other["params"]) == (row["weights"], row["params"])
+        # Rounding to int8 can only add zeros; pruned zeros stay zero.
+        assert row["nonzero_weights"] - 0.02 * row["weights"] <= other["nonzero_weights"] <= row["nonzero_weights"]
+        assert other["macs"] is None  # integer matmuls are not sized: unknown, not 0
+    assert q["params"] == fp32["params"] and q["sparsity"] >= fp32["sparsity"]
