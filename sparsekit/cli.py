@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .errors import ExportError, SparsekitError, one_line, render
+from .errors import ExportError, SparsekitError, Terminated, one_line, render
 from .recipe_catalog import RECIPES_DIR as RECIPES_DIR  # noqa: F401 - kept importable from here
 from .recipe_catalog import find_recipe
 
@@ -82,13 +82,17 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             where = err.filename or ""
             _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, see __main__)
             resume = {
                 "prune": "; `--resume` continues from the last finished epoch",
                 "sensitivity": "; `--resume` continues the analysis from the last finished probe",
             }.get(fn.__name__, "")
-            click.echo(f"Interrupted: finished files are complete, unfinished ones were not written{resume}.", err=True)
-            sys.exit(130)
+            what = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
+            where = f" {err.args[0]}." if err.args and isinstance(err.args[0], str) and "epoch" in err.args[0] else ""
+            click.echo(
+                f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True
+            )
+            sys.exit(143 if isinstance(err, Terminated) else 130)
         except (click.ClickException, click.exceptions.Exit):
             raise  # click prints usage errors itself, with exit code 2
         except SystemExit as err:  # user code (a model's forward, a dataset) called sys.exit()

@@ -344,18 +344,18 @@ def finetune(
                 history.append(row)
                 info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"
                 bar.update(task, info=info)
-                if lines:
-                    _say(
-                        f"epoch {epoch + 1}/{spec.epochs}: train loss {row['train_loss']:.4f}, val accuracy "
-                        f"{row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {lr:.3g} "
-                        f"({time.perf_counter() - started:.1f} s)"
-                    )
                 if ckpt and main:
                     _save_checkpoint(
                         ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
                         _loader_generator(train_loader),
                     )  # fmt: skip
                     finished = epoch + 1
+                if lines:  # after the checkpoint: a line printed is an epoch kept
+                    _say(
+                        f"epoch {epoch + 1}/{spec.epochs}: train loss {row['train_loss']:.4f}, val accuracy "
+                        f"{row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {lr:.3g} "
+                        f"({time.perf_counter() - started:.1f} s)"
+                    )
                 if metrics_log:
                     masks_now = pruner.masks()
                     changed = _changes(masks_before, masks_now)
@@ -365,7 +365,8 @@ def finetune(
                     on_epoch(row)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated): the same type goes on
         saved = f"{ckpt} holds epoch {finished}" if ckpt and finished else "no epoch was checkpointed"
-        raise type(err)(f"in epoch {epoch + 1} of {spec.epochs}; {saved}") from None
+        when = f"after epoch {finished}" if ckpt and finished == epoch + 1 else f"in epoch {epoch + 1}"
+        raise type(err)(f"{when} of {spec.epochs}; {saved}") from None
     finally:
         if metrics_log:
             metrics_log.close()
