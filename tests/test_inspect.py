@@ -231,5 +231,6 @@ def test_int8_files_count_the_same_layers(tmp_path):
         assert (other["weights"], other["params"]) == (row["weights"], row["params"])
         # Rounding to int8 can only add zeros; pruned zeros stay zero.
         assert row["nonzero_weights"] - 0.02 * row["weights"] <= other["nonzero_weights"] <= row["nonzero_weights"]
-        assert other["macs"] is None  # integer matmuls are not sized: unknown, not 0
+        assert other["macs"] == row["macs"]  # integer matmuls are sized like their float ones
+        assert other["effective_macs"] <= row["effective_macs"]
     assert q["params"] == fp32["params"] and q["sparsity"] >= fp32["sparsity"]

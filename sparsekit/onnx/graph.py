@@ -54,7 +54,11 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
     weights = _weights(model.graph)
     layers = []
     for node in model.graph.node:
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights:
+        zero = 0  # the value a pruned weight holds: 0, or the zero point of a dynamic-int8 weight
+        if node.op_type in ("MatMulInteger", "ConvInteger") and len(node.input) > 3 and node.input[3] in weights:
+            zp = weights[node.input[3]]
+            zero = int(zp.reshape(-1)[0]) if zp.size and bool((zp == zp.reshape(-1)[0]).all()) else 0
+        if node.op_type in ("Conv", "ConvInteger") and len(node.input) > 1 and node.input[1] in weights:
             w = weights[node.input[1]]
             out = shapes.get(node.output[0])
             positions = math.prod(out[2:]) if out else None
@@ -63,7 +67,7 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
             w = weights[node.input[1]]
             a = shapes.get(node.input[0])
             positions = math.prod(a[2:]) if a else None
-        elif node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger") and len(node.input) > 1 and node.input[1] in weights:
             w = weights[node.input[1]]
             a = shapes.get(node.input[0])
             positions = math.prod(a[:-1]) if a and len(a) > 1 else 1
@@ -76,7 +80,7 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
                 "node": node.name or node.output[0],
                 "op": node.op_type,
                 "macs": int(w.size * positions),
-                "effective_macs": int(np.count_nonzero(w) * positions),
+                "effective_macs": int(np.count_nonzero(w != zero) * positions),
             }
         )
     return {

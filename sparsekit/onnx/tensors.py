@@ -108,14 +108,22 @@ def count_params(model: onnx.ModelProto) -> dict[str, Any]:
 
     A weight is a dense or sparse initializer of the main graph that is floating point, or an
     integer tensor that a ``DequantizeLinear`` turns into a weight (a QDQ-quantized file, see
-    https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html); the scales and
-    zero points of ``QuantizeLinear``/``DequantizeLinear`` are not. So an fp32 file, its int8 QDQ
+    https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html) or that a
+    ``MatMulInteger``/``ConvInteger`` multiplies (dynamic int8); the scales and zero points of either
+    are not. So an fp32 file, its int8 QDQ
     version and its sparse-storage version count the same weights. ``params`` counts elements,
     ``nonzero_params`` those that are not 0. The model's external data must be loaded.
     """
     graph = model.graph
     dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
     aux = {name for n in graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear") for name in n.input[1:]}
+    # Dynamic int8 (MatMulInteger / ConvInteger): input 1 is the integer weight, 2-3 are zero points, and
+    # the weight's scale is multiplied with the activation scale DynamicQuantizeLinear computes.
+    integer_ops = [n for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger") and len(n.input) > 1]
+    dequantized |= {n.input[1] for n in integer_ops}
+    aux |= {name for n in integer_ops for name in n.input[2:]}
+    activation_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
+    aux |= {name for n in graph.node if n.op_type == "Mul" and activation_scales & set(n.input) for name in n.input}
 
     def is_weight(name: str, data_type: int) -> bool:
         return name not in aux and (data_type in FLOAT_TYPES or name in dequantized)
