@@ -2,84 +2,303 @@
 in a helper process while it exports and measures (:class:`PlotWorker`): importing matplotlib and
 drawing take about as long as fine-tuning a small model, and need not wait for the run.
 
-``render(data, out_dir)`` draws what ``data`` holds:
+``render(data, out_dir)`` draws what ``data`` holds (:func:`sparsekit.report.plot_data` makes it;
+keys beyond the first of each line are optional):
 
-- ``layers``: ``[{"name", "sparsity"}]`` → ``layer_sparsity.png``
-- ``history``: ``[{"epoch", "val_accuracy", "sparsity"}]`` and ``dense_accuracy`` → ``finetune.png``
-- ``latency``: ``{label: {batch_size: p50_ms}}`` (two or more labels) → ``latency.png``
+- ``layers``: ``[{"name", "sparsity", "excluded", "target", "channels": [kept, at the start],
+  "kept_target"}]``, ``targets``: ``[{"label", "value", "layers"}]`` (a target over several layers
+  together), ``structured`` / ``zeros`` (which panels: output channels kept, fraction of weights zero)
+  → ``layer_sparsity.png``; excluded layers get a hatched bar marked "excluded"
+- ``history``: ``[{"epoch", "val_accuracy", "sparsity", "train_loss", "lr", "params"}]``,
+  ``dense_accuracy``, ``dense_params`` → ``finetune.png``: accuracy, pruning progress, and train loss
+  with the learning rate, each on its own axis, whole-number epoch ticks
+- ``latency``: ``{label: {batch_size: p50_ms}}`` (two or more labels, the first the reference),
+  ``noise``: ``{label: {batch_size: noise}}`` (the band 1/(1+noise)..1+noise is no change), ``control``:
+  ``{batch_size: A/A ratio}`` → ``latency.png``
 
-Each file is written atomically; the names written are returned in that order.
+Each file is written atomically; the names written are returned in that order. :func:`figures` gives
+the matplotlib figures themselves.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .fsutil import atomic_path
 
-__all__ = ["FIRST", "LAST", "PlotWorker", "render"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-FIRST = ("layers", "history")  # known when fine-tuning ends
-LAST = ("latency",)  # known after the benchmark
+__all__ = ["FIRST", "LAST", "PlotWorker", "figures", "render"]
+
+# known when fine-tuning ends
+FIRST = ("layers", "targets", "structured", "zeros", "history", "dense_accuracy", "dense_params")
+LAST = ("latency", "noise", "control")  # known after the benchmark
+
+
+def figures(data: dict[str, Any]) -> dict[str, Figure]:
+    """The figures ``data`` has data for, by file name (see the module docstring), not yet saved: what
+    :func:`render` writes, for a caller (or a test) that wants the drawn objects."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure registry
+
+    out: dict[str, Figure] = {}
+    layers = data.get("layers") or []
+    if layers:
+        out["layer_sparsity.png"] = _layers_figure(Figure, layers, data)
+    hist = data.get("history") or []
+    if hist:
+        out["finetune.png"] = _history_figure(Figure, hist, data)
+    series = [(label, lat) for label, lat in (data.get("latency") or {}).items() if lat]
+    if len(series) >= 2:
+        out["latency.png"] = _latency_figure(Figure, series, data)
+    return out
 
 
 def render(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[str]:
     """Draw the plots ``data`` has data for into ``out_dir``; returns the file names written."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure registry
-
     out = Path(out_dir)
     files: list[str] = []
-
-    def save(fig: Figure, name: str) -> None:
+    for name, fig in figures(data).items():
         with atomic_path(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         files.append(name)
-
-    layers = data.get("layers") or []
-    if layers:
-        fig = Figure(figsize=(max(4, 0.5 * len(layers) + 2), 3))
-        ax = fig.subplots()
-        ax.bar([r["name"] for r in layers], [r["sparsity"] for r in layers], color="tab:blue")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("sparsity")
-        ax.set_title("Sparsity per layer")
-        ax.tick_params(axis="x", rotation=60)
-        save(fig, "layer_sparsity.png")
-    hist = data.get("history") or []
-    if hist:
-        fig = Figure(figsize=(5, 3))
-        ax = fig.subplots()
-        epochs = [h["epoch"] for h in hist]
-        ax.plot(epochs, [h["val_accuracy"] for h in hist], "o-", label="val accuracy")
-        ax.plot(epochs, [h["sparsity"] for h in hist], "s--", label="sparsity")
-        if data.get("dense_accuracy") is not None:
-            ax.axhline(data["dense_accuracy"], color="gray", lw=0.8, ls=":", label="dense accuracy")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower right")
-        ax.set_title("Fine-tuning")
-        save(fig, "finetune.png")
-    series = [(label, lat) for label, lat in (data.get("latency") or {}).items() if lat]
-    if len(series) >= 2:
-        fig = Figure(figsize=(5, 3))
-        ax = fig.subplots()
-        sizes = list(series[0][1])
-        width = 0.8 / len(series)
-        for i, (label, lat) in enumerate(series):
-            xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(sizes))]
-            ax.bar(xs, [lat.get(b, 0) for b in sizes], width, label=label)
-        ax.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
-        ax.set_yscale("log")
-        ax.set_ylabel("p50 latency (ms)")
-        ax.legend()
-        ax.set_title("onnxruntime latency")
-        save(fig, "latency.png")
     return files
+
+
+EXCLUDED = {"facecolor": "0.96", "edgecolor": "0.75", "hatch": "//", "lw": 0}
+
+
+def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dict[str, Any]) -> Figure:
+    """One panel per measure: the fraction of each layer's weights that is zero (with the targets) when
+    anything zeroes weights, and output channels kept of the layer's own (with the asked fraction) when
+    units were removed. Excluded layers get a hatched bar that says so, not an empty slot."""
+    structured = bool(data.get("structured")) or any(r.get("channels") for r in layers)
+    zeros = bool(data.get("zeros")) or not structured
+    panels = [p for p, on in (("zeros", zeros), ("channels", structured)) if on]
+    names = [r["name"] for r in layers]
+    fig = figure(figsize=(max(7.0, 0.6 * len(layers) + 5.0), 3.2 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    xs = list(range(len(layers)))
+    for ax, panel in zip(axes, panels, strict=True):
+        excluded = [x for x, r in zip(xs, layers, strict=True) if r.get("excluded")]
+        for n, x in enumerate(excluded):  # a column that says so, not an empty slot or a bar of some height
+            label = "excluded (no pruning entry selects it)" if n == 0 else None
+            ax.axvspan(x - 0.4, x + 0.4, label=label, **EXCLUDED)
+            ax.text(x, 0.55, "excluded", rotation=90, ha="center", va="center", fontsize=9, color="0.3")
+            if panel == "zeros":
+                ax.text(x, 0.01, f"{layers[x]['sparsity']:.2f}", ha="center", va="bottom", fontsize=8, color="0.3")
+        shown = [x for x, r in zip(xs, layers, strict=True) if not r.get("excluded")]
+        if panel == "zeros":
+            ax.bar(shown, [layers[x]["sparsity"] for x in shown], 0.8, color="tab:blue", label="sparsity achieved")
+            marks = [x for x in shown if layers[x].get("target") is not None]
+            if marks:
+                ax.scatter(
+                    marks,
+                    [layers[x]["target"] for x in marks],
+                    marker="_",
+                    s=600,
+                    lw=2.5,
+                    color="black",
+                    zorder=3,
+                    label="target (per layer)",
+                )
+            for i, t in enumerate(data.get("targets") or []):
+                spans = [names.index(n) for n in t.get("layers", []) if n in names] or shown or xs
+                ax.hlines(
+                    t["value"],
+                    min(spans) - 0.45,
+                    max(spans) + 0.45,
+                    colors=f"C{(i + 3) % 10}",
+                    linestyles="--",
+                    lw=1.5,
+                    zorder=3,
+                    label=f"{t['label']} (over these layers together)",
+                )
+            ax.set_ylabel("fraction of weights zero")
+            ax.set_title("Sparsity per layer")
+        else:
+            kept = [x for x in shown if layers[x].get("channels")]
+            fractions = [layers[x]["channels"][0] / max(layers[x]["channels"][1], 1) for x in kept]
+            ax.bar(kept, fractions, 0.8, color="tab:green", label="output channels kept")
+            for x, f in zip(kept, fractions, strict=True):
+                k, n = layers[x]["channels"]
+                ax.text(x, f + 0.02, f"{k}/{n}", ha="center", va="bottom", fontsize=7)
+            marks = [x for x in kept if layers[x].get("kept_target") is not None]
+            if marks:
+                ax.scatter(
+                    marks,
+                    [layers[x]["kept_target"] for x in marks],
+                    marker="_",
+                    s=600,
+                    lw=2.5,
+                    color="black",
+                    zorder=3,
+                    label="asked to keep",
+                )
+            untouched = [x for x in shown if not layers[x].get("channels")]
+            if untouched:  # selected, but no channel count: all kept
+                ax.bar(
+                    untouched,
+                    [1.0] * len(untouched),
+                    0.8,
+                    color="tab:green",
+                    alpha=0.35,
+                    label="selected, channels not counted",
+                )
+            ax.set_ylabel("output channels kept")
+            ax.set_title("Output channels kept per layer (kept/at the start)")
+        ax.set_ylim(0, 1.12)
+        ax.set_xticks(xs, names, rotation=60, ha="right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return fig
+
+
+def _history_figure(figure: type[Figure], hist: list[dict[str, Any]], data: dict[str, Any]) -> Figure:
+    """Panels over the epochs: validation accuracy on its own axis (with the dense model's), what pruning
+    reached (sparsity; parameters kept when rows carry ``params`` and units were removed; left out for a
+    run that only removes units and has no counts), train loss with the learning rate on a second axis.
+    Epoch ticks are whole numbers."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [h["epoch"] for h in hist]
+    dense_params = data.get("dense_params")
+    counted = [h for h in hist if h.get("params") is not None]
+    removed = bool(dense_params and counted and any(h["params"] != dense_params for h in counted))
+    # A run that only removes units makes no zeros: its sparsity line would be a flat 0.
+    zeros = bool(data.get("zeros", True)) or any(h["sparsity"] for h in hist)
+    panels = 3 if zeros or removed else 2
+    fig = figure(figsize=(6, 2.4 * panels), layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True)
+    acc_ax, loss_ax = axes[0], axes[-1]
+    acc_ax.plot(epochs, [h["val_accuracy"] for h in hist], "o-", color="tab:blue", label="val accuracy")
+    if data.get("dense_accuracy") is not None:
+        acc_ax.axhline(data["dense_accuracy"], color="gray", lw=1, ls=":", label="dense accuracy")
+    acc_ax.set_ylabel("val accuracy")
+    acc_ax.legend(loc="lower right", fontsize=8)
+    acc_ax.set_title("Fine-tuning")
+    if panels == 3:
+        _pruning_panel(axes[1], hist, zeros, counted if removed else [], dense_params)
+
+    losses = [(h["epoch"], h["train_loss"]) for h in hist if h.get("train_loss") is not None]
+    if losses:
+        loss_ax.plot(*zip(*losses, strict=True), "o-", color="tab:red", label="train loss")
+        loss_ax.set_ylabel("train loss", color="tab:red")
+    rates = [(h["epoch"], h["lr"]) for h in hist if h.get("lr") is not None]
+    if rates:
+        lr_ax = loss_ax.twinx()
+        lr_ax.plot(*zip(*rates, strict=True), "d:", color="tab:purple", label="learning rate")
+        lr_ax.set_ylabel("learning rate", color="tab:purple")
+        if all(r > 0 for _, r in rates):
+            lr_ax.set_yscale("log")
+        handles = loss_ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+        loss_ax.legend(handles, [str(h.get_label()) for h in handles], loc="best", fontsize=8)
+    loss_ax.set_xlabel("epoch")
+    # Whole-number ticks, also for one epoch (where a locator finds no integer in a narrow autoscaled range).
+    lo, hi = math.floor(min(epochs)), math.ceil(max(epochs))
+    loss_ax.set_xlim(lo - 0.4 if lo == min(epochs) else lo, hi + 0.4 if hi == max(epochs) else hi)
+    loss_ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True, min_n_ticks=1))
+    return fig
+
+
+def _pruning_panel(
+    ax: Any, hist: list[dict[str, Any]], zeros: bool, counted: list[dict[str, Any]], dense_params: int | None
+) -> None:
+    if zeros:
+        ax.plot(
+            [h["epoch"] for h in hist],
+            [h["sparsity"] for h in hist],
+            "s--",
+            color="tab:orange",
+            label="sparsity (whole model)",
+        )
+    if counted and dense_params:
+        ax.plot(
+            [h["epoch"] for h in counted],
+            [h["params"] / dense_params for h in counted],
+            "^-",
+            color="tab:green",
+            label="params kept (of dense)",
+        )
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylabel("fraction")
+    ax.legend(loc="center right", fontsize=8)
+
+
+def _latency_figure(figure: type[Figure], series: list[tuple[str, dict[str, float]]], data: dict[str, Any]) -> Figure:
+    """p50 latency per batch size; beside it, each file's ratio to the first (dense) with the noise band the
+    benchmark measured in the same run (a ratio inside it is no change) and the A/A control."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def readable_log(axis: Any, unit: str) -> None:  # 0.05, 0.1, 0.2, 0.5 rather than 5x10^-2
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{unit}"))
+        axis.set_minor_formatter(NullFormatter())
+
+    noise = data.get("noise") or {}
+    control = data.get("control") or {}
+    sizes = list(series[0][1])
+    ratios = bool(noise)
+    fig = figure(figsize=(10 if ratios else 5, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2 if ratios else 1, squeeze=False)[0]
+    ax = axes[0]
+    width = 0.8 / len(series)
+    for i, (label, lat) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(sizes))]
+        ax.bar(xs, [lat.get(b, 0) for b in sizes], width, label=label)
+    ax.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
+    values = [v for _, lat in series for v in lat.values() if v and v > 0]
+    if values and max(values) / min(values) > 10:  # batch sizes far apart: a log scale keeps each readable
+        ax.set_yscale("log")
+        readable_log(ax.yaxis, "")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.legend(fontsize=8)
+    ax.set_title("onnxruntime latency")
+    if ratios:
+        rx = axes[1]
+        others = series[1:]
+        width = 0.8 / max(len(others), 1)
+        base = series[0][1]
+        band_labelled = False
+        shown = [1.0]
+        for i, (label, lat) in enumerate(others):
+            for x, b in enumerate(sizes):
+                if not base.get(b) or lat.get(b) is None:
+                    continue
+                pos = x + (i - (len(others) - 1) / 2) * width
+                n = (noise.get(label) or {}).get(b)
+                if n is not None:
+                    rx.bar(
+                        pos,
+                        (1 + n) - 1 / (1 + n),
+                        width * 0.9,
+                        bottom=1 / (1 + n),
+                        color="0.85",
+                        label=None if band_labelled else "noise band (no change inside)",
+                    )
+                    band_labelled = True
+                    shown += [1 + n, 1 / (1 + n)]
+                rx.plot(pos, lat[b] / base[b], "o", color=f"C{i + 1}", label=label if x == 0 else None)
+                shown.append(lat[b] / base[b])
+        aa = [(x, control[b]) for x, b in enumerate(sizes) if control.get(b)]
+        if aa:
+            rx.plot(*zip(*aa, strict=True), "x", color="black", label="A/A control (dense vs itself)")
+        rx.axhline(1.0, color="gray", lw=0.8)
+        if max(shown) / min(shown) > 3:  # a log scale, so 0.5x and 2x are as far from 1x
+            rx.set_yscale("log")
+            readable_log(rx.yaxis, "x")
+        else:
+            rx.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}x"))
+        rx.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
+        rx.set_ylabel(f"p50 / {series[0][0]} (below 1: faster)")
+        rx.legend(fontsize=8)
+        rx.set_title("Ratio to dense, with the measured noise")
+    return fig
 
 
 class PlotWorker:
@@ -121,9 +340,9 @@ class PlotWorker:
             self.error, self._proc = f"cannot start the plot process: {err}", None
 
     def draw(self, data: dict[str, Any]) -> None:
-        """Draw ``data``'s :data:`FIRST` keys (and ``dense_accuracy``), in the worker."""
+        """Draw ``data``'s :data:`FIRST` keys, in the worker."""
         if self._proc is not None:
-            self._send({k: data.get(k) for k in (*FIRST, "dense_accuracy")})
+            self._send({k: data.get(k) for k in FIRST})
 
     def ready(self) -> None:
         """Wait until the first plots are drawn (the worker then waits for :meth:`finish`)."""

@@ -2,8 +2,10 @@
 
 :class:`Report` is what :func:`sparsekit.pipeline.run_prune` returns and what ``report.json`` holds
 (:func:`report_schema`, which the ``report`` command prints, gives its JSON schema). All wording
-lives here: the up-front expectation (:func:`what_it_buys`), the notes (:func:`notes`), the terminal
-summary (:func:`render_summary`), ``report.md`` (:func:`render_markdown`) and the PNG plots.
+lives here: the up-front expectation (:func:`what_it_buys`), the headline (:func:`summarize`: the
+recipe, asked vs achieved per entry and per layer, dense -> pruned figures with their verdicts, which
+report.json holds as ``summary``), the notes (:func:`notes`: only what the headline does not say), the
+terminal summary (:func:`render_summary`), ``report.md`` (:func:`render_markdown`) and the PNG plots.
 ``sparsekit report DIR`` re-renders the last two from report.json.
 """
 
@@ -57,6 +59,12 @@ class DataInfo(_Closed):
     val_batches: int
     processes: int = Field(1, description="training processes (torchrun ranks); each trained 1/processes of the data")
     device: str = Field("cpu", description="where the model trained (cpu, cuda:0, ...)")
+    normalize: str | None = Field(
+        None,
+        description="the recipe's data.normalize: the preprocessing the built-in image sources got (none: pixels "
+        "scaled to [0, 1]; standard: also standardized); .npz files and callables are used as given. Null in "
+        "reports written before it existed",
+    )
 
 
 class Latency(_Open):
@@ -84,13 +92,22 @@ class Result(_Closed):
     onnx_nonzero_params: int
     bytes_per_nonzero: float | None = None
     gzip_bytes_per_nonzero: float | None = None
+    entropy_estimate_bytes: int | None = Field(
+        None,
+        description="estimated information in the weights, bytes (sparsekit.onnx.weight_entropy): each tensor's zero "
+        "mask at its entropy plus the nonzero values at their measured per-tensor (zeroth-order) entropy. An estimate, "
+        "not a bound: a compressor that finds structure between weights (repeated rows, zero blocks, value runs) "
+        "can go below it. Null in reports written before it had this name",
+    )
     entropy_bound_bytes: int = Field(
-        description="estimated information in the weights, bytes: each tensor's zero mask at its entropy plus the "
-        "nonzero values at their measured entropy (sparsekit.onnx.weight_entropy); gzip lands above it unless the "
-        "file has structure between weights (zero blocks, repeated values)"
+        description="the same number as entropy_estimate_bytes under its former name, kept for readers of older "
+        "reports: it was never a bound on the gzip size"
     )
     verbatim_bound_bytes: int | None = Field(
-        None, description="the same with nonzero values stored verbatim (all their bits): the floor for raw bytes"
+        None,
+        description="zero masks at their entropy, nonzero values verbatim (all their bits): a floor for the raw "
+        "(uncompressed) bytes of encodings that store values as they are; gzip, which compresses the values' "
+        "exponents, can land below it",
     )
     opset: int | None = Field(None, description="ONNX opset of the written file, read back from it")
     exporter: str | None = Field(None, description="the exporter that wrote it: dynamo or torchscript")
@@ -115,7 +132,7 @@ class Layer(_Closed):
 class Epoch(_Open):
     """One fine-tuning epoch: sparsity reached, mean train loss, validation accuracy, learning rate."""
 
-    epoch: int
+    epoch: int | float = Field(description="from 1; fractional when a run reports part of an epoch")
     sparsity: float
     train_loss: float
     val_accuracy: float
@@ -171,6 +188,9 @@ class MethodResult(_Open):
     reason: str | None = Field(None, description="why achieved falls short of asked, when it does")
     per_layer: dict[str, LayerAim] = Field(default_factory=dict)
     dead_units: DeadUnits | None = None
+    channels: dict[str, list[int]] | None = Field(
+        None, description="structured: [output channels at the start, output channels now] per selected layer"
+    )
 
 
 class Speedup(_Closed):
@@ -202,7 +222,8 @@ class Int8(_Open):
     mode: str
     onnx_bytes: int
     onnx_gzip_bytes: int
-    entropy_bound_bytes: int
+    entropy_estimate_bytes: int | None = Field(None, description="as in Result")
+    entropy_bound_bytes: int = Field(description="former name of entropy_estimate_bytes, as in Result")
     zeros: dict[str, Any]
     eval: dict[str, Any] | None = None
     fallback: str | None = Field(None, description="why per-tensor scales were used instead of per-channel")
@@ -234,10 +255,23 @@ class Storage(_Closed):
     gzip_level: int = 9
     dense: StoredSizes
     sparse: StoredSizes | None = Field(None, description="the sparse candidate; null when none was built")
-    entropy_bound_bytes: int = Field(description="as in Result: mask and values at their measured entropy")
-    verbatim_bound_bytes: int = Field(description="mask at its entropy, nonzero values verbatim")
-    bound_ratio: float | None = Field(None, description="gzip_bytes / entropy_bound_bytes")
-    verbatim_bound_ratio: float | None = Field(None, description="gzip_bytes / verbatim_bound_bytes")
+    entropy_estimate_bytes: int | None = Field(
+        None, description="as in Result: masks and values at their measured entropy (an estimate, not a bound)"
+    )
+    estimate_ratio: float | None = Field(None, description="gzip_bytes / entropy_estimate_bytes")
+    entropy_bound_bytes: int = Field(description="former name of entropy_estimate_bytes")
+    verbatim_bound_bytes: int = Field(
+        description="masks at their entropy, nonzero values verbatim: a floor for raw (uncompressed) bytes"
+    )
+    raw_verbatim_ratio: float | None = Field(
+        None, description="bytes / verbatim_bound_bytes: how close the raw file comes to its floor (>= 1)"
+    )
+    bound_ratio: float | None = Field(None, description="former name of estimate_ratio")
+    verbatim_bound_ratio: float | None = Field(
+        None,
+        description="gzip_bytes / verbatim_bound_bytes: compressed over a floor for uncompressed bytes, so it may be "
+        "below 1; kept for readers of older reports",
+    )
     outputs_identical: bool | None = Field(
         description="onnxruntime outputs bit-identical to the dense file's; null when no input could be made"
     )
@@ -268,11 +302,99 @@ class Timings(_Closed):
     )
 
 
+class Change(_Closed):
+    """One figure of the dense and the pruned model, their ratio (pruned / dense) and the plain word for
+    the change (``smaller``/``bigger``/``same size``, ``fewer``/``more``/``same``, ``more accurate``/
+    ``less accurate``/``same accuracy``)."""
+
+    dense: float | None
+    pruned: float | None
+    ratio: float | None = None
+    verdict: str
+
+
+class LatencyChange(_Closed):
+    """p50 latency at one batch size against the dense model: the ratio, the noise band measured in the
+    same run (a ratio inside ``band`` = [1 / (1 + noise), 1 + noise] is not a change) and the verdict:
+    ``faster``, ``slower`` or ``within noise``."""
+
+    dense_ms: float | None
+    ms: float | None
+    ratio: float
+    noise: float
+    band: list[float]
+    verdict: Literal["faster", "slower", "within noise"]
+
+
+class LayerOutcome(_Closed):
+    """One layer a pruning entry selected: the fraction asked (null when the entry sets no per-layer target)
+    and achieved (weights zero, or output channels removed), and output channels kept of the layer's own at the
+    start when units were removed."""
+
+    name: str
+    asked: float | None
+    achieved: float
+    channels_kept: int | None = None
+    channels_total: int | None = None
+    reason: str | None = None
+
+
+class MethodOutcome(_Closed):
+    """One ``pruning`` entry: what the recipe asked (``target``, in words), what it measures, asked vs
+    achieved over the layers it selected (``asked`` null when it sets no target) and per layer,
+    ``nothing``: it achieved nothing of what it is for, and ``remarks``: plain words on what fell short."""
+
+    entry: int
+    method: str
+    target: str
+    measure: Literal["weights zero", "output channels removed", "constraint"]
+    asked: float | None
+    achieved: float | None
+    channels_kept: int | None = None
+    channels_total: int | None = None
+    nothing: bool = False
+    remarks: list[str] = Field(default_factory=list)
+    layers: list[LayerOutcome]
+
+
+class Int8Outcome(_Closed):
+    """The int8 model against the dense fp32 one: sizes, accuracy against the pruned fp32 model, latency."""
+
+    onnx_bytes: Change
+    onnx_gzip_bytes: Change
+    accuracy: Change | None = Field(None, description="dense: the fp32 pruned model's accuracy on the same samples")
+    latency: dict[str, LatencyChange] = Field(default_factory=dict)
+
+
+class Summary(_Closed):
+    """What the terminal summary and report.md lead with, as data: the recipe in words, asked vs achieved
+    per entry and per layer, the layers no entry prunes, and dense -> pruned accuracy, MACs, sizes and
+    latency, each with its plain-word verdict. ``whole_model_sparsity`` counts every prunable layer, the
+    excluded ones too, which is why it can differ from the ``achieved`` of the entries."""
+
+    recipe: list[str]
+    data: str = Field("", description="the data source and its preprocessing (data.normalize), in words")
+    methods: list[MethodOutcome]
+    excluded: list[str] = Field(description="prunable layers no pruning entry selects")
+    accuracy: Change
+    macs: Change | None = None
+    effective_macs: Change | None = None
+    params: Change
+    whole_model_sparsity: Change
+    onnx_bytes: Change
+    onnx_gzip_bytes: Change
+    latency: dict[str, LatencyChange] = Field(default_factory=dict)
+    int8: Int8Outcome | None = None
+
+
 class Report(_Closed):
     """report.json of a ``sparsekit prune`` run. Keys of ``latency_ms``, ``speedup`` and the like are
     batch sizes as strings (JSON object keys)."""
 
     schema_version: Literal[1] = Field(1, alias="schema")
+    summary: Summary | None = Field(
+        None, description="the headline, derived from the rest (see Summary); null in reports written before it"
+    )
     model: ModelInfo
     data: DataInfo
     dense: Result
@@ -353,8 +475,318 @@ def what_it_buys(recipe: Any) -> str:
     return "What this recipe can buy: " + "; ".join(parts) + "."
 
 
+# --------------------------------------------------------------------------- the headline (Summary)
+
+SIZE = ("smaller", "bigger", "same size")
+COUNT = ("fewer", "more", "same")
+ACCURACY = ("less accurate", "more accurate", "same accuracy")
+NORMALIZE = {
+    "none": "pixels scaled to [0, 1], not standardized",
+    "standard": "pixels scaled to [0, 1], then standardized with the source's mean and std",
+}
+BUILT_IN_IMAGES = ("digits", "mnist5k")
+
+
+def noise_band(noise: float) -> list[float]:
+    """The latency ratios that are no change, ``[1 / (1 + noise), 1 + noise]``: log-symmetric, the way
+    the benchmark (:mod:`sparsekit.onnx.bench`) calls a ratio significant."""
+    return [1 / (1 + noise), 1 + noise]
+
+
+def latency_verdict(ratio: float, noise: float) -> Literal["faster", "slower", "within noise"]:
+    """The word for a latency ratio (other / dense, p50) given the noise measured in the same run (a
+    :class:`Speedup`'s ``noise``): ``within noise`` inside :func:`noise_band`, else ``faster`` or ``slower``.
+
+    >>> latency_verdict(1.28, 0.05), latency_verdict(0.9, 0.2), latency_verdict(0.5, 0.1)
+    ('slower', 'within noise', 'faster')
+    """
+    lo, hi = noise_band(noise)
+    if lo <= ratio <= hi:
+        return "within noise"
+    return "faster" if ratio < 1 else "slower"
+
+
+def _change(dense: float | None, pruned: float | None, words: tuple[str, str, str]) -> Change:
+    """``words``: what to say when the pruned figure is lower, higher, equal."""
+    if dense is None or pruned is None:
+        return Change(dense=dense, pruned=pruned, verdict="not measured")
+    lower, higher, same = words
+    verdict = same if pruned == dense else lower if pruned < dense else higher
+    return Change(dense=dense, pruned=pruned, ratio=pruned / dense if dense else None, verdict=verdict)
+
+
+def _latency(dense: Result, latency: dict[str, Latency], speedup: dict[str, Speedup]) -> dict[str, LatencyChange]:
+    out = {}
+    for bs, s in speedup.items():
+        d, o = dense.latency_ms.get(bs), latency.get(bs)
+        out[bs] = LatencyChange(
+            dense_ms=d.p50 if d else None,
+            ms=o.p50 if o else None,
+            ratio=s.ratio,
+            noise=s.noise,
+            band=noise_band(s.noise),
+            verdict=latency_verdict(s.ratio, s.noise),
+        )
+    return out
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[: limit - 1]) + f", ... ({len(names)} layers)"
+
+
+def _when(schedule: Any) -> str:
+    if not isinstance(schedule, dict):
+        return ""
+    start, end = float(schedule.get("start_epoch", 0)), float(schedule.get("end_epoch", 0))
+    if start == end:
+        return "all at once" + (f" at epoch {start:g}" if start else " at the start")
+    return f"from epoch {start:g} to {end:g}"
+
+
+def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
+    """What one ``pruning`` entry of the resolved recipe asks, in words (``row``: its report row, for
+    an entry the recipe no longer shows)."""
+    method = spec.get("method") or (row.method if row else "")
+    when = _when(spec.get("schedule"))
+    when = f", {when}" if when else ""
+    if method in ("magnitude", "gradient"):
+        value = spec.get("sparsity", row.target_sparsity if row else None)
+        if value == "auto":
+            value = spec.get("target")
+        how = f"{spec.get('criterion', 'taylor')} saliency, " if method == "gradient" else ""
+        scope = (
+            "ranked globally (no per-layer target: layers end at different sparsities)"
+            if spec.get("scope", "global") == "global"
+            else "each layer on its own"
+        )
+        own = spec.get("layer_sparsity") or {}
+        own_words = f"; own values for {len(own)} layer(s) (layer_sparsity)" if own else ""
+        total = "–" if value is None else f"{float(value):.3f}"
+        return f"sparsity {total} of the selected weights, {how}{scope}{own_words}{when}"
+    if method == "structured":
+        ratio = spec.get("ratio", row.model_extra.get("ratio") if row and row.model_extra else None)
+        scope = "ranked globally" if spec.get("scope") == "global" else "each layer on its own"
+        extra = [f"{spec.get('importance', 'l2')} importance", f"{spec.get('steps', 1)} step(s)"]
+        if spec.get("round_to"):
+            extra.append(f"kept channels rounded to multiples of {spec['round_to']}")
+        if spec.get("target_macs"):
+            extra.append(f"ratios chosen for MACs {spec['target_macs']:g}x")
+        if spec.get("target_latency"):
+            extra.append(f"ratios chosen for latency {spec['target_latency']:g}x")
+        if spec.get("layer_ratio"):
+            extra.append(f"own ratios for {len(spec['layer_ratio'])} layer(s)")
+        value = "–" if ratio in (None, "auto") else f"{float(ratio):.3f}"
+        return f"remove {value} of the output channels, {scope} ({', '.join(extra)}){when}"
+    if method == "l1":
+        group = spec.get("group", "none")
+        unit = {"row": "rows (neurons)", "channel": "channels"}.get(group, "weights")
+        words = (
+            f"no target (the zeros come from training): {spec.get('mode', 'proximal')} L1, strength "
+            f"{spec.get('strength', 0):g}"
+            + (f", group lasso over {unit}" if group != "none" else "")
+            + f"; {unit} under {spec.get('threshold', 0):g} zeroed at the end"
+        )
+        return words + ("; all-zero units removed" if spec.get("remove_dead") else "")
+    if method == "max_norm":
+        limit = spec.get("max_value", 0)
+        return f"a constraint, no sparsity target: each unit's incoming weight norm at most {limit:g}"
+    target = row.target_sparsity if row else None
+    return f"sparsity {target:.3f}" if target is not None else "no target stated"
+
+
+def _channels(m: MethodResult, dense: dict[str, Layer], pruned: dict[str, Layer]) -> dict[str, list[int]]:
+    """[output channels at the start, now] per layer of ``m`` that lost units: the structured method's own
+    count, else read off the weight shapes (l1's remove_dead)."""
+    if m.channels:
+        return {n: list(v) for n, v in m.channels.items()}
+    out = {}
+    for name in m.layers:
+        a, b = dense.get(name), pruned.get(name)
+        # dim 0 is the output channels of Linear/Conv weights (a ConvTranspose's is its inputs)
+        if a and b and a.shape and b.shape and not a.type.startswith("ConvTranspose") and a.shape[0] != b.shape[0]:
+            out[name] = [a.shape[0], b.shape[0]]
+    return out
+
+
+def _outcome(
+    i: int, m: MethodResult, spec: dict[str, Any], dense: dict[str, Layer], pruned: dict[str, Layer]
+) -> MethodOutcome:
+    measure: Literal["weights zero", "output channels removed", "constraint"] = "weights zero"
+    if m.method in ("structured", "max_norm"):
+        measure = "output channels removed" if m.method == "structured" else "constraint"
+    channels = _channels(m, dense, pruned)
+    layers = [
+        LayerOutcome(
+            name=name,
+            asked=aim.asked,
+            achieved=aim.achieved,
+            channels_kept=channels[name][1] if name in channels else None,
+            channels_total=channels[name][0] if name in channels else None,
+            reason=aim.reason,
+        )
+        for name, aim in m.per_layer.items()
+    ]
+    kept = sum(v[1] for v in channels.values()) if channels else None
+    total = sum(v[0] for v in channels.values()) if channels else None
+    remarks: list[str] = []
+    nothing = False
+    n = len(m.layers)
+    if measure == "output channels removed":
+        if m.achieved is not None and m.achieved <= 0:
+            nothing = True
+            remarks.append(
+                f"achieved nothing: removed no output channel of its {n} layer(s)"
+                + (f" ({m.reason})" if m.reason else "")
+            )
+        extra = m.model_extra or {}
+        done, events = extra.get("events_done"), extra.get("events")
+        if isinstance(done, int) and isinstance(events, int) and done < events:
+            remarks.append(f"only {done} of its {events} removal steps ran, so less was asked by the end")
+    elif measure == "weights zero" and m.achieved is not None:
+        before = sum(r.params - r.nonzero_params for name in m.layers if (r := dense.get(name)))
+        weights = sum(r.params for name in m.layers if (r := dense.get(name)))
+        new_zeros = m.achieved * weights - before if weights else m.achieved
+        if new_zeros < 0.5 if weights else m.achieved <= 0:
+            nothing = True
+            had = f" beyond the {before:,} zeros the dense model had" if before else ""
+            advice = ": raise strength or threshold" if m.method == "l1" else ""
+            if m.method == "l1" and spec.get("group", "none") != "none":
+                what = f"no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or removed"
+            else:
+                what = f"zeroed no weight of its {n} layer(s){had}"
+            remarks.append(f"achieved nothing: {what}{advice}")
+    if measure == "constraint":
+        norms = [v["max"] for v in (m.model_extra or {}).values() if isinstance(v, dict) and "max" in v]
+        if norms and spec.get("max_value") is not None:
+            remarks.append(f"largest unit norm now {max(norms):.3f} (at most {spec['max_value']:g} asked)")
+    if m.method == "l1" and m.dead_units is not None and not nothing:
+        du = m.dead_units
+        if du.found == 0 and spec.get("group", "none") != "none":
+            nothing = True
+            remarks.append(
+                "achieved nothing: no unit's weights all reached zero, so no unit was removed: raise strength or "
+                "threshold"
+            )
+        elif du.found == 0:
+            remarks.append("zeroed no whole unit, so remove_dead removed none: the model is no smaller and no faster")
+    if m.dead_units is not None and m.dead_units.found and m.dead_units.kept:
+        du = m.dead_units
+        remarks.append(
+            f"{du.found - du.kept} of {du.found} all-zero units removed; {du.kept} kept because removing them would "
+            "change the outputs or the layout does not allow it (a residual add, depthwise conv, zero padding, a norm "
+            "over the units such as LayerNorm, tied weights, or a graph the removal cannot trace)"
+        )
+    if not nothing and m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
+        remarks.append(f"short of the {m.asked:.3f} asked" + (f": {m.reason}" if m.reason else ""))
+    elif not nothing and m.reason:
+        remarks.append(m.reason)
+    return MethodOutcome(
+        entry=i,
+        method=m.method,
+        target=target_words(spec, m),
+        measure=measure,
+        asked=m.asked,
+        achieved=m.achieved,
+        channels_kept=kept,
+        channels_total=total,
+        nothing=nothing,
+        remarks=remarks,
+        layers=layers,
+    )
+
+
+def _recipe_lines(report: Report, methods: list[MethodOutcome], excluded: list[str]) -> list[str]:
+    rows = {o.entry: o for o in methods}
+    lines = []
+    for i, m in enumerate(report.methods):
+        lines.append(f"pruning[{i}] {m.method}: {rows[i].target}; layers {_names(list(m.layers))}")
+    if excluded:
+        them = "them" if len(excluded) > 1 else "it"
+        lines.append(f"not pruned: {_names(excluded)} (no pruning entry selects {them})")
+    ft = report.recipe.get("finetune") or {}
+    epochs = ft.get("epochs")
+    if epochs is not None:
+        opt = ft.get("optimizer") or {}
+        sched = (ft.get("lr_schedule") or {}).get("name")
+        how = ", ".join(
+            x
+            for x in (
+                opt.get("name") and f"{opt['name']} lr {opt.get('lr', 0):g}",
+                sched and f"{sched} schedule",
+                ft.get("distill") and "distilled from the dense model",
+            )
+            if x
+        )
+        lines.append(f"fine-tuning: {epochs} epoch(s)" + (f" ({how})" if how else ""))
+    return lines
+
+
+def _data_words(report: Report) -> str:
+    data = report.data
+    if data.normalize is None:
+        return f"{data.source}"
+    if data.source in BUILT_IN_IMAGES:
+        return f"{data.source}, normalize {data.normalize} ({NORMALIZE.get(data.normalize, data.normalize)})"
+    return f"{data.source}, used as given (normalize applies to the built-in image sources only)"
+
+
+def _outcomes(
+    methods: list[MethodResult], recipe: dict[str, Any], dense_layers: list[Layer], layers: list[Layer]
+) -> tuple[list[MethodOutcome], list[str]]:
+    """Each entry's :class:`MethodOutcome`, and the prunable layers no entry selects."""
+    specs = [e if isinstance(e, dict) else {} for e in (recipe.get("pruning") or [])]
+    dense = {r.name: r for r in dense_layers}
+    pruned = {r.name: r for r in layers}
+    outcomes = [_outcome(i, m, specs[i] if i < len(specs) else {}, dense, pruned) for i, m in enumerate(methods)]
+    covered = {name for m in methods for name in m.layers}
+    names = list(dense) + [n for n in pruned if n not in dense]
+    return outcomes, [n for n in names if n not in covered]
+
+
+def summarize(report: Report) -> Summary:
+    """The headline of ``report`` (see :class:`Summary`): computed from the rest, so report.json's
+    ``summary``, the terminal summary and report.md say the same."""
+    d, p = report.dense, report.pruned
+    methods, excluded = _outcomes(report.methods, report.recipe, report.dense_layers, report.layers)
+    q = report.int8
+    int8 = None
+    if q is not None:
+        ev = q.eval or {}
+        fp32, acc = ev.get("fp32_accuracy"), ev.get("int8_accuracy")
+        int8 = Int8Outcome(
+            onnx_bytes=_change(d.onnx_bytes, q.onnx_bytes, SIZE),
+            onnx_gzip_bytes=_change(d.onnx_gzip_bytes, q.onnx_gzip_bytes, SIZE),
+            accuracy=_change(fp32, acc, ACCURACY) if fp32 is not None and acc is not None else None,
+            latency=_latency(d, q.latency_ms, q.speedup or {}),
+        )
+    return Summary(
+        recipe=_recipe_lines(report, methods, excluded),
+        data=_data_words(report),
+        methods=methods,
+        excluded=excluded,
+        accuracy=_change(d.accuracy, p.accuracy, ACCURACY),
+        macs=_change(d.macs, p.macs, COUNT) if d.macs is not None else None,
+        effective_macs=_change(d.effective_macs, p.effective_macs, COUNT) if d.effective_macs is not None else None,
+        params=_change(d.params, p.params, COUNT),
+        whole_model_sparsity=_change(d.sparsity, p.sparsity, ("lower", "higher", "same")),
+        onnx_bytes=_change(d.onnx_bytes, p.onnx_bytes, SIZE),
+        onnx_gzip_bytes=_change(d.onnx_gzip_bytes, p.onnx_gzip_bytes, SIZE),
+        latency=_latency(d, p.latency_ms, report.benchmark.speedup) if report.benchmark else {},
+        int8=int8,
+    )
+
+
+def _estimate(r: Result | Int8 | Storage) -> int:
+    """The weights' entropy estimate, under its name or (older reports) its former one."""
+    return r.entropy_estimate_bytes if r.entropy_estimate_bytes is not None else r.entropy_bound_bytes
+
+
 def notes(report: Report) -> list[str]:
-    """What the numbers mean, and what to do when something went wrong: one sentence each."""
+    """What the summary does not already say and the user should know or do: one sentence each.
+    Asked vs achieved, a method that achieved nothing, and every dense -> pruned figure with its verdict
+    are in :func:`summarize` instead."""
     d, p = report.dense, report.pruned
     out = []
     dead = [r.name for r in report.layers if r.params and r.nonzero_params == 0]
@@ -363,82 +795,18 @@ def notes(report: Report) -> list[str]:
             f"Every weight of {', '.join(dead)} is zero, so its output is a constant (its bias, if it has one): "
             "lower the pruning strength/sparsity there, lower max_layer_sparsity, or exclude it (layers.exclude)."
         )
-    for m in report.methods:
-        du = m.dead_units
-        if du and du.found:
-            out.append(
-                f"{m.method}: {du.found - du.kept} of {du.found} all-zero units removed; {du.kept} kept "
-                "because removing them would change the outputs or the layout does not allow it (a residual "
-                "add, depthwise conv, zero padding, a norm over the units such as LayerNorm, tied weights, or a "
-                "graph the removal cannot trace)."
-            )
-    for i, m in enumerate(report.methods):
-        if m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
-            why = f": {m.reason}" if m.reason else ""
-            out.append(
-                f"pruning[{i}] ({m.method}) reached {m.achieved:.3f} of the {m.asked:.3f} asked over its layers{why}."
-            )
-        for name, aim in m.per_layer.items():
-            if aim.reason:
-                asked = "" if aim.asked is None else f" of {aim.asked:.3f} asked"
-                out.append(f"pruning[{i}] ({m.method}) {name}: {aim.achieved:.3f}{asked}: {aim.reason}.")
     drop = d.accuracy - p.accuracy
     if drop > 0.03:
-        epochs = report.recipe["finetune"]["epochs"]
+        epochs = (report.recipe.get("finetune") or {}).get("epochs")
         out.append(
-            f"Accuracy fell {drop:.3f} ({d.accuracy:.4f} -> {p.accuracy:.4f}) with {epochs} fine-tuning "
-            "epoch(s): fine-tune longer, prune less, or spread pruning over more of the schedule."
+            f"To win accuracy back: fine-tune longer ({epochs} epoch(s) now), prune less, or spread pruning over "
+            "more of the schedule."
         )
     for label, r in (("dense", d), ("pruned", p)):
         if r.export_fallback:
             out.append(f"{label} ONNX written by the {r.exporter} exporter at opset {r.opset}: {r.export_fallback}.")
-    macs_ratio = p.macs / d.macs if d.macs and p.macs is not None else None
-    if macs_ratio is not None and macs_ratio < 1:
-        out.append(f"Structural removal cut dense MACs to {macs_ratio:.3f}x of the original.")
-    for bs, s in (report.benchmark.speedup if report.benchmark else {}).items():
-        if not s.significant:
-            out.append(
-                f"batch {bs}: latency ratio {s.ratio:.3f} is within the measured noise "
-                f"(noise band ±{s.noise:.3f} from the A/A control and run spread): no speedup claimed."
-            )
-        elif macs_ratio:
-            out.append(
-                f"batch {bs}: latency ratio {s.ratio:.3f} vs MACs ratio {macs_ratio:.3f} "
-                f"(latency ÷ MACs = {s.ratio / macs_ratio:.2f})."
-            )
-    if d.onnx_gzip_bytes and p.onnx_gzip_bytes:
-        out.append(
-            f"gzip size {p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x of dense gzip "
-            f"(raw {p.onnx_bytes / d.onnx_bytes:.3f}x of dense raw), dense-stored; the pruned weights' entropy "
-            f"bound is {p.entropy_bound_bytes / d.onnx_gzip_bytes:.3f}x of dense gzip."
-        )
-    st = report.storage
-    if st:
-        how = "sparse initializers" if st.encoding == "sparse" else "dense initializers"
-        ratio = f"{st.bound_ratio:.2f}x" if st.bound_ratio is not None else "n/a"
-        verbatim = f"{st.verbatim_bound_ratio:.2f}x" if st.verbatim_bound_ratio is not None else "n/a"
-        out.append(
-            f"model.onnx ships with {how} ({st.mode}: {st.reason}): gzip -{st.gzip_level} {st.gzip_bytes:,} B, "
-            f"{ratio} the entropy bound ({st.entropy_bound_bytes:,} B: zero masks and nonzero values at their "
-            f"measured entropy) and {verbatim} the bound with values verbatim ({st.verbatim_bound_bytes:,} B)"
-            + ("; onnxruntime densifies it at load: memory and latency unchanged." if st.encoding == "sparse" else ".")
-        )
-    q = report.int8
-    if q and d.onnx_gzip_bytes:
-        ev = q.eval or {}
-        out.append(
-            f"int8 ({q.mode}): gzip {q.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x of dense "
-            f"(bound {q.entropy_bound_bytes / d.onnx_gzip_bytes:.3f}x), accuracy "
-            f"{ev.get('int8_accuracy', float('nan')):.4f} vs fp32 {ev.get('fp32_accuracy', float('nan')):.4f}, "
-            f"top-1 agreement {ev.get('top1_agreement', float('nan')):.4f}, zeros kept: "
-            f"{q.zeros['zeros_ok']}."
-        )
-        if q.fallback:
-            out.append(f"int8: {q.fallback}.")
-        for bs, s in (q.speedup or {}).items():
-            out.append(
-                f"int8 batch {bs}: latency ratio {s.ratio:.3f} vs dense{'' if s.significant else ' (within noise)'}."
-            )
+    if report.int8 and report.int8.fallback:
+        out.append(f"int8: {report.int8.fallback}.")
     ss = report.sparse_storage
     if ss:
         out.append(
@@ -448,55 +816,116 @@ def notes(report: Report) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- rendering
+
+
 def _diff(value: float | None) -> str:
     return "n/a (outputs not finite)" if value is None else f"{value:.2e}"
 
 
+def _x(c: Change, fmt: str = "{:,.0f}", unit: str = "") -> str:
+    """``dense -> pruned unit (ratio: verdict)``."""
+    a = "–" if c.dense is None else fmt.format(c.dense)
+    b = "–" if c.pruned is None else fmt.format(c.pruned)
+    ratio = f"{c.ratio:.3f}x: " if c.ratio is not None else ""
+    return f"{a} -> {b}{unit} ({ratio}{c.verdict})"
+
+
+def _acc(c: Change) -> str:
+    """``dense -> pruned (+difference: verdict)`` for an accuracy."""
+    if c.dense is None or c.pruned is None:
+        return c.verdict
+    return f"{c.dense:.4f} -> {c.pruned:.4f} ({c.pruned - c.dense:+.4f}: {c.verdict})"
+
+
+def _makes_zeros(report: Report, s: Summary) -> bool:
+    """Whether whole-model sparsity says anything: an entry zeroes weights, or either model has zeros (a
+    structural-only run has none: it deletes weights, and its headline is channels and MACs)."""
+    return any(o.measure == "weights zero" for o in s.methods) or bool(report.dense.sparsity or report.pruned.sparsity)
+
+
+def _lat(bs: str, lc: LatencyChange) -> str:
+    a = "–" if lc.dense_ms is None else f"{lc.dense_ms:.3f}"
+    b = "–" if lc.ms is None else f"{lc.ms:.3f}"
+    lo, hi = lc.band
+    return f"batch {bs}: {a} -> {b} ms ({lc.ratio:.3f}x, noise band {lo:.3f}x-{hi:.3f}x): {lc.verdict}"
+
+
+def _method_line(o: MethodOutcome) -> str:
+    head = f"pruning[{o.entry}] {o.method}: "
+    if o.measure == "constraint":
+        return head + "a constraint, nothing asked or achieved in sparsity"
+    asked = "no target" if o.asked is None else f"asked {o.asked:.3f}"
+    achieved = "–" if o.achieved is None else f"{o.achieved:.3f}"
+    kept = f"; {o.channels_kept:,} of {o.channels_total:,} channels kept" if o.channels_total else ""
+    return f"{head}{asked}, achieved {achieved} {o.measure} over its {len(o.layers)} layer(s){kept}"
+
+
+def _layer_line(r: LayerOutcome, width: int) -> str:
+    asked = "–" if r.asked is None else f"{r.asked:.3f}"
+    kept = f"  {r.channels_kept} of {r.channels_total} channels kept" if r.channels_total else ""
+    why = f"  ({r.reason})" if r.reason else ""
+    return f"{r.name:<{width}}  asked {asked:>5}  achieved {r.achieved:.3f}{kept}{why}"
+
+
 def render_summary(report: Report, out: str | Path) -> str:
-    """The lines ``sparsekit prune`` prints when it finishes (``out``: the output folder)."""
+    """The lines ``sparsekit prune`` prints when it finishes (``out``: the output folder): the recipe, asked
+    vs achieved per entry and per layer, then dense -> pruned accuracy, MACs, sizes and latency, each
+    with its verdict, then what is not in there (:func:`notes`). The up-front expectation
+    (:func:`what_it_buys`) is not repeated: the run said it when it started."""
+    s = summarize(report)
     d, p = report.dense, report.pruned
-    lines = [
-        f"Wrote {out}/ (model.pt, model.onnx, dense.onnx, report.md, report.json)",
-        f"  accuracy  {d.accuracy:.4f} -> {p.accuracy:.4f}",
-        f"  sparsity  {d.sparsity:.3f} -> {p.sparsity:.3f}   params {d.params:,} -> {p.params:,}",
-        f"  ONNX size {d.onnx_bytes:,} -> {p.onnx_bytes:,} B dense-stored; gzip {d.onnx_gzip_bytes:,} -> "
-        f"{p.onnx_gzip_bytes:,} B ({p.onnx_gzip_bytes / d.onnx_gzip_bytes:.3f}x)",
-        *_storage_summary(report),
+    files = ["model.pt", "model.onnx", "dense.onnx", *(["model.int8.onnx"] if report.int8 else [])]
+    files += ["report.md", "report.json", *report.plots]
+    lines = [f"Wrote {out}/ ({', '.join(files)})"]
+    for i, text in enumerate([*s.recipe, f"data: {s.data}"]):
+        lines.append(f"  {'recipe' if i == 0 else '':<9} {text}")
+    for o in s.methods:
+        lines.append(f"  {_method_line(o)}")
+        width = max((len(r.name) for r in o.layers), default=0)
+        lines += [f"      {_layer_line(r, width)}" for r in o.layers]
+        lines += [f"      {remark}" for remark in o.remarks]
+    lines.append(f"  accuracy  {_acc(s.accuracy)}")
+    if s.macs:
+        macs = f"  MACs      {_x(s.macs)}"
+        if s.effective_macs and s.effective_macs.pruned != s.macs.pruned:
+            macs += f"; counting nonzero weights only {_x(s.effective_macs)}"
+        lines.append(macs)
+    lines.append(f"  size      ONNX {_x(s.onnx_bytes, unit=' B')}; gzip {_x(s.onnx_gzip_bytes, unit=' B')}")
+    lines += [f"  latency   {_lat(bs, lc)}" for bs, lc in s.latency.items()]
+    if s.int8 and report.int8:
+        q = s.int8
+        acc = f"; accuracy vs fp32 pruned {_acc(q.accuracy)}" if q.accuracy else ""
+        lines.append(
+            f"  int8      model.int8.onnx ({report.int8.mode}) vs dense fp32: ONNX {_x(q.onnx_bytes, unit=' B')}; "
+            f"gzip {_x(q.onnx_gzip_bytes, unit=' B')}{acc}; zeros kept: {report.int8.zeros.get('zeros_ok')}"
+        )
+        lines += [f"  int8      {_lat(bs, lc)}" for bs, lc in q.latency.items()]
+    overall = f"  overall   params {_x(s.params)}"
+    if _makes_zeros(report, s):
+        left_out = f", not-pruned {_names(s.excluded, 3)} included" if s.excluded else ""
+        overall += (
+            f"; whole-model sparsity {d.sparsity:.3f} -> {p.sparsity:.3f} over all {len(report.layers)} "
+            f"prunable layers{left_out}"
+        )
+    lines.append(overall)
+    st = report.storage
+    if st:
+        ratio = f"{st.gzip_bytes / st.dense.gzip_bytes:.3f}x" if st.dense.gzip_bytes else "–"
+        estimate = _estimate(st)
+        lines.append(
+            f"  stored    model.onnx with {st.encoding} initializers ({st.mode}): {st.bytes:,} B, gzip "
+            f"{st.gzip_bytes:,} B ({ratio} of dense-stored gzip)"
+            + (f", {st.gzip_bytes / estimate:.2f}x the weights' entropy estimate {estimate:,} B" if estimate else "")
+            + ("; onnxruntime densifies it at load: memory and latency unchanged" if st.encoding == "sparse" else "")
+        )
+    lines.append(
         f"  parity    max |onnx - torch| {_diff(report.parity.max_abs_diff)} "
         f"({'ok' if report.parity.ok else 'FAILED'}{': ' + report.parity.error if report.parity.error else ''}), "
-        f"zeros kept in ONNX: {report.zeros_preserved}",
-    ]
-    for i, m in enumerate(report.methods):
-        if m.achieved is None:
-            continue
-        what = "channels removed" if m.method == "structured" else "weights zero"
-        asked = "" if m.asked is None else f"asked {m.asked:.3f}, "
-        lines.append(
-            f"  pruning[{i}] {m.method}: {asked}achieved {m.achieved:.3f} ({what}, over its {len(m.layers)} layers)"
-        )
-    for bs, s in (report.benchmark.speedup if report.benchmark else {}).items():
-        verdict = "within noise" if not s.significant else "faster" if s.ratio < 1 else "slower"
-        lines.append(
-            f"  latency   batch {bs}: {d.latency_ms[bs].p50:.3f} -> {p.latency_ms[bs].p50:.3f} ms "
-            f"(ratio {s.ratio:.3f}, noise ±{s.noise:.3f}: {verdict})"
-        )
+        f"zeros kept in ONNX: {report.zeros_preserved}"
+    )
     lines += [f"  note      {n}" for n in report.notes]
-    lines.append(f"  {report.expectation}")
     return "\n".join(lines)
-
-
-def _storage_summary(report: Report) -> list[str]:
-    """The summary line on the shipped model.onnx's encoding, when the report has one."""
-    st = report.storage
-    if st is None:
-        return []
-    ratio = f", {st.bound_ratio:.2f}x the entropy bound {st.entropy_bound_bytes:,} B" if st.bound_ratio else ""
-    if st.verbatim_bound_ratio:
-        ratio += f" ({st.verbatim_bound_ratio:.2f}x with values verbatim)"
-    return [
-        f"  stored    model.onnx {st.encoding} ({st.mode}): {st.bytes:,} B, gzip {st.gzip_bytes:,} B "
-        f"({st.gzip_bytes / st.dense.gzip_bytes:.3f}x of dense storage){ratio}"
-    ]
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -513,15 +942,123 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{b / a:.3f}x" if a and b is not None else "–"
 
 
-def render_markdown(report: Report) -> str:
-    """report.md: the dense/pruned table, the benchmark with its noise band, int8, notes, layers,
-    fine-tuning history and the plots."""
+def _markdown_summary(report: Report, s: Summary) -> list[str]:
+    """report.md's lead: the recipe, asked vs achieved, and the dense -> pruned table with verdicts."""
     d, p = report.dense, report.pruned
+    lines = ["## Summary", "", "Recipe:", ""] + [f"- {text}" for text in s.recipe] + [""]
+    if s.methods:
+        lines += [
+            "Asked vs achieved (fractions: of the weights zeroed, or of the output channels removed):",
+            "",
+            "| entry | layer | asked | achieved | channels kept | remarks |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for o in s.methods:
+            asked = "–" if o.asked is None else f"{o.asked:.3f}"
+            achieved = "–" if o.achieved is None else f"{o.achieved:.3f}"
+            kept = f"{o.channels_kept:,} / {o.channels_total:,}" if o.channels_total else ""
+            remarks = "; ".join(o.remarks).replace("|", "/")
+            lines.append(
+                f"| pruning[{o.entry}] {o.method} | all {len(o.layers)} selected ({o.measure}) | {asked} | "
+                f"{achieved} | {kept} | {'**' + remarks + '**' if o.nothing else remarks} |"
+            )
+            for r in o.layers:
+                ra = "–" if r.asked is None else f"{r.asked:.3f}"
+                rk = f"{r.channels_kept} / {r.channels_total}" if r.channels_total else ""
+                lines.append(f"| | {r.name} | {ra} | {r.achieved:.3f} | {rk} | {(r.reason or '').replace('|', '/')} |")
+        for name in s.excluded:
+            lines.append(f"| not pruned | {name} | | | | excluded: no pruning entry selects it |")
+        lines.append("")
+    lines += ["| | dense | pruned | pruned / dense | verdict |", "|---|---:|---:|---:|---|"]
+
+    def row(label: str, c: Change | None, fmt: Any) -> None:
+        if c is None:
+            return
+        a = "–" if c.dense is None else fmt(c.dense)
+        b = "–" if c.pruned is None else fmt(c.pruned)
+        lines.append(f"| {label} | {a} | {b} | {'–' if c.ratio is None else f'{c.ratio:.3f}x'} | {c.verdict} |")
+
+    lines.append(
+        f"| accuracy | {d.accuracy:.4f} | {p.accuracy:.4f} | {p.accuracy - d.accuracy:+.4f} | {s.accuracy.verdict} |"
+    )
+    row("MACs (dense count)", s.macs, lambda v: f"{v:,.0f}")
+    if s.effective_macs and s.macs and s.effective_macs.pruned != s.macs.pruned:
+        row("MACs (nonzero weights only)", s.effective_macs, lambda v: f"{v:,.0f}")
+    row("ONNX size, dense-stored", s.onnx_bytes, _fmt_bytes)
+    row("ONNX size, dense-stored, gzip", s.onnx_gzip_bytes, _fmt_bytes)
+    for bs, lc in s.latency.items():
+        lo, hi = lc.band
+        a = "–" if lc.dense_ms is None else f"{lc.dense_ms:.3f}"
+        b = "–" if lc.ms is None else f"{lc.ms:.3f}"
+        lines.append(
+            f"| latency p50, batch {bs} (ms) | {a} | {b} | {lc.ratio:.3f}x | {lc.verdict} (noise band "
+            f"{lo:.3f}x–{hi:.3f}x) |"
+        )
+    row("params", s.params, lambda v: f"{v:,.0f}")
+    if _makes_zeros(report, s):
+        left_out = f", not-pruned {', '.join(s.excluded)} included" if s.excluded else ""
+        label = f"sparsity of the whole model (all prunable layers{left_out})"
+        row(label, s.whole_model_sparsity, lambda v: f"{v:.3f}")
+    if s.int8 and report.int8:
+        q = s.int8
+        row("int8: ONNX size (vs dense fp32)", q.onnx_bytes, _fmt_bytes)
+        row("int8: ONNX gzip (vs dense fp32)", q.onnx_gzip_bytes, _fmt_bytes)
+        fp32, int8 = (q.accuracy.dense, q.accuracy.pruned) if q.accuracy else (None, None)
+        if q.accuracy and fp32 is not None and int8 is not None:
+            lines.append(
+                f"| int8: accuracy (vs fp32 pruned) | {fp32:.4f} | {int8:.4f} | {int8 - fp32:+.4f} | "
+                f"{q.accuracy.verdict} |"
+            )
+        for bs, lc in q.latency.items():
+            lo, hi = lc.band
+            lines.append(
+                f"| int8: latency p50, batch {bs} (ms) | {'–' if lc.dense_ms is None else f'{lc.dense_ms:.3f}'} | "
+                f"{'–' if lc.ms is None else f'{lc.ms:.3f}'} | {lc.ratio:.3f}x | {lc.verdict} (noise band "
+                f"{lo:.3f}x–{hi:.3f}x) |"
+            )
+    lines.append("")
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    """report.md: the summary (recipe, asked vs achieved, dense -> pruned with verdicts), notes, then the
+    details: sizes and the entropy estimate, the benchmark's noise, int8, parity, layers, fine-tuning
+    history and the plots."""
+    d, p = report.dense, report.pruned
+    s = summarize(report)
+    data = report.data
     lines = ["# sparsekit report", ""]
-    lines += [f"Model `{report.model.factory}`, data `{report.data.source}`. " + ADVICE, ""]
+    lines += [
+        f"Model `{report.model.factory}`. Data `{data.source}`: "
+        + (
+            "normalize not recorded (a report written before data.normalize)"
+            if data.normalize is None
+            else f"normalize `{data.normalize}` ({NORMALIZE.get(data.normalize, data.normalize)})"
+            if data.source in BUILT_IN_IMAGES
+            else f"normalize `{data.normalize}`: used as given (it applies to the built-in image sources only)"
+        )
+        + f"; {data.train_batches} training and {data.val_batches} validation batches; trained on {data.device}"
+        + (f" in {data.processes} processes" if data.processes > 1 else "")
+        + ".",
+        "",
+    ]
+    lines += _markdown_summary(report, s)
+    if report.notes:
+        lines += [f"- {note}" for note in report.notes] + [""]
     if report.expectation:
-        lines += [report.expectation, ""]
-    lines += ["| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
+        lines.append(report.expectation)  # said before the run; the summary above says what came of it
+        structural = any(o.measure == "output channels removed" for o in s.methods) or any(
+            isinstance(e, dict) and e.get("method") == "l1" and e.get("group", "none") != "none"
+            for e in report.recipe.get("pruning") or []
+        )
+        if not structural and report.int8 is None:
+            lines.append(
+                "For latency, remove whole neurons/channels (structured pruning, L1 groups) or quantize to int8."
+            )
+        lines.append("")
+    else:
+        lines += [ADVICE, ""]
+    lines += ["## Details", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
 
     def row(label: str, key: str, fmt: Any = str) -> None:
         a, b = getattr(d, key), getattr(p, key)
@@ -529,22 +1066,14 @@ def render_markdown(report: Report) -> str:
             f"| {label} | {fmt(a) if a is not None else '–'} | {fmt(b) if b is not None else '–'} | {_ratio(a, b)} |"
         )
 
-    lines.append(f"| accuracy | {d.accuracy:.4f} | {p.accuracy:.4f} | {p.accuracy - d.accuracy:+.4f} |")
-    lines.append(f"| sparsity (prunable weights) | {d.sparsity:.3f} | {p.sparsity:.3f} | |")
-    row("params", "params", lambda v: f"{v:,}")
     row("nonzero params", "nonzero_params", lambda v: f"{v:,}")
-    row("MACs (dense count)", "macs", lambda v: f"{v:,}")
-    row("MACs (nonzero weights)", "effective_macs", lambda v: f"{v:,}")
-    row("ONNX size, dense-stored", "onnx_bytes", _fmt_bytes)
-    row("ONNX size, dense-stored, gzip", "onnx_gzip_bytes", _fmt_bytes)
-    # The bound is compared with the dense file's gzip size, like the pruned gzip size above it.
+    # The estimate is compared with the dense file's gzip size, like the pruned gzip size in the summary.
     lines.append(
-        f"| entropy bound of the weights (ratio: to dense gzip) | {_fmt_bytes(d.entropy_bound_bytes)} | "
-        f"{_fmt_bytes(p.entropy_bound_bytes)} | {_ratio(d.onnx_gzip_bytes, p.entropy_bound_bytes)} |"
+        f"| entropy estimate of the weights (ratio: to dense gzip) | {_fmt_bytes(_estimate(d))} | "
+        f"{_fmt_bytes(_estimate(p))} | {_ratio(d.onnx_gzip_bytes, _estimate(p))} |"
     )
     st = report.storage
     if st:
-        # The shipped file against dense gzip, like the rows above; its ratio to the bound in the text below.
         lines.append(
             f"| model.onnx as shipped ({st.encoding} storage) | | {_fmt_bytes(st.bytes)} | "
             f"{_ratio(d.onnx_bytes, st.bytes)} |"
@@ -554,75 +1083,59 @@ def render_markdown(report: Report) -> str:
             f"{_ratio(d.onnx_gzip_bytes, st.gzip_bytes)} |"
         )
     row("gzip bytes per nonzero weight", "gzip_bytes_per_nonzero", lambda v: f"{v:.2f}")
-    for bs, lat in d.latency_ms.items():
-        pl = p.latency_ms.get(bs)
-        if pl:
-            lines.append(f"| latency p50, batch {bs} (ms) | {lat.p50:.3f} | {pl.p50:.3f} | {pl.p50 / lat.p50:.3f}x |")
     lines.append("")
+    estimate = (
+        "The entropy estimate is each weight tensor's zero mask at its entropy plus the nonzero values at their "
+        "measured per-tensor entropy: an estimate of the weights' information, not a bound (a compressor that "
+        "finds structure between weights, such as repeated rows or zero blocks, can go below it)."
+    )
     if st:
+        raw_floor = (
+            f"; the raw file is {st.bytes / st.verbatim_bound_bytes:.2f}x its floor with the values stored verbatim "
+            f"({_fmt_bytes(st.verbatim_bound_bytes)})"
+            if st.verbatim_bound_bytes
+            else ""
+        )
+        est = _estimate(st)
         lines += [
             f"Sizes are bytes with external data; gzip at level {st.gzip_level}. model.onnx stores its weights as "
             f"{st.encoding} initializers ({st.mode}: {st.reason}); its gzip size is "
-            + (f"{st.bound_ratio:.2f}x" if st.bound_ratio is not None else "n/a")
-            + f" the entropy bound ({_fmt_bytes(st.entropy_bound_bytes)}: each tensor's zero mask at its entropy plus "
-            "the nonzero values at their measured entropy) and "
-            + (f"{st.verbatim_bound_ratio:.2f}x" if st.verbatim_bound_ratio is not None else "n/a")
-            + f" the bound with values stored verbatim ({_fmt_bytes(st.verbatim_bound_bytes)}).",
+            + (f"{st.gzip_bytes / est:.2f}x" if est else "n/a")
+            + f" the weights' entropy estimate ({_fmt_bytes(est)}){raw_floor}. {estimate}",
             "",
         ]
+    else:
+        lines += [estimate, ""]
     if report.benchmark and report.benchmark.speedup:
-        lines.append(
-            "Latency ratio (pruned/dense, p50) with the noise band measured in the same run (the A/A control: "
-            "the dense file against itself, and the spread across blocks of runs):"
-        )
-        lines.append("")
-        lines.append("| batch | ratio | spread | noise band (±) | significant |")
-        lines.append("|---:|---:|---|---:|---|")
-        for bs, s in report.benchmark.speedup.items():
+        b = report.benchmark
+        lines += [
+            f"Latency: onnxruntime {b.provider}, {b.threads} thread(s), {b.runs} timed runs after {b.warmup} warm-up "
+            "runs. The noise band is measured in the same run (the A/A control: the dense file against itself, and "
+            "the spread across blocks of runs); a ratio inside it is no change.",
+            "",
+            "| batch | ratio | spread | A/A control | noise band | verdict |",
+            "|---:|---:|---|---:|---|---|",
+        ]
+        for bs, sp in b.speedup.items():
+            lo, hi = noise_band(sp.noise)
             lines.append(
-                f"| {bs} | {s.ratio:.3f} | {s.spread[0]:.3f}–{s.spread[1]:.3f} | "
-                f"{s.noise:.3f} | {'yes' if s.significant else 'no (within noise)'} |"
+                f"| {bs} | {sp.ratio:.3f} | {sp.spread[0]:.3f}–{sp.spread[1]:.3f} | {sp.aa_ratio:.3f} | "
+                f"{lo:.3f}–{hi:.3f} | {latency_verdict(sp.ratio, sp.noise)} |"
             )
         lines.append("")
     q = report.int8
     if q:
-        ev = q.eval or {}
-        lines += [
-            f"int8 ({q.mode} quantization, `model.int8.onnx`): {_fmt_bytes(q.onnx_bytes)} raw "
-            f"({_ratio(d.onnx_bytes, q.onnx_bytes)} of dense), {_fmt_bytes(q.onnx_gzip_bytes)} gzip "
-            f"({_ratio(d.onnx_gzip_bytes, q.onnx_gzip_bytes)}; entropy bound "
-            f"{_ratio(d.onnx_gzip_bytes, q.entropy_bound_bytes)}); pruned zeros still exactly zero: "
-            f"{'yes' if q.zeros['zeros_ok'] else 'NO'}."
-        ]
-        if ev:
-            lines.append(
-                f"Accuracy int8 {ev['int8_accuracy']:.4f} vs fp32 {ev['fp32_accuracy']:.4f}; top-1 "
-                f"agreement {ev['top1_agreement']:.4f} on {ev['samples']} validation samples."
+        lines.append(
+            f"int8 ({q.mode} quantization, `model.int8.onnx`): entropy estimate "
+            f"{_ratio(d.onnx_gzip_bytes, _estimate(q))} of dense gzip; pruned zeros still exactly zero: "
+            f"{'yes' if q.zeros.get('zeros_ok') else 'NO'}"
+            + (
+                f"; top-1 agreement with fp32 {q.eval['top1_agreement']:.4f} on {q.eval['samples']} validation samples"
+                if q.eval and "top1_agreement" in q.eval
+                else ""
             )
-        for bs, lat in q.latency_ms.items():
-            dl = d.latency_ms.get(bs)
-            if dl:
-                lines.append(f"int8 latency p50 at batch {bs}: {lat.p50:.3f} ms ({lat.p50 / dl.p50:.3f}x dense).")
-        lines.append("")
-    aims = [(i, m) for i, m in enumerate(report.methods) if m.per_layer]
-    if aims:
-        lines += [
-            "## Asked vs achieved",
-            "",
-            "| entry | layer | asked | achieved | reason |",
-            "|---|---|---:|---:|---|",
-        ]
-        for i, m in aims:
-            total_asked = "–" if m.asked is None else f"{m.asked:.3f}"
-            total = "–" if m.achieved is None else f"{m.achieved:.3f}"
-            lines.append(f"| pruning[{i}] {m.method} | all selected | {total_asked} | {total} | |")
-            for name, aim in m.per_layer.items():
-                asked = "–" if aim.asked is None else f"{aim.asked:.3f}"
-                lines.append(f"| | {name} | {asked} | {aim.achieved:.3f} | {aim.reason or ''} |")
-        lines.append("")
-    for note in report.notes:
-        lines.append(f"- {note}")
-    if report.notes:
+            + "."
+        )
         lines.append("")
     par = report.parity
     diff = "n/a" if par.max_abs_diff is None else f"{par.max_abs_diff:.2e}"
@@ -634,13 +1147,17 @@ def render_markdown(report: Report) -> str:
         "",
         "## Layers",
         "",
-        "| layer | type | shape | params | nonzero | sparsity |",
-        "|---|---|---|---:|---:|---:|",
+        "| layer | type | shape | params | nonzero | sparsity | pruned by |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
+    by: dict[str, list[str]] = {}
+    for i, m in enumerate(report.methods):
+        for name in m.layers:
+            by.setdefault(name, []).append(f"pruning[{i}] {m.method}")
     for r in report.layers:
         lines.append(
             f"| {r.name} | {r.type} | {'x'.join(map(str, r.shape))} | {r.params:,} | "
-            f"{r.nonzero_params:,} | {r.sparsity:.3f} |"
+            f"{r.nonzero_params:,} | {r.sparsity:.3f} | {', '.join(by.get(r.name, ['excluded']))} |"
         )
     if report.history:
         distill = (report.recipe.get("finetune") or {}).get("distill")
@@ -664,15 +1181,104 @@ def render_markdown(report: Report) -> str:
 
 
 def plot_data(report: Report) -> dict[str, Any]:
-    """What :func:`sparsekit.plots.render` draws for ``report``, as plain data."""
+    """What :func:`sparsekit.plots.render` draws for ``report``, as plain data (see that module)."""
     latency = {"dense": report.dense.latency_ms, "pruned": report.pruned.latency_ms}
     if report.int8:
         latency["pruned int8"] = report.int8.latency_ms
+    bench = report.benchmark
+    noise: dict[str, dict[str, float]] = {}
+    if bench:
+        noise["pruned"] = {bs: sp.noise for bs, sp in bench.speedup.items()}
+        if report.int8 and report.int8.speedup:
+            noise["pruned int8"] = {bs: sp.noise for bs, sp in report.int8.speedup.items()}
     return {
-        "layers": [{"name": r.name, "sparsity": r.sparsity} for r in report.layers],
-        "history": [{"epoch": h.epoch, "val_accuracy": h.val_accuracy, "sparsity": h.sparsity} for h in report.history],
+        **_first_plot_data(report.layers, report.dense_layers, report.methods, report.recipe),
+        "history": [
+            {
+                "epoch": h.epoch,
+                "val_accuracy": h.val_accuracy,
+                "sparsity": h.sparsity,
+                "train_loss": h.train_loss,
+                "lr": h.lr,
+                **({"params": h.model_extra["params"]} if h.model_extra and "params" in h.model_extra else {}),
+            }
+            for h in report.history
+        ],
         "dense_accuracy": report.dense.accuracy,
+        "dense_params": report.dense.params,
         "latency": {k: {b: v.p50 for b, v in lat.items()} for k, lat in latency.items() if lat},
+        "noise": noise,
+        "control": {bs: c.get("ratio_p50") for bs, c in bench.control.items()} if bench else {},
+    }
+
+
+def first_plot_data(
+    layers: list[dict[str, Any]],
+    dense_layers: list[dict[str, Any]],
+    methods: list[dict[str, Any]],
+    recipe: dict[str, Any],
+    history: list[dict[str, Any]],
+    dense_accuracy: float | None,
+    dense_params: int | None,
+) -> dict[str, Any]:
+    """:func:`plot_data`'s part known when fine-tuning ends, before the report exists (what a prune run's
+    plot worker draws beside the export): the same values as the report will give."""
+    return {
+        **_first_plot_data(
+            [Layer.model_validate(r) for r in layers],
+            [Layer.model_validate(r) for r in dense_layers],
+            [MethodResult.model_validate(m) for m in methods],
+            recipe,
+        ),
+        "history": [
+            {k: h[k] for k in ("epoch", "val_accuracy", "sparsity", "train_loss", "lr", "params") if k in h}
+            for h in history
+        ],
+        "dense_accuracy": dense_accuracy,
+        "dense_params": dense_params,
+    }
+
+
+def _first_plot_data(
+    layers: list[Layer], dense_layers: list[Layer], methods: list[MethodResult], recipe: dict[str, Any]
+) -> dict[str, Any]:
+    """The per-layer plot's data: each layer's sparsity, per-layer target, excluded or not, output channels
+    [kept, at the start] and the fraction of them asked to be kept; the global targets."""
+    outcomes, excluded = _outcomes(methods, recipe, dense_layers, layers)
+    asked: dict[str, float] = {}
+    targets = []
+    for o, m in zip(outcomes, methods, strict=True):
+        if o.measure != "weights zero":
+            continue
+        per_layer = [aim for aim in o.layers if aim.asked is not None]
+        for aim in per_layer:
+            asked[aim.name] = max(asked.get(aim.name, 0.0), aim.asked or 0.0)
+        if not per_layer and o.asked is not None:  # ranked globally: one target over its layers together
+            label = f"pruning[{o.entry}] {o.method} target {o.asked:.3f}"
+            targets.append({"label": label, "value": o.asked, "layers": list(m.layers)})
+    channels: dict[str, list[int]] = {}
+    kept_asked: dict[str, float] = {}
+    for o in outcomes:
+        for aim in o.layers:
+            if aim.channels_total:
+                channels[aim.name] = [aim.channels_kept or 0, aim.channels_total]
+                if aim.asked is not None and o.measure == "output channels removed":
+                    kept_asked[aim.name] = 1 - aim.asked
+    rows = []
+    for r in layers:
+        row: dict[str, Any] = {"name": r.name, "sparsity": r.sparsity, "excluded": r.name in excluded}
+        if r.name in asked:
+            row["target"] = asked[r.name]
+        if r.name in channels:
+            row["channels"] = channels[r.name]
+            if r.name in kept_asked:
+                row["kept_target"] = kept_asked[r.name]
+        rows.append(row)
+    return {
+        "layers": rows,
+        "targets": targets,
+        "structured": any(o.measure == "output channels removed" for o in outcomes) or bool(channels),
+        "zeros": any(o.measure == "weights zero" for o in outcomes) or any(r.sparsity > 0 for r in layers),
     }
 
 
@@ -686,8 +1292,10 @@ def write_plots(report: Report, out_dir: Path) -> list[str]:
 
 def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.json, report.md and (with ``plots``) the PNG plots into ``out_dir``, each
-    atomically; returns the paths written. Sets ``report.plots`` to the plot file names."""
+    atomically; returns the paths written. Sets ``report.summary`` (:func:`summarize`) and
+    ``report.plots`` (the plot file names)."""
     out_dir = Path(out_dir)
+    report.summary = summarize(report)  # derived: always what the rest of the report says
     if plots:
         report.plots = write_plots(report, out_dir)
     write_text(out_dir / "report.json", json.dumps(report.to_json(), indent=2) + "\n")

@@ -1,0 +1,187 @@
+"""sparsekit.plots draws what the report says: per-layer sparsity with its targets and excluded layers
+marked, output channels kept for structural removal, fine-tuning with accuracy, loss and learning rate
+on their own axes and whole-number epochs, and latency with the noise band the benchmark measured."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from matplotlib.collections import LineCollection
+from matplotlib.patches import Rectangle
+
+import sparsekit
+from examples.models import small_cnn
+from sparsekit.layers import prunable_layers, weight_of
+from sparsekit.pipeline import method_results
+from sparsekit.plots import figures, render
+from sparsekit.report import first_plot_data
+from sparsekit.stats import layer_report
+
+LAYERS = [
+    {"name": "fc1", "sparsity": 0.93, "excluded": False},
+    {"name": "fc2", "sparsity": 0.71, "excluded": False, "target": 0.75},
+    {"name": "fc3", "sparsity": 0.0, "excluded": True},
+]
+STRUCTURED = [
+    {"name": "conv1", "sparsity": 0.0, "excluded": False, "channels": [16, 32], "kept_target": 0.5},
+    {"name": "conv2", "sparsity": 0.0, "excluded": False, "channels": [40, 64], "kept_target": 0.625},
+    {"name": "fc", "sparsity": 0.0, "excluded": True},
+]
+
+
+def _bars(ax) -> dict[float, float]:
+    """Bar patches by x centre -> height (axvspan columns are Rectangles too: only those starting at 0)."""
+    return {round(p.get_x() + p.get_width() / 2, 6): p.get_height() for p in ax.patches if isinstance(p, Rectangle)}
+
+
+def _texts(ax) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for t in ax.texts:
+        out.setdefault(t.get_text(), []).append(t.get_position()[0])
+    return out
+
+
+def test_layer_plot_marks_targets_and_excluded_layers():
+    targets = [{"label": "pruning[0] magnitude target 0.800", "value": 0.8, "layers": ["fc1", "fc2"]}]
+    fig = figures({"layers": LAYERS, "targets": targets, "zeros": True})["layer_sparsity.png"]
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2", "fc3"]  # the excluded one too
+    bars = _bars(ax)
+    assert bars[0] == pytest.approx(0.93) and bars[1] == pytest.approx(0.71)
+    assert _texts(ax)["excluded"] == [2]  # fc3 says it is excluded, at its own slot
+    excluded = [p for p in ax.patches if p.get_hatch()]
+    assert len(excluded) == 1 and excluded[0].get_x() < 2 < excluded[0].get_x() + excluded[0].get_width()
+    # The global target spans the layers it ranks together; the per-layer one sits on its bar.
+    (line,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    (seg,) = line.get_segments()
+    assert seg[0][1] == seg[1][1] == pytest.approx(0.8) and seg[0][0] < 0 and 1 < seg[1][0] < 2
+    (marks,) = [c for c in ax.collections if not isinstance(c, LineCollection)]
+    assert marks.get_offsets().tolist() == [[1.0, 0.75]]
+    labels = ax.get_legend_handles_labels()[1]
+    assert any("excluded" in x for x in labels) and any("target 0.800" in x for x in labels)
+
+
+def test_structured_layer_plot_shows_channels_kept_of_total():
+    fig = figures({"layers": STRUCTURED, "structured": True, "zeros": False})["layer_sparsity.png"]
+    (ax,) = fig.axes  # no sparsity panel of zeros for a structural-only run
+    assert "channels kept" in ax.get_title()
+    bars = _bars(ax)
+    assert bars[0] == pytest.approx(16 / 32) and bars[1] == pytest.approx(40 / 64)
+    texts = _texts(ax)
+    assert texts["16/32"] == [0] and texts["40/64"] == [1] and texts["excluded"] == [2]
+    (marks,) = ax.collections
+    assert marks.get_offsets().tolist() == [[0.0, 0.5], [1.0, 0.625]]
+
+
+def test_both_panels_when_a_run_zeroes_weights_and_removes_channels():
+    layers = [dict(r, sparsity=0.4) if not r["excluded"] else r for r in STRUCTURED]
+    fig = figures({"layers": layers, "structured": True, "zeros": True})["layer_sparsity.png"]
+    zeros, channels = fig.axes
+    assert zeros.get_title() == "Sparsity per layer" and "channels kept" in channels.get_title()
+    assert _bars(zeros)[0] == pytest.approx(0.4) and _bars(channels)[0] == pytest.approx(0.5)
+
+
+HISTORY = [
+    {"epoch": 0.5, "val_accuracy": 0.90, "sparsity": 0.3, "train_loss": 0.42, "lr": 1e-3, "params": 1000},
+    {"epoch": 1.0, "val_accuracy": 0.92, "sparsity": 0.6, "train_loss": 0.31, "lr": 5e-4, "params": 800},
+    {"epoch": 2.5, "val_accuracy": 0.93, "sparsity": 0.9, "train_loss": 0.25, "lr": 1e-4, "params": 600},
+]
+
+
+def test_finetune_plot_puts_accuracy_loss_and_lr_on_their_own_axes_with_integer_epochs():
+    fig = figures({"history": HISTORY, "dense_accuracy": 0.95, "dense_params": 1000})["finetune.png"]
+    acc, prune, loss, lr = fig.axes  # the learning rate on a second axis of the loss panel
+    assert [ln.get_label() for ln in acc.get_lines()] == ["val accuracy", "dense accuracy"]
+    assert acc.get_lines()[1].get_ydata()[0] == pytest.approx(0.95)
+    low, high = acc.get_ylim()
+    assert low > 0.5 and high < 1.0  # its own scale, not 0..1 shared with sparsity
+    assert list(loss.get_lines()[0].get_ydata()) == [h["train_loss"] for h in HISTORY]
+    assert list(lr.get_lines()[0].get_ydata()) == [h["lr"] for h in HISTORY] and lr.get_yscale() == "log"
+    kept = [ln for ln in prune.get_lines() if "params" in str(ln.get_label())]
+    assert list(kept[0].get_ydata()) == [1.0, 0.8, 0.6]
+    ticks = [t for t in loss.get_xticks() if loss.get_xlim()[0] <= t <= loss.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # fractional epochs, whole-number ticks
+
+
+def test_finetune_plot_of_one_epoch_has_an_integer_tick():
+    fig = figures({"history": HISTORY[1:2]})["finetune.png"]
+    loss = fig.axes[2]
+    ticks = [t for t in loss.get_xticks() if loss.get_xlim()[0] <= t <= loss.get_xlim()[1]]
+    assert ticks == [1.0]
+
+
+def test_finetune_plot_of_a_structural_run_draws_no_flat_zero_sparsity():
+    rows = [{k: v for k, v in h.items() if k != "params"} | {"sparsity": 0.0} for h in HISTORY]
+    fig = figures({"history": rows, "zeros": False, "structured": True})["finetune.png"]
+    acc, loss, lr = fig.axes  # accuracy and loss (with its learning-rate axis): no pruning panel of zeros
+    assert acc.get_ylabel() == "val accuracy" and loss.get_ylabel() == "train loss"
+    counted = [h | {"sparsity": 0.0} for h in HISTORY]
+    with_params = figures({"history": counted, "zeros": False, "dense_params": 1000})["finetune.png"]
+    (kept,) = with_params.axes[1].get_lines()
+    assert kept.get_label() == "params kept (of dense)"
+
+
+def test_latency_plot_shows_the_measured_noise_band_and_the_control():
+    data = {
+        "latency": {"dense": {"1": 0.1, "32": 2.0}, "pruned": {"1": 0.128, "32": 1.0}},
+        "noise": {"pruned": {"1": 0.05, "32": 0.2}},
+        "control": {"1": 1.01, "32": 0.97},
+    }
+    fig = figures(data)["latency.png"]
+    bars, ratios = fig.axes
+    bands = {round(p.get_x() + p.get_width() / 2): (p.get_y(), p.get_y() + p.get_height()) for p in ratios.patches}
+    assert bands[0] == pytest.approx((1 / 1.05, 1.05)) and bands[1] == pytest.approx((1 / 1.2, 1.2))
+    points = {ln.get_label(): ln for ln in ratios.get_lines()}
+    pruned = [(float(x), float(y)) for x, y in zip(*points["pruned"].get_data(), strict=True)]
+    assert pruned == [(0.0, pytest.approx(1.28))]  # one point per batch; the second carries no label
+    aa = points["A/A control (dense vs itself)"]
+    assert list(aa.get_ydata()) == [1.01, 0.97]
+    assert len(bars.patches) == 4  # dense and pruned at both batch sizes
+
+
+def test_render_writes_what_figures_draws(tmp_path):
+    data = {
+        "layers": STRUCTURED,
+        "structured": True,
+        "history": HISTORY,
+        "latency": {"dense": {"1": 0.1}, "pruned": {"1": 0.05}},
+        "noise": {"pruned": {"1": 0.1}},
+    }
+    names = render(data, tmp_path)
+    assert names == list(figures(data)) == ["layer_sparsity.png", "finetune.png", "latency.png"]
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_run_draws_channels_and_exclusions_from_the_pruned_model():
+    # What the pipeline hands the plot worker when fine-tuning ends, from a real structural removal.
+    shape = [1, 1, 28, 28]
+    torch.manual_seed(0)
+    recipe = sparsekit.Recipe(
+        version=1,
+        model={"input_shape": shape},
+        finetune={"epochs": 1},
+        pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ["fc2"]}],
+    )
+    model = small_cnn()
+    dense = copy.deepcopy(model)
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1, context={"input_shape": shape})
+    model = pruner.finalize()
+    data = first_plot_data(
+        layer_report(model, shape), layer_report(dense, shape), method_results(pruner),
+        recipe.model_dump(mode="json"), [], 0.9, None,
+    )  # fmt: skip
+    rows = {r["name"]: r for r in data["layers"]}
+    now, before = prunable_layers(model), prunable_layers(dense)
+    assert rows["fc2"]["excluded"] and "channels" not in rows["fc2"]
+    for name in ("conv1", "conv2", "conv3", "fc1"):
+        assert rows[name]["channels"] == [weight_of(now[name]).shape[0], weight_of(before[name]).shape[0]]
+    fig = figures(data)["layer_sparsity.png"]
+    (ax,) = fig.axes
+    texts = _texts(ax)
+    assert texts["excluded"] == [4]
+    for x, name in enumerate(("conv1", "conv2", "conv3", "fc1")):
+        kept, total = rows[name]["channels"]
+        assert x in texts[f"{kept}/{total}"]

@@ -1,0 +1,405 @@
+"""What a user reads about a run (sparsekit.report): the headline says the recipe, asked vs achieved per
+entry and per layer as the model has it, channels for structural removal, dense -> pruned figures with
+the word that fits the measurement, names an entry that achieved nothing, and says each thing once."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import sparsekit
+from examples.models import mlp, small_cnn
+from sparsekit.cli import main
+from sparsekit.layers import prunable_layers, weight_of
+from sparsekit.pipeline import method_results
+from sparsekit.report import (
+    Benchmark,
+    Int8,
+    Report,
+    latency_verdict,
+    load_report,
+    notes,
+    render_markdown,
+    render_summary,
+    summarize,
+    what_it_buys,
+)
+from sparsekit.stats import layer_report, model_stats
+from tests.conftest import FAST
+
+MLP_SHAPE = [1, 64]
+CNN_SHAPE = [1, 1, 28, 28]
+
+
+def _recipe(pruning: list[dict], **extra) -> sparsekit.Recipe:
+    return sparsekit.Recipe(
+        version=1,
+        data={"source": "digits"},
+        finetune={"epochs": 1},
+        pruning=pruning,
+        **extra,
+    )
+
+
+def _prune(model: nn.Module, recipe: sparsekit.Recipe, shape: list[int], steps: int = 0):
+    """The dense copy, the finalized model and its pruner (``steps`` optimizer steps on random data first)."""
+    dense = copy.deepcopy(model)
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=max(steps, 1), context={"input_shape": shape})
+    if steps:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            opt.zero_grad()
+            x = torch.randn([8, *shape[1:]], generator=gen)
+            loss = nn.functional.cross_entropy(model(x), torch.randint(0, 10, (8,), generator=gen))
+            (loss + pruner.penalty()).backward()
+            opt.step()
+            pruner.step()
+    return dense, pruner.finalize().eval(), pruner
+
+
+def _result(model: nn.Module, shape: list[int], accuracy: float) -> dict:
+    stats = model_stats(model, shape)
+    # Sizes follow the model: 4 bytes per weight raw, 4 per nonzero compressed.
+    return {
+        "accuracy": accuracy,
+        "loss": 1.0 - accuracy,
+        **stats,
+        "onnx_bytes": 4 * stats["params"],
+        "onnx_gzip_bytes": 4 * stats["nonzero_params"],
+        "onnx_params": stats["params"],
+        "onnx_nonzero_params": stats["nonzero_params"],
+        "entropy_estimate_bytes": 3 * stats["nonzero_params"],
+        "entropy_bound_bytes": 3 * stats["nonzero_params"],
+    }
+
+
+def _speedups(ratios: dict[str, tuple[float, float]]) -> dict:
+    return {
+        bs: {"ratio": r, "spread": [r, r], "noise": n, "aa_ratio": 1.0, "significant": abs(math.log(r)) > math.log1p(n)}
+        for bs, (r, n) in ratios.items()
+    }
+
+
+def _report(
+    dense: nn.Module,
+    model: nn.Module,
+    pruner,
+    recipe: sparsekit.Recipe,
+    shape: list[int],
+    *,
+    accuracy: tuple[float, float] = (0.9, 0.9),
+    latency: dict[str, tuple[float, float]] | None = None,
+    int8_latency: dict[str, tuple[float, float]] | None = None,
+) -> Report:
+    """A report as the pipeline builds it, from the real pruned model (no export, no benchmark: the
+    latency ratios and their noise are given)."""
+    d, p = _result(dense, shape, accuracy[0]), _result(model, shape, accuracy[1])
+    report = Report(
+        model={"path": "m.pt", "factory": "examples.models:x", "input_shape": shape},
+        data={"source": "digits", "train_batches": 1, "val_batches": 1, "normalize": recipe.data.normalize},
+        dense=d,
+        pruned=p,
+        layers=layer_report(model, shape),
+        dense_layers=layer_report(dense, shape),
+        history=[],
+        parity={"max_abs_diff": 0.0, "ok": True},
+        dense_parity={"max_abs_diff": 0.0, "ok": True},
+        zeros_preserved=True,
+        zeros=[],
+        methods=method_results(pruner),
+        recipe=recipe.model_dump(mode="json"),
+        versions={},
+        expectation=what_it_buys(recipe),
+    )
+    if latency:
+        ms = {bs: 1.0 for bs in latency}
+        report.dense.latency_ms = {bs: {"p50": v, "p90": v, "p99": v} for bs, v in ms.items()}
+        report.pruned.latency_ms = {bs: {"p50": r, "p90": r, "p99": r} for bs, (r, _) in latency.items()}
+        report.benchmark = Benchmark(
+            threads=1, runs=5, warmup=1, provider="cpu", speedup=_speedups(latency), control={}
+        )
+    if int8_latency:
+        report.int8 = Int8.model_validate(
+            {
+                "path": "model.int8.onnx",
+                "mode": "static",
+                "onnx_bytes": d["onnx_bytes"] // 4,
+                "onnx_gzip_bytes": d["onnx_gzip_bytes"] // 4,
+                "entropy_bound_bytes": d["entropy_bound_bytes"] // 4,
+                "zeros": {"zeros_ok": True},
+                "eval": {"int8_accuracy": 0.9, "fp32_accuracy": 0.9, "top1_agreement": 1.0, "samples": 10},
+                "latency_ms": {bs: {"p50": r, "p90": r, "p99": r} for bs, (r, _) in int8_latency.items()},
+                "speedup": _speedups(int8_latency),
+            }
+        )
+    report.notes = notes(report)
+    return report
+
+
+def _zero_fraction(module: nn.Module) -> float:
+    w = weight_of(module)
+    return float((w == 0).sum()) / w.numel()
+
+
+# --- asked vs achieved ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_asked_vs_achieved_per_entry_and_per_layer_match_the_model(scope):
+    torch.manual_seed(0)
+    recipe = _recipe(
+        [
+            {
+                "method": "magnitude",
+                "sparsity": 0.7,
+                "scope": scope,
+                "schedule": "oneshot",
+                "layers": {"exclude": ["fc3"]},
+            }
+        ]
+    )
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[48, 32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    s = summarize(report)
+    (o,) = s.methods
+    layers = prunable_layers(model)
+    selected = [n for n in layers if n != "fc3"]
+    # The entry: asked is the recipe's sparsity, achieved the zeros over the layers it selected.
+    zeros = sum(int((weight_of(layers[n]) == 0).sum()) for n in selected)
+    total = sum(weight_of(layers[n]).numel() for n in selected)
+    assert o.asked == pytest.approx(0.7) and o.achieved == pytest.approx(zeros / total)
+    assert [r.name for r in o.layers] == selected and s.excluded == ["fc3"]
+    for r in o.layers:
+        assert r.achieved == pytest.approx(_zero_fraction(layers[r.name]))
+        assert r.asked == (None if scope == "global" else pytest.approx(0.7))
+    # The whole-model figure counts the excluded head too: lower than achieved, and labelled as such.
+    assert report.pruned.sparsity < o.achieved
+    text = render_summary(report, "out")
+    lines = text.splitlines()
+    (entry,) = [ln for ln in lines if ln.strip().startswith("pruning[0] magnitude: asked")]
+    assert f"asked {0.7:.3f}, achieved {o.achieved:.3f} weights zero over its {len(selected)} layer(s)" in entry
+    for r in o.layers:
+        (row,) = [ln for ln in lines if ln.split()[:1] == [r.name]]
+        assert f"achieved {r.achieved:.3f}" in row
+        assert ("asked     –" in row) == (scope == "global")
+    (overall,) = [ln for ln in lines if "whole-model sparsity" in ln]
+    assert f"{report.pruned.sparsity:.3f}" in overall and "not-pruned fc3 included" in overall
+    (recipe_line,) = [ln for ln in lines if ln.strip().startswith("recipe")]
+    assert "sparsity 0.700" in recipe_line and ("ranked globally" in recipe_line) == (scope == "global")
+    assert any("not pruned: fc3" in ln for ln in lines)
+    md = render_markdown(report)
+    assert "sparsity 0.700 of the selected weights" in md  # the target is in report.md
+    assert f"| pruning[0] magnitude | all {len(selected)} selected (weights zero) | 0.700 | {o.achieved:.3f} |" in md
+    assert "| not pruned | fc3 |" in md
+
+
+def test_structured_reports_channels_kept_and_macs_not_zero_sparsity():
+    torch.manual_seed(0)
+    recipe = _recipe(
+        [{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ["fc2"], "round_to": None}],
+        model={"input_shape": CNN_SHAPE},
+    )
+    dense, model, pruner = _prune(small_cnn(), recipe, CNN_SHAPE)
+    report = _report(dense, model, pruner, recipe, CNN_SHAPE)
+    s = summarize(report)
+    (o,) = s.methods
+    assert o.measure == "output channels removed" and s.excluded == ["fc2"]
+    now, before = prunable_layers(model), prunable_layers(dense)
+
+    def out_channels(m: nn.Module) -> int:
+        return weight_of(m).shape[0]
+
+    for r in o.layers:
+        assert (r.channels_kept, r.channels_total) == (out_channels(now[r.name]), out_channels(before[r.name]))
+        assert r.channels_kept < r.channels_total
+        assert r.achieved == pytest.approx(1 - r.channels_kept / r.channels_total)
+    assert o.channels_kept == sum(r.channels_kept for r in o.layers)
+    text = render_summary(report, "out")
+    for r in o.layers:
+        assert f"{r.channels_kept} of {r.channels_total} channels kept" in text
+    assert s.macs is not None and s.macs.verdict == "fewer"
+    assert f"MACs      {report.dense.macs:,} -> {report.pruned.macs:,}" in text
+    assert "sparsity" not in text.split("accuracy")[1]  # no "sparsity 0.000 -> 0.000" for a structural run
+    md = render_markdown(report)
+    for r in o.layers:
+        assert f"| | {r.name} | {r.asked:.3f} | {r.achieved:.3f} | {r.channels_kept} / {r.channels_total} |" in md
+    assert "sparsity of the whole model" not in md
+
+
+# --- verdicts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ratio", "noise"),
+    [(1.28, 0.05), (0.5, 0.1), (1.04, 0.05), (1 / 1.04, 0.05), (0.94, 0.05), (1.2, 0.3), (0.7, 0.3)],
+)
+def test_latency_words_follow_the_measured_ratio_and_noise(ratio, noise):
+    # A ratio is a change only outside [1 / (1 + noise), 1 + noise]: the band the benchmark used.
+    outside = abs(math.log(ratio)) > math.log1p(noise)
+    want = ("faster" if ratio < 1 else "slower") if outside else "within noise"
+    assert latency_verdict(ratio, noise) == want
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(
+        dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (ratio, noise)}, int8_latency={"1": (ratio, noise)}
+    )
+    lines = render_summary(report, "out").splitlines()
+    latency = [ln for ln in lines if "batch 1:" in ln]
+    assert len(latency) == 2  # pruned, then int8: each once
+    for ln in latency:
+        assert ln.endswith(f": {want}") and f"{ratio:.3f}x" in ln
+        assert f"noise band {1 / (1 + noise):.3f}x-{1 + noise:.3f}x" in ln
+    assert latency[1].strip().startswith("int8")
+    md = render_markdown(report)
+    assert f"| latency p50, batch 1 (ms) | 1.000 | {ratio:.3f} | {ratio:.3f}x | {want} (noise band" in md
+    s = summarize(report)
+    assert s.latency["1"].verdict == want and s.int8 is not None and s.int8.latency["1"].verdict == want
+
+
+def test_worse_results_say_so_in_plain_words():
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(
+        dense, model, pruner, recipe, MLP_SHAPE, accuracy=(0.95, 0.9), latency={"1": (0.99, 0.05)},
+        int8_latency={"1": (1.28, 0.05)},
+    )  # fmt: skip
+    report.pruned.onnx_bytes = report.dense.onnx_bytes + 1  # e.g. extra graph nodes
+    text = render_summary(report, "out")
+    assert f"accuracy  0.9500 -> 0.9000 ({-0.05:+.4f}: less accurate)" in text
+    assert f"ONNX {report.dense.onnx_bytes:,} -> {report.pruned.onnx_bytes:,} B (1.000x: bigger)" in text
+    (int8,) = [ln for ln in text.splitlines() if ln.strip().startswith("int8") and "batch 1" in ln]
+    assert "1.280x" in int8 and int8.endswith(": slower")
+    # The note does not repeat the numbers, it says what to do.
+    assert any("fine-tune longer" in n for n in report.notes)
+    assert not any("0.9500" in n or "latency" in n for n in report.notes)
+
+
+# --- a method that achieved nothing ---------------------------------------------------------------
+
+
+def test_a_method_that_achieved_nothing_is_named():
+    torch.manual_seed(0)
+    recipe = _recipe(
+        [
+            {"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot", "layers": {"include": ["fc1"]}},
+            # Group lasso far too weak to zero a whole neuron of fc2 in a few steps: no unit removed.
+            {
+                "method": "l1",
+                "strength": 1e-9,
+                "mode": "proximal",
+                "group": "row",
+                "threshold": 1e-9,
+                "remove_dead": True,
+                "layers": {"include": ["fc2"]},
+            },
+        ],
+        model={"input_shape": MLP_SHAPE},
+    )
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 16]), recipe, MLP_SHAPE, steps=3)
+    assert _zero_fraction(prunable_layers(model)["fc2"]) == 0  # the premise: l1 zeroed nothing
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    s = summarize(report)
+    magnitude, l1 = s.methods
+    assert not magnitude.nothing and l1.nothing
+    assert report.to_json()["methods"][1]["method"] == "l1"
+    text = render_summary(report, "out")
+    lines = text.splitlines()
+    (i,) = [i for i, ln in enumerate(lines) if ln.startswith("  pruning[1] l1: no target")]
+    remark = lines[i + 1 + len(l1.layers)]  # right under the entry's layers
+    assert "achieved nothing" in remark and "no unit" in remark
+    assert text.count("achieved nothing") == 1  # only the l1 entry
+    assert "**achieved nothing" in render_markdown(report)
+
+
+def test_l1_that_zeroed_no_weight_says_so():
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "l1", "strength": 1e-9, "mode": "proximal", "threshold": 0.0}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE, steps=2)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    (o,) = summarize(report).methods
+    assert o.nothing and o.achieved == 0
+    assert "achieved nothing: zeroed no weight" in render_summary(report, "out")
+
+
+# --- every message once ---------------------------------------------------------------------------
+
+
+def test_each_message_appears_once_in_the_summary():
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot", "layers": {"exclude": ["fc2"]}}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(
+        dense, model, pruner, recipe, MLP_SHAPE, accuracy=(0.95, 0.8), latency={"1": (1.0, 0.1), "32": (0.5, 0.1)}
+    )
+    report.notes.append("plots not drawn: test")
+    text = render_summary(report, "out")
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert len(lines) == len(set(lines))
+    assert report.expectation not in text  # said once, when the run starts (see the CLI test below)
+    for bs in ("1", "32"):
+        assert text.count(f"batch {bs}:") == 1  # no latency note beside the latency line
+    for n in report.notes:
+        assert text.count(n) == 1
+    md = render_markdown(report)
+    assert md.count(report.expectation) == 1 and md.count("## Summary") == 1
+    for n in report.notes:
+        assert md.count(n) == 1
+
+
+def test_prune_prints_each_message_once_and_report_json_leads_with_the_summary(tmp_path, mlp_checkpoint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits, batch_size: 64, normalize: standard}\n"
+        "finetune: {epochs: 2, max_steps_per_epoch: 3}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.6, schedule: oneshot, layers: {exclude: [fc3]}}\n"
+        "benchmark: {batch_sizes: [1]}\n"
+    )
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        main, ["prune", str(mlp_checkpoint), str(recipe), "--arch", "examples.models:mlp", "-o", str(out), *FAST]
+    )
+    assert result.exit_code == 0, result.stderr
+    both = result.stderr + result.stdout
+    assert both.count("What this recipe can buy") == 1
+    assert both.count("What this recipe can buy") == both.count(what_it_buys(sparsekit.load_recipe(recipe)))
+    lines = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+    assert len(lines) == len(set(lines))
+    assert result.stdout.count("batch 1:") == 1
+    data = json.loads((out / "report.json").read_text())
+    assert list(data)[:2] == ["schema", "summary"]
+    s = data["summary"]
+    assert s["methods"][0]["asked"] == pytest.approx(0.6) and s["excluded"] == ["fc3"]
+    assert s["latency"]["1"]["verdict"] in result.stdout.split("batch 1:")[1].splitlines()[0]
+    assert data["data"]["normalize"] == "standard"
+    assert data["pruned"]["entropy_estimate_bytes"] == data["pruned"]["entropy_bound_bytes"] > 0
+    md = (out / "report.md").read_text()
+    assert "normalize `standard`" in md and "sparsity 0.600 of the selected weights" in md
+    assert "entropy bound" not in md + result.stdout and "entropy estimate" in md
+    # The loaded report re-renders the same headline.
+    assert load_report(out / "report.json").summary == summarize(load_report(out / "report.json"))
+
+
+def test_a_report_written_before_the_summary_still_loads_and_renders(tmp_path):
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    data = _report(dense, model, pruner, recipe, MLP_SHAPE).to_json()
+    del data["summary"], data["data"]["normalize"]
+    for side in ("dense", "pruned"):
+        del data[side]["entropy_estimate_bytes"]
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    old = load_report(tmp_path / "report.json")
+    assert "normalize not recorded" in render_markdown(old)
+    v = old.pruned.entropy_bound_bytes  # the estimate under its old name
+    assert "| entropy estimate of the weights (ratio: to dense gzip) |" in render_markdown(old)
+    assert (f"{v / 1000:.1f} kB" if v >= 1000 else f"{v} B") in render_markdown(old)
+    assert summarize(old).methods[0].asked == pytest.approx(0.5)
