@@ -313,7 +313,11 @@ def main() -> None:
     "(finetune.log: true writes them to OUT/logs instead).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (logs stay on stderr).")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="Hide progress bars; fine-tuning still prints one line per epoch (as it does without a terminal).",
+)
 @debug_option
 @handle_errors
 def prune(

@@ -47,15 +47,18 @@ def describe(out: Any, depth: int = 0) -> str:
 
 
 def _fix(out: Any) -> str:
-    """What to write in the recipe for ``out``: the first tensor's index or key."""
+    """What to write in the recipe for ``out``: ``logits`` when a part has that name, else the choices."""
     if isinstance(out, Mapping):
-        keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
-        return f"model.output: {keys[0]}" if keys else "model.output: KEY"
-    if isinstance(out, Sequence) and not isinstance(out, str | bytes):
-        index = next((i for i, v in enumerate(out) if isinstance(v, torch.Tensor)), 0)
-        return f"model.output: {index}"
-    names = [k for k, v in vars(out).items() if isinstance(v, torch.Tensor)] if hasattr(out, "__dict__") else []
-    return f"model.output: {names[0]}" if names else "model.output: NAME"
+        names = [str(k) for k, v in out.items() if isinstance(v, torch.Tensor)]
+    elif isinstance(out, Sequence) and not isinstance(out, str | bytes):
+        names = [str(i) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+    else:
+        names = [k for k, v in getattr(out, "__dict__", {}).items() if isinstance(v, torch.Tensor)]
+    if "logits" in names:
+        return "model.output: logits"
+    if len(names) == 1:
+        return f"model.output: {names[0]}"
+    return f"model.output to one of {', '.join(names[:8])}" if names else "model.output to the part that is the logits"
 
 
 def select_logits(out: Any, output: int | str | None, where: str = "the model") -> torch.Tensor:

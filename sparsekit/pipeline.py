@@ -22,6 +22,8 @@ from . import distributed as _distributed
 from .analysis import allocate_for_run, allocation_summary, write_allocation
 from .data import load_data
 from .errors import DataError, ModelFileError, OutputError, SparsekitError, one_line, option, quoted
+from .logits import attach as attach_logits
+from .logits import select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
 from .pruner import Pruner
@@ -68,11 +70,20 @@ def resolve_model(
 
 
 def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
-    """Run one forward pass; returns the number of outputs (classes)."""
+    """Run one forward pass; returns the number of outputs (classes). A model returning a tuple / dict
+    needs ``model.output`` (:mod:`sparsekit.logits`, attached before this)."""
+    from .inspection import check_input_shape
+
+    # Batch 1 and 2, naming the shape as the user wrote it (and the batch dim if it was left out).
+    check_input_shape(
+        model, input_shape, fix=lambda v: option("set", f"model.input_shape={v.replace(' ', '')}" if v else "")
+    )
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros([2, *input_shape[1:]]))
     except MemoryError:
+        raise
+    except DataError:
         raise
     except Exception as err:  # any shape error from the user's model
         msg = str(err).strip().splitlines()[0]
@@ -80,6 +91,7 @@ def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
             f"{where}: the model does not accept inputs of shape {input_shape}: {msg}; set model.input_shape in "
             f"the recipe ({option('set', 'model.input_shape=[1,...]')}) to the shape it takes"
         ) from None
+    out = select_logits(out, None, where)  # a tuple / dict without model.output: name its structure
     if out.dim() != 2:
         raise DataError(
             f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]"
@@ -297,6 +309,7 @@ def check_inputs(
     source = data or recipe.data.source
     with clock("load"):
         loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
+        attach_logits(loaded.model, recipe.model.output)  # tuple / dict outputs: the part that is the logits
         shape = cast(list[int], loaded.input_shape)  # resolve_model always sets it
         factory = loaded.factory or arch or recipe.model.factory
         if not factory:
@@ -577,7 +590,7 @@ def prune_model(
             inputs.bundle.train,
             inputs.bundle.val,
             pruner=pruner,
-            progress=progress,
+            progress=progress or "lines",  # no bar wanted: still one line per epoch (only rank 0 prints)
             checkpoint_dir=stage / "checkpoints",
             resume=resume,
             log_dir=log_dir,

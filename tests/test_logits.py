@@ -64,7 +64,8 @@ def test_attach_again_replaces_the_selection_and_none_removes_it():
 
 
 @pytest.mark.parametrize(
-    ("kind", "fix"), [("tuple", "model.output: 0"), ("dict", "model.output: aux"), ("object", "model.output: logits")]
+    ("kind", "fix"),
+    [("tuple", "model.output to one of 0, 1"), ("dict", "model.output: logits"), ("object", "model.output: logits")],
 )
 def test_a_structured_output_without_model_output_names_its_structure_and_the_key_to_set(kind, fix):
     out = Aux(kind)(torch.randn(2, 8))

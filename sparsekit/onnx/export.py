@@ -32,6 +32,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from sparsekit.errors import ExportError, one_line, option
+from sparsekit.logits import describe
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
@@ -548,7 +549,11 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
         x = random_array([batch, *shape[1:]], seed=batch)
         with torch.no_grad():
             out = model(torch.from_numpy(x.copy()))  # a model that changes its input in place must not change x
-        expected = [t.numpy() for t in (out if isinstance(out, (tuple, list)) else [out])]
+        leaves = _tensors(out)
+        if leaves is None:
+            result["error"] = f"the model returns {describe(out)}, which holds something other than tensors"
+            return result
+        expected = [t.numpy() for t in leaves]
         try:
             got = session.run(None, {session.get_inputs()[0].name: x})
         except Exception as e:  # noqa: BLE001 - e.g. a traced graph that kept the batch size it was traced with
@@ -565,6 +570,20 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
     result["max_abs_diff"] = worst if np.isfinite(worst) else None
     result["ok"] = ok
     return result
+
+
+def _tensors(out: Any) -> list[torch.Tensor] | None:
+    """The tensors of one model output in the order the ONNX exporters write them as graph outputs
+    (a tuple / list in order, a dict's values in insertion order, nested alike); None when ``out`` holds
+    anything that is not a tensor."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        parts = [_tensors(v) for v in out]
+        return None if any(p is None for p in parts) else [t for p in parts for t in p or []]
+    return None
 
 
 def _prunable_weights(model: nn.Module) -> Iterator[tuple[str, np.ndarray]]:
