@@ -12,7 +12,7 @@ After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.on
   run has finished, so an interrupted or failed run leaves the previous results as they were, and
   resuming continues from ``next/checkpoints/``.
 - A run killed before it could rename a file leaves a ``.NAME.XXXXXXXX.tmp``; the next run into the
-  folder (or its ``--resume``) removes them once it holds the lock.
+  folder (or its resume) removes them once it holds the lock.
 
 The output folder may not be ``/`` or the home folder, nor be or contain an input (model, recipe,
 data file). Every refusal is an :class:`~sparsekit.errors.OutputError` naming the folder or file.

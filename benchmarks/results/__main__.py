@@ -22,7 +22,7 @@ Each model is evaluated once on the test split (the validation split only feeds 
 of the runs; the recipes' settings were chosen on it with :mod:`benchmarks.results.tune`). After training,
 one seed's models are exported to ONNX: structured arms are timed with :func:`sparsekit.benchmark`
 (onnxruntime CPU, 1 thread, dense and every arm interleaved with an A/A control) for latency vs MACs, and
-the unstructured LeNet arms' gzip sizes are set against the entropy bound
+the unstructured LeNet arms' gzip sizes are set against a reference size
 (:func:`sparsekit.onnx.entropy_bound_bytes`). Writes ``results.json``, ``results.md`` and three PNG plots to
 ``--out``. Training runs in ``--workers`` processes (at most 2) with one torch thread each; the latency
 measurement runs alone afterwards.
