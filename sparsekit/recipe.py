@@ -887,9 +887,20 @@ class ExportSpec(_Strict):
 
     onnx: bool = Field(
         True,
-        description="accepted for compatibility; sparsekit prune always writes model.onnx and dense.onnx (the "
-        "parity check, sizes and benchmark read them)",
+        description="must be true: sparsekit prune always writes model.onnx and dense.onnx (the parity check, sizes "
+        "and benchmark read them); false is refused rather than silently ignored",
     )
+
+    @field_validator("onnx")
+    @classmethod
+    def _onnx_always(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "false is not supported: a prune run always writes model.onnx and dense.onnx, because its parity "
+                "check, sizes and benchmark measure them; remove export.onnx (use model.pt alone if you need no ONNX)"
+            )
+        return value
+
     opset: Int = Field(18, ge=13, le=23, description="ONNX opset (default domain) of the exported files")
     quantize: Literal["none", "int8"] = Field(
         "none",

@@ -137,6 +137,7 @@ class Epoch(_Open):
     train_loss: float
     val_accuracy: float
     lr: float
+    params: int | None = Field(None, description="parameters left after the epoch (falls as channels are removed)")
 
 
 class Parity(_Open):

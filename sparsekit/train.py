@@ -228,7 +228,8 @@ def finetune(
     Returns ``(model, history, pruner)`` (the model unwrapped); call ``pruner.finalize()`` afterwards.
     ``history`` has one row per epoch: ``epoch`` (from 1), ``sparsity`` (fraction of zero prunable
     weights), ``train_loss`` and ``val_loss`` (mean cross-entropy, nats per sample), ``val_accuracy``
-    (top-1, 0..1) and ``lr`` (the rate the epoch trained at). With ``checkpoint_dir`` a resumable
+    (top-1, 0..1), ``lr`` (the rate the epoch trained at) and ``params`` (parameters left; fewer once
+    structured pruning removed channels). With ``checkpoint_dir`` a resumable
     checkpoint (``last.pt``: weights, optimizer, scheduler, pruner, CPU and CUDA RNG and shuffle state)
     is written after every epoch; ``resume=True`` continues from it bit for bit as the uninterrupted
     run would have. With ``log_dir``, per-step and per-epoch metrics go to CSV (and TensorBoard when
@@ -340,6 +341,7 @@ def finetune(
                     "val_accuracy": metrics["accuracy"],
                     "val_loss": metrics["loss"],
                     "lr": lr,
+                    "params": sum(p.numel() for p in pruner.model.parameters()),  # falls as channels go
                 }
                 history.append(row)
                 info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"

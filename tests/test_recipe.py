@@ -539,3 +539,11 @@ def test_model_output_takes_an_index_or_a_name(value):
 def test_model_output_refuses_anything_else(value):
     with pytest.raises(ValidationError, match=r"must be an index 0\.\.1000 into a tuple output"):
         Recipe(model={"output": value})
+
+
+def test_export_onnx_false_is_refused_not_ignored():
+    with pytest.raises(
+        ValidationError, match=r"false is not supported: a prune run always writes model\.onnx"
+    ):
+        Recipe(export={"onnx": False})
+    assert Recipe(export={"onnx": True}).export.onnx is True
