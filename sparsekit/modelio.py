@@ -66,6 +66,32 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names)
 
 
+def _unpickle_trusted(path: Path) -> Any:
+    """Unpickle a file the user vouched for (the trust flag). Its classes are imported by the names the
+    file holds: the current folder is searched too (last), as for a script run there, and a class whose
+    module cannot be found is bad input naming that module."""
+    import sys
+
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as err:
+        missing = getattr(err, "name", None) or one_line(err, 120)
+        raise ModelFileError(
+            f"{path}: the pickled model needs the code of {missing!r}, which cannot be imported from here; run from "
+            "the folder that holds its module or add that folder to PYTHONPATH (better: save a state_dict or a "
+            "sparsekit checkpoint, which need no pickled code)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a damaged pickle raises many types
+        raise ModelFileError(f"{path}: cannot be unpickled ({one_line(err, 160)}); the file is damaged") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def _read(path: Path, trust: bool) -> tuple[Any, str]:
     """Return (object, kind) from a file, refusing anything that would execute code."""
     if not path.exists():
@@ -97,16 +123,22 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Weights only load failed" not in text and "weights_only" not in text:
-            raise ModelFileError(f"{path}: not a PyTorch checkpoint or state_dict ({text.splitlines()[0]})") from None
+        # A pickled object is refused by the weights-only unpickler for a class it names ("Unsupported
+        # global: GLOBAL mymod.Net"); other refusals ("Unsupported operand", "invalid load key") mean the
+        # bytes are no valid pickle at all: garbage, or another format.
+        pickled = "Unsupported global" in text
+        if not pickled:
+            raise ModelFileError(
+                f"{path}: not a readable PyTorch checkpoint (its bytes are not a pickle or torch archive); expected "
+                "a sparsekit checkpoint, a state_dict .pt or a .safetensors file"
+            ) from None
         if not trust:
             raise _refuse(
                 path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))"
             ) from None
         # The one unpickling load: reached only with trust=True (the CLI's trust flag), which the user passes
         # for a file they vouch for, after the weights-only load has refused it. Never a silent retry.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        return obj, "trusted-module"
+        return _unpickle_trusted(path), "trusted-module"
     except Exception as err:  # noqa: BLE001 - torch raises many unrelated types on garbage input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(

@@ -204,6 +204,27 @@ def test_every_model_command_with_a_bad_model_file(corpus, name, tmp_path):
     _check(_run(["sensitivity", path, "lenet-gradual-magnitude-90", *ARCH, "-o", tmp_path / "s"]), tmp_path)
     if name.endswith(".onnx"):
         _check(_run(["bench", path, "--runs", "2", "--warmup", "0"]))
+    if name != "pickle-os.pt":  # (that one runs code when trusted: that is what trusting a file means)
+        _check(_run(["inspect", path, "--trust-model-file"]))
+
+
+def test_a_trusted_pickle_whose_class_cannot_be_imported_is_bad_input(tmp_path):
+    """A whole module pickled from a script's class: trusted, it still needs that code (exit 2 naming it)."""
+    src = tmp_path / "gone_mod.py"
+    src.write_text("from torch import nn\n\nclass Net(nn.Linear):\n    pass\n")
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        torch.save(importlib.import_module("gone_mod").Net(4, 2), tmp_path / "whole.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("gone_mod", None)
+    src.unlink()
+    result = _run(["inspect", tmp_path / "whole.pt", "--trust-model-file"])
+    _check(result)
+    assert result.exit_code == 2 and "needs the code of 'gone_mod'" in result.output + result.stderr
 
 
 @pytest.mark.parametrize("name", ["no-y.npz", "lengths.npz", "negative-labels.npz", "nan-x.npz", "object.npz",
