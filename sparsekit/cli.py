@@ -944,7 +944,8 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
             lines.append(f"  {what}: {m['final']:.3f}")
     schedule = res.get("schedule")
     if schedule:
-        unknown = any(m.get("expected_per_epoch", []) is None for m in res["methods"])
+        # Only l1 makes zeros that depend on training (max_norm makes none).
+        unknown = any(m.get("expected_per_epoch", []) is None and m.get("method") == "l1" for m in res["methods"])
         on_top = " (plus l1's zeros)" if unknown else ""
         if epochs:
             history = [row["sparsity"] for row in schedule["history"]]

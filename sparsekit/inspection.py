@@ -101,7 +101,7 @@ def check_input_shape(model: Any, shape: Sequence[int], *, fix: Callable[[str], 
         try:
             with torch.no_grad():
                 model(torch.zeros(batch_shape, device=device))
-        except MemoryError:
+        except (MemoryError, DataError):  # DataError: ours (e.g. model.output names no part), not a shape
             raise
         except Exception as err:  # noqa: BLE001 - the user's model on a shape: bad input, not our bug
             return err

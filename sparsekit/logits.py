@@ -61,6 +61,14 @@ def _fix(out: Any) -> str:
     return f"model.output to one of {', '.join(names[:8])}" if names else "model.output to the part that is the logits"
 
 
+def _did_you_mean(out: Any, output: int | str) -> str:
+    import difflib
+
+    names = [str(k) for k in out] if isinstance(out, Mapping) else list(getattr(out, "__dict__", {}))
+    close = difflib.get_close_matches(str(output), names, n=1) if isinstance(output, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def select_logits(out: Any, output: int | str | None, where: str = "the model") -> torch.Tensor:
     """The logits tensor in ``out`` (one model output) as ``output`` names it (None: ``out`` must be a
     tensor itself). Raises :class:`~sparsekit.errors.DataError` naming the output's structure and the
@@ -82,8 +90,8 @@ def select_logits(out: Any, output: int | str | None, where: str = "the model") 
             raise LookupError
     except (LookupError, AttributeError, TypeError):
         raise DataError(
-            f"model.output: {output!r}, but {where} returns {describe(out)}: name one of its parts "
-            "(an index for a tuple, a key or attribute name otherwise)"
+            f"model.output: {output!r} is not a part of the output: {where} returns {describe(out)}; "
+            f"set {_fix(out)}{_did_you_mean(out, output)}"
         ) from None
     if not isinstance(picked, torch.Tensor):
         raise DataError(f"model.output: {output!r} is a {describe(picked)} in {describe(out)}; it must be a tensor")

@@ -398,7 +398,7 @@ def describe(
         elif spec.criterion == "taylor":
             what = "lowest-|w*dL/dw| (taylor, summed between mask updates)"
         else:
-            what = "most negative w*dL/dw (movement, summed over the run)"
+            what = "lowest -w*dL/dw (movement: weights moving toward zero, summed over the run)"
         if spec.scope == "global":
             cap = spec.layer_cap
             ranking = "global ranking" + (f", no layer above {_pct(cap)}" if cap < 1 else "")
@@ -446,7 +446,7 @@ def describe(
         else:
             text = (
                 f"l1: after every optimizer step, shrink the weights of {names}{unit[spec.group]} toward zero by "
-                f"lr * {spec.strength:g} (soft threshold: exact zeros)"
+                f"{spec.strength:g} (soft threshold: exact zeros)"
             )
         s = spec.schedule
         text += (

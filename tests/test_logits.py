@@ -80,10 +80,16 @@ def test_a_structured_output_without_model_output_names_its_structure_and_the_ke
                                               ("object", "scores"), ("object", 0)])  # fmt: skip
 def test_a_part_that_does_not_exist_is_refused_naming_the_structure(kind, output):
     out = Aux(kind)(torch.randn(2, 8))
-    with pytest.raises(DataError, match=rf"model\.output: {output!r}, but the model returns "):
+    with pytest.raises(DataError, match=rf"model\.output: {output!r} is not a part of the output: the model returns "):
         select_logits(out, output)
 
 
 def test_a_part_that_is_not_a_tensor_is_refused():
     with pytest.raises(DataError, match=r"model\.output: 'meta' is a dict\(.*\); it must be a tensor"):
         select_logits({"meta": {"a": torch.zeros(1)}, "logits": torch.zeros(2, 3)}, "meta")
+
+
+def test_a_misspelt_key_gets_did_you_mean():
+    out = {"aux": torch.zeros(2, 3), "logits": torch.zeros(2, 10)}
+    with pytest.raises(DataError, match=r"set model\.output: logits \(did you mean 'logits'\?\)$"):
+        select_logits(out, "logitz")

@@ -107,3 +107,11 @@ def test_export_writes_every_output_and_checks_parity_on_each(heads, kind):
         [d.dim_value for d in o.type.tensor_type.shape.dim][1:] for o in onnx.load(str(tmp / "m.onnx")).graph.output
     ]
     assert sorted(shapes) == [[3], [10]]
+
+
+def test_a_misspelt_model_output_is_named_as_such_not_as_an_input_shape_problem(heads):
+    tmp, paths = heads
+    result = run("validate", tmp / "r.yaml", paths["dict"], "--arch", "heads_mod:build", "--kwargs",
+                 '{"kind": "dict"}', "--set", "model.output=logitz")  # fmt: skip
+    line = assert_bad_input(result, "model.output: 'logitz' is not a part of the output", "did you mean 'logits'")
+    assert "input shape" not in line
