@@ -244,23 +244,20 @@ def _latency_figure(figure: type[Figure], series: list[tuple[str, dict[str, floa
     control = data.get("control") or {}
     sizes = list(series[0][1])
     ratios = bool(noise)
-    fig = figure(figsize=(10 if ratios else 5, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2 if ratios else 1, squeeze=False)[0]
-    ax = axes[0]
-    width = 0.8 / len(series)
-    for i, (label, lat) in enumerate(series):
-        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(sizes))]
-        ax.bar(xs, [lat.get(b, 0) for b in sizes], width, label=label)
-    ax.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
-    values = [v for _, lat in series for v in lat.values() if v and v > 0]
-    if values and max(values) / min(values) > 10:  # batch sizes far apart: a log scale keeps each readable
-        ax.set_yscale("log")
-        readable_log(ax.yaxis, "")
-    ax.set_ylabel("p50 latency (ms)")
-    ax.legend(fontsize=8)
-    ax.set_title("onnxruntime latency")
+    # One panel per batch size, each linear from 0: bar heights compare truthfully (a shared log axis
+    # made a 0.7x change look like 5x), and batch sizes far apart stay readable.
+    fig = figure(figsize=(2.6 * len(sizes) + (5 if ratios else 0), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(sizes) + (1 if ratios else 0), squeeze=False)[0]
+    colors = [f"C{i}" for i in range(len(series))]
+    for ax, b in zip(axes, sizes, strict=False):
+        ax.bar(range(len(series)), [lat.get(b, 0) for _, lat in series], 0.7, color=colors)
+        ax.set_xticks(list(range(len(series))), [label for label, _ in series], rotation=20, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"batch {b}", fontsize=9)
+    axes[0].set_ylabel("p50 latency (ms)")
+    fig.suptitle("onnxruntime latency")
     if ratios:
-        rx = axes[1]
+        rx = axes[-1]
         others = series[1:]
         width = 0.8 / max(len(others), 1)
         base = series[0][1]

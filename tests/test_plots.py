@@ -130,7 +130,7 @@ def test_latency_plot_shows_the_measured_noise_band_and_the_control():
         "control": {"1": 1.01, "32": 0.97},
     }
     fig = figures(data)["latency.png"]
-    bars, ratios = fig.axes
+    *per_batch, ratios = fig.axes
     bands = {round(p.get_x() + p.get_width() / 2): (p.get_y(), p.get_y() + p.get_height()) for p in ratios.patches}
     assert bands[0] == pytest.approx((1 / 1.05, 1.05)) and bands[1] == pytest.approx((1 / 1.2, 1.2))
     points = {ln.get_label(): ln for ln in ratios.get_lines()}
@@ -138,7 +138,11 @@ def test_latency_plot_shows_the_measured_noise_band_and_the_control():
     assert pruned == [(0.0, pytest.approx(1.28))]  # one point per batch; the second carries no label
     aa = points["A/A control (dense vs itself)"]
     assert list(aa.get_ydata()) == [1.01, 0.97]
-    assert len(bars.patches) == 4  # dense and pruned at both batch sizes
+    # One panel per batch size, linear from 0, dense and pruned bars at their measured heights.
+    assert [ax.get_title() for ax in per_batch] == ["batch 1", "batch 32"]
+    for ax, b in zip(per_batch, ["1", "32"], strict=True):
+        assert ax.get_ylim()[0] == 0 and ax.get_yscale() == "linear"
+        assert [p.get_height() for p in ax.patches] == [data["latency"]["dense"][b], data["latency"]["pruned"][b]]
 
 
 def test_render_writes_what_figures_draws(tmp_path):
