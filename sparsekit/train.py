@@ -355,8 +355,8 @@ def finetune(
                 if lines:  # after the checkpoint: a line printed is an epoch kept
                     _say(
                         f"epoch {epoch + 1}/{spec.epochs}: train loss {row['train_loss']:.4f}, val accuracy "
-                        f"{row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {lr:.3g} "
-                        f"({time.perf_counter() - started:.1f} s)"
+                        f"{row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {lr:.3g}, "
+                        f"params {row['params']:,} ({time.perf_counter() - started:.1f} s)"
                     )
                 if metrics_log:
                     masks_now = pruner.masks()

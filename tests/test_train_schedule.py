@@ -178,7 +178,8 @@ def test_without_a_terminal_each_epoch_prints_one_line_matching_its_history_row(
     assert len(lines) == 3
     for line, row in zip(lines, history, strict=True):
         assert line.startswith(f"epoch {row['epoch']}/3: train loss {row['train_loss']:.4f}, ")
-        assert f"val accuracy {row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {row['lr']:.3g} (" in line
+        assert f"val accuracy {row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {row['lr']:.3g}, " in line
+        assert f"params {row['params']:,} (" in line  # structured pruning shows here as fewer params
 
 
 def test_progress_false_prints_nothing_and_lines_print_even_when_asked_without_a_bar(capsys):
