@@ -159,6 +159,14 @@ arch_option = click.option("--arch", help="Architecture for a state_dict/.safete
 data_option = click.option(
     "--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable."
 )
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8 or "
+    "--set data.batch_size=128; the whole recipe is validated again (docs/recipe.md).",
+)
 kwargs_option = click.option(
     "--kwargs",
     "arch_kwargs",
@@ -288,13 +296,7 @@ def main() -> None:
 @arch_option
 @kwargs_option
 @data_option
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY.PATH=VALUE",
-    help="Override a recipe field, e.g. --set finetune.epochs=2 --set pruning.0.sparsity=0.8.",
-)
+@set_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results in a non-empty output folder.")
 @trust_model_file_option
@@ -808,13 +810,7 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
 @arch_option
 @kwargs_option
 @data_option
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY.PATH=VALUE",
-    help="Override a recipe field, as for prune, e.g. --set finetune.epochs=2.",
-)
+@set_option
 @click.option(
     "--steps-per-epoch",
     type=click.IntRange(1),
@@ -983,13 +979,7 @@ def _per_epoch(values: list[float]) -> str:
 @arch_option
 @kwargs_option
 @data_option
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY.PATH=VALUE",
-    help="Override a recipe field, as for prune, e.g. --set data.batch_size=128.",
-)
+@set_option
 @click.option(
     "--max-batches",
     type=click.IntRange(1),
