@@ -1144,7 +1144,11 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
     run.check_owned()  # report.md and the plots are replaced: they must still be the ones sparsekit wrote
     run.lock()
     try:
-        written = write_report(data, folder)
+        try:
+            written = write_report(data, folder)
+        except SparsekitError:  # plots not drawn: report.json / report.md were rewritten all the same
+            run.record([folder / "report.json", folder / "report.md"])
+            raise
         run.record(written)
     finally:
         run.unlock()

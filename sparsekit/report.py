@@ -1294,11 +1294,23 @@ def write_plots(report: Report, out_dir: Path) -> list[str]:
 def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write report.json, report.md and (with ``plots``) the PNG plots into ``out_dir``, each
     atomically; returns the paths written. Sets ``report.summary`` (:func:`summarize`) and
-    ``report.plots`` (the plot file names)."""
+    ``report.plots`` (the plot file names). Raises :class:`~sparsekit.errors.SparsekitError` when
+    matplotlib cannot draw the plots, after writing report.json and report.md."""
     out_dir = Path(out_dir)
     report.summary = summarize(report)  # derived: always what the rest of the report says
+    failed = None
     if plots:
-        report.plots = write_plots(report, out_dir)
+        try:
+            report.plots = write_plots(report, out_dir)
+        except (KeyboardInterrupt, MemoryError, SparsekitError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a broken matplotlib install: the text report still gets written
+            failed, report.plots = one_line(err, 160), []
     write_text(out_dir / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     write_text(out_dir / "report.md", render_markdown(report))
+    if failed:
+        raise SparsekitError(
+            f"{out_dir}: report.json and report.md were written, but the plots could not be drawn: matplotlib "
+            f"fails ({failed}); repair its installation (pip install --force-reinstall matplotlib; MPLBACKEND unset)"
+        )
     return [out_dir / "report.json", out_dir / "report.md", *(out_dir / f for f in report.plots)]

@@ -303,3 +303,19 @@ def test_any_set_value_is_accepted_or_refused_cleanly(corpus, key, value):
                                             max_leaves=8).map(json.dumps)))  # fmt: skip
 def test_any_kwargs_json_is_accepted_or_refused_cleanly(corpus, kwargs, tmp_path_factory):
     _check(_run(["inspect", str(corpus["model"]), *ARCH, "--kwargs", kwargs]))
+
+
+def test_report_with_a_broken_matplotlib_writes_the_text_and_exits_2(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 1, max_steps_per_epoch: 2}\nbenchmark: {enabled: false}\n")
+    assert _run(["prune", corpus["model"], recipe, *ARCH, "-o", out, "--no-progress"]).exit_code == 0
+    (out / "report.md").unlink()
+    for name in ("matplotlib", "matplotlib.figure"):  # `import matplotlib` now fails, as in a broken install
+        monkeypatch.setitem(__import__("sys").modules, name, None)
+    result = _run(["report", out])
+    _check(result)
+    assert result.exit_code == 2 and "plots could not be drawn: matplotlib fails" in result.output + result.stderr
+    assert (out / "report.md").is_file()
+    monkeypatch.undo()
+    assert _run(["report", out]).exit_code == 0  # the rewritten files are still known as sparsekit's own
