@@ -309,10 +309,17 @@ def finetune(
                 lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at
                 model.train()
                 _distributed.set_epoch(train_loader, epoch)
-                loss_sum, seen = 0.0, 0
+                loss_sum, seen, taken = 0.0, 0, 0
                 for i, (x, y) in enumerate(_batches(train_loader, "data: the training loader")):
                     if i >= steps:
+                        if spec.max_steps_per_epoch is None or spec.max_steps_per_epoch >= len(train_loader):
+                            raise DataError(  # not the cap: the loader yields more than its len() says
+                                f"data: the training loader's len() is {len(train_loader)} batches, but epoch "
+                                f"{epoch + 1} yields more; the pruning schedule counts len() steps per epoch, so "
+                                "make len() return the number of batches it yields"
+                            )
                         break
+                    taken = i + 1
                     optimizer.zero_grad(set_to_none=True)
                     loss = _train_loss(model, x, y, teacher, spec.distill)
                     value = loss.item()  # the one host sync per step, for the divergence check and the mean
@@ -331,6 +338,14 @@ def finetune(
                     if metrics_log:
                         metrics_log.step(pruner.step_count, pruner.epoch, value, lr)
                     bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
+                if taken < steps:
+                    # The schedules are laid out in len(loader) steps: a loader that yields fewer would leave
+                    # every later target unreached (and masks out of step with the epochs), silently.
+                    raise DataError(
+                        f"data: the training loader's len() is {len(train_loader)} batches, but epoch {epoch + 1} "
+                        f"yielded {taken}; the pruning schedule counts len() steps per epoch, so make len() return "
+                        "the number of batches it yields"
+                    )
                 scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
                 metrics = evaluate(pruner.model, val_loader)
                 loss_sum, total_seen = _distributed.sum_across([loss_sum, seen])  # every rank's share of the data

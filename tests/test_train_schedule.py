@@ -223,3 +223,20 @@ def test_ctrl_c_before_any_checkpoint_says_none_was_written():
     with pytest.raises(KeyboardInterrupt, match=r"^in epoch 1 of 2; no epoch was checkpointed$"):
         sparsekit.finetune(_model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1],
                            progress=False, on_epoch=stop)  # fmt: skip
+
+
+@pytest.mark.parametrize(("claimed", "word"), [(5, "yielded 3"), (2, "yields more")])
+def test_a_loader_whose_len_is_not_what_it_yields_is_refused(claimed, word):
+    data = _data(False)  # 3 batches
+
+    class Loader(list):
+        def __len__(self) -> int:
+            return claimed
+
+    with pytest.raises(sparsekit.DataError, match=rf"len\(\) is {claimed} batches, but epoch 1 {word}"):
+        sparsekit.finetune(_model(False), _recipe({"name": "constant"}, epochs=2), Loader(data), data[:1],
+                           progress=False)  # fmt: skip
+    # A cap below len() is not a mismatch: the epoch stops at the cap.
+    capped = _recipe({"name": "constant"}, epochs=2)
+    capped.finetune.max_steps_per_epoch = 2
+    sparsekit.finetune(_model(False), capped, data, data[:1], progress=False)
