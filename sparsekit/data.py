@@ -177,7 +177,11 @@ def load_data(
     elif _CALLABLE_RE.match(source):
         return _load_callable(source, input_shape, num_classes, named_in, trust_code)
     else:
-        raise DataError(f"data.source {source!r} is not a known source; {_valid_sources()}")
+        import difflib
+
+        close = difflib.get_close_matches(source, BUILTIN_SOURCES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise DataError(f"data.source {source!r} is not a known source; {hint}{_valid_sources()}")
 
     if input_shape is not None:
         x = _reshape(x, source, input_shape)

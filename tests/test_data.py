@@ -388,3 +388,8 @@ def test_callable_module_not_found(tmp_path, monkeypatch):
 def test_synthetic_samples_times_sample_size_is_bounded():
     with pytest.raises(DataError, match="data.synthetic_samples"):
         load_data("synthetic", input_shape=[1, 3, 512, 512], synthetic_samples=400_000)
+
+
+def test_a_misspelt_builtin_source_gets_did_you_mean():
+    with pytest.raises(DataError, match=r"'digit' is not a known source; did you mean 'digits'\? valid sources"):
+        load_data("digit")

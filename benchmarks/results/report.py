@@ -282,7 +282,11 @@ def plots(result: dict[str, Any], out: Path) -> list[Path]:
             )
         pts = sorted((s for s in result["sizes"] if s["arm"] == "sparsekit"), key=lambda s: s["value"])
         ax.plot(
-            [s["value"] for s in pts], [s["bound_ratio"] for s in pts], color="black", ls="--", label="reference size (mask entropy + values verbatim)"
+            [s["value"] for s in pts],
+            [s["bound_ratio"] for s in pts],
+            color="black",
+            ls="--",
+            label="reference size (mask entropy + values verbatim)",
         )
         ax.set_xlabel("sparsity of fc1+fc2")
         ax.set_ylabel("file size ÷ dense fp32 ONNX file")
