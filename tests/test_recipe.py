@@ -542,8 +542,6 @@ def test_model_output_refuses_anything_else(value):
 
 
 def test_export_onnx_false_is_refused_not_ignored():
-    with pytest.raises(
-        ValidationError, match=r"false is not supported: a prune run always writes model\.onnx"
-    ):
+    with pytest.raises(ValidationError, match=r"false is not supported: a prune run always writes model\.onnx"):
         Recipe(export={"onnx": False})
     assert Recipe(export={"onnx": True}).export.onnx is True
