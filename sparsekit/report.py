@@ -1311,6 +1311,6 @@ def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> lis
     if failed:
         raise SparsekitError(
             f"{out_dir}: report.json and report.md were written, but the plots could not be drawn: matplotlib "
-            f"fails ({failed}); repair its installation (pip install --force-reinstall matplotlib; MPLBACKEND unset)"
+            f"fails ({failed}); reinstall matplotlib (and leave MPLBACKEND unset)"
         )
     return [out_dir / "report.json", out_dir / "report.md", *(out_dir / f for f in report.plots)]

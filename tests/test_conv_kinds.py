@@ -314,7 +314,6 @@ def test_a_1d_cnn_goes_through_run_prune(tmp_path, monkeypatch):
         data={"source": "signals.npz", "batch_size": 16},
         finetune={"epochs": 1, "optimizer": {"name": "adam", "lr": 0.01}},
         pruning=[{"method": "magnitude", "sparsity": 0.6}],
-        export={"onnx": False},
         benchmark={"enabled": False},
     )
     report = sparsekit.run_prune("weights.pt", r, tmp_path / "out", arch="sk_conv1d_net:build", progress=False)
