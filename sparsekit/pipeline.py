@@ -317,12 +317,7 @@ def check_inputs(
                 f"{model_path}: a pickled module names no architecture; name it too ({option('arch')}), so the "
                 "pruned model can be saved as a safe checkpoint"
             )
-        state = loaded.model.state_dict().items()
-        bad = [n for n, t in state if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-        if bad:
-            raise ModelFileError(
-                f"{model_path}: weights hold NaN or inf values ({', '.join(bad[:4])}); nothing to prune"
-            )
+        # Non-finite weights were refused when the file was read (modelio.check_finite).
         classes = check_input(loaded.model, shape, str(model_path))
     with clock("data"):
         bundle = load_data(

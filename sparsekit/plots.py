@@ -96,18 +96,7 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
         shown = [x for x, r in zip(xs, layers, strict=True) if not r.get("excluded")]
         if panel == "zeros":
             ax.bar(shown, [layers[x]["sparsity"] for x in shown], 0.8, color="tab:blue", label="sparsity achieved")
-            marks = [x for x in shown if layers[x].get("target") is not None]
-            if marks:
-                ax.scatter(
-                    marks,
-                    [layers[x]["target"] for x in marks],
-                    marker="_",
-                    s=600,
-                    lw=2.5,
-                    color="black",
-                    zorder=3,
-                    label="target (per layer)",
-                )
+            _layer_marks(ax, layers, shown, "target", "target (per layer)")
             for i, t in enumerate(data.get("targets") or []):
                 spans = [names.index(n) for n in t.get("layers", []) if n in names] or shown or xs
                 ax.hlines(
@@ -129,18 +118,7 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
             for x, f in zip(kept, fractions, strict=True):
                 k, n = layers[x]["channels"]
                 ax.text(x, f + 0.02, f"{k}/{n}", ha="center", va="bottom", fontsize=7)
-            marks = [x for x in kept if layers[x].get("kept_target") is not None]
-            if marks:
-                ax.scatter(
-                    marks,
-                    [layers[x]["kept_target"] for x in marks],
-                    marker="_",
-                    s=600,
-                    lw=2.5,
-                    color="black",
-                    zorder=3,
-                    label="asked to keep",
-                )
+            _layer_marks(ax, layers, kept, "kept_target", "asked to keep")
             untouched = [x for x in shown if not layers[x].get("channels")]
             if untouched:  # selected, but no channel count: all kept
                 ax.bar(
@@ -228,6 +206,14 @@ def _pruning_panel(
     ax.set_ylim(-0.02, 1.05)
     ax.set_ylabel("fraction")
     ax.legend(loc="center right", fontsize=8)
+
+
+def _layer_marks(ax: Any, layers: list[dict[str, Any]], xs: list[int], key: str, label: str) -> None:
+    """A black bar mark at each layer's ``key`` value (its target), over the bar it belongs to."""
+    marks = [x for x in xs if layers[x].get(key) is not None]
+    if marks:
+        ax.scatter(marks, [layers[x][key] for x in marks], marker="_", s=600, lw=2.5, color="black", zorder=3,
+                   label=label)  # fmt: skip
 
 
 def _latency_figure(figure: type[Figure], series: list[tuple[str, dict[str, float]]], data: dict[str, Any]) -> Figure:
