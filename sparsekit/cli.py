@@ -25,6 +25,7 @@ from .recipe_catalog import find_recipe
 # The flag for each caller option a library message may point to (see sparsekit.errors.option):
 # library code words its remedies neutrally; only this module knows the command line.
 FLAGS = {
+    "allow_change": "--allow-change",
     "arch": "--arch",
     "data": "--data",
     "input_shape": "--input-shape",
@@ -297,7 +298,20 @@ def main() -> None:
 @kwargs_option
 @data_option
 @set_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in the output folder.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in the output folder from its last checkpoint. Refused when the model file, the "
+    "data or the recipe changed since (each change is named), unless --allow-change accepts it.",
+)
+@click.option(
+    "--allow-change",
+    "allow_changes",
+    metavar="FIELD",
+    multiple=True,
+    help="With --resume: accept a changed recipe field that does not alter the finished epochs "
+    "(finetune.epochs, finetune.device, finetune.log, export, benchmark). Repeat for several; comma lists work.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the results in a non-empty output folder.")
 @trust_model_file_option
 @trust_code_option
@@ -331,6 +345,7 @@ def prune(
     data: str | None,
     overrides: tuple[str, ...],
     resume: bool,
+    allow_changes: tuple[str, ...],
     overwrite: bool,
     trust_model_file: bool,
     trust_code: bool,
@@ -362,6 +377,9 @@ def prune(
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    accepted = [f for item in allow_changes for f in item.split(",") if f.strip()]
+    if accepted and not resume:
+        raise click.UsageError("--allow-change goes with --resume: it accepts changes since the checkpoint")
     model_overrides = _arch_overrides(arch, arch_kwargs)  # usage errors before the slow imports
     _load_native("torch", "onnxruntime")
     from .pipeline import run_prune
@@ -381,6 +399,7 @@ def prune(
         trust_code=trust_code,
         overwrite=overwrite,
         resume=resume,
+        allow_changes=accepted,
         progress=not no_progress,
         notify=lambda m: click.echo(m, err=True),
         log_dir=log_dir,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 # How the Python API spells each option a message may point to (the CLI has its own table).
 API_SPELLING = {
+    "allow_change": "allow_changes=[...]",
     "arch": "arch='pkg.module:callable'",
     "data": "data=...",
     "input_shape": "input_shape=[...]",
@@ -37,6 +38,8 @@ def _api_spelling(name: str, value: str) -> str:
         return API_SPELLING.get(name, name)
     if name == "set":
         return f"overrides=[{value!r}]"
+    if name == "allow_change":
+        return f"allow_changes=[{', '.join(repr(v) for v in value.split(','))}]"
     if name == "input_shape":
         dims = [d for d in value.strip("[]").replace(" ", "").split(",") if d]
         return f"input_shape=[{', '.join(dims)}]"

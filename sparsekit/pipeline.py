@@ -9,7 +9,7 @@ import contextlib
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +26,7 @@ from .logits import attach as attach_logits
 from .logits import select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
+from .provenance import check_allowed, check_resume, provenance
 from .pruner import Pruner
 from .recipe import Recipe
 from .report import Benchmark, Int8, Report, Speedup, first_plot_data, notes, what_it_buys
@@ -171,6 +172,10 @@ class Inputs:
     source: str
     bundle: Any  # data.DataBundle: train / val loaders
     steps_per_epoch: int
+    # What a checkpoint of this run belongs to (sparsekit.provenance), and the changes a resume accepts.
+    provenance: dict[str, Any] | None = None
+    allow_changes: tuple[str, ...] = ()
+    resumed_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -199,6 +204,7 @@ def run_prune(
     trust_code: bool = False,
     overwrite: bool = False,
     resume: bool = False,
+    allow_changes: Sequence[str] = (),
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
     log_dir: str | Path | None = None,
@@ -216,7 +222,11 @@ def run_prune(
     model file or the recipe runs only with ``trust_code=True`` or a trusted module. ``trust`` allows
     unpickling a whole-module MODEL. Every output is built in ``out/.sparsekit/next`` and moved into
     ``out`` at the end, replacing only files an earlier sparsekit run wrote there (see
-    :mod:`sparsekit.outputs`); ``overwrite`` allows that, ``resume`` continues an interrupted run.
+    :mod:`sparsekit.outputs`); ``overwrite`` allows that, ``resume`` continues an interrupted (or
+    finished) run from its last checkpoint. The checkpoint records the model file's and the data's
+    hashes and the resolved recipe (:mod:`sparsekit.provenance`); a resume with any of them changed is
+    refused, naming each change, unless ``allow_changes`` accepts it (only fields that do not alter the
+    finished epochs: :data:`~sparsekit.provenance.SAFE_CHANGES`, e.g. ``finetune.epochs``).
     ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr).
 
     Raises :class:`~sparsekit.errors.SparsekitError` subclasses for bad input (model file, recipe,
@@ -257,6 +267,15 @@ def run_prune(
             if allocation and notify and main:
                 notify(allocation_summary(allocation))
             rehearse(inputs, recipe)
+        origin = provenance(recipe.model_dump(mode="json"), model_file=model_path, arch=inputs.factory, data=source)
+        if resume:
+            # Before the dense model is measured and the folder touched: a checkpoint of another model,
+            # data set or recipe is refused at once, naming what changed.
+            accepted = _check_resume(out, folder.stage, origin, allow_changes)
+            inputs.resumed_changes = [f"{k} {a} -> {b}" for k, (a, b) in accepted.items()]
+            if accepted and notify and main:
+                notify("resuming with accepted changes: " + "; ".join(inputs.resumed_changes))
+        inputs.provenance, inputs.allow_changes = origin, tuple(allow_changes)
         if not main:
             _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
             _distributed.barrier()  # see below
@@ -280,6 +299,32 @@ def run_prune(
     finally:
         if joined:  # a process group the caller made stays theirs
             _distributed.close()
+
+
+def _check_resume(
+    out: Path, stage: Path, origin: dict[str, Any], allow_changes: Sequence[str]
+) -> dict[str, tuple[Any, Any]]:
+    """The resume's accepted changes against the checkpoint it will continue from (the unfinished run's,
+    else the finished run's); none when there is no checkpoint yet. Raises SparsekitError naming the
+    output folder and every change that is not accepted (ValueError from ``allow_changes`` becomes one)."""
+    try:
+        allowed = check_allowed(allow_changes)
+    except ValueError as err:
+        raise SparsekitError(str(err)) from None
+    for ckpt in (stage / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt"):
+        if not ckpt.is_file():
+            continue
+        try:  # memory-mapped: only the small provenance record is read, not the weights
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("provenance")
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
+            return {}
+        try:
+            return check_resume(saved, origin, allowed=allowed)
+        except SparsekitError as err:
+            raise SparsekitError(
+                f"{out}: cannot resume the run there: {quoted(err)}; or start again with {option('overwrite')}"
+            ) from None
+    return {}
 
 
 def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.device, *, resume: bool) -> None:
@@ -487,6 +532,11 @@ def _measure_and_report(
         report.storage = Storage.model_validate({**storage, **_storage_ratios(storage)})
     with clock("report"):
         report.notes = notes(report)
+        if inputs.resumed_changes:
+            report.notes.append(
+                "resumed with changes accepted (the history's earlier epochs ran under the old values): "
+                + "; ".join(inputs.resumed_changes)
+            )
         report.plots = plots.finish(plot_data(report))
         if plots.error:
             report.notes.append(f"plots not drawn: {plots.error}")
@@ -590,6 +640,8 @@ def prune_model(
             resume=resume,
             log_dir=log_dir,
             teacher=teacher,
+            provenance=inputs.provenance,
+            allow_changes=inputs.allow_changes,
         )
     elif any(m.needs_grad for m in pruner.methods):
         batches = max(getattr(s, "calibration_batches", 0) for s in recipe.pruning)

@@ -13,7 +13,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from .fsutil import atomic_path
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .metrics_log import MetricsLog
+from .provenance import check_allowed, check_resume
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, pruning_key
 from .stats import layer_report, sparsity
@@ -204,6 +205,8 @@ def finetune(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log_dir: str | Path | None = None,
     teacher: nn.Module | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    allow_changes: Sequence[str] = (),
 ) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
     """Fine-tune ``model`` for ``recipe.finetune.epochs`` while the pruner follows its schedules.
 
@@ -232,8 +235,12 @@ def finetune(
     structured pruning removed channels). With ``checkpoint_dir`` a resumable
     checkpoint (``last.pt``: weights, optimizer, scheduler, pruner, CPU and CUDA RNG and shuffle state)
     is written after every epoch; ``resume=True`` continues from it bit for bit as the uninterrupted
-    run would have. With ``log_dir``, per-step and per-epoch metrics go to CSV (and TensorBoard when
-    installed), see :mod:`sparsekit.metrics_log`.
+    run would have. The checkpoint records what it belongs to (:mod:`sparsekit.provenance`): the
+    resolved recipe, plus whatever the caller adds in ``provenance`` (the CLI adds the model file's and
+    the data's hashes); a resume under a different one is refused naming each field that changed, except
+    the fields named in ``allow_changes`` (only :data:`~sparsekit.provenance.SAFE_CHANGES`: more epochs,
+    the device, the export and benchmark sections). With ``log_dir``, per-step and per-epoch metrics
+    go to CSV (and TensorBoard when installed), see :mod:`sparsekit.metrics_log`.
 
     With ``finetune.distill`` set, the loss is Hinton et al.'s mix of cross-entropy and the dense model's
     soft targets (:class:`~sparsekit.recipe.DistillSpec`, :func:`distillation_loss`; ``train_loss`` is then
@@ -249,7 +256,8 @@ def finetune(
     is out of range or the loss becomes NaN/inf on the data; :class:`~sparsekit.errors.RecipeError`
     when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
-    cannot be resumed (unreadable, another model, or the recipe's pruning section changed)."""
+    cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
+    ``allow_changes`` names a field that cannot change on a resume."""
     spec = recipe.finetune
     inner = _distributed.unwrap(model)
     if recipe.model.output is not None:
@@ -278,10 +286,12 @@ def finetune(
     history: list[dict[str, Any]] = []
     first_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    origin = {**(provenance or {}), "recipe": recipe.model_dump(mode="json")}
+    accepted = check_allowed(allow_changes)
     torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
-            ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader)
+            ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted
         )
         if first_epoch > spec.epochs:
             raise RecipeError(
@@ -364,7 +374,7 @@ def finetune(
                 if ckpt and main:
                     _save_checkpoint(
                         ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
-                        _loader_generator(train_loader),
+                        _loader_generator(train_loader), origin,
                     )  # fmt: skip
                     finished = epoch + 1
                 if lines:  # after the checkpoint: a line printed is an epoch kept
@@ -488,6 +498,7 @@ def _save_checkpoint(
     pruner: Pruner,
     history: list[dict[str, Any]],
     loader_rng: torch.Generator | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> None:
     state = {
         "epoch": epoch,
@@ -506,6 +517,8 @@ def _save_checkpoint(
         "loader_rng": loader_rng.get_state() if loader_rng is not None else None,
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
         "pruning": pruning_key(pruner.recipe),
+        # What the whole run was (recipe, model file, data): a resume under another is refused.
+        "provenance": dict(origin) if origin is not None else None,
     }
     # Through a Python file object: a full disk then raises OSError(ENOSPC), which atomic_path turns into
     # a clear error naming the path (torch's own writer reports only 'unexpected pos').
@@ -520,13 +533,20 @@ def _load_checkpoint(
     pruner: Pruner,
     spec: FinetuneSpec,
     loader_rng: torch.Generator | None,
+    origin: Mapping[str, Any],
+    accepted: Sequence[str],
 ) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Restore a checkpoint of :func:`_save_checkpoint` into ``model``, ``pruner``, the RNGs and a fresh
     optimizer and scheduler (``optimizer`` itself when no channels were removed); returns
-    ``(finished epochs, history, optimizer, scheduler)``. Raises SparsekitError naming ``path``."""
+    ``(finished epochs, history, optimizer, scheduler)``. Raises SparsekitError naming ``path`` when it
+    does not belong to this run (``origin``, with the ``accepted`` changes, see
+    :func:`sparsekit.provenance.check_resume`)."""
     again = f"start again with {option('overwrite')}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        changed = check_resume(state.get("provenance"), origin, allowed=accepted)
+        if changed:
+            log.info("resuming with accepted changes: %s", ", ".join(changed))
         saved = state.get("pruning")
         if saved is not None and saved != pruning_key(pruner.recipe):
             raise SparsekitError("the recipe's pruning section changed since this checkpoint was written")

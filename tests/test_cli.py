@@ -739,7 +739,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path, mlp_checkpoint, monkeypatch):
     changed = run(
         "prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--set", "pruning.0.sparsity=0.6", *FAST
     )
-    assert_bad_input(changed, "last.pt", "pruning section changed", "--overwrite")
+    assert_bad_input(changed, str(out), "pruning.0.sparsity: 0.5 then, 0.6 now", "--overwrite")
 
 
 def test_nan_inputs_are_blamed_on_the_data_not_the_learning_rate(tmp_path, mlp_checkpoint, monkeypatch):

@@ -149,12 +149,28 @@ def test_resume_under_a_changed_schedule_continues_the_new_one(tmp_path):
             _model(False), _recipe({"name": "cosine"}), data, data[:1], progress=False, checkpoint_dir=tmp_path,
             on_epoch=stop,
         )  # fmt: skip
-    longer = _recipe({"name": "cosine"}, epochs=6, lr=0.1)  # as lr_at(epoch, spec) always did: the recipe's curve
+    longer = _recipe({"name": "cosine"}, epochs=6)  # as lr_at(epoch, spec) always did: the recipe's curve
+    with pytest.raises(sparsekit.SparsekitError, match=r"finetune\.epochs: 4 then, 6 now; .*allow_changes="):
+        sparsekit.finetune(_model(False), longer, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True)
     _, history, _ = sparsekit.finetune(
-        _model(False), longer, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True
-    )
+        _model(False), longer, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True,
+        allow_changes=["finetune.epochs"],
+    )  # fmt: skip
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
-    assert [h["lr"] for h in history[2:]] == pytest.approx(_expected({"name": "cosine"}, 0.1, 6)[2:], rel=1e-14)
+    assert [h["lr"] for h in history[2:]] == pytest.approx(_expected({"name": "cosine"}, 0.05, 6)[2:], rel=1e-14)
+
+
+def test_resume_under_another_learning_rate_is_refused_even_when_asked(tmp_path):
+    data = _data(False)
+    sparsekit.finetune(_model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1], progress=False,
+                       checkpoint_dir=tmp_path)  # fmt: skip
+    other = _recipe({"name": "constant"}, epochs=3, lr=0.1)
+    with pytest.raises(sparsekit.SparsekitError, match=r"finetune\.optimizer\.lr: 0\.05 then, 0\.1 now"):
+        sparsekit.finetune(_model(False), other, data, data[:1], progress=False, checkpoint_dir=tmp_path,
+                           resume=True, allow_changes=["finetune.epochs"])  # fmt: skip
+    with pytest.raises(ValueError, match="'finetune.optimizer.lr' cannot be changed on a resume"):
+        sparsekit.finetune(_model(False), other, data, data[:1], progress=False, checkpoint_dir=tmp_path,
+                           resume=True, allow_changes=["finetune.optimizer.lr"])  # fmt: skip
 
 
 def test_resume_messages_name_the_option_not_a_flag(tmp_path):
@@ -164,7 +180,7 @@ def test_resume_messages_name_the_option_not_a_flag(tmp_path):
     with pytest.raises(sparsekit.RecipeError, match=r"already finished epoch 3; start again with overwrite=True$"):
         sparsekit.finetune(
             _model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1], progress=False,
-            checkpoint_dir=tmp_path, resume=True,
+            checkpoint_dir=tmp_path, resume=True, allow_changes=["finetune.epochs"],
         )  # fmt: skip
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(sparsekit.SparsekitError, match=r"start again with overwrite=True$"):

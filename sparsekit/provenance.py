@@ -1,0 +1,165 @@
+"""What a resume checkpoint belongs to, and whether a resumed run still matches it.
+
+A fine-tuning checkpoint (``checkpoints/last.pt``) records the *provenance* of the run that wrote it:
+the resolved recipe (every field, ``--set`` overrides applied), and when the run came from the CLI the
+SHA-256 of the model file, the architecture it was built with and the data source (a file's SHA-256,
+a callable's module file's SHA-256, a built-in's name). ``--resume`` compares the run's provenance
+with the checkpoint's before any training step: a run that mixed two models, two data sets or two
+recipes in one history would report a result nobody asked for, so any difference is refused, naming
+each field that changed. A few fields do not change what the checkpoint's epochs did (more epochs,
+the device, what happens after training); the user may accept changes to those, one by one.
+
+>>> saved = {"recipe": {"finetune": {"epochs": 3}}}
+>>> now = {"recipe": {"finetune": {"epochs": 5}}}
+>>> differences(saved, now)
+{'finetune.epochs': (3, 5)}
+>>> check_resume(saved, now, allowed=["finetune.epochs"])
+{'finetune.epochs': (3, 5)}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import SparsekitError, option
+
+#: Recipe fields a resumed run may change when the user accepts it: they do not alter what the epochs
+#: already trained did. A name ending in ``.`` covers a whole section (everything after training).
+SAFE_CHANGES = ("finetune.epochs", "finetune.device", "finetune.log", "export.", "benchmark.")
+
+# Provenance keys that are not recipe fields, with the words that name them in an error.
+_INPUTS = {"model_file": "the model file", "arch": "the architecture", "data": "the data source"}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks (no copy of the whole file in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_identity(source: str) -> str:
+    """What identifies a data source: ``name`` for a built-in, ``path sha256:HEX`` for a ``.npz`` file,
+    ``pkg.module:callable sha256:HEX`` (the module's file) for a callable already imported; the name
+    alone when there is no file to hash. Never imports anything."""
+    if source.endswith(".npz") and Path(source).is_file():
+        return f"{Path(source).name} sha256:{file_sha256(source)}"
+    module_name = source.split(":", 1)[0] if ":" in source else None
+    module = sys.modules.get(module_name) if module_name else None
+    module_file = getattr(module, "__file__", None)
+    if module_file and Path(module_file).is_file():
+        return f"{source} sha256:{file_sha256(module_file)}"
+    return source
+
+
+def provenance(
+    recipe: Mapping[str, Any],
+    *,
+    model_file: str | Path | None = None,
+    arch: str | None = None,
+    data: str | None = None,
+) -> dict[str, Any]:
+    """The provenance a checkpoint records: ``recipe`` (the resolved recipe as JSON data, e.g.
+    ``Recipe.model_dump(mode="json")``) and, when known, the model file's SHA-256, the architecture
+    (``pkg.module:callable``) and the data source's identity (:func:`data_identity`)."""
+    out: dict[str, Any] = {"recipe": dict(recipe)}
+    if model_file is not None:
+        out["model_file"] = f"sha256:{file_sha256(model_file)}"
+    if arch is not None:
+        out["arch"] = arch
+    if data is not None:
+        out["data"] = data_identity(data)
+    return out
+
+
+def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Every field that differs between two provenances, ``{dotted name: (saved, now)}``: recipe fields
+    by their recipe path (``finetune.optimizer.lr``, ``pruning.0.sparsity``), the inputs as
+    ``model_file``, ``arch``, ``data``. A key only one side has counts only when both sides have it at
+    the top level (a checkpoint from a Python script has no ``model_file``: that is no difference)."""
+    diff: dict[str, tuple[Any, Any]] = {}
+    for key in _INPUTS:
+        if key in saved and key in now and saved[key] != now[key]:
+            diff[key] = (saved[key], now[key])
+    _walk(saved.get("recipe", {}), now.get("recipe", {}), "", diff)
+    return diff
+
+
+def _walk(a: Any, b: Any, prefix: str, diff: dict[str, tuple[Any, Any]]) -> None:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b), key=str):
+            _walk(a.get(key), b.get(key), f"{prefix}{key}.", diff)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _walk(x, y, f"{prefix}{i}.", diff)
+    elif a != b:
+        diff[prefix.rstrip(".")] = (a, b)
+
+
+def is_safe(field: str) -> bool:
+    """Whether a resumed run may change ``field`` (a dotted recipe path) when the user accepts it."""
+    return any(field == s or (s.endswith(".") and field.startswith(s)) for s in SAFE_CHANGES)
+
+
+def check_allowed(allowed: Iterable[str]) -> list[str]:
+    """The user's accepted changes, each a recipe field (or section) from :data:`SAFE_CHANGES`.
+    Raises ValueError naming the first that is not one."""
+    out = []
+    for name in allowed:
+        field = name.strip().rstrip(".")
+        if not (is_safe(field) or any(s == field + "." for s in SAFE_CHANGES)):
+            safe = ", ".join(s.rstrip(".") for s in SAFE_CHANGES)
+            raise ValueError(
+                f"{name!r} cannot be changed on a resume: it changes what the finished epochs did. Fields that "
+                f"can: {safe}"
+            )
+        out.append(field)
+    return out
+
+
+def check_resume(
+    saved: Mapping[str, Any] | None, now: Mapping[str, Any], *, allowed: Iterable[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+    """Compare a checkpoint's provenance (``saved``; None for checkpoints written before provenance was
+    recorded: nothing to compare) with the resumed run's (``now``). Returns the accepted differences
+    (fields in ``allowed``, see :func:`check_allowed`). Raises :class:`~sparsekit.errors.SparsekitError`
+    naming every other difference, saying which of them could be accepted."""
+    if not saved:
+        return {}
+    accepted = check_allowed(allowed)
+    diff = differences(saved, now)
+
+    def covered(field: str) -> bool:
+        return any(field == a or field.startswith(a + ".") for a in accepted)
+
+    refused = {k: v for k, v in diff.items() if not covered(k)}
+    if refused:
+        parts = [_describe(k, old, new) for k, (old, new) in refused.items()]
+        shown = "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
+        safe = [k for k in refused if is_safe(k)]
+        if safe and len(safe) == len(refused):
+            hint = f"to continue with the new value, accept the change: {option('allow_change', ','.join(safe))}"
+        else:
+            hint = "resume with what the checkpoint was written with"
+        raise SparsekitError(f"the run changed since the checkpoint was written: {shown}; {hint}")
+    return {k: v for k, v in diff.items() if covered(k)}
+
+
+def _describe(key: str, old: Any, new: Any) -> str:
+    if key in _INPUTS:
+        return f"{_INPUTS[key]} differs ({_short(old)} then, {_short(new)} now)"
+    return f"{key}: {_short(old)} then, {_short(new)} now"
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    if text.startswith("sha256:") or " sha256:" in text:
+        head, _, digest = text.rpartition("sha256:")
+        text = f"{head}sha256:{digest[:12]}"
+    return text if len(text) <= 60 else text[:57] + "..."

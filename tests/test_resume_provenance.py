@@ -1,0 +1,167 @@
+"""A checkpoint is tied to what produced it: --resume with another model file, data file or recipe
+is refused naming what changed; only fields that leave the finished epochs as they were may change,
+and only when the user accepts each one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FAST, InterruptOnEvaluate, assert_bad_input
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.provenance import SAFE_CHANGES, check_allowed, check_resume, data_identity, differences, is_safe
+
+MLP = ("--arch", "examples.models:mlp")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+# --- the comparison itself --------------------------------------------------------------------------
+
+
+def test_differences_name_each_changed_field_by_its_recipe_path():
+    saved = {"model_file": "sha256:aa", "recipe": {"finetune": {"epochs": 2, "optimizer": {"lr": 0.1}},
+                                                   "pruning": [{"sparsity": 0.5}, {"sparsity": 0.2}]}}  # fmt: skip
+    now = {"model_file": "sha256:bb", "recipe": {"finetune": {"epochs": 2, "optimizer": {"lr": 0.2}},
+                                                 "pruning": [{"sparsity": 0.5}, {"sparsity": 0.3}]}}  # fmt: skip
+    assert differences(saved, now) == {
+        "model_file": ("sha256:aa", "sha256:bb"),
+        "finetune.optimizer.lr": (0.1, 0.2),
+        "pruning.1.sparsity": (0.2, 0.3),
+    }
+    # A pruning list of another length is one change, not a crash.
+    assert differences({"recipe": {"pruning": [1]}}, {"recipe": {"pruning": [1, 2]}}) == {"pruning": ([1], [1, 2])}
+    # An input only one side records (a Python script's checkpoint has no model file) is no difference.
+    assert differences({"recipe": {}}, {"model_file": "sha256:cc", "recipe": {}}) == {}
+
+
+def test_only_safe_fields_can_be_accepted():
+    assert check_allowed(["finetune.epochs", "benchmark", "export.opset"]) == [
+        "finetune.epochs", "benchmark", "export.opset"
+    ]  # fmt: skip
+    for unsafe in ["finetune.optimizer.lr", "pruning.0.sparsity", "data.batch_size", "seed", "finetune", "model_file"]:
+        with pytest.raises(ValueError, match=f"'{unsafe}' cannot be changed on a resume"):
+            check_allowed([unsafe])
+    assert not is_safe("finetune.epochs_extra") and is_safe("benchmark.runs")
+    assert all(is_safe(s.rstrip(".")) or s.endswith(".") for s in SAFE_CHANGES)
+
+
+@given(
+    epochs=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    lr=st.tuples(st.sampled_from([0.1, 0.01]), st.sampled_from([0.1, 0.01])),
+    runs=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    accept_epochs=st.booleans(),
+)
+def test_a_resume_passes_exactly_when_every_change_is_accepted(epochs, lr, runs, accept_epochs):
+    def prov(i):
+        finetune = {"epochs": epochs[i], "optimizer": {"lr": lr[i]}}
+        return {"recipe": {"finetune": finetune, "benchmark": {"runs": runs[i]}}}
+
+    allowed = ["benchmark"] + (["finetune.epochs"] if accept_epochs else [])
+    refused = lr[0] != lr[1] or (epochs[0] != epochs[1] and not accept_epochs)
+    if refused:
+        with pytest.raises(sparsekit.SparsekitError, match="changed since the checkpoint"):
+            check_resume(prov(0), prov(1), allowed=allowed)
+    else:
+        accepted = check_resume(prov(0), prov(1), allowed=allowed)
+        assert set(accepted) == {k for k, changed in [("finetune.epochs", epochs[0] != epochs[1]),
+                                                      ("benchmark.runs", runs[0] != runs[1])] if changed}  # fmt: skip
+
+
+def test_a_checkpoint_without_provenance_is_not_compared():
+    assert check_resume(None, {"recipe": {"seed": 1}}) == {}
+
+
+def test_data_files_are_identified_by_content(tmp_path):
+    a = tmp_path / "d.npz"
+    np.savez(a, x=np.zeros((4, 3)), y=np.zeros(4))
+    first = data_identity(str(a))
+    np.savez(a, x=np.ones((4, 3)), y=np.zeros(4))
+    assert data_identity(str(a)) != first and first.startswith("d.npz sha256:")
+    assert data_identity("digits") == "digits"
+    assert data_identity("not_imported_pkg.mod:fn") == "not_imported_pkg.mod:fn"  # never imported to hash it
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def interrupted(tmp_path, mlp_checkpoint, monkeypatch):
+    """A prune run stopped by Ctrl-C after its first epoch; returns (model, recipe, out, interrupt)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 2, optimizer: {name: adam, lr: 0.001}}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)  # 1: dense model, 2: after epoch 1, 3: after epoch 2
+    out = tmp_path / "o"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 130
+    interrupt.restore()
+    return mlp_checkpoint, recipe, out
+
+
+def test_resume_with_another_model_file_is_refused(tmp_path, interrupted):
+    model, recipe, out = interrupted
+    other = tmp_path / "other.pt"
+    state = torch.load(model, weights_only=True)
+    state["state_dict"] = {k: v + 0.01 for k, v in state["state_dict"].items()}
+    torch.save(state, other)
+    before = (out / ".sparsekit" / "next" / "checkpoints" / "last.pt").read_bytes()
+    result = run("prune", other, *MLP, recipe, "-o", out, "--resume", *FAST)
+    assert_bad_input(result, str(out), "the model file differs", "--overwrite")
+    # Nothing was trained on, and the checkpoint is as the first run left it.
+    assert (out / ".sparsekit" / "next" / "checkpoints" / "last.pt").read_bytes() == before
+    assert not (out / "report.json").exists()
+
+
+def test_resume_with_other_data_is_refused(tmp_path, interrupted):
+    model, recipe, out = interrupted
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    own = tmp_path / "own.npz"
+    np.savez(own, x=(digits.data / 16).astype("float32"), y=digits.target)
+    result = run("prune", model, *MLP, recipe, "-o", out, "--resume", "--data", own, *FAST)
+    assert_bad_input(result, "the data source differs", "digits then, own.npz sha256:")
+
+
+def test_resume_with_a_changed_learning_rate_names_it_and_cannot_be_accepted(interrupted):
+    model, recipe, out = interrupted
+    changed = ["--set", "finetune.optimizer.lr=0.01"]
+    result = run("prune", model, *MLP, recipe, "-o", out, "--resume", *changed, *FAST)
+    assert_bad_input(result, "finetune.optimizer.lr: 0.001 then, 0.01 now")
+    accepted = run("prune", model, *MLP, recipe, "-o", out, "--resume", *changed, "--allow-change",
+                   "finetune.optimizer.lr", *FAST)  # fmt: skip
+    assert_bad_input(accepted, "'finetune.optimizer.lr' cannot be changed on a resume", "finetune.epochs")
+
+
+def test_more_epochs_need_the_users_acceptance_and_are_reported(interrupted):
+    model, recipe, out = interrupted
+    more = ["--set", "finetune.epochs=3"]
+    refused = run("prune", model, *MLP, recipe, "-o", out, "--resume", *more, *FAST)
+    assert_bad_input(refused, "finetune.epochs: 2 then, 3 now", "--allow-change finetune.epochs")
+    done = run("prune", model, *MLP, recipe, "-o", out, "--resume", *more, "--allow-change", "finetune.epochs", *FAST)
+    assert done.exit_code == 0, done.stderr
+    assert "resuming with accepted changes: finetune.epochs 2 -> 3" in done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
+    assert any("finetune.epochs 2 -> 3" in n for n in report["notes"])
+    # The new checkpoint belongs to the new recipe: resuming the finished run again needs no acceptance.
+    again = run("prune", model, *MLP, recipe, "-o", out, "--resume", *more, *FAST)
+    assert again.exit_code == 0, again.stderr
+
+
+def test_allow_change_without_resume_is_a_usage_error(tmp_path, mlp_checkpoint):
+    result = run("prune", mlp_checkpoint, *MLP, "lenet-gradual-magnitude-90", "-o", tmp_path / "o",
+                 "--allow-change", "finetune.epochs")  # fmt: skip
+    assert result.exit_code == 2 and "--allow-change goes with --resume" in result.stderr
+    assert not (tmp_path / "o").exists()
