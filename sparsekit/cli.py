@@ -330,6 +330,12 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (logs stay on stderr).")
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 2 when a target the recipe states is missed (sparsity, ratio, MACs, latency, max_value, or an "
+    "entry that achieved nothing). The outputs are still written; without --strict a miss is a warning.",
+)
+@click.option(
     "--no-progress",
     is_flag=True,
     help="Hide progress bars; fine-tuning still prints one line per epoch (as it does without a terminal).",
@@ -352,6 +358,7 @@ def prune(
     device: str | None,
     log_dir: Path | None,
     as_json: bool,
+    strict: bool,
     no_progress: bool,
     debug: bool,
 ) -> None:
@@ -407,6 +414,14 @@ def prune(
     if report is None:
         return  # a distributed run's rank other than 0: rank 0 reports
     _emit(report.to_json(), as_json, render_summary(report, out))
+    missed = report.summary.warnings if report.summary else []
+    if missed:
+        if strict:
+            more = f" (and {len(missed) - 1} more, see report.json's summary.targets)" if len(missed) > 1 else ""
+            raise SparsekitError(f"{missed[0]}{more}; the outputs are in {out}")
+        if as_json:  # the summary with its WARNING lines went nowhere: say it where logs go
+            for line in missed:
+                click.echo(f"Warning: {line}", err=True)
 
 
 @main.command(short_help="Export MODEL to ONNX (parity and zeros checked; optional int8).")

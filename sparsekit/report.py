@@ -358,6 +358,31 @@ class MethodOutcome(_Closed):
     layers: list[LayerOutcome]
 
 
+class TargetCheck(_Closed):
+    """One target a ``pruning`` entry states, checked when the run ends (:func:`check_targets`).
+
+    ``target``: the recipe field (``sparsity``, ``ratio``, ``target``, ``target_macs``,
+    ``target_latency``, ``max_value``; ``effect`` for an entry with no number that achieved nothing);
+    ``asked`` / ``achieved``: fractions (of weights zeroed, of output channels removed; ratios to the
+    dense model for ``target_macs`` / ``target_latency``; the largest unit norm for ``max_value``);
+    ``tolerance``: how far short counts as met (rounding to whole weights, channels or channel blocks,
+    latency noise); ``met``; ``message``: the warning when not met."""
+
+    entry: int
+    method: str
+    target: str
+    asked: float | None
+    achieved: float | None
+    tolerance: float
+    met: bool
+    message: str = ""
+
+
+#: How far below its asked sparsity an unstructured entry may end and still count as met: the rounding
+#: of a fraction to whole weights, per layer.
+SPARSITY_TOLERANCE = 0.005
+
+
 class Int8Outcome(_Closed):
     """The int8 model against the dense fp32 one: sizes, accuracy against the pruned fp32 model, latency."""
 
@@ -386,6 +411,12 @@ class Summary(_Closed):
     onnx_gzip_bytes: Change
     latency: dict[str, LatencyChange] = Field(default_factory=dict)
     int8: Int8Outcome | None = None
+    targets: list[TargetCheck] = Field(
+        default_factory=list, description="every target the recipe states, checked at the end (see TargetCheck)"
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="one line per target missed beyond its tolerance (an error with strict)"
+    )
 
 
 class Report(_Closed):
@@ -762,7 +793,10 @@ def summarize(report: Report) -> Summary:
             accuracy=_change(fp32, acc, ACCURACY) if fp32 is not None and acc is not None else None,
             latency=_latency(d, q.latency_ms, q.speedup or {}),
         )
+    targets = check_targets(report, methods)
     return Summary(
+        targets=targets,
+        warnings=[t.message for t in targets if not t.met],
         recipe=_recipe_lines(report, methods, excluded),
         data=_data_words(report),
         methods=methods,
@@ -777,6 +811,76 @@ def summarize(report: Report) -> Summary:
         latency=_latency(d, p.latency_ms, report.benchmark.speedup) if report.benchmark else {},
         int8=int8,
     )
+
+
+def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -> list[TargetCheck]:
+    """Every target the recipe's ``pruning`` entries state, against what the run achieved: sparsity
+    (asked vs achieved zeros, within :data:`SPARSITY_TOLERANCE` or the method's own ``tolerance``),
+    structured ``ratio`` (within one rounding unit per layer: a channel, or ``round_to`` channels),
+    ``target_macs`` (the pruned model's MACs at most 2% above the asked fraction of the dense model's),
+    ``target_latency`` (the largest benchmarked batch, within the run's measured noise plus 10%),
+    ``max_value`` (every unit's norm at most 0.1% above it); an entry that achieved nothing of what it
+    is for misses even without a number. ``outcomes``: :func:`summarize`'s, when already computed."""
+    if outcomes is None:
+        outcomes = _outcomes(report.methods, report.recipe, report.dense_layers, report.layers)[0]
+    specs = [e if isinstance(e, dict) else {} for e in (report.recipe.get("pruning") or [])]
+    checks = []
+    for o, m in zip(outcomes, report.methods, strict=True):
+        spec = specs[o.entry] if o.entry < len(specs) else {}
+        checks += _entry_targets(o, m, spec, report)
+    return checks
+
+
+def _entry_targets(o: MethodOutcome, m: MethodResult, spec: dict[str, Any], report: Report) -> list[TargetCheck]:
+    head = f"entry {o.entry} ({o.method})"
+
+    def check(target: str, asked: float | None, achieved: float | None, tol: float, met: bool, why: str) -> TargetCheck:
+        return TargetCheck(
+            entry=o.entry, method=o.method, target=target, asked=asked, achieved=achieved, tolerance=tol, met=met,
+            message="" if met else f"target missed: {head} {why}",
+        )  # fmt: skip
+
+    extra = m.model_extra or {}
+    out = []
+    field = {"structured": "ratio", "max_norm": "max_value"}.get(o.method, "sparsity")
+    if o.method == "l1" or spec.get("sparsity") == "auto":
+        field = "target" if spec.get("target") is not None else field
+    if o.nothing:
+        words = next((r for r in o.remarks if r.startswith("achieved nothing")), "achieved nothing")
+        out.append(check(field if o.asked is not None else "effect", o.asked, o.achieved, 0.0, False, words))
+    elif o.asked is not None and o.achieved is not None and o.method != "max_norm":
+        asked, tol = o.asked, float(extra.get("tolerance", SPARSITY_TOLERANCE))
+        if o.method == "structured":
+            done, events = extra.get("events_done"), extra.get("events")
+            if isinstance(done, int) and isinstance(events, int) and 0 < done < events:
+                asked = o.asked * events / done  # the report's asked is scaled by the removal steps run
+            total = o.channels_total or 0
+            unit = max(1, int(spec.get("round_to") or 1))
+            tol = SPARSITY_TOLERANCE + (len(o.layers) * unit / total if total else 0.0)
+        met = o.achieved >= asked - tol
+        out.append(check(field, asked, o.achieved, tol, met, f"asked {field} {asked:.3f}, achieved {o.achieved:.3f}"))
+    if o.method == "structured" and spec.get("target_macs") is not None and report.dense.macs:
+        asked, achieved = float(spec["target_macs"]), (report.pruned.macs or 0) / report.dense.macs
+        met = achieved <= asked * 1.02
+        out.append(check("target_macs", asked, achieved, asked * 0.02, met,
+                         f"asked MACs {asked:.3f}x of dense, reached {achieved:.3f}x"))  # fmt: skip
+    if o.method == "structured" and spec.get("target_latency") is not None and report.benchmark:
+        speedup = report.benchmark.speedup
+        if speedup:
+            batch = max(speedup, key=lambda b: int(b) if b.isdigit() else 0)
+            asked, achieved, noise = float(spec["target_latency"]), speedup[batch].ratio, speedup[batch].noise
+            tol = asked * noise + 0.1 * asked
+            met = achieved <= asked + tol
+            why = f"asked latency {asked:.3f}x of dense, measured {achieved:.3f}x at batch {batch}"
+            out.append(check("target_latency", asked, achieved, tol, met, why))
+    if o.method == "max_norm" and spec.get("max_value") is not None:
+        norms = [float(v["max"]) for v in extra.values() if isinstance(v, dict) and "max" in v]
+        if norms:
+            asked, achieved = float(spec["max_value"]), max(norms)
+            met = achieved <= asked * 1.001
+            out.append(check("max_value", asked, achieved, asked * 0.001, met,
+                             f"asked unit norms at most {asked:g}, the largest is {achieved:.4g}"))  # fmt: skip
+    return out
 
 
 def _estimate(r: Result | Int8 | Storage) -> int:
@@ -926,6 +1030,7 @@ def render_summary(report: Report, out: str | Path) -> str:
         f"zeros kept in ONNX: {report.zeros_preserved}"
     )
     lines += [f"  note      {n}" for n in report.notes]
+    lines += [f"  WARNING   {w}" for w in s.warnings]
     return "\n".join(lines)
 
 
@@ -946,7 +1051,10 @@ def _ratio(a: float | None, b: float | None) -> str:
 def _markdown_summary(report: Report, s: Summary) -> list[str]:
     """report.md's lead: the recipe, asked vs achieved, and the dense -> pruned table with verdicts."""
     d, p = report.dense, report.pruned
-    lines = ["## Summary", "", "Recipe:", ""] + [f"- {text}" for text in s.recipe] + [""]
+    lines = ["## Summary", ""]
+    if s.warnings:
+        lines += [f"> **Warning:** {w}" for w in s.warnings] + [""]
+    lines += ["Recipe:", ""] + [f"- {text}" for text in s.recipe] + [""]
     if s.methods:
         lines += [
             "Asked vs achieved (fractions: of the weights zeroed, or of the output channels removed):",

@@ -1,0 +1,120 @@
+"""Every target a recipe states is checked when the run ends: a miss is a warning in the summary,
+report.md and report.json (summary.targets / summary.warnings), and exit 2 with --strict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import FAST, assert_bad_input
+
+from sparsekit.cli import main
+from sparsekit.report import Report, check_targets
+
+MLP = ("--arch", "examples.models:mlp")
+
+MISSES = """version: 1
+data: {source: digits}
+finetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}
+pruning:
+  - {method: structured, ratio: 0.8, min_channels: 30, round_to: 1, steps: 1, schedule: oneshot,
+     layers: {exclude: [fc3]}}
+  - {method: max_norm, max_value: 0.5, layers: {include: [fc3]}}
+benchmark: {enabled: false}
+"""
+
+MEETS = """version: 1
+data: {source: digits}
+finetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}
+pruning:
+  - {method: magnitude, sparsity: 0.6, schedule: oneshot, layers: {include: [fc1]}}
+  - {method: structured, ratio: 0.25, steps: 1, round_to: 1, schedule: oneshot, layers: {include: [fc2]}}
+benchmark: {enabled: false}
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The two recipes run once each on a digits MLP (shared by the tests below)."""
+    from conftest import train_on_digits
+
+    import sparsekit
+    from examples.models import mlp
+
+    base = tmp_path_factory.mktemp("targets")
+    kwargs = {"in_features": 64, "hidden": [64, 32]}
+    model = train_on_digits(mlp(**kwargs), [1, 64], epochs=2, lr=3e-3, batch_size=64)
+    path = base / "mlp.pt"
+    sparsekit.save_model(model, path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    out = {}
+    for name, text in [("misses", MISSES), ("meets", MEETS)]:
+        recipe = base / f"{name}.yaml"
+        recipe.write_text(text)
+        result = run("prune", path, *MLP, recipe, "-o", base / name, *FAST)
+        out[name] = (path, recipe, base / name, result)
+    return out
+
+
+def test_a_missed_ratio_is_a_warning_everywhere_and_the_run_still_succeeds(runs):
+    _, _, out, result = runs["misses"]
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    by_target = {t["target"]: t for t in summary["targets"]}
+    assert by_target["ratio"]["met"] is False and by_target["ratio"]["asked"] == pytest.approx(0.8)
+    assert by_target["ratio"]["achieved"] < 0.8 - by_target["ratio"]["tolerance"]
+    assert by_target["max_value"]["met"] is True  # the constraint held
+    assert summary["warnings"] == [by_target["ratio"]["message"]]
+    assert by_target["ratio"]["message"].startswith("target missed: entry 0 (structured)")
+    assert f"WARNING   {summary['warnings'][0]}" in result.stdout
+    assert f"**Warning:** {summary['warnings'][0]}" in (out / "report.md").read_text()
+
+
+def test_strict_turns_a_miss_into_exit_2_with_the_outputs_written(tmp_path, runs):
+    model, recipe, _, _ = runs["misses"]
+    out = tmp_path / "strict"
+    result = run("prune", model, *MLP, recipe, "-o", out, "--strict", *FAST)
+    assert_bad_input(result, "target missed: entry 0 (structured)", f"the outputs are in {out}")
+    assert (out / "report.json").is_file() and (out / "model.onnx").is_file()
+
+
+def test_json_output_still_says_the_warning_on_stderr(tmp_path, runs):
+    model, recipe, _, _ = runs["misses"]
+    result = run("prune", model, *MLP, recipe, "-o", tmp_path / "j", "--json", *FAST)
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["summary"]["warnings"] and f"Warning: {doc['summary']['warnings'][0]}" in result.stderr
+
+
+def test_targets_met_give_no_warning_and_strict_passes(tmp_path, runs):
+    model, recipe, out, result = runs["meets"]
+    assert result.exit_code == 0 and "WARNING" not in result.stdout
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert [(t["target"], t["met"]) for t in summary["targets"]] == [("sparsity", True), ("ratio", True)]
+    assert summary["warnings"] == []
+    assert run("prune", model, *MLP, recipe, "-o", tmp_path / "s", "--strict", *FAST).exit_code == 0
+
+
+def test_a_sparsity_short_beyond_tolerance_is_a_miss_and_within_it_is_not(runs):
+    _, _, out, _ = runs["meets"]
+    data = json.loads((out / "report.json").read_text())
+    for achieved, met in [(0.6 - 0.004, True), (0.6 - 0.006, False), (0.59, False), (0.61, True)]:
+        data["methods"][0]["achieved"] = achieved
+        check = check_targets(Report.model_validate(data))[0]
+        assert (check.target, check.met) == ("sparsity", met), achieved
+        if not met:
+            assert f"asked sparsity 0.600, achieved {achieved:.3f}" in check.message
+
+
+def test_a_norm_above_max_value_is_a_miss(runs):
+    _, _, out, _ = runs["misses"]
+    data = json.loads((out / "report.json").read_text())
+    row = data["methods"][1]
+    layer = next(k for k, v in row.items() if isinstance(v, dict) and "max" in v)
+    row[layer]["max"] = 0.6
+    check = [c for c in check_targets(Report.model_validate(data)) if c.target == "max_value"][0]
+    assert not check.met and "the largest is 0.6" in check.message
