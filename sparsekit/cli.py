@@ -530,6 +530,9 @@ def export(
         )
     if keep_fp32 and quantize != "int8":
         raise click.UsageError("--keep-fp32 is only used with --quantize int8 (without it -o is the fp32 model)")
+    if out is not None and out.suffix.lower() != ".onnx":
+        # An ONNX file under another name is found by no tool (and q.txt could be a user's notes).
+        raise click.UsageError(f"-o {out}: name the output file NAME.onnx")
     kwargs = _kwargs(arch_kwargs, arch)
     given_shape = _shape(input_shape)
     _load_native("torch", "onnxruntime")

@@ -933,7 +933,11 @@ def _x(c: Change, fmt: str = "{:,.0f}", unit: str = "") -> str:
     a = "–" if c.dense is None else fmt.format(c.dense)
     b = "–" if c.pruned is None else fmt.format(c.pruned)
     ratio = f"{c.ratio:.3f}x: " if c.ratio is not None else ""
-    return f"{a} -> {b}{unit} ({ratio}{c.verdict})"
+    verdict = c.verdict
+    if ratio == "1.000x: " and c.dense is not None and c.pruned is not None and c.pruned != c.dense:
+        # A change under 0.05%: the ratio alone would read 'no change' beside the word 'smaller'.
+        verdict += f" by {fmt.format(abs(c.pruned - c.dense))}{unit}"
+    return f"{a} -> {b}{unit} ({ratio}{verdict})"
 
 
 def _acc(c: Change) -> str:

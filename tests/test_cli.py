@@ -562,6 +562,11 @@ def test_export_and_bench_shape_and_provider_errors(tmp_path):
     torch.save(small_cnn().state_dict(), sd)
     # A conv net's input size cannot be read off its weights.
     assert_bad_input(run("export", sd, "--arch", "examples.models:small_cnn"), "--input-shape")
+    # An output not named .onnx is refused before anything is loaded or written.
+    (tmp_path / "notes.txt").write_text("mine")
+    refused = run("export", sd, "--arch", "examples.models:small_cnn", "-o", tmp_path / "notes.txt")
+    assert refused.exit_code == 2 and "name the output file NAME.onnx" in refused.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
     onnx_path = tmp_path / "cnn.onnx"
     ok = run(
         "export",
