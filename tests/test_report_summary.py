@@ -275,7 +275,7 @@ def test_worse_results_say_so_in_plain_words():
     report.pruned.onnx_bytes = report.dense.onnx_bytes + 1  # e.g. extra graph nodes
     text = render_summary(report, "out")
     assert f"accuracy  0.9500 -> 0.9000 ({-0.05:+.4f}: less accurate)" in text
-    assert f"ONNX {report.dense.onnx_bytes:,} -> {report.pruned.onnx_bytes:,} B (1.000x: bigger)" in text
+    assert f"ONNX {report.dense.onnx_bytes:,} -> {report.pruned.onnx_bytes:,} B (1.000x: bigger by 1 B)" in text
     (int8,) = [ln for ln in text.splitlines() if ln.strip().startswith("int8") and "batch 1" in ln]
     assert "1.280x" in int8 and int8.endswith(": slower")
     # The note does not repeat the numbers, it says what to do.
@@ -316,7 +316,9 @@ def test_a_method_that_achieved_nothing_is_named():
     (i,) = [i for i, ln in enumerate(lines) if ln.startswith("  pruning[1] l1: no target")]
     remark = lines[i + 1 + len(l1.layers)]  # right under the entry's layers
     assert "achieved nothing" in remark and "no unit" in remark
-    assert text.count("achieved nothing") == 1  # only the l1 entry
+    # Only the l1 entry: its remark, and the warning that its target (an effect) was missed.
+    assert text.count("achieved nothing") == 2
+    assert "  WARNING   target missed: entry 1 (l1) achieved nothing: no unit" in text
     assert "**achieved nothing" in render_markdown(report)
 
 
