@@ -261,7 +261,40 @@ def _arch_overrides(arch: str | None, value: str | None) -> list[str]:
     return [f"model.factory={arch}", f"model.kwargs={json.dumps(parsed)}"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _UsageError(click.ClickException):
+    """A usage error shown as the one ``Error:`` line first, then where help is (click prints the usage
+    synopsis above the error, where a user reading the last line of a log misses it)."""
+
+    exit_code = 2
+
+    def __init__(self, err: click.UsageError) -> None:
+        super().__init__(err.format_message())
+        self.hint = f"Try '{err.ctx.command_path} --help' for help." if err.ctx is not None else ""
+
+    def show(self, file: Any = None) -> None:
+        super().show(file)
+        if self.hint:
+            click.echo(self.hint, file=file, err=file is None)
+
+
+class _Group(click.Group):
+    """The command group: turns every usage error (bad option, missing argument, contradictory flags)
+    into :class:`_UsageError`."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as err:
+            raise _UsageError(err) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _UsageError(err) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="sparsekit")
 def main() -> None:
     """Make trained PyTorch models smaller and faster from a YAML recipe.
