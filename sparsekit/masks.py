@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
+from collections.abc import Iterator
 from typing import cast
 
 import numpy as np
@@ -41,7 +42,12 @@ def ensure_mask(module: nn.Module) -> torch.Tensor:
     """The module's mask, created all ones (bool, the weight's shape and device) when it has none."""
     mask = get_mask(module)
     if mask is None:
-        mask = torch.ones_like(weight_of(module), dtype=torch.bool)
+        weight = weight_of(module)
+        # On meta (a shape-only rehearsal) torch.ones_like runs Python reference code importing ~1 s of torch.
+        if weight.is_meta:
+            mask = torch.empty(weight.shape, dtype=torch.bool, device="meta")
+        else:
+            mask = torch.ones_like(weight, dtype=torch.bool)
         module.register_buffer(MASK, mask, persistent=False)
     return mask
 
@@ -49,6 +55,8 @@ def ensure_mask(module: nn.Module) -> torch.Tensor:
 def set_mask(module: nn.Module, mask: torch.Tensor) -> None:
     """Install ``mask`` AND-ed with the current one, so a weight once pruned stays pruned."""
     current = ensure_mask(module)
+    if current.is_meta or mask.is_meta:
+        return  # a shape-only rehearsal (sparsekit.rehearsal): no values to combine or apply
     mask = mask.to(current.device)
     if mask.dtype == torch.bool and mask.shape == current.shape:
         current.view(torch.uint8).bitwise_and_(mask.view(torch.uint8))  # the same bytes, ~4x faster on CPU
@@ -263,11 +271,16 @@ def global_topk_masks(
 
     Already-pruned weights must carry the lowest score (see :func:`masked_scores`) so they stay
     pruned: masks only lose ones (a layer already past its cap keeps what it has, and takes no more).
-    Ties are broken by position, as a stable sort would."""
+    Ties are broken by position, as a stable sort would.
+
+    Cost: no sort and no concatenation of the scores (see :func:`_lowest_pruned`): on the CPU the exact
+    threshold comes from two histogram passes over the scores' bits, so memory beyond the scores is a
+    chunk's worth plus the bool masks. Scores on the ``meta`` device (a shape-only rehearsal) give
+    masks of the right shapes on ``meta``, with no values."""
     total = sum(s.numel() for s in scores.values())
     n_prune = round(sparsity * total)
     masks = _lowest_pruned(scores, n_prune)
-    if max_layer_sparsity >= 1:
+    if max_layer_sparsity >= 1 or any(m.is_meta for m in masks.values()):
         return masks
     caps = {name: layer_cap(s.numel(), max_layer_sparsity) for name, s in scores.items()}
     over = {name for name, m in masks.items() if _n_pruned(m) > caps[name]}
@@ -295,30 +308,84 @@ def _n_pruned(mask: torch.Tensor) -> int:
     return mask.numel() - count_true(mask)
 
 
-def _keep_cpu(flat: np.ndarray, n_prune: int) -> np.ndarray:
-    """The ``keep`` of :func:`_lowest_pruned` for a float32 numpy array (``n_prune`` > 0): the same steps in
-    numpy, whose comparisons, counts and boolean indexing run several times faster than torch's on CPU."""
-    lowest = flat == LOWEST
-    n_lowest = int(np.count_nonzero(lowest))
-    rest = np.compress(~lowest, flat) if n_lowest else flat  # = flat[~lowest], ~4x faster
-    if n_prune <= n_lowest:
-        threshold = np.float32(LOWEST)
-    else:
-        k = n_prune - n_lowest
-        threshold = np.partition(rest, k - 1)[k - 1]
-    below = flat < threshold
-    ties = np.flatnonzero(flat == threshold)[: n_prune - int(np.count_nonzero(below))]
-    keep = ~below
-    keep[ties] = False
-    return keep
+# Scores are read in chunks of this many values: the temporaries of a selection pass stay ~20 MB whatever
+# the layer sizes.
+_CHUNK = 1 << 20
+_SIGN = np.uint32(0x80000000)
+
+
+def _sort_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys in the order of the float32 ``values`` (-0.0 as +0.0, as float comparison has it):
+    a negative float's bits inverted, a positive one's with the sign bit set. NaN is not a score."""
+    bits = values.view(np.uint32)
+    keys = np.where(bits >= _SIGN, ~bits, bits | _SIGN)
+    keys[bits == _SIGN] = _SIGN
+    return keys
+
+
+def _key_chunks(arrays: list[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(array index, offset, keys)`` for consecutive chunks of every array, in order."""
+    for i, a in enumerate(arrays):
+        for start in range(0, a.size, _CHUNK):
+            yield i, start, _sort_keys(a[start : start + _CHUNK])
+
+
+def _threshold_key(arrays: list[np.ndarray], k: int) -> tuple[int, int]:
+    """The key of the ``k``-th smallest value (1-based, ``1 <= k <= total``) of ``arrays`` taken together,
+    and how many values have a smaller key: exact, by a radix selection on the 32-bit keys (a histogram of
+    their high 16 bits over all values, then of the low 16 bits within the bin holding the k-th)."""
+    high = np.zeros(1 << 16, dtype=np.int64)
+    for _, _, keys in _key_chunks(arrays):
+        high += np.bincount(keys >> 16, minlength=1 << 16)
+    cum = np.cumsum(high)
+    top = int(np.searchsorted(cum, k))  # the first bin reaching k
+    below = int(cum[top - 1]) if top else 0
+    low = np.zeros(1 << 16, dtype=np.int64)
+    for _, _, keys in _key_chunks(arrays):
+        inside = keys[(keys >> 16) == top]
+        if inside.size:
+            low += np.bincount(inside & 0xFFFF, minlength=1 << 16)
+    cum = np.cumsum(low)
+    bottom = int(np.searchsorted(cum, k - below))
+    below += int(cum[bottom - 1]) if bottom else 0
+    return (top << 16) | bottom, below
+
+
+def _keep_cpu(arrays: list[np.ndarray], n_prune: int) -> list[np.ndarray]:
+    """The ``keep`` flags of :func:`_lowest_pruned` for 1-D float32 numpy arrays (``0 < n_prune <= total``):
+    every value whose key is below the threshold's is pruned, then the first values equal to it (in
+    order) until ``n_prune`` are. Three passes over the scores, none of them copied whole."""
+    threshold, below = _threshold_key(arrays, n_prune)
+    ties = n_prune - below  # >= 1: the threshold value itself is among the pruned
+    key = np.uint32(threshold)
+    out = [np.empty(a.size, dtype=bool) for a in arrays]
+    for i, start, keys in _key_chunks(arrays):
+        keep = out[i][start : start + keys.size]
+        np.greater_equal(keys, key, out=keep)
+        if ties:
+            equal = np.flatnonzero(keys == key)[:ties]
+            keep[equal] = False
+            ties -= equal.size
+    return out
 
 
 def _lowest_pruned(scores: dict[str, torch.Tensor], n_prune: int) -> dict[str, torch.Tensor]:
-    """Masks pruning exactly the ``n_prune`` lowest scores over all layers (ties by position)."""
+    """Masks pruning exactly the ``n_prune`` lowest scores over all layers (ties by position: layer order,
+    then flat index). On the CPU without concatenating or sorting anything (:func:`_keep_cpu`); on the
+    ``meta`` device, masks of the right shapes and no values."""
+    if any(s.is_meta for s in scores.values()):
+        return {name: torch.empty(s.shape, dtype=torch.bool, device="meta") for name, s in scores.items()}
+    if all(s.device.type == "cpu" for s in scores.values()):
+        # float32 and contiguous: a view for what masked_scores returns, a copy of one layer otherwise.
+        arrays = [s.detach().float().contiguous().view(-1).numpy() for s in scores.values()]
+        total = sum(a.size for a in arrays)
+        if n_prune <= 0:
+            flags = [np.ones(a.size, dtype=bool) for a in arrays]
+        else:
+            flags = _keep_cpu(arrays, min(n_prune, total))
+        return {name: torch.from_numpy(f).view(s.shape) for (name, s), f in zip(scores.items(), flags, strict=True)}
     flat = torch.cat([s.detach().flatten().float() for s in scores.values()])
-    if n_prune > 0 and flat.device.type == "cpu":
-        keep = torch.from_numpy(_keep_cpu(flat.numpy(), n_prune))
-    elif n_prune <= 0:
+    if n_prune <= 0:
         keep = torch.ones_like(flat, dtype=torch.bool)
     else:
         # The already-pruned block is one big tie; selection over it is slow (introselect degrades
@@ -349,6 +416,8 @@ def layer_topk_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[s
 def masked_scores(scores: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Scores with already-pruned entries set to the lowest float so re-ranking never revives them."""
     mask = get_mask(module)
+    if scores.is_meta:  # a shape-only rehearsal: torch's meta kernels for this arithmetic import torch._dynamo
+        return torch.empty(scores.shape, dtype=torch.float32, device="meta")
     scores = scores.detach().float()
     if mask is None:
         return scores.clone()

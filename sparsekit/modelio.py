@@ -463,7 +463,9 @@ def save_model(
         json.dumps([kwargs or {}, history, extra or {}])
     except TypeError as err:
         raise ModelFileError(f"save_model: kwargs, history and extra must be JSON-able ({err})") from None
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # No copy of a tensor that torch.save writes as it is (on the CPU, owning its whole storage): a copy
+    # of every weight would double a large model's memory for the time of the write.
+    state = {k: _compact(v.detach().cpu()) for k, v in model.state_dict().items()}
     checkpoint = {
         "format": FORMAT,
         "factory": factory,
@@ -479,6 +481,15 @@ def save_model(
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(checkpoint, fh)
     return path
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is contiguous and spans its whole storage, else a compact copy (torch.save
+    writes a view's entire storage)."""
+    whole = t.is_contiguous() and t.storage_offset() == 0
+    if whole and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone()
 
 
 def infer_input_shape(model: nn.Module) -> list[int] | None:

@@ -9,6 +9,13 @@ gradients of ones), runs a forward pass after each event, and exports the result
 becomes a :class:`~sparsekit.errors.TargetError` naming the recipe entry, the layer, the operation
 and what to do (usually: name the layer in the entry's ``ignore``). The real model is never touched.
 
+Memory: a recipe without structured entries removes nothing, so there is nothing to rehearse but
+building its Pruner (layer selection, overlaps, tied weights): that is done on a weightless copy whose
+parameters and buffers live on the ``meta`` device (shapes only, no bytes), so a 1 GB model costs no
+second GB. Should building on it fail in any way, the Pruner is built again on a real copy, which then
+raises what a prune run would. Structural removals need the weights (importances pick the channels,
+and the export's parity check runs them): those recipes are rehearsed on a full deep copy.
+
 >>> r = rehearse(model, recipe, input_shape=[1, 1, 28, 28], steps_per_epoch=len(train_loader))
 >>> r.methods[0]["per_layer"]["conv1"]     # {"asked": 0.5, "achieved": 0.5, "reason": None}
 
@@ -91,13 +98,14 @@ def rehearse(
     shape = [int(d) for d in input_shape]
     original = getattr(model, "module", model)  # DDP / DataParallel keep the model in .module
     with torch.random.fork_rng(devices=[]):
+        # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).
+        removes = any(s.method == "structured" for s in recipe.pruning)
+        if scorers is None and not removes and _builds_without_weights(original, recipe, steps_per_epoch, shape):
+            result = Rehearsal()
+            result.ms = (time.perf_counter() - start) * 1000
+            return result
         work = copy.deepcopy(original)
-        try:
-            pruner = Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
-        except (SparsekitError, ValueError, TypeError):
-            raise
-        except Exception as err:  # noqa: BLE001 - torch-pruning or torch while building: never exit 1
-            raise TargetError(f"pruning: the recipe cannot be set up on this model ({one_line(err, 200)})") from None
+        pruner = _build(work, recipe, steps_per_epoch, shape, scorers)
         result = Rehearsal()
         methods = [(i, m) for i, m in enumerate(pruner.methods) if isinstance(m, structured_mod.Structured)]
         queue = sorted((step, i, k) for i, m in methods for k, step in enumerate(m.events))
@@ -123,6 +131,46 @@ def rehearse(
             result.exported, result.parity = True, _export(work, original, shape)
     result.ms = (time.perf_counter() - start) * 1000
     return result
+
+
+def _build(
+    work: nn.Module,
+    recipe: Recipe,
+    steps_per_epoch: int,
+    shape: list[int],
+    scorers: Mapping[int, Callable[..., Any]] | None = None,
+) -> Pruner:
+    """The run's Pruner on ``work``: what building it raises, as a prune run would raise it (anything
+    but sparsekit's errors, ValueError and TypeError becomes a TargetError: never exit 1)."""
+    try:
+        return Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
+    except (SparsekitError, ValueError, TypeError):
+        raise
+    except Exception as err:  # noqa: BLE001 - torch-pruning or torch while building: never exit 1
+        raise TargetError(f"pruning: the recipe cannot be set up on this model ({one_line(err, 200)})") from None
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the ``meta`` device: the same modules,
+    names, shapes, dtypes and ``requires_grad`` (tied parameters stay tied), no storage. Other tensors
+    held as plain attributes are copied as they are (they are not weights)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():  # each shared parameter once: deepcopy's memo keeps the ties
+        memo.setdefault(id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
+    for b in model.buffers():
+        memo.setdefault(id(b), torch.empty_like(b, device="meta"))
+    return copy.deepcopy(model, memo)
+
+
+def _builds_without_weights(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> bool:
+    """Whether the Pruner builds on :func:`meta_copy` of ``original``. False when building there fails
+    in any way (a check that reads values cannot run on meta tensors): the caller then builds it on a
+    real copy, which raises what a prune run would."""
+    try:
+        _build(meta_copy(original), recipe, steps_per_epoch, shape)
+    except Exception:  # noqa: BLE001 - decided again on a real copy
+        return False
+    return True
 
 
 def _check_floors(method: structured_mod.Structured, index: int) -> None:

@@ -201,3 +201,61 @@ def test_unsized_graphs_are_still_bounded(files, monkeypatch):
     monkeypatch.setattr(bench_mod, "activation_bytes", lambda path, dims: None)
     with pytest.raises(ExportError, match="GiB available"):
         benchmark([files["small"]], [1 << 20], runs=1, warmup=0)
+
+
+class _CountedSession:
+    """An onnxruntime session that counts its runs (everything else passed through)."""
+
+    def __init__(self, session, counts: list[int]) -> None:
+        self._session, self._counts = session, counts
+
+    def run(self, *args, **kwargs):
+        self._counts.append(1)
+        return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """bench's clock advanced 5 ms by every reading: a run "takes" 5 ms, whatever the machine does."""
+    now = [0]
+
+    def tick() -> int:
+        now[0] += 5_000_000
+        return now[0]
+
+    monkeypatch.setattr(bench_mod, "_now", tick)
+    return now
+
+
+def test_the_budget_stops_the_timed_runs_after_at_least_min_runs(files, fake_clock):
+    # Two sessions (the file and its A/A control), each round ~10 ms of runs each: a 0.2 s budget per
+    # session is ~20 rounds, far below the 1000 asked.
+    r = benchmark(files["tiny"], batch_sizes=(1, 8), runs=1000, warmup=0, budget_s=0.2, min_runs=5)
+    assert r["budget_s"] == 0.2 and r["min_runs"] == 5 and r["runs"] == 1000
+    for b in ("1", "8"):
+        assert 5 <= r["runs_done"][b] < 60
+    # A budget already spent after the first round still leaves min_runs runs of each session.
+    r = benchmark(files["tiny"], batch_sizes=(1,), runs=1000, warmup=0, budget_s=1e-9, min_runs=7)
+    assert r["runs_done"] == {"1": 7}
+    assert r["files"][0]["latency_ms"]["1"]["p50"] == pytest.approx(5.0)  # the fake clock's 5 ms per run
+    # min_runs above runs: runs wins; no budget: exactly runs.
+    assert benchmark(files["tiny"], batch_sizes=(1,), runs=3, warmup=0, budget_s=1e-9)["runs_done"] == {"1": 3}
+    assert benchmark(files["tiny"], batch_sizes=(1,), runs=40, warmup=0, budget_s=None)["runs_done"] == {"1": 40}
+
+
+def test_the_budget_bounds_the_warmup_too(files, fake_clock, monkeypatch):
+    counts: list[int] = []
+    real = bench_mod.open_session
+    monkeypatch.setattr(bench_mod, "open_session", lambda *a, **k: _CountedSession(real(*a, **k), counts))
+    r = benchmark(files["tiny"], batch_sizes=(1,), runs=500, warmup=500, budget_s=1e-9, min_runs=4)
+    # Per session: the untimed first run, one warm-up round, then min_runs timed runs.
+    assert r["runs_done"] == {"1": 4} and len(counts) == 2 * (1 + 1 + 4)
+
+
+@pytest.mark.parametrize("kw", [{"budget_s": 0}, {"budget_s": -1.0}, {"min_runs": 0}])
+def test_bad_budget_is_refused(files, kw):
+    with pytest.raises(ExportError, match="budget"):
+        benchmark(files["tiny"], batch_sizes=(1,), **kw)

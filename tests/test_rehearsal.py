@@ -136,3 +136,91 @@ def test_a_parity_failure_after_pruning_is_a_target_error(monkeypatch):
     monkeypatch.setattr(sparsekit.onnx, "export_onnx", export)
     with pytest.raises(TargetError, match="differ from torch's"):
         rehearse(small_cnn(width=8, image_size=8), structured(schedule="oneshot"), IMG, steps_per_epoch=1)
+
+
+# --- memory: a recipe that removes nothing is rehearsed on a weightless (meta) copy --------------------
+
+
+def unstructured(*entries: dict) -> sparsekit.Recipe:
+    return sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 2}, pruning=list(entries))
+
+
+@pytest.fixture
+def built_on(monkeypatch):
+    """The parameter devices of every model rehearse() built a Pruner on, in order."""
+    import sparsekit.rehearsal as rehearsal_mod
+
+    seen: list[set[str]] = []
+    real = rehearsal_mod.Pruner
+
+    def spy(model, *args, **kwargs):
+        seen.append({p.device.type for p in model.parameters()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(rehearsal_mod, "Pruner", spy)
+    return seen
+
+
+def test_an_unstructured_recipe_is_rehearsed_without_copying_weights(built_on):
+    model = mlp()
+    before = snapshot(model)
+    oneshot = {"method": "magnitude", "sparsity": 0.9, "schedule": "oneshot", "layers": {"exclude": ["fc3"]}}
+    result = rehearse(model, unstructured(oneshot), [1, 64], steps_per_epoch=3)
+    assert result.events == 0 and not result.exported and result.methods == []
+    assert built_on == [{"meta"}]  # one Pruner, on a copy with no weight storage (a one-shot mask included)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ([{"method": "magnitude", "sparsity": 0.5, "layers": {"include": ["nope"]}}], "'nope'"),
+        ([{"method": "magnitude", "sparsity": 0.5}, {"method": "gradient", "sparsity": 0.5}], "both mask"),
+        (
+            [{"method": "magnitude", "sparsity": 0.5, "layers": {"exclude": ["fc1"]}, "layer_sparsity": {"fc1": 0.3}}],
+            "'fc1'",
+        ),
+    ],
+)
+def test_the_weightless_rehearsal_still_refuses_what_a_run_would(built_on, entries, match):
+    with pytest.raises(TargetError, match=match):
+        rehearse(mlp(), unstructured(*entries), [1, 64], steps_per_epoch=3)
+    # Refused on the meta copy, then built again on a real one, which raised what a prune run raises.
+    assert built_on == [{"meta"}, {"cpu"}]
+
+
+def test_a_build_that_fails_on_meta_is_decided_on_a_real_copy(monkeypatch, built_on):
+    import sparsekit.rehearsal as rehearsal_mod
+
+    spy = rehearsal_mod.Pruner
+
+    def refuses_meta(model, *args, **kwargs):
+        if any(p.is_meta for p in model.parameters()):
+            raise NotImplementedError("Cannot copy out of meta tensor")  # what a value read does there
+        return spy(model, *args, **kwargs)
+
+    monkeypatch.setattr(rehearsal_mod, "Pruner", refuses_meta)
+    r = unstructured({"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"})
+    assert rehearse(mlp(), r, [1, 64], steps_per_epoch=3).events == 0
+    assert built_on == [{"cpu"}]
+
+
+def test_structured_recipes_and_user_scorers_still_get_a_real_copy(built_on):
+    rehearse(small_cnn(width=8, image_size=8), structured(schedule="oneshot"), IMG, steps_per_epoch=1)
+    r = unstructured({"method": "magnitude", "sparsity": 0.5})
+    rehearse(mlp(), r, [1, 64], steps_per_epoch=1, scorers={0: lambda w, g: w.abs()})
+    assert built_on == [{"cpu"}, {"cpu"}]
+
+
+def test_meta_copy_keeps_names_shapes_and_ties_and_holds_no_storage():
+    from sparsekit.rehearsal import meta_copy
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 4))
+    model[2].weight = model[0].weight  # tied
+    model[0].bias.requires_grad_(False)
+    copy = meta_copy(model)
+    assert [n for n, _ in copy.named_parameters()] == [n for n, _ in model.named_parameters()]
+    for (_, a), (_, b) in zip(copy.state_dict().items(), model.state_dict().items(), strict=True):
+        assert a.is_meta and a.shape == b.shape and a.dtype == b.dtype
+    assert copy[2].weight is copy[0].weight and not copy[0].bias.requires_grad
+    assert not model[0].weight.is_meta  # the original is untouched

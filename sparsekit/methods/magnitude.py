@@ -96,6 +96,15 @@ class Magnitude:
         update waits for the next step)."""
         return {name: self._score(name, weight_of(m).detach(), None) for name, m in self.layers.items()}
 
+    def _meta_scores(self) -> dict[str, torch.Tensor] | None:
+        """Shape-only scores when the weights are on the ``meta`` device (a rehearsal without weights,
+        :mod:`sparsekit.rehearsal`): no scorer runs (torch's meta kernels for its arithmetic would import
+        torch._dynamo, ~1 s); None when the weights are real."""
+        weights = {name: weight_of(m) for name, m in self.layers.items()}
+        if not any(w.is_meta for w in weights.values()):
+            return None
+        return {name: torch.empty(w.shape, dtype=torch.float32, device="meta") for name, w in weights.items()}
+
     def _score(self, name: str, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
         """``self.scorer(weight, grad)`` for layer ``name``; a user's scorer is checked (ValueError /
         TypeError naming ``scorers[i]``): it is code we did not write, and a wrong result would
@@ -126,10 +135,11 @@ class Magnitude:
     def update(self, step: int) -> bool:
         """Recompute masks to the schedule's target at ``step``; False if scores are not ready."""
         target = self.schedule.target(step)
-        scores = self.scores()
-        if scores is None:
+        raw = self._meta_scores() or self.scores()
+        if raw is None:
             return False
-        scores = {n: masked_scores(s, self.layers[n]) for n, s in scores.items()}
+        # Layer by layer, each raw score dropped once masked: one model's worth of scores held, not two.
+        scores = {n: masked_scores(raw.pop(n), self.layers[n]) for n in list(raw)}
         own = {n: s for n, s in scores.items() if n in self.layer_values}
         rest = {n: s for n, s in scores.items() if n not in self.layer_values}
         masks: dict[str, torch.Tensor] = {}

@@ -34,6 +34,13 @@ __all__ = ["benchmark", "latency_table"]
 
 # Ratio spread comes from this many consecutive blocks of runs, each with its own p50 ratio.
 N_BLOCKS = 5
+# The time budget of a benchmark: the timed runs of one batch size stop once they have taken this many
+# seconds per session (each file, and the A/A control), after at least MIN_RUNS runs of each; the warm-up
+# stops at the same budget (after one run). A tiny model does all `runs` in a fraction of it; a 135 MB
+# MLP at batch 32 (~30 ms a run) stops after ~65 runs instead of 200 (benchmarks/memory_scaling.py).
+BUDGET_S = 2.0
+# Fewest timed runs per session and batch size under a budget: 5 per block of the ratio spread.
+MIN_RUNS = 5 * N_BLOCKS
 
 PathLike = str | os.PathLike[str]
 
@@ -49,6 +56,8 @@ def benchmark(
     input_shape: Sequence[int] | None = None,
     progress: bool = False,
     seed: int = 0,
+    budget_s: float | None = BUDGET_S,
+    min_runs: int = MIN_RUNS,
 ) -> dict[str, Any]:
     """Time each ONNX file at each batch size on ``provider`` with ``threads`` intra-op threads
     (0: onnxruntime's default); ratios are relative to the first file.
@@ -59,8 +68,16 @@ def benchmark(
     float32 input, fed with seeded standard-normal data (the same for files of the same shape);
     ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
 
-    Returns ``{"threads", "provider", "warmup", "runs", "seed", "batch_sizes", "onnxruntime",
-    "files", "control"}``; each file has :func:`~sparsekit.onnx.stats.size_report` (bytes),
+    Cost: ``runs`` is the most timed runs per file and batch size. ``budget_s`` (default
+    :data:`BUDGET_S`, 2 s) bounds the time: at each batch size the timed runs stop once they have taken
+    ``budget_s`` seconds per session (the files and the A/A control), but not before each session ran
+    ``min_runs`` times (default :data:`MIN_RUNS`, 25; ``runs`` if fewer); the warm-up stops at the same
+    budget after one run. ``budget_s=None``: exactly ``warmup`` and ``runs`` runs. Sizes and MACs are
+    read once the sessions are closed, so their memory never adds to the sessions'.
+
+    Returns ``{"threads", "provider", "warmup", "runs", "runs_done", "budget_s", "min_runs", "seed",
+    "batch_sizes", "onnxruntime", "files", "control"}`` (``runs_done``: timed runs per session at each
+    batch size, ``{"1": n, ...}``); each file has :func:`~sparsekit.onnx.stats.size_report` (bytes),
     ``macs``/``effective_macs``, ``latency_ms`` (p50/p90/p99/mean per batch size, in ms),
     ``throughput_per_s`` (samples/s), ``ratio_to_first`` (p50 ratio and its spread over blocks of
     runs), ``speedup_significant`` and ``noise_band``; ``control`` is the A/A ratio per batch size.
@@ -74,6 +91,10 @@ def benchmark(
     sizes = _check_batch_sizes(batch_sizes)
     if threads < 0 or warmup < 0 or runs < 1:
         raise ExportError(f"need threads >= 0, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
+    if (budget_s is not None and not budget_s > 0) or min_runs < 1:
+        raise ExportError(f"need a time budget > 0 seconds (or none) and min_runs >= 1 (got {budget_s}, {min_runs})")
+    # Nanoseconds of runs per session before a batch size's warm-up or timing stops (None: no limit).
+    budget_ns = None if budget_s is None else int(budget_s * 1e9)
 
     # Interleaved sessions each own a thread pool; an idle pool that spins would steal cores from the
     # session being timed, so only a single-threaded session may spin.
@@ -98,13 +119,13 @@ def benchmark(
             ]
             for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
                 _first_run(s, feed, path, [b, *d])
-            for _ in range(warmup):
-                for s, feed in zip(sessions, feeds, strict=True):
-                    s.run(None, feed)
-                advance(1)
-            samples[b] = _timed_runs(sessions, feeds, runs, advance)
+            _warm_up(sessions, feeds, warmup, budget_ns, advance)
+            samples[b] = _timed_runs(sessions, feeds, runs, advance, budget_ns, min(min_runs, runs))
+    del sessions, feeds  # onnxruntime's copies of the weights go before the files are read for their stats
 
-    return _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
+    out = _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
+    out.update(budget_s=budget_s, min_runs=min(min_runs, runs))
+    return out
 
 
 def latency_table(result: dict[str, Any]) -> str:
@@ -211,18 +232,53 @@ def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) ->
         )
 
 
+# The clock of every timed run and budget: a name tests can replace.
+_now = time.perf_counter_ns
+
+
+def _warm_up(
+    sessions: list[ort.InferenceSession],
+    feeds: list[dict],
+    warmup: int,
+    budget_ns: int | None,
+    advance: Callable[[int], None],
+) -> None:
+    """``warmup`` untimed rounds (each session once), stopping after any round once they took
+    ``budget_ns`` per session."""
+    start = _now()
+    for done in range(1, warmup + 1):
+        for s, feed in zip(sessions, feeds, strict=True):
+            s.run(None, feed)
+        advance(1)
+        if budget_ns is not None and _now() - start >= budget_ns * len(sessions):
+            advance(warmup - done)
+            return
+
+
 def _timed_runs(
-    sessions: list[ort.InferenceSession], feeds: list[dict], runs: int, advance: Callable[[int], None]
+    sessions: list[ort.InferenceSession],
+    feeds: list[dict],
+    runs: int,
+    advance: Callable[[int], None],
+    budget_ns: int | None = None,
+    min_runs: int = 1,
 ) -> np.ndarray:
+    """Up to ``runs`` rounds, each session timed once per round (ns); shape ``(sessions, rounds done)``.
+    Stops after a round once at least ``min_runs`` rounds are done and the rounds took ``budget_ns`` per
+    session (wall time, the gaps between runs included)."""
     n = len(sessions)
     times = np.zeros((n, runs), dtype=np.int64)
+    start = _now()
     for r in range(runs):
         # Rotate who goes first so no file always runs right after the same neighbour.
         for i in [(r + k) % n for k in range(n)]:
-            t0 = time.perf_counter_ns()
+            t0 = _now()
             sessions[i].run(None, feeds[i])
-            times[i, r] = time.perf_counter_ns() - t0
+            times[i, r] = _now() - t0
         advance(1)
+        if budget_ns is not None and r + 1 >= min_runs and r + 1 < runs and _now() - start >= budget_ns * n:
+            advance(runs - r - 1)
+            return times[:, : r + 1]
     return times
 
 
@@ -298,6 +354,7 @@ def _summarise(
         "provider": provider,
         "warmup": warmup,
         "runs": runs,
+        "runs_done": {str(b): int(t.shape[1]) for b, t in samples.items()},
         "seed": seed,
         "batch_sizes": [int(b) for b in samples],
         "onnxruntime": ort.__version__,

@@ -42,6 +42,7 @@ from sparsekit.onnx.tensors import external_locations, model_tensors
 
 __all__ = [
     "EXTERNAL_DATA_BYTES",
+    "GZIP_LEVEL",
     "MARK_KEY",
     "check_external_data",
     "clear_memo",
@@ -64,6 +65,12 @@ T = TypeVar("T")
 EXTERNAL_DATA_BYTES = int(1.8e9)
 # metadata_props key of every ONNX file sparsekit writes; the value is the sparsekit version and a hash.
 MARK_KEY = "sparsekit"
+# The zlib level of every gzip size sparsekit reports: 6, the `gzip` tool's own default. On a 135 MB MLP
+# file with 90% of its weights zero (benchmarks/memory_scaling.py) level 9 took 8.6 s for a file 1.2%
+# smaller than level 6 (1.2 s), and 85 s on another 90% sparse file where level 6 took 5.3 s: level 9's
+# long match search degrades on the short zero runs of unstructured sparsity. Level 1 is 2-4x faster
+# than 6 but 19-37% larger, which would misstate what gzip makes of the file.
+GZIP_LEVEL = 6
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -303,8 +310,8 @@ def publish(staged: PathLike, final: PathLike) -> None:
 
 def onnx_sizes(path: PathLike) -> dict[str, int]:
     """``{"bytes", "gzip_bytes"}``: raw bytes of the ``.onnx`` file plus every external-data file it
-    references (each counted once, however many paths reach it), and the gzip -9 size of them all
-    concatenated. Computed once per version of the files (:func:`memoized`).
+    references (each counted once, however many paths reach it), and the gzip size of them all
+    concatenated at :data:`GZIP_LEVEL` (6). Computed once per version of the files (:func:`memoized`).
 
     Raises :class:`ExportError` when the file is not ONNX, an external-data file is missing, or one
     lies outside the model's folder (checked before any of them is read).
@@ -319,11 +326,12 @@ def _sizes(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, i
     return {"bytes": sum(f.stat().st_size for f in files), "gzip_bytes": gzip_size(files)}
 
 
-def gzip_size(files: Sequence[PathLike]) -> int:
-    """Bytes of ``files`` concatenated and compressed with gzip at level 9 (the container included).
+def gzip_size(files: Sequence[PathLike], level: int = GZIP_LEVEL) -> int:
+    """Bytes of ``files`` concatenated and compressed with gzip at ``level`` (default :data:`GZIP_LEVEL`,
+    6; the container included).
 
     Streamed in 1 MiB chunks, so a multi-GB external-data file never sits in memory."""
-    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits=31: the gzip container
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits=31: the gzip container
     n = 0
     for f in files:
         with open(f, "rb") as fh:

@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from sparsekit.onnx.files import memoized
-from sparsekit.onnx.tensors import densify
+from sparsekit.onnx.tensors import FLOAT_TYPES, densify
 
 __all__ = ["activation_bytes", "graph_inputs", "onnx_macs"]
 
@@ -100,6 +100,13 @@ def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
 
     def compute(p: Path, model: onnx.ModelProto, files: list[Path]) -> int | None:
         first = model.graph.input[0].name
+        # The weights' values play no part here (a shape tensor's do: small ones are kept), and shape
+        # inference copies the model several times: a 1 GB file would cost GBs, while the benchmark's
+        # sessions already hold it. This parse is the memo's own, so it may be changed.
+        for init in model.graph.initializer:
+            if init.data_type in FLOAT_TYPES and init.ByteSize() > 1 << 16:
+                init.ClearField("raw_data")
+                init.ClearField("float_data")
         graph = _inferred_graph(model, {first: [1, *dims]}, keep_fixed=False)
         if graph is None:
             return None

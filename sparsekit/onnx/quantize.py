@@ -13,7 +13,7 @@ Example::
     assert info["zeros"]["zeros_ok"]          # every pruned weight is still exactly zero
     top1_agreement("pruned.onnx", "pruned.int8.onnx", x_val)   # fraction of identical argmax
 
-Size accounting (``bytes`` includes any external-data file, ``gzip_bytes`` is gzip -9 of it all)
+Size accounting (``bytes`` includes any external-data file, ``gzip_bytes`` is gzip, level 6, of it all)
 comes from :func:`sparsekit.onnx.stats.size_report`; :func:`sparsekit.onnx.stats.entropy_bound_bytes`
 is the reference a sparse int8 file can be compared against.
 

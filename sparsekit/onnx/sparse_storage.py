@@ -35,6 +35,7 @@ from onnx import helper, numpy_helper
 from sparsekit.errors import ExportError
 from sparsekit.onnx.files import (
     EXTERNAL_DATA_BYTES,
+    GZIP_LEVEL,
     check_external_data,
     external_data_files,
     load_onnx,
@@ -60,15 +61,14 @@ PathLike = str | os.PathLike[str]
 
 # Signed index types onnxruntime accepts for sparse initializer indices (it rejects unsigned ones).
 INDEX_DTYPES = (np.int8, np.int16, np.int32, np.int64)
-# What to_sparse_storage minimizes per tensor: serialized bytes, or bytes after gzip -9.
+# What to_sparse_storage minimizes per tensor: serialized bytes, or bytes after gzip (GZIP_LEVEL).
 OBJECTIVES = ("raw", "gzip")
 # choose_storage's modes: "auto" picks the smaller file after gzip, the others force an encoding.
 STORAGE_MODES = ("auto", "sparse", "dense")
-# The gzip level of every size sparsekit reports (sparsekit.onnx.files.gzip_size).
-GZIP_LEVEL = 9
-# Each tensor's encodings are ranked by their gzip size at level 6: within ~2% of level 9's sizes, in the
-# same order, and 5-10x faster on long zero runs and int64 indices. The file that ships is measured at 9.
-RANK_LEVEL = 6
+# Each tensor's encodings are ranked by their gzip size at the level every reported size uses
+# (GZIP_LEVEL, 6: see sparsekit.onnx.files): within ~2% of level 9's sizes, in the same order, and 5-10x
+# faster on short zero runs and int64 indices.
+RANK_LEVEL = GZIP_LEVEL
 
 
 def index_dtype_for(max_index: int, index_dtype: str = "smallest") -> type[np.signedinteger]:
@@ -106,7 +106,7 @@ def to_sparse_storage(
     type ``onnx.checker`` accepts). ``objective``: ``"raw"`` decides each tensor by serialized bytes
     with linear indices; gzip of that file can be larger than gzip of the dense one (zero runs
     compress well), so both totals are reported. ``"gzip"`` keeps, per tensor, whichever of dense,
-    linear indices ``[nnz]`` and coordinates ``[nnz, rank]`` is smallest after gzip -9 of the
+    linear indices ``[nnz]`` and coordinates ``[nnz, rank]`` is smallest after gzip (level 6) of the
     tensor's serialized bytes (a proxy for its share of the gzip'd file; it costs three gzip passes
     over each partly sparse tensor). Any other value: :class:`ExportError`.
 
@@ -171,10 +171,10 @@ def choose_storage(dense_stored: PathLike, out: PathLike, mode: str | bool = "au
 
     ``mode``: ``"auto"`` builds the sparse candidate (:func:`to_sparse_storage` with int64 indices,
     so the file passes ``onnx.checker``, and ``objective="gzip"``; ``"raw"`` when forced) and ships it
-    only when its gzip -9 size (external data included) is smaller than the dense file's and onnxruntime runs it with
-    outputs bit-identical to the dense file's; otherwise the dense bytes. ``"sparse"`` (or True)
-    ships the candidate whatever its size; a failed check is then an error. ``"dense"`` (or False)
-    ships the dense bytes. Anything else: :class:`ExportError` before any work.
+    only when its gzip size (level 6, external data included) is smaller than the dense file's and
+    onnxruntime runs it with outputs bit-identical to the dense file's; otherwise the dense bytes.
+    ``"sparse"`` (or True) ships the candidate whatever its size; a failed check is then an error.
+    ``"dense"`` (or False) ships the dense bytes. Anything else: :class:`ExportError` before any work.
 
     Same outputs bit for bit means same ONNX-vs-torch parity as ``dense_stored`` (checked when it
     was exported) and every zero exact: each sparse tensor is also read back from the written file

@@ -1,0 +1,337 @@
+"""Does a `sparsekit prune` run's memory and time scale with the model? A 135 MB MLP against a tiny one.
+
+Builds two MLPs of the same shape family (64 inputs, the digits' 8x8 images; 10 classes): ``big``, with
+three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights, 135.6 MB) and ``tiny``
+(hidden 64), each with random weights saved as a sparsekit checkpoint. Then, each in a fresh process:
+
+1. ``sparsekit prune MODEL RECIPE`` with a short recipe (synthetic data, 1 epoch of ``--steps`` batches,
+   global magnitude pruning to 90% one shot, the head kept dense; benchmark with the recipe defaults),
+   sampling the process's resident memory (``/proc/PID/status`` VmRSS every 10 ms, each sample put in the
+   pipeline phase it fell in) and its peak (``getrusage`` ``ru_maxrss`` of the child, which also covers the
+   plot worker): the peak over the whole run, and the peak before the run wrote its first ONNX file (load,
+   data, rehearsal, planning); the phase times come from report.json's ``timings``.
+2. ``sparsekit bench dense.onnx model.onnx`` on the big run's files: wall time and peak memory.
+3. zlib (gzip container) at levels 1, 6 and 9 on the big run's pruned ``dense-stored`` file (90% zeros in
+   the hidden layers): bytes and seconds, the measure behind the compressor level of reported sizes.
+
+The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
+baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
+4) makes the script exit 1 when it is exceeded.
+
+    python benchmarks/memory_scaling.py                 # ~2-3 minutes on 2 cores
+    python benchmarks/memory_scaling.py --json          # the measurements as JSON
+    python benchmarks/memory_scaling.py --hidden 2048   # a smaller "big" model (~34 MB) for a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def big_mlp(in_features: int = 64, hidden: int = 4096, depth: int = 3, classes: int = 10) -> Any:
+    """``in_features -> hidden (x depth) -> classes`` with ReLUs: with the defaults two hidden x hidden Linear
+    layers, 33.9M weights (135.6 MB in float32). The factory the benchmark's checkpoints name."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
+
+
+RECIPE = """\
+version: 1
+seed: 0
+model: {{input_shape: [1, 64]}}
+data: {{source: synthetic, batch_size: 64, val_fraction: 0.25, synthetic_samples: 512}}
+finetune:
+  epochs: 1
+  max_steps_per_epoch: {steps}
+  optimizer: {{name: sgd, lr: 0.001, momentum: 0.9}}
+pruning:
+  - method: magnitude
+    sparsity: 0.9
+    scope: global
+    schedule: oneshot
+    layers: {{include: ["*"], exclude: ["{head}"], types: [Linear]}}
+export: {{onnx: true, opset: 18}}
+"""
+
+
+def save(path: Path, hidden: int) -> int:
+    """A checkpoint of :func:`big_mlp` with ``hidden`` units (random weights); returns its weight bytes."""
+    import torch
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = big_mlp(hidden=hidden)
+    sparsekit.save_model(
+        model, path, "benchmarks.memory_scaling:big_mlp", kwargs={"hidden": hidden}, input_shape=[1, 64]
+    )
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def run_measured(cmd: list[str], watch: Path | None = None) -> dict[str, Any]:
+    """Run ``cmd`` (cwd: the repository root); returns ``{"wall_s", "peak_rss_mb", "peak_rss_before_output_mb",
+    "rc", "stderr"}``: the child's peak resident set (getrusage), and the peak sampled before any ``*.onnx``
+    file appeared under ``watch``."""
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples: list[tuple[float, int, bool]] = []  # (time.time(), VmRSS kB, an ONNX file exists)
+    done = threading.Event()
+
+    def sample() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        seen = False
+        while not done.is_set():
+            try:
+                rss = next(int(ln.split()[1]) for ln in status.read_text().splitlines() if ln.startswith("VmRSS"))
+            except (OSError, StopIteration, ValueError):
+                break
+            if watch is not None and not seen:
+                seen = any(watch.rglob("*.onnx")) if watch.exists() else False
+            samples.append((time.time(), rss, seen))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out_text, err_text = proc.communicate()
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    # RUSAGE_CHILDREN is the maximum over every child waited for so far: each measured command runs in a
+    # fresh process of its own (see main), so it is this child's.
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    before = [rss for _, rss, seen in samples if not seen]
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "peak_rss_sampled_mb": round(max((r for _, r, _ in samples), default=0) / 1024, 1),
+        "peak_rss_before_output_mb": round(max(before, default=0) / 1024, 1) if watch is not None else None,
+        "samples": [(t, kb) for t, kb, _ in samples],
+        "rc": proc.returncode,
+        "stdout": out_text,
+        "stderr": err_text[-2000:],
+    }
+
+
+def isolated(args: list[str]) -> dict[str, Any]:
+    """:func:`run_measured` in a fresh Python process of its own, so ``ru_maxrss`` of RUSAGE_CHILDREN is that
+    command's alone (the maximum over children waited for would otherwise mix the runs)."""
+    res = subprocess.run(
+        [sys.executable, __file__, "--_measure", json.dumps(args)], cwd=ROOT, capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"measuring {args} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout)
+
+
+# Run in the measured child in place of ``python -m sparsekit``: the CLI in-process, noting when it enters
+# and leaves each pipeline phase (report.json's timing phases; ONNX export is its own), so the memory
+# samples taken from outside (which a thread inside, waiting for the GIL, would miss) can be attributed.
+# Writes [[time.time(), phase], ...] to the file named by SPARSEKIT_PHASE_RSS.
+PHASE_WRAPPER = """
+import contextlib, json, os, sys, threading, time
+import sparsekit.onnx, sparsekit.pipeline as p
+now = ["outside the pipeline"]
+events = [[time.time(), now[0]]]
+def enter(name):
+    prev, now[0] = now[0], name
+    events.append([time.time(), name])
+    return prev
+orig = p.PhaseClock.__call__
+@contextlib.contextmanager
+def phase(self, name):
+    prev = enter(name)
+    try:
+        with orig(self, name):
+            yield
+    finally:
+        enter(prev)
+p.PhaseClock.__call__ = phase
+export = sparsekit.onnx.export_onnx
+def export_onnx(*a, **k):
+    prev = enter("export (+checks, sizes)")
+    try:
+        return export(*a, **k)
+    finally:
+        enter(prev)
+sparsekit.onnx.export_onnx = export_onnx
+from sparsekit.cli import main
+try:
+    main(sys.argv[1:], prog_name="sparsekit")
+finally:
+    with open(os.environ["SPARSEKIT_PHASE_RSS"], "w") as f:
+        json.dump(events, f)
+"""
+
+
+def prune(model: Path, out: Path, recipe: Path, hidden: int) -> dict[str, Any]:
+    phases = out.with_suffix(".rss.json")
+    os.environ["SPARSEKIT_PHASE_RSS"] = str(phases)
+    cmd = [sys.executable, "-c", PHASE_WRAPPER, "prune", str(model), str(recipe), "--arch",
+           "benchmarks.memory_scaling:big_mlp", "-o", str(out), "--overwrite", "--no-progress"]  # fmt: skip
+    res = isolated([cmd, str(out)])
+    if res["rc"] != 0:
+        raise SystemExit(f"sparsekit prune failed (exit {res['rc']}):\n{res['stderr']}")
+    report = json.loads((out / "report.json").read_text())
+    res.pop("stdout")
+    res["timings"] = report["timings"]
+    events = json.loads(phases.read_text())
+    peaks: dict[str, float] = {}
+    for t, kb in res.pop("samples"):
+        name = next((ph for at, ph in reversed(events) if at <= t), events[0][1])
+        peaks[name] = max(peaks.get(name, 0.0), round(kb / 1024, 1))
+    res["peak_rss_by_phase_mb"] = peaks
+    res["sparsity"] = report["pruned"]["sparsity"]
+    res["hidden"] = hidden
+    return res
+
+
+def compressor_levels(path: Path, levels: tuple[int, ...] = (1, 6, 9)) -> list[dict[str, Any]]:
+    """zlib with the gzip container at each level on the bytes of ``path``: size and seconds."""
+    data = path.read_bytes()
+    rows = []
+    for level in levels:
+        start = time.perf_counter()
+        comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+        n = sum(len(comp.compress(data[i : i + (1 << 20)])) for i in range(0, len(data), 1 << 20))
+        n += len(comp.flush())
+        rows.append({"level": level, "bytes": n, "ratio": n / len(data), "seconds": time.perf_counter() - start})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=4096, help="hidden width of the big model (default 4096)")
+    ap.add_argument("--tiny", type=int, default=64, help="hidden width of the baseline model (default 64)")
+    ap.add_argument("--steps", type=int, default=4, help="training batches in the one epoch (default 4)")
+    ap.add_argument(
+        "--max-factor", type=float, default=4.0, help="exit 1 above this many model sizes over the tiny run"
+    )
+    ap.add_argument("--no-levels", action="store_true", help="skip the compressor level table")
+    ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    ap.add_argument("--_measure", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._measure:  # the isolated child: run one command, print its measurements
+        cmd, watch = json.loads(args._measure)
+        print(json.dumps(run_measured(cmd, Path(watch) if watch else None)))
+        return 0
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sparsekit-memory-") as tmp:
+        t = Path(tmp)
+        model_bytes = {}
+        for name, hidden in (("tiny", args.tiny), ("big", args.hidden)):
+            model_bytes[name] = save(t / f"{name}.pt", hidden)
+        head = "6"  # Sequential: Linear, ReLU, Linear, ReLU, Linear, ReLU, Linear (the head)
+        recipe = t / "recipe.yaml"
+        recipe.write_text(RECIPE.format(steps=args.steps, head=head))
+        for name, hidden in (("tiny", args.tiny), ("big", args.hidden)):
+            print(f"prune {name} (hidden {hidden}) ...", file=sys.stderr)
+            result[name] = {"model_mb": round(model_bytes[name] / 1e6, 1), **prune(
+                t / f"{name}.pt", t / f"out-{name}", recipe, hidden
+            )}  # fmt: skip
+        out = t / "out-big"
+        print("bench big ...", file=sys.stderr)
+        bench_cmd = [sys.executable, "-m", "sparsekit", "bench", str(out / "dense.onnx"), str(out / "model.onnx"),
+                     "--json", "--no-progress"]  # fmt: skip
+        bench = isolated([bench_cmd, ""])
+        if bench["rc"] != 0:
+            raise SystemExit(f"sparsekit bench failed:\n{bench['stderr']}")
+        doc = json.loads(bench.pop("stdout"))
+        bench["runs_done"] = doc.get("runs_done")
+        bench["budget_s"] = doc.get("budget_s")
+        bench["file_mb"] = round((out / "dense.onnx").stat().st_size / 1e6, 1)
+        result["bench_big"] = bench
+        if not args.no_levels:
+            print("compressor levels ...", file=sys.stderr)
+            # The pruned model as exported (dense storage), before choose_storage may re-store it sparse.
+            target = out / "model.onnx"
+            dense_stored = _dense_stored(target, t)
+            result["levels"] = [
+                {"file": "pruned (90% of the hidden layers zero), dense storage", "bytes": dense_stored.stat().st_size,
+                 "rows": compressor_levels(dense_stored)},
+                {"file": "dense (random weights)", "bytes": (out / "dense.onnx").stat().st_size,
+                 "rows": compressor_levels(out / "dense.onnx")},
+            ]  # fmt: skip
+
+    big, tiny = result["big"], result["tiny"]
+    over = big["peak_rss_mb"] - tiny["peak_rss_mb"]
+    factor = over / big["model_mb"] * 1.048576  # MB of RSS are MiB
+    result["over_baseline_mb"] = round(over, 1)
+    result["over_baseline_factor"] = round(factor, 2)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print(result)
+    return 0 if factor <= args.max_factor else 1
+
+
+def _dense_stored(path: Path, tmp: Path) -> Path:
+    """``path`` with any sparse initializers densified (the file the sizes of ``pruned`` are measured on)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sparsekit.onnx.tensors import densify
+
+    model = onnx.load(str(path))
+    if not len(model.graph.sparse_initializer):
+        return path
+    dense = [numpy_helper.from_array(densify(s), s.values.name) for s in model.graph.sparse_initializer]
+    del model.graph.sparse_initializer[:]
+    model.graph.initializer.extend(dense)
+    out = tmp / "dense-stored.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def _print(r: dict[str, Any]) -> None:
+    print(f"{'run':<6} {'model MB':>9} {'peak RSS MiB':>13} {'before output':>14} {'wall s':>8}")
+    for name in ("tiny", "big"):
+        x = r[name]
+        print(
+            f"{name:<6} {x['model_mb']:>9} {x['peak_rss_mb']:>13} {x['peak_rss_before_output_mb']:>14} {x['wall_s']:>8}"
+        )
+    print(f"big - tiny: {r['over_baseline_mb']} MiB = {r['over_baseline_factor']}x the big model's weights")
+    print("\nphase seconds (report.json timings):")
+    phases = list(dict.fromkeys([*r["tiny"]["timings"]["seconds"], *r["big"]["timings"]["seconds"]]))
+    print(f"{'phase':<12} {'tiny':>8} {'big':>8}")
+    for p in phases:
+        tiny, big = (r[n]["timings"]["seconds"].get(p, 0) for n in ("tiny", "big"))
+        print(f"{p:<12} {tiny:>8.2f} {big:>8.2f}")
+    print(f"{'total':<12} {r['tiny']['timings']['total']:>8.2f} {r['big']['timings']['total']:>8.2f}")
+    print("\npeak RSS (MiB) by phase (sampled from outside every 10 ms):")
+    print(f"{'phase':<24} {'tiny':>8} {'big':>8}")
+    for p in r["big"]["peak_rss_by_phase_mb"]:
+        print(f"{p:<24} {r['tiny']['peak_rss_by_phase_mb'].get(p, 0):>8} {r['big']['peak_rss_by_phase_mb'][p]:>8}")
+    b = r["bench_big"]
+    print(f"\nsparsekit bench dense.onnx model.onnx ({b['file_mb']} MB each): {b['wall_s']} s, peak RSS "
+          f"{b['peak_rss_mb']} MiB, runs per batch size {b['runs_done']}")  # fmt: skip
+    for lv in r.get("levels", []):
+        print(f"\ngzip levels on the big model's {lv['file']} ({lv['bytes'] / 1e6:.1f} MB):")
+        print(f"{'level':>5} {'bytes':>12} {'ratio':>7} {'seconds':>8}")
+        for row in lv["rows"]:
+            print(f"{row['level']:>5} {row['bytes']:>12,} {row['ratio']:>7.4f} {row['seconds']:>8.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
