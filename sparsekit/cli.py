@@ -681,7 +681,20 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     help="Untimed runs per file and batch size first.",
 )
 @click.option(
-    "--runs", default=200, show_default=True, type=click.IntRange(1), help="Timed runs per file and batch size."
+    "--runs",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most timed runs per file and batch size (fewer when --budget runs out first).",
+)
+@click.option(
+    "--budget",
+    "budget_s",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds of timed runs per file and batch size: timing stops once they are spent, after at least 25 "
+    "runs each (a large model's benchmark stays short; a small one does all --runs).",
 )
 @click.option(
     "--provider",
@@ -705,6 +718,7 @@ def bench(
     threads: int,
     warmup: int,
     runs: int,
+    budget_s: float,
     provider: str,
     input_shape: str | None,
     as_json: bool,
@@ -733,6 +747,7 @@ def bench(
         threads=threads,
         warmup=warmup,
         runs=runs,
+        budget_s=budget_s,
         provider=provider,
         input_shape=shape,
         progress=not no_progress and not as_json,

@@ -6,6 +6,7 @@ wrapper around :func:`run_prune`; every sentence the user reads is in :mod:`spar
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import platform
 import time
@@ -435,18 +436,25 @@ def _run(
                 pruner=pruner,
             )
         pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
+        methods = method_results(pruner)
         with clock("report"):
             plots.draw(
                 first_plot_data(
                     pruned.layers,
                     dense.layers,
-                    method_results(pruner),
+                    methods,
                     recipe.model_dump(mode="json"),
                     history,
                     dense.metrics.get("accuracy"),
                     dense.stats.get("params"),
                 )
             )
+        # Everything after this reads the ONNX files: the torch model (and its masks, in the pruner) is
+        # let go before int8 calibration and the benchmark open their onnxruntime sessions, so a large
+        # model is not held twice over (see benchmarks/memory_scaling.py).
+        inputs.loaded.model = nn.Module()
+        del model, pruner
+        gc.collect()
         return _measure_and_report(
             inputs,
             recipe,
@@ -455,7 +463,7 @@ def _run(
             dense,
             pruned,
             history,
-            pruner,
+            methods,
             device,
             expectation,
             progress,
@@ -472,7 +480,7 @@ def _measure_and_report(
     dense: Measured,
     pruned: Measured,
     history: list[dict[str, Any]],
-    pruner: Pruner,
+    methods: list[dict[str, Any]],
     device: torch.device,
     expectation: str,
     progress: bool,
@@ -510,7 +518,7 @@ def _measure_and_report(
         dense_parity=dense.export["parity"],
         zeros_preserved=pruned.export["zeros"]["zeros_ok"],
         zeros=pruned.export["zeros"]["layers"],
-        methods=method_results(pruner),
+        methods=methods,
         recipe=recipe.model_dump(mode="json"),
         versions=_versions(),
         int8=int8,
@@ -739,4 +747,6 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         provider=res["provider"],
         speedup=speedup_of(res["files"][1]),
         control=res["control"],
+        runs_done=res.get("runs_done"),
+        budget_s=res.get("budget_s"),
     )

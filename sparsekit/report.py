@@ -209,11 +209,15 @@ class Benchmark(_Closed):
     pruned/dense speedup per batch size with the A/A control per batch size."""
 
     threads: int
-    runs: int
+    runs: int = Field(description="the most timed runs per model and batch size")
     warmup: int
     provider: str
     speedup: dict[str, Speedup]
     control: dict[str, dict[str, Any]]
+    runs_done: dict[str, int] | None = Field(
+        None, description="timed runs per model at each batch size (fewer than runs when the time budget ran out)"
+    )
+    budget_s: float | None = Field(None, description="seconds of timed runs per model and batch size (null: none)")
 
 
 class Int8(_Open):
@@ -234,7 +238,8 @@ class Int8(_Open):
 
 
 class StoredSizes(_Closed):
-    """One candidate encoding of model.onnx: raw and gzip -9 bytes, external data included."""
+    """One candidate encoding of model.onnx: raw and gzip bytes (level 6, the gzip tool's default), external
+    data included."""
 
     bytes: int
     gzip_bytes: int
