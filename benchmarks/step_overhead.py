@@ -15,11 +15,15 @@ Schedules use the step count of mnist5k at batch 64 (63 steps per epoch), so the
 recompute their masks at the rate a real run does (every half epoch), not only once.
 
 Models: ``lenet_300_100`` and ``small_cnn`` (issue 12), and ``mlp`` (the 64-128-64-10 digits MLP, whose
-whole step is so short that the pruner's fixed per-step cost shows most; issue 16).
+whole step is so short that the pruner's fixed per-step cost shows most; issue 16). To compare with another version,
+run that checkout's copy of this script (e.g. ``git archive HEAD | tar -x -C /tmp/head``) in turns with this
+one: each run has its own A/A control.
 
     python benchmarks/step_overhead.py                      # everything, 1 thread (~7 minutes)
     python benchmarks/step_overhead.py --quick              # fewer rounds, LeNet and mlp only (~45 s)
     python benchmarks/step_overhead.py --models lenet_300_100 --recipes l1_proximal --optimizers adam --threads 1 2
+    python benchmarks/step_overhead.py --models mlp lenet_300_100 --recipes l1_proximal l1_proximal_each l1_penalty \
+        l1_proximal_group l1_penalty_group max_norm --rounds 20      # l1 and max_norm only (~2 min)
     python benchmarks/step_overhead.py --json > overhead.json
 """
 
@@ -58,11 +62,20 @@ RECIPES = {
     "magnitude": {"method": "magnitude", "sparsity": 0.9, "scope": "global", "schedule": GRADUAL},
     "taylor": {"method": "gradient", "criterion": "taylor", "sparsity": 0.9, "schedule": GRADUAL},
     "movement": {"method": "gradient", "criterion": "movement", "sparsity": 0.9, "schedule": GRADUAL},
-    "l1_proximal": {"method": "l1", "strength": 1e-4, "mode": "proximal", "remove_dead": False},
-    "l1_penalty": {"method": "l1", "strength": 1e-4, "mode": "penalty", "remove_dead": False},
+    # strength is lambda (issue 16): the proximal step shrinks by lr * lambda, every 4 optimizer steps by default
+    # (proximal_every); 1e-2 (Keras' l1(0.01)) with SGD lr 0.01 makes new zeros during the measured steps.
+    "l1_proximal": {"method": "l1", "strength": 1e-2, "mode": "proximal", "remove_dead": False},
+    "l1_proximal_each": {
+        "method": "l1",
+        "strength": 1e-2,
+        "mode": "proximal",
+        "remove_dead": False,
+        "proximal_every": 1,
+    },
+    "l1_penalty": {"method": "l1", "strength": 1e-2, "mode": "penalty", "remove_dead": False},
     # group: row for Linear layers, channel for the convolutions (see group_entries)
-    "l1_proximal_group": {"method": "l1", "strength": 1e-3, "mode": "proximal", "remove_dead": False},
-    "l1_penalty_group": {"method": "l1", "strength": 1e-3, "mode": "penalty", "remove_dead": False},
+    "l1_proximal_group": {"method": "l1", "strength": 0.1, "mode": "proximal", "remove_dead": False},
+    "l1_penalty_group": {"method": "l1", "strength": 0.1, "mode": "penalty", "remove_dead": False},
     "max_norm": {"method": "max_norm", "max_value": 3.0},
     # Channels go at the start of epoch 6, after the measured steps (310 on LeNet, 90 on small_cnn with the
     # default rounds): a smaller model would no longer be a like-for-like comparison. This times the

@@ -444,9 +444,11 @@ def describe(
         if spec.mode == "penalty":
             text = f"l1: add {spec.strength:g} * the L1 norm of the weights of {names}{unit[spec.group]} to the loss"
         else:
+            n = spec.proximal_every
+            every = "every optimizer step" if n == 1 else f"every {n} optimizer steps"
             text = (
-                f"l1: after every optimizer step, shrink the weights of {names}{unit[spec.group]} toward zero by "
-                f"{spec.strength:g} (soft threshold: exact zeros)"
+                f"l1: {every}, shrink the weights of {names}{unit[spec.group]} toward zero by lr * "
+                f"{spec.strength:g} per step taken (soft threshold: exact zeros)"
             )
         s = spec.schedule
         text += (
@@ -458,6 +460,9 @@ def describe(
             text += f"; at the end |w| below {spec.threshold:g} becomes zero"
         if spec.remove_dead:
             text += "; neurons/channels left all zero are then removed"
+        if spec.target is not None:
+            what = "units" if spec.group != "none" else "weights"
+            return text + f"; lambda adapts so that {spec.target:g} of the {what} are zero by epoch {s.end_epoch:g}"
         return text + "; how many weights end at zero is known only after training"
     if isinstance(spec, MaxNormSpec):
         return (

@@ -1,9 +1,9 @@
 """What a resume checkpoint belongs to, and whether a resumed run still matches it.
 
 A fine-tuning checkpoint (``checkpoints/last.pt``) records the *provenance* of the run that wrote it:
-the resolved recipe (every field, ``--set`` overrides applied), and when the run came from the CLI the
+the resolved recipe (every field, overrides applied), and when the run came from the CLI the
 SHA-256 of the model file, the architecture it was built with and the data source (a file's SHA-256,
-a callable's module file's SHA-256, a built-in's name). ``--resume`` compares the run's provenance
+a callable's module file's SHA-256, a built-in's name). A resume compares the run's provenance
 with the checkpoint's before any training step: a run that mixed two models, two data sets or two
 recipes in one history would report a result nobody asked for, so any difference is refused, naming
 each field that changed. A few fields do not change what the checkpoint's epochs did (more epochs,

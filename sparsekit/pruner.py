@@ -24,7 +24,8 @@ from torch import nn
 from . import distributed as _distributed
 from . import methods
 from .errors import TargetError
-from .masks import MASK, apply_masks, bake, forget_applied, get_mask
+from .learning_rate import LearningRates
+from .masks import MASK, apply_masks, bake, forget_applied, get_mask, weight_of
 from .recipe import Recipe
 from .surgery import tied_parameters
 
@@ -131,9 +132,27 @@ class Pruner:
         self._check_tied()
         self._share_tied_masks()
         self._structural = any(m.structural for m in self.methods)
+        self._needs_grad = any(m.needs_grad for m in self.methods)
+        # max_norm makes no masks: a recipe of constraints alone skips the per-step walk for masks, unless
+        # the model came with some (set_mask, an earlier Pruner); load_state_dict sets it too.
+        self._masks_possible = any(getattr(m, "makes_masks", True) for m in self.methods) or any(
+            get_mask(m) is not None for m in self.model.modules()
+        )
         self._param_names: dict[int, list[str]] = {}
         if self._structural:
             self._remember_params()
+        # Proximal steps shrink by lr * lambda, and an l1 target sizes lambda by lr: such methods learn the
+        # optimizer's rate (sparsekit.learning_rate).
+        self._rates: list[LearningRates] = []
+        for method in self.methods:
+            spec = getattr(method, "spec", None)
+            if hasattr(method, "learning_rates") and (
+                getattr(spec, "mode", None) == "proximal" or getattr(spec, "target", None) is not None
+            ):
+                weights = [weight_of(layer) for layer in method.layers.values()]
+                rates = LearningRates(weights, fallback=recipe.finetune.optimizer.lr)
+                method.learning_rates = rates
+                self._rates.append(rates)
         for method in self.methods:
             method.start()
 
@@ -219,7 +238,8 @@ class Pruner:
     _warned_stale = False
 
     def penalty(self) -> torch.Tensor:
-        """Differentiable regularization terms (L1); a zero tensor when the recipe has none."""
+        """Differentiable regularization terms (L1: ``lambda * sum|w|`` or ``lambda * sum_g ||w_g||_2``), a scalar
+        tensor on the model's device; a zero tensor when the recipe has none at this step."""
         total: Any = 0.0
         for method in self.methods:
             total = total + method.penalty()
@@ -232,7 +252,8 @@ class Pruner:
 
     def regularize(self) -> None:
         """After ``loss.backward()`` and before ``optimizer.step()``: add the gradient of :meth:`penalty`
-        (L1 ``strength * sign(w)``, group lasso ``strength * w_g / ||w_g||_2``) to each weight's ``.grad``
+        (L1 ``lambda * sign(w)``, group lasso ``lambda * w_g / ||w_g||_2``; lambda: the entry's ``strength``, or
+        its current value when a ``target`` adapts it) to each weight's ``.grad``
         in place, so the user's loss needs no edit (Torch-Pruning's ``regularize`` pattern). Use it
         instead of adding ``penalty()`` to the loss, not as well. A no-op when the recipe has no penalty
         at this step.
@@ -257,8 +278,15 @@ class Pruner:
             else:
                 param.grad.add_(grad)
 
-    def step(self) -> None:
+    def step(self, lr: float | None = None) -> None:
         """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints.
+
+        ``lr``: the learning rate of the optimizer step just taken, for proximal steps (L1 ``mode: proximal``
+        shrinks by ``lr * strength``). Leave it out with a ``torch.optim`` optimizer: the rate of the param
+        group holding each weight is read at its ``step()`` (a global step hook, see
+        :mod:`sparsekit.learning_rate`); before any optimizer stepped, the recipe's ``finetune.optimizer.lr``
+        is used. Pass it when the update is not a ``torch.optim`` optimizer's. ValueError when negative or
+        not finite.
 
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
         new parameter objects, so rebuild the optimizer and set the flag back to False."""
@@ -272,19 +300,30 @@ class Pruner:
                 stacklevel=2,
             )
         # This runs after every optimizer step, so it does no more than it must (on LeNet-300-100 a whole
-        # training step is ~1.5 ms; see benchmarks/step_overhead.py).
+        # training step is ~1.5 ms, on the digits MLP ~0.6 ms; see benchmarks/step_overhead.py).
+        if lr is not None:
+            if not (lr >= 0 and lr < float("inf")):
+                raise ValueError(f"pruner.step(lr={lr!r}): the learning rate must be a finite number >= 0")
+            for rates in self._rates:
+                rates.override = float(lr)
         forget_applied()  # notes of masks applied by hooks hold within one step only
         step = self.step_count + 1
         if self._structural and any(_may_restructure(m, step) for m in self.methods):
             self._remember_params()  # the parameters an optimizer holds now, before any are replaced
         self.step_count = step
-        if self.average_grads and _distributed_active() and any(m.needs_grad for m in self.methods):
+        if self._needs_grad and self.average_grads and _distributed_active():
             _distributed.average_grads(self.model.parameters())
-        for method in self.methods:
-            changes = method.after_step(step)
-            if changes is not methods.UNCHANGED:
-                self._record(changes)
-        apply_masks(self.model)
+        try:
+            for method in self.methods:
+                changes = method.after_step(step)
+                if changes is not methods.UNCHANGED:
+                    self._record(changes)
+        finally:
+            if lr is not None:
+                for rates in self._rates:
+                    rates.override = None
+        if self._masks_possible:
+            apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():
             _distributed.check_masks(self._mask_views(), f"after step {step}")
 
@@ -361,6 +400,8 @@ class Pruner:
         """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
         and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
         TargetError when a method could not do its job (e.g. gradient scores never arrived)."""
+        for rates in self._rates:
+            rates.close()
         apply_masks(self.model)
         if _distributed.active():
             _distributed.check_masks(self._mask_views(), "at finalize")
@@ -410,6 +451,8 @@ class Pruner:
             )
         self.step_count = int(state["step"])
         modules = dict(self.model.named_modules())
+        if state["masks"]:
+            self._masks_possible = True
         for name, mask in state["masks"].items():
             module = modules[name]
             current = get_mask(module)

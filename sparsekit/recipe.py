@@ -650,34 +650,62 @@ class GradientSpec(_Ranked):
 
 
 class L1Spec(_MethodBase):
-    """``method: l1``: L1 / group-lasso penalty or proximal step (see :mod:`sparsekit.methods.l1`)."""
+    """``method: l1``: L1 / group-lasso penalty or proximal step (see :mod:`sparsekit.methods.l1`).
+
+    ``strength`` is the penalty weight lambda of ``loss + lambda * sum|w|`` (group lasso: ``lambda * sum_g
+    ||w_g||_2``); the proximal step shrinks by ``lr * lambda``, ``lr`` being the optimizer's learning rate at
+    that step. In sparsekit 0.1.0 it was the raw shrink per step: divide such a value by the learning rate.
+    With ``target``, ``strength`` is only the starting lambda: it is raised or lowered on the way so that the
+    fraction of weights (of units, with ``group``) at zero follows the schedule up to ``target`` by
+    ``schedule.end_epoch``."""
 
     method: Literal["l1"] = Field(
         description="l1: drive weights toward zero with an L1 (or group-lasso) penalty or proximal step during "
-        "fine-tuning; has no sparsity target (the zeros follow from strength and threshold)"
+        "fine-tuning; with target, lambda adapts until that fraction is zero by schedule.end_epoch"
     )
     strength: Float = Field(
         gt=0,
         le=MAX_STRENGTH,
-        description="how strongly weights are pulled to zero; penalty: the coefficient of strength * sum|w| (or "
-        "of the group norms) added to the loss; proximal: the amount taken off |w| after each optimizer step; "
-        "useful values ~1e-6..1e-2",
+        description="lambda, the penalty weight in loss + lambda * sum|w| (group: lambda * sum of the units' L2 "
+        "norms), as in Keras' l1(lambda) or weight decay: typical 1e-5..1e-2; proximal mode shrinks by lr * lambda "
+        "after each optimizer step (lr: the optimizer's current learning rate), so both modes minimize the same "
+        "objective; with target, the starting lambda. Migration: recipes written for sparsekit 0.1.0 used proximal "
+        "strength as the shrink per step itself; divide such a value by the learning rate to keep the old run",
     )
     mode: Literal["penalty", "proximal"] = Field(
         "penalty",
-        description="penalty (adds the L1 term to the loss) or proximal (soft-thresholds the weights after every "
-        "optimizer step: exact zeros)",
+        description="penalty (adds lambda * the L1 term to the loss; weights get small, not exactly zero: use "
+        "threshold) or proximal (soft-thresholds the weights by lr * lambda after every optimizer step: exact zeros)",
     )
     group: Literal["none", "row", "channel"] = Field(
         "none",
         description="none: each weight on its own; row: group lasso over each output unit of a Linear layer; "
         "channel: over each output channel of a Conv layer (whole units go to zero)",
     )
+    proximal_every: Int = Field(
+        4,
+        ge=1,
+        le=MAX_STEPS,
+        description="proximal mode: optimizer steps between proximal steps, each shrinking by the sum of lr * lambda "
+        "over them (truncated gradient, Langford et al. 2009: the same objective, a quarter of the per-step cost at "
+        "4); 1: after every step",
+    )
+    target: Float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="fraction of the selected weights (group row/channel: of the output units) to be zero by "
+        "schedule.end_epoch, which must then be a finite epoch <= finetune.epochs; lambda is raised while the zero "
+        "fraction is behind the schedule's curve and lowered when ahead, never more zeros than the curve allows, "
+        "and at end_epoch the weakest weights/units are zeroed if any are missing; null: no target",
+    )
     threshold: Float = Field(
         0.0,
         ge=0,
         le=MAX_MAGNITUDE,
-        description="at the end, weights with |w| below this become exact, masked zeros; 0: only exact zeros",
+        description="weights with |w| (group: units with norm) below this count as zero: they become exact, masked "
+        "zeros at the end (at end_epoch with target); 0: only exact zeros (penalty mode with target: below 1e-3 of "
+        "the mean |w| or unit norm at the start)",
     )
     remove_dead: bool = Field(
         True,
@@ -687,8 +715,24 @@ class L1Spec(_MethodBase):
     schedule: ScheduleSpec = Field(
         default_factory=lambda: ScheduleSpec(end_epoch=FOREVER_EPOCHS),
         description="the epochs in which the penalty or proximal step is active; default: the whole run "
-        "(end_epoch may pass finetune.epochs)",
+        "(end_epoch may pass finetune.epochs, except with target); with target, the curve (curve, init_sparsity, "
+        "every) the zero fraction follows",
     )
+
+    @model_validator(mode="after")
+    def _target_needs(self) -> L1Spec:
+        if self.target is None:
+            return self
+        if self.schedule.end_epoch >= FOREVER_EPOCHS:
+            raise ValueError(
+                "target needs schedule.end_epoch: the epoch by which the target fraction is zero (e.g. schedule: "
+                "{start_epoch: 0, end_epoch: 3}), at most finetune.epochs"
+            )
+        if self.schedule.init_sparsity >= self.target:
+            raise ValueError(
+                f"schedule.init_sparsity ({self.schedule.init_sparsity:g}) must be below target ({self.target:g})"
+            )
+        return self
 
     def effects(self) -> frozenset[str]:
         # Group lasso drives whole units to zero, which remove_dead then removes; plain L1 makes scattered
@@ -995,7 +1039,7 @@ class Recipe(_Strict):
     def _within_epochs(self) -> Recipe:
         for i, m in enumerate(self.pruning):
             sched = getattr(m, "schedule", None)
-            if sched is None or m.method == "l1":
+            if sched is None or (m.method == "l1" and getattr(m, "target", None) is None):
                 continue
             epochs = self.finetune.epochs
             if sched.end_epoch > 0 and sched.end_epoch > epochs:
@@ -1112,8 +1156,9 @@ MISPLACED_KEYS: dict[tuple[str, str], tuple[str | None, str]] = {
     ("magnitude", "ratio"): ("sparsity", "magnitude takes sparsity (the fraction of weights set to zero), not ratio"),
     ("gradient", "ratio"): ("sparsity", "gradient takes sparsity (the fraction of weights set to zero), not ratio"),
     ("l1", "sparsity"): (
-        None,
-        "l1 has no sparsity target: its zeros follow from strength and threshold (for a target, add a magnitude entry)",
+        "target",
+        "l1 takes target (the fraction of weights, or of units with group: row | channel, to be zero by "
+        "schedule.end_epoch; lambda adapts to reach it), not sparsity",
     ),
     ("max_norm", "sparsity"): (
         None,

@@ -64,9 +64,11 @@ version: 1
 finetune: {epochs: 5}
 pruning:
   - method: l1
-    strength: 1.0e-4                         # no sparsity: the zeros follow from strength and threshold
-    mode: proximal
-    threshold: 1.0e-3
+    strength: 1.0e-3                         # lambda in loss + lambda * sum of the unit norms
+    mode: proximal                           # shrink by lr * lambda after each optimizer step
+    group: row                               # whole neurons (Linear rows) go to zero, then are removed
+    target: 0.5                              # half the neurons zero by end_epoch: lambda adapts
+    schedule: {start_epoch: 0, end_epoch: 3}
 """,
     "max_norm": """\
 version: 1
@@ -98,7 +100,8 @@ with `sparsekit validate RECIPE [MODEL]`.
   (`finetune.epoch: unknown key; did you mean 'epochs'?`).
 - **Each method has its own keys.** `magnitude` and `gradient` are sized by `sparsity` (the fraction of
   weights set to zero), `structured` by `ratio` (the fraction of output channels removed), `l1` by
-  `strength`, `max_norm` by `max_value`; see [the methods at a glance](#methods-at-a-glance).
+  `strength` (lambda) or a `target` fraction, `max_norm` by `max_value`; see [the methods at a
+  glance](#methods-at-a-glance).
 - **Numbers** must be finite and inside the range in the Constraint column (`x` is the value); checks that
   involve several keys (e.g. `end_epoch <= finetune.epochs`) are in the descriptions.
 - **Overrides**: any key can be changed for one run with `{option("set", "key.path=value")}`, list items by

@@ -238,8 +238,8 @@ class Int8(_Open):
 
 
 class StoredSizes(_Closed):
-    """One candidate encoding of model.onnx: raw and gzip bytes (level 6, the gzip tool's default), external
-    data included."""
+    """One candidate encoding of model.onnx: raw and gzip bytes (gzip -9; level 6 for files above 16 MiB),
+    external data included."""
 
     bytes: int
     gzip_bytes: int
@@ -353,7 +353,7 @@ class MethodOutcome(_Closed):
     entry: int
     method: str
     target: str
-    measure: Literal["weights zero", "output channels removed", "constraint"]
+    measure: Literal["weights zero", "output channels removed", "units zero", "constraint"]
     asked: float | None
     achieved: float | None
     channels_kept: int | None = None
@@ -619,12 +619,19 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
     if method == "l1":
         group = spec.get("group", "none")
         unit = {"row": "rows (neurons)", "channel": "channels"}.get(group, "weights")
-        words = (
-            f"no target (the zeros come from training): {spec.get('mode', 'proximal')} L1, strength "
-            f"{spec.get('strength', 0):g}"
-            + (f", group lasso over {unit}" if group != "none" else "")
-            + f"; {unit} under {spec.get('threshold', 0):g} zeroed at the end"
+        lam = f"{spec.get('mode', 'penalty')} L1, lambda {spec.get('strength', 0):g}" + (
+            f", group lasso over {unit}" if group != "none" else ""
         )
+        if spec.get("target") is not None:
+            words = (
+                f"{float(spec['target']):.3f} of the {unit} zero by epoch "
+                f"{(spec.get('schedule') or {}).get('end_epoch', 0):g} ({lam}, adapted on the way)"
+            )
+        else:
+            words = (
+                f"no target (the zeros come from training): {lam}; {unit} under "
+                f"{spec.get('threshold', 0):g} zeroed at the end"
+            )
         return words + ("; all-zero units removed" if spec.get("remove_dead") else "")
     if method == "max_norm":
         limit = spec.get("max_value", 0)
@@ -650,9 +657,11 @@ def _channels(m: MethodResult, dense: dict[str, Layer], pruned: dict[str, Layer]
 def _outcome(
     i: int, m: MethodResult, spec: dict[str, Any], dense: dict[str, Layer], pruned: dict[str, Layer]
 ) -> MethodOutcome:
-    measure: Literal["weights zero", "output channels removed", "constraint"] = "weights zero"
+    measure: Literal["weights zero", "output channels removed", "units zero", "constraint"] = "weights zero"
     if m.method in ("structured", "max_norm"):
         measure = "output channels removed" if m.method == "structured" else "constraint"
+    elif m.method == "l1" and spec.get("group", "none") != "none":
+        measure = "units zero"  # group l1 reports the fraction of its units (rows/channels) at zero
     channels = _channels(m, dense, pruned)
     layers = [
         LayerOutcome(
@@ -681,6 +690,12 @@ def _outcome(
         done, events = extra.get("events_done"), extra.get("events")
         if isinstance(done, int) and isinstance(events, int) and done < events:
             remarks.append(f"only {done} of its {events} removal steps ran, so less was asked by the end")
+    elif measure == "units zero" and m.achieved is not None and m.achieved <= 0:
+        nothing = True
+        remarks.append(
+            f"achieved nothing: no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or "
+            "removed: raise strength, or set target (the fraction to reach)"
+        )
     elif measure == "weights zero" and m.achieved is not None:
         before = sum(r.params - r.nonzero_params for name in m.layers if (r := dense.get(name)))
         weights = sum(r.params for name in m.layers if (r := dense.get(name)))
@@ -688,7 +703,7 @@ def _outcome(
         if new_zeros < 0.5 if weights else m.achieved <= 0:
             nothing = True
             had = f" beyond the {before:,} zeros the dense model had" if before else ""
-            advice = ": raise strength or threshold" if m.method == "l1" else ""
+            advice = ": raise strength, or set target (the fraction to reach)" if m.method == "l1" else ""
             if m.method == "l1" and spec.get("group", "none") != "none":
                 what = f"no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or removed"
             else:
@@ -703,8 +718,8 @@ def _outcome(
         if du.found == 0 and spec.get("group", "none") != "none":
             nothing = True
             remarks.append(
-                "achieved nothing: no unit's weights all reached zero, so no unit was removed: raise strength or "
-                "threshold"
+                "achieved nothing: no unit's weights all reached zero, so no unit was removed: raise strength, or "
+                "set target"
             )
         elif du.found == 0:
             remarks.append("zeroed no whole unit, so remove_dead removed none: the model is no smaller and no faster")
@@ -1380,7 +1395,7 @@ def _first_plot_data(
         for aim in o.layers:
             if aim.channels_total:
                 channels[aim.name] = [aim.channels_kept or 0, aim.channels_total]
-                if aim.asked is not None and o.measure == "output channels removed":
+                if aim.asked is not None and o.measure in ("output channels removed", "units zero"):
                     kept_asked[aim.name] = 1 - aim.asked
     rows = []
     for r in layers:

@@ -102,9 +102,10 @@ def test_layer_scope_reports_the_asked_sparsity_per_layer():
 
 def test_l1_reports_what_it_achieved_without_a_target():
     model = small_middle()
-    r = recipe({"method": "l1", "strength": 0.5, "mode": "proximal", "remove_dead": False}, epochs=1)
+    r = recipe({"method": "l1", "strength": 0.5, "mode": "proximal", "remove_dead": False, "proximal_every": 1},
+               epochs=1)  # fmt: skip
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=1)
-    pruner.step()
+    pruner.step(lr=1.0)  # a shrink of lr * strength = 0.5, beyond every weight
     rep = pruner.methods[0].report()
     # A strength that would zero everything leaves each layer its one strongest weight, and says so.
     assert rep["asked"] is None and 0.99 < rep["achieved"] < 1.0

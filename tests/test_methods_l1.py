@@ -12,7 +12,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def recipe(epochs: int = 2, *extra: dict, **method) -> sparsekit.Recipe:
-    l1 = {"method": "l1", "strength": 1e-3, "remove_dead": False, **method}
+    # proximal_every: 1 (a proximal step after every optimizer step), so each step can be checked by hand
+    l1 = {"method": "l1", "strength": 1e-3, "remove_dead": False, "proximal_every": 1, **method}
     return sparsekit.Recipe(**{"finetune": {"epochs": epochs}, "pruning": [l1, *extra]})
 
 
@@ -120,38 +121,137 @@ def test_an_empty_schedule_window_is_a_recipe_error():
 # --- proximal mode ------------------------------------------------------------------------------
 
 
-def test_proximal_soft_thresholds_by_strength_to_exact_masked_zeros():
+def test_proximal_soft_thresholds_by_lr_times_strength_to_exact_masked_zeros():
     model = nn.Linear(5, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[0.5, -0.05, 0.2, -0.3, 0.1]]))
-    pruner = sparsekit.Pruner(model, recipe(strength=0.1, mode="proximal"), steps_per_epoch=4)
+    pruner = sparsekit.Pruner(model, recipe(strength=0.2, mode="proximal"), steps_per_epoch=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # lr * strength = 0.1
+    model.weight.grad = torch.zeros_like(model.weight)  # the optimizer step moves nothing
+    opt.step()
     pruner.step()
     assert torch.allclose(model.weight, torch.tensor([[0.4, 0.0, 0.1, -0.2, 0.0]]))
     assert (model.weight == 0).tolist() == [[False, True, False, False, True]]
     assert get_mask(model).tolist() == [[True, False, True, True, False]]
 
 
+def test_proximal_shrink_follows_the_optimizers_current_learning_rate():
+    # The rate of the step just taken, read at optimizer.step(): a scheduler stepped before pruner.step()
+    # (per-iteration schedules, transformers' Trainer) does not shift it; step(lr=...) overrides it.
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    pruner = sparsekit.Pruner(model, recipe(strength=0.1, mode="proximal"), steps_per_epoch=100)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    model.weight.grad = torch.zeros_like(model.weight)
+    expected = 1.0
+    for lr in (0.5, 0.05, 0.005):
+        opt.step()
+        sched.step()  # the next step's rate is in the group now; the shrink uses the one just used
+        pruner.step()
+        expected -= lr * 0.1
+        assert model.weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    pruner.step(lr=2.0)  # an explicit rate: no optimizer stepped
+    assert model.weight[0, 0].item() == pytest.approx(expected - 0.2, rel=1e-6)
+    fresh = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        fresh.weight.fill_(1.0)
+    r = sparsekit.Recipe(
+        finetune={"epochs": 2, "optimizer": {"lr": 0.3}},
+        pruning=[{"method": "l1", "strength": 0.1, "mode": "proximal", "remove_dead": False, "proximal_every": 1}],
+    )
+    sparsekit.Pruner(fresh, r, steps_per_epoch=4).step()  # no optimizer seen yet: the recipe's lr
+    assert fresh.weight[0, 0].item() == pytest.approx(1.0 - 0.03, rel=1e-6)
+    with pytest.raises(ValueError, match="learning rate"):
+        pruner.step(lr=float("nan"))
+
+
+def test_proximal_every_k_steps_shrinks_by_what_those_steps_owe():
+    """Truncated gradient: with proximal_every: 3 the weights shrink at steps 3 and 6 by the sum of lr * lambda
+    over the steps since (lr changing in between), and at the window's last step by what is left."""
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    r = recipe(strength=0.1, mode="proximal", proximal_every=3, schedule={"start_epoch": 0, "end_epoch": 1})
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.weight.grad = torch.zeros_like(model.weight)
+    lrs = [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.025]
+    expected, owed = 1.0, 0.0
+    for step, lr in enumerate(lrs, start=1):
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        pruner.step()
+        owed += lr * 0.1
+        if step % 3 == 0 or step == 7:
+            expected, owed = expected - owed, 0.0
+        assert model.weight[0, 0].item() == pytest.approx(expected, rel=1e-6), step
+    assert expected == pytest.approx(1.0 - 0.1 * sum(lrs))
+
+
+def test_proximal_equals_the_penalty_subgradient_step_for_plain_sgd_away_from_zero():
+    """Same lambda, same objective: for SGD without momentum, the proximal step of lr * lambda is the
+    penalty's subgradient step, w - lr * (g + lambda * sign(w)), wherever no weight crosses zero."""
+    lam, lr = 5e-3, 0.1
+    start = mlp()
+    x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+    after = {}
+    for mode in ("penalty", "proximal"):
+        model = mlp()
+        model.load_state_dict(start.state_dict())
+        pruner = sparsekit.Pruner(model, recipe(strength=lam, mode=mode), steps_per_epoch=10)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
+        opt.step()
+        pruner.step()
+        after[mode] = [w.detach().clone() for w in weights(model)]
+    for before, pen, prox in zip(weights(start), after["penalty"], after["proximal"], strict=True):
+        away = (before.abs() > 0.05) & (pen.abs() > lr * lam)  # the step does not reach zero
+        assert float(away.float().mean()) > 0.5
+        torch.testing.assert_close(prox[away], pen[away], rtol=1e-6, atol=1e-7)
+        assert not torch.equal(pen, before.detach())
+    # ...and the group lasso's block soft-threshold is the penalty step on the unit norms: with no loss
+    # gradient both scale each row by (1 - lr * lambda / ||w_g||).
+    results = {}
+    for mode in ("penalty", "proximal"):
+        model = nn.Linear(6, 4, bias=False)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            model.weight.copy_(torch.randn(4, 6))
+        pruner = sparsekit.Pruner(model, recipe(strength=0.3, mode=mode, group="row"), steps_per_epoch=10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt.zero_grad()
+        (model.weight.sum() * 0 + pruner.penalty()).backward()
+        opt.step()
+        pruner.step()
+        results[mode] = model.weight.detach().clone()
+    torch.testing.assert_close(results["proximal"], results["penalty"], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize(
-    "make_opt",
+    ("make_opt", "lam"),
     [
-        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-        lambda p: torch.optim.Adam(p, lr=0.02),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 0.04),
+        (lambda p: torch.optim.Adam(p, lr=0.02), 0.2),
     ],
     ids=["sgd_momentum", "adam"],
 )
-def test_proximal_zeros_stay_zero_through_optimizer_steps(make_opt):
+def test_proximal_zeros_stay_zero_through_optimizer_steps(make_opt, lam):
     model = mlp()
-    pruner = sparsekit.Pruner(model, recipe(strength=0.004, mode="proximal"), steps_per_epoch=10)
+    pruner = sparsekit.Pruner(model, recipe(strength=lam, mode="proximal"), steps_per_epoch=10)
     opt = make_opt(model.parameters())
-    train_steps(model, pruner, opt, 15)
+    train_steps(model, pruner, opt, 17)  # the exact step at 17 masks every zero there is
     zeros = [(w == 0).clone() for w in weights(model)]
     n_zeros = sum(int(z.sum()) for z in zeros)
     assert n_zeros > 0.1 * sum(z.numel() for z in zeros)
+    for z, m in zip(zeros, layers(model), strict=True):
+        assert not bool(get_mask(m)[z].any())  # every zero is masked...
 
     def check():
         for z, m in zip(zeros, layers(model), strict=True):
-            assert bool((m.weight[z] == 0).all())  # once zero, always zero (momentum cannot revive it)
-            assert not bool(get_mask(m)[z].any())  # because the zeros are masked
+            assert bool((m.weight[z] == 0).all())  # ...so once zero, always zero (momentum cannot revive it)
+            assert bool((m.weight[~get_mask(m)] == 0).all())  # and so is every weight masked since
 
     train_steps(model, pruner, opt, 20, check=check)
     assert sum(int((w == 0).sum()) for w in weights(model)) > n_zeros  # and more keep coming
@@ -162,14 +262,14 @@ def test_group_row_proximal_zeroes_whole_rows_of_linear_layers():
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[3.0, 4.0, 0.0], [0.06, 0.0, 0.08], [1.0, 0.0, 0.0]]))
     pruner = sparsekit.Pruner(model, recipe(strength=0.5, mode="proximal", group="row"), steps_per_epoch=4)
-    pruner.step()
+    pruner.step(lr=1.0)
     # row norms 5, 0.1, 1 -> scales 0.9, 0, 0.5
     expected = torch.tensor([[2.7, 3.6, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
     assert torch.allclose(model.weight, expected)
     assert get_mask(model).tolist() == [[True] * 3, [False] * 3, [True] * 3]
 
     model = mlp()
-    pruner = sparsekit.Pruner(model, recipe(strength=0.022, mode="proximal", group="row"), steps_per_epoch=10)
+    pruner = sparsekit.Pruner(model, recipe(strength=0.44, mode="proximal", group="row"), steps_per_epoch=10)
     train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 25)
     dead = 0
     for w in weights(model):
@@ -182,9 +282,9 @@ def test_group_row_proximal_zeroes_whole_rows_of_linear_layers():
 
 def test_group_channel_proximal_zeroes_whole_conv_output_channels():
     model = cnn()
-    r = recipe(strength=0.04, mode="proximal", group="channel", layers={"types": ["Conv2d"]})
+    r = recipe(strength=0.8, mode="proximal", group="channel", layers={"types": ["Conv2d"]})
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=10)
-    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 15, (8, 2, 6, 6))
+    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 17, (8, 2, 6, 6))
     dead = 0
     for conv in (model[0], model[2]):
         w = conv.weight
@@ -227,7 +327,7 @@ def test_threshold_turns_tiny_weights_into_masked_zeros_at_finalize():
 def test_composes_with_magnitude_on_the_same_layers():
     model = mlp()
     magnitude = {"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}
-    r = recipe(2, magnitude, strength=0.008, mode="proximal")
+    r = recipe(2, magnitude, strength=0.08, mode="proximal")  # lr 0.1: a shrink of 0.008 per step
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=10)
     total = sum(w.numel() for w in weights(model))
     pruned = [(w == 0).clone() for w in weights(model)]
@@ -317,3 +417,147 @@ def test_l1_achieved_counts_the_weights_of_removed_units():
     assert final[0].out_features == 6  # the dead units are gone
     row = pruner.methods[0].report()["per_layer"]["0"]
     assert row["achieved"] == pytest.approx(0.5)  # 96 of 192 weights, though none of those left is zero
+
+
+# --- target: lambda adapts until the asked fraction is zero -----------------------------------------
+
+
+def _digits_mlp_and_loader():
+    """examples.models.mlp on scikit-learn's digits, briefly trained (the dense model a user brings)."""
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from examples.models import mlp as digits_mlp
+
+    x, y = load_digits(return_X_y=True)
+    data = TensorDataset(torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y))
+    loader = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = digits_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for x_, y_ in loader:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x_), y_).backward()
+        opt.step()
+    return model, loader
+
+
+@pytest.mark.parametrize(
+    ("mode", "make_opt"),
+    [
+        ("proximal", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+        ("proximal", lambda p: torch.optim.Adam(p, lr=1e-3)),
+        ("penalty", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+        ("penalty-no-threshold", lambda p: torch.optim.Adam(p, lr=1e-3)),
+    ],
+    ids=["proximal-sgd", "proximal-adam", "penalty-sgd", "penalty-adam"],
+)
+def test_group_l1_with_a_target_zeroes_and_removes_that_fraction_of_neurons(mode, make_opt):
+    """The issue's check: group L1 at a conventional lambda (1e-3) and a target, in a plain training loop:
+    whole neurons at exact zero, removed at finalize with the outputs unchanged, the target met."""
+    model, loader = _digits_mlp_and_loader()
+    threshold = mode == "penalty"
+    mode = mode.removesuffix("-no-threshold")
+    entry = {
+        "method": "l1",
+        "strength": 1e-3,
+        "mode": mode,
+        "group": "row",
+        "target": 0.4,
+        "layers": {"exclude": ["fc3"]},
+        "schedule": {"start_epoch": 0, "end_epoch": 1.5},
+    }
+    if threshold:
+        entry["threshold"] = 1e-3
+    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 2}, pruning=[entry])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
+    opt = make_opt(model.parameters())
+    for _ in range(2):
+        for x, y in loader:
+            opt.zero_grad()
+            (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
+            opt.step()
+            pruner.step()
+    units = 128 + 64
+    dead = 0
+    for layer in (model.fc1, model.fc2):
+        w = layer.weight.detach()
+        rows = (w == 0).all(dim=1)
+        assert torch.equal(w == 0, rows[:, None].expand_as(w)) or mode == "penalty"  # zeros in whole rows
+        dead += int(rows.sum())
+    assert dead == round(0.4 * units)  # exactly the target: never more (the curve caps), none missing
+    method = pruner.methods[0]
+    assert method.lam != 1e-3  # lambda moved
+    if mode == "proximal":
+        assert method.topped_up <= 0.15 * round(0.4 * units)  # L1 itself zeroed (nearly) all of them
+    x = torch.rand(32, 64)
+    expected = model(x).detach()
+    final = pruner.finalize()
+    assert final.fc1.out_features + final.fc2.out_features == units - dead  # removed, not just zero
+    torch.testing.assert_close(final(x), expected, rtol=1e-4, atol=1e-4)
+    report = method.report()
+    assert report["asked"] == 0.4 and report["unit"] == "units"
+    assert report["achieved"] == pytest.approx(dead / units)
+    assert set(report["per_layer"]) == {"fc1", "fc2"}
+    assert report["strength"]["start"] == 1e-3 and report["strength"]["end"] == method.lam
+
+
+def test_unstructured_target_reaches_that_fraction_of_weights_and_follows_the_curve():
+    model = mlp()
+    entry = {"method": "l1", "strength": 1e-4, "mode": "proximal", "target": 0.7, "remove_dead": False,
+             "schedule": {"start_epoch": 0, "end_epoch": 3, "curve": "linear"}}  # fmt: skip
+    pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 4}, pruning=[entry]), steps_per_epoch=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    total = sum(w.numel() for w in weights(model))
+    fractions = []
+    for _ in range(4):
+        train_steps(model, pruner, opt, 10)
+        fractions.append(sum(int((w == 0).sum()) for w in weights(model)) / total)
+    method = pruner.methods[0]
+    for epoch, frac in enumerate(fractions[:3], start=1):
+        assert frac <= method.curve(epoch * 10 + method.adapt_every) + 1 / total  # never ahead of the curve
+    assert fractions[2] == pytest.approx(0.7, abs=1 / total)
+    assert fractions[3] >= fractions[2]  # the zeros stay masked after end_epoch
+    assert pruner.methods[0].report()["asked"] == 0.7
+    assert pruner.methods[0].targets(4, 10) == pytest.approx([0.7 / 3, 1.4 / 3, 0.7, 0.7])
+
+
+def test_a_target_short_at_the_end_says_why():
+    model = mlp()
+    entry = {"method": "l1", "strength": 1e-4, "mode": "proximal", "target": 0.6, "remove_dead": False,
+             "schedule": {"start_epoch": 0, "end_epoch": 2}}  # fmt: skip
+    pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 2}, pruning=[entry]), steps_per_epoch=10)
+    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05), 5)  # stopped before end_epoch
+    report = pruner.methods[0].report()
+    assert report["achieved"] < 0.6 and "before schedule.end_epoch" in report["reason"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"target": 0.5}, "target needs schedule.end_epoch"),
+        ({"target": 1.0, "schedule": {"end_epoch": 1}}, r"pruning\[0\]\.target: must be < 1"),
+        ({"target": 0.5, "schedule": {"end_epoch": 5}}, "after the last fine-tuning epoch"),
+        ({"sparsity": 0.5}, "l1 takes target"),
+    ],
+)
+def test_target_recipe_errors_name_the_field_and_the_fix(entry, message):
+    data = {
+        "finetune": {"epochs": 2},
+        "pruning": [{"method": "l1", "strength": 1e-3, "mode": "proximal", **entry}],
+    }
+    from sparsekit.recipe import validate_recipe
+
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(data)
+
+
+def test_the_old_meaning_of_strength_and_its_migration_are_documented():
+    from pathlib import Path
+
+    from sparsekit.recipe import L1Spec
+
+    text = L1Spec.model_fields["strength"].description or ""
+    assert "lr * lambda" in text and "divide" in text and "learning rate" in text
+    page = (Path(__file__).resolve().parent.parent / "docs" / "recipe.md").read_text(encoding="utf-8")
+    assert "Migration: recipes written for sparsekit 0.1.0" in page

@@ -71,6 +71,9 @@ def test_shipped_recipe_runs(path: Path, tmp_path):
         if spec.method == "structured":
             assert report["pruned"]["params"] < report["dense"]["params"]
             assert report["pruned"]["macs"] < report["dense"]["macs"]
+        if spec.method == "l1" and spec.target is not None:
+            assert method["asked"] == spec.target
+            assert method["achieved"] == pytest.approx(spec.target, abs=0.005)
     # the shipped file is plain data a user can read and copy
     assert yaml.safe_load(path.read_text())["version"] == 1
 
@@ -106,3 +109,26 @@ def test_zoo_recipe_runs_on_its_own_data(name: str, tmp_path):
     x = torch.randn(4, *recipe.model.input_shape[1:])
     assert pruned(x).shape == (4, 10)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_the_l1_recipe_reaches_its_target_on_its_own_model_and_data(tmp_path):
+    """lenet-l1-row-50 on LeNet-300-100 and mnist5k, shortened to 12 batches per epoch: half the hidden
+    neurons of fc1 and fc2 end exactly zero and are removed, and the ONNX file agrees with torch."""
+    name = "lenet-l1-row-50"
+    recipe = sparsekit.load_recipe(name)
+    torch.manual_seed(0)
+    model = build_model(recipe.model.factory, recipe.model.kwargs)
+    kw = {"kwargs": recipe.model.kwargs, "input_shape": recipe.model.input_shape}
+    ckpt = sparsekit.save_model(model, tmp_path / "dense.pt", factory=recipe.model.factory, **kw)
+    out = tmp_path / "out"
+    short = ["finetune.max_steps_per_epoch=12", "benchmark.enabled=false", "export.exporter=torchscript"]
+    args = ["prune", str(ckpt), name, "-o", str(out), "--arch", recipe.model.factory, "--no-progress"]
+    result = CliRunner().invoke(main, [*args, *(a for s in short for a in ("--set", s))])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    l1 = report["methods"][0]
+    assert l1["asked"] == 0.5 and l1["achieved"] == pytest.approx(0.5, abs=0.5 / 400)
+    pruned = sparsekit.load_model(out / "model.pt", arch=recipe.model.factory)
+    assert pruned.fc1.out_features + pruned.fc2.out_features == 200  # the dead neurons are gone
+    assert pruned.fc3.out_features == 10
+    assert report["parity"]["ok"] and report["pruned"]["macs"] < 0.5 * report["dense"]["macs"]

@@ -26,6 +26,12 @@ OPTIMIZERS = {
     "adam_wd": lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=1e-3),
     "adamw": lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=1e-2),
 }
+LR = {"sgd_momentum_wd": 0.05, "adam_wd": 3e-3, "adamw": 3e-3}
+
+
+def per_step(entries: list[dict], opt_name: str) -> list[dict]:
+    """l1 entries below give ``strength`` as the shrink per step (lr * lambda): lambda for this optimizer's lr."""
+    return [{**e, "strength": e["strength"] / LR[opt_name]} if e["method"] == "l1" else e for e in entries]
 
 
 def mlp() -> nn.Sequential:
@@ -72,60 +78,66 @@ def test_masked_weights_are_exact_zeros_after_every_step(entry, opt_name):
     # Momentum, Adam moments and weight decay all move masked weights off zero at every optimizer step:
     # the cached mask (and l1's one-pass masking) must still re-zero every one of them, every step.
     model = mlp()
-    pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=[entry]), steps_per_epoch=8)
+    recipe = sparsekit.Recipe(finetune={"epochs": 3}, pruning=per_step([entry], opt_name))
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=8)
     opt = OPTIMIZERS[opt_name](model.parameters())
     train(model, pruner, opt, 24, check=lambda: masked_zero(model))
     pruned = sum(int((~m).sum()) for m in pruner.masks().values())
     assert pruned > 0
 
 
-def old_soft_threshold(w: torch.Tensor, mask: torch.Tensor | None, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The l1 proximal step as written before the one-pass version: (new weight, new mask)."""
-    w = w.clone()
-    flat = w.view(-1)
-    magnitude = flat.abs() if mask is None else flat.abs() * mask.view(-1)
-    strongest = int(magnitude.argmax())
-    if float(flat[strongest].abs()) <= lam:
-        keep = flat[strongest].clone()
-        w.copy_(F.softshrink(w, lam))
-        flat[strongest] = keep
-    else:
-        w.copy_(F.softshrink(w, lam))
-    new_mask = (torch.ones_like(w, dtype=torch.bool) if mask is None else mask.clone()).logical_and_(w.bool())
-    return w.mul_(new_mask.view(torch.uint8)), new_mask
-
-
 @pytest.mark.parametrize("cached", [True, False], ids=["cached-copy", "big-layer-bytes"])
-@pytest.mark.parametrize("strength", [3e-4, 3e-3, 5e-2])  # a few zeros, many, every layer floored
-def test_l1_proximal_step_matches_the_old_algorithm_bit_for_bit(strength, cached, monkeypatch):
+@pytest.mark.parametrize("shrink", [3e-4, 3e-3, 5e-2])  # a few zeros, many, every layer floored
+def test_l1_proximal_step_is_the_soft_threshold_by_lr_times_strength(shrink, cached, monkeypatch):
+    """Every step, fused pass or exact one: w <- softshrink(w, lr * lambda) where the mask was alive, 0 where
+    it was not (values: the fused pass may give +0 where softshrink gives -0); masks only lose ones, lose them
+    only at zeros, and after an exact step every zero is masked; a layer is never emptied."""
     if not cached:
         monkeypatch.setattr(masks, "_FACTOR_MAX_NUMEL", 100)
     model = mlp()
-    entry = {"method": "l1", "strength": strength, "mode": "proximal", "remove_dead": False}
+    lr = 0.05
+    entry = {"method": "l1", "strength": shrink / lr, "mode": "proximal", "remove_dead": False, "proximal_every": 1}
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=[entry]), steps_per_epoch=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    method = pruner.methods[0]
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     g = torch.Generator().manual_seed(2)
+    fused = exact = 0
     for _ in range(30):
         x, y = torch.randn(16, 20, generator=g) * 2, torch.randint(0, 4, (16,), generator=g)
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        expected = [old_soft_threshold(m.weight.detach(), get_mask(m), strength) for m in layers]
+        was_exact = pruner.step_count + 1 > method._fused_until
+        before = [(m.weight.detach().clone(), get_mask(m).clone() if get_mask(m) is not None else None) for m in layers]
         pruner.step()
-        for module, (w, mask) in zip(layers, expected, strict=True):
-            assert torch.equal(bits(module.weight), bits(w))
-            got = get_mask(module)
-            assert torch.equal(got if got is not None else torch.ones_like(mask), mask)
-    if strength == 5e-2:
-        assert pruner.methods[0].floored == {"0", "2", "4"}
+        exact, fused = exact + was_exact, fused + (not was_exact)
+        for module, (w, mask) in zip(layers, before, strict=True):
+            expected = F.softshrink(w, shrink) * (1 if mask is None else mask)
+            got, new_mask = module.weight.detach(), get_mask(module)
+            floored = (expected == 0) & (got != 0)
+            assert torch.equal(got[~floored], expected[~floored])
+            if bool(floored.any()):
+                assert was_exact and int(floored.sum()) == 1 and torch.equal(got[floored], w[floored])
+            if new_mask is not None:
+                assert bool((got[~new_mask] == 0).all())
+                if mask is not None:
+                    assert not bool((new_mask & ~mask).any())  # masks only lose ones
+            if was_exact:
+                assert new_mask is not None or bool((got != 0).all())
+                assert new_mask is None or torch.equal(new_mask, got != 0)  # every zero masked
+    assert exact >= 4
+    if shrink == 5e-2:
+        assert method.floored == {"0", "2", "4"} and fused == 0  # near zero: exact steps only
+    else:
+        assert fused > exact  # the cheap pass took most steps
 
 
 def test_a_note_of_an_applied_mask_is_void_once_the_weight_changes():
     # l1 masks a layer itself and notes it, so apply_masks can skip it; any later in-place change to the
     # weight (another hook, user code) voids the note, and apply_masks masks the layer again.
     model = mlp()
-    entry = {"method": "l1", "strength": 5e-3, "mode": "proximal", "remove_dead": False}
+    entry = {"method": "l1", "strength": 0.1, "mode": "proximal", "remove_dead": False}
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=[entry]), steps_per_epoch=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     train(model, pruner, opt, 5)
@@ -143,10 +155,11 @@ def test_a_note_of_an_applied_mask_is_void_once_the_weight_changes():
 
 def test_notes_do_not_outlive_a_pruner_step():
     model = mlp()
-    entry = {"method": "l1", "strength": 5e-3, "mode": "proximal", "remove_dead": False}
+    entry = {"method": "l1", "strength": 0.1, "mode": "proximal", "remove_dead": False, "proximal_every": 1}
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=[entry]), steps_per_epoch=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     train(model, pruner, opt, 5)
+    pruner.methods[0]._fused_until = 0  # an exact step (the fused pass leaves the masking to the Pruner)
     pruner.methods[0].after_step(pruner.step_count + 1)  # a hook called outside step() leaves notes
     assert masks._APPLIED
     pruner.step()
@@ -157,7 +170,7 @@ def test_a_note_never_skips_masking_at_a_later_step():
     # Notes hold within one pruner.step(): an optimizer that writes through `.data` (no version counter
     # change) must still get its masked weights re-zeroed at the next step, even when no hook runs then.
     model = mlp()
-    entry = {"method": "l1", "strength": 5e-3, "mode": "proximal", "remove_dead": False, "schedule": {"end_epoch": 1}}
+    entry = {"method": "l1", "strength": 0.1, "mode": "proximal", "remove_dead": False, "schedule": {"end_epoch": 1}}
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=[entry]), steps_per_epoch=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     train(model, pruner, opt, 4)  # the l1 window: steps 1-4
@@ -313,7 +326,8 @@ COMBOS = {
 def test_combined_methods_keep_exact_zeros_after_every_step(combo, opt_name):
     # Two methods on the same weights: one's mask writes void the other's notes and cached copies.
     model = mlp()
-    pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=COMBOS[combo]), steps_per_epoch=8)
+    recipe = sparsekit.Recipe(finetune={"epochs": 3}, pruning=per_step(COMBOS[combo], opt_name))
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=8)
     opt = OPTIMIZERS[opt_name](model.parameters())
     train(model, pruner, opt, 24, check=lambda: masked_zero(model))
     assert sum(int((~m).sum()) for m in pruner.masks().values()) > 0
@@ -358,37 +372,20 @@ def test_the_l1_penalty_and_its_gradients_are_autograds_bit_for_bit():
         assert all(torch.equal(bits(a), bits(b)) for a, b in zip(got, want, strict=True))
 
 
-def old_group_shrink(
-    w: torch.Tensor, mask: torch.Tensor | None, lam: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The group proximal step as written before (row groups of a Linear): (new weight, new mask), masks applied."""
-    w = w.clone()
-    norms = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32)
-    scale = (1 - lam / norms.clamp_min(torch.finfo(torch.float32).tiny)).clamp_min(0)
-    dead = scale == 0
-    if bool(dead.any()) and bool(dead.all()):
-        alive_rows = None if mask is None else mask.any(dim=1)
-        strongest = int((norms if alive_rows is None else norms * alive_rows).argmax())
-        scale[strongest], dead[strongest] = 1.0, False
-    w.mul_(scale[:, None])
-    if bool(dead.any()):
-        mask = (torch.ones_like(w, dtype=torch.bool) if mask is None else mask.clone()).logical_and_(~dead[:, None])
-    if mask is not None:
-        w.mul_(mask.view(torch.uint8))
-    return w, mask
-
-
 @pytest.mark.parametrize("with_magnitude", [False, True], ids=["alone", "with-magnitude"])
-def test_l1_group_proximal_step_matches_the_old_algorithm_bit_for_bit(with_magnitude):
-    # Dead units are AND-ed into the mask only when new ones die (a cached cover of the mask's live units);
-    # a magnitude update between steps changes the mask and must void that cache.
-    lam = 4e-2
-    entries = [{"method": "l1", "strength": lam, "mode": "proximal", "group": "row", "remove_dead": False}]
+def test_l1_group_proximal_step_is_the_block_soft_threshold(with_magnitude):
+    # Each alive row scales by max(0, 1 - lr * lambda / ||row||), masked rows are zero; dead rows are masked
+    # at exact steps; a magnitude update between steps changes the mask and must void the cached cover.
+    lr, lam = 0.05, 0.8
+    entries = [
+        {"method": "l1", "strength": lam, "mode": "proximal", "group": "row", "remove_dead": False, "proximal_every": 1}
+    ]
     if with_magnitude:
         entries.append({"method": "magnitude", "sparsity": 0.6, "schedule": GRADUAL})
     model = mlp()
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=entries), steps_per_epoch=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method = pruner.methods[0]
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     g = torch.Generator().manual_seed(3)
     dead_seen = 0
@@ -402,18 +399,27 @@ def test_l1_group_proximal_step_matches_the_old_algorithm_bit_for_bit(with_magni
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
-        expected = [old_group_shrink(m.weight.detach(), get_mask(m), lam) for m in layers]
-        pruner.methods[0].after_step(pruner.step_count + 1)
+        was_exact = pruner.step_count + 1 > method._fused_until
+        before = [(m.weight.detach().clone(), get_mask(m).clone() if get_mask(m) is not None else None) for m in layers]
+        pruner.methods[0].after_step(pruner.step_count + 1)  # l1 alone (magnitude's updates come between)
         if not with_magnitude:
             pruner.step_count += 1
         apply_masks(model)
-        for module, (w, mask) in zip(layers, expected, strict=True):
-            assert torch.equal(bits(module.weight), bits(w))
-            got = get_mask(module)
-            assert (got is None) == (mask is None)
-            if mask is not None:
-                assert torch.equal(got, mask)
-                dead_seen += int((~mask).all(dim=1).sum())
+        for module, (w, mask) in zip(layers, before, strict=True):
+            rows_alive = torch.ones(w.shape[0], dtype=torch.bool) if mask is None else mask.any(dim=1)
+            norms = torch.linalg.vector_norm(w, dim=1)
+            scale = (1 - lr * lam / norms.clamp_min(1e-30)).clamp_min(0) * rows_alive
+            expected = w * scale[:, None] * (1 if mask is None else mask)
+            got = module.weight.detach()
+            kept = (got != 0).any(dim=1) & (scale == 0)  # a floored row skips the shrink
+            torch.testing.assert_close(got[~kept], expected[~kept], rtol=1e-6, atol=1e-7)
+            if bool(kept.any()):
+                assert was_exact and int(kept.sum()) == 1
+            new_mask = get_mask(module)
+            if was_exact and new_mask is not None:
+                dead_rows = (got == 0).all(dim=1)
+                assert not bool(new_mask[dead_rows].any())
+                dead_seen += int(dead_rows.sum())
     assert dead_seen > 0
 
 
@@ -532,11 +538,19 @@ def test_tied_weights_with_one_shared_mask_are_masked():
 @pytest.mark.parametrize(
     "entry",
     [
-        {"method": "l1", "strength": 2e-3, "mode": "proximal", "remove_dead": False},
-        {"method": "l1", "strength": 3e-2, "mode": "proximal", "group": "row", "remove_dead": False},
+        {"method": "l1", "strength": 0.04, "mode": "proximal", "remove_dead": False},
+        {"method": "l1", "strength": 0.6, "mode": "proximal", "group": "row", "remove_dead": False},
+        {
+            "method": "l1",
+            "strength": 0.6,
+            "mode": "proximal",
+            "group": "row",
+            "target": 0.5,
+            "schedule": {"start_epoch": 0, "end_epoch": 2},
+        },
         {"method": "gradient", "criterion": "taylor", "sparsity": 0.8, "schedule": GRADUAL},
     ],
-    ids=["l1", "l1_group", "taylor"],
+    ids=["l1", "l1_group", "l1_group_target", "taylor"],
 )
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(entry):
     # Scratch buffers, cached mask copies and notes are not state: a fresh Pruner restored from a checkpoint
@@ -572,7 +586,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(entry):
 
 def test_l1_proximal_follows_a_dtype_change_mid_run():
     model = mlp()
-    entry = {"method": "l1", "strength": 2e-3, "mode": "proximal", "remove_dead": False}
+    entry = {"method": "l1", "strength": 0.04, "mode": "proximal", "remove_dead": False}
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=[entry]), steps_per_epoch=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     train(model, pruner, opt, 5)

@@ -1,22 +1,45 @@
-"""L1-induced sparsity: an L1 / group-lasso penalty in the loss, or a proximal soft-threshold.
+"""L1-induced sparsity: an L1 / group-lasso penalty in the loss, or its proximal step, optionally to a target.
 
-L1 regularization (Tibshirani, 1996, the lasso) for unstructured zeros; group lasso (Yuan & Lin, 2006)
-over output units for structured sparsity, as in structured sparsity learning (Wen et al., 2016).
+L1 regularization (Tibshirani, 1996, the lasso) for unstructured zeros; group lasso (Yuan & Lin, 2006,
+"Model selection and estimation in regression with grouped variables") over output units for structured
+sparsity, as in structured sparsity learning (Wen et al., 2016, "Learning Structured Sparsity in Deep
+Neural Networks"). ``strength`` is lambda in the objective ``loss + lambda * R(w)``, on the scale of
+Keras' ``l1(0.01)`` or PyTorch's ``weight_decay`` (typical values 1e-5..1e-2):
 
-- ``mode: penalty`` adds ``strength * sum|w|`` (``group: none``) or ``strength * sum_g ||w_g||_2``
-  (group lasso, ``group: row`` = each output unit of a Linear layer, ``group: channel`` = each output
-  channel of a Conv layer) to the loss through :meth:`L1.penalty`.
-- ``mode: proximal`` soft-thresholds after every optimizer step: ``w <- sign(w) * max(|w| - strength, 0)``
-  or, per group, ``w_g <- w_g * max(0, 1 - strength / ||w_g||)``. Here ``strength`` is the shrinkage
-  per step, i.e. the ``lambda * lr`` of proximal gradient descent: the user picks it directly, so it
-  does not change when the learning-rate schedule does.
+- ``mode: penalty`` adds ``lambda * sum|w|`` (``group: none``) or ``lambda * sum_g ||w_g||_2`` (group lasso,
+  ``group: row`` = each output unit of a Linear layer, ``group: channel`` = each output channel of a Conv
+  layer) to the loss through :meth:`L1.penalty` (its subgradient ``lambda * sign(w)``, resp. ``lambda * w_g /
+  ||w_g||``, through :meth:`sparsekit.Pruner.regularize`).
+- ``mode: proximal`` takes the proximal-gradient step for the same objective (Parikh & Boyd, 2014,
+  "Proximal Algorithms", sections 4.2 and 6.5): after every optimizer step with learning rate ``lr``,
+  ``w <- sign(w) * max(|w| - lr * lambda, 0)`` or, per group, ``w_g <- w_g * max(0, 1 - lr * lambda /
+  ||w_g||)``. ``lr`` is the rate the optimizer just used (:mod:`sparsekit.learning_rate`), so a learning-rate
+  schedule scales the shrink as it scales the gradient step; for plain SGD away from zero the step is the
+  penalty's subgradient step exactly. Unlike the penalty it makes exact zeros.
 
-Both are active for the steps inside ``schedule`` (default: the whole run; an empty window is an
-error). The zeros the proximal step makes become masked zeros, so optimizer momentum cannot revive
-them (a penalty alone rarely makes exact zeros: use ``threshold``). At :meth:`L1.finalize`, weights with
-``|w| < threshold`` become masked zeros, and with ``remove_dead`` the neurons/channels left all-zero
-are removed physically (see :func:`sparsekit.surgery.remove_dead_units`); :meth:`L1.finalize` returns
-that removal's history, which the Pruner records for checkpoints.
+Migration: before issue 16 proximal ``strength`` was the shrink per step itself (``lr * lambda``); a recipe
+written that way gets the same run with ``strength: old / lr``.
+
+``target`` (a fraction of the weights, or of the units with groups) adapts lambda on the schedule, as
+Distiller's and NNI's automated regularization do: every ``adapt_every`` steps lambda is set to what zeroes
+the weakest units still missing by ``end_epoch`` (the ``k``-th smallest unit norm over ``lr`` times the steps
+left), times a gain that grows by 1.25 while the zero fraction is behind the curve (the schedule's ``curve``
+from ``init_sparsity`` at ``start_epoch`` to ``target`` at ``end_epoch``) and falls by 1.25 when it is
+ahead; in proximal mode no step
+may zero more than the curve allows one adaptation ahead (the strongest of the would-be zeros skip that
+step's shrink). At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
+training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
+
+Both modes are active for the steps inside ``schedule`` (default: the whole run; an empty window is an
+error). To keep ``pruner.step()`` cheap the proximal step runs every ``proximal_every`` optimizer steps
+(default 4) with the shrink those steps owe (truncated gradient, Langford, Li & Zhang, 2009); ``1``: after
+every step. The zeros it makes become masked zeros, so optimizer momentum cannot revive them; without a
+target, masking and the never-empty-a-layer check run at every 8th step, and the proximal steps between
+take one fused pass over all layers (as long as no layer's largest weight is near the shrink).
+At :meth:`L1.finalize`, weights with ``|w| < threshold`` become masked zeros, and with
+``remove_dead`` the neurons/channels left all-zero are removed physically (see
+:func:`sparsekit.surgery.remove_dead_units`); :meth:`L1.finalize` returns that removal's history, which
+the Pruner records for checkpoints.
 
 L1 never owns a mask (``masks_weights = False``): it only AND-s zeros into the shared mask, so it
 composes with a magnitude or gradient method on the same weights.
@@ -24,6 +47,7 @@ composes with a magnitude or gradient method on the same weights.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -32,8 +56,9 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import RecipeError
-from ..layers import prunable_layers, select_layers, unit_broadcast, unit_view
-from ..masks import MASK, bake, count_true, ensure_mask, get_mask, mark_applied, mask_factor, set_mask, weight_of
+from ..layers import num_units, output_dim, prunable_layers, select_layers, unit_broadcast, unit_view
+from ..learning_rate import LearningRates
+from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
 from ..surgery import last_layer, remove_dead_units
@@ -57,17 +82,6 @@ def _check_group(group: str, layers: dict[str, nn.Module], where: str) -> None:
                 f"is a {kind}: use group: row for Linear layers, or set layers.types: [{conv_kinds}] (add a second "
                 "l1 entry with group: row and layers.types: [Linear] for the fully connected layers)"
             )
-
-
-def _clear_mask_bits(module: nn.Module, alive: torch.Tensor) -> None:
-    """AND ``alive`` into the module's mask; no mask is created while every weight is alive."""
-    mask = get_mask(module)
-    if mask is None:
-        # uint8 view: a reduction over a bool tensor is ~50x slower on CPU than over its bytes
-        if bool(alive.view(torch.uint8).all()):
-            return
-        mask = ensure_mask(module)
-    mask.logical_and_(alive)
 
 
 class _AbsSum(torch.autograd.Function):
@@ -116,11 +130,19 @@ class _UnitCover:
         return self.mask is mask and self.version == mask._version
 
 
-_BUFFER_MAX_NUMEL = 1 << 24  # a kept buffer costs the layer's weight size again in memory: 64 MB at most
+_REFRESH = 8  # without a target: steps between exact proximal steps (masks, floors); the others are one fused pass
+_GUARD = (
+    4.0  # fused steps only while every layer's peak |w| (unit norm) passes _GUARD x the shrink until the next exact
+)
+_GROW = 1.25  # target: the gain on lambda's estimate grows by this when behind the curve, falls by it when ahead
 
 
 class L1:
-    """L1 / group-lasso regularization (``method: l1``).
+    """L1 / group-lasso regularization (``method: l1``), optionally driven to a ``target`` fraction of zeros.
+
+    ``strength`` is lambda in ``loss + lambda * R(w)`` (``R``: ``sum|w|``, or ``sum_g ||w_g||_2`` with
+    ``group``); the proximal step shrinks by ``lr * lambda`` with the learning rate of the optimizer step it
+    follows (:attr:`learning_rates`, set by the Pruner; 1.0 when unset).
 
     Raises RecipeError at construction when ``group`` does not fit a selected layer's type or the
     schedule window is empty, TargetError when ``spec.layers`` selects no layer."""
@@ -146,13 +168,43 @@ class L1:
                 f"window is empty (start_epoch={spec.schedule.start_epoch:g}, end_epoch="
                 f"{spec.schedule.end_epoch:g}); leave schedule out to regularize the whole run"
             )
+        self.steps_per_epoch = setup.steps_per_epoch
         self.step = 0  # optimizer steps completed
         self.floored: set[str] = set()  # layers kept from going all-zero (one unit or weight left alive)
-        self._buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer, _shrink's scratch
-        self._counts: dict[str, tuple[torch.Tensor, int, int]] = {}  # per layer: mask, its version, its ones
+        self.units = spec.group != "none"
+        self.target: float | None = None if spec.target is None else float(spec.target)
+        self.lam = float(spec.strength)  # lambda now: the target's controller moves it
+        self.lam_max = self.lam
+        self.gain = 1.0  # the target's feedback on top of the lambda its estimate asks for
+        self.topped_up = 0  # zeroed at end_epoch to meet the target
+        self.settled = False  # the target's end_epoch step ran
+        self.learning_rates: LearningRates | None = None  # the Pruner's watch over the optimizer's lr
+        # Adapt lambda every `every` epochs when the schedule says so, else 16 times per epoch.
+        every = spec.schedule.every if "every" in spec.schedule.model_fields_set else 1 / 16
+        self.adapt_every = max(1, round(every * setup.steps_per_epoch))
+        self._modules = list(self.layers.values())
+        self._weights = [weight_of(m) for m in self._modules]
+        self._sizes = [
+            num_units(m) if self.units else w.numel() for m, w in zip(self._modules, self._weights, strict=True)
+        ]
+        self.total = sum(self._sizes)
+        self.dead = 0  # units (weights) at zero over all layers, as of the last exact step or adapt point
+        self._fused_until = 0  # steps up to this one may take the fused pass (no target only)
+        self.proximal_every = int(spec.proximal_every)
+        self._owed = [0.0] * len(self._modules)  # per layer: lr * lambda summed since the last proximal step
+        self._owed_all = 0.0  # the same, owed by every layer alike (one learning rate for all)
         self._covers: dict[str, _UnitCover] = {}  # per layer, the units its mask still has (group proximal)
-        # Weight counts before remove_dead shrinks layers: removed units count as pruned in the report.
+        self._fused: _Fused | None = None
+        # What counts as zero for the target: threshold, or in penalty mode without one (a penalty makes no exact
+        # zeros) 1e-3 of the mean unit norm (|w|) at the start.
+        self.zero_below = float(spec.threshold)
+        if self.target is not None and spec.mode == "penalty" and self.zero_below <= 0:
+            with torch.no_grad():
+                scores = torch.cat([s.float().view(-1) for s in self._scores()])
+            self.zero_below = 1e-3 * float(scores.mean()) if scores.numel() else 0.0
+        # Weight and unit counts before remove_dead shrinks layers: removed units count as pruned in the report.
         self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
+        self.initial_units = {n: num_units(m) for n, m in self.layers.items()}
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
@@ -161,140 +213,290 @@ class L1:
         ``end_epoch`` (the same boundaries at which magnitude masks change)."""
         return self.schedule.start < step <= self.schedule.end
 
+    def curve(self, step: int) -> float:
+        """The target's schedule: the fraction to be zero at ``step``, rising from ``init_sparsity`` at the
+        window's start to ``target`` at its end (Zhu & Gupta's cubic, or linear), continuously (0 without a
+        target)."""
+        if self.target is None:
+            return 0.0
+        start, end = self.schedule.start, self.schedule.end
+        frac = min(max((step - start) / (end - start), 0.0), 1.0)
+        power = 3 if self.spec.schedule.curve == "cubic" else 1
+        init = float(self.spec.schedule.init_sparsity)
+        return self.target + (init - self.target) * (1.0 - frac) ** power
+
     @staticmethod
     def _groups(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
         # One row per output unit: Linear rows, Conv output channels (dim 1 of a ConvTranspose weight).
         return unit_view(weight, module)
 
     def penalty(self) -> torch.Tensor | float:
-        """``strength * sum|w|`` (or ``strength * sum_g ||w_g||_2`` per output unit) over the layers, a
-        scalar tensor, in ``mode: penalty`` while the window is active; else 0.0."""
+        """``lambda * sum|w|`` (or ``lambda * sum_g ||w_g||_2`` per output unit) over the layers, a scalar
+        tensor, in ``mode: penalty`` while the window is active; else 0.0."""
         # The penalty enters the loss of the step being taken now, step ``self.step + 1``.
         if self.spec.mode != "penalty" or not self.active(self.step + 1):
             return 0.0
-        if self.spec.group == "none":
+        if not self.units:
             # One autograd node for all layers, with a cheaper backward (see _AbsSum); the same values.
-            return _AbsSum.apply(self.spec.strength, *(weight_of(m) for m in self.layers.values()))
+            return _AbsSum.apply(self.lam, *(weight_of(m) for m in self._modules))
         total: Any = None  # not 0.0 + ...: one op and one autograd node less per step, the same value
-        for module in self.layers.values():
+        for module in self._modules:
             w = weight_of(module)
             term = torch.linalg.vector_norm(self._groups(w, module), dim=1).sum()
             total = term if total is None else total + term
-        return 0.0 if total is None else self.spec.strength * total
+        return 0.0 if total is None else self.lam * total
+
+    # --- the proximal step ---------------------------------------------------------------------------
+
+    def _shrinks(self) -> list[float]:
+        """``lr * lambda`` per layer: the soft-threshold of this step."""
+        rates = self.learning_rates.rates() if self.learning_rates is not None else [1.0] * len(self._modules)
+        lam = self.lam
+        return [lr * lam for lr in rates]
 
     @torch.no_grad()
-    def _soft_threshold(self) -> None:
-        # Runs after every optimizer step, so it is written for speed (see _shrink and _shrink_groups).
-        lam = self.spec.strength
-        for name, module in self.layers.items():
-            if self.spec.group == "none":
-                self._shrink(name, module, lam)
+    def _proximal(self, step: int) -> None:
+        """``prox_{lr * lambda * R}`` after the optimizer step (Parikh & Boyd, 2014, section 6.5.1 and 6.5.4):
+        soft-threshold each weight (``group: none``) or scale each unit by ``max(0, 1 - lr * lambda /
+        ||w_g||)`` (block soft-threshold, group lasso). Every ``proximal_every`` steps (and at the window's
+        last), by the sum of ``lr * lambda`` over those steps: Langford, Li & Zhang's truncated gradient
+        (2009, "Sparse Online Learning via Truncated Gradient", JMLR 10), the same objective at a fraction of
+        the per-step cost."""
+        rates = self.learning_rates
+        lr = rates.uniform() if rates is not None else 1.0
+        if lr is not None:
+            self._owed_all += lr * self.lam  # the usual case: one rate for every layer, one float added
+        else:
+            owed = self._owed
+            for i, t in enumerate(self._shrinks()):
+                owed[i] += t
+        every = self.proximal_every
+        if every > 1 and (step - self.schedule.start) % every and step != self.schedule.end:
+            return
+        shrinks = [t + self._owed_all for t in self._owed]
+        self._owed, self._owed_all = [0.0] * len(self._owed), 0.0
+        moved = any(w is not weight_of(m) for w, m in zip(self._weights, self._modules, strict=True))
+        if moved:  # another entry replaced parameters (structured removal): follow them
+            self._weights = [weight_of(m) for m in self._modules]
+            self._fused = None
+            if self.learning_rates is not None:
+                self.learning_rates.watch(self._weights)
+        if self.target is None and step <= self._fused_until and not moved:
+            fused = self._fused
+            if fused is None or not fused.fits(self._weights):
+                fused = self._fused = _Fused.build(self._weights, self._modules, self.units)
+            if fused is not None:
+                fused.shrink(shrinks)
+                return
+        self._exact(step, shrinks)
+
+    def _exact(self, step: int, shrinks: list[float]) -> None:
+        """The per-layer step: shrink, mask the zeros it made (so momentum cannot revive them), keep every
+        layer alive, and with a target never let more than the curve allows (one step ahead) be zero."""
+        budget = None
+        if self.target is not None:
+            allowed = round(self.curve(min(step + self.adapt_every, self.schedule.end)) * self.total)
+            budget = max(allowed - self.dead, 0)
+        dead = 0
+        peak = math.inf
+        for i, (name, module) in enumerate(self.layers.items()):
+            if self.units:
+                n_dead, new, top = self._shrink_groups(name, module, shrinks[i], budget)
             else:
-                self._shrink_groups(name, module, lam)
+                n_dead, new, top = self._shrink(name, module, shrinks[i], budget)
+            if budget is not None:
+                budget = max(budget - new, 0)
+            dead += n_dead
+            if shrinks[i] > 0:
+                peak = min(peak, top / shrinks[i])
+        self.dead = dead
+        # Fused passes until the next exact step, unless a layer could come near zero before it (peak is in
+        # shrinks of this step, which covered proximal_every optimizer steps).
+        ahead = (_REFRESH + self.proximal_every) / self.proximal_every
+        self._fused_until = step + _REFRESH - 1 if peak > _GUARD * ahead else step
 
-    def _shrink(self, name: str, module: nn.Module, lam: float) -> None:
-        """Soft-threshold one layer's weights and mask the zeros it makes, bit for bit as ``w.copy_(softshrink(w,
-        lam))``, ``mask &= w != 0`` and the Pruner's ``w *= mask`` did (tests/test_step_cost.py checks).
-
-        Few passes over the weights, into buffers kept between steps, and none of torch's bool kernels on
-        whole weights (slow on CPU): the shrink goes to a buffer, its nonzeros are cast to a bool buffer and
-        counted through numpy, the masked result is written in one multiply, and the mask is written only
-        when that count says it changed. The layer is then marked applied, so the Pruner's apply_masks skips
-        it. A shrink that would leave no weight alive takes the plain path (:meth:`_shrink_to_floor`)."""
+    def _shrink(self, name: str, module: nn.Module, t: float, budget: int | None) -> tuple[int, int, float]:
+        """Soft-threshold one layer by ``t`` and mask the zeros it makes: (weights at zero, newly zero, the
+        largest |w| left)."""
         w = weight_of(module)
         mask = get_mask(module)
-        shrunk, alive = self._scratch(name, w)
-        # sign(w) * max(|w| - lam, 0) (zeros keep w's sign): F.softshrink, into `shrunk` (F has no out=)
-        torch._C._nn.softshrink(w, lam, out=shrunk)  # type: ignore[call-arg]
-        alive.copy_(shrunk)  # the cast is `!= 0` (NaN counts as alive, as w.bool() did), and fast
+        shrunk = torch.nn.functional.softshrink(w, t)
         if mask is not None:
-            # Masked weights moved with the optimizer step but are zeroed right after: never alive.
-            alive.view(torch.uint8).bitwise_and_(mask.view(torch.uint8))
+            shrunk.mul_(mask)  # masked weights moved with the optimizer step: they stay zero
+        before = w.numel() if mask is None else count_true(mask)
+        alive = shrunk != 0
         n_alive = count_true(alive)
+        new = before - n_alive
+        flat_s, flat_w = shrunk.view(-1), w.view(-1)
+        if budget is not None and new > budget:
+            # More would die than the target's curve allows: the strongest of them skip this shrink.
+            was = torch.ones_like(alive) if mask is None else mask
+            candidates = torch.where((~alive & was).view(-1), flat_w.abs(), -1.0)
+            spare = torch.topk(candidates, new - budget).indices
+            flat_s[spare] = flat_w[spare]
+            alive.view(-1)[spare] = flat_w[spare] != 0
+            n_alive = count_true(alive)
+            new = before - n_alive
         if n_alive == 0:
-            self._shrink_to_floor(name, module, w, shrunk, mask)
-            return
-        factor = None if mask is None else mask_factor(w, mask)
-        if factor is None:
-            w.copy_(shrunk)
-        else:
-            # shrunk * old mask = shrunk * new mask: where only the new one is 0, shrunk is +-0 already.
-            torch.mul(shrunk, factor, out=w)
-        if mask is None:
-            if n_alive < alive.numel():  # no mask is created while every weight is alive
-                module.register_buffer(MASK, alive.clone(), persistent=False)
-        else:
-            known = self._counts.get(name)
-            n_mask = known[2] if known is not None and known[0] is mask and known[1] == mask._version else None
-            if n_alive != (count_true(mask) if n_mask is None else n_mask):
-                mask.copy_(alive)  # alive lies within the mask: equal counts, equal masks
-            self._counts[name] = (mask, mask._version, n_alive)
-        mark_applied(module)
+            # Never empty a layer: the shrink would zero every weight, so the largest one stays.
+            strongest = int((flat_w.abs() if mask is None else flat_w.abs() * mask.view(-1)).argmax())
+            flat_s[strongest] = flat_w[strongest]
+            alive.view(-1)[strongest] = True
+            n_alive, new = 1, before - 1
+            self.floored.add(name)
+        w.copy_(shrunk)
+        if n_alive < w.numel() and (mask is None or new > 0):
+            ensure_mask(module).logical_and_(alive)
+        mark_applied(module)  # the weight is masked as it is: apply_masks may skip it this step
+        top = float(shrunk.abs().max()) if n_alive else 0.0
+        return w.numel() - n_alive, new, top
 
-    def _scratch(self, name: str, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Buffers like ``w`` (its dtype, and bool) for :meth:`_shrink`, kept between steps (no allocation per
-        step) for layers up to ``_BUFFER_MAX_NUMEL`` weights; bigger layers get fresh ones each step."""
-        bufs = self._buffers.get(name)
-        if bufs is None or bufs[0].shape != w.shape or bufs[0].dtype != w.dtype or bufs[0].device != w.device:
-            shrunk = torch.empty(w.shape, dtype=w.dtype, device=w.device)
-            bufs = (shrunk, torch.empty(w.shape, dtype=torch.bool, device=w.device))
-            if w.numel() <= _BUFFER_MAX_NUMEL:
-                self._buffers[name] = bufs
-        return bufs
-
-    def _shrink_groups(self, name: str, module: nn.Module, lam: float) -> None:
-        """Group soft-threshold of one layer: ``w_g <- w_g * max(0, 1 - lam / ||w_g||)``, masking dead units."""
+    def _shrink_groups(self, name: str, module: nn.Module, t: float, budget: int | None) -> tuple[int, int, float]:
+        """Block soft-threshold of one layer, ``w_g <- w_g * max(0, 1 - t / ||w_g||)``, masking dead units:
+        (units at zero, newly zero, the largest unit norm left)."""
         w = weight_of(module)
         dtype = torch.promote_types(w.dtype, torch.float32)
         norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
+        mask = get_mask(module)
+        if mask is not None:
+            cover = self._covers.get(name)
+            if cover is None or not cover.holds(mask):
+                cover = self._covers[name] = _UnitCover(mask, module)
+            was = cover.alive_units
+            norms = norms * was  # a masked unit is dead whatever the optimizer step did to it
+        else:
+            was = torch.ones_like(norms, dtype=torch.bool)
         # Norm 0 gives scale 0 (not nan): the group is already dead.
-        scale = (1 - lam / norms.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
-        dead = scale == 0  # one entry per group: cheap to test
-        any_dead = bool(dead.any())
-        if any_dead and bool(dead.all()):
-            # Never empty a layer (it would pass on only a constant): its strongest unit skips
-            # this shrink, so at least one unit lives.
-            unit_mask = get_mask(module)
-            alive_rows = None if unit_mask is None else unit_view(unit_mask, module).any(dim=1)
-            strongest_unit = int((norms if alive_rows is None else norms * alive_rows).argmax())
-            scale[strongest_unit], dead[strongest_unit] = 1.0, False
+        scale = (1 - t / norms.clamp_min(torch.finfo(dtype).tiny)).clamp_min(0)
+        dead = scale == 0
+        new_dead = dead & was
+        new = int(new_dead.sum())
+        if budget is not None and new > budget:
+            # More units would die than the target's curve allows: the strongest of them skip this shrink.
+            spare = torch.topk(torch.where(new_dead, norms, -1.0), new - budget).indices
+            scale[spare], dead[spare] = 1.0, False
+            new = budget
+        if bool(dead.all()):
+            # Never empty a layer (it would pass on only a constant): its strongest unit skips this shrink.
+            strongest = int(norms.argmax())
+            scale[strongest], dead[strongest] = 1.0, False
+            new = int((dead & was).sum())
             self.floored.add(name)
-            any_dead = bool(dead.any())
         w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
-        if any_dead:
+        if new > 0:
+            ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
+        # (not mark_applied: another method's mask may hold zeros inside the units that stay)
+        return int(dead.sum()), new, float((norms * ~dead).max())
+
+    # --- the target ----------------------------------------------------------------------------------
+
+    def _zero_fraction(self) -> float:
+        """Units (weights) that count as zero now: masked, exactly zero, or under ``threshold``."""
+        if self.spec.mode == "proximal" and self.spec.threshold <= 0:
+            return self.dead / self.total
+        with torch.no_grad():
+            # Under threshold, or exactly zero when threshold is 0.
+            dead = sum(int((s < max(self.zero_below, torch.finfo(s.dtype).tiny)).sum()) for s in self._scores())
+        self.dead = dead
+        return dead / self.total
+
+    def _scores(self) -> list[torch.Tensor]:
+        """Per layer, one score per unit (its norm) or weight (|w|); masked ones score 0."""
+        out = []
+        for module in self._modules:
+            w = weight_of(module).detach()
             mask = get_mask(module)
             if mask is not None:
-                # A masked unit is dead again at every step (its weights are zero but for the optimizer's
-                # last move): AND-ing its zeros in again changes nothing, so only newly dead units do it.
-                cover = self._covers.get(name)
-                if cover is None or not cover.holds(mask):
-                    cover = self._covers[name] = _UnitCover(mask, module)
-                if not bool((dead & cover.alive_units).any()):
-                    return
-            ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
+                w = w * mask
+            out.append(torch.linalg.vector_norm(self._groups(w, module), dim=1) if self.units else w.abs())
+        return out
 
-    def _shrink_to_floor(
-        self, name: str, module: nn.Module, w: torch.Tensor, shrunk: torch.Tensor, mask: torch.Tensor | None
-    ) -> None:
-        """The shrink (``shrunk``, ``w`` still unchanged) would leave no weight of the layer alive."""
-        flat = w.view(-1)
-        magnitude = flat.abs() if mask is None else flat.abs() * mask.view(-1)
-        strongest = int(magnitude.argmax())
-        if float(flat[strongest].abs()) <= self.spec.strength:
-            # Never empty a layer: the shrink would zero every weight, so the largest one stays.
-            keep = flat[strongest].clone()
-            w.copy_(shrunk)
-            flat[strongest] = keep
-            self.floored.add(name)
-        else:
-            w.copy_(shrunk)
-        _clear_mask_bits(module, w.bool())
+    def _adapt(self, step: int) -> None:
+        """Set lambda so the weakest units (weights) still to be zeroed reach zero by end_epoch: the
+        ``k``-th smallest norm (|w|) left, ``k`` the zeros still missing, over ``lr`` times the steps left
+        (the shrink a proximal step takes, ``lr * lambda``, summed to the end), times a gain that grows by
+        _GROW while the zero fraction is behind the curve and falls by it when ahead (the loss gradient
+        pushes back; with Adam a penalty's step is not ``lr * lambda``)."""
+        achieved = self._zero_fraction()
+        wanted = self.curve(step)
+        tol = 0.5 / self.total + 0.005 * (self.target or 0.0)
+        if achieved < wanted - tol:
+            self.gain = min(self.gain * _GROW, 100.0)
+        elif achieved > wanted + tol:
+            self.gain = max(self.gain / _GROW, 0.01)
+        missing = round((self.target or 0.0) * self.total) - self.dead
+        if missing <= 0:
+            return
+        with torch.no_grad():
+            scores = torch.cat([s.float().view(-1) for s in self._scores()])
+            alive = scores[scores >= max(self.zero_below, torch.finfo(torch.float32).tiny)]
+            if alive.numel() == 0:
+                return
+            kth = float(torch.kthvalue(alive.cpu(), min(missing, alive.numel())).values)
+        rates = self.learning_rates.rates() if self.learning_rates is not None else [1.0]
+        lr = sum(rates) / len(rates)
+        left = max(self.schedule.end - step, 1)
+        if lr > 0:
+            lam = self.gain * kth / (lr * left)
+            if self.spec.mode == "penalty":
+                # A subgradient step of lr * lambda makes a unit swing around zero by that much: past threshold,
+                # no unit would ever count as zero. The weakest are zeroed at end_epoch instead (_settle).
+                lam = min(lam, self.zero_below / lr)
+            self.lam = min(max(lam, self.spec.strength * 1e-3), self.spec.strength * 1e6)
+        self.lam_max = max(self.lam_max, self.lam)
+
+    @torch.no_grad()
+    def _settle(self) -> None:
+        """At end_epoch: exactly ``round(target * total)`` units (weights) zero and masked, the weakest ones
+        (every one already at zero first), no layer emptied. Weights already at zero stay so, so a proximal
+        run that overshot keeps its extra zeros."""
+        scores = self._scores()
+        want = round((self.target or 0.0) * self.total)
+        flat = torch.cat([s.float().view(-1) for s in scores])
+        order = torch.argsort(flat, stable=True)
+        bounds = [0]
+        for s in scores:
+            bounds.append(bounds[-1] + s.numel())
+        owner = torch.bucketize(order, torch.tensor(bounds[1:-1]), right=True)
+        left = list(self._sizes)
+        chosen: list[int] = []
+        for idx, layer in zip(order.tolist(), owner.tolist(), strict=True):
+            if len(chosen) >= want and flat[idx] > 0:
+                break
+            if left[layer] <= 1:
+                continue  # never empty a layer
+            left[layer] -= 1
+            chosen.append(idx)
+        dead_before = self.dead if self.spec.mode == "proximal" else int((flat == 0).sum())
+        kill = torch.zeros(flat.numel(), dtype=torch.bool)
+        if chosen:
+            kill[torch.tensor(chosen)] = True
+        for i, (module, s) in enumerate(zip(self._modules, scores, strict=True)):
+            part = kill[bounds[i] : bounds[i + 1]].view(s.shape).to(s.device)
+            if not bool(part.any()):
+                continue
+            w = weight_of(module)
+            keep = unit_broadcast(~part, module, w).expand_as(w) if self.units else ~part
+            set_mask(module, keep)
+        self.dead = len(chosen)
+        self.topped_up = max(len(chosen) - dead_before, 0)
+        self.settled = True
+
+    # --- hooks ---------------------------------------------------------------------------------------
 
     def after_step(self, step: int) -> Changes:
-        """In ``mode: proximal`` while the window is active: soft-threshold the weights, masking the zeros."""
+        """While the window is active: in ``mode: proximal`` the proximal step; with a target, lambda adapts
+        every ``adapt_every`` steps, and at the window's last step the target is settled (:meth:`_settle`)."""
         self.step = step
-        if self.spec.mode == "proximal" and self.active(step):
-            self._soft_threshold()
+        if not self.active(step):
+            return UNCHANGED
+        if self.spec.mode == "proximal":
+            self._proximal(step)
+        if self.target is not None:
+            if step == self.schedule.end:
+                self._settle()
+            elif (step - self.schedule.start) % self.adapt_every == 0:
+                self._adapt(step)
         return UNCHANGED
 
     def start(self) -> None:
@@ -302,14 +504,14 @@ class L1:
         self.step = 0
 
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
-        """Mask weights (or units) under ``threshold``; with ``remove_dead``, remove all-zero units and
-        return their removal history (``structure_changed`` when any went). Warns and skips the removal
-        when the input shape is unknown."""
-        if self.spec.threshold > 0:
+        """Mask weights (or units) under ``threshold`` (with a target whose end_epoch was reached, that was
+        done there); with ``remove_dead``, remove all-zero units and return their removal history
+        (``structure_changed`` when any went). Warns and skips the removal when the input shape is unknown."""
+        if self.spec.threshold > 0 and not self.settled:
             with torch.no_grad():
                 for name, module in self.layers.items():
                     w = weight_of(module)
-                    if self.spec.group == "none":
+                    if not self.units:
                         keep = w.abs() >= self.spec.threshold
                         if not bool(keep.any()):  # never empty a layer: its largest weight stays
                             keep.view(-1)[int(w.abs().argmax())] = True
@@ -358,6 +560,7 @@ class L1:
         # The removal may hand back another model object (an untouched copy when its self-check failed).
         modules = dict(model.named_modules())
         self.layers = {n: modules[n] for n in self.layers if n in modules}
+        self._modules = list(self.layers.values())
         # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
         # removing them would change the outputs. Reported so a missing speedup is explained.
         self.dead_units = {"found": dead_before, "kept": self._dead_units()}
@@ -372,26 +575,156 @@ class L1:
         )
 
     def report(self) -> dict[str, Any]:
-        """Asked vs achieved (:func:`~sparsekit.stats.asked_vs_achieved`; ``asked`` is None: l1 sets no
-        target, its zeros come from training) and, after a dead-unit removal,
-        ``{"dead_units": {"found": n, "kept": k}}``."""
+        """Asked vs achieved: ``asked`` is ``target`` (None without one); ``achieved`` the fraction of the
+        weights at zero or, with ``group: row | channel``, of the output units at zero or removed
+        (``"unit": "weights" | "units"``; with groups ``weights_zero`` gives the weight fraction too); per
+        layer the same (``asked`` None: lambda is shared). Also ``strength`` (lambda at the start, at the end
+        and its largest value), ``topped_up`` (units or weights the target's last step zeroed) and, after a
+        dead-unit removal, ``{"dead_units": {"found": n, "kept": k}}``."""
         reasons = {
             n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
         }
         out = asked_vs_achieved(self.layers, None, reasons=reasons, initial=self.initial)
+        out["unit"] = "weights"
+        if self.units:
+            out["weights_zero"] = out["achieved"]
+            out["unit"] = "units"
+            dead_all = total_all = 0
+            for name, module in self.layers.items():
+                norms = torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1)
+                n = max(int(norms.numel()), self.initial_units.get(name, 0))
+                dead = n - int((norms != 0).sum())
+                dead_all, total_all = dead_all + dead, total_all + n
+                out["per_layer"][name]["achieved"] = dead / n if n else 0.0
+            out["achieved"] = dead_all / total_all if total_all else 0.0
+        out["asked"] = self.target
+        if self.target is not None and out["achieved"] + 0.5 / max(self.total, 1) < self.target:
+            out["reason"] = (
+                "the run stopped before schedule.end_epoch, where the target is settled"
+                if not self.settled
+                else "keeping one unit alive per layer left fewer to zero than asked"
+            )
+        out["strength"] = {"start": float(self.spec.strength), "end": self.lam, "max": self.lam_max}
+        out["topped_up"] = self.topped_up
         if self.dead_units:
             out["dead_units"] = self.dead_units
         return out
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
-        """Empty: how many weights L1 zeroes is only known after training."""
-        return []
+        """With a target, the curve's value at the end of each epoch (of units with groups); else empty: how many
+        weights L1 zeroes is only known after training."""
+        if self.target is None:
+            return []
+        return [self.curve((e + 1) * steps_per_epoch) for e in range(max(epochs, 0))]
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer steps completed, and the layers kept from going all-zero (for the report)."""
-        return {"step": self.step, "floored": sorted(self.floored)}
+        """The optimizer steps completed, lambda, the layers kept from going all-zero and the target's state."""
+        return {
+            "step": self.step,
+            "floored": sorted(self.floored),
+            "lam": self.lam,
+            "lam_max": self.lam_max,
+            "gain": self.gain,
+            "dead": self.dead,
+            "topped_up": self.topped_up,
+            "settled": self.settled,
+            "fused_until": self._fused_until,
+            "owed": [t + self._owed_all for t in self._owed],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (a state saved before lambda adapted holds only step and floored)."""
         self.step = int(state["step"])
         self.floored = {str(n) for n in state.get("floored", [])}
+        self.lam = float(state.get("lam", self.spec.strength))
+        self.lam_max = float(state.get("lam_max", self.lam))
+        self.gain = float(state.get("gain", 1.0))
+        self.dead = int(state.get("dead", 0))
+        self.topped_up = int(state.get("topped_up", 0))
+        self.settled = bool(state.get("settled", False))
+        self._fused_until = int(state.get("fused_until", 0))
+        owed = state.get("owed")
+        if owed is not None and len(owed) == len(self._owed):
+            self._owed, self._owed_all = [float(v) for v in owed], 0.0
+
+
+class _Fused:
+    """The proximal step between exact steps: one pass over all layers, with no masking or counting.
+
+    ``group: none``: ``w - clamp(w, -t, t)`` (the soft-threshold) in three foreach calls for every layer.
+    Groups: each unit's norm into one buffer, ``max(0, 1 - t / norm)`` on that buffer, one foreach multiply.
+    Built only for float32 weights on one device and no ConvTranspose (whose units are not a view)."""
+
+    def __init__(
+        self,
+        weights: list[torch.Tensor],
+        rows: list[torch.Tensor],
+        norms: torch.Tensor,
+        scale: torch.Tensor,
+        views: list[torch.Tensor],
+        counts: list[int],
+        units: bool,
+    ) -> None:
+        self.weights, self.rows, self.norms, self.scale, self.views = weights, rows, norms, scale, views
+        self.outs = []
+        at = 0
+        for n in counts if units else []:
+            self.outs.append(norms[at : at + n])
+            at += n
+        self.counts, self.units = counts, units
+        self._t: torch.Tensor | None = None
+        self._key: tuple[float, ...] = ()
+
+    @classmethod
+    def build(cls, weights: list[torch.Tensor], modules: list[nn.Module], units: bool) -> _Fused | None:
+        ws = [w.detach() for w in weights]
+        if not ws or any(w.dtype != torch.float32 or w.device != ws[0].device for w in ws):
+            return None
+        if not units:
+            return cls(ws, [], torch.empty(0), torch.empty(0), [], [w.numel() for w in ws], units)
+        if any(output_dim(m) for m in modules):
+            return None
+        rows = [w if w.dim() == 2 else w.flatten(1) for w in ws]
+        counts = [r.shape[0] for r in rows]
+        norms = torch.empty(sum(counts), dtype=torch.float32, device=ws[0].device)
+        scale = torch.empty_like(norms)
+        views, at = [], 0
+        for w, n in zip(ws, counts, strict=True):
+            views.append(scale[at : at + n].view(n, *([1] * (w.dim() - 1))))
+            at += n
+        return cls(ws, rows, norms, scale, views, counts, units)
+
+    def fits(self, weights: list[torch.Tensor]) -> bool:
+        return len(weights) == len(self.weights) and all(
+            w.data_ptr() == f.data_ptr() and w.shape == f.shape for w, f in zip(weights, self.weights, strict=True)
+        )
+
+    def shrink(self, shrinks: list[float]) -> None:
+        same = all(t == shrinks[0] for t in shrinks)
+        if not self.units:
+            ws = self.weights
+            if same:
+                clamped = torch._foreach_clamp_max(ws, shrinks[0])
+                torch._foreach_clamp_min_(clamped, -shrinks[0])
+            else:
+                clamped = torch._foreach_clamp_max(ws, shrinks)
+                torch._foreach_clamp_min_(clamped, [-t for t in shrinks])
+            torch._foreach_sub_(ws, clamped)  # w - clamp(w, -t, t): softshrink, exact zeros inside [-t, t]
+            return
+        for rows, out in zip(self.rows, self.outs, strict=True):
+            torch.linalg.vector_norm(rows, 2, 1, out=out)
+        scale = self.scale
+        torch.clamp_min(self.norms, torch.finfo(torch.float32).tiny, out=scale)  # norm 0: scale 0, not nan
+        scale.reciprocal_()
+        if same:
+            scale.mul_(-shrinks[0])
+        else:
+            key = tuple(shrinks)
+            if self._t is None or key != self._key:
+                self._t = torch.repeat_interleave(
+                    torch.tensor([-t for t in shrinks], dtype=torch.float32), torch.tensor(self.counts)
+                ).to(scale.device)
+                self._key = key
+            scale.mul_(self._t)
+        scale.add_(1.0).clamp_min_(0.0)
+        torch._foreach_mul_(self.weights, self.views)

@@ -38,6 +38,7 @@ class MaxNorm:
 
     name = "max_norm"
     masks_weights = False
+    makes_masks = False  # the Pruner need not look for masks after each step for this method's sake
     needs_grad = False
     structural = False
 
@@ -50,13 +51,28 @@ class MaxNorm:
         self.touched: list[str] = []
         # (module, whether its output units index dim 0): a 2-D such weight is its own [units, rest] view
         self._layout = [(m, not output_dim(m)) for m in self.layers.values()]
+        self._fused: _NormBuffer | None = None
 
     def project(self) -> None:
         """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``: ``w_u <- w_u *
         (max_value / ||w_u||)``, bit for bit; units within the bound are left untouched."""
-        # Runs after every optimizer step, so it makes few calls: detached weights instead of a no_grad
-        # context (neither records a graph), a Linear's weight is its own [units, rest] view, and on CPU one
-        # max over every layer's norms decides the usual case (no unit over the bound).
+        # Runs after every optimizer step, so it makes few calls: on CPU every layer's unit norms go into one
+        # buffer through views kept between steps, and one max over it decides the usual case (no unit over
+        # the bound); the plain path below is taken for other devices and mixed dtypes.
+        fused = self._fused
+        if fused is None or not fused.holds(self._layout):
+            fused = self._fused = _NormBuffer.build(self._layout)
+        if fused is not None:
+            with torch.no_grad():
+                fused.compute()
+                peak = float(fused.norms.max())
+                if peak <= self.max_value:  # the usual case (NaN compares False: it goes on)
+                    return
+                for (module, _), n in zip(self._layout, fused.outs, strict=True):
+                    over = n > self.max_value
+                    if bool(over.any()):  # (a NaN norm is not over: its unit is left as it is, as below)
+                        self._rescale(module, n.clone(), over)
+            return
         norms = []
         for module, own_rows in self._layout:
             w = weight_of(module).detach()
@@ -122,3 +138,34 @@ class MaxNorm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore."""
+
+
+class _NormBuffer:
+    """Every selected layer's unit norms in one float32 CPU buffer, written through slices of it (views of the
+    weights kept between steps): one norm call per layer and a single max per step. Built only for float32
+    CPU weights whose units are views (not ConvTranspose); rebuilt when a layer's weight is replaced."""
+
+    def __init__(self, weights: list[torch.Tensor], rows: list[torch.Tensor], norms: torch.Tensor) -> None:
+        self.weights, self.rows, self.norms = weights, rows, norms
+        self.outs: list[torch.Tensor] = []
+        at = 0
+        for r in rows:
+            self.outs.append(norms[at : at + r.shape[0]])
+            at += r.shape[0]
+
+    @classmethod
+    def build(cls, layout: list[tuple[nn.Module, bool]]) -> _NormBuffer | None:
+        weights = [weight_of(m) for m, _ in layout]
+        if not weights or not all(
+            own and w.dtype == torch.float32 and w.is_cpu for (_, own), w in zip(layout, weights, strict=True)
+        ):
+            return None
+        rows = [w.detach() if w.dim() == 2 else w.detach().flatten(1) for w in weights]
+        return cls(weights, rows, torch.empty(sum(r.shape[0] for r in rows), dtype=torch.float32))
+
+    def holds(self, layout: list[tuple[nn.Module, bool]]) -> bool:
+        return all(m._parameters.get("weight") is w for (m, _), w in zip(layout, self.weights, strict=True))
+
+    def compute(self) -> None:
+        for rows, out in zip(self.rows, self.outs, strict=True):
+            torch.linalg.vector_norm(rows, 2, 1, out=out)

@@ -1,0 +1,101 @@
+"""The learning rate each weight was last updated with, for proximal steps (``lr * lambda``).
+
+A proximal-gradient step (Parikh & Boyd, 2014, "Proximal Algorithms", section 4.2) follows the gradient
+step ``w - lr * grad`` with ``prox_{lr * lambda * R}``: for the L1 norm a soft-threshold by ``lr * lambda``.
+So the shrink needs the learning rate the optimizer just used. :class:`LearningRates` learns it without
+any change to the training loop: a global ``torch.optim`` step post-hook (``register_optimizer_step_post_hook``)
+notes, after every ``optimizer.step()`` of an optimizer that holds the watched weights, the ``lr`` of the
+param group holding each of them, as it was during that step (a per-step LR scheduler stepped between
+``optimizer.step()`` and ``pruner.step()`` does not shift it).
+
+Precedence: an ``lr`` given to ``Pruner.step(lr=...)`` for that step; else the rate noted at the last optimizer
+step; else ``fallback`` (the recipe's ``finetune.optimizer.lr``), e.g. when a step is driven with no
+``torch.optim`` optimizer (a dry run, or a hand-written update).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+class LearningRates:
+    """Watches ``torch.optim`` optimizer steps for the learning rate of ``weights`` (a list of parameters).
+
+    ``fallback``: the rate used before any optimizer holding them stepped. :meth:`close` removes the hook
+    (the Pruner calls it at finalize; it also goes when this object is garbage-collected)."""
+
+    def __init__(self, weights: Sequence[torch.Tensor], fallback: float) -> None:
+        self.fallback = float(fallback)
+        self.override: float | None = None  # Pruner.step(lr=...) for the current step
+        self._ids = [id(w) for w in weights]
+        self._rates: list[float] | None = None  # per weight, at the last optimizer step
+        self._uniform: float | None = None  # that rate when every weight has the same one
+        self._group_rates: list[float] | None = None  # per param group, at the last optimizer step
+        self._mapped: object = None  # the layout _rates was computed for
+        self._layout: tuple[weakref.ref, int, list[int]] | None = None  # optimizer, its groups' count, group per weight
+        self.optimizer_steps = 0
+        ref = weakref.ref(self)
+
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            me = ref()
+            if me is not None:
+                me._observe(optimizer)
+
+        self._handle = register_optimizer_step_post_hook(hook)
+        weakref.finalize(self, self._handle.remove)
+
+    def watch(self, weights: Sequence[torch.Tensor]) -> None:
+        """Follow these parameters from now on (after a structural change replaced them)."""
+        self._ids = [id(w) for w in weights]
+        self._layout = None
+        self._mapped = None
+
+    def _observe(self, optimizer: torch.optim.Optimizer) -> None:
+        groups = optimizer.param_groups
+        layout = self._layout
+        if layout is None or layout[0]() is not optimizer or layout[1] != len(groups):
+            where: dict[int, int] = {}
+            for g, group in enumerate(groups):
+                for p in group["params"]:
+                    where.setdefault(id(p), g)
+            index = [where.get(i, -1) for i in self._ids]
+            if all(g < 0 for g in index):
+                return  # an optimizer over other parameters (a second model, a GAN's other half)
+            layout = self._layout = (weakref.ref(optimizer), len(groups), index)
+        rates = [float(g["lr"]) for g in groups]  # float(): an lr may be a 0-dim tensor
+        self.optimizer_steps += 1
+        if rates == self._group_rates and layout is self._mapped:
+            return  # the usual step: the same rates as last time
+        self._group_rates, self._mapped = rates, layout
+        known = self._rates
+        # A weight no group of this optimizer holds keeps the rate it had (another optimizer may step it).
+        self._rates = [
+            rates[g] if g >= 0 else (known[k] if known is not None else self.fallback) for k, g in enumerate(layout[2])
+        ]
+        first = self._rates[0] if self._rates else None
+        self._uniform = first if all(r == first for r in self._rates) else None
+
+    def rates(self) -> list[float]:
+        """The learning rate of each watched weight for the current step (see the module docstring)."""
+        if self.override is not None:
+            return [self.override] * len(self._ids)
+        if self._rates is None:
+            return [self.fallback] * len(self._ids)
+        return self._rates
+
+    def uniform(self) -> float | None:
+        """The learning rate when every watched weight has the same one for the current step, else None."""
+        if self.override is not None:
+            return self.override
+        if self._rates is None:
+            return self.fallback
+        return self._uniform
+
+    def close(self) -> None:
+        """Stop watching optimizer steps."""
+        self._handle.remove()
