@@ -1,6 +1,6 @@
 """Memory and time that scale with the model (issue 15): exact selection without a sort or a concatenation
-of all scores, each file's gzip size computed once at level 6, checkpoints written without a copy of the
-weights. The measurements themselves are benchmarks/memory_scaling.py's."""
+of all scores, each file's gzip size computed once (level 9 up to 16 MiB, else 6), checkpoints written
+without a copy of the weights. The measurements themselves are benchmarks/memory_scaling.py's."""
 
 from __future__ import annotations
 
@@ -74,16 +74,16 @@ def test_scores_on_meta_give_shape_only_masks():
     assert got["w"].is_meta and got["w"].shape == (5, 3) and got["w"].dtype == torch.bool
 
 
-# --- sizes: gzip level 6, once per file ------------------------------------------------------------------
+# --- sizes: gzip once per file, level 9 up to 16 MiB, else 6 ------------------------------------------
 
 
 @pytest.fixture
 def gzip_calls(monkeypatch):
     clear_memo()
-    calls: list[tuple[str, int]] = []
+    calls: list[tuple[str, int | None]] = []
     real = files_mod.gzip_size
 
-    def counted(paths, level=GZIP_LEVEL):
+    def counted(paths, level=None):
         calls.append((Path(paths[0]).name, level))
         return real(paths, level)
 
@@ -92,7 +92,7 @@ def gzip_calls(monkeypatch):
     clear_memo()
 
 
-def test_each_file_is_gzipped_once_at_level_6(tmp_path, gzip_calls):
+def test_each_file_is_gzipped_once(tmp_path, gzip_calls):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
     with torch.no_grad():
@@ -103,13 +103,22 @@ def test_each_file_is_gzipped_once_at_level_6(tmp_path, gzip_calls):
     report = size_report(path)
     bench = benchmark(path, batch_sizes=(1,), runs=3, warmup=0)
     assert info["gzip_bytes"] == report["gzip_bytes"] == bench["files"][0]["gzip_bytes"]
-    assert gzip_calls == [("model.onnx", 6)]
+    assert gzip_calls == [("model.onnx", 9)]  # a small file: level 9
     shipped = choose_storage(path, tmp_path / "shipped.onnx", "sparse")
-    assert shipped["gzip_level"] == GZIP_LEVEL == 6
+    assert shipped["gzip_level"] == 9
     # The source once in all; the sparse candidate once (it is measured where it is built, named as it ships).
-    assert gzip_calls == [("model.onnx", 6), ("shipped.onnx", 6)]
+    assert gzip_calls == [("model.onnx", 9), ("shipped.onnx", 9)]
     data = path.read_bytes()
-    assert info["gzip_bytes"] == len(gzip.compress(data, compresslevel=6, mtime=0))
+    assert info["gzip_bytes"] == len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def test_the_level_falls_to_6_above_16_mib(tmp_path, monkeypatch):
+    assert files_mod.gzip_level(files_mod.GZIP9_MAX_BYTES) == 9
+    assert files_mod.gzip_level(files_mod.GZIP9_MAX_BYTES + 1) == GZIP_LEVEL == 6
+    monkeypatch.setattr(files_mod, "GZIP9_MAX_BYTES", 100)  # a "large" file without writing 16 MiB
+    f = tmp_path / "big.bin"
+    f.write_bytes(bytes(range(256)) * 4 + bytes(3000))
+    assert files_mod.gzip_size([f]) == len(gzip.compress(f.read_bytes(), compresslevel=6, mtime=0))
 
 
 def test_save_model_writes_the_weights_without_copying_them(tmp_path, monkeypatch):

@@ -42,11 +42,13 @@ from sparsekit.onnx.tensors import external_locations, model_tensors
 
 __all__ = [
     "EXTERNAL_DATA_BYTES",
+    "GZIP9_MAX_BYTES",
     "GZIP_LEVEL",
     "MARK_KEY",
     "check_external_data",
     "clear_memo",
     "external_data_files",
+    "gzip_level",
     "gzip_size",
     "load_onnx",
     "mark",
@@ -65,12 +67,21 @@ T = TypeVar("T")
 EXTERNAL_DATA_BYTES = int(1.8e9)
 # metadata_props key of every ONNX file sparsekit writes; the value is the sparsekit version and a hash.
 MARK_KEY = "sparsekit"
-# The zlib level of every gzip size sparsekit reports: 6, the `gzip` tool's own default. On a 135 MB MLP
-# file with 90% of its weights zero (benchmarks/memory_scaling.py) level 9 took 8.6 s for a file 1.2%
-# smaller than level 6 (1.2 s), and 85 s on another 90% sparse file where level 6 took 5.3 s: level 9's
-# long match search degrades on the short zero runs of unstructured sparsity. Level 1 is 2-4x faster
-# than 6 but 19-37% larger, which would misstate what gzip makes of the file.
+# The zlib level of the gzip sizes sparsekit reports: 9 (`gzip -9`) for files up to GZIP9_MAX_BYTES, 6
+# (the `gzip` tool's default) above. On LeNet-300-100 at 90% (1 MB, dense storage) level 9 is 18% smaller
+# than level 6 (154 vs 188 kB) and takes ~0.3 s. On a 135 MB MLP file with 90% of its weights zero
+# (benchmarks/memory_scaling.py) level 9 took 8.6 s for a file 1.2% smaller than level 6 (1.2 s), and 85 s
+# on another 90% sparse file where level 6 took 5.3 s: level 9's long match search degrades on the zero
+# runs of unstructured sparsity, so its cost is bounded by the file size it is used for. Level 1 is 2-4x
+# faster than 6 but 19-37% larger, which would misstate what gzip makes of the file.
 GZIP_LEVEL = 6
+GZIP9_MAX_BYTES = 16 << 20
+
+
+def gzip_level(nbytes: int) -> int:
+    """The zlib level sizes of ``nbytes`` raw bytes are reported at: 9 up to :data:`GZIP9_MAX_BYTES`
+    (16 MiB), :data:`GZIP_LEVEL` (6) above."""
+    return 9 if nbytes <= GZIP9_MAX_BYTES else GZIP_LEVEL
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -311,7 +322,8 @@ def publish(staged: PathLike, final: PathLike) -> None:
 def onnx_sizes(path: PathLike) -> dict[str, int]:
     """``{"bytes", "gzip_bytes"}``: raw bytes of the ``.onnx`` file plus every external-data file it
     references (each counted once, however many paths reach it), and the gzip size of them all
-    concatenated at :data:`GZIP_LEVEL` (6). Computed once per version of the files (:func:`memoized`).
+    concatenated at :func:`gzip_level` of their total size (9 up to 16 MiB, else 6), and that
+    ``gzip_level``. Computed once per version of the files (:func:`memoized`).
 
     Raises :class:`ExportError` when the file is not ONNX, an external-data file is missing, or one
     lies outside the model's folder (checked before any of them is read).
@@ -323,14 +335,18 @@ def _sizes(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, i
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ExportError(f"{path}: external data file(s) missing: {', '.join(missing)}")
-    return {"bytes": sum(f.stat().st_size for f in files), "gzip_bytes": gzip_size(files)}
+    total = sum(f.stat().st_size for f in files)
+    level = gzip_level(total)
+    return {"bytes": total, "gzip_bytes": gzip_size(files, level), "gzip_level": level}
 
 
-def gzip_size(files: Sequence[PathLike], level: int = GZIP_LEVEL) -> int:
-    """Bytes of ``files`` concatenated and compressed with gzip at ``level`` (default :data:`GZIP_LEVEL`,
-    6; the container included).
+def gzip_size(files: Sequence[PathLike], level: int | None = None) -> int:
+    """Bytes of ``files`` concatenated and compressed with gzip at ``level`` (default: :func:`gzip_level`
+    of their total size; the container included).
 
     Streamed in 1 MiB chunks, so a multi-GB external-data file never sits in memory."""
+    if level is None:
+        level = gzip_level(sum(Path(f).stat().st_size for f in files))
     comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits=31: the gzip container
     n = 0
     for f in files:
