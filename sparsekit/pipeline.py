@@ -717,6 +717,7 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         threads=b.threads,
         warmup=b.warmup,
         runs=b.runs,
+        budget_s=b.budget_s,
         input_shape=shape,
         progress=progress,
         seed=recipe.seed,

@@ -72,6 +72,19 @@ def _number(value: Any) -> Any:
     # pydantic's lax mode reads `true` as 1; a boolean in a numeric field is always a mistake.
     if isinstance(value, bool):
         raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
+    # pydantic's lax mode would also read the text "3" as 3: a quoted number in a recipe is a typo or a
+    # template that was not filled in, and accepting it hides which.
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = ": write it without quotes"
+        except ValueError:
+            hint = ""
+        raise PydanticCustomError(
+            "text_not_number",
+            "must be a number, not the text {got}{hint}",
+            {"got": short(repr(value), 40), "hint": hint},
+        )
     # An int too large for a float would otherwise give pydantic's vague "valid number" error.
     if isinstance(value, int) and abs(value) > 1e308:
         raise PydanticCustomError("finite_number", "must be a finite number")
@@ -459,6 +472,11 @@ def _fraction_or_auto(lower: str) -> Any:
             raise PydanticCustomError("greater_than_equal", "must be >= 0", {"ge": 0})
         if lower == "gt" and value <= 0:
             raise PydanticCustomError("greater_than", "must be > 0", {"gt": 0})
+        if 1 < value <= 100:  # a percentage where a fraction is meant
+            raise PydanticCustomError(
+                "percentage_not_fraction", "must be < 1: a fraction, not a percentage (did you mean {fraction}?)",
+                {"fraction": f"{value / 100:g}"},
+            )  # fmt: skip
         if value >= 1:
             raise PydanticCustomError("less_than", "must be < 1", {"lt": 1})
         return float(value)
@@ -979,7 +997,16 @@ class BenchmarkSpec(_Strict):
     )
     threads: Int = Field(1, gt=0, le=MAX_THREADS, description="onnxruntime intra-op threads")
     warmup: Int = Field(20, ge=0, le=MAX_RUNS, description="untimed runs per model and batch size before timing")
-    runs: Int = Field(200, gt=0, le=MAX_RUNS, description="timed runs per model and batch size")
+    runs: Int = Field(
+        200, gt=0, le=MAX_RUNS, description="most timed runs per model and batch size (fewer when budget_s runs out)"
+    )
+    budget_s: Float | None = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="seconds of timed runs per model and batch size: timing stops once they are spent, after at "
+        "least 25 runs each (a large model's benchmark stays short); null: exactly runs",
+    )
 
 
 class Recipe(_Strict):

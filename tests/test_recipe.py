@@ -346,7 +346,7 @@ def test_any_yaml_gives_a_recipe_error(tmp_path, content, needle):
         ("model.kwargs.x=" + "y" * 70_000, "longer than"),
         ("model.kwargs.x=" + _bomb().replace("\n", ", ").join("{}"), "expands to more than"),
         ("model.kwargs.x=&a [*a]", "refers to itself"),
-        ("seed=[1, 2", "seed: Input should be a valid integer"),  # not YAML: kept as text
+        ("seed=[1, 2", "seed: must be a number, not the text '[1, 2'"),  # not YAML: kept as text
     ],
 )
 def test_any_override_gives_a_recipe_error(tmp_path, override, needle):
@@ -354,6 +354,25 @@ def test_any_override_gives_a_recipe_error(tmp_path, override, needle):
         load_recipe(write(tmp_path, BASE), [override])
     assert needle in str(err.value)
     assert len(str(err.value)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('finetune: {epochs: "3"}\n', "finetune.epochs: must be a number, not the text '3': write it without quotes"),
+        ('seed: "7"\n', "seed: must be a number, not the text '7'"),
+        ('finetune: {optimizer: {name: sgd, lr: "1e-3"}}\n', "finetune.optimizer.lr: must be a number, not the text"),
+        ('data: {batch_size: "64"}\n', "data.batch_size: must be a number"),
+        ('benchmark: {batch_sizes: [1, "32"]}\n', "benchmark.batch_sizes[1]: must be a number"),
+        ("pruning: [{method: magnitude, sparsity: 90}]\n", "not a percentage (did you mean 0.9?)"),
+        ("pruning: [{method: structured, ratio: 50}]\n", "not a percentage (did you mean 0.5?)"),
+    ],
+)
+def test_quoted_numbers_and_percentages_are_refused_naming_the_field(tmp_path, text, needle):
+    # pydantic's lax mode would read "3" as 3 and let 90 through to a range error with no hint.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "version: 1\n" + text))
+    assert needle in str(err.value)
 
 
 def test_override_fills_a_null_section(tmp_path):
