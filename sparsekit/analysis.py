@@ -166,12 +166,18 @@ def run_sensitivity(
     None, "recipe": the allocated recipe or None}``. Raises the errors of a prune run's input checks
     (:func:`sparsekit.pipeline.check_inputs`) and :class:`~sparsekit.errors.OutputError` for ``out``."""
     from .allocation import allocate_with_details
+    from .outputs import guard_location
     from .pipeline import check_inputs
     from .sensitivity import SensitivityTable, analyze, auto_entries, write_outputs
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is not a folder; choose another output folder ({option('output')})")
+    # As for a prune run: never the root or home folder, nor a folder holding the model, recipe or data.
+    source = data or recipe.data.source
+    guard_location(
+        out, [Path(p) for p in (model_path, recipe.source, source if source.endswith(".npz") else None) if p]
+    )
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     foreign = [name for name in existing if not _ours(out / name)]
     if foreign:

@@ -101,6 +101,15 @@ def _files_under(root: Path) -> Iterator[str]:
                 yield (Path(dirpath) / name).relative_to(root).as_posix()
 
 
+def _stat(path: Path) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of a file, None when there is none: enough to tell a file was rewritten."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
 class RunFolder:
     """One prune run's output folder ``out``; see the module docstring for the guarantees. ``resume``:
     this run continues the unfinished (or finished) run in it."""
@@ -114,6 +123,9 @@ class RunFolder:
         self._locked = False
         self._digests: dict[tuple[str, int, int, int], str] = {}  # a file is hashed once per run, not per check
         self.removed_temps: list[str] = []  # stale temp files begin() removed
+        # What begin() found, so that discard() removes only what this run created.
+        self._new_out = self._new_meta = self._new_stage = self._discarded = False
+        self._ckpt_before: tuple[int, int] | None = None
 
     # --- checks (read-only) ----------------------------------------------------------------------
 
@@ -125,7 +137,7 @@ class RunFolder:
         contents this run may not replace (given ``overwrite`` / ``resume``). :meth:`begin` checks again
         once it holds the folder's lock."""
         out = Path(out)
-        _guard_location(out, [Path(p) for p in inputs if p])
+        guard_location(out, [Path(p) for p in inputs if p])
         folder = cls(out, resume)
         folder.overwrite = overwrite
         folder.check_unlocked()
@@ -240,6 +252,8 @@ class RunFolder:
         fits the run (rechecked under the lock) or cannot be written; the lock is then released."""
         if self.meta.exists() and not self.meta.is_dir():
             raise OutputError(f"{self.meta}: is not a folder; move it away or choose another output folder")
+        self._new_out, self._new_meta = not self.out.exists(), not self.meta.exists()
+        self._new_stage = not self.resume or not self.stage.exists()
         self.lock()  # released by the caller (unlock), after publish or on failure
         try:
             self._check_state()  # again, under the lock: another run may have finished here meanwhile
@@ -256,10 +270,25 @@ class RunFolder:
                     (self.stage / ckpt).parent.mkdir(parents=True, exist_ok=True)
                     with atomic_path(self.stage / ckpt) as tmp:
                         shutil.copyfile(self.out / ckpt, tmp)
+            self._ckpt_before = _stat(self.stage / ckpt)
         except BaseException:
             self.unlock()
             raise
         return self.stage
+
+    def discard(self) -> bool:
+        """After a run failed on bad input (while holding the lock): remove the staging folder when this
+        run created it and checkpointed no epoch into it, so the folder is as before the run and the same
+        command, fixed, runs again; then :meth:`unlock` also removes the ``.sparsekit`` folder and the
+        output folder when this run created them and they are empty. Returns False, keeping everything,
+        when there is a checkpoint to resume from (an earlier unfinished run's, or an epoch this run
+        finished)."""
+        ckpt = self.stage / "checkpoints" / "last.pt"
+        if not self._new_stage or _stat(ckpt) != self._ckpt_before:
+            return False
+        shutil.rmtree(self.stage, ignore_errors=True)
+        self._discarded = True
+        return True
 
     def publish(self) -> list[str]:
         """Move the finished run from the staging folder into the output folder, replacing only
@@ -339,6 +368,11 @@ class RunFolder:
             with contextlib.suppress(FileNotFoundError):
                 (self.meta / LOCK).unlink()
             self._locked = False
+            if self._discarded:  # only folders this run created, and only when empty
+                for made, folder in ((self._new_meta, self.meta), (self._new_out, self.out)):
+                    if made:
+                        with contextlib.suppress(OSError):
+                            folder.rmdir()
 
     def check_unlocked(self) -> None:
         """Raise :class:`OutputError` when another live run holds the folder's lock."""
@@ -386,7 +420,9 @@ def _live_holder(path: Path) -> str | None:
     return f"pid {pid} on {host}"
 
 
-def _guard_location(out: Path, inputs: list[Path]) -> None:
+def guard_location(out: Path, inputs: list[Path]) -> None:
+    """Raise :class:`OutputError` when ``out`` is the root folder, the user's home folder, or is or
+    contains one of the run's ``inputs``: no command writes its results there."""
     target = out.resolve()
     try:
         home: Path | None = Path.home().resolve()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import platform
 import time
@@ -27,7 +28,7 @@ from .logits import attach as attach_logits
 from .logits import select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
-from .provenance import check_allowed, check_resume, provenance
+from .provenance import check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
 from .recipe import Recipe
 from .report import Benchmark, Int8, Report, Speedup, first_plot_data, notes, what_it_buys
@@ -268,7 +269,10 @@ def run_prune(
             if allocation and notify and main:
                 notify(allocation_summary(allocation))
             rehearse(inputs, recipe)
-        origin = provenance(recipe.model_dump(mode="json"), model_file=model_path, arch=inputs.factory, data=source)
+        arch = f"{inputs.factory} {json.dumps(inputs.loaded.kwargs, sort_keys=True, default=str)}"
+        origin = provenance(
+            recipe_record(recipe.model_dump(mode="json"), device.type), model_file=model_path, arch=arch, data=source
+        )
         if resume:
             # Before the dense model is measured and the folder touched: a checkpoint of another model,
             # data set or recipe is refused at once, naming what changed.
@@ -290,6 +294,16 @@ def run_prune(
                 clock=clock,
             )  # fmt: skip
             folder.publish()
+        except SparsekitError as err:
+            # Bad input found on the way (data that fails late, training that diverges, a full disk): the
+            # staging folder goes unless it holds a checkpoint to resume from, which the error then names.
+            if folder.discard():
+                raise
+            raise type(err)(
+                f"{quoted(err)}. The run's last checkpoint is kept in {out}: once the cause is fixed, "
+                f"{option('resume')} continues from it (refused if the model, data or recipe changed), "
+                f"{option('overwrite')} starts again"
+            ) from None
         finally:
             folder.unlock()
         # Every rank leaves the process group together, after rank 0 has written: a rank that tore its
@@ -541,9 +555,16 @@ def _measure_and_report(
     with clock("report"):
         report.notes = notes(report)
         if inputs.resumed_changes:
+            schedule = (
+                "; the LR schedule follows the new epoch count from the resumed epoch on, so the rate can jump there"
+                if any(c.startswith("finetune.epochs ") for c in inputs.resumed_changes)
+                and recipe.finetune.lr_schedule.name != "constant"
+                else ""
+            )
             report.notes.append(
                 "resumed with changes accepted (the history's earlier epochs ran under the old values): "
                 + "; ".join(inputs.resumed_changes)
+                + schedule
             )
         report.plots = plots.finish(plot_data(report))
         if plots.error:

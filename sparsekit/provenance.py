@@ -19,6 +19,7 @@ the device, what happens after training); the user may accept changes to those, 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 from collections.abc import Iterable, Mapping
@@ -75,6 +76,23 @@ def provenance(
         out["arch"] = arch
     if data is not None:
         out["data"] = data_identity(data)
+    return out
+
+
+def recipe_record(recipe: Mapping[str, Any], device_type: str) -> dict[str, Any]:
+    """The part of a resolved recipe (``Recipe.model_dump(mode="json")``) that a checkpoint records:
+    ``model.factory`` and ``model.kwargs`` left out (the architecture in effect is recorded as ``arch``,
+    wherever it was named: the checkpoint, the recipe or the command line), and ``finetune.device`` as
+    the device type the run trains on (``cpu``, ``cuda``, ``mps``: ``auto`` and ``cpu`` are the same run
+    on a machine without a GPU; torchrun's ranks each use their own ``cuda:N``)."""
+    out = copy.deepcopy(dict(recipe))
+    model = out.get("model")
+    if isinstance(model, dict):
+        model.pop("factory", None)
+        model.pop("kwargs", None)
+    finetune = out.get("finetune")
+    if isinstance(finetune, dict):
+        finetune["device"] = device_type
     return out
 
 

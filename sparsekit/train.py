@@ -27,7 +27,7 @@ from .fsutil import atomic_path
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .metrics_log import MetricsLog
-from .provenance import check_allowed, check_resume
+from .provenance import check_allowed, check_resume, recipe_record
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, pruning_key
 from .stats import layer_report, sparsity
@@ -286,7 +286,8 @@ def finetune(
     history: list[dict[str, Any]] = []
     first_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    origin = {**(provenance or {}), "recipe": recipe.model_dump(mode="json")}
+    device_type = _distributed.resolve_device(spec.device).type
+    origin = {**(provenance or {}), "recipe": recipe_record(recipe.model_dump(mode="json"), device_type)}
     accepted = check_allowed(allow_changes)
     torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
     if resume and ckpt and ckpt.exists():

@@ -13,8 +13,10 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -45,6 +47,31 @@ class Os:  # unpickling this runs os.system: a model file must never be unpickle
 def _model(tmp: Path) -> Path:
     torch.manual_seed(0)
     return sparsekit.save_model(mlp(), tmp / "ok.pt", factory="examples.models:mlp", input_shape=[1, 64])
+
+
+def _malformed_onnx() -> dict[str, Any]:
+    """ONNX files that parse but whose tensors lie: sparse indices outside the shape, a shape that does
+    not match the data, a shape no tensor can have."""
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as h
+
+    def model(inits=(), sparse=()):
+        x = h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+        y = h.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        nodes = [h.make_node("MatMul", ["x", "W"], ["y"])]
+        g = h.make_graph(nodes, "g", [x], [y], list(inits), sparse_initializer=list(sparse))
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+        m.ir_version = 8
+        return m
+
+    values = numpy_helper.from_array(np.array([1.0], np.float32), "W")
+    far = h.make_sparse_tensor(values, numpy_helper.from_array(np.array([999_999], np.int64), "i"), [64, 10])
+    lying = numpy_helper.from_array(np.ones((64, 10), np.float32), "W")
+    lying.dims[:] = [64, 1000]
+    huge = numpy_helper.from_array(np.ones((64, 10), np.float32), "W")
+    huge.dims[:] = [2**31, 2**31]
+    return {"sparse-out-of-range.onnx": model(sparse=[far]), "shape-lies.onnx": model([lying]),
+            "shape-huge.onnx": model([huge])}  # fmt: skip
 
 
 def _onnx(tmp: Path) -> Path:
@@ -108,10 +135,19 @@ def _write_model_files(tmp: Path, canary: Path) -> dict[str, Path]:
     files["odd-checkpoint.pt"] = tmp / "odd-checkpoint.pt"
     torch.save([1, 2, 3], tmp / "list.pt")
     files["list.pt"] = tmp / "list.pt"
+    # A checkpoint damaged after it was written (bytes flipped mid-file): torch.load would read it.
+    sparsekit.save_model(mlp(), tmp / "whole.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    damaged = bytearray((tmp / "whole.pt").read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 200] = bytes(b ^ 0xFF for b in damaged[middle : middle + 200])
+    put("flipped.pt", bytes(damaged))
     ok = _onnx(tmp)
     put("garbage.onnx", b"\x08\x07garbage" * 50)
     put("truncated.onnx", ok.read_bytes()[: ok.stat().st_size // 2])
     put("empty.onnx", b"")
+    for name, model in _malformed_onnx().items():
+        onnx.save(model, tmp / name)
+        files[name] = tmp / name
     (tmp / "folder.pt").mkdir()
     files["folder.pt"] = tmp / "folder.pt"
     files["missing.pt"] = tmp / "missing.pt"
@@ -192,7 +228,8 @@ def test_validate_and_prune_with_a_bad_recipe(corpus, name, tmp_path):
 
 
 MODEL_FILES = ["empty.pt", "random.pt", "text.pt", "pickle-os.pt", "zip.pt", "shapes.pt", "odd-checkpoint.pt",
-               "list.pt", "garbage.onnx", "truncated.onnx", "empty.onnx", "folder.pt", "missing.pt"]  # fmt: skip
+               "flipped.pt", "list.pt", "garbage.onnx", "truncated.onnx", "empty.onnx", "sparse-out-of-range.onnx",
+               "shape-lies.onnx", "shape-huge.onnx", "folder.pt", "missing.pt"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODEL_FILES)
@@ -206,6 +243,24 @@ def test_every_model_command_with_a_bad_model_file(corpus, name, tmp_path):
         _check(_run(["bench", path, "--runs", "2", "--warmup", "0"]))
     if name != "pickle-os.pt":  # (that one runs code when trusted: that is what trusting a file means)
         _check(_run(["inspect", path, "--trust-model-file"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("flipped.pt", "does not match its checksum"),
+        ("sparse-out-of-range.onnx", "sparse initializer 'W': its indices do not fit its shape [64, 10]"),
+        ("shape-lies.onnx", "initializer 'W' declares shape [64, 1000] (64,000 values) but holds 2,560 bytes"),
+        ("shape-huge.onnx", "which no tensor can have"),
+    ],
+)
+def test_damaged_files_are_refused_naming_the_file_and_the_fault(corpus, name, needle):
+    """Files that parse but lie (a bad checksum, tensors whose shape and data disagree) are exit 2, never
+    a result computed from wrong weights nor an IndexError."""
+    result = _run(["inspect", corpus[name], *([] if name.endswith(".onnx") else ARCH)])
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert name in line and needle in line
 
 
 def test_a_trusted_pickle_whose_class_cannot_be_imported_is_bad_input(tmp_path):

@@ -132,7 +132,8 @@ def test_resume_on_another_step_clock_is_refused(tmp_path, mlp_checkpoint, monke
     again = run(
         "prune", mlp_checkpoint, *MLP, tmp_path / "r.yaml", "-o", out, "--resume", "--set", "data.batch_size=16", *FAST
     )
-    assert_bad_input(again, "optimizer steps per epoch", "data.batch_size", "processes")
+    # The batch size is part of the recipe the checkpoint records: named, and no acceptance can change it.
+    assert_bad_input(again, "data.batch_size: 64 then, 16 now", "resume with what the checkpoint was written with")
 
 
 def test_finetune_refuses_a_pruner_on_another_step_clock():

@@ -255,7 +255,8 @@ def test_overlap_with_a_masking_method_is_a_target_error():
 def test_composes_with_l1_masks_which_follow_the_new_shapes():
     torch.manual_seed(0)
     model = small_cnn(width=8, image_size=8)
-    l1 = {"method": "l1", "strength": 0.02, "mode": "proximal", "remove_dead": False}
+    # lambda 2 at lr 0.01: a shrink of 0.02 per step, every step
+    l1 = {"method": "l1", "strength": 2.0, "mode": "proximal", "remove_dead": False, "proximal_every": 1}
     structured = {
         "method": "structured",
         "ratio": 0.5,

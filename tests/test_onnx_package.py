@@ -72,9 +72,9 @@ def counted(monkeypatch):
         calls["load"].append(Path(f).name)
         return real_load(f, *args, **kwargs)
 
-    def gzip(paths):
+    def gzip(paths, level=None):
         calls["gzip"].append(Path(paths[0]).name)
-        return real_gzip(paths)
+        return real_gzip(paths, level)
 
     monkeypatch.setattr(onnx, "load", load)
     monkeypatch.setattr(files_mod, "gzip_size", gzip)
@@ -96,7 +96,7 @@ def test_sizes_and_counts_are_computed_once_per_file(tmp_path, counted, external
         assert skx.size_report(path, nonzero_params=first["nonzero_params"]) == first
         assert skx.param_counts(path) == {"params": 15, "nonzero_params": nonzero}
         assert skx.count_initializer_stats(path)["initializers"] == 2
-        assert skx.onnx_sizes(path) == {"bytes": first["bytes"], "gzip_bytes": first["gzip_bytes"]}
+        assert skx.onnx_sizes(path) == {"bytes": first["bytes"], "gzip_bytes": first["gzip_bytes"], "gzip_level": 9}
     assert counted["gzip"] == ["m.onnx"]
     assert counted["load"] == ["m.onnx", "m.onnx"]  # sizes (graph only), then counts (with the data)
     if external:

@@ -262,7 +262,8 @@ def test_export_never_replaces_a_file_it_did_not_write(tmp_path, mlp_checkpoint)
     theirs.write_text("not mine")
     assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", theirs), str(theirs), "did not write")
     assert theirs.read_text() == "not mine"
-    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", mlp_checkpoint), "input")
+    # The input itself as -o: refused before anything is read (not an .onnx name), the model kept.
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "-o", mlp_checkpoint), "name the output file NAME.onnx")
     assert torch.load(mlp_checkpoint, weights_only=True)["format"] == "sparsekit/1"
     fp32_theirs = tmp_path / "m.fp32.onnx"
     fp32_theirs.write_text("mine too")
@@ -401,3 +402,68 @@ def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(t
     if resume:  # the interrupted run's own files stay for --resume
         assert (new_stage / "checkpoints" / "last.pt").read_bytes() == b"ckpt"
         assert all(p.read_text() == "user" for p in mine)
+
+
+# --- a run that fails on bad input leaves the folder as it found it --------------------------------
+
+FAILING_DATA = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class Samples(Dataset):
+    def __init__(self, fail_on_pass, passes):
+        self.fail_on_pass, self.passes = fail_on_pass, passes
+
+    def __len__(self):
+        return 128
+
+    def __getitem__(self, i):
+        if i == 0:
+            self.passes["n"] += 1
+        if self.fail_on_pass and self.passes["n"] >= self.fail_on_pass and i == 70:
+            raise RuntimeError("sample 70 is broken")
+        return torch.randn(64), i % 10
+
+
+def first_epoch():
+    return DataLoader(Samples(1, {"n": 0}), batch_size=32), DataLoader(Samples(0, {"n": 0}), batch_size=32)
+
+
+def second_epoch():
+    # pass 1: the loader check (one batch); pass 2: epoch 1 (checkpointed); pass 3: epoch 2 fails
+    return DataLoader(Samples(3, {"n": 0}), batch_size=32), DataLoader(Samples(0, {"n": 0}), batch_size=32)
+"""
+
+
+FAILING_RECIPE = (
+    "version: 1\nmodel: {input_shape: [1, 64]}\nfinetune: {epochs: 2}\n"
+    "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_bad_input_found_before_any_checkpoint_leaves_nothing(tmp_path, mlp_checkpoint, monkeypatch, existing):
+    (tmp_path / "sk_failing_data.py").write_text(FAILING_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(FAILING_RECIPE)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    args = ["prune", mlp_checkpoint, *MLP, recipe, "--data", "sk_failing_data:first_epoch", "-o", out, *FAST]
+    assert_bad_input(run(*args), "sample 70 is broken")
+    # As before the run: no folder, or the user's empty folder still empty; the same command runs again.
+    assert (sorted(p.name for p in out.iterdir()) == []) if existing else not out.exists()
+    assert_bad_input(run(*args), "sample 70 is broken")  # not "holds an earlier sparsekit run"
+
+
+def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_so(tmp_path, mlp_checkpoint, monkeypatch):
+    (tmp_path / "sk_failing_data.py").write_text(FAILING_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(FAILING_RECIPE)
+    out = tmp_path / "out"
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "--data", "sk_failing_data:second_epoch", "-o", out, *FAST)
+    assert_bad_input(result, "sample 70 is broken", f"last checkpoint is kept in {out}", "--resume", "--overwrite")
+    assert torch.load(out / ".sparsekit" / "next" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1

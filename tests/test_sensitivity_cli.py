@@ -107,7 +107,8 @@ def test_prune_with_auto_allocates_per_layer_and_resume_reuses_it(tmp_path, mlp_
     assert (out / "sensitivity.json").is_file()
     # A resume takes the allocation the run started with: no second analysis.
     monkeypatch.setattr(sens, "analyze", lambda *a, **k: pytest.fail("analysed again on resume"))
-    again = run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "finetune.epochs=3", *FAST)
+    again = run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "finetune.epochs=3",
+               "--allow-change", "finetune.epochs", *FAST)  # fmt: skip
     assert again.exit_code == 0, again.stderr
     assert (
         json.loads((out / "report.json").read_text())["recipe"]["pruning"][0]["layer_sparsity"]
@@ -155,3 +156,13 @@ def test_a_recipe_with_nothing_to_analyse_leaves_no_folder(tmp_path, mlp_checkpo
     result = run("sensitivity", mlp_checkpoint, tmp_path / "l1.yaml", *MLP, "-o", tmp_path / "sens")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "sens").exists()
+
+
+def test_sensitivity_never_writes_into_home_or_an_inputs_folder(tmp_path, mlp_checkpoint, auto_recipe, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert_bad_input(run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", home), "your home folder")
+    # mlp_checkpoint lies in tmp_path: an output folder holding it is refused, and nothing is written.
+    assert_bad_input(run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", tmp_path), "contains the input")
+    assert not list(home.iterdir()) and not (tmp_path / "sensitivity.json").exists()

@@ -152,7 +152,8 @@ def test_l1_group_proximal_then_remove_dead_keeps_outputs():
             "pruning": [
                 {
                     "method": "l1",
-                    "strength": 0.08,
+                    "strength": 1.6,  # lambda: a shrink of lr * 1.6 = 0.08 per step
+                    "proximal_every": 1,
                     "mode": "proximal",
                     "group": "row",
                     "remove_dead": True,

@@ -50,7 +50,8 @@ def runs(tmp_path_factory):
     base = [str(tmp / "mlp.pt"), str(tmp / "r.yaml"), "--arch", "examples.models:mlp"]
     first = _prune([*base, "-o", str(tmp / "dist"), "--log-dir", str(tmp / "logs")], ranks=2)
     first_report = json.loads((tmp / "dist" / "report.json").read_text()) if first.returncode == 0 else None
-    resumed = _prune([*base, "-o", str(tmp / "dist"), "--resume", "--set", "finetune.epochs=2"], ranks=2)
+    resumed = _prune([*base, "-o", str(tmp / "dist"), "--resume", "--set", "finetune.epochs=2",
+                      "--allow-change", "finetune.epochs"], ranks=2)  # fmt: skip
     single = _prune([*base, "-o", str(tmp / "one"), "--set", "finetune.epochs=2"], ranks=1)
     return tmp, first, first_report, resumed, single
 

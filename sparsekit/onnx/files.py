@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, TypeVar
 
+import numpy as np
 import onnx
 from onnx.external_data_helper import (
     convert_model_to_external_data,
@@ -150,7 +152,78 @@ def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[s
     targets = _check_locations(path, _locations(path, model, []))
     if load_external_data:
         _load_external_data(path, model, targets)
+    _check_tensors(path, model)
     return model, targets
+
+
+# Elements in one tensor beyond which its declared shape is refused as absurd (64 GB of float32).
+MAX_TENSOR_ELEMENTS = 1 << 34
+# Element types stored two per byte in raw_data.
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _check_tensors(path: Path, model: onnx.ModelProto) -> None:
+    """Raise :class:`ExportError` naming ``path`` and the tensor when an initializer's declared shape
+    disagrees with the data it holds (or is absurdly large), or a sparse initializer's indices fall
+    outside its shape: every later reader (numpy reshape, densify) would fail on it with a bare
+    IndexError/ValueError. Tensors whose external data is not loaded are checked for shape only."""
+    from onnx import numpy_helper
+
+    def check(t: onnx.TensorProto, what: str) -> int:
+        dims = list(t.dims)
+        n = math.prod(dims) if dims else 1
+        if any(d < 0 for d in dims) or n > MAX_TENSOR_ELEMENTS:
+            raise ExportError(f"{path}: {what} {t.name!r} declares shape {dims}, which no tensor can have")
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+            return n
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except Exception:  # noqa: BLE001 - an unknown or missing element type
+            raise ExportError(f"{path}: {what} {t.name!r} has no known element type ({t.data_type})") from None
+        raw = t.HasField("raw_data")
+        if raw:
+            held, unit = len(t.raw_data), itemsize
+        else:
+            held = max(len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.double_data),
+                       len(t.uint64_data))  # fmt: skip
+            unit = 1
+            if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                held //= 2
+        expected = n * unit
+        if t.data_type in _PACKED_4BIT and raw:
+            expected = (n + 1) // 2  # two 4-bit values per byte in raw_data
+        if held != expected:
+            raise ExportError(
+                f"{path}: {what} {t.name!r} declares shape {dims} ({n:,} values) but holds {held:,} "
+                f"{'bytes' if raw else 'values'}: the file is damaged or was written wrongly"
+            )
+        return n
+
+    for t in model.graph.initializer:
+        check(t, "initializer")
+    for s in model.graph.sparse_initializer:
+        name = s.values.name
+        dims = list(s.dims)
+        total = math.prod(dims) if dims else 1
+        if any(d < 0 for d in dims) or total > MAX_TENSOR_ELEMENTS:
+            raise ExportError(f"{path}: sparse initializer {name!r} declares shape {dims}, which no tensor can have")
+        nnz = check(s.values, "sparse initializer values")
+        check(s.indices, "sparse initializer indices")
+        if s.indices.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        idx = numpy_helper.to_array(s.indices).astype(np.int64, copy=False)
+        rank = len(dims)
+        linear = idx.ndim == 1 and idx.shape[0] == nnz
+        coords = idx.ndim == 2 and idx.shape == (nnz, rank)
+        bad = not (linear or coords)
+        if not bad and idx.size:
+            bounds = np.array(dims, dtype=np.int64) if coords else np.int64(total)
+            bad = bool((idx < 0).any() or (idx >= bounds).any())
+        if bad:
+            raise ExportError(
+                f"{path}: sparse initializer {name!r}: its indices do not fit its shape {dims} ({nnz:,} values): "
+                "the file is damaged or was written wrongly"
+            )
 
 
 def _locations(path: Path, model: onnx.ModelProto, files: list[Path]) -> list[tuple[str, str]]:
