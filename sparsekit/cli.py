@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 import traceback
 import warnings
@@ -157,8 +158,18 @@ def debug_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Options several commands share, declared once so their names and help stay the same everywhere.
 arch_option = click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+
+
+def _data_flag(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("empty: name a data source (digits, mnist5k, synthetic, FILE.npz, pkg.module:fn)")
+    return value
+
+
 data_option = click.option(
-    "--data", help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable."
+    "--data",
+    callback=lambda ctx, param, value: _data_flag(value),
+    help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.",
 )
 set_option = click.option(
     "--set",
@@ -216,15 +227,25 @@ def _diff(value: float | None) -> str:
     return "n/a (outputs not finite)" if value is None else f"{value:.2e}"
 
 
+# Values in one input (--input-shape): the recipe's cap on model.input_shape (sparsekit.recipe's
+# MAX_INPUT_VALUES, not imported here to keep the CLI's start light), so a typo cannot ask for tens of GB.
+MAX_INPUT_VALUES = 1 << 28
+
+
 def _shape(value: str | None) -> list[int] | None:
     if value is None:
         return None
-    try:
-        dims = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers like 1,3,32,32") from None
-    if not dims or any(d <= 0 for d in dims):
+    parts = [v.strip() for v in value.strip().strip("[]").replace("x", ",").split(",")]
+    if not all(p.isdigit() for p in parts):  # every part a number: no empty part, no stray letter
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers like 1,3,32,32")
+    dims = [int(p) for p in parts]
+    if any(d <= 0 for d in dims):
         raise click.BadParameter(f"{value!r}: dimensions must be positive integers, batch first (1,784)")
+    if math.prod(dims) > MAX_INPUT_VALUES:
+        raise click.BadParameter(
+            f"{value!r}: {math.prod(dims):,} values in one input is more than any model here takes "
+            f"(at most {MAX_INPUT_VALUES:,})"
+        )
     return dims
 
 
@@ -494,7 +515,9 @@ def prune(
     "the fp32 model it is quantized from is checked, then kept only with --keep-fp32.",
 )
 @click.option(
-    "--data", help="Calibration/eval data for --quantize int8: digits | mnist5k | FILE.npz | pkg.module:callable."
+    "--data",
+    callback=lambda ctx, param, value: _data_flag(value),
+    help="Calibration/eval data for --quantize int8: digits | mnist5k | FILE.npz | pkg.module:callable.",
 )
 @click.option(
     "--normalize",

@@ -102,7 +102,12 @@ def trusted_modules() -> list[str]:
         log.warning("%s: cannot read the trusted-module list (%s); trusting none", path, type(err).__name__)
         return []
     mods = data.get("modules") if isinstance(data, dict) else None
-    return sorted(m for m in mods or [] if isinstance(m, str) and _module_ok(m))
+    # The store is data too: anything but a list of module names (a string would be read letter by
+    # letter) trusts nothing, and a name that is never trusted (os, a dependency) is dropped.
+    if not isinstance(mods, list) or not all(isinstance(m, str) and _module_ok(m) for m in mods):
+        log.warning("%s: not a list of module names; trusting none (sparsekit trust rewrites it)", path)
+        return []
+    return sorted(m for m in mods if not _denied(m))
 
 
 def trust_module(module: str) -> Path:

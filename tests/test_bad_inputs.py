@@ -325,6 +325,26 @@ OPTIONS: list[list[str]] = [
 ]
 
 
+# Values that must be refused (exit 2), not merely end without a traceback.
+REFUSED: list[list[str]] = [
+    ["export", "{model}", *ARCH, "--input-shape", "1,x"],
+    ["export", "{model}", *ARCH, "--input-shape", "1,64,"],
+    ["export", "{model}", *ARCH, "--input-shape", "1,1,20000,20000"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--data", ""],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "finetune.epochs='3'"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "pruning.0.sparsity=90"],
+]
+
+
+@pytest.mark.parametrize("args", REFUSED, ids=[" ".join(a[:1] + a[-2:]) for a in REFUSED])
+def test_option_values_that_must_be_refused(corpus, args, tmp_path):
+    filled = [a.replace("{model}", str(corpus["model"])) for a in args]
+    out = tmp_path / ("x.onnx" if filled[0] == "export" else "out")
+    result = _run([*filled, "-o", str(out)])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("args", OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a in OPTIONS])
 def test_bad_option_values(corpus, args, tmp_path):
     filled = [a.replace("{model}", str(corpus["model"])).replace("{onnx}", str(corpus["onnx"])) for a in args]

@@ -165,3 +165,10 @@ def test_allow_change_without_resume_is_a_usage_error(tmp_path, mlp_checkpoint):
                  "--allow-change", "finetune.epochs")  # fmt: skip
     assert result.exit_code == 2 and "--allow-change goes with --resume" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_architecture_is_compared_as_in_effect_not_as_spelled(interrupted):
+    """The checkpoint names its own factory: naming it again with --arch (or not) is the same run."""
+    model, recipe, out = interrupted
+    done = run("prune", model, recipe, "-o", out, "--resume", "--trust-code", *FAST)  # the first run passed --arch
+    assert done.exit_code == 0, done.stderr

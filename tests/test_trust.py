@@ -575,3 +575,17 @@ def test_odd_user_code_and_state_files_are_bad_input(tmp_path, monkeypatch, mlp_
     store_path().parent.mkdir(parents=True, exist_ok=True)
     store_path().write_text(deep)
     assert run("trust", "--json").exit_code == 0 and trusted_modules() == []
+
+
+@pytest.mark.parametrize(
+    "modules",
+    ['"mymod"', '["mymod", 1]', '{"mymod": true}', '["mymod", "not a name"]', '["mymod", "os"]'],
+)
+def test_a_malformed_trust_store_trusts_nothing(modules):
+    """The store is data: a string (once read letter by letter, so 'm', 'y', ... became trusted) or a list
+    holding a non-name makes the whole list untrusted; a module that is never trusted (os) is dropped."""
+    store_path().parent.mkdir(parents=True, exist_ok=True)
+    store_path().write_text(f'{{"format": "sparsekit-trust/1", "modules": {modules}}}')
+    assert trusted_modules() == (["mymod"] if "os" in modules else [])
+    trust_module("mymod")  # rewritten whole, from nothing
+    assert json.loads(store_path().read_text())["modules"] == ["mymod"]
