@@ -29,15 +29,21 @@ DISK_ERRORS = {
 _NEARLY_FULL_BYTES = 4 << 20
 
 
-def _disk_errno(err: BaseException) -> int | None:
+def _errnos(err: BaseException) -> list[int]:
+    """The errnos of ``err`` and of the exceptions it was raised from, in that order."""
     seen: set[int] = set()
+    out: list[int] = []
     e: BaseException | None = err
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
-            return e.errno
+        if isinstance(e, OSError) and e.errno is not None:
+            out.append(e.errno)
         e = e.__cause__ or e.__context__
-    return None
+    return out
+
+
+def _disk_errno(err: BaseException) -> int | None:
+    return next((code for code in _errnos(err) if code in DISK_ERRORS), None)
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -52,6 +58,11 @@ def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError 
     quota, permission, read-only, file too large; or any failure with under 4 MiB free), else None."""
     path = Path(path)
     code = _disk_errno(err)
+    other = _errnos(err)
+    if code is None and other and other[0] in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL):
+        # The OS said what went wrong (no such folder, ...): say that, not "full" (/proc has 0 B free).
+        why = os.strerror(other[0])
+        return OutputError(f"{path}: cannot write it: {why}; choose an output folder you can write to")
     if code is None:
         free = _free_bytes(path.parent)
         if free is None or free >= _NEARLY_FULL_BYTES:
