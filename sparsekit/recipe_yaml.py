@@ -161,6 +161,12 @@ _RecipeLoader.yaml_implicit_resolvers = {
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+# YAML 1.1 (PyYAML) reads 1e-3 as text: its floats need a dot (1.0e-3). YAML 1.2 and every other tool
+# read it as a number, and it is how learning rates and L1 strengths are written. Checked after the
+# int and float resolvers, so 3 stays an int and 1.5 a float.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+for _first in "-+0123456789":
+    _RecipeLoader.yaml_implicit_resolvers.setdefault(_first, []).append(("tag:yaml.org,2002:float", _EXPONENT_FLOAT))
 
 
 def _tag(tag: str | None) -> str:

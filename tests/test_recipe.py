@@ -375,6 +375,16 @@ def test_quoted_numbers_and_percentages_are_refused_naming_the_field(tmp_path, t
     assert needle in str(err.value)
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as text; recipes read it as YAML 1.2 and people write it: a number.
+    text = "version: 1\nfinetune: {optimizer: {name: sgd, lr: 1e-3}}\npruning: [{method: l1, strength: 5E-4}]\n"
+    r = load_recipe(write(tmp_path, text), ["seed=2e1", "data.val_fraction=+2.5e-1"])
+    assert (r.finetune.optimizer.lr, r.pruning[0].strength, r.seed, r.data.val_fraction) == (1e-3, 5e-4, 20, 0.25)
+    # Quoted, it is still text, and refused as such.
+    with pytest.raises(RecipeError, match="not the text '1e-3'"):
+        load_recipe(write(tmp_path, 'version: 1\nfinetune: {optimizer: {name: sgd, lr: "1e-3"}}\n'))
+
+
 def test_override_fills_a_null_section(tmp_path):
     r = load_recipe(write(tmp_path, BASE + "model: ~\n"), ["model.factory=examples.models:mlp"])
     assert r.model.factory == "examples.models:mlp"
