@@ -687,7 +687,10 @@ class L1Spec(_MethodBase):
         description="lambda, the penalty weight in loss + lambda * sum|w| (group: lambda * sum of the units' L2 "
         "norms), as in Keras' l1(lambda) or weight decay: typical 1e-5..1e-2; proximal mode shrinks by lr * lambda "
         "after each optimizer step (lr: the optimizer's current learning rate), so both modes minimize the same "
-        "objective; with target, the starting lambda. Migration: recipes written for sparsekit 0.1.0 used proximal "
+        "objective under plain SGD (with momentum beta, the penalty's pull is amplified by 1/(1 - beta) and the "
+        "proximal step is not: proximal then acts like a penalty of (1 - beta) * lambda; one lambda is shared by "
+        "the layers, units are not weighted by their size); with target, the starting lambda (penalty mode: "
+        "adapted up to 10x it). Migration: recipes written for sparsekit 0.1.0 used proximal "
         "strength as the shrink per step itself; divide such a value by the learning rate to keep the old run",
     )
     mode: Literal["penalty", "proximal"] = Field(
@@ -708,7 +711,7 @@ class L1Spec(_MethodBase):
         "over them (truncated gradient, Langford et al. 2009: the same objective, a quarter of the per-step cost at "
         "4); 1: after every step",
     )
-    target: Float | None = Field(
+    target: Annotated[Float, _fraction_or_auto("gt")] | None = Field(
         None,
         gt=0,
         lt=1,

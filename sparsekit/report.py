@@ -723,6 +723,29 @@ def _outcome(
             )
         elif du.found == 0:
             remarks.append("zeroed no whole unit, so remove_dead removed none: the model is no smaller and no faster")
+    extra = m.model_extra or {}
+    if m.method == "l1" and m.asked is not None:
+        topped = extra.get("topped_up")
+        if isinstance(topped, int) and topped > 0:
+            what = "units" if spec.get("group", "none") != "none" else "weights"
+            remarks.append(
+                f"{topped:,} {what} were zeroed at end_epoch to meet the target, not by training: the target was met "
+                "by cutting the weakest; a longer schedule or a higher strength lets training do it"
+            )
+        lam = extra.get("strength")
+        start, peak = (lam.get("start"), lam.get("max")) if isinstance(lam, dict) else (None, None)
+        if start and peak and peak > 100 * start:
+            remarks.append(
+                f"lambda rose to {peak:.3g} ({peak / start:.0f}x strength) to keep up with the target: check the "
+                "accuracy, and prefer a longer schedule"
+            )
+    emptied = [r.name for r in layers if r.achieved >= 0.9 and m.method == "l1" and spec.get("group", "none") != "none"]
+    if emptied:
+        remarks.append(
+            f"{', '.join(emptied)}: 90% or more of its units are zero: one lambda is shared by all layers, and a "
+            "layer whose units hold fewer weights (a thin first conv) falls first; exclude it or prune it with its "
+            "own entry"
+        )
     if m.dead_units is not None and m.dead_units.found and m.dead_units.kept:
         du = m.dead_units
         remarks.append(

@@ -134,6 +134,7 @@ _REFRESH = 8  # without a target: steps between exact proximal steps (masks, flo
 _GUARD = (
     4.0  # fused steps only while every layer's peak |w| (unit norm) passes _GUARD x the shrink until the next exact
 )
+PENALTY_MAX_GAIN = 10.0  # mode: penalty with a target: lambda adapts up to this many times strength
 _GROW = 1.25  # target: the gain on lambda's estimate grows by this when behind the curve, falls by it when ahead
 
 
@@ -441,7 +442,9 @@ class L1:
             if self.spec.mode == "penalty":
                 # A subgradient step of lr * lambda makes a unit swing around zero by that much: past threshold,
                 # no unit would ever count as zero. The weakest are zeroed at end_epoch instead (_settle).
-                lam = min(lam, self.zero_below / lr)
+                # And at most PENALTY_MAX_GAIN x the recipe's lambda: under Adam a penalty's pull does not
+                # scale with lr, and 1000x lambda was seen to take a trained MLP to chance accuracy.
+                lam = min(lam, self.zero_below / lr, self.spec.strength * PENALTY_MAX_GAIN)
             self.lam = min(max(lam, self.spec.strength * 1e-3), self.spec.strength * 1e6)
         self.lam_max = max(self.lam_max, self.lam)
 
