@@ -57,30 +57,23 @@ def _refuse(path: Path, what: str) -> ModelFileError:
     )
 
 
-def _is_torchscript(path: Path) -> bool:
+def _archive_members(path: Path) -> list[str]:
+    """The member names of ``path`` when it is a zip archive (torch's checkpoint format), [] otherwise.
+    Raises ModelFileError when a member fails its CRC-32: torch.load does not check them, so a damaged
+    file would load with wrong weights."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names)
-
-
-def _check_archive(path: Path) -> None:
-    """Raise ModelFileError when ``path`` is a zip archive (torch's checkpoint format) one of whose members
-    fails its CRC-32: torch.load does not check them, so a damaged file would load with wrong weights."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
+            names, bad = z.namelist(), z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError):
-        return  # not a zip archive (or unreadable): the reader below says what it is
+        return []  # not a zip archive (or unreadable): the reader below says what it is
     except Exception as err:  # noqa: BLE001 - a damaged archive can fail inside zlib too
-        bad = one_line(err, 80)
+        names, bad = [], one_line(err, 80)
     if bad is not None:
         raise ModelFileError(
             f"{path}: damaged: its member {bad} does not match its checksum (the file changed after it was "
             "written, e.g. an interrupted copy or a bad disk); copy or save it again"
         )
+    return names
 
 
 def _unpickle_trusted(path: Path) -> Any:
@@ -132,8 +125,8 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         if not trust:
             raise _refuse(path, "a torch.export archive (.pt2)")
         return torch.export.load(str(path)).module(), "trusted-module"
-    _check_archive(path)
-    if _is_torchscript(path):
+    members = _archive_members(path)
+    if any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in members):  # TorchScript
         if not trust:
             raise _refuse(path, "a TorchScript archive")
         return torch.jit.load(str(path), map_location="cpu"), "trusted-module"

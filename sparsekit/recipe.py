@@ -450,18 +450,20 @@ AUTO = "auto"
 sensitivity analysis (:mod:`sparsekit.sensitivity`), to meet ``target`` / ``target_macs`` / ``target_latency``."""
 
 
-def _fraction_or_auto(lower: str) -> Any:
+def _fraction_or_auto(lower: str, auto: bool = True) -> Any:
     """A BeforeValidator for ``sparsity`` (``lower="ge"``: 0 allowed) and ``ratio`` (``"gt"``): ``"auto"``, or a
-    finite number in the range, with the same error types (so the same messages) as a plain bounded float."""
+    finite number in the range, with the same error types (so the same messages) as a plain bounded float.
+    ``auto=False``: a fraction only (l1's ``target``), with the same checks and hints."""
 
     def check(value: Any) -> Any:
-        if value == AUTO:
+        if auto and value == AUTO:
             return value
         if isinstance(value, str):
+            either = " or 'auto' (per-layer values from a sensitivity analysis)" if auto else ""
             raise PydanticCustomError(
                 "fraction_or_auto",
-                "must be a number in {range} or 'auto' (per-layer values from a sensitivity analysis), got {got}",
-                {"range": "[0, 1)" if lower == "ge" else "(0, 1)", "got": short(repr(value), 40)},
+                "must be a number in {range}{either}, got {got}",
+                {"range": "[0, 1)" if lower == "ge" else "(0, 1)", "either": either, "got": short(repr(value), 40)},
             )
         value = _number(value)
         if not isinstance(value, int | float):
@@ -711,7 +713,7 @@ class L1Spec(_MethodBase):
         "over them (truncated gradient, Langford et al. 2009: the same objective, a quarter of the per-step cost at "
         "4); 1: after every step",
     )
-    target: Annotated[Float, _fraction_or_auto("gt")] | None = Field(
+    target: Annotated[Float, _fraction_or_auto("gt", auto=False)] | None = Field(
         None,
         gt=0,
         lt=1,

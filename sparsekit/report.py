@@ -739,7 +739,7 @@ def _outcome(
                 f"lambda rose to {peak:.3g} ({peak / start:.0f}x strength) to keep up with the target: check the "
                 "accuracy, and prefer a longer schedule"
             )
-    emptied = [r.name for r in layers if r.achieved >= 0.9 and m.method == "l1" and spec.get("group", "none") != "none"]
+    emptied = [r.name for r in layers if r.achieved >= 0.9] if measure == "units zero" else []
     if emptied:
         remarks.append(
             f"{', '.join(emptied)}: 90% or more of its units are zero: one lambda is shared by all layers, and a "
