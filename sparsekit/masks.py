@@ -100,7 +100,11 @@ def mask_factor(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None
 
 
 _FACTOR_MAX_NUMEL = 1 << 24  # a cached copy costs the layer's weight size again in memory: 64 MB at most
-_FACTOR_BUDGET = 1 << 30  # bytes of cached copies in all (a model's weights again, at most 1 GiB)
+# Bytes of cached copies in all. A copy costs its layer's weights again, and fine-tuning already holds four
+# copies (weights, gradients, two Adam moments): past 64 MiB the copies would raise a large model's peak
+# memory by a model size while its step is long enough for the mask's bytes to cost little
+# (benchmarks/memory_scaling.py).
+_FACTOR_BUDGET = 1 << 26
 _OVER_BUDGET = torch.empty(0)  # what _cpu_factor returns when a new copy would pass _FACTOR_BUDGET
 
 
@@ -236,9 +240,11 @@ def apply_masks(model: nn.Module) -> None:
 def bake(model: nn.Module) -> nn.Module:
     """Zero masked weights for good and remove the mask buffers: nothing of sparsekit stays behind."""
     for module in model.modules():
-        if get_mask(module) is not None:
+        mask = get_mask(module)
+        if mask is not None:
             apply_mask(module)
             del module._buffers[MASK]
+            _drop_factor(id(mask), mask)  # its cached copy goes now, not when the last reference to the mask does
     return model
 
 

@@ -218,6 +218,11 @@ class Benchmark(_Closed):
         None, description="timed runs per model at each batch size (fewer than runs when the time budget ran out)"
     )
     budget_s: float | None = Field(None, description="seconds of timed runs per model and batch size (null: none)")
+    control_session: str | None = Field(
+        None,
+        description="the A/A control's dense session: 'second' (its own, the usual case) or 'same' (the dense "
+        "session timed as both arms: a dense file over 64 MiB is not loaded twice)",
+    )
 
 
 class Int8(_Open):

@@ -228,7 +228,8 @@ def finetune(
     (:func:`sparsekit.distributed.shard`; ``batch_size`` per rank), the wrapper is rebuilt after channels
     are removed, and only rank 0 shows progress, writes checkpoints and logs; every rank evaluates.
 
-    Returns ``(model, history, pruner)`` (the model unwrapped); call ``pruner.finalize()`` afterwards.
+    Returns ``(model, history, pruner)`` (the model unwrapped, its gradients dropped); call
+    ``pruner.finalize()`` afterwards.
     ``history`` has one row per epoch: ``epoch`` (from 1), ``sparsity`` (fraction of zero prunable
     weights), ``train_loss`` and ``val_loss`` (mean cross-entropy, nats per sample), ``val_accuracy``
     (top-1, 0..1), ``lr`` (the rate the epoch trained at) and ``params`` (parameters left; fewer once
@@ -398,6 +399,8 @@ def finetune(
     finally:
         if metrics_log:
             metrics_log.close()
+    # The last step's gradients would hold the model's size again through export and benchmarking.
+    pruner.model.zero_grad(set_to_none=True)
     return pruner.model, history, pruner
 
 

@@ -49,9 +49,10 @@ def onnx_macs(path: PathLike) -> dict[str, Any]:
 
 def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
     batch_one = {i.name: [1] for i in graph_inputs(model)}  # a symbolic batch dim only; fixed ones stay
+    weights = _weights(model.graph)
+    _drop_weight_values(model)  # read into `weights`; this parse is the memo's own, so it may be changed
     inferred = _inferred_graph(model, batch_one, keep_fixed=True)
     shapes = _static_shapes(inferred if inferred is not None else model.graph)
-    weights = _weights(model.graph)
     layers = []
     for node in model.graph.node:
         zero = 0  # the value a pruned weight holds: 0, or the zero point of a dynamic-int8 weight
@@ -100,13 +101,7 @@ def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
 
     def compute(p: Path, model: onnx.ModelProto, files: list[Path]) -> int | None:
         first = model.graph.input[0].name
-        # The weights' values play no part here (a shape tensor's do: small ones are kept), and shape
-        # inference copies the model several times: a 1 GB file would cost GBs, while the benchmark's
-        # sessions already hold it. This parse is the memo's own, so it may be changed.
-        for init in model.graph.initializer:
-            if init.data_type in FLOAT_TYPES and init.ByteSize() > 1 << 16:
-                init.ClearField("raw_data")
-                init.ClearField("float_data")
+        _drop_weight_values(model)  # this parse is the memo's own, so it may be changed
         graph = _inferred_graph(model, {first: [1, *dims]}, keep_fixed=False)
         if graph is None:
             return None
@@ -125,6 +120,18 @@ def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
         return total
 
     return memoized(path, f"activation_bytes {dims}", compute, load_external_data=False)
+
+
+def _drop_weight_values(model: onnx.ModelProto) -> None:
+    """Clear the values of ``model``'s large floating-point initializers in place, before shape inference.
+
+    Their values play no part in shapes (a shape tensor's do: those are small, or integers, and kept), and
+    inference copies the model several times over: a 135 MB file cost ~5x its size at its peak
+    (benchmarks/memory_scaling.py)."""
+    for init in model.graph.initializer:
+        if init.data_type in FLOAT_TYPES and init.ByteSize() > 1 << 16:
+            init.ClearField("raw_data")
+            init.ClearField("float_data")
 
 
 def _itemsize(elem_type: int) -> int:

@@ -150,7 +150,9 @@ def to_sparse_storage(
         large = sum(t.ByteSize() for t in keep) > EXTERNAL_DATA_BYTES
         save_onnx(model, tmp, what="sparse-storage model", external_data=large)
         _check_decoded(tmp, originals)  # every sparse tensor, read back from the file, equals the dense one
-        verified = _verify(src, tmp) if verify and sparse else None
+        n_sparse = len(sparse)
+        del model, graph, keep, sparse, originals  # the weights go before onnxruntime loads them twice over
+        verified = _verify(src, tmp) if verify and n_sparse else None
         publish(tmp, final)
     after = onnx_sizes(final)
     return {
@@ -159,7 +161,7 @@ def to_sparse_storage(
         "bytes_after": after["bytes"],
         "gzip_bytes_before": before["gzip_bytes"],
         "gzip_bytes_after": after["gzip_bytes"],
-        "sparse_initializers": len(sparse),
+        "sparse_initializers": n_sparse,
         "initializers": decisions,
         "onnx_checker_ok": checker_ok,
         "verified": verified,
@@ -367,6 +369,7 @@ def _verify(dense: Path, sparse: Path) -> dict[str, Any]:
         expected = a.run(None, feeds)
     except Exception as e:  # symbolic non-batch dims, non-tensor inputs: nothing to compare with
         return {"ok": None, "reason": f"cannot make an input the model accepts: {e}"}
+    del a  # one session at a time: each holds the weights (and onnxruntime's prepacked copies)
     try:
         got = open_session(sparse).run(None, feeds)
     except Exception as e:
