@@ -12,7 +12,11 @@ noise band), and ``inside``: the median time spent inside ``pruner.penalty()`` a
 step, as a share of the dense step (the direct cost, without the loss term's backward or cache effects).
 
 Schedules use the step count of mnist5k at batch 64 (63 steps per epoch), so the gradual methods
-recompute their masks at the rate a real run does (every half epoch), not only once.
+recompute their masks at the rate a real run does (every half epoch), not only once. The batches are the
+first ``--block`` training batches of the model's dataset (mnist5k; scikit-learn's digits for ``mlp``),
+so the methods act as in a real run (``--data random``: standard-normal inputs and random labels, where
+nothing can be learned and L1 takes every weight to zero, so its per-layer floor runs at every proximal
+step: the worst case, not the usual one).
 
 Models: ``lenet_300_100`` and ``small_cnn`` (issue 12), and ``mlp`` (the 64-128-64-10 digits MLP, whose
 whole step is so short that the pruner's fixed per-step cost shows most; issue 16). To compare with another version,
@@ -52,6 +56,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], list[int], str, int]] = {
     "small_cnn": (small_cnn, [1, 28, 28], "channel", 8),
     "mlp": (mlp, [64], "row", 60),
 }
+# The built-in dataset each model is measured on (--data real).
+DATA = {"lenet_300_100": "mnist5k", "small_cnn": "mnist5k", "mlp": "digits"}
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
     "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
@@ -137,6 +143,26 @@ def updates_masks(pruner: sparsekit.Pruner, step: int) -> bool:
     return any(isinstance(m, Magnitude) and m.schedule.is_update(step) for m in pruner.methods)
 
 
+def _batches(model_name: str, sample: list[int], args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The block's ``--block`` training batches: the first ones of the model's dataset (``--data real``), or
+    seeded standard-normal inputs with uniform random labels (``--data random``)."""
+    if args.data == "random":
+        g = torch.Generator().manual_seed(0)
+        return [
+            (torch.randn(args.batch_size, *sample, generator=g), torch.randint(0, 10, (args.batch_size,), generator=g))
+            for _ in range(args.block)
+        ]
+    from sparsekit.data import load_data
+
+    bundle = load_data(DATA[model_name], batch_size=args.batch_size, seed=0, input_shape=[1, *sample])
+    batches = []
+    for x, y in bundle.train:
+        batches.append((x, y))
+        if len(batches) == args.block:
+            return batches
+    raise SystemExit(f"{DATA[model_name]} has fewer than {args.block} batches of {args.batch_size}")
+
+
 def _iqr(values: list[float]) -> list[float]:
     q = statistics.quantiles(values, n=4)
     return [q[0], q[2]]
@@ -145,11 +171,7 @@ def _iqr(values: list[float]) -> list[float]:
 def measure(model_name: str, recipe_name: str, optimizer: str, rounds: int, args: argparse.Namespace) -> dict:
     """Time arms A (dense), B (with the pruner) and C (dense again) in alternating blocks."""
     factory, sample, _, _ = MODELS[model_name]
-    g = torch.Generator().manual_seed(0)
-    batches = [
-        (torch.randn(args.batch_size, *sample, generator=g), torch.randint(0, 10, (args.batch_size,), generator=g))
-        for _ in range(args.block)
-    ]
+    batches = _batches(model_name, sample, args)
     recipe = sparsekit.Recipe(**{"finetune": {"epochs": 6}, "pruning": entries(recipe_name, model_name)})
     arms = {}
     inside: list[float] = []  # seconds spent in the pruner's calls, per step of arm B
@@ -215,6 +237,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument(
+        "--data",
+        choices=["real", "random"],
+        default="real",
+        help="real (default): batches of the model's dataset (mnist5k; digits for mlp), the regime of a real run; "
+        "random: standard-normal inputs and random labels, where nothing can be learned and L1 drives every "
+        "weight to zero (its per-layer floor then runs at every proximal step)",
+    )
     ap.add_argument("--block", type=int, default=10, help="steps per timed block")
     ap.add_argument(
         "--rounds", type=int, default=0, help="A/B/C rounds (default: 30 lenet_300_100, 8 small_cnn, 60 mlp)"

@@ -255,6 +255,16 @@ def test_the_budget_bounds_the_warmup_too(files, fake_clock, monkeypatch):
     assert r["runs_done"] == {"1": 4} and len(counts) == 2 * (1 + 1 + 4)
 
 
+def test_the_warmup_takes_a_quarter_of_the_budget(files, fake_clock, monkeypatch):
+    counts: list[int] = []
+    real = bench_mod.open_session
+    monkeypatch.setattr(bench_mod, "open_session", lambda *a, **k: _CountedSession(real(*a, **k), counts))
+    benchmark(files["tiny"], batch_sizes=(1,), runs=4, warmup=1000, budget_s=0.2, min_runs=4)
+    # 2 sessions x 0.2 s x 1/4 = 0.1 s of warm-up rounds, each one 5 ms clock reading: 20 rounds (80 at the
+    # whole budget), besides each session's untimed first run and its 4 timed runs.
+    assert len(counts) // 2 - 1 - 4 == 20 * bench_mod.WARMUP_SHARE / 0.25
+
+
 @pytest.mark.parametrize("kw", [{"budget_s": 0}, {"budget_s": -1.0}, {"min_runs": 0}])
 def test_bad_budget_is_refused(files, kw):
     with pytest.raises(ExportError, match="budget"):

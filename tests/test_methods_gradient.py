@@ -200,3 +200,18 @@ def test_state_dict_round_trip_keeps_accumulated_scores():
     backward_with_grad(fresh, [0.0, 0.0, 0.0])
     resumed.step()  # the update at step 2 must still see step 1's scores (1, -1, 0), not all ties
     assert (fresh.weight[0] != 0).tolist() == [True, False, True]
+
+
+def test_scores_are_not_summed_past_the_schedules_last_update():
+    # ~3 passes over the weights a step, never read again once the last mask update is done.
+    model = single([1.0, -2.0, 0.5, 3.0])
+    sched = {"start_epoch": 1, "end_epoch": 2, "every": 1, "init_sparsity": 0.25, "curve": "linear"}
+    pruner = Pruner(model, recipe(epochs=4, criterion="movement", sparsity=0.5, schedule=sched), 1)
+    for g in ([1.0, 0.0, -1.0, 0.0], [0.0, 2.0, -1.0, 0.0]):
+        backward_with_grad(model, g)
+        pruner.step()
+    summed = {n: t.clone() for n, t in pruner.methods[0].accum.items()}
+    for g in ([5.0, 5.0, 5.0, 5.0], [-5.0, 1.0, 2.0, 3.0]):  # steps 3 and 4: after end_epoch 2
+        backward_with_grad(model, g)
+        pruner.step()
+    assert summed and all(torch.equal(pruner.methods[0].accum[n], t) for n, t in summed.items())

@@ -150,8 +150,10 @@ class Gradient(Magnitude):
         return done
 
     def after_step(self, step: int) -> Changes:
-        """Add this step's scores, then update masks at the schedule's update points."""
-        self.accumulate()  # before the mask update, so this step's gradients count
+        """Add this step's scores, then update masks at the schedule's update points. Past the schedule's
+        last update no scores are summed (none would be read again; ~3 passes over the weights a step)."""
+        if step <= self.schedule.end or self._pending:
+            self.accumulate()  # before the mask update, so this step's gradients count
         return super().after_step(step)
 
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
