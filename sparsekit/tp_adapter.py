@@ -313,13 +313,14 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     above the floor; ``channels`` (nothing removed) when no multiple lies below ``channels`` and at or above the
     floor. ``keep`` unchanged when it is already a multiple at or above the floor, ``round_to`` is None or 1, or
     the group is narrower than twice that multiple (the only aligned count below its width would then be that
-    one multiple: far more removed than asked, or with the floor nothing). With ``blocks`` > 1 (a grouped conv,
-    removed evenly from each block) counts move in whole units of ``blocks`` channels: the kept total is a
-    multiple of ``round_to`` and of ``blocks``."""
-    if not round_to or round_to <= 1 or keep >= channels:
+    one multiple: far more removed than asked, or with the floor nothing); a group narrower than twice
+    ``round_to`` but at least ``round_to`` wide aligns to half of it (an even ``round_to``, :func:`alignment`).
+    With ``blocks`` > 1 (a grouped conv, removed evenly from each block) counts move in whole units of
+    ``blocks`` channels: the kept total is a multiple of ``round_to`` and of ``blocks``."""
+    if keep >= channels:
         return keep
-    step = round_to * blocks // math.gcd(round_to, blocks)  # kept channels: a multiple of both
-    if channels < 2 * step:
+    step = alignment(channels, round_to, blocks)
+    if step <= 1:
         return keep
     low = max(1, min(floor, channels))
     if keep % step == 0 and keep >= low:
@@ -335,6 +336,21 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     return up if up < channels else channels
 
 
+def alignment(channels: int, round_to: int | None, blocks: int = 1) -> int:
+    """The multiple a group of ``channels`` keeps under ``round_to`` (see :func:`aligned_keep`): the least common
+    multiple of ``round_to`` and ``blocks``; for a group narrower than twice that, the same with half of an
+    even ``round_to``; 1 (any count) when the group is narrower than twice that too, or ``round_to`` is None/1."""
+    if not round_to or round_to <= 1:
+        return 1
+    step = round_to * blocks // math.gcd(round_to, blocks)  # kept channels: a multiple of both
+    if channels < 2 * step and round_to % 2 == 0:
+        # A narrow group aligns to half the multiple instead: 16-31 channels to 8 with the default 16, still
+        # whole blocks for kernels that work in 8s (AVX2), where any count would fall off their fast path.
+        half = round_to // 2
+        step = half * blocks // math.gcd(half, blocks)
+    return step if channels >= 2 * step else 1
+
+
 @dataclass(frozen=True)
 class Rounding:
     """What :func:`aligned_keep` did to one group at one step: the ranking would keep ``asked`` of its
@@ -346,6 +362,7 @@ class Rounding:
     kept: int
     round_to: int
     floor: int
+    multiple: int = 0  # the multiple kept (:func:`alignment`): round_to, or half of it for a narrow group
 
 
 class ChannelPruner:
@@ -517,7 +534,11 @@ class ChannelPruner:
         kept = aligned_keep(channels, asked, self._round_to, self._min_channels, blocks)
         assert self._round_to is not None
         self.rounded[name] = (
-            None if kept == asked else Rounding(channels, asked, kept, self._round_to, self._min_channels)
+            None
+            if kept == asked
+            else Rounding(
+                channels, asked, kept, self._round_to, self._min_channels, alignment(channels, self._round_to, blocks)
+            )
         )
         n_units = size - kept // blocks
         if n_units == len(picked):

@@ -170,7 +170,13 @@ def test_layer_ratio_removes_each_listed_layers_own_share():
         {
             "model": {"input_shape": [1, 1, 8, 8]},
             "pruning": [
-                {"method": "structured", "ratio": 0.25, "steps": 2, "layer_ratio": {"conv1": 0.0, "conv2": 0.75}}
+                {
+                    "method": "structured",
+                    "ratio": 0.25,
+                    "steps": 2,
+                    "round_to": 8,  # 32 channels to 24 (16 would keep all 32: its nearest multiple)
+                    "layer_ratio": {"conv1": 0.0, "conv2": 0.75},
+                }
             ],
         }
     )

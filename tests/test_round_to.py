@@ -47,8 +47,12 @@ def outs(model: nn.Module) -> dict[str, int]:
         (6, 3, 8, 1, 1, 3),  # narrower than round_to: any count
         (32, 9, 16, 1, 1, 16),  # down would be 0: up to the first multiple at or above the floor
         (32, 9, 8, 12, 1, 16),  # down (8) is below min_channels 12: up to 16
-        (16, 4, 16, 1, 1, 4),  # narrower than twice round_to: any count
-        (15, 7, 8, 1, 1, 7),
+        (16, 4, 16, 1, 1, 8),  # narrower than twice round_to: a multiple of half of it
+        (24, 17, 16, 1, 1, 16),  # 16-31 channels align to 8 under the default 16
+        (20, 14, 16, 1, 1, 16),
+        (12, 5, 16, 1, 1, 5),  # narrower than twice the half too: any count
+        (15, 7, 8, 1, 1, 8),  # 8-15 channels align to 4 under round_to 8
+        (7, 3, 8, 1, 1, 3),
         (16, 7, 8, 1, 1, 8),  # twice round_to: aligned
         (16, 4, 8, 12, 1, 16),  # the floor's multiple is the width: nothing removed
         (32, 0, 8, 1, 1, 8),  # everything asked: the floor's multiple
@@ -64,9 +68,9 @@ def test_aligned_keep(channels, keep, round_to, floor, blocks, expected):
     assert aligned_keep(channels, keep, round_to, floor, blocks) == expected
 
 
-def test_schema_default_is_8_and_values_are_checked():
+def test_schema_default_is_16_and_values_are_checked():
     spec = recipe().pruning[0]
-    assert spec.round_to == 8  # measured: benchmarks/structured_latency.py
+    assert spec.round_to == 16  # measured: benchmarks/structured_latency.py
     assert recipe(round_to=None).pruning[0].round_to is None
     assert recipe(round_to=8).pruning[0].round_to == 8
     for bad in (0, -8, 2.5, "eight"):
@@ -102,12 +106,16 @@ def test_uneven_counts_without_round_to_and_the_reason_with_it():
     plain, _ = prune(small_cnn(width=16, image_size=8), ratio=0.3, round_to=None)
     assert [outs(plain)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [11, 22, 44, 89]
     torch.manual_seed(0)
-    final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3)  # the default, 8
-    assert [outs(final)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [8, 24, 48, 88]
+    final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3)  # the default, 16
+    assert [outs(final)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [8, 16, 48, 96]
     rows = pruner.methods[0].report()["per_layer"]
-    assert rows["conv2"]["asked"] == pytest.approx(0.3) and rows["conv2"]["achieved"] == pytest.approx(0.25)
-    assert rows["conv2"]["reason"] == "round_to 8: keeps 24 of 32 channels, 22 rounded to the nearest multiple of 8"
-    assert rows["fc1"]["reason"] == "round_to 8: keeps 88 of 128 channels, 89 rounded to the nearest multiple of 8"
+    assert rows["conv2"]["asked"] == pytest.approx(0.3) and rows["conv2"]["achieved"] == pytest.approx(0.5)
+    assert rows["conv2"]["reason"] == "round_to 16: keeps 16 of 32 channels, 22 rounded to the nearest multiple of 16"
+    assert rows["fc1"]["reason"] == "round_to 16: keeps 96 of 128 channels, 89 rounded to the nearest multiple of 16"
+    assert rows["conv1"]["reason"] == (
+        "round_to 16: keeps 8 of 16 channels, 11 rounded to the nearest multiple of 8 (half of round_to: the layer "
+        "is narrower than 32)"
+    )
 
 
 def test_a_ratio_rounding_cannot_honour_is_reported_with_a_reason():

@@ -15,14 +15,6 @@ LENET = {"recipe": "lenet-gradual-magnitude-90", "shape": [1, 784], "dense_epoch
 CNN = {"shape": [1, 1, 28, 28], "dense_epochs": 4}
 CNN_UNSTRUCTURED = "cnn-layer-magnitude-80"
 CNN_STRUCTURED = "cnn-structured-50"
-# The shipped structured recipes by the ratio they were tuned for: each ratio uses the nearest one, with its
-# ratio set (30% and 50%: cnn-structured-50, gradual; 70%: cnn-structured-70, one removal at epoch 0).
-CNN_STRUCTURED_BY_RATIO = {0.5: CNN_STRUCTURED, 0.7: "cnn-structured-70"}
-
-
-def structured_recipe(ratio: float) -> str:
-    """The shipped small_cnn structured recipe tuned for the ratio nearest ``ratio`` (the lower one on a tie)."""
-    return min(CNN_STRUCTURED_BY_RATIO.items(), key=lambda kv: (abs(kv[0] - ratio), kv[0]))[1]
 
 
 def _row(model: str, kind: str, arm: str, value: float, seed: int, net: Any, split: arms.Split, **extra: Any) -> dict:
@@ -154,7 +146,7 @@ def cnn_structured_job(seed: int, ratios: list[float], onnx_dir: Path | None) ->
     onnx = _export(dense, onnx_dir, "cnn-dense", shape)
     rows = [_row("small_cnn", "both", "dense", 0.0, seed, dense, split, macs_ratio=1.0, onnx=onnx)]
     for r in ratios:
-        recipe = arms.shipped(structured_recipe(r), seed, [f"pruning.0.ratio={r}"])
+        recipe = arms.shipped(CNN_STRUCTURED, seed, [f"pruning.0.ratio={r}"])
         for arm in ("torch-pruning", "sparsekit"):
             start = time.perf_counter()
             if arm == "torch-pruning":

@@ -119,7 +119,9 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         ],
     },
     "structured": {
-        "v0: 3 steps over epochs 0-2": [],
+        # round 3 (round_to 16, the default since): one step at epoch 0, now the shipped recipe, against the gradual
+        # schedule it replaced
+        "v0: 3 steps over epochs 0-2": ["pruning.0.steps=3", "pruning.0.schedule={start_epoch: 0, end_epoch: 2}"],
         "1 step at epoch 0": ["pruning.0.steps=1", "pruning.0.schedule={start_epoch: 0, end_epoch: 0}"],
         "3 steps, kd 0.5/T2": ["finetune.distill={weight: 0.5, temperature: 2}"],
         # round 2: removal events closer together; L1 importance

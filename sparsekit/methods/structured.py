@@ -51,14 +51,15 @@ important units that fit (or skipped); torch-pruning's own guard is consulted be
 and after every event the model's forward pass is checked. :meth:`Structured.report` says, per layer,
 the fraction asked, the fraction achieved and why they differ (``per_layer``).
 
-``round_to`` (default 8, measured fastest, see benchmarks/README.md; ``null`` or 1: off) aligns channel
+``round_to`` (default 16, measured fastest, see benchmarks/README.md; ``null`` or 1: off) aligns channel
 counts for onnxruntime's CPU kernels, which handle other counts poorly (resnet_small with 30% of its
 channels removed measured slower than dense without it; see benchmarks/README.md): at every event, a group
 sized by ``ratio`` that loses channels keeps the nearest multiple of ``round_to`` (torch-pruning's
 ``round_to`` rounds down; the nearest keeps the achieved fraction close to the asked one), or the first
 multiple at or above ``min_channels`` when the nearest is below it, or all its channels when no such
 multiple is below its width; a group
-narrower than twice ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
+narrower than twice ``round_to`` aligns to half of it (16-31 channels to 8 under the default), and one
+narrower than ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
 fraction gives (``ratio: auto`` writes one for every group; ``target_latency`` aligns them itself, see
 :func:`sparsekit.allocation.latency_align`). The report's ``reason`` says when rounding moved a layer
 away from its fraction.
@@ -714,7 +715,9 @@ class Structured:
 
 def _rounding_reason(r: tpa.Rounding) -> str:
     """How ``per_layer[...]["reason"]`` says what ``round_to`` did to a layer (see :func:`tpa.aligned_keep`)."""
-    if r.kept == r.channels and r.asked // r.round_to * r.round_to >= max(r.floor, 1):
+    m = r.multiple or r.round_to  # half of round_to for a narrow group
+    of = f"{m}" if m == r.round_to else f"{m} (half of round_to: the layer is narrower than {2 * r.round_to})"
+    if r.kept == r.channels and r.asked // m * m >= max(r.floor, 1):
         return (
             f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: the full width is "
             f"the nearest aligned count"
@@ -722,16 +725,16 @@ def _rounding_reason(r: tpa.Rounding) -> str:
     if r.kept == r.channels:
         return (
             f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: no multiple of "
-            f"{r.round_to} below {r.channels} is at or above min_channels {r.floor}"
+            f"{of} below {r.channels} is at or above min_channels {r.floor}"
         )
-    if r.kept > r.asked and r.asked // r.round_to * r.round_to < r.floor:
+    if r.kept > r.asked and r.asked // m * m < r.floor:
         return (
             f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, up from {r.asked} to the first "
-            f"multiple of {r.round_to} at or above min_channels {r.floor}"
+            f"multiple of {of} at or above min_channels {r.floor}"
         )
     return (
         f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, {r.asked} rounded to the nearest "
-        f"multiple of {r.round_to}"
+        f"multiple of {of}"
     )
 
 
