@@ -771,5 +771,4 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         control=res["control"],
         runs_done=res.get("runs_done"),
         budget_s=res.get("budget_s"),
-        control_session=res.get("control_session"),
     )

@@ -422,7 +422,9 @@ def describe(
             amount = f"enough output channels to keep {aim} (per-layer ratios chosen by a sensitivity analysis)"
         else:
             amount = f"{_pct(float(spec.ratio))} of the output channels"
-        extra = f", channel counts kept to multiples of {spec.round_to}" if spec.round_to and spec.round_to > 1 else ""
+        r = spec.round_to
+        half = f" ({r // 2} in layers narrower than {2 * r})" if r and r % 2 == 0 and r > 2 else ""
+        extra = f", channel counts kept to multiples of {r}{half}" if r and r > 1 else ""
         text = f"structured: remove {amount} of {names} ({spec.importance} importance, {spec.scope} scope{extra})"
         if spec.layer_ratio:
             text += "; own ratios: " + ", ".join(f"{n} {_pct(v)}" for n, v in spec.layer_ratio.items())

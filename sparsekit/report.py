@@ -218,11 +218,6 @@ class Benchmark(_Closed):
         None, description="timed runs per model at each batch size (fewer than runs when the time budget ran out)"
     )
     budget_s: float | None = Field(None, description="seconds of timed runs per model and batch size (null: none)")
-    control_session: str | None = Field(
-        None,
-        description="the A/A control's dense session: 'second' (its own, the usual case) or 'same' (the dense "
-        "session timed as both arms: a dense file over 64 MiB is not loaded twice)",
-    )
 
 
 class Int8(_Open):
@@ -611,8 +606,10 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
         ratio = spec.get("ratio", row.model_extra.get("ratio") if row and row.model_extra else None)
         scope = "ranked globally" if spec.get("scope") == "global" else "each layer on its own"
         extra = [f"{spec.get('importance', 'l2')} importance", f"{spec.get('steps', 1)} step(s)"]
-        if spec.get("round_to"):
-            extra.append(f"kept channels rounded to multiples of {spec['round_to']}")
+        if spec.get("round_to") and spec["round_to"] > 1:
+            r = int(spec["round_to"])
+            half = f" ({r // 2} in layers narrower than {2 * r})" if r % 2 == 0 and r > 2 else ""
+            extra.append(f"kept channels rounded to multiples of {r}{half}")
         if spec.get("target_macs"):
             extra.append(f"ratios chosen for MACs {spec['target_macs']:g}x")
         if spec.get("target_latency"):

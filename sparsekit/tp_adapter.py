@@ -316,7 +316,8 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     one multiple: far more removed than asked, or with the floor nothing); a group narrower than twice
     ``round_to`` but at least ``round_to`` wide aligns to half of it (an even ``round_to``, :func:`alignment`).
     With ``blocks`` > 1 (a grouped conv, removed evenly from each block) counts move in whole units of
-    ``blocks`` channels: the kept total is a multiple of ``round_to`` and of ``blocks``."""
+    ``blocks`` channels: the kept total is a multiple of ``blocks`` and of ``round_to`` (or of its half,
+    for a narrow group)."""
     if keep >= channels:
         return keep
     step = alignment(channels, round_to, blocks)
@@ -362,7 +363,14 @@ class Rounding:
     kept: int
     round_to: int
     floor: int
-    multiple: int = 0  # the multiple kept (:func:`alignment`): round_to, or half of it for a narrow group
+    multiple: int = 0  # the multiple kept (:func:`alignment`): round_to (with the conv's blocks), or half of it
+    halved: bool = False  # the group is narrower than twice the full multiple: half of round_to was used
+
+
+def _rounding(channels: int, asked: int, kept: int, round_to: int, floor: int, blocks: int) -> Rounding:
+    multiple = alignment(channels, round_to, blocks)
+    full = round_to * blocks // math.gcd(round_to, blocks)
+    return Rounding(channels, asked, kept, round_to, floor, multiple, halved=multiple not in (1, full))
 
 
 class ChannelPruner:
@@ -534,11 +542,7 @@ class ChannelPruner:
         kept = aligned_keep(channels, asked, self._round_to, self._min_channels, blocks)
         assert self._round_to is not None
         self.rounded[name] = (
-            None
-            if kept == asked
-            else Rounding(
-                channels, asked, kept, self._round_to, self._min_channels, alignment(channels, self._round_to, blocks)
-            )
+            None if kept == asked else _rounding(channels, asked, kept, self._round_to, self._min_channels, blocks)
         )
         n_units = size - kept // blocks
         if n_units == len(picked):

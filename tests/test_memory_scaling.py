@@ -138,30 +138,6 @@ def test_save_model_writes_the_weights_without_copying_them(tmp_path, monkeypatc
     assert torch.equal(state["1.weight"], view)
 
 
-def test_a_large_first_file_is_timed_as_its_own_control_instead_of_loaded_twice(tmp_path, monkeypatch):
-    import sparsekit.onnx.bench as bench_mod
-
-    torch.manual_seed(0)
-    path = tmp_path / "m.onnx"
-    export_onnx(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), path, [1, 16], exporter="torchscript")
-    opened = []
-    real = bench_mod.open_session
-
-    def counting(p, **kw):
-        opened.append(p)
-        return real(p, **kw)
-
-    monkeypatch.setattr(bench_mod, "open_session", counting)
-    small = benchmark([path, path], batch_sizes=[1], runs=5, warmup=0)
-    assert len(opened) == 3 and small["control_session"] == "second"
-    opened.clear()
-    monkeypatch.setattr(bench_mod, "SEPARATE_CONTROL_BYTES", path.stat().st_size - 1)
-    large = benchmark([path, path], batch_sizes=[1], runs=5, warmup=0)
-    assert len(opened) == 2 and large["control_session"] == "same"
-    assert large["runs_done"] == {"1": 5} and large["control"]["1"]["ratio_p50"] > 0
-    assert "timed twice" in bench_mod.latency_table(large)
-
-
 def test_finetune_lets_go_of_gradients_and_finalize_of_cached_mask_copies():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -176,13 +152,3 @@ def test_finetune_lets_go_of_gradients_and_finalize_of_cached_mask_copies():
     refs = [mod._buffers[masks_mod.MASK] for mod in model.modules() if masks_mod.MASK in mod._buffers]
     pruner.finalize()
     assert not any(id(m) in masks_mod._FACTORS for m in refs)  # dropped at bake, though the masks still exist
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from([0.5, -0.5, 1.0, 3.0, -2.0, 1e-30, 7.25]) | st.floats(-8, 8, width=32), max_size=60))
-def test_value_entropy_counts_distinct_values_as_np_unique_does(values):
-    from sparsekit.onnx.stats import _run_lengths
-
-    arr = np.array(values, dtype=np.float32).view(np.uint32)
-    _, want = np.unique(arr, return_counts=True)
-    assert sorted(_run_lengths(arr.copy()).tolist()) == sorted(want.tolist())

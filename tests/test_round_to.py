@@ -187,3 +187,13 @@ def test_every_iterative_event_keeps_multiples_and_a_resumed_run_matches():
     resumed, resumed_history, resumed_sizes, resumed_rows = run(True)
     assert outs(resumed) == outs(final) and resumed_history == history and resumed_sizes == sizes
     assert resumed_rows == rows
+
+
+def test_reasons_name_the_multiple_a_grouped_or_narrow_layer_kept():
+    from sparsekit.methods.structured import _rounding_reason
+    from sparsekit.tp_adapter import _rounding
+
+    wide = _rounding_reason(_rounding(96, 66, 48, 16, 1, 3))  # 3 blocks: multiples of 48
+    assert wide.endswith("rounded to the nearest multiple of 48 (round_to and the grouped conv's blocks)"), wide
+    narrow = _rounding_reason(_rounding(48, 33, 24, 16, 1, 3))  # narrower than 96: multiples of 24
+    assert narrow.endswith("multiple of 24 (half of round_to: the layer is narrower than 96)"), narrow

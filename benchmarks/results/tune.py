@@ -123,10 +123,18 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
         # schedule it replaced
         "v0: 3 steps over epochs 0-2": ["pruning.0.steps=3", "pruning.0.schedule={start_epoch: 0, end_epoch: 2}"],
         "1 step at epoch 0": ["pruning.0.steps=1", "pruning.0.schedule={start_epoch: 0, end_epoch: 0}"],
-        "3 steps, kd 0.5/T2": ["finetune.distill={weight: 0.5, temperature: 2}"],
+        "3 steps, kd 0.5/T2": [
+            "pruning.0.steps=3",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 2}",
+            "finetune.distill={weight: 0.5, temperature: 2}",
+        ],
         # round 2: removal events closer together; L1 importance
-        "3 steps over epochs 0-1": ["pruning.0.schedule={start_epoch: 0, end_epoch: 1}"],
-        "3 steps over epochs 0-2, l1": ["pruning.0.importance=l1"],
+        "3 steps over epochs 0-1": ["pruning.0.steps=3", "pruning.0.schedule={start_epoch: 0, end_epoch: 1}"],
+        "3 steps over epochs 0-2, l1": [
+            "pruning.0.steps=3",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 2}",
+            "pruning.0.importance=l1",
+        ],
     },
 }
 

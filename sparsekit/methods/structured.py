@@ -715,8 +715,12 @@ class Structured:
 
 def _rounding_reason(r: tpa.Rounding) -> str:
     """How ``per_layer[...]["reason"]`` says what ``round_to`` did to a layer (see :func:`tpa.aligned_keep`)."""
-    m = r.multiple or r.round_to  # half of round_to for a narrow group
-    of = f"{m}" if m == r.round_to else f"{m} (half of round_to: the layer is narrower than {2 * r.round_to})"
+    m = r.multiple or r.round_to  # with a grouped conv's blocks; half of round_to for a narrow group
+    of = f"{m}"
+    if r.halved:
+        of += f" (half of round_to: the layer is narrower than {4 * m})"  # twice the full multiple, 2 * m
+    elif m != r.round_to:
+        of += " (round_to and the grouped conv's blocks)"
     if r.kept == r.channels and r.asked // m * m >= max(r.floor, 1):
         return (
             f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: the full width is "

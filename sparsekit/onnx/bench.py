@@ -26,7 +26,6 @@ import onnxruntime as ort
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.fsutil import available_memory
-from sparsekit.onnx.files import external_data_files
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
@@ -45,10 +44,6 @@ BUDGET_S = 2.0
 WARMUP_SHARE = 0.25
 # Fewest timed runs per session and batch size under a budget: 5 per block of the ratio spread.
 MIN_RUNS = 5 * N_BLOCKS
-# The A/A control is a second session of the first file up to this many bytes of it (external data
-# included); a larger file's session is timed twice instead, as two arms: a session holds the weights
-# once more, plus onnxruntime's prepacked copies (benchmarks/memory_scaling.py).
-SEPARATE_CONTROL_BYTES = 64 << 20
 
 PathLike = str | os.PathLike[str]
 
@@ -72,12 +67,9 @@ def benchmark(
 
     Runs are interleaved across files (rotating which goes first) so drift in machine speed hits
     all alike, and a second session of the first file is timed alongside as an A/A control:
-    its ratio to the first shows how large a difference noise alone produces. (A first file over
-    :data:`SEPARATE_CONTROL_BYTES`, 64 MiB, is not loaded twice: its one session is timed as both
-    arms, ``control_session: "same"`` instead of ``"second"``, which leaves out any difference
-    between sessions.) Each file takes one float32 input, fed with seeded standard-normal data (the
-    same for files of the same shape); ``input_shape`` (batch dim included or not) is only needed
-    for symbolic non-batch dims.
+    its ratio to the first shows how large a difference noise alone produces. Each file takes one
+    float32 input, fed with seeded standard-normal data (the same for files of the same shape);
+    ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
 
     Cost: ``runs`` is the most timed runs per file and batch size. ``budget_s`` (default
     :data:`BUDGET_S`, 2 s) bounds the time: at each batch size the timed runs stop once they have taken
@@ -88,7 +80,7 @@ def benchmark(
     the sessions'.
 
     Returns ``{"threads", "provider", "warmup", "runs", "runs_done", "budget_s", "min_runs", "seed",
-    "batch_sizes", "onnxruntime", "files", "control", "control_session"}`` (``runs_done``: timed runs
+    "batch_sizes", "onnxruntime", "files", "control"}`` (``runs_done``: timed runs
     per session at each batch size, ``{"1": n, ...}``); each file has :func:`~sparsekit.onnx.stats.size_report` (bytes),
     ``macs``/``effective_macs``, ``latency_ms`` (p50/p90/p99/mean per batch size, in ms),
     ``throughput_per_s`` (samples/s), ``ratio_to_first`` (p50 ratio and its spread over blocks of
@@ -117,8 +109,7 @@ def benchmark(
     for path in files:
         sessions.append(session(path))
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
-    separate = _file_bytes(files[0]) <= SEPARATE_CONTROL_BYTES
-    sessions.append(session(files[0]) if separate else sessions[0])  # the A/A control
+    sessions.append(session(files[0]))  # the A/A control
     dims.append(dims[0])
     _check_memory(files, dims, sizes)
 
@@ -137,13 +128,8 @@ def benchmark(
     del sessions, feeds  # onnxruntime's copies of the weights go before the files are read for their stats
 
     out = _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
-    out.update(budget_s=budget_s, min_runs=min(min_runs, runs), control_session="second" if separate else "same")
+    out.update(budget_s=budget_s, min_runs=min(min_runs, runs))
     return out
-
-
-def _file_bytes(path: Path) -> int:
-    """Bytes of the ONNX file at ``path`` and of its external-data files."""
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in external_data_files(path))
 
 
 def latency_table(result: dict[str, Any]) -> str:
@@ -166,9 +152,7 @@ def latency_table(result: dict[str, Any]) -> str:
             )
     noise = ", ".join(f"batch {b}: {c['ratio_p50']:.3f}" for b, c in result["control"].items())
     lines.append("")
-    same = result.get("control_session") == "same"
-    which = "the first file's session timed twice" if same else "second session of the first file"
-    lines.append(f"A/A control ({which}), p50 ratio: {noise}")
+    lines.append(f"A/A control (second session of the first file), p50 ratio: {noise}")
     return "\n".join(lines)
 
 

@@ -129,15 +129,7 @@ def to_sparse_storage(
     graph = model.graph
     graph_inputs = {i.name for i in graph.input}  # an initializer that is also an input stays dense
 
-    decisions, keep, sparse, originals = [], [], [], {}
-    for init in graph.initializer:
-        row, tensor = _decide(init, index_dtype, init.name in graph_inputs, objective)
-        decisions.append(row)
-        if tensor is None:
-            keep.append(init)
-        else:
-            sparse.append(tensor)
-            originals[init.name] = numpy_helper.to_array(init)
+    decisions, keep, sparse, originals = _split(graph, index_dtype, graph_inputs, objective)
     del graph.initializer[:]
     graph.initializer.extend(keep)
     graph.sparse_initializer.extend(sparse)
@@ -151,7 +143,9 @@ def to_sparse_storage(
         save_onnx(model, tmp, what="sparse-storage model", external_data=large)
         _check_decoded(tmp, originals)  # every sparse tensor, read back from the file, equals the dense one
         n_sparse = len(sparse)
-        del model, graph, keep, sparse, originals  # the weights go before onnxruntime loads them twice over
+        # The weights go before onnxruntime loads them twice over (any reference into the parse keeps
+        # its whole arena alive).
+        del model, graph, keep, sparse, originals
         verified = _verify(src, tmp) if verify and n_sparse else None
         publish(tmp, final)
     after = onnx_sizes(final)
@@ -166,6 +160,23 @@ def to_sparse_storage(
         "onnx_checker_ok": checker_ok,
         "verified": verified,
     }
+
+
+def _split(
+    graph: onnx.GraphProto, index_dtype: str, graph_inputs: set[str], objective: str
+) -> tuple[list[dict[str, Any]], list[onnx.TensorProto], list[onnx.SparseTensorProto], dict[str, np.ndarray]]:
+    """Each initializer's decision row, the ones kept dense, the sparse tensors and the dense values of
+    those (a function, so no loop variable outlives it holding a reference into the parse)."""
+    decisions, keep, sparse, originals = [], [], [], {}
+    for init in graph.initializer:
+        row, tensor = _decide(init, index_dtype, init.name in graph_inputs, objective)
+        decisions.append(row)
+        if tensor is None:
+            keep.append(init)
+        else:
+            sparse.append(tensor)
+            originals[init.name] = numpy_helper.to_array(init)
+    return decisions, keep, sparse, originals
 
 
 def choose_storage(dense_stored: PathLike, out: PathLike, mode: str | bool = "auto") -> dict[str, Any]:

@@ -136,14 +136,12 @@ def weight_entropy(path: PathLike) -> dict[str, Any]:
 def _entropy(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
     mask = values = verbatim = 0.0
     params = nonzero = 0
-    for arr in _weight_arrays(model, release=True):  # this parse is the memo's own: each tensor goes once read
+    for arr in _weight_arrays(model):
         flat = arr.reshape(-1)
         nz = flat[flat != 0]
-        size = flat.size
-        del arr, flat
-        params += size
+        params += flat.size
         nonzero += nz.size
-        mask += size * _binary_entropy(nz.size / size) / 8 if size else 0.0
+        mask += flat.size * _binary_entropy(nz.size / flat.size) / 8 if flat.size else 0.0
         values += _value_bits(nz) / 8
         verbatim += nz.size * nz.itemsize
     return {
@@ -156,11 +154,9 @@ def _entropy(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str,
     }
 
 
-def _weight_arrays(model: onnx.ModelProto, release: bool = False) -> Iterator[np.ndarray]:
+def _weight_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
     """Every weight of ``model`` as a dense array, chosen exactly as
-    :func:`~sparsekit.onnx.tensors.count_params` chooses them (a test holds the two together).
-    ``release``: clear each dense initializer's stored values in ``model`` once its array is made (the
-    caller's model keeps one copy of the weights at a time instead of two)."""
+    :func:`~sparsekit.onnx.tensors.count_params` chooses them (a test holds the two together)."""
     graph = model.graph
     dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
     aux = {name for n in graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear") for name in n.input[1:]}
@@ -170,11 +166,7 @@ def _weight_arrays(model: onnx.ModelProto, release: bool = False) -> Iterator[np
 
     for init in graph.initializer:
         if is_weight(init.name, init.data_type):
-            arr = numpy_helper.to_array(init)
-            if release:
-                for field in ("raw_data", "float_data", "int32_data", "double_data"):
-                    init.ClearField(field)
-            yield arr
+            yield numpy_helper.to_array(init)
     for sparse in graph.sparse_initializer:
         if is_weight(sparse.values.name, sparse.values.data_type):
             yield densify(sparse)
@@ -190,30 +182,19 @@ _FLOAT_LAYOUT: dict[str, tuple[type[np.unsignedinteger], int]] = {
 
 
 def _value_bits(values: np.ndarray) -> float:
-    """Bits for the 1-D array of nonzero ``values`` at their empirical entropy (see :func:`weight_entropy`);
-    sorts ``values`` in place."""
+    """Bits for the 1-D array of nonzero ``values`` at their empirical entropy (see :func:`weight_entropy`)."""
     k = values.size
     if k == 0:
         return 0.0
-    counts = _run_lengths(values.view(f"u{values.itemsize}"))
+    distinct, counts = np.unique(values.view(f"u{values.itemsize}"), return_counts=True)
     # Two-part code: the distinct values verbatim, then each value as an index into them.
-    as_symbols = counts.size * values.itemsize * 8 + k * _entropy_of(counts)
+    as_symbols = distinct.size * values.itemsize * 8 + k * _entropy_of(counts)
     layout = _FLOAT_LAYOUT.get(values.dtype.name)
     if layout is None:  # integer (quantized) weights: the symbol entropy is the whole story
         return as_symbols
     utype, mantissa = layout
-    se_counts = np.bincount(values.view(utype) >> utype(mantissa))  # sign and exponent: at most 2^12 symbols
-    return min(as_symbols, k * (_entropy_of(se_counts[se_counts > 0]) + mantissa))
-
-
-def _run_lengths(symbols: np.ndarray) -> np.ndarray:
-    """How often each distinct value of the 1-D array ``symbols`` occurs (``np.unique``'s counts), sorting
-    ``symbols`` in place: no copies of a large layer's values beyond the caller's own."""
-    if symbols.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    symbols.sort()
-    starts = np.flatnonzero(np.diff(symbols)) + 1
-    return np.diff(np.concatenate(([0], starts, [symbols.size])))
+    _, se_counts = np.unique(values.view(utype) >> utype(mantissa), return_counts=True)
+    return min(as_symbols, k * (_entropy_of(se_counts) + mantissa))
 
 
 def _entropy_of(counts: np.ndarray) -> float:
