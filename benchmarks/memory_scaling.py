@@ -16,8 +16,9 @@ three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights,
 
 The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
 baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
-6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **4.9x** with SGD
-(634 MiB over the tiny run's 382 MiB for 135.5 MB of weights), **5.6x** with ``--optimizer adam``; 7.5x
+6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.4x** with SGD
+(694 MiB over the tiny run's 382 MiB for 135.5 MB of weights; 4.9x in a run whose benchmark timed one dense
+session as its own A/A control, since reverted), **5.6x** with ``--optimizer adam``; 7.5x
 before this round of work and 11.7x before the first. The peak is now fine-tuning's own need, and every
 other phase stays under it:
 
@@ -26,9 +27,9 @@ other phase stays under it:
   ~4.3x with SGD, ~5.3x with Adam;
 - export: the model, the exported graph and its serialized bytes, then the parity session (shape inference
   reads a copy without the large weights' values): ~3x;
-- sizes, storage and the benchmark: one ONNX parse (each tensor released once read for the entropy), or
-  two onnxruntime sessions (the sparse-storage check opens one at a time; ``bench`` times a file over 64 MiB
-  as its own A/A control instead of loading it twice): ~3-4x.
+- sizes and storage: one ONNX parse, or one onnxruntime session at a time (the sparse-storage check); the
+  benchmark: three sessions (dense, pruned, and a second dense one as the A/A control; timing one session
+  twice instead ran it warm after itself and skewed the ratios by up to 2x): ~3-4x.
 
     python benchmarks/memory_scaling.py                 # ~2-3 minutes on 2 cores
     python benchmarks/memory_scaling.py --json          # the measurements as JSON
