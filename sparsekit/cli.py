@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .errors import ExportError, SparsekitError, Terminated, one_line, render
+from .errors import WHERE_PREFIXES, ExportError, SparsekitError, Terminated, one_line, render
 from .recipe_catalog import RECIPES_DIR as RECIPES_DIR  # noqa: F401 - kept importable from here
 from .recipe_catalog import find_recipe
 
@@ -90,7 +90,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "sensitivity": "; `--resume` continues the analysis from the last finished probe",
             }.get(fn.__name__, "")
             what = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
-            where = f" {err.args[0]}." if err.args and isinstance(err.args[0], str) and "epoch" in err.args[0] else ""
+            said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
+            where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
             click.echo(
                 f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True
             )

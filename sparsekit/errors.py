@@ -8,8 +8,9 @@ an option of the caller (allow overwriting, name the architecture, ...), the mes
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # How the Python API spells each option a message may point to (the CLI has its own table).
 API_SPELLING = {
@@ -54,6 +55,22 @@ def render(message: str, spell: Callable[[str, str], str] = _api_spelling) -> st
 class Terminated(KeyboardInterrupt):
     """A SIGTERM (a job scheduler's stop, ``kill``): unwinds like Ctrl-C, so finished files and the last
     checkpoint are kept and temp files removed; the CLI exits 143 (128 + SIGTERM) and says so."""
+
+
+# How an interruption's message says where it happened ("in epoch 3 of 6", "after epoch 2", "while ...").
+WHERE_PREFIXES = ("in ", "after ", "while ")
+
+
+@contextlib.contextmanager
+def interrupted_while(what: str) -> Iterator[None]:
+    """Re-raise a Ctrl-C (or SIGTERM, :class:`Terminated`) inside the block as the same type saying ``while
+    {what}``, unless its message already says where it happened (see :data:`WHERE_PREFIXES`)."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if err.args and isinstance(err.args[0], str) and err.args[0].startswith(WHERE_PREFIXES):
+            raise
+        raise type(err)(f"while {what}") from None
 
 
 class SparsekitError(Exception):

@@ -23,7 +23,16 @@ from . import __version__
 from . import distributed as _distributed
 from .analysis import allocate_for_run, allocation_summary, write_allocation
 from .data import load_data
-from .errors import DataError, ModelFileError, OutputError, SparsekitError, one_line, option, quoted
+from .errors import (
+    DataError,
+    ModelFileError,
+    OutputError,
+    SparsekitError,
+    interrupted_while,
+    one_line,
+    option,
+    quoted,
+)
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
@@ -130,6 +139,23 @@ def _versions() -> dict[str, str]:
     }
 
 
+# What an interrupted run was doing, by phase (the CLI's "Interrupted: while ..." line).
+PHASE_WORDS = {
+    "load": "loading the model",
+    "data": "loading the data",
+    "plan": "planning the recipe",
+    "report": "writing the report",
+    "dense_eval": "evaluating the dense model",
+    "finetune": "fine-tuning",
+    "save": "saving model.pt",
+    "pruned_eval": "evaluating the pruned model",
+    "int8": "quantizing to int8",
+    "sizes": "measuring the files' sizes",
+    "bench": "benchmarking in onnxruntime",
+    "storage": "choosing how model.onnx stores its weights",
+}
+
+
 @dataclass
 class PhaseClock:
     """Wall time per phase of a run (seconds), for report.json's ``timings``: ``with clock("data"): ...``.
@@ -142,7 +168,8 @@ class PhaseClock:
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with interrupted_while(PHASE_WORDS.get(phase, phase)):  # Ctrl-C says where the run was
+                yield
         finally:
             self.add(phase, time.perf_counter() - start)
 
@@ -605,7 +632,8 @@ def measure(
         metrics = evaluate(model, inputs.bundle.val)
         stats = model_stats(model, inputs.shape)
         layers = layer_report(model, inputs.shape)
-    exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
+    with interrupted_while(f"exporting {onnx_path.name}"):
+        exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
     for phase, seconds in exported["seconds"].items():
         clock.add(phase, seconds)
     return Measured(metrics, stats, layers, exported)

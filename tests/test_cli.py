@@ -850,3 +850,27 @@ def test_a_model_that_takes_token_ids_is_refused_up_front(tmp_path, monkeypatch)
     assert not out.exists()
     assert_bad_input(run("export", model_path, *arch, "-o", tmp_path / "e.onnx"), "random float32 input")
     assert not (tmp_path / "e.onnx").exists()
+
+
+@pytest.mark.parametrize(("call", "stage"), [(1, "while exporting dense.onnx"), (2, "while exporting model.onnx")])
+def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp_checkpoint, monkeypatch, call, stage):
+    import sparsekit.onnx
+
+    real, calls = sparsekit.onnx.export_onnx, []
+
+    def export(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sparsekit.onnx, "export_onnx", export)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", *FAST)
+    assert result.exit_code == 130, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Interrupted: {stage}. Finished files are complete"), result.stderr
