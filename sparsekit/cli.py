@@ -910,6 +910,13 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     )
     if unknown and len(unknown) < len(res["layers"]):
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
+    bad = res.get("non_finite") or {}
+    if bad:
+        named = ", ".join(f"{name} ({n:,})" for name, n in list(bad.items())[:5]) + (", ..." if len(bad) > 5 else "")
+        lines.append(
+            f"WARNING: {sum(bad.values()):,} stored weights are NaN or inf, in {named}: the model's outputs will be "
+            "too; sparsekit refuses such weights in a checkpoint"
+        )
     return "\n".join(lines)
 
 

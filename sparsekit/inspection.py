@@ -52,8 +52,9 @@ def inspect(
 
     A torch model adds ``factory``, ``input_shape`` (batch first, None when unknown: pass one for MACs)
     and ``structurally_pruned``; an ONNX file adds ``gzip_bytes``, ``bytes_per_nonzero``,
-    ``gzip_bytes_per_nonzero`` (sizes count any external-data file) and ``input_shape`` (its first input,
-    symbolic dims as names).
+    ``gzip_bytes_per_nonzero`` (sizes count any external-data file), ``input_shape`` (its first input,
+    symbolic dims as names) and ``non_finite`` (``{initializer: NaN/inf count}``, empty when none: a
+    checkpoint with such weights is refused, an ONNX file is only read and reported).
 
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
@@ -227,10 +228,25 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
     }
     res["input_shape"] = _onnx_input_shape(model)
     res.update(_totals(rows, other_params, other_nonzero, ["other initializers"] if other_params else []))
+    res["non_finite"] = _onnx_non_finite(model.graph)
     nonzero = res["nonzero_params"]
     res["bytes_per_nonzero"] = sizes["bytes"] / nonzero if nonzero else None
     res["gzip_bytes_per_nonzero"] = sizes["gzip_bytes"] / nonzero if nonzero else None
     return res
+
+
+def _onnx_non_finite(graph: Any) -> dict[str, int]:
+    """NaN / inf values per floating-point initializer (sparse ones too) that holds any: a checkpoint with
+    them is refused, an ONNX file is only read, so inspect says so instead."""
+    import numpy as np
+
+    out = {}
+    for name, (array, stored) in _onnx_arrays(graph).items():
+        if name == stored and array.dtype.kind == "f":
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                out[name] = bad
+    return out
 
 
 def _onnx_input_shape(model: Any) -> list[int | str] | None:

@@ -234,3 +234,29 @@ def test_int8_files_count_the_same_layers(tmp_path):
         assert other["macs"] == row["macs"]  # integer matmuls are sized like their float ones
         assert other["effective_macs"] <= row["effective_macs"]
     assert q["params"] == fp32["params"] and q["sparsity"] >= fp32["sparsity"]
+
+
+def test_onnx_weights_that_are_nan_or_inf_are_reported_not_refused(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(mlp(), path, [1, 64], exporter="torchscript", check_parity=False)
+    clean = inspected(str(path))
+    assert clean["non_finite"] == {}
+    assert "WARNING" not in run("inspect", str(path)).output
+
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if numpy_helper.to_array(i).ndim == 2)
+    values = numpy_helper.to_array(init).copy()
+    values.flat[[3, 7]] = [np.nan, np.inf]
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(model, str(path))
+    assert inspected(str(path))["non_finite"] == {init.name: 2}
+    result = run("inspect", str(path))
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: 2 stored weights are NaN or inf, in {init.name} (2)" in result.output
