@@ -702,7 +702,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     default=20,
     show_default=True,
     type=click.IntRange(0),
-    help="Untimed runs per file and batch size first.",
+    help="Most untimed runs per file and batch size first (fewer once a quarter of --budget is spent).",
 )
 @click.option(
     "--runs",

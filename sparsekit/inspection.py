@@ -218,7 +218,8 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
     model = load_onnx(path)  # a clear error naming the file if it is not ONNX
     sizes = onnx_sizes(path)
     macs = {row["node"]: row["macs"] for row in onnx_macs(path)["layers"]}
-    rows, used = _onnx_rows(model, macs)
+    arrays = _onnx_arrays(model.graph)  # every stored tensor, converted once
+    rows, used = _onnx_rows(model, macs, arrays)
     other_params, other_nonzero = _onnx_other(model.graph, used)
     res: dict[str, Any] = {
         "path": str(path),
@@ -228,20 +229,20 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
     }
     res["input_shape"] = _onnx_input_shape(model)
     res.update(_totals(rows, other_params, other_nonzero, ["other initializers"] if other_params else []))
-    res["non_finite"] = _onnx_non_finite(model.graph)
+    res["non_finite"] = _onnx_non_finite(arrays)
     nonzero = res["nonzero_params"]
     res["bytes_per_nonzero"] = sizes["bytes"] / nonzero if nonzero else None
     res["gzip_bytes_per_nonzero"] = sizes["gzip_bytes"] / nonzero if nonzero else None
     return res
 
 
-def _onnx_non_finite(graph: Any) -> dict[str, int]:
+def _onnx_non_finite(arrays: dict[str, tuple[Any, str]]) -> dict[str, int]:
     """NaN / inf values per floating-point initializer (sparse ones too) that holds any: a checkpoint with
     them is refused, an ONNX file is only read, so inspect says so instead."""
     import numpy as np
 
     out = {}
-    for name, (array, stored) in _onnx_arrays(graph).items():
+    for name, (array, stored) in arrays.items():
         if name == stored and array.dtype.kind == "f":
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
             if bad:
@@ -264,14 +265,15 @@ _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulIn
 _PASS_THROUGH = ("Cast", "Mul")
 
 
-def _onnx_rows(model: Any, macs: dict[str, int]) -> tuple[list[dict[str, Any]], set[str]]:
+def _onnx_rows(
+    model: Any, macs: dict[str, int], arrays: dict[str, tuple[Any, str]]
+) -> tuple[list[dict[str, Any]], set[str]]:
     """One row per Conv / ConvTranspose / Gemm / MatMul (or int8 ConvInteger / MatMulInteger) node of the
     main graph whose weight is stored in the file (dense, sparse, or int8, behind a DequantizeLinear or
     not), named after the weight (``fc1.weight`` -> ``fc1``, as torch names the layer), else after the node.
     Also returns the names of the stored tensors the rows count (weights and biases)."""
     import numpy as np
 
-    arrays = _onnx_arrays(model.graph)
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
         for name in node.input:

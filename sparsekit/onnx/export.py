@@ -37,7 +37,7 @@ from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, pub
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
-from sparsekit.onnx.tensors import FLOAT_TYPES, graph_tensors
+from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
@@ -452,25 +452,13 @@ def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
     # infer_shapes copies the whole model twice over (to bytes and back): once saved, the in-memory copy
     # sheds the data of large initializers (shapes and types are what inference reads of them; a Reshape's
     # target is small), which kept a large model's export peak at ~4x its weights (memory_scaling.py).
-    _drop_large_data(model.graph)
+    drop_weight_values(model)
     try:
         onnx.checker.check_model(str(tmp))  # the path form also handles external data
         onnx.shape_inference.infer_shapes(model)
     except Exception as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-# Initializers holding more bytes than this lose their data in the copy that shape inference reads.
-_SHAPE_ONLY_BYTES = 4096
-
-
-def _drop_large_data(graph: onnx.GraphProto) -> None:
-    """Clear the stored values of ``graph``'s large initializers in place (their name, type and dims stay)."""
-    for init in graph.initializer:
-        if init.ByteSize() > _SHAPE_ONLY_BYTES and init.data_location != onnx.TensorProto.EXTERNAL:
-            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                init.ClearField(field)
 
 
 def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:

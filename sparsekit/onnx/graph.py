@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from sparsekit.onnx.files import memoized
-from sparsekit.onnx.tensors import FLOAT_TYPES, densify
+from sparsekit.onnx.tensors import densify, drop_weight_values
 
 __all__ = ["activation_bytes", "graph_inputs", "onnx_macs"]
 
@@ -50,7 +50,7 @@ def onnx_macs(path: PathLike) -> dict[str, Any]:
 def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
     batch_one = {i.name: [1] for i in graph_inputs(model)}  # a symbolic batch dim only; fixed ones stay
     weights = _weights(model.graph)
-    _drop_weight_values(model)  # read into `weights`; this parse is the memo's own, so it may be changed
+    drop_weight_values(model)  # read into `weights`; this parse is the memo's own, so it may be changed
     inferred = _inferred_graph(model, batch_one, keep_fixed=True)
     shapes = _static_shapes(inferred if inferred is not None else model.graph)
     layers = []
@@ -101,7 +101,7 @@ def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
 
     def compute(p: Path, model: onnx.ModelProto, files: list[Path]) -> int | None:
         first = model.graph.input[0].name
-        _drop_weight_values(model)  # this parse is the memo's own, so it may be changed
+        drop_weight_values(model)  # this parse is the memo's own, so it may be changed
         graph = _inferred_graph(model, {first: [1, *dims]}, keep_fixed=False)
         if graph is None:
             return None
@@ -120,18 +120,6 @@ def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
         return total
 
     return memoized(path, f"activation_bytes {dims}", compute, load_external_data=False)
-
-
-def _drop_weight_values(model: onnx.ModelProto) -> None:
-    """Clear the values of ``model``'s large floating-point initializers in place, before shape inference.
-
-    Their values play no part in shapes (a shape tensor's do: those are small, or integers, and kept), and
-    inference copies the model several times over: a 135 MB file cost ~5x its size at its peak
-    (benchmarks/memory_scaling.py)."""
-    for init in model.graph.initializer:
-        if init.data_type in FLOAT_TYPES and init.ByteSize() > 1 << 16:
-            init.ClearField("raw_data")
-            init.ClearField("float_data")
 
 
 def _itemsize(elem_type: int) -> int:
