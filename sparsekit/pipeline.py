@@ -146,7 +146,7 @@ PHASE_WORDS = {
     "plan": "planning the recipe",
     "report": "writing the report",
     "dense_eval": "evaluating the dense model",
-    "finetune": "fine-tuning",
+    "finetune": "pruning and fine-tuning",
     "save": "saving model.pt",
     "pruned_eval": "evaluating the pruned model",
     "int8": "quantizing to int8",

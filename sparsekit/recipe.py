@@ -796,9 +796,9 @@ class StructuredSpec(_MethodBase):
 
     ``round_to`` (default 16, chosen with benchmarks/structured_latency.py; ``null`` or 1: off) aligns channel
     counts for onnxruntime's CPU kernels: a group sized by ``ratio`` (not listed in ``layer_ratio``) that loses
-    channels keeps the nearest multiple of ``round_to`` (torch-pruning's ``round_to`` rounds down), or the
-    first multiple at or above ``min_channels``; groups narrower than twice ``round_to`` align to half of it
-    when it is even (16-31 channels to 8), and narrower groups keep any count.
+    channels keeps the nearest multiple of ``round_to`` (a tie keeps more; torch-pruning's ``round_to`` rounds
+    down), or the first multiple at or above ``min_channels``; groups narrower than twice ``round_to`` align to
+    half of it when it is even (16-31 channels to 8), and narrower groups keep any count.
     ``layer_ratio`` values keep their exact counts (the allocator aligns them itself for ``target_latency``)."""
 
     method: Literal["structured"] = Field(

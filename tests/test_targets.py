@@ -118,3 +118,26 @@ def test_a_norm_above_max_value_is_a_miss(runs):
     row[layer]["max"] = 0.6
     check = [c for c in check_targets(Report.model_validate(data)) if c.target == "max_value"][0]
     assert not check.met and "the largest is 0.6" in check.message
+
+
+def test_coarse_channel_rounding_that_falls_far_short_of_the_ratio_is_a_warning(tmp_path):
+    # 24 and 48 hidden units at ratio 0.5 under the default round_to 16: 12 -> 16 (24 aligns to 8, a tie keeps
+    # more) and 24 -> 32, so 0.333 of the channels go. Rounding explains it, but not within 0.05 of the ratio.
+    import sparsekit
+    from examples.models import mlp
+
+    kwargs = {"in_features": 64, "hidden": [24, 48]}
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(**kwargs), path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: structured, ratio: 0.5, schedule: oneshot, layers: {exclude: [fc3]}}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", "--strict", *FAST)
+    assert result.exit_code == 2, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    (ratio,) = [t for t in report["summary"]["targets"] if t["target"] == "ratio"]
+    assert ratio["achieved"] == pytest.approx(24 / 72) and not ratio["met"] and ratio["tolerance"] <= 0.05
+    assert "rounded to multiples of 16" in report["summary"]["warnings"][0]
