@@ -68,6 +68,10 @@ def test_export_matches_torch_with_dynamic_batch(tmp_path, capsys, exporter, mak
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["output"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    # The exporter's debug metadata (stack traces, torch.export's signature) is not shipped.
+    holders = [graph, *graph.input, *graph.output, *graph.value_info]
+    assert not any(p.key.startswith("pkg.torch.") for h in holders for p in h.metadata_props)
+    assert not any(len(n.metadata_props) for n in graph.node)
     x = torch.randn(3, *shape[1:])  # a batch size that was never traced
     with torch.no_grad():
         expected = model.eval()(x).numpy()

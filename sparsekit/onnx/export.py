@@ -440,12 +440,13 @@ def _root_cause(e: BaseException) -> str:
 def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
     """Check the file and return its default-domain opset (None when it names none). With the torch
     ``model`` (TorchScript exports), weights the exporter renamed are given their torch names back."""
-    # The dynamo exporter stamps every node with its Python stack trace: local paths in a file meant
-    # to be shipped, and ~1 kB per node that blurs dense-vs-pruned size comparisons. Weights in
+    # The dynamo exporter stamps every node with its Python stack trace (local paths in a file meant
+    # to be shipped, ~1 kB per node that blurs dense-vs-pruned size comparisons) and the graph with
+    # torch.export's signature: debugging aids, dropped. Weights in
     # external data are not loaded, so re-saving keeps their references as they are. Saved always,
     # for the mark that tells later commands sparsekit wrote the file.
     model = load_onnx(tmp, load_external_data=False)
-    _strip_node_metadata(model.graph)
+    _strip_exporter_metadata(model.graph)
     if model_ is not None:
         _restore_names(model.graph, model_)
     save_onnx(model, tmp, what="exported model")
@@ -526,17 +527,30 @@ def _same_weight(stored: np.ndarray, tensor: torch.Tensor, conv_axis: int | None
     return bool(np.all(hi - lo <= 1e-4 * np.maximum(np.abs(lo), np.abs(hi))))
 
 
-def _strip_node_metadata(graph: onnx.GraphProto) -> bool:
+def _strip_exporter_metadata(graph: onnx.GraphProto) -> bool:
+    """Drop the exporter's debug metadata: every node's (the dynamo exporter's stack traces), and the
+    ``pkg.torch.*`` entries of the graph and its inputs, outputs and value infos (torch.export's graph
+    signature, range constraints and original names: ~0.5 kB gzip, 0.7% of LeNet-300-100's file at 95%
+    sparsity). Returns whether anything was dropped."""
     changed = False
+    for holder in [graph, *graph.input, *graph.output, *graph.value_info]:
+        props = holder.metadata_props
+        for i in reversed(range(len(props))):
+            if props[i].key.startswith(_EXPORTER_METADATA):
+                del props[i]
+                changed = True
     for node in graph.node:
         if len(node.metadata_props):
             del node.metadata_props[:]
             changed = True
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                changed = _strip_node_metadata(sub) or changed
+                changed = _strip_exporter_metadata(sub) or changed
     return changed
 
+
+# The key prefix of torch's exporter metadata (graph signature, original node names): debugging aids only.
+_EXPORTER_METADATA = "pkg.torch."
 
 # Parity batches: the trace used 2, so an odd size and the deployment favourite 1 catch graphs that kept
 # the traced batch size or an even-size branch; 4 is the size earlier versions checked.

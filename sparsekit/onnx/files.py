@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from onnx.external_data_helper import (
 
 from sparsekit.errors import ExportError
 from sparsekit.fsutil import atomic_path, writing
+from sparsekit.onnx.compress import gzip_size_of_files
 from sparsekit.onnx.tensors import external_locations, model_tensors
 
 __all__ = [
@@ -417,16 +417,12 @@ def gzip_size(files: Sequence[PathLike], level: int | None = None) -> int:
     """Bytes of ``files`` concatenated and compressed with gzip at ``level`` (default: :func:`gzip_level`
     of their total size; the container included).
 
-    Streamed in 1 MiB chunks, so a multi-GB external-data file never sits in memory."""
+    Read in blocks of 4 MiB, so a multi-GB external-data file never sits in memory; a longer stream is
+    deflated in blocks on several threads, as pigz does (:mod:`sparsekit.onnx.compress`: a valid gzip
+    stream within ~0.01% of one-piece gzip's size; up to 4 MiB, exactly gzip's)."""
     if level is None:
         level = gzip_level(sum(Path(f).stat().st_size for f in files))
-    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits=31: the gzip container
-    n = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                n += len(comp.compress(chunk))
-    return n + len(comp.flush())
+    return gzip_size_of_files(files, level)
 
 
 @dataclass

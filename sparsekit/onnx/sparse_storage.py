@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from sparsekit.errors import ExportError
+from sparsekit.onnx.compress import gzip_size_of_bytes
 from sparsekit.onnx.files import (
     EXTERNAL_DATA_BYTES,
     GZIP_LEVEL,
@@ -346,8 +346,7 @@ def _decide(
 
 def _gzip_bytes(tensor: onnx.TensorProto | onnx.SparseTensorProto) -> int:
     """gzip size of one tensor's serialized bytes at :data:`RANK_LEVEL`, to rank its encodings."""
-    comp = zlib.compressobj(RANK_LEVEL, zlib.DEFLATED, 31)
-    return len(comp.compress(tensor.SerializeToString())) + len(comp.flush())
+    return gzip_size_of_bytes(tensor.SerializeToString(), RANK_LEVEL)
 
 
 def _check_decoded(path: Path, originals: dict[str, np.ndarray]) -> None:

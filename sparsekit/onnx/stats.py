@@ -182,25 +182,54 @@ _FLOAT_LAYOUT: dict[str, tuple[type[np.unsignedinteger], int]] = {
 
 
 def _value_bits(values: np.ndarray) -> float:
-    """Bits for the 1-D array of nonzero ``values`` at their empirical entropy (see :func:`weight_entropy`)."""
+    """Bits for the 1-D array of nonzero ``values`` at their empirical entropy (see :func:`weight_entropy`).
+    Reorders ``values`` (sorts it in place: a copy would be one more array of the weights' size)."""
     k = values.size
     if k == 0:
         return 0.0
-    distinct, counts = np.unique(values.view(f"u{values.itemsize}"), return_counts=True)
+    bits = values.view(f"u{values.itemsize}")
+    bits.sort()
+    distinct, spread = _run_stats(bits)
     # Two-part code: the distinct values verbatim, then each value as an index into them.
-    as_symbols = distinct.size * values.itemsize * 8 + k * _entropy_of(counts)
+    as_symbols = distinct * values.itemsize * 8 + k * _entropy_from(spread, k)
     layout = _FLOAT_LAYOUT.get(values.dtype.name)
     if layout is None:  # integer (quantized) weights: the symbol entropy is the whole story
         return as_symbols
     utype, mantissa = layout
-    _, se_counts = np.unique(values.view(utype) >> utype(mantissa), return_counts=True)
-    return min(as_symbols, k * (_entropy_of(se_counts) + mantissa))
+    # Sign and exponent of sorted bits are sorted too: no second sort.
+    _, se_spread = _run_stats(values.view(utype) >> utype(mantissa))
+    return min(as_symbols, k * (_entropy_from(se_spread, k) + mantissa))
 
 
-def _entropy_of(counts: np.ndarray) -> float:
-    """Plug-in (empirical) entropy in bits per symbol of a histogram."""
-    q = counts / counts.sum()
-    return float(-(q * np.log2(q)).sum())
+# Elements per slice when counting runs: index arrays stay a few MB whatever the tensor (one int64 index per
+# distinct value of a 34M-weight tensor would be ~200 MB).
+_RUN_CHUNK = 1 << 22
+
+
+def _run_stats(s: np.ndarray) -> tuple[int, float]:
+    """``(runs, sum of c * log2(c) over the run lengths c)`` of the sorted nonempty 1-D array ``s``: the
+    number of distinct values and the term :func:`_entropy_from` needs, counted slice by slice."""
+    runs, spread, carry = 0, 0.0, 0  # carry: length of the run still open at the previous slice's end
+    for start in range(0, s.size, _RUN_CHUNK):
+        part = s[start : start + _RUN_CHUNK]
+        if carry and part[0] != s[start - 1]:
+            runs, spread, carry = runs + 1, spread + carry * math.log2(carry), 0
+        ends = np.flatnonzero(part[1:] != part[:-1])  # a run ends at each of these positions
+        if ends.size:
+            lengths = np.diff(ends, prepend=-1)
+            lengths[0] += carry
+            runs += lengths.size
+            spread += float(np.dot(lengths, np.log2(lengths)))
+            carry = part.size - 1 - int(ends[-1])
+        else:
+            carry += part.size
+    return runs + 1, spread + carry * math.log2(carry)
+
+
+def _entropy_from(spread: float, k: int) -> float:
+    """Plug-in entropy in bits per symbol of ``k`` symbols whose counts c have ``sum c*log2(c) = spread``:
+    ``-sum (c/k) log2(c/k) = log2(k) - spread / k``."""
+    return max(0.0, math.log2(k) - spread / k)
 
 
 def _binary_entropy(p: float) -> float:
