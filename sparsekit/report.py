@@ -1027,19 +1027,29 @@ def _lat(bs: str, lc: LatencyChange) -> str:
     return f"batch {bs}: {a} -> {b} ms ({lc.ratio:.3f}x, noise band {lo:.3f}x-{hi:.3f}x): {lc.verdict}"
 
 
-def _method_line(o: MethodOutcome) -> str:
+def _unit_word(types: set[str]) -> str:
+    """What a layer's output units are called: a Linear layer's are neurons, a convolution's channels."""
+    if types and all(t == "Linear" for t in types):
+        return "neurons"
+    return "channels" if "Linear" not in types else "neurons/channels"
+
+
+def _method_line(o: MethodOutcome, types: dict[str, str]) -> str:
     head = f"pruning[{o.entry}] {o.method}: "
     if o.measure == "constraint":
         return head + "a constraint, nothing asked or achieved in sparsity"
     asked = "no target" if o.asked is None else f"asked {o.asked:.3f}"
     achieved = "–" if o.achieved is None else f"{o.achieved:.3f}"
-    kept = f"; {o.channels_kept:,} of {o.channels_total:,} channels kept" if o.channels_total else ""
-    return f"{head}{asked}, achieved {achieved} {o.measure} over its {len(o.layers)} layer(s){kept}"
+    word = _unit_word({types[r.name] for r in o.layers if r.name in types})
+    kept = f"; {o.channels_kept:,} of {o.channels_total:,} {word} kept" if o.channels_total else ""
+    measure = o.measure.replace("channels", word) if o.measure == "output channels removed" else o.measure
+    return f"{head}{asked}, achieved {achieved} {measure} over its {len(o.layers)} layer(s){kept}"
 
 
-def _layer_line(r: LayerOutcome, width: int) -> str:
+def _layer_line(r: LayerOutcome, width: int, types: dict[str, str]) -> str:
     asked = "–" if r.asked is None else f"{r.asked:.3f}"
-    kept = f"  {r.channels_kept} of {r.channels_total} channels kept" if r.channels_total else ""
+    word = _unit_word({types[r.name]} if r.name in types else set())
+    kept = f"  {r.channels_kept} of {r.channels_total} {word} kept" if r.channels_total else ""
     why = f"  ({r.reason})" if r.reason else ""
     return f"{r.name:<{width}}  asked {asked:>5}  achieved {r.achieved:.3f}{kept}{why}"
 
@@ -1056,10 +1066,11 @@ def render_summary(report: Report, out: str | Path) -> str:
     lines = [f"Wrote {out}/ ({', '.join(files)})"]
     for i, text in enumerate([*s.recipe, f"data: {s.data}"]):
         lines.append(f"  {'recipe' if i == 0 else '':<9} {text}")
+    types = {layer.name: layer.type for layer in report.dense_layers or report.layers}
     for o in s.methods:
-        lines.append(f"  {_method_line(o)}")
+        lines.append(f"  {_method_line(o, types)}")
         width = max((len(r.name) for r in o.layers), default=0)
-        lines += [f"      {_layer_line(r, width)}" for r in o.layers]
+        lines += [f"      {_layer_line(r, width, types)}" for r in o.layers]
         lines += [f"      {remark}" for remark in o.remarks]
     lines.append(f"  accuracy  {_acc(s.accuracy)}")
     if s.macs:
@@ -1067,7 +1078,9 @@ def render_summary(report: Report, out: str | Path) -> str:
         if s.effective_macs and s.effective_macs.pruned != s.macs.pruned:
             macs += f"; counting nonzero weights only {_x(s.effective_macs)}"
         lines.append(macs)
-    lines.append(f"  size      ONNX {_x(s.onnx_bytes, unit=' B')}; gzip {_x(s.onnx_gzip_bytes, unit=' B')}")
+    lines.append(
+        f"  size      ONNX, dense-stored {_x(s.onnx_bytes, unit=' B')}; gzip {_x(s.onnx_gzip_bytes, unit=' B')}"
+    )
     lines += [f"  latency   {_lat(bs, lc)}" for bs, lc in s.latency.items()]
     if s.int8 and report.int8:
         q = s.int8
@@ -1130,7 +1143,7 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
         lines += [
             "Asked vs achieved (fractions: of the weights zeroed, or of the output channels removed):",
             "",
-            "| entry | layer | asked | achieved | channels kept | remarks |",
+            "| entry | layer | asked | achieved | units kept (neurons or channels) | remarks |",
             "|---|---|---:|---:|---:|---|",
         ]
         for o in s.methods:

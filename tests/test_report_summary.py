@@ -223,7 +223,10 @@ def test_structured_reports_channels_kept_and_macs_not_zero_sparsity():
     assert o.channels_kept == sum(r.channels_kept for r in o.layers)
     text = render_summary(report, "out")
     for r in o.layers:
-        assert f"{r.channels_kept} of {r.channels_total} channels kept" in text
+        word = "neurons" if isinstance(before[r.name], nn.Linear) else "channels"  # a Linear's units are neurons
+        assert f"{r.channels_kept} of {r.channels_total} {word} kept" in text
+    assert {"conv1", "fc1"} <= {r.name for r in o.layers}  # both words are checked
+    assert f"output neurons/channels removed over its {len(o.layers)} layer(s)" in text  # the entry: both kinds
     assert s.macs is not None and s.macs.verdict == "fewer"
     assert f"MACs      {report.dense.macs:,} -> {report.pruned.macs:,}" in text
     assert "sparsity" not in text.split("accuracy")[1]  # no "sparsity 0.000 -> 0.000" for a structural run
@@ -275,7 +278,8 @@ def test_worse_results_say_so_in_plain_words():
     report.pruned.onnx_bytes = report.dense.onnx_bytes + 1  # e.g. extra graph nodes
     text = render_summary(report, "out")
     assert f"accuracy  0.9500 -> 0.9000 ({-0.05:+.4f}: less accurate)" in text
-    assert f"ONNX {report.dense.onnx_bytes:,} -> {report.pruned.onnx_bytes:,} B (1.000x: bigger by 1 B)" in text
+    sizes = f"{report.dense.onnx_bytes:,} -> {report.pruned.onnx_bytes:,} B (1.000x: bigger by 1 B)"
+    assert f"ONNX, dense-stored {sizes}" in text
     (int8,) = [ln for ln in text.splitlines() if ln.strip().startswith("int8") and "batch 1" in ln]
     assert "1.280x" in int8 and int8.endswith(": slower")
     # The note does not repeat the numbers, it says what to do.
