@@ -26,19 +26,25 @@ def _stream(data: bytes, level: int, block: int, threads: int) -> bytes:
     data=st.binary(max_size=5000) | st.builds(lambda n, b: b * n, st.integers(1, 300), st.binary(min_size=1)),
     block=st.integers(1, 1500),
     threads=st.integers(1, 4),
-    level=st.sampled_from([1, 6, 9]),
+    level=st.sampled_from([0, 1, 6, 9]),
 )
 def test_blocks_join_into_one_gzip_stream_of_the_reported_size(data, block, threads, level):
     stream = _stream(data, level, block, threads)
     assert gzip.decompress(stream) == data
     # The cuts depend on the data alone: any number of threads gives the same bytes.
     assert stream == _stream(data, level, block, 1)
+    old = compress.BLOCK_BYTES
+    compress.BLOCK_BYTES = block  # (not monkeypatch: hypothesis reruns the body within one test)
+    try:
+        assert compress.gzip_size_of_bytes(data, level) == len(stream)  # the size reported is this stream's
+    finally:
+        compress.BLOCK_BYTES = old
 
 
 def test_up_to_one_block_it_is_exactly_gzip(tmp_path):
     rng = np.random.default_rng(0)
     data = (rng.standard_normal(50_000).astype(np.float32) * (rng.random(50_000) < 0.2)).tobytes()
-    for level in (6, 9):
+    for level in (1, 6, 9):  # (level 0 stores: its block cuts follow zlib's buffers, not gzip's)
         want = len(gzip.compress(data, compresslevel=level, mtime=0))
         assert compress.gzip_size_of_bytes(data, level) == want
         f = tmp_path / "w.bin"
