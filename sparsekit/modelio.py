@@ -9,6 +9,7 @@ and are refused unless the caller trusts the file (``trust=True``).
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
@@ -55,6 +56,24 @@ def _refuse(path: Path, what: str) -> ModelFileError:
         f"and load it with {option('arch')}, or pass {option('trust_model_file')} if you trust where this file "
         "came from"
     )
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """Why ``path``'s bytes are no checkpoint, in words: a text file (quoting its start), or not a pickle or
+    torch archive."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        # Incremental: a character cut at byte 64 is not a decoding error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except (OSError, UnicodeDecodeError):
+        return "its bytes are not a pickle or torch archive"
+    if not head:
+        return "the file is empty"
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        start = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"it is a text file, starting {start!r}" if start else "it is a text file of blank lines"
+    return "its bytes are not a pickle or torch archive"
 
 
 def _archive_members(path: Path) -> list[str]:
@@ -140,7 +159,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         pickled = "Unsupported global" in text
         if not pickled:
             raise ModelFileError(
-                f"{path}: not a readable PyTorch checkpoint (its bytes are not a pickle or torch archive); expected "
+                f"{path}: not a readable PyTorch checkpoint ({_not_a_checkpoint(path)}); expected "
                 "a sparsekit checkpoint, a state_dict .pt or a .safetensors file"
             ) from None
         if not trust:
@@ -152,8 +171,10 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         return _unpickle_trusted(path), "trusted-module"
     except Exception as err:  # noqa: BLE001 - torch raises many unrelated types on garbage input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # The unpickler's bare "101" (a KeyError for an unknown opcode) says nothing: say what the bytes are.
+        why = first if len(first) > 12 and not first.isdigit() else _not_a_checkpoint(path)
         raise ModelFileError(
-            f"{path}: not a readable PyTorch checkpoint ({first}); expected a sparsekit checkpoint, "
+            f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, "
             "a state_dict .pt or a .safetensors file"
         ) from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:

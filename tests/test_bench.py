@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import onnx
@@ -269,3 +270,19 @@ def test_the_warmup_takes_a_quarter_of_the_budget(files, fake_clock, monkeypatch
 def test_bad_budget_is_refused(files, kw):
     with pytest.raises(ExportError, match="budget"):
         benchmark(files["tiny"], batch_sizes=(1,), **kw)
+
+
+def test_rows_of_files_with_the_same_name_are_told_apart(files, tmp_path):
+    # Two runs' model.onnx side by side: each row names as many folders as tell them apart.
+    import shutil
+
+    for run in ("run-a", "run-b"):
+        (tmp_path / run).mkdir()
+        shutil.copy(files["tiny"], tmp_path / run / "model.onnx")
+    result = benchmark(
+        [files["tiny"], tmp_path / "run-a" / "model.onnx", tmp_path / "run-b" / "model.onnx"],
+        batch_sizes=[1], runs=3, warmup=0,
+    )  # fmt: skip
+    table = latency_table(result)
+    name = Path(files["tiny"]).name
+    assert f"| {name} | 1 |" in table and "| run-a/model.onnx | 1 |" in table and "| run-b/model.onnx | 1 |" in table

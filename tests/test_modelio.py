@@ -111,3 +111,20 @@ def test_narrower_weights_without_history_get_an_error_naming_the_cause(tmp_path
     torch.save(lenet_300_100().state_dict(), tmp_path / "other.pt")  # another model: the usual advice
     with pytest.raises(ModelFileError, match=r"Check the architecture and its kwargs"):
         sparsekit.load_model(tmp_path / "other.pt", arch="examples.models:mlp")
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"hello\n", "it is a text file, starting 'hello'"),  # the unpickler alone said "(101)"
+        (b"version: 1\npruning: []\n", "it is a text file, starting 'version: 1'"),  # a recipe passed as the model
+        (b"", "the file is empty"),
+        (bytes(range(256)), "its bytes are not a pickle or torch archive"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, content, says):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="not a readable PyTorch checkpoint") as err:
+        read_model(path)
+    assert says in str(err.value)

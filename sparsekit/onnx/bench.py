@@ -140,6 +140,7 @@ def latency_table(result: dict[str, Any]) -> str:
         "| file | batch | p50 ms | p90 ms | p99 ms | samples/s | p50 vs first [spread] | significant |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|",
     ]
+    labels = _labels([Path(f["path"]) for f in result["files"]])
     for i, f in enumerate(result["files"]):
         for b, lat in f["latency_ms"].items():
             ratio = f["ratio_to_first"][b]
@@ -147,13 +148,27 @@ def latency_table(result: dict[str, Any]) -> str:
             vs = "1 (ref)" if i == 0 else f"{ratio['p50']:.2f}x [{lo:.2f}-{hi:.2f}]"
             sig = "" if i == 0 else ("yes" if f["speedup_significant"][b] else "no")
             lines.append(
-                f"| {Path(f['path']).name} | {b} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} "
+                f"| {labels[i]} | {b} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} "
                 f"| {f['throughput_per_s'][b]:,.0f} | {vs} | {sig} |"
             )
     noise = ", ".join(f"batch {b}: {c['ratio_p50']:.3f}" for b, c in result["control"].items())
     lines.append("")
     lines.append(f"A/A control (second session of the first file), p50 ratio: {noise}")
     return "\n".join(lines)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Each file's name, with as many of its parent folders as tell it apart from the others (two runs'
+    ``model.onnx`` become ``run-a/model.onnx`` and ``run-b/model.onnx``); the same file twice keeps one label."""
+    depth = [1] * len(paths)
+    while True:
+        labels = [Path(*p.parts[-d:]).as_posix() for p, d in zip(paths, depth, strict=True)]
+        clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and len(paths[i].parts) > depth[i]]
+        clash = [i for i in clash if any(labels[j] == labels[i] and paths[j] != paths[i] for j in range(len(paths)))]
+        if not clash:
+            return labels
+        for i in clash:
+            depth[i] += 1
 
 
 def _check_batch_sizes(batch_sizes: Sequence[int] | int) -> list[int]:

@@ -498,9 +498,13 @@ def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:
 
 def _scope_module(node_name: str, modules: dict[str, nn.Module]) -> str | None:
     """The module a TorchScript node name's scope names: ``/a/b/Conv`` is ``a.b``; a scope part with
-    dots (``/features/features.0/Conv``) is already the path from the root."""
+    dots is already the path from the root, and the parts after it go below it: ``/features/features.0/Conv``
+    is ``features.0``, ``/blocks/blocks.0/dw/Conv`` (a module inside an ``nn.Sequential``) ``blocks.0.dw``."""
     parts = node_name.strip("/").split("/")[:-1]
-    for name in (".".join(parts), parts[-1] if parts else ""):
+    path = ""
+    for part in parts:
+        path = part if "." in part or not path else f"{path}.{part}"
+    for name in (path, ".".join(parts), parts[-1] if parts else ""):
         if name and name in modules:
             return name
     return None
