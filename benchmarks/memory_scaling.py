@@ -16,9 +16,10 @@ three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights,
 
 The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
 baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
-6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.4-5.5x** with SGD
-(705 MiB over the tiny run's 387 MiB for 135.5 MB of weights), **5.6x** with ``--optimizer adam``; 7.5x
-before the second round of work and 11.7x before the first. The peak is in the benchmark (three
+6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.5-5.6x** with SGD
+(705-726 MiB over the tiny run's 387 MiB for 135.5 MB of weights, three runs; 5.38x in a run of the commit
+before the parallel gzip), **5.6x** with ``--optimizer adam``; 7.5x before the second round of work and
+11.7x before the first. The peak is in the benchmark (three
 onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has large copies of its own:
 
 - fine-tuning: the weights, their gradients, the optimizer's state (SGD momentum: one copy, Adam: two), the
@@ -32,13 +33,13 @@ onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has lar
   A/A control; timing one session twice instead ran it warm after itself and skewed the ratios by up to
   2x): ~3-4x.
 
-Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **33.7 s** (7.4 +
-8.8 + 17.6; 43.1 s = 12.4 + 13.1 + 17.5 before gzip ran in parallel blocks and the entropy count sorted
-once), against 14.7 s of fine-tuning for 63 steps: as much as ~145
-training steps of this model at batch 64. Sizes gzip each file once at level 6 in 4 MiB blocks on every
-core (``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); the benchmark is bounded by its time
-budget (2 s per session and batch size, ``benchmark.budget_s``), so it costs the same ~15 s for any model
-whose runs are slow. So these phases are a small share of a fine-tuning of thousands of steps (~5% of 3,000),
+Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **33.4-33.7 s** in
+three runs (e.g. 7.6 + 8.7 + 17.3; 43.1 s = 12.4 + 13.1 + 17.5 before gzip ran in parallel blocks and the
+entropy count sorted once), against 14.7-15.4 s of fine-tuning for 63 steps: as much as ~137-145 training
+steps of this model at batch 64. Sizes gzip each file once at level 6 in 4 MiB blocks on every core
+(``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); the benchmark is bounded by its time budget
+(2 s per session and batch size, ``benchmark.budget_s``), so it costs the same ~15 s for any model whose
+runs are slow. So these phases are a small share of a fine-tuning of thousands of steps (~5% of 3,000),
 not of one short epoch.
 
     python benchmarks/memory_scaling.py                 # ~2-3 minutes on 2 cores

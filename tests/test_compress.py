@@ -20,25 +20,28 @@ def _stream(data: bytes, level: int, block: int, threads: int) -> bytes:
     return header + body + zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     # Random bytes (stored blocks) or repeats (long matches reaching across the cuts).
     data=st.binary(max_size=5000) | st.builds(lambda n, b: b * n, st.integers(1, 300), st.binary(min_size=1)),
     block=st.integers(1, 1500),
     threads=st.integers(1, 4),
     level=st.sampled_from([0, 1, 6, 9]),
+    feed=st.integers(1, 2000),
 )
-def test_blocks_join_into_one_gzip_stream_of_the_reported_size(data, block, threads, level):
+def test_blocks_join_into_one_gzip_stream_of_the_reported_size(data, block, threads, level, feed):
     stream = _stream(data, level, block, threads)
     assert gzip.decompress(stream) == data
     # The cuts depend on the data alone: any number of threads gives the same bytes.
     assert stream == _stream(data, level, block, 1)
-    old = compress.BLOCK_BYTES
-    compress.BLOCK_BYTES = block  # (not monkeypatch: hypothesis reruns the body within one test)
+    old = compress.BLOCK_BYTES, compress._FEED_BYTES
+    # (not monkeypatch: hypothesis reruns the body within one test). Sizes feed zlib in slices smaller
+    # than a block: the size reported is still this stream's.
+    compress.BLOCK_BYTES, compress._FEED_BYTES = block, feed
     try:
-        assert compress.gzip_size_of_bytes(data, level) == len(stream)  # the size reported is this stream's
+        assert compress.gzip_size_of_bytes(data, level) == len(stream)
     finally:
-        compress.BLOCK_BYTES = old
+        compress.BLOCK_BYTES, compress._FEED_BYTES = old
 
 
 def test_up_to_one_block_it_is_exactly_gzip(tmp_path):
