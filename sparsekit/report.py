@@ -606,7 +606,10 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
         ratio = spec.get("ratio", row.model_extra.get("ratio") if row and row.model_extra else None)
         scope = "ranked globally" if spec.get("scope") == "global" else "each layer on its own"
         extra = [f"{spec.get('importance', 'l2')} importance", f"{spec.get('steps', 1)} step(s)"]
-        if spec.get("round_to") and spec["round_to"] > 1:
+        own = spec.get("layer_ratio") or {}
+        # layer_ratio layers keep the exact count their fraction gives: rounding speaks only of the others.
+        rounded = not row or not row.layers or any(name not in own for name in row.layers)
+        if spec.get("round_to") and spec["round_to"] > 1 and rounded:
             r = int(spec["round_to"])
             half = f" ({r // 2} in layers narrower than {2 * r})" if r % 2 == 0 and r > 2 else ""
             extra.append(f"kept channels rounded to multiples of {r}{half}")
@@ -614,8 +617,8 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
             extra.append(f"ratios chosen for MACs {spec['target_macs']:g}x")
         if spec.get("target_latency"):
             extra.append(f"ratios chosen for latency {spec['target_latency']:g}x")
-        if spec.get("layer_ratio"):
-            extra.append(f"own ratios for {len(spec['layer_ratio'])} layer(s)")
+        if own:
+            extra.append(f"own ratios for {len(own)} layer(s), whose counts round_to does not change")
         value = "–" if ratio in (None, "auto") else f"{float(ratio):.3f}"
         return f"remove {value} of the output channels, {scope} ({', '.join(extra)}){when}"
     if method == "l1":
@@ -962,6 +965,18 @@ def _estimate(r: Result | Int8 | Storage) -> int:
     return r.entropy_estimate_bytes if r.entropy_estimate_bytes is not None else r.entropy_bound_bytes
 
 
+def _slower_after_removal(report: Report) -> str:
+    """``"batch 32: 1.210x of dense"`` for the batch sizes where a run that removed channels measured
+    slower than dense (outside the noise band), else ``""``."""
+    bench = report.benchmark
+    removed = any(m.method == "structured" or m.channels for m in report.methods)
+    if not bench or not removed:
+        return ""
+    slow = [f"batch {b}: {sp.ratio:.3f}x of dense" for b, sp in bench.speedup.items()
+            if latency_verdict(sp.ratio, sp.noise) == "slower"]  # fmt: skip
+    return ", ".join(slow)
+
+
 def notes(report: Report) -> list[str]:
     """What the summary does not already say and the user should know or do: one sentence each.
     Asked vs achieved, a method that achieved nothing, and every dense -> pruned figure with its verdict
@@ -980,6 +995,13 @@ def notes(report: Report) -> list[str]:
         out.append(
             f"To win accuracy back: fine-tune longer ({epochs} epoch(s) now), prune less, or spread pruning over "
             "more of the schedule."
+        )
+    slower = _slower_after_removal(report)
+    if slower:
+        out.append(
+            f"Channel removal made the model slower in onnxruntime ({slower}): its CPU kernels work in blocks of 8 "
+            "or 16 channels and run other counts poorly. Use round_to: 16 (ratio entries; the default) or "
+            "target_latency (ratio: auto), not exact per-layer counts (layer_ratio, target_macs, round_to: null)."
         )
     for label, r in (("dense", d), ("pruned", p)):
         if r.export_fallback:

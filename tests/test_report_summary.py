@@ -409,3 +409,31 @@ def test_a_report_written_before_the_summary_still_loads_and_renders(tmp_path):
     assert "| entropy estimate of the weights (ratio: to dense gzip) |" in render_markdown(old)
     assert (f"{v / 1000:.1f} kB" if v >= 1000 else f"{v} B") in render_markdown(old)
     assert summarize(old).methods[0].asked == pytest.approx(0.5)
+
+
+def test_structured_words_speak_of_rounding_only_where_it_applies():
+    from sparsekit.report import MethodResult, target_words
+
+    spec = {"method": "structured", "ratio": 0.3, "round_to": 16}
+    # ratio: auto writes an own ratio for every layer: their counts are used as they are, none is rounded.
+    every = target_words({**spec, "layer_ratio": {"conv1": 0.1, "fc1": 0.4}}, MethodResult(method="structured",
+                         layers=["conv1", "fc1"]))  # fmt: skip
+    assert "rounded to multiples" not in every and "own ratios for 2 layer(s), whose counts round_to" in every
+    some = target_words({**spec, "layer_ratio": {"conv1": 0.1}}, MethodResult(method="structured",
+                        layers=["conv1", "fc1"]))  # fmt: skip
+    assert "rounded to multiples of 16" in some and "own ratios for 1 layer(s)" in some
+
+
+@pytest.mark.parametrize(("ratio", "slower"), [(1.3, True), (0.6, False), (1.02, False)])
+def test_channel_removal_measured_slower_says_why_and_what_to_do(ratio, slower):
+    from sparsekit.report import notes
+
+    recipe = _recipe([{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "round_to": None}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"32": (ratio, 0.05)})
+    said = [n for n in notes(report) if n.startswith("Channel removal made the model slower")]
+    assert bool(said) is slower  # 1.02 is inside the noise band: not slower
+    if slower:
+        assert "batch 32: 1.300x of dense" in said[0] and "round_to: 16" in said[0]
+        report.notes = notes(report)  # as the pipeline stores them
+        assert f"  note      {said[0]}" in render_summary(report, "out").splitlines()
