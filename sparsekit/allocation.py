@@ -23,6 +23,10 @@ pruning costs at least as much as the previous one). Then:
   This is NetAdapt's (Yang et al., 2018) and AMC's (He et al., 2018) budgeted per-layer search, with the
   measured sensitivity curves in place of their short fine-tunes / learnt agent. No group loses more than
   the largest ratio analysed (extrapolating the curves is not trusted) or goes below ``min_channels``.
+  Every group keeps a multiple of the entry's ``round_to`` channels (16 by default; half of it in groups
+  no wider than it), as a ``ratio`` entry's groups do: exact counts can run slower than dense in
+  onnxruntime (see :func:`latency_align`), and the MACs then land at most one block below ``m``.
+  ``round_to: null`` removes channel by channel.
 - ``ratio: auto, target_latency: l``: onnxruntime latency is measured, not predicted: the dense model
   and a uniform sweep (every group at 25%, 50%, 75% of its channels removed) are exported (TorchScript
   exporter) and timed together (:func:`sparsekit.onnx.benchmark`, the recipe's largest benchmark batch
@@ -583,8 +587,10 @@ def allocate_with_details(
                 info = _allocate_latency(model, spec, index, table, recipe, shape, done)
             else:
                 aim = float(spec.target_macs or 0.0)
+                # Kept counts aligned like a ratio entry's (round_to, default 16): exact counts can run slower
+                # than dense in onnxruntime (see latency_align). round_to: null allocates channel by channel.
                 allocated, ratios, predicted, uniform, reached = _allocate_structured(
-                    model, spec, index, table, shape, aim, done, "target_macs"
+                    model, spec, index, table, shape, aim, done, "target_macs", spec.round_to or 1
                 )
                 info = EntryAllocation(
                     index, "structured", {"macs": aim}, ratios, predicted, uniform, {"macs": reached}, None, aim

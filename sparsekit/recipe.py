@@ -868,7 +868,8 @@ class StructuredSpec(_MethodBase):
         le=MAX_CHANNELS,
         description="channel alignment: a group sized by ratio keeps a multiple of this many channels, a group "
         "narrower than twice it a multiple of half of it when it is even (default 16, measured fastest on onnxruntime "
-        "CPU; null or 1: any count); layer_ratio layers keep their exact counts",
+        "CPU; null or 1: any count); layer_ratio layers keep their exact counts; ratio: auto with target_macs "
+        "allocates whole blocks of it",
     )
     calibration_batches: Int = Field(
         8,

@@ -618,7 +618,7 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
         if spec.get("target_latency"):
             extra.append(f"ratios chosen for latency {spec['target_latency']:g}x")
         if own:
-            extra.append(f"own ratios for {len(own)} layer(s), whose counts round_to does not change")
+            extra.append(f"own ratios for {len(own)} layer(s), their counts kept as given")
         value = "–" if ratio in (None, "auto") else f"{float(ratio):.3f}"
         return f"remove {value} of the output channels, {scope} ({', '.join(extra)}){when}"
     if method == "l1":
@@ -1000,8 +1000,8 @@ def notes(report: Report) -> list[str]:
     if slower:
         out.append(
             f"Channel removal made the model slower in onnxruntime ({slower}): its CPU kernels work in blocks of 8 "
-            "or 16 channels and run other counts poorly. Use round_to: 16 (ratio entries; the default) or "
-            "target_latency (ratio: auto), not exact per-layer counts (layer_ratio, target_macs, round_to: null)."
+            "or 16 channels and run other counts poorly. Keep round_to: 16 (the default) or use target_latency "
+            "(ratio: auto) rather than exact counts (round_to: null, hand-written layer_ratio)."
         )
     for label, r in (("dense", d), ("pruned", p)):
         if r.export_fallback:

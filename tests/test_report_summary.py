@@ -418,7 +418,7 @@ def test_structured_words_speak_of_rounding_only_where_it_applies():
     # ratio: auto writes an own ratio for every layer: their counts are used as they are, none is rounded.
     every = target_words({**spec, "layer_ratio": {"conv1": 0.1, "fc1": 0.4}}, MethodResult(method="structured",
                          layers=["conv1", "fc1"]))  # fmt: skip
-    assert "rounded to multiples" not in every and "own ratios for 2 layer(s), whose counts round_to" in every
+    assert "rounded to multiples" not in every and "own ratios for 2 layer(s), their counts kept as given" in every
     some = target_words({**spec, "layer_ratio": {"conv1": 0.1}}, MethodResult(method="structured",
                         layers=["conv1", "fc1"]))  # fmt: skip
     assert "rounded to multiples of 16" in some and "own ratios for 1 layer(s)" in some

@@ -60,9 +60,9 @@ multiple at or above ``min_channels`` when the nearest is below it, or all its c
 multiple is below its width; a group
 narrower than twice ``round_to`` aligns to half of it (16-31 channels to 8 under the default), and one
 narrower than ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
-fraction gives (``ratio: auto`` writes one for every group; ``target_latency`` aligns them itself, see
-:func:`sparsekit.allocation.latency_align`). The report's ``reason`` says when rounding moved a layer
-away from its fraction.
+fraction gives (``ratio: auto`` writes one for every group, in whole blocks of ``round_to`` for
+``target_macs`` and of :func:`sparsekit.allocation.latency_align` for ``target_latency``). The report's
+``reason`` says when rounding moved a layer away from its fraction.
 
 Layouts torch-pruning does not model are refused when the method is built (TargetError naming the
 layer, the operation and the ``ignore`` entry that avoids it): a depthwise convolution with a channel
