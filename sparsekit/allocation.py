@@ -76,6 +76,7 @@ from .sensitivity import (
     analyze,
     auto_entries,
 )
+from .tp_adapter import alignment
 
 __all__ = [
     "LATENCY_ROUNDS",
@@ -279,11 +280,16 @@ def _allocate_unstructured(
     return allocated, info
 
 
-def _feasible(units: int, blocks: int, limit: int, align: int) -> list[int]:
+def _feasible(units: int, blocks: int, limit: int, align: int, round_to: int | None = None) -> list[int]:
     """Units a group may lose, ascending from 0, up to ``limit``: every count, or with ``align`` > 1 those
     leaving a multiple of ``align`` channels (``units * blocks`` channels in all; a group no wider than
-    ``align`` aligns to the largest power-of-two fraction of ``align`` below its width)."""
+    ``align`` aligns to the largest power-of-two fraction of ``align`` below its width). ``round_to``
+    instead: the multiple a ``ratio`` entry's group keeps (:func:`sparsekit.tp_adapter.alignment`: 16-31
+    channels to 8 under 16, narrower groups any count)."""
     counts = range(0, max(limit, 0) + 1)
+    if round_to is not None:
+        step = alignment(units * blocks, round_to)
+        return [x for x in counts if x == 0 or ((units - x) * blocks) % step == 0]
     # A group of at most `align` channels could only be kept whole: it aligns to half as many (16 channels
     # at align 16 may keep 8), down to every count for the narrowest.
     while align > 1 and units * blocks <= align:
@@ -301,6 +307,7 @@ def _greedy_channels(
     where: str,
     what: str,
     align: int = 1,
+    round_to: int | None = None,
 ) -> dict[str, int]:
     """Units removed per root so that at least ``budget_saved`` MACs are saved (with ``kept_before``'s
     channel fractions of earlier entries applied), cheapest predicted loss increase per MAC saved first,
@@ -312,12 +319,12 @@ def _greedy_channels(
     for root, row in rows.items():
         top = max((p.achieved for p in row.points), default=0.0)
         limit = max(0, min(units[root] - plan.min_units[root], math.floor(top * units[root] + 1e-9)))
-        allowed[root] = _feasible(units[root], plan.blocks[root], limit, align)
+        allowed[root] = _feasible(units[root], plan.blocks[root], limit, align, round_to)
         hulls[root] = _convex_cost(_achieved(row))
     pos = dict.fromkeys(rows, 0)  # index into allowed[root] of removed[root]
     # Steps of ~1/50 of the group (whole aligned blocks when aligning): few rounds, fine enough to stop near
     # the target, where the step is cut to what the budget needs.
-    jump = {r: 1 if align > 1 else max(1, units[r] // _STRUCTURED_STEPS) for r in rows}
+    jump = {r: 1 if align > 1 or round_to else max(1, units[r] // _STRUCTURED_STEPS) for r in rows}
 
     def keep_with(root: str | None = None, count: int = 0) -> dict[str, float]:
         keep = dict(kept_before)
@@ -400,6 +407,7 @@ def _allocate_structured(
     done: Sequence[tuple[int, StructuredSpec]],
     what: str,
     align: int = 1,
+    round_to: int | None = None,
 ) -> tuple[StructuredSpec, dict[str, float], float, float | None, float]:
     where = f"pruning[{index}]"
     macs = _layer_macs(model, shape)
@@ -411,7 +419,7 @@ def _allocate_structured(
         for root, r in (earlier.layer_ratio or {}).items():
             kept_before[root] = kept_before.get(root, 1.0) * (1 - r)
     budget = dense * (1 - macs_target)
-    removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align)
+    removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align, round_to)
     ratios = {r: removed[r] / plan.units[r] for r in plan.blocks}
     channels_total = sum(plan.channels.values())
     overall = sum(removed[r] * plan.blocks[r] for r in plan.blocks) / channels_total
@@ -435,6 +443,49 @@ def _allocate_structured(
     uniform = sum(_raw_increase(rows[r], hi) for r in plan.blocks) if hi < 0.999 else None
     reached = _measured_macs(model, [*done, (index, allocated)], shape)
     return allocated, ratios, predicted, uniform, reached
+
+
+# How far under target_macs whole blocks of round_to channels may land before exact counts are used instead.
+MACS_ALIGN_SLACK = 0.05
+
+
+def _allocate_macs(
+    model: nn.Module,
+    spec: StructuredSpec,
+    index: int,
+    table: SensitivityTable,
+    shape: list[int],
+    done: Sequence[tuple[int, StructuredSpec]],
+) -> EntryAllocation:
+    """``target_macs``: kept counts aligned as a ``ratio`` entry's are (``round_to``, default 16: exact counts
+    can run slower than dense in onnxruntime, see :func:`latency_align`). Channel by channel instead, with a
+    ``note`` saying so, when whole blocks cannot reach the target (narrow groups, ``min_channels``) or land
+    more than :data:`MACS_ALIGN_SLACK` under it (a few narrow groups have only coarse steps)."""
+    aim = float(spec.target_macs or 0.0)
+    round_to = spec.round_to if spec.round_to and spec.round_to > 1 else None
+    note = None
+    try:
+        allocated, ratios, predicted, uniform, reached = _allocate_structured(
+            model, spec, index, table, shape, aim, done, "target_macs", round_to=round_to
+        )
+        coarse = f"would reach MACs {reached:.3f}" if reached < aim - MACS_ALIGN_SLACK else None
+    except TargetError:
+        if round_to is None:
+            raise
+        coarse = "cannot reach it"
+    if coarse:
+        allocated, ratios, predicted, uniform, reached = _allocate_structured(
+            model, spec, index, table, shape, aim, done, "target_macs"
+        )
+        note = (
+            f"whole blocks of round_to {round_to} channels {coarse} (target_macs {aim:g}): exact channel counts "
+            "are used, which onnxruntime's CPU kernels may run slower than aligned ones"
+        )
+    info = EntryAllocation(
+        index, "structured", {"macs": aim}, ratios, predicted, uniform, {"macs": reached}, None, aim, note
+    )
+    info.spec = allocated
+    return info
 
 
 def _latency_to_macs(
@@ -586,16 +637,7 @@ def allocate_with_details(
             if spec.target_latency is not None:
                 info = _allocate_latency(model, spec, index, table, recipe, shape, done)
             else:
-                aim = float(spec.target_macs or 0.0)
-                # Kept counts aligned like a ratio entry's (round_to, default 16): exact counts can run slower
-                # than dense in onnxruntime (see latency_align). round_to: null allocates channel by channel.
-                allocated, ratios, predicted, uniform, reached = _allocate_structured(
-                    model, spec, index, table, shape, aim, done, "target_macs", spec.round_to or 1
-                )
-                info = EntryAllocation(
-                    index, "structured", {"macs": aim}, ratios, predicted, uniform, {"macs": reached}, None, aim
-                )
-                info.spec = allocated
+                info = _allocate_macs(model, spec, index, table, shape, done)
             assert info.spec is not None
             entries[index] = info.spec
             done.append((index, info.spec))

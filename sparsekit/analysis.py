@@ -122,6 +122,8 @@ def allocation_summary(allocation: dict[str, Any]) -> str:
             line += (
                 f"; predicted loss increase {predicted:.3f} vs {uniform:.3f} uniform (nats/sample, before fine-tuning)"
             )
+        if entry.get("note"):
+            line += f"; {entry['note']}"
         lines.append(line)
     return "\n".join(lines)
 

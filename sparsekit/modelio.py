@@ -58,22 +58,31 @@ def _refuse(path: Path, what: str) -> ModelFileError:
     )
 
 
-def _not_a_checkpoint(path: Path) -> str:
-    """Why ``path``'s bytes are no checkpoint, in words: a text file (quoting its start), or not a pickle or
-    torch archive."""
+def _text_start(path: Path) -> str | None:
+    """``"it is a text file, starting '...'"`` (or ``"the file is empty"``) when ``path`` holds no binary data
+    in its first 64 bytes (torch files are zip archives or binary pickles), else None."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(64)
         # Incremental: a character cut at byte 64 is not a decoding error.
         text = codecs.getincrementaldecoder("utf-8")().decode(head)
     except (OSError, UnicodeDecodeError):
-        return "its bytes are not a pickle or torch archive"
+        return None
     if not head:
         return "the file is empty"
-    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
-        start = text.strip().splitlines()[0][:40] if text.strip() else ""
-        return f"it is a text file, starting {start!r}" if start else "it is a text file of blank lines"
-    return "its bytes are not a pickle or torch archive"
+    text = text.removeprefix("\ufeff")  # a byte-order mark
+    if not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return None
+    if text.startswith("version https://git-lfs"):
+        return "it is a Git LFS pointer, not the file: fetch it with git lfs pull"
+    start = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"it is a text file, starting {start!r}" if start else "it is a text file of blank lines"
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """Why ``path``'s bytes are no checkpoint, in words: a text file (quoting its start), or not a pickle or
+    torch archive."""
+    return _text_start(path) or "its bytes are not a pickle or torch archive"
 
 
 def _archive_members(path: Path) -> list[str]:
@@ -149,6 +158,12 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         if not trust:
             raise _refuse(path, "a TorchScript archive")
         return torch.jit.load(str(path), map_location="cpu"), "trusted-module"
+    text = _text_start(path)
+    if text is not None:  # before unpickling: text can read as pickle opcodes ("c..." names a class to import)
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch checkpoint ({text}); expected a sparsekit checkpoint, "
+            "a state_dict .pt or a .safetensors file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -119,6 +119,11 @@ def test_narrower_weights_without_history_get_an_error_naming_the_cause(tmp_path
         (b"hello\n", "it is a text file, starting 'hello'"),  # the unpickler alone said "(101)"
         (b"version: 1\npruning: []\n", "it is a text file, starting 'version: 1'"),  # a recipe passed as the model
         (b"", "the file is empty"),
+        # Text the unpickler reads as opcodes: "c" would name a class to import, "a" fails with "pop from empty list".
+        (b"class Net(nn.Module):\n    pass\n", "it is a text file, starting 'class Net(nn.Module):'"),
+        (b"abc", "it is a text file, starting 'abc'"),
+        ("\ufeffseed: 0\n".encode(), "it is a text file, starting 'seed: 0'"),  # a byte-order mark first
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n", "Git LFS pointer"),
         (bytes(range(256)), "its bytes are not a pickle or torch archive"),
     ],
 )

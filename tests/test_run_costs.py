@@ -141,25 +141,28 @@ class _Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.dw, self.bn, self.pw = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1)
+        self.proj = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))  # a Sequential in a Sequential
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pw(torch.relu(self.bn(self.dw(x))))
+        return self.proj(x + self.pw(torch.relu(self.bn(self.dw(x)))))
 
 
 def test_folded_weights_inside_a_sequential_get_their_torch_names(tmp_path):
-    # TorchScript scopes a Sequential's child as /blocks/blocks.0/dw/Conv: "blocks.0" is the path from the
-    # root and "dw" is below it, so the folded weight is blocks.0.dw.weight (not blocks.blocks.0.dw or dw).
+    # TorchScript scopes a Sequential's child by its container's name plus its index, under the container:
+    # /blocks/blocks.0/dw/Conv is blocks.0.dw (not blocks.blocks.0.dw or dw), and a Sequential inside it,
+    # /blocks/blocks.0/proj/proj.0/Conv, blocks.0.proj.0 (not proj.0 at the root).
     torch.manual_seed(0)
     model = nn.Sequential()
     model.add_module("stem", nn.Conv2d(1, 4, 3, padding=1))
     model.add_module("blocks", nn.Sequential(_Block(), _Block()))
     with torch.no_grad():
         for block in model.blocks:
-            block.bn.running_var.uniform_(0.5, 2)  # a real fold: the stored weight is scaled per channel
+            for bn in (block.bn, block.proj[1]):
+                bn.running_var.uniform_(0.5, 2)  # a real fold: the stored weight is scaled per channel
     info = export_onnx(model.eval(), tmp_path / "m.onnx", [1, 1, 8, 8])
     assert info["exporter"] == "torchscript" and info["parity"]["ok"]
     names = {t.name for t in onnx.load(tmp_path / "m.onnx").graph.initializer}
-    assert {"blocks.0.dw.weight", "blocks.1.dw.weight", "blocks.0.pw.weight"} <= names
+    assert {"blocks.0.dw.weight", "blocks.1.dw.weight", "blocks.0.pw.weight", "blocks.1.proj.0.weight"} <= names
 
 
 def test_auto_falls_back_to_dynamo_when_torchscript_cannot(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import FAST, assert_bad_input
 
@@ -110,6 +111,43 @@ def test_a_sparsity_off_beyond_tolerance_is_a_miss_and_within_it_is_not(runs):
         assert (check.target, check.met) == ("sparsity", met), achieved
         if not met:
             assert f"asked sparsity 0.600, achieved {achieved:.3f}" in check.message
+
+
+def test_more_zeros_than_asked_is_no_miss_when_the_model_came_with_them(tmp_path):
+    # fc1 comes 90% zero; magnitude 0.8 per layer over fc1 and fc2 ends fc1 above 0.8 (its zeros were there,
+    # and the ones training leaves alone stay): the entry placed no zero past what it asked. --strict passes.
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    kwargs = {"in_features": 64, "hidden": [64, 32]}
+    model = mlp(**kwargs)
+    with torch.no_grad():
+        model.fc1.weight.mul_(torch.rand_like(model.fc1.weight) > 0.9)
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(model, path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 2}\n"
+        "pruning: [{method: magnitude, sparsity: 0.8, scope: layer, layers: {include: [fc1, fc2]}}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", "--strict", *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    (check,) = [t for t in report["summary"]["targets"] if t["target"] == "sparsity"]
+    assert check["met"] and check["achieved"] > check["asked"] + check["tolerance"]  # past 0.8, and not a miss
+
+
+def test_whole_weights_round_within_the_tolerance(runs):
+    # One weight per layer of slack on either side: a layer's count is whole weights (fc1 has 4,096).
+    _, _, out, _ = runs["meets"]
+    data = json.loads((out / "report.json").read_text())
+    params = next(r for r in data["dense_layers"] if r["name"] == "fc1")["params"]
+    for off, met in [(0.005 + 0.5 / params, True), (0.005 + 2 / params, False)]:
+        for sign in (1, -1):
+            data["methods"][0]["achieved"] = 0.6 + sign * off
+            assert check_targets(Report.model_validate(data))[0].met is met, (sign, off)
 
 
 def test_a_norm_above_max_value_is_a_miss(runs):

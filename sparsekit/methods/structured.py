@@ -305,8 +305,10 @@ class Structured:
         return {n: (v[0], v[1]) for n, v in out.items()}
 
     def ratio_of(self, layer: str) -> float:
-        """The fraction of ``layer``'s output channels asked by the end: its ``layer_ratio``, else ``ratio``."""
-        return float(self.spec.ratio_of(layer))
+        """The fraction of ``layer``'s output channels asked by the end: its ``layer_ratio``, else ``ratio``.
+        A layer whose output channels are coupled to another's (e.g. through a residual add) follows the
+        root of its group: the root's ``layer_ratio`` is what it is asked."""
+        return float(self.spec.ratio_of(self._owner.get(layer, layer)))
 
     def ignore_hint(self, names: list[str]) -> str:
         """What to do about layers that must keep their outputs: name them in ``ignore``."""
@@ -461,6 +463,7 @@ class Structured:
             "events_done": self.done,
             "events": len(self.events),
             "channels": {n: [self.initial[n], _out_channels(m)] for n, m in self.layers.items()},
+            "roots": list(self._blocks),  # the layers each rooting a group; the others follow theirs
             "asked": asked,
             "achieved": 1 - now_total / total if total else 0.0,
             "per_layer": per_layer,

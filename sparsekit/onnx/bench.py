@@ -159,12 +159,14 @@ def latency_table(result: dict[str, Any]) -> str:
 
 def _labels(paths: list[Path]) -> list[str]:
     """Each file's name, with as many of its parent folders as tell it apart from the others (two runs'
-    ``model.onnx`` become ``run-a/model.onnx`` and ``run-b/model.onnx``); the same file twice keeps one label."""
+    ``model.onnx`` become ``run-a/model.onnx`` and ``run-b/model.onnx``); the same file twice (however it is
+    spelled: relative, absolute, through a link) keeps one label."""
+    real = [p.resolve() for p in paths]
     depth = [1] * len(paths)
     while True:
         labels = [Path(*p.parts[-d:]).as_posix() for p, d in zip(paths, depth, strict=True)]
         clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and len(paths[i].parts) > depth[i]]
-        clash = [i for i in clash if any(labels[j] == labels[i] and paths[j] != paths[i] for j in range(len(paths)))]
+        clash = [i for i in clash if any(labels[j] == labels[i] and real[j] != real[i] for j in range(len(paths)))]
         if not clash:
             return labels
         for i in clash:

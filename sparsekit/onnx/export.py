@@ -497,13 +497,18 @@ def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:
 
 
 def _scope_module(node_name: str, modules: dict[str, nn.Module]) -> str | None:
-    """The module a TorchScript node name's scope names: ``/a/b/Conv`` is ``a.b``; a scope part with
-    dots is already the path from the root, and the parts after it go below it: ``/features/features.0/Conv``
-    is ``features.0``, ``/blocks/blocks.0/dw/Conv`` (a module inside an ``nn.Sequential``) ``blocks.0.dw``."""
+    """The module a TorchScript node name's scope names: ``/a/b/Conv`` is ``a.b``. A child of an
+    ``nn.Sequential`` (or ModuleList) is scoped as its container's name plus its index, under the container:
+    ``/features/features.0/Conv`` is ``features.0``, ``/blocks/blocks.0/dw/Conv`` ``blocks.0.dw`` and
+    ``/body/body.0/proj/proj.0/Conv`` ``body.0.proj.0``."""
     parts = node_name.strip("/").split("/")[:-1]
     path = ""
     for part in parts:
-        path = part if "." in part or not path else f"{path}.{part}"
+        head, _, last = path.rpartition(".")
+        if path and part.startswith(f"{last}."):  # "proj.0" under ".../proj": the container's own child
+            path = f"{head}.{part}" if head else part
+        else:
+            path = f"{path}.{part}" if path else part
     for name in (path, ".".join(parts), parts[-1] if parts else ""):
         if name and name in modules:
             return name
