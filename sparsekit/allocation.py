@@ -23,10 +23,11 @@ pruning costs at least as much as the previous one). Then:
   This is NetAdapt's (Yang et al., 2018) and AMC's (He et al., 2018) budgeted per-layer search, with the
   measured sensitivity curves in place of their short fine-tunes / learnt agent. No group loses more than
   the largest ratio analysed (extrapolating the curves is not trusted) or goes below ``min_channels``.
-  Every group keeps a multiple of the entry's ``round_to`` channels (16 by default; half of it in groups
-  no wider than it), as a ``ratio`` entry's groups do: exact counts can run slower than dense in
-  onnxruntime (see :func:`latency_align`), and the MACs then land at most one block below ``m``.
-  ``round_to: null`` removes channel by channel.
+  Every group keeps a multiple of the entry's ``round_to`` channels, as a ``ratio`` entry's groups do
+  (:func:`sparsekit.tp_adapter.alignment`: 16 by default, 8 in groups of 16-31 channels, any count in
+  narrower ones): exact counts can run slower than dense in onnxruntime (see :func:`latency_align`).
+  ``round_to: null`` removes channel by channel, and so does the fallback when whole blocks cannot reach
+  ``m`` or land more than :data:`MACS_ALIGN_SLACK` under it (the entry's ``note`` says so).
 - ``ratio: auto, target_latency: l``: onnxruntime latency is measured, not predicted: the dense model
   and a uniform sweep (every group at 25%, 50%, 75% of its channels removed) are exported (TorchScript
   exporter) and timed together (:func:`sparsekit.onnx.benchmark`, the recipe's largest benchmark batch
