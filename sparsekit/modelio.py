@@ -79,10 +79,8 @@ def _text_start(path: Path) -> str | None:
     return f"it is a text file, starting {start!r}" if start else "it is a text file of blank lines"
 
 
-def _not_a_checkpoint(path: Path) -> str:
-    """Why ``path``'s bytes are no checkpoint, in words: a text file (quoting its start), or not a pickle or
-    torch archive."""
-    return _text_start(path) or "its bytes are not a pickle or torch archive"
+# Why bytes that are not text (see _text_start, checked first) are no checkpoint.
+_NOT_A_CHECKPOINT = "its bytes are not a pickle or torch archive"
 
 
 def _archive_members(path: Path) -> list[str]:
@@ -174,7 +172,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         pickled = "Unsupported global" in text
         if not pickled:
             raise ModelFileError(
-                f"{path}: not a readable PyTorch checkpoint ({_not_a_checkpoint(path)}); expected "
+                f"{path}: not a readable PyTorch checkpoint ({_NOT_A_CHECKPOINT}); expected "
                 "a sparsekit checkpoint, a state_dict .pt or a .safetensors file"
             ) from None
         if not trust:
@@ -187,7 +185,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
     except Exception as err:  # noqa: BLE001 - torch raises many unrelated types on garbage input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         # The unpickler's bare "101" (a KeyError for an unknown opcode) says nothing: say what the bytes are.
-        why = first if len(first) > 12 and not first.isdigit() else _not_a_checkpoint(path)
+        why = first if len(first) > 12 and not first.isdigit() else _NOT_A_CHECKPOINT
         raise ModelFileError(
             f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, "
             "a state_dict .pt or a .safetensors file"

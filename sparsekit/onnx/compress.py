@@ -44,13 +44,16 @@ def workers() -> int:
     return max(1, min(n, MAX_WORKERS))
 
 
+def _compressor(level: int, dictionary: bytes) -> zlib._Compress:
+    """A raw deflate compressor (no container) primed with ``dictionary``, the bytes before its block."""
+    if dictionary:
+        return zlib.compressobj(level, zlib.DEFLATED, -15, zdict=dictionary)
+    return zlib.compressobj(level, zlib.DEFLATED, -15)
+
+
 def _deflate(block: bytes | memoryview, dictionary: bytes, level: int, last: bool) -> bytes:
     """Raw deflate of one block (``dictionary``: the bytes before it); a sync flush unless it is ``last``."""
-    comp = (
-        zlib.compressobj(level, zlib.DEFLATED, -15, zdict=dictionary)
-        if dictionary
-        else zlib.compressobj(level, zlib.DEFLATED, -15)
-    )
+    comp = _compressor(level, dictionary)
     return comp.compress(block) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
@@ -61,11 +64,7 @@ def _deflated_size(block: bytes | memoryview, dictionary: bytes, level: int, las
     level 0 it does (stored blocks end where the input does), so there the block goes in one call."""
     if level == 0:
         return len(_deflate(block, dictionary, level, last))
-    comp = (
-        zlib.compressobj(level, zlib.DEFLATED, -15, zdict=dictionary)
-        if dictionary
-        else zlib.compressobj(level, zlib.DEFLATED, -15)
-    )
+    comp = _compressor(level, dictionary)
     view = memoryview(block)
     n = sum(len(comp.compress(view[i : i + _FEED_BYTES])) for i in range(0, len(view), _FEED_BYTES))
     return n + len(comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
