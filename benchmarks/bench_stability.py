@@ -1,7 +1,10 @@
 """How stable is `sparsekit bench`? Repeats the same dense-vs-pruned comparison and reports the
 spread of the latency ratio (max/min over repeats). Target: <= 1.10 on a shared 2-core machine.
 
-    python benchmarks/bench_stability.py [--repeats 5] [--runs 200]
+    python benchmarks/bench_stability.py [--repeats 5] [--runs 200] [--precision 0.02]
+
+``--precision 0`` times every pair until the 2 s budget or ``--runs`` (no early stop once the ratios are
+steady), to compare the spread with and without the early stop; the runs done per repeat are printed.
 
 Uses small_cnn dense vs 50% structurally pruned (so there is a real difference to measure) and
 LeNet-300-100 against itself (a ratio that must stay near 1).
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, action="append", default=None)
+    ap.add_argument("--precision", type=float, default=0.02, help="benchmark's early-stop precision; 0: off")
     args = ap.parse_args()
     sizes = args.batch_size or [1, 32]
     torch.manual_seed(0)
@@ -48,14 +52,17 @@ def main() -> None:
         sparsekit.export_onnx(lenet_300_100(), tmp / "lenet.onnx", [1, 784])
         for name, (a, b) in pairs.items():
             ratios: dict[str, list[float]] = {str(s): [] for s in sizes}
+            done: dict[str, list[int]] = {str(s): [] for s in sizes}
             for _ in range(args.repeats):
-                res = sparsekit.benchmark([a, b], sizes, runs=args.runs, warmup=20)
+                res = sparsekit.benchmark([a, b], sizes, runs=args.runs, warmup=20, precision=args.precision or None)
                 for s in ratios:
                     ratios[s].append(res["files"][1]["ratio_to_first"][s]["p50"])
+                    done[s].append(res["runs_done"][s])
             print(f"{name}:")
             for s, r in ratios.items():
                 print(
                     f"  batch {s:>3}: ratios {', '.join(f'{x:.3f}' for x in r)}  spread max/min {max(r) / min(r):.3f}"
+                    f"  runs {', '.join(map(str, done[s]))}"
                 )
 
 

@@ -33,14 +33,16 @@ onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has lar
   A/A control; timing one session twice instead ran it warm after itself and skewed the ratios by up to
   2x): ~3-4x.
 
-Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **33.4-33.7 s** in
-three runs (e.g. 7.6 + 8.7 + 17.3; 43.1 s = 12.4 + 13.1 + 17.5 before gzip ran in parallel blocks and the
-entropy count sorted once), against 14.7-15.4 s of fine-tuning for 63 steps: as much as ~137-145 training
-steps of this model at batch 64. Sizes gzip each file once at level 6 in 4 MiB blocks on every core
-(``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); the benchmark is bounded by its time budget
-(2 s per session and batch size, ``benchmark.budget_s``), so it costs the same ~15 s for any model whose
-runs are slow. So these phases are a small share of a fine-tuning of thousands of steps (~5% of 3,000),
-not of one short epoch.
+Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **16.5-17.3 s** in
+three runs (e.g. 6.8 + 3.9 + 5.9), against 12.8-13.1 s of fine-tuning for 63 steps: as much as ~80-84
+training steps of this model at batch 64. Before: 33.4-33.7 s (7.6 + 8.7 + 17.3), and 43.1 s before gzip ran
+in parallel blocks and the entropy count sorted once. Sizes gzip each file once at level 6 in 4 MiB blocks on
+every core (``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); storage ranks each large weight's
+encodings on a sample (``sparsekit.onnx.sparse_storage``: 7.7 -> 3.9-4.3 s); the benchmark stops timing once
+every ratio is known to within 2% (``benchmark.precision``: 25 rounds at each batch size here, 16.3 -> 5.9-6.1
+s), within its time budget of 2 s per session and batch size (``benchmark.budget_s``). What is left is mostly
+deflate over the two 135 MB files (the dense one alone ~2.4 s) and loading three onnxruntime sessions. So
+these phases are ~3% of a fine-tuning of 3,000 steps, and still more than one short epoch.
 
     python benchmarks/memory_scaling.py                 # ~2-3 minutes on 2 cores
     python benchmarks/memory_scaling.py --json          # the measurements as JSON

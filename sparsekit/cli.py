@@ -702,7 +702,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     default=20,
     show_default=True,
     type=click.IntRange(0),
-    help="Most untimed runs per file and batch size first (fewer once a quarter of --budget is spent).",
+    help="Most untimed runs per file and batch size first (fewer once a tenth of --budget is spent).",
 )
 @click.option(
     "--runs",
@@ -719,6 +719,15 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds of timed runs per file and batch size: timing stops once they are spent, after at least 25 "
     "runs each (a large model's benchmark stays short; a small one does all --runs).",
+)
+@click.option(
+    "--precision",
+    default=0.02,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    help="Stop timing early once every ratio to the first file (and the A/A control's) is known to within "
+    "this fraction (half the spread of its per-block ratios), after a tenth of --budget; 0: run until "
+    "--budget or --runs.",
 )
 @click.option(
     "--provider",
@@ -743,6 +752,7 @@ def bench(
     warmup: int,
     runs: int,
     budget_s: float,
+    precision: float,
     provider: str,
     input_shape: str | None,
     as_json: bool,
@@ -772,6 +782,7 @@ def bench(
         warmup=warmup,
         runs=runs,
         budget_s=budget_s,
+        precision=precision or None,
         provider=provider,
         input_shape=shape,
         progress=not no_progress and not as_json,

@@ -767,6 +767,7 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         warmup=b.warmup,
         runs=b.runs,
         budget_s=b.budget_s,
+        precision=b.precision,
         input_shape=shape,
         progress=progress,
         seed=recipe.seed,
@@ -799,4 +800,5 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         control=res["control"],
         runs_done=res.get("runs_done"),
         budget_s=res.get("budget_s"),
+        precision=res.get("precision"),
     )

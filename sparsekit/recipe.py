@@ -1017,6 +1017,14 @@ class BenchmarkSpec(_Strict):
         description="seconds of timed runs per model and batch size: timing stops once they are spent, after at "
         "least 25 runs each (a large model's benchmark stays short); null: exactly runs",
     )
+    precision: Float | None = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="with budget_s: timing also stops once every latency ratio (the A/A control's too) is known to "
+        "within this fraction (half the spread of its per-block ratios), checked after a tenth of the budget; "
+        "null: only budget_s or runs stop it",
+    )
 
 
 class Recipe(_Strict):

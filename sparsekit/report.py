@@ -218,6 +218,9 @@ class Benchmark(_Closed):
         None, description="timed runs per model at each batch size (fewer than runs when the time budget ran out)"
     )
     budget_s: float | None = Field(None, description="seconds of timed runs per model and batch size (null: none)")
+    precision: float | None = Field(
+        None, description="timing stopped early once every ratio was known to within this fraction (null: never)"
+    )
 
 
 class Int8(_Open):

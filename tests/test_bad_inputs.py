@@ -310,6 +310,8 @@ OPTIONS: list[list[str]] = [
     ["bench", "{onnx}", "-b", "0"],
     ["bench", "{onnx}", "--threads", "-1"],
     ["bench", "{onnx}", "--runs", "0"],
+    ["bench", "{onnx}", "--precision", "1"],
+    ["bench", "{onnx}", "--precision", "-0.5"],
     ["bench", "{onnx}", "--input-shape", "1,65", "--runs", "1"],
     ["bench", "{onnx}", "--provider", "NoSuchExecutionProvider", "--runs", "1"],
     ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "seed=2**70"],
@@ -333,6 +335,7 @@ REFUSED: list[list[str]] = [
     ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--data", ""],
     ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "finetune.epochs='3'"],
     ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "pruning.0.sparsity=90"],
+    ["prune", "{model}", "lenet-gradual-magnitude-90", *ARCH, "--set", "benchmark.precision=1"],
 ]
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -264,6 +265,63 @@ def test_the_warmup_takes_a_quarter_of_the_budget(files, fake_clock, monkeypatch
     # 2 sessions x 0.2 s x 1/4 = 0.1 s of warm-up rounds, each one 5 ms clock reading: 20 rounds (80 at the
     # whole budget), besides each session's untimed first run and its 4 timed runs.
     assert len(counts) // 2 - 1 - 4 == 20 * bench_mod.WARMUP_SHARE / 0.25
+
+
+class _JitteredSession(_CountedSession):
+    """A session whose every run also moves the fake clock on by a random 0-5 ms: its timings are noisy."""
+
+    def __init__(self, session, counts: list[int], clock: list[int], rng) -> None:
+        super().__init__(session, counts)
+        self._clock, self._rng = clock, rng
+
+    def run(self, *args, **kwargs):
+        self._clock[0] += int(self._rng.integers(0, 5_000_000))
+        return super().run(*args, **kwargs)
+
+
+def test_steady_ratios_stop_the_timing_before_the_budget(files, fake_clock):
+    # Every run "takes" 5 ms: the ratios are exactly 1 from the first block on, so timing stops at the first
+    # whole block after a tenth of the budget, not at the budget (~16 rounds here).
+    r = benchmark(files["tiny"], batch_sizes=(1,), runs=1000, warmup=0, budget_s=0.2, min_runs=5)
+    assert r["runs_done"] == {"1": 5} and r["precision"] == bench_mod.PRECISION
+    # Switched off, or without a budget, only the budget (or runs) stops it.
+    r = benchmark(files["tiny"], batch_sizes=(1,), runs=1000, warmup=0, budget_s=0.2, min_runs=5, precision=None)
+    assert r["runs_done"]["1"] > 10 and r["precision"] is None
+    assert benchmark(files["tiny"], batch_sizes=(1,), runs=40, warmup=0, budget_s=None)["runs_done"] == {"1": 40}
+
+
+def test_noisy_ratios_run_to_the_budget(files, fake_clock, monkeypatch):
+    rng = np.random.default_rng(0)
+    made: list[int] = []
+    real = bench_mod.open_session
+
+    def session(*a, **k):
+        made.append(1)
+        # The A/A control (the second session) is noisy: its ratio's block spread stays wide.
+        return _JitteredSession(real(*a, **k), [], fake_clock, rng) if len(made) == 2 else real(*a, **k)
+
+    monkeypatch.setattr(bench_mod, "open_session", session)
+    r = benchmark(files["tiny"], batch_sizes=(1,), runs=1000, warmup=0, budget_s=0.2, min_runs=5)
+    steady = benchmark(files["tiny"], batch_sizes=(1,), runs=1000, warmup=0, budget_s=0.2, min_runs=5)
+    assert r["runs_done"]["1"] > 10 > steady["runs_done"]["1"]
+
+
+def test_cli_precision_zero_turns_the_early_stop_off(files, fake_clock):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    args = ["bench", str(files["tiny"]), "-b", "1", "--runs", "1000", "--warmup", "0", "--budget", "2", "--json"]
+    steady = json.loads(CliRunner().invoke(main, args).output)
+    off = json.loads(CliRunner().invoke(main, [*args, "--precision", "0"]).output)
+    assert steady["precision"] == 0.02 and steady["runs_done"]["1"] < off["runs_done"]["1"]
+    assert off["precision"] is None
+
+
+@pytest.mark.parametrize("precision", [0, 1, -0.1, 2])
+def test_bad_precision_is_refused(files, precision):
+    with pytest.raises(ExportError, match="precision"):
+        benchmark(files["tiny"], batch_sizes=(1,), precision=precision)
 
 
 @pytest.mark.parametrize("kw", [{"budget_s": 0}, {"budget_s": -1.0}, {"min_runs": 0}])

@@ -179,3 +179,54 @@ def test_not_onnx_and_bad_option(tmp_path, sparse90):
 def test_index_dtype_for(max_index, dtype):
     assert index_dtype_for(max_index) is dtype
     assert index_dtype_for(max_index, "int64") is np.int64
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """ONNX files of an MLP whose 2048x2048 weight (16 MiB) is ranked on a sample, at three sparsities."""
+    folder = tmp_path_factory.mktemp("wide")
+    return {s: make_onnx(folder / f"wide{s}.onnx", s, hidden=(2048, 2048)) for s in (0.5, 0.8, 0.95)}
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.95])
+def test_large_tensors_are_ranked_on_a_sample_to_the_same_choice(wide, tmp_path, monkeypatch, sparsity):
+    sampled = to_sparse_storage(wide[sparsity], tmp_path / "sampled.onnx", index_dtype="int64", objective="gzip")
+    monkeypatch.setattr(storage_mod, "SAMPLE_FROM_BYTES", 1 << 40)
+    exact = to_sparse_storage(wide[sparsity], tmp_path / "exact.onnx", index_dtype="int64", objective="gzip")
+    rows = {r["name"]: r for r in sampled["initializers"]}
+    big = [r for r in exact["initializers"] if r["dense_bytes"] >= 8 << 20]
+    assert len(big) == 1 and rows[big[0]["name"]]["gzip_sampled"] is True
+    assert sum(bool(r.get("gzip_sampled")) for r in sampled["initializers"]) == 1
+    # Same encoding for every tensor (dense at 50% and 80%, sparse at 95%); the sampled estimates within 2%
+    # of the whole tensor's sizes; the same file.
+    assert [(r["name"], r["layout"]) for r in exact["initializers"]] == [
+        (r["name"], r["layout"]) for r in sampled["initializers"]
+    ]
+    assert (rows[big[0]["name"]]["layout"] is None) is (sparsity < 0.9)
+    for key in ("dense_gzip_bytes", "sparse_gzip_bytes"):
+        assert rows[big[0]["name"]][key] == pytest.approx(big[0][key], rel=0.02)
+    assert sampled["gzip_bytes_after"] == exact["gzip_bytes_after"]
+
+
+@pytest.mark.parametrize(
+    ("estimates", "layout"),
+    [
+        ({"dense": 1000, "linear": 995, "coordinates": 2000}, None),  # within the sample's margin: dense
+        ({"dense": 1000, "linear": 980, "coordinates": 2000}, "linear"),
+        ({"dense": 1000, "linear": 990, "coordinates": 950}, "coordinates"),
+    ],
+)
+def test_on_a_sample_a_sparse_encoding_must_win_by_the_margin(tmp_path, monkeypatch, estimates, layout):
+    src = make_onnx(tmp_path / "m.onnx", 0.9, hidden=(1024, 512))
+    monkeypatch.setattr(storage_mod, "SAMPLE_FROM_BYTES", 1 << 20)
+    monkeypatch.setattr(storage_mod, "_sampled_gzip_sizes", lambda *a: dict(estimates))
+    res = to_sparse_storage(src, tmp_path / "o.onnx", index_dtype="int64", objective="gzip")
+    (row,) = [r for r in res["initializers"] if r.get("gzip_sampled")]
+    assert row["layout"] == layout and row["sparse"] is (layout is not None)
+
+
+def test_a_sample_that_would_take_too_much_of_the_tensor_leaves_it_whole(wide, tmp_path, monkeypatch):
+    # Too few nonzeros for a sample of at most a quarter of the tensor to hold SAMPLE_MIN_NONZERO of them.
+    monkeypatch.setattr(storage_mod, "SAMPLE_MIN_NONZERO", 10**9)
+    res = to_sparse_storage(wide[0.95], tmp_path / "o.onnx", index_dtype="int64", objective="gzip")
+    assert not any(r.get("gzip_sampled") for r in res["initializers"])

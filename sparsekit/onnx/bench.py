@@ -40,10 +40,19 @@ N_BLOCKS = 5
 # MLP at batch 32 (~30 ms a run) stops after ~65 runs instead of 200 (benchmarks/memory_scaling.py).
 BUDGET_S = 2.0
 # The warm-up's share of the budget: it only has to fault in memory and settle the caches, which a few runs
-# do; at the whole budget it cost as much as the timing (a 135 MB model: ~6 s of its 18 s benchmark).
-WARMUP_SHARE = 0.25
+# do; at the whole budget it cost as much as the timing (a 135 MB model: ~6 s of its 18 s benchmark), at a
+# quarter still ~1.8 s of a benchmark whose timing takes ~2.3 s.
+WARMUP_SHARE = 0.1
 # Fewest timed runs per session and batch size under a budget: 5 per block of the ratio spread.
 MIN_RUNS = 5 * N_BLOCKS
+# Under a budget the timed runs also stop once every ratio to the first file (the A/A control's included)
+# is known to within this fraction: half the spread of its per-block p50 ratios (log scale), about 2.6
+# standard errors of the overall p50 ratio with 5 blocks. Runs whose ratios are that steady need no more:
+# a 135 MB MLP's ratios are within 1% after 25 rounds and moved by < 0.5% over the next 95
+# (benchmarks/memory_scaling.py). Checked on whole blocks only, and only once the runs took
+# PRECISION_MIN_SHARE of the budget: cheap runs cost nothing to keep doing, so they still run to `runs`.
+PRECISION = 0.02
+PRECISION_MIN_SHARE = 0.1
 
 PathLike = str | os.PathLike[str]
 
@@ -61,6 +70,7 @@ def benchmark(
     seed: int = 0,
     budget_s: float | None = BUDGET_S,
     min_runs: int = MIN_RUNS,
+    precision: float | None = PRECISION,
 ) -> dict[str, Any]:
     """Time each ONNX file at each batch size on ``provider`` with ``threads`` intra-op threads
     (0: onnxruntime's default); ratios are relative to the first file.
@@ -74,12 +84,15 @@ def benchmark(
     Cost: ``runs`` is the most timed runs per file and batch size. ``budget_s`` (default
     :data:`BUDGET_S`, 2 s) bounds the time: at each batch size the timed runs stop once they have taken
     ``budget_s`` seconds per session (the files and the A/A control), but not before each session ran
-    ``min_runs`` times (default :data:`MIN_RUNS`, 25; ``runs`` if fewer); the warm-up stops after a quarter
-    of the budget (:data:`WARMUP_SHARE`), after one run. ``budget_s=None``: exactly ``warmup`` and
-    ``runs`` runs. Sizes and MACs are read once the sessions are closed, so their memory never adds to
-    the sessions'.
+    ``min_runs`` times (default :data:`MIN_RUNS`, 25; ``runs`` if fewer); they also stop once every p50 ratio
+    to the first file (the A/A control's too) is known to within ``precision`` (default :data:`PRECISION`,
+    0.02: half the spread of its per-block ratios, on a log scale), checked after whole blocks of runs once
+    they took a tenth of the budget (:data:`PRECISION_MIN_SHARE`; ``precision=None``: only the budget
+    stops them). The warm-up stops after a tenth of the budget (:data:`WARMUP_SHARE`), after one run.
+    ``budget_s=None``: exactly ``warmup`` and ``runs`` runs. Sizes and MACs are read once the sessions are
+    closed, so their memory never adds to the sessions'.
 
-    Returns ``{"threads", "provider", "warmup", "runs", "runs_done", "budget_s", "min_runs", "seed",
+    Returns ``{"threads", "provider", "warmup", "runs", "runs_done", "budget_s", "min_runs", "precision", "seed",
     "batch_sizes", "onnxruntime", "files", "control"}`` (``runs_done``: timed runs
     per session at each batch size, ``{"1": n, ...}``); each file has :func:`~sparsekit.onnx.stats.size_report` (bytes),
     ``macs``/``effective_macs``, ``latency_ms`` (p50/p90/p99/mean per batch size, in ms),
@@ -97,6 +110,8 @@ def benchmark(
         raise ExportError(f"need threads >= 0, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
     if (budget_s is not None and not budget_s > 0) or min_runs < 1:
         raise ExportError(f"need a time budget > 0 seconds (or none) and min_runs >= 1 (got {budget_s}, {min_runs})")
+    if precision is not None and not 0 < precision < 1:
+        raise ExportError(f"need a precision between 0 and 1 (or none), got {precision}")
     # Nanoseconds of runs per session before a batch size's warm-up or timing stops (None: no limit).
     budget_ns = None if budget_s is None else int(budget_s * 1e9)
 
@@ -124,11 +139,13 @@ def benchmark(
             for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
                 _first_run(s, feed, path, [b, *d])
             _warm_up(sessions, feeds, warmup, None if budget_ns is None else int(budget_ns * WARMUP_SHARE), advance)
-            samples[b] = _timed_runs(sessions, feeds, runs, advance, budget_ns, min(min_runs, runs))
+            samples[b] = _timed_runs(
+                sessions, feeds, runs, advance, budget_ns, min(min_runs, runs), None if budget_ns is None else precision
+            )
     del sessions, feeds  # onnxruntime's copies of the weights go before the files are read for their stats
 
     out = _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
-    out.update(budget_s=budget_s, min_runs=min(min_runs, runs))
+    out.update(budget_s=budget_s, min_runs=min(min_runs, runs), precision=None if budget_s is None else precision)
     return out
 
 
@@ -283,10 +300,12 @@ def _timed_runs(
     advance: Callable[[int], None],
     budget_ns: int | None = None,
     min_runs: int = 1,
+    precision: float | None = None,
 ) -> np.ndarray:
     """Up to ``runs`` rounds, each session timed once per round (ns); shape ``(sessions, rounds done)``.
-    Stops after a round once at least ``min_runs`` rounds are done and the rounds took ``budget_ns`` per
-    session (wall time, the gaps between runs included)."""
+    Stops after a round once at least ``min_runs`` rounds are done and either the rounds took ``budget_ns``
+    per session (wall time, the gaps between runs included) or, after a whole number of blocks and
+    :data:`PRECISION_MIN_SHARE` of that time, every ratio's half block spread is within ``precision``."""
     n = len(sessions)
     times = np.zeros((n, runs), dtype=np.int64)
     start = _now()
@@ -297,10 +316,31 @@ def _timed_runs(
             sessions[i].run(None, feeds[i])
             times[i, r] = _now() - t0
         advance(1)
-        if budget_ns is not None and r + 1 >= min_runs and r + 1 < runs and _now() - start >= budget_ns * n:
-            advance(runs - r - 1)
-            return times[:, : r + 1]
+        done = r + 1
+        if budget_ns is None or done < min_runs or done >= runs:
+            continue
+        spent = _now() - start
+        if spent >= budget_ns * n or (
+            precision is not None
+            and done % N_BLOCKS == 0
+            and spent >= PRECISION_MIN_SHARE * budget_ns * n
+            and _precise(times[:, :done], precision)
+        ):
+            advance(runs - done)
+            return times[:, :done]
     return times
+
+
+def _precise(times: np.ndarray, precision: float) -> bool:
+    """Is every session's p50 ratio to session 0 known to within ``precision`` (half its block spread,
+    log scale; see :func:`_ratio`)?"""
+    half = max(_half_spread(_ratio(times, i)) for i in range(1, times.shape[0]))
+    return half <= math.log1p(precision)
+
+
+def _half_spread(ratio: dict[str, Any]) -> float:
+    lo, hi = ratio["spread"]
+    return (math.log(hi) - math.log(lo)) / 2
 
 
 def _ratio(times: np.ndarray, i: int) -> dict[str, Any]:
@@ -324,9 +364,8 @@ def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
 
 def _band(ratio: dict[str, Any], control: dict[str, Any]) -> float:
     """Half-width of the noise band on a log scale (see :func:`_significant`)."""
-    lo, hi = ratio["spread"]
     aa = [control["ratio_p50"], *control["spread"]]
-    return max(*(abs(math.log(r)) for r in aa), (math.log(hi) - math.log(lo)) / 2)
+    return max(*(abs(math.log(r)) for r in aa), _half_spread(ratio))
 
 
 def _summarise(
