@@ -135,6 +135,17 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
             "pruning.0.schedule={start_epoch: 0, end_epoch: 2}",
             "pruning.0.importance=l1",
         ],
+        # round 3 (tuning/distill/): distillation from the dense model on the shipped one-step schedule
+        "1 step at epoch 0, kd 0.5/T2": [
+            "pruning.0.steps=1",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 0}",
+            "finetune.distill={weight: 0.5, temperature: 2}",
+        ],
+        "1 step at epoch 0, kd 0.9/T4": [
+            "pruning.0.steps=1",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 0}",
+            "finetune.distill={weight: 0.9, temperature: 4}",
+        ],
     },
 }
 
