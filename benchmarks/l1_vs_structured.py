@@ -138,7 +138,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict[str, 
             raise SystemExit(f"{path}: ONNX output differs from torch ({info['parity']})")
         paths.append(path)
     res = sparsekit.benchmark(paths, args.batch_size, threads=1, warmup=args.warmup, runs=args.runs,
-                              input_shape=shape, seed=args.seed)  # fmt: skip
+                              input_shape=shape, seed=args.seed, precision=None)  # fmt: skip
     for row, f in zip(rows, res["files"], strict=True):
         row["macs_ratio"] = row["macs"] / rows[0]["macs"]
         row["latency"] = {

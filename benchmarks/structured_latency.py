@@ -97,6 +97,7 @@ def measure(name: str, args: argparse.Namespace, out: Path) -> list[dict[str, An
         runs=args.runs,
         input_shape=INPUT_SHAPE,
         seed=args.seed,
+        precision=None,  # a measurement: every --runs run (under the 2 s budget), not the CLI's early stop
     )
     dense_f = res["files"][0]
     for arm, pruned_f in zip(arms, res["files"][1:], strict=True):

@@ -709,7 +709,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     default=200,
     show_default=True,
     type=click.IntRange(1),
-    help="Most timed runs per file and batch size (fewer when --budget runs out first).",
+    help="Most timed runs per file and batch size (fewer when --budget runs out first or --precision is reached).",
 )
 @click.option(
     "--budget",
@@ -718,7 +718,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds of timed runs per file and batch size: timing stops once they are spent, after at least 25 "
-    "runs each (a large model's benchmark stays short; a small one does all --runs).",
+    "runs each (a large model's benchmark stays short; a tiny one does all --runs well within it).",
 )
 @click.option(
     "--precision",
@@ -727,7 +727,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     type=click.FloatRange(min=0, max=1, max_open=True),
     help="Stop timing early once every ratio to the first file (and the A/A control's) is known to within "
     "this fraction (half the spread of its per-block ratios), after a tenth of --budget; 0: run until "
-    "--budget or --runs.",
+    "--budget or --runs. Not an accuracy bound: the A/A control shows the noise.",
 )
 @click.option(
     "--provider",

@@ -767,7 +767,7 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         warmup=b.warmup,
         runs=b.runs,
         budget_s=b.budget_s,
-        precision=b.precision,
+        precision=b.precision or None,
         input_shape=shape,
         progress=progress,
         seed=recipe.seed,

@@ -1008,7 +1008,10 @@ class BenchmarkSpec(_Strict):
     threads: Int = Field(1, gt=0, le=MAX_THREADS, description="onnxruntime intra-op threads")
     warmup: Int = Field(20, ge=0, le=MAX_RUNS, description="untimed runs per model and batch size before timing")
     runs: Int = Field(
-        200, gt=0, le=MAX_RUNS, description="most timed runs per model and batch size (fewer when budget_s runs out)"
+        200,
+        gt=0,
+        le=MAX_RUNS,
+        description="most timed runs per model and batch size (fewer when budget_s runs out or precision is reached)",
     )
     budget_s: Float | None = Field(
         2.0,
@@ -1019,11 +1022,11 @@ class BenchmarkSpec(_Strict):
     )
     precision: Float | None = Field(
         0.02,
-        gt=0,
+        ge=0,
         lt=1,
         description="with budget_s: timing also stops once every latency ratio (the A/A control's too) is known to "
         "within this fraction (half the spread of its per-block ratios), checked after a tenth of the budget; "
-        "null: only budget_s or runs stop it",
+        "0 or null: only budget_s or runs stop it",
     )
 
 

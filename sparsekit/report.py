@@ -215,12 +215,25 @@ class Benchmark(_Closed):
     speedup: dict[str, Speedup]
     control: dict[str, dict[str, Any]]
     runs_done: dict[str, int] | None = Field(
-        None, description="timed runs per model at each batch size (fewer than runs when the time budget ran out)"
+        None,
+        description="timed runs per model at each batch size (fewer than runs when the time budget ran out or the "
+        "ratios were known to within precision)",
     )
     budget_s: float | None = Field(None, description="seconds of timed runs per model and batch size (null: none)")
     precision: float | None = Field(
-        None, description="timing stopped early once every ratio was known to within this fraction (null: never)"
+        None,
+        description="the early-stop setting: timing could stop once every ratio was known to within this fraction "
+        "(null: off); runs_done says whether it did",
     )
+
+
+def _runs_words(b: Benchmark) -> str:
+    """``"200 timed runs"``, or the runs each batch size did when the budget or the precision stopped them."""
+    done = b.runs_done or {}
+    if not done or all(n == b.runs for n in done.values()):
+        return f"{b.runs} timed runs"
+    per = ", ".join(f"{n} at batch {bs}" for bs, n in done.items())
+    return f"timed runs per model: {per} (of at most {b.runs})"
 
 
 class Int8(_Open):
@@ -1354,9 +1367,9 @@ def render_markdown(report: Report) -> str:
     if report.benchmark and report.benchmark.speedup:
         b = report.benchmark
         lines += [
-            f"Latency: onnxruntime {b.provider}, {b.threads} thread(s), {b.runs} timed runs after {b.warmup} warm-up "
-            "runs. The noise band is measured in the same run (the A/A control: the dense file against itself, and "
-            "the spread across blocks of runs); a ratio inside it is no change.",
+            f"Latency: onnxruntime {b.provider}, {b.threads} thread(s), {_runs_words(b)} after at most {b.warmup} "
+            "warm-up runs. The noise band is measured in the same run (the A/A control: the dense file against itself, "
+            "and the spread across blocks of runs); a ratio inside it is no change.",
             "",
             "| batch | ratio | spread | A/A control | noise band | verdict |",
             "|---:|---:|---|---:|---|---|",

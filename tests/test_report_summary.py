@@ -267,6 +267,20 @@ def test_latency_words_follow_the_measured_ratio_and_noise(ratio, noise):
     assert s.latency["1"].verdict == want and s.int8 is not None and s.int8.latency["1"].verdict == want
 
 
+def test_report_md_says_how_many_runs_were_timed():
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (0.9, 0.05), "32": (0.8, 0.05)})
+    assert report.benchmark is not None
+    report.benchmark.runs_done = {"1": 5, "32": 5}
+    assert "5 timed runs after at most 1 warm-up runs" in render_markdown(report)
+    # Stopped early (budget or precision): the runs each batch size did, not the most asked for.
+    report.benchmark.runs, report.benchmark.runs_done = 200, {"1": 200, "32": 25}
+    md = render_markdown(report)
+    assert "timed runs per model: 200 at batch 1, 25 at batch 32 (of at most 200)" in md and "200 timed runs" not in md
+
+
 def test_worse_results_say_so_in_plain_words():
     torch.manual_seed(0)
     recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])

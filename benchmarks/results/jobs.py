@@ -191,7 +191,12 @@ def measure_files(rows: list[dict[str, Any]], runs: int) -> tuple[dict[str, Any]
     dense = next(r for r in cnn if r["arm"] == "dense")
     arms_ = [r for r in cnn if r["arm"] != "dense"]
     bench = sparsekit.benchmark(
-        [dense["onnx"], *(r["onnx"] for r in arms_)], (1, 32), threads=1, warmup=max(5, runs // 10), runs=runs
+        [dense["onnx"], *(r["onnx"] for r in arms_)],
+        (1, 32),
+        threads=1,
+        warmup=max(5, runs // 10),
+        runs=runs,
+        precision=None,  # the tables say how many runs: all of them (under the budget), no early stop
     )
     latency: dict[str, Any] = {"onnxruntime": bench.get("onnxruntime"), "runs": runs, "arms": [], "control": {}}
     files = bench["files"]

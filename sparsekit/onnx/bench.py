@@ -37,7 +37,8 @@ N_BLOCKS = 5
 # The time budget of a benchmark: the timed runs of one batch size stop once they have taken this many
 # seconds per session (each file, and the A/A control), after at least MIN_RUNS runs of each; the warm-up
 # stops at WARMUP_SHARE of it (after one run). A tiny model does all `runs` in a fraction of it; a 135 MB
-# MLP at batch 32 (~30 ms a run) stops after ~65 runs instead of 200 (benchmarks/memory_scaling.py).
+# MLP at batch 32 (~30 ms a run) stopped after ~65 runs instead of 200 under the budget alone, after 25 once
+# PRECISION also stopped it (benchmarks/memory_scaling.py).
 BUDGET_S = 2.0
 # The warm-up's share of the budget: it only has to fault in memory and settle the caches, which a few runs
 # do; at the whole budget it cost as much as the timing (a 135 MB model: ~6 s of its 18 s benchmark), at a
@@ -87,8 +88,11 @@ def benchmark(
     ``min_runs`` times (default :data:`MIN_RUNS`, 25; ``runs`` if fewer); they also stop once every p50 ratio
     to the first file (the A/A control's too) is known to within ``precision`` (default :data:`PRECISION`,
     0.02: half the spread of its per-block ratios, on a log scale), checked after whole blocks of runs once
-    they took a tenth of the budget (:data:`PRECISION_MIN_SHARE`; ``precision=None``: only the budget
-    stops them). The warm-up stops after a tenth of the budget (:data:`WARMUP_SHARE`), after one run.
+    they took a tenth of the budget (:data:`PRECISION_MIN_SHARE`; ``precision=None`` or 0: only the budget
+    stops them). It bounds the spread between blocks, not the error: optional stopping calls a difference
+    between identical files significant a little more often (~0.7% of simulated runs at 2-5% noise, none
+    without it); the A/A control is still the noise to read. Keep ``min_runs`` at 25 or more: below it the
+    blocks are a run or two each. The warm-up stops after a tenth of the budget (:data:`WARMUP_SHARE`), after one run.
     ``budget_s=None``: exactly ``warmup`` and ``runs`` runs. Sizes and MACs are read once the sessions are
     closed, so their memory never adds to the sessions'.
 
@@ -110,8 +114,9 @@ def benchmark(
         raise ExportError(f"need threads >= 0, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
     if (budget_s is not None and not budget_s > 0) or min_runs < 1:
         raise ExportError(f"need a time budget > 0 seconds (or none) and min_runs >= 1 (got {budget_s}, {min_runs})")
-    if precision is not None and not 0 < precision < 1:
-        raise ExportError(f"need a precision between 0 and 1 (or none), got {precision}")
+    if precision is not None and not 0 <= precision < 1:
+        raise ExportError(f"need a precision from 0 (off) to below 1, or none, got {precision}")
+    precision = precision or None
     # Nanoseconds of runs per session before a batch size's warm-up or timing stops (None: no limit).
     budget_ns = None if budget_s is None else int(budget_s * 1e9)
 

@@ -72,14 +72,16 @@ STORAGE_MODES = ("auto", "sparse", "dense")
 RANK_LEVEL = GZIP_LEVEL
 # A tensor this large is ranked on a sample: SAMPLE_WINDOWS evenly spaced runs of its flattened elements,
 # SAMPLE_BYTES of dense bytes in all or enough to hold SAMPLE_MIN_NONZERO nonzeros, each encoding's gzip
-# size scaled up (the dense one by elements, the sparse ones by nonzeros). A short sparse stream compresses
+# size scaled up by the same factor (see _sampled_gzip_sizes). A short sparse stream compresses
 # a little worse than a long one (4096x4096 at 90-98%: +2% at 10k nonzeros, +0.4-0.7% from 26k on), hence
 # the floor on nonzeros; a sample that would need more than SAMPLE_MAX_SHARE of the tensor is not worth
-# it, and the whole tensor is ranked. On 4096x4096 weights (unstructured 50-98% sparse, rows, columns,
-# 2:4) and a 512x512x3x3 conv the estimates were within 1% of whole-tensor gzip but one (7%, half the rows
-# zero, far from a close call) and picked the same encoding every time, 12-24x faster (a 64 MB weight:
-# ~0.07 s instead of ~1.3 s). On a sample a sparse encoding must beat dense by SAMPLE_MARGIN, or the tensor
-# stays dense. Only the choice comes from the sample: every size reported for a file is that file's own.
+# it, and the whole tensor is ranked. The sample's sparse-to-dense ratio was within 0.8% of the whole
+# tensor's on 4096x4096 weights (unstructured 50-98% sparse, rows, columns, 2:4) and a 512x512x3x3 conv, and
+# within ~1% where the nonzeros sit unevenly (rows of different scales pruned by magnitude, nonzeros in a
+# tenth of the rows), 12-24x faster (a 64 MB weight: ~0.07 s instead of ~1.3 s). On a sample a sparse
+# encoding must beat dense by SAMPLE_MARGIN, or the tensor stays dense (the cost of a wrong call is then
+# at most that share of the tensor's gzip size). Only the choice comes from the sample: every size
+# reported for a file is that file's own.
 SAMPLE_FROM_BYTES = 8 << 20
 SAMPLE_BYTES = 2 << 20
 SAMPLE_WINDOWS = 16
@@ -133,7 +135,8 @@ def to_sparse_storage(
     "sparse_bytes", "index_dtype", "layout", "sparse"[, "negative_zeros"][, "dense_gzip_bytes",
     "sparse_gzip_bytes", "gzip_sampled"]}], "onnx_checker_ok", "verified"}`` (``layout``: ``"linear"`` or
     ``"coordinates"`` for a sparse tensor, else None; the gzip fields with ``objective="gzip"``: the ranking's
-    sizes, estimated from a sample when ``gzip_sampled``)
+    sizes; when ``gzip_sampled``, the sample's scaled by the tensor's elements over the sample's: their ratio
+    is the sample's, their values can be off by tens of percent where the nonzeros sit unevenly)
     where ``verified`` is None when not run or ``{"ok": True|None, "reason"}`` (None: no input
     could be made for the model, e.g. symbolic non-batch dims). Sizes are bytes, external data
     included. Raises :class:`~sparsekit.errors.OutputError` when the disk is full, read-only or not
@@ -350,7 +353,9 @@ def _decide(
 
     layout = "linear"
     if objective == "gzip":
-        sizes = _sampled_gzip_sizes(arr, idx, itype, ctype) if row["dense_bytes"] >= SAMPLE_FROM_BYTES else None
+        # (A tensor kept in typed fields rather than raw_data would be sampled in another encoding: whole.)
+        big = row["dense_bytes"] >= SAMPLE_FROM_BYTES and init.HasField("raw_data")
+        sizes = _sampled_gzip_sizes(arr, idx, itype, ctype) if big else None
         row["gzip_sampled"] = sizes is not None
         if sizes is None:
             sizes = {
@@ -390,10 +395,17 @@ def _sparse(
 
 def _sampled_gzip_sizes(arr: np.ndarray, idx: np.ndarray, itype: type, ctype: type) -> dict[str, int] | None:
     """Each encoding's gzip size estimated from a sample of ``arr`` (see :data:`SAMPLE_FROM_BYTES`), or None
-    when a sample large enough to tell would take more than :data:`SAMPLE_MAX_SHARE` of the tensor.
+    when a sample large enough to tell would take more than :data:`SAMPLE_MAX_SHARE` of the tensor, or the
+    windows caught fewer than half the nonzeros it was sized for.
 
     The sample keeps the tensor's own layout: whole runs of its flattened elements, the nonzeros with
-    their indices in the whole tensor (so index bytes compress as they will in the file)."""
+    their indices in the whole tensor (so index bytes compress as they will in the file). Every encoding is
+    scaled by the same factor, the tensor's elements over the sample's: the windows rarely hold exactly the
+    tensor's density (rows of a trained layer differ in scale, so magnitude pruning leaves them unevenly
+    full), and scaling the sparse encodings by nonzeros and the dense one by elements then set the two
+    against each other with different errors (up to +25% on the dense side where the nonzeros sat in a
+    tenth of the rows). The same windows under each encoding keep their ratio right: within ~1% of the
+    whole tensor's in those cases."""
     flat = arr.reshape(-1)
     share = max(SAMPLE_BYTES / arr.nbytes, SAMPLE_MIN_NONZERO / max(idx.size, 1))
     width = math.ceil(share * flat.size / SAMPLE_WINDOWS)
@@ -402,14 +414,14 @@ def _sampled_gzip_sizes(arr: np.ndarray, idx: np.ndarray, itype: type, ctype: ty
     starts = np.linspace(0, flat.size - width, SAMPLE_WINDOWS).astype(np.int64)
     cuts = np.searchsorted(idx, np.stack([starts, starts + width], axis=1))  # idx is sorted
     picked = np.concatenate([idx[a:b] for a, b in cuts])
-    if not picked.size:
+    if picked.size < SAMPLE_MIN_NONZERO // 2:
         return None
     dense = np.concatenate([flat[a : a + width] for a in starts])
-    scale_dense, scale_sparse = flat.size / dense.size, idx.size / picked.size
+    scale = flat.size / dense.size
     return {
-        "dense": round(_gzip_bytes(numpy_helper.from_array(dense)) * scale_dense),
-        "linear": round(_gzip_bytes(_sparse(flat, picked, arr.shape, itype, "linear", "")) * scale_sparse),
-        "coordinates": round(_gzip_bytes(_sparse(flat, picked, arr.shape, ctype, "coordinates", "")) * scale_sparse),
+        "dense": round(_gzip_bytes(numpy_helper.from_array(dense)) * scale),
+        "linear": round(_gzip_bytes(_sparse(flat, picked, arr.shape, itype, "linear", "")) * scale),
+        "coordinates": round(_gzip_bytes(_sparse(flat, picked, arr.shape, ctype, "coordinates", "")) * scale),
     }
 
 
