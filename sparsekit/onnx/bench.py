@@ -91,7 +91,7 @@ def benchmark(
     they took a tenth of the budget (:data:`PRECISION_MIN_SHARE`; ``precision=None`` or 0: only the budget
     stops them). It bounds the spread between blocks, not the error: optional stopping calls a difference
     between identical files significant a little more often (0.8% of simulated runs at 2-5% noise, none
-    without it: ``benchmarks/bench_stability.py --simulate``); the A/A control is still the noise to read.
+    without it: the simulation in ``benchmarks/bench_stability.py``); the A/A control is still the noise to read.
     Keep ``min_runs`` at 25 or more: below it the blocks are a run or two each. The warm-up stops after a
     tenth of the budget (:data:`WARMUP_SHARE`), after one run. ``budget_s=None``: exactly ``warmup`` and
     ``runs`` runs. Sizes and MACs are read once the sessions are closed, so their memory never adds to the
