@@ -684,6 +684,19 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
                 )
 
 
+# The recipe's limits on benchmark settings (sparsekit.recipe: MAX_THREADS, MAX_RUNS, budget_s le), here so
+# `sparsekit bench` refuses what a recipe would (an infinite budget or 10^20 runs failed deep inside) without
+# importing the recipe module at start-up; a test keeps the two equal.
+BENCH_LIMITS: dict[str, int] = {"threads": 1024, "runs": 100_000, "budget_s": 3600}
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """click's FloatRange lets NaN through (every comparison with it is False): refuse it, naming the option."""
+    if math.isnan(value):
+        raise click.BadParameter("must be a number, not nan")
+    return value
+
+
 @main.command(short_help="Time ONNX files in onnxruntime (interleaved, with a noise control).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -696,19 +709,25 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     show_default=True,
     help="Repeat for several batch sizes.",
 )
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="onnxruntime intra-op threads.")
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, BENCH_LIMITS["threads"]),
+    help="onnxruntime intra-op threads.",
+)
 @click.option(
     "--warmup",
     default=20,
     show_default=True,
-    type=click.IntRange(0),
+    type=click.IntRange(0, BENCH_LIMITS["runs"]),
     help="Most untimed runs per file and batch size first (fewer once a tenth of --budget is spent).",
 )
 @click.option(
     "--runs",
     default=200,
     show_default=True,
-    type=click.IntRange(1),
+    type=click.IntRange(1, BENCH_LIMITS["runs"]),
     help="Most timed runs per file and batch size (fewer when --budget runs out first or --precision is reached).",
 )
 @click.option(
@@ -716,7 +735,8 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     "budget_s",
     default=2.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=BENCH_LIMITS["budget_s"]),
+    callback=_finite,
     help="Seconds of timed runs per file and batch size: timing stops once they are spent, after at least 25 "
     "runs each (a large model's benchmark stays short; a tiny one does all --runs well within it).",
 )
@@ -725,6 +745,7 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     default=0.02,
     show_default=True,
     type=click.FloatRange(min=0, max=1, max_open=True),
+    callback=_finite,
     help="Stop timing early once every ratio to the first file (and the A/A control's) is known to within "
     "this fraction (half the spread of its per-block ratios), after a tenth of --budget; 0: run until "
     "--budget or --runs. Not an accuracy bound: the A/A control shows the noise.",

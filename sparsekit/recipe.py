@@ -994,7 +994,8 @@ class ExportSpec(_Strict):
 
 
 class BenchmarkSpec(_Strict):
-    """``benchmark:``: onnxruntime latency measurement (batch sizes, threads, warm-up and timed runs)."""
+    """``benchmark:``: onnxruntime latency measurement (batch sizes, threads, warm-up and timed runs, time
+    budget, early stop)."""
 
     enabled: bool = Field(
         True, description="time the dense and pruned ONNX models in onnxruntime after export; false: skip"
@@ -1064,7 +1065,8 @@ class Recipe(_Strict):
     )
     benchmark: BenchmarkSpec = Field(
         default_factory=BenchmarkSpec,
-        description="onnxruntime latency measurement: {enabled, batch_sizes, threads, warmup, runs}",
+        description="onnxruntime latency measurement: "
+        "{enabled, batch_sizes, threads, warmup, runs, budget_s, precision}",
     )
     # The file this recipe was read from (set by load_recipe; None when built in Python). Not a
     # field: it never appears in the schema, the YAML or model_dump().

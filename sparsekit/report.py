@@ -559,13 +559,14 @@ def latency_verdict(ratio: float, noise: float) -> Literal["faster", "slower", "
     return "faster" if ratio < 1 else "slower"
 
 
-def _change(dense: float | None, pruned: float | None, words: tuple[str, str, str]) -> Change:
-    """``words``: what to say when the pruned figure is lower, higher, equal."""
+def _change(dense: float | None, pruned: float | None, words: tuple[str, str, str], *, ratio: bool = True) -> Change:
+    """``words``: what to say when the pruned figure is lower, higher, equal. ``ratio=False`` for a fraction
+    (sparsity), where pruned / dense means nothing: one zero in a 32M-weight dense model made it 29,048,832x."""
     if dense is None or pruned is None:
         return Change(dense=dense, pruned=pruned, verdict="not measured")
     lower, higher, same = words
     verdict = same if pruned == dense else lower if pruned < dense else higher
-    return Change(dense=dense, pruned=pruned, ratio=pruned / dense if dense else None, verdict=verdict)
+    return Change(dense=dense, pruned=pruned, ratio=pruned / dense if dense and ratio else None, verdict=verdict)
 
 
 def _latency(dense: Result, latency: dict[str, Latency], speedup: dict[str, Speedup]) -> dict[str, LatencyChange]:
@@ -872,7 +873,7 @@ def summarize(report: Report) -> Summary:
         macs=_change(d.macs, p.macs, COUNT) if d.macs is not None else None,
         effective_macs=_change(d.effective_macs, p.effective_macs, COUNT) if d.effective_macs is not None else None,
         params=_change(d.params, p.params, COUNT),
-        whole_model_sparsity=_change(d.sparsity, p.sparsity, ("lower", "higher", "same")),
+        whole_model_sparsity=_change(d.sparsity, p.sparsity, ("lower", "higher", "same"), ratio=False),
         onnx_bytes=_change(d.onnx_bytes, p.onnx_bytes, SIZE),
         onnx_gzip_bytes=_change(d.onnx_gzip_bytes, p.onnx_gzip_bytes, SIZE),
         latency=_latency(d, p.latency_ms, report.benchmark.speedup) if report.benchmark else {},
@@ -1229,12 +1230,16 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
         lines.append("")
     lines += ["| | dense | pruned | pruned / dense | verdict |", "|---|---:|---:|---:|---|"]
 
-    def row(label: str, c: Change | None, fmt: Any) -> None:
+    def row(label: str, c: Change | None, fmt: Any, difference: bool = False) -> None:
         if c is None:
             return
         a = "–" if c.dense is None else fmt(c.dense)
         b = "–" if c.pruned is None else fmt(c.pruned)
-        lines.append(f"| {label} | {a} | {b} | {'–' if c.ratio is None else f'{c.ratio:.3f}x'} | {c.verdict} |")
+        if difference:  # a fraction: its change is a difference, not a ratio
+            change = "–" if c.dense is None or c.pruned is None else f"{c.pruned - c.dense:+.3f}"
+        else:
+            change = "–" if c.ratio is None else f"{c.ratio:.3f}x"
+        lines.append(f"| {label} | {a} | {b} | {change} | {c.verdict} |")
 
     lines.append(
         f"| accuracy | {d.accuracy:.4f} | {p.accuracy:.4f} | {p.accuracy - d.accuracy:+.4f} | {s.accuracy.verdict} |"
@@ -1256,7 +1261,7 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
     if _makes_zeros(report, s):
         left_out = f", not-pruned {', '.join(s.excluded)} included" if s.excluded else ""
         label = f"sparsity of the whole model (all prunable layers{left_out})"
-        row(label, s.whole_model_sparsity, lambda v: f"{v:.3f}")
+        row(label, s.whole_model_sparsity, lambda v: f"{v:.3f}", difference=True)
     if s.int8 and report.int8:
         q = s.int8
         row("int8: ONNX size (vs dense fp32)", q.onnx_bytes, _fmt_bytes)

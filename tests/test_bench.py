@@ -307,6 +307,34 @@ def test_noisy_ratios_run_to_the_budget(files, fake_clock, monkeypatch):
     assert r["runs_done"]["1"] > 10 > steady["runs_done"]["1"]
 
 
+@pytest.mark.parametrize("kw", [{"runs": 10**12}, {"warmup": 10**12}, {"threads": 10**12}, {"threads": -1}])
+def test_absurd_counts_are_refused_before_any_work(files, kw):
+    with pytest.raises(ExportError, match="need threads"):
+        benchmark(files["tiny"], batch_sizes=(1,), **kw)
+
+
+@pytest.mark.parametrize("option", ["--precision", "--budget"])
+def test_cli_refuses_nan_naming_the_option(files, option):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    result = CliRunner().invoke(main, ["bench", str(files["tiny"]), option, "nan"])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def test_the_cli_limits_are_the_recipes():
+    from sparsekit import recipe
+    from sparsekit.cli import BENCH_LIMITS
+
+    budget = recipe.BenchmarkSpec.model_fields["budget_s"].metadata
+    assert {
+        "threads": recipe.MAX_THREADS,
+        "runs": recipe.MAX_RUNS,
+        "budget_s": next(m.le for m in budget if hasattr(m, "le")),
+    } == BENCH_LIMITS
+
+
 def test_cli_precision_zero_turns_the_early_stop_off(files, fake_clock):
     from click.testing import CliRunner
 
@@ -325,7 +353,9 @@ def test_bad_precision_is_refused(files, precision):
         benchmark(files["tiny"], batch_sizes=(1,), precision=precision)
 
 
-@pytest.mark.parametrize("kw", [{"budget_s": 0}, {"budget_s": -1.0}, {"min_runs": 0}])
+@pytest.mark.parametrize(
+    "kw", [{"budget_s": 0}, {"budget_s": -1.0}, {"budget_s": float("inf")}, {"budget_s": float("nan")}, {"min_runs": 0}]
+)
 def test_bad_budget_is_refused(files, kw):
     with pytest.raises(ExportError, match="budget"):
         benchmark(files["tiny"], batch_sizes=(1,), **kw)

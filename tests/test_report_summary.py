@@ -281,6 +281,20 @@ def test_report_md_says_how_many_runs_were_timed():
     assert "timed runs per model: 200 at batch 1, 25 at batch 32 (of at most 200)" in md and "200 timed runs" not in md
 
 
+def test_whole_model_sparsity_changes_by_a_difference_not_a_ratio():
+    # One exact zero in the dense model (PyTorch's init can draw one) made the ratio of sparsities millions.
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    report.dense.sparsity = 1 / 29_048_832
+    s = summarize(report)
+    assert s.whole_model_sparsity.ratio is None and s.whole_model_sparsity.verdict == "higher"
+    (line,) = [ln for ln in render_markdown(report).splitlines() if ln.startswith("| sparsity of the whole model")]
+    want = report.pruned.sparsity - report.dense.sparsity
+    assert line.split(" | ")[3] == f"{want:+.3f}" and "x |" not in line
+
+
 def test_worse_results_say_so_in_plain_words():
     torch.manual_seed(0)
     recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])

@@ -29,6 +29,7 @@ from sparsekit.fsutil import available_memory
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
+from sparsekit.recipe import MAX_RUNS, MAX_THREADS
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -111,10 +112,15 @@ def benchmark(
     if not files:
         raise ExportError("benchmark needs at least one ONNX file")
     sizes = _check_batch_sizes(batch_sizes)
-    if threads < 0 or warmup < 0 or runs < 1:
-        raise ExportError(f"need threads >= 0, warmup >= 0 and runs >= 1 (got {threads}, {warmup}, {runs})")
-    if (budget_s is not None and not budget_s > 0) or min_runs < 1:
-        raise ExportError(f"need a time budget > 0 seconds (or none) and min_runs >= 1 (got {budget_s}, {min_runs})")
+    if not (0 <= threads <= MAX_THREADS and 0 <= warmup <= MAX_RUNS and 1 <= runs <= MAX_RUNS):
+        raise ExportError(
+            f"need threads 0..{MAX_THREADS}, warmup 0..{MAX_RUNS:,} and runs 1..{MAX_RUNS:,} "
+            f"(got {threads}, {warmup}, {runs})"
+        )
+    if (budget_s is not None and not 0 < budget_s < math.inf) or min_runs < 1:
+        raise ExportError(
+            f"need a time budget of finite seconds > 0 (or none) and min_runs >= 1 (got {budget_s}, {min_runs})"
+        )
     if precision is not None and not 0 <= precision < 1:
         raise ExportError(f"need a precision from 0 (off) to below 1, or none, got {precision}")
     precision = precision or None
@@ -158,7 +164,8 @@ def benchmark(
 def latency_table(result: dict[str, Any]) -> str:
     """A markdown table of a :func:`benchmark` result, one row per file and batch size: latency
     percentiles in ms, samples/s, the p50 ratio to the first file with its spread, and whether it is
-    outside the noise band; then the A/A control's p50 ratio per batch size."""
+    outside the noise band; then the A/A control's p50 ratio and the timed runs per batch size, and each file's
+    size (raw and gzip, the level the sizes say)."""
     lines = [
         "| file | batch | p50 ms | p90 ms | p99 ms | samples/s | p50 vs first [spread] | significant |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|",
@@ -177,6 +184,17 @@ def latency_table(result: dict[str, Any]) -> str:
     noise = ", ".join(f"batch {b}: {c['ratio_p50']:.3f}" for b, c in result["control"].items())
     lines.append("")
     lines.append(f"A/A control (second session of the first file), p50 ratio: {noise}")
+    done = result.get("runs_done") or {}
+    if done:
+        runs = ", ".join(f"batch {b}: {n}" for b, n in done.items())
+        lines.append(f"Timed runs per file: {runs} (at most {result['runs']})")
+    sizes = [
+        f"{labels[i]} {f['bytes']:,} B (gzip -{f['gzip_level']}: {f['gzip_bytes']:,} B)"
+        for i, f in enumerate(result["files"])
+        if "bytes" in f and "gzip_bytes" in f and "gzip_level" in f
+    ]
+    if sizes:
+        lines.append("Sizes: " + "; ".join(sizes))
     return "\n".join(lines)
 
 
