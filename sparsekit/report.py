@@ -199,7 +199,10 @@ class Speedup(_Closed):
 
     ratio: float
     spread: list[float]
-    noise: float = Field(description="half-width of the band within which a ratio is not a change")
+    noise: float = Field(
+        description="half-width of the band within which a ratio is not a change: the A/A control's distance "
+        "from 1, the ratio's own block spread, and never under 0.05 (two sessions of one file differ that much)"
+    )
     aa_ratio: float = Field(description="the A/A control: the dense file timed against itself")
     significant: bool
 
@@ -1374,7 +1377,8 @@ def render_markdown(report: Report) -> str:
         lines += [
             f"Latency: onnxruntime {b.provider}, {b.threads} thread(s), {_runs_words(b)} after at most {b.warmup} "
             "warm-up runs. The noise band is measured in the same run (the A/A control: the dense file against itself, "
-            "and the spread across blocks of runs); a ratio inside it is no change.",
+            "and the spread across blocks of runs), and is never narrower than 5%, by which two onnxruntime sessions "
+            "of one file can differ; a ratio inside it is no change.",
             "",
             "| batch | ratio | spread | A/A control | noise band | verdict |",
             "|---:|---:|---|---:|---|---|",

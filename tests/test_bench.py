@@ -77,6 +77,21 @@ def test_smaller_model_is_faster(files):
     assert "| big.onnx | 32 |" in table and "| small.onnx | 32 |" in table and "A/A control" in table
 
 
+@pytest.mark.parametrize(
+    ("ratio", "spread", "aa", "significant"),
+    [
+        (0.97, [0.969, 0.971], 1.0, False),  # steady and a perfect A/A, but inside the 5% session floor
+        (0.94, [0.939, 0.941], 1.0, True),
+        (1.06, [1.059, 1.061], 1.0, True),
+        (0.90, [0.899, 0.901], 0.85, False),  # the A/A control is off by more
+        (0.90, [0.80, 1.02], 1.0, False),  # its own blocks spread wider
+    ],
+)
+def test_a_change_must_clear_the_session_floor_the_aa_control_and_the_spread(ratio, spread, aa, significant):
+    control = {"ratio_p50": aa, "spread": [aa, aa]}
+    assert _significant({"p50": ratio, "spread": spread}, control) is significant
+
+
 @pytest.mark.parametrize("sizes", [(0,), (1, -4), (), (1.5,)])
 def test_bad_batch_size(files, sizes):
     with pytest.raises(ExportError, match="batch sizes"):

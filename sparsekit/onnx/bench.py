@@ -55,6 +55,13 @@ MIN_RUNS = 5 * N_BLOCKS
 # PRECISION_MIN_SHARE of the budget: cheap runs cost nothing to keep doing, so they still run to `runs`.
 PRECISION = 0.02
 PRECISION_MIN_SHARE = 0.1
+# The narrowest noise band: a ratio within 5% of 1 is never called a change. Two onnxruntime sessions of one
+# file run at different speeds in their own right (where their buffers land), a difference the runs of one
+# session cannot show and a single A/A pair measures only once: a 135 MB MLP against a byte copy of itself
+# read 0.967-1.028 over 6 benchmarks (its A/A control 0.948-1.010; one new user's worst, 1.077), LeNet
+# against itself 0.95-1.06 at batch 1 (benchmarks/bench_stability.py), and 2 of those 6 copies were called
+# significantly different under the measured band alone.
+SESSION_FLOOR = 0.05
 
 PathLike = str | os.PathLike[str]
 
@@ -378,7 +385,7 @@ def _ratio(times: np.ndarray, i: int) -> dict[str, Any]:
 
 def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
     """Is the ratio outside the noise band: the farthest A/A ratio from 1 (overall or in any
-    block of runs), or half the file's own block spread, whichever is wider?
+    block of runs), half the file's own block spread, or :data:`SESSION_FLOOR`, whichever is wider?
 
     Measured on a log scale (~ |ratio - 1| near 1) so that a 100x speedup still counts when one
     noisy A/A run is off by 2x; on a linear scale no speedup could exceed a noise of 1.
@@ -389,7 +396,7 @@ def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
 def _band(ratio: dict[str, Any], control: dict[str, Any]) -> float:
     """Half-width of the noise band on a log scale (see :func:`_significant`)."""
     aa = [control["ratio_p50"], *control["spread"]]
-    return max(*(abs(math.log(r)) for r in aa), _half_spread(ratio))
+    return max(*(abs(math.log(r)) for r in aa), _half_spread(ratio), math.log1p(SESSION_FLOOR))
 
 
 def _summarise(
