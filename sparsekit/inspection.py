@@ -278,6 +278,12 @@ def _onnx_rows(
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    # An exporter stores equal tensors once and hands the copies out through Identity nodes (TorchScript does
+    # for the all-zero biases BatchNorm folding gives an untrained model): each layer still has its own.
+    arrays = dict(arrays)
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in arrays:
+            arrays[node.output[0]] = arrays[node.input[0]]
 
     def bias_after(output: str) -> str | None:
         """A 1-D stored tensor added to ``output`` (through a Cast / rescaling Mul), the MatMul way."""

@@ -260,3 +260,28 @@ def test_onnx_weights_that_are_nan_or_inf_are_reported_not_refused(tmp_path):
     result = run("inspect", str(path))
     assert result.exit_code == 0, result.output
     assert f"WARNING: 2 stored weights are NaN or inf, in {init.name} (2)" in result.output
+
+
+def test_a_bias_the_exporter_stored_once_counts_for_every_layer_that_uses_it(tmp_path):
+    # Untrained BatchNorms fold into all-zero conv biases; TorchScript stores equal tensors once and hands
+    # the copies out through Identity nodes. Each conv still has its own bias: every row counts it.
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+    ).eval()
+    path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, path, [1, 1, 8, 8], exporter="torchscript")
+    import onnx
+
+    assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)  # the case under test
+    rows = inspected(path)["layers"]
+    assert [r["params"] - r["weights"] for r in rows] == [8, 8, 8]
