@@ -76,8 +76,8 @@ def _number(value: Any) -> Any:
     # template that was not filled in, and accepting it hides which.
     if isinstance(value, str):
         try:
-            float(value)
-            hint = ": write it without quotes"
+            # float() reads "nan" and "inf" too: they are no number a recipe field takes, quoted or not.
+            hint = ": write it without quotes" if math.isfinite(float(value)) else ": use a finite number"
         except ValueError:
             hint = ""
         raise PydanticCustomError(

@@ -363,6 +363,8 @@ def test_any_override_gives_a_recipe_error(tmp_path, override, needle):
         ('seed: "7"\n', "seed: must be a number, not the text '7'"),
         ('finetune: {optimizer: {name: sgd, lr: "1e-3"}}\n', "finetune.optimizer.lr: must be a number, not the text"),
         ('data: {batch_size: "64"}\n', "data.batch_size: must be a number"),
+        ("benchmark: {precision: nan}\n", "benchmark.precision: must be a number, not the text 'nan': use a finite"),
+        ("finetune: {optimizer: {name: sgd, lr: inf}}\n", "not the text 'inf': use a finite number"),
         ('benchmark: {batch_sizes: [1, "32"]}\n', "benchmark.batch_sizes[1]: must be a number"),
         ("pruning: [{method: magnitude, sparsity: 90}]\n", "not a percentage (did you mean 0.9?)"),
         ("pruning: [{method: structured, ratio: 50}]\n", "not a percentage (did you mean 0.5?)"),
