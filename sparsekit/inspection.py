@@ -318,8 +318,11 @@ def _onnx_rows(
             params, nonzero = params + int(bias.size), nonzero + int(np.count_nonzero(bias))
             used.add(bias_origin)
         key = node.name or node.output[0]
-        if ".weight" in origin:
-            name = origin.split(".weight")[0]
+        # The name the node reads the weight by: an Identity's output (`2.weight`) names this layer, the
+        # stored tensor it aliases (`0.weight`) another one.
+        named = node.input[1] if ".weight" in node.input[1] else origin
+        if ".weight" in named:
+            name = named.split(".weight")[0]
         else:
             name = key.strip("/").rsplit("/", 1)[0] or key
         rows.append(_row(name, node.op_type, list(w.shape), params, nonzero, n, nz, macs.get(key)))

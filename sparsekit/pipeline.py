@@ -529,12 +529,17 @@ def _measure_and_report(
     plots: PlotWorker,
 ) -> Report:
     """int8, sizes, benchmark, storage and the report, once the pruned model is exported."""
+    from .onnx import onnx_sizes
+
     int8 = None
+    with clock("sizes"):
+        # Every gzip size of the run at one level, the dense file's (the largest), so they compare.
+        level = onnx_sizes(stage / "dense.onnx")["gzip_level"]
     if recipe.export.quantize == "int8":
         with clock("int8"):
-            int8 = quantize(stage, inputs, final_out)
+            int8 = quantize(stage, inputs, final_out, level)
     with clock("sizes"):
-        dense_sizes, pruned_sizes = file_sizes(stage / "dense.onnx"), file_sizes(stage / "model.onnx")
+        dense_sizes, pruned_sizes = file_sizes(stage / "dense.onnx", level), file_sizes(stage / "model.onnx", level)
     report = Report(
         model={
             "path": inputs.model_path,
@@ -576,7 +581,7 @@ def _measure_and_report(
     with clock("storage"):
         # Last: parity, int8 and the benchmark used the dense-stored file; the shipped one may store its
         # weights as sparse initializers (same outputs bit for bit, smaller after gzip).
-        storage = choose_storage(stage / "model.onnx", stage / "model.onnx", recipe.export.sparse_storage)
+        storage = choose_storage(stage / "model.onnx", stage / "model.onnx", recipe.export.sparse_storage, level=level)
         storage["path"] = str(final_out / "model.onnx")
         report.storage = Storage.model_validate({**storage, **_storage_ratios(storage)})
     with clock("report"):
@@ -708,15 +713,16 @@ def prune_model(
     return pruner.finalize().eval(), history, pruner
 
 
-def file_sizes(path: Path) -> dict[str, Any]:
-    """Size of an ONNX file (external data included), the entropy estimate of its weights
+def file_sizes(path: Path, level: int | None = None) -> dict[str, Any]:
+    """Size of an ONNX file (external data included; gzip at ``level``, default the file's own), the entropy
+    estimate of its weights
     (:func:`sparsekit.onnx.weight_entropy`: zero masks and nonzero values at their measured per-tensor
     entropy; an estimate, not a bound: gzip goes below it on weights with structure between them) and the
     floor for its raw bytes (masks at their entropy, values verbatim)."""
     from .onnx import param_counts, size_report, weight_entropy
 
     counts = param_counts(path)  # quantized weights count as weights, so int8 and fp32 compare alike
-    s = size_report(path, counts["nonzero_params"])
+    s = size_report(path, counts["nonzero_params"], level)
     entropy = weight_entropy(path)
     return {
         "onnx_bytes": s["bytes"],
@@ -731,13 +737,13 @@ def file_sizes(path: Path) -> dict[str, Any]:
     }
 
 
-def quantize(stage: Path, inputs: Inputs, final_out: Path) -> Int8:
+def quantize(stage: Path, inputs: Inputs, final_out: Path, level: int | None = None) -> Int8:
     """int8 QDQ calibrated on the training batches the model was fine-tuned on (reshaped to its exported
     input); accuracy and top-1 agreement measured on validation."""
     from .onnx import quantize_on_data
 
     res = quantize_on_data(stage / "model.onnx", stage / "model.int8.onnx", inputs.bundle, input_shape=inputs.shape)
-    res.update(file_sizes(stage / "model.int8.onnx"))
+    res.update(file_sizes(stage / "model.int8.onnx", level))
     res["path"] = str(final_out / "model.int8.onnx")
     return Int8.model_validate(res)
 

@@ -257,7 +257,7 @@ class Int8(_Open):
 
 
 class StoredSizes(_Closed):
-    """One candidate encoding of model.onnx: raw and gzip bytes (gzip -9; level 6 for files above 16 MiB),
+    """One candidate encoding of model.onnx: raw and gzip bytes (at the run's gzip level, ``Storage.gzip_level``),
     external data included."""
 
     bytes: int
@@ -277,7 +277,11 @@ class Storage(_Closed):
     path: str
     bytes: int = Field(description="model.onnx as shipped, bytes")
     gzip_bytes: int
-    gzip_level: int = 9
+    gzip_level: int = Field(
+        9,
+        description="the gzip level of every size in the run: the dense ONNX file's (9 up to 16 MiB, else 6), "
+        "so a smaller file is counted at the same level as the one it is set against",
+    )
     dense: StoredSizes
     sparse: StoredSizes | None = Field(None, description="the sparse candidate; null when none was built")
     entropy_estimate_bytes: int | None = Field(
@@ -889,7 +893,8 @@ def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -
     (asked vs achieved zeros, within :data:`SPARSITY_TOLERANCE` or the method's own ``tolerance``),
     structured ``ratio`` (within one rounding unit per layer: a channel, or ``round_to`` channels),
     ``target_macs`` (the pruned model's MACs at most 2% above the asked fraction of the dense model's),
-    ``target_latency`` (the largest benchmarked batch, within the run's measured noise plus 10%),
+    ``target_latency`` (the largest benchmarked batch, within the run's noise band (at least 5%, see
+    :data:`sparsekit.onnx.bench.SESSION_FLOOR`) plus 10%),
     ``max_value`` (every unit's norm at most 0.1% above it); an entry that achieved nothing of what it
     is for misses even without a number. ``outcomes``: :func:`summarize`'s, when already computed."""
     if outcomes is None:

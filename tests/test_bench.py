@@ -343,6 +343,7 @@ def test_the_cli_limits_are_the_recipes():
     from sparsekit.cli import BENCH_LIMITS
 
     budget = recipe.BenchmarkSpec.model_fields["budget_s"].metadata
+    assert next(m.le for m in budget if hasattr(m, "le")) == bench_mod.MAX_BUDGET_S
     assert {
         "threads": recipe.MAX_THREADS,
         "runs": recipe.MAX_RUNS,
@@ -369,7 +370,15 @@ def test_bad_precision_is_refused(files, precision):
 
 
 @pytest.mark.parametrize(
-    "kw", [{"budget_s": 0}, {"budget_s": -1.0}, {"budget_s": float("inf")}, {"budget_s": float("nan")}, {"min_runs": 0}]
+    "kw",
+    [
+        {"budget_s": 0},
+        {"budget_s": -1.0},
+        {"budget_s": float("inf")},
+        {"budget_s": float("nan")},
+        {"budget_s": 1e300},
+        {"min_runs": 0},
+    ],
 )
 def test_bad_budget_is_refused(files, kw):
     with pytest.raises(ExportError, match="budget"):

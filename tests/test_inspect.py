@@ -285,3 +285,20 @@ def test_a_bias_the_exporter_stored_once_counts_for_every_layer_that_uses_it(tmp
     assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)  # the case under test
     rows = inspected(path)["layers"]
     assert [r["params"] - r["weights"] for r in rows] == [8, 8, 8]
+
+
+def test_layers_sharing_one_stored_weight_keep_their_own_names(tmp_path):
+    # Two Linear layers with equal weights: TorchScript stores the tensor once and feeds the second layer
+    # through Identity('0.weight' -> '2.weight'); the second row is layer 2, not a second layer 0.
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    with torch.no_grad():
+        model[2].weight.copy_(model[0].weight)
+        model[2].bias.copy_(model[0].bias)
+    path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, path, [1, 8], exporter="torchscript")
+    import onnx
+
+    assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)
+    assert [(r["name"], r["params"]) for r in inspected(path)["layers"]] == [("0", 72), ("2", 72)]

@@ -121,8 +121,8 @@ def test_auto_picks_dense_when_sparse_is_larger_after_gzip(exported, tmp_path, m
     _, src = exported[0.9]
     real = storage_mod.onnx_sizes
 
-    def inflated(path):  # the candidate (in the staging folder) made to look bigger than dense
-        sizes = real(path)
+    def inflated(path, level=None):  # the candidate (in the staging folder) made to look bigger than dense
+        sizes = real(path, level)
         return {**sizes, "gzip_bytes": sizes["gzip_bytes"] * 10} if ".tmp" in str(path) else sizes
 
     monkeypatch.setattr(storage_mod, "onnx_sizes", inflated)
@@ -325,3 +325,59 @@ def test_both_files_are_compared_at_the_dense_files_gzip_level(tmp_path):
     assert info["gzip_level"] == 6
     assert info["gzip_bytes"] == info["sparse"]["gzip_bytes"] == gzip_size([tmp_path / "model.onnx"], 6)
     assert f"{info['gzip_bytes'] / info['dense']['gzip_bytes']:.3f}x" in info["reason"]
+
+
+@pytest.fixture(scope="module")
+def over_16mib(tmp_path_factory):
+    """A 2200x2000 float32 MatMul weight (17.6 MB, 95% zeros): over the 16 MiB where sizes switch to level 6."""
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2200, 2000)).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), 0.95)] = 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2200])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2000])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("big") / "dense.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_sizes_at_an_asked_level_share_the_files_own_computation(over_16mib, monkeypatch):
+    from sparsekit.onnx import files
+
+    files.clear_memo()
+    calls = []
+    real = files.gzip_size
+    monkeypatch.setattr(files, "gzip_size", lambda f, level=None: calls.append(level) or real(f, level))
+    own = files.onnx_sizes(over_16mib)
+    assert own["gzip_level"] == 6 and files.onnx_sizes(over_16mib, 6) == own and calls == [6]
+    at9 = files.onnx_sizes(over_16mib, 9)
+    assert at9["gzip_level"] == 9 and at9["gzip_bytes"] < own["gzip_bytes"] and calls == [6, 9]
+    with pytest.raises(ExportError, match="gzip level"):
+        files.onnx_sizes(over_16mib, 10)
+
+
+def test_an_int8_file_is_sized_at_its_fp32_files_level(over_16mib, tmp_path):
+    from sparsekit.onnx import quantize_int8
+    from sparsekit.onnx.files import gzip_size
+
+    info = quantize_int8(over_16mib, tmp_path / "q.onnx")  # dynamic: no calibration data
+    # The int8 file is under 16 MiB; on its own it would be counted at level 9, the fp32 one at 6.
+    assert info["bytes"] < 16 << 20 < info["fp32_bytes"]
+    assert info["gzip_bytes"] == gzip_size([tmp_path / "q.onnx"], 6)
+
+
+def test_a_benchmark_sizes_every_file_at_the_largest_files_level(over_16mib, tmp_path):
+    from sparsekit.onnx import benchmark
+
+    small = tmp_path / "small.onnx"
+    choose_storage(over_16mib, small, "sparse")  # the same weights stored sparse: 2.7 MB
+    res = benchmark([over_16mib, small], batch_sizes=(1,), runs=2, warmup=0)
+    assert [f["gzip_level"] for f in res["files"]] == [6, 6]

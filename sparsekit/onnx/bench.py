@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.fsutil import available_memory
+from sparsekit.onnx.files import gzip_level, onnx_bytes
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
@@ -41,6 +42,8 @@ N_BLOCKS = 5
 # MLP at batch 32 (~30 ms a run) stopped after ~65 runs instead of 200 under the budget alone, after 25 once
 # PRECISION also stopped it (benchmarks/memory_scaling.py).
 BUDGET_S = 2.0
+# The largest budget accepted (the recipe's benchmark.budget_s limit): an hour per session and batch size.
+MAX_BUDGET_S = 3600.0
 # The warm-up's share of the budget: it only has to fault in memory and settle the caches, which a few runs
 # do; at the whole budget it cost as much as the timing (a 135 MB model: ~6 s of its 18 s benchmark), at a
 # quarter still ~1.8 s of a benchmark whose timing takes ~2.3 s.
@@ -98,8 +101,8 @@ def benchmark(
     0.02: half the spread of its per-block ratios, on a log scale), checked after whole blocks of runs once
     they took a tenth of the budget (:data:`PRECISION_MIN_SHARE`; ``precision=None`` or 0: only the budget
     stops them). It bounds the spread between blocks, not the error: optional stopping calls a difference
-    between identical files significant a little more often (0.8% of simulated runs at 2-5% noise, none
-    without it: the simulation in ``benchmarks/bench_stability.py``); the A/A control is still the noise to read.
+    between identical files significant a little more often (0.8% of simulated runs at 2-5% noise before
+    the :data:`SESSION_FLOOR`, 0% with it: the simulation in ``benchmarks/bench_stability.py``).
     Keep ``min_runs`` at 25 or more: below it the blocks are a run or two each. The warm-up stops after a
     tenth of the budget (:data:`WARMUP_SHARE`), after one run. ``budget_s=None``: exactly ``warmup`` and
     ``runs`` runs. Sizes and MACs are read once the sessions are closed, so their memory never adds to the
@@ -124,9 +127,10 @@ def benchmark(
             f"need threads 0..{MAX_THREADS}, warmup 0..{MAX_RUNS:,} and runs 1..{MAX_RUNS:,} "
             f"(got {threads}, {warmup}, {runs})"
         )
-    if (budget_s is not None and not 0 < budget_s < math.inf) or min_runs < 1:
+    if (budget_s is not None and not 0 < budget_s <= MAX_BUDGET_S) or min_runs < 1:
         raise ExportError(
-            f"need a time budget of finite seconds > 0 (or none) and min_runs >= 1 (got {budget_s}, {min_runs})"
+            f"need a time budget of 0 < seconds <= {MAX_BUDGET_S:g} (or none) and min_runs >= 1 "
+            f"(got {budget_s}, {min_runs})"
         )
     if precision is not None and not 0 <= precision < 1:
         raise ExportError(f"need a precision from 0 (off) to below 1, or none, got {precision}")
@@ -413,6 +417,8 @@ def _summarise(
     for b, times in samples.items():
         r = _ratio(times, len(files))
         control[str(b)] = {"ratio_p50": r["p50"], "noise": abs(r["p50"] - 1.0), "spread": r["spread"]}
+    # Every file's gzip size at one level, the largest file's (9 up to 16 MiB, else 6), so they compare.
+    level = gzip_level(max(onnx_bytes(path) for path in dict.fromkeys(files)))
     out_files = []
     for i, path in enumerate(files):
         latency, throughput, ratios, significant, bands = {}, {}, {}, {}, {}
@@ -430,7 +436,7 @@ def _summarise(
         out_files.append(
             {
                 "path": str(path),
-                **size_report(path),
+                **size_report(path, level=level),
                 **{k: v for k, v in onnx_macs(path).items() if k != "layers"},
                 "input_shape": ["batch", *dims[i]],
                 "latency_ms": latency,

@@ -202,14 +202,17 @@ def _split(
     return decisions, keep, sparse, originals
 
 
-def choose_storage(dense_stored: PathLike, out: PathLike, mode: str | bool = "auto") -> dict[str, Any]:
+def choose_storage(
+    dense_stored: PathLike, out: PathLike, mode: str | bool = "auto", *, level: int | None = None
+) -> dict[str, Any]:
     """Write the file to ship at ``out``: ``dense_stored`` as it is, or re-stored with sparse
     initializers, whichever the ``mode`` asks; returns the report fields below.
 
     ``mode``: ``"auto"`` builds the sparse candidate (:func:`to_sparse_storage` with int64 indices,
     so the file passes ``onnx.checker``, and ``objective="gzip"``; ``"raw"`` when forced) and ships it
     only when its gzip size (external data included) is smaller than the dense file's, both counted at the
-    dense file's :func:`~sparsekit.onnx.files.gzip_level` (9 up to 16 MiB, else 6), and
+    dense file's :func:`~sparsekit.onnx.files.gzip_level` (9 up to 16 MiB, else 6; ``level`` sets another, e.g.
+    the level of a larger file the sizes are set against), and
     onnxruntime runs it with outputs bit-identical to the dense file's; otherwise the dense bytes.
     ``"sparse"`` (or True) ships the candidate whatever its size; a failed check is then an error.
     ``"dense"`` (or False) ships the dense bytes. Anything else: :class:`ExportError` before any work.
@@ -242,7 +245,7 @@ def choose_storage(dense_stored: PathLike, out: PathLike, mode: str | bool = "au
     wanted = {True: "sparse", False: "dense"}.get(mode, mode) if isinstance(mode, bool) else mode
     if wanted not in STORAGE_MODES:
         raise ExportError(f"sparse storage mode must be one of auto, sparse, dense, true, false; got {mode!r}")
-    dense = onnx_sizes(src)  # also refuses a non-ONNX file or outside external data, before any writing
+    dense = onnx_sizes(src, level)  # also refuses a non-ONNX file or outside external data, before any writing
     entropy = weight_entropy(src)
     sparse_info: dict[str, Any] | None = None
     reason: str

@@ -60,17 +60,18 @@ def count_initializer_stats(path: PathLike) -> dict[str, Any]:
     return {"initializers": stats["tensors"], "params": params, "nonzero_params": nonzero, "sparsity": sparsity}
 
 
-def size_report(path: PathLike, nonzero_params: int | None = None) -> dict[str, Any]:
+def size_report(path: PathLike, nonzero_params: int | None = None, level: int | None = None) -> dict[str, Any]:
     """:func:`~sparsekit.onnx.files.onnx_sizes` plus what the bytes buy: ``{"bytes", "gzip_bytes",
     "params", "nonzero_params", "bytes_per_nonzero", "gzip_bytes_per_nonzero"}``.
 
     ``params`` and ``nonzero_params`` are :func:`param_counts`. Pass ``nonzero_params`` to divide by
     another count, e.g. the fp32 model's for its int8 version, where rounding zeroes a few more
     weights (:func:`sparsekit.onnx.quantize.quantize_int8` does). ``*_per_nonzero`` is bytes per
-    nonzero weight, None when there are no nonzeros. Raises :class:`~sparsekit.errors.ExportError`
+    nonzero weight, None when there are no nonzeros. ``level``: the gzip level (default: the file's own,
+    see :func:`~sparsekit.onnx.files.onnx_sizes`). Raises :class:`~sparsekit.errors.ExportError`
     like :func:`~sparsekit.onnx.files.onnx_sizes` and :func:`param_counts`.
     """
-    sizes = onnx_sizes(path)
+    sizes = onnx_sizes(path, level)
     counts = param_counts(path)
     nonzero = counts["nonzero_params"] if nonzero_params is None else int(nonzero_params)
     per = (lambda b: b / nonzero) if nonzero else (lambda b: None)
