@@ -16,7 +16,7 @@ three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights,
 
 The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
 baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
-6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.5-5.6x** with SGD
+6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.4-5.6x** with SGD
 (705-726 MiB over the tiny run's 387 MiB for 135.5 MB of weights, three runs; 5.38x in a run of the commit
 before the parallel gzip), **5.6x** with ``--optimizer adam``; 7.5x before the second round of work and
 11.7x before the first. The peak is in the benchmark (three
@@ -34,7 +34,7 @@ onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has lar
   2x): ~3-4x.
 
 Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **16.5-17.3 s** in
-three runs (e.g. 6.8 + 3.9 + 5.9), against 12.8-13.1 s of fine-tuning for 63 steps: as much as ~80-84
+four runs (e.g. 6.8 + 3.9 + 5.9), against 12.6-13.1 s of fine-tuning for 63 steps: as much as ~80-86
 training steps of this model at batch 64. Before: 33.4-33.7 s (7.6 + 8.7 + 17.3), and 43.1 s before gzip ran
 in parallel blocks and the entropy count sorted once. Sizes gzip each file once at level 6 in 4 MiB blocks on
 every core (``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); storage ranks each large weight's
