@@ -17,7 +17,7 @@ three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights,
 The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
 baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
 6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.4-5.6x** with SGD
-(705-726 MiB over the tiny run's 387 MiB for 135.5 MB of weights, three runs; 5.38x in a run of the commit
+(698-729 MiB over the tiny run's 387 MiB for 135.5 MB of weights, four runs; 5.38x in a run of the commit
 before the parallel gzip), **5.6x** with ``--optimizer adam``; 7.5x before the second round of work and
 11.7x before the first. The peak is in the benchmark (three
 onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has large copies of its own:
