@@ -299,27 +299,12 @@ def test_structured_nearly_dense_file_stays_above_the_bound(tmp_path):
     assert e["bound_bytes"] < sizes["gzip_bytes"]  # the estimate accounts for that
 
 
-def test_both_files_are_compared_at_the_dense_files_gzip_level(tmp_path):
+def test_both_files_are_compared_at_the_dense_files_gzip_level(over_16mib, tmp_path):
     # Dense-stored over 16 MiB (reported at gzip level 6), its sparse form under it (level 9 on its own): the
     # choice and the reported ratio must count both at one level, or sparse looks 1-2% smaller than it is.
-    from onnx import TensorProto
-
     from sparsekit.onnx.files import gzip_size
 
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((2200, 2000)).astype(np.float32)
-    w[np.abs(w) < np.quantile(np.abs(w), 0.95)] = 0
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2200])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2000])],
-        [numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    src = tmp_path / "dense.onnx"
-    onnx.save(model, str(src))
+    src = over_16mib
     info = choose_storage(src, tmp_path / "model.onnx")
     assert info["encoding"] == "sparse" and info["bytes"] < 16 << 20 < info["dense"]["bytes"]
     assert info["gzip_level"] == 6
