@@ -399,3 +399,14 @@ def test_rows_of_files_with_the_same_name_are_told_apart(files, tmp_path):
     table = latency_table(result)
     name = Path(files["tiny"]).name
     assert f"| {name} | 1 |" in table and "| run-a/model.onnx | 1 |" in table and "| run-b/model.onnx | 1 |" in table
+
+
+def test_the_text_table_gives_the_runs_done_and_each_files_size(files, fake_clock):
+    result = benchmark([files["tiny"], files["small"]], batch_sizes=(1, 8), runs=1000, warmup=0, budget_s=0.2)
+    table = latency_table(result)
+    done = result["runs_done"]
+    assert done["1"] < 1000
+    assert f"Timed runs per file: batch 1: {done['1']}, batch 8: {done['8']} (at most 1000)" in table
+    for f in result["files"]:
+        name = Path(f["path"]).name
+        assert f"{name} {f['bytes']:,} B (gzip -{f['gzip_level']}: {f['gzip_bytes']:,} B)" in table
