@@ -803,7 +803,7 @@ def bench(
         warmup=warmup,
         runs=runs,
         budget_s=budget_s,
-        precision=precision or None,
+        precision=precision,
         provider=provider,
         input_shape=shape,
         progress=not no_progress and not as_json,

@@ -773,7 +773,7 @@ def benchmark_into(report: Report, stage: Path, recipe: Recipe, shape: list[int]
         warmup=b.warmup,
         runs=b.runs,
         budget_s=b.budget_s,
-        precision=b.precision or None,
+        precision=b.precision,
         input_shape=shape,
         progress=progress,
         seed=recipe.seed,

@@ -38,8 +38,6 @@ from sparsekit.onnx.files import (
     GZIP_LEVEL,
     check_external_data,
     external_data_files,
-    gzip_level,
-    gzip_size,
     load_onnx,
     onnx_sizes,
     publish,
@@ -109,6 +107,7 @@ def to_sparse_storage(
     index_dtype: str = "smallest",
     verify: bool = True,
     objective: str = "raw",
+    level: int | None = None,
 ) -> dict[str, Any]:
     """Rewrite ``onnx_path`` to ``out_path`` with each numeric initializer stored sparse (COO) when
     its serialized sparse form is smaller than the dense one. The output
@@ -129,7 +128,8 @@ def to_sparse_storage(
     linear indices ``[nnz]`` and coordinates ``[nnz, rank]`` is smallest after gzip (level 6) of the
     tensor's serialized bytes (a proxy for its share of the gzip'd file; it costs three gzip passes
     over each partly sparse tensor, over a sample of one of 8 MiB or more: see
-    :data:`SAMPLE_FROM_BYTES`). Any other value: :class:`ExportError`.
+    :data:`SAMPLE_FROM_BYTES`). Any other value: :class:`ExportError`. ``level``: the gzip level of the
+    reported sizes of both files (default: each file's own, :func:`~sparsekit.onnx.files.onnx_sizes`).
 
     Returns ``{"path", "bytes_before", "bytes_after", "gzip_bytes_before", "gzip_bytes_after",
     "sparse_initializers", "initializers": [{"name", "dtype", "shape", "nonzero", "dense_bytes",
@@ -148,7 +148,7 @@ def to_sparse_storage(
     if objective not in OBJECTIVES:
         raise ExportError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     model = load_onnx(src)
-    before = onnx_sizes(src)
+    before = onnx_sizes(src, level)
     graph = model.graph
     graph_inputs = {i.name for i in graph.input}  # an initializer that is also an input stays dense
 
@@ -171,7 +171,7 @@ def to_sparse_storage(
         del model, graph, keep, sparse, originals
         verified = _verify(src, tmp) if verify and n_sparse else None
         publish(tmp, final)
-    after = onnx_sizes(final)
+    after = onnx_sizes(final, level)
     return {
         "path": str(final),
         "bytes_before": before["bytes"],
@@ -257,7 +257,10 @@ def choose_storage(
             try:
                 # auto stores a tensor sparsely where that wins after gzip; "sparse" wherever the raw bytes shrink.
                 objective = "gzip" if wanted == "auto" else "raw"
-                built = to_sparse_storage(src, candidate, index_dtype="int64", objective=objective)
+                # Counted at the dense file's level: a candidate under 16 MiB would get 9 on its own.
+                built = to_sparse_storage(
+                    src, candidate, index_dtype="int64", objective=objective, level=dense["gzip_level"]
+                )
             except ExportError as e:
                 if wanted == "sparse":
                     raise
@@ -265,7 +268,7 @@ def choose_storage(
             else:
                 sparse_info = {
                     "bytes": built["bytes_after"],
-                    "gzip_bytes": _gzip_at(candidate, dense["gzip_level"], built["gzip_bytes_after"]),
+                    "gzip_bytes": built["gzip_bytes_after"],
                     "sparse_initializers": built["sparse_initializers"],
                     "onnx_checker_ok": built["onnx_checker_ok"],
                 }
@@ -297,17 +300,6 @@ def choose_storage(
         "verbatim_bound_ratio": shipped["gzip_bytes"] / verbatim if verbatim else None,
         "outputs_identical": identical,
     }
-
-
-def _gzip_at(path: Path, level: int, own: int) -> int:
-    """gzip bytes of the ONNX file ``path`` (external data included) at ``level``; ``own`` when that is its
-    own :func:`gzip_level` (already counted). Both files of a storage choice are compared at the dense-stored
-    file's level: a sparse file under 16 MiB beside a dense one over it was counted at level 9 against 6,
-    which made sparse storage look ~1-2% smaller than it was."""
-    files = [path, *(path.parent / loc for loc in sorted(external_data_files(path)))]
-    if gzip_level(sum(f.stat().st_size for f in files)) == level:
-        return own
-    return gzip_size(files, level)
 
 
 def _pick(mode: str, dense: dict[str, int], sparse: dict[str, Any], verified: dict[str, Any] | None) -> tuple[str, str]:
