@@ -238,11 +238,14 @@ def apply_masks(model: nn.Module) -> None:
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Zero masked weights for good and remove the mask buffers: nothing of sparsekit stays behind."""
+    """Zero masked weights for good (as +0.0) and remove the mask buffers: nothing of sparsekit stays behind."""
     for module in model.modules():
         mask = get_mask(module)
         if mask is not None:
-            apply_mask(module)
+            with torch.no_grad():
+                # Not the multiply apply_mask does: w * 0 is -0.0 for a negative w, which a saved checkpoint
+                # or ONNX file compresses worse than +0.0 (see sparsekit.onnx.tensors.positive_zeros).
+                weight_of(module).masked_fill_(~mask, 0.0)
             del module._buffers[MASK]
             _drop_factor(id(mask), mask)  # its cached copy goes now, not when the last reference to the mask does
     return model

@@ -234,21 +234,33 @@ class Pruner:
                     module._buffers[MASK] = first
 
     _zero: torch.Tensor | None = None
+    _probe_param: torch.Tensor | None = None
     finalized = False
     _warned_stale = False
 
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1: ``lambda * sum|w|`` or ``lambda * sum_g ||w_g||_2``), a scalar
         tensor on the model's device; a zero tensor when the recipe has none at this step."""
-        total: Any = 0.0
+        total: Any = None
         for method in self.methods:
-            total = total + method.penalty()
+            term = method.penalty()
+            if isinstance(term, torch.Tensor) or term:  # a method's 0.0 adds nothing: no op, no autograd node
+                total = term if total is None else total + term
         if not isinstance(total, torch.Tensor):
-            device = next(self.model.parameters()).device
+            # This runs every step: the device is read off one parameter kept for the purpose (walking the
+            # model for it cost ~15 us inside a training step), re-read when the structure changes.
+            device = self._probe().device
             if self._zero is None or self._zero.device != device:
-                self._zero = torch.zeros((), device=device)  # made once: this runs every step
-            total = self._zero
+                self._zero = torch.zeros((), device=device)  # made once
+            total = self._zero if total is None else self._zero + total  # a custom method's constant
         return total
+
+    def _probe(self) -> torch.Tensor:
+        """One parameter of the model, to read its device from (``model.to`` moves it in place); picked
+        again after channels were removed, which replaces parameters."""
+        if self._probe_param is None:
+            self._probe_param = next(self.model.parameters())
+        return self._probe_param
 
     def regularize(self) -> None:
         """After ``loss.backward()`` and before ``optimizer.step()``: add the gradient of :meth:`penalty`
@@ -337,6 +349,7 @@ class Pruner:
             self._mark_model()
         if changes.structure_changed:
             self.structure_changed = True
+            self._probe_param = None
 
     def _mark_model(self) -> None:
         # The model carries its own removals, so save_model(model, ...) without pruner= still writes a
@@ -444,6 +457,7 @@ class Pruner:
                 )
             replay_history(self.model, history, shape)
             self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
+            self._probe_param = None
         elif history != self.pruning_history:
             raise ValueError(
                 "load_state_dict: this Pruner already removed other channels; build a fresh Pruner "

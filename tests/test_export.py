@@ -96,6 +96,41 @@ def test_ninety_percent_zeros_survive_and_shrink_gzip(tmp_path):
     assert s["gzip_bytes"] < 0.5 * d["gzip_bytes"]
 
 
+def negative_zeros(path) -> int:
+    """How many float32 initializers' elements of the ONNX file are -0.0 (the sign bit alone)."""
+    model = onnx.load(str(path))
+    return sum(
+        int((np.frombuffer(t.raw_data, "<u4") == 0x80000000).sum())
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+    )
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_zeros_are_stored_positive_and_compress_better(tmp_path, exporter):
+    # A mask applied by multiplication leaves -0.0 where the weight was negative; a BatchNorm with a
+    # negative scale folded into a conv turns +0.0 into -0.0. Equal values, worse gzip: stored as +0.0.
+    model = cnn()
+    with torch.no_grad():
+        model[1].weight[:4] *= -1  # four channels with a negative BatchNorm scale
+        for layer in (model[0], model[4]):
+            w = layer.weight
+            w.mul_(w.abs() > w.abs().flatten().kthvalue(int(0.9 * w.numel())).values)
+    assert torch.signbit(model[4].weight[model[4].weight == 0]).any()
+    x = torch.randn(2, 3, 8, 8)
+    raw = tmp_path / "torch.onnx"  # torch's own export, for comparison: it keeps the signs
+    torch.onnx.export(model.eval(), (x,), str(raw), dynamo=False)
+    assert negative_zeros(raw) > 0
+
+    info = export_onnx(model, tmp_path / "m.onnx", [1, 3, 8, 8], exporter=exporter)
+
+    assert negative_zeros(info["path"]) == 0
+    assert info["parity"]["ok"] and info["zeros"]["zeros_ok"]
+    assert info["gzip_bytes"] < onnx_sizes(raw)["gzip_bytes"]
+    got = run_onnx(info["path"], x)
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(("make", "shape"), [(mlp, [1, 20]), (cnn, [1, 3, 8, 8])], ids=["name", "shape"])
 def test_check_zeros_detects_tampered_initializer(tmp_path, make, shape):
     model = make()

@@ -46,10 +46,12 @@ def pruned_mlp(sparsity: float, seed: int = 0, hidden=(256, 128)) -> torch.nn.Mo
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """``{sparsity: (torch model, dense-stored ONNX path)}``."""
+    """``{sparsity: (torch model, dense-stored ONNX path)}``. Sparsities where sparse storage wins: the
+    exporter stores every zero as +0.0, and then deflate codes a 90-95% sparse dense-stored file about as
+    small as sparse initializers (LeNet-300-100: within 3%)."""
     folder = tmp_path_factory.mktemp("choice")
     out = {}
-    for sparsity in (0.0, 0.9, 0.95):
+    for sparsity in (0.0, 0.98, 0.99):
         model = pruned_mlp(sparsity)
         path = folder / f"m{int(sparsity * 100)}.onnx"
         info = export_onnx(model, path, [1, 64], exporter="torchscript")
@@ -72,7 +74,7 @@ def shipped_weights(path) -> dict[str, np.ndarray]:
     return weights
 
 
-@pytest.mark.parametrize("sparsity", [0.9, 0.95])
+@pytest.mark.parametrize("sparsity", [0.98, 0.99])
 def test_auto_ships_sparse_when_smaller_with_parity_and_exact_zeros(exported, tmp_path, sparsity):
     model, src = exported[sparsity]
     out = tmp_path / "model.onnx"
@@ -118,7 +120,7 @@ def test_auto_keeps_a_dense_model_dense_as_a_byte_copy(exported, tmp_path):
 
 
 def test_auto_picks_dense_when_sparse_is_larger_after_gzip(exported, tmp_path, monkeypatch):
-    _, src = exported[0.9]
+    _, src = exported[0.98]
     real = storage_mod.onnx_sizes
 
     def inflated(path, level=None):  # the candidate (in the staging folder) made to look bigger than dense
@@ -142,7 +144,7 @@ def _with_sizes(build, sizes):
 
 
 def test_auto_falls_back_to_dense_when_the_candidate_fails_but_forced_sparse_raises(exported, tmp_path, monkeypatch):
-    _, src = exported[0.9]
+    _, src = exported[0.98]
 
     def broken(*a, **kw):
         raise ExportError("onnxruntime cannot run the sparse-storage model: boom")
@@ -158,7 +160,7 @@ def test_auto_falls_back_to_dense_when_the_candidate_fails_but_forced_sparse_rai
 
 
 def test_unverifiable_outputs_keep_auto_dense(exported, tmp_path, monkeypatch):
-    _, src = exported[0.9]
+    _, src = exported[0.98]
     monkeypatch.setattr(storage_mod, "_verify", lambda a, b: {"ok": None, "reason": "symbolic dims"})
     info = choose_storage(src, tmp_path / "m.onnx")
     assert info["encoding"] == "dense" and "symbolic dims" in info["reason"]
@@ -170,7 +172,7 @@ def test_unverifiable_outputs_keep_auto_dense(exported, tmp_path, monkeypatch):
     ("mode", "encoding"), [("dense", "dense"), (False, "dense"), ("sparse", "sparse"), (True, "sparse")]
 )
 def test_forced_modes(exported, tmp_path, mode, encoding):
-    _, src = exported[0.0 if encoding == "sparse" else 0.9]  # each the opposite of what auto picks
+    _, src = exported[0.0 if encoding == "sparse" else 0.98]  # each the opposite of what auto picks
     info = choose_storage(src, tmp_path / "m.onnx", mode)
     assert info["encoding"] == encoding and info["mode"] == encoding
     x = np.random.default_rng(0).standard_normal((3, 64), dtype=np.float32)
@@ -179,14 +181,14 @@ def test_forced_modes(exported, tmp_path, mode, encoding):
 
 @pytest.mark.parametrize("mode", ["Auto", "on", "", None, 1, "sparse "])
 def test_bad_modes_are_refused_before_any_work(exported, tmp_path, mode):
-    _, src = exported[0.9]
+    _, src = exported[0.98]
     with pytest.raises(ExportError, match="auto, sparse, dense"):
         choose_storage(src, tmp_path / "m.onnx", mode)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_in_place_and_not_onnx(exported, tmp_path):
-    _, src = exported[0.95]
+    _, src = exported[0.99]
     copy = tmp_path / "model.onnx"
     copy.write_bytes(src.read_bytes())
     info = choose_storage(copy, copy)  # what the pipeline does at the end: replace model.onnx
@@ -201,7 +203,7 @@ def test_in_place_and_not_onnx(exported, tmp_path):
 
 def test_bad_objective(exported, tmp_path):
     with pytest.raises(ExportError, match="objective"):
-        to_sparse_storage(exported[0.9][1], tmp_path / "o.onnx", objective="zstd")
+        to_sparse_storage(exported[0.98][1], tmp_path / "o.onnx", objective="zstd")
 
 
 # --------------------------------------------------------------------------- the bound
@@ -280,7 +282,7 @@ def test_int8_weights_use_their_empirical_entropy(tmp_path):
 
 
 def test_weights_are_chosen_as_count_params_chooses_them(exported, tmp_path):
-    _, src = exported[0.9]
+    _, src = exported[0.98]
     for path in (src, to_sparse_storage(src, tmp_path / "s.onnx")["path"]):
         model = load_onnx(path)
         arrays = list(_weight_arrays(model))
