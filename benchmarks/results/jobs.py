@@ -30,13 +30,24 @@ def _row(model: str, kind: str, arm: str, value: float, seed: int, net: Any, spl
     }
 
 
-def _export(net: Any, folder: Path | None, name: str, shape: list[int]) -> str | None:
+def _export(net: Any, folder: Path | None, name: str, shape: list[int], plain: bool = False) -> str | None:
+    """Write ``folder/name.onnx`` with sparsekit's exporter, or with ``plain``, with torch.onnx.export's
+    TorchScript exporter as it is (what a user without sparsekit ships: the baseline arms' files)."""
     if folder is None:
         return None
+    import torch
+
     import sparsekit
 
     path = folder / f"{name}.onnx"
-    sparsekit.export_onnx(net, path, shape, exporter="torchscript")
+    if plain:
+        x = torch.zeros(2, *shape[1:])
+        torch.onnx.export(
+            net.eval().cpu(), (x,), str(path), dynamo=False, opset_version=18, input_names=["input"],
+            output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )  # fmt: skip
+    else:
+        sparsekit.export_onnx(net, path, shape, exporter="torchscript")
     return str(path)
 
 
@@ -88,7 +99,7 @@ def lenet_job(seed: int, values: list[float], onnx_dir: Path | None) -> list[dic
                     split,
                     seconds=seconds,
                     sparsity=arms.sparsity_of(net, names),
-                    onnx=_export(net, onnx_dir, f"lenet-{arm}-{s:g}", shape),
+                    onnx=_export(net, onnx_dir, f"lenet-{arm}-{s:g}", shape, plain=arm == "torch"),
                 )
             )
     return rows
@@ -237,6 +248,7 @@ def measure_files(rows: list[dict[str, Any]], runs: int) -> tuple[dict[str, Any]
                 "nonzero_params": counts["nonzero_params"],
                 "bytes": s["bytes"],
                 "gzip_bytes": s["gzip_bytes"],
+                "encoding": s.get("encoding", "dense"),
                 "entropy_bound_bytes": bound,
                 "gzip_ratio": s["gzip_bytes"] / dense_size["bytes"],
                 "bound_ratio": bound / dense_size["bytes"],

@@ -188,16 +188,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"**LeNet-300-100 ONNX file size, seed 0** (gzip -9, relative to the dense fp32 file's raw "
             f"{dense_bytes:,} B; sparsekit's file as `sparsekit prune` ships it (`export.sparse_storage: auto`), "
-            "torch's as exported; reference size: nonzero values verbatim, 32 bits each, + each tensor's zero "
+            "torch's as `torch.onnx.export` writes it (TorchScript exporter, no sparsekit: what a user ships without "
+            "it); reference size: nonzero values verbatim, 32 bits each, + each tensor's zero "
             "mask at its binary entropy, what a coder that leaves the fp32 values as they are needs at least; "
             "gzip can go a little below it by compressing the values' exponents, as the dense row shows)",
             "",
-            "| arm | sparsity | gzip | reference size | gzip ÷ reference |",
-            "|---|---:|---:|---:|---:|",
+            "| arm | sparsity | stored | gzip | reference size | gzip ÷ reference |",
+            "|---|---:|---|---:|---:|---:|",
         ]
         for s in result["sizes"]:
             lines.append(
-                f"| {s['arm']} | {s['value']:g} | {s['gzip_ratio']:.3f}x | {s['bound_ratio']:.3f}x | "
+                f"| {s['arm']} | {s['value']:g} | {s.get('encoding', 'dense')} | {s['gzip_ratio']:.3f}x | "
+                f"{s['bound_ratio']:.3f}x | "
                 f"{s['gzip_bytes'] / s['entropy_bound_bytes']:.2f} |"
             )
         lines.append("")
