@@ -84,7 +84,9 @@ def export_onnx(
     initializers it renamed while folding BatchNorm given back their torch names (``conv1.weight``, as
     the dynamo exporter names them); otherwise, and for models over 1.8 GB, it does what "dynamo" does.
     Nothing is printed: the exporters' output, warnings and log lines are discarded (see
-    :func:`sparsekit.onnx.quiet.quiet`).
+    :func:`sparsekit.onnx.quiet.quiet`). Zeros are stored as +0.0 (a mask applied by multiplication, or
+    BatchNorm folded with a negative scale, gives -0.0: the same value, but it compresses worse; see
+    :func:`sparsekit.onnx.tensors.positive_zeros`).
 
     Returns ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter", "fallback", "seconds"}``
     with sizes in bytes (external data included), ``parity`` = ``{"max_abs_diff", "ok", "rtol",
