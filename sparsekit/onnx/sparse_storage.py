@@ -21,6 +21,7 @@ Format: ONNX ``SparseTensorProto`` (https://onnx.ai/onnx/repo-docs/IR.html#spars
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -147,12 +148,42 @@ def to_sparse_storage(
     index_dtype_for(0, index_dtype)  # validate the options before any work
     if objective not in OBJECTIVES:
         raise ExportError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    return _write(_plan(src, index_dtype, objective), src, final, verify, level)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """:func:`to_sparse_storage`'s decisions, before anything is written: the parsed model and, per
+    initializer, its decision row; the tensors kept dense, the sparse ones and the dense values of those."""
+
+    model: onnx.ModelProto
+    decisions: list[dict[str, Any]]
+    keep: list[onnx.TensorProto]
+    sparse: list[onnx.SparseTensorProto]
+    originals: dict[str, np.ndarray]
+
+    def take(
+        self,
+    ) -> tuple[onnx.ModelProto, list[dict[str, Any]], list[onnx.TensorProto], list[onnx.SparseTensorProto], dict]:
+        """The parts, handed over: the plan keeps no reference to the parse, so that it can be freed before
+        onnxruntime loads the files (any reference into it keeps its whole arena alive)."""
+        parts = (self.model, self.decisions, self.keep, self.sparse, self.originals)
+        self.model, self.keep, self.sparse, self.originals = onnx.ModelProto(), [], [], {}
+        return parts
+
+
+def _plan(src: Path, index_dtype: str, objective: str) -> _Plan:
+    """Parse ``src`` and decide each initializer's storage (ExportError when it is not ONNX)."""
     model = load_onnx(src)
+    graph_inputs = {i.name for i in model.graph.input}  # an initializer that is also an input stays dense
+    return _Plan(model, *_split(model.graph, index_dtype, graph_inputs, objective))
+
+
+def _write(plan: _Plan, src: Path, final: Path, verify: bool, level: int | None) -> dict[str, Any]:
+    """Write the planned file at ``final`` (checked, staged, published); :func:`to_sparse_storage`'s result."""
+    model, decisions, keep, sparse, originals = plan.take()
     before = onnx_sizes(src, level)
     graph = model.graph
-    graph_inputs = {i.name for i in graph.input}  # an initializer that is also an input stays dense
-
-    decisions, keep, sparse, originals = _split(graph, index_dtype, graph_inputs, objective)
     del graph.initializer[:]
     graph.initializer.extend(keep)
     graph.sparse_initializer.extend(sparse)
@@ -257,24 +288,32 @@ def choose_storage(
             try:
                 # auto stores a tensor sparsely where that wins after gzip; "sparse" wherever the raw bytes shrink.
                 objective = "gzip" if wanted == "auto" else "raw"
+                plan = _plan(src, "int64", objective)
+                # auto with nothing to store sparse: the candidate would be the same tensors re-saved, so it
+                # is neither written nor gzipped (~3 s for nothing on a 135 MB model).
                 # Counted at the dense file's level: a candidate under 16 MiB would get 9 on its own.
-                built = to_sparse_storage(
-                    src, candidate, index_dtype="int64", objective=objective, level=dense["gzip_level"]
+                built = (
+                    _write(plan, src, candidate, True, dense["gzip_level"]) if plan.sparse or wanted != "auto" else None
                 )
+                del plan
             except ExportError as e:
                 if wanted == "sparse":
                     raise
                 chosen, reason = "dense", f"the sparse-storage candidate failed its checks ({e})"
             else:
-                sparse_info = {
-                    "bytes": built["bytes_after"],
-                    "gzip_bytes": built["gzip_bytes_after"],
-                    "sparse_initializers": built["sparse_initializers"],
-                    "onnx_checker_ok": built["onnx_checker_ok"],
-                }
-                chosen, reason = _pick(wanted, dense, sparse_info, built["verified"])
+                if built is None:
+                    chosen, reason = "dense", "no weight is smaller stored sparse"
+                else:
+                    sparse_info = {
+                        "bytes": built["bytes_after"],
+                        "gzip_bytes": built["gzip_bytes_after"],
+                        "sparse_initializers": built["sparse_initializers"],
+                        "onnx_checker_ok": built["onnx_checker_ok"],
+                    }
+                    chosen, reason = _pick(wanted, dense, sparse_info, built["verified"])
         identical: bool | None = True
         if chosen == "sparse":
+            assert built is not None
             publish(candidate, final)
             verified = built["verified"]
             identical = None if verified is None else verified["ok"]

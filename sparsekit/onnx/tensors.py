@@ -105,7 +105,7 @@ def densify(sparse: onnx.SparseTensorProto) -> np.ndarray:
 
 
 # The unsigned integer of each float type's width, to find -0.0 by its bits (the sign bit alone).
-_BITS = {
+_BITS: dict[int, np.dtype[Any]] = {
     _T.FLOAT: np.dtype("<u4"),
     _T.DOUBLE: np.dtype("<u8"),
     _T.FLOAT16: np.dtype("<u2"),
