@@ -17,8 +17,8 @@ three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights,
 The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
 baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
 6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.4-5.6x** with SGD
-(698-729 MiB over the tiny run's 387 MiB for 135.5 MB of weights, four runs; 5.38x in a run of the commit
-before the parallel gzip), **5.6x** with ``--optimizer adam``; 7.5x before the second round of work and
+(698-729 MiB over the tiny run's 387 MiB for 135.5 MB of weights, four runs; 5.38-5.47x in two runs on
+2026-12-01), **5.6x** with ``--optimizer adam``; 7.5x before the second round of work and
 11.7x before the first. The peak is in the benchmark (three
 onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has large copies of its own:
 
@@ -33,16 +33,19 @@ onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has lar
   A/A control; timing one session twice instead ran it warm after itself and skewed the ratios by up to
   2x): ~3-4x.
 
-Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **16.5-17.3 s** in
-four runs (e.g. 6.8 + 3.9 + 5.9), against 12.6-13.1 s of fine-tuning for 63 steps: as much as ~80-86
-training steps of this model at batch 64. Before: 33.4-33.7 s (7.6 + 8.7 + 17.3), and 43.1 s before gzip ran
-in parallel blocks and the entropy count sorted once. Sizes gzip each file once at level 6 in 4 MiB blocks on
-every core (``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); storage ranks each large weight's
-encodings on a sample (``sparsekit.onnx.sparse_storage``: 7.7 -> 3.9-4.3 s); the benchmark stops timing once
-every ratio is known to within 2% (``benchmark.precision``: 25 rounds at each batch size here, 16.3 -> 5.9-6.1
-s), within its time budget of 2 s per session and batch size (``benchmark.budget_s``). What is left is mostly
-deflate over the two 135 MB files (the dense one alone ~2.4 s) and loading three onnxruntime sessions. So
-these phases are ~3% of a fine-tuning of 3,000 steps, and still more than one short epoch.
+Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **13.9-14.0 s** in
+two runs (2026-12-01: 6.2-6.3 + 1.15-1.17 + 6.5), against 14.1 s of fine-tuning for 63 steps: 0.99x, as much
+as ~62 training steps of this model at batch 64. Before: 16.5-17.3 s (four runs: 6.8 + 3.9 + 5.9, 1.27-1.36x),
+33.4-33.7 s (7.6 + 8.7 + 17.3) before that, and 43.1 s before gzip ran in parallel blocks and the entropy
+count sorted once. Sizes gzip each file once at level 6 in 4 MiB blocks on every core
+(``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); storage ranks each large weight's encodings on a
+sample (``sparsekit.onnx.sparse_storage``), and since every zero is stored as +0.0 this model's pruned file is
+smallest dense-stored, which ``choose_storage`` now decides before writing a candidate (3.9-4.3 -> 1.15 s);
+the benchmark stops timing once every ratio is known to within 2% (``benchmark.precision``: 25 rounds at each
+batch size here), within its time budget of 2 s per session and batch size (``benchmark.budget_s``). What is
+left is mostly deflate over the two 135 MB files (the dense one alone ~2.4 s), parsing each file for its
+counts and entropy, and loading three onnxruntime sessions. So these phases cost about one epoch of this
+model over 4,000 images, ~2% of a fine-tuning of 3,000 steps.
 
     python benchmarks/memory_scaling.py                 # ~2-3 minutes on 2 cores
     python benchmarks/memory_scaling.py --json          # the measurements as JSON
