@@ -622,8 +622,12 @@ def export(
         from .data import load_data
 
         bundle = load_data(data, input_shape=shape, normalize=normalize or "none")
+    from .masks import positive_zeros_
     from .onnx import choose_storage
 
+    # Our own copy of the checkpoint: its -0.0 (a mask's multiply) become +0.0 here, for free, rather than in
+    # the exported file, where rewriting a large tensor costs a copy of it.
+    positive_zeros_(loaded.model)
     if quantize == "int8":
         res = export_int8(loaded.model, out, shape, data=bundle, fp32_path=fp32_out, opset=opset, exporter=exporter)
         fp32 = f"Wrote {fp32_out} (fp32, " if fp32_out is not None else "Exported fp32, not kept ("

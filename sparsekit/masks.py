@@ -14,6 +14,7 @@ checked against tensor version counters and give the very bits of ``weight * mas
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import weakref
 from collections.abc import Iterator
@@ -245,10 +246,31 @@ def bake(model: nn.Module) -> nn.Module:
             with torch.no_grad():
                 # Not the multiply apply_mask does: w * 0 is -0.0 for a negative w, which a saved checkpoint
                 # or ONNX file compresses worse than +0.0 (see sparsekit.onnx.tensors.positive_zeros).
-                weight_of(module).masked_fill_(~mask, 0.0)
+                weight_of(module).masked_fill_(mask.logical_not(), 0.0)  # (logical_not: a uint8 mask too)
             del module._buffers[MASK]
             _drop_factor(id(mask), mask)  # its cached copy goes now, not when the last reference to the mask does
     return model
+
+
+def positive_zeros_(model: nn.Module) -> int:
+    """Set every ``-0.0`` of ``model``'s floating-point parameters and buffers to ``+0.0``, in place (equal
+    values: outputs do not change); returns how many were changed.
+
+    For a model sparsekit loaded itself (``sparsekit export`` of a checkpoint pruned by multiplying masks, as
+    torch.nn.utils.prune does): the exported file then needs no rewrite of its own, which for a large tensor
+    costs a copy of it (see :func:`sparsekit.onnx.tensors.positive_zeros`). Temporaries: two bytes per element
+    of the largest tensor."""
+    changed = 0
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if not tensor.is_floating_point():
+                continue
+            negative = torch.signbit(tensor).logical_and_(tensor == 0)
+            n = int(negative.sum())
+            if n:
+                tensor.masked_fill_(negative, 0.0)
+                changed += n
+    return changed
 
 
 def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:

@@ -234,7 +234,7 @@ class Pruner:
                     module._buffers[MASK] = first
 
     _zero: torch.Tensor | None = None
-    _probe_param: torch.Tensor | None = None
+    _probe_at: tuple[tuple[str, ...], str] | None = None
     finalized = False
     _warned_stale = False
 
@@ -256,11 +256,21 @@ class Pruner:
         return total
 
     def _probe(self) -> torch.Tensor:
-        """One parameter of the model, to read its device from (``model.to`` moves it in place); picked
-        again after channels were removed, which replaces parameters."""
-        if self._probe_param is None:
-            self._probe_param = next(self.model.parameters())
-        return self._probe_param
+        """One parameter of the model, to read its device from. Found again by the path it was first found at
+        (a few dict lookups, where walking the model cost ~15 us inside a training step), so a swapped layer
+        or a replaced parameter is seen; walked for afresh when that path no longer leads to one."""
+        at = self._probe_at
+        if at is not None:
+            module: nn.Module | None = self.model
+            for name in at[0]:
+                module = module._modules.get(name) if module is not None else None
+            param = module._parameters.get(at[1]) if module is not None else None
+            if param is not None:
+                return param
+        name, param = next(self.model.named_parameters())
+        *path, leaf = name.split(".")
+        self._probe_at = (tuple(path), leaf)
+        return param
 
     def regularize(self) -> None:
         """After ``loss.backward()`` and before ``optimizer.step()``: add the gradient of :meth:`penalty`
@@ -349,7 +359,6 @@ class Pruner:
             self._mark_model()
         if changes.structure_changed:
             self.structure_changed = True
-            self._probe_param = None
 
     def _mark_model(self) -> None:
         # The model carries its own removals, so save_model(model, ...) without pruner= still writes a
@@ -457,7 +466,6 @@ class Pruner:
                 )
             replay_history(self.model, history, shape)
             self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
-            self._probe_param = None
         elif history != self.pruning_history:
             raise ValueError(
                 "load_state_dict: this Pruner already removed other channels; build a fresh Pruner "

@@ -186,6 +186,41 @@ def test_large_model_uses_external_data(tmp_path, monkeypatch):
         export_onnx(mlp(), tmp_path / "t.onnx", [1, 20], exporter="torchscript")
 
 
+def test_external_data_zeros_are_stored_positive(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)  # pretend every model is > 1.8 GB
+    model = mlp(64)
+    with torch.no_grad():
+        w = model[0].weight
+        w.mul_(w.abs() > w.abs().median())  # a mask's multiply: -0.0 where the weight was negative
+    assert torch.signbit(w[w == 0]).any()
+    info = export_onnx(model, tmp_path / "m.onnx", [1, 20])
+    data = np.fromfile(tmp_path / "m.onnx.data", dtype="<u4")
+    assert info["parity"]["ok"] and info["zeros"]["zeros_ok"]
+    assert int((data == 0).sum()) >= int((w == 0).sum()) and not (data == 0x80000000).any()
+
+
+def test_positive_zeros_covers_every_float_type_and_constants():
+    from onnx import helper
+
+    from sparsekit.onnx.tensors import positive_zeros
+
+    tensors = [
+        numpy_helper.from_array(np.array([-0.0, 1.5, 0.0, -2.0], dtype=dtype), f"w_{np.dtype(dtype).name}")
+        for dtype in (np.float32, np.float16, np.float64)
+    ]
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.array([-0.0], np.float32)))
+    graph = helper.make_graph([const], "g", [], [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [1])])
+    graph.initializer.extend(tensors)
+    model = helper.make_model(graph)
+
+    assert positive_zeros(model) == 4  # one per initializer, one in the Constant
+    for t in [*model.graph.initializer, model.graph.node[0].attribute[0].t]:
+        values = numpy_helper.to_array(t)
+        assert not np.signbit(values[values == 0]).any(), t.name
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), [0.0, 1.5, 0.0, -2.0])
+    assert positive_zeros(model) == 0
+
+
 @pytest.mark.parametrize("content", [b"", b"not an onnx model\n", b"\x00\x01garbage" * 10])
 def test_non_onnx_file_is_an_export_error(tmp_path, content):
     bad = tmp_path / "bad.onnx"

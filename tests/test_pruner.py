@@ -107,6 +107,47 @@ def test_finalize_leaves_a_plain_model():
     assert sparsekit.sparsity(out) == pytest.approx(0.8 * 0.985, abs=0.02)  # fc3 (excluded) is ~1.5%
 
 
+def test_penalty_zero_follows_the_model_after_a_layer_swap():
+    # The zero penalty's device is read off a parameter found by its path, so a layer replaced by the user
+    # (and the model then moved) is seen: not the old, detached parameter's device.
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe(schedule="oneshot"), steps_per_epoch=2)
+    assert pruner.penalty().device.type == "cpu"
+    model.fc1 = nn.Linear(64, 128)
+    model.to("meta")
+    assert pruner.penalty().device.type == "meta"
+
+
+def test_bake_takes_a_byte_mask_as_well():
+    from sparsekit.masks import bake
+
+    layer = nn.Linear(4, 3)
+    layer.register_buffer(MASK, torch.tensor([[1, 0, 1, 0]] * 3, dtype=torch.uint8))
+    with torch.no_grad():
+        layer.weight.fill_(-1.0)
+    bake(layer)
+    assert MASK not in layer._buffers
+    assert torch.equal(layer.weight, torch.tensor([[-1.0, 0.0, -1.0, 0.0]] * 3))
+    assert not torch.signbit(layer.weight[layer.weight == 0]).any()
+
+
+def test_positive_zeros_in_place_keeps_values():
+    from sparsekit.masks import positive_zeros_
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+    with torch.no_grad():
+        model[0].weight.mul_((torch.arange(64).view(8, 8) % 3 != 0).float())  # -0.0 where negative
+        model[1].running_mean.copy_(torch.tensor([-0.0, 1.0] * 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = int((torch.signbit(model[0].weight) & (model[0].weight == 0)).sum()) + 4
+    assert positive_zeros_(model) == expected > 4
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # equal values (-0.0 == +0.0)
+        if v.is_floating_point():
+            assert not torch.signbit(v[v == 0]).any(), k
+    assert positive_zeros_(model) == 0
+
+
 def test_finalize_stores_pruned_weights_as_positive_zeros():
     # During training masks multiply (negative weights become -0.0); the baked model holds +0.0, which a
     # saved file compresses better. Trained a few steps first, so the zeros went through the multiply.

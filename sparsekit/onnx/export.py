@@ -450,7 +450,7 @@ def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
     # for the mark that tells later commands sparsekit wrote the file.
     model = load_onnx(tmp, load_external_data=False)
     _strip_exporter_metadata(model.graph)
-    positive_zeros(model)  # -0.0 from masks and folded BatchNorm: the same values, but gzip codes them worse
+    positive_zeros(model, tmp.parent)  # -0.0 from masks and folded BatchNorm: equal values that gzip codes worse
     if model_ is not None:
         _restore_names(model.graph, model_)
     save_onnx(model, tmp, what="exported model")

@@ -265,8 +265,9 @@ def choose_storage(
     are :func:`~sparsekit.onnx.stats.weight_entropy`'s, the ratios the shipped gzip size over each
     (None without weights); ``outputs_identical`` is True when the shipped file is the dense one or
     was checked bit-identical, None when no input could be made for the model (auto then ships
-    dense). ``sparse`` is None when no candidate was built (``"dense"``) or building it failed
-    (``"auto"``; the reason says why). Raises :class:`ExportError` when ``dense_stored`` is not
+    dense). ``sparse`` is None when no candidate was built (``"dense"``, or ``"auto"`` when no weight would
+    be stored sparse) or building it failed (``"auto"``; the reason says why). Raises
+    :class:`ExportError` when ``dense_stored`` is not
     ONNX or keeps external data outside its folder, or a forced sparse file fails its checks, and
     :class:`~sparsekit.errors.OutputError` when ``out`` cannot be written.
     """
