@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": {"training": trained, "total": time.perf_counter() - started},
     }
     result["summary"] = report.summarize(rows)
+    result["at_equal_macs"] = report.at_equal_macs(rows)
     result["targets"] = report.targets(result["summary"])
     result["seconds"]["total"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")

@@ -109,6 +109,16 @@ def run_sparsekit(dense: nn.Module, recipe: sparsekit.Recipe, split: Split) -> n
     return pruner.finalize().eval()
 
 
+def run_allocated(dense: nn.Module, recipe: sparsekit.Recipe, split: Split, shape: list[int]) -> nn.Module:
+    """:func:`run_sparsekit` for a recipe with ``auto`` entries (e.g. ``ratio: auto, target_macs``): their per-layer
+    values come first from the sensitivity analysis on the validation split, as ``sparsekit prune`` does
+    (:func:`sparsekit.allocation.auto_allocate`)."""
+    from sparsekit.allocation import auto_allocate
+
+    recipe, _ = auto_allocate(copy.deepcopy(dense), recipe, split.loader("val"), input_shape=shape)
+    return run_sparsekit(dense, recipe, split)
+
+
 def _plain_finetune(model: nn.Module, recipe: sparsekit.Recipe, split: Split) -> None:
     """The recipe's optimizer, LR schedule and epochs, plain cross-entropy, no pruner: the baselines' loop."""
     spec = recipe.finetune

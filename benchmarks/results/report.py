@@ -16,6 +16,8 @@ COMPARISONS = [
 # Largest accepted drop from dense (accuracy points, median over seeds) for LeNet-300-100, from the issue.
 LENET_DROP = {0.9: 0.5, 0.95: 1.0, 0.98: 2.0}
 BASELINE_NAME = {"torch": "torch.nn.utils.prune", "torch-pruning": "Torch-Pruning"}
+# The arm of sparsekit allocated to the MACs Torch-Pruning kept (see jobs.cnn_structured_job).
+_AT_MACS = "sparsekit-at-tp-macs"
 
 
 def _acc(rows: list[dict[str, Any]], model: str, arm: str, value: float | None = None, kind: str | None = None) -> dict:
@@ -74,6 +76,40 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     **extra,
                 }
             )
+    return out
+
+
+def at_equal_macs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per structured ratio where Torch-Pruning kept other MACs than sparsekit: Torch-Pruning against sparsekit
+    allocated (``ratio: auto``) to Torch-Pruning's MACs, test accuracy over the seeds."""
+    out = []
+    matched = sorted({r["value"] for r in rows if r["arm"] == "sparsekit-at-tp-macs"})
+    for v in matched:
+        sk = _acc(rows, "small_cnn", "sparsekit-at-tp-macs", v, "structured")
+        base = _acc(rows, "small_cnn", "torch-pruning", v, "structured")
+        pairs = dict(zip(base["seeds"], base["values"], strict=True))
+        wins = sum(a >= pairs[s] for s, a in zip(sk["seeds"], sk["values"], strict=True) if s in pairs)
+
+        def median_of(arm: str, key: str, value: float = v) -> float:
+            picked = [r[key] for r in rows if r["arm"] == arm and r["value"] == value and r["kind"] == "structured"]
+            return summary(picked)["median"]
+
+        channels = {
+            arm: next((r.get("channels") for r in rows if r["arm"] == arm and r["value"] == v and r["seed"] == 0), None)
+            for arm in ("torch-pruning", "sparsekit-at-tp-macs")
+        }
+        out.append(
+            {
+                "value": v,
+                "baseline_accuracy": base,
+                "sparsekit": sk,
+                "seeds_at_least_baseline": wins,
+                "seeds": len(sk["values"]),
+                "baseline_macs": median_of("torch-pruning", "macs_ratio"),
+                "sparsekit_macs": median_of("sparsekit-at-tp-macs", "macs_ratio"),
+                "channels_seed0": channels,
+            }
+        )
     return out
 
 
@@ -161,6 +197,27 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {e['value']:g} | {_cell(b)} | {_cell(sk)} | {(sk['median'] - b['median']) * 100:+.1f} | "
                 f"{e['seeds_at_least_baseline']}/{e['seeds']} | {(sk['median'] - d['median']) * 100:+.1f} | "
                 f"{'–' if reach is None else f'{reach:.3f}'} |"
+            )
+        lines.append("")
+    matched = result.get("at_equal_macs") or []
+    if matched:
+        lines += [
+            "**small_cnn structured at equal MACs**: where Torch-Pruning's rounding kept other MACs than sparsekit "
+            "at the same ratio, sparsekit allocated to Torch-Pruning's MACs (`ratio: auto, target_macs`: per-layer "
+            "ratios from the sensitivity analysis on the validation split), the same fine-tuning",
+            "",
+            "| ratio | MACs (Torch-Pruning / sparsekit) | channels, seed 0 (Torch-Pruning / sparsekit) | Torch-Pruning "
+            "| sparsekit | sparsekit − baseline (median, points) | seeds sparsekit ≥ baseline |",
+            "|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for m in matched:
+            ch = m["channels_seed0"]
+            tp_ch, sk_ch = ("/".join(str(c) for c in (ch[a] or [])[:-1]) for a in ("torch-pruning", _AT_MACS))
+            lines.append(
+                f"| {m['value']:g} | {m['baseline_macs']:.3f} / {m['sparsekit_macs']:.3f} | {tp_ch} / {sk_ch} | "
+                f"{_cell(m['baseline_accuracy'])} | {_cell(m['sparsekit'])} | "
+                f"{(m['sparsekit']['median'] - m['baseline_accuracy']['median']) * 100:+.1f} | "
+                f"{m['seeds_at_least_baseline']}/{m['seeds']} |"
             )
         lines.append("")
     lat = result.get("latency") or {}
