@@ -15,7 +15,9 @@ training images in the same order, and the same number of fine-tuning epochs per
 - small_cnn unstructured at 90/95% of conv1-3 + fc1: ``cnn-layer-magnitude-80`` with its sparsity set,
   against torch.nn.utils.prune the same way (4 epochs);
 - small_cnn structured, 30/50/70% of the channels: ``cnn-structured-50`` with its ratio set, against
-  Torch-Pruning's MetaPruner (GroupMagnitudeImportance(p=2)) one shot and the recipe's 6 epochs;
+  Torch-Pruning's MetaPruner (GroupMagnitudeImportance(p=2)) one shot and the recipe's 6 epochs; where
+  Torch-Pruning's rounding kept other MACs than sparsekit (30% and 70% here), also sparsekit allocated to
+  Torch-Pruning's MACs (``ratio: auto, target_macs``), the like-for-like comparison;
 - ``dense`` (the input model) and ``dense+ft`` (the same fine-tuning, no pruning) as references.
 
 Each model is evaluated once on the test split (the validation split only feeds the per-epoch metrics
