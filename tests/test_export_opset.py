@@ -5,8 +5,10 @@ printed a conversion traceback)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import sys
 import warnings
 
@@ -154,7 +156,14 @@ def test_quiet_drops_output_logs_and_warnings_and_restores_them(capfd):
         log.warning("Failed to convert the model")
         logging.getLogger("sparsekit").warning("not shown either")
         warnings.warn("exporter warning", UserWarning, stacklevel=1)
+        # C and C++ code write to the descriptors, not through sys.stdout (torch's exporter dumps a failed
+        # trace's graph with std::cout): those are silenced too, buffered C output included.
+        os.write(1, b"graph dump on fd 1\n")
+        os.write(2, b"graph dump on fd 2\n")
+        ctypes.CDLL(None).printf(b"buffered C output\n")
     assert capfd.readouterr() == ("", "")
+    os.write(1, b"fd 1 back\n")
+    assert capfd.readouterr().out == "fd 1 back\n"
     assert logging.root.manager.disable == logging.NOTSET
     with terminal_logging():
         log.warning("after the block")
@@ -168,11 +177,12 @@ def test_quiet_under_debug_shows_logs_and_keeps_stdout_clean(capfd):
     try:
         with terminal_logging(), quiet():
             print("progress")
+            os.write(1, b"graph dump\n")
             logging.getLogger("onnxscript.version_converter").warning("Failed to convert the model")
     finally:
         sparsekit_log.setLevel(level)
     out, err = capfd.readouterr()
-    assert out == "" and "progress" in err and "Failed to convert the model" in err
+    assert out == "" and "progress" in err and "graph dump" in err and "Failed to convert the model" in err
 
 
 @pytest.fixture
