@@ -162,6 +162,29 @@ def test_negative_zeros_are_stored_as_zeros(tmp_path):
     assert info["verified"]["ok"]
 
 
+@pytest.mark.parametrize("objective", ["raw", "gzip"])
+def test_negative_zeros_of_tensors_kept_dense_become_positive(tmp_path, objective):
+    # A layer 30% zero stays dense (sparse storage would be larger), but its -0.0 must not survive either.
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=[128, 64])
+    with torch.no_grad():
+        for m, share in ((model.fc1, 0.9), (model.fc2, 0.3)):
+            m.weight.mul_(m.weight.abs() > m.weight.abs().flatten().kthvalue(int(share * m.weight.numel())).values)
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(2, 64),), str(src), dynamo=False)
+
+    info = to_sparse_storage(src, tmp_path / "s.onnx", objective=objective)
+
+    rows = {d["name"]: d for d in info["initializers"]}
+    assert not rows["fc2.weight"]["sparse"] and rows["fc2.weight"]["negative_zeros"] > 0
+    out = onnx.load(str(tmp_path / "s.onnx"))
+    for t in out.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            a = numpy_helper.to_array(t)
+            assert not np.signbit(a[a == 0]).any(), t.name
+    assert info["verified"] is None if info["sparse_initializers"] == 0 else info["verified"]["ok"]
+
+
 def test_not_onnx_and_bad_option(tmp_path, sparse90):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"garbage")

@@ -46,7 +46,7 @@ from sparsekit.onnx.files import (
     staging,
 )
 from sparsekit.onnx.sessions import open_session, random_feeds
-from sparsekit.onnx.tensors import NUMERIC_TYPES, densify
+from sparsekit.onnx.tensors import NUMERIC_TYPES, densify, positive_zeros, positive_zeros_tensor
 
 __all__ = [
     "GZIP_LEVEL",
@@ -119,8 +119,8 @@ def to_sparse_storage(
     decode to the dense one; with ``verify`` (default) both files are also run in onnxruntime on
     the same seeded input and the outputs must be bit-identical. Otherwise :class:`ExportError`
     and nothing is written; the same when ``onnx_path`` is not ONNX or keeps external data outside
-    its folder (checked before anything reads it). A ``-0.0`` weight is stored as an absent entry (+0.0, equal in value;
-    counted as ``negative_zeros``).
+    its folder (checked before anything reads it). A ``-0.0`` is stored as ``+0.0`` (equal in value; an absent
+    entry in a sparse tensor), in dense tensors too, and counted per weight as ``negative_zeros``.
 
     ``index_dtype``: ``"smallest"`` (int8..int64, read by onnxruntime) or ``"int64"`` (the only
     type ``onnx.checker`` accepts). ``objective``: ``"raw"`` decides each tensor by serialized bytes
@@ -175,8 +175,16 @@ class _Plan:
 def _plan(src: Path, index_dtype: str, objective: str) -> _Plan:
     """Parse ``src`` and decide each initializer's storage (ExportError when it is not ONNX)."""
     model = load_onnx(src)
+    # -0.0 (a mask's multiply) is stored as +0.0 in every tensor, kept dense or not: the same values, and
+    # the sizes the choice is made on are then not those of the worse-compressing bits. Counted per weight.
+    flipped = {init.name: positive_zeros_tensor(init) for init in model.graph.initializer}
+    positive_zeros(model)  # constants and subgraphs
     graph_inputs = {i.name for i in model.graph.input}  # an initializer that is also an input stays dense
-    return _Plan(model, *_split(model.graph, index_dtype, graph_inputs, objective))
+    plan = _Plan(model, *_split(model.graph, index_dtype, graph_inputs, objective))
+    for row in plan.decisions:
+        if flipped.get(row["name"]):
+            row["negative_zeros"] = flipped[row["name"]]
+    return plan
 
 
 def _write(plan: _Plan, src: Path, final: Path, verify: bool, level: int | None) -> dict[str, Any]:
@@ -426,10 +434,6 @@ def _decide(
     if layout == "dense" or (objective == "raw" and row["sparse_bytes"] >= row["dense_bytes"]):
         return row, None
     row["sparse"], row["layout"] = True, layout
-    if arr.dtype.kind == "f":
-        # -0.0 (what masking a negative weight gives) is stored as an absent entry, i.e. +0.0: the
-        # same value, but not the same bits. Counted so the report says so.
-        row["negative_zeros"] = int(np.count_nonzero(np.signbit(flat) & (flat == 0)))
     return row, tensor
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "graph_tensors",
     "model_tensors",
     "positive_zeros",
+    "positive_zeros_tensor",
 ]
 
 _T = onnx.TensorProto
@@ -143,6 +144,15 @@ def positive_zeros(model: onnx.ModelProto, folder: str | os.PathLike[str] | None
         if tensor.raw_data:
             changed += _positive_zeros_raw(tensor, bits)
     return changed
+
+
+def positive_zeros_tensor(tensor: onnx.TensorProto) -> int:
+    """:func:`positive_zeros` for one tensor (values in ``raw_data``; others are left alone): how many
+    ``-0.0`` became ``+0.0``."""
+    bits = _BITS.get(tensor.data_type)
+    if bits is None or tensor.data_location == _T.EXTERNAL or not tensor.raw_data:
+        return 0
+    return _positive_zeros_raw(tensor, bits)
 
 
 def _negative_zero(bits: np.dtype[Any]) -> np.ndarray:
