@@ -149,7 +149,8 @@ class Pruner:
             if hasattr(method, "learning_rates") and (
                 getattr(spec, "mode", None) == "proximal" or getattr(spec, "target", None) is not None
             ):
-                weights = [weight_of(layer) for layer in method.layers.values()]
+                # One per weight tensor, as the method holds them (tied modules share one).
+                weights = list({id(w): w for w in (weight_of(m) for m in method.layers.values())}.values())
                 rates = LearningRates(weights, fallback=recipe.finetune.optimizer.lr)
                 method.learning_rates = rates
                 self._rates.append(rates)

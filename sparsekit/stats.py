@@ -110,18 +110,21 @@ def asked_vs_achieved(
     initial: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """What a method asked and reached, for its ``report()``: ``{"asked": asked, "achieved": zeros over all
-    of ``layers``' weights, "per_layer": {name: {"asked": layer_asked, "achieved": its zero fraction,
-    "reason": reasons.get(name)}}}`` (fractions 0..1; ``asked`` None when the method sets no target).
+    of ``layers``' weights (a tied weight once), "per_layer": {name: {"asked": layer_asked, "achieved": its
+    zero fraction, "reason": reasons.get(name)}}}`` (fractions 0..1; ``asked`` None when the method sets no target).
     ``initial``: each layer's weight count before units were removed, so removed weights count as
     pruned (fraction = 1 - nonzero now / weights at the start)."""
     reasons = reasons or {}
     zeros = total = 0
     per_layer = {}
+    counted: set[int] = set()
     for name, module in layers.items():
         w = weight_of(module).detach()
         n = max(w.numel(), (initial or {}).get(name, 0))
         z = n - int((w != 0).sum())  # zeros, plus the weights of removed units
-        zeros, total = zeros + z, total + n
+        if id(weight_of(module)) not in counted:  # a weight shared by several modules (tied) counts once
+            counted.add(id(weight_of(module)))
+            zeros, total = zeros + z, total + n
         per_layer[name] = {
             "asked": layer_asked,
             "achieved": z / n if n else 0.0,

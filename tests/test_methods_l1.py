@@ -561,3 +561,38 @@ def test_the_old_meaning_of_strength_and_its_migration_are_documented():
     assert "lr * lambda" in text and "divide" in text and "learning rate" in text
     page = (Path(__file__).resolve().parent.parent / "docs" / "recipe.md").read_text(encoding="utf-8")
     assert "Migration: recipes written for sparsekit 0.1.0" in page
+
+
+class _Tied(nn.Module):
+    """fc2 reuses fc1's weight (tied): one tensor, two modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+@pytest.mark.parametrize(("group", "mode"), [("row", "proximal"), ("none", "proximal"), ("row", "penalty")])
+def test_a_tied_weight_is_regularized_and_counted_once(group, mode):
+    # The target is a fraction of the weight's units (weights), not of the modules' double count: asked 0.5,
+    # half the shared rows zero (not 3/4), and the penalty is lambda * R(w) once.
+    model = _Tied()
+    entry = {"method": "l1", "strength": 1e-3, "mode": mode, "group": group, "target": 0.5,
+             "layers": {"include": ["fc1", "fc2"]}, "schedule": {"start_epoch": 0, "end_epoch": 2}}  # fmt: skip
+    if mode == "penalty":
+        entry["threshold"] = 1e-3
+    pruner = sparsekit.Pruner(model, recipe(3, **entry), steps_per_epoch=10)
+    w = model.fc1.weight
+    expected = 1e-3 * (torch.linalg.vector_norm(w, dim=1).sum() if group == "row" else w.abs().sum())
+    if mode == "penalty":
+        torch.testing.assert_close(pruner.penalty(), expected)
+    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 30)
+    assert model.fc2.weight is model.fc1.weight  # still tied
+    zero = (w == 0).all(dim=1) if group == "row" else (w == 0)
+    assert int(zero.sum()) == round(0.5 * zero.numel())
+    report = pruner.methods[0].report()
+    assert report["achieved"] == pytest.approx(0.5, abs=0.5 / zero.numel())

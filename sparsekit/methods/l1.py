@@ -183,7 +183,9 @@ class L1:
         # Adapt lambda every `every` epochs when the schedule says so, else 16 times per epoch.
         every = spec.schedule.every if "every" in spec.schedule.model_fields_set else 1 / 16
         self.adapt_every = max(1, round(every * setup.steps_per_epoch))
-        self._modules = list(self.layers.values())
+        # One entry per weight: modules sharing one (tied weights) are shrunk, counted and penalized once.
+        self._own = _distinct(self.layers)
+        self._modules = list(self._own.values())
         self._weights = [weight_of(m) for m in self._modules]
         self._sizes = [
             num_units(m) if self.units else w.numel() for m, w in zip(self._modules, self._weights, strict=True)
@@ -300,7 +302,7 @@ class L1:
             budget = max(allowed - self.dead, 0)
         dead = 0
         peak = math.inf
-        for i, (name, module) in enumerate(self.layers.items()):
+        for i, (name, module) in enumerate(self._own.items()):
             if self.units:
                 n_dead, new, top = self._shrink_groups(name, module, shrinks[i], budget)
             else:
@@ -512,7 +514,7 @@ class L1:
         (``structure_changed`` when any went). Warns and skips the removal when the input shape is unknown."""
         if self.spec.threshold > 0 and not self.settled:
             with torch.no_grad():
-                for name, module in self.layers.items():
+                for name, module in self._own.items():
                     w = weight_of(module)
                     if not self.units:
                         keep = w.abs() >= self.spec.threshold
@@ -563,7 +565,8 @@ class L1:
         # The removal may hand back another model object (an untouched copy when its self-check failed).
         modules = dict(model.named_modules())
         self.layers = {n: modules[n] for n in self.layers if n in modules}
-        self._modules = list(self.layers.values())
+        self._own = _distinct(self.layers)
+        self._modules = list(self._own.values())
         # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
         # removing them would change the outputs. Reported so a missing speedup is explained.
         self.dead_units = {"found": dead_before, "kept": self._dead_units()}
@@ -574,7 +577,7 @@ class L1:
     def _dead_units(self) -> int:
         return sum(
             int((torch.linalg.vector_norm(self._groups(weight_of(m).detach(), m), dim=1) == 0).sum())
-            for m in self.layers.values()
+            for m in self._modules
         )
 
     def report(self) -> dict[str, Any]:
@@ -593,11 +596,14 @@ class L1:
             out["weights_zero"] = out["achieved"]
             out["unit"] = "units"
             dead_all = total_all = 0
+            counted: set[int] = set()
             for name, module in self.layers.items():
                 norms = torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1)
                 n = max(int(norms.numel()), self.initial_units.get(name, 0))
                 dead = n - int((norms != 0).sum())
-                dead_all, total_all = dead_all + dead, total_all + n
+                if id(weight_of(module)) not in counted:  # a tied weight's units count once
+                    counted.add(id(weight_of(module)))
+                    dead_all, total_all = dead_all + dead, total_all + n
                 out["per_layer"][name]["achieved"] = dead / n if n else 0.0
             out["achieved"] = dead_all / total_all if total_all else 0.0
         out["asked"] = self.target
@@ -649,6 +655,18 @@ class L1:
         owed = state.get("owed")
         if owed is not None and len(owed) == len(self._owed):
             self._owed, self._owed_all = [float(v) for v in owed], 0.0
+
+
+def _distinct(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """``layers`` with one module per weight tensor: of modules sharing a weight (tied), the first. The others
+    follow it (the same tensor), so lambda applies once per weight, as a regularizer on parameters does."""
+    seen: set[int] = set()
+    out = {}
+    for name, module in layers.items():
+        if id(weight_of(module)) not in seen:
+            seen.add(id(weight_of(module)))
+            out[name] = module
+    return out
 
 
 class _Fused:
