@@ -170,10 +170,10 @@ def load_callable(
     ``named_in`` is the file that names the callable (a recipe or checkpoint) and ``field`` where in
     it (``model.factory``); ``None`` means the user named it directly, and ``field`` is then the
     caller's option that named it (``arch``, ``data``: messages spell it as the caller would) or a
-    plain label. A file-named callable needs ``trust_code=True`` (which also remembers its module) or
-    a module the user trusted before. Raises :class:`TrustError` when it is not confirmed or never
-    run, and ``error`` when it is malformed, cannot be imported or found, or is not a function (or,
-    for a model, an ``nn.Module`` class).
+    plain label. A file-named callable needs ``trust_code=True`` (which also remembers its module, once it
+    imported and held the callable) or a module the user trusted before. Raises :class:`TrustError` when
+    it is not confirmed or never run, and ``error`` when it is malformed, cannot be imported or found, or
+    is not a function (or, for a model, an ``nn.Module`` class).
     """
     where = _where(spec, named_in, field)
     module, attr = split_spec(spec, where, error)
@@ -181,8 +181,7 @@ def load_callable(
     reason = _denied(module) or _denied_file(_top_level_origin(module))
     if reason and not torch_class:
         raise TrustError(f"{where}: {reason}, so it is never run")
-    if named_in is not None:
-        _require_trust(spec, module, named_in, field, trust_code)
+    remember = named_in is not None and _require_trust(spec, module, named_in, field, trust_code)
     obj: Any = _import(module, where, error)
     reason = _denied_file(getattr(obj, "__file__", None))
     if reason and not torch_class:
@@ -192,6 +191,8 @@ def load_callable(
             raise error(f"{where}: module {module!r} has no {attr!r}")
         obj = getattr(obj, part)
     _check_shape(obj, where, kind, error)
+    if remember:  # only a module that imported and holds what was named: not one that failed
+        _remember(module, named_in)
     return obj
 
 
@@ -222,9 +223,11 @@ def _where(spec: str, named_in: str | os.PathLike[str] | None, field: str) -> st
     return f"{named_in}: {field} {spec!r}" if field else f"{named_in}: {spec!r}"
 
 
-def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], field: str, trust_code: bool) -> None:
+def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], field: str, trust_code: bool) -> bool:
+    """Raise TrustError unless the module is trusted or ``trust_code`` confirms it; True when it is to be
+    remembered (confirmed now, not yet trusted)."""
     if module in trusted_modules():
-        return
+        return False
     if not trust_code:
         name = "data" if field.startswith("data") else "arch"
         raise TrustError(
@@ -232,6 +235,10 @@ def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], fie
             f"confirm it: pass {option(name, spec)} for this run, or {option('trust_code')} to trust module "
             f"{module!r} from now on"
         )
+    return True
+
+
+def _remember(module: str, named_in: str | os.PathLike[str] | None) -> None:
     try:
         path = trust_module(module)
     except SparsekitError as err:  # a read-only home: trusted for this run, not remembered

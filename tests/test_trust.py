@@ -589,3 +589,25 @@ def test_a_malformed_trust_store_trusts_nothing(modules):
     assert trusted_modules() == (["mymod"] if "os" in modules else [])
     trust_module("mymod")  # rewritten whole, from nothing
     assert json.loads(store_path().read_text())["modules"] == ["mymod"]
+
+
+@pytest.mark.parametrize(
+    ("source", "spec"),
+    [
+        ("raise ImportError('no such dependency')\n", "sk_broken_arch1:build"),  # fails to import
+        ("x = 1\n", "sk_broken_arch2:build"),  # imports, but has no build
+        ("build = 3\n", "sk_broken_arch3:build"),  # build is not a function
+    ],
+    ids=["import-fails", "missing", "not-callable"],
+)
+def test_trust_code_remembers_only_a_module_that_imported_and_holds_the_callable(
+    tmp_path, monkeypatch, weights, source, spec
+):
+    module = spec.split(":")[0]
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {"factory": spec})
+    assert_bad_input(run("validate", recipe, weights, "--trust-code"), module)
+    assert trusted_modules() == []
+    assert not store_path().exists() or json.loads(store_path().read_text())["modules"] == []
