@@ -418,6 +418,11 @@ class Int8Outcome(_Closed):
     onnx_gzip_bytes: Change
     accuracy: Change | None = Field(None, description="dense: the fp32 pruned model's accuracy on the same samples")
     latency: dict[str, LatencyChange] = Field(default_factory=dict)
+    vs_pruned_fp32: dict[str, float] = Field(
+        default_factory=dict,
+        description="per batch size, int8 p50 latency / the pruned fp32 model's (same benchmark run); above 1: "
+        "int8 is slower than not quantizing",
+    )
 
 
 class Summary(_Closed):
@@ -529,7 +534,10 @@ def what_it_buys(recipe: Any) -> str:
     if structural:
         parts.append("removing whole neurons/channels shrinks the model and its latency (up to the MACs ratio)")
     if recipe.export.quantize == "int8":
-        parts.append("int8 quantization cuts size about 4x and usually latency")
+        parts.append(
+            "int8 quantization cuts size about 4x, and latency where onnxruntime's int8 kernels beat fp32 (MLPs "
+            "more often than CNNs; compared with the pruned fp32 model in the results)"
+        )
     if not parts:
         parts.append("no method here creates zeros or removes units: expect no size or latency change")
     return "What this recipe can buy: " + "; ".join(parts) + "."
@@ -867,6 +875,11 @@ def summarize(report: Report) -> Summary:
             onnx_gzip_bytes=_change(d.onnx_gzip_bytes, q.onnx_gzip_bytes, SIZE),
             accuracy=_change(fp32, acc, ACCURACY) if fp32 is not None and acc is not None else None,
             latency=_latency(d, q.latency_ms, q.speedup or {}),
+            vs_pruned_fp32={
+                bs: lat.p50 / p.latency_ms[bs].p50
+                for bs, lat in q.latency_ms.items()
+                if bs in p.latency_ms and p.latency_ms[bs].p50 > 0
+            },
         )
     targets = check_targets(report, methods)
     return Summary(
@@ -1053,6 +1066,9 @@ def notes(report: Report) -> list[str]:
             out.append(f"{label} ONNX written by the {r.exporter} exporter at opset {r.opset}: {r.export_fallback}.")
     if report.int8 and report.int8.fallback:
         out.append(f"int8: {report.int8.fallback}.")
+    slower_int8 = _int8_slower(report)
+    if slower_int8:
+        out.append(slower_int8)
     ss = report.sparse_storage
     if ss:
         out.append(
@@ -1094,11 +1110,41 @@ def _makes_zeros(report: Report, s: Summary) -> bool:
     return any(o.measure == "weights zero" for o in s.methods) or bool(report.dense.sparsity or report.pruned.sparsity)
 
 
-def _lat(bs: str, lc: LatencyChange) -> str:
+#: int8 p50 over the pruned fp32 model's above which int8 is called slower (beyond a shared machine's noise).
+INT8_SLOWER = 1.1
+
+
+def _int8_slower(report: Report) -> str:
+    """A note when the int8 model runs slower than the pruned fp32 one at some batch size, else ""."""
+    q, p = report.int8, report.pruned
+    if q is None:
+        return ""
+    ratios = {
+        bs: lat.p50 / p.latency_ms[bs].p50
+        for bs, lat in q.latency_ms.items()
+        if bs in p.latency_ms and p.latency_ms[bs].p50 > 0
+    }
+    slow = ", ".join(bs for bs, r in ratios.items() if r > INT8_SLOWER)
+    if not slow:
+        return ""
+    why = (
+        "dynamic quantization turns convolutions into ConvInteger, which onnxruntime's CPU kernels run several "
+        "times slower than fp32; calibrate on data (static QDQ) for speed"
+        if q.mode == "dynamic"
+        else "onnxruntime's CPU int8 kernels do not beat fp32 on every graph (small channel counts, residual "
+        "adds that re-quantize)"
+    )
+    return (
+        f"int8 runs slower than the pruned fp32 model (batch {slow}): {why}. Ship model.int8.onnx for its size, "
+        "model.onnx for speed."
+    )
+
+
+def _lat(bs: str, lc: LatencyChange, extra: str = "") -> str:
     a = "–" if lc.dense_ms is None else f"{lc.dense_ms:.3f}"
     b = "–" if lc.ms is None else f"{lc.ms:.3f}"
     lo, hi = lc.band
-    return f"batch {bs}: {a} -> {b} ms ({lc.ratio:.3f}x, noise band {lo:.3f}x-{hi:.3f}x): {lc.verdict}"
+    return f"batch {bs}: {a} -> {b} ms ({lc.ratio:.3f}x, noise band {lo:.3f}x-{hi:.3f}x{extra}): {lc.verdict}"
 
 
 def _unit_word(types: set[str]) -> str:
@@ -1163,7 +1209,11 @@ def render_summary(report: Report, out: str | Path) -> str:
             f"  int8      model.int8.onnx ({report.int8.mode}) vs dense fp32: ONNX {_x(q.onnx_bytes, unit=' B')}; "
             f"gzip {_x(q.onnx_gzip_bytes, unit=' B')}{acc}; zeros kept: {report.int8.zeros.get('zeros_ok')}"
         )
-        lines += [f"  int8      {_lat(bs, lc)}" for bs, lc in q.latency.items()]
+        lines += [
+            "  int8      "
+            + _lat(bs, lc, f"; vs pruned fp32 {q.vs_pruned_fp32[bs]:.3f}x" if bs in q.vs_pruned_fp32 else "")
+            for bs, lc in q.latency.items()
+        ]
     overall = f"  overall   params {_x(s.params)}"
     if _makes_zeros(report, s):
         left_out = f", not-pruned {_names(s.excluded, 3)} included" if s.excluded else ""
@@ -1287,6 +1337,14 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
                 f"{'–' if lc.ms is None else f'{lc.ms:.3f}'} | {lc.ratio:.3f}x | {lc.verdict} (noise band "
                 f"{lo:.3f}x–{hi:.3f}x) |"
             )
+            fp32_ms = p.latency_ms.get(bs)
+            if bs in q.vs_pruned_fp32 and fp32_ms is not None and lc.ms is not None:
+                r = q.vs_pruned_fp32[bs]
+                word = "slower" if r > INT8_SLOWER else "faster" if r < 1 / INT8_SLOWER else "about the same"
+                lines.append(
+                    f"| int8: latency p50 vs pruned fp32, batch {bs} (ms) | {fp32_ms.p50:.3f} (fp32) | {lc.ms:.3f} | "
+                    f"{r:.3f}x | {word} |"
+                )
     lines.append("")
     return lines
 

@@ -177,6 +177,7 @@ def test_dynamic_quantization_without_calibration(pruned_mlp, tmp_path):
     info = quantize_int8(pruned_mlp, out, calibration=None)
 
     assert info["mode"] == "dynamic" and info["calibration_batches"] is None
+    assert info["latency_note"] is None  # MatMulInteger: no slow convolution to warn of
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
     assert info["zeros"]["zeros_ok"]
@@ -299,3 +300,22 @@ def test_constants_without_zeros_do_not_fail_the_zero_check(tmp_path):
     q = quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", calibration=calibration)
     assert q["zeros"]["zeros_ok"], [r for r in q["zeros"]["layers"] if not r["ok"]]
     assert q["zeros"]["int8_zeros"] >= q["zeros"]["fp32_zeros"] > 0
+
+
+def test_dynamic_int8_of_a_cnn_says_it_is_smaller_not_faster(tmp_path):
+    """Dynamic quantization writes ConvInteger, which onnxruntime's CPU provider runs 8-9x slower than fp32
+    (benchmarks in the README): the result says so; a static (calibrated) one has no such note."""
+    import sparsekit
+    from sparsekit.onnx import quantize_int8
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)
+    )
+    sparsekit.export_onnx(model, tmp_path / "c.onnx", [1, 1, 8, 8], exporter="torchscript")
+    dyn = quantize_int8(tmp_path / "c.onnx", tmp_path / "d.onnx")
+    assert "ConvInteger" in {n.op_type for n in onnx.load(str(tmp_path / "d.onnx")).graph.node}
+    assert "ConvInteger" in dyn["latency_note"] and "static" in dyn["latency_note"]
+    calibration = [np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32) for _ in range(2)]
+    static = quantize_int8(tmp_path / "c.onnx", tmp_path / "s.onnx", calibration=calibration)
+    assert static["latency_note"] is None

@@ -97,6 +97,7 @@ def _report(
     accuracy: tuple[float, float] = (0.9, 0.9),
     latency: dict[str, tuple[float, float]] | None = None,
     int8_latency: dict[str, tuple[float, float]] | None = None,
+    int8_mode: str = "static",
 ) -> Report:
     """A report as the pipeline builds it, from the real pruned model (no export, no benchmark: the
     latency ratios and their noise are given)."""
@@ -129,7 +130,7 @@ def _report(
         report.int8 = Int8.model_validate(
             {
                 "path": "model.int8.onnx",
-                "mode": "static",
+                "mode": int8_mode,
                 "onnx_bytes": d["onnx_bytes"] // 4,
                 "onnx_gzip_bytes": d["onnx_gzip_bytes"] // 4,
                 "entropy_bound_bytes": d["entropy_bound_bytes"] // 4,
@@ -310,9 +311,12 @@ def test_worse_results_say_so_in_plain_words():
     assert f"ONNX, dense-stored {sizes}" in text
     (int8,) = [ln for ln in text.splitlines() if ln.strip().startswith("int8") and "batch 1" in ln]
     assert "1.280x" in int8 and int8.endswith(": slower")
-    # The note does not repeat the numbers, it says what to do.
+    assert "vs pruned fp32 1.293x" in int8  # 1.28 / 0.99: int8 against the fp32 model it came from
+    # The notes do not repeat the numbers, they say what to do.
     assert any("fine-tune longer" in n for n in report.notes)
-    assert not any("0.9500" in n or "latency" in n for n in report.notes)
+    assert not any("0.9500" in n or "latency" in n or "1.29" in n for n in report.notes)
+    (slow,) = [n for n in report.notes if n.startswith("int8 runs slower than the pruned fp32 model")]
+    assert "(batch 1)" in slow and "model.onnx for speed" in slow
 
 
 # --- a method that achieved nothing ---------------------------------------------------------------
@@ -465,3 +469,32 @@ def test_channel_removal_measured_slower_says_why_and_what_to_do(ratio, slower):
         assert "batch 32: 1.300x of dense" in said[0] and "round_to: 16" in said[0]
         report.notes = notes(report)  # as the pipeline stores them
         assert f"  note      {said[0]}" in render_summary(report, "out").splitlines()
+
+
+@pytest.mark.parametrize(
+    ("pruned", "int8", "mode", "slower"),
+    [
+        (0.5, 0.6, "static", True),
+        (0.5, 0.3, "static", False),
+        (0.5, 0.53, "static", False),
+        (0.5, 4.0, "dynamic", True),
+    ],
+)
+def test_int8_slower_than_pruned_fp32_is_said_even_when_faster_than_dense(pruned, int8, mode, slower):
+    # int8 at 0.6x of dense reads as "faster"; against the pruned fp32 model it came from (0.5x) it is 1.2x slower.
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(
+        dense, model, pruner, recipe, MLP_SHAPE, latency={"32": (pruned, 0.02)}, int8_latency={"32": (int8, 0.02)},
+        int8_mode=mode,
+    )  # fmt: skip
+    s = summarize(report)
+    assert s.int8 is not None and s.int8.vs_pruned_fp32["32"] == pytest.approx(int8 / pruned)
+    said = [n for n in report.notes if n.startswith("int8 runs slower")]
+    assert bool(said) is slower
+    if said:
+        assert ("ConvInteger" in said[0]) is (mode == "dynamic")
+    md = [ln for ln in render_markdown(report).splitlines() if ln.startswith("| int8: latency p50 vs pruned fp32")]
+    assert len(md) == 1 and md[0].rstrip(" |").endswith(
+        "slower" if slower else ("faster" if int8 < pruned / 1.1 else "about the same")
+    )
