@@ -1339,11 +1339,11 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
             )
             fp32_ms = p.latency_ms.get(bs)
             if bs in q.vs_pruned_fp32 and fp32_ms is not None and lc.ms is not None:
-                r = q.vs_pruned_fp32[bs]
-                word = "slower" if r > INT8_SLOWER else "faster" if r < 1 / INT8_SLOWER else "about the same"
+                vs = q.vs_pruned_fp32[bs]
+                word = "slower" if vs > INT8_SLOWER else "faster" if vs < 1 / INT8_SLOWER else "about the same"
                 lines.append(
                     f"| int8: latency p50 vs pruned fp32, batch {bs} (ms) | {fp32_ms.p50:.3f} (fp32) | {lc.ms:.3f} | "
-                    f"{r:.3f}x | {word} |"
+                    f"{vs:.3f}x | {word} |"
                 )
     lines.append("")
     return lines
