@@ -50,6 +50,8 @@ def prune(model: torch.nn.Module, ratio: float, importance: str, scope: str, rou
                     "scope": scope,
                     "schedule": "oneshot",
                     "round_to": round_to if round_to > 1 else None,
+                    # bn_scale ranks only channels a BatchNorm scales: the convolutions, not the Linear layers
+                    **({"layers": {"types": ["Conv2d"]}} if importance == "bn_scale" else {}),
                 }
             ],
         }

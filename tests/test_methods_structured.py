@@ -342,3 +342,12 @@ def test_settings_that_would_remove_nothing_are_errors():
     )
     with pytest.raises(sparsekit.TargetError, match="BatchNorm"):
         sparsekit.Pruner(mlp(), no_bn, steps_per_epoch=1)
+    # A model with BatchNorm, but a selected layer without one (small_cnn's fc1): torch-pruning would leave fc1
+    # whole while the report asks for half of it; the error names it and the fix.
+    cnn = {"model": {"input_shape": [1, 1, 8, 8]}}
+    bn = {"method": "structured", "ratio": 0.5, "schedule": "oneshot", "importance": "bn_scale"}
+    with pytest.raises(sparsekit.TargetError, match=r"pruning\[0\]\.importance: .*'fc1' has no BatchNorm.*ignore"):
+        sparsekit.Pruner(small_cnn(width=8, image_size=8), sparsekit.Recipe(**cnn, pruning=[bn]), steps_per_epoch=1)
+    convs = sparsekit.Recipe(**cnn, pruning=[{**bn, "layers": {"types": ["Conv2d"]}}])
+    model = sparsekit.Pruner(small_cnn(width=8, image_size=8), convs, steps_per_epoch=1).finalize()
+    assert [model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels] == [4, 8, 16]

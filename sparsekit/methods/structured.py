@@ -212,9 +212,14 @@ class Structured:
         self.touched_by: dict[str, list[str]] = {}  # touched layer -> selected layers whose removal shrinks it
         self._owner: dict[str, str] = {}  # a selected layer whose outputs another layer's group removes
         self._blocks: dict[str, int] = {}  # channel blocks of each root (grouped convs)
+        no_bn: list[str] = []  # with bn_scale: roots whose channels no BatchNorm scales (tp would skip them)
         for group in self._tp.groups():
             root = tpa.group_root(group)
             root_name = self.names[root]
+            if tpa.is_bn_scale(self.importance) and not any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tpa.group_modules(group)
+            ):
+                no_bn.append(root_name)
             problem = self._layout_problem(group)
             if problem:
                 raise TargetError(
@@ -245,6 +250,13 @@ class Structured:
                         f"{root_name!r} ({tpa.out_channels(graph, root)} channels): lower the ratio or add "
                         f"{root_name!r} to ignore"
                     )
+        if no_bn:
+            raise TargetError(
+                f"{self.where}.importance: {self._importance_name()!r} ranks channels by BatchNorm scales, but "
+                f"{', '.join(repr(n) for n in no_bn)} {'has' if len(no_bn) == 1 else 'have'} no BatchNorm on "
+                f"{'its' if len(no_bn) == 1 else 'their'} outputs, so none of {'its' if len(no_bn) == 1 else 'their'} "
+                f"channels would be removed: use importance l1, l2 or taylor, or {self.ignore_hint(no_bn)}"
+            )
         self._fixed = self._fixed_reasons(graph, chosen)
         self._check_layer_ratio()
         hit = [(layer, param, extra) for layer, param, extra in reused if layer in self.touched]
