@@ -594,7 +594,7 @@ def export(
     kwargs = _kwargs(arch_kwargs, arch)
     given_shape = _shape(input_shape)
     _load_native("torch", "onnxruntime")
-    from .inspection import check_input_shape
+    from .inspection import check_input_shape, shape_origin
     from .modelio import infer_input_shape, read_model
     from .onnx import export_onnx
     from .onnx.export import export_int8
@@ -617,7 +617,7 @@ def export(
     if not shape:
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
-    check_input_shape(loaded.model, shape)
+    check_input_shape(loaded.model, shape, origin=shape_origin(model, given_shape, loaded.input_shape))
     bundle = None
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data

@@ -67,7 +67,7 @@ def inspect(
     loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code)
     shape = input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if shape:
-        check_input_shape(loaded.model, list(shape))
+        check_input_shape(loaded.model, list(shape), origin=shape_origin(path, input_shape, loaded.input_shape))
     res: dict[str, Any] = {
         "path": str(path),
         "format": "torch",
@@ -80,12 +80,23 @@ def inspect(
     return res
 
 
-def check_input_shape(model: Any, shape: Sequence[int], *, fix: Callable[[str], str] | None = None) -> None:
+def shape_origin(path: Any, given: Sequence[int] | None, saved: Sequence[int] | None) -> str:
+    """Where an input shape came from, for messages: the caller's option, the checkpoint, or the first layer."""
+    if given:
+        return option("input_shape")
+    if saved:
+        return f"{path}: its saved input_shape"
+    return "the input shape read from the first layer"
+
+
+def check_input_shape(
+    model: Any, shape: Sequence[int], *, fix: Callable[[str], str] | None = None, origin: str = "input shape"
+) -> None:
     """Check that ``model`` runs on ``shape`` read batch first: on zeros of ``[1, *shape[1:]]`` and of
-    ``[2, *shape[1:]]``. Raises :class:`~sparsekit.errors.DataError` naming ``shape`` and how to give another
-    otherwise: ``fix(value)`` words the remedy for a shape ``value`` (``""``: no particular one); by default
-    the caller's input-shape option (:func:`~sparsekit.errors.option`), e.g. a recipe's
-    ``option("set", f"model.input_shape={value}")`` elsewhere.
+    ``[2, *shape[1:]]``. Raises :class:`~sparsekit.errors.DataError` naming ``shape``, where it came from
+    (``origin``, e.g. ``"m.pt: its input_shape"``) and how to give another otherwise: ``fix(value)`` words the
+    remedy for a shape ``value`` (``""``: no particular one); by default the caller's input-shape option
+    (:func:`~sparsekit.errors.option`), e.g. a recipe's ``option("set", f"model.input_shape={value}")`` elsewhere.
 
     Both batch sizes are tried because many layers also take an input without its batch dimension (a
     Conv2d takes ``[C, H, W]``): ``1,8,8`` given for a model of ``[N, 1, 8, 8]`` inputs runs at batch 1,
@@ -114,7 +125,7 @@ def check_input_shape(model: Any, shape: Sequence[int], *, fix: Callable[[str], 
         first = fails([1, *dims[1:]])
         if first is not None:
             raise DataError(
-                f"input shape {dims}: the model does not accept it ({one_line(first, 160)}); give the shape it "
+                f"{origin} {dims}: the model does not accept it ({one_line(first, 160)}); give the shape it "
                 f"takes, batch first ({remedy('')})"
             )
         if fails([2, *dims[1:]]) is None:
@@ -126,7 +137,7 @@ def check_input_shape(model: Any, shape: Sequence[int], *, fix: Callable[[str], 
             else f"; give the whole input shape, batch first ({remedy('')})"
         )
         raise DataError(
-            f"input shape {dims}: the model runs on one such input but not on a batch of two, so its first "
+            f"{origin} {dims}: the model runs on one such input but not on a batch of two, so its first "
             f"dimension is not the batch{hint}"
         )
     finally:

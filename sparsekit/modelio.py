@@ -47,6 +47,7 @@ class LoadedModel:
     input_shape: list[int] | None = None
     pruning_history: list = field(default_factory=list)
     kind: str = "checkpoint"  # checkpoint | state_dict | safetensors | trusted-module
+    shape_origin: str = ""  # where input_shape came from, for messages (set by the pipeline)
 
 
 def _refuse(path: Path, what: str) -> ModelFileError:

@@ -77,18 +77,30 @@ def resolve_model(
             f"{model_path}: cannot tell the model's input shape; set model.input_shape in the recipe "
             f"(e.g. {option('set', 'model.input_shape=[1,1,28,28]')})"
         )
+    if spec.input_shape:
+        loaded.shape_origin = f"{recipe.source or 'the recipe'}: model.input_shape"
+    elif loaded.input_shape:
+        loaded.shape_origin = f"{model_path}: its saved input_shape"
+    else:
+        loaded.shape_origin = "the input shape read from the first layer"
     loaded.input_shape = list(shape)
     return loaded
 
 
-def check_input(model: nn.Module, input_shape: list[int], where: str) -> int:
+def check_input(model: nn.Module, input_shape: list[int], where: str, origin: str = "") -> int:
     """Run one forward pass; returns the number of outputs (classes). A model returning a tuple / dict
     needs ``model.output`` (:mod:`sparsekit.logits`, attached before this)."""
     from .inspection import check_input_shape
 
     # Batch 1 and 2, naming the shape as the user wrote it (and the batch dim if it was left out).
+    saved = origin.endswith("its saved input_shape")  # the recipe cannot override a checkpoint's shape
     check_input_shape(
-        model, input_shape, fix=lambda v: option("set", f"model.input_shape={v.replace(' ', '')}" if v else "")
+        model,
+        input_shape,
+        fix=(lambda v: "when saving it: sparsekit.save_model(..., input_shape=[1, ...])")
+        if saved
+        else (lambda v: option("set", f"model.input_shape={v.replace(' ', '')}" if v else "")),
+        origin=origin or "input shape",
     )
     try:
         with torch.no_grad():
@@ -405,7 +417,7 @@ def check_inputs(
                 "pruned model can be saved as a safe checkpoint"
             )
         # Non-finite weights were refused when the file was read (modelio.check_finite).
-        classes = check_input(loaded.model, shape, str(model_path))
+        classes = check_input(loaded.model, shape, str(model_path), loaded.shape_origin)
     with clock("data"):
         bundle = load_data(
             source,

@@ -20,6 +20,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_bad_input
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -403,3 +404,18 @@ def test_report_with_a_broken_matplotlib_writes_the_text_and_exits_2(corpus, tmp
     assert (out / "report.md").is_file()
     monkeypatch.undo()
     assert _run(["report", out]).exit_code == 0  # the rewritten files are still known as sparsekit's own
+
+
+def test_a_checkpoint_saved_with_an_input_shape_its_model_does_not_take_is_named(tmp_path):
+    """The shape came from the file: the error names the file and its field, not just "input shape"."""
+    path = sparsekit.save_model(mlp(), tmp_path / "wrong-shape.pt", factory="examples.models:mlp", input_shape=[1, 32])
+    needle = f"{path}: its saved input_shape [1, 32]: the model does not accept it"
+    assert_bad_input(_run(["inspect", path, *ARCH]), needle, "--input-shape")
+    assert_bad_input(_run(["export", path, *ARCH, "-o", tmp_path / "x.onnx"]), needle, "--input-shape")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
+    assert_bad_input(_run(["validate", recipe, path, *ARCH]), needle, "sparsekit.save_model")
+    assert_bad_input(_run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK]), needle, "sparsekit.save_model")
+    # Given on the command line, the option is named instead, and it replaces the saved shape.
+    assert_bad_input(_run(["export", path, *ARCH, "--input-shape", "1,33"]), "--input-shape [1, 33]")
+    assert _run(["export", path, *ARCH, "--input-shape", "1,64", "-o", tmp_path / "y.onnx"]).exit_code == 0
