@@ -947,6 +947,12 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
         "params, nonzero: weights + biases; sparsity: of the weights (total: over the rows' weights, as in "
         "report.json); MACs: per sample"
     )
+    tied = [r for r in res["layers"] if r.get("shared_with")]
+    if tied:
+        lines.append(
+            "; ".join(f"{r['name']} shares its weight with {r['shared_with']}" for r in tied)
+            + " (tied): its MACs count, its parameters only once"
+        )
     if unknown and len(unknown) < len(res["layers"]):
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
     bad = res.get("non_finite") or {}

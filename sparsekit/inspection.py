@@ -157,19 +157,26 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
     layers = prunable_layers(model)
     macs = layer_macs(model, shape) if shape else None  # layers the forward pass never reaches: 0
     rows: list[dict[str, Any]] = []
-    owned: set[int] = set()
+    owner: dict[int, str] = {}  # parameter -> the first row that counts it (tied weights are one tensor)
     for name, module in layers.items():
         weight = weight_of(module)
         bias = getattr(module, "bias", None)
         n, nz = weight.numel(), int((weight != 0).sum())
         params, nonzero = n, nz
-        owned.add(id(weight))
+        shared_with = owner.get(id(weight))
+        shared = (n, nz) if shared_with else (0, 0)
+        owner.setdefault(id(weight), name)
         if isinstance(bias, torch.Tensor):
-            params += bias.numel()
-            nonzero += int((bias != 0).sum())
-            owned.add(id(bias))
+            b, bnz = bias.numel(), int((bias != 0).sum())
+            params, nonzero = params + b, nonzero + bnz
+            if id(bias) in owner:
+                shared = (shared[0] + b, shared[1] + bnz)
+            owner.setdefault(id(bias), name)
         dense = None if macs is None else macs.get(name, 0)
         rows.append(_row(name, type(module).__name__, list(weight.shape), params, nonzero, n, nz, dense))
+        if shared_with:
+            rows[-1].update(shared_with=shared_with, shared_params=shared[0], shared_nonzero=shared[1])
+    owned = set(owner)
     other = [(m, p) for m in model.modules() for p in m.parameters(recurse=False) if id(p) not in owned]
     seen: set[int] = set()
     other_params = other_nonzero = 0
@@ -206,12 +213,14 @@ def _row(
 
 
 def _totals(rows: list[dict[str, Any]], other_params: int, other_nonzero: int, types: list[str]) -> dict[str, Any]:
-    weights = sum(r["weights"] for r in rows)
-    nonzero_weights = sum(r["nonzero_weights"] for r in rows)
+    # A row whose weight another row already holds (tied: ``shared_with``) adds its MACs, not its parameters.
+    own = [r for r in rows if not r.get("shared_with")]
+    weights = sum(r["weights"] for r in own)
+    nonzero_weights = sum(r["nonzero_weights"] for r in own)
     unknown = [r["name"] for r in rows if r["macs"] is None]
     return {
-        "params": sum(r["params"] for r in rows) + other_params,
-        "nonzero_params": sum(r["nonzero_params"] for r in rows) + other_nonzero,
+        "params": sum(r["params"] - r.get("shared_params", 0) for r in rows) + other_params,
+        "nonzero_params": sum(r["nonzero_params"] - r.get("shared_nonzero", 0) for r in rows) + other_nonzero,
         "weights": weights,
         "nonzero_weights": nonzero_weights,
         "sparsity": 1 - nonzero_weights / weights if weights else 0.0,
@@ -312,7 +321,13 @@ def _onnx_rows(
             output = node.output[0]
         return None
 
-    rows, used = [], set()
+    readers: dict[str, int] = {}  # weight name -> how many layer nodes read it (more than one: tied)
+    for node in model.graph.node:
+        if node.op_type in _WEIGHTED and len(node.input) > 1:
+            readers[node.input[1]] = readers.get(node.input[1], 0) + 1
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()  # stored tensors the rows count
+    read: dict[str, str] = {}  # tensor name a node reads -> the first row reading it
     for node in model.graph.node:
         if node.op_type not in _WEIGHTED or len(node.input) < 2 or node.input[1] not in arrays:
             continue
@@ -323,20 +338,33 @@ def _onnx_rows(
             bias_name = bias_after(node.output[0])
         n, nz = int(w.size), int(np.count_nonzero(w))
         params, nonzero = n, nz
-        used.add(origin)
-        if bias_name is not None:
-            bias, bias_origin = arrays[bias_name]
-            params, nonzero = params + int(bias.size), nonzero + int(np.count_nonzero(bias))
-            used.add(bias_origin)
+        # A weight an earlier row reads by the same name is tied (one parameter in torch too); equal tensors the
+        # exporter stored once reach each layer under its own name (an Identity) and count for each, as in torch.
+        shared_with = read.get(node.input[1])
+        shared = (n, nz) if shared_with else (0, 0)
         key = node.name or node.output[0]
         # The name the node reads the weight by: an Identity's output (`2.weight`) names this layer, the
-        # stored tensor it aliases (`0.weight`) another one.
+        # stored tensor it aliases (`0.weight`) another one; a tied weight's later users by their node.
         named = node.input[1] if ".weight" in node.input[1] else origin
-        if ".weight" in named:
+        if readers[node.input[1]] > 1 and bias_name is not None and ".bias" in bias_name:
+            name = bias_name.split(".bias")[0]  # a tied weight names one of its layers; each has its own bias
+        elif ".weight" in named and readers[node.input[1]] == 1:
             name = named.split(".weight")[0]
         else:
             name = key.strip("/").rsplit("/", 1)[0] or key
+        used.add(origin)
+        read.setdefault(node.input[1], name)
+        if bias_name is not None:
+            bias, bias_origin = arrays[bias_name]
+            b, bnz = int(bias.size), int(np.count_nonzero(bias))
+            params, nonzero = params + b, nonzero + bnz
+            if bias_name in read:
+                shared = (shared[0] + b, shared[1] + bnz)
+            used.add(bias_origin)
+            read.setdefault(bias_name, name)
         rows.append(_row(name, node.op_type, list(w.shape), params, nonzero, n, nz, macs.get(key)))
+        if shared_with:
+            rows[-1].update(shared_with=shared_with, shared_params=shared[0], shared_nonzero=shared[1])
     return rows, used
 
 

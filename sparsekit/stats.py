@@ -18,10 +18,14 @@ from .masks import weight_of
 
 def sparsity(model: nn.Module) -> float:
     """Fraction (0..1) of exactly-zero weights over all prunable layers (Linear/Conv weights, masks
-    applied; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped."""
+    applied, a tied weight once; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped."""
     total = zeros = 0
+    counted: set[int] = set()
     for m in prunable_layers(getattr(model, "module", model)).values():
         w = weight_of(m)
+        if id(w) in counted:  # a weight shared by several layers (tied) counts once
+            continue
+        counted.add(id(w))
         total += w.numel()
         zeros += int((w == 0).sum())
     return zeros / total if total else 0.0

@@ -302,3 +302,41 @@ def test_layers_sharing_one_stored_weight_keep_their_own_names(tmp_path):
 
     assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)
     assert [(r["name"], r["params"]) for r in inspected(path)["layers"]] == [("0", 72), ("2", 72)]
+
+
+class _TiedReshaped(torch.nn.Module):
+    """fc2 reuses fc1's weight (tied), and the input is reshaped by its own batch size (Shape -> Reshape in
+    ONNX, which plain shape inference cannot follow)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(256, 256), torch.nn.Linear(256, 256), torch.nn.Linear(256, 10)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.reshape(x.shape[0], 1, 8, 8))).reshape(x.shape[0], -1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(h)))))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_tied_and_reshaping_models_give_the_same_rows_for_pt_and_onnx(tmp_path, exporter):
+    torch.manual_seed(0)
+    model = _TiedReshaped().eval()
+    with torch.no_grad():
+        model.fc1.weight.mul_(model.fc1.weight.abs() > 0.03)  # some zeros, in the shared weight
+    pt = tmp_path / "m.pt"
+    torch.save(model.state_dict(), pt)
+    onnx_path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, onnx_path, [1, 64], exporter=exporter)
+    a = inspected(pt, "--arch", f"{__name__}:_TiedReshaped", "--input-shape", "1,64")
+    b = inspected(onnx_path)
+    distinct = sum(p.numel() for p in model.parameters())  # the shared weight once
+    assert a["params"] == b["params"] == distinct
+    assert a["nonzero_params"] == b["nonzero_params"] == sum(int((p != 0).sum()) for p in model.parameters())
+    assert [r["name"] for r in a["layers"]] == [r["name"] for r in b["layers"]] == ["conv", "fc1", "fc2", "fc3"]
+    assert {r["name"]: r.get("shared_with") for r in b["layers"]}["fc2"] == "fc1"
+    assert b["macs"] is not None and a["macs"] == b["macs"] == 4 * 9 * 64 + 2 * 256 * 256 + 2560
+    assert a["sparsity"] == pytest.approx(b["sparsity"]) == pytest.approx(sparsekit.sparsity(model))
+    text = run("inspect", onnx_path).stdout
+    assert "fc2 shares its weight with fc1 (tied)" in text and "MACs unknown" not in text
