@@ -200,7 +200,7 @@ def latency_table(result: dict[str, Any]) -> str:
         runs = ", ".join(f"batch {b}: {n}" for b, n in done.items())
         lines.append(f"Timed runs per file: {runs} (at most {result['runs']})")
     sizes = [
-        f"{labels[i]} {f['bytes']:,} B (gzip -{f['gzip_level']}: {f['gzip_bytes']:,} B)"
+        f"{labels[i]} {f['bytes']:,} B (gzip level {f['gzip_level']}: {f['gzip_bytes']:,} B)"
         for i, f in enumerate(result["files"])
         if "bytes" in f and "gzip_bytes" in f and "gzip_level" in f
     ]
