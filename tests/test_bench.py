@@ -409,4 +409,4 @@ def test_the_text_table_gives_the_runs_done_and_each_files_size(files, fake_cloc
     assert f"Timed runs per file: batch 1: {done['1']}, batch 8: {done['8']} (at most 1000)" in table
     for f in result["files"]:
         name = Path(f["path"]).name
-        assert f"{name} {f['bytes']:,} B (gzip -{f['gzip_level']}: {f['gzip_bytes']:,} B)" in table
+        assert f"{name} {f['bytes']:,} B (gzip level {f['gzip_level']}: {f['gzip_bytes']:,} B)" in table
