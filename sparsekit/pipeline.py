@@ -66,7 +66,12 @@ def resolve_model(
         fallback_named_in=recipe.source or "the recipe",
         probe=None if kwargs is None else True,  # recipe kwargs are a file's data too
     )
-    if spec.input_shape and loaded.input_shape and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]:
+    if (
+        spec.input_shape
+        and loaded.input_shape
+        and list(spec.input_shape)[1:] != list(loaded.input_shape)[1:]
+        and _runs_on(loaded.model, loaded.input_shape)
+    ):  # a saved shape the model does not take (a damaged or mis-saved checkpoint) yields to the recipe's
         raise DataError(
             f"model.input_shape: the recipe says {list(spec.input_shape)} but {model_path} was saved for input "
             f"{list(loaded.input_shape)}; use a recipe for this model or {option('set', 'model.input_shape=null')}"
@@ -87,19 +92,29 @@ def resolve_model(
     return loaded
 
 
+def _runs_on(model: nn.Module, shape: list[int]) -> bool:
+    from .inspection import check_input_shape
+
+    try:
+        check_input_shape(model, shape)
+    except DataError:
+        log.warning("the model does not take its checkpoint's saved input_shape %s; using the recipe's", shape)
+        return False
+    return True
+
+
 def check_input(model: nn.Module, input_shape: list[int], where: str, origin: str = "") -> int:
     """Run one forward pass; returns the number of outputs (classes). A model returning a tuple / dict
     needs ``model.output`` (:mod:`sparsekit.logits`, attached before this)."""
     from .inspection import check_input_shape
 
     # Batch 1 and 2, naming the shape as the user wrote it (and the batch dim if it was left out).
-    saved = origin.endswith("its saved input_shape")  # the recipe cannot override a checkpoint's shape
+    # The recipe's model.input_shape is the remedy whatever the shape's source: it replaces a saved one the
+    # model does not take (resolve_model).
     check_input_shape(
         model,
         input_shape,
-        fix=(lambda v: "when saving it: sparsekit.save_model(..., input_shape=[1, ...])")
-        if saved
-        else (lambda v: option("set", f"model.input_shape={v.replace(' ', '')}" if v else "")),
+        fix=lambda v: option("set", f"model.input_shape={v.replace(' ', '') if v else '[1,...]'}"),
         origin=origin or "input shape",
     )
     try:

@@ -414,8 +414,18 @@ def test_a_checkpoint_saved_with_an_input_shape_its_model_does_not_take_is_named
     assert_bad_input(_run(["export", path, *ARCH, "-o", tmp_path / "x.onnx"]), needle, "--input-shape")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
-    assert_bad_input(_run(["validate", recipe, path, *ARCH]), needle, "sparsekit.save_model")
-    assert_bad_input(_run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK]), needle, "sparsekit.save_model")
+    fix = "--set model.input_shape=[1,...]"
+    assert_bad_input(_run(["validate", recipe, path, *ARCH]), needle, fix)
+    assert_bad_input(_run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK]), needle, fix)
+    # ... and that fix works: a recipe shape the model takes replaces a saved one it does not take.
+    fixed = ["--set", "model.input_shape=[1,64]"]
+    assert _run(["validate", recipe, path, *ARCH, *fixed]).exit_code == 0
+    assert _run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK, *fixed]).exit_code == 0
+    # A saved shape the model does take still wins over a different recipe shape (the recipe is for another model).
+    good = sparsekit.save_model(mlp(), tmp_path / "good.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    assert_bad_input(
+        _run(["validate", recipe, good, *ARCH, "--set", "model.input_shape=[1,32]"]), "was saved for input"
+    )
     # Given on the command line, the option is named instead, and it replaces the saved shape.
     assert_bad_input(_run(["export", path, *ARCH, "--input-shape", "1,33"]), "--input-shape [1, 33]")
     assert _run(["export", path, *ARCH, "--input-shape", "1,64", "-o", tmp_path / "y.onnx"]).exit_code == 0
