@@ -516,23 +516,36 @@ def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _reshape(x: np.ndarray, source: str, input_shape: Sequence[int]) -> np.ndarray:
     """``x`` with samples of shape ``input_shape[1:]``: as is when they already are; reshaped when only
-    the layout's bookkeeping differs (one side flat, or the same shape up to size-1 dimensions, e.g. MNIST's
-    ``(1, 28, 28)`` for ``[1, 784]``); a :class:`DataError` otherwise, since reshaping ``(32, 4)`` samples
-    into ``(4, 32)`` would scramble their values."""
+    the layout's bookkeeping differs (adjacent dimensions merged or split, size-1 ones added or dropped, e.g.
+    MNIST's ``(1, 28, 28)`` for ``[1, 784]`` or ``[1, 1, 784]``); a :class:`DataError` otherwise, since
+    reshaping ``(32, 4)`` samples into ``(4, 32)`` would scramble their values."""
     wanted = sample_shape(input_shape)
     have = tuple(x.shape[1:])
     if have == wanted:
         return x
     if math.prod(wanted) != math.prod(have):
         raise DataError(_mismatch_message(source, have, input_shape))
-    squeezed = [d for d in have if d != 1] == [d for d in wanted if d != 1]
-    if len(have) == 1 or len(wanted) == 1 or squeezed:
+
+    # Merging or splitting adjacent dimensions keeps each value's meaning ((1, 8, 8) <-> (1, 64) <-> (64,), a
+    # channel axis of size 1 added or dropped): one shape's suffix products are then a subset of the other's.
+    # (32, 4) -> (4, 32) regroups the values instead.
+    def bounds(shape: tuple[int, ...]) -> set[int]:
+        dims = [d for d in shape if d != 1]
+        return {math.prod(dims[i:]) for i in range(len(dims))}
+
+    if bounds(have) <= bounds(wanted) or bounds(wanted) <= bounds(have):
         return x.reshape(len(x), *wanted)
+    dims = ", ".join(map(str, wanted))
+    remedy = (
+        f"save x with shape (n, {dims})"
+        if str(source).endswith(".npz")
+        else f"use a data source whose samples have shape ({dims})"
+    )
     raise DataError(
         f"data.source {source!r} gives samples of shape {have} but model.input_shape {[int(d) for d in input_shape]} "
         f"takes samples of shape {wanted}: the same {math.prod(have)} values in another layout, which reshaping "
-        f"would scramble; save x with shape (n, {', '.join(map(str, wanted))}) (e.g. with numpy.transpose) or set "
-        f"model.input_shape to [1, {', '.join(map(str, have))}] if the model takes that"
+        f"would scramble; {remedy} with the axes in that order, or set model.input_shape to "
+        f"[1, {', '.join(map(str, have))}] if the model takes that"
     )
 
 

@@ -282,6 +282,32 @@ def test_npz_that_does_not_fit_the_input_shape_names_both_shapes(tmp_path, shape
         assert needle in message, (needle, message)
 
 
+@pytest.mark.parametrize(
+    ("have", "wanted"),
+    [
+        ((1, 8, 8), [1, 1, 64]),
+        ((1, 8, 8), [1, 64, 1]),
+        ((64,), [1, 1, 8, 8]),
+        ((2, 3, 4), [1, 2, 12]),
+        ((2, 12), [1, 2, 3, 4]),
+    ],
+)
+def test_merging_or_splitting_adjacent_dims_is_a_reshape_not_a_scramble(tmp_path, have, wanted):
+    # digits' (1, 8, 8) samples for a Conv1d model's [1, 1, 64]: the same row-major values, no axis reordered.
+    x = np.arange(6 * int(np.prod(have)), dtype=np.float32).reshape(6, *have)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(6) % 2)
+    bundle = load_data(str(tmp_path / "d.npz"), input_shape=wanted, batch_size=64, val_fraction=0.5)
+    xs = torch.cat([b[0] for b in bundle.train] + [b[0] for b in bundle.val])
+    assert xs.shape[1:] == tuple(wanted[1:])
+    got = sorted(map(tuple, xs.reshape(6, -1).tolist()))
+    assert got == sorted(map(tuple, x.reshape(6, -1).tolist()))  # each sample's values, in their order
+
+
+def test_digits_feed_a_conv1d_input_shape():
+    bundle = load_data("digits", input_shape=[1, 1, 64])
+    assert next(iter(bundle.train))[0].shape[1:] == (1, 64)
+
+
 def test_synthetic_samples_have_the_input_shape_without_its_batch_dim():
     bundle = load_data("synthetic", input_shape=[1, 4, 32], synthetic_samples=40)
     assert next(iter(bundle.train))[0].shape[1:] == (4, 32)
