@@ -661,11 +661,22 @@ def export(
             )
         if q.get("latency_note"):
             lines.append(f"  Note: {q['latency_note']}")
+        else:
+            fp32_file = fp32_out or "FILE.fp32.onnx (--keep-fp32)"
+            lines.append(
+                "  Note: latency is not measured here, and onnxruntime's int8 CPU kernels do not beat fp32 on every "
+                f"model (small CNNs ran 1.0-2x slower): compare with sparsekit bench {fp32_file} {out}"
+            )
     if st["encoding"] == "sparse":
         lines.append(
             f"Stored {out} with sparse initializers: {st['bytes']:,} B, gzip {st['gzip_bytes']:,} B "
             f"({st['gzip_bytes'] / st['dense']['gzip_bytes']:.3f}x of dense storage; saves disk, not time)"
         )
+    if quantize == "int8":
+        # The top level describes the file at -o (the int8 model), as without --quantize; the fp32 export it
+        # was checked against (parity, zeros) under "fp32", its path None unless kept.
+        res["fp32"] = {"path": res["path"], "bytes": res["bytes"], "gzip_bytes": res["gzip_bytes"]}
+        res.update(path=str(out), bytes=written["bytes"], gzip_bytes=written["gzip_bytes"])
     _emit(res, as_json, "\n".join(lines))
 
 

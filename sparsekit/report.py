@@ -423,6 +423,11 @@ class Int8Outcome(_Closed):
         description="per batch size, int8 p50 latency / the pruned fp32 model's (same benchmark run); above 1: "
         "int8 is slower than not quantizing",
     )
+    vs_pruned_fp32_verdict: dict[str, str] = Field(
+        default_factory=dict,
+        description="per batch size, vs_pruned_fp32 in words (faster / slower / within noise), against the larger "
+        "of the two ratios' measured noise",
+    )
 
 
 class Summary(_Closed):
@@ -875,10 +880,9 @@ def summarize(report: Report) -> Summary:
             onnx_gzip_bytes=_change(d.onnx_gzip_bytes, q.onnx_gzip_bytes, SIZE),
             accuracy=_change(fp32, acc, ACCURACY) if fp32 is not None and acc is not None else None,
             latency=_latency(d, q.latency_ms, q.speedup or {}),
-            vs_pruned_fp32={
-                bs: lat.p50 / p.latency_ms[bs].p50
-                for bs, lat in q.latency_ms.items()
-                if bs in p.latency_ms and p.latency_ms[bs].p50 > 0
+            vs_pruned_fp32=_int8_vs_fp32(report),
+            vs_pruned_fp32_verdict={
+                bs: latency_verdict(r, _int8_noise(report, bs)) for bs, r in _int8_vs_fp32(report).items()
             },
         )
     targets = check_targets(report, methods)
@@ -1066,9 +1070,9 @@ def notes(report: Report) -> list[str]:
             out.append(f"{label} ONNX written by the {r.exporter} exporter at opset {r.opset}: {r.export_fallback}.")
     if report.int8 and report.int8.fallback:
         out.append(f"int8: {report.int8.fallback}.")
-    slower_int8 = _int8_slower(report)
-    if slower_int8:
-        out.append(slower_int8)
+    for extra in (_int8_slower(report), _too_noisy(report)):
+        if extra:
+            out.append(extra)
     ss = report.sparse_storage
     if ss:
         out.append(
@@ -1110,21 +1114,35 @@ def _makes_zeros(report: Report, s: Summary) -> bool:
     return any(o.measure == "weights zero" for o in s.methods) or bool(report.dense.sparsity or report.pruned.sparsity)
 
 
-#: int8 p50 over the pruned fp32 model's above which int8 is called slower (beyond a shared machine's noise).
-INT8_SLOWER = 1.1
-
-
-def _int8_slower(report: Report) -> str:
-    """A note when the int8 model runs slower than the pruned fp32 one at some batch size, else ""."""
+def _int8_vs_fp32(report: Report) -> dict[str, float]:
+    """Per batch size, the int8 model's p50 latency over the pruned fp32 model's (same benchmark run)."""
     q, p = report.int8, report.pruned
     if q is None:
-        return ""
-    ratios = {
+        return {}
+    return {
         bs: lat.p50 / p.latency_ms[bs].p50
         for bs, lat in q.latency_ms.items()
         if bs in p.latency_ms and p.latency_ms[bs].p50 > 0
     }
-    slow = ", ".join(bs for bs, r in ratios.items() if r > INT8_SLOWER)
+
+
+def _int8_noise(report: Report, bs: str) -> float:
+    """The noise of int8 vs pruned fp32 at ``bs``: the larger of the two ratios' (each against dense)."""
+    noises = [0.0]
+    if report.int8 and report.int8.speedup and bs in report.int8.speedup:
+        noises.append(report.int8.speedup[bs].noise)
+    if report.benchmark and bs in report.benchmark.speedup:
+        noises.append(report.benchmark.speedup[bs].noise)
+    return max(noises)
+
+
+def _int8_slower(report: Report) -> str:
+    """A note when the int8 model runs slower than the pruned fp32 one, beyond the noise, at some batch size."""
+    q = report.int8
+    if q is None:
+        return ""
+    ratios = _int8_vs_fp32(report)
+    slow = ", ".join(bs for bs, r in ratios.items() if latency_verdict(r, _int8_noise(report, bs)) == "slower")
     if not slow:
         return ""
     why = (
@@ -1137,6 +1155,26 @@ def _int8_slower(report: Report) -> str:
     return (
         f"int8 runs slower than the pruned fp32 model (batch {slow}): {why}. Ship model.int8.onnx for its size, "
         "model.onnx for speed."
+    )
+
+
+#: Noise (the A/A control's spread, as a fraction) above which a run's latency figures are called unreliable.
+NOISY = 0.5
+
+
+def _too_noisy(report: Report) -> str:
+    """A note when the benchmark's noise was so large that no latency ratio of the run means anything."""
+    if report.benchmark is None:
+        return ""
+    worst = {bs: s.noise for bs, s in report.benchmark.speedup.items() if s.noise > NOISY}
+    if not worst:
+        return ""
+    where = ", ".join(f"{1 / (1 + n):.2f}x-{1 + n:.2f}x at batch {bs}" for bs, n in worst.items())
+    return (
+        f"The benchmark was too noisy to measure latency (no change lies anywhere in {where}): the machine was "
+        "busy. Re-run "
+        "the benchmark on a quiet machine (sparsekit bench on dense.onnx and model.onnx) before trusting any "
+        "latency figure of this run."
     )
 
 
@@ -1211,7 +1249,13 @@ def render_summary(report: Report, out: str | Path) -> str:
         )
         lines += [
             "  int8      "
-            + _lat(bs, lc, f"; vs pruned fp32 {q.vs_pruned_fp32[bs]:.3f}x" if bs in q.vs_pruned_fp32 else "")
+            + _lat(
+                bs,
+                lc,
+                f"; vs pruned fp32 {q.vs_pruned_fp32[bs]:.3f}x, {q.vs_pruned_fp32_verdict.get(bs, '')}"
+                if bs in q.vs_pruned_fp32
+                else "",
+            )
             for bs, lc in q.latency.items()
         ]
     overall = f"  overall   params {_x(s.params)}"
@@ -1340,7 +1384,7 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
             fp32_ms = p.latency_ms.get(bs)
             if bs in q.vs_pruned_fp32 and fp32_ms is not None and lc.ms is not None:
                 vs = q.vs_pruned_fp32[bs]
-                word = "slower" if vs > INT8_SLOWER else "faster" if vs < 1 / INT8_SLOWER else "about the same"
+                word = q.vs_pruned_fp32_verdict.get(bs, "")
                 lines.append(
                     f"| int8: latency p50 vs pruned fp32, batch {bs} (ms) | {fp32_ms.p50:.3f} (fp32) | {lc.ms:.3f} | "
                     f"{vs:.3f}x | {word} |"

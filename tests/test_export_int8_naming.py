@@ -72,7 +72,10 @@ def test_int8_is_written_at_o_and_fp32_only_on_request(tmp_path, lenet):
     assert listing(tmp_path) == ["q.onnx"]  # no fp32 copy, no q.int8.onnx, no temp files
     assert weight_types(q) == dict.fromkeys(LENET_WEIGHTS, TensorProto.INT8)
     assert "MatMulInteger" in op_types(q) and written_by_sparsekit(q)
-    assert res["path"] is None and res["int8"]["path"] == str(q) and res["int8"]["mode"] == "dynamic"
+    assert res["int8"]["path"] == str(q) and res["int8"]["mode"] == "dynamic"
+    # The top level is the file at -o, as without --quantize; the fp32 model was not kept.
+    assert res["path"] == str(q) and res["bytes"] == q.stat().st_size and res["fp32"]["path"] is None
+    assert res["fp32"]["bytes"] > 3 * res["bytes"]
     assert res["int8"]["bytes"] == q.stat().st_size and res["int8"]["zeros"]["zeros_ok"]
     assert res["parity"]["ok"] and res["zeros"]["zeros_ok"]  # the fp32 export was checked all the same
     # int8 zeros stored sparsely are larger after gzip than int8 stored densely: auto keeps it dense.

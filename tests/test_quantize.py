@@ -303,7 +303,7 @@ def test_constants_without_zeros_do_not_fail_the_zero_check(tmp_path):
 
 
 def test_dynamic_int8_of_a_cnn_says_it_is_smaller_not_faster(tmp_path):
-    """Dynamic quantization writes ConvInteger, which onnxruntime's CPU provider runs 8-9x slower than fp32
+    """Dynamic quantization writes ConvInteger, which onnxruntime's CPU provider runs 8-16x slower than fp32
     (benchmarks in the README): the result says so; a static (calibrated) one has no such note."""
     import sparsekit
     from sparsekit.onnx import quantize_int8

@@ -46,7 +46,7 @@ __all__ = ["onnx_accuracy", "quantize_int8", "quantize_on_data", "quantized_zero
 PathLike = str | os.PathLike[str]
 
 #: Operators dynamic quantization writes that onnxruntime's CPU provider runs slower than fp32 (ConvInteger has
-#: no optimized kernel: measured 8-9x slower on examples.models' small_cnn and resnet_small, batch 1 and 32).
+#: no optimized kernel: measured 8-16x slower on examples.models' small_cnn, resnet_small and a depthwise net).
 _SLOW_DYNAMIC_OPS = frozenset({"ConvInteger"})
 
 
@@ -147,7 +147,7 @@ def quantize_int8(
         result: dict[str, Any] = {"mode": mode, "per_channel": per_channel, "fallback": fallback}
         result["latency_note"] = (
             f"dynamic int8 runs convolutions as {', '.join(slow_ops)}, which onnxruntime's CPU kernels run several "
-            "times slower than fp32 (8-9x measured on small CNNs): this file is smaller, not faster; calibrate on "
+            "times slower than fp32 (8-16x measured on small CNNs): this file is smaller, not faster; calibrate on "
             "data (static QDQ) for latency"
             if slow_ops
             else None
