@@ -193,6 +193,14 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         ) from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj, "checkpoint"
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("sparsekit/"):
+        from . import __version__
+
+        raise ModelFileError(
+            f"{path}: a sparsekit checkpoint of format {fmt[:40]!r}, which sparsekit {__version__} does not read "
+            f"(it reads {FORMAT!r}); upgrade sparsekit, or re-save the model with this version"
+        )
     return obj, "state_dict"
 
 

@@ -133,3 +133,13 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, content,
     with pytest.raises(ModelFileError, match="not a readable PyTorch checkpoint") as err:
         read_model(path)
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["sparsekit/9", "sparsekit/2"])
+def test_a_checkpoint_of_another_format_version_is_refused_not_read_as_weights(tmp_path, fmt):
+    path = sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["format"] = fmt
+    torch.save(ckpt, path)
+    with pytest.raises(ModelFileError, match=rf"m.pt: a sparsekit checkpoint of format '{fmt}'.*upgrade sparsekit"):
+        read_model(path, "examples.models:mlp")
