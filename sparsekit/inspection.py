@@ -362,7 +362,9 @@ def _onnx_rows(
                 shared = (shared[0] + b, shared[1] + bnz)
             used.add(bias_origin)
             read.setdefault(bias_name, name)
-        rows.append(_row(name, node.op_type, list(w.shape), params, nonzero, n, nz, macs.get(key)))
+        # torch's layout, [out, in]: a MatMul's weight is stored [in, out] (dynamic int8 stores Gemm weights so).
+        shape = list(w.shape)[::-1] if node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2 else list(w.shape)
+        rows.append(_row(name, node.op_type, shape, params, nonzero, n, nz, macs.get(key)))
         if shared_with:
             rows[-1].update(shared_with=shared_with, shared_params=shared[0], shared_nonzero=shared[1])
     return rows, used
@@ -400,14 +402,15 @@ def _onnx_other(graph: Any, used: set[str]) -> tuple[int, int]:
 
 def _onnx_arrays(graph: Any) -> dict[str, tuple[Any, str]]:
     """Stored tensors by name, as ``(array, name of the stored tensor)``: initializers, sparse ones densified,
-    and the outputs of a DequantizeLinear or Transpose of one (a quantized or transposed weight)."""
+    and the outputs of a DequantizeLinear, Transpose or Reshape of one (a quantized or transposed weight, a
+    bias reshaped to broadcast over a dynamic-int8 convolution's output), each as the stored array."""
     from onnx import numpy_helper
 
     from .onnx import densify
 
     arrays = {i.name: (numpy_helper.to_array(i), i.name) for i in graph.initializer}
     arrays.update({s.values.name: (densify(s), s.values.name) for s in graph.sparse_initializer})
-    for op in ("DequantizeLinear", "Transpose"):
+    for op in ("DequantizeLinear", "Transpose", "Reshape"):
         for node in graph.node:
             if node.op_type == op and node.input and node.input[0] in arrays:
                 arrays[node.output[0]] = arrays[node.input[0]]

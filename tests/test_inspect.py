@@ -213,22 +213,29 @@ def test_inspect_onnx_refuses_torch_only_options(tmp_path, mlp_checkpoint):
     assert_bad_input(run("inspect", onnx_path, "--input-shape", "1,64"), "--input-shape", ".onnx")
 
 
-def test_int8_files_count_the_same_layers(tmp_path):
-    from examples.models import mlp
+@pytest.mark.parametrize("case", ["mlp", "cnn"])
+def test_int8_files_count_the_same_layers(tmp_path, case):
+    from examples import models
 
-    factory, kwargs, shape, recipe = CASES["mlp"]
+    factory, kwargs, shape, recipe = CASES["mlp" if case == "mlp" else "cnn-with-batchnorm"]
     torch.manual_seed(0)
-    pt, _ = pruned_checkpoint(tmp_path, mlp(**kwargs), factory, kwargs, shape, recipe)
-    fp32 = inspected(pt, "--trust-code")
-    dynamic = tmp_path / "dynamic.onnx"  # MatMulInteger layers, no calibration data
+    model = getattr(models, factory.split(":")[1])(**kwargs)
+    pt, _ = pruned_checkpoint(tmp_path, model, factory, kwargs, shape, recipe)
+    # BatchNorm folds into the convolutions in ONNX (which gain a bias): compare with the fp32 ONNX file.
+    fp32_onnx = tmp_path / "fp32.onnx"
+    result = run("export", pt, "-o", fp32_onnx, "--exporter", "torchscript", "--storage", "dense", "--trust-code")
+    assert result.exit_code == 0, result.stderr
+    fp32 = inspected(fp32_onnx)
+    dynamic = tmp_path / "dynamic.onnx"  # MatMulInteger / ConvInteger layers, no calibration data
     result = run("export", pt, "-o", dynamic, "--quantize", "int8", "--exporter", "torchscript", "--trust-code")
     assert result.exit_code == 0, result.stderr
     q = inspected(dynamic)
     rows = {r["name"]: r for r in q["layers"]}
-    assert {r["type"] for r in rows.values()} == {"MatMulInteger"}
+    assert {r["type"] for r in rows.values()} == {"MatMulInteger"} | ({"ConvInteger"} if case == "cnn" else set())
+    assert q["other_params"]["params"] == 0  # each bias counted with its layer (a conv's behind a Reshape)
     for row in fp32["layers"]:
         other = rows[row["name"]]
-        assert (other["weights"], other["params"]) == (row["weights"], row["params"])
+        assert (other["weights"], other["params"], other["shape"]) == (row["weights"], row["params"], row["shape"])
         # Rounding to int8 can only add zeros; pruned zeros stay zero.
         assert row["nonzero_weights"] - 0.02 * row["weights"] <= other["nonzero_weights"] <= row["nonzero_weights"]
         assert other["macs"] == row["macs"]  # integer matmuls are sized like their float ones
