@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .errors import WHERE_PREFIXES, ExportError, SparsekitError, Terminated, one_line, render
+from .errors import WHERE_PREFIXES, ExportError, SparsekitError, Terminated, naming_recipe, one_line, render
 from .recipe_catalog import RECIPES_DIR as RECIPES_DIR  # noqa: F401 - kept importable from here
 from .recipe_catalog import find_recipe
 
@@ -388,7 +388,8 @@ def main() -> None:
     "--strict",
     is_flag=True,
     help="Exit 2 when a target the recipe states is missed (sparsity, ratio, MACs, latency, max_value, or an "
-    "entry that achieved nothing). The outputs are still written; without --strict a miss is a warning.",
+    "entry that achieved nothing) or accuracy fell to chance level. The outputs are still written; without "
+    "--strict these are warnings.",
 )
 @click.option(
     "--no-progress",
@@ -1042,8 +1043,10 @@ def validate(
         _load_native("torch")
         from .pipeline import check_inputs
 
-        inputs = check_inputs(model, rec, arch=arch, data=data, trust=trust_model_file, trust_code=trust_code)
-    res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
+        with naming_recipe(rec.source):
+            inputs = check_inputs(model, rec, arch=arch, data=data, trust=trust_model_file, trust_code=trust_code)
+    with naming_recipe(rec.source):
+        res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
     res["recipe"] = str(path)
     auto_lines: list[str] = []
     if inputs is not None and any(a["auto"] for a in res.get("allocation", [])):

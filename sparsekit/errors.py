@@ -9,6 +9,7 @@ an option of the caller (allow overwriting, name the architecture, ...), the mes
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 
@@ -93,6 +94,24 @@ def quoted(err: BaseException) -> str:
     """``err``'s message for quoting inside another SparsekitError: a SparsekitError's options stay
     placeholders, so the outer error renders them for its caller (flags in the CLI)."""
     return err.raw_message if isinstance(err, SparsekitError) else str(err)
+
+
+#: A message about a recipe field starts with its path: ``pruning[0].ignore: ...``, ``model.input_shape: ...``.
+_RECIPE_FIELD = re.compile(r"^(pruning\[\d+\]|model|data|finetune|export|benchmark|seed|version)[.:\s(]")
+
+
+@contextlib.contextmanager
+def naming_recipe(source: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Errors raised inside that name a recipe field (``pruning[0].ignore: 'x' matches no layer``) but not the
+    file are raised again, of the same type, with the recipe file first (``r.yaml: pruning[0].ignore: ...``):
+    checks that need the model run after the recipe was read and know only the field."""
+    try:
+        yield
+    except SparsekitError as err:
+        msg = err.raw_message
+        if source is None or not _RECIPE_FIELD.match(msg) or str(source) in msg:
+            raise
+        raise type(err)(f"{source}: {msg}").with_traceback(err.__traceback__) from err.__cause__
 
 
 class RecipeError(SparsekitError):

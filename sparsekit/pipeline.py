@@ -29,6 +29,7 @@ from .errors import (
     OutputError,
     SparsekitError,
     interrupted_while,
+    naming_recipe,
     one_line,
     option,
     quoted,
@@ -314,15 +315,18 @@ def run_prune(
         if verdict:
             raise SparsekitError(verdict)
         torch.manual_seed(recipe.seed)
-        inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code, clock=clock)
-        with clock("plan"):
-            # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
-            recipe, table, allocation = allocate_for_run(
-                inputs, recipe, [folder.stage, out] if resume else [], progress=progress
+        with naming_recipe(recipe.source):  # the checks against the model name the recipe's fields
+            inputs = check_inputs(
+                model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code, clock=clock
             )
-            if allocation and notify and main:
-                notify(allocation_summary(allocation))
-            rehearse(inputs, recipe)
+            with clock("plan"):
+                # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
+                recipe, table, allocation = allocate_for_run(
+                    inputs, recipe, [folder.stage, out] if resume else [], progress=progress
+                )
+                if allocation and notify and main:
+                    notify(allocation_summary(allocation))
+                rehearse(inputs, recipe)
         arch = f"{inputs.factory} {json.dumps(inputs.loaded.kwargs, sort_keys=True, default=str)}"
         origin = provenance(
             recipe_record(recipe.model_dump(mode="json"), device.type), model_file=model_path, arch=arch, data=source
@@ -579,6 +583,7 @@ def _measure_and_report(
             "train_batches": len(inputs.bundle.train),
             "val_batches": len(inputs.bundle.val),
             "processes": _distributed.world_size(),
+            "classes": inputs.bundle.num_classes,
             "device": str(device),
             "normalize": recipe.data.normalize,
         },

@@ -58,6 +58,7 @@ class DataInfo(_Closed):
     train_batches: int
     val_batches: int
     processes: int = Field(1, description="training processes (torchrun ranks); each trained 1/processes of the data")
+    classes: int | None = Field(None, description="the model's outputs (classes); null in reports written before it")
     device: str = Field("cpu", description="where the model trained (cpu, cuda:0, ...)")
     normalize: str | None = Field(
         None,
@@ -453,7 +454,9 @@ class Summary(_Closed):
         default_factory=list, description="every target the recipe states, checked at the end (see TargetCheck)"
     )
     warnings: list[str] = Field(
-        default_factory=list, description="one line per target missed beyond its tolerance (an error with strict)"
+        default_factory=list,
+        description="one line per target missed beyond its tolerance, and one when accuracy fell to chance level (an "
+        "error with strict)",
     )
 
 
@@ -888,7 +891,7 @@ def summarize(report: Report) -> Summary:
     targets = check_targets(report, methods)
     return Summary(
         targets=targets,
-        warnings=[t.message for t in targets if not t.met],
+        warnings=[t.message for t in targets if not t.met] + _collapsed(report),
         recipe=_recipe_lines(report, methods, excluded),
         data=_data_words(report),
         methods=methods,
@@ -903,6 +906,19 @@ def summarize(report: Report) -> Summary:
         latency=_latency(d, p.latency_ms, report.benchmark.speedup) if report.benchmark else {},
         int8=int8,
     )
+
+
+def _collapsed(report: Report) -> list[str]:
+    """A warning when pruning took a model that was well above chance down to about chance (1 / classes):
+    every target may be met and the model useless."""
+    k = report.data.classes
+    d, p = report.dense.accuracy, report.pruned.accuracy
+    if not k or k < 2 or d < 2.5 / k or p > 1.5 / k:
+        return []
+    return [
+        f"accuracy fell to chance level: {d:.4f} -> {p:.4f} with {k} classes (1/{k} = {1 / k:.3f}); the pruned model "
+        "has lost what it learned: prune less, over more of the schedule, or with a gentler strength"
+    ]
 
 
 def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -> list[TargetCheck]:

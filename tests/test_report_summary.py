@@ -511,3 +511,21 @@ def test_a_benchmark_too_noisy_to_mean_anything_says_so(noise, said):
     assert bool(notes_) is said
     if said:
         assert "0.10x-10.00x at batch 32" in notes_[0] and "batch 1" not in notes_[0]
+
+
+@pytest.mark.parametrize(
+    ("classes", "accuracy", "warned"),
+    [(10, (0.95, 0.11), True), (10, (0.95, 0.5), False), (10, (0.2, 0.1), False), (None, (0.95, 0.11), False)],
+)
+def test_accuracy_at_chance_level_is_a_warning(classes, accuracy, warned):
+    # Targets met, model useless: l1 with a tiny schedule drove a gated MLP from 0.994 to 0.117 with no warning.
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, accuracy=accuracy)
+    report.data.classes = classes
+    s = summarize(report)
+    chance = [w for w in s.warnings if w.startswith("accuracy fell to chance level")]
+    assert bool(chance) is warned
+    if warned:
+        assert "0.9500 -> 0.1100 with 10 classes" in chance[0]
+        assert f"  WARNING   {chance[0]}" in render_summary(report, "out").splitlines()

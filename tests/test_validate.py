@@ -227,3 +227,24 @@ def test_validate_and_prune_take_kwargs_for_arch(tmp_path):
     assert sparsekit.load_model(out / "model.pt", arch="examples.models:mlp").fc1.out_features == 16
     assert_bad_input(run("validate", recipe, weights, "--kwargs", "{}"), "--kwargs", "--arch")
     assert_bad_input(run("prune", weights, recipe, "--kwargs", "[1]", *MLP), "--kwargs", "JSON object")
+
+
+@pytest.mark.parametrize(
+    ("pruning", "needle"),
+    [
+        ("[{method: structured, ratio: 0.5, schedule: oneshot, ignore: [zzz]}]",
+         "pruning[0].ignore: 'zzz' matches no layer"),
+        ("[{method: magnitude, sparsity: 0.5, schedule: oneshot}, {method: gradient, sparsity: 0.5, "
+         "schedule: oneshot}]", "pruning[0] (magnitude) and pruning[1] (gradient)"),
+    ],
+    ids=["ignore", "overlap"],
+)  # fmt: skip
+def test_errors_found_against_the_model_name_the_recipe_file(tmp_path, mlp_checkpoint, pruning, needle):
+    # A schema error names the recipe file; one that needs the model (a pattern, an overlap) must too.
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "model: {input_shape: [1, 64]}\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 2}\n"
+        f"pruning: {pruning}\n"
+    )
+    for args in (["validate", recipe, mlp_checkpoint], ["prune", mlp_checkpoint, recipe, "-o", tmp_path / "o"]):
+        assert_bad_input(run(*args, "--trust-code"), f"{recipe}: {needle}")
