@@ -97,7 +97,8 @@ def quoted(err: BaseException) -> str:
 
 
 #: A message about a recipe field starts with its path: ``pruning[0].ignore: ...``, ``model.input_shape: ...``.
-_RECIPE_FIELD = re.compile(r"^(pruning\[\d+\]|model|data|finetune|export|benchmark|seed|version)[.:\s(]")
+#: (Not ``data``: a data source may come from the command line, and the recipe's own already names the file.)
+_RECIPE_FIELD = re.compile(r"^(pruning\[\d+\]|model|finetune|export|benchmark|seed|version)[.:\s(]")
 
 
 @contextlib.contextmanager
