@@ -85,6 +85,11 @@ class Magnitude:
                 )
             )
         self.current = 0.0  # the sparsity the masks were last set to
+        # A layer whose weight an earlier selected layer holds too (tied) is ranked once, as that weight, and takes
+        # its mask: counted twice, it would weigh double in a global ranking and the whole miss its target.
+        first: dict[int, str] = {}
+        self.tied_to = {n: first.setdefault(id(weight_of(m)), n) for n, m in self.layers.items()}
+        self.tied_to = {n: f for n, f in self.tied_to.items() if n != f}
         for module in self.layers.values():
             ensure_mask(module)
 
@@ -139,7 +144,7 @@ class Magnitude:
         if raw is None:
             return False
         # Layer by layer, each raw score dropped once masked: one model's worth of scores held, not two.
-        scores = {n: masked_scores(raw.pop(n), self.layers[n]) for n in list(raw)}
+        scores = {n: masked_scores(raw.pop(n), self.layers[n]) for n in list(raw) if n not in self.tied_to}
         own = {n: s for n, s in scores.items() if n in self.layer_values}
         rest = {n: s for n, s in scores.items() if n not in self.layer_values}
         masks: dict[str, torch.Tensor] = {}
@@ -151,6 +156,8 @@ class Magnitude:
             masks.update(global_topk_masks(rest, target, self.cap))
         elif rest:
             masks.update(layer_topk_masks(rest, target))  # validated: target <= sparsity <= the cap
+        for name, first in self.tied_to.items():
+            masks[name] = masks[first]
         for name, mask in masks.items():
             set_mask(self.layers[name], mask)
         self.current = target
