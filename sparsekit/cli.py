@@ -473,7 +473,7 @@ def prune(
     missed = report.summary.warnings if report.summary else []
     if missed:
         if strict:
-            more = f" (and {len(missed) - 1} more, see report.json's summary.targets)" if len(missed) > 1 else ""
+            more = f" (and {len(missed) - 1} more, see report.json's summary.warnings)" if len(missed) > 1 else ""
             raise SparsekitError(f"{missed[0]}{more}; the outputs are in {out}")
         if as_json:  # the summary with its WARNING lines went nowhere: say it where logs go
             for line in missed:

@@ -130,11 +130,12 @@ def load_data(
     folder or the current folder.
 
     ``input_shape`` is the model's whole input shape, batch first (``[1, 4, 32]``: samples ``(4, 32)``).
-    Built-in and ``.npz`` samples of shape ``input_shape[1:]`` are used as they are; flat samples (or
-    images for a flat input, or shapes differing only in size-1 dimensions) of the same size are
-    reshaped; anything else is a :class:`DataError` naming both shapes. ``synthetic`` samples have shape
-    ``input_shape[1:]``; a callable's samples must have as many values. ``num_classes`` is the model's
-    number of outputs: labels must be below it
+    Built-in and ``.npz`` samples of shape ``input_shape[1:]`` are used as they are; samples of the same
+    size whose shape differs only by merged or split adjacent dimensions (flat samples, images for a flat
+    input or a 1-D convolution, size-1 dimensions added or dropped) are reshaped; anything else (a
+    regrouping such as ``(32, 4)`` for ``(4, 32)``) is a :class:`DataError` naming both shapes.
+    ``synthetic`` samples have shape ``input_shape[1:]``; a callable's samples must have as many values.
+    ``num_classes`` is the model's number of outputs: labels must be below it
     (default: largest label + 1; 10 for ``synthetic``). ``batch_size`` is in samples,
     ``val_fraction`` the share of samples held out (0 < f < 1), ``seed`` fixes the split, the order
     of training batches and the synthetic samples, ``synthetic_samples`` their number.

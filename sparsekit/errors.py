@@ -9,6 +9,7 @@ an option of the caller (allow overwriting, name the architecture, ...), the mes
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -98,7 +99,9 @@ def quoted(err: BaseException) -> str:
 
 #: A message about a recipe field starts with its path: ``pruning[0].ignore: ...``, ``model.input_shape: ...``.
 #: (Not ``data``: a data source may come from the command line, and the recipe's own already names the file.)
-_RECIPE_FIELD = re.compile(r"^(pruning\[\d+\]|model|finetune|export|benchmark|seed|version)[.:\s(]")
+_RECIPE_FIELD = re.compile(
+    r"^(pruning\[\d+\]|model\.(input_shape|factory|kwargs|output)|finetune\.|export\.|benchmark\.|seed:|version:)"
+)  # field names, not a file's: `model.pt: not a readable checkpoint` is about the model file
 
 
 @contextlib.contextmanager
@@ -112,7 +115,10 @@ def naming_recipe(source: str | os.PathLike[str] | None) -> Iterator[None]:
         msg = err.raw_message
         if source is None or not _RECIPE_FIELD.match(msg) or str(source) in msg:
             raise
-        raise type(err)(f"{source}: {msg}").with_traceback(err.__traceback__) from err.__cause__
+        named = copy.copy(err)  # the same type and attributes, the message prefixed
+        named.raw_message = f"{source}: {msg}"
+        named.args = (render(named.raw_message), *err.args[1:])
+        raise named.with_traceback(err.__traceback__) from err.__cause__
 
 
 class RecipeError(SparsekitError):

@@ -42,11 +42,15 @@ def inspect(
       ``nonzero_params`` count the weight *and* the bias, ``weights`` / ``nonzero_weights`` the weight
       alone, ``sparsity`` is the fraction of the weight that is zero, ``macs`` the dense
       multiply-accumulates for one sample and ``effective_macs`` those of the nonzero weights; both None
-      when unknown (no input shape, or ONNX shape inference could not size the layer).
+      when unknown (no input shape, or ONNX shape inference could not size the layer). A layer whose
+      weight an earlier row holds too (tied; in ONNX only where sparsekit's export recorded the tie) adds
+      ``shared_with`` (that row's name), ``shared_params`` and ``shared_nonzero`` (what it does not add to
+      the totals).
     - totals: ``params`` / ``nonzero_params`` over every parameter (torch) or stored weight (ONNX);
       ``other_params`` (``{"params", "nonzero_params", "types"}``) what the rows leave out (BatchNorm,
-      embeddings, ...), so rows plus other make the total; ``weights`` / ``nonzero_weights`` / ``sparsity``
-      over the rows' weights (the prunable weights: ``sparsity`` is report.json's); ``macs`` /
+      embeddings, ...), so rows plus other make the total, less what a tied row shares; ``weights`` /
+      ``nonzero_weights`` / ``sparsity`` over the rows' weights (the prunable weights, a tied one once:
+      ``sparsity`` is report.json's); ``macs`` /
       ``effective_macs`` summed over the rows, None when some row's are unknown (those rows are listed in
       ``macs_unknown``).
 
@@ -321,10 +325,16 @@ def _onnx_rows(
             output = node.output[0]
         return None
 
-    readers: dict[str, int] = {}  # weight name -> how many layer nodes read it (more than one: tied)
+    readers: dict[str, int] = {}  # weight name -> how many layer nodes read it (tied, or equal values stored once)
     for node in model.graph.node:
         if node.op_type in _WEIGHTED and len(node.input) > 1:
             readers[node.input[1]] = readers.get(node.input[1], 0) + 1
+    transposed = {n.output[0] for n in model.graph.node if n.op_type == "Transpose" and n.output}
+    # Which readers share one weight in torch too: only sparsekit's export records it (the dynamo exporter also
+    # stores equal tensors once and has every layer read that one name).
+    tie_of: dict[str, int] = {}
+    for i, group in enumerate(_tied_layers(model)):
+        tie_of.update(dict.fromkeys(group, i))
     rows: list[dict[str, Any]] = []
     used: set[str] = set()  # stored tensors the rows count
     read: dict[str, str] = {}  # tensor name a node reads -> the first row reading it
@@ -338,10 +348,7 @@ def _onnx_rows(
             bias_name = bias_after(node.output[0])
         n, nz = int(w.size), int(np.count_nonzero(w))
         params, nonzero = n, nz
-        # A weight an earlier row reads by the same name is tied (one parameter in torch too); equal tensors the
-        # exporter stored once reach each layer under its own name (an Identity) and count for each, as in torch.
-        shared_with = read.get(node.input[1])
-        shared = (n, nz) if shared_with else (0, 0)
+        first = read.get(node.input[1])  # an earlier row reads the same stored tensor
         key = node.name or node.output[0]
         # The name the node reads the weight by: an Identity's output (`2.weight`) names this layer, the
         # stored tensor it aliases (`0.weight`) another one; a tied weight's later users by their node.
@@ -352,22 +359,48 @@ def _onnx_rows(
             name = named.split(".weight")[0]
         else:
             name = key.strip("/").rsplit("/", 1)[0] or key
+        if any(r["name"] == name for r in rows):  # equal weights and biases stored once: the node tells them apart
+            name = key.strip("/").rsplit("/", 1)[0] or key
+        # Counted once only for a tie the file records; equal values an exporter stored once count for each layer.
+        tied = first is not None and first in tie_of and tie_of.get(name) == tie_of[first]
+        shared_with = first if tied else None
+        shared = (n, nz) if shared_with else (0, 0)
         used.add(origin)
         read.setdefault(node.input[1], name)
         if bias_name is not None:
             bias, bias_origin = arrays[bias_name]
             b, bnz = int(bias.size), int(np.count_nonzero(bias))
             params, nonzero = params + b, nonzero + bnz
-            if bias_name in read:
+            if bias_name in read and shared_with:
                 shared = (shared[0] + b, shared[1] + bnz)
             used.add(bias_origin)
             read.setdefault(bias_name, name)
         # torch's layout, [out, in]: a MatMul's weight is stored [in, out] (dynamic int8 stores Gemm weights so).
-        shape = list(w.shape)[::-1] if node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2 else list(w.shape)
+        matmul = node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2 and node.input[1] not in transposed
+        shape = list(w.shape)[::-1] if matmul else list(w.shape)
         rows.append(_row(name, node.op_type, shape, params, nonzero, n, nz, macs.get(key)))
         if shared_with:
             rows[-1].update(shared_with=shared_with, shared_params=shared[0], shared_nonzero=shared[1])
     return rows, used
+
+
+def _tied_layers(model: Any) -> list[list[str]]:
+    """The groups of layers sharing one weight that sparsekit's export recorded in the file (else none)."""
+    import json
+
+    from .onnx.export import TIED_KEY
+
+    for prop in model.metadata_props:
+        if prop.key == TIED_KEY:
+            try:
+                groups = json.loads(prop.value)
+            except ValueError:
+                return []
+            ok = isinstance(groups, list) and all(
+                isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups
+            )
+            return groups if ok else []
+    return []
 
 
 def _onnx_other(graph: Any, used: set[str]) -> tuple[int, int]:

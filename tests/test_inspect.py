@@ -347,3 +347,44 @@ def test_tied_and_reshaping_models_give_the_same_rows_for_pt_and_onnx(tmp_path, 
     assert a["sparsity"] == pytest.approx(b["sparsity"]) == pytest.approx(sparsekit.sparsity(model))
     text = run("inspect", onnx_path).stdout
     assert "fc2 shares its weight with fc1 (tied)" in text and "MACs unknown" not in text
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_equal_but_untied_layers_count_for_each_layer(tmp_path, exporter):
+    # deepcopy'd blocks start equal; the dynamo exporter stores equal tensors once and every layer reads that one
+    # name. Not a tie (torch holds three weights), so each layer counts, under its own name.
+    import copy
+
+    block = torch.nn.Linear(16, 16)
+    model = torch.nn.Sequential(block, torch.nn.ReLU(), copy.deepcopy(block), torch.nn.ReLU(), copy.deepcopy(block))
+    path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, path, [1, 16], exporter=exporter)
+    res = inspected(path)
+    assert res["params"] == sum(p.numel() for p in model.parameters()) == 3 * 272
+    names = [r["name"] for r in res["layers"]]
+    assert len(set(names)) == 3 and not any(r.get("shared_with") for r in res["layers"])
+
+
+def test_a_matmul_weight_read_through_a_transpose_shows_torchs_layout(tmp_path):
+    # Stored [out, in] and transposed in the graph for MatMul: the stored layout is torch's already.
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((3, 12), np.float32), "fc.weight")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "fc.bias")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["fc.weight"], ["wt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["x", "wt"], ["h"]),
+            helper.make_node("Add", ["h", "fc.bias"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [w, b],
+    )
+    path = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    (row,) = inspected(path)["layers"]
+    assert row["shape"] == [3, 12] and row["params"] == 39

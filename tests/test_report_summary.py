@@ -515,7 +515,15 @@ def test_a_benchmark_too_noisy_to_mean_anything_says_so(noise, said):
 
 @pytest.mark.parametrize(
     ("classes", "accuracy", "warned"),
-    [(10, (0.95, 0.11), True), (10, (0.95, 0.5), False), (10, (0.2, 0.1), False), (None, (0.95, 0.11), False)],
+    [
+        (10, (0.95, 0.11), True),
+        (10, (0.95, 0.5), False),
+        (10, (0.2, 0.1), False),
+        (None, (0.95, 0.11), False),
+        (2, (0.99, 0.3), True),
+        (2, (0.99, 0.9), False),
+        (3, (0.95, 0.5), False),
+    ],
 )
 def test_accuracy_at_chance_level_is_a_warning(classes, accuracy, warned):
     # Targets met, model useless: l1 with a tiny schedule drove a gated MLP from 0.994 to 0.117 with no warning.
@@ -527,5 +535,5 @@ def test_accuracy_at_chance_level_is_a_warning(classes, accuracy, warned):
     chance = [w for w in s.warnings if w.startswith("accuracy fell to chance level")]
     assert bool(chance) is warned
     if warned:
-        assert "0.9500 -> 0.1100 with 10 classes" in chance[0]
+        assert f"{accuracy[0]:.4f} -> {accuracy[1]:.4f} with {classes} classes" in chance[0]
         assert f"  WARNING   {chance[0]}" in render_summary(report, "out").splitlines()

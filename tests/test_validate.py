@@ -248,3 +248,13 @@ def test_errors_found_against_the_model_name_the_recipe_file(tmp_path, mlp_check
     )
     for args in (["validate", recipe, mlp_checkpoint], ["prune", mlp_checkpoint, recipe, "-o", tmp_path / "o"]):
         assert_bad_input(run(*args, "--trust-code"), f"{recipe}: {needle}")
+
+
+def test_an_error_about_a_model_file_named_like_a_field_is_not_blamed_on_the_recipe(tmp_path):
+    # `model.pt` (the name sparsekit itself writes) starts like the field model.*: the error is the file's.
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {input_shape: [1, 64]}\ndata: {source: digits}\n")
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"garbage")
+    line = assert_bad_input(run("validate", recipe, bad, "--arch", "examples.models:mlp"), f"{bad}: not a readable")
+    assert str(recipe) not in line

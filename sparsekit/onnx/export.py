@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import os
 import re
 import time
@@ -305,7 +306,7 @@ def _write(job: _Job, exporter: str) -> _Written:
     start = time.perf_counter()
     try:
         warned = _export(job.model, tmp, job.x, job.opset, exporter, job.external)
-        opset = _check_file(tmp, job.model if exporter == "torchscript" else None)
+        opset = _check_file(tmp, job.model, restore_names=exporter == "torchscript")
     finally:
         job.clock("export", start)
     parity = None
@@ -439,9 +440,10 @@ def _root_cause(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
+def _check_file(tmp: Path, model_: nn.Module | None = None, *, restore_names: bool = False) -> int | None:
     """Check the file and return its default-domain opset (None when it names none). With the torch
-    ``model`` (TorchScript exports), weights the exporter renamed are given their torch names back."""
+    ``model``, its tied layers are recorded (:data:`TIED_KEY`) and, with ``restore_names`` (TorchScript
+    exports), weights the exporter renamed are given their torch names back."""
     # Negative zeros are stored as +0.0 (see positive_zeros): equal values, a smaller compressed file.
     # The dynamo exporter stamps every node with its Python stack trace (local paths in a file meant
     # to be shipped, ~1 kB per node that blurs dense-vs-pruned size comparisons) and the graph with
@@ -451,8 +453,10 @@ def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
     model = load_onnx(tmp, load_external_data=False)
     _strip_exporter_metadata(model.graph)
     positive_zeros(model, tmp.parent)  # -0.0 from masks and folded BatchNorm: equal values that gzip codes worse
-    if model_ is not None:
+    if model_ is not None and restore_names:
         _restore_names(model.graph, model_)
+    if model_ is not None:
+        _record_ties(model, model_)
     save_onnx(model, tmp, what="exported model")
     # infer_shapes copies the whole model twice over (to bytes and back): once saved, the in-memory copy
     # sheds the data of large initializers (shapes and types are what inference reads of them; a Reshape's
@@ -464,6 +468,22 @@ def _check_file(tmp: Path, model_: nn.Module | None = None) -> int | None:
     except Exception as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+#: metadata_props key listing the layers that share one weight (tied), as a JSON list of lists of module names:
+#: an exporter stores equal tensors once too, so the graph alone cannot tell a tie from equal values.
+TIED_KEY = "sparsekit.tied_layers"
+
+
+def _record_ties(model: onnx.ModelProto, torch_model: nn.Module) -> None:
+    from ..surgery import tied_parameters
+
+    groups = [[m for m, p in holders] for holders in tied_parameters(torch_model) if holders[0][1] == "weight"]
+    for i in reversed(range(len(model.metadata_props))):
+        if model.metadata_props[i].key == TIED_KEY:
+            del model.metadata_props[i]
+    if groups:
+        model.metadata_props.add(key=TIED_KEY, value=json.dumps(groups))
 
 
 def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:

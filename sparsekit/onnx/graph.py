@@ -143,8 +143,11 @@ def _inferred_graph(model: onnx.ModelProto, dims: dict[str, list[int]], *, keep_
         # data_prop: shapes computed in the graph (Shape -> Gather -> Concat -> Reshape, a flatten written as
         # x.reshape(x.shape[0], -1)) are followed, so the layers after them get shapes and MACs.
         return shape_inference.infer_shapes(clone, data_prop=True).graph
-    except Exception:  # noqa: BLE001 - shapes are a nicety; callers fall back
-        return None
+    except Exception:  # noqa: BLE001 - shapes are a nicety: without data propagation, then callers fall back
+        try:
+            return shape_inference.infer_shapes(clone).graph
+        except Exception:  # noqa: BLE001
+            return None
 
 
 def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
