@@ -182,3 +182,15 @@ def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list
             continue
         out.append({"name": name or "<root>", "type": type(module).__name__, "reason": reason})
     return out
+
+
+def tied_aliases(layers: dict[str, nn.Module]) -> dict[str, str]:
+    """Of layers sharing one weight tensor (tied), each later one -> the first: ``{"dec": "enc"}`` when
+    ``dec.weight is enc.weight``. A method ranks, shrinks and counts such a weight once, as the first layer's."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, module in layers.items():
+        owner = first.setdefault(id(weight_of(module)), name)
+        if owner != name:
+            out[name] = owner
+    return out

@@ -24,6 +24,7 @@ from torch import nn
 from . import distributed as _distributed
 from . import methods
 from .errors import TargetError
+from .layers import tied_aliases
 from .learning_rate import LearningRates
 from .masks import MASK, apply_masks, bake, forget_applied, get_mask, weight_of
 from .recipe import Recipe
@@ -150,7 +151,8 @@ class Pruner:
                 getattr(spec, "mode", None) == "proximal" or getattr(spec, "target", None) is not None
             ):
                 # One per weight tensor, as the method holds them (tied modules share one).
-                weights = list({id(w): w for w in (weight_of(m) for m in method.layers.values())}.values())
+                aliases = tied_aliases(method.layers)
+                weights = [weight_of(m) for n, m in method.layers.items() if n not in aliases]
                 rates = LearningRates(weights, fallback=recipe.finetune.optimizer.lr)
                 method.learning_rates = rates
                 self._rates.append(rates)

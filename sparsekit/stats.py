@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import output_dim, prunable_layers
+from .layers import output_dim, prunable_layers, tied_aliases
 from .masks import weight_of
 
 
@@ -20,12 +20,12 @@ def sparsity(model: nn.Module) -> float:
     """Fraction (0..1) of exactly-zero weights over all prunable layers (Linear/Conv weights, masks
     applied, a tied weight once; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped."""
     total = zeros = 0
-    counted: set[int] = set()
-    for m in prunable_layers(getattr(model, "module", model)).values():
-        w = weight_of(m)
-        if id(w) in counted:  # a weight shared by several layers (tied) counts once
+    layers = prunable_layers(getattr(model, "module", model))
+    aliases = tied_aliases(layers)  # a weight shared by several layers counts once
+    for name, m in layers.items():
+        if name in aliases:
             continue
-        counted.add(id(w))
+        w = weight_of(m)
         total += w.numel()
         zeros += int((w == 0).sum())
     return zeros / total if total else 0.0
@@ -121,13 +121,12 @@ def asked_vs_achieved(
     reasons = reasons or {}
     zeros = total = 0
     per_layer = {}
-    counted: set[int] = set()
+    aliases = tied_aliases(layers)
     for name, module in layers.items():
         w = weight_of(module).detach()
         n = max(w.numel(), (initial or {}).get(name, 0))
         z = n - int((w != 0).sum())  # zeros, plus the weights of removed units
-        if id(weight_of(module)) not in counted:  # a weight shared by several modules (tied) counts once
-            counted.add(id(weight_of(module)))
+        if name not in aliases:  # a weight shared by several modules (tied) counts once
             zeros, total = zeros + z, total + n
         per_layer[name] = {
             "asked": layer_asked,

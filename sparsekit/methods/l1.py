@@ -56,7 +56,15 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..errors import RecipeError
-from ..layers import num_units, output_dim, prunable_layers, select_layers, unit_broadcast, unit_view
+from ..layers import (
+    num_units,
+    output_dim,
+    prunable_layers,
+    select_layers,
+    tied_aliases,
+    unit_broadcast,
+    unit_view,
+)
 from ..learning_rate import LearningRates
 from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
 from ..schedule import Schedule
@@ -596,13 +604,12 @@ class L1:
             out["weights_zero"] = out["achieved"]
             out["unit"] = "units"
             dead_all = total_all = 0
-            counted: set[int] = set()
+            aliases = tied_aliases(self.layers)
             for name, module in self.layers.items():
                 norms = torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1)
                 n = max(int(norms.numel()), self.initial_units.get(name, 0))
                 dead = n - int((norms != 0).sum())
-                if id(weight_of(module)) not in counted:  # a tied weight's units count once
-                    counted.add(id(weight_of(module)))
+                if name not in aliases:  # a tied weight's units count once
                     dead_all, total_all = dead_all + dead, total_all + n
                 out["per_layer"][name]["achieved"] = dead / n if n else 0.0
             out["achieved"] = dead_all / total_all if total_all else 0.0
@@ -658,15 +665,10 @@ class L1:
 
 
 def _distinct(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
-    """``layers`` with one module per weight tensor: of modules sharing a weight (tied), the first. The others
-    follow it (the same tensor), so lambda applies once per weight, as a regularizer on parameters does."""
-    seen: set[int] = set()
-    out = {}
-    for name, module in layers.items():
-        if id(weight_of(module)) not in seen:
-            seen.add(id(weight_of(module)))
-            out[name] = module
-    return out
+    """``layers`` with one module per weight tensor (the first of tied ones): lambda applies once per weight,
+    as a regularizer on parameters does."""
+    aliases = tied_aliases(layers)
+    return {n: m for n, m in layers.items() if n not in aliases}
 
 
 class _Fused:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError, TargetError, one_line
-from ..layers import select_layers
+from ..layers import select_layers, tied_aliases
 from ..masks import ensure_mask, global_topk_masks, layer_cap, layer_topk_masks, masked_scores, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
@@ -87,9 +87,7 @@ class Magnitude:
         self.current = 0.0  # the sparsity the masks were last set to
         # A layer whose weight an earlier selected layer holds too (tied) is ranked once, as that weight, and takes
         # its mask: counted twice, it would weigh double in a global ranking and the whole miss its target.
-        first: dict[int, str] = {}
-        self.tied_to = {n: first.setdefault(id(weight_of(m)), n) for n, m in self.layers.items()}
-        self.tied_to = {n: f for n, f in self.tied_to.items() if n != f}
+        self.tied_to = tied_aliases(self.layers)
         for module in self.layers.values():
             ensure_mask(module)
 
