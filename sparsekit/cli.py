@@ -663,10 +663,19 @@ def export(
         if q.get("latency_note"):
             lines.append(f"  Note: {q['latency_note']}")
         else:
-            fp32_file = fp32_out or "FILE.fp32.onnx (--keep-fp32)"
+            how = (
+                f"sparsekit bench {fp32_out} {out}"
+                if fp32_out
+                else "export again with --keep-fp32 and run sparsekit bench on the two files"
+            )
             lines.append(
                 "  Note: latency is not measured here, and onnxruntime's int8 CPU kernels do not beat fp32 on every "
-                f"model (small CNNs ran 1.0-2x slower): compare with sparsekit bench {fp32_file} {out}"
+                f"model (small CNNs ran 1.0-2x slower): to compare, {how}"
+            )
+        if q["bytes"] >= q["fp32_bytes"]:
+            lines.append(
+                "  Note: the int8 file is not smaller than fp32: the model is so small that quantization's scales, "
+                "zero points and extra nodes outweigh the bytes its weights save"
             )
     if st["encoding"] == "sparse":
         lines.append(

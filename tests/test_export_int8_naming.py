@@ -179,3 +179,16 @@ def test_export_int8_failure_writes_nothing(tmp_path):
         export_int8(small_mlp(), out, [1, 64], fp32_path=tmp_path / "." / "m.onnx", exporter="torchscript")
     assert out.read_bytes() == b"previous file" and listing(tmp_path) == ["m.onnx"]
     assert not os.path.exists(tmp_path / "m.fp32.onnx")
+
+
+def test_int8_export_notes_say_how_to_compare_and_when_the_file_is_not_smaller(tmp_path):
+    # A tiny model: quantization's scales and QDQ nodes outweigh its weights; the output says so, and the
+    # latency hint names a real command, not a placeholder.
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(torch.nn.Linear(4, 3).state_dict(), path)
+    arch = ["--arch", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 3}', "--input-shape", "1,4"]
+    result = run("export", path, *arch, "-o", tmp_path / "q.onnx", "--quantize", "int8", "--data", "synthetic")
+    assert result.exit_code == 0, result.stderr
+    assert "the int8 file is not smaller than fp32" in result.stdout
+    assert "FILE.fp32.onnx" not in result.stdout and "export again with --keep-fp32" in result.stdout
