@@ -146,6 +146,17 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
             "pruning.0.schedule={start_epoch: 0, end_epoch: 0}",
             "finetune.distill={weight: 0.9, temperature: 4}",
         ],
+        # round 4 (tuning/taylor/): first-order Taylor importance (Molchanov et al., 2019) from the gradients of a
+        # quarter epoch of fine-tuning before the one removal, and L2 removed at the same point (the control)
+        "taylor, 1 step at epoch 0.25": [
+            "pruning.0.steps=1",
+            "pruning.0.importance=taylor",
+            "pruning.0.schedule={start_epoch: 0.25, end_epoch: 0.25}",
+        ],
+        "l2, 1 step at epoch 0.25": [
+            "pruning.0.steps=1",
+            "pruning.0.schedule={start_epoch: 0.25, end_epoch: 0.25}",
+        ],
     },
 }
 
