@@ -191,7 +191,12 @@ class MethodResult(_Open):
     per_layer: dict[str, LayerAim] = Field(default_factory=dict)
     dead_units: DeadUnits | None = None
     channels: dict[str, list[int]] | None = Field(
-        None, description="structured: [output channels at the start, output channels now] per selected layer"
+        None,
+        description="structured, and l1 after remove_dead: [output channels (units) at the start, now] per selected "
+        "layer",
+    )
+    tied: dict[str, str] | None = Field(
+        None, description="a layer sharing an earlier selected layer's weight (tied) -> that layer: counted once"
     )
 
 
@@ -689,17 +694,20 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
 
 
 def _channels(m: MethodResult, dense: dict[str, Layer], pruned: dict[str, Layer]) -> dict[str, list[int]]:
-    """[output channels at the start, now] per layer of ``m`` that lost units: the structured method's own
-    count, else read off the weight shapes (l1's remove_dead)."""
+    """[output channels at the start, now] per layer of ``m``: the method's own count (structured; l1 after
+    remove_dead), else, in reports written before l1 gave it, read off the weight shapes once a layer lost units
+    (then every layer of an l1 entry, so its total covers them all)."""
     if m.channels:
         return {n: list(v) for n, v in m.channels.items()}
     out = {}
     for name in m.layers:
         a, b = dense.get(name), pruned.get(name)
         # dim 0 is the output channels of Linear/Conv weights (a ConvTranspose's is its inputs)
-        if a and b and a.shape and b.shape and not a.type.startswith("ConvTranspose") and a.shape[0] != b.shape[0]:
+        if a and b and a.shape and b.shape and not a.type.startswith("ConvTranspose"):
             out[name] = [a.shape[0], b.shape[0]]
-    return out
+    if not any(a != b for a, b in out.values()):
+        return {}
+    return out if m.method == "l1" else {n: v for n, v in out.items() if v[0] != v[1]}
 
 
 def _outcome(
@@ -722,8 +730,10 @@ def _outcome(
         )
         for name, aim in m.per_layer.items()
     ]
-    kept = sum(v[1] for v in channels.values()) if channels else None
-    total = sum(v[0] for v in channels.values()) if channels else None
+    # The entry's units: every layer it covers, a tied weight's once (as its first layer's).
+    own = [v for name, v in channels.items() if name not in (m.tied or {})]
+    kept = sum(v[1] for v in own) if channels else None
+    total = sum(v[0] for v in own) if channels else None
     remarks: list[str] = []
     nothing = False
     n = len(m.layers)

@@ -237,6 +237,63 @@ def test_structured_reports_channels_kept_and_macs_not_zero_sparsity():
     assert "sparsity of the whole model" not in md
 
 
+class _TiedMLP(nn.Module):
+    """fc1 -> fc2 -> (fc3 + fc4) -> head, with fc4 sharing fc3's weight (tied): five layers, four weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(64, 48), nn.Linear(48, 32), nn.Linear(24, 10)
+        self.fc3, self.fc4 = nn.Linear(32, 24), nn.Linear(32, 24)
+        self.fc4.weight = self.fc3.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.head(torch.relu(self.fc3(h)) + torch.relu(self.fc4(-h)))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_group_l1_counts_the_units_of_every_layer_of_its_entry(tied):
+    # The entry's "N of M neurons kept" covers all its layers: those that lost units and those that kept all
+    # (the head never loses any), a tied weight's units once.
+    torch.manual_seed(0)
+    recipe = _recipe(
+        [
+            {
+                "method": "l1",
+                "strength": 0.5,
+                "mode": "proximal",
+                "group": "row",
+                "target": 0.3,
+                "remove_dead": True,
+                "schedule": {"start_epoch": 0, "end_epoch": 1},
+            }
+        ],
+        model={"input_shape": MLP_SHAPE},
+    )
+    net = _TiedMLP() if tied else mlp(in_features=64, hidden=[48, 32, 24])
+    dense, model, pruner = _prune(net, recipe, MLP_SHAPE, steps=20)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    (o,) = summarize(report).methods
+    before, now = prunable_layers(dense), prunable_layers(model)
+    once = [n for n in before if not (tied and n == "fc4")]  # fc4 is fc3's weight
+
+    def units(m: nn.Module) -> int:
+        return weight_of(m).shape[0]
+
+    assert any(units(now[n]) < units(before[n]) for n in once)  # the premise: some units were removed
+    assert o.channels_total == sum(units(before[n]) for n in once)
+    assert o.channels_kept == sum(units(now[n]) for n in once)
+    assert {r.name: (r.channels_kept, r.channels_total) for r in o.layers} == {
+        n: (units(now[n]), units(before[n])) for n in before
+    }
+    assert f"; {o.channels_kept:,} of {o.channels_total:,} neurons kept" in render_summary(report, "out")
+    assert f"| {o.channels_kept:,} / {o.channels_total:,} |" in render_markdown(report)
+    if not tied:  # a report written before l1 gave its counts: read off the shapes, every layer too
+        report.methods[0].channels = None
+        (old,) = summarize(report).methods
+        assert (old.channels_kept, old.channels_total) == (o.channels_kept, o.channels_total)
+
+
 # --- verdicts ------------------------------------------------------------------------------------
 
 

@@ -594,7 +594,8 @@ class L1:
         (``"unit": "weights" | "units"``; with groups ``weights_zero`` gives the weight fraction too); per
         layer the same (``asked`` None: lambda is shared). Also ``strength`` (lambda at the start, at the end
         and its largest value), ``topped_up`` (units or weights the target's last step zeroed) and, after a
-        dead-unit removal, ``{"dead_units": {"found": n, "kept": k}}``."""
+        dead-unit removal, ``{"dead_units": {"found": n, "kept": k}}``, ``channels`` (``[units at the start,
+        now]`` of every layer) and ``tied`` (a layer sharing an earlier one's weight -> that layer)."""
         reasons = {
             n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
         }
@@ -624,6 +625,14 @@ class L1:
         out["topped_up"] = self.topped_up
         if self.dead_units:
             out["dead_units"] = self.dead_units
+            # Units at the start and now, per layer, once remove_dead ran: every layer of the entry, those that
+            # lost none too, so the entry's total is over all its layers (a tied weight's once: "tied").
+            out["channels"] = {
+                n: [self.initial_units.get(n, num_units(m)), num_units(m)] for n, m in self.layers.items()
+            }
+            aliases = tied_aliases(self.layers)
+            if aliases:
+                out["tied"] = aliases
         return out
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
