@@ -207,7 +207,8 @@ class Speedup(_Closed):
     spread: list[float]
     noise: float = Field(
         description="half-width of the band within which a ratio is not a change: the A/A control's distance "
-        "from 1, the ratio's own block spread, and never under 0.05 (two sessions of one file differ that much)"
+        "from 1, the ratio's own block spread, and never under 1/0.95 - 1 = 0.0526, so that every ratio from 0.95 "
+        "to 1.05 lies inside (two sessions of one file differ that much)"
     )
     aa_ratio: float = Field(description="the A/A control: the dense file timed against itself")
     significant: bool

@@ -18,6 +18,7 @@ from sparsekit.onnx import benchmark, export_onnx, latency_table
 from sparsekit.onnx.bench import _significant
 from sparsekit.onnx.graph import activation_bytes
 from sparsekit.onnx.sessions import open_session
+from sparsekit.report import latency_verdict
 
 
 def _export(model: nn.Module, path, features: int = 784) -> str:
@@ -90,6 +91,19 @@ def test_smaller_model_is_faster(files):
 def test_a_change_must_clear_the_session_floor_the_aa_control_and_the_spread(ratio, spread, aa, significant):
     control = {"ratio_p50": aa, "spread": [aa, aa]}
     assert _significant({"p50": ratio, "spread": spread}, control) is significant
+
+
+@pytest.mark.parametrize(
+    ("ratio", "significant"),
+    [(0.95, False), (0.9503, False), (1.05, False), (1 / 1.05, False), (0.949, True), (1.0535, True)],
+)
+def test_no_ratio_within_5_percent_of_1_is_a_change(ratio, significant):
+    # README: a latency ratio within 5% of 1 is never called faster or slower, on either side; the band
+    # the report reads (noise_band, rounded) says the same as the benchmark's own verdict.
+    steady, perfect = {"p50": ratio, "spread": [ratio, ratio]}, {"ratio_p50": 1.0, "spread": [1.0, 1.0]}
+    assert _significant(steady, perfect) is significant
+    verdict = latency_verdict(ratio, bench_mod._noise(steady, perfect))
+    assert verdict == ("within noise" if not significant else "faster" if ratio < 1 else "slower")
 
 
 @pytest.mark.parametrize("sizes", [(0,), (1, -4), (), (1.5,)])

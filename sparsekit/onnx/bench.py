@@ -58,13 +58,15 @@ MIN_RUNS = 5 * N_BLOCKS
 # PRECISION_MIN_SHARE of the budget: cheap runs cost nothing to keep doing, so they still run to `runs`.
 PRECISION = 0.02
 PRECISION_MIN_SHARE = 0.1
-# The narrowest noise band: a ratio within 5% of 1 is never called a change. Two onnxruntime sessions of one
-# file run at different speeds in their own right (where their buffers land), a difference the runs of one
-# session cannot show and a single A/A pair measures only once: a 135 MB MLP against a byte copy of itself
-# read 0.967-1.028 over 6 benchmarks (its A/A control 0.948-1.010; one new user's worst, 1.077), LeNet
-# against itself 0.95-1.06 at batch 1 (benchmarks/bench_stability.py), and 2 of those 6 copies were called
-# significantly different under the measured band alone.
+# The narrowest noise band: a ratio within 5% of 1 (0.95 to 1.05) is never called a change. The band is
+# log-symmetric, so its floor is ln(1 / 0.95) either way (0.95 to 1.0526; ln(1.05) would call 0.951 faster).
+# Two onnxruntime sessions of one file run at different speeds in their own right (where their buffers
+# land), a difference the runs of one session cannot show and a single A/A pair measures only once: a 135 MB
+# MLP against a byte copy of itself read 0.967-1.028 over 6 benchmarks (its A/A control 0.948-1.010; one new
+# user's worst, 1.077), LeNet against itself 0.95-1.06 at batch 1 (benchmarks/bench_stability.py), and 2 of
+# those 6 copies were called significantly different under the measured band alone.
 SESSION_FLOOR = 0.05
+_LOG_FLOOR = -math.log(1 - SESSION_FLOOR)  # the wider side, 1 / 0.95, so both 0.95 and 1.05 lie inside
 
 PathLike = str | os.PathLike[str]
 
@@ -389,7 +391,8 @@ def _ratio(times: np.ndarray, i: int) -> dict[str, Any]:
 
 def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
     """Is the ratio outside the noise band: the farthest A/A ratio from 1 (overall or in any
-    block of runs), half the file's own block spread, or :data:`SESSION_FLOOR`, whichever is wider?
+    block of runs), half the file's own block spread, or :data:`SESSION_FLOOR` (every ratio from 0.95 to
+    1.05 lies inside), whichever is wider?
 
     Measured on a log scale (~ |ratio - 1| near 1) so that a 100x speedup still counts when one
     noisy A/A run is off by 2x; on a linear scale no speedup could exceed a noise of 1.
@@ -400,7 +403,14 @@ def _significant(ratio: dict[str, Any], control: dict[str, Any]) -> bool:
 def _band(ratio: dict[str, Any], control: dict[str, Any]) -> float:
     """Half-width of the noise band on a log scale (see :func:`_significant`)."""
     aa = [control["ratio_p50"], *control["spread"]]
-    return max(*(abs(math.log(r)) for r in aa), _half_spread(ratio), math.log1p(SESSION_FLOOR))
+    return max(*(abs(math.log(r)) for r in aa), _half_spread(ratio), _LOG_FLOOR)
+
+
+def _noise(ratio: dict[str, Any], control: dict[str, Any]) -> float:
+    """The band as a ratio: a p50 ratio from ``1 / (1 + noise)`` to ``1 + noise`` (log-symmetric) is not called
+    a change. Rounded up to 4 decimals, so a reader of the rounded figure never calls a change that the
+    unrounded band holds (0.95 stays inside the floor's band)."""
+    return math.ceil(math.expm1(_band(ratio, control)) * 1e4) / 1e4
 
 
 def _summarise(
@@ -431,8 +441,7 @@ def _summarise(
             throughput[str(b)] = round(float(b / (p50 / 1e3)), 1)
             ratios[str(b)] = r = _ratio(times, i)
             significant[str(b)] = _significant(r, control[str(b)])
-            # As a ratio: a p50 ratio within 1 ± noise_band (log-symmetric) is not called a change.
-            bands[str(b)] = round(math.exp(_band(r, control[str(b)])) - 1, 4)
+            bands[str(b)] = _noise(r, control[str(b)])
         out_files.append(
             {
                 "path": str(path),
