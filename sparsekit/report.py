@@ -11,7 +11,9 @@ terminal summary (:func:`render_summary`), ``report.md`` (:func:`render_markdown
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -989,11 +991,8 @@ def _entry_targets(o: MethodOutcome, m: MethodResult, spec: dict[str, Any], repo
         if met and o.method != "l1" and o.achieved > ceiling + tol:
             met = False
             why += " (more than asked)"
-        if o.method == "structured" and not met and (spec.get("round_to") or 1) > 1:
-            why += (
-                f"; channel counts are rounded to multiples of {spec['round_to']} (per_layer reasons say where): "
-                "a smaller round_to, or null, keeps them nearer the ratio"
-            )
+        if o.method == "structured" and not met:
+            why += _structured_miss(o, spec, short=o.achieved < asked)
         out.append(check(field, asked, o.achieved, tol, met, why))
     if o.method == "structured" and spec.get("target_macs") is not None and report.dense.macs:
         asked, achieved = float(spec["target_macs"]), (report.pruned.macs or 0) / report.dense.macs
@@ -1017,6 +1016,60 @@ def _entry_targets(o: MethodOutcome, m: MethodResult, spec: dict[str, Any], repo
             out.append(check("max_value", asked, achieved, asked * 0.001, met,
                              f"asked unit norms at most {asked:g}, the largest is {achieved:.4g}"))  # fmt: skip
     return out
+
+
+_COUPLED = re.compile(r"coupled to ignored layer '([^']+)'")
+
+
+def _structured_miss(o: MethodOutcome, spec: dict[str, Any], *, short: bool) -> str:
+    """Why a structured entry missed its ratio, as its layers' reasons say: layers whose output channels are
+    coupled to a layer the entry keeps whole (in ``ignore``, or not selected by ``layers``), which then keep
+    them all, and ``round_to`` where it moved a layer's count (or, where no layer says why, the one cause a
+    ratio alone can have)."""
+    coupled: dict[str, str] = {}
+    for r in o.layers:
+        found = _COUPLED.search(r.reason or "") if short else None
+        if found:
+            coupled[r.name] = found.group(1)
+    rounded = [r.name for r in o.layers if "round_to" in (r.reason or "")]
+    words = ""
+    if coupled:
+        partners = list(dict.fromkeys(coupled.values()))
+        patterns = spec.get("ignore") or []
+        ignored = [p for p in partners if any(fnmatch.fnmatchcase(p, g) or p.startswith(g + ".") for g in patterns)]
+        unselected = [p for p in partners if p not in ignored]
+        where = " and ".join(
+            w
+            for w in (
+                f"{_names(ignored)} in ignore" if ignored else "",
+                f"{_names(unselected)} not selected by layers" if unselected else "",
+            )
+            if w
+        )
+        fix = " or ".join(
+            w
+            for w in (
+                f"take {_names(ignored)} out of ignore" if ignored else "",
+                f"select {_names(unselected)} too" if unselected else "",
+            )
+            if w
+        )
+        its, it = ("its", "it is") if len(coupled) == 1 else ("their", "they are")
+        words += (
+            f"; {_names(list(coupled))} kept all {its} output channels because {it} coupled (e.g. by a "
+            f"residual add) to layers this entry keeps whole ({where}): {fix}, or "
+            f"leave {_names(list(coupled))} out of its layers"
+        )
+    round_to = spec.get("round_to")
+    unexplained = not any(r.reason for r in o.layers)
+    if (round_to or 1) > 1 and (rounded or unexplained):
+        words += (
+            f"; channel counts are rounded to multiples of {round_to} (per_layer reasons say where): "
+            "a smaller round_to, or null, keeps them nearer the ratio"
+        )
+    elif not words and not unexplained:
+        words += "; per_layer reasons say why, layer by layer"
+    return words
 
 
 def _weight_slack(o: MethodOutcome, report: Report, asked: float, tol: float) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import sparsekit
-from examples.models import mlp, small_cnn
+from examples.models import mlp, resnet_small, small_cnn
 from sparsekit.cli import main
 from sparsekit.layers import prunable_layers, weight_of
 from sparsekit.pipeline import method_results
@@ -511,6 +511,55 @@ def test_structured_words_speak_of_rounding_only_where_it_applies():
     some = target_words({**spec, "layer_ratio": {"conv1": 0.1}}, MethodResult(method="structured",
                         layers=["conv1", "fc1"]))  # fmt: skip
     assert "rounded to multiples of 16" in some and "own ratios for 1 layer(s)" in some
+
+
+@pytest.mark.parametrize("shortcut", ["ignore", "exclude"])
+def test_a_structured_miss_from_coupling_to_a_kept_layer_says_so_not_rounding(shortcut):
+    # layer1.conv2 and layer2.conv2 are added (residual) to the outputs of conv1 and layer2.shortcut.0, which
+    # the entry keeps whole: they cannot lose a channel, whatever round_to does.
+    torch.manual_seed(0)
+    entry = {"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ["fc", "conv1"]}
+    if shortcut == "ignore":
+        entry["ignore"].append("layer2.shortcut.0")
+    else:
+        entry["layers"] = {"exclude": ["layer2.shortcut.0"]}
+    recipe = _recipe([entry], model={"input_shape": CNN_SHAPE})
+    dense, model, pruner = _prune(resnet_small(), recipe, CNN_SHAPE)
+    report = _report(dense, model, pruner, recipe, CNN_SHAPE)
+    (warning,) = summarize(report).warnings
+    assert warning.startswith("target missed: entry 0 (structured) asked ratio 0.500")
+    assert "layer1.conv2, layer2.conv2 kept all their output channels because they are coupled" in warning
+    assert "rounded to multiples" not in warning  # round_to (16) moved no layer here
+    if shortcut == "ignore":
+        assert "(conv1, layer2.shortcut.0 in ignore): take conv1, layer2.shortcut.0 out of ignore" in warning
+    else:
+        assert "(conv1 in ignore and layer2.shortcut.0 not selected by layers)" in warning
+        assert "take conv1 out of ignore or select layer2.shortcut.0 too" in warning
+    assert "or leave layer1.conv2, layer2.conv2 out of its layers" in warning
+
+
+@pytest.mark.parametrize(
+    ("reasons", "coupling", "rounding"),
+    [
+        ({"a": "coupled to ignored layer 'x'", "b": None}, True, False),
+        ({"a": "coupled to ignored layer 'x'", "b": "round_to 16: keeps 16 of 32 channels"}, True, True),
+        ({"a": "round_to 16: keeps all 32 channels instead of 28", "b": None}, False, True),
+        ({"a": None, "b": None}, False, True),  # no layer says why: rounding, the one cause a ratio alone has
+        ({"a": "floor min_channels", "b": None}, False, False),
+    ],
+)
+def test_a_structured_miss_names_the_causes_its_layers_give(reasons, coupling, rounding):
+    from sparsekit.report import LayerOutcome, MethodOutcome, _structured_miss
+
+    layers = [LayerOutcome(name=n, asked=0.5, achieved=0.0, reason=r) for n, r in reasons.items()]
+    o = MethodOutcome(
+        entry=0, method="structured", target="", measure="output channels removed", asked=0.5, achieved=0.2,
+        layers=layers,
+    )  # fmt: skip
+    words = _structured_miss(o, {"ignore": ["x"], "round_to": 16}, short=True)
+    assert ("a kept all its output channels because it is coupled" in words) is coupling
+    assert ("rounded to multiples of 16" in words) is rounding
+    assert ("per_layer reasons say why" in words) is (not coupling and not rounding)
 
 
 @pytest.mark.parametrize(("ratio", "slower"), [(1.3, True), (0.6, False), (1.02, False)])
