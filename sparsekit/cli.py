@@ -595,7 +595,7 @@ def export(
     kwargs = _kwargs(arch_kwargs, arch)
     given_shape = _shape(input_shape)
     _load_native("torch", "onnxruntime")
-    from .inspection import check_input_shape, shape_origin
+    from .inspection import GUESSED, check_input_shape, shape_origin
     from .modelio import infer_input_shape, read_model
     from .onnx import export_onnx
     from .onnx.export import export_int8
@@ -618,7 +618,8 @@ def export(
     if not shape:
         raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
-    check_input_shape(loaded.model, shape, origin=shape_origin(model, given_shape, loaded.input_shape))
+    origin = shape_origin(model, given_shape, loaded.input_shape)
+    check_input_shape(loaded.model, shape, origin=origin, fix=_guessed_fix if origin == GUESSED else None)
     bundle = None
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data
@@ -924,6 +925,12 @@ def inspect(
     _emit(res, as_json, _inspect_text(model, res))
 
 
+def _guessed_fix(value: str) -> str:
+    """The remedy when the input shape sparsekit guessed (from the first layer) does not fit the model."""
+    shape = f"--input-shape {value.strip('[]').replace(' ', '')}" if value else "e.g. --input-shape 1,3,32,32"
+    return f"neither --input-shape nor the file gave one, so sparsekit guessed it: pass {shape}"
+
+
 def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     """The table ``sparsekit inspect`` prints for :func:`sparsekit.inspect`'s result ``res``."""
     shape = res.get("input_shape")
@@ -976,6 +983,8 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
         )
     if unknown and len(unknown) < len(res["layers"]):
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
+    if res.get("input_shape_note"):
+        lines.append(f"note: {res['input_shape_note']} (--input-shape)")
     bad = res.get("non_finite") or {}
     if bad:
         named = ", ".join(f"{name} ({n:,})" for name, n in list(bad.items())[:5]) + (", ..." if len(bad) > 5 else "")

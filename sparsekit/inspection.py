@@ -54,15 +54,17 @@ def inspect(
       ``effective_macs`` summed over the rows, None when some row's are unknown (those rows are listed in
       ``macs_unknown``).
 
-    A torch model adds ``factory``, ``input_shape`` (batch first, None when unknown: pass one for MACs)
-    and ``structurally_pruned``; an ONNX file adds ``gzip_bytes``, ``bytes_per_nonzero``,
-    ``gzip_bytes_per_nonzero`` (sizes count any external-data file), ``input_shape`` (its first input,
-    symbolic dims as names) and ``non_finite`` (``{initializer: NaN/inf count}``, empty when none: a
-    checkpoint with such weights is refused, an ONNX file is only read and reported).
+    A torch model adds ``factory``, ``input_shape`` (batch first, None when unknown: pass one for MACs),
+    ``input_shape_note`` (why it is None although one was guessed from the first layer, none being given or
+    saved: the model does not accept the guess; else None) and ``structurally_pruned``; an ONNX file adds
+    ``gzip_bytes``, ``bytes_per_nonzero``, ``gzip_bytes_per_nonzero`` (sizes count any external-data file),
+    ``input_shape`` (its first input, symbolic dims as names) and ``non_finite`` (``{initializer: NaN/inf
+    count}``, empty when none: a checkpoint with such weights is refused, an ONNX file is only read and
+    reported).
 
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
-    ``input_shape`` (batch first)."""
+    ``input_shape`` (batch first) or the file's saved one (a shape only guessed gives ``input_shape_note``)."""
     path = Path(path)
     if path.suffix == ".onnx":
         return _inspect_onnx(path)
@@ -70,27 +72,43 @@ def inspect(
 
     loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code)
     shape = input_shape or loaded.input_shape or infer_input_shape(loaded.model)
+    note = None
     if shape:
-        check_input_shape(loaded.model, list(shape), origin=shape_origin(path, input_shape, loaded.input_shape))
+        origin = shape_origin(path, input_shape, loaded.input_shape)
+        try:
+            check_input_shape(
+                loaded.model, list(shape), origin=origin, fix=(lambda value: "") if origin == GUESSED else None
+            )
+        except DataError as err:
+            if origin != GUESSED:
+                raise
+            # Only a guess failed, not something the caller or the file said: counts without MACs, and why.
+            note, shape = f"MACs unknown: {err}", None
     res: dict[str, Any] = {
         "path": str(path),
         "format": "torch",
         "bytes": path.stat().st_size,
         "factory": loaded.factory,
         "input_shape": list(shape) if shape else None,
+        "input_shape_note": note,
         "structurally_pruned": bool(loaded.pruning_history),
     }
     res.update(_torch_counts(loaded.model, list(shape) if shape else None))
     return res
 
 
+#: Where an input shape came from when neither the caller nor the file gave one (:func:`shape_origin`).
+GUESSED = "the input shape guessed from the first layer"
+
+
 def shape_origin(path: Any, given: Sequence[int] | None, saved: Sequence[int] | None) -> str:
-    """Where an input shape came from, for messages: the caller's option, the checkpoint, or the first layer."""
+    """Where an input shape came from, for messages: the caller's option, the checkpoint, or a guess from the
+    first layer (:data:`GUESSED`)."""
     if given:
         return option("input_shape")
     if saved:
         return f"{path}: its saved input_shape"
-    return "the input shape read from the first layer"
+    return GUESSED
 
 
 def check_input_shape(
@@ -109,6 +127,10 @@ def check_input_shape(
     import torch
 
     remedy = fix or (lambda value: option("input_shape", value))
+
+    def paren(words: str) -> str:  # a remedy of "" (the caller words its own) leaves no empty brackets
+        return f" ({words})" if words else ""
+
     dims = [int(d) for d in shape]
     param = next(model.parameters(), None)
     device = param.device if param is not None else None
@@ -130,15 +152,15 @@ def check_input_shape(
         if first is not None:
             raise DataError(
                 f"{origin} {dims}: the model does not accept it ({one_line(first, 160)}); give the shape it "
-                f"takes, batch first ({remedy('')})"
+                f"takes, batch first{paren(remedy(''))}"
             )
         if fails([2, *dims[1:]]) is None:
             return
         guess = [1, *dims]
         hint = (
-            f"; the model takes {guess}: did you leave out the batch dimension? ({remedy(str(guess))})"
+            f"; the model takes {guess}: did you leave out the batch dimension?{paren(remedy(str(guess)))}"
             if fails([2, *dims]) is None
-            else f"; give the whole input shape, batch first ({remedy('')})"
+            else f"; give the whole input shape, batch first{paren(remedy(''))}"
         )
         raise DataError(
             f"{origin} {dims}: the model runs on one such input but not on a batch of two, so its first "

@@ -88,7 +88,9 @@ def resolve_model(
     elif loaded.input_shape:
         loaded.shape_origin = f"{model_path}: its saved input_shape"
     else:
-        loaded.shape_origin = "the input shape read from the first layer"
+        from .inspection import GUESSED
+
+        loaded.shape_origin = GUESSED
     loaded.input_shape = list(shape)
     return loaded
 

@@ -207,6 +207,54 @@ def test_an_input_shape_without_its_batch_dim_is_named_as_given(tmp_path, monkey
     assert inspected(tmp_path / "n.onnx")["input_shape"] == ["batch", 1, 8, 8]
 
 
+FC_FIRST = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        # fc is registered first, so sparsekit guesses [1, 144] from it; the input goes to conv: [N, 1, 8, 8].
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4 * 6 * 6, 10)
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    def build():
+        return Net()
+""")
+
+
+def test_a_guessed_input_shape_that_does_not_fit_is_said_to_be_a_guess(tmp_path, monkeypatch):
+    (tmp_path / "fcfirst.py").write_text(FC_FIRST)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sd = tmp_path / "net.pt"
+    torch.save(__import__("fcfirst").build().state_dict(), sd)
+    arch = ("--arch", "fcfirst:build")
+    # inspect: the table all the same, MACs unknown, and a note saying why.
+    result = run("inspect", sd, *arch)
+    assert result.exit_code == 0, result.stderr
+    (note,) = [line for line in result.stdout.splitlines() if line.startswith("note:")]
+    assert "MACs unknown: the input shape guessed from the first layer [1, 144]" in note
+    assert "the model does not accept it" in note and note.endswith("(--input-shape)")
+    assert next(line for line in result.stdout.splitlines() if line.startswith("total")).split()[-2:] == ["unknown"] * 2
+    res = inspected(sd, *arch)
+    assert res["input_shape"] is None and res["macs"] is None and "guessed" in res["input_shape_note"]
+    assert [r["name"] for r in res["layers"]] == ["fc", "conv"] and res["params"] == 1450 + 40
+    assert inspected(sd, *arch, "--input-shape", "1,1,8,8")["input_shape_note"] is None
+    # A shape the user gave is not a guess: still an error.
+    assert_bad_input(run("inspect", sd, *arch, "--input-shape", "1,144"), "--input-shape [1, 144]")
+    # export: the error says the shape was guessed, and how to give one.
+    line = assert_bad_input(
+        run("export", sd, *arch, "-o", tmp_path / "n.onnx"),
+        "the input shape guessed from the first layer [1, 144]",
+        "sparsekit guessed it: pass e.g. --input-shape",
+    )
+    assert "neither --input-shape nor the file gave one" in line
+    assert not (tmp_path / "n.onnx").exists()
+
+
 def test_inspect_onnx_refuses_torch_only_options(tmp_path, mlp_checkpoint):
     onnx_path = tmp_path / "m.onnx"
     assert run("export", mlp_checkpoint, "-o", onnx_path, "--exporter", "torchscript", "--trust-code").exit_code == 0
