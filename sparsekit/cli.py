@@ -1084,9 +1084,11 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
     lines = [f"{path}: valid ({len(rec.pruning)} method(s), {epochs} fine-tuning epoch(s))"]
     for field, spec in res["names_code"].items():
         if "model" not in res:
+            same = "--arch" if field == "model.factory" else "--data"
             lines.append(
-                f"{field} names code {spec}: not imported; prune runs it only when confirmed "
-                "(--arch/--data, --trust-code or a trusted module)"
+                f"{field} names code {spec}: validate checks the recipe only and imported nothing; prune would "
+                f"import and call it only once you confirm it (the same callable given as {same}, --trust-code, "
+                "or its module trusted with sparsekit trust)"
             )
     if "model" in res:
         m, d = res["model"], res["data"]

@@ -258,3 +258,24 @@ def test_an_error_about_a_model_file_named_like_a_field_is_not_blamed_on_the_rec
     bad.write_bytes(b"garbage")
     line = assert_bad_input(run("validate", recipe, bad, "--arch", "examples.models:mlp"), f"{bad}: not a readable")
     assert str(recipe) not in line
+
+
+@pytest.mark.parametrize(("field", "yaml", "flag"), [
+    ("model.factory", "model: {factory: 'os:system', input_shape: [1, 64]}\ndata: {source: digits}\n", "--arch"),
+    ("data.source", "model: {input_shape: [1, 64]}\ndata: {source: 'os:getcwd'}\n", "--data"),
+])  # fmt: skip
+def test_recipe_only_validate_says_it_imported_nothing_and_what_prune_would_need(tmp_path, monkeypatch, field, yaml,
+                                                                                 flag):  # fmt: skip
+    # validate never runs what a recipe names, so it must not say that it "runs" it: it checked the recipe only,
+    # and prune would import the callable only once the user confirms it.
+    import os
+
+    monkeypatch.setattr(os, "system", lambda *a: pytest.fail("validate ran the factory"))
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(yaml + "pruning: [{method: magnitude, sparsity: 0.5}]\n")
+    result = run("validate", recipe)
+    assert result.exit_code == 0, result.stderr
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith(f"{field} names code")]
+    assert "validate checks the recipe only and imported nothing" in line
+    assert "prune would import and call it only once you confirm it" in line
+    assert f"the same callable given as {flag}, --trust-code" in line and "runs it" not in line
