@@ -369,16 +369,22 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
     """A data file named inside a recipe is followed only within the recipe's folder or the current
-    folder (symlinks resolved); anything else must be confirmed by naming it directly (the ``data``
-    option rather than the recipe)."""
+    folder (symlinks resolved; a relative path is read from the current folder, as every path sparsekit
+    is given); anything else must be confirmed by naming it directly (the ``data`` option rather than the
+    recipe)."""
     target = Path(source).resolve()
     roots = [Path.cwd().resolve()]
     if Path(named_in).is_file():
         roots.append(Path(named_in).resolve().parent)
-    if not any(target.is_relative_to(root) for root in roots):
+    # A relative path does not start from the recipe: say where it leads, or "../x.npz" looks like the file
+    # beside the recipe's folder while it is the one beside the current folder.
+    shown = repr(source) if Path(source).is_absolute() else f"{source!r} (read from the current folder: {target})"
+    confirm = f"to use it, name it yourself: {option('data', source)}"
+    inside = [root for root in roots if target.is_relative_to(root)]
+    if not inside:
         raise DataError(
-            f"{named_in}: data.source names the file {source!r}, outside the recipe's folder and the current "
-            f"folder; to use it, name it yourself: {option('data', source)}"
+            f"{named_in}: data.source names the file {shown}, outside the recipe's folder and the current "
+            f"folder, the only places a recipe's paths lead; {confirm}"
         )
 
 

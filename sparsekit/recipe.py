@@ -217,7 +217,9 @@ class DataSpec(_Strict):
         "digits",
         description="where the training and validation data come from: digits (scikit-learn's 1,797 8x8 digits, "
         "samples (1, 8, 8)), mnist5k (5,000 MNIST images, samples (1, 28, 28)), synthetic (seeded gaussian inputs "
-        "with learnable labels), path/to/file.npz (arrays x and y, integer labels) or pkg.module:callable "
+        "with learnable labels), path/to/file.npz (arrays x and y, integer labels; a relative path is read from the "
+        "current folder, and the file must lie in the recipe's folder or the current one unless named as the run's "
+        "data) or pkg.module:callable "
         "returning (train_loader, val_loader) (runs only when confirmed: named as the run's data, or its code "
         "trusted); nothing is downloaded",
     )

@@ -313,6 +313,26 @@ def test_recipe_data_file_outside_its_folders_needs_confirmation(tmp_path, monke
     assert load_data("inside.npz", input_shape=[1, 64], named_in=recipe).num_classes == 10
 
 
+def test_a_relative_recipe_data_path_says_where_it_leads(tmp_path, monkeypatch):
+    # Run from the project folder with the recipe in r/: '../x.npz' is read from the current folder (the
+    # project's parent), not from r/, so it is another file, outside both folders; the error says where it
+    # leads. The same file as an absolute path lies in the current folder: followed, as documented.
+    import numpy as np
+
+    project = tmp_path / "project"
+    (project / "r").mkdir(parents=True)
+    np.savez(project / "x.npz", x=np.random.rand(40, 64).astype("float32"), y=np.arange(40) % 10)
+    monkeypatch.chdir(project)
+    recipe = recipe_file(project / "r", {})
+    with pytest.raises(DataError) as err:
+        load_data("../x.npz", input_shape=[1, 64], named_in=recipe)
+    assert f"'../x.npz' (read from the current folder: {tmp_path.resolve() / 'x.npz'})" in str(err.value)
+    assert "outside the recipe's folder and the current folder" in str(err.value)
+    assert "name it yourself: data='../x.npz'" in str(err.value)
+    assert load_data(str(project / "x.npz"), input_shape=[1, 64], named_in=recipe).num_classes == 10
+    assert load_data("x.npz", input_shape=[1, 64], named_in=recipe).num_classes == 10
+
+
 # --- the import path ---------------------------------------------------------------------------
 
 
