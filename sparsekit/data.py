@@ -370,8 +370,8 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
 def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
     """A data file named inside a recipe is followed only within the recipe's folder or the current
     folder (symlinks resolved; a relative path is read from the current folder, as every path sparsekit
-    is given); anything else must be confirmed by naming it directly (the ``data`` option rather than the
-    recipe)."""
+    is given), never into a hidden file or folder there (SECURITY.md); anything else must be confirmed by
+    naming it directly (the ``data`` option rather than the recipe)."""
     target = Path(source).resolve()
     roots = [Path.cwd().resolve()]
     if Path(named_in).is_file():
@@ -385,6 +385,11 @@ def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
         raise DataError(
             f"{named_in}: data.source names the file {shown}, outside the recipe's folder and the current "
             f"folder, the only places a recipe's paths lead; {confirm}"
+        )
+    if all(any(part.startswith(".") for part in target.relative_to(root).parts) for root in inside):
+        raise DataError(
+            f"{named_in}: data.source names the file {shown}, in a hidden file or folder, where a recipe's paths "
+            f"never lead; {confirm}"
         )
 
 

@@ -333,6 +333,24 @@ def test_a_relative_recipe_data_path_says_where_it_leads(tmp_path, monkeypatch):
     assert load_data("x.npz", input_shape=[1, 64], named_in=recipe).num_classes == 10
 
 
+def test_a_recipe_data_path_into_a_hidden_folder_needs_confirmation(tmp_path, monkeypatch):
+    # SECURITY.md: paths a recipe names are never followed into hidden files or folders (~/.ssh, .git, ...).
+    import numpy as np
+
+    (tmp_path / ".hidden").mkdir()
+    np.savez(tmp_path / ".hidden" / "d.npz", x=np.random.rand(40, 64).astype("float32"), y=np.arange(40) % 10)
+    shutil.copy(tmp_path / ".hidden" / "d.npz", tmp_path / ".d.npz")
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {})
+    for named in (".hidden/d.npz", str(tmp_path / ".hidden" / "d.npz"), ".d.npz"):
+        with pytest.raises(DataError, match=r"in a hidden file or folder.*name it yourself: data="):
+            load_data(named, input_shape=[1, 64], named_in=recipe)
+        assert load_data(named, input_shape=[1, 64]).num_classes == 10  # named by the caller: fine
+    # A recipe kept in a hidden folder may name the files beside it.
+    inner = recipe_file(tmp_path / ".hidden", {})
+    assert load_data(str(tmp_path / ".hidden" / "d.npz"), input_shape=[1, 64], named_in=inner).num_classes == 10
+
+
 # --- the import path ---------------------------------------------------------------------------
 
 
