@@ -284,19 +284,26 @@ def _arch_overrides(arch: str | None, value: str | None) -> list[str]:
 
 
 class _UsageError(click.ClickException):
-    """A usage error shown as the one ``Error:`` line first, then where help is (click prints the usage
-    synopsis above the error, where a user reading the last line of a log misses it)."""
+    """A usage error shown as one ``Error:`` line that says where help is, like every other bad input (click
+    prints the usage synopsis above the error and a "Try ... --help" line below it)."""
 
     exit_code = 2
 
     def __init__(self, err: click.UsageError) -> None:
-        super().__init__(err.format_message())
-        self.hint = f"Try '{err.ctx.command_path} --help' for help." if err.ctx is not None else ""
+        # One line: click's messages are, ours too; collapse any line break a message might hold.
+        message = " ".join(err.format_message().split())
+        if err.ctx is not None:
+            message = f"{message.removesuffix('.')} (see '{err.ctx.command_path} --help')"
+        super().__init__(message)
 
     def show(self, file: Any = None) -> None:
-        super().show(file)
-        if self.hint:
-            click.echo(self.hint, file=file, err=file is None)
+        click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
+
+
+# click 8.2+ raises this (a UsageError) for a bare `sparsekit`; 8.1 prints the help and exits by itself.
+_NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None
+)
 
 
 class _Group(click.Group):
@@ -306,6 +313,8 @@ class _Group(click.Group):
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
+        except _NO_ARGS_IS_HELP:
+            raise  # a bare `sparsekit`: click shows the help itself, not squeezed into one line
         except click.UsageError as err:
             raise _UsageError(err) from None
 

@@ -79,6 +79,26 @@ def trained_state_dict(tmp_path, user_arch):
     return path
 
 
+@pytest.mark.parametrize(
+    ("args", "needle", "command"),
+    [
+        (["export"], "Missing argument 'MODEL'", "sparsekit export"),
+        (["bench", "x.onnx", "--threads", "-3"], "Invalid value for '--threads'", "sparsekit bench"),
+        (["prunee"], "No such command 'prunee'. Did you mean 'prune'?", "sparsekit"),
+        (["inspect", "--bogus", "m.pt"], "No such option '--bogus'", "sparsekit inspect"),
+        (["export", "m.pt", "--input-shape", "1,a"], "expected comma-separated integers", "sparsekit export"),
+        (["validate", "r.yaml", "--arch", "m:f"], "--arch: only used with MODEL", "sparsekit validate"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_that_says_where_help_is(args, needle, command):
+    # click's own layout is a synopsis and a "Try '... --help' for help." line around the error: here the
+    # one Error line, like every other bad input, names the help itself.
+    result = CliRunner().invoke(main, args, prog_name="sparsekit")
+    line = assert_bad_input(result, needle, f"(see '{command} --help')")
+    assert result.stderr.strip().splitlines() == [line]  # nothing else on stderr
+    assert result.stdout == ""
+
+
 def test_prune_state_dict_with_arch_end_to_end(tmp_path, trained_state_dict, user_arch):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(USER_RECIPE)
