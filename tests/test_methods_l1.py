@@ -76,10 +76,12 @@ def test_group_row_penalty_is_the_l21_norm_of_linear_rows():
     with torch.no_grad():
         model[2].weight[3].zero_()  # a dead row: its (sub)gradient must be 0, not nan
     penalty = pruner.penalty()
-    expected = 0.01 * sum(float(w.detach().double().norm(dim=1).sum()) for w in weights(model))
+    # the head (model[4]) is left out of group lasso: a row of it at zero would leave its class only its bias
+    expected = 0.01 * sum(float(w.detach().double().norm(dim=1).sum()) for w in weights(model)[:-1])
     assert float(penalty) == pytest.approx(expected, rel=1e-6)
     penalty.backward()
-    for w in weights(model):
+    assert model[4].weight.grad is None
+    for w in weights(model)[:-1]:
         norms = w.detach().norm(dim=1, keepdim=True)
         assert torch.allclose(w.grad, 0.01 * w.detach() / norms.clamp_min(1e-30), atol=1e-7)
     assert torch.equal(model[2].weight.grad[3], torch.zeros(24))
@@ -596,3 +598,63 @@ def test_a_tied_weight_is_regularized_and_counted_once(group, mode):
     assert int(zero.sum()) == round(0.5 * zero.numel())
     report = pruner.methods[0].report()
     assert report["achieved"] == pytest.approx(0.5, abs=0.5 / zero.numel())
+
+
+def test_group_lasso_leaves_the_head_out_unless_include_names_it():
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe(strength=0.01, group="row"), steps_per_epoch=4)
+    entry = pruner.methods[0]
+    assert list(entry.layers) == ["0", "2"] and entry.report()["head_left_out"] == "4"
+    named = recipe(strength=0.01, group="row", layers={"include": ["0", "2", "4"]})
+    assert list(sparsekit.Pruner(mlp(), named, steps_per_epoch=4).methods[0].layers) == ["0", "2", "4"]
+    # group none: a weight of the head is a weight like any other
+    assert "4" in sparsekit.Pruner(mlp(), recipe(strength=0.01), steps_per_epoch=4).methods[0].layers
+
+
+def test_a_targets_raised_lambda_shrinks_only_the_units_still_to_be_zeroed():
+    """Under Adam, whose step does not grow with the gradient, lambda climbs far above strength to zero the
+    weakest units in time; applied to every unit, that shrank the units meant to stay as much, and every
+    layer's norms collapsed (accuracy at chance with the target met). The survivors keep their size."""
+    model, loader = _digits_mlp_and_loader()
+    before = {n: getattr(model, n).weight.detach().norm(dim=1) for n in ("fc1", "fc2")}
+    entry = {
+        "method": "l1",
+        "strength": 1e-3,
+        "mode": "proximal",
+        "group": "row",
+        "target": 0.5,
+        "schedule": {"start_epoch": 0, "end_epoch": 1.5},
+    }
+    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 2}, pruning=[entry])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        for x, y in loader:
+            opt.zero_grad()
+            (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
+            opt.step()
+            pruner.step()
+    method = pruner.methods[0]
+    assert method.lam_max > 100 * 1e-3  # lambda did climb
+    for name in ("fc1", "fc2"):
+        after = getattr(model, name).weight.detach().norm(dim=1)
+        kept = after > 0
+        assert int(kept.sum()) > 0
+        # the units kept are as large as they were (old: ~0.02-0.08 of it)
+        assert float(after[kept].mean()) > 0.5 * float(before[name][kept].mean())
+
+
+def test_a_target_never_takes_a_layer_past_its_quota():
+    """One ranking over all layers compares unit norms that are not comparable between layers: a layer of
+    weak units lost all but one of them. With a target, a layer keeps at least (1 - target) / 2 of them."""
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight.mul_(1e-3)  # every unit of the first layer is weaker than any of the second
+    entry = {"group": "row", "mode": "proximal", "target": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}
+    pruner = sparsekit.Pruner(model, recipe(epochs=2, **entry), steps_per_epoch=4)
+    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.01), 8)
+    zero = [int((m.weight.detach() == 0).all(dim=1).sum()) for m in (model[0], model[2])]
+    assert sum(zero) == round(0.5 * (24 + 16))  # the target (the head is left out)
+    assert zero[0] == int(0.75 * 24)  # the quota: halfway between the target and 1
+    report = pruner.methods[0].report()
+    assert report["layer_cap"] == 0.75 and report["achieved"] == pytest.approx(0.5)

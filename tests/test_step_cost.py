@@ -386,7 +386,8 @@ def test_l1_group_proximal_step_is_the_block_soft_threshold(with_magnitude):
     pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=entries), steps_per_epoch=8)
     method = pruner.methods[0]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    layers = list(method.layers.values())  # the Linear layers but the head (group lasso leaves it out)
+    assert len(layers) == len([m for m in model.modules() if isinstance(m, nn.Linear)]) - 1
     g = torch.Generator().manual_seed(3)
     dead_seen = 0
     for _ in range(30):

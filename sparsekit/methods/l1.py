@@ -27,8 +27,16 @@ left), times a gain that grows by 1.25 while the zero fraction is behind the cur
 from ``init_sparsity`` at ``start_epoch`` to ``target`` at ``end_epoch``) and falls by 1.25 when it is
 ahead; in proximal mode no step
 may zero more than the curve allows one adaptation ahead (the strongest of the would-be zeros skip that
-step's shrink). At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
+step's shrink), and lambda above ``strength`` shrinks only the units (weights) marked at the last adaptation as
+the weakest still to be zeroed, the others shrinking by ``strength`` alone (growing regularization, Wang et al.,
+2021). No layer may have more than ``(1 + target) / 2`` of its units at zero (weights: 0.99, magnitude's default
+``max_layer_sparsity``): unit norms of different layers are not comparable, and one ranking over them emptied
+layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
 training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
+
+With ``group: row | channel`` the classifier head (the prunable layer a forward pass calls last) is left out
+unless ``layers.include`` names it: a head row at zero leaves its class only a bias, and the head's outputs are
+never removed.
 
 Both modes are active for the steps inside ``schedule`` (default: the whole run; an empty window is an
 error). To keep ``pruner.step()`` cheap the proximal step runs every ``proximal_every`` optimizer steps
@@ -169,6 +177,9 @@ class L1:
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # no shape changes before finalize
         _check_group(spec.group, self.layers, self.where)
+        self.head_left_out: str | None = None
+        if spec.group != "none":
+            self._leave_out_head(model, spec)
         self.schedule = Schedule.from_spec(spec.schedule, 1.0, setup.steps_per_epoch)
         if self.schedule.end <= self.schedule.start:
             # `schedule: oneshot` (or end_epoch == start_epoch) would make l1 silently do nothing.
@@ -199,11 +210,21 @@ class L1:
             num_units(m) if self.units else w.numel() for m, w in zip(self._modules, self._weights, strict=True)
         ]
         self.total = sum(self._sizes)
+        # With a target: per layer, the most units (weights) it may have at zero, so that one ranking over all
+        # layers cannot take a layer down to a unit or two (their norms are not comparable across layers: other
+        # fan-in, other activation scales, a BatchNorm after it) while the others stay whole.
+        self.layer_cap = 0.0 if self.target is None else layer_cap_for(self.target, self.units)
+        self._quota = [min(size - 1, math.floor(self.layer_cap * size)) for size in self._sizes]
         self.dead = 0  # units (weights) at zero over all layers, as of the last exact step or adapt point
         self._fused_until = 0  # steps up to this one may take the fused pass (no target only)
         self.proximal_every = int(spec.proximal_every)
         self._owed = [0.0] * len(self._modules)  # per layer: lr * lambda summed since the last proximal step
         self._owed_all = 0.0  # the same, owed by every layer alike (one learning rate for all)
+        # With a target: per layer, lr * strength summed (the shrink of units not marked), and per layer the units
+        # (weights) marked at the last adaptation as the weakest still to be zeroed, the only ones lambda's raise
+        # shrinks (None before the first adaptation: every unit takes strength).
+        self._owed_base = [0.0] * len(self._modules)
+        self._marked: list[torch.Tensor] | None = None
         self._covers: dict[str, _UnitCover] = {}  # per layer, the units its mask still has (group proximal)
         self._fused: _Fused | None = None
         # What counts as zero for the target: threshold, or in penalty mode without one (a penalty makes no exact
@@ -216,6 +237,24 @@ class L1:
         # Weight and unit counts before remove_dead shrinks layers: removed units count as pruned in the report.
         self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
         self.initial_units = {n: num_units(m) for n, m in self.layers.items()}
+
+    def _leave_out_head(self, model: nn.Module, spec: Any) -> None:
+        """Group lasso leaves the classifier head out unless ``layers.include`` names it: a head row at zero
+        leaves its class only its bias (the class can no longer be predicted from the input), and a head's
+        outputs are never removed, so it would count toward the target with nothing to show for it. The head
+        is the prunable layer a forward pass calls last (with an input shape), else the last one registered."""
+        if len(self.layers) < 2:
+            return
+        if self.input_shape:
+            try:
+                head = last_layer(model, self.input_shape)
+            except Exception:  # a model that does not run on this shape fails later with a clear error
+                head = None
+        else:
+            head = next(reversed(prunable_layers(model)), None)
+        if head in self.layers and head not in (spec.layers.include or []):
+            del self.layers[head]
+            self.head_left_out = head
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
@@ -277,19 +316,25 @@ class L1:
         lr = rates.uniform() if rates is not None else 1.0
         if lr is not None:
             self._owed_all += lr * self.lam  # the usual case: one rate for every layer, one float added
+            if self.target is not None:
+                self._owed_base = [t + lr * self.spec.strength for t in self._owed_base]
         else:
             owed = self._owed
             for i, t in enumerate(self._shrinks()):
                 owed[i] += t
+                if self.target is not None:
+                    self._owed_base[i] += t / self.lam * self.spec.strength if self.lam > 0 else 0.0
         every = self.proximal_every
         if every > 1 and (step - self.schedule.start) % every and step != self.schedule.end:
             return
         shrinks = [t + self._owed_all for t in self._owed]
         self._owed, self._owed_all = [0.0] * len(self._owed), 0.0
+        base, self._owed_base = self._owed_base, [0.0] * len(self._owed_base)
         moved = any(w is not weight_of(m) for w, m in zip(self._weights, self._modules, strict=True))
         if moved:  # another entry replaced parameters (structured removal): follow them
             self._weights = [weight_of(m) for m in self._modules]
             self._fused = None
+            self._marked = None  # marked for the old shapes; the next adaptation marks again
             if self.learning_rates is not None:
                 self.learning_rates.watch(self._weights)
         if self.target is None and step <= self._fused_until and not moved:
@@ -299,39 +344,53 @@ class L1:
             if fused is not None:
                 fused.shrink(shrinks)
                 return
-        self._exact(step, shrinks)
+        self._exact(step, shrinks, base)
 
-    def _exact(self, step: int, shrinks: list[float]) -> None:
+    def _exact(self, step: int, shrinks: list[float], base: list[float]) -> None:
         """The per-layer step: shrink, mask the zeros it made (so momentum cannot revive them), keep every
-        layer alive, and with a target never let more than the curve allows (one step ahead) be zero."""
+        layer alive, and with a target never let more than the curve allows (one step ahead) be zero.
+
+        ``shrinks``: ``lr * lambda`` summed per layer; ``base``: ``lr * strength`` summed, the shrink of the
+        units not marked as still to be zeroed (with a target; see :meth:`_adapt`)."""
         budget = None
+        marked = self._marked
         if self.target is not None:
             allowed = round(self.curve(min(step + self.adapt_every, self.schedule.end)) * self.total)
             budget = max(allowed - self.dead, 0)
         dead = 0
         peak = math.inf
         for i, (name, module) in enumerate(self._own.items()):
+            t: float | torch.Tensor = shrinks[i]
+            if self.target is not None and shrinks[i] > base[i]:
+                # lambda's raise shrinks only the marked units; the others (all of them once none is marked: the
+                # target is met) take the recipe's strength
+                t = base[i] if marked is None else torch.where(marked[i], shrinks[i], base[i])
             if self.units:
-                n_dead, new, top = self._shrink_groups(name, module, shrinks[i], budget)
+                n_dead, new, top = self._shrink_groups(name, module, t, budget)
             else:
-                n_dead, new, top = self._shrink(name, module, shrinks[i], budget)
+                n_dead, new, top = self._shrink(name, module, t, budget)
             if budget is not None:
                 budget = max(budget - new, 0)
             dead += n_dead
             if shrinks[i] > 0:
-                peak = min(peak, top / shrinks[i])
+                peak = min(peak, top / shrinks[i])  # (read without a target only)
         self.dead = dead
         # Fused passes until the next exact step, unless a layer could come near zero before it (peak is in
         # shrinks of this step, which covered proximal_every optimizer steps).
         ahead = (_REFRESH + self.proximal_every) / self.proximal_every
         self._fused_until = step + _REFRESH - 1 if peak > _GUARD * ahead else step
 
-    def _shrink(self, name: str, module: nn.Module, t: float, budget: int | None) -> tuple[int, int, float]:
-        """Soft-threshold one layer by ``t`` and mask the zeros it makes: (weights at zero, newly zero, the
-        largest |w| left)."""
+    def _shrink(
+        self, name: str, module: nn.Module, t: float | torch.Tensor, budget: int | None
+    ) -> tuple[int, int, float]:
+        """Soft-threshold one layer by ``t`` (a float, or one per weight) and mask the zeros it makes: (weights
+        at zero, newly zero, the largest |w| left)."""
         w = weight_of(module)
         mask = get_mask(module)
-        shrunk = torch.nn.functional.softshrink(w, t)
+        if isinstance(t, torch.Tensor):
+            shrunk = w.abs().sub_(t.to(w.dtype)).clamp_min_(0).mul_(w.sign())
+        else:
+            shrunk = torch.nn.functional.softshrink(w, t)
         if mask is not None:
             shrunk.mul_(mask)  # masked weights moved with the optimizer step: they stay zero
         before = w.numel() if mask is None else count_true(mask)
@@ -362,9 +421,11 @@ class L1:
         top = float(shrunk.abs().max()) if n_alive else 0.0
         return w.numel() - n_alive, new, top
 
-    def _shrink_groups(self, name: str, module: nn.Module, t: float, budget: int | None) -> tuple[int, int, float]:
-        """Block soft-threshold of one layer, ``w_g <- w_g * max(0, 1 - t / ||w_g||)``, masking dead units:
-        (units at zero, newly zero, the largest unit norm left)."""
+    def _shrink_groups(
+        self, name: str, module: nn.Module, t: float | torch.Tensor, budget: int | None
+    ) -> tuple[int, int, float]:
+        """Block soft-threshold of one layer, ``w_g <- w_g * max(0, 1 - t / ||w_g||)`` (``t`` a float, or one
+        per unit), masking dead units: (units at zero, newly zero, the largest unit norm left)."""
         w = weight_of(module)
         dtype = torch.promote_types(w.dtype, torch.float32)
         norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
@@ -427,7 +488,14 @@ class L1:
         ``k``-th smallest norm (|w|) left, ``k`` the zeros still missing, over ``lr`` times the steps left
         (the shrink a proximal step takes, ``lr * lambda``, summed to the end), times a gain that grows by
         _GROW while the zero fraction is behind the curve and falls by it when ahead (the loss gradient
-        pushes back; with Adam a penalty's step is not ``lr * lambda``)."""
+        pushes back; with Adam a penalty's step is not ``lr * lambda``).
+
+        In proximal mode those ``k`` weakest are marked, and lambda above ``strength`` shrinks only them until
+        the next adaptation re-ranks: the regularization grows on the units to be removed alone, as in growing
+        regularization (Wang et al., 2021, "Neural Pruning via Growing Regularization", ICLR). Raised for every
+        unit, it shrank the units meant to stay as much: under Adam, whose gradient step does not grow with the
+        gradient, or with few optimizer steps per epoch, the gain climbed until every layer's norms collapsed
+        and accuracy fell to chance with the target met."""
         achieved = self._zero_fraction()
         wanted = self.curve(step)
         tol = 0.5 / self.total + 0.005 * (self.target or 0.0)
@@ -437,13 +505,29 @@ class L1:
             self.gain = max(self.gain / _GROW, 0.01)
         missing = round((self.target or 0.0) * self.total) - self.dead
         if missing <= 0:
+            self._marked = None
             return
+        floor = max(self.zero_below, torch.finfo(torch.float32).tiny)
         with torch.no_grad():
-            scores = torch.cat([s.float().view(-1) for s in self._scores()])
-            alive = scores[scores >= max(self.zero_below, torch.finfo(torch.float32).tiny)]
-            if alive.numel() == 0:
+            per_layer = self._scores()
+            # Per layer, the weakest units it may still lose (its quota less those at zero); the k-th of them all.
+            alive = [s >= floor for s in per_layer]
+            weakest: list[torch.Tensor] = []
+            for s, a, quota in zip(per_layer, alive, self._quota, strict=True):
+                room = quota - (s.numel() - int(a.sum()))
+                values = s[a].float().view(-1)
+                take = min(max(room, 0), values.numel())
+                weakest.append(torch.topk(values, take, largest=False).values)
+            pool = torch.cat(weakest)
+            if pool.numel() == 0:
+                self._marked = None
                 return
-            kth = float(torch.kthvalue(alive.cpu(), min(missing, alive.numel())).values)
+            kth = float(torch.kthvalue(pool.cpu(), min(missing, pool.numel())).values)
+            if self.spec.mode == "proximal":
+                self._marked = [
+                    a & (s <= min(kth, float(w.max()))) if w.numel() else torch.zeros_like(a)
+                    for s, a, w in zip(per_layer, alive, weakest, strict=True)
+                ]
         rates = self.learning_rates.rates() if self.learning_rates is not None else [1.0]
         lr = sum(rates) / len(rates)
         left = max(self.schedule.end - step, 1)
@@ -461,8 +545,8 @@ class L1:
     @torch.no_grad()
     def _settle(self) -> None:
         """At end_epoch: exactly ``round(target * total)`` units (weights) zero and masked, the weakest ones
-        (every one already at zero first), no layer emptied. Weights already at zero stay so, so a proximal
-        run that overshot keeps its extra zeros."""
+        (every one already at zero first), no layer past its quota (:func:`layer_cap_for`). Weights already at
+        zero stay so, so a proximal run that overshot keeps its extra zeros."""
         scores = self._scores()
         want = round((self.target or 0.0) * self.total)
         flat = torch.cat([s.float().view(-1) for s in scores])
@@ -471,13 +555,13 @@ class L1:
         for s in scores:
             bounds.append(bounds[-1] + s.numel())
         owner = torch.bucketize(order, torch.tensor(bounds[1:-1]), right=True)
-        left = list(self._sizes)
+        left = list(self._quota)  # never more than a layer's quota, never a layer emptied
         chosen: list[int] = []
         for idx, layer in zip(order.tolist(), owner.tolist(), strict=True):
             if len(chosen) >= want and flat[idx] > 0:
                 break
-            if left[layer] <= 1:
-                continue  # never empty a layer
+            if left[layer] <= 0 and flat[idx] > 0:
+                continue  # (a unit already at zero stays so)
             left[layer] -= 1
             chosen.append(idx)
         dead_before = self.dead if self.spec.mode == "proximal" else int((flat == 0).sum())
@@ -619,10 +703,15 @@ class L1:
             out["reason"] = (
                 "the run stopped before schedule.end_epoch, where the target is settled"
                 if not self.settled
-                else "keeping one unit alive per layer left fewer to zero than asked"
+                else f"no layer may have more than {self.layer_cap:g} of its {out['unit']} at zero (and every layer "
+                "keeps one): that left fewer to zero than asked"
             )
         out["strength"] = {"start": float(self.spec.strength), "end": self.lam, "max": self.lam_max}
         out["topped_up"] = self.topped_up
+        if self.target is not None:
+            out["layer_cap"] = self.layer_cap
+        if self.head_left_out is not None:
+            out["head_left_out"] = self.head_left_out
         if self.dead_units:
             out["dead_units"] = self.dead_units
             # Units at the start and now, per layer, once remove_dead ran: every layer of the entry, those that
@@ -655,6 +744,8 @@ class L1:
             "settled": self.settled,
             "fused_until": self._fused_until,
             "owed": [t + self._owed_all for t in self._owed],
+            "owed_base": list(self._owed_base),
+            "marked": None if self._marked is None else [m.cpu().clone() for m in self._marked],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -671,6 +762,23 @@ class L1:
         owed = state.get("owed")
         if owed is not None and len(owed) == len(self._owed):
             self._owed, self._owed_all = [float(v) for v in owed], 0.0
+        base = state.get("owed_base")
+        if base is not None and len(base) == len(self._owed_base):
+            self._owed_base = [float(v) for v in base]
+        marked = state.get("marked")
+        self._marked = None
+        if marked is not None and len(marked) == len(self._weights):
+            like = self._scores()  # a marked tensor has its layer's score shape (units, or the weight's)
+            if all(m.shape == s.shape for m, s in zip(marked, like, strict=True)):
+                self._marked = [m.to(s.device) for m, s in zip(marked, like, strict=True)]
+
+
+def layer_cap_for(target: float, units: bool) -> float:
+    """The largest fraction of one layer's units (``units``) or weights that an l1 ``target`` may zero: halfway
+    between the target and 1 (0.75 at 0.5, 0.85 at 0.7), for weights at least 0.99 as magnitude pruning's
+    ``max_layer_sparsity`` default; a layer always keeps one unit (weight)."""
+    half = (1 + target) / 2
+    return half if units else max(0.99, half)
 
 
 def _distinct(layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
