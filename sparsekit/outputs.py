@@ -26,6 +26,7 @@ data file). Every refusal is an :class:`~sparsekit.errors.OutputError` naming th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +67,24 @@ def _is_temp(name: str) -> bool:
 
 
 # What sparsekit's atomic writes name their temp files and folders: tempfile.mkstemp/mkdtemp with
-# prefix ".NAME." and suffix ".tmp" (8 random characters between).
-_TEMP_RE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# prefix ".NAME." and suffix ".tmp" (8 random characters between), NAME the file it becomes.
+_TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
-def remove_stale_temps(root: Path) -> list[str]:
+def remove_stale_temps(root: Path, ours: Callable[[str], bool] | None = None) -> list[str]:
     """Remove the temp files and folders sparsekit's atomic writes leave under ``root`` when a run is
     killed (SIGKILL, power loss) before it renames them; returns their paths relative to ``root``.
-    Call it only while holding the folder's run lock: no other run is writing there then. Links are
-    never followed or removed."""
+    ``ours(relative path)`` says whether a temp-named entry is sparsekit's (default: every one): a user's
+    ``.notes.20261130.tmp`` has the same shape. Call it only while holding the folder's run lock: no other
+    run is writing there then. Links are never followed or removed."""
     removed = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in [*filenames, *dirnames]:
             path = here / name
             if not _TEMP_RE.fullmatch(name) or path.is_symlink():
+                continue
+            if ours is not None and not ours(path.relative_to(root).as_posix()):
                 continue
             with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: leave it
                 if path.is_dir():
@@ -214,17 +218,31 @@ class RunFolder:
                 dirnames[:] = [d for d in dirnames if d != META]
             for d in sorted(dirnames):
                 rel = (rel_dir / d).as_posix()
-                if (Path(dirpath, d).is_symlink() or rel not in dirs) and not _TEMP_RE.fullmatch(d):
+                if (Path(dirpath, d).is_symlink() or rel not in dirs) and not self._our_temp(rel, owned, dirs):
                     found.append(rel)
             dirnames[:] = sorted(d for d in dirnames if (rel_dir / d).as_posix() in dirs)
             for name in sorted(filenames):
                 rel = (rel_dir / name).as_posix()
                 path = Path(dirpath, name)
-                if _TEMP_RE.fullmatch(name) and not path.is_symlink():
+                if self._our_temp(rel, owned, dirs) and not path.is_symlink():
                     continue  # a killed run's half-written file: removed by begin(), not the user's
                 if rel not in owned or path.is_symlink() or not path.is_file() or self._sha256(path) not in owned[rel]:
                     found.append(rel)
         return sorted(found)
+
+    @staticmethod
+    def _our_temp(rel: str, owned: dict[str, set[str]], dirs: set[str]) -> bool:
+        """Whether ``rel`` (relative to the output folder) is a temp file or folder of sparsekit's: one in
+        ``.sparsekit``, or one named after a file or folder of a run's (``.NAME.XXXXXXXX.tmp`` beside NAME, as
+        the manifest lists it). A user's file of the same shape is the user's: never removed, and reported."""
+        path = Path(rel)
+        match = _TEMP_RE.fullmatch(path.name)
+        if match is None:
+            return False
+        if path.parts[0] == META:
+            return True
+        target = (path.parent / match.group(1)).as_posix()
+        return target in owned or target in dirs
 
     def _sha256(self, path: Path) -> str:
         st = path.stat()
@@ -258,7 +276,11 @@ class RunFolder:
         try:
             self._check_state()  # again, under the lock: another run may have finished here meanwhile
             # A killed run's half-written files (never renamed into place) go now, under the lock.
-            self.removed_temps = remove_stale_temps(self.out) if self.out.is_dir() else []
+            owned = self.owned()
+            dirs = {p.as_posix() for rel in owned for p in Path(rel).parents if p != Path(".")}
+            self.removed_temps = (
+                remove_stale_temps(self.out, lambda rel: self._our_temp(rel, owned, dirs)) if self.out.is_dir() else []
+            )
             with writing(self.stage):
                 if self.stage.exists() and not self.resume:
                     # DIR/.sparsekit/next holds only what an earlier unfinished run of ours wrote; _check_state
@@ -340,27 +362,49 @@ class RunFolder:
         """Take the folder's run lock, ``.sparsekit/lock`` (pid and host of the run holding it), so two
         runs never write one folder. A lock whose process is gone is taken over. Raises
         :class:`OutputError` naming the run that holds it."""
+        self._check_no_run_around()
         with writing(self.meta):
             self.meta.mkdir(parents=True, exist_ok=True)
         path = self.meta / LOCK
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _live_holder(path)
-                if holder is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()  # stale: its run was killed
-                    continue
-                raise OutputError(
-                    f"{self.out}: another sparsekit run ({holder}) is writing this folder; wait for it to end or "
-                    f"choose another output folder (if no run is active, delete {path})"
-                ) from None
-            with writing(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
-            self._locked = True
-            return
+        # Taking the lock over from a killed run is read, judge, remove, create: two runs doing it at once could
+        # each remove the other's fresh lock and both go on. An flock on the .sparsekit folder (released with the
+        # descriptor, also when the process dies) makes every attempt one at a time.
+        with writing(self.meta):
+            guard = os.open(self.meta, os.O_RDONLY)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            for _ in range(2):
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    holder = _live_holder(path)
+                    if holder is None:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()  # stale: its run was killed
+                        continue
+                    raise OutputError(
+                        f"{self.out}: another sparsekit run ({holder}) is writing this folder; wait for it to end or "
+                        f"choose another output folder (if no run is active, delete {path})"
+                    ) from None
+                with writing(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, fh)
+                self._locked = True
+                return
+        finally:
+            os.close(guard)
         raise OutputError(f"{path}: cannot take the run lock; delete it if no sparsekit run is active")
+
+    def _check_no_run_around(self) -> None:
+        """Raise :class:`OutputError` when a folder above this one is being written by a live run: its
+        results would be published with this run's folder inside them, which it then refuses as not its own."""
+        for parent in self.out.resolve().parents:
+            lock = parent / META / LOCK
+            holder = _live_holder(lock) if lock.exists() else None
+            if holder is not None:
+                raise OutputError(
+                    f"{self.out}: lies inside {parent}, which another sparsekit run ({holder}) is writing; wait for "
+                    "it to end or choose an output folder outside it"
+                )
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock` (a no-op otherwise)."""

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -378,7 +379,11 @@ def test_export_keeps_a_users_data_file_beside_its_own_output(tmp_path, mlp_chec
 @pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
 def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(tmp_path, resume):
     out = tmp_path / "out"
-    first = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    done = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    (done.begin() / "report.json").write_text("{}")  # an earlier run's result, rewritten in place below
+    done.publish()
+    done.unlock()
+    first = RunFolder.prepare(out, inputs=[], overwrite=True, resume=False)
     stage = first.begin()
     (stage / "checkpoints").mkdir()
     (stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
@@ -389,7 +394,7 @@ def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(t
         Path(tempfile.mkstemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)[1]),
         Path(tempfile.mkstemp(prefix=".last.pt.", suffix=".tmp", dir=stage / "checkpoints")[1]),
         Path(tempfile.mkdtemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)),
-        Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1]),  # killed mid-publish
+        Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1]),  # killed mid-rewrite
     ]
     first.unlock()  # the process died: its lock is stale (here: released)
     mine = [stage / ".notes.tmp", stage / "scratch.tmp"]  # not sparsekit's pattern: left alone
@@ -403,6 +408,85 @@ def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(t
     if resume:  # the interrupted run's own files stay for --resume
         assert (new_stage / "checkpoints" / "last.pt").read_bytes() == b"ckpt"
         assert all(p.read_text() == "user" for p in mine)
+
+
+def test_a_run_into_a_folder_inside_a_busy_run_folder_is_refused(tmp_path):
+    # The outer run would publish with the inner run's folder in it, and then refuse it as not its own.
+    import socket
+
+    lock = tmp_path / "out" / ".sparsekit" / "lock"
+    lock.parent.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process standing in for the outer run
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": 0}))
+        inner = RunFolder.prepare(tmp_path / "out" / "sub" / "inner", inputs=[], overwrite=False, resume=False)
+        with pytest.raises(OutputError, match=rf"lies inside {tmp_path / 'out'}, which another sparsekit run"):
+            inner.begin()
+        assert not (tmp_path / "out" / "sub").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    inner = RunFolder.prepare(tmp_path / "out" / "sub" / "inner", inputs=[], overwrite=False, resume=False)
+    inner.begin()  # the outer run is over: nothing holds the folder
+    inner.unlock()
+
+
+def test_racing_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
+    # Four processes find the same stale lock at once. Taking it over is read, judge, remove, create; without the
+    # flock around it, one could remove another's fresh lock and both go on. Judging is slowed down here so the
+    # processes overlap there for certain.
+    import socket
+    import sys
+
+    out = tmp_path / "out"
+    (out / ".sparsekit").mkdir(parents=True)
+    (out / ".sparsekit" / "lock").write_text(json.dumps({"pid": 2**22 + 7, "host": socket.gethostname(), "time": 0}))
+    script = f"""
+import sys, time
+from pathlib import Path
+import sparsekit.outputs as outputs
+from sparsekit.errors import OutputError
+judge = outputs._live_holder
+def slow(path):
+    time.sleep(0.3)
+    return judge(path)
+outputs._live_holder = slow
+f = outputs.RunFolder(Path({str(out)!r}))
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.001)
+try:
+    f.lock()
+except OutputError:
+    print("refused")
+else:
+    print("held", flush=True)
+    time.sleep(6)  # holds it until every other process has tried
+"""
+    start = time.time() + 10
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outcomes = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(outcomes) == ["held", "refused", "refused", "refused"]
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
+    # ".NAME.XXXXXXXX.tmp" is the shape of sparsekit's temp files; beside no file of a run's, it is the user's.
+    out = tmp_path / "out"
+    done = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    (done.begin() / "report.json").write_text("{}")
+    if resume:
+        (done.stage / "checkpoints").mkdir()
+        (done.stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
+    done.publish()
+    done.unlock()
+    notes = out / ".thesis.20261130.tmp"
+    notes.write_text("my notes")
+    with pytest.raises(OutputError, match=r"holds \.thesis\.20261130\.tmp, which sparsekit did not write"):
+        RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
+    assert notes.read_text() == "my notes"
 
 
 # --- a run that fails on bad input leaves the folder as it found it --------------------------------
