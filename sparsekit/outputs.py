@@ -442,6 +442,7 @@ def _live_holder(path: Path) -> str | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
+        written = float(info.get("time", 0.0))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
@@ -461,7 +462,23 @@ def _live_holder(path: Path) -> str | None:
         return None
     except PermissionError:
         pass  # alive, owned by another user
+    started = _process_start(pid)
+    if started is not None and started > written + 2.0:
+        return None  # the pid was reused: this process started after the lock was written, by a run now gone
     return f"pid {pid} on {host}"
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime, after the command name
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def guard_location(out: Path, inputs: list[Path]) -> None:

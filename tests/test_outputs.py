@@ -310,7 +310,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, mlp_checkpoint, re
 
     sleeper = subprocess.Popen(["sleep", "60"])  # a live process standing in for the first run
     try:
-        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": 0}))
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": time.time()}))
         for flags in ([], ["--overwrite"], ["--resume"]):
             assert_bad_input(
                 run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *flags, *FAST), f"pid {sleeper.pid}", "another"
@@ -418,7 +418,7 @@ def test_a_run_into_a_folder_inside_a_busy_run_folder_is_refused(tmp_path):
     lock.parent.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "60"])  # a live process standing in for the outer run
     try:
-        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": 0}))
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": time.time()}))
         inner = RunFolder.prepare(tmp_path / "out" / "sub" / "inner", inputs=[], overwrite=False, resume=False)
         with pytest.raises(OutputError, match=rf"lies inside {tmp_path / 'out'}, which another sparsekit run"):
             inner.begin()
@@ -469,6 +469,24 @@ else:
     ]
     outcomes = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert sorted(outcomes) == ["held", "refused", "refused", "refused"]
+
+
+def test_a_lock_whose_pid_now_belongs_to_a_later_process_is_stale(tmp_path):
+    # The run that wrote the lock was killed and its pid reused by a process started after the lock was written.
+    import socket
+
+    lock = tmp_path / "out" / ".sparsekit" / "lock"
+    lock.parent.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "time": time.time() - 3600}))
+        folder = RunFolder.prepare(tmp_path / "out", inputs=[], overwrite=True, resume=False)
+        folder.begin()  # taken over, not "another sparsekit run (pid N)"
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        folder.unlock()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
