@@ -33,7 +33,12 @@ from .errors import SparsekitError, option
 SAFE_CHANGES = ("finetune.epochs", "finetune.device", "finetune.log", "export.", "benchmark.")
 
 # Provenance keys that are not recipe fields, with the words that name them in an error.
-_INPUTS = {"model_file": "the model file", "arch": "the architecture", "data": "the data source"}
+_INPUTS = {
+    "model_file": "the model file",
+    "arch": "the architecture",
+    "arch_code": "the architecture's code (its module's file)",
+    "data": "the data source",
+}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -68,12 +73,18 @@ def provenance(
 ) -> dict[str, Any]:
     """The provenance a checkpoint records: ``recipe`` (the resolved recipe as JSON data, e.g.
     ``Recipe.model_dump(mode="json")``) and, when known, the model file's SHA-256, the architecture
-    (``pkg.module:callable``) and the data source's identity (:func:`data_identity`)."""
+    (``pkg.module:callable``, optionally followed by its keyword arguments), the SHA-256 of the file of
+    the architecture's module when it is imported (``arch_code``: the same name with other code in it, e.g. a
+    ReLU made a Tanh, builds another model) and the data source's identity (:func:`data_identity`)."""
     out: dict[str, Any] = {"recipe": dict(recipe)}
     if model_file is not None:
         out["model_file"] = f"sha256:{file_sha256(model_file)}"
     if arch is not None:
         out["arch"] = arch
+        module = sys.modules.get(arch.split(":", 1)[0]) if ":" in arch else None
+        module_file = getattr(module, "__file__", None)
+        if module_file and Path(module_file).is_file():
+            out["arch_code"] = f"sha256:{file_sha256(module_file)}"
     if data is not None:
         out["data"] = data_identity(data)
     return out

@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 import sparsekit
 from sparsekit.cli import main
-from sparsekit.provenance import SAFE_CHANGES, check_allowed, check_resume, data_identity, differences, is_safe
+from sparsekit.errors import SparsekitError
+from sparsekit.provenance import (
+    SAFE_CHANGES,
+    check_allowed,
+    check_resume,
+    data_identity,
+    differences,
+    is_safe,
+    provenance,
+)
 
 MLP = ("--arch", "examples.models:mlp")
 
@@ -172,3 +181,21 @@ def test_the_architecture_is_compared_as_in_effect_not_as_spelled(interrupted):
     model, recipe, out = interrupted
     done = run("prune", model, recipe, "-o", out, "--resume", "--trust-code", *FAST)  # the first run passed --arch
     assert done.exit_code == 0, done.stderr
+
+
+def test_the_architectures_code_is_compared_when_its_module_changed(tmp_path, monkeypatch):
+    # The same pkg.module:callable with other code in it (a ReLU made a Tanh) builds another model: resuming a
+    # checkpoint of the first with the second would train one run on two architectures.
+    import importlib
+
+    (tmp_path / "my_nets_for_resume.py").write_text("def build():\n    return 'relu'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("my_nets_for_resume")
+    saved = provenance({}, arch="my_nets_for_resume:build {}")
+    assert saved["arch_code"].startswith("sha256:")
+    assert check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}")) == {}
+    (tmp_path / "my_nets_for_resume.py").write_text("def build():\n    return 'tanh'\n")
+    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module's file\) differs"):
+        check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}"))
+    old = {k: v for k, v in saved.items() if k != "arch_code"}  # a checkpoint from before arch_code: not compared
+    assert check_resume(old, provenance({}, arch="my_nets_for_resume:build {}")) == {}
