@@ -34,9 +34,9 @@ the weakest still to be zeroed, the others shrinking by ``strength`` alone (grow
 layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
 training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
 
-With ``group: row | channel`` the classifier head (the prunable layer a forward pass calls last) is left out
-unless ``layers.include`` names it: a head row at zero leaves its class only a bias, and the head's outputs are
-never removed.
+With ``group: row | channel`` the classifier head (the prunable layer a forward pass calls last; found on the
+pruner's input shape, or one guessed from a first Linear layer) is left out unless ``layers.include`` names
+it: a head row at zero leaves its class only a bias, and the head's outputs are never removed.
 
 Both modes are active for the steps inside ``schedule`` (default: the whole run; an empty window is an
 error). To keep ``pruner.step()`` cheap the proximal step runs every ``proximal_every`` optimizer steps
@@ -242,16 +242,16 @@ class L1:
         """Group lasso leaves the classifier head out unless ``layers.include`` names it: a head row at zero
         leaves its class only its bias (the class can no longer be predicted from the input), and a head's
         outputs are never removed, so it would count toward the target with nothing to show for it. The head
-        is the prunable layer a forward pass calls last (with an input shape), else the last one registered."""
+        is the prunable layer a forward pass calls last, on the pruner's input shape (or one guessed from a
+        first Linear layer); without a shape the model runs on, nothing is left out (registration order need
+        not be call order)."""
         if len(self.layers) < 2:
             return
-        if self.input_shape:
-            try:
-                head = last_layer(model, self.input_shape)
-            except Exception:  # a model that does not run on this shape fails later with a clear error
-                head = None
-        else:
-            head = next(reversed(prunable_layers(model)), None)
+        shape = self._input_shape(model)
+        try:
+            head = last_layer(model, shape) if shape else None
+        except Exception:  # a model that does not run on this shape fails later with a clear error
+            head = None
         if head in self.layers and head not in (spec.layers.include or []):
             del self.layers[head]
             self.head_left_out = head
