@@ -444,6 +444,19 @@ def _digits_mlp_and_loader():
     return model, loader
 
 
+def _train_digits(model, loader, entry, opt, epochs=2):
+    """A user's plain training loop with a Pruner for ``entry``: ``epochs`` over ``loader``; returns the pruner."""
+    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": epochs}, pruning=[entry])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
+            opt.step()
+            pruner.step()
+    return pruner
+
+
 @pytest.mark.parametrize(
     ("mode", "make_opt"),
     [
@@ -471,15 +484,7 @@ def test_group_l1_with_a_target_zeroes_and_removes_that_fraction_of_neurons(mode
     }
     if threshold:
         entry["threshold"] = 1e-3
-    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 2}, pruning=[entry])
-    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
-    opt = make_opt(model.parameters())
-    for _ in range(2):
-        for x, y in loader:
-            opt.zero_grad()
-            (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
-            opt.step()
-            pruner.step()
+    pruner = _train_digits(model, loader, entry, make_opt(model.parameters()))
     units = 128 + 64
     dead = 0
     for layer in (model.fc1, model.fc2):
@@ -625,15 +630,7 @@ def test_a_targets_raised_lambda_shrinks_only_the_units_still_to_be_zeroed():
         "target": 0.5,
         "schedule": {"start_epoch": 0, "end_epoch": 1.5},
     }
-    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 2}, pruning=[entry])
-    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(2):
-        for x, y in loader:
-            opt.zero_grad()
-            (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
-            opt.step()
-            pruner.step()
+    pruner = _train_digits(model, loader, entry, torch.optim.Adam(model.parameters(), lr=1e-3))
     method = pruner.methods[0]
     assert method.lam_max > 100 * 1e-3  # lambda did climb
     for name in ("fc1", "fc2"):
