@@ -81,13 +81,33 @@ def provenance(
         out["model_file"] = f"sha256:{file_sha256(model_file)}"
     if arch is not None:
         out["arch"] = arch
-        module = sys.modules.get(arch.split(":", 1)[0]) if ":" in arch else None
-        module_file = getattr(module, "__file__", None)
-        if module_file and Path(module_file).is_file():
-            out["arch_code"] = f"sha256:{file_sha256(module_file)}"
+        code = _arch_code(arch)
+        if code is not None:
+            out["arch_code"] = code
     if data is not None:
         out["data"] = data_identity(data)
     return out
+
+
+def _arch_code(arch: str) -> str | None:
+    """``sha256:HEX`` over the files of the architecture's module and of the module that defines the
+    callable (a package's ``__init__`` may re-export it from another file), when they are imported; None
+    otherwise. Never imports anything."""
+    if ":" not in arch:
+        return None
+    module_name, _, rest = arch.partition(":")
+    module = sys.modules.get(module_name)
+    files = [getattr(module, "__file__", None)]
+    factory = getattr(module, rest.split(" ", 1)[0].split(".", 1)[0], None)
+    defining = sys.modules.get(getattr(factory, "__module__", "") or "")
+    files.append(getattr(defining, "__file__", None))
+    found = sorted({str(f) for f in files if f and Path(f).is_file()})
+    if not found:
+        return None
+    digest = hashlib.sha256()
+    for f in found:
+        digest.update(file_sha256(f).encode())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def recipe_record(recipe: Mapping[str, Any], device_type: str) -> dict[str, Any]:

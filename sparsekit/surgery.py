@@ -42,6 +42,7 @@ __all__ = [
     "forward_order",
     "last_layer",
     "normalize_history",
+    "output_layers",
     "refit_masks",
     "remove_dead_units",
     "replay_history",
@@ -160,6 +161,45 @@ def last_layer(model: nn.Module, input_shape: Sequence[int]) -> str | None:
     the model's outputs and must never be removed."""
     order = forward_order(model, input_shape)
     return order[-1] if order else None
+
+
+def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """Names of the prunable layers whose output is itself one of the model's outputs (every head of a model
+    that returns a tuple, list or dict of them), in forward order; when none is (a head followed by a
+    reduction or a softmax), the prunable layer that runs last. Raises what the forward pass raises."""
+    outputs: dict[int, str] = {}
+    order: list[str] = []
+
+    def note(name: str, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            outputs[id(out)] = name
+        if name not in order:
+            order.append(name)
+
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: note(name, out))
+        for name, m in prunable_layers(model).items()
+    ]
+    try:
+        with traced(model), torch.no_grad():
+            result = model(example_input(model, input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    heads = [outputs[id(t)] for t in _flat_tensors(result) if id(t) in outputs]
+    heads = [n for n in order if n in heads]
+    return heads or order[-1:]
+
+
+def _flat_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output: a tensor, or those inside a tuple, list or dict (nested)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in _flat_tensors(item)]
+    return []
 
 
 def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
@@ -458,10 +498,18 @@ def remove_dead_units(
             after = model(probe)
     except Exception:  # noqa: BLE001 - a layout the removal broke: keep the model as it was
         after = None
-    if after is None or after.shape != reference.shape or not torch.allclose(after, reference, rtol=1e-4, atol=1e-5):
+    if after is None or not _same_outputs(after, reference):
         warnings.warn("remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2)
         return backup, []
     return model, normalize_history(tpa.pruning_history(graph))
+
+
+def _same_outputs(after: Any, reference: Any) -> bool:
+    """Whether two model outputs (a tensor, or tensors in a tuple, list or dict) agree in shape and value."""
+    a, b = _flat_tensors(after), _flat_tensors(reference)
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(a, b, strict=True)
+    )
 
 
 def _consumer_inputs(model: nn.Module, group: tpa.Group, probe: torch.Tensor) -> dict[nn.Module, torch.Tensor]:

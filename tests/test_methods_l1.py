@@ -609,7 +609,7 @@ def test_group_lasso_leaves_the_head_out_unless_include_names_it():
     model = mlp()
     pruner = sparsekit.Pruner(model, recipe(strength=0.01, group="row"), steps_per_epoch=4)
     entry = pruner.methods[0]
-    assert list(entry.layers) == ["0", "2"] and entry.report()["head_left_out"] == "4"
+    assert list(entry.layers) == ["0", "2"] and entry.report()["head_left_out"] == ["4"]
     named = recipe(strength=0.01, group="row", layers={"include": ["0", "2", "4"]})
     assert list(sparsekit.Pruner(mlp(), named, steps_per_epoch=4).methods[0].layers) == ["0", "2", "4"]
     # group none: a weight of the head is a weight like any other
@@ -655,3 +655,62 @@ def test_a_target_never_takes_a_layer_past_its_quota():
     assert zero[0] == int(0.75 * 24)  # the quota: halfway between the target and 1
     report = pruner.methods[0].report()
     assert report["layer_cap"] == 0.75 and report["achieved"] == pytest.approx(0.5)
+
+
+class _TwoHeads(nn.Module):
+    """A classifier and an auxiliary head on one trunk; the auxiliary one runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk, self.cls, self.aux = nn.Linear(12, 24), nn.Linear(24, 3), nn.Linear(24, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.trunk(x))
+        return self.cls(h), self.aux(h)
+
+
+def test_group_lasso_leaves_every_head_of_a_multi_output_model_out_and_finalize_removes_units():
+    model = _TwoHeads()
+    entry = {"group": "row", "mode": "proximal", "target": 0.5, "remove_dead": True,
+             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": [1, 12]}, **recipe(epochs=2, **entry).model_dump(exclude={"model"}))
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=4)
+    assert list(pruner.methods[0].layers) == ["trunk"] and pruner.methods[0].head_left_out == ["cls", "aux"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    torch.manual_seed(1)
+    for _ in range(8):
+        x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+        opt.zero_grad()
+        out, aux = model(x)
+        (nn.functional.cross_entropy(out, y) + aux.pow(2).mean()).backward()
+        opt.step()
+        pruner.step()
+    assert int((model.trunk.weight == 0).all(dim=1).sum()) == 12
+    x = torch.rand(8, 12)
+    expected = [t.detach() for t in model(x)]
+    final = pruner.finalize()  # the tuple output used to fail the removal's self-check (AttributeError)
+    assert final.trunk.out_features == 12 and final.cls.out_features == 3 and final.aux.out_features == 2
+    for got, want in zip(final(x), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+class _HeadFirst(nn.Module):
+    """The head registered before the layer it follows: a shape guessed from the first Linear does not fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head, self.body = nn.Linear(32, 3), nn.Linear(12, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_finalize_without_a_shape_the_model_runs_on_skips_the_removal_with_a_warning():
+    model = _HeadFirst()
+    pruner = sparsekit.Pruner(model, recipe(group="row", strength=1e-3, remove_dead=True), steps_per_epoch=4)
+    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.01), 4)
+    with pytest.warns(UserWarning, match=r"remove_dead: skipped, the model does not run on the input shape \[1, 32\]"):
+        final = pruner.finalize()  # raised RuntimeError (mat1 and mat2 shapes cannot be multiplied)
+    assert final.body.out_features == 32

@@ -275,7 +275,7 @@ def test_group_l1_counts_the_units_of_every_layer_of_its_entry(tied):
     report = _report(dense, model, pruner, recipe, MLP_SHAPE)
     (o,) = summarize(report).methods
     before, now = prunable_layers(dense), prunable_layers(model)
-    head = pruner.methods[0].head_left_out  # group lasso leaves the head out
+    (head,) = pruner.methods[0].head_left_out  # group lasso leaves the head out
     assert head == ("head" if tied else list(before)[-1])
     before = {n: m for n, m in before.items() if n != head}
     once = [n for n in before if not (tied and n == "fc4")]  # fc4 is fc3's weight

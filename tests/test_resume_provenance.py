@@ -199,3 +199,19 @@ def test_the_architectures_code_is_compared_when_its_module_changed(tmp_path, mo
         check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}"))
     old = {k: v for k, v in saved.items() if k != "arch_code"}  # a checkpoint from before arch_code: not compared
     assert check_resume(old, provenance({}, arch="my_nets_for_resume:build {}")) == {}
+
+
+def test_the_code_of_a_re_exported_factory_is_compared_too(tmp_path, monkeypatch):
+    # --arch pkg:build where pkg/__init__.py says `from .nets import build`: the code is in pkg/nets.py.
+    import importlib
+
+    pkg = tmp_path / "reexport_pkg_for_resume"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .nets import build\n")
+    (pkg / "nets.py").write_text("def build():\n    return 'relu'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("reexport_pkg_for_resume")
+    saved = provenance({}, arch="reexport_pkg_for_resume:build {}")
+    (pkg / "nets.py").write_text("def build():\n    return 'tanh'\n")
+    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module's file\) differs"):
+        check_resume(saved, provenance({}, arch="reexport_pkg_for_resume:build {}"))

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ..errors import RecipeError
+from ..errors import RecipeError, one_line
 from ..layers import (
     num_units,
     output_dim,
@@ -77,7 +77,7 @@ from ..learning_rate import LearningRates
 from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
-from ..surgery import last_layer, remove_dead_units
+from ..surgery import output_layers, remove_dead_units
 from .base import UNCHANGED, Changes, Setup
 
 
@@ -177,7 +177,7 @@ class L1:
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # no shape changes before finalize
         _check_group(spec.group, self.layers, self.where)
-        self.head_left_out: str | None = None
+        self.head_left_out: list[str] = []
         if spec.group != "none":
             self._leave_out_head(model, spec)
         self.schedule = Schedule.from_spec(spec.schedule, 1.0, setup.steps_per_epoch)
@@ -242,19 +242,22 @@ class L1:
         """Group lasso leaves the classifier head out unless ``layers.include`` names it: a head row at zero
         leaves its class only its bias (the class can no longer be predicted from the input), and a head's
         outputs are never removed, so it would count toward the target with nothing to show for it. The head
-        is the prunable layer a forward pass calls last, on the pruner's input shape (or one guessed from a
-        first Linear layer); without a shape the model runs on, nothing is left out (registration order need
-        not be call order)."""
+        is every prunable layer whose output is one of the model's outputs (each head of a multi-output model),
+        else the one a forward pass calls last, on the pruner's input shape (or one guessed from a first Linear
+        layer); without a shape the model runs on, nothing is left out (registration order need not be call
+        order)."""
         if len(self.layers) < 2:
             return
         shape = self._input_shape(model)
         try:
-            head = last_layer(model, shape) if shape else None
+            heads = output_layers(model, shape) if shape else []
         except Exception:  # a model that does not run on this shape fails later with a clear error
-            head = None
-        if head in self.layers and head not in (spec.layers.include or []):
-            del self.layers[head]
-            self.head_left_out = head
+            heads = []
+        named = spec.layers.include or []
+        for head in heads:
+            if head in self.layers and head not in named and len(self.layers) > 1:
+                del self.layers[head]
+                self.head_left_out.append(head)
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
@@ -645,11 +648,19 @@ class L1:
                 stacklevel=2,
             )
             return model, []
-        # Only this entry's layers lose units, and never the head (it would change the output shape).
+        # Only this entry's layers lose units, and never a head (it would change the output shape).
         ignore = [n for n in prunable_layers(model) if n not in self.layers]
-        head = last_layer(model, input_shape)
-        if head is not None and head not in ignore:
-            ignore.append(head)
+        try:
+            heads = output_layers(model, input_shape)
+        except Exception as err:  # noqa: BLE001 - a guessed shape the model does not take
+            warnings.warn(
+                f"{self.where}.remove_dead: skipped, the model does not run on the input shape {input_shape} "
+                f"({one_line(err, 120)}); set model.input_shape in the recipe or pass context={{'input_shape': "
+                "[1, ...]} to the Pruner",
+                stacklevel=2,
+            )
+            return model, []
+        ignore += [h for h in heads if h not in ignore]
         # Surgery changes weight shapes; mask buffers would no longer fit, so zero for good first.
         bake(model)
         dead_before = self._dead_units()
@@ -710,8 +721,8 @@ class L1:
         out["topped_up"] = self.topped_up
         if self.target is not None:
             out["layer_cap"] = self.layer_cap
-        if self.head_left_out is not None:
-            out["head_left_out"] = self.head_left_out
+        if self.head_left_out:
+            out["head_left_out"] = list(self.head_left_out)
         if self.dead_units:
             out["dead_units"] = self.dead_units
             # Units at the start and now, per layer, once remove_dead ran: every layer of the entry, those that
