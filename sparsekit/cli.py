@@ -292,8 +292,10 @@ class _UsageError(click.ClickException):
     def __init__(self, err: click.UsageError) -> None:
         # One line: click's messages are, ours too; collapse any line break a message might hold.
         message = " ".join(err.format_message().split())
-        if err.ctx is not None:
-            message = f"{message.removesuffix('.')} (see '{err.ctx.command_path} --help')"
+        # (click raises some option errors without a context: the command is then the first argument)
+        words = sys.argv[1:2]
+        where = err.ctx.command_path if err.ctx is not None else " ".join(["sparsekit", *words])
+        message = f"{message.removesuffix('.')} (see '{where} --help')"
         super().__init__(message)
 
     def show(self, file: Any = None) -> None:

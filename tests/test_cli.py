@@ -99,6 +99,15 @@ def test_a_usage_error_is_one_error_line_that_says_where_help_is(args, needle, c
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("args", [["prune", "m.pt", "r.yaml", "--set"], ["bench", "x.onnx", "--runs"]])
+def test_an_option_missing_its_value_says_where_help_is_too(args, monkeypatch):
+    # click raises these without a context; the command is the first argument
+    monkeypatch.setattr("sys.argv", ["sparsekit", *args])
+    result = CliRunner().invoke(main, args, prog_name="sparsekit")
+    line = assert_bad_input(result, f"Option '{args[-1]}' requires an argument", f"(see 'sparsekit {args[0]} --help')")
+    assert result.stderr.strip().splitlines() == [line]
+
+
 def test_prune_state_dict_with_arch_end_to_end(tmp_path, trained_state_dict, user_arch):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(USER_RECIPE)
