@@ -186,20 +186,9 @@ def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    heads = [outputs[id(t)] for t in _flat_tensors(result) if id(t) in outputs]
+    heads = [outputs[id(t)] for t in _tensors(result) if id(t) in outputs]
     heads = [n for n in order if n in heads]
     return heads or order[-1:]
-
-
-def _flat_tensors(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output: a tensor, or those inside a tuple, list or dict (nested)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, list | tuple):
-        return [t for item in out for t in _flat_tensors(item)]
-    return []
 
 
 def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
@@ -311,6 +300,7 @@ def reused_parameters(model: nn.Module, input_shape: Sequence[int]) -> list[tupl
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output: a tensor, or those inside a tuple, list or dict (nested)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
@@ -506,7 +496,7 @@ def remove_dead_units(
 
 def _same_outputs(after: Any, reference: Any) -> bool:
     """Whether two model outputs (a tensor, or tensors in a tuple, list or dict) agree in shape and value."""
-    a, b = _flat_tensors(after), _flat_tensors(reference)
+    a, b = _tensors(after), _tensors(reference)
     return len(a) == len(b) and all(
         x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(a, b, strict=True)
     )
