@@ -1137,6 +1137,8 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
             lines.append(f"  layers: {', '.join(m['layers'])}")
         for row in m["left_out"]:
             lines.append(f"  left out {row['name']} ({row['type']}): {row['reason']}")
+        for name, why in m.get("cannot_remove", {}).items():
+            lines.append(f"  {name}: units zeroed here cannot be removed ({why}); no MACs saved for them")
         what = "channels removed" if m["method"] == "structured" else "its weights zero"
         if m["expected_per_epoch"] is None:
             lines.append("  its effect follows from training: known only after the run")

@@ -52,8 +52,9 @@ def plan(
     in words), "layers", "left_out": [{"name", "type", "reason"}], "targets_per_epoch" (the schedule's
     target at the end of each fine-tuning epoch: fraction of the entry's weights, or of its channels for
     ``structured``), "expected_per_epoch" (what the run reaches then, from the simulation; None for l1 and
-    max_norm, whose effect depends on training), "at_start", "final"}``. ``left_out`` lists the model's
-    other modules with weights and why the entry does not prune them.
+    max_norm, whose effect depends on training), "at_start", "final"}``, and for l1 with remove_dead
+    ``"cannot_remove"`` ({layer: why its zeroed units will stay}) when any will. ``left_out`` lists the
+    model's other modules with weights and why the entry does not prune them.
 
     ``allocation`` (with or without a model) has one row per entry with per-layer values (:func:`allocation`):
     the values an entry's ``layer_sparsity`` / ``layer_ratio`` gives, or, for an entry still holding ``auto``,
@@ -131,6 +132,8 @@ def plan(
                 "at_start": schedule["start"]["methods"][i] if predicted else None,
                 "final": schedule["final"]["methods"][i] if predicted else None,
                 **({"auto": True} if i in auto else {}),
+                # l1 with remove_dead: layers whose zeroed units finalize will keep (a tie, a coupling), and why
+                **({"cannot_remove": dict(blocked)} if (blocked := getattr(m, "cannot_remove", None)) else {}),
             }
         )
     return res

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -357,9 +357,11 @@ def _only_bn_after(graph: tpa.Graph, module: nn.Module) -> _BatchNorm | None:
     return None
 
 
-def _fold_plan(graph: tpa.Graph, group: tpa.Group, inputs: dict[nn.Module, torch.Tensor]) -> list | None:
+def _fold_plan(
+    graph: tpa.Graph, group: tpa.Group, inputs: dict[nn.Module, torch.Tensor], keep: Collection[int] = ()
+) -> list | None:
     """How to absorb the removed units' constant output into their consumers, or None when that
-    cannot be done exactly (then the units stay).
+    cannot be done exactly (then the units stay). ``keep``: ids of modules whose outputs must stay.
 
     Returns ``[(tensor_to_change, delta)]``: ``bias += delta`` or ``running_mean -= delta``."""
     root = tpa.group_root(group)
@@ -373,9 +375,18 @@ def _fold_plan(graph: tpa.Graph, group: tpa.Group, inputs: dict[nn.Module, torch
         if isinstance(module, _BatchNorm):
             continue  # per-channel affine: a constant stays a constant; tp drops its entries
         if isinstance(module, nn.Linear | _ConvNd):
-            # Output-channel coupling (a residual add, a depthwise conv) means the same channel
-            # carries another layer's live output: removing it is not a no-op.
-            if member.out_channels or getattr(module, "transposed", False):
+            # Output-channel coupling (a residual add, a depthwise conv): the channel also carries the other
+            # layer's output, so it goes only where that layer's units are dead too. Their constants (bias,
+            # BatchNorm shift) then add up in the consumers' inputs, which are checked below like any other.
+            transposed = getattr(module, "transposed", False)
+            if (
+                member.out_channels
+                and not transposed
+                and id(module) not in keep
+                and set(idxs) <= set(_dead_rows(module))
+            ):
+                continue
+            if member.out_channels or transposed:
                 return None
             consumers.append((module, list(idxs)))
             continue
@@ -430,7 +441,8 @@ def remove_dead_units(
     Linear→act→Linear, Conv→(BN)→act→(max-pool)→flatten→Linear, Conv→…→Conv without padding, and
     any case where the constant is exactly 0 (e.g. ReLU of a negative shift). Kept, to stay exact:
     units whose nonzero constant enters a zero-padded conv (the border differs), units coupled to
-    another layer's live outputs (residual add, depthwise conv), units reaching the model output,
+    another layer's outputs (residual add, depthwise conv) unless that layer's units are dead too and not
+    in ``ignore`` (then all of them go together), units reaching the model output,
     units whose consumers cannot take the constant (no bias, no BatchNorm after), and units of layers
     whose weights are tied to another module's or used again outside the layer (a shape change would
     untie them; see :func:`tied_parameters`, :func:`reused_parameters`), and every unit of a model whose
@@ -453,6 +465,7 @@ def remove_dead_units(
         # A shape change would untie a weight shared by several modules: their units stay.
         tied = {id(modules[n]) for holders in tied_parameters(model) for n, _ in holders}
         tied |= {id(modules[n]) for n, _, _ in reused_parameters(model, input_shape)}
+        kept = {id(modules[n]) for n in skip if n in modules}  # coupled to an ignored layer: the units stay
         for name in forward_order(model, input_shape):
             module = layers[name]
             if name in skip or not tpa.in_graph(graph, module) or id(module) in tied:
@@ -468,7 +481,7 @@ def remove_dead_units(
             # Unit by unit, so one unit that must stay does not keep the others.
             removable, plan = [], []
             for unit in dead:
-                unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs)
+                unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs, kept)
                 if unit_plan is not None:
                     removable.append(unit)
                     plan.extend(unit_plan)

@@ -119,6 +119,26 @@ def test_remove_dead_units_keeps_residual_coupled_channels():
     torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+def test_remove_dead_units_removes_a_residual_channel_dead_in_every_layer_it_joins(ignored):
+    """The stem and layer1.conv2 both write channel 2 of the residual stream: dead (weights and BatchNorm
+    gamma/beta zero) in both, it goes from both and from every consumer; kept when one of them is ignored."""
+    torch.manual_seed(0)
+    model = resnet_small(width=4, image_size=8).eval()
+    with torch.no_grad():
+        for conv, bn in ((model.conv1, model.bn1), (model.layer1.conv2, model.layer1.bn2)):
+            conv.weight[2] = 0
+            bn.weight[2] = bn.bias[2] = 0
+    x = torch.randn(4, 1, 8, 8)
+    expected = model(x)
+    out, history = remove_dead_units(model, [1, 1, 8, 8], ignore=["fc", "conv1"] if ignored else ["fc"])
+    channels = 4 if ignored else 3
+    assert out.conv1.out_channels == out.layer1.conv2.out_channels == out.layer1.conv1.in_channels == channels
+    assert out.layer2.conv1.in_channels == out.layer2.shortcut[0].in_channels == channels
+    assert bool(history) != ignored
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
+
+
 def test_remove_dead_units_keeps_one_unit_and_respects_ignore():
     model = _mlp()
     with torch.no_grad():

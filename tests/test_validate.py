@@ -279,3 +279,36 @@ def test_recipe_only_validate_says_it_imported_nothing_and_what_prune_would_need
     assert "validate checks the recipe only and imported nothing" in line
     assert "prune would import and call it only once you confirm it" in line
     assert f"the same callable given as {flag}, --trust-code" in line and "runs it" not in line
+
+
+def test_validate_says_which_layers_l1_can_zero_but_not_remove(tmp_path):
+    """layer1.conv2's channels are the stem's channels (a residual add); with the stem outside the entry, the
+    units l1 zeroes there stay in the model: validate says so before any training."""
+    from examples.models import resnet_small
+
+    torch.save(resnet_small(image_size=8).state_dict(), tmp_path / "rn.pt")
+    recipe = tmp_path / "l1.yaml"
+    recipe.write_text(
+        textwrap.dedent("""
+        version: 1
+        model: {input_shape: [1, 1, 8, 8]}
+        data: {source: digits, batch_size: 64}
+        finetune: {epochs: 1}
+        pruning:
+          - method: l1
+            mode: proximal
+            group: channel
+            strength: 1e-4
+            target: 0.5
+            schedule: {start_epoch: 0, end_epoch: 1}
+            layers: {include: [layer1.conv1, layer1.conv2]}
+        """)
+    )
+    args = ["validate", str(recipe), str(tmp_path / "rn.pt"), "--arch", "examples.models:resnet_small"]
+    res = CliRunner().invoke(main, [*args, "--kwargs", '{"image_size": 8}'])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "cannot be removed" in line]
+    assert len(lines) == 1 and lines[0].strip().startswith("layer1.conv2:") and "conv1's" in lines[0]
+    res = CliRunner().invoke(main, [*args, "--kwargs", '{"image_size": 8}', "--json"])
+    blocked = json.loads(res.output)["methods"][0]["cannot_remove"]
+    assert list(blocked) == ["layer1.conv2"]

@@ -76,11 +76,18 @@ def _cases() -> list[Any]:
 @torch.no_grad()
 def _spread_units(model: nn.Module, gen: torch.Generator) -> None:
     """Scale each output unit's weights by a random factor in [0.05, 1], as training leaves units of
-    unequal norm (fresh initializations give every unit nearly the same norm)."""
-    for module in prunable_layers(model).values():
-        w = module.weight
-        scale = torch.empty(w.shape[0]).uniform_(0.05, 1.0, generator=gen)
-        w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
+    unequal norm (fresh initializations give every unit nearly the same norm), and the gamma of a BatchNorm
+    right after the layer by the same factors (l1's groups hold it)."""
+    layers = {id(m) for m in prunable_layers(model).values()}
+    scale = None
+    for module in model.modules():  # a BatchNorm after a layer: its gamma is in the units' groups (l1)
+        if id(module) in layers:
+            w = module.weight
+            scale = torch.empty(w.shape[0]).uniform_(0.05, 1.0, generator=gen)
+            w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and scale is not None and module.affine:
+            if scale.numel() == module.num_features:
+                module.weight.mul_(scale)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.running_mean.uniform_(-0.3, 0.3, generator=gen)

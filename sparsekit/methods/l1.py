@@ -34,6 +34,22 @@ the weakest still to be zeroed, the others shrinking by ``strength`` alone (grow
 layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
 training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
 
+With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's
+group-level sparsity regularizes every parameter of a dependency group (Fang et al., 2023, "DepGraph: Towards Any
+Structural Pruning", section 3.3): the ``gamma_u`` and ``beta_u`` of each affine BatchNorm on it (Conv ->
+BatchNorm, Linear -> BatchNorm1d), and unit ``u`` of every selected layer coupled to it, whose output channel ``u``
+is the same channel (the convs feeding one residual add, a depthwise conv and the conv before it). The group
+lasso and its proximal step act on that joint vector: the coupled layers' units go to zero together (the first
+layer owns the group and the count; the report's ``coupled`` maps the others to it) and are removed from all of
+them at finalize. A unit whose weights alone were zero would still emit BatchNorm's shift, a constant that a
+zero-padded consumer cannot absorb (it differs at the borders), and a channel zeroed in one of the layers of a
+residual add still carries the others': neither could be removed. Once a unit is dead (masked), its
+BatchNorms' ``gamma_u`` and ``beta_u`` are set back to zero after every optimizer step for the rest of the run, as
+masks hold weights. The groups come from torch-pruning's trace on the pruner's input shape; without one, each
+layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or reused weight,
+units coupled at other indices as by a GLU, or to a layer the entry does not select) are named in
+``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training.
+
 With ``group: row | channel`` the classifier head (the prunable layer a forward pass calls last; found on the
 pruner's input shape, or one guessed from a first Linear layer) is left out unless ``layers.include`` names
 it: a head row at zero leaves its class only a bias, and the head's outputs are never removed.
@@ -61,8 +77,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from .. import tp_adapter as tpa
 from ..errors import RecipeError, one_line
 from ..layers import (
     num_units,
@@ -77,7 +95,7 @@ from ..learning_rate import LearningRates
 from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
-from ..surgery import output_layers, remove_dead_units
+from ..surgery import build_graph, output_layers, remove_dead_units, reused_parameters, tied_parameters
 from .base import UNCHANGED, Changes, Setup
 
 
@@ -204,7 +222,22 @@ class L1:
         self.adapt_every = max(1, round(every * setup.steps_per_epoch))
         # One entry per weight: modules sharing one (tied weights) are shrunk, counted and penalized once.
         self._own = _distinct(self.layers)
+        # With groups, layers whose units are coupled (a residual add, a depthwise conv after a conv) share one group
+        # per unit: the first of them owns it (in self._own), the others are its members; a BatchNorm on any of them
+        # joins with its gamma and beta.
+        self.coupled: dict[str, str] = {}  # member layer -> the layer owning its units' groups
+        self.batchnorm: dict[str, list[str]] = {}  # owning layer -> the BatchNorms in its units' groups
+        self._member_names: dict[str, list[str]] = {}
+        # Layers whose zeroed units finalize cannot remove (a tie, a coupling the groups do not span) -> why.
+        self.cannot_remove: dict[str, str] = {}
+        self._bn_modules: dict[str, list[_BatchNorm]] = {}
+        if self.units:
+            self._couple(model)
         self._modules = list(self._own.values())
+        self._names = list(self._own)
+        self._members = [[self.layers[m] for m in self._member_names.get(n, [])] for n in self._names]
+        self._bns = [self._bn_modules.get(n, []) for n in self._names]
+        self._joint = any(self._members) or any(self._bns)  # some group spans more than one weight
         self._weights = [weight_of(m) for m in self._modules]
         self._sizes = [
             num_units(m) if self.units else w.numel() for m, w in zip(self._modules, self._weights, strict=True)
@@ -259,6 +292,126 @@ class L1:
                 del self.layers[head]
                 self.head_left_out.append(head)
 
+    def _couple(self, model: nn.Module) -> None:
+        """Find, by torch-pruning's trace on the pruner's input shape, the layers whose output unit ``u`` is
+        another selected layer's unit ``u`` (removing one removes the other: a residual add, a depthwise conv)
+        and the affine BatchNorms on them; fills ``coupled``, ``batchnorm`` and drops members from ``_own``.
+        Without an input shape, or when the model does not trace, every layer's groups are its own weights."""
+        shape = self._input_shape(model)
+        if not shape:
+            return
+        try:
+            graph = build_graph(model, shape)
+        except Exception:  # noqa: BLE001 - a model the trace cannot follow: its units' groups are their weights
+            return
+        names = {id(m): n for n, m in model.named_modules()}
+        own = {id(m): n for n, m in self._own.items()}
+        for holders in tied_parameters(model):
+            for n, _ in holders:
+                if n in self.layers:
+                    others = ", ".join(h for h, _ in holders if h != n)
+                    self.cannot_remove[n] = f"its weight is tied to {others}: removing units would untie them"
+        try:
+            for n, _, _ in reused_parameters(model, shape):
+                if n in self.layers:  # (a tied weight is used by its other module: said above)
+                    self.cannot_remove.setdefault(n, "the forward pass uses its weight outside the layer too")
+        except Exception:  # noqa: BLE001 - (the trace below fails the same way)
+            pass
+        for name, module in list(self._own.items()):
+            if name in self.coupled or not tpa.in_graph(graph, module):
+                continue
+            units = num_units(module)
+            try:  # a member's unit u must be this layer's unit u: both ends of the range map to themselves
+                first = tpa.group_members(graph, tpa.channel_group(graph, module, [0]))[1:]
+                last = {
+                    id(m.module): m.idxs
+                    for m in tpa.group_members(graph, tpa.channel_group(graph, module, [units - 1]))
+                }
+            except Exception:  # noqa: BLE001 - a layer tp cannot remove channels of: its groups are its weights
+                continue
+            for member in first:
+                mod = member.module
+                if not member.out_channels:
+                    continue
+                if member.idxs != [0] or last.get(id(mod)) != [units - 1]:
+                    if isinstance(mod, nn.Linear | _ConvNd) or member.op.endswith("Backward0"):
+                        # e.g. the two halves of a GLU, or a concat: unit u is another unit elsewhere
+                        what = names.get(id(mod)) or member.op
+                        self.cannot_remove[name] = f"its units are coupled to other units of {what}"
+                    continue
+                if isinstance(mod, _BatchNorm):
+                    if mod.affine and mod.weight is not None and mod.bias is not None and mod.num_features == units:
+                        self._bn_modules.setdefault(name, []).append(mod)
+                        self.batchnorm.setdefault(name, []).append(names.get(id(mod), ""))
+                    continue
+                other = own.get(id(mod))
+                if other is None and isinstance(mod, nn.Linear | _ConvNd):
+                    self.cannot_remove[name] = (
+                        f"its units are coupled to {names.get(id(mod), '?')}'s (a residual add or a depthwise conv), "
+                        "which this entry does not select"
+                    )
+                if other is None or other == name or other in self.coupled or other in self._member_names:
+                    continue
+                if isinstance(mod, nn.Linear | _ConvNd) and num_units(mod) == units:
+                    self.coupled[other] = name
+                    self._member_names.setdefault(name, []).append(other)
+        for joined in self.coupled:
+            del self._own[joined]
+        if not self.spec.remove_dead:
+            self.cannot_remove = {}  # nothing is removed: nothing to warn about
+
+    def _unit_norms(
+        self, i: int, w: torch.Tensor, dtype: torch.dtype | None = None, masked: bool = False
+    ) -> torch.Tensor:
+        """Group ``i``'s unit norms ``[units]``: ``||w_u||_2`` over the owning layer's weight ``w`` and, where units
+        are coupled, every member layer's weights and each BatchNorm's ``gamma_u``, ``beta_u``; differentiable in
+        all of them (the group-lasso penalty). ``masked``: masked weights count as 0, and so do the BatchNorm
+        entries of units the owner's mask holds at zero."""
+        module = self._modules[i]
+        if not self._joint:
+            return torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
+        parts = [self._groups(w, module)]
+        for m in self._members[i]:
+            mw = weight_of(m)
+            mask = get_mask(m) if masked else None
+            parts.append(self._groups(mw if mask is None else mw * mask, m))
+        extra = [p.view(-1, 1) for bn in self._bns[i] for p in (bn.weight, bn.bias) if p is not None]
+        if extra:
+            bns = torch.cat(extra, dim=1).to(parts[0].dtype)
+            mask = get_mask(module) if masked else None
+            parts.append(bns if mask is None else bns * unit_view(mask, module).any(dim=1, keepdim=True))
+        return torch.linalg.vector_norm(torch.cat(parts, dim=1), dim=1, dtype=dtype)
+
+    @torch.no_grad()
+    def _zero_batchnorms(self, scale: dict[int, torch.Tensor] | None = None) -> None:
+        """Scale each paired BatchNorm's ``gamma`` and ``beta`` per unit by ``scale[i]`` (the block
+        soft-threshold's factors), else set those of the units whose weights the mask holds at zero to zero:
+        after every optimizer step, so neither the gradient on ``beta`` nor momentum revives a dead unit's
+        shift."""
+        for i, bns in enumerate(self._bns):
+            if not bns:
+                continue
+            if scale is not None:
+                if i not in scale:
+                    continue
+                keep = scale[i]
+            else:
+                module = self._modules[i]
+                mask = get_mask(module)
+                if mask is None:
+                    continue
+                name = self._names[i]
+                cover = self._covers.get(name)
+                if cover is None or not cover.holds(mask):
+                    cover = self._covers[name] = _UnitCover(mask, module)
+                if bool(cover.alive_units.all()):
+                    continue
+                keep = cover.alive_units
+            for bn in bns:
+                for p in (bn.weight, bn.bias):
+                    if p is not None:
+                        p.mul_(keep.to(p.dtype))
+
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
 
@@ -293,9 +446,8 @@ class L1:
             # One autograd node for all layers, with a cheaper backward (see _AbsSum); the same values.
             return _AbsSum.apply(self.lam, *(weight_of(m) for m in self._modules))
         total: Any = None  # not 0.0 + ...: one op and one autograd node less per step, the same value
-        for module in self._modules:
-            w = weight_of(module)
-            term = torch.linalg.vector_norm(self._groups(w, module), dim=1).sum()
+        for i, module in enumerate(self._modules):
+            term = self._unit_norms(i, weight_of(module)).sum()
             total = term if total is None else total + term
         return 0.0 if total is None else self.lam * total
 
@@ -340,7 +492,7 @@ class L1:
             self._marked = None  # marked for the old shapes; the next adaptation marks again
             if self.learning_rates is not None:
                 self.learning_rates.watch(self._weights)
-        if self.target is None and step <= self._fused_until and not moved:
+        if self.target is None and step <= self._fused_until and not moved and not self._joint:
             fused = self._fused
             if fused is None or not fused.fits(self._weights):
                 fused = self._fused = _Fused.build(self._weights, self._modules, self.units)
@@ -369,7 +521,7 @@ class L1:
                 # target is met) take the recipe's strength
                 t = base[i] if marked is None else torch.where(marked[i], shrinks[i], base[i])
             if self.units:
-                n_dead, new, top = self._shrink_groups(name, module, t, budget)
+                n_dead, new, top = self._shrink_groups(i, module, t, budget)
             else:
                 n_dead, new, top = self._shrink(name, module, t, budget)
             if budget is not None:
@@ -425,13 +577,15 @@ class L1:
         return w.numel() - n_alive, new, top
 
     def _shrink_groups(
-        self, name: str, module: nn.Module, t: float | torch.Tensor, budget: int | None
+        self, i: int, module: nn.Module, t: float | torch.Tensor, budget: int | None
     ) -> tuple[int, int, float]:
-        """Block soft-threshold of one layer, ``w_g <- w_g * max(0, 1 - t / ||w_g||)`` (``t`` a float, or one
-        per unit), masking dead units: (units at zero, newly zero, the largest unit norm left)."""
+        """Block soft-threshold of layer ``i``, ``w_g <- w_g * max(0, 1 - t / ||w_g||)`` (``t`` a float, or one
+        per unit; a paired BatchNorm's ``gamma_g``, ``beta_g`` are in ``w_g``), masking dead units: (units at
+        zero, newly zero, the largest unit norm left)."""
+        name = self._names[i]
         w = weight_of(module)
         dtype = torch.promote_types(w.dtype, torch.float32)
-        norms = torch.linalg.vector_norm(self._groups(w, module), dim=1, dtype=dtype)
+        norms = self._unit_norms(i, w, dtype)
         mask = get_mask(module)
         if mask is not None:
             cover = self._covers.get(name)
@@ -458,8 +612,14 @@ class L1:
             new = int((dead & was).sum())
             self.floored.add(name)
         w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
+        for m in self._members[i]:  # coupled layers: the same factor per unit (the prox of the joint group)
+            mw = weight_of(m)
+            mw.mul_(unit_broadcast(scale.to(mw.dtype), m, mw))
+        if self._bns[i]:
+            self._zero_batchnorms({i: scale})
         if new > 0:
-            ensure_mask(module).logical_and_(unit_broadcast(~dead, module, w))
+            for m in (module, *self._members[i]):
+                ensure_mask(m).logical_and_(unit_broadcast(~dead, m, weight_of(m)))
         # (not mark_applied: another method's mask may hold zeros inside the units that stay)
         return int(dead.sum()), new, float((norms * ~dead).max())
 
@@ -478,12 +638,12 @@ class L1:
     def _scores(self) -> list[torch.Tensor]:
         """Per layer, one score per unit (its norm) or weight (|w|); masked ones score 0."""
         out = []
-        for module in self._modules:
+        for i, module in enumerate(self._modules):
             w = weight_of(module).detach()
             mask = get_mask(module)
             if mask is not None:
                 w = w * mask
-            out.append(torch.linalg.vector_norm(self._groups(w, module), dim=1) if self.units else w.abs())
+            out.append(self._unit_norms(i, w, masked=True).detach() if self.units else w.abs())
         return out
 
     def _adapt(self, step: int) -> None:
@@ -578,6 +738,9 @@ class L1:
             w = weight_of(module)
             keep = unit_broadcast(~part, module, w).expand_as(w) if self.units else ~part
             set_mask(module, keep)
+            for m in self._members[i]:
+                set_mask(m, unit_broadcast(~part, m, weight_of(m)).expand_as(weight_of(m)))
+        self._zero_batchnorms()
         self.dead = len(chosen)
         self.topped_up = max(len(chosen) - dead_before, 0)
         self.settled = True
@@ -589,6 +752,8 @@ class L1:
         every ``adapt_every`` steps, and at the window's last step the target is settled (:meth:`_settle`)."""
         self.step = step
         if not self.active(step):
+            if self._joint:
+                self._zero_batchnorms()  # a dead unit's BatchNorm shift stays zero, as its masked weights do
             return UNCHANGED
         if self.spec.mode == "proximal":
             self._proximal(step)
@@ -597,6 +762,8 @@ class L1:
                 self._settle()
             elif (step - self.schedule.start) % self.adapt_every == 0:
                 self._adapt(step)
+        if self._joint:
+            self._zero_batchnorms()
         return UNCHANGED
 
     def start(self) -> None:
@@ -609,7 +776,7 @@ class L1:
         (``structure_changed`` when any went). Warns and skips the removal when the input shape is unknown."""
         if self.spec.threshold > 0 and not self.settled:
             with torch.no_grad():
-                for name, module in self._own.items():
+                for i, (name, module) in enumerate(self._own.items()):
                     w = weight_of(module)
                     if not self.units:
                         keep = w.abs() >= self.spec.threshold
@@ -619,12 +786,16 @@ class L1:
                         set_mask(module, keep)
                     else:
                         # Group lasso shrinks whole rows: the threshold applies to each row's norm.
-                        norms = torch.linalg.vector_norm(self._groups(w, module), dim=1)
+                        norms = self._unit_norms(i, w)
                         alive = norms >= self.spec.threshold
                         if not bool(alive.any()):  # never empty a layer: its strongest unit stays
                             alive[int(norms.argmax())] = True
                             self.floored.add(name)
-                        set_mask(module, unit_broadcast(alive, module, w).expand_as(w))
+                        for m in (module, *self._members[i]):
+                            set_mask(m, unit_broadcast(alive, m, weight_of(m)).expand_as(weight_of(m)))
+                self._zero_batchnorms()
+        if self._joint:
+            self._zero_batchnorms()
         if self.spec.remove_dead:
             model, history = self._remove_dead(model)
             return model, Changes(history=tuple(history), structure_changed=bool(history))
@@ -668,7 +839,7 @@ class L1:
         # The removal may hand back another model object (an untouched copy when its self-check failed).
         modules = dict(model.named_modules())
         self.layers = {n: modules[n] for n in self.layers if n in modules}
-        self._own = _distinct(self.layers)
+        self._own = {n: modules[n] for n in self._own if n in modules}
         self._modules = list(self._own.values())
         # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
         # removing them would change the outputs. Reported so a missing speedup is explained.
@@ -690,7 +861,11 @@ class L1:
         layer the same (``asked`` None: lambda is shared). Also ``strength`` (lambda at the start, at the end
         and its largest value), ``topped_up`` (units or weights the target's last step zeroed) and, after a
         dead-unit removal, ``{"dead_units": {"found": n, "kept": k}}``, ``channels`` (``[units at the start,
-        now]`` of every layer) and ``tied`` (a layer sharing an earlier one's weight -> that layer)."""
+        now]`` of every layer) and ``tied`` (a layer sharing an earlier one's weight -> that layer); ``batchnorm``
+        (layer -> the BatchNorms whose gamma and beta are in its units' groups) and ``coupled`` (a layer whose units
+        are another layer's, through a residual add or a depthwise conv -> that layer, whose groups hold both and
+        whose count covers both) when there are any; with ``remove_dead``, ``cannot_remove`` (layer -> why its zeroed
+        units will stay: a tied or reused weight, a coupling no group spans)."""
         reasons = {
             n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
         }
@@ -700,7 +875,7 @@ class L1:
             out["weights_zero"] = out["achieved"]
             out["unit"] = "units"
             dead_all = total_all = 0
-            aliases = tied_aliases(self.layers)
+            aliases = {**tied_aliases(self.layers), **self.coupled}
             for name, module in self.layers.items():
                 norms = torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1)
                 n = max(int(norms.numel()), self.initial_units.get(name, 0))
@@ -723,6 +898,12 @@ class L1:
             out["layer_cap"] = self.layer_cap
         if self.head_left_out:
             out["head_left_out"] = list(self.head_left_out)
+        if self.batchnorm:
+            out["batchnorm"] = {n: list(bns) for n, bns in self.batchnorm.items()}
+        if self.coupled:
+            out["coupled"] = dict(self.coupled)
+        if self.cannot_remove:
+            out["cannot_remove"] = dict(self.cannot_remove)
         if self.dead_units:
             out["dead_units"] = self.dead_units
             # Units at the start and now, per layer, once remove_dead ran: every layer of the entry, those that
