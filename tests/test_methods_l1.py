@@ -783,9 +783,10 @@ def test_units_coupled_by_residual_adds_and_depthwise_convs_are_one_group_and_ar
     same index in all of them, counted as achieved and never removed (136 of 168 zeroed channels stayed in
     resnet_small, 3,784 of 4,264 in mobilenetv2_small). Now one group spans the coupled layers' weights and their
     BatchNorms, each zeroed unit is removed from every layer it spans, and the outputs stay."""
-    import examples.models as zoo
     from sklearn.datasets import load_digits
     from torch.utils.data import DataLoader, TensorDataset
+
+    import examples.models as zoo
 
     x, y = load_digits(return_X_y=True)
     data = TensorDataset(torch.tensor(x[:640] / 16.0, dtype=torch.float32).view(-1, 1, 8, 8), torch.tensor(y[:640]))
@@ -793,7 +794,8 @@ def test_units_coupled_by_residual_adds_and_depthwise_convs_are_one_group_and_ar
     torch.manual_seed(0)
     model = getattr(zoo, arch)(image_size=8)
     entry = {"method": "l1", "strength": 1e-4, "mode": "proximal", "group": "channel", "target": 0.5,
-             "remove_dead": True, "layers": {"types": ["Conv2d"]}, "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+             "remove_dead": True, "layers": {"types": ["Conv2d"]},
+             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
     r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1}, pruning=[entry])
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -85,9 +85,8 @@ def _spread_units(model: nn.Module, gen: torch.Generator) -> None:
             w = module.weight
             scale = torch.empty(w.shape[0]).uniform_(0.05, 1.0, generator=gen)
             w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and scale is not None and module.affine:
-            if scale.numel() == module.num_features:
-                module.weight.mul_(scale)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and scale is not None:
+            module.weight.mul_(scale if scale.numel() == module.num_features else 1.0)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.running_mean.uniform_(-0.3, 0.3, generator=gen)
