@@ -809,10 +809,16 @@ def _outcome(
         )
     if m.dead_units is not None and m.dead_units.found and m.dead_units.kept:
         du = m.dead_units
+        blocked = extra.get("cannot_remove")
+        named = ""
+        if isinstance(blocked, dict) and blocked:
+            shown = [f"{n} ({why})" for n, why in list(blocked.items())[:3]]
+            more = f" and {len(blocked) - 3} more" if len(blocked) > 3 else ""
+            named = f"; units of these layers cannot go: {'; '.join(shown)}{more}"
         remarks.append(
             f"{du.found - du.kept} of {du.found} all-zero units removed; {du.kept} kept because removing them would "
             "change the outputs or the layout does not allow it (a residual add, depthwise conv, zero padding, a norm "
-            "over the units such as LayerNorm, tied weights, or a graph the removal cannot trace)"
+            f"over the units such as LayerNorm, tied weights, or a graph the removal cannot trace){named}"
         )
     if not nothing and m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
         remarks.append(f"short of the {m.asked:.3f} asked" + (f": {m.reason}" if m.reason else ""))

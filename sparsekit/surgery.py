@@ -366,9 +366,12 @@ def _fold_plan(
     Returns ``[(tensor_to_change, delta)]``: ``bias += delta`` or ``running_mean -= delta``."""
     root = tpa.group_root(group)
     consumers = []
-    for member in tpa.group_members(graph, group):
+    members = tpa.group_members(graph, group)
+    for member in members:
         module, idxs = member.module, member.idxs
         if module is root:
+            if sorted(idxs) != sorted(members[0].idxs):
+                return None  # the unit is paired with another unit of the same layer (a GLU, a chunk)
             continue
         if member.is_model_output or isinstance(module, nn.Parameter):
             return None  # the units reach the model's output, or an unwrapped parameter
@@ -386,8 +389,15 @@ def _fold_plan(
                 and set(idxs) <= set(_dead_rows(module))
             ):
                 continue
-            if member.out_channels or transposed:
+            if member.out_channels:
                 return None
+            if transposed:
+                # A constant through a transposed conv differs where its output overlaps less (the borders);
+                # exact zeros stay zeros.
+                x = inputs.get(module)
+                if x is None or bool(x.index_select(1, torch.tensor(list(idxs), device=x.device)).any()):
+                    return None
+                continue
             consumers.append((module, list(idxs)))
             continue
         if next(module.parameters(recurse=False), None) is not None or module._buffers:

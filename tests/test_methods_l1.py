@@ -855,3 +855,75 @@ def test_l1_names_the_layers_whose_zeroed_units_finalize_cannot_remove(model, la
     assert "fc2" not in l1.cannot_remove or model is _Tied  # fc2 of the GLU model is free
     assert l1.report()["cannot_remove"] == l1.cannot_remove
     assert method(False).cannot_remove == {}
+
+
+class _GluNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l0, self.l1, self.fc = nn.Linear(16, 32), nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.l1(nn.functional.glu(self.l0(x), dim=-1))))
+
+
+def test_a_layer_whose_units_cannot_go_does_not_keep_the_other_layers_units():
+    """Removing a GLU-paired unit failed the removal's self-check, which then kept every layer's dead units."""
+    model = _GluNet()
+    with torch.no_grad():
+        model.l0.weight[:4] = 0
+        model.l0.bias[:4] = 0
+        model.l1.weight[:6] = 0
+        model.l1.bias[:6] = 0
+    r = sparsekit.Recipe(
+        model={"input_shape": [1, 16]},
+        **recipe(strength=1e-9, group="row", remove_dead=True).model_dump(exclude={"model"}),
+    )
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=4)
+    assert "GLU" in pruner.methods[0].cannot_remove["l0"]
+    x = torch.randn(8, 16)
+    expected = model(x).detach()
+    final = pruner.finalize()
+    assert final.l0.out_features == 32 and final.l1.out_features == 10  # l1's 6 dead units went (none did before)
+    torch.testing.assert_close(final(x), expected, rtol=1e-5, atol=1e-6)
+
+
+class _StemExcluded(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c1, self.b1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_units_coupled_to_an_excluded_layer_form_no_group_and_leave_its_batchnorm_alone():
+    """c2's channels are the excluded stem's (a residual add): they cannot go, so l1 must not pull the stem's
+    BatchNorm (it shrank gamma to 0.5 and held beta at 0 in ten proximal steps)."""
+    model = _StemExcluded()
+    entry = {
+        "group": "channel",
+        "strength": 0.5,
+        "mode": "proximal",
+        "remove_dead": True,
+        "layers": {"types": ["Conv2d"], "exclude": ["stem"]},
+    }
+    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, **recipe(**entry).model_dump(exclude={"model"}))
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=10)
+    method = pruner.methods[0]
+    assert "stem's" in method.cannot_remove["c2"] and method.report()["batchnorm"] == {"c1": ["b1"]}
+    with torch.no_grad():
+        model.bn.bias.fill_(0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(10):
+        opt.zero_grad()
+        (0 * model(torch.randn(4, 1, 8, 8)).sum()).backward()  # no gradient: only l1 moves weights
+        opt.step()
+        pruner.step()
+    assert torch.equal(model.bn.weight, torch.ones(8)) and torch.equal(model.bn.bias, torch.full((8,), 0.25))

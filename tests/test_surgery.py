@@ -345,3 +345,28 @@ def test_dead_unit_removal_leaves_a_layout_it_cannot_handle_untouched(make):
     assert torch.allclose(result(x), expected, atol=1e-6)
     if history == []:  # refused: nothing changed
         assert all(torch.equal(result.state_dict()[k], v) for k, v in before.items())
+
+
+def test_dead_channels_feeding_a_transposed_conv_go_when_they_emit_exact_zeros():
+    """A transposed conv cannot take a nonzero constant exactly (its borders overlap less), but zeros are zeros."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, 2), nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for t in (model[0].weight, model[0].bias, model[1].weight, model[1].bias):
+            t[:3] = 0
+        model[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(4, 1, 8, 8)
+    expected = model(x)
+    out, _ = remove_dead_units(model, [1, 1, 8, 8], ignore=["5"])
+    assert out[0].out_channels == 5 and out[3].in_channels == 5
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        out[1].bias[0] = 0.5  # now channel 0 emits a constant 0.5: it must stay
+        out[0].weight[0] = 0
+    expected = out(x)
+    again, _ = remove_dead_units(out, [1, 1, 8, 8], ignore=["5"])
+    assert again[0].out_channels == 5
+    torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=0)

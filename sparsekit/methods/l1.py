@@ -329,32 +329,44 @@ class L1:
                 }
             except Exception:  # noqa: BLE001 - a layer tp cannot remove channels of: its groups are its weights
                 continue
+            members: list[str] = []
+            bns: list[_BatchNorm] = []
+            blocked = ""
             for member in first:
                 mod = member.module
                 if not member.out_channels:
                     continue
                 if member.idxs != [0] or last.get(id(mod)) != [units - 1]:
-                    if isinstance(mod, nn.Linear | _ConvNd) or member.op.endswith("Backward0"):
-                        # e.g. the two halves of a GLU, or a concat: unit u is another unit elsewhere
-                        what = names.get(id(mod)) or member.op
-                        self.cannot_remove[name] = f"its units are coupled to other units of {what}"
+                    if mod is module or isinstance(mod, nn.Linear | _ConvNd) or member.op.endswith("Backward0"):
+                        # e.g. a GLU, chunk or split: unit u of this layer is joined to another unit, elsewhere
+                        blocked = "its units are paired with units at other indices (a GLU, a chunk or a split)"
                     continue
                 if isinstance(mod, _BatchNorm):
                     if mod.affine and mod.weight is not None and mod.bias is not None and mod.num_features == units:
-                        self._bn_modules.setdefault(name, []).append(mod)
-                        self.batchnorm.setdefault(name, []).append(names.get(id(mod), ""))
+                        bns.append(mod)
+                    continue
+                if not isinstance(mod, nn.Linear | _ConvNd) or mod is module:
                     continue
                 other = own.get(id(mod))
-                if other is None and isinstance(mod, nn.Linear | _ConvNd):
-                    self.cannot_remove[name] = (
+                if other is None or other in self.coupled or other in self._member_names or num_units(mod) != units:
+                    where = "which this entry does not select" if other is None else "in another group"
+                    blocked = (
                         f"its units are coupled to {names.get(id(mod), '?')}'s (a residual add or a depthwise conv), "
-                        "which this entry does not select"
+                        f"{where}"
                     )
-                if other is None or other == name or other in self.coupled or other in self._member_names:
                     continue
-                if isinstance(mod, nn.Linear | _ConvNd) and num_units(mod) == units:
-                    self.coupled[other] = name
-                    self._member_names.setdefault(name, []).append(other)
+                members.append(other)
+            if blocked:
+                # The units cannot go, so they are no group: a joint group would only shrink (and silence) the
+                # coupled layer or the BatchNorms of a layer this entry leaves alone.
+                self.cannot_remove[name] = blocked
+                continue
+            for other in members:
+                self.coupled[other] = name
+                self._member_names.setdefault(name, []).append(other)
+            if bns:
+                self._bn_modules[name] = bns
+                self.batchnorm[name] = [names.get(id(bn), "") for bn in bns]
         for joined in self.coupled:
             del self._own[joined]
         if not self.spec.remove_dead:
@@ -832,6 +844,10 @@ class L1:
             )
             return model, []
         ignore += [h for h in heads if h not in ignore]
+        # Nor a layer whose units cannot go (a GLU's pairs, a tie): the removal's self-check would fail on it and
+        # keep every other layer's units too.
+        blocked = [*self.cannot_remove, *(m for n in self.cannot_remove for m in self._member_names.get(n, []))]
+        ignore += [n for n in blocked if n not in ignore]
         # Surgery changes weight shapes; mask buffers would no longer fit, so zero for good first.
         bake(model)
         dead_before = self._dead_units()
