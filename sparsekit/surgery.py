@@ -360,8 +360,8 @@ def _only_bn_after(graph: tpa.Graph, module: nn.Module) -> _BatchNorm | None:
 def _fold_plan(
     graph: tpa.Graph, group: tpa.Group, inputs: dict[nn.Module, torch.Tensor], keep: Collection[int] = ()
 ) -> list | None:
-    """How to absorb the removed units' constant output into their consumers, or None when that
-    cannot be done exactly (then the units stay). ``keep``: ids of modules whose outputs must stay.
+    """How to absorb one removed unit's constant output into its consumers (``group``: that unit's), or None
+    when that cannot be done exactly (then the unit stays). ``keep``: ids of modules whose outputs must stay.
 
     Returns ``[(tensor_to_change, delta)]``: ``bias += delta`` or ``running_mean -= delta``."""
     root = tpa.group_root(group)
@@ -370,7 +370,7 @@ def _fold_plan(
     for member in members:
         module, idxs = member.module, member.idxs
         if module is root:
-            if sorted(idxs) != sorted(members[0].idxs):
+            if len(idxs) != 1:
                 return None  # the unit is paired with another unit of the same layer (a GLU, a chunk)
             continue
         if member.is_model_output or isinstance(module, nn.Parameter):

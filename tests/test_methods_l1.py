@@ -842,7 +842,7 @@ class _Glu(nn.Module):
         return self.head(torch.relu(self.fc2(nn.functional.glu(self.fc1(x), dim=-1))))
 
 
-@pytest.mark.parametrize(("model", "layer", "why"), [(_Glu, "fc1", "coupled to other units"),
+@pytest.mark.parametrize(("model", "layer", "why"), [(_Glu, "fc1", "a GLU"),
                                                    (_Tied, "fc1", "tied to fc2")])  # fmt: skip
 def test_l1_names_the_layers_whose_zeroed_units_finalize_cannot_remove(model, layer, why):
     def method(remove_dead: bool):

@@ -322,7 +322,7 @@ class L1:
                 continue
             units = num_units(module)
             try:  # a member's unit u must be this layer's unit u: both ends of the range map to themselves
-                first = tpa.group_members(graph, tpa.channel_group(graph, module, [0]))[1:]
+                first = tpa.group_members(graph, tpa.channel_group(graph, module, [0]))
                 last = {
                     id(m.module): m.idxs
                     for m in tpa.group_members(graph, tpa.channel_group(graph, module, [units - 1]))
@@ -332,14 +332,15 @@ class L1:
             members: list[str] = []
             bns: list[_BatchNorm] = []
             blocked = ""
-            for member in first:
+            if first[0].idxs != [0]:  # e.g. a GLU or a chunk: unit 0 of this layer goes only with another of its units
+                blocked = "its units are paired with other units of the layer (a GLU, a chunk or a split)"
+            for member in first[1:]:
                 mod = member.module
                 if not member.out_channels:
                     continue
                 if member.idxs != [0] or last.get(id(mod)) != [units - 1]:
-                    if mod is module or isinstance(mod, nn.Linear | _ConvNd) or member.op.endswith("Backward0"):
-                        # e.g. a GLU, chunk or split: unit u of this layer is joined to another unit, elsewhere
-                        blocked = "its units are paired with units at other indices (a GLU, a chunk or a split)"
+                    if isinstance(mod, nn.Linear | _ConvNd):  # (other ops past a flatten list many indices)
+                        blocked = f"its units are coupled to other units of {names.get(id(mod), '?')}"
                     continue
                 if isinstance(mod, _BatchNorm):
                     if mod.affine and mod.weight is not None and mod.bias is not None and mod.num_features == units:
