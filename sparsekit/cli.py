@@ -91,6 +91,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             }.get(fn.__name__, "")
             what = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
             said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
+            if fn.__name__ == "prune" and "after training finished" in said:
+                resume = "; `--resume` skips the finished training and redoes only what follows it"
             where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
             click.echo(
                 f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True

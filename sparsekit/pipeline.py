@@ -170,6 +170,7 @@ def _versions() -> dict[str, str]:
 
 
 # What an interrupted run was doing, by phase (the CLI's "Interrupted: while ..." line).
+TRAINING_DONE = "after training finished"  # how an interruption's message says training is not to be redone
 PHASE_WORDS = {
     "load": "loading the model",
     "data": "loading the data",
@@ -193,12 +194,14 @@ class PhaseClock:
 
     seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    # Added to where an interruption happened once training is over: what a resume will find.
+    note: str = ""
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            with interrupted_while(PHASE_WORDS.get(phase, phase)):  # Ctrl-C says where the run was
+            with interrupted_while(PHASE_WORDS.get(phase, phase) + self.note):  # Ctrl-C says where the run was
                 yield
         finally:
             self.add(phase, time.perf_counter() - start)
@@ -497,6 +500,9 @@ def _run(
             model, history, pruner = prune_model(
                 model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
             )
+        if recipe.finetune.epochs:
+            epochs = recipe.finetune.epochs
+            clock.note = f", {TRAINING_DONE} (the checkpoint holds epoch {epochs} of {epochs})"
         if log_dir is not None and notify:
             shown = final_out / "logs" if Path(log_dir) == stage / "logs" else log_dir
             notify(f"training metrics: {shown} (steps.csv, epochs.csv)")
@@ -671,7 +677,7 @@ def measure(
         metrics = evaluate(model, inputs.bundle.val)
         stats = model_stats(model, inputs.shape)
         layers = layer_report(model, inputs.shape)
-    with interrupted_while(f"exporting {onnx_path.name}"):
+    with interrupted_while(f"exporting {onnx_path.name}{clock.note}"):
         exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
     for phase, seconds in exported["seconds"].items():
         clock.add(phase, seconds)

@@ -424,3 +424,13 @@ def test_the_text_table_gives_the_runs_done_and_each_files_size(files, fake_cloc
     for f in result["files"]:
         name = Path(f["path"]).name
         assert f"{name} {f['bytes']:,} B (gzip level {f['gzip_level']}: {f['gzip_bytes']:,} B)" in table
+
+
+def test_the_progress_bar_writes_nothing_where_stderr_is_no_terminal(capsys):
+    """Into a log file or a pipe the bar printed a stray blank line (before an interruption's message too)."""
+    from sparsekit.onnx.bench import _progress_bar
+
+    with pytest.raises(KeyboardInterrupt), _progress_bar(True, 10) as advance:
+        advance(1)
+        raise KeyboardInterrupt
+    assert capsys.readouterr().err == ""

@@ -477,9 +477,13 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
     from rich.console import Console
     from rich.progress import Progress
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or a pipe: a bar that redraws is noise there (a stray blank line)
+        yield lambda n: None
+        return
     # No auto-refresh thread: it would compete for the CPU with the runs being timed. We redraw
     # between runs instead, at most ten times a second.
-    with Progress(console=Console(stderr=True), auto_refresh=False, transient=True) as bar:
+    with Progress(console=console, auto_refresh=False, transient=True) as bar:
         task = bar.add_task("onnxruntime benchmark", total=total)
         last = [0.0]
 
