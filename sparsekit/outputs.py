@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -409,8 +410,16 @@ class RunFolder:
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock` (a no-op otherwise)."""
         if getattr(self, "_locked", False):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 (self.meta / LOCK).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                # Released where a run ends, also a failed one: raising here would replace the error that stopped
+                # it (a folder turned read-only) with one about the lock. The next run finds the lock stale.
+                logging.getLogger("sparsekit").warning(
+                    "could not remove the run lock %s (%s); the next run takes it over", self.meta / LOCK, err.strerror
+                )
             self._locked = False
             if self._discarded:  # only folders this run created, and only when empty
                 for made, folder in ((self._new_meta, self.meta), (self._new_out, self.out)):

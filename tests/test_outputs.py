@@ -570,3 +570,25 @@ def test_bad_input_found_after_a_checkpoint_keeps_it_and_says_so(tmp_path, mlp_c
     result = run("prune", mlp_checkpoint, *MLP, recipe, "--data", "sk_failing_data:second_epoch", "-o", out, *FAST)
     assert_bad_input(result, "sample 70 is broken", f"last checkpoint is kept in {out}", "--resume", "--overwrite")
     assert torch.load(out / ".sparsekit" / "next" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_lock_that_cannot_be_removed_does_not_hide_the_error_that_ended_the_run(tmp_path, monkeypatch, caplog):
+    """A folder turned read-only mid-run: the publish fails, and releasing the lock fails too. The run's error
+    must be the write that failed, not the lock (unlock raised PermissionError from the finally)."""
+    out = tmp_path / "out"
+    run = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    (run.begin() / "report.json").write_text("{}")
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == "lock":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError, match="the write"):
+        try:
+            raise OSError("the write that failed")
+        finally:
+            run.unlock()
+    assert "could not remove the run lock" in caplog.text
