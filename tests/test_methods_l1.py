@@ -857,34 +857,24 @@ def test_l1_names_the_layers_whose_zeroed_units_finalize_cannot_remove(model, la
     assert method(False).cannot_remove == {}
 
 
-class _GluNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l0, self.l1, self.fc = nn.Linear(16, 32), nn.Linear(16, 16), nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.l1(nn.functional.glu(self.l0(x), dim=-1))))
-
-
 def test_a_layer_whose_units_cannot_go_does_not_keep_the_other_layers_units():
     """Removing a GLU-paired unit failed the removal's self-check, which then kept every layer's dead units."""
-    model = _GluNet()
+    model = _Glu()
     with torch.no_grad():
-        model.l0.weight[:4] = 0
-        model.l0.bias[:4] = 0
-        model.l1.weight[:6] = 0
-        model.l1.bias[:6] = 0
+        model.fc1.weight[:4] = 0
+        model.fc1.bias[:4] = 0
+        model.fc2.weight[:6] = 0
+        model.fc2.bias[:6] = 0
     r = sparsekit.Recipe(
-        model={"input_shape": [1, 16]},
+        model={"input_shape": [1, 12]},
         **recipe(strength=1e-9, group="row", remove_dead=True).model_dump(exclude={"model"}),
     )
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=4)
-    assert "GLU" in pruner.methods[0].cannot_remove["l0"]
-    x = torch.randn(8, 16)
+    assert "GLU" in pruner.methods[0].cannot_remove["fc1"]
+    x = torch.randn(8, 12)
     expected = model(x).detach()
     final = pruner.finalize()
-    assert final.l0.out_features == 32 and final.l1.out_features == 10  # l1's 6 dead units went (none did before)
+    assert final.fc1.out_features == 32 and final.fc2.out_features == 10  # fc2's 6 dead units went (none did before)
     torch.testing.assert_close(final(x), expected, rtol=1e-5, atol=1e-6)
 
 
