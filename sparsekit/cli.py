@@ -1,7 +1,7 @@
 """The `sparsekit` command. The only place where SparsekitError becomes an exit code.
 
 Exit codes: 0 success; 2 bad input (one ``Error:`` line, no traceback); 1 unexpected failure
-(traceback with --debug); 130 interrupted.
+(traceback with --debug); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ from typing import Any
 
 import click
 
-from .errors import WHERE_PREFIXES, ExportError, SparsekitError, Terminated, naming_recipe, one_line, render
+from .errors import (
+    TRAINING_DONE,
+    TRAINING_NOT_STARTED,
+    WHERE_PREFIXES,
+    ExportError,
+    SparsekitError,
+    Terminated,
+    naming_recipe,
+    one_line,
+    render,
+)
 from .recipe_catalog import RECIPES_DIR as RECIPES_DIR  # noqa: F401 - kept importable from here
 from .recipe_catalog import find_recipe
 
@@ -91,8 +101,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             }.get(fn.__name__, "")
             what = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
             said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
-            if fn.__name__ == "prune" and "after training finished" in said:
-                resume = "; `--resume` skips the finished training and redoes only what follows it"
+            if fn.__name__ == "prune":
+                if TRAINING_DONE in said:
+                    resume = "; `--resume` skips the finished training and redoes only what follows it"
+                elif TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said:
+                    resume = "; no epoch was checkpointed: `--resume` (or the same command) starts the training over"
             where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
             click.echo(
                 f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True
@@ -346,7 +359,7 @@ def main() -> None:
     Files are data: model files are loaded weights-only, recipes with yaml.safe_load, and a model
     factory or data callable named inside a file runs only if you name it yourself (--arch, --data)
     or trust its module (--trust-code, `sparsekit trust`). See SECURITY.md.
-    Exit codes: 0 ok, 2 bad input, 1 bug, 130 interrupted.
+    Exit codes: 0 ok, 2 bad input, 1 bug, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
     """
 
 

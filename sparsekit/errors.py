@@ -61,6 +61,9 @@ class Terminated(KeyboardInterrupt):
 
 # How an interruption's message says where it happened ("in epoch 3 of 6", "after epoch 2", "while ...").
 WHERE_PREFIXES = ("in ", "after ", "while ")
+# ... and, outside the training loop, whether a resume trains again: training had finished, or had not begun.
+TRAINING_DONE = "after training finished"
+TRAINING_NOT_STARTED = "before training started"
 
 
 @contextlib.contextmanager

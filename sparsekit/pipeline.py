@@ -24,6 +24,9 @@ from . import distributed as _distributed
 from .analysis import allocate_for_run, allocation_summary, write_allocation
 from .data import load_data
 from .errors import (
+    TRAINING_DONE,
+    TRAINING_NOT_STARTED,
+    WHERE_PREFIXES,
     DataError,
     ModelFileError,
     OutputError,
@@ -170,7 +173,6 @@ def _versions() -> dict[str, str]:
 
 
 # What an interrupted run was doing, by phase (the CLI's "Interrupted: while ..." line).
-TRAINING_DONE = "after training finished"  # how an interruption's message says training is not to be redone
 PHASE_WORDS = {
     "load": "loading the model",
     "data": "loading the data",
@@ -197,9 +199,24 @@ class PhaseClock:
     # Added to where an interruption happened once training is over: what a resume will find.
     note: str = ""
 
+    last: str = ""  # the phase entered last: where the run is between phases
+
+    @contextlib.contextmanager
+    def around(self) -> Iterator[None]:
+        """The whole run: a Ctrl-C between phases (moving the model, writing files, freeing memory) says which
+        phase had just run, and after training that training had finished."""
+        try:
+            yield
+        except KeyboardInterrupt as err:
+            if err.args and isinstance(err.args[0], str) and err.args[0].startswith(WHERE_PREFIXES):
+                raise
+            words = PHASE_WORDS.get(self.last, self.last)
+            raise type(err)(f"after {words}{self.note}" if words else "while starting") from None
+
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
+        self.last = phase
         try:
             with interrupted_while(PHASE_WORDS.get(phase, phase) + self.note):  # Ctrl-C says where the run was
                 yield
@@ -350,13 +367,14 @@ def run_prune(
             return None
         stage = folder.begin()  # after inputs are known good: a typo never touches the folder
         try:
-            write_allocation(stage, table, allocation)
-            report = _run(
-                inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
-                log_dir=logs if log_dir is not None else (stage / "logs" if recipe.finetune.log else None),
-                clock=clock,
-            )  # fmt: skip
-            folder.publish()
+            with clock.around():
+                write_allocation(stage, table, allocation)
+                report = _run(
+                    inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
+                    log_dir=logs if log_dir is not None else (stage / "logs" if recipe.finetune.log else None),
+                    clock=clock,
+                )  # fmt: skip
+                folder.publish()
         except SparsekitError as err:
             # Bad input found on the way (data that fails late, training that diverges, a full disk): the
             # staging folder goes unless it holds a checkpoint to resume from, which the error then names.
@@ -492,10 +510,13 @@ def _run(
     with PlotWorker(stage) as plots:
         with clock("report"):
             plots.start()
+        if recipe.finetune.epochs and not resume:
+            clock.note = f", {TRAINING_NOT_STARTED}"  # (a resumed run may hold a checkpoint already)
         model = inputs.loaded.model.to(device)
         log.info("evaluating the dense model")
         dense = measure(model, inputs, recipe, stage / "dense.onnx", clock, "dense_eval")
         _distributed.barrier()  # the other ranks start training with rank 0
+        clock.note = ""  # the training loop says where it was itself
         with clock("finetune"):
             model, history, pruner = prune_model(
                 model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
@@ -750,7 +771,10 @@ def prune_model(
         wrapped = _distributed.wrap(model)
         pruner.average_grads = wrapped is model  # DDP averages the calibration gradients itself
         calibrate(wrapped, pruner, _distributed.shard(inputs.bundle.train, recipe.seed), batches)
-    return pruner.finalize().eval(), history, pruner
+    epochs = recipe.finetune.epochs
+    done = f", {TRAINING_DONE} (the checkpoint holds epoch {epochs} of {epochs})" if epochs else ""
+    with interrupted_while(f"finalizing the pruned model{done}"):
+        return pruner.finalize().eval(), history, pruner
 
 
 def file_sizes(path: Path, level: int | None = None) -> dict[str, Any]:

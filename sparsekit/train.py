@@ -311,7 +311,13 @@ def finetune(
     lines = main and (progress == "lines" or (progress is True and not bar_shown))
     if resume and first_epoch and main and progress:
         done = f"resuming from {ckpt}: {first_epoch} of {spec.epochs} epochs finished"
-        _say(f"{done}, continuing with epoch {first_epoch + 1}" if first_epoch < spec.epochs else f"{done}, none left")
+        _say(
+            f"{done}, continuing with epoch {first_epoch + 1}"
+            if first_epoch < spec.epochs
+            else f"{done}, none left: only what follows training runs again"
+        )
+    elif resume and ckpt and main and progress:
+        _say(f"resuming: no epoch was checkpointed ({ckpt} does not exist yet), so training starts at epoch 1")
     epoch = finished = first_epoch  # for the Ctrl-C message: the epoch running, the last one checkpointed
     try:
         with progress_bar(bar_shown) as bar:

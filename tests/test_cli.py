@@ -884,8 +884,8 @@ def test_a_model_that_takes_token_ids_is_refused_up_front(tmp_path, monkeypatch)
 @pytest.mark.parametrize(
     ("call", "stage"),
     [
-        (1, "while exporting dense.onnx. Finished files are complete, unfinished ones were not written; `--resume` "
-            "continues from the last finished epoch."),
+        (1, "while exporting dense.onnx, before training started. Finished files are complete, unfinished ones were "
+            "not written; no epoch was checkpointed: `--resume` (or the same command) starts the training over."),
         # After training, the message says so and that a resume does not train again (it said "continues from the
         # last finished epoch", as if training were left).
         (2, "while exporting model.onnx, after training finished (the checkpoint holds epoch 1 of 1). Finished files "
@@ -914,3 +914,36 @@ def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp
     assert result.exit_code == 130, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"Interrupted: {stage}", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "stage"),
+    [
+        # Between phases (no phase's own words): the phase that had just run.
+        ("sparsekit.pipeline.method_results", "after evaluating the pruned model, after training finished (the "
+         "checkpoint holds epoch 1 of 1)"),
+        # After the last epoch, inside the fine-tuning phase: it read "while pruning and fine-tuning" and offered to
+        # continue from the last finished epoch.
+        ("sparsekit.pruner.Pruner.finalize", "while finalizing the pruned model, after training finished (the "
+         "checkpoint holds epoch 1 of 1)"),
+    ],
+)  # fmt: skip
+def test_an_interrupt_between_phases_and_after_the_last_epoch_says_training_had_finished(
+    tmp_path, mlp_checkpoint, monkeypatch, target, stage
+):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupt)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", *FAST)
+    assert result.exit_code == 130, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"Interrupted: {stage}. Finished files are complete, unfinished ones were not written; `--resume` skips the "
+        "finished training and redoes only what follows it."
+    ), result.stderr

@@ -256,3 +256,22 @@ def test_a_loader_whose_len_is_not_what_it_yields_is_refused(claimed, word):
     capped = _recipe({"name": "constant"}, epochs=2)
     capped.finetune.max_steps_per_epoch = 2
     sparsekit.finetune(_model(False), capped, data, data[:1], progress=False)
+
+
+def test_a_resume_says_when_there_was_no_checkpoint_and_when_no_epoch_is_left(tmp_path, capsys):
+    """It restarted training silently when no epoch had been checkpointed, and said only "none left" after
+    training, where the export and checks still run again."""
+    data = _data(False)
+    r = _recipe({"name": "constant"}, epochs=2)
+    sparsekit.finetune(_model(False), r, data, data[:1], checkpoint_dir=tmp_path, resume=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        f"resuming: no epoch was checkpointed ({tmp_path / 'last.pt'} does not exist yet), so training starts at "
+        "epoch 1"
+    )
+    sparsekit.finetune(_model(False), r, data, data[:1], checkpoint_dir=tmp_path, resume=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"resuming from {tmp_path / 'last.pt'}: 2 of 2 epochs finished, none left: only what follows training runs "
+        "again"
+    ]
