@@ -216,7 +216,9 @@ def trust_code_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         is_flag=True,
         help="Run the model factory / data callable that MODEL or RECIPE names, and remember its module as "
         "trusted (see `sparsekit trust`). Without it, code named in a file runs only if you name it "
-        "yourself with --arch/--data or trusted its module before.",
+        "yourself with --arch/--data or trusted its module before. Code you name with --arch/--data runs "
+        "without it and is not remembered: to open the output model.pt later without --arch, trust its "
+        "module (`sparsekit trust MODULE`).",
     )(fn)
 
 

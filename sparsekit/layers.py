@@ -35,7 +35,10 @@ _NORMS: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     *filter(None, [getattr(nn, "RMSNorm", None)]),
 )
-NORM_REASON = "normalization layers are not pruned; their channels follow structured pruning"
+NORM_REASON = (
+    "normalization layers are not pruned on their own; their channels go with the layer they normalize when it loses "
+    "channels (group l1 also shrinks the gamma and beta of its units)"
+)
 
 
 def layer_kind(module: nn.Module) -> str | None:

@@ -390,6 +390,8 @@ class MethodOutcome(_Closed):
     achieved: float | None
     channels_kept: int | None = None
     channels_total: int | None = None
+    # group l1: layers whose units are another layer's (a residual add, a depthwise conv), counted once in achieved
+    coupled: int = 0
     nothing: bool = False
     remarks: list[str] = Field(default_factory=list)
     layers: list[LayerOutcome]
@@ -833,6 +835,7 @@ def _outcome(
         achieved=m.achieved,
         channels_kept=kept,
         channels_total=total,
+        coupled=len(coupled) if isinstance(coupled := extra.get("coupled"), dict) else 0,
         nothing=nothing,
         remarks=remarks,
         layers=layers,
@@ -1298,6 +1301,8 @@ def _method_line(o: MethodOutcome, types: dict[str, str]) -> str:
     word = _unit_word({types[r.name] for r in o.layers if r.name in types})
     kept = f"; {o.channels_kept:,} of {o.channels_total:,} {word} kept" if o.channels_total else ""
     measure = o.measure.replace("channels", word) if o.measure == "output channels removed" else o.measure
+    if o.coupled:  # why achieved is not 1 - kept / total
+        measure += f" (a unit shared by coupled layers counted once: {o.coupled} layer(s) share their owner's)"
     return f"{head}{asked}, achieved {achieved} {measure} over its {len(o.layers)} layer(s){kept}"
 
 

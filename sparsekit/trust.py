@@ -385,9 +385,17 @@ def _import(module: str, where: str, error: type[SparsekitError]) -> types.Modul
     except KeyboardInterrupt:
         raise
     except ImportError as exc:
+        # The README's and --help's examples name examples.models, which lives in the repository, not in the
+        # installed package: say where it is rather than leave a wheel's user looking for it.
+        hint = (
+            " (examples/ is in the sparsekit repository, not in the installed package: run from a clone, or copy "
+            "its examples folder into the current folder)"
+            if module.split(".")[0] == "examples" and getattr(exc, "name", "") in ("examples", module)
+            else ""
+        )
         raise error(
             f"{where}: cannot import module {module!r} ({one_line(exc)}); run from the folder that contains it "
-            "or install its package"
+            f"or install its package{hint}"
         ) from None
     except SystemExit as exc:
         raise error(f"{where}: importing {module!r} called sys.exit({exc.code!r})") from None

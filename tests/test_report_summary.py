@@ -646,3 +646,15 @@ def test_accuracy_at_chance_level_is_a_warning(classes, accuracy, warned):
     if warned:
         assert f"{accuracy[0]:.4f} -> {accuracy[1]:.4f} with {classes} classes" in chance[0]
         assert f"  WARNING   {chance[0]}" in render_summary(report, "out").splitlines()
+
+
+def test_the_summary_says_why_group_l1s_achieved_fraction_is_not_the_channels_kept():
+    """0.500 of units zero beside "37 of 80 channels kept" read as a contradiction: coupled channels count once."""
+    from sparsekit.report import MethodOutcome, _method_line
+
+    row = {"entry": 0, "method": "l1", "target": "0.5 of units", "measure": "units zero", "asked": 0.5,
+           "achieved": 0.5, "channels_kept": 37, "channels_total": 80, "layers": []}  # fmt: skip
+    plain = _method_line(MethodOutcome(**row), {})
+    assert "counted once" not in plain
+    coupled = _method_line(MethodOutcome(**row, coupled=1), {})
+    assert "units zero (a unit shared by coupled layers counted once: 1 layer(s) share their owner's)" in coupled

@@ -649,3 +649,15 @@ def test_trust_code_remembers_only_a_module_that_imported_and_holds_the_callable
     assert_bad_input(run("validate", recipe, weights, "--trust-code"), module)
     assert trusted_modules() == []
     assert not store_path().exists() or json.loads(store_path().read_text())["modules"] == []
+
+
+def test_a_missing_examples_module_says_it_lives_in_the_repository_not_the_wheel():
+    """The README's and --help's example runs name examples.models, which a wheel does not install."""
+    from sparsekit.errors import ModelFileError
+    from sparsekit.trust import _import
+
+    with pytest.raises(ModelFileError, match=r"examples/ is in the sparsekit repository, not in the installed package"):
+        _import("examples.no_such_models", "--arch examples.no_such_models:f", ModelFileError)
+    with pytest.raises(ModelFileError) as info:
+        _import("no_such_package_zz.models", "--arch no_such_package_zz.models:f", ModelFileError)
+    assert "repository" not in str(info.value)

@@ -881,8 +881,8 @@ class L1:
         now]`` of every layer) and ``tied`` (a layer sharing an earlier one's weight -> that layer); ``batchnorm``
         (layer -> the BatchNorms whose gamma and beta are in its units' groups) and ``coupled`` (a layer whose units
         are another layer's, through a residual add or a depthwise conv -> that layer, whose groups hold both and
-        whose count covers both) when there are any; with ``remove_dead``, ``cannot_remove`` (layer -> why its zeroed
-        units will stay: a tied or reused weight, a coupling no group spans)."""
+        whose count covers both) when there are any; with groups and ``remove_dead``, ``cannot_remove`` (layer -> why
+        its zeroed units will stay: a tied or reused weight, a coupling no group spans; ``{}`` when none)."""
         reasons = {
             n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
         }
@@ -919,8 +919,8 @@ class L1:
             out["batchnorm"] = {n: list(bns) for n, bns in self.batchnorm.items()}
         if self.coupled:
             out["coupled"] = dict(self.coupled)
-        if self.cannot_remove:
-            out["cannot_remove"] = dict(self.cannot_remove)
+        if self.units and self.spec.remove_dead:
+            out["cannot_remove"] = dict(self.cannot_remove)  # ({} : every zeroed unit can go)
         if self.dead_units:
             out["dead_units"] = self.dead_units
             # Units at the start and now, per layer, once remove_dead ran: every layer of the entry, those that
