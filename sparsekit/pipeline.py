@@ -196,9 +196,9 @@ class PhaseClock:
 
     seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    # Added to where an interruption happened once training is over: what a resume will find.
+    # Added to where an interruption happened outside the training loop: whether training had begun or finished,
+    # so the message says what a resume will find.
     note: str = ""
-
     last: str = ""  # the phase entered last: where the run is between phases
 
     @contextlib.contextmanager

@@ -366,8 +366,7 @@ def _fold_plan(
     Returns ``[(tensor_to_change, delta)]``: ``bias += delta`` or ``running_mean -= delta``."""
     root = tpa.group_root(group)
     consumers = []
-    members = tpa.group_members(graph, group)
-    for member in members:
+    for member in tpa.group_members(graph, group):
         module, idxs = member.module, member.idxs
         if module is root:
             if len(idxs) != 1:
