@@ -881,6 +881,18 @@ def test_a_model_that_takes_token_ids_is_refused_up_front(tmp_path, monkeypatch)
     assert not (tmp_path / "e.onnx").exists()
 
 
+def _interrupted_prune(tmp_path, mlp_checkpoint) -> str:
+    """A one-epoch prune that a patched step interrupts: exit 130; its last stderr line."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", *FAST)
+    assert result.exit_code == 130, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("call", "stage"),
     [
@@ -905,15 +917,8 @@ def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sparsekit.onnx, "export_onnx", export)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
-        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
-    )
-    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", *FAST)
-    assert result.exit_code == 130, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last == f"Interrupted: {stage}", result.stderr
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
+    assert last == f"Interrupted: {stage}"
 
 
 @pytest.mark.parametrize(
@@ -935,15 +940,8 @@ def test_an_interrupt_between_phases_and_after_the_last_epoch_says_training_had_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(target, interrupt)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
-        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
-    )
-    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", tmp_path / "o", *FAST)
-    assert result.exit_code == 130, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
     assert last == (
         f"Interrupted: {stage}. Finished files are complete, unfinished ones were not written; `--resume` skips the "
         "finished training and redoes only what follows it."
-    ), result.stderr
+    )

@@ -716,6 +716,23 @@ def test_finalize_without_a_shape_the_model_runs_on_skips_the_removal_with_a_war
     assert final.body.out_features == 32
 
 
+def _channel_l1_to_half(model, loader, shape, conv: str, strength: float, epochs: int):
+    """Group-channel proximal L1 with target 0.5 over the first epoch of a plain SGD loop of ``epochs``; the pruner."""
+    entry = {"method": "l1", "strength": strength, "mode": "proximal", "group": "channel", "target": 0.5,
+             "remove_dead": True, "layers": {"types": [conv]},
+             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": shape}, finetune={"epochs": epochs}, pruning=[entry])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(epochs):
+        for xb, yb in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            pruner.step()
+    return pruner
+
+
 def _bn_cnn(dims: int) -> nn.Sequential:
     """Conv -> BatchNorm -> ReLU into zero-padded convs (bias-free, as ResNets write them), 1-D or 2-D."""
     conv, bn, pool = (
@@ -744,19 +761,9 @@ def test_group_channel_zeroes_a_following_batchnorms_shift_so_every_dead_channel
     loader = DataLoader(TensorDataset(xt, torch.tensor(y)), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     model = _bn_cnn(dims)
-    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": "channel", "target": 0.5,
-             "remove_dead": True, "layers": {"types": ["Conv1d" if dims == 1 else "Conv2d"]},
-             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
-    shape = [1, *xt.shape[1:]]
-    r = sparsekit.Recipe(model={"input_shape": shape}, finetune={"epochs": 2}, pruning=[entry])
-    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(2):  # the second epoch is fine-tuning after the window: beta's gradient must not revive
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            pruner.step()
+    # The second epoch is fine-tuning after the window: beta's gradient must not revive a dead channel's shift.
+    conv = "Conv1d" if dims == 1 else "Conv2d"
+    pruner = _channel_l1_to_half(model, loader, [1, *xt.shape[1:]], conv, strength=1e-3, epochs=2)
     method = pruner.methods[0]
     assert method.report()["batchnorm"] == {"0": ["1"], "3": ["4"], "7": ["8"]}
     dead = 0
@@ -793,17 +800,7 @@ def test_units_coupled_by_residual_adds_and_depthwise_convs_are_one_group_and_ar
     loader = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = getattr(zoo, arch)(image_size=8)
-    entry = {"method": "l1", "strength": 1e-4, "mode": "proximal", "group": "channel", "target": 0.5,
-             "remove_dead": True, "layers": {"types": ["Conv2d"]},
-             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
-    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1}, pruning=[entry])
-    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for xb, yb in loader:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xb), yb).backward()
-        opt.step()
-        pruner.step()
+    pruner = _channel_l1_to_half(model, loader, [1, 1, 8, 8], "Conv2d", strength=1e-4, epochs=1)
     method = pruner.methods[0]
     coupled = method.report()["coupled"]
     assert coupled  # e.g. a block's second conv -> the stem, a depthwise conv -> the expansion before it
