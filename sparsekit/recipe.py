@@ -706,8 +706,9 @@ class L1Spec(_MethodBase):
         "none",
         description="none: each weight on its own; row: group lasso over each output unit of a Linear layer; "
         "channel: over each output channel of a Conv layer (whole units go to zero). A unit's group also holds the "
-        "gamma and beta of a BatchNorm on it, and the same unit of every selected layer a residual add or a "
-        "depthwise conv couples to it (found on model.input_shape), so that a zeroed unit can be removed",
+        "gamma and beta of a BatchNorm or InstanceNorm on it, and the same unit of every selected layer a residual "
+        "add or a depthwise conv couples to it (found on model.input_shape), so that a zeroed unit can be removed "
+        "(before a norm without gamma and beta, a dead unit's bias and running mean are held at 0)",
     )
     proximal_every: Int = Field(
         4,

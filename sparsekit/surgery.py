@@ -27,8 +27,9 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from . import tp_adapter as tpa
 from .errors import ModelFileError, one_line, option
@@ -92,6 +93,42 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tpa.Graph:
     (batch first, e.g. ``[1, 1, 28, 28]``). Raises whatever the model's forward raises on that input."""
     with traced(model):
         return tpa.dependency_graph(model, example_input(model, input_shape))
+
+
+def direct_inputs(
+    model: nn.Module, input_shape: Sequence[int], consumers: Sequence[nn.Module]
+) -> dict[nn.Module, nn.Module]:
+    """For each of ``consumers``, the submodule whose output tensor (the very object) it takes as its first input
+    in one forward pass on a zero input of ``input_shape`` (``Conv2d -> InstanceNorm2d`` in a Sequential or
+    ``self.norm(self.conv(x))``), when there is one and the consumer runs once. The check by identity sees what
+    torch-pruning's trace blurs (InstanceNorm's reshapes, a batch of one). Raises what the forward raises."""
+    made: dict[int, tuple[torch.Tensor, nn.Module]] = {}
+    seen: dict[nn.Module, nn.Module | None] = {}
+    wanted = set(map(id, consumers))
+
+    def after(module: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            made[id(out)] = (out, module)  # (holding the tensor keeps its id from being reused)
+
+    def before(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if id(module) not in wanted:
+            return
+        x = args[0] if args else None
+        entry = made.get(id(x))
+        found = entry[1] if entry is not None and entry[0] is x else None
+        seen[module] = None if module in seen else found  # called twice: no single input
+
+    handles = []
+    for m in model.modules():
+        if m is not model:
+            handles += [m.register_forward_hook(after), m.register_forward_pre_hook(before)]
+    try:
+        with traced(model), torch.no_grad():
+            model(example_input(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return {c: p for c, p in seen.items() if p is not None}
 
 
 def normalize_history(history: Sequence[Any]) -> list[list[Any]]:
@@ -374,8 +411,11 @@ def _fold_plan(
             continue
         if member.is_model_output or isinstance(module, nn.Parameter):
             return None  # the units reach the model's output, or an unwrapped parameter
-        if isinstance(module, _BatchNorm):
-            continue  # per-channel affine: a constant stays a constant; tp drops its entries
+        stats = module.running_mean if isinstance(module, _InstanceNorm) else None
+        if isinstance(module, _NormBase) and stats is None:
+            # BatchNorm, InstanceNorm: each channel on its own, a constant stays a constant; tp drops its entries
+            # (but not an InstanceNorm's running statistics)
+            continue
         if isinstance(module, nn.Linear | _ConvNd):
             # Output-channel coupling (a residual add, a depthwise conv): the channel also carries the other
             # layer's output, so it goes only where that layer's units are dead too. Their constants (bias,

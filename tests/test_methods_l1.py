@@ -784,6 +784,96 @@ def test_group_channel_zeroes_a_following_batchnorms_shift_so_every_dead_channel
     torch.testing.assert_close(final(probe), expected, rtol=1e-4, atol=1e-5)
 
 
+def _digits_images_loader():
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = load_digits(return_X_y=True)
+    xt = torch.tensor(x / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+    return DataLoader(TensorDataset(xt, torch.tensor(y)), batch_size=64, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+
+def _normed_cnn(norm, bias: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=bias), norm(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, bias=bias), norm(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 8, 3, padding=1, bias=bias), norm(8), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 16, 10),
+    )  # fmt: skip
+
+
+_PLAIN_NORMS = {
+    "BatchNorm2d(affine=False)": lambda c: nn.BatchNorm2d(c, affine=False),
+    "InstanceNorm2d": nn.InstanceNorm2d,
+    "InstanceNorm2d(affine=True)": lambda c: nn.InstanceNorm2d(c, affine=True),
+}
+
+
+@pytest.mark.parametrize(
+    ("norm", "bias"),
+    [("BatchNorm2d(affine=False)", False), ("BatchNorm2d(affine=False)", True), ("InstanceNorm2d", True),
+     ("InstanceNorm2d(affine=True)", False)],
+)  # fmt: skip
+def test_dead_channels_before_a_norm_without_gamma_and_beta_or_an_instancenorm_are_removed(norm, bias):
+    """A BatchNorm without affine parameters sent a dead channel ``(bias - running_mean) / sqrt(var + eps)`` in
+    eval mode (its running statistics decay towards the all-zero channel's but never reach them), which a
+    zero-padded conv cannot absorb: 9 of 20 zeroed channels stayed (13 with conv biases). An InstanceNorm was
+    never looked through: all 20 stayed. Now the dead channel's bias and running mean are held at 0, an
+    InstanceNorm's gamma and beta join the group as BatchNorm's do, and every dead channel goes."""
+    loader = _digits_images_loader()
+    model = _normed_cnn(_PLAIN_NORMS[norm], bias)
+    pruner = _channel_l1_to_half(model, loader, [1, 1, 8, 8], "Conv2d", strength=1e-3, epochs=2)
+    method = pruner.methods[0]
+    assert method.report()["cannot_remove"] == {}
+    model.eval()
+    probe = torch.rand(16, 1, 8, 8)
+    expected = model(probe).detach()
+    final = pruner.finalize()
+    assert method.report()["dead_units"] == {"found": 20, "kept": 0}
+    assert final[0].out_channels + final[3].out_channels + final[7].out_channels == 20
+    final.eval()
+    torch.testing.assert_close(final(probe), expected, rtol=1e-4, atol=1e-5)
+
+
+class _AddThenPlainNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1)
+        self.bn, self.out = nn.BatchNorm2d(8, affine=False), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.bn(self.a(x) + self.b(x))))
+
+
+def test_cannot_remove_names_norms_that_mix_units_and_a_plain_batchnorm_behind_other_operations():
+    """Units feeding a GroupNorm or a LayerNorm (a zero unit still enters the others' statistics), or a BatchNorm
+    without gamma and beta through an add (what its running mean must hold is not known), were zeroed, counted and
+    kept with no word; ``cannot_remove`` now names them, and in training every zeroed unit it names stays."""
+
+    def layers(model, shape, types):
+        group = "row" if types == ["Linear"] else "channel"
+        entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": group, "remove_dead": True,
+                 "layers": {"types": types}}  # fmt: skip
+        r = sparsekit.Recipe(model={"input_shape": shape}, finetune={"epochs": 1}, pruning=[entry])
+        return sparsekit.Pruner(model, r, steps_per_epoch=4).methods[0].report()["cannot_remove"]
+
+    mixed = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    assert set(layers(mixed, [1, 8], ["Linear"])) == {"0"}
+    assert "1 (LayerNorm), which normalizes them together" in layers(mixed, [1, 8], ["Linear"])["0"]
+    assert set(layers(_AddThenPlainNorm(), [1, 1, 8, 8], ["Conv2d"])) == {"a", "b"}
+    assert "bn, a BatchNorm without affine parameters" in layers(_AddThenPlainNorm(), [1, 1, 8, 8], ["Conv2d"])["a"]
+
+    model = _normed_cnn(lambda c: nn.GroupNorm(4, c), bias=False)
+    pruner = _channel_l1_to_half(model, _digits_images_loader(), [1, 1, 8, 8], "Conv2d", strength=1e-3, epochs=1)
+    method = pruner.methods[0]
+    assert sorted(method.report()["cannot_remove"]) == ["0", "3", "7"]
+    assert "(GroupNorm), which normalizes them together" in method.report()["cannot_remove"]["0"]
+    pruner.finalize()
+    assert method.report()["dead_units"] == {"found": 20, "kept": 20}
+
+
 @pytest.mark.parametrize("arch", ["resnet_small", "mobilenetv2_small"])
 def test_units_coupled_by_residual_adds_and_depthwise_convs_are_one_group_and_are_removed(arch):
     """Channels a residual add or a depthwise conv couples across layers were zeroed layer by layer, rarely at the

@@ -36,18 +36,21 @@ training left missing; ``topped_up`` in the report), after which l1 stops and th
 
 With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's
 group-level sparsity regularizes every parameter of a dependency group (Fang et al., 2023, "DepGraph: Towards Any
-Structural Pruning", section 3.3): the ``gamma_u`` and ``beta_u`` of each affine BatchNorm on it (Conv ->
-BatchNorm, Linear -> BatchNorm1d), and unit ``u`` of every selected layer coupled to it, whose output channel ``u``
-is the same channel (the convs feeding one residual add, a depthwise conv and the conv before it). The group
-lasso and its proximal step act on that joint vector: the coupled layers' units go to zero together (the first
+Structural Pruning", section 3.3): the ``gamma_u`` and ``beta_u`` of each affine BatchNorm or InstanceNorm on it
+(Conv -> BatchNorm, Linear -> BatchNorm1d), and unit ``u`` of every selected layer coupled to it, whose output
+channel ``u`` is the same channel (the convs feeding one residual add, a depthwise conv and the conv before it).
+The group lasso and its proximal step act on that joint vector: the coupled layers' units go to zero together (the first
 layer owns the group and the count; the report's ``coupled`` maps the others to it) and are removed from all of
 them at finalize. A unit whose weights alone were zero would still emit BatchNorm's shift, a constant that a
 zero-padded consumer cannot absorb (it differs at the borders), and a channel zeroed in one of the layers of a
 residual add still carries the others': neither could be removed. Once a unit is dead (masked), its
 BatchNorms' ``gamma_u`` and ``beta_u`` are set back to zero after every optimizer step for the rest of the run, as
-masks hold weights. The groups come from torch-pruning's trace on the pruner's input shape; without one, each
+masks hold weights; before a BatchNorm or InstanceNorm without them, the unit's bias in the layer it follows and
+its running mean are (the norm subtracts a constant's mean in training; in eval mode the decaying running
+statistics left a shift). The groups come from torch-pruning's trace on the pruner's input shape; without one, each
 layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or reused weight,
-units coupled at other indices as by a GLU, or to a layer the entry does not select) are named in
+units coupled at other indices as by a GLU, or to a layer the entry does not select, units a GroupNorm or
+LayerNorm normalizes together, a norm without gamma and beta reached through other operations) are named in
 ``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training.
 
 With ``group: row | channel`` the classifier head (the prunable layer a forward pass calls last; found on the
@@ -77,8 +80,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .. import tp_adapter as tpa
 from ..errors import RecipeError, one_line
@@ -95,7 +99,7 @@ from ..learning_rate import LearningRates
 from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
-from ..surgery import build_graph, output_layers, remove_dead_units, reused_parameters, tied_parameters
+from ..surgery import build_graph, direct_inputs, output_layers, remove_dead_units, reused_parameters, tied_parameters
 from .base import UNCHANGED, Changes, Setup
 
 
@@ -230,14 +234,19 @@ class L1:
         self._member_names: dict[str, list[str]] = {}
         # Layers whose zeroed units finalize cannot remove (a tie, a coupling the groups do not span) -> why.
         self.cannot_remove: dict[str, str] = {}
-        self._bn_modules: dict[str, list[_BatchNorm]] = {}
+        self._bn_modules: dict[str, list[_NormBase]] = {}
+        # owning layer -> (a BatchNorm or InstanceNorm without gamma and beta, the layer whose output it normalizes):
+        # a dead unit's bias there and running mean are held at 0, so the unit emits exactly 0 in eval mode too.
+        self._stat_modules: dict[str, list[tuple[_NormBase, nn.Module]]] = {}
         if self.units:
             self._couple(model)
         self._modules = list(self._own.values())
         self._names = list(self._own)
         self._members = [[self.layers[m] for m in self._member_names.get(n, [])] for n in self._names]
         self._bns = [self._bn_modules.get(n, []) for n in self._names]
-        self._joint = any(self._members) or any(self._bns)  # some group spans more than one weight
+        self._stats = [self._stat_modules.get(n, []) for n in self._names]
+        # some group spans more than one weight, or a dead unit has a running mean to hold
+        self._joint = any(self._members) or any(self._bns) or any(self._stats)
         self._weights = [weight_of(m) for m in self._modules]
         self._sizes = [
             num_units(m) if self.units else w.numel() for m, w in zip(self._modules, self._weights, strict=True)
@@ -295,7 +304,8 @@ class L1:
     def _couple(self, model: nn.Module) -> None:
         """Find, by torch-pruning's trace on the pruner's input shape, the layers whose output unit ``u`` is
         another selected layer's unit ``u`` (removing one removes the other: a residual add, a depthwise conv)
-        and the affine BatchNorms on them; fills ``coupled``, ``batchnorm`` and drops members from ``_own``.
+        and the normalization layers on them; fills ``coupled``, ``batchnorm``, ``cannot_remove`` and drops members
+        from ``_own``.
         Without an input shape, or when the model does not trace, every layer's groups are its own weights."""
         shape = self._input_shape(model)
         if not shape:
@@ -306,6 +316,11 @@ class L1:
             return
         names = {id(m): n for n, m in model.named_modules()}
         own = {id(m): n for n, m in self._own.items()}
+        plain = [m for m in model.modules() if isinstance(m, _NormBase) and not m.affine]
+        try:
+            fed_by = direct_inputs(model, shape, plain) if plain else {}
+        except Exception:  # noqa: BLE001 - (the trace above ran the same forward)
+            fed_by = {}
         for holders in tied_parameters(model):
             for n, _ in holders:
                 if n in self.layers:
@@ -330,7 +345,8 @@ class L1:
             except Exception:  # noqa: BLE001 - a layer tp cannot remove channels of: its groups are its weights
                 continue
             members: list[str] = []
-            bns: list[_BatchNorm] = []
+            bns: list[_NormBase] = []
+            stats: list[_NormBase] = []
             blocked = ""
             if first[0].idxs != [0]:  # e.g. a GLU or a chunk: unit 0 of this layer goes only with another of its units
                 blocked = "its units are paired with other units of the layer (a GLU, a chunk or a split)"
@@ -342,11 +358,33 @@ class L1:
                     if isinstance(mod, nn.Linear | _ConvNd):  # (other ops past a flatten list many indices)
                         blocked = f"its units are coupled to other units of {names.get(id(mod), '?')}"
                     continue
-                if isinstance(mod, _BatchNorm):
-                    if mod.affine and mod.weight is not None and mod.bias is not None and mod.num_features == units:
+                where = f"{names.get(id(mod), '?')} ({type(mod).__name__})"
+                if isinstance(mod, _NormBase):  # BatchNorm, InstanceNorm: each unit is normalized on its own
+                    if mod.num_features != units:
+                        continue
+                    if isinstance(mod, _InstanceNorm) and mod.running_mean is not None:
+                        blocked = f"its units pass through {where}, whose running statistics torch-pruning does not cut"
+                    elif mod.affine and mod.weight is not None and mod.bias is not None:
                         bns.append(mod)
+                    else:
+                        stats.append(mod)
                     continue
-                if not isinstance(mod, nn.Linear | _ConvNd) or mod is module:
+                if isinstance(mod, nn.Parameter):  # (a weight the forward uses outside any layer)
+                    blocked = "its units meet a parameter the forward pass uses outside a layer"
+                    continue
+                if not isinstance(mod, nn.Linear | _ConvNd):
+                    if not isinstance(mod, nn.Module):
+                        continue  # one of torch-pruning's stand-ins for an operation
+                    if next(mod.parameters(recurse=False), None) is not None or any(
+                        b is not None for b in mod._buffers.values()
+                    ):  # as remove_dead_units, which keeps units such a module sees
+                        blocked = f"its units pass through {where}, " + (
+                            "which normalizes them together: a zero unit still enters the others' statistics"
+                            if isinstance(mod, nn.GroupNorm | nn.LayerNorm)
+                            else "whose per-unit parameters or buffers the removal cannot adjust"
+                        )
+                    continue
+                if mod is module:
                     continue
                 other = own.get(id(mod))
                 if other is None or other in self.coupled or other in self._member_names or num_units(mod) != units:
@@ -357,10 +395,21 @@ class L1:
                     )
                     continue
                 members.append(other)
+            producers = [module, *(self.layers[o] for o in members)]
+            sources: list[tuple[_NormBase, nn.Module]] = []
+            for bn in stats:
+                fed = fed_by.get(bn)
+                if fed is not None and any(fed is p for p in producers):
+                    sources.append((bn, fed))
+                elif bn.running_mean is not None:  # (what a dead unit sends it through other ops is not known here)
+                    blocked = (
+                        f"its units reach {names.get(id(bn), '?')}, a BatchNorm without affine parameters, through "
+                        "other operations: a dead unit's running mean cannot be set to what it receives"
+                    )
             if blocked:
                 # The units cannot go, so they are no group: a joint group would only shrink (and silence) the
                 # coupled layer or the BatchNorms of a layer this entry leaves alone.
-                self.cannot_remove[name] = blocked
+                self.cannot_remove.setdefault(name, blocked)  # (a tie, said above, says more)
                 continue
             for other in members:
                 self.coupled[other] = name
@@ -368,6 +417,8 @@ class L1:
             if bns:
                 self._bn_modules[name] = bns
                 self.batchnorm[name] = [names.get(id(bn), "") for bn in bns]
+            if sources:
+                self._stat_modules[name] = sources
         for joined in self.coupled:
             del self._own[joined]
         if not self.spec.remove_dead:
@@ -400,12 +451,16 @@ class L1:
         """Scale each paired BatchNorm's ``gamma`` and ``beta`` per unit by ``scale[i]`` (the block
         soft-threshold's factors), else set those of the units whose weights the mask holds at zero to zero:
         after every optimizer step, so neither the gradient on ``beta`` nor momentum revives a dead unit's
-        shift."""
-        for i, bns in enumerate(self._bns):
-            if not bns:
+        shift. For a BatchNorm or InstanceNorm without ``gamma`` and ``beta`` right after the layer, a dead unit's
+        bias in that layer and running mean are set to 0: the normalization subtracts a constant input's mean in
+        training, so the unit's output was 0 there up to rounding, and is exactly 0 in eval mode too (where the
+        decaying running mean and variance left ``(bias - mean) / sqrt(var + eps)``, a shift a zero-padded
+        consumer cannot absorb)."""
+        for i, (bns, stats) in enumerate(zip(self._bns, self._stats, strict=True)):
+            if not bns and not stats:
                 continue
             if scale is not None:
-                if i not in scale:
+                if i not in scale or not bns:
                     continue
                 keep = scale[i]
             else:
@@ -420,6 +475,11 @@ class L1:
                 if bool(cover.alive_units.all()):
                     continue
                 keep = cover.alive_units
+                for bn, producer in stats:
+                    dead = ~keep.to(torch.bool)
+                    for t in (getattr(producer, "bias", None), bn.running_mean):
+                        if isinstance(t, torch.Tensor):
+                            t.masked_fill_(dead.to(t.device), 0.0)
             for bn in bns:
                 for p in (bn.weight, bn.bias):
                     if p is not None:
