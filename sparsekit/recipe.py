@@ -739,7 +739,8 @@ class L1Spec(_MethodBase):
     )
     remove_dead: bool = Field(
         True,
-        description="at finalize, neurons/channels left all-zero are removed physically (their bias folded forward)",
+        description="at finalize, neurons/channels left all-zero are removed physically (their bias folded forward) "
+        "where the outputs stay the same; the report's cannot_remove names each layer whose zeroed units stay, and why",
     )
     # Regularize the whole run unless told otherwise: FOREVER_EPOCHS is past any finetune.epochs.
     schedule: ScheduleSpec = Field(

@@ -95,28 +95,27 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tpa.Graph:
         return tpa.dependency_graph(model, example_input(model, input_shape))
 
 
-def direct_inputs(
-    model: nn.Module, input_shape: Sequence[int], consumers: Sequence[nn.Module]
-) -> dict[nn.Module, nn.Module]:
-    """For each of ``consumers``, the submodule whose output tensor (the very object) it takes as its first input
-    in one forward pass on a zero input of ``input_shape`` (``Conv2d -> InstanceNorm2d`` in a Sequential or
-    ``self.norm(self.conv(x))``), when there is one and the consumer runs once. The check by identity sees what
-    torch-pruning's trace blurs (InstanceNorm's reshapes, a batch of one). Raises what the forward raises."""
+def forward_calls(
+    model: nn.Module, input_shape: Sequence[int]
+) -> tuple[dict[nn.Module, int], dict[nn.Module, nn.Module]]:
+    """One forward pass on a zero input of ``input_shape``: how many times each submodule ran, and for each that
+    ran once, the submodule whose output tensor (the very object) it took as its first input, when there is one
+    (``Conv2d -> InstanceNorm2d`` in a Sequential, or ``self.norm(self.conv(x))``): a check by identity sees
+    what torch-pruning's trace blurs (InstanceNorm's reshapes, a batch of one). Raises what the forward raises."""
     made: dict[int, tuple[torch.Tensor, nn.Module]] = {}
-    seen: dict[nn.Module, nn.Module | None] = {}
-    wanted = set(map(id, consumers))
+    calls: dict[nn.Module, int] = {}
+    fed_by: dict[nn.Module, nn.Module] = {}
 
     def after(module: nn.Module, _args: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor):
             made[id(out)] = (out, module)  # (holding the tensor keeps its id from being reused)
 
     def before(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if id(module) not in wanted:
-            return
+        calls[module] = calls.get(module, 0) + 1
         x = args[0] if args else None
         entry = made.get(id(x))
-        found = entry[1] if entry is not None and entry[0] is x else None
-        seen[module] = None if module in seen else found  # called twice: no single input
+        if entry is not None and entry[0] is x:
+            fed_by[module] = entry[1]
 
     handles = []
     for m in model.modules():
@@ -128,7 +127,7 @@ def direct_inputs(
     finally:
         for h in handles:
             h.remove()
-    return {c: p for c, p in seen.items() if p is not None}
+    return calls, {c: p for c, p in fed_by.items() if calls.get(c) == 1}
 
 
 def normalize_history(history: Sequence[Any]) -> list[list[Any]]:
@@ -394,6 +393,19 @@ def _only_bn_after(graph: tpa.Graph, module: nn.Module) -> _BatchNorm | None:
     return None
 
 
+# Normalizations over several units at once, as modules and as the autograd functions of their functional forms.
+UNIT_MIXING = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_UNIT_MIXING_OPS = ("NativeLayerNormBackward0", "NativeGroupNormBackward0")
+
+
+def mixes_units(module: Any, op: str = "") -> bool:
+    """Whether ``module`` (a graph member, see :class:`sparsekit.tp_adapter.Member`; ``op`` its name there)
+    normalizes units together (a GroupNorm, LayerNorm, LocalResponseNorm, with or without affine parameters,
+    or ``F.layer_norm`` / ``F.group_norm``): a unit at zero still enters the others' mean and variance, so it
+    cannot be removed without changing them."""
+    return isinstance(module, UNIT_MIXING) or op in _UNIT_MIXING_OPS
+
+
 def _fold_plan(
     graph: tpa.Graph, group: tpa.Group, inputs: dict[nn.Module, torch.Tensor], keep: Collection[int] = ()
 ) -> list | None:
@@ -439,8 +451,10 @@ def _fold_plan(
                 continue
             consumers.append((module, list(idxs)))
             continue
+        if mixes_units(module, member.op):
+            return None  # a zero unit still enters the others' statistics
         if next(module.parameters(recurse=False), None) is not None or module._buffers:
-            return None  # LayerNorm, PReLU, GroupNorm, embeddings ...: not analysed, keep the units
+            return None  # PReLU, embeddings ...: not analysed, keep the units
     plan: list[tuple[torch.Tensor, torch.Tensor]] = []
     for module, idxs in consumers:
         x = inputs.get(module)
@@ -480,7 +494,10 @@ def _fold_plan(
 
 
 def remove_dead_units(
-    model: nn.Module, input_shape: Sequence[int], ignore: Sequence[str] = ()
+    model: nn.Module,
+    input_shape: Sequence[int],
+    ignore: Sequence[str] = (),
+    failures: dict[str, str] | None = None,
 ) -> tuple[nn.Module, list[list[Any]]]:
     """Remove output units (Linear rows, Conv output channels) whose incoming weights are all zero.
 
@@ -492,15 +509,21 @@ def remove_dead_units(
     units whose nonzero constant enters a zero-padded conv (the border differs), units coupled to
     another layer's outputs (residual add, depthwise conv) unless that layer's units are dead too and not
     in ``ignore`` (then all of them go together), units reaching the model output,
-    units whose consumers cannot take the constant (no bias, no BatchNorm after), and units of layers
+    units whose consumers cannot take the constant (no bias, no BatchNorm after), units that a GroupNorm,
+    LayerNorm or LocalResponseNorm normalizes together, and units of layers
     whose weights are tied to another module's or used again outside the layer (a shape change would
-    untie them; see :func:`tied_parameters`, :func:`reused_parameters`), and every unit of a model whose
-    graph the removal cannot handle (it raises: the model is returned untouched). At least one
+    untie them; see :func:`tied_parameters`, :func:`reused_parameters`). At least one
     unit per layer always stays. Outputs are unchanged in eval mode.
 
-    Returns ``(model, history)``: the model (changed in place) and tp's history of the removal, to
-    append to the checkpoint's ``pruning_history``. Should the self-check on random inputs fail (or the
-    forward pass raise), the untouched model is returned with an empty history and a warning.
+    Every layer's units are removed at once and the outputs compared on random inputs. Should that fail
+    (the forward pass raises, or the outputs change: a layout the checks above do not foresee), the
+    removal starts over from the untouched model layer by layer, each layer's removal kept only when the
+    outputs still agree: one layer the removal cannot handle keeps its own units, not every layer's.
+    ``failures`` (optional, filled in): layer name -> why its units stayed that way.
+
+    Returns ``(model, history)``: the model (changed in place, or a copy when the removal went layer by
+    layer) and tp's history of the removal, to append to the checkpoint's ``pruning_history``; a warning
+    names the layers that kept their units after a failed check.
     """
     skip = set(ignore)
     backup = copy.deepcopy(model)
@@ -508,52 +531,103 @@ def remove_dead_units(
     with traced(model), torch.no_grad():
         reference = model(probe)
     try:
-        graph = build_graph(model, input_shape)
-        layers = prunable_layers(model)
-        modules = dict(model.named_modules(remove_duplicate=False))
+        order = forward_order(model, input_shape)
         # A shape change would untie a weight shared by several modules: their units stay.
-        tied = {id(modules[n]) for holders in tied_parameters(model) for n, _ in holders}
-        tied |= {id(modules[n]) for n, _, _ in reused_parameters(model, input_shape)}
-        kept = {id(modules[n]) for n in skip if n in modules}  # coupled to an ignored layer: the units stay
-        for name in forward_order(model, input_shape):
-            module = layers[name]
-            if name in skip or not tpa.in_graph(graph, module) or id(module) in tied:
-                continue
-            dead = _dead_rows(module)
-            if len(dead) >= tpa.out_channels(graph, module):
-                dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
-            if not dead:
-                continue
-            if any(id(m) in tied for m in tpa.group_modules(tpa.channel_group(graph, module, dead))):
-                continue
-            inputs = _consumer_inputs(model, tpa.channel_group(graph, module, dead), probe)
-            # Unit by unit, so one unit that must stay does not keep the others.
-            removable, plan = [], []
-            for unit in dead:
-                unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs, kept)
-                if unit_plan is not None:
-                    removable.append(unit)
-                    plan.extend(unit_plan)
-            if not removable:
-                continue
-            with torch.no_grad():
-                for tensor, delta in plan:
-                    tensor.add_(delta.to(tensor.dtype))
-            prune_group(model, tpa.channel_group(graph, module, removable))
+        tied = {n for holders in tied_parameters(model) for n, _ in holders}
+        tied |= {n for n, _, _ in reused_parameters(model, input_shape)}
     except (KeyboardInterrupt, MemoryError):
         raise
-    except Exception as err:  # noqa: BLE001 - a layout the removal cannot handle: keep every unit, exactly
+    except Exception as err:  # noqa: BLE001 - a model the trace cannot follow: keep every unit, exactly
         warnings.warn(f"remove_dead_units: {one_line(err)}; the model is left unchanged", stacklevel=2)
         return backup, []
     try:
+        graph = build_graph(model, input_shape)
+        for name in order:
+            _remove_layer_units(model, graph, name, probe, skip, tied)
+        if _same_outputs(_run(model, probe), reference):
+            return model, normalize_history(tpa.pruning_history(graph))
+        why = "outputs changed after removing every layer's dead units at once"
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a layout the removal cannot handle: go layer by layer
+        why = one_line(err)
+    # Layer by layer, each on a copy adopted only when the outputs still agree.
+    model, history, failed = backup, [], {}
+    for name in order:
+        layer = prunable_layers(model).get(name)
+        if layer is None or name in skip or not _dead_rows(layer):
+            continue
+        candidate = copy.deepcopy(model)
+        try:
+            graph = build_graph(candidate, input_shape)
+            if not _remove_layer_units(candidate, graph, name, probe, skip, tied):
+                continue
+            ok = _same_outputs(_run(candidate, probe), reference)
+            reason = "removing its zeroed units changed the model's outputs"
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - this layer's removal is what fails: its units stay
+            ok, reason = False, f"removing its zeroed units failed ({one_line(err, 160)})"
+        if ok:
+            model = candidate
+            history += normalize_history(tpa.pruning_history(graph))
+        else:
+            failed[name] = reason
+    if failures is not None:
+        failures.update(failed)
+    if failed:
+        warnings.warn(
+            f"remove_dead_units: {why}; removed layer by layer instead, and the zeroed units of "
+            f"{', '.join(failed)} stay (removing them changed the outputs or failed)",
+            stacklevel=2,
+        )
+    return model, history
+
+
+def _run(model: nn.Module, probe: torch.Tensor) -> Any:
+    """``model(probe)`` in eval mode without autograd; None when the forward pass raises (a removal broke it)."""
+    try:
         with traced(model), torch.no_grad():
-            after = model(probe)
-    except Exception:  # noqa: BLE001 - a layout the removal broke: keep the model as it was
-        after = None
-    if after is None or not _same_outputs(after, reference):
-        warnings.warn("remove_dead_units: outputs changed after removal; the model is left unchanged", stacklevel=2)
-        return backup, []
-    return model, normalize_history(tpa.pruning_history(graph))
+            return model(probe)
+    except Exception:  # noqa: BLE001 - a layout the removal broke: compared as different
+        return None
+
+
+def _remove_layer_units(
+    model: nn.Module, graph: tpa.Graph, name: str, probe: torch.Tensor, skip: set[str], tied: set[str]
+) -> bool:
+    """Remove the dead units of layer ``name`` that can go exactly (see :func:`remove_dead_units`) from
+    ``model`` through ``graph``; whether any went. Raises what torch-pruning raises."""
+    module = prunable_layers(model).get(name)
+    if module is None or name in skip or not tpa.in_graph(graph, module):
+        return False
+    named = list(model.named_modules(remove_duplicate=False))  # (a module listed under each of its names)
+    untied = {id(m) for n, m in named if n in tied}
+    if id(module) in untied:
+        return False
+    dead = _dead_rows(module)
+    if len(dead) >= tpa.out_channels(graph, module):
+        dead = dead[1:]  # keep one unit: a layer with no outputs is not a layer
+    if not dead:
+        return False
+    if any(id(m) in untied for m in tpa.group_modules(tpa.channel_group(graph, module, dead))):
+        return False
+    kept = {id(m) for n, m in named if n in skip}  # coupled to an ignored layer: the units stay
+    inputs = _consumer_inputs(model, tpa.channel_group(graph, module, dead), probe)
+    # Unit by unit, so one unit that must stay does not keep the others.
+    removable, plan = [], []
+    for unit in dead:
+        unit_plan = _fold_plan(graph, tpa.channel_group(graph, module, [unit]), inputs, kept)
+        if unit_plan is not None:
+            removable.append(unit)
+            plan.extend(unit_plan)
+    if not removable:
+        return False
+    with torch.no_grad():
+        for tensor, delta in plan:
+            tensor.add_(delta.to(tensor.dtype))
+    prune_group(model, tpa.channel_group(graph, module, removable))
+    return True
 
 
 def _same_outputs(after: Any, reference: Any) -> bool:

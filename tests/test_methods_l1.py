@@ -847,6 +847,93 @@ class _AddThenPlainNorm(nn.Module):
         return self.out(torch.relu(self.bn(self.a(x) + self.b(x))))
 
 
+class _FunctionalLayerNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f1, self.f2, self.head = nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.f2(nn.functional.layer_norm(self.f1(x), (16,)))))
+
+
+class _Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.g = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1, groups=4)
+        self.c3, self.fc = nn.Conv2d(32, 8, 1), nn.Linear(8 * 64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c3(torch.relu(self.g(torch.relu(self.c1(x)))))).flatten(1))
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.a, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.a(torch.relu(self.a(torch.relu(self.inp(x)))))))
+
+
+class _FeedsTied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.a, self.b, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(torch.relu(self.inp(x)))))))
+
+
+def _cannot_remove(model: nn.Module, shape: list[int], types: list[str]) -> dict[str, str]:
+    group = "row" if types == ["Linear"] else "channel"
+    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": group, "remove_dead": True,
+             "layers": {"types": types}}  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": shape}, finetune={"epochs": 1}, pruning=[entry])
+    return sparsekit.Pruner(model, r, steps_per_epoch=4).methods[0].report()["cannot_remove"]
+
+
+def test_cannot_remove_names_grouped_convs_shared_layers_and_layers_feeding_a_tied_weight():
+    """Zeroed units that finalize cannot remove, and which cannot_remove did not name: a grouped conv's and its
+    producer's (the removal raised, and then every layer's units stayed), a layer called twice and its producer
+    (outputs changed: the same), and a layer feeding a tied weight."""
+    grouped = _cannot_remove(_Grouped(), [1, 1, 8, 8], ["Conv2d"])
+    assert "a grouped convolution (groups=4): removing single output channels" in grouped["g"]
+    assert "its units feed g, a grouped convolution (groups=4)" in grouped["c1"]
+    assert "c3" not in grouped
+    twice = _cannot_remove(_CalledTwice(), [1, 8], ["Linear"])
+    assert "it runs 2 times in one forward pass" in twice["a"]
+    assert "its units reach a, which runs 2 times" in twice["inp"]
+    tied = _cannot_remove(_FeedsTied(), [1, 8], ["Linear"])
+    assert "its units reach a, whose weight is tied" in tied["inp"]
+
+
+def test_after_finalize_cannot_remove_names_every_layer_that_kept_zeroed_units():
+    """A dead channel whose positive bias passes ReLU into a zero-padded conv cannot be removed (the border
+    differs), which only the values tell: it was kept and counted, but no layer was named. Now finalize names it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 64, 3))  # fmt: skip
+    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": "channel", "remove_dead": True,
+             "layers": {"types": ["Conv2d"]}}  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1}, pruning=[entry])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=4)
+    assert pruner.methods[0].report()["cannot_remove"] == {}
+    with torch.no_grad():
+        model[0].weight[[1, 2, 6]] = 0
+        model[0].bias[[1, 2]] = 0.5  # into the padded conv: stays
+        model[0].bias[6] = -0.5  # ReLU makes it 0: goes
+    probe = torch.rand(8, 1, 8, 8)
+    expected = model.eval()(probe)
+    final = pruner.finalize()
+    report = pruner.methods[0].report()
+    assert report["dead_units"] == {"found": 3, "kept": 2}
+    assert final[0].out_channels == 7
+    assert set(report["cannot_remove"]) == {"0"}
+    assert report["cannot_remove"]["0"].startswith("2 zeroed unit(s) stayed")
+    torch.testing.assert_close(final.eval()(probe), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_cannot_remove_names_norms_that_mix_units_and_a_plain_batchnorm_behind_other_operations():
     """Units feeding a GroupNorm or a LayerNorm (a zero unit still enters the others' statistics), or a BatchNorm
     without gamma and beta through an add (what its running mean must hold is not known), were zeroed, counted and
@@ -864,6 +951,16 @@ def test_cannot_remove_names_norms_that_mix_units_and_a_plain_batchnorm_behind_o
     assert "1 (LayerNorm), which normalizes them together" in layers(mixed, [1, 8], ["Linear"])["0"]
     assert set(layers(_AddThenPlainNorm(), [1, 1, 8, 8], ["Conv2d"])) == {"a", "b"}
     assert "bn, a BatchNorm without affine parameters" in layers(_AddThenPlainNorm(), [1, 1, 8, 8], ["Conv2d"])["a"]
+
+    plain_ln = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, elementwise_affine=False), nn.ReLU(), nn.Linear(16, 4),
+                             nn.ReLU(), nn.Linear(4, 2))  # fmt: skip
+    assert "(LayerNorm), which normalizes them together" in layers(plain_ln, [1, 8], ["Linear"])["0"]
+    plain_gn = _normed_cnn(lambda c: nn.GroupNorm(4, c, affine=False), bias=False)
+    assert sorted(layers(plain_gn, [1, 1, 8, 8], ["Conv2d"])) == ["0", "3", "7"]  # none named before (no params)
+    assert (
+        "functional normalization (NativeLayerNormBackward0)"
+        in layers(_FunctionalLayerNorm(), [1, 8], ["Linear"])["f1"]
+    )
 
     model = _normed_cnn(lambda c: nn.GroupNorm(4, c), bias=False)
     pruner = _channel_l1_to_half(model, _digits_images_loader(), [1, 1, 8, 8], "Conv2d", strength=1e-3, epochs=1)

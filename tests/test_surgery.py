@@ -370,3 +370,37 @@ def test_dead_channels_feeding_a_transposed_conv_go_when_they_emit_exact_zeros()
     again, _ = remove_dead_units(out, [1, 1, 8, 8], ignore=["5"])
     assert again[0].out_channels == 5
     torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=0)
+
+
+class _SharedLayerAfter(nn.Module):
+    """p -> q, then a layer called twice (its output is its own input), then the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.p, self.q, self.a, self.head = nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.q(torch.relu(self.p(x))))
+        return self.head(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+def test_when_removing_every_layers_units_at_once_fails_the_others_are_still_removed_layer_by_layer():
+    """A layout the checks did not foresee (here a layer called twice, whose outputs are its own inputs: q's units
+    are a's too) made the self-check fail, and every other layer's dead units stayed too. Now the removal goes on
+    layer by layer: p's dead units go, q's and a's stay and are named."""
+    model = _SharedLayerAfter().eval()
+    with torch.no_grad():
+        model.p.weight[[1, 4, 9]] = 0
+        model.q.weight[[2, 5]] = 0
+        model.a.weight[[2, 5]] = 0
+    x = torch.randn(16, 8)
+    expected = model(x)
+    failures: dict[str, str] = {}
+    with pytest.warns(UserWarning, match=r"removed layer by layer instead, and the zeroed units of q, a stay"):
+        out, history = remove_dead_units(model, [1, 8], ignore=["head"], failures=failures)
+    assert out.p.out_features == 13 and out.a.out_features == 8  # p kept all 16 before
+    assert set(failures) == {"q", "a"} and "changed the model's outputs" in failures["a"]
+    torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=1e-4)
+    replayed = replay_history(_SharedLayerAfter(), history, [1, 8])
+    assert replayed.p.out_features == 13 and replayed.q.in_features == 13

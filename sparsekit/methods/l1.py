@@ -50,8 +50,11 @@ its running mean are (the norm subtracts a constant's mean in training; in eval 
 statistics left a shift). The groups come from torch-pruning's trace on the pruner's input shape; without one, each
 layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or reused weight,
 units coupled at other indices as by a GLU, or to a layer the entry does not select, units a GroupNorm or
-LayerNorm normalizes together, a norm without gamma and beta reached through other operations) are named in
-``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training.
+LayerNorm normalizes together, a norm without gamma and beta reached through other operations, a grouped conv, a
+layer the forward pass runs more than once, or one feeding a tied weight) are named in
+``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training; after :meth:`L1.finalize` it
+also names every other layer that kept zeroed units, with why (e.g. a positive bias through ReLU into a zero-padded
+conv: only the values tell).
 
 With ``group: row | channel`` the classifier head (the prunable layer a forward pass calls last; found on the
 pruner's input shape, or one guessed from a first Linear layer) is left out unless ``layers.include`` names
@@ -99,7 +102,15 @@ from ..learning_rate import LearningRates
 from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
-from ..surgery import build_graph, direct_inputs, output_layers, remove_dead_units, reused_parameters, tied_parameters
+from ..surgery import (
+    build_graph,
+    forward_calls,
+    mixes_units,
+    output_layers,
+    remove_dead_units,
+    reused_parameters,
+    tied_parameters,
+)
 from .base import UNCHANGED, Changes, Setup
 
 
@@ -152,6 +163,13 @@ class _AbsSum(torch.autograd.Function):
             torch._foreach_mul_(signs, c)
         it = iter(signs)
         return (None, *(next(it) if need else None for need in needs))
+
+
+def _grouped(module: Any) -> bool:
+    """A convolution with groups that is not depthwise (ResNeXt, ShuffleNet): channels go only whole groups at a
+    time there, which removing single units does not respect. A depthwise one (a group per input channel) is
+    coupled channel by channel instead, and handled so."""
+    return isinstance(module, _ConvNd) and module.groups > 1 and module.groups != module.in_channels
 
 
 class _UnitCover:
@@ -316,18 +334,20 @@ class L1:
             return
         names = {id(m): n for n, m in model.named_modules()}
         own = {id(m): n for n, m in self._own.items()}
-        plain = [m for m in model.modules() if isinstance(m, _NormBase) and not m.affine]
         try:
-            fed_by = direct_inputs(model, shape, plain) if plain else {}
+            calls, fed_by = forward_calls(model, shape)
         except Exception:  # noqa: BLE001 - (the trace above ran the same forward)
-            fed_by = {}
+            calls, fed_by = {}, {}
+        untie: set[str] = set()  # layers whose weight is tied or used outside them: their shapes must stay
         for holders in tied_parameters(model):
+            untie.update(n for n, _ in holders)
             for n, _ in holders:
                 if n in self.layers:
                     others = ", ".join(h for h, _ in holders if h != n)
                     self.cannot_remove[n] = f"its weight is tied to {others}: removing units would untie them"
         try:
             for n, _, _ in reused_parameters(model, shape):
+                untie.add(n)
                 if n in self.layers:  # (a tied weight is used by its other module: said above)
                     self.cannot_remove.setdefault(n, "the forward pass uses its weight outside the layer too")
         except Exception:  # noqa: BLE001 - (the trace below fails the same way)
@@ -348,11 +368,42 @@ class L1:
             bns: list[_NormBase] = []
             stats: list[_NormBase] = []
             blocked = ""
+            if calls.get(module, 1) > 1:
+                blocked = (
+                    f"it runs {calls[module]} times in one forward pass (a shared layer): removing its units would "
+                    "change every call at once"
+                )
+            elif _grouped(module):
+                blocked = (
+                    f"it is a grouped convolution (groups={module.groups}): removing single output channels "
+                    "would break its groups"
+                )
             if first[0].idxs != [0]:  # e.g. a GLU or a chunk: unit 0 of this layer goes only with another of its units
                 blocked = "its units are paired with other units of the layer (a GLU, a chunk or a split)"
             for member in first[1:]:
                 mod = member.module
+                label = names.get(id(mod))
+                if isinstance(mod, nn.Parameter):  # (a weight the forward uses outside any layer)
+                    blocked = "its units meet a parameter the forward pass uses outside a layer"
+                    continue
+                if mod is not module and label in untie:
+                    blocked = (
+                        f"its units reach {label}, whose weight is tied or used outside it: removing them would untie "
+                        "it"
+                    )
+                    continue
+                if mod is not module and isinstance(mod, nn.Linear | _ConvNd) and calls.get(mod, 1) > 1:
+                    blocked = (
+                        f"its units reach {label}, which runs {calls[mod]} times in one forward pass (a shared "
+                        "layer): removing them would change every call at once"
+                    )
+                    continue
                 if not member.out_channels:
+                    if _grouped(mod):
+                        blocked = (
+                            f"its units feed {names.get(id(mod), '?')}, a grouped convolution "
+                            f"(groups={mod.groups}): removing single input channels would break its groups"
+                        )
                     continue
                 if member.idxs != [0] or last.get(id(mod)) != [units - 1]:
                     if isinstance(mod, nn.Linear | _ConvNd):  # (other ops past a flatten list many indices)
@@ -369,29 +420,31 @@ class L1:
                     else:
                         stats.append(mod)
                     continue
-                if isinstance(mod, nn.Parameter):  # (a weight the forward uses outside any layer)
-                    blocked = "its units meet a parameter the forward pass uses outside a layer"
-                    continue
                 if not isinstance(mod, nn.Linear | _ConvNd):
-                    if not isinstance(mod, nn.Module):
+                    if mixes_units(mod, member.op):  # (affine or not; a module or F.layer_norm / F.group_norm)
+                        what = where if label is not None else f"a functional normalization ({member.op})"
+                        blocked = (
+                            f"its units pass through {what}, which normalizes them together: a zero unit still "
+                            "enters the others' statistics"
+                        )
+                    elif not isinstance(mod, nn.Module):
                         continue  # one of torch-pruning's stand-ins for an operation
-                    if next(mod.parameters(recurse=False), None) is not None or any(
+                    elif next(mod.parameters(recurse=False), None) is not None or any(
                         b is not None for b in mod._buffers.values()
                     ):  # as remove_dead_units, which keeps units such a module sees
-                        blocked = f"its units pass through {where}, " + (
-                            "which normalizes them together: a zero unit still enters the others' statistics"
-                            if isinstance(mod, nn.GroupNorm | nn.LayerNorm)
-                            else "whose per-unit parameters or buffers the removal cannot adjust"
+                        blocked = (
+                            f"its units pass through {where}, whose per-unit parameters or buffers the removal "
+                            "cannot adjust"
                         )
                     continue
                 if mod is module:
                     continue
                 other = own.get(id(mod))
                 if other is None or other in self.coupled or other in self._member_names or num_units(mod) != units:
-                    where = "which this entry does not select" if other is None else "in another group"
+                    why = "which this entry does not select" if other is None else "in another group"
                     blocked = (
-                        f"its units are coupled to {names.get(id(mod), '?')}'s (a residual add or a depthwise conv), "
-                        f"{where}"
+                        f"its units are coupled to {names.get(id(mod), '?')}'s (the graph joins their channels, as "
+                        f"a residual add or a depthwise conv does), {why}"
                     )
                     continue
                 members.append(other)
@@ -912,16 +965,39 @@ class L1:
         # Surgery changes weight shapes; mask buffers would no longer fit, so zero for good first.
         bake(model)
         dead_before = self._dead_units()
-        model, history = remove_dead_units(model, input_shape, ignore=ignore)
-        # The removal may hand back another model object (an untouched copy when its self-check failed).
+        failures: dict[str, str] = {}
+        model, history = remove_dead_units(model, input_shape, ignore=ignore, failures=failures)
+        # The removal may hand back another model object (a copy when it went layer by layer).
         modules = dict(model.named_modules())
         self.layers = {n: modules[n] for n in self.layers if n in modules}
         self._own = {n: modules[n] for n in self._own if n in modules}
         self._modules = list(self._own.values())
-        # Units that stay are all-zero but tied to a residual add, a depthwise conv or zero padding:
-        # removing them would change the outputs. Reported so a missing speedup is explained.
         self.dead_units = {"found": dead_before, "kept": self._dead_units()}
+        self._explain_kept(failures)
         return model, history
+
+    def _explain_kept(self, failures: dict[str, str]) -> None:
+        """Name in ``cannot_remove`` every layer that still holds zeroed units after the removal, with why:
+        what the removal reported, else what keeps such units (a constant that cannot be folded exactly)."""
+        for name, why in failures.items():
+            owner = self.coupled.get(name, name)
+            if owner in self._own:
+                self.cannot_remove.setdefault(owner, why)
+        for name, module in self._own.items():
+            if name in self.cannot_remove:
+                continue
+            norms = torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1)
+            zero = int((norms == 0).sum())
+            if zero == 0:
+                continue
+            if zero == norms.numel() == 1:
+                self.cannot_remove[name] = "every unit was zero: one stays, as a layer needs an output"
+                continue
+            self.cannot_remove[name] = (
+                f"{zero} zeroed unit(s) stayed: the constant each still sends on (its bias, a shift after it) "
+                "cannot be folded exactly into what follows (a zero-padded convolution, an operation over the "
+                "units)"
+            )
 
     dead_units: dict[str, int] | None = None
 
