@@ -847,6 +847,54 @@ class _AddThenPlainNorm(nn.Module):
         return self.out(torch.relu(self.bn(self.a(x) + self.b(x))))
 
 
+class _DenseBlock(nn.Module):
+    """DenseNet-style: one BatchNorm over the concatenation of two convs' outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c0 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(32)
+        self.c2, self.fc = nn.Conv2d(32, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.c0(x)
+        x = torch.relu(self.bn(torch.cat([a, self.c1(torch.relu(a))], 1)))
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.c2(x)), 1).flatten(1))
+
+
+def test_a_batchnorm_over_a_concatenation_joins_each_layers_groups_at_its_offset():
+    """The BatchNorm after a DenseNet concatenation was left out of the groups (its size is not a layer's unit
+    count): a dead channel still emitted its shift into the padded conv, and 11 of 22 zeroed channels stayed,
+    unnamed. Now each layer's units join the norm's gamma and beta at their offset in the concatenation."""
+    model = _DenseBlock()
+    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": "channel", "target": 0.5,
+             "remove_dead": True, "layers": {"include": ["c0", "c1"]},
+             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 2}, pruning=[entry])
+    loader = _digits_images_loader()
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):
+        for xb, yb in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            pruner.step()
+    method = pruner.methods[0]
+    assert method.report()["batchnorm"] == {"c0": ["bn"], "c1": ["bn"]}
+    dead = [(model.c0.weight.flatten(1) == 0).all(1), (model.c1.weight.flatten(1) == 0).all(1)]
+    assert int(dead[0].sum() + dead[1].sum()) == 16
+    assert not bool(model.bn.bias[torch.cat(dead)].any())
+    probe = torch.rand(16, 1, 8, 8)
+    expected = model.eval()(probe).detach()
+    final = pruner.finalize()
+    assert method.report()["dead_units"] == {"found": 16, "kept": 0}
+    assert final.bn.num_features == 16
+    torch.testing.assert_close(final.eval()(probe), expected, rtol=1e-4, atol=1e-5)
+
+
 class _FunctionalLayerNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -252,7 +252,7 @@ class L1:
         self._member_names: dict[str, list[str]] = {}
         # Layers whose zeroed units finalize cannot remove (a tie, a coupling the groups do not span) -> why.
         self.cannot_remove: dict[str, str] = {}
-        self._bn_modules: dict[str, list[_NormBase]] = {}
+        self._bn_modules: dict[str, list[tuple[_NormBase, int]]] = {}  # (norm, the unit 0's index in it)
         # owning layer -> (a BatchNorm or InstanceNorm without gamma and beta, the layer whose output it normalizes):
         # a dead unit's bias there and running mean are held at 0, so the unit emits exactly 0 in eval mode too.
         self._stat_modules: dict[str, list[tuple[_NormBase, nn.Module]]] = {}
@@ -365,7 +365,7 @@ class L1:
             except Exception:  # noqa: BLE001 - a layer tp cannot remove channels of: its groups are its weights
                 continue
             members: list[str] = []
-            bns: list[_NormBase] = []
+            bns: list[tuple[_NormBase, int]] = []
             stats: list[_NormBase] = []
             blocked = ""
             if calls.get(module, 1) > 1:
@@ -405,20 +405,27 @@ class L1:
                             f"(groups={mod.groups}): removing single input channels would break its groups"
                         )
                     continue
-                if member.idxs != [0] or last.get(id(mod)) != [units - 1]:
+                # A norm over a concatenation (DenseNet) holds the units at an offset, in the same order.
+                offset = member.idxs[0] if isinstance(mod, _NormBase) and len(member.idxs) == 1 else 0
+                if member.idxs != [offset] or last.get(id(mod)) != [offset + units - 1]:
                     if isinstance(mod, nn.Linear | _ConvNd):  # (other ops past a flatten list many indices)
                         blocked = f"its units are coupled to other units of {names.get(id(mod), '?')}"
                     continue
                 where = f"{names.get(id(mod), '?')} ({type(mod).__name__})"
                 if isinstance(mod, _NormBase):  # BatchNorm, InstanceNorm: each unit is normalized on its own
-                    if mod.num_features != units:
+                    if offset + units > mod.num_features:
                         continue
                     if isinstance(mod, _InstanceNorm) and mod.running_mean is not None:
                         blocked = f"its units pass through {where}, whose running statistics torch-pruning does not cut"
                     elif mod.affine and mod.weight is not None and mod.bias is not None:
-                        bns.append(mod)
-                    else:
+                        bns.append((mod, offset))
+                    elif offset == 0 and mod.num_features == units:
                         stats.append(mod)
+                    elif mod.running_mean is not None:
+                        blocked = (
+                            f"its units reach {where}, a norm without affine parameters over more units (a "
+                            "concatenation): a dead unit's running mean cannot be set to what it receives"
+                        )
                     continue
                 if not isinstance(mod, nn.Linear | _ConvNd):
                     if mixes_units(mod, member.op):  # (affine or not; a module or F.layer_norm / F.group_norm)
@@ -469,7 +476,7 @@ class L1:
                 self._member_names.setdefault(name, []).append(other)
             if bns:
                 self._bn_modules[name] = bns
-                self.batchnorm[name] = [names.get(id(bn), "") for bn in bns]
+                self.batchnorm[name] = [names.get(id(bn), "") for bn, _ in bns]
             if sources:
                 self._stat_modules[name] = sources
         for joined in self.coupled:
@@ -492,7 +499,8 @@ class L1:
             mw = weight_of(m)
             mask = get_mask(m) if masked else None
             parts.append(self._groups(mw if mask is None else mw * mask, m))
-        extra = [p.view(-1, 1) for bn in self._bns[i] for p in (bn.weight, bn.bias) if p is not None]
+        n = num_units(module)
+        extra = [p[at : at + n].view(-1, 1) for bn, at in self._bns[i] for p in (bn.weight, bn.bias) if p is not None]
         if extra:
             bns = torch.cat(extra, dim=1).to(parts[0].dtype)
             mask = get_mask(module) if masked else None
@@ -533,10 +541,10 @@ class L1:
                     for t in (getattr(producer, "bias", None), bn.running_mean):
                         if isinstance(t, torch.Tensor):
                             t.masked_fill_(dead.to(t.device), 0.0)
-            for bn in bns:
+            for bn, at in bns:
                 for p in (bn.weight, bn.bias):
                     if p is not None:
-                        p.mul_(keep.to(p.dtype))
+                        p[at : at + keep.numel()].mul_(keep.to(p.dtype))
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1, 2, ...) lies in the schedule window.
