@@ -34,24 +34,24 @@ the weakest still to be zeroed, the others shrinking by ``strength`` alone (grow
 layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
 training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
 
-With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's
-group-level sparsity regularizes every parameter of a dependency group (Fang et al., 2023, "DepGraph: Towards Any
-Structural Pruning", section 3.3): the ``gamma_u`` and ``beta_u`` of each affine BatchNorm or InstanceNorm on it
-(Conv -> BatchNorm, Linear -> BatchNorm1d), and unit ``u`` of every selected layer coupled to it, whose output
-channel ``u`` is the same channel (the convs feeding one residual add, a depthwise conv and the conv before it).
-The group lasso and its proximal step act on that joint vector: the coupled layers' units go to zero together (the first
-layer owns the group and the count; the report's ``coupled`` maps the others to it) and are removed from all of
-them at finalize. A unit whose weights alone were zero would still emit BatchNorm's shift, a constant that a
-zero-padded consumer cannot absorb (it differs at the borders), and a channel zeroed in one of the layers of a
-residual add still carries the others': neither could be removed. Once a unit is dead (masked), its
-BatchNorms' ``gamma_u`` and ``beta_u`` are set back to zero after every optimizer step for the rest of the run, as
-masks hold weights; before a BatchNorm or InstanceNorm without them, the unit's bias in the layer it follows and
-its running mean are (the norm subtracts a constant's mean in training; in eval mode the decaying running
-statistics left a shift). The groups come from torch-pruning's trace on the pruner's input shape; without one, each
-layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or reused weight,
-units coupled at other indices as by a GLU, or to a layer the entry does not select, units a GroupNorm or
-LayerNorm normalizes together, a norm without gamma and beta reached through other operations, a grouped conv, a
-layer the forward pass runs more than once, or one feeding a tied weight) are named in
+With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's group-level
+sparsity regularizes every parameter of a dependency group (Fang et al., 2023, "DepGraph: Towards Any Structural
+Pruning", section 3.3): the ``gamma_u`` and ``beta_u`` of each affine BatchNorm or InstanceNorm on it (Conv ->
+BatchNorm, Linear -> BatchNorm1d; over a concatenation, at the layer's offset in it), and unit ``u`` of every
+selected layer coupled to it, whose output channel ``u`` is the same channel (the convs feeding one residual add, a
+depthwise conv and the conv before it). The group lasso and its proximal step act on that joint vector: the coupled
+layers' units go to zero together (the first layer owns the group and the count; the report's ``coupled`` maps the
+others to it) and are removed from all of them at finalize. A unit whose weights alone were zero would still emit
+BatchNorm's shift, a constant that a zero-padded consumer cannot absorb (it differs at the borders), and a channel
+zeroed in one of the layers of a residual add still carries the others': neither could be removed. Once a unit is
+dead (masked), its BatchNorms' ``gamma_u`` and ``beta_u`` are set back to zero after every optimizer step for the
+rest of the run, as masks hold weights; before a BatchNorm or InstanceNorm without them, the unit's bias in the
+layer it follows and its running mean are (the norm subtracts a constant's mean in training; in eval mode the
+decaying running statistics left a shift). The groups come from torch-pruning's trace on the pruner's input shape;
+without one, each layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or
+reused weight, units coupled at other indices as by a GLU, or to a layer the entry does not select, units a
+GroupNorm or LayerNorm normalizes together, a norm without gamma and beta reached through other operations, a
+grouped conv, a layer the forward pass runs more than once, or one feeding a tied weight) are named in
 ``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training; after :meth:`L1.finalize` it
 also names every other layer that kept zeroed units, with why (e.g. a positive bias through ReLU into a zero-padded
 conv: only the values tell).
