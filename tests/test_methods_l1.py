@@ -1149,3 +1149,34 @@ def test_units_coupled_to_an_excluded_layer_form_no_group_and_leave_its_batchnor
         opt.step()
         pruner.step()
     assert torch.equal(model.bn.weight, torch.ones(8)) and torch.equal(model.bn.bias, torch.full((8,), 0.25))
+
+
+def _head_only_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
+
+
+def _group_entry(group: str, **extra):
+    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": group, **extra}
+    return sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1}, pruning=[entry])
+
+
+def test_group_lasso_never_groups_a_head_it_selected_alone_and_leaves_it_out_before_checking_kinds():
+    """On a CNN whose only Linear is the head, `group: row, layers.types: [Linear]` (what the group: channel error
+    advised) kept the head in, as the only layer selected, and zeroed whole classes (accuracy 1.0 -> 0.4, target
+    'met'); and `group: channel` with the default layers was refused because of that same head."""
+    with pytest.raises(
+        sparsekit.RecipeError,
+        match=r"layers: with group: row the classifier head \(.6.\) is left out .* all this entry selects",
+    ):
+        sparsekit.Pruner(_head_only_cnn(), _group_entry("row", layers={"types": ["Linear"]}), steps_per_epoch=4)
+    named = sparsekit.Pruner(_head_only_cnn(), _group_entry("row", layers={"include": ["6"]}), steps_per_epoch=4)
+    assert list(named.methods[0].layers) == ["6"]  # named: the user asked for it
+    channel = sparsekit.Pruner(_head_only_cnn(), _group_entry("channel"), steps_per_epoch=4).methods[0]
+    assert list(channel.layers) == ["0", "2"] and channel.head_left_out == ["6"]
+    mlp_model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    entry = {"method": "l1", "strength": 1e-3, "group": "channel", "mode": "proximal"}
+    r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 1}, pruning=[entry])
+    with pytest.raises(sparsekit.RecipeError, match=r"is a Linear: this model has no convolutions: use group: row$"):
+        sparsekit.Pruner(mlp_model, r, steps_per_epoch=4)

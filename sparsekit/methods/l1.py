@@ -114,22 +114,32 @@ from ..surgery import (
 from .base import UNCHANGED, Changes, Setup
 
 
-def _check_group(group: str, layers: dict[str, nn.Module], where: str) -> None:
-    # The conv kinds actually selected, so the suggested layers.types fits this model.
-    conv_kinds = ", ".join(sorted({type(m).__name__ for m in layers.values() if isinstance(m, _ConvNd)})) or "Conv2d"
+def _check_group(group: str, layers: dict[str, nn.Module], where: str, model_layers: dict[str, nn.Module]) -> None:
+    """Refuse a selected layer whose kind ``group`` does not fit, suggesting what fits ``model_layers`` (the model's
+    prunable layers but the heads left out): the conv kinds it has, a second entry only where it has the other kind."""
+    convs = sorted({type(m).__name__ for m in model_layers.values() if isinstance(m, _ConvNd)})
     for name, module in layers.items():
         kind = type(module).__name__
         if group == "row" and not isinstance(module, nn.Linear):
+            fix = (
+                f"set layers.types: [Linear] (add a second l1 entry with group: channel and layers.types: "
+                f"[{', '.join(convs)}] for the convolutions)"
+                if any(isinstance(m, nn.Linear) for m in model_layers.values())
+                else "this model's prunable layers (the head left out) are convolutions: use group: channel"
+            )
             raise RecipeError(
-                f"{where}.group: 'row' groups the rows of Linear weights, but layer {name!r} is a {kind}: "
-                "use group: channel for conv layers, or set layers.types: [Linear] (add a second l1 entry "
-                f"with group: channel and layers.types: [{conv_kinds}] for the convolutions)"
+                f"{where}.group: 'row' groups the rows of Linear weights, but layer {name!r} is a {kind}: {fix}"
             )
         if group == "channel" and not isinstance(module, _ConvNd):
+            fix = (
+                f"use group: row for Linear layers, or set layers.types: [{', '.join(convs)}] (add a second l1 "
+                "entry with group: row and layers.types: [Linear] for the fully connected layers)"
+                if convs
+                else "this model has no convolutions: use group: row"
+            )
             raise RecipeError(
-                f"{where}.group: 'channel' groups the output channels of Conv weights, but layer {name!r} "
-                f"is a {kind}: use group: row for Linear layers, or set layers.types: [{conv_kinds}] (add a second "
-                "l1 entry with group: row and layers.types: [Linear] for the fully connected layers)"
+                f"{where}.group: 'channel' groups the output channels of Conv weights, but layer {name!r} is a "
+                f"{kind}: {fix}"
             )
 
 
@@ -216,10 +226,11 @@ class L1:
         self.input_shape = list(setup.input_shape) if setup.input_shape else None
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # no shape changes before finalize
-        _check_group(spec.group, self.layers, self.where)
         self.head_left_out: list[str] = []
         if spec.group != "none":
-            self._leave_out_head(model, spec)
+            self._leave_out_head(model, spec)  # first: the head's kind does not matter once it is left out
+        others = {n: m for n, m in prunable_layers(model).items() if n not in self.head_left_out}
+        _check_group(spec.group, self.layers, self.where, others)
         self.schedule = Schedule.from_spec(spec.schedule, 1.0, setup.steps_per_epoch)
         if self.schedule.end <= self.schedule.start:
             # `schedule: oneshot` (or end_epoch == start_epoch) would make l1 silently do nothing.
@@ -305,19 +316,31 @@ class L1:
         is every prunable layer whose output is one of the model's outputs (each head of a multi-output model),
         else the one a forward pass calls last, on the pruner's input shape (or one guessed from a first Linear
         layer); without a shape the model runs on, nothing is left out (registration order need not be call
-        order)."""
-        if len(self.layers) < 2:
-            return
+        order).
+
+        Raises RecipeError when the head was all the entry selected (a recipe ``layers.types: [Linear]`` on a CNN
+        whose only Linear is the head): grouping it alone would zero whole classes. A model whose every prunable
+        layer is a head keeps them."""
         shape = self._input_shape(model)
         try:
             heads = output_layers(model, shape) if shape else []
         except Exception:  # a model that does not run on this shape fails later with a clear error
             heads = []
         named = spec.layers.include or []
+        if set(prunable_layers(model)) <= set(heads):
+            return  # a model that is all head (a logistic regression): nothing else could be pruned
         for head in heads:
-            if head in self.layers and head not in named and len(self.layers) > 1:
+            if head in self.layers and head not in named:
                 del self.layers[head]
                 self.head_left_out.append(head)
+        if self.head_left_out and not self.layers:
+            heads_named = ", ".join(repr(h) for h in self.head_left_out)
+            raise RecipeError(
+                f"{self.where}.layers: with group: {spec.group} the classifier head ({heads_named}) is left out (a "
+                "head row at zero leaves its class only its bias: the class can no longer be predicted), and it is "
+                "all this entry selects: select the hidden layers instead, or name the head in layers.include to "
+                "zero its rows anyway"
+            )
 
     def _couple(self, model: nn.Module) -> None:
         """Find, by torch-pruning's trace on the pruner's input shape, the layers whose output unit ``u`` is
