@@ -105,7 +105,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if TRAINING_DONE in said:
                     resume = "; `--resume` skips the finished training and redoes only what follows it"
                 elif TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said:
-                    resume = "; no epoch was checkpointed: `--resume` (or the same command) starts the training over"
+                    resume = "; no epoch was checkpointed: `--resume` starts the training over"
             where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
             click.echo(
                 f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True

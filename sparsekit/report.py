@@ -1152,10 +1152,21 @@ def notes(report: Report) -> list[str]:
         )
     slower = _slower_after_removal(report)
     if slower:
+        advice = []
+        if any(m.method == "structured" for m in report.methods):
+            advice.append(
+                "Keep round_to: 16 (the default) or use target_latency (ratio: auto) rather than exact counts "
+                "(round_to: null, hand-written layer_ratio)."
+            )
+        if any(m.method == "l1" and m.channels for m in report.methods):
+            advice.append(
+                "Group l1 removes the units training zeroed, whatever their count (it has no round_to): for speed, "
+                "remove channels with structured (round_to: 16), or add a structured entry after the l1 one to round "
+                "the widths it leaves."
+            )
         out.append(
             f"Channel removal made the model slower in onnxruntime ({slower}): its CPU kernels work in blocks of 8 "
-            "or 16 channels and run other counts poorly. Keep round_to: 16 (the default) or use target_latency "
-            "(ratio: auto) rather than exact counts (round_to: null, hand-written layer_ratio)."
+            f"or 16 channels and run other counts poorly. {' '.join(advice)}".rstrip()
         )
     for label, r in (("dense", d), ("pruned", p)):
         if r.export_fallback:

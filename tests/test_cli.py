@@ -897,7 +897,7 @@ def _interrupted_prune(tmp_path, mlp_checkpoint) -> str:
     ("call", "stage"),
     [
         (1, "while exporting dense.onnx, before training started. Finished files are complete, unfinished ones were "
-            "not written; no epoch was checkpointed: `--resume` (or the same command) starts the training over."),
+            "not written; no epoch was checkpointed: `--resume` starts the training over."),
         # After training, the message says so and that a resume does not train again (it said "continues from the
         # last finished epoch", as if training were left).
         (2, "while exporting model.onnx, after training finished (the checkpoint holds epoch 1 of 1). Finished files "

@@ -658,3 +658,16 @@ def test_the_summary_says_why_group_l1s_achieved_fraction_is_not_the_channels_ke
     assert "counted once" not in plain
     coupled = _method_line(MethodOutcome(**row, coupled=1), {})
     assert "units zero (a unit shared by coupled layers counted once: 1 layer(s) share their owner's)" in coupled
+
+
+def test_channel_removal_measured_slower_after_group_l1_gives_advice_l1_can_take():
+    """After group l1 the note advised round_to: 16 and target_latency, which l1 does not have."""
+    from sparsekit.report import notes
+
+    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": "row", "remove_dead": True}
+    recipe = _recipe([entry])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 16]), recipe, MLP_SHAPE, steps=2)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"32": (1.4, 0.05)})
+    (said,) = [n for n in notes(report) if n.startswith("Channel removal made the model slower")]
+    assert "Group l1 removes the units training zeroed" in said and "add a structured entry after" in said
+    assert "target_latency" not in said and "Keep round_to" not in said
