@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1003,6 +1004,8 @@ def _entry_targets(o: MethodOutcome, m: MethodResult, spec: dict[str, Any], repo
         if o.method == "structured" and not met:
             why += _structured_miss(o, spec, short=o.achieved < asked)
         out.append(check(field, asked, o.achieved, tol, met, why))
+        if o.method == "structured" and met and asked == o.asked and spec.get("scope", "layer") != "global":
+            out += _layer_ratio_misses(o, spec, check)
     if o.method == "structured" and spec.get("target_macs") is not None and report.dense.macs:
         asked, achieved = float(spec["target_macs"]), (report.pruned.macs or 0) / report.dense.macs
         met = achieved <= asked * 1.02
@@ -1098,6 +1101,34 @@ def _weight_slack(o: MethodOutcome, report: Report, asked: float, tol: float) ->
 # The most a structured ratio may miss by rounding (short of it or past it) before it counts as missed
 # (fraction of channels).
 STRUCTURED_MAX_TOLERANCE = 0.05
+
+
+def _layer_ratio_misses(o: MethodOutcome, spec: dict[str, Any], check: Callable[..., TargetCheck]) -> list[TargetCheck]:
+    """A structured entry that met its ratio as a whole, but with layers off their own ratio by more than their
+    rounding allows (half their ``round_to`` block, at most :data:`STRUCTURED_MAX_TOLERANCE`): ``ratio: 0.3`` took
+    16 of a 32-channel stem's channels while the entry's total, carried by large layers, stayed within
+    tolerance. One miss naming those layers, or none."""
+    from .tp_adapter import alignment
+
+    round_to = spec.get("round_to")
+    off = []
+    for r in o.layers:
+        if r.asked is None or not r.channels_total:
+            continue
+        slack = max(1.0, alignment(r.channels_total, round_to) / 2) / r.channels_total
+        if abs(r.achieved - r.asked) > min(SPARSITY_TOLERANCE + slack, STRUCTURED_MAX_TOLERANCE):
+            off.append(r)
+    if not off:
+        return []
+    shown = ", ".join(
+        f"{r.name} {r.achieved:.3f} ({r.channels_kept} of {r.channels_total} channels kept)" for r in off[:4]
+    )
+    more = f" and {len(off) - 4} more" if len(off) > 4 else ""
+    worst = max(off, key=lambda r: abs(r.achieved - (r.asked or 0.0)))
+    why = f"asked ratio {worst.asked:.3f} per layer, achieved {shown}{more}" + _structured_miss(
+        o, spec, short=worst.achieved < (worst.asked or 0.0)
+    )
+    return [check("ratio per layer", worst.asked, worst.achieved, STRUCTURED_MAX_TOLERANCE, False, why)]
 
 
 def _rounding_tolerance(o: MethodOutcome, round_to: int | None) -> float:
