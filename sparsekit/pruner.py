@@ -53,6 +53,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def _rebind(method: Any, model: nn.Module) -> None:
+    """Point ``method``'s module references at ``model``'s modules of the same names: its own ``rebind`` where it
+    has one (modules held besides ``layers``), else its ``layers``."""
+    rebind = getattr(method, "rebind", None)
+    if callable(rebind):
+        rebind(model)
+        return
+    modules = dict(model.named_modules())
+    method.layers = {n: modules[n] for n in method.layers if n in modules}
+
+
 class Pruner:
     """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step.
 
@@ -432,8 +443,16 @@ class Pruner:
             _distributed.check_masks(self._mask_views(), "at finalize")
         model = self.model
         for method in self.methods:
+            given = model
             model, changes = method.finalize(model)
             self._record(changes)
+            if model is not given:
+                # A method handed back another object (l1's removal of dead units adopts a copy when it has to go
+                # layer by layer): every other method's layers must be this model's, or a later finalize (or a
+                # report) works on the old one.
+                for other in self.methods:
+                    if other is not method:
+                        _rebind(other, model)
         self.model = bake(model)
         if self.pruning_history:
             self._mark_model()  # a method's finalize may have returned a new model object

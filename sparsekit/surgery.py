@@ -585,12 +585,9 @@ def remove_dead_units(
 
 
 def _run(model: nn.Module, probe: torch.Tensor) -> Any:
-    """``model(probe)`` in eval mode without autograd; None when the forward pass raises (a removal broke it)."""
-    try:
-        with traced(model), torch.no_grad():
-            return model(probe)
-    except Exception:  # noqa: BLE001 - a layout the removal broke: compared as different
-        return None
+    """``model(probe)`` in eval mode without autograd. Raises what the forward pass raises (a removal broke it)."""
+    with traced(model), torch.no_grad():
+        return model(probe)
 
 
 def _remove_layer_units(

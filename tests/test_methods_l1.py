@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -1180,3 +1182,50 @@ def test_group_lasso_never_groups_a_head_it_selected_alone_and_leaves_it_out_bef
     r = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 1}, pruning=[entry])
     with pytest.raises(sparsekit.RecipeError, match=r"is a Linear: this model has no convolutions: use group: row$"):
         sparsekit.Pruner(mlp_model, r, steps_per_epoch=4)
+
+
+class _Shuffled(nn.Module):
+    """A channel shuffle, then a slice: removing c1's or c2's units breaks the forward (whole groups only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.c3, self.c4, self.fc = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 1), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        b, c, h, w = x.shape
+        x = x.view(b, 4, c // 4, h, w).transpose(1, 2).reshape(b, c, h, w)
+        x = torch.relu(self.c3(torch.relu(self.c2(x))[:, :8]))
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.c4(x)), 1).flatten(1))
+
+
+def test_a_later_entry_finalizes_the_model_an_earlier_entrys_layer_by_layer_removal_handed_back():
+    """When the first entry's removal went layer by layer it handed back a copy, and the second entry's finalize
+    (its threshold, its removal) acted on the old model: the returned one kept all 16 of c4's units while the
+    report said 5 were found and removed. And a removal that broke the forward was said to have changed it."""
+    model = _Shuffled()
+    entries = [
+        {"method": "l1", "mode": "proximal", "group": "channel", "strength": 0.01, "target": 0.5,
+         "schedule": {"start_epoch": 0, "end_epoch": 1}, "layers": {"include": ["c1", "c2", "c3"]}},
+        {"method": "l1", "mode": "proximal", "group": "channel", "strength": 1e-6, "threshold": 0.5,
+         "layers": {"include": ["c4"]}},
+    ]  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 2}, pruning=entries)
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=20)
+    loader = _digits_images_loader()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _, (xb, yb) in zip(range(40), itertools.cycle(loader)):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+        pruner.step()
+    with pytest.warns(UserWarning, match="removed layer by layer instead"):
+        final = pruner.finalize()
+    assert final is not model
+    first, second = (m.report() for m in pruner.methods)
+    assert first["cannot_remove"]["c1"].startswith("removing its zeroed units failed (RuntimeError")
+    found = second["dead_units"]["found"]
+    assert found > 0 and final.c4.out_channels == 16 - found  # 16 kept before
+    assert second["channels"] == {"c4": [16, 16 - found]}

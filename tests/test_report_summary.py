@@ -673,22 +673,19 @@ def test_channel_removal_measured_slower_after_group_l1_gives_advice_l1_can_take
     assert "target_latency" not in said and "Keep round_to" not in said
 
 
-def test_a_structured_layer_rounded_far_from_the_ratio_is_a_miss_even_when_the_entry_total_is_met():
+def test_a_structured_layer_rounded_far_from_the_ratio_is_named_when_the_entry_total_is_met():
     """``ratio: 0.3`` with round_to 16 took 16 of a 32-unit layer's 32 (0.5) while a large layer carried the
-    entry's total to 0.333, within its tolerance: no warning, the miss visible only in the per-layer lines."""
-    from sparsekit.report import check_targets
+    entry's total to 0.333, within its tolerance: the miss was visible only in the per-layer lines. A note names
+    it; the target stays met (round_to does this by design: a shipped recipe's 48-channel layers keep 32)."""
+    from sparsekit.report import check_targets, notes
 
     recipe = _recipe([{"method": "structured", "ratio": 0.3, "schedule": "oneshot", "round_to": 16}])
     dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 256]), recipe, MLP_SHAPE)
     report = _report(dense, model, pruner, recipe, MLP_SHAPE)
-    checks = {c.target: c for c in check_targets(report)}
-    assert checks["ratio"].met and checks["ratio"].achieved == pytest.approx(96 / 288)
-    layer = checks["ratio per layer"]
-    assert not layer.met and layer.achieved == pytest.approx(0.5)
-    assert (
-        "achieved fc1 0.500 (16 of 32 channels kept)" in layer.message and "rounded to multiples of 16" in layer.message
-    )
-    assert layer.message in summarize(report).warnings
+    (check,) = check_targets(report)
+    assert check.met and check.achieved == pytest.approx(96 / 288)
+    (said,) = [n for n in notes(report) if n.startswith("Layers ended more than 0.05 from their ratio")]
+    assert "fc1 0.500 of 0.300 (16 of 32 kept)" in said and "fc2" not in said
     exact = _recipe([{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "round_to": 16}])
     dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 256]), exact, MLP_SHAPE)
-    assert [c.target for c in check_targets(_report(dense, model, pruner, exact, MLP_SHAPE))] == ["ratio"]
+    assert not [n for n in notes(_report(dense, model, pruner, exact, MLP_SHAPE)) if n.startswith("Layers ended")]

@@ -267,6 +267,7 @@ class L1:
         # owning layer -> (a BatchNorm or InstanceNorm without gamma and beta, the layer whose output it normalizes):
         # a dead unit's bias there and running mean are held at 0, so the unit emits exactly 0 in eval mode too.
         self._stat_modules: dict[str, list[tuple[_NormBase, nn.Module]]] = {}
+        self._held: dict[str, nn.Module] = {}  # those norms by name (see rebind)
         if self.units:
             self._couple(model)
         self._modules = list(self._own.values())
@@ -502,6 +503,8 @@ class L1:
                 self.batchnorm[name] = [names.get(id(bn), "") for bn, _ in bns]
             if sources:
                 self._stat_modules[name] = sources
+            for norm in [*(bn for bn, _ in bns), *(bn for bn, _ in sources)]:
+                self._held[names.get(id(norm), "")] = norm
         for joined in self.coupled:
             del self._own[joined]
         if not self.spec.remove_dead:
@@ -998,14 +1001,34 @@ class L1:
         dead_before = self._dead_units()
         failures: dict[str, str] = {}
         model, history = remove_dead_units(model, input_shape, ignore=ignore, failures=failures)
-        # The removal may hand back another model object (a copy when it went layer by layer).
-        modules = dict(model.named_modules())
-        self.layers = {n: modules[n] for n in self.layers if n in modules}
-        self._own = {n: modules[n] for n in self._own if n in modules}
-        self._modules = list(self._own.values())
+        self.rebind(model)  # the removal may hand back another model object (a copy when it went layer by layer)
         self.dead_units = {"found": dead_before, "kept": self._dead_units()}
         self._explain_kept(failures)
         return model, history
+
+    def rebind(self, model: nn.Module) -> None:
+        """Point every module this entry holds (its layers, the coupled members, the norms in its groups) at
+        ``model``'s modules of the same names: after a finalize handed back another model object."""
+        modules = dict(model.named_modules())
+        names = {id(m): n for n, m in {**self.layers, **self._held}.items()}
+
+        def same(m: nn.Module) -> Any:
+            return modules.get(names.get(id(m), ""), m)
+
+        self.layers = {n: modules[n] for n in self.layers if n in modules}
+        self._own = {n: modules[n] for n in self._own if n in modules}
+        self._modules = list(self._own.values())
+        self._names = list(self._own)
+        self._members = [
+            [self.layers[m] for m in self._member_names.get(n, []) if m in self.layers] for n in self._names
+        ]
+        self._bn_modules = {n: [(same(bn), at) for bn, at in v] for n, v in self._bn_modules.items()}
+        self._stat_modules = {n: [(same(bn), same(p)) for bn, p in v] for n, v in self._stat_modules.items()}
+        self._bns = [self._bn_modules.get(n, []) for n in self._names]
+        self._stats = [self._stat_modules.get(n, []) for n in self._names]
+        self._weights = [weight_of(m) for m in self._modules]
+        self._held = {n: modules[n] for n in self._held if n in modules}
+        self._covers = {}
 
     def _explain_kept(self, failures: dict[str, str]) -> None:
         """Name in ``cannot_remove`` every layer that still holds zeroed units after the removal, with why:
