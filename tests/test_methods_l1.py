@@ -1229,3 +1229,16 @@ def test_a_later_entry_finalizes_the_model_an_earlier_entrys_layer_by_layer_remo
     found = second["dead_units"]["found"]
     assert found > 0 and final.c4.out_channels == 16 - found  # 16 kept before
     assert second["channels"] == {"c4": [16, 16 - found]}
+
+
+def test_a_head_kept_in_the_groups_is_named_as_the_models_output_and_the_refusal_says_how_to_keep_it():
+    """A head the user named (or a model that is all head) had its zeroed rows explained after finalize as a constant
+    that could not be folded; the refusal for a head selected alone advised a layers.include that group: channel then
+    refused, and did not say that a pattern does not count."""
+    r = recipe(strength=0.01, group="row", remove_dead=True, layers={"include": ["0", "2", "4"]})
+    named = sparsekit.Pruner(mlp(), r, steps_per_epoch=4).methods[0]
+    assert named.report()["cannot_remove"] == {"4": "its outputs are the model's outputs: removing units would change "
+                                                    "what the model returns"}  # fmt: skip
+    with pytest.raises(RecipeError, match=r"name the head exactly in layers.include \(a pattern does not count\) with "
+                                          r"group: row to zero its units anyway"):  # fmt: skip
+        sparsekit.Pruner(_head_only_cnn(), _group_entry("channel", layers={"types": ["Linear"]}), steps_per_epoch=4)

@@ -175,6 +175,9 @@ class _AbsSum(torch.autograd.Function):
         return (None, *(next(it) if need else None for need in needs))
 
 
+_HEAD_REASON = "its outputs are the model's outputs: removing units would change what the model returns"
+
+
 def _grouped(module: Any) -> bool:
     """A convolution with groups that is not depthwise (ResNeXt, ShuffleNet): channels go only whole groups at a
     time there, which removing single units does not respect. A depthwise one (a group per input channel) is
@@ -227,6 +230,7 @@ class L1:
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # no shape changes before finalize
         self.head_left_out: list[str] = []
+        self._heads_kept: list[str] = []  # heads still selected (named in layers.include, or a model all head)
         if spec.group != "none":
             self._leave_out_head(model, spec)  # first: the head's kind does not matter once it is left out
         others = {n: m for n, m in prunable_layers(model).items() if n not in self.head_left_out}
@@ -328,19 +332,28 @@ class L1:
         except Exception:  # a model that does not run on this shape fails later with a clear error
             heads = []
         named = spec.layers.include or []
+        for head in heads:
+            if head in self.layers:
+                self._heads_kept.append(head)  # (until left out below)
         if set(prunable_layers(model)) <= set(heads):
             return  # a model that is all head (a logistic regression): nothing else could be pruned
         for head in heads:
             if head in self.layers and head not in named:
                 del self.layers[head]
+                self._heads_kept.remove(head)
                 self.head_left_out.append(head)
         if self.head_left_out and not self.layers:
             heads_named = ", ".join(repr(h) for h in self.head_left_out)
+            linear = spec.group == "channel" and isinstance(
+                prunable_layers(model).get(self.head_left_out[0]), nn.Linear
+            )
             raise RecipeError(
                 f"{self.where}.layers: with group: {spec.group} the classifier head ({heads_named}) is left out (a "
-                "head row at zero leaves its class only its bias: the class can no longer be predicted), and it is "
-                "all this entry selects: select the hidden layers instead, or name the head in layers.include to "
-                "zero its rows anyway"
+                "head unit at zero leaves its class only its bias: the class can no longer be predicted), and it is "
+                "all this entry selects: select the hidden layers instead, or name the head exactly in "
+                "layers.include (a pattern does not count)"
+                + (" with group: row" if linear else "")
+                + " to zero its units anyway"
             )
 
     def _couple(self, model: nn.Module) -> None:
@@ -507,6 +520,8 @@ class L1:
                 self._held[names.get(id(norm), "")] = norm
         for joined in self.coupled:
             del self._own[joined]
+        for head in self._heads_kept:
+            self.cannot_remove.setdefault(head, _HEAD_REASON)
         if not self.spec.remove_dead:
             self.cannot_remove = {}  # nothing is removed: nothing to warn about
 
