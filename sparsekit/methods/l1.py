@@ -1055,11 +1055,10 @@ class L1:
         for name, module in self._own.items():
             if name in self.cannot_remove:
                 continue
-            norms = torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1)
-            zero = int((norms == 0).sum())
+            zero = self._zero_units(module)
             if zero == 0:
                 continue
-            if zero == norms.numel() == 1:
+            if zero == num_units(module) == 1:
                 self.cannot_remove[name] = "every unit was zero: one stays, as a layer needs an output"
                 continue
             self.cannot_remove[name] = (
@@ -1071,10 +1070,11 @@ class L1:
     dead_units: dict[str, int] | None = None
 
     def _dead_units(self) -> int:
-        return sum(
-            int((torch.linalg.vector_norm(self._groups(weight_of(m).detach(), m), dim=1) == 0).sum())
-            for m in self._modules
-        )
+        return sum(self._zero_units(m) for m in self._modules)
+
+    def _zero_units(self, module: nn.Module) -> int:
+        """How many of ``module``'s output units have all their weights at zero."""
+        return int((torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1) == 0).sum())
 
     def report(self) -> dict[str, Any]:
         """Asked vs achieved: ``asked`` is ``target`` (None without one); ``achieved`` the fraction of the
