@@ -424,6 +424,85 @@ def test_l1_group_proximal_step_is_the_block_soft_threshold(with_magnitude):
     assert dead_seen > 0
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("with_magnitude", [False, True], ids=["alone", "with-magnitude"])
+def test_the_all_layer_exact_group_step_finds_what_the_per_layer_one_finds(with_magnitude, host, monkeypatch):
+    # The exact group step runs over every layer in a few calls (_Fused.exact); the per-layer one (_shrink_groups)
+    # is the reference: the same units die, the same masks, counts, floors and fused-pass plan, weights equal to
+    # rounding (t / norm there, t * (1 / norm) here). A strength that empties layers exercises the floor.
+    from sparsekit.methods.l1 import L1
+
+    calls = {"all": 0}
+    exact = L1._exact_units
+
+    def counted(self, step, fused, *args):
+        calls["all"] += 1
+        if not host:
+            fused._host = None  # the path off CPU: torch arithmetic, one copy to the host
+        return exact(self, step, fused, *args)
+
+    def run(all_layers: bool):
+        monkeypatch.setattr(L1, "_exact_units", counted if all_layers else exact)
+        if not all_layers:
+            monkeypatch.setattr(L1, "_fused_pass", lambda self: None)
+        entries = [{"method": "l1", "strength": 6.0, "mode": "proximal", "group": "row", "remove_dead": False}]
+        if with_magnitude:
+            entries.append({"method": "magnitude", "sparsity": 0.6, "schedule": GRADUAL})
+        model = mlp()
+        pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 3}, pruning=entries), steps_per_epoch=8)
+        seen = []
+
+        def note():
+            method = pruner.methods[0]
+            seen.append(
+                (
+                    method.dead,
+                    sorted(method.floored),
+                    method._fused_until,
+                    [get_mask(m).clone() if get_mask(m) is not None else None for m in method.layers.values()],
+                    [m.weight.detach().clone() for m in method.layers.values()],
+                )
+            )
+
+        train(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), 24, note)
+        monkeypatch.undo()
+        return seen
+
+    got, want = run(True), run(False)
+    assert calls["all"] >= 4
+    assert any(floored for _, floored, *_ in want)  # the floor was reached
+    assert want[-1][0] > 0  # units died
+    for (d1, f1, u1, m1, w1), (d2, f2, u2, m2, w2) in zip(got, want, strict=True):
+        assert (d1, f1, u1) == (d2, f2, u2)
+        for a, b in zip(m1, m2, strict=True):
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+        for a, b in zip(w1, w2, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            assert torch.equal(a == 0, b == 0)
+
+
+@pytest.mark.parametrize("shrinks", [[0.3, 0.3], [0.3, 0.05]], ids=["one-rate", "per-layer-rates"])
+def test_the_group_scales_computed_in_numpy_are_torchs_bit_for_bit(shrinks):
+    # On CPU the per-unit block soft-threshold factors are computed in numpy on views of the tensors; off CPU (and
+    # before) in torch. The same float32 operations must give the same bits: norms at 0, below and above the
+    # shrink, subnormal and huge.
+    from sparsekit.methods.l1 import _Fused
+
+    layers = [nn.Linear(4, 6), nn.Linear(6, 5)]
+    fused = _Fused.build([m.weight for m in layers], layers, True)
+    assert fused is not None and fused._host is not None
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.tensor([0.0, 1e-40, 0.3, 0.05, 3e38]), torch.rand(6, generator=g)])
+    got, want = [], []
+    for host in (fused._host, None):
+        fused._host = host
+        fused.norms.copy_(values)
+        fused._scale(shrinks, norms_ready=True)
+        (got if host else want).append(fused.scale.clone())
+    assert torch.equal(bits(got[0]), bits(want[0]))
+    assert bool((got[0][:1] == 0).all())
+
+
 def test_gradient_sums_are_the_scorers_own_sums_bit_for_bit():
     # taylor sums (w * g).abs_() into a kept scratch buffer, movement uses one foreach addcmul over all layers:
     # both must equal adding each step's scorer(w, g) (movement: addcmul_(w, g, value=-1), as it always did).
