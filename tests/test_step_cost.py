@@ -503,6 +503,28 @@ def test_the_group_scales_computed_in_numpy_are_torchs_bit_for_bit(shrinks):
     assert bool((got[0][:1] == 0).all())
 
 
+@pytest.mark.parametrize("numel", [7, 1000], ids=["scalar-loop", "vectorized"])
+def test_the_fused_soft_threshold_is_w_minus_its_clamp_bit_for_bit(numel):
+    # The fused unstructured pass writes softshrink over each weight; it used to compute w - clamp(w, -t, t). The
+    # bits must be the same, signs of zero included (a -0.0 codes worse in the exported file): weights at, inside
+    # and outside +-t, signed zeros, huge and subnormal values, per-layer shrinks.
+    from sparsekit.methods.l1 import _Fused
+
+    g = torch.Generator().manual_seed(0)
+    t1, t2 = 0.25, 1e-3
+    special = torch.tensor([0.25, -0.25, 0.0, -0.0, 1e-3, -1e-3, 3e38, -3e38, 1e-40, -1e-40, 0.2500001, -0.2500001])
+    ws = []
+    for _ in range(2):
+        w = torch.randn(numel, generator=g) * 0.3
+        w[: min(numel, special.numel())] = special[: min(numel, special.numel())]
+        ws.append(w)
+    want = [w - torch.clamp(w, -t, t) for w, t in zip(ws, (t1, t2), strict=True)]
+    fused = _Fused.build(ws, [nn.Linear(1, 1), nn.Linear(1, 1)], False)
+    fused.shrink([t1, t2])
+    for a, b in zip(ws, want, strict=True):
+        assert torch.equal(bits(a), bits(b))
+
+
 def test_gradient_sums_are_the_scorers_own_sums_bit_for_bit():
     # taylor sums (w * g).abs_() into a kept scratch buffer, movement uses one foreach addcmul over all layers:
     # both must equal adding each step's scorer(w, g) (movement: addcmul_(w, g, value=-1), as it always did).

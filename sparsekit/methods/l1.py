@@ -1286,7 +1286,7 @@ class _Found:
 class _Fused:
     """The proximal step between exact steps: one pass over all layers, with no masking or counting.
 
-    ``group: none``: ``w - clamp(w, -t, t)`` (the soft-threshold) in three foreach calls for every layer.
+    ``group: none``: the soft-threshold written over each weight in place.
     Groups: each unit's norm into one buffer, ``max(0, 1 - t / norm)`` on that buffer, one foreach multiply.
     Built only for float32 weights on one device and no ConvTranspose (whose units are not a view)."""
 
@@ -1338,16 +1338,13 @@ class _Fused:
         )
 
     def shrink(self, shrinks: list[float]) -> None:
-        same = all(t == shrinks[0] for t in shrinks)
         if not self.units:
-            ws = self.weights
-            if same:
-                clamped = torch._foreach_clamp_max(ws, shrinks[0])
-                torch._foreach_clamp_min_(clamped, -shrinks[0])
-            else:
-                clamped = torch._foreach_clamp_max(ws, shrinks)
-                torch._foreach_clamp_min_(clamped, [-t for t in shrinks])
-            torch._foreach_sub_(ws, clamped)  # w - clamp(w, -t, t): softshrink, exact zeros inside [-t, t]
+            # softshrink written over its input, then + 0.0, which turns the -0.0 its scalar loop leaves in [-t, 0) into
+            # +0.0 and changes nothing else: two passes over each weight in place, the bits of w - clamp(w, -t, t),
+            # which took three foreach passes and a copy of every weight at once (tested)
+            for w, t in zip(self.weights, shrinks, strict=True):
+                torch.ops.aten.softshrink.out(w, t, out=w)
+            torch._foreach_add_(self.weights, 0.0)
             return
         self._scale(shrinks)
         torch._foreach_mul_(self.weights, self.views)
