@@ -161,9 +161,13 @@ class Pruner:
             if hasattr(method, "learning_rates") and (
                 getattr(spec, "mode", None) == "proximal" or getattr(spec, "target", None) is not None
             ):
-                # One per weight tensor, as the method holds them (tied modules share one).
-                aliases = tied_aliases(method.layers)
-                weights = [weight_of(m) for n, m in method.layers.items() if n not in aliases]
+                # One per weight the method shrinks by its own rate, as it lists them (tied modules share one;
+                # layers coupled into one group follow its owner), else one per distinct weight tensor.
+                if hasattr(method, "rate_weights"):
+                    weights = method.rate_weights()
+                else:
+                    aliases = tied_aliases(method.layers)
+                    weights = [weight_of(m) for n, m in method.layers.items() if n not in aliases]
                 rates = LearningRates(weights, fallback=recipe.finetune.optimizer.lr)
                 method.learning_rates = rates
                 self._rates.append(rates)

@@ -171,6 +171,52 @@ def test_proximal_shrink_follows_the_optimizers_current_learning_rate():
         pruner.step(lr=float("nan"))
 
 
+def test_coupled_groups_shrink_by_their_owners_rate_when_param_groups_differ():
+    # A residual add couples inp and fc2 into one group per unit; fc1 stands alone. Param groups with different
+    # rates used to crash the first proximal step (an IndexError: rates were read for 3 weights, owed for 2 groups).
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.fc1, self.fc2, self.head = nn.Linear(6, 6), nn.Linear(6, 8), nn.Linear(8, 6), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.inp(x))
+            return self.head(h + self.fc2(torch.relu(self.fc1(h))))
+
+    torch.manual_seed(0)
+    model = Net()
+    r = sparsekit.Recipe(
+        model={"input_shape": [1, 6]},
+        finetune={"epochs": 2},
+        pruning=[
+            {
+                "method": "l1",
+                "mode": "proximal",
+                "group": "row",
+                "strength": 0.5,
+                "proximal_every": 1,
+                "remove_dead": False,
+                "layers": {"include": ["inp", "fc1", "fc2"]},
+            }
+        ],
+    )
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=10)
+    assert pruner.methods[0].coupled == {"fc2": "inp"}
+    rates = {"inp": 0.2, "fc1": 0.0, "fc2": 0.05, "head": 0.1}
+    opt = torch.optim.SGD([{"params": getattr(model, n).parameters(), "lr": lr} for n, lr in rates.items()])
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    # one group per output unit of the add: inp's row and fc2's row of that unit
+    joint = torch.linalg.vector_norm(torch.cat([model.inp.weight, model.fc2.weight], dim=1).detach(), dim=1)
+    before = {n: getattr(model, n).weight.detach().clone() for n in ("inp", "fc1", "fc2")}
+    opt.step()
+    pruner.step()
+    assert torch.equal(model.fc1.weight, before["fc1"])  # its rate is 0: no shrink
+    scale = (1 - 0.2 * 0.5 / joint).clamp_min(0)  # inp's rate for the whole group, fc2 included
+    torch.testing.assert_close(model.inp.weight.detach(), before["inp"] * scale[:, None])
+    torch.testing.assert_close(model.fc2.weight.detach(), before["fc2"] * scale[:, None])
+
+
 def test_proximal_every_k_steps_shrinks_by_what_those_steps_owe():
     """Truncated gradient: with proximal_every: 3 the weights shrink at steps 3 and 6 by the sum of lr * lambda
     over the steps since (lr changing in between), and at the window's last step by what is left."""

@@ -631,6 +631,12 @@ class L1:
 
     # --- the proximal step ---------------------------------------------------------------------------
 
+    def rate_weights(self) -> list[torch.Tensor]:
+        """The weights whose optimizer learning rate sets the proximal shrink, one per group (layer) in the
+        order of the shrinks: a layer's own, or for layers coupled into one group (a residual add), its owner's,
+        which the whole group follows when an optimizer gives them different rates."""
+        return list(self._weights)
+
     def _shrinks(self) -> list[float]:
         """``lr * lambda`` per layer: the soft-threshold of this step."""
         rates = self.learning_rates.rates() if self.learning_rates is not None else [1.0] * len(self._modules)
