@@ -725,7 +725,7 @@ class L1Spec(_MethodBase):
         description="fraction of the selected weights (group row/channel: of the output units) to be zero by "
         "schedule.end_epoch, which must then be a finite epoch <= finetune.epochs; lambda is raised while the zero "
         "fraction is behind the schedule's curve and lowered when ahead, never more zeros than the curve allows "
-        "(proximal mode: lambda above strength shrinks only the weakest units still to be zeroed), no layer past "
+        "(lambda above strength shrinks, or penalizes, only the weakest units still to be zeroed), no layer past "
         "(1 + target) / 2 of its units (weights: 0.99), and at end_epoch the weakest weights/units are zeroed if any "
         "are missing; null: no target",
     )
