@@ -1195,6 +1195,29 @@ def test_l1_names_the_layers_whose_zeroed_units_finalize_cannot_remove(model, la
     assert method(False).cannot_remove == {}
 
 
+def test_l1_names_a_conv_whose_channels_f_glu_pairs_before_training():
+    # F.glu over a conv's channels: torch-pruning does not model it (it maps c1's last channels past c2's inputs), so
+    # the pairing went unnamed until finalize's removal failed with a raw error. Named before training now, like a
+    # Linear GLU; c2, fed by the gate's output, is free.
+    class ConvGlu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1, self.c2, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.c2(nn.functional.glu(self.c1(x), dim=1))).mean((2, 3)))
+
+    r = sparsekit.Recipe(
+        model={"input_shape": [1, 1, 8, 8]},
+        finetune={"epochs": 2},
+        pruning=[{"method": "l1", "group": "channel", "strength": 1e-3, "layers": {"include": ["c1", "c2"]}}],
+    )
+    l1 = sparsekit.Pruner(ConvGlu(), r, steps_per_epoch=4).methods[0]
+    assert "F.glu" in l1.cannot_remove.get("c1", ""), l1.cannot_remove
+    assert "c2" not in l1.cannot_remove
+
+
 def test_a_layer_whose_units_cannot_go_does_not_keep_the_other_layers_units():
     """Removing a GLU-paired unit failed the removal's self-check, which then kept every layer's dead units."""
     model = _Glu()

@@ -180,6 +180,15 @@ class _AbsSum(torch.autograd.Function):
 _HEAD_REASON = "its outputs are the model's outputs: removing units would change what the model returns"
 
 
+def _maps_past(module: Any, channels: int | None, idxs: list[int] | None) -> bool:
+    """Whether a consumer layer's input indices for a producer's last unit (``idxs``, from torch-pruning's graph) lie
+    past its ``channels`` inputs: the graph joins the producer's units in a way it does not model (``F.glu`` over
+    channels halves them; each is gated by another)."""
+    if not isinstance(module, nn.Linear | _ConvNd) or channels is None or not idxs:
+        return False
+    return max(idxs) >= channels
+
+
 def _grouped(module: Any) -> bool:
     """A convolution with groups that is not depthwise (ResNeXt, ShuffleNet): channels go only whole groups at a
     time there, which removing single units does not respect. A depthwise one (a group per input channel) is
@@ -443,6 +452,16 @@ class L1:
                         blocked = (
                             f"its units feed {names.get(id(mod), '?')}, a grouped convolution "
                             f"(groups={mod.groups}): removing single input channels would break its groups"
+                        )
+                    elif _maps_past(mod, member.channels, last.get(id(mod))):
+                        # torch-pruning does not model F.glu over channels (nor other splits): it maps the layer's
+                        # last units past the consumer's inputs, where each unit is in fact gated by another
+                        blocked = (
+                            "its units are paired with other units of the layer (F.glu over its channels, a chunk "
+                            f"or a split) before {names.get(id(mod), '?')}"
+                            if any(m.op.startswith("Glu") for m in first)
+                            else f"its units map past the inputs of {names.get(id(mod), '?')} (a layout the removal "
+                            "does not model)"
                         )
                     continue
                 # A norm over a concatenation (DenseNet) holds the units at an offset, in the same order.
