@@ -14,6 +14,8 @@ calls their hooks and alone keeps the run's state: the step count, the masks, th
 from __future__ import annotations
 
 import copy
+import operator
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,7 +29,7 @@ from .errors import TargetError
 from .layers import tied_aliases
 from .learning_rate import LearningRates
 from .masks import MASK, apply_masks, bake, forget_applied, get_mask, weight_of
-from .recipe import Recipe
+from .recipe import Recipe, as_recipe
 from .surgery import tied_parameters
 
 
@@ -68,10 +70,12 @@ class Pruner:
     """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step.
 
     ``model``: the model to prune, changed in place (a DistributedDataParallel / DataParallel wrapper
-    is unwrapped). ``steps_per_epoch``: optimizer steps per epoch (``len(train_loader)``), which turns
-    the recipe's epochs into steps; ValueError when not positive. ``context``: ``{"input_shape": [1,
-    ...]}``, the batch-first shape of one input, needed by methods that trace the model (structured,
-    l1 ``remove_dead``); defaults to the recipe's ``model.input_shape``.
+    is unwrapped); TypeError when not an ``nn.Module``. ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a dict
+    of one, a recipe file or a shipped recipe's name (RecipeError when invalid, naming the field; TypeError for
+    anything else). ``steps_per_epoch``: optimizer steps per epoch (``len(train_loader)``), which turns
+    the recipe's epochs into steps; TypeError when not an int, ValueError when not positive. ``context``:
+    ``{"input_shape": [1, ...]}``, the batch-first shape of one input, needed by methods that trace the model
+    (structured, l1 ``remove_dead``); defaults to the recipe's ``model.input_shape``.
 
     ``scorers``: Python-only replacements of entries' criteria, by index into ``recipe.pruning``
     (recipes themselves name criteria only: file data never names code):
@@ -104,12 +108,27 @@ class Pruner:
     def __init__(
         self,
         model: nn.Module,
-        recipe: Recipe,
+        recipe: Recipe | str | os.PathLike[str] | dict[str, Any],
         steps_per_epoch: int,
         *,
         context: dict | None = None,
         scorers: Mapping[int, Callable[..., Any]] | None = None,
     ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Pruner(model=...): expected a torch.nn.Module, got {type(model).__name__}; read a model file with "
+                "sparsekit.load_model(path)"
+            )
+        recipe = as_recipe(recipe)
+        try:
+            if isinstance(steps_per_epoch, bool):
+                raise TypeError
+            steps_per_epoch = operator.index(steps_per_epoch)  # an int, or a numpy integer; not 2.5, not "10"
+        except TypeError:
+            raise TypeError(
+                f"Pruner(steps_per_epoch=...): expected an int (optimizer steps per epoch, e.g. len(train_loader)), "
+                f"got {steps_per_epoch!r}"
+            ) from None
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model = _unwrap(model)
@@ -258,7 +277,9 @@ class Pruner:
 
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1: ``lambda * sum|w|`` or ``lambda * sum_g ||w_g||_2``), a scalar
-        tensor on the model's device; a zero tensor when the recipe has none at this step."""
+        tensor on the model's device; a zero tensor when the recipe has none at this step. RuntimeError after
+        :meth:`finalize`."""
+        self._refuse_finalized("penalty")
         total: Any = None
         for method in self.methods:
             term = method.penalty()
@@ -272,6 +293,13 @@ class Pruner:
                 self._zero = torch.zeros((), device=device)  # made once
             total = self._zero if total is None else self._zero + total  # a custom method's constant
         return total
+
+    def _refuse_finalized(self, call: str) -> None:
+        if self.finalized:
+            raise RuntimeError(
+                f"pruner.{call}() after finalize(): the masks are baked and the model returned by finalize() is the "
+                "result; build a new Pruner to prune again"
+            )
 
     def _probe(self) -> torch.Tensor:
         """One parameter of the model, to read its device from. Found again by the path it was first found at
@@ -305,6 +333,7 @@ class Pruner:
 
         >>> loss.backward(); pruner.regularize(); optimizer.step(); pruner.step()
         """
+        self._refuse_finalized("regularize")
         total = self.penalty()
         if not total.requires_grad:
             return
@@ -330,8 +359,7 @@ class Pruner:
 
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
         new parameter objects, so rebuild the optimizer and set the flag back to False."""
-        if self.finalized:
-            raise RuntimeError("pruner.step() after finalize(): the masks are baked; build a new Pruner to prune again")
+        self._refuse_finalized("step")
         if self.structure_changed and not self._warned_stale:
             self._warned_stale = True
             warnings.warn(
@@ -439,7 +467,9 @@ class Pruner:
     def finalize(self) -> nn.Module:
         """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
         and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
-        TargetError when a method could not do its job (e.g. gradient scores never arrived)."""
+        TargetError when a method could not do its job (e.g. gradient scores never arrived); RuntimeError when
+        called a second time."""
+        self._refuse_finalized("finalize")
         for rates in self._rates:
             rates.close()
         apply_masks(self.model)

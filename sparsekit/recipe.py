@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -1343,6 +1344,22 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source)) from None
+
+
+def as_recipe(recipe: Any) -> Recipe:
+    """``recipe`` itself when a :class:`Recipe`; the recipe a file path or a shipped recipe's name names
+    (:func:`load_recipe`), or a dict holds (:func:`validate_recipe`): RecipeError when invalid, naming the field.
+    TypeError for anything else."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str | os.PathLike):
+        return load_recipe(os.fspath(recipe))
+    if isinstance(recipe, dict):
+        return validate_recipe(recipe, "recipe (a dict)")
+    raise TypeError(
+        f"recipe must be a sparsekit.Recipe, a dict, a recipe file or a shipped recipe's name, not "
+        f"{type(recipe).__name__}"
+    )
 
 
 def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str | None:

@@ -398,3 +398,41 @@ def test_a_tied_weight_is_ranked_once_so_the_model_reaches_the_asked_sparsity(me
     zeros = sum(int((w == 0).sum()) for w in distinct) / sum(w.numel() for w in distinct)
     assert zeros == pytest.approx(0.5, abs=0.005) == sparsekit.sparsity(final)
     assert pruner.methods[0].report()["achieved"] == pytest.approx(zeros)
+
+
+def test_the_pruner_refuses_what_is_not_a_model_a_recipe_or_a_step_count_naming_the_argument(tmp_path):
+    # These were AttributeErrors and a '<=' TypeError from deep inside, or (2.5 steps per epoch) accepted.
+    good = {"finetune": {"epochs": 2}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    with pytest.raises(TypeError, match=r"Pruner\(model=...\): expected a torch.nn.Module, got str"):
+        sparsekit.Pruner("model.pt", sparsekit.Recipe(**good), 10)
+    with pytest.raises(TypeError, match="recipe must be a sparsekit.Recipe, a dict"):
+        sparsekit.Pruner(mlp(), 42, 10)
+    for steps in ("10", 2.5, True, None):
+        with pytest.raises(TypeError, match=r"steps_per_epoch=...\): expected an int"):
+            sparsekit.Pruner(mlp(), sparsekit.Recipe(**good), steps)
+    with pytest.raises(ValueError, match="steps_per_epoch must be > 0"):
+        sparsekit.Pruner(mlp(), sparsekit.Recipe(**good), 0)
+    # a dict, a file and numpy's ints are taken; a bad dict names the field
+    assert sparsekit.Pruner(mlp(), good, 10).recipe.pruning[0].sparsity == 0.5
+    path = tmp_path / "r.yaml"
+    path.write_text("finetune: {epochs: 2}\npruning: [{method: magnitude, sparsity: 0.25}]\n")
+    assert sparsekit.Pruner(mlp(), path, __import__("numpy").int64(10)).recipe.pruning[0].sparsity == 0.25
+    with pytest.raises(sparsekit.RecipeError, match=r"pruning\[0\].*sparsity|sparsity"):
+        sparsekit.Pruner(mlp(), {**good, "pruning": [{"method": "magnitude", "sparsity": 1.5}]}, 10)
+
+
+def test_every_call_after_finalize_is_refused_as_step_is():
+    # penalty(), regularize() and a second finalize() were silent no-ops while step() raised.
+    pruner = sparsekit.Pruner(mlp(), recipe(sparsity=0.5), 10)
+    pruner.finalize()
+    for call in ("step", "penalty", "regularize", "finalize"):
+        with pytest.raises(RuntimeError, match=rf"pruner.{call}\(\) after finalize\(\)"):
+            getattr(pruner, call)()
+
+
+def test_structured_names_the_input_shape_a_model_fails_on():
+    r = sparsekit.Recipe(
+        model={"input_shape": [1, 3, 32, 32]}, finetune={"epochs": 2}, pruning=[{"method": "structured", "ratio": 0.5}]
+    )
+    with pytest.raises(sparsekit.TargetError, match=r"input_shape \[1, 3, 32, 32\].*check model.input_shape"):
+        sparsekit.Pruner(mlp(), r, 10)

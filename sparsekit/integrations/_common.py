@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 
-from ..recipe import Recipe, load_recipe
+from ..recipe import Recipe, as_recipe
+
+__all__ = ["as_recipe", "refuse_distributed_structured", "short_schedules"]
 
 
 def refuse_distributed_structured(recipe: Recipe) -> None:
@@ -18,18 +19,6 @@ def refuse_distributed_structured(recipe: Recipe) -> None:
             "device with this callback, or prune channels in your own DDP loop (README, torchrun) or with "
             "`torchrun -m sparsekit prune`; unstructured methods work here under DDP"
         )
-
-
-def as_recipe(recipe: Recipe | str | os.PathLike[str]) -> Recipe:
-    """``recipe`` itself, or the recipe a file path or a shipped recipe's name names (RecipeError when
-    invalid); TypeError for anything else."""
-    if isinstance(recipe, Recipe):
-        return recipe
-    if isinstance(recipe, str | os.PathLike):
-        return load_recipe(os.fspath(recipe))
-    raise TypeError(
-        f"recipe must be a sparsekit.Recipe, a recipe file or a shipped recipe's name, not {type(recipe).__name__}"
-    )
 
 
 def short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float, run: str = "run") -> list[str]:

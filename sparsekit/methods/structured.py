@@ -156,7 +156,10 @@ class Structured:
         selected = select_layers(model, spec.layers, f"{self.where}.layers")
         self.head: str | None = None
         if spec.ignore is None:
-            self.head = surgery.last_layer(model, self.input_shape)
+            try:
+                self.head = surgery.last_layer(model, self.input_shape)
+            except Exception as err:  # noqa: BLE001 - the user's forward on that shape
+                raise self._untraceable(err) from None
             ignore = [self.head] if self.head else []
         else:
             check_names(model, spec.ignore, f"{self.where}.ignore")
@@ -203,10 +206,7 @@ class Structured:
         except TargetError:
             raise
         except Exception as err:  # noqa: BLE001 - the user's forward or torch-pruning's tracer
-            raise TargetError(
-                f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
-                f"({one_line(err, 200)}); check model.input_shape, or use an unstructured method"
-            ) from None
+            raise self._untraceable(err) from None
         graph = self._tp.graph
         self.touched: list[str] = []  # Conv/Linear layers whose weight shape may change
         self.touched_by: dict[str, list[str]] = {}  # touched layer -> selected layers whose removal shrinks it
@@ -271,6 +271,12 @@ class Structured:
             )
 
     # ------------------------------------------------------------------ inspection
+
+    def _untraceable(self, err: Exception) -> TargetError:
+        return TargetError(
+            f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
+            f"({one_line(err, 200)}); check model.input_shape, or use an unstructured method"
+        )
 
     def _check_layer_ratio(self) -> None:
         """Every ``layer_ratio`` name is a layer whose outputs this entry removes, rooting its group."""
