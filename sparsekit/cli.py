@@ -689,6 +689,13 @@ def export(
                 f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
             )
+        elif q.get("check"):
+            ck = q["check"]
+            top1 = f", top-1 agreement {ck['top1_agreement']:.2f}" if ck["top1_agreement"] is not None else ""
+            lines.append(
+                f"  int8 vs fp32 on {ck['samples']} random normal inputs: max diff {_diff(ck['max_abs_diff'])}{top1} "
+                "(no --data: on real inputs they may agree better or worse; --data calibrates and measures there)"
+            )
         if q.get("latency_note"):
             lines.append(f"  Note: {q['latency_note']}")
         else:

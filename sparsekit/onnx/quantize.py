@@ -41,7 +41,14 @@ from sparsekit.onnx.sessions import open_session
 from sparsekit.onnx.stats import size_report
 from sparsekit.onnx.tensors import FLOAT_TYPES, QUANT_TYPES
 
-__all__ = ["onnx_accuracy", "quantize_int8", "quantize_on_data", "quantized_zeros", "top1_agreement"]
+__all__ = [
+    "onnx_accuracy",
+    "output_agreement",
+    "quantize_int8",
+    "quantize_on_data",
+    "quantized_zeros",
+    "top1_agreement",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -472,8 +479,26 @@ def _orient(a: np.ndarray, w: np.ndarray, key: str) -> np.ndarray:
     return a
 
 
+def output_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_size: int = 256) -> dict[str, Any]:
+    """How closely two ONNX models' first outputs agree on inputs ``x`` (N x ..., fed as float32 in batches of
+    ``batch_size``): ``{"samples", "max_abs_diff", "top1_agreement"}``, the largest absolute difference over all
+    outputs and the fraction of samples with the same argmax over the flattened output (None when each sample's
+    output is a single value). Raises :class:`ExportError` like :func:`onnx_accuracy`."""
+    a, b = _outputs(path_a, x, batch_size), _outputs(path_b, x, batch_size)
+    if a.shape != b.shape:
+        raise ExportError(f"{path_a} and {path_b} give outputs of different shapes: {list(a.shape)}, {list(b.shape)}")
+    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if a.ndim == 2 and a.shape[1] > 1 else None
+    return {"samples": len(a), "max_abs_diff": diff, "top1_agreement": top1}
+
+
 def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Argmax over the flattened first output of the model at ``path``, per sample of ``x``."""
+    return _outputs(path, x, batch_size).argmax(axis=1)
+
+
+def _outputs(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The first output of the model at ``path`` on ``x``, flattened per sample (``[N, outputs]``)."""
     p = Path(path)
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
@@ -486,7 +511,7 @@ def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     try:
         for i in range(0, len(x), batch_size):
             out = session.run(None, {name: x[i : i + batch_size]})[0]
-            preds.append(out.reshape(len(out), -1).argmax(axis=1))
+            preds.append(out.reshape(len(out), -1))
     except Exception as e:
         raise ExportError(f"{p}: onnxruntime cannot run it on inputs of shape {list(x.shape)}: {e}") from e
     return np.concatenate(preds)
