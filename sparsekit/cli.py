@@ -26,6 +26,7 @@ from .errors import (
     ExportError,
     SparsekitError,
     Terminated,
+    first_interruption,
     naming_recipe,
     one_line,
     render,
@@ -68,6 +69,18 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _holds_run(out: Any) -> bool:
+    """Whether the output folder ``out`` holds a sparsekit run to resume (True when that cannot be told)."""
+    if out is None:
+        return True
+    try:
+        from .outputs import RunFolder
+
+        return RunFolder(Path(out)).has_run()
+    except Exception:  # noqa: BLE001 - an interruption's message must not fail
+        return True
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line and an exit code; --debug shows the traceback."""
 
@@ -83,6 +96,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             # Library warnings (torch on odd tensors in a file, exporters, onnxruntime) are not for the
             # user; sparsekit's own advice goes through logging. --debug shows them all.
             warnings.filterwarnings("ignore")
+        first_interruption(reset=True)
         try:
             return fn(*args, **kwargs)
         except SparsekitError as err:
@@ -101,11 +115,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             }.get(fn.__name__, "")
             what = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
             said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
+            said = first_interruption(reset=True) or said  # not where a second Ctrl-C caught the unwinding
             if fn.__name__ == "prune":
                 if TRAINING_DONE in said:
                     resume = "; `--resume` skips the finished training and redoes only what follows it"
                 elif TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said:
                     resume = "; no epoch was checkpointed: `--resume` starts the training over"
+                if not _holds_run(kwargs.get("out")):  # stopped before the output folder held anything
+                    resume = "; nothing was kept to resume: run the same command again"
             where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
             click.echo(
                 f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True

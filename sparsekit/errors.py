@@ -66,6 +66,28 @@ TRAINING_DONE = "after training finished"
 TRAINING_NOT_STARTED = "before training started"
 
 
+# Where this command was first interrupted: a second Ctrl-C while the first unwinds (saving, cleaning up) raises
+# anew, and the message it would get must not replace the first one's (which says what the checkpoint holds).
+_first_where: list[str] = []
+
+
+def interrupted_at(where: str) -> str:
+    """Note ``where`` (a message starting with one of :data:`WHERE_PREFIXES`) as where the command was interrupted,
+    unless an earlier interruption was noted; returns ``where``."""
+    if not _first_where:
+        _first_where.append(where)
+    return where
+
+
+def first_interruption(reset: bool = False) -> str | None:
+    """Where the command was first interrupted (:func:`interrupted_at`), or None; ``reset`` forgets it (a new
+    command starts)."""
+    where = _first_where[0] if _first_where else None
+    if reset:
+        _first_where.clear()
+    return where
+
+
 @contextlib.contextmanager
 def interrupted_while(what: str) -> Iterator[None]:
     """Re-raise a Ctrl-C (or SIGTERM, :class:`Terminated`) inside the block as the same type saying ``while
@@ -75,7 +97,7 @@ def interrupted_while(what: str) -> Iterator[None]:
     except KeyboardInterrupt as err:
         if err.args and isinstance(err.args[0], str) and err.args[0].startswith(WHERE_PREFIXES):
             raise
-        raise type(err)(f"while {what}") from None
+        raise type(err)(interrupted_at(f"while {what}")) from None
 
 
 class SparsekitError(Exception):

@@ -31,6 +31,7 @@ from .errors import (
     ModelFileError,
     OutputError,
     SparsekitError,
+    interrupted_at,
     interrupted_while,
     naming_recipe,
     one_line,
@@ -211,7 +212,7 @@ class PhaseClock:
             if err.args and isinstance(err.args[0], str) and err.args[0].startswith(WHERE_PREFIXES):
                 raise
             words = PHASE_WORDS.get(self.last, self.last)
-            raise type(err)(f"after {words}{self.note}" if words else "while starting") from None
+            raise type(err)(interrupted_at(f"after {words}{self.note}" if words else "while starting")) from None
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:

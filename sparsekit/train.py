@@ -22,7 +22,7 @@ from torch import nn
 
 from . import distributed as _distributed
 from .data import batches as _batches
-from .errors import DataError, RecipeError, SparsekitError, one_line, option, quoted
+from .errors import DataError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
 from .fsutil import atomic_path
 from .logits import attach as attach_logits
 from .logits import select_logits
@@ -401,7 +401,7 @@ def finetune(
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated): the same type goes on
         saved = f"{ckpt} holds epoch {finished}" if ckpt and finished else "no epoch was checkpointed"
         when = f"after epoch {finished}" if ckpt and finished == epoch + 1 else f"in epoch {epoch + 1}"
-        raise type(err)(f"{when} of {spec.epochs}; {saved}") from None
+        raise type(err)(interrupted_at(f"{when} of {spec.epochs}; {saved}")) from None
     finally:
         if metrics_log:
             metrics_log.close()

@@ -921,6 +921,51 @@ def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp
     assert last == f"Interrupted: {stage}"
 
 
+def test_an_interrupt_before_anything_was_kept_says_to_run_the_same_command_again(
+    tmp_path, mlp_checkpoint, monkeypatch
+):
+    # It offered `--resume`, which then failed: "no such folder, so there is no run to resume".
+    import sparsekit.pipeline
+
+    real = sparsekit.pipeline.load_data
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sparsekit.pipeline, "load_data", interrupt)
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
+    assert last.startswith("Interrupted: while loading the data") and last.endswith(
+        "nothing was kept to resume: run the same command again."
+    ), last
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(sparsekit.pipeline, "load_data", real)
+    again = run("prune", mlp_checkpoint, *MLP, tmp_path / "r.yaml", "-o", tmp_path / "o", *FAST)
+    assert again.exit_code == 0, again.stderr
+
+
+def test_a_second_interrupt_while_the_first_unwinds_keeps_the_first_ones_place(tmp_path, mlp_checkpoint, monkeypatch):
+    # A Ctrl-C in an epoch, then another while the run unwinds: the message said where the second one landed
+    # ("after pruning and fine-tuning"), not the epoch and what the checkpoint holds.
+    import sparsekit.outputs
+
+    real_unlock = sparsekit.outputs.RunFolder.unlock
+    calls = []
+
+    def unlock(self):
+        real_unlock(self)
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt  # the second Ctrl-C, while cleaning up
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # the first, in epoch 1
+
+    monkeypatch.setattr(sparsekit.outputs.RunFolder, "unlock", unlock)
+    monkeypatch.setattr("sparsekit.pruner.Pruner.step", interrupt)
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
+    assert calls and last.startswith("Interrupted: in epoch 1 of 1; no epoch was checkpointed."), last
+
+
 @pytest.mark.parametrize(
     ("target", "stage"),
     [
