@@ -13,6 +13,7 @@ import codecs
 import json
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,18 +168,21 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        # A pickled object is refused by the weights-only unpickler for a class it names ("Unsupported
-        # global: GLOBAL mymod.Net"); other refusals ("Unsupported operand", "invalid load key") mean the
-        # bytes are no valid pickle at all: garbage, or another format.
-        pickled = "Unsupported global" in text
-        if not pickled:
+        # A pickled object is refused by the weights-only unpickler for a class or function it names ("Unsupported
+        # global: GLOBAL mymod.Net", or since torch 2.13 for some modules "Trying to load unsupported GLOBAL
+        # posix.system whose module posix is blocked"); other refusals ("Unsupported operand", "invalid load key")
+        # mean the bytes are no valid pickle at all: garbage, or another format.
+        named = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", text, re.IGNORECASE)
+        if named is None:
             raise ModelFileError(
                 f"{path}: not a readable PyTorch checkpoint ({_NOT_A_CHECKPOINT}); expected "
                 "a sparsekit checkpoint, a state_dict .pt or a .safetensors file"
             ) from None
         if not trust:
             raise _refuse(
-                path, "a pickled Python object (e.g. a whole nn.Module saved with torch.save(model))"
+                path,
+                f"a pickled Python object that names {named.group(1)} (e.g. a whole nn.Module saved with "
+                "torch.save(model))",
             ) from None
         # The one unpickling load: reached only with trust=True (the CLI's trust flag), which the user passes
         # for a file they vouch for, after the weights-only load has refused it. Never a silent retry.

@@ -264,6 +264,24 @@ def test_damaged_files_are_refused_naming_the_file_and_the_fault(corpus, name, n
     assert name in line and needle in line
 
 
+def test_a_torch_archive_whose_pickle_calls_os_system_is_refused_as_code_not_as_garbage(tmp_path):
+    # torch 2.13's weights-only loader words this refusal "Trying to load unsupported GLOBAL posix.system whose module
+    # posix is blocked": it was read as "not a readable PyTorch checkpoint (its bytes are not a pickle ...)".
+    canary = tmp_path / "CANARY"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": Os(canary)}}, path)
+    for command in (
+        ["inspect", path],
+        ["export", path, "-o", tmp_path / "x.onnx"],
+        ["validate", "lenet-gradual-magnitude-90", path],
+    ):
+        result = _run(command)
+        assert result.exit_code == 2, result.output + result.stderr
+        (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+        assert "names posix.system" in line and "refused" in line and "--trust-model-file" in line, line
+    assert not canary.exists()
+
+
 def test_a_trusted_pickle_whose_class_cannot_be_imported_is_bad_input(tmp_path):
     """A whole module pickled from a script's class: trusted, it still needs that code (exit 2 naming it)."""
     src = tmp_path / "gone_mod.py"
