@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
+from typing import Any
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -15,8 +17,56 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated("stopped by SIGTERM")
 
 
+class _PipeTolerant(io.RawIOBase):
+    """The raw file under ``sys.stdout`` / ``sys.stderr``: once its reader is gone (``sparsekit prune ... 2>&1 |
+    head``), writes are dropped instead of raising BrokenPipeError in the middle of a run, which stopped the
+    fine-tuning after an epoch with exit 1. The run goes on and writes its files; only its messages are lost."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.broken = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if not self.broken:
+            try:
+                return os.write(self._fd, data)
+            except BrokenPipeError:
+                self.broken = True
+        return len(data)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+
+def _tolerate_closed_pipes() -> None:
+    """Put :class:`_PipeTolerant` under ``sys.stdout`` and ``sys.stderr``, with their encoding and buffering."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (embedded, captured): leave it
+            continue
+        wrapped = io.TextIOWrapper(
+            io.BufferedWriter(_PipeTolerant(fd)),
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering or name == "stderr",
+            write_through=name == "stderr",
+        )
+        stream.flush()
+        setattr(sys, name, wrapped)
+
+
 def entry() -> None:
     """Run the CLI. A Ctrl-C before a command takes over still exits 130 without a traceback."""
+    _tolerate_closed_pipes()
     # `python -m` puts the current folder first on sys.path, so a file there named like a dependency
     # (torch.py, yaml.py, ...) would be imported in its place. Only modules the user names are looked
     # up in the current folder, and only last (sparsekit.trust appends it while importing them).

@@ -56,3 +56,20 @@ def test_sigterm_keeps_the_checkpoint_says_where_and_resume_finishes(tmp_path):
                for line in err), err  # fmt: skip
     assert [line.split(":")[0] for line in err if line.startswith("epoch ")] == [f"epoch {e}/6" for e in range(3, 7)]
     assert (out / "report.json").is_file()
+
+
+def test_a_run_whose_message_reader_goes_away_finishes_its_work(tmp_path):
+    # `sparsekit prune ... 2>&1 | head -1`: once head exits, every message write failed with BrokenPipeError, which
+    # stopped the fine-tuning after an epoch with exit 1. Now the messages are dropped and the run finishes.
+    sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("epochs: 6", "epochs: 3").replace("end_epoch: 4", "end_epoch: 2"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sparsekit", "prune", str(tmp_path / "m.pt"), str(tmp_path / "r.yaml"),
+           "--arch", "examples.models:mlp", "-o", str(out), "--set", "export.exporter=torchscript"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # then the reader goes, as head -1 does
+    proc.stdout.close()
+    assert proc.wait(timeout=600) == 0, first
+    assert (out / "report.json").is_file() and (out / "model.onnx").is_file()
