@@ -312,7 +312,7 @@ class PlotWorker:
         """Launch the worker: it imports matplotlib, then waits for :meth:`draw`."""
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "sparsekit.plots", str(self.out_dir)],
+                [sys.executable, "-m", "sparsekit.plots", str(self.out_dir), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -376,20 +376,41 @@ class PlotWorker:
         self.files += [n for n in names if isinstance(n, str) and n not in self.files]
 
 
-def _worker(out_dir: str) -> None:
-    """The helper process: one JSON line of data in, the file names drawn out, twice."""
+def _worker(out_dir: str, parent: int | None = None) -> None:
+    """The helper process: one JSON line of data in, the file names drawn out, twice. Ends, without publishing a
+    plot, when ``parent`` (the run's pid) is gone."""
     import signal
 
     # SIGTERM (PlotWorker.close) unwinds like Ctrl-C: atomic_path removes a half-written plot.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if parent is not None:
+        _end_with(parent)
     import matplotlib.figure  # noqa: F401 - the slow part, done before any data arrives
 
     for _ in range(2):
         line = sys.stdin.readline()
-        if not line:
+        if not line or (parent is not None and os.getppid() != parent):
             return
         print(json.dumps(render(json.loads(line), out_dir)), flush=True)
 
 
+def _end_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when ``parent`` dies (Linux ``prctl(PR_SET_PDEATHSIG)``): a run
+    killed with SIGKILL cannot stop its helper, which went on to publish a plot into the folder after the run
+    was dead (where a run taking over its stale lock would find a file it did not write). Elsewhere the worker
+    checks its parent before each plot. Exits at once when the parent is already gone."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # died before the request took effect
+        sys.exit(143)
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    _worker(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -189,3 +189,42 @@ def test_the_run_draws_channels_and_exclusions_from_the_pruned_model():
     for x, name in enumerate(("conv1", "conv2", "conv3", "fc1")):
         kept, total = rows[name]["channels"]
         assert x in texts[f"{kept}/{total}"]
+
+
+def test_the_plot_helper_publishes_nothing_once_its_run_is_killed(tmp_path):
+    # A run killed with SIGKILL cannot stop its helper: the helper went on to publish finetune.png into the folder
+    # seconds after the run was dead. Now the kernel stops it with its parent (Linux), or it checks before a plot.
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    parent = (
+        "import json, sys, time\n"
+        "from sparsekit.plots import PlotWorker\n"
+        f"w = PlotWorker({str(out)!r}); w.start()\n"
+        "w.draw(json.loads(sys.argv[1]))\n"
+        "print('sent', w._proc.pid, flush=True); time.sleep(60)\n"
+    )
+    data = json.dumps({"layers": STRUCTURED, "structured": True, "history": HISTORY})
+    proc = subprocess.Popen([sys.executable, "-c", parent, data], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    word, child = proc.stdout.readline().split()
+    assert word == "sent"
+    proc.send_signal(signal.SIGKILL)  # before the helper (still importing matplotlib) could draw
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(child), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(int(child), signal.SIGKILL)
+        raise AssertionError("the plot helper outlived its run by 30 s")
+    assert not list(out.iterdir()), list(out.iterdir())
