@@ -209,8 +209,9 @@ set_option = click.option(
     "overrides",
     multiple=True,
     metavar="KEY.PATH=VALUE",
-    help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8 or "
-    "--set data.batch_size=128; the whole recipe is validated again (docs/recipe.md).",
+    help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8, "
+    "--set data.batch_size=128 or --set benchmark.enabled=false (no latency benchmark); the whole recipe is "
+    "validated again (docs/recipe.md).",
 )
 kwargs_option = click.option(
     "--kwargs",
@@ -231,11 +232,11 @@ def trust_code_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--trust-code",
         is_flag=True,
-        help="Run the model factory / data callable that MODEL or RECIPE names, and remember its module as "
-        "trusted (see `sparsekit trust`). Without it, code named in a file runs only if you name it "
-        "yourself with --arch/--data or trusted its module before. Code you name with --arch/--data runs "
-        "without it and is not remembered: to open the output model.pt later without --arch, trust its "
-        "module (`sparsekit trust MODULE`).",
+        help="Run the model factory (or, for commands that take a RECIPE, the data callable) that a file you "
+        "pass names, and remember its module as trusted (see `sparsekit trust`). Without it, code named in a "
+        "file runs only if you name it yourself (--arch, or --data where the command has it) or trusted its "
+        "module before. Code you name yourself runs without it and is not remembered: to open an output "
+        "model.pt later without --arch, trust its module (`sparsekit trust MODULE`).",
     )(fn)
 
 
@@ -272,7 +273,7 @@ def _shape(value: str | None) -> list[int] | None:
         return None
     parts = [v.strip() for v in value.strip().strip("[]").replace("x", ",").split(",")]
     if not all(p.isdigit() for p in parts):  # every part a number: no empty part, no stray letter
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers like 1,3,32,32")
+        raise click.BadParameter(f"{value!r}: expected comma-separated positive integers like 1,3,32,32")
     dims = [int(p) for p in parts]
     if any(d <= 0 for d in dims):
         raise click.BadParameter(f"{value!r}: dimensions must be positive integers, batch first (1,784)")
@@ -425,8 +426,8 @@ def main() -> None:
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path),
-    help="Write per-step and per-epoch metrics (CSV; TensorBoard when installed) to a new folder in DIR "
-    "(finetune.log: true writes them to OUT/logs instead).",
+    help="Write per-step and per-epoch metrics (CSV; TensorBoard when installed) to a new folder "
+    "DIR/sparsekit-DATE-TIME (without it, finetune.log: true writes them to the output folder's logs/).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout (logs stay on stderr).")
 @click.option(
@@ -641,10 +642,11 @@ def export(
     given_shape = _shape(input_shape)
     _load_native("torch", "onnxruntime")
     from .inspection import GUESSED, check_input_shape, shape_origin
-    from .modelio import infer_input_shape, read_model
+    from .modelio import infer_input_shape, read_model, refuse_onnx
     from .onnx import export_onnx
     from .onnx.export import export_int8
 
+    refuse_onnx(model)  # first: with no -o, MODEL.onnx would be "-o MODEL: is the input MODEL", an option not given
     out = out or model.with_suffix(".onnx")
     fp32_out = out.with_suffix(".fp32.onnx") if keep_fp32 else None
     targets = [out]

@@ -130,17 +130,32 @@ def _unpickle_trusted(path: Path) -> Any:
             sys.path.remove(cwd)
 
 
+def _truncated_zip(path: Path) -> bool:
+    """Whether ``path`` starts as a zip archive (torch's format) but has no readable end (central directory)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def refuse_onnx(path: Path) -> None:
+    """ModelFileError when ``path`` is named as an ONNX file, where a PyTorch model is expected."""
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(
+            f"{path}: is an ONNX file; prune/export/validate take the PyTorch model (.pt or .safetensors). "
+            "`sparsekit bench` and `sparsekit inspect` read ONNX files"
+        )
+
+
 def _read(path: Path, trust: bool) -> tuple[Any, str]:
     """Return (object, kind) from a file, refusing anything that would execute code."""
     if not path.exists():
         raise ModelFileError(f"{path}: model file not found")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
-    if path.suffix == ".onnx":
-        raise ModelFileError(
-            f"{path}: is an ONNX file; prune/export/validate take the PyTorch model (.pt or .safetensors). "
-            "`sparsekit bench` and `sparsekit inspect` read ONNX files"
-        )
+    refuse_onnx(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -191,6 +206,9 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         # The unpickler's bare "101" (a KeyError for an unknown opcode) says nothing: say what the bytes are.
         why = first if len(first) > 12 and not first.isdigit() else _NOT_A_CHECKPOINT
+        if _truncated_zip(path):  # torch says "[Errno 22] Invalid argument" or "failed finding central directory"
+            why = "a torch archive cut short: the file is truncated or damaged, e.g. an incomplete copy or download"
+
         raise ModelFileError(
             f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, "
             "a state_dict .pt or a .safetensors file"

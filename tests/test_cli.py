@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import onnx
 import pytest
@@ -86,7 +87,7 @@ def trained_state_dict(tmp_path, user_arch):
         (["bench", "x.onnx", "--threads", "-3"], "Invalid value for '--threads'", "sparsekit bench"),
         (["prunee"], "No such command 'prunee'. Did you mean 'prune'?", "sparsekit"),
         (["inspect", "--bogus", "m.pt"], "No such option '--bogus'", "sparsekit inspect"),
-        (["export", "m.pt", "--input-shape", "1,a"], "expected comma-separated integers", "sparsekit export"),
+        (["export", "m.pt", "--input-shape", "1,a"], "expected comma-separated positive integers", "sparsekit export"),
         (["validate", "r.yaml", "--arch", "m:f"], "--arch: only used with MODEL", "sparsekit validate"),
     ],
 )
@@ -231,6 +232,19 @@ def test_interrupted_run_resumes(tmp_path, mlp_checkpoint, monkeypatch):
 
 
 # ---------------------------------------------------------------- bad inputs: exit 2, one Error: line
+
+
+def test_messages_name_what_is_wrong_with_the_input_not_a_neighbouring_cause(tmp_path, mlp_checkpoint):
+    # export of an ONNX file without -o said "-o x.onnx: is the input MODEL" (an option never given); a cut-short
+    # checkpoint said "[Errno 22] Invalid argument"; 1,-3 was "expected comma-separated integers" (they are).
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not really")
+    line = assert_bad_input(run("export", onnx_file), str(onnx_file), "is an ONNX file")
+    assert "-o " not in line and "input MODEL" not in line
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(Path(mlp_checkpoint).read_bytes()[: Path(mlp_checkpoint).stat().st_size // 2])
+    assert_bad_input(run("inspect", cut, *MLP), str(cut), "truncated or damaged")
+    assert_bad_input(run("export", mlp_checkpoint, *MLP, "--input-shape", "1,-3"), "positive integers")
 
 
 def test_pickled_module_is_refused(tmp_path, mlp_checkpoint):
