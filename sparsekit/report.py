@@ -771,6 +771,12 @@ def _outcome(
                 what = f"no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or removed"
             else:
                 what = f"zeroed no weight of its {n} layer(s){had}"
+            if weights and new_zeros <= -0.5:  # fewer zeros than the model came with: it got denser
+                what += (
+                    f"; its layers are denser than the model it was given: sparsity {before / weights:.3f} -> "
+                    f"{m.achieved:.3f} (fine-tuning revived zeros it asked to keep only "
+                    f"{m.asked if m.asked is not None else 'some'} of)"
+                )
             remarks.append(f"achieved nothing: {what}{advice}")
     if measure == "constraint":
         norms = [v["max"] for v in (m.model_extra or {}).values() if isinstance(v, dict) and "max" in v]

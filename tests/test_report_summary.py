@@ -689,3 +689,24 @@ def test_a_structured_layer_rounded_far_from_the_ratio_is_named_when_the_entry_t
     exact = _recipe([{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "round_to": 16}])
     dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 256]), exact, MLP_SHAPE)
     assert not [n for n in notes(_report(dense, model, pruner, exact, MLP_SHAPE)) if n.startswith("Layers ended")]
+
+
+def test_a_run_that_left_its_layers_denser_than_they_came_says_by_how_much():
+    # A 90%-sparse model pruned to 0.5: the weights the mask keeps, zeros among them, train back to nonzero. The
+    # summary said only "achieved nothing"; now it gives the sparsity it fell from and to.
+    torch.manual_seed(0)
+    model = mlp(in_features=64, hidden=[32])
+    with torch.no_grad():
+        for layer in prunable_layers(model).values():
+            layer.weight[torch.rand_like(layer.weight) < 0.9] = 0.0
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(model, recipe, MLP_SHAPE, steps=3)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    (o,) = summarize(report).methods
+    assert o.nothing
+    text = render_summary(report, "out")
+    (line,) = [ln for ln in text.splitlines() if "denser than the model it was given" in ln and "WARNING" not in ln]
+    names = {layer.name for layer in o.layers}
+    rows = [r for r in report.dense_layers if r.name in names]
+    before = sum(r.params - r.nonzero_params for r in rows) / sum(r.params for r in rows)
+    assert f"sparsity {before:.3f} -> {o.achieved:.3f}" in line and o.achieved < before - 0.1

@@ -1178,7 +1178,8 @@ class L1:
     def report(self) -> dict[str, Any]:
         """Asked vs achieved: ``asked`` is ``target`` (None without one); ``achieved`` the fraction of the
         weights at zero or, with ``group: row | channel``, of the output units at zero or removed
-        (``"unit": "weights" | "units"``; with groups ``weights_zero`` gives the weight fraction too); per
+        (``"unit": "weights" | "units"``; with groups ``weights_zero`` gives the fraction of the layers' weights at
+        the start that are zero or were removed with their units, as ``achieved`` counts units); per
         layer the same (``asked`` None: lambda is shared). Also ``strength`` (lambda at the start, at the end
         and its largest value), ``topped_up`` (units or weights the target's last step zeroed) and, after a
         dead-unit removal, ``{"dead_units": {"found": n, "kept": k}}``, ``channels`` (``[units at the start,
