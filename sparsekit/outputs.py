@@ -258,7 +258,8 @@ class RunFolder:
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
             raise OutputError(
-                f"{self.out}: holds {foreign[0]}{more}, which sparsekit did not write (or that changed since); "
+                f"{self.out}: holds {foreign[0]}{more}, which no sparsekit run into this folder wrote (or that changed "
+                "since); "
                 "sparsekit never replaces or deletes your files: move it away or choose another output folder"
             )
 
