@@ -31,7 +31,7 @@ from .errors import (  # noqa: E402
     TrustError,
 )
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 # public name -> the module that defines it
 _LAZY = {

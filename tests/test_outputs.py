@@ -502,7 +502,7 @@ def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
     done.unlock()
     notes = out / ".thesis.20261130.tmp"
     notes.write_text("my notes")
-    with pytest.raises(OutputError, match=r"holds \.thesis\.20261130\.tmp, which no sparsekit run into this folder wrote"):
+    with pytest.raises(OutputError, match=r"holds \.thesis\.20261130\.tmp, which no sparsekit run into"):
         RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
     assert notes.read_text() == "my notes"
 
