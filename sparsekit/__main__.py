@@ -58,7 +58,7 @@ def _tolerate_closed_pipes() -> None:
             encoding=stream.encoding,
             errors=stream.errors,
             line_buffering=stream.line_buffering or name == "stderr",
-            write_through=name == "stderr",
+            write_through=stream.write_through or name == "stderr",  # (-u, PYTHONUNBUFFERED)
         )
         stream.flush()
         setattr(sys, name, wrapped)

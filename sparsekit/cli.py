@@ -708,6 +708,8 @@ def export(
                 f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
             )
+        elif q.get("check", {}).get("error"):
+            lines.append(f"  int8 vs fp32 on random normal inputs: not compared ({q['check']['error']})")
         elif q.get("check"):
             ck = q["check"]
             top1 = f", top-1 agreement {ck['top1_agreement']:.2f}" if ck["top1_agreement"] is not None else ""

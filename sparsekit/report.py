@@ -774,8 +774,8 @@ def _outcome(
             if weights and new_zeros <= -0.5:  # fewer zeros than the model came with: it got denser
                 what += (
                     f"; its layers are denser than the model it was given: sparsity {before / weights:.3f} -> "
-                    f"{m.achieved:.3f} (fine-tuning revived zeros it asked to keep only "
-                    f"{m.asked if m.asked is not None else 'some'} of)"
+                    f"{m.achieved:.3f} (fine-tuning revived zeros it did not hold at zero"
+                    + (f": it asked for {m.asked:g})" if m.asked is not None else ")")
                 )
             remarks.append(f"achieved nothing: {what}{advice}")
     if measure == "constraint":

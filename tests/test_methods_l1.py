@@ -275,6 +275,38 @@ def test_a_penalty_raised_by_the_target_weighs_on_the_marked_units_alone(group, 
     assert accuracy > 0.6, accuracy  # was 0.08-0.10 (chance) with lambda raised on every unit; ~0.8 now
 
 
+def test_a_raised_penalty_with_no_units_marked_or_resized_layers_takes_strength():
+    # With the target met (nothing marked) the raised lambda fell back onto every unit, and marks for a layer another
+    # entry had resized raised a shape mismatch inside pruner.penalty().
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+    r = sparsekit.Recipe(
+        model={"input_shape": [1, 8]},
+        finetune={"epochs": 2},
+        pruning=[
+            {
+                "method": "l1",
+                "mode": "penalty",
+                "group": "row",
+                "strength": 0.01,
+                "target": 0.3,
+                "schedule": {"start_epoch": 0, "end_epoch": 2},
+            }
+        ],
+    )
+    method = sparsekit.Pruner(model, r, steps_per_epoch=10).methods[0]
+    method.lam = 0.1  # raised by the controller
+    norms = sum(torch.linalg.vector_norm(model[i].weight, dim=1).sum() for i in (0, 2))
+    method._marked = None  # the target is met: nothing marked
+    assert float(method.penalty()) == pytest.approx(0.01 * float(norms), rel=1e-6)
+    method._marked = [torch.ones(12, dtype=torch.bool), torch.ones(6, dtype=torch.bool)]
+    with torch.no_grad():
+        model[0].weight = nn.Parameter(model[0].weight[:9].clone())  # another entry removed 3 of its units
+    norms = sum(torch.linalg.vector_norm(model[i].weight, dim=1).sum() for i in (0, 2))
+    marked = torch.linalg.vector_norm(model[2].weight, dim=1).sum()
+    assert float(method.penalty()) == pytest.approx(0.01 * float(norms) + 0.09 * float(marked), rel=1e-6)
+
+
 def test_proximal_every_k_steps_shrinks_by_what_those_steps_owe():
     """Truncated gradient: with proximal_every: 3 the weights shrink at steps 3 and 6 by the sum of lr * lambda
     over the steps since (lr changing in between), and at the window's last step by what is left."""

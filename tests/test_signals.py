@@ -73,3 +73,16 @@ def test_a_run_whose_message_reader_goes_away_finishes_its_work(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=600) == 0, first
     assert (out / "report.json").is_file() and (out / "model.onnx").is_file()
+
+
+def test_the_pipe_tolerant_streams_keep_unbuffered_output_unbuffered():
+    # python -u / PYTHONUNBUFFERED: stdout writes through; the wrapper that drops writes to a closed pipe kept it
+    # block-buffered, so the summary came after later stderr lines in a 2>&1 log.
+    code = (
+        "import sys; from sparsekit.__main__ import _tolerate_closed_pipes; _tolerate_closed_pipes(); "
+        "print(sys.stdout.write_through, sys.stderr.write_through)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(ROOT)}
+    for flags, want in ((["-u"], "True True"), ([], "False True")):
+        out = subprocess.run([sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, out.stderr

@@ -525,6 +525,41 @@ def test_the_fused_soft_threshold_is_w_minus_its_clamp_bit_for_bit(numel):
         assert torch.equal(bits(a), bits(b))
 
 
+def test_the_all_layer_exact_step_follows_layers_another_entry_resized_and_skips_channels_last():
+    # The alive-unit vector was sized by the layers' unit counts at construction: after another entry replaced a layer
+    # with fewer units (structured removal), one layer masked and one not, the exact step raised a size mismatch.
+    from sparsekit.masks import ensure_mask
+    from sparsekit.methods.l1 import _Fused
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4))
+    entry = {"method": "l1", "mode": "proximal", "group": "row", "strength": 0.02, "proximal_every": 1}
+    r = sparsekit.Recipe(
+        finetune={"epochs": 2}, pruning=[{**entry, "remove_dead": False, "layers": {"include": ["0", "2"]}}]
+    )
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=8)
+    method = pruner.methods[0]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+        opt.step()
+        pruner.step()
+    with torch.no_grad():  # what a structured removal does to layer 0: half its units go (new parameters)
+        model[0].weight = nn.Parameter(model[0].weight[:12].clone())
+        model[0].bias = nn.Parameter(model[0].bias[:12].clone())
+        model[2].weight = nn.Parameter(model[2].weight[:, :12].clone())
+    model[0].out_features = model[2].in_features = 12
+    ensure_mask(model[2])[0] = False  # layer 2 masked (one dead unit), layer 0 not
+    method._proximal(method.step + 1)  # raised RuntimeError: The size of tensor a (28) must match ... (40)
+    assert method._alive is not None and method._alive[1].numel() == 12 + 16
+    assert bool((model[2].weight[0] == 0).all())
+    # channels_last conv weights flatten to a copy, which the pass would go on measuring: no fused pass for them
+    conv = nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    assert _Fused.build([conv.weight], [conv], True) is None
+    assert _Fused.build([nn.Conv2d(3, 8, 3).weight], [nn.Conv2d(3, 8, 3)], True) is not None
+
+
 def test_gradient_sums_are_the_scorers_own_sums_bit_for_bit():
     # taylor sums (w * g).abs_() into a kept scratch buffer, movement uses one foreach addcmul over all layers:
     # both must equal adding each step's scorer(w, g) (movement: addcmul_(w, g, value=-1), as it always did).

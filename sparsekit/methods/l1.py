@@ -27,11 +27,11 @@ left), times a gain that grows by 1.25 while the zero fraction is behind the cur
 from ``init_sparsity`` at ``start_epoch`` to ``target`` at ``end_epoch``) and falls by 1.25 when it is
 ahead; in proximal mode no step
 may zero more than the curve allows one adaptation ahead (the strongest of the would-be zeros skip that
-step's shrink), and lambda above ``strength`` shrinks only the units (weights) marked at the last adaptation as
-the weakest still to be zeroed, the others shrinking by ``strength`` alone (growing regularization, Wang et al.,
-2021). No layer may have more than ``(1 + target) / 2`` of its units at zero (weights: 0.99, magnitude's default
-``max_layer_sparsity``): unit norms of different layers are not comparable, and one ranking over them emptied
-layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
+step's shrink). In both modes lambda above ``strength`` shrinks (penalizes) only the units (weights) marked at the
+last adaptation as the weakest still to be zeroed, the others taking ``strength`` alone (growing regularization,
+Wang et al., 2021). No layer may have more than ``(1 + target) / 2`` of its units at zero (weights: 0.99,
+magnitude's default ``max_layer_sparsity``): unit norms of different layers are not comparable, and one ranking
+over them emptied layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
 training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
 
 With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's group-level
@@ -639,17 +639,19 @@ class L1:
         # The penalty enters the loss of the step being taken now, step ``self.step + 1``.
         if self.spec.mode != "penalty" or not self.active(self.step + 1):
             return 0.0
-        marked = self._marked if self.target is not None and self.lam > self.spec.strength else None
-        if marked is not None:
-            return self._raised_penalty(marked)
+        lam = self.lam
+        if self.target is not None and lam > self.spec.strength:
+            if self._marked is not None:
+                return self._raised_penalty(self._marked)
+            lam = self.spec.strength  # none marked (the target is met): every unit takes the recipe's strength
         if not self.units:
             # One autograd node for all layers, with a cheaper backward (see _AbsSum); the same values.
-            return _AbsSum.apply(self.lam, *(weight_of(m) for m in self._modules))
+            return _AbsSum.apply(lam, *(weight_of(m) for m in self._modules))
         total: Any = None  # not 0.0 + ...: one op and one autograd node less per step, the same value
         for i, module in enumerate(self._modules):
             term = self._unit_norms(i, weight_of(module)).sum()
             total = term if total is None else total + term
-        return 0.0 if total is None else self.lam * total
+        return 0.0 if total is None else lam * total
 
     def _raised_penalty(self, marked: list[torch.Tensor]) -> torch.Tensor:
         """With a target that raised lambda above ``strength``: ``strength * R(w)`` over every unit (weight) plus
@@ -661,7 +663,9 @@ class L1:
         for i, module in enumerate(self._modules):
             w = weight_of(module)
             values = self._unit_norms(i, w) if self.units else w.abs()
-            term = base * values.sum() + extra * (values * marked[i]).sum()
+            term = base * values.sum()
+            if marked[i].shape == values.shape:  # (marks for a layer another entry has since resized wait for the next)
+                term = term + extra * (values * marked[i]).sum()
             total = term if total is None else total + term
         return total
 
@@ -774,7 +778,7 @@ class L1:
         """:meth:`_exact` for groups without a target or coupled layers, every layer in one pass
         (:meth:`_Fused.exact`): a few calls in all instead of ~20 per layer, which on a small model's ~0.5 ms
         training step cost more than the step's own arithmetic."""
-        found = fused.exact(shrinks, self._alive_units())
+        found = fused.exact(shrinks, self._alive_units(fused.counts))
         for i in found.floored:
             self.floored.add(self._names[i])
         for i, module in enumerate(self._modules):
@@ -785,9 +789,10 @@ class L1:
         peak = min((top / t for top, t in zip(found.tops, shrinks, strict=True) if t > 0), default=math.inf)
         self._plan_fused(step, peak)
 
-    def _alive_units(self) -> torch.Tensor | None:
+    def _alive_units(self, counts: list[int]) -> torch.Tensor | None:
         """Per unit of every layer in order (``[sum of units]``, bool): whether its mask still holds any weight of
-        it; None when no layer has a mask. Rebuilt only when a mask changed (:class:`_UnitCover`)."""
+        it; None when no layer has a mask. ``counts``: each layer's units now (another entry may have removed some).
+        Rebuilt only when a mask or a count changed (:class:`_UnitCover`)."""
         covers: list[_UnitCover | None] = []
         for name, module in zip(self._names, self._modules, strict=True):
             mask = get_mask(module)
@@ -801,11 +806,15 @@ class L1:
         if all(c is None for c in covers):
             return None
         known = self._alive
-        if known is None or any(a is not b for a, b in zip(known[0], covers, strict=True)):
+        if (
+            known is None
+            or known[1].numel() != sum(counts)
+            or any(a is not b for a, b in zip(known[0], covers, strict=True))
+        ):
             device = self._weights[0].device
             parts = [
                 c.alive_units if c is not None else torch.ones(n, dtype=torch.bool, device=device)
-                for c, n in zip(covers, self._sizes, strict=True)
+                for c, n in zip(covers, counts, strict=True)
             ]
             known = self._alive = (covers, torch.cat(parts))
         return known[1]
@@ -1326,7 +1335,8 @@ class _Found:
 
 
 class _Fused:
-    """The proximal step between exact steps: one pass over all layers, with no masking or counting.
+    """The proximal step over all layers at once: :meth:`shrink` between exact steps (no masking or counting) and,
+    with groups, :meth:`exact` (masks, counts, floors in a few calls).
 
     ``group: none``: the soft-threshold written over each weight in place.
     Groups: each unit's norm into one buffer, ``max(0, 1 - t / norm)`` on that buffer, one foreach multiply.
@@ -1365,6 +1375,8 @@ class _Fused:
         if any(output_dim(m) for m in modules):
             return None
         rows = [w if w.dim() == 2 else w.flatten(1) for w in ws]
+        if any(r.data_ptr() != w.data_ptr() or not r.is_contiguous() for r, w in zip(rows, ws, strict=True)):
+            return None  # a rows copy (channels_last weights) would be measured as it was when built
         counts = [r.shape[0] for r in rows]
         norms = torch.empty(sum(counts), dtype=torch.float32, device=ws[0].device)
         scale = torch.empty_like(norms)

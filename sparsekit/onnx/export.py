@@ -193,14 +193,22 @@ RANDOM_CHECK_SAMPLES = 32  # random inputs the int8 file is compared with the fp
 def _random_agreement(fp32: Path, int8: Path, input_shape: Sequence[int]) -> dict[str, Any]:
     """:func:`~sparsekit.onnx.quantize.output_agreement` of the int8 file with the fp32 one on seeded standard-normal
     inputs of ``input_shape`` (in batches of its batch size, which a file exported with a fixed batch takes), with
-    ``"inputs": "random normal"``: all there is to compare on without data; real inputs may agree better or worse."""
+    ``"inputs": "random normal"``: all there is to compare on without data; real inputs may agree better or worse.
+    Informational: a model whose outputs cannot be compared so (not batch-first, a run that fails) gets ``"error"``
+    instead, and a difference that is not finite is None; the export stands either way."""
     from .quantize import output_agreement
 
     batch = max(1, int(input_shape[0]))
     rng = np.random.default_rng(0)
     n = max(batch, RANDOM_CHECK_SAMPLES - RANDOM_CHECK_SAMPLES % batch)
     x = rng.standard_normal((n, *[int(d) for d in input_shape[1:]])).astype(np.float32)
-    return {**output_agreement(fp32, int8, x, batch_size=batch), "inputs": "random normal"}
+    try:
+        res = output_agreement(fp32, int8, x, batch_size=batch)
+    except (ExportError, ValueError, IndexError) as err:
+        return {"inputs": "random normal", "samples": n, "error": one_line(err, 200)}
+    if not np.isfinite(res["max_abs_diff"]):
+        res["max_abs_diff"] = None
+    return {**res, "inputs": "random normal"}
 
 
 @dataclasses.dataclass
