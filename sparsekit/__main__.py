@@ -53,6 +53,8 @@ def _tolerate_closed_pipes() -> None:
             fd = stream.fileno()
         except (AttributeError, OSError, ValueError):  # not a real file (embedded, captured): leave it
             continue
+        if not isinstance(stream, io.TextIOWrapper):  # someone else's stream object: theirs to handle
+            continue
         wrapped = io.TextIOWrapper(
             io.BufferedWriter(_PipeTolerant(fd)),
             encoding=stream.encoding,
