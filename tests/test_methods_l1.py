@@ -13,10 +13,11 @@ from sparsekit.masks import get_mask
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def recipe(epochs: int = 2, *extra: dict, **method) -> sparsekit.Recipe:
+def recipe(epochs: int = 2, *extra: dict, input_shape: list[int] | None = None, **method) -> sparsekit.Recipe:
     # proximal_every: 1 (a proximal step after every optimizer step), so each step can be checked by hand
     l1 = {"method": "l1", "strength": 1e-3, "remove_dead": False, "proximal_every": 1, **method}
-    return sparsekit.Recipe(**{"finetune": {"epochs": epochs}, "pruning": [l1, *extra]})
+    model = {"model": {"input_shape": input_shape}} if input_shape else {}
+    return sparsekit.Recipe(**{"finetune": {"epochs": epochs}, "pruning": [l1, *extra], **model})
 
 
 def mlp() -> nn.Sequential:
@@ -185,20 +186,8 @@ def test_coupled_groups_shrink_by_their_owners_rate_when_param_groups_differ():
 
     torch.manual_seed(0)
     model = Net()
-    r = sparsekit.Recipe(
-        model={"input_shape": [1, 6]},
-        finetune={"epochs": 2},
-        pruning=[
-            {
-                "method": "l1",
-                "mode": "proximal",
-                "group": "row",
-                "strength": 0.5,
-                "proximal_every": 1,
-                "remove_dead": False,
-                "layers": {"include": ["inp", "fc1", "fc2"]},
-            }
-        ],
+    r = recipe(
+        input_shape=[1, 6], mode="proximal", group="row", strength=0.5, layers={"include": ["inp", "fc1", "fc2"]}
     )
     pruner = sparsekit.Pruner(model, r, steps_per_epoch=10)
     assert pruner.methods[0].coupled == {"fc2": "inp"}
@@ -280,20 +269,8 @@ def test_a_raised_penalty_with_no_units_marked_or_resized_layers_takes_strength(
     # entry had resized raised a shape mismatch inside pruner.penalty().
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
-    r = sparsekit.Recipe(
-        model={"input_shape": [1, 8]},
-        finetune={"epochs": 2},
-        pruning=[
-            {
-                "method": "l1",
-                "mode": "penalty",
-                "group": "row",
-                "strength": 0.01,
-                "target": 0.3,
-                "schedule": {"start_epoch": 0, "end_epoch": 2},
-            }
-        ],
-    )
+    schedule = {"start_epoch": 0, "end_epoch": 2}
+    r = recipe(input_shape=[1, 8], mode="penalty", group="row", strength=0.01, target=0.3, schedule=schedule)
     method = sparsekit.Pruner(model, r, steps_per_epoch=10).methods[0]
     method.lam = 0.1  # raised by the controller
     norms = sum(torch.linalg.vector_norm(model[i].weight, dim=1).sum() for i in (0, 2))
