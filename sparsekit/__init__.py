@@ -10,12 +10,44 @@ is quick and a Ctrl-C during start-up is handled like any other.
 import os as _os
 import sys as _sys
 
-if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
-    # `python -m sparsekit` (and torchrun -m) put the current folder first on sys.path, and Python
-    # imports this package before sparsekit/__main__.py runs: a typing.py or yaml.py lying in that
-    # folder would be imported in place of the real module. Only modules the user names are looked up
-    # there, and then last (sparsekit.trust).
-    del _sys.path[0]
+
+def _started_as_command() -> bool:
+    """Whether this process is the ``sparsekit`` command (console script, ``python -m sparsekit``,
+    ``torchrun -m sparsekit``), not a program that imports the library."""
+    argv = list(getattr(_sys, "orig_argv", ()))  # the interpreter's own command line (Python 3.10+)
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "-m":
+            return argv[i + 1 : i + 2] == ["sparsekit"]
+        if arg.startswith("-m"):
+            return arg == "-msparsekit"
+    main = _sys.modules.get("__main__")
+    script = getattr(main, "__file__", None) or ""
+    named = _os.path.basename(script) in ("sparsekit", "sparsekit-script.py")  # the console script
+    return named and bool(_sys.argv) and script == _sys.argv[0]
+
+
+def _interrupted_at_start(signum: int, frame: object) -> None:
+    # Nothing has been read or written yet: a Ctrl-C while Python imports the command says so in one
+    # line and exits 130 instead of printing a traceback of the import machinery. SystemExit, not
+    # KeyboardInterrupt: the interpreter ends quietly on it wherever the import is.
+    _sys.stderr.write("Interrupted.\n")
+    raise SystemExit(130)
+
+
+if _started_as_command():
+    # The C module under `signal`: importing `signal` itself builds its enums, a few milliseconds more
+    # of the window this closes.
+    import _signal  # type: ignore[import-not-found]
+
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        # Until the command's code is loaded (sparsekit.__main__.entry puts Python's handler back).
+        _signal.signal(_signal.SIGINT, _interrupted_at_start)
+    if _sys.path and _sys.path[0] in ("", _os.getcwd()):
+        # `python -m sparsekit` (and torchrun -m) put the current folder first on sys.path, and Python
+        # imports this package before sparsekit/__main__.py runs: a typing.py or yaml.py lying in that
+        # folder would be imported in place of the real module. Only modules the user names are looked
+        # up there, and then last (sparsekit.trust). A program that imports sparsekit keeps its path.
+        del _sys.path[0]
 
 import importlib  # noqa: E402 - after the import path is safe
 from typing import TYPE_CHECKING, Any  # noqa: E402

@@ -83,6 +83,12 @@ def entry() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         raise SystemExit(130) from None
+    from . import _interrupted_at_start
+
+    if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
+        # The command's code is loaded: from here a Ctrl-C unwinds as KeyboardInterrupt, which the
+        # command turns into its message (what was kept, how to resume).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main(prog_name="sparsekit")
     finally:

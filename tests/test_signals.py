@@ -86,3 +86,51 @@ def test_the_pipe_tolerant_streams_keep_unbuffered_output_unbuffered():
     for flags, want in ((["-u"], "True True"), ([], "False True")):
         out = subprocess.run([sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.stdout.strip() == want, out.stderr
+
+
+def _python(code: str, cwd: Path = ROOT, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args, "-c", code] if code else [sys.executable, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_a_ctrl_c_while_the_command_imports_exits_130_with_one_line():
+    # The window between the interpreter's start and the command's own code: a Ctrl-C while sparsekit's modules
+    # were being imported printed a traceback of the import machinery. Here the signal arrives right after the
+    # package is imported, as the `sparsekit` command (python -m sparsekit) sees it.
+    code = (
+        "import os, signal, sys, time; sys.orig_argv = [sys.executable, '-m', 'sparsekit', 'prune']; "
+        "import sparsekit; os.kill(os.getpid(), signal.SIGINT); time.sleep(5); print('not stopped')"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stderr, out.stdout) == (130, "Interrupted.\n", "")
+
+
+def test_a_program_that_imports_sparsekit_keeps_its_ctrl_c_and_its_import_path(tmp_path):
+    # Only the sparsekit command changes the SIGINT handler and drops the current folder from sys.path: a user's
+    # `python -m mytool` whose package imports sparsekit lost its current folder from sys.path.
+    (tmp_path / "mytool").mkdir()
+    (tmp_path / "mytool" / "__init__.py").write_text("import sparsekit\n")
+    (tmp_path / "helper_here.py").write_text("X = 1\n")
+    (tmp_path / "mytool" / "__main__.py").write_text(
+        "import signal, helper_here\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    )
+    out = _python("", cwd=tmp_path, args=("-m", "mytool"))
+    assert (out.returncode, out.stdout.strip()) == (0, "True"), out.stderr
+    code = "import os, signal, sys; import sparsekit; os.kill(os.getpid(), signal.SIGINT)"
+    out = _python(code)
+    assert out.returncode != 0 and "KeyboardInterrupt" in out.stderr
+
+
+def test_the_command_hands_ctrl_c_back_to_python_once_its_code_is_loaded():
+    # After start-up a Ctrl-C must unwind as KeyboardInterrupt, which the command turns into its message (what was
+    # kept, how to resume); the start-up handler would end the process without it.
+    code = (
+        "import signal, sys; sys.orig_argv = [sys.executable, '-m', 'sparsekit', '--version']; "
+        "import sparsekit, sparsekit.cli as cli; from sparsekit.__main__ import entry; seen = []; "
+        "cli.main = lambda **kw: seen.append(signal.getsignal(signal.SIGINT)); "
+        "before = signal.getsignal(signal.SIGINT) is sparsekit._interrupted_at_start; entry(); "
+        "print(before, seen[0] is signal.default_int_handler)"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stdout.strip()) == (0, "True True"), out.stderr
