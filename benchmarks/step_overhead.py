@@ -1,15 +1,17 @@
 """How much does the Pruner add to a training step?
 
-Times ``zero_grad; loss (+ pruner.penalty()); backward; opt.step(); pruner.step()`` against the same
-loop without the pruner, on twin models (same init, same batches) with the same optimizer (SGD with
-momentum, or Adam). Blocks of ``--block`` steps alternate between the arms in a rotating order (A B C,
+Times ``zero_grad; loss (+ pruner.penalty()); backward (; pruner.regularize()); opt.step(); pruner.step()``
+against the same loop without the pruner, on twin models (same init, same batches) with the same optimizer
+(SGD with momentum, or Adam). Blocks of ``--block`` steps alternate between the arms in a rotating order (A B C,
 B C A, ...), so drift in machine speed hits them alike; arm C repeats A (an A/A control: how big a
 difference noise alone makes). The per-round ratio B/A is reported as a median, with the overhead in
 percent, over the rounds whose pruner block held no mask update (a gradual method re-ranks its weights
 every half epoch, a few milliseconds); the ratio of total times (``total``, which spreads the updates'
 cost over all steps) is reported beside it, then the A/A control's median and interquartile range (the
-noise band), and ``inside``: the median time spent inside ``pruner.penalty()`` and ``pruner.step()`` per
-step, as a share of the dense step (the direct cost, without the loss term's backward or cache effects).
+noise band), and ``inside``: the median time spent inside ``pruner.penalty()`` (or ``pruner.regularize()``)
+and ``pruner.step()`` per step, as a share of the dense step (the direct cost, without the loss term's
+backward or cache effects). The ``l1_regularize*`` recipes are the ``l1_penalty*`` ones applied by
+``regularize()`` after backward, as the CLI's fine-tuning loop does.
 
 Schedules use the step count of mnist5k at batch 64 (63 steps per epoch), so the gradual methods
 recompute their masks at the rate a real run does (every half epoch), not only once. The batches are the
@@ -82,6 +84,10 @@ RECIPES = {
     # group: row for Linear layers, channel for the convolutions (see group_entries)
     "l1_proximal_group": {"method": "l1", "strength": 0.1, "mode": "proximal", "remove_dead": False},
     "l1_penalty_group": {"method": "l1", "strength": 0.1, "mode": "penalty", "remove_dead": False},
+    # the same penalties applied by pruner.regularize() after backward (as the CLI's loop does) instead of
+    # pruner.penalty() in the loss
+    "l1_regularize": {"method": "l1", "strength": 1e-2, "mode": "penalty", "remove_dead": False},
+    "l1_regularize_group": {"method": "l1", "strength": 0.1, "mode": "penalty", "remove_dead": False},
     "max_norm": {"method": "max_norm", "max_value": 3.0},
     # Channels go at the start of epoch 6, after the measured steps (310 on LeNet, 90 on small_cnn with the
     # default rounds): a smaller model would no longer be a like-for-like comparison. This times the
@@ -113,20 +119,30 @@ def entries(recipe: str, model_name: str) -> list[dict]:
 
 
 def make_step(
-    model: nn.Module, opt: torch.optim.Optimizer, pruner: sparsekit.Pruner | None, inside: list[float] | None = None
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    pruner: sparsekit.Pruner | None,
+    inside: list[float] | None = None,
+    regularize: bool = False,
 ):
-    """One training step; with a pruner, the time spent in its calls is appended to ``inside`` (seconds)."""
+    """One training step; with a pruner, the time spent in its calls is appended to ``inside`` (seconds).
+    ``regularize``: the penalty's gradient by ``pruner.regularize()`` after backward, not ``penalty()`` in the loss."""
     clock = time.perf_counter
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
-        if pruner is not None:
+        spent = 0.0
+        if pruner is not None and not regularize:
             t0 = clock()
             penalty = pruner.penalty()
             spent = clock() - t0
             loss = loss + penalty
         loss.backward()
+        if pruner is not None and regularize:
+            t0 = clock()
+            pruner.regularize()
+            spent = clock() - t0
         opt.step()
         if pruner is not None and inside is not None:
             t0 = clock()
@@ -183,7 +199,7 @@ def measure(model_name: str, recipe_name: str, optimizer: str, rounds: int, args
         context = {"input_shape": [1, *sample]}  # structured traces the model
         if arm == "B":
             pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=STEPS_PER_EPOCH, context=context)
-        arms[arm] = make_step(model, opt, pruner if arm == "B" else None, inside)
+        arms[arm] = make_step(model, opt, pruner if arm == "B" else None, inside, "regularize" in recipe_name)
     assert pruner is not None
 
     def block(arm: str) -> float:

@@ -334,8 +334,17 @@ class Pruner:
         >>> loss.backward(); pruner.regularize(); optimizer.step(); pruner.step()
         """
         self._refuse_finalized("regularize")
-        total = self.penalty()
-        if not total.requires_grad:
+        total: Any = None
+        for method in self.methods:
+            # A method may add its penalty's gradient itself (methods.base: add_penalty_grad), in one pass over each
+            # weight where autograd's graph takes several; the others' terms go through autograd together.
+            direct = getattr(method, "add_penalty_grad", None)
+            if direct is not None and direct():
+                continue
+            term = method.penalty()
+            if isinstance(term, torch.Tensor) and term.requires_grad:
+                total = term if total is None else total + term
+        if total is None:
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(total, params, allow_unused=True)

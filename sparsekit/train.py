@@ -343,7 +343,8 @@ def finetune(
                     value = loss.item()  # the one host sync per step, for the divergence check and the mean
                     if not math.isfinite(value):
                         raise _not_finite(value, epoch, i, x, model, optimizer)
-                    (loss + pruner.penalty()).backward()
+                    loss.backward()
+                    pruner.regularize()  # the penalty's gradient added in place: cheaper than its autograd graph
                     optimizer.step()
                     pruner.step()
                     if pruner.structure_changed:

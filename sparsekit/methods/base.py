@@ -121,6 +121,10 @@ class Method(Protocol):
         model's device), or ``0.0`` when the method adds none at this step. Must not change the model."""
         ...
 
+    # Optional: ``add_penalty_grad(self) -> bool``: add the gradient of :meth:`penalty` to each weight's ``.grad``
+    # in place (without autograd) and return True, or return False to have the Pruner's ``regularize()`` take
+    # :meth:`penalty` through autograd. Not part of the Protocol, so a method need not define it.
+
     def after_step(self, step: int) -> Changes:
         """Called after every ``optimizer.step()``; ``step`` counts them from 1. May read ``.grad``
         (:attr:`needs_grad`), edit weights and masks in place, and (:attr:`structural` methods only)
