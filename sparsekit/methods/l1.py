@@ -101,7 +101,7 @@ from ..layers import (
     unit_view,
 )
 from ..learning_rate import LearningRates
-from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, set_mask, weight_of
+from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, mask_factor, set_mask, weight_of
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
 from ..surgery import (
@@ -175,6 +175,13 @@ class _AbsSum(torch.autograd.Function):
             torch._foreach_mul_(signs, c)
         it = iter(signs)
         return (None, *(next(it) if need else None for need in needs))
+
+
+def _max_abs(w: torch.Tensor) -> float:
+    """``max |w|`` (``w`` not empty) in one pass with no copy: ``aminmax``, ~10x faster on CPU than ``vector_norm(w,
+    inf)`` (not vectorized there: ~1 ms for LeNet-300-100's first layer), and the same value."""
+    lo, hi = torch.aminmax(w)
+    return max(float(hi), -float(lo))
 
 
 class _NormSum(torch.autograd.Function):
@@ -933,14 +940,20 @@ class L1:
         at zero, newly zero, the largest |w| left)."""
         w = weight_of(module)
         mask = get_mask(module)
+        if budget is None and not isinstance(t, torch.Tensor):
+            done = self._shrink_in_place(name, module, w, mask, t)
+            if done is not None:
+                return done
         if isinstance(t, torch.Tensor):
             shrunk = w.abs().sub_(t.to(w.dtype)).clamp_min_(0).mul_(w.sign())
         else:
             shrunk = torch.nn.functional.softshrink(w, t)
         if mask is not None:
-            shrunk.mul_(mask)  # masked weights moved with the optimizer step: they stay zero
+            factor = mask_factor(shrunk, mask)  # (the mask's cached 0/1 copy: float * bool is ~4x slower on CPU)
+            if factor is not None:
+                shrunk.mul_(factor)  # masked weights moved with the optimizer step: they stay zero
         before = w.numel() if mask is None else count_true(mask)
-        alive = shrunk != 0
+        alive = shrunk.bool()  # shrunk != 0, ~8x faster on CPU (a cast, where != with a scalar is a slow kernel)
         n_alive = count_true(alive)
         new = before - n_alive
         flat_s, flat_w = shrunk.view(-1), w.view(-1)
@@ -964,8 +977,34 @@ class L1:
         if n_alive < w.numel() and (mask is None or new > 0):
             ensure_mask(module).logical_and_(alive)
         mark_applied(module)  # the weight is masked as it is: apply_masks may skip it this step
-        top = float(torch.linalg.vector_norm(shrunk, math.inf)) if n_alive else 0.0  # max |w|: one pass, no copy
+        top = _max_abs(shrunk) if n_alive else 0.0
         return w.numel() - n_alive, new, top
+
+    def _shrink_in_place(
+        self, name: str, module: nn.Module, w: torch.Tensor, mask: torch.Tensor | None, t: float
+    ) -> tuple[int, int, float] | None:
+        """:meth:`_shrink` without a budget, written over the weight (no copy of it, ~3x faster on LeNet-300-100):
+        masked weights zeroed first, then the soft-threshold in place. None, with the weight masked but not shrunk,
+        when the largest ``|w|`` left is at most ``t``, so that the layer could lose every weight: the copying path
+        then keeps the strongest (the floor). The same values as that path; a masked weight may be +0.0 where it
+        had -0.0."""
+        factor = None if mask is None else mask_factor(w, mask)
+        if factor is not None:
+            w.mul_(factor)  # masked weights moved with the optimizer step: they stay zero
+        top = _max_abs(w) if w.numel() else 0.0
+        if top <= t:
+            return None
+        torch.ops.aten.softshrink.out(w, t, out=w)
+        before = w.numel() if mask is None else count_true(mask)
+        alive = w.bool()
+        n_alive = count_true(alive)
+        new = before - n_alive
+        if n_alive < w.numel() and (mask is None or new > 0):
+            ensure_mask(module).logical_and_(alive)
+        mark_applied(module)
+        # The strongest weight survived (top > t) and lost exactly t: the largest |w| left, up to rounding, without a
+        # second pass (it only plans the next fused steps, see _plan_fused).
+        return w.numel() - n_alive, new, top - t
 
     def _shrink_groups(
         self, i: int, module: nn.Module, t: float | torch.Tensor, budget: int | None
