@@ -14,16 +14,42 @@ import sys as _sys
 def _started_as_command() -> bool:
     """Whether this process is the ``sparsekit`` command (console script, ``python -m sparsekit``,
     ``torchrun -m sparsekit``), not a program that imports the library."""
-    argv = list(getattr(_sys, "orig_argv", ()))  # the interpreter's own command line (Python 3.10+)
-    for i, arg in enumerate(argv[1:], 1):
-        if arg == "-m":
-            return argv[i + 1 : i + 2] == ["sparsekit"]
-        if arg.startswith("-m"):
-            return arg == "-msparsekit"
+    module = _module_run(list(getattr(_sys, "orig_argv", ())))  # the interpreter's own command line (3.10+)
+    if module is not None:
+        return module == "sparsekit"
     main = _sys.modules.get("__main__")
     script = getattr(main, "__file__", None) or ""
-    named = _os.path.basename(script) in ("sparsekit", "sparsekit-script.py")  # the console script
-    return named and bool(_sys.argv) and script == _sys.argv[0]
+    if _os.path.basename(script) not in ("sparsekit", "sparsekit-script.py") or script != _sys.argv[0]:
+        return False
+    try:  # the launcher pip writes, not a user's own script that happens to be called sparsekit
+        with open(script, "rb") as launcher:
+            return b"from sparsekit.__main__ import" in launcher.read(4096)
+    except OSError:
+        return False
+
+
+def _module_run(argv: list[str]) -> str | None:
+    """The module ``python [options] -m MODULE`` runs, from the interpreter's arguments; None for a script,
+    ``-c`` or standard input."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--check-hash-based-pycs",):
+            i += 2
+            continue
+        if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
+            return None  # a script (or an option Python does not have, which it refuses anyway)
+        for k, flag in enumerate(arg[1:], 2):
+            if flag in "mcWX":  # options with a value: the rest of this argument, or the next one
+                value = arg[k:] or (argv[i + 1] if i + 1 < len(argv) else "")
+                if flag == "m":
+                    return value
+                if flag == "c":
+                    return None
+                i += 0 if arg[k:] else 1
+                break
+        i += 1
+    return None
 
 
 def _interrupted_at_start(signum: int, frame: object) -> None:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import sparsekit
 from examples.models import mlp
 
@@ -134,3 +136,28 @@ def test_the_command_hands_ctrl_c_back_to_python_once_its_code_is_loaded():
     )
     out = _python(code)
     assert (out.returncode, out.stdout.strip()) == (0, "True True"), out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        (["-m", "sparsekit", "prune"], "sparsekit"),
+        (["-u", "-Im", "sparsekit"], "sparsekit"),
+        (["-W", "ignore", "-X", "importtime", "-msparsekit"], "sparsekit"),
+        (["-Wignore", "-m", "mytool"], "mytool"),
+        (["train.py", "-m", "sparsekit"], None),  # a script's own arguments
+        (["-c", "import sparsekit", "-m", "sparsekit"], None),
+    ],
+)
+def test_the_command_is_told_from_the_interpreters_arguments(argv, module):
+    assert sparsekit._module_run(["python", *argv]) == module
+
+
+def test_a_users_script_named_sparsekit_keeps_its_ctrl_c(tmp_path):
+    # Only pip's launcher counts as the command: a user's own script called `sparsekit` that imports the library
+    # keeps Python's KeyboardInterrupt (the start-up handler would end it quietly with 130).
+    script = tmp_path / "sparsekit"
+    script.write_text("import os, signal, sparsekit\nos.kill(os.getpid(), signal.SIGINT)\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode != 130 and "KeyboardInterrupt" in out.stderr
