@@ -483,3 +483,18 @@ def test_capped_global_ranking_is_exact_and_respects_every_cap(layers, sparsity,
     assert torch.equal(torch.cat([masks[n].flatten() for n in scores]), _greedy_capped(scores, sparsity, cap))
     if cap >= 1:  # no cap: the plain global ranking, bit for bit
         assert all(torch.equal(masks[n], m) for n, m in global_topk_masks(scores, sparsity).items())
+
+
+@FAST
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=64))
+def test_the_ranking_keys_order_floats_as_float_comparison_does(values):
+    # The global ranking selects on uint32 keys of the float32 scores: they must order as the floats do, with
+    # -0.0 and +0.0 one key (float comparison has them equal), through infinities and subnormals.
+    import numpy as np
+
+    from sparsekit.masks import _sort_keys
+
+    v = np.array(values, dtype=np.float32)
+    keys = _sort_keys(v)
+    for i in range(len(v)):
+        assert np.array_equal(keys[i] < keys, v[i] < v) and np.array_equal(keys[i] == keys, v[i] == v)
