@@ -344,7 +344,7 @@ def finetune(
                     if not math.isfinite(value):
                         raise _not_finite(value, epoch, i, x, model, optimizer)
                     loss.backward()
-                    pruner.regularize()  # the penalty's gradient added in place: cheaper than its autograd graph
+                    pruner.regularize()  # the penalty's gradient added in place: cheaper than autograd (l1, see there)
                     optimizer.step()
                     pruner.step()
                     if pruner.structure_changed:

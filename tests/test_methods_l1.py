@@ -1455,3 +1455,32 @@ def test_a_head_kept_in_the_groups_is_named_as_the_models_output_and_the_refusal
     with pytest.raises(RecipeError, match=r"name the head exactly in layers.include \(a pattern does not count\) with "
                                           r"group: row to zero its units anyway"):  # fmt: skip
         sparsekit.Pruner(_head_only_cnn(), _group_entry("channel", layers={"types": ["Linear"]}), steps_per_epoch=4)
+
+
+def test_a_shrink_just_under_the_largest_weight_still_leaves_the_layer_its_strongest():
+    # The in-place exact step compared max |w| with t in double precision; softshrink rounds t to float32, so a t
+    # just under max |w| zeroed every weight of the layer, floor skipped.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.uniform_(-0.5, 0.5)
+        model[0].weight[0, 0] = 1.0
+    r = recipe(1, strength=1.0, mode="proximal", layers={"include": ["0"]})
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=10)
+    pruner.step(lr=1 - 1e-9)
+    assert int((model[0].weight != 0).sum()) == 1 and pruner.methods[0].floored == {"0"}
+
+
+def test_the_group_penalty_has_the_right_second_derivative():
+    # penalty()'s written-out backward kept the norms constant, so a Hessian-vector product through it was wrong.
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe(strength=0.37, mode="penalty", group="row"), steps_per_epoch=4)
+    w = model[0].weight
+    v = torch.randn_like(w)
+
+    def hvp(f):
+        (g,) = torch.autograd.grad(f(), w, create_graph=True)
+        return torch.autograd.grad((g * v).sum(), w)[0]
+
+    reference = hvp(lambda: 0.37 * torch.linalg.vector_norm(w, dim=1).sum() + 0 * model[2].weight.sum())
+    torch.testing.assert_close(hvp(pruner.penalty), reference, rtol=1e-5, atol=1e-6)
