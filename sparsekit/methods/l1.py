@@ -994,8 +994,8 @@ class L1:
         """:meth:`_shrink` without a budget, written over the weight (no copy of it, ~3x faster on LeNet-300-100):
         masked weights zeroed first, then the soft-threshold in place. None, with the weight masked but not shrunk,
         when the largest ``|w|`` left is not clearly above ``t`` (1%), so that the layer could lose every weight: the
-        copying path then keeps the strongest (the floor). The same values as that path; a masked weight may be +0.0 where it
-        had -0.0."""
+        copying path then keeps the strongest (the floor). The same values as that path; a masked weight may be +0.0
+        where it had -0.0."""
         factor = None if mask is None else mask_factor(w, mask)
         if factor is not None:
             w.mul_(factor)  # masked weights moved with the optimizer step: they stay zero
