@@ -89,7 +89,7 @@ from .errors import (  # noqa: E402
     TrustError,
 )
 
-__version__ = "0.3.2"
+__version__ = "0.3.3"
 
 # public name -> the module that defines it
 _LAZY = {
