@@ -34,7 +34,7 @@ def _module_run(argv: list[str]) -> str | None:
     i = 1
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--check-hash-based-pycs",):
+        if arg.startswith("-" * 2) and arg[2:] == "check-hash-based-pycs":  # Python's one long option with a value
             i += 2
             continue
         if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
