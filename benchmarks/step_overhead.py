@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, blocks of "
                 f"{args.block} steps; overhead: median of per-round ratios B/A (IQR) over the rounds without a "
                 "mask update; total: ratio of summed times (updates included); A/A: the control's median ratio "
-                "(IQR), the noise band; inside: median time in pruner.penalty() + pruner.step() per step / dense step"
+                "(IQR), the noise band; inside: median time in pruner.penalty() (or regularize()) + pruner.step() "
+                "per step / dense step"
             )
             print(
                 f"{'model':<14} {'recipe':<18} {'opt':<5} {'dense ms':>9} {'with ms':>8} {'overhead':>9} "

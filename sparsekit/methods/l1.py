@@ -769,9 +769,9 @@ class L1:
             return False
         fused._norms()
         norms, scale = fused._host
-        with np.errstate(divide="ignore"):
-            np.divide(np.float32(lam), norms, out=scale)
-        scale[norms == 0] = 0  # a unit at zero: its (sub)gradient is 0
+        alive = norms != 0
+        scale[~alive] = 0  # a unit at zero: its (sub)gradient is 0
+        np.divide(np.float32(lam), norms, out=scale, where=alive)
         torch._foreach_addcmul_([w.grad for w in ws], fused.weights, fused.views)  # type: ignore[misc]
         return True
 
