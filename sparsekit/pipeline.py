@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import logging
 import platform
 import time
@@ -44,7 +45,7 @@ from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
 from .provenance import check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
-from .recipe import Recipe
+from .recipe import Recipe, as_recipe
 from .report import Benchmark, Int8, Report, Speedup, first_plot_data, notes, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
@@ -275,7 +276,7 @@ class Measured:
 
 def run_prune(
     model_path: str | Path,
-    recipe: Recipe,
+    recipe: Recipe | dict[str, Any] | str | os.PathLike[str],
     out: str | Path,
     *,
     arch: str | None = None,
@@ -290,7 +291,8 @@ def run_prune(
     log_dir: str | Path | None = None,
 ) -> Report | None:
     """Run the whole recipe on the model file and write the output folder ``out``; returns the
-    :class:`~sparsekit.report.Report` that report.json holds.
+    :class:`~sparsekit.report.Report` that report.json holds. ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a
+    recipe file, a shipped recipe's name or a dict (RecipeError naming the field when invalid, TypeError otherwise).
 
     The model trains on ``recipe.finetune.device``. Started by ``torchrun`` with several processes,
     the run is distributed (see :mod:`sparsekit.distributed`): every rank trains its shard of the data,
@@ -313,6 +315,7 @@ def run_prune(
     data, output folder), before the output folder is touched wherever the fault can be seen early."""
     from .outputs import RunFolder
 
+    recipe = as_recipe(recipe)  # a recipe file, a shipped recipe's name or a dict, as Pruner takes them
     clock = PhaseClock()
     out = Path(out)
     source = data or recipe.data.source

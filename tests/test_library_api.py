@@ -196,3 +196,19 @@ def test_load_recipe_takes_a_shipped_name_and_cross_field_errors_read_cleanly(tm
     message = str(info.value)
     assert ": pruning[0].schedule.end_epoch (3)" in message and "<recipe>" not in message
     assert "raise finetune.epochs" in message
+
+
+def test_run_prune_takes_a_recipe_as_a_dict_or_a_path_as_the_pruner_does(tmp_path, mlp_checkpoint):
+    # run_prune(model, {...}) raised AttributeError: 'dict' object has no attribute 'data'.
+    import yaml
+
+    from sparsekit.errors import RecipeError
+
+    as_dict = yaml.safe_load(_recipe(tmp_path).read_text())
+    report = sparsekit.run_prune(mlp_checkpoint, as_dict, tmp_path / "d", arch=MLP_ARCH, progress=False)
+    assert isinstance(report, Report) and (tmp_path / "d" / "report.json").is_file()
+    with pytest.raises(RecipeError, match="finetune.epochs"):
+        sparsekit.run_prune(mlp_checkpoint, {**as_dict, "finetune": {"epochs": -1}}, tmp_path / "e", arch=MLP_ARCH)
+    with pytest.raises(TypeError, match="recipe must be"):
+        sparsekit.run_prune(mlp_checkpoint, 3, tmp_path / "f", arch=MLP_ARCH)  # type: ignore[arg-type]
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
