@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
