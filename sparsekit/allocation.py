@@ -647,8 +647,7 @@ def allocate_with_details(
         for module, training in modes:
             module.training = training
     new = Recipe.model_validate({**recipe.model_dump(), "pruning": [e.model_dump() for e in entries]})
-    new._source = recipe.source
-    return new, details
+    return recipe.keep_origin(new), details
 
 
 def allocate(model: nn.Module, recipe: Recipe, table: SensitivityTable, *, input_shape: Sequence[int]) -> Recipe:
@@ -716,5 +715,4 @@ def placeholder_recipe(recipe: Recipe) -> Recipe:
             spec = spec.model_copy(update={"ratio": round(ratio, 4), "target_macs": None, "target_latency": None})
         entries.append(spec.model_dump())
     new = Recipe.model_validate({**recipe.model_dump(), "pruning": entries})
-    new._source = recipe.source
-    return new
+    return recipe.keep_origin(new)

@@ -106,8 +106,7 @@ def _ours(path: Path) -> bool:
 
 def _with_pruning(recipe: Recipe, pruning: list[dict[str, Any]]) -> Recipe:
     new = Recipe.model_validate({**recipe.model_dump(mode="json"), "pruning": pruning})
-    new._source = recipe.source
-    return new
+    return recipe.keep_origin(new)
 
 
 def allocation_summary(allocation: dict[str, Any]) -> str:

@@ -49,6 +49,7 @@ class LoadedModel:
     pruning_history: list = field(default_factory=list)
     kind: str = "checkpoint"  # checkpoint | state_dict | safetensors | trusted-module
     shape_origin: str = ""  # where input_shape came from, for messages (set by the pipeline)
+    notes: list[str] = field(default_factory=list)  # what the user should know about how it was read
 
 
 def _refuse(path: Path, what: str) -> ModelFileError:
@@ -83,6 +84,46 @@ def _text_start(path: Path) -> str | None:
 
 # Why bytes that are not text (see _text_start, checked first) are no checkpoint.
 _NOT_A_CHECKPOINT = "its bytes are not a pickle or torch archive"
+
+
+# The first object of torch's legacy (pre-1.6, non-zip) format: torch.serialization's MAGIC_NUMBER.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_PICKLE_OPS_READ = 100_000  # opcodes read (never run) when naming what a plain pickle refers to
+
+
+def _plain_pickle(path: Path) -> str | None:
+    """When ``path`` is a plain Python pickle (``pickle.dump``, not torch.save's zip or legacy format): why
+    sparsekit will not read it, naming the callables it refers to. Its opcodes are only parsed
+    (:func:`pickletools.genops`), never run. None for anything else."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+                return None
+            fh.seek(0)
+            names: list[str] = []
+            strings: list[str] = []
+            for k, (op, arg, _) in enumerate(pickletools.genops(fh)):
+                if k == 1 and op.name in ("LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
+                    return None  # torch's legacy format
+                if op.name == "GLOBAL" and isinstance(arg, str):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg[:200])
+                if op.name == "STOP" or k >= _PICKLE_OPS_READ:
+                    break
+    except Exception:  # noqa: BLE001 - a damaged stream: the names read so far are what it names
+        names = names if "names" in locals() else []
+    named = list(dict.fromkeys(names))
+    what = f", naming {', '.join(shorten(n, 80) for n in named[:3])}" + (" and more" if len(named) > 3 else "")
+    return (
+        f"a plain Python pickle, protocol {head[1]}{what if named else ''}: not torch.save's format, and sparsekit "
+        "does not unpickle it, which would run the code it names"
+    )
 
 
 def _archive_members(path: Path) -> list[str]:
@@ -188,10 +229,13 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         # posix.system whose module posix is blocked"); other refusals ("Unsupported operand", "invalid load key")
         # mean the bytes are no valid pickle at all: garbage, or another format.
         named = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", text, re.IGNORECASE)
-        if named is None:
+        plain = _plain_pickle(path)
+        if named is None or plain:
+            # torch.load reads no plain pickle, trusted or not: unpickling one would only run what it names.
+            why = plain or _NOT_A_CHECKPOINT
             raise ModelFileError(
-                f"{path}: not a readable PyTorch checkpoint ({_NOT_A_CHECKPOINT}); expected "
-                "a sparsekit checkpoint, a state_dict .pt or a .safetensors file"
+                f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, a state_dict "
+                ".pt (torch.save(model.state_dict(), path)) or a .safetensors file"
             ) from None
         if not trust:
             raise _refuse(
@@ -208,6 +252,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         why = first if len(first) > 12 and not first.isdigit() else _NOT_A_CHECKPOINT
         if _truncated_zip(path):  # torch says "[Errno 22] Invalid argument" or "failed finding central directory"
             why = "a torch archive cut short: the file is truncated or damaged, e.g. an incomplete copy or download"
+        why = _plain_pickle(path) or why  # torch says "Invalid magic number; corrupt file?"
 
         raise ModelFileError(
             f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, "
@@ -270,6 +315,8 @@ def build_model(
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
     probe: bool = False,
+    caller_field: str = "arch",
+    kwargs_from: str | None = None,
 ) -> nn.Module:
     """Call the architecture ``factory`` (``pkg.module:callable``) with ``kwargs`` and check it
     returns an ``nn.Module`` (on the CPU, in the mode the factory leaves it). With ``probe`` (kwargs
@@ -277,17 +324,23 @@ def build_model(
     than 80% of the memory available, before any memory is allocated.
 
     ``named_in`` is the file that named the factory (a checkpoint or recipe) and ``where`` its field
-    there (``factory``, ``model.factory``); ``None`` means the caller named it directly (the ``arch``
-    option, and messages say so). See :mod:`sparsekit.trust` for what runs.
+    there (``factory``, ``model.factory``); ``None`` means the caller named it directly, by
+    ``caller_field`` (the ``arch`` option, or an override of ``model.factory``), and messages say so.
+    ``kwargs_from``: where ``kwargs`` were read when that is not where the factory was named (``"r.yaml:
+    model.kwargs"`` beside the arch option), for messages. See :mod:`sparsekit.trust` for what runs.
     Raises :class:`~sparsekit.errors.TrustError` when a file-named factory is not confirmed or is
     never run, :class:`ModelFileError` when it cannot be imported, fails, would not fit in memory or
     returns something else.
     """
-    field = where if named_in is not None else "arch"  # the caller's own option: arch='m:f' / the CLI's flag
+    field = where if named_in is not None else caller_field  # the caller's own: arch='m:f' / the CLI's flag
     fn = load_callable(factory, kind="model", named_in=named_in, field=field, trust_code=trust_code,
                        error=ModelFileError)  # fmt: skip
-    label = f"{named_in}: {where} {factory}" if named_in is not None else option("arch", factory)
-    label = f"{label} with kwargs {_short(kwargs or {})}"
+    if named_in is not None:
+        label = f"{named_in}: {where} {factory}"
+    else:
+        label = option(field, factory) if field == "arch" else f"{field} {factory}"
+    given = _short(kwargs or {})
+    label = f"{label} with kwargs {given}" if kwargs_from is None else f"{kwargs_from} {given} for {label}"
     if probe:
         _check_size_on_meta(fn, kwargs or {}, label)
     model = call_user_code(fn, label, ModelFileError, kwargs or {})
@@ -408,15 +461,20 @@ def read_model(
     fallback_factory: str | None = None,
     fallback_kwargs: dict[str, Any] | None = None,
     fallback_named_in: str | os.PathLike[str] | None = None,
+    fallback_confirmed: bool = False,
     probe: bool | None = None,
+    kwargs_from: str | None = None,
 ) -> LoadedModel:
     """Like :func:`load_model` but returns a :class:`LoadedModel`: the model with its factory, kwargs,
     input shape and pruning history. ``arch`` overrides a checkpoint's factory and ``kwargs`` its
     kwargs; ``input_shape`` (with the batch dimension, e.g. ``[1, 784]``) is used when the file has
     none. ``fallback_factory``/``fallback_kwargs`` (the recipe's ``model`` section, read from
-    ``fallback_named_in``) apply only when neither ``arch`` nor the file names an architecture. A
+    ``fallback_named_in``) apply only when neither ``arch`` nor the file names an architecture (the
+    kwargs only with that factory); the returned ``notes`` say when a fallback factory was not used. A
     factory named by the file or the recipe runs only when confirmed (``trust_code`` or a trusted
-    module); ``arch`` is the caller's own choice. ``probe`` (default: when the kwargs come from a
+    module); ``arch`` is the caller's own choice, and so is the fallback with ``fallback_confirmed``
+    (the caller set it, e.g. by an override). ``kwargs_from``: where the given ``kwargs`` were read
+    (``"r.yaml: model.kwargs"``), for messages. ``probe`` (default: when the kwargs come from a
     file) first builds the model on the meta device to refuse one too large for the memory.
 
     Raises :class:`ModelFileError` for an unreadable, unsafe or mismatched file and
@@ -441,7 +499,10 @@ def read_model(
         if not arch and own:
             named_in, where = path, "factory"
         if kwargs is None:
-            kwargs = (obj.get("kwargs") if own else fallback_kwargs) or {}
+            if own:
+                kwargs, kwargs_from = obj.get("kwargs") or {}, None if named_in is not None else f"{path}: kwargs"
+            else:
+                kwargs = _fallback_kwargs(factory, fallback_factory, fallback_kwargs)
         input_shape = input_shape or _checked_shape(obj.get("input_shape"), path)
         history = obj.get("pruning_history") or []
         if not isinstance(history, list):
@@ -462,8 +523,21 @@ def read_model(
     else:
         factory = arch or fallback_factory
         state = _state_dict_of(obj, path)
-        kwargs = kwargs if kwargs is not None else (fallback_kwargs or {})
-    if factory and not arch and named_in is None:
+        if kwargs is None:
+            kwargs = _fallback_kwargs(factory, fallback_factory, fallback_kwargs)
+    if kwargs_from is None and kwargs and kwargs is fallback_kwargs:  # said when the caller named the factory
+        kwargs_from = f"{fallback_named_in or 'the recipe'}: model.kwargs"
+    notes = []
+    if fallback_factory and factory and factory != fallback_factory:
+        # Not an error: a shipped recipe names its example model, and any model may be pruned with it.
+        chosen = (
+            f"{factory}, named by the caller, builds the model" if arch else f"{path} names its own factory {factory}"
+        )
+        dropped = " (nor its model.kwargs)" if fallback_kwargs else ""
+        notes.append(
+            f"{fallback_named_in or 'the recipe'}: model.factory {fallback_factory} was not used{dropped}: {chosen}"
+        )
+    if factory and not arch and named_in is None and not fallback_confirmed:
         named_in, where = fallback_named_in or "the recipe", "model.factory"
     if not factory:
         raise ModelFileError(
@@ -472,7 +546,16 @@ def read_model(
         )
     if probe is None:
         probe = kwargs_given is None  # the kwargs came from the checkpoint or the recipe, not the caller
-    model = build_model(factory, kwargs, where, named_in=named_in, trust_code=trust_code, probe=probe)
+    model = build_model(
+        factory,
+        kwargs,
+        where,
+        named_in=named_in,
+        trust_code=trust_code,
+        probe=probe,
+        caller_field="override model.factory" if fallback_confirmed and not arch else "arch",
+        kwargs_from=kwargs_from if named_in is None else None,
+    )
     if history:
         if not input_shape:
             raise ModelFileError(f"{path}: a structurally pruned checkpoint needs its input_shape to rebuild")
@@ -484,7 +567,15 @@ def read_model(
             raise ModelFileError(f"{path}: {quoted(err)}") from None
     load_weights(model, state, path, factory)
     check_finite(model, path)
-    return LoadedModel(model.eval(), factory, dict(kwargs), list(input_shape) if input_shape else None, history, kind)
+    shape = list(input_shape) if input_shape else None
+    return LoadedModel(model.eval(), factory, dict(kwargs), shape, history, kind, notes=notes)
+
+
+def _fallback_kwargs(
+    factory: str | None, fallback_factory: str | None, kwargs: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The recipe's ``model.kwargs`` when they belong to ``factory`` (the recipe names it, or no factory at all)."""
+    return (kwargs or {}) if fallback_factory in (None, factory) else {}
 
 
 def check_finite(model: nn.Module, path: str | Path) -> None:

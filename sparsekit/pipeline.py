@@ -70,8 +70,12 @@ def resolve_model(
         fallback_factory=spec.factory,
         fallback_kwargs=spec.kwargs,
         fallback_named_in=recipe.source or "the recipe",
+        fallback_confirmed=recipe.overridden("model.factory"),  # the caller's own override is confirmation
         probe=None if kwargs is None else True,  # recipe kwargs are a file's data too
+        kwargs_from=None if kwargs is None else f"{recipe.source or 'the recipe'}: model.kwargs",
     )
+    for note in loaded.notes:
+        log.warning(note)
     if (
         spec.input_shape
         and loaded.input_shape
@@ -201,7 +205,7 @@ class PhaseClock:
     # Added to where an interruption happened outside the training loop: whether training had begun or finished,
     # so the message says what a resume will find.
     note: str = ""
-    last: str = ""  # the phase entered last: where the run is between phases
+    last: str = ""  # what the phase entered last was doing, in words: where the run is between phases
 
     @contextlib.contextmanager
     def around(self) -> Iterator[None]:
@@ -212,15 +216,16 @@ class PhaseClock:
         except KeyboardInterrupt as err:
             if err.args and isinstance(err.args[0], str) and err.args[0].startswith(WHERE_PREFIXES):
                 raise
-            words = PHASE_WORDS.get(self.last, self.last)
+            words = self.last
             raise type(err)(interrupted_at(f"after {words}{self.note}" if words else "while starting")) from None
 
     @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
+    def __call__(self, phase: str, words: str | None = None) -> Iterator[None]:
+        """Time ``phase``; ``words``: what it does, when not :data:`PHASE_WORDS`' (the plots, timed as report)."""
         start = time.perf_counter()
-        self.last = phase
+        self.last = words = words or PHASE_WORDS.get(phase, phase)
         try:
-            with interrupted_while(PHASE_WORDS.get(phase, phase) + self.note):  # Ctrl-C says where the run was
+            with interrupted_while(words + self.note):  # Ctrl-C says where the run was
                 yield
         finally:
             self.add(phase, time.perf_counter() - start)
@@ -473,7 +478,8 @@ def check_inputs(
             input_shape=shape,
             synthetic_samples=recipe.data.synthetic_samples,
             num_classes=classes,
-            named_in=None if data else (recipe.source or "the recipe"),
+            # A source the caller gave (the data option, or an override of data.source) is their own choice.
+            named_in=None if data or recipe.overridden("data.source") else (recipe.source or "the recipe"),
             trust_code=trust_code,
             normalize=recipe.data.normalize,
         )
@@ -512,7 +518,7 @@ def _run(
         notify(expectation)
     # The plot worker imports matplotlib now, waits through fine-tuning and draws beside the export.
     with PlotWorker(stage) as plots:
-        with clock("report"):
+        with clock("report", "starting the plot worker"):
             plots.start()
         if recipe.finetune.epochs and not resume:
             clock.note = f", {TRAINING_NOT_STARTED}"  # (a resumed run may hold a checkpoint already)
@@ -542,7 +548,7 @@ def _run(
             )
         pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
         methods = method_results(pruner)
-        with clock("report"):
+        with clock("report", "drawing the plots"):
             plots.draw(
                 first_plot_data(
                     pruned.layers,
@@ -635,7 +641,7 @@ def _measure_and_report(
         int8=int8,
         expectation=expectation,
     )
-    with clock("report"):
+    with clock("report", "drawing the plots"):
         plots.ready()  # never time latency while plots are being drawn
     if recipe.benchmark.enabled:
         with clock("bench"):
@@ -650,7 +656,7 @@ def _measure_and_report(
         storage["path"] = str(final_out / "model.onnx")
         report.storage = Storage.model_validate({**storage, **_storage_ratios(storage)})
     with clock("report"):
-        report.notes = notes(report)
+        report.notes = [*inputs.loaded.notes, *notes(report)]
         if inputs.resumed_changes:
             schedule = (
                 "; the LR schedule follows the new epoch count from the resumed epoch on, so the rate can jump there"

@@ -1080,11 +1080,24 @@ class Recipe(_Strict):
     # The file this recipe was read from (set by load_recipe; None when built in Python). Not a
     # field: it never appears in the schema, the YAML or model_dump().
     _source: str | None = PrivateAttr(default=None)
+    # The key paths the caller's overrides set (load_recipe's ``overrides``, the CLI's set option): a callable
+    # or path named there is the caller's own choice, not the file's (sparsekit.trust).
+    _overridden: frozenset[str] = PrivateAttr(default=frozenset())
 
     @property
     def source(self) -> str | None:
         """Path of the YAML file this recipe came from, or None."""
         return self._source
+
+    def overridden(self, key: str) -> bool:
+        """Whether the caller's overrides set ``key`` (``"data.source"``), itself or a mapping holding it
+        (``data={...}``), rather than the recipe file."""
+        return any(key == k or key.startswith(k + ".") for k in self._overridden)
+
+    def keep_origin(self, new: Recipe) -> Recipe:
+        """``new`` (a recipe derived from this one) marked as coming from the same file and overrides."""
+        new._source, new._overridden = self._source, self._overridden
+        return new
 
     def __eq__(self, other: object) -> bool:
         # Two recipes are equal when their contents are; where one was read from does not matter.
@@ -1383,4 +1396,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         data = apply_overrides(data, overrides, check_key=_override_key)
     recipe = validate_recipe(data, str(path))
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
+    recipe._overridden = frozenset(str(o).partition("=")[0].strip() for o in overrides or [])
     return recipe

@@ -1,0 +1,175 @@
+"""Messages and choices that depend on where an input came from: a plain pickle is named for what it is
+(and never unpickled), the recipe's model section is not applied to another architecture without saying
+so, an override is the caller's own choice (not blamed on the recipe file), and an interruption between
+phases says what the run had been doing."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FAST, assert_bad_input
+
+from sparsekit.cli import main
+from sparsekit.trust import trusted_modules
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+RECIPE = {
+    "version": 1,
+    "model": {"input_shape": [1, 64]},
+    "data": {"source": "digits"},
+    "finetune": {"epochs": 1, "max_steps_per_epoch": 2},
+    "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}],
+    "export": {"exporter": "torchscript"},
+    "benchmark": {"enabled": False},
+}
+
+
+def recipe_file(tmp_path, **model) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps({**RECIPE, "model": {**RECIPE["model"], **model}}))  # JSON is YAML
+    return str(path)
+
+
+class _System:
+    """Unpickles as a call of os.system (a hostile plain pickle)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("trust", [[], ["--trust-model-file"]], ids=["untrusted", "trusted"])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_plain_pickle_is_named_for_what_it_is_and_never_unpickled(tmp_path, protocol, trust):
+    canary = tmp_path / "canary"
+    path = tmp_path / "model.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": _System(f"touch {canary}")}, fh, protocol=protocol)
+    # It said "its bytes are not a pickle or torch archive", which is false and hides what the file asks for.
+    line = assert_bad_input(
+        run("inspect", path, "--arch", "examples.models:mlp", *trust),
+        str(path),
+        f"plain Python pickle, protocol {protocol}",
+    )
+    assert "system" in line and "not a pickle" not in line, line
+    assert not canary.exists()
+
+
+def test_a_plain_pickle_of_data_alone_is_named_too(tmp_path):
+    path = tmp_path / "weights.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"fc1.weight": [[0.0]]}, fh, protocol=2)
+    line = assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), "plain Python pickle, protocol 2")
+    assert "naming" not in line  # it names no callable
+
+
+def test_torch_legacy_format_is_not_taken_for_a_plain_pickle(tmp_path):
+    from examples.models import mlp
+
+    path = tmp_path / "legacy.pt"
+    torch.save(mlp().state_dict(), path, _use_new_zipfile_serialization=False)
+    result = run("inspect", path, "--arch", "examples.models:mlp", "--input-shape", "1,64", "--json")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_recipe_factory_the_checkpoint_overrides_is_said_not_silently_dropped(tmp_path, mlp_checkpoint, caplog):
+    # The checkpoint names its own factory, which wins; the recipe named another and heard nothing.
+    recipe = recipe_file(tmp_path, factory="examples.models:lenet_300_100")
+    out = tmp_path / "o"
+    result = run("prune", mlp_checkpoint, recipe, "-o", out, "--trust-code", *FAST)
+    assert result.exit_code == 0, result.stderr
+    said = f"{recipe}: model.factory examples.models:lenet_300_100 was not used"
+    assert said in caplog.text  # a warning (the CLI's log goes to stderr)
+    assert any(said in note for note in json.loads((out / "report.json").read_text())["notes"])
+
+
+def test_recipe_kwargs_for_another_factory_are_not_given_to_the_arch(tmp_path, caplog):
+    from examples.models import mlp
+
+    weights = tmp_path / "w.pt"
+    torch.save(mlp().state_dict(), weights)
+    # mlp() takes no `width`: passing the recipe's kwargs for small_cnn to it failed.
+    recipe = recipe_file(tmp_path, factory="examples.models:small_cnn", kwargs={"width": 8})
+    result = run("prune", weights, recipe, "--arch", "examples.models:mlp", "-o", tmp_path / "o", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "model.factory examples.models:small_cnn was not used (nor its model.kwargs)" in caplog.text
+
+
+def test_bad_recipe_kwargs_beside_the_arch_name_the_recipe_field(tmp_path):
+    from examples.models import mlp
+
+    weights = tmp_path / "w.pt"
+    torch.save(mlp().state_dict(), weights)
+    recipe = recipe_file(tmp_path, kwargs={"bogus": 3})
+    # It said "--arch examples.models:mlp with kwargs {'bogus': 3}", as if the kwargs were the flag's.
+    line = assert_bad_input(
+        run("prune", weights, recipe, "--arch", "examples.models:mlp", "-o", tmp_path / "o", *FAST),
+        f"{recipe}: model.kwargs {{'bogus': 3}} for --arch examples.models:mlp",
+        "bogus",
+    )
+    assert not line.startswith("Error: --arch"), line
+
+
+def test_an_override_is_the_callers_choice_not_the_recipes(tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text(
+        textwrap.dedent(
+            """
+            def build():
+                from examples.models import mlp
+                return mlp()
+
+            def data():
+                return 3
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    from examples.models import mlp
+
+    weights = tmp_path / "w.pt"
+    torch.save(mlp().state_dict(), weights)
+    recipe = recipe_file(tmp_path)
+    # data.source set on the command line: not blamed on r.yaml, and run without a trust confirmation.
+    line = assert_bad_input(
+        run("prune", weights, recipe, "--arch", "mine:build", "--set", "data.source=mine:data", "-o", tmp_path / "o"),
+        "data.source 'mine:data' must return a pair",
+    )
+    assert "r.yaml" not in line, line
+    # model.factory set on the command line runs like --arch (a recipe naming it would need --trust-code).
+    result = run("prune", weights, recipe, "--set", "model.factory=mine:build", "-o", tmp_path / "o", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "mine" not in trusted_modules()  # the caller's choice for this run, not remembered
+    named = run("prune", weights, recipe_file(tmp_path, factory="mine:build"), "-o", tmp_path / "o2", *FAST)
+    assert_bad_input(named, "r.yaml", "--trust-code")
+    missing = run("prune", weights, recipe, "--set", "model.factory=nowhere:build", "-o", tmp_path / "o3", *FAST)
+    line = assert_bad_input(missing, "override model.factory 'nowhere:build'", "nowhere")
+    assert "r.yaml" not in line, line
+
+
+def test_an_interrupt_between_phases_says_what_ran_last(tmp_path, mlp_checkpoint, monkeypatch):
+    import sparsekit.pipeline
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # The first thing after the plot worker started: it said "after writing the report, before training
+    # started", though no report existed yet.
+    monkeypatch.setattr(sparsekit.pipeline, "measure", interrupt)
+    result = run(
+        "prune", mlp_checkpoint, recipe_file(tmp_path), "--arch", "examples.models:mlp", "-o", tmp_path / "o", *FAST
+    )
+    assert result.exit_code == 130, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Interrupted: after starting the plot worker, before training started"), last
