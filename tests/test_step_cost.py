@@ -660,6 +660,63 @@ def test_cached_copies_follow_a_mask_swapped_under_its_version_counter_and_respe
     assert id(get_mask(other)) not in masks._FACTORS or masks._FACTORS[id(get_mask(other))].factor is None
 
 
+def test_apply_masks_reuses_what_it_found_only_while_nothing_it_read_changed(monkeypatch):
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    for layer in (model[0], model[2]):
+        set_mask(layer, torch.rand(layer.weight.shape) > 0.5)
+    looked_up = []
+    real = masks.mask_factor
+    monkeypatch.setattr(masks, "mask_factor", lambda w, m: looked_up.append(1) or real(w, m))
+
+    def dirty_then_apply() -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1.0)
+        looked_up.clear()
+        apply_masks(model)
+        masked_zero(model)
+        for layer in (model[0], model[2]):
+            assert bool((layer.weight[get_mask(layer)] == 1).all())  # kept weights untouched
+
+    dirty_then_apply()
+    assert len(looked_up) == 2  # the first call finds each weight's factor
+    dirty_then_apply()
+    assert not looked_up  # then the same multiply again, found nothing anew
+    model[2].weight = nn.Parameter(torch.ones(6, 8))  # a new parameter object under the same mask
+    dirty_then_apply()
+    assert looked_up
+    model[4].register_buffer(MASK, torch.rand(3, 6) > 0.5, persistent=False)  # a mask not set by sparsekit
+    dirty_then_apply()
+    assert int((model[4].weight == 0).sum()) == int((~get_mask(model[4])).sum())
+    get_mask(model[0])[0] = False  # an in-place edit of a mask
+    dirty_then_apply()
+    assert not bool(model[0].weight[0].any())
+    del model[4]._buffers[MASK]  # a mask removed: that layer is left alone
+    dirty_then_apply()
+    assert bool((model[4].weight == 1).all())
+
+
+def test_what_apply_masks_keeps_between_calls_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(10, 8))
+    set_mask(model[0], torch.rand(8, 10) > 0.5)
+    apply_masks(model)
+    alive = weakref.ref(model)
+    layer = weakref.ref(model[0])
+    del model
+    gc.collect()
+    assert alive() is None and layer() is None
+    bare = nn.Linear(4, 4)  # a masked layer that is the whole model
+    set_mask(bare, torch.rand(4, 4) > 0.5)
+    apply_masks(bare)
+    alive = weakref.ref(bare)
+    del bare
+    gc.collect()
+    assert alive() is None
+
+
 def test_tied_weights_with_one_shared_mask_are_masked():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
     model[2].weight = model[0].weight
