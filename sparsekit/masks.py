@@ -257,8 +257,8 @@ def apply_masks(model: nn.Module) -> None:
         with torch.no_grad():
             if plan.weights:
                 torch._foreach_mul_(plan.weights, plan.factors)
-            for weight, factor in plan.singles:
-                weight.mul_(factor)
+            for lone, by in plan.singles:
+                lone.mul_(by)
         return
     _PLANS.pop(model, None)
     if not found:
