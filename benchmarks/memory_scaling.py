@@ -199,10 +199,10 @@ def enter(name):
     return prev
 orig = p.PhaseClock.__call__
 @contextlib.contextmanager
-def phase(self, name):
+def phase(self, name, *args):
     prev = enter(name)
     try:
-        with orig(self, name):
+        with orig(self, name, *args):
             yield
     finally:
         enter(prev)

@@ -165,6 +165,13 @@ class SensitivityTable(_Data):
     setup: str | None = Field(
         None, description="sha256 of the validation data and the analysed entries' settings (what a resume must match)"
     )
+    data_digest: str | None = Field(None, description="sha256 of the evaluated validation batches alone")
+    data_settings: dict[str, Any] | None = Field(
+        None, description="the recipe's seed and data settings the validation batches were drawn with"
+    )
+    measured: dict[str, dict[str, Any]] | None = Field(
+        None, description="per analysed entry (its index): the settings that change what a probe measures"
+    )
     input_shape: list[int]
     model_macs: int
     grid: dict[str, list[float]]
@@ -396,10 +403,10 @@ _NOT_MEASURED = {
 }  # fmt: skip
 
 
-def _setup_digest(loader: Iterable, max_batches: int | None, specs: list[tuple[int, Any]]) -> str:
-    """sha256 of the evaluated validation batches (inputs and labels) and of what each analysed entry
-    measures (method, layers, importance, ignore, ...): two tables with the same digest come from the
-    same data and settings."""
+def _setup_digest(loader: Iterable, max_batches: int | None, specs: list[tuple[int, Any]]) -> tuple[str, str]:
+    """``(setup, data)``: sha256 of the evaluated validation batches (inputs and labels) and of what each
+    analysed entry measures (method, layers, importance, ignore, ...), and of the batches alone: two tables
+    with the same setup digest come from the same data and settings."""
     h = hashlib.sha256()
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -409,10 +416,61 @@ def _setup_digest(loader: Iterable, max_batches: int | None, specs: list[tuple[i
                 data = t.detach().cpu().contiguous()
                 h.update(f"{tuple(data.shape)}:{data.dtype}".encode())
                 h.update((data.float() if data.dtype == torch.bfloat16 else data).numpy().tobytes())
-    for index, spec in specs:
-        kept = {k: v for k, v in spec.model_dump(mode="json").items() if k not in _NOT_MEASURED}
+    data_digest = h.hexdigest()
+    for index, kept in _measured(specs).items():
         h.update(f"{index}:{sorted(kept.items())!r}".encode())
-    return h.hexdigest()
+    return h.hexdigest(), data_digest
+
+
+def _measured(specs: list[tuple[int, Any]]) -> dict[str, dict[str, Any]]:
+    """Per analysed entry (index as a string): its settings that change what a probe measures."""
+    return {
+        str(index): {k: v for k, v in spec.model_dump(mode="json").items() if k not in _NOT_MEASURED}
+        for index, spec in specs
+    }
+
+
+def _differences(old: SensitivityTable, data_digest: str, data_settings: dict[str, Any], measured: dict) -> list[str]:
+    """What differs between the table to resume and this run, by field, where the table recorded it (tables
+    written before 0.3.4 hold only the combined digest: then the caller words it generally)."""
+    problems = []
+    if old.data_digest is not None and old.data_digest != data_digest:
+        changed = [
+            f"{key} {old.data_settings.get(key)!r} then, {value!r} now"
+            for key, value in data_settings.items()
+            if old.data_settings is not None and old.data_settings.get(key) != value
+        ]
+        problems.append(
+            "the validation batches differ ("
+            + ("; ".join(changed) if changed else "other data in the same settings")
+            + ")"
+        )
+    if old.measured is not None:
+        for index in sorted(set(old.measured) | set(measured), key=int):
+            then, now = old.measured.get(index), measured.get(index)
+            if then is None or now is None:
+                problems.append(
+                    f"pruning[{index}] is {'analysed now, not then' if then is None else 'not analysed now'}"
+                )
+                continue
+            then, now = _flat(then), _flat(now)
+            problems += [
+                f"pruning[{index}].{key}: {then.get(key)!r} then, {now.get(key)!r} now"
+                for key in sorted(set(then) | set(now))
+                if then.get(key) != now.get(key)
+            ]
+    return problems
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"layers": {"exclude": [...]}}`` as ``{"layers.exclude": [...]}``, so a difference names its leaf."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _shape(model: nn.Module, recipe: Recipe, loader: Iterable, input_shape: Sequence[int] | None) -> list[int]:
@@ -544,7 +602,11 @@ def analyze(
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        table, plans = _new_table(model, val_loader, grids, shape, specs, max_batches, resume_from)
+        data_settings = {
+            "seed": recipe.seed,
+            **{f"data.{k}": v for k, v in recipe.data.model_dump(mode="json").items()},
+        }
+        table, plans = _new_table(model, val_loader, grids, shape, specs, max_batches, resume_from, data_settings)
         total = table.probes_total()
         done = table.probes_done()
         modules = dict(model.named_modules())
@@ -585,12 +647,14 @@ def _new_table(
     specs: list[tuple[int, Any]],
     max_batches: int | None,
     resume_from: SensitivityTable | None,
+    data_settings: dict[str, Any],
 ) -> tuple[SensitivityTable, dict[int, _StructuredPlan]]:
     """The table's skeleton (dense metrics, one row per layer, the left-out layers), with ``resume_from``'s
     probes copied in when it matches this model, data and shape; and the plan of each structured entry."""
     fp = fingerprint(model)
     samples = _samples(loader, max_batches)
-    setup = _setup_digest(loader, max_batches, specs)
+    setup, data_digest = _setup_digest(loader, max_batches, specs)
+    measured = _measured(specs)
     if resume_from is not None:
         problems = []
         if resume_from.fingerprint != fp:
@@ -601,7 +665,9 @@ def _new_table(
                 f"max_batches {resume_from.max_batches} then, {max_batches} now)"
             )
         elif resume_from.setup is not None and resume_from.setup != setup:
-            problems.append("the validation data (e.g. another seed's split) or the analysed entries' settings differ")
+            problems += _differences(resume_from, data_digest, data_settings, measured) or [
+                "the validation data (e.g. another seed's split) or the analysed entries' settings differ"
+            ]
         if list(resume_from.input_shape) != shape:
             problems.append(f"the input shape differs ({resume_from.input_shape} then, {shape} now)")
         if problems:
@@ -683,6 +749,9 @@ def _new_table(
         max_batches=max_batches,
         fingerprint=fp,
         setup=setup,
+        data_digest=data_digest,
+        data_settings=data_settings,
+        measured=measured,
         input_shape=shape,
         model_macs=sum(macs.values()),
         grid=grids,

@@ -148,7 +148,14 @@ def test_sensitivity_resume_refuses_another_validation_split(tmp_path, mlp_check
     assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress").exit_code == 130
     monkeypatch.undo()
     other_seed = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--set", "seed=1")
-    assert_bad_input(other_seed, "another setup", "validation data")
+    assert_bad_input(other_seed, "another setup", "validation batches differ", "seed 0 then, 1 now")
+    # Each difference by name (it said "the validation data ... or the analysed entries' settings differ").
+    other = run(
+        "sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume",
+        "--set", "data.batch_size=16", "--set", "pruning.0.layers.exclude=[fc3]",
+    )  # fmt: skip
+    line = assert_bad_input(other, "data.batch_size 64 then, 16 now", "pruning[0].layers.exclude: [] then, ['fc3'] now")
+    assert "seed 0" not in line and "types" not in line, line
 
 
 def test_a_recipe_with_nothing_to_analyse_leaves_no_folder(tmp_path, mlp_checkpoint):
