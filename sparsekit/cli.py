@@ -98,7 +98,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             warnings.filterwarnings("ignore")
         first_interruption(reset=True)
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                interrupt = _interrupt_behind(err)
+                if interrupt is None:
+                    raise
+                raise interrupt from None  # a Ctrl-C that Python wrapped (see _interrupt_behind)
         except SparsekitError as err:
             if debug:
                 traceback.print_exc()
@@ -160,6 +166,19 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2)
 
     return wrapper
+
+
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) an exception was raised from or while handling, if any: Python wraps one that
+    arrives inside some of its own machinery (a class body's ``__set_name__`` raises RuntimeError "Error calling
+    __set_name__" from it, seen while pydantic built the recipe's classes during start-up)."""
+    seen = 0
+    cause: BaseException | None = err.__cause__ or err.__context__
+    while cause is not None and seen < 20:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return None
 
 
 def _device_flag(value: str | None) -> str | None:

@@ -935,6 +935,22 @@ def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp
     assert last == f"Interrupted: {stage}"
 
 
+def test_an_interrupt_python_wrapped_in_another_error_is_still_an_interrupt(tmp_path, mlp_checkpoint, monkeypatch):
+    # Python 3.11 raises RuntimeError("Error calling __set_name__ ...") from a Ctrl-C that lands while a class is
+    # built (pydantic's recipe classes, during start-up): it exited 1 with "unexpected failure".
+    import sparsekit.pipeline
+
+    def wrapped(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            raise RuntimeError("Error calling __set_name__ on 'PydanticDescriptorProxy' instance") from err
+
+    monkeypatch.setattr(sparsekit.pipeline, "load_data", wrapped)
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
+    assert last.startswith("Interrupted:") and "unexpected" not in last, last
+
+
 def test_an_interrupt_before_anything_was_kept_says_to_run_the_same_command_again(
     tmp_path, mlp_checkpoint, monkeypatch
 ):
