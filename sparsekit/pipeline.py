@@ -262,6 +262,10 @@ class Inputs:
     provenance: dict[str, Any] | None = None
     allow_changes: tuple[str, ...] = ()
     resumed_changes: list[str] = field(default_factory=list)
+    # The pruning section as written when `auto` entries were allocated per layer (its targets are checked at the
+    # end), and what the allocation had to say (e.g. exact channel counts where aligned blocks could not reach).
+    asked_pruning: list[dict[str, Any]] | None = None
+    allocation_notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -352,9 +356,17 @@ def run_prune(
             )
             with clock("plan"):
                 # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
+                asked = [spec.model_dump(mode="json") for spec in recipe.pruning]
                 recipe, table, allocation = allocate_for_run(
                     inputs, recipe, [folder.stage, out] if resume else [], progress=progress
                 )
+                if allocation:
+                    inputs.asked_pruning = asked
+                    inputs.allocation_notes = [
+                        f"pruning[{index}]: {entry['note']}"
+                        for index, entry in allocation["entries"].items()
+                        if entry.get("note")
+                    ]
                 if allocation and notify and main:
                     notify(allocation_summary(allocation))
                 rehearse(inputs, recipe)
@@ -640,6 +652,7 @@ def _measure_and_report(
         versions=_versions(),
         int8=int8,
         expectation=expectation,
+        recipe_asked=inputs.asked_pruning,
     )
     with clock("report", "drawing the plots"):
         plots.ready()  # never time latency while plots are being drawn
@@ -656,7 +669,7 @@ def _measure_and_report(
         storage["path"] = str(final_out / "model.onnx")
         report.storage = Storage.model_validate({**storage, **_storage_ratios(storage)})
     with clock("report"):
-        report.notes = [*inputs.loaded.notes, *notes(report)]
+        report.notes = [*inputs.loaded.notes, *inputs.allocation_notes, *notes(report)]
         if inputs.resumed_changes:
             schedule = (
                 "; the LR schedule follows the new epoch count from the resumed epoch on, so the rate can jump there"

@@ -491,6 +491,11 @@ class Report(_Closed):
     zeros: list[ZeroCheck]
     methods: list[MethodResult]
     recipe: dict[str, Any] = Field(description="the resolved recipe, overrides applied")
+    recipe_asked: list[dict[str, Any]] | None = Field(
+        None,
+        description="the recipe's pruning section as written, when sparsity: auto / ratio: auto entries were "
+        "allocated per layer (recipe then holds the allocated values); its targets are the ones checked",
+    )
     versions: dict[str, str]
     int8: Int8 | None = None
     sparse_storage: SparseStorage | None = Field(
@@ -964,9 +969,17 @@ def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -
     if outcomes is None:
         outcomes = _outcomes(report.methods, report.recipe, report.dense_layers, report.layers)[0]
     specs = [e if isinstance(e, dict) else {} for e in (report.recipe.get("pruning") or [])]
+    asked = [e if isinstance(e, dict) else {} for e in (report.recipe_asked or [])]
     checks = []
     for o, m in zip(outcomes, report.methods, strict=True):
         spec = specs[o.entry] if o.entry < len(specs) else {}
+        if o.entry < len(asked):
+            # An allocated entry holds the per-layer values chosen for its target: the target as written is the one
+            # to check (target_macs / target_latency are gone from the allocated entry).
+            spec = {
+                **spec,
+                **{k: asked[o.entry].get(k) for k in ("target_macs", "target_latency") if k in asked[o.entry]},
+            }
         checks += _entry_targets(o, m, spec, report)
     return checks
 

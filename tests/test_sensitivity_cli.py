@@ -173,3 +173,38 @@ def test_sensitivity_never_writes_into_home_or_an_inputs_folder(tmp_path, mlp_ch
     # mlp_checkpoint lies in tmp_path: an output folder holding it is refused, and nothing is written.
     assert_bad_input(run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", tmp_path), "contains the input")
     assert not list(home.iterdir()) and not (tmp_path / "sensitivity.json").exists()
+
+
+def test_a_target_macs_entry_is_checked_against_its_target_and_says_how_it_was_allocated(tmp_path):
+    # The allocated entry (per-layer ratios, target_macs gone) was all report.json knew: its only check compared the
+    # allocated ratio with itself, and the allocation's note (exact counts used) reached neither the terminal
+    # summary nor report.md.
+    import sparsekit
+    from examples.models import small_cnn
+
+    model_path = tmp_path / "cnn.pt"
+    sparsekit.save_model(
+        small_cnn(image_size=8, width=16), model_path, factory="examples.models:small_cnn",
+        kwargs={"image_size": 8, "width": 16}, input_shape=[1, 1, 8, 8],
+    )  # fmt: skip
+    recipe = tmp_path / "macs.yaml"
+    recipe.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 3}\n"
+        "pruning: [{method: structured, ratio: auto, target_macs: 0.2, round_to: 16, ignore: [fc2]}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    out = tmp_path / "o"
+    result = run("prune", model_path, recipe, "--arch", "examples.models:small_cnn", "-o", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe_asked"][0]["target_macs"] == 0.2 and report["recipe"]["pruning"][0]["target_macs"] is None
+    (check,) = [c for c in report["summary"]["targets"] if c["target"] == "target_macs"]
+    assert check["asked"] == 0.2
+    assert check["achieved"] == pytest.approx(report["pruned"]["macs"] / report["dense"]["macs"])
+    assert check["met"] == (check["achieved"] <= 0.2 * 1.02)
+    allocation = json.loads((out / "allocation.json").read_text())
+    said = [e["note"] for e in allocation["entries"].values() if e.get("note")]
+    assert said  # 16-channel blocks cannot reach 0.2 of this model's MACs: exact counts, and the run says so
+    for note in said:  # whatever the allocation had to say is in the report's notes and report.md too
+        assert any(note in n for n in report["notes"])
+        assert note in (out / "report.md").read_text()
