@@ -16,7 +16,7 @@ from onnx import TensorProto
 
 import sparsekit
 from examples.models import lenet_300_100, mlp
-from sparsekit.cli import main
+from sparsekit.cli import _sparse_storage_line, main
 from sparsekit.errors import ExportError
 from sparsekit.onnx import written_by_sparsekit
 from sparsekit.onnx.export import export_int8
@@ -217,3 +217,44 @@ def test_int8_export_notes_say_how_to_compare_and_when_the_file_is_not_smaller(t
     assert result.exit_code == 0, result.stderr
     assert "the int8 file is not smaller than fp32" in result.stdout
     assert "FILE.fp32.onnx" not in result.stdout and "export again with --keep-fp32" in result.stdout
+
+
+def test_forced_sparse_storage_says_what_it_did_in_figures(tmp_path, mlp_checkpoint):
+    # It printed "Stored ... with sparse initializers ... saves disk" for a file with no sparse initializer in it,
+    # and "saves disk" beside a gzip size 1.105x the dense one.
+    half = tmp_path / "half.onnx"
+    result = run("export", mlp_checkpoint, "--arch", "examples.models:mlp", "-o", half, "--storage", "sparse")
+    assert result.exit_code == 0, result.stderr
+    assert not onnx.load(str(half)).graph.sparse_initializer  # a trained, unpruned model: nothing shrinks sparse
+    assert f"Stored {half} with dense initializers after all: no weight is smaller stored sparse" in result.stdout
+    res = json.loads(
+        run(
+            "export", mlp_checkpoint, "--arch", "examples.models:mlp", "-o", half, "--storage", "sparse", "--json"
+        ).stdout
+    )
+    assert res["storage"]["mode"] == "sparse" and res["storage"]["encoding"] == "dense"
+
+    from sparsekit.masks import bake
+
+    model = sparsekit.load_model(mlp_checkpoint, arch="examples.models:mlp")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(p.abs() > p.abs().flatten().kthvalue(int(p.numel() * 0.97)).values)
+    sparse_pt = tmp_path / "sparse.pt"
+    kwargs = {"in_features": 64, "hidden": [64, 32]}
+    sparsekit.save_model(bake(model), sparse_pt, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    out = tmp_path / "sparse.onnx"
+    result = run("export", sparse_pt, "--arch", "examples.models:mlp", "-o", out, "--storage", "sparse", "--json")
+    assert result.exit_code == 0, result.stderr
+    st = json.loads(result.stdout)["storage"]
+    assert st["encoding"] == "sparse" and onnx.load(str(out)).graph.sparse_initializer
+    line = _sparse_storage_line(out, st)
+    raw, gz = st["bytes"] / st["dense"]["bytes"], st["gzip_bytes"] / st["dense"]["gzip_bytes"]
+    assert f"({raw:.3f}x of dense storage)" in line and f"({gz:.3f}x)" in line
+    assert ("saves disk" in line) == (raw < 1 and gz < 1)
+    assert ("larger after gzip" in line) == (gz >= 1)
+    bigger = {**st, "gzip_bytes": st["dense"]["gzip_bytes"] + 1}  # the wording follows the figures
+    assert "saves disk" not in _sparse_storage_line(out, bigger) and "larger after gzip" in _sparse_storage_line(
+        out, bigger
+    )

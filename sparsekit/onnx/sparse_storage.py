@@ -310,7 +310,7 @@ def choose_storage(
                     raise
                 chosen, reason = "dense", f"the sparse-storage candidate failed its checks ({e})"
             else:
-                if built is None:
+                if built is None or built["sparse_initializers"] == 0:  # (forced: the same tensors, re-saved)
                     chosen, reason = "dense", "no weight is smaller stored sparse"
                 else:
                     sparse_info = {
@@ -326,8 +326,6 @@ def choose_storage(
             publish(candidate, final)
             verified = built["verified"]
             identical = None if verified is None else verified["ok"]
-            if verified is None and sparse_info and sparse_info["sparse_initializers"] == 0:
-                identical = True  # nothing went sparse: the same tensors, re-saved
         elif final.resolve() != src.resolve():
             _copy_onnx(src, work, final)
     shipped = sparse_info if chosen == "sparse" and sparse_info else dense
