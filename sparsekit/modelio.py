@@ -377,7 +377,9 @@ def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
         )
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
+def load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str, kwargs: dict[str, Any] | None = None
+) -> None:
     """Copy ``state`` (parameter name -> tensor, read from ``path``) into ``model`` strictly: every key
     present, none extra, every shape equal, dense tensors of the model's kind (floating or integer).
     ``factory`` names the architecture in messages. Raises :class:`ModelFileError` naming the missing,
@@ -419,11 +421,15 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, f
                 if k in state
             )
         )
+        built = f"with kwargs {_short(kwargs)}" if kwargs else "with no kwargs"
         hint = (
-            "The file's layers are narrower than the architecture builds: a structurally pruned model saved "
-            "without its pruning history; save it with sparsekit.save_model(model, path, factory, pruner=pruner)"
+            f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
+            "weights were made with (those given with it, or model.kwargs in the recipe), or the model was "
+            "structurally pruned and saved without its pruning history (save it with "
+            "sparsekit.save_model(model, path, factory, pruner=pruner))"
             if shapes and narrowed
-            else "Check the architecture and its kwargs (those given with it, or model.kwargs in the recipe)"
+            else f"Check the architecture and its kwargs ({built[5:]}: those given with it, or model.kwargs in the "
+            "recipe)"
         )
         raise ModelFileError(f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. {hint}")
     try:
@@ -565,7 +571,7 @@ def read_model(
             model = replay_history(model, history, input_shape)
         except ModelFileError as err:
             raise ModelFileError(f"{path}: {quoted(err)}") from None
-    load_weights(model, state, path, factory)
+    load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
     shape = list(input_shape) if input_shape else None
     return LoadedModel(model.eval(), factory, dict(kwargs), shape, history, kind, notes=notes)

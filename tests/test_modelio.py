@@ -108,6 +108,9 @@ def test_narrower_weights_without_history_get_an_error_naming_the_cause(tmp_path
     torch.save(small.state_dict(), tmp_path / "w.pt")
     with pytest.raises(ModelFileError, match=r"narrower than the architecture builds.*pruner=pruner"):
         sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
+    # Wrong kwargs are the likelier cause, so they come first, with the ones used.
+    with pytest.raises(ModelFileError, match=r"with kwargs \{'hidden': \[64, 32\]\}: either it needs"):
+        read_model(tmp_path / "w.pt", arch="examples.models:mlp", kwargs={"hidden": [64, 32]})
     torch.save(lenet_300_100().state_dict(), tmp_path / "other.pt")  # another model: the usual advice
     with pytest.raises(ModelFileError, match=r"Check the architecture and its kwargs"):
         sparsekit.load_model(tmp_path / "other.pt", arch="examples.models:mlp")
