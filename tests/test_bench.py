@@ -73,9 +73,18 @@ def test_smaller_model_is_faster(files):
     small = result["files"][1]
     assert small["ratio_to_first"]["32"]["p50"] < 0.5  # ~40x fewer MACs
     assert small["ratio_to_first"]["32"]["spread"][1] < 1.0
+    assert result["notes"] == []  # the same input: before and after pruning, say
     assert small["speedup_significant"]["32"] is True
     table = latency_table(result)
     assert "| big.onnx | 32 |" in table and "| small.onnx | 32 |" in table and "A/A control" in table
+
+
+def test_files_that_take_different_inputs_are_compared_with_a_note(files):
+    # A 16-feature model against a 784-feature one gave "0.06x ... significant: yes" without a word.
+    result = benchmark([files["big"], files["tiny"]], batch_sizes=[1], runs=5, warmup=1)
+    (note,) = result["notes"]
+    assert "different inputs" in note and "['batch', 784]" in note and "['batch', 16]" in note
+    assert f"Note: {note}" in latency_table(result)
 
 
 @pytest.mark.parametrize(

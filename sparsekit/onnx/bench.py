@@ -110,12 +110,13 @@ def benchmark(
     ``runs`` runs. Sizes and MACs are read once the sessions are closed, so their memory never adds to the
     sessions'.
 
-    Returns ``{"threads", "provider", "warmup", "runs", "runs_done", "budget_s", "min_runs", "precision", "seed",
-    "batch_sizes", "onnxruntime", "files", "control"}`` (``runs_done``: timed runs
+    Returns ``{"notes", "threads", "provider", "warmup", "runs", "runs_done", "budget_s", "min_runs", "precision",
+    "seed", "batch_sizes", "onnxruntime", "files", "control"}`` (``runs_done``: timed runs
     per session at each batch size, ``{"1": n, ...}``); each file has :func:`~sparsekit.onnx.stats.size_report` (bytes),
     ``macs``/``effective_macs``, ``latency_ms`` (p50/p90/p99/mean per batch size, in ms),
     ``throughput_per_s`` (samples/s), ``ratio_to_first`` (p50 ratio and its spread over blocks of
-    runs), ``speedup_significant`` and ``noise_band``; ``control`` is the A/A ratio per batch size.
+    runs), ``speedup_significant`` and ``noise_band``; ``control`` is the A/A ratio per batch size; ``notes``
+    says when the files take different inputs (their ratios then compare different models).
     Raises :class:`ExportError` for bad options, an unavailable provider, a batch too big for the
     memory, and a file that is not ONNX, keeps external data outside its folder (checked before
     onnxruntime opens it) or does not load in onnxruntime.
@@ -208,6 +209,7 @@ def latency_table(result: dict[str, Any]) -> str:
     ]
     if sizes:
         lines.append("Sizes: " + "; ".join(sizes))
+    lines += [f"Note: {note}" for note in result.get("notes") or []]
     return "\n".join(lines)
 
 
@@ -455,7 +457,18 @@ def _summarise(
                 "noise_band": bands,
             }
         )
+    labels = _labels(files)
+    others = [f"{labels[i]} takes {['batch', *d]}" for i, d in enumerate(dims) if d != dims[0]]
+    notes = (
+        [
+            f"the files take different inputs ({labels[0]} takes {['batch', *dims[0]]}; {'; '.join(others)}): "
+            "their ratios compare different models, not a model before and after pruning"
+        ]
+        if others
+        else []
+    )
     return {
+        "notes": notes,
         "threads": threads,
         "provider": provider,
         "warmup": warmup,
