@@ -276,6 +276,7 @@ class Measured:
     stats: dict[str, Any]
     layers: list[dict[str, Any]]
     export: dict[str, Any]
+    samples: int = 0  # validation samples evaluated
 
     def onnx_info(self) -> dict[str, Any]:
         """The opset read back from the file, the exporter that wrote it and why, if it was not the asked one."""
@@ -634,6 +635,7 @@ def _measure_and_report(
             "train_batches": len(inputs.bundle.train),
             "val_batches": len(inputs.bundle.val),
             "processes": _distributed.world_size(),
+            "val_samples": dense.samples,
             "classes": inputs.bundle.num_classes,
             "device": str(device),
             "normalize": recipe.data.normalize,
@@ -718,14 +720,15 @@ def measure(
     clock = clock or PhaseClock()
     ex = recipe.export
     with clock(eval_phase):
-        metrics = evaluate(model, inputs.bundle.val)
+        counts: dict[str, int] = {}
+        metrics = evaluate(model, inputs.bundle.val, counts=counts)
         stats = model_stats(model, inputs.shape)
         layers = layer_report(model, inputs.shape)
     with interrupted_while(f"exporting {onnx_path.name}{clock.note}"):
         exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
     for phase, seconds in exported["seconds"].items():
         clock.add(phase, seconds)
-    return Measured(metrics, stats, layers, exported)
+    return Measured(metrics, stats, layers, exported, counts.get("samples", 0))
 
 
 def _log_folder(log_dir: str | Path, out: Path) -> Path:

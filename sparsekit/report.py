@@ -60,6 +60,9 @@ class DataInfo(_Closed):
     train_batches: int
     val_batches: int
     processes: int = Field(1, description="training processes (torchrun ranks); each trained 1/processes of the data")
+    val_samples: int | None = Field(
+        None, description="validation samples the accuracies were measured on; null in reports written before it"
+    )
     classes: int | None = Field(None, description="the model's outputs (classes); null in reports written before it")
     device: str = Field("cpu", description="where the model trained (cpu, cuda:0, ...)")
     normalize: str | None = Field(
@@ -1181,12 +1184,22 @@ def _slower_after_removal(report: Report) -> str:
     return ", ".join(slow)
 
 
+#: Below this many validation samples the report says its accuracies are coarse (a step of 1/n is >= 1 point).
+FEW_VAL_SAMPLES = 100
+
+
 def notes(report: Report) -> list[str]:
     """What the summary does not already say and the user should know or do: one sentence each.
     Asked vs achieved, a method that achieved nothing, and every dense -> pruned figure with its verdict
     are in :func:`summarize` instead."""
     d, p = report.dense, report.pruned
     out = []
+    n = report.data.val_samples
+    if n is not None and 0 < n < FEW_VAL_SAMPLES:
+        out.append(
+            f"The validation split holds only {n} sample(s): accuracy moves in steps of {1 / n:.3f}, so the dense -> "
+            "pruned accuracies say little; give more data or a larger data.val_fraction."
+        )
     dead = [r.name for r in report.layers if r.params and r.nonzero_params == 0]
     if dead:
         out.append(

@@ -138,11 +138,14 @@ def frozen_teacher(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Iterable, max_batches: int | None = None, *, counts: dict[str, int] | None = None
+) -> dict[str, float]:
     """``{"accuracy": top-1 (0..1), "loss": mean cross-entropy (nats per sample)}`` of ``model`` over
     ``loader``'s ``(inputs [N, ...], labels [N])`` batches (the first ``max_batches`` when given), in
     eval mode and without gradients; the model's train/eval mode is restored. Both are 0.0 for an
-    empty loader. Raises :class:`~sparsekit.errors.DataError` when a batch is malformed, the model
+    empty loader. ``counts``, when given, receives ``"samples"``: how many were evaluated. Raises
+    :class:`~sparsekit.errors.DataError` when a batch is malformed, the model
     fails on it or a label is outside its outputs."""
     was_training = model.training
     model.eval()
@@ -156,6 +159,8 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: int | None = None)
         correct += int((out.argmax(1) == y.to(out.device)).sum())
         total += int(y.numel())
     model.train(was_training)
+    if counts is not None:
+        counts["samples"] = total
     return {"accuracy": correct / total if total else 0.0, "loss": loss_sum / total if total else 0.0}
 
 

@@ -50,11 +50,11 @@ class InterruptOnEvaluate:
         for mod, name in self.targets:
             monkeypatch.setattr(mod, name, self)
 
-    def __call__(self, model, loader):
+    def __call__(self, model, loader, *args, **kwargs):
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
-        return self.real(model, loader)
+        return self.real(model, loader, *args, **kwargs)
 
     def restore(self) -> None:
         for mod, name in self.targets:

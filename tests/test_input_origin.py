@@ -173,3 +173,24 @@ def test_an_interrupt_between_phases_says_what_ran_last(tmp_path, mlp_checkpoint
     assert result.exit_code == 130, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Interrupted: after starting the plot worker, before training started"), last
+
+
+def test_a_tiny_validation_split_is_said_to_measure_little(tmp_path, mlp_checkpoint):
+    import numpy as np
+
+    # 3 samples gave "accuracy 0.0 -> 0.0, same accuracy" without a word on what that is worth.
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x=rng.standard_normal((30, 64)).astype(np.float32), y=rng.integers(0, 10, 30))
+    out = tmp_path / "o"
+    args = ("prune", mlp_checkpoint, recipe_file(tmp_path), "--arch", "examples.models:mlp", *FAST)
+    result = run(*args, "-o", out, "--data", npz)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    n = report["data"]["val_samples"]
+    assert 0 < n < 30
+    assert any(f"holds only {n} sample(s)" in note for note in report["notes"])
+    big = run(*args, "-o", tmp_path / "o2")  # digits: 360 validation images
+    assert big.exit_code == 0, big.stderr
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert report["data"]["val_samples"] >= 100 and not any("holds only" in note for note in report["notes"])
