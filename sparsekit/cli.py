@@ -40,6 +40,7 @@ FLAGS = {
     "allow_change": "--allow-change",
     "arch": "--arch",
     "data": "--data",
+    "device": "--device",
     "input_shape": "--input-shape",
     "output": "-o",
     "overwrite": "--overwrite",

@@ -86,7 +86,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")  # more processes than GPUs: auto means CPU for all (gloo)
     if name == "cpu":
         return torch.device("cpu")
-    fix = f"use auto or cpu ({option('set', 'finetune.device=cpu')})"
+    fix = f"use auto or cpu ({option('device', 'cpu')})"
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise RecipeError(f"finetune.device: 'mps', but this torch has no usable MPS device; {fix}")
@@ -108,7 +108,7 @@ def resolve_device(name: str) -> torch.device:
     if launched():
         raise RecipeError(
             f"finetune.device: {name!r} in a run of {os.environ.get('WORLD_SIZE')} processes: each process uses "
-            f"cuda:LOCAL_RANK; ask for 'cuda' ({option('set', 'finetune.device=cuda')})"
+            f"cuda:LOCAL_RANK; ask for 'cuda' ({option('device', 'cuda')})"
         )
     if index >= count:
         raise RecipeError(f"finetune.device: {name!r}, but only {count} CUDA device(s) are visible (cuda:0..)")

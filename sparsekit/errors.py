@@ -19,6 +19,7 @@ API_SPELLING = {
     "allow_change": "allow_changes=[...]",
     "arch": "arch='pkg.module:callable'",
     "data": "data=...",
+    "device": "overrides=['finetune.device=...']",
     "input_shape": "input_shape=[...]",
     "output": "out=...",
     "overwrite": "overwrite=True",
@@ -41,6 +42,8 @@ def _api_spelling(name: str, value: str) -> str:
         return API_SPELLING.get(name, name)
     if name == "set":
         return f"overrides=[{value!r}]"
+    if name == "device":
+        return f"overrides=[{'finetune.device=' + value!r}]"
     if name == "allow_change":
         return f"allow_changes=[{', '.join(repr(v) for v in value.split(','))}]"
     if name == "input_shape":

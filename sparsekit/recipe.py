@@ -1323,9 +1323,11 @@ def _message(e: Any) -> str:
     return short(e["msg"].removeprefix("Value error, "), 300)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, overrides: Sequence[str] = ()) -> str:
     """One line for a pydantic ``err``: ``source: path: problem; path: problem`` (at most
-    ``MAX_ERRORS_SHOWN`` problems, each with its YAML path, e.g. ``pruning[0].sparsity``)."""
+    ``MAX_ERRORS_SHOWN`` problems, each with its YAML path, e.g. ``pruning[0].sparsity``). When every problem
+    is in a field one of ``overrides`` (``key.path=value``) set, those overrides are named instead of
+    ``source``: the file does not hold the faulty value."""
     errors = err.errors()
     # `sparsty: 0.5` also makes `sparsity` missing: the unknown key's "did you mean" says it all.
     meant = set()
@@ -1344,19 +1346,33 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         lines.append(f"{where}: {_message(e)}" if where else _message(e))
     if len(errors) > MAX_ERRORS_SHOWN:
         lines.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
+    culprits = [_override_of(e["loc"], overrides) for e in errors]
+    if overrides and culprits and all(culprits):
+        source = ", ".join(option("set", short(c, 120)) for c in dict.fromkeys(c for c in culprits if c))
     return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
 
 
-def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
+def _override_of(loc: Sequence[Any], overrides: Sequence[str]) -> str | None:
+    """The last of ``overrides`` that set the field at ``loc`` (itself or a mapping holding it), or None."""
+    path = re.sub(r"\[(\d+)\]", r".\1", _path(tuple(loc)))  # pruning[0].sparsity -> pruning.0.sparsity
+    for item in reversed(overrides):
+        key = str(item).partition("=")[0].strip()
+        if path and (path == key or path.startswith(key + ".")):
+            return str(item)
+    return None
+
+
+def validate_recipe(data: Any, source: str = "recipe", overrides: Sequence[str] = ()) -> Recipe:
     """Validate a mapping (parsed YAML, or a dict built in Python) into a :class:`Recipe`; RecipeError naming
-    ``source`` and the field at fault for anything else, including values that are not plain data."""
+    ``source`` (or the ``overrides`` that set every faulty field) and the field at fault for anything else,
+    including values that are not plain data."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a YAML mapping (got {type(data).__name__})")
     check_plain_data(data, source)
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(format_validation_error(err, source)) from None
+        raise RecipeError(format_validation_error(err, source, overrides)) from None
 
 
 def as_recipe(recipe: Any) -> Recipe:
@@ -1394,7 +1410,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides, check_key=_override_key)
-    recipe = validate_recipe(data, str(path))
+    recipe = validate_recipe(data, str(path), overrides or ())
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
     recipe._overridden = frozenset(str(o).partition("=")[0].strip() for o in overrides or [])
     return recipe

@@ -194,3 +194,21 @@ def test_a_tiny_validation_split_is_said_to_measure_little(tmp_path, mlp_checkpo
     assert big.exit_code == 0, big.stderr
     report = json.loads((tmp_path / "o2" / "report.json").read_text())
     assert report["data"]["val_samples"] >= 100 and not any("holds only" in note for note in report["notes"])
+
+
+def test_a_bad_value_an_override_set_is_blamed_on_the_override_not_the_file(tmp_path):
+    recipe = recipe_file(tmp_path)
+    # It said "r.yaml: finetune.epochs: must be a number", a value the file does not hold.
+    line = assert_bad_input(
+        run("validate", recipe, "--set", "finetune.epochs=nan"), "--set finetune.epochs=nan: finetune"
+    )
+    assert "r.yaml" not in line, line
+    line = assert_bad_input(
+        run("validate", recipe, "--set", "pruning.0.sparsity=2", "--set", "finetune.epochs=3"),
+        "--set pruning.0.sparsity=2: pruning[0].sparsity",
+    )
+    assert "epochs" not in line, line
+    # A fault in the file itself beside one from an override: the file is named, as before.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({**RECIPE, "finetune": {"epochs": -1}}))
+    assert_bad_input(run("validate", bad, "--set", "pruning.0.sparsity=2"), f"{bad}: finetune.epochs")
