@@ -208,6 +208,18 @@ def test_min_channels_is_a_floor():
     assert min(s[0] for s in channels(final).values()) >= 3
 
 
+@pytest.mark.parametrize(("width", "ratio", "kept"), [(64, 0.3, 45), (63, 0.5, 32), (10, 0.25, 8), (40, 0.5, 20)])
+def test_without_round_to_a_layer_keeps_the_nearest_count(width, ratio, kept):
+    # 0.3 of 64 neurons removed 20 (0.312, truncating 44.8 kept to 44, as torch-pruning does), where 19 is nearest;
+    # a tie (31.5 of 63) keeps more, as round_to's rounding does.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 3))
+    spec = {"method": "structured", "ratio": ratio, "round_to": None, "schedule": "oneshot", "ignore": ["2"]}
+    r = sparsekit.Recipe(model={"input_shape": [1, 8]}, finetune={"epochs": 1}, pruning=[spec])
+    final = sparsekit.Pruner(model, r, steps_per_epoch=1).finalize()
+    assert final[0].out_features == kept and final[2].in_features == kept
+
+
 def test_a_ratio_that_empties_a_layer_names_it():
     with pytest.raises(TargetError, match="'conv1'"):
         prune(small_cnn(width=8, image_size=8), ratio=0.9)

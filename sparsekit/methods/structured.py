@@ -51,7 +51,9 @@ important units that fit (or skipped); torch-pruning's own guard is consulted be
 and after every event the model's forward pass is checked. :meth:`Structured.report` says, per layer,
 the fraction asked, the fraction achieved and why they differ (``per_layer``).
 
-``round_to`` (default 16, measured fastest, see benchmarks/README.md; ``null`` or 1: off) aligns channel
+A group that loses ``ratio`` of its channels keeps the nearest count (a tie keeps more; torch-pruning truncates
+the kept count, so 0.3 of 64 removed 20). ``round_to`` (default 16, measured fastest, see benchmarks/README.md;
+``null`` or 1: off) aligns channel
 counts for onnxruntime's CPU kernels, which handle other counts poorly (resnet_small with 30% of its
 channels removed measured slower than dense without it; see benchmarks/README.md): at every event, a group
 sized by ``ratio`` that loses channels keeps the nearest multiple of ``round_to`` (torch-pruning's
