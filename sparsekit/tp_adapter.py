@@ -559,6 +559,11 @@ class ChannelPruner:
         return _listed_once(self.graph.get_pruning_group(proposal.root, proposal.handler, list(idxs)))
 
     @property
+    def steps(self) -> int:
+        """Iterative steps in all."""
+        return self._steps
+
+    @property
     def steps_done(self) -> int:
         """Iterative steps taken; set it when resuming."""
         return self._step

@@ -689,6 +689,13 @@ def test_a_structured_layer_rounded_far_from_the_ratio_is_named_when_the_entry_t
     exact = _recipe([{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "round_to": 16}])
     dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 256]), exact, MLP_SHAPE)
     assert not [n for n in notes(_report(dense, model, pruner, exact, MLP_SHAPE)) if n.startswith("Layers ended")]
+    # A total that missed has its WARNING: the note, which says the total is within tolerance, is not added then.
+    coarse = _recipe([{"method": "structured", "ratio": 0.3, "schedule": "oneshot", "round_to": 16}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32, 48]), coarse, MLP_SHAPE)
+    report = _report(dense, model, pruner, coarse, MLP_SHAPE)
+    (check,) = check_targets(report)
+    assert not check.met  # 16 of 32 and 16 of 48 removed: 0.4 of 80, for 0.3 asked
+    assert not [n for n in notes(report) if n.startswith("Layers ended")]
 
 
 def test_a_run_that_left_its_layers_denser_than_they_came_says_by_how_much():

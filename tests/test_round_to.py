@@ -104,14 +104,15 @@ def test_kept_channels_are_multiples_where_a_layer_was_pruned(ratio, scope):
 def test_uneven_counts_without_round_to_and_the_reason_with_it():
     torch.manual_seed(0)
     plain, _ = prune(small_cnn(width=16, image_size=8), ratio=0.3, round_to=None)
-    assert [outs(plain)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [11, 22, 44, 89]
+    # the nearest counts of 0.7 of 16/32/64/128 (11.2, 22.4, 44.8, 89.6); torch-pruning truncates to 44 and 89
+    assert [outs(plain)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [11, 22, 45, 90]
     torch.manual_seed(0)
     final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.3)  # the default, 16
     assert [outs(final)[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [8, 16, 48, 96]
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["conv2"]["asked"] == pytest.approx(0.3) and rows["conv2"]["achieved"] == pytest.approx(0.5)
     assert rows["conv2"]["reason"] == "round_to 16: keeps 16 of 32 channels, 22 rounded to the nearest multiple of 16"
-    assert rows["fc1"]["reason"] == "round_to 16: keeps 96 of 128 channels, 89 rounded to the nearest multiple of 16"
+    assert rows["fc1"]["reason"] == "round_to 16: keeps 96 of 128 channels, 90 rounded to the nearest multiple of 16"
     assert rows["conv1"]["reason"] == (
         "round_to 16: keeps 8 of 16 channels, 11 rounded to the nearest multiple of 8 (half of round_to: the layer "
         "is narrower than 32)"
@@ -139,15 +140,15 @@ def test_min_channels_is_respected_by_rounding_up():
     torch.manual_seed(0)
     final, pruner = prune(small_cnn(width=16, image_size=8), ratio=0.7, round_to=8, min_channels=12)
     shapes = outs(final)
-    # conv1 16 -> 4 asked, floored at 12, aligned up to 16: kept whole; conv2 32 -> 9 -> 16; conv3 64 -> 19 -> 16;
+    # conv1 16 -> 5 asked, floored at 12, aligned up to 16: kept whole; conv2 32 -> 10 -> 16; conv3 64 -> 19 -> 16;
     # fc1 128 -> 38 -> 40 (the nearest multiple)
     assert [shapes[n] for n in ("conv1", "conv2", "conv3", "fc1")] == [16, 16, 16, 40]
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["conv2"]["reason"] == (
-        "round_to 8: keeps 16 of 32 channels, up from 9 to the first multiple of 8 at or above min_channels 12"
+        "round_to 8: keeps 16 of 32 channels, up from 10 to the first multiple of 8 at or above min_channels 12"
     )
     assert rows["conv1"]["reason"].startswith(
-        "round_to 8: keeps all 16 channels instead of 4: no multiple of 8 below 16"
+        "round_to 8: keeps all 16 channels instead of 5: no multiple of 8 below 16"
     )
 
 
@@ -197,3 +198,27 @@ def test_reasons_name_the_multiple_a_grouped_or_narrow_layer_kept():
     assert wide.endswith("rounded to the nearest multiple of 48 (round_to and the grouped conv's blocks)"), wide
     narrow = _rounding_reason(_rounding(48, 33, 24, 16, 1, 3))  # narrower than 96: multiples of 24
     assert narrow.endswith("multiple of 24 (half of round_to: the layer is narrower than 96)"), narrow
+
+
+def test_a_reason_from_a_later_removal_step_says_the_width_it_rounded():
+    # "keeps all 48 channels instead of 44: the full width is the nearest aligned count" of a 64-channel layer: 48
+    # was its width at the second of two removal steps, not its own.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3))
+    spec = {
+        "method": "structured",
+        "ratio": 0.3,
+        "steps": 2,
+        "ignore": ["2"],
+        "schedule": {"start_epoch": 0, "end_epoch": 1},
+    }
+    r = sparsekit.Recipe(model={"input_shape": [1, 8]}, finetune={"epochs": 2}, pruning=[spec])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=1)
+    for _ in range(2):
+        pruner.step()
+    assert pruner.model[0].out_features == 48  # 54 -> 48 at step 1; 45 asked of 48 at step 2 keeps all 48
+    reason = pruner.methods[0].report()["per_layer"]["0"]["reason"]
+    assert reason == (
+        "round_to 16, at removal step 2 of 2 with 48 channels left: keeps all 48 channels instead of 45: 48 is the "
+        "nearest multiple of 16"
+    )

@@ -639,7 +639,7 @@ class Structured:
                 if rounding is None:
                     self.rounding.pop(name, None)
                 else:
-                    self.rounding[name] = _rounding_reason(rounding)
+                    self.rounding[name] = _rounding_reason(rounding, self._tp.steps_done, self._tp.steps)
             self._tp.rounded.clear()
 
     def _remove_proposal(self, proposal: tpa.Proposal) -> None:
@@ -736,33 +736,34 @@ class Structured:
         return group, reason
 
 
-def _rounding_reason(r: tpa.Rounding) -> str:
-    """How ``per_layer[...]["reason"]`` says what ``round_to`` did to a layer (see :func:`tpa.aligned_keep`)."""
+def _rounding_reason(r: tpa.Rounding, step: int = 1, steps: int = 1) -> str:
+    """How ``per_layer[...]["reason"]`` says what ``round_to`` did to a layer (see :func:`tpa.aligned_keep`) at
+    removal step ``step`` of ``steps`` (said when there are several: the layer's width then is not its own)."""
     m = r.multiple or r.round_to  # with a grouped conv's blocks; half of round_to for a narrow group
     of = f"{m}"
     if r.halved:
         of += f" (half of round_to: the layer is narrower than {4 * m})"  # twice the full multiple, 2 * m
     elif m != r.round_to:
         of += " (round_to and the grouped conv's blocks)"
+    head = f"round_to {r.round_to}"
+    if steps > 1:
+        head += f", at removal step {step} of {steps} with {r.channels} channels left"
     if r.kept == r.channels and r.asked // m * m >= max(r.floor, 1):
         return (
-            f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: the full width is "
-            f"the nearest aligned count"
+            f"{head}: keeps all {r.channels} channels instead of {r.asked}: {r.channels} is the nearest multiple of "
+            f"{of}"
         )
     if r.kept == r.channels:
         return (
-            f"round_to {r.round_to}: keeps all {r.channels} channels instead of {r.asked}: no multiple of "
-            f"{of} below {r.channels} is at or above min_channels {r.floor}"
+            f"{head}: keeps all {r.channels} channels instead of {r.asked}: no multiple of {of} below {r.channels} "
+            f"is at or above min_channels {r.floor}"
         )
     if r.kept > r.asked and r.asked // m * m < r.floor:
         return (
-            f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, up from {r.asked} to the first "
-            f"multiple of {of} at or above min_channels {r.floor}"
+            f"{head}: keeps {r.kept} of {r.channels} channels, up from {r.asked} to the first multiple of {of} at or "
+            f"above min_channels {r.floor}"
         )
-    return (
-        f"round_to {r.round_to}: keeps {r.kept} of {r.channels} channels, {r.asked} rounded to the nearest "
-        f"multiple of {of}"
-    )
+    return f"{head}: keeps {r.kept} of {r.channels} channels, {r.asked} rounded to the nearest multiple of {of}"
 
 
 def _expand(model: nn.Module, pattern: str) -> list[str]:
