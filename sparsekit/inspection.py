@@ -370,7 +370,7 @@ def _onnx_rows(
             bias_name = bias_after(node.output[0])
         n, nz = int(w.size), int(np.count_nonzero(w))
         params, nonzero = n, nz
-        first = read.get(node.input[1])  # an earlier row reads the same stored tensor
+        first = read.get(origin)  # an earlier row reads the same stored tensor (directly or through an Identity)
         key = node.name or node.output[0]
         # The name the node reads the weight by: an Identity's output (`2.weight`) names this layer, the
         # stored tensor it aliases (`0.weight`) another one; a tied weight's later users by their node.
@@ -388,15 +388,15 @@ def _onnx_rows(
         shared_with = first if tied else None
         shared = (n, nz) if shared_with else (0, 0)
         used.add(origin)
-        read.setdefault(node.input[1], name)
+        read.setdefault(origin, name)
         if bias_name is not None:
             bias, bias_origin = arrays[bias_name]
             b, bnz = int(bias.size), int(np.count_nonzero(bias))
             params, nonzero = params + b, nonzero + bnz
-            if bias_name in read and shared_with:
+            if bias_origin in read and shared_with:
                 shared = (shared[0] + b, shared[1] + bnz)
             used.add(bias_origin)
-            read.setdefault(bias_name, name)
+            read.setdefault(bias_origin, name)
         # torch's layout, [out, in]: a MatMul's weight is stored [in, out] (dynamic int8 stores Gemm weights so).
         matmul = node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2 and node.input[1] not in transposed
         shape = list(w.shape)[::-1] if matmul else list(w.shape)

@@ -397,6 +397,41 @@ def test_tied_and_reshaping_models_give_the_same_rows_for_pt_and_onnx(tmp_path, 
     assert "fc2 shares its weight with fc1 (tied)" in text and "MACs unknown" not in text
 
 
+class _TiedNoBias(torch.nn.Module):
+    """enc and dec share a bias-free weight: torch exports them as MatMuls, dec's weight through an Identity."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(64, 64, bias=False)
+        self.mid = torch.nn.Linear(64, 64)
+        self.dec = torch.nn.Linear(64, 64, bias=False)
+        self.dec.weight = self.enc.weight
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.dec(torch.relu(self.mid(torch.relu(self.enc(x)))))))
+
+
+def test_a_bias_free_tie_read_through_an_identity_counts_once_and_keeps_its_macs(tmp_path):
+    # inspect of the ONNX file counted the shared weight twice (13,002 params for 8,906) and had no MACs for dec.
+    torch.manual_seed(0)
+    model = _TiedNoBias().eval()
+    with torch.no_grad():
+        model.enc.weight.mul_(model.enc.weight.abs() > 0.05)
+    pt, onnx_path = tmp_path / "m.pt", tmp_path / "m.onnx"
+    torch.save(model.state_dict(), pt)
+    sparsekit.export_onnx(model, onnx_path, [1, 64], exporter="torchscript")
+    import onnx
+
+    assert any(n.op_type == "Identity" for n in onnx.load(str(onnx_path)).graph.node)
+    a = inspected(pt, "--arch", f"{__name__}:_TiedNoBias", "--input-shape", "1,64")
+    b = inspected(onnx_path)
+    assert a["params"] == b["params"] == sum(p.numel() for p in model.parameters())
+    assert a["nonzero_params"] == b["nonzero_params"]
+    assert b["macs"] == a["macs"] == 3 * 64 * 64 + 640
+    assert {r["name"]: r.get("shared_with") for r in b["layers"]}["dec"] == "enc"
+
+
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_equal_but_untied_layers_count_for_each_layer(tmp_path, exporter):
     # deepcopy'd blocks start equal; the dynamo exporter stores equal tensors once and every layer reads that one

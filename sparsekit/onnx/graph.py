@@ -50,6 +50,9 @@ def onnx_macs(path: PathLike) -> dict[str, Any]:
 def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
     batch_one = {i.name: [1] for i in graph_inputs(model)}  # a symbolic batch dim only; fixed ones stay
     weights = _weights(model.graph)
+    for node in model.graph.node:  # a weight handed out through an Identity (a tied layer's, as torch exports it)
+        if node.op_type == "Identity" and node.input and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     drop_weight_values(model)  # read into `weights`; this parse is the memo's own, so it may be changed
     inferred = _inferred_graph(model, batch_one, keep_fixed=True)
     shapes = _static_shapes(inferred if inferred is not None else model.graph)
