@@ -680,6 +680,12 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
             extra.append(f"ratios chosen for latency {spec['target_latency']:g}x")
         if own:
             extra.append(f"own ratios for {len(own)} layer(s), their counts kept as given")
+        if ratio == "auto" and (spec.get("target_macs") or spec.get("target_latency")):
+            aim = (
+                f"MACs {spec['target_macs']:g}x" if spec.get("target_macs") else f"latency {spec['target_latency']:g}x"
+            )
+            extra = [e for e in extra if not e.startswith("ratios chosen for")]
+            return f"remove output channels down to {aim} of dense, {scope} ({', '.join(extra)}){when}"
         value = "–" if ratio in (None, "auto") else f"{float(ratio):.3f}"
         return f"remove {value} of the output channels, {scope} ({', '.join(extra)}){when}"
     if method == "l1":
@@ -892,13 +898,24 @@ def _data_words(report: Report) -> str:
 
 
 def _outcomes(
-    methods: list[MethodResult], recipe: dict[str, Any], dense_layers: list[Layer], layers: list[Layer]
+    methods: list[MethodResult],
+    recipe: dict[str, Any],
+    dense_layers: list[Layer],
+    layers: list[Layer],
+    asked: list[dict[str, Any]] | None = None,
 ) -> tuple[list[MethodOutcome], list[str]]:
-    """Each entry's :class:`MethodOutcome`, and the prunable layers no entry selects."""
+    """Each entry's :class:`MethodOutcome`, and the prunable layers no entry selects. ``asked``: the pruning
+    section as written (report.json's ``recipe_asked``), whose ``ratio: auto`` entries are worded by their
+    MACs or latency target, not by the placeholder ratio the allocated entry holds."""
     specs = [e if isinstance(e, dict) else {} for e in (recipe.get("pruning") or [])]
     dense = {r.name: r for r in dense_layers}
     pruned = {r.name: r for r in layers}
     outcomes = [_outcome(i, m, specs[i] if i < len(specs) else {}, dense, pruned) for i, m in enumerate(methods)]
+    for o, m in zip(outcomes, methods, strict=True):
+        written = asked[o.entry] if asked and o.entry < len(asked) and isinstance(asked[o.entry], dict) else {}
+        if o.method == "structured" and written.get("ratio") == "auto":
+            keys = ("ratio", "target_macs", "target_latency")
+            o.target = target_words({**specs[o.entry], **{k: written.get(k) for k in keys}}, m)
     covered = {name for m in methods for name in m.layers}
     names = list(dense) + [n for n in pruned if n not in dense]
     return outcomes, [n for n in names if n not in covered]
@@ -908,7 +925,9 @@ def summarize(report: Report) -> Summary:
     """The headline of ``report`` (see :class:`Summary`): computed from the rest, so report.json's
     ``summary``, the terminal summary and report.md say the same."""
     d, p = report.dense, report.pruned
-    methods, excluded = _outcomes(report.methods, report.recipe, report.dense_layers, report.layers)
+    methods, excluded = _outcomes(
+        report.methods, report.recipe, report.dense_layers, report.layers, report.recipe_asked
+    )
     q = report.int8
     int8 = None
     if q is not None:
