@@ -177,11 +177,23 @@ def test_unverifiable_outputs_keep_auto_dense(exported, tmp_path, monkeypatch):
     ("mode", "encoding"), [("dense", "dense"), (False, "dense"), ("sparse", "sparse"), (True, "sparse")]
 )
 def test_forced_modes(exported, tmp_path, mode, encoding):
-    _, src = exported[0.0 if encoding == "sparse" else 0.98]  # each the opposite of what auto picks
+    _, src = exported[0.0 if encoding == "dense" else 0.98]
     info = choose_storage(src, tmp_path / "m.onnx", mode)
     assert info["encoding"] == encoding and info["mode"] == encoding
+    assert bool(onnx.load(str(tmp_path / "m.onnx")).graph.sparse_initializer) == (encoding == "sparse")
     x = np.random.default_rng(0).standard_normal((3, 64), dtype=np.float32)
     assert ort_run(tmp_path / "m.onnx", x).tobytes() == ort_run(src, x).tobytes()
+
+
+@pytest.mark.parametrize("mode", ["sparse", True])
+def test_forced_sparse_with_nothing_that_shrinks_sparse_stays_dense_and_says_so(exported, tmp_path, mode):
+    # It reported encoding "sparse" for a re-saved dense file without one sparse initializer.
+    _, src = exported[0.0]
+    info = choose_storage(src, tmp_path / "m.onnx", mode)
+    assert info["mode"] == "sparse" and info["encoding"] == "dense"
+    assert info["reason"] == "no weight is smaller stored sparse"
+    assert not onnx.load(str(tmp_path / "m.onnx")).graph.sparse_initializer
+    assert (tmp_path / "m.onnx").read_bytes() == src.read_bytes()
 
 
 @pytest.mark.parametrize("mode", ["Auto", "on", "", None, 1, "sparse "])
