@@ -92,36 +92,56 @@ _PICKLE_OPS_READ = 100_000  # opcodes read (never run) when naming what a plain 
 
 
 def _plain_pickle(path: Path) -> str | None:
-    """When ``path`` is a plain Python pickle (``pickle.dump``, not torch.save's zip or legacy format): why
-    sparsekit will not read it, naming the callables it refers to. Its opcodes are only parsed
-    (:func:`pickletools.genops`), never run. None for anything else."""
+    """When ``path`` is a plain Python pickle (``pickle.dump``, any protocol; not torch.save's zip or legacy format):
+    why sparsekit will not read it, naming the callables it refers to. Its opcodes are only parsed
+    (:func:`pickletools.genops`), never run; a stream that does not parse is no pickle (None, as for anything
+    else)."""
     import pickletools
 
+    names: list[str] = []
+    pushed: list[str | None] = []  # strings pushed so far (memo reads included), for STACK_GLOBAL's two operands
+    memo: dict[int, str | None] = {}
+    protocol = 0
     try:
         with open(path, "rb") as fh:
-            head = fh.read(2)
-            if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
-                return None
+            if fh.read(2) == b"PK":
+                return None  # a zip archive: torch's own format
             fh.seek(0)
-            names: list[str] = []
-            strings: list[str] = []
-            for k, (op, arg, _) in enumerate(pickletools.genops(fh)):
-                if k == 1 and op.name in ("LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
+            ops = 0
+            for op, arg, _ in pickletools.genops(fh):
+                name = op.name
+                protocol = max(protocol, op.proto)  # the highest protocol among its opcodes, as pickletools says
+                if name in ("PROTO", "FRAME"):
+                    protocol = arg if name == "PROTO" and isinstance(arg, int) else protocol
+                    continue
+                if ops == 0 and name in ("LONG", "LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
                     return None  # torch's legacy format
-                if op.name == "GLOBAL" and isinstance(arg, str):
+                ops += 1
+                if name in ("GLOBAL", "INST") and isinstance(arg, str):
                     names.append(arg.replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif name == "STACK_GLOBAL":
+                    module, attr = (pushed[-2:] + [None, None])[:2] if len(pushed) >= 2 else (None, None)
+                    names.append(f"{module}.{attr}" if module and attr else "a callable it builds by name")
+                elif name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = pushed[-1] if pushed else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(int(arg or 0)))
                 elif isinstance(arg, str):
-                    strings.append(arg[:200])
-                if op.name == "STOP" or k >= _PICKLE_OPS_READ:
+                    pushed.append(arg[:200])
+                if name == "STOP":
+                    if ops == 1:
+                        return None  # a lone STOP byte: no pickle worth the name
                     break
-    except Exception:  # noqa: BLE001 - a damaged stream: the names read so far are what it names
-        names = names if "names" in locals() else []
+                if ops >= _PICKLE_OPS_READ:
+                    break
+            else:
+                return None  # no STOP: not a complete pickle
+    except Exception:  # noqa: BLE001 - bytes that are no pickle stream (garbage, another format)
+        return None
     named = list(dict.fromkeys(names))
     what = f", naming {', '.join(shorten(n, 80) for n in named[:3])}" + (" and more" if len(named) > 3 else "")
     return (
-        f"a plain Python pickle, protocol {head[1]}{what if named else ''}: not torch.save's format, and sparsekit "
+        f"a plain Python pickle, protocol {protocol}{what if named else ''}: not torch.save's format, and sparsekit "
         "does not unpickle it, which would run the code it names"
     )
 

@@ -51,7 +51,7 @@ class _System:
 
 
 @pytest.mark.parametrize("trust", [[], ["--trust-model-file"]], ids=["untrusted", "trusted"])
-@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("protocol", [1, 2, 4, 5])
 def test_a_plain_pickle_is_named_for_what_it_is_and_never_unpickled(tmp_path, protocol, trust):
     canary = tmp_path / "canary"
     path = tmp_path / "model.pkl"
@@ -75,13 +75,33 @@ def test_a_plain_pickle_of_data_alone_is_named_too(tmp_path):
     assert "naming" not in line  # it names no callable
 
 
-def test_torch_legacy_format_is_not_taken_for_a_plain_pickle(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_torch_legacy_format_is_not_taken_for_a_plain_pickle(tmp_path, protocol):
     from examples.models import mlp
 
     path = tmp_path / "legacy.pt"
-    torch.save(mlp().state_dict(), path, _use_new_zipfile_serialization=False)
+    torch.save(mlp().state_dict(), path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
     result = run("inspect", path, "--arch", "examples.models:mlp", "--input-shape", "1,64", "--json")
-    assert result.exit_code == 0, result.stderr
+    if result.exit_code != 0:  # however torch reads it, it is never called a plain pickle
+        assert "plain Python pickle" not in result.stderr, result.stderr
+        assert_bad_input(result, str(path))
+
+
+class _Cwd:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_plain_pickle_names_the_callable_it_builds_from_memoized_names(tmp_path):
+    # [A(), "harmless", B()] reuses the module name "posix" from the pickle's memo: it was reported as naming
+    # "posix.getcwd, harmless.system", hiding posix.system.
+    canary = tmp_path / "canary"
+    path = tmp_path / "two.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump([_Cwd(), "harmless", _System(f"touch {canary}")], fh, protocol=4)
+    line = assert_bad_input(run("inspect", path, "--arch", "examples.models:mlp"), "plain Python pickle, protocol 4")
+    assert ".getcwd" in line and f"{os.system.__module__}.system" in line and "harmless.system" not in line, line
+    assert not canary.exists()
 
 
 def test_a_recipe_factory_the_checkpoint_overrides_is_said_not_silently_dropped(tmp_path, mlp_checkpoint, caplog):
