@@ -297,8 +297,15 @@ def apply_masks(model: nn.Module) -> None:
         _PLANS[model] = plan
 
 
+def forget_plan(model: nn.Module) -> None:
+    """Drop what :func:`apply_masks` kept for ``model`` (its masks' factors): the Pruner's model at finalize, which a
+    method may have replaced by another object."""
+    _PLANS.pop(model, None)
+
+
 def bake(model: nn.Module) -> nn.Module:
     """Zero masked weights for good (as +0.0) and remove the mask buffers: nothing of sparsekit stays behind."""
+    forget_plan(model)  # apply_masks' kept lists hold the masks' factors: they go with the masks
     for module in model.modules():
         mask = get_mask(module)
         if mask is not None:

@@ -551,7 +551,7 @@ def read_model(
         state = _state_dict_of(obj, path)
         if kwargs is None:
             kwargs = _fallback_kwargs(factory, fallback_factory, fallback_kwargs)
-    if kwargs_from is None and kwargs and kwargs is fallback_kwargs:  # said when the caller named the factory
+    if kwargs_from is None and kwargs_given is None and kwargs and kwargs is fallback_kwargs:  # (caller's factory)
         kwargs_from = f"{fallback_named_in or 'the recipe'}: model.kwargs"
     notes = []
     if fallback_factory and factory and factory != fallback_factory:
@@ -560,9 +560,10 @@ def read_model(
             f"{factory}, named by the caller, builds the model" if arch else f"{path} names its own factory {factory}"
         )
         dropped = " (nor its model.kwargs)" if fallback_kwargs else ""
-        notes.append(
-            f"{fallback_named_in or 'the recipe'}: model.factory {fallback_factory} was not used{dropped}: {chosen}"
-        )
+        named = f"{fallback_named_in or 'the recipe'}: model.factory {fallback_factory}"
+        if fallback_confirmed:  # set by an override: it is the recipe's fallback, which the checkpoint's own beats
+            named = f"the override model.factory={fallback_factory} (the recipe's, which only the arch option beats)"
+        notes.append(f"{named} was not used{dropped}: {chosen}")
     if factory and not arch and named_in is None and not fallback_confirmed:
         named_in, where = fallback_named_in or "the recipe", "model.factory"
     if not factory:

@@ -72,7 +72,10 @@ def resolve_model(
         fallback_named_in=recipe.source or "the recipe",
         fallback_confirmed=recipe.overridden("model.factory"),  # the caller's own override is confirmation
         probe=None if kwargs is None else True,  # recipe kwargs are a file's data too
-        kwargs_from=None if kwargs is None else f"{recipe.source or 'the recipe'}: model.kwargs",
+        # (kwargs the caller gave, --kwargs or an override, are theirs: the message names the arch option they go with)
+        kwargs_from=None
+        if kwargs is None or recipe.overridden("model.kwargs", inside=True)
+        else f"{recipe.source or 'the recipe'}: model.kwargs",
     )
     for note in loaded.notes:
         log.warning(note)

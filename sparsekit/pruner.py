@@ -28,7 +28,7 @@ from . import methods
 from .errors import TargetError
 from .layers import tied_aliases
 from .learning_rate import LearningRates
-from .masks import MASK, apply_masks, bake, forget_applied, get_mask, weight_of
+from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .recipe import Recipe, as_recipe
 from .surgery import tied_parameters
 
@@ -496,6 +496,7 @@ class Pruner:
                 for other in self.methods:
                     if other is not method:
                         _rebind(other, model)
+        forget_plan(self.model)  # the model as it stepped, when a method handed back another object
         self.model = bake(model)
         if self.pruning_history:
             self._mark_model()  # a method's finalize may have returned a new model object

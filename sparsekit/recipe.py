@@ -1089,10 +1089,13 @@ class Recipe(_Strict):
         """Path of the YAML file this recipe came from, or None."""
         return self._source
 
-    def overridden(self, key: str) -> bool:
+    def overridden(self, key: str, *, inside: bool = False) -> bool:
         """Whether the caller's overrides set ``key`` (``"data.source"``), itself or a mapping holding it
-        (``data={...}``), rather than the recipe file."""
-        return any(key == k or key.startswith(k + ".") for k in self._overridden)
+        (``data={...}``), rather than the recipe file; with ``inside``, also when they set a part of it
+        (``model.kwargs.width`` for ``model.kwargs``)."""
+        return any(
+            key == k or key.startswith(k + ".") or (inside and k.startswith(key + ".")) for k in self._overridden
+        )
 
     def keep_origin(self, new: Recipe) -> Recipe:
         """``new`` (a recipe derived from this one) marked as coming from the same file and overrides."""

@@ -232,3 +232,23 @@ def test_a_bad_value_an_override_set_is_blamed_on_the_override_not_the_file(tmp_
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({**RECIPE, "finetune": {"epochs": -1}}))
     assert_bad_input(run("validate", bad, "--set", "pruning.0.sparsity=2"), f"{bad}: finetune.epochs")
+
+
+def test_kwargs_the_caller_gave_are_not_blamed_on_the_recipe(tmp_path):
+    from examples.models import mlp
+
+    weights = tmp_path / "w.pt"
+    torch.save(mlp().state_dict(), weights)
+    recipe = recipe_file(tmp_path, kwargs={"hidden": [128, 64]})
+    for given in (["--kwargs", '{"bogus": 3}'], ["--set", "model.kwargs.bogus=3"]):
+        result = run("validate", recipe, weights, "--arch", "examples.models:mlp", *given)
+        line = assert_bad_input(result, "--arch examples.models:mlp with kwargs", "bogus")
+        assert "r.yaml" not in line, line
+
+
+def test_an_overridden_factory_the_checkpoint_beats_is_named_as_the_override(tmp_path, mlp_checkpoint, caplog):
+    result = run(
+        "validate", recipe_file(tmp_path), mlp_checkpoint, "--set", "model.factory=nowhere:build", "--trust-code"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "the override model.factory=nowhere:build" in caplog.text and "r.yaml: model.factory" not in caplog.text

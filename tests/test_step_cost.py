@@ -696,6 +696,17 @@ def test_apply_masks_reuses_what_it_found_only_while_nothing_it_read_changed(mon
     assert bool((model[4].weight == 1).all())
 
 
+def test_baking_drops_what_apply_masks_kept():
+    # After finalize (bake) the plan still held every mask's factor (1.3 MB on LeNet-300-100) while the factor
+    # budget's count said 0.
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    set_mask(model[0], torch.rand(8, 10) > 0.5)
+    apply_masks(model)
+    assert model in masks._PLANS
+    masks.bake(model)
+    assert model not in masks._PLANS
+
+
 def test_what_apply_masks_keeps_between_calls_does_not_keep_a_model_alive():
     import gc
     import weakref
