@@ -76,13 +76,22 @@ def allocate_for_run(
     model = inputs.loaded.model
     bar, advance = _analysis_bar(progress and _distributed.is_main())
     with bar:
-        table = analyze(model, recipe, inputs.bundle.val, progress=advance, input_shape=inputs.shape, entries=wanted)
+        used = _with_source(recipe, inputs.source)
+        table = analyze(model, used, inputs.bundle.val, progress=advance, input_shape=inputs.shape, entries=wanted)
     allocated, details = allocate_with_details(model, recipe, table, input_shape=inputs.shape)
     pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
     pruning = _distributed.broadcast(pruning)  # rank 0's, in case a measured latency differed
     # `asked`: the pruning section as written, so a resume can tell whether these values still answer it.
     allocation = {"asked": asked, "pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
     return _with_pruning(recipe, pruning), table, allocation
+
+
+def _with_source(recipe: Recipe, source: str) -> Recipe:
+    """``recipe`` with the data source the run used (the data option's, when given), so the sensitivity table
+    records the data its validation batches came from."""
+    if recipe.data.source == source:
+        return recipe
+    return recipe.keep_origin(recipe.model_copy(update={"data": recipe.data.model_copy(update={"source": source})}))
 
 
 def _ours(path: Path) -> bool:
@@ -209,7 +218,7 @@ def run_sensitivity(
     with bar:
         table = analyze(
             inputs.loaded.model,
-            recipe,
+            _with_source(recipe, inputs.source),
             inputs.bundle.val,
             progress=advance,
             resume_from=earlier,

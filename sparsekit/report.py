@@ -684,7 +684,8 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
             aim = (
                 f"MACs {spec['target_macs']:g}x" if spec.get("target_macs") else f"latency {spec['target_latency']:g}x"
             )
-            extra = [e for e in extra if not e.startswith("ratios chosen for")]
+            # (the per-layer ratios are the allocation's, not the user's layer_ratio)
+            extra = [e for e in extra if not e.startswith(("ratios chosen for", "own ratios for"))]
             return f"remove output channels down to {aim} of dense, {scope} ({', '.join(extra)}){when}"
         value = "–" if ratio in (None, "auto") else f"{float(ratio):.3f}"
         return f"remove {value} of the output channels, {scope} ({', '.join(extra)}){when}"

@@ -507,12 +507,10 @@ class ChannelPruner:
         for scope, records in scopes.items():
             concat = torch.cat([imp for _, _, imp in records])
             initial = self._scope_initial.setdefault(scope, len(concat))
-            if scope in self._layer_ratios:
-                n_pruned = len(concat) - int(initial * (1 - self._scope_ratio(scope, ratio)) + 1e-9)
-            else:
-                # The nearest count, a tie keeping more (torch-pruning truncates: 64 * 0.7 = 44.8 kept 44, removing
-                # 0.312 for a ratio of 0.3); round_to aligns it afterwards in _aligned.
-                n_pruned = len(concat) - int(initial * (1 - ratio) + 0.5 + 1e-9)
+            # The nearest count, a tie keeping more (torch-pruning truncates: 64 * 0.7 = 44.8 kept 44, removing 0.312
+            # for a ratio of 0.3); round_to aligns it afterwards in _aligned. A layer_ratio an allocation wrote is an
+            # exact count's fraction, which this gives back.
+            n_pruned = len(concat) - int(initial * (1 - self._scope_ratio(scope, ratio)) + 0.5 + 1e-9)
             if n_pruned <= 0:
                 continue
             lowest, order = torch.topk(concat, k=n_pruned, largest=False)

@@ -218,6 +218,12 @@ def test_without_round_to_a_layer_keeps_the_nearest_count(width, ratio, kept):
     r = sparsekit.Recipe(model={"input_shape": [1, 8]}, finetune={"epochs": 1}, pruning=[spec])
     final = sparsekit.Pruner(model, r, steps_per_epoch=1).finalize()
     assert final[0].out_features == kept and final[2].in_features == kept
+    # the same through layer_ratio (it truncated: 44 of 64 for 0.3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 3))
+    own = {**spec, "ratio": 0.1, "layer_ratio": {"0": ratio}}  # the only group: its own ratio rules
+    r = sparsekit.Recipe(model={"input_shape": [1, 8]}, finetune={"epochs": 1}, pruning=[own])
+    assert sparsekit.Pruner(model, r, steps_per_epoch=1).finalize()[0].out_features == kept
 
 
 def test_a_ratio_that_empties_a_layer_names_it():

@@ -203,10 +203,32 @@ def test_a_target_macs_entry_is_checked_against_its_target_and_says_how_it_was_a
     assert check["achieved"] == pytest.approx(report["pruned"]["macs"] / report["dense"]["macs"])
     assert check["met"] == (check["achieved"] <= 0.2 * 1.02)
     # The recipe line speaks of the target, not of the placeholder ratio the allocated entry holds.
-    assert report["summary"]["recipe"][0].startswith("pruning[0] structured: remove output channels down to MACs 0.2x")
+    line = report["summary"]["recipe"][0]
+    assert (
+        line.startswith("pruning[0] structured: remove output channels down to MACs 0.2x") and "own ratios" not in line
+    )
     allocation = json.loads((out / "allocation.json").read_text())
     said = [e["note"] for e in allocation["entries"].values() if e.get("note")]
     assert said  # 16-channel blocks cannot reach 0.2 of this model's MACs: exact counts, and the run says so
     for note in said:  # whatever the allocation had to say is in the report's notes and report.md too
         assert any(note in n for n in report["notes"])
         assert note in (out / "report.md").read_text()
+
+
+def test_sensitivity_records_the_data_it_used_and_a_resume_names_another(
+    tmp_path, mlp_checkpoint, auto_recipe, monkeypatch
+):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name in ("a.npz", "b.npz"):
+        np.savez(tmp_path / name, x=rng.standard_normal((200, 64)).astype(np.float32), y=rng.integers(0, 10, 200))
+    out = tmp_path / "sens"
+    StopAfter(monkeypatch, 4)
+    first = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--data", tmp_path / "a.npz")
+    assert first.exit_code == 130, first.stderr
+    monkeypatch.undo()
+    table = sens.SensitivityTable.load(out / "sensitivity.json")
+    assert table.data_settings["data.source"] == str(tmp_path / "a.npz")  # it recorded the recipe's 'digits'
+    other = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--data", tmp_path / "b.npz")
+    assert_bad_input(other, f"data.source '{tmp_path / 'a.npz'}' then, '{tmp_path / 'b.npz'}' now")
