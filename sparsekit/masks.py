@@ -230,6 +230,14 @@ class _Plan:
                 return False
         return True
 
+    def apply(self) -> None:
+        """The multiplies: one foreach call for the cached factors, one product for each lone pair."""
+        with torch.no_grad():
+            if self.weights:
+                torch._foreach_mul_(self.weights, self.factors)
+            for lone, by in self.singles:
+                lone.mul_(by)
+
 
 # model -> the plan of its last apply_masks (weak keys: a model that goes takes its plan with it).
 _PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
@@ -254,11 +262,7 @@ def apply_masks(model: nn.Module) -> None:
                 todo.append(child)
     plan = _PLANS.get(model)
     if plan is not None and not _APPLIED and plan.holds(found):
-        with torch.no_grad():
-            if plan.weights:
-                torch._foreach_mul_(plan.weights, plan.factors)
-            for lone, by in plan.singles:
-                lone.mul_(by)
+        plan.apply()
         return
     _PLANS.pop(model, None)
     if not found:
@@ -289,10 +293,7 @@ def apply_masks(model: nn.Module) -> None:
                 listed.add(id(weight))
                 plan.weights.append(weight)
                 plan.factors.append(factor)
-        if plan.weights:
-            torch._foreach_mul_(plan.weights, plan.factors)
-        for lone, by in plan.singles:
-            lone.mul_(by)
+    plan.apply()
     if planned:
         _PLANS[model] = plan
 

@@ -360,12 +360,11 @@ def run_prune(
             )
             with clock("plan"):
                 # sparsity: auto / ratio: auto become per-layer values here (a resume reuses the first run's).
-                asked = [spec.model_dump(mode="json") for spec in recipe.pruning]
                 recipe, table, allocation = allocate_for_run(
                     inputs, recipe, [folder.stage, out] if resume else [], progress=progress
                 )
                 if allocation:
-                    inputs.asked_pruning = asked
+                    inputs.asked_pruning = allocation["asked"]  # the pruning section as written
                     inputs.allocation_notes = [
                         f"pruning[{index}]: {entry['note']}"
                         for index, entry in allocation["entries"].items()

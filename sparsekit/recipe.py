@@ -1093,9 +1093,7 @@ class Recipe(_Strict):
         """Whether the caller's overrides set ``key`` (``"data.source"``), itself or a mapping holding it
         (``data={...}``), rather than the recipe file; with ``inside``, also when they set a part of it
         (``model.kwargs.width`` for ``model.kwargs``)."""
-        return any(
-            key == k or key.startswith(k + ".") or (inside and k.startswith(key + ".")) for k in self._overridden
-        )
+        return any(_covers(k, key) or (inside and _covers(key, k)) for k in self._overridden)
 
     def keep_origin(self, new: Recipe) -> Recipe:
         """``new`` (a recipe derived from this one) marked as coming from the same file and overrides."""
@@ -1358,11 +1356,17 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
 def _override_of(loc: Sequence[Any], overrides: Sequence[str]) -> str | None:
     """The last of ``overrides`` that set the field at ``loc`` (itself or a mapping holding it), or None."""
     path = re.sub(r"\[(\d+)\]", r".\1", _path(tuple(loc)))  # pruning[0].sparsity -> pruning.0.sparsity
-    for item in reversed(overrides):
-        key = str(item).partition("=")[0].strip()
-        if path and (path == key or path.startswith(key + ".")):
-            return str(item)
-    return None
+    return next((str(item) for item in reversed(overrides) if path and _covers(_override_path(item), path)), None)
+
+
+def _override_path(item: Any) -> str:
+    """The key path an override ``key.path=value`` sets."""
+    return str(item).partition("=")[0].strip()
+
+
+def _covers(key: str, path: str) -> bool:
+    """Whether setting ``key`` sets the field at ``path``: the field itself or a mapping holding it."""
+    return path == key or path.startswith(key + ".")
 
 
 def validate_recipe(data: Any, source: str = "recipe", overrides: Sequence[str] = ()) -> Recipe:
@@ -1415,5 +1419,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         data = apply_overrides(data, overrides, check_key=_override_key)
     recipe = validate_recipe(data, str(path), overrides or ())
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
-    recipe._overridden = frozenset(str(o).partition("=")[0].strip() for o in overrides or [])
+    recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
     return recipe

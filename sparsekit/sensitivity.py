@@ -814,8 +814,10 @@ def _probe_structured(
     max_batches: int | None,
     table: SensitivityTable,
 ) -> tuple[Point | None, str | None]:
+    from .tp_adapter import kept_units  # (torch-pruning: imported only where a structured probe runs)
+
     units = plan.units[row.name]
-    if int(units * (1 - value) + 1e-9) < plan.min_units[row.name]:
+    if kept_units(units, value) < plan.min_units[row.name]:  # what the probe's removal keeps
         return None, f"would leave fewer than {plan.min_units[row.name] * row.blocks} channel(s) (min_channels)"
     work = copy.deepcopy(model)
     ratios = dict.fromkeys(plan.blocks, 0.0)

@@ -305,6 +305,14 @@ class Proposal:
         return sorted({i for unit in self.units for i in unit})
 
 
+def kept_units(units: int, ratio: float) -> int:
+    """The units a group of ``units`` keeps when it loses ``ratio`` of them: the nearest count, a tie keeping more
+    (torch-pruning truncates: 64 * 0.7 = 44.8 kept 44, removing 0.312 for a ratio of 0.3); a ratio written as
+    ``removed / units`` gives back exactly ``units - removed``. ``round_to`` aligns it afterwards
+    (:func:`aligned_keep`)."""
+    return int(units * (1 - ratio) + 0.5 + 1e-9)
+
+
 def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1, blocks: int = 1) -> int:
     """How many of a group's ``channels`` to keep when the ratio asks to keep ``keep`` and kept counts are aligned
     to ``round_to`` (as torch-pruning's ``round_to``, but to the nearest multiple, a tie keeping more, where
@@ -380,8 +388,8 @@ class ChannelPruner:
     ``ratio`` is the fraction of channels removed after all ``steps`` (``ratio * k / steps`` after step
     ``k``, tp's linear schedule); ``global_pruning`` ranks all groups together instead of per layer.
     ``layer_ratios`` (tp's ``pruning_ratio_dict``): a group rooted at a module of that name is ranked on its
-    own and loses that fraction instead (0: none), ``int(units * (1 - r) + 1e-9)`` units kept, so a ratio
-    written as ``removed / units`` keeps exactly ``units - removed``; the other groups follow ``ratio`` and
+    own and loses that fraction instead (0: none); every group keeps :func:`kept_units`, so a ratio written as
+    ``removed / units`` keeps exactly ``units - removed``; the other groups follow ``ratio`` and
     ``global_pruning``.
     Modules in ``ignored`` keep their output channels (their inputs still shrink with their producers);
     ``root_types`` are the module types that root a group.
@@ -507,10 +515,7 @@ class ChannelPruner:
         for scope, records in scopes.items():
             concat = torch.cat([imp for _, _, imp in records])
             initial = self._scope_initial.setdefault(scope, len(concat))
-            # The nearest count, a tie keeping more (torch-pruning truncates: 64 * 0.7 = 44.8 kept 44, removing 0.312
-            # for a ratio of 0.3); round_to aligns it afterwards in _aligned. A layer_ratio an allocation wrote is an
-            # exact count's fraction, which this gives back.
-            n_pruned = len(concat) - int(initial * (1 - self._scope_ratio(scope, ratio)) + 0.5 + 1e-9)
+            n_pruned = len(concat) - kept_units(initial, self._scope_ratio(scope, ratio))  # round_to: _aligned
             if n_pruned <= 0:
                 continue
             lowest, order = torch.topk(concat, k=n_pruned, largest=False)

@@ -495,7 +495,7 @@ class Structured:
     def _reason(self, name: str, asked: float, initial: int, now: int) -> str | None:
         blocks = self._blocks.get(name, 1)
         if abs((initial - now) - asked * initial) < blocks - 1e-6:
-            return None  # rounding: int(channels * (1 - ratio)) are kept, per channel block
+            return None  # rounding to the nearest count (tpa.kept_units), per channel block
         rounding = self.rounding.get(name)
         if rounding is None and name in self._owner and self._owner[name] in self.rounding:
             rounding = f"coupled to {self._owner[name]!r} ({self.rounding[self._owner[name]]})"
