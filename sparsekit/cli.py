@@ -254,7 +254,8 @@ def trust_code_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         is_flag=True,
         help="Run the model factory (or, for commands that take a RECIPE, the data callable) that a file you "
         "pass names, and remember its module as trusted (see `sparsekit trust`). Without it, code named in a "
-        "file runs only if you name it yourself (--arch, or --data where the command has it) or trusted its "
+        "file runs only if you name it yourself (--arch, --data where the command has it, or --set model.factory=... / "
+        "data.source=...) or trusted its "
         "module before. Code you name yourself runs without it and is not remembered: to open an output "
         "model.pt later without --arch, trust its module (`sparsekit trust MODULE`).",
     )(fn)
