@@ -312,7 +312,7 @@ class PlotWorker:
         """Launch the worker: it imports matplotlib, then waits for :meth:`draw`."""
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "sparsekit.plots", str(self.out_dir), str(os.getpid())],
+                [sys.executable, "-c", _WORKER, _import_path(), str(self.out_dir), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -374,6 +374,24 @@ class PlotWorker:
         except ValueError:
             names = []
         self.files += [n for n in names if isinstance(n, str) and n not in self.files]
+
+
+# The worker's entry: `python -m` and `-c` put the current folder first on the import path, where a file such as
+# numpy.py would be imported (and run) instead of the library. The worker replaces the path with its parent's before
+# importing anything that is not built in.
+_WORKER = (
+    "import sys; sys.path[:] = [p for p in sys.argv[1].split(chr(31)) if p]; "
+    "from sparsekit.plots import _worker; _worker(sys.argv[2], int(sys.argv[3]))"
+)
+
+
+def _import_path() -> str:
+    """This process's import path for the worker, without the current folder (sparsekit's command drops it too),
+    unless sparsekit itself was imported from there (a checkout run with ``python -m sparsekit``)."""
+    here = os.getcwd()
+    home = str(Path(__file__).resolve().parent.parent)
+    kept = [p for p in sys.path if p and (os.path.abspath(p) != here or os.path.abspath(p) == home)]
+    return chr(31).join(kept)
 
 
 def _worker(out_dir: str, parent: int | None = None) -> None:

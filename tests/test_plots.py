@@ -228,3 +228,23 @@ def test_the_plot_helper_publishes_nothing_once_its_run_is_killed(tmp_path):
         os.kill(int(child), signal.SIGKILL)
         raise AssertionError("the plot helper outlived its run by 30 s")
     assert not list(out.iterdir()), list(out.iterdir())
+
+
+def test_the_plot_worker_imports_nothing_from_the_current_folder(tmp_path, monkeypatch):
+    # `python -m sparsekit.plots` put the current folder first on the worker's import path: a numpy.py there ran
+    # (a prune in a downloads folder executed it) and the plots failed with its ImportError.
+    from sparsekit.plots import PlotWorker
+
+    canary = tmp_path / "canary"
+    (tmp_path / "numpy.py").write_text(f"open({str(canary)!r}, 'w').close()\n")
+    (tmp_path / "matplotlib.py").write_text(f"open({str(canary)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with PlotWorker(out) as worker:
+        worker.start()
+        worker.draw({"layers": STRUCTURED, "structured": True, "history": HISTORY})
+        files = worker.finish({})
+    assert worker.error is None, worker.error
+    assert "finetune.png" in files and (out / "finetune.png").is_file()
+    assert not canary.exists()
