@@ -224,6 +224,13 @@ data_option = click.option(
     callback=lambda ctx, param, value: _data_flag(value),
     help="Override data.source: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.",
 )
+device_option = click.option(
+    "--device",
+    metavar="auto|cpu|cuda[:N]|mps",
+    callback=lambda ctx, param, value: _device_flag(value),
+    help="Where to train (overrides finetune.device, default auto: CUDA when available). Under torchrun "
+    "each process uses cuda:LOCAL_RANK.",
+)
 set_option = click.option(
     "--set",
     "overrides",
@@ -289,19 +296,28 @@ def _diff(value: float | None) -> str:
 MAX_INPUT_VALUES = 1 << 28
 
 
+# _shape runs inside the commands, not as a click callback, so click cannot name the option itself.
+_SHAPE_HINT = "'--input-shape'"
+
+
 def _shape(value: str | None) -> list[int] | None:
     if value is None:
         return None
     parts = [v.strip() for v in value.strip().strip("[]").replace("x", ",").split(",")]
     if not all(p.isdigit() for p in parts):  # every part a number: no empty part, no stray letter
-        raise click.BadParameter(f"{value!r}: expected comma-separated positive integers like 1,3,32,32")
+        raise click.BadParameter(
+            f"{value!r}: expected comma-separated positive integers like 1,3,32,32", param_hint=_SHAPE_HINT
+        )
     dims = [int(p) for p in parts]
     if any(d <= 0 for d in dims):
-        raise click.BadParameter(f"{value!r}: dimensions must be positive integers, batch first (1,784)")
+        raise click.BadParameter(
+            f"{value!r}: dimensions must be positive integers, batch first (1,784)", param_hint=_SHAPE_HINT
+        )
     if math.prod(dims) > MAX_INPUT_VALUES:
         raise click.BadParameter(
             f"{value!r}: {math.prod(dims):,} values in one input is more than any model here takes "
-            f"(at most {MAX_INPUT_VALUES:,})"
+            f"(at most {MAX_INPUT_VALUES:,})",
+            param_hint=_SHAPE_HINT,
         )
     return dims
 
@@ -437,13 +453,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the results in a non-empty output folder.")
 @trust_model_file_option
 @trust_code_option
-@click.option(
-    "--device",
-    metavar="auto|cpu|cuda[:N]|mps",
-    callback=lambda ctx, param, value: _device_flag(value),
-    help="Where to train (overrides finetune.device, default auto: CUDA when available). Under torchrun "
-    "each process uses cuda:LOCAL_RANK.",
-)
+@device_option
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path),
@@ -513,11 +523,11 @@ def prune(
     model_overrides = _arch_overrides(arch, arch_kwargs)  # usage errors before the slow imports
     _load_native("torch", "onnxruntime")
     from .pipeline import run_prune
-    from .recipe import load_recipe
+    from .recipe import OptionOverride, load_recipe
     from .report import render_summary
 
     if device:
-        overrides = (*overrides, f"finetune.device={device}")
+        overrides = (*overrides, OptionOverride("finetune.device", "device", device))
     rec = load_recipe(find_recipe(recipe), [*overrides, *model_overrides])
     report = run_prune(
         model,
@@ -692,7 +702,7 @@ def export(
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data
 
-        bundle = load_data(data, input_shape=shape, normalize=normalize or "none")
+        bundle = load_data(data, input_shape=shape, normalize=normalize or "none", field="data")
     from .masks import positive_zeros_
     from .onnx import choose_storage
 
@@ -1096,6 +1106,7 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
 @kwargs_option
 @data_option
 @set_option
+@device_option
 @click.option(
     "--steps-per-epoch",
     type=click.IntRange(1),
@@ -1114,6 +1125,7 @@ def validate(
     arch_kwargs: str | None,
     data: str | None,
     overrides: tuple[str, ...],
+    device: str | None,
     steps_per_epoch: int | None,
     trust_model_file: bool,
     trust_code: bool,
@@ -1126,7 +1138,7 @@ def validate(
     Without MODEL: the recipe's schema and what each method will do; nothing the recipe names is imported.
 
     With MODEL, what prune does before training, with the same code and the same options (--arch,
-    --kwargs, --data, --set, --trust-code): the model is built, the data loaded and one training batch run
+    --kwargs, --data, --set, --device, --trust-code): the model is built, the data loaded and one training batch run
     through the model (a shape or label mismatch is an error naming both), every structural removal
     rehearsed on a copy, and the run's own Pruner driven through every optimizer step of the run on a
     copy (no training; optimizer steps per epoch are the data's training batches). The sparsity printed
@@ -1146,18 +1158,22 @@ def validate(
         if given:
             raise click.UsageError(f"{' and '.join(given)}: only used with MODEL (the dry run); give MODEL too")
     from .planning import allocation_lines, plan
-    from .recipe import load_recipe
+    from .recipe import OptionOverride, load_recipe
 
+    if device:
+        overrides = (*overrides, OptionOverride("finetune.device", "device", device))
     path = find_recipe(recipe)
     rec = load_recipe(path, [*overrides, *model_overrides])
     inputs = None
     if model is not None:
         _load_native("torch")
+        from .distributed import resolve_device
         from .pipeline import check_inputs
 
-        with naming_recipe(rec.source):
+        with naming_recipe(rec):
+            resolve_device(rec.finetune.device)  # prune's first check: a device this machine lacks fails here too
             inputs = check_inputs(model, rec, arch=arch, data=data, trust=trust_model_file, trust_code=trust_code)
-    with naming_recipe(rec.source):
+    with naming_recipe(rec):
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
     res["recipe"] = str(path)
     auto_lines: list[str] = []

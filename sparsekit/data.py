@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparsekit.errors import DataError, one_line, option, shorten
+from sparsekit.errors import DataError, TrustError, one_line, option, shorten
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
 
@@ -121,10 +121,13 @@ def load_data(
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
     normalize: str = "none",
+    field: str = "data.source",
 ) -> DataBundle:
     """Build train/val loaders for ``source`` (see the module docstring for the sources).
 
     ``named_in`` is the recipe file that named ``source`` (``None``: the caller named it directly).
+    ``field`` is how errors name it: ``data.source`` (a recipe's field, or :func:`load_data`'s argument)
+    or ``data``, the caller's data option (``--data`` on the command line).
     A file-named ``pkg.module:callable`` runs only when confirmed (``trust_code=True`` or a trusted
     module, see :mod:`sparsekit.trust`), and a file-named ``.npz`` path must lie inside the recipe's
     folder or the current folder.
@@ -148,6 +151,32 @@ def load_data(
     :class:`~sparsekit.errors.TrustError` for a file-named callable that is not confirmed or is
     never run.
     """
+    try:
+        return _load_data(source, batch_size, val_fraction, seed, input_shape, synthetic_samples, num_classes,
+                          named_in, trust_code, normalize)  # fmt: skip
+    except (DataError, TrustError) as err:
+        if field != "data" or named_in is not None or not isinstance(source, str):
+            raise
+        # The messages below name the recipe's field; this source came from the caller's option instead.
+        name = option("data", source.strip())
+        message = err.raw_message
+        for said in (f"data.source {source.strip()!r}", f"data.source file '{source.strip()}'"):
+            message = message.replace(said, name, 1)
+        raise type(err)(message) from None
+
+
+def _load_data(
+    source: str,
+    batch_size: int,
+    val_fraction: float,
+    seed: int,
+    input_shape: Sequence[int] | None,
+    synthetic_samples: int,
+    num_classes: int | None,
+    named_in: str | os.PathLike[str] | None,
+    trust_code: bool,
+    normalize: str,
+) -> DataBundle:
     if not isinstance(source, str) or not source.strip():
         raise DataError(f"data.source must be a non-empty string, got {source!r}; {_valid_sources()}")
     source = source.strip()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 # How the Python API spells each option a message may point to (the CLI has its own table).
 API_SPELLING = {
@@ -133,18 +133,24 @@ _RECIPE_FIELD = re.compile(
 
 
 @contextlib.contextmanager
-def naming_recipe(source: str | os.PathLike[str] | None) -> Iterator[None]:
+def naming_recipe(recipe: Any) -> Iterator[None]:
     """Errors raised inside that name a recipe field (``pruning[0].ignore: 'x' matches no layer``) but not the
-    file are raised again, of the same type, with the recipe file first (``r.yaml: pruning[0].ignore: ...``):
-    checks that need the model run after the recipe was read and know only the field."""
+    file are raised again, of the same type, with what holds the value first: the recipe file
+    (``r.yaml: pruning[0].ignore: ...``), or the caller's override that set the field, or the file with the
+    overrides the error involves (``recipe.blame(message)``, :meth:`sparsekit.recipe.Recipe.blame`). Checks
+    that need the model run after the recipe was read and know only the field."""
     try:
         yield
     except SparsekitError as err:
         msg = err.raw_message
-        if source is None or not _RECIPE_FIELD.match(msg) or str(source) in msg:
+        source = recipe.source
+        if not _RECIPE_FIELD.match(msg) or (source is not None and str(source) in msg):
+            raise
+        where = recipe.blame(msg)
+        if not where:
             raise
         named = copy.copy(err)  # the same type and attributes, the message prefixed
-        named.raw_message = f"{source}: {msg}"
+        named.raw_message = f"{where}: {msg}"
         named.args = (render(named.raw_message), *err.args[1:])
         raise named.with_traceback(err.__traceback__) from err.__cause__
 

@@ -333,7 +333,8 @@ def run_prune(
     out = Path(out)
     source = data or recipe.data.source
     data_file = source if source.endswith(".npz") else None
-    device = _distributed.resolve_device(recipe.finetune.device)
+    with naming_recipe(recipe):
+        device = _distributed.resolve_device(recipe.finetune.device)
     joined = _distributed.init_from_env(device)  # under torchrun: one process group, rank 0 writes
     main = _distributed.is_main()
     try:
@@ -354,7 +355,7 @@ def run_prune(
         if verdict:
             raise SparsekitError(verdict)
         torch.manual_seed(recipe.seed)
-        with naming_recipe(recipe.source):  # the checks against the model name the recipe's fields
+        with naming_recipe(recipe):  # the checks against the model name the recipe's fields
             inputs = check_inputs(
                 model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code, clock=clock
             )
@@ -497,6 +498,7 @@ def check_inputs(
             named_in=None if data or recipe.overridden("data.source") else (recipe.source or "the recipe"),
             trust_code=trust_code,
             normalize=recipe.data.normalize,
+            field="data" if data else "data.source",
         )
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
     spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))

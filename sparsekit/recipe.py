@@ -1083,6 +1083,7 @@ class Recipe(_Strict):
     # The key paths the caller's overrides set (load_recipe's ``overrides``, the CLI's set option): a callable
     # or path named there is the caller's own choice, not the file's (sparsekit.trust).
     _overridden: frozenset[str] = PrivateAttr(default=frozenset())
+    _overrides: tuple[str, ...] = PrivateAttr(default=())  # the overrides themselves, to name in errors
 
     @property
     def source(self) -> str | None:
@@ -1097,8 +1098,16 @@ class Recipe(_Strict):
 
     def keep_origin(self, new: Recipe) -> Recipe:
         """``new`` (a recipe derived from this one) marked as coming from the same file and overrides."""
-        new._source, new._overridden = self._source, self._overridden
+        new._source, new._overridden, new._overrides = self._source, self._overridden, self._overrides
         return new
+
+    def blame(self, message: str) -> str | None:
+        """What holds the faulty value of an error ``message`` that starts with a field path
+        (``pruning[0].layers.include: ...``), to put before it: the recipe file, the caller's overrides
+        that set that field (the file does not hold the value), or the file with the overrides the
+        message involves (one set a part of that field, or another field it names). None for a recipe
+        built in Python without overrides."""
+        return blame(self._source, self._overrides, message)
 
     def __eq__(self, other: object) -> bool:
         # Two recipes are equal when their contents are; where one was read from does not matter.
@@ -1349,14 +1358,78 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
         lines.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
     culprits = [_override_of(e["loc"], overrides) for e in errors]
     if overrides and culprits and all(culprits):
-        source = ", ".join(option("set", short(c, 120)) for c in dict.fromkeys(c for c in culprits if c))
+        source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
+    else:  # a check across fields, or one inside a section an override changed part of: both had a hand
+        paths = [re.sub(r"\[(\d+)\]", r".\1", _path(tuple(e["loc"]))) for e in errors]
+        source = _with_overrides(source, _involved(overrides, paths, "; ".join(lines)))
     return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
+
+
+class OptionOverride(str):
+    """An override (``key.path=value``) that the caller gave through another of its options: the device
+    option is ``finetune.device=cuda``. Errors name that option (``--device cuda``), not a set override."""
+
+    key: str
+    option: str
+    value: str
+
+    def __new__(cls, key: str, option_name: str, value: str) -> OptionOverride:
+        item = super().__new__(cls, f"{key}={value}")
+        item.key, item.option, item.value = key, option_name, value
+        return item
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # type: ignore[override]  # copy and pickle rebuild it
+        return self.key, self.option, self.value
+
+
+def _spell(item: str) -> str:
+    """How an error names the override ``item``: the option that gave it (:class:`OptionOverride`) or a set one."""
+    if isinstance(item, OptionOverride):
+        return option(item.option, item.value)
+    return option("set", short(item, 120))
+
+
+# The field path an error message starts with: `pruning[0].schedule.end_epoch (3) is ...`, `finetune.device: ...`.
+_LEADING_PATH = re.compile(r"^((?:pruning\[\d+\]|[a-z_]+)(?:\.[a-z_]\w*)*)")
+
+
+def blame(source: str | None, overrides: Sequence[str], message: str) -> str | None:
+    """See :meth:`Recipe.blame`: ``source`` is the recipe file, ``overrides`` the caller's ``key=value``s."""
+    match = _LEADING_PATH.match(message)
+    path = re.sub(r"\[(\d+)\]", r".\1", match.group(1)) if match else ""
+    if path:
+        setters = [o for o in overrides if _covers(_override_path(o), path)]
+        if setters:  # the override, not the file, holds the value
+            return _spell(setters[-1])
+    involved = _involved(overrides, [path] if path else [], message)
+    return _with_overrides(source, involved) if source else (_with_overrides("", involved) or None)
+
+
+def _involved(overrides: Sequence[str], paths: Sequence[str], message: str) -> list[str]:
+    """The overrides that set a part of one of ``paths`` or a field ``message`` names."""
+    found = []
+    for item in overrides:
+        key = _override_path(item)
+        shown = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key)  # pruning.0.method as messages spell it
+        # pruning.N.method decides which fields entry N takes: it has a hand in every error inside that entry.
+        decides = key.endswith(".method") and any(p and _covers(key.removesuffix(".method"), p) for p in paths)
+        named = re.search(rf"(?<![\w.]){re.escape(shown)}(?![\w])", message)
+        if decides or named or any(p and _covers(p, key) for p in paths):
+            found.append(item)
+    return list(dict.fromkeys(found))
+
+
+def _with_overrides(source: str, overrides: Sequence[str]) -> str:
+    if not overrides:
+        return source
+    named = ", ".join(_spell(o) for o in overrides)
+    return f"{source} with {named}" if source else named
 
 
 def _override_of(loc: Sequence[Any], overrides: Sequence[str]) -> str | None:
     """The last of ``overrides`` that set the field at ``loc`` (itself or a mapping holding it), or None."""
     path = re.sub(r"\[(\d+)\]", r".\1", _path(tuple(loc)))  # pruning[0].sparsity -> pruning.0.sparsity
-    return next((str(item) for item in reversed(overrides) if path and _covers(_override_path(item), path)), None)
+    return next((item for item in reversed(overrides) if path and _covers(_override_path(item), path)), None)
 
 
 def _override_path(item: Any) -> str:
@@ -1420,4 +1493,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe = validate_recipe(data, str(path), overrides or ())
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
     recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
+    recipe._overrides = tuple(overrides or [])  # as given: an OptionOverride keeps its option's name
     return recipe

@@ -294,6 +294,21 @@ def apply_overrides(
     return data
 
 
+def _model_file_kind(head: bytes) -> str | None:
+    """What model file ``head`` (a file's first 16 bytes) starts like, or None: a zip archive (torch.save's
+    format), a pickle, safetensors (an 8-byte header length, then its JSON header) or ONNX (a protobuf whose
+    first field is ir_version: tag 0x08, then a small version number)."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a torch.save model file?)"
+    if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
+        return "a Python pickle (a model file?)"
+    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 1 << 32:  # (text: >= 2**61)
+        return "a safetensors file"
+    if len(head) >= 2 and head[0] == 0x08 and 3 <= head[1] <= 20:
+        return "an ONNX model (by its first bytes)"
+    return None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The recipe file at ``path`` as plain data: a mapping with string keys of lists, strings,
     numbers, booleans and null (at most ``MAX_TEXT_BYTES`` of UTF-8 YAML, one document, no tags,
@@ -311,6 +326,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             raw = f.read(MAX_TEXT_BYTES + 1)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         raise RecipeError(f"{path}: cannot read the recipe ({err})") from None
+    kind = _model_file_kind(raw[:16])
+    if kind:  # the commonest slip: prune and sensitivity take MODEL RECIPE, validate RECIPE [MODEL]
+        raise RecipeError(
+            f"{path}: {kind}, not a recipe; check the order of the arguments: `sparsekit prune MODEL RECIPE`, "
+            "`sparsekit sensitivity MODEL RECIPE`, `sparsekit validate RECIPE [MODEL]`"
+        )
     if len(raw) > MAX_TEXT_BYTES:
         raise RecipeError(
             f"{path}: larger than {MAX_TEXT_BYTES:,} bytes; a recipe is a page of settings (is this the right file?)"

@@ -228,10 +228,15 @@ def test_a_bad_value_an_override_set_is_blamed_on_the_override_not_the_file(tmp_
         "--set pruning.0.sparsity=2: pruning[0].sparsity",
     )
     assert "epochs" not in line, line
-    # A fault in the file itself beside one from an override: the file is named, as before.
+    # A fault in the file itself beside one from an override: both are named.
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({**RECIPE, "finetune": {"epochs": -1}}))
-    assert_bad_input(run("validate", bad, "--set", "pruning.0.sparsity=2"), f"{bad}: finetune.epochs")
+    assert_bad_input(
+        run("validate", bad, "--set", "pruning.0.sparsity=2"), f"{bad} with --set pruning.0.sparsity=2: finetune.epochs"
+    )
+    # An override with no part in the fault is not named.
+    line = assert_bad_input(run("validate", bad, "--set", "seed=4"), f"{bad}: finetune.epochs")
+    assert "seed" not in line, line
 
 
 def test_kwargs_the_caller_gave_are_not_blamed_on_the_recipe(tmp_path):

@@ -263,6 +263,22 @@ def test_data_callable_that_exits_is_bad_input(tmp_path, mlp_checkpoint, monkeyp
     assert not (tmp_path / "o").exists()
 
 
+def test_data_errors_name_the_option_or_field_that_gave_the_source(tmp_path, mlp_checkpoint, monkeypatch):
+    """A source typed as --data is named as --data (the messages said `data.source`, a recipe field the
+    user never wrote); one from --set data.source or a recipe keeps the field's name."""
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_file(tmp_path, {})
+    base = ("prune", mlp_checkpoint, recipe, "--arch", "examples.models:mlp", "-o", tmp_path / "o")
+    for source, needle in (("os:system", "standard library"), ("missing.npz", "not found"),
+                           ("sk_no_such_mod:fn", "cannot import")):  # fmt: skip
+        line = assert_bad_input(run(*base, "--data", source), f"--data {source}", needle)
+        assert "data.source" not in line, line
+    assert_bad_input(run(*base, "--set", "data.source=os:system"), "data.source 'os:system'")
+    with pytest.raises(TrustError, match="data.source 'os:system'"):  # Python: the argument's name
+        load_data("os:system")
+    assert not (tmp_path / "o").exists()
+
+
 def test_factory_or_forward_that_exits_is_bad_input(tmp_path, monkeypatch, weights):
     (tmp_path / "sk_exit_arch.py").write_text(
         textwrap.dedent("""
