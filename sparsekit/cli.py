@@ -42,6 +42,7 @@ FLAGS = {
     "data": "--data",
     "device": "--device",
     "input_shape": "--input-shape",
+    "kwargs": "--kwargs",
     "output": "-o",
     "overwrite": "--overwrite",
     "resume": "--resume",
@@ -54,7 +55,7 @@ FLAGS = {
 def _flag(name: str, value: str) -> str:
     flag = FLAGS.get(name, name)
     if not value:
-        return flag + (" pkg.module:callable" if name == "arch" else "")
+        return flag + {"arch": " pkg.module:callable", "kwargs": " '{...}' with --arch"}.get(name, "")
     if name == "input_shape":
         value = value.strip("[]").replace(" ", "")
     return f"{flag} {value}"

@@ -21,6 +21,7 @@ API_SPELLING = {
     "data": "data=...",
     "device": "overrides=['finetune.device=...']",
     "input_shape": "input_shape=[...]",
+    "kwargs": "kwargs={...}",
     "output": "out=...",
     "overwrite": "overwrite=True",
     "resume": "resume=True",

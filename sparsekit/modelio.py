@@ -444,12 +444,12 @@ def load_weights(
         built = f"with kwargs {_short(kwargs)}" if kwargs else "with no kwargs"
         hint = (
             f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
-            "weights were made with (those given with it, or model.kwargs in the recipe), or the model was "
+            f"weights were made with (give them: {option('kwargs')}, or model.kwargs in a recipe), or the model was "
             "structurally pruned and saved without its pruning history (save it with "
             "sparsekit.save_model(model, path, factory, pruner=pruner))"
             if shapes and narrowed
-            else f"Check the architecture and its kwargs ({built[5:]}: those given with it, or model.kwargs in the "
-            "recipe)"
+            else f"Check the architecture and its kwargs ({built[5:]}; give them: {option('kwargs')}, or "
+            "model.kwargs in a recipe)"
         )
         raise ModelFileError(f"{path}: weights do not match the architecture {factory}: {'; '.join(parts)}. {hint}")
     try:
@@ -459,12 +459,18 @@ def load_weights(
 
 
 def load_model(
-    path: str | Path, arch: str | None = None, *, trust: bool = False, trust_code: bool = False
+    path: str | Path,
+    arch: str | None = None,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    trust: bool = False,
+    trust_code: bool = False,
 ) -> nn.Module:
     """Load any accepted model file (see the module docstring) and return the model in eval mode, on
     the CPU, in float32 when it was a trusted whole module.
 
-    ``arch`` names the architecture (``pkg.module:callable``) yourself. Without it, a checkpoint's
+    ``arch`` names the architecture (``pkg.module:callable``) yourself, and ``kwargs`` the keyword
+    arguments to build it with (they replace a checkpoint's own). Without ``arch``, a checkpoint's
     own ``factory`` is imported only with ``trust_code=True`` or when its module is trusted (see
     :mod:`sparsekit.trust`). ``trust=True`` allows unpickling a whole module (runs code).
     Raises :class:`ModelFileError` for a missing, unreadable, unsafe or mismatched file and
@@ -472,8 +478,9 @@ def load_model(
 
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", arch="examples.models:lenet_300_100")
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", trust_code=True)   # the file's factory
+    >>> model = sparsekit.load_model("weights.pt", arch="mypkg.nets:mlp", kwargs={"hidden": [32, 16]})
     """
-    return read_model(path, arch, trust=trust, trust_code=trust_code).model
+    return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code).model
 
 
 def read_model(

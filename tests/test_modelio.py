@@ -108,6 +108,17 @@ def test_narrower_weights_without_history_get_an_error_naming_the_cause(tmp_path
     torch.save(small.state_dict(), tmp_path / "w.pt")
     with pytest.raises(ModelFileError, match=r"narrower than the architecture builds.*pruner=pruner"):
         sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
+    # How to give the kwargs, in the caller's own spelling (it said "those given with it", and load_model
+    # took none), and then they load.
+    with pytest.raises(ModelFileError, match=r"give them: kwargs=\{\.\.\.\}, or model.kwargs in a recipe"):
+        sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
+    assert sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp", kwargs={"hidden": [32, 32]})
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "w.pt"), "--arch", "examples.models:mlp"])
+    assert result.exit_code == 2 and "give them: --kwargs '{...}' with --arch, or model.kwargs" in result.stderr
     # Wrong kwargs are the likelier cause, so they come first, with the ones used.
     with pytest.raises(ModelFileError, match=r"with kwargs \{'hidden': \[64, 32\]\}: either it needs"):
         read_model(tmp_path / "w.pt", arch="examples.models:mlp", kwargs={"hidden": [64, 32]})
