@@ -482,6 +482,20 @@ def _allocate_macs(
             f"whole blocks of round_to {round_to} channels {coarse} (target_macs {aim:g}): exact channel counts "
             "are used, which onnxruntime's CPU kernels may run slower than aligned ones"
         )
+    if note is None and uniform is not None and predicted > uniform:
+        # The greedy choice works in whole blocks and may land under the target; the uniform comparison keeps
+        # exact counts at the target. Say why the allocation's prediction is the worse one, rather than let the
+        # line that compares them stand unexplained.
+        blocks = (
+            f"in whole blocks of round_to {round_to} channels it reaches MACs {reached:.3f}, the uniform ratio exact "
+            f"counts at {aim:g}; round_to: null allocates exact counts"
+            if round_to
+            else f"the uniform ratio reaches MACs {aim:g} with exact counts; one ratio may serve this model better"
+        )
+        note = (
+            f"the allocation's predicted loss increase ({predicted:.3f}) is above one uniform ratio's ({uniform:.3f}) "
+            f"for target_macs {aim:g}: {blocks}"
+        )
     info = EntryAllocation(
         index, "structured", {"macs": aim}, ratios, predicted, uniform, {"macs": reached}, None, aim, note
     )

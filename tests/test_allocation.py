@@ -483,3 +483,20 @@ def test_auto_macs_uses_exact_counts_when_whole_blocks_land_far_under_the_target
     assert details[0].note and "exact channel counts are used" in details[0].note
     kept = [pruned.fc1.out_features, pruned.fc2.out_features]
     assert any(k % 8 for k in kept), kept  # not whole blocks: the exact search chose them
+
+
+@pytest.mark.parametrize("round_to", [None, 16])
+def test_an_allocation_predicted_worse_than_uniform_says_why(monkeypatch, round_to):
+    """Whole blocks of round_to channels can land under target_macs and so be predicted to cost more than the
+    uniform comparison, which keeps exact counts at the target: the comparison line stood unexplained."""
+    model = mlp(in_features=64, hidden=[64, 32])
+    spec = validate_recipe(
+        {"pruning": [{"method": "structured", "ratio": "auto", "target_macs": 0.5, "round_to": round_to}]}
+    ).pruning[0]
+    fake = spec.model_copy(update={"ratio": 0.5, "target_macs": None, "scope": "layer", "layer_ratio": {"fc1": 0.5}})
+    monkeypatch.setattr(alloc, "_allocate_structured", lambda *a, **k: (fake, {"fc1": 0.5}, 0.468, 0.376, 0.469))
+    info = alloc._allocate_macs(model, spec, 0, None, [1, 64], [])
+    assert info.note and "predicted loss increase (0.468) is above one uniform ratio's (0.376)" in info.note
+    assert ("round_to: null" in info.note) == bool(round_to)
+    monkeypatch.setattr(alloc, "_allocate_structured", lambda *a, **k: (fake, {"fc1": 0.5}, 0.300, 0.376, 0.499))
+    assert alloc._allocate_macs(model, spec, 0, None, [1, 64], []).note is None  # better than uniform: no note
