@@ -251,7 +251,8 @@ kwargs_option = click.option(
 trust_model_file_option = click.option(
     "--trust-model-file",
     is_flag=True,
-    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust).",
+    help="Allow loading a pickled nn.Module/TorchScript MODEL (it can run code: only files you trust; one whose "
+    "pickle names process, file or import machinery is refused even so).",
 )
 
 

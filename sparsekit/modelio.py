@@ -10,6 +10,7 @@ and are refused unless the caller trusts the file (``trust=True``).
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import os
 import pickle
@@ -17,7 +18,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -91,59 +92,233 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _PICKLE_OPS_READ = 100_000  # opcodes read (never run) when naming what a plain pickle refers to
 
 
+class _Mark:
+    """The MARK opcode's place on the simulated stack of :func:`_pickle_names`."""
+
+
+class _Global(NamedTuple):
+    """A callable or class a pickle names, on the simulated stack: ``module:attr``."""
+
+    name: str
+
+
+_MARK = _Mark()
+_STRING_OPS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+_TUPLE_OPS = frozenset({"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"})
+_CALL_OPS = frozenset({"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ"})
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_GETATTR = frozenset({"builtins:getattr", "__builtin__:getattr"})
+
+
+class _Pickle(NamedTuple):
+    # "module:attr" per GLOBAL / INST / STACK_GLOBAL and per getattr(named, "attr") it calls; None: a callable
+    # it names or calls that is computed while unpickling (unknown until it runs)
+    names: list[str | None]
+    protocol: int
+    ops: int  # opcodes read, PROTO and FRAME not counted
+    legacy: bool  # the first object is torch's legacy-format magic number
+
+
+def _pickle_names(fh: IO[bytes]) -> _Pickle:
+    """The callables one pickle stream (up to its STOP) names or calls, read by :func:`pickletools.genops`
+    on a simulated stack, never run. STACK_GLOBAL takes its module and name from the stack, where they may
+    come from the memo; ``getattr(named, "attr")`` (how pickle stores ``torch.tanh``) is followed to the
+    attribute it reaches; a name or a called object computed while unpickling is None. Raises ValueError
+    when the bytes are no complete pickle."""
+    import pickletools
+
+    names: list[str | None] = []
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    protocol = ops = 0
+    legacy = False
+    for op, arg, _ in pickletools.genops(fh):
+        name = op.name
+        protocol = max(protocol, op.proto)  # the highest protocol among its opcodes, as pickletools says
+        if name in ("PROTO", "FRAME"):
+            protocol = arg if name == "PROTO" and isinstance(arg, int) else protocol
+            continue
+        if ops == 0 and name in ("LONG", "LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
+            legacy = True
+        ops += 1
+        if name == "STOP":
+            return _Pickle(names, protocol, ops, legacy)
+        if ops >= _PICKLE_OPS_READ:
+            raise ValueError("too long to read")
+        try:
+            if name in _MEMO_PUTS:
+                memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = stack[-1]
+                continue
+            if name in _MEMO_GETS:
+                stack.append(memo.get(int(arg or 0)))
+                continue
+            if name == "DUP":
+                stack.append(stack[-1])
+                continue
+            before = op.stack_before
+            if pickletools.markobject in before:
+                sliced: list[Any] = []
+                while stack[-1] is not _MARK:
+                    sliced.insert(0, stack.pop())
+                stack.pop()
+                popped = [stack.pop() for _ in range(before.index(pickletools.markobject))][::-1] + sliced
+            else:
+                popped = [stack.pop() for _ in before][::-1]  # in push order
+        except IndexError:
+            raise ValueError("stack underflow") from None
+        value: Any = None
+        if name in ("GLOBAL", "INST") and isinstance(arg, str):
+            value = _Global(arg.replace(" ", ":", 1).replace("\n", ":", 1))
+            names.append(value.name)
+            value = None if name == "INST" else value  # INST calls the class: its result is an instance
+        elif name == "STACK_GLOBAL":
+            module, attr = popped
+            known = isinstance(module, str) and isinstance(attr, str)
+            value = _Global(f"{module}:{attr}") if known else None
+            names.append(value.name if value else None)
+        elif name in _CALL_OPS:
+            called = popped[1] if name == "OBJ" else popped[0]  # OBJ: mark, class, args
+            args = popped[1] if name != "OBJ" and len(popped) > 1 else None
+            if not isinstance(called, _Global):
+                names.append(None)  # calls an object made while unpickling
+            elif called.name in _GETATTR and isinstance(args, tuple) and len(args) == 2:
+                owner, attr = args
+                if not isinstance(attr, str):
+                    names.append(None)
+                elif isinstance(owner, _Global):
+                    value = _Global(f"{owner.name}.{attr}")
+                    names.append(value.name)
+                else:  # an attribute of an object it built (a bound method): the attribute's name still counts
+                    names.append(f"(an object it builds):{attr}")
+        elif name == "BINPERSID" and isinstance(popped[0], tuple) and popped[0][:1] == ("module",):
+            # torch's legacy format stores each class as ("module", class, source file, source): its loader
+            # returns the class, which the pickle then calls
+            value = popped[0][1] if len(popped[0]) > 1 else None
+        elif name in _TUPLE_OPS:
+            value = tuple(popped)
+        elif name in _STRING_OPS and isinstance(arg, str):
+            value = arg[:200]
+        after = op.stack_after
+        if after == [pickletools.markobject]:
+            stack.append(_MARK)
+        else:
+            stack.extend([value] * len(after))
+    raise ValueError("no STOP: not a complete pickle")
+
+
 def _plain_pickle(path: Path) -> str | None:
     """When ``path`` is a plain Python pickle (``pickle.dump``, any protocol; not torch.save's zip or legacy format):
     why sparsekit will not read it, naming the callables it refers to. Its opcodes are only parsed
-    (:func:`pickletools.genops`), never run; a stream that does not parse is no pickle (None, as for anything
+    (:func:`_pickle_names`), never run; a stream that does not parse is no pickle (None, as for anything
     else)."""
-    import pickletools
-
-    names: list[str] = []
-    pushed: list[str | None] = []  # strings pushed so far (memo reads included), for STACK_GLOBAL's two operands
-    memo: dict[int, str | None] = {}
-    protocol = 0
     try:
         with open(path, "rb") as fh:
             if fh.read(2) == b"PK":
                 return None  # a zip archive: torch's own format
             fh.seek(0)
-            ops = 0
-            for op, arg, _ in pickletools.genops(fh):
-                name = op.name
-                protocol = max(protocol, op.proto)  # the highest protocol among its opcodes, as pickletools says
-                if name in ("PROTO", "FRAME"):
-                    protocol = arg if name == "PROTO" and isinstance(arg, int) else protocol
-                    continue
-                if ops == 0 and name in ("LONG", "LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
-                    return None  # torch's legacy format
-                ops += 1
-                if name in ("GLOBAL", "INST") and isinstance(arg, str):
-                    names.append(arg.replace(" ", "."))
-                elif name == "STACK_GLOBAL":
-                    module, attr = (pushed[-2:] + [None, None])[:2] if len(pushed) >= 2 else (None, None)
-                    names.append(f"{module}.{attr}" if module and attr else "a callable it builds by name")
-                elif name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = pushed[-1] if pushed else None
-                elif name in ("GET", "BINGET", "LONG_BINGET"):
-                    pushed.append(memo.get(int(arg or 0)))
-                elif isinstance(arg, str):
-                    pushed.append(arg[:200])
-                if name == "STOP":
-                    if ops == 1:
-                        return None  # a lone STOP byte: no pickle worth the name
-                    break
-                if ops >= _PICKLE_OPS_READ:
-                    break
-            else:
-                return None  # no STOP: not a complete pickle
+            found = _pickle_names(fh)
     except Exception:  # noqa: BLE001 - bytes that are no pickle stream (garbage, another format)
         return None
-    named = list(dict.fromkeys(names))
+    if found.legacy or found.ops <= 1:
+        return None  # torch's legacy format; or a lone STOP byte, no pickle worth the name
+    named = list(dict.fromkeys(n.replace(":", ".", 1) if n else "a callable it builds by name" for n in found.names))
     what = f", naming {', '.join(shorten(n, 80) for n in named[:3])}" + (" and more" if len(named) > 3 else "")
     return (
-        f"a plain Python pickle, protocol {protocol}{what if named else ''}: not torch.save's format, and sparsekit "
-        "does not unpickle it, which would run the code it names"
+        f"a plain Python pickle, protocol {found.protocol}{what if named else ''}: not torch.save's format, and "
+        "sparsekit does not unpickle it, which would run the code it names"
     )
+
+
+# Modules whose callables no pickled model needs and an unpickled file could use to run commands, touch
+# files, load code or unpickle more: a trusted load refuses a file naming any of them (defence in depth
+# for --trust-model-file, not a sandbox: a trusted file can still run whatever its own classes do).
+_NEVER_IN_A_MODEL = frozenset(
+    {
+        "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "shutil", "pty", "socket", "runpy",
+        "importlib", "ctypes", "code", "codeop", "pickle", "_pickle", "marshal", "webbrowser", "multiprocessing",
+        "signal", "pdb", "bdb", "timeit", "commands", "popen2", "platform", "tempfile", "glob", "asyncio",
+        "_thread", "threading", "urllib", "http", "ftplib", "smtplib", "telnetlib", "zipimport", "pkgutil",
+        "dill", "cloudpickle", "joblib",
+    }
+)  # fmt: skip
+_NEVER_BUILTINS = frozenset(
+    {"eval", "exec", "compile", "__import__", "open", "input", "breakpoint", "setattr", "delattr", "globals",
+     "locals", "vars", "exit", "quit", "help", "memoryview"}
+)  # fmt: skip
+# builtins.X.Y reached through getattr: only attributes of the plain data types (set, slice, ...) pass.
+_SAFE_BUILTINS_OWNERS = frozenset(
+    {"set", "frozenset", "slice", "list", "dict", "tuple", "int", "float", "complex", "bool", "str", "bytes",
+     "bytearray", "range", "object", "type", "getattr", "Ellipsis", "NotImplemented", "print", "len", "min",
+     "max", "abs", "round", "sum", "isinstance", "enumerate", "zip", "map", "filter", "sorted", "reversed",
+     "ValueError", "RuntimeError", "TypeError", "KeyError", "IndexError", "Exception", "AttributeError"}
+)  # fmt: skip
+_NEVER_ATTRS = frozenset(
+    {"__builtins__", "__globals__", "__import__", "__subclasses__", "__getattribute__", "__code__", "__loader__",
+     "__spec__", "__dict__", "system", "popen", "spawn", "fork", "execv", "execve", "exec", "eval", "attrgetter",
+     "methodcaller"}
+)  # fmt: skip
+_NEVER_TORCH = ("torch.hub", "torch.load", "torch.serialization", "torch.jit.load", "torch.package",
+                "torch.utils.cpp_extension", "torch.ops.load_library", "torch._C._jit")  # fmt: skip
+
+
+def _never_unpickled(name: str | None) -> bool:
+    if name is None:
+        return True  # a name made at load time: what it calls cannot be known beforehand
+    module, _, attr = name.partition(":")
+    top = module.split(".")[0]
+    if top in ("builtins", "__builtin__"):
+        return attr in _NEVER_BUILTINS or attr.split(".")[0] not in _SAFE_BUILTINS_OWNERS
+    # A module is imported by its name (mypkg.signal is the user's own); an attribute path is followed from it,
+    # and torch:os reaches the os module as well as os does.
+    if top in _NEVER_IN_A_MODEL or any(p in _NEVER_IN_A_MODEL or p in _NEVER_ATTRS for p in attr.split(".")):
+        return True
+    dotted = f"{module}.{attr}"
+    return any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_TORCH)
+
+
+def _screen_trusted(path: Path) -> None:
+    """Before a trusted unpickling load: ModelFileError when the file's pickles (torch's zip format: its
+    ``.pkl`` members; the legacy format: its leading pickles) name process, file, import or unpickling
+    machinery (:data:`_NEVER_IN_A_MODEL`) or a callable whose name is computed at load time."""
+    streams: list[bytes] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                streams = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+        else:
+            with open(path, "rb") as fh:
+                streams = [fh.read()]
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return  # unreadable here: the load itself says so
+    found: list[str | None] = []
+    legacy = not zipfile.is_zipfile(path)
+    for data in streams:
+        stream = io.BytesIO(data)
+        # torch's legacy format is five pickles (magic, protocol, system info, the model, storage keys), then raw
+        # storage bytes; each member of the zip format is one pickle. What cannot be read is not unpickled either.
+        for _ in range(5 if legacy else 1):
+            try:
+                found += _pickle_names(stream).names
+            except Exception:  # noqa: BLE001 - a stream pickletools cannot follow: damaged, or crafted
+                found.append(None)
+                break
+    bad = list(
+        dict.fromkeys(
+            n.replace(":", ".", 1) if n else "a callable whose name it computes while loading"
+            for n in found
+            if _never_unpickled(n)
+        )
+    )
+    if bad:
+        raise ModelFileError(
+            f"{path}: its pickle names {', '.join(shorten(b, 80) for b in bad[:3])}"
+            f"{' and more' if len(bad) > 3 else ''}: process, file, import or unpickling machinery that no model "
+            "needs; sparsekit does not unpickle it even when trusted. If the file is yours, load it in Python and "
+            "save its state_dict or a sparsekit checkpoint (sparsekit.save_model)"
+        )
 
 
 def _archive_members(path: Path) -> list[str]:
@@ -171,6 +346,7 @@ def _unpickle_trusted(path: Path) -> Any:
     module cannot be found is bad input naming that module."""
     import sys
 
+    _screen_trusted(path)
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:

@@ -1,0 +1,151 @@
+"""--trust-model-file unpickles a whole-module file the user vouches for, but first reads what its pickles name
+(never running them): process, file, import or unpickling machinery, and callables whose names are computed
+while loading, are refused even then. Ordinary whole modules, in both torch formats, still load."""
+
+from __future__ import annotations
+
+import textwrap
+import zipfile
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+from sparsekit.cli import main
+from sparsekit.errors import ModelFileError
+from sparsekit.modelio import read_model
+
+MODULE = """
+import functools, os, operator
+import torch
+from torch import nn
+
+CANARY = {canary!r}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.bn = nn.BatchNorm1d(3)
+        self.act = torch.tanh                     # pickled as getattr(torch._C._VariableFunctionsClass, 'tanh')
+        self.relu = functools.partial(torch.relu)
+        self.gelu = torch.nn.functional.gelu
+        self.size, self.dtype, self.where = torch.Size([1, 8]), torch.float16, torch.device("cpu")
+        self.cfg = {{"widths": [8, 3], "names": {{"a", "b"}}, "cut": slice(0, 2)}}
+        self.method = self.extra                  # a bound method: getattr(<the module>, 'extra')
+
+    def extra(self):
+        return 1
+
+    def forward(self, x):
+        return self.bn(self.fc(self.act(x)))
+
+
+class System:
+    def __reduce__(self):
+        return (os.system, ("touch " + CANARY,))
+
+
+class Eval:
+    def __reduce__(self):
+        return (eval, ("__import__('os').system('touch ' + {canary!r})",))
+
+
+class ThroughTorch:
+    def __reduce__(self):  # torch.os is the os module: the name says posix.system all the same
+        return (getattr(torch.os, "system"), ("touch " + CANARY,))
+
+
+class Getter:
+    def __reduce__(self):
+        return (operator.attrgetter("os.system"), ())
+
+
+def holding(payload):
+    net = Net()
+    net.payload = payload
+    return net
+"""
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    canary = tmp_path / "CANARY"
+    (tmp_path / "sk_trusted_mod.py").write_text(textwrap.dedent(MODULE.format(canary=str(canary))))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    mod = importlib.import_module("sk_trusted_mod")
+    importlib.reload(mod)
+    paths = {}
+    torch.save(mod.Net(), paths.setdefault("zip", tmp_path / "net.pt"))
+    torch.save(mod.Net(), paths.setdefault("legacy", tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
+    for name in ("System", "Eval", "ThroughTorch", "Getter"):
+        torch.save(mod.holding(getattr(mod, name)()), paths.setdefault(name, tmp_path / f"{name}.pt"))
+    torch.save(
+        mod.holding(mod.System()), paths.setdefault("legacy_System", tmp_path / "legacy_system.pt"),
+        _use_new_zipfile_serialization=False,
+    )  # fmt: skip
+
+    def crafted(name: str, body: bytes) -> None:  # the zip archive of a real file, its data.pkl replaced
+        with zipfile.ZipFile(paths["zip"]) as z, zipfile.ZipFile(tmp_path / f"{name}.pt", "w") as out:
+            for member in z.namelist():
+                out.writestr(member, body if member.endswith("data.pkl") else z.read(member))
+        paths[name] = tmp_path / f"{name}.pt"
+
+    def s(text: str) -> bytes:
+        return b"X" + len(text.encode()).to_bytes(4, "little") + text.encode()
+
+    # getattr(getattr(torch._C, "os"), "system")("touch CANARY"), written by hand
+    get = b"c__builtin__\ngetattr\n"
+    crafted("chain", b"\x80\x02" + get + get + b"ctorch\n_C\n" + s("os") + b"\x86R" + s("system") + b"\x86R"
+            + s(f"touch {canary}") + b"\x85R.")  # fmt: skip
+    # STACK_GLOBAL whose module name is the result of a call (str.join): unknown until it runs
+    crafted("computed", b"\x80\x04" + b"c__builtin__\nstr\n" + s("join") + b"\x86" + b"\x93" + s("")
+            + s("o") + s("s") + b"\x86\x86R" + s("system") + b"\x93" + s(f"touch {canary}") + b"\x85R.")  # fmt: skip
+    crafted("garbled", b"\x80\x02garbage that is no pickle")
+    return paths, canary
+
+
+def test_ordinary_whole_modules_load_when_trusted(files):
+    paths, canary = files
+    x = torch.randn(4, 8)
+    for kind in ("zip", "legacy"):
+        model = read_model(paths[kind], trust=True).model
+        assert model.act is torch.tanh and model(x).shape == (4, 3), kind
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("System", "posix.system"),
+        ("legacy_System", "posix.system"),
+        ("Eval", "builtins.eval"),
+        ("ThroughTorch", "posix.system"),
+        ("Getter", "operator.attrgetter"),
+        ("chain", "torch._C.os"),
+        ("computed", "a callable whose name it computes while loading"),
+    ],
+)
+def test_machinery_is_refused_even_when_trusted(files, name, needle):
+    paths, canary = files
+    with pytest.raises(ModelFileError, match="does not unpickle it even when trusted") as err:
+        read_model(paths[name], trust=True)
+    assert needle.replace("builtins", "") in str(err.value), str(err.value)
+    result = CliRunner().invoke(main, ["inspect", str(paths[name]), "--trust-model-file"])
+    assert_bad_input(result, str(paths[name]), "even when trusted")
+    assert not canary.exists()
+
+
+def test_a_pickle_the_reader_cannot_follow_is_not_unpickled(files):
+    paths, canary = files
+    with pytest.raises(ModelFileError):
+        read_model(paths["garbled"], trust=True)
+    assert not canary.exists()
+    from sparsekit.modelio import _screen_trusted
+
+    with pytest.raises(ModelFileError, match="computes while loading"):  # the screen itself, before any load
+        _screen_trusted(paths["garbled"])
