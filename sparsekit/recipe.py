@@ -670,6 +670,14 @@ class GradientSpec(_Ranked):
         le=MAX_CALIBRATION,
         description="training batches whose gradients score the weights when finetune.epochs is 0",
     )
+    score_every: Int = Field(
+        1,
+        gt=0,
+        le=10_000,
+        description="sum the scores on every N-th optimizer step, counted back from each mask update (whose own "
+        "step always counts); 1 (default): every step. Each summed step costs about three passes over the "
+        "weights; fewer make a noisier estimate (taylor lost accuracy at 4, see benchmarks/README.md)",
+    )
 
 
 class L1Spec(_MethodBase):

@@ -68,6 +68,8 @@ def check_plain_data(data: Any, source: str) -> None:
         return RecipeError(f"{source}: {short(path, 120)}: {problem}" if path else f"{source}: {problem}")
 
     def walk(value: Any, path: str, depth: int) -> int:
+        if isinstance(value, str) and "\x00" in value:
+            raise fail(path, "holds a NUL character (\\x00), which no setting takes; remove it")
         if value is None or isinstance(value, bool | int | float | str):
             return 1
         if not isinstance(value, dict | list):
@@ -138,6 +140,10 @@ class _RecipeLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.ScalarNode) and node.tag in _NUMBER_TAGS:
+            problem = number_problem(str(node.value))
+            if problem:
+                raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
         try:
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as err:
@@ -145,6 +151,27 @@ class _RecipeLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read{what} as {_tag(node.tag)} ({type(err).__name__}: {err})", node.start_mark
             ) from None
+
+
+# Python refuses to read whole numbers longer than this (sys.get_int_max_str_digits()'s default).
+MAX_INT_DIGITS = 4300
+
+
+def number_problem(text: str) -> str | None:
+    """Why the number written as ``text`` cannot be read as its value, or None: a whole number too long for
+    Python to read, or a float so small it would silently become 0 (``1e-400``)."""
+    t = text.strip().replace("_", "")
+    if re.fullmatch(r"[-+]?[0-9]+", t) and len(t.lstrip("+-")) > MAX_INT_DIGITS:
+        return f"a whole number with {len(t.lstrip('+-')):,} digits; no setting takes one near that large"
+    mantissa = re.split("[eE]", t)[0]
+    if re.fullmatch(r"[-+]?([0-9]*\.[0-9]*|[0-9]+)([eE][-+]?[0-9]+)?", t) and re.search(r"[1-9]", mantissa):
+        try:
+            value = float(t)
+        except (ValueError, OverflowError):
+            return None
+        if value == 0.0:
+            return f"{short(text)} is too small for a 64-bit float: it would be read as 0"
+    return None
 
 
 def _no_base60(regexp: re.Pattern[str]) -> re.Pattern[str]:
@@ -161,11 +188,12 @@ _RecipeLoader.yaml_implicit_resolvers = {
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-# YAML 1.1 (PyYAML) reads 1e-3 as text: its floats need a dot (1.0e-3). YAML 1.2 and every other tool
+# YAML 1.1 (PyYAML) reads 1e-3 and 1.5e3 as text: its floats need a dot and a signed exponent (1.0e-3, 1.5e+3).
+# YAML 1.2 and every other tool
 # read it as a number, and it is how learning rates and L1 strengths are written. Checked after the
 # int and float resolvers, so 3 stays an int and 1.5 a float.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
-for _first in "-+0123456789":
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+for _first in "-+.0123456789":
     _RecipeLoader.yaml_implicit_resolvers.setdefault(_first, []).append(("tag:yaml.org,2002:float", _EXPONENT_FLOAT))
 
 
@@ -215,6 +243,9 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 def _parse_value(text: str, item: str) -> Any:
     where = f"override {short(item, 120)!r}"
+    problem = number_problem(text)
+    if problem:  # a number, but not one that can be read as itself: not a string either
+        raise RecipeError(f"{where}: {problem}")
     try:
         value = _parse_yaml(text, where)
     except RecipeError:

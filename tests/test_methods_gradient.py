@@ -215,3 +215,49 @@ def test_scores_are_not_summed_past_the_schedules_last_update():
         backward_with_grad(model, g)
         pruner.step()
     assert summed and all(torch.equal(pruner.methods[0].accum[n], t) for n, t in summed.items())
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "movement"])
+def test_score_every_sums_every_nth_step_counted_back_from_each_update(criterion):
+    """score_every: 3 sums the steps 3, 6, ... before each mask update and the update's own step; the sum is
+    exactly the sum of the criterion over those steps (taylor restarting after each update)."""
+    steps_per_epoch = 10
+    sched = {"start_epoch": 0.5, "end_epoch": 1.5, "every": 0.5, "init_sparsity": 0.1, "curve": "linear"}
+    model = single([1.0, -2.0, 0.5, 3.0, -0.25, 1.5])
+    pruner = Pruner(
+        model, recipe(epochs=2, criterion=criterion, sparsity=0.5, schedule=sched, score_every=3), steps_per_epoch
+    )
+    method = pruner.methods[0]
+    updates = {5, 10, 15}  # start 5, every 5, end 15
+    expected = torch.zeros(6)
+    torch.manual_seed(0)
+    for step in range(1, 21):
+        g = torch.randn(6)
+        w = model.weight.detach()[0].clone()
+        backward_with_grad(model, g.tolist())
+        upcoming = min(u for u in updates | {10**9} if u >= step)
+        counted = step <= 15 and (upcoming - step) % 3 == 0
+        if counted:
+            expected += (w * g).abs() if criterion == "taylor" else -(w * g)
+        pruner.step()
+        if step in updates:
+            assert counted  # an update's own step always counts
+            if criterion == "taylor":
+                expected = torch.zeros(6)  # a fresh window
+        if step in (4, 9, 14) and method.accum:  # just before an update: the sum so far
+            (acc,) = method.accum.values()
+            torch.testing.assert_close(acc[0], expected, rtol=0, atol=1e-6)
+    assert [s for s in range(1, 16) if (min(u for u in updates if u >= s) - s) % 3 == 0] == [
+        2, 5, 7, 10, 12, 15
+    ]  # fmt: skip
+
+
+def test_score_every_one_sums_every_step_as_before():
+    model = single([1.0, -2.0, 0.5])
+    pruner = Pruner(model, recipe(epochs=3, criterion="movement", sparsity=0.34, schedule={"start_epoch": 3,
+                    "end_epoch": 3}), 1)  # fmt: skip
+    assert pruner.methods[0].every == 1
+    for g in ([-3.0, 0.0, -1.0], [3.0, 0.0, -1.0], [0.0, 0.1, -1.0]):
+        backward_with_grad(model, g)
+        pruner.step()
+    assert (model.weight[0] != 0).tolist() == [False, True, True]

@@ -576,3 +576,32 @@ def test_export_onnx_false_is_refused_not_ignored():
     with pytest.raises(ValidationError, match=r"false is not supported: a prune run always writes model\.onnx"):
         Recipe(export={"onnx": False})
     assert Recipe(export={"onnx": True}).export.onnx is True
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("seed: 1" + "0" * 5000, "a whole number with 5,001 digits"),  # said "use sys.set_int_max_str_digits()"
+        ("finetune: {optimizer: {name: sgd, lr: 1e-400}}", "1e-400 is too small for a 64-bit float"),  # "got 0.0"
+        ('data: {source: "digits\\x00.npz"}', "data.source: holds a NUL character"),  # exit 1, ValueError
+    ],
+)
+def test_numbers_and_strings_no_setting_can_take_are_named(tmp_path, text, needle):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"version: 1\n{text}\n")
+    with pytest.raises(RecipeError, match=needle):
+        load_recipe(path)
+
+
+def test_overrides_name_numbers_that_cannot_be_read_and_read_every_float_spelling(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\n")
+    with pytest.raises(RecipeError, match="a whole number with 5,001 digits"):  # said "not the text '1000…'"
+        load_recipe(path, ["seed=1" + "0" * 5000])
+    with pytest.raises(RecipeError, match="too small for a 64-bit float"):
+        load_recipe(path, ["finetune.optimizer.lr=1e-400"])
+    # YAML 1.1 reads these as text (its floats need a dot and a signed exponent); every other tool as numbers.
+    for text, value in ((".5e2", 50.0), ("2.e-3", 0.002), ("1e-3", 0.001), ("1.0e+1", 10.0), ("5.5e1", 55.0)):
+        assert load_recipe(path, [f"finetune.optimizer.lr={text}"]).finetune.optimizer.lr == pytest.approx(value)
+    with pytest.raises(RecipeError, match=r"must be <= 100.0 \(got 1500.0\)"):  # a number, not "the text '1.5e3'"
+        load_recipe(path, ["finetune.optimizer.lr=1.5e3"])

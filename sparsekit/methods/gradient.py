@@ -85,6 +85,7 @@ class Gradient(Magnitude):
     def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
         super().__init__(spec, model, setup)
         self.criterion: str = spec.criterion
+        self.every: int = spec.score_every
         self.resets = CRITERIA[spec.criterion][1]  # taylor: a fresh estimate per update interval
         self.accum: dict[str, torch.Tensor] = {}  # summed scores per layer since the last reset
         fused = _FUSED.get(self.scorer)
@@ -152,9 +153,21 @@ class Gradient(Magnitude):
     def after_step(self, step: int) -> Changes:
         """Add this step's scores, then update masks at the schedule's update points. Past the schedule's
         last update no scores are summed (none would be read again; ~3 passes over the weights a step)."""
-        if step <= self.schedule.end or self._pending:
+        if self._pending or (step <= self.schedule.end and self._scored(step)):
             self.accumulate()  # before the mask update, so this step's gradients count
         return super().after_step(step)
+
+    def _scored(self, step: int) -> bool:
+        """Whether ``step``'s gradients are summed: every ``score_every``-th step counted back from the next
+        mask update, so the update's own step always counts and each window gets its share."""
+        if self.every == 1:
+            return True
+        sched = self.schedule
+        if step <= sched.start:
+            upcoming = sched.start
+        else:
+            upcoming = min(sched.end, sched.start + -(-(step - sched.start) // sched.every) * sched.every)
+        return (upcoming - step) % self.every == 0
 
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
         """Raises TargetError when an update point is still waiting for gradients."""
