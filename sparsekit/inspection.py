@@ -45,7 +45,8 @@ def inspect(
       when unknown (no input shape, or ONNX shape inference could not size the layer). A layer whose
       weight an earlier row holds too (tied; in ONNX only where sparsekit's export recorded the tie) adds
       ``shared_with`` (that row's name), ``shared_params`` and ``shared_nonzero`` (what it does not add to
-      the totals).
+      the totals); a layer whose weight a module that is no row holds (an LM head tied to its Embedding)
+      names it in ``shared_with`` (``"emb (Embedding)"``) and adds all of its parameters (shared 0).
     - totals: ``params`` / ``nonzero_params`` over every parameter (torch) or stored weight (ONNX);
       ``other_params`` (``{"params", "nonzero_params", "types"}``) what the rows leave out (BatchNorm,
       embeddings, ...), so rows plus other make the total, less what a tied row shares; ``weights`` /
@@ -178,6 +179,7 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
     from .layers import prunable_layers
     from .masks import weight_of
     from .stats import layer_macs, sparsity
+    from .surgery import tied_parameters
 
     model = getattr(model, "module", model)
     layers = prunable_layers(model)
@@ -202,6 +204,15 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
         rows.append(_row(name, type(module).__name__, list(weight.shape), params, nonzero, n, nz, dense))
         if shared_with:
             rows[-1].update(shared_with=shared_with, shared_params=shared[0], shared_nonzero=shared[1])
+    # A weight tied to a module that is no row (an LM head tied to its Embedding): the row counts it, once.
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for holders in tied_parameters(model):
+        names = list(dict.fromkeys(n for n, _ in holders))
+        rows_here = [r for r in rows if r["name"] in names and not r.get("shared_with")]
+        outside = [n for n in names if n not in layers]
+        if rows_here and outside:
+            named = ", ".join(f"{n} ({type(modules[n]).__name__})" for n in outside)
+            rows_here[0].update(shared_with=named, shared_params=0, shared_nonzero=0)
     owned = set(owner)
     other = [(m, p) for m in model.modules() for p in m.parameters(recurse=False) if id(p) not in owned]
     seen: set[int] = set()

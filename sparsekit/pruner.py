@@ -26,7 +26,7 @@ from torch import nn
 from . import distributed as _distributed
 from . import methods
 from .errors import TargetError
-from .layers import tied_aliases
+from .layers import layer_kind, tied_aliases
 from .learning_rate import LearningRates
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .recipe import Recipe, as_recipe
@@ -224,6 +224,7 @@ class Pruner:
     def _check_tied(self) -> None:
         """Weights shared by several modules stay shared: a structural method may not change the shape of
         any of them, and a masking method masks all of them (one shared mask) or none (TargetError)."""
+        named = dict(self.model.named_modules(remove_duplicate=False))
         for holders in tied_parameters(self.model):
             modules = list(dict.fromkeys(n for n, _ in holders))
             shared = f"{holders[0][0]}.{holders[0][1]}"
@@ -248,11 +249,20 @@ class Pruner:
                     selected = [n for n in modules if n in method.layers]
                     if selected and len(selected) < len(modules):
                         missing = [n for n in modules if n not in selected]
+                        # A module of a kind sparsekit never prunes (an Embedding tied to an LM head) cannot be
+                        # selected: the one way left is to leave the tied layers out.
+                        kinds = {n: type(named[n]).__name__ for n in missing if layer_kind(named[n]) is None}
+                        fix = (
+                            f"leave them out: layers.exclude: [{', '.join(selected)}] in pruning[{i}] "
+                            f"({', '.join(f'{n!r}: {k}' for n, k in kinds.items())}, a kind sparsekit does not prune)"
+                            if kinds
+                            else "select every module sharing it (they then share one mask) or none "
+                            f"(pruning[{i}].layers)"
+                        )
                         raise TargetError(
                             f"{where} masks the weights of {', '.join(repr(n) for n in selected)}, whose parameter "
                             f"{shared!r} is shared with {', '.join(repr(n) for n in missing)} (tied weights), which it "
-                            f"does not select: select every module sharing it (they then share one mask) or none "
-                            f"(pruning[{i}].layers)"
+                            f"does not select: {fix}"
                         )
 
     def _share_tied_masks(self) -> None:

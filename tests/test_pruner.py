@@ -373,6 +373,38 @@ def test_masking_a_tied_weight_shares_one_mask_or_is_refused():
     assert float((final.mid.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
 
+class TiedHead(nn.Module):
+    """An LM-style head whose weight is the Embedding's (the standard tie)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 16)
+        self.fc1 = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc1(x)))
+
+
+def test_a_head_tied_to_an_embedding_gets_advice_that_can_be_followed():
+    """The advice was to select the Embedding too, which no layers.types allows: leave the head out."""
+    mag = {"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}
+    with pytest.raises(
+        sparsekit.TargetError, match=r"leave them out: layers.exclude: \[head\] in pruning\[0\] \('emb': Embedding"
+    ):
+        sparsekit.Pruner(TiedHead(), sparsekit.Recipe(pruning=[mag]), steps_per_epoch=1)
+    model = TiedHead()
+    pruner = sparsekit.Pruner(model, sparsekit.Recipe(pruning=[{**mag, "layers": {"exclude": ["head"]}}]), 1)
+    final = pruner.finalize()  # the advice followed: it runs, and the tie holds
+    assert final.head.weight is final.emb.weight and float((final.fc1.weight == 0).float().mean()) == 0.5
+    # inspect says the head's weight is the Embedding's (it said nothing)
+    from sparsekit.inspection import _torch_counts
+
+    rows = {r["name"]: r for r in _torch_counts(TiedHead(), [1, 16])["layers"]}
+    assert rows["head"]["shared_with"] == "emb (Embedding)" and rows["head"]["shared_params"] == 0
+
+
 @pytest.mark.parametrize("method", ["magnitude", "gradient"])
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_a_tied_weight_is_ranked_once_so_the_model_reaches_the_asked_sparsity(method, scope):
