@@ -457,7 +457,9 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj, "checkpoint"
     fmt = obj.get("format") if isinstance(obj, dict) else None
-    if isinstance(fmt, str) and fmt.startswith("sparsekit/"):
+    # Any other sparsekit format, or a dict shaped like a checkpoint under another format: not a state_dict.
+    shaped = isinstance(obj, dict) and {"state_dict", "factory"} <= obj.keys()
+    if isinstance(fmt, str) and (fmt.lower().startswith("sparsekit") or shaped):
         from . import __version__
 
         raise ModelFileError(
@@ -716,6 +718,16 @@ def read_model(
         history = obj.get("pruning_history") or []
         if not isinstance(history, list):
             raise ModelFileError(f"{path}: its 'pruning_history' is a {type(history).__name__}, not a list; damaged")
+        if history:  # checked here, before anything else is asked of the file (an input shape to replay it)
+            from .surgery import normalize_history
+
+            try:
+                normalize_history(history)
+            except Exception as err:  # noqa: BLE001 - a file's data: anything may be in there
+                raise ModelFileError(
+                    f"{path}: its pruning_history is malformed ({one_line(err, 120)}); expected [[module_name, "
+                    "is_out_channel, [indices]], ...] as sparsekit.save_model writes it: the file is damaged"
+                ) from None
         state = obj.get("state_dict")
         if not isinstance(state, dict):
             raise ModelFileError(f"{path}: a sparsekit checkpoint without a state_dict; the file is damaged")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -157,3 +159,17 @@ def test_a_checkpoint_of_another_format_version_is_refused_not_read_as_weights(t
     torch.save(ckpt, path)
     with pytest.raises(ModelFileError, match=rf"m.pt: a sparsekit checkpoint of format '{fmt}'.*upgrade sparsekit"):
         read_model(path, "examples.models:mlp")
+
+
+def test_a_checkpoint_of_another_format_or_with_a_damaged_history_says_so(tmp_path):
+    """`format: sparsekit-99` was read as a plain state_dict ("no architecture"); a malformed pruning_history
+    without an input_shape asked for the input shape instead of naming the damage."""
+    path = sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    ckpt = torch.load(path, weights_only=True)
+    for fmt in ("sparsekit-99", "SPARSEKIT/2", "other/1"):
+        torch.save({**ckpt, "format": fmt}, tmp_path / "fmt.pt")
+        with pytest.raises(ModelFileError, match=rf"a sparsekit checkpoint of format '{re.escape(fmt)}'"):
+            read_model(tmp_path / "fmt.pt", arch="examples.models:mlp")
+    torch.save({**ckpt, "input_shape": None, "pruning_history": [{"junk": 1}]}, tmp_path / "hist.pt")
+    with pytest.raises(ModelFileError, match="its pruning_history is malformed"):
+        read_model(tmp_path / "hist.pt", arch="examples.models:mlp")
