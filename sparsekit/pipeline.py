@@ -366,11 +366,9 @@ def run_prune(
                 )
                 if allocation:
                     inputs.asked_pruning = allocation["asked"]  # the pruning section as written
-                    inputs.allocation_notes = [
-                        f"pruning[{index}]: {entry['note']}"
-                        for index, entry in allocation["entries"].items()
-                        if entry.get("note")
-                    ]
+                    # What the terminal says of the allocation (per-layer spread, predicted loss against a uniform
+                    # choice, its notes) goes into report.md and report.json too.
+                    inputs.allocation_notes = allocation_summary(allocation).splitlines()
                 if allocation and notify and main:
                     notify(allocation_summary(allocation))
                 rehearse(inputs, recipe)

@@ -395,6 +395,8 @@ class MethodOutcome(_Closed):
     channels_total: int | None = None
     # group l1: layers whose units are another layer's (a residual add, a depthwise conv), counted once in achieved
     coupled: int = 0
+    # ratio: auto: sparsekit chose the ratio (``asked``) for the entry's MACs or latency target
+    allocated: bool = False
     nothing: bool = False
     remarks: list[str] = Field(default_factory=list)
     layers: list[LayerOutcome]
@@ -919,6 +921,7 @@ def _outcomes(
         if o.method == "structured" and written.get("ratio") == "auto":
             keys = ("ratio", "target_macs", "target_latency")
             o.target = target_words({**specs[o.entry], **{k: written.get(k) for k in keys}}, m)
+            o.allocated = True
     covered = {name for m in methods for name in m.layers}
     names = list(dense) + [n for n in pruned if n not in dense]
     return outcomes, [n for n in names if n not in covered]
@@ -1398,6 +1401,8 @@ def _method_line(o: MethodOutcome, types: dict[str, str]) -> str:
     if o.measure == "constraint":
         return head + "a constraint, nothing asked or achieved in sparsity"
     asked = "no target" if o.asked is None else f"asked {o.asked:.3f}"
+    if o.allocated and o.asked is not None:  # the user asked for MACs or latency; this ratio is sparsekit's choice
+        asked = f"ratio {o.asked:.3f} chosen for its target"
     achieved = "–" if o.achieved is None else f"{o.achieved:.3f}"
     word = _unit_word({types[r.name] for r in o.layers if r.name in types})
     kept = f"; {o.channels_kept:,} of {o.channels_total:,} {word} kept" if o.channels_total else ""
@@ -1519,6 +1524,8 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
         ]
         for o in s.methods:
             asked = "–" if o.asked is None else f"{o.asked:.3f}"
+            if o.allocated and o.asked is not None:
+                asked += " (ratio chosen for its target)"
             achieved = "–" if o.achieved is None else f"{o.achieved:.3f}"
             kept = f"{o.channels_kept:,} / {o.channels_total:,}" if o.channels_total else ""
             remarks = "; ".join(o.remarks).replace("|", "/")

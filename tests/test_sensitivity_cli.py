@@ -213,6 +213,12 @@ def test_a_target_macs_entry_is_checked_against_its_target_and_says_how_it_was_a
     for note in said:  # whatever the allocation had to say is in the report's notes and report.md too
         assert any(note in n for n in report["notes"])
         assert note in (out / "report.md").read_text()
+    # ... and its comparison with a uniform choice, which only the terminal showed
+    assert any("predicted loss increase" in n and "uniform" in n for n in report["notes"]), report["notes"]
+    # The ratio in the per-method line is sparsekit's choice for the target, not something the user asked.
+    (method,) = report["summary"]["methods"]
+    assert method["allocated"] is True
+    assert "chosen for its target" in (out / "report.md").read_text() and "chosen for its target" in result.output
 
 
 def test_sensitivity_records_the_data_it_used_and_a_resume_names_another(
