@@ -155,6 +155,9 @@ def load_data(
         return _load_data(source, batch_size, val_fraction, seed, input_shape, synthetic_samples, num_classes,
                           named_in, trust_code, normalize)  # fmt: skip
     except (DataError, TrustError) as err:
+        if named_in is not None and err.raw_message.startswith("data.source"):
+            # A recipe's source: the message names the field, and the file comes first, as for every recipe field.
+            raise type(err)(f"{named_in}: {err.raw_message}") from None
         if field != "data" or named_in is not None or not isinstance(source, str):
             raise
         # The messages below name the recipe's field; this source came from the caller's option instead.

@@ -123,3 +123,12 @@ def test_a_model_file_where_the_recipe_goes_says_so(tmp_path, mlp_checkpoint, ki
     assert_bad_input(run("prune", recipe, path, "-o", tmp_path / "o"), needle)
     with pytest.raises(RecipeError, match="not a recipe"):
         load_recipe(path)
+
+
+def test_a_data_error_from_a_recipes_source_names_the_recipe(tmp_path, mlp_checkpoint, recipe, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "src.yaml"
+    bad.write_text(recipe.read_text().replace('"digits"', '"link.npz"'))
+    assert_bad_input(run("validate", bad, mlp_checkpoint, *MLP), f"{bad}: data.source file 'link.npz' not found")
+    line = assert_bad_input(run("validate", recipe, mlp_checkpoint, *MLP, "--data", "link.npz"), "--data link.npz")
+    assert str(recipe) not in line
