@@ -70,6 +70,21 @@ RECIPES = {
     "magnitude": {"method": "magnitude", "sparsity": 0.9, "scope": "global", "schedule": GRADUAL},
     "taylor": {"method": "gradient", "criterion": "taylor", "sparsity": 0.9, "schedule": GRADUAL},
     "movement": {"method": "gradient", "criterion": "movement", "sparsity": 0.9, "schedule": GRADUAL},
+    # scores summed on every 4th step (score_every): a quarter of the passes, a noisier estimate
+    "taylor_every4": {
+        "method": "gradient",
+        "criterion": "taylor",
+        "sparsity": 0.9,
+        "schedule": GRADUAL,
+        "score_every": 4,
+    },
+    "movement_every4": {
+        "method": "gradient",
+        "criterion": "movement",
+        "sparsity": 0.9,
+        "schedule": GRADUAL,
+        "score_every": 4,
+    },
     # strength is lambda (issue 16): the proximal step shrinks by lr * lambda, every 4 optimizer steps by default
     # (proximal_every); 1e-2 (Keras' l1(0.01)) with SGD lr 0.01 makes new zeros during the measured steps.
     "l1_proximal": {"method": "l1", "strength": 1e-2, "mode": "proximal", "remove_dead": False},

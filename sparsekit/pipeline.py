@@ -46,7 +46,7 @@ from .plots import PlotWorker
 from .provenance import check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe
-from .report import Benchmark, Int8, Report, Speedup, first_plot_data, notes, what_it_buys
+from .report import Benchmark, Int8, Report, Speedup, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
 
@@ -561,20 +561,23 @@ def _run(
                 input_shape=inputs.shape,
                 pruner=pruner,
             )
-        pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval")
         methods = method_results(pruner)
-        with clock("report", "drawing the plots"):
-            plots.draw(
-                first_plot_data(
-                    pruned.layers,
-                    dense.layers,
-                    methods,
-                    recipe.model_dump(mode="json"),
-                    history,
-                    dense.metrics.get("accuracy"),
-                    dense.stats.get("params"),
+
+        def draw(layers: list[dict[str, Any]]) -> None:  # drawn while the pruned model is exported and checked
+            with clock("report", "drawing the plots"):
+                plots.draw(
+                    first_plot_data(
+                        layers,
+                        dense.layers,
+                        methods,
+                        recipe.model_dump(mode="json"),
+                        history,
+                        dense.metrics.get("accuracy"),
+                        dense.stats.get("params"),
+                    )
                 )
-            )
+
+        pruned = measure(model, inputs, recipe, stage / "model.onnx", clock, "pruned_eval", before_export=draw)
         # Everything after this reads the ONNX files: the torch model (and its masks, in the pruner) is
         # let go before int8 calibration and the benchmark open their onnxruntime sessions, so a large
         # model is not held twice over (see benchmarks/memory_scaling.py).
@@ -663,8 +666,10 @@ def _measure_and_report(
     if recipe.benchmark.enabled:
         with clock("bench"):
             benchmark_into(report, stage, recipe, inputs.shape, progress)
+    with clock("report"):
+        plots.last(plot_data(report))  # the latency plot is drawn while the storage is chosen
     from .onnx import choose_storage
-    from .report import Storage, Timings, plot_data, write_report
+    from .report import Storage, Timings, write_report
 
     with clock("storage"):
         # Last: parity, int8 and the benchmark used the dense-stored file; the shipped one may store its
@@ -686,7 +691,7 @@ def _measure_and_report(
                 + "; ".join(inputs.resumed_changes)
                 + schedule
             )
-        report.plots = plots.finish(plot_data(report))
+        report.plots = plots.finish()
         if plots.error:
             report.notes.append(f"plots not drawn: {plots.error}")
     # Timed up to here: writing report.json and report.md is all that is left.
@@ -713,10 +718,12 @@ def measure(
     onnx_path: Path,
     clock: PhaseClock | None = None,
     eval_phase: str = "eval",
+    before_export: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Measured:
     """Evaluate ``model`` on the validation split, count it, and export it to ``onnx_path`` (which
     checks ONNX/torch parity and that every zero survived). ``clock`` receives the time of
-    ``eval_phase`` (evaluation and counts), ``export``, ``checks`` and ``sizes``."""
+    ``eval_phase`` (evaluation and counts), ``export``, ``checks`` and ``sizes``; ``before_export``
+    receives the per-layer rows once they are counted."""
     from .onnx import export_onnx
 
     clock = clock or PhaseClock()
@@ -726,6 +733,8 @@ def measure(
         metrics = evaluate(model, inputs.bundle.val, counts=counts)
         stats = model_stats(model, inputs.shape)
         layers = layer_report(model, inputs.shape)
+    if before_export is not None:
+        before_export(layers)
     with interrupted_while(f"exporting {onnx_path.name}{clock.note}"):
         exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
     for phase, seconds in exported["seconds"].items():

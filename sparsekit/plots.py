@@ -66,7 +66,9 @@ def render(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[str]:
     files: list[str] = []
     for name, fig in figures(data).items():
         with atomic_path(out / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            # The figures are laid out by constrained layout already: a "tight" bounding box would draw each
+            # one twice (once to measure it), the largest part of drawing a run's plots.
+            fig.savefig(tmp, format="png", dpi=110)
         files.append(name)
     return files
 
@@ -288,7 +290,8 @@ class PlotWorker:
     """Draws a run's plots in a helper process. :meth:`start` launches it early (it imports matplotlib
     while the run loads and measures the dense model, then waits, idle, through fine-tuning);
     :meth:`draw` sends what is known when fine-tuning ends (drawn while the run exports and checks);
-    :meth:`finish` sends the benchmark's latencies. :meth:`ready` waits until the first part is drawn:
+    :meth:`last` sends the benchmark's latencies (drawn while the run picks the ONNX storage and writes
+    its notes) and :meth:`finish` collects every file. :meth:`ready` waits until the first part is drawn:
     call it before timing anything, so the benchmark never shares the CPU with drawing.
 
     Plots are a convenience: a worker that fails or cannot start makes :meth:`finish` return the plots
@@ -301,6 +304,7 @@ class PlotWorker:
         self.error: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._ready = False
+        self._last_sent = False
 
     def __enter__(self) -> PlotWorker:
         return self
@@ -333,13 +337,22 @@ class PlotWorker:
             self._ready = True
             self._collect(self._proc.stdout.readline() if self._proc.stdout else "")
 
-    def finish(self, data: dict[str, Any]) -> list[str]:
-        """Draw ``data``'s :data:`LAST` keys, stop the worker; returns every plot file written."""
+    def last(self, data: dict[str, Any]) -> None:
+        """Send ``data``'s :data:`LAST` keys (the benchmark's latencies) to be drawn while the run goes on;
+        :meth:`finish` collects them."""
+        self.ready()
+        if self._proc is not None and not self._last_sent:
+            self._last_sent = True
+            self._send({k: data.get(k) for k in LAST})
+
+    def finish(self, data: dict[str, Any] | None = None) -> list[str]:
+        """Draw ``data``'s :data:`LAST` keys (unless :meth:`last` sent them), stop the worker; returns every plot
+        file written."""
         self.ready()
         if self._proc is None:
             return self.files
         try:
-            self._send({k: data.get(k) for k in LAST})
+            self.last(data or {})
             out, err = self._proc.communicate(timeout=120)
             self._collect(out)
             if self._proc.returncode and self.error is None:

@@ -248,3 +248,20 @@ def test_the_plot_worker_imports_nothing_from_the_current_folder(tmp_path, monke
     assert worker.error is None, worker.error
     assert "finetune.png" in files and (out / "finetune.png").is_file()
     assert not canary.exists()
+
+
+def test_the_latency_plot_sent_early_is_drawn_and_collected_at_finish(tmp_path):
+    """last() sends the benchmark's latencies while the run goes on (the storage choice); finish() collects
+    every file, and a second last() sends nothing more."""
+    from sparsekit.plots import PlotWorker
+
+    latency = {"latency": {"dense": {"1": 0.1}, "pruned": {"1": 0.05}}, "noise": {"pruned": {"1": 0.1}}}
+    with PlotWorker(tmp_path) as worker:
+        worker.start()
+        worker.draw({"layers": STRUCTURED, "structured": True, "history": HISTORY})
+        worker.last(latency)
+        worker.last({"latency": {"dense": {"32": 9.0}}})  # ignored: the worker takes two parts, then ends
+        files = worker.finish()
+    assert worker.error is None, worker.error
+    assert files == ["layer_sparsity.png", "finetune.png", "latency.png"]
+    assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in files)
