@@ -477,7 +477,11 @@ def _fraction_or_auto(lower: str, auto: bool = True) -> Any:
             raise PydanticCustomError("greater_than_equal", "must be >= 0", {"ge": 0})
         if lower == "gt" and value <= 0:
             raise PydanticCustomError("greater_than", "must be > 0", {"gt": 0})
-        if 1 < value <= 100:  # a percentage where a fraction is meant
+        if 1 < value < 2:  # 1.5: neither a fraction nor, likely, a percentage (1.5% is rarely a target)
+            raise PydanticCustomError(
+                "fraction_range", "must be < 1: a fraction (0.5 is half), got {got}", {"got": value}
+            )
+        if 2 <= value <= 100:  # a percentage where a fraction is meant
             raise PydanticCustomError(
                 "percentage_not_fraction", "must be < 1: a fraction, not a percentage (did you mean {fraction}?)",
                 {"fraction": f"{value / 100:g}"},

@@ -368,6 +368,8 @@ def test_any_override_gives_a_recipe_error(tmp_path, override, needle):
         ('benchmark: {batch_sizes: [1, "32"]}\n', "benchmark.batch_sizes[1]: must be a number"),
         ("pruning: [{method: magnitude, sparsity: 90}]\n", "not a percentage (did you mean 0.9?)"),
         ("pruning: [{method: structured, ratio: 50}]\n", "not a percentage (did you mean 0.5?)"),
+        # 1.5 is no percentage anyone means ("did you mean 0.015?" was the hint)
+        ("pruning: [{method: magnitude, sparsity: 1.5}]\n", "must be < 1: a fraction (0.5 is half), got 1.5"),
     ],
 )
 def test_quoted_numbers_and_percentages_are_refused_naming_the_field(tmp_path, text, needle):
