@@ -73,9 +73,20 @@ def main() -> int:
         "outside_finetune_ratio": (total - tune) / tune if tune else None,
         "outside_finetune_ratio_wall": (wall - tune) / tune if tune else None,
     }
+    # onnx imports ml_dtypes, whose 0.7.0 took ~1.1 s to import (pyproject.toml holds it below 0.7): shown so a
+    # dependency that slows every command down is seen here.
+    probe = (
+        "import time; t = time.perf_counter(); import onnx, ml_dtypes\n"
+        "print(time.perf_counter() - t, ml_dtypes.__version__)"
+    )
+    seconds, version = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    result["onnx_import_seconds"], result["ml_dtypes"] = float(seconds), version
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    print(f"import onnx (with ml_dtypes {version}) in a fresh process: {float(seconds):.3f} s")
     print(f"{'phase':<12} {'median s':>9} {'share':>7}")
     for p in phases:
         print(f"{p:<12} {median[p]:>9.3f} {median[p] / total:>7.1%}")
