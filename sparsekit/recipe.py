@@ -1372,7 +1372,7 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
     if overrides and culprits and all(culprits):
         source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand
-        paths = [re.sub(r"\[(\d+)\]", r".\1", _path(tuple(e["loc"]))) for e in errors]
+        paths = [_dotted(_path(tuple(e["loc"]))) for e in errors]
         source = _with_overrides(source, _involved(overrides, paths, "; ".join(lines)))
     return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
 
@@ -1408,7 +1408,7 @@ _LEADING_PATH = re.compile(r"^((?:pruning\[\d+\]|[a-z_]+)(?:\.[a-z_]\w*)*)")
 def blame(source: str | None, overrides: Sequence[str], message: str) -> str | None:
     """See :meth:`Recipe.blame`: ``source`` is the recipe file, ``overrides`` the caller's ``key=value``s."""
     match = _LEADING_PATH.match(message)
-    path = re.sub(r"\[(\d+)\]", r".\1", match.group(1)) if match else ""
+    path = _dotted(match.group(1)) if match else ""
     if path:
         setters = [o for o in overrides if _covers(_override_path(o), path)]
         if setters:  # the override, not the file, holds the value
@@ -1425,7 +1425,8 @@ def _involved(overrides: Sequence[str], paths: Sequence[str], message: str) -> l
         shown = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key)  # pruning.0.method as messages spell it
         # pruning.N.method decides which fields entry N takes: it has a hand in every error inside that entry.
         decides = key.endswith(".method") and any(p and _covers(key.removesuffix(".method"), p) for p in paths)
-        named = re.search(rf"(?<![\w.]){re.escape(shown)}(?![\w])", message)
+        # a dotted path the message names (a one-word key such as seed could be any word of it)
+        named = "." in key and re.search(rf"(?<![\w.]){re.escape(shown)}(?![\w])", message)
         if decides or named or any(p and _covers(p, key) for p in paths):
             found.append(item)
     return list(dict.fromkeys(found))
@@ -1440,8 +1441,13 @@ def _with_overrides(source: str, overrides: Sequence[str]) -> str:
 
 def _override_of(loc: Sequence[Any], overrides: Sequence[str]) -> str | None:
     """The last of ``overrides`` that set the field at ``loc`` (itself or a mapping holding it), or None."""
-    path = re.sub(r"\[(\d+)\]", r".\1", _path(tuple(loc)))  # pruning[0].sparsity -> pruning.0.sparsity
+    path = _dotted(_path(tuple(loc)))
     return next((item for item in reversed(overrides) if path and _covers(_override_path(item), path)), None)
+
+
+def _dotted(path: str) -> str:
+    """A field path as overrides spell it: ``pruning[0].sparsity`` -> ``pruning.0.sparsity``."""
+    return re.sub(r"\[(\d+)\]", r".\1", path)
 
 
 def _override_path(item: Any) -> str:

@@ -95,6 +95,8 @@ def test_blame_rules():
     )
     assert blame("r.yaml", [], "finetune.lr: bad") == "r.yaml"
     assert blame(None, [], "finetune.lr: bad") is None  # a recipe built in Python: nothing to name
+    # A one-word key is named only where it is the field at fault, not wherever the word appears.
+    assert blame("r.yaml", ["seed=3"], "pruning[0].schedule: the seed would change it") == "r.yaml"
     # The later of two overrides of one field holds the value.
     assert blame("r.yaml", ["seed=1", "seed=2"], "seed: bad") == "--set seed=2"
 
