@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,8 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
             # torch's legacy format stores each class as ("module", class, source file, source): its loader
             # returns the class, which the pickle then calls
             value = popped[0][1] if len(popped[0]) > 1 else None
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            names.append(None)  # a callable registered with copyreg by number: not named in the file
         elif name in _TUPLE_OPS:
             value = tuple(popped)
         elif name in _STRING_OPS and isinstance(arg, str):
@@ -260,8 +263,17 @@ _NEVER_ATTRS = frozenset(
      "__spec__", "__dict__", "system", "popen", "spawn", "fork", "execv", "execve", "exec", "eval", "attrgetter",
      "methodcaller"}
 )  # fmt: skip
-_NEVER_TORCH = ("torch.hub", "torch.load", "torch.serialization", "torch.jit.load", "torch.package",
-                "torch.utils.cpp_extension", "torch.ops.load_library", "torch._C._jit")  # fmt: skip
+# Third-party callables that load more code or more pickles.
+_NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit.load", "torch.package",
+                "torch.utils.cpp_extension", "torch.ops.load_library", "torch._C._jit", "numpy.load",
+                "numpy.lib.npyio", "numpy.ctypeslib", "pandas.read_pickle", "pandas.io.pickle")  # fmt: skip
+# The standard library modules a pickled model refers to (containers, enums, paths, dates, numbers, bytes
+# through _codecs, arrays, compiled patterns): any other is refused (importing one can already act: antigravity).
+_STDLIB_IN_MODELS = frozenset(
+    {"builtins", "__builtin__", "collections", "copyreg", "copy_reg", "functools", "enum", "pathlib", "datetime",
+     "decimal", "fractions", "numbers", "typing", "dataclasses", "re", "operator", "types", "uuid", "math",
+     "_codecs", "codecs", "array", "abc", "_collections_abc", "ipaddress", "string", "zoneinfo", "copy"}
+)  # fmt: skip
 
 
 def _never_unpickled(name: str | None) -> bool:
@@ -275,8 +287,10 @@ def _never_unpickled(name: str | None) -> bool:
     # and torch:os reaches the os module as well as os does.
     if top in _NEVER_IN_A_MODEL or any(p in _NEVER_IN_A_MODEL or p in _NEVER_ATTRS for p in attr.split(".")):
         return True
+    if (top in sys.stdlib_module_names or top in sys.builtin_module_names) and top not in _STDLIB_IN_MODELS:
+        return True
     dotted = f"{module}.{attr}"
-    return any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_TORCH)
+    return any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_NAMED)
 
 
 def _screen_trusted(path: Path) -> None:
@@ -344,8 +358,6 @@ def _unpickle_trusted(path: Path) -> Any:
     """Unpickle a file the user vouched for (the trust flag). Its classes are imported by the names the
     file holds: the current folder is searched too (last), as for a script run there, and a class whose
     module cannot be found is bad input naming that module."""
-    import sys
-
     _screen_trusted(path)
     cwd = os.getcwd()
     added = cwd not in sys.path

@@ -17,11 +17,16 @@ from sparsekit.errors import ModelFileError
 from sparsekit.modelio import read_model
 
 MODULE = """
-import functools, os, operator
+import datetime, enum, functools, os, operator, pathlib
+import numpy
 import torch
 from torch import nn
 
 CANARY = {canary!r}
+
+
+class Kind(enum.Enum):
+    WIDE = 1
 
 
 class Net(nn.Module):
@@ -35,6 +40,9 @@ class Net(nn.Module):
         self.size, self.dtype, self.where = torch.Size([1, 8]), torch.float16, torch.device("cpu")
         self.cfg = {{"widths": [8, 3], "names": {{"a", "b"}}, "cut": slice(0, 2)}}
         self.method = self.extra                  # a bound method: getattr(<the module>, 'extra')
+        self.table = numpy.arange(6, dtype=numpy.float32).reshape(2, 3)
+        self.scale, self.kind, self.home = numpy.float64(0.5), Kind.WIDE, pathlib.Path("runs/a")
+        self.raw, self.when, self.mask = bytes([0, 1]), datetime.date(2026, 12, 2), nn.Parameter(torch.ones(2))
 
     def extra(self):
         return 1
@@ -63,6 +71,11 @@ class Getter:
         return (operator.attrgetter("os.system"), ())
 
 
+class NumpyLoad:
+    def __reduce__(self):  # np.load(allow_pickle=True) would unpickle another file
+        return (numpy.load, ("x.npy",))
+
+
 def holding(payload):
     net = Net()
     net.payload = payload
@@ -82,7 +95,7 @@ def files(tmp_path, monkeypatch):
     paths = {}
     torch.save(mod.Net(), paths.setdefault("zip", tmp_path / "net.pt"))
     torch.save(mod.Net(), paths.setdefault("legacy", tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
-    for name in ("System", "Eval", "ThroughTorch", "Getter"):
+    for name in ("System", "Eval", "ThroughTorch", "Getter", "NumpyLoad"):
         torch.save(mod.holding(getattr(mod, name)()), paths.setdefault(name, tmp_path / f"{name}.pt"))
     torch.save(
         mod.holding(mod.System()), paths.setdefault("legacy_System", tmp_path / "legacy_system.pt"),
@@ -106,6 +119,8 @@ def files(tmp_path, monkeypatch):
     crafted("computed", b"\x80\x04" + b"c__builtin__\nstr\n" + s("join") + b"\x86" + b"\x93" + s("")
             + s("o") + s("s") + b"\x86\x86R" + s("system") + b"\x93" + s(f"touch {canary}") + b"\x85R.")  # fmt: skip
     crafted("garbled", b"\x80\x02garbage that is no pickle")
+    crafted("stdlib", b"\x80\x02cantigravity\ngeohash\n.")  # importing it opens a web browser
+    crafted("ext", b"\x80\x02\x82\x01)R.")  # EXT1 1: a callable registered with copyreg by number, called
     return paths, canary
 
 
@@ -128,6 +143,8 @@ def test_ordinary_whole_modules_load_when_trusted(files):
         ("Getter", "operator.attrgetter"),
         ("chain", "torch._C.os"),
         ("computed", "a callable whose name it computes while loading"),
+        ("NumpyLoad", "numpy"),
+        ("stdlib", "antigravity.geohash"),
     ],
 )
 def test_machinery_is_refused_even_when_trusted(files, name, needle):
@@ -147,5 +164,9 @@ def test_a_pickle_the_reader_cannot_follow_is_not_unpickled(files):
     assert not canary.exists()
     from sparsekit.modelio import _screen_trusted
 
-    with pytest.raises(ModelFileError, match="computes while loading"):  # the screen itself, before any load
-        _screen_trusted(paths["garbled"])
+    for name in ("garbled", "ext"):  # the screen itself, before any load (torch's refusal comes first here)
+        with pytest.raises(ModelFileError, match="computes while loading"):
+            _screen_trusted(paths[name])
+        with pytest.raises(ModelFileError):
+            read_model(paths[name], trust=True)
+    assert not canary.exists()
