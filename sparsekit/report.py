@@ -754,8 +754,12 @@ def _outcome(
         )
         for name, aim in m.per_layer.items()
     ]
-    # The entry's units: every layer it covers, a tied weight's once (as its first layer's).
-    own = [v for name, v in channels.items() if name not in (m.tied or {})]
+    # The entry's units: every layer it covers, a tied weight's once (as its first layer's); for structured, the
+    # group roots' only: a layer coupled to a root (a depthwise conv after its pointwise) loses the same channels.
+    roots = (m.model_extra or {}).get("roots") if m.method == "structured" else None
+    counted = [r for r in roots if r in channels] if isinstance(roots, list) else list(channels)
+    own = [channels[name] for name in (counted or list(channels)) if name not in (m.tied or {})]
+    followers = len(channels) - len(counted) if counted and m.method == "structured" else 0
     kept = sum(v[1] for v in own) if channels else None
     total = sum(v[0] for v in own) if channels else None
     remarks: list[str] = []
@@ -860,7 +864,7 @@ def _outcome(
         achieved=m.achieved,
         channels_kept=kept,
         channels_total=total,
-        coupled=len(coupled) if isinstance(coupled := extra.get("coupled"), dict) else 0,
+        coupled=len(coupled) if isinstance(coupled := extra.get("coupled"), dict) else followers,
         nothing=nothing,
         remarks=remarks,
         layers=layers,

@@ -717,3 +717,29 @@ def test_a_run_that_left_its_layers_denser_than_they_came_says_by_how_much():
     rows = [r for r in report.dense_layers if r.name in names]
     before = sum(r.params - r.nonzero_params for r in rows) / sum(r.params for r in rows)
     assert f"sparsity {before:.3f} -> {o.achieved:.3f}" in line and o.achieved < before - 0.1
+
+
+class _Separable(nn.Module):
+    """A pointwise conv followed by a depthwise one: the depthwise's channels are the pointwise's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 32, 3, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw = nn.Conv2d(32, 64, 1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pw(torch.relu(self.dw(torch.relu(self.stem(x))))).mean((2, 3)))
+
+
+def test_structured_counts_a_coupled_depthwise_convs_channels_once():
+    """stem and dw lose the same channels: '96 of 192 channels kept' counted them twice (the units are 32 + 64)."""
+    shape = [1, 1, 8, 8]
+    entry = {"method": "structured", "ratio": 0.5, "round_to": None, "layers": {"exclude": ["head"]}}
+    recipe = _recipe([entry])
+    dense, model, pruner = _prune(_Separable(), recipe, shape)
+    assert model.stem.out_channels == model.dw.out_channels == 16 and model.pw.out_channels == 32
+    (o,) = summarize(_report(dense, model, pruner, recipe, shape)).methods
+    assert (o.channels_kept, o.channels_total) == (16 + 32, 32 + 64)
+    assert o.coupled == 1 and o.achieved == pytest.approx(0.5)
