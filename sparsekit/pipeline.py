@@ -564,7 +564,7 @@ def _run(
         methods = method_results(pruner)
 
         def draw(layers: list[dict[str, Any]]) -> None:  # drawn while the pruned model is exported and checked
-            with clock("report", "drawing the plots"):
+            with clock("report", "handing the plots to the plot worker"):
                 plots.draw(
                     first_plot_data(
                         layers,

@@ -1000,8 +1000,8 @@ def test_a_second_interrupt_while_the_first_unwinds_keeps_the_first_ones_place(t
     ("target", "stage"),
     [
         # Between phases (no phase's own words): the phase that had just run.
-        ("sparsekit.pipeline.method_results", "after evaluating the pruned model, after training finished (the "
-         "checkpoint holds epoch 1 of 1)"),
+        ("sparsekit.pipeline.method_results", "after saving model.pt, after training finished (the checkpoint "
+         "holds epoch 1 of 1)"),
         # After the last epoch, inside the fine-tuning phase: it read "while pruning and fine-tuning" and offered to
         # continue from the last finished epoch.
         ("sparsekit.pruner.Pruner.finalize", "while finalizing the pruned model, after training finished (the "
