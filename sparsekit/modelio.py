@@ -123,6 +123,22 @@ class _Pickle(NamedTuple):
     legacy: bool  # the first object is torch's legacy-format magic number
 
 
+def _py3_name(name: str, protocol: int) -> str:
+    """``module:attr`` as the unpickler resolves it: below protocol 3 it maps Python 2 names as
+    :meth:`pickle.Unpickler.find_class` does (``__builtin__:xrange`` is ``builtins:range``, ``cPickle`` is
+    ``pickle``)."""
+    import _compat_pickle
+
+    if protocol >= 3:
+        return name
+    module, _, attr = name.partition(":")
+    if (module, attr) in _compat_pickle.NAME_MAPPING:
+        module, attr = _compat_pickle.NAME_MAPPING[(module, attr)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}:{attr}"
+
+
 def _pickle_names(fh: IO[bytes]) -> _Pickle:
     """The callables one pickle stream (up to its STOP) names or calls, read by :func:`pickletools.genops`
     on a simulated stack, never run. STACK_GLOBAL takes its module and name from the stack, where they may
@@ -134,13 +150,14 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
     names: list[str | None] = []
     stack: list[Any] = []
     memo: dict[int, Any] = {}
-    protocol = ops = 0
+    protocol = ops = declared = 0  # declared: the PROTO opcode's, which decides how the unpickler resolves names
     legacy = False
     for op, arg, _ in pickletools.genops(fh):
         name = op.name
         protocol = max(protocol, op.proto)  # the highest protocol among its opcodes, as pickletools says
         if name in ("PROTO", "FRAME"):
             protocol = arg if name == "PROTO" and isinstance(arg, int) else protocol
+            declared = arg if name == "PROTO" and isinstance(arg, int) else declared
             continue
         if ops == 0 and name in ("LONG", "LONG1", "LONG4") and arg == _TORCH_LEGACY_MAGIC:
             legacy = True
@@ -172,7 +189,7 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
             raise ValueError("stack underflow") from None
         value: Any = None
         if name in ("GLOBAL", "INST") and isinstance(arg, str):
-            value = _Global(arg.replace(" ", ":", 1).replace("\n", ":", 1))
+            value = _Global(_py3_name(arg.replace(" ", ":", 1).replace("\n", ":", 1), declared))
             names.append(value.name)
             value = None if name == "INST" else value  # INST calls the class: its result is an instance
         elif name == "STACK_GLOBAL":
@@ -247,32 +264,32 @@ _NEVER_IN_A_MODEL = frozenset(
         "dill", "cloudpickle", "joblib",
     }
 )  # fmt: skip
+# Builtins that run code, reach modules or files, or call a callable they are given (map(f, xs) runs f when a
+# list is built from it: how a computed callable would be called without a REDUCE of its own).
 _NEVER_BUILTINS = frozenset(
     {"eval", "exec", "compile", "__import__", "open", "input", "breakpoint", "setattr", "delattr", "globals",
-     "locals", "vars", "exit", "quit", "help", "memoryview"}
-)  # fmt: skip
-# builtins.X.Y reached through getattr: only attributes of the plain data types (set, slice, ...) pass.
-_SAFE_BUILTINS_OWNERS = frozenset(
-    {"set", "frozenset", "slice", "list", "dict", "tuple", "int", "float", "complex", "bool", "str", "bytes",
-     "bytearray", "range", "object", "type", "getattr", "Ellipsis", "NotImplemented", "print", "len", "min",
-     "max", "abs", "round", "sum", "isinstance", "enumerate", "zip", "map", "filter", "sorted", "reversed",
-     "ValueError", "RuntimeError", "TypeError", "KeyError", "IndexError", "Exception", "AttributeError"}
+     "locals", "vars", "exit", "quit", "help", "memoryview", "map", "filter", "iter", "__loader__", "__spec__",
+     "__build_class__", "aiter", "anext"}
 )  # fmt: skip
 _NEVER_ATTRS = frozenset(
     {"__builtins__", "__globals__", "__import__", "__subclasses__", "__getattribute__", "__code__", "__loader__",
      "__spec__", "__dict__", "system", "popen", "spawn", "fork", "execv", "execve", "exec", "eval", "attrgetter",
-     "methodcaller"}
+     "methodcaller", "reduce", "starmap", "map", "filter"}
 )  # fmt: skip
 # Third-party callables that load more code or more pickles.
-_NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit.load", "torch.package",
-                "torch.utils.cpp_extension", "torch.ops.load_library", "torch._C._jit", "numpy.load",
-                "numpy.lib.npyio", "numpy.ctypeslib", "pandas.read_pickle", "pandas.io.pickle")  # fmt: skip
+_NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit", "torch.package", "torch.fx",
+                "torch.storage._load_from_bytes", "torch._dynamo", "torch.compile", "torch.utils.cpp_extension",
+                "torch.ops", "torch._ops", "torch._C._jit", "torch.multiprocessing", "torch.distributed",
+                "numpy.load", "numpy.lib.npyio", "numpy.ctypeslib", "pandas.read_pickle", "pandas.io.pickle",
+                "itertools", "functools.reduce")  # fmt: skip
+# ... save these, which ordinary files name (a sparse tensor's layout).
+_NAMED_IN_MODELS = frozenset({"torch.serialization._get_layout"})
 # The standard library modules a pickled model refers to (containers, enums, paths, dates, numbers, bytes
 # through _codecs, arrays, compiled patterns): any other is refused (importing one can already act: antigravity).
 _STDLIB_IN_MODELS = frozenset(
     {"builtins", "__builtin__", "collections", "copyreg", "copy_reg", "functools", "enum", "pathlib", "datetime",
      "decimal", "fractions", "numbers", "typing", "dataclasses", "re", "operator", "types", "uuid", "math",
-     "_codecs", "codecs", "array", "abc", "_collections_abc", "ipaddress", "string", "zoneinfo", "copy"}
+     "_codecs", "codecs", "array", "abc", "_collections_abc", "ipaddress", "string", "zoneinfo", "copy", "logging"}
 )  # fmt: skip
 
 
@@ -282,7 +299,7 @@ def _never_unpickled(name: str | None) -> bool:
     module, _, attr = name.partition(":")
     top = module.split(".")[0]
     if top in ("builtins", "__builtin__"):
-        return attr in _NEVER_BUILTINS or attr.split(".")[0] not in _SAFE_BUILTINS_OWNERS
+        return attr.split(".")[0] in _NEVER_BUILTINS or any(p in _NEVER_ATTRS for p in attr.split("."))
     # A module is imported by its name (mypkg.signal is the user's own); an attribute path is followed from it,
     # and torch:os reaches the os module as well as os does.
     if top in _NEVER_IN_A_MODEL or any(p in _NEVER_IN_A_MODEL or p in _NEVER_ATTRS for p in attr.split(".")):
@@ -290,7 +307,7 @@ def _never_unpickled(name: str | None) -> bool:
     if (top in sys.stdlib_module_names or top in sys.builtin_module_names) and top not in _STDLIB_IN_MODELS:
         return True
     dotted = f"{module}.{attr}"
-    return any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_NAMED)
+    return dotted not in _NAMED_IN_MODELS and any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_NAMED)
 
 
 def _screen_trusted(path: Path) -> None:
@@ -298,17 +315,19 @@ def _screen_trusted(path: Path) -> None:
     ``.pkl`` members; the legacy format: its leading pickles) name process, file, import or unpickling
     machinery (:data:`_NEVER_IN_A_MODEL`) or a callable whose name is computed at load time."""
     streams: list[bytes] = []
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                streams = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
-        else:
-            with open(path, "rb") as fh:
-                streams = [fh.read()]
-    except (OSError, zipfile.BadZipFile, EOFError):
-        return  # unreadable here: the load itself says so
     found: list[str | None] = []
-    legacy = not zipfile.is_zipfile(path)
+    try:
+        with open(path, "rb") as fh:
+            # torch.load tells its formats apart by the first bytes, not by a zip directory anywhere in the file:
+            # a legacy pickle with a zip appended is read as the pickle, and screened as one here.
+            legacy = fh.read(4) != b"PK\x03\x04"
+            fh.seek(0)
+            streams = [fh.read()] if legacy else []
+        if not legacy:
+            with zipfile.ZipFile(path) as z:  # torch finds its data.pkl whatever the case of its name
+                streams = [z.read(n) for n in z.namelist() if n.lower().endswith(".pkl")]
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        found.append(None)  # a zip this reader cannot open: whatever torch would read in it is not screened
     for data in streams:
         stream = io.BytesIO(data)
         # torch's legacy format is five pickles (magic, protocol, system info, the model, storage keys), then raw
@@ -329,8 +348,9 @@ def _screen_trusted(path: Path) -> None:
     if bad:
         raise ModelFileError(
             f"{path}: its pickle names {', '.join(shorten(b, 80) for b in bad[:3])}"
-            f"{' and more' if len(bad) > 3 else ''}: process, file, import or unpickling machinery that no model "
-            "needs; sparsekit does not unpickle it even when trusted. If the file is yours, load it in Python and "
+            f"{' and more' if len(bad) > 3 else ''}: machinery that runs code, starts processes, reads files or "
+            "unpickles more, which no model needs; sparsekit does not unpickle it even when trusted. If the file is "
+            "yours, load it in Python and "
             "save its state_dict or a sparsekit checkpoint (sparsekit.save_model)"
         )
 
@@ -438,6 +458,18 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         # mean the bytes are no valid pickle at all: garbage, or another format.
         named = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", text, re.IGNORECASE)
         plain = _plain_pickle(path)
+        # torch.save(obj, path, pickle_protocol=4 or 5): the weights-only loader knows no FRAME (149) or
+        # protocol 5 buffer opcodes (150-152). A pickle all the same, not garbage.
+        framed = re.search(r"Unsupported operand (149|150|151|152)\b", text) is not None
+        if framed and not plain:
+            if not trust:
+                raise ModelFileError(
+                    f"{path}: saved with pickle protocol 4 or 5 (torch.save(..., pickle_protocol=4)), which torch's "
+                    "safe weights-only loader cannot read: re-save it with torch.save's default protocol, or pass "
+                    f"{option('trust_model_file')} if you trust where this file came from"
+                ) from None
+            obj = _unpickle_trusted(path)  # screened first; a state_dict or checkpoint is then what it is
+            return (obj, "trusted-module") if isinstance(obj, nn.Module) else _kind_of(obj, path)
         if named is None or plain:
             # torch.load reads no plain pickle, trusted or not: unpickling one would only run what it names.
             why = plain or _NOT_A_CHECKPOINT
@@ -466,6 +498,11 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
             f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, "
             "a state_dict .pt or a .safetensors file"
         ) from None
+    return _kind_of(obj, path)
+
+
+def _kind_of(obj: Any, path: Path) -> tuple[Any, str]:
+    """``(obj, "checkpoint" | "state_dict")`` for a loaded dict; ModelFileError for another sparsekit format."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj, "checkpoint"
     fmt = obj.get("format") if isinstance(obj, dict) else None

@@ -17,7 +17,7 @@ from sparsekit.errors import ModelFileError
 from sparsekit.modelio import read_model
 
 MODULE = """
-import datetime, enum, functools, os, operator, pathlib
+import datetime, enum, functools, logging, os, operator, pathlib
 import numpy
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ class Net(nn.Module):
         self.table = numpy.arange(6, dtype=numpy.float32).reshape(2, 3)
         self.scale, self.kind, self.home = numpy.float64(0.5), Kind.WIDE, pathlib.Path("runs/a")
         self.raw, self.when, self.mask = bytes([0, 1]), datetime.date(2026, 12, 2), nn.Parameter(torch.ones(2))
+        # at torch.save's protocol 2 these are Python 2 names (__builtin__.xrange, long, unicode)
+        self.steps, self.types, self.log = range(4), {{"n": int, "s": str}}, logging.getLogger("sk-test")
+        self.register_buffer("pattern", torch.eye(3, 4).to_sparse())  # torch.serialization._get_layout
 
     def extra(self):
         return 1
@@ -120,6 +123,24 @@ def files(tmp_path, monkeypatch):
             + s("o") + s("s") + b"\x86\x86R" + s("system") + b"\x93" + s(f"touch {canary}") + b"\x85R.")  # fmt: skip
     crafted("garbled", b"\x80\x02garbage that is no pickle")
     crafted("stdlib", b"\x80\x02cantigravity\ngeohash\n.")  # importing it opens a web browser
+    # protocol 2 maps Python 2 names: cPickle.loads is pickle.loads, which would unpickle the string given
+    crafted("cpickle", b"\x80\x02ccPickle\nloads\n" + s("x") + b"\x85R.")
+    # list(map(F, [cmd])) calls a computed F without a REDUCE of its own
+    crafted("map", b"\x80\x02c__builtin__\nlist\nc__builtin__\nmap\nc__builtin__\nprint\n]" + s("x")
+            + b"a\x86R\x85R.")  # fmt: skip
+    # a member named data.PKL: torch finds it all the same
+    with zipfile.ZipFile(paths["System"]) as z, zipfile.ZipFile(tmp_path / "case.pt", "w") as out:
+        for member in z.namelist():
+            out.writestr(member[:-4] + ".PKL" if member.endswith("data.pkl") else member, z.read(member))
+    paths["case"] = tmp_path / "case.pt"
+    # a legacy-format file with an empty zip appended: torch reads the legacy pickle (its first bytes decide)
+    empty_zip = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty_zip, "w").close()
+    paths["legacy_zip"] = tmp_path / "legacy_zip.pt"
+    paths["legacy_zip"].write_bytes(paths["legacy_System"].read_bytes() + empty_zip.read_bytes())
+    from examples.models import mlp
+
+    torch.save(mlp().state_dict(), paths.setdefault("p4", tmp_path / "p4.pt"), pickle_protocol=4)
     crafted("ext", b"\x80\x02\x82\x01)R.")  # EXT1 1: a callable registered with copyreg by number, called
     return paths, canary
 
@@ -130,7 +151,17 @@ def test_ordinary_whole_modules_load_when_trusted(files):
     for kind in ("zip", "legacy"):
         model = read_model(paths[kind], trust=True).model
         assert model.act is torch.tanh and model(x).shape == (4, 3), kind
+        assert model.steps == range(4) and model.types == {"n": int, "s": str} and model.pattern.is_sparse
     assert not canary.exists()
+
+
+def test_a_state_dict_saved_with_pickle_protocol_4_is_named_and_loads_when_trusted(files):
+    """torch's weights-only loader cannot read protocol 4's FRAME opcode: it was "not a pickle or torch archive"."""
+    paths, _ = files
+    with pytest.raises(ModelFileError, match="saved with pickle protocol 4 or 5"):
+        read_model(paths["p4"], arch="examples.models:mlp")
+    loaded = read_model(paths["p4"], arch="examples.models:mlp", trust=True)
+    assert loaded.kind == "state_dict" and loaded.model.fc1.weight.shape == (128, 64)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +175,10 @@ def test_ordinary_whole_modules_load_when_trusted(files):
         ("chain", "torch._C.os"),
         ("computed", "a callable whose name it computes while loading"),
         ("NumpyLoad", "numpy"),
+        ("cpickle", "pickle.loads"),
+        ("map", "builtins.map"),
+        ("case", "posix.system"),
+        ("legacy_zip", "system"),
         ("stdlib", "antigravity.geohash"),
     ],
 )
