@@ -32,6 +32,7 @@ from .errors import (
     ModelFileError,
     OutputError,
     SparsekitError,
+    TrustError,
     interrupted_at,
     interrupted_while,
     naming_recipe,
@@ -483,7 +484,7 @@ def check_inputs(
             )
         # Non-finite weights were refused when the file was read (modelio.check_finite).
         classes = check_input(loaded.model, shape, str(model_path), loaded.shape_origin)
-    with clock("data"):
+    with clock("data"), _naming_overridden_source(recipe, data):
         bundle = load_data(
             source,
             batch_size=recipe.data.batch_size,
@@ -501,6 +502,19 @@ def check_inputs(
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
     spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))
     return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
+
+
+@contextlib.contextmanager
+def _naming_overridden_source(recipe: Recipe, data: str | None) -> Iterator[None]:
+    """A data error about a source an override set (``data.source=...``) names that override first, as one
+    about the recipe's own source names the recipe."""
+    try:
+        yield
+    except (DataError, TrustError) as err:
+        if data or not recipe.overridden("data.source") or not err.raw_message.startswith("data.source"):
+            raise
+        where = recipe.blame(err.raw_message)
+        raise type(err)(f"{where}: {err.raw_message}" if where else err.raw_message) from None
 
 
 def rehearse(inputs: Inputs, recipe: Recipe) -> None:

@@ -66,9 +66,11 @@ def render(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[str]:
     files: list[str] = []
     for name, fig in figures(data).items():
         with atomic_path(out / name) as tmp:
-            # The figures are laid out by constrained layout already: a "tight" bounding box would draw each
-            # one twice (once to measure it), the largest part of drawing a run's plots.
-            fig.savefig(tmp, format="png", dpi=110)
+            # A "tight" bounding box draws a figure twice (once to measure it): only where its layout engine may
+            # still leave a long title or tick label outside (constrained layout does); finetune.png has fixed
+            # margins that hold its fixed words, and is drawn once.
+            tight = "tight" if fig.get_layout_engine() is not None else None
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches=tight)
         files.append(name)
     return files
 

@@ -1368,11 +1368,13 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
         lines.append(f"{where}: {_message(e)}" if where else _message(e))
     if len(errors) > MAX_ERRORS_SHOWN:
         lines.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s)")
-    culprits = [_override_of(e["loc"], overrides) for e in errors]
+    # An unknown method is the fault of whatever set pruning[i].method, not of the entry around it.
+    locs = [(*e["loc"], "method") if e["type"] in _TAG_ERRORS else tuple(e["loc"]) for e in errors]
+    culprits = [_override_of(loc, overrides) for loc in locs]
     if overrides and culprits and all(culprits):
         source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand
-        paths = [_dotted(_path(tuple(e["loc"]))) for e in errors]
+        paths = [_dotted(_path(loc)) for loc in locs]
         source = _with_overrides(source, _involved(overrides, paths, "; ".join(lines)))
     return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
 
@@ -1437,6 +1439,9 @@ def _with_overrides(source: str, overrides: Sequence[str]) -> str:
         return source
     named = ", ".join(_spell(o) for o in overrides)
     return f"{source} with {named}" if source else named
+
+
+_TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")  # pydantic's: a pruning entry's method
 
 
 def _override_of(loc: Sequence[Any], overrides: Sequence[str]) -> str | None:

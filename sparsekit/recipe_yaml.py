@@ -163,6 +163,9 @@ def number_problem(text: str) -> str | None:
     t = text.strip().replace("_", "")
     if re.fullmatch(r"[-+]?[0-9]+", t) and len(t.lstrip("+-")) > MAX_INT_DIGITS:
         return f"a whole number with {len(t.lstrip('+-')):,} digits; no setting takes one near that large"
+    if re.fullmatch(r"[-+]?0[0-7]+", t):  # YAML 1.1 reads 010 as octal 8, a surprise in a count of epochs
+        digits = t.lstrip("+-").lstrip("0") or "0"
+        return f"{short(text)} starts with 0, which YAML reads as an octal number ({t} is {int(t, 8)}); write {digits}"
     mantissa = re.split("[eE]", t)[0]
     if re.fullmatch(r"[-+]?([0-9]*\.[0-9]*|[0-9]+)([eE][-+]?[0-9]+)?", t) and re.search(r"[1-9]", mantissa):
         try:
@@ -242,7 +245,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def _parse_value(text: str, item: str) -> Any:
-    where = f"override {short(item, 120)!r}"
+    where = option("set", short(item, 120))
     problem = number_problem(text)
     if problem:  # a number, but not one that can be read as itself: not a string either
         raise RecipeError(f"{where}: {problem}")
@@ -283,13 +286,13 @@ def apply_overrides(
     for item in overrides:
         if not isinstance(item, str):
             raise RecipeError(f"override {short(repr(item))}: expected a 'key.path=value' string")
-        shown = f"override {short(item, 120)!r}"
+        shown = option("set", short(item, 120))  # as the caller wrote it: --set ... (overrides=[...] in Python)
         if len(item) > MAX_OVERRIDE_CHARS:
             raise RecipeError(f"{shown}: longer than {MAX_OVERRIDE_CHARS:,} characters")
         if "=" not in item:
             raise RecipeError(f"{shown}: expected key.path=value, e.g. {option('set', 'finetune.epochs=2')}")
         key, _, raw = item.partition("=")
-        key = key.strip()
+        key = re.sub(r"\[(\d+)\]", r".\1", key.strip())  # pruning[0].sparsity, as errors print paths
         parts = key.split(".")
         if any(not part.strip() for part in parts):
             raise RecipeError(

@@ -134,3 +134,23 @@ def test_a_data_error_from_a_recipes_source_names_the_recipe(tmp_path, mlp_check
     assert_bad_input(run("validate", bad, mlp_checkpoint, *MLP), f"{bad}: data.source file 'link.npz' not found")
     line = assert_bad_input(run("validate", recipe, mlp_checkpoint, *MLP, "--data", "link.npz"), "--data link.npz")
     assert str(recipe) not in line
+
+
+def test_an_overridden_source_a_bad_method_and_bracketed_keys_are_named_as_given(recipe, mlp_checkpoint, tmp_path):
+    # a data error about a source --set gave named neither the override nor the file
+    assert_bad_input(run("validate", recipe, mlp_checkpoint, *MLP, "--set", "data.source=/nonexistent.npz"),
+                     "--set data.source=/nonexistent.npz: data.source file '/nonexistent.npz' not found")  # fmt: skip
+    # the unknown method is the override's alone, not the file's nor the other override's
+    line = assert_bad_input(
+        run("validate", recipe, "--set", "pruning.0.method=taylor", "--set", "pruning.0.schedule.every=1"),
+        "--set pruning.0.method=taylor: pruning[0]: unknown method 'taylor'",
+    )
+    assert str(recipe) not in line and "every" not in line
+    # keys as errors print them, and errors in an override's key spelled as the option
+    assert run("validate", recipe, "--set", "pruning[0].sparsity=0.7").exit_code == 0
+    assert_bad_input(run("validate", recipe, "--set", "finetune.epoch=2"), "--set finetune.epoch=2: finetune.epoch")
+    # YAML 1.1 reads 010 as octal 8: said nothing and trained 8 epochs
+    assert_bad_input(run("validate", recipe, "--set", "finetune.epochs=010"), "YAML reads as an octal number")
+    octal = tmp_path / "octal.yaml"
+    octal.write_text(recipe.read_text().replace('"epochs": 3', '"epochs": 010'))
+    assert_bad_input(run("validate", octal), "010 starts with 0", "write 10")

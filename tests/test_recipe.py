@@ -478,7 +478,7 @@ def test_every_validation_error_points_to_the_reference(tmp_path):
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("finetune.epoch=2", "override 'finetune.epoch=2': finetune.epoch: unknown key; did you mean 'epochs'?"),
+        ("finetune.epoch=2", "overrides=['finetune.epoch=2']: finetune.epoch: unknown key; did you mean 'epochs'?"),
         ("pruning.0.sparsty=0.8", "pruning.0.sparsty: unknown key; did you mean 'sparsity'?"),
         ("finetnue.epochs=2", "finetnue: unknown key; did you mean 'finetune'?"),
         ("pruning.0.schedule.ende_epoch=2", "did you mean 'end_epoch'?"),
