@@ -414,6 +414,11 @@ def describe(
         text += _when(spec.schedule, steps_per_epoch, epochs, "mask")
         if isinstance(spec, GradientSpec) and epochs == 0:
             text += f"; scored on the gradients of {spec.calibration_batches} training batches (no fine-tuning)"
+        elif isinstance(spec, GradientSpec) and spec.score_every > 1:
+            text += f"; scores summed on every {spec.score_every}th step counted back from each update"
+            apart = max(1, round(spec.schedule.every * steps_per_epoch)) if steps_per_epoch else None
+            if apart is not None and spec.score_every >= apart and spec.schedule.end_epoch > spec.schedule.start_epoch:
+                text += f" (the updates are {apart} step(s) apart: only each update's own step is scored)"
         return text
     if isinstance(spec, StructuredSpec):
         if spec.auto:

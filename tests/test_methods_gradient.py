@@ -261,3 +261,13 @@ def test_score_every_one_sums_every_step_as_before():
         backward_with_grad(model, g)
         pruner.step()
     assert (model.weight[0] != 0).tolist() == [False, True, True]
+
+
+def test_validate_says_how_often_scores_are_summed_and_when_only_updates_are():
+    from sparsekit.planning import describe
+
+    sched = {"start_epoch": 0, "end_epoch": 2, "every": 0.5}
+    spec = recipe(epochs=2, sparsity=0.5, schedule=sched, score_every=4).pruning[0]
+    assert "scores summed on every 4th step" in describe(spec, steps_per_epoch=20, epochs=2)
+    assert "only each update's own step is scored" not in describe(spec, steps_per_epoch=20, epochs=2)
+    assert "only each update's own step is scored" in describe(spec, steps_per_epoch=6, epochs=2)  # 3 apart
