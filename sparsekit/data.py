@@ -127,7 +127,7 @@ def load_data(
 
     ``named_in`` is the recipe file that named ``source`` (``None``: the caller named it directly).
     ``field`` is how errors name it: ``data.source`` (a recipe's field, or :func:`load_data`'s argument)
-    or ``data``, the caller's data option (``--data`` on the command line).
+    or ``data``, the caller's data option (the command line's flag of that name).
     A file-named ``pkg.module:callable`` runs only when confirmed (``trust_code=True`` or a trusted
     module, see :mod:`sparsekit.trust`), and a file-named ``.npz`` path must lie inside the recipe's
     folder or the current folder.

@@ -1381,7 +1381,7 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
 
 class OptionOverride(str):
     """An override (``key.path=value``) that the caller gave through another of its options: the device
-    option is ``finetune.device=cuda``. Errors name that option (``--device cuda``), not a set override."""
+    option is ``finetune.device=cuda``. Errors name that option (the command line's device flag), not a set override."""
 
     key: str
     option: str
