@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError, option
 from .errors import shorten as short
-from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, read_yaml
+from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, dotted_path, read_yaml
 
 LayerType = Literal[
     "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"
@@ -1374,7 +1374,7 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
     if overrides and culprits and all(culprits):
         source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand
-        paths = [_dotted(_path(loc)) for loc in locs]
+        paths = [dotted_path(_path(loc)) for loc in locs]
         source = _with_overrides(source, _involved(overrides, paths, "; ".join(lines)))
     return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
 
@@ -1410,7 +1410,7 @@ _LEADING_PATH = re.compile(r"^((?:pruning\[\d+\]|[a-z_]+)(?:\.[a-z_]\w*)*)")
 def blame(source: str | None, overrides: Sequence[str], message: str) -> str | None:
     """See :meth:`Recipe.blame`: ``source`` is the recipe file, ``overrides`` the caller's ``key=value``s."""
     match = _LEADING_PATH.match(message)
-    path = _dotted(match.group(1)) if match else ""
+    path = dotted_path(match.group(1)) if match else ""
     if path:
         setters = [o for o in overrides if _covers(_override_path(o), path)]
         if setters:  # the override, not the file, holds the value
@@ -1446,13 +1446,8 @@ _TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")  # pydantic's: a prun
 
 def _override_of(loc: Sequence[Any], overrides: Sequence[str]) -> str | None:
     """The last of ``overrides`` that set the field at ``loc`` (itself or a mapping holding it), or None."""
-    path = _dotted(_path(tuple(loc)))
+    path = dotted_path(_path(tuple(loc)))
     return next((item for item in reversed(overrides) if path and _covers(_override_path(item), path)), None)
-
-
-def _dotted(path: str) -> str:
-    """A field path as overrides spell it: ``pruning[0].sparsity`` -> ``pruning.0.sparsity``."""
-    return re.sub(r"\[(\d+)\]", r".\1", path)
 
 
 def _override_path(item: Any) -> str:

@@ -257,6 +257,11 @@ def _parse_value(text: str, item: str) -> Any:
     return value
 
 
+def dotted_path(path: str) -> str:
+    """A field path as overrides spell it: ``pruning[0].sparsity`` -> ``pruning.0.sparsity``."""
+    return re.sub(r"\[(\d+)\]", r".\1", path)
+
+
 # An index is ASCII digits: '²'.isdigit() is True but int('²') raises; 9 digits is past any list.
 _INDEX = re.compile(r"[0-9]{1,9}")
 
@@ -292,7 +297,7 @@ def apply_overrides(
         if "=" not in item:
             raise RecipeError(f"{shown}: expected key.path=value, e.g. {option('set', 'finetune.epochs=2')}")
         key, _, raw = item.partition("=")
-        key = re.sub(r"\[(\d+)\]", r".\1", key.strip())  # pruning[0].sparsity, as errors print paths
+        key = dotted_path(key.strip())  # pruning[0].sparsity, as errors print paths
         parts = key.split(".")
         if any(not part.strip() for part in parts):
             raise RecipeError(
