@@ -1371,6 +1371,12 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
     # An unknown method is the fault of whatever set pruning[i].method, not of the entry around it.
     locs = [(*e["loc"], "method") if e["type"] in _TAG_ERRORS else tuple(e["loc"]) for e in errors]
     culprits = [_override_of(loc, overrides) for loc in locs]
+    for i, (e, culprit) in enumerate(zip(errors[:MAX_ERRORS_SHOWN], culprits, strict=False)):
+        # data.source=1e5 is read as YAML, so as a number: the caller meant the text.
+        if e["type"] == "string_type" and culprit and not isinstance(culprit, OptionOverride):
+            key = dotted_path(_path(tuple(e["loc"])))
+            text = str(culprit).partition("=")[2].strip()
+            lines[i] += f' (an override\'s value is read as YAML: for the text, quote it: {key}="{short(text, 60)}")'
     if overrides and culprits and all(culprits):
         source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand

@@ -143,7 +143,7 @@ class _RecipeLoader(yaml.SafeLoader):
         if isinstance(node, yaml.ScalarNode) and node.tag in _NUMBER_TAGS:
             problem = number_problem(str(node.value))
             if problem:
-                raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+                raise _NumberProblem(None, None, problem, node.start_mark)
         try:
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as err:
@@ -151,6 +151,14 @@ class _RecipeLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read{what} as {_tag(node.tag)} ({type(err).__name__}: {err})", node.start_mark
             ) from None
+
+
+class _NumberProblem(yaml.constructor.ConstructorError):
+    """A number written so that it cannot be read as its value (:func:`number_problem`): never text either."""
+
+
+class _UnreadableNumber(RecipeError):
+    """:class:`_NumberProblem` as a recipe error: an override value holding one is refused, not kept as text."""
 
 
 # Python refuses to read whole numbers longer than this (sys.get_int_max_str_digits()'s default).
@@ -236,7 +244,8 @@ def _parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as err:
         problem, mark = _yaml_problem(err)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise RecipeError(f"{source}{where}: {problem}") from None
+        kind = _UnreadableNumber if isinstance(err, _NumberProblem) else RecipeError
+        raise kind(f"{source}{where}: {problem}") from None
     except RecursionError:
         raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels deep") from None
     finally:
@@ -251,6 +260,8 @@ def _parse_value(text: str, item: str) -> Any:
         raise RecipeError(f"{where}: {problem}")
     try:
         value = _parse_yaml(text, where)
+    except _UnreadableNumber:
+        raise  # {lr: 1e-400}: YAML, with a number in it that would silently change
     except RecipeError:
         return text  # not YAML: the words as a string (a path, a glob, ...), as before
     check_plain_data(value, where)
@@ -326,6 +337,11 @@ def apply_overrides(
                     node[part] = value
                 else:
                     if node.get(part) is None:  # absent or `key: null`: a new mapping to fill in
+                        if _INDEX.fullmatch(parts[depth + 1]):  # pruning.0.sparsity with no pruning list
+                            raise RecipeError(
+                                f"{shown}: the recipe has no {where!r} list to take item {parts[depth + 1]} of; "
+                                f"give the whole list, e.g. {option('set', where + '=[{...}]')}"
+                            )
                         node[part] = {}
                     node = node[part]
             else:

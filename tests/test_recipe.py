@@ -607,3 +607,19 @@ def test_overrides_name_numbers_that_cannot_be_read_and_read_every_float_spellin
         assert load_recipe(path, [f"finetune.optimizer.lr={text}"]).finetune.optimizer.lr == pytest.approx(value)
     with pytest.raises(RecipeError, match=r"must be <= 100.0 \(got 1500.0\)"):  # a number, not "the text '1.5e3'"
         load_recipe(path, ["finetune.optimizer.lr=1.5e3"])
+
+
+def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\n")
+    # an underflow inside a mapping value fell back to text: "Input should be a valid dictionary"
+    with pytest.raises(RecipeError, match="1e-400 is too small for a 64-bit float"):
+        load_recipe(path, ["finetune.optimizer={name: sgd, lr: 1e-400}"])
+    # a number where text is wanted: say how to write the text
+    with pytest.raises(RecipeError, match=r'Input should be a valid string .*quote it: data\.source="1e5"'):
+        load_recipe(path, ["data.source=1e5"])
+    assert load_recipe(path, ['data.source="1e5"']).data.source == "1e5"
+    # an index into a list the recipe lacks was blamed on the file ("pruning: Input should be a valid list")
+    with pytest.raises(RecipeError, match=r"overrides=.*pruning\[0\]\.sparsity=0\.5.*no 'pruning' list to take item 0"):
+        load_recipe(path, ["pruning[0].sparsity=0.5"])
+    assert load_recipe(path, ["pruning=[{method: magnitude, sparsity: 0.5}]"]).pruning[0].sparsity == 0.5
