@@ -47,7 +47,7 @@ from .plots import PlotWorker
 from .provenance import check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe
-from .report import Benchmark, Int8, Report, Speedup, first_plot_data, notes, plot_data, what_it_buys
+from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
 
@@ -675,6 +675,7 @@ def _measure_and_report(
         expectation=expectation,
         recipe_asked=inputs.asked_pruning,
     )
+    fill_layer_aims(report)
     with clock("report", "drawing the plots"):
         plots.ready()  # never time latency while plots are being drawn
     if recipe.benchmark.enabled:

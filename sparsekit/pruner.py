@@ -245,7 +245,7 @@ class Pruner:
                         f"{', '.join(repr(n) for n in others)} (tied weights): removing channels would untie them. "
                         f"Keep pruning[{i}] away from the tied layers: {remedy}"
                     )
-                if method.masks_weights:
+                if getattr(method, "zeroes_weights", method.masks_weights):
                     selected = [n for n in modules if n in method.layers]
                     if selected and len(selected) < len(modules):
                         missing = [n for n in modules if n not in selected]
@@ -260,7 +260,7 @@ class Pruner:
                             f"(pruning[{i}].layers)"
                         )
                         raise TargetError(
-                            f"{where} masks the weights of {', '.join(repr(n) for n in selected)}, whose parameter "
+                            f"{where} zeroes weights of {', '.join(repr(n) for n in selected)}, whose parameter "
                             f"{shared!r} is shared with {', '.join(repr(n) for n in missing)} (tied weights), which it "
                             f"does not select: {fix}"
                         )

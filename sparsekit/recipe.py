@@ -1130,7 +1130,9 @@ class Recipe(_Strict):
     __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
 
     @model_validator(mode="after")
-    def _within_epochs(self) -> Recipe:
+    def _within_epochs(self, info: ValidationInfo) -> Recipe:
+        if (info.context or {}).get("trainer") and "finetune" not in self.model_fields_set:
+            return self  # a trainer callback's recipe: the trainer sets the epochs (checked at fit, as a warning)
         for i, m in enumerate(self.pruning):
             sched = getattr(m, "schedule", None)
             if sched is None or (m.method == "l1" and getattr(m, "target", None) is None):
@@ -1466,29 +1468,32 @@ def _covers(key: str, path: str) -> bool:
     return path == key or path.startswith(key + ".")
 
 
-def validate_recipe(data: Any, source: str = "recipe", overrides: Sequence[str] = ()) -> Recipe:
+def validate_recipe(
+    data: Any, source: str = "recipe", overrides: Sequence[str] = (), *, trainer: bool = False
+) -> Recipe:
     """Validate a mapping (parsed YAML, or a dict built in Python) into a :class:`Recipe`; RecipeError naming
     ``source`` (or the ``overrides`` that set every faulty field) and the field at fault for anything else,
-    including values that are not plain data."""
+    including values that are not plain data. ``trainer=True``: for a trainer callback, whose trainer sets the
+    epochs: a recipe without a ``finetune`` section is not checked against ``finetune.epochs``."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a YAML mapping (got {type(data).__name__})")
     check_plain_data(data, source)
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={"trainer": trainer})
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source, overrides)) from None
 
 
-def as_recipe(recipe: Any) -> Recipe:
+def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     """``recipe`` itself when a :class:`Recipe`; the recipe a file path or a shipped recipe's name names
     (:func:`load_recipe`), or a dict holds (:func:`validate_recipe`): RecipeError when invalid, naming the field.
-    TypeError for anything else."""
+    TypeError for anything else. ``trainer``: see :func:`validate_recipe`."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, str | os.PathLike):
-        return load_recipe(os.fspath(recipe))
+        return load_recipe(os.fspath(recipe), trainer=trainer)
     if isinstance(recipe, dict):
-        return validate_recipe(recipe, "recipe (a dict)")
+        return validate_recipe(recipe, "recipe (a dict)", trainer=trainer)
     raise TypeError(
         f"recipe must be a sparsekit.Recipe, a dict, a recipe file or a shipped recipe's name, not "
         f"{type(recipe).__name__}"
@@ -1504,17 +1509,17 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
     return f"{unknown_key(section, key)[0]} (see {RECIPE_DOCS})"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, trainer: bool = False) -> Recipe:
     """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file, or a shipped
     recipe by name (``"lenet-gradual-magnitude-90"``, see :func:`sparsekit.shipped_recipes`) when no
-    such file exists: a Recipe or a RecipeError, whatever the input."""
+    such file exists: a Recipe or a RecipeError, whatever the input. ``trainer``: see :func:`validate_recipe`."""
     from .recipe_catalog import find_recipe
 
     path = find_recipe(path)
     data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides, check_key=_override_key)
-    recipe = validate_recipe(data, str(path), overrides or ())
+    recipe = validate_recipe(data, str(path), overrides or (), trainer=trainer)
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
     recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
     recipe._overrides = tuple(overrides or [])  # as given: an OptionOverride keeps its option's name

@@ -133,6 +133,33 @@ class Layer(_Closed):
     sparsity: float
     macs: int | None = None
     effective_macs: int | None = None
+    # Set on report.json's layers (the pruned model's) by fill_layer_aims: which pruning entry selected the layer
+    # and its asked vs achieved there (fractions of weights zero, or of output channels removed / units zero;
+    # asked null when that entry sets no per-layer target), with why they differ. Null for a layer no entry selects.
+    entry: int | None = None
+    measure: str | None = None
+    asked: float | None = None
+    achieved: float | None = None
+    reason: str | None = None
+
+
+def fill_layer_aims(report: Report) -> None:
+    """Put each pruning entry's asked vs achieved on the rows of ``report.layers`` it selected (the first entry
+    stating a per-layer target wins where several select a layer; the first entry when none does)."""
+    outcomes = _outcomes(report.methods, report.recipe, report.dense_layers, report.layers, report.recipe_asked)[0]
+    rows = {r.name: r for r in report.layers}
+    for o in outcomes:
+        for aim in o.layers:
+            row = rows.get(aim.name)
+            if row is None or (row.entry is not None and (row.asked is not None or aim.asked is None)):
+                continue
+            row.entry, row.measure, row.asked, row.achieved, row.reason = (
+                o.entry,
+                o.measure,
+                aim.asked,
+                aim.achieved,
+                aim.reason,
+            )
 
 
 class Epoch(_Open):

@@ -310,3 +310,17 @@ def test_example_runs(capsys):
     out = capsys.readouterr().out
     assert "sparsity" in out and "accuracy" in out
     assert result["sparsity"] > 0.5 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_a_recipe_without_a_finetune_section_takes_the_trainers_epochs():
+    # README: the recipe's finetune section is not used here, yet a schedule past finetune.epochs (0 when the
+    # section is left out) was refused before fit; a recipe that states finetune.epochs is still checked.
+    spec = {"method": "magnitude", "sparsity": 0.5, "scope": "layer", "layers": {"exclude": ["fc3"]},
+            "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.5}}  # fmt: skip
+    torch.manual_seed(0)
+    lit = Lit(mlp(64, (32, 16), 10), lr=0.05)
+    pruning = SparsekitCallback({"version": 1, "pruning": [spec]}, submodule="net")
+    trainer([pruning], max_epochs=2).fit(lit, digits())
+    assert int((lit.net.fc1.weight == 0).sum()) == round(0.5 * lit.net.fc1.weight.numel())
+    with pytest.raises(sparsekit.RecipeError, match=r"end_epoch \(2\) is after the last fine-tuning epoch"):
+        SparsekitCallback({"version": 1, "finetune": {"epochs": 1}, "pruning": [spec]}, submodule="net")

@@ -1484,3 +1484,62 @@ def test_the_group_penalty_has_the_right_second_derivative():
 
     reference = hvp(lambda: 0.37 * torch.linalg.vector_norm(w, dim=1).sum() + 0 * model[2].weight.sum())
     torch.testing.assert_close(hvp(pruner.penalty), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_target_on_a_layer_structured_removal_shrinks_counts_the_removed_channels_once():
+    # structured removes 8 of c2's 32 channels at the first step; l1 asks 0.3 of c2's channels (10). The removed
+    # channels count toward l1's target as its report counts them: l1 zeroed 10 more (18 of 32, 0.56 reported
+    # against 0.3 asked) and structured's report took l1's removals as its own (0.56 against 0.25 asked).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10),
+    )  # fmt: skip
+    schedule = {"start_epoch": 0, "end_epoch": 1}
+    rec = sparsekit.Recipe(
+        finetune={"epochs": 2},
+        model={"input_shape": [1, 1, 8, 8]},
+        pruning=[
+            {"method": "structured", "ratio": 0.25, "round_to": None, "schedule": schedule, "layers": {"include": ["0", "2"]}},
+            {"method": "l1", "mode": "proximal", "group": "channel", "strength": 1e-3, "target": 0.3,
+             "schedule": schedule, "layers": {"include": ["2"]}},
+        ],
+    )  # fmt: skip
+    pruner = sparsekit.Pruner(model, rec, steps_per_epoch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(16):
+        x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            opt = pruner.update_optimizer(opt)
+    pruner.finalize()
+    structured, l1 = (m.report() for m in pruner.methods)
+    assert structured["per_layer"]["2"]["achieved"] == pytest.approx(0.25)
+    assert structured["achieved"] == pytest.approx(0.25)
+    assert l1["achieved"] == pytest.approx(10 / 32)  # round(0.3 * 32) of the 32 channels: 8 removed, 2 zeroed
+    assert model[2].out_channels == 22
+
+
+def test_l1_on_a_layer_tied_to_a_module_it_cannot_select_is_refused_like_a_masking_method():
+    # out.weight is the Embedding's table: l1's zeroed rows of out silently zeroed token embeddings (magnitude with
+    # the same selection was refused).
+    class EmbHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.hid, self.out = nn.Embedding(40, 24), nn.Linear(24, 24), nn.Linear(24, 40)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.hid(x @ self.emb.weight)))
+
+    for group in ("row", "none"):
+        r = recipe(group=group, target=0.4, schedule={"end_epoch": 1}, layers={"include": ["hid", "out"]})
+        with pytest.raises(
+            sparsekit.TargetError, match=r"pruning\[0\] \(l1\) zeroes weights of 'out'.*'emb': Embedding"
+        ):
+            sparsekit.Pruner(EmbHead(), r, steps_per_epoch=4)
+    sparsekit.Pruner(EmbHead(), recipe(group="row", layers={"include": ["hid"]}), steps_per_epoch=4)  # the way out

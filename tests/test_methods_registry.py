@@ -81,13 +81,23 @@ def _pruner(names: list[str], **kw: Any) -> sparsekit.Pruner:
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_method_declares_every_attribute_and_hook_of_the_protocol(name):
     attributes, hooks = _protocol_members()
-    assert set(attributes) == {"name", "layers", "masks_weights", "needs_grad", "structural", "touched"}
+    assert set(attributes) == {
+        "name",
+        "layers",
+        "masks_weights",
+        "needs_grad",
+        "structural",
+        "touched",
+        "zeroes_weights",
+    }
     assert {"start", "penalty", "after_step", "finalize", "targets", "report", "state_dict"} <= set(hooks)
     method = _pruner([name]).methods[0]
     for attribute in attributes:
         assert hasattr(method, attribute), f"{name} lacks {attribute}"
     assert isinstance(method.layers, dict) and isinstance(method.touched, list)
-    assert all(isinstance(getattr(method, a), bool) for a in ("masks_weights", "needs_grad", "structural"))
+    assert all(
+        isinstance(getattr(method, a), bool) for a in ("masks_weights", "needs_grad", "structural", "zeroes_weights")
+    )
     assert method.touched == [] or method.structural  # only a structural method changes shapes in training
     for hook in hooks:
         assert callable(getattr(method, hook)), f"{name} lacks {hook}()"

@@ -191,3 +191,15 @@ def test_coarse_channel_rounding_far_from_the_ratio_is_a_warning(tmp_path, hidde
     assert check["achieved"] == pytest.approx(achieved) and not check["met"] and check["tolerance"] <= 0.05
     warning = report["summary"]["warnings"][0]
     assert "rounded to multiples of 16" in warning and ("(more than asked)" in warning) == (side == "past")
+
+
+def test_report_json_layers_carry_their_entrys_asked_and_achieved(runs):
+    # INTERFACE 6: report.json's layers gain asked, achieved and reason (they were only under methods[].per_layer)
+    _, _, out, _ = runs["meets"]
+    rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["layers"]}
+    # (magnitude ranks globally by default: its 0.6 is over its layers together, none per layer)
+    assert (rows["fc1"]["entry"], rows["fc1"]["measure"], rows["fc1"]["asked"]) == (0, "weights zero", None)
+    assert rows["fc1"]["achieved"] == pytest.approx(rows["fc1"]["sparsity"])
+    assert (rows["fc2"]["entry"], rows["fc2"]["measure"], rows["fc2"]["asked"]) == (1, "output channels removed", 0.25)
+    assert rows["fc2"]["achieved"] == pytest.approx(1 - rows["fc2"]["shape"][0] / 32)
+    assert rows["fc3"]["entry"] is None and rows["fc3"]["asked"] is None  # no entry selects the head

@@ -138,7 +138,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
             raise ValueError(
                 f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
             )
-        self.recipe = as_recipe(recipe)
+        self.recipe = as_recipe(recipe, trainer=True)
         self.steps_per_epoch = steps_per_epoch
         self.input_shape = [int(d) for d in input_shape] if input_shape else None
         self.scorers = dict(scorers) if scorers else None

@@ -98,6 +98,12 @@ class Method(Protocol):
     """True when the method owns an unstructured mask over its layers' weights (magnitude, gradient).
     Two such methods may not share a layer: the Pruner refuses the recipe (TargetError)."""
 
+    zeroes_weights: bool
+    """True when the method leaves exact zeros that masks keep, in its own mask or AND-ed into the shared one
+    (magnitude, gradient, l1). Such a method must select every module sharing a tied weight or none: zeroing a
+    weight also zeroes it for the modules that share it. Optional for a plug-in: when a method does not
+    declare it, the Pruner takes :attr:`masks_weights`."""
+
     needs_grad: bool
     """True when :meth:`after_step` reads ``weight.grad`` from the user's ``loss.backward()``; with no
     fine-tuning, ``sparsekit.finetune``'s caller calibrates on a few batches first."""

@@ -277,6 +277,7 @@ class L1:
 
     name = "l1"
     masks_weights = False
+    zeroes_weights = True
     needs_grad = False
     structural = False  # units are removed at finalize only, after masks are baked
 
@@ -868,7 +869,7 @@ class L1:
         marked = self._marked
         if self.target is not None:
             allowed = round(self.curve(min(step + self.adapt_every, self.schedule.end)) * self.total)
-            budget = max(allowed - self.dead, 0)
+            budget = max(allowed - self.dead - sum(self._gone()), 0)
         dead = 0
         peak = math.inf
         for i, (name, module) in enumerate(self._own.items()):
@@ -1067,13 +1068,22 @@ class L1:
 
     def _zero_fraction(self) -> float:
         """Units (weights) that count as zero now: masked, exactly zero, or under ``threshold``."""
+        gone = sum(self._gone())
         if self.spec.mode == "proximal" and self.spec.threshold <= 0:
-            return self.dead / self.total
+            return (self.dead + gone) / self.total
         with torch.no_grad():
             # Under threshold, or exactly zero when threshold is 0.
             dead = sum(int((s < max(self.zero_below, torch.finfo(s.dtype).tiny)).sum()) for s in self._scores())
         self.dead = dead
-        return dead / self.total
+        return (dead + gone) / self.total
+
+    def _gone(self) -> list[int]:
+        """Per layer, the units (weights) another entry removed since the start (structured removal): they count
+        as zero toward the target, as the report counts them, so a target is not met a second time on top."""
+        return [
+            size - (num_units(m) if self.units else weight_of(m).numel())
+            for size, m in zip(self._sizes, self._modules, strict=True)
+        ]
 
     def _scores(self) -> list[torch.Tensor]:
         """Per layer, one score per unit (its norm) or weight (|w|); masked ones score 0."""
@@ -1106,7 +1116,8 @@ class L1:
             self.gain = min(self.gain * _GROW, 100.0)
         elif achieved > wanted + tol:
             self.gain = max(self.gain / _GROW, 0.01)
-        missing = round((self.target or 0.0) * self.total) - self.dead
+        gone = self._gone()
+        missing = round((self.target or 0.0) * self.total) - self.dead - sum(gone)
         if missing <= 0:
             self._marked = None
             return
@@ -1116,8 +1127,8 @@ class L1:
             # Per layer, the weakest units it may still lose (its quota less those at zero); the k-th of them all.
             alive = [s >= floor for s in per_layer]
             weakest: list[torch.Tensor] = []
-            for s, a, quota in zip(per_layer, alive, self._quota, strict=True):
-                room = quota - (s.numel() - int(a.sum()))
+            for s, a, quota, out in zip(per_layer, alive, self._quota, gone, strict=True):
+                room = quota - out - (s.numel() - int(a.sum()))
                 values = s[a].float().view(-1)
                 take = min(max(room, 0), values.numel())
                 weakest.append(torch.topk(values, take, largest=False).values)
@@ -1146,18 +1157,21 @@ class L1:
 
     @torch.no_grad()
     def _settle(self) -> None:
-        """At end_epoch: exactly ``round(target * total)`` units (weights) zero and masked, the weakest ones
+        """At end_epoch: exactly ``round(target * total)`` units (weights) zero and masked or removed by another
+        entry, the weakest ones
         (every one already at zero first), no layer past its quota (:func:`layer_cap_for`). Weights already at
         zero stay so, so a proximal run that overshot keeps its extra zeros."""
         scores = self._scores()
-        want = round((self.target or 0.0) * self.total)
+        gone = self._gone()
+        want = round((self.target or 0.0) * self.total) - sum(gone)
         flat = torch.cat([s.float().view(-1) for s in scores])
         order = torch.argsort(flat, stable=True)
         bounds = [0]
         for s in scores:
             bounds.append(bounds[-1] + s.numel())
         owner = torch.bucketize(order, torch.tensor(bounds[1:-1]), right=True)
-        left = list(self._quota)  # never more than a layer's quota, never a layer emptied
+        # never more than a layer's quota (less what another entry removed from it), never a layer emptied
+        left = [quota - out for quota, out in zip(self._quota, gone, strict=True)]
         chosen: list[int] = []
         for idx, layer in zip(order.tolist(), owner.tolist(), strict=True):
             if len(chosen) >= want and flat[idx] > 0:

@@ -47,6 +47,7 @@ class Magnitude:
 
     name = "magnitude"
     masks_weights = True
+    zeroes_weights = True
     needs_grad = False
     structural = False
 

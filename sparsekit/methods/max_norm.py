@@ -38,6 +38,7 @@ class MaxNorm:
 
     name = "max_norm"
     masks_weights = False
+    zeroes_weights = False
     makes_masks = False  # the Pruner need not look for masks after each step for this method's sake
     needs_grad = False
     structural = False

@@ -125,6 +125,7 @@ class Structured:
 
     name = "structured"
     masks_weights = False
+    zeroes_weights = False
     structural = True  # changes weight shapes: no masking method may own the layers it touches
 
     def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
@@ -176,6 +177,9 @@ class Structured:
         self.accum_steps = 0
         self._history_seen = 0
         self.initial = {n: _out_channels(m) for n, m in self.layers.items()}
+        # Per layer, the output channels this entry's own events removed: what its asked-vs-achieved counts (an l1
+        # entry's remove_dead on the same layer removes more, which is that entry's result, not this one's).
+        self.removed = dict.fromkeys(self.layers, 0)
         if all(c <= spec.min_channels for c in self.initial.values()):
             raise TargetError(
                 f"{self.where}.min_channels: {spec.min_channels} is at least the channel count of every selected "
@@ -467,13 +471,13 @@ class Structured:
         progress = self.done / self.spec.steps
         asked = self._asked_total() * progress
         per_layer: dict[str, dict[str, Any]] = {}
-        for name, module in self.layers.items():
-            initial, now = self.initial[name], _out_channels(module)
+        for name in self.layers:
+            initial, now = self.initial[name], self.initial[name] - self.removed[name]
             achieved = 1 - now / initial
             own = self.ratio_of(name) * progress
             per_layer[name] = {"asked": own, "achieved": achieved, "reason": self._reason(name, own, initial, now)}
         total = sum(self.initial.values())
-        now_total = sum(_out_channels(m) for m in self.layers.values())
+        now_total = total - sum(self.removed.values())
         extra = {"layer_ratio": dict(self.spec.layer_ratio)} if self.spec.layer_ratio else {}
         return {
             **extra,
@@ -525,6 +529,7 @@ class Structured:
             "accum_steps": self.accum_steps,
             "reasons": dict(self.reasons),
             "rounding": dict(self.rounding),
+            "removed": dict(self.removed),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -542,6 +547,9 @@ class Structured:
         self.accum_steps = int(state.get("accum_steps", 0)) if self.accum else 0
         self.reasons = {str(k): str(v) for k, v in state.get("reasons", {}).items()}
         self.rounding = {str(k): str(v) for k, v in state.get("rounding", {}).items()}
+        # (a checkpoint from before 0.3.4 has no count: every channel gone from a layer was this entry's)
+        removed = state.get("removed") or {n: self.initial[n] - _out_channels(m) for n, m in self.layers.items()}
+        self.removed = {n: int(removed.get(n, 0)) for n in self.layers}
 
     # ------------------------------------------------------------------ internals
 
@@ -583,6 +591,7 @@ class Structured:
         assert self._tp is not None, "removal after finalize"
         if self.needs_grad:
             self._install_grads()
+        before = {n: _out_channels(m) for n, m in self.layers.items()}
         try:
             with torch.no_grad():
                 while self.done < len(self.events) and (until is None or self.events[self.done] <= until):
@@ -595,6 +604,8 @@ class Structured:
                 for p in self.model.parameters():
                     p.grad = None  # the optimizer is rebuilt anyway; stale shapes must not linger
                 self.accum, self.accum_steps = {}, 0
+            for n, m in self.layers.items():
+                self.removed[n] += before[n] - _out_channels(m)
         history = tpa.pruning_history(self._tp.graph)
         new = surgery.normalize_history(history[self._history_seen :])
         self._check_forward(new)  # raises with the event's removals still pending (see pending_history)
