@@ -61,14 +61,29 @@ def _flag(name: str, value: str) -> str:
     return f"{flag} {value}"
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, as_json: bool = False) -> None:
     import os
 
     rank = os.environ.get("RANK", "0")
     # Under torchrun every process prints its own line: say which, unless it is rank 0's.
     where = f"rank {rank}: " if rank not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
-    click.echo(f"Error: {where}{render(message, _flag)}", err=True)
+    line = f"{where}{render(message, _flag)}"
+    click.echo(f"Error: {line}", err=True)
+    if as_json:
+        _json_error(line, code)
     sys.exit(code)
+
+
+# Set once a command printed its JSON document: a failure after it (prune --strict) prints no second one.
+_EMITTED: list[bool] = []
+
+
+def _json_error(message: str, code: int) -> None:
+    """With ``--json``, a failed command still prints its one JSON document on stdout (the INTERFACE's
+    contract): ``{"error": the Error line's text, "exit_code": code}``, so a script reading stdout can tell;
+    none when the command printed its document before failing (``prune --strict``: report.json's)."""
+    if not _EMITTED:
+        click.echo(json.dumps({"error": message, "exit_code": code}))
 
 
 def _holds_run(out: Any) -> bool:
@@ -89,6 +104,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.get("debug", False)
+        as_json = bool(kwargs.get("as_json", False))
+        _EMITTED.clear()
         logging.basicConfig(
             level=logging.DEBUG if debug else logging.WARNING,
             stream=sys.stderr,
@@ -110,12 +127,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SparsekitError as err:
             if debug:
                 traceback.print_exc()
-            _fail(err.render(_flag), err.exit_code)
+            _fail(err.render(_flag), err.exit_code, as_json)
         except OSError as err:  # a path the user gave: missing folder, a file where a folder should be, ...
             if debug:
                 traceback.print_exc()
             where = err.filename or ""
-            _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2)
+            _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2, as_json)
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, see __main__)
             resume = {
                 "prune": "; `--resume` continues from the last finished epoch",
@@ -132,9 +149,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if not _holds_run(kwargs.get("out")):  # stopped before the output folder held anything
                     resume = "; nothing was kept to resume: run the same command again"
             where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
-            click.echo(
-                f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}.", err=True
-            )
+            message = f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}."
+            click.echo(message, err=True)
+            if as_json:
+                _json_error(message, 143 if isinstance(err, Terminated) else 130)
             sys.exit(143 if isinstance(err, Terminated) else 130)
         except (click.ClickException, click.exceptions.Exit):
             raise  # click prints usage errors itself, with exit code 2
@@ -145,27 +163,33 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 f"user code called sys.exit({err.code!r}) during the run (a model's forward, a data loader or a "
                 "factory); it must return or raise, not exit",
                 2,
+                as_json,
             )
         except MemoryError as err:
             if debug:
                 traceback.print_exc()
-            _fail(f"out of memory ({one_line(err)}); use a smaller model, batch or input, or more memory", 2)
+            _fail(f"out of memory ({one_line(err)}); use a smaller model, batch or input, or more memory", 2, as_json)
         except Exception as err:  # noqa: BLE001 - the CLI edge: report, never dump a traceback by default
             if debug:
                 traceback.print_exc()
             if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):  # torch's allocator
-                _fail(f"out of memory ({one_line(err, 200)}); use a smaller model, batch or input", 2)
+                _fail(f"out of memory ({one_line(err, 200)}); use a smaller model, batch or input", 2, as_json)
             if _peer_failed(err):
                 _fail(
                     f"another process of this distributed run stopped ({one_line(err, 160)}); its own Error "
                     "line above says why",
                     2,
+                    as_json,
                 )
-            _fail(f"unexpected failure: {one_line(err)} (run again with --debug for a traceback and report it)", 1)
+            _fail(
+                f"unexpected failure: {one_line(err)} (run again with --debug for a traceback and report it)",
+                1,
+                as_json,
+            )
         except BaseException as err:  # noqa: BLE001 - GeneratorExit & co. raised by user code (forward, data)
             if debug:
                 traceback.print_exc()
-            _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2)
+            _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2, as_json)
 
     return wrapper
 
@@ -284,6 +308,7 @@ def _load_native(*modules: str) -> None:
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
     if as_json:
+        _EMITTED.append(True)
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         click.echo(text)
@@ -374,6 +399,11 @@ class _UsageError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
+        if "--json" in _ARGS:
+            _json_error(self.format_message(), self.exit_code)
+
+
+_ARGS: list[str] = []  # the command line's arguments, as the group got them (a usage error's --json)
 
 
 # click 8.2+ raises this (a UsageError) for a bare `sparsekit`; 8.1 prints the help and exits by itself.
@@ -387,6 +417,8 @@ class _Group(click.Group):
     into :class:`_UsageError`."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        _ARGS[:] = [str(a) for a in (args[1] if len(args) > 1 else kwargs.get("args", []))]
+        _EMITTED.clear()
         try:
             return super().make_context(*args, **kwargs)
         except _NO_ARGS_IS_HELP:

@@ -1020,3 +1020,20 @@ def test_an_interrupt_between_phases_and_after_the_last_epoch_says_training_had_
         f"Interrupted: {stage}. Finished files are complete, unfinished ones were not written; `--resume` skips the "
         "finished training and redoes only what follows it."
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "/nonexistent/model.pt"],  # a library error
+        ["inspect", "--bogus"],  # a usage error click raises before the command runs
+        ["bench"],  # a missing argument
+        ["recipes", "no-such-recipe"],
+    ],
+)
+def test_json_commands_print_one_json_document_on_stdout_when_they_fail(args):
+    # INTERFACE: --json gives exactly one JSON document on stdout; a failure printed nothing there
+    result = CliRunner().invoke(main, [*args, "--json"])
+    line = assert_bad_input(result)
+    doc = json.loads(result.stdout)
+    assert doc == {"error": line.removeprefix("Error: "), "exit_code": 2}

@@ -89,6 +89,9 @@ def test_json_output_still_says_the_warning_on_stderr(tmp_path, runs):
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc["summary"]["warnings"] and f"Warning: {doc['summary']['warnings'][0]}" in result.stderr
+    # --strict fails after report.json was printed: still exactly one JSON document on stdout
+    strict = run("prune", model, *MLP, recipe, "-o", tmp_path / "js", "--json", "--strict", *FAST)
+    assert strict.exit_code == 2 and json.loads(strict.stdout)["summary"]["warnings"]
 
 
 def test_targets_met_give_no_warning_and_strict_passes(tmp_path, runs):
