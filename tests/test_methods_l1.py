@@ -1500,7 +1500,8 @@ def test_a_target_on_a_layer_structured_removal_shrinks_counts_the_removed_chann
         finetune={"epochs": 2},
         model={"input_shape": [1, 1, 8, 8]},
         pruning=[
-            {"method": "structured", "ratio": 0.25, "round_to": None, "schedule": schedule, "layers": {"include": ["0", "2"]}},
+            {"method": "structured", "ratio": 0.25, "round_to": None, "schedule": schedule,
+             "layers": {"include": ["0", "2"]}},
             {"method": "l1", "mode": "proximal", "group": "channel", "strength": 1e-3, "target": 0.3,
              "schedule": schedule, "layers": {"include": ["2"]}},
         ],
