@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import warnings
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, cast
@@ -69,6 +70,20 @@ def traced(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def input_shape_advice(err: BaseException) -> str:
+    """What to do about a model that failed on :func:`example_input`: a model that takes integer input (token ids
+    for an ``nn.Embedding``) cannot be traced on float values whatever the shape; anything else is most often
+    the wrong ``model.input_shape``."""
+    text = str(err)
+    if re.search(r"(Long|Int)\b.*(Float|Double|Half|BFloat16)|indices.*(Long|Int)|Embedding", text):
+        return (
+            "the model takes integer input (token ids for an nn.Embedding, say), and sparsekit traces models with "
+            "float inputs, so it cannot remove channels or units of this one: use an unstructured method (l1 with "
+            "remove_dead: false), or give the model a forward that takes float input"
+        )
+    return "check model.input_shape"
 
 
 def example_input(

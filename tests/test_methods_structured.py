@@ -369,3 +369,31 @@ def test_settings_that_would_remove_nothing_are_errors():
     convs = sparsekit.Recipe(**cnn, pruning=[{**bn, "layers": {"types": ["Conv2d"]}}])
     model = sparsekit.Pruner(small_cnn(width=8, image_size=8), convs, steps_per_epoch=1).finalize()
     assert [model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels] == [4, 8, 16]
+
+
+def test_a_model_taking_token_ids_is_named_as_such_not_as_a_wrong_input_shape():
+    # sparsekit traces on float inputs: the right shape still fails on an nn.Embedding, and the advice said to
+    # check model.input_shape, which was already right
+    import warnings
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc1, self.fc2 = nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.relu(self.fc1(self.emb(x).mean(1))))
+
+    def recipe(entry: dict) -> sparsekit.Recipe:
+        return sparsekit.Recipe(model={"input_shape": [1, 6]}, finetune={"epochs": 1}, pruning=[entry])
+
+    with pytest.raises(sparsekit.TargetError, match="takes integer input .token ids") as err:
+        sparsekit.Pruner(Tokens(), recipe({"method": "structured", "ratio": 0.5, "layers": {"include": ["fc1"]}}), 2)
+    assert "check model.input_shape" not in str(err.value)
+    pruner = sparsekit.Pruner(
+        Tokens(), recipe({"method": "l1", "group": "row", "strength": 1.0, "layers": {"include": ["fc1"]}}), 2
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.finalize()
+    assert any("remove_dead: skipped" in str(w.message) and "takes integer input" in str(w.message) for w in caught)

@@ -281,7 +281,12 @@ class Structured:
     def _untraceable(self, err: Exception) -> TargetError:
         return TargetError(
             f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
-            f"({one_line(err, 200)}); check model.input_shape, or use an unstructured method"
+            f"({one_line(err, 200)}); "
+            + (
+                advice
+                if (advice := surgery.input_shape_advice(err)) != "check model.input_shape"
+                else "check model.input_shape, or use an unstructured method"
+            )
         )
 
     def _check_layer_ratio(self) -> None:
