@@ -740,7 +740,10 @@ class L1Spec(_MethodBase):
         "fraction is behind the schedule's curve and lowered when ahead, never more zeros than the curve allows "
         "(lambda above strength shrinks, or penalizes, only the weakest units still to be zeroed), no layer past "
         "(1 + target) / 2 of its units (weights: 0.99), and at end_epoch the weakest weights/units are zeroed if any "
-        "are missing; null: no target",
+        "are missing (report: topped_up). Units another entry removed (structured) count as zero. In penalty mode a "
+        "subgradient makes no exact zeros and lambda stays within 10x strength, so most or all of the target is "
+        "usually met by that zeroing at end_epoch, with the penalty having shrunk those units first; proximal mode "
+        "reaches it on the way. null: no target",
     )
     threshold: Float = Field(
         0.0,
