@@ -80,9 +80,10 @@ def entry() -> None:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         from .cli import main
-    except KeyboardInterrupt:
-        sys.stderr.write("Interrupted.\n")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated, not imported: it may be what broke)
+        term = type(err).__name__ == "Terminated"
+        sys.stderr.write("Terminated (SIGTERM).\n" if term else "Interrupted.\n")
+        raise SystemExit(143 if term else 130) from None
     from . import _interrupted_at_start
 
     if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
@@ -94,8 +95,11 @@ def entry() -> None:
     finally:
         # The command is over and its files are complete. Unloading torch and onnxruntime at exit can
         # take a second; a Ctrl-C then must not turn a finished run into a death by signal.
+        # The same for a SIGTERM (a scheduler's stop): the run it would stop has finished.
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if signal.getsignal(signal.SIGTERM) is _terminate:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

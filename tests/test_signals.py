@@ -161,3 +161,31 @@ def test_a_users_script_named_sparsekit_keeps_its_ctrl_c(tmp_path):
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode != 130 and "KeyboardInterrupt" in out.stderr
+
+
+def test_a_sigterm_while_the_command_imports_is_named_as_sigterm():
+    # Terminated is a KeyboardInterrupt: start-up said "Interrupted." and exited 130 for a scheduler's SIGTERM
+    code = (
+        "import os, signal, sys, time; sys.orig_argv = [sys.executable, '-m', 'sparsekit', '--version']\n"
+        "import sparsekit\n"
+        "class Stop:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sparsekit.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "from sparsekit.__main__ import entry\n"
+        "entry(); print('not stopped')\n"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stderr, out.stdout) == (143, "Terminated (SIGTERM).\n", "")
+
+
+def test_a_sigterm_once_the_command_finished_leaves_its_success_alone():
+    # A scheduler's stop that lands after the run finished turned exit 0 into 143, or a traceback at exit
+    code = (
+        "import os, signal, sys; sys.orig_argv = [sys.executable, '-m', 'sparsekit', '--version']; "
+        "import sparsekit, sparsekit.cli as cli; from sparsekit.__main__ import entry; "
+        "cli.main = lambda **kw: None; entry(); os.kill(os.getpid(), signal.SIGTERM); print('finished')"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "finished", "")
