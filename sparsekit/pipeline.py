@@ -31,6 +31,7 @@ from .errors import (
     DataError,
     ModelFileError,
     OutputError,
+    RecipeError,
     SparsekitError,
     TrustError,
     interrupted_at,
@@ -44,7 +45,7 @@ from .logits import attach as attach_logits
 from .logits import select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
-from .provenance import check_allowed, check_resume, provenance, recipe_record
+from .provenance import check_allowed, check_resume, provenance, recipe_record, shown
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
@@ -381,7 +382,7 @@ def run_prune(
             # Before the dense model is measured and the folder touched: a checkpoint of another model,
             # data set or recipe is refused at once, naming what changed.
             accepted = _check_resume(out, folder.stage, origin, allow_changes)
-            inputs.resumed_changes = [f"{k} {a} -> {b}" for k, (a, b) in accepted.items()]
+            inputs.resumed_changes = [f"{k} {shown(a)} -> {shown(b)}" for k, (a, b) in accepted.items()]
             if accepted and notify and main:
                 notify("resuming with accepted changes: " + "; ".join(inputs.resumed_changes))
         inputs.provenance, inputs.allow_changes = origin, tuple(allow_changes)
@@ -402,7 +403,7 @@ def run_prune(
         except SparsekitError as err:
             # Bad input found on the way (data that fails late, training that diverges, a full disk): the
             # staging folder goes unless it holds a checkpoint to resume from, which the error then names.
-            if folder.discard():
+            if folder.discard() or getattr(err, "unusable", False):
                 raise
             raise type(err)(
                 f"{quoted(err)}. The run's last checkpoint is kept in {out}: once the cause is fixed, "
@@ -435,15 +436,23 @@ def _check_resume(
         if not ckpt.is_file():
             continue
         try:  # memory-mapped: only the small provenance record is read, not the weights
-            saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("provenance")
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+            saved, done = state.get("provenance"), int(state.get("epoch", 0))
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
             return {}
         try:
-            return check_resume(saved, origin, allowed=allowed)
+            accepted = check_resume(saved, origin, allowed=allowed)
         except SparsekitError as err:
             raise SparsekitError(
                 f"{out}: cannot resume the run there: {quoted(err)}; or start again with {option('overwrite')}"
             ) from None
+        epochs = int(origin.get("recipe", {}).get("finetune", {}).get("epochs", done))
+        if done > epochs:  # said before any "resuming with accepted changes" line
+            raise RecipeError(
+                f"finetune.epochs: {epochs}, but the run in {out} already finished epoch {done}; resume with at "
+                f"least {done}, or start again with {option('overwrite')}"
+            )
+        return accepted
     return {}
 
 

@@ -1381,7 +1381,12 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
         if e["type"] == "string_type" and culprit and not isinstance(culprit, OptionOverride):
             key = dotted_path(_path(tuple(e["loc"])))
             text = str(culprit).partition("=")[2].strip()
-            lines[i] += f' (an override\'s value is read as YAML: for the text, quote it: {key}="{short(text, 60)}")'
+            if not text:  # `data.source=`: YAML reads nothing as null
+                lines[i] += f" (the override gives no value, which YAML reads as null: {key}=VALUE)"
+            else:
+                lines[i] += (
+                    f' (an override\'s value is read as YAML: for the text, quote it: {key}="{short(text, 60)}")'
+                )
     if overrides and culprits and all(culprits):
         source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand

@@ -300,11 +300,6 @@ def finetune(
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
             ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted
         )
-        if first_epoch > spec.epochs:
-            raise RecipeError(
-                f"finetune.epochs: {spec.epochs}, but {ckpt} already finished epoch {first_epoch}; "
-                f"start again with {option('overwrite')}"
-            )
     else:
         scheduler = make_scheduler(optimizer, spec)
     if _distributed.active() and inner is model:
@@ -560,6 +555,12 @@ def _load_checkpoint(
     again = f"start again with {option('overwrite')}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a checkpoint cut short (a kill while it was copied, a full disk)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        damaged = SparsekitError(f"{path}: cannot be read, it is damaged or incomplete ({first}); {again}")
+        damaged.unusable = True  # type: ignore[attr-defined]  # no --resume can continue from it
+        raise damaged from None
+    try:
         changed = check_resume(state.get("provenance"), origin, allowed=accepted)
         if changed:
             log.info("resuming with accepted changes: %s", ", ".join(changed))
@@ -576,6 +577,19 @@ def _load_checkpoint(
             )
         pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
         model.load_state_dict(state["model"])
+        if int(state["epoch"]) > spec.epochs:
+            raise RecipeError(
+                f"finetune.epochs: {spec.epochs}, but {path} already finished epoch {int(state['epoch'])}; {again}"
+            )
+        if changed:
+            # The checkpoint now belongs to the changed run, whose results the folder will hold: a later resume
+            # compares with that (with no epoch left to train, no new checkpoint would say so). Written to a
+            # temp file and renamed, so a copy of it elsewhere (the finished run's) stays as it was.
+            state["provenance"] = dict(origin)
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                torch.save(state, fh)
+    except RecipeError:
+        raise  # (finetune.epochs below the finished ones: names the field and the file itself)
     except SparsekitError as err:
         raise SparsekitError(f"{path}: cannot resume from it ({quoted(err)}); {again}") from None
     except Exception as err:  # noqa: BLE001 - any unreadable or mismatched checkpoint is bad input here

@@ -619,6 +619,8 @@ def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path
     with pytest.raises(RecipeError, match=r'Input should be a valid string .*quote it: data\.source="1e5"'):
         load_recipe(path, ["data.source=1e5"])
     assert load_recipe(path, ['data.source="1e5"']).data.source == "1e5"
+    with pytest.raises(RecipeError, match=r"gives no value, which YAML reads as null: data\.source=VALUE"):
+        load_recipe(path, ["data.source="])
     # an index into a list the recipe lacks was blamed on the file ("pruning: Input should be a valid list")
     with pytest.raises(RecipeError, match=r"overrides=.*pruning\[0\]\.sparsity=0\.5.*no 'pruning' list to take item 0"):
         load_recipe(path, ["pruning[0].sparsity=0.5"])

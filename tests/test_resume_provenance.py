@@ -215,3 +215,54 @@ def test_the_code_of_a_re_exported_factory_is_compared_too(tmp_path, monkeypatch
     (pkg / "nets.py").write_text("def build():\n    return 'tanh'\n")
     with pytest.raises(SparsekitError, match=r"the architecture's code \(its module's file\) differs"):
         check_resume(saved, provenance({}, arch="reexport_pkg_for_resume:build {}"))
+
+
+def test_the_same_data_file_under_another_name_is_the_same_data(tmp_path):
+    # A model file is compared by its bytes alone; the data file was compared by name too ("the data source differs
+    # (d1.npz sha256:7cfe64066624 then, d1copy.npz sha256:7cfe64066624 now)")
+    first, copy, other = tmp_path / "d1.npz", tmp_path / "sub" / "d1copy.npz", tmp_path / "d2.npz"
+    copy.parent.mkdir()
+    np.savez(first, x=np.zeros((4, 3), "float32"), y=np.arange(4))
+    copy.write_bytes(first.read_bytes())
+    np.savez(other, x=np.ones((4, 3), "float32"), y=np.arange(4))
+    assert differences(provenance({}, data=str(first)), provenance({}, data=str(copy))) == {}
+    assert "data" in differences(provenance({}, data=str(first)), provenance({}, data=str(other)))
+    assert "data" in differences(provenance({}, data="digits"), provenance({}, data=str(first)))
+
+
+def test_changes_are_shown_as_the_recipe_writes_them():
+    saved = {"recipe": {"finetune": {"max_steps_per_epoch": None, "log": False}, "seed": [1, None]}}
+    now = {"recipe": {"finetune": {"max_steps_per_epoch": 3, "log": True}, "seed": [2.0, True, 5]}}
+    with pytest.raises(SparsekitError) as err:
+        check_resume(saved, now)
+    message = str(err.value)  # said "None then", "False then", "[1, None] then"
+    for part in ("finetune.max_steps_per_epoch: null then, 3 now", "finetune.log: false then, true now",
+                 "seed: [1, null] then, [2, true, 5] now"):  # fmt: skip
+        assert part in message, message
+
+
+def test_an_accepted_change_is_what_a_later_resume_compares_with(interrupted):
+    model, recipe, out = interrupted
+    assert run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST).exit_code == 0  # finish the run
+    changed = ["--set", "benchmark.budget_s=3"]
+    done = run("prune", model, *MLP, recipe, "-o", out, "--resume", *changed, "--allow-change", "benchmark", *FAST)
+    assert done.exit_code == 0, done.stderr
+    # The folder's results are the changed run's: the original recipe is now the change (no epoch was left to
+    # train, so no new checkpoint recorded it, and the original resumed silently)
+    assert_bad_input(
+        run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "benchmark.budget_s: 3 then, 2 now"
+    )
+    assert run("prune", model, *MLP, recipe, "-o", out, "--resume", *changed, *FAST).exit_code == 0
+    # fewer epochs than the run finished: refused before a "resuming with accepted changes" line said otherwise
+    fewer = run("prune", model, *MLP, recipe, "-o", out, "--resume", *changed, "--set", "finetune.epochs=1",
+                "--allow-change", "finetune.epochs", *FAST)  # fmt: skip
+    assert_bad_input(fewer, "finetune.epochs: 1, but the run in", "already finished epoch 2")
+    assert "resuming with accepted changes" not in fewer.stderr
+
+
+def test_a_damaged_checkpoint_is_named_as_damaged_not_as_resumable(interrupted):
+    model, recipe, out = interrupted
+    ckpt = out / ".sparsekit" / "next" / "checkpoints" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a kill while it was copied
+    line = assert_bad_input(run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "damaged or incomplete")
+    assert "--resume continues from it" not in line and "--overwrite" in line  # said it "does not fit", resume it
