@@ -266,3 +266,12 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_resumable(interrupted):
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a kill while it was copied
     line = assert_bad_input(run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "damaged or incomplete")
     assert "--resume continues from it" not in line and "--overwrite" in line  # said it "does not fit", resume it
+
+
+def test_a_resume_with_no_epoch_left_announces_no_training_metrics(interrupted):
+    model, recipe, out = interrupted
+    assert run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST).exit_code == 0  # finish the run
+    logged = ["--set", "finetune.log=true", "--allow-change", "finetune.log"]
+    done = run("prune", model, *MLP, recipe, "-o", out, "--resume", *logged, *FAST)
+    assert done.exit_code == 0, done.stderr
+    assert "training metrics:" not in done.stderr and not (out / "logs").exists()  # it named a folder never written
