@@ -572,7 +572,8 @@ def _run(
         if recipe.finetune.epochs:
             epochs = recipe.finetune.epochs
             clock.note = f", {TRAINING_DONE} (the checkpoint holds epoch {epochs} of {epochs})"
-        if log_dir is not None and notify and Path(log_dir).is_dir():  # (a resume with no epoch left writes none)
+        # (a resume with no epoch left writes none)
+        if log_dir is not None and notify and (Path(log_dir) / "epochs.csv").is_file():
             shown = final_out / "logs" if Path(log_dir) == stage / "logs" else log_dir
             notify(f"training metrics: {shown} (steps.csv, epochs.csv)")
         with clock("save"):
