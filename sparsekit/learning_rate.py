@@ -38,6 +38,9 @@ class LearningRates:
         self._group_rates: list[float] | None = None  # per param group, at the last optimizer step
         self._mapped: object = None  # the layout _rates was computed for
         self._layout: tuple[weakref.ref, int, list[int]] | None = None  # optimizer, its groups' count, group per weight
+        # Optimizers holding none of the weights (a second model's, a GAN's other half), with their groups' count
+        # when last seen: every optimizer's step calls the hook, and mapping theirs again each step cost ~10-20 us.
+        self._foreign: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
         self.optimizer_steps = 0
         ref = weakref.ref(self)
 
@@ -54,17 +57,21 @@ class LearningRates:
         self._ids = [id(w) for w in weights]
         self._layout = None
         self._mapped = None
+        self._foreign = weakref.WeakKeyDictionary()  # an optimizer rebuilt over the new ones may be one of them
 
     def _observe(self, optimizer: torch.optim.Optimizer) -> None:
         groups = optimizer.param_groups
         layout = self._layout
         if layout is None or layout[0]() is not optimizer or layout[1] != len(groups):
+            if self._foreign.get(optimizer) == len(groups):
+                return  # (a group added since may hold the weights: mapped again then)
             where: dict[int, int] = {}
             for g, group in enumerate(groups):
                 for p in group["params"]:
                     where.setdefault(id(p), g)
             index = [where.get(i, -1) for i in self._ids]
             if all(g < 0 for g in index):
+                self._foreign[optimizer] = len(groups)
                 return  # an optimizer over other parameters (a second model, a GAN's other half)
             layout = self._layout = (weakref.ref(optimizer), len(groups), index)
         rates = [float(g["lr"]) for g in groups]  # float(): an lr may be a 0-dim tensor

@@ -1544,3 +1544,34 @@ def test_l1_on_a_layer_tied_to_a_module_it_cannot_select_is_refused_like_a_maski
         ):
             sparsekit.Pruner(EmbHead(), r, steps_per_epoch=4)
     sparsekit.Pruner(EmbHead(), recipe(group="row", layers={"include": ["hid"]}), steps_per_epoch=4)  # the way out
+
+
+def test_an_optimizer_over_other_parameters_is_mapped_once_not_at_every_step():
+    # Every optimizer's step calls the global hook that reads the learning rate: one over another model's
+    # parameters (a GAN's other half; the dense arms of benchmarks/step_overhead.py) was mapped again each step.
+    from sparsekit.learning_rate import LearningRates
+
+    class Groups(list):
+        walks = 0
+
+        def __iter__(self):
+            Groups.walks += 1
+            return super().__iter__()
+
+    model, other = mlp(), mlp()
+    rates = LearningRates([model[0].weight], fallback=0.1)
+    opt = torch.optim.SGD(other.parameters(), lr=0.5)
+    opt.param_groups = Groups(opt.param_groups)
+    for _ in range(3):
+        opt.zero_grad()
+        other(torch.randn(4, 12)).sum().backward()
+        walks = Groups.walks
+        opt.step()
+        hook_walks = Groups.walks - walks
+    assert hook_walks <= 1  # the optimizer's own step walks its groups once; the hook no more after the first
+    assert rates.rates() == [0.1] and rates.optimizer_steps == 0  # none of its rates taken for ours
+    mine = torch.optim.SGD(model.parameters(), lr=0.05)
+    model(torch.randn(4, 12)).sum().backward()
+    mine.step()
+    assert rates.rates() == [0.05]
+    rates.close()
