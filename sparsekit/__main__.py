@@ -82,8 +82,11 @@ def entry() -> None:
         from .cli import main
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated, not imported: it may be what broke)
         term = type(err).__name__ == "Terminated"
-        sys.stderr.write("Terminated (SIGTERM).\n" if term else "Interrupted.\n")
-        raise SystemExit(143 if term else 130) from None
+        message, code = ("Terminated (SIGTERM).", 143) if term else ("Interrupted.", 130)
+        sys.stderr.write(message + "\n")
+        if "--json" in sys.argv[1:]:  # the one JSON document a --json command prints, failed or not
+            sys.stdout.write(f'{{"error": "{message}", "exit_code": {code}}}\n')
+        raise SystemExit(code) from None
     from . import _interrupted_at_start
 
     if signal.getsignal(signal.SIGINT) is _interrupted_at_start:

@@ -81,8 +81,12 @@ _EMITTED: list[bool] = []
 def _json_error(message: str, code: int) -> None:
     """With ``--json``, a failed command still prints its one JSON document on stdout (the INTERFACE's
     contract): ``{"error": the Error line's text, "exit_code": code}``, so a script reading stdout can tell;
-    none when the command printed its document before failing (``prune --strict``: report.json's)."""
-    if not _EMITTED:
+    none when the command printed its document before failing (``prune --strict``: report.json's), and none
+    from a torchrun rank other than 0 (rank 0 prints the run's one document, as on success)."""
+    import os
+
+    other_rank = os.environ.get("RANK", "0") not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if not _EMITTED and not other_rank:
         click.echo(json.dumps({"error": message, "exit_code": code}))
 
 

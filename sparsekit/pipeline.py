@@ -45,7 +45,7 @@ from .logits import attach as attach_logits
 from .logits import select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
-from .provenance import check_allowed, check_resume, provenance, recipe_record, shown
+from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
@@ -381,10 +381,11 @@ def run_prune(
         if resume:
             # Before the dense model is measured and the folder touched: a checkpoint of another model,
             # data set or recipe is refused at once, naming what changed.
-            accepted = _check_resume(out, folder.stage, origin, allow_changes)
-            inputs.resumed_changes = [f"{k} {shown(a)} -> {shown(b)}" for k, (a, b) in accepted.items()]
+            accepted, before = _check_resume(out, folder.stage, origin, allow_changes)
+            new = change_lines(accepted)
+            inputs.resumed_changes = before + [c for c in new if c not in before]  # earlier resumes' too
             if accepted and notify and main:
-                notify("resuming with accepted changes: " + "; ".join(inputs.resumed_changes))
+                notify("resuming with accepted changes: " + "; ".join(new))
         inputs.provenance, inputs.allow_changes = origin, tuple(allow_changes)
         if not main:
             _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
@@ -424,10 +425,11 @@ def run_prune(
 
 def _check_resume(
     out: Path, stage: Path, origin: dict[str, Any], allow_changes: Sequence[str]
-) -> dict[str, tuple[Any, Any]]:
+) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
     """The resume's accepted changes against the checkpoint it will continue from (the unfinished run's,
-    else the finished run's); none when there is no checkpoint yet. Raises SparsekitError naming the
-    output folder and every change that is not accepted (ValueError from ``allow_changes`` becomes one)."""
+    else the finished run's), and those earlier resumes accepted (as :func:`change_lines` words them); none
+    when there is no checkpoint yet. Raises SparsekitError naming the output folder and every change that is
+    not accepted (ValueError from ``allow_changes`` becomes one)."""
     try:
         allowed = check_allowed(allow_changes)
     except ValueError as err:
@@ -439,7 +441,7 @@ def _check_resume(
             state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
             saved, done = state.get("provenance"), int(state.get("epoch", 0))
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
-            return {}
+            return {}, []
         try:
             accepted = check_resume(saved, origin, allowed=allowed)
         except SparsekitError as err:
@@ -452,8 +454,8 @@ def _check_resume(
                 f"finetune.epochs: {epochs}, but the run in {out} already finished epoch {done}; resume with at "
                 f"least {done}, or start again with {option('overwrite')}"
             )
-        return accepted
-    return {}
+        return accepted, [str(c) for c in (saved or {}).get("accepted", [])]
+    return {}, []
 
 
 def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.device, *, resume: bool) -> None:

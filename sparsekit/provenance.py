@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import SparsekitError, option
 
@@ -133,13 +137,21 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, t
     ``model_file``, ``arch``, ``data``. A key only one side has counts only when both sides have it at
     the top level (a checkpoint from a Python script has no ``model_file``: that is no difference)."""
     diff: dict[str, tuple[Any, Any]] = {}
+    same_data = "data" in saved and "data" in now and _same_file(saved["data"], now["data"])
     for key in _INPUTS:
         if key in saved and key in now and saved[key] != now[key]:
-            if key == "data" and _same_file(saved[key], now[key]):
+            if key == "data" and same_data:
                 continue  # the same .npz bytes under another name or folder (as for the model file)
             diff[key] = (saved[key], now[key])
     _walk(saved.get("recipe", {}), now.get("recipe", {}), "", diff)
+    if same_data:
+        diff.pop("data.source", None)  # the recipe's path to those same bytes
     return diff
+
+
+def change_lines(changes: Mapping[str, tuple[Any, Any]]) -> list[str]:
+    """Accepted changes as the report lists them: ``finetune.epochs 2 -> 3``."""
+    return [f"{k} {shown(a)} -> {shown(b)}" for k, (a, b) in changes.items()]
 
 
 def _same_file(a: Any, b: Any) -> bool:
@@ -221,13 +233,25 @@ def shown(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, str) and _reads_otherwise(value):
+        return json.dumps(value)  # "null", "2", "": as a recipe must write that text
     if isinstance(value, list):
         return "[" + ", ".join(shown(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {shown(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def _reads_otherwise(text: str) -> bool:
+    """Whether YAML reads ``text`` written bare as something other than that text (null, a number, a bool)."""
+    try:
+        return yaml.safe_load(text) != text
+    except yaml.YAMLError:
+        return True
 
 
 def _short(value: Any) -> str:

@@ -740,7 +740,8 @@ class L1Spec(_MethodBase):
         "fraction is behind the schedule's curve and lowered when ahead, never more zeros than the curve allows "
         "(lambda above strength shrinks, or penalizes, only the weakest units still to be zeroed), no layer past "
         "(1 + target) / 2 of its units (weights: 0.99), and at end_epoch the weakest weights/units are zeroed if any "
-        "are missing (report: topped_up). Units another entry removed (structured) count as zero. In penalty mode a "
+        "are missing (report: topped_up). Units another entry removed (structured) count as zero, and without groups "
+        "so do the weights a layer lost with the inputs a structured entry removed upstream. In penalty mode a "
         "subgradient makes no exact zeros and lambda stays within 10x strength, so most or all of the target is "
         "usually met by that zeroing at end_epoch, with the penalty having shrunk those units first; proximal mode "
         "reaches it on the way. null: no target",
@@ -1377,16 +1378,16 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
     locs = [(*e["loc"], "method") if e["type"] in _TAG_ERRORS else tuple(e["loc"]) for e in errors]
     culprits = [_override_of(loc, overrides) for loc in locs]
     for i, (e, culprit) in enumerate(zip(errors[:MAX_ERRORS_SHOWN], culprits, strict=False)):
-        # data.source=1e5 is read as YAML, so as a number: the caller meant the text.
-        if e["type"] == "string_type" and culprit and not isinstance(culprit, OptionOverride):
-            key = dotted_path(_path(tuple(e["loc"])))
-            text = str(culprit).partition("=")[2].strip()
-            if not text:  # `data.source=`: YAML reads nothing as null
-                lines[i] += f" (the override gives no value, which YAML reads as null: {key}=VALUE)"
-            else:
-                lines[i] += (
-                    f' (an override\'s value is read as YAML: for the text, quote it: {key}="{short(text, 60)}")'
-                )
+        if not culprit or isinstance(culprit, OptionOverride):
+            continue
+        key = dotted_path(_path(tuple(e["loc"])))
+        if dotted_path(_override_path(culprit)) != key:
+            continue  # set inside a mapping or list the override gave: its own words would mislead
+        text = str(culprit).partition("=")[2].strip()
+        if not text and e.get("input") is None:  # `data.source=`: YAML reads nothing as null
+            lines[i] += f" (the override gives no value, which YAML reads as null: {key}=VALUE)"
+        elif e["type"] == "string_type":  # data.source=1e5 is read as YAML, so as a number: the caller meant text
+            lines[i] += f' (an override\'s value is read as YAML: for the text, quote it: {key}="{short(text, 60)}")'
     if overrides and culprits and all(culprits):
         source = ", ".join(_spell(c) for c in dict.fromkeys(c for c in culprits if c))
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand

@@ -337,10 +337,12 @@ def apply_overrides(
                     node[part] = value
                 else:
                     if node.get(part) is None:  # absent or `key: null`: a new mapping to fill in
-                        if _INDEX.fullmatch(parts[depth + 1]):  # pruning.0.sparsity with no pruning list
+                        # pruning.0.sparsity with no pruning list (elsewhere a digit is a key: layer_ratio.0)
+                        if depth == 0 and part == "pruning" and _INDEX.fullmatch(parts[1]):
+                            example = option("set", "pruning=[{method: magnitude, sparsity: 0.8}]")
                             raise RecipeError(
-                                f"{shown}: the recipe has no {where!r} list to take item {parts[depth + 1]} of; "
-                                f"give the whole list, e.g. {option('set', where + '=[{...}]')}"
+                                f"{shown}: the recipe has no pruning list to take item {parts[1]} of; give the whole "
+                                f"list, e.g. {example}"
                             )
                         node[part] = {}
                     node = node[part]

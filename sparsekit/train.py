@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -27,7 +28,7 @@ from .fsutil import atomic_path
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .metrics_log import MetricsLog
-from .provenance import check_allowed, check_resume, recipe_record
+from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, pruning_key
 from .stats import layer_report, sparsity
@@ -544,7 +545,7 @@ def _load_checkpoint(
     pruner: Pruner,
     spec: FinetuneSpec,
     loader_rng: torch.Generator | None,
-    origin: Mapping[str, Any],
+    origin: dict[str, Any],
     accepted: Sequence[str],
 ) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Restore a checkpoint of :func:`_save_checkpoint` into ``model``, ``pruner``, the RNGs and a fresh
@@ -553,6 +554,11 @@ def _load_checkpoint(
     does not belong to this run (``origin``, with the ``accepted`` changes, see
     :func:`sparsekit.provenance.check_resume`)."""
     again = f"start again with {option('overwrite')}"
+    if path.is_dir() or not os.access(path, os.R_OK):  # not damage: a folder where the file goes, permissions
+        what = "it is a folder" if path.is_dir() else "no permission to read it"
+        unreadable = SparsekitError(f"{path}: cannot be read ({what}); fix that, or {again}")
+        unreadable.unusable = True  # type: ignore[attr-defined]
+        raise unreadable
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a checkpoint cut short (a kill while it was copied, a full disk)
@@ -581,6 +587,12 @@ def _load_checkpoint(
             raise RecipeError(
                 f"finetune.epochs: {spec.epochs}, but {path} already finished epoch {int(state['epoch'])}; {again}"
             )
+        # Changes accepted on earlier resumes and now, carried by every later checkpoint: the report names them
+        # even when the resume that accepted one stopped before its next checkpoint.
+        before = list((state.get("provenance") or {}).get("accepted", []))
+        merged = before + [c for c in change_lines(changed) if c not in before]
+        if merged:
+            origin["accepted"] = merged
         if changed:
             # The checkpoint now belongs to the changed run, whose results the folder will hold: a later resume
             # compares with that (with no epoch left to train, no new checkpoint would say so). Written to a

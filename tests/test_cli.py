@@ -1037,3 +1037,12 @@ def test_json_commands_print_one_json_document_on_stdout_when_they_fail(args):
     line = assert_bad_input(result)
     doc = json.loads(result.stdout)
     assert doc == {"error": line.removeprefix("Error: "), "exit_code": 2}
+
+
+def test_under_torchrun_only_rank_0_prints_the_json_document(monkeypatch):
+    # every rank failed with its own {"error": ...} on the one stdout torchrun shares
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(main, ["inspect", "/nonexistent/model.pt", "--json"])
+    assert_bad_input(result, "rank 1: ")
+    assert result.stdout == ""

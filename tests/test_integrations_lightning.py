@@ -324,3 +324,15 @@ def test_a_recipe_without_a_finetune_section_takes_the_trainers_epochs():
     assert int((lit.net.fc1.weight == 0).sum()) == round(0.5 * lit.net.fc1.weight.numel())
     with pytest.raises(sparsekit.RecipeError, match=r"end_epoch \(2\) is after the last fine-tuning epoch"):
         SparsekitCallback({"version": 1, "finetune": {"epochs": 1}, "pruning": [spec]}, submodule="net")
+
+
+def test_an_l1_target_the_fit_ends_before_is_named_with_the_short_schedules():
+    from sparsekit.integrations._common import short_schedules
+    from sparsekit.recipe import as_recipe
+
+    pruning = [
+        {"method": "l1", "strength": 1e-3, "target": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 20}},
+        {"method": "l1", "strength": 1e-3},  # no target: regularizes all along, nothing to reach
+    ]
+    lines = short_schedules(as_recipe({"version": 1, "pruning": pruning}, trainer=True), 10, 40, "fit")
+    assert len(lines) == 1 and lines[0].startswith("pruning[0] (l1) ends at epoch 20")

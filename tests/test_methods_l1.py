@@ -1544,6 +1544,9 @@ def test_l1_on_a_layer_tied_to_a_module_it_cannot_select_is_refused_like_a_maski
         ):
             sparsekit.Pruner(EmbHead(), r, steps_per_epoch=4)
     sparsekit.Pruner(EmbHead(), recipe(group="row", layers={"include": ["hid"]}), steps_per_epoch=4)  # the way out
+    # a penalty with no target and no threshold makes no zeros: nothing to refuse
+    quiet = recipe(mode="penalty", threshold=0.0, layers={"include": ["hid", "out"]})
+    sparsekit.Pruner(EmbHead(), quiet, steps_per_epoch=4)
 
 
 def test_an_optimizer_over_other_parameters_is_mapped_once_not_at_every_step():

@@ -622,6 +622,15 @@ def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path
     with pytest.raises(RecipeError, match=r"gives no value, which YAML reads as null: data\.source=VALUE"):
         load_recipe(path, ["data.source="])
     # an index into a list the recipe lacks was blamed on the file ("pruning: Input should be a valid list")
-    with pytest.raises(RecipeError, match=r"overrides=.*pruning\[0\]\.sparsity=0\.5.*no 'pruning' list to take item 0"):
+    with pytest.raises(RecipeError, match=r"overrides=.*pruning\[0\]\.sparsity=0\.5.*no pruning list to take item 0"):
         load_recipe(path, ["pruning[0].sparsity=0.5"])
     assert load_recipe(path, ["pruning=[{method: magnitude, sparsity: 0.5}]"]).pruning[0].sparsity == 0.5
+    # elsewhere a digit is a key (an nn.Sequential's layer "0"), and a mapping may still be created
+    structured = ["pruning=[{method: structured, ratio: 0.5}]", "pruning.0.layer_ratio.0=0.25"]
+    assert load_recipe(path, structured).pruning[0].layer_ratio == {"0": 0.25}
+    # the hints name the field only where the override set that field itself
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["data={source: 1e5}"])
+    assert "quote it" not in str(err.value)  # said: quote it: data.source="{source: 1e5}"
+    with pytest.raises(RecipeError, match=r"gives no value, which YAML reads as null: finetune\.epochs=VALUE"):
+        load_recipe(path, ["finetune.epochs="])

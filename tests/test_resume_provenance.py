@@ -25,6 +25,7 @@ from sparsekit.provenance import (
     differences,
     is_safe,
     provenance,
+    shown,
 )
 
 MLP = ("--arch", "examples.models:mlp")
@@ -228,6 +229,10 @@ def test_the_same_data_file_under_another_name_is_the_same_data(tmp_path):
     assert differences(provenance({}, data=str(first)), provenance({}, data=str(copy))) == {}
     assert "data" in differences(provenance({}, data=str(first)), provenance({}, data=str(other)))
     assert "data" in differences(provenance({}, data="digits"), provenance({}, data=str(first)))
+    # named by the recipe: its data.source differs too, and is the same bytes as well
+    saved = provenance({"data": {"source": "d1.npz"}}, data=str(first))
+    assert differences(saved, provenance({"data": {"source": "sub/d1copy.npz"}}, data=str(copy))) == {}
+    assert "data.source" in differences(saved, provenance({"data": {"source": "d2.npz"}}, data=str(other)))
 
 
 def test_changes_are_shown_as_the_recipe_writes_them():
@@ -236,6 +241,13 @@ def test_changes_are_shown_as_the_recipe_writes_them():
     with pytest.raises(SparsekitError) as err:
         check_resume(saved, now)
     message = str(err.value)  # said "None then", "False then", "[1, None] then"
+    assert (shown("null"), shown(""), shown("2"), shown(float("inf")), shown("d.npz")) == (
+        '"null"',
+        '""',
+        '"2"',
+        ".inf",
+        "d.npz",
+    )  # text YAML would read as something else is quoted, as a recipe must write it
     for part in ("finetune.max_steps_per_epoch: null then, 3 now", "finetune.log: false then, true now",
                  "seed: [1, null] then, [2, true, 5] now"):  # fmt: skip
         assert part in message, message
@@ -266,6 +278,12 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_resumable(interrupted):
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a kill while it was copied
     line = assert_bad_input(run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "damaged or incomplete")
     assert "--resume continues from it" not in line and "--overwrite" in line  # said it "does not fit", resume it
+    ckpt.unlink()
+    ckpt.mkdir()  # not damage: a folder where the file goes
+    line = assert_bad_input(
+        run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "cannot be read (it is a folder)"
+    )
+    assert "damaged or incomplete" not in line
 
 
 def test_a_resume_with_no_epoch_left_announces_no_training_metrics(interrupted):
@@ -275,3 +293,18 @@ def test_a_resume_with_no_epoch_left_announces_no_training_metrics(interrupted):
     done = run("prune", model, *MLP, recipe, "-o", out, "--resume", *logged, *FAST)
     assert done.exit_code == 0, done.stderr
     assert "training metrics:" not in done.stderr and not (out / "logs").exists()  # it named a folder never written
+
+
+def test_a_change_accepted_by_a_resume_that_stopped_is_still_in_the_report(interrupted, monkeypatch):
+    model, recipe, out = interrupted
+    more = ["--set", "finetune.epochs=3"]
+    stop = InterruptOnEvaluate(monkeypatch, 2)  # 1: dense model, 2: after the resumed run's first epoch
+    stopped = run(
+        "prune", model, *MLP, recipe, "-o", out, "--resume", *more, "--allow-change", "finetune.epochs", *FAST
+    )
+    assert stopped.exit_code == 130 and "resuming with accepted changes: finetune.epochs 2 -> 3" in stopped.stderr
+    stop.restore()
+    done = run("prune", model, *MLP, recipe, "-o", out, "--resume", *more, *FAST)  # nothing left to accept
+    assert done.exit_code == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert any("finetune.epochs 2 -> 3" in n for n in report["notes"]), report["notes"]  # the note was lost

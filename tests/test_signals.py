@@ -3,6 +3,7 @@ the checkpoint, no temp file left, and `--resume` says where it continues and fi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -189,3 +190,20 @@ def test_a_sigterm_once_the_command_finished_leaves_its_success_alone():
     )
     out = _python(code)
     assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "finished", "")
+
+
+def test_an_interrupt_while_the_command_imports_still_prints_its_json_document():
+    code = (
+        "import os, signal, sys, time; sys.orig_argv = [sys.executable, '-m', 'sparsekit', 'validate', '--json']\n"
+        "sys.argv = ['sparsekit', 'validate', 'r.yaml', '--json']\n"
+        "import sparsekit\n"
+        "class Stop:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sparsekit.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "from sparsekit.__main__ import entry\n"
+        "entry()\n"
+    )
+    out = _python(code)
+    assert out.returncode == 143 and json.loads(out.stdout) == {"error": "Terminated (SIGTERM).", "exit_code": 143}

@@ -27,7 +27,8 @@ def short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float, ru
     lines = []
     for i, spec in enumerate(recipe.pruning):
         schedule = getattr(spec, "schedule", None)
-        if schedule is None or spec.method == "l1":  # l1 regularizes "forever" by default
+        # l1 without a target regularizes "forever" by default; with one, its end_epoch is when the target is met
+        if schedule is None or (spec.method == "l1" and getattr(spec, "target", None) is None):
             continue
         end = math.ceil(schedule.end_epoch * steps_per_epoch)
         if end > total_steps:

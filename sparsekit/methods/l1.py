@@ -308,6 +308,8 @@ class L1:
         self.floored: set[str] = set()  # layers kept from going all-zero (one unit or weight left alive)
         self.units = spec.group != "none"
         self.target: float | None = None if spec.target is None else float(spec.target)
+        # A penalty with no target and no threshold makes no exact zeros (tied-weight rules: base.Method).
+        self.zeroes_weights = spec.mode == "proximal" or spec.target is not None or float(spec.threshold) > 0
         self.lam = float(spec.strength)  # lambda now: the target's controller moves it
         self.lam_max = self.lam
         self.gain = 1.0  # the target's feedback on top of the lambda its estimate asks for
