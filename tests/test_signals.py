@@ -164,10 +164,12 @@ def test_a_users_script_named_sparsekit_keeps_its_ctrl_c(tmp_path):
     assert out.returncode != 130 and "KeyboardInterrupt" in out.stderr
 
 
-def test_a_sigterm_while_the_command_imports_is_named_as_sigterm():
-    # Terminated is a KeyboardInterrupt: start-up said "Interrupted." and exited 130 for a scheduler's SIGTERM
+def _sigterm_while_importing(*args: str) -> subprocess.CompletedProcess:
+    """`sparsekit ARGS` stopped by SIGTERM while it imports its command code (sparsekit.cli)."""
     code = (
-        "import os, signal, sys, time; sys.orig_argv = [sys.executable, '-m', 'sparsekit', '--version']\n"
+        "import os, signal, sys, time\n"
+        f"sys.orig_argv = [sys.executable, '-m', 'sparsekit', *{list(args)!r}]\n"
+        f"sys.argv = ['sparsekit', *{list(args)!r}]\n"
         "import sparsekit\n"
         "class Stop:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
@@ -177,7 +179,12 @@ def test_a_sigterm_while_the_command_imports_is_named_as_sigterm():
         "from sparsekit.__main__ import entry\n"
         "entry(); print('not stopped')\n"
     )
-    out = _python(code)
+    return _python(code)
+
+
+def test_a_sigterm_while_the_command_imports_is_named_as_sigterm():
+    # Terminated is a KeyboardInterrupt: start-up said "Interrupted." and exited 130 for a scheduler's SIGTERM
+    out = _sigterm_while_importing("--version")
     assert (out.returncode, out.stderr, out.stdout) == (143, "Terminated (SIGTERM).\n", "")
 
 
@@ -193,17 +200,5 @@ def test_a_sigterm_once_the_command_finished_leaves_its_success_alone():
 
 
 def test_an_interrupt_while_the_command_imports_still_prints_its_json_document():
-    code = (
-        "import os, signal, sys, time; sys.orig_argv = [sys.executable, '-m', 'sparsekit', 'validate', '--json']\n"
-        "sys.argv = ['sparsekit', 'validate', 'r.yaml', '--json']\n"
-        "import sparsekit\n"
-        "class Stop:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'sparsekit.cli':\n"
-        "            os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
-        "sys.meta_path.insert(0, Stop())\n"
-        "from sparsekit.__main__ import entry\n"
-        "entry()\n"
-    )
-    out = _python(code)
+    out = _sigterm_while_importing("validate", "r.yaml", "--json")
     assert out.returncode == 143 and json.loads(out.stdout) == {"error": "Terminated (SIGTERM).", "exit_code": 143}
