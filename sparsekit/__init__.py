@@ -89,7 +89,7 @@ from .errors import (  # noqa: E402
     TrustError,
 )
 
-__version__ = "0.3.3"
+__version__ = "0.3.4"
 
 # public name -> the module that defines it
 _LAZY = {

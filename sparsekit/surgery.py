@@ -72,10 +72,10 @@ def traced(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def input_shape_advice(err: BaseException) -> str:
-    """What to do about a model that failed on :func:`example_input`: a model that takes integer input (token ids
-    for an ``nn.Embedding``) cannot be traced on float values whatever the shape; anything else is most often
-    the wrong ``model.input_shape``."""
+def integer_input_advice(err: BaseException) -> str | None:
+    """What to do when a model failed on :func:`example_input` because it takes integer input (token ids for an
+    ``nn.Embedding``), which cannot be traced on float values whatever the shape; None for another failure
+    (most often the wrong ``model.input_shape``)."""
     text = str(err)
     if re.search(r"(Long|Int)\b.*(Float|Double|Half|BFloat16)|indices.*(Long|Int)|Embedding", text):
         return (
@@ -83,7 +83,7 @@ def input_shape_advice(err: BaseException) -> str:
             "float inputs, so it cannot remove channels or units of this one: use an unstructured method (l1 with "
             "remove_dead: false), or give the model a forward that takes float input"
         )
-    return "check model.input_shape"
+    return None
 
 
 def example_input(

@@ -107,7 +107,7 @@ from ..stats import asked_vs_achieved
 from ..surgery import (
     build_graph,
     forward_calls,
-    input_shape_advice,
+    integer_input_advice,
     mixes_units,
     output_layers,
     remove_dead_units,
@@ -1284,9 +1284,8 @@ class L1:
                 f"{self.where}.remove_dead: skipped, the model does not run on the input shape {input_shape} "
                 f"({one_line(err, 120)}); "
                 + (
-                    advice
-                    if (advice := input_shape_advice(err)) != "check model.input_shape"
-                    else "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
+                    integer_input_advice(err)
+                    or "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
                 ),
                 stacklevel=2,
             )

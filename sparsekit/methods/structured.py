@@ -282,11 +282,7 @@ class Structured:
         return TargetError(
             f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
             f"({one_line(err, 200)}); "
-            + (
-                advice
-                if (advice := surgery.input_shape_advice(err)) != "check model.input_shape"
-                else "check model.input_shape, or use an unstructured method"
-            )
+            + (surgery.integer_input_advice(err) or "check model.input_shape, or use an unstructured method")
         )
 
     def _check_layer_ratio(self) -> None:
