@@ -61,13 +61,18 @@ def _flag(name: str, value: str) -> str:
     return f"{flag} {value}"
 
 
-def _fail(message: str, code: int, as_json: bool = False) -> None:
+def _other_rank() -> str | None:
+    """This process's torchrun rank when it is not rank 0 of a run of several processes, else None."""
     import os
 
     rank = os.environ.get("RANK", "0")
+    return rank if rank not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+
+
+def _fail(message: str, code: int, as_json: bool = False) -> None:
     # Under torchrun every process prints its own line: say which, unless it is rank 0's.
-    where = f"rank {rank}: " if rank not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
-    line = f"{where}{render(message, _flag)}"
+    rank = _other_rank()
+    line = f"{'' if rank is None else f'rank {rank}: '}{render(message, _flag)}"
     click.echo(f"Error: {line}", err=True)
     if as_json:
         _json_error(line, code)
@@ -83,10 +88,7 @@ def _json_error(message: str, code: int) -> None:
     contract): ``{"error": the Error line's text, "exit_code": code}``, so a script reading stdout can tell;
     none when the command printed its document before failing (``prune --strict``: report.json's), and none
     from a torchrun rank other than 0 (rank 0 prints the run's one document, as on success)."""
-    import os
-
-    other_rank = os.environ.get("RANK", "0") not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    if not _EMITTED and not other_rank:
+    if not _EMITTED and _other_rank() is None:
         click.echo(json.dumps({"error": message, "exit_code": code}))
 
 
