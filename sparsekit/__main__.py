@@ -78,6 +78,8 @@ def entry() -> None:
     # files removed. A handler someone installed before us (an embedding program) stays theirs.
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+    # Before any command imports onnxruntime (see sparsekit.onnx: no files of its own under ~/.cache).
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         from .cli import main
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated, not imported: it may be what broke)

@@ -317,3 +317,15 @@ def test_reading_onnx_files_needs_neither_torch_nor_onnxruntime():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_onnxruntime_writes_no_files_of_its_own_into_the_home_folder(tmp_path):
+    # onnxruntime 1.32 writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/{deviceid,onnxruntime.db} when imported
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    code = "import sparsekit.onnx as o; o.benchmark; import onnxruntime"
+    subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)}, check=True, timeout=120)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -23,7 +23,13 @@ onnxruntime until a name that needs them is used.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# onnxruntime (1.32) writes a device id and a ~2.5 MB SQLite database under ~/.cache/Microsoft when it is imported,
+# unless its telemetry is off: sparsekit writes nothing outside its output folder but what the README lists.
+# Set before any module of this package imports onnxruntime; a value the user set stays theirs.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # public name -> the module of this package that defines it
 _LAZY = {
