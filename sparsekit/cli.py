@@ -1225,7 +1225,28 @@ def validate(
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
         res.update(recipe=str(path), auto_allocation=allocation)
         auto_lines = [allocation_summary(allocation)] if allocation else []
-    _emit(res, as_json, "\n".join(_validate_lines(path, rec, res) + allocation_lines(res) + auto_lines))
+    res["warnings"] = _rehearsal_warnings(res)
+    lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
+    _emit(res, as_json, "\n".join(lines + [f"WARNING: {w}" for w in res["warnings"]]))
+    if as_json:  # the lines above went nowhere: say it where logs go
+        for w in res["warnings"]:
+            click.echo(f"Warning: {w}", err=True)
+
+
+def _rehearsal_warnings(res: dict[str, Any]) -> list[str]:
+    """A structured entry whose rehearsal on a copy removed no channel of any of its layers: prune would end
+    with "achieved nothing" (exit 2 with its strict option), so validate says it before any training."""
+    out = []
+    for row in (res.get("rehearsal") or {}).get("methods", []):
+        aims = list(row.get("per_layer", {}).values())
+        if aims and all(a["achieved"] == 0 for a in aims) and any((a.get("asked") or 0) > 0 for a in aims):
+            why = next((a["reason"] for a in aims if a.get("reason")), None)
+            out.append(
+                f"pruning[{row['index']}] structured removed no output channel of its {len(aims)} layer(s) in the "
+                f"rehearsal{f' ({why})' if why else ''}: prune would report that it achieved nothing; select the "
+                "layers its channels are coupled to as well, or use an unstructured method"
+            )
+    return out
 
 
 def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:

@@ -128,8 +128,9 @@ class Layer(_Closed):
     name: str
     type: str
     shape: list[int]
-    params: int
-    nonzero_params: int
+    params: int = Field(description="the layer's weights (its weight tensor; the bias is not counted, as sparsity "
+                        "is over weights: `sparsekit inspect` counts weight + bias)")  # fmt: skip
+    nonzero_params: int = Field(description="nonzero weights (of params)")
     sparsity: float
     macs: int | None = None
     effective_macs: int | None = None
@@ -1762,7 +1763,7 @@ def render_markdown(report: Report) -> str:
         "",
         "## Layers",
         "",
-        "| layer | type | shape | params | nonzero | sparsity | pruned by |",
+        "| layer | type | shape | weights | nonzero | sparsity | pruned by |",
         "|---|---|---|---:|---:|---:|---|",
     ]
     by: dict[str, list[str]] = {}

@@ -312,3 +312,24 @@ def test_validate_says_which_layers_l1_can_zero_but_not_remove(tmp_path):
     res = CliRunner().invoke(main, [*args, "--kwargs", '{"image_size": 8}', "--json"])
     blocked = json.loads(res.output)["methods"][0]["cannot_remove"]
     assert list(blocked) == ["layer1.conv2"]
+
+
+def test_a_structured_entry_the_rehearsal_shows_removing_nothing_is_a_warning(tmp_path):
+    # a depthwise conv's channels are its expand conv's, which the entry leaves out: validate said nothing (exit 0)
+    # and prune trained, exported and benchmarked, then ended with "achieved nothing" (exit 2 with --strict)
+    from examples.models import mobilenetv2_small
+
+    factory, shape = "examples.models:mobilenetv2_small", [1, 1, 8, 8]
+    model = mobilenetv2_small(image_size=8)
+    sparsekit.save_model(model, tmp_path / "mb.pt", factory=factory, kwargs={"image_size": 8}, input_shape=shape)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8]}\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: structured, ratio: 0.5, layers: {include: [blocks.0.dw]}}]\n"
+    )
+    args = ["validate", str(recipe), str(tmp_path / "mb.pt"), "--arch", "examples.models:mobilenetv2_small"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "WARNING: pruning[0] structured removed no output channel of its 1 layer(s) in the rehearsal" in res.output
+    doc = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
+    assert len(doc["warnings"]) == 1 and "achieved nothing" in doc["warnings"][0]
