@@ -319,3 +319,49 @@ def test_dynamic_int8_of_a_cnn_says_it_is_smaller_not_faster(tmp_path):
     calibration = [np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32) for _ in range(2)]
     static = quantize_int8(tmp_path / "c.onnx", tmp_path / "s.onnx", calibration=calibration)
     assert static["latency_note"] is None
+
+
+def test_static_int8_file_drops_bias_zero_points_and_keeps_onnxruntimes_fusions(tmp_path):
+    """The int8 file holds no int32 bias zero points (always 0, optional in DequantizeLinear) and no inferred
+    shapes; onnxruntime still fuses every Conv and Gemm into its int8 kernels, and the outputs are those of
+    the same file with the zero points written out."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 6 * 6, 10)
+    )
+    export_onnx(model, tmp_path / "c.onnx", [1, 1, 8, 8], exporter="torchscript")
+    calibration = [np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32) for _ in range(2)]
+    info = quantize_int8(tmp_path / "c.onnx", tmp_path / "q.onnx", calibration=calibration)
+    assert info["zeros"]["zeros_ok"]
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: t for t in m.graph.initializer}
+    biases = [
+        n for n in m.graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+        and inits[n.input[0]].data_type == onnx.TensorProto.INT32
+    ]  # fmt: skip
+    assert len(biases) == 2 and all(len(n.input) == 2 for n in biases)
+    assert not any(t.name.endswith("bias_quantized_zero_point") for t in m.graph.initializer)
+    assert len(m.graph.value_info) == 0
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert {"QLinearConv", "QGemm"} <= ops and not ops & {"Conv", "Gemm", "MatMul"}
+
+    for n in biases:  # the zero points written out again: the same outputs
+        rows = numpy_helper.to_array(inits[n.input[1]]).shape
+        zp = numpy_helper.from_array(np.zeros(rows, np.int32), f"{n.input[0]}_zp")
+        m.graph.initializer.append(zp)
+        n.input.append(zp.name)
+    onnx.save(m, str(tmp_path / "with_zp.onnx"))
+    x = np.random.default_rng(1).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    outs = []
+    for name in ("q.onnx", "with_zp.onnx"):
+        sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
