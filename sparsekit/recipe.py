@@ -8,12 +8,12 @@ A recipe is YAML with ``version: 1``. Every validation error is reported with it
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import os
 import re
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -756,8 +756,10 @@ class L1Spec(_MethodBase):
     )
     remove_dead: bool = Field(
         True,
-        description="at finalize, neurons/channels left all-zero are removed physically (their bias folded forward) "
-        "where the outputs stay the same; the report's cannot_remove names each layer whose zeroed units stay, and why",
+        description="at finalize, neurons/channels left all-zero are removed physically where the outputs stay the "
+        "same (with group: row | channel a unit's bias is held at 0 from its death on, as removing it does; a bias the "
+        "threshold leaves at finalize is folded forward); the report's cannot_remove names each layer whose zeroed "
+        "units stay, and why",
     )
     # Regularize the whole run unless told otherwise: FOREVER_EPOCHS is past any finetune.epochs.
     schedule: ScheduleSpec = Field(
@@ -1518,13 +1520,28 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
     return f"{unknown_key(section, key)[0]} (see {RECIPE_DOCS})"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, *, trainer: bool = False) -> Recipe:
+def load_recipe(
+    path: str | os.PathLike[str] | Mapping[str, Any], overrides: list[str] | None = None, *, trainer: bool = False
+) -> Recipe:
     """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file, or a shipped
     recipe by name (``"lenet-gradual-magnitude-90"``, see :func:`sparsekit.shipped_recipes`) when no
-    such file exists: a Recipe or a RecipeError, whatever the input. ``trainer``: see :func:`validate_recipe`."""
+    such file exists, or a recipe already read into a dict: a Recipe or a RecipeError, whatever the input
+    (TypeError for a ``path`` of another type). ``trainer``: see :func:`validate_recipe`."""
     from .recipe_catalog import find_recipe
 
-    path = find_recipe(path)
+    if isinstance(path, Mapping):
+        data = copy.deepcopy(dict(path))
+        if overrides:
+            data = apply_overrides(data, overrides, check_key=_override_key)
+        recipe = validate_recipe(data, "recipe (a dict)", overrides or (), trainer=trainer)
+        recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
+        recipe._overrides = tuple(overrides or [])
+        return recipe
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"load_recipe takes a recipe file, a shipped recipe's name or a dict, not {type(path).__name__}"
+        )
+    path = find_recipe(os.fspath(path))
     data = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides, check_key=_override_key)

@@ -30,7 +30,7 @@ from .logits import select_logits
 from .metrics_log import MetricsLog
 from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
-from .recipe import DistillSpec, FinetuneSpec, Recipe, pruning_key
+from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key
 from .stats import layer_report, sparsity
 
 log = logging.getLogger("sparsekit")
@@ -200,7 +200,7 @@ def progress_bar(enabled: bool) -> Any:
 
 def finetune(
     model: nn.Module,
-    recipe: Recipe,
+    recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],
     train_loader: Any,
     val_loader: Any,
     *,
@@ -264,7 +264,9 @@ def finetune(
     when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
-    ``allow_changes`` names a field that cannot change on a resume."""
+    ``allow_changes`` names a field that cannot change on a resume. ``recipe`` may also be a recipe file, a
+    shipped recipe's name or a dict, as :class:`Pruner` takes them (:func:`~sparsekit.recipe.as_recipe`)."""
+    recipe = as_recipe(recipe)
     spec = recipe.finetune
     inner = _distributed.unwrap(model)
     if recipe.model.output is not None:

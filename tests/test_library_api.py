@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import FAST, assert_bad_input
 
@@ -212,3 +213,22 @@ def test_run_prune_takes_a_recipe_as_a_dict_or_a_path_as_the_pruner_does(tmp_pat
     with pytest.raises(TypeError, match="recipe must be"):
         sparsekit.run_prune(mlp_checkpoint, 3, tmp_path / "f", arch=MLP_ARCH)  # type: ignore[arg-type]
     assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+
+
+def test_load_recipe_and_finetune_take_a_dict_as_the_pruner_does():
+    # load_recipe({...}) ended in pathlib's TypeError, finetune(model, {...}) in AttributeError: 'dict' object
+    # has no attribute 'finetune'.
+    from sparsekit.errors import RecipeError
+
+    data = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    recipe = sparsekit.load_recipe(data, ["finetune.epochs=2"])
+    assert recipe.finetune.epochs == 2 and data["finetune"]["epochs"] == 1  # (the caller's dict is left alone)
+    with pytest.raises(RecipeError, match=r"recipe \(a dict\): pruning\[0\]: unknown method 'magnitud'"):
+        sparsekit.load_recipe({"version": 1, "pruning": [{"method": "magnitud"}]})
+    with pytest.raises(TypeError, match="load_recipe takes a recipe file, a shipped recipe's name or a dict"):
+        sparsekit.load_recipe(3)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
+    model, history, pruner = sparsekit.finetune(model, data, batches, batches[:1], progress=False)
+    assert len(history) == 1 and pruner.recipe.pruning[0].sparsity == 0.5

@@ -751,6 +751,20 @@ def test_target_recipe_errors_name_the_field_and_the_fix(entry, message):
         validate_recipe(data)
 
 
+def test_a_target_that_rounds_to_no_unit_is_refused_naming_the_smallest_that_counts():
+    """0.001 of 192 units is none: the run trained, then said 'achieved nothing ... set target' (a target was
+    set). Refused up front now, with the smallest target that is a unit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    entry = {"method": "l1", "strength": 1e-3, "group": "row", "target": 0.001, "schedule": {"end_epoch": 1}}
+    recipe = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 1}, pruning=[entry])
+    with pytest.raises(RecipeError, match=r"pruning\[0\]\.target: 0\.001 of the 192 units .* rounds to none.* 0\.0052"):
+        sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    entry["target"] = 0.003  # 0.58 of a unit: one
+    recipe = sparsekit.Recipe(model={"input_shape": [1, 64]}, finetune={"epochs": 1}, pruning=[entry])
+    assert sparsekit.Pruner(model, recipe, steps_per_epoch=4).methods
+
+
 def test_the_old_meaning_of_strength_and_its_migration_are_documented():
     from pathlib import Path
 
@@ -1027,6 +1041,51 @@ def test_dead_channels_before_a_norm_without_gamma_and_beta_or_an_instancenorm_a
     assert final[0].out_channels + final[3].out_channels + final[7].out_channels == 20
     final.eval()
     torch.testing.assert_close(final(probe), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("member", ["Conv2d", "ConvTranspose2d"])
+def test_dead_channels_with_a_bias_into_zero_padded_or_transposed_convs_are_removed(member):
+    """Conv layers with biases (PyTorch's default) and no norm: a dead channel still sent ``relu(b)``, a constant
+    that a zero-padded conv (or a transposed conv) cannot absorb, so every dead channel with a positive bias
+    stayed at finalize while the target counted it as gone (3 of 17 kept in a user's CNN). Its bias is now held
+    at 0 from its death on: every dead channel goes, the outputs stay, and the target is the removed fraction."""
+    loader = _digits_images_loader()
+    torch.manual_seed(0)
+    second = nn.Conv2d(16, 16, 3, padding=1) if member == "Conv2d" else nn.ConvTranspose2d(16, 16, 2, stride=2)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), second, nn.ReLU(), nn.Conv2d(16, 8, 1, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    with torch.no_grad():
+        model[0].bias.fill_(0.3)  # every dead channel would send relu(0.3) on
+        model[2].bias.fill_(0.3)
+    entry = {"method": "l1", "strength": 1e-3, "mode": "proximal", "group": "channel", "target": 0.5,
+             "layers": {"include": ["0", "2"]}, "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 2}, pruning=[entry])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=len(loader))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):  # the second epoch after the window: the bias's gradient must not revive the constant
+        for xb, yb in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            pruner.step()
+    dead = 0
+    for conv in (model[0], model[2]):
+        rows = conv.weight.transpose(0, 1) if member != "Conv2d" and conv is model[2] else conv.weight
+        rows = (rows.flatten(1) == 0).all(dim=1)
+        assert torch.equal(conv.bias[rows], torch.zeros_like(conv.bias[rows]))
+        assert bool((conv.bias[~rows] != 0).all())  # (the others keep theirs)
+        dead += int(rows.sum())
+    assert dead == 16  # the target: half of 32
+    method = pruner.methods[0]
+    model.eval()
+    probe = torch.rand(16, 1, 8, 8)
+    expected = model(probe).detach()
+    final = pruner.finalize()
+    assert method.report()["dead_units"] == {"found": 16, "kept": 0}
+    assert final[0].out_channels + final[2].out_channels == 16
+    torch.testing.assert_close(final.eval()(probe), expected, rtol=1e-4, atol=1e-5)
 
 
 class _AddThenPlainNorm(nn.Module):

@@ -206,3 +206,29 @@ def test_report_json_layers_carry_their_entrys_asked_and_achieved(runs):
     assert (rows["fc2"]["entry"], rows["fc2"]["measure"], rows["fc2"]["asked"]) == (1, "output channels removed", 0.25)
     assert rows["fc2"]["achieved"] == pytest.approx(1 - rows["fc2"]["shape"][0] / 32)
     assert rows["fc3"]["entry"] is None and rows["fc3"]["asked"] is None  # no entry selects the head
+
+
+def test_an_l1_unit_target_at_the_nearest_whole_count_is_met(tmp_path):
+    """L1 settles a unit target on the nearest whole count: 0.25 of 33 units is 8 (0.242). The report judged
+    it with 0.005 alone, a miss (exit 2 under --strict) where the Python report said met; the l1 entry now
+    carries its tolerance, half a unit more."""
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    kwargs = {"in_features": 64, "hidden": [33]}
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(**kwargs), path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 8}\n"
+        "pruning: [{method: l1, group: row, strength: 0.001, target: 0.25, layers: {include: [fc1]},\n"
+        "  schedule: {start_epoch: 0, end_epoch: 1}}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", "--strict", *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    (check,) = [t for t in report["summary"]["targets"] if t["target"] == "target"]
+    assert check["met"] and check["achieved"] == pytest.approx(8 / 33)
+    assert check["tolerance"] == pytest.approx(0.5 / 33 + 0.005)

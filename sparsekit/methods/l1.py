@@ -47,7 +47,10 @@ zeroed in one of the layers of a residual add still carries the others': neither
 dead (masked), its BatchNorms' ``gamma_u`` and ``beta_u`` are set back to zero after every optimizer step for the
 rest of the run, as masks hold weights; before a BatchNorm or InstanceNorm without them, the unit's bias in the
 layer it follows and its running mean are (the norm subtracts a constant's mean in training; in eval mode the
-decaying running statistics left a shift). The groups come from torch-pruning's trace on the pruner's input shape;
+decaying running statistics left a shift). With ``remove_dead``, a dead unit's own bias (in the owning layer and
+its coupled members) is held at 0 too, whatever follows: the group lasso is over weights, and a unit left with its
+bias still sent ``act(b)``, a constant a zero-padded or transposed conv cannot absorb, so finalize kept it while a
+target counted it as gone. The groups come from torch-pruning's trace on the pruner's input shape;
 without one, each layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or
 reused weight, units coupled at other indices as by a GLU, or to a layer the entry does not select, units a
 GroupNorm or LayerNorm normalizes together, a norm without gamma and beta reached through other operations, a
@@ -248,11 +251,13 @@ class _UnitCover:
     """Which output units of a layer the mask still has any weight of: cached until the mask changes, so
     group-lasso units found dead again (every step while they stay masked) cost no pass over the mask."""
 
-    __slots__ = ("alive_units", "mask", "version")
+    __slots__ = ("alive_units", "any_dead", "dead_units", "mask", "version")
 
     def __init__(self, mask: torch.Tensor, module: nn.Module) -> None:
         self.mask, self.version = mask, mask._version
         self.alive_units = unit_view(mask.view(torch.uint8), module).amax(dim=1).bool()
+        self.dead_units = self.alive_units.logical_not()
+        self.any_dead = bool(self.dead_units.any())
 
     def holds(self, mask: torch.Tensor) -> bool:
         return self.mask is mask and self.version == mask._version
@@ -263,6 +268,7 @@ _GUARD = (
     4.0  # fused steps only while every layer's peak |w| (unit norm) passes _GUARD x the shrink until the next exact
 )
 PENALTY_MAX_GAIN = 10.0  # mode: penalty with a target: lambda adapts up to this many times strength
+_TARGET_SLACK = 0.005  # the report's SPARSITY_TOLERANCE, on top of a target's rounding to whole units (weights)
 _GROW = 1.25  # target: the gain on lambda's estimate grows by this when behind the curve, falls by it when ahead
 
 
@@ -343,6 +349,7 @@ class L1:
         self._stats = [self._stat_modules.get(n, []) for n in self._names]
         # some group spans more than one weight, or a dead unit has a running mean to hold
         self._joint = any(self._members) or any(self._bns) or any(self._stats)
+        self._bias_held = self._bias_layers()
         self._weights = [weight_of(m) for m in self._modules]
         self._sizes = [
             num_units(m) if self.units else w.numel() for m, w in zip(self._modules, self._weights, strict=True)
@@ -353,6 +360,13 @@ class L1:
         # fan-in, other activation scales, a BatchNorm after it) while the others stay whole.
         self.layer_cap = 0.0 if self.target is None else layer_cap_for(self.target, self.units)
         self._quota = [min(size - 1, math.floor(self.layer_cap * size)) for size in self._sizes]
+        if self.target is not None and round(self.target * self.total) == 0:
+            what = "units" if self.units else "weights"
+            raise RecipeError(
+                f"{self.where}.target: {self.target:g} of the {self.total} {what} this entry selects rounds to none "
+                f"(the target is met in whole {what}): ask for at least {1 / self.total:.3g} (one of them), or "
+                "select more layers"
+            )
         self.dead = 0  # units (weights) at zero over all layers, as of the last exact step or adapt point
         self._fused_until = 0  # steps up to this one may take the fused pass (no target only)
         self.proximal_every = int(spec.proximal_every)
@@ -1210,6 +1224,8 @@ class L1:
         if not self.active(step):
             if self._joint:
                 self._zero_batchnorms()  # a dead unit's BatchNorm shift stays zero, as its masked weights do
+            if self._bias_held:
+                self._hold_biases()
             return UNCHANGED
         if self.spec.mode == "proximal":
             self._proximal(step)
@@ -1220,6 +1236,8 @@ class L1:
                 self._adapt(step)
         if self._joint:
             self._zero_batchnorms()
+        if self._bias_held:
+            self._hold_biases()
         return UNCHANGED
 
     def start(self) -> None:
@@ -1252,6 +1270,8 @@ class L1:
                 self._zero_batchnorms()
         if self._joint:
             self._zero_batchnorms()
+        # (no _hold_biases here: units the threshold masks now keep their bias, which the removal folds where it
+        # can, so finalize changes the outputs no more than the threshold does)
         if self.spec.remove_dead:
             model, history = self._remove_dead(model)
             return model, Changes(history=tuple(history), structure_changed=bool(history))
@@ -1328,6 +1348,46 @@ class L1:
         self._weights = [weight_of(m) for m in self._modules]
         self._held = {n: modules[n] for n in self._held if n in modules}
         self._covers = {}
+        self._bias_held = self._bias_layers()
+
+    def _bias_layers(self) -> list[int]:
+        """The groups whose dead units' biases :meth:`_hold_biases` holds at 0: with ``remove_dead``, those of
+        layers finalize may remove units from (not a kept head, not a layer in ``cannot_remove``) that have a
+        bias in the owner or a coupled member."""
+        if not (self.units and self.spec.remove_dead):
+            return []
+        return [
+            i
+            for i, (name, module) in enumerate(zip(self._names, self._modules, strict=True))
+            if name not in self.cannot_remove
+            and any(isinstance(getattr(m, "bias", None), torch.Tensor) for m in (module, *self._members[i]))
+        ]
+
+    @torch.no_grad()
+    def _hold_biases(self) -> None:
+        """Set the bias of every dead unit (all its weights masked at zero) to 0, in the owning layer and its coupled
+        members, after every optimizer step from the unit's death on, as masks hold its weights.
+
+        The group lasso zeroes a unit's weights, not its bias (``R`` is over weights, as in Wen et al., 2016): the
+        unit would still emit ``act(b_u)``, a constant that a zero-padded convolution after it cannot absorb (it
+        differs at the borders), so finalize could not remove it and a target counted it as gone. Dropping the
+        bias when the unit dies is what removing the unit then does; the rest of training adapts to it, and
+        finalize's removal leaves the outputs unchanged. One dict lookup per layer a step while nothing died."""
+        for i in self._bias_held:
+            module = self._modules[i]
+            mask = get_mask(module)
+            if mask is None:
+                continue
+            name = self._names[i]
+            cover = self._covers.get(name)
+            if cover is None or not cover.holds(mask):
+                cover = self._covers[name] = _UnitCover(mask, module)
+            if not cover.any_dead:
+                continue
+            for m in (module, *self._members[i]):
+                bias = getattr(m, "bias", None)
+                if isinstance(bias, torch.Tensor) and bias.shape == cover.dead_units.shape:
+                    bias.masked_fill_(cover.dead_units.to(bias.device), 0.0)
 
     def _explain_kept(self, failures: dict[str, str]) -> None:
         """Name in ``cannot_remove`` every layer that still holds zeroed units after the removal, with why:
@@ -1372,7 +1432,9 @@ class L1:
         (layer -> the BatchNorms whose gamma and beta are in its units' groups) and ``coupled`` (a layer whose units
         are another layer's, through a residual add or a depthwise conv -> that layer, whose groups hold both and
         whose count covers both) when there are any; with groups and ``remove_dead``, ``cannot_remove`` (layer -> why
-        its zeroed units will stay: a tied or reused weight, a coupling no group spans; ``{}`` when none)."""
+        its zeroed units will stay: a tied or reused weight, a coupling no group spans; ``{}`` when none); with a
+        target, ``tolerance``: how far short of it ``achieved`` still counts as met (half a unit or weight, the
+        nearest whole count, plus 0.005)."""
         reasons = {
             n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
         }
@@ -1392,6 +1454,10 @@ class L1:
                 out["per_layer"][name]["achieved"] = dead / n if n else 0.0
             out["achieved"] = dead_all / total_all if total_all else 0.0
         out["asked"] = self.target
+        if self.target is not None:
+            # How far short of the target still counts as met: half a unit (weight), as the nearest count the
+            # target can be (8 of 33 units for 0.25 is 0.242), plus the report's usual 0.005.
+            out["tolerance"] = 0.5 / max(self.total, 1) + _TARGET_SLACK
         if self.target is not None and out["achieved"] + 0.5 / max(self.total, 1) < self.target:
             out["reason"] = (
                 "the run stopped before schedule.end_epoch, where the target is settled"
