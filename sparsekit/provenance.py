@@ -26,6 +26,7 @@ import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import FunctionType, ModuleType
 from typing import Any
 
 import yaml
@@ -40,7 +41,7 @@ SAFE_CHANGES = ("finetune.epochs", "finetune.device", "finetune.log", "export.",
 _INPUTS = {
     "model_file": "the model file",
     "arch": "the architecture",
-    "arch_code": "the architecture's code (its module's file)",
+    "arch_code": "the architecture's code (its module and the modules of yours it uses)",
     "data": "the data source",
 }
 
@@ -56,15 +57,19 @@ def file_sha256(path: str | Path) -> str:
 
 def data_identity(source: str) -> str:
     """What identifies a data source: ``name`` for a built-in, ``path sha256:HEX`` for a ``.npz`` file,
-    ``pkg.module:callable sha256:HEX`` (the module's file) for a callable already imported; the name
+    ``pkg.module:callable sha256:HEX`` (the module's file, and those of the user's modules it uses) for a
+    callable already imported; the name
     alone when there is no file to hash. Never imports anything."""
     if source.endswith(".npz") and Path(source).is_file():
         return f"{Path(source).name} sha256:{file_sha256(source)}"
     module_name = source.split(":", 1)[0] if ":" in source else None
     module = sys.modules.get(module_name) if module_name else None
     module_file = getattr(module, "__file__", None)
-    if module_file and Path(module_file).is_file():
-        return f"{source} sha256:{file_sha256(module_file)}"
+    if module is not None and module_file and Path(module_file).is_file():
+        files = local_code_files([module])
+        if files == [str(module_file)]:
+            return f"{source} sha256:{file_sha256(module_file)}"  # one file: the digest earlier releases wrote
+        return f"{source} sha256:{_files_digest(files)}"
     return source
 
 
@@ -78,8 +83,8 @@ def provenance(
     """The provenance a checkpoint records: ``recipe`` (the resolved recipe as JSON data, e.g.
     ``Recipe.model_dump(mode="json")``) and, when known, the model file's SHA-256, the architecture
     (``pkg.module:callable``, optionally followed by its keyword arguments), the SHA-256 of the file of
-    the architecture's module when it is imported (``arch_code``: the same name with other code in it, e.g. a
-    ReLU made a Tanh, builds another model) and the data source's identity (:func:`data_identity`)."""
+    the architecture's module and of the user's modules it uses when it is imported (``arch_code``, see
+    :func:`local_code_files`: the same name with other code in it, e.g. a ReLU made a Tanh, builds another model) and the data source's identity (:func:`data_identity`)."""
     out: dict[str, Any] = {"recipe": dict(recipe)}
     if model_file is not None:
         out["model_file"] = f"sha256:{file_sha256(model_file)}"
@@ -101,17 +106,76 @@ def _arch_code(arch: str) -> str | None:
         return None
     module_name, _, rest = arch.partition(":")
     module = sys.modules.get(module_name)
-    files = [getattr(module, "__file__", None)]
     factory = getattr(module, rest.split(" ", 1)[0].split(".", 1)[0], None)
     defining = sys.modules.get(getattr(factory, "__module__", "") or "")
-    files.append(getattr(defining, "__file__", None))
-    found = sorted({str(f) for f in files if f and Path(f).is_file()})
-    if not found:
-        return None
+    found = local_code_files([m for m in (module, defining) if m is not None])
+    return f"sha256:{_files_digest(found)}" if found else None
+
+
+def _files_digest(files: Iterable[str]) -> str:
     digest = hashlib.sha256()
-    for f in found:
+    for f in files:
         digest.update(file_sha256(f).encode())
-    return f"sha256:{digest.hexdigest()}"
+    return digest.hexdigest()
+
+
+# Modules a factory's code reaches through its globals: at most this many files are hashed.
+_MAX_LOCAL_FILES = 200
+
+
+def local_code_files(modules: Iterable[ModuleType]) -> list[str]:
+    """The source files of ``modules`` and of the user's own modules they use, sorted: every module reached
+    through their globals (a module imported by name, or the module a function or class imported from it is
+    defined in; then theirs, in turn) whose file lies in the folder the first of ``modules`` is imported from
+    (``/x`` for ``/x/nets.py`` or ``/x/pkg/nets.py`` as ``pkg.nets``), outside installed packages (site-packages,
+    the interpreter's prefix) and sparsekit. A factory whose layer comes from a helper module beside it builds
+    another model when that helper changes (a ReLU made a Tanh), which hashing the factory's file alone missed.
+    Reads only what is imported already: never imports anything. Deterministic for the same code: what is
+    reached does not depend on what else was imported, or when."""
+    given = [m for m in modules if getattr(m, "__file__", None)]
+    if not given:
+        return []
+    root = _import_root(given[0])
+    # (the interpreter's prefixes hold a virtual environment the project folder may contain; sparsekit's own
+    # package may lie in it too, as in a clone of the repository)
+    skip = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    skip = [s for s in [*skip, Path(__file__).resolve().parent] if not root.is_relative_to(s)]
+
+    def local(file: str) -> bool:
+        path = Path(file).resolve()
+        return (
+            path.is_file()
+            and path.is_relative_to(root)
+            and not any(part in ("site-packages", "dist-packages") for part in path.parts)
+            and not any(path.is_relative_to(s) for s in skip)
+        )
+
+    seen: dict[str, str] = {m.__name__: str(m.__file__) for m in given}
+    todo = list(given)
+    while todo and len(seen) < _MAX_LOCAL_FILES:
+        module = todo.pop()
+        for value in list(vars(module).values()):
+            if isinstance(value, ModuleType):
+                dep: ModuleType | None = value
+            elif isinstance(value, FunctionType | type):
+                dep = sys.modules.get(getattr(value, "__module__", None) or "")
+            else:
+                continue
+            if dep is None or dep.__name__ in seen:
+                continue
+            file = getattr(dep, "__file__", None)
+            if file and local(file):
+                seen[dep.__name__] = str(file)
+                todo.append(dep)
+    return sorted(set(seen.values()))
+
+
+def _import_root(module: ModuleType) -> Path:
+    """The folder ``module`` is imported from: its file's folder, one level up per dot in its name (and one more
+    for a package's ``__init__.py``)."""
+    path = Path(str(module.__file__)).resolve()
+    levels = module.__name__.count(".") + (1 if path.name == "__init__.py" else 0)
+    return path.parents[levels] if levels < len(path.parents) else path.parent
 
 
 def recipe_record(recipe: Mapping[str, Any], device_type: str) -> dict[str, Any]:

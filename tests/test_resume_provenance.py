@@ -196,7 +196,7 @@ def test_the_architectures_code_is_compared_when_its_module_changed(tmp_path, mo
     assert saved["arch_code"].startswith("sha256:")
     assert check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}")) == {}
     (tmp_path / "my_nets_for_resume.py").write_text("def build():\n    return 'tanh'\n")
-    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module's file\) differs"):
+    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module and the modules of yours it uses\) differs"):
         check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}"))
     old = {k: v for k, v in saved.items() if k != "arch_code"}  # a checkpoint from before arch_code: not compared
     assert check_resume(old, provenance({}, arch="my_nets_for_resume:build {}")) == {}
@@ -214,7 +214,7 @@ def test_the_code_of_a_re_exported_factory_is_compared_too(tmp_path, monkeypatch
     importlib.import_module("reexport_pkg_for_resume")
     saved = provenance({}, arch="reexport_pkg_for_resume:build {}")
     (pkg / "nets.py").write_text("def build():\n    return 'tanh'\n")
-    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module's file\) differs"):
+    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module and the modules of yours it uses\) differs"):
         check_resume(saved, provenance({}, arch="reexport_pkg_for_resume:build {}"))
 
 
@@ -308,3 +308,42 @@ def test_a_change_accepted_by_a_resume_that_stopped_is_still_in_the_report(inter
     assert done.exit_code == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert any("finetune.epochs 2 -> 3" in n for n in report["notes"]), report["notes"]  # the note was lost
+
+
+def test_the_code_of_the_users_modules_the_factory_uses_is_compared_too(tmp_path, monkeypatch):
+    # nets.py says `from act_helper_for_resume import act` and `import blocks_helper_for_resume`: a ReLU made a
+    # Tanh in either helper builds another model, which hashing nets.py alone missed (the resume went on).
+    import importlib
+
+    (tmp_path / "act_helper_for_resume.py").write_text("def act():\n    return 'relu'\n")
+    (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 8\n")
+    (tmp_path / "unused_helper_for_resume.py").write_text("X = 1\n")  # imported elsewhere, not by the factory
+    (tmp_path / "nets_using_helpers_for_resume.py").write_text(
+        "import blocks_helper_for_resume\nfrom act_helper_for_resume import act\nimport torch\n\n"
+        "def build():\n    return act(), blocks_helper_for_resume.WIDTH\n"
+    )
+    (tmp_path / "data_using_helpers_for_resume.py").write_text(
+        "from act_helper_for_resume import act\n\ndef loaders():\n    return act()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("unused_helper_for_resume", "nets_using_helpers_for_resume", "data_using_helpers_for_resume"):
+        importlib.import_module(name)
+    arch, data = "nets_using_helpers_for_resume:build {}", "data_using_helpers_for_resume:loaders"
+
+    def now():
+        for name in ("act_helper_for_resume", "blocks_helper_for_resume", "unused_helper_for_resume"):
+            importlib.reload(importlib.import_module(name))
+        return provenance({}, arch=arch, data=data)
+
+    saved = now()
+    assert check_resume(saved, now()) == {}
+    (tmp_path / "unused_helper_for_resume.py").write_text("X = 2\n")
+    assert check_resume(saved, now()) == {}  # a module the factory does not use
+    (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 16\n")
+    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module and the modules of yours it uses\) differs"):
+        check_resume(saved, now())
+    (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 8\n")
+    assert check_resume(saved, now()) == {}
+    (tmp_path / "act_helper_for_resume.py").write_text("def act():\n    return 'tanh'\n")
+    with pytest.raises(SparsekitError, match=r"the architecture's code .* differs(.|\n)*the data source differs"):
+        check_resume(saved, now())
