@@ -53,11 +53,35 @@ def _module_run(argv: list[str]) -> str | None:
 
 
 def _interrupted_at_start(signum: int, frame: object) -> None:
-    # Nothing has been read or written yet: a Ctrl-C while Python imports the command says so in one
-    # line and exits 130 instead of printing a traceback of the import machinery. SystemExit, not
-    # KeyboardInterrupt: the interpreter ends quietly on it wherever the import is.
-    _sys.stderr.write("Interrupted.\n")
-    raise SystemExit(130)
+    # Nothing has been read or written yet: a Ctrl-C while Python imports the command, or while click reads
+    # its options, says so in one line and exits 130 instead of printing a traceback of the import machinery
+    # (or click's "Aborted!" and exit 1). SystemExit, not KeyboardInterrupt: the interpreter ends quietly on it
+    # wherever the import is, and click lets it through. The command's own code takes over from here on
+    # (sparsekit.cli.handle_errors).
+    _stopped_at_start("Interrupted.", 130)
+
+
+def _terminated_at_start(signum: int, frame: object) -> None:
+    # The same for SIGTERM (a job scheduler's stop), named as such.
+    _stopped_at_start("Terminated (SIGTERM).", 143)
+
+
+def _stopped_at_start(message: str, code: int) -> None:
+    _sys.stderr.write(message + "\n")
+    if "-" * 2 + "json" in _sys.argv[1:]:  # the one JSON document a command asked for JSON prints, failed or not
+        _sys.stdout.write('{"error": "' + message + '", "exit_code": ' + str(code) + "}\n")
+    raise SystemExit(code)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM once the command runs: unwinds like Ctrl-C (checkpoints and finished files kept, temp files
+    # removed), as errors.Terminated, a KeyboardInterrupt the command names as SIGTERM.
+    import signal
+
+    from .errors import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated("stopped by SIGTERM")
 
 
 if _started_as_command():

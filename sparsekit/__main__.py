@@ -10,13 +10,6 @@ import sys
 from typing import Any
 
 
-def _terminate(signum: int, frame: object) -> None:
-    from .errors import Terminated
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise Terminated("stopped by SIGTERM")
-
-
 class _PipeTolerant(io.RawIOBase):
     """The raw file under ``sys.stdout`` / ``sys.stderr``: once its reader is gone (``sparsekit prune ... 2>&1 |
     head``), writes are dropped instead of raising BrokenPipeError in the middle of a run, which stopped the
@@ -74,10 +67,13 @@ def entry() -> None:
     # up in the current folder, and only last (sparsekit.trust appends it while importing them).
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
-    # SIGTERM (a job scheduler's stop) unwinds like Ctrl-C: checkpoints and finished files are kept, temp
-    # files removed. A handler someone installed before us (an embedding program) stays theirs.
+    # SIGTERM (a job scheduler's stop) unwinds like Ctrl-C once the command runs (sparsekit._terminate, set by
+    # cli.handle_errors): checkpoints and finished files are kept, temp files removed; until then it ends the
+    # process with one line. A handler someone installed before us (an embedding program) stays theirs.
+    from . import _terminate, _terminated_at_start
+
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _terminated_at_start)
     # Before any command imports onnxruntime (see sparsekit.onnx: no files of its own under ~/.cache).
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
@@ -89,12 +85,10 @@ def entry() -> None:
         if "--json" in sys.argv[1:]:  # the one JSON document a --json command prints, failed or not
             sys.stdout.write(f'{{"error": "{message}", "exit_code": {code}}}\n')
         raise SystemExit(code) from None
-    from . import _interrupted_at_start
-
-    if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
-        # The command's code is loaded: from here a Ctrl-C unwinds as KeyboardInterrupt, which the
-        # command turns into its message (what was kept, how to resume).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The start-up handlers stay while click reads the options (a KeyboardInterrupt there is click's "Aborted!"
+    # and exit 1); the command's wrapper (cli.handle_errors) hands Ctrl-C back to Python and SIGTERM to
+    # sparsekit._terminate, so that from then on they unwind into the command's message (what was kept, how to
+    # resume).
     try:
         main(prog_name="sparsekit")
     finally:
@@ -103,7 +97,7 @@ def entry() -> None:
         # The same for a SIGTERM (a scheduler's stop): the run it would stop has finished.
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if signal.getsignal(signal.SIGTERM) is _terminate:
+            if signal.getsignal(signal.SIGTERM) in (_terminate, _terminated_at_start):
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 

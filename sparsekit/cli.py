@@ -6,10 +6,12 @@ Exit codes: 0 success; 2 bad input (one ``Error:`` line, no traceback); 1 unexpe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
+import signal
 import sys
 import traceback
 import warnings
@@ -123,6 +125,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             warnings.filterwarnings("ignore")
         first_interruption(reset=True)
         try:
+            _take_over_signals()  # (inside the try: a Ctrl-C right after it is this command's to report)
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
@@ -198,6 +201,19 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2, as_json)
 
     return wrapper
+
+
+def _take_over_signals() -> None:
+    """From the start-up handlers of the ``sparsekit`` command (one line and an exit, see sparsekit/__init__.py)
+    to the command's own: Ctrl-C raises KeyboardInterrupt and SIGTERM :class:`~sparsekit.errors.Terminated`,
+    which :func:`handle_errors` turns into its message. Handlers set by anyone else stay theirs."""
+    from . import _interrupted_at_start, _terminate, _terminated_at_start
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) is _terminated_at_start:
+            signal.signal(signal.SIGTERM, _terminate)
 
 
 def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
@@ -1508,6 +1524,12 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
     run = RunFolder(folder)
     if not run.has_run():
         raise SparsekitError(f"{folder}: holds no sparsekit run (no .sparsekit folder); nothing re-rendered")
+    if run.swap_unfinished():
+        raise SparsekitError(
+            f"{folder}: a run was killed while it moved its results in, so the folder holds part of the earlier "
+            "results and part of the new ones; run that `sparsekit prune ... -o "
+            f"{folder}` again with --resume to finish it (or --overwrite), then report"
+        )
     data = load_report(src)
     run.check_owned()  # report.md and the plots are replaced: they must still be the ones sparsekit wrote
     run.lock()

@@ -124,7 +124,7 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 @contextlib.contextmanager
 def sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (and a SIGTERM that is handled in Python, see ``sparsekit.__main__``) until the
+    """Hold a Ctrl-C (and a SIGTERM that is handled in Python, see ``sparsekit._terminate``) until the
     block ends, then raise it: KeyboardInterrupt, or :class:`~sparsekit.errors.Terminated` (main thread
     only; elsewhere a no-op). A signal that is ignored or left to the OS's default stays so."""
     got: list[int] = []

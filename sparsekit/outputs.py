@@ -193,6 +193,12 @@ class RunFolder:
             and ((self.meta / MANIFEST).is_file() or (self.meta / STAGE).exists() or (self.meta / "old").exists())
         )
 
+    def swap_unfinished(self) -> bool:
+        """Whether a run was killed (SIGKILL, a power cut: nothing it could catch) while :meth:`publish` moved its
+        results in: the folder then holds part of the earlier results and part of the new ones until the next run
+        into it (a resume or an overwrite) finishes or redoes the swap."""
+        return (self.meta / PENDING).is_file()
+
     def owned(self) -> dict[str, set[str]]:
         """Relative POSIX path -> the SHA-256 hex digests sparsekit wrote there (current and pending
         manifests; an unreadable manifest counts as empty, so nothing in it is replaced)."""

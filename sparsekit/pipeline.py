@@ -566,7 +566,8 @@ def _run(
         log.info("evaluating the dense model")
         dense = measure(model, inputs, recipe, stage / "dense.onnx", clock, "dense_eval")
         _distributed.barrier()  # the other ranks start training with rank 0
-        clock.note = ""  # the training loop says where it was itself
+        # The note stays through the pruner's set-up (a rehearsal, a trace: seconds on a large model); once an epoch
+        # runs the training loop says where it was itself, and finalizing says that training had finished.
         with clock("finetune"):
             model, history, pruner = prune_model(
                 model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir

@@ -84,7 +84,8 @@ def provenance(
     ``Recipe.model_dump(mode="json")``) and, when known, the model file's SHA-256, the architecture
     (``pkg.module:callable``, optionally followed by its keyword arguments), the SHA-256 of the file of
     the architecture's module and of the user's modules it uses when it is imported (``arch_code``, see
-    :func:`local_code_files`: the same name with other code in it, e.g. a ReLU made a Tanh, builds another model) and the data source's identity (:func:`data_identity`)."""
+    :func:`local_code_files`: the same name with other code in it, e.g. a ReLU made a Tanh, builds another
+    model) and the data source's identity (:func:`data_identity`)."""
     out: dict[str, Any] = {"recipe": dict(recipe)}
     if model_file is not None:
         out["model_file"] = f"sha256:{file_sha256(model_file)}"

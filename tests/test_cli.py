@@ -935,6 +935,22 @@ def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp
     assert last == f"Interrupted: {stage}"
 
 
+def test_an_interrupt_while_the_pruner_is_set_up_says_no_epoch_was_checkpointed(tmp_path, mlp_checkpoint, monkeypatch):
+    # Between the dense model's measurements and the first epoch (the pruner's rehearsal and trace: seconds on a
+    # large model) it said "`--resume` continues from the last finished epoch", with none finished.
+    import sparsekit.pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sparsekit.pipeline, "Pruner", interrupted)
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
+    assert last == (
+        "Interrupted: while pruning and fine-tuning, before training started. Finished files are complete, "
+        "unfinished ones were not written; no epoch was checkpointed: `--resume` starts the training over."
+    )
+
+
 def test_an_interrupt_python_wrapped_in_another_error_is_still_an_interrupt(tmp_path, mlp_checkpoint, monkeypatch):
     # Python 3.11 raises RuntimeError("Error calling __set_name__ ...") from a Ctrl-C that lands while a class is
     # built (pydantic's recipe classes, during start-up): it exited 1 with "unexpected failure".

@@ -592,3 +592,42 @@ def test_a_lock_that_cannot_be_removed_does_not_hide_the_error_that_ended_the_ru
         finally:
             run.unlock()
     assert "could not remove the run lock" in caplog.text
+
+
+KILLED_IN_THE_SWAP = """
+import os, signal, sys
+sys.argv = ["sparsekit", *sys.argv[1:]]
+import sparsekit.outputs as outputs
+publish, replace, moves = outputs.RunFolder.publish, os.replace, []
+def killing(a, b, *args, **kwargs):
+    moves.append(1)
+    if len(moves) == 6:  # a kill -9 half way through the swap: nothing the process can catch
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(a, b, *args, **kwargs)
+def publishing(self):
+    outputs.os.replace = killing
+    return publish(self)
+outputs.RunFolder.publish = publishing
+from sparsekit.__main__ import entry
+entry()
+"""
+
+
+def test_a_folder_left_half_swapped_by_a_kill_is_refused_by_report_and_finished_by_resume(
+    tmp_path, mlp_checkpoint, recipe
+):
+    # `sparsekit report` re-rendered a folder holding part of the earlier results and part of the new ones.
+    import sys
+
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    args = ["prune", str(mlp_checkpoint), *MLP, str(recipe), "-o", str(out), "--overwrite", *FAST]
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_THE_SWAP, *args], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=600)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    assert RunFolder(out).swap_unfinished()
+    assert_bad_input(run("report", out), "killed while it moved its results in", "--resume")
+    resumed = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *FAST)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert not RunFolder(out).swap_unfinished()
+    assert run("report", out).exit_code == 0

@@ -31,6 +31,9 @@ from sparsekit.provenance import (
 MLP = ("--arch", "examples.models:mlp")
 
 
+ARCH_CHANGED = r"the architecture's code \(its module and the modules of yours it uses\) differs"
+
+
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -196,7 +199,7 @@ def test_the_architectures_code_is_compared_when_its_module_changed(tmp_path, mo
     assert saved["arch_code"].startswith("sha256:")
     assert check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}")) == {}
     (tmp_path / "my_nets_for_resume.py").write_text("def build():\n    return 'tanh'\n")
-    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module and the modules of yours it uses\) differs"):
+    with pytest.raises(SparsekitError, match=ARCH_CHANGED):
         check_resume(saved, provenance({}, arch="my_nets_for_resume:build {}"))
     old = {k: v for k, v in saved.items() if k != "arch_code"}  # a checkpoint from before arch_code: not compared
     assert check_resume(old, provenance({}, arch="my_nets_for_resume:build {}")) == {}
@@ -214,7 +217,7 @@ def test_the_code_of_a_re_exported_factory_is_compared_too(tmp_path, monkeypatch
     importlib.import_module("reexport_pkg_for_resume")
     saved = provenance({}, arch="reexport_pkg_for_resume:build {}")
     (pkg / "nets.py").write_text("def build():\n    return 'tanh'\n")
-    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module and the modules of yours it uses\) differs"):
+    with pytest.raises(SparsekitError, match=ARCH_CHANGED):
         check_resume(saved, provenance({}, arch="reexport_pkg_for_resume:build {}"))
 
 
@@ -340,7 +343,7 @@ def test_the_code_of_the_users_modules_the_factory_uses_is_compared_too(tmp_path
     (tmp_path / "unused_helper_for_resume.py").write_text("X = 2\n")
     assert check_resume(saved, now()) == {}  # a module the factory does not use
     (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 16\n")
-    with pytest.raises(SparsekitError, match=r"the architecture's code \(its module and the modules of yours it uses\) differs"):
+    with pytest.raises(SparsekitError, match=ARCH_CHANGED):
         check_resume(saved, now())
     (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 8\n")
     assert check_resume(saved, now()) == {}

@@ -126,17 +126,44 @@ def test_a_program_that_imports_sparsekit_keeps_its_ctrl_c_and_its_import_path(t
 
 
 def test_the_command_hands_ctrl_c_back_to_python_once_its_code_is_loaded():
-    # After start-up a Ctrl-C must unwind as KeyboardInterrupt, which the command turns into its message (what was
-    # kept, how to resume); the start-up handler would end the process without it.
+    # Inside a command a Ctrl-C must unwind as KeyboardInterrupt (SIGTERM as Terminated), which the command turns
+    # into its message (what was kept, how to resume); the start-up handlers would end the process without it.
     code = (
-        "import signal, sys; sys.orig_argv = [sys.executable, '-m', 'sparsekit', '--version']; "
+        "import signal, sys; sys.orig_argv = [sys.executable, '-m', 'sparsekit', 'probe']; "
+        "sys.argv = ['sparsekit', 'probe']; "
         "import sparsekit, sparsekit.cli as cli; from sparsekit.__main__ import entry; seen = []; "
-        "cli.main = lambda **kw: seen.append(signal.getsignal(signal.SIGINT)); "
-        "before = signal.getsignal(signal.SIGINT) is sparsekit._interrupted_at_start; entry(); "
-        "print(before, seen[0] is signal.default_int_handler)"
+        "probe = cli.main.command('probe')(cli.handle_errors(lambda: seen.extend("
+        "[signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)]))); "
+        "before = signal.getsignal(signal.SIGINT) is sparsekit._interrupted_at_start\n"
+        "try:\n    entry()\nexcept SystemExit:\n    pass\n"
+        "print(before, seen[0] is signal.default_int_handler, seen[1] is sparsekit._terminate)"
     )
     out = _python(code)
-    assert (out.returncode, out.stdout.strip()) == (0, "True True"), out.stderr
+    assert (out.returncode, out.stdout.strip()) == (0, "True True True"), out.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "message", "code"), [("SIGINT", "Interrupted.", 130), ("SIGTERM", "Terminated (SIGTERM).", 143)]
+)
+def test_a_signal_while_click_reads_the_options_exits_with_one_line_and_the_json_document(sig, message, code):
+    # Between loading the command's code and the command's own handler, click read the options: a Ctrl-C there
+    # was click's "Aborted!" and exit 1, with no JSON document under --json (a SIGTERM the same).
+    program = (
+        "import os, signal, sys\n"
+        "args = ['validate', 'r.yaml', '--json']\n"
+        "sys.orig_argv = [sys.executable, '-m', 'sparsekit', *args]; sys.argv = ['sparsekit', *args]\n"
+        "import sparsekit, sparsekit.cli as cli\n"
+        "from sparsekit.__main__ import entry\n"
+        "make = cli._Group.make_context\n"
+        "def parsing(self, *a, **k):\n"
+        f"    os.kill(os.getpid(), signal.{sig})\n"
+        "    return make(self, *a, **k)\n"
+        "cli._Group.make_context = parsing\n"
+        "entry(); print('not stopped')\n"
+    )
+    out = _python(program)
+    assert (out.returncode, out.stderr) == (code, message + "\n")
+    assert json.loads(out.stdout) == {"error": message, "exit_code": code}
 
 
 @pytest.mark.parametrize(
