@@ -7,13 +7,18 @@ import io
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, cast
 
 
-class _PipeTolerant(io.RawIOBase):
-    """The raw file under ``sys.stdout`` / ``sys.stderr``: once its reader is gone (``sparsekit prune ... 2>&1 |
+class _PipeTolerant(io.BufferedIOBase):
+    """The binary file under ``sys.stdout`` / ``sys.stderr``: once its reader is gone (``sparsekit prune ... 2>&1 |
     head``), writes are dropped instead of raising BrokenPipeError in the middle of a run, which stopped the
-    fine-tuning after an epoch with exit 1. The run goes on and writes its files; only its messages are lost."""
+    fine-tuning after an epoch with exit 1. The run goes on and writes its files; only its messages are lost.
+
+    It keeps no buffer (the text layer above it collects the bytes of a write): a write goes to the file at once,
+    all of it. A Ctrl-C or SIGTERM that lands just after the bytes went out (its exception is raised in the next
+    Python line) used to leave them in the BufferedWriter that sat here, which wrote them again later: an epoch
+    line printed twice, which fooled a script reacting to it."""
 
     def __init__(self, fd: int) -> None:
         super().__init__()
@@ -24,12 +29,15 @@ class _PipeTolerant(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
         if not self.broken:
+            done = 0
             try:
-                return os.write(self._fd, data)
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
             except BrokenPipeError:
                 self.broken = True
-        return len(data)
+        return len(view)
 
     def fileno(self) -> int:
         return self._fd
@@ -49,7 +57,7 @@ def _tolerate_closed_pipes() -> None:
         if not isinstance(stream, io.TextIOWrapper):  # someone else's stream object: theirs to handle
             continue
         wrapped = io.TextIOWrapper(
-            io.BufferedWriter(_PipeTolerant(fd)),
+            cast(io.BufferedWriter, _PipeTolerant(fd)),  # (typeshed asks more of a buffer than TextIOWrapper uses)
             encoding=stream.encoding,
             errors=stream.errors,
             line_buffering=stream.line_buffering or name == "stderr",

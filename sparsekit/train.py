@@ -416,7 +416,10 @@ def finetune(
 
 def _say(line: str) -> None:
     """One plain progress line on stderr (no terminal needed), flushed so a log file shows it now."""
-    print(line, file=sys.stderr, flush=True)
+    # One write with its newline: print() writes the line and the end separately, and a Ctrl-C between the two
+    # would leave the next message on the same line.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _teacher(model: nn.Module, teacher: nn.Module | None, pruner: Pruner | None) -> nn.Module:

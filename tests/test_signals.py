@@ -91,6 +91,26 @@ def test_the_pipe_tolerant_streams_keep_unbuffered_output_unbuffered():
         assert out.stdout.strip() == want, out.stderr
 
 
+def test_a_signal_right_after_a_message_went_out_does_not_print_it_again():
+    # A SIGTERM that landed just after "epoch 2/6" was written (its exception raised before the write returned)
+    # left the line in the stream's buffer, which wrote it again with the next message: printed twice.
+    code = (
+        "import os, sys; from sparsekit.__main__ import _tolerate_closed_pipes; _tolerate_closed_pipes()\n"
+        "real, calls = os.write, []\n"
+        "def write(fd, data):\n"
+        "    n = real(fd, data); calls.append(n)\n"
+        "    if len(calls) == 1 and fd == 2:\n"
+        "        raise KeyboardInterrupt  # as a signal handler raises, after the bytes went out\n"
+        "    return n\n"
+        "os.write = write\n"
+        "try:\n    sys.stderr.write('epoch 2/6\\n')  # (one write, as sparsekit's epoch lines are)\n"
+        "except KeyboardInterrupt:\n    pass\n"
+        "print('stopped', file=sys.stderr, flush=True)\n"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stderr) == (0, "epoch 2/6\nstopped\n")
+
+
 def _python(code: str, cwd: Path = ROOT, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *args, "-c", code] if code else [sys.executable, *args], cwd=cwd, env=env,
