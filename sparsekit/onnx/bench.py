@@ -178,8 +178,8 @@ def benchmark(
 def latency_table(result: dict[str, Any]) -> str:
     """A markdown table of a :func:`benchmark` result, one row per file and batch size: latency
     percentiles in ms, samples/s, the p50 ratio to the first file with its spread, and whether it is
-    outside the noise band; then the A/A control's p50 ratio and the timed runs per batch size, and each file's
-    size (raw and gzip, the level the sizes say)."""
+    outside the noise band (the band's half-width beside it); then the A/A control's p50 ratio and the timed
+    runs per batch size, and each file's size (raw and gzip, the level the sizes say)."""
     lines = [
         "| file | batch | p50 ms | p90 ms | p99 ms | samples/s | p50 vs first [spread] | significant |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|",
@@ -191,6 +191,9 @@ def latency_table(result: dict[str, Any]) -> str:
             lo, hi = ratio["spread"]
             vs = "1 (ref)" if i == 0 else f"{ratio['p50']:.2f}x [{lo:.2f}-{hi:.2f}]"
             sig = "" if i == 0 else ("yes" if f["speedup_significant"][b] else "no")
+            band = (f.get("noise_band") or {}).get(b)
+            if sig and band is not None:  # the band it was judged against: ratios within 1/(1+n) .. 1+n are noise
+                sig += f" (noise ±{band:.1%})"
             lines.append(
                 f"| {labels[i]} | {b} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} "
                 f"| {f['throughput_per_s'][b]:,.0f} | {vs} | {sig} |"
