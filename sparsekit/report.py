@@ -122,6 +122,17 @@ class Result(_Closed):
     throughput_per_s: dict[str, float] = Field(default_factory=dict)
 
 
+class EntryAim(_Closed):
+    """One more pruning entry's asked vs achieved on a layer row (``Layer.others``): as the row's own fields."""
+
+    entry: int
+    method: str
+    measure: str
+    asked: float | None = None
+    achieved: float | None = None
+    reason: str | None = None
+
+
 class Layer(_Closed):
     """One prunable layer (Linear/Conv): weight shape, counts, sparsity and MACs per sample."""
 
@@ -142,25 +153,44 @@ class Layer(_Closed):
     asked: float | None = None
     achieved: float | None = None
     reason: str | None = None
+    others: list[EntryAim] | None = Field(
+        None,
+        description="where several pruning entries select this layer, the others' asked vs achieved (the row's own "
+        "fields are the first entry stating a per-layer target, else the first entry); null where one or none does",
+    )
 
 
 def fill_layer_aims(report: Report) -> None:
     """Put each pruning entry's asked vs achieved on the rows of ``report.layers`` it selected (the first entry
-    stating a per-layer target wins where several select a layer; the first entry when none does)."""
+    stating a per-layer target on the row itself where several select a layer, else the first entry; the others
+    under ``others``, in entry order)."""
     outcomes = _outcomes(report.methods, report.recipe, report.dense_layers, report.layers, report.recipe_asked)[0]
     rows = {r.name: r for r in report.layers}
+    found: dict[str, list[EntryAim]] = {}
     for o in outcomes:
         for aim in o.layers:
-            row = rows.get(aim.name)
-            if row is None or (row.entry is not None and (row.asked is not None or aim.asked is None)):
-                continue
-            row.entry, row.measure, row.asked, row.achieved, row.reason = (
-                o.entry,
-                o.measure,
-                aim.asked,
-                aim.achieved,
-                aim.reason,
-            )
+            if aim.name in rows:
+                found.setdefault(aim.name, []).append(
+                    EntryAim(
+                        entry=o.entry,
+                        method=o.method,
+                        measure=o.measure,
+                        asked=aim.asked,
+                        achieved=aim.achieved,
+                        reason=aim.reason,
+                    )
+                )
+    for name, aims in found.items():
+        first = next((a for a in aims if a.asked is not None), aims[0])
+        row = rows[name]
+        row.entry, row.measure, row.asked, row.achieved, row.reason = (
+            first.entry,
+            first.measure,
+            first.asked,
+            first.achieved,
+            first.reason,
+        )
+        row.others = [a for a in aims if a is not first] or None
 
 
 class Epoch(_Open):

@@ -232,3 +232,31 @@ def test_an_l1_unit_target_at_the_nearest_whole_count_is_met(tmp_path):
     (check,) = [t for t in report["summary"]["targets"] if t["target"] == "target"]
     assert check["met"] and check["achieved"] == pytest.approx(8 / 33)
     assert check["tolerance"] == pytest.approx(0.5 / 33 + 0.005)
+
+
+def test_a_layer_two_entries_select_lists_the_other_entrys_aim(tmp_path):
+    # The row showed the first entry alone (the methods section had both).
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    kwargs = {"in_features": 64, "hidden": [32, 16]}
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(**kwargs), path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 4}\n"
+        "pruning:\n  - {method: l1, strength: 0.001, mode: proximal, layers: {include: [fc1]}}\n"
+        "  - {method: magnitude, sparsity: 0.5, scope: layer, schedule: oneshot, layers: {include: [fc1, fc2]}}\n"
+        "benchmark: {enabled: false}\n"
+    )
+    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", *FAST)
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads((tmp_path / "o" / "report.json").read_text())["layers"]}
+    # fc1: magnitude states a per-layer sparsity, so it is the row's; l1 (entry 0, lambda shared: none) the other
+    assert (rows["fc1"]["entry"], rows["fc1"]["measure"], rows["fc1"]["asked"]) == (1, "weights zero", 0.5)
+    assert rows["fc1"]["achieved"] >= 0.5 - 0.01
+    (other,) = rows["fc1"]["others"]
+    assert (other["entry"], other["method"], other["measure"], other["asked"]) == (0, "l1", "weights zero", None)
+    assert other["achieved"] == pytest.approx(rows["fc1"]["sparsity"])
+    assert rows["fc2"]["entry"] == 1 and rows["fc2"].get("others") is None
