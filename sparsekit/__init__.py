@@ -67,8 +67,12 @@ def _terminated_at_start(signum: int, frame: object) -> None:
 
 
 def _stopped_at_start(message: str, code: int) -> None:
-    _sys.stderr.write(message + "\n")
-    if "-" * 2 + "json" in _sys.argv[1:]:  # the one JSON document a command asked for JSON prints, failed or not
+    # Under torchrun every process gets the signal: the others say which rank they are, and only rank 0 prints
+    # the one JSON document a command asked for JSON prints, failed or not (as sparsekit.cli does).
+    rank = _os.environ.get("RANK", "0")
+    other = rank not in ("", "0") and _os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+    _sys.stderr.write((f"rank {rank}: " if other else "") + message + "\n")
+    if not other and "-" * 2 + "json" in _sys.argv[1:]:
         _sys.stdout.write('{"error": "' + message + '", "exit_code": ' + str(code) + "}\n")
     raise SystemExit(code)
 

@@ -87,12 +87,10 @@ def entry() -> None:
     try:
         from .cli import main
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated, not imported: it may be what broke)
+        from . import _stopped_at_start
+
         term = type(err).__name__ == "Terminated"
-        message, code = ("Terminated (SIGTERM).", 143) if term else ("Interrupted.", 130)
-        sys.stderr.write(message + "\n")
-        if "--json" in sys.argv[1:]:  # the one JSON document a --json command prints, failed or not
-            sys.stdout.write(f'{{"error": "{message}", "exit_code": {code}}}\n')
-        raise SystemExit(code) from None
+        _stopped_at_start(*(("Terminated (SIGTERM).", 143) if term else ("Interrupted.", 130)))
     # The start-up handlers stay while click reads the options (a KeyboardInterrupt there is click's "Aborted!"
     # and exit 1); the command's wrapper (cli.handle_errors) hands Ctrl-C back to Python and SIGTERM to
     # sparsekit._terminate, so that from then on they unwind into the command's message (what was kept, how to

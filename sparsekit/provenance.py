@@ -19,14 +19,14 @@ the device, what happens after training); the user may accept changes to those, 
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import FunctionType, ModuleType
 from typing import Any
 
 import yaml
@@ -41,8 +41,10 @@ SAFE_CHANGES = ("finetune.epochs", "finetune.device", "finetune.log", "export.",
 _INPUTS = {
     "model_file": "the model file",
     "arch": "the architecture",
-    "arch_code": "the architecture's code (its module and the modules of yours it uses)",
+    "arch_code": "the architecture's code (its module's file)",
+    "arch_deps": "the code of the modules of yours the architecture imports",
     "data": "the data source",
+    "data_deps": "the code of the modules of yours the data callable imports",
 }
 
 
@@ -57,19 +59,14 @@ def file_sha256(path: str | Path) -> str:
 
 def data_identity(source: str) -> str:
     """What identifies a data source: ``name`` for a built-in, ``path sha256:HEX`` for a ``.npz`` file,
-    ``pkg.module:callable sha256:HEX`` (the module's file, and those of the user's modules it uses) for a
-    callable already imported; the name
-    alone when there is no file to hash. Never imports anything."""
+    ``pkg.module:callable sha256:HEX`` (the module's file) for a callable already imported; the name
+    alone when there is no file to hash. Never imports anything. (The user's modules the callable's module
+    imports are ``data_deps``, see :func:`provenance`.)"""
     if source.endswith(".npz") and Path(source).is_file():
         return f"{Path(source).name} sha256:{file_sha256(source)}"
-    module_name = source.split(":", 1)[0] if ":" in source else None
-    module = sys.modules.get(module_name) if module_name else None
-    module_file = getattr(module, "__file__", None)
-    if module is not None and module_file and Path(module_file).is_file():
-        files = local_code_files([module])
-        if files == [str(module_file)]:
-            return f"{source} sha256:{file_sha256(module_file)}"  # one file: the digest earlier releases wrote
-        return f"{source} sha256:{_files_digest(files)}"
+    module_file = _module_file(source)
+    if module_file is not None:
+        return f"{source} sha256:{file_sha256(module_file)}"
     return source
 
 
@@ -83,67 +80,85 @@ def provenance(
     """The provenance a checkpoint records: ``recipe`` (the resolved recipe as JSON data, e.g.
     ``Recipe.model_dump(mode="json")``) and, when known, the model file's SHA-256, the architecture
     (``pkg.module:callable``, optionally followed by its keyword arguments), the SHA-256 of the file of
-    the architecture's module and of the user's modules it uses when it is imported (``arch_code``, see
-    :func:`local_code_files`: the same name with other code in it, e.g. a ReLU made a Tanh, builds another
-    model) and the data source's identity (:func:`data_identity`)."""
+    the architecture's module when it is imported (``arch_code``: the same name with other code in it, e.g. a
+    ReLU made a Tanh, builds another model), the data source's identity (:func:`data_identity`), and
+    ``arch_deps`` / ``data_deps``: the SHA-256 over the user's modules the architecture's (data callable's) module
+    imports, when there are any (:func:`local_imports`; a helper's ReLU made a Tanh builds another model too).
+    A checkpoint from before a key existed is not compared on it."""
     out: dict[str, Any] = {"recipe": dict(recipe)}
     if model_file is not None:
         out["model_file"] = f"sha256:{file_sha256(model_file)}"
     if arch is not None:
         out["arch"] = arch
-        code = _arch_code(arch)
-        if code is not None:
-            out["arch_code"] = code
+        files = _arch_files(arch)
+        if files:
+            out["arch_code"] = f"sha256:{_files_digest(files)}"
+            deps = local_imports(files)
+            if deps:
+                out["arch_deps"] = f"sha256:{_files_digest(deps)}"
     if data is not None:
         out["data"] = data_identity(data)
+        module_file = _module_file(data)
+        deps = local_imports([module_file]) if module_file is not None else []
+        if deps:
+            out["data_deps"] = f"sha256:{_files_digest(deps)}"
     return out
 
 
-def _arch_code(arch: str) -> str | None:
-    """``sha256:HEX`` over the files of the architecture's module and of the module that defines the
-    callable (a package's ``__init__`` may re-export it from another file), when they are imported; None
-    otherwise. Never imports anything."""
-    if ":" not in arch:
+def _module_file(source: str) -> str | None:
+    """The source file of the module of ``pkg.module:callable`` when it is imported and is a file; else None."""
+    if ":" not in source:
         return None
+    module = sys.modules.get(source.split(":", 1)[0])
+    file = getattr(module, "__file__", None)
+    return str(file) if isinstance(file, str) and Path(file).is_file() else None
+
+
+def _arch_files(arch: str) -> list[str]:
+    """The files of the architecture's module and of the module that defines the callable (a package's
+    ``__init__`` may re-export it from another file), when they are imported and are files; sorted."""
+    if ":" not in arch:
+        return []
     module_name, _, rest = arch.partition(":")
     module = sys.modules.get(module_name)
     factory = getattr(module, rest.split(" ", 1)[0].split(".", 1)[0], None)
-    defining = sys.modules.get(getattr(factory, "__module__", "") or "")
-    found = local_code_files([m for m in (module, defining) if m is not None])
-    return f"sha256:{_files_digest(found)}" if found else None
+    defining_name = getattr(factory, "__module__", None)
+    defining = sys.modules.get(defining_name) if isinstance(defining_name, str) else None
+    files = [getattr(m, "__file__", None) for m in (module, defining)]
+    return sorted({f for f in files if isinstance(f, str) and Path(f).is_file()})
 
 
 def _files_digest(files: Iterable[str]) -> str:
+    """SHA-256 over the files' own SHA-256s, in the order given (the one-file case: that file's digest hashed)."""
     digest = hashlib.sha256()
     for f in files:
         digest.update(file_sha256(f).encode())
     return digest.hexdigest()
 
 
-# Modules a factory's code reaches through its globals: at most this many files are hashed.
+# At most this many files of the user's are read and hashed for one module's imports.
 _MAX_LOCAL_FILES = 200
 
 
-def local_code_files(modules: Iterable[ModuleType]) -> list[str]:
-    """The source files of ``modules`` and of the user's own modules they use, sorted: every module reached
-    through their globals (a module imported by name, or the module a function or class imported from it is
-    defined in; then theirs, in turn) whose file lies in the folder the first of ``modules`` is imported from
-    (``/x`` for ``/x/nets.py`` or ``/x/pkg/nets.py`` as ``pkg.nets``), outside installed packages (site-packages,
-    the interpreter's prefix) and sparsekit. A factory whose layer comes from a helper module beside it builds
-    another model when that helper changes (a ReLU made a Tanh), which hashing the factory's file alone missed.
-    Reads only what is imported already: never imports anything. Deterministic for the same code: what is
-    reached does not depend on what else was imported, or when."""
-    given = [m for m in modules if getattr(m, "__file__", None)]
+def local_imports(files: Sequence[str]) -> list[str]:
+    """The user's own modules that the Python files ``files`` import, directly or through each other, sorted,
+    ``files`` themselves left out: every ``import`` and ``from ... import`` statement in them (anywhere: a
+    function's too), relative ones included, whose module is a ``.py`` file (or a package's ``__init__.py``)
+    in the folder the first file is imported from, outside installed packages (site-packages, the
+    interpreter's prefix) and sparsekit; then theirs, in turn, up to :data:`_MAX_LOCAL_FILES`.
+
+    Read from the source, not from what is imported: the same files give the same list whatever was imported
+    before, or when. Never imports or runs anything. The folder the first file is imported from is found by
+    its module name in ``sys.modules`` (``/x`` for ``/x/nets.py``, or ``/x/pkg/nets.py`` as ``pkg.nets``);
+    without one, its own folder."""
+    given = [str(Path(f).resolve()) for f in files if f and Path(f).is_file()]
     if not given:
         return []
     root = _import_root(given[0])
-    # (the interpreter's prefixes hold a virtual environment the project folder may contain; sparsekit's own
-    # package may lie in it too, as in a clone of the repository)
     skip = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
     skip = [s for s in [*skip, Path(__file__).resolve().parent] if not root.is_relative_to(s)]
 
-    def local(file: str) -> bool:
-        path = Path(file).resolve()
+    def local(path: Path) -> bool:
         return (
             path.is_file()
             and path.is_relative_to(root)
@@ -151,32 +166,77 @@ def local_code_files(modules: Iterable[ModuleType]) -> list[str]:
             and not any(path.is_relative_to(s) for s in skip)
         )
 
-    seen: dict[str, str] = {m.__name__: str(m.__file__) for m in given}
-    todo = list(given)
-    while todo and len(seen) < _MAX_LOCAL_FILES:
-        module = todo.pop()
-        for value in list(vars(module).values()):
-            if isinstance(value, ModuleType):
-                dep: ModuleType | None = value
-            elif isinstance(value, FunctionType | type):
-                dep = sys.modules.get(getattr(value, "__module__", None) or "")
-            else:
-                continue
-            if dep is None or dep.__name__ in seen:
-                continue
-            file = getattr(dep, "__file__", None)
-            if file and local(file):
-                seen[dep.__name__] = str(file)
+    def resolve(name: str) -> Path | None:
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            return None
+        base = root.joinpath(*name.split("."))
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if local(candidate.resolve()):
+                return candidate.resolve()
+        return None
+
+    seen = set(given)
+    found: list[str] = []
+    todo = [Path(f) for f in given]
+    while todo and len(found) < _MAX_LOCAL_FILES:
+        path = todo.pop()
+        for name in _imported_names(path, root):
+            dep = resolve(name)
+            if dep is not None and str(dep) not in seen and len(found) < _MAX_LOCAL_FILES:
+                seen.add(str(dep))
+                found.append(str(dep))
                 todo.append(dep)
-    return sorted(set(seen.values()))
+    return sorted(found)
 
 
-def _import_root(module: ModuleType) -> Path:
-    """The folder ``module`` is imported from: its file's folder, one level up per dot in its name (and one more
-    for a package's ``__init__.py``)."""
-    path = Path(str(module.__file__)).resolve()
-    levels = module.__name__.count(".") + (1 if path.name == "__init__.py" else 0)
-    return path.parents[levels] if levels < len(path.parents) else path.parent
+def _imported_names(path: Path, root: Path) -> list[str]:
+    """Every module name the file's import statements name (``a.b`` for ``import a.b``: ``a`` and ``a.b``; for
+    ``from a import b``: ``a`` and ``a.b``, which is a module or a name in ``a``), relative ones made absolute
+    by the file's place under ``root``. A file Python cannot parse names none."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    rel = path.relative_to(root).with_suffix("").parts
+    package = list(rel[:-1]) if rel[-1] != "__init__" else list(rel[:-1])
+    names: list[str] = []
+
+    def with_parents(name: str) -> None:
+        parts = name.split(".")
+        names.extend(".".join(parts[: i + 1]) for i in range(len(parts)))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                with_parents(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                up = node.level - 1
+                if up > len(package):
+                    continue
+                base = package[: len(package) - up]
+                module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            else:
+                module = node.module or ""
+            if module:
+                with_parents(module)
+            for alias in node.names:
+                if alias.name != "*":
+                    names.append(f"{module}.{alias.name}" if module else alias.name)
+    return names
+
+
+def _import_root(file: str) -> Path:
+    """The folder ``file`` is imported from: its module's name in ``sys.modules`` tells how many folders up (one
+    per dot, one more for a package's ``__init__.py``); a file no imported module has: its own folder."""
+    path = Path(file).resolve()
+    for name, module in list(sys.modules.items()):
+        mfile = getattr(module, "__file__", None)
+        if isinstance(mfile, str) and mfile and Path(mfile).resolve() == path:
+            levels = name.count(".") + (1 if path.name == "__init__.py" else 0)
+            if levels < len(path.parents):
+                return path.parents[levels]
+    return path.parent
 
 
 def recipe_record(recipe: Mapping[str, Any], device_type: str) -> dict[str, Any]:

@@ -1088,6 +1088,40 @@ def test_dead_channels_with_a_bias_into_zero_padded_or_transposed_convs_are_remo
     torch.testing.assert_close(final.eval()(probe), expected, rtol=1e-4, atol=1e-5)
 
 
+class _ShapeOnlyFromItsInput(nn.Module):
+    """Takes [N, 1, 8, 8] only (it unpacks four dims), so no input shape can be guessed for a trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return self.fc2(torch.relu(self.fc1(x.reshape(b, -1))))
+
+
+def test_without_a_trace_no_dead_units_bias_is_held_as_nothing_will_be_removed():
+    """Without an input shape the model traces on, finalize removes nothing and the head is not known: holding the
+    dead units' biases at 0 (the head's too) changed the model for a removal that never came."""
+    torch.manual_seed(0)
+    model = _ShapeOnlyFromItsInput()
+    with torch.no_grad():
+        model.fc2.bias.fill_(0.3)
+    entry = {"method": "l1", "mode": "proximal", "group": "row", "strength": 0.5, "layers": {"include": ["fc1", "fc2"]},
+             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+    pruner = sparsekit.Pruner(model, sparsekit.Recipe(finetune={"epochs": 1}, pruning=[entry]), steps_per_epoch=30)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        opt.zero_grad()
+        (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
+        opt.step()
+        pruner.step()
+    dead = (model.fc2.weight == 0).all(dim=1)
+    assert int(dead.sum()) > 0
+    assert bool((model.fc2.bias[dead] != 0).all())
+
+
 class _AddThenPlainNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -31,7 +31,7 @@ from sparsekit.provenance import (
 MLP = ("--arch", "examples.models:mlp")
 
 
-ARCH_CHANGED = r"the architecture's code \(its module and the modules of yours it uses\) differs"
+ARCH_CHANGED = r"the architecture's code \(its module's file\) differs"
 
 
 def run(*args):
@@ -313,40 +313,66 @@ def test_a_change_accepted_by_a_resume_that_stopped_is_still_in_the_report(inter
     assert any("finetune.epochs 2 -> 3" in n for n in report["notes"]), report["notes"]  # the note was lost
 
 
-def test_the_code_of_the_users_modules_the_factory_uses_is_compared_too(tmp_path, monkeypatch):
-    # nets.py says `from act_helper_for_resume import act` and `import blocks_helper_for_resume`: a ReLU made a
-    # Tanh in either helper builds another model, which hashing nets.py alone missed (the resume went on).
+def test_the_code_of_the_users_modules_the_factory_imports_is_compared_too(tmp_path, monkeypatch):
+    # nets.py imports helpers beside it (`from act_helper import act`, `import blocks_helper`, a package's module):
+    # a ReLU made a Tanh in a helper builds another model, which hashing nets.py alone missed (the resume went on).
     import importlib
 
     (tmp_path / "act_helper_for_resume.py").write_text("def act():\n    return 'relu'\n")
     (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 8\n")
     (tmp_path / "unused_helper_for_resume.py").write_text("X = 1\n")  # imported elsewhere, not by the factory
+    pkg = tmp_path / "helper_pkg_for_resume"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("DEPTH = 2\n")
+    (pkg / "data.py").write_text("ROWS = 3\n")  # a sibling the factory does not import
     (tmp_path / "nets_using_helpers_for_resume.py").write_text(
-        "import blocks_helper_for_resume\nfrom act_helper_for_resume import act\nimport torch\n\n"
-        "def build():\n    return act(), blocks_helper_for_resume.WIDTH\n"
+        "import blocks_helper_for_resume\nimport helper_pkg_for_resume.layers\nimport torch\n\n"
+        "def build():\n    from act_helper_for_resume import act  # (imported where it is used)\n"
+        "    return act(), blocks_helper_for_resume.WIDTH, helper_pkg_for_resume.layers.DEPTH\n"
     )
     (tmp_path / "data_using_helpers_for_resume.py").write_text(
         "from act_helper_for_resume import act\n\ndef loaders():\n    return act()\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("unused_helper_for_resume", "nets_using_helpers_for_resume", "data_using_helpers_for_resume"):
+    for name in ("nets_using_helpers_for_resume", "data_using_helpers_for_resume"):
         importlib.import_module(name)
     arch, data = "nets_using_helpers_for_resume:build {}", "data_using_helpers_for_resume:loaders"
-
-    def now():
-        for name in ("act_helper_for_resume", "blocks_helper_for_resume", "unused_helper_for_resume"):
-            importlib.reload(importlib.import_module(name))
-        return provenance({}, arch=arch, data=data)
-
-    saved = now()
-    assert check_resume(saved, now()) == {}
+    saved = provenance({}, arch=arch, data=data)
+    assert {"arch_code", "arch_deps", "data", "data_deps"} <= set(saved)
+    # What else was imported, and when, changes nothing: the imports are read from the files.
+    importlib.import_module("unused_helper_for_resume")
+    importlib.import_module("helper_pkg_for_resume.data")
+    assert check_resume(saved, provenance({}, arch=arch, data=data)) == {}
     (tmp_path / "unused_helper_for_resume.py").write_text("X = 2\n")
-    assert check_resume(saved, now()) == {}  # a module the factory does not use
-    (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 16\n")
-    with pytest.raises(SparsekitError, match=ARCH_CHANGED):
-        check_resume(saved, now())
-    (tmp_path / "blocks_helper_for_resume.py").write_text("WIDTH = 8\n")
-    assert check_resume(saved, now()) == {}
+    (pkg / "data.py").write_text("ROWS = 4\n")
+    assert check_resume(saved, provenance({}, arch=arch, data=data)) == {}  # modules the factory does not import
+    for path, edited in (
+        (pkg / "layers.py", "DEPTH = 3\n"),
+        (tmp_path / "blocks_helper_for_resume.py", "WIDTH = 16\n"),
+    ):
+        before = path.read_text()
+        path.write_text(edited)
+        with pytest.raises(SparsekitError, match="the code of the modules of yours the architecture imports differs"):
+            check_resume(saved, provenance({}, arch=arch, data=data))
+        path.write_text(before)
+    assert check_resume(saved, provenance({}, arch=arch, data=data)) == {}
     (tmp_path / "act_helper_for_resume.py").write_text("def act():\n    return 'tanh'\n")
-    with pytest.raises(SparsekitError, match=r"the architecture's code .* differs(.|\n)*the data source differs"):
-        check_resume(saved, now())
+    with pytest.raises(SparsekitError, match=r"architecture imports differs(.|\n)*data callable imports differs"):
+        check_resume(saved, provenance({}, arch=arch, data=data))
+    # A checkpoint from before the helpers were compared: resumed while the factory's own file is the same.
+    old = {k: v for k, v in saved.items() if k not in ("arch_deps", "data_deps")}
+    assert check_resume(old, provenance({}, arch=arch, data=data)) == {}
+
+
+def test_an_architecture_imported_from_a_zip_file_has_no_code_to_compare(tmp_path, monkeypatch):
+    # The helpers' search put the zip member's path (m.zip/zipnets.py) in the hash: "Not a directory", exit 2.
+    import importlib
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as z:
+        z.writestr("zipnets_for_resume.py", "import json\n\ndef build():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "m.zip"))
+    importlib.import_module("zipnets_for_resume")
+    saved = provenance({}, arch="zipnets_for_resume:build {}", data="zipnets_for_resume:build")
+    assert "arch_code" not in saved and "arch_deps" not in saved and "data_deps" not in saved

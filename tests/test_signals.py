@@ -91,6 +91,17 @@ def test_the_pipe_tolerant_streams_keep_unbuffered_output_unbuffered():
         assert out.stdout.strip() == want, out.stderr
 
 
+def test_a_signal_at_start_up_on_another_torchrun_rank_prints_no_json_document():
+    # Every rank printed the JSON document (rank 0's is the command's), and its line did not say which rank it was
+    code = (
+        "import os, signal, sys, time; os.environ.update(RANK='1', WORLD_SIZE='2'); "
+        "sys.orig_argv = [sys.executable, '-m', 'sparsekit', 'prune']; sys.argv = ['sparsekit', 'prune', '--json']; "
+        "import sparsekit; os.kill(os.getpid(), signal.SIGINT); time.sleep(5); print('not stopped')"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stderr, out.stdout) == (130, "rank 1: Interrupted.\n", "")
+
+
 def test_a_signal_right_after_a_message_went_out_does_not_print_it_again():
     # A SIGTERM that landed just after "epoch 2/6" was written (its exception raised before the write returned)
     # left the line in the stream's buffer, which wrote it again with the next message: printed twice.

@@ -340,6 +340,7 @@ class L1:
         # a dead unit's bias there and running mean are held at 0, so the unit emits exactly 0 in eval mode too.
         self._stat_modules: dict[str, list[tuple[_NormBase, nn.Module]]] = {}
         self._held: dict[str, nn.Module] = {}  # those norms by name (see rebind)
+        self._traced = False  # whether _couple traced the model: without it, heads and ties are not known
         if self.units:
             self._couple(model)
         self._modules = list(self._own.values())
@@ -448,6 +449,7 @@ class L1:
             graph = build_graph(model, shape)
         except Exception:  # noqa: BLE001 - a model the trace cannot follow: its units' groups are their weights
             return
+        self._traced = True
         names = {id(m): n for n, m in model.named_modules()}
         own = {id(m): n for n, m in self._own.items()}
         try:
@@ -1353,8 +1355,9 @@ class L1:
     def _bias_layers(self) -> list[int]:
         """The groups whose dead units' biases :meth:`_hold_biases` holds at 0: with ``remove_dead``, those of
         layers finalize may remove units from (not a kept head, not a layer in ``cannot_remove``) that have a
-        bias in the owner or a coupled member."""
-        if not (self.units and self.spec.remove_dead):
+        bias in the owner or a coupled member. None when the model was not traced on an input shape: finalize's
+        removal needs that trace too, and the heads and ties are not known without it."""
+        if not (self.units and self.spec.remove_dead and self._traced):
             return []
         return [
             i
