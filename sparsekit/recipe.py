@@ -1503,8 +1503,8 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
         return recipe
     if isinstance(recipe, str | os.PathLike):
         return load_recipe(os.fspath(recipe), trainer=trainer)
-    if isinstance(recipe, dict):
-        return validate_recipe(recipe, "recipe (a dict)", trainer=trainer)
+    if isinstance(recipe, Mapping):
+        return validate_recipe(dict(recipe), "recipe (a dict)", trainer=trainer)
     raise TypeError(
         f"recipe must be a sparsekit.Recipe, a dict, a recipe file or a shipped recipe's name, not "
         f"{type(recipe).__name__}"

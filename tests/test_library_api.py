@@ -230,5 +230,7 @@ def test_load_recipe_and_finetune_take_a_dict_as_the_pruner_does():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
-    model, history, pruner = sparsekit.finetune(model, data, batches, batches[:1], progress=False)
+    from types import MappingProxyType
+
+    model, history, pruner = sparsekit.finetune(model, MappingProxyType(data), batches, batches[:1], progress=False)
     assert len(history) == 1 and pruner.recipe.pruning[0].sparsity == 0.5
