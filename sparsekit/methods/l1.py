@@ -639,6 +639,19 @@ class L1:
             parts.append(bns if mask is None else bns * unit_view(mask, module).any(dim=1, keepdim=True))
         return torch.linalg.vector_norm(torch.cat(parts, dim=1), dim=1, dtype=dtype)
 
+    def _cover(self, i: int) -> _UnitCover | None:
+        """Group ``i``'s units its owner's mask still has any weight of (cached until the mask changes); None
+        while the owner has no mask."""
+        module = self._modules[i]
+        mask = get_mask(module)
+        if mask is None:
+            return None
+        name = self._names[i]
+        cover = self._covers.get(name)
+        if cover is None or not cover.holds(mask):
+            cover = self._covers[name] = _UnitCover(mask, module)
+        return cover
+
     @torch.no_grad()
     def _zero_batchnorms(self, scale: dict[int, torch.Tensor] | None = None) -> None:
         """Scale each paired BatchNorm's ``gamma`` and ``beta`` per unit by ``scale[i]`` (the block
@@ -657,14 +670,9 @@ class L1:
                     continue
                 keep = scale[i]
             else:
-                module = self._modules[i]
-                mask = get_mask(module)
-                if mask is None:
+                cover = self._cover(i)
+                if cover is None:
                     continue
-                name = self._names[i]
-                cover = self._covers.get(name)
-                if cover is None or not cover.holds(mask):
-                    cover = self._covers[name] = _UnitCover(mask, module)
                 if bool(cover.alive_units.all()):
                     continue
                 keep = cover.alive_units
@@ -935,16 +943,7 @@ class L1:
         """Per unit of every layer in order (``[sum of units]``, bool): whether its mask still holds any weight of
         it; None when no layer has a mask. ``counts``: each layer's units now (another entry may have removed some).
         Rebuilt only when a mask or a count changed (:class:`_UnitCover`)."""
-        covers: list[_UnitCover | None] = []
-        for name, module in zip(self._names, self._modules, strict=True):
-            mask = get_mask(module)
-            if mask is None:
-                covers.append(None)
-                continue
-            cover = self._covers.get(name)
-            if cover is None or not cover.holds(mask):
-                cover = self._covers[name] = _UnitCover(mask, module)
-            covers.append(cover)
+        covers = [self._cover(i) for i in range(len(self._modules))]
         if all(c is None for c in covers):
             return None
         known = self._alive
@@ -1048,9 +1047,8 @@ class L1:
         norms = self._unit_norms(i, w, dtype)
         mask = get_mask(module)
         if mask is not None:
-            cover = self._covers.get(name)
-            if cover is None or not cover.holds(mask):
-                cover = self._covers[name] = _UnitCover(mask, module)
+            cover = self._cover(i)
+            assert cover is not None  # (the same mask)
             was = cover.alive_units
             norms = norms * was  # a masked unit is dead whatever the optimizer step did to it
         else:
@@ -1377,17 +1375,10 @@ class L1:
         bias when the unit dies is what removing the unit then does; the rest of training adapts to it, and
         finalize's removal leaves the outputs unchanged. One dict lookup per layer a step while nothing died."""
         for i in self._bias_held:
-            module = self._modules[i]
-            mask = get_mask(module)
-            if mask is None:
+            cover = self._cover(i)
+            if cover is None or not cover.any_dead:
                 continue
-            name = self._names[i]
-            cover = self._covers.get(name)
-            if cover is None or not cover.holds(mask):
-                cover = self._covers[name] = _UnitCover(mask, module)
-            if not cover.any_dead:
-                continue
-            for m in (module, *self._members[i]):
+            for m in (self._modules[i], *self._members[i]):
                 bias = getattr(m, "bias", None)
                 if isinstance(bias, torch.Tensor) and bias.shape == cover.dead_units.shape:
                     bias.masked_fill_(cover.dead_units.to(bias.device), 0.0)
