@@ -39,6 +39,29 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def prune_mlp(tmp_path, hidden, steps, pruning, *flags, zero_fc1=0.0):
+    """``prune`` of an untrained digits MLP (``hidden`` units; fc1 ``zero_fc1`` zero) with ``pruning`` (YAML) for
+    ``steps`` steps of one epoch, no benchmark: the result and report.json (None when it failed)."""
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    kwargs = {"in_features": 64, "hidden": list(hidden)}
+    model = mlp(**kwargs)
+    with torch.no_grad():
+        model.fc1.weight.mul_(torch.rand_like(model.fc1.weight) >= zero_fc1)
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(model, path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"version: 1\ndata: {{source: digits}}\nfinetune: {{epochs: 1, max_steps_per_epoch: {steps}}}\n"
+        f"pruning:\n{pruning}benchmark: {{enabled: false}}\n"
+    )
+    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", *flags, *FAST)
+    out = tmp_path / "o" / "report.json"
+    return result, json.loads(out.read_text()) if out.is_file() else None
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The two recipes run once each on a digits MLP (shared by the tests below)."""
@@ -119,25 +142,9 @@ def test_a_sparsity_off_beyond_tolerance_is_a_miss_and_within_it_is_not(runs):
 def test_more_zeros_than_asked_is_no_miss_when_the_model_came_with_them(tmp_path):
     # fc1 comes 90% zero; magnitude 0.8 per layer over fc1 and fc2 ends fc1 above 0.8 (its zeros were there,
     # and the ones training leaves alone stay): the entry placed no zero past what it asked. --strict passes.
-    import sparsekit
-    from examples.models import mlp
-
-    torch.manual_seed(0)
-    kwargs = {"in_features": 64, "hidden": [64, 32]}
-    model = mlp(**kwargs)
-    with torch.no_grad():
-        model.fc1.weight.mul_(torch.rand_like(model.fc1.weight) > 0.9)
-    path = tmp_path / "mlp.pt"
-    sparsekit.save_model(model, path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 2}\n"
-        "pruning: [{method: magnitude, sparsity: 0.8, scope: layer, layers: {include: [fc1, fc2]}}]\n"
-        "benchmark: {enabled: false}\n"
-    )
-    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", "--strict", *FAST)
+    pruning = "  - {method: magnitude, sparsity: 0.8, scope: layer, layers: {include: [fc1, fc2]}}\n"
+    result, report = prune_mlp(tmp_path, [64, 32], 2, pruning, "--strict", zero_fc1=0.9)
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
     (check,) = [t for t in report["summary"]["targets"] if t["target"] == "sparsity"]
     assert check["met"] and check["achieved"] > check["asked"] + check["tolerance"]  # past 0.8, and not a miss
 
@@ -212,23 +219,12 @@ def test_an_l1_unit_target_at_the_nearest_whole_count_is_met(tmp_path):
     """L1 settles a unit target on the nearest whole count: 0.25 of 33 units is 8 (0.242). The report judged
     it with 0.005 alone, a miss (exit 2 under --strict) where the Python report said met; the l1 entry now
     carries its tolerance, half a unit more."""
-    import sparsekit
-    from examples.models import mlp
-
-    torch.manual_seed(0)
-    kwargs = {"in_features": 64, "hidden": [33]}
-    path = tmp_path / "mlp.pt"
-    sparsekit.save_model(mlp(**kwargs), path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 8}\n"
-        "pruning: [{method: l1, group: row, strength: 0.001, target: 0.25, layers: {include: [fc1]},\n"
-        "  schedule: {start_epoch: 0, end_epoch: 1}}]\n"
-        "benchmark: {enabled: false}\n"
+    pruning = (
+        "  - {method: l1, group: row, strength: 0.001, target: 0.25, layers: {include: [fc1]},\n"
+        "     schedule: {start_epoch: 0, end_epoch: 1}}\n"
     )
-    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", "--strict", *FAST)
+    result, report = prune_mlp(tmp_path, [33], 8, pruning, "--strict")
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "o" / "report.json").read_text())
     (check,) = [t for t in report["summary"]["targets"] if t["target"] == "target"]
     assert check["met"] and check["achieved"] == pytest.approx(8 / 33)
     assert check["tolerance"] == pytest.approx(0.5 / 33 + 0.005)
@@ -236,23 +232,13 @@ def test_an_l1_unit_target_at_the_nearest_whole_count_is_met(tmp_path):
 
 def test_a_layer_two_entries_select_lists_the_other_entrys_aim(tmp_path):
     # The row showed the first entry alone (the methods section had both).
-    import sparsekit
-    from examples.models import mlp
-
-    torch.manual_seed(0)
-    kwargs = {"in_features": 64, "hidden": [32, 16]}
-    path = tmp_path / "mlp.pt"
-    sparsekit.save_model(mlp(**kwargs), path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 4}\n"
-        "pruning:\n  - {method: l1, strength: 0.001, mode: proximal, layers: {include: [fc1]}}\n"
+    pruning = (
+        "  - {method: l1, strength: 0.001, mode: proximal, layers: {include: [fc1]}}\n"
         "  - {method: magnitude, sparsity: 0.5, scope: layer, schedule: oneshot, layers: {include: [fc1, fc2]}}\n"
-        "benchmark: {enabled: false}\n"
     )
-    result = run("prune", path, *MLP, recipe, "-o", tmp_path / "o", *FAST)
+    result, report = prune_mlp(tmp_path, [32, 16], 4, pruning)
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads((tmp_path / "o" / "report.json").read_text())["layers"]}
+    rows = {r["name"]: r for r in report["layers"]}
     # fc1: magnitude states a per-layer sparsity, so it is the row's; l1 (entry 0, lambda shared: none) the other
     assert (rows["fc1"]["entry"], rows["fc1"]["measure"], rows["fc1"]["asked"]) == (1, "weights zero", 0.5)
     assert rows["fc1"]["achieved"] >= 0.5 - 0.01
