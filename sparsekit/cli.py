@@ -124,8 +124,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             # user; sparsekit's own advice goes through logging. --debug shows them all.
             warnings.filterwarnings("ignore")
         first_interruption(reset=True)
+        took_over = False
         try:
-            _take_over_signals()  # (inside the try: a Ctrl-C right after it is this command's to report)
+            took_over = _take_over_signals()  # (inside the try: a Ctrl-C right after it is this command's to report)
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
@@ -199,21 +200,39 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 traceback.print_exc()
             _fail(f"user code raised {one_line(err)}, which only Python itself should raise; fix that code", 2, as_json)
+        finally:
+            if took_over:  # the command is over: a Ctrl-C on the way out must not turn its exit into click's "Aborted!"
+                _ignore_signals()
 
     return wrapper
 
 
-def _take_over_signals() -> None:
+def _take_over_signals() -> bool:
     """From the start-up handlers of the ``sparsekit`` command (one line and an exit, see sparsekit/__init__.py)
     to the command's own: Ctrl-C raises KeyboardInterrupt and SIGTERM :class:`~sparsekit.errors.Terminated`,
-    which :func:`handle_errors` turns into its message. Handlers set by anyone else stay theirs."""
+    which :func:`handle_errors` turns into its message. Handlers set by anyone else stay theirs (a program that
+    runs the CLI in-process). Whether the start-up handlers were there."""
     from . import _interrupted_at_start, _terminate, _terminated_at_start
 
+    took = False
     with contextlib.suppress(ValueError):  # not the main thread
         if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            took = True
         if signal.getsignal(signal.SIGTERM) is _terminated_at_start:
             signal.signal(signal.SIGTERM, _terminate)
+            took = True
+    return took
+
+
+def _ignore_signals() -> None:
+    """Ctrl-C and the command's SIGTERM handler off (as sparsekit.__main__ does once ``main`` returns)."""
+    from . import _terminate
+
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if signal.getsignal(signal.SIGTERM) is _terminate:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:

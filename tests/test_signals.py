@@ -173,6 +173,21 @@ def test_the_command_hands_ctrl_c_back_to_python_once_its_code_is_loaded():
     assert (out.returncode, out.stdout.strip()) == (0, "True True True"), out.stderr
 
 
+def test_once_the_command_returns_a_ctrl_c_cannot_turn_its_exit_into_clicks_aborted():
+    # Between the command's return and the end of the process click still runs: a Ctrl-C there was "Aborted!" and
+    # exit 1 after a finished run. The command's wrapper turns the signals off as it leaves.
+    code = (
+        "import signal, sys; sys.orig_argv = [sys.executable, '-m', 'sparsekit', 'probe']; "
+        "import sparsekit, sparsekit.cli as cli; signal.signal(signal.SIGTERM, sparsekit._terminated_at_start); "
+        "seen = []; cli.handle_errors(lambda: seen.extend([signal.getsignal(signal.SIGINT), "
+        "signal.getsignal(signal.SIGTERM)]))(); "
+        "print(seen[0] is signal.default_int_handler, seen[1] is sparsekit._terminate, "
+        "signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)"
+    )
+    out = _python(code)
+    assert (out.returncode, out.stdout.strip()) == (0, "True True True True"), out.stderr
+
+
 @pytest.mark.parametrize(
     ("sig", "message", "code"), [("SIGINT", "Interrupted.", 130), ("SIGTERM", "Terminated (SIGTERM).", 143)]
 )
