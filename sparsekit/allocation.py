@@ -27,7 +27,8 @@ pruning costs at least as much as the previous one). Then:
   (:func:`sparsekit.tp_adapter.alignment`: 16 by default, 8 in groups of 16-31 channels, any count in
   narrower ones): exact counts can run slower than dense in onnxruntime (see :func:`latency_align`).
   ``round_to: null`` removes channel by channel, and so does the fallback when whole blocks cannot reach
-  ``m`` or land more than :data:`MACS_ALIGN_SLACK` under it (the entry's ``note`` says so).
+  ``m``, land more than :data:`MACS_ALIGN_SLACK` under it or above it by more than :data:`MACS_OVER_TOLERANCE`
+  (the entry's ``note`` says so).
 - ``ratio: auto, target_latency: l``: onnxruntime latency is measured, not predicted: the dense model
   and a uniform sweep (every group at 25%, 50%, 75% of its channels removed) are exported (TorchScript
   exporter) and timed together (:func:`sparsekit.onnx.benchmark`, the recipe's largest benchmark batch
@@ -65,6 +66,7 @@ from .layers import select_layers
 from .masks import layer_cap, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, ScheduleSpec, StructuredSpec
+from .report import MACS_OVER_TOLERANCE
 from .sensitivity import (
     Kind,
     LayerSensitivity,
@@ -460,8 +462,9 @@ def _allocate_macs(
 ) -> EntryAllocation:
     """``target_macs``: kept counts aligned as a ``ratio`` entry's are (``round_to``, default 16: exact counts
     can run slower than dense in onnxruntime, see :func:`latency_align`). Channel by channel instead, with a
-    ``note`` saying so, when whole blocks cannot reach the target (narrow groups, ``min_channels``) or land
-    more than :data:`MACS_ALIGN_SLACK` under it (a few narrow groups have only coarse steps)."""
+    ``note`` saying so, when whole blocks cannot reach the target (narrow groups, ``min_channels``), land
+    more than :data:`MACS_ALIGN_SLACK` under it (a few narrow groups have only coarse steps) or above it by more
+    than the report's tolerance (:data:`MACS_OVER_TOLERANCE`)."""
     aim = float(spec.target_macs or 0.0)
     round_to = spec.round_to if spec.round_to and spec.round_to > 1 else None
     note = None
@@ -469,7 +472,13 @@ def _allocate_macs(
         allocated, ratios, predicted, uniform, reached = _allocate_structured(
             model, spec, index, table, shape, aim, done, "target_macs", round_to=round_to
         )
-        coarse = f"would reach MACs {reached:.3f}" if reached < aim - MACS_ALIGN_SLACK else None
+        coarse = (
+            f"would reach MACs {reached:.3f}"
+            if reached < aim - MACS_ALIGN_SLACK
+            else f"would reach MACs {reached:.3f}, above it"  # (units coupled across layers move in larger steps)
+            if reached > aim * (1 + MACS_OVER_TOLERANCE)
+            else None
+        )
     except TargetError:
         if round_to is None:
             raise

@@ -500,3 +500,25 @@ def test_an_allocation_predicted_worse_than_uniform_says_why(monkeypatch, round_
     assert ("round_to: null" in info.note) == bool(round_to)
     monkeypatch.setattr(alloc, "_allocate_structured", lambda *a, **k: (fake, {"fc1": 0.5}, 0.300, 0.376, 0.499))
     assert alloc._allocate_macs(model, spec, 0, None, [1, 64], []).note is None  # better than uniform: no note
+
+
+def test_auto_macs_uses_exact_counts_when_whole_blocks_land_above_the_target(monkeypatch):
+    # A U-Net's coupled units moved in large steps: whole blocks reached MACs 0.511 for target_macs 0.5, a miss
+    # by the report's own check (2%), with no note; exact counts reached 0.498.
+    model = mlp(in_features=64, hidden=[64, 32])
+    spec = validate_recipe({"pruning": [{"method": "structured", "ratio": "auto", "target_macs": 0.5}]}).pruning[0]
+    fake = spec.model_copy(update={"ratio": 0.5, "target_macs": None, "scope": "layer", "layer_ratio": {"fc1": 0.5}})
+    calls = []
+
+    def allocate(*args, round_to=None, **kwargs):
+        calls.append(round_to)
+        return fake, {"fc1": 0.5}, 0.3, 0.4, 0.511 if round_to else 0.498
+
+    monkeypatch.setattr(alloc, "_allocate_structured", allocate)
+    info = alloc._allocate_macs(model, spec, 0, None, [1, 64], [])
+    assert calls == [16, None] and info.reached == {"macs": 0.498}
+    assert info.note and "would reach MACs 0.511, above it (target_macs 0.5): exact channel counts" in info.note
+    calls.clear()
+    monkeypatch.setattr(alloc, "_allocate_structured", lambda *a, round_to=None, **k: (calls.append(round_to) or
+                        (fake, {"fc1": 0.5}, 0.3, 0.4, 0.509)))  # fmt: skip
+    assert alloc._allocate_macs(model, spec, 0, None, [1, 64], []).note is None and calls == [16]  # within 2%
