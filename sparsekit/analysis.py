@@ -94,6 +94,13 @@ def _with_source(recipe: Recipe, source: str) -> Recipe:
     return recipe.keep_origin(recipe.model_copy(update={"data": recipe.data.model_copy(update={"source": source})}))
 
 
+def _own_name(name: str) -> bool:
+    """Whether ``name`` is one of the analysis's files, or the temp file a killed write of one left behind."""
+    from .outputs import temp_target
+
+    return name in OUTPUT_FILES or temp_target(name) in OUTPUT_FILES
+
+
 def _ours(path: Path) -> bool:
     """Whether ``path`` is an output of an earlier ``sparsekit sensitivity`` (so ``overwrite`` may replace it):
     each kind of file carries its own mark."""
@@ -190,6 +197,14 @@ def run_sensitivity(
     )
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     foreign = [name for name in existing if not _ours(out / name)]
+    # A folder holding anything else is someone's: the analysis goes into its own folder, as a prune run does.
+    others = sorted(p.name for p in out.iterdir() if not _own_name(p.name)) if out.is_dir() else []
+    if others and not foreign:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise OutputError(
+            f"{out}: holds {shown}, which sparsekit sensitivity did not write; it writes only into a new or empty "
+            f"folder, or one holding an earlier analysis: choose another output folder ({option('output')})"
+        )
     if foreign:
         raise OutputError(
             f"{out}: holds {', '.join(foreign)}, which sparsekit sensitivity did not write; nothing there is "

@@ -72,6 +72,12 @@ def _is_temp(name: str) -> bool:
 _TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
+def temp_target(name: str) -> str | None:
+    """The file a sparsekit temp file named ``name`` (``.NAME.XXXXXXXX.tmp``) was to become, or None."""
+    match = _TEMP_RE.fullmatch(name)
+    return match.group(1) if match else None
+
+
 def remove_stale_temps(root: Path, ours: Callable[[str], bool] | None = None) -> list[str]:
     """Remove the temp files and folders sparsekit's atomic writes leave under ``root`` when a run is
     killed (SIGKILL, power loss) before it renames them; returns their paths relative to ``root``.

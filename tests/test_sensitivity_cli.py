@@ -91,6 +91,20 @@ def test_files_sparsekit_did_not_write_are_never_replaced(tmp_path, mlp_checkpoi
     assert (out / "sensitivity.md").read_text() == "my notes\n"
 
 
+def test_sensitivity_refuses_a_folder_holding_other_files(tmp_path, mlp_checkpoint, auto_recipe):
+    # It wrote its four files into any folder without them (a package's source folder, in a user's test).
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "train.py").write_text("print('mine')\n")
+    result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out)
+    assert_bad_input(result, "project: holds train.py, which sparsekit sensitivity did not write")
+    assert sorted(p.name for p in out.iterdir()) == ["train.py"]
+    # ... but not for the temp file a killed write of its own table left
+    (out / "train.py").unlink()
+    (out / ".sensitivity.json.ab12cd34.tmp").write_text("{")
+    assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out).exit_code == 0
+
+
 def test_prune_with_auto_allocates_per_layer_and_resume_reuses_it(tmp_path, mlp_checkpoint, auto_recipe, monkeypatch):
     out = tmp_path / "o"
     result = run("prune", mlp_checkpoint, auto_recipe, *MLP, "-o", out, *FAST)
