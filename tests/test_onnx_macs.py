@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 
@@ -55,3 +56,32 @@ def test_conv_transpose_macs_match_torch(tmp_path, groups):
     torch_macs = model_stats(model, [1, 2, 8, 8])["macs"]
     assert onnx_macs(tmp_path / "m.onnx")["macs"] == torch_macs
     assert torch_macs == 2 * 8 * 9 * 64 + 8 * (4 // groups) * 9 * 64 + 4 * 17 * 17 * 10
+
+
+def test_a_file_stored_with_sparse_initializers_keeps_its_macs(tmp_path):
+    # The dynamo exporter's graph (an upsampling's Shape -> Concat -> Resize) stored with a sparse initializer:
+    # onnx's shape inference stopped on it ("type case mismatch"), and every conv lost its MACs (24 of 165,912).
+    import torch.nn.functional as F
+
+    from sparsekit.onnx import export_onnx, onnx_macs, to_sparse_storage
+
+    class Up(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.interpolate(x, scale_factor=2)
+            return self.fc(self.c2(torch.relu(self.c1(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Up()
+    with torch.no_grad():
+        model.c2.weight.mul_(torch.rand_like(model.c2.weight) > 0.95)
+    export_onnx(model, tmp_path / "up.onnx", [1, 1, 8, 8], exporter="dynamo")
+    to_sparse_storage(tmp_path / "up.onnx", tmp_path / "sparse.onnx")
+    assert len(onnx.load(str(tmp_path / "sparse.onnx")).graph.sparse_initializer) >= 1
+    dense, sparse = onnx_macs(tmp_path / "up.onnx"), onnx_macs(tmp_path / "sparse.onnx")
+    assert sparse["macs"] == dense["macs"] == 16 * 16 * 8 * 9 + 16 * 16 * 8 * 8 * 9 + 8 * 3
+    assert sparse["effective_macs"] == dense["effective_macs"] < dense["macs"]

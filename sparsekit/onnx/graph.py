@@ -137,6 +137,7 @@ def _inferred_graph(model: onnx.ModelProto, dims: dict[str, list[int]], *, keep_
     in place of symbolic ones only (``keep_fixed``) or of all; None when inference fails."""
     clone = onnx.ModelProto()
     clone.CopyFrom(model)
+    _dense_for_inference(clone.graph)
     for inp in clone.graph.input:
         for d, value in zip(inp.type.tensor_type.shape.dim, dims.get(inp.name, []), strict=False):
             if not (keep_fixed and d.HasField("dim_value")):
@@ -151,6 +152,26 @@ def _inferred_graph(model: onnx.ModelProto, dims: dict[str, list[int]], *, keep_
             return shape_inference.infer_shapes(clone).graph
         except Exception:  # noqa: BLE001
             return None
+
+
+# Sparse initializers up to this many elements keep their values for shape inference (a shape computed from one).
+_SMALL_SPARSE = 1 << 16
+
+
+def _dense_for_inference(graph: onnx.GraphProto) -> None:
+    """Sparse initializers made dense ones, in place: onnx's shape inference stops on a sparse initializer next
+    to the tensor types it infers ("type case mismatch"), and every layer after it lost its shape and MACs (a
+    file stored with sparse initializers, as ``export.sparse_storage: auto`` writes). Large ones get their type
+    and dims only (no values: inference reads none of a weight's), small ones their values too."""
+    for sparse in list(graph.sparse_initializer):
+        tensor = onnx.TensorProto(name=sparse.values.name, data_type=sparse.values.data_type, dims=sparse.dims)
+        if math.prod(sparse.dims) <= _SMALL_SPARSE:
+            try:
+                tensor = numpy_helper.from_array(densify(sparse), sparse.values.name)
+            except Exception:  # noqa: BLE001 - values not loaded (external data): the type and dims serve
+                pass
+        graph.initializer.append(tensor)
+    del graph.sparse_initializer[:]
 
 
 def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
