@@ -10,6 +10,7 @@ to the integer weight; sparse initializers are densified.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -166,10 +167,8 @@ def _dense_for_inference(graph: onnx.GraphProto) -> None:
     for sparse in list(graph.sparse_initializer):
         tensor = onnx.TensorProto(name=sparse.values.name, data_type=sparse.values.data_type, dims=sparse.dims)
         if math.prod(sparse.dims) <= _SMALL_SPARSE:
-            try:
+            with contextlib.suppress(Exception):  # values not loaded (external data): the type and dims serve
                 tensor = numpy_helper.from_array(densify(sparse), sparse.values.name)
-            except Exception:  # noqa: BLE001 - values not loaded (external data): the type and dims serve
-                pass
         graph.initializer.append(tensor)
     del graph.sparse_initializer[:]
 
