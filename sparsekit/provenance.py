@@ -197,8 +197,9 @@ def _imported_names(path: Path, root: Path) -> list[str]:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except (OSError, SyntaxError, ValueError):
         return []
-    rel = path.relative_to(root).with_suffix("").parts
-    package = list(rel[:-1]) if rel[-1] != "__init__" else list(rel[:-1])
+    # The file's package, for relative imports: none for a file outside ``root`` (a factory re-exported from
+    # another folder on the import path), whose relative imports are then not followed.
+    package = list(path.relative_to(root).parts[:-1]) if path.is_relative_to(root) else None
     names: list[str] = []
 
     def with_parents(name: str) -> None:
@@ -212,7 +213,7 @@ def _imported_names(path: Path, root: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 up = node.level - 1
-                if up > len(package):
+                if package is None or up > len(package):
                     continue
                 base = package[: len(package) - up]
                 module = ".".join([*base, *(node.module.split(".") if node.module else [])])

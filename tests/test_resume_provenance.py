@@ -5,6 +5,7 @@ and only when the user accepts each one."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -376,3 +377,31 @@ def test_an_architecture_imported_from_a_zip_file_has_no_code_to_compare(tmp_pat
     importlib.import_module("zipnets_for_resume")
     saved = provenance({}, arch="zipnets_for_resume:build {}", data="zipnets_for_resume:build")
     assert "arch_code" not in saved and "arch_deps" not in saved and "data_deps" not in saved
+
+
+def test_a_factory_re_exported_from_another_folder_on_the_path_is_hashed(tmp_path, monkeypatch):
+    # `--arch here_nets:build` where here_nets.py says `from there_nets import build`, and there_nets.py lies in
+    # another folder on the import path: its relative position under the first folder was asked for (ValueError).
+    import importlib
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "there_nets_for_resume.py").write_text("from . import nothing\n\ndef build():\n    return 1\n")
+    (tmp_path / "a" / "here_nets_for_resume.py").write_text("from there_nets_for_resume import build\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "b"))
+    monkeypatch.syspath_prepend(str(tmp_path / "a"))
+    monkeypatch.setitem(sys.modules, "there_nets_for_resume", _module_from(tmp_path / "b" / "there_nets_for_resume.py"))
+    importlib.import_module("here_nets_for_resume")
+    saved = provenance({}, arch="here_nets_for_resume:build {}")
+    assert saved["arch_code"].startswith("sha256:") and "arch_deps" not in saved
+
+
+def _module_from(path):
+    """A module object for ``path`` whose code is ``build`` alone (its relative import is never run)."""
+    import types
+
+    module = types.ModuleType(path.stem)
+    module.__file__ = str(path)
+    exec("def build():\n    return 1\n", module.__dict__)
+    module.build.__module__ = path.stem
+    return module
