@@ -65,7 +65,7 @@ from .errors import TargetError
 from .layers import select_layers
 from .masks import layer_cap, weight_of
 from .methods.base import Setup
-from .recipe import GradientSpec, MagnitudeSpec, Recipe, ScheduleSpec, StructuredSpec
+from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .report import MACS_OVER_TOLERANCE
 from .sensitivity import (
     Kind,
@@ -673,7 +673,7 @@ def allocate_with_details(
     return recipe.keep_origin(new), details
 
 
-def allocate(model: nn.Module, recipe: Recipe, table: SensitivityTable, *, input_shape: Sequence[int]) -> Recipe:
+def allocate(model: nn.Module, recipe: RecipeLike, table: SensitivityTable, *, input_shape: Sequence[int]) -> Recipe:
     """A copy of ``recipe`` whose ``auto`` entries carry explicit per-layer values chosen from ``table`` (the
     algorithms are in the module doc); other entries are unchanged, and a recipe without ``auto`` comes back
     equal. ``model`` (not changed) must be the one ``table`` was measured on; ``input_shape`` batch first.
@@ -686,12 +686,12 @@ def allocate(model: nn.Module, recipe: Recipe, table: SensitivityTable, *, input
     Raises TargetError when the table lacks a layer the entry selects, or a target cannot be met (the caps,
     ``min_channels``, the largest analysed ratio, or onnxruntime's fixed costs for ``target_latency``).
     """
-    return allocate_with_details(model, recipe, table, input_shape=input_shape)[0]
+    return allocate_with_details(model, as_recipe(recipe), table, input_shape=input_shape)[0]
 
 
 def auto_allocate(
     model: nn.Module,
-    recipe: Recipe,
+    recipe: RecipeLike,
     val_loader: Iterable,
     *,
     input_shape: Sequence[int] | None = None,
@@ -703,6 +703,7 @@ def auto_allocate(
     """:func:`analyze` the ``auto`` entries of ``recipe`` only, then :func:`allocate`; returns the allocated
     recipe and the table. A recipe without ``auto`` entries is returned as it is, with None, and nothing is
     evaluated. Arguments and errors as for those two functions."""
+    recipe = as_recipe(recipe)
     wanted = auto_entries(recipe)
     if not wanted:
         return recipe, None

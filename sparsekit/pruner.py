@@ -50,6 +50,17 @@ def _may_restructure(method: methods.Method, step: int) -> bool:
     return True if due is None else bool(due(step))
 
 
+def _drop_spent_grads(model: nn.Module, held: list[nn.Parameter]) -> None:
+    """Set ``.grad`` to None on the parameters of ``model`` that are not in ``held`` (those channel removal just
+    created). torch-pruning slices a replaced parameter's gradient into the new one, but that gradient was this
+    step's, already applied: ``optimizer.zero_grad()`` cannot clear it (the optimizer still holds the old
+    objects), so a loop that zeroes after ``pruner.step()`` would add it to the next step's."""
+    ids = {id(p) for p in held}  # held alive by ``held``, so no new parameter can reuse one of these ids
+    for p in model.parameters():
+        if id(p) not in ids:
+            p.grad = None
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     # DistributedDataParallel / DataParallel keep the real model in .module.
     return getattr(model, "module", model)
@@ -395,8 +406,11 @@ class Pruner:
                 rates.override = float(lr)
         forget_applied()  # notes of masks applied by hooks hold within one step only
         step = self.step_count + 1
+        held: list[torch.nn.Parameter] = []
+        replaced = False
         if self._structural and any(_may_restructure(m, step) for m in self.methods):
             self._remember_params()  # the parameters an optimizer holds now, before any are replaced
+            held = list(self.model.parameters())
         self.step_count = step
         if self._needs_grad and self.average_grads and _distributed_active():
             _distributed.average_grads(self.model.parameters())
@@ -405,10 +419,13 @@ class Pruner:
                 changes = method.after_step(step)
                 if changes is not methods.UNCHANGED:
                     self._record(changes)
+                    replaced = replaced or changes.structure_changed
         finally:
             if lr is not None:
                 for rates in self._rates:
                     rates.override = None
+        if replaced and held:
+            _drop_spent_grads(self.model, held)
         if self._masks_possible:
             apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():

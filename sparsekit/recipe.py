@@ -1495,6 +1495,10 @@ def validate_recipe(
         raise RecipeError(format_validation_error(err, source, overrides)) from None
 
 
+RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike[str]
+"""What the Python API takes as a recipe: a :class:`Recipe`, a dict, a recipe file or a shipped recipe's name."""
+
+
 def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     """``recipe`` itself when a :class:`Recipe`; the recipe a file path or a shipped recipe's name names
     (:func:`load_recipe`), or a dict holds (:func:`validate_recipe`): RecipeError when invalid, naming the field.

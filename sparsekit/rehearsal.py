@@ -41,7 +41,7 @@ from . import tp_adapter as tpa
 from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner
-from .recipe import Recipe
+from .recipe import Recipe, RecipeLike, as_recipe
 
 __all__ = ["Rehearsal", "rehearse"]
 
@@ -79,7 +79,7 @@ class Rehearsal:
 
 def rehearse(
     model: nn.Module,
-    recipe: Recipe,
+    recipe: RecipeLike,
     input_shape: Sequence[int],
     steps_per_epoch: int,
     *,
@@ -95,6 +95,7 @@ def rehearse(
     be carried out on this architecture (and whatever building the Pruner raises, as a prune run
     would); never a torch-pruning exception. The global RNG state is left as it was."""
     start = time.perf_counter()
+    recipe = as_recipe(recipe)
     shape = [int(d) for d in input_shape]
     original = getattr(model, "module", model)  # DDP / DataParallel keep the model in .module
     with torch.random.fork_rng(devices=[]):

@@ -45,7 +45,7 @@ from .fsutil import atomic_path, write_text
 from .layers import num_units, prunable_layers, select_layers, unselected_layers
 from .masks import global_topk_masks, weight_of
 from .methods.base import Setup
-from .recipe import GradientSpec, MagnitudeSpec, Recipe, ScheduleSpec, StructuredSpec
+from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .stats import layer_macs
 from .train import evaluate
 
@@ -553,7 +553,7 @@ class _StructuredPlan:
 
 def analyze(
     model: nn.Module,
-    recipe: Recipe,
+    recipe: RecipeLike,
     val_loader: Iterable,
     *,
     grid: Mapping[str, Sequence[float]] | None = None,
@@ -584,6 +584,7 @@ def analyze(
     :class:`~sparsekit.errors.DataError` for bad batches (as :func:`~sparsekit.train.evaluate`);
     ValueError for a bad ``grid``.
     """
+    recipe = as_recipe(recipe)
     model = getattr(model, "module", model)
     grids = _grid(grid)
     shape = _shape(model, recipe, val_loader, input_shape)

@@ -285,6 +285,25 @@ def test_auto_allocate_without_auto_entries_evaluates_nothing(monkeypatch):
     assert alloc.auto_allocate(mlp(), recipe, [], input_shape=[1, 64]) == (recipe, None)
 
 
+def test_the_allocation_api_takes_a_recipe_as_a_dict_as_the_pruner_does():
+    # The Pruner's own ratio/sparsity: auto error points users to auto_allocate; it ended in AttributeError on a dict.
+    import torch
+
+    from sparsekit.rehearsal import rehearse
+
+    torch.manual_seed(0)
+    spec = {"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.5}]}
+    data = [(torch.randn(16, 64), torch.randint(0, 10, (16,))) for _ in range(2)]
+    allocated, table = alloc.auto_allocate(mlp(), spec, data, input_shape=[1, 64], grid={"unstructured": [0.5]})
+    assert table is not None and allocated.pruning[0].layer_sparsity
+    assert alloc.allocate(mlp(), spec, table, input_shape=[1, 64]) == allocated
+    assert sens.analyze(mlp(), spec, data, grid={"unstructured": [0.5]}, input_shape=[1, 64]).layers
+    plain = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    assert rehearse(mlp(), plain, [1, 64], 2, export=False).events == 0
+    with pytest.raises(RecipeError, match=r"pruning\[0\]\.sparsity"):
+        alloc.auto_allocate(mlp(), {"pruning": [{"method": "magnitude", "sparsity": 2}]}, data)
+
+
 def test_allocation_builds_on_sensitivity_and_not_the_other_way_round():
     import ast
     import inspect

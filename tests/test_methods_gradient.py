@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -173,6 +175,33 @@ def test_never_getting_gradients_fails_at_finalize_with_a_way_out():
         pruner.step()
     with pytest.raises(TargetError, match=r"pruning\[0\].*no gradients.*loss\.backward\(\)"):
         pruner.finalize()
+
+
+def test_zeroing_gradients_before_pruner_step_is_said_at_the_first_missed_update():
+    # optimizer.zero_grad() before pruner.step() (set_to_none, torch's default) leaves no gradient to score: the
+    # masks never update, which must be said when it happens, not only at finalize after the whole run.
+    torch.manual_seed(0)
+    for zero_first in (True, False):
+        model = mlp()
+        pruner = Pruner(model, recipe(sparsity=0.5, schedule={"start_epoch": 0, "end_epoch": 1}), steps_per_epoch=4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(4):
+                model(torch.randn(4, 12)).sum().backward()
+                opt.step()
+                if zero_first:
+                    opt.zero_grad()
+                pruner.step()
+                if not zero_first:
+                    opt.zero_grad()
+        said = [str(w.message) for w in caught if "had no gradient" in str(w.message)]
+        if zero_first:
+            assert len(said) == 1 and "before optimizer.zero_grad()" in said[0] and "pruning[0]" in said[0]
+            assert all(int((m.weight == 0).sum()) == 0 for m in model if isinstance(m, nn.Linear))
+        else:
+            assert said == []
+            assert any(int((m.weight == 0).sum()) > 0 for m in model if isinstance(m, nn.Linear))
 
 
 def test_frozen_layer_is_named_in_the_error():

@@ -174,6 +174,31 @@ def test_finetune_rebuilds_the_optimizer_and_keeps_training():
     assert not torch.equal(before, model.conv1.weight)  # the rebuilt optimizer updates the new params
 
 
+def test_removal_leaves_no_spent_gradient_on_the_new_parameters():
+    # A loop that zeroes after pruner.step() (optimizer.step(); pruner.step(); optimizer.zero_grad()) cannot clear
+    # the new parameters' grads (the optimizer still holds the old ones): the removal must not hand them this
+    # step's gradient, already applied, to be added to the next step's.
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    r = recipe(steps=2, schedule={"start_epoch": 0, "end_epoch": 2})
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, *SHAPE[1:]), torch.randint(0, 10, (8,))
+    removals = 0
+    for _ in range(4):
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        pruner.step()
+        optimizer.zero_grad()
+        if pruner.structure_changed:
+            removals += 1
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            new = [n for n, p in model.named_parameters() if id(p) not in held]
+            assert new and all(model.get_parameter(n).grad is None for n in new)
+            optimizer = pruner.update_optimizer(optimizer)
+    assert removals >= 1
+
+
 def test_resume_restores_the_schedule_position(tmp_path):
     def run(interrupt: bool) -> tuple[nn.Module, list]:
         torch.manual_seed(0)
@@ -397,3 +422,19 @@ def test_a_model_taking_token_ids_is_named_as_such_not_as_a_wrong_input_shape():
         warnings.simplefilter("always")
         pruner.finalize()
     assert any("remove_dead: skipped" in str(w.message) and "takes integer input" in str(w.message) for w in caught)
+
+
+def test_achieved_counts_a_coupled_groups_channels_once():
+    # stem, dw and pw lose the same channels (a residual add, a depthwise conv): one removal, counted once, so
+    # `achieved` is what the summary's "N of M channels kept" says (it counted them three times, and a missed
+    # global ratio read as met).
+    torch.manual_seed(0)
+    model = _randomize_bn(held_out())
+    _, pruner = prune(model, scope="global", ratio=0.4)
+    r = pruner.methods[0].report()
+    assert sorted(r["roots"]) == ["gconv", "pw"]  # tp roots the residual group at pw
+    before = sum(r["channels"][n][0] for n in r["roots"])
+    after = sum(r["channels"][n][1] for n in r["roots"])
+    assert r["channels"]["pw"][1] != r["channels"]["gconv"][1] // 2  # the groups lost different shares
+    assert r["achieved"] == pytest.approx(1 - after / before)
+    assert r["asked"] == pytest.approx(0.4)

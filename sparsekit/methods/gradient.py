@@ -21,6 +21,7 @@ next step that brings gradients; a run that never gets them fails at :meth:`Grad
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -155,7 +156,26 @@ class Gradient(Magnitude):
         last update no scores are summed (none would be read again; ~3 passes over the weights a step)."""
         if self._pending or (step <= self.schedule.end and self._scored(step)):
             self.accumulate()  # before the mask update, so this step's gradients count
-        return super().after_step(step)
+        changes = super().after_step(step)
+        if self._pending and not self._warned_no_grad:
+            # Said now, not only at finalize: a loop that zeroes the gradients before pruner.step() trains to
+            # the end with masks that never update.
+            self._warned_no_grad = True
+            warnings.warn(
+                f"{self.where}: step {step} should update the masks, but {self._missing()} had no gradient when "
+                "pruner.step() ran: call it after loss.backward() and optimizer.step() and before "
+                "optimizer.zero_grad(); exclude frozen layers with layers.exclude. The update waits for a step "
+                "that brings gradients",
+                stacklevel=3,
+            )
+        return changes
+
+    _warned_no_grad = False
+
+    def _missing(self) -> str:
+        missing = [name for name in self.layers if name not in self.accum] or list(self.layers)
+        shown = ", ".join(repr(n) for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        return f"layer {shown}" if len(missing) == 1 else f"layers {shown}"
 
     def _scored(self, step: int) -> bool:
         """Whether ``step``'s gradients are summed: every ``score_every``-th step counted back from the next
@@ -172,11 +192,10 @@ class Gradient(Magnitude):
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
         """Raises TargetError when an update point is still waiting for gradients."""
         if self._pending:
-            missing = [name for name in self.layers if name not in self.accum] or list(self.layers)
             raise TargetError(
-                f"{self.where}: gradient criterion got no gradients (for layers {missing}): call "
-                "loss.backward() before pruner.step(), or give the recipe fine-tuning epochs / "
-                "calibration batches; exclude frozen layers with layers.exclude"
+                f"{self.where}: gradient criterion got no gradients (for {self._missing()}): call "
+                "loss.backward() before pruner.step() and optimizer.zero_grad() after it, or give the recipe "
+                "fine-tuning epochs / calibration batches; exclude frozen layers with layers.exclude"
             )
         return super().finalize(model)
 

@@ -454,21 +454,28 @@ class Structured:
             out.append(final * k / self.spec.steps)
         return out
 
+    def _counted(self) -> list[str]:
+        """The layers whose channels the entry's totals count: the group roots. A layer coupled to a root (a
+        depthwise conv after its producer, a residual branch) loses the root's channels, not channels of its
+        own, so counting it too would count one removal twice."""
+        return [n for n in self.layers if n in self._blocks] or list(self.layers)
+
     def _asked_total(self) -> float:
         """The fraction of the selected layers' output channels asked by the end: ``ratio``, or with
-        ``layer_ratio`` the channel-weighted mean of every layer's own ratio."""
+        ``layer_ratio`` the channel-weighted mean of every group root's own ratio."""
         if not self.spec.layer_ratio:
             return float(self.spec.ratio)
-        total = sum(self.initial.values())
-        return sum(self.ratio_of(n) * c for n, c in self.initial.items()) / total if total else 0.0
+        counted = self._counted()
+        total = sum(self.initial[n] for n in counted)
+        return sum(self.ratio_of(n) * self.initial[n] for n in counted) / total if total else 0.0
 
     def report(self) -> dict[str, Any]:
         """Ratio, importance, scope, events run, ``[initial, now]`` output channels per layer, and asked
         vs achieved: ``per_layer`` = ``{layer: {"asked", "achieved", "reason"}}`` (fractions of the
         layer's initial output channels; ``reason`` says why they differ by a channel (per block) or more,
         ``round_to`` included, else None),
-        ``asked`` / ``achieved`` over all selected channels, ``at_floor`` = layers left at
-        ``min_channels``."""
+        ``asked`` / ``achieved`` over the selected channels, each group's once (its root's, :meth:`_counted`),
+        ``at_floor`` = layers left at ``min_channels``."""
         progress = self.done / self.spec.steps
         asked = self._asked_total() * progress
         per_layer: dict[str, dict[str, Any]] = {}
@@ -477,8 +484,9 @@ class Structured:
             achieved = 1 - now / initial
             own = self.ratio_of(name) * progress
             per_layer[name] = {"asked": own, "achieved": achieved, "reason": self._reason(name, own, initial, now)}
-        total = sum(self.initial.values())
-        now_total = total - sum(self.removed.values())
+        counted = self._counted()
+        total = sum(self.initial[n] for n in counted)
+        now_total = total - sum(self.removed[n] for n in counted)
         extra = {"layer_ratio": dict(self.spec.layer_ratio)} if self.spec.layer_ratio else {}
         return {
             **extra,
