@@ -13,7 +13,8 @@ Example: a model returning ``(logits, aux)`` with ``model: {output: 0}``; one re
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from .errors import DataError
 
-__all__ = ["attach", "describe", "detach", "select_logits", "selected"]
+__all__ = ["attach", "describe", "detach", "select_logits", "selected", "unselected"]
 
 _MARK = "_sparsekit_output"  # set on the hook function: found again by detach, even in a deep copy
 
@@ -120,6 +121,28 @@ def detach(model: nn.Module) -> nn.Module:
         if hasattr(fn, _MARK):
             del model._forward_hooks[key]
     return model
+
+
+@contextlib.contextmanager
+def unselected(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model`` returns its own outputs, every head's, as if :func:`attach` had not run; the
+    selection comes back afterwards, in its place among the model's forward hooks. For tracing: a removal must
+    keep every output's shape, and torch-pruning must see every layer that consumes a removed channel (an
+    auxiliary head the selection hides is still computed, so it must shrink with its input)."""
+    keys = [key for key, fn in model._forward_hooks.items() if hasattr(fn, _MARK)]
+    saved = {key: model._forward_hooks[key] for key in keys}
+    for key in keys:
+        model._forward_hooks[key] = _pass_through
+    try:
+        yield
+    finally:
+        for key, fn in saved.items():
+            if key in model._forward_hooks:
+                model._forward_hooks[key] = fn
+
+
+def _pass_through(module: nn.Module, args: Any, out: Any) -> None:
+    return None  # a forward hook returning None leaves the output as it is
 
 
 def selected(model: nn.Module) -> int | str | None:

@@ -215,7 +215,7 @@ def _culprit(
                 ops = sorted({w for m in members if (w := structured_mod.op_word(m.op))})
                 try:
                     tpa.prune(group, record_history=False)
-                    failure = surgery.forward_failure(fresh, shape, method.output_shape)
+                    failure = surgery.forward_failure(fresh, shape, method.output_shapes)
                 except Exception as err:  # noqa: BLE001 - torch-pruning itself failed on this group
                     failure = f"(torch-pruning: {one_line(err, 160)})"
                 if failure is None:

@@ -529,7 +529,7 @@ class _StructuredPlan:
         self.min_units = {
             n: max(1, math.ceil(min(spec.min_channels, self.channels[n]) / max(self.blocks[n], 1))) for n in self.blocks
         }
-        self.head = method.head
+        self.heads = list(method.heads)
         self.layers = list(method.layers)
         self.owner = dict(method._owner)
         self.fixed = dict(method._fixed)
@@ -712,7 +712,7 @@ def _new_table(
             if name in plan.blocks:
                 continue
             seen.add(name)
-            if name == plan.head and spec.ignore is None:
+            if name in plan.heads and spec.ignore is None:
                 reason = "the classifier head keeps its outputs (structured ignore's default)"
             elif name in plan.owner:
                 reason = f"its output channels go with those of {plan.owner[name]!r} (coupled); see that row"

@@ -32,6 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from . import logits
 from . import tp_adapter as tpa
 from .errors import ModelFileError, one_line, option
 from .layers import prunable_layers, unit_view
@@ -41,6 +42,7 @@ __all__ = [
     "build_graph",
     "example_input",
     "forward_failure",
+    "output_shapes",
     "forward_order",
     "last_layer",
     "normalize_history",
@@ -61,11 +63,12 @@ _RTOL, _ATOL = 1e-5, 1e-6
 @contextlib.contextmanager
 def traced(model: nn.Module) -> Iterator[None]:
     """Eval mode (a traced forward must not move BatchNorm running stats) with autograd on (tp
-    traces through ``grad_fn``); every module's own training flag is restored afterwards."""
+    traces through ``grad_fn``), and the model's own outputs, every head's, when ``model.output`` selected one
+    (:func:`sparsekit.logits.unselected`); every module's own training flag is restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), logits.unselected(model):
             yield
     finally:
         for m, training in modes:
@@ -216,8 +219,9 @@ def last_layer(model: nn.Module, input_shape: Sequence[int]) -> str | None:
 
 def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     """Names of the prunable layers whose output is itself one of the model's outputs (every head of a model
-    that returns a tuple, list or dict of them), in forward order; when none is (a head followed by a
-    reduction or a softmax), the prunable layer that runs last. Raises what the forward pass raises."""
+    that returns a tuple, list or dict of them), in forward order, and the prunable layer that runs last when
+    some output is not a layer's own (a head followed by a reduction or a softmax). Raises what the forward
+    pass raises."""
     outputs: dict[int, str] = {}
     order: list[str] = []
 
@@ -237,9 +241,11 @@ def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    heads = [outputs[id(t)] for t in _tensors(result) if id(t) in outputs]
-    heads = [n for n in order if n in heads]
-    return heads or order[-1:]
+    tensors = _tensors(result)
+    heads = [outputs[id(t)] for t in tensors if id(t) in outputs]
+    if len(heads) < len(tensors) and order and order[-1] not in heads:
+        heads.append(order[-1])
+    return [n for n in order if n in heads]
 
 
 def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
@@ -258,12 +264,20 @@ def forward_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     return order
 
 
+def output_shapes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """The shape of each tensor the model returns (one, or every one in a tuple, list or dict, nested), batch
+    dim left out, from a forward pass on a zero input of ``input_shape`` as :func:`traced` runs it. Raises what
+    the forward pass raises."""
+    with traced(model), torch.no_grad():
+        return [tuple(t.shape[1:]) for t in _tensors(model(example_input(model, input_shape)))]
+
+
 def forward_failure(
-    model: nn.Module, input_shape: Sequence[int], output_shape: Sequence[int] | None = None
+    model: nn.Module, input_shape: Sequence[int], shapes: Sequence[Sequence[int]] | None = None
 ) -> str | None:
     """Whether ``model`` still runs: None when a forward pass on a seeded input of ``input_shape`` (batch 2,
-    eval mode, no autograd) succeeds and, with ``output_shape``, returns that shape (batch dim left
-    out); otherwise a phrase saying where and how it fails, e.g. ``"in 'up' (RuntimeError: ...)"``."""
+    eval mode, no autograd) succeeds and, with ``shapes`` (:func:`output_shapes`), returns tensors of those
+    shapes; otherwise a phrase saying where and how it fails, e.g. ``"in 'up' (RuntimeError: ...)"``."""
     stack: list[str] = []
     names = {m: n for n, m in model.named_modules()}
 
@@ -284,11 +298,13 @@ def forward_failure(
     finally:
         for h in hooks:
             h.remove()
-    if output_shape is not None:
-        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-        if got != tuple(output_shape):
-            shown = list(got) if got is not None else type(out).__name__
-            return f"(its output has shape {shown} instead of {list(output_shape)})"
+    if shapes is not None:
+        got = [tuple(t.shape[1:]) for t in _tensors(out)]
+        want = [tuple(s) for s in shapes]
+        if got != want:
+            if len(got) == len(want) == 1:
+                return f"(its output has shape {list(got[0])} instead of {list(want[0])})"
+            return f"(its outputs have shapes {[list(g) for g in got]} instead of {[list(w) for w in want]})"
     return None
 
 

@@ -438,3 +438,47 @@ def test_achieved_counts_a_coupled_groups_channels_once():
     assert r["channels"]["pw"][1] != r["channels"]["gconv"][1] // 2  # the groups lost different shares
     assert r["achieved"] == pytest.approx(1 - after / before)
     assert r["asked"] == pytest.approx(0.4)
+
+
+class TwoHeads(nn.Module):
+    """Returns ``(logits, aux)`` or ``{"logits", "aux"}``: two heads on one trunk."""
+
+    def __init__(self, as_dict: bool = False) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 4)
+        self.aux = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201 - a tuple or a dict
+        h = F.relu(self.fc2(F.relu(self.fc1(x))))
+        out = (self.head(h), self.aux(h))
+        return {"logits": out[0], "aux": out[1]} if self.as_dict else out
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+@pytest.mark.parametrize("selected", [False, True])
+def test_a_model_with_two_heads_keeps_both_and_shrinks_what_feeds_them(as_dict, selected):
+    # With model.output naming the logits (the CLI attaches it: sparsekit.logits.attach) the auxiliary head is
+    # still computed: torch-pruning must see it, or fc2's removal left it with the old input width. From Python
+    # the model returns both, which the trace read as one tensor (AttributeError).
+    from sparsekit import logits
+
+    torch.manual_seed(0)
+    model = TwoHeads(as_dict)
+    if selected:
+        logits.attach(model, "logits" if as_dict else 0)
+    spec = {"method": "structured", "ratio": 0.5, "round_to": 1, "schedule": "oneshot"}
+    r = sparsekit.Recipe(model={"input_shape": [1, 16]}, finetune={"epochs": 1}, pruning=[spec])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=2)
+    assert sorted(pruner.methods[0].layers) == ["fc1", "fc2"]  # both heads kept whole by default
+    final = pruner.finalize()
+    assert (final.fc1.out_features, final.fc2.out_features) == (16, 16)
+    assert (final.head.weight.shape, final.aux.weight.shape) == ((4, 16), (2, 16))
+    out = final(torch.randn(3, 16))
+    if selected:
+        assert out.shape == (3, 4)
+    else:
+        parts = list(out.values()) if as_dict else list(out)
+        assert [tuple(t.shape) for t in parts] == [(3, 4), (3, 2)]

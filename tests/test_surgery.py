@@ -257,8 +257,9 @@ def test_forward_failure_says_where_the_forward_pass_fails():
     from sparsekit.surgery import forward_failure
 
     model = _mlp()
-    assert forward_failure(model, [1, 16], (4,)) is None
-    assert forward_failure(model, [1, 16], (5,)) == "(its output has shape [4] instead of [5])"
+    assert forward_failure(model, [1, 16], [(4,)]) is None
+    assert forward_failure(model, [1, 16], [(5,)]) == "(its output has shape [4] instead of [5])"
+    assert forward_failure(model, [1, 16], [(4,), (2,)]) == "(its outputs have shapes [[4]] instead of [[4], [2]])"
     with torch.no_grad():
         model.fc2.weight = nn.Parameter(torch.zeros(8, 11))  # fc2 now expects 11 inputs, fc1 gives 12
     failure = forward_failure(model, [1, 16])

@@ -157,13 +157,14 @@ class Structured:
             )
         self.input_shape = [int(d) for d in shape]
         selected = select_layers(model, spec.layers, f"{self.where}.layers")
-        self.head: str | None = None
+        # The heads: the layers whose outputs are the model's (every one of a model returning several).
+        self.heads: list[str] = []
         if spec.ignore is None:
             try:
-                self.head = surgery.last_layer(model, self.input_shape)
+                self.heads = surgery.output_layers(model, self.input_shape)
             except Exception as err:  # noqa: BLE001 - the user's forward on that shape
                 raise self._untraceable(err) from None
-            ignore = [self.head] if self.head else []
+            ignore = list(self.heads)
         else:
             check_names(model, spec.ignore, f"{self.where}.ignore")
             ignore = list(spec.ignore)
@@ -192,8 +193,7 @@ class Structured:
         chosen = set(self.layers.values())
         ignored = [m for m in model.modules() if isinstance(m, (*_ROOTS, nn.LSTM)) and m not in chosen]
         try:
-            with surgery.traced(model), torch.no_grad():
-                self.output_shape = tuple(model(surgery.example_input(model, self.input_shape)).shape[1:])
+            self.output_shapes = surgery.output_shapes(model, self.input_shape)
             reused = surgery.reused_parameters(model, self.input_shape)
             with surgery.traced(model):
                 self._tp: tpa.ChannelPruner | None = tpa.ChannelPruner(
@@ -338,7 +338,10 @@ class Structured:
     def ignore_hint(self, names: list[str]) -> str:
         """What to do about layers that must keep their outputs: name them in ``ignore``."""
         listed = ", ".join(repr(n) for n in names)
-        keep_head = f" (keep the head {self.head!r} there too)" if self.spec.ignore is None and self.head else ""
+        heads = ", ".join(repr(h) for h in self.heads)
+        keep_head = ""
+        if self.spec.ignore is None and self.heads:
+            keep_head = f" (keep the head{'s' if len(self.heads) > 1 else ''} {heads} there too)"
         whose = "its" if len(names) == 1 else "their"
         return f"add {listed} to {self.where}.ignore{keep_head} so {whose} output channels are kept"
 
@@ -630,7 +633,7 @@ class Structured:
 
     def _check_forward(self, history: list[list[Any]]) -> None:
         """After an event: the model still runs on its input shape and gives outputs of the same shape."""
-        failure = surgery.forward_failure(self.model, self.input_shape, self.output_shape)
+        failure = surgery.forward_failure(self.model, self.input_shape, self.output_shapes)
         if failure is None:
             return
         roots = list(dict.fromkeys(str(entry[0]) for entry in history))
