@@ -62,7 +62,7 @@ from typing import Any
 from torch import nn
 
 from .errors import TargetError
-from .layers import select_layers
+from .layers import select_layers, tied_aliases
 from .masks import layer_cap, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
@@ -236,7 +236,11 @@ def _allocate_unstructured(
 ) -> tuple[Any, EntryAllocation]:
     where = f"pruning[{index}]"
     target = float(spec.target or 0.0)
-    layers = select_layers(model, spec.layers, f"{where}.layers")
+    selected = select_layers(model, spec.layers, f"{where}.layers")
+    # A layer sharing an earlier one's weight (tied) is that weight: allocated once, as its first layer, and given
+    # the same value (the method ranks and counts it once; two values for one tensor would miss the target).
+    tied = tied_aliases(selected)
+    layers = {n: m for n, m in selected.items() if n not in tied}
     rows = _rows_for(table, index, layers, where, "unstructured")
     sizes = {n: weight_of(m).numel() for n, m in layers.items()}
     caps = {n: min(layer_cap(sizes[n], spec.layer_cap), sizes[n] - 1) for n in layers}
@@ -274,6 +278,7 @@ def _allocate_unstructured(
         counts[name] += take
         left -= take
     values = {n: counts[n] / sizes[n] for n in layers}
+    values = {n: values[tied.get(n, n)] for n in selected}  # in model order, tied layers with their weight's value
     allocated = spec.model_copy(update={"sparsity": target, "target": None, "scope": "layer", "layer_sparsity": values})
     allocated = type(spec).model_validate(allocated.model_dump())
     predicted = sum(_raw_increase(rows[n], values[n]) for n in layers)

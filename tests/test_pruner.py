@@ -432,6 +432,34 @@ def test_a_tied_weight_is_ranked_once_so_the_model_reaches_the_asked_sparsity(me
     assert pruner.methods[0].report()["achieved"] == pytest.approx(zeros)
 
 
+def test_a_tied_weight_gets_one_layer_sparsity_and_auto_allocation_reaches_its_target():
+    # sparsity: auto gave mid and dec (one tensor) two values and counted it twice: asked 0.85 of the model's
+    # weights, 0.797 reached, "asked" 0.851. One value for one tensor, counted once; two different values refused.
+    from sparsekit.allocation import auto_allocate
+    from sparsekit.errors import TargetError
+
+    torch.manual_seed(0)
+    model = Tied()
+    data = [(torch.randn(16, 16), torch.randint(0, 4, (16,))) for _ in range(2)]
+    auto = {"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.85, "schedule": "oneshot"}]}
+    allocated, _ = auto_allocate(model, auto, data, input_shape=[1, 16], grid={"unstructured": [0.5, 0.8, 0.95]})
+    values = allocated.pruning[0].layer_sparsity
+    assert values["dec"] == values["mid"]
+    pruner = sparsekit.Pruner(model, allocated, steps_per_epoch=1)
+    distinct = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values()
+    n = sum(w.numel() for w in distinct)
+    assert sum(int((w == 0).sum()) for w in distinct) == round(0.85 * n)
+    report = pruner.methods[0].report()
+    assert report["asked"] == pytest.approx(0.85, abs=1 / n) and report["achieved"] == pytest.approx(0.85, abs=1 / n)
+    both = {"method": "magnitude", "sparsity": 0.5, "scope": "layer", "layer_sparsity": {"mid": 0.5, "dec": 0.9}}
+    with pytest.raises(TargetError, match=r"layer_sparsity: 'dec' shares its weight with 'mid'"):
+        sparsekit.Pruner(Tied(), {"pruning": [both]}, steps_per_epoch=1)
+    one = {**both, "layer_sparsity": {"dec": 0.9}}  # given for either, it is the weight's
+    tied = Tied()
+    sparsekit.Pruner(tied, {"pruning": [one]}, steps_per_epoch=1)
+    assert float((tied.mid.weight == 0).float().mean()) == pytest.approx(0.9, abs=0.01)
+
+
 def test_the_pruner_refuses_what_is_not_a_model_a_recipe_or_a_step_count_naming_the_argument(tmp_path):
     # These were AttributeErrors and a '<=' TypeError from deep inside, or (2.5 steps per epoch) accepted.
     good = {"finetune": {"epochs": 2}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}

@@ -89,6 +89,15 @@ class Magnitude:
         # A layer whose weight an earlier selected layer holds too (tied) is ranked once, as that weight, and takes
         # its mask: counted twice, it would weigh double in a global ranking and the whole miss its target.
         self.tied_to = tied_aliases(self.layers)
+        for name, first in self.tied_to.items():  # one weight, one layer_sparsity: the value either was given
+            values = {self.layer_values[n] for n in (name, first) if n in self.layer_values}
+            if len(values) > 1:
+                raise TargetError(
+                    f"{self.where}.layer_sparsity: {name!r} shares its weight with {first!r} (tied), so one value "
+                    f"prunes both: give them the same value or list {first!r} only"
+                )
+            if values:
+                self.layer_values[name] = self.layer_values[first] = values.pop()
         for module in self.layers.values():
             ensure_mask(module)
 
@@ -197,9 +206,9 @@ class Magnitude:
         plain = self.schedule.epoch_targets(epochs, steps_per_epoch)
         if not self.layer_values:
             return plain
-        sizes = {n: weight_of(m).numel() for n, m in self.layers.items()}
+        sizes = {n: weight_of(m).numel() for n, m in self.layers.items() if n not in self.tied_to}  # tied: once
         total = sum(sizes.values()) or 1
-        own = sum(sizes[n] * v for n, v in self.layer_values.items())
+        own = sum(sizes[n] * v for n, v in self.layer_values.items() if n in sizes)
         rest = sum(s for n, s in sizes.items() if n not in self.layer_values)
         out = []
         for e, t in enumerate(plain):
@@ -230,8 +239,10 @@ class Magnitude:
         layer_asked = None if global_scope else self.final
         if self.layer_values:
             # Own values: the total asked is their weight-weighted mean with `sparsity` for the other layers.
-            sizes = {n: weight_of(m).numel() for n, m in self.layers.items()}
-            total_asked = sum(sizes[n] * v for n, v in self.asked().items()) / max(sum(sizes.values()), 1)
+            # A tied weight once, as its first layer (it is ranked and counted so).
+            sizes = {n: weight_of(m).numel() for n, m in self.layers.items() if n not in self.tied_to}
+            asked = self.asked()
+            total_asked = sum(sizes[n] * asked[n] for n in sizes) / max(sum(sizes.values()), 1)
             out.update(asked_vs_achieved(self.layers, total_asked, layer_asked, reasons))
             for name, value in self.layer_values.items():
                 out["per_layer"][name]["asked"] = value
