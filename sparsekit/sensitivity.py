@@ -507,6 +507,13 @@ def _layer_macs(model: nn.Module, shape: list[int]) -> dict[str, int]:
     return layer_macs(copy.deepcopy(model).cpu(), shape)
 
 
+def _inputs(module: nn.Module) -> int:
+    """A Linear's input features, a convolution's input channels (0 for anything else)."""
+    if isinstance(module, nn.Linear):
+        return int(module.in_features)
+    return int(module.in_channels) if isinstance(module, _ConvNd) else 0
+
+
 def _depthwise(module: nn.Module) -> bool:
     return isinstance(module, _ConvNd) and 1 < int(module.groups) == int(module.in_channels)
 
@@ -523,6 +530,9 @@ class _StructuredPlan:
         self.units = {n: self.channels[n] // max(self.blocks[n], 1) for n in self.blocks}
         modules = dict(model.named_modules())
         self.flow = method.channel_roots()  # layer -> (out root, in root)
+        # layer -> {root: inputs it shrinks}, and the layer's input count: a concatenation's parts follow their roots
+        self.inputs = method.input_roots()
+        self.in_total = {n: _inputs(modules[n]) for n in self.inputs if n in modules}
         self.macs = {n: macs.get(n, 0) for n in self.flow}
         self.depthwise = {n for n in self.flow if n in modules and _depthwise(modules[n])}
         self.coupled = {r: [n for n, o in method._owner.items() if o == r] for r in self.blocks}
@@ -536,7 +546,7 @@ class _StructuredPlan:
 
     def touched_macs(self, root: str) -> int:
         """Dense MACs of every layer whose shape removing ``root``'s channels changes."""
-        return sum(m for n, m in self.macs.items() if root in self.flow[n])
+        return sum(m for n, m in self.macs.items() if root in self.flow[n] or root in self.inputs.get(n, {}))
 
     def saved(self, keep: Mapping[str, float]) -> float:
         """Dense MACs minus MACs after keeping fraction ``keep[root]`` of each group's channels."""
@@ -546,9 +556,16 @@ class _StructuredPlan:
             if name in self.depthwise:
                 factor = keep.get(out_root or in_root or "", 1.0)
             else:
-                factor = keep.get(out_root or "", 1.0) * keep.get(in_root or "", 1.0)
+                factor = keep.get(out_root or "", 1.0) * self._kept_inputs(name, in_root, keep)
             lost += dense * (1.0 - factor)
         return lost
+
+    def _kept_inputs(self, name: str, in_root: str | None, keep: Mapping[str, float]) -> float:
+        """The fraction of ``name``'s inputs kept: each part of a concatenation by its own root."""
+        parts, total = self.inputs.get(name), self.in_total.get(name, 0)
+        if not parts or total <= 0 or sum(parts.values()) > total:
+            return keep.get(in_root or "", 1.0)  # parts not countable: the one root, as a whole
+        return 1.0 - sum(count * (1.0 - keep.get(root, 1.0)) for root, count in parts.items()) / total
 
 
 def analyze(

@@ -541,3 +541,46 @@ def test_auto_macs_uses_exact_counts_when_whole_blocks_land_above_the_target(mon
     monkeypatch.setattr(alloc, "_allocate_structured", lambda *a, round_to=None, **k: (calls.append(round_to) or
                         (fake, {"fc1": 0.5}, 0.3, 0.4, 0.509)))  # fmt: skip
     assert alloc._allocate_macs(model, spec, 0, None, [1, 64], []).note is None and calls == [16]  # within 2%
+
+
+class _SkipUNet(torch.nn.Module):
+    """A U-Net step: d1 reads the upsampled path and e1's skip, concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.e1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.e2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.d1 = nn.Conv2d(32, 16, 3, padding=1)
+        self.out = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu = torch.relu
+        a = relu(self.e1(x))
+        u = relu(self.up(relu(self.e2(a))))
+        return self.out(relu(self.d1(torch.cat([u, a], 1))))
+
+
+@pytest.mark.parametrize(
+    "ratios", [{"e1": 0.5, "up": 0.0}, {"e1": 0.0, "up": 0.75}, {"e1": 0.25, "up": 0.5, "e2": 0.5, "d1": 0.25}]
+)
+def test_the_macs_model_counts_each_part_of_a_concatenation_by_its_own_root(ratios):
+    # d1's inputs are up's 16 channels and e1's 16: the MACs model took one root for all 32, so target_macs 0.5
+    # on a U-Net landed at 0.522 (past the report's 2%).
+    torch.manual_seed(0)
+    shape = [1, 3, 8, 8]
+    model = _SkipUNet()
+    dense = layer_macs(model, shape)
+    spec = {"method": "structured", "ratio": 0.5, "round_to": None, "scope": "layer", "schedule": "oneshot"}
+    recipe = validate_recipe({"model": {"input_shape": shape}, "pruning": [spec]})
+    plan = sens._StructuredPlan(model, recipe.pruning[0], 0, shape, dense)
+    assert plan.inputs["d1"] == {"up": 16, "e1": 16}
+    full = {root: 0.0 for root in plan.blocks}
+    layer_ratio = {**full, **ratios}
+    entry = {**spec, "layer_ratio": layer_ratio}
+    pruned_recipe = validate_recipe({"model": {"input_shape": shape}, "pruning": [entry]})
+    pruned = Pruner(copy.deepcopy(model), pruned_recipe, steps_per_epoch=1).finalize()
+    measured = sum(layer_macs(pruned, shape).values())
+    predicted = sum(dense.values()) - plan.saved({root: 1.0 - r for root, r in layer_ratio.items()})
+    assert predicted == pytest.approx(measured, rel=1e-9)

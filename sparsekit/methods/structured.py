@@ -329,6 +329,23 @@ class Structured:
                 slot[0 if member.out_channels else 1] = slot[0 if member.out_channels else 1] or root_name
         return {n: (v[0], v[1]) for n, v in out.items()}
 
+    def input_roots(self) -> dict[str, dict[str, int]]:
+        """For every Linear/Conv layer whose inputs this entry may shrink: ``{root: how many of its inputs that
+        root's removal shrinks}`` (input channels, or features after a flatten). A layer fed by a concatenation
+        (a U-Net's skip) has one root per part. Empty after finalize."""
+        if self._tp is None:
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        for group in self._tp.groups():
+            root_name = self.names[tpa.group_root(group)]
+            for member in tpa.group_members(self._tp.graph, group):
+                module = member.module
+                if member.out_channels or not isinstance(module, _ROOTS) or module not in self.names:
+                    continue
+                parts = out.setdefault(self.names[module], {})
+                parts[root_name] = max(parts.get(root_name, 0), len(set(member.idxs)))
+        return out
+
     def ratio_of(self, layer: str) -> float:
         """The fraction of ``layer``'s output channels asked by the end: its ``layer_ratio``, else ``ratio``.
         A layer whose output channels are coupled to another's (e.g. through a residual add) follows the
