@@ -725,10 +725,10 @@ def export(
 
     \b
     Examples:
-      sparsekit export out/model.pt -o pruned.onnx
+      sparsekit export out/model.pt -o pruned.onnx --arch examples.models:lenet_300_100
       sparsekit export weights.pt -o cnn.onnx --arch examples.models:small_cnn --kwargs '{"image_size": 8}' \\
           --input-shape 1,1,8,8
-      sparsekit export out/model.pt -o q.onnx --quantize int8 --data mnist5k     # static int8, calibrated
+      sparsekit export out/model.pt -o q.onnx --arch examples.models:lenet_300_100 --quantize int8 --data mnist5k
     """
     if data and quantize != "int8":  # checked before anything is loaded or written
         raise click.UsageError("--data is only used with --quantize int8")
@@ -1083,7 +1083,7 @@ def inspect(
 
     \b
     Examples:
-      sparsekit inspect out/model.pt
+      sparsekit inspect out/model.pt --arch examples.models:lenet_300_100   # the factory its checkpoint names
       sparsekit inspect weights.pt --arch examples.models:small_cnn --input-shape 1,1,28,28
       sparsekit inspect out/model.onnx --json
     """
@@ -1474,9 +1474,15 @@ def sensitivity(
 @main.command(short_help="List the shipped recipes, or print one (NAME) in full.")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the list (or the recipe NAME) as JSON.")
+@click.option(
+    "--reference",
+    is_flag=True,
+    help="Print the recipe reference instead: every section and method, each key's type, default and meaning "
+    "(Markdown, docs/recipe.md in the repository).",
+)
 @debug_option
 @handle_errors
-def recipes(name: str | None, as_json: bool, debug: bool) -> None:
+def recipes(name: str | None, as_json: bool, reference: bool, debug: bool) -> None:
     """List the recipes shipped with sparsekit, or print the recipe NAME in full.
 
     Use the name (or a path to your own YAML file) as RECIPE in prune, validate and sensitivity. To start
@@ -1486,9 +1492,17 @@ def recipes(name: str | None, as_json: bool, debug: bool) -> None:
     Examples:
       sparsekit recipes
       sparsekit recipes lenet-gradual-magnitude-90
+      sparsekit recipes --reference | less          # what every recipe key means
     """
     from .recipe_catalog import shipped_recipe, shipped_recipes
 
+    if reference:
+        if name is not None or as_json:
+            raise click.UsageError("--reference prints the whole reference as Markdown: give it alone")
+        from .recipe_docs import render
+
+        click.echo(render().rstrip("\n"))
+        return
     if name is not None:
         one = shipped_recipe(name)
         _emit(one, as_json, one["text"].rstrip("\n"))

@@ -1165,7 +1165,10 @@ class Recipe(_Strict):
 
 RECIPE_DOCS = "docs/recipe.md"
 """The recipe reference, generated from this schema by ``python -m sparsekit.recipe_docs``; every recipe
-validation error points to it."""
+validation error points to it (:data:`SEE_DOCS`)."""
+SEE_DOCS = f"(see {RECIPE_DOCS}; `sparsekit recipes {'-' * 2}reference` prints it)"
+"""How errors point to the reference: the page, and the command that prints it where the repository is not at hand
+(an installed wheel holds no docs/)."""
 _BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 MAX_ERRORS_SHOWN = 8
 
@@ -1395,7 +1398,7 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
     else:  # a check across fields, or one inside a section an override changed part of: both had a hand
         paths = [dotted_path(_path(loc)) for loc in locs]
         source = _with_overrides(source, _involved(overrides, paths, "; ".join(lines)))
-    return f"{source}: " + "; ".join(lines) + f" (see {RECIPE_DOCS})"
+    return f"{source}: " + "; ".join(lines) + f" {SEE_DOCS}"
 
 
 class OptionOverride(str):
@@ -1521,7 +1524,7 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
     section = section_at(parents, data)
     if section is None or key in section.model_fields:
         return None
-    return f"{unknown_key(section, key)[0]} (see {RECIPE_DOCS})"
+    return f"{unknown_key(section, key)[0]} {SEE_DOCS}"
 
 
 def load_recipe(

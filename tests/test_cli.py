@@ -519,6 +519,20 @@ def test_recipes_lists_shipped(tmp_path):
     assert {"lenet-gradual-magnitude-90", "cnn-layer-magnitude-80"} <= names
 
 
+def test_recipes_reference_prints_the_page_errors_point_to():
+    # Errors say "see docs/recipe.md", which an installed wheel does not hold: the command prints the same page.
+    from pathlib import Path
+
+    from sparsekit.recipe import RECIPE_DOCS
+
+    result = run("recipes", "--reference")
+    assert result.exit_code == 0, result.stderr
+    page = (Path(__file__).resolve().parent.parent / RECIPE_DOCS).read_text(encoding="utf-8")
+    assert result.stdout.strip() == page.strip()
+    both = run("recipes", "lenet-gradual-magnitude-90", "--reference")
+    assert both.exit_code == 2 and "--reference" in both.stderr
+
+
 def test_export_and_bench_commands(tmp_path, mlp_checkpoint):
     onnx_path = tmp_path / "m.onnx"
     result = run("export", mlp_checkpoint, *MLP, "-o", onnx_path, "--exporter", "torchscript", "--json")
