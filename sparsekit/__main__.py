@@ -84,6 +84,10 @@ def entry() -> None:
         signal.signal(signal.SIGTERM, _terminated_at_start)
     # Before any command imports onnxruntime (see sparsekit.onnx: no files of its own under ~/.cache).
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    # matplotlib's font cache (the plots) in sparsekit's cache folder, not ~/.cache/matplotlib and ~/.config.
+    from .fsutil import cache_dir
+
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
     try:
         from .cli import main
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated, not imported: it may be what broke)

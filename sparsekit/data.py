@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.errors import DataError, TrustError, one_line, option, shorten
+from sparsekit.fsutil import cache_dir
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
 
@@ -254,16 +255,6 @@ def _raw_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
-
-
-def cache_dir() -> Path:
-    """Where parsed built-in datasets are kept: ``$SPARSEKIT_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/sparsekit``, else ``~/.cache/sparsekit``. Deleting it is always safe."""
-    if os.environ.get("SPARSEKIT_CACHE_DIR"):
-        return Path(os.environ["SPARSEKIT_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sparsekit"
-    return Path.home() / ".cache" / "sparsekit"
 
 
 def _parse_mnist5k(csv: Path) -> tuple[np.ndarray, np.ndarray]:

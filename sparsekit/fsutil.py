@@ -160,3 +160,14 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def cache_dir() -> Path:
+    """sparsekit's cache folder: ``$SPARSEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparsekit``, else
+    ``~/.cache/sparsekit``. It holds parsed built-in datasets and, for the ``sparsekit`` command, matplotlib's
+    font cache (``matplotlib/``). Deleting it is always safe."""
+    if os.environ.get("SPARSEKIT_CACHE_DIR"):
+        return Path(os.environ["SPARSEKIT_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sparsekit"
+    return Path.home() / ".cache" / "sparsekit"

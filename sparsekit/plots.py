@@ -292,6 +292,17 @@ def _latency_figure(figure: type[Figure], series: list[tuple[str, dict[str, floa
     return fig
 
 
+def matplotlib_env() -> dict[str, str]:
+    """This process's environment with ``MPLCONFIGDIR`` in sparsekit's cache folder
+    (:func:`~sparsekit.fsutil.cache_dir`) unless set: matplotlib writes its font cache into the folder it names,
+    by default ``~/.cache/matplotlib`` and ``~/.config/matplotlib``, which sparsekit keeps out of."""
+    from .fsutil import cache_dir
+
+    env = dict(os.environ)
+    env.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
+    return env
+
+
 class PlotWorker:
     """Draws a run's plots in a helper process. :meth:`start` launches it early (it imports matplotlib
     while the run loads and measures the dense model, then waits, idle, through fine-tuning);
@@ -327,7 +338,7 @@ class PlotWorker:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                env={**os.environ, "MPLBACKEND": "Agg"},
+                env={**matplotlib_env(), "MPLBACKEND": "Agg"},
             )
         except OSError as err:
             self.error, self._proc = f"cannot start the plot process: {err}", None

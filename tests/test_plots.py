@@ -265,3 +265,27 @@ def test_the_latency_plot_sent_early_is_drawn_and_collected_at_finish(tmp_path):
     assert worker.error is None, worker.error
     assert files == ["layer_sparsity.png", "finetune.png", "latency.png"]
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in files)
+
+
+def test_matplotlib_keeps_its_font_cache_in_sparsekits_cache_folder(tmp_path, monkeypatch):
+    # matplotlib wrote ~/.cache/matplotlib/fontlist-*.json and ~/.config/matplotlib from the plot worker, outside
+    # what README says a run writes; it goes to sparsekit's cache folder unless MPLCONFIGDIR is set.
+    from sparsekit.plots import PlotWorker, matplotlib_env
+
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(cache))
+    for var in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with PlotWorker(out) as worker:
+        worker.start()
+        worker.draw({"layers": STRUCTURED, "structured": True, "history": HISTORY})
+        files = worker.finish({})
+    assert worker.error is None and "finetune.png" in files
+    assert not [p for p in home.rglob("*")]
+    assert list((cache / "matplotlib").glob("fontlist-*.json"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mine"))
+    assert matplotlib_env()["MPLCONFIGDIR"] == str(tmp_path / "mine")  # the user's own setting stays
