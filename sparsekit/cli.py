@@ -106,6 +106,38 @@ def _holds_run(out: Any) -> bool:
         return True
 
 
+def _checkpointed(out: Any) -> bool:
+    """Whether the output folder ``out`` holds an epoch checkpoint to resume from (True when that cannot be told)."""
+    if out is None:
+        return True
+    try:
+        from .outputs import RunFolder
+
+        return RunFolder(Path(out)).checkpointed()
+    except Exception:  # noqa: BLE001 - an interruption's message must not fail
+        return True
+
+
+def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> str:
+    """The line an interrupted ``command`` ends with: what stopped it, where (``said``, when known), and what
+    ``--resume`` will do with what the output folder ``out`` holds."""
+    resume = {
+        "prune": "; `--resume` continues from the last finished epoch",
+        "sensitivity": "; `--resume` continues the analysis from the last finished probe",
+    }.get(command, "")
+    if command == "prune":
+        if TRAINING_DONE in said:
+            resume = "; `--resume` skips the finished training and redoes only what follows it"
+        elif TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said or not _checkpointed(out):
+            # (where is not always known: another torchrun rank waiting for rank 0 says nothing of it)
+            resume = "; no epoch was checkpointed: `--resume` starts the training over"
+        if not _holds_run(out):  # stopped before the output folder held anything
+            resume = "; nothing was kept to resume: run the same command again"
+    what = "Terminated (SIGTERM)" if terminated else "Interrupted"
+    where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
+    return f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}."
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line and an exit code; --debug shows the traceback."""
 
@@ -144,22 +176,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = err.filename or ""
             _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2, as_json)
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, see __main__)
-            resume = {
-                "prune": "; `--resume` continues from the last finished epoch",
-                "sensitivity": "; `--resume` continues the analysis from the last finished probe",
-            }.get(fn.__name__, "")
-            what = "Terminated (SIGTERM)" if isinstance(err, Terminated) else "Interrupted"
             said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
             said = first_interruption(reset=True) or said  # not where a second Ctrl-C caught the unwinding
-            if fn.__name__ == "prune":
-                if TRAINING_DONE in said:
-                    resume = "; `--resume` skips the finished training and redoes only what follows it"
-                elif TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said:
-                    resume = "; no epoch was checkpointed: `--resume` starts the training over"
-                if not _holds_run(kwargs.get("out")):  # stopped before the output folder held anything
-                    resume = "; nothing was kept to resume: run the same command again"
-            where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
-            message = f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}."
+            message = _interrupt_message(fn.__name__, isinstance(err, Terminated), said, kwargs.get("out"))
             click.echo(message, err=True)
             if as_json:
                 _json_error(message, 143 if isinstance(err, Terminated) else 130)

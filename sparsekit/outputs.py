@@ -199,6 +199,11 @@ class RunFolder:
             and ((self.meta / MANIFEST).is_file() or (self.meta / STAGE).exists() or (self.meta / "old").exists())
         )
 
+    def checkpointed(self) -> bool:
+        """Whether the folder holds an epoch checkpoint to resume from: the unfinished run's, or a finished run's."""
+        ckpt = Path("checkpoints") / "last.pt"
+        return (self.stage / ckpt).is_file() or (self.out / ckpt).is_file()
+
     def swap_unfinished(self) -> bool:
         """Whether a run was killed (SIGKILL, a power cut: nothing it could catch) while :meth:`publish` moved its
         results in: the folder then holds part of the earlier results and part of the new ones until the next run

@@ -965,6 +965,25 @@ def test_an_interrupt_while_the_pruner_is_set_up_says_no_epoch_was_checkpointed(
     )
 
 
+def test_an_interrupt_that_does_not_say_where_reads_the_folder_for_what_resume_will_do(tmp_path):
+    # Another torchrun rank, waiting for rank 0, is interrupted where no stage is noted: it said "`--resume`
+    # continues from the last finished epoch" with none finished. The folder says whether one was.
+    from sparsekit.cli import _interrupt_message
+
+    out = tmp_path / "o"
+    (out / ".sparsekit" / "next").mkdir(parents=True)
+    assert _interrupt_message("prune", False, "", out) == (
+        "Interrupted: Finished files are complete, unfinished ones were not written; no epoch was checkpointed: "
+        "`--resume` starts the training over."
+    )
+    (out / ".sparsekit" / "next" / "checkpoints").mkdir()
+    (out / ".sparsekit" / "next" / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert _interrupt_message("prune", True, "in epoch 2 of 3", out) == (
+        "Terminated (SIGTERM): in epoch 2 of 3. Finished files are complete, unfinished ones were not written; "
+        "`--resume` continues from the last finished epoch."
+    )
+
+
 def test_an_interrupt_python_wrapped_in_another_error_is_still_an_interrupt(tmp_path, mlp_checkpoint, monkeypatch):
     # Python 3.11 raises RuntimeError("Error calling __set_name__ ...") from a Ctrl-C that lands while a class is
     # built (pydantic's recipe classes, during start-up): it exited 1 with "unexpected failure".
