@@ -292,7 +292,7 @@ def choose_storage(
     with staging(final) as work:
         candidate = work / final.name
         if wanted == "dense":
-            chosen, reason = "dense", "dense storage asked for (sparse_storage: false)"
+            chosen, reason = "dense", "dense storage asked for"
         else:
             try:
                 # auto stores a tensor sparsely where that wins after gzip; "sparse" wherever the raw bytes shrink.
@@ -353,7 +353,7 @@ def _pick(mode: str, dense: dict[str, int], sparse: dict[str, Any], verified: di
     d, s = dense["gzip_bytes"], sparse["gzip_bytes"]
     sizes = f"gzip {s:,} B sparse vs {d:,} B dense, {s / d:.3f}x"
     if mode == "sparse":
-        return "sparse", f"sparse storage asked for (sparse_storage: true); {sizes}"
+        return "sparse", f"sparse storage asked for; {sizes}"
     if sparse["sparse_initializers"] == 0:
         return "dense", "no weight is smaller stored sparse"
     if s >= d:
