@@ -14,6 +14,7 @@ calls their hooks and alone keeps the run's state: the step count, the masks, th
 from __future__ import annotations
 
 import copy
+import math
 import operator
 import os
 import warnings
@@ -59,6 +60,39 @@ def _drop_spent_grads(model: nn.Module, held: list[nn.Parameter]) -> None:
     for p in model.parameters():
         if id(p) not in ids:
             p.grad = None
+
+
+# The share of a model's weights (parameters of 2 or more dimensions) held outside its layers above which the
+# Pruner says so: below it, a position embedding or a class token (which no method prunes either) is not worth a word.
+LOOSE_WEIGHTS_NOTED = 0.1
+
+
+def _note_loose_weights(model: nn.Module) -> None:
+    """Warn when much of ``model``'s weights sit in parameters a module of the user's own holds directly (used
+    with ``F.linear`` / ``F.conv2d``): methods prune Linear and convolution layers only, so those stay dense, and
+    :func:`sparsekit.sparsity` and every report count the layers alone."""
+    total = 0
+    loose: dict[str, tuple[int, ...]] = {}
+    for name, module in model.named_modules():
+        # torch's own modules (norms, embeddings, attention) and any layer sparsekit prunes, a subclass included
+        own = type(module).__module__.startswith("torch.") or layer_kind(module) is not None
+        for pname, param in module.named_parameters(recurse=False):
+            if param.dim() < 2:
+                continue
+            total += param.numel()
+            if not own:
+                loose[f"{name}.{pname}" if name else pname] = tuple(param.shape)
+    size = sum(math.prod(shape) for shape in loose.values())
+    if not loose or size <= LOOSE_WEIGHTS_NOTED * total:
+        return
+    shown = ", ".join(f"{n} {list(shape)}" for n, shape in list(loose.items())[:4])
+    more = f" and {len(loose) - 4} more" if len(loose) > 4 else ""
+    warnings.warn(
+        f"{size:,} of the model's {total:,} weights ({size / total:.0%}) are parameters no Linear or convolution "
+        f"module holds ({shown}{more}; used with F.linear / F.conv2d?): no method prunes them, and sparsity "
+        "and reports count the layers alone. Hold them in nn.Linear / nn.Conv2d modules to prune them",
+        stacklevel=3,
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -173,6 +207,7 @@ class Pruner:
         self._check_overlap()
         self._check_tied()
         self._share_tied_masks()
+        _note_loose_weights(self.model)
         self._structural = any(m.structural for m in self.methods)
         self._needs_grad = any(m.needs_grad for m in self.methods)
         # max_norm makes no masks: a recipe of constraints alone skips the per-step walk for masks, unless

@@ -482,3 +482,10 @@ def test_a_model_with_two_heads_keeps_both_and_shrinks_what_feeds_them(as_dict, 
     else:
         parts = list(out.values()) if as_dict else list(out)
         assert [tuple(t.shape) for t in parts] == [(3, 4), (3, 2)]
+
+
+def test_a_model_whose_only_layer_is_its_head_is_told_so():
+    # "every selected layer is in ignore" when the user wrote no ignore: the default keeps the head whole.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(TargetError, match=r"'1', are the model's head\(s\).*ignore's default.*layers\.include"):
+        prune(model)

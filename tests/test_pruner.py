@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -458,6 +460,31 @@ def test_a_tied_weight_gets_one_layer_sparsity_and_auto_allocation_reaches_its_t
     tied = Tied()
     sparsekit.Pruner(tied, {"pruning": [one]}, steps_per_epoch=1)
     assert float((tied.mid.weight == 0).float().mean()) == pytest.approx(0.9, abs=0.01)
+
+
+def test_weights_no_layer_holds_are_said_to_stay_dense():
+    # Parameters a module of the user's own applies with F.conv2d / F.linear are no layer's: no method prunes them
+    # and sparsity() counts the layers alone (0.906 "sparse" with 248 of 312 weights untouched), silently.
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3))
+            self.fc = nn.Linear(8, 8)
+            self.w2 = nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(nn.functional.conv2d(x, self.w1, padding=1)).mean((2, 3))
+            return nn.functional.linear(torch.relu(self.fc(x)), self.w2)
+
+    class MyLinear(nn.Linear):  # a user's own subclass of a layer is a layer
+        pass
+
+    entry = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    with pytest.warns(UserWarning, match=r"248 of the model's 312 weights .*w1 \[8, 3, 3, 3\], w2 \[4, 8\]"):
+        sparsekit.Pruner(Functional(), entry, steps_per_epoch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsekit.Pruner(nn.Sequential(MyLinear(8, 8), nn.ReLU(), nn.Linear(8, 2)), entry, steps_per_epoch=1)
 
 
 def test_the_pruner_refuses_what_is_not_a_model_a_recipe_or_a_step_count_naming_the_argument(tmp_path):

@@ -171,6 +171,12 @@ class Structured:
         kept = {name for pattern in ignore for name in _expand(model, pattern)}
         self.layers = {n: m for n, m in selected.items() if n not in kept}
         if not self.layers:
+            if spec.ignore is None:
+                raise TargetError(
+                    f"{self.where}: the only selected layer(s), {', '.join(repr(n) for n in selected)}, are the "
+                    "model's head(s), whose outputs are the model's and stay whole (ignore's default); nothing left "
+                    "to prune: select the layers before them (layers.include)"
+                )
             raise TargetError(f"{self.where}: every selected layer is in ignore; nothing left to prune")
         self.events = _event_steps(spec, setup.steps_per_epoch)
         self.done = 0  # removal events performed
