@@ -21,12 +21,18 @@ if TYPE_CHECKING:
     from .sensitivity import Probe, SensitivityTable
 
 ALLOCATION_FILE = "allocation.json"
-OUTPUT_FILES = ("sensitivity.json", "sensitivity.png", "sensitivity.md", ALLOCATION_FILE)
+# The table so far of an unfinished analysis (saved after every probe; what resume continues from). The finished
+# files replace the earlier analysis's only when the new one is done, so an interrupted overwrite keeps them.
+PARTIAL_FILE = "sensitivity.partial.json"
+OUTPUT_FILES = ("sensitivity.json", "sensitivity.png", "sensitivity.md", ALLOCATION_FILE, PARTIAL_FILE)
+# SHA-256 of every file above this command wrote: overwrite and resume replace a file only when it is still
+# what sparsekit wrote (a hand-written sensitivity.md, or one edited since, is the user's).
+MANIFEST_FILE = ".sensitivity-manifest.json"
 
 
 def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any]:
     """A progress bar and the ``progress(probe)`` callback that advances it and, with ``save_to``, saves the
-    table so far after every probe (what ``resume`` continues from)."""
+    table so far after every probe (what ``resume`` continues from), noted in the folder's manifest."""
     from .train import progress_bar
 
     bar = progress_bar(progress)
@@ -38,8 +44,37 @@ def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any
             # Created with the first result: inputs that fail their checks leave no empty folder behind.
             save_to.parent.mkdir(parents=True, exist_ok=True)
             write_text(save_to, probe.table.to_json())
+            _note_written(save_to.parent, [save_to.name])
 
     return bar, advance
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest(out: Path) -> dict[str, str]:
+    """The folder's manifest (file name -> SHA-256); empty when there is none or it is not one of ours."""
+    path = out / MANIFEST_FILE
+    try:
+        if path.is_symlink() or not path.is_file():
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if k in OUTPUT_FILES and isinstance(v, str)}
+
+
+def _note_written(out: Path, names: list[str], dropped: tuple[str, ...] = ()) -> None:
+    """Record ``names`` (just written into ``out``) in its manifest, and forget ``dropped``."""
+    files = {k: v for k, v in _manifest(out).items() if k not in dropped}
+    files.update({name: _sha256(out / name) for name in names})
+    write_text(out / MANIFEST_FILE, json.dumps({"written_by": "sparsekit sensitivity", "files": files}, indent=2))
 
 
 def allocate_for_run(
@@ -95,28 +130,22 @@ def _with_source(recipe: Recipe, source: str) -> Recipe:
 
 
 def _own_name(name: str) -> bool:
-    """Whether ``name`` is one of the analysis's files, or the temp file a killed write of one left behind."""
+    """Whether ``name`` is one of the analysis's files (its manifest included), or the temp file a killed write of
+    one left behind."""
     from .outputs import temp_target
 
-    return name in OUTPUT_FILES or temp_target(name) in OUTPUT_FILES
+    own = (*OUTPUT_FILES, MANIFEST_FILE)
+    return name in own or temp_target(name) in own
 
 
-def _ours(path: Path) -> bool:
-    """Whether ``path`` is an output of an earlier ``sparsekit sensitivity`` (so ``overwrite`` may replace it):
-    each kind of file carries its own mark."""
+def _ours(path: Path, manifest: dict[str, str]) -> bool:
+    """Whether ``path`` is a file an earlier ``sparsekit sensitivity`` wrote and nobody changed since (so
+    ``overwrite`` may replace it): its SHA-256 is the one the folder's ``manifest`` recorded."""
     try:
         if path.is_symlink() or not path.is_file():
             return False
-        head = path.read_bytes()[:4096]
-        if path.suffix == ".png":
-            return b"sparsekit sensitivity" in head
-        if path.suffix == ".md":
-            return head.startswith(b"# Sensitivity analysis")
-        data = json.loads(path.read_text())
-        if path.name == ALLOCATION_FILE:
-            return isinstance(data, dict) and {"pruning", "entries"} <= data.keys()
-        return isinstance(data, dict) and {"layers", "grid", "dense_accuracy"} <= data.keys()
-    except (OSError, ValueError):
+        return manifest.get(path.name) == _sha256(path)
+    except OSError:
         return False
 
 
@@ -195,8 +224,9 @@ def run_sensitivity(
     guard_location(
         out, [Path(p) for p in (model_path, recipe.source, source if source.endswith(".npz") else None) if p]
     )
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
-    foreign = [name for name in existing if not _ours(out / name)]
+    existing = [name for name in OUTPUT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    manifest = _manifest(out)
+    foreign = [name for name in existing if not _ours(out / name, manifest)]
     # A folder holding anything else is someone's: the analysis goes into its own folder, as a prune run does.
     others = sorted(p.name for p in out.iterdir() if not _own_name(p.name)) if out.is_dir() else []
     if others and not foreign:
@@ -207,8 +237,8 @@ def run_sensitivity(
         )
     if foreign:
         raise OutputError(
-            f"{out}: holds {', '.join(foreign)}, which sparsekit sensitivity did not write; nothing there is "
-            f"replaced: choose another output folder ({option('output')})"
+            f"{out}: holds {', '.join(foreign)}, which sparsekit sensitivity did not write or which changed since "
+            f"it did; nothing there is replaced: choose another output folder ({option('output')})"
         )
     if existing and not (resume or overwrite):
         raise OutputError(
@@ -216,20 +246,22 @@ def run_sensitivity(
             f"or replace it with {option('overwrite')}"
         )
     inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
-    table_path = out / "sensitivity.json"
+    partial = out / PARTIAL_FILE
     earlier = None
-    if resume and table_path.is_file():
-        try:
-            earlier = SensitivityTable.load(table_path)
-        except (ValueError, OSError) as err:
-            raise SparsekitError(
-                f"{table_path}: cannot continue from it ({err}); start again with {option('overwrite')}"
-            ) from None
-    if overwrite:
-        # Inputs are good: the earlier analysis goes now, so an interrupted one never mixes with it.
-        for name in existing:
-            (out / name).unlink()
-    bar, advance = _analysis_bar(progress, save_to=table_path)
+    if resume:
+        # An unfinished analysis's table, else a finished one's (an analysis of sparsekit 0.3.4 or before
+        # saved its progress there)
+        table_path = partial if partial.is_file() else out / "sensitivity.json"
+        if table_path.is_file():
+            try:
+                earlier = SensitivityTable.load(table_path)
+            except (ValueError, OSError, RecursionError) as err:
+                raise SparsekitError(
+                    f"{table_path}: cannot continue from it ({err}); start again with {option('overwrite')}"
+                ) from None
+    # The earlier analysis stays until this one is finished: an interrupted overwrite leaves it as it was (an
+    # unfinished analysis's partial table is the only thing it starts over from).
+    bar, advance = _analysis_bar(progress, save_to=partial)
     with bar:
         table = analyze(
             inputs.loaded.model,
@@ -241,7 +273,9 @@ def run_sensitivity(
             max_batches=max_batches,
         )
     out.mkdir(parents=True, exist_ok=True)
-    files = {k: str(v) for k, v in write_outputs(table, out).items()}
+    written = write_outputs(table, out)
+    files = {k: str(v) for k, v in written.items()}
+    _note_written(out, [p.name for p in written.values()])
     allocation = allocated = None
     wanted = auto_entries(recipe)
     if wanted:
@@ -253,7 +287,14 @@ def run_sensitivity(
             "entries": {str(d.index): d.as_dict() for d in details},
         }
         write_text(out / ALLOCATION_FILE, json.dumps(allocation, indent=2))
+        _note_written(out, [ALLOCATION_FILE])
         files["allocation"] = str(out / ALLOCATION_FILE)
+    # What the finished analysis replaces: its own partial table, and an earlier analysis's allocation when this
+    # one makes none (checked ours above, so nothing of the user's).
+    stale = [PARTIAL_FILE] + ([ALLOCATION_FILE] if allocation is None else [])
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    _note_written(out, [], dropped=tuple(stale))
     return {
         "table": table,
         "files": files,

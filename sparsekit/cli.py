@@ -1439,7 +1439,8 @@ def sensitivity(
     Writes the table (sensitivity.json), curves of loss increase and accuracy drop per layer
     (sensitivity.png) and the ranking (sensitivity.md), and prints the most and least sensitive layers.
     With `sparsity: auto` / `ratio: auto` entries it also prints and writes (allocation.json) the
-    per-layer values `prune` would use. The table is saved after every probe: --resume continues.
+    per-layer values `prune` would use. The table so far is saved after every probe
+    (sensitivity.partial.json): --resume continues; --overwrite replaces the earlier files once it is done.
 
     \b
     Example:

@@ -70,8 +70,8 @@ def test_an_interrupted_analysis_resumes_without_redoing_probes(tmp_path, mlp_ch
     stop = StopAfter(monkeypatch, 6)  # dense + 4 probes done, the 5th interrupted
     first = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress")
     assert first.exit_code == 130 and "--resume" in first.stderr
-    partial = sens.SensitivityTable.load(out / "sensitivity.json")
-    assert partial.probes_done() == 4 and not partial.complete()
+    partial = sens.SensitivityTable.load(out / "sensitivity.partial.json")  # the finished files come at the end
+    assert partial.probes_done() == 4 and not partial.complete() and not (out / "sensitivity.json").exists()
     again = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress")
     assert_bad_input(again, str(out), "--resume", "--overwrite")  # no silent restart over it
     stop.n, stop.calls = None, 0
@@ -80,6 +80,7 @@ def test_an_interrupted_analysis_resumes_without_redoing_probes(tmp_path, mlp_ch
     total = partial.probes_total()
     assert stop.calls == total - 4  # neither the dense model nor the four finished probes again
     assert sens.SensitivityTable.load(out / "sensitivity.json").complete()
+    assert not (out / "sensitivity.partial.json").exists()
 
 
 def test_files_sparsekit_did_not_write_are_never_replaced(tmp_path, mlp_checkpoint, auto_recipe):
@@ -89,6 +90,39 @@ def test_files_sparsekit_did_not_write_are_never_replaced(tmp_path, mlp_checkpoi
     result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite")
     assert_bad_input(result, "sensitivity.md", "did not write")
     assert (out / "sensitivity.md").read_text() == "my notes\n"
+
+
+def test_overwrite_replaces_only_unchanged_files_of_its_own_and_an_interrupt_keeps_them(
+    tmp_path, mlp_checkpoint, auto_recipe, monkeypatch
+):
+    # Ownership was read from the content (a heading, a key): an edited sensitivity.md, or one the user wrote with
+    # the same heading, was replaced by --overwrite; and the earlier files were deleted before the analysis ran, so
+    # a Ctrl-C lost them.
+    out = tmp_path / "sens"
+    assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    StopAfter(monkeypatch, 3)
+    stopped = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite", "--no-progress")
+    assert stopped.exit_code == 130
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("sensitivity.partial.json",)}
+    assert {k: v for k, v in after.items() if not k.startswith(".")} == {
+        k: v for k, v in before.items() if not k.startswith(".")
+    }
+    assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite").exit_code == 0
+    assert not (out / "sensitivity.partial.json").exists()
+    md = out / "sensitivity.md"
+    md.write_text(md.read_text() + "my note\n")  # edited since sparsekit wrote it
+    assert_bad_input(
+        run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite"), "sensitivity.md", "changed"
+    )
+    assert md.read_text().endswith("my note\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sensitivity.md").write_text("# Sensitivity analysis of my model, by hand\n")  # sparsekit's heading
+    result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", mine, "--overwrite")
+    assert_bad_input(result, "sensitivity.md", "did not write")
+    assert (mine / "sensitivity.md").read_text().startswith("# Sensitivity analysis of my model")
 
 
 def test_sensitivity_refuses_a_folder_holding_other_files(tmp_path, mlp_checkpoint, auto_recipe):
@@ -250,7 +284,7 @@ def test_sensitivity_records_the_data_it_used_and_a_resume_names_another(
     first = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--data", tmp_path / "a.npz")
     assert first.exit_code == 130, first.stderr
     monkeypatch.undo()
-    table = sens.SensitivityTable.load(out / "sensitivity.json")
+    table = sens.SensitivityTable.load(out / "sensitivity.partial.json")
     assert table.data_settings["data.source"] == str(tmp_path / "a.npz")  # it recorded the recipe's 'digits'
     other = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--data", tmp_path / "b.npz")
     assert_bad_input(other, f"data.source '{tmp_path / 'a.npz'}' then, '{tmp_path / 'b.npz'}' now")
