@@ -424,6 +424,8 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         raise ModelFileError(f"{path}: model file not found")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
+    if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket
+        raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
     refuse_onnx(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError

@@ -378,7 +378,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             raise RecipeError(f"{path}: recipe file not found (see `sparsekit recipes` for shipped ones)")
         if path.is_dir():
             raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
-        # Read at most one byte past the limit: the file may be a pipe or a device with no size.
+        if not path.is_file():  # a pipe would block until someone writes to it; a device may never end
+            raise RecipeError(f"{path}: is not a regular file (a device, pipe or socket); give the recipe file itself")
+        # Read at most one byte past the limit (a file may grow while it is read).
         with path.open("rb") as f:
             raw = f.read(MAX_TEXT_BYTES + 1)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path

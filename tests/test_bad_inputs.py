@@ -151,6 +151,9 @@ def _write_model_files(tmp: Path, canary: Path) -> dict[str, Path]:
         files[name] = tmp / name
     (tmp / "folder.pt").mkdir()
     files["folder.pt"] = tmp / "folder.pt"
+    # A device that reads forever: the zip reader asked it for its end, and memory grew by GBs a second.
+    (tmp / "device.pt").symlink_to("/dev/zero")
+    files["device.pt"] = tmp / "device.pt"
     files["missing.pt"] = tmp / "missing.pt"
     return files
 
@@ -230,7 +233,7 @@ def test_validate_and_prune_with_a_bad_recipe(corpus, name, tmp_path):
 
 MODEL_FILES = ["empty.pt", "random.pt", "text.pt", "pickle-os.pt", "zip.pt", "shapes.pt", "odd-checkpoint.pt",
                "flipped.pt", "list.pt", "garbage.onnx", "truncated.onnx", "empty.onnx", "sparse-out-of-range.onnx",
-               "shape-lies.onnx", "shape-huge.onnx", "folder.pt", "missing.pt"]  # fmt: skip
+               "shape-lies.onnx", "shape-huge.onnx", "folder.pt", "device.pt", "missing.pt"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODEL_FILES)
@@ -450,3 +453,27 @@ def test_a_checkpoint_saved_with_an_input_shape_its_model_does_not_take_is_named
     # Given on the command line, the option is named instead, and it replaces the saved shape.
     assert_bad_input(_run(["export", path, *ARCH, "--input-shape", "1,33"]), "--input-shape [1, 33]")
     assert _run(["export", path, *ARCH, "--input-shape", "1,64", "-o", tmp_path / "y.onnx"]).exit_code == 0
+
+
+def test_a_pipe_or_a_device_given_as_a_model_or_a_recipe_is_refused_without_reading_it(tmp_path):
+    # A FIFO blocked forever (open waits for a writer); /dev/zero as a recipe read up to the size limit. In a
+    # process of its own, so that a regression fails on the timeout instead of hanging the suite.
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "model.pt")
+    os.mkfifo(tmp_path / "recipe.yaml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    root = Path(__file__).resolve().parent.parent
+    cli = [sys.executable, "-m", "sparsekit"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for args, needle in (
+        (["inspect", tmp_path / "model.pt", *ARCH], "model.pt: is not a regular file"),
+        (["validate", tmp_path / "recipe.yaml"], "recipe.yaml: is not a regular file"),
+        (["validate", tmp_path / "zero.yaml"], "zero.yaml: is not a regular file"),
+    ):
+        done = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True, timeout=120, env=env, cwd=root)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], done.stderr
