@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import distributed as _distributed
-from .errors import OutputError, SparsekitError, option
+from .errors import OutputError, SparsekitError, one_line, option
 from .fsutil import write_text
 from .recipe import Recipe
 
@@ -99,7 +99,15 @@ def allocate_for_run(
     for folder in reuse:
         saved = folder / ALLOCATION_FILE
         if saved.is_file():
-            allocation = json.loads(saved.read_text())
+            try:
+                allocation = json.loads(saved.read_text(encoding="utf-8"))
+                if not isinstance(allocation, dict) or not isinstance(allocation.get("pruning"), list):
+                    raise ValueError("not an allocation sparsekit wrote")
+            except (OSError, ValueError, RecursionError) as err:
+                raise SparsekitError(
+                    f"{saved}: cannot reuse its per-layer values ({one_line(err, 120)}); start again with "
+                    f"{option('overwrite')}"
+                ) from None
             if allocation.get("asked") != asked:
                 raise SparsekitError(
                     f"{saved}: its per-layer values were chosen for another pruning section (a changed target, "

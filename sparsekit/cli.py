@@ -395,6 +395,11 @@ def _shape(value: str | None) -> list[int] | None:
         raise click.BadParameter(
             f"{value!r}: expected comma-separated positive integers like 1,3,32,32", param_hint=_SHAPE_HINT
         )
+    if any(len(p) > 12 for p in parts):  # (int() of over 4,300 digits is a ValueError of its own)
+        raise click.BadParameter(
+            f"{value[:40]!r}{'…' if len(value) > 40 else ''}: a dimension of more than 12 digits is no input size",
+            param_hint=_SHAPE_HINT,
+        )
     dims = [int(p) for p in parts]
     if any(d <= 0 for d in dims):
         raise click.BadParameter(
@@ -409,6 +414,15 @@ def _shape(value: str | None) -> list[int] | None:
     return dims
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's keys, each once (as recipes are read): the last of two equal keys silently won."""
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ValueError(f"the key {twice!r} is given twice")
+    return dict(pairs)
+
+
 def _kwargs(value: str | None, arch: str | None = None) -> dict[str, Any] | None:
     """``--kwargs`` parsed: a JSON object, given together with ``--arch`` (the factory it is for)."""
     if value is None:
@@ -419,13 +433,16 @@ def _kwargs(value: str | None, arch: str | None = None) -> dict[str, Any] | None
             "(a sparsekit checkpoint keeps its own kwargs)"
         )
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(value, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise click.BadParameter(f"{value[:40]!r}…: nested too deeply", param_hint="'--kwargs'") from None
     except json.JSONDecodeError as err:
         raise click.BadParameter(
             f"{value!r}: not JSON ({err.msg}); e.g. --kwargs '{{\"hidden\": 32}}'", param_hint="'--kwargs'"
         ) from None
+    except ValueError as err:  # a duplicate key, an integer of over 4,300 digits
+        shown = f"{value[:60]!r}{'…' if len(value) > 60 else ''}"
+        raise click.BadParameter(f"{shown}: {err}", param_hint="'--kwargs'") from None
     if not isinstance(parsed, dict):
         raise click.BadParameter(
             f"{value!r}: expected a JSON object of keyword arguments for --arch", param_hint="'--kwargs'"

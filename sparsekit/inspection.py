@@ -427,7 +427,7 @@ def _tied_layers(model: Any) -> list[list[str]]:
         if prop.key == TIED_KEY:
             try:
                 groups = json.loads(prop.value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return []
             ok = isinstance(groups, list) and all(
                 isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups

@@ -596,7 +596,7 @@ def load_report(path: str | Path) -> Report:
         data = json.loads(src.read_text(encoding="utf-8"))
     except RecursionError:
         raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, OSError) as err:  # not JSON, not UTF-8, an integer of over 4,300 digits
         raise SparsekitError(f"{src}: not valid JSON ({one_line(err, 120)})") from None
     try:
         return Report.model_validate(data)

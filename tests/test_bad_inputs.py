@@ -414,6 +414,31 @@ def test_any_kwargs_json_is_accepted_or_refused_cleanly(corpus, kwargs, tmp_path
     _check(_run(["inspect", str(corpus["model"]), *ARCH, "--kwargs", kwargs]))
 
 
+def test_integers_past_pythons_digit_limit_and_duplicate_keys_are_refused_as_bad_input(corpus, tmp_path):
+    # int() of over 4,300 digits raises a ValueError of its own: --kwargs, --input-shape and a report.json with
+    # such a number exited 1 ("unexpected failure"); --kwargs kept the last of two equal keys without a word.
+    huge = "9" * 5000
+    for args, needle in (
+        (["inspect", corpus["model"], *ARCH, "--kwargs", f'{{"in_features": {huge}}}'], "--kwargs"),
+        (["inspect", corpus["model"], *ARCH, "--input-shape", f"1,{huge}"], "--input-shape"),
+        (["inspect", corpus["model"], *ARCH, "--kwargs", '{"hidden": [8], "hidden": [16]}'], "'hidden' is given twice"),
+    ):
+        result = _run(args)
+        _check(result)
+        assert result.exit_code == 2 and needle in result.stderr, result.stderr
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 1, max_steps_per_epoch: 2}\nbenchmark: {enabled: false}\n")
+    assert _run(["prune", corpus["model"], recipe, *ARCH, "-o", out, "--no-progress"]).exit_code == 0
+    report = out / "report.json"
+    report.write_text(report.read_text().replace('"schema": 1', f'"schema": {huge}', 1))
+    from sparsekit.errors import SparsekitError
+    from sparsekit.report import load_report
+
+    with pytest.raises(SparsekitError, match="not valid JSON"):
+        load_report(report)
+
+
 def test_report_with_a_broken_matplotlib_writes_the_text_and_exits_2(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     recipe = tmp_path / "r.yaml"
