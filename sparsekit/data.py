@@ -345,6 +345,7 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if not zipfile.is_zipfile(path):
         raise DataError(f"{where} is not a valid .npz archive; write it with numpy.savez(path, x=..., y=...)")
+    _check_npz_sizes(path, where)
     try:
         # allow_pickle=False: an .npz must never run code when loaded.
         with np.load(path, allow_pickle=False) as archive:
@@ -385,6 +386,55 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
     if y.min() < 0:
         raise DataError(f"{where}: y has negative labels (min {y.min()}); labels must be 0, 1, 2, ...")
     return x, y.astype(np.int64)
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where it cannot be told."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_npz_sizes(path: Path, where: str) -> None:
+    """Refuse an .npz whose arrays declare more bytes than they hold, or more than the machine's memory, before
+    numpy allocates them: a 1 kB file can declare 36 TiB (numpy allocates first, then fails), and 26 MB of
+    compressed zeros 25 GiB. Reads only each member's header. Raises DataError naming the file and the array."""
+    from numpy.lib import format as npy
+
+    declared = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as f:
+                    version = npy.read_magic(f)
+                    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+                    if version not in readers:
+                        return  # a newer format: numpy.load reads it (and refuses what it must)
+                    shape, _, dtype = readers[version](f)
+                if dtype.hasobject:
+                    continue  # refused as pickled data when it is read (allow_pickle=False)
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise DataError(
+                        f"{where}: its array {info.filename[:-4]!r} declares shape {list(shape)} ({nbytes:,} bytes) "
+                        f"but holds {info.file_size:,}: the file is damaged or not what it claims; re-save it with "
+                        "numpy.savez(path, x=..., y=...)"
+                    )
+                declared += nbytes
+    except DataError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError):
+        return  # numpy.load says what is wrong with it, below
+    memory = _memory_bytes()
+    if memory is not None and declared > memory // 2:
+        raise DataError(
+            f"{where}: its arrays hold {declared / 2**30:,.1f} GiB once read, more than half of this machine's "
+            f"{memory / 2**30:,.1f} GiB of memory; use a smaller dataset, or a pkg.module:callable data source "
+            "that streams it"
+        )
 
 
 # --- user callables -----------------------------------------------------------------------------

@@ -393,3 +393,40 @@ def test_synthetic_samples_times_sample_size_is_bounded():
 def test_a_misspelt_builtin_source_gets_did_you_mean():
     with pytest.raises(DataError, match=r"'digit' is not a known source; did you mean 'digits'\? valid sources"):
         load_data("digit")
+
+
+def _npz_declaring(path, shape, holds: int = 64) -> None:
+    """An .npz whose x header declares ``shape`` of float32 while the member holds ``holds`` bytes of data."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    def member(array_shape, data: bytes) -> bytes:
+        buf = io.BytesIO()
+        npy.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": tuple(array_shape)})
+        return buf.getvalue() + data
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", member(shape, bytes(holds)))
+        y = io.BytesIO()
+        np.save(y, np.zeros(4, dtype=np.int64))
+        z.writestr("y.npy", y.getvalue())
+
+
+def test_an_npz_declaring_more_than_it_holds_or_than_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    # A 1 kB .npz declaring 10e12 floats got "out of memory ... use a smaller model, batch or input" (numpy allocates
+    # before it reads), naming no file; a real one of compressed zeros larger than memory would fill it.
+    import sparsekit.data as data_mod
+
+    lying = tmp_path / "lying.npz"
+    _npz_declaring(lying, (10, 10**12))
+    with pytest.raises(DataError, match=r"lying\.npz.*'x' declares shape \[10, 1000000000000\].*holds"):
+        load_data(str(lying), batch_size=4)
+    honest = tmp_path / "honest.npz"
+    np.savez_compressed(honest, x=np.zeros((64, 32, 32), dtype=np.float32), y=np.zeros(64, dtype=np.int64))
+    monkeypatch.setattr(data_mod, "_memory_bytes", lambda: 300_000)  # a machine of 300 kB: 262 kB is more than half
+    with pytest.raises(DataError, match=r"honest\.npz.*more than half of this machine's"):
+        load_data(str(honest), batch_size=4)
+    monkeypatch.setattr(data_mod, "_memory_bytes", lambda: 10**9)
+    assert len(load_data(str(honest), batch_size=4, val_fraction=0.25).train) > 0
