@@ -1626,7 +1626,8 @@ def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) ->
 
     A file may name a model factory or data callable (pkg.module:callable); sparsekit runs it only
     if you name it yourself this run (--arch, --data) or trust its module here or with --trust-code.
-    Standard-library and tool modules are never trusted.
+    A module is trusted as the file it is imported from here: a file of the same name in another
+    folder is not. Standard-library and tool modules are never trusted.
 
     \b
     Examples:
@@ -1634,7 +1635,7 @@ def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) ->
       sparsekit trust mypkg.nets         # trust a module of yours
       sparsekit trust --forget mypkg.nets
     """
-    from .trust import forget_module, store_path, trust_module, trusted_modules
+    from .trust import forget_module, store_path, trust_module, trusted_locations
 
     for module in modules:
         if forget:
@@ -1642,9 +1643,9 @@ def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) ->
                 click.echo(f"{module}: was not trusted", err=True)
         else:
             trust_module(module)
-    mods = trusted_modules()
-    text = "\n".join(mods) if mods else f"no trusted modules ({store_path()})"
-    _emit({"store": str(store_path()), "modules": mods}, as_json, text)
+    where = trusted_locations()
+    text = "\n".join(f"{m}  ({p})" for m, p in where.items()) if where else f"no trusted modules ({store_path()})"
+    _emit({"store": str(store_path()), "modules": list(where), "locations": where}, as_json, text)
 
 
 if __name__ == "__main__":

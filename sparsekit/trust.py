@@ -8,7 +8,8 @@ it:
   rather than inside a file;
 - or the user trusts its module: ``trust_code=True`` trusts the modules the files of this run name
   and remembers them, the way ``torch.hub``'s ``trust_repo`` remembers a repository, in
-  ``trusted_modules.json`` under the user's config folder (see :func:`store_path`).
+  ``trusted_modules.json`` under the user's config folder (see :func:`store_path`), each as the file it was
+  imported from: a file of the same name elsewhere (a downloaded folder) is not trusted.
 
 Even a confirmed or trusted name is refused when it is not a model or data function of the user's
 own: anything from the standard library (process, file-system, import, pickle and exec machinery
@@ -90,54 +91,108 @@ def store_path() -> Path:
     return base / "trusted_modules.json"
 
 
-def trusted_modules() -> list[str]:
-    """The modules the user trusts (sorted names, e.g. ``['mypkg.nets']``). A missing or unreadable
-    store means none (an unreadable one is logged as a warning); never raises."""
+def trusted_locations() -> dict[str, str]:
+    """The modules the user trusts, each with the file (or package folder) it was trusted as: ``{"mypkg.nets":
+    "/home/me/proj/mypkg/__init__.py"}``. A module is trusted only where it was: a file of the same name found in
+    another folder (a downloaded one) is not. A missing or unreadable store means none (an unreadable one is
+    logged as a warning); so does a store of sparsekit 0.3.4 or before, which kept names only. Never raises."""
     path = store_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return []
+        return {}
     except (OSError, ValueError, RecursionError) as err:
         log.warning("%s: cannot read the trusted-module list (%s); trusting none", path, type(err).__name__)
-        return []
+        return {}
     mods = data.get("modules") if isinstance(data, dict) else None
-    # The store is data too: anything but a list of module names (a string would be read letter by
-    # letter) trusts nothing, and a name that is never trusted (os, a dependency) is dropped.
-    if not isinstance(mods, list) or not all(isinstance(m, str) and _module_ok(m) for m in mods):
-        log.warning("%s: not a list of module names; trusting none (sparsekit trust rewrites it)", path)
-        return []
-    return sorted(m for m in mods if not _denied(m))
+    if isinstance(mods, list) and all(isinstance(m, str) and _module_ok(m) for m in mods):
+        if mods:
+            log.warning(
+                "%s: trusts modules by name only (sparsekit 0.3.4 or before), which would trust a file of that name "
+                "in any folder; trusting none: trust them again (sparsekit trust MODULE, from the folder they are "
+                "imported from)",
+                path,
+            )
+        return {}
+    # The store is data too: anything but a mapping of module names to paths trusts nothing, and a name that is
+    # never trusted (os, a dependency) is dropped.
+    if not isinstance(mods, dict) or not all(
+        isinstance(m, str) and _module_ok(m) and isinstance(p, str) and os.path.isabs(p) for m, p in mods.items()
+    ):
+        log.warning("%s: not a mapping of module names to paths; trusting none (sparsekit trust rewrites it)", path)
+        return {}
+    return {m: mods[m] for m in sorted(mods) if not _denied(m)}
+
+
+def trusted_modules() -> list[str]:
+    """The names of the modules the user trusts (sorted, e.g. ``['mypkg.nets']``; see :func:`trusted_locations`)."""
+    return list(trusted_locations())
+
+
+def is_trusted(module: str) -> bool:
+    """Whether ``module`` is trusted and would be imported, here and now, from the file it was trusted as."""
+    pinned = trusted_locations().get(module)
+    return pinned is not None and module_location(module) == pinned
+
+
+def module_location(module: str) -> str | None:
+    """Where ``module`` would be imported from (its top-level module's file, or a namespace package's first
+    folder; symlinks resolved), found without importing anything; None when it is not found."""
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top)
+    where: str | None
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", None) or []), None)
+    else:
+        try:
+            with _cwd_appended():
+                spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        where = spec.origin
+        if where in (None, "namespace", "built-in", "frozen"):
+            where = next(iter(spec.submodule_search_locations or []), None)
+    return os.path.realpath(where) if where else None
 
 
 def trust_module(module: str) -> Path:
-    """Remember ``module`` as trusted. Raises :class:`TrustError` for a module that is never run
-    (standard library, sparsekit's dependencies, tool packages) or a malformed name, and
-    :class:`~sparsekit.errors.OutputError` when the store cannot be written."""
+    """Remember ``module`` as trusted, as the file it is imported from here (:func:`module_location`). Raises
+    :class:`TrustError` for a module that is never run (standard library, sparsekit's dependencies, tool
+    packages), a malformed name or one not found from here, and :class:`~sparsekit.errors.OutputError` when
+    the store cannot be written."""
     if not _module_ok(module):
         raise TrustError(f"{module!r}: not a module name (e.g. mypkg.nets)")
     reason = _denied(module)
     if reason:
         raise TrustError(f"{module}: {reason}; it is never trusted")
-    return _write_store(sorted({*trusted_modules(), module}))
+    where = module_location(module)
+    if where is None:
+        raise TrustError(
+            f"{module}: not found from here ({os.getcwd()}); trust it from the folder it is imported from, or "
+            "install its package (a module is trusted as the file it is, not by its name)"
+        )
+    return _write_store({**trusted_locations(), module: where})
 
 
 def forget_module(module: str) -> bool:
     """Stop trusting ``module``; returns whether it was trusted. Raises
     :class:`~sparsekit.errors.OutputError` when the store cannot be rewritten."""
-    mods = trusted_modules()
+    mods = trusted_locations()
     if module not in mods:
         return False
-    _write_store([m for m in mods if m != module])
+    _write_store({m: p for m, p in mods.items() if m != module})
     return True
 
 
-def _write_store(modules: list[str]) -> Path:
+def _write_store(modules: dict[str, str]) -> Path:
     from .fsutil import atomic_path
 
     path = store_path()
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"format": "sparsekit-trust/1", "modules": modules}, indent=2) + "\n", "utf-8")
+        doc = {"format": "sparsekit-trust/2", "modules": dict(sorted(modules.items()))}
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
     return path
 
 
@@ -226,13 +281,19 @@ def _where(spec: str, named_in: str | os.PathLike[str] | None, field: str) -> st
 def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], field: str, trust_code: bool) -> bool:
     """Raise TrustError unless the module is trusted or ``trust_code`` confirms it; True when it is to be
     remembered (confirmed now, not yet trusted)."""
-    if module in trusted_modules():
+    if is_trusted(module):
         return False
     if not trust_code:
         name = "data" if field.startswith("data") else "arch"
+        pinned = trusted_locations().get(module)
+        elsewhere = (
+            f" (module {module!r} is trusted as {pinned}; here it is {module_location(module) or 'not found'})"
+            if pinned
+            else ""
+        )
         raise TrustError(
-            f"{named_in}: {field or 'the file'} names the code {spec!r}; a file's code runs only when you "
-            f"confirm it: pass {option(name, spec)} for this run, or {option('trust_code')} to trust module "
+            f"{named_in}: {field or 'the file'} names the code {spec!r}{elsewhere}; a file's code runs only when "
+            f"you confirm it: pass {option(name, spec)} for this run, or {option('trust_code')} to trust module "
             f"{module!r} from now on"
         )
     return True

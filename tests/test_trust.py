@@ -145,7 +145,8 @@ def test_a_user_module_named_in_a_recipe_runs_only_when_confirmed(tmp_path, weig
     result = run("validate", recipe, weights, "--trust-code")
     assert result.exit_code == 0, result.stderr
     assert trusted_modules() == ["sk_user_arch"]
-    assert json.loads(store_path().read_text())["modules"] == ["sk_user_arch"]
+    pinned = str((tmp_path / "sk_user_arch.py").resolve())
+    assert json.loads(store_path().read_text())["modules"] == {"sk_user_arch": pinned}  # the file, not the name
     assert run("validate", recipe, weights).exit_code == 0
     listed = run("trust", "--json")
     assert json.loads(listed.stdout)["modules"] == ["sk_user_arch"]
@@ -153,13 +154,40 @@ def test_a_user_module_named_in_a_recipe_runs_only_when_confirmed(tmp_path, weig
     assert_bad_input(run("validate", recipe, weights), "sk_user_arch:build")
 
 
-def test_trust_command_refuses_machinery(tmp_path):
+def test_trust_command_refuses_machinery(tmp_path, monkeypatch):
     for module in ("os", "subprocess", "importlib", "torch.hub", "pip", "sparsekit.trust", "numpy"):
         assert_bad_input(run("trust", module), module, "never trusted")
     assert_bad_input(run("trust", "not a module"), "not a module name")
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(run("trust", "mypkg.nets"), "mypkg.nets: not found from here")  # nothing to pin it to
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "nets.py").write_text("")
     assert run("trust", "mypkg.nets").exit_code == 0
     assert trusted_modules() == ["mypkg.nets"]
     assert forget_module("mypkg.nets") and not forget_module("mypkg.nets")
+
+
+def test_a_trusted_module_name_found_in_another_folder_is_not_trusted(tmp_path, monkeypatch, weights, canary):
+    # Trust was kept by name: a downloaded folder holding a hostile mynets.py and a checkpoint naming mynets:build
+    # ran it without a word, because the user once trusted their own mynets.
+    mine, downloaded = tmp_path / "mine", tmp_path / "downloaded"
+    mine.mkdir()
+    downloaded.mkdir()
+    factory = "from examples.models import mlp\n\ndef build(**kw):\n    return mlp(**kw)\n"
+    (mine / "sk_mynets.py").write_text(factory)
+    (downloaded / "sk_mynets.py").write_text(f"open({str(canary)!r}, 'w').close()\n" + factory)
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(mine)
+    assert run("trust", "sk_mynets").exit_code == 0
+    recipe = recipe_file(downloaded, {"factory": "sk_mynets:build", "kwargs": {"in_features": 64, "hidden": [16]}})
+    monkeypatch.chdir(downloaded)
+    line = assert_bad_input(run("validate", recipe, weights), "sk_mynets:build", "is trusted as", "--trust-code")
+    assert str((mine / "sk_mynets.py").resolve()) in line and str((downloaded / "sk_mynets.py").resolve()) in line
+    assert not canary.exists() and "sk_mynets" not in sys.modules
+    monkeypatch.chdir(mine)
+    recipe_here = recipe_file(mine, {"factory": "sk_mynets:build", "kwargs": {"in_features": 64, "hidden": [16]}})
+    assert run("validate", recipe_here, weights).exit_code == 0  # where it was trusted, it still is
 
 
 def test_a_trusted_module_that_reexports_machinery_is_still_refused(tmp_path, monkeypatch, canary):
@@ -633,16 +661,20 @@ def test_odd_user_code_and_state_files_are_bad_input(tmp_path, monkeypatch, mlp_
 
 @pytest.mark.parametrize(
     "modules",
-    ['"mymod"', '["mymod", 1]', '{"mymod": true}', '["mymod", "not a name"]', '["mymod", "os"]'],
-)
-def test_a_malformed_trust_store_trusts_nothing(modules):
-    """The store is data: a string (once read letter by letter, so 'm', 'y', ... became trusted) or a list
-    holding a non-name makes the whole list untrusted; a module that is never trusted (os) is dropped."""
+    ['"mymod"', '["mymod", 1]', '{"mymod": true}', '{"mymod": "relative.py"}', '["mymod", "not a name"]',
+     '["mymod"]', '{"mymod": "/x/mymod.py", "os": "/x/os.py"}'],
+)  # fmt: skip
+def test_a_malformed_trust_store_trusts_nothing(modules, tmp_path, monkeypatch):
+    """The store is data: a string (once read letter by letter, so 'm', 'y', ... became trusted), a list (names
+    alone, as sparsekit 0.3.4 kept them: a file of that name anywhere) or anything but names with absolute paths
+    trusts nothing; a module that is never trusted (os) is dropped."""
     store_path().parent.mkdir(parents=True, exist_ok=True)
-    store_path().write_text(f'{{"format": "sparsekit-trust/1", "modules": {modules}}}')
+    store_path().write_text(f'{{"format": "sparsekit-trust/2", "modules": {modules}}}')
     assert trusted_modules() == (["mymod"] if "os" in modules else [])
+    (tmp_path / "mymod.py").write_text("")
+    monkeypatch.chdir(tmp_path)
     trust_module("mymod")  # rewritten whole, from nothing
-    assert json.loads(store_path().read_text())["modules"] == ["mymod"]
+    assert json.loads(store_path().read_text())["modules"] == {"mymod": str((tmp_path / "mymod.py").resolve())}
 
 
 @pytest.mark.parametrize(
