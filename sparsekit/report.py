@@ -814,9 +814,11 @@ def _outcome(
         )
         for name, aim in m.per_layer.items()
     ]
-    # The entry's units: every layer it covers, a tied weight's once (as its first layer's); for structured, the
-    # group roots' only: a layer coupled to a root (a depthwise conv after its pointwise) loses the same channels.
-    roots = (m.model_extra or {}).get("roots") if m.method == "structured" else None
+    # The entry's units: every layer it covers, a tied weight's once (as its first layer's); for structured, those
+    # its method counts: a layer coupled to another's group (a depthwise conv after its pointwise) loses the same
+    # channels, so only that group's are counted.
+    extra_fields = m.model_extra or {}
+    roots = (extra_fields.get("counted") or extra_fields.get("roots")) if m.method == "structured" else None
     counted = [r for r in roots if r in channels] if isinstance(roots, list) else list(channels)
     own = [channels[name] for name in (counted or list(channels)) if name not in (m.tied or {})]
     followers = len(channels) - len(counted) if counted and m.method == "structured" else 0

@@ -481,10 +481,11 @@ class Structured:
         return out
 
     def _counted(self) -> list[str]:
-        """The layers whose channels the entry's totals count: the group roots. A layer coupled to a root (a
-        depthwise conv after its producer, a residual branch) loses the root's channels, not channels of its
-        own, so counting it too would count one removal twice."""
-        return [n for n in self.layers if n in self._blocks] or list(self.layers)
+        """The layers whose channels the entry's totals count: every selected layer but those coupled to another
+        selected layer's group. Such a layer (a depthwise conv after its producer, a residual branch) loses the
+        group's channels, not channels of its own, so counting it too would count one removal twice; a layer that
+        no group can prune (coupled to a layer kept whole) counts, with all its channels kept."""
+        return [n for n in self.layers if n not in self._owner] or list(self.layers)
 
     def _asked_total(self) -> float:
         """The fraction of the selected layers' output channels asked by the end: ``ratio``, or with
@@ -523,6 +524,7 @@ class Structured:
             "events": len(self.events),
             "channels": {n: [self.initial[n], _out_channels(m)] for n, m in self.layers.items()},
             "roots": list(self._blocks),  # the layers each rooting a group; the others follow theirs
+            "counted": counted,  # the layers asked and achieved count (coupled followers once, as their group)
             "asked": asked,
             "achieved": 1 - now_total / total if total else 0.0,
             "per_layer": per_layer,
