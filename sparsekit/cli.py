@@ -75,6 +75,9 @@ def _fail(message: str, code: int, as_json: bool = False) -> None:
     # Under torchrun every process prints its own line: say which, unless it is rank 0's.
     rank = _other_rank()
     line = f"{'' if rank is None else f'rank {rank}: '}{render(message, _flag)}"
+    # One line, whatever the message quotes: a value given with a line break (--set "a=1<newline>b: 2") or a
+    # file's text would split it.
+    line = line.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
     click.echo(f"Error: {line}", err=True)
     if as_json:
         _json_error(line, code)
@@ -628,7 +631,9 @@ def prune(
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
-    accepted = [f for item in allow_changes for f in item.split(",") if f.strip()]
+    accepted = [f.strip() for item in allow_changes for f in item.split(",") if f.strip()]
+    if allow_changes and not accepted:
+        raise click.BadParameter("names no field; e.g. --allow-change finetune.epochs", param_hint="'--allow-change'")
     if accepted and not resume:
         raise click.UsageError("--allow-change goes with --resume: it accepts changes since the checkpoint")
     model_overrides = _arch_overrides(arch, arch_kwargs)  # usage errors before the slow imports

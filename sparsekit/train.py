@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -567,7 +568,10 @@ def _load_checkpoint(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a checkpoint cut short (a kill while it was copied, a full disk)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if isinstance(err, pickle.UnpicklingError):  # torch's advice there (load it unsafely) is not ours to give
+            first = "it holds objects other than tensors and plain data, which sparsekit never writes nor unpickles"
+        else:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         damaged = SparsekitError(f"{path}: cannot be read, it is damaged or incomplete ({first}); {again}")
         damaged.unusable = True  # type: ignore[attr-defined]  # no --resume can continue from it
         raise damaged from None

@@ -359,6 +359,13 @@ def test_bad_recipes_exit_2_and_name_the_field(tmp_path, mlp_checkpoint, text, n
     assert not out.exists()
 
 
+def test_an_error_quoting_a_line_break_stays_one_line():
+    # --set "version=1<newline>seed: 5" printed the Error text across two lines.
+    result = run("validate", "lenet-gradual-magnitude-90", "--set", "version=1\nseed: 5")
+    line = assert_bad_input(result, "version")
+    assert result.stderr.strip() == line and "\\n" in line
+
+
 def test_bad_set_override(tmp_path, mlp_checkpoint):
     assert_bad_input(
         run("validate", "lenet-gradual-magnitude-90", "--set", "pruning.0.sparsity=2"), "pruning[0].sparsity"

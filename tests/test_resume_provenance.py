@@ -288,6 +288,14 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_resumable(interrupted):
         run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "cannot be read (it is a folder)"
     )
     assert "damaged or incomplete" not in line
+    ckpt.rmdir()
+    import argparse
+
+    torch.save({"step": argparse.Namespace(a=1)}, ckpt)  # a pickled object where sparsekit writes plain data
+    line = assert_bad_input(run("prune", model, *MLP, recipe, "-o", out, "--resume", *FAST), "objects other than")
+    assert "weights_only" not in line  # torch's advice to load it unsafely is not sparsekit's
+    # --allow-change naming nothing was accepted without a word
+    assert_bad_input(run("prune", model, *MLP, recipe, "-o", out, "--resume", "--allow-change", "", *FAST), "names no")
 
 
 def test_a_resume_with_no_epoch_left_announces_no_training_metrics(interrupted):
