@@ -953,7 +953,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     "--batch-size",
     "batch_sizes",
     multiple=True,
-    type=int,
+    type=click.IntRange(1, 1 << 20),  # (a number of thousands of digits was echoed back whole)
     default=(1, 32),
     show_default=True,
     help="Repeat for several batch sizes.",
