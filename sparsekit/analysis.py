@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import distributed as _distributed
 from .errors import OutputError, SparsekitError, one_line, option
-from .fsutil import write_text
+from .fsutil import sigint_deferred, write_text
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -43,8 +43,10 @@ def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any
         if save_to is not None:
             # Created with the first result: inputs that fail their checks leave no empty folder behind.
             save_to.parent.mkdir(parents=True, exist_ok=True)
-            write_text(save_to, probe.table.to_json())
-            _note_written(save_to.parent, [save_to.name])
+            text = probe.table.to_json()
+            with sigint_deferred():  # the file and its manifest entry together (milliseconds)
+                write_text(save_to, text)
+                _note_written(save_to.parent, [save_to.name])
 
     return bar, advance
 
@@ -157,6 +159,49 @@ def _ours(path: Path, manifest: dict[str, str]) -> bool:
         return False
 
 
+def _publish(out: Path, table: SensitivityTable, allocation: dict[str, Any] | None) -> dict[str, str]:
+    """Write the finished analysis into ``out``: each file first to a temp file beside its place (the plot takes
+    seconds), then all renamed into place and recorded in the manifest with Ctrl-C held (milliseconds), so the
+    folder holds the earlier analysis or this one, never a mix, and a manifest that knows its files. The partial
+    table goes, and an earlier allocation when this analysis makes none (checked ours before). Returns ``{kind:
+    path}`` (``json``, ``plot``, ``markdown``, and ``allocation`` when there is one)."""
+    import os
+    import tempfile
+
+    names = {"json": "sensitivity.json", "plot": "sensitivity.png", "markdown": "sensitivity.md"}
+    if allocation is not None:
+        names["allocation"] = ALLOCATION_FILE
+    temps: dict[str, Path] = {}
+    try:
+        for kind, name in names.items():
+            fd, made = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            os.close(fd)
+            temps[kind] = Path(made)
+        temps["json"].write_text(table.to_json(), encoding="utf-8")
+        table.write_plot(temps["plot"])
+        temps["markdown"].write_text(table.to_markdown(), encoding="utf-8")
+        if allocation is not None:
+            temps["allocation"].write_text(json.dumps(allocation, indent=2), encoding="utf-8")
+        stale = (PARTIAL_FILE,) + ((ALLOCATION_FILE,) if allocation is None else ())
+        umask = os.umask(0)
+        os.umask(umask)
+        with sigint_deferred():
+            for kind, name in names.items():
+                os.chmod(temps[kind], 0o666 & ~umask)  # (mkstemp makes 0600; a finished file gets the usual mode)
+                os.replace(temps[kind], out / name)
+            for name in stale:
+                (out / name).unlink(missing_ok=True)
+            _note_written(out, list(names.values()), dropped=stale)
+    except OSError as err:
+        raise OutputError(
+            f"{out}: cannot write the analysis ({err}); check the folder's free space and permissions"
+        ) from None
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return {kind: str(out / name) for kind, name in names.items()}
+
+
 def _with_pruning(recipe: Recipe, pruning: list[dict[str, Any]]) -> Recipe:
     new = Recipe.model_validate({**recipe.model_dump(mode="json"), "pruning": pruning})
     return recipe.keep_origin(new)
@@ -222,7 +267,7 @@ def run_sensitivity(
     from .allocation import allocate_with_details
     from .outputs import guard_location
     from .pipeline import check_inputs
-    from .sensitivity import SensitivityTable, analyze, auto_entries, write_outputs
+    from .sensitivity import SensitivityTable, analyze, auto_entries
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -242,6 +287,12 @@ def run_sensitivity(
         raise OutputError(
             f"{out}: holds {shown}, which sparsekit sensitivity did not write; it writes only into a new or empty "
             f"folder, or one holding an earlier analysis: choose another output folder ({option('output')})"
+        )
+    if existing and MANIFEST_FILE not in {p.name for p in out.iterdir()}:
+        raise OutputError(
+            f"{out}: holds {', '.join(existing)} with no {MANIFEST_FILE}: an analysis of sparsekit 0.3.4 or before "
+            "(which cannot be told from files of your own) or files that are yours; nothing there is replaced: move "
+            f"them away, or choose another output folder ({option('output')})"
         )
     if foreign:
         raise OutputError(
@@ -281,9 +332,6 @@ def run_sensitivity(
             max_batches=max_batches,
         )
     out.mkdir(parents=True, exist_ok=True)
-    written = write_outputs(table, out)
-    files = {k: str(v) for k, v in written.items()}
-    _note_written(out, [p.name for p in written.values()])
     allocation = allocated = None
     wanted = auto_entries(recipe)
     if wanted:
@@ -294,15 +342,7 @@ def run_sensitivity(
             "pruning": pruning,
             "entries": {str(d.index): d.as_dict() for d in details},
         }
-        write_text(out / ALLOCATION_FILE, json.dumps(allocation, indent=2))
-        _note_written(out, [ALLOCATION_FILE])
-        files["allocation"] = str(out / ALLOCATION_FILE)
-    # What the finished analysis replaces: its own partial table, and an earlier analysis's allocation when this
-    # one makes none (checked ours above, so nothing of the user's).
-    stale = [PARTIAL_FILE] + ([ALLOCATION_FILE] if allocation is None else [])
-    for name in stale:
-        (out / name).unlink(missing_ok=True)
-    _note_written(out, [], dropped=tuple(stale))
+    files = _publish(out, table, allocation)
     return {
         "table": table,
         "files": files,

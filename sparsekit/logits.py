@@ -14,6 +14,7 @@ Example: a model returning ``(logits, aux)`` with ``model: {output: 0}``; one re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from .errors import DataError
 
-__all__ = ["attach", "describe", "detach", "select_logits", "selected", "unselected"]
+__all__ = ["attach", "describe", "detach", "every_output", "mattering", "select_logits", "selected"]
 
 _MARK = "_sparsekit_output"  # set on the hook function: found again by detach, even in a deep copy
 
@@ -124,15 +125,16 @@ def detach(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def unselected(model: nn.Module) -> Iterator[None]:
-    """Within the block, ``model`` returns its own outputs, every head's, as if :func:`attach` had not run; the
-    selection comes back afterwards, in its place among the model's forward hooks. For tracing: a removal must
-    keep every output's shape, and torch-pruning must see every layer that consumes a removed channel (an
-    auxiliary head the selection hides is still computed, so it must shrink with its input)."""
-    keys = [key for key, fn in model._forward_hooks.items() if hasattr(fn, _MARK)]
-    saved = {key: model._forward_hooks[key] for key in keys}
-    for key in keys:
-        model._forward_hooks[key] = _pass_through
+def every_output(model: nn.Module) -> Iterator[None]:
+    """Within the block, a model with a selection (:func:`attach`) returns a tuple: the selected logits first, then
+    every other tensor of its own output (in a tuple, list, dict or dataclass), the selection keeping its place
+    among the model's forward hooks; afterwards it returns the logits alone again. For tracing: torch-pruning must
+    see every layer that consumes a removed channel (an auxiliary head is still computed, so it must shrink with
+    its input), while only the logits are the model's output (:func:`mattering`). A model without a selection is
+    left as it is."""
+    saved = {key: fn for key, fn in model._forward_hooks.items() if hasattr(fn, _MARK)}
+    for key, fn in saved.items():
+        model._forward_hooks[key] = _every_tensor_hook(getattr(fn, _MARK))
     try:
         yield
     finally:
@@ -141,8 +143,36 @@ def unselected(model: nn.Module) -> Iterator[None]:
                 model._forward_hooks[key] = fn
 
 
-def _pass_through(module: nn.Module, args: Any, out: Any) -> None:
-    return None  # a forward hook returning None leaves the output as it is
+def _every_tensor_hook(output: int | str) -> Any:
+    def hook(module: nn.Module, args: Any, out: Any) -> tuple[torch.Tensor, ...]:
+        logits = select_logits(out, output)
+        return (logits, *(t for t in _every_tensor(out) if t is not logits))
+
+    setattr(hook, _MARK, output)
+    return hook
+
+
+def _every_tensor(out: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors in a model's output: a tensor, or those in a tuple, list, dict or dataclass (nested a little)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if depth >= 4:
+        return []
+    if isinstance(out, Mapping):
+        items = list(out.values())
+    elif isinstance(out, list | tuple):
+        items = list(out)
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items = [getattr(out, f.name, None) for f in dataclasses.fields(out)]
+    else:
+        return []
+    return [t for item in items for t in _every_tensor(item, depth + 1)]
+
+
+def mattering(model: nn.Module, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Of the tensors a traced forward pass returned (inside :func:`every_output`), those that are the model's output:
+    the logits alone when ``model.output`` selects them (the first), else every one."""
+    return tensors[:1] if selected(model) is not None else tensors
 
 
 def selected(model: nn.Module) -> int | str | None:

@@ -74,8 +74,12 @@ def _note_loose_weights(model: nn.Module) -> None:
     total = 0
     loose: dict[str, tuple[int, ...]] = {}
     for name, module in model.named_modules():
-        # torch's own modules (norms, embeddings, attention) and any layer sparsekit prunes, a subclass included
-        own = type(module).__module__.startswith("torch.") or layer_kind(module) is not None
+        # torch's own modules (norms, embeddings, attention; a subclass too) and any layer sparsekit prunes, but not
+        # a parameter container (ParameterList / ParameterDict hold a user's parameters as they are)
+        own = layer_kind(module) is not None or (
+            not isinstance(module, nn.ParameterList | nn.ParameterDict)
+            and any(c.__module__.startswith("torch.") for c in type(module).__mro__ if c not in (nn.Module, object))
+        )
         for pname, param in module.named_parameters(recurse=False):
             if param.dim() < 2:
                 continue

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -378,11 +380,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             raise RecipeError(f"{path}: recipe file not found (see `sparsekit recipes` for shipped ones)")
         if path.is_dir():
             raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
-        if not path.is_file():  # a pipe would block until someone writes to it; a device may never end
-            raise RecipeError(f"{path}: is not a regular file (a device, pipe or socket); give the recipe file itself")
-        # Read at most one byte past the limit (a file may grow while it is read).
-        with path.open("rb") as f:
-            raw = f.read(MAX_TEXT_BYTES + 1)
+        mode = path.stat().st_mode
+        if stat.S_ISFIFO(mode):
+            # A pipe: `<(cat r.yaml)` from a shell. Opened without waiting (a named pipe nobody writes to blocked
+            # forever), then read to its end: empty when nobody writes.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read(MAX_TEXT_BYTES + 1)
+        elif not stat.S_ISREG(mode):  # a device (/dev/zero never ends) or a socket
+            raise RecipeError(f"{path}: is not a regular file (a device or socket); give the recipe file itself")
+        else:
+            # Read at most one byte past the limit (a file may grow while it is read).
+            with path.open("rb") as f:
+                raw = f.read(MAX_TEXT_BYTES + 1)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         raise RecipeError(f"{path}: cannot read the recipe ({err})") from None
     kind = _model_file_kind(raw[:16])

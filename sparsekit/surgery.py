@@ -63,12 +63,12 @@ _RTOL, _ATOL = 1e-5, 1e-6
 @contextlib.contextmanager
 def traced(model: nn.Module) -> Iterator[None]:
     """Eval mode (a traced forward must not move BatchNorm running stats) with autograd on (tp
-    traces through ``grad_fn``), and the model's own outputs, every head's, when ``model.output`` selected one
-    (:func:`sparsekit.logits.unselected`); every module's own training flag is restored afterwards."""
+    traces through ``grad_fn``), and every tensor of the model's own output after the logits when ``model.output``
+    selected them (:func:`sparsekit.logits.every_output`); every module's own training flag is restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.enable_grad(), logits.unselected(model):
+        with torch.enable_grad(), logits.every_output(model):
             yield
     finally:
         for m, training in modes:
@@ -269,7 +269,8 @@ def output_shapes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[in
     dim left out, from a forward pass on a zero input of ``input_shape`` as :func:`traced` runs it. Raises what
     the forward pass raises."""
     with traced(model), torch.no_grad():
-        return [tuple(t.shape[1:]) for t in _tensors(model(example_input(model, input_shape)))]
+        out = model(example_input(model, input_shape))
+    return [tuple(t.shape[1:]) for t in logits.mattering(model, _tensors(out))]
 
 
 def forward_failure(
@@ -299,7 +300,7 @@ def forward_failure(
         for h in hooks:
             h.remove()
     if shapes is not None:
-        got = [tuple(t.shape[1:]) for t in _tensors(out)]
+        got = [tuple(t.shape[1:]) for t in logits.mattering(model, _tensors(out))]
         want = [tuple(s) for s in shapes]
         if got != want:
             if len(got) == len(want) == 1:
@@ -575,7 +576,7 @@ def remove_dead_units(
         graph = build_graph(model, input_shape)
         for name in order:
             _remove_layer_units(model, graph, name, probe, skip, tied)
-        if _same_outputs(_run(model, probe), reference):
+        if _same_outputs(model, _run(model, probe), reference):
             return model, normalize_history(tpa.pruning_history(graph))
         why = "outputs changed after removing every layer's dead units at once"
     except (KeyboardInterrupt, MemoryError):
@@ -593,7 +594,7 @@ def remove_dead_units(
             graph = build_graph(candidate, input_shape)
             if not _remove_layer_units(candidate, graph, name, probe, skip, tied):
                 continue
-            ok = _same_outputs(_run(candidate, probe), reference)
+            ok = _same_outputs(candidate, _run(candidate, probe), reference)
             reason = "removing its zeroed units changed the model's outputs"
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -658,9 +659,10 @@ def _remove_layer_units(
     return True
 
 
-def _same_outputs(after: Any, reference: Any) -> bool:
-    """Whether two model outputs (a tensor, or tensors in a tuple, list or dict) agree in shape and value."""
-    a, b = _tensors(after), _tensors(reference)
+def _same_outputs(model: nn.Module, after: Any, reference: Any) -> bool:
+    """Whether two outputs of ``model`` (a tensor, or tensors in a tuple, list or dict) agree in shape and value:
+    the logits alone when ``model.output`` selects them (:func:`sparsekit.logits.mattering`)."""
+    a, b = logits.mattering(model, _tensors(after)), logits.mattering(model, _tensors(reference))
     return len(a) == len(b) and all(
         x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(a, b, strict=True)
     )

@@ -495,10 +495,17 @@ def test_a_pipe_or_a_device_given_as_a_model_or_a_recipe_is_refused_without_read
     env = {**os.environ, "PYTHONPATH": str(root)}
     for args, needle in (
         (["inspect", tmp_path / "model.pt", *ARCH], "model.pt: is not a regular file"),
-        (["validate", tmp_path / "recipe.yaml"], "recipe.yaml: is not a regular file"),
+        (
+            ["validate", tmp_path / "recipe.yaml"],
+            "recipe.yaml: the recipe is empty",
+        ),  # a pipe nobody writes to: read, empty
         (["validate", tmp_path / "zero.yaml"], "zero.yaml: is not a regular file"),
     ):
         done = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True, timeout=120, env=env, cwd=root)
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], done.stderr
+    # a pipe someone writes to is a recipe like any other: `sparsekit validate <(cat recipe.yaml)`
+    shell = f"{sys.executable} -m sparsekit validate <(printf 'version: 1\\n')"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -455,6 +457,56 @@ class TwoHeads(nn.Module):
         h = F.relu(self.fc2(F.relu(self.fc1(x))))
         out = (self.head(h), self.aux(h))
         return {"logits": out[0], "aux": out[1]} if self.as_dict else out
+
+
+class LogitsAndFeatures(nn.Module):
+    """Returns ``(logits, features)``, the features after an activation (no layer's own output), or the same two
+    in a dataclass."""
+
+    def __init__(self, as_dataclass: bool = False) -> None:
+        super().__init__()
+        self.as_dataclass = as_dataclass
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201 - a tuple or a dataclass
+        h = F.relu(self.fc2(F.relu(self.fc1(x))))
+        return _Out(self.head(h), h) if self.as_dataclass else (self.head(h), h)
+
+
+@dataclasses.dataclass
+class _Out:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+@pytest.mark.parametrize("as_dataclass", [False, True])
+def test_with_the_logits_selected_other_outputs_may_shrink(as_dataclass):
+    # model.output picks the logits: the features the model also returns are discarded, so removing channels that
+    # reach them is fine (it refused "its outputs have shapes [[4], [16]] instead of [[4], [32]]"), and a dataclass
+    # output is traced through its fields (torch-pruning got the object itself: "not iterable").
+    from sparsekit import logits
+
+    torch.manual_seed(0)
+    model = logits.attach(LogitsAndFeatures(as_dataclass), "logits" if as_dataclass else 0)
+    spec = {"method": "structured", "ratio": 0.5, "round_to": 1, "schedule": "oneshot"}
+    r = sparsekit.Recipe(model={"input_shape": [1, 16]}, finetune={"epochs": 1}, pruning=[spec])
+    final = sparsekit.Pruner(model, r, steps_per_epoch=2).finalize()
+    assert (final.fc1.out_features, final.fc2.out_features, final.head.in_features) == (16, 16, 16)
+    assert final(torch.randn(3, 16)).shape == (3, 4)
+    # l1's removal of dead units, on the same model: fc2's zeroed rows go although the features lose them
+    model = logits.attach(LogitsAndFeatures(as_dataclass), "logits" if as_dataclass else 0)
+    with torch.no_grad():
+        model.fc2.weight[16:] = 0
+        model.fc2.bias[16:] = 0
+    x = torch.randn(5, 16)
+    before = model(x)
+    l1 = {"method": "l1", "strength": 1e-9, "group": "row", "remove_dead": True, "layers": {"include": ["fc2"]}}
+    r = sparsekit.Recipe(model={"input_shape": [1, 16]}, finetune={"epochs": 1}, pruning=[l1])
+    final = sparsekit.Pruner(model, r, steps_per_epoch=2).finalize()
+    assert final.fc2.out_features == 16
+    torch.testing.assert_close(final(x), before)
 
 
 @pytest.mark.parametrize("as_dict", [False, True])

@@ -479,12 +479,21 @@ def test_weights_no_layer_holds_are_said_to_stay_dense():
     class MyLinear(nn.Linear):  # a user's own subclass of a layer is a layer
         pass
 
+    class MyEmbedding(nn.Embedding):  # and of another torch module, that module
+        pass
+
     entry = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
     with pytest.warns(UserWarning, match=r"248 of the model's 312 weights .*w1 \[8, 3, 3, 3\], w2 \[4, 8\]"):
         sparsekit.Pruner(Functional(), entry, steps_per_epoch=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sparsekit.Pruner(nn.Sequential(MyLinear(8, 8), nn.ReLU(), nn.Linear(8, 2)), entry, steps_per_epoch=1)
+        sparsekit.Pruner(nn.Sequential(MyEmbedding(100, 8), nn.Linear(8, 2)), entry, steps_per_epoch=1)
+    listed = nn.Module()
+    listed.ws = nn.ParameterList([nn.Parameter(torch.randn(8, 8))])
+    listed.fc = nn.Linear(8, 2)
+    with pytest.warns(UserWarning, match=r"ws\.0 \[8, 8\]"):
+        sparsekit.Pruner(listed, entry, steps_per_epoch=1)
 
 
 def test_the_pruner_refuses_what_is_not_a_model_a_recipe_or_a_step_count_naming_the_argument(tmp_path):

@@ -88,7 +88,7 @@ def test_files_sparsekit_did_not_write_are_never_replaced(tmp_path, mlp_checkpoi
     out.mkdir()
     (out / "sensitivity.md").write_text("my notes\n")
     result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite")
-    assert_bad_input(result, "sensitivity.md", "did not write")
+    assert_bad_input(result, "sensitivity.md", "nothing there is replaced")
     assert (out / "sensitivity.md").read_text() == "my notes\n"
 
 
@@ -109,6 +109,24 @@ def test_overwrite_replaces_only_unchanged_files_of_its_own_and_an_interrupt_kee
     assert {k: v for k, v in after.items() if not k.startswith(".")} == {
         k: v for k, v in before.items() if not k.startswith(".")
     }
+
+    # Ctrl-C while the finished files are written (the plot takes seconds): the earlier files stay, all of them,
+    # and --resume finishes from the complete partial table (a folder neither --resume nor --overwrite took)
+    def interrupted_plot(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sens.SensitivityTable, "write_plot", interrupted_plot)
+    stopped = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite", "--no-progress")
+    assert stopped.exit_code == 130
+    monkeypatch.undo()
+    now = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".") and "partial" not in p.name}
+    assert now == {k: v for k, v in before.items() if not k.startswith(".")}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    counted = StopAfter(monkeypatch, None)
+    assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--no-progress").exit_code == 0
+    assert counted.calls == 0  # every probe was in the partial table
+    monkeypatch.undo()
+    assert not (out / "sensitivity.partial.json").exists()
     assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite").exit_code == 0
     assert not (out / "sensitivity.partial.json").exists()
     md = out / "sensitivity.md"
@@ -121,7 +139,7 @@ def test_overwrite_replaces_only_unchanged_files_of_its_own_and_an_interrupt_kee
     mine.mkdir()
     (mine / "sensitivity.md").write_text("# Sensitivity analysis of my model, by hand\n")  # sparsekit's heading
     result = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", mine, "--overwrite")
-    assert_bad_input(result, "sensitivity.md", "did not write")
+    assert_bad_input(result, "sensitivity.md", "no .sensitivity-manifest.json", "move them away")
     assert (mine / "sensitivity.md").read_text().startswith("# Sensitivity analysis of my model")
 
 
