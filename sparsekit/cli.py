@@ -1506,6 +1506,8 @@ def sensitivity(
     for i, (name, score) in enumerate(shown):
         label = "most" if i == 0 else "least" if i == len(shown) - 1 else ""
         lines.append(f"  {label:9} {name}: {score:.4f}")
+        if i == 2 and len(ranking) > 6:  # the middle rows are in sensitivity.md and --json
+            lines.append(f"  {'':9} … {len(ranking) - 6} more (sensitivity.md ranks them all)")
     for row in table.left_out:
         lines.append(f"  left out  {row.name} ({row.type}): {row.reason}")
     if res["allocation"]:

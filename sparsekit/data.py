@@ -338,7 +338,12 @@ def _make_synthetic(
 def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(source).expanduser()
     where = f"data.source file '{source}'"
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{where} is a directory; give the .npz file itself (numpy.savez(path, x=..., y=...))")
+    if path.exists():
+        if not path.is_file():  # a device or a pipe: a zip reader would seek in it (or read /dev/zero forever)
+            raise DataError(f"{where} is not a regular file (a device, pipe or socket); give the .npz file itself")
+    else:
         raise DataError(
             f"{where} not found (relative paths start at the current directory {os.getcwd()}); "
             "check the path or use one of: " + ", ".join(BUILTIN_SOURCES)
@@ -651,7 +656,8 @@ def _check_labels(y: np.ndarray, source: str, num_classes: int | None) -> int:
     if highest >= num_classes:
         raise DataError(
             f"data.source {source!r} has labels up to {highest} but the model has {num_classes} outputs; "
-            f"use a model with num_classes >= {highest + 1}"
+            f"use a model with num_classes >= {highest + 1} (a model returning several outputs: model.output picks "
+            "the one holding the class scores)"
         )
     return num_classes
 

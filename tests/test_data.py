@@ -430,3 +430,17 @@ def test_an_npz_declaring_more_than_it_holds_or_than_memory_is_refused_before_it
         load_data(str(honest), batch_size=4)
     monkeypatch.setattr(data_mod, "_memory_bytes", lambda: 10**9)
     assert len(load_data(str(honest), batch_size=4, val_fraction=0.25).train) > 0
+
+
+def test_a_data_path_that_is_no_regular_file_says_what_it_is(tmp_path):
+    # A folder, a pipe or /dev/zero named as --data was "not found".
+    import os
+
+    (tmp_path / "d.npz").mkdir()
+    os.mkfifo(tmp_path / "f.npz")
+    (tmp_path / "z.npz").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"d\.npz' is a directory"):
+        load_data(str(tmp_path / "d.npz"), batch_size=4)
+    for name in ("f.npz", "z.npz"):
+        with pytest.raises(DataError, match=rf"{name[0]}\.npz' is not a regular file"):
+            load_data(str(tmp_path / name), batch_size=4)

@@ -306,3 +306,19 @@ def test_sensitivity_records_the_data_it_used_and_a_resume_names_another(
     assert table.data_settings["data.source"] == str(tmp_path / "a.npz")  # it recorded the recipe's 'digits'
     other = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--resume", "--data", tmp_path / "b.npz")
     assert_bad_input(other, f"data.source '{tmp_path / 'a.npz'}' then, '{tmp_path / 'b.npz'}' now")
+
+
+def test_the_printed_ranking_says_when_it_leaves_rows_out(tmp_path, auto_recipe):
+    # Nine layers: the first three and the last three were printed with nothing between, so the 7th read as 4th.
+    import sparsekit
+    from examples.models import mlp
+
+    model = tmp_path / "deep.pt"
+    sparsekit.save_model(mlp(hidden=[8] * 8), model, factory="examples.models:mlp", input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(auto_recipe.read_text())
+    result = run("sensitivity", model, recipe, *MLP, "--kwargs", '{"hidden": [8, 8, 8, 8, 8, 8, 8, 8]}', "-o",
+                 tmp_path / "s", "--max-batches", "1", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "… 3 more (sensitivity.md ranks them all)" in result.stdout
+    assert result.stdout.index("most") < result.stdout.index("… 3 more") < result.stdout.index("least")
