@@ -159,13 +159,14 @@ def test_trust_command_refuses_machinery(tmp_path, monkeypatch):
         assert_bad_input(run("trust", module), module, "never trusted")
     assert_bad_input(run("trust", "not a module"), "not a module name")
     monkeypatch.chdir(tmp_path)
-    assert_bad_input(run("trust", "mypkg.nets"), "mypkg.nets: not found from here")  # nothing to pin it to
-    (tmp_path / "mypkg").mkdir()
-    (tmp_path / "mypkg" / "__init__.py").write_text("")
-    (tmp_path / "mypkg" / "nets.py").write_text("")
-    assert run("trust", "mypkg.nets").exit_code == 0
-    assert trusted_modules() == ["mypkg.nets"]
-    assert forget_module("mypkg.nets") and not forget_module("mypkg.nets")
+    # (a package name no other test imports: one in sys.modules is found there)
+    assert_bad_input(run("trust", "sk_trustpkg.nets"), "sk_trustpkg.nets: not found from here")  # nothing to pin
+    (tmp_path / "sk_trustpkg").mkdir()
+    (tmp_path / "sk_trustpkg" / "__init__.py").write_text("")
+    (tmp_path / "sk_trustpkg" / "nets.py").write_text("")
+    assert run("trust", "sk_trustpkg.nets").exit_code == 0
+    assert trusted_modules() == ["sk_trustpkg.nets"]
+    assert forget_module("sk_trustpkg.nets") and not forget_module("sk_trustpkg.nets")
 
 
 def test_a_trusted_module_name_found_in_another_folder_is_not_trusted(tmp_path, monkeypatch, weights, canary):
