@@ -17,7 +17,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -97,26 +97,16 @@ def _json_error(message: str, code: int) -> None:
         click.echo(json.dumps({"error": message, "exit_code": code}))
 
 
-def _holds_run(out: Any) -> bool:
-    """Whether the output folder ``out`` holds a sparsekit run to resume (True when that cannot be told)."""
+def _folder_holds(out: Any, what: Literal["run", "checkpoint"]) -> bool:
+    """Whether the output folder ``out`` holds a sparsekit run to resume (``run``) or an epoch checkpoint
+    (``checkpoint``); True when that cannot be told."""
     if out is None:
         return True
     try:
         from .outputs import RunFolder
 
-        return RunFolder(Path(out)).has_run()
-    except Exception:  # noqa: BLE001 - an interruption's message must not fail
-        return True
-
-
-def _checkpointed(out: Any) -> bool:
-    """Whether the output folder ``out`` holds an epoch checkpoint to resume from (True when that cannot be told)."""
-    if out is None:
-        return True
-    try:
-        from .outputs import RunFolder
-
-        return RunFolder(Path(out)).checkpointed()
+        folder = RunFolder(Path(out))
+        return folder.has_run() if what == "run" else folder.checkpointed()
     except Exception:  # noqa: BLE001 - an interruption's message must not fail
         return True
 
@@ -131,10 +121,12 @@ def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> s
     if command == "prune":
         if TRAINING_DONE in said:
             resume = "; `--resume` skips the finished training and redoes only what follows it"
-        elif TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said or not _checkpointed(out):
+        elif (
+            TRAINING_NOT_STARTED in said or "no epoch was checkpointed" in said or not _folder_holds(out, "checkpoint")
+        ):
             # (where is not always known: another torchrun rank waiting for rank 0 says nothing of it)
             resume = "; no epoch was checkpointed: `--resume` starts the training over"
-        if not _holds_run(out):  # stopped before the output folder held anything
+        if not _folder_holds(out, "run"):  # stopped before the output folder held anything
             resume = "; nothing was kept to resume: run the same command again"
     what = "Terminated (SIGTERM)" if terminated else "Interrupted"
     where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
@@ -138,23 +139,30 @@ def is_trusted(module: str) -> bool:
 def module_location(module: str) -> str | None:
     """Where ``module`` would be imported from (its top-level module's file, or a namespace package's first
     folder; symlinks resolved), found without importing anything; None when it is not found."""
-    top = module.split(".")[0]
-    loaded = sys.modules.get(top)
+    found = _find_top(module)
     where: str | None
-    if loaded is not None:
-        where = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", None) or []), None)
+    if isinstance(found, types.ModuleType):
+        where = getattr(found, "__file__", None) or next(iter(getattr(found, "__path__", None) or []), None)
+    elif found is None:
+        return None
     else:
-        try:
-            with _cwd_appended():
-                spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            return None
-        if spec is None:
-            return None
-        where = spec.origin
+        where = found.origin
         if where in (None, "namespace", "built-in", "frozen"):
-            where = next(iter(spec.submodule_search_locations or []), None)
+            where = next(iter(found.submodule_search_locations or []), None)
     return os.path.realpath(where) if where else None
+
+
+def _find_top(module: str) -> types.ModuleType | importlib.machinery.ModuleSpec | None:
+    """``module``'s top-level module when it is imported, else its import spec, found without importing anything
+    (the current folder searched last, as for an import); None when it is not found."""
+    top = module.split(".")[0]
+    if top in sys.modules:
+        return sys.modules[top]
+    try:
+        with _cwd_appended():
+            return importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
 
 
 def trust_module(module: str) -> Path:
@@ -324,19 +332,11 @@ def _denied(module: str) -> str | None:
 
 def _top_level_origin(module: str) -> str | None:
     """The file a top-level module would be imported from, found without importing anything."""
-    top = module.split(".")[0]
-    if top in sys.modules:
-        mod = sys.modules[top]
+    found = _find_top(module)
+    if isinstance(found, types.ModuleType):
         # A namespace package (a folder without __init__.py, e.g. a tests/ folder) has no __file__.
-        return getattr(mod, "__file__", None) or ("namespace" if hasattr(mod, "__path__") else "built-in")
-    try:
-        with _cwd_appended():
-            spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    return spec.origin or "namespace"
+        return getattr(found, "__file__", None) or ("namespace" if hasattr(found, "__path__") else "built-in")
+    return None if found is None else (found.origin or "namespace")
 
 
 def _denied_file(origin: str | None) -> str | None:
