@@ -308,8 +308,7 @@ def run_sensitivity(
     partial = out / PARTIAL_FILE
     earlier = None
     if resume:
-        # An unfinished analysis's table, else a finished one's (an analysis of sparsekit 0.3.4 or before
-        # saved its progress there)
+        # An unfinished analysis's table, else a finished one's (then nothing is left to probe: it is written again)
         table_path = partial if partial.is_file() else out / "sensitivity.json"
         if table_path.is_file():
             try:
