@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # examples.models is importable as --arch/factory
+
+# A test run started in the background by a shell without job control (`( pytest & )`, some CI runners) inherits
+# SIGINT ignored, and so would every process it starts: the tests that send Ctrl-C to a sparsekit process would see
+# nothing happen. A terminal's Ctrl-C is what they test, so the run gets Python's own handler back (a handled signal,
+# unlike an ignored one, is reset to the default in the processes it starts).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
