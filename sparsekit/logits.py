@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import DataError
 
-__all__ = ["attach", "describe", "detach", "every_output", "mattering", "select_logits", "selected"]
+__all__ = ["attach", "describe", "detach", "every_output", "mattering", "output_tensors", "select_logits", "selected"]
 
 _MARK = "_sparsekit_output"  # set on the hook function: found again by detach, even in a deep copy
 
@@ -146,18 +146,16 @@ def every_output(model: nn.Module) -> Iterator[None]:
 def _every_tensor_hook(output: int | str) -> Any:
     def hook(module: nn.Module, args: Any, out: Any) -> tuple[torch.Tensor, ...]:
         logits = select_logits(out, output)
-        return (logits, *(t for t in _every_tensor(out) if t is not logits))
+        return (logits, *(t for t in output_tensors(out) if t is not logits))
 
     setattr(hook, _MARK, output)
     return hook
 
 
-def _every_tensor(out: Any, depth: int = 0) -> list[torch.Tensor]:
-    """The tensors in a model's output: a tensor, or those in a tuple, list, dict or dataclass (nested a little)."""
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output: a tensor, or those inside a tuple, list, dict or dataclass (nested)."""
     if isinstance(out, torch.Tensor):
         return [out]
-    if depth >= 4:
-        return []
     if isinstance(out, Mapping):
         items = list(out.values())
     elif isinstance(out, list | tuple):
@@ -166,7 +164,7 @@ def _every_tensor(out: Any, depth: int = 0) -> list[torch.Tensor]:
         items = [getattr(out, f.name, None) for f in dataclasses.fields(out)]
     else:
         return []
-    return [t for item in items for t in _every_tensor(item, depth + 1)]
+    return [t for item in items for t in output_tensors(item)]
 
 
 def mattering(model: nn.Module, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -241,7 +241,7 @@ def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    tensors = _tensors(result)
+    tensors = logits.output_tensors(result)
     heads = [outputs[id(t)] for t in tensors if id(t) in outputs]
     if len(heads) < len(tensors) and order and order[-1] not in heads:
         heads.append(order[-1])
@@ -270,7 +270,7 @@ def output_shapes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[in
     the forward pass raises."""
     with traced(model), torch.no_grad():
         out = model(example_input(model, input_shape))
-    return [tuple(t.shape[1:]) for t in logits.mattering(model, _tensors(out))]
+    return [tuple(t.shape[1:]) for t in logits.mattering(model, logits.output_tensors(out))]
 
 
 def forward_failure(
@@ -300,7 +300,7 @@ def forward_failure(
         for h in hooks:
             h.remove()
     if shapes is not None:
-        got = [tuple(t.shape[1:]) for t in logits.mattering(model, _tensors(out))]
+        got = [tuple(t.shape[1:]) for t in logits.mattering(model, logits.output_tensors(out))]
         want = [tuple(s) for s in shapes]
         if got != want:
             if len(got) == len(want) == 1:
@@ -343,7 +343,7 @@ def reused_parameters(model: nn.Module, input_shape: Sequence[int]) -> list[tupl
         for h in hooks:
             h.remove()
     uses: dict[int, int] = {}
-    roots = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+    roots = [t.grad_fn for t in logits.output_tensors(out) if t.grad_fn is not None]
     seen: set[int] = set()
     while roots:
         node = roots.pop()
@@ -365,17 +365,6 @@ def reused_parameters(model: nn.Module, input_shape: Sequence[int]) -> list[tupl
             if extra > 0:
                 found.append((name, pname, extra))
     return found
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output: a tensor, or those inside a tuple, list or dict (nested)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, list | tuple):
-        return [t for item in out for t in _tensors(item)]
-    return []
 
 
 def refit_masks(model: nn.Module) -> list[str]:
@@ -662,7 +651,10 @@ def _remove_layer_units(
 def _same_outputs(model: nn.Module, after: Any, reference: Any) -> bool:
     """Whether two outputs of ``model`` (a tensor, or tensors in a tuple, list or dict) agree in shape and value:
     the logits alone when ``model.output`` selects them (:func:`sparsekit.logits.mattering`)."""
-    a, b = logits.mattering(model, _tensors(after)), logits.mattering(model, _tensors(reference))
+    a, b = (
+        logits.mattering(model, logits.output_tensors(after)),
+        logits.mattering(model, logits.output_tensors(reference)),
+    )
     return len(a) == len(b) and all(
         x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(a, b, strict=True)
     )

@@ -233,21 +233,27 @@ def test_the_plot_helper_publishes_nothing_once_its_run_is_killed(tmp_path):
 def test_the_plot_worker_imports_nothing_from_the_current_folder(tmp_path, monkeypatch):
     # `python -m sparsekit.plots` put the current folder first on the worker's import path: a numpy.py there ran
     # (a prune in a downloads folder executed it) and the plots failed with its ImportError.
-    from sparsekit.plots import PlotWorker
-
     canary = tmp_path / "canary"
     (tmp_path / "numpy.py").write_text(f"open({str(canary)!r}, 'w').close()\n")
     (tmp_path / "matplotlib.py").write_text(f"open({str(canary)!r}, 'w').close()\n")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
+    worker, files = _draw_in_a_worker(out)
+    assert worker.error is None, worker.error
+    assert "finetune.png" in files and (out / "finetune.png").is_file()
+    assert not canary.exists()
+
+
+def _draw_in_a_worker(out):
+    """A plot worker drawing the first plots into ``out`` (created): ``(worker, files)`` once it finished."""
+    from sparsekit.plots import PlotWorker
+
     out.mkdir()
     with PlotWorker(out) as worker:
         worker.start()
         worker.draw({"layers": STRUCTURED, "structured": True, "history": HISTORY})
         files = worker.finish({})
-    assert worker.error is None, worker.error
-    assert "finetune.png" in files and (out / "finetune.png").is_file()
-    assert not canary.exists()
+    return worker, files
 
 
 def test_the_latency_plot_sent_early_is_drawn_and_collected_at_finish(tmp_path):
@@ -270,7 +276,7 @@ def test_the_latency_plot_sent_early_is_drawn_and_collected_at_finish(tmp_path):
 def test_matplotlib_keeps_its_font_cache_in_sparsekits_cache_folder(tmp_path, monkeypatch):
     # matplotlib wrote ~/.cache/matplotlib/fontlist-*.json and ~/.config/matplotlib from the plot worker, outside
     # what README says a run writes; it goes to sparsekit's cache folder unless MPLCONFIGDIR is set.
-    from sparsekit.plots import PlotWorker, matplotlib_env
+    from sparsekit.plots import matplotlib_env
 
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
@@ -278,12 +284,7 @@ def test_matplotlib_keeps_its_font_cache_in_sparsekits_cache_folder(tmp_path, mo
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(cache))
     for var in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
-    out = tmp_path / "out"
-    out.mkdir()
-    with PlotWorker(out) as worker:
-        worker.start()
-        worker.draw({"layers": STRUCTURED, "structured": True, "history": HISTORY})
-        files = worker.finish({})
+    worker, files = _draw_in_a_worker(tmp_path / "out")
     assert worker.error is None and "finetune.png" in files
     assert not [p for p in home.rglob("*")]
     assert list((cache / "matplotlib").glob("fontlist-*.json"))
