@@ -866,7 +866,7 @@ def export(
             )
             lines.append(
                 "  Note: latency is not measured here, and onnxruntime's int8 CPU kernels do not beat fp32 on every "
-                f"model (small CNNs ran 1.0-2x slower): to compare, {how}"
+                f"model (the example models ran at 0.6-0.99x of fp32, tiny ones may not gain): to compare, {how}"
             )
         if q["bytes"] >= q["fp32_bytes"]:
             lines.append(
