@@ -15,9 +15,9 @@ layers, 15 of mobilenetv2_small's 53 ran as DequantizeLinear + fp32 Conv): 1.65-
 resnet_small, 1.1-1.7x on mobilenetv2_small. With uint8 activations every layer fuses (QLinearConv, QGemm): 0.81-0.85x
 and 0.83-0.99x of fp32, LeNet-300-100 0.60-0.68x (was 0.69-0.84x). Those fused kernels multiply uint8 by int8
 (U8S8) and, on CPUs without VNNI, sum pairs of products in 16 bits, which saturates with 8-bit weights (onnxruntime's
-quantization docs): top-1 agreement with fp32 fell to 0.86 on resnet_small and 0.77 on mobilenetv2_small. Weights in
-[-64, 64] cannot saturate (255 * 64 * 2 < 2^15): agreement 0.992, 0.942 (int8 activations, before: 0.994, 0.788), 0.99 on LeNet-300-100
-(0.984) and 1.0 on small_cnn (0.994), at the same file size.
+quantization docs): top-1 agreement with fp32 fell to 0.86 on resnet_small and 0.77 on mobilenetv2_small.
+Weights in [-64, 64] cannot saturate (255 * 64 * 2 < 2^15): agreement 0.992 and 0.942 (with int8 activations:
+0.994, 0.788), 0.99 on LeNet-300-100 (0.984) and 1.0 on small_cnn (0.994), at the same file size.
 
 Example::
 
