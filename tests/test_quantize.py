@@ -443,3 +443,38 @@ def test_static_int8_sums_do_not_saturate(tmp_path):
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
     scale = float(np.abs(outs[0]).max())
     assert float(np.abs(outs[1] - outs[0]).max()) <= 0.05 * scale, (outs[0][:2], outs[1][:2])
+
+
+class _TiedAutoencoder(torch.nn.Module):
+    """An encoder whose decoder is its own weight transposed (read along two axes: no per-channel scale fits both)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.Linear(64, 32)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.enc(x))
+        return self.head(torch.nn.functional.linear(h, self.enc.weight.t()))
+
+
+def test_per_tensor_fallback_calibrates_on_the_same_batches_from_a_generator(tmp_path):
+    """Per-channel quantization fails on a weight read along two axes; the per-tensor retry calibrates on the very
+    batches the first attempt read, even when they come from a generator (as quantize_on_data passes them), which
+    gives them only once (it said "calibration data is empty")."""
+    torch.manual_seed(0)
+    export_onnx(_TiedAutoencoder(), tmp_path / "t.onnx", [1, 64], exporter="torchscript")
+    data = batches(3, size=8)
+    seen = []
+
+    def once():
+        for b in data:
+            seen.append(b)
+            yield b
+
+    info = quantize_int8(tmp_path / "t.onnx", tmp_path / "q.onnx", calibration=once())
+    assert info["per_channel"] is False and "per-tensor" in info["fallback"]
+    assert info["calibration_batches"] == 3 and len(seen) == 3  # each batch read once, used by both attempts
+    quantize_int8(tmp_path / "t.onnx", tmp_path / "l.onnx", calibration=data)  # the same batches as a list
+    a, b = onnx.load(str(tmp_path / "q.onnx")), onnx.load(str(tmp_path / "l.onnx"))
+    assert {t.name: t.raw_data for t in a.graph.initializer} == {t.name: t.raw_data for t in b.graph.initializer}

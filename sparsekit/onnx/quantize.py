@@ -141,7 +141,11 @@ def quantize_int8(
                             use_external_data_format=large, extra_options=options,
                         )  # fmt: skip
                     else:
-                        reader = _Reader(calibration, inputs, max_calibration_batches)
+                        # The per-tensor retry reads the batches the failed attempt read (a generator, as
+                        # quantize_on_data passes, gives them only once), then any it did not.
+                        reader = (
+                            _Reader(calibration, inputs, max_calibration_batches) if reader is None else reader.again()
+                        )
                         quantize_static(
                             pre, tmp, reader, quant_format=QuantFormat.QDQ, per_channel=channel_wise,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=True,
@@ -348,6 +352,8 @@ class _Reader:
         self.limit = limit
         self.count = 0
         self._it = iter(batches)
+        self._read: list[dict[str, np.ndarray]] = []  # every feed read from the batches, for again()
+        self._replay: Iterator[dict[str, np.ndarray]] = iter(())
         first = self._next()
         if first is None:
             raise ExportError("calibration data is empty; pass batches of model input or None for dynamic")
@@ -359,17 +365,30 @@ class _Reader:
             return feed
         return self._next()
 
+    def again(self) -> _Reader:
+        """A reader that gives the same batches from the start: those this one read (kept), then the rest."""
+        other = object.__new__(_Reader)
+        other.names, other.ranks, other.limit, other._it = self.names, self.ranks, self.limit, self._it
+        other.count, other._read, other._replay, other._first = 0, self._read, iter(list(self._read)), None
+        return other
+
     def rewind(self) -> None:  # part of the CalibrationDataReader protocol; one pass is all MinMax needs
         pass
 
     def _next(self) -> dict[str, np.ndarray] | None:
         if self.count >= self.limit:
             return None
+        kept = next(self._replay, None)
+        if kept is not None:
+            self.count += 1
+            return kept
         batch = next(self._it, None)
         if batch is None:
             return None
         self.count += 1
-        return self._feed(batch)
+        feed = self._feed(batch)
+        self._read.append(feed)
+        return feed
 
     def _feed(self, batch: Any) -> dict[str, np.ndarray]:
         if isinstance(batch, dict):
