@@ -841,12 +841,21 @@ def export(
             f"Wrote {q['path']} ({q['mode']} int8, {q['bytes']:,} B = {q['bytes'] / q['fp32_bytes']:.2f}x fp32, "
             f"gzip {q['gzip_bytes']:,} B); pruned zeros still zero: {q['zeros']['zeros_ok']}"
         )
-        if q.get("eval"):
+        if q.get("eval") and q["eval"].get("top1_agreement") is None:
+            lines.append(f"  accuracy not measured: {q['eval'].get('note')}")
+        elif q.get("eval"):
             ev = q["eval"]
+            several = len(ev.get("outputs") or []) > 1
             lines.append(
                 f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
+                + (f" (output {ev.get('output')!r}, the first of the model's outputs)" if several else "")
             )
+            from .report import int8_agreement_warning
+
+            disagrees = int8_agreement_warning(ev)
+            if disagrees:
+                click.echo(f"Warning: {disagrees}", err=True)
         elif q.get("check", {}).get("error"):
             lines.append(f"  int8 vs fp32 on random normal inputs: not compared ({q['check']['error']})")
         elif q.get("check"):
@@ -896,7 +905,7 @@ def _sparse_storage_line(out: Path, st: dict[str, Any]) -> str:
         if gz >= 1
         else "larger raw than dense storage"
     )
-    of = f" ({count} of its weight tensors)" if count else ""
+    of = f" ({count} of its tensors)" if count else ""  # (an int8 file's all-zero zero points count too)
     return (
         f"Stored {out} with sparse initializers{of}: {st['bytes']:,} B ({raw:.3f}x of dense storage), gzip "
         f"{st['gzip_bytes']:,} B ({gz:.3f}x); {verdict}"

@@ -150,6 +150,14 @@ def check_input_shape(
     model.eval()
     try:
         first = fails([1, *dims[1:]])
+        from .surgery import integer_input_advice
+
+        if first is not None and integer_input_advice(first):
+            raise DataError(
+                f"{origin} {dims}: the model takes integer input (token ids for an nn.Embedding, say; "
+                f"{one_line(first, 120)}), and sparsekit runs, exports and fine-tunes models on float inputs only: "
+                "give the model a forward that takes float input (e.g. embed outside it)"
+            )
         if first is not None:
             raise DataError(
                 f"{origin} {dims}: the model does not accept it ({one_line(first, 160)}); give the shape it "

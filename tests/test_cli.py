@@ -1102,3 +1102,36 @@ def test_under_torchrun_only_rank_0_prints_the_json_document(monkeypatch):
     result = CliRunner().invoke(main, ["inspect", "/nonexistent/model.pt", "--json"])
     assert_bad_input(result, "rank 1: ")
     assert result.stdout == ""
+
+
+EMBED_LONG_MODULE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class EmbedNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):  # token ids as torch gives them: int64
+            return self.fc(self.emb(x).mean(1))
+
+    def build():
+        return EmbedNet()
+""")
+
+
+def test_a_model_that_takes_integer_ids_is_not_blamed_on_its_shape(tmp_path, monkeypatch):
+    """Found by review: an nn.Embedding taking int64 ids failed on the float check input with "the model does not
+    accept [1, 12]; give the shape it takes", though the shape was right."""
+    (tmp_path / "embedlong.py").write_text(EMBED_LONG_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import embedlong
+
+    model_path = tmp_path / "e.pt"
+    torch.save(embedlong.build().state_dict(), model_path)
+    arch = ("--arch", "embedlong:build", "--input-shape", "1,12")
+    line = assert_bad_input(run("export", model_path, *arch, "-o", tmp_path / "e.onnx"), "takes integer input")
+    assert "give the shape it takes" not in line
+    assert not (tmp_path / "e.onnx").exists()

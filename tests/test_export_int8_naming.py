@@ -258,3 +258,68 @@ def test_forced_sparse_storage_says_what_it_did_in_figures(tmp_path, mlp_checkpo
     assert "saves disk" not in _sparse_storage_line(out, bigger) and "larger after gzip" in _sparse_storage_line(
         out, bigger
     )
+
+
+class AuxFirst(torch.nn.Module):
+    """A model whose first output is one value per sample (an auxiliary score), its class scores second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(64, 32)
+        self.aux = torch.nn.Linear(32, 1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return self.aux(h), self.head(h)
+
+
+def aux_first() -> AuxFirst:
+    return AuxFirst()
+
+
+def test_int8_accuracy_is_not_claimed_on_an_output_of_one_value_per_sample(tmp_path):
+    # The argmax of a single value is always 0: it printed "top-1 agreement 1.0000" and an accuracy of the labels
+    # equal to 0 for a model whose first output is not its class scores.
+    torch.manual_seed(0)
+    path = tmp_path / "aux.pt"
+    torch.save(AuxFirst().state_dict(), path)
+    arch = ["--arch", f"{__name__}:aux_first", "--input-shape", "1,64", "--exporter", "torchscript"]
+    result = run("export", path, *arch, "-o", tmp_path / "q.onnx", "--quantize", "int8", "--data", "digits", "--json")
+    assert result.exit_code == 0, result.stderr
+    ev = json.loads(result.stdout)["int8"]["eval"]
+    assert ev["top1_agreement"] is None and ev["int8_accuracy"] is None and len(ev["outputs"]) == 2
+    text = run("export", path, *arch, "-o", tmp_path / "q.onnx", "--quantize", "int8", "--data", "digits")
+    assert text.exit_code == 0, text.stderr
+    assert "accuracy not measured: output" in text.stdout and "one value per sample" in text.stdout
+    assert "top-1 agreement" not in text.stdout
+
+
+def test_int8_that_no_longer_agrees_with_fp32_is_flagged(tmp_path):
+    # One calibration sample of extreme values stretches every int8 range: the int8 model predicts one class
+    # for everything. It was written with exit 0 and no word beyond the figures.
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):  # a model that predicts several classes, so agreement can fall
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+    path = tmp_path / "m.pt"
+    sparsekit.save_model(model, path, "examples.models:mlp", input_shape=[1, 64])
+    x_out = x.copy()
+    x_out[0] *= 1e30
+    np.savez(tmp_path / "outlier.npz", x=x_out, y=y)
+    np.savez(tmp_path / "clean.npz", x=x, y=y)
+    base = ["export", path, "--arch", "examples.models:mlp", "-o", tmp_path / "q.onnx", "--quantize", "int8"]
+    bad = run(*base, "--data", tmp_path / "outlier.npz")
+    assert bad.exit_code == 0, bad.stderr
+    assert "Warning: int8 predicts the same class as fp32 on only" in bad.stderr
+    clean = run(*base, "--data", tmp_path / "clean.npz")
+    assert clean.exit_code == 0, clean.stderr
+    assert "Warning: int8 predicts" not in clean.stderr

@@ -743,3 +743,15 @@ def test_structured_counts_a_coupled_depthwise_convs_channels_once():
     (o,) = summarize(_report(dense, model, pruner, recipe, shape)).methods
     assert (o.channels_kept, o.channels_total) == (16 + 32, 32 + 64)
     assert o.coupled == 1 and o.achieved == pytest.approx(0.5)
+
+
+def test_an_int8_model_that_disagrees_with_fp32_gets_a_note():
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, accuracy=(0.95, 0.95), int8_latency={"1": (0.9, 0.05)})
+    assert not any("int8 predicts the same class" in n for n in report.notes)  # agreement 1.0
+    assert report.int8 is not None
+    report.int8.eval = {"int8_accuracy": 0.1, "fp32_accuracy": 0.95, "top1_agreement": 0.12, "samples": 200}
+    (note,) = [n for n in notes(report) if n.startswith("int8 predicts the same class as fp32 on only 12.0% of 200")]
+    assert "outliers in the calibration data" in note

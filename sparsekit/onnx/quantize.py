@@ -178,13 +178,7 @@ def quantize_int8(
             else None
         )
         if eval_data is not None:
-            x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
-            fp32_pred, int8_pred = _predict(src, x, batch_size), _predict(tmp, x, batch_size)
-            result["eval"] = {
-                "samples": len(y), "fp32_accuracy": float(np.mean(fp32_pred == y)),
-                "int8_accuracy": float(np.mean(int8_pred == y)),
-                "top1_agreement": float(np.mean(fp32_pred == int8_pred)),
-            }  # fmt: skip
+            result["eval"] = _evaluate(src, tmp, eval_data, batch_size, [o.name for o in model.graph.output])
         publish(tmp, final)
 
     # At the fp32 file's gzip level: the int8 file, a quarter of its size, would get level 9 on its own.
@@ -203,6 +197,30 @@ def quantize_int8(
         "preprocess": preprocess,
         "zeros": zeros,
     }
+
+
+def _evaluate(
+    fp32: Path, int8: Path, eval_data: tuple[np.ndarray, np.ndarray], batch_size: int, outputs: list[str]
+) -> dict[str, Any]:
+    """``quantize_int8``'s ``eval``: ``{"samples", "output", "outputs", "fp32_accuracy", "int8_accuracy",
+    "top1_agreement"}`` on the first output (named in ``output``; ``outputs``: all the model's), the class scores
+    when sparsekit exported the model from a run (the recipe's ``model.output`` comes first); the three figures are
+    None, with a ``"note"``, when that output holds one value per sample (no class to take the argmax of: a model
+    whose first output is not its logits)."""
+    x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
+    a, b = _outputs(fp32, x, batch_size), _outputs(int8, x, batch_size)
+    out: dict[str, Any] = {"samples": len(y), "output": outputs[0] if outputs else None, "outputs": outputs}
+    if a.shape[1] < 2:
+        others = f"; the model's outputs: {', '.join(outputs)}" if len(outputs) > 1 else ""
+        return {
+            **out, "fp32_accuracy": None, "int8_accuracy": None, "top1_agreement": None,
+            "note": f"output {out['output']!r} holds one value per sample, so there is no class to compare{others}",
+        }  # fmt: skip
+    fp32_pred, int8_pred = a.argmax(axis=1), b.argmax(axis=1)
+    return {
+        **out, "fp32_accuracy": float(np.mean(fp32_pred == y)), "int8_accuracy": float(np.mean(int8_pred == y)),
+        "top1_agreement": float(np.mean(fp32_pred == int8_pred)),
+    }  # fmt: skip
 
 
 def quantize_on_data(
