@@ -93,9 +93,11 @@ def resolve_model(
         )
     shape = spec.input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
+        # The built-in image sources' samples (sparsekit.data), as a first layer that convolves them takes them
+        example = {"digits": "[1,1,8,8]", "mnist5k": "[1,1,28,28]"}.get(str(recipe.data.source), "[1,1,28,28]")
         raise SparsekitError(
             f"{model_path}: cannot tell the model's input shape; set model.input_shape in the recipe "
-            f"(e.g. {option('set', 'model.input_shape=[1,1,28,28]')})"
+            f"(e.g. {option('set', f'model.input_shape={example}')}: batch first, then one sample's shape)"
         )
     if spec.input_shape:
         loaded.shape_origin = f"{recipe.source or 'the recipe'}: model.input_shape"

@@ -1135,3 +1135,30 @@ def test_a_model_that_takes_integer_ids_is_not_blamed_on_its_shape(tmp_path, mon
     line = assert_bad_input(run("export", model_path, *arch, "-o", tmp_path / "e.onnx"), "takes integer input")
     assert "give the shape it takes" not in line
     assert not (tmp_path / "e.onnx").exists()
+
+
+CONV_FIRST_MODULE = textwrap.dedent("""
+    from torch import nn
+
+    def build():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+""")
+
+
+def test_an_unknown_input_shape_is_asked_for_with_the_data_sources_sample_shape(tmp_path, monkeypatch):
+    """Found by review: with --data digits (8x8 images) the message suggested model.input_shape=[1,1,28,28]."""
+    (tmp_path / "convfirst.py").write_text(CONV_FIRST_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import convfirst
+
+    model_path = tmp_path / "c.pt"
+    torch.save(convfirst.build().state_dict(), model_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nfinetune: {epochs: 1}\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    out = tmp_path / "o"
+    line = assert_bad_input(
+        run("prune", model_path, recipe, "--arch", "convfirst:build", "--data", "digits", "-o", out, *FAST),
+        "cannot tell the model's input shape",
+    )
+    assert "model.input_shape=[1,1,8,8]" in line and "28" not in line
+    assert not out.exists()

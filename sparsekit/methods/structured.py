@@ -792,7 +792,7 @@ def _rounding_reason(r: tpa.Rounding, step: int = 1, steps: int = 1) -> str:
     if r.halved:
         of += f" (half of round_to: the layer is narrower than {4 * m})"  # twice the full multiple, 2 * m
     elif m != r.round_to:
-        of += " (round_to and the grouped conv's blocks)"
+        of += " (round_to and the layer's channel groups: a grouped conv or GroupNorm loses channels evenly from each)"
     head = f"round_to {r.round_to}"
     if steps > 1:
         head += f", at removal step {step} of {steps} with {r.channels} channels left"
