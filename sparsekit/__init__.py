@@ -117,7 +117,7 @@ from .errors import (  # noqa: E402
     TrustError,
 )
 
-__version__ = "0.3.5"
+__version__ = "0.3.6"
 
 # public name -> the module that defines it
 _LAZY = {
