@@ -114,10 +114,11 @@ from .errors import (  # noqa: E402
     RecipeError,
     SparsekitError,
     TargetError,
+    TargetMissedWarning,
     TrustError,
 )
 
-__version__ = "0.3.6"
+__version__ = "0.3.7"
 
 # public name -> the module that defines it
 _LAZY = {
@@ -182,6 +183,7 @@ __all__ = [
     "Report",
     "SparsekitError",
     "TargetError",
+    "TargetMissedWarning",
     "TrustError",
     "__version__",
     "benchmark",

@@ -126,6 +126,8 @@ def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> s
         ):
             # (where is not always known: another torchrun rank waiting for rank 0 says nothing of it)
             resume = "; no epoch was checkpointed: `--resume` starts the training over"
+            if "no epoch was checkpointed" in said and said.startswith(WHERE_PREFIXES):  # said already: once
+                resume = "; `--resume` starts the training over"
         if not _folder_holds(out, "run"):  # stopped before the output folder held anything
             resume = "; nothing was kept to resume: run the same command again"
     what = "Terminated (SIGTERM)" if terminated else "Interrupted"
@@ -318,7 +320,7 @@ set_option = click.option(
     metavar="KEY.PATH=VALUE",
     help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8, "
     "--set data.batch_size=128 or --set benchmark.enabled=false (no latency benchmark); the whole recipe is "
-    "validated again (docs/recipe.md).",
+    "validated again (every key: `sparsekit recipes --reference`).",
 )
 kwargs_option = click.option(
     "--kwargs",
@@ -511,17 +513,18 @@ def main() -> None:
     """Make trained PyTorch models smaller and faster from a YAML recipe.
 
     \b
-    Typical run (see README.md):
+    Typical run (README.md has the whole story; each command's --help its own):
       sparsekit recipes                                  # shipped recipes
       sparsekit recipes lenet-gradual-magnitude-90 > my-recipe.yaml   # a starting point of your own
-      sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100
-      sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
-      sparsekit inspect out/model.pt --arch examples.models:lenet_300_100
+      sparsekit validate my-recipe.yaml my.pt --arch mypkg.nets:build   # your model: the function that builds it
+      sparsekit prune my.pt my-recipe.yaml --arch mypkg.nets:build -o out
+      sparsekit inspect out/model.pt --arch mypkg.nets:build
       sparsekit bench out/dense.onnx out/model.onnx
+    (In a clone of the repository, examples.models:lenet_300_100 and the others are ready-made models.)
 
     Files are data: model files are loaded weights-only, recipes with yaml.safe_load, and a model
     factory or data callable named inside a file runs only if you name it yourself (--arch, --data)
-    or trust its module (--trust-code, `sparsekit trust`). See SECURITY.md.
+    or trust its module (--trust-code, `sparsekit trust --help`).
     Exit codes: 0 ok, 2 bad input, 1 bug, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
     """
 
@@ -802,7 +805,13 @@ def export(
     )
     shape = given_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
-        raise ExportError(f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
+        from .modelio import input_shape_example
+
+        example = input_shape_example(loaded.model)
+        raise ExportError(
+            f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape {example} (the batch, the "
+            "first layer's channels, then your data's size)"
+        )
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
     origin = shape_origin(model, given_shape, loaded.input_shape)
     check_input_shape(loaded.model, shape, origin=origin, fix=_guessed_fix if origin == GUESSED else None)
@@ -1596,6 +1605,11 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
         raise click.UsageError("give the output FOLDER of a prune run, or --schema")
     src = folder / "report.json"
     if not src.is_file():
+        if (folder / ".sparsekit" / "next").is_dir():  # an interrupted run's, which a plain prune would refuse
+            raise SparsekitError(
+                f"{src}: not found: the run in {folder} did not finish; finish it with `sparsekit prune ... -o "
+                f"{folder} --resume` (the same model and recipe), then report"
+            )
         raise SparsekitError(f"{src}: not found; run `sparsekit prune ... -o {folder}` first")
     from .outputs import RunFolder
 

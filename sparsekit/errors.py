@@ -168,6 +168,12 @@ class TargetError(SparsekitError):
     """Layer patterns match nothing, or methods overlap on the same weights."""
 
 
+class TargetMissedWarning(UserWarning):
+    """:meth:`sparsekit.Pruner.finalize`: a pruning entry ended short of its stated target (``sparsity``, l1's
+    ``target``) beyond its tolerance, e.g. a training loop that stopped before the schedule's end. The CLI checks
+    every target itself (``report.json``'s ``summary.targets``, an error with its strict option)."""
+
+
 class DataError(SparsekitError):
     """A data source cannot be found, loaded or does not fit the model."""
 

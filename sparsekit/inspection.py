@@ -112,6 +112,26 @@ def shape_origin(path: Any, given: Sequence[int] | None, saved: Sequence[int] | 
     return GUESSED
 
 
+def _shapes_to_try(model: Any, dims: list[int]) -> list[list[int]]:
+    """Batch-1 input shapes the first module holding parameters suggests, other than ``dims``: ``[1, in_features]``
+    for a Linear, ``[1, in_channels, *dims[2:]]`` for a convolution when ``dims`` has its rank."""
+    from torch import nn
+
+    from .modelio import infer_input_shape
+
+    shapes = []
+    linear = infer_input_shape(model)
+    if linear:
+        shapes.append(linear)
+    for m in model.modules():
+        if next(iter(m.parameters(recurse=False)), None) is None:
+            continue
+        if isinstance(m, nn.modules.conv._ConvNd) and len(dims) == 2 + len(m.kernel_size):
+            shapes.append([1, int(m.in_channels), *dims[2:]])
+        break
+    return [s for s in shapes if s != dims]
+
+
 def check_input_shape(
     model: Any, shape: Sequence[int], *, fix: Callable[[str], str] | None = None, origin: str = "input shape"
 ) -> None:
@@ -159,10 +179,16 @@ def check_input_shape(
                 "give the model a forward that takes float input (e.g. embed outside it)"
             )
         if first is not None:
-            raise DataError(
-                f"{origin} {dims}: the model does not accept it ({one_line(first, 160)}); give the shape it "
-                f"takes, batch first{paren(remedy(''))}"
+            # One the first layer tells (a Linear's in_features, a conv's in_channels at the given size), if the
+            # model runs on it: a shipped recipe's [1, 784] for one's own 64-input MLP said only "give the shape".
+            runs = (c for c in _shapes_to_try(model, dims) if fails(c) is None and fails([2, *c[1:]]) is None)
+            takes = next(runs, None)
+            advice = (
+                f"; the model takes {takes}{paren(remedy(str(takes)))}"
+                if takes
+                else f"; give the shape it takes, batch first{paren(remedy(''))}"
             )
+            raise DataError(f"{origin} {dims}: the model does not accept it ({one_line(first, 160)}){advice}")
         if fails([2, *dims[1:]]) is None:
             return
         guess = [1, *dims]

@@ -800,7 +800,11 @@ def read_model(
     if kwargs_from is None and kwargs_given is None and kwargs and kwargs is fallback_kwargs:  # (caller's factory)
         kwargs_from = f"{fallback_named_in or 'the recipe'}: model.kwargs"
     notes = []
-    if fallback_factory and factory and factory != fallback_factory:
+    # Not said when the caller's arch option named the factory and nothing of the recipe's is dropped with it: that
+    # is the usual way to prune one's own model with a shipped recipe (which names its example model), and the
+    # same line at the start and in the summary's notes of every such run taught nothing.
+    said_by_caller = bool(arch) and not fallback_kwargs and not fallback_confirmed
+    if fallback_factory and factory and factory != fallback_factory and not said_by_caller:
         # Not an error: a shipped recipe names its example model, and any model may be pruned with it.
         chosen = (
             f"{factory}, named by the caller, builds the model" if arch else f"{path} names its own factory {factory}"
@@ -930,6 +934,22 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     if whole and t.untyped_storage().nbytes() == t.numel() * t.element_size():
         return t
     return t.clone()
+
+
+def input_shape_example(model: nn.Module) -> str:
+    """An input shape to suggest where none is known, comma-separated for the shape option: the first module
+    holding parameters' channels with a placeholder size (a Conv2d of 1 input channel: ``1,1,28,28``; Conv1d:
+    ``1,C,128``; Conv3d: ``1,C,16,32,32``), ``1,3,32,32`` when that module tells nothing."""
+    sizes = {1: [128], 2: [28, 28], 3: [16, 32, 32]}
+    for m in model.modules():
+        if next(iter(m.parameters(recurse=False)), None) is None:
+            continue
+        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m.weight, nn.parameter.UninitializedParameter):
+            dims = sizes.get(len(m.kernel_size))
+            if dims:
+                return ",".join(str(v) for v in [1, int(m.in_channels), *dims])
+        break
+    return "1,3,32,32"
 
 
 def infer_input_shape(model: nn.Module) -> list[int] | None:

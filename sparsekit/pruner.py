@@ -26,7 +26,7 @@ from torch import nn
 
 from . import distributed as _distributed
 from . import methods
-from .errors import TargetError
+from .errors import TargetError, TargetMissedWarning
 from .layers import layer_kind, tied_aliases
 from .learning_rate import LearningRates
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
@@ -567,7 +567,41 @@ class Pruner:
         if self.pruning_history:
             self._mark_model()  # a method's finalize may have returned a new model object
         self.finalized = True
+        self._warn_missed()
         return self.model
+
+    def _warn_missed(self) -> None:
+        """A :class:`~sparsekit.TargetMissedWarning` per entry whose weight sparsity (``magnitude``, ``gradient``) or
+        l1 ``target`` ended short of what it asked beyond its tolerance: a loop of one's own has no summary to show
+        it. (Channel ratios and MACs/latency targets depend on rounding and measurement: the CLI's report checks
+        them, :func:`sparsekit.report.check_targets`.)"""
+        from .report import SPARSITY_TOLERANCE  # (pydantic: only here, once, at the end of a run)
+
+        for i, method in enumerate(self.methods):
+            if method.name not in ("magnitude", "gradient", "l1"):
+                continue
+            out = method.report()
+            asked, achieved = out.get("asked"), out.get("achieved")
+            if not isinstance(asked, (int, float)) or not isinstance(achieved, (int, float)):
+                continue
+            tol = out.get("tolerance")
+            if not isinstance(tol, (int, float)):
+                # one weight per layer of rounding on top (a layer's count is whole weights)
+                weights = sum(getattr(method, "initial", {}).values()) or 1
+                tol = SPARSITY_TOLERANCE + len(method.layers) / weights
+            if achieved >= asked - tol:
+                continue
+            why = out.get("reason")
+            end = getattr(getattr(method, "schedule", None), "end", None)
+            if not why and isinstance(end, int) and self.step_count < end:
+                why = f"the run stopped at step {self.step_count}, before the schedule's end at step {end}"
+            what = f"{out.get('unit', 'weights')} zero" if method.name == "l1" else "weights zero"
+            warnings.warn(
+                f"pruning[{i}] ({method.name}) missed its target: asked {asked:.3f}, achieved {achieved:.3f} ({what})"
+                + (f": {why}" if why else ""),
+                TargetMissedWarning,
+                stacklevel=3,
+            )
 
     def masks(self) -> dict[str, torch.Tensor]:
         """A copy of every mask, by module name: bool tensors of the weight's shape, False = pruned."""

@@ -1353,7 +1353,25 @@ def _message(e: Any) -> str:
         return f"must be {_BOUND_WORDS[kind]} {limit} (got {short(repr(e.get('input')), 40)})"
     if kind == "int_from_float":
         return "must be a whole number"
+    if kind in ("list_type", "dict_type"):  # pydantic's "Input should be a valid list" names neither form nor value
+        form = "a list, written [a, b]" if kind == "list_type" else "a mapping, written {key: value}"
+        return f"must be {form} (got {_kind_of(e.get('input'))} {short(repr(e.get('input')), 40)})"
     return short(e["msg"].removeprefix("Value error, "), 300)
+
+
+def _kind_of(value: Any) -> str:
+    """A YAML value's kind in YAML's words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else type(value).__name__
 
 
 def format_validation_error(err: ValidationError, source: str, overrides: Sequence[str] = ()) -> str:
@@ -1391,6 +1409,9 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
         text = str(culprit).partition("=")[2].strip()
         if not text and e.get("input") is None:  # `data.source=`: YAML reads nothing as null
             lines[i] += f" (the override gives no value, which YAML reads as null: {key}=VALUE)"
+        elif e["type"] == "list_type" and isinstance(e.get("input"), str) and text.startswith("["):
+            # `[1,64` is no YAML list (the bracket is not closed): YAML reads it as text
+            lines[i] += f" (an override's value is read as YAML, and {short(text, 40)} is no list: close its brackets)"
         elif e["type"] == "string_type":  # data.source=1e5 is read as YAML, so as a number: the caller meant text
             lines[i] += f' (an override\'s value is read as YAML: for the text, quote it: {key}="{short(text, 60)}")'
     if overrides and culprits and all(culprits):

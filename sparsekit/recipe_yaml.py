@@ -368,6 +368,26 @@ def _model_file_kind(head: bytes) -> str | None:
     return None
 
 
+def _shipped_hint(path: Path) -> str:
+    """For a recipe file not found: the shipped recipe its name means (the repository's ``recipes/x.yaml`` from
+    another folder or a wheel install, a misspelled name), else where the shipped ones are listed."""
+    import difflib
+
+    from .recipe_catalog import shipped_recipes
+
+    try:
+        names = [row["name"] for row in shipped_recipes()]
+    except RecipeError:
+        return ""
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if stem in names:
+        return f"; a shipped recipe has that name: give {stem!r} (its name, without a folder)"
+    close = difflib.get_close_matches(stem, names, n=1)
+    if close:
+        return f"; did you mean the shipped recipe {close[0]!r}? (`sparsekit recipes` lists them)"
+    return " (see `sparsekit recipes` for shipped ones)"
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The recipe file at ``path`` as plain data: a mapping with string keys of lists, strings,
     numbers, booleans and null (at most ``MAX_TEXT_BYTES`` of UTF-8 YAML, one document, no tags,
@@ -377,7 +397,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         if not path.exists():
-            raise RecipeError(f"{path}: recipe file not found (see `sparsekit recipes` for shipped ones)")
+            raise RecipeError(f"{path}: recipe file not found{_shipped_hint(path)}")
         if path.is_dir():
             raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
         mode = path.stat().st_mode

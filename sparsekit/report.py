@@ -869,7 +869,20 @@ def _outcome(
             remarks.append(f"largest unit norm now {max(norms):.3f} (at most {spec['max_value']:g} asked)")
     if m.method == "l1" and m.dead_units is not None and not nothing:
         du = m.dead_units
-        if du.found == 0 and spec.get("group", "none") != "none":
+        tol = (m.model_extra or {}).get("tolerance")
+        reached = (
+            m.asked is not None
+            and m.achieved is not None
+            and m.achieved >= m.asked - (float(tol) if isinstance(tol, (int, float)) else SPARSITY_TOLERANCE)
+        )
+        if du.found == 0 and spec.get("group", "none") != "none" and reached:
+            # Its count includes units another entry removed from its layers (a structured entry on the same
+            # layer): those met the target before this one had to zero any. Not "nothing": nothing was asked of it.
+            remarks.append(
+                f"zeroed no unit itself: the {m.achieved:.3f} reached counts units another entry removed from its "
+                f"layers, already as many as its target {m.asked:g}"
+            )
+        elif du.found == 0 and spec.get("group", "none") != "none":
             nothing = True
             remarks.append(
                 "achieved nothing: no unit's weights all reached zero, so no unit was removed: raise strength, or "
@@ -1076,11 +1089,19 @@ def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -
                 **spec,
                 **{k: asked[o.entry].get(k) for k in ("target_macs", "target_latency") if k in asked[o.entry]},
             }
-        checks += _entry_targets(o, m, spec, report)
+        # Zeros another entry places on the same layers (an l1 entry's dead units on a magnitude entry's layer) are
+        # in this entry's count too, so only those layers' own asks bound it from above.
+        others = {r.name for p in outcomes if p.entry != o.entry and p.method != "max_norm" for r in p.layers}
+        shared = any(r.name in others for r in o.layers)
+        checks += _entry_targets(o, m, spec, report, shared)
     return checks
 
 
-def _entry_targets(o: MethodOutcome, m: MethodResult, spec: dict[str, Any], report: Report) -> list[TargetCheck]:
+def _entry_targets(
+    o: MethodOutcome, m: MethodResult, spec: dict[str, Any], report: Report, shared: bool = False
+) -> list[TargetCheck]:
+    """The checks of one entry (see :func:`check_targets`); ``shared``: another entry that zeroes or removes
+    weights selects one of its layers, so zeros past its own target are no miss of its own."""
     head = f"entry {o.entry} ({o.method})"
 
     def check(target: str, asked: float | None, achieved: float | None, tol: float, met: bool, why: str) -> TargetCheck:
@@ -1112,7 +1133,7 @@ def _entry_targets(o: MethodOutcome, m: MethodResult, spec: dict[str, Any], repo
         # Methods that place every zero themselves miss too by going past the target: a 0.3 ratio rounded to
         # half a small model's channels is another model than the one asked for. (L1's zeros come from
         # training, and more of them than its target is what a stronger penalty does: short is the miss.)
-        if met and o.method != "l1" and o.achieved > ceiling + tol:
+        if met and o.method != "l1" and not shared and o.achieved > ceiling + tol:
             met = False
             why += " (more than asked)"
         if o.method == "structured" and not met:

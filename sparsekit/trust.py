@@ -299,6 +299,14 @@ def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], fie
             if pinned
             else ""
         )
+        if module.split(".")[0] == "examples" and module_location(module) is None:
+            # A shipped recipe's example model, from an install without the repository: confirming it cannot work.
+            raise TrustError(
+                f"{named_in}: {field or 'the file'} names {spec!r}, the example model of the sparsekit repository, "
+                f"which is not here (examples/ is not part of the installed package): for your own model pass "
+                f"{option(name, 'your_module:your_factory')} (the function that builds it), or run from a clone of "
+                "the repository"
+            )
         raise TrustError(
             f"{named_in}: {field or 'the file'} names the code {spec!r}{elsewhere}; a file's code runs only when "
             f"you confirm it: pass {option(name, spec)} for this run, or {option('trust_code')} to trust module "

@@ -463,7 +463,8 @@ def test_a_checkpoint_saved_with_an_input_shape_its_model_does_not_take_is_named
     assert_bad_input(_run(["export", path, *ARCH, "-o", tmp_path / "x.onnx"]), needle, "--input-shape")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
-    fix = "--set model.input_shape=[1,...]"
+    # the first layer (a Linear of 64 inputs) tells the shape the model takes: it is suggested
+    fix = "the model takes [1, 64] (--set model.input_shape=[1,64])"
     assert_bad_input(_run(["validate", recipe, path, *ARCH]), needle, fix)
     assert_bad_input(_run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK]), needle, fix)
     # ... and that fix works: a recipe shape the model takes replaces a saved one it does not take.

@@ -985,6 +985,11 @@ def test_an_interrupt_that_does_not_say_where_reads_the_folder_for_what_resume_w
     )
     (out / ".sparsekit" / "next" / "checkpoints").mkdir()
     (out / ".sparsekit" / "next" / "checkpoints" / "last.pt").write_bytes(b"x")
+    # An epoch interrupted before any was checkpointed says so once (it said "no epoch was checkpointed" twice).
+    assert _interrupt_message("prune", False, "in epoch 1 of 30; no epoch was checkpointed", out) == (
+        "Interrupted: in epoch 1 of 30; no epoch was checkpointed. Finished files are complete, unfinished ones were "
+        "not written; `--resume` starts the training over."
+    )
     assert _interrupt_message("prune", True, "in epoch 2 of 3", out) == (
         "Terminated (SIGTERM): in epoch 2 of 3. Finished files are complete, unfinished ones were not written; "
         "`--resume` continues from the last finished epoch."
@@ -1162,3 +1167,43 @@ def test_an_unknown_input_shape_is_asked_for_with_the_data_sources_sample_shape(
     )
     assert "model.input_shape=[1,1,8,8]" in line and "28" not in line
     assert not out.exists()
+
+
+def test_report_on_an_interrupted_run_advises_resume_not_a_new_prune(tmp_path):
+    # It said "run `sparsekit prune ... -o DIR` first", which refuses that folder (it holds an earlier run).
+    out = tmp_path / "o"
+    (out / ".sparsekit" / "next" / "checkpoints").mkdir(parents=True)
+    result = run("report", out)
+    assert_bad_input(result, str(out), "--resume")
+
+
+def test_export_without_an_input_shape_suggests_the_first_layers_channels(tmp_path):
+    # A 1-channel CNN saved as a plain state_dict was told "e.g. --input-shape 1,3,32,32".
+    from examples.models import small_cnn
+
+    weights = tmp_path / "cnn.pt"
+    torch.save(small_cnn().state_dict(), weights)
+    result = run("export", weights, "--arch", "examples.models:small_cnn", "-o", tmp_path / "c.onnx")
+    line = assert_bad_input(result, "cannot tell the input shape", "--input-shape 1,1,28,28")
+    assert "1,3,32,32" not in line
+    from sparsekit.modelio import input_shape_example
+
+    assert input_shape_example(torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3))) == "1,4,128"
+    assert input_shape_example(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv3d(2, 8, 3))) == "1,2,16,32,32"
+    assert input_shape_example(torch.nn.Sequential(torch.nn.BatchNorm2d(3))) == "1,3,32,32"
+
+
+def test_a_recipe_input_shape_the_model_rejects_suggests_the_one_its_first_layer_takes(tmp_path):
+    # A shipped LeNet recipe ([1, 784]) for one's own 64-input MLP said only "give the shape it takes"; a conv
+    # model given the wrong channel count is told the count its first conv takes, at the size given.
+    from examples.models import mlp, small_cnn
+    from sparsekit.errors import DataError
+    from sparsekit.inspection import check_input_shape
+
+    with pytest.raises(DataError, match=r"the model takes \[1, 64\]"):
+        check_input_shape(mlp(), [1, 784])
+    with pytest.raises(DataError, match=r"the model takes \[1, 1, 28, 28\]"):
+        check_input_shape(small_cnn(), [1, 3, 28, 28])
+    with pytest.raises(DataError) as info:  # nothing the first layer tells runs: no shape is made up
+        check_input_shape(small_cnn(), [1, 3, 28])
+    assert "the model takes" not in str(info.value) and "give the shape it takes" in str(info.value)

@@ -115,6 +115,21 @@ def test_a_recipe_factory_the_checkpoint_overrides_is_said_not_silently_dropped(
     assert any(said in note for note in json.loads((out / "report.json").read_text())["notes"])
 
 
+def test_an_arch_named_by_the_caller_over_a_recipes_factory_is_not_noted(tmp_path, caplog):
+    # Pruning one's own model with a shipped recipe (which names its example model) said "model.factory ... was
+    # not used" at the start and again in the summary's notes of every run.
+    from examples.models import mlp
+
+    weights = tmp_path / "w.pt"
+    torch.save(mlp().state_dict(), weights)
+    recipe = recipe_file(tmp_path, factory="examples.models:lenet_300_100")
+    out = tmp_path / "o"
+    result = run("prune", weights, recipe, "--arch", "examples.models:mlp", "-o", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "was not used" not in caplog.text
+    assert not any("was not used" in note for note in json.loads((out / "report.json").read_text())["notes"])
+
+
 def test_recipe_kwargs_for_another_factory_are_not_given_to_the_arch(tmp_path, caplog):
     from examples.models import mlp
 

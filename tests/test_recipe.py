@@ -63,6 +63,21 @@ def test_missing_file():
         load_recipe("does/not/exist.yaml")
 
 
+def test_a_missing_file_named_like_a_shipped_recipe_points_at_it(tmp_path, monkeypatch):
+    # The README's recipes/NAME.yaml from another folder (or a wheel install, which has no recipes/ folder), or a
+    # misspelled name: "recipe file not found" alone.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as err:
+        load_recipe("recipes/lenet-gradual-magnitude-90.yaml")
+    assert "give 'lenet-gradual-magnitude-90'" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe("lenet-gradual-magnitude-9")
+    assert "did you mean the shipped recipe 'lenet-gradual-magnitude-90'?" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe("zzz-nothing-like-it.yaml")
+    assert "did you mean" not in str(err.value) and "sparsekit recipes" in str(err.value)
+
+
 def test_overrides_parse_types_and_list_indices(tmp_path):
     r = load_recipe(write(tmp_path, BASE), ["finetune.epochs=6", "pruning.0.sparsity=0.5", "data.source=mnist5k"])
     assert r.finetune.epochs == 6 and r.pruning[0].sparsity == 0.5 and r.data.source == "mnist5k"
@@ -634,3 +649,17 @@ def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path
     assert "quote it" not in str(err.value)  # said: quote it: data.source="{source: 1e5}"
     with pytest.raises(RecipeError, match=r"gives no value, which YAML reads as null: finetune\.epochs=VALUE"):
         load_recipe(path, ["finetune.epochs="])
+
+
+def test_a_value_that_should_be_a_list_says_so_and_what_it_got(tmp_path):
+    # pydantic's "Input should be a valid list" named neither the form nor the value; an unclosed bracket in an
+    # override ([1,64) reads as text and said the same.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), ["model.input_shape=64"])
+    assert "model.input_shape: must be a list, written [a, b] (got a number 64)" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), ["model.input_shape=[1,64"])
+    assert "got text '[1,64'" in str(err.value) and "close its brackets" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), ["pruning.0.layers={exclude: fc3}"])
+    assert "pruning[0].layers.exclude: must be a list, written [a, b] (got text 'fc3')" in str(err.value)

@@ -246,3 +246,83 @@ def test_a_layer_two_entries_select_lists_the_other_entrys_aim(tmp_path):
     assert (other["entry"], other["method"], other["measure"], other["asked"]) == (0, "l1", "weights zero", None)
     assert other["achieved"] == pytest.approx(rows["fc1"]["sparsity"])
     assert rows["fc2"]["entry"] == 1 and rows["fc2"].get("others") is None
+
+
+def test_an_l1_target_another_entry_already_met_by_removing_units_is_met(tmp_path):
+    """A structured entry removed half of fc1's units, more than the l1 entry's target on the same layer asks:
+    l1 needs to zero none itself. It was judged "achieved nothing: ... raise strength, or set target" (a miss,
+    exit 2 with --strict) though its report counted the removed units and reached 0.5 of 0.3."""
+    pruning = (
+        "  - {method: structured, ratio: 0.5, round_to: null, schedule: oneshot, layers: {include: [fc1]}}\n"
+        "  - {method: l1, group: row, strength: 0.001, target: 0.3, layers: {include: [fc1]},\n"
+        "     schedule: {start_epoch: 0, end_epoch: 1}}\n"
+    )
+    result, report = prune_mlp(tmp_path, [32, 16], 6, pruning, "--strict")
+    assert result.exit_code == 0, result.output
+    checks = {t["method"]: t for t in report["summary"]["targets"]}
+    assert checks["l1"]["met"] and checks["l1"]["achieved"] >= 0.5 - 1e-9, checks
+    assert checks["structured"]["met"]
+    (l1,) = [m for m in report["summary"]["methods"] if m["method"] == "l1"]
+    assert not l1["nothing"] and not any("achieved nothing" in r for r in l1["remarks"])
+
+
+def test_magnitude_on_a_layer_whose_dead_rows_l1_removes_counts_the_removed_weights(tmp_path):
+    """magnitude 0.5 and a group l1 target on the same layer: after l1 removed its dead rows at finalize,
+    magnitude measured the surviving rows only (0.18 of 0.5, a miss), and before it, l1's zeros on top of its
+    own read as "more than asked". Removed weights count as pruned, and zeros another entry placed on the
+    same layers are not this entry's excess."""
+    pruning = (
+        "  - {method: magnitude, sparsity: 0.5, scope: layer, schedule: oneshot, layers: {include: [fc1]}}\n"
+        "  - {method: l1, group: row, strength: 0.001, target: 0.4, layers: {include: [fc1]},\n"
+        "     schedule: {start_epoch: 0, end_epoch: 1}}\n"
+    )
+    result, report = prune_mlp(tmp_path, [32, 16], 6, pruning, "--strict")
+    assert result.exit_code == 0, result.output
+    checks = {t["method"]: t for t in report["summary"]["targets"]}
+    assert checks["magnitude"]["met"] and checks["l1"]["met"], checks
+    fc1 = {r["name"]: r for r in report["layers"]}["fc1"]
+    assert fc1["shape"][0] < 32  # l1 removed rows
+    # magnitude's achieved: zeros now plus the removed rows' weights, over fc1's 32 x 64 weights at the start
+    kept_nonzero = fc1["nonzero_params"]
+    assert checks["magnitude"]["achieved"] == pytest.approx(1 - kept_nonzero / (32 * 64))
+
+
+def _own_loop(pruning: dict, epochs: int, steps: int = 5, hidden: int = 32):
+    """A loop of one's own on random data (an MLP, SGD), ``epochs`` of ``steps`` steps, then finalize: the
+    TargetMissedWarnings it gave."""
+    import warnings
+
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(in_features=16, hidden=[hidden], num_classes=4)
+    recipe = {"version": 1, "model": {"input_shape": [1, 16]}, "finetune": {"epochs": 4}, "pruning": [pruning]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=steps)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+    for _ in range(epochs * steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.finalize()
+    return [w for w in caught if issubclass(w.category, sparsekit.TargetMissedWarning)]
+
+
+def test_an_own_loop_that_stops_before_the_schedule_ends_is_warned_at_finalize():
+    """The CLI checks every target; a loop of one's own finalized a model short of its target in silence."""
+    gradual = {"method": "magnitude", "sparsity": 0.8, "layers": {"include": ["fc1"]},
+               "schedule": {"start_epoch": 0, "end_epoch": 4, "every": 1}}  # fmt: skip
+    (short,) = _own_loop(gradual, epochs=2)
+    message = str(short.message)
+    assert "pruning[0] (magnitude)" in message and "asked 0.800" in message
+    assert "before the schedule's end at step 20" in message
+    assert _own_loop(gradual, epochs=4) == []
+    l1 = {"method": "l1", "group": "row", "strength": 1e-3, "target": 0.5, "layers": {"include": ["fc1"]},
+          "schedule": {"start_epoch": 0, "end_epoch": 4}}  # fmt: skip
+    (short,) = _own_loop(l1, epochs=1)
+    assert "pruning[0] (l1)" in str(short.message) and "units zero" in str(short.message)
+    assert _own_loop(l1, epochs=4) == []

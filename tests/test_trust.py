@@ -710,3 +710,20 @@ def test_a_missing_examples_module_says_it_lives_in_the_repository_not_the_wheel
     with pytest.raises(ModelFileError) as info:
         _import("no_such_package_zz.models", "--arch no_such_package_zz.models:f", ModelFileError)
     assert "repository" not in str(info.value)
+
+
+def test_a_recipes_example_factory_without_the_repository_asks_for_ones_own(monkeypatch):
+    """A wheel user's plain state_dict with a shipped recipe: the recipe names examples.models:small_cnn, and the
+    error said to pass it or to trust it, neither of which can work without the repository's examples/."""
+    import sparsekit.trust as trust
+
+    monkeypatch.setattr(trust, "module_location", lambda module: None)
+    monkeypatch.setattr(trust, "is_trusted", lambda module: False)
+    with pytest.raises(TrustError) as info:
+        trust._require_trust("examples.models:small_cnn", "examples.models", "cnn-structured-50", "model.factory", 0)
+    said = str(info.value)
+    assert "example model of the sparsekit repository" in said and "your_module:your_factory" in said
+    assert "trust_code" not in said and "--trust-code" not in said
+    with pytest.raises(TrustError) as info:  # a user's own module that is not found: the usual advice
+        trust._require_trust("mine.models:net", "mine.models", "r.yaml", "model.factory", False)
+    assert "your_module" not in str(info.value)

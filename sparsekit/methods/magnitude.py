@@ -63,6 +63,9 @@ class Magnitude:
             raise unallocated(self.where, "sparsity")
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []  # never changes shapes
+        # Each layer's weights at the start: an l1 entry on the same layers may remove its dead units at finalize,
+        # and the weights it removed count as pruned in this entry's report too.
+        self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
         self.final = float(spec.sparsity)
         self.schedule = Schedule.from_spec(spec.schedule, self.final, setup.steps_per_epoch)
         self.cap = float(spec.layer_cap)  # max_layer_sparsity, resolved by the recipe
@@ -243,12 +246,12 @@ class Magnitude:
             sizes = {n: weight_of(m).numel() for n, m in self.layers.items() if n not in self.tied_to}
             asked = self.asked()
             total_asked = sum(sizes[n] * asked[n] for n in sizes) / max(sum(sizes.values()), 1)
-            out.update(asked_vs_achieved(self.layers, total_asked, layer_asked, reasons))
+            out.update(asked_vs_achieved(self.layers, total_asked, layer_asked, reasons, self.initial))
             for name, value in self.layer_values.items():
                 out["per_layer"][name]["asked"] = value
             out["layer_sparsity"] = dict(self.layer_values)
             return out
-        out.update(asked_vs_achieved(self.layers, self.final, layer_asked, reasons))
+        out.update(asked_vs_achieved(self.layers, self.final, layer_asked, reasons, self.initial))
         if global_scope and total and round(self.final * total) > room:
             out["reason"] = (
                 f"max_layer_sparsity {self.cap:g} lets these layers lose at most {room:,} of {total:,} weights "
