@@ -543,7 +543,8 @@ class Pruner:
         """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
         and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
         TargetError when a method could not do its job (e.g. gradient scores never arrived); RuntimeError when
-        called a second time."""
+        called a second time. Warns :class:`~sparsekit.TargetMissedWarning` for each entry short of its target
+        (see :meth:`_warn_missed`)."""
         self._refuse_finalized("finalize")
         for rates in self._rates:
             rates.close()

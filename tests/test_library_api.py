@@ -45,7 +45,7 @@ def test_inspect_bad_input_shape_names_the_option(mlp_checkpoint):
         sparsekit.inspect(mlp_checkpoint, arch=MLP_ARCH, input_shape=[1, 3, 7])
     assert "input_shape=" in str(info.value) and "--input-shape" not in str(info.value)
     result = CliRunner().invoke(main, ["inspect", str(mlp_checkpoint), "--arch", MLP_ARCH, "--input-shape", "1,3,7"])
-    assert_bad_input(result, "--input-shape", "batch first")
+    assert_bad_input(result, "--input-shape 1,64", "the model takes [1, 64]")  # what its first layer takes
 
 
 def test_plan_without_model_imports_nothing(tmp_path, monkeypatch):
