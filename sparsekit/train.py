@@ -389,6 +389,9 @@ def finetune(
                         ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
                         _loader_generator(train_loader), origin,
                     )  # fmt: skip
+                if ckpt:
+                    # every rank: only the main one writes the checkpoint, but each one's Ctrl-C line says what
+                    # --resume will find (the others said "no epoch was checkpointed" beside rank 0's "holds epoch N")
                     finished = epoch + 1
                 if lines:  # after the checkpoint: a line printed is an epoch kept
                     _say(

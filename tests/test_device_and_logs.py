@@ -155,3 +155,30 @@ def test_errors_of_other_torchrun_ranks_say_which_rank(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     line = assert_bad_input(run("validate", tmp_path / "r.yaml"), "pruning[0].sparsity")
     assert line.startswith("Error: rank 1: ")
+
+
+def test_a_rank_that_does_not_write_the_checkpoint_says_what_resume_will_find(tmp_path, monkeypatch):
+    """Under torchrun only rank 0 writes last.pt: on Ctrl-C the other ranks said "no epoch was checkpointed"
+    beside rank 0's "last.pt holds epoch 1"."""
+    import sparsekit
+    import sparsekit.train as train_mod
+    from examples.models import mlp
+
+    monkeypatch.setattr(train_mod._distributed, "is_main", lambda: False)  # this process is not rank 0
+    calls = []
+
+    def evaluate(model, loader, *args, **kwargs):  # Ctrl-C at the end of epoch 2, after epoch 1 was checkpointed
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"accuracy": 0.5, "loss": 1.0}
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    recipe = {"version": 1, "model": {"input_shape": [1, 64]}, "finetune": {"epochs": 3},
+              "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}]}  # fmt: skip
+    with pytest.raises(KeyboardInterrupt) as info:
+        sparsekit.finetune(mlp(), recipe, loader, loader, progress=False, checkpoint_dir=tmp_path / "ck")
+    said = str(info.value)
+    assert "holds epoch 1" in said and "no epoch was checkpointed" not in said, said

@@ -336,3 +336,32 @@ def test_an_l1_target_the_fit_ends_before_is_named_with_the_short_schedules():
     ]
     lines = short_schedules(as_recipe({"version": 1, "pruning": pruning}, trainer=True), 10, 40, "fit")
     assert len(lines) == 1 and lines[0].startswith("pruning[0] (l1) ends at epoch 20")
+    assert lines[0].endswith(": its target is not reached")
+
+
+def test_a_structured_schedule_the_fit_ends_before_is_said_to_finish_at_finalize():
+    # It was warned "its target is not reached", yet finalize runs the removals left and the shape is reached:
+    # without fine-tuning after them, which is what the user needs to hear.
+    from sparsekit.integrations._common import short_schedules
+    from sparsekit.recipe import as_recipe
+
+    pruning = [{"method": "structured", "ratio": 0.5, "schedule": {"start_epoch": 1, "end_epoch": 4}}]
+    (line,) = short_schedules(as_recipe({"version": 1, "pruning": pruning}, trainer=True), 10, 12, "fit")
+    assert line.startswith("pruning[0] (structured) ends at epoch 4")
+    assert "finalize removes the channels still to go at once, with no fine-tuning after" in line
+    assert "not reached" not in line
+
+
+def test_resuming_from_a_checkpoint_written_after_a_shape_changing_finalize_is_a_clear_error(tmp_path):
+    # The callback warned "pruning starts again from step 0 on the restored weights", then Lightning failed with a
+    # bare "size mismatch" RuntimeError: finalize had removed channels the fresh module still has.
+    torch.manual_seed(0)
+    lit = Lit(small_cnn(width=4, image_size=8), lr=0.01)
+    pruning = SparsekitCallback(recipe(STRUCTURED), submodule="net", input_shape=[1, 1, 8, 8])
+    fit = trainer([pruning], max_epochs=2)
+    fit.fit(lit, digits(image=True))
+    fit.save_checkpoint(tmp_path / "after_fit.ckpt")
+    fresh = Lit(small_cnn(width=4, image_size=8), lr=0.01)
+    again = SparsekitCallback(recipe(STRUCTURED), submodule="net", input_shape=[1, 1, 8, 8])
+    with pytest.raises(ValueError, match=r"written after pruner.finalize\(\), which removed channels \(net\.conv1"):
+        trainer([again], max_epochs=3).fit(fresh, digits(image=True), ckpt_path=str(tmp_path / "after_fit.ckpt"))

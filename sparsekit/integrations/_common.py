@@ -32,8 +32,15 @@ def short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float, ru
             continue
         end = math.ceil(schedule.end_epoch * steps_per_epoch)
         if end > total_steps:
+            # structured's finalize runs the removal events left (Structured.finalize): the shape is reached,
+            # without fine-tuning after the last removals; the other methods stop where the run stops.
+            then = (
+                "finalize removes the channels still to go at once, with no fine-tuning after"
+                if spec.method == "structured"
+                else "its target is not reached"
+            )
             lines.append(
                 f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
-                f"but this {run} takes {int(total_steps)} steps ({steps_per_epoch} per epoch)"
+                f"but this {run} takes {int(total_steps)} steps ({steps_per_epoch} per epoch): {then}"
             )
     return lines

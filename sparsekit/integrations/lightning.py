@@ -223,6 +223,27 @@ class SparsekitCallback(pl.Callback):
             return
         self._restored = True
         if state.get("finalized"):
+            # finalize may have removed channels (structured, l1's remove_dead): such weights do not fit the module
+            # built for this fit, and Lightning's own load would fail with a bare size mismatch.
+            saved = checkpoint.get("state_dict") or {}
+            own = pl_module.state_dict()
+            odd = next(
+                (
+                    (k, tuple(v.shape), tuple(own[k].shape))
+                    for k, v in saved.items()
+                    if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+                ),
+                None,
+            )
+            if odd is not None:
+                name, theirs, ours = odd
+                raise ValueError(
+                    f"SparsekitCallback: this checkpoint was written after pruner.finalize(), which removed channels "
+                    f"({name} is {list(theirs)} in it, {list(ours)} in this module), so its weights do not fit the "
+                    "module this fit built; resume from a checkpoint written before finalize, or to fine-tune the "
+                    "pruned model further, save it with sparsekit.save_model(callback.model, ...) after that fit and "
+                    "start a new fit from sparsekit.load_model of that file"
+                )
             warnings.warn(
                 "SparsekitCallback: this checkpoint was written after pruner.finalize(), so it holds no pruner "
                 "state; pruning starts again from step 0 on the restored weights",
@@ -264,8 +285,7 @@ class SparsekitCallback(pl.Callback):
         short = short_schedules(self.recipe, self.pruner.steps_per_epoch, float(total), run="fit")
         if short:
             warnings.warn(
-                "SparsekitCallback: the recipe's schedule outlasts the fit, so its target is not reached: "
-                + "; ".join(short),
+                "SparsekitCallback: the recipe's schedule outlasts the fit: " + "; ".join(short),
                 stacklevel=2,
             )
         self._last_step = trainer.global_step

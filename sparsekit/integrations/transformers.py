@@ -272,8 +272,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         short = short_schedules(self.recipe, self.pruner.steps_per_epoch, float(state.max_steps))
         if short and state.max_steps > 0:
             warnings.warn(
-                "SparsekitTrainerCallback: the recipe's schedule outlasts training, so its target is not reached: "
-                + "; ".join(short),
+                "SparsekitTrainerCallback: the recipe's schedule outlasts training: " + "; ".join(short),
                 stacklevel=2,
             )
         if args.fp16 and args.max_grad_norm <= 0 and any(s.method == "l1" for s in self.recipe.pruning):
