@@ -113,23 +113,12 @@ def shape_origin(path: Any, given: Sequence[int] | None, saved: Sequence[int] | 
 
 
 def _shapes_to_try(model: Any, dims: list[int]) -> list[list[int]]:
-    """Batch-1 input shapes the first module holding parameters suggests, other than ``dims``: ``[1, in_features]``
-    for a Linear, ``[1, in_channels, *dims[2:]]`` for a convolution when ``dims`` has its rank."""
-    from torch import nn
+    """Batch-1 input shapes the first layer suggests, other than ``dims``: ``[1, in_features]`` for a Linear,
+    ``[1, in_channels, *dims[2:]]`` for a convolution when ``dims`` has its rank."""
+    from .modelio import first_conv_shape, infer_input_shape
 
-    from .modelio import infer_input_shape
-
-    shapes = []
-    linear = infer_input_shape(model)
-    if linear:
-        shapes.append(linear)
-    for m in model.modules():
-        if next(iter(m.parameters(recurse=False)), None) is None:
-            continue
-        if isinstance(m, nn.modules.conv._ConvNd) and len(dims) == 2 + len(m.kernel_size):
-            shapes.append([1, int(m.in_channels), *dims[2:]])
-        break
-    return [s for s in shapes if s != dims]
+    shapes = [infer_input_shape(model), first_conv_shape(model, dims[2:]) if len(dims) > 2 else None]
+    return [s for s in shapes if s and s != dims]
 
 
 def check_input_shape(

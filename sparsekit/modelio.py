@@ -17,6 +17,7 @@ import pickle
 import re
 import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -936,20 +937,33 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     return t.clone()
 
 
-def input_shape_example(model: nn.Module) -> str:
-    """An input shape to suggest where none is known, comma-separated for the shape option: the first module
-    holding parameters' channels with a placeholder size (a Conv2d of 1 input channel: ``1,1,28,28``; Conv1d:
-    ``1,C,128``; Conv3d: ``1,C,16,32,32``), ``1,3,32,32`` when that module tells nothing."""
-    sizes = {1: [128], 2: [28, 28], 3: [16, 32, 32]}
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The first module (registration order) holding parameters of its own, unless they are still lazy (a
+    LazyLinear before its first forward); None when there is none. What the input-shape guesses read."""
     for m in model.modules():
-        if next(iter(m.parameters(recurse=False)), None) is None:
+        own = next(iter(m.parameters(recurse=False)), None)
+        if own is None:
             continue
-        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m.weight, nn.parameter.UninitializedParameter):
-            dims = sizes.get(len(m.kernel_size))
-            if dims:
-                return ",".join(str(v) for v in [1, int(m.in_channels), *dims])
-        break
-    return "1,3,32,32"
+        return None if isinstance(own, nn.parameter.UninitializedParameter) else m
+    return None
+
+
+def first_conv_shape(model: nn.Module, size: Sequence[int] | None = None) -> list[int] | None:
+    """``[1, in_channels, *size]`` when :func:`first_layer` is a convolution (``size``: a placeholder length,
+    image or volume for its rank when None), else None; None too when ``size`` does not have its rank."""
+    m = first_layer(model)
+    if not isinstance(m, nn.modules.conv._ConvNd):
+        return None
+    rank = len(m.kernel_size)
+    dims = list(size) if size is not None else {1: [128], 2: [28, 28], 3: [16, 32, 32]}.get(rank, [])
+    return [1, int(m.in_channels), *dims] if len(dims) == rank else None
+
+
+def input_shape_example(model: nn.Module) -> str:
+    """An input shape to suggest where none is known, comma-separated for the shape option: the first layer's
+    channels with a placeholder size (:func:`first_conv_shape`: a Conv2d of 1 input channel ``1,1,28,28``; Conv1d
+    ``1,C,128``; Conv3d ``1,C,16,32,32``), ``1,3,32,32`` when it tells nothing."""
+    return ",".join(str(v) for v in first_conv_shape(model) or [1, 3, 32, 32])
 
 
 def infer_input_shape(model: nn.Module) -> list[int] | None:
@@ -958,10 +972,5 @@ def infer_input_shape(model: nn.Module) -> list[int] | None:
     convolution of any kind (Conv1d/2d/3d, ConvTranspose: the length or image size is unknown), a
     normalization, an embedding, a lazy module, ... or there is none; the recipe's ``model.input_shape``
     must then say it."""
-    for m in model.modules():
-        if next(iter(m.parameters(recurse=False)), None) is None:
-            continue
-        if isinstance(m, nn.Linear) and not isinstance(m.weight, nn.parameter.UninitializedParameter):
-            return [1, int(m.in_features)]
-        return None
-    return None
+    m = first_layer(model)
+    return [1, int(m.in_features)] if isinstance(m, nn.Linear) else None
