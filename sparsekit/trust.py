@@ -307,10 +307,18 @@ def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], fie
                 f"{option(name, 'your_module:your_factory')} (the function that builds it), or run from a clone of "
                 "the repository"
             )
+        # A recipe's factory is only a default (a shipped recipe names its example model): weights of one's own
+        # architecture need one's own builder, which confirming the recipe's would not give.
+        own = (
+            f"; if the model file holds weights of your own architecture, name the function that builds it instead: "
+            f"{option(name, 'your_module:your_factory')}"
+            if field == "model.factory"
+            else ""
+        )
         raise TrustError(
             f"{named_in}: {field or 'the file'} names the code {spec!r}{elsewhere}; a file's code runs only when "
             f"you confirm it: pass {option(name, spec)} for this run, or {option('trust_code')} to trust module "
-            f"{module!r} from now on"
+            f"{module!r} from now on{own}"
         )
     return True
 

@@ -724,6 +724,13 @@ def test_a_recipes_example_factory_without_the_repository_asks_for_ones_own(monk
     said = str(info.value)
     assert "example model of the sparsekit repository" in said and "your_module:your_factory" in said
     assert "trust_code" not in said and "--trust-code" not in said
-    with pytest.raises(TrustError) as info:  # a user's own module that is not found: the usual advice
+    # A module that is there: confirm it, or (a recipe's factory is only a default) name one's own builder; a
+    # plain state_dict of one's own CNN with a shipped recipe was told only to pass or trust examples.models.
+    with pytest.raises(TrustError) as info:
         trust._require_trust("mine.models:net", "mine.models", "r.yaml", "model.factory", False)
+    said = str(info.value)
+    assert "names the code 'mine.models:net'" in said and "example model" not in said
+    assert said.endswith("name the function that builds it instead: arch='your_module:your_factory'"), said
+    with pytest.raises(TrustError) as info:  # a data callable: no builder to name
+        trust._require_trust("mine.data:load", "mine.data", "r.yaml", "data.source", False)
     assert "your_module" not in str(info.value)
