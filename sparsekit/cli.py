@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import shlex
 import signal
 import sys
 import traceback
@@ -57,10 +58,13 @@ FLAGS = {
 def _flag(name: str, value: str) -> str:
     flag = FLAGS.get(name, name)
     if not value:
-        return flag + {"arch": " pkg.module:callable", "kwargs": " '{...}' with --arch"}.get(name, "")
+        placeholders = {"arch": " pkg.module:callable", "data": " SOURCE", "kwargs": " '{...}' with --arch"}
+        return flag + placeholders.get(name, "")
     if name == "input_shape":
         value = value.strip("[]").replace(" ", "")
-    return f"{flag} {value}"
+    # Pasted into a shell as shown: brackets are a glob (zsh refuses an unmatched one), spaces split the value,
+    # so anything beyond plain path characters is single-quoted.
+    return f"{flag} {shlex.quote(value)}"
 
 
 def _other_rank() -> str | None:

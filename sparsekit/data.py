@@ -634,8 +634,7 @@ def _reshape(x: np.ndarray, source: str, input_shape: Sequence[int]) -> np.ndarr
     raise DataError(
         f"data.source {source!r} gives samples of shape {have} but model.input_shape {[int(d) for d in input_shape]} "
         f"takes samples of shape {wanted}: the same {math.prod(have)} values in another layout, which reshaping "
-        f"would scramble; {remedy} with the axes in that order, or set model.input_shape to "
-        f"[1, {', '.join(map(str, have))}] if the model takes that"
+        f"would scramble; {remedy} with the axes in that order, or {_input_shape_fix(have)} if the model takes that"
     )
 
 
@@ -644,9 +643,15 @@ def _mismatch_message(source: str, have: tuple[int, ...], input_shape: Sequence[
     return (
         f"data.source {source!r} gives samples of shape {have} ({math.prod(have)} values) but model.input_shape "
         f"{[int(d) for d in input_shape]} takes samples of shape {wanted} ({math.prod(wanted)} values; the first "
-        f"dimension is the batch): pick a matching data source, or set model.input_shape to "
-        f"[1, {', '.join(map(str, have))}] if the model takes that"
+        f"dimension is the batch): pick a matching data source ({option('data')}), or {_input_shape_fix(have)} "
+        "if the model takes that"
     )
+
+
+def _input_shape_fix(sample: tuple[int, ...]) -> str:
+    """The remedy that makes ``model.input_shape`` take samples of shape ``sample``, with the override that does it."""
+    shape = f"[1,{','.join(map(str, sample))}]"
+    return f"set model.input_shape to {shape} ({option('set', f'model.input_shape={shape}')})"
 
 
 def _check_labels(y: np.ndarray, source: str, num_classes: int | None) -> int:

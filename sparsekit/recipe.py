@@ -426,11 +426,23 @@ class LayerSelect(_Strict):
         description="module kinds that may be pruned (a subclass counts as its base); default: every prunable kind",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _include_shorthand(cls, data: Any) -> Any:
+        # `layers: [fc1, fc2]` or `layers: "features.*"` is what people write first (SparseML's `params:` is a
+        # list): it means the include list, as torch.nn.utils.prune users name the modules they prune.
+        if isinstance(data, str):
+            return {"include": [data]}
+        if isinstance(data, list):
+            return {"include": data}
+        return data
+
 
 class _MethodBase(_Strict):
     layers: LayerSelect = Field(
         default_factory=LayerSelect,
-        description="which layers the entry prunes: {include, exclude, types} (see pruning[].layers)",
+        description="which layers the entry prunes: {include, exclude, types} (see pruning[].layers); a list of "
+        "globs (or one glob) is short for its include",
     )
 
     def effects(self) -> frozenset[str]:
@@ -1353,9 +1365,13 @@ def _message(e: Any) -> str:
         return f"must be {_BOUND_WORDS[kind]} {limit} (got {short(repr(e.get('input')), 40)})"
     if kind == "int_from_float":
         return "must be a whole number"
-    if kind in ("list_type", "dict_type"):  # pydantic's "Input should be a valid list" names neither form nor value
+    if kind in ("list_type", "dict_type", "model_type"):  # pydantic's "Input should be a valid list" names neither
         form = "a list, written [a, b]" if kind == "list_type" else "a mapping, written {key: value}"
-        return f"must be {form} (got {_kind_of(e.get('input'))} {short(repr(e.get('input')), 40)})"
+        if ctx.get("class_name") == LayerSelect.__name__:
+            form = "a list of layer-name globs, written [fc1, 'features.*'], or a mapping {include, exclude, types}"
+        value = e.get("input")
+        got = "null" if value is None else f"{_kind_of(value)} {short(repr(value), 40)}"
+        return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -464,11 +465,13 @@ def test_a_checkpoint_saved_with_an_input_shape_its_model_does_not_take_is_named
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
     # the first layer (a Linear of 64 inputs) tells the shape the model takes: it is suggested
-    fix = "the model takes [1, 64] (--set model.input_shape=[1,64])"
+    # (quoted as a shell needs it: zsh refuses an unmatched [1,64] glob, and bash would expand a matching one)
+    fix = "the model takes [1, 64] (--set 'model.input_shape=[1,64]')"
     assert_bad_input(_run(["validate", recipe, path, *ARCH]), needle, fix)
     assert_bad_input(_run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK]), needle, fix)
-    # ... and that fix works: a recipe shape the model takes replaces a saved one it does not take.
-    fixed = ["--set", "model.input_shape=[1,64]"]
+    # ... and that fix, pasted as shown, works: a recipe shape the model takes replaces a saved one it does not take.
+    fixed = shlex.split(fix.partition("(")[2].rstrip(")"))
+    assert fixed == ["--set", "model.input_shape=[1,64]"]
     assert _run(["validate", recipe, path, *ARCH, *fixed]).exit_code == 0
     assert _run(["prune", path, recipe, *ARCH, "-o", tmp_path / "o", *QUICK, *fixed]).exit_code == 0
     # A saved shape the model does take still wins over a different recipe shape (the recipe is for another model).

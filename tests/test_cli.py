@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import textwrap
 from pathlib import Path
 
@@ -1207,3 +1208,21 @@ def test_a_recipe_input_shape_the_model_rejects_suggests_the_one_its_first_layer
     with pytest.raises(DataError) as info:  # nothing the first layer tells runs: no shape is made up
         check_input_shape(small_cnn(), [1, 3, 28])
     assert "the model takes" not in str(info.value) and "give the shape it takes" in str(info.value)
+
+
+def test_a_suggested_option_pastes_into_a_shell_as_one_argument():
+    # `--set model.input_shape=[1,20]` was shown unquoted: zsh stops at the unmatched glob, and a space in a
+    # --data path split it in two. Each rendered remedy now splits back into the flag and the value given.
+    from sparsekit.cli import _flag
+    from sparsekit.errors import option, render
+
+    for name, value in (
+        ("set", "model.input_shape=[1,20]"),
+        ("set", "pruning=[{method: magnitude, sparsity: 0.8}]"),
+        ("data", "my data/x.npz"),
+        ("arch", "pkg.nets:build"),
+        ("set", "finetune.epochs=2"),
+    ):
+        shown = render(f"do this: {option(name, value)}", _flag).removeprefix("do this: ")
+        assert shlex.split(shown)[1:] == [value], shown
+    assert render(option("set", "finetune.epochs=2"), _flag) == "--set finetune.epochs=2"  # plain stays plain

@@ -663,3 +663,20 @@ def test_a_value_that_should_be_a_list_says_so_and_what_it_got(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(write(tmp_path, BASE), ["pruning.0.layers={exclude: fc3}"])
     assert "pruning[0].layers.exclude: must be a list, written [a, b] (got text 'fc3')" in str(err.value)
+
+
+def test_layers_given_as_a_list_or_one_glob_is_the_include_list(tmp_path):
+    # `layers: [fc1, fc2]` (SparseML's params: habit) was "Input should be a valid dictionary or instance of
+    # LayerSelect"; it now means include, and what layers cannot be says both forms and what it got.
+    as_list = load_recipe(write(tmp_path, BASE), ["pruning.0.layers=[fc1, 'fc*']"]).pruning[0].layers
+    assert as_list.include == ["fc1", "fc*"] and as_list.exclude == []
+    assert load_recipe(write(tmp_path, BASE), ["pruning.0.layers=fc2"]).pruning[0].layers.include == ["fc2"]
+    full = load_recipe(write(tmp_path, BASE), ["pruning.0.layers={include: [fc1], exclude: [fc3]}"]).pruning[0].layers
+    assert full.include == ["fc1"] and full.exclude == ["fc3"]
+    for value, got in (("null", "(got null)"), ("3", "(got a number 3)")):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(write(tmp_path, BASE), [f"pruning.0.layers={value}"])
+        assert "pruning[0].layers: must be a list of layer-name globs" in str(err.value) and got in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, BASE), ["model.kwargs=3"])
+    assert "model.kwargs: must be a mapping, written {key: value} (got a number 3)" in str(err.value)
