@@ -159,6 +159,39 @@ def _ours(path: Path, manifest: dict[str, str]) -> bool:
         return False
 
 
+def _check_folder(out: Path, *, resume: bool, overwrite: bool, final: bool = False) -> None:
+    """Raise :class:`OutputError` unless ``out`` holds nothing but an earlier analysis's unchanged files (one
+    that ``resume`` or ``overwrite`` allows). ``final``: the check again just before the results move in (the
+    user may have put a file there while the analysis ran), when this run's own partial table is there."""
+    existing = [name for name in OUTPUT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    manifest = _manifest(out)
+    foreign = [name for name in existing if not _ours(out / name, manifest)]
+    # A folder holding anything else is someone's: the analysis goes into its own folder, as a prune run does.
+    others = sorted(p.name for p in out.iterdir() if not _own_name(p.name)) if out.is_dir() else []
+    if others and not foreign:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise OutputError(
+            f"{out}: holds {shown}, which sparsekit sensitivity did not write; it writes only into a new or empty "
+            f"folder, or one holding an earlier analysis: choose another output folder ({option('output')})"
+        )
+    if existing and MANIFEST_FILE not in {p.name for p in out.iterdir()}:
+        raise OutputError(
+            f"{out}: holds {', '.join(existing)} with no {MANIFEST_FILE}: an analysis of sparsekit 0.3.4 or before "
+            "(which cannot be told from files of your own) or files that are yours; nothing there is replaced: move "
+            f"them away, or choose another output folder ({option('output')})"
+        )
+    if foreign:
+        raise OutputError(
+            f"{out}: holds {', '.join(foreign)}, which sparsekit sensitivity did not write or which changed since "
+            f"it did; nothing there is replaced: choose another output folder ({option('output')})"
+        )
+    if existing and not (resume or overwrite or final):
+        raise OutputError(
+            f"{out}: holds an earlier analysis ({', '.join(existing)}); continue it with {option('resume')} "
+            f"or replace it with {option('overwrite')}"
+        )
+
+
 def _publish(out: Path, table: SensitivityTable, allocation: dict[str, Any] | None) -> dict[str, str]:
     """Write the finished analysis into ``out``: each file first to a temp file beside its place (the plot takes
     seconds), then all renamed into place and recorded in the manifest with Ctrl-C held (milliseconds), so the
@@ -277,33 +310,7 @@ def run_sensitivity(
     guard_location(
         out, [Path(p) for p in (model_path, recipe.source, source if source.endswith(".npz") else None) if p]
     )
-    existing = [name for name in OUTPUT_FILES if (out / name).exists() or (out / name).is_symlink()]
-    manifest = _manifest(out)
-    foreign = [name for name in existing if not _ours(out / name, manifest)]
-    # A folder holding anything else is someone's: the analysis goes into its own folder, as a prune run does.
-    others = sorted(p.name for p in out.iterdir() if not _own_name(p.name)) if out.is_dir() else []
-    if others and not foreign:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise OutputError(
-            f"{out}: holds {shown}, which sparsekit sensitivity did not write; it writes only into a new or empty "
-            f"folder, or one holding an earlier analysis: choose another output folder ({option('output')})"
-        )
-    if existing and MANIFEST_FILE not in {p.name for p in out.iterdir()}:
-        raise OutputError(
-            f"{out}: holds {', '.join(existing)} with no {MANIFEST_FILE}: an analysis of sparsekit 0.3.4 or before "
-            "(which cannot be told from files of your own) or files that are yours; nothing there is replaced: move "
-            f"them away, or choose another output folder ({option('output')})"
-        )
-    if foreign:
-        raise OutputError(
-            f"{out}: holds {', '.join(foreign)}, which sparsekit sensitivity did not write or which changed since "
-            f"it did; nothing there is replaced: choose another output folder ({option('output')})"
-        )
-    if existing and not (resume or overwrite):
-        raise OutputError(
-            f"{out}: holds an earlier analysis ({', '.join(existing)}); continue it with {option('resume')} "
-            f"or replace it with {option('overwrite')}"
-        )
+    _check_folder(out, resume=resume, overwrite=overwrite)
     inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
     partial = out / PARTIAL_FILE
     earlier = None
@@ -341,6 +348,7 @@ def run_sensitivity(
             "pruning": pruning,
             "entries": {str(d.index): d.as_dict() for d in details},
         }
+    _check_folder(out, resume=resume, overwrite=overwrite, final=True)
     files = _publish(out, table, allocation)
     return {
         "table": table,

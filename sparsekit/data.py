@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import logging
 import math
 import os
@@ -415,10 +416,20 @@ def _check_npz_sizes(path: Path, where: str) -> None:
                     continue
                 with archive.open(info) as f:
                     version = npy.read_magic(f)
+                    stream: Any = f
+                    if version == (3, 0):  # 2.0's layout with a UTF-8 header (numpy has no public reader for it)
+                        size = f.read(4)
+                        header = f.read(min(int.from_bytes(size, "little"), 1 << 20)).decode("utf-8")
+                        # read as a 2.0 header: only field names may be non-Latin-1, and the shape is what counts
+                        stream = io.BytesIO(size + header.encode("latin-1", errors="replace"))
+                        version = (2, 0)
                     readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
                     if version not in readers:
-                        return  # a newer format: numpy.load reads it (and refuses what it must)
-                    shape, _, dtype = readers[version](f)
+                        raise DataError(
+                            f"{where}: its array {info.filename[:-4]!r} is in .npy format {version}, which sparsekit "
+                            "cannot check before numpy allocates it; re-save it with numpy.savez(path, x=..., y=...)"
+                        )
+                    shape, _, dtype = readers[version](stream)
                 if dtype.hasobject:
                     continue  # refused as pickled data when it is read (allow_pickle=False)
                 nbytes = math.prod(shape) * dtype.itemsize
@@ -450,13 +461,21 @@ def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
     folder (symlinks resolved; a relative path is read from the current folder, as every path sparsekit
     is given), never into a hidden file or folder there (SECURITY.md); anything else must be confirmed by
     naming it directly (the ``data`` option rather than the recipe)."""
-    target = Path(source).resolve()
+    # The path that will be read: _load_npz expands "~" (a home folder is outside both roots, and resolve()
+    # alone would take "~" for a folder under the current one).
+    expanded = Path(source).expanduser()
+    target = expanded.resolve()
     roots = [Path.cwd().resolve()]
     if Path(named_in).is_file():
         roots.append(Path(named_in).resolve().parent)
     # A relative path does not start from the recipe: say where it leads, or "../x.npz" looks like the file
     # beside the recipe's folder while it is the one beside the current folder.
-    shown = repr(source) if Path(source).is_absolute() else f"{source!r} (read from the current folder: {target})"
+    if Path(source).is_absolute():
+        shown = repr(source)
+    elif expanded.is_absolute():
+        shown = f"{source!r} ({target})"
+    else:
+        shown = f"{source!r} (read from the current folder: {target})"
     confirm = f"to use it, name it yourself: {option('data', source)}"
     inside = [root for root in roots if target.is_relative_to(root)]
     if not inside:
@@ -650,8 +669,8 @@ def _mismatch_message(source: str, have: tuple[int, ...], input_shape: Sequence[
 
 def _input_shape_fix(sample: tuple[int, ...]) -> str:
     """The remedy that makes ``model.input_shape`` take samples of shape ``sample``, with the override that does it."""
-    shape = f"[1,{','.join(map(str, sample))}]"
-    return f"set model.input_shape to {shape} ({option('set', f'model.input_shape={shape}')})"
+    shown, compact = f"[1, {', '.join(map(str, sample))}]", f"[1,{','.join(map(str, sample))}]"
+    return f"set model.input_shape to {shown} ({option('set', f'model.input_shape={compact}')})"
 
 
 def _check_labels(y: np.ndarray, source: str, num_classes: int | None) -> int:

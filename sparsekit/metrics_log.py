@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,17 @@ class MetricsLog:
 
     ``resume_step``: the optimizer step the run resumes after; rows with a larger step are removed from
     existing CSV files first. Step rows are buffered and flushed with every epoch row, so the per-step
-    cost is a list append. Raises OSError when ``folder`` cannot be written."""
+    cost is a list append. Raises OSError when ``folder`` cannot be written, and
+    :class:`~sparsekit.errors.OutputError` when it holds a ``steps.csv`` or ``epochs.csv`` that is not a metrics
+    log sparsekit wrote (another header, or a link): those are the user's, never rewritten."""
 
     def __init__(self, folder: str | Path, resume_step: int = 0) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.steps_path = self.folder / "steps.csv"
         self.epochs_path = self.folder / "epochs.csv"
+        for path, ours in ((self.steps_path, _steps_header), (self.epochs_path, _epochs_header)):
+            _check_ours(path, ours)
         self._layer_fields: list[str] = []
         _truncate(self.steps_path, resume_step)
         _truncate(self.epochs_path, resume_step)
@@ -74,6 +79,37 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _steps_header(header: list[str]) -> bool:
+    return header == STEP_FIELDS
+
+
+def _epochs_header(header: list[str]) -> bool:
+    return header[: len(EPOCH_FIELDS)] == EPOCH_FIELDS and all(
+        h.startswith("sparsity/") for h in header[len(EPOCH_FIELDS) :]
+    )
+
+
+def _check_ours(path: Path, ours: Callable[[list[str]], bool]) -> None:
+    """OutputError unless ``path`` is absent, empty, or a log of sparsekit's (``ours(header)``): a resume drops its
+    later rows and a new run starts it over, which would destroy a file of the user's of the same name."""
+    from .errors import OutputError
+
+    if not path.is_symlink() and not path.exists():
+        return
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise ValueError("not a regular file")
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+        if header is not None and not ours(header):
+            raise ValueError(f"its header is {','.join(header)[:80]!r}")
+    except (OSError, ValueError, csv.Error, UnicodeDecodeError) as err:
+        raise OutputError(
+            f"{path}: not a metrics log sparsekit wrote ({err}); sparsekit never rewrites your files: choose "
+            "another log folder"
+        ) from None
 
 
 def _tensorboard(folder: Path, resume_step: int) -> Any:

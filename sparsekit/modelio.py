@@ -275,14 +275,24 @@ _NEVER_BUILTINS = frozenset(
 _NEVER_ATTRS = frozenset(
     {"__builtins__", "__globals__", "__import__", "__subclasses__", "__getattribute__", "__code__", "__loader__",
      "__spec__", "__dict__", "system", "popen", "spawn", "fork", "execv", "execve", "exec", "eval", "attrgetter",
-     "methodcaller", "reduce", "starmap", "map", "filter"}
+     "methodcaller", "reduce", "starmap", "map", "filter",
+     # whatever module they are in, callables by these names load, save or run: no model's pickle calls one
+     # (numpy.save, yaml.unsafe_load, torch.utils.collect_env.run, logging.config.dictConfig were all reachable)
+     "load", "loads", "load_all", "unsafe_load", "full_load", "unsafe_load_all", "full_load_all", "save", "savez",
+     "savez_compressed", "savetxt", "loadtxt", "genfromtxt", "fromfile", "tofile", "dump", "dumps", "run",
+     "run_command", "check_output", "check_call", "call", "dictConfig", "fileConfig", "listen"}
 )  # fmt: skip
 # Third-party callables that load more code or more pickles.
 _NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit", "torch.package", "torch.fx",
                 "torch.storage._load_from_bytes", "torch._dynamo", "torch.compile", "torch.utils.cpp_extension",
                 "torch.ops", "torch._ops", "torch._C._jit", "torch.multiprocessing", "torch.distributed",
                 "numpy.load", "numpy.lib.npyio", "numpy.ctypeslib", "pandas.read_pickle", "pandas.io.pickle",
-                "itertools", "functools.reduce")  # fmt: skip
+                "itertools", "functools.reduce",
+                # ... or write and read files, or configure handlers that do (a stdlib module's own submodules)
+                "logging.config", "logging.handlers", "yaml", "ruamel", "torch.utils.collect_env",
+                "torch.utils.benchmark", "torch.utils.bottleneck", "torch.testing", "numpy.memmap", "numpy.lib.format",
+                "numpy.f2py", "numpy.testing", "numpy.distutils", "pandas.io", "scipy.io", "h5py", "onnx",
+                "onnxruntime", "safetensors")  # fmt: skip
 # ... save these, which ordinary files name (a sparse tensor's layout).
 _NAMED_IN_MODELS = frozenset({"torch.serialization._get_layout"})
 # The standard library modules a pickled model refers to (containers, enums, paths, dates, numbers, bytes

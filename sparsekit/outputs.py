@@ -103,6 +103,15 @@ def remove_stale_temps(root: Path, ours: Callable[[str], bool] | None = None) ->
     return removed
 
 
+def _links_under(root: Path) -> list[str]:
+    """Relative POSIX paths of the symbolic links under ``root`` (sorted; links are not followed)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        found += [(here / n).relative_to(root).as_posix() for n in [*dirnames, *filenames] if (here / n).is_symlink()]
+    return sorted(found)
+
+
 def _files_under(root: Path) -> Iterator[str]:
     """Relative paths of the regular files under ``root`` (sorted; sparsekit's temp files skipped)."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -227,6 +236,14 @@ class RunFolder:
             return [META]
         if self.stage.is_symlink() or (self.stage.exists() and not self.stage.is_dir()):
             return [f"{META}/{STAGE}"]  # a run is only ever built in a real folder of ours
+        backup = self.meta / "old"
+        if backup.exists() and not backup.is_symlink() and not backup.is_dir():
+            return [f"{META}/old"]
+        # sparsekit never writes a link: one anywhere in .sparsekit (old/ itself, or a file or folder inside
+        # next/) would have a resume, a swap or a cleanup write, move or delete what it points at, outside DIR.
+        links = _links_under(self.meta) if self.meta.is_dir() else []
+        if links:
+            return [f"{META}/{rel}" for rel in links]
         owned = self.owned()
         dirs = {p.as_posix() for rel in owned for p in Path(rel).parents if p != Path(".")}
         found: list[str] = []

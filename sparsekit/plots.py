@@ -75,6 +75,7 @@ def render(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[str]:
     return files
 
 
+MAX_NAMED = 60  # layers a layer plot names one by one
 EXCLUDED = {"facecolor": "0.96", "edgecolor": "0.75", "hatch": "//", "lw": 0}
 
 
@@ -86,12 +87,21 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
     zeros = bool(data.get("zeros")) or not structured
     panels = [p for p, on in (("zeros", zeros), ("channels", structured)) if on]
     names = [r["name"] for r in layers]
-    fig = figure(figsize=(max(7.0, 0.6 * len(layers) + 5.0), 3.2 * len(panels)), layout="constrained")
+    at = {n: x for x, n in enumerate(names)}
+    # Past MAX_NAMED layers a bar's own label cannot be read, and drawing thousands of texts on a figure as wide
+    # as they need took minutes: the figure keeps its width, bars go unlabelled, and every step-th layer is named.
+    many = len(layers) > MAX_NAMED
+    step = math.ceil(len(layers) / MAX_NAMED) if many else 1
+    width = 0.6 * MAX_NAMED + 5.0 if many else max(7.0, 0.6 * len(layers) + 5.0)
+    fig = figure(figsize=(width, 3.2 * len(panels)), layout="constrained")
+    lw = max(0.2, 0.8 * 0.8 * width * 72 / len(layers)) if many else 0.0  # 80% of a layer's slot, in points
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     xs = list(range(len(layers)))
     for ax, panel in zip(axes, panels, strict=True):
         excluded = [x for x, r in zip(xs, layers, strict=True) if r.get("excluded")]
-        for n, x in enumerate(excluded):  # a column that says so, not an empty slot or a bar of some height
+        if many and excluded:  # one collection, not a patch per layer
+            ax.vlines(excluded, 0, 1.12, colors="0.9", lw=lw, label="excluded (no pruning entry selects it)")
+        for n, x in enumerate([] if many else excluded):  # a column that says so, not an empty slot or a bar
             label = "excluded (no pruning entry selects it)" if n == 0 else None
             ax.axvspan(x - 0.4, x + 0.4, label=label, **EXCLUDED)
             ax.text(x, 0.55, "excluded", rotation=90, ha="center", va="center", fontsize=9, color="0.3")
@@ -99,10 +109,10 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
                 ax.text(x, 0.01, f"{layers[x]['sparsity']:.2f}", ha="center", va="bottom", fontsize=8, color="0.3")
         shown = [x for x, r in zip(xs, layers, strict=True) if not r.get("excluded")]
         if panel == "zeros":
-            ax.bar(shown, [layers[x]["sparsity"] for x in shown], 0.8, color="tab:blue", label="sparsity achieved")
+            _bars(ax, shown, [layers[x]["sparsity"] for x in shown], lw, color="tab:blue", label="sparsity achieved")
             _layer_marks(ax, layers, shown, "target", "target (per layer)")
             for i, t in enumerate(data.get("targets") or []):
-                spans = [names.index(n) for n in t.get("layers", []) if n in names] or shown or xs
+                spans = [at[n] for n in t.get("layers", []) if n in at] or shown or xs
                 ax.hlines(
                     t["value"],
                     min(spans) - 0.45,
@@ -118,25 +128,21 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
         else:
             kept = [x for x in shown if layers[x].get("channels")]
             fractions = [layers[x]["channels"][0] / max(layers[x]["channels"][1], 1) for x in kept]
-            ax.bar(kept, fractions, 0.8, color="tab:green", label="output channels kept")
-            for x, f in zip(kept, fractions, strict=True):
+            _bars(ax, kept, fractions, lw, color="tab:green", label="output channels kept")
+            for x, f in zip([] if many else kept, fractions, strict=False):
                 k, n = layers[x]["channels"]
                 ax.text(x, f + 0.02, f"{k}/{n}", ha="center", va="bottom", fontsize=7)
             _layer_marks(ax, layers, kept, "kept_target", "asked to keep")
             untouched = [x for x in shown if not layers[x].get("channels")]
             if untouched:  # selected, but no channel count: all kept
-                ax.bar(
-                    untouched,
-                    [1.0] * len(untouched),
-                    0.8,
-                    color="tab:green",
-                    alpha=0.35,
-                    label="selected, channels not counted",
-                )
+                _bars(ax, untouched, [1.0] * len(untouched), lw, color="tab:green", alpha=0.35,
+                      label="selected, channels not counted")  # fmt: skip
             ax.set_ylabel("output channels kept")
             ax.set_title("Output channels kept per layer (kept/at the start)")
         ax.set_ylim(0, 1.12)
-        ax.set_xticks(xs, names, rotation=60, ha="right")
+        ax.set_xticks(xs[::step], names[::step], rotation=60, ha="right")
+        if many:
+            ax.set_xlabel(f"{len(layers)} layers (one in {step} named)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
 
@@ -214,6 +220,15 @@ def _pruning_panel(
     ax.set_ylim(-0.02, 1.05)
     ax.set_ylabel("fraction")
     ax.legend(loc="center right", fontsize=8)
+
+
+def _bars(ax: Any, xs: list[int], heights: list[float], lw: float, **style: Any) -> None:
+    """A bar per layer; given a line width ``lw`` (points, for many layers), one line per layer in a single
+    collection instead (a bar is a patch each, and tens of thousands of them took minutes to draw)."""
+    if lw:
+        ax.vlines(xs, 0, heights, lw=lw, **style)
+    else:
+        ax.bar(xs, heights, 0.8, **style)
 
 
 def _layer_marks(ax: Any, layers: list[dict[str, Any]], xs: list[int], key: str, label: str) -> None:

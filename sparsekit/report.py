@@ -1942,7 +1942,8 @@ def _first_plot_data(
 ) -> dict[str, Any]:
     """The per-layer plot's data: each layer's sparsity, per-layer target, excluded or not, output channels
     [kept, at the start] and the fraction of them asked to be kept; the global targets."""
-    outcomes, excluded = _outcomes(methods, recipe, dense_layers, layers)
+    outcomes, excluded_list = _outcomes(methods, recipe, dense_layers, layers)
+    excluded = set(excluded_list)  # looked up once per layer: a list made this quadratic in the layers
     asked: dict[str, float] = {}
     targets = []
     for o, m in zip(outcomes, methods, strict=True):

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import sysconfig
 import types
@@ -99,11 +100,15 @@ def trusted_locations() -> dict[str, str]:
     logged as a warning); so does a store of sparsekit 0.3.4 or before, which kept names only. Never raises."""
     path = store_path()
     try:
+        unsafe = _unsafe_store(path)
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as err:
         log.warning("%s: cannot read the trusted-module list (%s); trusting none", path, type(err).__name__)
+        return {}
+    if unsafe:
+        log.warning("%s: %s, so another user could make sparsekit run their code; trusting none", path, unsafe)
         return {}
     mods = data.get("modules") if isinstance(data, dict) else None
     if isinstance(mods, list) and all(isinstance(m, str) and _module_ok(m) for m in mods):
@@ -123,6 +128,26 @@ def trusted_locations() -> dict[str, str]:
         log.warning("%s: not a mapping of module names to paths; trusting none (sparsekit trust rewrites it)", path)
         return {}
     return {m: mods[m] for m in sorted(mods) if not _denied(m)}
+
+
+def _unsafe_store(path: Path) -> str | None:
+    """Why the store at ``path`` cannot be believed, or None: as ssh with its key files, a list that says which
+    code runs must be the user's and writable by no one else (group-writable is allowed: user-private groups'
+    umask 002 makes every file so). Raises FileNotFoundError when there is none."""
+    real = Path(os.path.realpath(path))
+    st = real.stat()
+    if not hasattr(os, "getuid"):
+        return None  # no POSIX owners (Windows)
+    if st.st_uid != os.getuid():
+        return f"{real} belongs to another user (uid {st.st_uid})"
+    if st.st_mode & stat.S_IWOTH:
+        return f"{real} is writable by every user (chmod o-w it)"
+    folder = real.parent.stat()
+    if folder.st_uid not in (os.getuid(), 0):
+        return f"its folder {real.parent} belongs to another user (uid {folder.st_uid})"
+    if folder.st_mode & stat.S_IWOTH and not folder.st_mode & stat.S_ISVTX:
+        return f"its folder {real.parent} is writable by every user, who could replace it (chmod o-w it)"
+    return None
 
 
 def trusted_modules() -> list[str]:

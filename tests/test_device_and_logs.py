@@ -87,6 +87,27 @@ def test_metrics_log_truncates_past_the_resume_step(tmp_path):
     assert [r["epoch"] for r in rows(tmp_path / "epochs.csv")] == ["1"]
 
 
+def test_a_log_folder_holding_the_users_csv_files_is_refused_and_they_are_kept(tmp_path):
+    # Found by review: finetune(log_dir=D) truncated D/epochs.csv and D/steps.csv of the user's own and appended
+    # rows under their header. Only a log sparsekit wrote (its header) is started over or cut back.
+    from sparsekit.errors import OutputError
+
+    mine = {"epochs.csv": "step,note\n1,my experiment A\n", "steps.csv": "my,own\nsteps,data\n"}
+    for name, text in mine.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text(text)
+        with pytest.raises(OutputError, match=f"{name}: not a metrics log sparsekit wrote"):
+            MetricsLog(folder)
+        assert (folder / name).read_text() == text
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "steps.csv").symlink_to(tmp_path / "steps" / "steps.csv")
+    with pytest.raises(OutputError, match="not a regular file"):
+        MetricsLog(linked, resume_step=3)
+    assert (tmp_path / "steps" / "steps.csv").read_text() == mine["steps.csv"]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_finetune_on_cuda_keeps_masks_on_the_device_and_reaches_the_sparsity():

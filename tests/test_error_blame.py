@@ -42,7 +42,7 @@ def test_a_field_an_override_set_is_blamed_on_the_override_after_the_recipe_was_
     """Checks against the model run after the recipe was read; they named the file for a value --set gave."""
     line = assert_bad_input(
         run("validate", recipe, mlp_checkpoint, *MLP, "--set", "pruning.0.layers.include=[nomatch]"),
-        "--set pruning.0.layers.include=[nomatch]: pruning[0].layers.include: 'nomatch' matches no layer",
+        "--set 'pruning.0.layers.include=[nomatch]': pruning[0].layers.include: 'nomatch' matches no layer",
     )
     assert str(recipe) not in line
     # Without the override the file holds the value and is named.

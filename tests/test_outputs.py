@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -172,6 +173,39 @@ def test_interrupted_or_failed_overwrite_leaves_the_previous_results(tmp_path, m
     assert [h["epoch"] for h in report["history"]] == [1, 2]
     assert results(out)["model.pt"] != first["model.pt"]
     assert not (out / ".sparsekit" / "next").exists()
+
+
+def test_a_link_inside_the_sparsekit_folder_is_refused_and_its_target_untouched(tmp_path, mlp_checkpoint, recipe):
+    """Found by review: a link at .sparsekit/old made --overwrite move the earlier results into its target
+    (replacing the user's report.md there) and the target's other files into DIR; links inside .sparsekit/next
+    made --resume write last.pt and append metric rows through them. sparsekit writes no links: any is refused."""
+    out = tmp_path / "out"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "report.md").write_text("my own report")
+    (victim / "notes.txt").write_text("notes")
+    (victim / "steps.csv").write_text("step,precious\n1,mine\n")
+    before_victim, before_out = snapshot(victim), snapshot(out)
+    meta = out / ".sparsekit"
+    for link, target, args in (
+        (meta / "old", victim, ("--overwrite",)),
+        (meta / "next" / "checkpoints", victim, ("--resume",)),
+        (meta / "next" / "logs" / "steps.csv", victim / "steps.csv", ("--resume", "--set", "finetune.log=true")),
+    ):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+        rel = link.relative_to(out).as_posix()
+        assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *args, *FAST), rel)
+        assert snapshot(victim) == before_victim
+        link.unlink()
+        assert results(out) == {k: v for k, v in before_out.items() if not k.startswith(".sparsekit/")}
+    (meta / "old").write_text("not a folder")  # old/ is only ever a folder of ours
+    assert_bad_input(run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST), ".sparsekit/old")
+    (meta / "old").unlink()
+    shutil.rmtree(meta / "next", ignore_errors=True)
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--overwrite", *FAST).exit_code == 0
+    assert snapshot(victim) == before_victim
 
 
 def test_resume_of_a_finished_run_republishes(tmp_path, mlp_checkpoint, recipe):

@@ -322,3 +322,23 @@ def test_the_printed_ranking_says_when_it_leaves_rows_out(tmp_path, auto_recipe)
     assert result.exit_code == 0, result.stderr
     assert "… 3 more (sensitivity.md ranks them all)" in result.stdout
     assert result.stdout.index("most") < result.stdout.index("… 3 more") < result.stdout.index("least")
+
+
+def test_files_the_user_puts_in_the_folder_while_it_runs_are_not_replaced(
+    tmp_path, mlp_checkpoint, auto_recipe, monkeypatch
+):
+    # Found by review: the folder was checked only at the start, so a sensitivity.md the user wrote there during
+    # the analysis was replaced and an allocation.json of theirs deleted. Checked again before the results move in.
+    out = tmp_path / "s"
+    real = sens.evaluate
+    mine = {"sensitivity.md": "MY NOTES", "allocation.json": '{"mine": 1}'}
+
+    def evaluate_and_meddle(*args, **kwargs):
+        if out.is_dir():
+            for name, text in mine.items():
+                (out / name).write_text(text)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sens, "evaluate", evaluate_and_meddle)
+    assert_bad_input(run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out), "did not write")
+    assert {name: (out / name).read_text() for name in mine} == mine

@@ -378,6 +378,25 @@ def test_a_relative_recipe_data_path_says_where_it_leads(tmp_path, monkeypatch):
     assert load_data("x.npz", input_shape=[1, 64], named_in=recipe).num_classes == 10
 
 
+def test_a_recipe_data_path_in_the_home_folder_is_not_followed(tmp_path, monkeypatch):
+    # Found by review: "~/secret.npz" passed the check (resolve() took "~" for a folder under the current one)
+    # and was then read from the home folder, outside both roots.
+    import numpy as np
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    np.savez(home / "secret.npz", x=np.random.rand(40, 64).astype("float32"), y=np.arange(40) % 10)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    recipe = recipe_file(work, {})
+    with pytest.raises(DataError) as err:
+        load_data("~/secret.npz", input_shape=[1, 64], named_in=recipe)
+    assert f"'~/secret.npz' ({home.resolve() / 'secret.npz'})" in str(err.value)
+    assert "outside the recipe's folder and the current folder" in str(err.value)
+    assert load_data("~/secret.npz", input_shape=[1, 64]).num_classes == 10  # named by the caller: fine
+
+
 def test_a_recipe_data_path_into_a_hidden_folder_needs_confirmation(tmp_path, monkeypatch):
     # SECURITY.md: paths a recipe names are never followed into hidden files or folders (~/.ssh, .git, ...).
     import numpy as np
@@ -734,3 +753,24 @@ def test_a_recipes_example_factory_without_the_repository_asks_for_ones_own(monk
     with pytest.raises(TrustError) as info:  # a data callable: no builder to name
         trust._require_trust("mine.data:load", "mine.data", "r.yaml", "data.source", False)
     assert "your_module" not in str(info.value)
+
+
+def test_a_trust_store_others_can_write_trusts_nothing(tmp_path, monkeypatch, caplog):
+    # Found by review: a store of mode 666 (or in a folder of mode 777) was believed, so another local user could
+    # add their module and have a checkpoint's factory run without a flag. Group-writable stays fine (umask 002).
+    (tmp_path / "mymod.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    trust_module("mymod")
+    path = store_path()
+    folder_mode = path.parent.stat().st_mode & 0o7777
+    for target, mode, trusted in (
+        (path, 0o666, False),
+        (path, 0o664, True),
+        (path.parent, 0o777, False),
+        (path.parent, 0o1777, True),  # sticky, as /tmp: others cannot replace a file they do not own
+        (path.parent, folder_mode, True),
+    ):
+        target.chmod(mode)
+        caplog.clear()
+        assert (trusted_modules() == ["mymod"]) is trusted, (target, oct(mode))
+        assert trusted or "writable by every user" in caplog.text

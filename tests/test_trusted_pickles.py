@@ -79,6 +79,29 @@ class NumpyLoad:
         return (numpy.load, ("x.npy",))
 
 
+class LoggingConfig:
+    def __reduce__(self):  # logging is allowed (a model may hold a Logger); its config submodule runs "()" factories
+        return (__import__("logging.config").config.dictConfig,
+                ({{"version": 1, "filters": {{"f": {{"()": "os.system", "command": "touch " + CANARY}}}}}},))
+
+
+class YamlLoad:
+    def __reduce__(self):
+        import yaml
+        return (yaml.unsafe_load, ("!!python/object/apply:os.system ['touch " + CANARY + "']",))
+
+
+class CollectEnv:
+    def __reduce__(self):
+        import torch.utils.collect_env
+        return (torch.utils.collect_env.run, ("touch " + CANARY,))
+
+
+class NumpySave:
+    def __reduce__(self):  # writes a file where the pickle says
+        return (numpy.save, (CANARY, numpy.zeros(1)))
+
+
 def holding(payload):
     net = Net()
     net.payload = payload
@@ -98,7 +121,17 @@ def files(tmp_path, monkeypatch):
     paths = {}
     torch.save(mod.Net(), paths.setdefault("zip", tmp_path / "net.pt"))
     torch.save(mod.Net(), paths.setdefault("legacy", tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
-    for name in ("System", "Eval", "ThroughTorch", "Getter", "NumpyLoad"):
+    for name in (
+        "System",
+        "Eval",
+        "ThroughTorch",
+        "Getter",
+        "NumpyLoad",
+        "LoggingConfig",
+        "YamlLoad",
+        "CollectEnv",
+        "NumpySave",
+    ):
         torch.save(mod.holding(getattr(mod, name)()), paths.setdefault(name, tmp_path / f"{name}.pt"))
     torch.save(
         mod.holding(mod.System()), paths.setdefault("legacy_System", tmp_path / "legacy_system.pt"),
@@ -180,6 +213,10 @@ def test_a_state_dict_saved_with_pickle_protocol_4_is_named_and_loads_when_trust
         ("case", "posix.system"),
         ("legacy_zip", "system"),
         ("stdlib", "antigravity.geohash"),
+        ("LoggingConfig", "logging.config.dictConfig"),
+        ("YamlLoad", "yaml"),
+        ("CollectEnv", "torch.utils.collect_env.run"),
+        ("NumpySave", "numpy.save"),
     ],
 )
 def test_machinery_is_refused_even_when_trusted(files, name, needle):
