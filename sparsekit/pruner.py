@@ -30,7 +30,8 @@ from .errors import TargetError, TargetMissedWarning
 from .layers import layer_kind, tied_aliases
 from .learning_rate import LearningRates
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
-from .recipe import Recipe, as_recipe
+from .recipe import Recipe, as_recipe, pruning_key
+from .step_order import StepOrderCheck
 from .surgery import tied_parameters
 
 
@@ -99,9 +100,19 @@ def _note_loose_weights(model: nn.Module) -> None:
     )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel keep the real model in .module.
-    return getattr(model, "module", model)
+def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The model inside any wrappers, and whether one of them was DDP / DataParallel: those keep it in ``.module``,
+    ``torch.compile``'s OptimizedModule in ``._orig_mod`` (whose names, ``_orig_mod.fc1``, no recipe means)."""
+    inner, data_parallel = model, False
+    for _ in range(8):  # compile(DDP(model)), DDP(compile(model)), ...
+        compiled = inner._modules.get("_orig_mod") if type(inner).__name__ == "OptimizedModule" else None
+        if isinstance(compiled, nn.Module):
+            inner = compiled
+        elif isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner, data_parallel = inner.module, True  # (a model of one's own may call a child "module")
+        else:
+            break
+    return inner, data_parallel
 
 
 def _rebind(method: Any, model: nn.Module) -> None:
@@ -180,10 +191,10 @@ class Pruner:
             ) from None
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
-        self.model = _unwrap(model)
+        self.model, data_parallel = _unwrap(model)
         # Under torch.distributed, DDP averages gradients in backward(); a model used without it gets
         # them averaged here before gradient scoring, so every rank ranks the same scores.
-        self.average_grads = self.model is model
+        self.average_grads = not data_parallel
         self.recipe = recipe
         self.steps_per_epoch = steps_per_epoch
         self.step_count = 0
@@ -242,6 +253,9 @@ class Pruner:
                 self._rates.append(rates)
         for method in self.methods:
             method.start()
+        # The first steps' order against the optimizer's (sparsekit.step_order), judged on one pruned weight
+        trained = [m for method in self.methods for m in method.layers.values() if weight_of(m).requires_grad]
+        self._order: StepOrderCheck | None = StepOrderCheck(trained[0]) if trained else None
 
     def _check_overlap(self) -> None:
         owner: dict[str, int] = {}
@@ -427,8 +441,15 @@ class Pruner:
         not finite.
 
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
-        new parameter objects, so rebuild the optimizer and set the flag back to False."""
+        new parameter objects; ``optimizer = pruner.update_optimizer(optimizer)`` points the optimizer at them
+        and sets the flag back to False.
+
+        Call it once per optimizer step, after it: the first steps are watched for a call before
+        ``optimizer.step()`` or several per optimizer step (a UserWarning, :mod:`sparsekit.step_order`).
+        TypeError for an ``lr`` that is not a number; RuntimeError after :meth:`finalize`."""
         self._refuse_finalized("step")
+        if self._order is not None and not self._order.check():
+            self._order = None
         if self.structure_changed and not self._warned_stale:
             self._warned_stale = True
             warnings.warn(
@@ -439,6 +460,8 @@ class Pruner:
         # This runs after every optimizer step, so it does no more than it must (on LeNet-300-100 a whole
         # training step is ~1.5 ms, on the digits MLP ~0.6 ms; see benchmarks/step_overhead.py).
         if lr is not None:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+                raise TypeError(f"pruner.step(lr={lr!r}): the learning rate must be a number (a float), or left out")
             if not (lr >= 0 and lr < float("inf")):
                 raise ValueError(f"pruner.step(lr={lr!r}): the learning rate must be a finite number >= 0")
             for rates in self._rates:
@@ -510,7 +533,10 @@ class Pruner:
         >>> pruner.step()
         >>> if pruner.structure_changed:
         ...     optimizer = pruner.update_optimizer(optimizer)
+
+        RuntimeError after :meth:`finalize`.
         """
+        self._refuse_finalized("update_optimizer")
         current = dict(self.model.named_parameters(remove_duplicate=False))
         placed: set[int] = set()  # each parameter once, in the group of the first old one it replaces
         for group in optimizer.param_groups:
@@ -546,6 +572,9 @@ class Pruner:
         called a second time. Warns :class:`~sparsekit.TargetMissedWarning` for each entry short of its target
         (see :meth:`_warn_missed`)."""
         self._refuse_finalized("finalize")
+        if self._order is not None:
+            self._order.close()
+            self._order = None
         for rates in self._rates:
             rates.close()
         apply_masks(self.model)
@@ -610,8 +639,13 @@ class Pruner:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume bit-identically: step count, masks, each method's state and
-        the structural ``pruning_history``. Restore it with :meth:`load_state_dict`."""
+        the structural ``pruning_history``, with the ``steps_per_epoch`` and pruning section they mean. Restore
+        it with :meth:`load_state_dict`. RuntimeError after :meth:`finalize` (nothing is left to resume: save the
+        model it returned)."""
+        self._refuse_finalized("state_dict")
         return {
+            "steps_per_epoch": self.steps_per_epoch,
+            "pruning": pruning_key(self.recipe),
             "step": self.step_count,
             "masks": self.masks(),
             "methods": [m.state_dict() for m in self.methods],
@@ -619,8 +653,33 @@ class Pruner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a run. Call it on a freshly built Pruner *before* ``model.load_state_dict``: channels
-        removed by structured pruning are removed again first (replayed), so the saved weights fit."""
+        """Restore a run. Call it on a freshly built Pruner (same recipe, same ``steps_per_epoch``) *before*
+        ``model.load_state_dict``: channels removed by structured pruning are removed again first (replayed), so
+        the saved weights fit; then, when :attr:`structure_changed` is True, ``optimizer =
+        pruner.update_optimizer(optimizer)`` *before* ``optimizer.load_state_dict`` (its saved moments are for
+        the smaller parameters):
+
+        >>> pruner.load_state_dict(ckpt["pruner"]); model.load_state_dict(ckpt["model"])
+        >>> if pruner.structure_changed:
+        ...     optimizer = pruner.update_optimizer(optimizer)
+        >>> optimizer.load_state_dict(ckpt["optimizer"])
+
+        ValueError when the state was saved for another pruning section or another ``steps_per_epoch`` (the
+        masks and schedules would mean something else), or after channels were removed from this Pruner's model;
+        RuntimeError after :meth:`finalize`."""
+        self._refuse_finalized("load_state_dict")
+        saved_clock, saved_pruning = state.get("steps_per_epoch"), state.get("pruning")
+        if saved_pruning is not None and saved_pruning != pruning_key(self.recipe):
+            raise ValueError(
+                "load_state_dict: the state was saved for another pruning section (a changed method, target or "
+                "schedule); resume with the recipe it was saved with"
+            )
+        if saved_clock is not None and saved_clock != self.steps_per_epoch:
+            raise ValueError(
+                f"load_state_dict: the state was saved at steps_per_epoch={saved_clock}, this Pruner has "
+                f"{self.steps_per_epoch}: its schedules would run at another pace; build the Pruner with "
+                f"steps_per_epoch={saved_clock} (the same batch size and data)"
+            )
         history = list(state.get("pruning_history", []))
         if history and not self.pruning_history:
             from .surgery import replay_history

@@ -142,6 +142,11 @@ class Gradient(Magnitude):
         # Ranking layers that have no gradient yet against those that have would be meaningless.
         if any(name not in self.accum for name in self.layers):
             return None
+        # ... and so would ranking all-zero sums (gradients zeroed before pruner.step() each time): a sort of equal
+        # scores keeps weights by position. Checked at update points only, once per layer.
+        self._zero_scored = [name for name, acc in self.accum.items() if not bool(acc.any())]
+        if self._zero_scored:
+            return None
         return dict(self.accum)
 
     def update(self, step: int) -> bool:
@@ -162,8 +167,8 @@ class Gradient(Magnitude):
             # the end with masks that never update.
             self._warned_no_grad = True
             warnings.warn(
-                f"{self.where}: step {step} should update the masks, but {self._missing()} had no gradient when "
-                "pruner.step() ran: call it after loss.backward() and optimizer.step() and before "
+                f"{self.where}: step {step} should update the masks, but {self._missing()} had no gradient (or only "
+                "zero ones) when pruner.step() ran: call it after loss.backward() and optimizer.step() and before "
                 "optimizer.zero_grad(); exclude frozen layers with layers.exclude. The update waits for a step "
                 "that brings gradients",
                 stacklevel=3,
@@ -171,9 +176,11 @@ class Gradient(Magnitude):
         return changes
 
     _warned_no_grad = False
+    _zero_scored: list[str] = []  # noqa: RUF012 - replaced, never changed in place
 
     def _missing(self) -> str:
-        missing = [name for name in self.layers if name not in self.accum] or list(self.layers)
+        missing = [name for name in self.layers if name not in self.accum or name in self._zero_scored]
+        missing = missing or list(self.layers)
         shown = ", ".join(repr(n) for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         return f"layer {shown}" if len(missing) == 1 else f"layers {shown}"
 
@@ -193,7 +200,7 @@ class Gradient(Magnitude):
         """Raises TargetError when an update point is still waiting for gradients."""
         if self._pending:
             raise TargetError(
-                f"{self.where}: gradient criterion got no gradients (for {self._missing()}): call "
+                f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "
                 "loss.backward() before pruner.step() and optimizer.zero_grad() after it, or give the recipe "
                 "fine-tuning epochs / calibration batches; exclude frozen layers with layers.exclude"
             )

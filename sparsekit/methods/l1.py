@@ -93,7 +93,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .. import tp_adapter as tpa
-from ..errors import RecipeError, one_line
+from ..errors import RecipeError, TargetError, one_line
 from ..layers import (
     num_units,
     output_dim,
@@ -294,6 +294,17 @@ class L1:
         self.where = setup.where
         self.input_shape = list(setup.input_shape) if setup.input_shape else None
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        # A frozen weight gets no penalty gradient, and a proximal shrink would still move it (by the recipe's rate,
+        # since no optimizer steps it): neither is what freezing it meant.
+        frozen = [n for n, m in self.layers.items() if not weight_of(m).requires_grad]
+        if frozen:
+            shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+            one = len(frozen) == 1
+            raise TargetError(
+                f"{self.where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which L1 "
+                f"regularization cannot train towards zero; leave {'it' if one else 'them'} out with layers.exclude, "
+                f"or unfreeze {'it' if one else 'them'}"
+            )
         self.touched: list[str] = []  # no shape changes before finalize
         self.head_left_out: list[str] = []
         self._heads_kept: list[str] = []  # heads still selected (named in layers.include, or a model all head)

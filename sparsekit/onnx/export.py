@@ -424,6 +424,14 @@ def _example_input(model: nn.Module, shape: list[int]) -> torch.Tensor:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on a random input: bad input, not our bug
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+        if dtypes and dtypes != ["float32"]:
+            # the shape is not what is wrong: a .double() or .half() model does not take float32 inputs
+            raise ExportError(
+                f"the model's parameters are {', '.join(dtypes)}, and sparsekit exports float32 models (what "
+                "onnxruntime's CPU kernels and the parity check use): export model.float() instead "
+                f"({one_line(e, 120)})"
+            ) from None
         msg = (
             f"the model fails on a random float32 input of shape {shape} ({one_line(e, 200)}); give the shape it "
             f"takes ({option('input_shape')}). Export and its parity check feed random normal values, so a "

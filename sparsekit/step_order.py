@@ -1,0 +1,108 @@
+"""Whether a training loop calls ``pruner.step()`` where it belongs: once per optimizer step, after it.
+
+Two mistakes train silently wrong, so the Pruner watches its first :data:`WINDOW` steps for them:
+
+- ``pruner.step()`` *before* ``optimizer.step()``: the masks are applied, then the optimizer moves the zeroed weights
+  again, so the model trains dense until ``finalize()`` zeroes them at once (and ``sparsity()`` reads ~0 meanwhile);
+- ``pruner.step()`` *twice* per optimizer step (once per micro-batch when accumulating gradients, say): each call
+  advances the schedules a step, so they run that many times faster than the recipe says.
+
+It learns when torch optimizers step from a global step post-hook (``register_optimizer_step_post_hook``), and
+whether one stepped on the gradient it sees now: at each optimizer step it notes the identity and version counter of
+one pruned weight's ``.grad``; a ``pruner.step()`` that finds a non-zero gradient newer than the last optimizer step
+came before that optimizer step. A loop with no torch optimizer (calibration, an update of one's own) is never
+judged; a step skipped by ``GradScaler`` on an overflow looks like either mistake once, so a warning needs most of
+the window to agree. After the window the hook is removed: no cost for the rest of training.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from .masks import weight_of
+
+WINDOW = 8  # pruner.step() calls judged (those after the first optimizer step)
+ENOUGH = WINDOW // 2  # ... of which this many must show the same mistake for a warning
+
+
+class StepOrderCheck:
+    """Watches the optimizer steps around a Pruner's first :data:`WINDOW` steps; :meth:`check` at each
+    ``pruner.step()``. ``layer``: a pruned module whose weight the optimizer trains."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self._layer = weakref.ref(layer)
+        self.optimizer_steps = 0
+        self._steps_seen = 0  # optimizer steps at the previous check
+        # The weight's grad at the last optimizer step and its version: a weak reference, since zero_grad() frees it
+        # and a new one may reuse its id
+        self._grad_at_step: tuple[weakref.ref[torch.Tensor], int] | None = None
+        self.checked = self.before = self.twice = 0
+        ref = weakref.ref(self)
+
+        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            me = ref()
+            if me is not None:
+                me._observe()
+
+        self._handle = register_optimizer_step_post_hook(hook)
+        weakref.finalize(self, self._handle.remove)
+
+    def _grad(self) -> torch.Tensor | None:
+        layer = self._layer()
+        return None if layer is None else weight_of(layer).grad
+
+    def _observe(self) -> None:
+        self.optimizer_steps += 1
+        grad = self._grad()
+        self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
+
+    def _newer_grad(self) -> bool:
+        """Whether the weight holds a non-zero gradient the last optimizer step did not see."""
+        grad = self._grad()
+        if grad is None:
+            return False
+        seen = self._grad_at_step
+        if seen is not None and seen[0]() is grad and seen[1] == grad._version:
+            return False
+        # zero_grad() between optimizer.step() and pruner.step() also makes a newer gradient: an all-zero one
+        return bool(grad.any())
+
+    def check(self) -> bool:
+        """Judge this ``pruner.step()`` call (warning once the window is full and a mistake held in most of it);
+        returns False when the check is done and can be dropped."""
+        if self.optimizer_steps == 0:
+            return True  # no torch optimizer has stepped (yet): nothing to judge by
+        self.checked += 1
+        if self.optimizer_steps == self._steps_seen:
+            self.twice += 1
+        self._steps_seen = self.optimizer_steps
+        if self._newer_grad():
+            self.before += 1
+        if self.checked < WINDOW:
+            return True
+        self.close()
+        if self.before >= ENOUGH:
+            warnings.warn(
+                f"pruner.step() ran before optimizer.step() in {self.before} of its first {self.checked} steps: call "
+                "it after optimizer.step(); otherwise the optimizer moves the weights it has just zeroed, and the "
+                "model trains dense until finalize() zeroes them all at once",
+                stacklevel=3,
+            )
+        elif self.twice >= ENOUGH:
+            warnings.warn(
+                f"pruner.step() ran {self.twice} times in its first {self.checked} steps with no optimizer step since "
+                "the previous call: call it once per optimizer step (when accumulating gradients, after the "
+                "optimizer.step() that ends the accumulation); each call advances the schedules one step",
+                stacklevel=3,
+            )
+        return False
+
+    def close(self) -> None:
+        """Remove the optimizer hook."""
+        self._handle.remove()
