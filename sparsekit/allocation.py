@@ -366,7 +366,9 @@ def _greedy_channels(
             raise TargetError(
                 f"{where}.{what}: cannot be reached: removing up to the largest analysed ratio of every group's "
                 f"channels (within min_channels) saves only {saved:,.0f} MACs per sample (the pruned layers would "
-                f"keep {reach:.3f} of theirs); raise {what}, or analyse larger ratios (grid) and allow them"
+                f"keep {reach:.3f} of theirs); raise {what} (or lower min_channels where it binds), or give a fixed "
+                "ratio instead of auto: the analysis tries ratios up to its grid's largest (0.7 unless "
+                "sparsekit.allocation.auto_allocate(grid=...) is called from Python with others)"
             )
         _, _, root, i = best
         if enough(root, allowed[root][i]):  # the smallest step of this group that reaches the budget
@@ -506,9 +508,12 @@ def _allocate_macs(
             if round_to
             else f"the uniform ratio reaches MACs {aim:g} with exact counts; one ratio may serve this model better"
         )
+        digits = 3
+        while digits < 8 and f"{predicted:.{digits}f}" == f"{uniform:.{digits}f}":
+            digits += 1  # "0.000 is above 0.000" reads as nonsense: show the digits where they differ
         note = (
-            f"the allocation's predicted loss increase ({predicted:.3f}) is above one uniform ratio's ({uniform:.3f}) "
-            f"for target_macs {aim:g}: {blocks}"
+            f"the allocation's predicted loss increase ({predicted:.{digits}f}) is above one uniform ratio's "
+            f"({uniform:.{digits}f}) for target_macs {aim:g}: {blocks}"
         )
     info = EntryAllocation(
         index, "structured", {"macs": aim}, ratios, predicted, uniform, {"macs": reached}, None, aim, note

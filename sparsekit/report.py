@@ -820,6 +820,10 @@ def _outcome(
     extra_fields = m.model_extra or {}
     roots = (extra_fields.get("counted") or extra_fields.get("roots")) if m.method == "structured" else None
     counted = [r for r in roots if r in channels] if isinstance(roots, list) else list(channels)
+    if m.method == "l1" and isinstance(members := extra_fields.get("coupled"), dict):
+        # group l1's coupled layers (a residual add's) zero and lose their owner's units: counted once, as the
+        # ratio it reports counts them
+        counted = [name for name in counted if name not in members] or counted
     own = [channels[name] for name in (counted or list(channels)) if name not in (m.tied or {})]
     followers = len(channels) - len(counted) if counted and m.method == "structured" else 0
     kept = sum(v[1] for v in own) if channels else None

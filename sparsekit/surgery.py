@@ -588,7 +588,7 @@ def remove_dead_units(
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - this layer's removal is what fails: its units stay
-            ok, reason = False, f"removing its zeroed units failed ({one_line(err, 160)})"
+            ok, reason = False, _failed_removal(backup, name, input_shape, err)
         if ok:
             model = candidate
             history += normalize_history(tpa.pruning_history(graph))
@@ -603,6 +603,24 @@ def remove_dead_units(
             stacklevel=2,
         )
     return model, history
+
+
+def _failed_removal(model: nn.Module, name: str, input_shape: Sequence[int], err: Exception) -> str:
+    """Why removing layer ``name``'s units failed, in the model's terms: the operations its channels pass through
+    (a slice or a view the dependency graph cannot follow) where the graph shows them, with the error's gist."""
+    from .methods.structured import op_word  # (methods import this module)
+
+    ops: list[str] = []
+    try:
+        fresh = copy.deepcopy(model)
+        graph = build_graph(fresh, input_shape)
+        module = dict(fresh.named_modules())[name]
+        members = tpa.group_members(graph, tpa.channel_group(graph, module, [0]))
+        ops = sorted({w for m in members if (w := op_word(m.op))})
+    except Exception:  # noqa: BLE001 - the wording is best effort; the failure stands
+        pass
+    through = f": its channels pass through {', '.join(ops)}, which the removal cannot follow" if ops else ""
+    return f"removing its zeroed units breaks the forward pass{through} ({one_line(err, 100)})"
 
 
 def _run(model: nn.Module, probe: torch.Tensor) -> Any:

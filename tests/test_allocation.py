@@ -355,7 +355,8 @@ def test_auto_ratio_reaches_the_macs_target(digits_cnn, round_to):
         if round_to:  # the kept counts are whole blocks, as a ratio entry's are: onnxruntime runs them fast
             assert kept == initial or kept % (16 if initial > 16 else 8) == 0, (name, kept)
 
-    with pytest.raises(TargetError, match=r"pruning\[0\]\.target_macs: cannot be reached"):
+    # the remedies are ones a recipe can take (a grid of ratios to analyse was named, which no recipe field sets)
+    with pytest.raises(TargetError, match=r"pruning\[0\]\.target_macs: cannot be reached.*give a fixed ratio"):
         alloc.allocate(
             model, recipe.model_copy(update={"pruning": [recipe.pruning[0].model_copy(update={"target_macs": 0.01})]}),
             table, input_shape=shape,

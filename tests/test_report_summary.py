@@ -745,6 +745,21 @@ def test_structured_counts_a_coupled_depthwise_convs_channels_once():
     assert o.coupled == 1 and o.achieved == pytest.approx(0.5)
 
 
+def test_group_l1_counts_a_coupled_layers_channels_once_as_its_ratio_does():
+    """Found by review: 'achieved 0.500 units zero ...; 120 of 224 channels kept' counted a residual add's and a
+    depthwise conv's channels twice, where the ratio (and structured's count) takes each unit once."""
+    shape = [1, 1, 8, 8]
+    entry = {"method": "l1", "strength": 1e-3, "group": "channel", "target": 0.5, "remove_dead": True,
+             "schedule": {"start_epoch": 0, "end_epoch": 1}}  # fmt: skip
+    recipe = _recipe([entry], model={"input_shape": shape})
+    dense, model, pruner = _prune(_Separable(), recipe, shape, steps=12)
+    assert pruner.methods[0].coupled == {"dw": "stem"}
+    assert model.stem.out_channels == model.dw.out_channels < 32 or model.pw.out_channels < 64  # units went
+    (o,) = summarize(_report(dense, model, pruner, recipe, shape)).methods
+    assert (o.channels_kept, o.channels_total) == (model.stem.out_channels + model.pw.out_channels, 32 + 64)
+    assert o.achieved == pytest.approx(1 - o.channels_kept / o.channels_total)
+
+
 def test_an_int8_model_that_disagrees_with_fp32_gets_a_note():
     torch.manual_seed(0)
     recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])

@@ -405,3 +405,36 @@ def test_when_removing_every_layers_units_at_once_fails_the_others_are_still_rem
     torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=1e-4)
     replayed = replay_history(_SharedLayerAfter(), history, [1, 8])
     assert replayed.p.out_features == 13 and replayed.q.in_features == 13
+
+
+class _SplitCat(nn.Module):
+    """conv1's channels sliced in two and concatenated back the other way round: no removal can follow them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.ca, self.cb = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        a, b = x[:, :16], x[:, 16:]
+        return self.head(torch.cat([torch.relu(self.cb(b)), torch.relu(self.ca(a))], 1).mean((2, 3)))
+
+
+def test_a_removal_the_slicing_breaks_says_what_the_channels_pass_through():
+    # Found by review: the report carried torch's raw "Given groups=1, weight of size [16, 10, 3, 3] ..." only.
+    torch.manual_seed(0)
+    model = _SplitCat()
+    with torch.no_grad():
+        model.conv1.weight[[1, 2, 20]] = 0
+        model.conv1.bias[[1, 2, 20]] = 0
+    failures: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, _ = remove_dead_units(model, [1, 1, 8, 8], ignore=["head"], failures=failures)
+    assert failures["conv1"].startswith(
+        "removing its zeroed units breaks the forward pass: its channels pass through slice, which the removal"
+    )
+    assert out.conv1.out_channels == 32  # its units stay, and the model still runs
+    assert out(torch.randn(2, 1, 8, 8)).shape == (2, 10)
