@@ -101,15 +101,17 @@ def _note_loose_weights(model: nn.Module) -> None:
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The model inside any wrappers, and whether one of them was DDP / DataParallel: those keep it in ``.module``,
+    """The model inside any wrappers, and whether one of them was DDP-like: those keep it in ``.module``,
     ``torch.compile``'s OptimizedModule in ``._orig_mod`` (whose names, ``_orig_mod.fc1``, no recipe means)."""
     inner, data_parallel = model, False
     for _ in range(8):  # compile(DDP(model)), DDP(compile(model)), ...
         compiled = inner._modules.get("_orig_mod") if type(inner).__name__ == "OptimizedModule" else None
         if isinstance(compiled, nn.Module):
             inner = compiled
-        elif isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            inner, data_parallel = inner.module, True  # (a model of one's own may call a child "module")
+        elif isinstance(getattr(inner, "module", None), nn.Module) and len(inner._modules) == 1:
+            # DDP, DataParallel, and others' wrappers alike (a DeepSpeed engine): the model is their only child. A
+            # model of one's own with a child called "module" beside others is the model itself.
+            inner, data_parallel = inner.module, True
         else:
             break
     return inner, data_parallel

@@ -114,9 +114,12 @@ def test_l1_on_a_frozen_layer_is_refused_naming_it():
     # nothing to them, silently.
     model = mlp()
     model[0].weight.requires_grad_(False)
-    for mode in ("proximal", "penalty"):
+    by_two = {"start_epoch": 0, "end_epoch": 2}
+    for extra in ({"mode": "proximal"}, {"target": 0.3, "schedule": by_two}):  # a target zeroes its weakest units
         with pytest.raises(TargetError, match="'0' is frozen.*layers.exclude"):
-            sparsekit.Pruner(model, recipe({"method": "l1", "strength": 1e-2, "mode": mode}), 10)
+            sparsekit.Pruner(model, recipe({"method": "l1", "strength": 1e-2, **extra}), 10)
+    # a plain penalty leaves it be (no gradient reaches it): allowed, as before
+    assert list(sparsekit.Pruner(model, recipe({"method": "l1", "strength": 1e-2}), 10).methods[0].layers) == ["0", "2"]
     entry = {"method": "l1", "strength": 1e-2, "mode": "proximal", "layers": {"exclude": ["0"]}}
     assert list(sparsekit.Pruner(model, recipe(entry), 10).methods[0].layers) == ["2"]
 
@@ -138,6 +141,19 @@ def test_every_call_after_finalize_and_a_state_of_another_run_are_refused():
             call()
     with pytest.raises(TypeError, match="must be a number"):
         sparsekit.Pruner(mlp(), recipe(GRADUAL), 10).step(lr="0.01")
+
+
+def test_a_model_whose_child_is_called_module_is_not_taken_for_a_wrapper():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module, self.head = nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.module(x)))
+
+    pruner = sparsekit.Pruner(Net(), recipe({"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}), 10)
+    assert pruner.summary()[0]["layers"] == ["module", "head"]
 
 
 def test_a_model_in_torch_compile_is_pruned_by_its_own_layer_names():

@@ -294,16 +294,17 @@ class L1:
         self.where = setup.where
         self.input_shape = list(setup.input_shape) if setup.input_shape else None
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
-        # A frozen weight gets no penalty gradient, and a proximal shrink would still move it (by the recipe's rate,
-        # since no optimizer steps it): neither is what freezing it meant.
+        # A proximal shrink would still move a frozen weight (by the recipe's rate, since no optimizer steps it), and a
+        # target would zero its weakest units at end_epoch: not what freezing it meant. (A plain penalty leaves it be:
+        # no gradient reaches it, and its norm still counts in the penalty's value.)
         frozen = [n for n, m in self.layers.items() if not weight_of(m).requires_grad]
-        if frozen:
+        if frozen and (spec.mode == "proximal" or spec.target is not None):
             shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
             one = len(frozen) == 1
             raise TargetError(
-                f"{self.where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which L1 "
-                f"regularization cannot train towards zero; leave {'it' if one else 'them'} out with layers.exclude, "
-                f"or unfreeze {'it' if one else 'them'}"
+                f"{self.where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which "
+                f"{'a proximal step' if spec.mode == 'proximal' else 'a target'} would change all the same; leave "
+                f"{'it' if one else 'them'} out with layers.exclude, or unfreeze {'it' if one else 'them'}"
             )
         self.touched: list[str] = []  # no shape changes before finalize
         self.head_left_out: list[str] = []
