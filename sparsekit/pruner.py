@@ -108,10 +108,10 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
         compiled = inner._modules.get("_orig_mod") if type(inner).__name__ == "OptimizedModule" else None
         if isinstance(compiled, nn.Module):
             inner = compiled
-        elif isinstance(getattr(inner, "module", None), nn.Module) and len(inner._modules) == 1:
+        elif isinstance(child := getattr(inner, "module", None), nn.Module) and len(inner._modules) == 1:
             # DDP, DataParallel, and others' wrappers alike (a DeepSpeed engine): the model is their only child. A
             # model of one's own with a child called "module" beside others is the model itself.
-            inner, data_parallel = inner.module, True
+            inner, data_parallel = child, True
         else:
             break
     return inner, data_parallel
