@@ -100,6 +100,10 @@ def _note_loose_weights(model: nn.Module) -> None:
     )
 
 
+# Other libraries' data-parallel wrappers holding the model in .module (not imported here to be recognised)
+_WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel", "ShardedDataParallel", "_FabricModule"})
+
+
 def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The model inside any wrappers, and whether one of them was DDP-like: those keep it in ``.module``,
     ``torch.compile``'s OptimizedModule in ``._orig_mod`` (whose names, ``_orig_mod.fc1``, no recipe means)."""
@@ -108,9 +112,12 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
         compiled = inner._modules.get("_orig_mod") if type(inner).__name__ == "OptimizedModule" else None
         if isinstance(compiled, nn.Module):
             inner = compiled
-        elif isinstance(child := getattr(inner, "module", None), nn.Module) and len(inner._modules) == 1:
-            # DDP, DataParallel, and others' wrappers alike (a DeepSpeed engine): the model is their only child. A
-            # model of one's own with a child called "module" beside others is the model itself.
+        elif isinstance(child := getattr(inner, "module", None), nn.Module) and (
+            isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+            or type(inner).__name__ in _WRAPPERS
+        ):
+            # By class, not by the attribute: a model of one's own may call a child "module", and its layers keep
+            # the names the recipe gives them (module.0)
             inner, data_parallel = child, True
         else:
             break

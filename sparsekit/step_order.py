@@ -10,9 +10,10 @@ Two mistakes train silently wrong, so the Pruner watches its first :data:`WINDOW
 It learns when torch optimizers step from a global step post-hook (``register_optimizer_step_post_hook``), and
 whether one stepped on the gradient it sees now: at each optimizer step it notes the identity and version counter of
 one pruned weight's ``.grad``; a ``pruner.step()`` that finds a non-zero gradient newer than the last optimizer step
-came before that optimizer step. A loop with no torch optimizer (calibration, an update of one's own) is never
-judged; a step skipped by ``GradScaler`` on an overflow looks like either mistake once, so a warning needs most of
-the window to agree. After the window the hook is removed: no cost for the rest of training.
+came before that optimizer step, and one that finds neither a new optimizer step nor a new gradient is a second call
+for the same step. A step ``GradScaler`` skips on an overflow brings a new gradient and no optimizer step: neither
+mistake. A loop with no torch optimizer (calibration, an update of one's own) is never judged, and a warning needs
+half the window to agree. After the window the hook is removed: no cost for the rest of training.
 """
 
 from __future__ import annotations
@@ -79,11 +80,14 @@ class StepOrderCheck:
         if self.optimizer_steps == 0:
             return True  # no torch optimizer has stepped (yet): nothing to judge by
         self.checked += 1
-        if self.optimizer_steps == self._steps_seen:
-            self.twice += 1
+        stepped = self.optimizer_steps != self._steps_seen
         self._steps_seen = self.optimizer_steps
-        if self._newer_grad():
+        newer = self._newer_grad()
+        if stepped and newer:  # an optimizer step came since the last call, but not since this gradient
             self.before += 1
+        elif not stepped and not newer:  # no optimizer step since the last call, and no new gradient either
+            self.twice += 1
+        # (no optimizer step but a new gradient: GradScaler skipped a step on an overflow, which says nothing)
         if self.checked < WINDOW:
             return True
         self.close()

@@ -220,12 +220,23 @@ def forget_module(module: str) -> bool:
 
 
 def _write_store(modules: dict[str, str]) -> Path:
-    from .fsutil import atomic_path
+    from .errors import OutputError
+    from .fsutil import atomic_path, writing
 
     path = store_path()
+    with writing(path.parent):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's own, whatever the umask
     with atomic_path(path) as tmp:
         doc = {"format": "sparsekit-trust/2", "modules": dict(sorted(modules.items()))}
         tmp.write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
+    with writing(path):
+        os.chmod(path, 0o600)  # (atomic_path gives the umask's mode: under umask 000 every user could write it)
+    unsafe = _unsafe_store(path)
+    if unsafe:  # a folder others can write, made before: the list would be ignored the next time it is read
+        raise OutputError(
+            f"{path}: {unsafe}, so sparsekit would not believe the list it just wrote; make the folder yours alone "
+            "(chmod 700), or choose another (SPARSEKIT_CONFIG_DIR)"
+        )
     return path
 
 

@@ -774,3 +774,26 @@ def test_a_trust_store_others_can_write_trusts_nothing(tmp_path, monkeypatch, ca
         caplog.clear()
         assert (trusted_modules() == ["mymod"]) is trusted, (target, oct(mode))
         assert trusted or "writable by every user" in caplog.text
+
+
+def test_trust_writes_a_store_it_will_believe_whatever_the_umask(tmp_path, monkeypatch):
+    # Found by review: under umask 000 `sparsekit trust` wrote a mode-666 store, said "no trusted modules" and
+    # exited 0, and the next run ignored the store as writable by every user.
+    import os
+
+    from sparsekit.errors import OutputError
+
+    (tmp_path / "mymod.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "cfg"))
+    old = os.umask(0)
+    try:
+        trust_module("mymod")
+    finally:
+        os.umask(old)
+    assert trusted_modules() == ["mymod"]
+    assert store_path().stat().st_mode & 0o777 == 0o600 and store_path().parent.stat().st_mode & 0o077 == 0
+    store_path().parent.chmod(0o777)  # a folder made before, that every user can write: said, not a silent exit 0
+    with pytest.raises(OutputError, match="writable by every user"):
+        trust_module("mymod")
+    store_path().parent.chmod(0o700)
