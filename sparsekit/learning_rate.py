@@ -16,11 +16,27 @@ step; else ``fallback`` (the recipe's ``finetune.optimizer.lr``), e.g. when a st
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+def on_optimizer_steps(owner: Any, observe: Callable[[Any, torch.optim.Optimizer], None]) -> Any:
+    """After every ``torch.optim`` optimizer step in the process, ``observe(owner, optimizer)``, for as long as
+    ``owner`` lives (a global step post-hook holding it weakly, removed when it is collected). Returns the hook's
+    handle (``.remove()``)."""
+    ref = weakref.ref(owner)
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        me = ref()
+        if me is not None:
+            observe(me, optimizer)
+
+    handle = register_optimizer_step_post_hook(hook)
+    weakref.finalize(owner, handle.remove)
+    return handle
 
 
 class LearningRates:
@@ -42,15 +58,7 @@ class LearningRates:
         # when last seen: every optimizer's step calls the hook, and mapping theirs again each step cost ~10-20 us.
         self._foreign: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
         self.optimizer_steps = 0
-        ref = weakref.ref(self)
-
-        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            me = ref()
-            if me is not None:
-                me._observe(optimizer)
-
-        self._handle = register_optimizer_step_post_hook(hook)
-        weakref.finalize(self, self._handle.remove)
+        self._handle = on_optimizer_steps(self, LearningRates._observe)
 
     def watch(self, weights: Sequence[torch.Tensor]) -> None:
         """Follow these parameters from now on (after a structural change replaced them)."""

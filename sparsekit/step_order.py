@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from .learning_rate import on_optimizer_steps
 from .masks import weight_of
 
 WINDOW = 8  # pruner.step() calls judged (those after the first optimizer step)
@@ -44,21 +44,13 @@ class StepOrderCheck:
         # and a new one may reuse its id
         self._grad_at_step: tuple[weakref.ref[torch.Tensor], int] | None = None
         self.checked = self.before = self.twice = 0
-        ref = weakref.ref(self)
-
-        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            me = ref()
-            if me is not None:
-                me._observe()
-
-        self._handle = register_optimizer_step_post_hook(hook)
-        weakref.finalize(self, self._handle.remove)
+        self._handle = on_optimizer_steps(self, StepOrderCheck._observe)
 
     def _grad(self) -> torch.Tensor | None:
         layer = self._layer()
         return None if layer is None else weight_of(layer).grad
 
-    def _observe(self) -> None:
+    def _observe(self, optimizer: Any) -> None:
         self.optimizer_steps += 1
         grad = self._grad()
         self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
