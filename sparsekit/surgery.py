@@ -222,12 +222,15 @@ def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     that returns a tuple, list or dict of them), in forward order, and the prunable layer that runs last when
     some output is not a layer's own (a head followed by a reduction or a softmax). Raises what the forward
     pass raises."""
-    outputs: dict[int, str] = {}
+    # Each layer's output tensor is kept, not only its id(): a tensor freed during the forward pass (a
+    # layer's output that a later op consumed) leaves its id free for a new tensor, so matching by id
+    # alone could name an unrelated layer as the head.
+    outputs: dict[int, tuple[torch.Tensor, str]] = {}
     order: list[str] = []
 
     def note(name: str, out: Any) -> None:
         if isinstance(out, torch.Tensor):
-            outputs[id(out)] = name
+            outputs[id(out)] = (out, name)
         if name not in order:
             order.append(name)
 
@@ -242,7 +245,7 @@ def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
         for h in hooks:
             h.remove()
     tensors = logits.output_tensors(result)
-    heads = [outputs[id(t)] for t in tensors if id(t) in outputs]
+    heads = [outputs[id(t)][1] for t in tensors if id(t) in outputs and outputs[id(t)][0] is t]
     if len(heads) < len(tensors) and order and order[-1] not in heads:
         heads.append(order[-1])
     return [n for n in order if n in heads]

@@ -300,3 +300,34 @@ def test_validate_says_how_often_scores_are_summed_and_when_only_updates_are():
     assert "scores summed on every 4th step" in describe(spec, steps_per_epoch=20, epochs=2)
     assert "only each update's own step is scored" not in describe(spec, steps_per_epoch=20, epochs=2)
     assert "only each update's own step is scored" in describe(spec, steps_per_epoch=6, epochs=2)  # 3 apart
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_an_inf_or_nan_gradient_no_optimizer_took_adds_nothing_to_the_scores(bad):
+    # GradScaler skips optimizer.step() when the gradients overflowed; pruner.step() still runs. Those gradients
+    # must not reach the sums: one inf or NaN would rank the layer's weights for the rest of the run (movement).
+    model = single([1.0, -2.0, 3.0, 0.5])
+    r = recipe(epochs=2, criterion="movement", sparsity=0.5, schedule={"start_epoch": 1, "end_epoch": 2, "every": 1})
+    pruner = Pruner(model, r, steps_per_epoch=4)
+    for grad in ([1.0, 1.0, -1.0, 2.0], [bad, 0.5, 0.5, 0.5], [0.5, -1.0, 2.0, 1.0]):
+        backward_with_grad(model, grad)
+        pruner.step()
+    w = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+    expected = -(w * torch.tensor([[1.0, 1.0, -1.0, 2.0]])) - w * torch.tensor([[0.5, -1.0, 2.0, 1.0]])
+    assert torch.equal(pruner.methods[0].accum[""], expected)
+
+
+def test_gradients_an_optimizer_stepped_with_are_summed_without_a_finiteness_pass(monkeypatch):
+    from sparsekit.methods import gradient
+
+    calls = []
+    real = gradient._finite
+    monkeypatch.setattr(gradient, "_finite", lambda g: calls.append(1) or real(g))
+    model = mlp()
+    sched = {"start_epoch": 0, "end_epoch": 2, "every": 1}
+    pruner = Pruner(model, recipe(epochs=3, criterion="movement", sparsity=0.5, schedule=sched), steps_per_epoch=4)
+    train_steps(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05), 4)
+    assert calls == []
+    model(torch.randn(2, 12)).sum().backward()
+    pruner.step()  # no optimizer step since the previous call (a step GradScaler skipped): checked
+    assert calls == [1]

@@ -10,7 +10,7 @@ import sparsekit
 from examples.models import mlp, resnet_small
 from sparsekit.errors import ModelFileError
 from sparsekit.masks import MASK, get_mask, set_mask
-from sparsekit.surgery import last_layer, refit_masks, remove_dead_units, replay_history
+from sparsekit.surgery import last_layer, output_layers, refit_masks, remove_dead_units, replay_history
 
 
 def _mlp() -> nn.Module:
@@ -438,3 +438,25 @@ def test_a_removal_the_slicing_breaks_says_what_the_channels_pass_through():
     )
     assert out.conv1.out_channels == 32  # its units stay, and the model still runs
     assert out(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+class _FreedHeadOutput(nn.Module):
+    """The first layer's output is freed before the model's own output is made, so CPython's allocator
+    tends to hand its address (its id()) to the returned tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.fc1(x)
+        b = self.fc2(torch.relu(a))
+        del a
+        return b * 2
+
+
+def test_output_layers_not_fooled_by_a_reused_tensor_id() -> None:
+    # The returned tensor is nobody's own output: the head is the last layer, never the freed fc1.
+    for _ in range(5):
+        assert output_layers(_FreedHeadOutput(), (8,)) == ["fc2"]

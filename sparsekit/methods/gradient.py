@@ -17,6 +17,12 @@ Ranking, scopes, schedules and per-layer values (``layer_sparsity``; an entry st
 auto`` is refused) are those of :mod:`~sparsekit.methods.magnitude`. An update point
 reached before any gradient arrived (``schedule: oneshot`` before the first step) waits for the
 next step that brings gradients; a run that never gets them fails at :meth:`Gradient.finalize`.
+
+A step whose gradient no optimizer used (one ``torch.cuda.amp.GradScaler`` skipped on an overflow, or any
+``pruner.step()`` with no ``torch.optim`` step since the previous one) is checked first: a layer whose
+gradient holds inf or NaN adds nothing to the sums that step, since one such value would rank its weights
+for the rest of the window (taylor) or the run (movement). A gradient an optimizer stepped with is not
+checked (no extra pass over the gradients): ``GradScaler`` steps only on finite ones.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import TargetError
+from ..learning_rate import on_optimizer_steps
 from ..masks import weight_of
 from . import scorers
 from .base import Changes, Setup
@@ -93,20 +100,30 @@ class Gradient(Magnitude):
         self._fused: _Fused | None = fused[0] if fused else None
         self._scratch = bool(fused and fused[1])
         self._bufs: dict[str, torch.Tensor] = {}  # per layer, scratch for the fused sums (taylor)
+        # torch.optim steps so far, and at the previous after_step: whether an optimizer used this step's gradient
+        self._optimizer_steps = self._steps_seen = 0
+        self._hook = on_optimizer_steps(self, Gradient._count_optimizer_step)
+
+    def _count_optimizer_step(self, optimizer: Any) -> None:
+        self._optimizer_steps += 1
 
     def _builtin_scorer(self, spec: Any) -> scorers.Scorer:
         return CRITERIA[spec.criterion][0]
 
     @torch.no_grad()
-    def accumulate(self) -> None:
-        """Add this step's ``scorer(w, grad)`` to the sums; layers without a ``.grad`` contribute nothing."""
+    def accumulate(self, check: bool = False) -> None:
+        """Add this step's ``scorer(w, grad)`` to the sums; layers without a ``.grad`` contribute nothing, nor
+        with ``check`` do those whose gradient holds inf or NaN."""
         accs: list[torch.Tensor] = []
         ws: list[torch.Tensor] = []
         gs: list[torch.Tensor] = []
         bufs: list[torch.Tensor] = []
+        grads = {name: weight_of(module).grad for name, module in self.layers.items()}
+        if check:
+            grads = _finite(grads)
         for name, module in self.layers.items():
             weight = weight_of(module)
-            grad = weight.grad
+            grad = grads.get(name)
             if grad is None:
                 continue
             w, g = weight.detach(), grad.detach()
@@ -159,8 +176,10 @@ class Gradient(Magnitude):
     def after_step(self, step: int) -> Changes:
         """Add this step's scores, then update masks at the schedule's update points. Past the schedule's
         last update no scores are summed (none would be read again; ~3 passes over the weights a step)."""
+        used = self._optimizer_steps != self._steps_seen  # an optimizer stepped with this gradient
+        self._steps_seen = self._optimizer_steps
         if self._pending or (step <= self.schedule.end and self._scored(step)):
-            self.accumulate()  # before the mask update, so this step's gradients count
+            self.accumulate(check=not used)  # before the mask update, so this step's gradients count
         changes = super().after_step(step)
         if self._pending and not self._warned_no_grad:
             # Said now, not only at finalize: a loop that zeroes the gradients before pruner.step() trains to
@@ -198,6 +217,7 @@ class Gradient(Magnitude):
 
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
         """Raises TargetError when an update point is still waiting for gradients."""
+        self._hook.remove()
         if self._pending:
             raise TargetError(
                 f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "
@@ -215,3 +235,17 @@ class Gradient(Magnitude):
         super().load_state_dict(state)
         accum = state.get("accum", {})
         self.accum = {n: t.clone().to(self.layers[n].weight.device) for n, t in accum.items() if n in self.layers}
+
+
+def _finite(grads: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    """``grads`` without those holding inf or NaN: one sum per gradient (non-finite when any element is) and one
+    host sync for all of them."""
+    present = {n: g for n, g in grads.items() if g is not None}
+    if not present:
+        return grads
+    sums = [(g._values() if g.is_sparse else g).sum().float() for g in present.values()]
+    ok = torch.isfinite(torch.stack([t.to(sums[0].device) for t in sums])).tolist()
+    if all(ok):
+        return grads
+    bad = {n for n, fine in zip(present, ok, strict=True) if not fine}
+    return {n: (None if n in bad else g) for n, g in grads.items()}
