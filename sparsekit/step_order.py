@@ -10,9 +10,9 @@ Two mistakes train silently wrong, so the Pruner watches its first :data:`WINDOW
 It learns when torch optimizers step from a global step post-hook (``register_optimizer_step_post_hook``), and
 whether one stepped on the gradient it sees now: at each optimizer step it notes the identity and version counter of
 one pruned weight's ``.grad``; a ``pruner.step()`` that finds a non-zero gradient newer than the last optimizer step
-came before that optimizer step, and one that finds neither a new optimizer step nor a new gradient is a second call
-for the same step. A step ``GradScaler`` skips on an overflow brings a new gradient and no optimizer step: neither
-mistake. A loop with no torch optimizer (calibration, an update of one's own) is never judged, and a warning needs
+came before that optimizer step, and one that finds no new optimizer step is a second call for the same step, unless
+its new gradient holds inf or NaN: a step ``GradScaler`` skipped on an overflow, which is neither mistake. (Calling it
+once per micro-batch while accumulating gradients brings a new, finite gradient and no optimizer step.) A loop with no torch optimizer (calibration, an update of one's own) is never judged, and a warning needs
 half the window to agree. After the window the hook is removed: no cost for the rest of training.
 """
 
@@ -66,6 +66,11 @@ class StepOrderCheck:
         # zero_grad() between optimizer.step() and pruner.step() also makes a newer gradient: an all-zero one
         return bool(grad.any())
 
+    def _overflowed(self) -> bool:
+        """Whether the weight's gradient holds inf or NaN (a step GradScaler skips)."""
+        grad = self._grad()
+        return grad is not None and not bool(torch.isfinite(grad).all())
+
     def check(self) -> bool:
         """Judge this ``pruner.step()`` call (warning once the window is full and a mistake held in most of it);
         returns False when the check is done and can be dropped."""
@@ -77,9 +82,10 @@ class StepOrderCheck:
         newer = self._newer_grad()
         if stepped and newer:  # an optimizer step came since the last call, but not since this gradient
             self.before += 1
-        elif not stepped and not newer:  # no optimizer step since the last call, and no new gradient either
+        elif not stepped and not (newer and self._overflowed()):
+            # no optimizer step since the last call: a second call for the same step (a micro-batch's, when the new
+            # gradient is finite), unless GradScaler skipped the step on an overflow (an inf or NaN gradient)
             self.twice += 1
-        # (no optimizer step but a new gradient: GradScaler skipped a step on an overflow, which says nothing)
         if self.checked < WINDOW:
             return True
         self.close()

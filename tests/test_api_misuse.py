@@ -41,7 +41,16 @@ def train(order: str, entry: dict = GRADUAL) -> tuple[list[str], sparsekit.Prune
                 loss(model(x), y).backward()
                 if i % 2:
                     opt.step()
+                else:  # what GradScaler.unscale_() leaves when it finds an overflow
+                    model[0].weight.grad[0, 0] = float("inf")
                 pruner.step()
+            elif order == "per_micro_batch":  # accumulating gradients, pruner.step() after each micro-batch
+                for part in (slice(0, 32), slice(32, 64)):
+                    loss(model(x[part]), y[part]).backward()
+                    if part.start:
+                        opt.step()
+                    pruner.step()
+                opt.zero_grad()
             elif order == "before":
                 opt.zero_grad()
                 loss(model(x), y).backward()
@@ -74,7 +83,11 @@ def train(order: str, entry: dict = GRADUAL) -> tuple[list[str], sparsekit.Prune
 
 @pytest.mark.parametrize(
     ("order", "needle"),
-    [("before", "ran before optimizer.step() in 8 of its first 8"), ("twice", "with no optimizer step since")],
+    [
+        ("before", "ran before optimizer.step() in 8 of its first 8"),
+        ("twice", "with no optimizer step since"),
+        ("per_micro_batch", "when accumulating gradients, after the optimizer.step()"),
+    ],
 )
 def test_pruner_step_in_the_wrong_place_is_warned(order, needle):
     # before: the masks were applied, then Adam moved the zeros, so sparsity() read 0.0 all along (0.088 where the
