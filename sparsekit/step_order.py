@@ -12,8 +12,9 @@ whether one stepped on the gradient it sees now: at each optimizer step it notes
 one pruned weight's ``.grad``; a ``pruner.step()`` that finds a non-zero gradient newer than the last optimizer step
 came before that optimizer step, and one that finds no new optimizer step is a second call for the same step, unless
 its new gradient holds inf or NaN: a step ``GradScaler`` skipped on an overflow, which is neither mistake. (Calling it
-once per micro-batch while accumulating gradients brings a new, finite gradient and no optimizer step.) A loop with no torch optimizer (calibration, an update of one's own) is never judged, and a warning needs
-half the window to agree. After the window the hook is removed: no cost for the rest of training.
+once per micro-batch while accumulating gradients brings a new, finite gradient and no optimizer step.) A loop with
+no torch optimizer (calibration, an update of one's own) is never judged, and a warning needs half the window to agree.
+After the window the hook is removed: no cost for the rest of training.
 """
 
 from __future__ import annotations
