@@ -80,6 +80,7 @@ from .sensitivity import (
     auto_entries,
 )
 from .tp_adapter import alignment
+from .wrappers import unwrap
 
 __all__ = [
     "LATENCY_ROUNDS",
@@ -653,7 +654,7 @@ def allocate_with_details(
 ) -> tuple[Recipe, list[EntryAllocation]]:
     """:func:`allocate`, also returning how each ``auto`` entry was allocated (:class:`EntryAllocation`,
     in recipe order)."""
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     shape = [int(d) for d in input_shape]
     entries = list(recipe.pruning)
     details: list[EntryAllocation] = []
@@ -717,7 +718,7 @@ def auto_allocate(
     wanted = auto_entries(recipe)
     if not wanted:
         return recipe, None
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     shape = _shape(model, recipe, val_loader, input_shape)
     table = analyze(
         model,

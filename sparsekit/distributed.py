@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from . import wrappers as _wrappers
 from .errors import RecipeError, SparsekitError, option
 
 T = TypeVar("T")
@@ -256,9 +257,8 @@ def rewrap(model: nn.Module) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (itself otherwise)."""
-    inner = getattr(model, "module", model)
-    return inner if isinstance(inner, nn.Module) else model
+    """The model inside data-parallel or ``torch.compile`` wrappers (itself otherwise): :mod:`sparsekit.wrappers`."""
+    return _wrappers.unwrap(model)
 
 
 def sum_across(values: list[float]) -> list[float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, one_line, option
+from .wrappers import unwrap
 
 ROW_KEYS = ("name", "type", "shape", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity", "macs",
             "effective_macs")  # fmt: skip
@@ -204,7 +205,7 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
     from .stats import layer_macs, sparsity
     from .surgery import tied_parameters
 
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     layers = prunable_layers(model)
     macs = layer_macs(model, shape) if shape else None  # layers the forward pass never reaches: 0
     rows: list[dict[str, Any]] = []

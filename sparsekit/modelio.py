@@ -28,6 +28,7 @@ from torch import nn
 from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, load_callable
+from .wrappers import unwrap
 
 FORMAT = "sparsekit/1"
 # A plain attribute (not state) a Pruner sets on the model it structurally pruned:
@@ -900,7 +901,7 @@ def save_model(
     Raises :class:`ModelFileError` when a structurally pruned model has no input shape to replay its
     history on, or kwargs/history/extra are not JSON-able, and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only)."""
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
     # structurally pruned model saved without them could not be rebuilt at load.
     own = getattr(model, STRUCTURE_ATTR, None) or {}

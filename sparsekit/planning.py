@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .recipe import Recipe
+from .wrappers import unwrap
 
 
 def plan(
@@ -184,7 +185,7 @@ def simulate(
     epochs = recipe.finetune.epochs
     total = epochs * steps_per_epoch
     with torch.random.fork_rng(devices=[]):
-        work = copy.deepcopy(getattr(model, "module", model))
+        work = copy.deepcopy(unwrap(model))
         pruner = Pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
         needs_grad = any(m.needs_grad for m in pruner.methods)
 

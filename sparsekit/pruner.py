@@ -33,6 +33,7 @@ from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mas
 from .recipe import Recipe, as_recipe, pruning_key
 from .step_order import StepOrderCheck
 from .surgery import tied_parameters
+from .wrappers import unwrap_wrappers
 
 
 def _distributed_active() -> bool:
@@ -98,30 +99,6 @@ def _note_loose_weights(model: nn.Module) -> None:
         "and reports count the layers alone. Hold them in nn.Linear / nn.Conv2d modules to prune them",
         stacklevel=3,
     )
-
-
-# Other libraries' data-parallel wrappers holding the model in .module (not imported here to be recognised)
-_WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel", "ShardedDataParallel", "_FabricModule"})
-
-
-def _unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
-    """The model inside any wrappers, and whether one of them was DDP-like: those keep it in ``.module``,
-    ``torch.compile``'s OptimizedModule in ``._orig_mod`` (whose names, ``_orig_mod.fc1``, no recipe means)."""
-    inner, data_parallel = model, False
-    for _ in range(8):  # compile(DDP(model)), DDP(compile(model)), ...
-        compiled = inner._modules.get("_orig_mod") if type(inner).__name__ == "OptimizedModule" else None
-        if isinstance(compiled, nn.Module):
-            inner = compiled
-        elif isinstance(child := getattr(inner, "module", None), nn.Module) and (
-            isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel))
-            or type(inner).__name__ in _WRAPPERS
-        ):
-            # By class, not by the attribute: a model of one's own may call a child "module", and its layers keep
-            # the names the recipe gives them (module.0)
-            inner, data_parallel = child, True
-        else:
-            break
-    return inner, data_parallel
 
 
 def _rebind(method: Any, model: nn.Module) -> None:
@@ -200,7 +177,7 @@ class Pruner:
             ) from None
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
-        self.model, data_parallel = _unwrap(model)
+        self.model, data_parallel = unwrap_wrappers(model)
         # Under torch.distributed, DDP averages gradients in backward(); a model used without it gets
         # them averaged here before gradient scoring, so every rank ranks the same scores.
         self.average_grads = not data_parallel

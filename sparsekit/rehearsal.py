@@ -42,6 +42,7 @@ from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner
 from .recipe import Recipe, RecipeLike, as_recipe
+from .wrappers import unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
 
@@ -97,7 +98,7 @@ def rehearse(
     start = time.perf_counter()
     recipe = as_recipe(recipe)
     shape = [int(d) for d in input_shape]
-    original = getattr(model, "module", model)  # DDP / DataParallel keep the model in .module
+    original = unwrap(model)
     with torch.random.fork_rng(devices=[]):
         # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).
         removes = any(s.method == "structured" for s in recipe.pruning)

@@ -48,6 +48,7 @@ from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .stats import layer_macs
 from .train import evaluate
+from .wrappers import unwrap
 
 __all__ = [
     "GRID_STRUCTURED",
@@ -602,7 +603,7 @@ def analyze(
     ValueError for a bad ``grid``.
     """
     recipe = as_recipe(recipe)
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     grids = _grid(grid)
     shape = _shape(model, recipe, val_loader, input_shape)
     chosen = list(range(len(recipe.pruning))) if entries is None else [int(i) for i in entries]

@@ -14,13 +14,14 @@ from torch import nn
 
 from .layers import output_dim, prunable_layers, tied_aliases
 from .masks import weight_of
+from .wrappers import unwrap
 
 
 def sparsity(model: nn.Module) -> float:
     """Fraction (0..1) of exactly-zero weights over all prunable layers (Linear/Conv weights, masks
     applied, a tied weight once; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped."""
     total = zeros = 0
-    layers = prunable_layers(getattr(model, "module", model))
+    layers = prunable_layers(unwrap(model))
     aliases = tied_aliases(layers)  # a weight shared by several layers counts once
     for name, m in layers.items():
         if name in aliases:
@@ -69,7 +70,7 @@ def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list
     """One row per prunable layer: ``name``, ``type`` (class name), ``shape`` (the weight's), ``params``,
     ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included) also
     ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share)."""
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     macs = layer_macs(model, input_shape) if input_shape else {}
     rows = []
     for name, m in prunable_layers(model).items():
@@ -95,7 +96,7 @@ def model_stats(model: nn.Module, input_shape: list[int] | None = None) -> dict[
     """Totals over the whole model: ``params`` and ``nonzero_params`` (every parameter, biases
     included), ``sparsity`` (prunable weights, 0..1) and, with ``input_shape`` (batch dimension
     included), ``macs`` / ``effective_macs`` for one sample summed over the prunable layers."""
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     out: dict[str, Any] = {"params": params, "nonzero_params": nonzero, "sparsity": sparsity(model)}
