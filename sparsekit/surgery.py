@@ -281,7 +281,20 @@ def forward_failure(
 ) -> str | None:
     """Whether ``model`` still runs: None when a forward pass on a seeded input of ``input_shape`` (batch 2,
     eval mode, no autograd) succeeds and, with ``shapes`` (:func:`output_shapes`), returns tensors of those
-    shapes; otherwise a phrase saying where and how it fails, e.g. ``"in 'up' (RuntimeError: ...)"``."""
+    shapes; otherwise a phrase saying where and how it fails, e.g. ``"in 'up' (RuntimeError: ...)"``.
+
+    A seeded input the model refuses for its values (token ids read from floats: negative ones index no
+    embedding row) is tried again as zeros, the input every trace before the removal ran on: only a model that
+    fails on both has been broken."""
+    failure = _forward_failure(model, input_shape, shapes, random=True)
+    if failure is not None and _forward_failure(model, input_shape, shapes, random=False) is None:
+        return None
+    return failure
+
+
+def _forward_failure(
+    model: nn.Module, input_shape: Sequence[int], shapes: Sequence[Sequence[int]] | None, random: bool
+) -> str | None:
     stack: list[str] = []
     names = {m: n for n, m in model.named_modules()}
 
@@ -295,7 +308,7 @@ def forward_failure(
     hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     try:
         with traced(model), torch.no_grad():
-            out = model(example_input(model, input_shape, batch=2, random=True))
+            out = model(example_input(model, input_shape, batch=2, random=random))
     except Exception as err:  # noqa: BLE001 - any failure of the forward is the answer
         inner = [n for n in stack if n]
         return f"{f'in {inner[-1]!r} ' if inner else ''}({one_line(err, 200)})"
