@@ -574,3 +574,31 @@ def test_own_loop_structured_removal_on_a_token_model_is_not_blamed_for_the_embe
     final = pruner.finalize()
     assert final.fc1.out_features == 16 and final.fc2.in_features == 16
     assert final(torch.randint(0, 50, (3, 10))).shape == (3, 4)
+
+
+def test_a_grouped_convs_block_rounding_is_given_as_the_reason():
+    # 30% of 16 / 32 channels feeding or leaving a groups=4 conv can only go in multiples of 4: 4 of 16, 8 of 32.
+    # The report said reason None for both, and nothing at the top (found by review).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    entry = {"method": "structured", "ratio": 0.3, "round_to": 1, "schedule": "oneshot"}
+    r = {"version": 1, "model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+    pruner = sparsekit.Pruner(model, r, 1)
+    pruner.finalize()
+    out = pruner.methods[0].report()
+    rows = out["per_layer"]
+    assert out["channels"]["0"] == [16, 12] and out["channels"]["2"] == [32, 24]
+    for name in ("0", "2"):
+        assert "multiples of 4" in rows[name]["reason"], rows[name]
+    assert rows["4"]["reason"] is None  # 9.6 asked, 10 removed: the nearest count
+    assert "'2': channel groups" in out["reason"]

@@ -514,7 +514,12 @@ class Structured:
         counted = self._counted()
         total = sum(self.initial[n] for n in counted)
         now_total = total - sum(self.removed[n] for n in counted)
-        extra = {"layer_ratio": dict(self.spec.layer_ratio)} if self.spec.layer_ratio else {}
+        extra: dict[str, Any] = {"layer_ratio": dict(self.spec.layer_ratio)} if self.spec.layer_ratio else {}
+        achieved = 1 - now_total / total if total else 0.0
+        why = {n: row["reason"] for n, row in per_layer.items() if row["reason"] and n in counted}
+        if why and abs(achieved - asked) * total >= 1 - 1e-6:  # a channel or more off, over the counted layers
+            shown = [f"{n!r}: {r}" for n, r in list(why.items())[:3]]
+            extra["reason"] = "; ".join(shown) + (f"; and {len(why) - 3} more layers" if len(why) > 3 else "")
         return {
             **extra,
             "ratio": self.spec.ratio,
@@ -526,7 +531,7 @@ class Structured:
             "roots": list(self._blocks),  # the layers each rooting a group; the others follow theirs
             "counted": counted,  # the layers asked and achieved count (coupled followers once, as their group)
             "asked": asked,
-            "achieved": 1 - now_total / total if total else 0.0,
+            "achieved": achieved,
             "per_layer": per_layer,
             "at_floor": [
                 n for n, m in self.layers.items() if _out_channels(m) <= min(self.spec.min_channels, self.initial[n])
@@ -535,7 +540,13 @@ class Structured:
 
     def _reason(self, name: str, asked: float, initial: int, now: int) -> str | None:
         blocks = self._blocks.get(name, 1)
-        if abs((initial - now) - asked * initial) < blocks - 1e-6:
+        off = abs((initial - now) - asked * initial)
+        if off < blocks - 1e-6:
+            if blocks > 1 and off > 0.5 + 1e-6:  # more than the nearest whole count: the blocks' rounding
+                return (
+                    f"channel groups: removal goes in multiples of {blocks}, the same number from each of the "
+                    f"{blocks} groups of a grouped conv or GroupNorm the channels pass through"
+                )
             return None  # rounding to the nearest count (tpa.kept_units), per channel block
         rounding = self.rounding.get(name)
         if rounding is None and name in self._owner and self._owner[name] in self.rounding:
