@@ -122,6 +122,29 @@ def _shapes_to_try(model: Any, dims: list[int]) -> list[list[int]]:
     return [s for s in shapes if s and s != dims]
 
 
+class SeveralInputsError(DataError):
+    """The model's forward needs more than the one tensor sparsekit's commands feed it: no input shape helps."""
+
+
+def _several_inputs(model: Any, err: Exception) -> bool:
+    """Whether calling ``model`` on one tensor failed for want of more inputs: a ``TypeError`` about missing
+    arguments, or a forward whose signature requires more than one."""
+    import inspect
+
+    if isinstance(err, TypeError) and "required positional argument" in str(err):
+        return True
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C-level forward: nothing to read
+        return False
+    required = [
+        p
+        for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    return len(required) > 1
+
+
 def check_input_shape(
     model: Any, shape: Sequence[int], *, fix: Callable[[str], str] | None = None, origin: str = "input shape"
 ) -> None:
@@ -167,6 +190,13 @@ def check_input_shape(
                 f"{origin} {dims}: the model takes integer input (token ids for an nn.Embedding, say; "
                 f"{one_line(first, 120)}), and sparsekit runs, exports and fine-tunes models on float inputs only: "
                 "give the model a forward that takes float input (e.g. embed outside it)"
+            )
+        if first is not None and _several_inputs(model, first):
+            raise SeveralInputsError(
+                f"{origin} {dims}: the model's forward takes several inputs ({one_line(first, 120)}); sparsekit's "
+                "commands feed it one tensor of that shape, so no input shape fits: wrap the model in a module whose "
+                "forward takes one tensor, or drive sparsekit.Pruner from your own training loop, which calls the "
+                "model as you do"
             )
         if first is not None:
             # One the first layer tells (a Linear's in_features, a conv's in_channels at the given size), if the

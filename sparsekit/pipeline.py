@@ -112,10 +112,12 @@ def resolve_model(
 
 
 def _runs_on(model: nn.Module, shape: list[int]) -> bool:
-    from .inspection import check_input_shape
+    from .inspection import SeveralInputsError, check_input_shape
 
     try:
         check_input_shape(model, shape)
+    except SeveralInputsError:
+        raise  # no shape helps: said at once, not as a saved shape the model did not take
     except DataError:
         log.warning("the model does not take its checkpoint's saved input_shape %s; using the recipe's", shape)
         return False

@@ -115,3 +115,42 @@ def test_a_misspelt_model_output_is_named_as_such_not_as_an_input_shape_problem(
                  '{"kind": "dict"}', "--set", "model.output=logitz")  # fmt: skip
     line = assert_bad_input(result, "model.output: 'logitz' is not a part of the output", "did you mean 'logits'")
     assert "input shape" not in line
+
+
+TWO_INPUTS = """
+import torch
+from torch import nn
+
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 16)
+        self.b = nn.Linear(64, 16)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x, y):
+        return self.head(torch.cat([self.a(x.flatten(1)), self.b(y.flatten(1))], 1))
+
+
+def build():
+    return Two()
+"""
+
+
+def test_a_model_taking_several_inputs_is_told_so_not_asked_for_a_shape(tmp_path, monkeypatch):
+    # The error asked for "the shape it takes", which no single tensor is (found by review).
+    (tmp_path / "two_mod.py").write_text(TWO_INPUTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    path = sparsekit.save_model(importlib.import_module("two_mod").build(), tmp_path / "m.pt", "two_mod:build")
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("include: [fc1]", "include: [a]"))
+    args = [path, tmp_path / "r.yaml", "--arch", "two_mod:build"]
+    for result in (
+        run("prune", *args, "-o", tmp_path / "o", *FAST),
+        run("validate", tmp_path / "r.yaml", path, *args[2:]),
+    ):
+        line = assert_bad_input(result, "takes several inputs", "sparsekit.Pruner from your own training loop")
+        assert "give the shape" not in line
+    assert not (tmp_path / "o").exists()
