@@ -138,9 +138,7 @@ def _several_inputs(model: Any, err: Exception) -> bool:
     except (TypeError, ValueError):  # a builtin or C-level forward: nothing to read
         return False
     required = [
-        p
-        for p in params
-        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        p for p in params if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     return len(required) > 1
 

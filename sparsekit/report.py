@@ -777,6 +777,14 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
     return f"sparsity {target:.3f}" if target is not None else "no target stated"
 
 
+def _unit_norm_maxima(m: MethodResult) -> list[float]:
+    """A max_norm entry's largest unit norm per layer: from its ``norms`` (``{layer: {"max", "mean"}}``), or from
+    the layer-named keys of reports written before it gave ``asked`` / ``achieved`` / ``per_layer``."""
+    extra = m.model_extra or {}
+    rows = extra.get("norms") if isinstance(extra.get("norms"), dict) else extra
+    return [float(v["max"]) for v in rows.values() if isinstance(v, dict) and "max" in v]
+
+
 def _channels(m: MethodResult, dense: dict[str, Layer], pruned: dict[str, Layer]) -> dict[str, list[int]]:
     """[output channels at the start, now] per layer of ``m``: the method's own count (structured; l1 after
     remove_dead), else, in reports written before l1 gave it, read off the weight shapes once a layer lost units
@@ -868,7 +876,7 @@ def _outcome(
                 )
             remarks.append(f"achieved nothing: {what}{advice}")
     if measure == "constraint":
-        norms = [v["max"] for v in (m.model_extra or {}).values() if isinstance(v, dict) and "max" in v]
+        norms = _unit_norm_maxima(m)
         if norms and spec.get("max_value") is not None:
             remarks.append(f"largest unit norm now {max(norms):.3f} (at most {spec['max_value']:g} asked)")
     if m.method == "l1" and m.dead_units is not None and not nothing:
@@ -1158,7 +1166,7 @@ def _entry_targets(
             why = f"asked latency {asked:.3f}x of dense, measured {achieved:.3f}x at batch {batch}"
             out.append(check("target_latency", asked, achieved, tol, met, why))
     if o.method == "max_norm" and spec.get("max_value") is not None:
-        norms = [float(v["max"]) for v in extra.values() if isinstance(v, dict) and "max" in v]
+        norms = _unit_norm_maxima(m)
         if norms:
             asked, achieved = float(spec["max_value"]), max(norms)
             met = achieved <= asked * 1.001

@@ -137,7 +137,10 @@ def test_report_gives_max_and_mean_unit_norm_per_layer():
     with torch.no_grad():
         model[0].weight[0] *= 100  # one row far over the bound
     pruner = sparsekit.Pruner(model, recipe(max_value=0.9), steps_per_epoch=1)
-    report = pruner.methods[0].report()
+    with torch.no_grad():
+        model[2].weight[:, :5] = 0  # zeros another entry made: max_norm's achieved counts them, its asked is None
+    out = pruner.methods[0].report()
+    report = out["norms"]
     assert list(report) == ["0", "2", "4"]
     for name, m in zip(report, layers(model), strict=True):
         norms = unit_norms(m.weight)
@@ -145,6 +148,12 @@ def test_report_gives_max_and_mean_unit_norm_per_layer():
         assert report[name]["mean"] == pytest.approx(float(norms.mean()), rel=1e-6)
         assert report[name]["max"] <= 0.9 * (1 + 1e-6)
     assert report["0"]["max"] == pytest.approx(0.9, rel=1e-6)
+    # asked / achieved / per_layer, as every method gives them (the README says so)
+    zeros = int((model[2].weight == 0).sum())
+    total = sum(m.weight.numel() for m in layers(model))
+    assert out["asked"] is None and out["achieved"] == pytest.approx(zeros / total)
+    assert out["per_layer"]["2"] == {"asked": None, "achieved": zeros / model[2].weight.numel(), "reason": None}
+    assert out["per_layer"]["0"]["achieved"] == 0.0 and out["max_value"] == 0.9
 
 
 def test_float64_weights_are_projected_in_float64():

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..layers import output_dim, select_layers, unit_broadcast, unit_view
 from ..masks import weight_of
+from ..stats import asked_vs_achieved
 from .base import UNCHANGED, Changes, Setup
 
 
@@ -104,13 +105,17 @@ class MaxNorm:
         # A rescaled row lands on the bound up to float rounding (a few ulps of max_value).
         w.mul_(unit_broadcast(scale.to(w.dtype), module, w))
 
-    def report(self) -> dict[str, dict[str, float]]:
-        """Per-layer ``{"max": ..., "mean": ...}`` of the output units' incoming-weight norms."""
-        out = {}
+    def report(self) -> dict[str, Any]:
+        """``norms``: per layer ``{"max": ..., "mean": ...}`` of the output units' incoming-weight norms (the
+        constraint holds when every ``max`` is at most ``max_value``), and asked vs achieved as every method
+        gives them (:func:`~sparsekit.stats.asked_vs_achieved`): ``asked`` None (a constraint sets no sparsity
+        target), ``achieved`` and ``per_layer`` the fraction of weights zero, which other entries made (this one
+        makes none)."""
+        norms = {}
         for name, module in self.layers.items():
-            norms = _unit_norms(weight_of(module), module)
-            out[name] = {"max": float(norms.max()), "mean": float(norms.mean())}
-        return out
+            unit = _unit_norms(weight_of(module), module)
+            norms[name] = {"max": float(unit.max()), "mean": float(unit.mean())}
+        return {**asked_vs_achieved(self.layers, None), "max_value": self.max_value, "norms": norms}
 
     def start(self) -> None:
         """Project once, so the constraint holds from the first forward pass."""
