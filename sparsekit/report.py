@@ -781,7 +781,8 @@ def _unit_norm_maxima(m: MethodResult) -> list[float]:
     """A max_norm entry's largest unit norm per layer: from its ``norms`` (``{layer: {"max", "mean"}}``), or from
     the layer-named keys of reports written before it gave ``asked`` / ``achieved`` / ``per_layer``."""
     extra = m.model_extra or {}
-    rows = extra.get("norms") if isinstance(extra.get("norms"), dict) else extra
+    own = extra.get("norms")
+    rows: dict[str, Any] = own if isinstance(own, dict) else extra
     return [float(v["max"]) for v in rows.values() if isinstance(v, dict) and "max" in v]
 
 
