@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import RecipeError, option
+from .errors import RecipeError, option, render
 from .errors import shorten as short
 from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, dotted_path, read_yaml
 
@@ -1548,11 +1548,24 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     if isinstance(recipe, str | os.PathLike):
         return load_recipe(os.fspath(recipe), trainer=trainer)
     if isinstance(recipe, Mapping):
-        return validate_recipe(dict(recipe), "recipe (a dict)", trainer=trainer)
+        try:
+            return validate_recipe(dict(recipe), "recipe (a dict)", trainer=trainer)
+        except RecipeError as err:
+            # Its remedies are spelled as load_recipe's overrides=[...], which a dict handed to the Pruner has no
+            # way to take: say which key to change in the dict instead.
+            raise RecipeError(err.render(_in_the_dict)) from None
     raise TypeError(
         f"recipe must be a sparsekit.Recipe, a dict, a recipe file or a shipped recipe's name, not "
         f"{type(recipe).__name__}"
     )
+
+
+def _in_the_dict(name: str, value: str) -> str:
+    """How a RecipeError about a recipe given as a dict spells a remedy: ``key.path=value`` as the dict's key."""
+    if name == "set" and "=" in value:
+        key, _, val = value.partition("=")
+        return f"{key}: {val} in the recipe dict"
+    return render(option(name, value))
 
 
 def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str | None:

@@ -680,3 +680,19 @@ def test_layers_given_as_a_list_or_one_glob_is_the_include_list(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(write(tmp_path, BASE), ["model.kwargs=3"])
     assert "model.kwargs: must be a mapping, written {key: value} (got a number 3)" in str(err.value)
+
+
+def test_a_recipe_dict_given_to_the_pruner_is_told_which_key_to_change_not_an_overrides_option():
+    # Pruner(model, {...}) has no overrides= parameter, yet the message offered overrides=['finetune.epochs=3']
+    # (found by review).
+    import torch
+
+    import sparsekit
+
+    entry = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 3}}
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with pytest.raises(RecipeError) as err:
+        sparsekit.Pruner(model, {"version": 1, "finetune": {"epochs": 1}, "pruning": [entry]}, 4)
+    assert "finetune.epochs: 3 in the recipe dict" in str(err.value)
+    assert "pruning.0.schedule.end_epoch: 1 in the recipe dict" in str(err.value)
+    assert "overrides=" not in str(err.value)
