@@ -9,7 +9,10 @@ its layers keep the names the recipe gives them (``module.0``).
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a model exists: commands that only read recipes never load it
+    from torch import nn
 
 # Other libraries' data-parallel wrappers holding the model in .module (not imported here to be recognised)
 _WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel", "ShardedDataParallel", "_FabricModule"})
@@ -18,6 +21,8 @@ _WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel", "ShardedDa
 def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, bool]:
     """The model inside any wrappers of ``model`` (itself when there are none), and whether one of them was a
     data-parallel wrapper."""
+    from torch import nn
+
     inner, data_parallel = model, False
     for _ in range(8):  # compile(DDP(model)), DDP(compile(model)), ...
         compiled = inner._modules.get("_orig_mod") if type(inner).__name__ == "OptimizedModule" else None
