@@ -243,7 +243,11 @@ def _finite(grads: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | N
     present = {n: g for n, g in grads.items() if g is not None}
     if not present:
         return grads
-    sums = [(g._values() if g.is_sparse else g).sum().float() for g in present.values()]
+    # Summed in at least float32: a half-precision sum of finite gradients could overflow to inf.
+    sums = [
+        (g._values() if g.is_sparse else g).sum(dtype=torch.promote_types(g.dtype, torch.float32))
+        for g in present.values()
+    ]
     ok = torch.isfinite(torch.stack([t.to(sums[0].device) for t in sums])).tolist()
     if all(ok):
         return grads
