@@ -331,3 +331,17 @@ def test_gradients_an_optimizer_stepped_with_are_summed_without_a_finiteness_pas
     model(torch.randn(2, 12)).sum().backward()
     pruner.step()  # no optimizer step since the previous call (a step GradScaler skipped): checked
     assert calls == [1]
+
+
+def test_an_update_waiting_out_a_step_gradscaler_skipped_is_not_warned_as_a_loop_mistake():
+    # GradScaler's first steps often overflow: the start-of-schedule update waits for finite gradients, quietly.
+    model = single([1.0, -2.0, 3.0, 0.5])
+    pruner = Pruner(model, recipe(epochs=1, criterion="taylor", sparsity=0.5, schedule="oneshot"), steps_per_epoch=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backward_with_grad(model, [float("inf"), 1.0, 1.0, 1.0])
+        pruner.step()
+        assert (model.weight != 0).all()  # still waiting
+        backward_with_grad(model, [1.0, 1.0, 1.0, 1.0])
+        pruner.step()
+    assert model.weight[0].tolist() == [0.0, -2.0, 3.0, 0.0]

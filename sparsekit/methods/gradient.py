@@ -111,16 +111,19 @@ class Gradient(Magnitude):
         return CRITERIA[spec.criterion][0]
 
     @torch.no_grad()
-    def accumulate(self, check: bool = False) -> None:
+    def accumulate(self, check: bool = False) -> bool:
         """Add this step's ``scorer(w, grad)`` to the sums; layers without a ``.grad`` contribute nothing, nor
-        with ``check`` do those whose gradient holds inf or NaN."""
+        with ``check`` do those whose gradient holds inf or NaN. Returns whether some gradient was left out
+        for that."""
         accs: list[torch.Tensor] = []
         ws: list[torch.Tensor] = []
         gs: list[torch.Tensor] = []
         bufs: list[torch.Tensor] = []
         grads = {name: weight_of(module).grad for name, module in self.layers.items()}
+        overflowed = False
         if check:
-            grads = _finite(grads)
+            kept = _finite(grads)
+            overflowed, grads = kept is not grads, kept
         for name, module in self.layers.items():
             weight = weight_of(module)
             grad = grads.get(name)
@@ -146,6 +149,7 @@ class Gradient(Magnitude):
         if accs:
             assert self._fused is not None
             self._fused(accs, ws, gs, bufs)
+        return overflowed
 
     def _buf(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """A scratch tensor like ``like`` (a layer's sum), kept between steps."""
@@ -178,10 +182,12 @@ class Gradient(Magnitude):
         last update no scores are summed (none would be read again; ~3 passes over the weights a step)."""
         used = self._optimizer_steps != self._steps_seen  # an optimizer stepped with this gradient
         self._steps_seen = self._optimizer_steps
+        overflowed = False
         if self._pending or (step <= self.schedule.end and self._scored(step)):
-            self.accumulate(check=not used)  # before the mask update, so this step's gradients count
+            overflowed = self.accumulate(check=not used)  # before the mask update, so this step's gradients count
         changes = super().after_step(step)
-        if self._pending and not self._warned_no_grad:
+        # (a step GradScaler skipped on an overflow leaves the update waiting too, but is no mistake of the loop's)
+        if self._pending and not self._warned_no_grad and not overflowed:
             # Said now, not only at finalize: a loop that zeroes the gradients before pruner.step() trains to
             # the end with masks that never update.
             self._warned_no_grad = True
