@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory
-from .trust import call_user_code, load_callable
+from .trust import call_user_code, installed_with_sparsekit, load_callable
 from .wrappers import unwrap
 
 FORMAT = "sparsekit/1"
@@ -281,7 +281,8 @@ _NEVER_ATTRS = frozenset(
      # (numpy.save, yaml.unsafe_load, torch.utils.collect_env.run, logging.config.dictConfig were all reachable)
      "load", "loads", "load_all", "unsafe_load", "full_load", "unsafe_load_all", "full_load_all", "save", "savez",
      "savez_compressed", "savetxt", "loadtxt", "genfromtxt", "fromfile", "tofile", "dump", "dumps", "run",
-     "run_command", "check_output", "check_call", "call", "dictConfig", "fileConfig", "listen"}
+     "run_command", "check_output", "check_call", "call", "dictConfig", "fileConfig", "listen", "from_pretrained",
+     "save_pretrained", "push_to_hub", "load_from_checkpoint", "get_class_from_dynamic_module"}
 )  # fmt: skip
 # Third-party callables that load more code or more pickles.
 _NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit", "torch.package", "torch.fx",
@@ -293,7 +294,16 @@ _NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit", "
                 "logging.config", "logging.handlers", "yaml", "ruamel", "torch.utils.collect_env",
                 "torch.utils.benchmark", "torch.utils.bottleneck", "torch.testing", "numpy.memmap", "numpy.lib.format",
                 "numpy.f2py", "numpy.testing", "numpy.distutils", "pandas.io", "scipy.io", "h5py", "onnx",
-                "onnxruntime", "safetensors")  # fmt: skip
+                "onnxruntime", "safetensors", "torch.onnx", "torch.export", "torch._export", "torch._inductor",
+                "torch.utils._sympy", "transformers.dynamic_module_utils")  # fmt: skip
+# The installed packages a pickled model's own objects come from: modules and tensors, arrays and dtypes,
+# Lightning modules and metrics, transformers models, configs and tokenizers. Every other package sparsekit,
+# its dependencies or a tool installed is refused: none holds a model's parts, and some evaluate what they are
+# given (sympy.sympify and mpmath's parsers eval a string, jinja2 renders a template, networkx reads files).
+_MODEL_PACKAGES = frozenset(
+    {"torch", "numpy", "ml_dtypes", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities",
+     "torchmetrics", "transformers", "tokenizers"}
+)  # fmt: skip
 # ... save these, which ordinary files name (a sparse tensor's layout).
 _NAMED_IN_MODELS = frozenset({"torch.serialization._get_layout"})
 # The standard library modules a pickled model refers to (containers, enums, paths, dates, numbers, bytes
@@ -317,6 +327,8 @@ def _never_unpickled(name: str | None) -> bool:
     if top in _NEVER_IN_A_MODEL or any(p in _NEVER_IN_A_MODEL or p in _NEVER_ATTRS for p in attr.split(".")):
         return True
     if (top in sys.stdlib_module_names or top in sys.builtin_module_names) and top not in _STDLIB_IN_MODELS:
+        return True
+    if top not in _MODEL_PACKAGES and installed_with_sparsekit(top):
         return True
     dotted = f"{module}.{attr}"
     return dotted not in _NAMED_IN_MODELS and any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_NAMED)

@@ -382,6 +382,12 @@ def _denied(module: str) -> str | None:
     return None
 
 
+def installed_with_sparsekit(top: str) -> bool:
+    """Whether the top-level import name ``top`` is sparsekit's, or was installed by one of its
+    dependencies (extras included, with everything they depend on) or a tool package (pip, pytest, ...)."""
+    return top in _TOOL_IMPORT_NAMES or top in _denied_import_names()
+
+
 def _top_level_origin(module: str) -> str | None:
     """The file a top-level module would be imported from, found without importing anything."""
     found = _find_top(module)

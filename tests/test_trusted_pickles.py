@@ -102,6 +102,22 @@ class NumpySave:
         return (numpy.save, (CANARY, numpy.zeros(1)))
 
 
+class Sympify:
+    def __reduce__(self):  # sympy (a dependency of torch) evaluates the string it is given
+        import sympy
+        return (sympy.sympify, ("__import__('os').system('touch " + CANARY + "')",))
+
+
+class OwnLoader:
+    def __reduce__(self):  # sparsekit's own code imports and calls what it is told
+        import sparsekit.trust
+        return (sparsekit.trust.call_user_code, ("sk_trusted_mod:touch", {{}}))
+
+
+def touch():
+    open(CANARY, "w").close()
+
+
 def holding(payload):
     net = Net()
     net.payload = payload
@@ -131,6 +147,8 @@ def files(tmp_path, monkeypatch):
         "YamlLoad",
         "CollectEnv",
         "NumpySave",
+        "Sympify",
+        "OwnLoader",
     ):
         torch.save(mod.holding(getattr(mod, name)()), paths.setdefault(name, tmp_path / f"{name}.pt"))
     torch.save(
@@ -216,6 +234,8 @@ def test_a_state_dict_saved_with_pickle_protocol_4_is_named_and_loads_when_trust
         ("LoggingConfig", "logging.config.dictConfig"),
         ("YamlLoad", "yaml"),
         ("CollectEnv", "torch.utils.collect_env.run"),
+        ("Sympify", "sympy"),
+        ("OwnLoader", "sparsekit.trust.call_user_code"),
         ("NumpySave", "numpy.save"),
     ],
 )
