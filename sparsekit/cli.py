@@ -1306,6 +1306,7 @@ def validate(
     with naming_recipe(rec):
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
     res["recipe"] = str(path)
+    asked = rec  # as written: an allocated entry's target, not the ratios chosen for it, is what prune checks
     auto_lines: list[str] = []
     if inputs is not None and any(a["auto"] for a in res.get("allocation", [])):
         # The values prune would choose need the data: analyse now (the structure was rehearsed already).
@@ -1315,7 +1316,7 @@ def validate(
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
         res.update(recipe=str(path), auto_allocation=allocation)
         auto_lines = [allocation_summary(allocation)] if allocation else []
-    res["warnings"] = _rehearsal_warnings(res)
+    res["warnings"] = _rehearsal_warnings(res) + _predicted_ratio_misses(res, asked)
     lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
     _emit(res, as_json, "\n".join(lines + [f"WARNING: {w}" for w in res["warnings"]]))
     if as_json:  # the lines above went nowhere: say it where logs go
@@ -1336,6 +1337,42 @@ def _rehearsal_warnings(res: dict[str, Any]) -> list[str]:
                 f"rehearsal{f' ({why})' if why else ''}: prune would report that it achieved nothing; select the "
                 "layers its channels are coupled to as well, or use an unstructured method"
             )
+    return out
+
+
+def _predicted_ratio_misses(res: dict[str, Any], rec: Any) -> list[str]:
+    """A structured entry whose rehearsal ends its ``ratio`` beyond the report's tolerance (rounding to
+    ``round_to`` blocks on narrow layers: 0.3 of 32 channels becomes 16): prune would warn "target missed"
+    (and fail with its strict option), so validate says it before any training. Entries whose ratio is
+    allocated for a target, or whose layers another entry prunes too, are checked on their target by prune."""
+    from .report import rounding_tolerance
+
+    layers_of = {row["index"]: set(row.get("layers", [])) for row in res.get("methods", [])}
+    out = []
+    for row in (res.get("rehearsal") or {}).get("methods", []):
+        i, channels = row["index"], row.get("channels") or {}
+        spec = rec.pruning[i] if i < len(rec.pruning) else None
+        if spec is None or spec.ratio == "auto" or spec.target_macs is not None or spec.target_latency is not None:
+            continue
+        others = {n for j, names in layers_of.items() if j != i and rec.pruning[j].method != "max_norm" for n in names}
+        asked, achieved = row.get("asked"), row.get("achieved")
+        if not channels or others & set(channels) or asked is None or achieved is None or achieved == 0:
+            continue  # (nothing removed at all: _rehearsal_warnings says so)
+        counted = sum(channels[n][0] for n in (row.get("counted") or channels) if n in channels)
+        tol = rounding_tolerance([c[0] for c in channels.values()], counted, spec.round_to)
+        if abs(achieved - asked) <= tol:
+            continue
+        if (spec.round_to or 1) > 1:
+            hint = (
+                f"channel counts are rounded to multiples of {spec.round_to} (the lines above say where): a smaller "
+                "round_to, or null, keeps them nearer the ratio, at some latency"
+            )
+        else:
+            hint = "the lines above say which layers cannot reach it"
+        out.append(
+            f"pruning[{i}] structured would remove {achieved:.3f} of its channels, {asked:.3f} asked (tolerance "
+            f"{tol:.3f}): prune would report the target missed, and fail with --strict; {hint}"
+        )
     return out
 
 

@@ -1287,13 +1287,18 @@ def _rounding_tolerance(o: MethodOutcome, round_to: int | None) -> float:
     the nearest multiple of its alignment (:func:`sparsekit.tp_adapter.alignment`), so half of it, or one
     channel, per layer, over all channels; at most :data:`STRUCTURED_MAX_TOLERANCE`, so coarse rounding on
     small layers is reported rather than hidden."""
+    return rounding_tolerance([r.channels_total for r in o.layers if r.channels_total], o.channels_total, round_to)
+
+
+def rounding_tolerance(layer_channels: list[int], counted: int | None, round_to: int | None) -> float:
+    """:func:`_rounding_tolerance` from channel counts: ``layer_channels``, each selected layer's initial
+    output channels; ``counted``, the channels the entry's ratio is over (coupled followers once)."""
     from .tp_adapter import alignment
 
-    total = o.channels_total or 0
-    if not total:
+    if not counted:
         return SPARSITY_TOLERANCE
-    slack = sum(max(1.0, alignment(r.channels_total, round_to) / 2) for r in o.layers if r.channels_total)
-    return min(SPARSITY_TOLERANCE + slack / total, STRUCTURED_MAX_TOLERANCE)
+    slack = sum(max(1.0, alignment(c, round_to) / 2) for c in layer_channels)
+    return min(SPARSITY_TOLERANCE + slack / counted, STRUCTURED_MAX_TOLERANCE)
 
 
 def _estimate(r: Result | Int8 | Storage) -> int:

@@ -333,3 +333,30 @@ def test_a_structured_entry_the_rehearsal_shows_removing_nothing_is_a_warning(tm
     assert "WARNING: pruning[0] structured removed no output channel of its 1 layer(s) in the rehearsal" in res.output
     doc = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
     assert len(doc["warnings"]) == 1 and "achieved nothing" in doc["warnings"][0]
+
+
+@pytest.mark.parametrize("round_to", ["16", "null"])
+def test_validate_warns_of_a_structured_ratio_prune_will_report_missed(tmp_path, round_to):
+    # round_to 16 keeps 16 of conv1's 32 channels for ratio 0.3 (0.5 removed): validate printed both numbers with
+    # exit 0 and no warning, then prune warned "target missed" (exit 2 with --strict). Its prediction is prune's check.
+    from examples.models import small_cnn
+
+    factory, shape = "examples.models:small_cnn", [1, 1, 8, 8]
+    path = tmp_path / "cnn.pt"
+    sparsekit.save_model(small_cnn(image_size=8), path, factory=factory, kwargs={"image_size": 8}, input_shape=shape)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8]}\ndata: {source: digits}\nfinetune: {epochs: 0}\n"
+        f"pruning: [{{method: structured, ratio: 0.3, round_to: {round_to}, layers: {{include: [conv1]}}}}]\n"
+        "export: {exporter: torchscript}\nbenchmark: {enabled: false}\n"
+    )
+    res = run("validate", recipe, path, "--arch", factory)
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if line.startswith("WARNING: pruning[0]")]
+    pruned = run("prune", path, recipe, "-o", tmp_path / "out", "--strict", "--arch", factory)
+    if round_to == "16":
+        assert len(warned) == 1 and "0.500 of its channels, 0.300 asked" in warned[0], res.output
+        assert pruned.exit_code == 2 and "target missed" in pruned.output, pruned.output
+    else:
+        assert warned == [], res.output
+        assert pruned.exit_code == 0, pruned.output
