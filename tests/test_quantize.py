@@ -92,6 +92,14 @@ def int8_weights(path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
 
 
+def dequantize_inputs(graph, quantized: str) -> tuple[onnx.TensorProto, onnx.TensorProto]:
+    """The scale and zero point initializers of the DequantizeLinear that reads ``quantized``, found by the graph's
+    structure (the file's names for them are short, arbitrary ones)."""
+    inits = {t.name: t for t in graph.initializer}
+    node = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantized)
+    return inits[node.input[1]], inits[node.input[2]]
+
+
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
 def test_static_int8_keeps_every_pruned_weight_exactly_zero(pruned_mlp, tmp_path, capsys, per_channel):
     out = tmp_path / "int8.onnx"
@@ -111,13 +119,13 @@ def test_static_int8_keeps_every_pruned_weight_exactly_zero(pruned_mlp, tmp_path
         # Checked on the file, independently of quantized_zeros: every pruned weight is the integer 0
         # and its zero point is 0, so it dequantizes to exactly 0.0.
         assert np.all(qw[w == 0] == 0)
-        assert np.all(q[f"{name}_zero_point"] == 0)
+        assert np.all(numpy_helper.to_array(dequantize_inputs(graph, f"{name}_quantized")[1]) == 0)
         assert layer["fp32_zeros"] == int((w == 0).sum()) > 0
         assert layer["int8_zeros"] == int((qw == 0).sum()) >= layer["fp32_zeros"]
         assert layer["zero_point_zero"] and layer["ok"]
     # Per-channel: one scale per output row of the first layer. (onnxruntime makes per-channel int8
     # weights symmetric on its own; per-tensor ones are symmetric only because we ask for it.)
-    scale = next(t for t in graph.initializer if t.name == "fc1.weight_scale")
+    scale = dequantize_inputs(graph, "fc1.weight_quantized")[0]
     assert list(scale.dims) == ([128] if per_channel else [])
     assert info["bytes"] == onnx_sizes(out)["bytes"] < info["fp32_bytes"] / 2  # small model: scales add up
     assert info["gzip_bytes"] < info["fp32_gzip_bytes"]
@@ -128,7 +136,7 @@ def test_nonzero_weight_zero_point_is_detected(pruned_mlp, tmp_path):
     good = tmp_path / "good.onnx"
     quantize_int8(pruned_mlp, good, calibration=batches(2))
     model = onnx.load(str(good))
-    zp = next(t for t in model.graph.initializer if t.name == "fc2.weight_zero_point")
+    zp = dequantize_inputs(model.graph, "fc2.weight_quantized")[1]
     zp.CopyFrom(numpy_helper.from_array(np.ones(zp.dims, np.int8), zp.name))
     bad = tmp_path / "bad.onnx"
     onnx.save(model, str(bad))
@@ -321,11 +329,14 @@ def test_dynamic_int8_of_a_cnn_says_it_is_smaller_not_faster(tmp_path):
     assert static["latency_note"] is None
 
 
-def test_static_int8_file_drops_bias_zero_points_and_keeps_onnxruntimes_fusions(tmp_path):
-    """The int8 file holds no int32 bias zero points (always 0, optional in DequantizeLinear) and no inferred
-    shapes; onnxruntime still fuses every Conv and Gemm into its int8 kernels, and the outputs are those of
-    the same file with the zero points written out."""
+def test_static_int8_file_keeps_float_biases_short_names_and_onnxruntimes_fusions(tmp_path):
+    """The int8 file holds float biases (no int32 copy with a scale and zero point per channel), short names for
+    what no reader looks up (the weights and the graph's input and output keep theirs) and no inferred shapes;
+    onnxruntime still fuses every Conv and Gemm into its int8 kernels, and the outputs are those of the file
+    onnxruntime's quantizer writes with its defaults (int32 biases, its own names), which is larger."""
     import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -336,15 +347,17 @@ def test_static_int8_file_drops_bias_zero_points_and_keeps_onnxruntimes_fusions(
     info = quantize_int8(tmp_path / "c.onnx", tmp_path / "q.onnx", calibration=calibration)
     assert info["zeros"]["zeros_ok"]
     m = onnx.load(str(tmp_path / "q.onnx"))
-    inits = {t.name: t for t in m.graph.initializer}
-    biases = [
-        n for n in m.graph.node
-        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-        and inits[n.input[0]].data_type == onnx.TensorProto.INT32
-    ]  # fmt: skip
-    assert len(biases) == 2 and all(len(n.input) == 2 for n in biases)
-    assert not any(t.name.endswith("bias_quantized_zero_point") for t in m.graph.initializer)
+    fp32 = onnx.load(str(tmp_path / "c.onnx")).graph
+    types = {t.name: t.data_type for t in m.graph.initializer}
+    assert onnx.TensorProto.INT32 not in types.values()
+    assert {"0.weight_quantized", "3.weight_quantized"} <= set(types)
+    assert [v.name for v in m.graph.input] == [v.name for v in fp32.input]
+    assert [v.name for v in m.graph.output] == [v.name for v in fp32.output]
+    weights = {n for n in types if n.endswith("_quantized")}
+    assert all(len(n) <= 3 for node in m.graph.node for n in [*node.input, *node.output, node.name]
+               if n not in weights | {v.name for v in [*m.graph.input, *m.graph.output]})  # fmt: skip
     assert len(m.graph.value_info) == 0
+    onnx.checker.check_model(m, full_check=True)
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -353,17 +366,61 @@ def test_static_int8_file_drops_bias_zero_points_and_keeps_onnxruntimes_fusions(
     ops = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
     assert {"QLinearConv", "QGemm"} <= ops and not ops & {"Conv", "Gemm", "MatMul"}
 
-    for n in biases:  # the zero points written out again: the same outputs
-        rows = numpy_helper.to_array(inits[n.input[1]]).shape
-        zp = numpy_helper.from_array(np.zeros(rows, np.int32), f"{n.input[0]}_zp")
-        m.graph.initializer.append(zp)
-        n.input.append(zp.name)
-    onnx.save(m, str(tmp_path / "with_zp.onnx"))
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{fp32.input[0].name: b} for b in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quant_pre_process(str(tmp_path / "c.onnx"), str(tmp_path / "pre.onnx"))
+    quantize_static(
+        str(tmp_path / "pre.onnx"), str(tmp_path / "default.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=True,
+        calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True},
+    )  # fmt: skip
+    assert info["bytes"] < (tmp_path / "default.onnx").stat().st_size
     x = np.random.default_rng(1).standard_normal((8, 1, 8, 8)).astype(np.float32)
     outs = []
-    for name in ("q.onnx", "with_zp.onnx"):
+    for name in ("q.onnx", "default.onnx"):
         sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_short_names_never_take_a_name_that_stays(tmp_path):
+    """A graph whose input and weight are named like the short names ("0", "1"): the renamed file is still valid
+    (no value defined twice) and computes the same."""
+    import onnxruntime as ort
+
+    from sparsekit.onnx.quantize import _short_names
+
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "1")
+    b = numpy_helper.from_array(np.ones(3, np.float32), "a_long_bias_name")
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Gemm", ["0", "1", "a_long_bias_name"], ["a_long_hidden_name"], transB=1),
+            onnx.helper.make_node("Relu", ["a_long_hidden_name"], ["2"]),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("0", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.helper.make_tensor_value_info("2", onnx.TensorProto.FLOAT, [2, 3])],
+        [w, b],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    _short_names(renamed.graph)
+    onnx.checker.check_model(renamed, full_check=True)
+    names = [n for node in renamed.graph.node for n in node.output]
+    assert len(names) == len(set(names)) and "a_long_hidden_name" not in names
+    assert {t.name for t in renamed.graph.initializer} >= {"1"} and "a_long_bias_name" not in str(renamed)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    outs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"0": x})[0]
+        for m in (model, renamed)
+    ]
     np.testing.assert_array_equal(outs[0], outs[1])
 
 

@@ -36,6 +36,7 @@ Sources: https://onnxruntime.ai/docs/performance/model-optimizations/quantizatio
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -150,7 +151,10 @@ def quantize_int8(
                             pre, tmp, reader, quant_format=QuantFormat.QDQ, per_channel=channel_wise,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=True,
                             calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
-                            extra_options={**options, "ActivationSymmetric": False},
+                            # A float bias: onnxruntime quantizes it when it fuses the Conv or Gemm (every layer
+                            # still fuses, the same outputs), and the file carries no int32 copy and per-channel
+                            # scale for it (see _drop_redundant).
+                            extra_options={**options, "ActivationSymmetric": False, "QuantizeBias": False},
                         )  # fmt: skip
                 break
             except ExportError:
@@ -164,6 +168,8 @@ def quantize_int8(
         # Marked before the checks, so they run on the very bytes that get published.
         quantized = load_onnx(tmp, load_external_data=False)
         _drop_redundant(quantized.graph)
+        if mode == "static":  # (a dynamic file's weight scales are found by their names: sparsekit inspect)
+            _short_names(quantized.graph)
         save_onnx(quantized, tmp, what="int8 model")
         slow_ops = sorted({n.op_type for n in quantized.graph.node if n.op_type in _SLOW_DYNAMIC_OPS})
         del quantized
@@ -454,13 +460,13 @@ def _drop_redundant(graph: onnx.GraphProto) -> None:
     of int32 biases, always 0 (``DequantizeLinear``'s zero point is optional and defaults to 0), and the shapes
     its pre-processing inferred (``value_info``; shape inference redoes them).
 
-    Per output channel the static QDQ file holds a weight scale and zero point, the int32 bias, its scale and
-    its zero point: 17 bytes beside the channel's int8 weights, as much as the weights themselves for a 3x3
-    depthwise channel. The bias zero point's 4 are dropped: static int8 files measured 1-5% smaller
-    (examples.models' mobilenetv2_small 0.339x -> 0.324x of fp32, resnet_small 0.328x -> 0.317x, LeNet-300-100
-    0.260x -> 0.258x), the same outputs, and onnxruntime still fuses every QDQ group it fused before
-    (QLinearConv, QGemm). The int8 weights' own zero points stay: without them onnxruntime does not fuse a Gemm
-    into QGemm (measured), and the zero check reads them."""
+    Static files keep their biases in float (``QuantizeBias: False``): an int32 bias carried its scale and zero
+    point per output channel, 12 bytes beside the channel's int8 weights, as much as the weights themselves for a
+    3x3 depthwise channel; onnxruntime quantizes a float bias the same way when it fuses the layer (QLinearConv,
+    QGemm: every layer it fused before, outputs equal on examples.models' LeNet-300-100, small_cnn and
+    resnet_small, one logit in 1,400 a step apart on mobilenetv2_small, the same accuracy). An int32 bias another
+    tool wrote still loses its zero point here. The int8 weights' own zero points stay: without them
+    onnxruntime does not fuse a Gemm into QGemm (measured), and the zero check reads them."""
     inits = {t.name: t for t in graph.initializer}
     dropped: set[str] = set()
     for node in graph.node:
@@ -483,6 +489,50 @@ def _drop_redundant(graph: onnx.GraphProto) -> None:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     del graph.value_info[:]
+
+
+def _short_names(graph: onnx.GraphProto) -> None:
+    """Rename, in place, what no reader looks up by name: the values between nodes, the scales, zero points and
+    biases (initializers of rank 0 or 1) and the nodes themselves, to short base-36 names. The graph's inputs and
+    outputs and its weights (rank >= 2: the fp32 names with onnxruntime's ``_quantized`` suffix, which
+    :func:`quantized_zeros` and a reader of the file go by) keep theirs.
+
+    onnxruntime's quantizer names each value after the node and weight it came from
+    (``/blocks.3/expand/Conv_output_0_QuantizeLinear_Output``, ``blocks.3.expand.weight_zero_point``): 9-13% of a small
+    static int8 file (resnet_small 0.306x -> 0.273x of its fp32 file, examples.models' mobilenetv2_small 0.313x ->
+    0.289x). A graph with subgraphs (If, Loop, Scan) or sparse initializers is left as it is: its names reach
+    into scopes this renaming does not follow."""
+    if graph.sparse_initializer or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute
+    ):
+        return
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    keep |= {t.name for t in graph.initializer if len(t.dims) >= 2}
+    names: dict[str, str] = {}
+    fresh = (n for n in map(_base36, itertools.count()) if n not in keep)  # never a name that stays
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name  # "" is an omitted optional input
+        if name not in names:
+            names[name] = next(fresh)
+        return names[name]
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for i, node in enumerate(graph.node):
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+        node.name = f"n{_base36(i)}"
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = digits[n % 36]
+    while n >= 36:
+        n //= 36
+        out = digits[n % 36] + out
+    return out
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
