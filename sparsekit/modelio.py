@@ -869,6 +869,11 @@ def read_model(
     load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
     shape = list(input_shape) if input_shape else None
+    if history:
+        # The model carries the removals it was rebuilt with, as a Pruner marks the models it prunes: a Pruner
+        # over it, or save_model without one, writes them before any new ones (else a re-pruned or re-saved
+        # checkpoint could not be rebuilt).
+        object.__setattr__(model, STRUCTURE_ATTR, {"history": list(history), "input_shape": shape})
     return LoadedModel(model.eval(), factory, dict(kwargs), shape, history, kind, notes=notes)
 
 
@@ -918,10 +923,10 @@ def save_model(
     # structurally pruned model saved without them could not be rebuilt at load.
     own = getattr(model, STRUCTURE_ATTR, None) or {}
     if pruning_history is None:
-        pruning_history = pruner.pruning_history if pruner is not None else own.get("history", [])
+        pruning_history = pruner.model_history if pruner is not None else own.get("history", [])
     history = list(pruning_history)
     if input_shape is None:
-        input_shape = pruner.context.get("input_shape") if pruner is not None else own.get("input_shape")
+        input_shape = (pruner.context.get("input_shape") if pruner is not None else None) or own.get("input_shape")
     if history and not input_shape:
         raise ModelFileError(
             f"save_model({path}): a structurally pruned model is rebuilt by replaying its history on an input; "

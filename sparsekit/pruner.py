@@ -185,6 +185,13 @@ class Pruner:
         self.steps_per_epoch = steps_per_epoch
         self.step_count = 0
         self.pruning_history: list = []  # torch-pruning's replayable history (structured methods)
+        # The removals the model came with (a structurally pruned checkpoint, read_model's mark): a checkpoint
+        # of the result replays them before this Pruner's, or it could not be rebuilt.
+        from .modelio import STRUCTURE_ATTR
+
+        came_with = getattr(self.model, STRUCTURE_ATTR, None) or {}
+        self.prior_history: list = list(came_with.get("history") or [])
+        self._prior_shape = came_with.get("input_shape")
         # Set when a structural method replaced parameters: rebuild the optimizer, then reset it.
         self.structure_changed = False
         self.context = dict(context or {})
@@ -490,13 +497,20 @@ class Pruner:
         if changes.structure_changed:
             self.structure_changed = True
 
+    @property
+    def model_history(self) -> list:
+        """Every channel removal the model underwent since its factory built it, in order: those it came with
+        (:attr:`prior_history`, read from a structurally pruned checkpoint) and then this Pruner's
+        (:attr:`pruning_history`). A checkpoint replays it to rebuild the model (:func:`sparsekit.save_model`)."""
+        return [*self.prior_history, *self.pruning_history]
+
     def _mark_model(self) -> None:
         # The model carries its own removals, so save_model(model, ...) without pruner= still writes a
         # checkpoint that can be rebuilt (a plain attribute: never in state_dict, copied by deepcopy).
         from .modelio import STRUCTURE_ATTR
 
-        shape = self.context.get("input_shape")
-        structure = {"history": list(self.pruning_history), "input_shape": list(shape) if shape else None}
+        shape = self.context.get("input_shape") or self._prior_shape
+        structure = {"history": self.model_history, "input_shape": list(shape) if shape else None}
         object.__setattr__(self.model, STRUCTURE_ATTR, structure)
 
     def _remember_params(self) -> None:
@@ -580,7 +594,7 @@ class Pruner:
                         _rebind(other, model)
         forget_plan(self.model)  # the model as it stepped, when a method handed back another object
         self.model = bake(model)
-        if self.pruning_history:
+        if self.model_history:
             self._mark_model()  # a method's finalize may have returned a new model object
         self.finalized = True
         self._warn_missed()
