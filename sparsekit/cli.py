@@ -942,8 +942,9 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
         for path, owned in ((target, ours), (data, data_ours)):
             if (path.exists() or path.is_symlink()) and not owned:
                 raise OutputError(
-                    f"{path}: exists and sparsekit did not write it (or it changed since); sparsekit never "
-                    "replaces your files: choose another -o or move it away"
+                    f"{path}: exists and sparsekit did not write it there (a copy or a moved file is yours, a "
+                    "prune run's files belong to its folder), or it changed since; sparsekit never replaces your "
+                    "files: choose another -o or move it away"
                 )
 
 

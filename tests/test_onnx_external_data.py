@@ -411,7 +411,7 @@ def test_written_by_sparsekit_reads_no_external_data(tmp_path):
     model = onnx.load(str(path), load_external_data=False)
     from sparsekit.onnx.files import mark as stamp
 
-    stamp(model)
+    stamp(model, at=path)
     onnx.save_model(model, str(path))
     assert written_by_sparsekit(path)
     relocate(path, "fc.weight", "/etc/passwd")

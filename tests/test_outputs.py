@@ -665,3 +665,26 @@ def test_a_folder_left_half_swapped_by_a_kill_is_refused_by_report_and_finished_
     assert resumed.exit_code == 0, resumed.stderr
     assert not RunFolder(out).swap_unfinished()
     assert run("report", out).exit_code == 0
+
+
+def test_export_never_replaces_a_copy_or_a_moved_file_of_its_own(tmp_path, mlp_checkpoint):
+    # The mark said only that sparsekit wrote the bytes: a user's copy of an export (a deliverable) or a copied
+    # prune folder's model.onnx was replaced as if it were sparsekit's own file there.
+    import shutil
+
+    ours = tmp_path / "ours.onnx"
+    export = ("export", mlp_checkpoint, *MLP, "--exporter", "torchscript", "-o")
+    assert run(*export, ours).exit_code == 0
+    copied, moved = tmp_path / "deliverable.onnx", tmp_path / "sub" / "ours.onnx"
+    shutil.copy(ours, copied)
+    moved.parent.mkdir()
+    shutil.copy(ours, moved)
+    for theirs in (copied, moved):
+        before = theirs.read_bytes()
+        assert_bad_input(run(*export, theirs), str(theirs), "a copy or a moved file is yours")
+        assert theirs.read_bytes() == before
+    int8 = tmp_path / "q.onnx"  # staged twice over (export, then quantization): still marked where it goes
+    for _ in range(2):
+        result = run(*export, int8, "--quantize", "int8", "--keep-fp32")
+        assert result.exit_code == 0, result.output
+    assert run(*export, ours).exit_code == 0  # its own file, where it wrote it: replaced on request

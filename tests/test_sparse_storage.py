@@ -229,7 +229,16 @@ def test_large_tensors_are_ranked_on_a_sample_to_the_same_choice(wide, tmp_path,
     assert (rows[big[0]["name"]]["layout"] is None) is (sparsity < 0.9)
     for key in ("dense_gzip_bytes", "sparse_gzip_bytes"):
         assert rows[big[0]["name"]][key] == pytest.approx(big[0][key], rel=0.02)
-    assert sampled["gzip_bytes_after"] == exact["gzip_bytes_after"]
+    # (the files differ in their marks alone, which name where each was written: see files.mark)
+    assert abs(sampled["gzip_bytes_after"] - exact["gzip_bytes_after"]) <= 16
+    graphs = []
+    for name in ("sampled.onnx", "exact.onnx"):
+        model = onnx.load(str(tmp_path / name))
+        kept = [p for p in model.metadata_props if p.key != "sparsekit"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        graphs.append(model.SerializeToString())
+    assert graphs[0] == graphs[1]
 
 
 @pytest.mark.parametrize(

@@ -333,7 +333,8 @@ def _write(job: _Job, exporter: str) -> _Written:
     start = time.perf_counter()
     try:
         warned = _export(job.model, tmp, job.x, job.opset, exporter, job.external)
-        opset = _check_file(tmp, job.model, restore_names=exporter == "torchscript")
+        # (marked for where it is published: the staging folder's file of the same name, see files.mark)
+        opset = _check_file(tmp, job.model, restore_names=exporter == "torchscript", at=job.work / job.name)
     finally:
         job.clock("export", start)
     parity = None
@@ -475,7 +476,9 @@ def _root_cause(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _check_file(tmp: Path, model_: nn.Module | None = None, *, restore_names: bool = False) -> int | None:
+def _check_file(
+    tmp: Path, model_: nn.Module | None = None, *, restore_names: bool = False, at: Path | None = None
+) -> int | None:
     """Check the file and return its default-domain opset (None when it names none). With the torch
     ``model``, its tied layers are recorded (:data:`TIED_KEY`) and, with ``restore_names`` (TorchScript
     exports), weights the exporter renamed are given their torch names back."""
@@ -492,7 +495,7 @@ def _check_file(tmp: Path, model_: nn.Module | None = None, *, restore_names: bo
         _restore_names(model.graph, model_)
     if model_ is not None:
         _record_ties(model, model_)
-    save_onnx(model, tmp, what="exported model")
+    save_onnx(model, tmp, what="exported model", at=at)
     # infer_shapes copies the whole model twice over (to bytes and back): once saved, the in-memory copy
     # sheds the data of large initializers (shapes and types are what inference reads of them; a Reshape's
     # target is small), which kept a large model's export peak at ~4x its weights (memory_scaling.py).

@@ -124,15 +124,17 @@ def written_by_sparsekit(path: PathLike) -> bool:
     """True when ``path`` is a readable ONNX file carrying sparsekit's mark (see :func:`mark`); never
     raises.
 
-    False for a missing file, non-ONNX bytes, ONNX files without the mark and marked files whose
+    False for a missing file, non-ONNX bytes, ONNX files without the mark, marked files whose
     graph changed since sparsekit wrote them (the mark holds a SHA-256 of the rest of the file;
-    external data files are not hashed). The mark says who wrote the file, not that it is safe:
-    anyone can compute it. Never cached: it decides whether a file may be replaced.
+    external data files are not hashed) and files sparsekit wrote elsewhere: a copy or a moved file
+    is the user's (the mark holds a hash of the path it was published at, never the path itself), as
+    are the files of a ``prune`` run folder, which its manifest governs. The mark says who wrote the
+    file, not that it is safe: anyone can compute it. Never cached: it decides whether a file may be replaced.
     """
     try:
         model = load_onnx(path, load_external_data=False)
         value = _unmark(model)
-        return value is not None and value.endswith(f" sha256:{_digest(model)}")
+        return value is not None and value.endswith(f" sha256:{_digest(model)} at:{_place(Path(path))}")
     except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
         return False
 
@@ -310,14 +312,31 @@ def _location_problem(folder: Path, real_folder: str, location: str) -> str | No
 # --- the mark --------------------------------------------------------------------------------------
 
 
-def mark(model: onnx.ModelProto) -> None:
+def mark(model: onnx.ModelProto, at: PathLike | None = None) -> None:
     """Stamp ``model`` (in memory) as written by sparsekit: ``metadata_props["sparsekit"]`` holds the
-    version and a SHA-256 of the rest of the serialized model, so a file edited since (the mark kept)
-    is no longer "ours" to :func:`written_by_sparsekit`. An earlier mark is replaced."""
+    version, a SHA-256 of the rest of the serialized model, so a file edited since (the mark kept)
+    is no longer "ours" to :func:`written_by_sparsekit`, and a hash of the path ``at`` the file is
+    published at (a staged file's destination, see :func:`staging`; without ``at``, a file that is
+    nowhere "ours"). An earlier mark is replaced."""
     from sparsekit import __version__  # lazily: the package imports this module
 
     _unmark(model)
-    model.metadata_props.add(key=MARK_KEY, value=f"{__version__} sha256:{_digest(model)}")
+    place = f" at:{_place(_destination(Path(at)))}" if at is not None else ""
+    model.metadata_props.add(key=MARK_KEY, value=f"{__version__} sha256:{_digest(model)}{place}")
+
+
+def _place(path: Path) -> str:
+    """A hash of ``path``'s real, absolute location: the mark names where the file was written without
+    putting a local path into a file meant to be shipped."""
+    return hashlib.sha256(os.path.realpath(path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _destination(path: Path) -> Path:
+    """Where a file written inside :func:`staging` folders (nested ones too) is published: a staged file is
+    named as its destination, in a folder ``.NAME.XXXXXXXX.tmp`` beside it."""
+    while re.fullmatch(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+\.tmp", path.parent.name):
+        path = path.parent.parent / path.name
+    return path
 
 
 def _unmark(model: onnx.ModelProto) -> str | None:
@@ -337,8 +356,16 @@ def _digest(model: onnx.ModelProto) -> str:
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def save_onnx(model: onnx.ModelProto, path: PathLike, *, what: str = "model", external_data: bool = False) -> None:
-    """:func:`mark` ``model`` and write it to ``path`` (a staged file, see :func:`staging`).
+def save_onnx(
+    model: onnx.ModelProto,
+    path: PathLike,
+    *,
+    what: str = "model",
+    external_data: bool = False,
+    at: PathLike | None = None,
+) -> None:
+    """:func:`mark` ``model`` for where it is published (``at``, default ``path``: a staged file, see
+    :func:`staging`) and write it to ``path``.
 
     Tensors whose data is already external keep their references. ``external_data=True`` moves every
     tensor of 1 kB or more into ``<name>.data`` beside it (for models over protobuf's 2 GB limit).
@@ -353,7 +380,7 @@ def save_onnx(model: onnx.ModelProto, path: PathLike, *, what: str = "model", ex
                 model, all_tensors_to_one_file=True, location=f"{p.name}.data", size_threshold=1024
             )
             write_external_data_tensors(model, str(p.parent))
-        mark(model)
+        mark(model, at=p if at is None else at)
         onnx.save_model(model, str(p))
     except Exception as e:  # protobuf's size limit, disk full, permission denied, ...
         raise ExportError(f"{p.name}: cannot write the {what}: {e}") from e
