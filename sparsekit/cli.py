@@ -424,6 +424,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _no_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity (Python's json reads them): refused, as a recipe refuses them."""
+    raise ValueError(f"{name} is not a JSON number; give a finite number")
+
+
 def _kwargs(value: str | None, arch: str | None = None) -> dict[str, Any] | None:
     """``--kwargs`` parsed: a JSON object, given together with ``--arch`` (the factory it is for)."""
     if value is None:
@@ -434,7 +439,7 @@ def _kwargs(value: str | None, arch: str | None = None) -> dict[str, Any] | None
             "(a sparsekit checkpoint keeps its own kwargs)"
         )
     try:
-        parsed = json.loads(value, object_pairs_hook=_unique_keys)
+        parsed = json.loads(value, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except RecursionError:
         raise click.BadParameter(f"{value[:40]!r}…: nested too deeply", param_hint="'--kwargs'") from None
     except json.JSONDecodeError as err:

@@ -917,7 +917,13 @@ def save_model(
 
     Raises :class:`ModelFileError` when a structurally pruned model has no input shape to replay its
     history on, or kwargs/history/extra are not JSON-able, and
-    :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only)."""
+    :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
+    TypeError when ``model`` is not an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"save_model(model=...): expected a torch.nn.Module, got {type(model).__name__}; the arguments are "
+            "(model, path, factory)"
+        )
     model = unwrap(model)
     # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
     # structurally pruned model saved without them could not be rebuilt at load.

@@ -668,6 +668,13 @@ class Pruner:
         masks and schedules would mean something else), or after channels were removed from this Pruner's model;
         RuntimeError after :meth:`finalize`."""
         self._refuse_finalized("load_state_dict")
+        missing = [k for k in ("step", "masks", "methods") if k not in state] if isinstance(state, dict) else None
+        if missing is None or missing:
+            what = f"a {type(state).__name__}" if missing is None else f"a dict without {', '.join(map(repr, missing))}"
+            raise ValueError(
+                f"load_state_dict: got {what}, not a Pruner state; pass what Pruner.state_dict() returned (saved "
+                "beside the model and optimizer in your checkpoint)"
+            )
         saved_clock, saved_pruning = state.get("steps_per_epoch"), state.get("pruning")
         if saved_pruning is not None and saved_pruning != pruning_key(self.recipe):
             raise ValueError(

@@ -142,7 +142,9 @@ def written_by_sparsekit(path: PathLike) -> bool:
 def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The model at ``path`` and the real path of each external-data location it names (checked)."""
     if not path.is_file():
-        raise ExportError(f"{path}: no such file")
+        if path.is_dir():
+            raise ExportError(f"{path}: is a folder; give the .onnx file in it")
+        raise ExportError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     try:
         # Never let onnx follow external-data locations before they are checked.
         model = onnx.load(str(path), load_external_data=False)
