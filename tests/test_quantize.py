@@ -535,3 +535,31 @@ def test_per_tensor_fallback_calibrates_on_the_same_batches_from_a_generator(tmp
     quantize_int8(tmp_path / "t.onnx", tmp_path / "l.onnx", calibration=data)  # the same batches as a list
     a, b = onnx.load(str(tmp_path / "q.onnx")), onnx.load(str(tmp_path / "l.onnx"))
     assert {t.name: t.raw_data for t in a.graph.initializer} == {t.name: t.raw_data for t in b.graph.initializer}
+
+
+class _EmbeddingFirst(torch.nn.Module):
+    """An 8-wide embedding as the first output, the 10 class scores second."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(16, 8), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        e = torch.relu(self.body(x))
+        return e, self.head(e)
+
+
+def test_an_output_narrower_than_the_classes_is_not_scored(tmp_path):
+    # export --quantize int8 --data printed an "accuracy" of an 8-wide embedding against labels 0..9 (0.0056),
+    # where prune and validate refuse that pairing.
+    torch.manual_seed(0)
+    export_onnx(_EmbeddingFirst(), tmp_path / "m.onnx", [1, 16], exporter="torchscript")
+    x = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
+    y = np.arange(40) % 10
+    info = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=[x[:20]], eval_data=(x, y))
+    ev = info["eval"]
+    assert ev["fp32_accuracy"] is None and ev["int8_accuracy"] is None and ev["top1_agreement"] is None
+    assert "has 8 values per sample, fewer than the data's 10 classes" in ev["note"]
+    assert "the model's outputs:" in ev["note"]
+    scored = quantize_int8(tmp_path / "m.onnx", tmp_path / "q2.onnx", calibration=[x[:20]], eval_data=(x, y % 8))
+    assert scored["eval"]["fp32_accuracy"] is not None  # labels an 8-wide output can hold: scored as before

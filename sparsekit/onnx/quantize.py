@@ -212,15 +212,22 @@ def _evaluate(
     "top1_agreement"}`` on the first output (named in ``output``; ``outputs``: all the model's), the class scores
     when sparsekit exported the model from a run (the recipe's ``model.output`` comes first); the three figures are
     None, with a ``"note"``, when that output holds one value per sample (no class to take the argmax of: a model
-    whose first output is not its logits)."""
+    whose first output is not its logits) or fewer values than the labels have classes (an embedding)."""
     x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
     a, b = _outputs(fp32, x, batch_size), _outputs(int8, x, batch_size)
     out: dict[str, Any] = {"samples": len(y), "output": outputs[0] if outputs else None, "outputs": outputs}
-    if a.shape[1] < 2:
-        others = f"; the model's outputs: {', '.join(outputs)}" if len(outputs) > 1 else ""
+    others = f"; the model's outputs: {', '.join(outputs)}" if len(outputs) > 1 else ""
+    classes = int(y.max()) + 1 if len(y) else 0
+    if a.shape[1] < 2 or a.shape[1] < classes:
+        # Not the class scores (an embedding, a score per sample): an accuracy of it would be a number of nothing.
+        why = (
+            "holds one value per sample, so there is no class to compare"
+            if a.shape[1] < 2
+            else f"has {a.shape[1]} values per sample, fewer than the data's {classes} classes: not the class scores"
+        )
         return {
             **out, "fp32_accuracy": None, "int8_accuracy": None, "top1_agreement": None,
-            "note": f"output {out['output']!r} holds one value per sample, so there is no class to compare{others}",
+            "note": f"output {out['output']!r} {why}{others}",
         }  # fmt: skip
     fp32_pred, int8_pred = a.argmax(axis=1), b.argmax(axis=1)
     return {
