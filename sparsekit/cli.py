@@ -1662,7 +1662,15 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
 
     run = RunFolder(folder)
     if not run.has_run():
-        raise SparsekitError(f"{folder}: holds no sparsekit run (no .sparsekit folder); nothing re-rendered")
+        why = (
+            "its .sparsekit folder has no manifest.json, the list of what the run wrote"
+            if (folder / ".sparsekit").is_dir() and not (folder / ".sparsekit").is_symlink()
+            else "no .sparsekit folder"
+        )
+        raise SparsekitError(
+            f"{folder}: holds no sparsekit run ({why}); nothing re-rendered: prune again into a new folder "
+            "(sparsekit replaces only the files a manifest says it wrote)"
+        )
     if run.swap_unfinished():
         raise SparsekitError(
             f"{folder}: a run was killed while it moved its results in, so the folder holds part of the earlier "

@@ -44,3 +44,13 @@ def test_kwargs_refuse_nan_and_infinity(tmp_path, constant):
         main, ["inspect", str(tmp_path / "m.pt"), "--arch", "examples.models:mlp", "--kwargs", f'{{"x": {constant}}}']
     )
     assert_bad_input(result, "--kwargs", f"{constant} is not a JSON number")
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_report_on_a_folder_without_a_manifest_says_what_is_missing(tmp_path, meta):
+    # "no .sparsekit folder" was said of a folder that has one, whose manifest.json was deleted
+    (tmp_path / "report.json").write_text("{}")
+    if meta:
+        (tmp_path / ".sparsekit").mkdir()
+    line = assert_bad_input(CliRunner().invoke(main, ["report", str(tmp_path)]), "holds no sparsekit run")
+    assert ("has no manifest.json" in line) is meta and ("no .sparsekit folder" in line) is not meta
