@@ -534,12 +534,7 @@ def _short_names(graph: onnx.GraphProto) -> None:
 
 
 def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = digits[n % 36]
-    while n >= 36:
-        n //= 36
-        out = digits[n % 36] + out
-    return out
+    return np.base_repr(n, 36).lower()
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
