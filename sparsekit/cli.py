@@ -392,7 +392,7 @@ def _shape(value: str | None) -> list[int] | None:
     if value is None:
         return None
     parts = [v.strip() for v in value.strip().strip("[]").replace("x", ",").split(",")]
-    if not all(p.isdigit() for p in parts):  # every part a number: no empty part, no stray letter
+    if not all(p.isascii() and p.isdigit() for p in parts):  # ASCII digits: '¹'.isdigit() is True, int('¹') raises
         raise click.BadParameter(
             f"{value!r}: expected comma-separated positive integers like 1,3,32,32", param_hint=_SHAPE_HINT
         )

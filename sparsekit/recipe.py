@@ -1250,7 +1250,7 @@ def section_at(loc: Sequence[Any], data: Any = None) -> type[BaseModel] | None:
             node = node.get(str(part)) if isinstance(node, dict) else None
         elif get_origin(tp) is list:
             tp = _unwrap(get_args(tp)[0])
-            index = int(part) if isinstance(part, int) or str(part).isdigit() else -1
+            index = int(part) if isinstance(part, int) or (str(part).isascii() and str(part).isdigit()) else -1
             node = node[index] if isinstance(node, list) and 0 <= index < len(node) else None
         else:
             return None

@@ -1160,7 +1160,7 @@ def _entry_targets(
     if o.method == "structured" and spec.get("target_latency") is not None and report.benchmark:
         speedup = report.benchmark.speedup
         if speedup:
-            batch = max(speedup, key=lambda b: int(b) if b.isdigit() else 0)
+            batch = max(speedup, key=lambda b: int(b) if b.isascii() and b.isdigit() else 0)
             asked, achieved, noise = float(spec["target_latency"]), speedup[batch].ratio, speedup[batch].noise
             tol = asked * noise + 0.1 * asked
             met = achieved <= asked + tol
