@@ -46,6 +46,7 @@ FLAGS = {
     "device": "--device",
     "input_shape": "--input-shape",
     "kwargs": "--kwargs",
+    "logits": "--logits",
     "output": "-o",
     "overwrite": "--overwrite",
     "resume": "--resume",
@@ -297,6 +298,33 @@ def debug_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Options several commands share, declared once so their names and help stay the same everywhere.
 arch_option = click.option("--arch", help="Architecture for a state_dict/.safetensors MODEL: pkg.module:callable.")
+
+
+def _logits_part(value: str | None) -> int | str | None:
+    """``--logits``: an index when the value is ASCII digits (0..1000), else a key or attribute name (1..200
+    characters), as the recipe's model.output takes them."""
+    if value is None:
+        return None
+    if value.isascii() and value.isdigit():
+        if int(value) > 1_000:
+            raise click.BadParameter(f"{value}: an index into a tuple output is 0..1000", param_hint="--logits")
+        return int(value)
+    if not 0 < len(value) <= 200 or not value.isprintable():
+        raise click.BadParameter("a key or attribute name of 1..200 printable characters", param_hint="--logits")
+    return value
+
+
+def _select_logits(model: Any, part: int | str, shape: list[int], path: Path) -> None:
+    """Make ``model`` return the ``part`` of its output that is the logits (sparsekit.logits.attach), after one
+    forward on zeros of ``shape`` (batch 2) shows it exists and is a tensor; DataError naming --logits else."""
+    import torch
+
+    from .logits import attach, select_logits
+
+    with torch.no_grad():
+        out = model(torch.zeros([2, *shape[1:]]))
+    select_logits(out, part, where=str(path), caller=True)
+    attach(model, part)
 
 
 def _data_flag(value: str | None) -> str | None:
@@ -726,6 +754,14 @@ def prune(
     "(pixels in [0, 1], the default) or standard (zero mean, unit variance).",
 )
 @click.option(
+    "--logits",
+    metavar="PART",
+    help="For a model that returns several tensors (a tuple, a dict): the part that is the class scores, an index "
+    "(0) or a key or attribute name (logits), as the recipe's model.output. The file then holds that output alone, "
+    "as prune's model.onnx, and --quantize int8 --data scores it. Default: the part a prune run recorded in MODEL, "
+    "else every output is written and int8 accuracy is not scored (which output holds the classes is unknown).",
+)
+@click.option(
     "--keep-fp32",
     is_flag=True,
     help="With --quantize int8: also write the fp32 model, as FILE.fp32.onnx beside the int8 FILE.onnx.",
@@ -754,6 +790,7 @@ def export(
     quantize: str,
     data: str | None,
     normalize: str | None,
+    logits: str | None,
     keep_fp32: bool,
     storage: str,
     trust_model_file: bool,
@@ -791,6 +828,7 @@ def export(
         raise click.UsageError(f"-o {out}: name the output file NAME.onnx")
     kwargs = _kwargs(arch_kwargs, arch)
     given_shape = _shape(input_shape)
+    part = _logits_part(logits)
     _load_native("torch", "onnxruntime")
     from .inspection import GUESSED, check_input_shape, shape_origin
     from .modelio import infer_input_shape, read_model, refuse_onnx
@@ -824,6 +862,11 @@ def export(
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
     origin = shape_origin(model, given_shape, loaded.input_shape)
     check_input_shape(loaded.model, shape, origin=origin, fix=_guessed_fix if origin == GUESSED else None)
+    if part is None and loaded.output is not None:
+        part = loaded.output
+        click.echo(f"Logits: output {part!r}, as the run that wrote {model} named them (--logits to choose)", err=True)
+    if part is not None:
+        _select_logits(loaded.model, part, shape, model)
     bundle = None
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data
@@ -860,14 +903,15 @@ def export(
             f"gzip {q['gzip_bytes']:,} B); pruned zeros still zero: {q['zeros']['zeros_ok']}"
         )
         if q.get("eval") and q["eval"].get("top1_agreement") is None:
-            lines.append(f"  accuracy not measured: {q['eval'].get('note')}")
+            note = q["eval"].get("note", "")
+            if len(q["eval"].get("outputs") or []) > 1:  # the CLI's way to select it
+                note = note.replace("sparsekit.logits.attach before export", "--logits PART")
+            lines.append(f"  accuracy not measured: {note}")
         elif q.get("eval"):
             ev = q["eval"]
-            several = len(ev.get("outputs") or []) > 1
             lines.append(
                 f"  accuracy fp32 {ev['fp32_accuracy']:.4f}, int8 {ev['int8_accuracy']:.4f}, "
                 f"top-1 agreement {ev['top1_agreement']:.4f} on {ev['samples']} samples"
-                + (f" (output {ev.get('output')!r}, the first of the model's outputs)" if several else "")
             )
             from .report import int8_agreement_warning
 

@@ -22,6 +22,7 @@ API_SPELLING = {
     "device": "overrides=['finetune.device=...']",
     "input_shape": "input_shape=[...]",
     "kwargs": "kwargs={...}",
+    "logits": "sparsekit.logits.attach(model, part)",
     "output": "out=...",
     "overwrite": "overwrite=True",
     "resume": "resume=True",
@@ -47,6 +48,8 @@ def _api_spelling(name: str, value: str) -> str:
         return f"overrides=[{'finetune.device=' + value!r}]"
     if name == "allow_change":
         return f"allow_changes=[{', '.join(repr(v) for v in value.split(','))}]"
+    if name == "logits":
+        return f"sparsekit.logits.attach(model, {value!r})"
     if name == "input_shape":
         dims = [d for d in value.strip("[]").replace(" ", "").split(",") if d]
         return f"input_shape=[{', '.join(dims)}]"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DataError
+from .errors import DataError, option
 
 __all__ = ["attach", "describe", "detach", "every_output", "mattering", "output_tensors", "select_logits", "selected"]
 
@@ -48,19 +48,20 @@ def describe(out: Any, depth: int = 0) -> str:
     return type(out).__name__
 
 
-def _fix(out: Any) -> str:
-    """What to write in the recipe for ``out``: ``logits`` when a part has that name, else the choices."""
+def _fix(out: Any, caller: bool = False) -> str:
+    """What to write in the recipe for ``out``: ``logits`` when a part has that name, else the choices; ``caller``:
+    the caller's ``logits`` option rather than the recipe's ``model.output``."""
     if isinstance(out, Mapping):
         names = [str(k) for k, v in out.items() if isinstance(v, torch.Tensor)]
     elif isinstance(out, Sequence) and not isinstance(out, str | bytes):
         names = [str(i) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
     else:
         names = [k for k, v in getattr(out, "__dict__", {}).items() if isinstance(v, torch.Tensor)]
-    if "logits" in names:
-        return "model.output: logits"
-    if len(names) == 1:
-        return f"model.output: {names[0]}"
-    return f"model.output to one of {', '.join(names[:8])}" if names else "model.output to the part that is the logits"
+    if "logits" in names or len(names) == 1:
+        name = "logits" if "logits" in names else names[0]
+        return option("logits", name) if caller else f"model.output: {name}"
+    key = option("logits") if caller else "model.output"
+    return f"{key} to one of {', '.join(names[:8])}" if names else f"{key} to the part that is the logits"
 
 
 def _did_you_mean(out: Any, output: int | str) -> str:
@@ -71,15 +72,18 @@ def _did_you_mean(out: Any, output: int | str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def select_logits(out: Any, output: int | str | None, where: str = "the model") -> torch.Tensor:
+def select_logits(out: Any, output: int | str | None, where: str = "the model", caller: bool = False) -> torch.Tensor:
     """The logits tensor in ``out`` (one model output) as ``output`` names it (None: ``out`` must be a
     tensor itself). Raises :class:`~sparsekit.errors.DataError` naming the output's structure and the
-    recipe key to set when ``output`` is missing, does not exist in ``out`` or does not name a tensor."""
+    recipe key to set (``caller``: the caller's ``logits`` option, see :func:`sparsekit.errors.option`) when
+    ``output`` is missing, does not exist in ``out`` or does not name a tensor."""
+    key = option("logits") if caller else "model.output"
     if output is None:
         if isinstance(out, torch.Tensor):
             return out
         raise DataError(
-            f"{where} returns {describe(out)}, not one tensor of logits: set {_fix(out)} in the recipe "
+            f"{where} returns {describe(out)}, not one tensor of logits: set {_fix(out, caller)}"
+            f"{'' if caller else ' in the recipe'} "
             "(an index for a tuple, a key or attribute name otherwise) to say which part is the logits"
         )
     try:
@@ -92,11 +96,11 @@ def select_logits(out: Any, output: int | str | None, where: str = "the model") 
             raise LookupError
     except (LookupError, AttributeError, TypeError):
         raise DataError(
-            f"model.output: {output!r} is not a part of the output: {where} returns {describe(out)}; "
-            f"set {_fix(out)}{_did_you_mean(out, output)}"
+            f"{key}: {output!r} is not a part of the output: {where} returns {describe(out)}; "
+            f"set {_fix(out, caller)}{_did_you_mean(out, output)}"
         ) from None
     if not isinstance(picked, torch.Tensor):
-        raise DataError(f"model.output: {output!r} is a {describe(picked)} in {describe(out)}; it must be a tensor")
+        raise DataError(f"{key}: {output!r} is a {describe(picked)} in {describe(out)}; it must be a tensor")
     return picked
 
 

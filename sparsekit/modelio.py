@@ -44,7 +44,9 @@ class LoadedModel:
     whole module loaded without ``arch``), ``kwargs`` the factory's keyword arguments, ``input_shape``
     the input it takes including the batch dimension (e.g. ``[1, 1, 28, 28]``; ``None`` when unknown),
     ``pruning_history`` the channel removals replayed to rebuild it (structured pruning), ``kind``
-    what the file was: ``checkpoint``, ``state_dict``, ``safetensors`` or ``trusted-module``."""
+    what the file was: ``checkpoint``, ``state_dict``, ``safetensors`` or ``trusted-module``; ``output`` the part
+    of the model's output that is the logits, as the run that wrote the checkpoint named it (the recipe's
+    ``model.output``, kept in the checkpoint's ``extra``; None: not recorded)."""
 
     model: nn.Module
     factory: str | None = None
@@ -54,6 +56,7 @@ class LoadedModel:
     kind: str = "checkpoint"  # checkpoint | state_dict | safetensors | trusted-module
     shape_origin: str = ""  # where input_shape came from, for messages (set by the pipeline)
     notes: list[str] = field(default_factory=list)  # what the user should know about how it was read
+    output: int | str | None = None
 
 
 def _refuse(path: Path, what: str) -> ModelFileError:
@@ -874,7 +877,24 @@ def read_model(
         # over it, or save_model without one, writes them before any new ones (else a re-pruned or re-saved
         # checkpoint could not be rebuilt).
         object.__setattr__(model, STRUCTURE_ATTR, {"history": list(history), "input_shape": shape})
-    return LoadedModel(model.eval(), factory, dict(kwargs), shape, history, kind, notes=notes)
+    output = _recorded_output(obj, path) if kind == "checkpoint" else None
+    return LoadedModel(model.eval(), factory, dict(kwargs), shape, history, kind, notes=notes, output=output)
+
+
+def _recorded_output(checkpoint: dict, path: Path) -> int | str | None:
+    """The checkpoint's ``extra["output"]`` (the recipe's ``model.output`` of the run that wrote it), checked as
+    the recipe checks it. Raises :class:`ModelFileError` when it is not an index 0..1000 or a 1..200-character
+    name."""
+    extra = checkpoint.get("extra")
+    value = extra.get("output") if isinstance(extra, dict) else None
+    if value is None or (isinstance(value, str) and 0 < len(value) <= 200):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000:
+        return value
+    raise ModelFileError(
+        f"{path}: its extra 'output' (the part of the model's output that is the logits) is "
+        f"{shorten(repr(value), 40)}, not an index 0..1000 or a name; the file is damaged"
+    )
 
 
 def _fallback_kwargs(

@@ -591,6 +591,8 @@ def _run(
                 kwargs=inputs.loaded.kwargs,
                 input_shape=inputs.shape,
                 pruner=pruner,
+                # export of this checkpoint then writes and scores the logits, as this run's model.onnx holds them
+                extra={"output": recipe.model.output} if recipe.model.output is not None else None,
             )
         methods = method_results(pruner)
 

@@ -291,8 +291,13 @@ def test_int8_accuracy_is_not_claimed_on_an_output_of_one_value_per_sample(tmp_p
     assert ev["top1_agreement"] is None and ev["int8_accuracy"] is None and len(ev["outputs"]) == 2
     text = run("export", path, *arch, "-o", tmp_path / "q.onnx", "--quantize", "int8", "--data", "digits")
     assert text.exit_code == 0, text.stderr
-    assert "accuracy not measured: output" in text.stdout and "one value per sample" in text.stdout
+    assert "accuracy not measured: the model has 2 outputs" in text.stdout and "--logits PART" in text.stdout
     assert "top-1 agreement" not in text.stdout
+    aux = run("export", path, *arch, "-o", tmp_path / "a.onnx", "--quantize", "int8", "--data", "digits", "--json",
+              "--logits", "0")  # fmt: skip
+    assert aux.exit_code == 0, aux.stderr
+    ev = json.loads(aux.stdout)["int8"]["eval"]  # the one-value output alone: still nothing to compare
+    assert ev["top1_agreement"] is None and "one value per sample" in ev["note"]
 
 
 def test_int8_that_no_longer_agrees_with_fp32_is_flagged(tmp_path):

@@ -538,28 +538,43 @@ def test_per_tensor_fallback_calibrates_on_the_same_batches_from_a_generator(tmp
 
 
 class _EmbeddingFirst(torch.nn.Module):
-    """An 8-wide embedding as the first output, the 10 class scores second."""
+    """An embedding as the first output (``width`` values), the 10 class scores second; ``alone``: the embedding
+    only."""
 
-    def __init__(self):
+    def __init__(self, width=8, alone=False):
         super().__init__()
-        self.body, self.head = torch.nn.Linear(16, 8), torch.nn.Linear(8, 10)
+        self.body, self.head, self.alone = torch.nn.Linear(16, width), torch.nn.Linear(width, 10), alone
 
     def forward(self, x):
         e = torch.relu(self.body(x))
-        return e, self.head(e)
+        return e if self.alone else (e, self.head(e))
 
 
 def test_an_output_narrower_than_the_classes_is_not_scored(tmp_path):
     # export --quantize int8 --data printed an "accuracy" of an 8-wide embedding against labels 0..9 (0.0056),
     # where prune and validate refuse that pairing.
     torch.manual_seed(0)
-    export_onnx(_EmbeddingFirst(), tmp_path / "m.onnx", [1, 16], exporter="torchscript")
+    export_onnx(_EmbeddingFirst(alone=True), tmp_path / "m.onnx", [1, 16], exporter="torchscript")
     x = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
     y = np.arange(40) % 10
     info = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=[x[:20]], eval_data=(x, y))
     ev = info["eval"]
     assert ev["fp32_accuracy"] is None and ev["int8_accuracy"] is None and ev["top1_agreement"] is None
     assert "has 8 values per sample, fewer than the data's 10 classes" in ev["note"]
-    assert "the model's outputs:" in ev["note"]
     scored = quantize_int8(tmp_path / "m.onnx", tmp_path / "q2.onnx", calibration=[x[:20]], eval_data=(x, y % 8))
     assert scored["eval"]["fp32_accuracy"] is not None  # labels an 8-wide output can hold: scored as before
+
+
+@pytest.mark.parametrize("width", [8, 32])
+def test_one_of_several_outputs_is_not_scored_whatever_its_width(tmp_path, width):
+    # A 32-wide embedding first, the 10 class scores second: its argmax against labels 0..9 was printed as an
+    # int8 "accuracy" (0.0000). Which output holds the classes is not known, so none is scored.
+    torch.manual_seed(0)
+    export_onnx(_EmbeddingFirst(width), tmp_path / "m.onnx", [1, 16], exporter="torchscript")
+    x = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
+    info = quantize_int8(
+        tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=[x[:20]], eval_data=(x, np.arange(40) % 10)
+    )
+    ev = info["eval"]
+    assert ev["fp32_accuracy"] is None and ev["int8_accuracy"] is None and ev["top1_agreement"] is None
+    assert "the model has 2 outputs" in ev["note"] and len(ev["outputs"]) == 2

@@ -209,25 +209,33 @@ def _evaluate(
     fp32: Path, int8: Path, eval_data: tuple[np.ndarray, np.ndarray], batch_size: int, outputs: list[str]
 ) -> dict[str, Any]:
     """``quantize_int8``'s ``eval``: ``{"samples", "output", "outputs", "fp32_accuracy", "int8_accuracy",
-    "top1_agreement"}`` on the first output (named in ``output``; ``outputs``: all the model's), the class scores
-    when sparsekit exported the model from a run (the recipe's ``model.output`` comes first); the three figures are
-    None, with a ``"note"``, when that output holds one value per sample (no class to take the argmax of: a model
-    whose first output is not its logits) or fewer values than the labels have classes (an embedding)."""
+    "top1_agreement"}`` on the model's output (named in ``output``; ``outputs``: all the model's). The three figures
+    are None, with a ``"note"``, when the model has several outputs (which one holds the class scores is not known:
+    a model exported with its logits selected, as a prune run or the export command's logits option does, has one),
+    or its output holds one value per sample (no class to take the argmax of) or fewer values than the labels have
+    classes (an embedding)."""
     x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
     a, b = _outputs(fp32, x, batch_size), _outputs(int8, x, batch_size)
     out: dict[str, Any] = {"samples": len(y), "output": outputs[0] if outputs else None, "outputs": outputs}
-    others = f"; the model's outputs: {', '.join(outputs)}" if len(outputs) > 1 else ""
     classes = int(y.max()) + 1 if len(y) else 0
-    if a.shape[1] < 2 or a.shape[1] < classes:
-        # Not the class scores (an embedding, a score per sample): an accuracy of it would be a number of nothing.
-        why = (
-            "holds one value per sample, so there is no class to compare"
-            if a.shape[1] < 2
-            else f"has {a.shape[1]} values per sample, fewer than the data's {classes} classes: not the class scores"
-        )
+    if len(outputs) > 1 or a.shape[1] < 2 or a.shape[1] < classes:
+        # Not known to be the class scores (one of several outputs, an embedding, a score per sample): an accuracy
+        # of it would be a number of nothing (an 8-wide embedding's argmax "scored" 0.0056).
+        if len(outputs) > 1:
+            why = (
+                f"the model has {len(outputs)} outputs ({', '.join(outputs[:8])}) and which one holds the class "
+                "scores is not known: select it (sparsekit.logits.attach before export) to have it scored"
+            )
+        elif a.shape[1] < 2:
+            why = f"output {out['output']!r} holds one value per sample, so there is no class to compare"
+        else:
+            why = (
+                f"output {out['output']!r} has {a.shape[1]} values per sample, fewer than the data's {classes} "
+                "classes: not the class scores"
+            )
         return {
             **out, "fp32_accuracy": None, "int8_accuracy": None, "top1_agreement": None,
-            "note": f"output {out['output']!r} {why}{others}",
+            "note": why,
         }  # fmt: skip
     fp32_pred, int8_pred = a.argmax(axis=1), b.argmax(axis=1)
     return {
