@@ -772,7 +772,9 @@ def prune(
     default="auto",
     show_default=True,
     help="How FILE stores its weights. auto: as sparse initializers where that is smaller after gzip and "
-    "onnxruntime's outputs stay bit-identical (saves disk, not time: onnxruntime densifies at load).",
+    "onnxruntime's outputs stay bit-identical (saves disk, not time: onnxruntime densifies at load). sparse: "
+    "whatever the file's size, each weight with enough zeros to be smaller so (a model with none stays dense, "
+    "and the output says so). dense: every weight dense.",
 )
 @trust_model_file_option
 @trust_code_option
@@ -978,9 +980,11 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     """Refuse to write over the input or over a file sparsekit did not write (before any work)."""
     from .errors import OutputError
     from .onnx import external_data_files, written_by_sparsekit
+    from .outputs import refuse_run_state
 
     src = model.resolve()
     for target in targets:
+        refuse_run_state(target, "the exported file")
         if target.resolve() == src:
             raise OutputError(f"-o {target}: is the input MODEL; choose another output file")
         if target.is_dir():

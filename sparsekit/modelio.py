@@ -844,9 +844,10 @@ def read_model(
     if factory and not arch and named_in is None and not fallback_confirmed:
         named_in, where = fallback_named_in or "the recipe", "model.factory"
     if not factory:
+        in_recipe = f" or set model.factory in {fallback_named_in}" if fallback_named_in is not None else ""
         raise ModelFileError(
             f"{path}: is a plain state_dict with no architecture; name it ({option('arch')}, e.g. "
-            f"{option('arch', 'examples.models:lenet_300_100')}) or set model.factory in the recipe"
+            f"{option('arch', 'examples.models:lenet_300_100')}){in_recipe}"
         )
     if probe is None:
         probe = kwargs_given is None  # the kwargs came from the checkpoint or the recipe, not the caller
@@ -868,7 +869,15 @@ def read_model(
         try:
             model = replay_history(model, history, input_shape)
         except ModelFileError as err:
-            raise ModelFileError(f"{path}: {quoted(err)}") from None
+            saved = obj.get("kwargs") if isinstance(obj, dict) else None
+            hint = ""
+            if kwargs_given is not None and isinstance(saved, dict) and saved != kwargs_given:
+                # The likely cause: the history's channel counts are the saved architecture's, not this one's.
+                hint = (
+                    f"; it was saved with kwargs {_short(saved)}, not the {_short(kwargs_given)} given: give none "
+                    "to rebuild it with its own"
+                )
+            raise ModelFileError(f"{path}: {quoted(err)}{hint}") from None
     load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
     shape = list(input_shape) if input_shape else None

@@ -525,9 +525,22 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
+def refuse_run_state(path: Path, what: str = "the output") -> None:
+    """Raise :class:`OutputError` when ``path`` is in a run folder's own ``.sparsekit`` folder (resume checkpoints,
+    staged files, the manifest), which only the run that owns it writes, and a new run or :meth:`RunFolder.clean`
+    may delete."""
+    if META in path.resolve().parts:
+        raise OutputError(
+            f"{path}: {what} would go inside a run's {META} folder, where sparsekit keeps that run's own state "
+            "(checkpoints, staged files; a later run may delete it): choose a place outside it"
+        )
+
+
 def guard_location(out: Path, inputs: list[Path]) -> None:
-    """Raise :class:`OutputError` when ``out`` is the root folder, the user's home folder, or is or
-    contains one of the run's ``inputs``: no command writes its results there."""
+    """Raise :class:`OutputError` when ``out`` is the root folder, the user's home folder, is inside a run's
+    ``.sparsekit`` folder (:func:`refuse_run_state`), or is or contains one of the run's ``inputs``: no command
+    writes its results there."""
+    refuse_run_state(out, "the output folder")
     target = out.resolve()
     try:
         home: Path | None = Path.home().resolve()
