@@ -132,8 +132,9 @@ def trusted_locations() -> dict[str, str]:
 
 def _unsafe_store(path: Path) -> str | None:
     """Why the store at ``path`` cannot be believed, or None: as ssh with its key files, a list that says which
-    code runs must be the user's and writable by no one else (group-writable is allowed: user-private groups'
-    umask 002 makes every file so). Raises FileNotFoundError when there is none."""
+    code runs must be the user's and writable by no one else, nor may any folder above it be (group-writable is
+    allowed: user-private groups' umask 002 makes every file so; a world-writable sticky folder such as /tmp too).
+    Raises FileNotFoundError when there is none."""
     real = Path(os.path.realpath(path))
     st = real.stat()
     if not hasattr(os, "getuid"):
@@ -142,11 +143,14 @@ def _unsafe_store(path: Path) -> str | None:
         return f"{real} belongs to another user (uid {st.st_uid})"
     if st.st_mode & stat.S_IWOTH:
         return f"{real} is writable by every user (chmod o-w it)"
-    folder = real.parent.stat()
-    if folder.st_uid not in (os.getuid(), 0):
-        return f"its folder {real.parent} belongs to another user (uid {folder.st_uid})"
-    if folder.st_mode & stat.S_IWOTH and not folder.st_mode & stat.S_ISVTX:
-        return f"its folder {real.parent} is writable by every user, who could replace it (chmod o-w it)"
+    # Every folder above it, as OpenSSH's safe_path: whoever may rename any of them can put a store of their own
+    # in its place (a sticky folder such as /tmp lets no one rename what another user owns).
+    for folder in (real.parent, *real.parent.parents):
+        st = folder.stat()
+        if st.st_uid not in (os.getuid(), 0):
+            return f"its folder {folder} belongs to another user (uid {st.st_uid})"
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            return f"its folder {folder} is writable by every user, who could replace it (chmod o-w it)"
     return None
 
 

@@ -769,6 +769,11 @@ def test_a_trust_store_others_can_write_trusts_nothing(tmp_path, monkeypatch, ca
         (path.parent, 0o777, False),
         (path.parent, 0o1777, True),  # sticky, as /tmp: others cannot replace a file they do not own
         (path.parent, folder_mode, True),
+        # a folder further up: whoever may rename the store's folder can put another in its place (only the
+        # store's own folder was checked)
+        (path.parent.parent, 0o777, False),
+        (path.parent.parent, 0o1777, True),
+        (path.parent.parent, path.parent.parent.stat().st_mode & 0o7777, True),
     ):
         target.chmod(mode)
         caplog.clear()
