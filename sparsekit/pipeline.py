@@ -79,6 +79,11 @@ def resolve_model(
         if kwargs is None or recipe.overridden("model.kwargs", inside=True)
         else f"{recipe.source or 'the recipe'}: model.kwargs",
     )
+    if spec.output is None and loaded.output is not None:
+        # The run that wrote the checkpoint said which part of the output is the logits; the same part is meant
+        # (as its saved input shape is), and the report's recipe shows the one used.
+        spec.output = loaded.output
+        loaded.notes.append(f"model.output: {loaded.output!r}, as the run that wrote {model_path} named the logits")
     for note in loaded.notes:
         log.warning(note)
     if (

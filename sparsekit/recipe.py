@@ -129,7 +129,7 @@ class ModelSpec(_Strict):
         None,
         description="which part of the model's output is the logits [batch, classes], for a model that returns "
         "more than one tensor: an index into a tuple or list (0..1000), or a key or attribute name (logits); null: "
-        "the output is one tensor",
+        "the part recorded in a checkpoint sparsekit prune wrote, else the output is one tensor",
     )
 
     @field_validator("output", mode="before")

@@ -121,6 +121,13 @@ def test_a_prune_run_records_model_output_and_export_of_its_checkpoint_uses_it(m
     assert "Logits: output 1" in result.stderr
     assert json.loads(result.stdout)["int8"]["eval"]["int8_accuracy"] is not None
     assert widths(tmp / "q.onnx") == widths(tmp / "o" / "model.onnx") == [[10]]
+    # Pruning the pruned checkpoint again with a recipe that does not say model.output: the recorded part
+    (tmp / "r2.yaml").write_text((tmp / "r.yaml").read_text().replace(", output: 1", ""))
+    again = run("prune", tmp / "o" / "model.pt", tmp / "r2.yaml", "-o", tmp / "o2", *FAST)
+    assert again.exit_code == 0, again.output + again.stderr
+    report = json.loads((tmp / "o2" / "report.json").read_text())
+    assert report["recipe"]["model"]["output"] == 1 and report["parity"]["ok"]
+    assert any("model.output: 1, as the run that wrote" in n for n in report["notes"])
     # --logits beats the recorded part
     emb = run("export", tmp / "o" / "model.pt", "-o", tmp / "e.onnx", "--logits", "0", "--exporter", "torchscript")
     assert emb.exit_code == 0, emb.stderr
