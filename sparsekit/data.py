@@ -412,9 +412,19 @@ def _check_npz_sizes(path: Path, where: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
+                # numpy serves a member named x (no .npy) as archive["x"] too: as an array when it starts as one
+                bare = info.filename in ("x", "y")
+                if not info.filename.endswith(".npy") and not bare:
                     continue
+                name = info.filename if bare else info.filename[:-4]
                 with archive.open(info) as f:
+                    if bare and f.read(6) != npy.MAGIC_PREFIX:
+                        raise DataError(
+                            f"{where}: its member {name!r} is not an .npy array (raw bytes); re-save it with "
+                            "numpy.savez(path, x=..., y=...)"
+                        )
+                    if bare:
+                        f.seek(0)
                     version = npy.read_magic(f)
                     stream: Any = f
                     if version == (3, 0):  # 2.0's layout with a UTF-8 header (numpy has no public reader for it)
@@ -426,7 +436,7 @@ def _check_npz_sizes(path: Path, where: str) -> None:
                     readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
                     if version not in readers:
                         raise DataError(
-                            f"{where}: its array {info.filename[:-4]!r} is in .npy format {version}, which sparsekit "
+                            f"{where}: its array {name!r} is in .npy format {version}, which sparsekit "
                             "cannot check before numpy allocates it; re-save it with numpy.savez(path, x=..., y=...)"
                         )
                     shape, _, dtype = readers[version](stream)
@@ -435,7 +445,7 @@ def _check_npz_sizes(path: Path, where: str) -> None:
                 nbytes = math.prod(shape) * dtype.itemsize
                 if nbytes > info.file_size:
                     raise DataError(
-                        f"{where}: its array {info.filename[:-4]!r} declares shape {list(shape)} ({nbytes:,} bytes) "
+                        f"{where}: its array {name!r} declares shape {list(shape)} ({nbytes:,} bytes) "
                         f"but holds {info.file_size:,}: the file is damaged or not what it claims; re-save it with "
                         "numpy.savez(path, x=..., y=...)"
                     )

@@ -352,7 +352,17 @@ def _screen_trusted(path: Path) -> None:
             streams = [fh.read()] if legacy else []
         if not legacy:
             with zipfile.ZipFile(path) as z:  # torch finds its data.pkl whatever the case of its name
-                streams = [z.read(n) for n in z.namelist() if n.lower().endswith(".pkl")]
+                names = z.namelist()
+                if len(set(names)) != len(names):
+                    # A name twice: zipfile reads the last copy, torch's reader may pick another, so what it
+                    # unpickles would not be what was screened. torch.save never writes one.
+                    twice = sorted({n for n in names if names.count(n) > 1})
+                    raise ModelFileError(
+                        f"{path}: its archive holds the member {shorten(twice[0], 80)} more than once, which "
+                        "torch.save never writes (a reader may take either copy); sparsekit does not unpickle it "
+                        "even when trusted"
+                    )
+                streams = [z.read(n) for n in names if n.lower().endswith(".pkl")]
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         found.append(None)  # a zip this reader cannot open: whatever torch would read in it is not screened
     for data in streams:
@@ -663,21 +673,29 @@ def load_weights(
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
     odd = [
-        f"{k} ({v.layout}, {v.dtype})"
+        f"{k} ({v.layout}, {v.dtype}{', nested' if v.is_nested else ''})"
+        if isinstance(v, torch.Tensor)
+        else f"{k} (a {type(v).__name__})"
         for k, v in state.items()
-        if k in own and (v.layout != torch.strided or v.is_floating_point() != own[k].is_floating_point())
+        if k in own
+        and (
+            not isinstance(v, torch.Tensor)
+            or v.is_nested  # a nested tensor has no shape to compare: asking raises
+            or v.layout != torch.strided
+            or v.is_floating_point() != own[k].is_floating_point()
+        )
     ]
     if odd:
         raise ModelFileError(
             f"{path}: tensors {odd[:4]} are not plain dense tensors of the model's kind; save the weights "
             "with model.state_dict() (dense tensors)"
         )
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

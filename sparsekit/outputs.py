@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -484,12 +485,17 @@ class RunFolder:
 def _live_holder(path: Path) -> str | None:
     """'pid N on HOST' for a lock whose run is still alive (or on another host), None when stale."""
     try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            # Not a lock sparsekit writes (a pipe would block the read forever, a link leads elsewhere)
+            raise ValueError("not a regular file")
         info = json.loads(path.read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
         written = float(info.get("time", 0.0))
+        if not 0 < pid < 2**31:  # os.kill: 0 and negatives name process groups, a huge one overflows
+            raise ValueError(f"pid {pid}")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
         # Unreadable: a run that died between creating and writing it, or one writing it right now.
         try:
             young = time.time() - path.stat().st_mtime < 10
