@@ -8,16 +8,17 @@ The ``sparsekit validate`` command prints this; Python users get the same dict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe
+from .recipe import Recipe, as_recipe
 from .wrappers import unwrap
 
 
 def plan(
-    recipe: Recipe,
+    recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
     model: str | Path | None = None,
     *,
     arch: str | None = None,
@@ -27,7 +28,9 @@ def plan(
     trust_code: bool = False,
     inputs: Any = None,
 ) -> dict[str, Any]:
-    """Rehearse ``recipe`` (already validated by :func:`sparsekit.load_recipe`).
+    """Rehearse ``recipe``: a :class:`~sparsekit.recipe.Recipe` (:func:`sparsekit.load_recipe`), a recipe file's
+    path or a shipped recipe's name, or a dict (validated as the Pruner validates one: RecipeError naming the field;
+    TypeError for anything else).
 
     Without ``model`` nothing the recipe names is imported (torch is not loaded either): the result lists
     that code under ``names_code`` (field -> ``pkg.module:callable``).
@@ -68,6 +71,7 @@ def plan(
     model, ...)."""
     if steps_per_epoch is not None and steps_per_epoch <= 0:
         raise ValueError("steps_per_epoch must be > 0")
+    recipe = as_recipe(recipe)  # a path or a dict, as Pruner and run_prune take (it raised AttributeError)
     res: dict[str, Any] = {
         "recipe": recipe.source,
         "valid": True,

@@ -619,24 +619,43 @@ def _load_checkpoint(
     except Exception as err:  # noqa: BLE001 - any unreadable or mismatched checkpoint is bad input here
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SparsekitError(f"{path}: does not fit this model and recipe ({first}); {again}") from None
-    if pruner.structure_changed:
-        # Same parameters, in the same order, as the optimizer that was saved: its state loads as is.
-        optimizer = make_optimizer(model.parameters(), spec)
-        pruner.structure_changed = False
-    epoch = int(state["epoch"])
-    scheduler = make_scheduler(optimizer, spec)  # attached first; the states loaded next overwrite its rates
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("scheduler") is not None and state.get("schedule") == _schedule_key(spec):
-        scheduler.load_state_dict(state["scheduler"])
-    else:
-        scheduler = _replayed(optimizer, spec, epoch)
-    torch.set_rng_state(state["rng"])
-    cuda_rng = state.get("cuda_rng")
-    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_rng)
-    if loader_rng is not None and state.get("loader_rng") is not None:
-        loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
-    return epoch, list(state["history"]), optimizer, scheduler
+    try:  # the checkpoint's optimizer, scheduler and RNG states are data too (a tampered or foreign file)
+        if pruner.structure_changed:
+            # Same parameters, in the same order, as the optimizer that was saved: its state loads as is.
+            optimizer = make_optimizer(model.parameters(), spec)
+            pruner.structure_changed = False
+        epoch = int(state["epoch"])
+        scheduler = make_scheduler(optimizer, spec)  # attached first; the states loaded next overwrite its rates
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None and state.get("schedule") == _schedule_key(spec):
+            scheduler.load_state_dict(state["scheduler"])
+        else:
+            scheduler = _replayed(optimizer, spec, epoch)
+        torch.set_rng_state(state["rng"])
+        cuda_rng = state.get("cuda_rng")
+        if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
+        if loader_rng is not None and state.get("loader_rng") is not None:
+            loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
+        history = list(state["history"])
+        from .masks import get_mask
+        from .report import Epoch
+
+        for row in history:  # checked now, not when the report is built after the remaining epochs
+            Epoch.model_validate(row)
+        for group in optimizer.param_groups:  # a state that does not fit its parameter fails only at the step
+            for p in group["params"]:
+                for value in optimizer.state.get(p, {}).values():
+                    if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                        raise ValueError(f"optimizer state of shape {list(value.shape)} for a weight {list(p.shape)}")
+        for name, module in model.named_modules():
+            mask, weight = get_mask(module), getattr(module, "weight", None)
+            if mask is not None and isinstance(weight, torch.Tensor) and mask.shape != weight.shape:
+                raise ValueError(f"the mask of {name} has shape {list(mask.shape)}, its weight {list(weight.shape)}")
+    except Exception as err:  # noqa: BLE001 - any unreadable or mismatched state is bad input here
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SparsekitError(f"{path}: does not fit this model and recipe ({first[:200]}); {again}") from None
+    return epoch, history, optimizer, scheduler
 
 
 def _replayed(
