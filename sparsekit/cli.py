@@ -759,7 +759,8 @@ def prune(
     help="For a model that returns several tensors (a tuple, a dict): the part that is the class scores, an index "
     "(0) or a key or attribute name (logits), as the recipe's model.output. The file then holds that output alone, "
     "as prune's model.onnx, and --quantize int8 --data scores it. Default: the part a prune run recorded in MODEL, "
-    "else every output is written and int8 accuracy is not scored (which output holds the classes is unknown).",
+    "else every output is written and int8 accuracy is not scored (which output holds the classes is unknown). "
+    "--logits :all writes every output whatever MODEL recorded.",
 )
 @click.option(
     "--keep-fp32",
@@ -864,7 +865,10 @@ def export(
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
     origin = shape_origin(model, given_shape, loaded.input_shape)
     check_input_shape(loaded.model, shape, origin=origin, fix=_guessed_fix if origin == GUESSED else None)
-    if part is None and loaded.output is not None:
+    every = part == ":all"  # (a colon: no key or attribute name is spelt so)
+    if every:
+        part = None
+    elif part is None and loaded.output is not None:
         part = loaded.output
         click.echo(f"Logits: output {part!r}, as the run that wrote {model} named them (--logits to choose)", err=True)
     if part is not None:

@@ -132,6 +132,9 @@ def test_a_prune_run_records_model_output_and_export_of_its_checkpoint_uses_it(m
     emb = run("export", tmp / "o" / "model.pt", "-o", tmp / "e.onnx", "--logits", "0", "--exporter", "torchscript")
     assert emb.exit_code == 0, emb.stderr
     assert widths(tmp / "e.onnx") == [[32]]
+    whole = run("export", tmp / "o" / "model.pt", "-o", tmp / "w.onnx", "--logits", ":all", "--exporter", "torchscript")
+    assert whole.exit_code == 0, whole.stderr
+    assert sorted(widths(tmp / "w.onnx")) == [[10], [32]] and "Logits:" not in whole.stderr
 
 
 @pytest.mark.parametrize("bad", [-1, True, "", 1.5, [0]])
