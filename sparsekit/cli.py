@@ -303,15 +303,17 @@ arch_option = click.option("--arch", help="Architecture for a state_dict/.safete
 def _logits_part(value: str | None) -> int | str | None:
     """``--logits``: an index when the value is ASCII digits (0..1000), else a key or attribute name (1..200
     characters), as the recipe's model.output takes them."""
+    from .recipe import is_output_part
+
     if value is None:
         return None
-    if value.isascii() and value.isdigit():
-        if int(value) > 1_000:
-            raise click.BadParameter(f"{value}: an index into a tuple output is 0..1000", param_hint="--logits")
-        return int(value)
-    if not 0 < len(value) <= 200 or not value.isprintable():
-        raise click.BadParameter("a key or attribute name of 1..200 printable characters", param_hint="--logits")
-    return value
+    part: int | str = int(value) if value.isascii() and value.isdigit() else value
+    if not is_output_part(part) or not value.isprintable():
+        raise click.BadParameter(
+            "an index 0..1000 into a tuple output, or a key or attribute name of 1..200 printable characters",
+            param_hint="--logits",
+        )
+    return part
 
 
 def _select_logits(model: Any, part: int | str, shape: list[int], path: Path) -> None:
@@ -911,7 +913,9 @@ def export(
         if q.get("eval") and q["eval"].get("top1_agreement") is None:
             note = q["eval"].get("note", "")
             if len(q["eval"].get("outputs") or []) > 1:  # the CLI's way to select it
-                note = note.replace("sparsekit.logits.attach before export", "--logits PART")
+                from .onnx.quantize import SELECT_LOGITS
+
+                note = note.replace(SELECT_LOGITS, "--logits PART")
             lines.append(f"  accuracy not measured: {note}")
         elif q.get("eval"):
             ev = q["eval"]

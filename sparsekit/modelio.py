@@ -912,11 +912,11 @@ def _recorded_output(checkpoint: dict, path: Path) -> int | str | None:
     """The checkpoint's ``extra["output"]`` (the recipe's ``model.output`` of the run that wrote it), checked as
     the recipe checks it. Raises :class:`ModelFileError` when it is not an index 0..1000 or a 1..200-character
     name."""
+    from .recipe import is_output_part
+
     extra = checkpoint.get("extra")
     value = extra.get("output") if isinstance(extra, dict) else None
-    if value is None or (isinstance(value, str) and 0 < len(value) <= 200):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000:
+    if is_output_part(value):
         return value
     raise ModelFileError(
         f"{path}: its extra 'output' (the part of the model's output that is the logits) is "

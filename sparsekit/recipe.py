@@ -101,6 +101,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def is_output_part(value: Any) -> bool:
+    """Whether ``value`` can name the logits in a model's output (``model.output``; a checkpoint's recorded part; the
+    export command's logits option): None, an index 0..1000 into a tuple, or a key or attribute name of 1..200
+    characters."""
+    if value is None or (isinstance(value, str) and 0 < len(value) <= 200):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000
+
+
 class ModelSpec(_Strict):
     """``model:``: how to build the model (``factory`` + JSON-like ``kwargs``, run only when confirmed, see
     :mod:`sparsekit.trust`) and ``input_shape``: the whole input, batch first (``[1, 784]``, ``[1, 4, 32]``
@@ -135,9 +144,7 @@ class ModelSpec(_Strict):
     @field_validator("output", mode="before")
     @classmethod
     def _output_part(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, str) and 0 < len(value) <= 200):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1_000:
+        if is_output_part(value):
             return value
         raise PydanticCustomError(
             "output_part",

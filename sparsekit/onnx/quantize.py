@@ -205,6 +205,10 @@ def quantize_int8(
     }
 
 
+# How the eval note says to select the class scores, in Python; the CLI puts its own option in its place.
+SELECT_LOGITS = "sparsekit.logits.attach before export"
+
+
 def _evaluate(
     fp32: Path, int8: Path, eval_data: tuple[np.ndarray, np.ndarray], batch_size: int, outputs: list[str]
 ) -> dict[str, Any]:
@@ -224,7 +228,7 @@ def _evaluate(
         if len(outputs) > 1:
             why = (
                 f"the model has {len(outputs)} outputs ({', '.join(outputs[:8])}) and which one holds the class "
-                "scores is not known: select it (sparsekit.logits.attach before export) to have it scored"
+                f"scores is not known: select it ({SELECT_LOGITS}) to have it scored"
             )
         elif a.shape[1] < 2:
             why = f"output {out['output']!r} holds one value per sample, so there is no class to compare"
