@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import distributed as _distributed
 from .errors import OutputError, SparsekitError, one_line, option
-from .fsutil import sigint_deferred, write_text
+from .fsutil import read_regular, sigint_deferred, write_text
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def _manifest(out: Path) -> dict[str, str]:
     try:
         if path.is_symlink() or not path.is_file():
             return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return {}
     files = data.get("files") if isinstance(data, dict) else None
@@ -102,7 +102,7 @@ def allocate_for_run(
         saved = folder / ALLOCATION_FILE
         if saved.is_file():
             try:
-                allocation = json.loads(saved.read_text(encoding="utf-8"))
+                allocation = json.loads(read_regular(saved).decode("utf-8"))
                 if not isinstance(allocation, dict) or not isinstance(allocation.get("pruning"), list):
                     raise ValueError("not an allocation sparsekit wrote")
             except (OSError, ValueError, RecursionError) as err:

@@ -32,6 +32,7 @@ from .errors import (
     first_interruption,
     naming_recipe,
     one_line,
+    printable,
     render,
 )
 from .recipe_catalog import RECIPES_DIR as RECIPES_DIR  # noqa: F401 - kept importable from here
@@ -83,6 +84,7 @@ def _fail(message: str, code: int, as_json: bool = False) -> None:
     # One line, whatever the message quotes: a value given with a line break (--set "a=1<newline>b: 2") or a
     # file's text would split it.
     line = line.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    line = printable(line)  # a name quoted from a file must not drive the terminal
     click.echo(f"Error: {line}", err=True)
     if as_json:
         _json_error(line, code)
@@ -402,7 +404,7 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
         _EMITTED.append(True)
         click.echo(json.dumps(data, indent=2, default=str))
     else:
-        click.echo(text)
+        click.echo(printable(text))  # layer and node names come from the user's files
 
 
 def _diff(value: float | None) -> str:
@@ -691,7 +693,7 @@ def prune(
         resume=resume,
         allow_changes=accepted,
         progress=not no_progress,
-        notify=lambda m: click.echo(m, err=True),
+        notify=lambda m: click.echo(printable(m), err=True),
         log_dir=log_dir,
     )
     if report is None:
@@ -704,7 +706,7 @@ def prune(
             raise SparsekitError(f"{missed[0]}{more}; the outputs are in {out}")
         if as_json:  # the summary with its WARNING lines went nowhere: say it where logs go
             for line in missed:
-                click.echo(f"Warning: {line}", err=True)
+                click.echo(f"Warning: {printable(line)}", err=True)
 
 
 @main.command(short_help="Export MODEL to ONNX (parity and zeros checked; optional int8).")
@@ -927,7 +929,7 @@ def export(
 
             disagrees = int8_agreement_warning(ev)
             if disagrees:
-                click.echo(f"Warning: {disagrees}", err=True)
+                click.echo(f"Warning: {printable(disagrees)}", err=True)
         elif q.get("check", {}).get("error"):
             lines.append(f"  int8 vs fp32 on random normal inputs: not compared ({q['check']['error']})")
         elif q.get("check"):
@@ -1245,7 +1247,8 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
         return "unknown" if value is None else f"{value:,}"
 
     rows = [
-        [r["name"], r["type"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['nonzero_params']:,}",
+        [printable(r["name"]), printable(r["type"]), "x".join(map(str, r["shape"])), f"{r['params']:,}",
+         f"{r['nonzero_params']:,}",
          f"{r['sparsity']:.3f}", count(r["macs"]), count(r["effective_macs"])]
         for r in res["layers"]
     ]  # fmt: skip
@@ -1383,7 +1386,7 @@ def validate(
     _emit(res, as_json, "\n".join(lines + [f"WARNING: {w}" for w in res["warnings"]]))
     if as_json:  # the lines above went nowhere: say it where logs go
         for w in res["warnings"]:
-            click.echo(f"Warning: {w}", err=True)
+            click.echo(f"Warning: {printable(w)}", err=True)
 
 
 def _rehearsal_warnings(res: dict[str, Any]) -> list[str]:

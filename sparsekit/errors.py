@@ -195,6 +195,20 @@ class OutputError(SparsekitError):
     read-only, or the output folder holds files sparsekit did not write."""
 
 
+# Characters a terminal acts on rather than shows: C0/C1 controls (ESC starts colour, cursor and title sequences;
+# CR overwrites the line) and the bidirectional overrides that reorder what is shown ("Trojan Source").
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with the characters a terminal would act on written as escapes (``\\x1b``, ``\\u202e``):
+    names from a user's files (ONNX nodes, layers, keys) are shown, never executed by the terminal. Newlines
+    and tabs are kept."""
+    return _TERMINAL_CONTROLS.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
+
+
 def shorten(text: str, limit: int = 80) -> str:
     """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the regular file at ``path``. Raises OSError when it is missing, unreadable or not a
+    regular file: a named pipe is opened without waiting for a writer and refused (reading one blocks until
+    another process writes), a device (``/dev/zero`` never ends) or socket is refused. For the files
+    sparsekit reads from folders a user or another process can write into (manifests, reports, stores)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a named pipe, device or socket)", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1  # closed with fh
+            return fh.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

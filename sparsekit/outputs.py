@@ -42,7 +42,7 @@ from typing import Any
 
 from . import __version__
 from .errors import OutputError, option
-from .fsutil import atomic_path, sigint_deferred, writing
+from .fsutil import atomic_path, read_regular, sigint_deferred, writing
 
 META = ".sparsekit"
 MANIFEST = "manifest.json"
@@ -568,7 +568,7 @@ def guard_location(out: Path, inputs: list[Path]) -> None:
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))  # a named pipe there must not block the run
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError):

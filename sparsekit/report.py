@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import SparsekitError, one_line
-from .fsutil import write_text
+from .errors import SparsekitError, one_line, printable
+from .fsutil import read_regular, write_text
 
 ADVICE = (
     "Unstructured zeros make the compressed (gzip) file smaller but do not make onnxruntime's CPU "
@@ -593,7 +593,7 @@ def load_report(path: str | Path) -> Report:
     if not src.is_file():
         raise SparsekitError(f"{src}: not found; run sparsekit's prune first")
     try:
-        data = json.loads(src.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(src).decode("utf-8"))
     except RecursionError:
         raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit") from None
     except (ValueError, OSError) as err:  # not JSON, not UTF-8, an integer of over 4,300 digits
@@ -1668,9 +1668,10 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
             for r in o.layers:
                 ra = "–" if r.asked is None else f"{r.asked:.3f}"
                 rk = f"{r.channels_kept} / {r.channels_total}" if r.channels_total else ""
-                lines.append(f"| | {r.name} | {ra} | {r.achieved:.3f} | {rk} | {(r.reason or '').replace('|', '/')} |")
+                reason = (r.reason or "").replace("|", "/")
+                lines.append(f"| | {_cell(r.name)} | {ra} | {r.achieved:.3f} | {rk} | {reason} |")
         for name in s.excluded:
-            lines.append(f"| not pruned | {name} | | | | excluded: no pruning entry selects it |")
+            lines.append(f"| not pruned | {_cell(name)} | | | | excluded: no pruning entry selects it |")
         lines.append("")
     lines += ["| | dense | pruned | pruned / dense | verdict |", "|---|---:|---:|---:|---|"]
 
@@ -1733,6 +1734,13 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
                 )
     lines.append("")
     return lines
+
+
+def _cell(text: str) -> str:
+    """A name from the user's model (or an edited report.json) as one Markdown table cell: a ``|`` or a line
+    break would end the cell or the row, ``<`` would open HTML, a control character would reach the terminal of
+    whoever prints the file."""
+    return printable(text.replace("\r", " ").replace("\n", " ")).replace("|", "\\|").replace("<", "&lt;")
 
 
 def render_markdown(report: Report) -> str:
@@ -1872,7 +1880,7 @@ def render_markdown(report: Report) -> str:
             by.setdefault(name, []).append(f"pruning[{i}] {m.method}")
     for r in report.layers:
         lines.append(
-            f"| {r.name} | {r.type} | {'x'.join(map(str, r.shape))} | {r.params:,} | "
+            f"| {_cell(r.name)} | {_cell(r.type)} | {'x'.join(map(str, r.shape))} | {r.params:,} | "
             f"{r.nonzero_params:,} | {r.sparsity:.3f} | {', '.join(by.get(r.name, ['excluded']))} |"
         )
     if report.history:
@@ -1893,7 +1901,7 @@ def render_markdown(report: Report) -> str:
             lines.append(f"| {h.epoch} | {h.sparsity:.3f} | {h.train_loss:.4f} | {h.val_accuracy:.4f} | {h.lr:.2e} |")
     if report.plots:
         lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in report.plots]
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")  # text quoted from the model or report.json included
 
 
 def plot_data(report: Report) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import API_SPELLING, SparsekitError, TrustError, one_line, option
+from .fsutil import read_regular
 
 log = logging.getLogger("sparsekit")
 
@@ -101,7 +102,7 @@ def trusted_locations() -> dict[str, str]:
     path = store_path()
     try:
         unsafe = _unsafe_store(path)
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as err:
