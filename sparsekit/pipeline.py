@@ -161,6 +161,14 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
         raise DataError(
             f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]"
         )
+    if out.shape[1] < 2:
+        # The built-in loop trains with cross-entropy over the classes: one column is no classification.
+        raise DataError(
+            f"{where}: the model's logits have shape {list(out.shape)}, one class; sparsekit's built-in loop "
+            "trains classification over 2 or more classes (cross-entropy): if the model returns several outputs, "
+            "set model.output to the one with the class scores; for a single-logit or regression head, drive "
+            "sparsekit.Pruner from your own training loop"
+        )
     # Export, its parity check, rehearsal and the benchmark feed random normal values: a model that
     # fails on them (token ids for an nn.Embedding, say) is refused now, not after training.
     probe = torch.randn([2, *input_shape[1:]], generator=torch.Generator().manual_seed(0))

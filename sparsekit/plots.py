@@ -140,7 +140,7 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
             ax.set_ylabel("output channels kept")
             ax.set_title("Output channels kept per layer (kept/at the start)")
         ax.set_ylim(0, 1.12)
-        ax.set_xticks(xs[::step], names[::step], rotation=60, ha="right")
+        ax.set_xticks(xs[::step], [_literal(n) for n in names[::step]], rotation=60, ha="right")
         if many:
             ax.set_xlabel(f"{len(layers)} layers (one in {step} named)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -231,6 +231,12 @@ def _bars(ax: Any, xs: list[int], heights: list[float], lw: float, **style: Any)
         ax.bar(xs, heights, 0.8, **style)
 
 
+def _literal(text: str) -> str:
+    """A name from the user's model or files as matplotlib shows it: two ``$`` would start mathtext (where
+    ``$\\frac{$`` fails the whole figure), so each is escaped to a literal dollar sign."""
+    return text.replace("$", r"\$")
+
+
 def _layer_marks(ax: Any, layers: list[dict[str, Any]], xs: list[int], key: str, label: str) -> None:
     """A black bar mark at each layer's ``key`` value (its target), over the bar it belongs to."""
     marks = [x for x in xs if layers[x].get(key) is not None]
@@ -260,7 +266,7 @@ def _latency_figure(figure: type[Figure], series: list[tuple[str, dict[str, floa
     colors = [f"C{i}" for i in range(len(series))]
     for ax, b in zip(axes, sizes, strict=False):
         ax.bar(range(len(series)), [lat.get(b, 0) for _, lat in series], 0.7, color=colors)
-        ax.set_xticks(list(range(len(series))), [label for label, _ in series], rotation=20, fontsize=8)
+        ax.set_xticks(list(range(len(series))), [_literal(label) for label, _ in series], rotation=20, fontsize=8)
         ax.set_ylim(bottom=0)
         ax.set_title(f"batch {b}", fontsize=9)
     axes[0].set_ylabel("p50 latency (ms)")

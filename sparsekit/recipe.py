@@ -1200,11 +1200,44 @@ def _path(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         elif part in METHOD_NAMES and isinstance(previous, int):
             pass  # the discriminator tag pydantic adds after a pruning[i] index
-        elif isinstance(part, str) and part.startswith(("function-", "union[")):
-            pass  # validator wrappers pydantic adds to the location
+        elif isinstance(part, str) and (part.startswith(("function-", "union[")) or _union_member(part)):
+            pass  # validator wrappers and union members pydantic adds to the location
         else:
             out += ("." if out else "") + short(str(part))
         previous = part
+    return out
+
+
+# How pydantic names the member of a union a value was tried against: literal['auto'], bool, list[int],
+# constrained-str, or a model's class name. No recipe field is spelled like one (fields are lower_snake_case).
+_UNION_MEMBER = re.compile(r"[a-z-]+\[.*\]|bool|int|float|str|bytes|none|constrained-\w+|[A-Z]\w*")
+
+
+def _union_member(part: str) -> bool:
+    return _UNION_MEMBER.fullmatch(part) is not None
+
+
+def _merge_union_members(errors: list[Any]) -> list[Any]:
+    """One error per field for a value no member of a union accepted (``Literal["auto"] | bool`` gives one per
+    member, each with pydantic's member tag in its location): ``must be 'auto' or a valid boolean``."""
+    out: list[Any] = []
+    merged: dict[tuple[Any, ...], Any] = {}
+    for e in errors:
+        loc = tuple(e["loc"])
+        at = next((i for i, part in enumerate(loc) if isinstance(part, str) and _union_member(part)), None)
+        if at is None or e["type"] in _TAG_ERRORS:
+            out.append(e)
+            continue
+        key = loc[:at]
+        wanted = str(e["msg"]).removeprefix("Input should be ").replace("a valid boolean", "true or false")
+        if key in merged:
+            merged[key]["msg"] += f" or {wanted}"
+            continue
+        merged[key] = {**e, "loc": key, "type": "union_member", "msg": f"must be {wanted}"}
+        out.append(merged[key])
+    for e in merged.values():
+        value = e.get("input")
+        e["msg"] += f" (got {'null' if value is None else f'{_kind_of(value)} {short(repr(value), 40)}'})"
     return out
 
 
@@ -1410,7 +1443,7 @@ def format_validation_error(err: ValidationError, source: str, overrides: Sequen
             loc = tuple(e["loc"])
             key = unknown_key(section_at(loc[:-1]), str(loc[-1]))[1]
             meant.add((*loc[:-1], key))
-    errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+    errors = _merge_union_members([e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)])
     lines = []
     for e in errors[:MAX_ERRORS_SHOWN]:
         # kwargs problems carry the path inside model.kwargs (e.g. ".width") in their context.

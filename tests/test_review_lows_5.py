@@ -1,0 +1,90 @@
+"""Small faults a reviewer found with inputs sparsekit had not seen: a union field's error spoke pydantic's
+words, a one-column output chosen as the logits failed without naming model.output, and a layer or file name
+with two ``$`` made matplotlib parse mathtext and fail the whole plot."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsekit.plots import figures, render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, cwd, extra_path=""):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), extra_path) if p)}
+    return subprocess.run(
+        [sys.executable, "-m", "sparsekit", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+        timeout=300,
+    )  # fmt: skip
+
+
+def _error_line(done) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("value", "got"), [("sparse", "text 'sparse'"), ("3", "a number 3"), ("null", "null")])
+def test_a_union_field_names_what_it_takes_in_yaml_words(tmp_path, value, got):
+    line = _error_line(
+        _cli("validate", "lenet-gradual-magnitude-90", "--set", f"export.sparse_storage={value}", cwd=tmp_path)
+    )
+    assert f"export.sparse_storage: must be 'auto' or true or false (got {got})" in line
+    assert "literal[" not in line and ".bool" not in line
+
+
+def test_a_one_column_output_chosen_as_logits_names_model_output(tmp_path):
+    (tmp_path / "twonet.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            class Two(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc1, self.head, self.score = nn.Linear(64, 32), nn.Linear(32, 10), nn.Linear(32, 1)
+
+                def forward(self, x):
+                    h = torch.relu(self.fc1(x.flatten(1)))
+                    return self.head(h), self.score(h)
+
+            def build():
+                return Two()
+            """
+        )
+    )
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot, layers: [fc1]}\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import twonet
+
+        torch.save(twonet.build().state_dict(), tmp_path / "w.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("twonet", None)
+    args = ("prune", "w.pt", "r.yaml", "--arch", "twonet:build", "-o", "out")
+    line = _error_line(_cli(*args, "--set", "model.output=1", cwd=tmp_path, extra_path=str(tmp_path)))
+    assert "[2, 1], one class" in line and "model.output" in line
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    layers = [
+        {"name": r"$\frac{$", "sparsity": 0.5, "excluded": False},
+        {"name": "a$b$c", "sparsity": 0.25, "excluded": False},
+    ]
+    data = {"layers": layers, "latency": {r"$\frac{$.onnx": {"1": 0.1}, "b$.onnx": {"1": 0.05}}}
+    assert render(data, tmp_path) == ["layer_sparsity.png", "latency.png"]
+    ticks = [t.get_text() for t in figures(data)["layer_sparsity.png"].axes[0].get_xticklabels()]
+    assert ticks == [r"\$\frac{\$", r"a\$b\$c"]  # mathtext shows an escaped dollar as a dollar
