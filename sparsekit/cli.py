@@ -1509,7 +1509,18 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
                 f"model sparsity{on_top}, as report.json's history will show it, after epoch {_per_epoch(history)}"
             )
         lines.append(f"pruned model (model.pt): sparsity {schedule['final']['sparsity']:.3f}{on_top}")
+        emptied = schedule["final"].get("emptied") or []
+        if emptied:
+            lines.append(
+                f"warning: {_names_short(emptied)}: no weight left after the run, so the output is the bias alone "
+                "whatever the input; lower the sparsity, cap it per layer (max_layer_sparsity, layer_sparsity) or "
+                "leave the layer out"
+            )
     return lines
+
+
+def _names_short(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _per_epoch(values: list[float]) -> str:

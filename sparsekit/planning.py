@@ -173,7 +173,8 @@ def simulate(
     Returns ``{"steps_per_epoch", "predicted": [indices into recipe.pruning simulated], "start", "history":
     [{"epoch", "sparsity", "methods"}] (one row per epoch, from 1), "final"}``; ``start`` (after the Pruner is
     built, and calibrated when the run has no epochs) and ``final`` (after finalize: what model.pt holds)
-    have ``sparsity`` and ``methods`` too. ``sparsity`` is :func:`sparsekit.stats.sparsity` of the model,
+    have ``sparsity`` and ``methods`` too, and ``final`` has ``emptied``: the layers left with no nonzero
+    weight (their output is their bias alone). ``sparsity`` is :func:`sparsekit.stats.sparsity` of the model,
     as report.json's history and ``pruned.sparsity`` report it (l1 zeros would come on top); ``methods``
     has one value per ``recipe.pruning`` entry: the fraction of its weights that is zero (of its output
     channels removed, for structured), as its report row's ``achieved``; None for an entry not simulated."""
@@ -181,6 +182,7 @@ def simulate(
 
     import torch
 
+    from .layers import prunable_layers, weight_of
     from .pruner import Pruner
     from .stats import sparsity
 
@@ -228,6 +230,11 @@ def simulate(
                     history.append({"epoch": step // steps_per_epoch, **state()})
         pruner.finalize()
         final = state()
+        # A layer with no weight left passes on its bias alone, whatever its input: a model that still runs
+        # but has lost that path (scope: layer at 0.999 empties a layer of under 500 weights).
+        final["emptied"] = [
+            name for name, module in prunable_layers(pruner.model).items() if not bool(weight_of(module).any())
+        ]
     return {"steps_per_epoch": steps_per_epoch, "predicted": keep, "start": start, "history": history, "final": final}
 
 

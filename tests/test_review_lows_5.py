@@ -88,3 +88,31 @@ def test_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     assert render(data, tmp_path) == ["layer_sparsity.png", "latency.png"]
     ticks = [t.get_text() for t in figures(data)["layer_sparsity.png"].axes[0].get_xticklabels()]
     assert ticks == [r"\$\frac{\$", r"a\$b\$c"]  # mathtext shows an escaped dollar as a dollar
+
+
+def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    torch.save(mlp(in_features=64, hidden=[32]).state_dict(), tmp_path / "w.pt")
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 64], "kwargs": {"hidden": [32]}},
+        "data": {"source": "digits"},
+        "finetune": {"epochs": 1},
+        "pruning": [{"method": "magnitude", "sparsity": 0.999, "scope": "layer", "schedule": "oneshot"}],
+    }
+    res = sparsekit.plan(recipe, tmp_path / "w.pt", arch="examples.models:mlp", steps_per_epoch=2)
+    assert res["schedule"]["final"]["emptied"] == ["fc2"]  # 320 weights keep round(0.32) = 0; fc1 keeps 2
+    recipe["pruning"][0]["sparsity"] = 0.99  # fc2 keeps 3
+    res = sparsekit.plan(recipe, tmp_path / "w.pt", arch="examples.models:mlp", steps_per_epoch=2)
+    assert res["schedule"]["final"]["emptied"] == []
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 64], kwargs: {hidden: [32]}}\ndata: {source: digits}\n"
+        "finetune: {epochs: 1}\npruning:\n  - {method: magnitude, sparsity: 0.999, scope: layer, schedule: oneshot}\n"
+    )
+    done = _cli("validate", "r.yaml", "w.pt", "--arch", "examples.models:mlp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (warning,) = [ln for ln in done.stdout.splitlines() if ln.startswith("warning:")]
+    assert warning.startswith("warning: fc2: no weight left after the run")
