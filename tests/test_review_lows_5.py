@@ -116,3 +116,24 @@ def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
     assert done.returncode == 0, done.stderr
     (warning,) = [ln for ln in done.stdout.splitlines() if ln.startswith("warning:")]
     assert warning.startswith("warning: fc2: no weight left after the run")
+
+
+@pytest.mark.parametrize("model_name", ["_TiedReshaped", "_TiedNoBias"])
+def test_static_int8_files_of_tied_models_keep_their_layer_names_and_count_the_tie_once(tmp_path, model_name):
+    import sparsekit
+    from sparsekit.onnx.quantize import quantize_int8
+    from tests import test_inspect
+
+    torch.manual_seed(0)
+    model = getattr(test_inspect, model_name)().eval()
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    sparsekit.export_onnx(model, fp32, [1, 64], exporter="torchscript")
+    quantize_int8(fp32, int8, calibration=[torch.randn(8, 64) for _ in range(4)])
+    a, b = sparsekit.inspect(fp32), sparsekit.inspect(int8)
+
+    def rows(res):
+        return [(r["name"], r["params"], r.get("shared_with")) for r in res["layers"]]
+
+    assert rows(b) == rows(a)
+    assert b["params"] == a["params"] == sum(p.numel() for p in model.parameters())  # the shared weight once
+    assert any(shared for _, _, shared in rows(b))

@@ -510,11 +510,15 @@ def _drop_redundant(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]
 
 
+_LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger"})
+
+
 def _short_names(graph: onnx.GraphProto) -> None:
     """Rename, in place, what no reader looks up by name: the values between nodes, the scales, zero points and
     biases (initializers of rank 0 or 1) and the nodes themselves, to short base-36 names. The graph's inputs and
     outputs and its weights (rank >= 2: the fp32 names with onnxruntime's ``_quantized`` suffix, which
-    :func:`quantized_zeros` and a reader of the file go by) keep theirs.
+    :func:`quantized_zeros` and a reader of the file go by) keep theirs, and so do the layer nodes that read a
+    weight with others (a tie), whose weight cannot name them.
 
     onnxruntime's quantizer names each value after the node and weight it came from
     (``/blocks.3/expand/Conv_output_0_QuantizeLinear_Output``, ``blocks.3.expand.weight_zero_point``): 9-13% of a small
@@ -537,12 +541,19 @@ def _short_names(graph: onnx.GraphProto) -> None:
             names[name] = next(fresh)
         return names[name]
 
+    # A weight several layers read (tied: one tensor in torch) names none of them: `sparsekit inspect` tells those
+    # layers apart by their node names (/enc/MatMul, /dec/MatMul), which therefore stay.
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type in _LAYER_OPS and len(node.input) > 1:
+            readers[node.input[1]] = readers.get(node.input[1], 0) + 1
     for t in graph.initializer:
         t.name = short(t.name)
     for i, node in enumerate(graph.node):
+        shared = node.op_type in _LAYER_OPS and len(node.input) > 1 and readers[node.input[1]] > 1
         node.input[:] = [short(x) for x in node.input]
         node.output[:] = [short(x) for x in node.output]
-        node.name = f"n{_base36(i)}"
+        node.name = node.name if shared and node.name else f"n{_base36(i)}"
 
 
 def _base36(n: int) -> str:
