@@ -266,11 +266,12 @@ class RunFolder:
                     found.append(rel)
         return sorted(found)
 
-    @staticmethod
-    def _our_temp(rel: str, owned: dict[str, set[str]], dirs: set[str]) -> bool:
+    def _our_temp(self, rel: str, owned: dict[str, set[str]], dirs: set[str]) -> bool:
         """Whether ``rel`` (relative to the output folder) is a temp file or folder of sparsekit's: one in
         ``.sparsekit``, or one named after a file or folder of a run's (``.NAME.XXXXXXXX.tmp`` beside NAME, as
-        the manifest lists it). A user's file of the same shape is the user's: never removed, and reported."""
+        the manifest lists it) that is still private to this user, as tempfile creates it (mode 0600 or 0700; a
+        finished output is given the umask's mode before it is renamed). A user's file of the same shape is the
+        user's: never removed, and reported."""
         path = Path(rel)
         match = _TEMP_RE.fullmatch(path.name)
         if match is None:
@@ -278,7 +279,13 @@ class RunFolder:
         if path.parts[0] == META:
             return True
         target = (path.parent / match.group(1)).as_posix()
-        return target in owned or target in dirs
+        if target not in owned and target not in dirs:
+            return False
+        try:
+            st = (self.out / rel).lstat()
+        except OSError:
+            return False
+        return st.st_uid == os.getuid() and not st.st_mode & 0o077
 
     def _sha256(self, path: Path) -> str:
         st = path.stat()

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -422,7 +423,6 @@ def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(t
     (stage / "checkpoints").mkdir()
     (stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
     # What SIGKILL leaves mid-write: atomic_path's temp files, and a temp folder (ONNX external data).
-    import tempfile
 
     stale = [
         Path(tempfile.mkstemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)[1]),
@@ -539,6 +539,32 @@ def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
     with pytest.raises(OutputError, match=r"holds \.thesis\.20261130\.tmp, which no sparsekit run into"):
         RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
     assert notes.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+def test_a_users_file_named_like_a_temp_of_a_run_file_is_never_removed(tmp_path, resume):
+    # Beside report.json, which the manifest lists, ".report.json.XXXXXXXX.tmp" has the shape of a killed rewrite
+    # of it. One that tempfile made (private, 0600) is sparsekit's and goes; one with the user's usual mode stays.
+    out = tmp_path / "out"
+    done = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    (done.begin() / "report.json").write_text("{}")
+    if resume:
+        (done.stage / "checkpoints").mkdir()
+        (done.stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
+    done.publish()
+    done.unlock()
+    ours = Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1])
+    theirs = out / ".report.json.draft_v2.tmp"
+    theirs.write_text("my draft")
+    theirs.chmod(0o644)
+    with pytest.raises(OutputError, match=r"holds \.report\.json\.draft_v2\.tmp, which no sparsekit run into"):
+        RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
+    assert theirs.read_text() == "my draft"
+    theirs.unlink()
+    again = RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume)
+    again.begin()
+    again.unlock()
+    assert again.removed_temps == [ours.name] and not ours.exists()
 
 
 # --- a run that fails on bad input leaves the folder as it found it --------------------------------
