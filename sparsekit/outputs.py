@@ -12,7 +12,9 @@ After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.on
   run has finished, so an interrupted or failed run leaves the previous results as they were, and
   resuming continues from ``next/checkpoints/``.
 - A run killed before it could rename a file leaves a ``.NAME.XXXXXXXX.tmp``; the next run into the
-  folder (or its resume) removes them once it holds the lock.
+  folder (or its resume) removes them once it holds the lock: those in ``.sparsekit``, and those beside a
+  file or folder the manifest lists that are still private to the user, as tempfile creates them (mode
+  0600 / 0700). Any other file of that shape is the user's: reported, never removed.
 
 The output folder may not be ``/`` or the home folder, nor be or contain an input (model, recipe,
 data file). Every refusal is an :class:`~sparsekit.errors.OutputError` naming the folder or file.
