@@ -90,6 +90,16 @@ def test_files_that_take_different_inputs_are_compared_with_a_note(files):
     assert f"Note: {note}" in latency_table(result)
 
 
+def test_files_that_give_different_outputs_are_compared_with_a_note(tmp_path):
+    # The same input, other classes: a 100-class model against a 10-class one is no before/after pair either.
+    ten = _export(nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10)), tmp_path / "ten.onnx")
+    hundred = _export(nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 100)), tmp_path / "hundred.onnx")
+    result = benchmark([ten, hundred], batch_sizes=[1], runs=5, warmup=1)
+    (note,) = result["notes"]
+    assert "different outputs" in note and "ten.onnx ['batch', 10]" in note and "hundred.onnx ['batch', 100]" in note
+    assert benchmark([ten, ten], batch_sizes=[1], runs=5, warmup=1)["notes"] == []
+
+
 @pytest.mark.parametrize(
     ("ratio", "spread", "aa", "significant"),
     [
@@ -202,6 +212,9 @@ def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch
 
         def get_inputs(self):
             return [SimpleNamespace(name="input", type="tensor(float)", shape=["batch", 16])]
+
+        def get_outputs(self):
+            return [SimpleNamespace(name="output", type="tensor(float)", shape=["batch", 2])]
 
         def run(self, outputs, feed):
             log.append(self)

@@ -116,7 +116,8 @@ def benchmark(
     ``macs``/``effective_macs``, ``latency_ms`` (p50/p90/p99/mean per batch size, in ms),
     ``throughput_per_s`` (samples/s), ``ratio_to_first`` (p50 ratio and its spread over blocks of
     runs), ``speedup_significant`` and ``noise_band``; ``control`` is the A/A ratio per batch size; ``notes``
-    says when the files take different inputs (their ratios then compare different models).
+    says when the files take different inputs or give different outputs (their ratios then compare
+    different models).
     Raises :class:`ExportError` for bad options, an unavailable provider, a batch too big for the
     memory, and a file that is not ONNX, keeps external data outside its folder (checked before
     onnxruntime opens it) or does not load in onnxruntime.
@@ -150,6 +151,8 @@ def benchmark(
     for path in files:
         sessions.append(session(path))
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
+    # What each file gives (past the batch dim): a pruned model gives what its dense model gives.
+    outputs = [[list(o.shape[1:]) for o in s.get_outputs()] for s in sessions]
     sessions.append(session(files[0]))  # the A/A control
     dims.append(dims[0])
     _check_memory(files, dims, sizes)
@@ -171,8 +174,19 @@ def benchmark(
     del sessions, feeds  # onnxruntime's copies of the weights go before the files are read for their stats
 
     out = _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
+    if not out["notes"] and any(o != outputs[0] for o in outputs):
+        labels = _labels(files)
+        gives = "; ".join(f"{labels[i]} {_shapes(o)}" for i, o in enumerate(outputs))
+        out["notes"].append(
+            f"the files give different outputs ({gives}): their ratios compare different models, not a model "
+            "before and after pruning"
+        )
     out.update(budget_s=budget_s, min_runs=min(min_runs, runs), precision=None if budget_s is None else precision)
     return out
+
+
+def _shapes(outputs: list[list[Any]]) -> str:
+    return ", ".join(str(["batch", *o]) for o in outputs)
 
 
 def latency_table(result: dict[str, Any]) -> str:
