@@ -10,6 +10,7 @@ and are refused unless the caller trusts the file (``trust=True``).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import json
 import os
@@ -108,6 +109,13 @@ class _Global(NamedTuple):
     name: str
 
 
+class _Instance(NamedTuple):
+    """On the simulated stack: an object the pickle builds by calling the class it names (``module:attr``), whose
+    attributes ``getattr`` may then reach (a bound method is pickled so)."""
+
+    cls: str
+
+
 _MARK = _Mark()
 _STRING_OPS = frozenset(
     {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
@@ -117,11 +125,17 @@ _CALL_OPS = frozenset({"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ"})
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _GETATTR = frozenset({"builtins:getattr", "__builtin__:getattr"})
+# Ops that leave the object they change on the stack (BUILD sets its state, SETITEMS fills a dict...).
+_KEEPS_FIRST = frozenset({"BUILD", "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"})
+# Callables that return an object shared by the whole process (a logger, a layout), never to be changed.
+_SHARED_RESULTS = frozenset({"logging:getLogger", "torch.serialization:_get_layout"})
+# Callables whose result is an instance of the class given as their first argument.
+_MAKES_FIRST = frozenset({"copyreg:_reconstructor", "copyreg:__newobj__", "copyreg:__newobj_ex__"})
 
 
 class _Pickle(NamedTuple):
-    # "module:attr" per GLOBAL / INST / STACK_GLOBAL and per getattr(named, "attr") it calls; None: a callable
-    # it names or calls that is computed while unpickling (unknown until it runs)
+    # "module:attr" per GLOBAL / INST / STACK_GLOBAL (getattr itself only where it is not followed) and per
+    # getattr(named, "attr") it calls; None: a callable it names or calls that is computed while unpickling
     names: list[str | None]
     protocol: int
     ops: int  # opcodes read, PROTO and FRAME not counted
@@ -148,8 +162,10 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
     """The callables one pickle stream (up to its STOP) names or calls, read by :func:`pickletools.genops`
     on a simulated stack, never run. STACK_GLOBAL takes its module and name from the stack, where they may
     come from the memo; ``getattr(named, "attr")`` (how pickle stores ``torch.tanh``) is followed to the
-    attribute it reaches; a name or a called object computed while unpickling is None. Raises ValueError
-    when the bytes are no complete pickle."""
+    attribute it reaches, and so is ``getattr(obj, "attr")`` of an object made by calling a named class (a bound
+    method, pickled so: ``mymod:Net.extra``); getattr used any other way is named itself (``builtins:getattr``), as
+    is ``type`` called to make a class; a name or a called object computed while unpickling is None. Raises
+    ValueError when the bytes are no complete pickle."""
     import pickletools
 
     names: list[str | None] = []
@@ -193,29 +209,56 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
         except IndexError:
             raise ValueError("stack underflow") from None
         value: Any = None
+        called = popped[0] if name in _CALL_OPS and popped else None  # OBJ: mark, class, args (popped from the mark)
+        args = (tuple(popped[1:]) if name == "OBJ" else popped[1]) if name in _CALL_OPS and len(popped) > 1 else None
+        resolvable = (
+            isinstance(called, _Global)
+            and called.name in _GETATTR
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and isinstance(args[0], (_Global, _Instance))
+            and isinstance(args[1], str)
+        )
+        for i, item in enumerate(popped):
+            # getattr is followed only as getattr(<a class or object it names>, "<literal>"), which names the attribute
+            # it reaches; anywhere else (an argument: partial(getattr, ...), called on what a call made) it could reach
+            # any attribute of anything, so it is named for the screen to refuse.
+            if isinstance(item, _Global) and item.name in _GETATTR and not (i == 0 and resolvable):
+                names.append(item.name)
         if name in ("GLOBAL", "INST") and isinstance(arg, str):
             value = _Global(_py3_name(arg.replace(" ", ":", 1).replace("\n", ":", 1), declared))
-            names.append(value.name)
-            value = None if name == "INST" else value  # INST calls the class: its result is an instance
+            if value.name not in _GETATTR:
+                names.append(value.name)
+            if name == "INST":  # INST calls the class on what follows its mark: its result is an instance
+                value = _Instance(value.name)
         elif name == "STACK_GLOBAL":
             module, attr = popped
             known = isinstance(module, str) and isinstance(attr, str)
-            value = _Global(f"{module}:{attr}") if known else None
-            names.append(value.name if value else None)
+            value = _Global(_py3_name(f"{module}:{attr}", declared)) if known else None
+            if value is None or value.name not in _GETATTR:
+                names.append(value.name if value else None)
         elif name in _CALL_OPS:
-            called = popped[1] if name == "OBJ" else popped[0]  # OBJ: mark, class, args
-            args = popped[1] if name != "OBJ" and len(popped) > 1 else None
             if not isinstance(called, _Global):
                 names.append(None)  # calls an object made while unpickling
-            elif called.name in _GETATTR and isinstance(args, tuple) and len(args) == 2:
-                owner, attr = args
-                if not isinstance(attr, str):
-                    names.append(None)
-                elif isinstance(owner, _Global):
-                    value = _Global(f"{owner.name}.{attr}")
-                    names.append(value.name)
-                else:  # an attribute of an object it built (a bound method): the attribute's name still counts
-                    names.append(f"(an object it builds):{attr}")
+            elif resolvable:
+                owner, attr = args  # type: ignore[misc]
+                value = _Global(f"{owner.name if isinstance(owner, _Global) else owner.cls}.{attr}")
+                names.append(value.name)
+            elif called.name in _GETATTR:
+                names.append(called.name)  # getattr of something it computes, or by a computed name
+            elif called.name == "builtins:type" and not (isinstance(args, tuple) and len(args) == 1):
+                names.append("builtins:type (making a class)")  # type(x) is x's type; type(name, bases, ns) runs code
+            elif called.name in _MAKES_FIRST:
+                first = args[0] if isinstance(args, tuple) and args else None
+                value = _Instance(first.name) if isinstance(first, _Global) else None
+            else:  # a class it names, called: an instance of it (a function's result: its attributes are its own)
+                value = _Instance(called.name)
+        elif name in _KEEPS_FIRST:
+            value = popped[0]
+            if isinstance(value, _Global) or (isinstance(value, _Instance) and value.cls in _SHARED_RESULTS):
+                # BUILD on a class (its slot state is set with setattr) or a shared object: it would change them for
+                # the whole process, which no model's pickle does
+                names.append(f"{value.name if isinstance(value, _Global) else value.cls} (changed by {name})")
         elif name == "BINPERSID" and isinstance(popped[0], tuple) and popped[0][:1] == ("module",):
             # torch's legacy format stores each class as ("module", class, source file, source): its loader
             # returns the class, which the pickle then calls
@@ -257,124 +300,301 @@ def _plain_pickle(path: Path) -> str | None:
     )
 
 
-# Modules whose callables no pickled model needs and an unpickled file could use to run commands, touch
-# files, load code or unpickle more: a trusted load refuses a file naming any of them (defence in depth
-# for --trust-model-file, not a sandbox: a trusted file can still run whatever its own classes do).
-_NEVER_IN_A_MODEL = frozenset(
-    {
-        "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "shutil", "pty", "socket", "runpy",
-        "importlib", "ctypes", "code", "codeop", "pickle", "_pickle", "marshal", "webbrowser", "multiprocessing",
-        "signal", "pdb", "bdb", "timeit", "commands", "popen2", "platform", "tempfile", "glob", "asyncio",
-        "_thread", "threading", "urllib", "http", "ftplib", "smtplib", "telnetlib", "zipimport", "pkgutil",
-        "dill", "cloudpickle", "joblib",
-    }
+# What a trusted load lets a pickle name: an allowlist, since a denylist of machinery misses some (uuid's
+# _get_command_stdout runs a command, codecs.open and logging.FileHandler create files, typing.get_type_hints
+# evaluates a string). Defence in depth for --trust-model-file, not a sandbox: a trusted file's own classes still
+# run. Every name counts, called or not: an allowed callable may call what it is given (copyreg._reconstructor
+# calls its base class, torch's _rebuild_from_type_v2 its first argument).
+#
+# The standard library: exactly the names pickled models were found to need (containers, partials, paths as
+# classes, dates, numbers, bytes at protocol 2 through _codecs.encode, compiled patterns, loggers, namespaces).
+_STDLIB_ALLOWED = frozenset(
+    {"builtins:set", "builtins:frozenset", "builtins:slice", "builtins:range", "builtins:complex",
+     "builtins:bytearray", "builtins:bytes", "builtins:object", "builtins:int", "builtins:float", "builtins:str",
+     "builtins:list", "builtins:dict", "builtins:tuple", "builtins:bool", "builtins:type", "builtins:Ellipsis",
+     "builtins:NotImplemented", "collections:OrderedDict", "collections:defaultdict", "collections:deque",
+     "collections:Counter", "copyreg:_reconstructor", "copyreg:__newobj__", "copyreg:__newobj_ex__",
+     "_codecs:encode", "functools:partial", "datetime:date", "datetime:datetime", "datetime:time",
+     "datetime:timedelta", "datetime:timezone", "decimal:Decimal", "fractions:Fraction", "re:_compile",
+     "uuid:UUID", "uuid:SafeUUID", "types:SimpleNamespace", "logging:getLogger", "array:array",
+     "array:_array_reconstructor", "zoneinfo:ZoneInfo._unpickle"}
+    | {f"{m}:{c}" for m in ("pathlib", "pathlib._local") for c in
+       ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
 )  # fmt: skip
-# Builtins that run code, reach modules or files, or call a callable they are given (map(f, xs) runs f when a
-# list is built from it: how a computed callable would be called without a REDUCE of its own).
-_NEVER_BUILTINS = frozenset(
-    {"eval", "exec", "compile", "__import__", "open", "input", "breakpoint", "setattr", "delattr", "globals",
-     "locals", "vars", "exit", "quit", "help", "memoryview", "map", "filter", "iter", "__loader__", "__spec__",
-     "__build_class__", "aiter", "anext"}
-)  # fmt: skip
-_NEVER_ATTRS = frozenset(
-    {"__builtins__", "__globals__", "__import__", "__subclasses__", "__getattribute__", "__code__", "__loader__",
-     "__spec__", "__dict__", "system", "popen", "spawn", "fork", "execv", "execve", "exec", "eval", "attrgetter",
-     "methodcaller", "reduce", "starmap", "map", "filter",
-     # whatever module they are in, callables by these names load, save or run: no model's pickle calls one
-     # (numpy.save, yaml.unsafe_load, torch.utils.collect_env.run, logging.config.dictConfig were all reachable)
-     "load", "loads", "load_all", "unsafe_load", "full_load", "unsafe_load_all", "full_load_all", "save", "savez",
-     "savez_compressed", "savetxt", "loadtxt", "genfromtxt", "fromfile", "tofile", "dump", "dumps", "run",
-     "run_command", "check_output", "check_call", "call", "dictConfig", "fileConfig", "listen", "from_pretrained",
-     "save_pretrained", "push_to_hub", "load_from_checkpoint", "get_class_from_dynamic_module"}
-)  # fmt: skip
-# Third-party callables that load more code or more pickles.
-_NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit", "torch.package", "torch.fx",
-                "torch.storage._load_from_bytes", "torch._dynamo", "torch.compile", "torch.utils.cpp_extension",
-                "torch.ops", "torch._ops", "torch._C._jit", "torch.multiprocessing", "torch.distributed",
-                "numpy.load", "numpy.lib.npyio", "numpy.ctypeslib", "pandas.read_pickle", "pandas.io.pickle",
-                "itertools", "functools.reduce",
-                # ... or write and read files, or configure handlers that do (a stdlib module's own submodules)
-                "logging.config", "logging.handlers", "yaml", "ruamel", "torch.utils.collect_env",
-                "torch.utils.benchmark", "torch.utils.bottleneck", "torch.testing", "numpy.memmap", "numpy.lib.format",
-                "numpy.f2py", "numpy.testing", "numpy.distutils", "pandas.io", "scipy.io", "h5py", "onnx",
-                "onnxruntime", "safetensors", "torch.onnx", "torch.export", "torch._export", "torch._inductor",
-                "torch.utils._sympy", "transformers.dynamic_module_utils")  # fmt: skip
-# The installed packages a pickled model's own objects come from: modules and tensors, arrays and dtypes,
-# Lightning modules and metrics, transformers models, configs and tokenizers. Every other package sparsekit,
-# its dependencies or a tool installed is refused: none holds a model's parts, and some evaluate what they are
-# given (sympy.sympify and mpmath's parsers eval a string, jinja2 renders a template, networkx reads files).
+# The installed packages a pickled model's own objects come from. Any other package sparsekit, its dependencies or a
+# tool installed is refused: none holds a model's parts, and some evaluate what they are given (sympy.sympify).
 _MODEL_PACKAGES = frozenset(
     {"torch", "numpy", "ml_dtypes", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities",
      "torchmetrics", "transformers", "tokenizers"}
 )  # fmt: skip
-# ... save these, which ordinary files name (a sparse tensor's layout).
-_NAMED_IN_MODELS = frozenset({"torch.serialization._get_layout"})
-# The standard library modules a pickled model refers to (containers, enums, paths, dates, numbers, bytes
-# through _codecs, arrays, compiled patterns): any other is refused (importing one can already act: antigravity).
-_STDLIB_IN_MODELS = frozenset(
-    {"builtins", "__builtin__", "collections", "copyreg", "copy_reg", "functools", "enum", "pathlib", "datetime",
-     "decimal", "fractions", "numbers", "typing", "dataclasses", "re", "operator", "types", "uuid", "math",
-     "_codecs", "codecs", "array", "abc", "_collections_abc", "ipaddress", "string", "zoneinfo", "copy", "logging"}
+# Functions (and a few classes) of those packages by exact name: how tensors, parameters, storages, layouts and
+# arrays are rebuilt, and the hyperparameter dict of a Lightning module (its module is seldom imported yet).
+_MODEL_NAMES = frozenset(
+    {"torch.serialization:_get_layout", "torch._tensor:_rebuild_from_type", "torch._tensor:_rebuild_from_type_v2",
+     "torch:ScriptObject", "torch._C:_VariableFunctionsClass", "torch._C:TensorBase",
+     "numpy.core.multiarray:_reconstruct", "numpy._core.multiarray:_reconstruct", "numpy.core.multiarray:scalar",
+     "numpy._core.multiarray:scalar", "numpy:dtype", "numpy:ndarray", "numpy.core.numeric:_frombuffer",
+     "numpy._core.numeric:_frombuffer",
+     "lightning.fabric.utilities.data:AttributeDict", "lightning_fabric.utilities.data:AttributeDict",
+     "pytorch_lightning.utilities.parsing:AttributeDict"}
+    | {f"torch._utils:_rebuild_{k}" for k in
+       ("tensor", "tensor_v2", "tensor_v3", "parameter", "parameter_with_state", "sparse_tensor", "nested_tensor",
+        "qtensor", "meta_tensor_no_storage", "wrapper_subclass", "device_tensor_from_numpy",
+        "device_tensor_from_cpu_tensor")}
+)  # fmt: skip
+# Tensor ops (torch.tanh is pickled as getattr(torch._C._VariableFunctionsClass, "tanh")): public ops of these
+# namespaces, and the plain functions of these modules; never an op that reads or maps a file.
+_OP_OWNERS = ("torch._C:_VariableFunctionsClass", "torch._C:TensorBase")
+_OP_MODULES = frozenset({"torch._C._nn", "torch._C._special", "torch._C._linalg", "torch._C._fft"})
+_FUNCTION_MODULES = frozenset({"torch.nn.functional", "torch.functional"})
+_NO_OPS = frozenset({"from_file", "set_", "share_memory_", "storage", "untyped_storage", "tofile", "numpy"})
+# Under a model package, parts no model needs and that load code, more pickles or files, even where a kind rule
+# below would allow them (torch.fx's GraphModule compiles code; a TorchScript module is code).
+_NEVER_NAMED = ("torch.hub", "torch.load", "torch.serialization", "torch.jit", "torch.package", "torch.fx",
+                "torch.storage._load_from_bytes", "torch._dynamo", "torch.compile", "torch.compiler",
+                "torch.utils", "torch.ops", "torch._ops", "torch._C._jit", "torch.multiprocessing",
+                "torch.distributed", "torch.testing", "torch.onnx", "torch.export", "torch._export", "torch._inductor",
+                "numpy.load", "numpy.lib", "numpy.ctypeslib", "numpy.memmap", "numpy.f2py", "numpy.testing",
+                "numpy.distutils", "transformers.dynamic_module_utils")  # fmt: skip
+# Packages whose modules may be imported to tell what a name is when not imported yet: torch's model-building
+# code only (torch.nn.utils.prune, which holds the pruning hooks of a pruned module, is not imported by torch).
+_IMPORTED_TO_CHECK = ("torch.nn.", "torch.ao.nn.", "torch.ao.quantization.")
+# In the user's own modules (which the file's classes come from, and which are not imported before the screen): an
+# attribute path through these names reaches machinery rather than a class or its method.
+_NEVER_ATTRS = frozenset(
+    {"__builtins__", "__globals__", "__import__", "__subclasses__", "__getattribute__", "__code__", "__loader__",
+     "__spec__", "__dict__", "__class__", "__base__", "__bases__", "__mro__", "__init__", "__call__", "__func__",
+     "__self__", "__closure__", "__reduce__", "__reduce_ex__", "__setstate__", "__getattr__", "__setattr__",
+     "system", "popen", "spawn", "fork", "execv", "execve", "exec", "eval", "compile", "open", "attrgetter",
+     "methodcaller", "reduce", "starmap", "map", "filter", "load", "loads", "load_all", "unsafe_load", "full_load",
+     "save", "savez", "savetxt", "loadtxt", "fromfile", "tofile", "dump", "dumps", "run", "run_command",
+     "check_output", "check_call", "call", "touch", "write_text", "write_bytes", "unlink", "rmdir", "rename",
+     "replace", "mkdir", "symlink_to", "chmod", "from_pretrained", "save_pretrained", "push_to_hub",
+     "load_from_checkpoint", "get_class_from_dynamic_module"}
 )  # fmt: skip
 
 
-def _never_unpickled(name: str | None) -> bool:
-    if name is None:
-        return True  # a name made at load time: what it calls cannot be known beforehand
-    module, _, attr = name.partition(":")
-    top = module.split(".")[0]
-    if top in ("builtins", "__builtin__"):
-        return attr.split(".")[0] in _NEVER_BUILTINS or any(p in _NEVER_ATTRS for p in attr.split("."))
-    # A module is imported by its name (mypkg.signal is the user's own); an attribute path is followed from it,
-    # and torch:os reaches the os module as well as os does.
-    if top in _NEVER_IN_A_MODEL or any(p in _NEVER_IN_A_MODEL or p in _NEVER_ATTRS for p in attr.split(".")):
-        return True
-    if (top in sys.stdlib_module_names or top in sys.builtin_module_names) and top not in _STDLIB_IN_MODELS:
-        return True
-    if top not in _MODEL_PACKAGES and installed_with_sparsekit(top):
+def _static_attr(owner: Any, name: str) -> Any:
+    """``owner.name`` as stored (a module's dict, a class's MRO), never running a property or a module __getattr__
+    (a lazy module imports on one); raises AttributeError when there is none."""
+    import inspect
+
+    return inspect.getattr_static(owner, name)
+
+
+def _resolve(module: str, attr: str, may_import: bool = False) -> tuple[bool, Any]:
+    """(True, the object) that ``module:attr`` names, found in a module already imported (``may_import``: imported
+    now, for :data:`_IMPORTED_TO_CHECK`) and attribute by attribute; (False, None) when it is not there or its path
+    walks through another module (``torch:os.system``) or a dunder attribute."""
+    import types
+
+    mod = sys.modules.get(module)
+    if mod is None and may_import:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - a name torch does not have: refused below
+            return False, None
+    if not isinstance(mod, types.ModuleType):
+        return False, None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not part.isidentifier() or (part.startswith("__") and part.endswith("__")):
+            return False, None
+        try:
+            obj = _static_attr(obj, part)
+        except AttributeError:
+            return False, None
+        if isinstance(obj, types.ModuleType):
+            return False, None
+    return True, obj
+
+
+def _model_class(cls: type) -> bool:
+    """Whether a class from a model package is one a pickled model holds: a module, tensor, storage, array, scalar,
+    dtype, device or shape; an enum, dataclass or named tuple; a configuration; a container subclass; or a class of
+    torch's model-building code (forward hooks, pruning methods, observers)."""
+    import dataclasses
+    import enum
+
+    np = sys.modules.get("numpy")
+    kinds: list[type] = [nn.Module, torch.Tensor, torch.storage.TypedStorage, torch.storage.UntypedStorage, enum.Enum]
+    kinds += [torch.device, torch.Size, torch.dtype, dict, list, set]
+    kinds += [np.generic, np.dtype, np.ndarray] if np is not None else []
+    for module, name in (
+        ("transformers.configuration_utils", "PretrainedConfig"),
+        ("transformers.generation.configuration_utils", "GenerationConfig"),
+    ):
+        found = getattr(sys.modules.get(module), name, None)
+        kinds += [found] if isinstance(found, type) else []
+    # Never code: a metaclass (calling one makes a class), a TorchScript module, an fx GraphModule (compiles code)
+    code = [type] + [
+        c
+        for c in (
+            getattr(sys.modules.get("torch.jit"), "ScriptModule", None),
+            getattr(sys.modules.get("torch.fx"), "GraphModule", None),
+        )
+        if isinstance(c, type)
+    ]
+    try:
+        if issubclass(cls, tuple(code)):
+            return False
+        if issubclass(cls, tuple(kinds)) or dataclasses.is_dataclass(cls):
+            return True
+    except TypeError:
+        return False
+    if issubclass(cls, tuple) and hasattr(cls, "_fields"):
+        return True  # a named tuple (torch.ao's QConfig)
+    return str(getattr(cls, "__module__", "")).startswith(_IMPORTED_TO_CHECK)
+
+
+def _model_package_name(module: str, attr: str) -> bool:
+    """Whether ``module:attr``, in one of :data:`_MODEL_PACKAGES`, is allowed: by exact name, as a tensor op, or by
+    the kind of what it names (:func:`_model_class`; a dtype, layout, memory format or qscheme such as
+    ``torch.float16``)."""
+    import types
+
+    name = f"{module}:{attr}"
+    if name in _MODEL_NAMES:
         return True
     dotted = f"{module}.{attr}"
-    return dotted not in _NAMED_IN_MODELS and any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_NAMED)
+    if any(dotted == t or dotted.startswith(t + ".") for t in _NEVER_NAMED):
+        return False
+    owner, _, op = name.rpartition(".")
+    if owner in _OP_OWNERS and op.isidentifier() and not op.startswith("_") and op not in _NO_OPS:
+        ops = getattr(torch._C, "_VariableFunctionsClass", None)
+        nnf = sys.modules.get("torch.nn.functional")
+        # a tensor method counts only as one that is also a torch function (Tensor.relu is torch.relu)
+        return hasattr(ops, op) or (owner.endswith("TensorBase") and hasattr(nnf, op))
+    ok, obj = _resolve(module, attr, may_import=module.startswith(_IMPORTED_TO_CHECK))
+    if not ok:
+        return False
+    if module in _OP_MODULES or module in _FUNCTION_MODULES:
+        plain = isinstance(obj, types.BuiltinFunctionType) or (
+            isinstance(obj, types.FunctionType) and obj.__module__ == module
+        )
+        return plain and "." not in attr and not attr.startswith("_") and attr not in _NO_OPS
+    if isinstance(obj, type):
+        return _model_class(obj)
+    return isinstance(obj, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))
+
+
+def _users_own_name(module: str, attr: str) -> bool:
+    """Whether ``module:attr`` in the user's own code (neither the standard library nor installed with sparsekit)
+    is allowed: the user vouched for the file, whose classes live there; but an attribute path that walks into
+    another module (``mymod:os.system``, ``mymod:subprocess``) or through machinery is not. Checked on the module
+    when already imported; otherwise by the path's names alone (never imported to decide)."""
+    parts = attr.split(".")
+    if any(not p.isidentifier() or p in _NEVER_ATTRS for p in parts):
+        return False
+    if module in sys.modules:
+        ok, obj = _resolve(module, attr)
+        real, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if ok and isinstance(real, str) and isinstance(qual, str) and real.split(".")[0] != module.split(".")[0]:
+            # imported into the user's module from elsewhere (from codecs import open): judged by where it is from
+            return not _never_unpickled(f"{real}:{qual}")
+        return ok
+    stdlib = sys.stdlib_module_names | set(sys.builtin_module_names)
+    return not any(p in stdlib or p in _MODEL_PACKAGES or installed_with_sparsekit(p) for p in parts)
+
+
+def _never_unpickled(name: str | None) -> bool:
+    """Whether a trusted load refuses a file whose pickle names ``name`` (``module:attr``; None: a callable computed
+    while loading): anything not allowed by :data:`_STDLIB_ALLOWED`, :func:`_model_package_name` or
+    :func:`_users_own_name`."""
+    if name is None or name.count(":") != 1:
+        return True  # a name made at load time, or an attribute of an object it builds by a call
+    module, _, attr = name.partition(":")
+    top = module.split(".")[0]
+    if not all(p.isidentifier() for p in module.split(".")) or not attr:
+        return True
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "__builtin__":
+        return name not in _STDLIB_ALLOWED
+    if top in _MODEL_PACKAGES:
+        return not _model_package_name(module, attr)
+    if installed_with_sparsekit(top):
+        return True
+    return not _users_own_name(module, attr)
+
+
+# Members of a .pt2 archive that torch.export.load unpickles whatever their bytes (torchbind and opaque constants).
+_PT2_PICKLED = ("custom_obj_", "opaque_obj_")
+
+
+def _pickled_streams(data: bytes, label: str, pt2: bool, depth: int = 0) -> list[bytes | None]:
+    """The pickles a torch loader may unpickle in a zip archive's bytes (None: one this reader cannot open).
+    torch.load reads an archive's ``.pkl`` members. torch.export.load (``pt2``) also unpickles a nested torch.save
+    file (its sample inputs, pickled weights and constants) and its constant objects, so there every member that
+    is an archive is read as torch.load would, and every other member that parses as a pickle, or is named as
+    one, is a pickle. Raises ModelFileError for a member stored twice; zipfile.BadZipFile for no archive."""
+    found: list[bytes | None] = []
+    with zipfile.ZipFile(io.BytesIO(data)) as z:  # torch finds its data.pkl whatever the case of its name
+        names = z.namelist()
+        if len(set(names)) != len(names):
+            # A name twice: zipfile reads the last copy, torch's reader may pick another, so what it unpickles would
+            # not be what was screened. torch.save never writes one.
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ModelFileError(
+                f"{label}: its archive holds the member {shorten(twice[0], 80)} more than once, which torch.save "
+                "never writes (a reader may take either copy); sparsekit does not unpickle it even when trusted"
+            )
+        for n in names:
+            if not (pt2 and depth == 0):
+                found += [z.read(n)] if n.lower().endswith(".pkl") else []
+                continue
+            member = z.read(n)
+            if member[:4] == b"PK\x03\x04":
+                try:
+                    found += _pickled_streams(member, f"{label}: {n}", pt2, depth + 1)
+                except zipfile.BadZipFile:
+                    found.append(None)  # an archive torch may read but this reader cannot
+            elif any(k in n for k in _PT2_PICKLED) or n.lower().endswith((".pkl", ".pt")) or _parses_as_pickle(member):
+                found.append(member)
+    return found
+
+
+def _parses_as_pickle(data: bytes) -> bool:
+    try:
+        return _pickle_names(io.BytesIO(data)).ops > 1
+    except Exception:  # noqa: BLE001 - raw weights, JSON, text: not a pickle
+        return False
+
+
+def _stream_names(data: bytes) -> list[str | None]:
+    """What one unpickled stream names: its pickle, or the five of torch's legacy format (magic number, protocol,
+    system info, the object, storage keys; raw storage bytes follow). What cannot be read is not unpickled either."""
+    stream = io.BytesIO(data)
+    found: list[str | None] = []
+    for i in range(5):
+        try:
+            read = _pickle_names(stream)
+        except Exception:  # noqa: BLE001 - a stream pickletools cannot follow: damaged, or crafted
+            return [*found, None]
+        found += read.names
+        if i == 0 and not read.legacy:
+            break
+    return found
 
 
 def _screen_trusted(path: Path) -> None:
-    """Before a trusted unpickling load: ModelFileError when the file's pickles (torch's zip format: its
-    ``.pkl`` members; the legacy format: its leading pickles) name process, file, import or unpickling
-    machinery (:data:`_NEVER_IN_A_MODEL`) or a callable whose name is computed at load time."""
-    streams: list[bytes] = []
+    """Before a trusted unpickling load (a whole module in torch's zip or legacy format, or a ``.pt2`` archive):
+    ModelFileError when the file's pickles name anything not on the list of what a pickled model needs
+    (:func:`_never_unpickled`), or a callable whose name is computed at load time. The pickles are only read
+    (:func:`_pickle_names`), never run."""
     found: list[str | None] = []
+    streams: list[bytes | None]
     try:
         with open(path, "rb") as fh:
-            # torch.load tells its formats apart by the first bytes, not by a zip directory anywhere in the file:
-            # a legacy pickle with a zip appended is read as the pickle, and screened as one here.
-            legacy = fh.read(4) != b"PK\x03\x04"
-            fh.seek(0)
-            streams = [fh.read()] if legacy else []
-        if not legacy:
-            with zipfile.ZipFile(path) as z:  # torch finds its data.pkl whatever the case of its name
-                names = z.namelist()
-                if len(set(names)) != len(names):
-                    # A name twice: zipfile reads the last copy, torch's reader may pick another, so what it
-                    # unpickles would not be what was screened. torch.save never writes one.
-                    twice = sorted({n for n in names if names.count(n) > 1})
-                    raise ModelFileError(
-                        f"{path}: its archive holds the member {shorten(twice[0], 80)} more than once, which "
-                        "torch.save never writes (a reader may take either copy); sparsekit does not unpickle it "
-                        "even when trusted"
-                    )
-                streams = [z.read(n) for n in names if n.lower().endswith(".pkl")]
+            data = fh.read()
+        # torch.load tells its formats apart by the first bytes, not by a zip directory anywhere in the file:
+        # a legacy pickle with a zip appended is read as the pickle, and screened as one here.
+        pt2 = path.suffix == ".pt2"
+        streams = [data] if data[:4] != b"PK\x03\x04" and not pt2 else _pickled_streams(data, str(path), pt2)
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
-        found.append(None)  # a zip this reader cannot open: whatever torch would read in it is not screened
-    for data in streams:
-        stream = io.BytesIO(data)
-        # torch's legacy format is five pickles (magic, protocol, system info, the model, storage keys), then raw
-        # storage bytes; each member of the zip format is one pickle. What cannot be read is not unpickled either.
-        for _ in range(5 if legacy else 1):
-            try:
-                found += _pickle_names(stream).names
-            except Exception:  # noqa: BLE001 - a stream pickletools cannot follow: damaged, or crafted
-                found.append(None)
-                break
+        streams = [None]  # a zip this reader cannot open: whatever torch would read in it is not screened
+    for stream in streams:
+        found += [None] if stream is None else _stream_names(stream)
     bad = list(
         dict.fromkeys(
             n.replace(":", ".", 1) if n else "a callable whose name it computes while loading"
@@ -385,10 +605,10 @@ def _screen_trusted(path: Path) -> None:
     if bad:
         raise ModelFileError(
             f"{path}: its pickle names {', '.join(shorten(b, 80) for b in bad[:3])}"
-            f"{' and more' if len(bad) > 3 else ''}: machinery that runs code, starts processes, reads files or "
-            "unpickles more, which no model needs; sparsekit does not unpickle it even when trusted. If the file is "
-            "yours, load it in Python and "
-            "save its state_dict or a sparsekit checkpoint (sparsekit.save_model)"
+            f"{' and more' if len(bad) > 3 else ''}, which {'are' if len(bad) > 1 else 'is'} not on the list of what "
+            "a pickled model needs (it could run code, start processes, touch files or unpickle more); sparsekit "
+            "does not unpickle it even when trusted. If the file is yours, load it in Python and save its state_dict "
+            "or a sparsekit checkpoint (sparsekit.save_model)"
         )
 
 
@@ -475,6 +695,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
     if path.suffix == ".pt2":
         if not trust:
             raise _refuse(path, "a torch.export archive (.pt2)")
+        _screen_trusted(path)  # its pickled members (sample inputs, pickled weights and constants) first
         return torch.export.load(str(path)).module(), "trusted-module"
     members = _archive_members(path)
     if any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in members):  # TorchScript
@@ -793,7 +1014,10 @@ def read_model(
         if not isinstance(obj, nn.Module):
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
         check_finite(obj, path)
-        return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
+        obj = obj.float()
+        with contextlib.suppress(NotImplementedError):  # a .pt2 archive's module (torch.export) has no eval()
+            obj.eval()
+        return LoadedModel(obj, arch, kwargs or {}, input_shape, kind=kind)
     history: list = []
     # Who named the architecture: the caller (arch), the file itself, or the recipe.
     named_in: str | os.PathLike[str] | None = None
