@@ -484,9 +484,12 @@ def _shape(model: nn.Module, recipe: Recipe, loader: Iterable, input_shape: Sequ
     raise TargetError("sensitivity: cannot tell the input shape; set model.input_shape in the recipe")
 
 
-def _structured_method(model: nn.Module, spec: StructuredSpec, index: int, shape: list[int], **update: Any) -> Any:
+def _structured_method(
+    model: nn.Module, spec: StructuredSpec, index: int, shape: list[int], *, verify: bool = True, **update: Any
+) -> Any:
     """A Structured method built on ``model`` for ``spec`` (auto replaced by a placeholder ratio), with
-    ``update`` applied to the spec (unvalidated copy: probes use per-layer ratios of 0)."""
+    ``update`` applied to the spec (unvalidated copy: probes use per-layer ratios of 0). ``verify=False`` skips
+    the channel-equivalence probe (:mod:`sparsekit.equivalence`) for a model whose plan was already built with it."""
     from .methods.structured import Structured
 
     changes: dict[str, Any] = {"target_macs": None, "target_latency": None}
@@ -496,7 +499,7 @@ def _structured_method(model: nn.Module, spec: StructuredSpec, index: int, shape
         changes["importance"] = "l2"  # probes have no gradients: rank by magnitude
     changes.update(update)
     probe = spec.model_copy(update=changes)
-    return Structured(probe, model, Setup(index=index, steps_per_epoch=1, input_shape=shape))
+    return Structured(probe, model, Setup(index=index, steps_per_epoch=1, input_shape=shape), verify=verify)
 
 
 def _layer_macs(model: nn.Module, shape: list[int]) -> dict[str, int]:
@@ -843,7 +846,7 @@ def _probe_structured(
     ratios[row.name] = value
     try:
         method = _structured_method(
-            work, spec, row.entry, shape, ratio=value, layer_ratio=ratios, scope="layer", steps=1,
+            work, spec, row.entry, shape, verify=False, ratio=value, layer_ratio=ratios, scope="layer", steps=1,
             schedule=ScheduleSpec(),
         )  # fmt: skip
         method.finalize(work)

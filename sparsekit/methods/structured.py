@@ -69,7 +69,12 @@ fraction gives (``ratio: auto`` writes one for every group, in whole blocks of `
 Layouts torch-pruning does not model are refused when the method is built (TargetError naming the
 layer, the operation and the ``ignore`` entry that avoids it): a depthwise convolution with a channel
 multiplier > 1 fed by a pruned layer, ``F.glu`` along the channel dimension, and any group whose
-channel mapping runs past a layer's channel count. :func:`sparsekit.rehearsal.rehearse` performs every
+channel mapping runs past a layer's channel count. Then a probe (:mod:`sparsekit.equivalence`) removes half of
+every group's channels from a copy and compares it with the dense model whose consumers ignore those channels:
+channels that pass through an operation torch-pruning maps by index though it reorders or mixes them (a
+ShuffleNet channel shuffle, ``x.flip(1)``, ``torch.roll``, a softmax over channels) would give a pruned model that
+runs and exports but is not the original with those channels removed; such a group is refused (TargetError naming
+its root layer and the ``ignore`` remedy). :func:`sparsekit.rehearsal.rehearse` performs every
 removal on a copy to catch what inspection cannot.
 """
 
@@ -83,7 +88,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from .. import surgery
+from .. import equivalence, surgery
 from .. import tp_adapter as tpa
 from ..errors import TargetError, one_line
 from ..layers import check_names, select_layers
@@ -116,7 +121,8 @@ class Structured:
 
     Raises TargetError at construction when the input shape is unknown, the model cannot be traced,
     the selection leaves nothing to prune, ``bn_scale`` meets a model without BatchNorm, ``ratio`` /
-    ``min_channels`` cannot be met, a layout torch-pruning does not model would be pruned, or a weight
+    ``min_channels`` cannot be met, a layout torch-pruning does not model would be pruned (by inspection, or by
+    the equivalence probe: ``verify=False`` skips it, for internal copies built again after a checked one), or a weight
     the forward pass also uses outside its layer (tied) would change shape; TypeError
     when a ``scorers=`` importance is not callable; TargetError when ``layer_ratio`` names a layer whose outputs
     the entry does not remove or that is not its group's root; RecipeError when ``ratio`` is still ``auto``.
@@ -128,7 +134,7 @@ class Structured:
     zeroes_weights = False
     structural = True  # changes weight shapes: no masking method may own the layers it touches
 
-    def __init__(self, spec: Any, model: nn.Module, setup: Setup) -> None:
+    def __init__(self, spec: Any, model: nn.Module, setup: Setup, *, verify: bool = True) -> None:
         self.spec = spec
         self.where = setup.where
         if spec.auto:
@@ -281,6 +287,8 @@ class Structured:
                 "forward pass (tied weights, e.g. a decoder reusing it transposed): removing channels would "
                 f"change its shape there too. Keep {self.where} away from it: {self.ignore_hint(roots)}"
             )
+        if verify:
+            self._check_equivalence()
 
     # ------------------------------------------------------------------ inspection
 
@@ -289,6 +297,38 @@ class Structured:
             f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
             f"({one_line(err, 200)}); "
             + (surgery.integer_input_advice(err) or "check model.input_shape, or use an unstructured method")
+        )
+
+    def _check_equivalence(self) -> None:
+        """Removing channels of every group gives the original model with those channels removed (a probe on a
+        copy, :func:`sparsekit.equivalence.mismatched_roots`); TargetError naming the roots whose channels pass
+        through an operation torch-pruning maps by index (a channel shuffle, a flip)."""
+        assert self._tp is not None
+        graph = self._tp.graph
+        roots = {
+            name: (tpa.out_channels(graph, self.layers[name]), blocks)
+            for name, blocks in self._blocks.items()
+            if name in self.layers and self.spec.ratio_of(name) > 0
+        }
+        found = equivalence.mismatched_roots(self.model, self.input_shape, roots)
+        if found is None:
+            return
+        listed = ", ".join(repr(n) for n in found.roots)
+        ops = sorted(
+            {
+                word
+                for group in self._tp.groups()
+                if self.names[tpa.group_root(group)] in found.roots
+                for m in tpa.group_members(graph, group)
+                if (word := op_word(m.op))
+            }
+        )
+        saw = f"; torch-pruning saw {', '.join(ops)} there" if ops else ""
+        raise TargetError(
+            f"{self.where}: cannot remove output channels of {listed}: they pass through an operation that reorders "
+            f"or mixes channels (e.g. a channel shuffle or a flip{saw}), which torch-pruning maps by index, so the "
+            "pruned model would not be the original with those channels removed (a probe removal on a copy changed "
+            f"the output by up to {found.max_abs_diff:.3g}); {self.ignore_hint(found.roots)}"
         )
 
     def _check_layer_ratio(self) -> None:
