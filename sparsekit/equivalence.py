@@ -18,8 +18,11 @@ which do change with fewer channels, are taken out of both forward passes (they 
 affine part there), so only the wiring is compared; other operations that mix channels (a softmax over them) are
 reported as the reorderings are.
 
+Groups with attention (``nn.MultiheadAttention``) are not probed (:func:`probes`): narrower heads compute
+something else whatever the wiring.
+
 Cost: one deep copy, one trace and two forward passes (batch 2) when every group passes; after a mismatch the
-groups are bisected (a copy and a trace per probe) to name the layers.
+groups are bisected (a copy and a trace per probe, 32 probes at most) to name the layers.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from . import logits, surgery
 from . import tp_adapter as tpa
 
-__all__ = ["Mismatch", "mismatched_roots", "probe_channels"]
+__all__ = ["Mismatch", "mismatched_roots", "probe_channels", "probes"]
 
 # Relative tolerance of the comparison: float32 sums over fewer terms in another order differ by ~1e-6 of the
 # output's scale; a mis-wired channel moves outputs by percents.
@@ -53,6 +56,13 @@ class Mismatch:
     roots: list[str]
     max_abs_diff: float
     scale: float
+
+
+def probes(modules: Sequence[Any]) -> bool:
+    """Whether a group touching ``modules`` (tp's members) can be probed: not one with attention
+    (``nn.MultiheadAttention``), whose heads get narrower when its embedding loses channels, which changes what it
+    computes (its scale, its heads' width) whatever the wiring."""
+    return not any(isinstance(m, nn.MultiheadAttention) for m in modules)
 
 
 def probe_channels(channels: int, blocks: int = 1, count: int | None = None) -> list[int] | None:

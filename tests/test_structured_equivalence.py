@@ -232,3 +232,56 @@ def test_the_probe_finds_the_layer_and_leaves_correct_ones_alone(reorder_mod):
     assert probe is not None and len(probe) == 16
     blocks = [[i % 8 for i in probe if i // 8 == b] for b in range(4)]
     assert all(b == blocks[0] for b in blocks) and sorted(31 - i for i in probe) != probe
+
+
+class Normed(nn.Module):
+    """LayerNorm, GroupNorm and F.normalize over the removed channels (their statistics change; the wiring does not),
+    a squeeze-excitation gate, an LSTM and attention (not probed: narrower heads compute something else)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 32, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 32)
+        self.se1, self.se2 = nn.Linear(32, 8), nn.Linear(8, 32)
+        self.proj = nn.Linear(32, 32)
+        self.ln = nn.LayerNorm(32)
+        self.rnn = nn.LSTM(32, 24, batch_first=True)
+        self.att = nn.MultiheadAttention(24, 4, batch_first=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.gn(self.conv(x)))  # [N, 32, L]
+        h = h * torch.sigmoid(self.se2(F.relu(self.se1(h.mean(-1)))))[:, :, None]
+        h = self.ln(F.relu(self.proj(F.normalize(h, dim=1).transpose(1, 2))))  # [N, L, 32]
+        h = self.rnn(h)[0]
+        return self.head(self.att(h, h, h)[0].mean(1))
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        ("examples.models:resnet_small", [1, 1, 28, 28]),
+        ("examples.models:mobilenetv2_small", [1, 1, 28, 28]),
+        ("examples.models:small_cnn", [1, 1, 28, 28]),
+        ("mixed", IMG),
+        ("normed", [1, 4, 16]),
+    ],
+)
+def test_no_false_alarm_and_the_probe_really_compares(build, shape, monkeypatch):
+    from sparsekit import equivalence
+
+    if build == "mixed":
+        model = Mixed()
+    elif build == "normed":
+        model = Normed()
+    else:
+        import importlib
+
+        module, name = build.split(":")
+        model = getattr(importlib.import_module(module), name)()
+    verdicts = []
+    real = equivalence._Probe.run
+    monkeypatch.setattr(equivalence._Probe, "run", lambda self, sets: verdicts.append(real(self, sets)) or verdicts[-1])
+    rec = {**recipe(), "model": {"input_shape": shape}}
+    sparsekit.Pruner(model, rec, steps_per_epoch=1)
+    assert [v[0] for v in verdicts] == ["ok"] and verdicts[0][1] < 1e-5 * verdicts[0][2]

@@ -305,10 +305,11 @@ class Structured:
         through an operation torch-pruning maps by index (a channel shuffle, a flip)."""
         assert self._tp is not None
         graph = self._tp.graph
+        probed = {self.names[tpa.group_root(g)] for g in self._tp.groups() if equivalence.probes(tpa.group_modules(g))}
         roots = {
             name: (tpa.out_channels(graph, self.layers[name]), blocks)
             for name, blocks in self._blocks.items()
-            if name in self.layers and self.spec.ratio_of(name) > 0
+            if name in self.layers and name in probed and self.spec.ratio_of(name) > 0
         }
         found = equivalence.mismatched_roots(self.model, self.input_shape, roots)
         if found is None:
