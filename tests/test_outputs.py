@@ -523,17 +523,22 @@ def test_a_lock_whose_pid_now_belongs_to_a_later_process_is_stale(tmp_path):
         sleeper.wait()
 
 
-@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
-def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
-    # ".NAME.XXXXXXXX.tmp" is the shape of sparsekit's temp files; beside no file of a run's, it is the user's.
-    out = tmp_path / "out"
+def _finished_run(out: Path, checkpointed: bool) -> Path:
+    """A folder holding a finished run's report.json (and its last checkpoint, so that it can be resumed)."""
     done = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
     (done.begin() / "report.json").write_text("{}")
-    if resume:
+    if checkpointed:
         (done.stage / "checkpoints").mkdir()
         (done.stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
     done.publish()
     done.unlock()
+    return out
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
+    # ".NAME.XXXXXXXX.tmp" is the shape of sparsekit's temp files; beside no file of a run's, it is the user's.
+    out = _finished_run(tmp_path / "out", resume)
     notes = out / ".thesis.20261130.tmp"
     notes.write_text("my notes")
     with pytest.raises(OutputError, match=r"holds \.thesis\.20261130\.tmp, which no sparsekit run into"):
@@ -545,14 +550,7 @@ def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
 def test_a_users_file_named_like_a_temp_of_a_run_file_is_never_removed(tmp_path, resume):
     # Beside report.json, which the manifest lists, ".report.json.XXXXXXXX.tmp" has the shape of a killed rewrite
     # of it. One that tempfile made (private, 0600) is sparsekit's and goes; one with the user's usual mode stays.
-    out = tmp_path / "out"
-    done = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
-    (done.begin() / "report.json").write_text("{}")
-    if resume:
-        (done.stage / "checkpoints").mkdir()
-        (done.stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
-    done.publish()
-    done.unlock()
+    out = _finished_run(tmp_path / "out", resume)
     ours = Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1])
     theirs = out / ".report.json.draft_v2.tmp"
     theirs.write_text("my draft")
