@@ -216,7 +216,7 @@ def test_runs_are_interleaved_with_a_separate_control_session(files, monkeypatch
         def get_outputs(self):
             return [SimpleNamespace(name="output", type="tensor(float)", shape=["batch", 2])]
 
-        def run(self, outputs, feed):
+        def run(self, outputs, feed, options=None):
             log.append(self)
 
     monkeypatch.setattr(bench_mod, "open_session", FakeSession)
@@ -459,3 +459,61 @@ def test_the_progress_bar_writes_nothing_where_stderr_is_no_terminal(capsys):
         advance(1)
         raise KeyboardInterrupt
     assert capsys.readouterr().err == ""
+
+
+def _endless_loop_onnx(path: Path) -> Path:
+    """A graph that never ends in practice: a Loop whose trip count is 10**15 (its body an Identity)."""
+    from onnx import numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["v_in"], ["v_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "c", "x"], ["y"], body=body)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(np.array(10**15, dtype=np.int64), "M"),
+            numpy_helper.from_array(np.array(True), "c"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_graph_that_never_ends_is_stopped_not_waited_for(tmp_path, monkeypatch):
+    # A file is data: a Loop with an absurd trip count held `sparsekit bench` forever, deaf to Ctrl-C and
+    # SIGTERM (onnxruntime's run never returns to Python). The first run is now stopped after a limit.
+    import threading
+    import time
+
+    path = _endless_loop_onnx(tmp_path / "loop.onnx")
+    monkeypatch.setattr(bench_mod, "FIRST_RUN_LIMIT_S", 1.0, raising=False)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            benchmark(path, batch_sizes=[1], runs=3, warmup=1)
+        except ExportError as err:
+            result["error"] = str(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "bench of an endless graph did not return within 60 s"
+    assert time.monotonic() - start < 60
+    assert "took longer than 1 s and was stopped" in result.get("error", ""), result

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -286,12 +287,60 @@ def _input_dims(
     return user
 
 
+# The longest one untimed first run may take. A file is data: a Loop with a trip count of 10**15 (or any
+# graph that never ends) must not hold `sparsekit bench` forever. The first run is done in a worker thread
+# while the main thread waits, so Ctrl-C and SIGTERM are handled during it (onnxruntime's run releases the
+# GIL but never returns to Python until it ends); RunOptions.terminate stops onnxruntime between nodes,
+# inside Loop and If bodies too.
+FIRST_RUN_LIMIT_S = 600.0
+
+
+def _run_stoppably(session: ort.InferenceSession, feed: dict, limit_s: float) -> str | None:
+    """``session.run(None, feed)`` in a worker thread: None when it ended, else why it was stopped (it
+    took longer than ``limit_s``). Its exception is raised here; so is a KeyboardInterrupt or
+    :class:`~sparsekit.errors.Terminated` that arrives meanwhile, once the run is stopped."""
+    options = ort.RunOptions()
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            session.run(None, feed, options)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=work, name="sparsekit-bench-first-run", daemon=True)
+    worker.start()
+    deadline = time.monotonic() + limit_s
+    stopped = None
+    try:
+        while worker.is_alive():
+            time.sleep(0.05)  # not join(timeout): a Ctrl-C that interrupts join() aborts the process at exit
+            if time.monotonic() >= deadline:
+                stopped = f"took longer than {limit_s:.0f} s"
+                break
+    finally:
+        if worker.is_alive():  # out of time, or interrupted: stop it, then let it finish
+            options.terminate = True
+            worker.join()
+    if stopped:
+        return stopped
+    if outcome:
+        raise outcome[0]
+    return None
+
+
 def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: list[int]) -> None:
     """One untimed run: a symbolic dim accepts any size, the layers behind it do not, so a shape that
-    does not fit the graph is found here and reported as bad input, before any timing."""
+    does not fit the graph is found here and reported as bad input, before any timing. A run that takes
+    longer than :data:`FIRST_RUN_LIMIT_S` is stopped and reported; Ctrl-C stops it too."""
     try:
-        session.run(None, feed)
-    except MemoryError:
+        stopped = _run_stoppably(session, feed, FIRST_RUN_LIMIT_S)
+        if stopped:
+            raise ExportError(
+                f"{path}: one run on inputs of shape {shape} {stopped} and was stopped; a graph that runs that "
+                "long (a Loop node's trip count?) cannot be benchmarked"
+            )
+    except (MemoryError, ExportError):
         raise
     except Exception as err:  # noqa: BLE001 - onnxruntime's InvalidArgument / Fail / RuntimeException
         raise ExportError(
