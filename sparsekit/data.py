@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.errors import DataError, TrustError, one_line, option, shorten
-from sparsekit.fsutil import cache_dir
+from sparsekit.fsutil import cache_dir, read_regular
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
 
@@ -269,11 +269,25 @@ def _parse_mnist5k(csv: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.uint8), table[:, -1].astype(np.uint8)
 
 
+# mnist5k's cached arrays take ~4 MB: a cache file past this is not one sparsekit wrote.
+_CACHE_MAX_BYTES = 64 << 20
+
+
 def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """The cached arrays, or None when the file is missing, unreadable or not what we wrote (then it
-    is rebuilt). allow_pickle=False: a cache file is data and never runs code."""
+    is rebuilt). allow_pickle=False: a cache file is data and never runs code. The cache folder may be
+    shared ($SPARSEKIT_CACHE_DIR): a named pipe there is refused without waiting for a writer, and a file
+    (or a compressed member) larger than :data:`_CACHE_MAX_BYTES` is not read."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        if path.stat().st_size > _CACHE_MAX_BYTES:
+            return None
+        raw = read_regular(path)  # a named pipe or device is refused, never waited on
+        if len(raw) > _CACHE_MAX_BYTES:
+            return None
+        with zipfile.ZipFile(io.BytesIO(raw)) as members:
+            if sum(m.file_size for m in members.infolist()) > _CACHE_MAX_BYTES:
+                return None
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             x, y = archive["x"], archive["y"]
     except Exception:  # noqa: BLE001 - any damage means: parse again
         return None

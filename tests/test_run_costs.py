@@ -386,3 +386,24 @@ def test_restored_names_reach_into_sequentials(tmp_path):
     info = export_onnx(model.eval(), tmp_path / "m.onnx", [1, 1, 8, 8], exporter="torchscript")
     names = {t.name for t in onnx.load(tmp_path / "m.onnx").graph.initializer}
     assert "features.0.weight" in names and info["zeros"]["zeros_ok"]
+
+
+def test_a_named_pipe_in_the_cache_folder_is_rebuilt_not_waited_on(fresh_cache):
+    # $SPARSEKIT_CACHE_DIR may be a shared folder: a named pipe planted where the cache file goes held every
+    # run on mnist5k forever (np.load opened it and waited for a writer).
+    import os
+    import threading
+
+    data_mod._raw_mnist5k()
+    (cached,) = fresh_cache.glob("mnist5k-*.npz")
+    cached.unlink()
+    os.mkfifo(cached)
+    data_mod._raw_mnist5k.cache_clear()
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(data_mod._raw_mnist5k()), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "reading the cache waited on a named pipe"
+    x, y = done[0]
+    assert x.shape == (5000, 784) and y.shape == (5000,)
+    assert cached.is_file() and data_mod._read_cache(cached) is not None  # the pipe was replaced by the cache
