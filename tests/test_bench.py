@@ -517,3 +517,53 @@ def test_a_graph_that_never_ends_is_stopped_not_waited_for(tmp_path, monkeypatch
     assert not worker.is_alive(), "bench of an endless graph did not return within 60 s"
     assert time.monotonic() - start < 60
     assert "took longer than 1 s and was stopped" in result.get("error", ""), result
+
+
+def _range_bomb_onnx(path: Path, count: float) -> Path:
+    """y = x + sum(Range(0, count, 1)): a tiny file whose one intermediate tensor holds ``count`` floats. The
+    Range's limit is computed from the input (``sum(x) * 0 + count``), so no shape inference sizes it and
+    onnxruntime cannot constant-fold it when the session opens: the memory is taken in the first run."""
+    from onnx import numpy_helper
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "zero"], ["s0"]),
+        helper.make_node("Add", ["s0", "count"], ["limit"]),
+        helper.make_node("Range", ["zero", "limit", "one"], ["r"]),
+        helper.make_node("ReduceSum", ["r"], ["t"], keepdims=0),
+        helper.make_node("Add", ["x", "t"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+            numpy_helper.from_array(np.array(count, dtype=np.float32), "count"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the cap is Linux's RLIMIT_DATA")
+def test_a_tensor_the_graph_sizes_itself_cannot_take_more_than_the_free_memory(tmp_path, monkeypatch):
+    # A file is data: Range(0, 3e9, 1) in a 400-byte file made onnxruntime take 12 GB (6e9: the kernel's OOM
+    # killer, not an exit 2). Shape inference cannot size it, so bench caps what the runs may allocate at a
+    # share of the free memory. Here "free" is 512 MB and the Range wants 800 MB.
+    import resource
+
+    path = _range_bomb_onnx(tmp_path / "range.onnx", 2e8)
+    monkeypatch.setattr(bench_mod, "available_memory", lambda: 512 << 20)
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with pytest.raises(ExportError, match=r"needs more memory than is available .*0\.4 GiB") as err:
+        benchmark(path, batch_sizes=[1], runs=3, warmup=1)
+    assert str(path) in str(err.value)
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before  # the cap is lifted after the runs
+    # The same graph with a small Range runs under the same cap: the cap is not what failed above.
+    small = _range_bomb_onnx(tmp_path / "small_range.onnx", 1e3)
+    assert benchmark(small, batch_sizes=[1], runs=3, warmup=1)["files"]

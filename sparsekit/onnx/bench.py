@@ -160,14 +160,14 @@ def benchmark(
 
     samples = {}  # batch size -> int64 ns array of shape (len(sessions), runs)
     total = len(sizes) * (warmup + runs)
-    with _progress_bar(progress, total) as advance:
+    with _progress_bar(progress, total) as advance, _memory_cap() as cap:
         for b in sizes:
             # Seeded per file, so files with the same input shape see exactly the same data.
             feeds = [
                 {s.get_inputs()[0].name: random_array([b, *d], seed=seed)} for s, d in zip(sessions, dims, strict=True)
             ]
             for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
-                _first_run(s, feed, path, [b, *d])
+                _first_run(s, feed, path, [b, *d], cap)
             _warm_up(sessions, feeds, warmup, None if budget_ns is None else int(budget_ns * WARMUP_SHARE), advance)
             samples[b] = _timed_runs(
                 sessions, feeds, runs, advance, budget_ns, min(min_runs, runs), None if budget_ns is None else precision
@@ -329,7 +329,7 @@ def _run_stoppably(session: ort.InferenceSession, feed: dict, limit_s: float) ->
     return None
 
 
-def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: list[int]) -> None:
+def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: list[int], cap: int | None = None) -> None:
     """One untimed run: a symbolic dim accepts any size, the layers behind it do not, so a shape that
     does not fit the graph is found here and reported as bad input, before any timing. A run that takes
     longer than :data:`FIRST_RUN_LIMIT_S` is stopped and reported; Ctrl-C stops it too."""
@@ -340,9 +340,17 @@ def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: lis
                 f"{path}: one run on inputs of shape {shape} {stopped} and was stopped; a graph that runs that "
                 "long (a Loop node's trip count?) cannot be benchmarked"
             )
-    except (MemoryError, ExportError):
+    except ExportError:
         raise
     except Exception as err:  # noqa: BLE001 - onnxruntime's InvalidArgument / Fail / RuntimeException
+        if _out_of_memory(err):
+            room = (
+                "" if cap is None else f" (it may take {cap / 2**30:.1f} GiB, {MEMORY_CAP_SHARE:.0%} of what is free)"
+            )
+            raise ExportError(
+                f"{path}: one run on inputs of shape {shape} needs more memory than is available{room}; a tensor "
+                "sized by the graph's own values (Range, Loop) or a batch too big: use a smaller batch size"
+            ) from None
         raise ExportError(
             f"{path}: onnxruntime cannot run it on inputs of shape {shape} ({one_line(err, 200)}); the symbolic "
             f"input dims accept any size but the layers do not: pass the shape the model was built for "
@@ -351,6 +359,63 @@ def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: lis
 
 
 _UNSIZED_ACTIVATIONS = 16
+# Of the memory available when the runs start, the share onnxruntime may take for new allocations while
+# the files run (see _memory_cap).
+MEMORY_CAP_SHARE = 0.8
+
+
+def _private_bytes() -> int | None:
+    """This process's private data mappings (Linux ``VmData``: what ``RLIMIT_DATA`` counts), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def _memory_cap() -> Iterator[int | None]:
+    """While the files run, new allocations may take at most :data:`MEMORY_CAP_SHARE` of the memory
+    available now (Linux: the soft ``RLIMIT_DATA``, restored after); yields that many bytes, or None where
+    no cap could be set. A file is data: a tensor whose size the graph computes from its own values
+    (``Range(0, 3e9, 1)``, a Loop's outputs) cannot be sized in advance by :func:`_check_memory`, and
+    without the cap one such file makes onnxruntime take every byte until the kernel kills the process;
+    with it the allocation fails and :func:`_first_run` reports it."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        yield None
+        return
+    available, used = available_memory(), _private_bytes()
+    if available is None or used is None:
+        yield None
+        return
+    cap = int(MEMORY_CAP_SHARE * available)
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = used + cap
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft <= limit:
+        yield None  # a tighter limit is already set
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (ValueError, OSError):
+        yield None
+        return
+    try:
+        yield cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether an onnxruntime failure is an allocation it could not make."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "Failed to allocate memory" in text or "bad_alloc" in text
 
 
 def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) -> None:
