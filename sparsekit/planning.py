@@ -123,7 +123,9 @@ def plan(
         listed = {row["name"] for row in left_out}
         for name, module in prunable_layers(work).items():
             if name not in m.layers and name not in listed:  # selected, then kept by structured's ignore
-                left_out.append({"name": name, "type": type(module).__name__, "reason": IGNORED_REASON})
+                # (or left out by group lasso, which has no ignore: it leaves the classifier head out itself)
+                reason = HEAD_LEFT_OUT_REASON if name in getattr(m, "head_left_out", ()) else IGNORED_REASON
+                left_out.append({"name": name, "type": type(module).__name__, "reason": reason})
         predicted = i in schedule["predicted"]
         res["methods"].append(
             {
@@ -377,6 +379,10 @@ def allocation_lines(res: dict[str, Any]) -> list[str]:
 
 
 IGNORED_REASON = "in ignore: its output channels are kept (default: the classifier head)"
+HEAD_LEFT_OUT_REASON = (
+    "the classifier head: group lasso leaves it out (a head unit at zero leaves its class only its bias); "
+    "name it in layers.include to select it"
+)
 
 
 def named_code(recipe: Recipe) -> dict[str, str]:
