@@ -8,6 +8,8 @@ gradients of ones), runs a forward pass after each event, and exports the result
 (TorchScript exporter, into a temporary folder) with the onnxruntime parity check. Whatever fails
 becomes a :class:`~sparsekit.errors.TargetError` naming the recipe entry, the layer, the operation
 and what to do (usually: name the layer in the entry's ``ignore``). The real model is never touched.
+A ``gradient`` entry's layers are checked to get a gradient from the model's output (one backward pass on
+a weightless copy): a layer the loss never reaches would hold back every mask update of the entry.
 
 Memory: a recipe without structured entries removes nothing, so there is nothing to rehearse but
 building its Pruner (layer selection, overlaps, tied weights): that is done on a weightless copy whose
@@ -100,6 +102,8 @@ def rehearse(
     shape = [int(d) for d in input_shape]
     original = unwrap(model)
     with torch.random.fork_rng(devices=[]):
+        if scorers is None and any(s.method == "gradient" for s in recipe.pruning):
+            _check_gradient_reach(original, recipe, steps_per_epoch, shape)
         # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).
         removes = any(s.method == "structured" for s in recipe.pruning)
         if scorers is None and not removes and _builds_without_weights(original, recipe, steps_per_epoch, shape):
@@ -173,6 +177,49 @@ def _builds_without_weights(original: nn.Module, recipe: Recipe, steps_per_epoch
     except Exception:  # noqa: BLE001 - decided again on a real copy
         return False
     return True
+
+
+def _check_gradient_reach(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> None:
+    """Every layer of a ``gradient`` entry gets a gradient from the model's output, checked by one backward
+    pass on :func:`meta_copy` (shapes only: no memory, no values). A layer off the path to the output the
+    run trains on (an unused module, a second head that ``model.output`` leaves out, a frozen layer) never
+    gets scores, and the entry's mask updates would wait for it through the whole fine-tuning, to fail at
+    the end: here it is a TargetError naming the layer, before any training. Where the copy cannot run on
+    the meta device, or the output is not one tensor (the loss is the caller's), nothing is checked."""
+    from .layers import weight_of
+    from .methods.gradient import Gradient
+
+    try:
+        work = meta_copy(original).eval()
+        pruner = Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape})
+        entries = [m for m in pruner.methods if isinstance(m, Gradient)]
+        out = work(torch.zeros(shape, device="meta"))
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return
+        out.float().sum().backward()
+    except Exception:  # noqa: BLE001 - not checkable this way; the run's own checks still apply
+        return
+    for method in entries:
+        unreached = [name for name, module in method.layers.items() if weight_of(module).grad is None]
+        if unreached:
+            shown = ", ".join(repr(n) for n in unreached[:3]) + (
+                f" and {len(unreached) - 3} more" if len(unreached) > 3 else ""
+            )
+            frozen = [n for n in unreached if not weight_of(method.layers[n]).requires_grad]
+            why = (
+                "is frozen (requires_grad=False)"
+                if len(frozen) == len(unreached)
+                else (
+                    "gets no gradient from the model's output (not on the path to the logits the run trains on, "
+                    "or frozen)"
+                )
+            )
+            layer = "layer" if len(unreached) == 1 else "layers"
+            raise TargetError(
+                f"{method.where} (gradient): {layer} {shown} {why}, so its scores never exist and the entry "
+                f"could prune nothing; add {'it' if len(unreached) == 1 else 'them'} to "
+                f"{method.where}.layers.exclude"
+            )
 
 
 def _check_floors(method: structured_mod.Structured, index: int) -> None:
