@@ -953,8 +953,9 @@ def export(
             )
         if q["bytes"] >= q["fp32_bytes"]:
             lines.append(
-                "  Note: the int8 file is not smaller than fp32: the model is so small that quantization's scales, "
-                "zero points and extra nodes outweigh the bytes its weights save"
+                f"  Note: the int8 file is not smaller than fp32{' either' if q.get('latency_note') else ''}: the "
+                "model is so small that quantization's scales, zero points and extra nodes outweigh the bytes its "
+                "weights save (keep the fp32 file)"
             )
     if st["encoding"] == "sparse":
         lines.append(_sparse_storage_line(out, st))

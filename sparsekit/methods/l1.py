@@ -312,7 +312,17 @@ class L1:
         if spec.group != "none":
             self._leave_out_head(model, spec)  # first: the head's kind does not matter once it is left out
         others = {n: m for n, m in prunable_layers(model).items() if n not in self.head_left_out}
-        _check_group(spec.group, self.layers, self.where, others)
+        try:
+            _check_group(spec.group, self.layers, self.where, others)
+        except RecipeError as err:
+            if spec.group == "none" or self._input_shape(model):
+                raise
+            # Without a shape the model runs on, the head could not be found, so it was not left out: say so,
+            # since the usual mismatch is that head (a CNN's last Linear under group: channel).
+            raise RecipeError(
+                f"{err} (the classifier head is left out by itself only when the model can be run: set "
+                "model.input_shape in the recipe, or pass context={'input_shape': [1, C, H, W]} to Pruner)"
+            ) from None
         self.schedule = Schedule.from_spec(spec.schedule, 1.0, setup.steps_per_epoch)
         if self.schedule.end <= self.schedule.start:
             # `schedule: oneshot` (or end_epoch == start_epoch) would make l1 silently do nothing.

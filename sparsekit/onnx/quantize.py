@@ -178,8 +178,8 @@ def quantize_int8(
         result: dict[str, Any] = {"mode": mode, "per_channel": per_channel, "fallback": fallback}
         result["latency_note"] = (
             f"dynamic int8 runs convolutions as {', '.join(slow_ops)}, which onnxruntime's CPU kernels run several "
-            "times slower than fp32 (8-16x measured on small CNNs): this file is smaller, not faster; calibrate on "
-            "data (static QDQ) for latency"
+            "times slower than fp32 (8-16x measured on small CNNs): this file is for size, not speed; calibrate "
+            "on data (static QDQ) for latency"
             if slow_ops
             else None
         )
