@@ -49,3 +49,35 @@ def test_group_channel_without_an_input_shape_names_the_shape_as_the_cause():
     # With the shape, the head is found and left out: the same recipe builds.
     pruner = sparsekit.Pruner(TinyUNet(), recipe, steps_per_epoch=4, context={"input_shape": [1, 1, 8, 8]})
     assert set(pruner.methods[0].layers) == {"enc", "dec"}
+
+
+class DictHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 3)
+        self.b = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"zeta": self.b(x), "alpha": self.a(x)}  # not in sorted order: names follow the dict's own
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_dict_output_is_exported_under_its_keys_each_with_its_own_values(tmp_path, exporter):
+    # The ONNX outputs of {"zeta": [N, 10], "alpha": [N, 3]} were named "output" and "10" (the exporter's number).
+    import numpy as np
+    import onnxruntime as ort
+
+    from sparsekit.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = DictHeads().eval()
+    path = tmp_path / "d.onnx"
+    assert export_onnx(model, path, [1, 8], exporter=exporter)["parity"]["ok"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(o.name, o.shape[1]) for o in session.get_outputs()] == [("zeta", 10), ("alpha", 3)]
+    x = np.random.default_rng(0).standard_normal((5, 8), dtype=np.float32)
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": x}), strict=True))
+    with torch.no_grad():
+        want = model(torch.from_numpy(x))
+    for key in ("zeta", "alpha"):
+        np.testing.assert_allclose(got[key], want[key].numpy(), atol=1e-5)

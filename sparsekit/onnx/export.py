@@ -115,8 +115,8 @@ def export_onnx(
         if external and exporter == "torchscript":
             raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use exporter='dynamo'")
         with _cpu_eval(model):
-            x = _example_input(model, shape)
-            job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol)
+            x, names = _example_input(model, shape)
+            job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol, names)
             written, used, fallback = _auto(job) if exporter == "auto" else (None, "", None)
             if written is None:
                 written, used, fallback = _deliver(job, "dynamo" if exporter == "auto" else exporter, final)
@@ -225,6 +225,7 @@ class _Job:
     check_parity: bool
     rtol: float
     atol: float
+    names: list[str]  # the file's output names (see _output_names)
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: {"export": 0.0, "checks": 0.0})
 
     def clock(self, phase: str, start: float) -> None:
@@ -332,7 +333,7 @@ def _write(job: _Job, exporter: str) -> _Written:
     tmp.parent.mkdir(exist_ok=True)  # `auto` may try TorchScript, then dynamo, then TorchScript again
     start = time.perf_counter()
     try:
-        warned = _export(job.model, tmp, job.x, job.opset, exporter, job.external)
+        warned = _export(job.model, tmp, job.x, job.opset, exporter, job.external, job.names)
         # (marked for where it is published: the staging folder's file of the same name, see files.mark)
         opset = _check_file(tmp, job.model, restore_names=exporter == "torchscript", at=job.work / job.name)
     finally:
@@ -416,12 +417,13 @@ def _cpu_eval(model: nn.Module) -> Iterator[None]:
             model.to(device)
 
 
-def _example_input(model: nn.Module, shape: list[int]) -> torch.Tensor:
-    # Trace with batch 2: a batch of 1 invites the tracer to specialise the dim away.
+def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """The traced input (batch 2: a batch of 1 invites the tracer to specialise the dim away) and the names of
+    the model's outputs (:func:`_output_names`)."""
     x = torch.from_numpy(random_array([2, *shape[1:]], seed=0))
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on a random input: bad input, not our bug
@@ -439,11 +441,34 @@ def _example_input(model: nn.Module, shape: list[int]) -> torch.Tensor:
             "model that only accepts some values (token ids for an nn.Embedding, say) cannot be exported here"
         )
         raise ExportError(msg) from None
-    return x
+    return x, _output_names(out)
 
 
-def _export(model: nn.Module, tmp: Path, x: torch.Tensor, opset: int, exporter: str, external: bool) -> tuple[str, ...]:
-    """Write ``tmp``; returns the TorchScript tracer's warnings (none for dynamo)."""
+def _output_names(out: Any) -> list[str]:
+    """The ONNX output names for the model's output ``out``: a dict of tensors gives its keys, in the order the
+    exporters flatten it (insertion order), so a downstream user reads ``logits`` and ``aux``, not ``output``
+    for whichever came first and the exporter's number for the rest; anything else gives ``["output"]`` (a
+    tuple's later outputs keep the exporter's names)."""
+    if (
+        isinstance(out, dict)
+        and out
+        and all(isinstance(k, str) and k and isinstance(v, torch.Tensor) for k, v in out.items())
+        and "input" not in out
+    ):
+        return list(out)
+    return ["output"]
+
+
+def _export(
+    model: nn.Module,
+    tmp: Path,
+    x: torch.Tensor,
+    opset: int,
+    exporter: str,
+    external: bool,
+    names: Sequence[str] = ("output",),
+) -> tuple[str, ...]:
+    """Write ``tmp`` with outputs named ``names``; returns the TorchScript tracer's warnings (none for dynamo)."""
     try:
         with quiet(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", torch.jit.TracerWarning)
@@ -451,14 +476,14 @@ def _export(model: nn.Module, tmp: Path, x: torch.Tensor, opset: int, exporter: 
                 batch = torch.export.Dim("batch")
                 torch.onnx.export(
                     model, (x,), str(tmp), dynamo=True, external_data=external, verbose=False,
-                    dynamic_shapes=({0: batch},), input_names=["input"], output_names=["output"],
+                    dynamic_shapes=({0: batch},), input_names=["input"], output_names=list(names),
                     opset_version=opset,
                 )  # fmt: skip
             else:
-                axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+                axes = {"input": {0: "batch"}, names[0]: {0: "batch"}}
                 torch.onnx.export(
                     model, (x,), str(tmp), dynamo=False, dynamic_axes=axes,
-                    input_names=["input"], output_names=["output"], opset_version=opset,
+                    input_names=["input"], output_names=list(names), opset_version=opset,
                 )  # fmt: skip
         return tuple(str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning))
     except Exception as e:
