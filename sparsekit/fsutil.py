@@ -169,16 +169,27 @@ def sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None when unknown."""
+def _proc_kib(path: str, key: str) -> int | None:
+    """Bytes of the ``key: N kB`` line of a Linux /proc file, or None where there is none."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None when unknown."""
+    return _proc_kib("/proc/meminfo", "MemAvailable")
+
+
+def private_memory() -> int | None:
+    """Bytes of this process's private data mappings (Linux ``VmData``: what ``RLIMIT_DATA`` limits); None
+    when unknown."""
+    return _proc_kib("/proc/self/status", "VmData")
 
 
 def cache_dir() -> Path:

@@ -90,7 +90,8 @@ def test_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     assert ticks == [r"\$\frac{\$", r"a\$b\$c"]  # mathtext shows an escaped dollar as a dollar
 
 
-def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
+def _plan_small_mlp(tmp_path: Path, entry: dict) -> tuple[dict, dict]:
+    """``sparsekit.plan`` of a one-entry recipe on a 64-32-10 digits MLP saved in ``tmp_path/w.pt``: (recipe, plan)."""
     import sparsekit
     from examples.models import mlp
 
@@ -101,9 +102,27 @@ def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
         "model": {"input_shape": [1, 64], "kwargs": {"hidden": [32]}},
         "data": {"source": "digits"},
         "finetune": {"epochs": 1},
-        "pruning": [{"method": "magnitude", "sparsity": 0.999, "scope": "layer", "schedule": "oneshot"}],
+        "pruning": [entry],
     }
-    res = sparsekit.plan(recipe, tmp_path / "w.pt", arch="examples.models:mlp", steps_per_epoch=2)
+    return recipe, sparsekit.plan(recipe, tmp_path / "w.pt", arch="examples.models:mlp", steps_per_epoch=2)
+
+
+def test_group_lasso_head_left_out_is_not_said_to_be_in_ignore(tmp_path):
+    # validate said the l1 head was "in ignore"; l1 has no ignore key to put it in.
+    _, res = _plan_small_mlp(tmp_path, {"method": "l1", "strength": 1.0e-3, "group": "row"})
+    (row,) = [r for r in res["methods"][0]["left_out"] if r["name"] == "fc2"]
+    assert "ignore" not in row["reason"].split(":")[0], row["reason"]
+    assert "layers.include" in row["reason"]
+    _, res = _plan_small_mlp(tmp_path, {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot"})
+    (row,) = [r for r in res["methods"][0]["left_out"] if r["name"] == "fc2"]
+    assert row["reason"].startswith("in ignore")  # structured's own ignore default: unchanged
+
+
+def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
+    import sparsekit
+
+    entry = {"method": "magnitude", "sparsity": 0.999, "scope": "layer", "schedule": "oneshot"}
+    recipe, res = _plan_small_mlp(tmp_path, entry)
     assert res["schedule"]["final"]["emptied"] == ["fc2"]  # 320 weights keep round(0.32) = 0; fc1 keeps 2
     recipe["pruning"][0]["sparsity"] = 0.99  # fc2 keeps 3
     res = sparsekit.plan(recipe, tmp_path / "w.pt", arch="examples.models:mlp", steps_per_epoch=2)

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsekit.errors import ExportError, one_line, option
-from sparsekit.fsutil import available_memory
+from sparsekit.fsutil import available_memory, private_memory
 from sparsekit.onnx.files import gzip_level, onnx_bytes
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
@@ -364,18 +364,6 @@ _UNSIZED_ACTIVATIONS = 16
 MEMORY_CAP_SHARE = 0.8
 
 
-def _private_bytes() -> int | None:
-    """This process's private data mappings (Linux ``VmData``: what ``RLIMIT_DATA`` counts), or None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 @contextlib.contextmanager
 def _memory_cap() -> Iterator[int | None]:
     """While the files run, new allocations may take at most :data:`MEMORY_CAP_SHARE` of the memory
@@ -389,7 +377,7 @@ def _memory_cap() -> Iterator[int | None]:
     except ImportError:  # not a POSIX system
         yield None
         return
-    available, used = available_memory(), _private_bytes()
+    available, used = available_memory(), private_memory()
     if available is None or used is None:
         yield None
         return
