@@ -102,14 +102,19 @@ def rehearse(
     shape = [int(d) for d in input_shape]
     original = unwrap(model)
     with torch.random.fork_rng(devices=[]):
-        if scorers is None and any(s.method == "gradient" for s in recipe.pruning):
-            _check_gradient_reach(original, recipe, steps_per_epoch, shape)
         # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).
         removes = any(s.method == "structured" for s in recipe.pruning)
-        if scorers is None and not removes and _builds_without_weights(original, recipe, steps_per_epoch, shape):
+        reach = scorers is None and any(s.method == "gradient" for s in recipe.pruning)
+        weightless = None
+        if scorers is None and (reach or not removes):
+            weightless = _weightless(original, recipe, steps_per_epoch, shape)
+        if weightless is not None and reach:
+            _check_gradient_reach(weightless, shape)
+        if weightless is not None and not removes:
             result = Rehearsal()
             result.ms = (time.perf_counter() - start) * 1000
             return result
+        del weightless
         work = copy.deepcopy(original)
         pruner = _build(work, recipe, steps_per_epoch, shape, scorers)
         result = Rehearsal()
@@ -168,35 +173,40 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _builds_without_weights(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> bool:
-    """Whether the Pruner builds on :func:`meta_copy` of ``original``. False when building there fails
-    in any way (a check that reads values cannot run on meta tensors): the caller then builds it on a
-    real copy, which raises what a prune run would."""
+def _weightless(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> Pruner | None:
+    """The Pruner built on :func:`meta_copy` of ``original``, or None when building there fails in any way (a
+    check that reads values cannot run on meta tensors): the caller then builds it on a real copy, which raises
+    what a prune run would."""
     try:
-        _build(meta_copy(original), recipe, steps_per_epoch, shape)
+        return _build(meta_copy(original), recipe, steps_per_epoch, shape)
     except Exception:  # noqa: BLE001 - decided again on a real copy
-        return False
-    return True
+        return None
 
 
-def _check_gradient_reach(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> None:
+def _check_gradient_reach(pruner: Pruner, shape: list[int]) -> None:
     """Every layer of a ``gradient`` entry gets a gradient from the model's output, checked by one backward
-    pass on :func:`meta_copy` (shapes only: no memory, no values). A layer off the path to the output the
-    run trains on (an unused module, a second head that ``model.output`` leaves out, a frozen layer) never
-    gets scores, and the entry's mask updates would wait for it through the whole fine-tuning, to fail at
-    the end: here it is a TargetError naming the layer, before any training. Where the copy cannot run on
-    the meta device, or the output is not one tensor (the loss is the caller's), nothing is checked."""
+    pass through ``pruner``'s model, a :func:`meta_copy` (shapes only: no memory, no values). A layer off the
+    path to the output the run trains on (an unused module, a second head that ``model.output`` leaves out, a
+    frozen layer) never gets scores, and the entry's mask updates would wait for it through the whole
+    fine-tuning, to fail at the end: here it is a TargetError naming the layer, before any training. Where the
+    copy cannot run on the meta device, or the output is not one tensor (the loss is the caller's), nothing is
+    checked."""
     from .layers import weight_of
     from .methods.gradient import Gradient
 
+    entries = [m for m in pruner.methods if isinstance(m, Gradient)]
     try:
-        work = meta_copy(original).eval()
-        pruner = Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape})
-        entries = [m for m in pruner.methods if isinstance(m, Gradient)]
-        out = work(torch.zeros(shape, device="meta"))
-        if not isinstance(out, torch.Tensor) or not out.requires_grad:
-            return
-        out.float().sum().backward()
+        work = pruner.model
+        modes = [(m, m.training) for m in work.modules()]
+        work.eval()  # (a throw-away copy, but its modes are put back as found)
+        try:
+            out = work(torch.zeros(shape, device="meta"))
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return
+            out.float().sum().backward()
+        finally:
+            for m, training in modes:
+                m.training = training
     except Exception:  # noqa: BLE001 - not checkable this way; the run's own checks still apply
         return
     for method in entries:

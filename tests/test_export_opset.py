@@ -55,10 +55,10 @@ def dynamo_keeps_opset_18(monkeypatch):
     with the fast torchscript exporter."""
     real = export_mod._export
 
-    def fake(model, tmp, x, opset, exporter, external):
+    def fake(model, tmp, x, opset, exporter, external, names=("output",)):
         if exporter == "dynamo":
-            return real(model, tmp, x, 18, "torchscript", False)
-        return real(model, tmp, x, opset, exporter, external)
+            return real(model, tmp, x, 18, "torchscript", False, names)
+        return real(model, tmp, x, opset, exporter, external, names)
 
     monkeypatch.setattr(export_mod, "_export", fake)
 
@@ -109,10 +109,10 @@ def test_undeliverable_opset_is_an_error_naming_the_working_ones(tmp_path, monke
 def test_torchscript_failure_after_dynamo_names_both(tmp_path, monkeypatch, dynamo_keeps_opset_18):
     real = export_mod._export
 
-    def torchscript_fails(model, tmp, x, opset, exporter, external):
+    def torchscript_fails(model, tmp, x, opset, exporter, external, names=("output",)):
         if exporter == "torchscript" and tmp.parent.name == "torchscript":
             raise ExportError("torch.onnx.export with exporter='torchscript' failed: no symbolic for aten::odd")
-        return real(model, tmp, x, opset, exporter, external)
+        return real(model, tmp, x, opset, exporter, external, names)
 
     monkeypatch.setattr(export_mod, "_export", torchscript_fails)
     with pytest.raises(ExportError) as err:
@@ -127,8 +127,8 @@ def test_converted_file_failing_parity_falls_back(tmp_path, monkeypatch):
     # A dynamo conversion that writes the right opset but changes the outputs.
     real_export, real_parity = export_mod._export, export_mod._parity
     monkeypatch.setattr(
-        export_mod, "_export", lambda model, tmp, x, opset, exporter, external: real_export(
-            model, tmp, x, opset, "torchscript", external
+        export_mod, "_export", lambda model, tmp, x, opset, exporter, external, names=("output",): real_export(
+            model, tmp, x, opset, "torchscript", external, names
         )
     )  # fmt: skip
 
