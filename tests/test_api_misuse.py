@@ -143,6 +143,29 @@ def test_l1_on_a_frozen_layer_is_refused_naming_it():
     assert list(sparsekit.Pruner(model, recipe(entry), 10).methods[0].layers) == ["2"]
 
 
+@pytest.mark.parametrize("extra", [{}, {"group": "row", "remove_dead": False}, {"target": 0.5}])
+def test_l1_proximal_leaves_a_layer_frozen_during_training_as_it_is(extra):
+    # (found by review) a layer frozen after the Pruner was built (requires_grad=False, e.g. a backbone frozen after
+    # an epoch): the optimizer no longer stepped it, but the proximal step kept shrinking and zeroing it
+    model = mlp()
+    schedule = {"schedule": {"start_epoch": 0, "end_epoch": 2}} if "target" in extra else {}
+    entry = {"method": "l1", "strength": 5e-3, "mode": "proximal", **extra, **schedule}
+    pruner = sparsekit.Pruner(model, recipe(entry), 10)
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    frozen = None
+    for epoch in range(3):
+        if epoch == 1:
+            model[0].requires_grad_(False)
+            model[0].weight.grad = model[0].bias.grad = None
+            frozen = model[0].weight.detach().clone()
+        for x, y in BATCHES:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            pruner.step()
+    assert frozen is not None and torch.equal(model[0].weight, frozen)
+
+
 def test_every_call_after_finalize_and_a_state_of_another_run_are_refused():
     _, pruner, _ = train("right")
     state = pruner.state_dict()

@@ -888,6 +888,11 @@ class L1:
             self._marked = None  # marked for the old shapes; the next adaptation marks again
             if self.learning_rates is not None:
                 self.learning_rates.watch(self._weights)
+        if not all(w.requires_grad for w in self._weights):
+            # A layer frozen during training (requires_grad=False after the Pruner was built, which refuses one frozen
+            # from the start): the optimizer no longer steps it, so its proximal step is none either.
+            shrinks = [t if w.requires_grad else 0.0 for t, w in zip(shrinks, self._weights, strict=True)]
+            base = [t if w.requires_grad else 0.0 for t, w in zip(base, self._weights, strict=True)]
         if self.target is None and step <= self._fused_until and not moved and not self._joint:
             fused = self._fused_pass()
             if fused is not None:
@@ -1211,6 +1216,8 @@ class L1:
         owner = torch.bucketize(order, torch.tensor(bounds[1:-1]), right=True)
         # never more than a layer's quota (less what another entry removed from it), never a layer emptied
         left = [quota - out for quota, out in zip(self._quota, gone, strict=True)]
+        # a layer frozen during training keeps its weights: only its units already at zero count
+        left = [n if weight_of(m).requires_grad else 0 for n, m in zip(left, self._modules, strict=True)]
         chosen: list[int] = []
         for idx, layer in zip(order.tolist(), owner.tolist(), strict=True):
             if len(chosen) >= want and flat[idx] > 0:
