@@ -220,6 +220,14 @@ def test_a_model_in_torch_compile_is_pruned_by_its_own_layer_names():
     assert isinstance(model, nn.Sequential) and int((model[0].weight == 0).sum()) == round(0.8 * 64 * 128)
 
 
+def test_a_model_in_torch_compile_exports_as_the_model_inside(tmp_path):
+    # (found by review) save_model, sparsity and the Pruner unwrap torch.compile; export_onnx raised
+    # "exporter='dynamo' failed (exporter='torchscript' may succeed): ... mismatch between ... dynamic_shapes"
+    model = mlp()
+    info = sparsekit.export_onnx(torch.compile(model), tmp_path / "c.onnx", input_shape=(1, 64))
+    assert info["parity"]["ok"]
+
+
 def test_a_float64_model_export_says_to_export_a_float32_one(tmp_path):
     with pytest.raises(ExportError, match=r"parameters are float64.*model\.float\(\)"):
         sparsekit.export_onnx(mlp().double(), tmp_path / "d.onnx", input_shape=(1, 64))

@@ -39,6 +39,7 @@ from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors, positive_zeros
+from sparsekit.wrappers import unwrap_wrappers
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
@@ -106,6 +107,8 @@ def export_onnx(
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise ExportError(f"opset must be an integer ({OPSETS}), got {opset!r}")
     shape = _validate_shape(input_shape)
+    # the model inside torch.compile / DDP / DataParallel (the exporters fail on the wrappers), as save_model does
+    model, _ = unwrap_wrappers(model)
     final = Path(path)
     # A private folder beside the target: same filesystem, so publishing is atomic, and an external
     # data file written under the final name keeps the relative location recorded in the graph.
