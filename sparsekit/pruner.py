@@ -687,6 +687,18 @@ class Pruner:
                 f"{self.steps_per_epoch}: its schedules would run at another pace; build the Pruner with "
                 f"steps_per_epoch={saved_clock} (the same batch size and data)"
             )
+        if len(state["methods"]) != len(self.methods):
+            raise ValueError(
+                f"load_state_dict: the state holds {len(state['methods'])} method states, this Pruner's recipe has "
+                f"{len(self.methods)} pruning entries; resume with the recipe it was saved with"
+            )
+        names = {n for n, _ in self.model.named_modules()}
+        unknown = [n for n in state["masks"] if n not in names]
+        if unknown:
+            raise ValueError(
+                f"load_state_dict: the state has masks for {', '.join(map(repr, unknown[:3]))}, which this model does "
+                "not have; resume on the model (and recipe) the state was saved with"
+            )
         history = list(state.get("pruning_history", []))
         if history and not self.pruning_history:
             from .surgery import replay_history

@@ -220,6 +220,17 @@ def test_a_model_in_torch_compile_is_pruned_by_its_own_layer_names():
     assert isinstance(model, nn.Sequential) and int((model[0].weight == 0).sum()) == round(0.8 * 64 * 128)
 
 
+def test_a_state_of_another_model_or_recipe_length_is_a_value_error_naming_it():
+    # (found by review) a KeyError of the layer's bare name, and "zip() argument 2 is shorter than argument 1"
+    _, pruner, _ = train("right")
+    state = pruner.state_dict()
+    other = {**state, "masks": {"nope": torch.ones(2, dtype=torch.bool)}}
+    with pytest.raises(ValueError, match="masks for 'nope'"):
+        sparsekit.Pruner(mlp(), recipe(GRADUAL), 10).load_state_dict(other)
+    with pytest.raises(ValueError, match="0 method states.*1 pruning entries"):
+        sparsekit.Pruner(mlp(), recipe(GRADUAL), 10).load_state_dict({**state, "methods": []})
+
+
 def test_a_model_in_torch_compile_exports_as_the_model_inside(tmp_path):
     # (found by review) save_model, sparsity and the Pruner unwrap torch.compile; export_onnx raised
     # "exporter='dynamo' failed (exporter='torchscript' may succeed): ... mismatch between ... dynamic_shapes"
