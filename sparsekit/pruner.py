@@ -634,7 +634,9 @@ class Pruner:
             )
 
     def masks(self) -> dict[str, torch.Tensor]:
-        """A copy of every mask, by module name: bool tensors of the weight's shape, False = pruned."""
+        """A copy of every mask, by module name: bool tensors of the weight's shape, False = pruned. RuntimeError
+        after :meth:`finalize` (the masks are baked into the weights: read the zeros of the model it returned)."""
+        self._refuse_finalized("masks")
         return {n: mask.clone() for n, m in self.model.named_modules() if (mask := get_mask(m)) is not None}
 
     def state_dict(self) -> dict[str, Any]:

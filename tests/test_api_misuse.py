@@ -178,7 +178,13 @@ def test_every_call_after_finalize_and_a_state_of_another_run_are_refused():
     assert again.step_count == 10 and all(torch.equal(again.masks()[n], m) for n, m in pruner.masks().items())
     opt = torch.optim.SGD(pruner.model.parameters(), 0.1)
     pruner.finalize()
-    for call in (pruner.state_dict, lambda: pruner.load_state_dict(state), lambda: pruner.update_optimizer(opt)):
+    calls = (
+        pruner.state_dict,
+        pruner.masks,
+        lambda: pruner.load_state_dict(state),
+        lambda: pruner.update_optimizer(opt),
+    )
+    for call in calls:  # (masks() answered {} there: the masks are baked, not gone)
         with pytest.raises(RuntimeError, match="after finalize"):
             call()
     with pytest.raises(TypeError, match="must be a number"):
