@@ -248,3 +248,31 @@ def test_a_model_in_torch_compile_exports_as_the_model_inside(tmp_path):
 def test_a_float64_model_export_says_to_export_a_float32_one(tmp_path):
     with pytest.raises(ExportError, match=r"parameters are float64.*model\.float\(\)"):
         sparsekit.export_onnx(mlp().double(), tmp_path / "d.onnx", input_shape=(1, 64))
+
+
+def test_a_layer_frozen_mid_training_is_named_as_frozen_not_as_a_call_order_mistake():
+    # A gradient entry whose layer was frozen during training warned "call it after loss.backward() ..." and
+    # failed at finalize with the same loop advice; the cause was the frozen layer.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    spec = {"method": "gradient", "criterion": "taylor", "sparsity": 0.5, "scope": "layer"}
+    entry = {**spec, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 1}}
+    pruner = sparsekit.Pruner(model, {"version": 1, "finetune": {"epochs": 3}, "pruning": [entry]}, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    caught = []
+    for step in range(12):
+        if step == 4:
+            model[0].weight.requires_grad_(False)
+            model[0].weight.grad = None
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            pruner.step()
+        caught += [str(w.message) for w in got]
+    (said,) = [w for w in caught if "should update the masks" in w]
+    assert "layer '0' is frozen (requires_grad=False)" in said and "loss.backward()" not in said
+    with pytest.raises(TargetError, match=r"layer '0', frozen \(requires_grad=False\).*layers\.exclude"):
+        pruner.finalize()

@@ -191,11 +191,19 @@ class Gradient(Magnitude):
             # Said now, not only at finalize: a loop that zeroes the gradients before pruner.step() trains to
             # the end with masks that never update.
             self._warned_no_grad = True
+            frozen = self._frozen()
+            fix = (
+                f"{self._missing()} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad=False): leave "
+                f"{'it' if len(frozen) == 1 else 'them'} out with layers.exclude, or unfreeze "
+                f"{'it' if len(frozen) == 1 else 'them'}"
+                if frozen
+                else "call it after loss.backward() and optimizer.step() and before optimizer.zero_grad(); exclude "
+                "frozen layers with layers.exclude"
+            )
             warnings.warn(
                 f"{self.where}: step {step} should update the masks, but {self._missing()} had no gradient (or only "
-                "zero ones) when pruner.step() ran: call it after loss.backward() and optimizer.step() and before "
-                "optimizer.zero_grad(); exclude frozen layers with layers.exclude. The update waits for a step "
-                "that brings gradients",
+                f"zero ones) when pruner.step() ran: {fix}. The update waits for a step that brings gradients to "
+                "every layer of the entry",
                 stacklevel=3,
             )
         return changes
@@ -203,9 +211,18 @@ class Gradient(Magnitude):
     _warned_no_grad = False
     _zero_scored: list[str] = []  # noqa: RUF012 - replaced, never changed in place
 
-    def _missing(self) -> str:
+    def _missing_layers(self) -> list[str]:
         missing = [name for name in self.layers if name not in self.accum or name in self._zero_scored]
-        missing = missing or list(self.layers)
+        return missing or list(self.layers)
+
+    def _frozen(self) -> list[str]:
+        """The layers missing gradients, when every one of them is frozen (requires_grad=False); else []."""
+        missing = self._missing_layers()
+        frozen = [n for n in missing if not weight_of(self.layers[n]).requires_grad]
+        return frozen if len(frozen) == len(missing) else []
+
+    def _missing(self) -> str:
+        missing = self._missing_layers()
         shown = ", ".join(repr(n) for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         return f"layer {shown}" if len(missing) == 1 else f"layers {shown}"
 
@@ -225,6 +242,12 @@ class Gradient(Magnitude):
         """Raises TargetError when an update point is still waiting for gradients."""
         self._hook.remove()
         if self._pending:
+            if self._frozen():
+                raise TargetError(
+                    f"{self.where}: gradient criterion got no gradients for {self._missing()}, frozen "
+                    "(requires_grad=False), so the entry's mask updates waited for them: leave frozen layers out "
+                    "with layers.exclude, or unfreeze them"
+                )
             raise TargetError(
                 f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "
                 "loss.backward() before pruner.step() and optimizer.zero_grad() after it, or give the recipe "
