@@ -110,6 +110,26 @@ FAST = [
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def fast_prune(model_path, recipe_path, out, *options: str):
+    """``sparsekit prune MODEL RECIPE -o OUT OPTIONS... FAST`` in-process (click's CliRunner): the result."""
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    args = ["prune", str(model_path), str(recipe_path), *options, "-o", str(out), *FAST]
+    return CliRunner().invoke(main, args)
+
+
+def user_module(tmp_path, monkeypatch, name: str, source: str):
+    """Write ``source`` as the user's module ``name`` in ``tmp_path``, importable (as ``--arch name:factory``
+    finds it) for this test, and return it imported."""
+    import importlib
+
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(name)
+
+
 @pytest.fixture
 def one_thread():
     """torch on one thread for tests of tiny tensors: a second thread only adds synchronization, which

@@ -9,11 +9,10 @@ import textwrap
 
 import pytest
 import torch
-from conftest import FAST, assert_bad_input
+from conftest import assert_bad_input, fast_prune, user_module
 from torch import nn
 
 import sparsekit
-from sparsekit.cli import main
 from sparsekit.errors import TargetError
 from sparsekit.logits import attach
 from sparsekit.rehearsal import rehearse
@@ -43,11 +42,7 @@ MODELS = textwrap.dedent("""
 
 @pytest.fixture
 def heads_mod(tmp_path, monkeypatch):
-    (tmp_path / "reachnets.py").write_text(MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import reachnets
-
-    return reachnets
+    return user_module(tmp_path, monkeypatch, "reachnets", MODELS)
 
 
 def recipe(**entry) -> dict:
@@ -78,8 +73,6 @@ def test_a_frozen_layer_is_named_as_frozen_and_a_plain_model_passes():
 
 
 def test_the_cli_refuses_it_before_training_with_one_error_line(tmp_path, heads_mod):
-    from click.testing import CliRunner
-
     model_path = tmp_path / "heads.pt"
     torch.save(heads_mod.two_heads().state_dict(), model_path)
     body = (
@@ -92,13 +85,13 @@ def test_the_cli_refuses_it_before_training_with_one_error_line(tmp_path, heads_
     refused.write_text(body % "")
     out = tmp_path / "out"
     arch = ("--arch", "reachnets:two_heads")
-    result = CliRunner().invoke(main, ["prune", str(model_path), str(refused), *arch, "-o", str(out), *FAST])
+    result = fast_prune(model_path, refused, out, *arch)
     assert_bad_input(result, "layer 'aux' gets no gradient from the model's output", "pruning[0].layers.exclude")
     assert "epoch" not in result.stderr.lower().split("error:")[0]  # refused before the first epoch
     assert not out.exists()
     kept = tmp_path / "k.yaml"
     kept.write_text(body % ", layers: {exclude: [aux]}")
-    result = CliRunner().invoke(main, ["prune", str(model_path), str(kept), *arch, "-o", str(out), *FAST])
+    result = fast_prune(model_path, kept, out, *arch)
     assert result.exit_code == 0, result.output + result.stderr
     pruned = sparsekit.load_model(out / "model.pt", arch="reachnets:two_heads")
     assert float((pruned.fc1.weight == 0).float().mean()) == pytest.approx(0.5, abs=1 / 64)

@@ -11,11 +11,10 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, assert_bad_input
+from conftest import assert_bad_input, fast_prune, user_module
 from torch import nn
 
 import sparsekit
-from sparsekit.cli import main
 from sparsekit.errors import TargetError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,11 +73,7 @@ REORDERING = [("shuffle", "conv2"), ("flip", "conv1")]
 
 @pytest.fixture
 def reorder_mod(tmp_path, monkeypatch):
-    (tmp_path / "reordernets.py").write_text(MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import reordernets
-
-    return reordernets
+    return user_module(tmp_path, monkeypatch, "reordernets", MODELS)
 
 
 def entry(**kw) -> dict:
@@ -140,8 +135,6 @@ def test_with_the_layer_in_ignore_the_recipe_prunes_the_others_correctly(reorder
 
 
 def test_the_cli_refuses_it_with_one_error_line_and_prunes_with_the_layer_ignored(tmp_path, reorder_mod):
-    from click.testing import CliRunner
-
     model_path = tmp_path / "shuffle.pt"
     torch.save(reorder_mod.shuffle().state_dict(), model_path)
     body = (
@@ -153,13 +146,13 @@ def test_the_cli_refuses_it_with_one_error_line_and_prunes_with_the_layer_ignore
     refused.write_text(body % "")
     out = tmp_path / "out"
     arch = ("--arch", "reordernets:shuffle")
-    result = CliRunner().invoke(main, ["prune", str(model_path), str(refused), *arch, "-o", str(out), *FAST])
+    result = fast_prune(model_path, refused, out, *arch)
     line = assert_bad_input(result, "cannot remove output channels of 'conv2'", "reorders", "pruning[0].ignore")
     assert "'conv1'" not in line.split("ignore")[0]  # conv1's channels reach conv2 unreordered: not named
     assert not out.exists()
     kept = tmp_path / "k.yaml"
     kept.write_text(body % ", ignore: [conv2, fc]")
-    result = CliRunner().invoke(main, ["prune", str(model_path), str(kept), *arch, "-o", str(out), *FAST])
+    result = fast_prune(model_path, kept, out, *arch)
     assert result.exit_code == 0, result.output + result.stderr
     pruned = sparsekit.load_model(out / "model.pt", arch="reordernets:shuffle")
     assert pruned.conv1.out_channels == 16 and pruned.conv2.out_channels == 32
