@@ -118,7 +118,10 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
 
     Limits: structured pruning replaces parameters during training, which DeepSpeed/FSDP/DDP wrappers
     do not follow: use it on a single device; ``load_best_model_at_end`` cannot load a checkpoint whose
-    shapes differ from the final model's. Attributes: :attr:`pruner` (None before training begins),
+    shapes differ from the final model's. With ``load_best_model_at_end`` the pruned model is the best
+    checkpoint's: ``on_train_end`` restores the pruner state saved beside it (its masks, step count), with a
+    warning, so finalize does not zero the weights the later masks pruned in a model never trained without them.
+    Attributes: :attr:`pruner` (None before training begins),
     :attr:`model`.
     """
 
@@ -331,6 +334,33 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         with atomic_path(folder / PRUNER_FILE) as tmp, open(tmp, "wb") as fh:
             torch.save(self._state(), fh)
 
+    def _follow_best(self, args: TrainingArguments, state: TrainerState) -> None:
+        """With ``load_best_model_at_end`` the Trainer has just loaded the best checkpoint's weights: restore the
+        pruner state saved beside them, so the masks are the ones that model was trained and evaluated with (the
+        last step's masks would zero more of its weights, untrained and unevaluated)."""
+        pruner = self.pruner
+        best = state.best_model_checkpoint if args.load_best_model_at_end else None
+        if pruner is None or not best:
+            return
+        path = Path(best) / PRUNER_FILE
+        saved = self._read(path) if path.is_file() else None
+        if saved is None or saved.get("pruning") != pruning_key(self.recipe):
+            warnings.warn(
+                f"SparsekitTrainerCallback: load_best_model_at_end loaded {best}, which has no pruner state of this "
+                "recipe; the last step's masks are applied to its weights",
+                stacklevel=3,
+            )
+            return
+        step = int(saved["pruner"]["step"])
+        if step == pruner.step_count or list(saved["pruner"].get("pruning_history", [])) != pruner.pruning_history:
+            return  # the last step's own state, or one the Trainer could not load the weights of (channels removed)
+        pruner.load_state_dict(saved["pruner"])
+        warnings.warn(
+            f"SparsekitTrainerCallback: load_best_model_at_end loaded {best} (optimizer step {step} of "
+            f"{state.global_step}): the pruned model is that checkpoint's, with the masks it was evaluated with",
+            stacklevel=3,
+        )
+
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -340,6 +370,8 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         pruner = self.pruner
         if pruner is None:
             return
+        if not pruner.finalized:
+            self._follow_best(args, state)
         target = pruner.model
         if not self.finalize or pruner.finalized:
             self.model = target
