@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import operator
 import os
 import warnings
@@ -423,15 +424,15 @@ class Pruner:
             else:
                 param.grad.add_(grad)
 
-    def step(self, lr: float | None = None) -> None:
+    def step(self, lr: float | torch.Tensor | None = None) -> None:
         """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints.
 
         ``lr``: the learning rate of the optimizer step just taken, for proximal steps (L1 ``mode: proximal``
         shrinks by ``lr * strength``). Leave it out with a ``torch.optim`` optimizer: the rate of the param
         group holding each weight is read at its ``step()`` (a global step hook, see
         :mod:`sparsekit.learning_rate`); before any optimizer stepped, the recipe's ``finetune.optimizer.lr``
-        is used. Pass it when the update is not a ``torch.optim`` optimizer's. ValueError when negative or
-        not finite.
+        is used. Pass it when the update is not a ``torch.optim`` optimizer's. Any real number (a numpy scalar too)
+        or a one-value tensor (an optimizer's ``lr`` may be one) is taken. ValueError when negative or not finite.
 
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
         new parameter objects; ``optimizer = pruner.update_optimizer(optimizer)`` points the optimizer at them
@@ -453,8 +454,11 @@ class Pruner:
         # This runs after every optimizer step, so it does no more than it must (on LeNet-300-100 a whole
         # training step is ~1.5 ms, on the digits MLP ~0.6 ms; see benchmarks/step_overhead.py).
         if lr is not None:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+                lr = lr.item()  # torch.optim takes lr=torch.tensor(...): its param groups then hold one
+            if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
                 raise TypeError(f"pruner.step(lr={lr!r}): the learning rate must be a number (a float), or left out")
+            lr = float(lr)  # a numpy scalar (np.float32 is no float) or an int
             if not (lr >= 0 and lr < float("inf")):
                 raise ValueError(f"pruner.step(lr={lr!r}): the learning rate must be a finite number >= 0")
             for rates in self._rates:

@@ -50,3 +50,26 @@ def test_load_best_model_at_end_keeps_the_masks_the_best_checkpoint_was_evaluate
     # later masks, which that model never trained or was evaluated with).
     assert torch.equal(pruning.model.fc1.weight, seen["weight"])
     assert torch.equal(pruning.model.fc1.weight != 0, saved["masks"]["fc1"])
+
+
+@pytest.mark.parametrize("kind", ["numpy float32", "the optimizer's tensor lr"])
+def test_step_takes_a_numpy_or_tensor_learning_rate_for_the_proximal_shrink(kind):
+    import numpy as np
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    l1 = {"method": "l1", "mode": "proximal", "group": "none", "strength": 0.01, "layers": {"include": ["0"]}}
+    l1["schedule"] = {"start_epoch": 0, "end_epoch": 1}
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [l1]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.5))
+    before = model[0].weight.detach().clone()
+    lr = np.float32(2.0) if kind == "numpy float32" else optimizer.param_groups[0]["lr"]
+    for _ in range(4):  # the schedule's steps: the shrinks owed are paid by its end
+        pruner.step(lr=lr)  # was a TypeError "must be a number (a float)" for both
+    expected = before.sign() * (before.abs() - 4 * float(lr) * 0.01).clamp(min=0)
+    assert torch.allclose(model[0].weight, expected, atol=1e-7)
+    with pytest.raises(TypeError, match="must be a number"):
+        pruner.step(lr=torch.tensor([0.1, 0.2]))
