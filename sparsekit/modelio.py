@@ -10,7 +10,6 @@ and are refused unless the caller trusts the file (``trust=True``).
 from __future__ import annotations
 
 import codecs
-import contextlib
 import io
 import json
 import os
@@ -696,7 +695,12 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         if not trust:
             raise _refuse(path, "a torch.export archive (.pt2)")
         _screen_trusted(path)  # its pickled members (sample inputs, pickled weights and constants) first
-        return torch.export.load(str(path)).module(), "trusted-module"
+        module = torch.export.load(str(path)).module()
+        # torch.export's module refuses train() and eval() (NotImplementedError), which every command calls: its
+        # graph has the mode it was exported in baked in, so nn.Module's own, which only set the flags, do no harm.
+        for name in ("train", "eval"):
+            vars(module).pop(name, None)
+        return module, "trusted-module"
     members = _archive_members(path)
     if any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in members):  # TorchScript
         if not trust:
@@ -1013,11 +1017,12 @@ def read_model(
     if kind == "trusted-module":
         if not isinstance(obj, nn.Module):
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
-        check_finite(obj, path)
-        obj = obj.float()
-        with contextlib.suppress(NotImplementedError):  # a .pt2 archive's module (torch.export) has no eval()
-            obj.eval()
-        return LoadedModel(obj, arch, kwargs or {}, input_shape, kind=kind)
+        if not (arch and isinstance(obj, torch.jit.ScriptModule | torch.fx.GraphModule)):
+            check_finite(obj, path)
+            return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
+        # TorchScript and torch.export keep no layer classes a method could prune: their weights go into the
+        # architecture named, checked strictly as a state_dict's are.
+        obj, kind = obj.state_dict(), "state_dict"
     history: list = []
     # Who named the architecture: the caller (arch), the file itself, or the recipe.
     named_in: str | os.PathLike[str] | None = None

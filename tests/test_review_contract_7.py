@@ -1,0 +1,46 @@
+"""Contract review 7: what INTERFACE.md and README.md promise, checked against what the commands do."""
+
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from sparsekit.cli import main
+
+ARCH = ["--arch", "examples.models:mlp", "--kwargs", '{"in_features": 8, "hidden": [6], "num_classes": 3}']
+
+
+def _mlp() -> nn.Module:
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    return mlp(in_features=8, hidden=[6], num_classes=3).eval()
+
+
+def test_a_trusted_pt2_archive_is_exported_not_an_unexpected_failure(tmp_path):
+    # INTERFACE §1: a .pt2 is refused "with the two ways out", one of them --trust-model-file. With it, every
+    # command that put the model in eval mode ended in exit 1 (torch.export's module refuses eval()).
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(_mlp(), (torch.randn(2, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "m.pt2")
+    args = ["export", str(tmp_path / "m.pt2"), "--trust-model-file", "--input-shape", "1,8"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "m.onnx").is_file()
+
+
+def test_a_trusted_torchscript_archive_with_arch_has_the_layers_of_that_architecture(tmp_path):
+    # With --trust-model-file and --arch, a TorchScript file's weights are the named architecture's: its layers
+    # are found (they were none: `prune` refused every recipe with "prunable layers are: none", `inspect` gave no
+    # rows and 0 MACs).
+    model = _mlp()
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 8)), tmp_path / "ts.pt")
+    args = ["inspect", str(tmp_path / "ts.pt"), "--trust-model-file", *ARCH, "--input-shape", "1,8", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    import json
+
+    rows = json.loads(result.stdout)["layers"]
+    assert [r["name"] for r in rows] == ["fc1", "fc2"]
+    assert sum(r["macs"] for r in rows) == 8 * 6 + 6 * 3
