@@ -92,8 +92,12 @@ class Result(_Closed):
     sparsity: float = Field(description="fraction of zeros among the weights of prunable layers")
     macs: int | None = Field(None, description="multiply-accumulates per sample, dense count")
     effective_macs: int | None = Field(None, description="MACs of nonzero weights only")
-    onnx_bytes: int = Field(description="ONNX file size in bytes, external data included")
-    onnx_gzip_bytes: int
+    onnx_bytes: int = Field(
+        description="ONNX file size in bytes, external data included, with dense initializers (dense.onnx; the "
+        "pruned model as exported, so dense and pruned compare like with like): model.onnx on disk is this file "
+        "unless storage.encoding is sparse, whose size is storage.bytes"
+    )
+    onnx_gzip_bytes: int = Field(description="the same file gzipped (at storage.gzip_level), bytes")
     onnx_params: int = Field(description="weights stored in the ONNX file (quantized ones included)")
     onnx_nonzero_params: int
     bytes_per_nonzero: float | None = None
