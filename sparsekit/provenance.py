@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -309,11 +310,10 @@ def check_allowed(allowed: Iterable[str]) -> list[str]:
     for name in allowed:
         field = name.strip().rstrip(".")
         if not (is_safe(field) or any(s == field + "." for s in SAFE_CHANGES)):
-            safe = ", ".join(s.rstrip(".") for s in SAFE_CHANGES)
-            raise ValueError(
-                f"{name!r} cannot be changed on a resume: it changes what the finished epochs did. Fields that "
-                f"can: {safe}"
-            )
+            safe = [s.rstrip(".") for s in SAFE_CHANGES]
+            meant = next(iter(difflib.get_close_matches(field, safe, n=1, cutoff=0.9)), None)  # a typo of one
+            why = f"did you mean {meant!r}?" if meant else "it changes what the finished epochs did."
+            raise ValueError(f"{name!r} cannot be changed on a resume: {why} Fields that can: {', '.join(safe)}")
         out.append(field)
     return out
 

@@ -57,3 +57,17 @@ def test_report_schema_says_which_file_onnx_bytes_measures():
     assert "dense initializers" in props["onnx_bytes"]["description"]
     assert "storage.bytes" in props["onnx_bytes"]["description"]
     assert "description" in props["onnx_gzip_bytes"]
+
+
+def test_a_misspelt_allow_change_field_is_named_as_a_typo():
+    # `--resume --allow-change finetune.epoch` said the field "changes what the finished epochs did": the wrong
+    # cause for a typo of finetune.epochs, which may be changed.
+    import pytest
+
+    from sparsekit.provenance import check_allowed
+
+    with pytest.raises(ValueError, match=r"'finetune\.epoch' .*did you mean 'finetune\.epochs'\?"):
+        check_allowed(["finetune.epoch"])
+    with pytest.raises(ValueError, match=r"'finetune\.optimizer\.lr' .*changes what the finished epochs did"):
+        check_allowed(["finetune.optimizer.lr"])
+    assert check_allowed(["finetune.epochs", "benchmark"]) == ["finetune.epochs", "benchmark"]
