@@ -71,3 +71,13 @@ def test_a_misspelt_allow_change_field_is_named_as_a_typo():
     with pytest.raises(ValueError, match=r"'finetune\.optimizer\.lr' .*changes what the finished epochs did"):
         check_allowed(["finetune.optimizer.lr"])
     assert check_allowed(["finetune.epochs", "benchmark"]) == ["finetune.epochs", "benchmark"]
+
+
+def test_inspect_of_a_trusted_torchscript_file_without_arch_asks_for_it_instead_of_counting_nothing(tmp_path):
+    # Its layers are compiled code, not Linear/Conv modules: inspect printed no rows and "0" dense MACs for a
+    # model of 66 (with --input-shape too), a wrong figure rather than an unknown one.
+    from conftest import assert_bad_input
+
+    torch.jit.save(torch.jit.trace(_mlp(), torch.zeros(1, 8)), tmp_path / "ts.pt")
+    args = ["inspect", str(tmp_path / "ts.pt"), "--trust-model-file", "--input-shape", "1,8"]
+    assert_bad_input(CliRunner().invoke(main, args), "TorchScript", "--arch")
