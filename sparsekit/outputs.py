@@ -212,9 +212,20 @@ class RunFolder:
         )
 
     def checkpointed(self) -> bool:
-        """Whether the folder holds an epoch checkpoint to resume from: the unfinished run's, or a finished run's."""
+        """Whether the folder holds an epoch checkpoint to resume from (see :meth:`resume_checkpoint`)."""
+        return self.resume_checkpoint() is not None
+
+    def resume_checkpoint(self) -> Path | None:
+        """The epoch checkpoint a resume continues from: the unfinished run's (``next/``); when that run finished no
+        epoch yet, none (its training starts over: the earlier finished run's checkpoint belongs to the results it
+        was about to replace), unless it was killed in the swap, whose checkpoint may already lie in the folder;
+        with no unfinished run, the finished run's. None when there is none."""
         ckpt = Path("checkpoints") / "last.pt"
-        return (self.stage / ckpt).is_file() or (self.out / ckpt).is_file()
+        if (self.stage / ckpt).is_file():
+            return self.stage / ckpt
+        if self.stage.is_dir() and not self.swap_unfinished():
+            return None
+        return self.out / ckpt if (self.out / ckpt).is_file() else None
 
     def swap_unfinished(self) -> bool:
         """Whether a run was killed (SIGKILL, a power cut: nothing it could catch) while :meth:`publish` moved its
@@ -332,9 +343,10 @@ class RunFolder:
                     # DIR/.sparsekit/next holds only what an earlier unfinished run of ours wrote; _check_state
                     # has refused it if it is a link, and rmtree never follows links inside it.
                     shutil.rmtree(self.stage)
+                finished = self.resume_checkpoint() if self.resume else None  # before next/ is made
                 self.stage.mkdir(parents=True, exist_ok=True)
                 ckpt = Path("checkpoints") / "last.pt"
-                if self.resume and not (self.stage / ckpt).exists() and (self.out / ckpt).is_file():
+                if finished == self.out / ckpt:
                     (self.stage / ckpt).parent.mkdir(parents=True, exist_ok=True)
                     with atomic_path(self.stage / ckpt) as tmp:
                         shutil.copyfile(self.out / ckpt, tmp)

@@ -398,7 +398,7 @@ def run_prune(
         if resume:
             # Before the dense model is measured and the folder touched: a checkpoint of another model,
             # data set or recipe is refused at once, naming what changed.
-            accepted, before = _check_resume(out, folder.stage, origin, allow_changes)
+            accepted, before = _check_resume(out, folder.resume_checkpoint(), origin, allow_changes)
             new = change_lines(accepted)
             inputs.resumed_changes = before + [c for c in new if c not in before]  # earlier resumes' too
             if accepted and notify and main:
@@ -441,38 +441,36 @@ def run_prune(
 
 
 def _check_resume(
-    out: Path, stage: Path, origin: dict[str, Any], allow_changes: Sequence[str]
+    out: Path, ckpt: Path | None, origin: dict[str, Any], allow_changes: Sequence[str]
 ) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
-    """The resume's accepted changes against the checkpoint it will continue from (the unfinished run's,
-    else the finished run's), and those earlier resumes accepted (as :func:`change_lines` words them); none
-    when there is no checkpoint yet. Raises SparsekitError naming the output folder and every change that is
-    not accepted (ValueError from ``allow_changes`` becomes one)."""
+    """The resume's accepted changes against the checkpoint ``ckpt`` it will continue from
+    (:meth:`~sparsekit.outputs.RunFolder.resume_checkpoint`), and those earlier resumes accepted (as
+    :func:`change_lines` words them); none when there is no checkpoint yet. Raises SparsekitError naming the output
+    folder and every change that is not accepted (ValueError from ``allow_changes`` becomes one)."""
     try:
         allowed = check_allowed(allow_changes)
     except ValueError as err:
         raise SparsekitError(str(err)) from None
-    for ckpt in (stage / "checkpoints" / "last.pt", out / "checkpoints" / "last.pt"):
-        if not ckpt.is_file():
-            continue
-        try:  # memory-mapped: only the small provenance record is read, not the weights
-            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-            saved, done = state.get("provenance"), int(state.get("epoch", 0))
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
-            return {}, []
-        try:
-            accepted = check_resume(saved, origin, allowed=allowed)
-        except SparsekitError as err:
-            raise SparsekitError(
-                f"{out}: cannot resume the run there: {quoted(err)}; or start again with {option('overwrite')}"
-            ) from None
-        epochs = int(origin.get("recipe", {}).get("finetune", {}).get("epochs", done))
-        if done > epochs:  # said before any "resuming with accepted changes" line
-            raise RecipeError(
-                f"finetune.epochs: {epochs}, but the run in {out} already finished epoch {done}; resume with at "
-                f"least {done}, or start again with {option('overwrite')}"
-            )
-        return accepted, [str(c) for c in (saved or {}).get("accepted", [])]
-    return {}, []
+    if ckpt is None:
+        return {}, []
+    try:  # memory-mapped: only the small provenance record is read, not the weights
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        saved, done = state.get("provenance"), int(state.get("epoch", 0))
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
+        return {}, []
+    try:
+        accepted = check_resume(saved, origin, allowed=allowed)
+    except SparsekitError as err:
+        raise SparsekitError(
+            f"{out}: cannot resume the run there: {quoted(err)}; or start again with {option('overwrite')}"
+        ) from None
+    epochs = int(origin.get("recipe", {}).get("finetune", {}).get("epochs", done))
+    if done > epochs:  # said before any "resuming with accepted changes" line
+        raise RecipeError(
+            f"finetune.epochs: {epochs}, but the run in {out} already finished epoch {done}; resume with at "
+            f"least {done}, or start again with {option('overwrite')}"
+        )
+    return accepted, [str(c) for c in (saved or {}).get("accepted", [])]
 
 
 def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.device, *, resume: bool) -> None:

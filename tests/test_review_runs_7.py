@@ -1,0 +1,37 @@
+"""Runs that hold (review 7): resumes, locks and interruptions in situations the other tests leave out."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import InterruptOnEvaluate, fast_prune
+
+from sparsekit.outputs import RunFolder
+
+MLP = ("--arch", "examples.models:mlp")
+RECIPE = (
+    "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits}\n"
+    "finetune: {epochs: 2, max_steps_per_epoch: 3, optimizer: {name: adam, lr: 0.001}}\n"
+    "pruning: [{method: magnitude, sparsity: 0.6, schedule: oneshot, layers: {exclude: [fc3]}}]\n"
+    "benchmark: {enabled: false}\n"
+)
+
+
+def test_an_overwrite_stopped_before_its_first_epoch_resumes_by_training_over(tmp_path, mlp_checkpoint, monkeypatch):
+    # The stopped run says "no epoch was checkpointed: `--resume` starts the training over"; the resume compared
+    # with (and would have continued from) the checkpoint of the finished run it was about to replace instead.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out"
+    assert fast_prune(mlp_checkpoint, recipe, out, *MLP).exit_code == 0
+    lr = ("--set", "finetune.optimizer.lr=0.01")
+    stop = InterruptOnEvaluate(monkeypatch, 1)  # the dense model's evaluation: before training started
+    stopped = fast_prune(mlp_checkpoint, recipe, out, *MLP, "--overwrite", *lr)
+    assert stopped.exit_code == 130 and "`--resume` starts the training over" in stopped.stderr, stopped.stderr
+    stop.restore()
+    assert not RunFolder(out).checkpointed()
+    resumed = fast_prune(mlp_checkpoint, recipe, out, *MLP, "--resume", *lr)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "training starts at epoch 1" in resumed.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["finetune"]["optimizer"]["lr"] == 0.01 and len(report["history"]) == 2
