@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 
+import pytest
 from conftest import InterruptOnEvaluate, fast_prune
 
+from sparsekit.onnx import files
 from sparsekit.outputs import RunFolder
 
 MLP = ("--arch", "examples.models:mlp")
@@ -35,3 +40,18 @@ def test_an_overwrite_stopped_before_its_first_epoch_resumes_by_training_over(tm
     assert "training starts at epoch 1" in resumed.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["finetune"]["optimizer"]["lr"] == 0.01 and len(report["history"]) == 2
+
+
+def test_a_ctrl_c_while_an_onnx_staging_folder_is_removed_still_removes_it(tmp_path, monkeypatch):
+    # A SIGINT handled by sparsekit (exit 130) left `.model.onnx.XXXXXXXX.tmp/` behind when it arrived as the
+    # export's private folder was being removed (seen with a Ctrl-C right after dense.onnx was written).
+    real = shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt at its next instruction
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt), files.staging(tmp_path / "model.onnx") as work:
+        (work / "model.onnx").write_bytes(b"graph")
+    assert list(tmp_path.iterdir()) == []

@@ -38,7 +38,7 @@ from onnx.external_data_helper import (
 )
 
 from sparsekit.errors import ExportError
-from sparsekit.fsutil import atomic_path, writing
+from sparsekit.fsutil import atomic_path, sigint_deferred, writing
 from sparsekit.onnx.compress import gzip_size_of_files
 from sparsekit.onnx.tensors import external_locations, model_tensors
 
@@ -400,7 +400,8 @@ def staging(final: PathLike) -> Iterator[Path]:
         try:
             yield work
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            with sigint_deferred():  # a Ctrl-C there would leave the folder half-removed; it waits the milliseconds
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def publish(staged: PathLike, final: PathLike) -> None:
