@@ -411,9 +411,11 @@ class RunFolder:
                 with contextlib.suppress(OSError):
                     (self.meta / PENDING).unlink()
                 raise
-        _remove_empty_dirs(self.out, {str(Path(r).parent) for r in old})
-        shutil.rmtree(backup, ignore_errors=True)
-        shutil.rmtree(self.stage, ignore_errors=True)
+            # Still held: a Ctrl-C raised before these would leave the emptied next/, which a resume takes for an
+            # unfinished run that checkpointed no epoch, and the earlier results in old/.
+            _remove_empty_dirs(self.out, {str(Path(r).parent) for r in old})
+            shutil.rmtree(backup, ignore_errors=True)
+            shutil.rmtree(self.stage, ignore_errors=True)
         return list(new)
 
     def lock(self) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 from conftest import InterruptOnEvaluate, fast_prune
@@ -55,3 +56,40 @@ def test_a_ctrl_c_while_an_onnx_staging_folder_is_removed_still_removes_it(tmp_p
     with pytest.raises(KeyboardInterrupt), files.staging(tmp_path / "model.onnx") as work:
         (work / "model.onnx").write_bytes(b"graph")
     assert list(tmp_path.iterdir()) == []
+
+
+def _staged_run(out: Path, n: int) -> RunFolder:
+    folder = RunFolder.prepare(out, inputs=[], overwrite=n > 0, resume=False)
+    stage = folder.begin()
+    (stage / "checkpoints").mkdir()
+    (stage / "checkpoints" / "last.pt").write_text(f"run {n}")
+    (stage / "report.json").write_text(f"run {n}")
+    return folder
+
+
+def test_a_ctrl_c_during_the_swap_leaves_no_staging_folder_behind(tmp_path, monkeypatch):
+    # The Ctrl-C held during the swap was raised before the emptied next/ and the earlier results in old/ were
+    # removed: the finished run's folder kept both, and a --resume took the empty next/ for an unfinished run that
+    # had checkpointed no epoch (training started over instead of skipping to what follows it).
+    out = tmp_path / "out"
+    first = _staged_run(out, 0)
+    first.publish()
+    first.unlock()
+    second = _staged_run(out, 1)
+    real = os.replace
+
+    def replace(src, dst):  # Ctrl-C as the manifest goes in: the swap finishes first
+        if Path(dst).name == "manifest.json":
+            os.kill(os.getpid(), signal.SIGINT)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            second.publish()
+    finally:
+        monkeypatch.setattr(os, "replace", real)
+        second.unlock()
+    assert (out / "report.json").read_text() == "run 1"
+    assert sorted(p.name for p in (out / ".sparsekit").iterdir()) == ["manifest.json"]
+    assert RunFolder(out, resume=True).resume_checkpoint() == out / "checkpoints" / "last.pt"
