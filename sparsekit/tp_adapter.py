@@ -82,8 +82,19 @@ def _tp() -> types.ModuleType:
 def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> Graph:
     """Trace ``model`` on ``example_inputs`` (a batch-first tensor the model accepts) into tp's
     dependency graph. Runs one forward pass with autograd on; the caller sets eval mode (see
-    :func:`sparsekit.surgery.traced`). Raises whatever the model's forward raises."""
-    return _tp().DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    :func:`sparsekit.surgery.traced`). Raises whatever the model's forward raises.
+
+    Frozen parameters (``requires_grad=False``) are traced as trainable ones: a frozen layer's output has no
+    ``grad_fn`` when its input has none either (a frozen stem, a frozen branch off the input), and tp would
+    neither see it nor couple its channels to the layers it is added to."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        return _tp().DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
 
 
 def in_graph(graph: Graph, module: nn.Module) -> bool:

@@ -1,0 +1,68 @@
+"""Mends from the seventh new-user review (architectures of one's own): frozen layers under structured pruning."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+
+
+def _structured(shape: list[int]) -> sparsekit.Recipe:
+    spec = {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot"}
+    return sparsekit.Recipe(**{"model": {"input_shape": shape}, "pruning": [spec]})
+
+
+class FrozenStem(nn.Module):
+    """A transfer-learning MLP whose first layer is frozen (``requires_grad=False``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, 32)
+        self.fc = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 5)
+        self.stem.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc(F.relu(self.stem(x)))))
+
+
+class FrozenBranch(nn.Module):
+    """A trainable and a frozen Linear of the input, added: their output channels go together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(16, 32)
+        self.fc = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 5)
+        self.b.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc(F.relu(self.a(x) + self.b(x)))))
+
+
+def test_a_frozen_first_layer_loses_its_channels_like_any_other():
+    # The trace followed autograd only: a frozen layer fed by the input had no grad_fn, was left whole and was
+    # reported as "not reached by the forward pass" (a frozen layer further in was pruned).
+    torch.manual_seed(0)
+    model = FrozenStem()
+    pruner = sparsekit.Pruner(model, _structured([1, 16]), steps_per_epoch=1)
+    pruner.step()
+    report = pruner.methods[0].report()
+    assert report["per_layer"]["stem"] == {"asked": 0.5, "achieved": 0.5, "reason": None}
+    model = pruner.finalize()
+    assert model.stem.out_features == 16 and model(torch.rand(2, 16)).shape == (2, 5)
+
+
+def test_a_frozen_branch_added_to_a_trainable_one_shrinks_with_it():
+    # The frozen branch was not traced, so the add did not couple it: removing a's channels broke the forward pass
+    # (TargetError "the size of tensor a (16) must match the size of tensor b (32)") mid-training.
+    torch.manual_seed(0)
+    model = FrozenBranch()
+    pruner = sparsekit.Pruner(model, _structured([1, 16]), steps_per_epoch=1)
+    pruner.step()
+    model = pruner.finalize()
+    assert model.a.out_features == model.b.out_features == 16
+    assert model(torch.rand(2, 16)).shape == (2, 5)
