@@ -158,8 +158,18 @@ def _listed_once(group: Group) -> Group:
 
 def prune(group: Group, *, record_history: bool = True) -> None:
     """Remove the group's channels in place: every module in it gets new, smaller parameters.
-    With ``record_history`` the removal is appended to the graph's :func:`pruning_history`."""
+    With ``record_history`` the removal is appended to the graph's :func:`pruning_history`. A parameter
+    that was frozen (``requires_grad=False``) stays frozen: tp's new parameters would all be trainable."""
+    frozen = [
+        (module, name)
+        for module in {item.dep.target.module for item in group}
+        if isinstance(module, nn.Module)
+        for name, param in module.named_parameters(recurse=False)
+        if not param.requires_grad
+    ]
     group.prune(record_history=record_history)
+    for module, name in frozen:
+        getattr(module, name).requires_grad_(False)
 
 
 def guard(graph: Graph, group: Group) -> bool:

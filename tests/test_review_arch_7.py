@@ -66,3 +66,21 @@ def test_a_frozen_branch_added_to_a_trainable_one_shrinks_with_it():
     model = pruner.finalize()
     assert model.a.out_features == model.b.out_features == 16
     assert model(torch.rand(2, 16)).shape == (2, 5)
+
+
+def test_a_frozen_layer_stays_frozen_after_its_channels_are_removed():
+    # torch-pruning gives a pruned layer new nn.Parameters, trainable by default: the frozen layer was then trained.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    model[2].requires_grad_(False)
+    pruner = sparsekit.Pruner(model, _structured([1, 16]), steps_per_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner.step()
+    assert pruner.structure_changed and model[2].out_features == 16
+    optimizer = pruner.update_optimizer(optimizer)
+    assert not model[2].weight.requires_grad and not model[2].bias.requires_grad
+    before = model[2].weight.detach().clone()
+    optimizer.zero_grad()
+    F.cross_entropy(model(torch.rand(8, 16)), torch.arange(8) % 5).backward()
+    optimizer.step()
+    assert torch.equal(model[2].weight, before)
