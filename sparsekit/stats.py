@@ -53,6 +53,18 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
             macs[name] = macs.get(name, 0) + values.numel() // values.shape[0] * per
 
         hooks.append(m.register_forward_hook(hook))
+    names = {m: name for name, m in prunable_layers(model).items()}
+    for m in model.modules():
+        # nn.MultiheadAttention applies its out_proj's weight itself (F.multi_head_attention_forward), never
+        # calling the Linear: its MACs are counted from the attention's output, one row of weights per value.
+        if isinstance(m, nn.MultiheadAttention) and m.out_proj in names:
+
+            def attention_hook(
+                mod: nn.Module, inp: Any, out: Any, name: str = names[m.out_proj], per: int = m.out_proj.in_features
+            ) -> None:
+                macs[name] = macs.get(name, 0) + out[0].numel() * per
+
+            hooks.append(m.register_forward_hook(attention_hook))
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
     try:
         model.eval()

@@ -84,3 +84,26 @@ def test_a_frozen_layer_stays_frozen_after_its_channels_are_removed():
     F.cross_entropy(model(torch.rand(8, 16)), torch.arange(8) % 5).backward()
     optimizer.step()
     assert torch.equal(model[2].weight, before)
+
+
+class Attention(nn.Module):
+    """8 tokens of 8 features: an embedding Linear, nn.MultiheadAttention (batch first) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.reshape(x.shape[0], 8, 8))
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_the_out_proj_of_multihead_attention_counts_its_macs():
+    # MultiheadAttention applies out_proj's weight without calling the Linear, so its forward hook never ran: the layer
+    # was listed with 0 MACs ("never reached") in inspect, report.json and MACs targets.
+    from sparsekit.stats import layer_macs
+
+    macs = layer_macs(Attention(), [1, 64])
+    assert macs == {"embed": 8 * 8 * 16, "attn.out_proj": 8 * 16 * 16, "head": 16 * 5}
