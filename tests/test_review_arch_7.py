@@ -107,3 +107,34 @@ def test_the_out_proj_of_multihead_attention_counts_its_macs():
 
     macs = layer_macs(Attention(), [1, 64])
     assert macs == {"embed": 8 * 8 * 16, "attn.out_proj": 8 * 16 * 16, "head": 16 * 5}
+
+
+class DictHeads(nn.Module):
+    """``{"logits": ..., "aux": ...}``: two heads on one trunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 5)
+        self.aux = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = F.relu(self.trunk(x))
+        return {"logits": self.head(h), "aux": self.aux(h)}
+
+
+def test_a_pruned_head_left_out_of_a_logits_export_is_not_a_lost_zero(tmp_path):
+    # With model.output selecting the logits, the aux head is not in the graph: its zeros were reported lost
+    # ("zeros kept in ONNX: NO" in every such prune report), and exporter auto fell back to the slow dynamo exporter.
+    from sparsekit.logits import attach
+
+    torch.manual_seed(0)
+    model = attach(DictHeads(), "logits")
+    with torch.no_grad():
+        for layer in (model.trunk, model.aux):
+            layer.weight[:, ::2] = 0
+    info = sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 16))
+    assert info["zeros"]["zeros_ok"], info["zeros"]
+    assert info["exporter"] == "torchscript" and info["parity"]["ok"]
+    rows = {row["name"]: row for row in info["zeros"]["layers"]}
+    assert rows["trunk.weight"]["onnx_zeros"] == 128 and rows["aux.weight"]["onnx_name"] is None

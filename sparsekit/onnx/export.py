@@ -124,7 +124,7 @@ def export_onnx(
             if written is None:
                 written, used, fallback = _deliver(job, "dynamo" if exporter == "auto" else exporter, final)
             start = time.perf_counter()
-            zeros = written.zeros if written.zeros is not None else check_zeros(model, written.path)
+            zeros = written.zeros if written.zeros is not None else check_zeros(model, written.path, x)
             job.clock("checks", start)
         publish(written.path, final)
     start = time.perf_counter()
@@ -261,7 +261,7 @@ def _auto(job: _Job) -> tuple[_Written | None, str, str | None]:
     if written.tracer_warnings or not written.delivers(job.opset):
         return None, "", None
     start = time.perf_counter()
-    written.zeros = check_zeros(job.model, written.path)
+    written.zeros = check_zeros(job.model, written.path, job.x)
     job.clock("checks", start)
     return (written, "torchscript", None) if written.zeros["zeros_ok"] else (None, "", None)
 
@@ -360,14 +360,18 @@ def _conversion_error(path: Path, opset: int) -> str | None:
     return None
 
 
-def check_zeros(model: nn.Module, onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
+def check_zeros(
+    model: nn.Module, onnx_path: str | os.PathLike[str], example_input: torch.Tensor | None = None
+) -> dict[str, Any]:
     """Check that every Linear/Conv weight of ``model`` kept its exact zero count in the ONNX file
     ``onnx_path`` (read with its external data).
 
     Exporters rename, transpose and fold weights, so each torch weight is matched in turn by name,
     by identical values, by shape with the same zero count, and finally by shape alone (which then
     reports the mismatch), against every floating-point tensor the file stores. A weight without
-    zeros that cannot be found is listed but not a failure. Returns ``{"zeros_ok", "layers":
+    zeros that cannot be found is listed but not a failure, and so is one the model's output does not depend on
+    when ``example_input`` (the exported input) is given: an auxiliary head that selecting the logits
+    (``model.output``) leaves out of the graph. Returns ``{"zeros_ok", "layers":
     [{"name", "onnx_name", "torch_zeros", "onnx_zeros", "ok"}]}``. Raises :class:`ExportError` when
     the file is not ONNX or its external data is outside its folder or unreadable.
     """
@@ -385,11 +389,13 @@ def check_zeros(model: nn.Module, onnx_path: str | os.PathLike[str]) -> dict[str
                 key = _match(stage, name, w, zeros[name], inits, set(found.values()))
                 if key is not None:
                     found[name] = key
+    missing = [name for name, _ in weights if name not in found and zeros[name]]
+    left_out = _off_the_output(model, example_input, missing) if missing and example_input is not None else set()
     layers = []
     for name, _ in weights:
         key = found.get(name)
         onnx_zeros = None if key is None else int(np.count_nonzero(inits[key] == 0))
-        ok = onnx_zeros == zeros[name] if key is not None else zeros[name] == 0
+        ok = onnx_zeros == zeros[name] if key is not None else zeros[name] == 0 or name in left_out
         layers.append({"name": name, "onnx_name": key, "torch_zeros": zeros[name], "onnx_zeros": onnx_zeros, "ok": ok})
     return {"zeros_ok": all(layer["ok"] for layer in layers), "layers": layers}
 
@@ -701,6 +707,25 @@ def _tensors(out: Any) -> list[torch.Tensor] | None:
         parts = [_tensors(v) for v in out]
         return None if any(p is None for p in parts) else [t for p in parts for t in p or []]
     return None
+
+
+def _off_the_output(model: nn.Module, x: torch.Tensor, names: list[str]) -> set[str]:
+    """Of the weights ``names`` (``layer.weight``), those the model's output on ``x`` does not depend on (no
+    autograd path: not in the exported graph). Frozen weights are followed too; their flags are restored."""
+    weights = [model.get_parameter(name) for name in names]
+    frozen = [w for w in weights if not w.requires_grad]
+    for w in frozen:
+        w.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            if not isinstance(out, torch.Tensor):
+                return set()
+            grads = torch.autograd.grad(out.sum(), weights, allow_unused=True)
+    finally:
+        for w in frozen:
+            w.requires_grad_(False)
+    return {name for name, grad in zip(names, grads, strict=True) if grad is None}
 
 
 def _prunable_weights(model: nn.Module) -> Iterator[tuple[str, np.ndarray]]:
