@@ -114,6 +114,16 @@ def _listing(model: nn.Module) -> str:
     return f"prunable layers are: {names or 'none'}"
 
 
+def _why_not(model: nn.Module, pattern: str) -> str:
+    """Why the first module ``pattern`` matches is not prunable at all, as ``" ('rnn' is a GRU: ...)"``; "" when it
+    matches none, or only prunable layers (of a type ``layers.types`` leaves out)."""
+    prunable = prunable_layers(model)
+    for name, module in model.named_modules():
+        if name and name not in prunable and fnmatchcase(name, pattern):
+            return f" ({name!r} is a {type(module).__name__}: {_not_prunable(module)})"
+    return ""
+
+
 def check_names(model: nn.Module, names: list[str], where: str) -> None:
     """Every pattern in ``names`` must match at least one module; TargetError naming ``where`` otherwise."""
     all_names = [n for n, _ in model.named_modules() if n]
@@ -129,7 +139,10 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     everything = prunable_layers(model)
     for pattern in spec.include:
         if not any(fnmatchcase(n, pattern) for n in candidates):
-            raise TargetError(f"{where}.include: {pattern!r} matches no layer of types {spec.types}; {_listing(model)}")
+            raise TargetError(
+                f"{where}.include: {pattern!r} matches no layer of types {spec.types}{_why_not(model, pattern)}; "
+                f"{_listing(model)}"
+            )
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in everything):
             raise TargetError(f"{where}.exclude: {pattern!r} matches no layer; {_listing(model)}")
@@ -149,8 +162,14 @@ def _not_prunable(module: nn.Module) -> str:
         return NORM_REASON
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
         return "embeddings are lookup tables, not weighted sums; they are not pruned"
-    if layer_kind(module) is not None:
+    if isinstance(module._parameters.get("weight"), nn.parameter.UninitializedParameter):
         return "its weight is not initialized yet (a lazy module): run one forward pass before pruning"
+    if layer_kind(module) is not None:
+        return (
+            "its weight is computed in the forward pass (weight_norm, spectral_norm or another parametrization), not a "
+            "parameter sparsekit can mask: remove the parametrization before pruning "
+            "(torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight'))"
+        )
     if isinstance(module, nn.MultiheadAttention):
         return "attention's packed input projection is not pruned (its out_proj Linear is a layer of its own)"
     if isinstance(module, nn.RNNBase | nn.RNNCellBase):

@@ -1,7 +1,8 @@
-"""Mends from the seventh new-user review (architectures of one's own): frozen layers under structured pruning."""
+"""Mends from the seventh new-user review (own architectures): frozen layers, attention, aux heads, weight_norm."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,3 +139,18 @@ def test_a_pruned_head_left_out_of_a_logits_export_is_not_a_lost_zero(tmp_path):
     assert info["exporter"] == "torchscript" and info["parity"]["ok"]
     rows = {row["name"]: row for row in info["zeros"]["layers"]}
     assert rows["trunk.weight"]["onnx_zeros"] == 128 and rows["aux.weight"]["onnx_name"] is None
+
+
+def test_a_weight_normed_layer_is_not_called_a_lazy_module():
+    # A weight_norm'd conv was "not initialized yet (a lazy module): run one forward pass", which no forward pass
+    # changes, and naming it in layers.include said only that it matched no layer.
+    from sparsekit.layers import unselected_layers
+
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv1d(1, 4, 3)), nn.Flatten(), nn.Linear(24, 5))
+    reason = {row["name"]: row["reason"] for row in unselected_layers(model)}["0"]
+    assert "weight_norm" in reason and "lazy" not in reason
+    with pytest.raises(sparsekit.TargetError, match=r"'0' is a ParametrizedConv1d: .*remove_parametrizations"):
+        spec = {"method": "magnitude", "sparsity": 0.5, "layers": ["0"]}
+        sparsekit.Pruner(model, {"pruning": [spec]}, steps_per_epoch=1)
+    lazy = {row["name"]: row["reason"] for row in unselected_layers(nn.Sequential(nn.LazyLinear(4)))}["0"]
+    assert "lazy module" in lazy
