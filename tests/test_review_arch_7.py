@@ -154,3 +154,28 @@ def test_a_weight_normed_layer_is_not_called_a_lazy_module():
         sparsekit.Pruner(model, {"pruning": [spec]}, steps_per_epoch=1)
     lazy = {row["name"]: row["reason"] for row in unselected_layers(nn.Sequential(nn.LazyLinear(4)))}["0"]
     assert "lazy module" in lazy
+
+
+def test_taylor_importance_names_a_frozen_layer_as_frozen():
+    # A frozen layer gets no gradient: the error said to add fine-tuning epochs or call loss.backward(), which the
+    # loop did; leaving the frozen layer out is what works.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    model[2].requires_grad_(False)
+    spec = {"method": "structured", "ratio": 0.5, "importance": "taylor", "round_to": None, "steps": 1}
+    recipe = {"model": {"input_shape": [1, 16]}, "finetune": {"epochs": 1}, "pruning": [{**spec, "layers": ["*"]}]}
+    frozen = r"'2' is frozen \(requires_grad=False\).*pruning\[0\]\.layers\.exclude"
+    for exclude, error in (([], frozen), (["2"], None)):
+        torch.manual_seed(0)
+        recipe["pruning"][0]["layers"] = {"exclude": exclude}
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        optimizer.zero_grad()
+        F.cross_entropy(model(torch.rand(8, 16)), torch.arange(8) % 5).backward()
+        optimizer.step()
+        if error:
+            with pytest.raises(sparsekit.TargetError, match=error):
+                pruner.step()
+        else:
+            pruner.step()
+            assert model[0].out_features == 16

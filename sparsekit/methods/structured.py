@@ -92,6 +92,7 @@ from .. import equivalence, surgery
 from .. import tp_adapter as tpa
 from ..errors import TargetError, one_line
 from ..layers import check_names, select_layers
+from ..masks import weight_of
 from .base import UNCHANGED, Changes, Setup
 from .magnitude import unallocated
 
@@ -659,6 +660,14 @@ class Structured:
     def _install_grads(self) -> None:
         """A gradient-reading importance reads ``.grad``: put the mean accumulated gradient there."""
         missing = [n for n in self.layers if f"{n}.weight" not in self.accum] if self.accum_steps else []
+        frozen = [n for n in missing if not weight_of(self.layers[n]).requires_grad]
+        if frozen:
+            raise TargetError(
+                f"{self.where}.importance: {self._importance_name()!r} ranks channels by their gradients, but "
+                f"{', '.join(repr(n) for n in frozen)} {'is' if len(frozen) == 1 else 'are'} frozen (requires_grad="
+                f"False) and gets none: leave {'it' if len(frozen) == 1 else 'them'} out with {self.where}.layers."
+                "exclude (the layers coupled to it then keep their channels too), or use importance l1, l2 or bn_scale"
+            )
         if not self.accum_steps or missing:
             raise TargetError(
                 f"{self.where}.importance: {self._importance_name()!r} needs gradients, but "
