@@ -584,6 +584,7 @@ class Pruner:
         apply_masks(self.model)
         if _distributed.active():
             _distributed.check_masks(self._mask_views(), "at finalize")
+        self._warn_late_removals()
         model = self.model
         for method in self.methods:
             given = model
@@ -603,6 +604,27 @@ class Pruner:
         self.finalized = True
         self._warn_missed()
         return self.model
+
+    def _warn_late_removals(self) -> None:
+        """A warning per structured entry whose removal events are not all run when a loop that trained stops:
+        finalize runs them (the recipe's shape is reached) but nothing fine-tunes the model after them, which a loop
+        of one's own would not otherwise learn (the trainer callbacks say so when the fit starts). None for a
+        one-shot finalize with no step taken (``finetune.epochs: 0``): no fine-tuning is what was asked."""
+        if not self.step_count:
+            return
+        for i, method in enumerate(self.methods):
+            events = getattr(method, "events", None) if method.name == "structured" else None
+            done = getattr(method, "done", None)
+            if not isinstance(events, list) or not isinstance(done, int) or done >= len(events):
+                continue
+            left = len(events) - done
+            warnings.warn(
+                f"pruning[{i}] (structured): the loop stopped at optimizer step {self.step_count}, before "
+                f"{left} of its {len(events)} removal events (the last due after step {events[-1]}); finalize() "
+                "removes their channels now, with no fine-tuning after: "
+                "train to the schedule's end_epoch, or end the schedule earlier",
+                stacklevel=3,
+            )
 
     def _warn_missed(self) -> None:
         """A :class:`~sparsekit.TargetMissedWarning` per entry whose weight sparsity (``magnitude``, ``gradient``) or

@@ -73,3 +73,37 @@ def test_step_takes_a_numpy_or_tensor_learning_rate_for_the_proximal_shrink(kind
     assert torch.allclose(model[0].weight, expected, atol=1e-7)
     with pytest.raises(TypeError, match="must be a number"):
         pruner.step(lr=torch.tensor([0.1, 0.2]))
+
+
+def _structured_run(steps_taken: int) -> tuple[list[str], int]:
+    """An own loop over a 4-event structured schedule (events after steps 0-3) that stops after ``steps_taken``
+    steps, then finalizes: the warnings raised there and conv1's channels."""
+    import warnings
+
+    import sparsekit
+    from examples.models import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn(width=8, image_size=8)
+    spec = {"method": "structured", "ratio": 0.5, "round_to": 1, "steps": 4, "schedule": {"start_epoch": 0,
+            "end_epoch": 2}}  # fmt: skip
+    recipe = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 2}, pruning=[spec])
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    for _ in range(steps_taken):
+        pruner.step()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        final = pruner.finalize()
+    return [str(w.message) for w in seen], final.conv1.out_channels
+
+
+def test_structured_removals_left_to_finalize_by_a_loop_that_stopped_early_are_warned():
+    messages, kept = _structured_run(1)  # step 1 runs the events due after steps 0 and 1: two of four
+    assert kept == 4  # the recipe's shape is reached all the same
+    late = [m for m in messages if "removal events" in m]
+    assert len(late) == 1 and "pruning[0] (structured)" in late[0] and "2 of its 4 removal events" in late[0]
+    assert "no fine-tuning after" in late[0]
+    # the whole schedule trained, or a one-shot finalize with no step (epochs: 0): nothing to warn about
+    for steps in (4, 0):
+        messages, kept = _structured_run(steps)
+        assert kept == 4 and not [m for m in messages if "removal events" in m]
