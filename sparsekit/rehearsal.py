@@ -216,19 +216,19 @@ def _check_gradient_reach(pruner: Pruner, shape: list[int]) -> None:
                 f" and {len(unreached) - 3} more" if len(unreached) > 3 else ""
             )
             frozen = [n for n in unreached if not weight_of(method.layers[n]).requires_grad]
+            one = len(unreached) == 1
             why = (
-                "is frozen (requires_grad=False)"
+                f"{'is' if one else 'are'} frozen (requires_grad=False)"
                 if len(frozen) == len(unreached)
                 else (
-                    "gets no gradient from the model's output (not on the path to the logits the run trains on, "
-                    "or frozen)"
+                    f"{'gets' if one else 'get'} no gradient from the model's output (not on the path to the logits "
+                    "the run trains on, or frozen)"
                 )
             )
-            layer = "layer" if len(unreached) == 1 else "layers"
             raise TargetError(
-                f"{method.where} (gradient): {layer} {shown} {why}, so its scores never exist and the entry "
-                f"could prune nothing; add {'it' if len(unreached) == 1 else 'them'} to "
-                f"{method.where}.layers.exclude"
+                f"{method.where} (gradient): {'layer' if one else 'layers'} {shown} {why}, so "
+                f"{'its' if one else 'their'} scores never exist and the entry could prune nothing; add "
+                f"{'it' if one else 'them'} to {method.where}.layers.exclude"
             )
 
 

@@ -95,3 +95,14 @@ def test_the_cli_refuses_it_before_training_with_one_error_line(tmp_path, heads_
     assert result.exit_code == 0, result.output + result.stderr
     pruned = sparsekit.load_model(out / "model.pt", arch="reachnets:two_heads")
     assert float((pruned.fc1.weight == 0).float().mean()) == pytest.approx(0.5, abs=1 / 64)
+
+
+def test_several_unreached_layers_are_named_in_the_plural():
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    model[0].weight.requires_grad_(False)
+    model[2].weight.requires_grad_(False)
+    with pytest.raises(TargetError) as err:
+        rehearse(model, recipe(), [1, 64], steps_per_epoch=4)
+    message = str(err.value)
+    assert "layers '0', '2' are frozen (requires_grad=False), so their scores never exist" in message
+    assert "add them to pruning[0].layers.exclude" in message
