@@ -37,6 +37,7 @@ import re
 import shutil
 import socket
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -344,12 +345,20 @@ class RunFolder:
                     # has refused it if it is a link, and rmtree never follows links inside it.
                     shutil.rmtree(self.stage)
                 finished = self.resume_checkpoint() if self.resume else None  # before next/ is made
-                self.stage.mkdir(parents=True, exist_ok=True)
                 ckpt = Path("checkpoints") / "last.pt"
-                if finished == self.out / ckpt:
+                if finished == self.out / ckpt and not self.stage.exists():
+                    # Built aside, then renamed: a next/ left without the copy (a kill, a full disk) would read
+                    # as an unfinished run that checkpointed no epoch, and the resume would train over.
+                    self.meta.mkdir(parents=True, exist_ok=True)
+                    building = Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=".tmp", dir=self.meta))
+                    (building / ckpt).parent.mkdir()
+                    shutil.copyfile(self.out / ckpt, building / ckpt)
+                    os.replace(building, self.stage)
+                elif finished == self.out / ckpt:  # a run killed in its swap: next/ holds part of its results
                     (self.stage / ckpt).parent.mkdir(parents=True, exist_ok=True)
                     with atomic_path(self.stage / ckpt) as tmp:
                         shutil.copyfile(self.out / ckpt, tmp)
+                self.stage.mkdir(parents=True, exist_ok=True)
             self._ckpt_before = _stat(self.stage / ckpt)
         except BaseException:
             self.unlock()
@@ -412,10 +421,19 @@ class RunFolder:
                     (self.meta / PENDING).unlink()
                 raise
             # Still held: a Ctrl-C raised before these would leave the emptied next/, which a resume takes for an
-            # unfinished run that checkpointed no epoch, and the earlier results in old/.
+            # unfinished run that checkpointed no epoch, and the earlier results in old/. next/ goes by one rename
+            # first, so a kill or a failed removal leaves a temp-named folder (removed by the next run), never it.
+            spent = self.stage
+            with contextlib.suppress(OSError):
+                aside = Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=".tmp", dir=self.meta))
+                try:
+                    os.replace(self.stage, aside)  # onto the empty folder mkdtemp made
+                    spent = aside
+                except OSError:
+                    aside.rmdir()
             _remove_empty_dirs(self.out, {str(Path(r).parent) for r in old})
             shutil.rmtree(backup, ignore_errors=True)
-            shutil.rmtree(self.stage, ignore_errors=True)
+            shutil.rmtree(spent, ignore_errors=True)
         return list(new)
 
     def lock(self) -> None:

@@ -93,3 +93,68 @@ def test_a_ctrl_c_during_the_swap_leaves_no_staging_folder_behind(tmp_path, monk
     assert (out / "report.json").read_text() == "run 1"
     assert sorted(p.name for p in (out / ".sparsekit").iterdir()) == ["manifest.json"]
     assert RunFolder(out, resume=True).resume_checkpoint() == out / "checkpoints" / "last.pt"
+
+
+def _finished_run(out: Path) -> None:
+    """A finished run in ``out`` with an epoch checkpoint, published as prune publishes one."""
+    run = RunFolder(out)
+    stage = run.begin()
+    (stage / "checkpoints").mkdir()
+    (stage / "checkpoints" / "last.pt").write_bytes(b"epoch 1")
+    (stage / "report.json").write_text("{}")
+    run.publish()
+    run.unlock()
+
+
+def test_a_staging_folder_publish_could_not_remove_is_not_taken_for_a_run_that_checkpointed_nothing(
+    tmp_path, monkeypatch
+):
+    # A kill (or a failed removal: rmtree runs with ignore_errors) after the swap left the emptied next/, which a
+    # --resume then took for an unfinished run with no epoch: it ignored the finished run's checkpoint and trained
+    # over.
+    from sparsekit import outputs
+
+    out = tmp_path / "out"
+    real = shutil.rmtree
+
+    def removes_nothing_of_the_stage(path, *args, **kwargs):
+        if Path(path).parent.name != ".sparsekit" or Path(path).name == "old":
+            real(path, *args, **kwargs)
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", removes_nothing_of_the_stage)
+    _finished_run(out)
+    monkeypatch.undo()
+    ckpt = out / "checkpoints" / "last.pt"
+    run = RunFolder(out, resume=True)
+    assert not run.stage.exists() and run.resume_checkpoint() == ckpt and run.checkpointed()
+    stage = run.begin()  # the leftover goes, the finished run's checkpoint is continued from
+    try:
+        assert (stage / "checkpoints" / "last.pt").read_bytes() == b"epoch 1"
+        assert sorted(p.name for p in run.meta.iterdir()) == ["lock", "manifest.json", "next"]
+    finally:
+        run.unlock()
+
+
+def test_a_resume_stopped_while_it_copies_the_finished_checkpoint_still_resumes_from_it(tmp_path, monkeypatch):
+    # begin() made next/ and then copied the finished run's checkpoint in: stopped between the two, next/ was left
+    # empty, and the next --resume trained over.
+    from sparsekit import outputs
+
+    out = tmp_path / "out"
+    _finished_run(out)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.shutil, "copyfile", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        RunFolder(out, resume=True).begin()
+    monkeypatch.undo()
+    again = RunFolder(out, resume=True)
+    assert again.resume_checkpoint() == out / "checkpoints" / "last.pt"
+    stage = again.begin()
+    try:
+        assert (stage / "checkpoints" / "last.pt").read_bytes() == b"epoch 1"
+        assert [p.name for p in again.meta.iterdir() if p.name.endswith(".tmp")] == []
+    finally:
+        again.unlock()
