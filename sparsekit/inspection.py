@@ -104,11 +104,10 @@ def _refuse_compiled(model: Any, path: Path) -> None:
     """A trusted TorchScript or torch.export module keeps no Linear/Conv modules to count (with an architecture
     named, :func:`~sparsekit.modelio.read_model` loads its weights into that instead): no rows and 0 MACs would
     be a wrong answer, so say how to get the right one."""
-    import torch
-
     from .layers import prunable_layers
+    from .modelio import compiled_module
 
-    if isinstance(model, torch.jit.ScriptModule | torch.fx.GraphModule) and not prunable_layers(model):
+    if compiled_module(model) and not prunable_layers(model):
         raise ModelFileError(
             f"{path}: a TorchScript or torch.export module, whose layers are compiled code rather than the Linear / "
             f"Conv modules sparsekit counts; name its architecture to count them ({option('arch')}: the file's "

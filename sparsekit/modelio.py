@@ -982,6 +982,12 @@ def load_model(
     return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code).model
 
 
+def compiled_module(obj: Any) -> bool:
+    """Whether ``obj`` is a TorchScript or torch.export module: compiled code that keeps no Linear/Conv layer
+    classes for a method to prune or for :func:`~sparsekit.stats.layer_macs` to count."""
+    return isinstance(obj, torch.jit.ScriptModule | torch.fx.GraphModule)
+
+
 def read_model(
     path: str | Path,
     arch: str | None = None,
@@ -1017,7 +1023,7 @@ def read_model(
     if kind == "trusted-module":
         if not isinstance(obj, nn.Module):
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
-        if not (arch and isinstance(obj, torch.jit.ScriptModule | torch.fx.GraphModule)):
+        if not (arch and compiled_module(obj)):
             check_finite(obj, path)
             return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
         # TorchScript and torch.export keep no layer classes a method could prune: their weights go into the

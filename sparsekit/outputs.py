@@ -350,7 +350,7 @@ class RunFolder:
                     # Built aside, then renamed: a next/ left without the copy (a kill, a full disk) would read
                     # as an unfinished run that checkpointed no epoch, and the resume would train over.
                     self.meta.mkdir(parents=True, exist_ok=True)
-                    building = Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=".tmp", dir=self.meta))
+                    building = self._temp_folder()
                     (building / ckpt).parent.mkdir()
                     shutil.copyfile(self.out / ckpt, building / ckpt)
                     os.replace(building, self.stage)
@@ -425,7 +425,7 @@ class RunFolder:
             # first, so a kill or a failed removal leaves a temp-named folder (removed by the next run), never it.
             spent = self.stage
             with contextlib.suppress(OSError):
-                aside = Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=".tmp", dir=self.meta))
+                aside = self._temp_folder()
                 try:
                     os.replace(self.stage, aside)  # onto the empty folder mkdtemp made
                     spent = aside
@@ -435,6 +435,11 @@ class RunFolder:
             shutil.rmtree(backup, ignore_errors=True)
             shutil.rmtree(spent, ignore_errors=True)
         return list(new)
+
+    def _temp_folder(self) -> Path:
+        """A new empty folder in ``.sparsekit`` named as a temp (``.next.XXXXXXXX.tmp``): one a killed run leaves
+        is removed by the next run's :func:`remove_stale_temps`, and never read as ``next/``."""
+        return Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=".tmp", dir=self.meta))
 
     def lock(self) -> None:
         """Take the folder's run lock, ``.sparsekit/lock`` (pid and host of the run holding it), so two

@@ -612,12 +612,12 @@ class Pruner:
         one-shot finalize with no step taken (``finetune.epochs: 0``): no fine-tuning is what was asked."""
         if not self.step_count:
             return
+        from .methods.structured import Structured  # (torch-pruning only with a structured entry built)
+
         for i, method in enumerate(self.methods):
-            events = getattr(method, "events", None) if method.name == "structured" else None
-            done = getattr(method, "done", None)
-            if not isinstance(events, list) or not isinstance(done, int) or done >= len(events):
+            if not isinstance(method, Structured) or method.done >= len(method.events):
                 continue
-            left = len(events) - done
+            events, left = method.events, len(method.events) - method.done
             warnings.warn(
                 f"pruning[{i}] (structured): the loop stopped at optimizer step {self.step_count}, before "
                 f"{left} of its {len(events)} removal events (the last due after step {events[-1]}); finalize() "
