@@ -7,7 +7,9 @@ and the output files.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +32,45 @@ OUTPUT_FILES = ("sensitivity.json", "sensitivity.png", "sensitivity.md", ALLOCAT
 MANIFEST_FILE = ".sensitivity-manifest.json"
 
 
-def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any]:
+class _FolderLock:
+    """An exclusive ``flock`` on an analysis's output folder, so two analyses never write one folder (the second
+    fails, naming it, instead of mixing its files with the first's). The kernel drops it when the process ends,
+    also when killed: no lock file, nothing stale. Taken once the folder exists (a run whose inputs fail their
+    checks creates none); :meth:`take` again is a no-op."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.fd = out, -1
+
+    def take(self) -> None:
+        """Raise :class:`OutputError` when another live process holds the folder's lock."""
+        if self.fd >= 0:
+            return
+        try:
+            fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise OutputError(
+                f"{self.out}: cannot open the output folder ({err.strerror}); check its permissions"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{self.out}: another sparsekit sensitivity run is writing this folder; wait for it to end or choose "
+                f"another output folder ({option('output')})"
+            ) from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock | None = None) -> tuple[Any, Any]:
     """A progress bar and the ``progress(probe)`` callback that advances it and, with ``save_to``, saves the
-    table so far after every probe (what ``resume`` continues from), noted in the folder's manifest."""
+    table so far after every probe (what ``resume`` continues from), noted in the folder's manifest, holding
+    ``lock`` on its folder from the first save on."""
     from .train import progress_bar
 
     bar = progress_bar(progress)
@@ -43,6 +81,8 @@ def _analysis_bar(progress: bool, save_to: Path | None = None) -> tuple[Any, Any
         if save_to is not None:
             # Created with the first result: inputs that fail their checks leave no empty folder behind.
             save_to.parent.mkdir(parents=True, exist_ok=True)
+            if lock is not None:
+                lock.take()
             text = probe.table.to_json()
             with sigint_deferred():  # the file and its manifest entry together (milliseconds)
                 write_text(save_to, text)
@@ -310,46 +350,54 @@ def run_sensitivity(
     guard_location(
         out, [Path(p) for p in (model_path, recipe.source, source if source.endswith(".npz") else None) if p]
     )
-    _check_folder(out, resume=resume, overwrite=overwrite)
-    inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
-    partial = out / PARTIAL_FILE
-    earlier = None
-    if resume:
-        # An unfinished analysis's table, else a finished one's (then nothing is left to probe: it is written again)
-        table_path = partial if partial.is_file() else out / "sensitivity.json"
-        if table_path.is_file():
-            try:
-                earlier = SensitivityTable.load(table_path)
-            except (ValueError, OSError, RecursionError) as err:
-                raise SparsekitError(
-                    f"{table_path}: cannot continue from it ({err}); start again with {option('overwrite')}"
-                ) from None
-    # The earlier analysis stays until this one is finished: an interrupted overwrite leaves it as it was (an
-    # unfinished analysis's partial table is the only thing it starts over from).
-    bar, advance = _analysis_bar(progress, save_to=partial)
-    with bar:
-        table = analyze(
-            inputs.loaded.model,
-            _with_source(recipe, inputs.source),
-            inputs.bundle.val,
-            progress=advance,
-            resume_from=earlier,
-            input_shape=inputs.shape,
-            max_batches=max_batches,
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    allocation = allocated = None
-    wanted = auto_entries(recipe)
-    if wanted:
-        allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
-        pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
-        allocation = {
-            "asked": [spec.model_dump(mode="json") for spec in recipe.pruning],
-            "pruning": pruning,
-            "entries": {str(d.index): d.as_dict() for d in details},
-        }
-    _check_folder(out, resume=resume, overwrite=overwrite, final=True)
-    files = _publish(out, table, allocation)
+    lock = _FolderLock(out)
+    try:
+        if out.is_dir():  # before the check, so a live analysis there is named as such, not as an earlier one
+            lock.take()
+        _check_folder(out, resume=resume, overwrite=overwrite)
+        inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
+        partial = out / PARTIAL_FILE
+        earlier = None
+        if resume:
+            # An unfinished analysis's table, else a finished one's (then nothing is left to probe: it is written
+            # again)
+            table_path = partial if partial.is_file() else out / "sensitivity.json"
+            if table_path.is_file():
+                try:
+                    earlier = SensitivityTable.load(table_path)
+                except (ValueError, OSError, RecursionError) as err:
+                    raise SparsekitError(
+                        f"{table_path}: cannot continue from it ({err}); start again with {option('overwrite')}"
+                    ) from None
+        # The earlier analysis stays until this one is finished: an interrupted overwrite leaves it as it was (an
+        # unfinished analysis's partial table is the only thing it starts over from).
+        bar, advance = _analysis_bar(progress, save_to=partial, lock=lock)
+        with bar:
+            table = analyze(
+                inputs.loaded.model,
+                _with_source(recipe, inputs.source),
+                inputs.bundle.val,
+                progress=advance,
+                resume_from=earlier,
+                input_shape=inputs.shape,
+                max_batches=max_batches,
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        lock.take()
+        allocation = allocated = None
+        wanted = auto_entries(recipe)
+        if wanted:
+            allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
+            pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
+            allocation = {
+                "asked": [spec.model_dump(mode="json") for spec in recipe.pruning],
+                "pruning": pruning,
+                "entries": {str(d.index): d.as_dict() for d in details},
+            }
+        _check_folder(out, resume=resume, overwrite=overwrite, final=True)
+        files = _publish(out, table, allocation)
+    finally:
+        lock.release()
     return {
         "table": table,
         "files": files,

@@ -342,3 +342,33 @@ def test_files_the_user_puts_in_the_folder_while_it_runs_are_not_replaced(
     monkeypatch.setattr(sens, "evaluate", evaluate_and_meddle)
     assert_bad_input(run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out), "did not write")
     assert {name: (out / name).read_text() for name in mine} == mine
+
+
+@pytest.mark.parametrize("option", [(), ("--resume",), ("--overwrite",)])
+def test_a_second_analysis_into_a_folder_one_is_writing_is_refused(
+    tmp_path, mlp_checkpoint, auto_recipe, monkeypatch, option
+):
+    # Two analyses into one folder both ran: the second said "holds an earlier analysis" (or, with --resume or
+    # --overwrite, went on), and their partial tables and final files replaced each other's.
+    out = tmp_path / "sens"
+    seen = []
+
+    class SecondRunDuringProbe(StopAfter):
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 4:  # dense + 2 probes saved: the first run is writing the folder
+                before = sorted(p.name for p in out.iterdir())
+                seen.append((run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, *option), before))
+                assert sorted(p.name for p in out.iterdir()) == before  # the second run wrote nothing
+            return self.real(*args, **kwargs)
+
+    SecondRunDuringProbe(monkeypatch, None)
+    first = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--no-progress")
+    assert first.exit_code == 0, first.stderr
+    ((second, before),) = seen
+    assert_bad_input(second, str(out), "another sparsekit sensitivity run is writing this folder")
+    assert "sensitivity.partial.json" in before
+    assert sens.SensitivityTable.load(out / "sensitivity.json").complete()
+    # The lock goes with the run: the next analysis into the folder is not refused for it.
+    again = run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out, "--overwrite", "--no-progress")
+    assert again.exit_code == 0, again.stderr
