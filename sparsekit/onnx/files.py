@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import hashlib
 import math
 import os
@@ -392,16 +393,57 @@ def save_onnx(
 def staging(final: PathLike) -> Iterator[Path]:
     """A private folder beside ``final`` (same filesystem, so renames out of it are atomic) for a file
     being written and its intermediates; always removed. Creates ``final``'s folder. A full, read-only
-    or unwritable disk is an :class:`~sparsekit.errors.OutputError` naming ``final``."""
+    or unwritable disk is an :class:`~sparsekit.errors.OutputError` naming ``final``.
+
+    The folder is ``flock``-ed while it lives, so what a killed writer left (SIGKILL runs no clean-up) can be
+    told from a live writer's: the next staging beside the same target removes it (:func:`_remove_dead_staging`).
+    """
     final = Path(final)
     with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_staging(final)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        held = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            fcntl.flock(held, fcntl.LOCK_EX)
             yield work
         finally:
             with sigint_deferred():  # a Ctrl-C there would leave the folder half-removed; it waits the milliseconds
                 shutil.rmtree(work, ignore_errors=True)
+            os.close(held)
+
+
+# How old a staging folder nobody holds must be to count as a killed writer's: a live writer takes its lock
+# microseconds after creating the folder, so only a folder younger than this could be one not yet locked.
+STALE_STAGING_S = 60.0
+
+
+def _remove_dead_staging(final: Path) -> None:
+    """Remove the staging folders of ``final`` (``.NAME.XXXXXXXX.tmp``, mkdtemp's shape) that no live process
+    holds and that are older than :data:`STALE_STAGING_S`: a killed writer's. Anything it cannot open or
+    lock, or that is not a folder of that exact name, is left alone."""
+    shape = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}\.tmp")
+    try:
+        entries = [e for e in os.scandir(final.parent) if shape.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_STAGING_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer's
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def publish(staged: PathLike, final: PathLike) -> None:
