@@ -508,9 +508,12 @@ def _lowest_pruned(scores: dict[str, torch.Tensor], n_prune: int) -> dict[str, t
     return out
 
 
-def layer_topk_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    """:func:`global_topk_masks` for each layer on its own: every layer loses ``round(sparsity * n)``."""
-    return {name: global_topk_masks({name: s}, sparsity)[name] for name, s in scores.items()}
+def layer_topk_masks(
+    scores: dict[str, torch.Tensor], sparsity: float, max_layer_sparsity: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """:func:`global_topk_masks` for each layer on its own: every layer loses ``round(sparsity * n)``, at most
+    :func:`layer_cap` of its weights (rounding may ask a small layer for more: 0.9 of 3 weights is all 3)."""
+    return {name: global_topk_masks({name: s}, sparsity, max_layer_sparsity)[name] for name, s in scores.items()}
 
 
 def masked_scores(scores: torch.Tensor, module: nn.Module) -> torch.Tensor:

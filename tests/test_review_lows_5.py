@@ -121,7 +121,8 @@ def test_group_lasso_head_left_out_is_not_said_to_be_in_ignore(tmp_path):
 def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
     import sparsekit
 
-    entry = {"method": "magnitude", "sparsity": 0.999, "scope": "layer", "schedule": "oneshot"}
+    # max_layer_sparsity 1 lets a layer be emptied (its default, halfway to 1, keeps one weight in every layer)
+    entry = {"method": "magnitude", "sparsity": 0.999, "scope": "layer", "schedule": "oneshot", "max_layer_sparsity": 1}
     recipe, res = _plan_small_mlp(tmp_path, entry)
     assert res["schedule"]["final"]["emptied"] == ["fc2"]  # 320 weights keep round(0.32) = 0; fc1 keeps 2
     recipe["pruning"][0]["sparsity"] = 0.99  # fc2 keeps 3
@@ -129,7 +130,8 @@ def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
     assert res["schedule"]["final"]["emptied"] == []
     (tmp_path / "r.yaml").write_text(
         "version: 1\nmodel: {input_shape: [1, 64], kwargs: {hidden: [32]}}\ndata: {source: digits}\n"
-        "finetune: {epochs: 1}\npruning:\n  - {method: magnitude, sparsity: 0.999, scope: layer, schedule: oneshot}\n"
+        "finetune: {epochs: 1}\npruning:\n  - {method: magnitude, sparsity: 0.999, scope: layer, schedule: oneshot, "
+        "max_layer_sparsity: 1}\n"
     )
     done = _cli("validate", "r.yaml", "w.pt", "--arch", "examples.models:mlp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -9,6 +9,8 @@ layer on its own (``scope: layer``). Masks only lose ones: a pruned weight never
 Under ``scope: global`` no layer loses more than ``max_layer_sparsity`` of its weights (default 0.99), so a
 small layer whose weights all rank low is not emptied: its surplus prunes go to the other layers' next
 lowest scores and the total stays ``round(target * n)`` (see :func:`~sparsekit.masks.global_topk_masks`).
+Under ``scope: layer`` and for ``layer_sparsity`` layers the cap binds too, where rounding would ask more of a
+small layer than it allows (0.9 of a layer of 3 weights is all 3: it keeps one).
 
 The ranking is a scorer (:mod:`sparsekit.methods.scorers`), :func:`~sparsekit.methods.scorers.magnitude`
 by default. From Python, ``Pruner(..., scorers={i: fn})`` ranks ``pruning[i]`` by ``fn(weight, None)``
@@ -162,11 +164,12 @@ class Magnitude:
         if own:
             frac = self.fraction(step)
             for name, s in own.items():
-                masks.update(global_topk_masks({name: s}, self.layer_values[name] * frac))
+                masks.update(global_topk_masks({name: s}, self.layer_values[name] * frac, self.cap))
         if rest and self.spec.scope == "global":
             masks.update(global_topk_masks(rest, target, self.cap))
         elif rest:
-            masks.update(layer_topk_masks(rest, target))  # validated: target <= sparsity <= the cap
+            # Validated: target <= sparsity <= the cap; the cap still binds where rounding asks more of a small layer.
+            masks.update(layer_topk_masks(rest, target, self.cap))
         for name, first in self.tied_to.items():
             masks[name] = masks[first]
         for name, mask in masks.items():
@@ -237,7 +240,10 @@ class Magnitude:
             w = weight_of(module).detach()
             cap = layer_cap(w.numel(), self.cap)
             room, total = room + cap, total + w.numel()
-            if global_scope and name not in self.layer_values and self.cap < 1 and int((w == 0).sum()) >= cap:
+            # Held at the cap: under global ranking, or where rounding asked more of the layer (0.9 of 3 weights).
+            over = round(self.layer_values.get(name, self.final) * w.numel()) > cap
+            ranked = global_scope and name not in self.layer_values
+            if (ranked or over) and self.cap < 1 and int((w == 0).sum()) >= cap:
                 reasons[name] = f"at max_layer_sparsity {self.cap:g} (at most {cap:,} of {w.numel():,} weights)"
         layer_asked = None if global_scope else self.final
         if self.layer_values:
