@@ -37,3 +37,29 @@ def test_max_layer_sparsity_holds_when_rounding_asks_more_of_a_small_layer(entry
         assert [zeros(model[0]), zeros(model[2])] == [540, 81]  # round(0.9 * n), within their caps
     reason = pruner.methods[0].report()["per_layer"]["4"]["reason"]
     assert reason and "max_layer_sparsity" in reason
+
+
+@pytest.mark.parametrize("max_norm_first", [False, True])
+def test_max_norm_projects_the_weights_a_mask_keeps(max_norm_first: bool):
+    # Momentum moves pruned weights off zero at every step; the Pruner zeroes them again after the hooks. Counted in
+    # a unit's norm, they shrank its kept weights by more than max_value asks (rows over the bound ended under it).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(5)  # every row over the bound
+    entries = [
+        {"method": "magnitude", "sparsity": 0.5, "scope": "layer", "schedule": "oneshot"},
+        {"method": "max_norm", "max_value": 1.0},
+    ]
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": entries[::-1] if max_norm_first else entries}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(torch.randn(8, 20)) * 5).pow(2).mean().backward()
+        opt.step()
+        with torch.no_grad():
+            kept = model[0].weight * model[0].sparsekit_mask
+            want = kept * (1.0 / kept.norm(dim=1, keepdim=True)).clamp(max=1.0)  # w_u * min(1, max_value / |w_u|)
+        pruner.step()
+        assert torch.allclose(model[0].weight.detach(), want, rtol=1e-5, atol=1e-7)

@@ -9,7 +9,8 @@ ConvTranspose, ``weight[:, c]`` with ``groups=1``: its weight is ``[in, out/grou
 
 It never creates zeros: rescaling by a positive factor keeps every weight's sign and keeps zeros
 zero, so it composes with any masking method on the same layers (``masks_weights = False``).
-Rows already within the bound are left untouched, bit for bit.
+Rows already within the bound are left untouched, bit for bit. The norm is that of the weights a mask
+keeps (a masking method's pruned weights, which the optimizer step may have moved, count as zeros).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from ..layers import output_dim, select_layers, unit_broadcast, unit_view
-from ..masks import weight_of
+from ..masks import apply_mask, get_mask, weight_of
 from ..stats import asked_vs_achieved
 from .base import UNCHANGED, Changes, Setup
 
@@ -57,7 +58,12 @@ class MaxNorm:
 
     def project(self) -> None:
         """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``: ``w_u <- w_u *
-        (max_value / ||w_u||)``, bit for bit; units within the bound are left untouched."""
+        (max_value / ||w_u||)``, bit for bit; units within the bound are left untouched. A layer's masked weights
+        are zeroed first: the optimizer step may have moved them, and the Pruner zeroes them after this hook, so
+        counted in the norm they would shrink the unit's real weights by more than the bound asks."""
+        for module, _ in self._layout:
+            if get_mask(module) is not None:
+                apply_mask(module)
         # Runs after every optimizer step, so it makes few calls: on CPU every layer's unit norms go into one
         # buffer through views kept between steps, and one max over it decides the usual case (no unit over
         # the bound); the plain path below is taken for other devices and mixed dtypes.
