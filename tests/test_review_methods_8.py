@@ -63,3 +63,28 @@ def test_max_norm_projects_the_weights_a_mask_keeps(max_norm_first: bool):
             want = kept * (1.0 / kept.norm(dim=1, keepdim=True)).clamp(max=1.0)  # w_u * min(1, max_value / |w_u|)
         pruner.step()
         assert torch.allclose(model[0].weight.detach(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_l1_group_proximal_step_scales_by_the_norm_of_the_weights_a_mask_keeps():
+    # w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||) with w_g the unit's weights: pruned weights that momentum moved
+    # off zero (the Pruner zeroes them after the hooks) made ||w_g|| larger and the shrink smaller than documented.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 3))
+    lam, lr = 0.3, 0.5
+    first = {"layers": {"include": ["0"]}}
+    entries = [
+        {"method": "magnitude", "sparsity": 0.5, "scope": "layer", "schedule": "oneshot", **first},
+        {"method": "l1", "strength": lam, "mode": "proximal", "group": "row", "proximal_every": 1, **first},
+    ]
+    recipe = {"version": 1, "finetune": {"epochs": 1, "optimizer": {"name": "sgd", "lr": lr}}, "pruning": entries}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=10)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(torch.randn(8, 20)) * 5).pow(2).mean().backward()
+        opt.step()
+        with torch.no_grad():
+            kept = model[0].weight * model[0].sparsekit_mask
+            want = kept * (1 - lr * lam / kept.norm(dim=1, keepdim=True)).clamp(min=0)
+        pruner.step()
+        assert torch.allclose(model[0].weight.detach(), want, rtol=1e-5, atol=1e-7)

@@ -408,7 +408,7 @@ def test_l1_group_proximal_step_is_the_block_soft_threshold(with_magnitude):
         apply_masks(model)
         for module, (w, mask) in zip(layers, before, strict=True):
             rows_alive = torch.ones(w.shape[0], dtype=torch.bool) if mask is None else mask.any(dim=1)
-            norms = torch.linalg.vector_norm(w, dim=1)
+            norms = torch.linalg.vector_norm(w if mask is None else w * mask, dim=1)  # of the weights the mask keeps
             scale = (1 - lr * lam / norms.clamp_min(1e-30)).clamp_min(0) * rows_alive
             expected = w * scale[:, None] * (1 if mask is None else mask)
             got = module.weight.detach()

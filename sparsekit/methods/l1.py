@@ -104,7 +104,17 @@ from ..layers import (
     unit_view,
 )
 from ..learning_rate import LearningRates
-from ..masks import bake, count_true, ensure_mask, get_mask, mark_applied, mask_factor, set_mask, weight_of
+from ..masks import (
+    apply_mask,
+    bake,
+    count_true,
+    ensure_mask,
+    get_mask,
+    mark_applied,
+    mask_factor,
+    set_mask,
+    weight_of,
+)
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
 from ..surgery import (
@@ -878,6 +888,8 @@ class L1:
         every = self.proximal_every
         if every > 1 and (step - self.schedule.start) % every and step != self.schedule.end:
             return
+        if self.units:
+            self._mask_first()
         shrinks = [t + self._owed_all for t in self._owed]
         self._owed, self._owed_all = [0.0] * len(self._owed), 0.0
         base, self._owed_base = self._owed_base, [0.0] * len(self._owed_base)
@@ -1260,14 +1272,23 @@ class L1:
             self._proximal(step)
         if self.target is not None:
             if step == self.schedule.end:
+                self._mask_first()
                 self._settle()
             elif (step - self.schedule.start) % self.adapt_every == 0:
+                self._mask_first()
                 self._adapt(step)
         if self._joint:
             self._zero_batchnorms()
         if self._bias_held:
             self._hold_biases()
         return UNCHANGED
+
+    def _mask_first(self) -> None:
+        """Zero the layers' masked weights: the optimizer step moved them and the Pruner zeroes them only after every
+        hook, so a unit's norm (a weight's rank) counted them while its mask keeps them at zero."""
+        for module in self._modules:
+            if get_mask(module) is not None:
+                apply_mask(module)
 
     def start(self) -> None:
         """Nothing acts before the first step."""
