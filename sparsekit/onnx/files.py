@@ -150,15 +150,33 @@ def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[s
         # Never let onnx follow external-data locations before they are checked.
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises several unrelated types on garbage input
-        raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e}){_not_onnx_hint(path)}") from e
     # Protobuf happily parses some non-ONNX bytes (an empty file, say) into an empty message.
     if model.ir_version == 0 or not model.graph.output:
-        raise ExportError(f"{path}: not an ONNX model (no IR version or no graph outputs)")
+        raise ExportError(f"{path}: not an ONNX model (no IR version or no graph outputs){_not_onnx_hint(path)}")
     targets = _check_locations(path, _locations(path, model, []))
     if load_external_data:
         _load_external_data(path, model, targets)
     _check_tensors(path, model)
     return model, targets
+
+
+def _not_onnx_hint(path: Path) -> str:
+    """For a file that is not ONNX: what it looks like when it is a PyTorch model file (a torch.save zip or
+    pickle, safetensors), with the way to an ONNX file; else ""."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return ""
+    torch_file = head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
+    safetensors = len(head) >= 10 and head[8:10] == b'{"'
+    if path.suffix.lower() == ".npz" or not (torch_file or safetensors):
+        return ""
+    return (
+        f"; it is a PyTorch model file ({'safetensors' if safetensors else 'torch.save'}), not ONNX: export it to "
+        "ONNX first (`sparsekit export`, or sparsekit.export_onnx in Python) and pass the .onnx file"
+    )
 
 
 # Elements in one tensor beyond which its declared shape is refused as absurd (64 GB of float32).
