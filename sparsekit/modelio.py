@@ -888,6 +888,28 @@ def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
         )
 
 
+# What a key prefix that every key of a state_dict carries usually means.
+_PREFIX_ORIGINS = {
+    "module.": ": saved inside DataParallel or DistributedDataParallel; save model.module.state_dict()",
+    "_orig_mod.": ": saved after torch.compile; save model._orig_mod.state_dict()",
+}
+
+
+def _wrapper_prefix(keys: list[str], own: list[str]) -> tuple[str, str] | None:
+    """``(prefix, what it means and what to save instead)`` when ``keys`` are exactly ``own`` with one prefix
+    ending in a dot before each (a wrapper's or a training module's attribute name), else None."""
+    if not keys or len(keys) != len(own):
+        return None
+    ends = [k for k in own if keys[0].endswith("." + k)]
+    prefix = keys[0][: len(keys[0]) - len(max(ends, key=len))] if ends else ""
+    if not prefix or {prefix + k for k in own} != set(keys):
+        return None
+    attr = prefix[:-1]
+    return prefix, _PREFIX_ORIGINS.get(
+        prefix, f": saved from a module holding the model as {attr!r}; save its .{attr}.state_dict()"
+    )
+
+
 def load_weights(
     model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str, kwargs: dict[str, Any] | None = None
 ) -> None:
@@ -941,8 +963,12 @@ def load_weights(
             )
         )
         built = f"with kwargs {_short(kwargs)}" if kwargs else "with no kwargs"
+        prefixed = _wrapper_prefix(list(state), list(own))
         hint = (
-            f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
+            f"Every key in the file is one of the architecture's with the prefix {prefixed[0]!r}{prefixed[1]}, or "
+            f"strip the prefix: {{k.removeprefix({prefixed[0]!r}): v for k, v in state_dict.items()}}"
+            if prefixed
+            else f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
             f"weights were made with (give them: {option('kwargs')}, or model.kwargs in a recipe), or the model was "
             "structurally pruned and saved without its pruning history (save it with "
             "sparsekit.save_model(model, path, factory, pruner=pruner))"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
@@ -23,3 +24,41 @@ def test_bench_of_a_pytorch_file_says_to_export_it_first(tmp_path):
     (tmp_path / "notes.onnx").write_text("hello")
     line = assert_bad_input(CliRunner().invoke(main, ["bench", str(tmp_path / "notes.onnx")]), "notes.onnx")
     assert "PyTorch" not in line
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.bn(self.fc1(x)).relu())
+
+
+@pytest.mark.parametrize(
+    ("prefix", "says"),
+    [
+        ("module.", "DataParallel or DistributedDataParallel; save model.module.state_dict()"),
+        ("_orig_mod.", "torch.compile; save model._orig_mod.state_dict()"),
+        ("model.", "holding the model as 'model'; save its .model.state_dict()"),
+    ],
+)
+def test_a_state_dict_saved_from_a_wrapper_is_named_as_such(tmp_path, prefix, says):
+    # A state_dict saved from DDP / torch.compile / a training module carries a prefix on every key; the error
+    # listed missing and unexpected keys and said to check the architecture and its kwargs.
+    state = {prefix + k: v for k, v in Net().state_dict().items()}
+    torch.save(state, tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "w.pt"), "--arch", "tests.test_review_newuser_8:Net"])
+    line = assert_bad_input(result, "w.pt", f"with the prefix {prefix!r}", says, f"k.removeprefix({prefix!r})")
+    assert "Check the architecture" not in line
+
+
+def test_other_mismatches_keep_their_hint(tmp_path):
+    state = Net().state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "w.pt"), "--arch", "tests.test_review_newuser_8:Net"])
+    line = assert_bad_input(result, "unexpected keys ['extra.weight']", "Check the architecture")
+    assert "prefix" not in line
