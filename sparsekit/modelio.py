@@ -805,17 +805,27 @@ def _checked_shape(shape: Any, path: Path) -> list[int] | None:
     return shape
 
 
+# The keys of a training checkpoint (a dict with 'epoch', 'optimizer', ...) that the model's state_dict is read from.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
 def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    outer = obj
     if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
+        for key in _STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj
-    raise ModelFileError(
-        f"{path}: holds a {type(obj).__name__}, not a state_dict (a mapping of parameter names to tensors)"
-    )
+    what, where = type(obj).__name__, ""
+    if obj is outer and isinstance(obj, dict) and obj:
+        what = f"dict of {', '.join(_short(k, 40) for k in list(obj)[:8])}{', …' if len(obj) > 8 else ''}"
+        where = (
+            f"; a training checkpoint's weights are read from its {', '.join(map(repr, _STATE_DICT_KEYS[:-1]))} or "
+            f"{_STATE_DICT_KEYS[-1]!r} entry: save the model's state_dict under one of those keys, or alone"
+        )
+    raise ModelFileError(f"{path}: holds a {what}, not a state_dict (a mapping of parameter names to tensors){where}")
 
 
 def build_model(

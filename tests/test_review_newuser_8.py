@@ -62,3 +62,16 @@ def test_other_mismatches_keep_their_hint(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "w.pt"), "--arch", "tests.test_review_newuser_8:Net"])
     line = assert_bad_input(result, "unexpected keys ['extra.weight']", "Check the architecture")
     assert "prefix" not in line
+
+
+def test_a_checkpoint_dict_without_a_known_key_names_its_keys(tmp_path):
+    # {"net": ..., "ema": ...} said only "holds a dict, not a state_dict": which keys it has, and which are read?
+    torch.save({"epoch": 3, "net": Net().state_dict(), "optimizer": {}}, tmp_path / "ckpt.pt")
+    result = CliRunner().invoke(
+        main, ["inspect", str(tmp_path / "ckpt.pt"), "--arch", "tests.test_review_newuser_8:Net"]
+    )
+    assert_bad_input(result, "a dict of 'epoch', 'net', 'optimizer'", "'state_dict', 'model_state_dict' or 'model'")
+    # Under one of those keys, beside the rest of a training checkpoint, it loads.
+    torch.save({"epoch": 3, "model_state_dict": Net().state_dict(), "optimizer": {}}, tmp_path / "ok.pt")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "ok.pt"), "--arch", "tests.test_review_newuser_8:Net"])
+    assert result.exit_code == 0, result.output
