@@ -634,7 +634,16 @@ def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
         raise DataError(f"{where} must yield tensors, got ({type(x).__name__}, {type(y).__name__})")
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
-        raise DataError(f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}")
+        # A label with no batch dimension: the loader yields single samples, as a Dataset does.
+        single = (
+            "; that is one sample with its label, not a batch: return DataLoaders, not Datasets "
+            "(torch.utils.data.DataLoader(dataset, batch_size=...))"
+            if y.ndim == 0
+            else ""
+        )
+        raise DataError(
+            f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}{single}"
+        )
     if not x.is_floating_point():
         raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}; convert them with x.float()")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:

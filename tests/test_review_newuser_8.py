@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsekit.cli import main
-from tests.conftest import assert_bad_input
+from tests.conftest import assert_bad_input, user_module
 
 
 def test_bench_of_a_pytorch_file_says_to_export_it_first(tmp_path):
@@ -75,3 +75,26 @@ def test_a_checkpoint_dict_without_a_known_key_names_its_keys(tmp_path):
     torch.save({"epoch": 3, "model_state_dict": Net().state_dict(), "optimizer": {}}, tmp_path / "ok.pt")
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "ok.pt"), "--arch", "tests.test_review_newuser_8:Net"])
     assert result.exit_code == 0, result.output
+
+
+DATASETS = """
+import torch
+from torch.utils.data import TensorDataset
+
+
+def datasets():
+    ds = TensorDataset(torch.randn(40, 8), torch.randint(0, 3, (40,)))
+    return ds, ds
+"""
+
+
+def test_a_data_callable_returning_datasets_is_told_to_return_dataloaders(tmp_path, monkeypatch):
+    # A Dataset passes len() and yields (x, y) pairs, one sample at a time: the error gave the shapes [8] and []
+    # and said nothing of why.
+    user_module(tmp_path, monkeypatch, "newuser8data", DATASETS)
+    torch.save(Net().state_dict(), tmp_path / "w.pt")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 8]}\n")
+    args = ["validate", str(recipe), str(tmp_path / "w.pt"), "--arch", "tests.test_review_newuser_8:Net"]
+    result = CliRunner().invoke(main, [*args, "--data", "newuser8data:datasets"])
+    assert_bad_input(result, "got [8] and []", "not a batch: return DataLoaders, not Datasets")
