@@ -158,6 +158,7 @@ def allocate_for_run(
             table_path = folder / "sensitivity.json"
             table = SensitivityTable.load(table_path) if table_path.is_file() else None
             return _with_pruning(recipe, allocation["pruning"]), table, allocation
+    _check_setup(inputs, recipe)
     model = inputs.loaded.model
     bar, advance = _analysis_bar(progress and _distributed.is_main())
     with bar:
@@ -169,6 +170,29 @@ def allocate_for_run(
     # `asked`: the pruning section as written, so a resume can tell whether these values still answer it.
     allocation = {"asked": asked, "pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
     return _with_pruning(recipe, pruning), table, allocation
+
+
+def _check_setup(inputs: Inputs, recipe: Recipe) -> None:
+    """Raise, before the analysis rather than after it, what building the run's Pruner raises whatever values
+    the allocation chooses (two entries masking one layer, a structured entry reshaping the weights another
+    masks, ...): it is built on a weightless copy of the model (:func:`sparsekit.rehearsal.meta_copy`) with
+    uniform stand-ins for the auto values (:func:`sparsekit.allocation.placeholder_recipe`, as ``validate``
+    rehearses them). What fails there only for want of values is left to the checks after the allocation."""
+    from .allocation import placeholder_recipe
+    from .pruner import Pruner
+    from .rehearsal import meta_copy
+
+    try:
+        Pruner(
+            meta_copy(inputs.loaded.model),
+            placeholder_recipe(recipe),
+            inputs.steps_per_epoch,
+            context={"input_shape": list(inputs.shape)},
+        )
+    except SparsekitError:
+        raise
+    except Exception:  # noqa: BLE001 - a check that reads values cannot run on meta tensors
+        return
 
 
 def _with_source(recipe: Recipe, source: str) -> Recipe:

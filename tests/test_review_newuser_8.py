@@ -98,3 +98,24 @@ def test_a_data_callable_returning_datasets_is_told_to_return_dataloaders(tmp_pa
     args = ["validate", str(recipe), str(tmp_path / "w.pt"), "--arch", "tests.test_review_newuser_8:Net"]
     result = CliRunner().invoke(main, [*args, "--data", "newuser8data:datasets"])
     assert_bad_input(result, "got [8] and []", "not a batch: return DataLoaders, not Datasets")
+
+
+def test_an_auto_recipe_that_cannot_be_set_up_fails_before_the_sensitivity_analysis(tmp_path, monkeypatch):
+    # With ratio: auto, a structured entry reshaping the weights another entry masks was refused only after the
+    # whole sensitivity analysis had run (minutes on a real model), though no allocated value could change it.
+    import sparsekit.sensitivity
+
+    def analyze(*args, **kwargs):
+        raise AssertionError("the analysis ran")
+
+    monkeypatch.setattr(sparsekit.sensitivity, "analyze", analyze)
+    torch.save(Net().state_dict(), tmp_path / "w.pt")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 8]}\ndata: {source: synthetic, synthetic_samples: 64}\n"
+        "pruning:\n  - {method: structured, ratio: auto, target_macs: 0.5, layers: [fc1], round_to: null}\n"
+        "  - {method: magnitude, sparsity: 0.5, layers: [fc2]}\n"
+    )
+    args = ["prune", str(tmp_path / "w.pt"), str(recipe), "--arch", "tests.test_review_newuser_8:Net"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out")])
+    assert_bad_input(result, "pruning[0] (structured) shrinks the inputs of 'fc2'", "pruning[1] (magnitude) masks")
