@@ -214,9 +214,13 @@ def _load_data(
     else:
         import difflib
 
+        from .trust import module_spec_hint
+
         close = difflib.get_close_matches(source, BUILTIN_SOURCES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise DataError(f"data.source {source!r} is not a known source; {hint}{_valid_sources()}")
+        raise DataError(
+            f"data.source {source!r} is not a known source; {hint}{_valid_sources()}{module_spec_hint(source)}"
+        )
 
     if input_shape is not None:
         x = _reshape(x, source, input_shape)

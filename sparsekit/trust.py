@@ -253,11 +253,25 @@ def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) 
     :class:`~sparsekit.errors.SparsekitError` subclass, :class:`TrustError` by default) naming
     ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
-        raise error(f"{where}: {spec!r} is not of the form pkg.module:callable (e.g. examples.models:small_cnn)")
+        shape = "is not of the form pkg.module:callable (e.g. examples.models:small_cnn)"
+        raise error(f"{where}: {spec!r} {shape}{module_spec_hint(spec)}")
     module, attr = spec.split(":")
     if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):
         raise error(f"{where}: {spec!r} names a dunder attribute; name a module-level function or class")
     return module, attr
+
+
+def module_spec_hint(spec: Any) -> str:
+    """For a spec that names a file relative to here (``mypkg/nets.py:build``, ``nets.py:build``): the spec of the
+    module meant, as a hint; else ""."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        return ""
+    path, attr = spec.split(":")
+    parts = path.replace("\\", "/").removeprefix("./").removesuffix(".py").split("/")
+    meant = f"{'.'.join(parts)}:{attr}"
+    if not path.endswith(".py") or not _SPEC_RE.match(meant):
+        return ""
+    return f"; a module is named by its import name, not its file: {meant!r}"
 
 
 def load_callable(
@@ -515,6 +529,8 @@ def _import(module: str, where: str, error: type[SparsekitError]) -> types.Modul
             " (examples/ is in the sparsekit repository, not in the installed package: run from a clone, or copy "
             "its examples folder into the current folder)"
             if module.split(".")[0] == "examples" and getattr(exc, "name", "") in ("examples", module)
+            else f"; a module is named by its import name, not its file: {module.removesuffix('.py')!r}"
+            if module.endswith(".py")
             else ""
         )
         raise error(

@@ -119,3 +119,25 @@ def test_an_auto_recipe_that_cannot_be_set_up_fails_before_the_sensitivity_analy
     args = ["prune", str(tmp_path / "w.pt"), str(recipe), "--arch", "tests.test_review_newuser_8:Net"]
     result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out")])
     assert_bad_input(result, "pruning[0] (structured) shrinks the inputs of 'fc2'", "pruning[1] (magnitude) masks")
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "meant"),
+    [
+        ("--arch", "mypkg/nets.py:build", "'mypkg.nets:build'"),
+        ("--arch", "./nets.py:build", "'nets:build'"),
+        ("--arch", "nets.py:build", "'nets'"),  # a valid spec in form: the import fails, and says so
+        ("--data", "mypkg/data.py:loaders", "'mypkg.data:loaders'"),
+    ],
+)
+def test_a_file_path_given_for_a_module_names_the_module_meant(tmp_path, option, given, meant):
+    # `--arch mypkg/nets.py:build`, a newcomer's first guess, said only that it is not of the form pkg.module:callable.
+    torch.save(Net().state_dict(), tmp_path / "w.pt")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 8]}\n")
+    arch = given if option == "--arch" else "tests.test_review_newuser_8:Net"
+    args = ["validate", str(recipe), str(tmp_path / "w.pt"), "--arch", arch]
+    if option == "--data":
+        args += ["--data", given]
+    result = CliRunner().invoke(main, args)
+    assert_bad_input(result, given, f"a module is named by its import name, not its file: {meant}")
