@@ -665,6 +665,16 @@ def _truncated_zip(path: Path) -> bool:
         return False
 
 
+def _numpy_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip archive of ``.npy`` arrays only (``numpy.savez``), not torch's format."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
+
+
 def refuse_onnx(path: Path) -> None:
     """ModelFileError when ``path`` is named as an ONNX file, where a PyTorch model is expected."""
     if path.suffix.lower() == ".onnx":
@@ -757,6 +767,8 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         if _truncated_zip(path):  # torch says "[Errno 22] Invalid argument" or "failed finding central directory"
             why = "a torch archive cut short: the file is truncated or damaged, e.g. an incomplete copy or download"
         why = _plain_pickle(path) or why  # torch says "Invalid magic number; corrupt file?"
+        if _numpy_archive(path):  # torch says "file in archive is not in a subdirectory: x.npy"
+            why = "a numpy .npz archive: data, not a model"
 
         raise ModelFileError(
             f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, "

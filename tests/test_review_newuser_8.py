@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -141,3 +142,11 @@ def test_a_file_path_given_for_a_module_names_the_module_meant(tmp_path, option,
         args += ["--data", given]
     result = CliRunner().invoke(main, args)
     assert_bad_input(result, given, f"a module is named by its import name, not its file: {meant}")
+
+
+def test_a_data_file_given_as_the_model_is_named_as_data(tmp_path):
+    # `sparsekit prune data.npz recipe.yaml`: the error quoted torch's "[enforce fail at inline_container.cc:180] .
+    # file in archive is not in a subdirectory: x.npy".
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 8), "float32"), y=np.zeros(4, "int64"))
+    line = assert_bad_input(CliRunner().invoke(main, ["inspect", str(tmp_path / "data.npz")]), "data.npz")
+    assert "a numpy .npz archive: data, not a model" in line and "inline_container" not in line
