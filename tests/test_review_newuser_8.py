@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsekit.cli import main
-from tests.conftest import assert_bad_input, user_module
+from tests.conftest import assert_bad_input, fast_prune, user_module
 
 
 def test_bench_of_a_pytorch_file_says_to_export_it_first(tmp_path):
@@ -150,3 +150,23 @@ def test_a_data_file_given_as_the_model_is_named_as_data(tmp_path):
     np.savez(tmp_path / "data.npz", x=np.zeros((4, 8), "float32"), y=np.zeros(4, "int64"))
     line = assert_bad_input(CliRunner().invoke(main, ["inspect", str(tmp_path / "data.npz")]), "data.npz")
     assert "a numpy .npz archive: data, not a model" in line and "inline_container" not in line
+
+
+def test_report_given_the_report_json_file_re_renders_its_folder(tmp_path):
+    # `sparsekit report out/report.json` said "out/report.json/report.json: not found; run `sparsekit prune ... -o
+    # out/report.json` first": advice that would prune into a folder named report.json.
+    torch.save(Net().state_dict(), tmp_path / "w.pt")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 8]}\ndata: {source: synthetic, synthetic_samples: 64}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5}]\nbenchmark: {enabled: false}\n"
+    )
+    out = tmp_path / "out"
+    result = fast_prune(tmp_path / "w.pt", recipe, out, "--arch", "tests.test_review_newuser_8:Net")
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["report", str(out / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {out / 'report.md'}" in result.output
+    # Another file of the run is not a folder either: said so, not "report.md/report.json: not found".
+    line = assert_bad_input(CliRunner().invoke(main, ["report", str(out / "report.md")]), "is a file")
+    assert "report.md/report.json" not in line
