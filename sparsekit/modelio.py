@@ -611,6 +611,25 @@ def _screen_trusted(path: Path) -> None:
         )
 
 
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse a zip archive (torch's and torch.export's format) whose members hold more bytes once
+    unpacked than this machine has memory free: torch reads every member whole into memory, and
+    reads compressed ones too, so a few MB of deflated zeros can declare tens of GiB (torch never
+    compresses what it writes). Reads only the archive's directory. Raises ModelFileError."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a zip archive (or unreadable): the readers below say what it is
+    free = available_memory()
+    if free is not None and unpacked > free:
+        raise ModelFileError(
+            f"{path}: its archive members hold {unpacked / 2**30:,.1f} GiB once unpacked (the file is "
+            f"{path.stat().st_size / 2**30:,.1f} GiB), more than this machine's {free / 2**30:,.1f} GiB of free "
+            "memory; the file is damaged or built to exhaust memory, or the model is too large for this machine"
+        )
+
+
 def _archive_members(path: Path) -> list[str]:
     """The member names of ``path`` when it is a zip archive (torch's checkpoint format), [] otherwise.
     Raises ModelFileError when a member fails its CRC-32: torch.load does not check them, so a damaged
@@ -693,6 +712,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
     if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
     refuse_onnx(path)
+    _check_unpacked_size(path)  # before anything unpacks a member: its zip directory declares the sizes
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
