@@ -193,10 +193,11 @@ def local_imports(files: Sequence[str]) -> list[str]:
 def _imported_names(path: Path, root: Path) -> list[str]:
     """Every module name the file's import statements name (``a.b`` for ``import a.b``: ``a`` and ``a.b``; for
     ``from a import b``: ``a`` and ``a.b``, which is a module or a name in ``a``), relative ones made absolute
-    by the file's place under ``root``. A file Python cannot parse names none."""
+    by the file's place under ``root``. A file Python cannot parse names none; so does one its parser runs out of
+    stack on (a generated expression of some 100,000 terms: RecursionError, or MemoryError for the parser's own)."""
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return []
     # The file's package, for relative imports: none for a file outside ``root`` (a factory re-exported from
     # another folder on the import path), whose relative imports are then not followed.

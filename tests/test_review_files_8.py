@@ -1,9 +1,10 @@
 """Files are data, a review of files read and written: a torch archive whose compressed members unpack to more
-than the machine's free memory."""
+than the machine's free memory, a local module whose generated code Python's parser runs out of stack on."""
 
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import torch
 from click.testing import CliRunner
@@ -30,3 +31,14 @@ def test_a_torch_archive_that_unpacks_past_free_memory_is_refused_before_it_is_u
     assert_bad_input(run("inspect", bomb, "--arch", "examples.models:mlp"), "bomb.pt", "GiB once unpacked")
     monkeypatch.setattr("sparsekit.modelio.available_memory", lambda: 1 << 30)
     assert run("inspect", bomb, "--arch", "examples.models:mlp").exit_code == 0  # what fits is read as before
+
+
+def test_a_local_module_the_parser_runs_out_of_stack_on_names_no_imports(tmp_path):
+    from sparsekit.provenance import local_imports
+
+    (tmp_path / "sk_nets8.py").write_text("import sk_helper8\n\n\ndef table():\n    import sk_table8\n")
+    (tmp_path / "sk_helper8.py").write_text("import sk_table8\n")
+    # generated code no one imports: ast.parse raised RecursionError, a prune run's provenance exited 1
+    (tmp_path / "sk_table8.py").write_text("x = 1" + " + 1" * 300_000 + "\n")
+    found = local_imports([str(tmp_path / "sk_nets8.py")])
+    assert [Path(p).name for p in found] == ["sk_helper8.py", "sk_table8.py"]  # still hashed, as a file
