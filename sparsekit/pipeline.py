@@ -458,6 +458,13 @@ def _check_resume(
         saved, done = state.get("provenance"), int(state.get("epoch", 0))
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
         return {}, []
+    record = saved or {}
+    if not isinstance(record, dict) or not isinstance(record.get("accepted", []), list):
+        # A run folder is data: its checkpoint's record of the run that wrote it may have been altered.
+        raise SparsekitError(
+            f"{ckpt}: cannot resume from it: its record of the run that wrote it (provenance) is not what sparsekit "
+            f"writes; start again with {option('overwrite')}"
+        )
     try:
         accepted = check_resume(saved, origin, allowed=allowed)
     except SparsekitError as err:
@@ -470,7 +477,7 @@ def _check_resume(
             f"finetune.epochs: {epochs}, but the run in {out} already finished epoch {done}; resume with at "
             f"least {done}, or start again with {option('overwrite')}"
         )
-    return accepted, [str(c) for c in (saved or {}).get("accepted", [])]
+    return accepted, [str(c) for c in record.get("accepted", [])]
 
 
 def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.device, *, resume: bool) -> None:

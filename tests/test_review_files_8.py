@@ -1,15 +1,20 @@
 """Files are data, a review of files read and written: a torch archive whose compressed members unpack to more
-than the machine's free memory, a local module whose generated code Python's parser runs out of stack on."""
+than the machine's free memory, a local module whose generated code Python's parser runs out of stack on, a run
+folder's checkpoint whose provenance record is not a mapping."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_bad_input
+from conftest import FAST, assert_bad_input
 
+import sparsekit
 from sparsekit.cli import main
 
 
@@ -42,3 +47,30 @@ def test_a_local_module_the_parser_runs_out_of_stack_on_names_no_imports(tmp_pat
     (tmp_path / "sk_table8.py").write_text("x = 1" + " + 1" * 300_000 + "\n")
     found = local_imports([str(tmp_path / "sk_nets8.py")])
     assert [Path(p).name for p in found] == ["sk_helper8.py", "sk_table8.py"]  # still hashed, as a file
+
+
+@pytest.mark.parametrize("record", [[1, 2], "abc", {"accepted": 5}])
+def test_a_checkpoint_whose_provenance_record_is_not_a_mapping_is_refused_on_resume(tmp_path, record):
+    from examples.models import mlp
+
+    sparsekit.save_model(mlp(), tmp_path / "m.pt", "examples.models:mlp", input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 2}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5}]\nbenchmark: {enabled: false}\n"
+    )
+    arch, folder = ["--arch", "examples.models:mlp"], tmp_path / "out"
+    assert run("prune", tmp_path / "m.pt", recipe, "-o", folder, *arch, *FAST).exit_code == 0
+    path = folder / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["provenance"] = record
+    torch.save(state, path)
+    data = path.read_bytes()  # as the author of a shared run folder would: the manifest agrees with the file
+    manifest = json.loads((folder / ".sparsekit" / "manifest.json").read_text())
+    manifest["files"]["checkpoints/last.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / ".sparsekit" / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    result = run("prune", tmp_path / "m.pt", recipe, "-o", folder, *arch, *FAST, "--resume",
+                 "--allow-change", "finetune.epochs", "--set", "finetune.epochs=2")  # fmt: skip
+    assert_bad_input(result, "last.pt", "provenance")  # exit 1: AttributeError / TypeError, unexpected failure
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before
