@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from . import distributed as _distributed
 from .errors import OutputError, SparsekitError, one_line, option
 from .fsutil import read_regular, sigint_deferred, write_text
@@ -155,9 +157,19 @@ def allocate_for_run(
                     f"{saved}: its per-layer values were chosen for another pruning section (a changed target, "
                     f"say); the run cannot continue with them. Start again with {option('overwrite')}"
                 )
+            # A run folder is data: the allocated entries and the notes on them must be what sparsekit writes.
+            try:
+                _check_allocation(allocation, asked)
+                allocated = _with_pruning(recipe, allocation["pruning"])
+            except ValueError as err:  # (pydantic's ValidationError is one: its first error says where)
+                first = err.errors()[0] if isinstance(err, ValidationError) else None
+                why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else one_line(err, 120)
+                raise SparsekitError(
+                    f"{saved}: cannot reuse its per-layer values ({why}); start again with {option('overwrite')}"
+                ) from None
             table_path = folder / "sensitivity.json"
             table = SensitivityTable.load(table_path) if table_path.is_file() else None
-            return _with_pruning(recipe, allocation["pruning"]), table, allocation
+            return allocated, table, allocation
     _check_setup(inputs, recipe)
     model = inputs.loaded.model
     bar, advance = _analysis_bar(progress and _distributed.is_main())
@@ -297,6 +309,33 @@ def _publish(out: Path, table: SensitivityTable, allocation: dict[str, Any] | No
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return {kind: str(out / name) for kind, name in names.items()}
+
+
+def _check_allocation(allocation: dict[str, Any], asked: list[dict[str, Any]]) -> None:
+    """ValueError unless ``allocation`` (read from an ``allocation.json``) allocates the pruning section ``asked``
+    entry for entry, the same methods in the same order, with notes per entry as :func:`allocation_summary`
+    reads them: a mapping of entry index to ``values`` (layer -> number), the predicted and uniform loss
+    increases (numbers or null) and a ``note`` (text or null)."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    methods = [e.get("method") if isinstance(e, dict) else None for e in allocation["pruning"]]
+    if methods != [e.get("method") for e in asked]:
+        raise ValueError(f"its entries' methods {methods} are not the pruning section's")
+    entries = allocation.get("entries")
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise ValueError("its entries are not a mapping of entry index to notes")
+    for index, entry in entries.items():
+        values = entry.get("values") or {}
+        losses = [entry.get("predicted_loss_increase"), entry.get("uniform_loss_increase")]
+        if (
+            not isinstance(values, dict)
+            or not all(number(v) for v in values.values())
+            or not all(v is None or number(v) for v in losses)
+            or not isinstance(entry.get("note") or "", str)
+        ):
+            raise ValueError(f"its notes on entry {index} are not numbers where numbers belong")
 
 
 def _with_pruning(recipe: Recipe, pruning: list[dict[str, Any]]) -> Recipe:

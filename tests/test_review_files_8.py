@@ -1,11 +1,12 @@
 """Files are data, a review of files read and written: a torch archive whose compressed members unpack to more
 than the machine's free memory, a local module whose generated code Python's parser runs out of stack on, a run
-folder's checkpoint whose provenance record is not a mapping."""
+folder's checkpoint whose provenance record is not a mapping, and its allocation.json tampered with."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -74,3 +75,51 @@ def test_a_checkpoint_whose_provenance_record_is_not_a_mapping_is_refused_on_res
                  "--allow-change", "finetune.epochs", "--set", "finetune.epochs=2")  # fmt: skip
     assert_bad_input(result, "last.pt", "provenance")  # exit 1: AttributeError / TypeError, unexpected failure
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    from examples.models import mlp
+
+    tmp = tmp_path_factory.mktemp("auto")
+    sparsekit.save_model(mlp(), tmp / "m.pt", "examples.models:mlp", input_shape=[1, 64])
+    (tmp / "r.yaml").write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 2}\n"
+        "pruning: [{method: magnitude, sparsity: auto, target: 0.5}]\nbenchmark: {enabled: false}\n"
+    )
+    result = run("prune", tmp / "m.pt", tmp / "r.yaml", "-o", tmp / "base", "--arch", "examples.models:mlp", *FAST)
+    assert result.exit_code == 0, result.output + result.stderr
+    return tmp
+
+
+def _entry(allocation, key, value):
+    allocation["pruning"][0][key] = value
+
+
+@pytest.mark.parametrize(
+    "tamper, needle",
+    [
+        (lambda a: a.update(pruning=[5]), "methods [None]"),
+        (lambda a: a.update(pruning=a["pruning"] * 2), "methods ['magnitude', 'magnitude']"),
+        (lambda a: _entry(a, "layer_sparsity", {"fc1": "x"}), "pruning.0.magnitude.layer_sparsity.fc1"),
+        (lambda a: a.update(entries=[1]), "entries are not a mapping"),
+        (lambda a: a.pop("entries"), "entries are not a mapping"),
+        (lambda a: a["entries"]["0"].update(values={"fc1": "x"}), "notes on entry 0"),
+    ],
+)
+def test_a_tampered_allocation_in_a_run_folder_is_refused_on_resume_naming_it(auto_run, tmp_path, tamper, needle):
+    folder = tmp_path / "out"
+    shutil.copytree(auto_run / "base", folder)
+    path = folder / "allocation.json"
+    allocation = json.loads(path.read_text())
+    tamper(allocation)
+    path.write_text(json.dumps(allocation))
+    data = path.read_bytes()  # as the author of a shared run folder would: the manifest agrees with the file
+    manifest = json.loads((folder / ".sparsekit" / "manifest.json").read_text())
+    manifest["files"]["allocation.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / ".sparsekit" / "manifest.json").write_text(json.dumps(manifest))
+    result = run("prune", auto_run / "m.pt", auto_run / "r.yaml", "-o", folder, "--arch", "examples.models:mlp",
+                 *FAST, "--resume", "--allow-change", "finetune.epochs", "--set", "finetune.epochs=2")  # fmt: skip
+    # a ValidationError, AttributeError, KeyError or a format code's ValueError exited 1; two entries for one were
+    # blamed on the recipe
+    assert_bad_input(result, "allocation.json: cannot reuse its per-layer values", needle)
