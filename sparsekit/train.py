@@ -625,6 +625,8 @@ def _load_checkpoint(
             optimizer = make_optimizer(model.parameters(), spec)
             pruner.structure_changed = False
         epoch = int(state["epoch"])
+        if epoch < 0:  # the epochs it finished: a run would train from there, its history numbered below 1
+            raise ValueError(f"it says it finished epoch {epoch}")
         scheduler = make_scheduler(optimizer, spec)  # attached first; the states loaded next overwrite its rates
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None and state.get("schedule") == _schedule_key(spec):

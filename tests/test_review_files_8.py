@@ -1,6 +1,7 @@
 """Files are data, a review of files read and written: a torch archive whose compressed members unpack to more
 than the machine's free memory, a local module whose generated code Python's parser runs out of stack on, a run
-folder's checkpoint whose provenance record is not a mapping, and its allocation.json tampered with."""
+folder's checkpoint whose provenance record is not a mapping or that finished a negative epoch, and its
+allocation.json tampered with."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def test_a_local_module_the_parser_runs_out_of_stack_on_names_no_imports(tmp_pat
     assert [Path(p).name for p in found] == ["sk_helper8.py", "sk_table8.py"]  # still hashed, as a file
 
 
-@pytest.mark.parametrize("record", [[1, 2], "abc", {"accepted": 5}])
-def test_a_checkpoint_whose_provenance_record_is_not_a_mapping_is_refused_on_resume(tmp_path, record):
+def _resume_tampered(tmp_path, key, value):
+    """A finished run whose checkpoint's ``key`` is set to ``value`` (its manifest updated to match), resumed."""
     from examples.models import mlp
 
     sparsekit.save_model(mlp(), tmp_path / "m.pt", "examples.models:mlp", input_shape=[1, 64])
@@ -64,17 +65,26 @@ def test_a_checkpoint_whose_provenance_record_is_not_a_mapping_is_refused_on_res
     assert run("prune", tmp_path / "m.pt", recipe, "-o", folder, *arch, *FAST).exit_code == 0
     path = folder / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=True)
-    state["provenance"] = record
+    state[key] = value
     torch.save(state, path)
     data = path.read_bytes()  # as the author of a shared run folder would: the manifest agrees with the file
     manifest = json.loads((folder / ".sparsekit" / "manifest.json").read_text())
     manifest["files"]["checkpoints/last.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (folder / ".sparsekit" / "manifest.json").write_text(json.dumps(manifest))
-    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-    result = run("prune", tmp_path / "m.pt", recipe, "-o", folder, *arch, *FAST, "--resume",
-                 "--allow-change", "finetune.epochs", "--set", "finetune.epochs=2")  # fmt: skip
+    return run("prune", tmp_path / "m.pt", recipe, "-o", folder, *arch, *FAST, "--resume",
+               "--allow-change", "finetune.epochs", "--set", "finetune.epochs=2")  # fmt: skip
+
+
+@pytest.mark.parametrize("record", [[1, 2], "abc", {"accepted": 5}])
+def test_a_checkpoint_whose_provenance_record_is_not_a_mapping_is_refused_on_resume(tmp_path, record):
+    result = _resume_tampered(tmp_path, "provenance", record)
     assert_bad_input(result, "last.pt", "provenance")  # exit 1: AttributeError / TypeError, unexpected failure
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before
+    assert not (tmp_path / "out" / ".sparsekit" / "next").exists()  # refused before the run began
+
+
+def test_a_checkpoint_that_finished_a_negative_epoch_is_refused_on_resume(tmp_path):
+    result = _resume_tampered(tmp_path, "epoch", -5)  # trained 7 epochs numbered -4 ... 2, and exited 0
+    assert_bad_input(result, "last.pt", "does not fit", "finished epoch -5")
 
 
 @pytest.fixture(scope="module")
