@@ -2026,7 +2026,7 @@ def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> lis
     matplotlib cannot draw the plots, after writing report.json and report.md."""
     out_dir = Path(out_dir)
     report.summary = summarize(report)  # derived: always what the rest of the report says
-    failed = None
+    failed = hint = None
     if plots:
         try:
             report.plots = write_plots(report, out_dir)
@@ -2034,11 +2034,14 @@ def write_report(report: Report, out_dir: str | Path, plots: bool = True) -> lis
             raise
         except Exception as err:  # noqa: BLE001 - a broken matplotlib install: the text report still gets written
             failed, report.plots = one_line(err, 160), []
+            # Not importable: the install. Otherwise it may be the values: a report.json edited to hold 1e308
+            # fails inside matplotlib's tick code (inf and NaN, which a diverged run records, are drawn).
+            hint = "" if isinstance(err, ImportError) else "a value in the report too large to plot (edited?), or "
     write_text(out_dir / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     write_text(out_dir / "report.md", render_markdown(report))
     if failed:
         raise SparsekitError(
             f"{out_dir}: report.json and report.md were written, but the plots could not be drawn: matplotlib "
-            f"fails ({failed}); reinstall matplotlib (and leave MPLBACKEND unset)"
+            f"fails ({failed}): {hint}a broken matplotlib install (reinstall it, and leave MPLBACKEND unset)"
         )
     return [out_dir / "report.json", out_dir / "report.md", *(out_dir / f for f in report.plots)]

@@ -515,3 +515,26 @@ def test_a_pipe_or_a_device_given_as_a_model_or_a_recipe_is_refused_without_read
     shell = f"{sys.executable} -m sparsekit validate <(printf 'version: 1\\n')"
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120, env=env, cwd=root)
     assert done.returncode == 0, done.stderr
+
+
+def test_report_whose_values_matplotlib_cannot_draw_says_so(corpus, tmp_path):
+    # A report.json edited to hold a loss of 1e308 (its manifest updated too) made matplotlib's tick code fail;
+    # the error told the user only to reinstall matplotlib.
+    import hashlib
+    import json
+
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 1, max_steps_per_epoch: 2}\nbenchmark: {enabled: false}\n")
+    assert _run(["prune", corpus["model"], recipe, *ARCH, "-o", out, "--no-progress"]).exit_code == 0
+    doc = json.loads((out / "report.json").read_text())
+    doc["history"][0]["train_loss"] = 1e308
+    (out / "report.json").write_text(json.dumps(doc))
+    manifest = out / ".sparsekit" / "manifest.json"
+    files = json.loads(manifest.read_text())
+    data = (out / "report.json").read_bytes()
+    files["files"]["report.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest.write_text(json.dumps(files))
+    result = _run(["report", out])
+    _check(result)
+    assert result.exit_code == 2 and "a value in the report too large to plot" in result.output + result.stderr
