@@ -83,8 +83,11 @@ def _device(model: nn.Module) -> torch.device:
 def _loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of ``model(x)`` against ``y`` (moved to the model's device); labels out of range
-    are a data error, not a crash deep in torch."""
+    """Cross-entropy of ``model(x)`` against ``y`` (moved to the model's device). Labels that are not one
+    integer class per input, or are outside the model's outputs, are a data error, checked on every batch:
+    torch would crash deep inside (a device-side assert on CUDA), or read one-hot rows as class probabilities
+    and -100 as its ``ignore_index``, giving a wrong loss and accuracy without a word."""
+    _check_labels(x, y)
     device = _device(model)
     try:
         out = model(x.to(device))
@@ -94,13 +97,26 @@ def _loss(
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(f"data: the model fails on a batch of inputs {shape}: {one_line(err)}") from None
     out = select_logits(out, None)  # a tuple / dict output: sparsekit.logits.attach(model, output) picks one
-    try:
-        return nn.functional.cross_entropy(out, y.to(device), reduction=reduction), out
-    except IndexError as err:  # torch's "Target 42 is out of bounds."; checked by torch, not per step here
-        label = str(err).removeprefix("Target ").split(" ")[0]
-        raise DataError(
-            f"data: label {label} is outside the model's {out.shape[1]} outputs; labels must be 0..{out.shape[1] - 1}"
-        ) from None
+    if out.ndim == 2 and y.numel():
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= out.shape[1]:
+            raise DataError(
+                f"data: label {low if low < 0 else high} is outside the model's {out.shape[1]} outputs; labels must "
+                f"be 0..{out.shape[1] - 1}"
+            )
+    return nn.functional.cross_entropy(out, y.to(device), reduction=reduction), out
+
+
+def _check_labels(x: Any, y: Any) -> None:
+    """``y`` holds one integer class label per input of ``x``, as the built-in loop's cross-entropy and
+    accuracy need; a :class:`DataError` naming what the batch holds otherwise."""
+    wanted = "labels must be integer class indices, one per input ([N], torch.long), not one-hot rows or probabilities"
+    if not isinstance(y, torch.Tensor):
+        raise DataError(f"data: a batch holds labels of type {type(y).__name__}; {wanted}")
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise DataError(f"data: a batch holds {y.dtype} labels of shape {list(y.shape)}; {wanted}")
+    if isinstance(x, torch.Tensor) and x.ndim and len(x) != len(y):
+        raise DataError(f"data: a batch holds {len(x)} inputs but {len(y)} labels; give one label per input")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,0 +1,70 @@
+"""The data a user brings (review 8): labels in every batch, and results that do not depend on the command."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_bad_input, fast_prune, user_module
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from sparsekit.errors import DataError
+from sparsekit.train import evaluate
+
+MLP = ("--arch", "examples.models:mlp")
+
+
+def _scored(labels: torch.Tensor, batch_size: int = 10) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 10)
+    return evaluate(model, DataLoader(TensorDataset(torch.randn(len(labels), 4), labels), batch_size=batch_size))
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        # one-hot rows: cross-entropy took them for class probabilities, and the accuracy compared a [10] argmax
+        # with [10, 10] rows by broadcasting: 0.135 "accuracy" over 1,000 "labels", a loss 10x too small
+        (nn.functional.one_hot(torch.arange(100) % 10, 10).float(), r"float32 labels of shape \[10, 10\]"),
+        (nn.functional.one_hot(torch.arange(100) % 10, 10), r"int64 labels of shape \[10, 10\]"),
+        ((torch.arange(100) % 10).float(), "float32 labels"),
+        # -100 is cross-entropy's ignore_index: those samples left the loss's sum but not its count
+        (torch.where(torch.arange(100) < 50, -100, torch.arange(100) % 10), "label -100 is outside"),
+        (torch.arange(100) % 10 + 5, "label 1[0-4] is outside the model's 10 outputs"),
+    ],
+)
+def test_labels_that_are_not_one_class_per_input_are_refused_in_every_batch(labels, match):
+    with pytest.raises(DataError, match=match):
+        _scored(labels)
+
+
+DATA = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from sklearn.datasets import load_digits
+
+def loaders(val_labels):
+    d = load_digits()
+    x, y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
+    train = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=64, shuffle=True)
+    return train, DataLoader(TensorDataset(x[1400:], val_labels(y[1400:])), batch_size=64)
+
+def float_val():
+    return loaders(lambda y: y.float())
+"""
+
+RECIPE = (
+    "model: {input_shape: [1, 64]}\ndata: {source: digits}\n"
+    "finetune: {epochs: 1, max_steps_per_epoch: 2}\n"
+    "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    "benchmark: {enabled: false}\n"
+)
+
+
+def test_a_data_callables_labels_are_checked_in_every_batch_of_a_prune_run(tmp_path, mlp_checkpoint, monkeypatch):
+    user_module(tmp_path, monkeypatch, "sk_review8_labels", DATA)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    # Only the first training batch was checked: float validation labels were "unexpected failure" (exit 1).
+    bad = fast_prune(mlp_checkpoint, recipe, tmp_path / "b", *MLP, "--data", "sk_review8_labels:float_val")
+    assert_bad_input(bad, "float32 labels of shape [64]", "integer class indices")
