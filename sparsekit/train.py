@@ -104,7 +104,8 @@ def _loss(
                 f"data: label {low if low < 0 else high} is outside the model's {out.shape[1]} outputs; labels must "
                 f"be 0..{out.shape[1] - 1}"
             )
-    return nn.functional.cross_entropy(out, y.to(device), reduction=reduction), out
+    # int32/int16 labels are class indices all the same; torch's cross-entropy takes only int64 (or uint8)
+    return nn.functional.cross_entropy(out, y.to(device, torch.long), reduction=reduction), out
 
 
 def _check_labels(x: Any, y: Any) -> None:

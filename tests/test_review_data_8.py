@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.errors import DataError
-from sparsekit.train import evaluate
+from sparsekit.train import calibrate, evaluate
 
 MLP = ("--arch", "examples.models:mlp")
 
@@ -38,6 +38,15 @@ def test_labels_that_are_not_one_class_per_input_are_refused_in_every_batch(labe
         _scored(labels)
 
 
+def test_int32_labels_are_class_indices_like_int64_ones():
+    # A callable's loaders pass load_data's check with int32 labels; cross-entropy then refused them (exit 1).
+    labels = torch.arange(100) % 10
+    assert _scored(labels.to(torch.int32)) == _scored(labels) == _scored(labels.to(torch.uint8))
+    model = nn.Linear(4, 10)
+    loader = DataLoader(TensorDataset(torch.randn(20, 4), labels[:20].to(torch.int16)), batch_size=10)
+    calibrate(model, type("Pruner", (), {"step": lambda self: None})(), loader, 2)  # gradients of int16 labels
+
+
 DATA = """
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -46,8 +55,11 @@ from sklearn.datasets import load_digits
 def loaders(val_labels):
     d = load_digits()
     x, y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
-    train = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=64, shuffle=True)
+    train = DataLoader(TensorDataset(x[:1400], y[:1400].to(torch.int32)), batch_size=64, shuffle=True)
     return train, DataLoader(TensorDataset(x[1400:], val_labels(y[1400:])), batch_size=64)
+
+def int32():
+    return loaders(lambda y: y.to(torch.int32))
 
 def float_val():
     return loaders(lambda y: y.float())
@@ -65,6 +77,8 @@ def test_a_data_callables_labels_are_checked_in_every_batch_of_a_prune_run(tmp_p
     user_module(tmp_path, monkeypatch, "sk_review8_labels", DATA)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
+    ok = fast_prune(mlp_checkpoint, recipe, tmp_path / "a", *MLP, "--data", "sk_review8_labels:int32")
+    assert ok.exit_code == 0, ok.stderr
     # Only the first training batch was checked: float validation labels were "unexpected failure" (exit 1).
     bad = fast_prune(mlp_checkpoint, recipe, tmp_path / "b", *MLP, "--data", "sk_review8_labels:float_val")
     assert_bad_input(bad, "float32 labels of shape [64]", "integer class indices")
