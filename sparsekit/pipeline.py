@@ -373,7 +373,6 @@ def run_prune(
             raise failure
         if verdict:
             raise SparsekitError(verdict)
-        torch.manual_seed(recipe.seed)
         with naming_recipe(recipe):  # the checks against the model name the recipe's fields
             inputs = check_inputs(
                 model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code, clock=clock
@@ -499,12 +498,15 @@ def check_inputs(
     clock: PhaseClock | None = None,
 ) -> Inputs:
     """Load the model and the data and check they fit each other and the recipe (no file written);
-    ``clock`` receives the time of the phases ``load`` and ``data``.
+    ``clock`` receives the time of the phases ``load`` and ``data``. torch's random generator is seeded with
+    ``recipe.seed`` first: a data callable that splits or shuffles with it gives every command (prune,
+    sensitivity, validate) the same samples.
 
     Raises :class:`~sparsekit.errors.ModelFileError` (no architecture to save under, non-finite
     weights), :class:`~sparsekit.errors.DataError` (shapes) and what loading raises."""
     clock = clock or PhaseClock()
     source = data or recipe.data.source
+    torch.manual_seed(recipe.seed)
     with clock("load"):
         loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
         attach_logits(loaded.model, recipe.model.output)  # tuple / dict outputs: the part that is the logits

@@ -82,3 +82,38 @@ def test_a_data_callables_labels_are_checked_in_every_batch_of_a_prune_run(tmp_p
     # Only the first training batch was checked: float validation labels were "unexpected failure" (exit 1).
     bad = fast_prune(mlp_checkpoint, recipe, tmp_path / "b", *MLP, "--data", "sk_review8_labels:float_val")
     assert_bad_input(bad, "float32 labels of shape [64]", "integer class indices")
+
+
+SPLIT = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset, random_split
+from sklearn.datasets import load_digits
+
+def loaders():
+    d = load_digits()
+    data = TensorDataset(torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target))
+    train, val = random_split(data, [1400, len(data) - 1400])  # torch's global generator, as most users split
+    return DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=64)
+"""
+
+
+def test_sensitivity_measures_on_the_validation_samples_a_prune_run_uses(tmp_path, mlp_checkpoint, monkeypatch):
+    # prune seeded torch with the recipe's seed before calling the data callable; sensitivity (and validate) did
+    # not, so their "validation split" was other samples than the one prune allocated on and reported, while
+    # sensitivity.json said it was drawn with the recipe's seed.
+    import json
+
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    user_module(tmp_path, monkeypatch, "sk_review8_split", SPLIT)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("sparsity: 0.5", "sparsity: auto, target: 0.5") + "seed: 3\n")
+    data = ("--data", "sk_review8_split:loaders")
+    args = ["sensitivity", str(mlp_checkpoint), str(recipe), *MLP, *data, "-o", str(tmp_path / "s"), "--no-progress"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "p", *MLP, *data).exit_code == 0
+    alone, in_run = (json.loads((tmp_path / d / "sensitivity.json").read_text()) for d in ("s", "p"))
+    assert alone["data_digest"] == in_run["data_digest"]
+    assert alone["dense_loss"] == in_run["dense_loss"]
