@@ -578,17 +578,12 @@ def _check_batches(
 @contextlib.contextmanager
 def _rng_untouched(*loaders: Any) -> Iterator[None]:
     """Restore every random state that iterating ``loaders`` may draw from: torch's, numpy's and
-    Python's global generators and the loaders' own (``DataLoader(generator=...)``, a sampler's). A
+    Python's global generators and the loaders' own (:func:`loader_generators`). A
     shuffling DataLoader draws its order's seed when iterated, so without this the CLI's one-batch
     check would give the user a different data order than the same seed in their own loop."""
     import random
 
-    owned = [
-        g
-        for loader in loaders
-        for g in (getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None))
-        if isinstance(g, torch.Generator)
-    ]
+    owned = [g for loader in loaders for g in loader_generators(loader)]
     saved = [g.get_state() for g in owned]
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
@@ -599,6 +594,23 @@ def _rng_untouched(*loaders: Any) -> Iterator[None]:
             np.random.set_state(np_state)
             for g, state in zip(owned, saved, strict=True):
                 g.set_state(state)
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The loader's own random generators, each once: its sampler's (what orders the batches; a batch sampler's
+    sampler's too, ``DataLoader(batch_sampler=BatchSampler(RandomSampler(data, generator=g), ...))``) first, then
+    the loader's (``DataLoader(generator=g)``: the worker seeds, and the order when it shuffles)."""
+    owners = (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+        loader,
+    )
+    found: list[torch.Generator] = []
+    for owner in owners:
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and not any(g is f for f in found):
+            found.append(g)
+    return found
 
 
 def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,3 +117,25 @@ def test_sensitivity_measures_on_the_validation_samples_a_prune_run_uses(tmp_pat
     alone, in_run = (json.loads((tmp_path / d / "sensitivity.json").read_text()) for d in ("s", "p"))
     assert alone["data_digest"] == in_run["data_digest"]
     assert alone["dense_loss"] == in_run["dense_loss"]
+
+
+BATCH_SAMPLER = """
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+def loaders():
+    data = TensorDataset(torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 4)
+    order = BatchSampler(RandomSampler(data, generator=torch.Generator().manual_seed(0)), 8, drop_last=False)
+    return DataLoader(data, batch_sampler=order), DataLoader(data, batch_size=8)
+"""
+
+
+def test_checking_a_callables_loaders_leaves_a_batch_samplers_generator_as_it_was(tmp_path, monkeypatch):
+    # The one-batch check restored the loader's and its sampler's generators, not a batch sampler's own sampler's:
+    # the first epoch then ran in another order than the same loaders in the user's own loop.
+    from sparsekit.data import load_data
+
+    module = user_module(tmp_path, monkeypatch, "sk_review8_batch_sampler", BATCH_SAMPLER)
+    checked = load_data("sk_review8_batch_sampler:loaders", input_shape=[1, 4]).train
+    own = module.loaders()[0]
+    assert [y.tolist() for _, y in checked] == [y.tolist() for _, y in own]
