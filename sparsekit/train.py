@@ -24,6 +24,7 @@ from torch import nn
 
 from . import distributed as _distributed
 from .data import batches as _batches
+from .data import loader_generators
 from .errors import DataError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
 from .fsutil import atomic_path
 from .logits import attach as attach_logits
@@ -521,9 +522,9 @@ def _not_finite(
 
 
 def _loader_generator(loader: Any) -> torch.Generator | None:
-    """The generator a DataLoader shuffles with, when it has its own (sparsekit's built-in sources do)."""
-    gen = getattr(loader, "generator", None)
-    return gen if isinstance(gen, torch.Generator) else None
+    """The generator a DataLoader shuffles with, when it has its own: sparsekit's built-in sources' loaders do, and
+    a user's whose (batch) sampler holds one (``RandomSampler(data, generator=g)``) orders its batches with that."""
+    return next(iter(loader_generators(loader)), None)
 
 
 def _save_checkpoint(

@@ -139,3 +139,36 @@ def test_checking_a_callables_loaders_leaves_a_batch_samplers_generator_as_it_wa
     checked = load_data("sk_review8_batch_sampler:loaders", input_shape=[1, 4]).train
     own = module.loaders()[0]
     assert [y.tolist() for _, y in checked] == [y.tolist() for _, y in own]
+
+
+SAMPLER = """
+import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from sklearn.datasets import load_digits
+
+def loaders():
+    d = load_digits()
+    data = TensorDataset(torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target))
+    train, val = torch.utils.data.Subset(data, range(1400)), torch.utils.data.Subset(data, range(1400, len(data)))
+    order = RandomSampler(train, generator=torch.Generator().manual_seed(0))
+    return DataLoader(train, batch_size=64, sampler=order), DataLoader(val, batch_size=64)
+"""
+
+
+def test_a_resume_shuffles_like_the_uninterrupted_run_with_a_samplers_own_generator(
+    tmp_path, mlp_checkpoint, monkeypatch
+):
+    # The checkpoint kept the state of the loader's generator alone: a sampler's own one restarted from its seed on a
+    # resume, and the resumed epochs trained in the first epoch's order, to other weights than the run not stopped.
+    user_module(tmp_path, monkeypatch, "sk_review8_sampler", SAMPLER)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
+    data = ("--data", "sk_review8_sampler:loaders", *MLP)
+    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "full", *data).exit_code == 0
+    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "cut", *data, "--set", "finetune.epochs=1").exit_code == 0
+    resumed = fast_prune(
+        mlp_checkpoint, recipe, tmp_path / "cut", *data, "--resume", "--allow-change", "finetune.epochs"
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    full, cut = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
