@@ -11,12 +11,14 @@ import json
 import logging
 import os
 import platform
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -498,15 +500,18 @@ def check_inputs(
     clock: PhaseClock | None = None,
 ) -> Inputs:
     """Load the model and the data and check they fit each other and the recipe (no file written);
-    ``clock`` receives the time of the phases ``load`` and ``data``. torch's random generator is seeded with
-    ``recipe.seed`` first: a data callable that splits or shuffles with it gives every command (prune,
-    sensitivity, validate) the same samples.
+    ``clock`` receives the time of the phases ``load`` and ``data``. torch's, numpy's and Python's global random
+    generators are seeded with ``recipe.seed`` first: a data callable that splits or shuffles with them gives every
+    run and every command (prune, sensitivity, validate) the same samples.
 
     Raises :class:`~sparsekit.errors.ModelFileError` (no architecture to save under, non-finite
     weights), :class:`~sparsekit.errors.DataError` (shapes) and what loading raises."""
     clock = clock or PhaseClock()
     source = data or recipe.data.source
+    # The user's code run next (the model factory, a data callable) may draw from any of the three global generators.
     torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed % 2**32)  # numpy's global generator takes 32-bit seeds
+    random.seed(recipe.seed)
     with clock("load"):
         loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
         attach_logits(loaded.model, recipe.model.output)  # tuple / dict outputs: the part that is the logits
