@@ -12,13 +12,15 @@ import logging
 import math
 import os
 import pickle
+import random
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -527,6 +529,13 @@ def _loader_generator(loader: Any) -> torch.Generator | None:
     return next(iter(loader_generators(loader)), None)
 
 
+def _numpy_rng_state() -> list[Any]:
+    """numpy's global generator state as plain data and a tensor, which a checkpoint read with
+    ``weights_only=True`` can hold (a numpy array it cannot)."""
+    name, key, *rest = cast(tuple[Any, ...], np.random.get_state())  # (name, uint32 key, pos, has_gauss, gauss)
+    return [name, torch.from_numpy(key.astype(np.int64)), *rest]
+
+
 def _save_checkpoint(
     path: Path,
     epoch: int,
@@ -554,6 +563,9 @@ def _save_checkpoint(
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "loader_rng": loader_rng.get_state() if loader_rng is not None else None,
+        # A data callable's dataset may draw from numpy's or Python's generator too (random augmentation).
+        "numpy_rng": _numpy_rng_state(),
+        "python_rng": random.getstate(),
         # What the masks in this checkpoint mean: resuming under a different pruning section is refused.
         "pruning": pruning_key(pruner.recipe),
         # What the whole run was (recipe, model file, data): a resume under another is refused.
@@ -657,6 +669,12 @@ def _load_checkpoint(
             torch.cuda.set_rng_state_all(cuda_rng)
         if loader_rng is not None and state.get("loader_rng") is not None:
             loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
+        if state.get("numpy_rng") is not None:
+            name, key, *rest = state["numpy_rng"]
+            np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+        if state.get("python_rng") is not None:
+            version, internal, gauss = state["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
         history = list(state["history"])
         from .masks import get_mask
         from .report import Epoch

@@ -213,3 +213,45 @@ def test_a_data_callable_drawing_from_numpy_or_python_gets_the_same_samples_in_e
         reports.append(json.loads((out / "report.json").read_text()))
     assert reports[0]["dense"]["loss"] == reports[1]["dense"]["loss"]
     assert reports[0]["history"] == reports[1]["history"]
+
+
+NOISY = """
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from sklearn.datasets import load_digits
+
+d = load_digits()
+X, Y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
+
+class Noisy(Dataset):  # random augmentation from numpy's and Python's generators, as many datasets do
+    def __init__(self, rows):
+        self.rows = rows
+    def __len__(self):
+        return len(self.rows)
+    def __getitem__(self, i):
+        noise = np.random.standard_normal(64).astype("float32") * 0.1 * random.random()
+        return X[self.rows[i]] + torch.from_numpy(noise), Y[self.rows[i]]
+
+def loaders():
+    return DataLoader(Noisy(range(1400)), batch_size=64), DataLoader(Noisy(range(1400, len(Y))), batch_size=64)
+"""
+
+
+def test_a_resume_continues_numpys_and_pythons_generators_where_the_run_stopped(tmp_path, mlp_checkpoint, monkeypatch):
+    # The checkpoint held torch's generator states alone: a dataset augmenting with numpy or Python drew other
+    # noise in the resumed epochs than the run not stopped, and trained to other weights.
+    user_module(tmp_path, monkeypatch, "sk_review8_noisy", NOISY)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
+    data = ("--data", "sk_review8_noisy:loaders", *MLP)
+    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "full", *data).exit_code == 0
+    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "cut", *data, "--set", "finetune.epochs=1").exit_code == 0
+    resumed = fast_prune(
+        mlp_checkpoint, recipe, tmp_path / "cut", *data, "--resume", "--allow-change", "finetune.epochs"
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    full, cut = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
