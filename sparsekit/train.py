@@ -167,7 +167,7 @@ def evaluate(
     ``loader``'s ``(inputs [N, ...], labels [N])`` batches (the first ``max_batches`` when given), in
     eval mode and without gradients; the model's train/eval mode is restored. Both are 0.0 for an
     empty loader. ``counts``, when given, receives ``"samples"``: how many were evaluated. Raises
-    :class:`~sparsekit.errors.DataError` when a batch is malformed, the model
+    :class:`~sparsekit.errors.DataError` when a batch is malformed, holds NaN or inf inputs, the model
     fails on it or a label is outside its outputs."""
     was_training = model.training
     model.eval()
@@ -177,7 +177,11 @@ def evaluate(
         if max_batches is not None and i >= max_batches:
             break
         loss, out = _loss(model, x, y, reduction="sum")
-        loss_sum += float(loss)
+        value = float(loss)
+        if not math.isfinite(value) and isinstance(x, torch.Tensor) and not bool(torch.isfinite(x).all()):
+            # as the training loop says of its batches: a NaN loss in the report, NaN rows scored as class 0
+            raise DataError(f"data: the validation loader's batch {i + 1} holds NaN or inf inputs; clean the data")
+        loss_sum += value
         correct += int((out.argmax(1) == y.to(out.device)).sum())
         total += int(y.numel())
     model.train(was_training)

@@ -255,3 +255,13 @@ def test_a_resume_continues_numpys_and_pythons_generators_where_the_run_stopped(
     assert resumed.exit_code == 0, resumed.stderr
     full, cut = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("full", "cut"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_nan_inputs_in_the_validation_data_are_a_data_error_not_a_nan_loss_in_the_report():
+    # Training batches with NaN were refused; validation ones gave report.json a NaN loss (not valid JSON) and an
+    # accuracy that scored every NaN row as class 0. An .npz with NaN is refused when it is read.
+    x = torch.randn(40, 4)
+    x[25, 1] = float("nan")
+    loader = DataLoader(TensorDataset(x, torch.arange(40) % 10), batch_size=10)
+    with pytest.raises(DataError, match="validation loader's batch 3 holds NaN or inf inputs"):
+        evaluate(nn.Linear(4, 10), loader)
