@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from .data import batches
 from .errors import SparsekitError, TargetError, one_line
 from .fsutil import atomic_path, write_text
 from .layers import num_units, prunable_layers, select_layers, unselected_layers
@@ -591,7 +593,8 @@ def analyze(
     ``val_loader``: a re-iterable (a DataLoader, a list) of ``(inputs [N, ...], labels [N])`` batches,
     evaluated with
     :func:`sparsekit.train.evaluate` (top-1 accuracy, mean cross-entropy) on the model's device, the first
-    ``max_batches`` batches when given. ``grid``: ``{"unstructured": [...], "structured": [...]}`` (values in
+    ``max_batches`` batches when given (read once, so every probe sees the same ones). ``grid``:
+    ``{"unstructured": [...], "structured": [...]}`` (values in
     (0, 1); a missing kind keeps its default :data:`GRID_UNSTRUCTURED` / :data:`GRID_STRUCTURED`).
     ``progress(probe)`` is called after each probe with a :class:`Probe`. ``resume_from``: a table from an
     earlier, interrupted run on the same model and data: its probes (and dense metrics) are kept and not
@@ -608,6 +611,9 @@ def analyze(
     recipe = as_recipe(recipe)
     model = unwrap(model)
     grids = _grid(grid)
+    if max_batches is not None:
+        # Read once: a loader that shuffles would give the dense model and each probe other batches to compare.
+        val_loader = list(itertools.islice(batches(val_loader, "data: the validation loader"), max_batches))
     shape = _shape(model, recipe, val_loader, input_shape)
     chosen = list(range(len(recipe.pruning))) if entries is None else [int(i) for i in entries]
     bad = [i for i in chosen if not 0 <= i < len(recipe.pruning)]

@@ -265,3 +265,22 @@ def test_nan_inputs_in_the_validation_data_are_a_data_error_not_a_nan_loss_in_th
     loader = DataLoader(TensorDataset(x, torch.arange(40) % 10), batch_size=10)
     with pytest.raises(DataError, match="validation loader's batch 3 holds NaN or inf inputs"):
         evaluate(nn.Linear(4, 10), loader)
+
+
+def test_sensitivity_with_max_batches_measures_every_probe_on_the_same_batches():
+    # Each probe read the loader anew: one that shuffles gave the dense model and every probe its own first batch, so
+    # the loss increases compared different samples (fc1's went below the dense loss at 50%, up and down after).
+    from sparsekit.sensitivity import analyze
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    data = TensorDataset(torch.randn(200, 8), torch.arange(200) % 4)
+
+    def shuffled() -> DataLoader:
+        return DataLoader(data, batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    recipe = {"model": {"input_shape": [1, 8]}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    measured = analyze(model, recipe, shuffled(), max_batches=1)
+    fixed = analyze(model, recipe, [next(iter(shuffled()))], max_batches=1)
+    assert measured.dense_loss == fixed.dense_loss
+    assert [row.points for row in measured.layers] == [row.points for row in fixed.layers]
