@@ -155,15 +155,44 @@ def loaders():
 """
 
 
-def test_a_resume_shuffles_like_the_uninterrupted_run_with_a_samplers_own_generator(
-    tmp_path, mlp_checkpoint, monkeypatch
-):
+NOISY = """
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from sklearn.datasets import load_digits
+
+d = load_digits()
+X, Y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
+
+class Noisy(Dataset):  # random augmentation from numpy's and Python's generators, as many datasets do
+    def __init__(self, rows):
+        self.rows = rows
+    def __len__(self):
+        return len(self.rows)
+    def __getitem__(self, i):
+        noise = np.random.standard_normal(64).astype("float32") * 0.1 * random.random()
+        return X[self.rows[i]] + torch.from_numpy(noise), Y[self.rows[i]]
+
+def loaders():
+    return DataLoader(Noisy(range(1400)), batch_size=64), DataLoader(Noisy(range(1400, len(Y))), batch_size=64)
+"""
+
+
+@pytest.mark.parametrize(
+    "name, source",
+    [("sk_review8_sampler", "SAMPLER"), ("sk_review8_noisy", "NOISY")],
+    ids=["a samplers own generator", "numpy and python generators"],
+)
+def test_a_resume_draws_like_the_uninterrupted_run(tmp_path, mlp_checkpoint, monkeypatch, name, source):
     # The checkpoint kept the state of the loader's generator alone: a sampler's own one restarted from its seed on a
-    # resume, and the resumed epochs trained in the first epoch's order, to other weights than the run not stopped.
-    user_module(tmp_path, monkeypatch, "sk_review8_sampler", SAMPLER)
+    # resume (the resumed epochs shuffled in the first epoch's order), and a dataset augmenting with numpy or Python
+    # drew other noise in the resumed epochs: either trained to other weights than the run not stopped.
+    user_module(tmp_path, monkeypatch, name, globals()[source])
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
-    data = ("--data", "sk_review8_sampler:loaders", *MLP)
+    data = ("--data", f"{name}:loaders", *MLP)
     assert fast_prune(mlp_checkpoint, recipe, tmp_path / "full", *data).exit_code == 0
     assert fast_prune(mlp_checkpoint, recipe, tmp_path / "cut", *data, "--set", "finetune.epochs=1").exit_code == 0
     resumed = fast_prune(
@@ -213,48 +242,6 @@ def test_a_data_callable_drawing_from_numpy_or_python_gets_the_same_samples_in_e
         reports.append(json.loads((out / "report.json").read_text()))
     assert reports[0]["dense"]["loss"] == reports[1]["dense"]["loss"]
     assert reports[0]["history"] == reports[1]["history"]
-
-
-NOISY = """
-import random
-
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-from sklearn.datasets import load_digits
-
-d = load_digits()
-X, Y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
-
-class Noisy(Dataset):  # random augmentation from numpy's and Python's generators, as many datasets do
-    def __init__(self, rows):
-        self.rows = rows
-    def __len__(self):
-        return len(self.rows)
-    def __getitem__(self, i):
-        noise = np.random.standard_normal(64).astype("float32") * 0.1 * random.random()
-        return X[self.rows[i]] + torch.from_numpy(noise), Y[self.rows[i]]
-
-def loaders():
-    return DataLoader(Noisy(range(1400)), batch_size=64), DataLoader(Noisy(range(1400, len(Y))), batch_size=64)
-"""
-
-
-def test_a_resume_continues_numpys_and_pythons_generators_where_the_run_stopped(tmp_path, mlp_checkpoint, monkeypatch):
-    # The checkpoint held torch's generator states alone: a dataset augmenting with numpy or Python drew other
-    # noise in the resumed epochs than the run not stopped, and trained to other weights.
-    user_module(tmp_path, monkeypatch, "sk_review8_noisy", NOISY)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
-    data = ("--data", "sk_review8_noisy:loaders", *MLP)
-    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "full", *data).exit_code == 0
-    assert fast_prune(mlp_checkpoint, recipe, tmp_path / "cut", *data, "--set", "finetune.epochs=1").exit_code == 0
-    resumed = fast_prune(
-        mlp_checkpoint, recipe, tmp_path / "cut", *data, "--resume", "--allow-change", "finetune.epochs"
-    )
-    assert resumed.exit_code == 0, resumed.stderr
-    full, cut = (torch.load(tmp_path / d / "model.pt", weights_only=True)["state_dict"] for d in ("full", "cut"))
-    assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
 def test_nan_inputs_in_the_validation_data_are_a_data_error_not_a_nan_loss_in_the_report():
