@@ -7,9 +7,7 @@ and the output files.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +15,7 @@ from pydantic import ValidationError
 
 from . import distributed as _distributed
 from .errors import OutputError, SparsekitError, one_line, option
-from .fsutil import read_regular, sigint_deferred, write_text
+from .fsutil import lock_folder, read_regular, sigint_deferred, unlock_folder, write_text
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -35,10 +33,9 @@ MANIFEST_FILE = ".sensitivity-manifest.json"
 
 
 class _FolderLock:
-    """An exclusive ``flock`` on an analysis's output folder, so two analyses never write one folder (the second
-    fails, naming it, instead of mixing its files with the first's). The kernel drops it when the process ends,
-    also when killed: no lock file, nothing stale. Taken once the folder exists (a run whose inputs fail their
-    checks creates none); :meth:`take` again is a no-op."""
+    """An exclusive lock on an analysis's output folder (:func:`~sparsekit.fsutil.lock_folder`), so two analyses
+    never write one folder: the second fails, naming it, instead of mixing its files with the first's. Taken
+    once the folder exists (a run whose inputs fail their checks creates none); :meth:`take` again is a no-op."""
 
     def __init__(self, out: Path) -> None:
         self.out, self.fd = out, -1
@@ -48,24 +45,21 @@ class _FolderLock:
         if self.fd >= 0:
             return
         try:
-            fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
+            fd = lock_folder(self.out)
         except OSError as err:
             raise OutputError(
                 f"{self.out}: cannot open the output folder ({err.strerror}); check its permissions"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if fd is None:
             raise OutputError(
                 f"{self.out}: another sparsekit sensitivity run is writing this folder; wait for it to end or choose "
                 f"another output folder ({option('output')})"
-            ) from None
+            )
         self.fd = fd
 
     def release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            unlock_folder(self.fd)
             self.fd = -1
 
 

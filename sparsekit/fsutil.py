@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -167,6 +168,45 @@ def sigint_deferred() -> Iterator[None]:
         raise Terminated("stopped by SIGTERM")
     if got:
         raise KeyboardInterrupt
+
+
+# Descriptors holding a folder's flock (:func:`lock_folder`). A forked child (a DataLoader worker) inherits them,
+# and a flock lives while any copy is open: the child closes its copies at once, so the parent's release releases.
+_FOLDER_LOCKS: set[int] = set()
+
+
+def _close_folder_locks_in_child() -> None:
+    for fd in _FOLDER_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FOLDER_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_folder_locks_in_child)
+
+
+def lock_folder(path: str | os.PathLike[str], *, wait: bool = False) -> int | None:
+    """Open the folder ``path`` and take an exclusive ``flock`` on it (the kernel drops it when the process
+    ends, also when killed: nothing is ever stale). Returns the descriptor to pass to :func:`unlock_folder`, or
+    None when another process holds the lock (``wait=False``; ``wait=True`` waits for it). On a file system
+    without flock (NFS, some FUSE mounts) the descriptor comes back unlocked: the lock guards against a second
+    run, and a run goes on without it rather than fail. Raises OSError when the folder cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        pass  # ENOLCK, EOPNOTSUPP, ...: no flock on this file system
+    _FOLDER_LOCKS.add(fd)
+    return fd
+
+
+def unlock_folder(fd: int) -> None:
+    """Release a lock :func:`lock_folder` took (closing its descriptor)."""
+    _FOLDER_LOCKS.discard(fd)
+    os.close(fd)
 
 
 def _proc_kib(path: str, key: str) -> int | None:

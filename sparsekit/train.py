@@ -87,9 +87,9 @@ def _loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``model(x)`` against ``y`` (moved to the model's device). Labels that are not one
-    integer class per input, or are outside the model's outputs, are a data error, checked on every batch:
-    torch would crash deep inside (a device-side assert on CUDA), or read one-hot rows as class probabilities
-    and -100 as its ``ignore_index``, giving a wrong loss and accuracy without a word."""
+    integer class per input, or (labels in host memory) are outside the model's outputs, are a data error,
+    checked on every batch: torch would crash deep inside, or read one-hot rows as class probabilities and
+    -100 as its ``ignore_index``, giving a wrong loss and accuracy without a word."""
     _check_labels(x, y)
     device = _device(model)
     try:
@@ -100,7 +100,9 @@ def _loss(
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise DataError(f"data: the model fails on a batch of inputs {shape}: {one_line(err)}") from None
     out = select_logits(out, None)  # a tuple / dict output: sparsekit.logits.attach(model, output) picks one
-    if out.ndim == 2 and y.numel():
+    # Checked where the labels are in host memory (loaders yield them there): reading labels already on an
+    # accelerator would wait for it twice a step; there torch's own check stands (a device-side assert on CUDA).
+    if out.ndim == 2 and y.numel() and y.device.type == "cpu":
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= out.shape[1]:
             raise DataError(

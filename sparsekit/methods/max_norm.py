@@ -55,15 +55,41 @@ class MaxNorm:
         # (module, whether its output units index dim 0): a 2-D such weight is its own [units, rest] view
         self._layout = [(m, not output_dim(m)) for m in self.layers.values()]
         self._fused: _NormBuffer | None = None
+        self._norms: list[torch.Tensor] = []  # the plain path's unit norms, per layer, from the last _over_bound
 
     def project(self) -> None:
         """Rescale, in place, every output unit whose incoming-weight norm exceeds ``max_value``: ``w_u <- w_u *
-        (max_value / ||w_u||)``, bit for bit; units within the bound are left untouched. A layer's masked weights
-        are zeroed first: the optimizer step may have moved them, and the Pruner zeroes them after this hook, so
-        counted in the norm they would shrink the unit's real weights by more than the bound asks."""
-        for module, _ in self._layout:
-            if get_mask(module) is not None:
-                apply_mask(module)
+        (max_value / ||w_u||)``, bit for bit; units within the bound are left untouched. The norm is that of the
+        weights a mask keeps: the optimizer step may have moved a masking method's pruned weights, which the
+        Pruner zeroes after this hook, and counted they would shrink the unit's real weights by more than the
+        bound asks. They can only add to a norm, so the layers are masked only when a unit is over the bound."""
+        if not self._over_bound():  # the usual case, no pass over the weights but the norms
+            return
+        masked = [module for module, _ in self._layout if get_mask(module) is not None]
+        for module in masked:
+            apply_mask(module)
+        if masked and not self._over_bound():
+            return
+        # _over_bound left the norms of the weights as they are now (masked) for the rescale
+        if self._fused is not None:
+            for (module, _), n in zip(self._layout, self._fused.outs, strict=True):
+                over = n > self.max_value
+                if bool(over.any()):  # (a NaN norm is not over: its unit is left as it is, as below)
+                    self._rescale(module, n.clone(), over)
+            return
+        if all(n.is_cpu for n in self._norms):
+            for module, n in zip(self.layers.values(), self._norms, strict=True):
+                if not float(n.numpy().max()) <= self.max_value:  # (a NaN norm: its layer's other units still count)
+                    self._rescale(module, n, n > self.max_value)
+        else:
+            # Elsewhere reading a scalar waits for the device: rescale every layer, units within the bound
+            # by exactly 1 (the same bits), and never wait.
+            for module, n in zip(self.layers.values(), self._norms, strict=True):
+                self._rescale(module, n, n > self.max_value)
+
+    def _over_bound(self) -> bool:
+        """Compute every unit's norm (kept for the rescale: in ``self._fused`` or ``self._norms``) and say whether
+        one may be over the bound (NaN counts: its layer goes on to the per-layer checks)."""
         # Runs after every optimizer step, so it makes few calls: on CPU every layer's unit norms go into one
         # buffer through views kept between steps, and one max over it decides the usual case (no unit over
         # the bound); the plain path below is taken for other devices and mixed dtypes.
@@ -73,34 +99,18 @@ class MaxNorm:
         if fused is not None:
             with torch.no_grad():
                 fused.compute()
-                peak = float(fused.norms.max())
-                if peak <= self.max_value:  # the usual case (NaN compares False: it goes on)
-                    return
-                for (module, _), n in zip(self._layout, fused.outs, strict=True):
-                    over = n > self.max_value
-                    if bool(over.any()):  # (a NaN norm is not over: its unit is left as it is, as below)
-                        self._rescale(module, n.clone(), over)
-            return
-        norms = []
+                return not float(fused.norms.max()) <= self.max_value  # (NaN compares False: it goes on)
+        norms = self._norms = []
         for module, own_rows in self._layout:
             w = weight_of(module).detach()
             rows = w if own_rows and w.dim() == 2 else unit_view(w, module)
             norms.append(torch.linalg.vector_norm(rows, dim=1, dtype=torch.promote_types(w.dtype, torch.float32)))
         if not norms:
-            return
+            return False
         if all(n.is_cpu for n in norms):
             # numpy's max of these few norms per layer costs a fraction of a torch call (NaN propagates).
-            peaks = [float(n.numpy().max()) for n in norms]
-            if all(peak <= self.max_value for peak in peaks):  # the usual case (not max(): NaN-blind)
-                return
-            for module, n, peak in zip(self.layers.values(), norms, peaks, strict=True):
-                if not peak <= self.max_value:  # (a NaN norm: its layer's other units still count)
-                    self._rescale(module, n, n > self.max_value)
-        else:
-            # Elsewhere reading a scalar waits for the device: rescale every layer, units within the bound
-            # by exactly 1 (the same bits), and never wait.
-            for module, n in zip(self.layers.values(), norms, strict=True):
-                self._rescale(module, n, n > self.max_value)
+            return not all(float(n.numpy().max()) <= self.max_value for n in norms)
+        return True  # elsewhere reading a scalar waits for the device: every layer is rescaled (by 1 within bound)
 
     def _rescale(self, module: nn.Module, norms: torch.Tensor, over: torch.Tensor) -> None:
         """Scale the units ``over`` the bound (bool, one per unit) by ``max_value / norm``, the others by 1."""

@@ -39,7 +39,7 @@ from onnx.external_data_helper import (
 )
 
 from sparsekit.errors import ExportError
-from sparsekit.fsutil import atomic_path, sigint_deferred, writing
+from sparsekit.fsutil import atomic_path, lock_folder, sigint_deferred, unlock_folder, writing
 from sparsekit.onnx.compress import gzip_size_of_files
 from sparsekit.onnx.tensors import external_locations, model_tensors
 
@@ -421,14 +421,14 @@ def staging(final: PathLike) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(final)
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        held = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+        held = lock_folder(work, wait=True)
         try:
-            fcntl.flock(held, fcntl.LOCK_EX)
             yield work
         finally:
             with sigint_deferred():  # a Ctrl-C there would leave the folder half-removed; it waits the milliseconds
                 shutil.rmtree(work, ignore_errors=True)
-            os.close(held)
+            if held is not None:
+                unlock_folder(held)
 
 
 # How old a staging folder nobody holds must be to count as a killed writer's: a live writer takes its lock
@@ -457,7 +457,7 @@ def _remove_dead_staging(final: Path) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            continue  # a live writer's
+            continue  # a live writer's (or no flock on this file system: nothing can be told, nothing removed)
         else:
             shutil.rmtree(entry.path, ignore_errors=True)
         finally:
