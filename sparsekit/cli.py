@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import re
 import shlex
 import signal
 import sys
@@ -26,12 +27,14 @@ from .errors import (
     TRAINING_DONE,
     TRAINING_NOT_STARTED,
     WHERE_PREFIXES,
+    DataError,
     ExportError,
     SparsekitError,
     Terminated,
     first_interruption,
     naming_recipe,
     one_line,
+    option,
     printable,
     render,
 )
@@ -881,7 +884,16 @@ def export(
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data
 
-        bundle = load_data(data, input_shape=shape, normalize=normalize or "none", field="data")
+        try:
+            bundle = load_data(data, input_shape=shape, normalize=normalize or "none", field="data")
+        except DataError as err:
+            # A shape mismatch's remedy is prune's override of model.input_shape; export's is its own option.
+            fixed = re.sub(
+                r"\x00set\x1fmodel\.input_shape=([^\x00]*)\x00",
+                lambda m: option("input_shape", m.group(1)),
+                err.raw_message,
+            )
+            raise DataError(fixed) from None
     from .masks import positive_zeros_
     from .onnx import choose_storage
 
