@@ -918,6 +918,14 @@ def export(
     ]
     if res.get("fallback"):
         lines.append(f"  {res['fallback']}")
+    if res.get("tracer_warnings"):
+        said = " ".join(res["tracer_warnings"][0].split()).split(". ")[0]  # its first sentence
+        click.echo(
+            "Warning: the TorchScript tracer warned that the file may follow only the path this input took through "
+            f"the model ({printable(said)}); the parity check's random inputs cannot rule out other outputs on "
+            "other inputs: export with --exporter dynamo if it can",
+            err=True,
+        )
     if quantize == "int8":
         q = res["int8"]
         lines.append(

@@ -36,3 +36,41 @@ def test_export_data_shape_mismatch_names_export_option(tmp_path, monkeypatch):
     assert res.exit_code == 2, res.output
     assert "--input-shape 1,16" in res.output and "--set" not in res.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+class Branchy(nn.Module):
+    """Takes another layer on inputs that random normal values never reach: tracing keeps only one path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(x / 100) if x.abs().max() > 100 else self.a(x)
+
+
+def branchy() -> nn.Module:
+    return Branchy()
+
+
+def test_torchscript_export_of_data_dependent_branch_warns(tmp_path, monkeypatch):
+    # Parity passes on random inputs, so the tracer's warning is the one sign that the file drops a branch.
+    monkeypatch.chdir(tmp_path)
+    sparsekit.save_model(branchy(), "m.pt", factory="tests.test_review_export_8:branchy", input_shape=[1, 16])
+    info = sparsekit.export_onnx(branchy(), "lib.onnx", [1, 16], exporter="torchscript")
+    assert info["parity"]["ok"] and info["tracer_warnings"]
+    args = [
+        "export",
+        "m.pt",
+        "-o",
+        "m.onnx",
+        "--exporter",
+        "torchscript",
+        "--arch",
+        "tests.test_review_export_8:branchy",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "Warning: the TorchScript tracer warned" in res.output and "--exporter dynamo" in res.output
+    res = CliRunner().invoke(main, ["export", "m.pt", "-o", "c.onnx", "--arch", "tests.test_review_export_8:branchy"])
+    assert "tracer warned" not in res.output  # (auto: dynamo decides, and refuses the branch)

@@ -90,13 +90,16 @@ def export_onnx(
     BatchNorm folded with a negative scale, gives -0.0: the same value, but it compresses worse; see
     :func:`sparsekit.onnx.tensors.positive_zeros`).
 
-    Returns ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter", "fallback", "seconds"}``
+    Returns ``{"path", "bytes", "gzip_bytes", "parity", "zeros", "opset", "exporter", "fallback", "seconds",
+    "tracer_warnings"}``
     with sizes in bytes (external data included), ``parity`` = ``{"max_abs_diff", "ok", "rtol",
     "atol"}`` (None without ``check_parity``), ``zeros`` = :func:`check_zeros`, ``opset`` read from
     the file, ``exporter`` the one that wrote it and ``fallback`` why it is not the one asked for
     (None when it is), ``seconds`` the wall time spent exporting (``"export"``: the exporters, onnx's
     checker), checking (``"checks"``: parity in onnxruntime, zero counts) and measuring the file
-    (``"sizes"``: its gzip size).
+    (``"sizes"``: its gzip size), ``tracer_warnings`` what the TorchScript tracer warned about while writing the
+    file (a data-dependent branch or value baked into the trace: parity on random inputs cannot rule out that
+    the file differs from the model on other inputs; empty for the dynamo exporter).
     Raises :class:`ExportError` for a bad shape, exporter or opset, a model that fails on the input or
     that the exporters cannot handle, an opset that cannot be delivered (the message says which ones
     work), or an invalid graph; :class:`~sparsekit.errors.OutputError` when the disk is full,
@@ -133,6 +136,7 @@ def export_onnx(
     return {
         **info, "parity": written.parity, "zeros": zeros, "opset": written.opset, "exporter": used,
         "fallback": fallback, "seconds": {k: round(v, 4) for k, v in job.seconds.items()},
+        "tracer_warnings": list(written.tracer_warnings),
     }  # fmt: skip
 
 
