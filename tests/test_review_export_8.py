@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
 import sparsekit
 from sparsekit.cli import main
+from sparsekit.onnx.export import check_zeros
 
 
 def conv1d() -> nn.Module:
@@ -74,3 +76,27 @@ def test_torchscript_export_of_data_dependent_branch_warns(tmp_path, monkeypatch
     assert "Warning: the TorchScript tracer warned" in res.output and "--exporter dynamo" in res.output
     res = CliRunner().invoke(main, ["export", "m.pt", "-o", "c.onnx", "--arch", "tests.test_review_export_8:branchy"])
     assert "tracer warned" not in res.output  # (auto: dynamo decides, and refuses the branch)
+
+
+def test_batchnorm_with_a_zero_weight_folded_into_conv_keeps_zeros(tmp_path):
+    # A BatchNorm weight pruned to 0 zeroes a whole output channel of the folded convolution: more zeros, none lost.
+    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.BatchNorm1d(8), nn.Flatten(), nn.Linear(8 * 14, 5)).eval()
+    with torch.no_grad():
+        model[1].weight[0] = 0
+        model[0].weight[1] = 0
+    for exporter in ("torchscript", "dynamo"):
+        info = sparsekit.export_onnx(model, tmp_path / f"{exporter}.onnx", [1, 4, 16], exporter=exporter)
+        conv = info["zeros"]["layers"][0]
+        assert conv["onnx_zeros"] > conv["torch_zeros"] and info["zeros"]["zeros_ok"], info["zeros"]
+
+
+def test_a_lost_zero_is_still_caught(tmp_path):
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[:, :4] = 0
+    path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, path, [1, 16], exporter="torchscript")
+    with torch.no_grad():
+        model[0].weight[0, 0] = 1.0  # the file holds a zero there; and one of the model's zeros is not in the file
+        model[0].weight[0, 5] = 0.0
+    assert not check_zeros(model, path)["zeros_ok"]
