@@ -618,7 +618,8 @@ def main() -> None:
     "--strict",
     is_flag=True,
     help="Exit 2 when a target the recipe states is missed (sparsity, ratio, MACs, latency, max_value, or an "
-    "entry that achieved nothing) or accuracy fell to chance level. The outputs are still written; without "
+    "entry that achieved nothing), accuracy fell to chance level, or an ONNX file disagrees with torch or lost "
+    "pruned zeros. The outputs are still written; without "
     "--strict these are warnings.",
 )
 @click.option(
@@ -918,6 +919,19 @@ def export(
     ]
     if res.get("fallback"):
         lines.append(f"  {res['fallback']}")
+    from .report import parity_warning
+
+    other = "torchscript" if res.get("exporter") == "dynamo" else "dynamo"
+    written_by = str(out) if quantize != "int8" else str(fp32_out or "the fp32 export that was quantized")
+    mismatch = parity_warning(res["parity"], written_by, f"--exporter {other}")
+    if mismatch:
+        click.echo(f"Warning: {printable(mismatch)}", err=True)
+    if not res["zeros"]["zeros_ok"]:
+        click.echo(
+            "Warning: the ONNX file holds nonzero values where the model has zeros: its sizes overstate what "
+            "pruning saved (--json lists the weights under zeros)",
+            err=True,
+        )
     if res.get("tracer_warnings"):
         said = " ".join(res["tracer_warnings"][0].split()).split(". ")[0]  # its first sentence
         click.echo(

@@ -1046,7 +1046,7 @@ def summarize(report: Report) -> Summary:
     targets = check_targets(report, methods)
     return Summary(
         targets=targets,
-        warnings=[t.message for t in targets if not t.met] + _collapsed(report),
+        warnings=[t.message for t in targets if not t.met] + _collapsed(report) + _onnx_mismatch(report),
         recipe=_recipe_lines(report, methods, excluded),
         data=_data_words(report),
         methods=methods,
@@ -1079,6 +1079,37 @@ def _collapsed(report: Report) -> list[str]:
         f"accuracy fell to chance level: {d:.4f} -> {p:.4f} with {k} classes (1/{k} = {1 / k:.3f}); the pruned model "
         "has lost what it learned: prune less, over more of the schedule, or with a gentler strength"
     ]
+
+
+def parity_warning(parity: dict[str, Any], what: str, exporter: str) -> str:
+    """A warning when onnxruntime's outputs for ``what`` differ from torch's (``parity``: an export's
+    ``{"max_abs_diff", "ok", "rtol", "atol", "error"}``), else ``""``: the file does not compute what the
+    model does, so its sizes and latency describe another model. ``exporter``: how the caller's user
+    chooses the other exporter."""
+    if parity.get("ok"):
+        return ""
+    if parity.get("error"):
+        return f"{what} could not be checked against torch: {parity['error']}"
+    diff = parity.get("max_abs_diff")
+    return (
+        f"{what} does not compute what the torch model does: onnxruntime's outputs differ from torch's by up to "
+        f"{'a non-finite amount' if diff is None else f'{diff:.3g}'} on the same inputs (a forward that depends on "
+        "Python state, randomness or a data-dependent branch exports as one fixed path): make forward depend only "
+        f"on its input, or try the other exporter ({exporter})"
+    )
+
+
+def _onnx_mismatch(report: Report) -> list[str]:
+    """Warnings when model.onnx or dense.onnx disagree with torch, or model.onnx lost pruned zeros."""
+    how = "the recipe's export.exporter: dynamo or torchscript"
+    found = [parity_warning(report.parity.model_dump(), "model.onnx", how)]
+    found.append(parity_warning(report.dense_parity.model_dump(), "dense.onnx (the benchmark's baseline)", how))
+    if not report.zeros_preserved:
+        found.append(
+            "model.onnx holds nonzero values where the pruned model has zeros: its sizes overstate what the pruning "
+            "saved; see report.json's zeros for the weights"
+        )
+    return [w for w in found if w]
 
 
 def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -> list[TargetCheck]:
