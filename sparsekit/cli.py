@@ -48,6 +48,7 @@ FLAGS = {
     "arch": "--arch",
     "data": "--data",
     "device": "--device",
+    "exporter": "--exporter",
     "input_shape": "--input-shape",
     "kwargs": "--kwargs",
     "logits": "--logits",

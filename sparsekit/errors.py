@@ -20,6 +20,7 @@ API_SPELLING = {
     "arch": "arch='pkg.module:callable'",
     "data": "data=...",
     "device": "overrides=['finetune.device=...']",
+    "exporter": "exporter=...",
     "input_shape": "input_shape=[...]",
     "kwargs": "kwargs={...}",
     "logits": "sparsekit.logits.attach(model, part)",

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .errors import (
     TRAINING_NOT_STARTED,
     WHERE_PREFIXES,
     DataError,
+    ExportError,
     ModelFileError,
     OutputError,
     RecipeError,
@@ -795,7 +797,16 @@ def measure(
     if before_export is not None:
         before_export(layers)
     with interrupted_while(f"exporting {onnx_path.name}{clock.note}"):
-        exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
+        try:
+            exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
+        except ExportError as err:
+            # export_onnx names its own exporter argument as the remedy; a recipe chooses it with export.exporter.
+            respelled = re.sub(
+                "\x00exporter\x1f([^\x00]*)\x00",
+                lambda m: option("set", f"export.exporter={m.group(1)}"),
+                err.raw_message,
+            )
+            raise ExportError(respelled) from err
     for phase, seconds in exported["seconds"].items():
         clock.add(phase, seconds)
     return Measured(metrics, stats, layers, exported, counts.get("samples", 0))

@@ -119,7 +119,8 @@ def export_onnx(
         n_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         external = n_bytes > EXTERNAL_DATA_BYTES
         if external and exporter == "torchscript":
-            raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use exporter='dynamo'")
+            use = option("exporter", "dynamo")
+            raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use {use}")
         with _cpu_eval(model):
             x, names = _example_input(model, shape)
             job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol, names)
@@ -510,7 +511,7 @@ def _export(
                 )  # fmt: skip
         return tuple(str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning))
     except Exception as e:
-        hint = " (exporter='torchscript' may succeed)" if exporter == "dynamo" else ""
+        hint = f" ({option('exporter', 'torchscript')} may succeed)" if exporter == "dynamo" else ""
         reason = _root_cause(e)
         raise _ExporterFailed(f"torch.onnx.export with exporter={exporter!r} failed{hint}: {reason}", reason) from e
 
