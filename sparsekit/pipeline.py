@@ -307,7 +307,12 @@ class Measured:
     def onnx_info(self) -> dict[str, Any]:
         """The opset read back from the file, the exporter that wrote it and why, if it was not the asked one."""
         e = self.export
-        return {"opset": e.get("opset"), "exporter": e.get("exporter"), "export_fallback": e.get("fallback")}
+        return {
+            "opset": e.get("opset"),
+            "exporter": e.get("exporter"),
+            "export_fallback": e.get("fallback"),
+            "tracer_warnings": list(e.get("tracer_warnings") or []),
+        }
 
 
 def run_prune(

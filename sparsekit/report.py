@@ -122,6 +122,11 @@ class Result(_Closed):
     opset: int | None = Field(None, description="ONNX opset of the written file, read back from it")
     exporter: str | None = Field(None, description="the exporter that wrote it: dynamo or torchscript")
     export_fallback: str | None = Field(None, description="why another exporter than the recipe's was used")
+    tracer_warnings: list[str] = Field(
+        default_factory=list,
+        description="what the TorchScript tracer warned about while writing the file (a data-dependent branch or "
+        "Python value baked in): the file may follow only the path the example input took; empty for dynamo",
+    )
     latency_ms: dict[str, Latency] = Field(default_factory=dict)
     throughput_per_s: dict[str, float] = Field(default_factory=dict)
 
@@ -1406,6 +1411,13 @@ def notes(report: Report) -> list[str]:
     for label, r in (("dense", d), ("pruned", p)):
         if r.export_fallback:
             out.append(f"{label} ONNX written by the {r.exporter} exporter at opset {r.opset}: {r.export_fallback}.")
+        if r.tracer_warnings:
+            said = " ".join(r.tracer_warnings[0].split()).split(". ")[0]  # its first sentence
+            out.append(
+                f"{label} ONNX: the TorchScript tracer warned that the file may follow only the path the example input "
+                f"took through the model ({said}); parity on random inputs cannot rule out other outputs on other "
+                "inputs: set export.exporter: dynamo if it can export the model."
+            )
     if report.int8 and report.int8.fallback:
         out.append(f"int8: {report.int8.fallback}.")
     for extra in (_int8_disagrees(report), _int8_slower(report), _too_noisy(report)):

@@ -1,11 +1,12 @@
-"""When the dynamo exporter fails, the error's remedy is spelled the way the caller chooses the exporter:
-``--exporter torchscript`` for ``sparsekit export``, ``--set export.exporter=torchscript`` for ``prune``
-(which has no exporter option), ``exporter='torchscript'`` from Python."""
+"""Models whose forward takes a data-dependent path. When the dynamo exporter fails, the error's remedy is
+spelled the way the caller chooses the exporter: ``--exporter torchscript`` for ``sparsekit export``,
+``--set export.exporter=torchscript`` for ``prune`` (which has no exporter option), ``exporter='torchscript'``
+from Python; when the TorchScript tracer warns, prune's report says so."""
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_bad_input, user_module
+from conftest import assert_bad_input, fast_prune, user_module
 
 from sparsekit.cli import main
 from sparsekit.errors import ExportError
@@ -71,3 +72,23 @@ def test_python_api_spelling(tmp_path, branchy):
     mod, _ = branchy
     with pytest.raises(ExportError, match=r"exporter='torchscript' may succeed"):
         export_onnx(mod.build(), tmp_path / "b.onnx", [1, 8], exporter="dynamo")
+
+
+def test_prune_reports_tracer_warnings(tmp_path, branchy):
+    """The TorchScript exporter traces one path through the data-dependent branch: prune says so in the
+    report's notes, as sparsekit export does, instead of only parity on random inputs that happened to agree."""
+    import json
+
+    _, path = branchy
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 8]}\ndata: {source: synthetic, batch_size: 16}\nfinetune: {epochs: 1}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, layers: [fc]}\nbenchmark: {batch_sizes: [1]}\n"
+    )
+    out = tmp_path / "out"
+    res = fast_prune(path, recipe, out, "--arch", "branchy_net:build")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruned"]["tracer_warnings"] and report["dense"]["tracer_warnings"]
+    assert any("TorchScript tracer warned" in n and "export.exporter: dynamo" in n for n in report["notes"])
+    assert "TorchScript tracer warned" in res.stdout
