@@ -1242,7 +1242,7 @@ def inspect(
       sparsekit inspect weights.pt --arch examples.models:small_cnn --input-shape 1,1,28,28
       sparsekit inspect out/model.onnx --json
     """
-    onnx_file = model.suffix == ".onnx"
+    onnx_file = model.suffix.lower() == ".onnx"
     if onnx_file and (arch or arch_kwargs or input_shape):
         given = [f for f, v in (("--arch", arch), ("--kwargs", arch_kwargs), ("--input-shape", input_shape)) if v]
         raise click.UsageError(

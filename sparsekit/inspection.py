@@ -68,7 +68,7 @@ def inspect(
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
     ``input_shape`` (batch first) or the file's saved one (a shape only guessed gives ``input_shape_note``)."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    if path.suffix.lower() == ".onnx":
         return _inspect_onnx(path)
     from .modelio import infer_input_shape, read_model
 

@@ -588,7 +588,7 @@ def _screen_trusted(path: Path) -> None:
             data = fh.read()
         # torch.load tells its formats apart by the first bytes, not by a zip directory anywhere in the file:
         # a legacy pickle with a zip appended is read as the pickle, and screened as one here.
-        pt2 = path.suffix == ".pt2"
+        pt2 = path.suffix.lower() == ".pt2"
         streams = [data] if data[:4] != b"PK\x03\x04" and not pt2 else _pickled_streams(data, str(path), pt2)
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         streams = [None]  # a zip this reader cannot open: whatever torch would read in it is not screened
@@ -694,6 +694,20 @@ def _numpy_archive(path: Path) -> bool:
     return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
 
 
+def _safetensors(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file: named so (in any case, ``MODEL.SAFETENSORS``), or laid out as one
+    under another name (``model.bin``): a little-endian u64 header length, then a JSON header inside the file."""
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
 def refuse_onnx(path: Path) -> None:
     """ModelFileError when ``path`` is named as an ONNX file, where a PyTorch model is expected."""
     if path.suffix.lower() == ".onnx":
@@ -713,7 +727,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
     refuse_onnx(path)
     _check_unpacked_size(path)  # before anything unpacks a member: its zip directory declares the sizes
-    if path.suffix == ".safetensors":
+    if _safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -721,7 +735,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
             return load_file(str(path)), "safetensors"
         except (SafetensorError, OSError, ValueError) as err:
             raise ModelFileError(f"{path}: not a valid safetensors file ({err})") from None
-    if path.suffix == ".pt2":
+    if path.suffix.lower() == ".pt2":
         if not trust:
             raise _refuse(path, "a torch.export archive (.pt2)")
         _screen_trusted(path)  # its pickled members (sample inputs, pickled weights and constants) first
