@@ -1374,6 +1374,12 @@ def notes(report: Report) -> list[str]:
             f"The validation split holds only {n} sample(s): accuracy moves in steps of {1 / n:.3f}, so the dense -> "
             "pruned accuracies say little; give more data or a larger data.val_fraction."
         )
+    if report.recipe_asked is not None:
+        out.append(
+            "The auto entries' per-layer values were chosen by a sensitivity analysis on the validation split, the "
+            "split these accuracies are measured on: they may be slightly optimistic; check the pruned model on "
+            "data it has not seen."
+        )
     dead = [r.name for r in report.layers if r.params and r.nonzero_params == 0]
     if dead:
         out.append(

@@ -770,3 +770,17 @@ def test_an_int8_model_that_disagrees_with_fp32_gets_a_note():
     report.int8.eval = {"int8_accuracy": 0.1, "fp32_accuracy": 0.95, "top1_agreement": 0.12, "samples": 200}
     (note,) = [n for n in notes(report) if n.startswith("int8 predicts the same class as fp32 on only 12.0% of 200")]
     assert "outliers in the calibration data" in note
+
+
+@pytest.mark.parametrize("allocated", [True, False])
+def test_auto_allocation_says_it_chose_on_the_split_it_reports(allocated):
+    # sparsity: auto picks per-layer values by their loss on the validation split, and the report's accuracies
+    # are measured there too: the reader must know they are not a held-out figure.
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    if allocated:
+        report.recipe_asked = [{"method": "magnitude", "sparsity": "auto", "target": 0.5}]
+    report.notes = notes(report)
+    said = [n for n in report.notes if "sensitivity analysis on the validation split" in n]
+    assert bool(said) is allocated
