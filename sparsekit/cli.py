@@ -760,7 +760,8 @@ def prune(
     "--normalize",
     type=click.Choice(["none", "standard"]),
     help="How --data's built-in images are preprocessed, as in training (the recipe's data.normalize): none "
-    "(pixels in [0, 1], the default) or standard (zero mean, unit variance).",
+    "(pixels in [0, 1]) or standard (zero mean, unit variance). Default: what the prune run that wrote MODEL "
+    "used, else none.",
 )
 @click.option(
     "--logits",
@@ -892,6 +893,13 @@ def export(
         click.echo(f"Logits: output {part!r}, as the run that wrote {model} named them (--logits to choose)", err=True)
     if part is not None:
         _select_logits(loaded.model, part, shape, model)
+    if data in ("digits", "mnist5k") and normalize is None and loaded.normalize == "standard":
+        normalize = loaded.normalize  # calibrate and score on the images as the model was fine-tuned on them
+        click.echo(
+            f"Data: {data} standardized (--normalize standard), as the run that wrote {model} preprocessed it "
+            "(--normalize none to change)",
+            err=True,
+        )
     bundle = None
     if data:  # loaded before anything is written, so bad data leaves no files behind
         from .data import load_data

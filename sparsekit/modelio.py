@@ -46,7 +46,9 @@ class LoadedModel:
     ``pruning_history`` the channel removals replayed to rebuild it (structured pruning), ``kind``
     what the file was: ``checkpoint``, ``state_dict``, ``safetensors`` or ``trusted-module``; ``output`` the part
     of the model's output that is the logits, as the run that wrote the checkpoint named it (the recipe's
-    ``model.output``, kept in the checkpoint's ``extra``; None: not recorded)."""
+    ``model.output``, kept in the checkpoint's ``extra``; None: not recorded); ``normalize`` how that run
+    preprocessed the built-in image sources (its ``data.normalize``, ``none`` or ``standard``; None: not
+    recorded)."""
 
     model: nn.Module
     factory: str | None = None
@@ -57,6 +59,7 @@ class LoadedModel:
     shape_origin: str = ""  # where input_shape came from, for messages (set by the pipeline)
     notes: list[str] = field(default_factory=list)  # what the user should know about how it was read
     output: int | str | None = None
+    normalize: str | None = None  # the recipe's data.normalize of the run that wrote the checkpoint (None: not kept)
 
 
 def _refuse(path: Path, what: str) -> ModelFileError:
@@ -1222,7 +1225,20 @@ def read_model(
         # checkpoint could not be rebuilt).
         object.__setattr__(model, STRUCTURE_ATTR, {"history": list(history), "input_shape": shape})
     output = _recorded_output(obj, path) if kind == "checkpoint" else None
-    return LoadedModel(model.eval(), factory, dict(kwargs), shape, history, kind, notes=notes, output=output)
+    extra = obj.get("extra") if kind == "checkpoint" else None
+    normalize = extra.get("normalize") if isinstance(extra, dict) else None
+    return LoadedModel(
+        model.eval(),
+        factory,
+        dict(kwargs),
+        shape,
+        history,
+        kind,
+        notes=notes,
+        output=output,
+        # anything else than a value the recipe allows is no record (a hand-edited file): the default then applies
+        normalize=normalize if normalize in ("none", "standard") else None,
+    )
 
 
 def _recorded_output(checkpoint: dict, path: Path) -> int | str | None:

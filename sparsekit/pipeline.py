@@ -624,7 +624,11 @@ def _run(
                 input_shape=inputs.shape,
                 pruner=pruner,
                 # export of this checkpoint then writes and scores the logits, as this run's model.onnx holds them
-                extra={"output": recipe.model.output} if recipe.model.output is not None else None,
+                # and int8 calibration on a built-in source preprocesses its images as this run's training did
+                extra={
+                    **({"output": recipe.model.output} if recipe.model.output is not None else {}),
+                    "normalize": recipe.data.normalize,
+                },
             )
         methods = method_results(pruner)
 

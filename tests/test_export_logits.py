@@ -115,7 +115,7 @@ def test_a_prune_run_records_model_output_and_export_of_its_checkpoint_uses_it(m
     )
     pruned = run("prune", path, tmp / "r.yaml", "-o", tmp / "o", *FAST)
     assert pruned.exit_code == 0, pruned.output + pruned.stderr
-    assert torch.load(tmp / "o" / "model.pt", weights_only=True)["extra"] == {"output": 1}
+    assert torch.load(tmp / "o" / "model.pt", weights_only=True)["extra"] == {"output": 1, "normalize": "none"}
     result = run("export", tmp / "o" / "model.pt", "-o", tmp / "q.onnx", *INT8)
     assert result.exit_code == 0, result.stderr
     assert "Logits: output 1" in result.stderr
