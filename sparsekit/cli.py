@@ -427,7 +427,12 @@ _SHAPE_HINT = "'--input-shape'"
 def _shape(value: str | None) -> list[int] | None:
     if value is None:
         return None
-    parts = [v.strip() for v in value.strip().strip("[]").replace("x", ",").split(",")]
+    # 1,3,32,32 as well as what users paste from Python: [1, 3, 32, 32], (1, 3, 32, 32), a 1-tuple's (1, 3, 32, 32,).
+    # A trailing comma outside a tuple (1,64,) is refused: a dimension may have been left out.
+    text = value.strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1].strip().removesuffix(",")
+    parts = [v.strip() for v in text.strip("[]").replace("x", ",").split(",")]
     if not all(p.isascii() and p.isdigit() for p in parts):  # ASCII digits: '¹'.isdigit() is True, int('¹') raises
         raise click.BadParameter(
             f"{value!r}: expected comma-separated positive integers like 1,3,32,32", param_hint=_SHAPE_HINT
