@@ -134,6 +134,7 @@ _LAZY = {
     "load_recipe": ".recipe",
     "load_report": ".report",
     "plan": ".planning",
+    "rehearse": ".rehearsal",
     "run_prune": ".pipeline",
     "save_model": ".modelio",
     "shipped_recipes": ".recipe_catalog",
@@ -149,6 +150,7 @@ if TYPE_CHECKING:
     from .pruner import Pruner
     from .recipe import Recipe, load_recipe
     from .recipe_catalog import shipped_recipes
+    from .rehearsal import rehearse
     from .report import Report, load_report
     from .stats import layer_report, sparsity
     from .train import finetune
@@ -195,6 +197,7 @@ __all__ = [
     "load_recipe",
     "load_report",
     "plan",
+    "rehearse",
     "run_prune",
     "save_model",
     "shipped_recipes",
