@@ -1121,6 +1121,8 @@ class Recipe(_Strict):
     # or path named there is the caller's own choice, not the file's (sparsekit.trust).
     _overridden: frozenset[str] = PrivateAttr(default=frozenset())
     _overrides: tuple[str, ...] = PrivateAttr(default=())  # the overrides themselves, to name in errors
+    # Validated for a trainer callback (validate_recipe's trainer): checked again as such when handed on.
+    _trainer: bool = PrivateAttr(default=False)
 
     @property
     def source(self) -> str | None:
@@ -1136,6 +1138,7 @@ class Recipe(_Strict):
     def keep_origin(self, new: Recipe) -> Recipe:
         """``new`` (a recipe derived from this one) marked as coming from the same file and overrides."""
         new._source, new._overridden, new._overrides = self._source, self._overridden, self._overrides
+        new._trainer = self._trainer
         return new
 
     def blame(self, message: str) -> str | None:
@@ -1156,7 +1159,8 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _within_epochs(self, info: ValidationInfo) -> Recipe:
-        if (info.context or {}).get("trainer") and "finetune" not in self.model_fields_set:
+        context = info.context or {}
+        if context.get("trainer") and ("finetune" not in self.model_fields_set or context.get("finetune_unset")):
             return self  # a trainer callback's recipe: the trainer sets the epochs (checked at fit, as a warning)
         for i, m in enumerate(self.pruning):
             sched = getattr(m, "schedule", None)
@@ -1570,9 +1574,11 @@ def validate_recipe(
         raise RecipeError(f"{source}: the recipe must be a YAML mapping (got {type(data).__name__})")
     check_plain_data(data, source)
     try:
-        return Recipe.model_validate(data, context={"trainer": trainer})
+        recipe = Recipe.model_validate(data, context={"trainer": trainer})
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source, overrides)) from None
+    recipe._trainer = trainer
+    return recipe
 
 
 RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike[str]
@@ -1580,10 +1586,12 @@ RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike[str]
 
 
 def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
-    """``recipe`` itself when a :class:`Recipe`; the recipe a file path or a shipped recipe's name names
+    """``recipe`` itself when a :class:`Recipe` (checked again as it is now: RecipeError naming a field assigned an
+    invalid value since it was validated); the recipe a file path or a shipped recipe's name names
     (:func:`load_recipe`), or a dict holds (:func:`validate_recipe`): RecipeError when invalid, naming the field.
     TypeError for anything else. ``trainer``: see :func:`validate_recipe`."""
     if isinstance(recipe, Recipe):
+        _check_as_it_is(recipe, trainer)
         return recipe
     if isinstance(recipe, str | os.PathLike):
         return load_recipe(os.fspath(recipe), trainer=trainer)
@@ -1598,6 +1606,29 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
         f"recipe must be a sparsekit.Recipe, a dict, a recipe file or a shipped recipe's name, not "
         f"{type(recipe).__name__}"
     )
+
+
+def _check_as_it_is(recipe: Recipe, trainer: bool) -> None:
+    """RecipeError naming the field when ``recipe``, as it is now, is not a valid recipe. A Recipe is a mutable
+    pydantic model and pydantic checks no assignment: ``recipe.finetune.epochs = 1`` before a schedule ending at
+    epoch 3, or ``recipe.pruning[0].sparsity = 1.5`` in a sweep, reached the Pruner unchecked (the schedule then
+    missed its target, the sparsity was clamped, NaN ended in a ValueError from deep inside)."""
+    # A trainer callback's recipe without a finetune section is not held to finetune.epochs (validate_recipe).
+    unset = (trainer or recipe._trainer) and "finetune" not in recipe.model_fields_set
+    try:
+        Recipe.model_validate(recipe.model_dump(warnings=False), context={"trainer": unset, "finetune_unset": unset})
+    except ValidationError as err:
+        source = f"{getattr(recipe, '_source', None) or 'recipe'} (the Recipe given, with its fields as they are now)"
+        message = RecipeError(format_validation_error(err, source, ()))
+        raise RecipeError(message.render(_as_attribute)) from None
+
+
+def _as_attribute(name: str, value: str) -> str:
+    """How an error about a Recipe object spells a remedy: ``key.path=value`` as the attribute to assign."""
+    if name == "set" and "=" in value:
+        key, _, val = value.partition("=")
+        return "recipe." + re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key) + f" = {val}"
+    return render(option(name, value))
 
 
 def _in_the_dict(name: str, value: str) -> str:

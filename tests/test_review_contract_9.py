@@ -1,0 +1,45 @@
+"""Contract review 9: what INTERFACE.md and README.md promise about the recipe and the Python API, checked."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+import sparsekit
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize(
+    ("assign", "needle"),
+    [
+        (lambda r: setattr(r.pruning[0], "sparsity", 1.5), r"pruning\[0\]\.sparsity: must be < 1"),
+        (lambda r: setattr(r.pruning[0], "sparsity", float("nan")), r"pruning\[0\]\.sparsity: must be a finite"),
+        (lambda r: setattr(r.finetune, "epochs", 1), r"end_epoch \(2\) is after the last fine-tuning epoch"),
+    ],
+)
+def test_a_recipe_changed_in_python_is_checked_again_by_the_pruner(assign, needle):
+    # A Recipe is a mutable pydantic model, and pydantic checks no assignment: a sweep's
+    # `recipe.pruning[0].sparsity = 1.5` was clamped to what the layers allowed (a TargetMissedWarning at the end),
+    # NaN was a ValueError from inside the mask code, and `recipe.finetune.epochs = 1` under a schedule ending at 2
+    # was taken, though README says a schedule ending after finetune.epochs is a RecipeError.
+    spec = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2}}
+    recipe = sparsekit.load_recipe({"version": 1, "finetune": {"epochs": 2}, "pruning": [spec]})
+    sparsekit.Pruner(_mlp(), recipe, steps_per_epoch=2)  # valid as loaded
+    assign(recipe)
+    with pytest.raises(sparsekit.RecipeError, match=needle) as info:
+        sparsekit.Pruner(_mlp(), recipe, steps_per_epoch=2)
+    assert "--set" not in str(info.value) and "in the recipe dict" not in str(info.value)
+
+
+def test_a_trainer_recipe_without_finetune_stays_unbound_by_epochs_when_handed_on():
+    # A trainer callback's recipe (no finetune section: the trainer sets the epochs) is checked again without
+    # being held to finetune.epochs = 0, and a valid change to it is taken.
+    from sparsekit.recipe import as_recipe
+
+    spec = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2}}
+    recipe = as_recipe({"version": 1, "pruning": [spec]}, trainer=True)
+    recipe.pruning[0].sparsity = 0.6
+    assert as_recipe(recipe) is recipe
