@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import math
 import os
 import re
@@ -1643,9 +1644,28 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
     """For :func:`~sparsekit.recipe_yaml.apply_overrides`: why ``key`` is not a key of the mapping at
     ``parents`` in ``data`` (with a "did you mean"), or None when it is, or when any key goes there."""
     section = section_at(parents, data)
-    if section is None or key in section.model_fields:
+    if section is None:
+        return _unwritten_list(parents, key, data)
+    if key in section.model_fields:
         return None
     return f"{unknown_key(section, key)[0]} {SEE_DOCS}"
+
+
+def _unwritten_list(parents: Sequence[str], key: str, data: dict[str, Any]) -> str | None:
+    """Why ``key`` (an index) cannot be set in the list field at ``parents`` that the recipe does not write (it
+    takes its default), or None when that is not the case. Setting item 0 of it made a mapping {'0': value}, which
+    was refused as "must be a list ... (got a mapping {'0': 8})", as though the user had not written an index."""
+    owner = section_at(parents[:-1], data) if parents else None
+    field = owner.model_fields.get(parents[-1]) if owner is not None else None
+    if field is None or not (key.isascii() and key.isdigit()) or get_origin(_unwrap(field.annotation)) is not list:
+        return None
+    default = field.get_default(call_default_factory=True)
+    path = ".".join(parents)
+    example = option("set", f"{path}={json.dumps(default) if default else '[...]'}")
+    return (
+        f"{path} is not written in the recipe (it takes its default, {json.dumps(default)}), so it has no item "
+        f"{key} to set; give the whole list, e.g. {example}"
+    )
 
 
 def load_recipe(

@@ -43,3 +43,24 @@ def test_a_trainer_recipe_without_finetune_stays_unbound_by_epochs_when_handed_o
     recipe = as_recipe({"version": 1, "pruning": [spec]}, trainer=True)
     recipe.pruning[0].sparsity = 0.6
     assert as_recipe(recipe) is recipe
+
+
+def test_setting_an_item_of_a_list_the_recipe_leaves_at_its_default_says_so(tmp_path):
+    # INTERFACE §2: --set reaches list items by index. For a list the recipe does not write (benchmark.batch_sizes
+    # at its default [1, 32]), item 0 made a mapping {'0': 8}, refused as "must be a list ... (got a mapping)".
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    for item, whole in [
+        ("benchmark.batch_sizes.0=8", "benchmark.batch_sizes=[1, 32]"),
+        ("pruning.0.layers.include.0=fc1", 'pruning.0.layers.include=["*"]'),
+    ]:
+        result = CliRunner().invoke(main, ["validate", str(recipe), "--set", item])
+        assert_bad_input(result, item, "is not written in the recipe", whole)
+    # a mapping with free keys still takes a digit as a key (a layer of an nn.Sequential is named "0")
+    ok = sparsekit.load_recipe(str(recipe), overrides=["pruning.0.layer_sparsity.0=0.3"])
+    assert ok.pruning[0].layer_sparsity == {"0": 0.3}
