@@ -61,9 +61,10 @@ def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError 
     path = Path(path)
     code = _disk_errno(err)
     other = _errnos(err)
-    if code is None and other and other[0] in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL):
+    if code is None and other and other[0] in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EBUSY):
         # The OS said what went wrong (no such folder, ...): say that, not "full" (/proc has 0 B free).
-        why = os.strerror(other[0])
+        # EBUSY: the rename onto "." (a folder in use), which is a folder like any other to the user.
+        why = os.strerror(errno.EISDIR if other[0] == errno.EBUSY and path.is_dir() else other[0])
         return OutputError(f"{path}: cannot write it: {why}; choose an output folder you can write to")
     if code is None:
         free = _free_bytes(path.parent)

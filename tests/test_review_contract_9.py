@@ -64,3 +64,17 @@ def test_setting_an_item_of_a_list_the_recipe_leaves_at_its_default_says_so(tmp_
     # a mapping with free keys still takes a digit as a key (a layer of an nn.Sequential is named "0")
     ok = sparsekit.load_recipe(str(recipe), overrides=["pruning.0.layer_sparsity.0=0.3"])
     assert ok.pruning[0].layer_sparsity == {"0": 0.3}
+
+
+def test_saving_or_exporting_onto_the_current_folder_is_an_output_error(tmp_path, monkeypatch):
+    # export_onnx and save_model say a path they cannot write is an OutputError; "." (the rename onto the folder in
+    # use fails with EBUSY, not EISDIR as for another folder) was a bare OSError, exit 1 for a program's user.
+    from torch import nn
+
+    monkeypatch.chdir(tmp_path)
+    model = nn.Linear(8, 3)
+    with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: Is a directory"):
+        sparsekit.save_model(model, ".", factory="examples.models:mlp")
+    with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: Is a directory"):
+        sparsekit.export_onnx(model, ".", input_shape=(1, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
