@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory
-from .trust import call_user_code, installed_with_sparsekit, load_callable
+from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import unwrap
 
 FORMAT = "sparsekit/1"
@@ -1295,7 +1295,8 @@ def save_model(
     structured-pruning history (from ``pruner`` when not given, else the one a :class:`~sparsekit.Pruner`
     recorded on the model itself) and ``extra`` metadata, and loads with ``torch.load(weights_only=True)``.
 
-    Raises :class:`ModelFileError` when a structurally pruned model has no input shape to replay its
+    Raises :class:`ModelFileError` when ``factory`` is not of the form ``pkg.module:callable``, ``input_shape`` is
+    not a list of positive integers, a structurally pruned model has no input shape to replay its
     history on, or kwargs/history/extra are not JSON-able, and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
     TypeError when ``model`` is not an ``nn.Module``."""
@@ -1304,6 +1305,11 @@ def save_model(
             f"save_model(model=...): expected a torch.nn.Module, got {type(model).__name__}; the arguments are "
             "(model, path, factory)"
         )
+    # What load_model refuses as a damaged file is refused here, before anything is written: a factory not of the
+    # form pkg.module:callable, an input shape of zeros, fractions or texts (1.5 was cut to 1 without a word).
+    split_spec(factory, "save_model(factory=...)", ModelFileError)
+    if input_shape is not None:
+        input_shape = _shape_to_save(input_shape)
     model = unwrap(model)
     # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
     # structurally pruned model saved without them could not be rebuilt at load.
@@ -1340,6 +1346,24 @@ def save_model(
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(checkpoint, fh)
     return path
+
+
+def _shape_to_save(shape: Any) -> list[int]:
+    """``shape`` (save_model's input_shape) as a list of positive ints; ModelFileError when it is not one."""
+    problem = ModelFileError(
+        f"save_model(input_shape=...): expected the whole input shape, batch first, as positive integers "
+        f"(e.g. [1, 784]), got {shorten(repr(shape), 120)}"
+    )
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
+        raise problem
+    dims = []
+    for d in shape:
+        if isinstance(d, bool) or not hasattr(d, "__index__"):  # int, numpy and torch integers; not 1.5 or "1"
+            raise problem
+        dims.append(int(d.__index__()))
+    if not dims or any(d <= 0 for d in dims):
+        raise problem
+    return dims
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:

@@ -78,3 +78,31 @@ def test_saving_or_exporting_onto_the_current_folder_is_an_output_error(tmp_path
     with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: Is a directory"):
         sparsekit.export_onnx(model, ".", input_shape=(1, 8))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "input_shape", "needle"),
+    [
+        ("lenet", None, r"save_model\(factory=\.\.\.\): 'lenet' is not of the form pkg\.module:callable"),
+        (None, None, r"save_model\(factory=\.\.\.\): None is not of the form"),
+        ("examples.models:mlp", (0, 8), r"save_model\(input_shape=\.\.\.\): .*positive integers.*got \(0, 8\)"),
+        ("examples.models:mlp", (1.5, 8), r"save_model\(input_shape=\.\.\.\): .*got \(1\.5, 8\)"),
+        ("examples.models:mlp", "1,8", r"save_model\(input_shape=\.\.\.\): .*got '1,8'"),
+    ],
+)
+def test_save_model_refuses_what_load_model_would_call_damaged(tmp_path, factory, input_shape, needle):
+    # save_model wrote these without a word, and every later command refused the file as damaged ("'lenet' is not
+    # of the form pkg.module:callable", "its 'input_shape' [0, 8] is not a list of positive integers"); 1.5 was
+    # cut to 1. Nothing is written.
+    with pytest.raises(sparsekit.ModelFileError, match=needle):
+        sparsekit.save_model(nn.Linear(8, 3), tmp_path / "m.pt", factory=factory, input_shape=input_shape)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_model_takes_a_torch_size_and_numpy_integers_as_the_input_shape(tmp_path):
+    import numpy as np
+    import torch
+
+    for shape in (torch.zeros(2, 8).shape, (np.int64(2), 8)):
+        sparsekit.save_model(nn.Linear(8, 3), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=shape)
+        assert torch.load(tmp_path / "m.pt", weights_only=True)["input_shape"] == [2, 8]
