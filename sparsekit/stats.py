@@ -81,7 +81,9 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
 def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list[dict[str, Any]]:
     """One row per prunable layer: ``name``, ``type`` (class name), ``shape`` (the weight's), ``params``,
     ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included) also
-    ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share)."""
+    ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share): counted as
+    :func:`layer_macs` does, so whatever the model raises on that input (e.g. a shape it does not take)
+    propagates."""
     model = unwrap(model)
     macs = layer_macs(model, input_shape) if input_shape else {}
     rows = []
