@@ -1410,6 +1410,12 @@ def _message(e: Any) -> str:
         return f"must be {_BOUND_WORDS[kind]} {limit} (got {short(repr(e.get('input')), 40)})"
     if kind == "int_from_float":
         return "must be a whole number"
+    value = e.get("input")
+    if kind == "string_type" and isinstance(value, bool | int | float):
+        # A Sequential's layers are named 0, 1, ...: `include: [0]` is a number to YAML, and pydantic's "Input should
+        # be a valid string" did not say that quoting it is the remedy (layer_sparsity's keys said so already).
+        why = " (YAML reads unquoted yes/no/on/off/true/false as booleans)" if isinstance(value, bool) else ""
+        return f"must be text, not {_kind_of(value)} {short(repr(value), 40)}{why}: write it in quotes ('...')"
     if kind in ("list_type", "dict_type", "model_type"):  # pydantic's "Input should be a valid list" names neither
         form = "a list, written [a, b]" if kind == "list_type" else "a mapping, written {key: value}"
         if ctx.get("class_name") == LayerSelect.__name__:

@@ -631,7 +631,7 @@ def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path
     with pytest.raises(RecipeError, match="1e-400 is too small for a 64-bit float"):
         load_recipe(path, ["finetune.optimizer={name: sgd, lr: 1e-400}"])
     # a number where text is wanted: say how to write the text
-    with pytest.raises(RecipeError, match=r'Input should be a valid string .*quote it: data\.source="1e5"'):
+    with pytest.raises(RecipeError, match=r'must be text, not a number .*quote it: data\.source="1e5"'):
         load_recipe(path, ["data.source=1e5"])
     assert load_recipe(path, ['data.source="1e5"']).data.source == "1e5"
     with pytest.raises(RecipeError, match=r"gives no value, which YAML reads as null: data\.source=VALUE"):

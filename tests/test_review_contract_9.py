@@ -106,3 +106,23 @@ def test_save_model_takes_a_torch_size_and_numpy_integers_as_the_input_shape(tmp
     for shape in (torch.zeros(2, 8).shape, (np.int64(2), 8)):
         sparsekit.save_model(nn.Linear(8, 3), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=shape)
         assert torch.load(tmp_path / "m.pt", weights_only=True)["input_shape"] == [2, 8]
+
+
+def test_a_layer_name_yaml_reads_as_a_number_is_said_to_need_quotes(tmp_path):
+    # An nn.Sequential's layers are named "0", "1", ...: `include: [0]` or `ignore: [2]` are numbers to YAML, and the
+    # error was pydantic's "Input should be a valid string", not the remedy (quote it) layer_sparsity's keys get.
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    from sparsekit.cli import main
+
+    for entry, where in [
+        ("{method: magnitude, sparsity: 0.5, layers: {include: [0]}}", "pruning[0].layers.include[0]"),
+        ("{method: structured, ratio: 0.5, ignore: [2]}", "pruning[0].ignore[0]"),
+    ]:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"version: 1\npruning: [{entry}]\n")
+        result = CliRunner().invoke(main, ["validate", str(recipe)])
+        assert_bad_input(result, f"{where}: must be text, not a number", "write it in quotes")
+    recipe.write_text("version: 1\nfinetune: {device: no}\n")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "finetune.device", "a boolean", "yes/no")
