@@ -1166,7 +1166,8 @@ def test_an_unknown_input_shape_is_asked_for_with_the_data_sources_sample_shape(
         run("prune", model_path, recipe, "--arch", "convfirst:build", "--data", "digits", "-o", out, *FAST),
         "cannot tell the model's input shape",
     )
-    assert "model.input_shape=[1,1,8,8]" in line and "28" not in line
+    # (the folder pytest gives the test is left out: pytest-128 holds a 28 of its own)
+    assert "model.input_shape=[1,1,8,8]" in line and "28" not in line.replace(str(tmp_path), "")
     assert not out.exists()
 
 
