@@ -744,8 +744,19 @@ class Pruner:
                 "load_state_dict: this Pruner already removed other channels; build a fresh Pruner "
                 "on a fresh model to resume"
             )
-        self.step_count = int(state["step"])
         modules = dict(self.model.named_modules())
+        # A state from a model of the same layer names but other sizes (another width, another input size) would
+        # otherwise fail inside torch's multiply with no layer named, after the step count and some masks changed.
+        for name, mask in state["masks"].items():
+            weight = getattr(modules[name], "weight", None)
+            if not isinstance(mask, torch.Tensor) or not isinstance(weight, torch.Tensor) or mask.shape != weight.shape:
+                got = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                has = list(weight.shape) if isinstance(weight, torch.Tensor) else "no weight"
+                raise ValueError(
+                    f"load_state_dict: the state's mask for {name!r} is {got}, this model's {name!r} weight is {has}; "
+                    "resume on the model (and recipe) the state was saved with"
+                )
+        self.step_count = int(state["step"])
         if state["masks"]:
             self._masks_possible = True
         for name, mask in state["masks"].items():
