@@ -248,8 +248,8 @@ class Pruner:
         for method in self.methods:
             method.start()
         # The first steps' order against the optimizer's (sparsekit.step_order), judged on one pruned weight
-        trained = [m for method in self.methods for m in method.layers.values() if weight_of(m).requires_grad]
-        self._order: StepOrderCheck | None = StepOrderCheck(trained[0]) if trained else None
+        trained = [(n, m) for method in self.methods for n, m in method.layers.items() if weight_of(m).requires_grad]
+        self._order: StepOrderCheck | None = StepOrderCheck(trained[0][1], trained[0][0]) if trained else None
 
     def _check_overlap(self) -> None:
         owner: dict[str, int] = {}
@@ -578,6 +578,8 @@ class Pruner:
         self._refuse_finalized("finalize")
         if self._order is not None:
             self._order.close()
+            if self._order.checked:  # a run shorter than the check's window: judged on the steps it took
+                self._order.judge(stacklevel=3)
             self._order = None
         for rates in self._rates:
             rates.close()

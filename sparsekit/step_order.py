@@ -14,7 +14,13 @@ came before that optimizer step, and one that finds no new optimizer step is a s
 its new gradient holds inf or NaN: a step ``GradScaler`` skipped on an overflow, which is neither mistake. (Calling it
 once per micro-batch while accumulating gradients brings a new, finite gradient and no optimizer step.) A loop with
 no torch optimizer (calibration, an update of one's own) is never judged, and a warning needs half the window to agree.
-After the window the hook is removed: no cost for the rest of training.
+After the window the hook is removed: no cost for the rest of training. A run shorter than the window is judged at
+``finalize()`` on the steps it took.
+
+A third mistake trains silently dense: the Pruner built on another model object than the one the optimizer trains (a
+copy, or a model built again after the Pruner, say to load a checkpoint into). Optimizers step, yet none of them holds
+the watched weight: that is warned too, outside ``torch.distributed`` (DeepSpeed's and FSDP's optimizers hold their
+own flat copies of the weights).
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ class StepOrderCheck:
     """Watches the optimizer steps around a Pruner's first :data:`WINDOW` steps; :meth:`check` at each
     ``pruner.step()``. ``layer``: a pruned module whose weight the optimizer trains."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, name: str = "") -> None:
         self._layer = weakref.ref(layer)
+        self._name = name
         self.optimizer_steps = 0
+        self.holding_steps = 0  # optimizer steps by an optimizer holding the watched weight
         self._steps_seen = 0  # optimizer steps at the previous check
         # The weight's grad at the last optimizer step and its version: a weak reference, since zero_grad() frees it
         # and a new one may reuse its id
@@ -53,6 +61,11 @@ class StepOrderCheck:
 
     def _observe(self, optimizer: Any) -> None:
         self.optimizer_steps += 1
+        layer = self._layer()
+        if not self.holding_steps and layer is not None:  # (a walk over the optimizer's parameters until one holds it)
+            weight = weight_of(layer)
+            if any(p is weight for group in optimizer.param_groups for p in group["params"]):
+                self.holding_steps += 1
         grad = self._grad()
         self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
 
@@ -90,22 +103,41 @@ class StepOrderCheck:
         if self.checked < WINDOW:
             return True
         self.close()
-        if self.before >= ENOUGH:
+        self.judge(stacklevel=4)
+        return False
+
+    def judge(self, stacklevel: int) -> None:
+        """Warn of the mistake most of the calls judged so far show (called when the window is full, and by
+        ``finalize()`` for a run that ended before)."""
+        if self.optimizer_steps >= ENOUGH and not self.holding_steps and not _distributed():
+            where = f"{self._name!r}" if self._name else "the pruned layers"
+            warnings.warn(
+                f"optimizers stepped {self.optimizer_steps} times, but none holds the weight of {where}: the Pruner "
+                "is pruning a model no optimizer trains (built on a copy, or before the model was built again?), "
+                "and the model you train stays dense; build the Pruner on the model object the optimizer trains "
+                "(set requires_grad=False on pruned layers you mean to leave untrained)",
+                stacklevel=stacklevel,
+            )
+        elif self.before >= ENOUGH:
             warnings.warn(
                 f"pruner.step() ran before optimizer.step() in {self.before} of its first {self.checked} steps: call "
                 "it after optimizer.step(); otherwise the optimizer moves the weights it has just zeroed, and the "
                 "model trains dense until finalize() zeroes them all at once",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         elif self.twice >= ENOUGH:
             warnings.warn(
                 f"pruner.step() ran {self.twice} times in its first {self.checked} steps with no optimizer step since "
                 "the previous call: call it once per optimizer step (when accumulating gradients, after the "
                 "optimizer.step() that ends the accumulation); each call advances the schedules one step",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-        return False
 
     def close(self) -> None:
         """Remove the optimizer hook."""
         self._handle.remove()
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()

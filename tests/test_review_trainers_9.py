@@ -40,3 +40,56 @@ def test_state_of_another_width_is_a_value_error_naming_the_layer_and_changes_no
     assert pruner.step_count == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(m.shape == (16, 6) for n, m in pruner.masks().items() if n == "0")
+
+
+def _loop(model, pruner, steps, order="after", optimizer_model=None):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD((optimizer_model or model).parameters(), lr=0.1, momentum=0.9)
+    trained = optimizer_model or model
+    for _ in range(steps):
+        x, y = torch.randn(8, 8), torch.randint(0, 4, (8,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(trained(x), y).backward()
+        if order == "before":
+            pruner.step()
+            opt.step()
+        else:
+            opt.step()
+            pruner.step()
+
+
+def _said(fn) -> list[str]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [str(w.message) for w in caught if w.category is UserWarning]
+
+
+def test_a_pruner_built_on_another_model_object_than_the_trained_one_is_warned():
+    # The Pruner built, then the model built again (say, to load a checkpoint into) and trained: the Pruner masked
+    # a model nothing trained, the trained one stayed dense (sparsity 0.0), and nothing was said.
+    built = _mlp(8)
+    pruner = sparsekit.Pruner(built, _RECIPE, steps_per_epoch=4)
+    trained = _mlp(8)
+    said = _said(lambda: _loop(built, pruner, 8, optimizer_model=trained))
+    assert [m for m in said if "none holds the weight of '0'" in m and "stays dense" in m], said
+    assert sparsekit.sparsity(trained) == 0.0
+
+
+def test_a_run_shorter_than_the_check_window_is_judged_at_finalize():
+    # pruner.step() before optimizer.step() in all 5 steps of a short run: the check waited for 8 and finalize
+    # dropped it unjudged, so the model trained dense with no word.
+    model = _mlp(8)
+    pruner = sparsekit.Pruner(model, {**_RECIPE, "finetune": {"epochs": 1}}, steps_per_epoch=5)
+    said = _said(lambda: (_loop(model, pruner, 6, order="before"), pruner.finalize()))
+    assert [m for m in said if "ran before optimizer.step() in 5 of its first 5" in m], said
+
+
+def test_a_short_run_in_the_right_order_on_the_right_model_is_not_warned():
+    model = _mlp(8)
+    pruner = sparsekit.Pruner(model, {**_RECIPE, "finetune": {"epochs": 1}}, steps_per_epoch=5)
+    said = _said(lambda: (_loop(model, pruner, 5), pruner.finalize()))
+    assert not [m for m in said if "pruner.step() ran" in m or "none holds" in m], said
+    assert sparsekit.sparsity(model) > 0.3
