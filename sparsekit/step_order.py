@@ -5,7 +5,11 @@ Two mistakes train silently wrong, so the Pruner watches its first :data:`WINDOW
 - ``pruner.step()`` *before* ``optimizer.step()``: the masks are applied, then the optimizer moves the zeroed weights
   again, so the model trains dense until ``finalize()`` zeroes them at once (and ``sparsity()`` reads ~0 meanwhile);
 - ``pruner.step()`` *twice* per optimizer step (once per micro-batch when accumulating gradients, say): each call
-  advances the schedules a step, so they run that many times faster than the recipe says.
+  advances the schedules a step, so they run that many times faster than the recipe says;
+- ``pruner.step()`` *once per several* optimizer steps (once per epoch, say): between calls the optimizer moves the
+  pruned weights off zero, and the schedules, which count calls, run that many times slower than ``steps_per_epoch``
+  (``len(train_loader)``) says. Counted on the steps of the optimizer holding the watched weight (another model's
+  optimizer stepping too is no mistake), from the second call on (a dense warm-up may come before the first).
 
 It learns when torch optimizers step from a global step post-hook (``register_optimizer_step_post_hook``), and
 whether one stepped on the gradient it sees now: at each optimizer step it notes the identity and version counter of
@@ -48,6 +52,11 @@ class StepOrderCheck:
         self._name = name
         self.optimizer_steps = 0
         self.holding_steps = 0  # optimizer steps by an optimizer holding the watched weight
+        self._holder: weakref.ref[Any] | None = None  # that optimizer, once seen
+        self._others: weakref.WeakSet[Any] = weakref.WeakSet()  # optimizers seen not to hold it
+        self._held_seen = 0  # holding_steps at the previous check
+        self.seldom = 0  # checks after more than one of the holder's steps since the previous check
+        self._gap = 0  # the most of those steps seen between two checks
         self._steps_seen = 0  # optimizer steps at the previous check
         # The weight's grad at the last optimizer step and its version: a weak reference, since zero_grad() frees it
         # and a new one may reuse its id
@@ -61,11 +70,17 @@ class StepOrderCheck:
 
     def _observe(self, optimizer: Any) -> None:
         self.optimizer_steps += 1
-        layer = self._layer()
-        if not self.holding_steps and layer is not None:  # (a walk over the optimizer's parameters until one holds it)
-            weight = weight_of(layer)
-            if any(p is weight for group in optimizer.param_groups for p in group["params"]):
+        holder = self._holder() if self._holder is not None else None
+        if holder is optimizer:
+            self.holding_steps += 1
+        elif holder is None and optimizer not in self._others:
+            layer = self._layer()  # (a walk over this optimizer's parameters, once per optimizer)
+            weight = weight_of(layer) if layer is not None else None
+            if weight is not None and any(p is weight for group in optimizer.param_groups for p in group["params"]):
+                self._holder = weakref.ref(optimizer)
                 self.holding_steps += 1
+            else:
+                self._others.add(optimizer)
         grad = self._grad()
         self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
 
@@ -93,6 +108,10 @@ class StepOrderCheck:
         self.checked += 1
         stepped = self.optimizer_steps != self._steps_seen
         self._steps_seen = self.optimizer_steps
+        held, self._held_seen = self.holding_steps - self._held_seen, self.holding_steps
+        if held > 1 and self.checked > 1:
+            self.seldom += 1
+            self._gap = max(self._gap, held)
         newer = self._newer_grad()
         if stepped and newer:  # an optimizer step came since the last call, but not since this gradient
             self.before += 1
@@ -130,6 +149,14 @@ class StepOrderCheck:
                 f"pruner.step() ran {self.twice} times in its first {self.checked} steps with no optimizer step since "
                 "the previous call: call it once per optimizer step (when accumulating gradients, after the "
                 "optimizer.step() that ends the accumulation); each call advances the schedules one step",
+                stacklevel=stacklevel,
+            )
+        elif self.seldom >= min(ENOUGH, max(2, self.checked - 1)):
+            warnings.warn(
+                f"pruner.step() ran after up to {self._gap} optimizer steps at a time ({self.seldom} of its first "
+                f"{self.checked} calls came after more than one): call it after every optimizer step; between calls "
+                "the optimizer moves the pruned weights off zero, and the schedules count calls (steps_per_epoch: "
+                "optimizer steps per epoch, len(train_loader))",
                 stacklevel=stacklevel,
             )
 

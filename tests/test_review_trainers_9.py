@@ -93,3 +93,48 @@ def test_a_short_run_in_the_right_order_on_the_right_model_is_not_warned():
     said = _said(lambda: (_loop(model, pruner, 5), pruner.finalize()))
     assert not [m for m in said if "pruner.step() ran" in m or "none holds" in m], said
     assert sparsekit.sparsity(model) > 0.3
+
+
+@pytest.mark.parametrize("steps_per_epoch", [8, 1])
+def test_pruner_step_once_per_epoch_is_warned(steps_per_epoch):
+    # Called once per epoch: with steps_per_epoch=len(loader) the schedule ran 8x slower (finalize only said "the
+    # run stopped at step 3"); with steps_per_epoch=1 the pruned weights left zero between calls. Neither was warned.
+    model = _mlp(8)
+    recipe = {**_RECIPE, "finetune": {"epochs": 3}}
+    recipe["pruning"] = [{**_RECIPE["pruning"][0], "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 1}}]
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=steps_per_epoch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def run():
+        for _ in range(3):
+            for _ in range(8):
+                x, y = torch.randn(8, 8), torch.randint(0, 4, (8,))
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            pruner.step()
+        pruner.finalize()
+
+    said = _said(run)
+    assert [m for m in said if "pruner.step() ran after up to 8 optimizer steps at a time" in m], said
+
+
+def test_a_dense_warm_up_and_another_models_optimizer_are_not_taken_for_seldom_calls():
+    model, other = _mlp(8), _mlp(8)
+    pruner = sparsekit.Pruner(model, {**_RECIPE, "finetune": {"epochs": 3}}, steps_per_epoch=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+
+    def run():
+        for step in range(20):
+            x, y = torch.randn(8, 8), torch.randint(0, 4, (8,))
+            for m, o in ((model, opt), (other, other_opt)):
+                o.zero_grad()
+                nn.functional.cross_entropy(m(x), y).backward()
+                o.step()
+            if step >= 8:  # dense warm-up for the first 8 steps
+                pruner.step()
+        pruner.finalize()
+
+    said = _said(run)
+    assert not [m for m in said if "pruner.step() ran" in m or "none holds" in m], said
