@@ -256,6 +256,40 @@ def rewrap(model: nn.Module) -> nn.Module:
     )
 
 
+def guard_stale_wrapper(model: nn.Module) -> Any:
+    """After channel removal replaced ``model``'s parameters: the next forward of a ``DistributedDataParallel`` around
+    ``model`` raises a RuntimeError saying to :func:`rewrap` when that wrapper still holds the removed parameters.
+    DDP's own error there blames "parameters that were not used in producing loss" and suggests
+    ``find_unused_parameters=True``, which does not help. A global forward pre-hook (a wrapper cannot be found from
+    the module it wraps), removed at that forward: no cost afterwards. Returns its handle (``.remove()``)."""
+    import weakref
+
+    from torch.nn.modules.module import register_module_forward_pre_hook
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ref = weakref.ref(model)
+
+    def hook(module: nn.Module, args: Any) -> None:
+        inner = ref()
+        if inner is None:
+            handle.remove()
+            return
+        if not isinstance(module, DDP) or module.module is not inner:
+            return
+        handle.remove()
+        current = {id(p) for p in inner.parameters()}
+        if any(id(p) not in current for p in getattr(module, "_module_parameters", ())):
+            raise RuntimeError(
+                "this DistributedDataParallel wrapper still holds the parameters structured pruning removed: "
+                "rebuild it on every rank after pruner.step() (or pruner.load_state_dict()) when "
+                "pruner.structure_changed: model = sparsekit.distributed.rewrap(model), then "
+                "optimizer = pruner.update_optimizer(optimizer)"
+            )
+
+    handle = register_module_forward_pre_hook(hook)
+    return handle
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside data-parallel or ``torch.compile`` wrappers (itself otherwise): :mod:`sparsekit.wrappers`."""
     return _wrappers.unwrap(model)

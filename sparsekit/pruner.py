@@ -179,6 +179,10 @@ class Pruner:
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model, data_parallel = unwrap_wrappers(model)
+        # (DDP inside torch.compile's wrapper is one of its modules)
+        ddp = nn.parallel.DistributedDataParallel
+        self._in_ddp = data_parallel and any(isinstance(m, ddp) for m in model.modules())
+        self._stale_guard: Any = None
         # Under torch.distributed, DDP averages gradients in backward(); a model used without it gets
         # them averaged here before gradient scoring, so every rank ranks the same scores.
         self.average_grads = not data_parallel
@@ -485,10 +489,21 @@ class Pruner:
                     rates.override = None
         if replaced and held:
             _drop_spent_grads(self.model, held)
+        if replaced:
+            self._guard_wrapper()
         if self._masks_possible:
             apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():
             _distributed.check_masks(self._mask_views(), f"after step {step}")
+
+    def _guard_wrapper(self) -> None:
+        """Under DistributedDataParallel, after channel removal: its next forward says to rewrap when the wrapper
+        still holds the removed parameters (sparsekit.distributed.guard_stale_wrapper)."""
+        if not self._in_ddp:
+            return
+        if self._stale_guard is not None:
+            self._stale_guard.remove()
+        self._stale_guard = _distributed.guard_stale_wrapper(self.model)
 
     def _mask_views(self) -> dict[str, torch.Tensor]:
         return {n: mask for n, m in self.model.named_modules() if (mask := get_mask(m)) is not None}
@@ -583,6 +598,8 @@ class Pruner:
             self._order = None
         for rates in self._rates:
             rates.close()
+        if self._stale_guard is not None:
+            self._stale_guard.remove()
         apply_masks(self.model)
         if _distributed.active():
             _distributed.check_masks(self._mask_views(), "at finalize")
@@ -741,6 +758,7 @@ class Pruner:
                 )
             replay_history(self.model, history, shape)
             self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
+            self._guard_wrapper()  # a DDP wrapper built before holds the parameters replay replaced
         elif history != self.pruning_history:
             raise ValueError(
                 "load_state_dict: this Pruner already removed other channels; build a fresh Pruner "

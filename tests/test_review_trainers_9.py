@@ -138,3 +138,56 @@ def test_a_dense_warm_up_and_another_models_optimizer_are_not_taken_for_seldom_c
 
     said = _said(run)
     assert not [m for m in said if "pruner.step() ran" in m or "none holds" in m], said
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rewrap", [False, True])
+def test_a_ddp_wrapper_not_rebuilt_after_channel_removal_says_to_rewrap(monkeypatch, rewrap):
+    # Forgetting sparsekit.distributed.rewrap after structured pruning removed channels under DDP failed at the next
+    # forward with DDP's "parameters that were not used in producing loss ... find_unused_parameters=True", which
+    # does not help; the error now names the remedy. (A one-process gloo group: the same DDP reducer.)
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import sparsekit.distributed
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = DDP(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
+        entry = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": {"start_epoch": 0, "end_epoch": 1}}
+        recipe = {"version": 1, "finetune": {"epochs": 1}, "model": {"input_shape": [1, 8]}, "pruning": [entry]}
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(8, 8), torch.randint(0, 4, (8,))
+
+        def train(model, opt):
+            for _ in range(3):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                pruner.step()
+                if pruner.structure_changed:
+                    if rewrap:
+                        model = sparsekit.distributed.rewrap(model)
+                    opt = pruner.update_optimizer(opt)
+
+        if rewrap:
+            train(model, opt)
+            assert pruner.model[0].out_features == 8
+            pruner.finalize()
+        else:
+            with pytest.raises(RuntimeError, match=r"still holds the parameters.*sparsekit\.distributed\.rewrap"):
+                train(model, opt)
+            assert pruner.model[0].out_features == 8
+    finally:
+        dist.destroy_process_group()
