@@ -191,3 +191,25 @@ def test_a_ddp_wrapper_not_rebuilt_after_channel_removal_says_to_rewrap(monkeypa
             assert pruner.model[0].out_features == 8
     finally:
         dist.destroy_process_group()
+
+
+def test_a_strong_proximal_group_lasso_raises_no_numpy_overflow_warning():
+    # Once a unit was dead (norm 0), a shrink over ~4 (a strong strength, a large rate, a wide group) overflowed
+    # 1 / tiny * shrink to -inf in numpy (clamped to 0, the right scale), and numpy's RuntimeWarning reached the user.
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 8, 5), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4))
+    entry = {"method": "l1", "strength": 20.0, "mode": "proximal", "group": "channel", "threshold": 1e-2}
+    entry["layers"] = {"types": ["Conv1d"]}
+    recipe = {"version": 1, "finetune": {"epochs": 2}, "model": {"input_shape": [1, 4, 20]}, "pruning": [entry]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(12):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(8, 4, 20)), torch.randint(0, 4, (8,))).backward()
+            opt.step()
+            pruner.step()
+    assert (model[0].weight.flatten(1).norm(dim=1) == 0).sum() >= 7

@@ -1746,7 +1746,9 @@ class _Fused:
             np.maximum(norms_h, np.float32(tiny), out=scale_h)
             np.reciprocal(scale_h, out=scale_h)
             by = factor.numpy() if isinstance(factor, torch.Tensor) else np.float32(factor)
-            np.multiply(scale_h, by, out=scale_h)
+            # a dead unit's 1 / tiny times a shrink over ~4 is -inf, clamped to 0 below, as torch does without a word
+            with np.errstate(over="ignore"):
+                np.multiply(scale_h, by, out=scale_h)
             np.add(scale_h, np.float32(1), out=scale_h)
             np.maximum(scale_h, np.float32(0), out=scale_h)
             return
