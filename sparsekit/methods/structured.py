@@ -583,7 +583,9 @@ class Structured:
     def _reason(self, name: str, asked: float, initial: int, now: int) -> str | None:
         blocks = self._blocks.get(name, 1)
         off = abs((initial - now) - asked * initial)
-        if off < blocks - 1e-6:
+        # Under blocks - 1 off is what the blocks' rounding alone can do, unless round_to moved the count (a 64-channel
+        # conv of 4 groups at 0.7 keeping 16, not 20: round_to's doing, which the blocks' reason would hide).
+        if off < blocks - 1e-6 and name not in self.rounding:
             if blocks > 1 and off > 0.5 + 1e-6:  # more than the nearest whole count: the blocks' rounding
                 return (
                     f"channel groups: removal goes in multiples of {blocks}, the same number from each of the "
