@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import sparsekit
+from sparsekit.errors import TargetError
 
 
 def _grouped_cnn() -> nn.Module:
@@ -34,3 +36,27 @@ def test_a_grouped_conv_rounded_by_round_to_names_round_to_not_its_channel_group
     assert "round_to 16" in reason and "keeps 16 of 64" in reason, reason
     assert "multiples of 4, the same number" not in reason, reason
 
+
+def test_a_ratio_that_keeps_one_channel_by_the_nearest_count_is_not_refused_as_removing_every_channel():
+    # 0.9 of 8 channels keeps int(0.8 + 0.5) = 1 by the ranking's nearest count; the build-time check truncated
+    # (int(0.8) = 0) and refused it as "would remove every output channel", for plain and grouped layers alike.
+    def run(model: nn.Module, ratio: float) -> dict:
+        entry = {"method": "structured", "ratio": ratio, "round_to": None, "schedule": "oneshot"}
+        r = {"version": 1, "model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+        pruner = sparsekit.Pruner(model, r, 1)
+        final = pruner.finalize()
+        assert final(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+        return pruner.methods[0].report()["channels"]
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
+    assert run(mlp, 0.9)["1"] == [8, 1]
+    assert run(_grouped_cnn(), 0.9)["2"] == [64, 8]  # 4 groups of 16: 2 of each kept (16 * 0.1 = 1.6)
+    grouped = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+    assert run(grouped, 0.9)["2"] == [32, 4]  # 4 groups of 8: 1 of each kept (8 * 0.1 = 0.8)
+    # What would keep none is still refused, naming the layer.
+    with pytest.raises(TargetError, match=r"0\.95 would remove every output channel of '1'"):
+        run(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)), 0.95)

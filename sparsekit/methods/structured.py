@@ -262,7 +262,9 @@ class Structured:
             if spec.scope == "layer" or own:
                 per_group = tpa.out_channels(graph, root) // self._blocks[root_name]
                 ratio = spec.ratio_of(root_name)
-                if per_group > 1 and int(per_group * (1 - ratio) + (1e-9 if own else 0)) < 1:
+                # What each channel group keeps, counted as the ranking counts it (the nearest count, tpa.kept_units):
+                # a truncated count refused 0.9 of 8 channels as removing all 8, where the ranking keeps 1.
+                if per_group > 1 and tpa.kept_units(per_group, ratio) < 1:
                     field = f"layer_ratio.{root_name}" if own else "ratio"
                     raise TargetError(
                         f"{self.where}.{field}: {ratio:g} would remove every output channel of "
