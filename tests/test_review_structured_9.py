@@ -60,3 +60,35 @@ def test_a_ratio_that_keeps_one_channel_by_the_nearest_count_is_not_refused_as_r
     # What would keep none is still refused, naming the layer.
     with pytest.raises(TargetError, match=r"0\.95 would remove every output channel of '1'"):
         run(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)), 0.95)
+
+
+class _GroupedUpsampler(nn.Module):
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(1, 32, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(32, 32, 3, stride=2, padding=1, output_padding=1, groups=groups)
+        self.c1 = nn.Conv2d(32, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.up(torch.relu(self.c0(x))))
+        return self.fc(torch.relu(self.c1(x)).mean((2, 3)))
+
+
+def test_a_grouped_transposed_conv_is_refused_up_front_naming_every_layer_to_ignore():
+    # torch-pruning indexes a grouped ConvTranspose's [in, out/groups] weight as a Conv's: ranking 'up' was an
+    # IndexError, and with 'up' ignored (the hint) removing c0's channels broke the forward pass at the first event.
+    def pruner(model: nn.Module, ignore: list[str] | None = None) -> sparsekit.Pruner:
+        entry = {"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ignore}
+        r = {"version": 1, "model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+        return sparsekit.Pruner(model, r, 1)
+
+    with pytest.raises(TargetError, match=r"grouped transposed convolution.*add 'up', 'c0' to pruning\[0\]\.ignore"):
+        pruner(_GroupedUpsampler(groups=2))
+    with pytest.raises(TargetError, match=r"output channels of 'c0': they pass through 'up'"):
+        pruner(_GroupedUpsampler(groups=2), ["up", "fc"])
+    p = pruner(_GroupedUpsampler(groups=2), ["up", "c0", "fc"])  # following the hint prunes the rest
+    assert p.finalize()(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    assert p.methods[0].report()["channels"]["c1"] == [16, 8]
+    depthwise = pruner(_GroupedUpsampler(groups=32))  # torch-pruning maps a depthwise one correctly
+    assert depthwise.finalize()(torch.rand(2, 1, 8, 8)).shape == (2, 10)

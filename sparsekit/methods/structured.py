@@ -232,6 +232,7 @@ class Structured:
         self._owner: dict[str, str] = {}  # a selected layer whose outputs another layer's group removes
         self._blocks: dict[str, int] = {}  # channel blocks of each root (grouped convs)
         no_bn: list[str] = []  # with bn_scale: roots whose channels no BatchNorm scales (tp would skip them)
+        problems: dict[str, str] = {}  # root -> why its channels cannot go: all named at once, not one per run
         for group in self._tp.groups():
             root = tpa.group_root(group)
             root_name = self.names[root]
@@ -241,10 +242,8 @@ class Structured:
                 no_bn.append(root_name)
             problem = self._layout_problem(group)
             if problem:
-                raise TargetError(
-                    f"{self.where}: cannot remove output channels of {root_name!r}: {problem}; "
-                    f"{self.ignore_hint([root_name])}"
-                )
+                problems[root_name] = problem
+                continue
             self._blocks[root_name] = max(1, self._tp.channel_groups(group))
             for member in tpa.group_members(graph, group):
                 module = member.module
@@ -271,6 +270,13 @@ class Structured:
                         f"{root_name!r} ({tpa.out_channels(graph, root)} channels): lower the ratio or add "
                         f"{root_name!r} to ignore"
                     )
+        if problems:
+            first, problem = next(iter(problems.items()))
+            also = f" (and of {', '.join(repr(n) for n in list(problems)[1:])})" if len(problems) > 1 else ""
+            raise TargetError(
+                f"{self.where}: cannot remove output channels of {first!r}{also}: {problem}; "
+                f"{self.ignore_hint(list(problems))}"
+            )
         if no_bn:
             raise TargetError(
                 f"{self.where}.importance: {self._importance_name()!r} ranks channels by BatchNorm scales, but "
@@ -417,6 +423,20 @@ class Structured:
         inspection; None when nothing known is wrong."""
         assert self._tp is not None
         members = tpa.group_members(self._tp.graph, group)
+        for member in members:
+            module = member.module
+            if (
+                isinstance(module, nn.modules.conv._ConvTransposeNd)
+                and module.groups > 1
+                and not (module.groups == module.in_channels == module.out_channels)
+            ):
+                # Its weight is [in, out/groups, ...]: torch-pruning indexes it as a Conv's (an IndexError when
+                # ranking, or input channels removed past what the layer before it lost). Depthwise is fine.
+                return (
+                    f"they pass through {self.names.get(module, '?')!r}, a grouped transposed convolution "
+                    f"({type(module).__name__}({module.in_channels}, {module.out_channels}, groups={module.groups})), "
+                    "whose channels torch-pruning maps wrongly"
+                )
         for member in members[1:]:
             module = member.module
             if (
