@@ -32,6 +32,7 @@ from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
 from sparsekit.recipe import MAX_RUNS, MAX_THREADS
+from sparsekit.report import ms_text
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -204,13 +205,14 @@ def latency_table(result: dict[str, Any]) -> str:
         for b, lat in f["latency_ms"].items():
             ratio = f["ratio_to_first"][b]
             lo, hi = ratio["spread"]
-            vs = "1 (ref)" if i == 0 else f"{ratio['p50']:.2f}x [{lo:.2f}-{hi:.2f}]"
+            # 3 decimals, as report.md: at 2 a ratio of 0.948 read 0.95x beside a band of 0.950x-1.053x
+            vs = "1 (ref)" if i == 0 else f"{ratio['p50']:.3f}x [{lo:.3f}-{hi:.3f}]"
             sig = "" if i == 0 else ("yes" if f["speedup_significant"][b] else "no")
             band = (f.get("noise_band") or {}).get(b)
             if sig and band is not None:  # the band it was judged against: ratios within 1/(1+n) .. 1+n are noise
-                sig += f" (noise ±{band:.1%})"
+                sig += f" (noise band {1 / (1 + band):.3f}x-{1 + band:.3f}x)"
             lines.append(
-                f"| {labels[i]} | {b} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} "
+                f"| {labels[i]} | {b} | {ms_text(lat['p50'])} | {ms_text(lat['p90'])} | {ms_text(lat['p99'])} "
                 f"| {f['throughput_per_s'][b]:,.0f} | {vs} | {sig} |"
             )
     noise = ", ".join(f"batch {b}: {c['ratio_p50']:.3f}" for b, c in result["control"].items())

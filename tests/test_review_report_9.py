@@ -1,0 +1,49 @@
+"""Review (angle: report): the numbers report.json, report.md, the printed summary and the plots show
+are the numbers measured, and no rounding turns one claim into another."""
+
+from __future__ import annotations
+
+import torch
+
+from examples.models import mlp
+from sparsekit.onnx.bench import latency_table
+from sparsekit.report import render_markdown, render_summary
+from tests.test_report_summary import MLP_SHAPE, _prune, _recipe, _report
+
+
+def _small_model_report():
+    """A report whose latencies are a small model's: 0.012471 ms dense, 0.011543 ms pruned (0.926x, faster)."""
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    dense_ms, pruned_ms = 0.012471, 0.011543
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (pruned_ms / dense_ms, 0.0527)})
+    report.dense.latency_ms["1"].p50, report.pruned.latency_ms["1"].p50 = dense_ms, pruned_ms
+    return report
+
+
+def test_sub_millisecond_latencies_keep_the_digits_that_differ():
+    # At 3 decimals both read 0.012 ms, beside "0.926x ... faster": the figures contradicted the verdict.
+    report = _small_model_report()
+    (line,) = [ln for ln in render_summary(report, "out").splitlines() if "batch 1:" in ln]
+    assert "0.0125 -> 0.0115 ms (0.926x" in line and line.endswith("faster"), line
+    assert "| latency p50, batch 1 (ms) | 0.0125 | 0.0115 | 0.926x | faster" in render_markdown(report)
+
+
+def test_bench_table_keeps_ms_digits_and_states_the_band_it_judged_against():
+    # sparsekit bench printed p50 0.012 for both files and "0.95x ... yes (noise ±5.3%)" for a ratio of 0.948:
+    # the rounded ratio lay inside the stated band.
+    lat = {"p50": 0.012471, "p90": 0.0131, "p99": 0.02}
+    small = {"p50": 0.011823, "p90": 0.0125, "p99": 0.019}
+    ratio = small["p50"] / lat["p50"]
+    files = [
+        {"path": "a.onnx", "latency_ms": {"1": lat}, "throughput_per_s": {"1": 1.0}, "ratio_to_first": {"1": {
+            "p50": 1.0, "spread": [1.0, 1.0]}}, "speedup_significant": {"1": False}, "noise_band": {"1": 0.0527},
+         "bytes": 10, "gzip_bytes": 5, "gzip_level": 9},
+        {"path": "b.onnx", "latency_ms": {"1": small}, "throughput_per_s": {"1": 1.0}, "ratio_to_first": {"1": {
+            "p50": ratio, "spread": [ratio, ratio]}}, "speedup_significant": {"1": True}, "noise_band": {"1": 0.0527},
+         "bytes": 10, "gzip_bytes": 5, "gzip_level": 9},
+    ]  # fmt: skip
+    table = latency_table({"files": files, "control": {"1": {"ratio_p50": 1.0}}, "runs": 5, "notes": []})
+    assert "| a.onnx | 1 | 0.0125 | 0.0131 | 0.0200 |" in table, table
+    assert f"| {ratio:.3f}x [{ratio:.3f}-{ratio:.3f}] | yes (noise band 0.950x-1.053x) |" in table, table
