@@ -308,7 +308,8 @@ def _latency_figure(figure: type[Figure], series: list[tuple[str, dict[str, floa
             rx.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}x"))
         rx.set_xticks(list(range(len(sizes))), [f"batch {b}" for b in sizes])
         rx.set_ylabel(f"p50 / {series[0][0]} (below 1: faster)")
-        rx.legend(fontsize=8)
+        # Beside the panel, not inside it: "best" placement covered a 0.72x point at the bottom of the axis.
+        rx.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
         rx.set_title("Ratio to dense, with the measured noise")
     return fig
 

@@ -47,3 +47,22 @@ def test_bench_table_keeps_ms_digits_and_states_the_band_it_judged_against():
     table = latency_table({"files": files, "control": {"1": {"ratio_p50": 1.0}}, "runs": 5, "notes": []})
     assert "| a.onnx | 1 | 0.0125 | 0.0131 | 0.0200 |" in table, table
     assert f"| {ratio:.3f}x [{ratio:.3f}-{ratio:.3f}] | yes (noise band 0.950x-1.053x) |" in table, table
+
+
+def test_latency_plot_legend_covers_no_ratio():
+    # The legend went where matplotlib's "best" put it: over a 0.72x point at the bottom of the ratio panel.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sparsekit.plots import figures
+
+    data = {
+        "latency": {"dense": {"1": 0.012471, "8": 0.028102}, "pruned": {"1": 0.011543, "8": 0.020264}},
+        "noise": {"pruned": {"1": 0.0527, "8": 0.0527}},
+        "control": {"1": 1.0005, "8": 0.9956},
+    }
+    fig = figures(data)["latency.png"]
+    FigureCanvasAgg(fig).draw()
+    panel = fig.axes[-1]
+    legend = panel.get_legend().get_window_extent()
+    points = [panel.transData.transform(xy) for line in panel.get_lines() for xy in line.get_xydata()]
+    assert len(points) >= 4 and not any(legend.contains(*p) for p in points)
