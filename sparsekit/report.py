@@ -399,11 +399,16 @@ class Timings(_Closed):
     ``plan`` (allocation, rehearsal), ``dense_eval``/``pruned_eval`` (accuracy and counts), ``finetune``
     (pruning while fine-tuning, finalize), ``save``, ``export`` (both ONNX files), ``checks`` (parity,
     zeros), ``int8``, ``sizes``, ``bench``, ``storage`` (choosing how model.onnx stores its weights),
-    ``report`` (notes, plots); phases a run skips are absent. Process start-up and imports come before
-    the run and are not in ``total``."""
+    ``report`` (notes, plots), ``free`` (releasing the torch model before onnxruntime runs); phases a run
+    skips are absent. Process start-up and imports come before the run and are not in ``total``."""
 
     seconds: dict[str, float]
     total: float = Field(description="from the start of the run to the report, seconds")
+    untimed: float | None = Field(
+        None,
+        description="total minus the sum of the phases, seconds: the steps between phases (the output folder, the "
+        "run's provenance, building the report), so the phases and this add up to total. Null in older reports",
+    )
     outside_finetune: float = Field(description="total minus finetune, seconds")
     outside_finetune_ratio: float | None = Field(
         description="everything but fine-tuning over fine-tuning: outside_finetune / seconds.finetune (None "
