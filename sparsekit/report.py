@@ -1752,7 +1752,11 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
             change = "–" if c.dense is None or c.pruned is None else f"{c.pruned - c.dense:+.3f}"
         else:
             change = "–" if c.ratio is None else f"{c.ratio:.3f}x"
-        lines.append(f"| {label} | {a} | {b} | {change} | {c.verdict} |")
+        verdict = c.verdict
+        if change == "1.000x" and c.dense is not None and c.pruned is not None and c.pruned != c.dense:
+            # A change under 0.05%, as the printed summary (_x) words it: 1.000x beside 'smaller' read as no change.
+            verdict += f" by {fmt(abs(c.pruned - c.dense))}"
+        lines.append(f"| {label} | {a} | {b} | {change} | {verdict} |")
 
     lines.append(
         f"| accuracy | {d.accuracy:.4f} | {p.accuracy:.4f} | {p.accuracy - d.accuracy:+.4f} | {s.accuracy.verdict} |"

@@ -96,3 +96,15 @@ def test_timings_phases_and_untimed_add_up_to_total(tmp_path, mlp_checkpoint, mo
     assert t["seconds"]["free"] >= 0.3
     assert sum(t["seconds"].values()) + t["untimed"] == pytest.approx(t["total"], abs=0.01)
     assert 0 <= t["untimed"] < 0.3
+
+
+def test_markdown_names_a_change_that_rounds_to_1x_as_the_summary_does():
+    # report.md read "| 9.6 kB | 9.6 kB | 1.000x | smaller |": equal-looking figures, a ratio of 1, and the word
+    # smaller. The printed summary already says "smaller by 7 B" there.
+    report = _small_model_report()
+    report.pruned.onnx_bytes = report.dense.onnx_bytes - 3
+    md = render_markdown(report)
+    (row,) = [ln for ln in md.splitlines() if ln.startswith("| ONNX size, dense-stored |")]
+    assert row.endswith("| 1.000x | smaller by 3 B |"), row
+    (line,) = [ln for ln in render_summary(report, "out").splitlines() if ln.strip().startswith("size")]
+    assert "(1.000x: smaller by 3 B)" in line, line
