@@ -108,3 +108,14 @@ def test_markdown_names_a_change_that_rounds_to_1x_as_the_summary_does():
     assert row.endswith("| 1.000x | smaller by 3 B |"), row
     (line,) = [ln for ln in render_summary(report, "out").splitlines() if ln.strip().startswith("size")]
     assert "(1.000x: smaller by 3 B)" in line, line
+
+
+def test_accuracy_one_sample_apart_on_a_large_split_is_not_printed_as_zero():
+    # 50,000 validation samples: one more right is +0.00002, printed "0.7613 -> 0.7613 (+0.0000: more accurate)".
+    report = _small_model_report()
+    report.dense.accuracy, report.pruned.accuracy = 38064 / 50000, 38065 / 50000
+    (line,) = [ln for ln in render_summary(report, "out").splitlines() if ln.strip().startswith("accuracy")]
+    assert "0.76128 -> 0.76130 (+0.00002: more accurate)" in line, line
+    assert "| accuracy | 0.76128 | 0.76130 | +0.00002 | more accurate |" in render_markdown(report)
+    report.pruned.accuracy = 0.5  # a change 4 decimals show keeps 4
+    assert "| accuracy | 0.7613 | 0.5000 | -0.2613 | less accurate |" in render_markdown(report)
