@@ -119,3 +119,14 @@ def test_accuracy_one_sample_apart_on_a_large_split_is_not_printed_as_zero():
     assert "| accuracy | 0.76128 | 0.76130 | +0.00002 | more accurate |" in render_markdown(report)
     report.pruned.accuracy = 0.5  # a change 4 decimals show keeps 4
     assert "| accuracy | 0.7613 | 0.5000 | -0.2613 | less accurate |" in render_markdown(report)
+
+
+def test_bytes_per_nonzero_row_names_the_count_it_divides_by():
+    # report.md's "gzip bytes per nonzero weight" divided by the ONNX file's nonzero params, biases included.
+    report = _small_model_report()
+    p = report.pruned
+    for r in (report.dense, p):
+        r.gzip_bytes_per_nonzero = r.onnx_gzip_bytes / r.onnx_nonzero_params  # as the pipeline writes it
+    (row,) = [ln for ln in render_markdown(report).splitlines() if "gzip bytes per nonzero" in ln]
+    assert row.startswith("| gzip bytes per nonzero param of the ONNX file |"), row
+    assert f"| {p.onnx_gzip_bytes / p.onnx_nonzero_params:.2f} |" in row
