@@ -1652,9 +1652,9 @@ def render_summary(report: Report, out: str | Path) -> str:
         lines += [f"      {remark}" for remark in o.remarks]
     lines.append(f"  accuracy  {_acc(s.accuracy)}")
     if s.macs:
-        macs = f"  MACs      {_x(s.macs)}"
+        macs = f"  MACs      {_x(s.macs, unit=' per sample')}"  # one input of input_shape, not the batch
         if s.effective_macs and s.effective_macs.pruned != s.macs.pruned:
-            macs += f"; counting nonzero weights only {_x(s.effective_macs)}"
+            macs += f"; counting nonzero weights only {_x(s.effective_macs, unit=' per sample')}"
         lines.append(macs)
     lines.append(
         f"  size      ONNX, dense-stored {_x(s.onnx_bytes, unit=' B')}; gzip {_x(s.onnx_gzip_bytes, unit=' B')}"
@@ -1771,9 +1771,9 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
         lines.append(f"| {label} | {a} | {b} | {change} | {verdict} |")
 
     lines.append("| accuracy | {} | {} | {} | {} |".format(*acc_texts(d.accuracy, p.accuracy), s.accuracy.verdict))
-    row("MACs (dense count)", s.macs, lambda v: f"{v:,.0f}")
+    row("MACs per sample (dense count)", s.macs, lambda v: f"{v:,.0f}")
     if s.effective_macs and s.macs and s.effective_macs.pruned != s.macs.pruned:
-        row("MACs (nonzero weights only)", s.effective_macs, lambda v: f"{v:,.0f}")
+        row("MACs per sample (nonzero weights only)", s.effective_macs, lambda v: f"{v:,.0f}")
     row("ONNX size, dense-stored", s.onnx_bytes, _fmt_bytes)
     row("ONNX size, dense-stored, gzip", s.onnx_gzip_bytes, _fmt_bytes)
     for bs, lc in s.latency.items():

@@ -149,3 +149,11 @@ def test_export_int8_says_which_samples_it_scored(tmp_path):
     assert res.exit_code == 0, res.output
     (line,) = [ln for ln in res.stdout.splitlines() if "top-1 agreement" in ln]
     assert "on 359 samples (the validation split at seed 0, val_fraction 0.2" in line, line
+
+
+def test_macs_state_their_unit():
+    # "MACs 4,928 -> 4,928" in the summary and report.md: per sample or per benchmark batch was not said.
+    report = _small_model_report()
+    (line,) = [ln for ln in render_summary(report, "out").splitlines() if ln.strip().startswith("MACs")]
+    assert f"{report.dense.macs:,} -> {report.pruned.macs:,} per sample (" in line, line
+    assert "| MACs per sample (dense count) |" in render_markdown(report)
