@@ -229,13 +229,22 @@ def _write_store(modules: dict[str, str]) -> Path:
     from .fsutil import atomic_path, writing
 
     path = store_path()
-    with writing(path.parent):
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's own, whatever the umask
-    with atomic_path(path) as tmp:
-        doc = {"format": "sparsekit-trust/2", "modules": dict(sorted(modules.items()))}
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
-    with writing(path):
-        os.chmod(path, 0o600)  # (atomic_path gives the umask's mode: under umask 000 every user could write it)
+    try:
+        with writing(path.parent):
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's own, whatever the umask
+        with atomic_path(path) as tmp:
+            doc = {"format": "sparsekit-trust/2", "modules": dict(sorted(modules.items()))}
+            tmp.write_text(json.dumps(doc, indent=2) + "\n", "utf-8")
+        with writing(path):
+            os.chmod(path, 0o600)  # (atomic_path gives the umask's mode: under umask 000 every user could write it)
+    except OutputError as err:
+        # The disk error's remedy speaks of an output folder, which the user never gave: the list lives in the
+        # config folder, which the environment chooses.
+        why = str(err).split(": cannot write it: ", 1)[-1].split(";", 1)[0]
+        raise OutputError(
+            f"{path}: cannot save the trusted-module list ({why}); make {path.parent} writable, or set "
+            "SPARSEKIT_CONFIG_DIR to a folder you can write to"
+        ) from None
     unsafe = _unsafe_store(path)
     if unsafe:  # a folder others can write, made before: the list would be ignored the next time it is read
         raise OutputError(
