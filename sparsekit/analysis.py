@@ -229,6 +229,27 @@ def _ours(path: Path, manifest: dict[str, str]) -> bool:
         return False
 
 
+def _check_writable(out: Path) -> None:
+    """Raise :class:`OutputError` when ``out`` cannot be created or written: the folder is made only with the first
+    result, so without this check a read-only place failed after the model, the data and the first probe were
+    done (minutes on a large model)."""
+    import os
+
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(
+            f"{out}: {folder} is not a folder, so nothing can be written there; choose another output "
+            f"folder ({option('output')})"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{out}: cannot write it: {folder} is not writable (permissions or a read-only disk); "
+            f"choose an output folder you can write to ({option('output')})"
+        )
+
+
 def _check_folder(out: Path, *, resume: bool, overwrite: bool, final: bool = False) -> None:
     """Raise :class:`OutputError` unless ``out`` holds nothing but an earlier analysis's unchanged files (one
     that ``resume`` or ``overwrite`` allows). ``final``: the check again just before the results move in (the
@@ -412,6 +433,7 @@ def run_sensitivity(
         if out.is_dir():  # before the check, so a live analysis there is named as such, not as an earlier one
             lock.take()
         _check_folder(out, resume=resume, overwrite=overwrite)
+        _check_writable(out)
         inputs = check_inputs(model_path, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
         partial = out / PARTIAL_FILE
         earlier = None
