@@ -67,13 +67,30 @@ def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock
     """A progress bar and the ``progress(probe)`` callback that advances it and, with ``save_to``, saves the
     table so far after every probe (what ``resume`` continues from), noted in the folder's manifest, holding
     ``lock`` on its folder from the first save on."""
+    import sys
+    import time
+
     from .train import progress_bar
 
-    bar = progress_bar(progress)
+    # Without a terminal (a log file, a pipe, a batch job) a bar shows only when it ends: a line per layer instead,
+    # as fine-tuning prints one per epoch.
+    lines = progress and not sys.stderr.isatty()
+    bar = progress_bar(progress and not lines)
     task = bar.add_task("sensitivity", total=None, info="")
+    start, current = time.perf_counter(), [""]
+
+    def say(layer: str, done: int, total: int) -> None:
+        took = time.perf_counter() - start
+        print(f"sensitivity: {layer} probed ({done}/{total} probes, {took:.1f} s)", file=sys.stderr, flush=True)
 
     def advance(probe: Probe) -> None:
         bar.update(task, total=probe.total, completed=probe.done, info=f"{probe.layer} at {probe.value:g}")
+        if lines:
+            if current[0] and probe.layer != current[0]:
+                say(current[0], probe.done - 1, probe.total)  # the probe just done is the next layer's first
+            current[0] = probe.layer
+            if probe.done >= probe.total:
+                say(probe.layer, probe.done, probe.total)
         if save_to is not None:
             # Created with the first result: inputs that fail their checks leave no empty folder behind.
             save_to.parent.mkdir(parents=True, exist_ok=True)
