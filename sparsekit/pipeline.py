@@ -808,6 +808,8 @@ def measure(
         layers = layer_report(model, inputs.shape)
     if before_export is not None:
         before_export(layers)
+    # (its phases are timed inside export_onnx): a Ctrl-C after it names the export, not the phase before it
+    clock.last = f"exporting {onnx_path.name} and checking it"
     with interrupted_while(f"exporting {onnx_path.name}{clock.note}"):
         try:
             exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)

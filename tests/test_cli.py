@@ -957,6 +957,25 @@ def test_an_interrupt_outside_training_says_what_the_run_was_doing(tmp_path, mlp
     assert last == f"Interrupted: {stage}"
 
 
+def test_an_interrupt_just_after_an_export_names_the_export(tmp_path, mlp_checkpoint, monkeypatch):
+    # Between the export and the next timed phase the run said "after" the phase before the export (the plots,
+    # for model.onnx), as if the file had not been exported and checked yet.
+    import sparsekit.onnx
+
+    real = sparsekit.onnx.export_onnx
+
+    class Interrupting(dict):
+        def items(self):
+            raise KeyboardInterrupt
+
+    def export(*args, **kwargs):
+        return {**real(*args, **kwargs), "seconds": Interrupting()}
+
+    monkeypatch.setattr(sparsekit.onnx, "export_onnx", export)
+    last = _interrupted_prune(tmp_path, mlp_checkpoint)
+    assert last.startswith("Interrupted: after exporting dense.onnx and checking it, before training started"), last
+
+
 def test_an_interrupt_while_the_pruner_is_set_up_says_no_epoch_was_checkpointed(tmp_path, mlp_checkpoint, monkeypatch):
     # Between the dense model's measurements and the first epoch (the pruner's rehearsal and trace: seconds on a
     # large model) it said "`--resume` continues from the last finished epoch", with none finished.
