@@ -73,6 +73,33 @@ def _flag(name: str, value: str) -> str:
     return f"{flag} {shlex.quote(value)}"
 
 
+class _PathType(click.Path):
+    """click's Path, refusing an empty string: Path("") is ".", so `inspect ""` (an unset shell variable, say) was
+    answered about the current folder, which the user never named."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty: give a file or folder path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _PathType(path_type=Path)
+
+
+class _RecipeType(click.ParamType):
+    """A recipe file's path or a shipped recipe's name: any text but an empty one (see :class:`_PathType`)."""
+
+    name = "recipe"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty: give a recipe file or a shipped recipe's name (sparsekit recipes)", param, ctx)
+        return value
+
+
+RECIPE = _RecipeType()
+
+
 def _other_rank() -> str | None:
     """This process's torchrun rank when it is not rank 0 of a run of several processes, else None."""
     import os
@@ -593,15 +620,15 @@ def main() -> None:
 
 
 @main.command(short_help="Prune and fine-tune MODEL with RECIPE; export, check parity, benchmark, report.")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("recipe")
+@click.argument("model", type=PATH)
+@click.argument("recipe", type=RECIPE)
 @click.option(
     "-o",
     "--output",
     "out",
     default="sparsekit-out",
     show_default=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Output folder (model.pt, model.onnx, dense.onnx, report.json/.md, plots, checkpoints/).",
 )
 @arch_option
@@ -628,7 +655,7 @@ def main() -> None:
 @device_option
 @click.option(
     "--log-dir",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Write per-step and per-epoch metrics (CSV; TensorBoard when installed) to a new folder "
     "DIR/sparsekit-DATE-TIME (without it, finetune.log: true writes them to the output folder's logs/).",
 )
@@ -733,10 +760,8 @@ def prune(
 
 
 @main.command(short_help="Export MODEL to ONNX (parity and zeros checked; optional int8).")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--output", "out", type=click.Path(path_type=Path), help="Output .onnx (default: MODEL with .onnx)."
-)
+@click.argument("model", type=PATH)
+@click.option("-o", "--output", "out", type=PATH, help="Output .onnx (default: MODEL with .onnx).")
 @arch_option
 @kwargs_option
 @click.option(
@@ -1100,7 +1125,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 
 @main.command(short_help="Time ONNX files in onnxruntime (interleaved, with a noise control).")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=PATH)
 @click.option(
     "-b",
     "--batch-size",
@@ -1240,7 +1265,7 @@ def _check_batch_first(files: tuple[Path, ...], shape: list[int]) -> None:
 
 
 @main.command(short_help="Params, nonzeros, sparsity and MACs per layer of a .pt or .onnx file.")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=PATH)
 @arch_option
 @kwargs_option
 @click.option(
@@ -1370,8 +1395,8 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
 
 
 @main.command(short_help="Check RECIPE; with MODEL, a dry run of prune (schedule per epoch).")
-@click.argument("recipe")
-@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.argument("recipe", type=RECIPE)
+@click.argument("model", required=False, type=PATH)
 @arch_option
 @kwargs_option
 @data_option
@@ -1611,15 +1636,15 @@ def _per_epoch(values: list[float]) -> str:
 
 
 @main.command(short_help="Accuracy/loss cost of pruning each layer alone (which layers to spare).")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("recipe")
+@click.argument("model", type=PATH)
+@click.argument("recipe", type=RECIPE)
 @click.option(
     "-o",
     "--output",
     "out",
     default="sparsekit-sensitivity",
     show_default=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Output folder (sensitivity.json, sensitivity.png, sensitivity.md; allocation.json for auto entries).",
 )
 @arch_option
@@ -1776,7 +1801,7 @@ def _recipes_text(rows: list[dict[str, Any]]) -> str:
 
 
 @main.command(short_help="Re-render report.md and the plots of a prune output folder.")
-@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.argument("folder", required=False, type=PATH)
 @click.option("--schema", is_flag=True, help="Print the JSON schema of report.json instead.")
 @debug_option
 @handle_errors
