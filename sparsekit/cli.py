@@ -54,6 +54,7 @@ FLAGS = {
     "logits": "--logits",
     "output": "-o",
     "overwrite": "--overwrite",
+    "provider": "--provider",
     "resume": "--resume",
     "set": "--set",
     "trust_code": "--trust-code",
@@ -797,7 +798,7 @@ def prune(
 @click.option(
     "--data",
     callback=lambda ctx, param, value: _data_flag(value),
-    help="Calibration/eval data for --quantize int8: digits | mnist5k | FILE.npz | pkg.module:callable.",
+    help="Calibration/eval data for --quantize int8: digits | mnist5k | synthetic | FILE.npz | pkg.module:callable.",
 )
 @click.option(
     "--normalize",

@@ -26,6 +26,7 @@ API_SPELLING = {
     "logits": "sparsekit.logits.attach(model, part)",
     "output": "out=...",
     "overwrite": "overwrite=True",
+    "provider": "provider=...",
     "resume": "resume=True",
     "set": "overrides=[...]",
     "trust_code": "trust_code=True",

@@ -1,5 +1,6 @@
-"""An empty path or recipe (an unset shell variable, say: ``sparsekit inspect "$MODEL"``) is refused as empty,
-naming the argument; it was read as ".", and the answer spoke of the current folder, which the user never named."""
+"""Arguments the CLI refuses by name. An empty path or recipe (an unset shell variable, say: ``sparsekit inspect
+"$MODEL"``) is refused as empty, naming the argument; it was read as ".", and the answer spoke of the current
+folder, which the user never named. An unknown onnxruntime provider names --provider."""
 
 import pytest
 from click.testing import CliRunner
@@ -27,3 +28,14 @@ def test_empty_is_refused_naming_the_argument(tmp_path, args, named):
     filled = [str(model) if a == "{model}" else a for a in args]
     line = assert_bad_input(CliRunner().invoke(main, filled), named, "is empty")
     assert "'.'" not in line and " .:" not in line
+
+
+def test_an_unknown_provider_names_the_option(tmp_path):
+    import torch
+
+    from sparsekit.onnx import export_onnx
+
+    path = tmp_path / "m.onnx"
+    export_onnx(torch.nn.Linear(4, 2), path, [1, 4], exporter="torchscript")
+    line = assert_bad_input(CliRunner().invoke(main, ["bench", str(path), "--provider", "Bogus"]), "--provider Bogus")
+    assert "CPUExecutionProvider" in line

@@ -188,7 +188,10 @@ def test_open_session_honours_the_provider_and_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(sessions_mod.ort, "InferenceSession", Recorder)
     open_session(path, provider="FancyExecutionProvider", threads=3)
     assert seen == {"path": str(path), "providers": ["FancyExecutionProvider"], "threads": 3}
-    with pytest.raises(ExportError, match="'CPUExecutionProvider' is not available; available: Fancy"):
+    with pytest.raises(
+        ExportError,
+        match="'CPUExecutionProvider': not an execution provider onnxruntime has here; available: Fancy",
+    ):
         open_session(path)
 
 

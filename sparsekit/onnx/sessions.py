@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sparsekit.errors import ExportError
+from sparsekit.errors import ExportError, option
 from sparsekit.onnx.files import check_external_data
 
 __all__ = ["DEFAULT_PROVIDER", "ORT_DTYPES", "open_session", "random_array", "random_feeds"]
@@ -52,7 +52,8 @@ def open_session(
     """
     available = ort.get_available_providers()
     if provider not in available:
-        raise ExportError(f"provider {provider!r} is not available; available: {', '.join(available)}")
+        given = option("provider", str(provider))
+        raise ExportError(f"{given}: not an execution provider onnxruntime has here; available: {', '.join(available)}")
     p = Path(path)
     check_external_data(p)
     opts = ort.SessionOptions()
