@@ -252,8 +252,9 @@ class Pruner:
         for method in self.methods:
             method.start()
         # The first steps' order against the optimizer's (sparsekit.step_order), judged on one pruned weight
+        # (the first an optimizer is seen to hold)
         trained = [(n, m) for method in self.methods for n, m in method.layers.items() if weight_of(m).requires_grad]
-        self._order: StepOrderCheck | None = StepOrderCheck(trained[0][1], trained[0][0]) if trained else None
+        self._order: StepOrderCheck | None = StepOrderCheck(trained) if trained else None
 
     def _check_overlap(self) -> None:
         owner: dict[str, int] = {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,11 +46,14 @@ ENOUGH = WINDOW // 2  # ... of which this many must show the same mistake for a 
 
 class StepOrderCheck:
     """Watches the optimizer steps around a Pruner's first :data:`WINDOW` steps; :meth:`check` at each
-    ``pruner.step()``. ``layer``: a pruned module whose weight the optimizer trains."""
+    ``pruner.step()``. ``layers``: the pruned modules (name, module) whose weights an optimizer may train; the
+    first is watched until an optimizer is seen holding one of them, which is then watched."""
 
-    def __init__(self, layer: nn.Module, name: str = "") -> None:
-        self._layer = weakref.ref(layer)
-        self._name = name
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]]) -> None:
+        # An optimizer over part of the model (only the head fine-tuned) trains some pruned layers, not the first:
+        # each is a candidate, so that optimizer is not taken for one training another model object.
+        self._candidates = [(name, weakref.ref(layer)) for name, layer in layers]
+        self._name, self._layer = self._candidates[0]
         self.optimizer_steps = 0
         self.holding_steps = 0  # optimizer steps by an optimizer holding the watched weight
         self._holder: weakref.ref[Any] | None = None  # that optimizer, once seen
@@ -74,11 +78,14 @@ class StepOrderCheck:
         if holder is optimizer:
             self.holding_steps += 1
         elif holder is None and optimizer not in self._others:
-            layer = self._layer()  # (a walk over this optimizer's parameters, once per optimizer)
-            weight = weight_of(layer) if layer is not None else None
-            if weight is not None and any(p is weight for group in optimizer.param_groups for p in group["params"]):
-                self._holder = weakref.ref(optimizer)
-                self.holding_steps += 1
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}  # once per optimizer
+            for name, ref in self._candidates:
+                layer = ref()
+                if layer is not None and id(weight_of(layer)) in held:
+                    self._holder = weakref.ref(optimizer)
+                    self._name, self._layer = name, ref  # its gradient is the one this optimizer steps on
+                    self.holding_steps += 1
+                    break
             else:
                 self._others.add(optimizer)
         grad = self._grad()
@@ -129,7 +136,8 @@ class StepOrderCheck:
         """Warn of the mistake most of the calls judged so far show (called when the window is full, and by
         ``finalize()`` for a run that ended before)."""
         if self.optimizer_steps >= ENOUGH and not self.holding_steps and not _distributed():
-            where = f"{self._name!r}" if self._name else "the pruned layers"
+            n = len(self._candidates)
+            where = f"{self._name!r}" if n == 1 else f"any of the {n} pruned layers ({self._name!r}, ...)"
             warnings.warn(
                 f"optimizers stepped {self.optimizer_steps} times, but none holds the weight of {where}: the Pruner "
                 "is pruning a model no optimizer trains (built on a copy, or before the model was built again?), "
