@@ -1598,8 +1598,7 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     (:func:`load_recipe`), or a dict holds (:func:`validate_recipe`): RecipeError when invalid, naming the field.
     TypeError for anything else. ``trainer``: see :func:`validate_recipe`."""
     if isinstance(recipe, Recipe):
-        _check_as_it_is(recipe, trainer)
-        return recipe
+        return _check_as_it_is(recipe, trainer)
     if isinstance(recipe, str | os.PathLike):
         return load_recipe(os.fspath(recipe), trainer=trainer)
     if isinstance(recipe, Mapping):
@@ -1615,19 +1614,27 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     )
 
 
-def _check_as_it_is(recipe: Recipe, trainer: bool) -> None:
-    """RecipeError naming the field when ``recipe``, as it is now, is not a valid recipe. A Recipe is a mutable
-    pydantic model and pydantic checks no assignment: ``recipe.finetune.epochs = 1`` before a schedule ending at
-    epoch 3, or ``recipe.pruning[0].sparsity = 1.5`` in a sweep, reached the Pruner unchecked (the schedule then
-    missed its target, the sparsity was clamped, NaN ended in a ValueError from deep inside)."""
+def _check_as_it_is(recipe: Recipe, trainer: bool) -> Recipe:
+    """``recipe`` when, as it is now, it is a valid recipe; RecipeError naming the field when not. A Recipe is a
+    mutable pydantic model and pydantic checks no assignment: ``recipe.finetune.epochs = 1`` before a schedule ending
+    at epoch 3, or ``recipe.pruning[0].sparsity = 1.5`` in a sweep, reached the Pruner unchecked (the schedule then
+    missed its target, the sparsity was clamped, NaN ended in a ValueError from deep inside). A field assigned a form
+    validation converts (``layers = ["fc1"]``, the include shorthand; ``schedule = {...}``) gives the validated copy
+    instead: the form as assigned reached the methods (AttributeError: 'list' object has no attribute 'types')."""
     # A trainer callback's recipe without a finetune section is not held to finetune.epochs (validate_recipe).
     unset = (trainer or recipe._trainer) and "finetune" not in recipe.model_fields_set
+    dumped = recipe.model_dump(warnings=False)
     try:
-        Recipe.model_validate(recipe.model_dump(warnings=False), context={"trainer": unset, "finetune_unset": unset})
+        checked = Recipe.model_validate(dumped, context={"trainer": unset, "finetune_unset": unset})
     except ValidationError as err:
         source = f"{getattr(recipe, '_source', None) or 'recipe'} (the Recipe given, with its fields as they are now)"
         message = RecipeError(format_validation_error(err, source, ()))
         raise RecipeError(message.render(_as_attribute)) from None
+    if checked.model_dump(warnings=False) == dumped:
+        return recipe  # the caller's own object, as it was
+    # (the fields the caller's recipe set, not all of them, so trainer recipes stay free of finetune.epochs)
+    checked.__pydantic_fields_set__ = set(recipe.model_fields_set)
+    return recipe.keep_origin(checked)
 
 
 def _as_attribute(name: str, value: str) -> str:

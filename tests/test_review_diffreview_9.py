@@ -46,3 +46,17 @@ def test_an_optimizer_of_a_copy_is_still_warned():
     opt = torch.optim.SGD(trained.parameters(), lr=0.1)
     messages = _train(trained, pruner, opt, 20)
     assert [m for m in messages if "none holds the weight of any of the 2 pruned layers ('0', ...)" in m], messages
+
+
+def test_a_recipe_field_assigned_a_form_validation_converts_reaches_the_pruner_converted():
+    # layers: [...] is the include shorthand a recipe file takes; assigned in Python it passed the check and
+    # reached the method as a list (AttributeError: 'list' object has no attribute 'types').
+    from sparsekit.recipe import LayerSelect, as_recipe, validate_recipe
+
+    recipe = validate_recipe({"pruning": [{"method": "magnitude", "sparsity": 0.5}]})
+    assert as_recipe(recipe) is recipe  # unchanged: the caller's own object
+    recipe.pruning[0].layers = ["2"]  # type: ignore[assignment]
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=10)
+    assert isinstance(pruner.recipe.pruning[0].layers, LayerSelect)
+    assert list(pruner.methods[0].layers) == ["2"]
