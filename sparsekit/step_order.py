@@ -23,8 +23,8 @@ After the window the hook is removed: no cost for the rest of training. A run sh
 
 A third mistake trains silently dense: the Pruner built on another model object than the one the optimizer trains (a
 copy, or a model built again after the Pruner, say to load a checkpoint into). Optimizers step, yet none of them holds
-the watched weight: that is warned too, outside ``torch.distributed`` (DeepSpeed's and FSDP's optimizers hold their
-own flat copies of the weights).
+any pruned weight that requires grad: that is warned too, outside ``torch.distributed`` (DeepSpeed's and FSDP's
+optimizers hold their own flat copies of the weights).
 """
 
 from __future__ import annotations
