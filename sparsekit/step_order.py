@@ -159,6 +159,8 @@ class StepOrderCheck:
                 "optimizer.step() that ends the accumulation); each call advances the schedules one step",
                 stacklevel=stacklevel,
             )
+        # The first call has no gap to measure (a dense warm-up may precede it), so at most checked - 1 calls can show
+        # one: a full window needs ENOUGH of them, a short run judged at finalize all of its measured ones (at least 2).
         elif self.seldom >= min(ENOUGH, max(2, self.checked - 1)):
             warnings.warn(
                 f"pruner.step() ran after up to {self._gap} optimizer steps at a time ({self.seldom} of its first "
