@@ -1855,7 +1855,15 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
             f"{folder}` again with --resume to finish it (or --overwrite), then report"
         )
     data = load_report(src)
-    run.check_owned()  # report.md and the plots are replaced: they must still be the ones sparsekit wrote
+    # report.json, report.md and the plots are replaced: they must still be the ones sparsekit wrote. Only they:
+    # a file of the user's beside them (notes.txt) is never touched, so it is no reason to refuse.
+    from .plots import FILES as PLOT_FILES
+
+    run.check_owned(
+        ("report.json", "report.md", *PLOT_FILES),
+        remedy="report rewrites report.json, report.md and the plots: move yours away and report again (a report.json "
+        "sparsekit did not write cannot be re-rendered: put back the run's own, or prune again into a new folder)",
+    )
     run.lock()
     try:
         try:

@@ -308,15 +308,21 @@ class RunFolder:
             self._digests[key] = _sha256(path)
         return self._digests[key]
 
-    def check_owned(self) -> None:
-        """Raise :class:`OutputError` naming the first entry sparsekit did not write."""
+    def check_owned(self, only: Iterable[str] | None = None, remedy: str | None = None) -> None:
+        """Raise :class:`OutputError` naming the first entry sparsekit did not write. ``only``: the relative
+        paths a caller is about to replace (``sparsekit report``: the report and plots), which are all that is
+        checked then, with anything wrong inside ``.sparsekit``; ``remedy``: what the message tells the user to
+        do instead of the default (move it away or choose another output folder)."""
         foreign = self.foreign()
+        if only is not None:
+            wanted = set(only)
+            foreign = [rel for rel in foreign if rel in wanted or rel.split("/", 1)[0] == META]
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            remedy = remedy or "move it away or choose another output folder"
             raise OutputError(
                 f"{self.out}: holds {foreign[0]}{more}, which no sparsekit run into this folder wrote (or that changed "
-                "since); "
-                "sparsekit never replaces or deletes your files: move it away or choose another output folder"
+                f"since); sparsekit never replaces or deletes your files: {remedy}"
             )
 
     # --- writing ---------------------------------------------------------------------------------

@@ -35,11 +35,12 @@ from .fsutil import atomic_path
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FIRST", "LAST", "PlotWorker", "figures", "render"]
+__all__ = ["FILES", "FIRST", "LAST", "PlotWorker", "figures", "render"]
 
 # known when fine-tuning ends
 FIRST = ("layers", "targets", "structured", "zeros", "history", "dense_accuracy", "dense_params")
 LAST = ("latency", "noise", "control")  # known after the benchmark
+FILES = ("layer_sparsity.png", "finetune.png", "latency.png")  # every file name figures() may give
 
 
 def figures(data: dict[str, Any]) -> dict[str, Figure]:
