@@ -400,15 +400,28 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{where}: y must be a 1-D array of N class labels, got shape {y.shape}")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)} labels; they must match")
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise DataError(f"{where}: x contains NaN or infinite values; clean or impute them first")
+    # The model computes in float32: wider floats beyond its range would turn into inf in the cast below, and be
+    # reported as infinite values the file does not hold.
+    limit = float(np.finfo(np.float32).max)
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size and max(-float(x.min()), float(x.max())) > limit:
+        raise DataError(
+            f"{where}: x holds values up to {max(-float(x.min()), float(x.max())):.3g}, beyond float32's range "
+            f"({limit:.3g}), in which the model computes; rescale them"
+        )
+    x = x.astype(np.float32)
     # Float labels are accepted when every value is whole (e.g. y saved from a float DataFrame).
     integral = y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
     if y.dtype.kind not in "iu" and not integral:
         raise DataError(f"{where}: y must hold integer class labels (0, 1, 2, ...), got dtype {y.dtype}")
     if y.min() < 0:
         raise DataError(f"{where}: y has negative labels (min {y.min()}); labels must be 0, 1, 2, ...")
+    # Checked before the cast to int64, which wraps a uint64 label >= 2**63 (or makes any float one that large)
+    # into a negative label, then reported as one the file does not hold.
+    if y.max() >= 2**63:
+        shown = f"{y.max():.3g}" if y.dtype.kind == "f" else str(y.max())
+        raise DataError(f"{where}: y has a label of {shown}, too large for a class index; labels must be 0, 1, 2, ...")
     return x, y.astype(np.int64)
 
 

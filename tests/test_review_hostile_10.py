@@ -1,0 +1,45 @@
+"""Hostile and malformed input files a review found accepted with wrong values or reported with misleading numbers:
+.npz labels that wrap when cast to int64, inputs beyond float32's range reported as infinite values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparsekit.data import load_data
+from sparsekit.errors import DataError
+
+
+def _npz(path, x, y):
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "label, shown",
+    [(np.uint64(2**64 - 1), "18446744073709551615"), (np.float64(2.0**63), "9.22e+18"), (np.float64(1e30), "1e+30")],
+)
+def test_an_npz_label_too_large_for_int64_is_named_not_wrapped(tmp_path, label, shown):
+    # The cast to int64 wrapped these to -1 or -2**63: a label the file does not hold, refused later as "label -1"
+    # without naming the file (or, with no model to check against, kept as a negative class index).
+    y = np.arange(8, dtype=np.asarray(label).dtype) % 2
+    y[0] = label
+    path = _npz(tmp_path / "big.npz", np.zeros((8, 4), np.float32), y)
+    with pytest.raises(DataError) as info:
+        load_data(path, input_shape=[1, 4])
+    said = str(info.value)
+    assert "big.npz" in said and f"label of {shown}" in said
+
+
+def test_npz_inputs_beyond_float32_are_named_as_such_not_as_infinite(tmp_path):
+    x = np.ones((8, 4), np.float64)
+    x[3, 1] = -1e300  # finite in the file; inf only after the cast to float32
+    path = _npz(tmp_path / "wide.npz", x, np.arange(8) % 2)
+    with pytest.raises(DataError) as info:
+        load_data(path, input_shape=[1, 4])
+    said = str(info.value)
+    assert "wide.npz" in said and "float32's range" in said and "1e+300" in said and "NaN" not in said
+    x[3, 1] = np.inf  # really infinite: said so
+    path = _npz(tmp_path / "inf.npz", x, np.arange(8) % 2)
+    with pytest.raises(DataError, match="NaN or infinite"):
+        load_data(path, input_shape=[1, 4])
