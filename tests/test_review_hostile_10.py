@@ -43,3 +43,24 @@ def test_npz_inputs_beyond_float32_are_named_as_such_not_as_infinite(tmp_path):
     path = _npz(tmp_path / "inf.npz", x, np.arange(8) % 2)
     with pytest.raises(DataError, match="NaN or infinite"):
         load_data(path, input_shape=[1, 4])
+
+
+def test_an_onnx_input_too_large_for_one_sample_names_the_file_not_the_batch_size(tmp_path):
+    # A 1 kB file declaring a 2**40-value input: "batch size 1 needs 8192 GiB; use a smaller batch size" named
+    # neither the file nor a remedy that could work.
+    import onnx
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+    from onnx import TensorProto, helper
+
+    from sparsekit.cli import main
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2**40])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "wide.onnx")
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "wide.onnx"), "--batch-size", "1", "--runs", "1"])
+    line = assert_bad_input(result, "wide.onnx", "any batch size", "--input-shape")
+    assert "smaller batch size" not in line

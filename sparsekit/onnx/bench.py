@@ -421,6 +421,15 @@ def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) ->
         for f, d in zip(files, dims[: len(files)], strict=True)
     ]
     need_one = sum(per_sample) + per_sample[0]  # + the A/A control
+    if need_one > 0.8 * available:
+        # Not even one sample fits: the file's input shape is the cause, and a smaller batch size no remedy.
+        worst = max(range(len(files)), key=lambda i: per_sample[i])
+        raise ExportError(
+            f"{files[worst]}: one sample of shape {dims[worst]} needs about {per_sample[worst] / 2**30:,.1f} GiB "
+            f"for its inputs and activations, more than the {available / 2**30:.1f} GiB available at any batch "
+            f"size; give a smaller sample shape ({option('input_shape')}) if its input is dynamic, or benchmark a "
+            "model with a smaller input"
+        )
     batch = max(sizes)
     if batch * need_one > 0.8 * available:
         raise ExportError(
