@@ -64,3 +64,30 @@ def test_an_onnx_input_too_large_for_one_sample_names_the_file_not_the_batch_siz
     result = CliRunner().invoke(main, ["bench", str(tmp_path / "wide.onnx"), "--batch-size", "1", "--runs", "1"])
     line = assert_bad_input(result, "wide.onnx", "any batch size", "--input-shape")
     assert "smaller batch size" not in line
+
+
+@pytest.mark.parametrize("dims, said", [([4, 3], "declares shape [4, 3] (12 values) but holds 4 bytes"),
+                                        ([4, 2**40], "which no tensor can have")])  # fmt: skip
+def test_a_damaged_constant_tensor_is_refused_by_inspect_as_by_bench(tmp_path, dims, said):
+    # Only initializers were checked: a Constant node's value declaring more than it holds passed inspect (exit 0)
+    # while onnxruntime refused the same file in bench.
+    import onnx
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+    from onnx import TensorProto, helper
+
+    from sparsekit.cli import main
+
+    value = TensorProto(data_type=TensorProto.FLOAT, dims=dims, raw_data=b"\0" * 4)  # unnamed, as Constants often are
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=value, name="c"),
+        helper.make_node("MatMul", ["X", "W"], ["Y"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "const.onnx")
+    assert_bad_input(
+        CliRunner().invoke(main, ["inspect", str(tmp_path / "const.onnx")]), "const.onnx", "node 'c'", said
+    )

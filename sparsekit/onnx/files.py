@@ -17,6 +17,7 @@ import contextlib
 import copy
 import fcntl
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -193,16 +194,17 @@ def _check_tensors(path: Path, model: onnx.ModelProto) -> None:
     from onnx import numpy_helper
 
     def check(t: onnx.TensorProto, what: str) -> int:
+        who = f"{what} {t.name!r}" if t.name else what  # an unnamed Constant value: `what` says where it is
         dims = list(t.dims)
         n = math.prod(dims) if dims else 1
         if any(d < 0 for d in dims) or n > MAX_TENSOR_ELEMENTS:
-            raise ExportError(f"{path}: {what} {t.name!r} declares shape {dims}, which no tensor can have")
+            raise ExportError(f"{path}: {who} declares shape {dims}, which no tensor can have")
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
             return n
         try:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         except Exception:  # noqa: BLE001 - an unknown or missing element type
-            raise ExportError(f"{path}: {what} {t.name!r} has no known element type ({t.data_type})") from None
+            raise ExportError(f"{path}: {who} has no known element type ({t.data_type})") from None
         raw = t.HasField("raw_data")
         if raw:
             held, unit = len(t.raw_data), itemsize
@@ -217,13 +219,19 @@ def _check_tensors(path: Path, model: onnx.ModelProto) -> None:
             expected = (n + 1) // 2  # two 4-bit values per byte in raw_data
         if held != expected:
             raise ExportError(
-                f"{path}: {what} {t.name!r} declares shape {dims} ({n:,} values) but holds {held:,} "
+                f"{path}: {who} declares shape {dims} ({n:,} values) but holds {held:,} "
                 f"{'bytes' if raw else 'values'}: the file is damaged or was written wrongly"
             )
         return n
 
     for t in model.graph.initializer:
         check(t, "initializer")
+    # Then every other tensor stored in the file (model_tensors lists the main graph's initializers and sparse parts
+    # first): a Constant's value, a subgraph's or a local function's tensors. onnxruntime refuses a damaged one just
+    # as it does an initializer, and inspect, which reads none of them, passed the file bench then refused.
+    main = len(model.graph.initializer) + 2 * len(model.graph.sparse_initializer)
+    for name, t in itertools.islice(model_tensors(model), main, None):
+        check(t, "tensor" if t.name else name)
     for s in model.graph.sparse_initializer:
         name = s.values.name
         dims = list(s.dims)
