@@ -707,6 +707,9 @@ def _latency(dense: Result, latency: dict[str, Latency], speedup: dict[str, Spee
 
 
 def _names(names: list[str], limit: int = 6) -> str:
+    # A layer name may hold a line break (add_module accepts one, an edited report.json too): in a summary line it
+    # would start a new line, in report.md a heading or list item of its own.
+    names = [" ".join(str(n).splitlines()) for n in names]
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[: limit - 1]) + f", ... ({len(names)} layers)"
@@ -1785,7 +1788,7 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
         )
     row("params", s.params, lambda v: f"{v:,.0f}")
     if _makes_zeros(report, s):
-        left_out = f", not-pruned {', '.join(s.excluded)} included" if s.excluded else ""
+        left_out = f", not-pruned {', '.join(_cell(n) for n in s.excluded)} included" if s.excluded else ""
         label = f"sparsity of the whole model (all prunable layers{left_out})"
         row(label, s.whole_model_sparsity, lambda v: f"{v:.3f}", difference=True)
     if s.int8 and report.int8:

@@ -91,3 +91,25 @@ def test_a_damaged_constant_tensor_is_refused_by_inspect_as_by_bench(tmp_path, d
     assert_bad_input(
         CliRunner().invoke(main, ["inspect", str(tmp_path / "const.onnx")]), "const.onnx", "node 'c'", said
     )
+
+
+def test_a_layer_name_with_a_line_break_stays_on_its_line_in_the_summary_and_report_md():
+    # The layers table escaped names, but the summary's "not pruned:" line and the whole-model sparsity row of
+    # report.md did not: a name with a line break (add_module takes one; so does an edited report.json, which
+    # `sparsekit report` re-renders) started a heading of its own and cut the table row in two.
+    import torch
+
+    import sparsekit
+    from examples.models import mlp
+    from tests.test_report_summary import MLP_SHAPE, _prune, _recipe, _report
+
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot", "layers": {"include": ["fc2"]}}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE)
+    layer = next(r for r in report.layers if r.name == "fc1")
+    layer.name = "fc1\n# injected"
+    md = sparsekit.report.render_markdown(report)
+    assert "# injected" in md  # the name is shown ...
+    assert not [ln for ln in md.splitlines() if ln.startswith("# injected")], md  # ... never as a line of its own
+    assert not [ln for ln in sparsekit.report.render_summary(report, "out").splitlines() if "injected" in ln[:12]]
