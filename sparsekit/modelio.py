@@ -711,6 +711,21 @@ def _safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
 
+def _named_safetensors(path: Path) -> str:
+    """What a file named ``.safetensors`` that is not one holds, when that is telling (its reader's "header too
+    large" is not: it read the first 8 bytes of another format as a length), else ""."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return ""
+    # torch.save's zip archive, or its legacy format (a pickle whose first object is a LONG1 magic number)
+    if head in (b"PK\x03\x04", b"\x80\x02\x8a\x0a"):
+        return "; it is a torch.save file, named .safetensors: rename it to .pt"
+    text = _text_start(path)
+    return f"; {text}" if text and head else ""
+
+
 def refuse_onnx(path: Path) -> None:
     """ModelFileError when ``path`` is named as an ONNX file, where a PyTorch model is expected."""
     if path.suffix.lower() == ".onnx":
@@ -737,7 +752,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         try:
             return load_file(str(path)), "safetensors"
         except (SafetensorError, OSError, ValueError) as err:
-            raise ModelFileError(f"{path}: not a valid safetensors file ({err})") from None
+            raise ModelFileError(f"{path}: not a valid safetensors file ({err}){_named_safetensors(path)}") from None
     if path.suffix.lower() == ".pt2":
         if not trust:
             raise _refuse(path, "a torch.export archive (.pt2)")

@@ -113,3 +113,22 @@ def test_a_layer_name_with_a_line_break_stays_on_its_line_in_the_summary_and_rep
     assert "# injected" in md  # the name is shown ...
     assert not [ln for ln in md.splitlines() if ln.startswith("# injected")], md  # ... never as a line of its own
     assert not [ln for ln in sparsekit.report.render_summary(report, "out").splitlines() if "injected" in ln[:12]]
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "text"])
+def test_a_file_named_safetensors_that_is_another_format_says_what_it_is(tmp_path, kind):
+    # safetensors reads another format's first 8 bytes as its header length: "header too large" was all it said.
+    import torch
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    from sparsekit.cli import main
+
+    path = tmp_path / "w.safetensors"
+    if kind == "text":
+        path.write_text("version: 1\npruning: []\n")
+    else:
+        torch.save({"fc1.weight": torch.zeros(2, 2)}, path, _use_new_zipfile_serialization=kind == "zip")
+    result = CliRunner().invoke(main, ["inspect", str(path), "--arch", "examples.models:mlp"])
+    said = "a torch.save file, named .safetensors: rename it to .pt" if kind != "text" else "text file"
+    assert_bad_input(result, "w.safetensors", "not a valid safetensors file", said)
