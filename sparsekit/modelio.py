@@ -882,14 +882,16 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 break
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj
-    what, where = type(obj).__name__, ""
+    what, where = f"a {type(obj).__name__}", ""
+    if isinstance(obj, dict) and not obj:  # (an empty safetensors file, say): "a dict, not a mapping" said nothing
+        what = "no weights at all (an empty dict)"
     if obj is outer and isinstance(obj, dict) and obj:
-        what = f"dict of {', '.join(_short(k, 40) for k in list(obj)[:8])}{', …' if len(obj) > 8 else ''}"
+        what = f"a dict of {', '.join(_short(k, 40) for k in list(obj)[:8])}{', …' if len(obj) > 8 else ''}"
         where = (
             f"; a training checkpoint's weights are read from its {', '.join(map(repr, _STATE_DICT_KEYS[:-1]))} or "
             f"{_STATE_DICT_KEYS[-1]!r} entry: save the model's state_dict under one of those keys, or alone"
         )
-    raise ModelFileError(f"{path}: holds a {what}, not a state_dict (a mapping of parameter names to tensors){where}")
+    raise ModelFileError(f"{path}: holds {what}, not a state_dict (a mapping of parameter names to tensors){where}")
 
 
 def build_model(

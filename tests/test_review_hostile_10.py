@@ -132,3 +132,19 @@ def test_a_file_named_safetensors_that_is_another_format_says_what_it_is(tmp_pat
     result = CliRunner().invoke(main, ["inspect", str(path), "--arch", "examples.models:mlp"])
     said = "a torch.save file, named .safetensors: rename it to .pt" if kind != "text" else "text file"
     assert_bad_input(result, "w.safetensors", "not a valid safetensors file", said)
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pt"])
+def test_a_model_file_holding_no_tensors_says_so(tmp_path, name):
+    # "holds a dict, not a state_dict (a mapping of parameter names to tensors)": an empty dict is such a mapping.
+    import torch
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+    from safetensors.torch import save_file
+
+    from sparsekit.cli import main
+
+    path = tmp_path / name
+    save_file({}, str(path)) if name.endswith(".safetensors") else torch.save({"state_dict": {}}, path)
+    result = CliRunner().invoke(main, ["inspect", str(path), "--arch", "examples.models:mlp"])
+    assert_bad_input(result, name, "no weights at all")
