@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparsekit.onnx.files import memoized, onnx_sizes
-from sparsekit.onnx.tensors import FLOAT_TYPES, count_params, densify
+from sparsekit.onnx.tensors import count_params, densify, weight_predicate
 
 __all__ = ["count_initializer_stats", "entropy_bound_bytes", "param_counts", "size_report", "weight_entropy"]
 
@@ -159,12 +159,7 @@ def _weight_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
     """Every weight of ``model`` as a dense array, chosen exactly as
     :func:`~sparsekit.onnx.tensors.count_params` chooses them (a test holds the two together)."""
     graph = model.graph
-    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
-    aux = {name for n in graph.node if n.op_type in ("DequantizeLinear", "QuantizeLinear") for name in n.input[1:]}
-
-    def is_weight(name: str, data_type: int) -> bool:
-        return name not in aux and (data_type in FLOAT_TYPES or name in dequantized)
-
+    is_weight = weight_predicate(graph)
     for init in graph.initializer:
         if is_weight(init.name, init.data_type):
             yield numpy_helper.to_array(init)
