@@ -46,6 +46,7 @@ from .recipe_catalog import find_recipe
 FLAGS = {
     "allow_change": "--allow-change",
     "arch": "--arch",
+    "batch_size": "--batch-size",
     "data": "--data",
     "device": "--device",
     "exporter": "--exporter",

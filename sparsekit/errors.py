@@ -18,6 +18,7 @@ from typing import Any
 API_SPELLING = {
     "allow_change": "allow_changes=[...]",
     "arch": "arch='pkg.module:callable'",
+    "batch_size": "batch_sizes=[...]",
     "data": "data=...",
     "device": "overrides=['finetune.device=...']",
     "exporter": "exporter=...",
@@ -52,6 +53,8 @@ def _api_spelling(name: str, value: str) -> str:
         return f"allow_changes=[{', '.join(repr(v) for v in value.split(','))}]"
     if name == "logits":
         return f"sparsekit.logits.attach(model, {value!r})"
+    if name == "batch_size":
+        return f"batch_sizes=[{value}]"
     if name == "input_shape":
         dims = [d for d in value.strip("[]").replace(" ", "").split(",") if d]
         return f"input_shape=[{', '.join(dims)}]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_bad_input
 
 from examples.models import mlp
 from sparsekit.onnx import export_onnx, quantize_int8, weight_entropy
@@ -42,3 +43,63 @@ def test_entropy_estimate_counts_dynamic_int8_weights(dynamic_int8):
     # int8 values carry at most 8 bits each: the estimate is at least the mask plus a bit per nonzero.
     assert e["bound_bytes"] > counted["nonzero_params"] / 8
     assert np.isfinite(e["bound_bytes"])
+
+
+@pytest.fixture(scope="module")
+def own_files(tmp_path_factory):
+    """ONNX files a user exported with torch.onnx.export themselves: a fixed batch of 1, two inputs,
+    an integer (token id) input."""
+    folder = tmp_path_factory.mktemp("own")
+
+    class Two(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 4), torch.nn.Linear(2, 4)
+
+        def forward(self, x, z):
+            return self.a(x) + self.b(z)
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e = torch.nn.Embedding(20, 4)
+
+        def forward(self, ids):
+            return self.e(ids).mean(1)
+
+    x, z, ids = torch.randn(1, 8), torch.randn(1, 2), torch.randint(0, 20, (1, 5))
+    with pytest.warns(Warning):  # the legacy exporter's deprecation notice
+        torch.onnx.export(torch.nn.Linear(8, 4), (x,), folder / "fixed.onnx", dynamo=False)
+        torch.onnx.export(Two(), (x, z), folder / "two.onnx", dynamo=False)
+        torch.onnx.export(Tokens(), (ids,), folder / "ids.onnx", dynamo=False)
+    return folder
+
+
+def _bench(*args: str):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    return CliRunner().invoke(main, ["bench", "--no-progress", "--budget", "0.05", *args])
+
+
+def test_bench_input_errors_say_what_to_do(own_files):
+    # The errors named the file and the problem but not the remedy, and the fixed-batch one told the user
+    # to "use batch 1" without naming the option (they had not passed one: 1 and 32 are the default).
+    line = assert_bad_input(_bench(str(own_files / "fixed.onnx")), "fixed.onnx", "--batch-size 1", "32")
+    assert "dynamic" in line
+    for name in ("two.onnx", "ids.onnx"):
+        assert_bad_input(_bench(str(own_files / name)), name, "onnxruntime_perf_test")
+    assert_bad_input(_bench(str(own_files / "ids.onnx"), "--input-shape", "1,5"), "ids.onnx", "tensor(int64)")
+    # The Python API spells the option its own way.
+    from sparsekit import benchmark
+    from sparsekit.errors import ExportError
+
+    with pytest.raises(ExportError, match=r"batch_sizes=\[1\]"):
+        benchmark(own_files / "fixed.onnx", batch_sizes=[1, 8])
+
+
+def test_bench_shape_mismatch_names_the_option(tmp_path):
+    model = torch.nn.Linear(8, 4)
+    export_onnx(model, tmp_path / "m.onnx", [1, 8], exporter="torchscript")
+    assert_bad_input(_bench(str(tmp_path / "m.onnx"), "--input-shape", "1,6"), "m.onnx", "--input-shape")

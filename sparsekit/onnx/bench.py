@@ -266,10 +266,20 @@ def _input_dims(
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)" or not inputs[0].shape:
         got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
-        raise ExportError(f"{path}: benchmark feeds one float32 tensor with a batch dim; model takes {got}")
+        # Say what to do too: this is a limit of the benchmark, not a fault in the user's file.
+        raise ExportError(
+            f"{path}: the benchmark feeds one float32 tensor with a batch dim; the model takes {got}. "
+            "Time it with onnxruntime's onnxruntime_perf_test, which generates every input, "
+            "or benchmark a single float-input version of the model"
+        )
     batch, *rest = inputs[0].shape
     if isinstance(batch, int) and any(b != batch for b in sizes):
-        raise ExportError(f"{path}: the batch dim is fixed at {batch}; export it dynamic or use batch {batch}")
+        others = ", ".join(str(b) for b in sizes if b != batch)
+        raise ExportError(
+            f"{path}: the batch dim is fixed at {batch}, so batch size {others} cannot be fed; "
+            f"benchmark it with {option('batch_size', str(batch))} alone, or export it with a dynamic batch dim "
+            "(torch.onnx.export's dynamic_axes, or sparsekit export)"
+        )
     if input_shape is None:
         if not all(isinstance(d, int) for d in rest):
             raise ExportError(
@@ -285,7 +295,10 @@ def _input_dims(
     fits = len(user) == len(rest) and all(not isinstance(m, int) or m == u for m, u in zip(rest, user, strict=True))
     if not fits or any(d <= 0 for d in user):
         shape = inputs[0].shape
-        raise ExportError(f"{path}: input shape {list(input_shape)} does not fit the model's input {shape}")
+        raise ExportError(
+            f"{path}: input shape {list(input_shape)} does not fit the model's input {shape}; give "
+            f"{option('input_shape')} the model's dims, batch first (its fixed dims as they are)"
+        )
     return user
 
 
