@@ -88,6 +88,25 @@ class _PathType(click.Path):
 PATH = _PathType(path_type=Path)
 
 
+class _IntRange(click.IntRange):
+    """click's IntRange, saying what is wrong with a value that is no integer at all: click's own words, "'1,8'
+    is not a valid integer range", read as if a range were wanted; a comma list (-b 1,8, as one would write
+    it) is told to repeat the option instead."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                int(value)
+            except ValueError:
+                flag = param.opts[-1] if param is not None and param.opts else "the option"
+                parts = [v.strip() for v in value.split(",")]
+                if getattr(param, "multiple", False) and len(parts) > 1:
+                    again = " ".join(f"{flag} {v}" for v in parts)
+                    self.fail(f"{value!r} is not a whole number; give the option once per value: {again}", param, ctx)
+                self.fail(f"{value!r} is not a whole number", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class _RecipeType(click.ParamType):
     """A recipe file's path or a shipped recipe's name: any text but an empty one (see :class:`_PathType`)."""
 
@@ -775,7 +794,7 @@ def prune(
     "--opset",
     default=18,
     show_default=True,
-    type=click.IntRange(13, 23),
+    type=_IntRange(13, 23),
     help="ONNX opset of the file (read back to check). dynamo writes 18-23 itself; below 18 it falls back "
     "to the torchscript exporter when it cannot convert.",
 )
@@ -1133,7 +1152,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     "--batch-size",
     "batch_sizes",
     multiple=True,
-    type=click.IntRange(1, 1 << 20),  # (a number of thousands of digits was echoed back whole)
+    type=_IntRange(1, 1 << 20),  # (a number of thousands of digits was echoed back whole)
     default=(1, 32),
     show_default=True,
     help="Repeat for several batch sizes.",
@@ -1142,21 +1161,21 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     "--threads",
     default=1,
     show_default=True,
-    type=click.IntRange(1, BENCH_LIMITS["threads"]),
+    type=_IntRange(1, BENCH_LIMITS["threads"]),
     help="onnxruntime intra-op threads.",
 )
 @click.option(
     "--warmup",
     default=20,
     show_default=True,
-    type=click.IntRange(0, BENCH_LIMITS["runs"]),
+    type=_IntRange(0, BENCH_LIMITS["runs"]),
     help="Most untimed runs per file and batch size first (fewer once a tenth of --budget is spent).",
 )
 @click.option(
     "--runs",
     default=200,
     show_default=True,
-    type=click.IntRange(1, BENCH_LIMITS["runs"]),
+    type=_IntRange(1, BENCH_LIMITS["runs"]),
     help="Most timed runs per file and batch size (fewer when --budget runs out first or --precision is reached).",
 )
 @click.option(
@@ -1406,7 +1425,7 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
 @device_option
 @click.option(
     "--steps-per-epoch",
-    type=click.IntRange(1),
+    type=_IntRange(1),
     help="Optimizer steps per epoch to assume instead of the run's own (its training batches, capped by "
     "finetune.max_steps_per_epoch), e.g. to preview the schedule on a larger dataset.",
 )
@@ -1655,7 +1674,7 @@ def _per_epoch(values: list[float]) -> str:
 @set_option
 @click.option(
     "--max-batches",
-    type=click.IntRange(1),
+    type=_IntRange(1),
     help="Validation batches per evaluation (default: all; fewer is faster and noisier).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted analysis in the output folder.")

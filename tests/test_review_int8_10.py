@@ -103,3 +103,12 @@ def test_bench_shape_mismatch_names_the_option(tmp_path):
     model = torch.nn.Linear(8, 4)
     export_onnx(model, tmp_path / "m.onnx", [1, 8], exporter="torchscript")
     assert_bad_input(_bench(str(tmp_path / "m.onnx"), "--input-shape", "1,6"), "m.onnx", "--input-shape")
+
+
+def test_integer_options_say_a_comma_list_is_given_by_repeating(tmp_path):
+    # `-b 1,8` (how one writes several sizes) was answered "'1,8' is not a valid integer range", as if a range
+    # were wanted; every integer option said so for a non-integer.
+    result = _bench(str(tmp_path / "any.onnx"), "-b", "1,8")
+    assert_bad_input(result, "--batch-size", "not a whole number", "--batch-size 1 --batch-size 8")
+    assert "integer range" not in result.stderr
+    assert_bad_input(_bench(str(tmp_path / "any.onnx"), "--threads", "1.5"), "--threads", "'1.5' is not a whole number")
