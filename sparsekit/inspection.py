@@ -505,30 +505,25 @@ def _tied_layers(model: Any) -> list[list[str]]:
 
 
 def _onnx_other(graph: Any, used: set[str]) -> tuple[int, int]:
-    """Elements and nonzeros of the stored floating-point tensors the rows leave out (BatchNorm, embeddings,
+    """Elements and nonzeros of the stored weights the rows leave out (BatchNorm, embeddings, an int8 norm scale,
     ...), not counting quantization scales and zero points."""
     import numpy as np
     from onnx import numpy_helper
 
     from .onnx import densify
-    from .onnx.tensors import FLOAT_TYPES
+    from .onnx.tensors import weight_predicate
 
-    aux = set()
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            aux.update(node.input[1:])
-        elif node.op_type in ("MatMulInteger", "ConvInteger"):
-            aux.update(node.input[2:])
-        elif node.op_type == "Mul":  # the rescaling of an int8 layer's output: weight scales
-            aux.update(i for i in node.input if i.endswith("_scale"))
+    # The weights count_params counts (bench and report.json): a selector of its own here took float tensors
+    # only and left out an int8 one a DequantizeLinear feeds to a BatchNorm or LayerNorm, so the totals differed.
+    is_weight = weight_predicate(graph)
     params = nonzero = 0
     for init in graph.initializer:
-        if init.name not in used and init.name not in aux and init.data_type in FLOAT_TYPES:
+        if init.name not in used and is_weight(init.name, init.data_type):
             arr = numpy_helper.to_array(init)
             params, nonzero = params + int(arr.size), nonzero + int(np.count_nonzero(arr))
     for sparse in graph.sparse_initializer:
         name = sparse.values.name
-        if name not in used and name not in aux and sparse.values.data_type in FLOAT_TYPES:
+        if name not in used and is_weight(name, sparse.values.data_type):
             arr = densify(sparse)
             params, nonzero = params + int(arr.size), nonzero + int(np.count_nonzero(arr))
     return params, nonzero

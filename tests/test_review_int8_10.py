@@ -112,3 +112,27 @@ def test_integer_options_say_a_comma_list_is_given_by_repeating(tmp_path):
     assert_bad_input(result, "--batch-size", "not a whole number", "--batch-size 1 --batch-size 8")
     assert "integer range" not in result.stderr
     assert_bad_input(_bench(str(tmp_path / "any.onnx"), "--threads", "1.5"), "--threads", "'1.5' is not a whole number")
+
+
+def test_inspect_counts_an_int8_norm_scale_as_bench_does(tmp_path):
+    # Static int8 quantizes a BatchNorm/LayerNorm scale too (a DequantizeLinear feeds it): bench and
+    # report.json counted it, `sparsekit inspect` counted float tensors only beside the layers, so its
+    # totals for the same file were smaller.
+    from sparsekit.inspection import inspect
+    from sparsekit.onnx import param_counts
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.LayerNorm(32), nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[3].weight.uniform_(0.5, 2.0)
+    export_onnx(model, tmp_path / "fp32.onnx", [1, 16], exporter="torchscript")
+    rng = np.random.default_rng(0)
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "q.onnx", [rng.standard_normal((8, 16), dtype=np.float32)] * 4)
+    graph = load_onnx(tmp_path / "q.onnx").graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert any(t.name in dequantized and len(t.dims) == 1 and t.data_type != 1 for t in graph.initializer)
+    counted = param_counts(tmp_path / "q.onnx")
+    got = inspect(tmp_path / "q.onnx")
+    assert (got["params"], got["nonzero_params"]) == (counted["params"], counted["nonzero_params"])
