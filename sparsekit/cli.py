@@ -32,6 +32,7 @@ from .errors import (
     SparsekitError,
     Terminated,
     first_interruption,
+    missing_dependency,
     naming_recipe,
     one_line,
     option,
@@ -259,6 +260,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):  # torch's allocator
                 _fail(f"out of memory ({one_line(err, 200)}); use a smaller model, batch or input", 2, as_json)
+            if (needed := missing_dependency(err)) is not None:  # the install to fix, not a bug to report
+                _fail(needed, 2, as_json)
             if _peer_failed(err):
                 _fail(
                     f"another process of this distributed run stopped ({one_line(err, 160)}); its own Error "

