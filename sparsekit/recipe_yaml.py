@@ -6,7 +6,7 @@ YAML document of mappings with string keys, lists, strings, numbers, booleans an
 safe loader (no Python objects are ever built). Anything else — a huge file, deep nesting, an alias
 bomb, tags, duplicate keys — is a :class:`~sparsekit.errors.RecipeError` naming the file and line.
 
->>> data = read_yaml("recipes/lenet-gradual-magnitude-90.yaml")
+>>> data = read_yaml("my-recipe.yaml")
 >>> data = apply_overrides(data, ["finetune.epochs=2", "pruning.0.sparsity=0.8"])
 """
 

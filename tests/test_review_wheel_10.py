@@ -72,3 +72,22 @@ def test_the_cli_names_a_missing_dependency_with_exit_2(monkeypatch, mlp_checkpo
     from sparsekit.errors import missing_dependency
 
     assert missing_dependency(ModuleNotFoundError("No module named 'mypkg'", name="mypkg")) is None
+
+
+# --- README's Python blocks, from an installed wheel (no recipes/ folder in the current one) ---------------------
+
+
+def test_the_readme_python_api_loads_its_recipe_outside_the_repository(tmp_path, monkeypatch):
+    # The Python API block loaded "recipes/lenet-gradual-magnitude-90.yaml": RecipeError "recipe file not found"
+    # for a wheel user (and from any folder but the repository root); a shipped recipe's name works everywhere.
+    import sparsekit
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M)
+    named = [arg for block in blocks for arg in re.findall(r"load_recipe\(\"([^\"]+)\"", block)]
+    assert named
+    monkeypatch.chdir(tmp_path)
+    for name in named:
+        assert sparsekit.load_recipe(name).pruning, name
+    # and the checkpoint it saves names the user's own builder, not the repository's examples package
+    assert not [b for b in blocks if re.search(r"save_model\([^)]*factory=\"examples\.", b)]
