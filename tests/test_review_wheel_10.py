@@ -91,3 +91,31 @@ def test_the_readme_python_api_loads_its_recipe_outside_the_repository(tmp_path,
         assert sparsekit.load_recipe(name).pruning, name
     # and the checkpoint it saves names the user's own builder, not the repository's examples package
     assert not [b for b in blocks if re.search(r"save_model\([^)]*factory=\"examples\.", b)]
+
+
+def test_the_readme_says_how_a_wheel_user_gets_a_model_and_that_it_runs(tmp_path):
+    # The only quick start ran examples/train.py and --arch examples.models:..., neither of which an installed
+    # wheel has; a wheel user was not told how to get a model the shipped recipes fit.
+    import os
+    import shlex
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("**From an installed wheel**")
+    python, bash = (re.search(rf"```{lang}\n(.*?)^```", readme[start:], re.S | re.M) for lang in ("python", "bash"))
+    assert python is not None and bash is not None
+    (tmp_path / "mynet.py").write_text(python.group(1))
+    lines = [line.split("  #")[0].strip() for line in bash.group(1).splitlines()]
+    assert lines[0].startswith("pip install torch==")
+    # from a folder holding only mynet.py (sparsekit imported from this checkout, as a wheel's would be)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for line in lines[1:]:
+        argv = shlex.split(line)
+        if argv[0] == "sparsekit":  # quick: a few steps per epoch, a short benchmark
+            argv = [sys.executable, "-m", "sparsekit", *argv[1:], "--set", "finetune.max_steps_per_epoch=2"]
+            argv += ["--set", "benchmark.runs=5", "--set", "benchmark.warmup=1", "--no-progress"]
+        else:
+            argv = [sys.executable, *argv[1:]]
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (line, done.stderr[-2000:])
+    assert (tmp_path / "sparsekit-out" / "model.onnx").is_file()
