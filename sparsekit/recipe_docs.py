@@ -34,8 +34,17 @@ from .errors import option
 from .errors import render as render_options
 from .recipe import METHOD_NAMES, METHOD_SPECS, MISPLACED_KEYS, RECIPE_DOCS, Recipe, load_recipe
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / RECIPE_DOCS
-"""``docs/recipe.md`` of the source tree this package is in."""
+
+def source_page(package_dir: Path) -> Path | None:
+    """``docs/recipe.md`` of the source tree the package folder ``package_dir`` is in; None for an installed
+    package, whose parent folder is site-packages: a page written there would be a stray ``docs/`` folder that
+    no uninstall removes."""
+    tree = package_dir.parent
+    return tree / RECIPE_DOCS if (tree / "pyproject.toml").is_file() else None
+
+
+DEFAULT_OUTPUT = source_page(Path(__file__).resolve().parent)
+"""``docs/recipe.md`` of the source tree this package is in (None when installed)."""
 COMMAND = "python -m sparsekit.recipe_docs"
 
 # One minimal, complete recipe per method: each is validated with the real loader while the page is built
@@ -490,6 +499,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(f"{dashes}check", action="store_true", help="exit 1 when the page is not what the schema gives")
     parser.add_argument(f"{dashes}output", type=Path, default=DEFAULT_OUTPUT, help="the page (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        print(
+            f"{COMMAND}: this sparsekit is installed, not a source tree, so there is no docs/recipe.md to write: "
+            f"give the page's path ({dashes}output PATH), or print it with: sparsekit recipes {dashes}reference",
+            file=sys.stderr,
+        )
+        return 2
     if args.check:
         problem = check(args.output)
         if problem:

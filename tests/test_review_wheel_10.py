@@ -119,3 +119,20 @@ def test_the_readme_says_how_a_wheel_user_gets_a_model_and_that_it_runs(tmp_path
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (line, done.stderr[-2000:])
     assert (tmp_path / "sparsekit-out" / "model.onnx").is_file()
+
+
+def test_regenerating_the_recipe_reference_from_an_installed_package_writes_nothing(tmp_path, monkeypatch, capsys):
+    # The page `sparsekit recipes --reference` prints says to regenerate it with python -m sparsekit.recipe_docs;
+    # from a wheel that wrote site-packages/docs/recipe.md, a stray folder no pip uninstall removes.
+    from sparsekit import recipe_docs
+
+    installed = tmp_path / "site-packages" / "sparsekit"
+    installed.mkdir(parents=True)
+    assert recipe_docs.source_page(installed) is None
+    assert recipe_docs.source_page(ROOT / "sparsekit") == ROOT / "docs" / "recipe.md"  # a checkout: as before
+    monkeypatch.setattr(recipe_docs, "DEFAULT_OUTPUT", recipe_docs.source_page(installed))
+    assert recipe_docs.main([]) == 2
+    assert "sparsekit recipes --reference" in capsys.readouterr().err
+    assert not (tmp_path / "site-packages" / "docs").exists()
+    page = tmp_path / "page.md"
+    assert recipe_docs.main(["--output", str(page)]) == 0 and page.read_text().startswith("# Recipe reference")
