@@ -1201,8 +1201,9 @@ def read_model(
     if not factory:
         in_recipe = f" or set model.factory in {fallback_named_in}" if fallback_named_in is not None else ""
         raise ModelFileError(
-            f"{path}: is a plain state_dict with no architecture; name it ({option('arch')}, e.g. "
-            f"{option('arch', 'examples.models:lenet_300_100')}){in_recipe}"
+            # (the example is the user's own module: examples.models is the repository's, not in an installed wheel)
+            f"{path}: is a plain state_dict with no architecture; name it ({option('arch')}: the function that "
+            f"builds your model, e.g. mypkg.nets:build for build() in mypkg/nets.py){in_recipe}"
         )
     if probe is None:
         probe = kwargs_given is None  # the kwargs came from the checkpoint or the recipe, not the caller

@@ -262,7 +262,7 @@ def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) 
     :class:`~sparsekit.errors.SparsekitError` subclass, :class:`TrustError` by default) naming
     ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
-        shape = "is not of the form pkg.module:callable (e.g. examples.models:small_cnn)"
+        shape = "is not of the form pkg.module:callable (e.g. mypkg.nets:build for build() in mypkg/nets.py)"
         raise error(f"{where}: {spec!r} {shape}{module_spec_hint(spec)}")
     module, attr = spec.split(":")
     if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):

@@ -136,3 +136,19 @@ def test_regenerating_the_recipe_reference_from_an_installed_package_writes_noth
     assert not (tmp_path / "site-packages" / "docs").exists()
     page = tmp_path / "page.md"
     assert recipe_docs.main(["--output", str(page)]) == 0 and page.read_text().startswith("# Recipe reference")
+
+
+# --- errors whose example named the repository's examples.models, which a wheel does not install ------------------
+
+
+def test_the_examples_in_arch_errors_are_a_users_own_module(tmp_path):
+    # "name it (--arch pkg.module:callable, e.g. --arch examples.models:lenet_300_100)": a wheel user who did as
+    # told got "cannot import module 'examples.models'".
+    import torch
+    from torch import nn
+
+    torch.save(nn.Linear(4, 2).state_dict(), tmp_path / "sd.pt")
+    line = assert_bad_input(CliRunner().invoke(main, ["inspect", str(tmp_path / "sd.pt")]), "no architecture", "--arch")
+    assert "examples.models" not in line and "mypkg.nets:build" in line
+    line = assert_bad_input(CliRunner().invoke(main, ["inspect", str(tmp_path / "sd.pt"), "--arch", "mypkg.nets"]))
+    assert "examples.models" not in line and "mypkg.nets:build" in line
