@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .layers import output_dim, prunable_layers, tied_aliases
 from .masks import weight_of
@@ -65,17 +67,71 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
                 macs[name] = macs.get(name, 0) + out[0].numel() * per
 
             hooks.append(m.register_forward_hook(attention_hook))
+    # A layer's weight the forward pass also applies itself (a tied decoder's F.linear(h, enc.weight.t())) costs
+    # MACs no hook sees; the exported ONNX file has that product as a node, so it is counted for the layer too.
+    owners = {
+        weight_of(m).untyped_storage().data_ptr(): name
+        for name, m in prunable_layers(model).items()
+        if not any(isinstance(a, nn.MultiheadAttention) and a.out_proj is m for a in model.modules())
+    }
+    inside = [0]  # prunable layers' own calls running (their MACs come from the hooks above)
+    for m in prunable_layers(model).values():
+        hooks.append(m.register_forward_pre_hook(lambda *_: inside.__setitem__(0, inside[0] + 1)))
+        hooks.append(m.register_forward_hook(lambda *_: inside.__setitem__(0, inside[0] - 1)))
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
     try:
         model.eval()
         param = next(model.parameters(), None)
-        model(torch.zeros([1, *list(input_shape)[1:]], device=param.device if param is not None else None))
+        with _OutsideUses(owners, inside, macs):
+            model(torch.zeros([1, *list(input_shape)[1:]], device=param.device if param is not None else None))
     finally:
         for module, training in modes:
             module.training = training
         for h in hooks:
             h.remove()
     return macs
+
+
+class _OutsideUses(TorchFunctionMode):
+    """Adds to ``macs`` the products the forward pass computes itself with a prunable layer's weight (or a view of
+    it, ``.t()``) outside that layer's own call: ``F.linear``, the convolutions and ``@`` / ``matmul``."""
+
+    _LINEAR = {F.linear, torch._C._nn.linear}
+    _CONV = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
+    _CONV_T = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+    _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}
+
+    def __init__(self, owners: dict[int, str], inside: list[int], macs: dict[str, int]) -> None:
+        super().__init__()
+        self.owners, self.inside, self.macs = owners, inside, macs
+
+    def _owner(self, t: Any) -> str | None:
+        if not isinstance(t, torch.Tensor) or t.dim() < 2:
+            return None
+        return self.owners.get(t.untyped_storage().data_ptr())
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.inside[0] or not isinstance(out, torch.Tensor) or len(args) < 2:
+            return out
+        w = args[1]
+        name = self._owner(w)
+        if name is None:
+            return out
+        if func in self._LINEAR:
+            added = out.numel() * w.shape[-1]
+        elif func in self._CONV:
+            added = out.numel() * (w.numel() // w.shape[0])
+        elif func in self._CONV_T:
+            added = args[0].numel() * (w.numel() // w.shape[0])
+        elif func in self._MATMUL:
+            added = out.numel() * w.shape[-2]
+        else:
+            return out
+        # The sample is batch 1, so the tensors' sizes are per sample, as the hooks count them.
+        self.macs[name] = self.macs.get(name, 0) + added
+        return out
 
 
 def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list[dict[str, Any]]:
