@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import torch
 from click.testing import CliRunner
+from torch import nn
 
 import sparsekit
 from sparsekit.cli import main
@@ -46,3 +48,45 @@ def test_macs_count_a_tied_decoder_that_applies_the_encoder_weight_itself(tmp_pa
     rows = {row["name"]: row for row in doc["layers"]}
     assert rows["enc"]["macs"] == 64 * 16 + 16 * 64
     assert doc["macs"] == 64 * 16 + 16 * 64 + 64 * 10
+
+
+class _ViewedAsChannels(nn.Module):
+    # A Linear whose 32 outputs are viewed as 4 channels of 8 values for a Conv1d: no GLU, chunk or split anywhere.
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x)).view(x.size(0), 4, 8)
+        return self.head(torch.relu(self.conv(h)).flatten(1))
+
+
+class _Chunked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        a, b = self.fc(x).chunk(2, -1)
+        return self.head(a * torch.sigmoid(b))
+
+
+def _l1_row_reason(model) -> str:
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 64]},
+        "pruning": [{"method": "l1", "strength": 1e-3, "group": "row", "layers": {"include": ["fc"]}}],
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    return pruner.methods[0].cannot_remove["fc"]
+
+
+def test_l1_names_a_view_into_channels_not_a_glu_as_why_units_stay():
+    # The reason said "paired with other units of the layer (a GLU, a chunk or a split)" for a model with none: the
+    # user looked for a GLU that is not there. A real chunk still gets that reason.
+    assert "view/reshape" in _l1_row_reason(_ViewedAsChannels())
+    assert "GLU" not in _l1_row_reason(_ViewedAsChannels())
+    assert "a GLU, a chunk or a split" in _l1_row_reason(_Chunked())

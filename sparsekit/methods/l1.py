@@ -530,6 +530,14 @@ class L1:
                 )
             if first[0].idxs != [0]:  # e.g. a GLU or a chunk: unit 0 of this layer goes only with another of its units
                 blocked = "its units are paired with other units of the layer (a GLU, a chunk or a split)"
+                ops = {m.op for m in first}
+                # A view of the units into fewer, wider channels ([32] -> [4, 8] for a Conv1d) also ties several units
+                # together; without a split or GLU in the group that is the reason, and the user should read it.
+                if "_ReshapeOp" in ops and not ops & {"_SplitOp", "GluBackward0"}:
+                    blocked = (
+                        "its units are viewed (view/reshape) as channels of the layer after it, several units to a "
+                        "channel: removing single units would break that layout"
+                    )
             for member in first[1:]:
                 mod = member.module
                 label = names.get(id(mod))
