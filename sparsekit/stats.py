@@ -199,9 +199,23 @@ def asked_vs_achieved(
         z = n - int((w != 0).sum())  # zeros, plus the weights of removed units
         if name not in aliases:  # a weight shared by several modules (tied) counts once
             zeros, total = zeros + z, total + n
+        reason = reasons.get(name)
+        if (
+            reason is None
+            and layer_asked is not None
+            and n
+            and abs(z / n - layer_asked) > 0.005
+            and abs(z - layer_asked * n) < 1
+        ):
+            # A small layer cannot hold the asked fraction exactly (0.6 of 24 weights is 14.4): say so, as the
+            # contract asks of every layer whose achieved differs, rather than leave a silent 0.583.
+            reason = (
+                f"the nearest whole number of weights: {z:,} of {n:,} zero "
+                f"({layer_asked:g} of {n:,} is {layer_asked * n:g})"
+            )
         per_layer[name] = {
             "asked": layer_asked,
             "achieved": z / n if n else 0.0,
-            "reason": reasons.get(name),
+            "reason": reason,
         }
     return {"asked": asked, "achieved": zeros / total if total else 0.0, "per_layer": per_layer}

@@ -90,3 +90,21 @@ def test_l1_names_a_view_into_channels_not_a_glu_as_why_units_stay():
     assert "view/reshape" in _l1_row_reason(_ViewedAsChannels())
     assert "GLU" not in _l1_row_reason(_ViewedAsChannels())
     assert "a GLU, a chunk or a split" in _l1_row_reason(_Chunked())
+
+
+def test_a_layer_short_of_its_sparsity_by_rounding_says_why():
+    # 0.6 of a 24-weight Conv1d is 14.4 weights: the layer ends at 14 (0.583) and report.json's layer row showed
+    # asked 0.6, achieved 0.583 and no reason, where the contract gives a reason whenever they differ.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 62, 10))
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 1, 64]},
+        "pruning": [{"method": "magnitude", "sparsity": 0.6, "scope": "layer", "schedule": "oneshot"}],
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    rows = pruner.methods[0].report()["per_layer"]
+    assert rows["0"]["achieved"] == 14 / 24
+    assert "14 of 24" in rows["0"]["reason"]
+    assert rows["3"]["reason"] is None  # 0.6 of 4,960 weights is reached to within the tolerance
