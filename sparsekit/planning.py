@@ -449,7 +449,15 @@ def describe(
         else:
             amount = f"{_pct(float(spec.ratio))} of the output channels"
         r = spec.round_to
-        half = f" ({r // 2} in layers narrower than {2 * r})" if r and r % 2 == 0 and r > 2 else ""
+        # Layers narrower than the multiple they could keep are not rounded at all (tp_adapter.alignment): an
+        # 8-channel layer keeps 4 under round_to 16, which "8 in layers narrower than 32" seemed to forbid.
+        half = (
+            f" ({r // 2} in layers {r} to {2 * r - 1} wide; narrower ones are not rounded)"
+            if r and r % 2 == 0 and r > 2
+            else f" (layers narrower than {2 * r} are not rounded)"
+            if r
+            else ""
+        )
         extra = f", channel counts kept to multiples of {r}{half}" if r and r > 1 else ""
         text = f"structured: remove {amount} of {names} ({spec.importance} importance, {spec.scope} scope{extra})"
         if spec.layer_ratio:

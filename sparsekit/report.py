@@ -756,7 +756,13 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
         rounded = not units or any(name not in own for name in units)
         if spec.get("round_to") and spec["round_to"] > 1 and rounded:
             r = int(spec["round_to"])
-            half = f" ({r // 2} in layers narrower than {2 * r})" if r % 2 == 0 and r > 2 else ""
+            # Layers narrower than the multiple they could keep are not rounded at all (tp_adapter.alignment): an
+            # 8-channel layer keeps 4 under round_to 16, which "8 in layers narrower than 32" seemed to forbid.
+            half = (
+                f" ({r // 2} in layers {r} to {2 * r - 1} wide; narrower ones are not rounded)"
+                if r % 2 == 0 and r > 2
+                else f" (layers narrower than {2 * r} are not rounded)"
+            )
             extra.append(f"kept channels rounded to multiples of {r}{half}")
         if spec.get("target_macs"):
             extra.append(f"ratios chosen for MACs {spec['target_macs']:g}x")

@@ -108,3 +108,18 @@ def test_a_layer_short_of_its_sparsity_by_rounding_says_why():
     assert rows["0"]["achieved"] == 14 / 24
     assert "14 of 24" in rows["0"]["reason"]
     assert rows["3"]["reason"] is None  # 0.6 of 4,960 weights is reached to within the tolerance
+
+
+def test_round_to_words_say_that_layers_narrower_than_it_are_not_rounded():
+    # A U-Net's 8-channel layers kept 4 channels under round_to 16 while the summary and validate said kept counts
+    # were multiples of 16 "(8 in layers narrower than 32)": 4 is neither.
+    from sparsekit.planning import describe
+    from sparsekit.recipe import Recipe
+    from sparsekit.report import target_words
+
+    spec = {"method": "structured", "ratio": 0.5, "round_to": 16}
+    words = target_words(spec)
+    assert "8 in layers 16 to 31 wide; narrower ones are not rounded" in words, words
+    entry = Recipe(version=1, pruning=[spec]).pruning[0]
+    text = describe(entry, ["d1", "d2"])
+    assert "8 in layers 16 to 31 wide; narrower ones are not rounded" in text, text
