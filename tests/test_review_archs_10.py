@@ -123,3 +123,28 @@ def test_round_to_words_say_that_layers_narrower_than_it_are_not_rounded():
     entry = Recipe(version=1, pruning=[spec]).pruning[0]
     text = describe(entry, ["d1", "d2"])
     assert "8 in layers 16 to 31 wide; narrower ones are not rounded" in text, text
+
+
+def test_a_layer_with_its_own_sparsity_is_judged_against_it_not_the_entry_sparsity():
+    # layer_sparsity gives conv 0.25 (6 of 24 weights, exact) while the entry's sparsity is 0.6: no rounding reason may
+    # compare the layer with 0.6, and the asked values stay each layer's own.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 62, 10))
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 1, 64]},
+        "pruning": [
+            {
+                "method": "magnitude",
+                "sparsity": 0.6,
+                "scope": "layer",
+                "layer_sparsity": {"0": 0.25},
+                "schedule": "oneshot",
+            }
+        ],
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    rows = pruner.methods[0].report()["per_layer"]
+    assert rows["0"]["asked"] == 0.25 and rows["0"]["achieved"] == 0.25 and rows["0"]["reason"] is None
+    assert rows["3"]["asked"] == 0.6

@@ -252,9 +252,11 @@ class Magnitude:
             sizes = {n: weight_of(m).numel() for n, m in self.layers.items() if n not in self.tied_to}
             asked = self.asked()
             total_asked = sum(sizes[n] * asked[n] for n in sizes) / max(sum(sizes.values()), 1)
-            out.update(asked_vs_achieved(self.layers, total_asked, layer_asked, reasons, self.initial))
-            for name, value in self.layer_values.items():
-                out["per_layer"][name]["asked"] = value
+            # Each layer's asked is set here, not passed: asked_vs_achieved's rounding reason would be judged against
+            # `sparsity` for a layer with its own value.
+            out.update(asked_vs_achieved(self.layers, total_asked, None, reasons, self.initial))
+            for name, row in out["per_layer"].items():
+                row["asked"] = self.layer_values.get(name, layer_asked)
             out["layer_sparsity"] = dict(self.layer_values)
             return out
         out.update(asked_vs_achieved(self.layers, self.final, layer_asked, reasons, self.initial))
