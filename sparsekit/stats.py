@@ -69,10 +69,13 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
             hooks.append(m.register_forward_hook(attention_hook))
     # A layer's weight the forward pass also applies itself (a tied decoder's F.linear(h, enc.weight.t())) costs
     # MACs no hook sees; the exported ONNX file has that product as a node, so it is counted for the layer too.
+    # Keyed by the weight's storage, which its views (.t()) share. A meta or empty tensor has no storage (address 0,
+    # which every meta activation shares too): such weights are left out, not matched to any meta tensor.
     owners = {
-        weight_of(m).untyped_storage().data_ptr(): name
+        ptr: name
         for name, m in prunable_layers(model).items()
-        if not any(isinstance(a, nn.MultiheadAttention) and a.out_proj is m for a in model.modules())
+        if (ptr := weight_of(m).untyped_storage().data_ptr())
+        and not any(isinstance(a, nn.MultiheadAttention) and a.out_proj is m for a in model.modules())
     }
     inside = [0]  # prunable layers' own calls running (their MACs come from the hooks above)
     for m in prunable_layers(model).values():
@@ -108,7 +111,7 @@ class _OutsideUses(TorchFunctionMode):
     def _owner(self, t: Any) -> str | None:
         if not isinstance(t, torch.Tensor) or t.dim() < 2:
             return None
-        return self.owners.get(t.untyped_storage().data_ptr())
+        return self.owners.get(t.untyped_storage().data_ptr() or -1)  # (0: no storage, never a weight's)
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}

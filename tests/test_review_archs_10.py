@@ -148,3 +148,23 @@ def test_a_layer_with_its_own_sparsity_is_judged_against_it_not_the_entry_sparsi
     rows = pruner.methods[0].report()["per_layer"]
     assert rows["0"]["asked"] == 0.25 and rows["0"]["achieved"] == 0.25 and rows["0"]["reason"] is None
     assert rows["3"]["asked"] == 0.6
+
+
+def test_macs_of_a_meta_model_count_no_product_of_activations_as_a_layers():
+    # A meta copy's tensors have no storage (address 0, activations too): keyed by storage, a product of two
+    # activations was counted as the last layer's own use of its weight (b: 96 instead of 32).
+    from sparsekit.rehearsal import meta_copy
+    from sparsekit.stats import layer_macs
+
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h @ torch.ones(8, 8, device=x.device))
+
+    model = Mixer()
+    assert layer_macs(model, [1, 8]) == {"a": 64, "b": 32}
+    assert layer_macs(meta_copy(model), [1, 8]) == {"a": 64, "b": 32}
