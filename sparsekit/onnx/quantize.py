@@ -168,8 +168,8 @@ def quantize_int8(
         # Marked before the checks, so they run on the very bytes that get published.
         quantized = load_onnx(tmp, load_external_data=False)
         _drop_redundant(quantized.graph)
-        if mode == "static":  # (a dynamic file's weight scales are found by their names: sparsekit inspect)
-            _short_names(quantized.graph)
+        # (a dynamic file's weight scales and zero points are found by their names, `sparsekit inspect`: they keep them)
+        _short_names(quantized.graph, initializers=mode == "static")
         save_onnx(quantized, tmp, what="int8 model")
         slow_ops = sorted({n.op_type for n in quantized.graph.node if n.op_type in _SLOW_DYNAMIC_OPS})
         del quantized
@@ -513,9 +513,10 @@ def _drop_redundant(graph: onnx.GraphProto) -> None:
 _LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger"})
 
 
-def _short_names(graph: onnx.GraphProto) -> None:
+def _short_names(graph: onnx.GraphProto, initializers: bool = True) -> None:
     """Rename, in place, what no reader looks up by name: the values between nodes, the scales, zero points and
-    biases (initializers of rank 0 or 1) and the nodes themselves, to short base-36 names. The graph's inputs and
+    biases (initializers of rank 0 or 1; with ``initializers=False`` none, for a dynamic int8 file whose weight
+    scales are found by their names) and the nodes themselves, to short base-36 names. The graph's inputs and
     outputs and its weights (rank >= 2: the fp32 names with onnxruntime's ``_quantized`` suffix, which
     :func:`quantized_zeros` and a reader of the file go by) keep theirs, and so do the layer nodes that read a
     weight with others (a tie), whose weight cannot name them.
@@ -523,14 +524,15 @@ def _short_names(graph: onnx.GraphProto) -> None:
     onnxruntime's quantizer names each value after the node and weight it came from
     (``/blocks.3/expand/Conv_output_0_QuantizeLinear_Output``, ``blocks.3.expand.weight_zero_point``): 9-13% of a small
     static int8 file (resnet_small 0.306x -> 0.273x of its fp32 file, examples.models' mobilenetv2_small 0.313x ->
-    0.289x). A graph with subgraphs (If, Loop, Scan) or sparse initializers is left as it is: its names reach
+    0.289x); a dynamic one's node and value names were ~10% of the digits MLP's file (0.32x -> 0.29x). A graph
+    with subgraphs (If, Loop, Scan) or sparse initializers is left as it is: its names reach
     into scopes this renaming does not follow."""
     if graph.sparse_initializer or any(
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute
     ):
         return
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
-    keep |= {t.name for t in graph.initializer if len(t.dims) >= 2}
+    keep |= {t.name for t in graph.initializer if len(t.dims) >= 2 or not initializers}
     names: dict[str, str] = {}
     fresh = (n for n in map(_base36, itertools.count()) if n not in keep)  # never a name that stays
 
