@@ -92,19 +92,22 @@ def test_l1_names_a_view_into_channels_not_a_glu_as_why_units_stay():
     assert "a GLU, a chunk or a split" in _l1_row_reason(_Chunked())
 
 
+def _conv1d_rows_at_0_6(**entry):
+    """The per-layer rows of a one-shot layer-scope magnitude entry at 0.6 (plus ``entry``'s fields) on a Conv1d
+    of 24 weights followed by a Linear of 4,960."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 62, 10))
+    spec = {"method": "magnitude", "sparsity": 0.6, "scope": "layer", "schedule": "oneshot", **entry}
+    recipe = {"version": 1, "model": {"input_shape": [1, 1, 64]}, "pruning": [spec]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    return pruner.methods[0].report()["per_layer"]
+
+
 def test_a_layer_short_of_its_sparsity_by_rounding_says_why():
     # 0.6 of a 24-weight Conv1d is 14.4 weights: the layer ends at 14 (0.583) and report.json's layer row showed
     # asked 0.6, achieved 0.583 and no reason, where the contract gives a reason whenever they differ.
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 62, 10))
-    recipe = {
-        "version": 1,
-        "model": {"input_shape": [1, 1, 64]},
-        "pruning": [{"method": "magnitude", "sparsity": 0.6, "scope": "layer", "schedule": "oneshot"}],
-    }
-    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
-    pruner.step()
-    rows = pruner.methods[0].report()["per_layer"]
+    rows = _conv1d_rows_at_0_6()
     assert rows["0"]["achieved"] == 14 / 24
     assert "14 of 24" in rows["0"]["reason"]
     assert rows["3"]["reason"] is None  # 0.6 of 4,960 weights is reached to within the tolerance
@@ -128,24 +131,7 @@ def test_round_to_words_say_that_layers_narrower_than_it_are_not_rounded():
 def test_a_layer_with_its_own_sparsity_is_judged_against_it_not_the_entry_sparsity():
     # layer_sparsity gives conv 0.25 (6 of 24 weights, exact) while the entry's sparsity is 0.6: no rounding reason may
     # compare the layer with 0.6, and the asked values stay each layer's own.
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 62, 10))
-    recipe = {
-        "version": 1,
-        "model": {"input_shape": [1, 1, 64]},
-        "pruning": [
-            {
-                "method": "magnitude",
-                "sparsity": 0.6,
-                "scope": "layer",
-                "layer_sparsity": {"0": 0.25},
-                "schedule": "oneshot",
-            }
-        ],
-    }
-    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
-    pruner.step()
-    rows = pruner.methods[0].report()["per_layer"]
+    rows = _conv1d_rows_at_0_6(layer_sparsity={"0": 0.25})
     assert rows["0"]["asked"] == 0.25 and rows["0"]["achieved"] == 0.25 and rows["0"]["reason"] is None
     assert rows["3"]["asked"] == 0.6
 
