@@ -192,6 +192,9 @@ def allocate_for_run(
     pruning = _distributed.broadcast(pruning)  # rank 0's, in case a measured latency differed
     # `asked`: the pruning section as written, so a resume can tell whether these values still answer it.
     allocation = {"asked": asked, "pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
+    untrained = table.untrained_warning()
+    if untrained:
+        allocation["warning"] = untrained
     return _with_pruning(recipe, pruning), table, allocation
 
 
@@ -376,7 +379,8 @@ def _with_pruning(recipe: Recipe, pruning: list[dict[str, Any]]) -> Recipe:
 
 
 def allocation_summary(allocation: dict[str, Any]) -> str:
-    """One line per allocated entry: its target and the predicted loss increase against a uniform choice."""
+    """One line per allocated entry: its target and the predicted loss increase against a uniform choice; then
+    a ``Warning:`` line when the analysis behind it ran on a model at chance accuracy."""
     lines = []
     for index, entry in allocation["entries"].items():
         predicted, uniform = entry.get("predicted_loss_increase"), entry.get("uniform_loss_increase")
@@ -390,6 +394,8 @@ def allocation_summary(allocation: dict[str, Any]) -> str:
         if entry.get("note"):
             line += f"; {entry['note']}"
         lines.append(line)
+    if isinstance(allocation.get("warning"), str):
+        lines.append(f"Warning: {allocation['warning']}")
     return "\n".join(lines)
 
 
@@ -480,7 +486,8 @@ def run_sensitivity(
             )
         out.mkdir(parents=True, exist_ok=True)
         lock.take()
-        allocation = allocated = None
+        allocation: dict[str, Any] | None = None
+        allocated = None
         wanted = auto_entries(recipe)
         if wanted:
             allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
@@ -490,6 +497,9 @@ def run_sensitivity(
                 "pruning": pruning,
                 "entries": {str(d.index): d.as_dict() for d in details},
             }
+            untrained = table.untrained_warning()
+            if untrained:
+                allocation["warning"] = untrained
         _check_folder(out, resume=resume, overwrite=overwrite, final=True)
         files = _publish(out, table, allocation)
     finally:

@@ -1742,11 +1742,13 @@ def sensitivity(
     )
     table = res["table"]
     ranking = res["ranking"]
+    untrained = table.untrained_warning()
     doc = {
         "table": table.model_dump(mode="json"),
         "ranking": [{"layer": n, "score": s} for n, s in ranking],
         "files": res["files"],
         "allocation": res["allocation"],
+        "warnings": [untrained] if untrained else [],
     }
     lines = [
         f"Wrote {out}/ ({', '.join(Path(p).name for p in res['files'].values())})",
@@ -1762,7 +1764,9 @@ def sensitivity(
     for row in table.left_out:
         lines.append(f"  left out  {row.name} ({row.type}): {row.reason}")
     if res["allocation"]:
-        lines.append(allocation_summary(res["allocation"]))
+        lines.append(allocation_summary(res["allocation"]))  # (its last line is that warning)
+    elif untrained:
+        lines.append(f"Warning: {untrained}")
     _emit(doc, as_json, "\n".join(lines))
 
 

@@ -157,12 +157,14 @@ class SensitivityTable(_Data):
     (the first ``max_batches`` batches when set); ``fingerprint`` identifies the model's weights (sha256 of
     its state_dict) so a resumed analysis cannot mix models; ``input_shape`` batch first; ``grid``: the
     values probed per kind; ``model_macs``: dense MACs per sample over all Linear/Conv layers; ``layers``
-    in recipe and model order; ``left_out``: layers not analysed, with the reason."""
+    in recipe and model order; ``left_out``: layers not analysed, with the reason; ``classes``: the model's
+    outputs per sample (None in tables written before it was recorded)."""
 
     format: Literal["sparsekit-sensitivity/1"] = "sparsekit-sensitivity/1"
     dense_accuracy: float
     dense_loss: float
     val_samples: int
+    classes: int | None = Field(None, description="the model's outputs per sample: chance accuracy is 1 / classes")
     max_batches: int | None = None
     fingerprint: str
     setup: str | None = Field(
@@ -204,6 +206,22 @@ class SensitivityTable(_Data):
         the probed range); ties keep table order."""
         order = {id(r): i for i, r in enumerate(self.layers)}
         return sorted(self.layers, key=lambda r: (-r.score(), order[id(r)]))
+
+    def untrained_warning(self) -> str | None:
+        """A warning when the dense model's accuracy is near chance (within a tenth of the way from ``1 /
+        classes`` to 1): an untrained model's loss hardly moves whichever layer is pruned, so its
+        sensitivities, and an ``auto`` allocation read from them, rank noise. None otherwise."""
+        k = self.classes
+        if not k or k < 2:
+            return None
+        chance = 1 / k
+        if self.dense_accuracy >= chance + 0.1 * (1 - chance):
+            return None
+        return (
+            f"the dense model's validation accuracy {self.dense_accuracy:.4f} is near chance (1/{k} = {chance:.3f} "
+            f"with {k} outputs): it looks untrained, so its per-layer sensitivities (and per-layer values chosen "
+            "from them) are noise; analyse the trained model"
+        )
 
     def to_json(self) -> str:
         """The table as a JSON document (:meth:`from_json` reads it back)."""
@@ -704,8 +722,11 @@ def _new_table(
                 "analyse from scratch, or resume with the same model, data, seed and recipe settings"
             )
         dense = {"accuracy": resume_from.dense_accuracy, "loss": resume_from.dense_loss}
+        classes = resume_from.classes
     else:
-        dense = evaluate(model, loader, max_batches)
+        counts: dict[str, int] = {}
+        dense = evaluate(model, loader, max_batches, counts=counts)
+        classes = counts.get("classes")
     macs = _layer_macs(model, shape)
     total_macs = sum(macs.values()) or 1
     rows: list[LayerSensitivity] = []
@@ -774,6 +795,7 @@ def _new_table(
         dense_accuracy=float(dense["accuracy"]),
         dense_loss=float(dense["loss"]),
         val_samples=samples,
+        classes=classes,
         max_batches=max_batches,
         fingerprint=fp,
         setup=setup,

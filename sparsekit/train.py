@@ -168,7 +168,8 @@ def evaluate(
     """``{"accuracy": top-1 (0..1), "loss": mean cross-entropy (nats per sample)}`` of ``model`` over
     ``loader``'s ``(inputs [N, ...], labels [N])`` batches (the first ``max_batches`` when given), in
     eval mode and without gradients; the model's train/eval mode is restored. Both are 0.0 for an
-    empty loader. ``counts``, when given, receives ``"samples"``: how many were evaluated. Raises
+    empty loader. ``counts``, when given, receives ``"samples"``: how many were evaluated, and ``"classes"``: the
+    model's outputs per sample (absent for an empty loader). Raises
     :class:`~sparsekit.errors.DataError` when a batch is malformed, holds NaN or inf inputs, the model
     fails on it or a label is outside its outputs."""
     was_training = model.training
@@ -186,6 +187,8 @@ def evaluate(
         loss_sum += value
         correct += int((out.argmax(1) == y.to(out.device)).sum())
         total += int(y.numel())
+        if counts is not None:
+            counts["classes"] = int(out.shape[1])
     model.train(was_training)
     if counts is not None:
         counts["samples"] = total
