@@ -914,6 +914,7 @@ def export(
     from .modelio import infer_input_shape, read_model, refuse_onnx
     from .onnx import export_onnx
     from .onnx.export import export_int8
+    from .report import parity_scale
 
     refuse_onnx(model)  # first: with no -o, MODEL.onnx would be "-o MODEL: is the input MODEL", an option not given
     out = out or model.with_suffix(".onnx")
@@ -996,10 +997,11 @@ def export(
     st = res["storage"] = choose_storage(out, out, storage)
     written = res["int8"] if quantize == "int8" else res  # the sizes of the file at -o are the shipped file's
     written["bytes"], written["gzip_bytes"] = st["bytes"], st["gzip_bytes"]
+    verdict = "ok" + parity_scale(res["parity"]) if res["parity"]["ok"] else "FAILED"
     lines = [
         f"{fp32}opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "
         f"{res['gzip_bytes']:,} B); parity max diff "
-        f"{_diff(res['parity']['max_abs_diff'])} ({'ok' if res['parity']['ok'] else 'FAILED'}"
+        f"{_diff(res['parity']['max_abs_diff'])} ({verdict}"
         f"{': ' + res['parity']['error'] if res['parity'].get('error') else ''}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]

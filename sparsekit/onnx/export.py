@@ -679,10 +679,18 @@ PARITY_BATCHES = (1, 3, 4)
 
 def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: float) -> dict[str, Any]:
     """torch vs onnxruntime on seeded inputs of each of :data:`PARITY_BATCHES`: ``{"max_abs_diff", "ok",
-    "rtol", "atol", "error"}``, ``error`` saying why outputs could not be compared (else None)."""
+    "rtol", "atol", "error", "max_abs_output"}``, ``error`` saying why outputs could not be compared (else None),
+    ``max_abs_output`` the largest |torch output| (the scale ``rtol`` applies to; None when not finite)."""
     session = open_session(tmp)
-    result: dict[str, Any] = {"max_abs_diff": None, "ok": False, "rtol": rtol, "atol": atol, "error": None}
-    worst, ok = 0.0, True
+    result: dict[str, Any] = {
+        "max_abs_diff": None,
+        "ok": False,
+        "rtol": rtol,
+        "atol": atol,
+        "error": None,
+        "max_abs_output": None,
+    }
+    worst, ok, scale = 0.0, True, 0.0
     for batch in PARITY_BATCHES:
         x = random_array([batch, *shape[1:]], seed=batch)
         with torch.no_grad():
@@ -703,9 +711,11 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
             return result
         pairs = list(zip(got, expected, strict=True))
         worst = max([worst, *(float(np.max(np.abs(g - e), initial=0.0)) for g, e in pairs)])
+        scale = max([scale, *(float(np.max(np.abs(e), initial=0.0)) for e in expected)])
         ok = ok and all(np.allclose(g, e, rtol=rtol, atol=atol) for g, e in pairs)
     # NaN is not valid JSON: leave None ("not comparable"); allclose already says not ok.
     result["max_abs_diff"] = worst if np.isfinite(worst) else None
+    result["max_abs_output"] = scale if np.isfinite(scale) else None
     result["ok"] = ok
     return result
 
