@@ -279,9 +279,11 @@ class MethodResult(_Open):
 
 
 class Speedup(_Closed):
-    """Latency ratio (other / dense, p50) at one batch size, with the noise measured in the same run."""
+    """Latency ratio (other / dense, p50) at one batch size, with the noise measured in the same run. Despite
+    the key's name (``speedup``, kept so report.json readers keep working) ``ratio`` is a time ratio: below 1
+    is faster, 0.5 runs in half the time (a 2x speedup), 1.66 is slower."""
 
-    ratio: float
+    ratio: float = Field(description="p50 latency of this file / the dense file's: below 1 is faster")
     spread: list[float]
     noise: float = Field(
         description="half-width of the band within which a ratio is not a change: the A/A control's distance "
@@ -300,7 +302,9 @@ class Benchmark(_Closed):
     runs: int = Field(description="the most timed runs per model and batch size")
     warmup: int
     provider: str
-    speedup: dict[str, Speedup]
+    speedup: dict[str, Speedup] = Field(
+        description="per batch size, the pruned file's latency as a ratio of dense (below 1 is faster)"
+    )
     control: dict[str, dict[str, Any]]
     runs_done: dict[str, int] | None = Field(
         None,
@@ -338,7 +342,9 @@ class Int8(_Open):
     fallback: str | None = Field(None, description="why per-tensor scales were used instead of per-channel")
     latency_ms: dict[str, Latency] = Field(default_factory=dict)
     throughput_per_s: dict[str, float] = Field(default_factory=dict)
-    speedup: dict[str, Speedup] | None = None
+    speedup: dict[str, Speedup] | None = Field(
+        None, description="per batch size, the int8 file's latency as a ratio of dense fp32 (below 1 is faster)"
+    )
 
 
 class StoredSizes(_Closed):

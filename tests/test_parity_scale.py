@@ -64,3 +64,13 @@ def test_cli_export_says_the_output_scale(tmp_path):
         assert f"outputs up to {parity['max_abs_output']:.3g}" in text.stdout
     else:
         assert "outputs up to" not in text.stdout
+
+
+def test_the_report_schema_says_which_way_a_speedup_ratio_points():
+    # report.json's `speedup` entries hold latency ratios (below 1 is faster), not speedup factors: the schema,
+    # which `sparsekit report --schema` prints, must say so where a reader of the JSON looks.
+    from sparsekit.report import report_schema
+
+    defs = report_schema()["$defs"]
+    assert "below 1 is faster" in defs["Speedup"]["properties"]["ratio"]["description"]
+    assert "below 1 is faster" in defs["Benchmark"]["properties"]["speedup"]["description"]
