@@ -1553,7 +1553,16 @@ def _predicted_ratio_misses(res: dict[str, Any], rec: Any) -> list[str]:
         tol = rounding_tolerance([c[0] for c in channels.values()], counted, spec.round_to)
         if abs(achieved - asked) <= tol:
             continue
-        if (spec.round_to or 1) > 1:
+        # A layer held back for a reason other than rounding (coupled to an ignored layer) is the cause to
+        # name: blaming round_to there sent the user to a setting that does not move the ratio.
+        held = [
+            f"'{name}': {a['reason']}"
+            for name, a in (row.get("per_layer") or {}).items()
+            if a.get("reason") and "multiple" not in a["reason"] and (a.get("achieved") or 0) < (a.get("asked") or 0)
+        ]
+        if held:
+            hint = "; ".join(held)
+        elif (spec.round_to or 1) > 1:
             hint = (
                 f"channel counts are rounded to multiples of {spec.round_to} (the lines above say where): a smaller "
                 "round_to, or null, keeps them nearer the ratio, at some latency"
