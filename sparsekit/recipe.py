@@ -154,6 +154,22 @@ class ModelSpec(_Strict):
             {"got": short(repr(value), 40)},
         )
 
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        # prune refuses a factory not of the form pkg.module:callable; validate must say so too rather than
+        # call such a recipe valid. Only the text is checked: nothing is imported.
+        if value is not None:
+            from .trust import split_spec
+
+            try:
+                split_spec(value, "model.factory", error=RecipeError)
+            except RecipeError as err:
+                raise PydanticCustomError(
+                    "factory_form", "{problem}", {"problem": str(err).split(": ", 1)[-1]}
+                ) from None
+        return value
+
     @field_validator("kwargs", mode="before")
     @classmethod
     def _json_like(cls, value: Any) -> Any:
