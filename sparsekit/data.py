@@ -36,7 +36,6 @@ import io
 import logging
 import math
 import os
-import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,12 +48,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.errors import DataError, TrustError, missing_dependency, one_line, option, shorten
 from sparsekit.fsutil import cache_dir, read_regular
+from sparsekit.recipe import DATA_SOURCES, SOURCE_CALLABLE, source_problem
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
 
 log = logging.getLogger("sparsekit")
 
-BUILTIN_SOURCES = ("digits", "mnist5k", "synthetic")
+BUILTIN_SOURCES = DATA_SOURCES
 NORMALIZATIONS = ("none", "standard")  # data.normalize; what each does: module docstring
 
 # Pixel statistics of the whole 8x8 digits set after scaling to [0, 1]; fixed constants (like
@@ -67,8 +67,6 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _TEACHER_SEED = 20240601
 
 _MAX_SYNTHETIC_VALUES = 2**28  # float32 values generated for `synthetic`: 1 GiB
-
-_CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(frozen=True)
@@ -209,18 +207,10 @@ def _load_data(
         x, y = _load_mnist5k(standard=normalize == "standard")
     elif source == "synthetic":
         x, y, num_classes = _make_synthetic(input_shape, synthetic_samples, num_classes, seed)
-    elif _CALLABLE_RE.match(source):
+    elif SOURCE_CALLABLE.match(source):
         return _load_callable(source, input_shape, num_classes, named_in, trust_code)
     else:
-        import difflib
-
-        from .trust import module_spec_hint
-
-        close = difflib.get_close_matches(source, BUILTIN_SOURCES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise DataError(
-            f"data.source {source!r} is not a known source; {hint}{_valid_sources()}{module_spec_hint(source)}"
-        )
+        raise DataError(f"data.source {source_problem(source)}")
 
     if input_shape is not None:
         x = _reshape(x, source, input_shape)

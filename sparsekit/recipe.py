@@ -234,6 +234,26 @@ def _json_problem(value: Any, path: str, depth: int, active: set[int]) -> tuple[
     return path, f"{describe(value)} is not allowed; use numbers, strings, true/false, null, lists and mappings"
 
 
+DATA_SOURCES = ("digits", "mnist5k", "synthetic")  # data.source's built-in names (sparsekit.data loads them)
+SOURCE_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # data.source: pkg.module:callable
+
+
+def source_problem(source: str) -> str | None:
+    """Why ``source`` is no data source sparsekit can read (not a built-in name, a ``.npz`` path or
+    ``pkg.module:callable``), with the nearest name and the valid forms; None when its form is one of those.
+    The text alone: no file is opened, nothing imported."""
+    if source.endswith(".npz") or source in DATA_SOURCES or SOURCE_CALLABLE.match(source):
+        return None
+    from .trust import module_spec_hint
+
+    close = difflib.get_close_matches(source, DATA_SOURCES, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"{short(source, 80)!r} is not a known source; {hint}valid sources: {', '.join(DATA_SOURCES)}, "
+        f"path/to/file.npz (arrays x, y), pkg.module:callable{module_spec_hint(source)}"
+    )
+
+
 class DataSpec(_Strict):
     """``data:``: the source (a built-in name, a ``.npz`` file or ``pkg.module:callable``), batch size,
     validation fraction, the built-in sources' preprocessing and the size of the synthetic set."""
@@ -249,6 +269,16 @@ class DataSpec(_Strict):
         "trusted); nothing is downloaded",
     )
     batch_size: Int = Field(64, gt=0, le=MAX_BATCH, description="samples per training and evaluation batch")
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        # prune refuses a source of no known form; validate must say so too rather than call the recipe valid.
+        problem = source_problem(value)
+        if problem:
+            raise PydanticCustomError("source_form", "{problem}", {"problem": problem})
+        return value
+
     val_fraction: Float = Field(
         0.2,
         gt=0,
