@@ -633,7 +633,10 @@ def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path
     # a number where text is wanted: say how to write the text
     with pytest.raises(RecipeError, match=r'must be text, not a number .*quote it: data\.source="1e5"'):
         load_recipe(path, ["data.source=1e5"])
-    assert load_recipe(path, ['data.source="1e5"']).data.source == "1e5"
+    # quoted, it is text (then judged as a source: no name, .npz file or pkg.module:callable)
+    with pytest.raises(RecipeError, match=r"data\.source: '1e5' is not a known source"):
+        load_recipe(path, ['data.source="1e5"'])
+    assert load_recipe(path, ['data.source="1e5.npz"']).data.source == "1e5.npz"
     with pytest.raises(RecipeError, match=r"gives no value, which YAML reads as null: data\.source=VALUE"):
         load_recipe(path, ["data.source="])
     # an index into a list the recipe lacks was blamed on the file ("pruning: Input should be a valid list")
