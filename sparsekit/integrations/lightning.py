@@ -76,7 +76,8 @@ class SparsekitCallback(pl.Callback):
 
     Hooks, in the order Lightning calls them:
 
-    - ``setup`` (fit): forgets any previous fit's pruner; wraps the LightningModule's
+    - ``setup``: (fit) forgets any previous fit's pruner; (every stage, so ``validate``/``test``/``predict``
+      with ``ckpt_path`` too) wraps the LightningModule's
       ``on_load_checkpoint`` (until ``teardown``) so that on ``fit(ckpt_path=...)`` the pruner is
       rebuilt and its state loaded *before* Lightning loads the weights: channels a ``structured``
       method removed are removed again first, so the saved, smaller weights fit, and the optimizer
@@ -177,9 +178,11 @@ class SparsekitCallback(pl.Callback):
     # -- hooks ----------------------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self.pruner, self.model, self._restored, self._last_step = None, None, False, 0
+        if stage == "fit":
+            self.pruner, self.model, self._last_step = None, None, 0
+        # validate/test/predict(ckpt_path=...) load weights too: a checkpoint written while a structured method
+        # had removed channels only fits once the pruner has replayed those removals.
+        self._restored = False
         self._hook_restore(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
