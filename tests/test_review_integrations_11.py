@@ -61,3 +61,32 @@ def test_validate_from_mid_structured_checkpoint(tmp_path):
     (result,) = evaluator.validate(fresh, loader, ckpt_path=ckpt)
     assert fresh.net.a.out_features == callback.pruner.model.a.out_features
     assert torch.isfinite(torch.tensor(result["v"]))
+
+
+def test_validate_the_best_checkpoint_after_a_finalizing_fit_on_the_same_module(tmp_path):
+    """fit (finalize=True) then trainer.validate(module, ckpt_path=best): the checkpoint, written before finalize,
+    holds the pruner's removals, and replaying them on the module finalize had already shrunk removed the same
+    channels twice (ModelFileError: 'removes indices [...] but the layer has 8 channels')."""
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [2, 8]}\npruning:\n  - method: structured\n    ratio: 0.5\n"
+        "    schedule: {start_epoch: 0, end_epoch: 0}\n"
+    )
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    callback = SparsekitCallback(recipe, submodule="net")
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[callback], default_root_dir=tmp_path, enable_progress_bar=False, logger=False
+    )
+    module = _Lit()
+    trainer.fit(module, loader, loader)
+    assert module.net.a.out_features == 8  # finalized: channels physically gone
+    best = trainer.checkpoint_callback.best_model_path
+    saved = torch.load(best, weights_only=False)["state_dict"]
+    (result,) = trainer.validate(module, loader, ckpt_path=best)
+    assert module.net.a.out_features == 8
+    assert torch.equal(module.net.a.weight, saved["net.a.weight"])  # the checkpoint's weights, loaded as they are
+    assert torch.isfinite(torch.tensor(result["v"]))

@@ -253,6 +253,11 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
             return
+        if getattr(trainer.state, "fn", "fit") != "fit" and _same_shapes(checkpoint, pl_module):
+            # validate/test/predict(ckpt_path=...) with the module already at the checkpoint's shapes (the module a
+            # fit just finalized, whose best checkpoint was written before finalize): the weights fit as they are,
+            # and replaying the removals would remove channels a second time.
+            return
         if state.get("pruning") != pruning_key(self.recipe):
             raise ValueError(
                 "SparsekitCallback: the recipe's pruning section differs from the one this checkpoint was "
@@ -351,3 +356,12 @@ class SparsekitCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Restored in on_load_checkpoint, which also gets the LightningModule the pruner is built on.
         pass
+
+
+def _same_shapes(checkpoint: Mapping[str, Any], module: nn.Module) -> bool:
+    """Whether every tensor of the checkpoint's ``state_dict`` has the shape of the module's own entry."""
+    saved = checkpoint.get("state_dict") or {}
+    own = module.state_dict()
+    return all(
+        k in own and tuple(v.shape) == tuple(own[k].shape) for k, v in saved.items() if hasattr(v, "shape")
+    ) and bool(saved)
