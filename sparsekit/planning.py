@@ -124,7 +124,10 @@ def plan(
         for name, module in prunable_layers(work).items():
             if name not in m.layers and name not in listed:  # selected, then kept by structured's ignore
                 # (or left out by group lasso, which has no ignore: it leaves the classifier head out itself)
-                reason = HEAD_LEFT_OUT_REASON if name in getattr(m, "head_left_out", ()) else IGNORED_REASON
+                if name in getattr(m, "head_left_out", ()):
+                    reason = HEAD_LEFT_OUT_REASON
+                else:  # an ignore the recipe wrote, or its default (the classifier head)
+                    reason = IGNORED_REASON if getattr(spec, "ignore", None) is not None else HEAD_KEPT_REASON
                 left_out.append({"name": name, "type": type(module).__name__, "reason": reason})
         predicted = i in schedule["predicted"]
         res["methods"].append(
@@ -378,7 +381,8 @@ def allocation_lines(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-IGNORED_REASON = "in ignore: its output channels are kept (default: the classifier head)"
+IGNORED_REASON = "in ignore: its output channels are kept"
+HEAD_KEPT_REASON = "in ignore by default (the classifier head): its output channels are kept"
 HEAD_LEFT_OUT_REASON = (
     "the classifier head: group lasso leaves it out (a head unit at zero leaves its class only its bias); "
     "name it in layers.include to select it"

@@ -183,9 +183,16 @@ def test_plan_says_what_each_entry_leaves_out(tmp_path, mlp_checkpoint):
     )
     (s,) = sparsekit.plan(structured, mlp_checkpoint, arch=MLP_ARCH, steps_per_epoch=4)["methods"]
     left = {row["name"]: row["reason"] for row in s["left_out"]}
-    from sparsekit.planning import IGNORED_REASON
+    from sparsekit.planning import HEAD_KEPT_REASON, IGNORED_REASON
 
-    assert left == {"fc3": IGNORED_REASON}
+    assert left == {"fc3": HEAD_KEPT_REASON}  # ignore's default
+    # an ignore the recipe names is said as such, not as "the classifier head" (fc2 is none)
+    named = structured.model_copy(deep=True)
+    named.pruning[0].ignore = ["fc2", "fc3"]
+    (s,) = sparsekit.plan(named, mlp_checkpoint, arch=MLP_ARCH, steps_per_epoch=4)["methods"]
+    left = {row["name"]: row["reason"] for row in s["left_out"]}
+    assert left == {"fc2": IGNORED_REASON, "fc3": IGNORED_REASON}
+    assert "head" not in IGNORED_REASON and "head" in HEAD_KEPT_REASON
 
 
 def test_load_recipe_takes_a_shipped_name_and_cross_field_errors_read_cleanly(tmp_path, monkeypatch):
