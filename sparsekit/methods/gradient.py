@@ -41,6 +41,12 @@ from . import scorers
 from .base import Changes, Setup
 from .magnitude import Magnitude
 
+# The remedy for layers that never get a gradient while the entry's others do.
+UNUSED_FIX = (
+    "they take no part in the forward pass, or their output does not reach the loss (a branch the model skips; "
+    "under DDP, the parameters find_unused_parameters=True lets through): leave them out with layers.exclude"
+)
+
 # criterion -> (scorer, whether the summed scores restart after every mask update)
 CRITERIA: dict[str, tuple[scorers.Scorer, bool]] = {
     "taylor": (scorers.taylor, True),
@@ -197,6 +203,8 @@ class Gradient(Magnitude):
                 f"{'it' if len(frozen) == 1 else 'them'} out with layers.exclude, or unfreeze "
                 f"{'it' if len(frozen) == 1 else 'them'}"
                 if frozen
+                else UNUSED_FIX
+                if self._unused()
                 else "call it after loss.backward() and optimizer.step() and before optimizer.zero_grad(); exclude "
                 "frozen layers with layers.exclude"
             )
@@ -220,6 +228,12 @@ class Gradient(Magnitude):
         missing = self._missing_layers()
         frozen = [n for n in missing if not weight_of(self.layers[n]).requires_grad]
         return frozen if len(frozen) == len(missing) else []
+
+    def _unused(self) -> bool:
+        """Whether the layers missing gradients never had one while the entry's other layers did: layers that take
+        no part in the forward pass, or whose output does not reach the loss (not a matter of call order)."""
+        missing = self._missing_layers()
+        return len(missing) < len(self.layers) and not any(n in self.accum for n in missing)
 
     def _missing(self) -> str:
         missing = self._missing_layers()
@@ -247,6 +261,11 @@ class Gradient(Magnitude):
                     f"{self.where}: gradient criterion got no gradients for {self._missing()}, frozen "
                     "(requires_grad=False), so the entry's mask updates waited for them: leave frozen layers out "
                     "with layers.exclude, or unfreeze them"
+                )
+            if self._unused():
+                raise TargetError(
+                    f"{self.where}: gradient criterion got no gradients for {self._missing()}, while the entry's "
+                    f"other layers got theirs, so the entry's mask updates waited for them: {UNUSED_FIX}"
                 )
             raise TargetError(
                 f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "
