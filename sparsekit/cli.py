@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import signal
@@ -231,7 +232,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 traceback.print_exc()
             where = err.filename or ""
-            _fail(f"{where}: {err.strerror or err}; check the path and its permissions", 2, as_json)
+            _fail(
+                _dangling_link(where) or f"{where}: {err.strerror or err}; check the path and its permissions",
+                2,
+                as_json,
+            )
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, see __main__)
             said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
             said = first_interruption(reset=True) or said  # not where a second Ctrl-C caught the unwinding
@@ -384,6 +389,22 @@ def _select_logits(model: Any, part: int | str, shape: list[int], path: Path) ->
         out = model(torch.zeros([2, *shape[1:]]))
     select_logits(out, part, where=str(path), caller=True)
     attach(model, part)
+
+
+def _dangling_link(path: Any) -> str | None:
+    """For a path (or a folder above it) that is a symbolic link to nothing, which mkdir reports as "File exists":
+    what the link points at and what to do; else None."""
+    try:
+        p = Path(os.fsdecode(path)) if path else None
+        for link in [p, *p.parents] if p is not None else []:
+            if link.is_symlink() and not link.exists():
+                return (
+                    f"{link}: a symbolic link to {os.readlink(link)}, which does not exist; create what it points at, "
+                    "or name another path"
+                )
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
 
 
 def _data_flag(value: str | None) -> str | None:
