@@ -35,19 +35,24 @@ class _Lit(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def _structured_setup(tmp_path, end_epoch: int):
+    """A structured 0.5 recipe file (removals from epoch 0 to ``end_epoch``) and a loader of 4 seeded batches."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [2, 8]}\npruning:\n  - method: structured\n    ratio: 0.5\n"
+        f"    schedule: {{start_epoch: 0, end_epoch: {end_epoch}}}\n"
+    )
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
+    return recipe, torch.utils.data.DataLoader(data, batch_size=8)
+
+
 def test_validate_from_mid_structured_checkpoint(tmp_path):
     """validate(ckpt_path=...) of a checkpoint written while channels were removed used to fail with a bare
     state_dict size mismatch, callback attached: setup only hooked the restore for fit."""
     from sparsekit.integrations.lightning import SparsekitCallback
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\nmodel: {input_shape: [2, 8]}\npruning:\n  - method: structured\n    ratio: 0.5\n"
-        "    schedule: {start_epoch: 0, end_epoch: 3}\n"
-    )
-    torch.manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
-    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    recipe, loader = _structured_setup(tmp_path, end_epoch=3)
     kw = dict(enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False)
     callback = SparsekitCallback(recipe, submodule="net", finalize=False)
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], default_root_dir=tmp_path, **kw)
@@ -69,14 +74,7 @@ def test_validate_the_best_checkpoint_after_a_finalizing_fit_on_the_same_module(
     channels twice (ModelFileError: 'removes indices [...] but the layer has 8 channels')."""
     from sparsekit.integrations.lightning import SparsekitCallback
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\nmodel: {input_shape: [2, 8]}\npruning:\n  - method: structured\n    ratio: 0.5\n"
-        "    schedule: {start_epoch: 0, end_epoch: 0}\n"
-    )
-    torch.manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
-    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    recipe, loader = _structured_setup(tmp_path, end_epoch=0)
     callback = SparsekitCallback(recipe, submodule="net")
     trainer = pl.Trainer(
         max_epochs=1, callbacks=[callback], default_root_dir=tmp_path, enable_progress_bar=False, logger=False
