@@ -6,17 +6,11 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
-from test_sensitivity_cli import AUTO, MLP
+from test_sensitivity_cli import AUTO, MLP, run
 
 import sparsekit
 import sparsekit.sensitivity as sens
 from examples.models import mlp
-from sparsekit.cli import main
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def table(accuracy: float, classes: int | None) -> sens.SensitivityTable:

@@ -228,16 +228,7 @@ class SparsekitCallback(pl.Callback):
         if state.get("finalized"):
             # finalize may have removed channels (structured, l1's remove_dead): such weights do not fit the module
             # built for this fit, and Lightning's own load would fail with a bare size mismatch.
-            saved = checkpoint.get("state_dict") or {}
-            own = pl_module.state_dict()
-            odd = next(
-                (
-                    (k, tuple(v.shape), tuple(own[k].shape))
-                    for k, v in saved.items()
-                    if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
-                ),
-                None,
-            )
+            odd = _shape_mismatch(checkpoint, pl_module)
             if odd is not None:
                 name, theirs, ours = odd
                 raise ValueError(
@@ -253,7 +244,11 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
             return
-        if getattr(trainer.state, "fn", "fit") != "fit" and _same_shapes(checkpoint, pl_module):
+        if (
+            getattr(trainer.state, "fn", "fit") != "fit"
+            and checkpoint.get("state_dict")
+            and _shape_mismatch(checkpoint, pl_module) is None
+        ):
             # validate/test/predict(ckpt_path=...) with the module already at the checkpoint's shapes (the module a
             # fit just finalized, whose best checkpoint was written before finalize): the weights fit as they are,
             # and replaying the removals would remove channels a second time.
@@ -358,10 +353,16 @@ class SparsekitCallback(pl.Callback):
         pass
 
 
-def _same_shapes(checkpoint: Mapping[str, Any], module: nn.Module) -> bool:
-    """Whether every tensor of the checkpoint's ``state_dict`` has the shape of the module's own entry."""
+def _shape_mismatch(checkpoint: Mapping[str, Any], module: nn.Module) -> tuple[str, tuple, tuple] | None:
+    """The first tensor of the checkpoint's ``state_dict`` whose shape differs from the module's own entry, as
+    ``(key, saved shape, module's shape)``; None when every shared key matches."""
     saved = checkpoint.get("state_dict") or {}
     own = module.state_dict()
-    return all(
-        k in own and tuple(v.shape) == tuple(own[k].shape) for k, v in saved.items() if hasattr(v, "shape")
-    ) and bool(saved)
+    return next(
+        (
+            (k, tuple(v.shape), tuple(own[k].shape))
+            for k, v in saved.items()
+            if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+        ),
+        None,
+    )
