@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -190,6 +192,11 @@ def test_a_ddp_wrapper_not_rebuilt_after_channel_removal_says_to_rewrap(monkeypa
                 train(model, opt)
             assert pruner.model[0].out_features == 8
     finally:
+        # gloo's worker thread frees each finished collective, which needs the GIL. The DDP wrapper (and its
+        # Reducer, holding the process group) is freed when this function returns; the group's destructor then
+        # joins that thread while holding the GIL. If the thread is still freeing the last allreduce, both wait
+        # forever (seen twice in full-suite runs). Letting go of the GIL for a moment first lets the thread finish.
+        time.sleep(0.1)
         dist.destroy_process_group()
 
 
