@@ -120,6 +120,13 @@ def resolve_device(name: str) -> torch.device:
 # 10-minute timeout would abort them on a large model.
 TIMEOUT = timedelta(hours=6)
 
+# How long a mask check (run by the Pruner once per epoch and at finalize()) waits for the other ranks. Ranks reach it
+# in lockstep (DDP synchronizes every backward), so a long wait means some rank never calls it, typically
+# ``if rank == 0: model = pruner.finalize()``: without a limit both ranks would hang for the process group's timeout
+# (hours) with no message. Long enough for work one rank does alone between two checks (rank-0-only evaluation or
+# checkpoint writing in a user's loop; raise it for longer such work), far shorter than TIMEOUT.
+CHECK_WAIT = timedelta(minutes=30)
+
 
 def init_from_env(device: torch.device) -> bool:
     """Join the process group a launcher described in the environment (``MASTER_ADDR``, ``RANK``, ...):
@@ -343,7 +350,17 @@ def check_masks(masks: dict[str, torch.Tensor], when: str) -> None:
         return
     local = _checksum(masks)
     both = torch.cat([local, -local]).to(_collective_device())
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)  # max and -min in one collective
+    work = dist.all_reduce(both, op=dist.ReduceOp.MAX, async_op=True)  # max and -min in one collective
+    try:
+        work.wait(timeout=CHECK_WAIT)
+    except RuntimeError as e:
+        raise DivergenceError(
+            f"distributed run: rank {dist.get_rank()} waited {CHECK_WAIT.total_seconds():g} s for the other ranks to "
+            f"compare masks {when}, and they never came: call pruner.step() and pruner.finalize() on every rank "
+            "(not only on rank 0; save or export from rank 0 after finalize()); if one rank was busy that long with "
+            "work of its own between two steps (evaluation on rank 0 alone, say), raise "
+            "sparsekit.distributed.CHECK_WAIT (a datetime.timedelta)"
+        ) from e
     both = both.cpu()
     high, low = both[: len(local)], -both[len(local) :]
     differs = (high != low).any(dim=1)
