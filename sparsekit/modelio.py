@@ -1059,6 +1059,31 @@ def load_weights(
         raise ModelFileError(f"{path}: its weights cannot be loaded into {factory} ({one_line(err)})") from None
 
 
+def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """A note (in a list, empty when none is due) when ``state``'s floating tensors (read from ``path``) are of a
+    narrower dtype (float16, bfloat16) than those of the model they are loaded into (``into``; float32 when not
+    given): the run then trains in that wider dtype, and the model file it writes is larger than the user's."""
+    narrow: dict[str, None] = {}  # dtype names, in order of first appearance
+    wide: dict[str, None] = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            continue
+        own = into[k].dtype if into is not None and k in into else torch.float32
+        if v.element_size() < own.itemsize:
+            narrow[str(v.dtype).removeprefix("torch.")] = None
+            wide[str(own).removeprefix("torch.")] = None
+    if not narrow:
+        return []
+    # Not converted back on save: the fine-tuned weights are the wider ones, and the ONNX file, parity and
+    # benchmarks are of those; a narrower model.pt would no longer be the model they describe.
+    to, back = next(iter(wide)), next(iter(narrow))
+    return [
+        f"{path}: its weights are {' and '.join(narrow)}; they were loaded into the model's {' and '.join(wide)} "
+        f"layers, so the run trains in {to} and writes model.pt in {to} (larger than your file). To ship {back} "
+        f"again, convert the loaded result: model.to(torch.{back})"
+    ]
+
+
 def load_model(
     path: str | Path,
     arch: str | None = None,
@@ -1127,7 +1152,8 @@ def read_model(
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
         if not (arch and compiled_module(obj)):
             check_finite(obj, path)
-            return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind)
+            note = _precision_note(obj.state_dict(), path)
+            return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind, notes=note)
         # TorchScript and torch.export keep no layer classes a method could prune: their weights go into the
         # architecture named, checked strictly as a state_dict's are.
         obj, kind = obj.state_dict(), "state_dict"
@@ -1236,6 +1262,7 @@ def read_model(
             raise ModelFileError(f"{path}: {quoted(err)}{hint}") from None
     load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
+    notes += _precision_note(state, path, model.state_dict())
     shape = list(input_shape) if input_shape else None
     if history:
         # The model carries the removals it was rebuilt with, as a Pruner marks the models it prunes: a Pruner
