@@ -16,7 +16,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -228,6 +228,27 @@ def progress_bar(enabled: bool) -> Any:
     )
 
 
+def _check_loader(loader: Any, name: str) -> None:
+    """Raise DataError unless ``loader`` has a len() of at least one batch and yields its batches anew each time it
+    is iterated (a DataLoader, a list of batches): an iterator or generator yields them once, so every epoch after
+    the first would train on (or evaluate) nothing."""
+    kind = type(loader).__name__
+    if isinstance(loader, Iterator):
+        raise DataError(
+            f"finetune({name}=...): got a {kind}, which yields its batches only once; pass something iterated anew "
+            "every epoch and with a len(): a torch DataLoader or a list of (inputs, labels) batches"
+        )
+    try:
+        n = len(loader)
+    except TypeError:  # no __len__, or a DataLoader over an IterableDataset without one
+        raise DataError(
+            f"finetune({name}=...): a {kind} has no len(), which sets the steps of an epoch (the schedules count "
+            "them); pass a torch DataLoader over a map-style dataset, or a list of (inputs, labels) batches"
+        ) from None
+    if n == 0:
+        raise DataError(f"finetune({name}=...): the {kind} holds no batches; it must yield at least one")
+
+
 def finetune(
     model: nn.Module,
     recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],
@@ -289,7 +310,8 @@ def finetune(
     from the pruned model; a resumed run must get the same dense model (e.g. reloaded from its file).
     Teachers are not saved in checkpoints. Under torchrun every rank holds its own copy.
 
-    Raises :class:`~sparsekit.errors.DataError` when a batch is malformed, the model fails on it, a label
+    Raises :class:`~sparsekit.errors.DataError` when a loader yields its batches only once (a generator or
+    iterator), has no len() or holds no batches, when a batch is malformed, the model fails on it, a label
     is out of range or the loss becomes NaN/inf on the data; :class:`~sparsekit.errors.RecipeError`
     when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
@@ -306,6 +328,8 @@ def finetune(
         if _device(model) != device:
             model.to(device)
     main = _distributed.is_main()
+    _check_loader(train_loader, "train_loader")
+    _check_loader(val_loader, "val_loader")
     train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
     if spec.distill is not None:
