@@ -376,7 +376,7 @@ def allocation_lines(res: dict[str, Any]) -> list[str]:
             lines.append(f"pruning[{row['index']}] {row['method']}: auto ({target}): {row['note']}")
             continue
         what = "channel ratio" if row["method"] == "structured" else "sparsity"
-        lines.append(f"pruning[{row['index']}] {row['method']}: per-layer {what} ({target} elsewhere):")
+        lines.append(f"pruning[{row['index']}] {row['method']}: per-layer {what} ({target} for any layer not listed):")
         lines.extend(f"  {name}: {value:.4f}" for name, value in row["layer_values"].items())
     return lines
 

@@ -453,7 +453,10 @@ def test_validate_shows_per_layer_values_or_says_they_come_at_prune_time(mlp_che
         {"pruning": [{"method": "magnitude", "sparsity": 0.5, "scope": "layer", "layer_sparsity": {"fc1": 0.75}}]}
     )
     lines = allocation_lines(plan(given))
-    assert lines == ["pruning[0] magnitude: per-layer sparsity (sparsity 0.5 elsewhere):", "  fc1: 0.7500"]
+    assert lines == [
+        "pruning[0] magnitude: per-layer sparsity (sparsity 0.5 for any layer not listed):",
+        "  fc1: 0.7500",
+    ]
     with_model = plan(given, mlp_checkpoint, arch="examples.models:mlp")
     assert "auto" not in with_model["methods"][0]
 
