@@ -1381,7 +1381,9 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     shape = res.get("input_shape")
     if res["format"] == "onnx":
         per = res["gzip_bytes_per_nonzero"]
-        head = f"{model}: ONNX, input {shape}; {res['bytes']:,} B, gzip {res['gzip_bytes']:,} B" + (
+        inputs = res.get("inputs") or {}
+        where = f"input {shape}" if len(inputs) < 2 else "inputs " + ", ".join(f"{k} {v}" for k, v in inputs.items())
+        head = f"{model}: ONNX, {where}; {res['bytes']:,} B, gzip {res['gzip_bytes']:,} B" + (
             f" ({per:.2f} gzip B per nonzero param)" if per else ""
         )
     else:

@@ -60,9 +60,9 @@ def inspect(
     ``input_shape_note`` (why it is None although one was guessed from the first layer, none being given or
     saved: the model does not accept the guess; else None) and ``structurally_pruned``; an ONNX file adds
     ``gzip_bytes``, ``bytes_per_nonzero``, ``gzip_bytes_per_nonzero`` (sizes count any external-data file),
-    ``input_shape`` (its first input, symbolic dims as names) and ``non_finite`` (``{initializer: NaN/inf
-    count}``, empty when none: a checkpoint with such weights is refused, an ONNX file is only read and
-    reported).
+    ``input_shape`` (its first input, symbolic dims as names), ``inputs`` (every input's name -> shape) and
+    ``non_finite`` (``{initializer: NaN/inf count}``, empty when none: a checkpoint with such weights is refused,
+    an ONNX file is only read and reported).
 
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
@@ -352,7 +352,9 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
         "bytes": sizes["bytes"],
         "gzip_bytes": sizes["gzip_bytes"],
     }
-    res["input_shape"] = _onnx_input_shape(model)
+    inputs = _onnx_inputs(model)
+    res["input_shape"] = next(iter(inputs.values()), None)
+    res["inputs"] = inputs
     res.update(_totals(rows, other_params, other_nonzero, ["other initializers"] if other_params else []))
     res["non_finite"] = _onnx_non_finite(arrays)
     nonzero = res["nonzero_params"]
@@ -375,14 +377,14 @@ def _onnx_non_finite(arrays: dict[str, tuple[Any, str]]) -> dict[str, int]:
     return out
 
 
-def _onnx_input_shape(model: Any) -> list[int | str] | None:
+def _onnx_inputs(model: Any) -> dict[str, list[int | str]]:
+    """The graph's inputs (initializers excluded), name -> shape (symbolic dims as names, "?" when unnamed)."""
     from .onnx.graph import graph_inputs
 
-    inputs = graph_inputs(model)
-    if not inputs:
-        return None
-    dims = inputs[0].type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    return {
+        i.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in i.type.tensor_type.shape.dim]
+        for i in graph_inputs(model)
+    }
 
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger")

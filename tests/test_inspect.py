@@ -471,3 +471,31 @@ def test_a_matmul_weight_read_through_a_transpose_shows_torchs_layout(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     (row,) = inspected(path)["layers"]
     assert row["shape"] == [3, 12] and row["params"] == 39
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = torch.nn.Linear(8, 16), torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)
+
+    def forward(self, x, z):
+        return self.head(torch.relu(self.a(x) + self.b(z)))
+
+
+def test_inspect_names_every_input_of_an_onnx_file(tmp_path):
+    # Before: only the first input's shape was shown, as if the file took one input.
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(
+        _TwoInputs().eval(),
+        (torch.randn(1, 8), torch.randn(1, 4)),
+        str(path),
+        dynamo=False,
+        input_names=["x", "z"],
+        dynamic_axes={"x": {0: "n"}, "z": {0: "n"}},
+    )
+    res = inspected(path)
+    assert res["inputs"] == {"x": ["n", 8], "z": ["n", 4]}
+    assert res["input_shape"] == ["n", 8]  # the first, as before
+    text = run("inspect", path)
+    assert text.exit_code == 0, text.stderr
+    assert "inputs x ['n', 8], z ['n', 4]" in text.stdout.splitlines()[0]
