@@ -1563,6 +1563,9 @@ class L1:
             "owed": [t + self._owed_all for t in self._owed],
             "owed_base": list(self._owed_base),
             "marked": None if self._marked is None else [m.cpu().clone() for m in self._marked],
+            # Measured on the weights at the start (penalty mode with a target): a resumed run builds its Pruner on a
+            # fresh model, before the checkpoint's weights are loaded, so it cannot measure it again.
+            "zero_below": self.zero_below,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1576,6 +1579,8 @@ class L1:
         self.topped_up = int(state.get("topped_up", 0))
         self.settled = bool(state.get("settled", False))
         self._fused_until = int(state.get("fused_until", 0))
+        if state.get("zero_below") is not None:  # (absent from a state saved before it was kept)
+            self.zero_below = float(state["zero_below"])
         owed = state.get("owed")
         if owed is not None and len(owed) == len(self._owed):
             self._owed, self._owed_all = [float(v) for v in owed], 0.0

@@ -1,0 +1,72 @@
+"""Review 12: sparsekit.Pruner inside a user's own training loop (optimizers, mixed precision, resumes)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def _batches(n: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32 * n, 20, generator=gen), torch.randint(0, 4, (32 * n,), generator=gen)
+    return [(x[i : i + 32], y[i : i + 32]) for i in range(0, 32 * n, 32)]
+
+
+def _recipe(entry: dict, epochs: int = 3) -> dict:
+    return {"version": 1, "model": {"input_shape": [1, 20]}, "finetune": {"epochs": epochs}, "pruning": [entry]}
+
+
+def test_l1_penalty_target_resumes_bit_identically_on_a_fresh_model():
+    # The user saw: a run resumed from pruner.state_dict() (Pruner built on a freshly initialized model, the
+    # checkpoint's weights loaded after, as load_state_dict's docstring says) ended with other weights than the
+    # run it resumed: the penalty's "counts as zero" level was measured again on the fresh model's weights.
+    entry = {
+        "method": "l1",
+        "strength": 1e-3,
+        "mode": "penalty",
+        "target": 0.6,
+        "schedule": {"start_epoch": 0, "end_epoch": 2},
+        "layers": {"exclude": ["4"]},
+    }
+    batches = _batches()
+
+    def train(pruner, model, opt, start, stop):
+        for x, y in (batches * 3)[start:stop]:
+            loss = nn.functional.cross_entropy(model(x), y) + pruner.penalty()
+            loss.backward()
+            opt.step()
+            pruner.step()
+            opt.zero_grad()
+
+    torch.manual_seed(0)
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, _recipe(entry), steps_per_epoch=len(batches))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    train(pruner, model, opt, 0, 12)
+    buf = io.BytesIO()
+    torch.save({"pruner": pruner.state_dict(), "model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    train(pruner, model, opt, 12, 24)
+    straight = [p.detach().clone() for p in pruner.finalize().parameters()]
+
+    torch.manual_seed(123)  # a restarted process: another initialization, overwritten by the checkpoint
+    fresh = _mlp()
+    ckpt = torch.load(io.BytesIO(buf.getvalue()))  # weights_only, torch's default
+    resumed = sparsekit.Pruner(fresh, _recipe(entry), steps_per_epoch=len(batches))
+    resumed.load_state_dict(ckpt["pruner"])
+    fresh.load_state_dict(ckpt["model"])
+    opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2, weight_decay=0.1)
+    opt.load_state_dict(ckpt["opt"])
+    train(resumed, fresh, opt, 12, 24)
+    again = list(resumed.finalize().parameters())
+    assert all(torch.equal(a, b) for a, b in zip(straight, again, strict=True))
