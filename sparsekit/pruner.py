@@ -574,7 +574,14 @@ class Pruner:
                     ):
                         optimizer.state[new] = state if k == 0 else copy.deepcopy(state)
                     new_params.append(new)
-            group["params"] = new_params
+            # In place: an optimizer may hold the list itself (LBFGS keeps ``_params``, group 0's list, and steps
+            # that), and a new list would leave it training the removed parameters while the model's new ones stay.
+            if isinstance(group["params"], list):
+                group["params"][:] = new_params
+            else:  # (another library's optimizer may keep a tuple)
+                group["params"] = new_params
+        if getattr(optimizer, "_numel_cache", None) is not None:
+            vars(optimizer)["_numel_cache"] = None  # LBFGS's count of the weights it flattens, now fewer
         self.structure_changed = False
         self._warned_stale = False
         self._remember_params()

@@ -70,3 +70,31 @@ def test_l1_penalty_target_resumes_bit_identically_on_a_fresh_model():
     train(resumed, fresh, opt, 12, 24)
     again = list(resumed.finalize().parameters())
     assert all(torch.equal(a, b) for a, b in zip(straight, again, strict=True))
+
+
+def test_lbfgs_trains_the_new_parameters_after_channels_are_removed():
+    # The user saw: with torch.optim.LBFGS (a closure), after structured pruning removed channels and
+    # optimizer = pruner.update_optimizer(optimizer), the model stopped learning: LBFGS steps the list it kept
+    # at construction (_params), which still held the removed parameters; only the unchanged last bias moved.
+    torch.manual_seed(0)
+    model = _mlp()
+    entry = {"method": "structured", "ratio": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 0}}
+    pruner = sparsekit.Pruner(model, _recipe(entry), steps_per_epoch=4)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+    for k, (x, y) in enumerate(_batches(4)):
+
+        def closure(x=x, y=y, opt=opt):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step(closure)
+        pruner.step()
+        if k > 0:  # the steps after the removal at step 1
+            moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+            assert moved == list(before), moved
+        if pruner.structure_changed:
+            opt = pruner.update_optimizer(opt)
+    assert model[0].weight.shape == (32, 20)
