@@ -98,3 +98,38 @@ def test_lbfgs_trains_the_new_parameters_after_channels_are_removed():
         if pruner.structure_changed:
             opt = pruner.update_optimizer(opt)
     assert model[0].weight.shape == (32, 20)
+
+
+def test_structured_taylor_leaves_out_a_step_gradscaler_skipped():
+    # The user saw: with torch.amp.GradScaler, one overflowed (skipped) step before a removal event made
+    # structured `importance: taylor` keep the first half of the channels (a NaN ranking keeps them by position)
+    # instead of the best ones. Such a step now adds nothing, as for method: gradient.
+    entry = {
+        "method": "structured",
+        "ratio": 0.5,
+        "importance": "taylor",
+        "round_to": None,
+        "schedule": {"start_epoch": 1, "end_epoch": 1},
+    }
+    batches = _batches()
+
+    def kept_rows(factor: float) -> list[int]:
+        torch.manual_seed(0)
+        model = _mlp()
+        pruner = sparsekit.Pruner(model, _recipe(entry, epochs=2), steps_per_epoch=len(batches))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay as built: rows are found again by value
+        scaler = torch.amp.GradScaler("cpu")
+        dense = model[0].weight.detach().clone()
+        for k, (x, y) in enumerate(batches):
+            loss = nn.functional.cross_entropy(model(x), y) * (factor if k == 3 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            pruner.step()
+            opt.zero_grad()
+        assert pruner.structure_changed  # the removal, at the end of epoch 0 (step 8)
+        return [i for i in range(64) if any(torch.equal(dense[i], row) for row in model[0].weight)]
+
+    skipped = kept_rows(float("inf"))
+    assert skipped == kept_rows(0.0)  # a finite step that adds nothing to the sums ranks the same
+    assert skipped != list(range(32))

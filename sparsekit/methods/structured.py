@@ -18,7 +18,8 @@ From Python, ``Pruner(..., scorers={i: imp})`` ranks the channels of ``pruning[i
 instead: a torch-pruning importance object (e.g. ``tp.importance.GroupMagnitudeImportance(p=1)``) or
 any callable ``imp(group) -> Tensor[channels]`` (higher = keep). Importances that read ``.grad`` (tp's
 Taylor importances, or an object with ``needs_grad = True``) get the mean gradient of the fine-tuning
-steps since the previous removal, as ``taylor`` does.
+steps since the previous removal, as ``taylor`` does. A step whose gradients no optimizer used and that hold inf or
+NaN (one ``GradScaler`` skipped on an overflow) adds nothing to that mean.
 
 Removal happens in ``steps`` events, one at the start of each of ``steps`` equal slices of
 ``schedule.start_epoch .. end_epoch`` (``oneshot``: all at the start), each removing ``ratio / steps``
@@ -92,6 +93,7 @@ from .. import equivalence, surgery
 from .. import tp_adapter as tpa
 from ..errors import TargetError, one_line
 from ..layers import check_names, select_layers
+from ..learning_rate import on_optimizer_steps
 from ..masks import weight_of
 from .base import UNCHANGED, Changes, Setup
 from .magnitude import unallocated
@@ -189,6 +191,9 @@ class Structured:
         self.done = 0  # removal events performed
         self.accum: dict[str, torch.Tensor] = {}  # taylor: summed grads per parameter name
         self.accum_steps = 0
+        # Optimizer steps seen, to tell a gradient no optimizer used (a step GradScaler skipped on an overflow)
+        self._optimizer_steps = self._steps_seen = 0
+        self._hook = on_optimizer_steps(self, Structured._count_optimizer_step) if self.needs_grad else None
         self._history_seen = 0
         self.initial = {n: _out_channels(m) for n, m in self.layers.items()}
         # Per layer, the output channels this entry's own events removed: what its asked-vs-achieved counts (an l1
@@ -532,6 +537,8 @@ class Structured:
         changes = self._remove(until=None) if self.done < len(self.events) else UNCHANGED
         self._tp = None  # drop tp's graph: it holds references to the model
         self.accum = {}
+        if self._hook is not None:
+            self._hook.remove()
         return model, changes
 
     def targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
@@ -667,8 +674,18 @@ class Structured:
 
     # ------------------------------------------------------------------ internals
 
+    def _count_optimizer_step(self, optimizer: Any) -> None:
+        self._optimizer_steps += 1
+
     @torch.no_grad()
     def _accumulate(self) -> None:
+        used = self._optimizer_steps != self._steps_seen  # an optimizer stepped with these gradients
+        self._steps_seen = self._optimizer_steps
+        if not used and _overflowed(self.model):
+            # A step GradScaler skipped on an overflow: one inf or NaN would make every sum it enters NaN until
+            # the next removal, and the channels would be ranked by position. (An optimizer stepped with a
+            # gradient only when it was finite: not checked then, no extra pass.)
+            return
         got = False
         for name, p in self.model.named_parameters():
             if p.grad is None:
@@ -928,3 +945,15 @@ def op_word(op: str) -> str | None:
     if op.startswith("Glu"):
         return "F.glu"
     return _OP_WORDS.get(op)
+
+
+def _overflowed(model: nn.Module) -> bool:
+    """Whether a gradient of ``model`` holds inf or NaN (one sum per gradient, one host sync for all)."""
+    sums = [
+        p.grad.sum(dtype=torch.promote_types(p.grad.dtype, torch.float32))
+        for p in model.parameters()
+        if p.grad is not None
+    ]
+    if not sums:
+        return False
+    return not bool(torch.isfinite(torch.stack([t.to(sums[0].device) for t in sums])).all())
