@@ -676,8 +676,16 @@ class Pruner:
                 continue
             why = out.get("reason")
             end = getattr(getattr(method, "schedule", None), "end", None)
-            if not why and isinstance(end, int) and self.step_count < end:
-                why = f"the run stopped at step {self.step_count}, before the schedule's end at step {end}"
+            if isinstance(end, int) and self.step_count < end:
+                if not why:
+                    why = f"the run stopped at step {self.step_count}, before the schedule's end at step {end}"
+                # A loop that ran all its epochs but stepped once per several batches (gradient accumulation) with
+                # steps_per_epoch=len(train_loader) stops here too: say what the steps were counted against.
+                why += (
+                    f" (epoch {self.epoch:.3g} at steps_per_epoch={self.steps_per_epoch}: schedules count "
+                    "pruner.step() calls, one per optimizer step; accumulating gradients over k batches, pass "
+                    "steps_per_epoch=len(train_loader) // k)"
+                )
             what = f"{out.get('unit', 'weights')} zero" if method.name == "l1" else "weights zero"
             warnings.warn(
                 f"pruning[{i}] ({method.name}) missed its target: asked {asked:.3f}, achieved {achieved:.3f} ({what})"

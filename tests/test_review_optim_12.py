@@ -133,3 +133,38 @@ def test_structured_taylor_leaves_out_a_step_gradscaler_skipped():
     skipped = kept_rows(float("inf"))
     assert skipped == kept_rows(0.0)  # a finite step that adds nothing to the sums ranks the same
     assert skipped != list(range(32))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "magnitude", "sparsity": 0.8, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.25}},
+        {
+            "method": "l1",
+            "strength": 0.01,
+            "mode": "proximal",
+            "target": 0.6,
+            "schedule": {"start_epoch": 0, "end_epoch": 2},
+        },
+    ],
+    ids=["magnitude", "l1"],
+)
+def test_accumulation_with_steps_per_epoch_of_the_loader_is_explained_at_finalize(entry):
+    # The user saw, after a loop that ran all 3 epochs stepping every 4 batches with steps_per_epoch=len(loader):
+    # "missed its target: ... the run stopped at step 6, before the schedule's end at step 16", which reads as a loop
+    # that ended early. The warning now says what the steps were counted against, and the fix.
+    batches = _batches()
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, _recipe({**entry, "layers": {"exclude": ["4"]}}), steps_per_epoch=len(batches))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for k, (x, y) in enumerate(batches * 3):
+        (nn.functional.cross_entropy(model(x), y) / 4).backward()
+        if (k + 1) % 4 == 0:
+            opt.step()
+            pruner.step()
+            opt.zero_grad()
+    with pytest.warns(sparsekit.TargetMissedWarning) as caught:
+        pruner.finalize()
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, sparsekit.TargetMissedWarning)]
+    assert "epoch 0.75 at steps_per_epoch=8" in message
+    assert "steps_per_epoch=len(train_loader) // k" in message
