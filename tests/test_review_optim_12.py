@@ -168,3 +168,28 @@ def test_accumulation_with_steps_per_epoch_of_the_loader_is_explained_at_finaliz
     (message,) = [str(w.message) for w in caught if issubclass(w.category, sparsekit.TargetMissedWarning)]
     assert "epoch 0.75 at steps_per_epoch=8" in message
     assert "steps_per_epoch=len(train_loader) // k" in message
+
+
+@pytest.mark.parametrize("set_to_none", [False, True])
+def test_structured_taylor_with_gradients_zeroed_before_pruner_step_is_refused_with_the_fix(set_to_none):
+    # The user saw, zeroing the gradients before pruner.step(): with zero_grad(set_to_none=False) the removal ran on
+    # all-zero scores and kept the first half of each layer's channels without a word; with set_to_none=True a
+    # TargetError told them to call loss.backward(), which they did. Both now name the order to call things in.
+    entry = {
+        "method": "structured",
+        "ratio": 0.5,
+        "importance": "taylor",
+        "schedule": {"start_epoch": 1, "end_epoch": 1},
+    }
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, _recipe(entry, epochs=2), steps_per_epoch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(sparsekit.TargetError) as err:
+        for x, y in _batches():
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=set_to_none)
+            pruner.step()
+    assert "'taylor' needs gradients" in str(err.value)
+    assert "before optimizer.zero_grad()" in str(err.value)
+    assert model[0].weight.shape == (64, 20)  # nothing removed on zero scores

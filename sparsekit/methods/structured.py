@@ -709,12 +709,26 @@ class Structured:
                 f"False) and gets none: leave {'it' if len(frozen) == 1 else 'them'} out with {self.where}.layers."
                 "exclude (the layers coupled to it then keep their channels too), or use importance l1, l2 or bn_scale"
             )
-        if not self.accum_steps or missing:
+        # Gradients zeroed before each pruner.step() (zero_grad(set_to_none=False) first) arrive as zeros: every
+        # channel would score 0 and the removal keep channels by position, so that is refused as none.
+        zeros = (
+            bool(self.accum_steps)
+            and not missing
+            and not any(bool(self.accum[f"{n}.weight"].any()) for n in self.layers)
+        )
+        if not self.accum_steps or missing or zeros:
+            got = (
+                "none arrived"
+                if not self.accum_steps
+                else f"layers {missing} got none"
+                if missing
+                else "only zero ones arrived"
+            )
             raise TargetError(
-                f"{self.where}.importance: {self._importance_name()!r} needs gradients, but "
-                f"{'none arrived' if not self.accum_steps else f'layers {missing} got none'} before the "
-                "removal: give the recipe fine-tuning epochs (finetune.epochs > 0) or call loss.backward() "
-                "before pruner.step(); otherwise use importance l1, l2 or bn_scale"
+                f"{self.where}.importance: {self._importance_name()!r} needs gradients, but {got} before the "
+                "removal: give the recipe fine-tuning epochs (finetune.epochs > 0), and in a loop of your own call "
+                "pruner.step() after loss.backward() and optimizer.step() and before optimizer.zero_grad(); otherwise "
+                "use importance l1, l2 or bn_scale"
             )
         for name, p in self.model.named_parameters():
             g = self.accum.get(name)
