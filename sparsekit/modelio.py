@@ -1106,7 +1106,11 @@ def load_model(
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", trust_code=True)   # the file's factory
     >>> model = sparsekit.load_model("weights.pt", arch="mypkg.nets:mlp", kwargs={"hidden": [32, 16]})
     """
-    return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code).model
+    # Built outside inference mode even when called inside it (a serving or evaluation function under
+    # torch.inference_mode()): a structurally pruned checkpoint is rebuilt by tracing the model, which inference
+    # tensors cannot take part in; the model returned runs under inference mode all the same.
+    with torch.inference_mode(False):
+        return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code).model
 
 
 def compiled_module(obj: Any) -> bool:

@@ -68,7 +68,9 @@ def traced(model: nn.Module) -> Iterator[None]:
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.enable_grad(), logits.every_output(model):
+        # inference_mode(False) too: under torch.inference_mode() (a caller's evaluation code) enable_grad alone records
+        # no graph, and tp would find no layer to prune
+        with torch.inference_mode(False), torch.enable_grad(), logits.every_output(model):
             yield
     finally:
         for m, training in modes:

@@ -193,3 +193,41 @@ def test_structured_taylor_with_gradients_zeroed_before_pruner_step_is_refused_w
     assert "'taylor' needs gradients" in str(err.value)
     assert "before optimizer.zero_grad()" in str(err.value)
     assert model[0].weight.shape == (64, 20)  # nothing removed on zero scores
+
+
+def test_structurally_pruned_model_loads_and_prunes_under_inference_mode(tmp_path):
+    # The user saw, under torch.inference_mode() (a serving or evaluation function): load_model of a structurally
+    # pruned checkpoint failed with "the checkpoint was pruned from a different architecture"; a structured entry's
+    # finalize() there removed nothing and l1's remove_dead kept every zeroed unit, blaming constants it could not
+    # fold. Tracing (torch-pruning's graph) recorded nothing there.
+    from examples.models import mlp
+
+    x = torch.randn(3, 20)
+    kwargs = {"in_features": 20, "hidden": [64, 32], "num_classes": 4}
+    dense = mlp(**kwargs)
+    with torch.inference_mode():
+        pruner = sparsekit.Pruner(dense, _recipe({"method": "structured", "ratio": 0.5}), steps_per_epoch=1)
+        model = pruner.finalize()
+    assert model.fc1.weight.shape[0] == 32
+    path = sparsekit.save_model(
+        model, tmp_path / "pruned.pt", factory="examples.models:mlp", kwargs=kwargs, pruner=pruner
+    )
+    with torch.inference_mode():
+        loaded = sparsekit.load_model(path, arch="examples.models:mlp")
+        assert torch.equal(loaded(x), model(x))
+
+    torch.manual_seed(0)
+    net = _mlp()
+    entry = {"method": "l1", "strength": 0.01, "mode": "proximal", "group": "row", "target": 0.5}
+    pruner = sparsekit.Pruner(
+        net, _recipe({**entry, "schedule": {"start_epoch": 0, "end_epoch": 2}}), steps_per_epoch=8
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for x, y in _batches() * 3:
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        pruner.step()
+        opt.zero_grad()
+    with torch.inference_mode():
+        out = pruner.finalize()
+    assert out[0].weight.shape[0] < 64 and not pruner.methods[0].report().get("cannot_remove")
