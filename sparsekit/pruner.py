@@ -29,7 +29,7 @@ from . import distributed as _distributed
 from . import methods
 from .errors import TargetError, TargetMissedWarning
 from .layers import layer_kind, tied_aliases
-from .learning_rate import LearningRates
+from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .recipe import Recipe, as_recipe, pruning_key
 from .step_order import StepOrderCheck
@@ -347,6 +347,8 @@ class Pruner:
     _probe_at: tuple[tuple[str, ...], str] | None = None
     finalized = False
     _warned_stale = False
+    _rebuilt = False  # an optimizer stepped holding the parameters the last removal created (see _watch_rebuild)
+    _rebuild_watch: Any = None
 
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1: ``lambda * sum|w|`` or ``lambda * sum_g ||w_g||_2``), a scalar
@@ -441,7 +443,8 @@ class Pruner:
 
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
         new parameter objects; ``optimizer = pruner.update_optimizer(optimizer)`` points the optimizer at them
-        and sets the flag back to False.
+        and sets the flag back to False (an optimizer built afresh over ``model.parameters()`` after the removal
+        will do too, without its state: the next call then does not warn of a stale optimizer).
 
         Call it once per optimizer step, after it: the first steps are watched for a call before
         ``optimizer.step()`` or several per optimizer step (a UserWarning, :mod:`sparsekit.step_order`).
@@ -449,7 +452,7 @@ class Pruner:
         self._refuse_finalized("step")
         if self._order is not None and not self._order.check():
             self._order = None
-        if self.structure_changed and not self._warned_stale:
+        if self.structure_changed and not self._warned_stale and not self._rebuilt:
             self._warned_stale = True
             warnings.warn(
                 "channels were removed at the previous step but the optimizer was not updated: call "
@@ -490,12 +493,37 @@ class Pruner:
                     rates.override = None
         if replaced and held:
             _drop_spent_grads(self.model, held)
+            self._watch_rebuild({id(p) for p in held})
         if replaced:
             self._guard_wrapper()
         if self._masks_possible:
             apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():
             _distributed.check_masks(self._mask_views(), f"after step {step}")
+
+    def _watch_rebuild(self, before: set[int]) -> None:
+        """After channel removal replaced parameters (those not among the ids ``before``): note when an optimizer
+        steps holding one of the new ones, i.e. one built over ``model.parameters()`` after the removal (a loop that
+        rebuilds its optimizer, or builds it after ``load_state_dict`` replayed removals): then the next
+        :meth:`step` does not warn that the optimizer was not updated. Watched until then, or until
+        :meth:`update_optimizer`."""
+        fresh = {id(p) for p in self.model.parameters()} - before  # live: the model holds them
+        self._rebuilt = False
+        self._stop_rebuild_watch()
+        if not fresh:
+            return
+
+        def seen(me: Pruner, optimizer: torch.optim.Optimizer) -> None:
+            if any(id(p) in fresh for group in optimizer.param_groups for p in group["params"]):
+                me._rebuilt = True
+                me._stop_rebuild_watch()
+
+        self._rebuild_watch = on_optimizer_steps(self, seen)
+
+    def _stop_rebuild_watch(self) -> None:
+        if self._rebuild_watch is not None:
+            self._rebuild_watch.remove()
+            self._rebuild_watch = None
 
     def _guard_wrapper(self) -> None:
         """Under DistributedDataParallel, after channel removal: its next forward says to rewrap when the wrapper
@@ -584,6 +612,7 @@ class Pruner:
             vars(optimizer)["_numel_cache"] = None  # LBFGS's count of the weights it flattens, now fewer
         self.structure_changed = False
         self._warned_stale = False
+        self._stop_rebuild_watch()
         self._remember_params()
         return optimizer
 
@@ -608,6 +637,7 @@ class Pruner:
             rates.close()
         if self._stale_guard is not None:
             self._stale_guard.remove()
+        self._stop_rebuild_watch()
         apply_masks(self.model)
         if _distributed.active():
             _distributed.check_masks(self._mask_views(), "at finalize")
@@ -772,7 +802,9 @@ class Pruner:
                     "resuming a structurally pruned run needs the input shape: set model.input_shape "
                     "in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
                 )
+            before = {id(p) for p in self.model.parameters()}
             replay_history(self.model, history, shape)
+            self._watch_rebuild(before)
             self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
             self._guard_wrapper()  # a DDP wrapper built before holds the parameters replay replaced
         elif history != self.pruning_history:
