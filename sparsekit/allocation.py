@@ -433,15 +433,20 @@ def _allocate_structured(
     budget = dense * (1 - macs_target)
     removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align, round_to)
     ratios = {r: removed[r] / plan.units[r] for r in plan.blocks}
-    channels_total = sum(plan.channels.values())
+    # A selected layer no group can prune (coupled to an ignored layer, say) is asked nothing: without a value of
+    # its own it took the entry's ratio, a mean over the other layers the allocation never meant for it, and the
+    # report showed it (and the entry) short of that ratio while the target was met.
+    held = {n: 0.0 for n in plan.fixed if n not in ratios}
+    channels_total = sum(plan.channels.values()) + sum(int(plan.method.initial[n]) for n in held)
     overall = sum(removed[r] * plan.blocks[r] for r in plan.blocks) / channels_total
+    order = {n: i for i, n in enumerate(plan.layers)}  # layer_ratio in model order
     allocated = spec.model_copy(
         update={
             "ratio": max(overall, 1e-6),
             "target_macs": None,
             "target_latency": None,
             "scope": "layer",
-            "layer_ratio": ratios,
+            "layer_ratio": dict(sorted({**ratios, **held}.items(), key=lambda kv: order.get(kv[0], len(order)))),
         }
     )
     allocated = StructuredSpec.model_validate(allocated.model_dump())
@@ -695,7 +700,8 @@ def allocate(model: nn.Module, recipe: RecipeLike, table: SensitivityTable, *, i
     - ``sparsity: auto, target: t`` becomes ``sparsity: t, scope: layer, layer_sparsity: {layer: k / n}``
       with ``sum(k) == round(t * N)`` over the entry's ``N`` weights;
     - ``ratio: auto, target_macs: m`` / ``target_latency: l`` becomes ``ratio: <channel-weighted mean>,
-      scope: layer, layer_ratio: {root: removed / units}`` for every group the entry ranks (0.0: kept whole).
+      scope: layer, layer_ratio: {root: removed / units}`` for every group the entry ranks (0.0: kept whole),
+      and 0.0 for each selected layer no group can prune (coupled to an ignored layer, say).
 
     Raises TargetError when the table lacks a layer the entry selects, or a target cannot be met (the caps,
     ``min_channels``, the largest analysed ratio, or onnxruntime's fixed costs for ``target_latency``).

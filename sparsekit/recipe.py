@@ -879,7 +879,8 @@ class StructuredSpec(_MethodBase):
       (0 keeps the layer whole), each ranked within the layer (torch-pruning's ``pruning_ratio_dict``);
       selected layers not listed lose ``ratio`` as ``scope`` says. Names are layers whose output channels the
       entry removes (not ``ignore``\'d; for channels coupled across layers, e.g. a residual add, the layer
-      torch-pruning roots the group at).
+      torch-pruning roots the group at); a selected layer that cannot lose channels (coupled to an ``ignore``\'d
+      one) may be listed with 0, as an allocated entry lists it.
     - ``ratio: auto`` with exactly one of ``target_macs`` (the pruned model keeps this fraction of the dense
       model's multiply-accumulates per sample, over all its Linear/Conv layers) or ``target_latency`` (this
       fraction of the dense model's onnxruntime latency, as :func:`sparsekit.allocation.allocate` measures

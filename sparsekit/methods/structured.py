@@ -128,7 +128,8 @@ class Structured:
     the equivalence probe: ``verify=False`` skips it, for internal copies built again after a checked one), or a weight
     the forward pass also uses outside its layer (tied) would change shape; TypeError
     when a ``scorers=`` importance is not callable; TargetError when ``layer_ratio`` names a layer whose outputs
-    the entry does not remove or that is not its group's root; RecipeError when ``ratio`` is still ``auto``.
+    the entry does not remove (but for 0, asking nothing of a selected layer that cannot lose channels) or that is
+    not its group's root; RecipeError when ``ratio`` is still ``auto``.
     A removal event raises TargetError (naming the layer) when torch-pruning fails on a group or the model's
     forward pass fails afterwards."""
 
@@ -357,6 +358,8 @@ class Structured:
                     f"{self._owner[name]!r} (coupled, e.g. by a residual add): give the ratio to "
                     f"{self._owner[name]!r} instead"
                 )
+            if name in self.layers and name in self._fixed and not self.spec.layer_ratio[name]:
+                continue  # asks nothing of a layer that cannot lose channels (an allocation lists such layers)
             if name in self.layers:
                 why = self._fixed.get(name, "not ranked")
                 raise TargetError(f"{self.where}.layer_ratio: {name!r} cannot lose output channels ({why})")
@@ -610,6 +613,8 @@ class Structured:
         }
 
     def _reason(self, name: str, asked: float, initial: int, now: int) -> str | None:
+        if asked <= 0 and name in self._fixed:
+            return self._fixed[name]  # asked nothing (layer_ratio 0) because it cannot lose channels: say why
         blocks = self._blocks.get(name, 1)
         off = abs((initial - now) - asked * initial)
         # Under blocks - 1 off is what the blocks' rounding alone can do, unless round_to moved the count (a 64-channel
