@@ -392,6 +392,19 @@ def _greedy_channels(
         removed[root] = allowed[root][pos[root]]
 
 
+def _check_prunable(plan: _StructuredPlan, where: str, what: str) -> None:
+    """TargetError when no layer the entry selects can lose output channels: no target is reachable then, and
+    "raise target_macs" or "give a fixed ratio" (the unreachable target's remedies) would not help."""
+    if plan.blocks:
+        return
+    why = "; ".join(f"{n!r}: {r}" for n, r in plan.fixed.items()) or "it selects no layer whose channels can go"
+    raise TargetError(
+        f"{where}.{what}: no layer this entry selects can lose output channels ({why}), so no ratio reaches it: "
+        "select the layers their channels are coupled to as well (take them out of ignore), or use an unstructured "
+        "method"
+    )
+
+
 def _measured_macs(model: nn.Module, recipe_specs: Sequence[tuple[int, StructuredSpec]], shape: list[int]) -> float:
     """MACs of a copy of ``model`` after every (index, allocated spec) removal, as a fraction of dense."""
     from .methods.structured import Structured
@@ -425,6 +438,7 @@ def _allocate_structured(
     macs = _layer_macs(model, shape)
     dense = sum(macs.values()) or 1
     plan = _StructuredPlan(model, spec, index, shape, macs)
+    _check_prunable(plan, where, what)
     rows = _rows_for(table, index, plan.blocks, where, "structured")
     kept_before: dict[str, float] = {}
     for _, earlier in done:  # earlier auto entries' ratios, as channel fractions kept
@@ -540,6 +554,7 @@ def _latency_to_macs(
     macs = _layer_macs(model, shape)
     dense = sum(macs.values()) or 1
     plan = _StructuredPlan(model, spec, index, shape, macs)
+    _check_prunable(plan, f"pruning[{index}]", "target_latency")
     batch = max(recipe.benchmark.batch_sizes)
     sweep: list[dict[str, float]] = [{"ratio": 0.0, "macs": 1.0}]
     with tempfile.TemporaryDirectory(prefix="sparsekit-latency-") as tmp:

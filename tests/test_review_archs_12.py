@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +33,11 @@ def _batches(n: int = 4):
     return [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
 
 
+def _auto_recipe(ignore: list[str]) -> sparsekit.Recipe:
+    entry = {"method": "structured", "ratio": "auto", "target_macs": 0.5, "schedule": "oneshot", "ignore": ignore}
+    return sparsekit.Recipe(version=1, finetune={"epochs": 1}, pruning=[{**entry, "round_to": None}])
+
+
 def test_an_auto_ratio_asks_nothing_of_a_layer_held_by_an_ignored_coupling(one_thread):
     # c3 is held whole by the ignored 'proj'. The allocation gave layer_ratio to c1 and c2 only, so c3 took the
     # entry's ratio, a mean over c1 and c2 (0.417 here): the report read "ratio 0.417 chosen for its target,
@@ -39,21 +45,7 @@ def test_an_auto_ratio_asks_nothing_of_a_layer_held_by_an_ignored_coupling(one_t
     # nothing was ever asked of c3.
     torch.manual_seed(0)
     model = ProjectedResidual()
-    recipe = sparsekit.Recipe(
-        version=1,
-        finetune={"epochs": 1},
-        pruning=[
-            {
-                "method": "structured",
-                "ratio": "auto",
-                "target_macs": 0.5,
-                "schedule": "oneshot",
-                "ignore": ["proj", "fc"],
-                "round_to": None,
-            }
-        ],
-    )
-    allocated, _ = auto_allocate(model, recipe, _batches(), input_shape=[1, 3, 8, 8])
+    allocated, _ = auto_allocate(model, _auto_recipe(["proj", "fc"]), _batches(), input_shape=[1, 3, 8, 8])
     spec = allocated.pruning[0]
     assert spec.layer_ratio is not None and spec.layer_ratio["c3"] == 0.0
     pruner = sparsekit.Pruner(model, allocated, steps_per_epoch=1, context={"input_shape": [1, 3, 8, 8]})
@@ -67,3 +59,17 @@ def test_an_auto_ratio_asks_nothing_of_a_layer_held_by_an_ignored_coupling(one_t
     assert abs(spec.ratio - report["achieved"]) < 1e-9
     assert "reason" not in report  # no shortfall to explain
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 4)
+
+
+def test_an_auto_ratio_with_no_prunable_layer_says_so_not_raise_the_target(one_thread):
+    # The only selected layer, c3, is held whole by the ignored 'proj'. The allocation said target_macs "cannot be
+    # reached: ... saves only 0 MACs ...; raise target_macs ..., or give a fixed ratio instead of auto": neither
+    # helps, since no layer of the entry can lose a channel.
+    with pytest.raises(sparsekit.TargetError) as info:
+        auto_allocate(
+            ProjectedResidual(), _auto_recipe(["c1", "c2", "proj", "fc"]), _batches(), input_shape=[1, 3, 8, 8]
+        )
+    message = str(info.value)
+    assert "no layer this entry selects can lose output channels" in message
+    assert "'c3': coupled to ignored layer 'proj'" in message
+    assert "raise target_macs" not in message
