@@ -447,10 +447,10 @@ def _allocate_structured(
     budget = dense * (1 - macs_target)
     removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align, round_to)
     ratios = {r: removed[r] / plan.units[r] for r in plan.blocks}
-    # A selected layer no group can prune (coupled to an ignored layer, say) is asked nothing: without a value of
+    # A selected layer no group can prune (coupled to an ignored layer) is asked nothing: without a value of
     # its own it took the entry's ratio, a mean over the other layers the allocation never meant for it, and the
     # report showed it (and the entry) short of that ratio while the target was met.
-    held = {n: 0.0 for n in plan.fixed if n not in ratios}
+    held = {n: 0.0 for n in plan.held if n not in ratios}
     channels_total = sum(plan.channels.values()) + sum(int(plan.method.initial[n]) for n in held)
     overall = sum(removed[r] * plan.blocks[r] for r in plan.blocks) / channels_total
     order = {n: i for i, n in enumerate(plan.layers)}  # layer_ratio in model order
@@ -716,7 +716,7 @@ def allocate(model: nn.Module, recipe: RecipeLike, table: SensitivityTable, *, i
       with ``sum(k) == round(t * N)`` over the entry's ``N`` weights;
     - ``ratio: auto, target_macs: m`` / ``target_latency: l`` becomes ``ratio: <channel-weighted mean>,
       scope: layer, layer_ratio: {root: removed / units}`` for every group the entry ranks (0.0: kept whole),
-      and 0.0 for each selected layer no group can prune (coupled to an ignored layer, say).
+      and 0.0 for each selected layer no group can prune (coupled to an ignored layer).
 
     Raises TargetError when the table lacks a layer the entry selects, or a target cannot be met (the caps,
     ``min_channels``, the largest analysed ratio, or onnxruntime's fixed costs for ``target_latency``).

@@ -567,6 +567,7 @@ class _StructuredPlan:
         self.layers = list(method.layers)
         self.owner = dict(method._owner)
         self.fixed = dict(method._fixed)
+        self.held = dict(method.held)  # selected layers coupled to an ignored one: they cannot lose channels
 
     def touched_macs(self, root: str) -> int:
         """Dense MACs of every layer whose shape removing ``root``'s channels changes."""

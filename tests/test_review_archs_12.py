@@ -33,9 +33,9 @@ def _batches(n: int = 4):
     return [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
 
 
-def _auto_recipe(ignore: list[str]) -> sparsekit.Recipe:
-    entry = {"method": "structured", "ratio": "auto", "target_macs": 0.5, "schedule": "oneshot", "ignore": ignore}
-    return sparsekit.Recipe(version=1, finetune={"epochs": 1}, pruning=[{**entry, "round_to": None}])
+def _auto_recipe(ignore: list[str], round_to: int | None = None, macs: float = 0.5) -> sparsekit.Recipe:
+    entry = {"method": "structured", "ratio": "auto", "target_macs": macs, "schedule": "oneshot", "ignore": ignore}
+    return sparsekit.Recipe(version=1, finetune={"epochs": 1}, pruning=[{**entry, "round_to": round_to}])
 
 
 def test_an_auto_ratio_asks_nothing_of_a_layer_held_by_an_ignored_coupling(one_thread):
@@ -61,6 +61,29 @@ def test_an_auto_ratio_asks_nothing_of_a_layer_held_by_an_ignored_coupling(one_t
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 4)
 
 
+class TinyAttention(nn.Module):
+    """Attention applies out_proj's weight itself: the trace never reaches the Linear, yet it loses channels with
+    the residual stream's group (the patch embedding's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.attn = nn.MultiheadAttention(16, 1, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.fc(t.mean(1))
+
+
+def test_an_auto_ratio_asks_nothing_only_of_layers_that_cannot_lose_channels(one_thread):
+    # Only a layer coupled to an ignored one is held: attention's out_proj, which the trace does not reach, follows
+    # the patch embedding's channels and must not be listed at 0 as if it kept them all.
+    allocated, _ = auto_allocate(TinyAttention(), _auto_recipe(["fc"]), _batches(), input_shape=[1, 3, 8, 8])
+    assert "attn.out_proj" not in (allocated.pruning[0].layer_ratio or {})
+
+
 def test_an_auto_ratio_with_no_prunable_layer_says_so_not_raise_the_target(one_thread):
     # The only selected layer, c3, is held whole by the ignored 'proj'. The allocation said target_macs "cannot be
     # reached: ... saves only 0 MACs ...; raise target_macs ..., or give a fixed ratio instead of auto": neither
@@ -73,3 +96,4 @@ def test_an_auto_ratio_with_no_prunable_layer_says_so_not_raise_the_target(one_t
     assert "no layer this entry selects can lose output channels" in message
     assert "'c3': coupled to ignored layer 'proj'" in message
     assert "raise target_macs" not in message
+

@@ -236,6 +236,8 @@ class Structured:
         self.touched: list[str] = []  # Conv/Linear layers whose weight shape may change
         self.touched_by: dict[str, list[str]] = {}  # touched layer -> selected layers whose removal shrinks it
         self._owner: dict[str, str] = {}  # a selected layer whose outputs another layer's group removes
+        # A selected layer whose output channels are coupled to an ignored layer's: no group can remove them.
+        self.held: dict[str, str] = {}
         self._blocks: dict[str, int] = {}  # channel blocks of each root (grouped convs)
         no_bn: list[str] = []  # with bn_scale: roots whose channels no BatchNorm scales (tp would skip them)
         problems: dict[str, str] = {}  # root -> why its channels cannot go: all named at once, not one per run
@@ -358,7 +360,7 @@ class Structured:
                     f"{self._owner[name]!r} (coupled, e.g. by a residual add): give the ratio to "
                     f"{self._owner[name]!r} instead"
                 )
-            if name in self.layers and name in self._fixed and not self.spec.layer_ratio[name]:
+            if name in self.held and not self.spec.layer_ratio[name]:
                 continue  # asks nothing of a layer that cannot lose channels (an allocation lists such layers)
             if name in self.layers:
                 why = self._fixed.get(name, "not ranked")
@@ -477,7 +479,8 @@ class Structured:
 
     def _fixed_reasons(self, graph: tpa.Graph, chosen: set[nn.Module]) -> dict[str, str]:
         """Why a selected layer cannot reach the ratio, known before any event: not traced, or its
-        output channels are coupled to a layer that keeps its outputs (ignored)."""
+        output channels are coupled to a layer that keeps its outputs (ignored; those are :attr:`held` too: a
+        layer the trace does not reach, such as attention's out_proj, may still lose channels with its group)."""
         out: dict[str, str] = {}
         for name, module in self.layers.items():
             if not tpa.in_graph(graph, module):
@@ -496,6 +499,8 @@ class Structured:
                 if m.out_channels and isinstance(m.module, _ROOTS) and m.module not in chosen and m.module in self.names
             ]
             out[name] = f"coupled to ignored layer {partners[0]!r}" if partners else "not ranked"
+            if partners:
+                self.held[name] = out[name]
         return out
 
     # ------------------------------------------------------------------ hooks
@@ -613,8 +618,8 @@ class Structured:
         }
 
     def _reason(self, name: str, asked: float, initial: int, now: int) -> str | None:
-        if asked <= 0 and name in self._fixed:
-            return self._fixed[name]  # asked nothing (layer_ratio 0) because it cannot lose channels: say why
+        if asked <= 0 and name in self.held:
+            return self.held[name]  # asked nothing (layer_ratio 0) because it cannot lose channels: say why
         blocks = self._blocks.get(name, 1)
         off = abs((initial - now) - asked * initial)
         # Under blocks - 1 off is what the blocks' rounding alone can do, unless round_to moved the count (a 64-channel
