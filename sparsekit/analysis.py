@@ -484,13 +484,21 @@ def run_sensitivity(
                 input_shape=inputs.shape,
                 max_batches=max_batches,
             )
+        created = not out.exists()  # (no probe saved a partial table into it)
         out.mkdir(parents=True, exist_ok=True)
         lock.take()
         allocation: dict[str, Any] | None = None
         allocated = None
         wanted = auto_entries(recipe)
         if wanted:
-            allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
+            try:
+                allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
+            except BaseException:
+                # An allocation that fails with nothing probed leaves no folder behind: this run made it, and it
+                # holds nothing to resume from (a partial table, when there is one, stays for --resume).
+                if created and not any(out.iterdir()):
+                    out.rmdir()
+                raise
             pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
             allocation = {
                 "asked": [spec.model_dump(mode="json") for spec in recipe.pruning],

@@ -97,3 +97,54 @@ def test_an_auto_ratio_with_no_prunable_layer_says_so_not_raise_the_target(one_t
     assert "'c3': coupled to ignored layer 'proj'" in message
     assert "raise target_macs" not in message
 
+
+PROJECTED = """
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectedResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.c3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.proj = nn.Conv2d(8, 16, 1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        y = self.c3(F.relu(self.c2(h))) + self.proj(h)
+        return self.fc(F.relu(y).mean((2, 3)))
+
+
+def build():
+    return ProjectedResidual()
+"""
+
+
+def test_sensitivity_whose_allocation_fails_with_nothing_probed_leaves_no_folder(tmp_path, monkeypatch, one_thread):
+    # Nothing to probe (c3, the only layer selected, is held by the ignored 'proj'), then the allocation fails
+    # (exit 2): the command had created the output folder and left it there, empty; a prune run leaves none.
+    import numpy as np
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+    from tests.conftest import assert_bad_input, user_module
+
+    mod = user_module(tmp_path, monkeypatch, "projected_residual", PROJECTED)
+    model = tmp_path / "m.pt"
+    sparsekit.save_model(mod.build(), model, factory="projected_residual:build", input_shape=[1, 3, 8, 8])
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((32, 3, 8, 8)).astype("float32"), y=rng.integers(0, 4, 32))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {batch_size: 16}\nfinetune: {epochs: 1}\npruning:\n  - method: structured\n"
+        "    ratio: auto\n    target_macs: 0.5\n    schedule: oneshot\n    ignore: [c1, c2, proj, fc]\n"
+    )
+    out = tmp_path / "sens"
+    args = ["sensitivity", str(model), str(recipe), "--arch", "projected_residual:build", "--data", str(data)]
+    result = CliRunner().invoke(main, [*args, "-o", str(out), "--no-progress"])
+    assert_bad_input(result, "target_macs")
+    assert not out.exists()
