@@ -148,3 +148,24 @@ def test_sensitivity_whose_allocation_fails_with_nothing_probed_leaves_no_folder
     result = CliRunner().invoke(main, [*args, "-o", str(out), "--no-progress"])
     assert_bad_input(result, "target_macs")
     assert not out.exists()
+
+
+def test_attention_out_proj_follows_the_residual_streams_group(one_thread):
+    # MultiheadAttention applies out_proj's weight itself, so the trace never reaches the Linear: it was reported
+    # "not reached by the forward pass" (sensitivity left it out as such) and its channels, which go with the
+    # residual stream's group, were counted as a layer of their own ("48 of 96 channels kept" for a ViT block).
+    recipe = sparsekit.Recipe(
+        version=1,
+        finetune={"epochs": 1},
+        pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "round_to": None}],
+    )
+    pruner = sparsekit.Pruner(TinyAttention(), recipe, steps_per_epoch=1, context={"input_shape": [1, 3, 8, 8]})
+    pruner.step()
+    model = pruner.finalize()
+    report = pruner.methods[0].report()
+    assert "attn.out_proj" not in report["counted"]  # its channels are the patch embedding's group's
+    assert report["per_layer"]["attn.out_proj"]["reason"] is None
+    assert report["per_layer"]["attn.out_proj"]["achieved"] == 0.5
+    assert report["achieved"] == 0.5
+    assert model.attn.out_proj.out_features == 8
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 4)

@@ -255,6 +255,15 @@ class Structured:
             self._blocks[root_name] = max(1, self._tp.channel_groups(group))
             for member in tpa.group_members(graph, group):
                 module = member.module
+                if isinstance(module, nn.MultiheadAttention) and member.out_channels:
+                    # Attention applies its out_proj's weight itself, so the trace never reaches that Linear (it read
+                    # as "not reached by the forward pass", its channels counted apart); its outputs are the
+                    # embedding's channels, which this group removes. (Not "touched": the attention's own use of
+                    # the weight is no tie.)
+                    proj = self.names.get(module.out_proj)
+                    if proj in self.layers and proj is not None:
+                        self._owner.setdefault(proj, root_name)
+                    continue
                 if not isinstance(module, _ROOTS) or module not in self.names:
                     continue
                 name = self.names[module]
@@ -483,10 +492,10 @@ class Structured:
         layer the trace does not reach, such as attention's out_proj, may still lose channels with its group)."""
         out: dict[str, str] = {}
         for name, module in self.layers.items():
+            if name in self._owner or name in self._blocks:
+                continue  # (attention's out_proj is owned though the trace does not reach it)
             if not tpa.in_graph(graph, module):
                 out[name] = "not reached by the forward pass"
-                continue
-            if name in self._owner or name in self._blocks:
                 continue
             try:
                 full = tpa.channel_group(graph, module, range(tpa.out_channels(graph, module)))
