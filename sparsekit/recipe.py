@@ -1246,27 +1246,61 @@ MAX_ERRORS_SHOWN = 8
 
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
-    previous: Any = None
-    for part in loc:
+    added = _added_parts(loc)
+    for i, part in enumerate(loc):
+        if i in added:
+            continue  # validator wrappers, method tags and union members pydantic adds to the location
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in METHOD_NAMES and isinstance(previous, int):
-            pass  # the discriminator tag pydantic adds after a pruning[i] index
-        elif isinstance(part, str) and (part.startswith(("function-", "union[")) or _union_member(part)):
-            pass  # validator wrappers and union members pydantic adds to the location
         else:
             out += ("." if out else "") + short(str(part))
-        previous = part
     return out
 
 
 # How pydantic names the member of a union a value was tried against: literal['auto'], bool, list[int],
-# constrained-str, or a model's class name. No recipe field is spelled like one (fields are lower_snake_case).
+# constrained-str, or a model's class name.
 _UNION_MEMBER = re.compile(r"[a-z-]+\[.*\]|bool|int|float|str|bytes|none|constrained-\w+|[A-Z]\w*")
 
 
 def _union_member(part: str) -> bool:
     return _UNION_MEMBER.fullmatch(part) is not None
+
+
+def _added_parts(loc: Sequence[Any]) -> dict[int, str]:
+    """The parts of a pydantic error location that pydantic adds, by position: ``"wrapper"`` (a validator's
+    function-... or union[...]), ``"method"`` (the tag after a pruning[i] index) or ``"member"`` (the member
+    of a union of plain values a value was tried against: ``float``, ``literal['auto']``). Found by walking the
+    schema along ``loc``, not by how a part is spelled: every other part is a key or index the user wrote, and
+    a key spelled like a member (``Sparsity:``, ``Finetune:``, a layer named ``Conv1`` in layer_sparsity) stays
+    in the path; dropping it made the error name the wrong field and read "must be Extra inputs are not
+    permitted"."""
+    added: dict[int, str] = {}
+    tp: Any = Recipe
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and part.startswith(("function-", "union[")):
+            added[i] = "wrapper"
+            continue
+        if tp is None:
+            continue  # the keys of a free mapping (model.kwargs, layer_sparsity) or past the schema: the user's
+        if _is_method_union(tp):
+            if isinstance(part, str) and part in _SPEC_OF_METHOD:
+                added[i] = "method"
+                tp = _SPEC_OF_METHOD[part]
+            else:
+                tp = None
+            continue
+        if get_origin(tp) in (Union, UnionType):  # the schema's unions hold plain values only
+            if isinstance(part, str) and _union_member(part):
+                added[i] = "member"
+            tp = None
+        elif _is_model(tp):
+            field = tp.model_fields.get(str(part))
+            tp = _unwrap(field.annotation) if field is not None else None
+        elif get_origin(tp) in (list, dict):
+            tp = _unwrap(get_args(tp)[-1])
+        else:
+            tp = None
+    return added
 
 
 def _merge_union_members(errors: list[Any]) -> list[Any]:
@@ -1276,7 +1310,7 @@ def _merge_union_members(errors: list[Any]) -> list[Any]:
     merged: dict[tuple[Any, ...], Any] = {}
     for e in errors:
         loc = tuple(e["loc"])
-        at = next((i for i, part in enumerate(loc) if isinstance(part, str) and _union_member(part)), None)
+        at = next((i for i, kind in sorted(_added_parts(loc).items()) if kind == "member"), None)
         if at is None or e["type"] in _TAG_ERRORS:
             out.append(e)
             continue

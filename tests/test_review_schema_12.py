@@ -1,0 +1,53 @@
+"""Review round 12 (recipe files as hostile or careless data): what validate, prune and load_recipe say about them."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import RecipeError
+
+BASE = """\
+version: 1
+finetune:
+  epochs: 2
+pruning:
+  - method: magnitude
+    sparsity: 0.5
+    schedule: {start_epoch: 0, end_epoch: 1}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        # Keys spelled like pydantic's names for union members (a class name, int, str) were dropped from the
+        # path: "r.yaml: must be Extra inputs are not permitted (got a mapping ...)", naming no key at all.
+        (BASE + "Finetune: {}\n", "Finetune: unknown key", "did you mean 'finetune'"),
+        (BASE + "int: 1\n", "int: unknown key", "the keys here are"),
+        (BASE.replace("epochs: 2", "Epochs: 2"), "finetune.Epochs: unknown key", "did you mean 'epochs'"),
+        (BASE.replace("sparsity: 0.5", "Sparsity: 0.5"), "pruning[0].Sparsity: unknown key", "'sparsity'"),
+        (BASE + "    layers: {Include: [fc1]}\n", "pruning[0].layers.Include: unknown key", "'include'"),
+        # A layer named like a class (Conv1) lost its name, and the message fell back to pydantic's words.
+        (BASE + "    layer_sparsity: {Conv1: 1.5}\n", "pruning[0].layer_sparsity.Conv1: must be < 1", "got 1.5"),
+        (BASE + "    layer_sparsity: {str: 1.5}\n", "pruning[0].layer_sparsity.str: must be < 1", "got 1.5"),
+    ],
+)
+def test_a_key_spelled_like_a_type_name_is_named(tmp_path, text, field, hint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "r.yaml", field, hint)
+    with pytest.raises(RecipeError, match=r"r\.yaml: ") as err:
+        sparsekit.load_recipe(recipe)
+    assert field in str(err.value) and "Extra inputs" not in str(err.value)
+
+
+def test_union_members_are_still_left_out_of_the_path(tmp_path):
+    # What the fix must keep: pydantic's member tags (float, literal['auto'], bool) are not keys the user wrote.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE + "export: {sparse_storage: maybe}\n")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "export.sparse_storage: must be")
+    assert "literal" not in line and "bool" not in line.split("sparse_storage")[1].split("(")[0]
