@@ -556,14 +556,21 @@ def check_inputs(
 @contextlib.contextmanager
 def _naming_overridden_source(recipe: Recipe, data: str | None) -> Iterator[None]:
     """A data error about a source an override set (``data.source=...``) names that override first, as one
-    about the recipe's own source names the recipe."""
+    about the recipe's own source names the recipe; one about another data field (``data.normalize``,
+    ``data.synthetic_samples``) names the recipe or the override that set it, wherever the source came from."""
     try:
         yield
     except (DataError, TrustError) as err:
-        if data or not recipe.overridden("data.source") or not err.raw_message.startswith("data.source"):
+        message = err.raw_message
+        if message.startswith("data.source"):
+            if data or not recipe.overridden("data.source"):
+                raise  # the data option's own words, or already named after the recipe file (load_data's named_in)
+        elif not message.startswith("data."):
             raise
-        where = recipe.blame(err.raw_message)
-        raise type(err)(f"{where}: {err.raw_message}" if where else err.raw_message) from None
+        # data.normalize, data.synthetic_samples, ...: the recipe's fields (or an override's) whoever named the
+        # source; load_data names the recipe file for data.source only, so these named no file at all.
+        where = recipe.blame(message)
+        raise type(err)(f"{where}: {message}" if where else message) from None
 
 
 def rehearse(inputs: Inputs, recipe: Recipe) -> None:

@@ -292,8 +292,9 @@ class DataSpec(_Strict):
         "standard also standardizes them (digits (x/16 - 0.3053)/0.3760, mnist5k (x/255 - 0.1307)/0.3081). "
         ".npz files and callables are used as given",
     )
+    # At least 2: the split holds out one sample for validation and trains on the rest (the loader refuses fewer).
     synthetic_samples: Int = Field(
-        512, gt=0, le=MAX_SAMPLES, description="number of samples generated for source: synthetic (ignored otherwise)"
+        512, ge=2, le=MAX_SAMPLES, description="number of samples generated for source: synthetic (ignored otherwise)"
     )
 
 

@@ -51,3 +51,41 @@ def test_union_members_are_still_left_out_of_the_path(tmp_path):
     recipe.write_text(BASE + "export: {sparse_storage: maybe}\n")
     line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "export.sparse_storage: must be")
     assert "literal" not in line and "bool" not in line.split("sparse_storage")[1].split("(")[0]
+
+
+DATA = """\
+version: 1
+data: {{source: synthetic{extra}}}
+finetune: {{epochs: 1}}
+pruning:
+  - {{method: magnitude, sparsity: 0.5, schedule: oneshot}}
+"""
+
+
+def test_one_synthetic_sample_is_refused_by_the_schema(tmp_path):
+    # validate (without a model) and load_recipe accepted synthetic_samples: 1, which prune then refused with
+    # "Error: data.synthetic_samples must be >= 2, got 1", naming no file.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(DATA.format(extra=", synthetic_samples: 1"))
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "r.yaml", "data.synthetic_samples", ">= 2")
+    with pytest.raises(RecipeError, match=r"r\.yaml: data\.synthetic_samples"):
+        sparsekit.load_recipe(recipe)
+    recipe.write_text(DATA.format(extra=", synthetic_samples: 2"))
+    assert sparsekit.load_recipe(recipe).data.synthetic_samples == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "options", "blamed"),
+    [
+        (", normalize: standard", [], "r.yaml: data.normalize"),
+        ("", ["--set", "data.normalize=standard"], "--set data.normalize=standard: data.normalize"),
+        (", synthetic_samples: 10000000", [], "r.yaml: data.synthetic_samples"),
+    ],
+)
+def test_a_data_field_error_names_the_recipe_or_override(tmp_path, mlp_checkpoint, extra, options, blamed):
+    # Only data.source errors named the recipe: "Error: data.normalize: 'standard' applies to the built-in
+    # image sources ...", with no file, from validate MODEL and prune alike.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(DATA.format(extra=extra))
+    args = [str(recipe), str(mlp_checkpoint), "--arch", "examples.models:mlp", *options]
+    assert_bad_input(CliRunner().invoke(main, ["validate", *args]), blamed)
