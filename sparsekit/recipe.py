@@ -34,7 +34,15 @@ from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError, option, render
 from .errors import shorten as short
-from .recipe_yaml import MAX_DEPTH, apply_overrides, check_plain_data, describe, dotted_path, read_yaml
+from .recipe_yaml import (
+    MAX_DEPTH,
+    apply_overrides,
+    check_plain_data,
+    describe,
+    dotted_path,
+    override_list,
+    read_yaml,
+)
 
 LayerType = Literal[
     "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"
@@ -1772,6 +1780,8 @@ def load_recipe(
     (TypeError for a ``path`` of another type). ``trainer``: see :func:`validate_recipe`."""
     from .recipe_catalog import find_recipe
 
+    # Read once, here: an iterator given as overrides was used up applying them, so none counted as the caller's.
+    overrides = override_list(overrides) if overrides is not None else None
     if isinstance(path, Mapping):
         data = copy.deepcopy(dict(path))
         if overrides:

@@ -17,7 +17,7 @@ import datetime
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,19 @@ def dotted_path(path: str) -> str:
 _INDEX = re.compile(r"[0-9]{1,9}")
 
 
+def override_list(overrides: Any) -> list[Any]:
+    """``overrides`` (a list, tuple or other iterable of ``key.path=value`` strings) as a list, read once. One
+    string is iterable too, and its characters were read as overrides (``overrides=['f']: expected
+    key.path=value``): a :class:`~sparsekit.errors.RecipeError` showing the list it belongs in, as for any value
+    that is not an iterable."""
+    if isinstance(overrides, str | bytes) or not isinstance(overrides, Iterable):
+        one = isinstance(overrides, str)
+        example = option("set", short(overrides, 120) if isinstance(overrides, str) else "finetune.epochs=2")
+        what = "one string" if one else f"a {type(overrides).__name__}"
+        raise RecipeError(f"overrides must be a list of 'key.path=value' strings, not {what}: e.g. {example}")
+    return list(overrides)
+
+
 def apply_overrides(
     data: dict[str, Any],
     overrides: list[str],
@@ -299,6 +312,7 @@ def apply_overrides(
     is not plain data."""
     if not isinstance(data, dict):
         raise RecipeError(f"the recipe must be a YAML mapping to apply overrides to (got {type(data).__name__})")
+    overrides = override_list(overrides)
     check_plain_data(data, "recipe")  # bounded before deepcopy walks it
     data = copy.deepcopy(data)
     for item in overrides:

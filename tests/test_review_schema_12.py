@@ -89,3 +89,27 @@ def test_a_data_field_error_names_the_recipe_or_override(tmp_path, mlp_checkpoin
     recipe.write_text(DATA.format(extra=extra))
     args = [str(recipe), str(mlp_checkpoint), "--arch", "examples.models:mlp", *options]
     assert_bad_input(CliRunner().invoke(main, ["validate", *args]), blamed)
+
+
+@pytest.mark.parametrize("given", ["finetune.epochs=3", b"finetune.epochs=3", 3])
+def test_overrides_given_as_one_string_are_refused_whole(tmp_path, given):
+    # A string is iterable: load_recipe(path, overrides="finetune.epochs=3") read each character as an override
+    # and said "overrides=['f']: expected key.path=value", as if the user had written 'f'.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE)
+    for source in (recipe, {"version": 1}):
+        with pytest.raises(RecipeError, match="must be a list of 'key.path=value' strings") as err:
+            sparsekit.load_recipe(source, overrides=given)  # type: ignore[arg-type]
+        assert "['f']" not in str(err.value)
+    assert "overrides=['finetune.epochs=3']" in str(pytest.raises(RecipeError, sparsekit.load_recipe, recipe,
+                                                                  overrides="finetune.epochs=3").value)  # fmt: skip
+
+
+def test_overrides_given_as_an_iterator_still_count_as_the_callers(tmp_path):
+    # An iterator was used up applying the overrides, so the recipe then held none as set by the caller (a data
+    # source or factory set that way was taken for the file's own, which sparsekit.trust treats differently).
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE)
+    loaded = sparsekit.load_recipe(recipe, overrides=iter(["finetune.epochs=3", "data.source=synthetic"]))
+    assert loaded.finetune.epochs == 3
+    assert loaded.overridden("data.source") and loaded.overridden("finetune.epochs")
