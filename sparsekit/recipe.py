@@ -492,13 +492,17 @@ class LayerSelect(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _include_shorthand(cls, data: Any) -> Any:
-        # `layers: [fc1, fc2]` or `layers: "features.*"` is what people write first (SparseML's `params:` is a
-        # list): it means the include list, as torch.nn.utils.prune users name the modules they prune.
-        if isinstance(data, str):
-            return {"include": [data]}
-        if isinstance(data, list):
-            return {"include": data}
-        return data
+        return _layers_mapping(data)
+
+
+def _layers_mapping(data: Any) -> Any:
+    # `layers: [fc1, fc2]` or `layers: "features.*"` is what people write first (SparseML's `params:` is a
+    # list): it means the include list, as torch.nn.utils.prune users name the modules they prune.
+    if isinstance(data, str):
+        return {"include": [data]}
+    if isinstance(data, list):
+        return {"include": data}
+    return data
 
 
 class _MethodBase(_Strict):
@@ -1754,6 +1758,18 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
     return f"{unknown_key(section, key)[0]} {SEE_DOCS}"
 
 
+def _shorthand_mapping(path: Sequence[str], value: Any, data: dict[str, Any]) -> Any:
+    """For :func:`~sparsekit.recipe_yaml.apply_overrides`: the mapping that ``value``, written at ``path`` in
+    ``data``, is short for (``schedule: oneshot`` -> ``{start_epoch: 0, end_epoch: 0}``, ``layers: [fc1]`` ->
+    ``{include: [fc1]}``), so an override can set one key of it; ``value`` itself when it is no shorthand."""
+    section = section_at(path, data)
+    if section is LayerSelect:
+        return _layers_mapping(value)
+    if section is ScheduleSpec and value == "oneshot":
+        return _schedule(value)
+    return value
+
+
 def _unwritten_list(parents: Sequence[str], key: str, data: dict[str, Any]) -> str | None:
     """Why ``key`` (an index) cannot be set in the list field at ``parents`` that the recipe does not write (it
     takes its default), or None when that is not the case. Setting item 0 of it made a mapping {'0': value}, which
@@ -1785,7 +1801,7 @@ def load_recipe(
     if isinstance(path, Mapping):
         data = copy.deepcopy(dict(path))
         if overrides:
-            data = apply_overrides(data, overrides, check_key=_override_key)
+            data = apply_overrides(data, overrides, check_key=_override_key, expand=_shorthand_mapping)
         recipe = validate_recipe(data, "recipe (a dict)", overrides or (), trainer=trainer)
         recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
         recipe._overrides = tuple(overrides or [])
@@ -1797,7 +1813,7 @@ def load_recipe(
     path = find_recipe(os.fspath(path))
     data = read_yaml(path)
     if overrides:
-        data = apply_overrides(data, overrides, check_key=_override_key)
+        data = apply_overrides(data, overrides, check_key=_override_key, expand=_shorthand_mapping)
     recipe = validate_recipe(data, str(path), overrides or (), trainer=trainer)
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
     recipe._overridden = frozenset(_override_path(o) for o in overrides or [])

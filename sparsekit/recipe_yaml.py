@@ -296,6 +296,7 @@ def apply_overrides(
     data: dict[str, Any],
     overrides: list[str],
     check_key: Callable[[Sequence[str], str, dict[str, Any]], str | None] | None = None,
+    expand: Callable[[Sequence[str], Any, dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """A copy of ``data`` (a recipe's plain data) with ``key.path=value`` overrides applied in order
     (list items by index: ``pruning.0.sparsity=0.8``). Each value is read as YAML (``0.8``, ``true``,
@@ -305,6 +306,8 @@ def apply_overrides(
     ``check_key(parents, key, data)`` (the schema's, from :func:`sparsekit.recipe.load_recipe`; this
     module knows no schema) is asked about every key on a path that ``data`` does not hold yet: the
     problem it returns (``"unknown key; did you mean 'epochs'?"``) is the error, naming the override.
+    ``expand(path, value, data)`` (the schema's too) is asked for the mapping a plain value or list on the path
+    stands for (``schedule: oneshot``, ``layers: [fc1]``), so that a key inside it can be set.
 
     Raises :class:`~sparsekit.errors.RecipeError` naming the override when it is not a
     ``key.path=value`` string, is longer than ``MAX_OVERRIDE_CHARS``, has an empty or too deep key, an
@@ -361,6 +364,12 @@ def apply_overrides(
                                 f"list, e.g. {example}"
                             )
                         node[part] = {}
+                    elif expand is not None and not isinstance(node[part], dict):
+                        inner = node[part]
+                        if not (isinstance(inner, list) and _INDEX.fullmatch(parts[depth + 1])):
+                            # A shorthand the schema reads as a mapping (`schedule: oneshot`, `layers: [fc1]`): an
+                            # override of a key inside it failed as "'pruning.0.schedule' is a value, not a mapping".
+                            node[part] = expand(parts[: depth + 1], inner, data)
                     node = node[part]
             else:
                 raise RecipeError(f"{shown}: {short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")

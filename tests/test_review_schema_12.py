@@ -113,3 +113,46 @@ def test_overrides_given_as_an_iterator_still_count_as_the_callers(tmp_path):
     loaded = sparsekit.load_recipe(recipe, overrides=iter(["finetune.epochs=3", "data.source=synthetic"]))
     assert loaded.finetune.epochs == 3
     assert loaded.overridden("data.source") and loaded.overridden("finetune.epochs")
+
+
+SHORTHAND = """\
+version: 1
+finetune: {epochs: 2}
+pruning:
+  - method: magnitude
+    sparsity: 0.5
+    schedule: oneshot
+    layers: LAYERS
+"""
+
+
+@pytest.mark.parametrize(
+    ("layers", "override", "field", "value"),
+    [
+        # The documented shorthands could not be overridden into: "--set pruning.0.schedule.end_epoch=1:
+        # 'pruning.0.schedule' is a value, not a mapping", "'pruning.0.layers.exclude' is not an index of a list of 2".
+        ("[fc1, fc2]", "pruning.0.schedule.end_epoch=1", "schedule.end_epoch", 1.0),
+        ("[fc1, fc2]", "pruning.0.layers.exclude=[fc2]", "layers.exclude", ["fc2"]),
+        ("'fc*'", "pruning.0.layers.types=[Linear]", "layers.types", ["Linear"]),
+        # An index into the list shorthand still sets that item.
+        ("[fc1, fc2]", "pruning.0.layers.0=fc3", "layers.include", ["fc3", "fc2"]),
+    ],
+)
+def test_an_override_reaches_inside_a_shorthand(tmp_path, layers, override, field, value):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(SHORTHAND.replace("LAYERS", layers))
+    entry = sparsekit.load_recipe(recipe, overrides=[override]).pruning[0]
+    section, key = field.split(".")
+    assert getattr(getattr(entry, section), key) == value
+    if field != "layers.include":  # the rest of the shorthand is kept
+        assert entry.layers.include == (["fc*"] if layers == "'fc*'" else ["fc1", "fc2"])
+        assert entry.schedule.start_epoch == 0
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", override])
+    assert result.exit_code == 0, result.output
+
+
+def test_an_override_into_a_shorthand_still_checks_its_keys(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(SHORTHAND.replace("LAYERS", "[fc1]"))
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.layers.includ=x"])
+    assert_bad_input(result, "pruning.0.layers.includ", "did you mean 'include'")
