@@ -23,6 +23,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
 from .errors import TargetError
+from .errors import shorten as short
 from .masks import weight_of
 from .recipe import LAYER_TYPES, LayerSelect
 
@@ -125,11 +126,14 @@ def _why_not(model: nn.Module, pattern: str) -> str:
 
 
 def check_names(model: nn.Module, names: list[str], where: str) -> None:
-    """Every pattern in ``names`` must match at least one module; TargetError naming ``where`` otherwise."""
+    """Every pattern in ``names`` must match at least one module; TargetError naming ``where`` otherwise.
+
+    Patterns come from recipe files, so errors quote them cut short: a 200,000-character glob made a 200 kB
+    ``Error:`` line."""
     all_names = [n for n, _ in model.named_modules() if n]
     for pattern in names:
         if not any(fnmatchcase(n, pattern) for n in all_names):
-            raise TargetError(f"{where}: {pattern!r} matches no layer; {_listing(model)}")
+            raise TargetError(f"{where}: {short(pattern, 120)!r} matches no layer; {_listing(model)}")
 
 
 def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") -> dict[str, nn.Module]:
@@ -140,12 +144,12 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     for pattern in spec.include:
         if not any(fnmatchcase(n, pattern) for n in candidates):
             raise TargetError(
-                f"{where}.include: {pattern!r} matches no layer of types {spec.types}{_why_not(model, pattern)}; "
-                f"{_listing(model)}"
+                f"{where}.include: {short(pattern, 120)!r} matches no layer of types {spec.types}"
+                f"{_why_not(model, pattern)}; {_listing(model)}"
             )
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in everything):
-            raise TargetError(f"{where}.exclude: {pattern!r} matches no layer; {_listing(model)}")
+            raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer; {_listing(model)}")
     chosen = {
         n: m
         for n, m in candidates.items()
@@ -197,9 +201,9 @@ def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list
         elif kind not in types:
             reason = f"{kind} is not in layers.types [{', '.join(types)}]; add {kind} there to prune it"
         elif excluded is not None:
-            reason = f"excluded by layers.exclude pattern {excluded!r}"
+            reason = f"excluded by layers.exclude pattern {short(excluded, 120)!r}"
         elif not any(fnmatchcase(name, p) for p in spec.include):
-            reason = f"matches no layers.include pattern [{', '.join(spec.include)}]"
+            reason = f"matches no layers.include pattern [{short(', '.join(spec.include), 200)}]"
         else:
             continue
         out.append({"name": name or "<root>", "type": type(module).__name__, "reason": reason})

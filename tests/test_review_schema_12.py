@@ -156,3 +156,13 @@ def test_an_override_into_a_shorthand_still_checks_its_keys(tmp_path):
     recipe.write_text(SHORTHAND.replace("LAYERS", "[fc1]"))
     result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.layers.includ=x"])
     assert_bad_input(result, "pruning.0.layers.includ", "did you mean 'include'")
+
+
+@pytest.mark.parametrize("key", ["include", "exclude"])
+def test_a_huge_glob_is_quoted_cut_short(tmp_path, mlp_checkpoint, key):
+    # A recipe's 200,000-character layer pattern came back whole in a 200 kB Error: line.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE + f"    layers: {{{key}: ['{'q' * 200_000}']}}\n")
+    result = CliRunner().invoke(main, ["validate", str(recipe), str(mlp_checkpoint), "--arch", "examples.models:mlp"])
+    line = assert_bad_input(result, "r.yaml", f"pruning[0].layers.{key}", "matches no layer", "prunable layers are")
+    assert len(line) < 1_000
