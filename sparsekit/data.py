@@ -163,7 +163,7 @@ def load_data(
         # The messages below name the recipe's field; this source came from the caller's option instead.
         name = option("data", source.strip())
         message = err.raw_message
-        for said in (f"data.source {source.strip()!r}", f"data.source file '{source.strip()}'"):
+        for said in (f"data.source {source.strip()!r}", f"data.source file '{shorten(source.strip(), 200)}'"):
             message = message.replace(said, name, 1)
         raise type(err)(message) from None
 
@@ -360,11 +360,18 @@ def _make_synthetic(
 
 def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(source).expanduser()
-    where = f"data.source file '{source}'"
-    if path.is_dir():
+    where = f"data.source file '{shorten(source, 200)}'"  # the path comes from a recipe: quoted cut short
+    try:
+        is_dir, exists, is_file = path.is_dir(), path.exists(), path.is_file()
+    except OSError as err:
+        # is_dir()/exists() raise what is not "no such file": a name too long for the file system (ENAMETOOLONG),
+        # a folder on the path that may not be searched. It was a bare "Error: <path>: File name too long; check
+        # the path and its permissions", naming neither the recipe nor data.source.
+        raise DataError(f"{where} cannot be reached ({err.strerror or err}); check the path") from None
+    if is_dir:
         raise DataError(f"{where} is a directory; give the .npz file itself (numpy.savez(path, x=..., y=...))")
-    if path.exists():
-        if not path.is_file():  # a device or a pipe: a zip reader would seek in it (or read /dev/zero forever)
+    if exists:
+        if not is_file:  # a device or a pipe: a zip reader would seek in it (or read /dev/zero forever)
             raise DataError(f"{where} is not a regular file (a device, pipe or socket); give the .npz file itself")
     else:
         raise DataError(

@@ -166,3 +166,13 @@ def test_a_huge_glob_is_quoted_cut_short(tmp_path, mlp_checkpoint, key):
     result = CliRunner().invoke(main, ["validate", str(recipe), str(mlp_checkpoint), "--arch", "examples.models:mlp"])
     line = assert_bad_input(result, "r.yaml", f"pruning[0].layers.{key}", "matches no layer", "prunable layers are")
     assert len(line) < 1_000
+
+
+def test_a_data_path_too_long_for_the_file_system_names_the_recipe(tmp_path, mlp_checkpoint):
+    # is_dir() raised ENAMETOOLONG, which came out as "Error: xxx…xxx.npz: File name too long; check the path and
+    # its permissions": the whole path, and neither the recipe nor data.source.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE + f"data: {{source: {'x' * 300}.npz}}\n")
+    result = CliRunner().invoke(main, ["validate", str(recipe), str(mlp_checkpoint), "--arch", "examples.models:mlp"])
+    line = assert_bad_input(result, "r.yaml: data.source file", "cannot be reached")
+    assert len(line) < 600
