@@ -12,7 +12,6 @@ bomb, tags, duplicate keys — is a :class:`~sparsekit.errors.RecipeError` namin
 
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 import re
@@ -279,6 +278,17 @@ def dotted_path(path: str) -> str:
 _INDEX = re.compile(r"[0-9]{1,9}")
 
 
+def _unshared_copy(value: Any) -> Any:
+    """A copy of plain data in which every mapping and list is its own. YAML aliases (``schedule: *s`` in two
+    pruning entries) and deepcopy share one object between their uses, so an override of one use
+    (``pruning.0.schedule.end_epoch=2``) silently changed every other use too."""
+    if isinstance(value, dict):
+        return {k: _unshared_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared_copy(v) for v in value]
+    return value
+
+
 def override_list(overrides: Any) -> list[Any]:
     """``overrides`` (a list, tuple or other iterable of ``key.path=value`` strings) as a list, read once. One
     string is iterable too, and its characters were read as overrides (``overrides=['f']: expected
@@ -316,8 +326,8 @@ def apply_overrides(
     if not isinstance(data, dict):
         raise RecipeError(f"the recipe must be a YAML mapping to apply overrides to (got {type(data).__name__})")
     overrides = override_list(overrides)
-    check_plain_data(data, "recipe")  # bounded before deepcopy walks it
-    data = copy.deepcopy(data)
+    check_plain_data(data, "recipe")  # bounded (aliases expanded) before the copy below walks it
+    data = _unshared_copy(data)
     for item in overrides:
         if not isinstance(item, str):
             raise RecipeError(f"override {short(repr(item))}: expected a 'key.path=value' string")

@@ -176,3 +176,37 @@ def test_a_data_path_too_long_for_the_file_system_names_the_recipe(tmp_path, mlp
     result = CliRunner().invoke(main, ["validate", str(recipe), str(mlp_checkpoint), "--arch", "examples.models:mlp"])
     line = assert_bad_input(result, "r.yaml: data.source file", "cannot be reached")
     assert len(line) < 600
+
+
+ALIASED = """\
+version: 1
+finetune: {epochs: 3}
+pruning:
+  - {method: magnitude, sparsity: 0.5, layers: [fc1], schedule: &s {start_epoch: 0, end_epoch: 1}}
+  - {method: magnitude, sparsity: 0.5, layers: [fc2], schedule: *s}
+"""
+
+
+def test_an_override_of_one_use_of_a_yaml_alias_leaves_the_others(tmp_path):
+    # The copy the overrides were applied to kept YAML's sharing: --set pruning.0.schedule.end_epoch=2 moved
+    # pruning[1]'s schedule to epoch 2 as well, without a word (validate's plan showed both at 2).
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(ALIASED)
+    loaded = sparsekit.load_recipe(recipe, overrides=["pruning.0.schedule.end_epoch=2"])
+    assert [entry.schedule.end_epoch for entry in loaded.pruning] == [2.0, 1.0]
+    assert [entry.schedule.end_epoch for entry in sparsekit.load_recipe(recipe).pruning] == [1.0, 1.0]
+    # A dict built in Python sharing one schedule mapping, likewise; the caller's dict is left as it was.
+    shared = {"start_epoch": 0, "end_epoch": 1}
+    data = {
+        "finetune": {"epochs": 3},
+        "pruning": [
+            {"method": "magnitude", "sparsity": 0.5, "layers": ["fc1"], "schedule": shared},
+            {"method": "magnitude", "sparsity": 0.5, "layers": ["fc2"], "schedule": shared},
+        ],
+    }
+    loaded = sparsekit.load_recipe(data, overrides=["pruning.1.schedule.end_epoch=3"])
+    assert [entry.schedule.end_epoch for entry in loaded.pruning] == [1.0, 3.0]
+    assert shared == {"start_epoch": 0, "end_epoch": 1}
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.schedule.end_epoch=2"])
+    assert result.exit_code == 0, result.output
+    assert "fc2 (global ranking, no layer above 99%), rising along a cubic schedule from epoch 0 to 1," in result.output
