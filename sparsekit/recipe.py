@@ -1810,6 +1810,8 @@ def load_recipe(
         raise TypeError(
             f"load_recipe takes a recipe file, a shipped recipe's name or a dict, not {type(path).__name__}"
         )
+    if not os.fspath(path):  # Path("") is the current folder: "'.': is a directory" named nothing the caller gave
+        raise RecipeError("the recipe path is empty: give a recipe file, a shipped recipe's name or a dict")
     path = find_recipe(os.fspath(path))
     data = read_yaml(path)
     if overrides:

@@ -16,10 +16,13 @@ def find_recipe(recipe: str | Path) -> Path:
     """``recipe`` as a path when it exists, else the shipped recipe of that name (with or without
     ``.yaml``), else ``recipe`` unchanged (loading it then reports the missing file)."""
     path = Path(recipe)
-    if not path.exists():
-        for candidate in (RECIPES_DIR / str(recipe), RECIPES_DIR / f"{recipe}.yaml"):
-            if candidate.is_file():
-                return candidate
+    try:
+        if not path.exists():
+            for candidate in (RECIPES_DIR / str(recipe), RECIPES_DIR / f"{recipe}.yaml"):
+                if candidate.is_file():
+                    return candidate
+    except OSError:  # a name the file system refuses to look up (too long): reading it says so, as a RecipeError
+        pass
     return path
 
 

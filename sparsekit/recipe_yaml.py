@@ -448,7 +448,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             with path.open("rb") as f:
                 raw = f.read(MAX_TEXT_BYTES + 1)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
-        raise RecipeError(f"{path}: cannot read the recipe ({err})") from None
+        # OSError's text repeats the path, whole: strerror alone after the path cut short (ENAMETOOLONG's is 6 kB).
+        reason = getattr(err, "strerror", None) or err
+        raise RecipeError(f"{short(str(path), 200)}: cannot read the recipe ({reason})") from None
     kind = _model_file_kind(raw[:16])
     if kind:  # the commonest slip: prune and sensitivity take MODEL RECIPE, validate RECIPE [MODEL]
         raise RecipeError(

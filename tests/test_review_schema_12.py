@@ -210,3 +210,19 @@ def test_an_override_of_one_use_of_a_yaml_alias_leaves_the_others(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.schedule.end_epoch=2"])
     assert result.exit_code == 0, result.output
     assert "fc2 (global ranking, no layer above 99%), rising along a cubic schedule from epoch 0 to 1," in result.output
+
+
+@pytest.mark.parametrize("name", ["a" * 300 + ".yaml", "b/" * 3000 + "r.yaml"])
+def test_a_recipe_path_too_long_to_look_up_is_a_recipe_error(name):
+    # Path.exists() raised ENAMETOOLONG: load_recipe gave a bare OSError (documented: a Recipe or a RecipeError,
+    # whatever the input), and the command line an Error: line repeating the whole 6 kB path.
+    with pytest.raises(RecipeError, match=r"cannot read the recipe \(File name too long\)") as err:
+        sparsekit.load_recipe(name)
+    assert len(str(err.value)) < 400
+    assert_bad_input(CliRunner().invoke(main, ["validate", name]), "cannot read the recipe")
+
+
+def test_an_empty_recipe_path_says_so():
+    # Path("") is the current folder: load_recipe("") said "'.': is a directory, expected a YAML recipe file".
+    with pytest.raises(RecipeError, match="the recipe path is empty"):
+        sparsekit.load_recipe("")
