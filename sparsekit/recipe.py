@@ -1510,8 +1510,12 @@ def _message(e: Any) -> str:
         # be a valid string" did not say that quoting it is the remedy (layer_sparsity's keys said so already).
         why = " (YAML reads unquoted yes/no/on/off/true/false as booleans)" if isinstance(value, bool) else ""
         return f"must be text, not {_kind_of(value)} {short(repr(value), 40)}{why}: write it in quotes ('...')"
-    if kind in ("list_type", "dict_type", "model_type"):  # pydantic's "Input should be a valid list" names neither
+    # model_attributes_type: a pruning entry that is no mapping (`pruning: [magnitude]`), in pydantic's words "Input
+    # should be a valid dictionary or object to extract fields from".
+    if kind in ("list_type", "dict_type", "model_type", "model_attributes_type"):
         form = "a list, written [a, b]" if kind == "list_type" else "a mapping, written {key: value}"
+        if kind == "model_attributes_type" and tuple(e["loc"])[:1] == ("pruning",):
+            form = "a mapping naming its method and settings, e.g. {method: magnitude, sparsity: 0.8}"
         if ctx.get("class_name") == LayerSelect.__name__:
             form = "a list of layer-name globs, written [fc1, 'features.*'], or a mapping {include, exclude, types}"
         value = e.get("input")

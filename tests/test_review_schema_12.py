@@ -226,3 +226,16 @@ def test_an_empty_recipe_path_says_so():
     # Path("") is the current folder: load_recipe("") said "'.': is a directory, expected a YAML recipe file".
     with pytest.raises(RecipeError, match="the recipe path is empty"):
         sparsekit.load_recipe("")
+
+
+@pytest.mark.parametrize(
+    ("entry", "got"), [("magnitude", "got text 'magnitude'"), ("", "got null"), ("5", "got a number")]
+)
+def test_a_pruning_entry_that_is_no_mapping_says_what_it_should_be(tmp_path, entry, got):
+    # pydantic's words came through: "pruning[0]: Input should be a valid dictionary or object to extract fields from".
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\npruning:\n  - {entry}\n")
+    line = assert_bad_input(
+        CliRunner().invoke(main, ["validate", str(recipe)]), "r.yaml: pruning[0]: must be a mapping", got
+    )
+    assert "method: magnitude" in line and "extract fields" not in line
