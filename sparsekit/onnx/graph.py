@@ -49,7 +49,11 @@ def onnx_macs(path: PathLike) -> dict[str, Any]:
 
 
 def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, Any]:
-    batch_one = {i.name: [1] for i in graph_inputs(model)}  # a symbolic batch dim only; fixed ones stay
+    inputs = graph_inputs(model)
+    batch_one = {i.name: [1] for i in inputs}  # a symbolic batch dim only; fixed ones stay
+    # A file exported with a fixed batch (torch.onnx.export without dynamic_axes) infers its Gemm/MatMul rows for
+    # that whole batch: they are divided by it below, so every layer counts one sample, as Conv's spatial positions do.
+    batch = _fixed_batch(inputs[0]) if inputs else 1
     weights = _weights(model.graph)
     for node in model.graph.node:  # a weight handed out through an Identity (a tied layer's, as torch exports it)
         if node.op_type == "Identity" and node.input and node.input[0] in weights:
@@ -76,6 +80,8 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
             w = weights[node.input[1]]
             a = shapes.get(node.input[0])
             positions = math.prod(a[:-1]) if a and len(a) > 1 else 1
+            if positions % batch == 0:
+                positions //= batch
         else:
             continue
         if positions is None:
@@ -93,6 +99,12 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
         "effective_macs": sum(r["effective_macs"] for r in layers),
         "layers": layers,
     }
+
+
+def _fixed_batch(info: onnx.ValueInfoProto) -> int:
+    """The batch (first) dim of a graph input when the file fixes it, else 1."""
+    dims = info.type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 1
 
 
 def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
