@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input
+from onnx import TensorProto, helper, numpy_helper
 
+from sparsekit.cli import main
 from sparsekit.onnx import onnx_macs
 from sparsekit.stats import model_stats
 
@@ -35,3 +41,19 @@ def test_macs_of_a_fixed_batch_file_are_per_sample(tmp_path, batch):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(batch, 5, 6),), path, dynamo=False)
     assert onnx_macs(path)["macs"] == model_stats(model, [1, 5, 6])["macs"]
+
+
+def test_bench_of_a_file_with_no_input_says_so(tmp_path):
+    # A graph that computes from constants alone was refused with "...; the model takes . Time it with ...".
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((2, 2), np.float32), "w")],
+    )
+    path = tmp_path / "const.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    result = CliRunner().invoke(main, ["bench", "--no-progress", str(path)])
+    line = assert_bad_input(result, "const.onnx", "no input at all")
+    assert "takes ." not in line

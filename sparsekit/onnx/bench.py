@@ -265,7 +265,8 @@ def _input_dims(
     """The non-batch dims to feed: the model's own when static, else ``input_shape``'s."""
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(float)" or not inputs[0].shape:
-        got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs)
+        # A graph with no inputs (only constants) would otherwise read "the model takes ."
+        got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs) or "no input at all"
         # Say what to do too: this is a limit of the benchmark, not a fault in the user's file.
         raise ExportError(
             f"{path}: the benchmark feeds one float32 tensor with a batch dim; the model takes {got}. "
