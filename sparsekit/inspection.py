@@ -399,7 +399,8 @@ def _onnx_rows(
     main graph whose weight is stored in the file (dense, sparse, or int8, behind a DequantizeLinear or
     not), named after the weight (``fc1.weight`` -> ``fc1``, as torch names the layer), else after the node.
     Also returns the names of the stored tensors the rows count (weights and biases)."""
-    import numpy as np
+
+    from .onnx.tensors import count_nonzero_weight, weight_zero_points
 
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
@@ -428,6 +429,7 @@ def _onnx_rows(
             output = node.output[0]
         return None
 
+    zeros = weight_zero_points(model.graph)  # an asymmetric int8 weight stores 0.0 as its zero point
     readers: dict[str, int] = {}  # weight name -> how many layer nodes read it (tied, or equal values stored once)
     for node in model.graph.node:
         if node.op_type in _WEIGHTED and len(node.input) > 1:
@@ -449,7 +451,7 @@ def _onnx_rows(
             bias_name = node.input[2] if len(node.input) > 2 and node.input[2] in arrays else None
         else:  # MatMul (torch's Linear exported as MatMul + Add), ConvInteger, MatMulInteger
             bias_name = bias_after(node.output[0])
-        n, nz = int(w.size), int(np.count_nonzero(w))
+        n, nz = int(w.size), count_nonzero_weight(w, zeros.get(origin))
         params, nonzero = n, nz
         first = read.get(origin)  # an earlier row reads the same stored tensor (directly or through an Identity)
         key = node.name or node.output[0]
@@ -472,7 +474,7 @@ def _onnx_rows(
         read.setdefault(origin, name)
         if bias_name is not None:
             bias, bias_origin = arrays[bias_name]
-            b, bnz = int(bias.size), int(np.count_nonzero(bias))
+            b, bnz = int(bias.size), count_nonzero_weight(bias, zeros.get(bias_origin))
             params, nonzero = params + b, nonzero + bnz
             if bias_origin in read and shared_with:
                 shared = (shared[0] + b, shared[1] + bnz)
@@ -509,25 +511,25 @@ def _tied_layers(model: Any) -> list[list[str]]:
 def _onnx_other(graph: Any, used: set[str]) -> tuple[int, int]:
     """Elements and nonzeros of the stored weights the rows leave out (BatchNorm, embeddings, an int8 norm scale,
     ...), not counting quantization scales and zero points."""
-    import numpy as np
     from onnx import numpy_helper
 
     from .onnx import densify
-    from .onnx.tensors import weight_predicate
+    from .onnx.tensors import count_nonzero_weight, weight_predicate, weight_zero_points
 
     # The weights count_params counts (bench and report.json): a selector of its own here took float tensors
     # only and left out an int8 one a DequantizeLinear feeds to a BatchNorm or LayerNorm, so the totals differed.
     is_weight = weight_predicate(graph)
+    zeros = weight_zero_points(graph)
     params = nonzero = 0
     for init in graph.initializer:
         if init.name not in used and is_weight(init.name, init.data_type):
             arr = numpy_helper.to_array(init)
-            params, nonzero = params + int(arr.size), nonzero + int(np.count_nonzero(arr))
+            params, nonzero = params + int(arr.size), nonzero + count_nonzero_weight(arr, zeros.get(init.name))
     for sparse in graph.sparse_initializer:
         name = sparse.values.name
         if name not in used and is_weight(name, sparse.values.data_type):
             arr = densify(sparse)
-            params, nonzero = params + int(arr.size), nonzero + int(np.count_nonzero(arr))
+            params, nonzero = params + int(arr.size), nonzero + count_nonzero_weight(arr, zeros.get(name))
     return params, nonzero
 
 

@@ -57,3 +57,79 @@ def test_bench_of_a_file_with_no_input_says_so(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--no-progress", str(path)])
     line = assert_bad_input(result, "const.onnx", "no input at all")
     assert "takes ." not in line
+
+
+class _SmallCnn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def uint8_files(tmp_path_factory):
+    """A pruned model's fp32 file and the uint8-weight (asymmetric) files onnxruntime's own quantizer writes of
+    it: dynamic (ConvInteger / MatMulInteger) and static QDQ, per tensor and per channel."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from sparsekit.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("uint8")
+    torch.manual_seed(0)
+    model = _SmallCnn().eval()
+    with torch.no_grad():
+        for p in (model.conv.weight, model.fc.weight):
+            p.mul_((torch.rand_like(p) > 0.7).float())
+    fp32 = folder / "fp32.onnx"
+    export_onnx(model, fp32, [1, 1, 6, 6], exporter="torchscript")
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"input": rng.standard_normal((1, 1, 6, 6)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    files = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for per_channel in (False, True):
+            files[f"dynamic{int(per_channel)}"] = path = folder / f"dynamic{int(per_channel)}.onnx"
+            quantize_dynamic(fp32, path, weight_type=QuantType.QUInt8, per_channel=per_channel)
+            files[f"qdq{int(per_channel)}"] = path = folder / f"qdq{int(per_channel)}.onnx"
+            quantize_static(
+                fp32, path, Reader(), quant_format=QuantFormat.QDQ, weight_type=QuantType.QUInt8,
+                activation_type=QuantType.QUInt8, per_channel=per_channel,
+            )  # fmt: skip
+    return fp32, files
+
+
+@pytest.mark.parametrize("name", ["dynamic0", "dynamic1", "qdq0", "qdq1"])
+def test_uint8_weights_count_their_zero_point_as_zero(uint8_files, name):
+    # An int8 file whose weights are uint8 with a zero point (onnxruntime's quantizer with QuantType.QUInt8) stores
+    # a pruned weight as its zero point, not 0: inspect called a 70%-sparse model 0.2% sparse, with every MAC
+    # nonzero, and bench/report's nonzero_params counted every weight.
+    from sparsekit.inspection import inspect as inspect_model
+    from sparsekit.onnx import onnx_macs, param_counts
+
+    fp32, files = uint8_files
+    path = files[name]
+    want, got = inspect_model(fp32), inspect_model(path)
+    for a, b in zip(want["layers"], got["layers"], strict=True):
+        # rounding may zero a few tiny weights more, never revive a pruned one
+        assert a["sparsity"] <= b["sparsity"] <= a["sparsity"] + 0.03, (a, b)
+    assert got["sparsity"] >= want["sparsity"]
+    assert 0.97 * param_counts(fp32)["nonzero_params"] <= param_counts(path)["nonzero_params"]
+    assert param_counts(path)["nonzero_params"] <= param_counts(fp32)["nonzero_params"]
+    assert onnx_macs(path)["effective_macs"] <= onnx_macs(fp32)["effective_macs"]
+    assert onnx_macs(path)["effective_macs"] >= 0.97 * onnx_macs(fp32)["effective_macs"]

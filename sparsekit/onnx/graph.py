@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from sparsekit.onnx.files import memoized
-from sparsekit.onnx.tensors import densify, drop_weight_values
+from sparsekit.onnx.tensors import count_nonzero_weight, densify, drop_weight_values, weight_zero_points
 
 __all__ = ["activation_bytes", "graph_inputs", "onnx_macs"]
 
@@ -54,19 +54,17 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
     # A file exported with a fixed batch (torch.onnx.export without dynamic_axes) infers its Gemm/MatMul rows for
     # that whole batch: they are divided by it below, so every layer counts one sample, as Conv's spatial positions do.
     batch = _fixed_batch(inputs[0]) if inputs else 1
-    weights = _weights(model.graph)
+    weights, origins = _weights(model.graph)
+    zeros = weight_zero_points(model.graph)  # an asymmetric int8 weight stores 0.0 as its zero point
     for node in model.graph.node:  # a weight handed out through an Identity (a tied layer's, as torch exports it)
         if node.op_type == "Identity" and node.input and node.input[0] in weights:
             weights[node.output[0]] = weights[node.input[0]]
+            origins[node.output[0]] = origins[node.input[0]]
     drop_weight_values(model)  # read into `weights`; this parse is the memo's own, so it may be changed
     inferred = _inferred_graph(model, batch_one, keep_fixed=True)
     shapes = _static_shapes(inferred if inferred is not None else model.graph)
     layers = []
     for node in model.graph.node:
-        zero = 0  # the value a pruned weight holds: 0, or the zero point of a dynamic-int8 weight
-        if node.op_type in ("MatMulInteger", "ConvInteger") and len(node.input) > 3 and node.input[3] in weights:
-            zp = weights[node.input[3]]
-            zero = int(zp.reshape(-1)[0]) if zp.size and bool((zp == zp.reshape(-1)[0]).all()) else 0
         if node.op_type in ("Conv", "ConvInteger") and len(node.input) > 1 and node.input[1] in weights:
             w = weights[node.input[1]]
             out = shapes.get(node.output[0])
@@ -91,7 +89,7 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
                 "node": node.name or node.output[0],
                 "op": node.op_type,
                 "macs": int(w.size * positions),
-                "effective_macs": int(np.count_nonzero(w != zero) * positions),
+                "effective_macs": count_nonzero_weight(w, zeros.get(origins.get(node.input[1], ""))) * positions,
             }
         )
     return {
@@ -194,14 +192,15 @@ def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
     return shapes
 
 
-def _weights(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializer arrays by name, with a DequantizeLinear's output mapped to its integer input."""
+def _weights(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Initializer arrays by name, with a DequantizeLinear's output mapped to its integer input, and the name of
+    the stored tensor each name reads (whose zero point says which stored value is 0.0)."""
     arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     arrays.update({s.values.name: densify(s) for s in graph.sparse_initializer})
-    for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in arrays:
-            arrays[node.output[0]] = arrays[node.input[0]]
-    for node in graph.node:  # Transpose of a weight (some exporters emit W^T this way)
-        if node.op_type == "Transpose" and node.input[0] in arrays:
-            arrays[node.output[0]] = arrays[node.input[0]]
-    return arrays
+    origins = {name: name for name in arrays}
+    for op in ("DequantizeLinear", "Transpose"):  # Transpose of a weight (some exporters emit W^T this way)
+        for node in graph.node:
+            if node.op_type == op and node.input and node.input[0] in arrays:
+                arrays[node.output[0]] = arrays[node.input[0]]
+                origins[node.output[0]] = origins[node.input[0]]
+    return arrays, origins

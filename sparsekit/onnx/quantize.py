@@ -52,7 +52,7 @@ from sparsekit.onnx.graph import graph_inputs
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session
 from sparsekit.onnx.stats import size_report
-from sparsekit.onnx.tensors import FLOAT_TYPES, QUANT_TYPES
+from sparsekit.onnx.tensors import FLOAT_TYPES, QUANT_TYPES, QUANT_WEIGHT_INPUTS
 
 __all__ = [
     "onnx_accuracy",
@@ -573,15 +573,7 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 def _quantized_weights(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> dict[str, tuple]:
     """Integer initializers used as weights, with their zero points broadcast to their shape."""
-    # op type -> (weight input, zero point input, channel axis or None for the op's default)
-    spec = {
-        "DequantizeLinear": (0, 2, None),
-        "MatMulInteger": (1, 3, -1),
-        "ConvInteger": (1, 3, 0),
-        "QLinearConv": (3, 5, 0),
-        "QLinearMatMul": (3, 5, -1),
-        "QGemm": (3, 5, None),
-    }
+    spec = QUANT_WEIGHT_INPUTS
     out: dict[str, tuple] = {}
     for node in graph.node:
         if node.op_type not in spec:

@@ -26,6 +26,7 @@ __all__ = [
     "FLOAT_TYPES",
     "NUMERIC_TYPES",
     "QUANT_TYPES",
+    "count_nonzero_weight",
     "count_params",
     "densify",
     "external_locations",
@@ -33,6 +34,7 @@ __all__ = [
     "model_tensors",
     "positive_zeros",
     "positive_zeros_tensor",
+    "weight_zero_points",
 ]
 
 _T = onnx.TensorProto
@@ -42,6 +44,65 @@ FLOAT_TYPES = frozenset({_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.BFLOAT16})
 QUANT_TYPES = frozenset({_T.INT8, _T.UINT8, _T.INT16, _T.UINT16, _T.INT4, _T.UINT4})
 # Every number type of whole bytes (no 4-bit, strings, bools or complex numbers).
 NUMERIC_TYPES = FLOAT_TYPES | {_T.INT8, _T.UINT8, _T.INT16, _T.UINT16, _T.INT32, _T.UINT32, _T.INT64, _T.UINT64}
+
+
+# Quantized ops that read an integer weight: op type -> (weight input, its zero point input, the axis a per-channel
+# zero point runs along; None: the node's attributes say). The quantizer's checks read the same table.
+QUANT_WEIGHT_INPUTS: dict[str, tuple[int, int, int | None]] = {
+    "DequantizeLinear": (0, 2, None),
+    "MatMulInteger": (1, 3, -1),
+    "ConvInteger": (1, 3, 0),
+    "QLinearConv": (3, 5, 0),
+    "QLinearMatMul": (3, 5, -1),
+    "QGemm": (3, 5, None),
+}
+
+ZeroPoint = tuple[np.ndarray, int]
+
+
+def weight_zero_points(graph: onnx.GraphProto) -> dict[str, ZeroPoint]:
+    """``{initializer name: (zero point, channel axis)}`` of the integer weights ``graph``'s quantized ops read
+    with a zero point other than 0: the value such a weight stores for 0.0, so a pruned weight of an asymmetric
+    (uint8) file is its zero point, not 0. Weights whose zero points are all 0 (sparsekit's symmetric int8) are
+    left out."""
+    inits = {i.name: i for i in graph.initializer}
+    out: dict[str, ZeroPoint] = {}
+    for node in graph.node:
+        spec = QUANT_WEIGHT_INPUTS.get(node.op_type)
+        if spec is None:
+            continue
+        w_i, zp_i, axis = spec
+        if len(node.input) <= zp_i or node.input[zp_i] not in inits:
+            continue
+        try:
+            zp = numpy_helper.to_array(inits[node.input[zp_i]]).astype(np.int64)
+        except Exception:  # noqa: BLE001 - a file is data: an unreadable zero point counts as 0, as before
+            continue
+        if not zp.any():
+            continue
+        if axis is None:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "DequantizeLinear":
+                axis = int(attrs.get("axis", 1))
+            else:  # QGemm: per output channel, i.e. rows of a transposed B
+                axis = 0 if attrs.get("transB") else 1
+        out[node.input[w_i]] = (zp, axis)
+    return out
+
+
+def count_nonzero_weight(array: np.ndarray, zero: ZeroPoint | None = None) -> int:
+    """Elements of a stored weight that are not the value 0.0 is stored as: 0, or its zero point ``zero``
+    (:func:`weight_zero_points`), per channel along its axis."""
+    if zero is None or array.ndim == 0:
+        return int(np.count_nonzero(array))
+    zp, axis = zero
+    if zp.size == 1:
+        return int(np.count_nonzero(array != zp.reshape(-1)[0]))
+    if not -array.ndim <= axis < array.ndim or array.shape[axis] != zp.size:
+        return int(np.count_nonzero(array))  # blocked quantization or a malformed file: no per-channel layout
+    view = [1] * array.ndim
+    view[axis] = -1
+    return int(np.count_nonzero(array != zp.reshape(view)))
 
 
 def model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
@@ -247,16 +308,20 @@ def count_params(model: onnx.ModelProto) -> dict[str, Any]:
     graph = model.graph
     is_weight = weight_predicate(graph)
 
+    zeros = weight_zero_points(graph)  # an asymmetric int8 weight stores 0.0 as its zero point
     tensors = params = nonzero = 0
     for init in graph.initializer:
         if is_weight(init.name, init.data_type):
             arr = numpy_helper.to_array(init)
             tensors += 1
             params += int(arr.size)
-            nonzero += int(np.count_nonzero(arr))
+            nonzero += count_nonzero_weight(arr, zeros.get(init.name))
     for sparse in graph.sparse_initializer:
         if is_weight(sparse.values.name, sparse.values.data_type):
             tensors += 1
             params += math.prod(sparse.dims)
-            nonzero += int(np.count_nonzero(numpy_helper.to_array(sparse.values)))
+            if sparse.values.name in zeros:  # its implicit elements are 0, not the zero point
+                nonzero += count_nonzero_weight(densify(sparse), zeros[sparse.values.name])
+            else:
+                nonzero += int(np.count_nonzero(numpy_helper.to_array(sparse.values)))
     return {"tensors": tensors, "params": params, "nonzero_params": nonzero}
