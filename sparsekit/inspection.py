@@ -387,7 +387,19 @@ def _onnx_inputs(model: Any) -> dict[str, list[int | str]]:
     }
 
 
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger")
+# QLinearConv / QLinearMatMul / QGemm: a QOperator-format int8 file's layers (onnxruntime's quantize_static with
+# QuantFormat.QOperator), whose weight is input 3 (tensors.layer_weight).
+_WEIGHTED = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+)
 # Ops whose output a bias Add may follow: an int8 layer's output is cast and rescaled first.
 _PASS_THROUGH = ("Cast", "Mul")
 
@@ -400,7 +412,7 @@ def _onnx_rows(
     not), named after the weight (``fc1.weight`` -> ``fc1``, as torch names the layer), else after the node.
     Also returns the names of the stored tensors the rows count (weights and biases)."""
 
-    from .onnx.tensors import count_nonzero_weight, weight_zero_points
+    from .onnx.tensors import QLINEAR_LAYERS, count_nonzero_weight, layer_weight, weight_zero_points
 
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
@@ -420,8 +432,11 @@ def _onnx_rows(
             if len(nexts) != 1:
                 return None
             node = nexts[0]
-            if node.op_type == "Add":
-                other = [i for i in node.input if i != output]
+            if node.op_type in ("Add", "QLinearAdd"):  # QLinearAdd: operands 0 and 3, the rest scales and zero points
+                operands = (
+                    node.input if node.op_type == "Add" else [node.input[i] for i in (0, 3) if i < len(node.input)]
+                )
+                other = [i for i in operands if i != output]
                 ok = len(other) == 1 and other[0] in arrays and arrays[other[0]][0].ndim == 1
                 return other[0] if ok else None
             if node.op_type not in _PASS_THROUGH:
@@ -432,8 +447,8 @@ def _onnx_rows(
     zeros = weight_zero_points(model.graph)  # an asymmetric int8 weight stores 0.0 as its zero point
     readers: dict[str, int] = {}  # weight name -> how many layer nodes read it (tied, or equal values stored once)
     for node in model.graph.node:
-        if node.op_type in _WEIGHTED and len(node.input) > 1:
-            readers[node.input[1]] = readers.get(node.input[1], 0) + 1
+        if node.op_type in _WEIGHTED and layer_weight(node):
+            readers[layer_weight(node)] = readers.get(layer_weight(node), 0) + 1
     transposed = {n.output[0] for n in model.graph.node if n.op_type == "Transpose" and n.output}
     # Which readers share one weight in torch too: only sparsekit's export records it (the dynamo exporter also
     # stores equal tensors once and has every layer read that one name).
@@ -444,11 +459,14 @@ def _onnx_rows(
     used: set[str] = set()  # stored tensors the rows count
     read: dict[str, str] = {}  # tensor name a node reads -> the first row reading it
     for node in model.graph.node:
-        if node.op_type not in _WEIGHTED or len(node.input) < 2 or node.input[1] not in arrays:
+        weight = layer_weight(node)
+        if node.op_type not in _WEIGHTED or weight not in arrays:
             continue
-        w, origin = arrays[node.input[1]]
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-            bias_name = node.input[2] if len(node.input) > 2 and node.input[2] in arrays else None
+        w, origin = arrays[weight]
+        bias_at = QLINEAR_LAYERS[node.op_type][1] if node.op_type in QLINEAR_LAYERS else 2
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "QLinearConv", "QGemm"):
+            has_bias = bias_at is not None and len(node.input) > bias_at and node.input[bias_at] in arrays
+            bias_name = node.input[bias_at] if has_bias and bias_at is not None else None
         else:  # MatMul (torch's Linear exported as MatMul + Add), ConvInteger, MatMulInteger
             bias_name = bias_after(node.output[0])
         n, nz = int(w.size), count_nonzero_weight(w, zeros.get(origin))
@@ -457,10 +475,10 @@ def _onnx_rows(
         key = node.name or node.output[0]
         # The name the node reads the weight by: an Identity's output (`2.weight`) names this layer, the
         # stored tensor it aliases (`0.weight`) another one; a tied weight's later users by their node.
-        named = node.input[1] if ".weight" in node.input[1] else origin
-        if readers[node.input[1]] > 1 and bias_name is not None and ".bias" in bias_name:
+        named = weight if ".weight" in weight else origin
+        if readers[weight] > 1 and bias_name is not None and ".bias" in bias_name:
             name = bias_name.split(".bias")[0]  # a tied weight names one of its layers; each has its own bias
-        elif ".weight" in named and readers[node.input[1]] == 1:
+        elif ".weight" in named and readers[weight] == 1:
             name = named.split(".weight")[0]
         else:
             name = key.strip("/").rsplit("/", 1)[0] or key
@@ -481,7 +499,11 @@ def _onnx_rows(
             used.add(bias_origin)
             read.setdefault(bias_origin, name)
         # torch's layout, [out, in]: a MatMul's weight is stored [in, out] (dynamic int8 stores Gemm weights so).
-        matmul = node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2 and node.input[1] not in transposed
+        # So is a QLinearMatMul's, and a QGemm's unless it sets transB.
+        matmul = node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul") or (
+            node.op_type == "QGemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+        )
+        matmul = matmul and w.ndim == 2 and weight not in transposed
         shape = list(w.shape)[::-1] if matmul else list(w.shape)
         rows.append(_row(name, node.op_type, shape, params, nonzero, n, nz, macs.get(key)))
         if shared_with:

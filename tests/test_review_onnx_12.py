@@ -106,15 +106,16 @@ def uint8_files(tmp_path_factory):
         for per_channel in (False, True):
             files[f"dynamic{int(per_channel)}"] = path = folder / f"dynamic{int(per_channel)}.onnx"
             quantize_dynamic(fp32, path, weight_type=QuantType.QUInt8, per_channel=per_channel)
-            files[f"qdq{int(per_channel)}"] = path = folder / f"qdq{int(per_channel)}.onnx"
-            quantize_static(
-                fp32, path, Reader(), quant_format=QuantFormat.QDQ, weight_type=QuantType.QUInt8,
-                activation_type=QuantType.QUInt8, per_channel=per_channel,
-            )  # fmt: skip
+            for kind, fmt in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
+                files[f"{kind}{int(per_channel)}"] = path = folder / f"{kind}{int(per_channel)}.onnx"
+                quantize_static(
+                    fp32, path, Reader(), quant_format=fmt, weight_type=QuantType.QUInt8,
+                    activation_type=QuantType.QUInt8, per_channel=per_channel,
+                )  # fmt: skip
     return fp32, files
 
 
-@pytest.mark.parametrize("name", ["dynamic0", "dynamic1", "qdq0", "qdq1"])
+@pytest.mark.parametrize("name", ["dynamic0", "dynamic1", "qdq0", "qdq1", "qop0", "qop1"])
 def test_uint8_weights_count_their_zero_point_as_zero(uint8_files, name):
     # An int8 file whose weights are uint8 with a zero point (onnxruntime's quantizer with QuantType.QUInt8) stores
     # a pruned weight as its zero point, not 0: inspect called a 70%-sparse model 0.2% sparse, with every MAC
@@ -133,3 +134,35 @@ def test_uint8_weights_count_their_zero_point_as_zero(uint8_files, name):
     assert param_counts(path)["nonzero_params"] <= param_counts(fp32)["nonzero_params"]
     assert onnx_macs(path)["effective_macs"] <= onnx_macs(fp32)["effective_macs"]
     assert onnx_macs(path)["effective_macs"] >= 0.97 * onnx_macs(fp32)["effective_macs"]
+    assert onnx_macs(path)["macs"] == onnx_macs(fp32)["macs"]
+    assert [r["name"] for r in got["layers"]] == [r["name"] for r in want["layers"]]
+    assert [r["shape"] for r in got["layers"]] == [r["shape"] for r in want["layers"]]
+
+
+def test_qoperator_int8_layers_are_rows_with_their_weights(tmp_path):
+    # A QOperator-format int8 file (onnxruntime's quantize_static with QuantFormat.QOperator: QLinearConv,
+    # QLinearMatMul, QGemm) had no rows for its layers and left their weights out of every count: inspect listed
+    # "(other initializers) 2" params for a model of 1,497, bench's nonzero_params and MACs missed them too.
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from sparsekit.inspection import inspect as inspect_model
+    from sparsekit.onnx import export_onnx, param_counts
+
+    model = _Tokens().eval()
+    fp32, q = tmp_path / "fp32.onnx", tmp_path / "q.onnx"
+    export_onnx(model, fp32, [1, 5, 6], exporter="torchscript")
+    feeds = iter([{"input": np.ones((1, 5, 6), np.float32) * i} for i in range(3)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(feeds, None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(fp32, q, Reader(), quant_format=QuantFormat.QOperator, weight_type=QuantType.QInt8)
+    got = inspect_model(q)
+    assert {r["type"] for r in got["layers"]} >= {"QLinearMatMul", "QLinearConv"}
+    assert got["params"] == inspect_model(fp32)["params"] == param_counts(q)["params"]
+    # onnx's shape inference does not know QLinearAdd (com.microsoft): the layers after it get no MACs
+    known = {r["name"]: r["macs"] for r in got["layers"] if r["macs"] is not None}
+    assert known and all(known[k] == r["macs"] for r in inspect_model(fp32)["layers"] if (k := r["name"]) in known)

@@ -22,7 +22,13 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from sparsekit.onnx.files import memoized
-from sparsekit.onnx.tensors import count_nonzero_weight, densify, drop_weight_values, weight_zero_points
+from sparsekit.onnx.tensors import (
+    count_nonzero_weight,
+    densify,
+    drop_weight_values,
+    layer_weight,
+    weight_zero_points,
+)
 
 __all__ = ["activation_bytes", "graph_inputs", "onnx_macs"]
 
@@ -65,17 +71,18 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
     shapes = _static_shapes(inferred if inferred is not None else model.graph)
     layers = []
     for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvInteger") and len(node.input) > 1 and node.input[1] in weights:
-            w = weights[node.input[1]]
+        weight = layer_weight(node)  # input 1, or 3 of a QOperator int8 layer
+        if weight not in weights:
+            continue
+        w = weights[weight]
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             out = shapes.get(node.output[0])
             positions = math.prod(out[2:]) if out else None
-        elif node.op_type == "ConvTranspose" and len(node.input) > 1 and node.input[1] in weights:
+        elif node.op_type == "ConvTranspose":
             # weight [in, out/groups, *k]: every input value meets out/groups * k weights
-            w = weights[node.input[1]]
             a = shapes.get(node.input[0])
             positions = math.prod(a[2:]) if a else None
-        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger") and len(node.input) > 1 and node.input[1] in weights:
-            w = weights[node.input[1]]
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"):
             a = shapes.get(node.input[0])
             positions = math.prod(a[:-1]) if a and len(a) > 1 else 1
             if positions % batch == 0:
@@ -89,7 +96,7 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
                 "node": node.name or node.output[0],
                 "op": node.op_type,
                 "macs": int(w.size * positions),
-                "effective_macs": count_nonzero_weight(w, zeros.get(origins.get(node.input[1], ""))) * positions,
+                "effective_macs": count_nonzero_weight(w, zeros.get(origins.get(weight, ""))) * positions,
             }
         )
     return {

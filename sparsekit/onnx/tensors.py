@@ -25,12 +25,14 @@ from onnx import numpy_helper
 __all__ = [
     "FLOAT_TYPES",
     "NUMERIC_TYPES",
+    "QLINEAR_LAYERS",
     "QUANT_TYPES",
     "count_nonzero_weight",
     "count_params",
     "densify",
     "external_locations",
     "graph_tensors",
+    "layer_weight",
     "model_tensors",
     "positive_zeros",
     "positive_zeros_tensor",
@@ -58,6 +60,18 @@ QUANT_WEIGHT_INPUTS: dict[str, tuple[int, int, int | None]] = {
 }
 
 ZeroPoint = tuple[np.ndarray, int]
+_ZERO_POINT_INPUTS = {op: [spec] for op, spec in QUANT_WEIGHT_INPUTS.items()} | {"QLinearAdd": [(0, 2, 0), (3, 5, 0)]}
+
+# The layers of a QOperator-format int8 file (onnxruntime's quantize_static with QuantFormat.QOperator): op type ->
+# (integer weight input, int32 bias input or None). Their other stored inputs are scales and zero points.
+QLINEAR_LAYERS: dict[str, tuple[int, int | None]] = {"QLinearConv": (3, 8), "QLinearMatMul": (3, None), "QGemm": (3, 6)}
+
+
+def layer_weight(node: onnx.NodeProto) -> str:
+    """The name of the weight a Conv / ConvTranspose / Gemm / MatMul node (float, dynamic int8 or QOperator int8)
+    reads; "" when it has none."""
+    at = QLINEAR_LAYERS[node.op_type][0] if node.op_type in QLINEAR_LAYERS else 1
+    return node.input[at] if len(node.input) > at else ""
 
 
 def weight_zero_points(graph: onnx.GraphProto) -> dict[str, ZeroPoint]:
@@ -67,11 +81,9 @@ def weight_zero_points(graph: onnx.GraphProto) -> dict[str, ZeroPoint]:
     left out."""
     inits = {i.name: i for i in graph.initializer}
     out: dict[str, ZeroPoint] = {}
-    for node in graph.node:
-        spec = QUANT_WEIGHT_INPUTS.get(node.op_type)
-        if spec is None:
-            continue
-        w_i, zp_i, axis = spec
+    # QLinearAdd (a QOperator file's MatMul bias) stores either operand, each with its own zero point.
+    pairs = [(node, spec) for node in graph.node for spec in _ZERO_POINT_INPUTS.get(node.op_type, ())]
+    for node, (w_i, zp_i, axis) in pairs:
         if len(node.input) <= zp_i or node.input[zp_i] not in inits:
             continue
         try:
@@ -285,6 +297,17 @@ def weight_predicate(graph: onnx.GraphProto) -> Callable[[str, int], bool]:
     integer_ops = [n for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger") and len(n.input) > 1]
     dequantized |= {n.input[1] for n in integer_ops}
     aux |= {name for n in integer_ops for name in n.input[2:]}
+    # QOperator int8 (QLinearConv / QLinearMatMul / QGemm): input 3 is the integer weight, a conv's and a QGemm's
+    # int32 bias is a weight too (as a QDQ file's is); the others are scales and zero points.
+    for n in graph.node:
+        if n.op_type in QLINEAR_LAYERS:
+            w_at, b_at = QLINEAR_LAYERS[n.op_type]
+            stored = {n.input[i] for i in (w_at, b_at) if i is not None and len(n.input) > i}
+            dequantized |= stored
+            aux |= {name for name in n.input[1:] if name not in stored}
+        elif n.op_type == "QLinearAdd" and len(n.input) > 3:  # a QLinearMatMul's bias: int8, added to its output
+            dequantized |= {n.input[0], n.input[3]}
+            aux |= {name for i, name in enumerate(n.input) if i not in (0, 3)}
     activation_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
     aux |= {name for n in graph.node if n.op_type == "Mul" and activation_scales & set(n.input) for name in n.input}
 
