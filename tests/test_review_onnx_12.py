@@ -166,3 +166,20 @@ def test_qoperator_int8_layers_are_rows_with_their_weights(tmp_path):
     # onnx's shape inference does not know QLinearAdd (com.microsoft): the layers after it get no MACs
     known = {r["name"]: r["macs"] for r in got["layers"] if r["macs"] is not None}
     assert known and all(known[k] == r["macs"] for r in inspect_model(fp32)["layers"] if (k := r["name"]) in known)
+
+
+def test_a_zip_that_is_no_torch_file_is_not_called_one(tmp_path):
+    # Any zip given as .onnx was "a PyTorch model file (torch.save), not ONNX: export it to ONNX first", a
+    # downloaded archive holding the .onnx file the user wanted too.
+    import zipfile
+
+    holding, other = tmp_path / "download.onnx", tmp_path / "other.onnx"
+    with zipfile.ZipFile(holding, "w") as archive:
+        archive.writestr("net/model.onnx", b"\x08\x07")
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    for command in ("inspect", "bench"):
+        line = assert_bad_input(CliRunner().invoke(main, [command, str(holding)]), "download.onnx", "'net/model.onnx'")
+        assert "PyTorch" not in line and "unzip" in line
+        line = assert_bad_input(CliRunner().invoke(main, [command, str(other)]), "other.onnx", "zip archive")
+        assert "PyTorch" not in line

@@ -170,14 +170,34 @@ def _not_onnx_hint(path: Path) -> str:
             head = f.read(16)
     except OSError:
         return ""
-    torch_file = head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
+    zipped = head.startswith(b"PK\x03\x04")
+    torch_file = zipped or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
     safetensors = len(head) >= 10 and head[8:10] == b'{"'
     if path.suffix.lower() == ".npz" or not (torch_file or safetensors):
         return ""
+    if zipped:  # torch.save writes a zip holding data.pkl; a zip of anything else (a downloaded .onnx) is no torch file
+        names = _zip_names(path)
+        if names is not None and not any(n.rsplit("/", 1)[-1] == "data.pkl" for n in names):
+            inside = [n for n in names if n.lower().endswith(".onnx")]
+            if inside:
+                return f"; it is a zip archive holding {inside[0]!r}: unzip it and pass that file"
+            return "; it is a zip archive, not an ONNX file"
     return (
         f"; it is a PyTorch model file ({'safetensors' if safetensors else 'torch.save'}), not ONNX: export it to "
         "ONNX first (`sparsekit export`, or sparsekit.export_onnx in Python) and pass the .onnx file"
     )
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """The member names of the zip archive at ``path`` (its central directory only: nothing is extracted);
+    None when it cannot be read as one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()[:10000]
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
 
 
 # Elements in one tensor beyond which its declared shape is refused as absurd (64 GB of float32).
