@@ -496,8 +496,11 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
         click.echo(printable(text))  # layer and node names come from the user's files
 
 
-def _diff(value: float | None) -> str:
-    return "n/a (outputs not finite)" if value is None else f"{value:.2e}"
+def _diff(value: float | None, error: str | None = None) -> str:
+    # No difference either because the outputs could not be compared (the error says why) or were not finite.
+    if value is None:
+        return "n/a" if error else "n/a (outputs not finite)"
+    return f"{value:.2e}"
 
 
 # Values in one input (--input-shape): the recipe's cap on model.input_shape (sparsekit.recipe's
@@ -1022,7 +1025,7 @@ def export(
     lines = [
         f"{fp32}opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "
         f"{res['gzip_bytes']:,} B); parity max diff "
-        f"{_diff(res['parity']['max_abs_diff'])} ({verdict}"
+        f"{_diff(res['parity']['max_abs_diff'], res['parity'].get('error'))} ({verdict}"
         f"{': ' + res['parity']['error'] if res['parity'].get('error') else ''}), "
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]

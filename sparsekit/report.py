@@ -1489,8 +1489,11 @@ def parity_scale(parity: Any) -> str:
     return f", outputs up to {scale:.3g}, rtol {get('rtol'):g}"
 
 
-def _diff(value: float | None) -> str:
-    return "n/a (outputs not finite)" if value is None else f"{value:.2e}"
+def _diff(value: float | None, error: str | None = None) -> str:
+    # No difference either because the outputs could not be compared (the error says why) or were not finite.
+    if value is None:
+        return "n/a" if error else "n/a (outputs not finite)"
+    return f"{value:.2e}"
 
 
 def _x(c: Change, fmt: str = "{:,.0f}", unit: str = "") -> str:
@@ -1727,7 +1730,7 @@ def render_summary(report: Report, out: str | Path) -> str:
             + ("; onnxruntime densifies it at load: memory and latency unchanged" if st.encoding == "sparse" else "")
         )
     lines.append(
-        f"  parity    max |onnx - torch| {_diff(report.parity.max_abs_diff)} "
+        f"  parity    max |onnx - torch| {_diff(report.parity.max_abs_diff, report.parity.error)} "
         f"({'ok' + parity_scale(report.parity) if report.parity.ok else 'FAILED'}"
         f"{': ' + report.parity.error if report.parity.error else ''}), "
         f"zeros kept in ONNX: {report.zeros_preserved}"

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_bad_input
+from conftest import assert_bad_input, user_module
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsekit.cli import main
@@ -183,3 +183,64 @@ def test_a_zip_that_is_no_torch_file_is_not_called_one(tmp_path):
         assert "PyTorch" not in line and "unzip" in line
         line = assert_bad_input(CliRunner().invoke(main, [command, str(other)]), "other.onnx", "zip archive")
         assert "PyTorch" not in line
+
+
+class _WithNone(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h), None, {"aux": None, "feat": h}
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_parity_is_checked_for_a_model_that_returns_none_parts(tmp_path, exporter):
+    # A model returning an optional part as None (a dict's 'aux': None) had its file written with parity "n/a
+    # (outputs not finite) (FAILED: ... holds something other than tensors)": the exporters leave None out of the
+    # graph, and the check now does too.
+    from sparsekit.onnx import export_onnx
+
+    res = export_onnx(_WithNone().eval(), tmp_path / "m.onnx", [1, 6], exporter=exporter)
+    assert res["parity"]["ok"] and res["parity"]["error"] is None and res["parity"]["max_abs_diff"] < 1e-5
+
+
+def test_parity_that_could_not_be_checked_does_not_blame_non_finite_outputs(tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, "strout", STR_OUT)
+    torch.save({"fc.weight": torch.ones(4, 6), "fc.bias": torch.zeros(4)}, tmp_path / "w.pt")
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            str(tmp_path / "w.pt"),
+            "-o",
+            str(tmp_path / "w.onnx"),
+            "--arch",
+            "strout:build",
+            "--input-shape",
+            "1,6",
+            "--exporter",
+            "torchscript",
+        ],
+    )
+    assert "holds something other than tensors" in result.output
+    assert "not finite" not in result.output
+
+
+STR_OUT = """
+import torch
+
+
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return {"logits": self.fc(x), "tag": "v1"}
+
+
+def build():
+    return M()
+"""

@@ -723,13 +723,14 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
 def _tensors(out: Any) -> list[torch.Tensor] | None:
     """The tensors of one model output in the order the ONNX exporters write them as graph outputs
     (a tuple / list in order, a dict's values in insertion order, nested alike); None when ``out`` holds
-    anything that is not a tensor."""
+    anything that is not a tensor. A None part is skipped: both exporters leave it out of the graph's outputs
+    (an optional ``aux`` a model returns as None), so the outputs after it still pair up."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (tuple, list)):
-        parts = [_tensors(v) for v in out]
+        parts = [_tensors(v) for v in out if v is not None]
         return None if any(p is None for p in parts) else [t for p in parts for t in p or []]
     return None
 
