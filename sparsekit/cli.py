@@ -231,9 +231,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as err:  # a path the user gave: missing folder, a file where a folder should be, ...
             if debug:
                 traceback.print_exc()
+            from .fsutil import file_in_the_way
+
             where = err.filename or ""
             _fail(
-                _dangling_link(where) or f"{where}: {err.strerror or err}; check the path and its permissions",
+                _dangling_link(where)
+                or file_in_the_way(where, err.errno)
+                or f"{where}: {err.strerror or err}; check the path and its permissions",
                 2,
                 as_json,
             )

@@ -55,6 +55,21 @@ def _free_bytes(folder: Path) -> int | None:
     return None
 
 
+def file_in_the_way(path: str | os.PathLike[str] | None, code: int | None) -> str | None:
+    """For a path under a file (``-o notes.txt/m.onnx``), which mkdir reports as "File exists" and open as "Not a
+    directory": the file that stands where a folder must be, and what to do; else None."""
+    try:
+        p = Path(os.fsdecode(path)) if path else None
+        # The path itself only when mkdir refused it: any other error on an existing file is about that file.
+        candidates = ([p] if code == errno.EEXIST else []) + list(p.parents) if p is not None else []
+        for there in candidates:
+            if there.exists() and not there.is_dir():
+                return f"{there}: is a file, not a folder, and the output would go inside it; name another path"
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
 def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError | None:
     """An :class:`OutputError` naming ``path`` when ``err`` (or its cause) is a disk problem (full,
     quota, permission, read-only, file too large; or any failure with under 4 MiB free), else None."""
@@ -65,6 +80,8 @@ def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError 
         # The OS said what went wrong (no such folder, ...): say that, not "full" (/proc has 0 B free).
         # EBUSY: the rename onto "." (a folder in use), which is a folder like any other to the user.
         why = os.strerror(errno.EISDIR if other[0] == errno.EBUSY and path.is_dir() else other[0])
+        if other[0] == errno.ENOTDIR and (blocker := file_in_the_way(path, other[0])):
+            return OutputError(blocker)
         return OutputError(f"{path}: cannot write it: {why}; choose an output folder you can write to")
     if code is None:
         free = _free_bytes(path.parent)

@@ -244,3 +244,26 @@ class M(torch.nn.Module):
 def build():
     return M()
 """
+
+
+@pytest.mark.parametrize("under", ["m.onnx", "a/b/m.onnx"])
+def test_export_under_a_file_names_that_file(tmp_path, monkeypatch, under):
+    # `-o notes.txt/m.onnx` said "notes.txt: File exists; check the path and its permissions" (mkdir's words),
+    # and a deeper path "cannot write it: Not a directory" without naming the file that is in the way.
+    user_module(tmp_path, monkeypatch, "strout2", STR_OUT)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    torch.save({"fc.weight": torch.ones(4, 6), "fc.bias": torch.zeros(4)}, tmp_path / "w.pt")
+    args = [
+        "export",
+        str(tmp_path / "w.pt"),
+        "-o",
+        str(notes / under),
+        "--arch",
+        "strout2:build",
+        "--input-shape",
+        "1,6",
+    ]
+    line = assert_bad_input(CliRunner().invoke(main, args), f"{notes}: is a file, not a folder")
+    assert "File exists" not in line
+    assert notes.read_text() == "mine"
