@@ -503,6 +503,12 @@ def describe(
         if spec.target is not None:
             what = "units" if spec.group != "none" else "weights"
             return text + f"; lambda adapts so that {spec.target:g} of the {what} are zero by epoch {s.end_epoch:g}"
+        if spec.mode == "penalty" and not spec.threshold:
+            # A subgradient makes no exact zeros: this entry cannot zero or remove anything, whatever its strength.
+            return text + (
+                "; a penalty makes no exact zeros and no threshold or target is set, so no weight will end at zero "
+                "(set threshold, use mode: proximal, or set target)"
+            )
         return text + "; how many weights end at zero is known only after training"
     if isinstance(spec, MaxNormSpec):
         return (

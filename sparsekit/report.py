@@ -800,16 +800,31 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
                 f"{(spec.get('schedule') or {}).get('end_epoch', 0):g} ({lam}, adapted on the way)"
             )
         else:
-            words = (
-                f"no target (the zeros come from training): {lam}; {unit} under "
-                f"{spec.get('threshold', 0):g} zeroed at the end"
-            )
+            threshold = spec.get("threshold") or 0
+            if threshold:
+                words = f"no target (the zeros come from training): {lam}; {unit} under {threshold:g} zeroed at the end"
+            elif spec.get("mode", "penalty") == "penalty":
+                # (a threshold of 0 zeroes nothing, and a penalty makes no exact zeros itself)
+                words = f"no target, no threshold: {lam} (a penalty makes no exact zeros)"
+            else:
+                words = f"no target (the zeros come from training): {lam}; its exact zeros only (no threshold)"
         return words + ("; all-zero units removed" if spec.get("remove_dead") else "")
     if method == "max_norm":
         limit = spec.get("max_value", 0)
         return f"a constraint, no sparsity target: each unit's incoming weight norm at most {limit:g}"
     target = row.target_sparsity if row else None
     return f"sparsity {target:.3f}" if target is not None else "no target stated"
+
+
+def _l1_advice(spec: dict[str, Any]) -> str:
+    """What to change in an l1 entry that zeroed nothing. A penalty's subgradient makes no exact zeros, so without a
+    threshold or a target no strength would have zeroed anything: "raise strength" sent users round in circles."""
+    if spec.get("mode", "penalty") == "penalty" and not spec.get("threshold") and spec.get("target") is None:
+        return (
+            "a penalty makes no exact zeros and no threshold was set, so no strength zeroes anything: set threshold "
+            "(what ends below it is zeroed), use mode: proximal, or set target (the fraction to reach)"
+        )
+    return "raise strength, or set target (the fraction to reach)"
 
 
 def _unit_norm_maxima(m: MethodResult) -> list[float]:
@@ -890,7 +905,7 @@ def _outcome(
         nothing = True
         remarks.append(
             f"achieved nothing: no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or "
-            "removed: raise strength, or set target (the fraction to reach)"
+            f"removed: {_l1_advice(spec)}"
         )
     elif measure == "weights zero" and m.achieved is not None:
         before = sum(r.params - r.nonzero_params for name in m.layers if (r := dense.get(name)))
@@ -899,7 +914,7 @@ def _outcome(
         if new_zeros < 0.5 if weights else m.achieved <= 0:
             nothing = True
             had = f" beyond the {before:,} zeros the dense model had" if before else ""
-            advice = ": raise strength, or set target (the fraction to reach)" if m.method == "l1" else ""
+            advice = f": {_l1_advice(spec)}" if m.method == "l1" else ""
             if m.method == "l1" and spec.get("group", "none") != "none":
                 what = f"no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or removed"
             else:
@@ -933,8 +948,7 @@ def _outcome(
         elif du.found == 0 and spec.get("group", "none") != "none":
             nothing = True
             remarks.append(
-                "achieved nothing: no unit's weights all reached zero, so no unit was removed: raise strength, or "
-                "set target"
+                f"achieved nothing: no unit's weights all reached zero, so no unit was removed: {_l1_advice(spec)}"
             )
         elif du.found == 0:
             remarks.append("zeroed no whole unit, so remove_dead removed none: the model is no smaller and no faster")
