@@ -768,7 +768,8 @@ class L1Spec(_MethodBase):
 
     ``strength`` is the penalty weight lambda of ``loss + lambda * sum|w|`` (group lasso: ``lambda * sum_g
     ||w_g||_2``); the proximal step shrinks by ``lr * lambda``, ``lr`` being the optimizer's learning rate at
-    that step. In sparsekit 0.1.0 it was the raw shrink per step: divide such a value by the learning rate.
+    that step. In sparsekit 0.1.0 it was the raw shrink per step, the same at every step: divide such a value by the
+    learning rate, which keeps the old run under a constant rate only (see ``strength``'s migration note).
     With ``target``, ``strength`` is only the starting lambda: it is raised or lowered on the way so that the
     fraction of weights (of units, with ``group``) at zero follows the schedule up to ``target`` by
     ``schedule.end_epoch``."""
@@ -787,7 +788,11 @@ class L1Spec(_MethodBase):
         "proximal step is not: proximal then acts like a penalty of (1 - beta) * lambda; one lambda is shared by "
         "the layers, units are not weighted by their size); with target, the starting lambda (penalty mode: "
         "adapted up to 10x it). Migration: recipes written for sparsekit 0.1.0 used proximal "
-        "strength as the shrink per step itself; divide such a value by the learning rate to keep the old run",
+        "strength as the shrink per step itself, the same at every step whatever the learning-rate schedule did; "
+        "dividing such a value by finetune.optimizer.lr keeps the old run under a constant rate only: under a "
+        "schedule the shrink now falls with the rate (cosine over the run: about half the old total; step: less "
+        "still), so divide by the run's mean rate instead for the old total, or, in your own loop, call "
+        "pruner.step(lr=the starting rate) for the old shrink at every step",
     )
     mode: Literal["penalty", "proximal"] = Field(
         "penalty",

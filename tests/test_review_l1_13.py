@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import sparsekit
 from examples.models import mlp
 from sparsekit.planning import describe
 from sparsekit.report import render_summary
@@ -45,3 +46,55 @@ def test_an_entry_that_could_zero_is_still_told_to_raise_strength(spec):
     assert "achieved nothing" in text and "raise strength" in text
     assert "a penalty makes no exact zeros" not in text
     assert "no weight will end at zero" not in describe(recipe.pruning[0], ["fc1", "fc2"], 10, 1)
+
+
+# --- the migration note for proximal strength from sparsekit 0.1.0 -------------------------------------------
+
+
+def _proximal_shrink(strength: float, cosine: bool, override: float | None = None) -> float:
+    """The mean drop of fc1's unit norms after 40 steps of proximal group L1 with zero gradients: the shrink alone."""
+    torch.manual_seed(0)
+    model = mlp(in_features=8, hidden=[6])
+    with torch.no_grad():
+        model.fc1.weight.mul_(50)  # far from zero: no unit dies, every step's shrink shows in full
+    before = model.fc1.weight.norm(dim=1).clone()
+    lr, epochs, steps = 0.05, 4, 10
+    recipe = sparsekit.Recipe(
+        version=1,
+        model={"input_shape": [1, 8]},
+        finetune={"epochs": epochs, "optimizer": {"name": "sgd", "lr": lr}},
+        pruning=[{"method": "l1", "mode": "proximal", "group": "row", "strength": strength, "proximal_every": 1}],
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if cosine else None
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=steps)
+    for _ in range(epochs):
+        for _ in range(steps):
+            opt.zero_grad()
+            (model(torch.randn(2, 8)).sum() * 0).backward()
+            opt.step()
+            pruner.step(lr=override)
+        if sched is not None:
+            sched.step()
+    return float((before - model.fc1.weight.norm(dim=1)).mean())
+
+
+def test_migration_note_says_old_over_lr_is_the_old_run_under_a_constant_rate_only():
+    """sparsekit 0.1.0's proximal strength was the shrink per step, the same at every step. The note said "divide
+    such a value by the learning rate to keep the old run": under the cosine schedule the shipped recipes use, that
+    gives about half the old total shrink (0.56x over 4 epochs here). The note now says when the division keeps the
+    run and what keeps it otherwise (the mean rate for the total; pruner.step(lr=lr0) for every step)."""
+    from pathlib import Path
+
+    from sparsekit.recipe import L1Spec
+
+    old, lr = 2e-4, 0.05
+    assert _proximal_shrink(old / lr, cosine=False) == pytest.approx(old * 40, rel=1e-3)  # constant rate: kept
+    assert _proximal_shrink(old / lr, cosine=True) == pytest.approx(old * 40 * 0.625, rel=1e-3)  # cosine: not
+    assert _proximal_shrink(old / lr, cosine=True, override=lr) == pytest.approx(old * 40, rel=1e-3)
+    note = L1Spec.model_fields["strength"].description or ""
+    assert "constant rate only" in note and "mean rate" in note and "pruner.step(lr=" in note
+    page = (Path(__file__).resolve().parent.parent / "docs" / "recipe.md").read_text()
+    assert "keeps the old run under a constant rate only" in page
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "keeps the old run under a constant rate only" in readme

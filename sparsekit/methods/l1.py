@@ -17,8 +17,11 @@ Keras' ``l1(0.01)`` or PyTorch's ``weight_decay`` (typical values 1e-5..1e-2):
   schedule scales the shrink as it scales the gradient step; for plain SGD away from zero the step is the
   penalty's subgradient step exactly. Unlike the penalty it makes exact zeros.
 
-Migration: before issue 16 proximal ``strength`` was the shrink per step itself (``lr * lambda``); a recipe
-written that way gets the same run with ``strength: old / lr``.
+Migration: before issue 16 proximal ``strength`` was the shrink per step itself (``lr * lambda``), the same at every
+step whatever the learning-rate schedule did. A recipe written that way gets the same run with ``strength: old / lr``
+under a constant rate only: under a schedule the shrink now follows the rate (a cosine schedule over the run gives
+about half the old total), so ``old / mean lr`` keeps the total, and ``pruner.step(lr=lr0)`` in a user's loop keeps
+every step's shrink.
 
 ``target`` (a fraction of the weights, or of the units with groups) adapts lambda on the schedule, as
 Distiller's and NNI's automated regularization do: every ``adapt_every`` steps lambda is set to what zeroes
