@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import sparsekit
 from examples.models import mlp
@@ -98,3 +99,66 @@ def test_migration_note_says_old_over_lr_is_the_old_run_under_a_constant_rate_on
     assert "keeps the old run under a constant rate only" in page
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "keeps the old run under a constant rate only" in readme
+
+
+# --- group lasso without an input shape: the head it could not find ------------------------------------------
+
+
+class _HeadFirst(nn.Module):
+    """The head registered first: a first-Linear guess of the input shape takes its 16 inputs, which do not run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 4)
+        self.body = nn.Linear(20, 32)
+        self.mid = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mid(torch.relu(self.body(x)))))
+
+
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.c1(x))).mean((2, 3))
+
+
+def _group_recipe(group: str, **extra) -> sparsekit.Recipe:
+    entry = {"method": "l1", "mode": "proximal", "group": group, "strength": 1e-3, "target": 0.5}
+    entry["schedule"] = {"start_epoch": 0, "end_epoch": 1}
+    return sparsekit.Recipe(version=1, finetune={"epochs": 1}, pruning=[{**entry, **extra}])
+
+
+@pytest.mark.parametrize(("model", "group"), [(_HeadFirst, "row"), (_ConvNet, "channel")])
+def test_group_l1_that_cannot_find_the_head_says_so_when_built(model, group):
+    """A Pruner given no input shape, on a model whose head is registered first (the first-Linear guess does not
+    run) or whose first layer is a conv (no guess), selected the head with the rest: the target zeroed 2 of its 4
+    rows, leaving those classes only their bias, and nothing was said until finalize skipped remove_dead. The
+    Pruner now warns when it is built, at the user's line, naming the ways to set the shape."""
+    with pytest.warns(UserWarning, match="could not find the classifier head") as caught:
+        pruner = sparsekit.Pruner(model(), _group_recipe(group), steps_per_epoch=4)
+    (warning,) = [w for w in caught if "classifier head" in str(w.message)]
+    assert warning.filename == __file__
+    assert "input_shape" in str(warning.message) and "layers.exclude" in str(warning.message)
+    assert "head" in pruner.methods[0].layers  # (still selected: the warning says so)
+
+
+@pytest.mark.parametrize(
+    ("model", "recipe", "context"),
+    [
+        (_HeadFirst, _group_recipe("row"), {"input_shape": [1, 20]}),  # a shape: the head is found and left out
+        (_HeadFirst, _group_recipe("row", layers={"include": ["body", "mid"]}), None),  # the user named the layers
+        (_ConvNet, _group_recipe("channel"), {"input_shape": [1, 1, 8, 8]}),
+    ],
+)
+def test_no_head_warning_where_the_head_is_known_or_the_layers_named(model, recipe, context):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sparsekit.Pruner(model(), recipe, steps_per_epoch=4, context=context)
+    assert not [w for w in caught if "classifier head" in str(w.message)]

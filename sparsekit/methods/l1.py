@@ -84,8 +84,12 @@ composes with a magnitude or gradient method on the same weights.
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
 import warnings
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -442,11 +446,25 @@ class L1:
         whose only Linear is the head): grouping it alone would zero whole classes. A model whose every prunable
         layer is a head keeps them."""
         shape = self._input_shape(model)
+        why = "" if shape else "the input shape is unknown"
         try:
             heads = output_layers(model, shape) if shape else []
-        except Exception:  # a model that does not run on this shape fails later with a clear error
+        except Exception as err:  # a model that does not run on a given shape fails later with a clear error
             heads = []
+            why = f"the model does not run on the guessed input shape {shape} ({one_line(err)})"
         named = spec.layers.include or []
+        explicit = bool(named) and all(isinstance(n, str) and not _GLOB.search(n) for n in named)
+        if why and not self.input_shape and not explicit:
+            # No shape given and none guessed that runs: the head cannot be told from the other layers (registration
+            # order need not be call order), so a pattern selects it and the target zeroes its rows like any
+            # layer's, leaving those classes only their bias. Silent until finalize's remove_dead, too late.
+            warnings.warn(
+                f"{self.where}: group: {spec.group} could not find the classifier head to leave it out ({why}), so "
+                "it is pruned like any other layer (a head unit at zero leaves its class only its bias); set "
+                "model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner, or leave "
+                "the head out with layers.exclude",
+                stacklevel=_outside_sparsekit(),  # the user's Pruner(...) line
+            )
         for head in heads:
             if head in self.layers:
                 self._heads_kept.append(head)  # (until left out below)
@@ -1596,6 +1614,20 @@ class L1:
             like = self._scores()  # a marked tensor has its layer's score shape (units, or the weight's)
             if all(m.shape == s.shape for m, s in zip(marked, like, strict=True)):
                 self._marked = [m.to(s.device) for m, s in zip(marked, like, strict=True)]
+
+
+_GLOB = re.compile(r"[*?\[]")  # a layers.include entry that is a pattern, not a layer's name
+
+
+def _outside_sparsekit() -> int:
+    """The ``stacklevel`` of the first caller outside this package, for a warning the caller's own line should carry
+    (the frames between vary: Python 3.12 inlines the Pruner's list comprehension, 3.10 gives it a frame)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def layer_cap_for(target: float, units: bool) -> float:
