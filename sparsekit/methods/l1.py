@@ -895,16 +895,20 @@ class L1:
         return [lr * lam for lr in rates]
 
     @torch.no_grad()
-    def _proximal(self, step: int) -> None:
+    def _proximal(self, step: int, flush: bool = False) -> None:
         """``prox_{lr * lambda * R}`` after the optimizer step (Parikh & Boyd, 2014, section 6.5.1 and 6.5.4):
         soft-threshold each weight (``group: none``) or scale each unit by ``max(0, 1 - lr * lambda /
         ||w_g||)`` (block soft-threshold, group lasso). Every ``proximal_every`` steps (and at the window's
         last), by the sum of ``lr * lambda`` over those steps: Langford, Li & Zhang's truncated gradient
         (2009, "Sparse Online Learning via Truncated Gradient", JMLR 10), the same objective at a fraction of
-        the per-step cost."""
+        the per-step cost. ``flush`` (at :meth:`finalize`): apply what the steps since the last proximal step owe,
+        adding no step of its own."""
         rates = self.learning_rates
         lr = rates.uniform() if rates is not None else 1.0
-        if lr is not None:
+        if flush:
+            if not any(self._owed) and not self._owed_all:
+                return
+        elif lr is not None:
             self._owed_all += lr * self.lam  # the usual case: one rate for every layer, one float added
             if self.target is not None:
                 self._owed_base = [t + lr * self.spec.strength for t in self._owed_base]
@@ -915,7 +919,7 @@ class L1:
                 if self.target is not None:
                     self._owed_base[i] += t / self.lam * self.spec.strength if self.lam > 0 else 0.0
         every = self.proximal_every
-        if every > 1 and (step - self.schedule.start) % every and step != self.schedule.end:
+        if every > 1 and (step - self.schedule.start) % every and step != self.schedule.end and not flush:
             return
         if self.units:
             self._mask_first()
@@ -1327,6 +1331,10 @@ class L1:
         """Mask weights (or units) under ``threshold`` (with a target whose end_epoch was reached, that was
         done there); with ``remove_dead``, remove all-zero units and return their removal history
         (``structure_changed`` when any went). Warns and skips the removal when the input shape is unknown."""
+        if self.spec.mode == "proximal" and self.proximal_every > 1:
+            # The steps after the last proximal step (a run that ended between two, with no end_epoch to close the
+            # window on) are owed their shrink: without it they would have trained with less of the penalty.
+            self._proximal(self.step, flush=True)
         if self.spec.threshold > 0 and not self.settled:
             with torch.no_grad():
                 for i, (name, module) in enumerate(self._own.items()):
