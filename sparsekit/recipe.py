@@ -1779,6 +1779,22 @@ def _shorthand_mapping(path: Sequence[str], value: Any, data: dict[str, Any]) ->
     return value
 
 
+def _value_problem(path: Sequence[str], data: dict[str, Any]) -> str | None:
+    """For :func:`~sparsekit.recipe_yaml.apply_overrides`: the schema's problem with the value at ``path`` in
+    ``data`` (``finetune: must be a mapping, ... (got a number 5)``), or None when it has none there."""
+    try:
+        Recipe.model_validate(data, context={"trainer": False})
+    except ValidationError as err:
+        wanted = ".".join(path)
+        for e in _merge_union_members(err.errors()):
+            where = _path(tuple(e["loc"]))
+            if dotted_path(where) == wanted:
+                return f"{where}: {_message(e)}"
+    except Exception:  # noqa: BLE001 - only a better message is at stake: the override's own error stands
+        return None
+    return None
+
+
 def _unwritten_list(parents: Sequence[str], key: str, data: dict[str, Any]) -> str | None:
     """Why ``key`` (an index) cannot be set in the list field at ``parents`` that the recipe does not write (it
     takes its default), or None when that is not the case. Setting item 0 of it made a mapping {'0': value}, which
@@ -1810,7 +1826,14 @@ def load_recipe(
     if isinstance(path, Mapping):
         data = copy.deepcopy(dict(path))
         if overrides:
-            data = apply_overrides(data, overrides, check_key=_override_key, expand=_shorthand_mapping)
+            data = apply_overrides(
+                data,
+                overrides,
+                check_key=_override_key,
+                expand=_shorthand_mapping,
+                check_value=_value_problem,
+                source="recipe (a dict)",
+            )
         recipe = validate_recipe(data, "recipe (a dict)", overrides or (), trainer=trainer)
         recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
         recipe._overrides = tuple(overrides or [])
@@ -1824,7 +1847,9 @@ def load_recipe(
     path = find_recipe(os.fspath(path))
     data = read_yaml(path)
     if overrides:
-        data = apply_overrides(data, overrides, check_key=_override_key, expand=_shorthand_mapping)
+        data = apply_overrides(
+            data, overrides, check_key=_override_key, expand=_shorthand_mapping, check_value=_value_problem, source=path
+        )
     recipe = validate_recipe(data, str(path), overrides or (), trainer=trainer)
     recipe._source = str(path)  # where a factory or data path it names came from (sparsekit.trust)
     recipe._overridden = frozenset(_override_path(o) for o in overrides or [])

@@ -307,6 +307,8 @@ def apply_overrides(
     overrides: list[str],
     check_key: Callable[[Sequence[str], str, dict[str, Any]], str | None] | None = None,
     expand: Callable[[Sequence[str], Any, dict[str, Any]], Any] | None = None,
+    check_value: Callable[[Sequence[str], dict[str, Any]], str | None] | None = None,
+    source: str | os.PathLike[str] = "recipe",
 ) -> dict[str, Any]:
     """A copy of ``data`` (a recipe's plain data) with ``key.path=value`` overrides applied in order
     (list items by index: ``pruning.0.sparsity=0.8``). Each value is read as YAML (``0.8``, ``true``,
@@ -318,6 +320,9 @@ def apply_overrides(
     problem it returns (``"unknown key; did you mean 'epochs'?"``) is the error, naming the override.
     ``expand(path, value, data)`` (the schema's too) is asked for the mapping a plain value or list on the path
     stands for (``schedule: oneshot``, ``layers: [fc1]``), so that a key inside it can be set.
+    ``check_value(path, data)`` (the schema's too) is asked, when a path runs into a plain value or a list that
+    ``source`` wrote (no earlier override set it), what is wrong with that value itself: with ``finetune: 5`` the
+    recipe is at fault, and its problem is the error, naming ``source``.
 
     Raises :class:`~sparsekit.errors.RecipeError` naming the override when it is not a
     ``key.path=value`` string, is longer than ``MAX_OVERRIDE_CHARS``, has an empty or too deep key, an
@@ -328,6 +333,19 @@ def apply_overrides(
     overrides = override_list(overrides)
     check_plain_data(data, "recipe")  # bounded (aliases expanded) before the copy below walks it
     data = _unshared_copy(data)
+    overridden: set[tuple[str, ...]] = set()  # the paths earlier overrides set: what they hold is no fault of source's
+
+    def blocked(parts: list[str], depth: int, shown: str, why: str) -> RecipeError:
+        # The path runs into a value that is not a mapping (or a list, for a key that is not an index) at
+        # parts[:depth]. When the recipe wrote it and the schema refuses it there (`finetune: 5`), the recipe is
+        # at fault, not the override: "--set finetune.epochs=2: 'finetune' is a value, not a mapping".
+        here = tuple(parts[:depth])
+        if check_value is not None and not any(here[:i] in overridden for i in range(1, depth + 1)):
+            problem = check_value(here, data)
+            if problem:
+                return RecipeError(f"{os.fspath(source)}: {problem}; fix it there ({shown} sets a key inside it)")
+        return RecipeError(f"{shown}: {why}")
+
     for item in overrides:
         if not isinstance(item, str):
             raise RecipeError(f"override {short(repr(item))}: expected a 'key.path=value' string")
@@ -353,7 +371,7 @@ def apply_overrides(
             where = short(".".join(parts[: depth + 1]), 120)
             if isinstance(node, list):
                 if not _INDEX.fullmatch(part) or int(part) >= len(node):
-                    raise RecipeError(f"{shown}: {where!r} is not an index of a list of {len(node)}")
+                    raise blocked(parts, depth, shown, f"{where!r} is not an index of a list of {len(node)}")
                 if last:
                     node[int(part)] = value
                 else:
@@ -382,7 +400,8 @@ def apply_overrides(
                             node[part] = expand(parts[: depth + 1], inner, data)
                     node = node[part]
             else:
-                raise RecipeError(f"{shown}: {short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")
+                raise blocked(parts, depth, shown, f"{short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")
+        overridden.add(tuple(parts))
     return data
 
 

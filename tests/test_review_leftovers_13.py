@@ -1,0 +1,48 @@
+"""Review round 13 (faults earlier reviews found and left): what the user saw, and what they see now."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import RecipeError
+
+BASE = """\
+version: 1
+model: {input_shape: [1, 8]}
+pruning:
+  - method: magnitude
+    sparsity: 0.5
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "override", "needle"),
+    [
+        # "--set finetune.epochs=2: 'finetune' is a value, not a mapping": the override was blamed, not the recipe.
+        (
+            "finetune: 5\n",
+            "finetune.epochs=2",
+            "r.yaml: finetune: must be a mapping, written {key: value} (got a number 5)",
+        ),
+        # "'export.opset' is not an index of a list of 0": the recipe's `export: []` was the fault.
+        ("export: []\n", "export.opset=17", "r.yaml: export: must be a mapping, written {key: value} (got a list [])"),
+    ],
+)
+def test_an_override_into_a_bad_recipe_value_blames_the_recipe(tmp_path, line, override, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE + line)
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", override])
+    assert_bad_input(result, needle, f"--set {override} sets a key inside it")
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        sparsekit.load_recipe(recipe, overrides=[override])
+
+
+def test_an_override_into_a_value_an_earlier_override_set_still_blames_the_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE)
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "finetune=5", "--set", "finetune.epochs=2"])
+    assert_bad_input(result, "--set finetune.epochs=2: 'finetune' is a value, not a mapping")
