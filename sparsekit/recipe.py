@@ -1510,6 +1510,25 @@ def _message(e: Any) -> str:
     if kind == "int_from_float":
         return "must be a whole number"
     value = e.get("input")
+    if kind == "literal_error":
+        # pydantic's "Input should be 'global' or 'layer'" showed neither the value given nor a likely meaning, and
+        # `version: 2` read "Input should be 1" without saying that 1 is the only recipe format there is.
+        got = "null" if value is None else f"{_kind_of(value)} {short(repr(value), 40)}"
+        if tuple(e["loc"]) == ("version",):
+            return (
+                f"must be 1, the only recipe format this sparsekit reads (got {got}); write version: 1, or leave "
+                "it out (it defaults to 1)"
+            )
+        expected = str(ctx.get("expected", "?"))
+        choices = re.findall(r"'([^']*)'", expected)
+        meant = did_you_mean(value, choices) if isinstance(value, str) else None
+        if meant and isinstance(value, str):  # 'Conv' is as close to Conv1d as to Conv3d: a guess would mislead
+            ratio = difflib.SequenceMatcher(None, value.lower(), meant.lower()).ratio()
+            if any(
+                c != meant and difflib.SequenceMatcher(None, value.lower(), c.lower()).ratio() == ratio for c in choices
+            ):
+                meant = None
+        return f"must be {expected} (got {got})" + (f"; did you mean {meant!r}?" if meant else "")
     if kind == "string_type" and isinstance(value, bool | int | float):
         # A Sequential's layers are named 0, 1, ...: `include: [0]` is a number to YAML, and pydantic's "Input should
         # be a valid string" did not say that quoting it is the remedy (layer_sparsity's keys said so already).

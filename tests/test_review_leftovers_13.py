@@ -46,3 +46,33 @@ def test_an_override_into_a_value_an_earlier_override_set_still_blames_the_overr
     recipe.write_text(BASE)
     result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "finetune=5", "--set", "finetune.epochs=2"])
     assert_bad_input(result, "--set finetune.epochs=2: 'finetune' is a value, not a mapping")
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        # pydantic's raw "version: Input should be 1".
+        (BASE.replace("version: 1", "version: 2"), ["version: must be 1, the only recipe format", "(got a number 2)"]),
+        # "Input should be 'global' or 'layer'": neither the value given nor the likely meaning.
+        (
+            BASE + "    scope: glob\n",
+            ["pruning[0].scope: must be 'global' or 'layer' (got text 'glob'); did you mean 'global'?"],
+        ),
+        (
+            BASE + "finetune: {epochs: 1, optimizer: {name: Adam, lr: 0.1}}\n",
+            ["finetune.optimizer.name: must be 'sgd', 'adam' or 'adamw' (got text 'Adam'); did you mean 'adam'?"],
+        ),
+    ],
+)
+def test_a_value_outside_a_fixed_set_says_what_was_given(tmp_path, text, needles):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), *needles)
+    assert "Input should be" not in line
+
+
+def test_no_guess_between_equally_close_choices(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE + "    layers: {types: [Conv]}\n")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "(got text 'Conv')")
+    assert "did you mean" not in line
