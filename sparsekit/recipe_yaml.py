@@ -213,10 +213,43 @@ def _tag(tag: str | None) -> str:
     return short(str(tag).replace("tag:yaml.org,2002:", "!!"))
 
 
-def _yaml_problem(err: yaml.YAMLError) -> tuple[str, Any]:
+# YAML reads a plain `key: value` key of at most 1024 characters (the spec's limit on an implicit key).
+MAX_IMPLICIT_KEY = 1024
+
+
+def _long_key(text: str, mark: Any) -> int | None:
+    """The length of the implicit key that ends at (or just after) ``mark`` in ``text`` when it is longer than
+    YAML allows, else None. PyYAML reports such a key as "could not find expected ':'", "mapping values are not
+    allowed here" or "expected ',' or '}', but got ':'" (by where the key stands), none saying why."""
+    if mark is None:
+        return None
+    lines = text.splitlines()
+    if not 0 <= mark.line < len(lines):
+        return None
+    line = lines[mark.line]
+    colon = line.find(":", mark.column)
+    if colon < 0:
+        return None
+    # the key: the text before the colon, after the indentation, a list's "- " and a flow mapping's "{" or ","
+    key = re.split(r"[{,]\s*", line[:colon].lstrip(" -"))[-1].strip()
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
+        key = key[1:-1]
+    if ": " in key:  # a long value holding a colon (`note: ...: x`): some other fault
+        return None
+    return len(key) if len(key) > MAX_IMPLICIT_KEY else None
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str = "") -> tuple[str, Any]:
     """(what is wrong, mark) for a PyYAML error, in a user's words."""
     problem = str(getattr(err, "problem", None) or "")
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    long_key = _long_key(text, mark) if isinstance(err, yaml.scanner.ScannerError | yaml.parser.ParserError) else None
+    if long_key:
+        return (
+            f"a key of {long_key:,} characters: YAML reads a `key: value` key of at most {MAX_IMPLICIT_KEY:,}; "
+            "shorten it, or write it as an explicit key: `? KEY` on one line, then `: VALUE` on the next",
+            mark,
+        )
     if isinstance(err, yaml.reader.ReaderError):
         return f"invalid YAML: {err.reason} (character {err.character!r} at offset {err.position})", None
     if isinstance(err, yaml.constructor.ConstructorError):
@@ -243,7 +276,7 @@ def _parse_yaml(text: str, source: str) -> Any:
         loader = _RecipeLoader(text)  # the reader refuses control characters already here
         return loader.get_single_data()
     except yaml.YAMLError as err:
-        problem, mark = _yaml_problem(err)
+        problem, mark = _yaml_problem(err, text)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         kind = _UnreadableNumber if isinstance(err, _NumberProblem) else RecipeError
         raise kind(f"{source}{where}: {problem}") from None

@@ -76,3 +76,40 @@ def test_no_guess_between_equally_close_choices(tmp_path):
     recipe.write_text(BASE + "    layers: {types: [Conv]}\n")
     line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "(got text 'Conv')")
     assert "did you mean" not in line
+
+
+LONG = "k" * 1100
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # PyYAML's words by where the key stands, none saying why: "could not find expected ':'", "mapping values
+        # are not allowed here", "expected ',' or '}', but got ':'".
+        f"version: 1\n{LONG}: 1\n",
+        f"version: 1\nmodel:\n  kwargs:\n    {LONG}: 1\n",
+        f'version: 1\n"{LONG}": 1\n',
+        f"version: 1\nmodel: {{kwargs: {{{LONG}: 1}}}}\n",
+    ],
+)
+def test_a_key_longer_than_yaml_reads_says_so(tmp_path, text):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert_bad_input(
+        CliRunner().invoke(main, ["validate", str(recipe)]), "a key of 1,100 characters", "at most 1,024", "? KEY"
+    )
+
+
+def test_the_explicit_key_the_message_suggests_is_read(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        BASE.replace("model: {input_shape: [1, 8]}", f"model:\n  input_shape: [1, 8]\n  kwargs:\n    ? {LONG}\n    : 1")
+    )
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 0, result.output + result.stderr
+
+
+def test_a_short_key_without_its_colon_keeps_yaml_words(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nfinetune\n")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "could not find expected ':'")
