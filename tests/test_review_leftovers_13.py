@@ -113,3 +113,36 @@ def test_a_short_key_without_its_colon_keeps_yaml_words(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\nfinetune\n")
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "could not find expected ':'")
+
+
+def _relu_onnx(path, shape):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("batch", "needle"),
+    [
+        # "benchmark it with --batch-size 1000000000000 alone": a value the option itself refuses (1..1,048,576).
+        (10**12, "above the largest batch size it takes (1,048,576)"),
+        (2_000_000, "above the largest batch size it takes (1,048,576)"),
+        (0, "which no batch size can feed"),  # "--batch-size 0 alone"
+    ],
+)
+def test_a_fixed_batch_dim_no_batch_size_can_feed_is_not_suggested(tmp_path, batch, needle):
+    path = _relu_onnx(tmp_path / "m.onnx", [batch, 8])
+    line = assert_bad_input(CliRunner().invoke(main, ["bench", str(path)]), needle, "dynamic batch dim")
+    assert "--batch-size" not in line
+
+
+def test_a_fixed_batch_dim_within_the_limit_is_still_suggested(tmp_path):
+    path = _relu_onnx(tmp_path / "m.onnx", [4, 8])
+    assert_bad_input(CliRunner().invoke(main, ["bench", str(path)]), "--batch-size 4 alone")

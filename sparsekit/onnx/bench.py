@@ -31,7 +31,7 @@ from sparsekit.onnx.files import gzip_level, onnx_bytes
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
-from sparsekit.recipe import MAX_RUNS, MAX_THREADS
+from sparsekit.recipe import MAX_BATCH, MAX_RUNS, MAX_THREADS
 from sparsekit.report import ms_text
 
 __all__ = ["benchmark", "latency_table"]
@@ -276,6 +276,17 @@ def _input_dims(
     batch, *rest = inputs[0].shape
     if isinstance(batch, int) and any(b != batch for b in sizes):
         others = ", ".join(str(b) for b in sizes if b != batch)
+        if not 1 <= batch <= MAX_BATCH:
+            # Suggesting that batch size named one the batch size option refuses (it takes 1..MAX_BATCH).
+            why = (
+                "which no batch size can feed"
+                if batch < 1
+                else f"above the largest batch size it takes ({MAX_BATCH:,})"
+            )
+            raise ExportError(
+                f"{path}: the batch dim is fixed at {batch:,}, {why}, so it cannot be benchmarked; export it with "
+                "a dynamic batch dim (torch.onnx.export's dynamic_axes, or sparsekit export)"
+            )
         raise ExportError(
             f"{path}: the batch dim is fixed at {batch}, so batch size {others} cannot be fed; "
             f"benchmark it with {option('batch_size', str(batch))} alone, or export it with a dynamic batch dim "
