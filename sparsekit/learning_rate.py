@@ -11,6 +11,9 @@ param group holding each of them, as it was during that step (a per-step LR sche
 Precedence: an ``lr`` given to ``Pruner.step(lr=...)`` for that step; else the rate noted at the last optimizer
 step; else ``fallback`` (the recipe's ``finetune.optimizer.lr``), e.g. when a step is driven with no
 ``torch.optim`` optimizer (a dry run, or a hand-written update).
+
+A step no optimizer took (``GradScaler`` skips ``optimizer.step()`` when the gradients overflowed) takes no
+proximal step either (:meth:`LearningRates.took_step`): the shrink is the second half of the optimizer's update.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class LearningRates:
         # when last seen: every optimizer's step calls the hook, and mapping theirs again each step cost ~10-20 us.
         self._foreign: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
         self.optimizer_steps = 0
+        self._steps_checked = 0  # optimizer_steps when took_step() last asked
         self._handle = on_optimizer_steps(self, LearningRates._observe)
 
     def watch(self, weights: Sequence[torch.Tensor]) -> None:
@@ -94,6 +98,15 @@ class LearningRates:
         ]
         first = self._rates[0] if self._rates else None
         self._uniform = first if all(r == first for r in self._rates) else None
+
+    def took_step(self) -> bool:
+        """Whether the current ``pruner.step()`` follows an update of the watched weights: False only when an
+        optimizer holding them has stepped before but not since the last call (``GradScaler`` skipped its step on
+        inf/NaN gradients, as ``method: gradient`` and ``structured`` notice for their scores). True with an ``lr``
+        given for the step, and before any optimizer stepped (a loop without ``torch.optim``)."""
+        steps, checked = self.optimizer_steps, self._steps_checked
+        self._steps_checked = steps
+        return self.override is not None or steps == 0 or steps != checked
 
     def rates(self) -> list[float]:
         """The learning rate of each watched weight for the current step (see the module docstring)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import assert_bad_input
 
@@ -146,3 +147,60 @@ def test_a_fixed_batch_dim_no_batch_size_can_feed_is_not_suggested(tmp_path, bat
 def test_a_fixed_batch_dim_within_the_limit_is_still_suggested(tmp_path):
     path = _relu_onnx(tmp_path / "m.onnx", [4, 8])
     assert_bad_input(CliRunner().invoke(main, ["bench", str(path)]), "--batch-size 4 alone")
+
+
+def _l1_run(skip_every=0, lr_given=None, optimizer=True):
+    """An l1 proximal Pruner over layer 0 of a small MLP, stepped with torch.amp.GradScaler; every ``skip_every``-th
+    step's gradient is made inf, so the scaler skips that optimizer step. Returns the layer's weight after each
+    optimizer.step() and after each pruner.step()."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 8]},
+        "finetune": {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.1}},
+        "pruning": [{"method": "l1", "mode": "proximal", "strength": 0.5, "proximal_every": 1, "layers": ["0"]}],
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    x = torch.randn(4, 8)
+    seen = []
+    for i in range(1, 5):
+        opt.zero_grad()
+        scaler.scale(model(x).sum()).backward()
+        if skip_every and i % skip_every == 0:
+            model[0].weight.grad[0, 0] = float("inf")
+        if optimizer:
+            scaler.step(opt)
+            scaler.update()
+        before = model[0].weight.detach().clone()
+        pruner.step(lr=lr_given)
+        seen.append((before, model[0].weight.detach().clone()))
+    return seen
+
+
+def _shrunk_by(before, after):
+    """The shrink a proximal step applied: the change of every weight it left nonzero (all equal)."""
+    alive = after != 0
+    moved = (after - before)[alive].abs()
+    assert alive.any() and moved.max().item() == pytest.approx(moved.min().item(), rel=1e-3)
+    return moved.max().item()
+
+
+def test_a_step_gradscaler_skipped_takes_no_proximal_shrink():
+    # The skipped steps (2, 4) still soft-thresholded every weight by lr * lambda (0.05), an update no optimizer made.
+    for i, (before, after) in enumerate(_l1_run(skip_every=2), 1):
+        if i % 2:
+            assert _shrunk_by(before, after) == pytest.approx(0.05, rel=1e-3)
+        else:
+            assert torch.equal(before, after), i
+
+
+def test_a_loop_without_torch_optim_still_shrinks():
+    # No optimizer ever steps: the recipe's rate (or the lr given) applies at every step, as documented.
+    for lr in (None, 0.2):
+        for before, after in _l1_run(optimizer=False, lr_given=lr)[:2]:
+            assert _shrunk_by(before, after) == pytest.approx(0.5 * (lr or 0.1), rel=1e-3)

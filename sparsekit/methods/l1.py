@@ -294,7 +294,8 @@ class L1:
 
     ``strength`` is lambda in ``loss + lambda * R(w)`` (``R``: ``sum|w|``, or ``sum_g ||w_g||_2`` with
     ``group``); the proximal step shrinks by ``lr * lambda`` with the learning rate of the optimizer step it
-    follows (:attr:`learning_rates`, set by the Pruner; 1.0 when unset).
+    follows (:attr:`learning_rates`, set by the Pruner; 1.0 when unset), and none on a step no optimizer took
+    (``GradScaler`` skipped it on inf/NaN gradients; see :meth:`~sparsekit.learning_rate.LearningRates.took_step`).
 
     Raises RecipeError at construction when ``group`` does not fit a selected layer's type or the
     schedule window is empty, TargetError when ``spec.layers`` selects no layer."""
@@ -904,15 +905,18 @@ class L1:
         the per-step cost. ``flush`` (at :meth:`finalize`): apply what the steps since the last proximal step owe,
         adding no step of its own."""
         rates = self.learning_rates
+        # A step no optimizer took (GradScaler skipped it on an overflow) owes no shrink: the proximal step is the
+        # second half of the update the optimizer did not make. Owed shrinks are still applied on schedule below.
+        taken = rates.took_step() if rates is not None and not flush else True
         lr = rates.uniform() if rates is not None else 1.0
         if flush:
             if not any(self._owed) and not self._owed_all:
                 return
-        elif lr is not None:
+        elif taken and lr is not None:
             self._owed_all += lr * self.lam  # the usual case: one rate for every layer, one float added
             if self.target is not None:
                 self._owed_base = [t + lr * self.spec.strength for t in self._owed_base]
-        else:
+        elif taken:
             owed = self._owed
             for i, t in enumerate(self._shrinks()):
                 owed[i] += t
