@@ -33,7 +33,7 @@ from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .recipe import Recipe, as_recipe, pruning_key
 from .step_order import StepOrderCheck
-from .surgery import tied_parameters
+from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, tied_parameters
 from .wrappers import unwrap_wrappers
 
 
@@ -179,6 +179,10 @@ class Pruner:
         if steps_per_epoch <= 0:
             raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
         self.model, data_parallel = unwrap_wrappers(model)
+        if not torch.is_inference_mode_enabled() and has_inference_tensors(self.model):
+            # Every mask applied in place then failed with torch's "Inplace update to inference tensor outside
+            # InferenceMode", and structured tracing with advice to check model.input_shape.
+            raise TargetError(f"Pruner(model=...): {INFERENCE_TENSORS_ADVICE}")
         # (DDP inside torch.compile's wrapper is one of its modules)
         ddp = nn.parallel.DistributedDataParallel
         self._in_ddp = data_parallel and any(isinstance(m, ddp) for m in model.modules())

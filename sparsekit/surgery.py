@@ -91,6 +91,27 @@ def integer_input_advice(err: BaseException) -> str | None:
     return None
 
 
+INFERENCE_TENSORS_ADVICE = (
+    "the model's weights are inference tensors (it was built or loaded under torch.inference_mode()), which "
+    "autograd can neither trace nor train and nothing outside inference mode may change: build or load the model "
+    "outside torch.inference_mode() (torch.no_grad() is fine)"
+)
+
+
+def has_inference_tensors(model: nn.Module) -> bool:
+    """Whether any parameter or buffer of ``model`` is an inference tensor (made under ``torch.inference_mode()``)."""
+    return any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
+
+
+def trace_advice(err: BaseException) -> str | None:
+    """What to do when tracing a model failed with ``err`` for a reason no input shape can fix: weights that are
+    inference tensors ("Inference tensors cannot be saved for backward", which read as a shape problem), or integer
+    input (:func:`integer_input_advice`); None for another failure (most often the wrong ``model.input_shape``)."""
+    if re.search(r"[Ii]nference tensors? ", str(err)):
+        return INFERENCE_TENSORS_ADVICE
+    return integer_input_advice(err)
+
+
 def example_input(
     model: nn.Module, input_shape: Sequence[int], batch: int | None = None, random: bool = False
 ) -> torch.Tensor:

@@ -204,3 +204,45 @@ def test_a_loop_without_torch_optim_still_shrinks():
     for lr in (None, 0.2):
         for before, after in _l1_run(optimizer=False, lr_given=lr)[:2]:
             assert _shrunk_by(before, after) == pytest.approx(0.5 * (lr or 0.1), rel=1e-3)
+
+
+def _inference_mlp():
+    with torch.inference_mode():
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+INFERENCE_RECIPE = {
+    "version": 1,
+    "model": {"input_shape": [1, 8]},
+    "pruning": [{"method": "magnitude", "sparsity": 0.5}],
+}
+
+
+@pytest.mark.parametrize("entry", [{"method": "magnitude", "sparsity": 0.5}, {"method": "structured", "ratio": 0.5}])
+def test_a_model_built_in_inference_mode_is_named_as_such(entry):
+    # magnitude: torch's "Inplace update to inference tensor outside InferenceMode is not allowed"; structured: "cannot
+    # trace ... Inference tensors cannot be saved for backward ...; check model.input_shape" (the wrong advice).
+    with pytest.raises(sparsekit.errors.TargetError) as err:
+        sparsekit.Pruner(_inference_mlp(), {**INFERENCE_RECIPE, "pruning": [entry]}, steps_per_epoch=4)
+    assert "inference tensors" in str(err.value) and "outside torch.inference_mode()" in str(err.value)
+    assert "input_shape" not in str(err.value)
+
+
+def test_structured_inside_inference_mode_gets_the_same_advice():
+    with torch.inference_mode():
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        recipe = {**INFERENCE_RECIPE, "pruning": [{"method": "structured", "ratio": 0.5}]}
+        with pytest.raises(sparsekit.errors.TargetError) as err:
+            sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    assert "outside torch.inference_mode()" in str(err.value)
+    assert "check model.input_shape" not in str(err.value)
+
+
+def test_a_one_shot_prune_inside_inference_mode_still_works():
+    with torch.inference_mode():
+        model = _inference_mlp()
+        pruner = sparsekit.Pruner(model, INFERENCE_RECIPE, steps_per_epoch=4)
+        pruner.step()
+        pruner.finalize()
+    weights = torch.cat([model[0].weight.flatten(), model[2].weight.flatten()])
+    assert (weights == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)

@@ -127,12 +127,12 @@ from ..stats import asked_vs_achieved
 from ..surgery import (
     build_graph,
     forward_calls,
-    integer_input_advice,
     mixes_units,
     output_layers,
     remove_dead_units,
     reused_parameters,
     tied_parameters,
+    trace_advice,
 )
 from .base import UNCHANGED, Changes, Setup
 
@@ -1395,7 +1395,7 @@ class L1:
                 f"{self.where}.remove_dead: skipped, the model does not run on the input shape {input_shape} "
                 f"({one_line(err, 120)}); "
                 + (
-                    integer_input_advice(err)
+                    trace_advice(err)
                     or "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
                 ),
                 stacklevel=2,

@@ -322,7 +322,7 @@ class Structured:
         return TargetError(
             f"{self.where}: structured pruning cannot trace the model with input_shape {self.input_shape} "
             f"({one_line(err, 200)}); "
-            + (surgery.integer_input_advice(err) or "check model.input_shape, or use an unstructured method")
+            + (surgery.trace_advice(err) or "check model.input_shape, or use an unstructured method")
         )
 
     def _check_equivalence(self) -> None:
