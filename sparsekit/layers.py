@@ -188,11 +188,24 @@ def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list
     >>> unselected_layers(nn.Sequential(nn.Conv1d(4, 8, 3), nn.BatchNorm1d(8)))[0]["reason"] == NORM_REASON
     True
     """
+    from torch.nn.utils import parametrize
+
     spec = spec or LayerSelect()
     types = list(spec.types)
     out = []
+    # A parametrized layer (weight_norm, spectral_norm) keeps its tensors in `layer.parametrizations.weight`: the
+    # layer is the row (a bias-free one holds no parameter of its own and was left out without a word), and the
+    # ParametrizationList under it is none ("ParametrizationList is not a prunable kind" named no layer).
+    inner = {
+        id(m)
+        for layer in model.modules()
+        if parametrize.is_parametrized(layer)
+        for m in layer.parametrizations.modules()  # type: ignore[union-attr]
+    }
     for name, module in model.named_modules():
-        if next(iter(module.parameters(recurse=False)), None) is None:
+        if id(module) in inner:
+            continue
+        if next(iter(module.parameters(recurse=False)), None) is None and not parametrize.is_parametrized(module):
             continue
         kind = layer_kind(module)
         excluded = next((p for p in spec.exclude if fnmatchcase(name, p)), None)

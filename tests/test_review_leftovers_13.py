@@ -246,3 +246,42 @@ def test_a_one_shot_prune_inside_inference_mode_still_works():
         pruner.finalize()
     weights = torch.cat([model[0].weight.flatten(), model[2].weight.flatten()])
     assert (weights == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+PARAMETRIZED = """\
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+
+def build(bias=False):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16, bias=bias), nn.ReLU(), nn.Linear(16, 16, bias=bias),
+                          nn.ReLU(), nn.Linear(16, 10))
+    weight_norm(model[1])
+    spectral_norm(model[3])
+    return model
+"""
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_parametrized_layer_left_out_is_named(tmp_path, monkeypatch, bias):
+    # A bias-free weight_norm/spectral_norm layer holds no parameter of its own, so `include: *` left it out without
+    # a word; validate listed only "1.parametrizations.weight (ParametrizationList): ParametrizationList is not a
+    # prunable kind", naming no layer (with a bias, that row came on top of the layer's).
+    from conftest import user_module
+
+    from sparsekit.layers import unselected_layers
+
+    mod = user_module(tmp_path, monkeypatch, "parametrized_net", PARAMETRIZED)
+    rows = unselected_layers(mod.build(bias=bias))
+    assert [(r["name"], r["type"]) for r in rows] == [("1", "ParametrizedLinear"), ("3", "ParametrizedLinear")]
+    assert all("parametrization" in r["reason"] for r in rows)
+    model = tmp_path / "m.pt"
+    sparsekit.save_model(mod.build(bias=bias), model, factory="parametrized_net:build", kwargs={"bias": bias})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8]}\npruning:\n  - {method: magnitude, sparsity: 0.5}\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(recipe), str(model), "--trust-code"])
+    assert result.exit_code == 0, result.output + result.stderr
+    left = [line for line in result.output.splitlines() if "left out" in line]
+    assert [line.split("(")[0].strip() for line in left] == ["left out 1", "left out 3"], left
