@@ -1402,9 +1402,12 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     def count(value: int | None) -> str:
         return "unknown" if value is None else f"{value:,}"
 
+    # A tied row's weight is counted in the row that holds it first: the row shows what it adds (its bias) and is
+    # marked, so that the rows add up to the total (they repeated the shared weight: 612 in the rows, 356 in total).
     rows = [
-        [printable(r["name"]), printable(r["type"]), "x".join(map(str, r["shape"])), f"{r['params']:,}",
-         f"{r['nonzero_params']:,}",
+        [printable(r["name"]) + (" (tied)" if r.get("shared_with") else ""), printable(r["type"]),
+         "x".join(map(str, r["shape"])), f"{r['params'] - r.get('shared_params', 0):,}",
+         f"{r['nonzero_params'] - r.get('shared_nonzero', 0):,}",
          f"{r['sparsity']:.3f}", count(r["macs"]), count(r["effective_macs"])]
         for r in res["layers"]
     ]  # fmt: skip
@@ -1434,7 +1437,8 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     if tied:
         lines.append(
             "; ".join(f"{r['name']} shares its weight with {r['shared_with']}" for r in tied)
-            + " (tied): its MACs count, its parameters only once"
+            + " (tied): its MACs count; its params and nonzero count only what it adds, the shared weight being "
+            "counted once"
         )
     if unknown and len(unknown) < len(res["layers"]):
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")

@@ -285,3 +285,42 @@ def test_a_parametrized_layer_left_out_is_named(tmp_path, monkeypatch, bias):
     assert result.exit_code == 0, result.output + result.stderr
     left = [line for line in result.output.splitlines() if "left out" in line]
     assert [line.split("(")[0].strip() for line in left] == ["left out 1", "left out 3"], left
+
+
+TIED = """\
+import torch
+from torch import nn
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.mid, self.dec = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x):
+        return self.head(self.dec(torch.relu(self.mid(self.enc(x)))))
+
+
+def build():
+    return Tied()
+"""
+
+
+def test_inspect_rows_of_tied_layers_add_up_to_the_total(tmp_path, monkeypatch):
+    # dec's row repeated enc's weight: the rows added up to 884 params, the total said 628, and no row was marked.
+    from conftest import user_module
+
+    mod = user_module(tmp_path, monkeypatch, "tied_net", TIED)
+    model = tmp_path / "m.pt"
+    sparsekit.save_model(mod.build(), model, factory="tied_net:build", input_shape=[1, 16])
+    result = CliRunner().invoke(main, ["inspect", str(model), "--trust-code"])
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = result.output.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("layer"))) + 1 :]
+    rows = {line.split("  ")[0].strip(): line.split() for line in table[:4]}
+    assert list(rows) == ["enc", "mid", "dec (tied)", "head"]
+    params = [int(r[-5].replace(",", "")) for r in rows.values()]
+    total = next(line for line in table if line.startswith("total")).split()
+    assert sum(params) == int(total[1].replace(",", "")) == 628
