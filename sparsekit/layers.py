@@ -14,6 +14,7 @@ through :func:`unit_view` / :func:`unit_broadcast` instead of assuming dim 0::
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-from .errors import TargetError
+from .errors import TargetError, option
 from .errors import shorten as short
 from .masks import weight_of
 from .recipe import LAYER_TYPES, LayerSelect
@@ -115,6 +116,15 @@ def _listing(model: nn.Module) -> str:
     return f"prunable layers are: {names or 'none'}"
 
 
+def _rename(field: str) -> str:
+    """What to do when ``field`` (``pruning[0].layers.exclude``) names no layer of this model: name its layers there.
+    The shipped recipes name their example models' layers (``fc3``, ``conv*``), so one's own model run with one
+    was told only that nothing matched, about a file under site-packages it should not edit; an override for one
+    run needs no copy (names in quotes: an ``nn.Sequential``'s ``5`` unquoted is a number and refused)."""
+    override = re.sub(r"\[(\d+)\]", r".\1", field) + '=["NAME", ...]'
+    return f"; name this model's layers in {field}: in the recipe, or for this run {option('set', override)}"
+
+
 def _why_not(model: nn.Module, pattern: str) -> str:
     """Why the first module ``pattern`` matches is not prunable at all, as ``" ('rnn' is a GRU: ...)"``; "" when it
     matches none, or only prunable layers (of a type ``layers.types`` leaves out)."""
@@ -133,7 +143,7 @@ def check_names(model: nn.Module, names: list[str], where: str) -> None:
     all_names = [n for n, _ in model.named_modules() if n]
     for pattern in names:
         if not any(fnmatchcase(n, pattern) for n in all_names):
-            raise TargetError(f"{where}: {short(pattern, 120)!r} matches no layer; {_listing(model)}")
+            raise TargetError(f"{where}: {short(pattern, 120)!r} matches no layer; {_listing(model)}{_rename(where)}")
 
 
 def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") -> dict[str, nn.Module]:
@@ -145,18 +155,21 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
         if not any(fnmatchcase(n, pattern) for n in candidates):
             raise TargetError(
                 f"{where}.include: {short(pattern, 120)!r} matches no layer of types {spec.types}"
-                f"{_why_not(model, pattern)}; {_listing(model)}"
+                f"{_why_not(model, pattern)}; {_listing(model)}{_rename(where + '.include')}"
             )
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in everything):
-            raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer; {_listing(model)}")
+            listing = f"{_listing(model)}{_rename(where + '.exclude')}"
+            raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer; {listing}")
     chosen = {
         n: m
         for n, m in candidates.items()
         if any(fnmatchcase(n, p) for p in spec.include) and not any(fnmatchcase(n, p) for p in spec.exclude)
     }
     if not chosen:
-        raise TargetError(f"{where}: include/exclude leave no layer to prune; {_listing(model)}")
+        raise TargetError(
+            f"{where}: include/exclude leave no layer to prune; {_listing(model)}{_rename(where + '.include')}"
+        )
     return chosen
 
 

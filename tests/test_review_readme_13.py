@@ -1,0 +1,72 @@
+"""Found by review following README.md as a new user from an installed wheel (a fresh venv, an empty folder,
+one's own models run with the shipped recipes)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input, user_module
+from torch import nn
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import TargetError
+
+SEQUENTIAL = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 30), nn.ReLU(), nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 10))
+"""
+
+
+# --- a shipped recipe's layer names on one's own model: what to do, not only that nothing matched --------------------
+
+
+def _sequential() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 30), nn.ReLU(), nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 10))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "field"),
+    [
+        ("lenet-gradual-magnitude-90", "pruning.0.layers.exclude"),  # exclude: [fc3]
+        ("lenet-l1-row-50", "pruning.0.layers.include"),  # include: [fc1, fc2]
+        ("resnet-structured-50", "pruning.0.ignore"),  # ignore: [fc]
+    ],
+)
+def test_a_shipped_recipes_layer_names_that_match_nothing_say_how_to_name_the_models_own(recipe, field):
+    # Before: "pruning[0].layers.exclude: 'fc3' matches no layer; prunable layers are: 1 (Linear), ..." and nothing
+    # on what to do, about a recipe file under site-packages that a wheel user should not edit.
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model = _sequential() if "lenet" in recipe else cnn
+    with pytest.raises(TargetError) as caught:
+        sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    message = str(caught.value)
+    assert "prunable layers are: " in message
+    assert f"overrides=['{field}=[\"NAME\", ...]']" in message, message
+    # the remedy works as written, names quoted (an nn.Sequential's 5, unquoted, is a number and refused)
+    name = "5" if "exclude" in field else "1" if "include" in field else "3"
+    fixed = sparsekit.load_recipe(recipe, overrides=[f'{field}=["{name}"]'])
+    sparsekit.Pruner(model, fixed, steps_per_epoch=4)
+
+
+def test_the_cli_names_the_override_to_paste_and_it_runs(tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, "seqnet", SEQUENTIAL)
+    import seqnet
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(seqnet.build().state_dict(), tmp_path / "w.pt")
+    args = ["validate", "lenet-gradual-magnitude-90", "w.pt", "--arch", "seqnet:build", "--data", "synthetic"]
+    result = CliRunner().invoke(main, args)
+    line = assert_bad_input(result, "pruning[0].layers.exclude: 'fc3' matches no layer", "5 (Linear)")
+    pasted = re.search(r"--set ('[^']*')", line)
+    assert pasted is not None, line
+    override = shlex.split(pasted.group(1))[0].replace("NAME", "5").replace(", ...", "")
+    result = CliRunner().invoke(main, [*args, "--set", override])
+    assert result.exit_code == 0, result.output
