@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +71,36 @@ def test_the_cli_names_the_override_to_paste_and_it_runs(tmp_path, monkeypatch):
     override = shlex.split(pasted.group(1))[0].replace("NAME", "5").replace(", ...", "")
     result = CliRunner().invoke(main, [*args, "--set", override])
     assert result.exit_code == 0, result.output
+
+
+# --- README's "Every key, with its default" block holds every key ----------------------------------------------------
+
+
+def test_the_readmes_every_key_block_names_every_key_of_the_schema():
+    # Before: finetune.loss and gradient's score_every were missing from the block the README calls "Every key, with
+    # its default" (a wheel user's only copy of the recipe keys besides `sparsekit recipes --reference`).
+    import yaml
+
+    from sparsekit import recipe as schema
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("Every key, with its default")
+    block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", readme[start:], re.S).group(1))
+    sections = {"model": schema.ModelSpec, "data": schema.DataSpec, "finetune": schema.FinetuneSpec}
+    sections |= {"export": schema.ExportSpec, "benchmark": schema.BenchmarkSpec}
+    missing = [
+        f"{name}.{key}" for name, spec in sections.items() for key in spec.model_fields if key not in block[name]
+    ]
+    assert set(schema.Recipe.model_fields) <= set(block), set(schema.Recipe.model_fields) - set(block)
+    written: dict[str, set[str]] = {}
+    for entry in block["pruning"]:
+        written.setdefault(entry["method"], set()).update(entry)
+    # the `sparsity: auto, target` and `layer_sparsity` lines are magnitude's, "or gradient" (their comment)
+    written["gradient"] |= {"target", "layer_sparsity"}
+    specs = dict(zip(schema.METHOD_NAMES, schema.METHOD_SPECS, strict=True))
+    for method, spec in specs.items():
+        # layers and schedule are the commented lines every entry shares
+        missing += [
+            f"{method}.{key}" for key in spec.model_fields if key not in written[method] | {"layers", "schedule"}
+        ]
+    assert not missing, missing
