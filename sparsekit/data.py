@@ -200,6 +200,7 @@ def _load_data(
     if source.endswith(".npz"):
         if named_in is not None:
             _check_named_path(source, named_in)
+            _check_beside_recipe(source, named_in)
         x, y = _load_npz(source)
     elif source == "digits":
         x, y = _load_digits(standard=normalize == "standard")
@@ -540,6 +541,28 @@ def _check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
             f"{named_in}: data.source names the file {shown}, in a hidden file or folder, where a recipe's paths "
             f"never lead; {confirm}"
         )
+
+
+def _check_beside_recipe(source: str, named_in: str | os.PathLike[str]) -> None:
+    """A recipe's relative ``.npz`` path is read from the current folder, not the recipe's: when it names no file
+    there but one beside the recipe (``sub/r.yaml`` naming ``d.npz`` run from the parent folder), a DataError says
+    so. The plain "not found (relative paths start at the current directory ...)" left the user looking at the
+    very file it named, beside the recipe."""
+    path = Path(source).expanduser()
+    recipe = Path(named_in)
+    try:
+        if path.is_absolute() or path.exists() or not recipe.is_file():
+            return
+        beside = recipe.parent / path
+        if not beside.is_file():
+            return
+    except OSError:  # a name too long, a folder that may not be searched: _load_npz words these
+        return
+    raise DataError(
+        f"data.source file '{shorten(source, 200)}' not found in the current folder {os.getcwd()}, where a "
+        f"recipe's relative paths are read from, not the recipe's folder, which holds {shorten(str(beside), 200)}: "
+        f"run from the recipe's folder, or name the file yourself: {option('data', str(beside))}"
+    )
 
 
 def _load_callable(

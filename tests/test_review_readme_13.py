@@ -104,3 +104,55 @@ def test_the_readmes_every_key_block_names_every_key_of_the_schema():
             f"{method}.{key}" for key in spec.model_fields if key not in written[method] | {"layers", "schedule"}
         ]
     assert not missing, missing
+
+
+# --- a recipe's .npz beside it, run from another folder -------------------------------------------------------------
+
+
+def test_a_recipes_npz_beside_it_but_not_in_the_current_folder_says_so_and_how_to_use_it(tmp_path, monkeypatch):
+    # README: "a relative one is read from the current folder, not the recipe's". Before, the error said only
+    # "data.source file 'd.npz' not found (relative paths start at the current directory ...)" while the file was
+    # right there beside the recipe; now it names that file and how to use it.
+    import numpy as np
+
+    from sparsekit.data import load_data
+    from sparsekit.errors import DataError
+
+    (tmp_path / "sub").mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sub" / "d.npz", x=rng.random((40, 8), dtype=np.float32), y=rng.integers(0, 2, 40))
+    (tmp_path / "sub" / "r.yaml").write_text("version: 1\ndata: {source: d.npz}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as caught:
+        load_data("d.npz", named_in="sub/r.yaml", input_shape=[1, 8])
+    message = str(caught.value)
+    assert message.startswith("sub/r.yaml: data.source file 'd.npz' not found in the current folder"), message
+    assert "sub/d.npz" in message and "data='sub/d.npz'" in message
+    result = CliRunner().invoke(main, ["validate", "sub/r.yaml"])  # the recipe alone reads no data
+    assert result.exit_code == 0, result.output
+    # the remedy works as written; from the recipe's folder the path is found as before
+    assert load_data("sub/d.npz", input_shape=[1, 8], field="data").train.dataset is not None
+    monkeypatch.chdir(tmp_path / "sub")
+    assert load_data("d.npz", named_in="r.yaml", input_shape=[1, 8]).train.dataset is not None
+    # a file that is nowhere keeps the old words
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="relative paths start at the current directory"):
+        load_data("gone.npz", named_in="sub/r.yaml", input_shape=[1, 8])
+
+
+def test_the_cli_names_the_npz_beside_the_recipe_as_a_data_option(tmp_path, monkeypatch):
+    import numpy as np
+
+    (tmp_path / "sub").mkdir()
+    np.savez(tmp_path / "sub" / "d.npz", x=np.zeros((40, 784), np.float32), y=np.arange(40) % 10)
+    (tmp_path / "sub" / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 784]}\ndata: {source: d.npz}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    user_module(tmp_path, monkeypatch, "seqnet", SEQUENTIAL)
+    import seqnet
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(seqnet.build().state_dict(), tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["validate", "sub/r.yaml", "w.pt", "--arch", "seqnet:build"])
+    assert_bad_input(result, "sub/r.yaml: data.source file 'd.npz' not found", "--data sub/d.npz")
