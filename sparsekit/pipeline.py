@@ -14,7 +14,7 @@ import platform
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -51,7 +51,7 @@ from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
-from .recipe import Recipe, as_recipe
+from .recipe import Recipe, as_recipe, load_recipe
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
@@ -332,6 +332,7 @@ def run_prune(
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
     log_dir: str | Path | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> Report | None:
     """Run the whole recipe on the model file and write the output folder ``out``; returns the
     :class:`~sparsekit.report.Report` that report.json holds. ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a
@@ -352,12 +353,22 @@ def run_prune(
     hashes and the resolved recipe (:mod:`sparsekit.provenance`); a resume with any of them changed is
     refused, naming each change, unless ``allow_changes`` accepts it (only fields that do not alter the
     finished epochs: :data:`~sparsekit.provenance.SAFE_CHANGES`, e.g. ``finetune.epochs``).
-    ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr).
+    ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr). ``overrides``
+    (``key.path=value`` strings, the CLI's ``--set``; the remedies of sparsekit's errors spell them
+    ``overrides=[...]``) are applied to a recipe file, name or dict as :func:`~sparsekit.recipe.load_recipe` does;
+    a :class:`~sparsekit.recipe.Recipe` object takes none (TypeError: set its fields, or load it with them).
 
     Raises :class:`~sparsekit.errors.SparsekitError` subclasses for bad input (model file, recipe,
     data, output folder), before the output folder is touched wherever the fault can be seen early."""
     from .outputs import RunFolder
 
+    if overrides is not None and isinstance(recipe, Recipe):
+        raise TypeError(
+            "run_prune(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "
+            "is already validated: set its fields, or pass load_recipe(path, overrides=[...]) instead"
+        )
+    if overrides is not None and isinstance(recipe, str | os.PathLike | Mapping):
+        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), list(overrides))
     recipe = as_recipe(recipe)  # a recipe file, a shipped recipe's name or a dict, as Pruner takes them
     clock = PhaseClock()
     out = Path(out)

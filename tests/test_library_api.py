@@ -241,3 +241,22 @@ def test_load_recipe_and_finetune_take_a_dict_as_the_pruner_does():
 
     model, history, pruner = sparsekit.finetune(model, MappingProxyType(data), batches, batches[:1], progress=False)
     assert len(history) == 1 and pruner.recipe.pruning[0].sparsity == 0.5
+
+
+def test_run_prune_takes_the_overrides_its_errors_advise(tmp_path, mlp_checkpoint):
+    # The remedies of sparsekit's errors read "overrides=[...]" in Python; run_prune refused the keyword (TypeError).
+    fast = ["export.exporter=torchscript", "benchmark.runs=5", "benchmark.warmup=1"]
+    report = sparsekit.run_prune(
+        mlp_checkpoint,
+        _recipe(tmp_path),
+        tmp_path / "o",
+        arch=MLP_ARCH,
+        progress=False,
+        overrides=["pruning.0.sparsity=0.25", *fast],
+    )
+    assert report is not None and report.methods[0].asked == pytest.approx(0.25)
+    with pytest.raises(TypeError, match="load_recipe"):
+        sparsekit.run_prune(
+            mlp_checkpoint, sparsekit.load_recipe(_recipe(tmp_path)), tmp_path / "p", arch=MLP_ARCH, overrides=fast
+        )
+    assert not (tmp_path / "p").exists()
