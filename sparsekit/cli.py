@@ -59,6 +59,7 @@ FLAGS = {
     "overwrite": "--overwrite",
     "provider": "--provider",
     "resume": "--resume",
+    "restart": "--overwrite",
     "set": "--set",
     "trust_code": "--trust-code",
     "trust_model_file": "--trust-model-file",

@@ -29,6 +29,9 @@ API_SPELLING = {
     "overwrite": "overwrite=True",
     "provider": "provider=...",
     "resume": "resume=True",
+    # Training over from the first epoch, where a checkpoint cannot be resumed: finetune() has no overwrite (it
+    # replaces its checkpoint_dir's last.pt when not resuming); the command's remedy is its --overwrite.
+    "restart": "resume=False",
     "set": "overrides=[...]",
     "trust_code": "trust_code=True",
     "trust_model_file": "trust=True",

@@ -625,7 +625,7 @@ def _load_checkpoint(
     ``(finished epochs, history, optimizer, scheduler)``. Raises SparsekitError naming ``path`` when it
     does not belong to this run (``origin``, with the ``accepted`` changes, see
     :func:`sparsekit.provenance.check_resume`)."""
-    again = f"start again with {option('overwrite')}"
+    again = f"start again with {option('restart')}"
     if path.is_dir() or not os.access(path, os.R_OK):  # not damage: a folder where the file goes, permissions
         what = "it is a folder" if path.is_dir() else "no permission to read it"
         unreadable = SparsekitError(f"{path}: cannot be read ({what}); fix that, or {again}")

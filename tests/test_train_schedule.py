@@ -177,13 +177,13 @@ def test_resume_messages_name_the_option_not_a_flag(tmp_path):
     data = _data(False)
     r = _recipe({"name": "constant"}, epochs=3)
     sparsekit.finetune(_model(False), r, data, data[:1], progress=False, checkpoint_dir=tmp_path)
-    with pytest.raises(sparsekit.RecipeError, match=r"already finished epoch 3; start again with overwrite=True$"):
+    with pytest.raises(sparsekit.RecipeError, match=r"already finished epoch 3; start again with resume=False$"):
         sparsekit.finetune(
             _model(False), _recipe({"name": "constant"}, epochs=2), data, data[:1], progress=False,
             checkpoint_dir=tmp_path, resume=True, allow_changes=["finetune.epochs"],
         )  # fmt: skip
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(sparsekit.SparsekitError, match=r"start again with overwrite=True$"):
+    with pytest.raises(sparsekit.SparsekitError, match=r"start again with resume=False$"):
         sparsekit.finetune(_model(False), r, data, data[:1], progress=False, checkpoint_dir=tmp_path, resume=True)
 
 
