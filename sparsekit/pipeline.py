@@ -354,9 +354,10 @@ def run_prune(
     refused, naming each change, unless ``allow_changes`` accepts it (only fields that do not alter the
     finished epochs: :data:`~sparsekit.provenance.SAFE_CHANGES`, e.g. ``finetune.epochs``).
     ``notify`` receives one-line messages meant for the user (the CLI prints them on stderr). ``overrides``
-    (``key.path=value`` strings, the CLI's ``--set``; the remedies of sparsekit's errors spell them
-    ``overrides=[...]``) are applied to a recipe file, name or dict as :func:`~sparsekit.recipe.load_recipe` does;
-    a :class:`~sparsekit.recipe.Recipe` object takes none (TypeError: set its fields, or load it with them).
+    (``key.path=value`` strings, as the command line's set option takes them; the remedies of sparsekit's errors
+    spell them ``overrides=[...]``) are applied to a recipe file, name or dict as
+    :func:`~sparsekit.recipe.load_recipe` does; a :class:`~sparsekit.recipe.Recipe` object takes none (TypeError:
+    set its fields, or load it with them).
 
     Raises :class:`~sparsekit.errors.SparsekitError` subclasses for bad input (model file, recipe,
     data, output folder), before the output folder is touched wherever the fault can be seen early."""
