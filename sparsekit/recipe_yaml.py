@@ -130,7 +130,7 @@ class _RecipeLoader(yaml.SafeLoader):
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
                     k = (key_node.tag, key_node.value)
                     if k in seen:
-                        raise yaml.constructor.ConstructorError(
+                        raise _DuplicateKey(
                             "while constructing a mapping",
                             node.start_mark,
                             f"found duplicate key {short(key_node.value)!r} (first written on line "
@@ -158,8 +158,14 @@ class _NumberProblem(yaml.constructor.ConstructorError):
     """A number written so that it cannot be read as its value (:func:`number_problem`): never text either."""
 
 
-class _UnreadableNumber(RecipeError):
-    """:class:`_NumberProblem` as a recipe error: an override value holding one is refused, not kept as text."""
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping: YAML that was read, so never taken as text either."""
+
+
+class _RefusedValue(RecipeError):
+    """:class:`_NumberProblem` or :class:`_DuplicateKey` as a recipe error: an override value holding one is
+    refused, not kept as text (``--set 'finetune={epochs: 3, epochs: 4}'`` said "must be a mapping (got text
+    ...)", hiding the key written twice)."""
 
 
 # Python refuses to read whole numbers longer than this (sys.get_int_max_str_digits()'s default).
@@ -278,7 +284,7 @@ def _parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as err:
         problem, mark = _yaml_problem(err, text)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        kind = _UnreadableNumber if isinstance(err, _NumberProblem) else RecipeError
+        kind = _RefusedValue if isinstance(err, _NumberProblem | _DuplicateKey) else RecipeError
         raise kind(f"{source}{where}: {problem}") from None
     except RecursionError:
         raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels deep") from None
@@ -294,8 +300,8 @@ def _parse_value(text: str, item: str) -> Any:
         raise RecipeError(f"{where}: {problem}")
     try:
         value = _parse_yaml(text, where)
-    except _UnreadableNumber:
-        raise  # {lr: 1e-400}: YAML, with a number in it that would silently change
+    except _RefusedValue:
+        raise  # {lr: 1e-400} or {epochs: 3, epochs: 4}: YAML, with a number that would change or a key twice
     except RecipeError:
         return text  # not YAML: the words as a string (a path, a glob, ...), as before
     check_plain_data(value, where)

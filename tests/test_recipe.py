@@ -630,6 +630,11 @@ def test_override_values_that_yaml_reads_otherwise_than_meant_are_named(tmp_path
     # an underflow inside a mapping value fell back to text: "Input should be a valid dictionary"
     with pytest.raises(RecipeError, match="1e-400 is too small for a 64-bit float"):
         load_recipe(path, ["finetune.optimizer={name: sgd, lr: 1e-400}"])
+    # a key written twice inside a value fell back to text too: "must be a mapping ... (got text '{epochs: ...')"
+    with pytest.raises(RecipeError, match=r"duplicate key 'epochs'"):
+        load_recipe(path, ["finetune={epochs: 3, epochs: 4}"])
+    with pytest.raises(RecipeError, match=r"duplicate key 'name'"):
+        load_recipe(path, ["finetune.optimizer={name: sgd, name: adam}"])
     # a number where text is wanted: say how to write the text
     with pytest.raises(RecipeError, match=r'must be text, not a number .*quote it: data\.source="1e5"'):
         load_recipe(path, ["data.source=1e5"])
