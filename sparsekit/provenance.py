@@ -313,10 +313,33 @@ def check_allowed(allowed: Iterable[str]) -> list[str]:
         if not (is_safe(field) or any(s == field + "." for s in SAFE_CHANGES)):
             safe = [s.rstrip(".") for s in SAFE_CHANGES]
             meant = next(iter(difflib.get_close_matches(field, safe, n=1, cutoff=0.9)), None)  # a typo of one
-            why = f"did you mean {meant!r}?" if meant else "it changes what the finished epochs did."
+            if meant:
+                why = f"did you mean {meant!r}?"
+            elif not _is_recipe_field(field):  # 'bogus.x' does not change anything: say it is no field at all
+                why = "no recipe has that field."
+            else:
+                why = "it changes what the finished epochs did."
             raise ValueError(f"{name!r} cannot be changed on a resume: {why} Fields that can: {', '.join(safe)}")
         out.append(field)
     return out
+
+
+def _is_recipe_field(field: str) -> bool:
+    """Whether ``field`` (dotted) names a recipe field or section, as far as the schema's sections go: past a
+    list or a method entry (``pruning.0.sparsity``) any name is taken to be one."""
+    from pydantic import BaseModel
+
+    from .recipe import Recipe  # here: provenance is imported by modules the recipe schema needs
+
+    model: Any = Recipe
+    for part in field.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return True
+        info = model.model_fields.get(part)
+        if info is None:
+            return False
+        model = info.annotation
+    return True
 
 
 def check_resume(

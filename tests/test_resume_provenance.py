@@ -66,6 +66,12 @@ def test_only_safe_fields_can_be_accepted():
         with pytest.raises(ValueError, match=f"'{unsafe}' cannot be changed on a resume"):
             check_allowed([unsafe])
     assert not is_safe("finetune.epochs_extra") and is_safe("benchmark.runs")
+    # A name no recipe has was refused as one that "changes what the finished epochs did"
+    for bogus in ["bogus.x", "finetune.bogus", "data.nonsense"]:
+        with pytest.raises(ValueError, match=f"'{bogus}' cannot be changed on a resume: no recipe has that field"):
+            check_allowed([bogus])
+    with pytest.raises(ValueError, match="changes what the finished epochs did"):
+        check_allowed(["data.batch_size"])
     assert all(is_safe(s.rstrip(".")) or s.endswith(".") for s in SAFE_CHANGES)
 
 
