@@ -21,9 +21,18 @@ def refuse_distributed_structured(recipe: Recipe) -> None:
         )
 
 
-def short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float, run: str = "run") -> list[str]:
-    """One line per pruning entry whose schedule ends after ``total_steps`` optimizer steps (``run``: what
-    the user calls the training: ``fit`` in Lightning)."""
+def short_schedules(
+    recipe: Recipe, steps_per_epoch: int, total_steps: float, run: str = "run", *, done: int = 0, counted: int = 0
+) -> list[str]:
+    """One line per pruning entry whose schedule ends after the pruner's last step of this run (``run``: what
+    the user calls the training: ``fit`` in Lightning).
+
+    ``total_steps``: the trainer's optimizer steps at the end of the run, counted from the first run of a
+    resumed one (Lightning's ``estimated_stepping_batches``, transformers' ``state.max_steps``); ``done``: the
+    trainer's steps already taken when this run begins (its ``global_step``); ``counted``: the pruner's step count
+    then. A run resumed from a checkpoint without pruner state (dense training, or one written after finalize)
+    prunes from step 0 over only the steps left, so those, not the trainer's total, meet the schedule."""
+    total_steps = counted + max(0.0, total_steps - done)
     lines = []
     for i, spec in enumerate(recipe.pruning):
         schedule = getattr(spec, "schedule", None)
@@ -41,6 +50,13 @@ def short_schedules(recipe: Recipe, steps_per_epoch: int, total_steps: float, ru
             )
             lines.append(
                 f"pruning[{i}] ({spec.method}) ends at epoch {schedule.end_epoch:g} (optimizer step {end}), "
-                f"but this {run} takes {int(total_steps)} steps ({steps_per_epoch} per epoch): {then}"
+                f"but this {run} ends at step {int(total_steps)} of the schedule ({steps_per_epoch} per epoch"
+                + (
+                    f"; the {done} optimizer steps taken before it resumed are not in the schedule, which starts at "
+                    f"this {run}'s first step"
+                    if done != counted
+                    else ""
+                )
+                + f"): {then}"
             )
     return lines

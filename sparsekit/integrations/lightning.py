@@ -285,7 +285,14 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
         total = trainer.estimated_stepping_batches
-        short = short_schedules(self.recipe, self.pruner.steps_per_epoch, float(total), run="fit")
+        short = short_schedules(
+            self.recipe,
+            self.pruner.steps_per_epoch,
+            float(total),
+            run="fit",
+            done=trainer.global_step,
+            counted=self.pruner.step_count,
+        )
         if short:
             warnings.warn(
                 "SparsekitCallback: the recipe's schedule outlasts the fit: " + "; ".join(short),

@@ -272,7 +272,13 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
                 )
         if self.pruner is None:
             self.pruner = self._build(model, self._steps_per_epoch(args, kwargs.get("train_dataloader")))
-        short = short_schedules(self.recipe, self.pruner.steps_per_epoch, float(state.max_steps))
+        short = short_schedules(
+            self.recipe,
+            self.pruner.steps_per_epoch,
+            float(state.max_steps),
+            done=state.global_step,
+            counted=self.pruner.step_count,
+        )
         if short and state.max_steps > 0:
             warnings.warn(
                 "SparsekitTrainerCallback: the recipe's schedule outlasts training: " + "; ".join(short),

@@ -1,0 +1,125 @@
+"""Review (users' own trainers, round 14): Lightning and transformers runs as users write them."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def _tensors(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 16, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def _recipe(end_epoch: int = 2, last: str = "4") -> sparsekit.Recipe:
+    spec = {"method": "magnitude", "sparsity": 0.75, "scope": "layer", "layers": {"exclude": [last]},
+            "schedule": {"start_epoch": 0, "end_epoch": end_epoch, "every": 0.5}}  # fmt: skip
+    return sparsekit.Recipe(version=1, finetune={"epochs": end_epoch}, pruning=[spec])
+
+
+def _outlasts(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "outlasts" in str(w.message)]
+
+
+# -- a pruning run resumed from a dense (or finalized) checkpoint ------------------------------------------------
+# The schedule starts at the resumed run's first step, but the up-front "schedule outlasts the fit" check compared
+# it with the trainer's total steps, the earlier run's included: a dense 3-epoch checkpoint resumed to 4 epochs
+# (8 steps) under a 2-epoch schedule (16 steps) said nothing, and the run ended at 66% of the 75% asked.
+
+
+def test_lightning_fit_resumed_from_a_dense_checkpoint_warns_that_the_schedule_outlasts_it(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def trainer(callbacks, max_epochs):
+        return pl.Trainer(
+            max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", devices=1, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        )  # fmt: skip
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_tensors()), batch_size=8)  # 8 steps/epoch
+    torch.manual_seed(0)
+    dense = trainer([], 3)
+    dense.fit(Lit(), loader)
+    dense.save_checkpoint(tmp_path / "dense.ckpt")
+
+    pruning = SparsekitCallback(_recipe(), submodule="net")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer([pruning], 4).fit(Lit(), loader, ckpt_path=str(tmp_path / "dense.ckpt"))
+    assert pruning.pruner is not None and pruning.pruner.step_count == 8
+    (line,) = _outlasts(caught)
+    assert "ends at step 8 of the schedule" in line and "24 optimizer steps taken before it resumed" in line
+
+    # A schedule that fits in the steps left is not warned about.
+    pruning = SparsekitCallback(_recipe(end_epoch=1), submodule="net")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer([pruning], 4).fit(Lit(), loader, ckpt_path=str(tmp_path / "dense.ckpt"))
+    assert not _outlasts(caught)
+
+
+def test_transformers_run_resumed_from_a_dense_checkpoint_warns_that_the_schedule_outlasts_it(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Config(transformers.PretrainedConfig):
+        model_type = "sparsekit-review-tiny"
+
+    class Tiny(transformers.PreTrainedModel):
+        config_class = Config
+
+        def __init__(self, config: Config) -> None:
+            super().__init__(config)
+            self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+            self.post_init()
+
+        def forward(self, x, labels=None):
+            logits = self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
+
+    x, y = _tensors()
+    data = [{"x": x[i], "labels": y[i]} for i in range(len(y))]
+
+    def args(epochs, save):
+        return transformers.TrainingArguments(
+            output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=8, report_to=[],
+            save_strategy=save, logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    transformers.Trainer(model=Tiny(Config()), args=args(3, "epoch"), train_dataset=data).train()
+    pruning = SparsekitTrainerCallback(_recipe(last="head"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Tiny(Config())
+        trainer = transformers.Trainer(model=model, args=args(4, "no"), train_dataset=data, callbacks=[pruning])
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-24"))
+    assert pruning.pruner is not None and pruning.pruner.step_count == 8
+    (line,) = _outlasts(caught)
+    assert "ends at step 8 of the schedule" in line and "24 optimizer steps taken before it resumed" in line
