@@ -192,6 +192,10 @@ class Pruner:
         self.average_grads = not data_parallel
         self.recipe = recipe
         self.steps_per_epoch = steps_per_epoch
+        # Who calls step(): (a trainer callback's name, the trainer's options that set the run's length) when one
+        # does: it counts the trainer's real optimizer steps, gradient accumulation included, so a missed target is
+        # not blamed on the caller's steps_per_epoch.
+        self._stepped_by: tuple[str, str] | None = None
         self.step_count = 0
         self.pruning_history: list = []  # torch-pruning's replayable history (structured methods)
         # The removals the model came with (a structurally pruned checkpoint, read_model's mark): a checkpoint
@@ -713,13 +717,23 @@ class Pruner:
             if isinstance(end, int) and self.step_count < end:
                 if not why:
                     why = f"the run stopped at step {self.step_count}, before the schedule's end at step {end}"
-                # A loop that ran all its epochs but stepped once per several batches (gradient accumulation) with
-                # steps_per_epoch=len(train_loader) stops here too: say what the steps were counted against.
-                why += (
-                    f" (epoch {self.epoch:.3g} at steps_per_epoch={self.steps_per_epoch}: schedules count "
-                    "pruner.step() calls, one per optimizer step; accumulating gradients over k batches, pass "
-                    "steps_per_epoch=len(train_loader) // k)"
-                )
+                if self._stepped_by is not None:
+                    caller, length = self._stepped_by
+                    # The callback laid the schedule out in the trainer's own optimizer steps: the trainer stopped
+                    # early (max_steps, fewer epochs, a resume that left fewer steps), not a wrong step clock.
+                    why += (
+                        f" (epoch {self.epoch:.3g} at {self.steps_per_epoch} optimizer steps per epoch, as "
+                        f"{caller} counts the trainer's steps, gradient accumulation included): train until the "
+                        f"schedule's end_epoch ({length}), or end the schedule earlier"
+                    )
+                else:
+                    # A loop that ran all its epochs but stepped once per several batches (gradient accumulation)
+                    # with steps_per_epoch=len(train_loader) stops here too: say what the steps were counted against.
+                    why += (
+                        f" (epoch {self.epoch:.3g} at steps_per_epoch={self.steps_per_epoch}: schedules count "
+                        "pruner.step() calls, one per optimizer step; accumulating gradients over k batches, pass "
+                        "steps_per_epoch=len(train_loader) // k)"
+                    )
             what = f"{out.get('unit', 'weights')} zero" if method.name == "l1" else "weights zero"
             warnings.warn(
                 f"pruning[{i}] ({method.name}) missed its target: asked {asked:.3f}, achieved {achieved:.3f} ({what})"

@@ -123,3 +123,57 @@ def test_transformers_run_resumed_from_a_dense_checkpoint_warns_that_the_schedul
     assert pruning.pruner is not None and pruning.pruner.step_count == 8
     (line,) = _outlasts(caught)
     assert "ends at step 8 of the schedule" in line and "24 optimizer steps taken before it resumed" in line
+    # ... and the target missed at the end is blamed on the run's length, not on steps_per_epoch.
+    line = _missed(caught)
+    assert "pass steps_per_epoch" not in line and "TrainingArguments num_train_epochs / max_steps" in line
+
+
+# -- the missed-target advice under a trainer callback ------------------------------------------------------------
+# A fit stopped by max_steps before the schedule's end was told "accumulating gradients over k batches, pass
+# steps_per_epoch=len(train_loader) // k": advice for one's own loop. The callbacks already count the trainer's real
+# optimizer steps (ceil(batches / k)), so following it set a different step clock; the remedy is a longer run.
+
+
+def _missed(caught: list[warnings.WarningMessage]) -> str:
+    (line,) = [str(w.message) for w in caught if issubclass(w.category, sparsekit.TargetMissedWarning)]
+    return line
+
+
+def test_lightning_max_steps_short_of_the_schedule_is_told_to_train_longer_not_to_change_steps_per_epoch():
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp()
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_tensors()), batch_size=8)
+    pruning = SparsekitCallback(_recipe(), submodule="net")
+    trainer = pl.Trainer(
+        max_steps=3, accumulate_grad_batches=2, callbacks=[pruning], accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Lit(), loader)
+    line = _missed(caught)
+    assert "len(train_loader) // k" not in line and "pass steps_per_epoch" not in line
+    assert "at 4 optimizer steps per epoch, as SparsekitCallback counts" in line
+    assert "Trainer max_epochs / max_steps" in line
+
+
+def test_a_pruner_of_ones_own_loop_keeps_the_steps_per_epoch_advice():
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, _recipe(), steps_per_epoch=4)
+    pruner.step()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.finalize()
+    assert "pass steps_per_epoch=len(train_loader) // k" in _missed(caught)

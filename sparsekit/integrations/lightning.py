@@ -162,7 +162,10 @@ class SparsekitCallback(pl.Callback):
     def _build(self, pl_module: nn.Module, steps_per_epoch: int) -> Pruner:
         context = {"input_shape": self.input_shape} if self.input_shape else None
         _refuse_distributed_structured(self.recipe)
-        return Pruner(self._target(pl_module), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+        pruner = Pruner(self._target(pl_module), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+        # A target missed is then the trainer stopping early, not a wrong steps_per_epoch (Pruner._warn_missed).
+        pruner._stepped_by = ("SparsekitCallback", "Trainer max_epochs / max_steps")
+        return pruner
 
     def _trainer_steps_per_epoch(self, trainer: pl.Trainer) -> int:
         if self.steps_per_epoch is not None:

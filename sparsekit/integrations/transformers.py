@@ -171,7 +171,10 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
     def _build(self, model: nn.Module, steps_per_epoch: int) -> Pruner:
         context = {"input_shape": self.input_shape} if self.input_shape else None
         _refuse_distributed_structured(self.recipe)
-        return Pruner(self._target(model), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+        pruner = Pruner(self._target(model), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+        # A target missed is then the trainer stopping early, not a wrong steps_per_epoch (Pruner._warn_missed).
+        pruner._stepped_by = ("SparsekitTrainerCallback", "TrainingArguments num_train_epochs / max_steps")
+        return pruner
 
     def _state(self) -> dict[str, Any]:
         assert self.pruner is not None
