@@ -177,3 +177,73 @@ def test_a_pruner_of_ones_own_loop_keeps_the_steps_per_epoch_advice():
         warnings.simplefilter("always")
         pruner.finalize()
     assert "pass steps_per_epoch=len(train_loader) // k" in _missed(caught)
+
+
+# -- trainer.validate(ckpt_path=...) on the module a fit finalized, when finalize removed channels -------------------
+# Lightning's idiom after fit is trainer.validate/test(module, ckpt_path="last"/"best"). Those checkpoints are written
+# before finalize, which had then removed channels (l1's remove_dead, structured removals still to come): the callback
+# rebuilt a pruner on the smaller module and failed with "load_state_dict: the state's mask for '0' is [32, 16], this
+# model's '0' weight is [16, 16]; resume on the model (and recipe) the state was saved with", naming no way out.
+
+
+def _finalizing_fit(tmp_path, pruning: list[dict], max_epochs: int):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp()
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("v", F.cross_entropy(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    shape = {"input_shape": [1, 16]}
+    recipe = sparsekit.Recipe(version=1, model=shape, finetune={"epochs": max_epochs}, pruning=pruning)
+
+    def trainer(callbacks):
+        return pl.Trainer(
+            max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", devices=1, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_tensors()), batch_size=8)
+    torch.manual_seed(0)
+    module, callback = Lit(), SparsekitCallback(recipe, submodule="net")
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, save_last=True)
+    fitted = trainer([callback, saver])
+    fitted.fit(module, loader)
+    return fitted, module, loader, lambda: (Lit(), trainer([SparsekitCallback(recipe, submodule="net")]))
+
+
+L1_REMOVE_DEAD = {"method": "l1", "strength": 0.05, "mode": "proximal", "group": "row", "target": 0.5,
+                  "remove_dead": True, "layers": {"include": ["0"]},
+                  "schedule": {"start_epoch": 0, "end_epoch": 2}}  # fmt: skip
+STRUCTURED = {"method": "structured", "ratio": 0.5, "layers": {"include": ["0"]},
+              "schedule": {"start_epoch": 2, "end_epoch": 3, "every": 1}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pruning", "checkpoint"), [(L1_REMOVE_DEAD, "last.ckpt"), (STRUCTURED, "epoch=0-step=8.ckpt")]
+)
+def test_validating_a_checkpoint_on_the_module_finalize_shrank_is_a_clear_error_and_a_new_module_works(
+    tmp_path, pruning, checkpoint
+):
+    fitted, module, loader, fresh = _finalizing_fit(tmp_path, [pruning], max_epochs=3)
+    saved = torch.load(tmp_path / checkpoint, weights_only=False)["state_dict"]["net.0.weight"]
+    assert module.net[0].weight.shape[0] < saved.shape[0]  # finalize removed rows after the checkpoint
+    with pytest.raises(ValueError, match="finalized at the end of fit.*new instance of your LightningModule") as e:
+        fitted.validate(module, loader, ckpt_path=str(tmp_path / checkpoint))
+    assert f"net.0.weight is {list(saved.shape)} in it" in str(e.value)
+    # The way the message gives: a new module, with the callback in the Trainer, takes the checkpoint's shapes.
+    other, evaluator = fresh()
+    (result,) = evaluator.validate(other, loader, ckpt_path=str(tmp_path / checkpoint))
+    assert torch.equal(other.net[0].weight, saved) and torch.isfinite(torch.tensor(result["v"]))

@@ -108,7 +108,10 @@ class SparsekitCallback(pl.Callback):
     Limits: one optimizer over the pruned weights is assumed (automatic optimization; under manual
     optimization with several optimizers the pruner steps once per batch in which ``global_step``
     advanced). Structured pruning replaces parameters during fit, which DDP/FSDP wrappers do not follow:
-    use it on a single device. Attributes: :attr:`pruner` (None before ``on_train_start``), :attr:`model`.
+    use it on a single device. ``trainer.validate``/``test`` with ``ckpt_path`` on the module a fit finalized, when
+    finalize removed channels after that checkpoint was written (structured removals still to come, l1's
+    ``remove_dead``), is a ValueError: the smaller module cannot take the checkpoint's weights (a new instance of
+    the LightningModule can). Attributes: :attr:`pruner` (None before ``on_train_start``), :attr:`model`.
     """
 
     def __init__(
@@ -247,15 +250,25 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
             return
-        if (
-            getattr(trainer.state, "fn", "fit") != "fit"
-            and checkpoint.get("state_dict")
-            and _shape_mismatch(checkpoint, pl_module) is None
-        ):
-            # validate/test/predict(ckpt_path=...) with the module already at the checkpoint's shapes (the module a
-            # fit just finalized, whose best checkpoint was written before finalize): the weights fit as they are,
-            # and replaying the removals would remove channels a second time.
-            return
+        if getattr(trainer.state, "fn", "fit") != "fit" and checkpoint.get("state_dict"):
+            odd = _shape_mismatch(checkpoint, pl_module)
+            if odd is None:
+                # validate/test/predict(ckpt_path=...) with the module already at the checkpoint's shapes (the module
+                # a fit just finalized, whose best checkpoint was written before finalize): the weights fit as they
+                # are, and replaying the removals would remove channels a second time.
+                return
+            if self.pruner is not None and self.pruner.finalized and self.model is self._target(pl_module):
+                # The fit's finalize removed channels after this checkpoint was written (structured removals still
+                # to come, l1's remove_dead): a smaller module cannot be grown back by replaying the checkpoint's
+                # removals, and the pruner's load would blame the model for not being the one it was saved with.
+                name, theirs, ours = odd
+                raise ValueError(
+                    f"SparsekitCallback: this module was finalized at the end of fit, which removed channels after "
+                    f"the checkpoint was written ({name} is {list(theirs)} in it, {list(ours)} in this module), so "
+                    "the checkpoint's weights do not fit it; evaluate the finalized module without ckpt_path, or "
+                    "load the checkpoint into a new instance of your LightningModule (with this callback in the "
+                    "Trainer, which rebuilds the checkpoint's shapes there)"
+                )
         if state.get("pruning") != pruning_key(self.recipe):
             raise ValueError(
                 "SparsekitCallback: the recipe's pruning section differs from the one this checkpoint was "
