@@ -247,3 +247,33 @@ def test_validating_a_checkpoint_on_the_module_finalize_shrank_is_a_clear_error_
     other, evaluator = fresh()
     (result,) = evaluator.validate(other, loader, ckpt_path=str(tmp_path / checkpoint))
     assert torch.equal(other.net[0].weight, saved) and torch.isfinite(torch.tensor(result["v"]))
+
+
+# -- transformers' save_on_each_node --------------------------------------------------------------------------------
+# With save_on_each_node=True (several machines without a shared disk) the Trainer writes checkpoint-N on each node's
+# first process, and each node resumes from its own copy; pruner.pt was written by world process zero only, so the
+# other nodes' ranks resumed with "pruning starts again from step 0" while rank 0 restored its masks.
+
+
+def test_pruner_state_is_saved_wherever_the_trainer_writes_its_checkpoint(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from sparsekit.integrations.transformers import PRUNER_FILE, SparsekitTrainerCallback
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), save_on_each_node=True, use_cpu=True, report_to=[])
+    # This process: the first of the second node (global rank 2 of 4, two per node).
+    monkeypatch.setattr(transformers.TrainingArguments, "process_index", property(lambda self: 2))
+    monkeypatch.setattr(transformers.TrainingArguments, "local_process_index", property(lambda self: 0))
+    assert args.should_save
+    state = transformers.TrainerState(global_step=3, is_world_process_zero=False, is_local_process_zero=True)
+    (tmp_path / "checkpoint-3").mkdir()
+    callback = SparsekitTrainerCallback(_recipe())
+    callback.pruner = sparsekit.Pruner(_mlp(), callback.recipe, steps_per_epoch=4)
+    callback.on_save(args, state, transformers.TrainerControl())
+    assert (tmp_path / "checkpoint-3" / PRUNER_FILE).is_file()
+
+    # The other processes of the node write nothing (the Trainer's files come from its first process alone).
+    monkeypatch.setattr(transformers.TrainingArguments, "local_process_index", property(lambda self: 1))
+    (tmp_path / "checkpoint-3" / PRUNER_FILE).unlink()
+    callback.on_save(args, transformers.TrainerState(global_step=3, is_world_process_zero=False), None)
+    assert not (tmp_path / "checkpoint-3" / PRUNER_FILE).exists()

@@ -104,8 +104,9 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
       were removed (``structure_changed``) the torch optimizer (unwrapped from accelerate's
       ``AcceleratedOptimizer``: ``.optimizer``) is pointed at the new parameters in place, before the
       LR scheduler steps, so the scheduler keeps driving it.
-    - ``on_save``: writes the pruner's state to ``checkpoint-N/pruner.pt`` in ``args.output_dir`` (world
-      process zero only; a warning when the folder is elsewhere, e.g. under hyperparameter search).
+    - ``on_save``: writes the pruner's state to ``checkpoint-N/pruner.pt`` in ``args.output_dir`` (where the
+      Trainer writes its checkpoint: ``args.should_save``, i.e. world process zero, or each node's first with
+      ``save_on_each_node``; a warning when the folder is elsewhere, e.g. under hyperparameter search).
     - ``on_train_end``: :meth:`Pruner.finalize`; :attr:`model` is the pruned module. If finalize
       returned a new object it replaces ``submodule`` in the model; without ``submodule`` it cannot
       replace the Trainer's model: a warning says so and :attr:`model` holds it.
@@ -330,7 +331,10 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
             pruner.structure_changed = False
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if self.pruner is None or self.pruner.finalized or not state.is_world_process_zero:
+        # The processes that write the Trainer's own checkpoint files: world process zero, or with save_on_each_node
+        # each node's first, whose ranks resume from their own node's checkpoint-N (without pruner.pt there, they
+        # would prune from step 0 while rank 0 resumed its masks).
+        if self.pruner is None or self.pruner.finalized or not args.should_save:
             return
         folder = _checkpoint_dir(args, state.global_step)
         if not folder.is_dir():
