@@ -1060,11 +1060,15 @@ def load_weights(
 
 
 def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Tensor] | None = None) -> list[str]:
-    """A note (in a list, empty when none is due) when ``state``'s floating tensors (read from ``path``) are of a
-    narrower dtype (float16, bfloat16) than those of the model they are loaded into (``into``; float32 when not
-    given): the run then trains in that wider dtype, and the model file it writes is larger than the user's."""
+    """Notes (in a list, empty when none is due) when ``state``'s floating tensors (read from ``path``) are of
+    another width than those of the model they are loaded into (``into``; float32 when not given): narrower
+    (float16, bfloat16): the run trains in the wider dtype, and the model file it writes is larger than the
+    user's; wider (float64): the weights were rounded to the model's dtype, and everything the run measures and
+    writes is of those rounded weights."""
     narrow: dict[str, None] = {}  # dtype names, in order of first appearance
     wide: dict[str, None] = {}
+    rounded: dict[str, None] = {}  # wider dtypes of the file, rounded into the model's
+    into_narrow: dict[str, None] = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor) or not v.is_floating_point():
             continue
@@ -1072,16 +1076,31 @@ def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Ten
         if v.element_size() < own.itemsize:
             narrow[str(v.dtype).removeprefix("torch.")] = None
             wide[str(own).removeprefix("torch.")] = None
-    if not narrow:
-        return []
-    # Not converted back on save: the fine-tuned weights are the wider ones, and the ONNX file, parity and
-    # benchmarks are of those; a narrower model.pt would no longer be the model they describe.
-    to, back = next(iter(wide)), next(iter(narrow))
-    return [
-        f"{path}: its weights are {' and '.join(narrow)}; they were loaded into the model's {' and '.join(wide)} "
-        f"layers, so the run trains in {to} and writes model.pt in {to} (larger than your file). To ship {back} "
-        f"again, convert the loaded result: model.to(torch.{back})"
-    ]
+        elif v.element_size() > own.itemsize:
+            rounded[str(v.dtype).removeprefix("torch.")] = None
+            into_narrow[str(own).removeprefix("torch.")] = None
+    notes = []
+    if narrow:
+        # Not converted back on save: the fine-tuned weights are the wider ones, and the ONNX file, parity and
+        # benchmarks are of those; a narrower model.pt would no longer be the model they describe.
+        to, back = next(iter(wide)), next(iter(narrow))
+        notes.append(
+            f"{path}: its weights are {' and '.join(narrow)}; they were loaded into the model's "
+            f"{' and '.join(wide)} layers, so the run trains in {to} and writes model.pt in {to} (larger than your "
+            f"file). To ship {back} again, convert the loaded result: model.to(torch.{back})"
+        )
+    if rounded:
+        # The model's layers are the architecture's (float32 unless it builds others): copying wider weights into
+        # them rounds every value, so the dense accuracy, parity and model.pt are of the rounded model. Said,
+        # since nothing else shows it: the counts and shapes are the same.
+        to, back = next(iter(into_narrow)), next(iter(rounded))
+        notes.append(
+            f"{path}: its weights are {' and '.join(rounded)}; they were rounded to the model's "
+            f"{' and '.join(into_narrow)} layers, so the run evaluates, trains and writes model.pt in {to} (every "
+            f"figure is of the rounded weights). To go on in {back}, convert the loaded result: "
+            f"model.to(torch.{back}) (the rounding stays)"
+        )
+    return notes
 
 
 def load_model(
