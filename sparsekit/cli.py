@@ -1445,6 +1445,7 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
     if res.get("input_shape_note"):
         lines.append(f"note: {res['input_shape_note']} (--input-shape)")
+    lines.extend(f"note: {text}" for text in res.get("notes") or [])
     bad = res.get("non_finite") or {}
     if bad:
         named = ", ".join(f"{name} ({n:,})" for name, n in list(bad.items())[:5]) + (", ..." if len(bad) > 5 else "")

@@ -58,7 +58,9 @@ def inspect(
 
     A torch model adds ``factory``, ``input_shape`` (batch first, None when unknown: pass one for MACs),
     ``input_shape_note`` (why it is None although one was guessed from the first layer, none being given or
-    saved: the model does not accept the guess; else None) and ``structurally_pruned``; an ONNX file adds
+    saved: the model does not accept the guess; else None), ``structurally_pruned`` and ``notes`` (how the file
+    was read, :func:`~sparsekit.modelio.read_model`'s: e.g. float64 weights rounded to the model's float32
+    layers, which the counts are of); an ONNX file adds
     ``gzip_bytes``, ``bytes_per_nonzero``, ``gzip_bytes_per_nonzero`` (sizes count any external-data file),
     ``input_shape`` (its first input, symbolic dims as names), ``inputs`` (every input's name -> shape) and
     ``non_finite`` (``{initializer: NaN/inf count}``, empty when none: a checkpoint with such weights is refused,
@@ -95,6 +97,9 @@ def inspect(
         "input_shape": list(shape) if shape else None,
         "input_shape_note": note,
         "structurally_pruned": bool(loaded.pruning_history),
+        # How the file was read, when that changes the figures (weights wider than the model's layers were rounded,
+        # so a value below float32's range counts as a zero the file does not hold): said, not left to be found.
+        "notes": list(loaded.notes),
     }
     res.update(_torch_counts(loaded.model, list(shape) if shape else None))
     return res

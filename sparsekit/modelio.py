@@ -1096,9 +1096,9 @@ def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Ten
         to, back = next(iter(into_narrow)), next(iter(rounded))
         notes.append(
             f"{path}: its weights are {' and '.join(rounded)}; they were rounded to the model's "
-            f"{' and '.join(into_narrow)} layers, so the run evaluates, trains and writes model.pt in {to} (every "
-            f"figure is of the rounded weights). To go on in {back}, convert the loaded result: "
-            f"model.to(torch.{back}) (the rounding stays)"
+            f"{' and '.join(into_narrow)} layers, and every figure is of the rounded weights (one below {to}'s "
+            f"range counts as a zero): a prune run evaluates, trains and writes model.pt in {to}. To go on in "
+            f"{back}, convert the loaded result: model.to(torch.{back}) (the rounding stays)"
         )
     return notes
 

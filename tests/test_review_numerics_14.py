@@ -21,3 +21,26 @@ def test_float64_weights_rounded_to_float32_are_noted(tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     (note,) = [n for n in loaded.notes if "float64" in n]
     assert "rounded to the model's float32 layers" in note and "model.to(torch.float64)" in note, note
+
+
+def test_inspect_says_float64_weights_were_rounded(tmp_path):
+    # `sparsekit inspect` of a float64 checkpoint counted the weights after they were rounded into float32 layers
+    # without a word: values below float32's range showed as zeros the file does not hold (fc1 sparsity 0.385 of
+    # a dense file).
+    from click.testing import CliRunner
+
+    import sparsekit
+    from sparsekit.cli import main
+
+    torch.manual_seed(0)
+    model = mlp(**KW).double()
+    with torch.no_grad():
+        model.fc1.weight[:4] *= 1e-50  # nonzero in float64, 0.0 in float32
+    path = tmp_path / "w64.pt"
+    sparsekit.save_model(model, path, factory=ARCH, kwargs=KW, input_shape=[1, 64])
+    res = CliRunner().invoke(main, ["inspect", str(path), "--arch", ARCH])
+    assert res.exit_code == 0, res.output
+    assert "note: " in res.output and "its weights are float64" in res.output, res.output
+    assert "one below float32's range counts as a zero" in res.output
+    data = sparsekit.inspect(path, arch=ARCH)
+    assert any("float64" in n for n in data["notes"]), data["notes"]
