@@ -1059,6 +1059,17 @@ def load_weights(
         raise ModelFileError(f"{path}: its weights cannot be loaded into {factory} ({one_line(err)})") from None
 
 
+def _wide_dtype(state: dict[str, Any], into: set[torch.dtype]) -> torch.dtype | None:
+    """The one floating dtype of ``state``'s tensors when it is wider than every dtype of ``into`` (the model's
+    floating dtypes): float64 weights of a float32 architecture. None when they mix dtypes or are no wider
+    (float16 weights go into the float32 layers, as documented)."""
+    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) != 1 or not into:
+        return None
+    (dtype,) = dtypes
+    return dtype if all(dtype.itemsize > d.itemsize for d in into) else None
+
+
 def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Notes (in a list, empty when none is due) when ``state``'s floating tensors (read from ``path``) are of
     another width than those of the model they are loaded into (``into``; float32 when not given): narrower
@@ -1112,7 +1123,9 @@ def load_model(
     trust_code: bool = False,
 ) -> nn.Module:
     """Load any accepted model file (see the module docstring) and return the model in eval mode, on
-    the CPU, in float32 when it was a trusted whole module.
+    the CPU, in float32 when it was a trusted whole module, except that float64 weights (a float64 model
+    saved with :func:`save_model`) give a float64 model, as saved: float16/bfloat16 ones go into the
+    architecture's float32 layers.
 
     ``arch`` names the architecture (``pkg.module:callable``) yourself, and ``kwargs`` the keyword
     arguments to build it with (they replace a checkpoint's own). Without ``arch``, a checkpoint's
@@ -1129,7 +1142,7 @@ def load_model(
     # torch.inference_mode()): a structurally pruned checkpoint is rebuilt by tracing the model, which inference
     # tensors cannot take part in; the model returned runs under inference mode all the same.
     with torch.inference_mode(False):
-        return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code).model
+        return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code, keep_wide=True).model
 
 
 def compiled_module(obj: Any) -> bool:
@@ -1152,6 +1165,7 @@ def read_model(
     fallback_confirmed: bool = False,
     probe: bool | None = None,
     kwargs_from: str | None = None,
+    keep_wide: bool = False,
 ) -> LoadedModel:
     """Like :func:`load_model` but returns a :class:`LoadedModel`: the model with its factory, kwargs,
     input shape and pruning history. ``arch`` overrides a checkpoint's factory and ``kwargs`` its
@@ -1163,7 +1177,10 @@ def read_model(
     module); ``arch`` is the caller's own choice, and so is the fallback with ``fallback_confirmed``
     (the caller set it, e.g. by an override). ``kwargs_from``: where the given ``kwargs`` were read
     (``"r.yaml: model.kwargs"``), for messages. ``probe`` (default: when the kwargs come from a
-    file) first builds the model on the meta device to refuse one too large for the memory.
+    file) first builds the model on the meta device to refuse one too large for the memory. ``keep_wide``: weights
+    of one floating dtype wider than the model's layers (float64) make the model that dtype, read exactly as
+    saved (:func:`load_model`); without it they are rounded into the layers, with a note (a prune run, its export
+    and parity work in float32).
 
     Raises :class:`ModelFileError` for an unreadable, unsafe or mismatched file and
     :class:`~sparsekit.errors.TrustError` for unconfirmed code."""
@@ -1175,6 +1192,8 @@ def read_model(
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
         if not (arch and compiled_module(obj)):
             check_finite(obj, path)
+            if keep_wide and _wide_dtype(obj.state_dict(), {torch.float32}) is not None:
+                return LoadedModel(obj.eval(), arch, kwargs or {}, input_shape, kind=kind)
             note = _precision_note(obj.state_dict(), path)
             return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind, notes=note)
         # TorchScript and torch.export keep no layer classes a method could prune: their weights go into the
@@ -1283,6 +1302,10 @@ def read_model(
                     "to rebuild it with its own"
                 )
             raise ModelFileError(f"{path}: {quoted(err)}{hint}") from None
+    floating = {v.dtype for v in model.state_dict().values() if v.is_floating_point()}
+    wide = _wide_dtype(state, floating) if keep_wide else None
+    if wide is not None:
+        model = model.to(wide)  # read as saved: copying into the float32 layers would round every weight
     load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
     notes += _precision_note(state, path, model.state_dict())

@@ -44,3 +44,26 @@ def test_inspect_says_float64_weights_were_rounded(tmp_path):
     assert "one below float32's range counts as a zero" in res.output
     data = sparsekit.inspect(path, arch=ARCH)
     assert any("float64" in n for n in data["notes"]), data["notes"]
+
+
+def test_load_model_gives_float64_weights_back_as_saved(tmp_path):
+    # sparsekit.save_model(float64 model) then sparsekit.load_model gave a float32 model: every weight rounded (and
+    # one below float32's range a zero), silently. Python's load_model now builds the model in the file's dtype.
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = mlp(**KW).double()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = 1e-50
+    path = tmp_path / "w64.pt"
+    sparsekit.save_model(model, path, factory=ARCH, kwargs=KW, input_shape=[1, 64])
+    back = sparsekit.load_model(path, arch=ARCH)
+    assert {p.dtype for p in back.parameters()} == {torch.float64}
+    for name, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    x = torch.randn(3, 64, dtype=torch.float64)
+    assert torch.equal(back(x), model.eval()(x))
+    # A float16 file still goes into the float32 layers (README: 'float16/bfloat16 weights load into ... float32')
+    torch.save({k: v.half() for k, v in mlp(**KW).state_dict().items()}, tmp_path / "w16.pt")
+    half = sparsekit.load_model(tmp_path / "w16.pt", arch=ARCH, kwargs=KW)
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
