@@ -187,11 +187,12 @@ def check_input_shape(
     dims = [int(d) for d in shape]
     param = next(model.parameters(), None)
     device = param.device if param is not None else None
+    dtype = param.dtype if param is not None and param.is_floating_point() else None  # (a float64 model's own)
 
     def fails(batch_shape: list[int]) -> Exception | None:
         try:
             with torch.no_grad():
-                model(torch.zeros(batch_shape, device=device))
+                model(torch.zeros(batch_shape, device=device, dtype=dtype))
         except (MemoryError, DataError):  # DataError: ours (e.g. model.output names no part), not a shape
             raise
         except Exception as err:  # noqa: BLE001 - the user's model on a shape: bad input, not our bug

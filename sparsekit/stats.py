@@ -86,7 +86,10 @@ def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> di
         model.eval()
         param = next(model.parameters(), None)
         with _OutsideUses(owners, inside, macs):
-            model(torch.zeros([1, *list(input_shape)[1:]], device=param.device if param is not None else None))
+            # In the model's floating dtype (a float64 model refuses float32 inputs), as sparsekit.train feeds it.
+            dtype = param.dtype if param is not None and param.is_floating_point() else None
+            device = param.device if param is not None else None
+            model(torch.zeros([1, *list(input_shape)[1:]], device=device, dtype=dtype))
     finally:
         for module, training in modes:
             module.training = training

@@ -83,6 +83,18 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def model_input(x: Any, param: torch.Tensor | None) -> Any:
+    """The batch's inputs ``x`` on the device of ``param`` (the model's first parameter) and, when both are floating
+    point, in its dtype: loaders yield float32, which torch refuses to mix with a float64 (or float16) model's
+    weights ("mat1 and mat2 must have the same dtype"), an error that then blamed the data. Integer inputs (token
+    ids) keep their dtype."""
+    if param is None:
+        return x
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and param.is_floating_point() and x.dtype != param.dtype:
+        return x.to(param.device, param.dtype)
+    return x.to(param.device)
+
+
 def _loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +103,10 @@ def _loss(
     checked on every batch: torch would crash deep inside, or read one-hot rows as class probabilities and
     -100 as its ``ignore_index``, giving a wrong loss and accuracy without a word."""
     _check_labels(x, y)
-    device = _device(model)
+    param = next(model.parameters())
+    device = param.device
     try:
-        out = model(x.to(device))
+        out = model(model_input(x, param))
     except (KeyboardInterrupt, MemoryError, SparsekitError):
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
@@ -146,7 +159,7 @@ def _train_loss(
     if distill is None or teacher is None:
         return loss
     with torch.no_grad():
-        soft = teacher(x.to(out.device))
+        soft = teacher(model_input(x, next(teacher.parameters(), None)))
     return (1.0 - distill.weight) * loss + distill.weight * distillation_loss(out, soft, distill.temperature)
 
 

@@ -67,3 +67,29 @@ def test_load_model_gives_float64_weights_back_as_saved(tmp_path):
     torch.save({k: v.half() for k, v in mlp(**KW).state_dict().items()}, tmp_path / "w16.pt")
     half = sparsekit.load_model(tmp_path / "w16.pt", arch=ARCH, kwargs=KW)
     assert {p.dtype for p in half.parameters()} == {torch.float32}
+
+
+def test_float64_model_takes_float32_batches_and_counts_macs(one_thread):
+    # sparsekit.finetune(a float64 model, recipe, float32 loaders) raised "DataError: data: the model fails on a batch
+    # of inputs [16, 8]: mat1 and mat2 must have the same dtype" (blaming the data), and sparsekit.layer_report(model,
+    # input_shape) a bare RuntimeError: sparsekit fed float32 inputs whatever the model's dtype. Inputs now go in the
+    # model's floating dtype (the distillation teacher's too).
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 13), nn.ReLU(), nn.Linear(13, 3)).double()
+    data = TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 8]},
+        "finetune": {"epochs": 2, "distill": {"weight": 0.5, "temperature": 2.0}},
+        "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}],
+    }
+    sparsekit.finetune(model, recipe, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert sum(int((m.weight == 0).sum()) for m in (model[0], model[2])) == round(0.5 * (104 + 39))
+    rows = sparsekit.layer_report(model, [1, 8])
+    assert [r["macs"] for r in rows] == [104, 39]
