@@ -970,6 +970,10 @@ def export(
         trust=trust_model_file,
         trust_code=trust_code,
     )
+    # How the file was read, as prune says it (float64 weights rounded into float32 layers: the ONNX file, its
+    # parity and zero count are of the rounded model, not of the file).
+    for note in loaded.notes:
+        click.echo(f"Note: {note}", err=True)
     shape = given_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
         from .modelio import input_shape_example

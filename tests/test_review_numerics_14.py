@@ -93,3 +93,22 @@ def test_float64_model_takes_float32_batches_and_counts_macs(one_thread):
     assert sum(int((m.weight == 0).sum()) for m in (model[0], model[2])) == round(0.5 * (104 + 39))
     rows = sparsekit.layer_report(model, [1, 8])
     assert [r["macs"] for r in rows] == [104, 39]
+
+
+def test_export_says_float64_weights_were_rounded(tmp_path):
+    # `sparsekit export w64.pt` wrote the ONNX file of the float32-rounded model and called its parity ok and its
+    # zeros kept, without a word that the file's float64 weights (one of them below float32's range) were rounded.
+    from click.testing import CliRunner
+
+    import sparsekit
+    from sparsekit.cli import main
+
+    torch.manual_seed(0)
+    model = mlp(**KW).double()
+    path = tmp_path / "w64.pt"
+    sparsekit.save_model(model, path, factory=ARCH, kwargs=KW, input_shape=[1, 64])
+    res = CliRunner().invoke(
+        main, ["export", str(path), "--arch", ARCH, "-o", str(tmp_path / "m.onnx"), "--exporter", "torchscript"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "Note: " in res.stderr and "its weights are float64" in res.stderr, res.stderr
