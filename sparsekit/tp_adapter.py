@@ -518,8 +518,17 @@ class ChannelPruner:
 
     def _proposals(self, ratio: float) -> Iterator[Proposal]:
         scopes: dict[str, list[tuple[Group, int, torch.Tensor]]] = {}
+        held: dict[str, int] = {}  # per ranking scope, the units of groups that cannot lose one now
         for group in self.groups():
             if not self._prunable(group):
+                # Still counted in the scope: a layer already down to one channel keeps it, and without it the
+                # scope's kept units were counted short (19 of 20 channels removed in all).
+                root = group[0].dep.target.module
+                name = self._names.get(root)
+                if name is not None and self._global and name not in self._layer_ratios:
+                    out = bool(self.graph.is_out_channel_pruning_fn(group[0].dep.handler))
+                    count = _count(self.graph, root, out) or 0
+                    held["DEFAULT_SCOPE"] = held.get("DEFAULT_SCOPE", 0) + count // self.channel_groups(group)
                 continue
             blocks = self.channel_groups(group)
             try:
@@ -535,18 +544,17 @@ class ChannelPruner:
             scopes.setdefault(scope, []).append((group, blocks, dim_imp))
         for scope, records in scopes.items():
             concat = torch.cat([imp for _, _, imp in records])
-            initial = self._scope_initial.setdefault(scope, len(concat))
-            n_pruned = len(concat) - kept_units(initial, self._scope_ratio(scope, ratio))  # round_to: _aligned
+            now = len(concat) + held.get(scope, 0)
+            initial = self._scope_initial.setdefault(scope, now)
+            n_pruned = now - kept_units(initial, self._scope_ratio(scope, ratio))  # round_to: _aligned
             if n_pruned <= 0:
                 continue
-            lowest, order = torch.topk(concat, k=n_pruned, largest=False)
-            threshold = lowest[-1]
-            for group, blocks, imp in records:
-                if scope == "DEFAULT_SCOPE":
-                    picked = (imp <= threshold).nonzero().view(-1)
-                    picked = picked[torch.argsort(imp[picked], stable=True)]
-                else:
-                    picked = order
+            if scope == "DEFAULT_SCOPE":
+                chosen = self._global_pick(records, n_pruned)
+            else:
+                order = torch.topk(concat, k=n_pruned, largest=False)[1]
+            for at, (group, blocks, imp) in enumerate(records):
+                picked = chosen[at] if scope == "DEFAULT_SCOPE" else order
                 size = len(imp)
                 if self._round_to and scope not in self._layer_ratios:
                     picked = self._aligned(group, blocks, imp, picked)
@@ -555,6 +563,31 @@ class ChannelPruner:
                 units = [[int(i) + b * size for b in range(blocks)] for i in picked]
                 root, handler = group[0].dep.target.module, group[0].dep.handler
                 yield Proposal(root=root, units=units, channel_groups=blocks, handler=handler)
+
+    def _global_pick(self, records: list[tuple[Group, int, torch.Tensor]], n_pruned: int) -> list[torch.Tensor]:
+        """Per record (group, blocks, importance per unit), the units global ranking removes, least important
+        first: the ``n_pruned`` least important units of all, skipping any that would take its group below the
+        ``min_channels`` floor (or to no channel), so the next one elsewhere goes instead. A threshold on the
+        ``n_pruned``-th score alone let a layer at its floor keep the channels it could not lose, and the scope
+        ended short of its ratio (19 of 20 channels), and picked every unit tied at the threshold (dead channels,
+        all at 0) beyond it."""
+        room = []
+        for _, blocks, imp in records:
+            floor = max(1, min(self._min_channels, len(imp) * blocks))
+            room.append(len(imp) - -(-floor // blocks))  # units that may go: ceil(floor / blocks) must stay
+        owner = torch.cat([torch.full((len(imp),), i) for i, (_, _, imp) in enumerate(records)])
+        unit = torch.cat([torch.arange(len(imp)) for _, _, imp in records])
+        scores = torch.cat([imp for _, _, imp in records])
+        picked: list[list[int]] = [[] for _ in records]
+        left = n_pruned
+        for at in torch.argsort(scores, stable=True).tolist():
+            if left == 0:
+                break
+            i = int(owner[at])
+            if len(picked[i]) < room[i]:
+                picked[i].append(int(unit[at]))
+                left -= 1
+        return [torch.tensor(p, dtype=torch.long) for p in picked]
 
     def _aligned(self, group: Group, blocks: int, imp: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         """``picked`` (root units, least important first) resized so the group keeps :func:`aligned_keep`

@@ -603,3 +603,33 @@ def test_a_grouped_convs_block_rounding_is_given_as_the_reason():
         assert "multiples of 4" in rows[name]["reason"], rows[name]
     assert rows["4"]["reason"] is None  # 9.6 asked, 10 removed: the nearest count
     assert "'2': channel groups" in out["reason"]
+
+
+class _Narrow(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 5), nn.Linear(5, 20), nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_global_ranking_takes_from_other_layers_what_a_floored_layer_cannot_lose(monkeypatch, steps):
+    # 'a' ranks lowest everywhere: global ranking would take all 5 of its channels, but it must keep one
+    # (min_channels), so the one it keeps goes from 'b' instead. The threshold on the n-th score removed 9 of the
+    # 10 channels asked (0.4 of 25): the floored channel was dropped, and a layer left at one channel was not
+    # counted in the scope at the next step.
+    from sparsekit import tp_adapter as tpa
+
+    def estimate(self, group):
+        name = self._names[group[0].dep.target.module]
+        n = tpa._count(self.graph, group[0].dep.target.module, True)
+        return torch.arange(n, dtype=torch.float32) + (0.0 if name == "a" else 100.0)
+
+    monkeypatch.setattr(tpa.ChannelPruner, "estimate", estimate)
+    schedule = {"start_epoch": 0, "end_epoch": 1} if steps > 1 else "oneshot"
+    _, pruner = prune(_Narrow(), scope="global", ratio=0.4, steps=steps, ignore=["head"], schedule=schedule)
+    r = pruner.methods[0].report()
+    assert r["channels"] == {"a": [5, 1], "b": [20, 14]}
+    assert r["achieved"] == pytest.approx(0.4) and r["at_floor"] == ["a"]
