@@ -367,6 +367,10 @@ class RunFolder:
                 self.stage.mkdir(parents=True, exist_ok=True)
             self._ckpt_before = _stat(self.stage / ckpt)
         except BaseException:
+            # Refused under the lock (another run's files arrived meanwhile) or failed: the .sparsekit folder and
+            # the output folder this run created go when empty, as they do when a run is discarded; left behind,
+            # an empty .sparsekit made the folder refuse a sensitivity analysis as holding files not its own.
+            self._discarded = True
             self.unlock()
             raise
         return self.stage
