@@ -8,6 +8,7 @@ and the output files.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +38,12 @@ class _FolderLock:
     never write one folder: the second fails, naming it, instead of mixing its files with the first's. Taken
     once the folder exists (a run whose inputs fail their checks creates none); :meth:`take` again is a no-op."""
 
-    def __init__(self, out: Path) -> None:
-        self.out, self.fd = out, -1
+    def __init__(self, out: Path, check: Callable[[], None] | None = None) -> None:
+        self.out, self.fd, self.check = out, -1, check
 
     def take(self) -> None:
-        """Raise :class:`OutputError` when another live process holds the folder's lock."""
+        """Raise :class:`OutputError` when another live process holds the folder's lock, or (``check``) when the
+        folder, looked at again under the lock, may no longer be written."""
         if self.fd >= 0:
             return
         try:
@@ -51,11 +53,20 @@ class _FolderLock:
                 f"{self.out}: cannot open the output folder ({err.strerror}); check its permissions"
             ) from None
         if fd is None:
+            # A prune run flocks its output folder too: the holder may be either command.
             raise OutputError(
-                f"{self.out}: another sparsekit sensitivity run is writing this folder; wait for it to end or choose "
-                f"another output folder ({option('output')})"
+                f"{self.out}: another sparsekit sensitivity run is writing this folder (or a prune run: both lock it); "
+                f"wait for it to end or choose another output folder ({option('output')})"
             )
         self.fd = fd
+        if self.check is not None:
+            # The folder was judged before the model and data were loaded; a run that wrote it meanwhile (a prune
+            # run's results) would otherwise get this analysis's partial table mixed into its files.
+            try:
+                self.check()
+            except BaseException:
+                self.release()
+                raise
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -451,7 +462,7 @@ def run_sensitivity(
     guard_location(
         out, [Path(p) for p in (model_path, recipe.source, source if source.endswith(".npz") else None) if p]
     )
-    lock = _FolderLock(out)
+    lock = _FolderLock(out, check=lambda: _check_folder(out, resume=resume, overwrite=overwrite))
     try:
         if out.is_dir():  # before the check, so a live analysis there is named as such, not as an earlier one
             lock.take()

@@ -45,7 +45,7 @@ from typing import Any
 
 from . import __version__
 from .errors import OutputError, option
-from .fsutil import atomic_path, read_regular, sigint_deferred, writing
+from .fsutil import atomic_path, lock_folder, read_regular, sigint_deferred, unlock_folder, writing
 
 META = ".sparsekit"
 MANIFEST = "manifest.json"
@@ -150,6 +150,7 @@ class RunFolder:
         # What begin() found, so that discard() removes only what this run created.
         self._new_out = self._new_meta = self._new_stage = self._discarded = False
         self._ckpt_before: tuple[int, int] | None = None
+        self._folder_fd: int | None = None  # the output folder's flock (see lock)
 
     # --- checks (read-only) ----------------------------------------------------------------------
 
@@ -456,6 +457,28 @@ class RunFolder:
         runs never write one folder. A lock whose process is gone is taken over. Raises
         :class:`OutputError` naming the run that holds it."""
         self._check_no_run_around()
+        # The output folder itself is flock-ed too, before anything is made in it: a sensitivity analysis holds that
+        # lock on its folder (it writes no lock file), so a prune run and an analysis into one folder no longer both
+        # write there and both fail, leaving each other's files behind.
+        with writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+            held = lock_folder(self.out)
+        if held is None:
+            holder = _live_holder(self.meta / LOCK) if (self.meta / LOCK).exists() else None
+            raise OutputError(
+                f"{self.out}: another sparsekit run ({holder or 'a prune run or a sensitivity analysis'}) is writing "
+                "this folder; wait for it to end or choose another output folder"
+            )
+        self._folder_fd = held
+        try:
+            self._lock_file()
+        except BaseException:
+            self._folder_fd = None
+            unlock_folder(held)
+            raise
+
+    def _lock_file(self) -> None:
+        """Create ``.sparsekit/lock`` (see :meth:`lock`), taking over one whose run is gone."""
         with writing(self.meta):
             self.meta.mkdir(parents=True, exist_ok=True)
         path = self.meta / LOCK
@@ -518,6 +541,10 @@ class RunFolder:
                     if made:
                         with contextlib.suppress(OSError):
                             folder.rmdir()
+        held = getattr(self, "_folder_fd", None)
+        if held is not None:
+            self._folder_fd = None
+            unlock_folder(held)
 
     def check_unlocked(self) -> None:
         """Raise :class:`OutputError` when another live run holds the folder's lock."""

@@ -3,10 +3,22 @@ under the lock, and what each leaves behind."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
 
 from sparsekit.errors import OutputError
 from sparsekit.outputs import RunFolder
+
+SENS_RECIPE = """\
+version: 1
+seed: 0
+data: {source: digits, batch_size: 64}
+finetune: {epochs: 1}
+pruning:
+  - {method: magnitude, sparsity: 0.5, schedule: oneshot, layers: {include: [fc1]}}
+"""
 
 
 def test_a_run_refused_under_its_lock_leaves_no_sparsekit_folder(tmp_path):
@@ -33,3 +45,57 @@ def test_a_refused_run_into_a_new_folder_removes_the_folder_it_made(tmp_path, mo
     with pytest.raises(OutputError, match="refused"):
         folder.begin()
     assert not out.exists()
+
+
+def test_prune_and_sensitivity_into_one_folder_exclude_each_other(tmp_path):
+    # A prune run and a sensitivity analysis started into one folder both wrote there (each its own lock, which
+    # the other never looked at) and then both failed, each on the other's files: no result at all, and a folder
+    # neither command would take again. Now each takes the folder's lock: the second one stops at once, naming it.
+    from sparsekit.analysis import _FolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    analysis = _FolderLock(out)
+    analysis.take()
+    try:
+        folder = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+        with pytest.raises(OutputError, match="another sparsekit run"):
+            folder.begin()
+    finally:
+        analysis.release()
+    assert list(out.iterdir()) == []
+
+    folder = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    folder.begin()
+    try:
+        with pytest.raises(
+            OutputError, match=r"another sparsekit sensitivity run is writing this folder \(or a prune run"
+        ):
+            _FolderLock(out).take()
+    finally:
+        folder.unlock()
+
+
+def test_sensitivity_rechecks_its_folder_once_it_holds_the_lock(tmp_path, mlp_checkpoint, monkeypatch):
+    # The analysis judged its folder before loading the model and data (seconds to minutes); a prune run that
+    # finished there meanwhile got the analysis's partial table and manifest written among its results, and a later
+    # prune --overwrite of that folder was refused over them. Under the lock the folder is looked at again.
+    import sparsekit.analysis as analysis
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(SENS_RECIPE)
+    out = tmp_path / "sens"
+    real = analysis._check_writable
+
+    def meanwhile(folder: Path) -> None:
+        real(folder)
+        folder.mkdir()
+        (folder / "model.pt").write_text("another run's result")
+
+    monkeypatch.setattr(analysis, "_check_writable", meanwhile)
+    args = ["sensitivity", str(mlp_checkpoint), str(recipe), "-o", str(out), "--arch", "examples.models:mlp"]
+    result = CliRunner().invoke(main, [*args, "--max-batches", "1", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "model.pt" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
