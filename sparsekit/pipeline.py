@@ -379,10 +379,12 @@ def run_prune(
         device = _distributed.resolve_device(recipe.finetune.device)
     joined = _distributed.init_from_env(device)  # under torchrun: one process group, rank 0 writes
     main = _distributed.is_main()
+    logs: Path | None = None
+    # The log folder is made before the inputs are checked; one whose run stopped before writing a row goes again.
+    made_base = log_dir is not None and not Path(log_dir).exists()
     try:
         folder = RunFolder(out, resume)
         failure: SparsekitError | None = None
-        logs: Path | None = None
         if main:
             try:
                 folder = RunFolder.prepare(
@@ -457,6 +459,15 @@ def run_prune(
         # that fails instead exits non-zero, and torchrun stops the others.
         _distributed.barrier()
         return report
+    except BaseException:
+        # A run refused on bad input (or stopped) before its first epoch left an empty sparsekit-DATE-TIME folder
+        # in the user's log folder every time, and the log folder itself when the run had made it. Only empty
+        # folders go: a log with rows in it is the record of the epochs that ran.
+        for made in (logs, logs.parent if logs is not None and made_base else None):
+            if made is not None:
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+        raise
     finally:
         if joined:  # a process group the caller made stays theirs
             _distributed.close()

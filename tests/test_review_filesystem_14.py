@@ -99,3 +99,26 @@ def test_sensitivity_rechecks_its_folder_once_it_holds_the_lock(tmp_path, mlp_ch
     assert result.exit_code == 2, result.output
     assert "model.pt" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+
+
+def test_a_run_refused_on_bad_data_leaves_no_empty_log_folder(tmp_path, mlp_checkpoint):
+    # prune --log-dir L with data whose labels the model cannot take: exit 2, and an empty L/sparsekit-DATE-TIME
+    # (and L itself when the run had made it) stayed behind, one more after every corrected attempt.
+    import numpy as np
+    from conftest import fast_prune
+
+    data = tmp_path / "bad.npz"
+    np.savez(data, x=np.zeros((40, 64), dtype="float32"), y=np.full(40, 12))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(SENS_RECIPE)
+    kept, made = tmp_path / "kept", tmp_path / "made"
+    kept.mkdir()
+    for logs in (kept, made):
+        result = fast_prune(
+            mlp_checkpoint, recipe, tmp_path / "out", "--arch", "examples.models:mlp", "--data", str(data),
+            "--log-dir", str(logs),
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+    assert list(kept.iterdir()) == []
+    assert not made.exists()
+    assert not (tmp_path / "out").exists()
