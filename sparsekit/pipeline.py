@@ -795,6 +795,9 @@ def _measure_and_report(
                 + schedule
             )
         report.plots = plots.finish()
+        if plots.disk_error:
+            # A full disk ended the run when it hit report.md but passed, exit 0, as a note when it hit a plot.
+            raise OutputError(plots.disk_error)
         if plots.error:
             report.notes.append(f"plots not drawn: {plots.error}")
     # Timed up to here: writing report.json and report.md is all that is left.

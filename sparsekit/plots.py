@@ -326,6 +326,10 @@ def matplotlib_env() -> dict[str, str]:
     return env
 
 
+# How the worker's last stderr line starts when a plot's write failed on the disk (see PlotWorker.finish).
+_DISK_ERROR = "sparsekit.errors.OutputError: "
+
+
 class PlotWorker:
     """Draws a run's plots in a helper process. :meth:`start` launches it early (it imports matplotlib
     while the run loads and measures the dense model, then waits, idle, through fine-tuning);
@@ -342,6 +346,7 @@ class PlotWorker:
         self.out_dir = out_dir
         self.files: list[str] = []
         self.error: str | None = None
+        self.disk_error: str | None = None  # the OutputError a plot's write raised (a full disk, ...), when one did
         self._proc: subprocess.Popen[str] | None = None
         self._ready = False
         self._last_sent = False
@@ -396,7 +401,12 @@ class PlotWorker:
             out, err = self._proc.communicate(timeout=120)
             self._collect(out)
             if self._proc.returncode and self.error is None:
-                self.error = (err.strip().splitlines() or ["the plot process failed"])[-1][:300]
+                last = (err.strip().splitlines() or ["the plot process failed"])[-1]
+                self.error = last[:300]
+                # The worker's atomic writes raise OutputError only for a disk that is full, read-only or not
+                # writable: a fact about the user's disk, which the run reports as it does for report.md (exit 2).
+                if last.startswith(_DISK_ERROR):
+                    self.disk_error = last.removeprefix(_DISK_ERROR)
         except (OSError, subprocess.TimeoutExpired) as e:
             self.error = f"the plot process did not finish: {e}"
             self.close()
