@@ -347,9 +347,16 @@ def _publish(out: Path, table: SensitivityTable, allocation: dict[str, Any] | No
             for name in stale:
                 (out / name).unlink(missing_ok=True)
             _note_written(out, list(names.values()), dropped=stale)
-    except OSError as err:
+    except (OSError, OutputError) as err:
+        # The temp files are gone when the error is read: it names the file each was to become (a full disk said
+        # "/out/.sensitivity.png.576z07pz.tmp: cannot write it", a file the user never finds).
+        said = err.raw_message if isinstance(err, OutputError) else str(err)
+        for kind, tmp in temps.items():
+            said = said.replace(str(tmp), str(out / names[kind]))
+        if isinstance(err, OutputError):
+            raise OutputError(said) from None
         raise OutputError(
-            f"{out}: cannot write the analysis ({err}); check the folder's free space and permissions"
+            f"{out}: cannot write the analysis ({said}); check the folder's free space and permissions"
         ) from None
     finally:
         for tmp in temps.values():

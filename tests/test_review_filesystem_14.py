@@ -161,3 +161,27 @@ def test_a_full_disk_while_drawing_the_plots_fails_the_run(tmp_path, mlp_checkpo
     monkeypatch.undo()
     assert fast_prune(mlp_checkpoint, recipe, out, *args, "--resume").exit_code == 0
     assert (out / "finetune.png").is_file()
+
+
+def test_a_full_disk_at_the_sensitivity_plot_names_the_plot_not_a_temp_file(tmp_path, mlp_checkpoint, monkeypatch):
+    # On a 40 KiB tmpfs: "Error: OUT/.sensitivity.png.576z07pz.tmp: cannot write it: no space left on device", a
+    # file that was already gone when the user looked.
+    import errno
+
+    from conftest import assert_bad_input
+    from matplotlib.figure import Figure
+
+    from sparsekit.cli import main
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(SENS_RECIPE)
+    out = tmp_path / "sens"
+    args = ["sensitivity", str(mlp_checkpoint), str(recipe), "-o", str(out), "--arch", "examples.models:mlp"]
+    line = assert_bad_input(CliRunner().invoke(main, [*args, "--max-batches", "1", "--no-progress"]), "no space left")
+    assert f"{out / 'sensitivity.png'}: cannot write it" in line
+    assert ".tmp" not in line
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
