@@ -613,9 +613,16 @@ def report_schema() -> dict[str, Any]:
 
 
 def load_report(path: str | Path) -> Report:
-    """Read a report.json. Raises :class:`~sparsekit.errors.SparsekitError` naming the file and the
-    first field at fault when it is missing, not JSON, or not a report sparsekit wrote."""
+    """Read a report.json, or the one in a prune run's output folder (``load_report("out")``, as
+    ``sparsekit report out`` takes it). Raises :class:`~sparsekit.errors.SparsekitError` naming the file and
+    the first field at fault when it is missing, not JSON, or not a report sparsekit wrote."""
     src = Path(path)
+    if src.is_dir():
+        # The run's folder is what prune's -o and `sparsekit report DIR` name: it said "out: not found; run
+        # sparsekit's prune first" about a folder that exists and holds the finished run.
+        src = src / "report.json"
+        if not src.is_file():
+            raise SparsekitError(f"{src}: not found: {path} holds no finished prune run (its -o folder has one)")
     if not src.is_file():
         raise SparsekitError(f"{src}: not found; run sparsekit's prune first")
     try:
