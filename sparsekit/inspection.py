@@ -229,8 +229,14 @@ def check_input_shape(
                 else f"; give the shape it takes, batch first{paren(remedy(''))}"
             )
             raise DataError(f"{origin} {dims}: the model does not accept it ({one_line(first, 160)}){advice}")
-        if fails([2, *dims[1:]]) is None:
+        at_two = fails([2, *dims[1:]])
+        if at_two is None:
             return
+        from .modelio import compiled_module, fixed_batch_words
+
+        if compiled_module(model):
+            # torch.export specializes the batch of its example input unless told otherwise.
+            raise DataError(f"{origin} {dims}: {fixed_batch_words(at_two)}")
         guess = [1, *dims]
         hint = (
             f"; the model takes {guess}: did you leave out the batch dimension?{paren(remedy(str(guess)))}"

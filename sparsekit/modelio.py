@@ -1151,6 +1151,17 @@ def compiled_module(obj: Any) -> bool:
     return isinstance(obj, torch.jit.ScriptModule | torch.fx.GraphModule)
 
 
+def fixed_batch_words(err: BaseException) -> str:
+    """Why a compiled module (:func:`compiled_module`) that runs on a batch of 1 fails on a batch of 2, and what
+    to do: the remedy of "give the shape it takes" asked for what the user had given, and no shape could pass."""
+    return (
+        f"the file's compiled graph runs on a batch of 1 but not of 2 ({one_line(err, 120)}): it was traced or "
+        "exported for one batch size, and sparsekit exports, checks and benchmarks the model with a batch "
+        "dimension; export it again with a dynamic batch (torch.export's dynamic_shapes), or name its architecture "
+        f"({option('arch', 'pkg.module:callable')}: the file's weights are loaded into it)"
+    )
+
+
 def read_model(
     path: str | Path,
     arch: str | None = None,
@@ -1502,4 +1513,22 @@ def infer_input_shape(model: nn.Module) -> list[int] | None:
     normalization, an embedding, a lazy module, ... or there is none; the recipe's ``model.input_shape``
     must then say it."""
     m = first_layer(model)
-    return [1, int(m.in_features)] if isinstance(m, nn.Linear) else None
+    if isinstance(m, nn.Linear):
+        return [1, int(m.in_features)]
+    return _exported_input_shape(model)
+
+
+def _exported_input_shape(model: nn.Module) -> list[int] | None:
+    """The input shape a torch.export module (a trusted ``.pt2``) was exported with, batch first, when it takes
+    one tensor: its graph records it. Such a module keeps no Linear for :func:`first_layer` to read, so
+    ``sparsekit export model.pt2`` said "cannot tell the input shape" about a file that states it. A dynamic
+    dimension (a symbol) is taken as 1 in the batch and unknown elsewhere."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    values = [n.meta.get("val") for n in model.graph.nodes if n.op == "placeholder"]
+    if len(values) != 1 or not isinstance(values[0], torch.Tensor):
+        return None
+    dims = list(values[0].shape)
+    if not dims or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return [1 if not isinstance(dims[0], int) else int(dims[0]), *(int(d) for d in dims[1:])]

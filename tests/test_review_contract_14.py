@@ -30,3 +30,55 @@ def test_load_report_of_a_folder_without_a_run_says_so(tmp_path):
     empty.mkdir()
     with pytest.raises(sparsekit.SparsekitError, match="holds no finished prune run"):
         sparsekit.load_report(empty)
+
+
+def _pt2(path, dynamic: bool):
+    """A small MLP saved with torch.export: at batch 1 only (torch.export's default) or with a dynamic batch."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    if dynamic:
+        program = torch.export.export(model, (torch.randn(2, 12),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    else:
+        program = torch.export.export(model, (torch.randn(1, 12),))
+    torch.export.save(program, str(path))
+    return path
+
+
+def test_export_of_a_batch_one_pt2_names_the_fixed_batch(tmp_path):
+    # README: a .pt2 is loaded with --trust-model-file. One exported at batch 1 (torch.export's default) was told
+    # "--input-shape [1, 12]: the model runs on one such input but not on a batch of two, so its first dimension
+    # is not the batch; give the whole input shape, batch first": what the user had given, and no shape passes.
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    from sparsekit.cli import main
+
+    pt2 = _pt2(tmp_path / "m.pt2", dynamic=False)
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(pt2), "--trust-model-file", "--input-shape", "1,12", "-o", str(out)]
+    )
+    line = assert_bad_input(result, "compiled graph runs on a batch of 1 but not of 2", "--arch", "dynamic")
+    assert "first dimension is not the batch" not in line
+    assert not out.exists()
+
+    model = sparsekit.load_model(pt2, trust=True)
+    with pytest.raises(sparsekit.ExportError, match="compiled graph runs on a batch of 1") as err:
+        sparsekit.export_onnx(model, tmp_path / "py.onnx", input_shape=[1, 12])
+    assert "give the shape it takes" not in str(err.value)
+
+
+def test_export_of_a_pt2_reads_its_input_shape_from_the_graph(tmp_path):
+    # A torch.export file records its input's shape; `sparsekit export m.pt2 --trust-model-file` said "cannot
+    # tell the input shape; pass --input-shape" about it.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    pt2 = _pt2(tmp_path / "d.pt2", dynamic=True)
+    out = tmp_path / "d.onnx"
+    result = CliRunner().invoke(main, ["export", str(pt2), "--trust-model-file", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()

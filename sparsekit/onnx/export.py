@@ -459,6 +459,10 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
                 "onnxruntime's CPU kernels and the parity check use): export model.float() instead "
                 f"({one_line(e, 120)})"
             ) from None
+        from ..modelio import compiled_module, fixed_batch_words
+
+        if compiled_module(model) and _runs(model, [1, *shape[1:]]):
+            raise ExportError(f"input shape {shape}: {fixed_batch_words(e)}") from None
         msg = (
             f"the model fails on a random float32 input of shape {shape} ({one_line(e, 200)}); give the shape it "
             f"takes ({option('input_shape')}). Export and its parity check feed random normal values, so a "
@@ -466,6 +470,18 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
         )
         raise ExportError(msg) from None
     return x, _output_names(out)
+
+
+def _runs(model: nn.Module, shape: list[int]) -> bool:
+    """Whether ``model`` runs on a random float32 input of ``shape``."""
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(random_array(shape, seed=0)))
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - the user's model: a failure is the answer, not our bug
+        return False
+    return True
 
 
 def _output_names(out: Any) -> list[str]:
