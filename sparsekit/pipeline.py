@@ -60,10 +60,15 @@ log = logging.getLogger("sparsekit")
 
 
 def resolve_model(
-    model_path: str | Path, recipe: Recipe, arch: str | None, trust: bool, trust_code: bool = False
+    model_path: str | Path,
+    recipe: Recipe,
+    arch: str | None,
+    trust: bool,
+    trust_code: bool = False,
+    data: str | None = None,
 ) -> LoadedModel:
     """Load MODEL: ``arch`` (the caller's choice) beats the checkpoint's own factory, which beats the
-    recipe's ``model``.
+    recipe's ``model``. ``data``: the run's data source when the caller overrode the recipe's.
     A factory named by the checkpoint or the recipe runs only when confirmed (see :mod:`sparsekit.trust`)."""
     spec = recipe.model
     kwargs = spec.kwargs if arch and spec.factory in (None, arch) and spec.kwargs else None
@@ -102,8 +107,14 @@ def resolve_model(
         )
     shape = spec.input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
-        # The built-in image sources' samples (sparsekit.data), as a first layer that convolves them takes them
-        example = {"digits": "[1,1,8,8]", "mnist5k": "[1,1,28,28]"}.get(str(recipe.data.source), "[1,1,28,28]")
+        # The built-in image sources' samples (sparsekit.data), as a first layer that convolves them takes them;
+        # the run's source, which the data option may have changed: `--data mnist5k` was told [1,1,8,8] (the
+        # recipe's digits), and following it failed on the next run. Another source: the first layer's channels.
+        from .modelio import first_conv_shape
+
+        source = str(data or recipe.data.source)
+        dims = {"digits": [1, 1, 8, 8], "mnist5k": [1, 1, 28, 28]}.get(source) or first_conv_shape(loaded.model)
+        example = "[" + ",".join(str(d) for d in (dims or [1, 1, 28, 28])) + "]"
         raise SparsekitError(
             f"{model_path}: cannot tell the model's input shape; set model.input_shape in the recipe "
             f"(e.g. {option('set', f'model.input_shape={example}')}: batch first, then one sample's shape)"
@@ -545,7 +556,7 @@ def check_inputs(
     np.random.seed(recipe.seed % 2**32)  # numpy's global generator takes 32-bit seeds
     random.seed(recipe.seed)
     with clock("load"):
-        loaded = resolve_model(model_path, recipe, arch, trust, trust_code)
+        loaded = resolve_model(model_path, recipe, arch, trust, trust_code, data=data)
         attach_logits(loaded.model, recipe.model.output)  # tuple / dict outputs: the part that is the logits
         shape = cast(list[int], loaded.input_shape)  # resolve_model always sets it
         factory = loaded.factory or arch or recipe.model.factory

@@ -82,3 +82,30 @@ def test_export_of_a_pt2_reads_its_input_shape_from_the_graph(tmp_path):
     result = CliRunner().invoke(main, ["export", str(pt2), "--trust-model-file", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert out.is_file()
+
+
+@pytest.mark.parametrize(("data", "example"), [("mnist5k", "[1,1,28,28]"), ("digits", "[1,1,8,8]")])
+def test_input_shape_example_follows_the_data_option(tmp_path, monkeypatch, data, example):
+    # A conv model's state_dict and a recipe without model.input_shape: the example shape came from the recipe's
+    # data.source (digits by default) even when --data chose another, so `--data mnist5k` was told
+    # "--set 'model.input_shape=[1,1,8,8]'", and following it failed on the data's 28x28 samples.
+    import torch
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+    from torch import nn
+
+    from sparsekit.cli import main
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    (tmp_path / "netmod_contract14.py").write_text(
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), "
+        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n"
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
+    args = ["validate", str(recipe), str(weights), "--arch", "netmod_contract14:build", "--data", data]
+    monkeypatch.chdir(tmp_path)  # --arch imports from the current folder, as for a user
+    result = CliRunner().invoke(main, args)
+    assert_bad_input(result, "cannot tell the model's input shape", f"model.input_shape={example}")
