@@ -52,6 +52,7 @@ from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe, load_recipe
+from .recipe_yaml import override_list
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
@@ -380,7 +381,7 @@ def run_prune(
             "is already validated: set its fields, or pass load_recipe(path, overrides=[...]) instead"
         )
     if overrides is not None and isinstance(recipe, str | os.PathLike | Mapping):
-        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), list(overrides))
+        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), override_list(overrides))
     recipe = as_recipe(recipe)  # a recipe file, a shipped recipe's name or a dict, as Pruner takes them
     clock = PhaseClock()
     out = Path(out)

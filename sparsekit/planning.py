@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, as_recipe
+from .recipe import Recipe, as_recipe, load_recipe
+from .recipe_yaml import override_list
 from .wrappers import unwrap
 
 
@@ -27,6 +28,7 @@ def plan(
     trust: bool = False,
     trust_code: bool = False,
     inputs: Any = None,
+    overrides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Rehearse ``recipe``: a :class:`~sparsekit.recipe.Recipe` (:func:`sparsekit.load_recipe`), a recipe file's
     path or a shipped recipe's name, or a dict (validated as the Pruner validates one: RecipeError naming the field;
@@ -44,7 +46,11 @@ def plan(
     every optimizer step of the run on a copy of the model, without training (:func:`simulate`). Optimizer
     steps per epoch are the run's (training batches, capped by ``finetune.max_steps_per_epoch``) unless
     ``steps_per_epoch`` is given. ``inputs``: the result of :func:`~sparsekit.pipeline.check_inputs` for
-    this model and recipe, when the caller has it already (it is not changed).
+    this model and recipe, when the caller has it already (it is not changed). ``overrides``
+    (``key.path=value`` strings, as the command line's set option takes them; the remedies of the errors raised
+    here spell them ``overrides=[...]``) are applied to a recipe file, name or dict as
+    :func:`~sparsekit.recipe.load_recipe` does; a :class:`~sparsekit.recipe.Recipe` object takes none
+    (TypeError: set its fields, or load it with them), as in :func:`~sparsekit.pipeline.run_prune`.
 
     Returns ``{"recipe", "valid": True, "names_code", "epochs", "allocation": [...], "descriptions": [what each
     entry will do, in words (:func:`describe`)], "methods": [...] (empty without a model)}`` and,
@@ -71,6 +77,15 @@ def plan(
     model, ...)."""
     if steps_per_epoch is not None and steps_per_epoch <= 0:
         raise ValueError("steps_per_epoch must be > 0")
+    if overrides is not None:
+        # The errors' remedies read overrides=[...] (the input shape, a layer pattern, ...), as for run_prune and
+        # load_recipe; following one here was a TypeError: plan() took no such keyword.
+        if isinstance(recipe, Recipe):
+            raise TypeError(
+                "plan(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "
+                "is already validated: set its fields, or pass load_recipe(path, overrides=[...]) instead"
+            )
+        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), override_list(overrides))
     recipe = as_recipe(recipe)  # a path or a dict, as Pruner and run_prune take (it raised AttributeError)
     res: dict[str, Any] = {
         "recipe": recipe.source,

@@ -109,3 +109,46 @@ def test_input_shape_example_follows_the_data_option(tmp_path, monkeypatch, data
     monkeypatch.chdir(tmp_path)  # --arch imports from the current folder, as for a user
     result = CliRunner().invoke(main, args)
     assert_bad_input(result, "cannot tell the model's input shape", f"model.input_shape={example}")
+
+
+def test_plan_takes_the_overrides_its_errors_name(tmp_path, monkeypatch):
+    # sparsekit.plan raised "c.pt: cannot tell the model's input shape; set model.input_shape in the recipe (e.g.
+    # overrides=['model.input_shape=[1,1,8,8]'] ...)", and following it was a TypeError: plan() took no overrides
+    # (run_prune and load_recipe do).
+    import torch
+    from torch import nn
+
+    source = (
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), "
+        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n"
+    )
+    (tmp_path / "planmod_contract14.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    torch.save(model.state_dict(), tmp_path / "c.pt")
+    recipe = {"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    with pytest.raises(sparsekit.SparsekitError, match=r"overrides=\['model.input_shape=\[1,1,8,8\]'\]"):
+        sparsekit.plan(recipe, "c.pt", arch="planmod_contract14:build")
+    res = sparsekit.plan(recipe, "c.pt", arch="planmod_contract14:build", overrides=["model.input_shape=[1,1,8,8]"])
+    assert res["model"]["input_shape"] == [1, 1, 8, 8]
+    assert res["methods"][0]["final"] is not None
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    assert sparsekit.plan(path, overrides=["seed=5"])["valid"]
+    with pytest.raises(TypeError, match="load_recipe"):
+        sparsekit.plan(sparsekit.load_recipe(path), overrides=["seed=5"])
+
+
+@pytest.mark.parametrize("call", ["plan", "run_prune"])
+def test_one_override_string_is_named_as_such(tmp_path, call):
+    # overrides='seed=3' (one string, not a list) was read character by character: "overrides=['s']: expected
+    # key.path=value", naming an override the user never wrote.
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    with pytest.raises(sparsekit.RecipeError, match="not one string") as err:
+        if call == "plan":
+            sparsekit.plan(path, overrides="seed=3")
+        else:
+            sparsekit.run_prune(tmp_path / "missing.pt", path, tmp_path / "out", overrides="seed=3")
+    assert "['s']" not in str(err.value)
+    assert not (tmp_path / "out").exists()
