@@ -31,7 +31,7 @@ from .errors import TargetError, TargetMissedWarning
 from .layers import layer_kind, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
-from .recipe import Recipe, as_recipe, pruning_key
+from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, tied_parameters
 from .wrappers import unwrap_wrappers
@@ -161,6 +161,18 @@ class Pruner:
         context: dict | None = None,
         scorers: Mapping[int, Callable[..., Any]] | None = None,
     ):
+        with remedies_for(recipe, "Pruner"):
+            self._init(model, recipe, steps_per_epoch, context=context, scorers=scorers)
+
+    def _init(
+        self,
+        model: nn.Module,
+        recipe: Recipe | str | os.PathLike[str] | dict[str, Any],
+        steps_per_epoch: int,
+        *,
+        context: dict | None,
+        scorers: Mapping[int, Callable[..., Any]] | None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"Pruner(model=...): expected a torch.nn.Module, got {type(model).__name__}; read a model file with "

@@ -8,13 +8,14 @@ A recipe is YAML with ``version: 1``. Every validation error is reported with it
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -32,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import RecipeError, option, render
+from .errors import RecipeError, SparsekitError, option, render
 from .errors import shorten as short
 from .recipe_yaml import (
     MAX_DEPTH,
@@ -1765,6 +1766,42 @@ def _as_attribute(name: str, value: str) -> str:
         key, _, val = value.partition("=")
         return "recipe." + re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key) + f" = {val}"
     return render(option(name, value))
+
+
+@contextlib.contextmanager
+def remedies_for(recipe: Any, callee: str) -> Iterator[None]:
+    """Errors raised inside whose remedy is an override (``overrides=['pruning.0.layers.exclude=[...]']``, which
+    ``run_prune``, ``plan`` and ``load_recipe`` take) are raised again for a caller that took ``recipe`` as given
+    with no overrides (``callee``, e.g. the Pruner): a dict's remedy is that key of the dict, a recipe file's or
+    shipped name's is ``sparsekit.load_recipe(it, overrides=[...])``. The Pruner said "for this run
+    overrides=[...]", and ``Pruner(..., overrides=...)`` is a TypeError. A :class:`Recipe` (built by the
+    library's own runs too, whose remedies stay theirs) is left as it is; so are the other options."""
+    if isinstance(recipe, Recipe) or not isinstance(recipe, Mapping | str | os.PathLike):
+        yield
+        return
+    if isinstance(recipe, Mapping):
+
+        def spell(name: str, value: str) -> str:
+            return _in_the_dict(name, value) if name == "set" and "=" in value else option(name, value)
+
+    else:
+        where = os.fspath(recipe)
+
+        def spell(name: str, value: str) -> str:
+            if name != "set" or not value:
+                return option(name, value)
+            return f"sparsekit.load_recipe({where!r}, overrides=[{value!r}]) (then pass that recipe to {callee})"
+
+    try:
+        yield
+    except SparsekitError as err:
+        again = render(err.raw_message, spell)
+        if again == err.raw_message:
+            raise
+        named = copy.copy(err)  # the same type and attributes, the remedy spelled for this caller
+        named.raw_message = again
+        named.args = (render(again), *err.args[1:])
+        raise named.with_traceback(err.__traceback__) from err.__cause__
 
 
 def _in_the_dict(name: str, value: str) -> str:

@@ -152,3 +152,33 @@ def test_one_override_string_is_named_as_such(tmp_path, call):
             sparsekit.run_prune(tmp_path / "missing.pt", path, tmp_path / "out", overrides="seed=3")
     assert "['s']" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def _mlp():
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def test_pruner_remedies_are_spelled_for_what_it_takes(tmp_path):
+    # sparsekit.Pruner(model, {... layers: ["zz"]}, ...) said "... or for this run overrides=['pruning.0.layers.
+    # include=[...]']", and Pruner(..., overrides=...) is a TypeError: the Pruner takes the recipe as given.
+    bad = {"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ["zz"]}]}
+    with pytest.raises(sparsekit.TargetError, match="matches no layer") as err:
+        sparsekit.Pruner(_mlp(), bad, 3)
+    assert "overrides=" not in str(err.value)
+    assert 'pruning.0.layers.include: ["NAME", ...] in the recipe dict' in str(err.value)
+
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, layers: {exclude: [fc3]}}]\n")
+    with pytest.raises(sparsekit.TargetError, match="load_recipe") as err:
+        sparsekit.Pruner(_mlp(), str(path), 3)
+    assert "for this run overrides=" not in str(err.value)
+    # following it works
+    fixed = sparsekit.load_recipe(str(path), overrides=['pruning.0.layers.exclude=["2"]'])
+    assert sparsekit.Pruner(_mlp(), fixed, 3).methods[0].layers.keys() == {"0"}
+
+    structured = {"version": 1, "pruning": [{"method": "structured", "ratio": 0.5, "ignore": ["zz"]}]}
+    with pytest.raises(sparsekit.TargetError, match="in the recipe dict") as err:
+        sparsekit.rehearse(_mlp(), structured, input_shape=[1, 8], steps_per_epoch=3)
+    assert "overrides=" not in str(err.value)

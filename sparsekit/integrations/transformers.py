@@ -28,7 +28,7 @@ from torch import nn
 
 from ..fsutil import atomic_path
 from ..pruner import Pruner
-from ..recipe import Recipe, pruning_key
+from ..recipe import Recipe, pruning_key, remedies_for
 from ._common import as_recipe, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
@@ -143,6 +143,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
                 f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
             )
         self.recipe = as_recipe(recipe, trainer=True)
+        self._recipe_given = recipe  # the remedies of the Pruner's errors are spelled for it (remedies_for)
         self.steps_per_epoch = steps_per_epoch
         self.input_shape = [int(d) for d in input_shape] if input_shape else None
         self.scorers = dict(scorers) if scorers else None
@@ -172,7 +173,8 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
     def _build(self, model: nn.Module, steps_per_epoch: int) -> Pruner:
         context = {"input_shape": self.input_shape} if self.input_shape else None
         _refuse_distributed_structured(self.recipe)
-        pruner = Pruner(self._target(model), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
+        with remedies_for(self._recipe_given, type(self).__name__):
+            pruner = Pruner(self._target(model), self.recipe, steps_per_epoch, context=context, scorers=self.scorers)
         # A target missed is then the trainer stopping early, not a wrong steps_per_epoch (Pruner._warn_missed).
         pruner._stepped_by = ("SparsekitTrainerCallback", "TrainingArguments num_train_epochs / max_steps")
         return pruner
