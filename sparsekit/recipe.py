@@ -1779,18 +1779,26 @@ def remedies_for(recipe: Any, callee: str) -> Iterator[None]:
     if isinstance(recipe, Recipe) or not isinstance(recipe, Mapping | str | os.PathLike):
         yield
         return
+
+    def as_set(name: str, value: str) -> str | None:  # the key.path=value an override remedy sets, if any
+        if name == "device" and value:
+            return f"finetune.device={value}"
+        return value if name == "set" and "=" in value else None
+
     if isinstance(recipe, Mapping):
 
         def spell(name: str, value: str) -> str:
-            return _in_the_dict(name, value) if name == "set" and "=" in value else option(name, value)
+            setting = as_set(name, value)
+            return _in_the_dict("set", setting) if setting else option(name, value)
 
     else:
         where = os.fspath(recipe)
 
         def spell(name: str, value: str) -> str:
-            if name != "set" or not value:
+            setting = as_set(name, value)
+            if not setting:
                 return option(name, value)
-            return f"sparsekit.load_recipe({where!r}, overrides=[{value!r}]) (then pass that recipe to {callee})"
+            return f"sparsekit.load_recipe({where!r}, overrides=[{setting!r}]) (then pass that recipe to {callee})"
 
     try:
         yield

@@ -182,3 +182,24 @@ def test_pruner_remedies_are_spelled_for_what_it_takes(tmp_path):
     with pytest.raises(sparsekit.TargetError, match="in the recipe dict") as err:
         sparsekit.rehearse(_mlp(), structured, input_shape=[1, 8], steps_per_epoch=3)
     assert "overrides=" not in str(err.value)
+
+
+def test_finetune_remedies_are_spelled_for_what_it_takes():
+    # sparsekit.finetune(model, {...}, train, val) said "use auto or cpu (overrides=['finetune.device=cpu'])" and
+    # "... for this run overrides=['pruning.0.layers.include=[...]']": finetune() takes no overrides.
+    import torch
+
+    batches = [(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))]
+    bad_layers = {
+        "version": 1,
+        "finetune": {"epochs": 1},
+        "pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ["zz"]}],
+    }
+    with pytest.raises(sparsekit.TargetError, match="in the recipe dict") as err:
+        sparsekit.finetune(_mlp(), bad_layers, batches, batches, progress=False)
+    assert "overrides=" not in str(err.value)
+    if not torch.cuda.is_available():
+        gpu = {"version": 1, "finetune": {"epochs": 1, "device": "cuda"}}
+        with pytest.raises(sparsekit.RecipeError, match="finetune.device: cpu in the recipe dict") as err:
+            sparsekit.finetune(_mlp(), gpu, batches, batches, progress=False)
+        assert "overrides=" not in str(err.value)
