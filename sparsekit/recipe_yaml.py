@@ -164,7 +164,7 @@ class _DuplicateKey(yaml.constructor.ConstructorError):
 
 class _RefusedValue(RecipeError):
     """:class:`_NumberProblem` or :class:`_DuplicateKey` as a recipe error: an override value holding one is
-    refused, not kept as text (``--set 'finetune={epochs: 3, epochs: 4}'`` said "must be a mapping (got text
+    refused, not kept as text (the override ``finetune={epochs: 3, epochs: 4}`` said "must be a mapping (got text
     ...)", hiding the key written twice)."""
 
 
