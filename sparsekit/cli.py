@@ -1977,6 +1977,8 @@ def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) ->
     """
     from .trust import forget_module, store_path, trust_module, trusted_locations
 
+    if forget and not modules:  # it listed the modules, as if the flag had been read, and forgot none
+        raise click.UsageError("--forget needs the modules to stop trusting, e.g. sparsekit trust --forget mypkg.nets")
     for module in modules:
         if forget:
             if not forget_module(module):

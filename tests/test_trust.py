@@ -167,6 +167,9 @@ def test_trust_command_refuses_machinery(tmp_path, monkeypatch):
     assert run("trust", "sk_trustpkg.nets").exit_code == 0
     assert trusted_modules() == ["sk_trustpkg.nets"]
     assert forget_module("sk_trustpkg.nets") and not forget_module("sk_trustpkg.nets")
+    # --forget with no module listed the trusted modules and exited 0, forgetting none
+    result = run("trust", "--forget")
+    assert result.exit_code == 2 and "--forget needs the modules" in result.output
 
 
 def test_a_trusted_module_name_found_in_another_folder_is_not_trusted(tmp_path, monkeypatch, weights, canary):
