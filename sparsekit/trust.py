@@ -29,6 +29,7 @@ TrustError: os:system: 'os' is part of Python's standard library, not a model ..
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import importlib
 import importlib.machinery
@@ -263,11 +264,20 @@ def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) 
     ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
         shape = "is not of the form pkg.module:callable (e.g. mypkg.nets:build for build() in mypkg/nets.py)"
-        raise error(f"{where}: {spec!r} {shape}{module_spec_hint(spec)}")
+        raise error(f"{where}: {spec!r} {shape}{module_spec_hint(spec) or _dotted_hint(spec)}")
     module, attr = spec.split(":")
     if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):
         raise error(f"{where}: {spec!r} names a dunder attribute; name a module-level function or class")
     return module, attr
+
+
+def _dotted_hint(spec: Any) -> str:
+    """For ``mynet.Net`` (the dotted path Python prints for a class): ``mynet:Net`` as a hint; else ""."""
+    if not isinstance(spec, str) or ":" in spec or "." not in spec:
+        return ""
+    module, _, attr = spec.rpartition(".")
+    meant = f"{module}:{attr}"
+    return f"; did you mean {meant!r}?" if _SPEC_RE.match(meant) else ""
 
 
 def module_spec_hint(spec: Any) -> str:
@@ -315,7 +325,11 @@ def load_callable(
         raise TrustError(f"{where}: {reason}, so it is never run")
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise error(f"{where}: module {module!r} has no {attr!r}")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            raise error(
+                f"{where}: module {module!r} has no {attr!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            )
         obj = getattr(obj, part)
     _check_shape(obj, where, kind, error)
     if remember:  # only a module that imported and holds what was named: not one that failed

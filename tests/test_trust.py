@@ -805,3 +805,17 @@ def test_trust_writes_a_store_it_will_believe_whatever_the_umask(tmp_path, monke
     with pytest.raises(OutputError, match="writable by every user"):
         trust_module("mymod")
     store_path().parent.chmod(0o700)
+
+
+def test_a_dotted_or_misspelt_callable_gets_the_spelling_meant(tmp_path, monkeypatch):
+    # `--arch mynet.Net` (Python's dotted path) said only "not of the form pkg.module:callable", and a misspelt
+    # name only "has no 'Nett'"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sk_dotted_nets.py").write_text("from torch import nn\n\nclass Net(nn.Linear):\n    pass\n")
+    with pytest.raises(TrustError, match=r"did you mean 'sk_dotted_nets:Net'\?"):
+        load_callable("sk_dotted_nets.Net", kind="model")
+    with pytest.raises(TrustError, match=r"has no 'Nett'; did you mean 'Net'\?"):
+        load_callable("sk_dotted_nets:Nett", kind="model")
+    with pytest.raises(TrustError) as caught:
+        load_callable("sk_dotted_nets", kind="model")  # no dot: nothing to suggest
+    assert "did you mean" not in str(caught.value)
