@@ -583,6 +583,11 @@ def _load_callable(
         raise DataError(f"{where} must return a pair (train_loader, val_loader), got {type(result).__name__}")
     train, val = result
     for name, loader in (("train", train), ("val", val)):
+        if loader is None:  # said "has no len()": accuracy is measured on the val loader, so it is needed
+            raise DataError(
+                f"{where} returned None as the {name} loader; return two DataLoaders (train_loader, val_loader): "
+                "accuracy is measured on the validation one"
+            )
         try:
             size = len(loader)
         except OverflowError:

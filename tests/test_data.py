@@ -360,6 +360,9 @@ def test_callable_source(tmp_path, monkeypatch):
         ("loaders = 3\n", "loaders", "not a callable"),
         ("def loaders():\n    raise RuntimeError('db down')\n", "loaders", "RuntimeError: db down"),
         ("def loaders():\n    return [], []\n", "loaders", "empty"),
+        # (train, None) said "the val loader has no len()", not that None came back
+        ("import torch\ndef loaders():\n    return [torch.zeros(1)], None\n", "loaders", "returned None as the val"),
+        ("def loaders():\n    return None, [1]\n", "loaders", "returned None as the train loader"),
         ("def loaders():\n    return [(1, 2)], [(1, 2)]\n", "loaders", "must yield tensors"),
         (
             "import torch\ndef loaders():\n    b = (torch.zeros(2, 3), torch.zeros(2))\n    return [b], [b]\n",
