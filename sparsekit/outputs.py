@@ -663,7 +663,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return {
         rel: info
         for rel, info in files.items()
-        if isinstance(rel, str) and rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts
+        # "." (or "./") names the folder itself, not a file in it: it has no parts at all.
+        if isinstance(rel, str) and Path(rel).parts and not Path(rel).is_absolute() and ".." not in Path(rel).parts
         and Path(rel).parts[0] != META
     }  # fmt: skip
 
