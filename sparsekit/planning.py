@@ -97,6 +97,13 @@ def plan(
         "methods": [],
     }
     if model is None:
+        from .trust import Kind, check_runnable
+
+        # Nothing is imported, but code that prune never runs, whatever the user confirms (os:system), makes the
+        # recipe unusable: saying "valid" and "prune would call it once you confirm it" was wrong.
+        for field, spec in res["names_code"].items():
+            kind: Kind = "model" if field == "model.factory" else "data"
+            check_runnable(spec, kind=kind, named_in=recipe.source or "recipe", field=field)
         return res
     import copy
 

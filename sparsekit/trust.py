@@ -315,9 +315,7 @@ def load_callable(
     where = _where(spec, named_in, field)
     module, attr = split_spec(spec, where, error)
     torch_class = kind == "model" and module.split(".")[0] == "torch"  # e.g. torch.nn:Linear
-    reason = _denied(module) or _denied_file(_top_level_origin(module))
-    if reason and not torch_class:
-        raise TrustError(f"{where}: {reason}, so it is never run")
+    check_runnable(spec, kind=kind, named_in=named_in, field=field, error=error)
     remember = named_in is not None and _require_trust(spec, module, named_in, field, trust_code)
     obj: Any = _import(module, where, error)
     reason = _denied_file(getattr(obj, "__file__", None))
@@ -335,6 +333,26 @@ def load_callable(
     if remember:  # only a module that imported and holds what was named: not one that failed
         _remember(module, named_in)
     return obj
+
+
+def check_runnable(
+    spec: str,
+    *,
+    kind: Kind,
+    named_in: str | os.PathLike[str] | None = None,
+    field: str = "",
+    error: type[SparsekitError] = TrustError,
+) -> None:
+    """Raise :class:`TrustError` when ``pkg.module:callable`` is one :func:`load_callable` never runs (standard
+    library, sparsekit's dependencies, tool packages), whatever the user confirms; ``error`` when it is malformed.
+    Nothing is imported: the module is only looked up, so ``validate`` can refuse what ``prune`` would."""
+    where = _where(spec, named_in, field)
+    module, _ = split_spec(spec, where, error)
+    if kind == "model" and module.split(".")[0] == "torch":  # e.g. torch.nn:Linear
+        return
+    reason = _denied(module) or _denied_file(_top_level_origin(module))
+    if reason:
+        raise TrustError(f"{where}: {reason}, so it is never run")
 
 
 def call_user_code(

@@ -28,3 +28,43 @@ def test_a_manifest_listing_the_folder_itself_is_ignored_not_a_crash(tmp_path, r
     with pytest.raises(OutputError, match="mine.txt"):
         RunFolder.prepare(out, inputs=[], overwrite=True, resume=False)
     assert (out / "mine.txt").read_text() == "the user's\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("model.factory", "model: {factory: 'os:system', input_shape: [1, 64]}"),
+        ("model.factory", "model: {factory: 'subprocess:run', input_shape: [1, 64]}"),
+        ("data.source", "data: {source: 'builtins:exec'}"),
+        ("data.source", "data: {source: 'shutil:rmtree'}"),
+    ],
+)
+def test_validate_refuses_code_that_prune_never_runs(tmp_path, field, text):
+    # validate said "valid" and "prune would import and call it only once you confirm it" for a recipe naming
+    # os:system, which prune refuses (exit 2) whatever the user confirms. Now validate refuses it as prune does.
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\n{text}\npruning:\n  - {{method: magnitude, sparsity: 0.5}}\n")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert_bad_input(result, "r.yaml", field, "never run")
+
+
+def test_validate_still_names_a_users_own_code_without_importing_it(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynets.py").write_text("open('CANARY', 'w').close()\ndef build():\n    pass\n")
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {factory: 'mynets:build', input_shape: [1, 64]}\ndata: {source: 'mynets:build'}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5}\n"
+    )
+    result = CliRunner().invoke(main, ["validate", "r.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "model.factory names code mynets:build" in result.output
+    assert not (tmp_path / "CANARY").exists()
