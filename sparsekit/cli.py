@@ -1899,13 +1899,15 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
         return
     if folder is None:
         raise click.UsageError("give the output FOLDER of a prune run, or --schema")
-    if folder.name == "report.json" and folder.is_file():  # the file itself: its folder is the run's
+    if folder.name == "report.json" and folder.exists() and not folder.is_dir():  # the file: its folder is the run's
         folder = folder.parent
     elif folder.is_file():
         raise SparsekitError(
             f"{folder}: is a file; give the output folder of a prune run (the folder holding report.json)"
         )
     src = folder / "report.json"
+    if src.exists() and not src.is_file():
+        raise SparsekitError(f"{src}: is not a regular file (a folder, device, pipe or socket); nothing re-rendered")
     if not src.is_file():
         if (folder / ".sparsekit" / "next").is_dir():  # an interrupted run's, which a plain prune would refuse
             raise SparsekitError(

@@ -621,9 +621,13 @@ def load_report(path: str | Path) -> Report:
         # The run's folder is what prune's -o and `sparsekit report DIR` name: it said "out: not found; run
         # sparsekit's prune first" about a folder that exists and holds the finished run.
         src = src / "report.json"
-        if not src.is_file():
+        if not src.exists():
             raise SparsekitError(f"{src}: not found: {path} holds no finished prune run (its -o folder has one)")
     if not src.is_file():
+        if src.exists():  # a pipe or a device: "not found" sent the user looking for a file that is there
+            raise SparsekitError(
+                f"{src}: is not a regular file (a folder, device, pipe or socket); give the report.json itself"
+            )
         raise SparsekitError(f"{src}: not found; run sparsekit's prune first")
     try:
         data = json.loads(read_regular(src).decode("utf-8"))

@@ -68,3 +68,24 @@ def test_validate_still_names_a_users_own_code_without_importing_it(tmp_path, mo
     assert result.exit_code == 0, result.output
     assert "model.factory names code mynets:build" in result.output
     assert not (tmp_path / "CANARY").exists()
+
+
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_report_json_that_is_a_pipe_is_named_as_such_not_as_missing(tmp_path, given):
+    # A report.json that was a named pipe (or a device) was "not found; run prune first" (sparsekit report DIR,
+    # load_report), and `sparsekit report DIR/report.json` looked for DIR/report.json/report.json.
+    import os
+
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    import sparsekit
+    from sparsekit.cli import main
+
+    pipe = tmp_path / "report.json"
+    os.mkfifo(pipe)
+    arg = tmp_path if given == "folder" else pipe
+    line = assert_bad_input(CliRunner().invoke(main, ["report", str(arg)]), f"{pipe}: is not a regular file")
+    assert "not found" not in line
+    with pytest.raises(sparsekit.SparsekitError, match="is not a regular file"):
+        sparsekit.load_report(arg)
