@@ -36,6 +36,7 @@ import io
 import logging
 import math
 import os
+import tokenize
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -395,9 +396,10 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
             x, y = archive["x"], archive["y"]
     except DataError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except _NPZ_DAMAGE as exc:
+        detail = "an array's .npy header is cut off inside a bracket" if isinstance(exc, tokenize.TokenError) else exc
         raise DataError(
-            f"{where} cannot be read as an .npz of plain numeric arrays ({exc}); "
+            f"{where} cannot be read as an .npz of plain numeric arrays ({detail}); "
             "re-save it with numpy.savez(path, x=float_array, y=int_array)"
         ) from exc
 
@@ -435,6 +437,11 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
         shown = f"{y.max():.3g}" if y.dtype.kind == "f" else str(y.max())
         raise DataError(f"{where}: y has a label of {shown}, too large for a class index; labels must be 0, 1, 2, ...")
     return x, y.astype(np.int64)
+
+
+# What numpy and zipfile raise on a damaged .npz. An .npy header with an unclosed bracket ("{'descr': '<f4") makes
+# numpy's header reader raise tokenize.TokenError, which is none of the others: it ended as "unexpected failure".
+_NPZ_DAMAGE = (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, SyntaxError, tokenize.TokenError)
 
 
 def _memory_bytes() -> int | None:
@@ -495,7 +502,7 @@ def _check_npz_sizes(path: Path, where: str) -> None:
                 declared += nbytes
     except DataError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError):
+    except _NPZ_DAMAGE:
         return  # numpy.load says what is wrong with it, below
     memory = _memory_bytes()
     if memory is not None and declared > memory // 2:

@@ -89,3 +89,37 @@ def test_report_json_that_is_a_pipe_is_named_as_such_not_as_missing(tmp_path, gi
     assert "not found" not in line
     with pytest.raises(sparsekit.SparsekitError, match="is not a regular file"):
         sparsekit.load_report(arg)
+
+
+def test_an_npz_whose_npy_header_is_cut_off_is_bad_input(tmp_path):
+    # An .npy header ending inside a bracket ("{'descr': '<f4") made numpy raise tokenize.TokenError, which
+    # sparsekit did not catch: "Error: unexpected failure: TokenError" (exit 1) instead of naming the file.
+    import io
+    import zipfile
+
+    import numpy as np
+    from click.testing import CliRunner
+    from conftest import assert_bad_input
+
+    from sparsekit.cli import main
+
+    header = b"{'descr': '<f4"
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(10, dtype=np.int64))
+    npz = tmp_path / "bad.npz"
+    with zipfile.ZipFile(npz, "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(2560))
+        z.writestr("y.npy", labels.getvalue())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 64]}\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    # validate reads the data only with a model
+    model = tmp_path / "m.pt"
+    import torch
+
+    from examples.models import mlp
+
+    torch.save(mlp(in_features=64, hidden=[8]).state_dict(), model)
+    args = ["validate", str(recipe), str(model), "--arch", "examples.models:mlp", "--kwargs", '{"hidden": [8]}',
+            "--data", str(npz)]  # fmt: skip
+    assert_bad_input(CliRunner().invoke(main, args), "bad.npz", "cut off inside a bracket")
