@@ -317,11 +317,13 @@ def _greedy_channels(
     what: str,
     align: int = 1,
     round_to: int | None = None,
+    dense: float | None = None,
 ) -> dict[str, int]:
     """Units removed per root so that at least ``budget_saved`` MACs are saved (with ``kept_before``'s
     channel fractions of earlier entries applied), cheapest predicted loss increase per MAC saved first,
     then single steps given back while the budget still holds (so the MACs land just past the target).
-    ``align`` > 1: every group keeps a multiple of ``align`` channels (or all of them)."""
+    ``align`` > 1: every group keeps a multiple of ``align`` channels (or all of them). ``dense``: the whole
+    model's MACs, which the target is a fraction of (default: those of the layers the entry's groups touch)."""
     units, removed = plan.units, dict.fromkeys(plan.blocks, 0)
     allowed: dict[str, list[int]] = {}
     hulls = {}
@@ -363,13 +365,24 @@ def _greedy_channels(
             if best is None or key < best[:2]:
                 best = (key[0], key[1], root, i)
         if best is None:
-            reach = 1 - saved / max(sum(plan.macs.values()), 1)
+            # The fraction the target is compared with: of the whole model's MACs (the target's own measure), not
+            # of the touched layers' alone, which read below an unreachable target (0.297 for target_macs 0.3).
+            total = dense if dense is not None else sum(plan.macs.values())
+            reach = 1 - saved / max(total, 1)
+            aim = 1 - budget_saved / max(total, 1)
+            if what == "target_macs":  # rounded up, so the value suggested is one that is reached
+                asks, remedy = (
+                    f"target_macs {aim:g}",
+                    f"raise target_macs to {math.ceil(reach * 1000 - 1e-6) / 1000:g} or more",
+                )
+            else:  # a latency target, turned into a MACs one by the timed sweep
+                asks, remedy = f"{what}'s MACs equivalent {aim:.3f}", f"raise {what}"
             raise TargetError(
                 f"{where}.{what}: cannot be reached: removing up to the largest analysed ratio of every group's "
-                f"channels (within min_channels) saves only {saved:,.0f} MACs per sample (the pruned layers would "
-                f"keep {reach:.3f} of theirs); raise {what} (or lower min_channels where it binds), or give a fixed "
-                "ratio instead of auto: the analysis tries ratios up to its grid's largest (0.7 unless "
-                "sparsekit.allocation.auto_allocate(grid=...) is called from Python with others)"
+                f"channels (within min_channels) saves only {saved:,.0f} MACs per sample, so the model keeps at "
+                f"least {reach:.3f} of its MACs (asked: {asks}); {remedy} (or lower min_channels where it "
+                "binds), or give a fixed ratio instead of auto: the analysis tries ratios up to its grid's largest "
+                "(0.7 unless sparsekit.allocation.auto_allocate(grid=...) is called from Python with others)"
             )
         _, _, root, i = best
         if enough(root, allowed[root][i]):  # the smallest step of this group that reaches the budget
@@ -445,7 +458,7 @@ def _allocate_structured(
         for root, r in (earlier.layer_ratio or {}).items():
             kept_before[root] = kept_before.get(root, 1.0) * (1 - r)
     budget = dense * (1 - macs_target)
-    removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align, round_to)
+    removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align, round_to, dense)
     ratios = {r: removed[r] / plan.units[r] for r in plan.blocks}
     # A selected layer no group can prune (coupled to an ignored layer) is asked nothing: without a value of
     # its own it took the entry's ratio, a mean over the other layers the allocation never meant for it, and the
@@ -700,6 +713,13 @@ def allocate_with_details(
             entries[index] = info.spec
             done.append((index, info.spec))
             details.append(info)
+    except TargetError as err:
+        # An unreachable target is the recipe's field: name the file (or the override) holding it, as every
+        # other recipe error does; the message named the field alone.
+        where = recipe.blame(err.raw_message) if err.raw_message.startswith("pruning[") else None
+        if where is None:
+            raise
+        raise TargetError(f"{where}: {err.raw_message}") from None
     finally:
         for module, training in modes:
             module.training = training
