@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from . import distributed as _distributed
-from .errors import OutputError, SparsekitError, one_line, option
+from .errors import OutputError, SparsekitError, TargetError, one_line, option
 from .fsutil import lock_folder, read_regular, sigint_deferred, unlock_folder, write_text
 from .recipe import Recipe
 
@@ -459,7 +459,7 @@ def run_sensitivity(
     from .allocation import allocate_with_details
     from .outputs import guard_location
     from .pipeline import check_inputs
-    from .sensitivity import SensitivityTable, analyze, auto_entries
+    from .sensitivity import RESUME_REFUSED, SensitivityTable, analyze, auto_entries
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -492,16 +492,27 @@ def run_sensitivity(
         # The earlier analysis stays until this one is finished: an interrupted overwrite leaves it as it was (an
         # unfinished analysis's partial table is the only thing it starts over from).
         bar, advance = _analysis_bar(progress, save_to=partial, lock=lock)
-        with bar:
-            table = analyze(
-                inputs.loaded.model,
-                _with_source(recipe, inputs.source),
-                inputs.bundle.val,
-                progress=advance,
-                resume_from=earlier,
-                input_shape=inputs.shape,
-                max_batches=max_batches,
-            )
+        try:
+            with bar:
+                table = analyze(
+                    inputs.loaded.model,
+                    _with_source(recipe, inputs.source),
+                    inputs.bundle.val,
+                    progress=advance,
+                    resume_from=earlier,
+                    input_shape=inputs.shape,
+                    max_batches=max_batches,
+                )
+        except TargetError as err:
+            if earlier is None or not err.raw_message.startswith(RESUME_REFUSED):
+                raise
+            # The library's words ("analyse from scratch") named neither the folder's table nor the option that
+            # starts over, so a user resuming with a changed setting was left guessing.
+            why = err.raw_message.removeprefix(RESUME_REFUSED).split("; analyse from scratch")[0].strip()
+            raise TargetError(
+                f"{table_path}: cannot be resumed: it was measured on another setup {why}; start again with "
+                f"{option('overwrite')}, or resume with the same model, data, seed and recipe settings"
+            ) from None
         created = not out.exists()  # (no probe saved a partial table into it)
         out.mkdir(parents=True, exist_ok=True)
         lock.take()

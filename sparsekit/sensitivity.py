@@ -353,6 +353,10 @@ def write_outputs(table: SensitivityTable, out_dir: str | Path) -> dict[str, Pat
     return paths
 
 
+RESUME_REFUSED = "the sensitivity table to resume was measured on another setup"
+"""How :func:`analyze`'s refusal of a ``resume_from`` table measured otherwise begins (the command names its file)."""
+
+
 def _key(value: float) -> str:
     return f"{value:g}"
 
@@ -719,7 +723,7 @@ def _new_table(
             problems.append(f"the input shape differs ({resume_from.input_shape} then, {shape} now)")
         if problems:
             raise TargetError(
-                f"the sensitivity table to resume was measured on another setup ({'; '.join(problems)}); "
+                f"{RESUME_REFUSED} ({'; '.join(problems)}); "
                 "analyse from scratch, or resume with the same model, data, seed and recipe settings"
             )
         dense = {"accuracy": resume_from.dense_accuracy, "loss": resume_from.dense_loss}

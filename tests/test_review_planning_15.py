@@ -33,3 +33,17 @@ def test_unreachable_target_macs_names_the_recipe_file_and_the_models_fraction(t
     # an override holding the value is named instead of the file
     line = assert_bad_input(run("validate", recipe, mlp_checkpoint, *MLP, "--set", "pruning.0.target_macs=0.1"))
     assert line.startswith("Error: --set pruning.0.target_macs=0.1: pruning[0].target_macs"), line
+
+
+def test_sensitivity_resume_on_another_setup_names_the_table_and_the_option_to_start_over(tmp_path, mlp_checkpoint):
+    """`sensitivity --resume` with another validation split said only 'analyse from scratch': no file, no option."""
+    recipe = tmp_path / "sens.yaml"
+    recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: 0.5, layers: [fc3]}]\n")
+    out = tmp_path / "sens"
+    assert run("sensitivity", mlp_checkpoint, recipe, *MLP, "-o", out, "--no-progress").exit_code == 0
+    before = (out / "sensitivity.json").read_bytes()
+    again = run("sensitivity", mlp_checkpoint, recipe, *MLP, "-o", out, "--resume", "--set", "data.val_fraction=0.3")
+    line = assert_bad_input(again, "another setup", "validation data differ", "--overwrite")
+    assert line.startswith(f"Error: {out / 'sensitivity.json'}: "), line
+    assert "analyse from scratch" not in line
+    assert (out / "sensitivity.json").read_bytes() == before
