@@ -19,7 +19,8 @@ pruning costs at least as much as the previous one). Then:
 - ``ratio: auto, target_macs: m`` (structured): channels are removed greedily, a small block at a time,
   from the group whose next block costs the least predicted loss increase per multiply-accumulate saved,
   until the model's MACs (over its Linear/Conv layers, per sample, counted from torch-pruning's groups:
-  a layer's MACs scale with its kept output and input channels) are at most ``m`` of the dense model's.
+  a layer's MACs scale with its kept output and input channels) are at most ``m`` of the dense model's,
+  counted after the channels every earlier structured entry (fixed or allocated) removes.
   This is NetAdapt's (Yang et al., 2018) and AMC's (He et al., 2018) budgeted per-layer search, with the
   measured sensitivity curves in place of their short fine-tunes / learnt agent. No group loses more than
   the largest ratio analysed (extrapolating the curves is not trusted) or goes below ``min_channels``.
@@ -312,18 +313,19 @@ def _greedy_channels(
     plan: _StructuredPlan,
     rows: Mapping[str, LayerSensitivity],
     budget_saved: float,
-    kept_before: Mapping[str, float],
     where: str,
     what: str,
     align: int = 1,
     round_to: int | None = None,
     dense: float | None = None,
+    already: float = 0.0,
 ) -> dict[str, int]:
-    """Units removed per root so that at least ``budget_saved`` MACs are saved (with ``kept_before``'s
-    channel fractions of earlier entries applied), cheapest predicted loss increase per MAC saved first,
+    """Units removed per root so that at least ``budget_saved`` MACs are saved (``plan.macs``: the layers' MACs
+    once earlier entries removed their channels), cheapest predicted loss increase per MAC saved first,
     then single steps given back while the budget still holds (so the MACs land just past the target).
     ``align`` > 1: every group keeps a multiple of ``align`` channels (or all of them). ``dense``: the whole
-    model's MACs, which the target is a fraction of (default: those of the layers the entry's groups touch)."""
+    model's MACs, which the target is a fraction of (default: those of the layers the entry's groups touch);
+    ``already``: the MACs earlier entries saved (for the message)."""
     units, removed = plan.units, dict.fromkeys(plan.blocks, 0)
     allowed: dict[str, list[int]] = {}
     hulls = {}
@@ -338,10 +340,10 @@ def _greedy_channels(
     jump = {r: 1 if align > 1 or round_to else max(1, units[r] // _STRUCTURED_STEPS) for r in rows}
 
     def keep_with(root: str | None = None, count: int = 0) -> dict[str, float]:
-        keep = dict(kept_before)
+        keep = {}
         for r in plan.blocks:
             n = count if r == root else removed[r]
-            keep[r] = keep.get(r, 1.0) * (units[r] - n) / units[r]
+            keep[r] = (units[r] - n) / units[r]
         return keep
 
     def cost(root: str, n_from: int, n_to: int) -> float:
@@ -368,8 +370,9 @@ def _greedy_channels(
             # The fraction the target is compared with: of the whole model's MACs (the target's own measure), not
             # of the touched layers' alone, which read below an unreachable target (0.297 for target_macs 0.3).
             total = dense if dense is not None else sum(plan.macs.values())
+            saved += already
             reach = 1 - saved / max(total, 1)
-            aim = 1 - budget_saved / max(total, 1)
+            aim = 1 - (budget_saved + already) / max(total, 1)
             if what == "target_macs":  # rounded up, so the value suggested is one that is reached
                 asks, remedy = (
                     f"target_macs {aim:g}",
@@ -420,9 +423,18 @@ def _check_prunable(plan: _StructuredPlan, where: str, what: str) -> None:
 
 def _measured_macs(model: nn.Module, recipe_specs: Sequence[tuple[int, StructuredSpec]], shape: list[int]) -> float:
     """MACs of a copy of ``model`` after every (index, allocated spec) removal, as a fraction of dense."""
+    dense = sum(_layer_macs(model, shape).values()) or 1
+    return sum(_macs_after(model, recipe_specs, shape).values()) / dense
+
+
+def _macs_after(
+    model: nn.Module, recipe_specs: Sequence[tuple[int, StructuredSpec]], shape: list[int]
+) -> dict[str, int]:
+    """Per-layer MACs of a copy of ``model`` after every (index, spec) removal (the dense ones without any)."""
     from .methods.structured import Structured
 
-    dense = sum(_layer_macs(model, shape).values()) or 1
+    if not recipe_specs:
+        return _layer_macs(model, shape)
     work = copy.deepcopy(model)
     for index, spec in recipe_specs:
         method = Structured(
@@ -432,7 +444,7 @@ def _measured_macs(model: nn.Module, recipe_specs: Sequence[tuple[int, Structure
             verify=False,  # the plan's own Structured probed the model's wiring
         )
         method.finalize(work)
-    return sum(_layer_macs(work, shape).values()) / dense
+    return _layer_macs(work, shape)
 
 
 def _allocate_structured(
@@ -453,12 +465,15 @@ def _allocate_structured(
     plan = _StructuredPlan(model, spec, index, shape, macs)
     _check_prunable(plan, where, what)
     rows = _rows_for(table, index, plan.blocks, where, "structured")
-    kept_before: dict[str, float] = {}
-    for _, earlier in done:  # earlier auto entries' ratios, as channel fractions kept
-        for root, r in (earlier.layer_ratio or {}).items():
-            kept_before[root] = kept_before.get(root, 1.0) * (1 - r)
-    budget = dense * (1 - macs_target)
-    removed = _greedy_channels(plan, rows, budget, kept_before, where, what, align, round_to, dense)
+    # The earlier structured entries (fixed ratios as well as allocated ones) remove their channels first: this
+    # entry's layers start from the MACs they leave, inputs included. Only the earlier entries' own roots were
+    # scaled before, so a layer fed by one (c2 after c1's entry) counted its dense MACs and the model landed
+    # far under the target (0.386 for target_macs 0.5); a fixed-ratio entry was not counted at all.
+    after = _macs_after(model, done, shape)
+    already = dense - sum(after.values())
+    plan.macs = {n: after.get(n, 0) for n in plan.macs}
+    budget = dense * (1 - macs_target) - already
+    removed = _greedy_channels(plan, rows, budget, where, what, align, round_to, dense, already)
     ratios = {r: removed[r] / plan.units[r] for r in plan.blocks}
     # A selected layer no group can prune (coupled to an ignored layer) is asked nothing: without a value of
     # its own it took the entry's ratio, a mean over the other layers the allocation never meant for it, and the
@@ -482,7 +497,7 @@ def _allocate_structured(
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        keep = {r: kept_before.get(r, 1.0) * (1 - mid) for r in plan.blocks}
+        keep = {r: 1 - mid for r in plan.blocks}
         lo, hi = (mid, hi) if plan.saved(keep) < budget else (lo, mid)
     uniform = sum(_raw_increase(rows[r], hi) for r in plan.blocks) if hi < 0.999 else None
     reached = _measured_macs(model, [*done, (index, allocated)], shape)
@@ -514,7 +529,9 @@ def _allocate_macs(
             model, spec, index, table, shape, aim, done, "target_macs", round_to=round_to
         )
         coarse = (
-            f"would reach MACs {reached:.3f}"
+            None  # already channel by channel: no blocks to fall back from
+            if round_to is None
+            else f"would reach MACs {reached:.3f}"
             if reached < aim - MACS_ALIGN_SLACK
             else f"would reach MACs {reached:.3f}, above it"  # (units coupled across layers move in larger steps)
             if reached > aim * (1 + MACS_OVER_TOLERANCE)
@@ -697,9 +714,13 @@ def allocate_with_details(
     done: list[tuple[int, StructuredSpec]] = []
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
     model.eval()
+    wanted = set(auto_entries(recipe))
     try:
-        for index in auto_entries(recipe):
-            spec = entries[index]
+        for index, spec in enumerate(entries):
+            if index not in wanted:
+                if isinstance(spec, StructuredSpec):  # its channels go before any later auto entry's
+                    done.append((index, spec))
+                continue
             if isinstance(spec, MagnitudeSpec | GradientSpec):
                 entries[index], info = _allocate_unstructured(model, spec, index, table)
                 details.append(info)
