@@ -405,6 +405,14 @@ def allocation_summary(allocation: dict[str, Any]) -> str:
         values = entry.get("values") or {}
         spread = f"{min(values.values()):.3f}..{max(values.values()):.3f}" if values else "-"
         line = f"pruning[{index}]: auto -> per-layer values {spread} over {len(values)} layer(s)"
+        # What the chosen channels reach, measured on a pruned copy: the MACs (and latency) prune's report will show,
+        # so validate's plan says it before the run (the line named the per-layer values alone).
+        reached, target = entry.get("reached") or {}, entry.get("target") or {}
+        if isinstance(reached.get("latency"), float) and isinstance(target.get("latency"), float):
+            line += f"; latency {reached['latency']:.3f} of dense measured (target_latency {target['latency']:g})"
+        if isinstance(reached.get("macs"), float):
+            asked = f" (target_macs {target['macs']:g})" if isinstance(target.get("macs"), float) else ""
+            line += f"; MACs {reached['macs']:.3f} of dense{asked}"
         if predicted is not None and uniform is not None:
             line += (
                 f"; predicted loss increase {predicted:.3f} vs {uniform:.3f} uniform (nats/sample, before fine-tuning)"

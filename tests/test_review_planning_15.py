@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_bad_input
+from conftest import assert_bad_input, fast_prune
 
 from sparsekit.cli import main
 
@@ -87,3 +89,21 @@ def test_a_later_target_macs_counts_the_channels_earlier_entries_removed(first, 
     assert 0.47 <= reached <= 0.5, reached
     assert details[-1].reached["macs"] == pytest.approx(reached)
     assert details[-1].note is None or "round_to None" not in details[-1].note
+
+
+def test_validate_says_the_macs_an_auto_entry_reaches_and_prune_reaches_them(tmp_path, mlp_checkpoint):
+    """validate's plan of a `ratio: auto, target_macs` entry listed the chosen ratios but not the MACs they reach,
+    the one number prune's report then checks against the target."""
+    recipe = tmp_path / "macs.yaml"
+    recipe.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 0}\n"
+        "pruning: [{method: structured, ratio: auto, target_macs: 0.6, round_to: null}]\n"
+    )
+    result = run("validate", recipe, mlp_checkpoint, *MLP)
+    assert result.exit_code == 0, result.output
+    found = re.search(r"pruning\[0\]: auto -> .*; MACs (0\.\d{3}) of dense \(target_macs 0\.6\)", result.stdout)
+    assert found, result.stdout
+    pruned = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", *MLP)
+    assert pruned.exit_code == 0, pruned.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert f"{report['summary']['macs']['ratio']:.3f}" == found.group(1)
