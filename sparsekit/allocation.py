@@ -249,10 +249,20 @@ def _allocate_unstructured(
     total = sum(sizes.values())
     budget = round(target * total)
     if sum(caps.values()) < budget:
+        most = sum(caps.values()) / total
+        if total - len(layers) < budget:
+            # No max_layer_sparsity helps: every layer keeps a weight (an allocated value is below 1), and small
+            # layers keep a large share. "raise max_layer_sparsity" was offered even at max_layer_sparsity: 1.
+            smallest = min(layers, key=lambda n: sizes[n])
+            raise TargetError(
+                f"{where}.target: {target:g} of the selected weights cannot be reached: every layer keeps at least "
+                f"one of its weights, so at most {sum(caps.values()):,} of {total:,} can go ({most:.4f}; the smallest "
+                f"layer, {smallest!r}, has {sizes[smallest]:,}); lower target to {math.floor(most * 1e4) / 1e4:g} "
+                "or less, or leave the smallest layers out (layers.exclude)"
+            )
         raise TargetError(
             f"{where}.target: {target:g} of the selected weights is more than max_layer_sparsity "
-            f"({spec.layer_cap:g}) lets these layers lose ({sum(caps.values()) / total:.4f}); lower target or raise "
-            "max_layer_sparsity"
+            f"({spec.layer_cap:g}) lets these layers lose ({most:.4f}); lower target or raise max_layer_sparsity"
         )
     # Marginal cost of each small segment of each layer's convexified curve, per weight pruned; the cheapest
     # first (water filling), which is optimal for convex costs. A tiny quadratic term spreads ties evenly.

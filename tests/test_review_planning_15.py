@@ -107,3 +107,32 @@ def test_validate_says_the_macs_an_auto_entry_reaches_and_prune_reaches_them(tmp
     assert pruned.exit_code == 0, pruned.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert f"{report['summary']['macs']['ratio']:.3f}" == found.group(1)
+
+
+def test_an_auto_target_past_one_weight_per_layer_is_not_blamed_on_max_layer_sparsity(one_thread):
+    """fc3 (128 weights) and every other layer keep one weight, so at most 3197 of 3200 can go (0.9991). The
+    error said max_layer_sparsity (1) was what stopped 0.9995 and to raise it: no value could."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from examples.models import mlp
+    from sparsekit.allocation import allocate, analyze
+    from sparsekit.errors import TargetError
+    from sparsekit.recipe import validate_recipe
+
+    torch.manual_seed(0)
+    model = mlp(in_features=16, hidden=[64, 32], num_classes=4)
+    val = DataLoader(TensorDataset(torch.randn(32, 16), torch.randint(0, 4, (32,))), batch_size=32)
+
+    def recipe(target: float):
+        entry = {"method": "magnitude", "sparsity": "auto", "target": target, "max_layer_sparsity": 1}
+        return validate_recipe({"finetune": {"epochs": 0}, "pruning": [entry]})
+
+    table = analyze(model, recipe(0.9995), val, input_shape=[1, 16])
+    with pytest.raises(TargetError) as err:
+        allocate(model, recipe(0.9995), table, input_shape=[1, 16])
+    message = str(err.value)
+    assert "every layer keeps at least one" in message and "3,197 of 3,200" in message, message
+    assert "raise max_layer_sparsity" not in message and "lower target to 0.999 " in message, message
+    allocated = allocate(model, recipe(0.999), table, input_shape=[1, 16])  # the value suggested is reached
+    layer_sparsity = allocated.pruning[0].layer_sparsity
+    assert layer_sparsity is not None and max(layer_sparsity.values()) < 1
