@@ -579,6 +579,31 @@ def _stream_names(data: bytes) -> list[str | None]:
     return found
 
 
+def _cut_short_pickle(path: Path) -> bool:
+    """Whether a pickle torch.load would read in ``path`` (a torch zip archive's ``.pkl`` members, or the file
+    itself) ends before its STOP opcode. Only read (:func:`pickletools.genops`), never run."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        streams = [data] if data[:4] != b"PK\x03\x04" else _pickled_streams(data, str(path), False)
+    except (OSError, zipfile.BadZipFile, ModelFileError):
+        return False
+    for stream in streams:
+        if stream is None:
+            continue
+        try:
+            for _ in pickletools.genops(io.BytesIO(stream)):
+                pass
+        except ValueError as err:  # the stream ran out: in an opcode's argument, or before STOP
+            if any(w in str(err) for w in ("exhausted", "remain", "no newline found")):
+                return True
+        except Exception:  # noqa: BLE001 - an unknown opcode and the like: not this question
+            continue
+    return False
+
+
 def _screen_trusted(path: Path) -> None:
     """Before a trusted unpickling load (a whole module in torch's zip or legacy format, or a ``.pt2`` archive):
     ModelFileError when the file's pickles name anything not on the list of what a pickled model needs
@@ -802,6 +827,12 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
             raise ModelFileError(
                 f"{path}: not a readable PyTorch checkpoint ({why}); expected a sparsekit checkpoint, a state_dict "
                 ".pt (torch.save(model.state_dict(), path)) or a .safetensors file"
+            ) from None
+        if _cut_short_pickle(path):
+            # torch reports the last name it read before the end ("GLOBAL collections.Orde"): no object to trust
+            raise ModelFileError(
+                f"{path}: not a readable PyTorch checkpoint (its pickle ends before it is complete: the file is "
+                "truncated or damaged, e.g. an incomplete copy or download)"
             ) from None
         if not trust:
             raise _refuse(

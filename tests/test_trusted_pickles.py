@@ -262,3 +262,17 @@ def test_a_pickle_the_reader_cannot_follow_is_not_unpickled(files):
         with pytest.raises(ModelFileError):
             read_model(paths[name], trust=True)
     assert not canary.exists()
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_pickle_cut_short_is_named_damaged_not_a_pickled_object(tmp_path, trust):
+    # A state_dict whose data.pkl ends mid-name was "a pickled Python object that names collections.Orde (e.g. a
+    # whole nn.Module ...)", then with the trust flag "names a callable whose name it computes": it is damaged.
+    good, cut = tmp_path / "good.pt", tmp_path / "cut.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), good)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info, data[:15] if info.filename.endswith("data.pkl") else data)
+    with pytest.raises(ModelFileError, match="its pickle ends before it is complete: the file is truncated"):
+        read_model(cut, trust=trust)
