@@ -23,7 +23,17 @@ from torch import nn
 
 from .errors import DataError, option
 
-__all__ = ["attach", "describe", "detach", "every_output", "mattering", "output_tensors", "select_logits", "selected"]
+__all__ = [
+    "attach",
+    "describe",
+    "detach",
+    "every_output",
+    "mattering",
+    "not_logits",
+    "output_tensors",
+    "select_logits",
+    "selected",
+]
 
 _MARK = "_sparsekit_output"  # set on the hook function: found again by detach, even in a deep copy
 
@@ -70,6 +80,23 @@ def _did_you_mean(out: Any, output: int | str) -> str:
     names = [str(k) for k in out] if isinstance(out, Mapping) else list(getattr(out, "__dict__", {}))
     close = difflib.get_close_matches(str(output), names, n=1) if isinstance(output, str) else []
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def not_logits(shape: Sequence[int]) -> str:
+    """What to do about a model output of ``shape`` that is not ``[batch, classes]``: the remedy the error
+    names. The built-in loop trains and scores classification only (README: what the built-in loop trains),
+    so a per-pixel or per-step output (a U-Net, a sequence tagger) is pruned from the user's own loop."""
+    if len(shape) > 2:
+        return (
+            f"a per-position output ({len(shape) - 2} dimension(s) after the classes, as a segmentation U-Net or "
+            "a sequence tagger returns) is not what the built-in loop trains: pool it to [batch, classes] in the "
+            "model (e.g. .mean over those dimensions) if it is a classifier, or drive sparsekit.Pruner from your "
+            "own training loop with your own loss"
+        )
+    return (
+        "return the class scores as [batch, classes] from the model (a single score per sample is a regression "
+        "or single-logit head: drive sparsekit.Pruner from your own training loop)"
+    )
 
 
 def select_logits(out: Any, output: int | str | None, where: str = "the model", caller: bool = False) -> torch.Tensor:

@@ -46,7 +46,7 @@ from .errors import (
     quoted,
 )
 from .logits import attach as attach_logits
-from .logits import select_logits
+from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
@@ -175,7 +175,8 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
     out = select_logits(out, None, where)  # a tuple / dict without model.output: name its structure
     if out.dim() != 2:
         raise DataError(
-            f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]"
+            f"{where}: the model returns shape {list(out.shape)}; sparsekit expects logits [batch, classes]: "
+            f"{not_logits(out.shape)}"
         )
     if out.shape[1] < 2:
         # The built-in loop trains with cross-entropy over the classes: one column is no classification.

@@ -299,6 +299,7 @@ def first_batch(inputs: Any) -> tuple[tuple[Any, Any], list[int]]:
     import torch
 
     from .errors import DataError, SparsekitError, one_line
+    from .logits import not_logits
 
     source, where = inputs.source, inputs.model_path
     try:
@@ -327,8 +328,9 @@ def first_batch(inputs: Any) -> tuple[tuple[Any, Any], list[int]]:
             module.training = training
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        remedy = not_logits(out.shape) if isinstance(out, torch.Tensor) else not_logits([0, 0])
         raise DataError(f"{where}: on a batch of data.source {source!r} the model returns {got}; sparsekit expects "
-                        "logits [batch, classes]")  # fmt: skip
+                        f"logits [batch, classes]: {remedy}")  # fmt: skip
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
         raise DataError(
             f"data.source {source!r}: labels {int(y.min())}..{int(y.max())} in the first batch, but {where} has "
