@@ -467,6 +467,9 @@ def _onnx_rows(
     tie_of: dict[str, int] = {}
     for i, group in enumerate(_tied_layers(model)):
         tie_of.update(dict.fromkeys(group, i))
+    from .onnx.export import REUSED_KEY
+
+    reused = set(_recorded_names(model, REUSED_KEY))
     rows: list[dict[str, Any]] = []
     used: set[str] = set()  # stored tensors the rows count
     read: dict[str, str] = {}  # tensor name a node reads -> the first row reading it
@@ -496,8 +499,10 @@ def _onnx_rows(
             name = key.strip("/").rsplit("/", 1)[0] or key
         if any(r["name"] == name for r in rows):  # equal weights and biases stored once: the node tells them apart
             name = key.strip("/").rsplit("/", 1)[0] or key
-        # Counted once only for a tie the file records; equal values an exporter stored once count for each layer.
+        # Counted once only for a tie the file records, or a layer it records as called again (each call a node
+        # reading the one weight); equal values an exporter stored once count for each layer.
         tied = first is not None and first in tie_of and tie_of.get(name) == tie_of[first]
+        tied = tied or (first is not None and first in reused)
         shared_with = first if tied else None
         shared = (n, nz) if shared_with else (0, 0)
         used.add(origin)
@@ -539,6 +544,20 @@ def _tied_layers(model: Any) -> list[list[str]]:
                 isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups
             )
             return groups if ok else []
+    return []
+
+
+def _recorded_names(model: Any, key: str) -> list[str]:
+    """The module names sparsekit's export recorded under ``key`` (a JSON list of names; else none)."""
+    import json
+
+    for prop in model.metadata_props:
+        if prop.key == key:
+            try:
+                names = json.loads(prop.value)
+            except (ValueError, RecursionError):
+                return []
+            return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else []
     return []
 
 

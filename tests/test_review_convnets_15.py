@@ -76,3 +76,50 @@ def test_a_one_score_per_sample_output_names_its_remedy(tmp_path, monkeypatch, o
     recipe_path.write_text(RECIPE)
     result = fast_prune(model_path, recipe_path, tmp_path / "out", "--arch", "seg_unet1:pooled", "--data", "synthetic")
     assert_bad_input(result, "u1.pt", "[2]", "[batch, classes]", "sparsekit.Pruner")
+
+
+REUSED = """
+import torch.nn.functional as F
+from torch import nn
+
+
+class Reused(nn.Module):
+    # One conv applied twice, one hidden Linear applied twice (a weight-shared recurrence): one tensor each.
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.enc = nn.Linear(64, 32)
+        self.mid = nn.Linear(32, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = F.relu(self.enc(self.conv(self.conv(x)).flatten(1)))
+        return self.fc(F.relu(self.mid(F.relu(self.mid(h)))))
+
+
+def reused():
+    return Reused()
+"""
+
+
+def test_inspect_of_an_onnx_file_counts_a_layer_called_twice_once(tmp_path, monkeypatch, one_thread):
+    # The torch checkpoint showed 3,476 params; its ONNX export (the same tensors, stored once) showed 4,542:
+    # each call of 'conv' and 'mid' is a node of its own, and the second one ('conv_1', 'mid_1') counted the
+    # shared weight and bias again. The export now records the layers called more than once, and inspect counts
+    # their weight once (their MACs for every call), as it does for tied layers.
+    mod = user_module(tmp_path, monkeypatch, "reused_net", REUSED)
+    model = mod.reused().eval()
+    path = tmp_path / "m.pt"
+    sparsekit.save_model(model, path, factory="reused_net:reused", input_shape=[1, 1, 8, 8])
+    torch_view = sparsekit.inspect(path, arch="reused_net:reused")
+    onnx_path = tmp_path / "m.onnx"
+    sparsekit.export_onnx(model, onnx_path, input_shape=(1, 1, 8, 8))
+    onnx_view = sparsekit.inspect(onnx_path)
+    assert torch_view["params"] == sum(p.numel() for p in model.parameters()) == 3476
+    assert onnx_view["params"] == torch_view["params"]
+    assert onnx_view["macs"] == torch_view["macs"] == 2 * 576 + 2048 + 2 * 1024 + 320
+    shared = {r["name"]: r.get("shared_with") for r in onnx_view["layers"] if r.get("shared_with")}
+    assert set(shared.values()) == {"conv", "mid"}, onnx_view["layers"]
+    result = CliRunner().invoke(main, ["inspect", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    assert "3,476" in result.output and "4,542" not in result.output

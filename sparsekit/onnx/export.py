@@ -343,7 +343,7 @@ def _write(job: _Job, exporter: str) -> _Written:
     try:
         warned = _export(job.model, tmp, job.x, job.opset, exporter, job.external, job.names)
         # (marked for where it is published: the staging folder's file of the same name, see files.mark)
-        opset = _check_file(tmp, job.model, restore_names=exporter == "torchscript", at=job.work / job.name)
+        opset = _check_file(tmp, job.model, restore_names=exporter == "torchscript", at=job.work / job.name, x=job.x)
     finally:
         job.clock("export", start)
     parity = None
@@ -542,11 +542,17 @@ def _root_cause(e: BaseException) -> str:
 
 
 def _check_file(
-    tmp: Path, model_: nn.Module | None = None, *, restore_names: bool = False, at: Path | None = None
+    tmp: Path,
+    model_: nn.Module | None = None,
+    *,
+    restore_names: bool = False,
+    at: Path | None = None,
+    x: torch.Tensor | None = None,
 ) -> int | None:
     """Check the file and return its default-domain opset (None when it names none). With the torch
-    ``model``, its tied layers are recorded (:data:`TIED_KEY`) and, with ``restore_names`` (TorchScript
-    exports), weights the exporter renamed are given their torch names back."""
+    ``model``, its tied layers are recorded (:data:`TIED_KEY`; with the traced input ``x``, also the layers
+    called more than once, :data:`REUSED_KEY`) and, with ``restore_names`` (TorchScript exports), weights the
+    exporter renamed are given their torch names back."""
     # Negative zeros are stored as +0.0 (see positive_zeros): equal values, a smaller compressed file.
     # The dynamo exporter stamps every node with its Python stack trace (local paths in a file meant
     # to be shipped, ~1 kB per node that blurs dense-vs-pruned size comparisons) and the graph with
@@ -559,7 +565,7 @@ def _check_file(
     if model_ is not None and restore_names:
         _restore_names(model.graph, model_)
     if model_ is not None:
-        _record_ties(model, model_)
+        _record_ties(model, model_, x)
     save_onnx(model, tmp, what="exported model", at=at)
     # infer_shapes copies the whole model twice over (to bytes and back): once saved, the in-memory copy
     # sheds the data of large initializers (shapes and types are what inference reads of them; a Reshape's
@@ -578,15 +584,50 @@ def _check_file(
 TIED_KEY = "sparsekit.tied_layers"
 
 
-def _record_ties(model: onnx.ModelProto, torch_model: nn.Module) -> None:
+#: metadata_props key listing the layers the forward pass calls more than once (one weight, one node per call),
+#: as a JSON list of module names: the graph alone cannot tell a reused layer from equal layers stored once.
+REUSED_KEY = "sparsekit.reused_layers"
+
+
+def _record_ties(model: onnx.ModelProto, torch_model: nn.Module, x: torch.Tensor | None = None) -> None:
     from ..surgery import tied_parameters
 
     groups = [[m for m, p in holders] for holders in tied_parameters(torch_model) if holders[0][1] == "weight"]
+    reused = _reused_layers(torch_model, x) if x is not None else []
     for i in reversed(range(len(model.metadata_props))):
-        if model.metadata_props[i].key == TIED_KEY:
+        if model.metadata_props[i].key in (TIED_KEY, REUSED_KEY):
             del model.metadata_props[i]
     if groups:
         model.metadata_props.add(key=TIED_KEY, value=json.dumps(groups))
+    if reused:
+        model.metadata_props.add(key=REUSED_KEY, value=json.dumps(reused))
+
+
+def _reused_layers(torch_model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The weighted modules one forward pass on ``x`` calls more than once (a block applied twice): each call is
+    a node of its own in the graph, all reading the one stored weight, which `sparsekit inspect` must count once."""
+    calls: dict[str, int] = {}
+
+    def counter(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(counter(name))
+        for name, module in torch_model.named_modules()
+        if name and isinstance(getattr(module, "weight", None), torch.Tensor)
+    ]
+    try:
+        with torch.no_grad():
+            torch_model(x)  # the exporter just traced this very call: it runs
+    except Exception:  # noqa: BLE001 - a record for inspect only: without it, each call counts (as before)
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(name for name, n in calls.items() if n > 1)
 
 
 def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:
