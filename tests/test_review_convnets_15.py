@@ -123,3 +123,23 @@ def test_inspect_of_an_onnx_file_counts_a_layer_called_twice_once(tmp_path, monk
     result = CliRunner().invoke(main, ["inspect", str(onnx_path)])
     assert result.exit_code == 0, result.output
     assert "3,476" in result.output and "4,542" not in result.output
+
+
+def test_a_one_channel_conv_that_loses_nothing_says_why(tmp_path, monkeypatch, one_thread):
+    # The reused model's 1-channel conv under ratio 0.5 read "conv asked 0.500 achieved 0.000 ... short of the
+    # 0.500 asked" with reason None in report.json: half a channel rounds to none removed, which it now says.
+    mod = user_module(tmp_path, monkeypatch, "reused_net2", REUSED)
+    model = mod.reused()
+    entry = {"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ["fc"]}
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [entry]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1, context={"input_shape": [1, 1, 8, 8]})
+    pruner.step()
+    row = pruner.methods[0].report()["per_layer"]["conv"]
+    assert (row["asked"], row["achieved"]) == (0.5, 0.0)
+    assert row["reason"] and "rounds to none removed" in row["reason"], row
+    # A layer at its floor says so instead: 0.9 of one channel rounds to one, which min_channels keeps.
+    entry["ratio"] = 0.9
+    pruner = sparsekit.Pruner(mod.reused(), recipe, steps_per_epoch=1, context={"input_shape": [1, 1, 8, 8]})
+    pruner.step()
+    row = pruner.methods[0].report()["per_layer"]["conv"]
+    assert row["achieved"] == 0.0 and row["reason"] and "min_channels" in row["reason"], row

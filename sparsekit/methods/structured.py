@@ -588,7 +588,7 @@ class Structured:
         """Ratio, importance, scope, events run, ``[initial, now]`` output channels per layer, and asked
         vs achieved: ``per_layer`` = ``{layer: {"asked", "achieved", "reason"}}`` (fractions of the
         layer's initial output channels; ``reason`` says why they differ by a channel (per block) or more,
-        ``round_to`` included, else None),
+        ``round_to`` included, or why a layer asked for less than a channel's worth lost none, else None),
         ``asked`` / ``achieved`` over the selected channels, each group's once (its root's, :meth:`_counted`),
         ``at_floor`` = layers left at ``min_channels``."""
         progress = self.done / self.spec.steps
@@ -639,6 +639,16 @@ class Structured:
                     f"channel groups: removal goes in multiples of {blocks}, the same number from each of the "
                     f"{blocks} groups of a grouped conv or GroupNorm the channels pass through"
                 )
+            if now == initial and asked * initial > 1e-6:
+                # Nothing removed although something was asked (a 1-channel conv at 0.5): achieved 0 beside a
+                # ratio reads as a failure unless the report says why: the count's rounding, or the floor.
+                if asked * initial <= 0.5 + 1e-6:
+                    return (
+                        f"{initial} channel(s): {asked:.3f} of them is {asked * initial:.2f} of a channel, which "
+                        "rounds to none removed (counts go to the nearest whole channel, a tie keeping more)"
+                    )
+                if initial <= self.spec.min_channels:
+                    return f"{initial} channel(s), at min_channels {self.spec.min_channels}: none can be removed"
             return None  # rounding to the nearest count (tpa.kept_units), per channel block
         rounding = self.rounding.get(name)
         if rounding is None and name in self._owner and self._owner[name] in self.rounding:
