@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
 import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -1766,6 +1767,26 @@ def _as_attribute(name: str, value: str) -> str:
         key, _, val = value.partition("=")
         return "recipe." + re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key) + f" = {val}"
     return render(option(name, value))
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def spells_remedies(callee: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function taking ``(model, recipe, ...)``: its errors spell their remedies for ``callee`` as
+    :func:`remedies_for` does (the recipe passed by position or as ``recipe=``)."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            recipe = args[1] if len(args) > 1 else kwargs.get("recipe")
+            with remedies_for(recipe, callee):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 @contextlib.contextmanager

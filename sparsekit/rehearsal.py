@@ -43,7 +43,7 @@ from . import tp_adapter as tpa
 from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner
-from .recipe import Recipe, RecipeLike, as_recipe, remedies_for
+from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
 from .wrappers import unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
@@ -80,6 +80,7 @@ class Rehearsal:
         }
 
 
+@spells_remedies("rehearse")  # a dict's or file's remedies name its keys: rehearse() takes no overrides
 def rehearse(
     model: nn.Module,
     recipe: RecipeLike,
@@ -97,21 +98,6 @@ def rehearse(
     Returns a :class:`Rehearsal`. Raises :class:`~sparsekit.errors.TargetError` when the recipe cannot
     be carried out on this architecture (and whatever building the Pruner raises, as a prune run
     would); never a torch-pruning exception. The global RNG state is left as it was."""
-    # A dict's or a recipe file's remedies name their keys, not overrides=[...], which rehearse() does not take.
-    with remedies_for(recipe, "rehearse"):
-        return _rehearse(model, recipe, input_shape, steps_per_epoch, scorers=scorers, export=export)
-
-
-def _rehearse(
-    model: nn.Module,
-    recipe: RecipeLike,
-    input_shape: Sequence[int],
-    steps_per_epoch: int,
-    *,
-    scorers: Mapping[int, Callable[..., Any]] | None = None,
-    export: bool = True,
-) -> Rehearsal:
-    """:func:`rehearse` for a recipe given as is (its errors spelled for that caller there)."""
     start = time.perf_counter()
     recipe = as_recipe(recipe)
     shape = [int(d) for d in input_shape]

@@ -34,7 +34,7 @@ from .logits import select_logits
 from .metrics_log import MetricsLog
 from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
-from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key, remedies_for
+from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key, spells_remedies
 from .stats import layer_report, sparsity
 
 log = logging.getLogger("sparsekit")
@@ -262,6 +262,7 @@ def _check_loader(loader: Any, name: str) -> None:
         raise DataError(f"finetune({name}=...): the {kind} holds no batches; it must yield at least one")
 
 
+@spells_remedies("finetune")  # a dict's or file's remedies name its keys: finetune() takes no overrides
 def finetune(
     model: nn.Module,
     recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],
@@ -331,42 +332,6 @@ def finetune(
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
     ``allow_changes`` names a field that cannot change on a resume. ``recipe`` may also be a recipe file, a
     shipped recipe's name or a dict, as :class:`Pruner` takes them (:func:`~sparsekit.recipe.as_recipe`)."""
-    # A dict's or a recipe file's remedies name their keys, not overrides=[...], which finetune() does not take.
-    with remedies_for(recipe, "finetune"):
-        return _finetune(
-            model,
-            recipe,
-            train_loader,
-            val_loader,
-            pruner=pruner,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            on_epoch=on_epoch,
-            log_dir=log_dir,
-            teacher=teacher,
-            provenance=provenance,
-            allow_changes=allow_changes,
-        )
-
-
-def _finetune(
-    model: nn.Module,
-    recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],
-    train_loader: Any,
-    val_loader: Any,
-    *,
-    pruner: Pruner | None = None,
-    progress: bool | Literal["lines"] = True,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    log_dir: str | Path | None = None,
-    teacher: nn.Module | None = None,
-    provenance: Mapping[str, Any] | None = None,
-    allow_changes: Sequence[str] = (),
-) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
-    """:func:`finetune` for a recipe given as is (its errors spelled for that caller there)."""
     recipe = as_recipe(recipe)
     spec = recipe.finetune
     inner = _distributed.unwrap(model)
