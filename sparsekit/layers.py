@@ -14,6 +14,7 @@ through :func:`unit_view` / :func:`unit_broadcast` instead of assuming dim 0::
 
 from __future__ import annotations
 
+import json
 import re
 from fnmatch import fnmatchcase
 from typing import Any
@@ -153,6 +154,18 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     everything = prunable_layers(model)
     for pattern in spec.include:
         if not any(fnmatchcase(n, pattern) for n in candidates):
+            # The name matched prunable layers that ``types`` leaves out (a shipped recipe's Conv2d on one's own
+            # Conv1d model): renaming the include, as the general remedy says, would not help; the types would.
+            left_out = {n: type(m).__name__ for n, m in everything.items() if fnmatchcase(n, pattern)}
+            if left_out:
+                kinds = sorted(set(left_out.values()) | set(spec.types))
+                shown = ", ".join(f"{n} ({k})" for n, k in list(left_out.items())[:8])
+                types_field = re.sub(r"\[(\d+)\]", r".\1", where) + ".types=" + json.dumps(kinds)
+                raise TargetError(
+                    f"{where}.include: {short(pattern, 120)!r} matches {shown}, but {where}.types {spec.types} "
+                    f"leaves out {', '.join(sorted(set(left_out.values())))}; add it to {where}.types in the "
+                    f"recipe, or for this run {option('set', types_field)}"
+                )
             raise TargetError(
                 f"{where}.include: {short(pattern, 120)!r} matches no layer of types {spec.types}"
                 f"{_why_not(model, pattern)}; {_listing(model)}{_rename(where + '.include')}"
