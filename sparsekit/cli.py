@@ -1526,6 +1526,14 @@ def validate(
     path = find_recipe(recipe)
     rec = load_recipe(path, [*overrides, *model_overrides])
     inputs = None
+    if model is None and rec.data.source.endswith(".npz") and not rec.overridden("data.source"):
+        # Where the recipe's data file leads is known without reading it (or torch): a path prune refuses is
+        # not "valid" here.
+        from .datapaths import check_beside_recipe, check_named_path
+
+        with naming_recipe(rec):
+            check_named_path(rec.data.source, rec.source or path)
+            check_beside_recipe(rec.data.source, rec.source or path)
     if model is not None:
         _load_native("torch")
         from .distributed import resolve_device

@@ -65,3 +65,27 @@ def test_include_matching_nothing_still_lists_layers():
         assert "matches no layer of types" in str(e) and "name this model's layers" in str(e)
     else:
         raise AssertionError("no error")
+
+
+def test_recipe_only_validate_refuses_data_path_prune_refuses(tmp_path, monkeypatch):
+    # `sparsekit validate r.yaml` said "valid" for a recipe whose data.source led outside its folder (../x.npz, an
+    # absolute path) or into a hidden folder, which prune then refused: the path checks need neither the file nor
+    # torch, so recipe-only validate runs them too.
+
+    work = tmp_path / "work"
+    (work / ".hidden").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    body = "version: 1\nmodel: {{input_shape: [1, 3, 40]}}\ndata: {{source: {src}}}\n"
+    for src, needle in (
+        ("../outside.npz", "outside the recipe's folder"),
+        (str(tmp_path / "abs.npz"), "outside the recipe's folder"),
+        (".hidden/x.npz", "hidden"),
+    ):
+        (work / "r.yaml").write_text(body.format(src=src))
+        assert_bad_input(CliRunner().invoke(main, ["validate", "r.yaml"]), "r.yaml: data.source", needle)
+    # A file in the folder, or one the user names this run, is valid as before.
+    (work / "r.yaml").write_text(body.format(src="inside.npz"))
+    assert CliRunner().invoke(main, ["validate", "r.yaml"]).exit_code == 0
+    (work / "r.yaml").write_text(body.format(src="../outside.npz"))
+    ok = CliRunner().invoke(main, ["validate", "r.yaml", "--set", "data.source=../outside.npz"])
+    assert ok.exit_code == 0, ok.output
