@@ -325,9 +325,17 @@ def load_callable(
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=1)
-            raise error(
-                f"{where}: module {module!r} has no {attr!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            # With no near name, "has no 'Nope'" left the user to open the file: name what it defines to call.
+            own = [n for n in names if callable(getattr(obj, n, None)) and getattr(getattr(obj, n), "__module__", None)
+                   == getattr(obj, "__name__", None)]  # fmt: skip
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f"; it defines {', '.join(own[:8])}{', ...' if len(own) > 8 else ''}: name one as {module}:NAME"
+                if own
+                else f"; it defines no function or class to call: name the module that builds the {kind}"
             )
+            raise error(f"{where}: module {module!r} has no {attr!r}{hint}")
         obj = getattr(obj, part)
     _check_shape(obj, where, kind, error)
     if remember:  # only a module that imported and holds what was named: not one that failed

@@ -89,3 +89,18 @@ def test_recipe_only_validate_refuses_data_path_prune_refuses(tmp_path, monkeypa
     (work / "r.yaml").write_text(body.format(src="../outside.npz"))
     ok = CliRunner().invoke(main, ["validate", "r.yaml", "--set", "data.source=../outside.npz"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_arch_naming_a_missing_callable_lists_what_the_module_defines(tmp_path, monkeypatch):
+    # `--arch seqnet:Nope` said only "module 'seqnet' has no 'Nope'" (no near name to suggest): the user had to
+    # open the file to find what to name. The error now lists the module's own functions and classes.
+    from tests.conftest import user_module
+
+    seqnet = user_module(tmp_path, monkeypatch, "seqnet_review16b", SEQNET)
+    monkeypatch.chdir(tmp_path)
+    torch.save(seqnet.SeqNet().state_dict(), tmp_path / "w.pt")
+    args = ["export", "w.pt", "--input-shape", "1,3,40", "-o", "m.onnx", "--arch"]
+    line = assert_bad_input(CliRunner().invoke(main, [*args, "seqnet_review16b:Build"]), "it defines SeqNet")
+    assert "nn" not in line.split("defines", 1)[1]  # imported names (torch's nn) are not the module's own
+    # A near name is still suggested as before.
+    assert_bad_input(CliRunner().invoke(main, [*args, "seqnet_review16b:SeqNt"]), "did you mean 'SeqNet'?")
