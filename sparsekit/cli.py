@@ -1532,8 +1532,9 @@ def validate(
         from .datapaths import check_beside_recipe, check_named_path
 
         with naming_recipe(rec):
-            check_named_path(rec.data.source, rec.source or path)
-            check_beside_recipe(rec.data.source, rec.source or path)
+            # (--data goes with MODEL only: the remedy is the override, which this command takes)
+            check_named_path(rec.data.source, rec.source or path, confirm_with="set")
+            check_beside_recipe(rec.data.source, rec.source or path, confirm_with="set")
     if model is not None:
         _load_native("torch")
         from .distributed import resolve_device

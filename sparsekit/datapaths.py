@@ -10,11 +10,12 @@ from pathlib import Path
 from sparsekit.errors import DataError, option, shorten
 
 
-def check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
+def check_named_path(source: str, named_in: str | os.PathLike[str], *, confirm_with: str = "data") -> None:
     """A data file named inside a recipe is followed only within the recipe's folder or the current
     folder (symlinks resolved; a relative path is read from the current folder, as every path sparsekit
     is given), never into a hidden file or folder there (SECURITY.md); anything else must be confirmed by
-    naming it directly (the ``data`` option rather than the recipe)."""
+    naming it directly (the ``data`` option rather than the recipe, or ``confirm_with="set"``: an override
+    ``data.source=...``, for a command without the data option)."""
     # The path that will be read: _load_npz expands "~" (a home folder is outside both roots, and resolve()
     # alone would take "~" for a folder under the current one).
     expanded = Path(source).expanduser()
@@ -30,7 +31,8 @@ def check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
         shown = f"{source!r} ({target})"
     else:
         shown = f"{source!r} (read from the current folder: {target})"
-    confirm = f"to use it, name it yourself: {option('data', source)}"
+    named = option("set", f"data.source={source}") if confirm_with == "set" else option("data", source)
+    confirm = f"to use it, name it yourself: {named}"
     inside = [root for root in roots if target.is_relative_to(root)]
     if not inside:
         raise DataError(
@@ -44,7 +46,7 @@ def check_named_path(source: str, named_in: str | os.PathLike[str]) -> None:
         )
 
 
-def check_beside_recipe(source: str, named_in: str | os.PathLike[str]) -> None:
+def check_beside_recipe(source: str, named_in: str | os.PathLike[str], *, confirm_with: str = "data") -> None:
     """A recipe's relative ``.npz`` path is read from the current folder, not the recipe's: when it names no file
     there but one beside the recipe (``sub/r.yaml`` naming ``d.npz`` run from the parent folder), a DataError says
     so. The plain "not found (relative paths start at the current directory ...)" left the user looking at the
@@ -62,5 +64,6 @@ def check_beside_recipe(source: str, named_in: str | os.PathLike[str]) -> None:
     raise DataError(
         f"data.source file '{shorten(source, 200)}' not found in the current folder {os.getcwd()}, where a "
         f"recipe's relative paths are read from, not the recipe's folder, which holds {shorten(str(beside), 200)}: "
-        f"run from the recipe's folder, or name the file yourself: {option('data', str(beside))}"
+        f"run from the recipe's folder, or name the file yourself: "
+        f"{option('set', f'data.source={beside}') if confirm_with == 'set' else option('data', str(beside))}"
     )

@@ -82,7 +82,10 @@ def test_recipe_only_validate_refuses_data_path_prune_refuses(tmp_path, monkeypa
         (".hidden/x.npz", "hidden"),
     ):
         (work / "r.yaml").write_text(body.format(src=src))
-        assert_bad_input(CliRunner().invoke(main, ["validate", "r.yaml"]), "r.yaml: data.source", needle)
+        result = CliRunner().invoke(main, ["validate", "r.yaml"])
+        assert_bad_input(result, "r.yaml: data.source", needle)
+        # the remedy is one this command takes (it said --data, which validate refuses without MODEL)
+        assert f"name it yourself: --set data.source={src}" in result.output, result.output
     # A file in the folder, or one the user names this run, is valid as before.
     (work / "r.yaml").write_text(body.format(src="inside.npz"))
     assert CliRunner().invoke(main, ["validate", "r.yaml"]).exit_code == 0
