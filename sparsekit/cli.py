@@ -1529,12 +1529,13 @@ def validate(
     if model is None and rec.data.source.endswith(".npz") and not rec.overridden("data.source"):
         # Where the recipe's data file leads is known without reading it (or torch): a path prune refuses is
         # not "valid" here.
-        from .datapaths import check_beside_recipe, check_named_path
+        # Whether the file exists is not checked: the recipe may come before its data (and the current folder,
+        # which a relative path is read from, may be another when prune runs).
+        from .datapaths import check_named_path
 
         with naming_recipe(rec):
             # (--data goes with MODEL only: the remedy is the override, which this command takes)
             check_named_path(rec.data.source, rec.source or path, confirm_with="set")
-            check_beside_recipe(rec.data.source, rec.source or path, confirm_with="set")
     if model is not None:
         _load_native("torch")
         from .distributed import resolve_device

@@ -46,7 +46,7 @@ def check_named_path(source: str, named_in: str | os.PathLike[str], *, confirm_w
         )
 
 
-def check_beside_recipe(source: str, named_in: str | os.PathLike[str], *, confirm_with: str = "data") -> None:
+def check_beside_recipe(source: str, named_in: str | os.PathLike[str]) -> None:
     """A recipe's relative ``.npz`` path is read from the current folder, not the recipe's: when it names no file
     there but one beside the recipe (``sub/r.yaml`` naming ``d.npz`` run from the parent folder), a DataError says
     so. The plain "not found (relative paths start at the current directory ...)" left the user looking at the
@@ -64,6 +64,5 @@ def check_beside_recipe(source: str, named_in: str | os.PathLike[str], *, confir
     raise DataError(
         f"data.source file '{shorten(source, 200)}' not found in the current folder {os.getcwd()}, where a "
         f"recipe's relative paths are read from, not the recipe's folder, which holds {shorten(str(beside), 200)}: "
-        f"run from the recipe's folder, or name the file yourself: "
-        f"{option('set', f'data.source={beside}') if confirm_with == 'set' else option('data', str(beside))}"
+        f"run from the recipe's folder, or name the file yourself: {option('data', str(beside))}"
     )
