@@ -1457,6 +1457,10 @@ def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | N
     if method and (method, key) in MISPLACED_KEYS:
         meant, why = MISPLACED_KEYS[(method, key)]
         return f"unknown key: {why}", meant
+    home = _nested_home(section, key)
+    if home:
+        parent, _, _ = home.rpartition(".")
+        return f"unknown key here; {key} is a key of {parent}: write it as {_nested_yaml(home)}", None
     meant = did_you_mean(key, valid)
     if meant:
         return f"unknown key; did you mean {meant!r}?", meant
@@ -1464,6 +1468,38 @@ def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | N
     if owners:
         return f"unknown key: {key} is a key of method {' / '.join(owners)}, not of {method}", None
     return f"unknown key; the keys here are {', '.join(valid)}", None
+
+
+def _nested_home(section: type[BaseModel], key: str, depth: int = 2) -> str | None:
+    """The path below ``section`` where ``key`` is a key, when it is one of a mapping nested at most ``depth``
+    levels down and of no other (``lr`` in ``finetune`` -> ``"optimizer.lr"``; ``epochs`` at the top ->
+    ``"finetune.epochs"``), else None. Lists and method entries are not searched: their keys depend on the
+    entry."""
+    level: list[tuple[str, type[BaseModel]]] = [("", section)]
+    for _ in range(depth):
+        found: list[str] = []
+        below: list[tuple[str, type[BaseModel]]] = []
+        for prefix, model in level:
+            for name, field in model.model_fields.items():
+                tp = _unwrap(field.annotation)
+                if _is_model(tp):
+                    path = f"{prefix}{name}"
+                    if key in tp.model_fields:
+                        found.append(f"{path}.{key}")
+                    below.append((f"{path}.", tp))
+        if found:
+            return found[0] if len(found) == 1 else None  # a key of two mappings: which one is meant is unsure
+        level = below
+    return None
+
+
+def _nested_yaml(path: str) -> str:
+    """``"optimizer.lr"`` -> ``"optimizer: {lr: ...}"``: the flow-style YAML that puts a key at ``path``."""
+    *parents, key = path.split(".")
+    text = f"{key}: ..."
+    for parent in reversed(parents):
+        text = f"{parent}: {{{text}}}"
+    return text
 
 
 def _method_of(section: type[BaseModel]) -> str | None:

@@ -440,6 +440,16 @@ def test_base60_numbers_are_not_numbers(tmp_path):
             "criterion is a key of method gradient, not of magnitude",
         ),
         (BASE + "xyz: 1\n", "xyz: unknown key; the keys here are version, seed, model, data, finetune, pruning"),
+        # a key of a mapping one or two levels below the one it was written in: say where it goes
+        (
+            BASE.replace("finetune: {epochs: 4}", "finetune: {epochs: 4, lr: 0.01}"),
+            "finetune.lr: unknown key here; lr is a key of optimizer: write it as optimizer: {lr: ...}",
+        ),
+        (BASE + "batch_size: 32\n", "batch_size: unknown key here; batch_size is a key of data"),
+        (
+            BASE.replace("sparsity: 0.8", "sparsity: 0.8\n    every: 1"),
+            "pruning[0].every: unknown key here; every is a key of schedule: write it as schedule: {every: ...}",
+        ),
     ],
 )
 def test_unknown_keys_say_what_was_meant(tmp_path, text, needle):
