@@ -424,7 +424,11 @@ class ScheduleSpec(_Strict):
     ``>= start_epoch`` and, for every method but ``l1``, ``<= finetune.epochs``."""
 
     start_epoch: Float = Field(
-        0, ge=0, le=FOREVER_EPOCHS, description="epoch (fractions allowed) of the first mask update or removal"
+        0,
+        ge=0,
+        le=FOREVER_EPOCHS,
+        description="epoch of the first mask update or removal; fractions allowed: every epoch value here "
+        "becomes the nearest optimizer step, a tie to the even one (0.5 at 5 steps per epoch: step 2)",
     )
     end_epoch: Float = Field(
         0,

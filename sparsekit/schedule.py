@@ -29,7 +29,7 @@ class Schedule:
     @classmethod
     def from_spec(cls, spec: ScheduleSpec, final: float, steps_per_epoch: int) -> Schedule:
         """From a recipe's ``schedule`` (in epochs) and the method's ``final`` target: epochs become steps
-        (rounded; ``every`` at least one step)."""
+        (rounded to the nearest step, a tie to the even one as Python's ``round`` does; ``every`` at least one step)."""
         start = round(spec.start_epoch * steps_per_epoch)
         end = round(spec.end_epoch * steps_per_epoch)
         every = max(1, round(spec.every * steps_per_epoch))

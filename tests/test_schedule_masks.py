@@ -22,6 +22,12 @@ def test_cubic_schedule_matches_zhu_gupta():
     assert targets == sorted(targets) and targets[-1] == pytest.approx(0.9)
 
 
+def test_fractional_epochs_become_the_nearest_step_a_tie_to_the_even_one():
+    # as the start_epoch field's description (docs/recipe.md) says: 2.5 steps -> 2, 7.5 -> 8, 2.6 -> 3
+    s = Schedule.from_spec(ScheduleSpec(start_epoch=0.5, end_epoch=1.5, every=0.52), 0.9, steps_per_epoch=5)
+    assert (s.start, s.end, s.every) == (2, 8, 3)
+
+
 def test_oneshot_schedule():
     s = Schedule.from_spec(ScheduleSpec(), 0.5, steps_per_epoch=7)
     assert s.oneshot and s.is_update(0) and s.target(0) == 0.5
