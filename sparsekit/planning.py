@@ -348,8 +348,10 @@ def _length(loader: Any) -> int | None:
 
 AUTO_NOTE = (
     "per-layer values will be chosen from a sensitivity analysis on validation data when the recipe is pruned "
-    "(a dry run has no data)"
+    "(`sparsekit validate RECIPE MODEL` runs that analysis now and shows them)"
 )
+# (plan() itself never runs the analysis, with a model either: it trains, which a plan should not; the old
+# "(a dry run has no data)" was wrong there, since plan() with a model loads the data.)
 
 
 def allocation(recipe: Recipe) -> list[dict[str, Any]]:

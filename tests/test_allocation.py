@@ -446,6 +446,9 @@ def test_validate_shows_per_layer_values_or_says_they_come_at_prune_time(mlp_che
     assert "sensitivity analysis" in allocation_lines(res)[0] and "prune" in allocation_lines(res)[0]
     dry = plan(auto, mlp_checkpoint, arch="examples.models:mlp")  # no data: a uniform stand-in is rehearsed
     assert dry["methods"][0]["auto"] is True and dry["methods"][0]["layers"] == ["fc1", "fc2"]
+    # plan() with a model loads the data but never runs the (training) analysis: the note says where it runs
+    note = dry["allocation"][0]["note"]
+    assert "no data" not in note and "sparsekit validate RECIPE MODEL" in note
     # finetune.epochs is 0 here: no epoch, so no per-epoch target; the final one is still the target.
     assert dry["methods"][0]["targets_per_epoch"] == [] and dry["methods"][0]["final"] == pytest.approx(0.9, abs=1e-3)
 
