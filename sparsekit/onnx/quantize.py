@@ -216,19 +216,26 @@ def _evaluate(
     "top1_agreement"}`` on the model's output (named in ``output``; ``outputs``: all the model's). The three figures
     are None, with a ``"note"``, when the model has several outputs (which one holds the class scores is not known:
     a model exported with its logits selected, as a prune run or the export command's logits option does, has one),
-    or its output holds one value per sample (no class to take the argmax of) or fewer values than the labels have
-    classes (an embedding)."""
+    or its output holds one value per sample (no class to take the argmax of), fewer values than the labels have
+    classes (an embedding) or more than one row per sample (``[batch, classes, steps]``: a class per position)."""
     x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
-    a, b = _outputs(fp32, x, batch_size), _outputs(int8, x, batch_size)
+    shaped = _outputs(fp32, x, batch_size, flatten=False)
+    a, b = _flat(shaped), _outputs(int8, x, batch_size)
     out: dict[str, Any] = {"samples": len(y), "output": outputs[0] if outputs else None, "outputs": outputs}
     classes = int(y.max()) + 1 if len(y) else 0
-    if len(outputs) > 1 or a.shape[1] < 2 or a.shape[1] < classes:
-        # Not known to be the class scores (one of several outputs, an embedding, a score per sample): an accuracy
-        # of it would be a number of nothing (an 8-wide embedding's argmax "scored" 0.0056).
+    if len(outputs) > 1 or a.shape[1] < 2 or a.shape[1] < classes or not _one_row(shaped):
+        # Not known to be the class scores (one of several outputs, an embedding, a score per sample, a score per
+        # position or pixel): an accuracy of it would be a number of nothing (an 8-wide embedding's argmax "scored"
+        # 0.0056; a [batch, 10, 64] per-step output's argmax over its 640 values "scored" 0.0 with "agreement" 1.0).
         if len(outputs) > 1:
             why = (
                 f"the model has {len(outputs)} outputs ({', '.join(outputs[:8])}) and which one holds the class "
                 f"scores is not known: select it ({SELECT_LOGITS}) to have it scored"
+            )
+        elif not _one_row(shaped):
+            why = (
+                f"output {out['output']!r} has shape {['batch', *shaped.shape[1:]]}, not one row of class scores per "
+                "sample (a score per position or pixel?): pool it to [batch, classes] to have it scored"
             )
         elif a.shape[1] < 2:
             why = f"output {out['output']!r} holds one value per sample, so there is no class to compare"
@@ -648,12 +655,15 @@ def output_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_si
     """How closely two ONNX models' first outputs agree on inputs ``x`` (N x ..., fed as float32 in batches of
     ``batch_size``): ``{"samples", "max_abs_diff", "top1_agreement"}``, the largest absolute difference over all
     outputs and the fraction of samples with the same argmax over the flattened output (None when each sample's
-    output is a single value). Raises :class:`ExportError` like :func:`onnx_accuracy`."""
-    a, b = _outputs(path_a, x, batch_size), _outputs(path_b, x, batch_size)
+    output is a single value, or not one row of scores: [batch, classes, steps] has no class per sample).
+    Raises :class:`ExportError` like :func:`onnx_accuracy`."""
+    shaped = _outputs(path_a, x, batch_size, flatten=False)
+    a, b = _flat(shaped), _outputs(path_b, x, batch_size)
     if a.shape != b.shape:
         raise ExportError(f"{path_a} and {path_b} give outputs of different shapes: {list(a.shape)}, {list(b.shape)}")
     diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-    top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if a.ndim == 2 and a.shape[1] > 1 else None
+    # An argmax over a per-position output's values ([batch, classes, steps] flattened) is no sample's class.
+    top1 = float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if a.shape[1] > 1 and _one_row(shaped) else None
     return {"samples": len(a), "max_abs_diff": diff, "top1_agreement": top1}
 
 
@@ -662,8 +672,18 @@ def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     return _outputs(path, x, batch_size).argmax(axis=1)
 
 
-def _outputs(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """The first output of the model at ``path`` on ``x``, flattened per sample (``[N, outputs]``)."""
+def _flat(out: np.ndarray) -> np.ndarray:
+    return out.reshape(len(out), -1)
+
+
+def _one_row(out: np.ndarray) -> bool:
+    """Whether each sample's output is one row of values (``[N, C]``, size-1 dims aside: ``[N, C, 1, 1]``)."""
+    return sum(d > 1 for d in out.shape[1:]) <= 1
+
+
+def _outputs(path: PathLike, x: np.ndarray, batch_size: int, *, flatten: bool = True) -> np.ndarray:
+    """The first output of the model at ``path`` on ``x``, flattened per sample (``[N, outputs]``; with
+    ``flatten=False`` as the model gives it)."""
     p = Path(path)
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
@@ -676,7 +696,7 @@ def _outputs(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     try:
         for i in range(0, len(x), batch_size):
             out = session.run(None, {name: x[i : i + batch_size]})[0]
-            preds.append(out.reshape(len(out), -1))
+            preds.append(_flat(out) if flatten else out)
     except Exception as e:
         raise ExportError(f"{p}: onnxruntime cannot run it on inputs of shape {list(x.shape)}: {e}") from e
     return np.concatenate(preds)
