@@ -37,3 +37,30 @@ def test_a_per_position_output_is_not_scored_as_class_scores(tmp_path, one_threa
     # Without data (dynamic int8) the random-input comparison gives no top-1 agreement either, only the difference.
     check = output_agreement(tmp_path / "m.onnx", tmp_path / "q.onnx", x)
     assert check["top1_agreement"] is None and check["max_abs_diff"] >= 0
+
+
+class _BatchOne(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(1, 64))  # traced: a Reshape to the constant [1, 64]
+
+
+def test_bench_of_a_graph_that_fixes_the_batch_inside_says_batch_size_not_input_shape(tmp_path, one_thread):
+    # A file whose input takes any batch ('n') but whose graph reshapes to [1, 64] failed at batch 32 with advice
+    # to pass --input-shape 1,3,32,32; its sample dims are fixed (1, 8, 8), so that option could change nothing.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+    from tests.conftest import assert_bad_input
+
+    path = tmp_path / "b1.onnx"
+    torch.onnx.export(
+        _BatchOne().eval(), (torch.randn(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )  # fmt: skip
+    result = CliRunner().invoke(main, ["bench", str(path), "--runs", "3", "--warmup", "0", "--no-progress"])
+    line = assert_bad_input(result, "b1.onnx", "at batch size 32", "--batch-size 1")
+    assert "--input-shape" not in line

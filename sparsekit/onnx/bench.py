@@ -378,6 +378,15 @@ def _first_run(session: ort.InferenceSession, feed: dict, path: Path, shape: lis
                 f"{path}: one run on inputs of shape {shape} needs more memory than is available{room}; a tensor "
                 "sized by the graph's own values (Range, Loop) or a batch too big: use a smaller batch size"
             ) from None
+        if all(isinstance(d, int) for d in session.get_inputs()[0].shape[1:]):
+            # Only the batch dim is symbolic, so the input shape option has nothing to change: the graph fixes the
+            # batch inside (a Reshape to a constant shape, as tracing x.reshape(1, -1) writes).
+            raise ExportError(
+                f"{path}: onnxruntime cannot run it at batch size {shape[0]} ({one_line(err, 200)}); its input "
+                "takes any batch size but the graph inside does not (a Reshape to a fixed shape?): benchmark it "
+                f"at the batch size it was traced with (e.g. {option('batch_size', '1')}), or export it with the batch "
+                "left free (x.reshape(x.shape[0], -1), x.flatten(1))"
+            ) from None
         raise ExportError(
             f"{path}: onnxruntime cannot run it on inputs of shape {shape} ({one_line(err, 200)}); the symbolic "
             f"input dims accept any size but the layers do not: pass the shape the model was built for "
