@@ -1030,6 +1030,9 @@ def export(
     st = res["storage"] = choose_storage(out, out, storage)
     written = res["int8"] if quantize == "int8" else res  # the sizes of the file at -o are the shipped file's
     written["bytes"], written["gzip_bytes"] = st["bytes"], st["gzip_bytes"]
+    if written.get("nonzero_params"):  # the int8 result's per-nonzero figures, of the file as now stored
+        for key in ("bytes", "gzip_bytes"):
+            written[f"{key}_per_nonzero"] = written[key] / written["nonzero_params"]
     verdict = "ok" + parity_scale(res["parity"]) if res["parity"]["ok"] else "FAILED"
     lines = [
         f"{fp32}opset {res['opset']}, {res['exporter']} exporter; {res['bytes']:,} B, gzip "

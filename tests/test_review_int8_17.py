@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -64,3 +65,35 @@ def test_bench_of_a_graph_that_fixes_the_batch_inside_says_batch_size_not_input_
     result = CliRunner().invoke(main, ["bench", str(path), "--runs", "3", "--warmup", "0", "--no-progress"])
     line = assert_bad_input(result, "b1.onnx", "at batch size 32", "--batch-size 1")
     assert "--input-shape" not in line
+
+
+def test_int8_json_per_nonzero_sizes_are_of_the_file_as_stored(tmp_path, mlp_checkpoint, one_thread):
+    # export --quantize int8 --storage sparse --json gave int8.bytes 7,162 (the sparse-stored file) beside
+    # bytes_per_nonzero 6.708 = 7,218 / 1,076: the dense-stored file's bytes, before storage was chosen.
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    import sparsekit
+    from sparsekit.cli import main
+    from sparsekit.masks import bake
+
+    model = sparsekit.load_model(mlp_checkpoint, arch="examples.models:mlp")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(p.abs() > p.abs().flatten().kthvalue(int(p.numel() * 0.9)).values)
+    pt = tmp_path / "sparse.pt"
+    kwargs = {"in_features": 64, "hidden": [64, 32]}
+    sparsekit.save_model(bake(model), pt, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    out = tmp_path / "q.onnx"
+    args = ["export", str(pt), "--arch", "examples.models:mlp", "-o", str(out), "--quantize", "int8"]
+    args += ["--storage", "sparse", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    res = json.loads(result.stdout)
+    q = res["int8"]
+    assert res["storage"]["encoding"] == "sparse" and q["bytes"] == os.path.getsize(out) == res["bytes"]
+    assert q["bytes_per_nonzero"] == pytest.approx(q["bytes"] / q["nonzero_params"])
+    assert q["gzip_bytes_per_nonzero"] == pytest.approx(q["gzip_bytes"] / q["nonzero_params"])
