@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -121,3 +122,15 @@ def test_int8_gzip_size_is_at_the_fp32_files_level(tmp_path, mlp_checkpoint, mon
     at6 = files.onnx_sizes(out, 6)["gzip_bytes"]
     assert at6 != files.onnx_sizes(out, 9)["gzip_bytes"]
     assert res["gzip_bytes"] == res["int8"]["gzip_bytes"] == at6
+
+
+def test_dict_calibration_batches_may_carry_labels(tmp_path, one_thread):
+    # A dict batch, as dataset-style loaders yield, with its labels beside the model's input: onnxruntime was fed
+    # every key and quantization failed with "Invalid input name: labels"; the (x, y) pair's y is ignored, so are
+    # such keys now (and a text field, which could never be fed, no longer fails the batch either).
+    export_onnx(nn.Sequential(nn.Linear(8, 4)), tmp_path / "m.onnx", [1, 8], exporter="torchscript")
+    x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    name = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].name
+    batches = [{name: x[:10], "labels": np.arange(10), "text": np.array(["a"] * 10)}, {name: x[10:], "labels": [0]}]
+    info = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=batches)
+    assert info["mode"] == "static" and info["calibration_batches"] == 2

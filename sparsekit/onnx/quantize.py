@@ -85,7 +85,8 @@ def quantize_int8(
     :func:`sparsekit.onnx.files.written_by_sparsekit`).
 
     ``calibration``: batches of model input, each a numpy array or torch tensor, an ``(x, y)``
-    pair (so a ``DataLoader`` works as is; ``y`` is ignored) or a dict of input name to array. At
+    pair (so a ``DataLoader`` works as is; ``y`` is ignored) or a dict of input name to array (other keys, such
+    as a dict batch's ``labels``, are ignored as ``y`` is). At
     most ``max_calibration_batches`` are read. ``None`` selects dynamic quantization.
     ``eval_data``: optional ``(x, y)`` arrays (inputs N x ..., labels N); adds fp32 and int8
     accuracy and top-1 agreement, run in ``batch_size`` batches.
@@ -442,10 +443,11 @@ class _Reader:
 
     def _feed(self, batch: Any) -> dict[str, np.ndarray]:
         if isinstance(batch, dict):
-            feed = {k: _to_numpy(v) for k, v in batch.items()}
-            missing = set(self.names) - set(feed)
+            missing = set(self.names) - set(batch)
             if missing:
                 raise ExportError(f"calibration batch {self.count} lacks model input(s) {sorted(missing)}")
+            # The model's inputs only: a dict batch's labels fed to onnxruntime were "Invalid input name: labels".
+            feed = {k: _to_numpy(batch[k]) for k in self.names}
         else:
             if isinstance(batch, (tuple, list)):
                 batch = batch[0]  # (x, y) from a DataLoader
