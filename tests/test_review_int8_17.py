@@ -134,3 +134,40 @@ def test_dict_calibration_batches_may_carry_labels(tmp_path, one_thread):
     batches = [{name: x[:10], "labels": np.arange(10), "text": np.array(["a"] * 10)}, {name: x[10:], "labels": [0]}]
     info = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=batches)
     assert info["mode"] == "static" and info["calibration_batches"] == 2
+
+
+def test_a_file_with_a_fixed_batch_is_calibrated_and_scored_on_loader_batches(tmp_path, one_thread):
+    # torch.onnx.export without dynamic axes fixes the batch at the traced one (1): quantize_int8 with a DataLoader
+    # of 16-sample batches failed ("Got: 16 Expected: 1"), and so did eval_data and onnx_accuracy on N samples.
+    # Batches are now fed in slices of the fixed batch, and the scores match a sample-by-sample onnxruntime run.
+    import onnxruntime as ort
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx import onnx_accuracy
+
+    torch.manual_seed(0)
+    path = tmp_path / "fixed1.onnx"
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    torch.onnx.export(model, (torch.randn(1, 4),), str(path), dynamo=False)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    xv, yv = x.numpy()[:37], y.numpy()[:37]  # not a multiple of any batch
+    info = quantize_int8(path, tmp_path / "q.onnx", calibration=loader, eval_data=(xv, yv))
+
+    def one_by_one(p):
+        s = ort.InferenceSession(str(p))
+        return np.array([s.run(None, {s.get_inputs()[0].name: xv[i : i + 1]})[0][0].argmax() for i in range(len(xv))])
+
+    fp32, int8 = one_by_one(path), one_by_one(tmp_path / "q.onnx")
+    ev = info["eval"]
+    assert info["calibration_batches"] == 4 and ev["samples"] == 37
+    assert ev["fp32_accuracy"] == pytest.approx(np.mean(fp32 == yv))
+    assert ev["int8_accuracy"] == pytest.approx(np.mean(int8 == yv))
+    assert ev["top1_agreement"] == pytest.approx(np.mean(fp32 == int8))
+    assert onnx_accuracy(path, xv, yv) == pytest.approx(np.mean(fp32 == yv))
+    # A batch smaller than the fixed one cannot be fed: said so, not onnxruntime's dimension error.
+    fixed3 = tmp_path / "fixed3.onnx"
+    torch.onnx.export(model, (torch.randn(3, 4),), str(fixed3), dynamo=False)
+    with pytest.raises(ExportError, match="has 2 sample.* fixed at 3: give batches of 3 samples"):
+        quantize_int8(fixed3, tmp_path / "q3.onnx", calibration=[x[:2].numpy()])

@@ -400,6 +400,11 @@ class _Reader:
             raise ExportError("calibration must be an iterable of batches, not one array; wrap it as [x]")
         self.names = [i.name for i in inputs]
         self.ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in inputs}
+        # A batch dim fixed in the file (torch.onnx.export's default, without dynamic axes: 1): each batch is fed in
+        # slices of that many samples, as onnxruntime runs nothing else ("Got: 16 Expected: 1").
+        dims = [i.type.tensor_type.shape.dim for i in inputs]
+        self.fixed = next((d[0].dim_value for d in dims if d and d[0].HasField("dim_value") and d[0].dim_value), None)
+        self._pending: list[dict[str, np.ndarray]] = []
         self.limit = limit
         self.count = 0
         self._it = iter(batches)
@@ -411,16 +416,37 @@ class _Reader:
         self._first: dict[str, np.ndarray] | None = first
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._first is not None:
-            feed, self._first = self._first, None
-            return feed
-        return self._next()
+        if not self._pending:
+            feed: dict[str, np.ndarray] | None
+            if self._first is not None:
+                feed, self._first = self._first, None
+            else:
+                feed = self._next()
+            if feed is None:
+                return None
+            self._pending = self._slices(feed)
+        return self._pending.pop(0)
+
+    def _slices(self, feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """``feed`` in slices of the file's fixed batch (the samples past the last whole slice left out: MinMax
+        ranges need no more), or as it is."""
+        n = len(next(iter(feed.values())))
+        if self.fixed is None or n == self.fixed:
+            return [feed]
+        if n < self.fixed:
+            raise ExportError(
+                f"calibration batch {self.count} has {n} sample(s) but the model's batch dim is fixed at "
+                f"{self.fixed}: give batches of {self.fixed} samples or a multiple of it"
+            )
+        b = self.fixed
+        return [{k: v[i : i + b] for k, v in feed.items()} for i in range(0, n - b + 1, b)]
 
     def again(self) -> _Reader:
         """A reader that gives the same batches from the start: those this one read (kept), then the rest."""
         other = object.__new__(_Reader)
         other.names, other.ranks, other.limit, other._it = self.names, self.ranks, self.limit, self._it
         other.count, other._read, other._replay, other._first = 0, self._read, iter(list(self._read)), None
+        other.fixed, other._pending = self.fixed, []
         return other
 
     def rewind(self) -> None:  # part of the CalibrationDataReader protocol; one pass is all MinMax needs
@@ -693,11 +719,19 @@ def _outputs(path: PathLike, x: np.ndarray, batch_size: int, *, flatten: bool = 
     if len(x) == 0:
         raise ExportError("no samples to evaluate")
     session = open_session(p)  # checks the external data first; ExportError naming the file
-    name = session.get_inputs()[0].name
+    name, dims = session.get_inputs()[0].name, session.get_inputs()[0].shape
+    # A batch dim fixed in the file (torch.onnx.export's default: 1) takes that many samples a run and no other
+    # count: the last run is padded with copies of its last sample, whose outputs are left out.
+    fixed = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+    step = fixed or batch_size
     preds = []
     try:
-        for i in range(0, len(x), batch_size):
-            out = session.run(None, {name: x[i : i + batch_size]})[0]
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            n = len(chunk)
+            if fixed and n < fixed:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+            out = session.run(None, {name: chunk})[0][:n]
             preds.append(_flat(out) if flatten else out)
     except Exception as e:
         raise ExportError(f"{p}: onnxruntime cannot run it on inputs of shape {list(x.shape)}: {e}") from e
