@@ -181,8 +181,12 @@ def test_open_session_honours_the_provider_and_threads(tmp_path, monkeypatch):
     seen = {}
 
     class Recorder:
-        def __init__(self, model_path, sess_options=None, providers=None):
+        def __init__(self, model_path, sess_options=None, providers=None, **kwargs):
             seen.update(path=model_path, providers=providers, threads=sess_options.intra_op_num_threads)
+            self.providers = providers
+
+        def get_providers(self):
+            return self.providers
 
     monkeypatch.setattr(sessions_mod.ort, "get_available_providers", lambda: ["FancyExecutionProvider"])
     monkeypatch.setattr(sessions_mod.ort, "InferenceSession", Recorder)
@@ -193,6 +197,26 @@ def test_open_session_honours_the_provider_and_threads(tmp_path, monkeypatch):
         match="'CPUExecutionProvider': not an execution provider onnxruntime has here; available: Fancy",
     ):
         open_session(path)
+
+
+def test_a_provider_listed_but_not_started_is_an_error_not_a_cpu_timing(tmp_path, monkeypatch):
+    # onnxruntime-gpu without a usable GPU lists CUDAExecutionProvider; a session asked for it would run on the
+    # CPU (falling back, or dropping it), and bench would time the CPU under the GPU's name
+    path = save(tmp_path / "m.onnx")
+    real = sessions_mod.ort.InferenceSession
+    asked = {}
+
+    def on_cpu(model_path, sess_options=None, providers=None, **kwargs):
+        asked.update(kwargs)
+        return real(model_path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        sessions_mod.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(sessions_mod.ort, "InferenceSession", on_cpu)
+    with pytest.raises(ExportError, match="lists CUDAExecutionProvider but could not start it .*runs on CPU"):
+        open_session(path, provider="CUDAExecutionProvider")
+    assert asked.get("enable_fallback") == 0  # no silent retry on the CPU (and no banner on stdout)
 
 
 def test_open_session_checks_external_data_before_onnxruntime(tmp_path, monkeypatch):

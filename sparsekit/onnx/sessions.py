@@ -65,9 +65,19 @@ def open_session(
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(p), sess_options=opts, providers=[provider])
+        # enable_fallback=0: a provider that fails to start (onnxruntime-gpu without a usable GPU) would otherwise
+        # be replaced by the CPU, with a banner print()ed to stdout (inside --json), and timed under its name.
+        session = ort.InferenceSession(str(p), sess_options=opts, providers=[provider], enable_fallback=0)
     except Exception as e:  # onnxruntime raises its own unrelated exception types
         raise ExportError(f"{p}: onnxruntime cannot load it with {provider}: {e}") from e
+    running = list(session.get_providers())
+    if provider not in running:  # dropped while the session was built (its library failed to load, say)
+        raise ExportError(
+            f"{p}: onnxruntime lists {provider} but could not start it (the session runs on "
+            f"{', '.join(running) or 'nothing'}); check its install (drivers, libraries), or choose "
+            f"{option('provider', 'CPUExecutionProvider')}"
+        )
+    return session
 
 
 def random_array(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
