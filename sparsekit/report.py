@@ -640,9 +640,40 @@ def load_report(path: str | Path) -> Report:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        other = _other_version(data, first["type"])
+        if other:
+            raise SparsekitError(f"{src}: {other} ({where}: {first['msg']})") from None
         raise SparsekitError(
             f"{src}: not a report.json written by sparsekit prune ({where}: {first['msg']}); run prune again"
         ) from None
+
+
+def _other_version(data: Any, error: str) -> str:
+    """Why a report.json that fails validation may be sound: written by a newer sparsekit (a higher ``schema``) or
+    by another version whose report holds a field this one does not know. ``run prune again`` was the advice there,
+    which repeats a whole run (hours of fine-tuning) where upgrading sparsekit reads the file as it is. "" otherwise.
+    """
+    from . import __version__
+
+    if not isinstance(data, dict):
+        return ""
+    schema = data.get("schema")
+    versions = data.get("versions")
+    wrote = versions.get("sparsekit") if isinstance(versions, dict) else None
+    by = f"sparsekit {printable(str(wrote))[:40]}" if isinstance(wrote, str) and wrote else "a newer sparsekit"
+    if wrote == __version__:  # this very version writes schema 1 and knows its fields: the file was altered
+        return ""
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > 1:
+        return (
+            f"written by {by} in report schema {schema}, which this sparsekit ({__version__}) cannot read: it reads "
+            "schema 1; read or re-render it with a sparsekit that reads that schema (pip install -U sparsekit)"
+        )
+    if error == "extra_forbidden" and schema == 1 and isinstance(wrote, str) and wrote:
+        return (
+            f"written by {by}, whose report holds a field this sparsekit ({__version__}) does not know; read or "
+            f"re-render it with sparsekit {printable(wrote)[:40]} (or a newer one than both: pip install -U sparsekit)"
+        )
+    return ""
 
 
 # --------------------------------------------------------------------------- wording

@@ -1,0 +1,53 @@
+"""Review of report.json, the printed summary, the plots and `sparsekit report` (helper y4): faults found by
+pruning one's own models and reading every figure back against the files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sparsekit
+from examples.models import mlp
+from sparsekit.report import load_report
+from tests.test_report_summary import MLP_SHAPE, _prune, _recipe, _report
+
+
+def _report_json(version: str = sparsekit.__version__) -> dict:
+    torch.manual_seed(0)
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    data = _report(dense, model, pruner, recipe, MLP_SHAPE).to_json()
+    data["versions"] = {"sparsekit": version}
+    return data
+
+
+@pytest.mark.parametrize("newer", ["schema", "field"])
+def test_a_report_from_a_newer_sparsekit_says_to_upgrade_not_to_prune_again(tmp_path, newer):
+    # A report.json written by a newer sparsekit (schema 2, or schema 1 with a key this version does not know) was
+    # "not a report.json written by sparsekit prune ...; run prune again": the advice repeats the whole run.
+    data = _report_json("9.9.9")
+    if newer == "schema":
+        data["schema"] = 2
+    else:
+        data["storage_v2"] = {}
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(sparsekit.SparsekitError) as err:
+        load_report(tmp_path / "report.json")
+    said = str(err.value)
+    assert "sparsekit 9.9.9" in said and "pip install -U sparsekit" in said
+    assert "run prune again" not in said and "not a report.json written by sparsekit" not in said
+
+
+@pytest.mark.parametrize("damage", ["value", "schema"])
+def test_a_damaged_report_of_this_version_still_says_it_is_not_sparsekits(tmp_path, damage):
+    # This version writes schema 1 and knows its fields: a report it wrote that says otherwise was altered.
+    data = _report_json()
+    if damage == "value":
+        data["pruned"]["accuracy"] = "high"
+    else:
+        data["schema"] = 2
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(sparsekit.SparsekitError, match="not a report.json written by sparsekit prune"):
+        load_report(tmp_path / "report.json")
