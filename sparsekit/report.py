@@ -423,7 +423,14 @@ class Timings(_Closed):
     outside_finetune: float = Field(description="total minus finetune, seconds")
     outside_finetune_ratio: float | None = Field(
         description="everything but fine-tuning over fine-tuning: outside_finetune / seconds.finetune (None "
-        "without fine-tuning); 1.0 means the run costs twice its fine-tuning"
+        "without fine-tuning, and on a resumed run: see resumed_after_epoch); 1.0 means the run costs twice its "
+        "fine-tuning"
+    )
+    resumed_after_epoch: int | None = Field(
+        None,
+        description="the run was resumed from a checkpoint holding this many finished epochs: seconds and total are "
+        "the resuming process's, whose finetune covers only the epochs after it (the earlier ones ran in an earlier "
+        "process), while every other phase ran in full. Null for a run that trained every epoch in one process",
     )
 
 

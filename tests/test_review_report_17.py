@@ -51,3 +51,29 @@ def test_a_damaged_report_of_this_version_still_says_it_is_not_sparsekits(tmp_pa
     (tmp_path / "report.json").write_text(json.dumps(data))
     with pytest.raises(sparsekit.SparsekitError, match="not a report.json written by sparsekit prune"):
         load_report(tmp_path / "report.json")
+
+
+def test_a_resumed_runs_timings_say_it_resumed_and_give_no_overhead_ratio_of_part_of_the_training(
+    tmp_path, mlp_checkpoint
+):
+    # A run resumed after its last epoch fine-tuned nothing in the new process, yet report.json's timings gave
+    # finetune 1.2 s beside a full pipeline and outside_finetune_ratio 4.278 (the run in one go: 0.5), unmarked.
+    from tests.conftest import fast_prune
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 2}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    out = tmp_path / "o"
+    arch = ("--arch", "examples.models:mlp")
+    assert fast_prune(mlp_checkpoint, recipe, out, *arch).exit_code == 0
+    whole = json.loads((out / "report.json").read_text())["timings"]
+    assert whole["resumed_after_epoch"] is None and whole["outside_finetune_ratio"] is not None
+    res = fast_prune(mlp_checkpoint, recipe, out, *arch, "--resume")
+    assert res.exit_code == 0, res.output
+    assert "2 of 2 epochs finished" in res.stderr
+    resumed = load_report(out).timings
+    assert resumed is not None
+    assert resumed.resumed_after_epoch == 2
+    assert resumed.outside_finetune_ratio is None
