@@ -423,7 +423,8 @@ class Timings(_Closed):
     outside_finetune: float = Field(description="total minus finetune, seconds")
     outside_finetune_ratio: float | None = Field(
         description="everything but fine-tuning over fine-tuning: outside_finetune / seconds.finetune (None "
-        "without fine-tuning, and on a resumed run: see resumed_after_epoch); 1.0 means the run costs twice its "
+        "without fine-tuning (finetune.epochs 0: the finetune phase is then only the pruner's set-up and finalize), "
+        "and on a resumed run: see resumed_after_epoch); 1.0 means the run costs twice its "
         "fine-tuning"
     )
     resumed_after_epoch: int | None = Field(

@@ -77,3 +77,20 @@ def test_a_resumed_runs_timings_say_it_resumed_and_give_no_overhead_ratio_of_par
     assert resumed is not None
     assert resumed.resumed_after_epoch == 2
     assert resumed.outside_finetune_ratio is None
+
+
+def test_a_run_without_fine_tuning_gives_no_overhead_ratio(tmp_path, mlp_checkpoint):
+    # finetune.epochs: 0 (one-shot pruning, no training): the finetune phase timed only the pruner's set-up and
+    # finalize (0.014 s), and outside_finetune_ratio read 621.038, where the schema says None without fine-tuning.
+    from tests.conftest import fast_prune
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 0}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    res = fast_prune(mlp_checkpoint, recipe, tmp_path / "o", "--arch", "examples.models:mlp")
+    assert res.exit_code == 0, res.output
+    timings = load_report(tmp_path / "o").timings
+    assert timings is not None
+    assert timings.outside_finetune_ratio is None
