@@ -640,9 +640,11 @@ def load_report(path: str | Path) -> Report:
     try:
         data = json.loads(read_regular(src).decode("utf-8"))
     except RecursionError:
-        raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit") from None
+        raise SparsekitError(f"{src}: nested too deeply to be a report.json written by sparsekit; {_DAMAGED}") from None
     except (ValueError, OSError) as err:  # not JSON, not UTF-8, an integer of over 4,300 digits
-        raise SparsekitError(f"{src}: not valid JSON ({one_line(err, 120)})") from None
+        # A report.json cut short (a full disk, a copy stopped half-way) said only where the JSON broke: the line
+        # names nothing to do, and no command rebuilds the file from the rest of the folder.
+        raise SparsekitError(f"{src}: not valid JSON ({one_line(err, 120)}); {_DAMAGED}") from None
     try:
         return Report.model_validate(data)
     except ValidationError as err:
@@ -654,6 +656,12 @@ def load_report(path: str | Path) -> Report:
         raise SparsekitError(
             f"{src}: not a report.json written by sparsekit prune ({where}: {first['msg']}); run prune again"
         ) from None
+
+
+_DAMAGED = (
+    "the file is damaged (cut short or edited) and only a prune run writes one: put back the run's own copy, "
+    "or run prune again"
+)
 
 
 def _other_version(data: Any, error: str) -> str:

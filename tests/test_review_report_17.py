@@ -94,3 +94,19 @@ def test_a_run_without_fine_tuning_gives_no_overhead_ratio(tmp_path, mlp_checkpo
     timings = load_report(tmp_path / "o").timings
     assert timings is not None
     assert timings.outside_finetune_ratio is None
+
+
+@pytest.mark.parametrize("cut", ["truncated", "not utf-8", "nested"])
+def test_a_damaged_report_json_says_what_to_do(tmp_path, cut):
+    # A report.json cut short was "Error: out/report.json: not valid JSON (JSONDecodeError: Unterminated string
+    # starting at: line 207 column 5 (char 4993))": where the JSON broke, nothing to do about it.
+    text = json.dumps(_report_json(), indent=2)
+    raw = {
+        "truncated": text[: len(text) // 2].encode(),
+        "not utf-8": b"\xff" + text.encode(),
+        "nested": b"[" * 100_000 + b"]" * 100_000,
+    }[cut]
+    (tmp_path / "report.json").write_bytes(raw)
+    with pytest.raises(sparsekit.SparsekitError) as err:
+        load_report(tmp_path / "report.json")
+    assert "put back the run's own copy, or run prune again" in str(err.value)
