@@ -689,6 +689,7 @@ def _run(
                 },
             )
         methods = method_results(pruner)
+        final_params = sum(p.numel() for p in model.parameters())  # finalized: the report's pruned.params
 
         def draw(layers: list[dict[str, Any]]) -> None:  # drawn while the pruned model is exported and checked
             with clock("report", "handing the plots to the plot worker"):
@@ -701,6 +702,7 @@ def _run(
                         history,
                         dense.metrics.get("accuracy"),
                         dense.stats.get("params"),
+                        final_params,
                     )
                 )
 

@@ -10,8 +10,8 @@ keys beyond the first of each line are optional):
   together), ``structured`` / ``zeros`` (which panels: output channels kept, fraction of weights zero)
   → ``layer_sparsity.png``; excluded layers get a hatched bar marked "excluded"
 - ``history``: ``[{"epoch", "val_accuracy", "sparsity", "train_loss", "lr", "params"}]``,
-  ``dense_accuracy``, ``dense_params`` → ``finetune.png``: accuracy, pruning progress, and train loss
-  with the learning rate, each on its own axis, whole-number epoch ticks
+  ``dense_accuracy``, ``dense_params``, ``final_params`` (the saved model's) → ``finetune.png``: accuracy,
+  pruning progress, and train loss with the learning rate, each on its own axis, whole-number epoch ticks
 - ``latency``: ``{label: {batch_size: p50_ms}}`` (two or more labels, the first the reference),
   ``noise``: ``{label: {batch_size: noise}}`` (the band 1/(1+noise)..1+noise is no change), ``control``:
   ``{batch_size: A/A ratio}`` → ``latency.png``
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["FILES", "FIRST", "LAST", "PlotWorker", "figures", "render"]
 
 # known when fine-tuning ends
-FIRST = ("layers", "targets", "structured", "zeros", "history", "dense_accuracy", "dense_params")
+FIRST = ("layers", "targets", "structured", "zeros", "history", "dense_accuracy", "dense_params", "final_params")
 LAST = ("latency", "noise", "control")  # known after the benchmark
 FILES = ("layer_sparsity.png", "finetune.png", "latency.png")  # every file name figures() may give
 
@@ -158,7 +158,10 @@ def _history_figure(figure: type[Figure], hist: list[dict[str, Any]], data: dict
     epochs = [h["epoch"] for h in hist]
     dense_params = data.get("dense_params")
     counted = [h for h in hist if h.get("params") is not None]
-    removed = bool(dense_params and counted and any(h["params"] != dense_params for h in counted))
+    # the saved model's count: finalize may remove more (l1's remove_dead) after the last epoch's row
+    final = data.get("final_params")
+    after = final if counted and final is not None and final != counted[-1]["params"] else None
+    removed = bool(dense_params and counted and (after or any(h["params"] != dense_params for h in counted)))
     # A run that only removes units makes no zeros: its sparsity line would be a flat 0.
     zeros = bool(data.get("zeros", True)) or any(h["sparsity"] for h in hist)
     panels = 3 if zeros or removed else 2
@@ -176,7 +179,7 @@ def _history_figure(figure: type[Figure], hist: list[dict[str, Any]], data: dict
     acc_ax.legend(loc="lower right", fontsize=8)
     acc_ax.set_title("Fine-tuning")
     if panels == 3:
-        _pruning_panel(axes[1], hist, zeros, counted if removed else [], dense_params)
+        _pruning_panel(axes[1], hist, zeros, counted if removed else [], dense_params, after)
 
     losses = [(h["epoch"], h["train_loss"]) for h in hist if h.get("train_loss") is not None]
     if losses:
@@ -200,7 +203,12 @@ def _history_figure(figure: type[Figure], hist: list[dict[str, Any]], data: dict
 
 
 def _pruning_panel(
-    ax: Any, hist: list[dict[str, Any]], zeros: bool, counted: list[dict[str, Any]], dense_params: int | None
+    ax: Any,
+    hist: list[dict[str, Any]],
+    zeros: bool,
+    counted: list[dict[str, Any]],
+    dense_params: int | None,
+    final_params: int | None = None,
 ) -> None:
     if zeros:
         ax.plot(
@@ -218,6 +226,15 @@ def _pruning_panel(
             color="tab:green",
             label="params kept (of dense)",
         )
+        if final_params is not None:  # the saved model, after finalize removed more units
+            ax.plot(
+                [counted[-1]["epoch"]],
+                [final_params / dense_params],
+                "*",
+                color="tab:green",
+                markersize=12,
+                label="params kept, saved model (after finalize)",
+            )
     ax.set_ylim(-0.02, 1.05)
     ax.set_ylabel("fraction")
     ax.legend(loc="center right", fontsize=8)

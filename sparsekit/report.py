@@ -2118,6 +2118,7 @@ def plot_data(report: Report) -> dict[str, Any]:
         ],
         "dense_accuracy": report.dense.accuracy,
         "dense_params": report.dense.params,
+        "final_params": report.pruned.params,
         "latency": {k: {b: v.p50 for b, v in lat.items()} for k, lat in latency.items() if lat},
         "noise": noise,
         "control": {bs: c.get("ratio_p50") for bs, c in bench.control.items()} if bench else {},
@@ -2132,9 +2133,11 @@ def first_plot_data(
     history: list[dict[str, Any]],
     dense_accuracy: float | None,
     dense_params: int | None,
+    final_params: int | None = None,
 ) -> dict[str, Any]:
     """:func:`plot_data`'s part known when fine-tuning ends, before the report exists (what a prune run's
-    plot worker draws beside the export): the same values as the report will give."""
+    plot worker draws beside the export): the same values as the report will give (``final_params``: the
+    finalized model's parameters, the report's ``pruned.params``)."""
     return {
         **_first_plot_data(
             [Layer.model_validate(r) for r in layers],
@@ -2148,6 +2151,7 @@ def first_plot_data(
         ],
         "dense_accuracy": dense_accuracy,
         "dense_params": dense_params,
+        "final_params": final_params,
     }
 
 

@@ -144,6 +144,18 @@ def test_finetune_plot_of_a_structural_run_draws_no_flat_zero_sparsity():
     assert kept.get_label() == "params kept (of dense)"
 
 
+def test_finetune_plot_shows_the_saved_models_params_when_finalize_removed_more():
+    # l1's remove_dead removes the dead units at finalize, after the last epoch's row: the line alone ended at
+    # the last epoch's count, above what the saved model keeps
+    rows = [{k: v for k, v in h.items() if k != "params"} | {"params": 1000} for h in HISTORY]
+    fig = figures({"history": rows, "dense_params": 1000, "final_params": 504})["finetune.png"]
+    lines = {ln.get_label(): ln for ln in fig.axes[1].get_lines()}
+    saved = lines["params kept, saved model (after finalize)"]
+    assert list(saved.get_xdata()) == [HISTORY[-1]["epoch"]] and list(saved.get_ydata()) == [pytest.approx(0.504)]
+    same = figures({"history": HISTORY, "dense_params": 1000, "final_params": 600})["finetune.png"]
+    assert not any("saved model" in str(ln.get_label()) for ln in same.axes[1].get_lines())  # nothing after
+
+
 def test_latency_plot_shows_the_measured_noise_band_and_the_control():
     data = {
         "latency": {"dense": {"1": 0.1, "32": 2.0}, "pruned": {"1": 0.128, "32": 1.0}},
