@@ -154,13 +154,38 @@ def _train_loss(
 ) -> torch.Tensor:
     """The loss one training step minimizes: cross-entropy, or with ``distill`` (and its ``teacher``)
     ``(1 - weight) * CE + weight * distillation_loss(student, teacher(x), temperature)``. The teacher
-    runs without gradients, in the mode it is in (eval)."""
+    runs without gradients, in the mode it is in (eval); its logits are checked (:func:`_teacher_logits`)."""
     loss, out = _loss(model, x, y)
     if distill is None or teacher is None:
         return loss
-    with torch.no_grad():
-        soft = teacher(model_input(x, next(teacher.parameters(), None)))
+    soft = _teacher_logits(teacher, x, out)
     return (1.0 - distill.weight) * loss + distill.weight * distillation_loss(out, soft, distill.temperature)
+
+
+def _teacher_logits(teacher: nn.Module, x: Any, student: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits for the batch ``x``, checked against the ``student``'s: a ValueError naming the
+    teacher when it fails on the batch the model took, or returns something other than logits of the student's
+    shape. Without these checks torch failed deep in the KL term (a size mismatch, or "unsupported operand
+    type(s) for /: 'tuple' and 'float'"), naming neither the teacher nor the fix."""
+    with torch.no_grad():
+        try:
+            soft = teacher(model_input(x, next(teacher.parameters(), None)))
+        except (KeyboardInterrupt, MemoryError, SparsekitError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the caller's teacher on a batch the model itself took
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"finetune(teacher=...): the teacher fails on a batch of inputs {shape} that the model takes "
+                f"({one_line(err)}); pass a copy of the dense model (copy.deepcopy(model) before pruning)"
+            ) from None
+    if not isinstance(soft, torch.Tensor) or soft.shape != student.shape:
+        got = list(soft.shape) if isinstance(soft, torch.Tensor) else f"a {type(soft).__name__}"
+        raise ValueError(
+            f"finetune(teacher=...): the teacher returns {got} for a batch where the model returns logits "
+            f"{list(student.shape)}; pass a copy of the dense model (copy.deepcopy(model) before pruning), whose "
+            "outputs have the model's classes"
+        )
+    return soft
 
 
 def frozen_teacher(model: nn.Module) -> nn.Module:
@@ -317,11 +342,12 @@ def finetune(
     With ``finetune.distill`` set, the loss is Hinton et al.'s mix of cross-entropy and the dense model's
     soft targets (:class:`~sparsekit.recipe.DistillSpec`, :func:`distillation_loss`; ``train_loss`` is then
     that mix). The teacher is ``teacher`` when given (the dense model; it is put in eval mode and never
-    updated, and it must accept the same inputs on the model's device); else a frozen copy of ``model``
-    as passed, taken before the pruner is built and before a checkpoint is resumed. Pass ``teacher`` when
-    ``model`` is not the dense model any more: when you pass a ``pruner`` whose schedule already pruned at
-    step 0 (``schedule: oneshot``, or ``init_sparsity`` > 0) this raises ValueError instead of distilling
-    from the pruned model; a resumed run must get the same dense model (e.g. reloaded from its file).
+    updated, and it must accept the same inputs on the model's device and return logits of the model's shape, or
+    a tuple or dict that ``model.output`` picks them from as from the model's: a ValueError otherwise); else a
+    frozen copy of ``model`` as passed, taken before the pruner is built and before a checkpoint is resumed.
+    Pass ``teacher`` when ``model`` is not the dense model any more: when you pass a ``pruner`` whose schedule
+    already pruned at step 0 (``schedule: oneshot``, or ``init_sparsity`` > 0) this raises ValueError instead of
+    distilling from the pruned model; a resumed run must get the same dense model (e.g. reloaded from its file).
     Teachers are not saved in checkpoints. Under torchrun every rank holds its own copy.
 
     Raises :class:`~sparsekit.errors.DataError` when a loader yields its batches only once (a generator or
@@ -347,7 +373,7 @@ def finetune(
     train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
     if spec.distill is not None:
-        teacher = _teacher(inner, teacher, pruner)
+        teacher = _teacher(inner, teacher, pruner, recipe.model.output)
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
     elif pruner.steps_per_epoch != steps:
@@ -493,9 +519,12 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _teacher(model: nn.Module, teacher: nn.Module | None, pruner: Pruner | None) -> nn.Module:
+def _teacher(
+    model: nn.Module, teacher: nn.Module | None, pruner: Pruner | None, output: int | str | None = None
+) -> nn.Module:
     """The frozen dense model to distill from: ``teacher`` (eval mode, parameters frozen, moved to
-    ``model``'s device), else a copy of ``model``, which must not have been pruned yet (ValueError)."""
+    ``model``'s device), else a copy of ``model``, which must not have been pruned yet (ValueError).
+    ``output``: the recipe's ``model.output``, already attached to ``model`` (so to its copy)."""
     if teacher is not None:
         teacher = _distributed.unwrap(teacher)
         if teacher is model:
@@ -506,13 +535,29 @@ def _teacher(model: nn.Module, teacher: nn.Module | None, pruner: Pruner | None)
         device = _device(model)
         if next(teacher.parameters(), None) is not None and _device(teacher) != device:
             teacher.to(device)
-        return teacher
+        # The caller's copy of the dense model was taken before finetune attached model.output's selection to
+        # the model: its output gets the same selection, without a hook left on the caller's module.
+        return teacher if output is None else _SelectedTeacher(teacher, output).eval()
     if pruner is not None and (pruner.structure_changed or pruner.step_count > 0 or _pruned(pruner)):
         raise ValueError(
             "finetune.distill needs the dense model as teacher, but the pruner already pruned this model (its "
             "schedule acts at step 0): pass teacher=<a copy of the dense model taken before building the Pruner>"
         )
     return frozen_teacher(model)
+
+
+class _SelectedTeacher(nn.Module):
+    """A teacher that returns the part of its output the recipe's ``model.output`` names, as the model does (an
+    output that is one tensor already, a copy of the model with the selection attached, is kept as it is)."""
+
+    def __init__(self, teacher: nn.Module, output: int | str) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.output = output
+
+    def forward(self, x: Any) -> torch.Tensor:
+        out = self.teacher(x)
+        return out if isinstance(out, torch.Tensor) else select_logits(out, self.output, "the teacher")
 
 
 def _pruned(pruner: Pruner) -> bool:

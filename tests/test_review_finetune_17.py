@@ -1,0 +1,84 @@
+"""Review (fine-tuning, LR schedules, distillation, pruning schedules): faults found by a new user's runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batches(n: int = 3, classes: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 8, generator=gen), torch.randint(0, classes, (4,), generator=gen)) for _ in range(n)]
+
+
+def _distill_recipe(**model: object) -> sparsekit.Recipe:
+    return sparsekit.Recipe(
+        model=model,
+        finetune={
+            "epochs": 1,
+            "optimizer": {"name": "sgd", "lr": 1e-12, "momentum": 0.0},
+            "distill": {"weight": 0.7, "temperature": 4.0},
+            "device": "cpu",
+        },
+        pruning=[{"method": "magnitude", "sparsity": 0.5, "layers": {"include": ["a"]}, "schedule": "oneshot"}],
+    )
+
+
+class _TwoHeads(nn.Module):
+    """Logits and an auxiliary head: the recipe's model.output: 0 picks the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.aux = nn.Linear(8, 16), nn.Linear(16, 3), nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.a(x))
+        return self.b(h), self.aux(h)
+
+
+def test_explicit_teacher_of_a_tuple_output_model_distils_like_the_default_one():
+    """finetune(teacher=copy of the dense model) with model.output set failed with "unsupported operand type(s)
+    for /: 'tuple' and 'float'": the copy, taken before finetune attached the selection to the model, returned the
+    whole tuple. It now gets the same selection (and the caller's module keeps its own output)."""
+    data = _batches()
+    torch.manual_seed(0)
+    dense = _TwoHeads()
+    teacher, student = copy.deepcopy(dense), copy.deepcopy(dense)
+    recipe = _distill_recipe(output=0)
+    _, given, _ = sparsekit.finetune(student, recipe, data, data[:1], progress=False, teacher=teacher)
+    _, default, _ = sparsekit.finetune(dense, _distill_recipe(output=0), data, data[:1], progress=False)
+    assert given[0]["train_loss"] == pytest.approx(default[0]["train_loss"], rel=1e-6)
+    assert isinstance(teacher(data[0][0]), tuple)  # no hook left on the caller's teacher
+    # and the loss is Hinton's mix with the stated T**2 factor, computed here by hand (lr ~0: the student's weights
+    # are those it was pruned to, one-shot at step 0; finetune made it return the logits alone)
+    total = 0.0
+    for x, y in data:
+        s, t = student(x), teacher(x)[0]
+        kl = F.kl_div(F.log_softmax(s / 4.0, 1), F.softmax(t / 4.0, 1), reduction="batchmean") * 16.0
+        total += float(0.3 * F.cross_entropy(s, y) + 0.7 * kl)
+    assert given[0]["train_loss"] == pytest.approx(total / len(data), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [
+        (nn.Sequential(nn.Linear(8, 5)), r"teacher returns \[4, 5\] for a batch where the model returns logits \[4, "),
+        (nn.Sequential(nn.Linear(7, 3)), r"teacher fails on a batch of inputs \[4, 8\]"),
+    ],
+)
+def test_a_teacher_that_does_not_fit_the_model_is_named(teacher, message):
+    """A teacher with other classes, or one that takes other inputs, failed inside torch's KL term with a bare
+    RuntimeError ("The size of tensor a (5) must match ...") naming neither the teacher nor the fix."""
+    data = _batches()
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=message):
+        sparsekit.finetune(model, _distill_recipe(), data, data[:1], progress=False, teacher=teacher)
