@@ -111,7 +111,8 @@ def _loss(
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise DataError(f"data: the model fails on a batch of inputs {shape}: {one_line(err)}") from None
+        why = f"{one_line(err)}{_one_sample(model, x)}"
+        raise DataError(f"data: the model fails on a batch of inputs {shape}: {why}") from None
     out = select_logits(out, None)  # a tuple / dict output: sparsekit.logits.attach(model, output) picks one
     # Checked where the labels are in host memory (loaders yield them there): reading labels already on an
     # accelerator would wait for it twice a step; there torch's own check stands (a device-side assert on CUDA).
@@ -124,6 +125,19 @@ def _loss(
             )
     # int32/int16 labels are class indices all the same; torch's cross-entropy takes only int64 (or uint8)
     return nn.functional.cross_entropy(out, y.to(device, torch.long), reduction=reduction), out
+
+
+def _one_sample(model: nn.Module, x: Any) -> str:
+    """What to do when ``model`` failed in training mode on a batch ``x`` of one sample: BatchNorm cannot normalize
+    one sample ("Expected more than 1 value per channel when training"), which the last batch of a training set of
+    ``k * batch_size + 1`` samples is. torch's words named neither the batch size nor the fix."""
+    if not model.training or not isinstance(x, torch.Tensor) or x.ndim == 0 or len(x) != 1:
+        return ""
+    return (
+        "; this training batch holds a single sample (BatchNorm, for one, cannot train on fewer than 2): choose a "
+        "data.batch_size that leaves at least 2 samples in every batch (the last holds what is left over after the "
+        "full ones), or give your own training loader drop_last=True"
+    )
 
 
 def _check_labels(x: Any, y: Any) -> None:

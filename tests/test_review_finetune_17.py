@@ -82,3 +82,23 @@ def test_a_teacher_that_does_not_fit_the_model_is_named(teacher, message):
     model.add_module("a", nn.Linear(8, 3))
     with pytest.raises(ValueError, match=message):
         sparsekit.finetune(model, _distill_recipe(), data, data[:1], progress=False, teacher=teacher)
+
+
+def test_a_training_batch_of_one_sample_says_to_change_the_batch_size():
+    """5 training samples at batch_size 4 leave a last batch of 1, on which a BatchNorm model fails in training
+    mode. The error was torch's "Expected more than 1 value per channel when training" alone, naming neither the
+    batch size nor a fix; it now says the batch holds one sample and what to change."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(5, 8, generator=gen), torch.randint(0, 3, (5,), generator=gen)
+    train = [(x[:4], y[:4]), (x[4:], y[4:])]
+    recipe = sparsekit.Recipe(
+        finetune={"epochs": 1, "device": "cpu"},
+        pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}],
+    )
+    with pytest.raises(sparsekit.DataError, match=r"single sample .*data\.batch_size .*drop_last=True"):
+        sparsekit.finetune(model, recipe, train, train[:1], progress=False)
+    # a batch of one in evaluation (BatchNorm then uses its running statistics) is no failure
+    model.eval()
+    assert sparsekit.train.evaluate(model, [(x[4:], y[4:])])["loss"] > 0
