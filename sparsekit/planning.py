@@ -529,6 +529,14 @@ def describe(
         if spec.target is not None:
             what = "units" if spec.group != "none" else "weights"
             return text + f"; lambda adapts so that {spec.target:g} of the {what} are zero by epoch {s.end_epoch:g}"
+        if epochs == 0:
+            # l1 acts through training steps: with none, its strength does nothing and only a threshold can zero.
+            if spec.threshold > 0:
+                return text + "; with no fine-tuning (finetune.epochs: 0) no step is taken: only the threshold zeroes"
+            return text + (
+                "; with no fine-tuning (finetune.epochs: 0) no step is taken, so no weight will end at zero (give it "
+                "fine-tuning epochs, or set threshold)"
+            )
         if spec.mode == "penalty" and not spec.threshold:
             # A subgradient makes no exact zeros: this entry cannot zero or remove anything, whatever its strength.
             return text + (

@@ -874,9 +874,16 @@ def target_words(spec: dict[str, Any], row: MethodResult | None = None) -> str:
     return f"sparsity {target:.3f}" if target is not None else "no target stated"
 
 
-def _l1_advice(spec: dict[str, Any]) -> str:
+def _l1_advice(spec: dict[str, Any], epochs: Any = None) -> str:
     """What to change in an l1 entry that zeroed nothing. A penalty's subgradient makes no exact zeros, so without a
-    threshold or a target no strength would have zeroed anything: "raise strength" sent users round in circles."""
+    threshold or a target no strength would have zeroed anything: "raise strength" sent users round in circles. Nor
+    would it with no fine-tuning (``epochs``: the recipe's ``finetune.epochs``, 0): l1 then takes no step at all."""
+    if epochs == 0:
+        fix = "raise threshold" if spec.get("threshold") else "set threshold"
+        return (
+            "with no fine-tuning (finetune.epochs: 0) l1 takes no step, so no strength zeroes anything: give it "
+            f"fine-tuning epochs, or {fix} (what lies below it is zeroed at the end)"
+        )
     if spec.get("mode", "penalty") == "penalty" and not spec.get("threshold") and spec.get("target") is None:
         return (
             "a penalty makes no exact zeros and no threshold was set, so no strength zeroes anything: set threshold "
@@ -912,7 +919,12 @@ def _channels(m: MethodResult, dense: dict[str, Layer], pruned: dict[str, Layer]
 
 
 def _outcome(
-    i: int, m: MethodResult, spec: dict[str, Any], dense: dict[str, Layer], pruned: dict[str, Layer]
+    i: int,
+    m: MethodResult,
+    spec: dict[str, Any],
+    dense: dict[str, Layer],
+    pruned: dict[str, Layer],
+    epochs: Any = None,
 ) -> MethodOutcome:
     measure: Literal["weights zero", "output channels removed", "units zero", "constraint"] = "weights zero"
     if m.method in ("structured", "max_norm"):
@@ -963,7 +975,7 @@ def _outcome(
         nothing = True
         remarks.append(
             f"achieved nothing: no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or "
-            f"removed: {_l1_advice(spec)}"
+            f"removed: {_l1_advice(spec, epochs)}"
         )
     elif measure == "weights zero" and m.achieved is not None:
         before = sum(r.params - r.nonzero_params for name in m.layers if (r := dense.get(name)))
@@ -972,7 +984,7 @@ def _outcome(
         if new_zeros < 0.5 if weights else m.achieved <= 0:
             nothing = True
             had = f" beyond the {before:,} zeros the dense model had" if before else ""
-            advice = f": {_l1_advice(spec)}" if m.method == "l1" else ""
+            advice = f": {_l1_advice(spec, epochs)}" if m.method == "l1" else ""
             if m.method == "l1" and spec.get("group", "none") != "none":
                 what = f"no unit (whole {spec['group']}) of its {n} layer(s) reached zero: none zeroed or removed"
             else:
@@ -1006,7 +1018,8 @@ def _outcome(
         elif du.found == 0 and spec.get("group", "none") != "none":
             nothing = True
             remarks.append(
-                f"achieved nothing: no unit's weights all reached zero, so no unit was removed: {_l1_advice(spec)}"
+                "achieved nothing: no unit's weights all reached zero, so no unit was removed: "
+                + _l1_advice(spec, epochs)
             )
         elif du.found == 0:
             remarks.append("zeroed no whole unit, so remove_dead removed none: the model is no smaller and no faster")
@@ -1114,7 +1127,10 @@ def _outcomes(
     specs = [e if isinstance(e, dict) else {} for e in (recipe.get("pruning") or [])]
     dense = {r.name: r for r in dense_layers}
     pruned = {r.name: r for r in layers}
-    outcomes = [_outcome(i, m, specs[i] if i < len(specs) else {}, dense, pruned) for i, m in enumerate(methods)]
+    epochs = (recipe.get("finetune") or {}).get("epochs")
+    outcomes = [
+        _outcome(i, m, specs[i] if i < len(specs) else {}, dense, pruned, epochs) for i, m in enumerate(methods)
+    ]
     for o, m in zip(outcomes, methods, strict=True):
         written = asked[o.entry] if asked and o.entry < len(asked) and isinstance(asked[o.entry], dict) else {}
         if o.method == "structured" and written.get("ratio") == "auto":

@@ -102,3 +102,27 @@ def test_a_training_batch_of_one_sample_says_to_change_the_batch_size():
     # a batch of one in evaluation (BatchNorm then uses its running statistics) is no failure
     model.eval()
     assert sparsekit.train.evaluate(model, [(x[4:], y[4:])])["loss"] > 0
+
+
+def test_l1_without_fine_tuning_is_not_told_to_raise_strength(tmp_path, mlp_checkpoint):
+    """finetune.epochs: 0 with an l1 entry (no threshold): no step is taken, so it zeroed nothing, and the summary
+    said "raise strength, or set target" (no strength acts without steps, and a target needs epochs); validate's
+    plan said only that the zeros are "known only after training". Both now say it takes no step and what works."""
+    from click.testing import CliRunner
+    from conftest import fast_prune
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {input_shape: [1, 64]}\ndata: {source: digits}\nfinetune: {epochs: 0}\n"
+        "pruning:\n  - {method: l1, strength: 0.01, mode: proximal, remove_dead: false}\n"
+    )
+    arch = ["--arch", "examples.models:mlp"]
+    plan = CliRunner().invoke(main, ["validate", str(recipe), str(mlp_checkpoint), *arch])
+    assert plan.exit_code == 0, plan.output
+    assert "no step is taken, so no weight will end at zero" in plan.output
+    result = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", *arch, "--set", "benchmark.enabled=false")
+    assert result.exit_code == 0, result.output
+    assert "achieved nothing" in result.output and "raise strength" not in result.output
+    assert "finetune.epochs: 0) l1 takes no step" in result.output
