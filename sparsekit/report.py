@@ -1089,7 +1089,10 @@ def _recipe_lines(report: Report, methods: list[MethodOutcome], excluded: list[s
         lines.append(f"not pruned: {_names(excluded)} (no pruning entry selects {them})")
     ft = report.recipe.get("finetune") or {}
     epochs = ft.get("epochs")
-    if epochs is not None:
+    if epochs == 0:
+        # No optimizer, LR schedule or distillation ran: naming them read as if the model had been trained so.
+        lines.append("fine-tuning: none (finetune.epochs: 0)")
+    elif epochs is not None:
         opt = ft.get("optimizer") or {}
         sched = (ft.get("lr_schedule") or {}).get("name")
         how = ", ".join(

@@ -126,3 +126,22 @@ def test_l1_without_fine_tuning_is_not_told_to_raise_strength(tmp_path, mlp_chec
     assert result.exit_code == 0, result.output
     assert "achieved nothing" in result.output and "raise strength" not in result.output
     assert "finetune.epochs: 0) l1 takes no step" in result.output
+
+
+def test_a_run_without_fine_tuning_does_not_say_it_distilled(tmp_path, mlp_checkpoint):
+    """finetune.epochs: 0 with finetune.distill set: the summary's recipe line said "fine-tuning: 0 epoch(s) (sgd lr
+    0.01, cosine schedule, distilled from the dense model)", as if an optimizer, a schedule and distillation had
+    run. None did; it now says there was no fine-tuning."""
+    from conftest import fast_prune
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {input_shape: [1, 64]}\ndata: {source: digits}\n"
+        "finetune: {epochs: 0, lr_schedule: {name: cosine}, distill: {weight: 0.5, temperature: 2}}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
+    )
+    arch = ["--arch", "examples.models:mlp", "--set", "benchmark.enabled=false"]
+    result = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", *arch)
+    assert result.exit_code == 0, result.output
+    assert "fine-tuning: none (finetune.epochs: 0)" in result.output
+    assert "distilled from the dense model" not in result.output and "cosine schedule" not in result.output
