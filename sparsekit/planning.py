@@ -436,7 +436,15 @@ def describe(
     recipe's patterns when None); ``steps_per_epoch`` adds the schedule in optimizer steps; ``epochs``
     (the run's fine-tuning epochs; default the schedule's) says what happens without fine-tuning; ``auto``:
     the entry's values are a stand-in for an allocation still to come."""
-    from .recipe import FOREVER_EPOCHS, GradientSpec, L1Spec, MagnitudeSpec, MaxNormSpec, StructuredSpec
+    from .recipe import (
+        FOREVER_EPOCHS,
+        GradientSpec,
+        L1Spec,
+        MagnitudeSpec,
+        MaxNormSpec,
+        StructuredSpec,
+        unread_schedule_words,
+    )
 
     names = _names(layers) if layers is not None else _patterns(spec.layers)
     if isinstance(spec, MagnitudeSpec | GradientSpec):
@@ -500,7 +508,9 @@ def describe(
         if epochs == 0:
             text += " (no fine-tuning: all at once)"
         kept = ", ".join(spec.ignore) if spec.ignore else "the classifier head"
-        return text + f"; the layers they feed shrink with them; outputs never removed: {kept}"
+        unread = unread_schedule_words(spec.model_dump())
+        text += f"; the layers they feed shrink with them; outputs never removed: {kept}"
+        return text + (f"; {unread}" if unread else "")
     if isinstance(spec, L1Spec):
         unit = {
             "none": "",
@@ -517,11 +527,14 @@ def describe(
                 f"{spec.strength:g} per step taken (soft threshold: exact zeros)"
             )
         s = spec.schedule
+        unread = unread_schedule_words(spec.model_dump())
         text += (
             " for the whole run"
             if s.end_epoch >= FOREVER_EPOCHS
             else f" from epoch {s.start_epoch:g} to {s.end_epoch:g}"
         )
+        if unread:
+            text += f" ({unread})"
         if spec.threshold > 0:
             text += f"; at the end |w| below {spec.threshold:g} becomes zero"
         if spec.remove_dead:

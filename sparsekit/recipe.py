@@ -1064,6 +1064,40 @@ this module). ``sparsekit.methods.REGISTRY`` must hold the same names (a test ch
 does not import it, so that validating a recipe imports no torch."""
 
 
+_CURVE_KEYS = {"every": 1, "init_sparsity": 0.0, "curve": "cubic"}
+"""The schedule keys that shape a sparsity curve, with their defaults: ``structured`` (removal events set by ``steps``)
+and ``l1`` without a ``target`` (acting on every step of its window) read only start_epoch and end_epoch."""
+
+
+def unread_schedule_keys(entry: Mapping[str, Any]) -> list[str]:
+    """The ``schedule`` keys a ``pruning`` entry (as a mapping, e.g. ``spec.model_dump()`` or report.json's recipe)
+    sets away from their defaults but its method never reads: ``every``, ``init_sparsity`` and ``curve`` of a
+    ``structured`` entry or of an ``l1`` entry without ``target``. Such a recipe ran with one removal event where
+    ``every: 0.5`` asked for one each half epoch, and nothing said so; validate and the report now do."""
+    method = entry.get("method")
+    if method != "structured" and not (method == "l1" and entry.get("target") is None):
+        return []
+    schedule = entry.get("schedule")
+    if not isinstance(schedule, Mapping):
+        return []
+    return [key for key, default in _CURVE_KEYS.items() if key in schedule and schedule[key] != default]
+
+
+def unread_schedule_words(entry: Mapping[str, Any]) -> str:
+    """Why :func:`unread_schedule_keys` are not read and what to write instead; '' when there are none."""
+    keys = unread_schedule_keys(entry)
+    if not keys:
+        return ""
+    names = [f"schedule.{k}" for k in keys]
+    named = (", ".join(names[:-1]) + " and " + names[-1] + " are") if len(names) > 1 else f"{names[0]} is"
+    if entry.get("method") == "structured":
+        return (
+            f"{named} not read by structured: it removes channels in its steps events, spread evenly from "
+            "start_epoch to end_epoch; steps: 4 makes four removals"
+        )
+    return f"{named} not read by l1 without target: it acts on every step from start_epoch to end_epoch"
+
+
 def pruning_key(recipe: Recipe) -> str:
     """``recipe``'s pruning section as canonical JSON text: what the masks in a checkpoint mean. A resume
     (the CLI's, or a trainer callback's) is refused when the key it saved differs."""

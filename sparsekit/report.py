@@ -1497,6 +1497,12 @@ def notes(report: Report) -> list[str]:
             "split these accuracies are measured on: they may be slightly optimistic; check the pruned model on "
             "data it has not seen."
         )
+    from .recipe import unread_schedule_words
+
+    for i, entry in enumerate(report.recipe.get("pruning") or []):
+        unread = unread_schedule_words(entry) if isinstance(entry, dict) else ""
+        if unread:
+            out.append(f"pruning[{i}]: {unread}.")
     dead = [r.name for r in report.layers if r.params and r.nonzero_params == 0]
     if dead:
         out.append(

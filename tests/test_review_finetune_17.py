@@ -145,3 +145,34 @@ def test_a_run_without_fine_tuning_does_not_say_it_distilled(tmp_path, mlp_check
     assert result.exit_code == 0, result.output
     assert "fine-tuning: none (finetune.epochs: 0)" in result.output
     assert "distilled from the dense model" not in result.output and "cosine schedule" not in result.output
+
+
+def test_schedule_keys_a_method_does_not_read_are_named(tmp_path, mlp_checkpoint):
+    """A structured entry with schedule {start_epoch: 0, end_epoch: 2, every: 0.5} asked, by the look of it, for a
+    removal every half epoch; structured reads only start_epoch, end_epoch and its own steps, so all channels went
+    at epoch 0 in one event, and neither validate nor the report said that every (or init_sparsity, curve) did
+    nothing. l1 without target does not read them either. validate's plan and the report's notes now name them."""
+    from click.testing import CliRunner
+    from conftest import fast_prune
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {input_shape: [1, 64]}\ndata: {source: digits}\nfinetune: {epochs: 2, max_steps_per_epoch: 2}\n"
+        "pruning:\n"
+        "  - {method: structured, ratio: 0.25, layers: {include: [fc1]}, round_to: 1,\n"
+        "     schedule: {start_epoch: 0, end_epoch: 2, every: 0.5, curve: linear}}\n"
+        "  - {method: l1, strength: 0.001, mode: proximal, layers: {include: [fc2]}, remove_dead: false,\n"
+        "     schedule: {start_epoch: 0, end_epoch: 2, init_sparsity: 0.2}}\n"
+        "  - {method: magnitude, sparsity: 0.5, layers: {include: [fc3]}, schedule: {end_epoch: 2, every: 0.5}}\n"
+    )
+    plan = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert plan.exit_code == 0, plan.output
+    assert "schedule.every and schedule.curve are not read by structured" in plan.output
+    assert "schedule.init_sparsity is not read by l1 without target" in plan.output
+    assert plan.output.count("not read") == 2  # magnitude reads them all
+    result = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", "--arch", "examples.models:mlp")
+    assert result.exit_code == 0, result.output
+    assert "pruning[0]: schedule.every and schedule.curve are not read by structured" in result.output
+    assert "pruning[1]: schedule.init_sparsity is not read by l1 without target" in result.output
