@@ -362,7 +362,8 @@ def finetune(
     Pass ``teacher`` when ``model`` is not the dense model any more: when you pass a ``pruner`` whose schedule
     already pruned at step 0 (``schedule: oneshot``, or ``init_sparsity`` > 0) this raises ValueError instead of
     distilling from the pruned model; a resumed run must get the same dense model (e.g. reloaded from its file).
-    Teachers are not saved in checkpoints. Under torchrun every rank holds its own copy.
+    Teachers are not saved in checkpoints. Under torchrun every rank holds its own copy. A ``teacher`` passed while
+    ``finetune.distill`` is off is not used (a UserWarning says so).
 
     Raises :class:`~sparsekit.errors.DataError` when a loader yields its batches only once (a generator or
     iterator), has no len() or holds no batches, when a batch is malformed, the model fails on it, a label
@@ -388,6 +389,13 @@ def finetune(
     steps = steps_per_epoch(spec, len(train_loader))
     if spec.distill is not None:
         teacher = _teacher(inner, teacher, pruner, recipe.model.output)
+    elif teacher is not None and spec.epochs > 0:
+        # The recipe decides: a teacher passed while finetune.distill is off trained nothing, without a word.
+        warnings.warn(
+            "finetune(teacher=...): the recipe's finetune.distill is off (null), so the teacher is not used and the "
+            "loss is plain cross-entropy; set finetune.distill: {weight: 0.5, temperature: 2} to distill from it",
+            stacklevel=3,
+        )
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
     elif pruner.steps_per_epoch != steps:

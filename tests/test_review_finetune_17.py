@@ -176,3 +176,18 @@ def test_schedule_keys_a_method_does_not_read_are_named(tmp_path, mlp_checkpoint
     assert result.exit_code == 0, result.output
     assert "pruning[0]: schedule.every and schedule.curve are not read by structured" in result.output
     assert "pruning[1]: schedule.init_sparsity is not read by l1 without target" in result.output
+
+
+def test_a_teacher_passed_while_distillation_is_off_is_not_dropped_silently():
+    """finetune(model, recipe, ..., teacher=dense) with finetune.distill null trained on plain cross-entropy and
+    said nothing: the caller believed they distilled. It now warns, pointing at the call."""
+    data = _batches()
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(8, 3))
+    recipe = sparsekit.Recipe(
+        finetune={"epochs": 1, "device": "cpu"},
+        pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}],
+    )
+    with pytest.warns(UserWarning, match=r"finetune\.distill is off .*teacher is not used") as caught:
+        sparsekit.finetune(model, recipe, data, data[:1], progress=False, teacher=copy.deepcopy(model))
+    assert any(w.filename == __file__ for w in caught if "distill" in str(w.message))
