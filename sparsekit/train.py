@@ -339,7 +339,9 @@ def finetune(
     are removed, and only rank 0 shows progress, writes checkpoints and logs; every rank evaluates.
 
     Returns ``(model, history, pruner)`` (the model unwrapped, its gradients dropped); call
-    ``pruner.finalize()`` afterwards.
+    ``pruner.finalize()`` afterwards. With ``finetune.epochs: 0`` nothing trains (``history`` is empty); methods that
+    score by gradients get them from ``calibration_batches`` training batches and one pruner step
+    (:func:`calibrate`), as ``sparsekit prune`` does.
     ``history`` has one row per epoch: ``epoch`` (from 1), ``sparsity`` (fraction of zero prunable
     weights), ``train_loss`` and ``val_loss`` (mean cross-entropy, nats per sample), ``val_accuracy``
     (top-1, 0..1), ``lr`` (the rate the epoch trained at) and ``params`` (parameters left; fewer once
@@ -424,6 +426,10 @@ def finetune(
     if _distributed.active() and inner is model:
         model = _distributed.wrap(model)
         pruner.average_grads = False  # DDP averages them in backward()
+    if spec.epochs == 0 and pruner.step_count == 0 and any(m.needs_grad for m in pruner.methods):
+        # No training steps to bring gradients: score on calibration_batches, as the recipe field promises and
+        # sparsekit prune does. Without it the same recipe failed at finalize ("got no gradients").
+        calibrate(model, pruner, train_loader, max(getattr(s, "calibration_batches", 0) for s in recipe.pruning))
     metrics_log = MetricsLog(log_dir, first_epoch * steps) if log_dir and main else None
     masks_before = pruner.masks() if metrics_log else {}
     bar_shown = progress is True and main and sys.stderr.isatty()

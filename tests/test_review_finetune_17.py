@@ -191,3 +191,26 @@ def test_a_teacher_passed_while_distillation_is_off_is_not_dropped_silently():
     with pytest.warns(UserWarning, match=r"finetune\.distill is off .*teacher is not used") as caught:
         sparsekit.finetune(model, recipe, data, data[:1], progress=False, teacher=copy.deepcopy(model))
     assert any(w.filename == __file__ for w in caught if "distill" in str(w.message))
+
+
+def test_api_finetune_without_epochs_calibrates_gradient_methods_as_prune_does():
+    """calibration_batches: "training batches whose gradients score the weights when finetune.epochs is 0". sparsekit
+    prune does that; sparsekit.finetune(model, recipe with epochs: 0, ...) took no step, so pruner.finalize() failed
+    with "gradient criterion got no gradients". It now calibrates on the training loader too."""
+    data = _batches(4)
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(8, 3))
+    recipe = sparsekit.Recipe(
+        finetune={"epochs": 0, "device": "cpu"},
+        pruning=[{"method": "gradient", "sparsity": 0.5, "schedule": "oneshot", "calibration_batches": 2}],
+    )
+    reference = copy.deepcopy(model)
+    _, history, pruner = sparsekit.finetune(model, recipe, data, data[:1], progress=False)
+    assert history == [] and pruner.step_count == 1
+    pruned = pruner.finalize()
+    assert sparsekit.sparsity(pruned) == pytest.approx(0.5)
+    # the same masks as sparsekit prune's calibration over the same two batches
+    ref_pruner = sparsekit.Pruner(reference, recipe, steps_per_epoch=len(data))
+    sparsekit.train.calibrate(reference, ref_pruner, data, 2)
+    assert torch.equal(pruned.a.weight == 0, ref_pruner.finalize().a.weight == 0)
