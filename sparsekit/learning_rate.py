@@ -18,6 +18,7 @@ proximal step either (:meth:`LearningRates.took_step`): the shrink is the second
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,18 +27,47 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
-def on_optimizer_steps(owner: Any, observe: Callable[[Any, torch.optim.Optimizer], None]) -> Any:
-    """After every ``torch.optim`` optimizer step in the process, ``observe(owner, optimizer)``, for as long as
-    ``owner`` lives (a global step post-hook holding it weakly, removed when it is collected). Returns the hook's
-    handle (``.remove()``)."""
-    ref = weakref.ref(owner)
+class _Observer:
+    """The handle :func:`on_optimizer_steps` returns: ``remove()`` stops the calls (idempotent)."""
 
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    __slots__ = ("__weakref__", "key")
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def remove(self) -> None:
+        global _snapshot
+        if _observers.pop(self.key, None) is not None:
+            _snapshot = tuple(_observers.values())
+
+
+# Every observer hangs off one torch hook, registered once: torch iterates its global hooks' OrderedDict while it
+# calls them, and removing one of them there (an owner collected by the cycle GC, which any allocation in any hook
+# can trigger, or an observer removing itself) made the user's optimizer.step() raise "OrderedDict mutated during
+# iteration". Ours are called from a snapshot, so adding or removing one at any time is safe.
+_observers: dict[int, tuple[weakref.ref[Any], Callable[[Any, torch.optim.Optimizer], None]]] = {}
+_snapshot: tuple[tuple[weakref.ref[Any], Callable[[Any, torch.optim.Optimizer], None]], ...] = ()
+_keys = itertools.count()
+_torch_hook: Any = None
+
+
+def _dispatch(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for ref, observe in _snapshot:
         me = ref()
         if me is not None:
             observe(me, optimizer)
 
-    handle = register_optimizer_step_post_hook(hook)
+
+def on_optimizer_steps(owner: Any, observe: Callable[[Any, torch.optim.Optimizer], None]) -> _Observer:
+    """After every ``torch.optim`` optimizer step in the process, ``observe(owner, optimizer)``, for as long as
+    ``owner`` lives (held weakly; dropped when it is collected). Returns a handle whose ``.remove()`` stops it; both
+    are safe at any time, during an optimizer's step hooks too."""
+    global _snapshot, _torch_hook
+    if _torch_hook is None:
+        _torch_hook = register_optimizer_step_post_hook(_dispatch)
+    handle = _Observer(next(_keys))
+    _observers[handle.key] = (weakref.ref(owner), observe)
+    _snapshot = tuple(_observers.values())
     weakref.finalize(owner, handle.remove)
     return handle
 

@@ -214,3 +214,47 @@ def test_api_finetune_without_epochs_calibrates_gradient_methods_as_prune_does()
     ref_pruner = sparsekit.Pruner(reference, recipe, steps_per_epoch=len(data))
     sparsekit.train.calibrate(reference, ref_pruner, data, 2)
     assert torch.equal(pruned.a.weight == 0, ref_pruner.finalize().a.weight == 0)
+
+
+def test_a_pruner_collected_while_an_optimizer_steps_does_not_break_the_step():
+    """Each Pruner watched optimizer steps through torch's global step hooks (learning rates, step order, gradient
+    counts) and removed its hook when it was garbage-collected. torch iterates those hooks' OrderedDict while it calls
+    them, so a dropped Pruner collected by the cycle GC during another optimizer's step (any allocation in any hook
+    can start a collection) made that step raise "RuntimeError: OrderedDict mutated during iteration": seen in a
+    sweep that builds Pruners in turn."""
+    import gc
+    import weakref
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    data = _batches(1)
+    armed = [False]
+    # stands for an allocation inside a step hook that starts the cycle GC; registered before the pruner's hooks
+    hook = register_optimizer_step_post_hook(lambda *_: armed[0] and gc.collect())
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+
+        def dropped() -> weakref.ref:
+            model = nn.Sequential(nn.Linear(8, 3))
+            recipe = {"pruning": [{"method": "gradient", "sparsity": 0.5, "schedule": {"end_epoch": 1}}]}
+            pruner = sparsekit.Pruner(model, {"finetune": {"epochs": 1}, **recipe}, steps_per_epoch=3)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            F.cross_entropy(model(data[0][0]), data[0][1]).backward()
+            optimizer.step()
+            pruner.step()
+            cycle: list = [pruner]
+            cycle.append(cycle)  # collected only by the cycle GC
+            return weakref.ref(pruner)
+
+        gone = dropped()
+        other = nn.Linear(8, 3)
+        optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+        other(data[0][0]).sum().backward()
+        armed[0] = True
+        optimizer.step()  # raised RuntimeError here
+        assert gone() is None
+    finally:
+        hook.remove()
+        if enabled:
+            gc.enable()
