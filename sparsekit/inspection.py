@@ -26,7 +26,7 @@ def inspect(
     *,
     arch: str | None = None,
     kwargs: dict[str, Any] | None = None,
-    input_shape: list[int] | None = None,
+    input_shape: Sequence[int] | None = None,
     trust: bool = False,
     trust_code: bool = False,
 ) -> dict[str, Any]:

@@ -342,7 +342,7 @@ class Measured:
 
 def run_prune(
     model_path: str | Path,
-    recipe: Recipe | dict[str, Any] | str | os.PathLike[str],
+    recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],
     out: str | Path,
     *,
     arch: str | None = None,

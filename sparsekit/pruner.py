@@ -155,7 +155,7 @@ class Pruner:
     def __init__(
         self,
         model: nn.Module,
-        recipe: Recipe | str | os.PathLike[str] | dict[str, Any],
+        recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
         steps_per_epoch: int,
         *,
         context: dict | None = None,
@@ -167,7 +167,7 @@ class Pruner:
     def _init(
         self,
         model: nn.Module,
-        recipe: Recipe | str | os.PathLike[str] | dict[str, Any],
+        recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
         steps_per_epoch: int,
         *,
         context: dict | None,

@@ -1972,7 +1972,10 @@ def _unwritten_list(parents: Sequence[str], key: str, data: dict[str, Any]) -> s
 
 
 def load_recipe(
-    path: str | os.PathLike[str] | Mapping[str, Any], overrides: list[str] | None = None, *, trainer: bool = False
+    path: str | os.PathLike[str] | Mapping[str, Any],
+    overrides: Sequence[str] | None = None,
+    *,
+    trainer: bool = False,
 ) -> Recipe:
     """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file, or a shipped
     recipe by name (``"lenet-gradual-magnitude-90"``, see :func:`sparsekit.shipped_recipes`) when no

@@ -7,6 +7,7 @@ not more zeros.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ def sparsity(model: nn.Module) -> float:
 
 
 @torch.no_grad()
-def layer_macs(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> dict[str, int]:
+def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """Dense multiply-accumulates per prunable layer (name -> MACs) for one sample, from one forward
     pass on zeros of ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``,
     ``[1, 3, 32, 32]``); zeros in the weights are not subtracted. The model's train/eval mode is
@@ -140,7 +141,7 @@ class _OutsideUses(TorchFunctionMode):
         return out
 
 
-def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list[dict[str, Any]]:
+def layer_report(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """One row per prunable layer: ``name``, ``type`` (class name), ``shape`` (the weight's), ``params``,
     ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included) also
     ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share): counted as
@@ -168,7 +169,7 @@ def layer_report(model: nn.Module, input_shape: list[int] | None = None) -> list
     return rows
 
 
-def model_stats(model: nn.Module, input_shape: list[int] | None = None) -> dict[str, Any]:
+def model_stats(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Totals over the whole model: ``params`` and ``nonzero_params`` (every parameter, biases
     included), ``sparsity`` (prunable weights, 0..1) and, with ``input_shape`` (batch dimension
     included), ``macs`` / ``effective_macs`` for one sample summed over the prunable layers."""

@@ -54,7 +54,7 @@ STATE_VERSION = 1
 class SparsekitCallback(pl.Callback):
     """Drive a :class:`~sparsekit.pruner.Pruner` from Lightning's hooks during ``Trainer.fit``.
 
-    ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a recipe file or a shipped recipe's name (read with
+    ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a recipe file, a shipped recipe's name or a dict (read with
     :func:`sparsekit.load_recipe`: RecipeError when invalid, TypeError for anything else). Only its
     ``pruning`` list matters here (plus ``model.input_shape``): the Trainer owns data, epochs and
     optimizer.
@@ -116,7 +116,7 @@ class SparsekitCallback(pl.Callback):
 
     def __init__(
         self,
-        recipe: Recipe | str | os.PathLike[str],
+        recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
         *,
         steps_per_epoch: int | None = None,
         input_shape: Sequence[int] | None = None,

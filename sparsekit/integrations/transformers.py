@@ -65,7 +65,7 @@ def _real_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 class SparsekitTrainerCallback(transformers.TrainerCallback):
     """Drive a :class:`~sparsekit.pruner.Pruner` from ``transformers.Trainer``'s callback events.
 
-    ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a recipe file or a shipped recipe's name (read with
+    ``recipe``: a :class:`~sparsekit.recipe.Recipe`, a recipe file, a shipped recipe's name or a dict (read with
     :func:`sparsekit.load_recipe`: RecipeError when invalid, TypeError for anything else). Only its
     ``pruning`` list matters here (plus ``model.input_shape``).
 
@@ -128,7 +128,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
 
     def __init__(
         self,
-        recipe: Recipe | str | os.PathLike[str],
+        recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
         *,
         steps_per_epoch: int | None = None,
         input_shape: Sequence[int] | None = None,

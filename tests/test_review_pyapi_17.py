@@ -1,0 +1,63 @@
+"""Review (helper y3): the Python API as a user's own code uses it, under a type checker."""
+
+from __future__ import annotations
+
+import collections.abc
+import types
+import typing
+
+import pytest
+
+
+def _accepts(hint: object, value: object) -> bool:
+    """Whether the resolved annotation ``hint`` admits ``value`` by its runtime type (unions, generics by origin)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_accepts(arm, value) for arm in typing.get_args(hint))
+    if hint is typing.Any:
+        return True
+    origin = typing.get_origin(hint) or hint
+    return isinstance(origin, type) and isinstance(value, origin)
+
+
+def _public_callables():
+    import sparsekit
+
+    yield "Pruner", sparsekit.Pruner.__init__
+    for name in ("finetune", "rehearse", "plan", "run_prune", "load_recipe", "layer_report", "inspect"):
+        yield name, getattr(sparsekit, name)
+    for module, cls in (
+        ("sparsekit.integrations.lightning", "SparsekitCallback"),
+        ("sparsekit.integrations.transformers", "SparsekitTrainerCallback"),
+    ):
+        try:
+            yield cls, getattr(__import__(module, fromlist=[cls]), cls).__init__
+        except ImportError:  # the extra is not installed
+            continue
+
+
+def test_annotations_admit_what_the_calls_take():
+    """`mypy --strict` on a user's script refused calls the library takes and documents: a recipe dict given to
+    SparsekitCallback / SparsekitTrainerCallback ('expected "Recipe | str | PathLike[str]"'), a read-only mapping
+    to Pruner (its recipe was `dict[str, Any]` where finetune/rehearse/plan take a Mapping), a tuple of overrides
+    to load_recipe (`list[str]`, where run_prune/plan take a Sequence), and a tuple input shape to layer_report and
+    inspect (`list[int]`, where export_onnx/rehearse/save_model take a tuple, as INTERFACE.md's example passes)."""
+    recipe = types.MappingProxyType({"pruning": [{"method": "magnitude", "sparsity": 0.5}]})
+    wanted = {"recipe": recipe, "path": recipe, "overrides": ("seed=3",), "input_shape": (1, 20)}
+    checked = set()
+    for name, fn in _public_callables():
+        hints = typing.get_type_hints(fn)
+        for param, value in wanted.items():
+            if param in hints and not (name != "load_recipe" and param == "path"):
+                assert _accepts(hints[param], value), (name, param, hints[param])
+                checked.add((name, param))
+    assert {("Pruner", "recipe"), ("load_recipe", "overrides"), ("layer_report", "input_shape")} <= checked
+
+
+def test_callbacks_take_a_recipe_dict_at_runtime():
+    # (what the annotation now admits works: the callbacks read a dict as the Pruner does)
+    lightning = pytest.importorskip("sparsekit.integrations.lightning")
+    callback = lightning.SparsekitCallback(
+        types.MappingProxyType({"pruning": [{"method": "magnitude", "sparsity": 0.5}]})
+    )
+    assert callback.recipe.pruning[0].method == "magnitude"
+    assert isinstance(callback.recipe.pruning, collections.abc.Sequence)
