@@ -34,7 +34,7 @@ from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mas
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, tied_parameters
-from .wrappers import unwrap_wrappers
+from .wrappers import require_module, unwrap_wrappers
 
 
 def _distributed_active() -> bool:
@@ -173,11 +173,7 @@ class Pruner:
         context: dict | None,
         scorers: Mapping[int, Callable[..., Any]] | None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"Pruner(model=...): expected a torch.nn.Module, got {type(model).__name__}; read a model file with "
-                "sparsekit.load_model(path)"
-            )
+        require_module(model, "Pruner")
         recipe = as_recipe(recipe)
         try:
             if isinstance(steps_per_epoch, bool):

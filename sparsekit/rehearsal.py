@@ -44,7 +44,7 @@ from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
-from .wrappers import unwrap
+from .wrappers import require_module, unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
 
@@ -99,6 +99,7 @@ def rehearse(
     be carried out on this architecture (and whatever building the Pruner raises, as a prune run
     would); never a torch-pruning exception. The global RNG state is left as it was."""
     start = time.perf_counter()
+    require_module(model, "rehearse")
     recipe = as_recipe(recipe)
     shape = [int(d) for d in input_shape]
     original = unwrap(model)

@@ -17,12 +17,14 @@ from torch.overrides import TorchFunctionMode
 
 from .layers import output_dim, prunable_layers, tied_aliases
 from .masks import weight_of
-from .wrappers import unwrap
+from .wrappers import require_module, unwrap
 
 
 def sparsity(model: nn.Module) -> float:
     """Fraction (0..1) of exactly-zero weights over all prunable layers (Linear/Conv weights, masks
-    applied, a tied weight once; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped."""
+    applied, a tied weight once; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped.
+    TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path)."""
+    require_module(model, "sparsity")
     total = zeros = 0
     layers = prunable_layers(unwrap(model))
     aliases = tied_aliases(layers)  # a weight shared by several layers counts once
@@ -146,7 +148,8 @@ def layer_report(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included) also
     ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share): counted as
     :func:`layer_macs` does, so whatever the model raises on that input (e.g. a shape it does not take)
-    propagates."""
+    propagates. TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path)."""
+    require_module(model, "layer_report")
     model = unwrap(model)
     macs = layer_macs(model, input_shape) if input_shape else {}
     rows = []

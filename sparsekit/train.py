@@ -36,6 +36,7 @@ from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key, spells_remedies
 from .stats import layer_report, sparsity
+from .wrappers import require_module
 
 log = logging.getLogger("sparsekit")
 
@@ -375,6 +376,7 @@ def finetune(
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
     ``allow_changes`` names a field that cannot change on a resume. ``recipe`` may also be a recipe file, a
     shipped recipe's name or a dict, as :class:`Pruner` takes them (:func:`~sparsekit.recipe.as_recipe`)."""
+    require_module(model, "finetune")
     recipe = as_recipe(recipe)
     spec = recipe.finetune
     inner = _distributed.unwrap(model)

@@ -41,3 +41,26 @@ def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, bool]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside any data-parallel or ``torch.compile`` wrappers of ``model`` (itself when there are none)."""
     return unwrap_wrappers(model)[0]
+
+
+def require_module(model: object, call: str) -> None:
+    """TypeError unless ``model`` is an ``nn.Module``, naming the call (``"sparsity"``) and what to do: a state_dict
+    or a model file's path (what ``torch.load`` and a script's ``sys.argv`` give) otherwise failed deep inside with
+    "'OrderedDict' object has no attribute 'named_modules'", naming neither the argument nor the way out."""
+    from collections.abc import Mapping
+    from os import PathLike
+
+    from torch import nn
+
+    if isinstance(model, nn.Module):
+        return
+    if isinstance(model, Mapping):
+        remedy = (
+            "a dict (a state_dict?) holds weights, not a model: build the architecture and load them into it "
+            "(model.load_state_dict(...)), or read the file with sparsekit.load_model(path, arch='pkg.module:callable')"
+        )
+    elif isinstance(model, str | PathLike):
+        remedy = f"read the model file first: sparsekit.load_model({str(model)!r})"
+    else:
+        remedy = "read a model file with sparsekit.load_model(path)"
+    raise TypeError(f"{call}(model=...): expected a torch.nn.Module, got {type(model).__name__}; {remedy}")

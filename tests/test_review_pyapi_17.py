@@ -61,3 +61,33 @@ def test_callbacks_take_a_recipe_dict_at_runtime():
     )
     assert callback.recipe.pruning[0].method == "magnitude"
     assert isinstance(callback.recipe.pruning, collections.abc.Sequence)
+
+
+@pytest.mark.parametrize("call", ["sparsity", "layer_report", "export_onnx", "finetune", "rehearse", "Pruner"])
+def test_a_state_dict_or_path_given_as_the_model_is_a_type_error_naming_the_call(call, tmp_path):
+    """`sparsekit.sparsity(torch.load("m.pt"))` (a state_dict) raised "AttributeError: 'collections.OrderedDict'
+    object has no attribute 'named_modules'" from sparsekit/layers.py, as did layer_report, export_onnx
+    ('... no attribute parameters') and finetune; rehearse's TypeError named Pruner(model=...), a call the user never
+    made. Each public function taking a model now says which call and argument, and what to do."""
+    import sparsekit
+    from examples.models import lenet_300_100
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    args = {
+        "sparsity": (),
+        "layer_report": (),
+        "export_onnx": (tmp_path / "m.onnx", [1, 784]),
+        "finetune": (recipe, [], []),
+        "rehearse": (recipe, [1, 784], 4),
+        "Pruner": (recipe, 4),
+    }[call]
+    fn = getattr(sparsekit, call)
+    with pytest.raises(
+        TypeError,
+        match=rf"^{call}\(model=\.\.\.\): expected a torch.nn.Module, got OrderedDict; .*"
+        r"load_state_dict",
+    ):
+        fn(lenet_300_100().state_dict(), *args)
+    with pytest.raises(TypeError, match=rf"^{call}\(model=\.\.\.\).* got str; .*sparsekit.load_model\('m.pt'\)"):
+        fn("m.pt", *args)
+    assert not (tmp_path / "m.onnx").exists()

@@ -39,7 +39,7 @@ from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors, positive_zeros
-from sparsekit.wrappers import unwrap_wrappers
+from sparsekit.wrappers import require_module, unwrap_wrappers
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
@@ -105,6 +105,7 @@ def export_onnx(
     work), or an invalid graph; :class:`~sparsekit.errors.OutputError` when the disk is full,
     read-only or not writable. Nothing is written at ``path`` then.
     """
+    require_module(model, "export_onnx")
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if isinstance(opset, bool) or not isinstance(opset, int):
