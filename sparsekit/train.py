@@ -374,8 +374,9 @@ def finetune(
     when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
-    ``allow_changes`` names a field that cannot change on a resume. ``recipe`` may also be a recipe file, a
-    shipped recipe's name or a dict, as :class:`Pruner` takes them (:func:`~sparsekit.recipe.as_recipe`)."""
+    ``allow_changes`` names a field that cannot change on a resume or ``pruner`` was built over another model.
+    ``recipe`` may also be a recipe file, a shipped recipe's name or a dict, as :class:`Pruner` takes them
+    (:func:`~sparsekit.recipe.as_recipe`)."""
     require_module(model, "finetune")
     recipe = as_recipe(recipe)
     spec = recipe.finetune
@@ -391,6 +392,14 @@ def finetune(
     _check_loader(val_loader, "val_loader")
     train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
+    if pruner is not None and pruner.model is not inner:
+        # The optimizer trains `model` while the pruner masks, evaluates and returns its own: the loop handed back
+        # an untrained model (with the untrained model's accuracy in the history), warned of only at finalize.
+        raise ValueError(
+            f"finetune(pruner=...): the pruner was built over another model object ({type(pruner.model).__name__}) "
+            "than the model given to finetune: build it on this model, Pruner(model, recipe, steps_per_epoch), "
+            "or leave pruner out"
+        )
     if spec.distill is not None:
         teacher = _teacher(inner, teacher, pruner, recipe.model.output)
     elif teacher is not None and spec.epochs > 0:

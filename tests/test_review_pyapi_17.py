@@ -91,3 +91,32 @@ def test_a_state_dict_or_path_given_as_the_model_is_a_type_error_naming_the_call
     with pytest.raises(TypeError, match=rf"^{call}\(model=\.\.\.\).* got str; .*sparsekit.load_model\('m.pt'\)"):
         fn("m.pt", *args)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_finetune_refuses_a_pruner_built_over_another_model():
+    """`finetune(model, recipe, ..., pruner=Pruner(other, recipe, n))` (a pruner built over a copy, or before the model
+    was built again) trained `model` dense while the pruner masked `other`, and returned `other`, untrained, with its
+    accuracy in the history; only finalize() warned that no optimizer held the pruned weights."""
+    import torch
+
+    import sparsekit
+    from examples.models import lenet_300_100
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    batches = [(torch.randn(8, 784), torch.randint(0, 10, (8,))) for _ in range(2)]
+    model, other = lenet_300_100(), lenet_300_100()
+    before = [p.detach().clone() for p in model.parameters()]
+    pruner = sparsekit.Pruner(other, recipe, steps_per_epoch=2)
+    with pytest.raises(ValueError, match=r"finetune\(pruner=\.\.\.\): the pruner was built over another model object"):
+        sparsekit.finetune(model, recipe, batches, batches[:1], pruner=pruner, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # not trained either
+    # the same model behind a wrapper is the same model
+    trained, _, same = sparsekit.finetune(
+        torch.nn.DataParallel(model),
+        recipe,
+        batches,
+        batches[:1],
+        pruner=sparsekit.Pruner(model, recipe, 2),
+        progress=False,
+    )
+    assert trained is model and same.model is model
