@@ -19,7 +19,7 @@ import numbers
 import operator
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -215,7 +215,7 @@ class Pruner:
         self._prior_shape = came_with.get("input_shape")
         # Set when a structural method replaced parameters: rebuild the optimizer, then reset it.
         self.structure_changed = False
-        self.context = dict(context or {})
+        self.context = _check_context(context)
         if not self.context.get("input_shape") and recipe.model.input_shape:
             self.context["input_shape"] = list(recipe.model.input_shape)
         shape = self.context.get("input_shape")
@@ -872,6 +872,36 @@ class Pruner:
     def summary(self) -> list[dict[str, Any]]:
         """``[{"method": name, "layers": [layer names]}]``, one row per recipe entry."""
         return [{"method": m.name, "layers": list(m.layers)} for m in self.methods]
+
+
+def _check_context(context: Any) -> dict[str, Any]:
+    """``context`` as a new dict after checking it is ``{"input_shape": [1, ...]}`` (or empty): a list, a shape
+    given as text or a misspelt key failed as "cannot convert dictionary update sequence element #0", as
+    "invalid literal for int()", or was ignored, the recipe's shape (or none) standing in for the one meant."""
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping):
+        raise TypeError(
+            f"Pruner(context=...): expected a dict such as {{'input_shape': [1, 784]}}, got {type(context).__name__}"
+        )
+    unknown = [k for k in context if k != "input_shape"]
+    if unknown:
+        raise ValueError(
+            f"Pruner(context=...): unknown key {unknown[0]!r}; the one key is 'input_shape' (the batch-first shape "
+            "of one input, e.g. {'input_shape': [1, 784]})"
+        )
+    shape = context.get("input_shape")
+    if shape is not None and (
+        isinstance(shape, str | bytes)
+        or not isinstance(shape, Sequence)
+        or len(shape) < 2
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in shape)
+    ):
+        raise ValueError(
+            "Pruner(context=...): input_shape must be the whole shape of one input, batch first, as positive "
+            f"integers (e.g. [1, 784] or [1, 3, 32, 32]), got {shape!r}"
+        )
+    return dict(context)
 
 
 def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> dict[int, Callable[..., Any]]:

@@ -120,3 +120,35 @@ def test_finetune_refuses_a_pruner_built_over_another_model():
         progress=False,
     )
     assert trained is model and same.model is model
+
+
+@pytest.mark.parametrize(
+    ("context", "error", "words"),
+    [
+        (
+            [1, 784],
+            TypeError,
+            r"Pruner\(context=\.\.\.\): expected a dict such as \{'input_shape': \[1, 784\]\}, got list",
+        ),
+        (
+            {"input_shape": "1,784"},
+            ValueError,
+            r"input_shape must be the whole shape of one input, batch first.*'1,784'",
+        ),
+        ({"input_shape": [784]}, ValueError, r"input_shape must be the whole shape of one input, batch first.*\[784\]"),
+        ({"input_size": [1, 784]}, ValueError, r"unknown key 'input_size'; the one key is 'input_shape'"),
+    ],
+)
+def test_pruner_context_misuse_names_the_argument(context, error, words):
+    """Pruner(..., context=[1, 784]) raised "cannot convert dictionary update sequence element #0 to a sequence",
+    context={'input_shape': '1,784'} "invalid literal for int() with base 10: ','", and a misspelt key was ignored
+    (the recipe's shape, or none, used instead of the one meant)."""
+    import sparsekit
+    from examples.models import lenet_300_100
+
+    recipe = {"pruning": [{"method": "structured", "ratio": 0.5}], "finetune": {"epochs": 1}}
+    with pytest.raises(error, match=words):
+        sparsekit.Pruner(lenet_300_100(), recipe, 4, context=context)
+    assert sparsekit.Pruner(lenet_300_100(), recipe, 4, context={"input_shape": (1, 784)}).context == {
+        "input_shape": (1, 784)
+    }
