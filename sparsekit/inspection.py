@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, ModelFileError, one_line, option
-from .wrappers import unwrap
+from .wrappers import require_path, unwrap
 
 ROW_KEYS = ("name", "type", "shape", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity", "macs",
             "effective_macs")  # fmt: skip
@@ -69,6 +69,7 @@ def inspect(
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
     ``input_shape`` (batch first) or the file's saved one (a shape only guessed gives ``input_shape_note``)."""
+    require_path(path, "inspect(path=...)", "count a model in memory with sparsekit.layer_report(model, input_shape)")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return _inspect_onnx(path)

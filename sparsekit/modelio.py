@@ -28,7 +28,7 @@ from torch import nn
 from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
-from .wrappers import unwrap
+from .wrappers import require_path, unwrap
 
 FORMAT = "sparsekit/1"
 # A plain attribute (not state) a Pruner sets on the model it structurally pruned:
@@ -1172,6 +1172,7 @@ def load_model(
     # Built outside inference mode even when called inside it (a serving or evaluation function under
     # torch.inference_mode()): a structurally pruned checkpoint is rebuilt by tracing the model, which inference
     # tensors cannot take part in; the model returned runs under inference mode all the same.
+    require_path(path, "load_model(path=...)", "it is a model already: load_model reads a model file")
     with torch.inference_mode(False):
         return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code, keep_wide=True).model
 

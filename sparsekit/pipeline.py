@@ -56,6 +56,7 @@ from .recipe_yaml import override_list
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
+from .wrappers import require_path
 
 log = logging.getLogger("sparsekit")
 
@@ -386,6 +387,7 @@ def run_prune(
     data, output folder), before the output folder is touched wherever the fault can be seen early."""
     from .outputs import RunFolder
 
+    require_path(model_path, "run_prune(model_path=...)")
     if overrides is not None and isinstance(recipe, Recipe):
         raise TypeError(
             "run_prune(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "

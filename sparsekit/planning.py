@@ -15,7 +15,7 @@ from typing import Any
 
 from .recipe import Recipe, as_recipe, load_recipe
 from .recipe_yaml import override_list
-from .wrappers import unwrap
+from .wrappers import require_path, unwrap
 
 
 def plan(
@@ -77,6 +77,8 @@ def plan(
     model, ...)."""
     if steps_per_epoch is not None and steps_per_epoch <= 0:
         raise ValueError("steps_per_epoch must be > 0")
+    if model is not None:
+        require_path(model, "plan(model=...)")
     if overrides is not None:
         # The errors' remedies read overrides=[...] (the input shape, a layer pattern, ...), as for run_prune and
         # load_recipe; following one here was a TypeError: plan() took no such keyword.

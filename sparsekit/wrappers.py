@@ -64,3 +64,26 @@ def require_module(model: object, call: str) -> None:
     else:
         remedy = "read a model file with sparsekit.load_model(path)"
     raise TypeError(f"{call}(model=...): expected a torch.nn.Module, got {type(model).__name__}; {remedy}")
+
+
+# What to do with a model object given where a file's path goes (require_path), by call
+SAVE_IT_FIRST = (
+    "write it to a file first, sparsekit.save_model(model, 'model.pt', factory='pkg.module:callable'), or prune it "
+    "in your own loop with sparsekit.Pruner(model, recipe, steps_per_epoch)"
+)
+
+
+def require_path(value: object, call: str, module_remedy: str = SAVE_IT_FIRST) -> None:
+    """TypeError unless ``value`` is a path (``str`` or ``os.PathLike``), naming the call and argument (``call``,
+    e.g. ``"run_prune(model_path=...)"``): a model object given where a file goes (``run_prune(model, ...)``) failed
+    inside pathlib with "expected str, bytes or os.PathLike object, not MLP". ``module_remedy``: what to do
+    with an ``nn.Module`` instead. Reads ``value``'s type only, so no torch import for a path."""
+    import os
+
+    if isinstance(value, str | os.PathLike):
+        return
+    module = any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(value).__mro__)
+    what = f"{type(value).__name__}, a model in memory" if module else type(value).__name__
+    raise TypeError(
+        f"{call}: expected a file's path (a str or pathlib.Path), got {what}" + (f"; {module_remedy}" if module else "")
+    )

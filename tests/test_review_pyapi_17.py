@@ -152,3 +152,39 @@ def test_pruner_context_misuse_names_the_argument(context, error, words):
     assert sparsekit.Pruner(lenet_300_100(), recipe, 4, context={"input_shape": (1, 784)}).context == {
         "input_shape": (1, 784)
     }
+
+
+@pytest.mark.parametrize(
+    ("call", "remedy"),
+    [
+        ("run_prune", r"sparsekit.save_model\(model, 'model.pt'"),
+        ("plan", r"sparsekit.save_model\(model, 'model.pt'"),
+        ("load_model", "it is a model already"),
+        ("inspect", r"sparsekit.layer_report\(model, input_shape\)"),
+        ("benchmark", r"sparsekit.export_onnx\(model, 'model.onnx', input_shape\)"),
+    ],
+)
+def test_a_model_object_where_a_file_goes_is_a_type_error_with_the_way_out(call, remedy, tmp_path):
+    """`sparsekit.run_prune(model, recipe, "out")` (the model object, not its file) raised "TypeError: expected str,
+    bytes or os.PathLike object, not MLP" from inside pathlib; so did plan(recipe, model), load_model(model) and
+    inspect(model), and benchmark(model) "'MLP' object is not iterable". Each now names its argument and says what
+    to do with a model in memory."""
+    import sparsekit
+    from examples.models import lenet_300_100
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    model = lenet_300_100()
+    calls = {
+        "run_prune": lambda m: sparsekit.run_prune(m, recipe, tmp_path / "out", progress=False),
+        "plan": lambda m: sparsekit.plan(recipe, m),
+        "load_model": lambda m: sparsekit.load_model(m),
+        "inspect": lambda m: sparsekit.inspect(m),
+        "benchmark": lambda m: sparsekit.benchmark([m]),
+    }
+    with pytest.raises(
+        TypeError,
+        match=rf"^{call}\(\w+=\.\.\.\): expected a file's path .*got \w+, a model in memory; "
+        rf".*{remedy}",
+    ):
+        calls[call](model)
+    assert not (tmp_path / "out").exists()

@@ -33,6 +33,7 @@ from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
 from sparsekit.recipe import MAX_BATCH, MAX_RUNS, MAX_THREADS
 from sparsekit.report import ms_text
+from sparsekit.wrappers import require_path
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -124,6 +125,11 @@ def benchmark(
     memory, and a file that is not ONNX, keeps external data outside its folder (checked before
     onnxruntime opens it) or does not load in onnxruntime.
     """
+    export_first = "export it first, sparsekit.export_onnx(model, 'model.onnx', input_shape), and benchmark that file"
+    if not isinstance(paths, str | os.PathLike | Sequence):
+        require_path(paths, "benchmark(paths=...)", export_first)
+    for p in [paths] if isinstance(paths, str | os.PathLike) else paths:
+        require_path(p, "benchmark(paths=...)", export_first)
     files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     if not files:
         raise ExportError("benchmark needs at least one ONNX file")
