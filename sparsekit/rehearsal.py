@@ -298,9 +298,12 @@ def _culprit(
 def _export(work: nn.Module, original: nn.Module, shape: list[int]) -> dict[str, Any] | None:
     """Export the pruned copy once (TorchScript exporter, temporary folder) and check parity. A failure
     the dense model shares is the model's own (raised as it is); one only the pruned copy has is the
-    recipe's (TargetError)."""
+    recipe's (TargetError). Both are exported in float32, as sparsekit exports models: a float64 or half-precision
+    model (sparsekit.rehearse from Python) was refused with export's "export model.float() instead", a remedy for a
+    call the user did not make; ``work`` is the rehearsal's own copy, so it is cast in place."""
     from .onnx import export_onnx
 
+    work = work.float()
     with tempfile.TemporaryDirectory(prefix="sparsekit-rehearsal-") as tmp:
         try:
             info = export_onnx(work, Path(tmp) / "rehearsal.onnx", shape, exporter="torchscript", check_parity=True)
@@ -325,7 +328,7 @@ def _dense_fails(original: nn.Module, folder: Path, shape: list[int]) -> bool:
 
     try:
         info = export_onnx(
-            copy.deepcopy(original), folder / "dense.onnx", shape, exporter="torchscript", check_parity=True
+            copy.deepcopy(original).float(), folder / "dense.onnx", shape, exporter="torchscript", check_parity=True
         )
     except Exception:  # noqa: BLE001 - any failure means the model itself does not export
         return True
