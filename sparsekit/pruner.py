@@ -890,18 +890,27 @@ def _check_context(context: Any) -> dict[str, Any]:
             f"Pruner(context=...): unknown key {unknown[0]!r}; the one key is 'input_shape' (the batch-first shape "
             "of one input, e.g. {'input_shape': [1, 784]})"
         )
-    shape = context.get("input_shape")
-    if shape is not None and (
+    if context.get("input_shape") is not None:
+        checked_input_shape(context["input_shape"], "Pruner(context=...): input_shape")
+    return dict(context)
+
+
+def checked_input_shape(shape: Any, where: str) -> list[int]:
+    """``shape`` (a caller's batch-first input shape: the Pruner's context, a trainer callback's ``input_shape``) as a
+    list of ints; ValueError naming ``where`` for text, a bare number, a shape without the batch dimension or a
+    dimension that is not a positive integer (they failed as "invalid literal for int()", "'int' object is not
+    iterable", or later inside torch's tracing)."""
+    if (
         isinstance(shape, str | bytes)
         or not isinstance(shape, Sequence)
         or len(shape) < 2
         or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in shape)
     ):
         raise ValueError(
-            "Pruner(context=...): input_shape must be the whole shape of one input, batch first, as positive "
-            f"integers (e.g. [1, 784] or [1, 3, 32, 32]), got {shape!r}"
+            f"{where} must be the whole shape of one input, batch first, as positive integers (e.g. [1, 784] or "
+            f"[1, 3, 32, 32]), got {shape!r}"
         )
-    return dict(context)
+    return [int(d) for d in shape]
 
 
 def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> dict[int, Callable[..., Any]]:

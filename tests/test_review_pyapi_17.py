@@ -209,3 +209,22 @@ def test_rehearse_takes_a_float64_or_half_model(dtype):
     assert result.exported and result.parity is not None and result.parity["ok"]
     assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
     assert model[0].out_channels == 8
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("sparsekit.integrations.lightning", "SparsekitCallback"),
+        ("sparsekit.integrations.transformers", "SparsekitTrainerCallback"),
+    ],
+)
+@pytest.mark.parametrize("shape", ["1,784", 784, [784]])
+def test_trainer_callbacks_check_input_shape_as_the_pruner_does(module, name, shape):
+    """SparsekitCallback(recipe, input_shape='1,784') raised "invalid literal for int() with base 10: ','",
+    input_shape=784 "'int' object is not iterable", and [784] (no batch dimension) was taken, to fail at the start of
+    fit inside tracing. Each is now a ValueError naming the callback's argument; a tuple still works."""
+    callback = getattr(pytest.importorskip(module), name)
+    recipe = {"pruning": [{"method": "structured", "ratio": 0.5}]}
+    with pytest.raises(ValueError, match=rf"^{name}\(input_shape=\.\.\.\) must be the whole shape of one input, batch"):
+        callback(recipe, input_shape=shape)
+    assert callback(recipe, input_shape=(1, 784)).input_shape == [1, 784]

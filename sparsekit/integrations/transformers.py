@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..fsutil import atomic_path
-from ..pruner import Pruner
+from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ._common import as_recipe, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
@@ -145,7 +145,11 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         self.recipe = as_recipe(recipe, trainer=True)
         self._recipe_given = recipe  # the remedies of the Pruner's errors are spelled for it (remedies_for)
         self.steps_per_epoch = steps_per_epoch
-        self.input_shape = [int(d) for d in input_shape] if input_shape else None
+        self.input_shape = (
+            checked_input_shape(input_shape, "SparsekitTrainerCallback(input_shape=...)")
+            if input_shape is not None
+            else None
+        )
         self.scorers = dict(scorers) if scorers else None
         self.submodule = submodule
         self.finalize = finalize
