@@ -228,3 +228,24 @@ def test_trainer_callbacks_check_input_shape_as_the_pruner_does(module, name, sh
     with pytest.raises(ValueError, match=rf"^{name}\(input_shape=\.\.\.\) must be the whole shape of one input, batch"):
         callback(recipe, input_shape=shape)
     assert callback(recipe, input_shape=(1, 784)).input_shape == [1, 784]
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("sparsekit.integrations.lightning", "SparsekitCallback"),
+        ("sparsekit.integrations.transformers", "SparsekitTrainerCallback"),
+    ],
+)
+def test_trainer_callbacks_take_a_numpy_integer_steps_per_epoch_as_the_pruner_does(module, name):
+    """Pruner(model, recipe, np.int64(4)) works, but SparsekitCallback(recipe, steps_per_epoch=np.int64(4)) (a count
+    computed with numpy) was refused: "steps_per_epoch must be a positive int ..., not np.int64(4)"."""
+    import numpy as np
+
+    callback = getattr(pytest.importorskip(module), name)
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    made = callback(recipe, steps_per_epoch=np.int64(4))
+    assert made.steps_per_epoch == 4 and type(made.steps_per_epoch) is int
+    for bad in (2.5, "4", 0, True):
+        with pytest.raises(ValueError, match="steps_per_epoch must be a positive int"):
+            callback(recipe, steps_per_epoch=bad)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import operator
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -124,12 +125,17 @@ class SparsekitCallback(pl.Callback):
         submodule: str | None = None,
         finalize: bool = True,
     ) -> None:
-        if steps_per_epoch is not None and (
-            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0
-        ):
-            raise ValueError(
-                f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
-            )
+        if steps_per_epoch is not None:
+            # an int or a numpy integer (len(loader) // k computed with numpy), as the Pruner takes; not 2.5 or "10"
+            if (
+                isinstance(steps_per_epoch, bool)
+                or not hasattr(type(steps_per_epoch), "__index__")
+                or operator.index(steps_per_epoch) <= 0
+            ):
+                raise ValueError(
+                    f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
+                )
+            steps_per_epoch = operator.index(steps_per_epoch)
         self.recipe = as_recipe(recipe, trainer=True)
         self._recipe_given = recipe  # the remedies of the Pruner's errors are spelled for it (remedies_for)
         self.steps_per_epoch = steps_per_epoch
