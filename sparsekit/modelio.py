@@ -1431,7 +1431,7 @@ def save_model(
 
     Raises :class:`ModelFileError` when ``factory`` is not of the form ``pkg.module:callable``, ``input_shape`` is
     not a list of positive integers, a structurally pruned model has no input shape to replay its
-    history on, or kwargs/history/extra are not JSON-able, and
+    history on, ``pruner`` pruned a model of other shapes than ``model``, or kwargs/history/extra are not JSON-able, and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
     TypeError when ``model`` is not an ``nn.Module``."""
     if not isinstance(model, nn.Module):
@@ -1448,6 +1448,8 @@ def save_model(
     # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
     # structurally pruned model saved without them could not be rebuilt at load.
     own = getattr(model, STRUCTURE_ATTR, None) or {}
+    if pruner is not None and pruning_history is None:
+        _check_pruner_fits(model, pruner)
     if pruning_history is None:
         pruning_history = pruner.model_history if pruner is not None else own.get("history", [])
     history = list(pruning_history)
@@ -1480,6 +1482,29 @@ def save_model(
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(checkpoint, fh)
     return path
+
+
+def _check_pruner_fits(model: nn.Module, pruner: Any) -> None:
+    """ModelFileError when ``pruner``'s model (the one :meth:`~sparsekit.Pruner.finalize` returned) has other weight
+    shapes than ``model``: its history would be replayed on the factory's model at load, and the weights saved from
+    ``model`` would not fit what that gives ("weights do not match the architecture ... shape mismatch", blaming the
+    kwargs). Written without a word, the file could not be loaded. A copy of the pruned model fits."""
+    theirs = getattr(pruner, "model", None)
+    if not isinstance(theirs, nn.Module) or theirs is model:
+        return
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    other = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    differ = [k for k in ours if k in other and ours[k] != other[k]]
+    if differ or ours.keys() != other.keys():
+        detail = (
+            f"{differ[0]} {list(ours[differ[0]])} where the pruner's model has {list(other[differ[0]])}"
+            if differ
+            else "other parameter names"
+        )
+        raise ModelFileError(
+            f"save_model(pruner=...): the model given is not the one the pruner pruned ({detail}), so its channel "
+            "removals would not fit it at load: pass the model pruner.finalize() returned, or leave pruner out"
+        )
 
 
 def _shape_to_save(shape: Any) -> list[int]:

@@ -249,3 +249,32 @@ def test_trainer_callbacks_take_a_numpy_integer_steps_per_epoch_as_the_pruner_do
     for bad in (2.5, "4", 0, True):
         with pytest.raises(ValueError, match="steps_per_epoch must be a positive int"):
             callback(recipe, steps_per_epoch=bad)
+
+
+def test_save_model_refuses_a_pruner_whose_removals_do_not_fit_the_model(tmp_path):
+    """save_model(model, path, factory, pruner=pruner) with a model other than the one pruner.finalize() returned
+    (a fresh instance, the dense original) wrote the pruner's channel removals beside the unpruned weights without a
+    word; load_model then failed with "weights do not match the architecture ... shape mismatch", blaming the kwargs.
+    A copy of the pruned model still saves and loads."""
+    import copy
+
+    import torch
+
+    import sparsekit
+    from examples.models import small_cnn
+
+    recipe = {
+        "model": {"input_shape": [1, 1, 28, 28]},
+        "pruning": [{"method": "structured", "ratio": 0.5, "schedule": "oneshot"}],
+        "finetune": {"epochs": 1},
+    }
+    model = small_cnn()
+    pruner = sparsekit.Pruner(model, recipe, 1)
+    pruned = pruner.finalize()
+    with pytest.raises(sparsekit.ModelFileError, match=r"save_model\(pruner=\.\.\.\): the model given is not the one"):
+        sparsekit.save_model(small_cnn(), tmp_path / "m.pt", "examples.models:small_cnn", pruner=pruner)
+    assert not (tmp_path / "m.pt").exists()
+    sparsekit.save_model(copy.deepcopy(pruned), tmp_path / "m.pt", "examples.models:small_cnn", pruner=pruner)
+    back = sparsekit.load_model(tmp_path / "m.pt", arch="examples.models:small_cnn")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(back(x), pruned.eval()(x))
