@@ -49,7 +49,7 @@ from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
-from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
+from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record, refuse_one_string
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe, load_recipe
 from .recipe_yaml import override_list
@@ -388,6 +388,7 @@ def run_prune(
     from .outputs import RunFolder
 
     require_path(model_path, "run_prune(model_path=...)")
+    refuse_one_string(allow_changes)  # before the folder is touched (it was read letter by letter, once training ran)
     if overrides is not None and isinstance(recipe, Recipe):
         raise TypeError(
             "run_prune(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "

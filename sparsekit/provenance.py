@@ -304,9 +304,17 @@ def is_safe(field: str) -> bool:
     return any(field == s or (s.endswith(".") and field.startswith(s)) for s in SAFE_CHANGES)
 
 
+def refuse_one_string(allowed: object) -> None:
+    """TypeError for ``allow_changes`` given as one string (``allow_changes="finetune.epochs"``): a string is
+    iterable, and its letters were read as fields ("'f' cannot be changed on a resume: no recipe has that field")."""
+    if isinstance(allowed, str | bytes):
+        raise TypeError(f"allow_changes must be a list of recipe fields, not one string: allow_changes=[{allowed!r}]")
+
+
 def check_allowed(allowed: Iterable[str]) -> list[str]:
     """The user's accepted changes, each a recipe field (or section) from :data:`SAFE_CHANGES`.
-    Raises ValueError naming the first that is not one."""
+    Raises ValueError naming the first that is not one (TypeError for one string, :func:`refuse_one_string`)."""
+    refuse_one_string(allowed)
     out = []
     for name in allowed:
         field = name.strip().rstrip(".")

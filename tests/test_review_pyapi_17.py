@@ -278,3 +278,28 @@ def test_save_model_refuses_a_pruner_whose_removals_do_not_fit_the_model(tmp_pat
     back = sparsekit.load_model(tmp_path / "m.pt", arch="examples.models:small_cnn")
     x = torch.randn(2, 1, 28, 28)
     assert torch.allclose(back(x), pruned.eval()(x))
+
+
+def test_allow_changes_given_as_one_string_is_a_type_error(tmp_path, mlp_checkpoint):
+    """run_prune(..., allow_changes="finetune.epochs") and finetune(..., allow_changes="finetune.epochs") read the
+    string letter by letter: "'f' cannot be changed on a resume: no recipe has that field", and run_prune only after
+    loading the data and evaluating the dense model. Now a TypeError showing the list it belongs in, up front."""
+    import torch
+
+    import sparsekit
+    from examples.models import lenet_300_100
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    with pytest.raises(TypeError, match=r"allow_changes must be a list .*allow_changes=\['finetune.epochs'\]"):
+        sparsekit.run_prune(
+            mlp_checkpoint,
+            recipe,
+            tmp_path / "out",
+            arch="examples.models:mlp",
+            allow_changes="finetune.epochs",
+            progress=False,
+        )
+    assert not (tmp_path / "out").exists()
+    batches = [(torch.randn(4, 784), torch.randint(0, 10, (4,)))]
+    with pytest.raises(TypeError, match=r"allow_changes must be a list"):
+        sparsekit.finetune(lenet_300_100(), recipe, batches, batches, allow_changes="finetune.epochs", progress=False)
