@@ -22,6 +22,7 @@ the matplotlib figures themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -439,6 +440,13 @@ class PlotWorker:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._proc is not None:
+            # Its pipes too: a run that failed (or was interrupted) before finish() left three open file objects per
+            # run_prune call in a long-lived Python process (ResourceWarning: unclosed file, at garbage collection).
+            for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     def _send(self, part: dict[str, Any]) -> None:
         assert self._proc is not None and self._proc.stdin is not None

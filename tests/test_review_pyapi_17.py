@@ -303,3 +303,17 @@ def test_allow_changes_given_as_one_string_is_a_type_error(tmp_path, mlp_checkpo
     batches = [(torch.randn(4, 784), torch.randint(0, 10, (4,)))]
     with pytest.raises(TypeError, match=r"allow_changes must be a list"):
         sparsekit.finetune(lenet_300_100(), recipe, batches, batches, allow_changes="finetune.epochs", progress=False)
+
+
+def test_a_failed_run_closes_the_plot_workers_pipes(tmp_path):
+    """A run_prune that failed after its plot worker started (a bad allow_changes entry, a data error in training)
+    stopped the worker but left its three pipes open: "ResourceWarning: unclosed file <_io.TextIOWrapper name=5>"
+    per call, file descriptors held until garbage collection in a notebook that retries."""
+    from sparsekit.plots import PlotWorker
+
+    with PlotWorker(tmp_path) as plots:
+        plots.start()
+        proc = plots._proc
+        assert proc is not None
+    assert proc.poll() is not None
+    assert proc.stdin.closed and proc.stdout.closed and proc.stderr.closed
