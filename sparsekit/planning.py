@@ -8,6 +8,7 @@ The ``sparsekit validate`` command prints this; Python users get the same dict.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -75,8 +76,16 @@ def plan(
     Raises the :class:`~sparsekit.errors.SparsekitError` subclasses a prune run would raise for the same
     recipe, model and data (patterns matching nothing, overlapping methods, data that does not fit the
     model, ...)."""
-    if steps_per_epoch is not None and steps_per_epoch <= 0:
-        raise ValueError("steps_per_epoch must be > 0")
+    if steps_per_epoch is not None:
+        # As the Pruner takes it (an int or a numpy integer): "4" failed as "'<=' not supported between instances of
+        # 'str' and 'int'", and 2.5 was refused by the Pruner built inside, as "Pruner(steps_per_epoch=...)".
+        if isinstance(steps_per_epoch, bool) or not hasattr(type(steps_per_epoch), "__index__"):
+            raise TypeError(
+                f"plan(steps_per_epoch=...): expected an int (optimizer steps per epoch), got {steps_per_epoch!r}"
+            )
+        steps_per_epoch = operator.index(steps_per_epoch)
+        if steps_per_epoch <= 0:
+            raise ValueError("steps_per_epoch must be > 0")
     if model is not None:
         require_path(model, "plan(model=...)")
     if overrides is not None:

@@ -317,3 +317,17 @@ def test_a_failed_run_closes_the_plot_workers_pipes(tmp_path):
         assert proc is not None
     assert proc.poll() is not None
     assert proc.stdin.closed and proc.stdout.closed and proc.stderr.closed
+
+
+@pytest.mark.parametrize(("value", "words"), [("4", "got '4'"), (2.5, "got 2.5")])
+def test_plan_steps_per_epoch_of_another_type_names_plan(value, words):
+    """plan(recipe, model, steps_per_epoch="4") raised "'<=' not supported between instances of 'str' and 'int'",
+    and 2.5 the TypeError of a Pruner(steps_per_epoch=...) the user never built; a numpy integer is taken."""
+    import numpy as np
+
+    import sparsekit
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    with pytest.raises(TypeError, match=rf"^plan\(steps_per_epoch=\.\.\.\): expected an int .*{words}"):
+        sparsekit.plan(recipe, "model.pt", steps_per_epoch=value)
+    assert sparsekit.plan(recipe, steps_per_epoch=np.int64(4))["valid"]
