@@ -42,7 +42,7 @@ from . import surgery
 from . import tp_adapter as tpa
 from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
-from .pruner import Pruner
+from .pruner import Pruner, checked_input_shape
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
 from .wrappers import require_module, unwrap
 
@@ -101,7 +101,7 @@ def rehearse(
     start = time.perf_counter()
     require_module(model, "rehearse")
     recipe = as_recipe(recipe)
-    shape = [int(d) for d in input_shape]
+    shape = checked_input_shape(input_shape, "rehearse(input_shape=...)")  # int() cut 28.5 to 28 without a word
     original = unwrap(model)
     with torch.random.fork_rng(devices=[]):
         # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).

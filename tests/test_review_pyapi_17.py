@@ -331,3 +331,22 @@ def test_plan_steps_per_epoch_of_another_type_names_plan(value, words):
     with pytest.raises(TypeError, match=rf"^plan\(steps_per_epoch=\.\.\.\): expected an int .*{words}"):
         sparsekit.plan(recipe, "model.pt", steps_per_epoch=value)
     assert sparsekit.plan(recipe, steps_per_epoch=np.int64(4))["valid"]
+
+
+def test_export_and_rehearse_refuse_a_fractional_or_text_input_shape(tmp_path):
+    """export_onnx(model, path, [1, 784.9]) exported for [1, 784] (int() cut the fraction) and took ["1", "784"] and
+    [True, 784] as numbers; rehearse(model, recipe, [1, 784.9], n) the same. Both now refuse them, as save_model and
+    the Pruner do; numpy integers still work."""
+    import numpy as np
+
+    import sparsekit
+    from examples.models import lenet_300_100
+
+    for shape in ([1, 784.9], ["1", "784"], [True, 784]):
+        with pytest.raises(sparsekit.ExportError, match="input_shape must be a list of integers"):
+            sparsekit.export_onnx(lenet_300_100(), tmp_path / "m.onnx", shape)
+        with pytest.raises(ValueError, match=r"rehearse\(input_shape=\.\.\.\) must be the whole shape"):
+            sparsekit.rehearse(lenet_300_100(), {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}, shape, 4)
+    assert not (tmp_path / "m.onnx").exists()
+    sparsekit.export_onnx(lenet_300_100(), tmp_path / "m.onnx", [np.int64(1), np.int64(784)], exporter="torchscript")
+    assert (tmp_path / "m.onnx").exists()

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import operator
 import os
 import re
 import time
@@ -417,10 +418,13 @@ def _zeros_kept(stored: np.ndarray, w: np.ndarray) -> bool:
 
 
 def _validate_shape(input_shape: Sequence[int]) -> list[int]:
-    try:
-        shape = [int(d) for d in input_shape]
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"input_shape must be a list of integers, got {input_shape!r}") from e
+    # Integers only (an int, a numpy or torch integer): int() cut 20.5 to 20 and read "20" and True as numbers, so
+    # the file was written for a shape the caller did not give, without a word.
+    if isinstance(input_shape, str | bytes) or not isinstance(input_shape, Sequence | torch.Size):
+        raise ExportError(f"input_shape must be a list of integers, got {input_shape!r}")
+    if any(isinstance(d, bool) or not hasattr(type(d), "__index__") for d in input_shape):
+        raise ExportError(f"input_shape must be a list of integers, got {input_shape!r}")
+    shape = [operator.index(d) for d in input_shape]
     if len(shape) < 2 or any(d <= 0 for d in shape):
         raise ExportError(f"input_shape must be positive and include the batch dim (e.g. 1,784), got {shape}")
     return shape
