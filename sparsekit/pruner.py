@@ -460,7 +460,8 @@ class Pruner:
         When a structural method removed channels, :attr:`structure_changed` is True: the model has
         new parameter objects; ``optimizer = pruner.update_optimizer(optimizer)`` points the optimizer at them
         and sets the flag back to False (an optimizer built afresh over ``model.parameters()`` after the removal
-        will do too, without its state: the next call then does not warn of a stale optimizer).
+        will do too, without its state: once it has stepped, the next call sets the flag back to False and does not
+        warn of a stale optimizer).
 
         Call it once per optimizer step, after it: the first steps are watched for a call before
         ``optimizer.step()`` or several per optimizer step (a UserWarning, :mod:`sparsekit.step_order`).
@@ -468,6 +469,11 @@ class Pruner:
         self._refuse_finalized("step")
         if self._order is not None and not self._order.check():
             self._order = None
+        if self.structure_changed and self._rebuilt:
+            # An optimizer built afresh after the removal has stepped over the new parameters: nothing is left to
+            # update. Left True, a loop that rebuilds its optimizer when the flag is set rebuilt it at every step
+            # from then on, losing its momentum each time.
+            self.structure_changed = self._rebuilt = self._warned_stale = False  # as update_optimizer leaves them
         if self.structure_changed and not self._warned_stale and not self._rebuilt:
             self._warned_stale = True
             warnings.warn(

@@ -266,6 +266,27 @@ def test_an_optimizer_rebuilt_after_channel_removal_is_not_called_stale(how):
     assert len(said) == (0 if how == "rebuilt" else 1), said
 
 
+def test_structure_changed_goes_back_to_false_once_a_rebuilt_optimizer_stepped():
+    # A loop that rebuilds its optimizer when pruner.structure_changed (which the docstring allows) rebuilt it at
+    # every step after the first removal, losing its momentum each time: the flag stayed True
+    entry = {"method": "structured", "ratio": 0.5, "steps": 2, "schedule": {"start_epoch": 0, "end_epoch": 2}}
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, _recipe(entry), steps_per_epoch=8)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    rebuilt, removals = 0, 0
+    for x, y in _batches() * 3:
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        before = len(pruner.pruning_history)
+        pruner.step()
+        removals += len(pruner.pruning_history) > before
+        opt.zero_grad()
+        if pruner.structure_changed:
+            rebuilt += 1
+            opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    assert removals == 2 and rebuilt == removals  # once per removal event, not once per step after the first
+
+
 def test_an_optimizer_built_after_a_structured_resume_is_not_called_stale():
     entry = {"method": "structured", "ratio": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 0}}
     model = _mlp()
