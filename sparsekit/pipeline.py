@@ -49,7 +49,7 @@ from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, read_model, save_model
 from .plots import PlotWorker
-from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record, refuse_one_string
+from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
 from .recipe import Recipe, as_recipe, load_recipe
 from .recipe_yaml import override_list
@@ -388,7 +388,12 @@ def run_prune(
     from .outputs import RunFolder
 
     require_path(model_path, "run_prune(model_path=...)")
-    refuse_one_string(allow_changes)  # before the folder is touched (it was read letter by letter, once training ran)
+    # Before the folder is touched (one string was read letter by letter, and a field no resume may change was refused
+    # only once the dense model had been evaluated): TypeError for one string, SparsekitError naming the field.
+    try:
+        check_allowed(allow_changes)
+    except ValueError as err:
+        raise SparsekitError(str(err)) from None
     if overrides is not None and isinstance(recipe, Recipe):
         raise TypeError(
             "run_prune(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "

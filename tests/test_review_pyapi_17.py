@@ -305,6 +305,20 @@ def test_allow_changes_given_as_one_string_is_a_type_error(tmp_path, mlp_checkpo
         sparsekit.finetune(lenet_300_100(), recipe, batches, batches, allow_changes="finetune.epochs", progress=False)
 
 
+def test_a_field_no_resume_may_change_is_refused_before_the_folder_is_touched(tmp_path, mlp_checkpoint):
+    """run_prune(..., allow_changes=["bogus.x"]) without resume was refused only inside finetune, after the folder
+    was prepared and the dense model evaluated: now up front, as a resume refuses it."""
+    import sparsekit
+    from sparsekit.errors import SparsekitError
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    with pytest.raises(SparsekitError, match=r"'bogus.x' cannot be changed on a resume: no recipe has that field"):
+        sparsekit.run_prune(
+            mlp_checkpoint, recipe, tmp_path / "out", arch="examples.models:mlp", allow_changes=["bogus.x"]
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_failed_run_closes_the_plot_workers_pipes(tmp_path):
     """A run_prune that failed after its plot worker started (a bad allow_changes entry, a data error in training)
     stopped the worker but left its three pipes open: "ResourceWarning: unclosed file <_io.TextIOWrapper name=5>"
