@@ -82,6 +82,9 @@ def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError 
         why = os.strerror(errno.EISDIR if other[0] == errno.EBUSY and path.is_dir() else other[0])
         if other[0] == errno.ENOTDIR and (blocker := file_in_the_way(path, other[0])):
             return OutputError(blocker)
+        if other[0] in (errno.EISDIR, errno.EBUSY) and path.is_dir():
+            # a folder where a file goes: "choose an output folder" read as if the folder were the fault's remedy
+            return OutputError(f"{path}: cannot write it: it is a folder; give a file name (inside it, say)")
         return OutputError(f"{path}: cannot write it: {why}; choose an output folder you can write to")
     if code is None:
         free = _free_bytes(path.parent)

@@ -73,9 +73,9 @@ def test_saving_or_exporting_onto_the_current_folder_is_an_output_error(tmp_path
 
     monkeypatch.chdir(tmp_path)
     model = nn.Linear(8, 3)
-    with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: Is a directory"):
+    with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: it is a folder; give a file name"):
         sparsekit.save_model(model, ".", factory="examples.models:mlp")
-    with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: Is a directory"):
+    with pytest.raises(sparsekit.OutputError, match=r"^\.: cannot write it: it is a folder; give a file name"):
         sparsekit.export_onnx(model, ".", input_shape=(1, 8))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
