@@ -44,7 +44,8 @@ class MetricsLog:
         self._tb = _tensorboard(self.folder, resume_step)
 
     def step(self, step: int, epoch: float, loss: float, lr: float) -> None:
-        """One optimizer step: ``loss`` (the batch's cross-entropy, nats), ``lr`` (the rate it trained at)."""
+        """One optimizer step: ``loss`` (the loss it trained on, nats: the batch's cross-entropy, mixed with the
+        distillation loss when ``finetune.distill`` is set), ``lr`` (the rate it trained at)."""
         self._pending.append([step, round(epoch, 6), loss, lr])
         if self._tb is not None:
             self._tb.add_scalar("train/loss", loss, step)
