@@ -405,6 +405,7 @@ class _Reader:
         dims = [i.type.tensor_type.shape.dim for i in inputs]
         self.fixed = next((d[0].dim_value for d in dims if d and d[0].HasField("dim_value") and d[0].dim_value), None)
         self._pending: list[dict[str, np.ndarray]] = []
+        self._whole = False  # a whole slice of the fixed batch was fed: a short batch after it is padded
         self.limit = limit
         self.count = 0
         self._it = iter(batches)
@@ -428,25 +429,29 @@ class _Reader:
         return self._pending.pop(0)
 
     def _slices(self, feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """``feed`` in slices of the file's fixed batch (the samples past the last whole slice left out: MinMax
-        ranges need no more), or as it is."""
+        """``feed`` in slices of the file's fixed batch, or as it is. Once a whole slice has been fed, samples that
+        do not fill one (a DataLoader's last batch: 8 of a 40-sample set at the file's 16) are padded with copies of
+        their last sample: calibration is MinMax, whose ranges copies leave as they are (refusing them failed every
+        DataLoader over a set not a multiple of the file's batch, at its last batch). A first batch smaller than the
+        fixed one is refused: the batches do not fit the file."""
         n = len(next(iter(feed.values())))
-        if self.fixed is None or n == self.fixed:
+        if self.fixed is None:
             return [feed]
-        if n < self.fixed:
+        b = self.fixed
+        if n < b and (not self._whole or n == 0):
             raise ExportError(
                 f"calibration batch {self.count} has {n} sample(s) but the model's batch dim is fixed at "
-                f"{self.fixed}: give batches of {self.fixed} samples or a multiple of it"
+                f"{b}: give batches of {b} samples or a multiple of it"
             )
-        b = self.fixed
-        return [{k: v[i : i + b] for k, v in feed.items()} for i in range(0, n - b + 1, b)]
+        self._whole = True
+        return [{k: _padded(v[i : i + b], b) for k, v in feed.items()} for i in range(0, n, b)]
 
     def again(self) -> _Reader:
         """A reader that gives the same batches from the start: those this one read (kept), then the rest."""
         other = object.__new__(_Reader)
         other.names, other.ranks, other.limit, other._it = self.names, self.ranks, self.limit, self._it
         other.count, other._read, other._replay, other._first = 0, self._read, iter(list(self._read)), None
-        other.fixed, other._pending = self.fixed, []
+        other.fixed, other._pending, other._whole = self.fixed, [], False
         return other
 
     def rewind(self) -> None:  # part of the CalibrationDataReader protocol; one pass is all MinMax needs
@@ -700,6 +705,13 @@ def _predict(path: PathLike, x: np.ndarray, batch_size: int) -> np.ndarray:
     return _outputs(path, x, batch_size).argmax(axis=1)
 
 
+def _padded(chunk: np.ndarray, size: int) -> np.ndarray:
+    """``chunk`` (samples first) filled up to ``size`` samples with copies of its last one: a fixed batch dim takes
+    that many samples a run and no other count."""
+    short = size - len(chunk)
+    return np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)]) if short > 0 else chunk
+
+
 def _flat(out: np.ndarray) -> np.ndarray:
     return out.reshape(len(out), -1)
 
@@ -729,9 +741,7 @@ def _outputs(path: PathLike, x: np.ndarray, batch_size: int, *, flatten: bool = 
         for i in range(0, len(x), step):
             chunk = x[i : i + step]
             n = len(chunk)
-            if fixed and n < fixed:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-            out = session.run(None, {name: chunk})[0][:n]
+            out = session.run(None, {name: _padded(chunk, fixed) if fixed else chunk})[0][:n]
             preds.append(_flat(out) if flatten else out)
     except Exception as e:
         raise ExportError(f"{p}: onnxruntime cannot run it on inputs of shape {list(x.shape)}: {e}") from e
