@@ -82,8 +82,13 @@ def require_path(value: object, call: str, module_remedy: str = SAVE_IT_FIRST) -
 
     if isinstance(value, str | os.PathLike):
         return
-    module = any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(value).__mro__)
+    module = is_torch_module(value)
     what = f"{type(value).__name__}, a model in memory" if module else type(value).__name__
     raise TypeError(
         f"{call}: expected a file's path (a str or pathlib.Path), got {what}" + (f"; {module_remedy}" if module else "")
     )
+
+
+def is_torch_module(value: object) -> bool:
+    """Whether ``value`` is an ``nn.Module``, read off its type's bases: no torch import for a path."""
+    return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(value).__mro__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -35,3 +36,17 @@ def test_fixed_batch_file_calibrates_on_a_loader_whose_last_batch_is_short(tmp_p
     assert [len(f) for f in fed] == [16, 16, 16]
     np.testing.assert_array_equal(np.concatenate(fed)[:40], x.numpy())
     np.testing.assert_array_equal(fed[-1][8:], np.repeat(x.numpy()[-1:], 8, axis=0))
+
+
+def test_benchmark_takes_any_iterable_of_paths_again(tmp_path, one_thread):
+    # benchmark(Path(".").glob("*.onnx")) (a generator) or a set of paths ran before today's model-object check,
+    # which took only a str, a PathLike or a Sequence: "benchmark(paths=...): expected a file's path (a str or
+    # pathlib.Path), got generator". A model in memory is still refused as one, an nn.Sequential too.
+    from sparsekit import benchmark
+
+    torch.onnx.export(nn.Linear(4, 2), (torch.randn(1, 4),), str(tmp_path / "a.onnx"), dynamo=False)
+    quick = {"batch_sizes": [1], "warmup": 1, "runs": 2, "budget_s": None, "min_runs": 1}
+    for given in (tmp_path.glob("*.onnx"), {tmp_path / "a.onnx"}):
+        assert len(benchmark(given, **quick)["files"]) == 1
+    with pytest.raises(TypeError, match="got Sequential, a model in memory; export it first"):
+        benchmark(nn.Sequential(nn.Linear(4, 2)), **quick)

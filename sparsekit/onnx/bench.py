@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
 from sparsekit.onnx.stats import size_report
 from sparsekit.recipe import MAX_BATCH, MAX_RUNS, MAX_THREADS
 from sparsekit.report import ms_text
-from sparsekit.wrappers import require_path
+from sparsekit.wrappers import is_torch_module, require_path
 
 __all__ = ["benchmark", "latency_table"]
 
@@ -75,7 +75,7 @@ PathLike = str | os.PathLike[str]
 
 
 def benchmark(
-    paths: PathLike | Sequence[PathLike],
+    paths: PathLike | Iterable[PathLike],
     batch_sizes: Sequence[int] = (1, 32),
     *,
     threads: int = 1,
@@ -126,11 +126,15 @@ def benchmark(
     onnxruntime opens it) or does not load in onnxruntime.
     """
     export_first = "export it first, sparsekit.export_onnx(model, 'model.onnx', input_shape), and benchmark that file"
-    if not isinstance(paths, str | os.PathLike | Sequence):
-        require_path(paths, "benchmark(paths=...)", export_first)
-    for p in [paths] if isinstance(paths, str | os.PathLike) else paths:
+    # Any iterable of paths, read once: a generator (Path.glob) or a set was taken before the paths were checked;
+    # a model in memory is refused as one even where it iterates (nn.Sequential yields its layers).
+    if isinstance(paths, str | os.PathLike) or not isinstance(paths, Iterable) or is_torch_module(paths):
+        listed: list[Any] = [paths]
+    else:
+        listed = list(paths)
+    for p in listed:
         require_path(p, "benchmark(paths=...)", export_first)
-    files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    files = [Path(p) for p in listed]
     if not files:
         raise ExportError("benchmark needs at least one ONNX file")
     sizes = _check_batch_sizes(batch_sizes)
