@@ -1923,6 +1923,13 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
         return _unwritten_list(parents, key, data)
     if key in section.model_fields:
         return None
+    method = _method_of(section)
+    home = None if method and (method, key) in MISPLACED_KEYS else _nested_home(section, key)
+    if home:
+        # unknown_key's remedy is YAML for a file (optimizer: {lr: ...}); an override is a dotted path, and
+        # following the YAML there gave no path to write. Named whole here, from the top of the recipe.
+        written, meant = ".".join([*parents, key]), ".".join([*parents, home])
+        return f"unknown key here; {key} is a key of {meant.rpartition('.')[0]}: write {written} as {meant} {SEE_DOCS}"
     return f"{unknown_key(section, key)[0]} {SEE_DOCS}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_bad_input
 from torch import nn
 
 
@@ -50,3 +51,24 @@ def test_benchmark_takes_any_iterable_of_paths_again(tmp_path, one_thread):
         assert len(benchmark(given, **quick)["files"]) == 1
     with pytest.raises(TypeError, match="got Sequential, a model in memory; export it first"):
         benchmark(nn.Sequential(nn.Linear(4, 2)), **quick)
+
+
+def test_a_misplaced_key_in_an_override_is_given_its_dotted_path():
+    # Today's misplaced-key message spelled its remedy in YAML for --set too: "--set finetune.lr=0.1: ... write it
+    # as optimizer: {lr: ...}", no path an override can take. An override now gets the whole dotted path.
+    from click.testing import CliRunner
+
+    from sparsekit import load_recipe
+    from sparsekit.cli import main
+    from sparsekit.errors import RecipeError
+
+    res = CliRunner().invoke(main, ["validate", "lenet-gradual-magnitude-90", "--set", "finetune.lr=0.1"])
+    line = assert_bad_input(res, "--set finetune.lr=0.1", "write finetune.lr as finetune.optimizer.lr")
+    assert "{lr" not in line
+    with pytest.raises(RecipeError, match="write epochs as finetune.epochs"):
+        load_recipe("lenet-gradual-magnitude-90", ["epochs=3"])
+    with pytest.raises(RecipeError, match=r"write pruning\.0\.every as pruning\.0\.schedule\.every"):
+        load_recipe("lenet-gradual-magnitude-90", ["pruning.0.every=0.5"])
+    # In a file the YAML remedy stays: there it is what to write.
+    with pytest.raises(RecipeError, match=r"write it as optimizer: \{lr: ...\}"):
+        load_recipe({"pruning": [], "finetune": {"lr": 0.1}})
