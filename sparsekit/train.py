@@ -112,7 +112,7 @@ def _loss(
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        why = f"{one_line(err)}{_one_sample(model, x)}"
+        why = f"{one_line(err)}{_one_sample(model, x, err)}"
         raise DataError(f"data: the model fails on a batch of inputs {shape}: {why}") from None
     out = select_logits(out, None)  # a tuple / dict output: sparsekit.logits.attach(model, output) picks one
     # Checked where the labels are in host memory (loaders yield them there): reading labels already on an
@@ -128,11 +128,19 @@ def _loss(
     return nn.functional.cross_entropy(out, y.to(device, torch.long), reduction=reduction), out
 
 
-def _one_sample(model: nn.Module, x: Any) -> str:
-    """What to do when ``model`` failed in training mode on a batch ``x`` of one sample: BatchNorm cannot normalize
-    one sample ("Expected more than 1 value per channel when training"), which the last batch of a training set of
-    ``k * batch_size + 1`` samples is. torch's words named neither the batch size nor the fix."""
+# torch's words when a normalization layer trains on one sample (batch_norm; instance_norm on one position)
+_ONE_SAMPLE_ERRORS = ("more than 1 value per channel", "more than 1 spatial element")
+
+
+def _one_sample(model: nn.Module, x: Any, err: BaseException) -> str:
+    """What to do when ``model`` failed in training mode on a batch ``x`` of one sample because of it (``err``):
+    BatchNorm cannot normalize one sample ("Expected more than 1 value per channel when training"), which the last
+    batch of a training set of ``k * batch_size + 1`` samples is. torch's words named neither the batch size nor the
+    fix. Any other failure is not the batch size's: at data.batch_size 1 a shape the model does not take got this
+    advice too, which sent the user to change a batch size that was not at fault."""
     if not model.training or not isinstance(x, torch.Tensor) or x.ndim == 0 or len(x) != 1:
+        return ""
+    if not any(words in str(err) for words in _ONE_SAMPLE_ERRORS):
         return ""
     return (
         "; this training batch holds a single sample (BatchNorm, for one, cannot train on fewer than 2): choose a "

@@ -72,3 +72,26 @@ def test_a_misplaced_key_in_an_override_is_given_its_dotted_path():
     # In a file the YAML remedy stays: there it is what to write.
     with pytest.raises(RecipeError, match=r"write it as optimizer: \{lr: ...\}"):
         load_recipe({"pruning": [], "finetune": {"lr": 0.1}})
+
+
+def test_the_one_sample_advice_is_given_only_for_a_one_sample_failure():
+    # Today's advice for a BatchNorm model failing on a one-sample training batch was added to every failure on
+    # one: at batch size 1 a model that does not take the input's shape read "mat1 and mat2 shapes cannot be
+    # multiplied (1x10 and 8x16); this training batch holds a single sample (BatchNorm, ...): choose a
+    # data.batch_size that leaves at least 2 samples", sending the user to a batch size that was not at fault.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import sparsekit
+    from sparsekit.errors import DataError
+
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ["0"]}], "finetune": {"epochs": 1}}
+    y = torch.zeros(3, dtype=torch.long)
+    wrong = DataLoader(TensorDataset(torch.randn(3, 10), y), batch_size=1)
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(DataError, match=r"cannot be multiplied \(1x10 and 8x4\)$"):
+        sparsekit.finetune(model, recipe, wrong, wrong, progress=False)
+    # A BatchNorm model on a one-sample batch still gets it.
+    ragged = DataLoader(TensorDataset(torch.randn(3, 8), y), batch_size=2)
+    model = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    with pytest.raises(DataError, match="holds a single sample"):
+        sparsekit.finetune(model, recipe, ragged, ragged, progress=False)
