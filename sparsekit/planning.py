@@ -8,7 +8,6 @@ The ``sparsekit validate`` command prints this; Python users get the same dict.
 
 from __future__ import annotations
 
-import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from .recipe import Recipe, as_recipe, load_recipe
 from .recipe_yaml import override_list
+from .schedule import checked_steps_per_epoch
 from .wrappers import require_path, unwrap
 
 
@@ -79,13 +79,7 @@ def plan(
     if steps_per_epoch is not None:
         # As the Pruner takes it (an int or a numpy integer): "4" failed as "'<=' not supported between instances of
         # 'str' and 'int'", and 2.5 was refused by the Pruner built inside, as "Pruner(steps_per_epoch=...)".
-        if isinstance(steps_per_epoch, bool) or not hasattr(type(steps_per_epoch), "__index__"):
-            raise TypeError(
-                f"plan(steps_per_epoch=...): expected an int (optimizer steps per epoch), got {steps_per_epoch!r}"
-            )
-        steps_per_epoch = operator.index(steps_per_epoch)
-        if steps_per_epoch <= 0:
-            raise ValueError("steps_per_epoch must be > 0")
+        steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "plan(steps_per_epoch=...)")
     if model is not None:
         require_path(model, "plan(model=...)")
     if overrides is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import operator
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from .layers import layer_kind, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
+from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, tied_parameters
 from .wrappers import require_module, unwrap_wrappers
@@ -175,17 +175,7 @@ class Pruner:
     ) -> None:
         require_module(model, "Pruner")
         recipe = as_recipe(recipe)
-        try:
-            if isinstance(steps_per_epoch, bool):
-                raise TypeError
-            steps_per_epoch = operator.index(steps_per_epoch)  # an int, or a numpy integer; not 2.5, not "10"
-        except TypeError:
-            raise TypeError(
-                f"Pruner(steps_per_epoch=...): expected an int (optimizer steps per epoch, e.g. len(train_loader)), "
-                f"got {steps_per_epoch!r}"
-            ) from None
-        if steps_per_epoch <= 0:
-            raise ValueError("steps_per_epoch must be > 0 (use len(train_loader))")
+        steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "Pruner(steps_per_epoch=...)")
         self.model, data_parallel = unwrap_wrappers(model)
         if not torch.is_inference_mode_enabled() and has_inference_tensors(self.model):
             # Every mask applied in place then failed with torch's "Inplace update to inference tensor outside

@@ -7,9 +7,23 @@ Steps count optimizer steps; epochs in the recipe are converted with ``steps_per
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from typing import Any
 
 from .recipe import ScheduleSpec
+
+
+def checked_steps_per_epoch(value: Any, where: str) -> int:
+    """``value`` as optimizer steps per epoch: an int or a numpy/torch integer (``len(loader) // k`` computed with
+    numpy), as every entry point takes it. ``where`` names the call (``"Pruner(steps_per_epoch=...)"``). TypeError
+    for anything else (2.5, "10", True), ValueError when not > 0."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{where}: expected an int (optimizer steps per epoch, e.g. len(train_loader)), got {value!r}")
+    steps = operator.index(value)
+    if steps <= 0:
+        raise ValueError(f"{where}: steps_per_epoch must be > 0 (use len(train_loader)), got {steps}")
+    return steps
 
 
 @dataclass(frozen=True)

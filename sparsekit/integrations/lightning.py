@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import operator
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from torch import nn
 
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
+from ..schedule import checked_steps_per_epoch
 from ._common import as_recipe, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
@@ -125,17 +125,8 @@ class SparsekitCallback(pl.Callback):
         submodule: str | None = None,
         finalize: bool = True,
     ) -> None:
-        if steps_per_epoch is not None:
-            # an int or a numpy integer (len(loader) // k computed with numpy), as the Pruner takes; not 2.5 or "10"
-            if (
-                isinstance(steps_per_epoch, bool)
-                or not hasattr(type(steps_per_epoch), "__index__")
-                or operator.index(steps_per_epoch) <= 0
-            ):
-                raise ValueError(
-                    f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
-                )
-            steps_per_epoch = operator.index(steps_per_epoch)
+        if steps_per_epoch is not None:  # as the Pruner takes it (a numpy integer too)
+            steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "SparsekitCallback(steps_per_epoch=...)")
         self.recipe = as_recipe(recipe, trainer=True)
         self._recipe_given = recipe  # the remedies of the Pruner's errors are spelled for it (remedies_for)
         self.steps_per_epoch = steps_per_epoch

@@ -17,7 +17,6 @@ it requires for training): ``pip install 'sparsekit[transformers]'``.
 from __future__ import annotations
 
 import math
-import operator
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from torch import nn
 from ..fsutil import atomic_path
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
+from ..schedule import checked_steps_per_epoch
 from ._common import as_recipe, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
@@ -137,17 +137,8 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         submodule: str | None = None,
         finalize: bool = True,
     ) -> None:
-        if steps_per_epoch is not None:
-            # an int or a numpy integer (len(loader) // k computed with numpy), as the Pruner takes; not 2.5 or "10"
-            if (
-                isinstance(steps_per_epoch, bool)
-                or not hasattr(type(steps_per_epoch), "__index__")
-                or operator.index(steps_per_epoch) <= 0
-            ):
-                raise ValueError(
-                    f"steps_per_epoch must be a positive int (optimizer steps per epoch), not {steps_per_epoch!r}"
-                )
-            steps_per_epoch = operator.index(steps_per_epoch)
+        if steps_per_epoch is not None:  # as the Pruner takes it (a numpy integer too)
+            steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "SparsekitTrainerCallback(steps_per_epoch=...)")
         self.recipe = as_recipe(recipe, trainer=True)
         self._recipe_given = recipe  # the remedies of the Pruner's errors are spelled for it (remedies_for)
         self.steps_per_epoch = steps_per_epoch
