@@ -1505,6 +1505,15 @@ def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | N
     owners = [name for name, spec in _SPEC_OF_METHOD.items() if method and key in spec.model_fields]
     if owners:
         return f"unknown key: {key} is a key of method {' / '.join(owners)}, not of {method}", None
+    # A key written in a sibling section (`data: {epochs: 3}`, `finetune: {batch_size: 32}`) is not below this
+    # one, so the search above misses it; searched from the recipe's top, its one home is found.
+    if section is not Recipe:
+        if key in Recipe.model_fields:
+            return f"unknown key here; {key} is a top-level key: write it beside version, unindented", None
+        home = _nested_home(Recipe, key)
+        if home:
+            parent, _, _ = home.rpartition(".")
+            return f"unknown key here; {key} is a key of {parent}: write it as {_nested_yaml(home)}", None
     return f"unknown key; the keys here are {', '.join(valid)}", None
 
 
