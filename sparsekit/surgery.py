@@ -299,6 +299,33 @@ def output_shapes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[in
     return [tuple(t.shape[1:]) for t in logits.mattering(model, logits.output_tensors(out))]
 
 
+def changed_outputs(model: nn.Module, input_shape: Sequence[int], shapes: Sequence[Sequence[int]]) -> list[str]:
+    """The layers (modules without children) whose own result the model returns where that output's shape is no
+    longer in ``shapes`` (:func:`output_shapes`): ``["dec"]`` for a decoder head that lost channels, which
+    must keep them. Empty when the forward pass fails, or a changed output is computed after its last layer."""
+    names = {m: n for n, m in model.named_modules()}
+    made: list[tuple[torch.Tensor, str]] = []  # references, not ids: a freed tensor's id is reused
+
+    def record(module: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and not any(True for _ in module.children()):
+            made.append((out, names.get(module, "")))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with traced(model), torch.no_grad():
+            out = model(example_input(model, input_shape, batch=2))
+    except Exception:  # noqa: BLE001 - forward_failure reports a forward pass that fails
+        return []
+    finally:
+        for h in hooks:
+            h.remove()
+    found: list[str] = []
+    for t, want in zip(logits.mattering(model, logits.output_tensors(out)), shapes, strict=False):
+        if tuple(t.shape[1:]) != tuple(want):
+            found += [n for made_t, n in made if made_t is t and n and n not in found]
+    return found
+
+
 def forward_failure(
     model: nn.Module, input_shape: Sequence[int], shapes: Sequence[Sequence[int]] | None = None
 ) -> str | None:

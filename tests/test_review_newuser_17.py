@@ -4,10 +4,14 @@ architecture, data and recipes of one's own."""
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import assert_bad_input
+from torch import nn
 
+import sparsekit
 from sparsekit.cli import main
+from sparsekit.errors import TargetError
 
 # --- a key written in a sibling section: say where it goes -----------------------------------------------
 
@@ -37,3 +41,42 @@ def test_an_override_into_a_sibling_section_names_its_home(tmp_path):
     recipe.write_text("version: 1\n")
     result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "data.epochs=3"])
     assert_bad_input(result, "data.epochs", "epochs is a key of finetune")
+
+
+# --- structured on a model whose forward also returns a decoder's output -----------------------------------
+
+
+class _EncoderDecoder(nn.Module):
+    """Returns (logits, reconstruction): the decoder `dec` is the last of four layers channel removal visits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = nn.Conv1d(2, 24, 5, padding=2)
+        self.enc2 = nn.Conv1d(24, 48, 3, padding=1, stride=2)
+        self.gate, self.val = nn.Linear(48, 48), nn.Linear(48, 48)
+        self.head = nn.Linear(48, 4)
+        self.dec = nn.ConvTranspose1d(48, 2, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.enc2(self.enc1(x).relu()).relu()
+        pooled = h.mean(-1)
+        return self.head(torch.sigmoid(self.gate(pooled)) * self.val(pooled)), self.dec(h)
+
+
+def test_a_decoder_output_that_would_shrink_is_the_layer_named_to_ignore():
+    # The advice named the event's first three roots ('val', 'enc2', 'enc1'), not 'dec', whose output changed
+    # shape: following it failed again, now naming 'dec'.
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 2, 32]},
+        "finetune": {"epochs": 1},
+        "pruning": [
+            {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot", "ignore": ["head"]}
+        ],
+    }
+    torch.manual_seed(0)
+    with pytest.raises(TargetError) as err:
+        sparsekit.Pruner(_EncoderDecoder(), recipe, steps_per_epoch=1).step()
+    assert "add 'dec' to pruning[0].ignore so its output channels are kept" in str(err.value)
+    recipe["pruning"][0]["ignore"] = ["head", "dec"]  # the advice works: nothing else needs to be kept
+    sparsekit.Pruner(_EncoderDecoder(), recipe, steps_per_epoch=1).step()

@@ -807,10 +807,13 @@ class Structured:
         if failure is None:
             return
         roots = list(dict.fromkeys(str(entry[0]) for entry in history))
+        # An output that changed shape comes from a layer that must keep its channels (a decoder beside the
+        # logits): name that one, which the first few roots of the event may not include.
+        keep = [n for n in surgery.changed_outputs(self.model, self.input_shape, self.output_shapes) if n in roots]
         raise TargetError(
             f"{self.where}: after removal event {self.done} of {len(self.events)} (channels of "
             f"{', '.join(repr(r) for r in roots) or 'no layer'}), the model's forward pass fails {failure}; "
-            f"{self.ignore_hint(roots[:3]) if roots else 'use an unstructured method for this model'}"
+            f"{self.ignore_hint(keep or roots[:3]) if roots else 'use an unstructured method for this model'}"
         )
 
     def _failure(self, root: nn.Module, doing: str, err: BaseException) -> TargetError:
