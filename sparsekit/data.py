@@ -412,7 +412,15 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
     if len(x) == 0:
         raise DataError(f"{where}: x has no samples")
     if y.ndim != 1:
-        raise DataError(f"{where}: y must be a 1-D array of N class labels, got shape {y.shape}")
+        # Say how to get there from the two shapes a newcomer's labels come in: one-hot rows, or a column.
+        fix = (
+            "re-save it with y=y.reshape(-1)"
+            if y.ndim == 2 and y.shape[1] == 1
+            else "one-hot rows or scores? re-save it with y=y.argmax(axis=1)"
+            if y.ndim == 2
+            else "re-save it with one integer label per sample"
+        )
+        raise DataError(f"{where}: y must be a 1-D array of N class labels, got shape {y.shape}; {fix}")
     if len(x) != len(y):
         raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)} labels; they must match")
     if x.dtype.kind == "f" and not np.isfinite(x).all():

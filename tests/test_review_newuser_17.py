@@ -3,6 +3,7 @@ architecture, data and recipes of one's own."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -80,3 +81,26 @@ def test_a_decoder_output_that_would_shrink_is_the_layer_named_to_ignore():
     assert "add 'dec' to pruning[0].ignore so its output channels are kept" in str(err.value)
     recipe["pruning"][0]["ignore"] = ["head", "dec"]  # the advice works: nothing else needs to be kept
     sparsekit.Pruner(_EncoderDecoder(), recipe, steps_per_epoch=1).step()
+
+
+# --- an .npz whose labels are one-hot rows or a column: say how to save them ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "needle"),
+    [
+        (lambda y: np.eye(4)[y], "got shape (40, 4); one-hot rows or scores? re-save it with y=y.argmax(axis=1)"),
+        (lambda y: y[:, None], "got shape (40, 1); re-save it with y=y.reshape(-1)"),
+    ],
+)
+def test_npz_labels_of_the_wrong_shape_say_how_to_save_them(tmp_path, labels, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 8]}\n")
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "d.npz", x=np.zeros((40, 8), np.float32), y=labels(y))
+    torch.save(nn.Linear(8, 4).state_dict(), tmp_path / "w.pt")
+    arch = ["--arch", "torch.nn:Linear", "--kwargs", '{"in_features": 8, "out_features": 4}']
+    result = CliRunner().invoke(
+        main, ["validate", str(recipe), str(tmp_path / "w.pt"), *arch, "--data", str(tmp_path / "d.npz")]
+    )
+    assert_bad_input(result, needle)
