@@ -1514,7 +1514,25 @@ def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | N
         if home:
             parent, _, _ = home.rpartition(".")
             return f"unknown key here; {key} is a key of {parent}: write it as {_nested_yaml(home)}", None
+    # ... or the key of a pruning entry (`sparsity: 0.9` at the top, `finetune: {exclude: [head]}`), which the
+    # search above does not enter: entries are list items whose keys depend on their method.
+    if not method:
+        in_entry = _entry_home(key)
+        if in_entry:
+            return f"unknown key here; {key} is a key of a pruning entry: write it as {in_entry}", None
     return f"unknown key; the keys here are {', '.join(valid)}", None
+
+
+def _entry_home(key: str) -> str | None:
+    """Where ``key`` goes in a pruning entry, as flow-style YAML (``"pruning: [{method: magnitude, sparsity:
+    ...}]"``), when it is a key of some method's entry or of a mapping one level inside one; else None."""
+    if key == "method":
+        return "pruning: [{method: ...}]"
+    for name, spec in _SPEC_OF_METHOD.items():
+        path = key if key in spec.model_fields and key != "method" else _nested_home(spec, key, depth=1)
+        if path:
+            return f"pruning: [{{method: {name}, {_nested_yaml(path)}}}]"
+    return None
 
 
 def _nested_home(section: type[BaseModel], key: str, depth: int = 2) -> str | None:

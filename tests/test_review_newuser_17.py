@@ -27,6 +27,15 @@ from sparsekit.errors import TargetError
         ("benchmark: {opset: 18}", "benchmark.opset: unknown key here; opset is a key of export"),
         ("data: {lr: 0.1}", "data.lr: unknown key here; lr is a key of finetune.optimizer: write it as finetune:"),
         ("finetune: {seed: 3}", "finetune.seed: unknown key here; seed is a top-level key"),
+        # a key of a pruning entry, written outside one
+        ("sparsity: 0.9", "sparsity: unknown key here; sparsity is a key of a pruning entry: write it as pruning: ["),
+        (
+            "finetune: {exclude: [head]}",
+            "finetune.exclude: unknown key here; exclude is a key of a pruning entry: write it as pruning: "
+            "[{method: magnitude, layers: {exclude: ...}}]",
+        ),
+        ("finetune: {strength: 0.1}", "write it as pruning: [{method: l1, strength: ...}]"),
+        ("finetune: {method: l1}", "method is a key of a pruning entry: write it as pruning: [{method: ...}]"),
         # a close local key still wins over a home elsewhere
         ("benchmark: {batch_size: 4}", "benchmark.batch_size: unknown key; did you mean 'batch_sizes'?"),
     ],
