@@ -106,7 +106,8 @@ takes the default shown below. Start from a shipped recipe (`sparsekit recipes` 
 with `sparsekit validate RECIPE [MODEL]`.
 
 - **Unknown keys are errors**, naming their path and the key most likely meant
-  (`finetune.epoch: unknown key; did you mean 'epochs'?`).
+  (`finetune.epoch: unknown key; did you mean 'epochs'?`), or the section a key written in the wrong one
+  belongs in (`data.epochs: unknown key here; epochs is a key of finetune: write it as finetune: {{epochs: ...}}`).
 - **Each method has its own keys.** `magnitude` and `gradient` are sized by `sparsity` (the fraction of
   weights set to zero), `structured` by `ratio` (the fraction of output channels removed), `l1` by
   `strength` (lambda) or a `target` fraction, `max_norm` by `max_value`; see [the methods at a
