@@ -1484,10 +1484,14 @@ def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
     return longer[0] if len(longer) == 1 else None
 
 
-def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | None]:
+def unknown_key(
+    section: type[BaseModel] | None, key: str, written_at: Sequence[str] | None = None
+) -> tuple[str, str | None]:
     """What to tell a user who wrote ``key`` in a mapping of ``section`` (see :func:`section_at`), where it
     is not a key: ``("unknown key; did you mean 'epochs'?", "epochs")``; the second item is the key most
-    likely meant (None when none is)."""
+    likely meant (None when none is). Where the key belongs elsewhere, the remedy is flow-style YAML for a file
+    (``write it as optimizer: {lr: ...}``), or with ``written_at`` (the override's path to the mapping,
+    ``["finetune"]``) the dotted path an override takes (``write finetune.lr as finetune.optimizer.lr``)."""
     if section is None:
         return "unknown key", None
     valid = list(section.model_fields)
@@ -1495,10 +1499,18 @@ def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | N
     if method and (method, key) in MISPLACED_KEYS:
         meant, why = MISPLACED_KEYS[(method, key)]
         return f"unknown key: {why}", meant
+    written = ".".join([*(written_at or []), key])
+
+    def write(home: str, top: bool) -> str:  # home: the dotted path below this mapping, or from the top
+        if written_at is None:
+            return f"write it as {_nested_yaml(home)}"
+        return f"write {written} as {home if top else '.'.join([*written_at, home])}"
+
     home = _nested_home(section, key)
     if home:
-        parent, _, _ = home.rpartition(".")
-        return f"unknown key here; {key} is a key of {parent}: write it as {_nested_yaml(home)}", None
+        parent = home.rpartition(".")[0]
+        where = parent if written_at is None else ".".join([*written_at, parent])
+        return f"unknown key here; {key} is a key of {where}: {write(home, top=False)}", None
     meant = did_you_mean(key, valid)
     if meant:
         return f"unknown key; did you mean {meant!r}?", meant
@@ -1509,29 +1521,36 @@ def unknown_key(section: type[BaseModel] | None, key: str) -> tuple[str, str | N
     # one, so the search above misses it; searched from the recipe's top, its one home is found.
     if section is not Recipe:
         if key in Recipe.model_fields:
-            return f"unknown key here; {key} is a top-level key: write it beside version, unindented", None
+            at_top = "write it beside version, unindented" if written_at is None else f"write {written} as {key}"
+            return f"unknown key here; {key} is a top-level key: {at_top}", None
         home = _nested_home(Recipe, key)
         if home:
-            parent, _, _ = home.rpartition(".")
-            return f"unknown key here; {key} is a key of {parent}: write it as {_nested_yaml(home)}", None
+            return f"unknown key here; {key} is a key of {home.rpartition('.')[0]}: {write(home, top=True)}", None
     # ... or the key of a pruning entry (`sparsity: 0.9` at the top, `finetune: {exclude: [head]}`), which the
     # search above does not enter: entries are list items whose keys depend on their method.
     if not method:
         in_entry = _entry_home(key)
         if in_entry:
-            return f"unknown key here; {key} is a key of a pruning entry: write it as {in_entry}", None
+            method_name, path = in_entry
+            if written_at is None:
+                inside = f"method: {method_name}, {_nested_yaml(path)}" if path != "method" else "method: ..."
+                remedy = f"write it as pruning: [{{{inside}}}]"
+            else:
+                remedy = f"write {written} as pruning.N.{path} (N: the entry's index, from 0)"
+            return f"unknown key here; {key} is a key of a pruning entry: {remedy}", None
     return f"unknown key; the keys here are {', '.join(valid)}", None
 
 
-def _entry_home(key: str) -> str | None:
-    """Where ``key`` goes in a pruning entry, as flow-style YAML (``"pruning: [{method: magnitude, sparsity:
-    ...}]"``), when it is a key of some method's entry or of a mapping one level inside one; else None."""
+def _entry_home(key: str) -> tuple[str, str] | None:
+    """Where ``key`` goes in a pruning entry: ``(a method that takes it, its dotted path in the entry)``
+    (``("magnitude", "sparsity")``, ``("magnitude", "layers.exclude")``), when it is a key of some method's entry or
+    of a mapping one level inside one; else None."""
     if key == "method":
-        return "pruning: [{method: ...}]"
+        return "...", "method"
     for name, spec in _SPEC_OF_METHOD.items():
         path = key if key in spec.model_fields and key != "method" else _nested_home(spec, key, depth=1)
         if path:
-            return f"pruning: [{{method: {name}, {_nested_yaml(path)}}}]"
+            return name, path
     return None
 
 
@@ -1950,14 +1969,8 @@ def _override_key(parents: Sequence[str], key: str, data: dict[str, Any]) -> str
         return _unwritten_list(parents, key, data)
     if key in section.model_fields:
         return None
-    method = _method_of(section)
-    home = None if method and (method, key) in MISPLACED_KEYS else _nested_home(section, key)
-    if home:
-        # unknown_key's remedy is YAML for a file (optimizer: {lr: ...}); an override is a dotted path, and
-        # following the YAML there gave no path to write. Named whole here, from the top of the recipe.
-        written, meant = ".".join([*parents, key]), ".".join([*parents, home])
-        return f"unknown key here; {key} is a key of {meant.rpartition('.')[0]}: write {written} as {meant} {SEE_DOCS}"
-    return f"{unknown_key(section, key)[0]} {SEE_DOCS}"
+    # (an override is a dotted path: the remedy names one, not the YAML a file takes)
+    return f"{unknown_key(section, key, written_at=parents)[0]} {SEE_DOCS}"
 
 
 def _shorthand_mapping(path: Sequence[str], value: Any, data: dict[str, Any]) -> Any:

@@ -69,9 +69,19 @@ def test_a_misplaced_key_in_an_override_is_given_its_dotted_path():
         load_recipe("lenet-gradual-magnitude-90", ["epochs=3"])
     with pytest.raises(RecipeError, match=r"write pruning\.0\.every as pruning\.0\.schedule\.every"):
         load_recipe("lenet-gradual-magnitude-90", ["pruning.0.every=0.5"])
+    # the same for a key in a sibling section, a top-level key and a pruning entry's key (a file gets YAML there)
+    for given, said in [
+        ("data.epochs=3", "write data.epochs as finetune.epochs"),
+        ("data.seed=3", "write data.seed as seed"),
+        ("finetune.exclude=[fc3]", r"write finetune\.exclude as pruning\.N\.layers\.exclude \(N: the entry's index"),
+    ]:
+        with pytest.raises(RecipeError, match=said):
+            load_recipe("lenet-gradual-magnitude-90", [given])
     # In a file the YAML remedy stays: there it is what to write.
     with pytest.raises(RecipeError, match=r"write it as optimizer: \{lr: ...\}"):
         load_recipe({"pruning": [], "finetune": {"lr": 0.1}})
+    with pytest.raises(RecipeError, match=r"write it as pruning: \[\{method: \.\.\.\}\]"):
+        load_recipe({"pruning": [], "finetune": {"method": "l1"}})
 
 
 def test_the_one_sample_advice_is_given_only_for_a_one_sample_failure():
