@@ -415,9 +415,10 @@ def allocation_lines(res: dict[str, Any]) -> list[str]:
 IGNORED_REASON = "in ignore: its output channels are kept"
 HEAD_KEPT_REASON = "in ignore by default (the classifier head): its output channels are kept"
 HEAD_LEFT_OUT_REASON = (
-    "the classifier head: group lasso leaves it out (a head unit at zero leaves its class only its bias); "
-    "name it in layers.include to select it"
+    "an output layer (its output is one of the model's, e.g. the classifier head): group lasso leaves it out (a "
+    "unit of it at zero leaves that output only its bias); name it in layers.include to select it"
 )
+# ("the classifier head" alone misnamed a decoder whose reconstruction is the model's second output.)
 
 
 def named_code(recipe: Recipe) -> dict[str, str]:
