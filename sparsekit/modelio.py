@@ -28,7 +28,7 @@ from torch import nn
 from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
-from .wrappers import require_path, unwrap
+from .wrappers import int_dims, require_path, unwrap
 
 FORMAT = "sparsekit/1"
 # A plain attribute (not state) a Pruner sets on the model it structurally pruned:
@@ -1513,14 +1513,8 @@ def _shape_to_save(shape: Any) -> list[int]:
         f"save_model(input_shape=...): expected the whole input shape, batch first, as positive integers "
         f"(e.g. [1, 784]), got {shorten(repr(shape), 120)}"
     )
-    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence | torch.Size):
-        raise problem
-    dims = []
-    for d in shape:
-        if isinstance(d, bool) or not hasattr(d, "__index__"):  # int, numpy and torch integers; not 1.5 or "1"
-            raise problem
-        dims.append(int(d.__index__()))
-    if not dims or any(d <= 0 for d in dims):
+    dims = int_dims(shape)  # int, numpy and torch integers; not 1.5 or "1"
+    if dims is None:
         raise problem
     return dims
 

@@ -18,7 +18,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, tied_parameters
-from .wrappers import require_module, unwrap_wrappers
+from .wrappers import int_dims, require_module, unwrap_wrappers
 
 
 def _distributed_active() -> bool:
@@ -896,17 +896,13 @@ def checked_input_shape(shape: Any, where: str) -> list[int]:
     list of ints; ValueError naming ``where`` for text, a bare number, a shape without the batch dimension or a
     dimension that is not a positive integer (they failed as "invalid literal for int()", "'int' object is not
     iterable", or later inside torch's tracing)."""
-    if (
-        isinstance(shape, str | bytes)
-        or not isinstance(shape, Sequence)
-        or len(shape) < 2
-        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in shape)
-    ):
+    dims = int_dims(shape, min_dims=2)
+    if dims is None:
         raise ValueError(
             f"{where} must be the whole shape of one input, batch first, as positive integers (e.g. [1, 784] or "
             f"[1, 3, 32, 32]), got {shape!r}"
         )
-    return [int(d) for d in shape]
+    return dims
 
 
 def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> dict[int, Callable[..., Any]]:

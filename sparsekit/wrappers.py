@@ -9,6 +9,8 @@ its layers keep the names the recipe gives them (``module.0``).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where a model exists: commands that only read recipes never load it
@@ -92,3 +94,15 @@ def require_path(value: object, call: str, module_remedy: str = SAVE_IT_FIRST) -
 def is_torch_module(value: object) -> bool:
     """Whether ``value`` is an ``nn.Module``, read off its type's bases: no torch import for a path."""
     return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(value).__mro__)
+
+
+def int_dims(shape: object, min_dims: int = 1) -> list[int] | None:
+    """``shape`` (a caller's input shape: a list, tuple or ``torch.Size``) as a list of at least ``min_dims``
+    positive ints, or None when it is not one. Each dimension is an int or a numpy/torch integer, never a bool, a
+    float (``int()`` cut 784.9 to 784) or text; the caller raises its own error for None."""
+    if isinstance(shape, str | bytes) or not isinstance(shape, Sequence):  # (torch.Size is a tuple)
+        return None
+    if any(isinstance(d, bool) or not hasattr(type(d), "__index__") for d in shape):
+        return None
+    dims = [operator.index(d) for d in shape]
+    return dims if len(dims) >= min_dims and all(d > 0 for d in dims) else None

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import operator
 import os
 import re
 import time
@@ -40,7 +39,7 @@ from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors, positive_zeros
-from sparsekit.wrappers import require_module, unwrap_wrappers
+from sparsekit.wrappers import int_dims, require_module, unwrap_wrappers
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
@@ -420,13 +419,12 @@ def _zeros_kept(stored: np.ndarray, w: np.ndarray) -> bool:
 def _validate_shape(input_shape: Sequence[int]) -> list[int]:
     # Integers only (an int, a numpy or torch integer): int() cut 20.5 to 20 and read "20" and True as numbers, so
     # the file was written for a shape the caller did not give, without a word.
-    if isinstance(input_shape, str | bytes) or not isinstance(input_shape, Sequence | torch.Size):
-        raise ExportError(f"input_shape must be a list of integers, got {input_shape!r}")
-    if any(isinstance(d, bool) or not hasattr(type(d), "__index__") for d in input_shape):
-        raise ExportError(f"input_shape must be a list of integers, got {input_shape!r}")
-    shape = [operator.index(d) for d in input_shape]
-    if len(shape) < 2 or any(d <= 0 for d in shape):
-        raise ExportError(f"input_shape must be positive and include the batch dim (e.g. 1,784), got {shape}")
+    shape = int_dims(input_shape, min_dims=2)
+    if shape is None:
+        raise ExportError(
+            f"input_shape must be a list of integers, positive and with the batch dim first (e.g. [1, 784]), got "
+            f"{input_shape!r}"
+        )
     return shape
 
 
