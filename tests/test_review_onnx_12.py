@@ -185,6 +185,19 @@ def test_a_zip_that_is_no_torch_file_is_not_called_one(tmp_path):
         assert "PyTorch" not in line
 
 
+def test_a_json_file_is_read_as_onnx_bytes_and_called_json(tmp_path):
+    # `sparsekit bench out/report.json` (a slip for model.onnx): onnx guessed its JSON text format from the name and
+    # the error was a ParseError listing ModelProto's fields. ONNX files are read as the binary format onnxruntime
+    # takes, whatever their name, and a JSON file is called one.
+    report = tmp_path / "report.json"
+    report.write_text('{"schema": 1, "summary": {}}\n')
+    line = assert_bad_input(CliRunner().invoke(main, ["bench", str(report)]), "report.json", "it is JSON text")
+    assert "Available Fields" not in line and "ParseError" not in line
+    named_onnx = tmp_path / "m.onnx"  # (inspect reads a .json as a model file; an .onnx name goes to ONNX)
+    named_onnx.write_text('{"schema": 1}\n')
+    assert_bad_input(CliRunner().invoke(main, ["inspect", str(named_onnx)]), "m.onnx", "it is JSON text")
+
+
 class _WithNone(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

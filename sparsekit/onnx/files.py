@@ -148,8 +148,10 @@ def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[s
             raise ExportError(f"{path}: is a folder; give the .onnx file in it")
         raise ExportError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     try:
-        # Never let onnx follow external-data locations before they are checked.
-        model = onnx.load(str(path), load_external_data=False)
+        # Never let onnx follow external-data locations before they are checked. Always the binary format: onnx
+        # guesses a text format from a .json/.txt name (report.json was "parsed" into a ParseError listing fields),
+        # and onnxruntime, which every reader here hands the file to, takes only the binary one.
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)
     except Exception as e:  # protobuf raises several unrelated types on garbage input
         raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e}){_not_onnx_hint(path)}") from e
     # Protobuf happily parses some non-ONNX bytes (an empty file, say) into an empty message.
@@ -173,6 +175,8 @@ def _not_onnx_hint(path: Path) -> str:
     zipped = head.startswith(b"PK\x03\x04")
     torch_file = zipped or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
     safetensors = len(head) >= 10 and head[8:10] == b'{"'
+    if not (torch_file or safetensors) and head.lstrip()[:1] in (b"{", b"["):
+        return "; it is JSON text (a report.json?), not an ONNX model: give the .onnx file a prune run or export wrote"
     if path.suffix.lower() == ".npz" or not (torch_file or safetensors):
         return ""
     if zipped:  # torch.save writes a zip holding data.pkl; a zip of anything else (a downloaded .onnx) is no torch file
