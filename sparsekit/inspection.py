@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, ModelFileError, one_line, option
+from .errors import DataError, one_line, option
 from .wrappers import require_path, unwrap
 
 ROW_KEYS = ("name", "type", "shape", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity", "macs",
@@ -73,10 +73,10 @@ def inspect(
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return _inspect_onnx(path)
-    from .modelio import infer_input_shape, read_model
+    from .modelio import infer_input_shape, read_model, refuse_compiled
 
     loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code)
-    _refuse_compiled(loaded.model, path)
+    refuse_compiled(loaded.model, path, "counts")
     shape = input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     note = None
     if shape:
@@ -104,21 +104,6 @@ def inspect(
     }
     res.update(_torch_counts(loaded.model, list(shape) if shape else None))
     return res
-
-
-def _refuse_compiled(model: Any, path: Path) -> None:
-    """A trusted TorchScript or torch.export module keeps no Linear/Conv modules to count (with an architecture
-    named, :func:`~sparsekit.modelio.read_model` loads its weights into that instead): no rows and 0 MACs would
-    be a wrong answer, so say how to get the right one."""
-    from .layers import prunable_layers
-    from .modelio import compiled_module
-
-    if compiled_module(model) and not prunable_layers(model):
-        raise ModelFileError(
-            f"{path}: a TorchScript or torch.export module, whose layers are compiled code rather than the Linear / "
-            f"Conv modules sparsekit counts; name its architecture to count them ({option('arch')}: the file's "
-            "weights are loaded into it)"
-        )
 
 
 #: Where an input shape came from when neither the caller nor the file gave one (:func:`shape_origin`).

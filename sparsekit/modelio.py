@@ -1183,6 +1183,20 @@ def compiled_module(obj: Any) -> bool:
     return isinstance(obj, torch.jit.ScriptModule | torch.fx.GraphModule)
 
 
+def refuse_compiled(model: Any, path: str | os.PathLike[str], purpose: str) -> None:
+    """Raise :class:`ModelFileError` when ``model`` is a compiled module (:func:`compiled_module`) with no Linear /
+    Conv layer left to prune or count. Loaded with an architecture named, :func:`read_model` puts the file's weights
+    into that instead, so the message says how. ``purpose``: what sparsekit would do with the layers ("prunes")."""
+    from .layers import prunable_layers
+
+    if compiled_module(model) and not prunable_layers(model):
+        raise ModelFileError(
+            f"{path}: a TorchScript or torch.export module, whose layers are compiled code rather than the Linear / "
+            f"Conv modules sparsekit {purpose}; name its architecture ({option('arch', 'pkg.module:callable')}: the "
+            "file's weights are loaded into it)"
+        )
+
+
 def fixed_batch_words(err: BaseException) -> str:
     """Why a compiled module (:func:`compiled_module`) that runs on a batch of 1 fails on a batch of 2, and what
     to do: the remedy of "give the shape it takes" asked for what the user had given, and no shape could pass."""

@@ -47,7 +47,7 @@ from .errors import (
 )
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
-from .modelio import LoadedModel, infer_input_shape, read_model, save_model
+from .modelio import LoadedModel, infer_input_shape, read_model, refuse_compiled, save_model
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
@@ -579,6 +579,7 @@ def check_inputs(
     random.seed(recipe.seed)
     with clock("load"):
         loaded = resolve_model(model_path, recipe, arch, trust, trust_code, data=data)
+        refuse_compiled(loaded.model, model_path, "prunes")  # a trusted TorchScript module: no layer to mask
         attach_logits(loaded.model, recipe.model.output)  # tuple / dict outputs: the part that is the logits
         shape = cast(list[int], loaded.input_shape)  # resolve_model always sets it
         factory = loaded.factory or arch or recipe.model.factory

@@ -27,9 +27,10 @@ from torch import nn
 from . import distributed as _distributed
 from . import methods
 from .errors import TargetError, TargetMissedWarning
-from .layers import layer_kind, tied_aliases
+from .layers import layer_kind, prunable_layers, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
+from .modelio import compiled_module
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
@@ -177,6 +178,13 @@ class Pruner:
         recipe = as_recipe(recipe)
         steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "Pruner(steps_per_epoch=...)")
         self.model, data_parallel = unwrap_wrappers(model)
+        if compiled_module(self.model) and not prunable_layers(self.model):
+            # Its layers are compiled code: no module to hold a mask (torch's words were an AttributeError).
+            raise TypeError(
+                f"Pruner(model=...): a {type(self.model).__name__} (TorchScript or torch.export) keeps no Linear / "
+                "Conv modules to prune; build your nn.Module and load the weights into it "
+                "(model.load_state_dict(compiled.state_dict()))"
+            )
         if not torch.is_inference_mode_enabled() and has_inference_tensors(self.model):
             # Every mask applied in place then failed with torch's "Inplace update to inference tensor outside
             # InferenceMode", and structured tracing with advice to check model.input_shape.

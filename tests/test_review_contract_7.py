@@ -81,3 +81,32 @@ def test_inspect_of_a_trusted_torchscript_file_without_arch_asks_for_it_instead_
     torch.jit.save(torch.jit.trace(_mlp(), torch.zeros(1, 8)), tmp_path / "ts.pt")
     args = ["inspect", str(tmp_path / "ts.pt"), "--trust-model-file", "--input-shape", "1,8"]
     assert_bad_input(CliRunner().invoke(main, args), "TorchScript", "--arch")
+
+
+def test_prune_and_validate_of_a_trusted_torchscript_file_without_arch_ask_for_it(tmp_path):
+    # prune/validate/sensitivity with --trust-model-file and no --arch: the recipe was set up on the compiled module
+    # and failed with "the recipe cannot be set up on this model (AttributeError: 'OrderedDictWrapper' object has no
+    # attribute 'get')", which named neither the cause nor the way out.
+    from conftest import assert_bad_input
+
+    torch.jit.save(torch.jit.trace(_mlp(), torch.zeros(1, 8)), tmp_path / "ts.pt")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {input_shape: [1, 8]}\ndata: {source: synthetic}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5}]\n"
+    )
+    ts = str(tmp_path / "ts.pt")
+    for args in (["prune", ts, str(recipe), "-o", str(tmp_path / "out")], ["validate", str(recipe), ts]):
+        assert_bad_input(CliRunner().invoke(main, [*args, "--trust-model-file"]), "TorchScript", "--arch")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pruner_over_a_torchscript_module_is_a_type_error_with_the_way_out():
+    import pytest
+
+    import sparsekit
+
+    scripted = torch.jit.trace(_mlp(), torch.zeros(1, 8))
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    with pytest.raises(TypeError, match=r"TorchScript.*load_state_dict"):
+        sparsekit.Pruner(scripted, recipe, steps_per_epoch=4)
