@@ -997,34 +997,42 @@ def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
 
 # What a key prefix that every key of a state_dict carries usually means.
 _PREFIX_ORIGINS = {
-    "module.": ": saved inside DataParallel or DistributedDataParallel; save model.module.state_dict()",
-    "_orig_mod.": ": saved after torch.compile; save model._orig_mod.state_dict()",
+    "module.": "saved inside DataParallel or DistributedDataParallel",
+    "_orig_mod.": "saved after torch.compile",
 }
 
 
 def _wrapper_prefix(keys: list[str], own: list[str]) -> tuple[str, str] | None:
-    """``(prefix, what it means and what to save instead)`` when ``keys`` are exactly ``own`` with one prefix
-    ending in a dot before each (a wrapper's or a training module's attribute name), else None."""
+    """``(prefix, where it likely came from)`` when ``keys`` are exactly ``own`` with one prefix ending in a dot
+    before each (a wrapper's or a training module's attribute name), else None."""
     if not keys or len(keys) != len(own):
         return None
     ends = [k for k in own if keys[0].endswith("." + k)]
     prefix = keys[0][: len(keys[0]) - len(max(ends, key=len))] if ends else ""
     if not prefix or {prefix + k for k in own} != set(keys):
         return None
-    attr = prefix[:-1]
-    return prefix, _PREFIX_ORIGINS.get(
-        prefix, f": saved from a module holding the model as {attr!r}; save its .{attr}.state_dict()"
-    )
+    return prefix, _PREFIX_ORIGINS.get(prefix, f"saved from a module holding the model as {prefix[:-1]!r}")
 
 
 def load_weights(
     model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str, kwargs: dict[str, Any] | None = None
-) -> None:
+) -> list[str]:
     """Copy ``state`` (parameter name -> tensor, read from ``path``) into ``model`` strictly: every key
     present, none extra, every shape equal, dense tensors of the model's kind (floating or integer).
     ``factory`` names the architecture in messages. Raises :class:`ModelFileError` naming the missing,
-    unexpected and mis-shaped keys (a few of each)."""
+    unexpected and mis-shaped keys (a few of each).
+
+    Keys that are exactly the model's with one prefix before each (``module.`` from DataParallel/DDP,
+    ``_orig_mod.`` from torch.compile, ``model.`` from a training module such as Lightning's) are read without
+    it: the mapping is still one to one. Returns the notes to show (that prefix), else []."""
     own = model.state_dict()
+    notes: list[str] = []
+    prefixed = _wrapper_prefix(list(state), list(own))
+    if prefixed is not None:
+        # The same weights under a wrapper's attribute name: refusing them only made the user strip it by hand.
+        prefix, origin = prefixed
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+        notes.append(f"{path}: every weight's name starts with {prefix!r} ({origin}); read without that prefix")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     odd = [
@@ -1070,12 +1078,8 @@ def load_weights(
             )
         )
         built = f"with kwargs {_short(kwargs)}" if kwargs else "with no kwargs"
-        prefixed = _wrapper_prefix(list(state), list(own))
         hint = (
-            f"Every key in the file is one of the architecture's with the prefix {prefixed[0]!r}{prefixed[1]}, or "
-            f"strip the prefix: {{k.removeprefix({prefixed[0]!r}): v for k, v in state_dict.items()}}"
-            if prefixed
-            else f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
+            f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
             f"weights were made with (give them: {option('kwargs')}, or model.kwargs in a recipe), or the model was "
             "structurally pruned and saved without its pruning history (save it with "
             "sparsekit.save_model(model, path, factory, pruner=pruner))"
@@ -1088,6 +1092,7 @@ def load_weights(
         model.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - e.g. a dtype torch cannot copy: the file does not fit
         raise ModelFileError(f"{path}: its weights cannot be loaded into {factory} ({one_line(err)})") from None
+    return notes
 
 
 def _wide_dtype(state: dict[str, Any], into: set[torch.dtype]) -> torch.dtype | None:
@@ -1363,7 +1368,7 @@ def read_model(
     wide = _wide_dtype(state, floating) if keep_wide else None
     if wide is not None:
         model = model.to(wide)  # read as saved: copying into the float32 layers would round every weight
-    load_weights(model, state, path, factory, kwargs)
+    notes += load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
     notes += _precision_note(state, path, model.state_dict())
     shape = list(input_shape) if input_shape else None
