@@ -375,6 +375,51 @@ def _forward_failure(
     return None
 
 
+def stale_buffers(model: nn.Module, history: Sequence[Sequence[Any]]) -> list[str]:
+    """The buffers of ``model`` a removal in ``history`` (JSON form, already applied) left at the old channel
+    count, as ``"'scale' (shape [32])"``: a dimension of the layer's size before the removal and none of its size
+    after. torch-pruning resizes parameters (a frozen ``nn.Parameter`` too) and norm layers' running statistics,
+    never other buffers, so a per-channel buffer the forward code multiplies or adds broke the forward pass, which
+    the operations on the channels' path do not explain. A likely cause to name, not a proof: the forward failure
+    itself is the check."""
+    modules = dict(model.named_modules())
+    removed: dict[tuple[str, bool], int] = {}
+    for name, is_out, idxs in history:
+        removed[(str(name), bool(is_out))] = removed.get((str(name), bool(is_out)), 0) + len(idxs)
+    sizes: set[tuple[int, int]] = set()  # (before, after) of each changed channel count
+    for (name, is_out), count in removed.items():
+        module = modules.get(name)
+        attr = ("out_features" if is_out else "in_features") if isinstance(module, nn.Linear) else None
+        if isinstance(module, _ConvNd):
+            attr = "out_channels" if is_out else "in_channels"
+        if attr is not None and count:
+            now = int(getattr(module, attr))
+            sizes.add((now + count, now))
+    found = []
+    for owner, module in modules.items():
+        if isinstance(module, _NormBase | nn.LayerNorm | nn.GroupNorm):
+            continue  # their running statistics are resized with the channels
+        for bname, buf in module._buffers.items():
+            if buf is None or bname == MASK:
+                continue
+            dims = list(buf.shape)
+            if any(old in dims and new not in dims for old, new in sizes):
+                found.append(f"{(owner + '.' if owner else '') + bname!r} (shape {dims})")
+    return found
+
+
+def stale_buffer_words(buffers: list[str]) -> str:
+    """The reason :func:`stale_buffers` found, for a removal error ('' for none), before its ignore remedy."""
+    if not buffers:
+        return ""
+    one = len(buffers) == 1
+    return (
+        f": the forward code uses buffer{'' if one else 's'} {', '.join(buffers[:3])}, sized to the channels removed; "
+        "channel removal resizes parameters, not buffers: register "
+        f"{'it' if one else 'them'} as nn.Parameter(..., requires_grad=False) to lose the same channels, or "
+    )
+
+
 def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
     """Parameters held by more than one module (tied weights), each as ``[(module_name, param_name), ...]``
     in model order, one list per shared parameter object. A module registered under several names is
