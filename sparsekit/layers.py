@@ -195,16 +195,41 @@ def _not_prunable(module: nn.Module) -> str:
     if isinstance(module._parameters.get("weight"), nn.parameter.UninitializedParameter):
         return "its weight is not initialized yet (a lazy module): run one forward pass before pruning"
     if layer_kind(module) is not None:
-        return (
-            "its weight is computed in the forward pass (weight_norm, spectral_norm or another parametrization), not a "
-            "parameter sparsekit can mask: remove the parametrization before pruning "
-            "(torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight'))"
-        )
+        return _computed_weight(module)
     if isinstance(module, nn.MultiheadAttention):
         return "attention's packed input projection is not pruned (its out_proj Linear is a layer of its own)"
     if isinstance(module, nn.RNNBase | nn.RNNCellBase):
         return f"recurrent weights ({kind}) are not pruned"
     return f"{kind} is not a prunable kind (those are {', '.join(LAYER_TYPES)}); its parameters are left as they are"
+
+
+def _computed_weight(module: nn.Module) -> str:
+    """Why a Linear/Conv whose weight is no parameter is left out, with the call that gives the parameter back:
+    the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (``weight_g``/``weight_v``, ``weight_orig``)
+    are no parametrization, and ``remove_parametrizations`` raises on them (the one remedy named before)."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    hooks = list(module._forward_pre_hooks.values())
+    if any(isinstance(h, WeightNorm) and h.name == "weight" for h in hooks):
+        how = "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)"
+    elif any(isinstance(h, SpectralNorm) and h.name == "weight" for h in hooks):
+        how = "torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(layer)"
+    elif parametrize.is_parametrized(module, "weight"):
+        how = (
+            "a parametrization: weight_norm, spectral_norm or another",
+            ("torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')"),
+        )
+    else:
+        return (
+            "its weight is not an nn.Parameter (a tensor set in the forward pass or a buffer), so sparsekit cannot "
+            "mask it: make it a parameter of the layer to prune it"
+        )
+    return (
+        f"its weight is computed in the forward pass ({how[0]}), not a parameter sparsekit can mask: remove it "
+        f"before pruning ({how[1]})"
+    )
 
 
 def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list[dict[str, Any]]:

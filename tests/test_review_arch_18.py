@@ -49,3 +49,26 @@ def test_a_per_channel_buffer_that_breaks_channel_removal_is_named_with_its_reme
     pruner.step()
     model = pruner.finalize()
     assert model.scale.shape == (16,) and model(torch.rand(2, 16)).shape == (2, 5)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+def test_hook_based_weight_and_spectral_norm_name_the_call_that_removes_them():
+    # torch.nn.utils.weight_norm / spectral_norm (hooks, not parametrizations) were told to call
+    # parametrize.remove_parametrizations(layer, 'weight'), which raises on them.
+    from sparsekit.layers import unselected_layers
+
+    model = nn.Sequential(
+        nn.utils.spectral_norm(nn.Linear(8, 8)), nn.utils.weight_norm(nn.Linear(8, 8)), nn.Linear(8, 3)
+    )
+    reason = {row["name"]: row["reason"] for row in unselected_layers(model)}
+    assert "remove_spectral_norm(layer)" in reason["0"] and "remove_parametrizations" not in reason["0"]
+    assert "remove_weight_norm(layer)" in reason["1"] and "remove_parametrizations" not in reason["1"]
+    with pytest.raises(sparsekit.TargetError, match=r"remove_spectral_norm"):
+        sparsekit.Pruner(model, {"pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ["0"]}]}, 1)
+    # The call named gives the layers back as prunable ones.
+    nn.utils.remove_spectral_norm(model[0])
+    nn.utils.remove_weight_norm(model[1])
+    assert unselected_layers(model) == []
+    pruner = sparsekit.Pruner(model, {"pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ["0", "1"]}]}, 1)
+    pruner.step()
+    assert sparsekit.sparsity(model) == pytest.approx(0.5 * 128 / (128 + 24), abs=0.01)
