@@ -72,3 +72,34 @@ def test_hook_based_weight_and_spectral_norm_name_the_call_that_removes_them():
     pruner = sparsekit.Pruner(model, {"pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ["0", "1"]}]}, 1)
     pruner.step()
     assert sparsekit.sparsity(model) == pytest.approx(0.5 * 128 / (128 + 24), abs=0.01)
+
+
+class RecurrentAttention(nn.Module):
+    """A sequence model: Linear -> LSTM -> self-attention with a residual add -> Linear -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+        self.lstm = nn.LSTM(16, 16, batch_first=True)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(F.relu(self.proj(x)))
+        a, _ = self.attn(h, h, h)
+        return self.head(F.relu(self.fc(a + h)).mean(1))
+
+
+def test_attention_out_proj_fed_by_an_lstm_is_not_called_unreached(one_thread):
+    # MultiheadAttention applies out_proj's weight itself; where no group removes the attention's embedding
+    # channels (an LSTM feeds it), the Linear was reported "not reached by the forward pass": the attention runs.
+    torch.manual_seed(0)
+    model = RecurrentAttention()
+    pruner = sparsekit.Pruner(model, _structured([1, 4, 8]), steps_per_epoch=1)
+    pruner.step()
+    row = pruner.methods[0].report()["per_layer"]["attn.out_proj"]
+    assert row["achieved"] == 0.0
+    assert "not reached" not in row["reason"] and "attention 'attn'" in row["reason"], row["reason"]
+    model = pruner.finalize()
+    assert model.proj.out_features == model.fc.out_features == 8 and model.attn.out_proj.out_features == 16

@@ -491,9 +491,22 @@ class Structured:
         output channels are coupled to a layer that keeps its outputs (ignored; those are :attr:`held` too: a
         layer the trace does not reach, such as attention's out_proj, may still lose channels with its group)."""
         out: dict[str, str] = {}
+        attention = {id(m.out_proj): n for n, m in self.model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         for name, module in self.layers.items():
             if name in self._owner or name in self._blocks:
                 continue  # (attention's out_proj is owned though the trace does not reach it)
+            mha = attention.get(id(module))
+            if mha is not None and tpa.in_graph(graph, dict(self.model.named_modules())[mha]):
+                # The attention applies this weight itself, so the trace never reaches the Linear: it is used, and
+                # "not reached by the forward pass" sent users looking for dead code. Its outputs are the attention's
+                # embedding channels, which go only with the group feeding the attention, and no group here does.
+                out[name] = (
+                    f"applied by attention {mha!r} itself: its output channels are the attention's embedding "
+                    "channels, removed only with the layer feeding the attention, and no selected layer does (the "
+                    "model's input, an ignored layer or one torch-pruning cannot remove channels of, such as an LSTM, "
+                    "feeds it)"
+                )
+                continue
             if not tpa.in_graph(graph, module):
                 out[name] = "not reached by the forward pass"
                 continue
