@@ -103,3 +103,30 @@ def test_attention_out_proj_fed_by_an_lstm_is_not_called_unreached(one_thread):
     assert "not reached" not in row["reason"] and "attention 'attn'" in row["reason"], row["reason"]
     model = pruner.finalize()
     assert model.proj.out_features == model.fc.out_features == 8 and model.attn.out_proj.out_features == 16
+
+
+class TiedSquare(nn.Module):
+    """An encoder and a decoder layer sharing one weight object (``dec.weight = enc.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.mid, self.dec, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.dec(F.relu(self.mid(F.relu(self.enc(x)))))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the fused CPU path and the plain one
+def test_max_norm_rescales_a_tied_weight_once(dtype):
+    # Each module sharing the weight was rescaled by the norms taken before either: the shared rows ended at
+    # max_value * max_value / norm, far inside the ball, and the model lost most of its scale at every step.
+    torch.manual_seed(0)
+    model = TiedSquare().to(dtype)
+    with torch.no_grad():
+        model.enc.weight.mul_(10)  # every row's norm well over the bound
+    pruner = sparsekit.Pruner(model, {"pruning": [{"method": "max_norm", "max_value": 0.5}]}, steps_per_epoch=1)
+    pruner.step()
+    norms = model.enc.weight.detach().norm(dim=1)
+    assert model.dec.weight is model.enc.weight
+    assert torch.allclose(norms, torch.full_like(norms, 0.5), rtol=1e-5), norms

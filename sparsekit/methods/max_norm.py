@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import output_dim, select_layers, unit_broadcast, unit_view
+from ..layers import output_dim, select_layers, tied_aliases, unit_broadcast, unit_view
 from ..masks import apply_mask, get_mask, weight_of
 from ..stats import asked_vs_achieved
 from .base import UNCHANGED, Changes, Setup
@@ -52,8 +52,12 @@ class MaxNorm:
         self.max_value = float(spec.max_value)
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         self.touched: list[str] = []
+        # One entry per weight tensor: layers sharing one (tied, dec.weight = enc.weight) were each rescaled by the
+        # norms taken before either, so the shared weight shrank twice, far below the bound.
+        tied = tied_aliases(self.layers)
+        self._own = {n: m for n, m in self.layers.items() if n not in tied}
         # (module, whether its output units index dim 0): a 2-D such weight is its own [units, rest] view
-        self._layout = [(m, not output_dim(m)) for m in self.layers.values()]
+        self._layout = [(m, not output_dim(m)) for m in self._own.values()]
         self._fused: _NormBuffer | None = None
         self._norms: list[torch.Tensor] = []  # the plain path's unit norms, per layer, from the last _over_bound
 
@@ -78,13 +82,13 @@ class MaxNorm:
                     self._rescale(module, n.clone(), over)
             return
         if all(n.is_cpu for n in self._norms):
-            for module, n in zip(self.layers.values(), self._norms, strict=True):
+            for module, n in zip(self._own.values(), self._norms, strict=True):
                 if not float(n.numpy().max()) <= self.max_value:  # (a NaN norm: its layer's other units still count)
                     self._rescale(module, n, n > self.max_value)
         else:
             # Elsewhere reading a scalar waits for the device: rescale every layer, units within the bound
             # by exactly 1 (the same bits), and never wait.
-            for module, n in zip(self.layers.values(), self._norms, strict=True):
+            for module, n in zip(self._own.values(), self._norms, strict=True):
                 self._rescale(module, n, n > self.max_value)
 
     def _over_bound(self) -> bool:
