@@ -690,6 +690,7 @@ def remove_dead_units(
         if layer is None or name in skip or not _dead_rows(layer):
             continue
         candidate = copy.deepcopy(model)
+        graph = None
         try:
             graph = build_graph(candidate, input_shape)
             if not _remove_layer_units(candidate, graph, name, probe, skip, tied):
@@ -699,7 +700,11 @@ def remove_dead_units(
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - this layer's removal is what fails: its units stay
-            ok, reason = False, _failed_removal(backup, name, input_shape, err)
+            buffers: list[str] = []
+            with contextlib.suppress(Exception):  # (the wording is best effort)
+                if graph is not None:
+                    buffers = stale_buffers(candidate, normalize_history(tpa.pruning_history(graph)))
+            ok, reason = False, _failed_removal(backup, name, input_shape, err, buffers)
         if ok:
             model = candidate
             history += normalize_history(tpa.pruning_history(graph))
@@ -716,10 +721,21 @@ def remove_dead_units(
     return model, history
 
 
-def _failed_removal(model: nn.Module, name: str, input_shape: Sequence[int], err: Exception) -> str:
-    """Why removing layer ``name``'s units failed, in the model's terms: the operations its channels pass through
-    (a slice or a view the dependency graph cannot follow) where the graph shows them, with the error's gist."""
+def _failed_removal(
+    model: nn.Module, name: str, input_shape: Sequence[int], err: Exception, buffers: Sequence[str] = ()
+) -> str:
+    """Why removing layer ``name``'s units failed, in the model's terms: a buffer left at the old size
+    (``buffers``, :func:`stale_buffers`), else the operations its channels pass through (a slice or a view the
+    dependency graph cannot follow) where the graph shows them, with the error's gist."""
     from .methods.structured import op_word  # (methods import this module)
+
+    if buffers:
+        # (torch-pruning's graph lists a view/reshape beside a Linear whose output meets a buffer, which misled)
+        which = f"buffer{'' if len(buffers) == 1 else 's'} {', '.join(buffers[:3])}"
+        return (
+            f"removing its zeroed units breaks the forward pass: the forward code uses {which}, sized to its units, "
+            f"which removing units cannot resize ({one_line(err, 100)})"
+        )
 
     ops: list[str] = []
     try:

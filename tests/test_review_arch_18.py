@@ -130,3 +130,20 @@ def test_max_norm_rescales_a_tied_weight_once(dtype):
     norms = model.enc.weight.detach().norm(dim=1)
     assert model.dec.weight is model.enc.weight
     assert torch.allclose(norms, torch.full_like(norms, 0.5), rtol=1e-5), norms
+
+
+def test_l1_names_the_buffer_that_keeps_zeroed_units_not_a_view(one_thread):
+    # remove_dead's layer-by-layer fallback said the units "pass through view/reshape", which the model has not.
+    torch.manual_seed(0)
+    model = ScaledByBuffer()
+    with torch.no_grad():
+        model.fc1.weight[:10] = 0
+        model.fc1.bias[:10] = 0
+    spec = {"method": "l1", "strength": 1e-4, "group": "row", "mode": "proximal", "threshold": 1e-3}
+    pruner = sparsekit.Pruner(model, {"model": {"input_shape": [1, 16]}, "pruning": [spec]}, steps_per_epoch=1)
+    pruner.step()
+    with pytest.warns(UserWarning, match="zeroed units of fc1 stay"):
+        model = pruner.finalize()
+    reason = pruner.methods[0].report()["cannot_remove"]["fc1"]
+    assert "buffer 'scale' (shape [32])" in reason and "view/reshape" not in reason, reason
+    assert model.fc1.out_features == 32 and model(torch.rand(2, 16)).shape == (2, 5)
