@@ -203,25 +203,32 @@ def _not_prunable(module: nn.Module) -> str:
     return f"{kind} is not a prunable kind (those are {', '.join(LAYER_TYPES)}); its parameters are left as they are"
 
 
-def _computed_weight(module: nn.Module) -> str:
-    """Why a Linear/Conv whose weight is no parameter is left out, with the call that gives the parameter back:
-    the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (``weight_g``/``weight_v``, ``weight_orig``)
-    are no parametrization, and ``remove_parametrizations`` raises on them (the one remedy named before)."""
+def computed_weight(module: nn.Module) -> tuple[str, str] | None:
+    """For a layer whose weight is computed in the forward pass, what computes it and the call that gives the
+    parameter back: ``("torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)")``; None for a
+    layer with a weight parameter of its own. The hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm``
+    (``weight_g``/``weight_v``, ``weight_orig``) are no parametrization: ``remove_parametrizations`` raises on them."""
     from torch.nn.utils import parametrize
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
     hooks = list(module._forward_pre_hooks.values())
     if any(isinstance(h, WeightNorm) and h.name == "weight" for h in hooks):
-        how = "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)"
-    elif any(isinstance(h, SpectralNorm) and h.name == "weight" for h in hooks):
-        how = "torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(layer)"
-    elif parametrize.is_parametrized(module, "weight"):
-        how = (
+        return "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)"
+    if any(isinstance(h, SpectralNorm) and h.name == "weight" for h in hooks):
+        return "torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(layer)"
+    if parametrize.is_parametrized(module, "weight"):
+        return (
             "a parametrization: weight_norm, spectral_norm or another",
-            ("torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')"),
+            "torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')",
         )
-    else:
+    return None
+
+
+def _computed_weight(module: nn.Module) -> str:
+    """Why a Linear/Conv whose weight is no parameter is left out, with the call that gives the parameter back."""
+    how = computed_weight(module)
+    if how is None:
         return (
             "its weight is not an nn.Parameter (a tensor set in the forward pass or a buffer), so sparsekit cannot "
             "mask it: make it a parameter of the layer to prune it"

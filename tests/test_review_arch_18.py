@@ -147,3 +147,29 @@ def test_l1_names_the_buffer_that_keeps_zeroed_units_not_a_view(one_thread):
     reason = pruner.methods[0].report()["cannot_remove"]["fc1"]
     assert "buffer 'scale' (shape [32])" in reason and "view/reshape" not in reason, reason
     assert model.fc1.out_features == 32 and model(torch.rand(2, 16)).shape == (2, 5)
+
+
+class FeedsNormed(nn.Module):
+    """A plain layer whose outputs feed a weight-normed one."""
+
+    def __init__(self, hook_based: bool) -> None:
+        super().__init__()
+        normed = nn.utils.weight_norm if hook_based else nn.utils.parametrizations.weight_norm
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), normed(nn.Linear(32, 32)), nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize(("hook_based", "remedy"), [(False, "remove_parametrizations"), (True, "remove_weight_norm")])
+def test_channels_feeding_a_weight_normed_layer_are_refused_naming_it(hook_based, remedy):
+    # torch-pruning cannot shrink a parametrized or hook-normed weight: the refusal came at the removal step and
+    # blamed the layer losing channels ("a layout it does not model", or the forward pass's TypeError), never the
+    # weight-normed layer or how to make it prunable.
+    torch.manual_seed(0)
+    with pytest.raises(sparsekit.TargetError) as err:
+        sparsekit.Pruner(FeedsNormed(hook_based), _structured([1, 16]), steps_per_epoch=1)
+    message = str(err.value)
+    assert "cannot remove output channels of 'fc1'" in message and "reach 'fc2'" in message, message
+    assert f"{remedy}(layer" in message and "pruning[0].ignore" in message
