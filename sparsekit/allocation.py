@@ -51,7 +51,6 @@ Typical use (what ``sparsekit prune`` does before training when the recipe holds
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import tempfile
@@ -81,7 +80,7 @@ from .sensitivity import (
     auto_entries,
 )
 from .tp_adapter import alignment
-from .wrappers import unwrap
+from .wrappers import copy_model, unwrap
 
 __all__ = [
     "LATENCY_ROUNDS",
@@ -445,7 +444,7 @@ def _macs_after(
 
     if not recipe_specs:
         return _layer_macs(model, shape)
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     for index, spec in recipe_specs:
         method = Structured(
             spec.model_copy(update={"schedule": ScheduleSpec(), "steps": 1}),
@@ -605,7 +604,7 @@ def _latency_to_macs(
             for r in plan.blocks:
                 options = _feasible(plan.units[r], plan.blocks[r], plan.units[r] - plan.min_units[r], latency_align())
                 ratios[r] = min(options, key=lambda x: (abs(x - u * plan.units[r]), x)) / plan.units[r]
-            work = copy.deepcopy(model)
+            work = copy_model(model)
             method = _structured_method(
                 work, spec, index, shape, verify=False, ratio=u, layer_ratio=ratios, scope="layer", steps=1,
                 schedule=ScheduleSpec(),
@@ -647,7 +646,7 @@ def _measured_latency(
     from .onnx import benchmark, export_onnx
 
     batch = max(recipe.benchmark.batch_sizes)
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     for index, spec in allocated:
         method = Structured(
             spec.model_copy(update={"schedule": ScheduleSpec(), "steps": 1}),

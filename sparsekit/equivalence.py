@@ -27,7 +27,6 @@ groups are bisected (a copy and a trace per probe, 32 probes at most) to name th
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import logits, surgery
 from . import tp_adapter as tpa
+from .wrappers import copy_model
 
 __all__ = ["Mismatch", "mismatched_roots", "probe_channels", "probes"]
 
@@ -170,7 +170,7 @@ class _Probe:
     def __init__(self, model: nn.Module, input_shape: Sequence[int], budget: int = 32) -> None:
         low = any(t.is_floating_point() and t.dtype not in (torch.float32, torch.float64) for t in _tensors(model))
         # A half-precision model is compared on a float32 copy: its own rounding is larger than the tolerance.
-        self.model = copy.deepcopy(model).float() if low else model
+        self.model = copy_model(model).float() if low else model
         self.budget = budget  # probes left (each a deep copy and a trace); past it, probes are skipped
         self.shape = [int(d) for d in input_shape]
         self.x = surgery.example_input(self.model, self.shape, batch=2, random=True)
@@ -181,7 +181,7 @@ class _Probe:
         if self.budget <= 0:
             return "fail", 0.0, 0.0
         self.budget -= 1
-        work = copy.deepcopy(self.model)
+        work = copy_model(self.model)
         names = {m: n for n, m in work.named_modules()}
         modules = dict(work.named_modules())
         try:

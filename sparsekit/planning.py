@@ -16,7 +16,7 @@ from typing import Any
 from .recipe import Recipe, as_recipe, load_recipe
 from .recipe_yaml import override_list
 from .schedule import checked_steps_per_epoch
-from .wrappers import require_path, unwrap
+from .wrappers import copy_model, require_path, unwrap
 
 
 def plan(
@@ -110,7 +110,6 @@ def plan(
             kind: Kind = "model" if field == "model.factory" else "data"
             check_runnable(spec, kind=kind, named_in=recipe.source or "recipe", field=field)
         return res
-    import copy
 
     from .allocation import placeholder_recipe
     from .layers import prunable_layers, unselected_layers
@@ -140,7 +139,7 @@ def plan(
     )
     # Every structural removal the run will make, performed on a copy (forward pass after each, one export).
     res["rehearsal"] = rehearse(loaded.model, recipe, shape, spe).as_dict()
-    work = copy.deepcopy(loaded.model)  # building a Pruner adds masks, and a oneshot schedule prunes at once
+    work = copy_model(loaded.model)  # building a Pruner adds masks, and a oneshot schedule prunes at once
     pruner = Pruner(work, recipe, spe, context={"input_shape": shape})
     schedule = simulate(loaded.model, recipe, spe, shape, batch)
     res["schedule"] = schedule
@@ -210,7 +209,6 @@ def simulate(
     as report.json's history and ``pruned.sparsity`` report it (l1 zeros would come on top); ``methods``
     has one value per ``recipe.pruning`` entry: the fraction of its weights that is zero (of its output
     channels removed, for structured), as its report row's ``achieved``; None for an entry not simulated."""
-    import copy
 
     import torch
 
@@ -223,7 +221,7 @@ def simulate(
     epochs = recipe.finetune.epochs
     total = epochs * steps_per_epoch
     with torch.random.fork_rng(devices=[]):
-        work = copy.deepcopy(unwrap(model))
+        work = copy_model(unwrap(model))
         pruner = Pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
         needs_grad = any(m.needs_grad for m in pruner.methods)
 

@@ -26,7 +26,6 @@ and the export's parity check runs them): those recipes are rehearsed on a full 
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +43,7 @@ from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner, checked_input_shape
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
-from .wrappers import require_module, unwrap
+from .wrappers import copy_model, require_module, unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
 
@@ -117,7 +116,7 @@ def rehearse(
             result.ms = (time.perf_counter() - start) * 1000
             return result
         del weightless
-        work = copy.deepcopy(original)
+        work = copy_model(original)
         pruner = _build(work, recipe, steps_per_epoch, shape, scorers)
         result = Rehearsal()
         methods = [(i, m) for i, m in enumerate(pruner.methods) if isinstance(m, structured_mod.Structured)]
@@ -172,7 +171,7 @@ def meta_copy(model: nn.Module) -> nn.Module:
         memo.setdefault(id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
     for b in model.buffers():
         memo.setdefault(id(b), torch.empty_like(b, device="meta"))
-    return copy.deepcopy(model, memo)
+    return copy_model(model, memo)
 
 
 def _weightless(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> Pruner | None:
@@ -261,7 +260,7 @@ def _culprit(
     """Replay ``history`` removal by removal on a fresh copy, checking the forward pass after each: a
     TargetError naming the first removal that breaks the model and the operations its channels pass
     through (None when the replay cannot tell)."""
-    fresh = copy.deepcopy(original)
+    fresh = copy_model(original)
     try:
         with torch.no_grad():
             graph = surgery.build_graph(fresh, shape)
@@ -331,7 +330,7 @@ def _dense_fails(original: nn.Module, folder: Path, shape: list[int]) -> bool:
 
     try:
         info = export_onnx(
-            copy.deepcopy(original).float(), folder / "dense.onnx", shape, exporter="torchscript", check_parity=True
+            copy_model(original).float(), folder / "dense.onnx", shape, exporter="torchscript", check_parity=True
         )
     except Exception:  # noqa: BLE001 - any failure means the model itself does not export
         return True

@@ -27,7 +27,6 @@ Per-layer targets chosen from the table (``sparsity: auto``, ``ratio: auto``) ar
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import math
@@ -50,7 +49,7 @@ from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .stats import layer_macs
 from .train import evaluate
-from .wrappers import unwrap
+from .wrappers import copy_model, unwrap
 
 __all__ = [
     "GRID_STRUCTURED",
@@ -532,7 +531,7 @@ def _layer_macs(model: nn.Module, shape: list[int]) -> dict[str, int]:
     param = next(iter(model.parameters()), None)
     if param is None or param.device.type == "cpu":
         return layer_macs(model, shape)
-    return layer_macs(copy.deepcopy(model).cpu(), shape)
+    return layer_macs(copy_model(model).cpu(), shape)
 
 
 def _inputs(module: nn.Module) -> int:
@@ -550,7 +549,7 @@ class _StructuredPlan:
     """The groups of a structured entry on a model and how each layer's MACs follow their channels."""
 
     def __init__(self, model: nn.Module, spec: StructuredSpec, index: int, shape: list[int], macs: dict[str, int]):
-        method = _structured_method(copy.deepcopy(model), spec, index, shape)
+        method = _structured_method(copy_model(model), spec, index, shape)
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         self.method = method
         self.blocks = dict(sorted(method.roots().items(), key=lambda kv: order.get(kv[0], 0)))
@@ -874,7 +873,7 @@ def _probe_structured(
     units = plan.units[row.name]
     if kept_units(units, value) < plan.min_units[row.name]:  # what the probe's removal keeps
         return None, f"would leave fewer than {plan.min_units[row.name] * row.blocks} channel(s) (min_channels)"
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     ratios = dict.fromkeys(plan.blocks, 0.0)
     ratios[row.name] = value
     try:

@@ -20,7 +20,6 @@ it on first use). It adds three things on top:
 from __future__ import annotations
 
 import contextlib
-import copy
 import re
 import warnings
 from collections.abc import Collection, Iterator, Sequence
@@ -37,6 +36,7 @@ from . import tp_adapter as tpa
 from .errors import ModelFileError, one_line, option
 from .layers import prunable_layers, unit_view
 from .masks import MASK, apply_mask, get_mask, weight_of
+from .wrappers import copy_model
 
 __all__ = [
     "build_graph",
@@ -658,7 +658,7 @@ def remove_dead_units(
     names the layers that kept their units after a failed check.
     """
     skip = set(ignore)
-    backup = copy.deepcopy(model)
+    backup = copy_model(model)
     probe = example_input(model, input_shape, batch=4, random=True)
     with traced(model), torch.no_grad():
         reference = model(probe)
@@ -689,7 +689,7 @@ def remove_dead_units(
         layer = prunable_layers(model).get(name)
         if layer is None or name in skip or not _dead_rows(layer):
             continue
-        candidate = copy.deepcopy(model)
+        candidate = copy_model(model)
         graph = None
         try:
             graph = build_graph(candidate, input_shape)
@@ -739,7 +739,7 @@ def _failed_removal(
 
     ops: list[str] = []
     try:
-        fresh = copy.deepcopy(model)
+        fresh = copy_model(model)
         graph = build_graph(fresh, input_shape)
         module = dict(fresh.named_modules())[name]
         members = tpa.group_members(graph, tpa.channel_group(graph, module, [0]))

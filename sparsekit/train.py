@@ -36,7 +36,7 @@ from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key, spells_remedies
 from .stats import layer_report, sparsity
-from .wrappers import require_module
+from .wrappers import copy_model, require_module
 
 log = logging.getLogger("sparsekit")
 
@@ -214,9 +214,8 @@ def _teacher_logits(teacher: nn.Module, x: Any, student: torch.Tensor) -> torch.
 def frozen_teacher(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (unwrapped from DistributedDataParallel) for distillation: eval mode, every
     parameter with ``requires_grad=False``, on the model's device; the original is not touched."""
-    import copy
 
-    teacher = copy.deepcopy(_distributed.unwrap(model)).eval()
+    teacher = copy_model(_distributed.unwrap(model)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

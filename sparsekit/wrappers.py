@@ -106,3 +106,21 @@ def int_dims(shape: object, min_dims: int = 1) -> list[int] | None:
         return None
     dims = [operator.index(d) for d in shape]
     return dims if len(dims) >= min_dims and all(d > 0 for d in dims) else None
+
+
+def copy_model(model: nn.Module, memo: dict[int, object] | None = None) -> nn.Module:
+    """``copy.deepcopy(model)`` (with ``memo``, as deepcopy takes it), also for a model holding a computed tensor
+    as a plain attribute: the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` keep the layer's
+    ``weight`` as one, which deepcopy refuses ("Only Tensors created explicitly by the user (graph leaves) support
+    the deepcopy protocol"), a RuntimeError out of ``rehearse`` or ``plan``. The copy gets it detached: its hook
+    computes it again at the copy's next forward pass."""
+    import copy
+
+    import torch
+
+    memo = dict(memo or {})
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo.setdefault(id(value), value.detach().clone())
+    return copy.deepcopy(model, memo)

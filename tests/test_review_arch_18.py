@@ -173,3 +173,29 @@ def test_channels_feeding_a_weight_normed_layer_are_refused_naming_it(hook_based
     message = str(err.value)
     assert "cannot remove output channels of 'fc1'" in message and "reach 'fc2'" in message, message
     assert f"{remedy}(layer" in message and "pruning[0].ignore" in message
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+def test_rehearse_copies_a_model_with_hook_based_weight_and_spectral_norm(one_thread):
+    # Their hooks keep the layer's weight as a computed (non-leaf) tensor, which copy.deepcopy refuses: rehearse
+    # raised RuntimeError "Only Tensors created explicitly by the user (graph leaves) support the deepcopy
+    # protocol" for any recipe, here one that never touches the normed layers.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.utils.spectral_norm(nn.Linear(16, 32)),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.ReLU(),
+        nn.utils.weight_norm(nn.Linear(32, 32)),
+        nn.ReLU(),
+        nn.Linear(32, 5),
+    )
+    model.eval()  # (in training mode spectral_norm takes a power-iteration step at every forward pass)
+    before = model(torch.ones(2, 16)).detach()
+    spec = {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot", "ignore": ["6"]}
+    recipe = sparsekit.Recipe(**{"model": {"input_shape": [1, 16]}, "pruning": [spec]})
+    with pytest.raises(sparsekit.TargetError, match=r"reach '4'.*remove_weight_norm"):  # (2's channels feed it)
+        sparsekit.rehearse(model, recipe, input_shape=[1, 16], steps_per_epoch=1)
+    mag = sparsekit.Recipe(**{"model": {"input_shape": [1, 16]}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]})
+    sparsekit.rehearse(model, mag, input_shape=[1, 16], steps_per_epoch=1)
+    assert torch.equal(model(torch.ones(2, 16)), before)  # the user's model is as it was
