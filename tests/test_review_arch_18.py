@@ -199,3 +199,15 @@ def test_rehearse_copies_a_model_with_hook_based_weight_and_spectral_norm(one_th
     mag = sparsekit.Recipe(**{"model": {"input_shape": [1, 16]}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]})
     sparsekit.rehearse(model, mag, input_shape=[1, 16], steps_per_epoch=1)
     assert torch.equal(model(torch.ones(2, 16)), before)  # the user's model is as it was
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize(("hook_based", "remedy"), [(False, "remove_parametrizations"), (True, "remove_weight_norm")])
+def test_l1_says_up_front_that_units_feeding_a_weight_normed_layer_stay(hook_based, remedy):
+    # validate (and report() before finalize) said nothing; finalize then warned that the removal failed with
+    # "KeyError: attribute 'weight' already exists" or a TypeError, naming neither the normed layer nor the remedy.
+    torch.manual_seed(0)
+    spec = {"method": "l1", "strength": 1e-3, "group": "row", "mode": "proximal", "threshold": 1e-3}
+    pruner = sparsekit.Pruner(FeedsNormed(hook_based), {"model": {"input_shape": [1, 16]}, "pruning": [spec]}, 1)
+    reason = pruner.methods[0].report()["cannot_remove"]["fc1"]
+    assert "reach fc2" in reason and f"{remedy}(layer" in reason, reason

@@ -102,6 +102,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .. import tp_adapter as tpa
 from ..errors import RecipeError, TargetError, one_line
 from ..layers import (
+    computed_weight,
     num_units,
     output_dim,
     prunable_layers,
@@ -565,6 +566,13 @@ class L1:
                 label = names.get(id(mod))
                 if isinstance(mod, nn.Parameter):  # (a weight the forward uses outside any layer)
                     blocked = "its units meet a parameter the forward pass uses outside a layer"
+                    continue
+                computed = computed_weight(mod) if mod is not module and isinstance(mod, nn.Linear | _ConvNd) else None
+                if computed is not None:  # (the removal failed at finalize with "attribute 'weight' already exists")
+                    blocked = (
+                        f"its units reach {label}, whose weight is computed in the forward pass ({computed[0]}), which "
+                        f"removing units cannot resize (remove it before pruning with {computed[1]})"
+                    )
                     continue
                 if mod is not module and label in untie:
                     blocked = (
