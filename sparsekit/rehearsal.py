@@ -287,7 +287,7 @@ def _culprit(
                 )
                 # A per-channel buffer explains the failure better than the ops on the path (torch-pruning lists
                 # a view/reshape beside a Linear whose output is multiplied by one, which misled).
-                buffers = surgery.stale_buffer_words(surgery.stale_buffers(fresh, [[name, is_out, idxs]]))
+                buffers = surgery.stale_buffer_words(surgery.stale_buffers(fresh, [[name, is_out, idxs]], failure))
                 return TargetError(
                     f"{method.where}: removing {'output' if is_out else 'input'} channels of {name!r} breaks the "
                     f"model's forward pass {failure}{buffers or through + fixed + '; '}{method.ignore_hint([name])}"

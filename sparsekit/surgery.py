@@ -375,13 +375,13 @@ def _forward_failure(
     return None
 
 
-def stale_buffers(model: nn.Module, history: Sequence[Sequence[Any]]) -> list[str]:
+def stale_buffers(model: nn.Module, history: Sequence[Sequence[Any]], failure: str = "") -> list[str]:
     """The buffers of ``model`` a removal in ``history`` (JSON form, already applied) left at the old channel
     count, as ``"'scale' (shape [32])"``: a dimension of the layer's size before the removal and none of its size
     after. torch-pruning resizes parameters (a frozen ``nn.Parameter`` too) and norm layers' running statistics,
     never other buffers, so a per-channel buffer the forward code multiplies or adds broke the forward pass, which
     the operations on the channels' path do not explain. A likely cause to name, not a proof: the forward failure
-    itself is the check."""
+    itself is the check, and with ``failure`` (its message) only a size the message names counts."""
     modules = dict(model.named_modules())
     removed: dict[tuple[str, bool], int] = {}
     for name, is_out, idxs in history:
@@ -394,7 +394,8 @@ def stale_buffers(model: nn.Module, history: Sequence[Sequence[Any]]) -> list[st
             attr = "out_channels" if is_out else "in_channels"
         if attr is not None and count:
             now = int(getattr(module, attr))
-            sizes.add((now + count, now))
+            if not failure or re.search(rf"\b{now + count}\b", failure):
+                sizes.add((now + count, now))
     found = []
     for owner, module in modules.items():
         if isinstance(module, _NormBase | nn.LayerNorm | nn.GroupNorm):
@@ -703,7 +704,8 @@ def remove_dead_units(
             buffers: list[str] = []
             with contextlib.suppress(Exception):  # (the wording is best effort)
                 if graph is not None:
-                    buffers = stale_buffers(candidate, normalize_history(tpa.pruning_history(graph)))
+                    history_now = normalize_history(tpa.pruning_history(graph))
+                    buffers = stale_buffers(candidate, history_now, one_line(err))
             ok, reason = False, _failed_removal(backup, name, input_shape, err, buffers)
         if ok:
             model = candidate

@@ -211,3 +211,24 @@ def test_l1_says_up_front_that_units_feeding_a_weight_normed_layer_stay(hook_bas
     pruner = sparsekit.Pruner(FeedsNormed(hook_based), {"model": {"input_shape": [1, 16]}, "pruning": [spec]}, 1)
     reason = pruner.methods[0].report()["cannot_remove"]["fc1"]
     assert "reach fc2" in reason and f"{remedy}(layer" in reason, reason
+
+
+class ViewsChannels(nn.Module):
+    """fc1's 20 units viewed as [4, 5] in forward() (a shape written in code), beside an unrelated buffer of 20."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.head = nn.Linear(16, 20), nn.Linear(5, 3)
+        self.register_buffer("table", torch.zeros(20))  # read by no forward pass here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc1(x)).reshape(x.shape[0], 4, 5).mean(1))
+
+
+def test_a_buffer_is_blamed_only_when_the_failure_names_its_size(one_thread):
+    # A buffer that merely has the layer's old size is no cause: the failure here is the hard-coded view.
+    spec = {"method": "structured", "ratio": 0.25, "round_to": None, "schedule": "oneshot"}
+    recipe = sparsekit.Recipe(**{"model": {"input_shape": [1, 16]}, "pruning": [spec]})
+    with pytest.raises(sparsekit.TargetError) as err:
+        sparsekit.rehearse(ViewsChannels(), recipe, input_shape=[1, 16], steps_per_epoch=1)
+    assert "'fc1'" in str(err.value) and "table" not in str(err.value), str(err.value)

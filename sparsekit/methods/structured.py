@@ -834,7 +834,7 @@ class Structured:
         # An output that changed shape comes from a layer that must keep its channels (a decoder beside the
         # logits): name that one, which the first few roots of the event may not include.
         keep = [n for n in surgery.changed_outputs(self.model, self.input_shape, self.output_shapes) if n in roots]
-        buffers = surgery.stale_buffer_words(surgery.stale_buffers(self.model, history))
+        buffers = surgery.stale_buffer_words(surgery.stale_buffers(self.model, history, failure))
         raise TargetError(
             f"{self.where}: after removal event {self.done} of {len(self.events)} (channels of "
             f"{', '.join(repr(r) for r in roots) or 'no layer'}), the model's forward pass fails {failure}"
