@@ -757,7 +757,7 @@ def prune(
       sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100   # dry run first
       sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
       sparsekit prune weights.pt my-recipe.yaml --arch mypkg.nets:build --kwargs '{"width": 64}' \\
-          --set finetune.epochs=2 -o out
+          --set finetune.epochs=4 -o out   # a schedule must end by the last epoch (validate says so)
     \b
     Several processes (DistributedDataParallel; gloo on CPU, nccl on GPU), rank 0 writes DIR:
       torchrun --nproc-per-node=2 -m sparsekit prune lenet.pt lenet-gradual-magnitude-90 \\
