@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 
 import click
 from click.testing import CliRunner
+from conftest import ROOT
 
 import sparsekit
 from sparsekit.cli import main
@@ -54,3 +56,20 @@ def test_help_examples_parse_and_their_overrides_validate():
         except sparsekit.RecipeError as err:
             bad.append(f"{where}: {' '.join(words)}: {err}")
     assert bad == []
+
+
+def test_every_int8_figure_in_the_readme_names_the_benchmark_that_produced_it():
+    readme = (ROOT / "README.md").read_text()
+    # A paragraph, list item or table row quoting int8 against fp32 ("0.60x of fp32", "0.254x of fp32").
+    blocks = [b for b in re.split(r"\n\s*\n|\n(?=\|)|\n(?=- )", readme) if re.search(r"\d\.\d+x of fp32", b)]
+    assert len(blocks) >= 2, blocks  # the int8 speed paragraph and the methods table's int8 row
+    unnamed = [b[:120] for b in blocks if not re.search(r"benchmarks/\w+\.py", b)]
+    assert unnamed == []
+
+
+def test_every_benchmark_script_the_docs_name_exists():
+    docs = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "benchmarks" / "results" / "README.md"]
+    named = {m for doc in docs for m in re.findall(r"benchmarks/(\w+)\.py", doc.read_text())}
+    assert "int8_speed" in named
+    missing = sorted(n for n in named if not (ROOT / "benchmarks" / f"{n}.py").is_file())
+    assert missing == []
