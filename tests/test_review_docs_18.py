@@ -73,3 +73,28 @@ def test_every_benchmark_script_the_docs_name_exists():
     assert "int8_speed" in named
     missing = sorted(n for n in named if not (ROOT / "benchmarks" / f"{n}.py").is_file())
     assert missing == []
+
+
+def test_the_readme_synopsis_of_every_command_names_all_its_options():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Commands\n\n```\n", 1)[1].split("```", 1)[0]
+    synopsis: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        m = re.match(r"sparsekit (\w+)", line)
+        name = m.group(1) if m else name  # indented lines go on the command above
+        if name:
+            synopsis[name] = synopsis.get(name, "") + line.split("  #", 1)[0] + "\n"
+    # Said once in the prose below the block for every command: --kwargs "wherever --arch is accepted",
+    # --no-progress, --debug; --help everywhere.
+    prose = {"--kwargs", "--no-progress", "--debug", "--help"}
+    missing = []
+    for cmd_name, cmd in main.commands.items():
+        for param in cmd.params:
+            spellings = [o for o in getattr(param, "opts", []) if o.startswith("-")]
+            if not spellings or prose & set(spellings):
+                continue
+            text = synopsis.get(cmd_name, "")
+            if not any(re.search(re.escape(o) + r"(?![\w-])", text) for o in spellings):
+                missing.append(f"{cmd_name} {spellings[-1]}")
+    assert missing == []
