@@ -51,7 +51,7 @@ from .modelio import LoadedModel, infer_input_shape, read_model, refuse_compiled
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
-from .recipe import Recipe, as_recipe, load_recipe
+from .recipe import Recipe, as_recipe, load_recipe, with_kwargs
 from .recipe_yaml import override_list
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
@@ -347,6 +347,7 @@ def run_prune(
     out: str | Path,
     *,
     arch: str | None = None,
+    kwargs: Mapping[str, Any] | None = None,
     data: str | None = None,
     trust: bool = False,
     trust_code: bool = False,
@@ -368,6 +369,7 @@ def run_prune(
     return None. Training metrics are logged (CSV, TensorBoard when installed) to ``log_dir`` when given
     (a new folder per run inside it), else to ``out/logs`` when ``finetune.log`` is true.
 
+    ``kwargs``: the factory's keyword arguments (the recipe's ``model.kwargs``; the command line's kwargs option).
     ``arch`` and ``data`` are the caller's own choices; a model factory or data callable named by the
     model file or the recipe runs only with ``trust_code=True`` or a trusted module. ``trust`` allows
     unpickling a whole-module MODEL. Every output is built in ``out/.sparsekit/next`` and moved into
@@ -394,6 +396,7 @@ def run_prune(
         check_allowed(allow_changes)
     except ValueError as err:
         raise SparsekitError(str(err)) from None
+    overrides = with_kwargs(recipe, kwargs, overrides, "run_prune", arch)
     if overrides is not None and isinstance(recipe, Recipe):
         raise TypeError(
             "run_prune(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, as_recipe, load_recipe
+from .recipe import Recipe, as_recipe, load_recipe, with_kwargs
 from .recipe_yaml import override_list
 from .schedule import checked_steps_per_epoch
 from .wrappers import copy_model, require_path, unwrap
@@ -24,6 +24,7 @@ def plan(
     model: str | Path | None = None,
     *,
     arch: str | None = None,
+    kwargs: Mapping[str, Any] | None = None,
     data: str | None = None,
     steps_per_epoch: int | None = None,
     trust: bool = False,
@@ -52,6 +53,7 @@ def plan(
     here spell them ``overrides=[...]``) are applied to a recipe file, name or dict as
     :func:`~sparsekit.recipe.load_recipe` does; a :class:`~sparsekit.recipe.Recipe` object takes none
     (TypeError: set its fields, or load it with them), as in :func:`~sparsekit.pipeline.run_prune`.
+    ``kwargs``: the model factory's keyword arguments (``model.kwargs``), as for run_prune.
 
     Returns ``{"recipe", "valid": True, "names_code", "epochs", "allocation": [...], "descriptions": [what each
     entry will do, in words (:func:`describe`)], "methods": [...] (empty without a model)}`` and,
@@ -82,6 +84,7 @@ def plan(
         steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "plan(steps_per_epoch=...)")
     if model is not None:
         require_path(model, "plan(model=...)")
+    overrides = with_kwargs(recipe, kwargs, overrides, "plan", arch)  # the factory's kwargs, as model.kwargs
     if overrides is not None:
         # The errors' remedies read overrides=[...] (the input shape, a layer pattern, ...), as for run_prune and
         # load_recipe; following one here was a TypeError: plan() took no such keyword.

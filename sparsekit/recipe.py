@@ -1836,6 +1836,30 @@ RecipeLike = Recipe | Mapping[str, Any] | str | os.PathLike[str]
 """What the Python API takes as a recipe: a :class:`Recipe`, a dict, a recipe file or a shipped recipe's name."""
 
 
+def with_kwargs(recipe: Any, kwargs: Any, overrides: Any, where: str, arch: str | None) -> Any:
+    """``overrides`` with ``model.kwargs`` set to ``kwargs``: the factory's keyword arguments, as the command line's
+    kwargs option gives them, for ``where`` (``run_prune``, ``plan``); with ``arch``, ``model.factory`` too, since a
+    recipe's kwargs belong to its own factory (the command line does the same). A model file whose weights need
+    other kwargs than the factory's defaults is refused with the remedy "give them: kwargs={...}", which these
+    functions did not take (a TypeError). Returned unchanged when ``kwargs`` is None."""
+    if kwargs is None:
+        return overrides
+    if isinstance(recipe, Recipe):
+        raise TypeError(
+            f"{where}(kwargs=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object is "
+            "already validated: set recipe.model.kwargs instead"
+        )
+    if not isinstance(kwargs, Mapping):
+        got = type(kwargs).__name__
+        raise TypeError(f"{where}(kwargs=...): expected a dict of the model factory's keyword arguments, got {got}")
+    try:
+        text = json.dumps(dict(kwargs), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where}(kwargs=...): {err}; the factory's keyword arguments must be JSON-like") from None
+    factory = [f"model.factory={arch}"] if arch is not None else []
+    return [*override_list(overrides if overrides is not None else []), *factory, f"model.kwargs={text}"]
+
+
 def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     """``recipe`` itself when a :class:`Recipe` (checked again as it is now: RecipeError naming a field assigned an
     invalid value since it was validated); the recipe a file path or a shipped recipe's name names

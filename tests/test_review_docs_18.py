@@ -6,6 +6,7 @@ import re
 import shlex
 
 import click
+import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
@@ -98,3 +99,34 @@ def test_the_readme_synopsis_of_every_command_names_all_its_options():
             if not any(re.search(re.escape(o) + r"(?![\w-])", text) for o in spellings):
                 missing.append(f"{cmd_name} {spellings[-1]}")
     assert missing == []
+
+
+RECIPE = {
+    "version": 1,
+    "model": {"input_shape": [1, 64]},
+    "data": {"source": "digits", "batch_size": 64},
+    "finetune": {"epochs": 1},
+    "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot", "layers": {"exclude": ["fc3"]}}],
+    "benchmark": {"enabled": False},
+}
+
+
+def test_run_prune_and_plan_take_the_kwargs_their_errors_ask_for(tmp_path):
+    """A state_dict made with other factory kwargs than the defaults: the error says "give them: kwargs={...}", as
+    `--kwargs` does on the command line, but run_prune and plan took no kwargs (TypeError). They now do."""
+    import torch
+
+    from examples.models import mlp
+
+    torch.save(mlp(hidden=[32, 16]).state_dict(), tmp_path / "w.pt")
+    arch = "examples.models:mlp"
+    with pytest.raises(sparsekit.ModelFileError, match=r"kwargs=\{\.\.\.\}"):
+        sparsekit.plan(RECIPE, tmp_path / "w.pt", arch=arch)
+    res = sparsekit.plan(RECIPE, tmp_path / "w.pt", arch=arch, kwargs={"hidden": [32, 16]})
+    assert res["model"]["factory"] == arch
+    assert res["methods"][0]["layers"] == ["fc1", "fc2"]
+    with pytest.raises(TypeError, match=r"plan\(kwargs=\.\.\.\).*recipe\.model\.kwargs"):
+        sparsekit.plan(sparsekit.load_recipe(RECIPE), tmp_path / "w.pt", arch=arch, kwargs={"hidden": [32, 16]})
+    with pytest.raises(TypeError, match=r"run_prune\(kwargs=\.\.\.\): expected a dict"):
+        sparsekit.run_prune(tmp_path / "w.pt", RECIPE, tmp_path / "out", arch=arch, kwargs='{"hidden": [32, 16]}')
+    assert not (tmp_path / "out").exists()  # refused before the folder is touched
