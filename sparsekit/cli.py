@@ -1970,7 +1970,9 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
         run.record(written)
     finally:
         run.unlock()
-    click.echo(f"Wrote {folder / 'report.md'}")
+    # report.json and the plots are rewritten too (the help says so): name them all, not report.md alone.
+    others = [p.name for p in written if p.name != "report.md"]
+    click.echo(f"Wrote {folder / 'report.md'}" + (f" (and {', '.join(others)})" if others else ""))
 
 
 @main.command(short_help="List, add or forget the modules whose code a file may name.")

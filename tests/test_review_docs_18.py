@@ -130,3 +130,21 @@ def test_run_prune_and_plan_take_the_kwargs_their_errors_ask_for(tmp_path):
     with pytest.raises(TypeError, match=r"run_prune\(kwargs=\.\.\.\): expected a dict"):
         sparsekit.run_prune(tmp_path / "w.pt", RECIPE, tmp_path / "out", arch=arch, kwargs='{"hidden": [32, 16]}')
     assert not (tmp_path / "out").exists()  # refused before the folder is touched
+
+
+def test_report_names_every_file_it_rewrote(mlp_checkpoint, tmp_path):
+    """`sparsekit report DIR` re-renders report.md and the plots (its help, the README) and rewrites report.json,
+    but said only "Wrote DIR/report.md"."""
+    import yaml
+    from conftest import fast_prune
+
+    out, recipe = tmp_path / "out", tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    assert fast_prune(mlp_checkpoint, recipe, out, "--arch", "examples.models:mlp").exit_code == 0
+    result = CliRunner().invoke(main, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    plots = sorted(p.name for p in out.glob("*.png"))
+    assert plots  # the run drew some
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"Wrote {out / 'report.md'}")
+    assert all(name in line for name in ["report.json", *plots]), line
