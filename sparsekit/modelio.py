@@ -760,14 +760,20 @@ def refuse_onnx(path: Path) -> None:
         )
 
 
-def _read(path: Path, trust: bool) -> tuple[Any, str]:
-    """Return (object, kind) from a file, refusing anything that would execute code."""
+def check_model_path(path: Path) -> None:
+    """ModelFileError unless ``path`` is an existing regular file (the first thing :func:`read_model` checks;
+    ``run_prune`` checks it before the output folder, so a mistyped name is the first error, not the second)."""
     if not path.exists():
         raise ModelFileError(f"{path}: model file not found")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
     if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
+
+
+def _read(path: Path, trust: bool) -> tuple[Any, str]:
+    """Return (object, kind) from a file, refusing anything that would execute code."""
+    check_model_path(path)
     refuse_onnx(path)
     _check_unpacked_size(path)  # before anything unpacks a member: its zip directory declares the sizes
     if _safetensors(path):

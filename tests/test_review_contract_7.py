@@ -110,3 +110,19 @@ def test_a_pruner_over_a_torchscript_module_is_a_type_error_with_the_way_out():
     recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
     with pytest.raises(TypeError, match=r"TorchScript.*load_state_dict"):
         sparsekit.Pruner(scripted, recipe, steps_per_epoch=4)
+
+
+def test_a_missing_model_file_is_named_before_the_output_folder(tmp_path):
+    # `prune nope.pt RECIPE -o out` into a folder holding an earlier run said "holds an earlier sparsekit run; pass
+    # --overwrite ..."; after following that advice the user learnt the model file did not exist.
+    from conftest import assert_bad_input
+
+    out = tmp_path / "out"
+    (out / ".sparsekit").mkdir(parents=True)
+    (out / ".sparsekit" / "manifest.json").write_text('{"files": []}')
+    (out / "report.json").write_text("{}")
+    result = CliRunner().invoke(
+        main, ["prune", str(tmp_path / "nope.pt"), "lenet-gradual-magnitude-90", "-o", str(out)]
+    )
+    assert_bad_input(result, "nope.pt: model file not found")
+    assert (out / "report.json").read_text() == "{}"
