@@ -246,6 +246,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             said = err.args[0] if err.args and isinstance(err.args[0], str) else ""
             said = first_interruption(reset=True) or said  # not where a second Ctrl-C caught the unwinding
             message = _interrupt_message(fn.__name__, isinstance(err, Terminated), said, kwargs.get("out"))
+            peer = _peer_failure_behind(err) if isinstance(err, Terminated) else None
+            if peer is not None:
+                # torchrun stops the other processes with SIGTERM once one of them died (a scheduler's stop reaches
+                # them all); one whose collective had already failed on a process that stopped gets it while that
+                # error unwinds, and where the run was, what --resume finds, would be guesses from a half-unwound run.
+                # (A Ctrl-C reaches every process itself: the first to stop broke the others' collectives.)
+                message = f"Terminated (SIGTERM) after {_peer_message(peer, fn.__name__, kwargs.get('out'))}."
             click.echo(message, err=True)
             if as_json:
                 _json_error(message, 143 if isinstance(err, Terminated) else 130)
@@ -273,12 +280,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if (needed := missing_dependency(err)) is not None:  # the install to fix, not a bug to report
                 _fail(needed, 2, as_json)
             if _peer_failed(err):
-                _fail(
-                    f"another process of this distributed run stopped ({one_line(err, 160)}); its own Error "
-                    "line above says why",
-                    2,
-                    as_json,
-                )
+                _fail(_peer_message(err, fn.__name__, kwargs.get("out")), 2, as_json)
             _fail(
                 f"unexpected failure: {one_line(err)} (run again with --debug for a traceback and report it)",
                 1,
@@ -355,6 +357,29 @@ def _peer_failed(err: BaseException) -> bool:
     text = str(err)
     return isinstance(err, dist.DistError) or any(
         mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")
+    )
+
+
+def _peer_failure_behind(err: BaseException) -> BaseException | None:
+    """The collective failure (:func:`_peer_failed`) an interruption was raised while handling, if any."""
+    seen = 0
+    cause: BaseException | None = err.__cause__ or err.__context__
+    while cause is not None and seen < 20:
+        if not isinstance(cause, KeyboardInterrupt) and _peer_failed(cause):
+            return cause
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return None
+
+
+def _peer_message(err: BaseException, command: str, out: Any) -> str:
+    """The Error line of a process whose collective broke because another process of the run stopped: the cause,
+    where to read why (a process killed outright prints no line of its own) and, for ``prune``, what is kept."""
+    kept = ""
+    if command == "prune" and out is not None and _folder_holds(out, "checkpoint"):
+        kept = f"; the last finished epoch is checkpointed in {out}: `--resume` continues from it (under torchrun too)"
+    return (
+        f"another process of this distributed run stopped ({one_line(err, 160)}); its own Error line above says why, "
+        f"or torchrun's summary below names the signal that killed it{kept}"
     )
 
 

@@ -1,0 +1,75 @@
+"""Review (torchrun / DDP angle, round 18): what the processes of a torchrun run say when one of them dies."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch.distributed  # noqa: F401 - imported, as in a distributed run (the peer check looks for it)
+
+from sparsekit import cli
+from sparsekit.errors import Terminated
+
+
+def _rank0_of_two(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+
+
+def test_torchruns_sigterm_after_a_peer_died_names_the_peer_not_a_guess_of_where_training_was(
+    tmp_path, monkeypatch, capsys
+):
+    # Seen: rank 1 killed in epoch 5; rank 0's backward failed with gloo's "Connection closed by peer", and torchrun's
+    # SIGTERM reached it while that error unwound, so it said "Terminated (SIGTERM): after pruning and fine-tuning,
+    # before training started ... no epoch was checkpointed: --resume starts the training over", though epoch 4 was.
+    _rank0_of_two(monkeypatch)
+    out = tmp_path / "out"
+    (out / ".sparsekit" / "next" / "checkpoints").mkdir(parents=True)
+    (out / ".sparsekit" / "next" / "checkpoints" / "last.pt").write_bytes(b"x")
+
+    def prune(out=None, debug=False, as_json=False):
+        try:
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:47287")
+        except RuntimeError:
+            raise Terminated("after pruning and fine-tuning, before training started") from None
+
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as stop:
+        cli.handle_errors(prune)(out=str(out))
+    err = capsys.readouterr().err
+    assert stop.value.code == 143
+    (line,) = err.splitlines()
+    assert line.startswith("Terminated (SIGTERM) after another process of this distributed run stopped"), line
+    assert "before training started" not in line and "starts the training over" not in line
+    assert "`--resume` continues from it" in line and str(out) in line
+
+
+def test_a_ctrl_c_that_broke_a_collective_on_its_way_is_still_an_interruption(monkeypatch, capsys):
+    # Ctrl-C reaches every rank: the first to stop breaks the others' collectives, which then raise the Ctrl-C while
+    # that error unwinds. That is the user's interruption (130), not another process failing.
+    _rank0_of_two(monkeypatch)
+
+    def prune(out=None, debug=False, as_json=False):
+        try:
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:47287")
+        except RuntimeError:
+            raise KeyboardInterrupt("in epoch 2 of 3; no epoch was checkpointed") from None
+
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as stop:
+        cli.handle_errors(prune)(out=None)
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.startswith("Interrupted: in epoch 2 of 3")
+
+
+def test_a_peer_killed_outright_is_not_said_to_have_printed_a_line(monkeypatch, capsys):
+    # A rank killed by SIGKILL (the OOM killer) prints nothing: "its own Error line above says why" sent users
+    # looking for a line that is not there.
+    _rank0_of_two(monkeypatch)
+
+    def prune(out=None, debug=False, as_json=False):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as stop:
+        cli.handle_errors(prune)(out=None)
+    line = capsys.readouterr().err.strip()
+    assert stop.value.code == 2
+    assert "torchrun's summary" in line and "signal" in line, line
