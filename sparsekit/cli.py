@@ -218,6 +218,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         took_over = False
         try:
             took_over = _take_over_signals()  # (inside the try: a Ctrl-C right after it is this command's to report)
+            _refuse_several_processes(fn.__name__)
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
@@ -295,6 +296,31 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 _ignore_signals()
 
     return wrapper
+
+
+# What each process of a multi-process launch would do running a command that is not prune: the same whole job N
+# times over, into the same files, or timings taken while the others compete for the same cores.
+_ONE_PROCESS = {
+    "sensitivity": "probe every layer itself and write the same folder (the second one found it locked)",
+    "export": "write the same file",
+    "bench": "time the files while the others compete for the same cores: wrong latencies",
+    "report": "rewrite the same files",
+}
+
+
+def _refuse_several_processes(command: str) -> None:
+    """SparsekitError for a command that runs in one process when a launcher (torchrun) started several: only prune
+    trains across processes."""
+    try:
+        n = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return
+    if n > 1 and command in _ONE_PROCESS:
+        raise SparsekitError(
+            f"sparsekit {command} runs in one process, but it was started as {n} (torchrun, WORLD_SIZE={n}): each "
+            f"would {_ONE_PROCESS[command]}; run `sparsekit {command} ...` without torchrun (prune alone trains "
+            "across processes)"
+        )
 
 
 def _take_over_signals() -> bool:

@@ -73,3 +73,25 @@ def test_a_peer_killed_outright_is_not_said_to_have_printed_a_line(monkeypatch, 
     line = capsys.readouterr().err.strip()
     assert stop.value.code == 2
     assert "torchrun's summary" in line and "signal" in line, line
+
+
+@pytest.mark.parametrize("command", ["sensitivity", "export", "bench", "report"])
+def test_a_one_process_command_under_torchrun_is_refused_on_every_rank_before_it_works(tmp_path, command):
+    # Seen: `torchrun --nproc-per-node=2 -m sparsekit sensitivity ...` probed every layer on both ranks; rank 0 wrote
+    # the folder and rank 1 failed with "another sparsekit sensitivity run is writing this folder". bench timed the
+    # files while the other rank competed for the cores, and reported those latencies.
+    from click.testing import CliRunner
+
+    args = {
+        "sensitivity": ["sensitivity", "m.pt", "lenet-gradual-magnitude-90", "-o", str(tmp_path / "sens")],
+        "export": ["export", "m.pt", "-o", str(tmp_path / "m.onnx")],
+        "bench": ["bench", "a.onnx"],
+        "report": ["report", str(tmp_path)],
+    }[command]
+    for rank in ("0", "1"):
+        done = CliRunner().invoke(cli.main, args, env={"WORLD_SIZE": "2", "RANK": rank})
+        assert done.exit_code == 2, done.output
+        (line,) = done.output.strip().splitlines()
+        assert line.startswith("Error: " + ("rank 1: " if rank == "1" else "") + f"sparsekit {command} runs in one")
+        assert "without torchrun" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
