@@ -254,7 +254,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 # error unwinds, and where the run was, what --resume finds, would be guesses from a half-unwound run.
                 # (A Ctrl-C reaches every process itself: the first to stop broke the others' collectives.)
                 message = f"Terminated (SIGTERM) after {_peer_message(peer, fn.__name__, kwargs.get('out'))}."
-            click.echo(message, err=True)
+            # Under torchrun every process says it (as the Error lines and the start-up's "Interrupted." do): which one.
+            rank = _other_rank()
+            click.echo(f"rank {rank}: {message}" if rank is not None else message, err=True)
             if as_json:
                 _json_error(message, 143 if isinstance(err, Terminated) else 130)
             sys.exit(143 if isinstance(err, Terminated) else 130)

@@ -95,3 +95,22 @@ def test_a_one_process_command_under_torchrun_is_refused_on_every_rank_before_it
         assert line.startswith("Error: " + ("rank 1: " if rank == "1" else "") + f"sparsekit {command} runs in one")
         assert "without torchrun" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_ctrl_c_under_torchrun_says_which_rank_each_line_is_from(monkeypatch, capsys):
+    # Seen: Ctrl-C on `torchrun ... prune` printed two identical "Interrupted: in epoch 5 of 40; ..." lines, rank 1's
+    # unlabelled, while its Error lines and the start-up's "rank 1: Interrupted." say which rank they are.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def prune(out=None, debug=False, as_json=False):
+        raise KeyboardInterrupt("in epoch 5 of 40; no epoch was checkpointed")
+
+    lines = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        with warnings.catch_warnings(), pytest.raises(SystemExit) as stop:
+            cli.handle_errors(prune)(out=None)
+        assert stop.value.code == 130
+        (lines[rank],) = capsys.readouterr().err.splitlines()
+    assert lines["0"].startswith("Interrupted: in epoch 5 of 40")
+    assert lines["1"] == "rank 1: " + lines["0"]
