@@ -55,7 +55,7 @@ from .recipe import Recipe, as_recipe, load_recipe, with_kwargs
 from .recipe_yaml import override_list
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
-from .train import calibrate, evaluate, finetune, frozen_teacher, steps_per_epoch
+from .train import calibrate, evaluate, finetune, frozen_teacher, step_clock_mismatch, steps_per_epoch
 from .wrappers import require_path
 
 log = logging.getLogger("sparsekit")
@@ -457,7 +457,9 @@ def run_prune(
         if resume:
             # Before the dense model is measured and the folder touched: a checkpoint of another model,
             # data set or recipe is refused at once, naming what changed.
-            accepted, before, done = _check_resume(out, folder.resume_checkpoint(), origin, allow_changes)
+            accepted, before, done = _check_resume(
+                out, folder.resume_checkpoint(), origin, allow_changes, inputs.steps_per_epoch
+            )
             clock.resumed_after_epoch = done or None  # (no epoch checkpointed: this process trains them all)
             new = change_lines(accepted)
             inputs.resumed_changes = before + [c for c in new if c not in before]  # earlier resumes' too
@@ -510,13 +512,14 @@ def run_prune(
 
 
 def _check_resume(
-    out: Path, ckpt: Path | None, origin: dict[str, Any], allow_changes: Sequence[str]
+    out: Path, ckpt: Path | None, origin: dict[str, Any], allow_changes: Sequence[str], steps_per_epoch: int
 ) -> tuple[dict[str, tuple[Any, Any]], list[str], int]:
     """The resume's accepted changes against the checkpoint ``ckpt`` it will continue from
     (:meth:`~sparsekit.outputs.RunFolder.resume_checkpoint`), those earlier resumes accepted (as
     :func:`change_lines` words them) and the epochs it finished; none (0) when there is no checkpoint yet.
     Raises SparsekitError naming the output folder and every change that is not accepted (ValueError from
-    ``allow_changes`` becomes one)."""
+    ``allow_changes`` becomes one), and naming ``ckpt`` when it was written on another step clock than this run's
+    ``steps_per_epoch`` (another number of torchrun processes)."""
     try:
         allowed = check_allowed(allow_changes)
     except ValueError as err:
@@ -526,6 +529,7 @@ def _check_resume(
     try:  # memory-mapped: only the small provenance record is read, not the weights
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         saved, done = state.get("provenance"), int(state.get("epoch", 0))
+        clock = step_clock_mismatch(state, steps_per_epoch)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported where training loads it
         return {}, [], 0
     record = saved or {}
@@ -541,6 +545,10 @@ def _check_resume(
         raise SparsekitError(
             f"{out}: cannot resume the run there: {quoted(err)}; or start again with {option('overwrite')}"
         ) from None
+    if clock:  # (after the recipe's changes: a new data.batch_size is named as such)
+        # Here, not where training loads the checkpoint: that is after the dense model was measured and exported
+        # (minutes on a large model), and the staging copy it named is gone once the run stops.
+        raise SparsekitError(f"{ckpt}: cannot resume from it ({clock}); start again with {option('overwrite')}")
     epochs = int(origin.get("recipe", {}).get("finetune", {}).get("epochs", done))
     if done > epochs:  # said before any "resuming with accepted changes" line
         raise RecipeError(

@@ -557,6 +557,20 @@ def finetune(
     return pruner.model, history, pruner
 
 
+def step_clock_mismatch(state: Mapping[str, Any], steps_per_epoch: int) -> str | None:
+    """Why a checkpoint's ``state`` cannot be resumed at ``steps_per_epoch`` optimizer steps per epoch (it was written
+    on another clock: another number of processes, say), or None when it can."""
+    clock = state.get("steps_per_epoch")
+    if clock is None or clock == steps_per_epoch:
+        return None
+    was, now = int(state.get("processes", 1)), _distributed.world_size()
+    return (
+        f"it was written at {clock} optimizer steps per epoch ({was} process(es)), this run takes {steps_per_epoch} "
+        f"({now}): the schedules would shift. Resume with the same number of processes, data.batch_size and "
+        "finetune.max_steps_per_epoch"
+    )
+
+
 def _say(line: str) -> None:
     """One plain progress line on stderr (no terminal needed), flushed so a log file shows it now."""
     # One write with its newline: print() writes the line and the end separately, and a Ctrl-C between the two
@@ -753,14 +767,9 @@ def _load_checkpoint(
         saved = state.get("pruning")
         if saved is not None and saved != pruning_key(pruner.recipe):
             raise SparsekitError("the recipe's pruning section changed since this checkpoint was written")
-        clock = state.get("steps_per_epoch")
-        if clock is not None and clock != pruner.steps_per_epoch:
-            was, now = int(state.get("processes", 1)), _distributed.world_size()
-            raise SparsekitError(
-                f"it was written at {clock} optimizer steps per epoch ({was} process(es)), this run takes "
-                f"{pruner.steps_per_epoch} ({now}): the schedules would shift. Resume with the same number of "
-                "processes, data.batch_size and finetune.max_steps_per_epoch"
-            )
+        clock = step_clock_mismatch(state, pruner.steps_per_epoch)
+        if clock:
+            raise SparsekitError(clock)
         pruner.load_state_dict(state["pruner"])  # first: replays channel removal so the weights fit
         model.load_state_dict(state["model"])
         if int(state["epoch"]) > spec.epochs:

@@ -114,3 +114,37 @@ def test_a_ctrl_c_under_torchrun_says_which_rank_each_line_is_from(monkeypatch, 
         (lines[rank],) = capsys.readouterr().err.splitlines()
     assert lines["0"].startswith("Interrupted: in epoch 5 of 40")
     assert lines["1"] == "rank 1: " + lines["0"]
+
+
+def test_a_resume_on_another_step_clock_is_refused_before_the_dense_model_is_measured(tmp_path, monkeypatch):
+    # Seen: a 2-process run resumed under 3 processes (torchrun) measured and exported the dense model first, then
+    # was refused naming OUT/.sparsekit/next/checkpoints/last.pt, a staging copy gone once the run stopped.
+    import torch
+    from conftest import InterruptOnEvaluate, assert_bad_input, fast_prune
+
+    import sparsekit
+    import sparsekit.pipeline as pipeline_mod
+    from examples.models import mlp
+
+    model = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(64, [32, 16]), model, factory="examples.models:mlp", kwargs={"hidden": [32, 16]})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: {source: digits, batch_size: 64}\nfinetune: {epochs: 2}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    out = tmp_path / "out"
+    stop = InterruptOnEvaluate(monkeypatch, 3)  # Ctrl-C at the end of epoch 2: epoch 1 is checkpointed
+    first = fast_prune(model, recipe, out, "--arch", "examples.models:mlp")
+    assert first.exit_code == 130, first.output
+    stop.restore()
+    (ckpt,) = out.rglob("last.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["steps_per_epoch"], state["processes"] = state["steps_per_epoch"] * 2, 2  # as written by 2 processes
+    torch.save(state, ckpt)
+    measured = []
+    monkeypatch.setattr(pipeline_mod, "evaluate", lambda *a, **k: measured.append(1) or {"accuracy": 0, "loss": 0})
+    again = fast_prune(model, recipe, out, "--resume", "--arch", "examples.models:mlp")
+    line = assert_bad_input(again, "(2 process(es))", "same number")
+    assert line.startswith(f"Error: {ckpt}: cannot resume from it") and ckpt.is_file()
+    assert measured == []
