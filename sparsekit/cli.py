@@ -852,17 +852,36 @@ def prune(
         notify=lambda m: click.echo(printable(m), err=True),
         log_dir=log_dir,
     )
-    if report is None:
-        return  # a distributed run's rank other than 0: rank 0 reports
+    if report is None:  # a distributed run's rank other than 0: rank 0 reports
+        if strict:
+            _strict_on_other_rank(out)
+        return
     _emit(report.to_json(), as_json, render_summary(report, out))
     missed = report.summary.warnings if report.summary else []
     if missed:
         if strict:
-            more = f" (and {len(missed) - 1} more, see report.json's summary.warnings)" if len(missed) > 1 else ""
-            raise SparsekitError(f"{missed[0]}{more}; the outputs are in {out}")
+            raise _missed_targets(missed, out)
         if as_json:  # the summary with its WARNING lines went nowhere: say it where logs go
             for line in missed:
                 click.echo(f"Warning: {printable(line)}", err=True)
+
+
+def _strict_on_other_rank(out: Path) -> None:
+    """``--strict`` on a torchrun rank other than 0: the missed targets of the report rank 0 published before the ranks
+    left together fail this process too (it exited 0 while rank 0 exited 2). Nothing when the folder is not visible
+    here (another machine without a shared filesystem)."""
+    try:
+        missed = json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))["summary"]["warnings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(missed, list) and missed:
+        raise _missed_targets([str(m) for m in missed], out)
+
+
+def _missed_targets(missed: list[str], out: Path) -> SparsekitError:
+    """``--strict``'s error for the report's missed targets (summary.warnings)."""
+    more = f" (and {len(missed) - 1} more, see report.json's summary.warnings)" if len(missed) > 1 else ""
+    return SparsekitError(f"{missed[0]}{more}; the outputs are in {out}")
 
 
 @main.command(short_help="Export MODEL to ONNX (parity and zeros checked; optional int8).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -148,3 +149,23 @@ def test_a_resume_on_another_step_clock_is_refused_before_the_dense_model_is_mea
     line = assert_bad_input(again, "(2 process(es))", "same number")
     assert line.startswith(f"Error: {ckpt}: cannot resume from it") and ckpt.is_file()
     assert measured == []
+
+
+def test_strict_fails_every_rank_when_rank_0s_report_missed_a_target(tmp_path, monkeypatch):
+    # Seen: `torchrun ... prune --strict` with a missed target: rank 0 exited 2, rank 1 exited 0 with no line.
+    from click.testing import CliRunner
+
+    import sparsekit.pipeline as pipeline_mod
+
+    out = tmp_path / "out"
+    out.mkdir()
+    missed = "target missed: entry 0 (structured) asked ratio 0.300, achieved 0.500 (more than asked)"
+    (out / "report.json").write_text(json.dumps({"summary": {"warnings": [missed]}}))
+    monkeypatch.setattr(pipeline_mod, "run_prune", lambda *a, **k: None)  # what a rank other than 0 gets
+    (tmp_path / "m.pt").write_bytes(b"never read: run_prune is replaced")
+    args = ["prune", str(tmp_path / "m.pt"), "lenet-gradual-magnitude-90", "-o", str(out)]
+    env = {"WORLD_SIZE": "2", "RANK": "1"}
+    assert CliRunner().invoke(cli.main, args, env=env).exit_code == 0  # without --strict a miss is a warning
+    done = CliRunner().invoke(cli.main, [*args, "--strict"], env=env)
+    assert done.exit_code == 2, done.output
+    assert done.output.strip() == f"Error: rank 1: {missed}; the outputs are in {out}"
