@@ -468,7 +468,12 @@ def run_prune(
         inputs.provenance, inputs.allow_changes = origin, tuple(allow_changes)
         if not main:
             _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
-            _distributed.barrier()  # see below
+            epochs = recipe.finetune.epochs
+            trained = f", {TRAINING_DONE} (the checkpoint holds epoch {epochs} of {epochs})" if epochs else ""
+            # A Ctrl-C here said nothing of where the run was, so this rank's line told --resume to continue "from the
+            # last finished epoch" beside rank 0's "skips the finished training" (rank 0 exporting, benchmarking).
+            with interrupted_while(f"waiting for rank 0 to save, export and benchmark{trained}"):
+                _distributed.barrier()  # see below
             return None
         stage = folder.begin()  # after inputs are known good: a typo never touches the folder
         try:

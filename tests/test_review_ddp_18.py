@@ -169,3 +169,34 @@ def test_strict_fails_every_rank_when_rank_0s_report_missed_a_target(tmp_path, m
     done = CliRunner().invoke(cli.main, [*args, "--strict"], env=env)
     assert done.exit_code == 2, done.output
     assert done.output.strip() == f"Error: rank 1: {missed}; the outputs are in {out}"
+
+
+def test_a_ctrl_c_while_another_rank_waits_for_rank_0_says_training_had_finished(tmp_path, monkeypatch):
+    # Seen: Ctrl-C while rank 0 benchmarked: rank 0 said "--resume skips the finished training", rank 1 (waiting for
+    # it) said "--resume continues from the last finished epoch": nothing told it where the run was.
+    import sparsekit
+    import sparsekit.pipeline as pipeline_mod
+    from examples.models import mlp
+    from sparsekit.errors import TRAINING_DONE
+
+    model = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(64, [32, 16]), model, factory="examples.models:mlp", kwargs={"hidden": [32, 16]})
+    monkeypatch.setattr(pipeline_mod._distributed, "is_main", lambda: False)  # this process is rank 1
+    monkeypatch.setattr(pipeline_mod, "_run_other_rank", lambda *a, **k: None)  # trained with rank 0
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_mod._distributed, "barrier", ctrl_c)  # Ctrl-C while rank 0 benchmarks
+    recipe = {
+        "data": {"source": "digits"},
+        "finetune": {"epochs": 2},
+        "pruning": [{"method": "magnitude", "sparsity": 0.5}],
+    }
+    with pytest.raises(KeyboardInterrupt) as info:
+        sparsekit.run_prune(model, recipe, tmp_path / "out", arch="examples.models:mlp")
+    said = str(info.value)
+    assert said.startswith("while waiting for rank 0") and TRAINING_DONE in said, said
+    assert cli._interrupt_message("prune", False, said, None).endswith(  # (None: as if rank 0 had written)
+        "`--resume` skips the finished training and redoes only what follows it."
+    )
