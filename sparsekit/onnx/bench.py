@@ -159,15 +159,21 @@ def benchmark(
     def session(path: Path) -> ort.InferenceSession:
         return open_session(path, provider=provider, threads=threads, spinning=threads == 1)
 
-    sessions, dims = [], []
+    sessions, dims, per_sample = [], [], []
+    available = available_memory()
     for path in files:
         sessions.append(session(path))
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
+        if available is not None:
+            # Sized as soon as the dims are known: sizing parses the whole file (~2x its bytes for a moment),
+            # which on top of every session open (the A/A control's too) was the benchmark's peak.
+            per_sample.append(_activation_need(path, dims[-1]))
     # What each file gives (past the batch dim): a pruned model gives what its dense model gives.
     outputs = [[list(o.shape[1:]) for o in s.get_outputs()] for s in sessions]
+    if available is not None:
+        _check_memory(files, dims, sizes, per_sample, available)
     sessions.append(session(files[0]))  # the A/A control
     dims.append(dims[0])
-    _check_memory(files, dims, sizes)
 
     samples = {}  # batch size -> int64 ns array of shape (len(sessions), runs)
     total = len(sizes) * (warmup + runs)
@@ -452,18 +458,18 @@ def _out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or "Failed to allocate memory" in text or "bad_alloc" in text
 
 
-def _check_memory(files: list[Path], dims: list[list[int]], sizes: list[int]) -> None:
-    """Refuse a batch size whose inputs and activations cannot fit in memory, instead of being killed
-    by the kernel halfway. Every session keeps its own buffers, so their needs add up (an upper bound:
-    onnxruntime reuses memory between layers)."""
-    available = available_memory()
-    if available is None:
-        return
-    per_sample = [
-        # Shapes that inference cannot size: assume activations of up to 16x the input per layer stack.
-        activation_bytes(f, d) or 4 * math.prod(d) * (1 + _UNSIZED_ACTIVATIONS)
-        for f, d in zip(files, dims[: len(files)], strict=True)
-    ]
+def _activation_need(path: Path, dims: list[int]) -> int:
+    """Bytes of the inputs and activations of one sample of ``dims`` for the file at ``path``."""
+    # Shapes that inference cannot size: assume activations of up to 16x the input per layer stack.
+    return activation_bytes(path, dims) or 4 * math.prod(dims) * (1 + _UNSIZED_ACTIVATIONS)
+
+
+def _check_memory(
+    files: list[Path], dims: list[list[int]], sizes: list[int], per_sample: list[int], available: int
+) -> None:
+    """Refuse a batch size whose inputs and activations (``per_sample``: each file's, one sample) cannot fit
+    in the ``available`` memory, instead of being killed by the kernel halfway. Every session keeps its own
+    buffers, so their needs add up (an upper bound: onnxruntime reuses memory between layers)."""
     need_one = sum(per_sample) + per_sample[0]  # + the A/A control
     if need_one > 0.8 * available:
         # Not even one sample fits: the file's input shape is the cause, and a smaller batch size no remedy.
