@@ -243,7 +243,7 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
     import torch
 
     from .layers import prunable_layers
-    from .masks import weight_of
+    from .masks import count_true, weight_of
     from .stats import layer_macs, sparsity
     from .surgery import tied_parameters
 
@@ -255,13 +255,13 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
     for name, module in layers.items():
         weight = weight_of(module)
         bias = getattr(module, "bias", None)
-        n, nz = weight.numel(), int((weight != 0).sum())
+        n, nz = weight.numel(), count_true(weight)
         params, nonzero = n, nz
         shared_with = owner.get(id(weight))
         shared = (n, nz) if shared_with else (0, 0)
         owner.setdefault(id(weight), name)
         if isinstance(bias, torch.Tensor):
-            b, bnz = bias.numel(), int((bias != 0).sum())
+            b, bnz = bias.numel(), count_true(bias)
             params, nonzero = params + b, nonzero + bnz
             if id(bias) in owner:
                 shared = (shared[0] + b, shared[1] + bnz)
@@ -289,7 +289,7 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
             continue
         seen.add(id(p))
         other_params += p.numel()
-        other_nonzero += int((p != 0).sum())
+        other_nonzero += count_true(p)
         if type(module).__name__ not in types:
             types.append(type(module).__name__)
     totals = _totals(rows, other_params, other_nonzero, types)

@@ -162,11 +162,18 @@ def _drop_factor(key: int, _mask: object) -> None:
 
 
 def count_true(flags: torch.Tensor) -> int:
-    """How many entries of a bool tensor are True. On CPU through numpy: torch's bool reductions there are
-    several times slower, and this runs every step (e.g. to tell whether a mask changed)."""
-    if flags.device.type == "cpu":
-        return int(np.count_nonzero(flags.numpy()))
-    return int(flags.view(torch.uint8).sum(dtype=torch.int64))
+    """How many entries of a bool tensor are True, or of any other tensor nonzero: ``(w == 0).sum()`` is
+    ``w.numel() - count_true(w)`` (a NaN is neither). On CPU through numpy for a bool tensor: torch's bool
+    reductions there are several times slower, and this runs every step (e.g. to tell whether a mask changed).
+    Never ``int(t.sum())`` on CPU: torch sums a bool tensor through an int64 temporary of 8 bytes an entry,
+    twice a float32 weight's size (+145 MiB at the peak of counting one 4096x4096 layer's zeros, in the
+    fine-tuning of benchmarks/memory_scaling.py); counting allocates nothing of the tensor's size."""
+    flags = flags.detach()
+    if flags.dtype == torch.bool:
+        if flags.device.type == "cpu":
+            return int(np.count_nonzero(flags.numpy()))
+        return int(flags.view(torch.uint8).sum(dtype=torch.int64))
+    return int(torch.count_nonzero(flags))
 
 
 # Weights a method's hook left masked during the current Pruner.step, by id: (weight, its version, mask, its
@@ -333,7 +340,7 @@ def positive_zeros_(model: nn.Module) -> int:
             if not tensor.is_floating_point():
                 continue
             negative = torch.signbit(tensor).logical_and_(tensor == 0)
-            n = int(negative.sum())
+            n = count_true(negative)
             if n:
                 tensor.masked_fill_(negative, 0.0)
                 changed += n
@@ -491,14 +498,14 @@ def _lowest_pruned(scores: dict[str, torch.Tensor], n_prune: int) -> dict[str, t
         # The already-pruned block is one big tie; selection over it is slow (introselect degrades
         # on duplicates), so the threshold is searched among the other scores only.
         lowest = flat == LOWEST
-        n_lowest = int(lowest.sum())
+        n_lowest = count_true(lowest)
         rest = flat[~lowest] if n_lowest else flat
         if n_prune <= n_lowest:
             threshold = torch.tensor(LOWEST)
         else:
             threshold = _kth_smallest(rest, n_prune - n_lowest)
         below = flat < threshold
-        ties = torch.nonzero(flat == threshold).flatten()[: n_prune - int(below.sum())]
+        ties = torch.nonzero(flat == threshold).flatten()[: n_prune - count_true(below)]
         keep = ~below
         keep[ties] = False
     out, offset = {}, 0

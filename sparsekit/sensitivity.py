@@ -44,7 +44,7 @@ from .data import batches
 from .errors import SparsekitError, TargetError, one_line
 from .fsutil import atomic_path, write_text
 from .layers import num_units, prunable_layers, select_layers, unselected_layers
-from .masks import global_topk_masks, weight_of
+from .masks import count_true, global_topk_masks, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .stats import layer_macs
@@ -850,7 +850,7 @@ def _probe_unstructured(
     try:
         mask = global_topk_masks({name: saved.abs().float()}, value)[name]
         weight.mul_(mask.to(weight.dtype))
-        achieved = (mask.numel() - int(mask.sum())) / mask.numel()
+        achieved = (mask.numel() - count_true(mask)) / mask.numel()
         metrics = evaluate(model, loader, max_batches)
     finally:
         weight.copy_(saved)

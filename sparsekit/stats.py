@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .layers import output_dim, prunable_layers, tied_aliases
-from .masks import weight_of
+from .masks import count_true, weight_of
 from .wrappers import require_module, unwrap
 
 
@@ -33,7 +33,7 @@ def sparsity(model: nn.Module) -> float:
             continue
         w = weight_of(m)
         total += w.numel()
-        zeros += int((w == 0).sum())
+        zeros += w.numel() - count_true(w)
     return zeros / total if total else 0.0
 
 
@@ -156,7 +156,7 @@ def layer_report(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     for name, m in prunable_layers(model).items():
         w = weight_of(m)
         n = w.numel()
-        nz = int((w != 0).sum())
+        nz = count_true(w)
         row = {
             "name": name,
             "type": type(m).__name__,
@@ -178,7 +178,7 @@ def model_stats(model: nn.Module, input_shape: Sequence[int] | None = None) -> d
     included), ``macs`` / ``effective_macs`` for one sample summed over the prunable layers."""
     model = unwrap(model)
     params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    nonzero = sum(count_true(p) for p in model.parameters())
     out: dict[str, Any] = {"params": params, "nonzero_params": nonzero, "sparsity": sparsity(model)}
     if input_shape:
         rows = layer_report(model, input_shape)
@@ -206,7 +206,7 @@ def asked_vs_achieved(
     for name, module in layers.items():
         w = weight_of(module).detach()
         n = max(w.numel(), (initial or {}).get(name, 0))
-        z = n - int((w != 0).sum())  # zeros, plus the weights of removed units
+        z = n - count_true(w)  # zeros, plus the weights of removed units
         if name not in aliases:  # a weight shared by several modules (tied) counts once
             zeros, total = zeros + z, total + n
         reason = reasons.get(name)

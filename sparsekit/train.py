@@ -31,6 +31,7 @@ from .errors import DataError, RecipeError, SparsekitError, interrupted_at, one_
 from .fsutil import atomic_path
 from .logits import attach as attach_logits
 from .logits import select_logits
+from .masks import count_true
 from .metrics_log import MetricsLog
 from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
@@ -645,7 +646,7 @@ def _changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
     total = 0
     for name, mask in after.items():
         old = before.get(name)
-        total += int((old != mask).sum()) if old is not None and old.shape == mask.shape else mask.numel()
+        total += count_true(old != mask) if old is not None and old.shape == mask.shape else mask.numel()
     return total
 
 

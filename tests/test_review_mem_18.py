@@ -41,3 +41,44 @@ def test_benchmark_sizes_each_file_before_more_sessions_are_open(tmp_path, monke
     assert sized == [(files[0], 1), (files[1], 2)]  # sessions open when each file was parsed
     assert opened == [files[0], files[1], files[0]]  # the A/A control still opened, after
     assert len(out["files"]) == 2 and out["control"]
+
+
+def test_zero_counts_make_no_int64_copy_of_a_weight(monkeypatch):
+    """torch sums a bool tensor on CPU through an int64 temporary (8 bytes an entry): ``int((w == 0).sum())``
+    over a 4096x4096 layer peaked at +145 MiB, the fine-tuning peak of benchmarks/memory_scaling.py (the epoch's
+    sparsity). The counts are the same without it."""
+    import sparsekit
+    from sparsekit.inspection import _torch_counts
+    from sparsekit.stats import layer_report, model_stats, sparsity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) > 0.7)
+        model[0].weight[0, :3] = torch.tensor([-0.0, float("nan"), 0.0])  # -0.0 is a zero, NaN is not
+    want_zeros = sum(int((p.detach() == 0).sum()) for p in (model[0].weight, model[2].weight))
+    want_nonzero = sum(int((p.detach() != 0).sum()) for p in model.parameters())
+
+    real_sum = torch.Tensor.sum
+
+    def no_bool_sum(self, *args, **kwargs):
+        if self.dtype == torch.bool and self.numel() > 1000 and not args and "dtype" not in kwargs:
+            raise AssertionError("a weight-sized bool tensor summed through int64")
+        return real_sum(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "sum", no_bool_sum)
+    n = 64 * 48 + 48 * 5
+    assert sparsity(model) == want_zeros / n
+    assert model_stats(model)["nonzero_params"] == want_nonzero
+    rows = layer_report(model)
+    assert [r["nonzero_params"] for r in rows] == [int((model[0].weight != 0).sum(dtype=torch.int64)), 48 * 5]
+    assert _torch_counts(model, [1, 64])["nonzero_params"] == want_nonzero
+    data = torch.utils.data.TensorDataset(torch.randn(32, 64), torch.randint(0, 5, (32,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    with torch.no_grad():
+        model[0].weight[0, 1] = 1.0  # finite again, to train
+    recipe = sparsekit.Recipe(
+        finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.8, "scope": "global"}]
+    )
+    _, history, _ = sparsekit.finetune(model, recipe, loader, loader, progress=False)
+    assert history[0]["sparsity"] >= 0.79

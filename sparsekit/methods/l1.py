@@ -1174,7 +1174,7 @@ class L1:
             return (self.dead + gone) / self.total
         with torch.no_grad():
             # Under threshold, or exactly zero when threshold is 0.
-            dead = sum(int((s < max(self.zero_below, torch.finfo(s.dtype).tiny)).sum()) for s in self._scores())
+            dead = sum(count_true(s < max(self.zero_below, torch.finfo(s.dtype).tiny)) for s in self._scores())
         self.dead = dead
         return (dead + gone) / self.total
 
@@ -1229,7 +1229,7 @@ class L1:
             alive = [s >= floor for s in per_layer]
             weakest: list[torch.Tensor] = []
             for s, a, quota, out in zip(per_layer, alive, self._quota, gone, strict=True):
-                room = quota - out - (s.numel() - int(a.sum()))
+                room = quota - out - (s.numel() - count_true(a))
                 values = s[a].float().view(-1)
                 take = min(max(room, 0), values.numel())
                 weakest.append(torch.topk(values, take, largest=False).values)
@@ -1283,7 +1283,7 @@ class L1:
                 continue  # (a unit already at zero stays so)
             left[layer] -= 1
             chosen.append(idx)
-        dead_before = self.dead if self.spec.mode == "proximal" else int((flat == 0).sum())
+        dead_before = self.dead if self.spec.mode == "proximal" else flat.numel() - count_true(flat)
         kill = torch.zeros(flat.numel(), dtype=torch.bool)
         if chosen:
             kill[torch.tensor(chosen)] = True

@@ -33,7 +33,16 @@ from torch import nn
 
 from ..errors import RecipeError, TargetError, one_line
 from ..layers import select_layers, tied_aliases
-from ..masks import ensure_mask, global_topk_masks, layer_cap, layer_topk_masks, masked_scores, set_mask, weight_of
+from ..masks import (
+    count_true,
+    ensure_mask,
+    global_topk_masks,
+    layer_cap,
+    layer_topk_masks,
+    masked_scores,
+    set_mask,
+    weight_of,
+)
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
 from . import scorers
@@ -243,7 +252,7 @@ class Magnitude:
             # Held at the cap: under global ranking, or where rounding asked more of the layer (0.9 of 3 weights).
             over = round(self.layer_values.get(name, self.final) * w.numel()) > cap
             ranked = global_scope and name not in self.layer_values
-            if (ranked or over) and self.cap < 1 and int((w == 0).sum()) >= cap:
+            if (ranked or over) and self.cap < 1 and w.numel() - count_true(w) >= cap:
                 reasons[name] = f"at max_layer_sparsity {self.cap:g} (at most {cap:,} of {w.numel():,} weights)"
         layer_asked = None if global_scope else self.final
         if self.layer_values:
