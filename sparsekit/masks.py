@@ -81,7 +81,28 @@ def _apply(module: nn.Module, mask: torch.Tensor) -> None:
         return  # masked by a method's hook in this step, and neither changed since
     factor = mask_factor(weight, mask)
     if factor is not None:
+        multiply_in_place(weight, factor)
+
+
+# Elements a mixed-dtype product multiplies at a time (see multiply_in_place): 4 MiB of float32.
+_MUL_CHUNK = 1 << 20
+
+
+def multiply_in_place(weight: torch.Tensor, factor: torch.Tensor) -> None:
+    """``weight.mul_(factor)`` for a :func:`mask_factor` result, bit for bit. A factor of another dtype (a
+    mask's bytes, for a layer whose 0/1 copy is not cached) is multiplied a chunk at a time on CPU: torch
+    converts it to the weight's dtype first, a temporary the size of the weight on every optimizer step
+    (+64 MiB at the fine-tuning peak of a 4096x4096 layer, benchmarks/memory_scaling.py), which is the copy
+    the cache's budget meant not to hold."""
+    if factor.dtype == weight.dtype or not weight.is_cpu or weight.numel() <= _MUL_CHUNK:
         weight.mul_(factor)
+        return
+    if not (weight.is_contiguous() and factor.is_contiguous()) or weight.shape != factor.shape:
+        weight.mul_(factor)  # (a strided or broadcast product: never seen from sparsekit's masks)
+        return
+    flat, by = weight.view(-1), factor.view(-1)
+    for at in range(0, flat.numel(), _MUL_CHUNK):
+        flat[at : at + _MUL_CHUNK].mul_(by[at : at + _MUL_CHUNK])
 
 
 def mask_factor(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
@@ -243,7 +264,7 @@ class _Plan:
             if self.weights:
                 torch._foreach_mul_(self.weights, self.factors)
             for lone, by in self.singles:
-                lone.mul_(by)
+                multiply_in_place(lone, by)
 
 
 # model -> the plan of its last apply_masks (weak keys: a model that goes takes its plan with it).

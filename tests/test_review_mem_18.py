@@ -82,3 +82,40 @@ def test_zero_counts_make_no_int64_copy_of_a_weight(monkeypatch):
     )
     _, history, _ = sparsekit.finetune(model, recipe, loader, loader, progress=False)
     assert history[0]["sparsity"] >= 0.79
+
+
+def test_an_uncached_mask_is_applied_without_a_weight_sized_copy(monkeypatch):
+    """A layer whose 0/1 copy is over the cache's budget is multiplied by its mask's bytes: torch converted
+    those to float first, a temporary the size of the weight on every step (+64 MiB for a 4096x4096 layer, the
+    fine-tuning peak of memory_scaling.py once the zero counts were fixed). Now a chunk at a time, bit for bit."""
+    import sparsekit.masks as masks_mod
+
+    monkeypatch.setattr(masks_mod, "_FACTOR_BUDGET", 0)  # nothing cached: every layer takes the mask's bytes
+    monkeypatch.setattr(masks_mod, "_MUL_CHUNK", 100, raising=False)  # a "large" layer at 40x30
+    torch.manual_seed(0)
+    layer = nn.Linear(30, 40)
+    mask = torch.rand(40, 30) > 0.5
+    masks_mod.set_mask(layer, mask)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 30))
+        layer.weight[0, :2] = torch.tensor([float("nan"), -1.0])
+    want = layer.weight.detach().clone().mul_(mask.view(torch.uint8))  # -0.0 where negative, NaN * 0 = NaN
+
+    real_mul = torch.Tensor.mul_
+
+    def no_converted_copy(self, other, *args, **kwargs):
+        if isinstance(other, torch.Tensor) and other.dtype != self.dtype and other.numel() > 100:
+            raise AssertionError(f"a {other.dtype} factor of {other.numel()} entries converted whole")
+        return real_mul(self, other, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "mul_", no_converted_copy)
+    masks_mod.apply_mask(layer)
+    got = layer.weight.detach()
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # bit for bit, signs of zeros too
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # an optimizer step
+    monkeypatch.setattr(torch.Tensor, "mul_", real_mul)
+    want = (want + 1.0).mul_(mask.view(torch.uint8))
+    monkeypatch.setattr(torch.Tensor, "mul_", no_converted_copy)
+    masks_mod.apply_masks(nn.Sequential(layer))  # the per-step path (its plan's lone products)
+    assert torch.equal(layer.weight.detach().view(torch.int32), want.view(torch.int32))

@@ -120,6 +120,7 @@ from ..masks import (
     get_mask,
     mark_applied,
     mask_factor,
+    multiply_in_place,
     set_mask,
     weight_of,
 )
@@ -1062,7 +1063,7 @@ class L1:
         if mask is not None:
             factor = mask_factor(shrunk, mask)  # (the mask's cached 0/1 copy: float * bool is ~4x slower on CPU)
             if factor is not None:
-                shrunk.mul_(factor)  # masked weights moved with the optimizer step: they stay zero
+                multiply_in_place(shrunk, factor)  # masked weights moved with the optimizer step: they stay zero
         before = w.numel() if mask is None else count_true(mask)
         alive = shrunk.bool()  # shrunk != 0, ~8x faster on CPU (a cast, where != with a scalar is a slow kernel)
         n_alive = count_true(alive)
@@ -1101,7 +1102,7 @@ class L1:
         where it had -0.0."""
         factor = None if mask is None else mask_factor(w, mask)
         if factor is not None:
-            w.mul_(factor)  # masked weights moved with the optimizer step: they stay zero
+            multiply_in_place(w, factor)  # masked weights moved with the optimizer step: they stay zero
         top = _max_abs(w) if w.numel() else 0.0
         # 1% above t: softshrink compares |w| with t rounded to the weight's arithmetic (float32, or coarser for
         # bfloat16), so a max |w| just above t in double precision could still go to zero and empty the layer.
