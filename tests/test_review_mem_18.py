@@ -37,8 +37,8 @@ def test_benchmark_sizes_each_file_before_more_sessions_are_open(tmp_path, monke
 
     monkeypatch.setattr(bench_mod, "open_session", counting_open)
     monkeypatch.setattr(bench_mod, "activation_bytes", recording_size)
-    out = benchmark(files, [1, 8], runs=2, warmup=0, input_shape=[1, 16])
-    assert sized == [(files[0], 1), (files[1], 2)]  # sessions open when each file was parsed
+    out = benchmark(files, [1, 8], runs=2, warmup=0)  # no shape given: the first file's dims come from its session
+    assert sized == [(files[0], 1), (files[1], 1)]  # sessions open when each file was parsed
     assert opened == [files[0], files[1], files[0]]  # the A/A control still opened, after
     assert len(out["files"]) == 2 and out["control"]
 
@@ -119,3 +119,32 @@ def test_an_uncached_mask_is_applied_without_a_weight_sized_copy(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "mul_", no_converted_copy)
     masks_mod.apply_masks(nn.Sequential(layer))  # the per-step path (its plan's lone products)
     assert torch.equal(layer.weight.detach().view(torch.int32), want.view(torch.int32))
+
+
+def test_benchmark_parses_each_file_once_before_its_session(tmp_path, monkeypatch):
+    """With the shape given, each file is sized before its own session opens (one session fewer beside the
+    parse: a 135 MB pair peaked at 533 MiB over the start, now 470, three sessions and one's load), and the
+    session's check of the file reads that parse's memo: one parse a file, where there were two."""
+    import sparsekit.onnx.files as files_mod
+
+    files = [_onnx(tmp_path, "a.onnx", 0), _onnx(tmp_path, "b.onnx", 1)]
+    files_mod.clear_memo()
+    monkeypatch.setattr(bench_mod, "available_memory", lambda: 1 << 40)
+    opened: list[str] = []
+    parsed: list[tuple[str, int]] = []
+    real_open, real_read = bench_mod.open_session, files_mod._read
+
+    def counting_open(path, **kw):
+        opened.append(str(path))
+        return real_open(path, **kw)
+
+    def counting_read(path, *args, **kwargs):
+        parsed.append((str(path), len(opened)))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(bench_mod, "open_session", counting_open)
+    monkeypatch.setattr(files_mod, "_read", counting_read)
+    benchmark(files, [1, 8], runs=2, warmup=0, input_shape=[1, 16])
+    # (the stats read after the sessions close parse again, with values: those come after the 3 sessions)
+    assert [p for p in parsed if p[1] < 3] == [(files[0], 0), (files[1], 1)]
+    files_mod.clear_memo()

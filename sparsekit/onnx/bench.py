@@ -161,13 +161,18 @@ def benchmark(
 
     sessions, dims, per_sample = [], [], []
     available = available_memory()
+    # Sizing a file's activations parses all of it (~2x its bytes for a moment): on top of every session open
+    # (the A/A control's too) that was the benchmark's peak. So each file is sized before its own session opens,
+    # for the dims it will most likely be fed (the shape given, else the previous file's); the session's own
+    # check of the file then reads that parse's memo instead of parsing it again.
+    guess = _dims_given(input_shape)
     for path in files:
+        need = _activation_need(path, guess) if available is not None and guess is not None else None
         sessions.append(session(path))
         dims.append(_input_dims(sessions[-1], path, input_shape, sizes))
         if available is not None:
-            # Sized as soon as the dims are known: sizing parses the whole file (~2x its bytes for a moment),
-            # which on top of every session open (the A/A control's too) was the benchmark's peak.
-            per_sample.append(_activation_need(path, dims[-1]))
+            per_sample.append(need if need is not None and dims[-1] == guess else _activation_need(path, dims[-1]))
+        guess = dims[-1]
     # What each file gives (past the batch dim): a pruned model gives what its dense model gives.
     outputs = [[list(o.shape[1:]) for o in s.get_outputs()] for s in sessions]
     if available is not None:
@@ -456,6 +461,14 @@ def _out_of_memory(err: BaseException) -> bool:
     """Whether an onnxruntime failure is an allocation it could not make."""
     text = str(err)
     return isinstance(err, MemoryError) or "Failed to allocate memory" in text or "bad_alloc" in text
+
+
+def _dims_given(input_shape: Sequence[int] | None) -> list[int] | None:
+    """``input_shape`` past its batch dim when it reads as integers, else None (:func:`_input_dims` says why)."""
+    try:
+        return [int(d) for d in input_shape][1:] if input_shape is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _activation_need(path: Path, dims: list[int]) -> int:
