@@ -16,28 +16,39 @@ three hidden layers of 4096 (two 4096x4096 Linear layers, 33.9M float32 weights,
 
 The bound it checks (and prints): peak RSS of the big run minus the tiny run's (the framework's own
 baseline: Python, torch, onnxruntime, plots) over the big model's weight bytes; ``--max-factor`` (default
-6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-11-30): **5.4-5.6x** with SGD
-(698-729 MiB over the tiny run's 387 MiB for 135.5 MB of weights, four runs; 5.38-5.47x in two runs on
-2026-12-01), **5.6x** with ``--optimizer adam``; 7.5x before the second round of work and
-11.7x before the first. The peak is in the benchmark (three
-onnxruntime sessions, ~1090 MiB) or fine-tuning (~980 MiB), and no phase has large copies of its own:
+6) makes the script exit 1 when it is exceeded. Measured on 2 cores (2026-12-05, ``--no-levels``, the old and
+new code in turns on one busy machine): **4.54-4.65x** with SGD (586-601 MiB over the tiny run's 388 MiB for
+135.5 MB of weights, two runs; the code before, in the same turns: 5.42-5.44x, 701-703 MiB), **5.48x** with
+``--optimizer adam`` (5.54x before, one run each: its peak is fine-tuning's, ~1100 MiB, in Adam's step, which
+this round did not lower); 5.4-5.6x before this round, 7.5x before the one before and 11.7x before the first.
+With SGD the peak is now in the export of the pruned model (~975-990 MiB), with the benchmark (~973 MiB) and
+fine-tuning (~874 MiB) below it; no phase has large copies of its own:
 
 - fine-tuning: the weights, their gradients, the optimizer's state (SGD momentum: one copy, Adam: two), the
-  masks (1 byte a weight) and their cached float copies (at most 64 MiB in all, ``sparsekit.masks``):
-  ~4.3x with SGD, ~5.3x with Adam;
+  masks (1 byte a weight) and their cached float copies (at most 64 MiB in all, ``sparsekit.masks``). Its peak
+  was ~980 MiB: counting the epoch's zeros as ``int((w == 0).sum())`` made torch sum through an int64
+  temporary (8 bytes a weight, +145 MiB on a 4096x4096 layer; ``masks.count_true`` counts without one), and the
+  layer whose float copy is over the cache's budget was multiplied by its mask's bytes, which torch first
+  converts to float (+64 MiB every step; ``masks.multiply_in_place`` does it 1M weights at a time);
 - export: the model, the exported graph and its serialized bytes, then the parity session (shape inference
-  reads a copy without the large weights' values): ~3x;
+  reads a copy without the large weights' values), then the zero check (the file parsed with its values and
+  each weight's array beside the torch model): ~3x over the RSS it starts from;
 - sizes: one ONNX parse, its weights' values sorted in place for the entropy count (~770 MiB; 976 MiB when
   the count used ``np.unique``, whose index arrays took ~200 MB on a dense 4096x4096 layer); storage: one
   onnxruntime session at a time; the benchmark: three sessions (dense, pruned, and a second dense one as the
   A/A control; timing one session twice instead ran it warm after itself and skewed the ratios by up to
-  2x): ~3-4x.
+  2x). Sizing each file's activations for the memory check parses the whole file (~2x its bytes for a
+  moment); that ran with all three sessions open (~1090 MiB) and now runs before each file's session opens,
+  whose own check of the file then reads the parse's memo: ``sparsekit bench dense.onnx model.onnx`` alone
+  peaks at 626 MiB (740 before).
 
 Time: the phases that measure the files after fine-tuning (sizes, storage, bench) took **13.9-14.0 s** in
 two runs (2026-12-01: 6.2-6.3 + 1.15-1.17 + 6.5), against 14.1 s of fine-tuning for 63 steps: 0.99x, as much
 as ~62 training steps of this model at batch 64. Before: 16.5-17.3 s (four runs: 6.8 + 3.9 + 5.9, 1.27-1.36x),
 33.4-33.7 s (7.6 + 8.7 + 17.3) before that, and 43.1 s before gzip ran in parallel blocks and the entropy
-count sorted once. Sizes gzip each file once at level 6 in 4 MiB blocks on every core
+count sorted once. (On 2026-12-05 the machine was shared: the same 63 steps took 37-97 s, and these phases
+13-34 s + 3-8 s + 14-23 s, old and new code alike, so those runs say nothing of time; the benchmark now parses
+each file once where it parsed it twice.) Sizes gzip each file once at level 6 in 4 MiB blocks on every core
 (``sparsekit.onnx.compress``, as pigz does: ~2x on 2 cores); storage ranks each large weight's encodings on a
 sample (``sparsekit.onnx.sparse_storage``), and since every zero is stored as +0.0 this model's pruned file is
 smallest dense-stored, which ``choose_storage`` now decides before writing a candidate (3.9-4.3 -> 1.15 s);
