@@ -771,6 +771,60 @@ def check_model_path(path: Path) -> None:
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
 
 
+class _Unread:
+    """Stands in for an object beside the weights of a training checkpoint (``{"state_dict": ..., "args":
+    argparse.Namespace(...)}``, as timm's and many training scripts save): built from nothing, so none of the named
+    code is imported or run. ``name`` is the global the file named."""
+
+    name = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Unread:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _weights_beside_objects(path: Path) -> dict | None:
+    """A training checkpoint (a dict with its weights under one of :data:`_STATE_DICT_KEYS`) whose other entries
+    name classes the weights-only loader refuses: the dict, those objects replaced by :class:`_Unread`, so that
+    its other entries are ignored as documented rather than refusing the file. None when the refused names are
+    needed by the weights themselves (a pickled nn.Module), or the file is no such checkpoint."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - a file's data: whatever it is, the caller's refusal stands
+        return None
+    if not names or len(names) > 64:
+        return None
+    stubs = [(type("_Unread", (_Unread,), {"name": n}), n) for n in names]
+    try:
+        with torch.serialization.safe_globals(stubs):  # type: ignore[arg-type]
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - e.g. a blocked module (os, sys): refused as before
+        return None
+    if not isinstance(obj, dict) or obj.get("format") == FORMAT:
+        return None
+    for key in _STATE_DICT_KEYS:
+        state = obj.get(key)
+        if isinstance(state, dict) and state:
+            ok = all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+            return obj if ok else None
+    return None
+
+
+def _unread_names(obj: Any, depth: int = 0) -> list[str]:
+    """The globals :func:`_weights_beside_objects` left unread in ``obj`` (its containers, a few levels deep)."""
+    if isinstance(obj, _Unread):
+        return [obj.name]
+    if depth > 4 or not isinstance(obj, (dict, list, tuple)):
+        return []
+    values = obj.values() if isinstance(obj, dict) else obj
+    return list(dict.fromkeys(n for v in values for n in _unread_names(v, depth + 1)))
+
+
 def _read(path: Path, trust: bool) -> tuple[Any, str]:
     """Return (object, kind) from a file, refusing anything that would execute code."""
     check_model_path(path)
@@ -840,6 +894,11 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
                 f"{path}: not a readable PyTorch checkpoint (its pickle ends before it is complete: the file is "
                 "truncated or damaged, e.g. an incomplete copy or download)"
             ) from None
+        # A training checkpoint's weights beside objects of its run (the arguments as an argparse.Namespace, a
+        # config class): its other entries are ignored, so those objects are left unbuilt, trusted or not.
+        beside = _weights_beside_objects(path)
+        if beside is not None:
+            return beside, "state_dict"
         if not trust:
             raise _refuse(
                 path,
@@ -1318,6 +1377,12 @@ def read_model(
     if kwargs_from is None and kwargs_given is None and kwargs and kwargs is fallback_kwargs:  # (caller's factory)
         kwargs_from = f"{fallback_named_in or 'the recipe'}: model.kwargs"
     notes = []
+    unread = _unread_names(obj) if kind == "state_dict" else []
+    if unread:
+        notes.append(
+            f"{path}: read its weights only; the other entries name {', '.join(shorten(n, 60) for n in unread[:3])}"
+            f"{' and more' if len(unread) > 3 else ''}, which were not unpickled (not needed to build the model)"
+        )
     # Not said when the caller's arch option named the factory and nothing of the recipe's is dropped with it: that
     # is the usual way to prune one's own model with a shipped recipe (which names its example model), and the
     # same line at the start and in the summary's notes of every such run taught nothing.

@@ -1,0 +1,37 @@
+"""A new user's first hour from a wheel: their own model files and recipes (review round 18)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+import sparsekit
+from examples.models import mlp
+from sparsekit.errors import ModelFileError
+from sparsekit.modelio import read_model
+
+
+def test_training_checkpoint_with_its_run_arguments_reads_its_weights(tmp_path):
+    # timm's train.py and many scripts save {"state_dict": ..., "args": argparse.Namespace(...)}: the docs say a
+    # training checkpoint's other entries are ignored, but the Namespace made the whole file refused as a pickled
+    # model, even with the trust flag.
+    model = mlp(hidden=[8])
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1), "epoch": 3}, path)
+    loaded = read_model(path, arch="examples.models:mlp", kwargs={"hidden": [8]})
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(loaded.model(x), model.eval()(x))
+    assert any("argparse.Namespace" in n and "not unpickled" in n for n in loaded.notes)
+
+
+def test_weights_that_need_the_refused_class_stay_refused(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save({"model": mlp(hidden=[8]), "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ModelFileError, match="examples.models.MLP|pickled Python object"):
+        sparsekit.load_model(path, arch="examples.models:mlp", kwargs={"hidden": [8]})
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {"w": argparse.Namespace()}}, bad)
+    with pytest.raises(ModelFileError, match="argparse.Namespace"):
+        read_model(bad, arch="examples.models:mlp", kwargs={"hidden": [8]})
