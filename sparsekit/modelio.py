@@ -1079,6 +1079,20 @@ def _wrapper_prefix(keys: list[str], own: list[str]) -> tuple[str, str] | None:
     return prefix, _PREFIX_ORIGINS.get(prefix, f"saved from a module holding the model as {prefix[:-1]!r}")
 
 
+def _inner_prefixes(keys: list[str], own: list[str]) -> list[str]:
+    """The prefixes (ending in a dot) behind which ``keys`` hold every one of ``own``, beside other keys: the file
+    is a larger module's state_dict (a Lightning module holding the model and a loss with a weight, an EMA copy)."""
+    if not own:
+        return []
+    keyset = set(keys)
+    found = {k[: len(k) - len(own[0])] for k in keys if k.endswith("." + own[0])}
+    # Only where the prefix holds nothing else: a key of its own beyond the architecture's is an architecture that
+    # differs (a layer added since), for which the usual hint stands.
+    return sorted(
+        p for p in found if all(p + k in keyset for k in own) and sum(k.startswith(p) for k in keys) == len(own)
+    )
+
+
 def load_weights(
     model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str, kwargs: dict[str, Any] | None = None
 ) -> list[str]:
@@ -1143,6 +1157,19 @@ def load_weights(
             )
         )
         built = f"with kwargs {_short(kwargs)}" if kwargs else "with no kwargs"
+        inner = _inner_prefixes(list(state), list(own)) if missing else []
+        if inner:
+            # Every weight is there, one level down, beside other parts: "check the architecture" sent the user
+            # looking in the wrong place. Which part to take (the model, its EMA copy, a teacher) is theirs to say.
+            named = " and ".join(repr(p) for p in inner[:3])
+            others = ", ".join(_short(k, 40) for k in state if not k.startswith(inner[-1]))
+            raise ModelFileError(
+                f"{path}: holds every weight of {factory} under {named}, beside {len(state) - len(own)} other "
+                f"key(s) ({shorten(others, 120)}): a "
+                "larger module's state_dict (e.g. a Lightning module holding the model and a loss, an EMA copy or "
+                f"a teacher). Save the part you mean alone, e.g. torch.save(module.{inner[-1][:-1]}.state_dict(), "
+                "'weights.pt'), and pass that file"
+            )
         hint = (
             f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
             f"weights were made with (give them: {option('kwargs')}, or model.kwargs in a recipe), or the model was "

@@ -35,3 +35,16 @@ def test_weights_that_need_the_refused_class_stay_refused(tmp_path):
     torch.save({"state_dict": {"w": argparse.Namespace()}}, bad)
     with pytest.raises(ModelFileError, match="argparse.Namespace"):
         read_model(bad, arch="examples.models:mlp", kwargs={"hidden": [8]})
+
+
+def test_weights_one_level_down_beside_other_parts_say_so(tmp_path):
+    # A Lightning module holding the model and a weighted loss saves model.* beside criterion.weight: the error
+    # said "check the architecture and its kwargs", which were right; it now names the prefix and what to save.
+    model = mlp(hidden=[8])
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    state["criterion.weight"] = torch.ones(10)
+    path = tmp_path / "lit.ckpt"
+    torch.save({"state_dict": state, "epoch": 1}, path)
+    with pytest.raises(ModelFileError, match=r"every weight of examples.models:mlp under 'model\.'") as err:
+        read_model(path, arch="examples.models:mlp", kwargs={"hidden": [8]})
+    assert "criterion.weight" in str(err.value) and "kwargs" not in str(err.value)
