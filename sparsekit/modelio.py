@@ -1127,6 +1127,24 @@ def load_weights(
             or v.is_floating_point() != own[k].is_floating_point()
         )
     ]
+    # A dense tensor of the other kind is almost always a cast applied to every tensor of a state_dict ({k:
+    # v.half()}), which turns integer buffers (BatchNorm's num_batches_tracked) into floats: say that, not "dense".
+    kinds = [
+        (k, v)
+        for k, v in state.items()
+        if k in own
+        and isinstance(v, torch.Tensor)
+        and not v.is_nested
+        and v.layout == torch.strided
+        and v.is_floating_point() != own[k].is_floating_point()
+    ]
+    if odd and len(kinds) == len(odd) and all(v.is_floating_point() for _, v in kinds):
+        raise ModelFileError(
+            f"{path}: tensors {[f'{k} ({v.dtype}; the model has {own[k].dtype})' for k, v in kinds[:4]]} are "
+            "floating where the model's are integers: a cast applied to every tensor of the state_dict also "
+            "converts integer buffers (BatchNorm's num_batches_tracked); cast the floating tensors only, or save "
+            "model.state_dict() as it is"
+        )
     if odd:
         raise ModelFileError(
             f"{path}: tensors {odd[:4]} are not plain dense tensors of the model's kind; save the weights "

@@ -48,3 +48,19 @@ def test_weights_one_level_down_beside_other_parts_say_so(tmp_path):
     with pytest.raises(ModelFileError, match=r"every weight of examples.models:mlp under 'model\.'") as err:
         read_model(path, arch="examples.models:mlp", kwargs={"hidden": [8]})
     assert "criterion.weight" in str(err.value) and "kwargs" not in str(err.value)
+
+
+def test_a_cast_of_every_tensor_names_the_integer_buffer_it_converted(tmp_path):
+    # {k: v.half()} over a BatchNorm model's state_dict makes num_batches_tracked a float: the error said the
+    # tensors were "not plain dense tensors", which they are; it now says what the cast did and what to cast.
+    path = tmp_path / "half.pt"
+    torch.save({k: v.half() for k, v in bn_net().state_dict().items()}, path)
+    with pytest.raises(
+        ModelFileError, match=r"1\.num_batches_tracked \(torch\.float16; the model has torch\.int64"
+    ) as e:
+        read_model(path, arch="tests.test_review_newuser_18:bn_net")
+    assert "cast the floating tensors only" in str(e.value) and "not plain dense" not in str(e.value)
+
+
+def bn_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10))
