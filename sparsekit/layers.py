@@ -123,7 +123,7 @@ def _rename(field: str) -> str:
     was told only that nothing matched, about a file under site-packages it should not edit; an override for one
     run needs no copy (names in quotes: an ``nn.Sequential``'s ``5`` unquoted is a number and refused)."""
     override = re.sub(r"\[(\d+)\]", r".\1", field) + '=["NAME", ...]'
-    return f"; name this model's layers in {field}: in the recipe, or for this run {option('set', override)}"
+    return f"; name this model's layers in {field} (in the recipe, or for this run {option('set', override)})"
 
 
 def _why_not(model: nn.Module, pattern: str) -> str:
