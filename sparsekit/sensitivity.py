@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .data import batches
-from .errors import SparsekitError, TargetError, one_line
+from .errors import SparsekitError, TargetError, interrupted_while, one_line
 from .fsutil import atomic_path, write_text
 from .layers import num_units, prunable_layers, select_layers, unselected_layers
 from .masks import count_true, global_topk_masks, weight_of
@@ -665,16 +665,20 @@ def analyze(
                 if row.point(value) is not None or _key(value) in row.errors:
                     continue
                 point: Point | None
+                # Ctrl-C says which probe it stopped (the finished ones are kept for --resume)
+                probing = f"probing {row.name} at {_key(value)} (probe {done + 1} of {total})"
                 if row.kind == "unstructured":
-                    point = _probe_unstructured(
-                        model, modules[row.name], row.name, value, val_loader, max_batches, table
-                    )
+                    with interrupted_while(probing):
+                        point = _probe_unstructured(
+                            model, modules[row.name], row.name, value, val_loader, max_batches, table
+                        )
                 else:
                     spec = recipe.pruning[row.entry]
                     assert isinstance(spec, StructuredSpec)
-                    point, error = _probe_structured(
-                        model, spec, row, plans[row.entry], value, shape, val_loader, max_batches, table
-                    )
+                    with interrupted_while(probing):
+                        point, error = _probe_structured(
+                            model, spec, row, plans[row.entry], value, shape, val_loader, max_batches, table
+                        )
                     if error:
                         row.errors[_key(value)] = error
                 if point is not None:
@@ -729,7 +733,8 @@ def _new_table(
         classes = resume_from.classes
     else:
         counts: dict[str, int] = {}
-        dense = evaluate(model, loader, max_batches, counts=counts)
+        with interrupted_while("measuring the dense model"):  # Ctrl-C says where the analysis was
+            dense = evaluate(model, loader, max_batches, counts=counts)
         classes = counts.get("classes")
     macs = _layer_macs(model, shape)
     total_macs = sum(macs.values()) or 1
