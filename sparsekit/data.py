@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.datapaths import check_beside_recipe, check_named_path
 from sparsekit.errors import DataError, TrustError, missing_dependency, one_line, option, shorten
-from sparsekit.fsutil import cache_dir, read_regular
+from sparsekit.fsutil import cache_dir, is_zip_archive, read_regular
 from sparsekit.recipe import DATA_SOURCES, SOURCE_CALLABLE, source_problem
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
@@ -381,7 +381,7 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
             f"{where} not found (relative paths start at the current directory {os.getcwd()}); "
             "check the path or use one of: " + ", ".join(BUILTIN_SOURCES)
         )
-    if not zipfile.is_zipfile(path):
+    if not is_zip_archive(path):
         raise DataError(f"{where} is not a valid .npz archive; write it with numpy.savez(path, x=..., y=...)")
     _check_npz_sizes(path, where)
     try:

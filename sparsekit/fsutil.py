@@ -11,6 +11,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,16 @@ def read_regular(path: str | os.PathLike[str]) -> bytes:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def is_zip_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a readable zip archive (torch's checkpoint format, numpy's .npz). Never raises:
+    ``zipfile.is_zipfile`` raises BadZipFile itself on some damaged ends (a multi-disk count in a zip64
+    locator), where a damaged file must still be reported as bad input."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

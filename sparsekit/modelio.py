@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
-from .fsutil import atomic_path, available_memory
+from .fsutil import atomic_path, available_memory, is_zip_archive
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import int_dims, require_path, unwrap
 
@@ -707,7 +707,7 @@ def _truncated_zip(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
-        return head == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+        return head == b"PK\x03\x04" and not is_zip_archive(path)
     except OSError:
         return False
 
