@@ -538,3 +538,52 @@ def test_report_whose_values_matplotlib_cannot_draw_says_so(corpus, tmp_path):
     result = _run(["report", out])
     _check(result)
     assert result.exit_code == 2 and "a value in the report too large to plot" in result.output + result.stderr
+
+
+@pytest.fixture(scope="module")
+def model_files(corpus, tmp_path_factory) -> dict[str, bytes]:
+    """Sound files of every kind ``inspect`` reads, as bytes to damage: a sparsekit checkpoint, a state_dict .pt, a
+    .safetensors file and an ONNX file."""
+    from safetensors.torch import save_file
+
+    from sparsekit.onnx import export_onnx
+
+    tmp = tmp_path_factory.mktemp("sound")
+    torch.manual_seed(0)
+    model = mlp()
+    torch.save(model.state_dict(), tmp / "sd.pt")
+    save_file(model.state_dict(), str(tmp / "w.safetensors"))
+    export_onnx(model, tmp / "m.onnx", [1, 64], exporter="torchscript")
+    paths = {"ck.pt": corpus["model"], "sd.pt": tmp / "sd.pt", "w.safetensors": tmp / "w.safetensors"}
+    return {name: Path(p).read_bytes() for name, p in {**paths, "m.onnx": tmp / "m.onnx"}.items()}
+
+
+_damage = st.tuples(
+    st.sampled_from(["truncate", "flip", "zero", "insert"]),
+    st.floats(0, 1, exclude_max=True),  # where, as a fraction of the file
+    st.integers(1, 300),  # how many bytes (bits, for flip)
+    st.binary(min_size=1, max_size=16),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["ck.pt", "sd.pt", "w.safetensors", "m.onnx"]), damage=_damage, seed=st.integers(0, 2**32))
+def test_any_damaged_model_file_is_read_or_refused_cleanly(model_files, tmp_path_factory, name, damage, seed):
+    """A model file with bytes cut, flipped, zeroed or inserted anywhere (a bad copy or disk): ``inspect`` reads it
+    or refuses it with one Error line, exit 2 (a damaged zip end once raised from zipfile.is_zipfile: exit 1)."""
+    kind, where, n, extra = damage
+    data = bytearray(model_files[name])
+    at = int(where * len(data))
+    if kind == "truncate":
+        del data[at:]
+    elif kind == "flip":
+        rng = np.random.default_rng(seed)
+        for i in rng.integers(0, len(data), size=n):
+            data[i] ^= 1 << int(rng.integers(0, 8))
+    elif kind == "zero":
+        data[at : at + n] = bytes(len(data[at : at + n]))
+    else:
+        data[at:at] = extra
+    path = tmp_path_factory.mktemp("damaged") / name
+    path.write_bytes(bytes(data))
+    _check(_run(["inspect", str(path), *([] if name in ("ck.pt", "m.onnx") else [*ARCH, "--input-shape", "1,64"])]))
