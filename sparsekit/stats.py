@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import model_input
 from .layers import output_dim, prunable_layers, tied_aliases
 from .masks import count_true, weight_of
 from .wrappers import require_module, unwrap
@@ -43,6 +44,10 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     pass on zeros of ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``,
     ``[1, 3, 32, 32]``); zeros in the weights are not subtracted. The model's train/eval mode is
     restored. Whatever the model raises on that input (e.g. a shape mismatch) propagates."""
+    # In the model's floating dtype (a float64 model refuses float32 inputs), as sparsekit.train feeds it, or
+    # token ids for a model whose input feeds an embedding; made before the counting hooks, as the probe that
+    # tells which runs the model too.
+    x = model_input.example_input(model, [1, *list(input_shape)[1:]])
     macs: dict[str, int] = {}
     hooks = []
     for name, m in prunable_layers(model).items():
@@ -87,12 +92,8 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
     try:
         model.eval()
-        param = next(model.parameters(), None)
         with _OutsideUses(owners, inside, macs):
-            # In the model's floating dtype (a float64 model refuses float32 inputs), as sparsekit.train feeds it.
-            dtype = param.dtype if param is not None and param.is_floating_point() else None
-            device = param.device if param is not None else None
-            model(torch.zeros([1, *list(input_shape)[1:]], device=device, dtype=dtype))
+            model(x)
     finally:
         for module, training in modes:
             module.training = training

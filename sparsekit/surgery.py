@@ -31,7 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from . import logits
+from . import logits, model_input
 from . import tp_adapter as tpa
 from .errors import ModelFileError, one_line, option
 from .layers import prunable_layers, unit_view
@@ -115,18 +115,9 @@ def trace_advice(err: BaseException) -> str | None:
 def example_input(
     model: nn.Module, input_shape: Sequence[int], batch: int | None = None, random: bool = False
 ) -> torch.Tensor:
-    """An input for tracing ``model``: zeros of ``input_shape`` (batch first, e.g. ``[1, 784]``), or seeded
-    standard-normal values with ``random``; ``batch`` replaces the first dimension. On the device and in
-    the dtype of the model's first parameter (CPU float32 for a model without parameters)."""
-    param = next(iter(model.parameters()), None)
-    kw: dict[str, Any] = {"dtype": param.dtype, "device": param.device} if param is not None else {}
-    shape = [int(d) for d in input_shape]
-    if batch is not None:
-        shape[0] = batch
-    if random:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn(shape, generator=gen).to(**kw)
-    return torch.zeros(shape, **kw)
+    """An input for tracing ``model``: :func:`sparsekit.model_input.example_input` (zeros of ``input_shape``, or
+    seeded values with ``random``; int64 token ids for a model whose input feeds an embedding)."""
+    return model_input.example_input(model, input_shape, batch=batch, random=random)
 
 
 def build_graph(model: nn.Module, input_shape: Sequence[int]) -> tpa.Graph:

@@ -399,9 +399,9 @@ def test_settings_that_would_remove_nothing_are_errors():
     assert [model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels] == [4, 8, 16]
 
 
-def test_a_model_taking_token_ids_is_named_as_such_not_as_a_wrong_input_shape():
-    # sparsekit traces on float inputs: the right shape still fails on an nn.Embedding, and the advice said to
-    # check model.input_shape, which was already right
+def test_a_model_taking_token_ids_is_traced_on_token_ids():
+    # sparsekit traced on float inputs, which an nn.Embedding refuses: structured pruning and l1's unit removal
+    # were refused or skipped as "takes integer input" (review 19 made the traced input int64 ids for such models)
     import warnings
 
     class Tokens(nn.Module):
@@ -415,16 +415,21 @@ def test_a_model_taking_token_ids_is_named_as_such_not_as_a_wrong_input_shape():
     def recipe(entry: dict) -> sparsekit.Recipe:
         return sparsekit.Recipe(model={"input_shape": [1, 6]}, finetune={"epochs": 1}, pruning=[entry])
 
-    with pytest.raises(sparsekit.TargetError, match="takes integer input .token ids") as err:
-        sparsekit.Pruner(Tokens(), recipe({"method": "structured", "ratio": 0.5, "layers": {"include": ["fc1"]}}), 2)
-    assert "check model.input_shape" not in str(err.value)
+    entry = {"method": "structured", "ratio": 0.5, "round_to": None, "layers": {"include": ["fc1"]}}
+    pruner = sparsekit.Pruner(Tokens(), recipe({**entry, "schedule": "oneshot"}), 1)
+    pruner.step()
+    assert pruner.finalize().fc1.out_features == 16
+    model = Tokens()
+    with torch.no_grad():
+        model.fc1.weight[:8] = 0  # eight dead units
+        model.fc1.bias[:8] = 0
     pruner = sparsekit.Pruner(
-        Tokens(), recipe({"method": "l1", "group": "row", "strength": 1.0, "layers": {"include": ["fc1"]}}), 2
+        model, recipe({"method": "l1", "group": "row", "strength": 1e-9, "layers": {"include": ["fc1"]}}), 2
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pruner.finalize()
-    assert any("remove_dead: skipped" in str(w.message) and "takes integer input" in str(w.message) for w in caught)
+        assert pruner.finalize().fc1.out_features == 24
+    assert not any("remove_dead: skipped" in str(w.message) for w in caught)
 
 
 def test_achieved_counts_a_coupled_groups_channels_once():

@@ -29,7 +29,7 @@ from sparsekit.errors import ExportError, one_line, option
 from sparsekit.fsutil import available_memory, private_memory
 from sparsekit.onnx.files import gzip_level, onnx_bytes
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
-from sparsekit.onnx.sessions import DEFAULT_PROVIDER, open_session, random_array
+from sparsekit.onnx.sessions import DEFAULT_PROVIDER, ORT_DTYPES, open_session, random_array
 from sparsekit.onnx.stats import size_report
 from sparsekit.recipe import MAX_BATCH, MAX_RUNS, MAX_THREADS
 from sparsekit.report import ms_text
@@ -95,7 +95,9 @@ def benchmark(
     Runs are interleaved across files (rotating which goes first) so drift in machine speed hits
     all alike, and a second session of the first file is timed alongside as an A/A control:
     its ratio to the first shows how large a difference noise alone produces. Each file takes one
-    float32 input, fed with seeded standard-normal data (the same for files of the same shape);
+    float32 input, fed with seeded standard-normal data (the same for files of the same shape), or one int64 /
+    int32 input of token ids (a model exported from an ``nn.Embedding`` first), fed with id 0, which every
+    vocabulary has;
     ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
 
     Cost: ``runs`` is the most timed runs per file and batch size. ``budget_s`` (default
@@ -186,7 +188,8 @@ def benchmark(
         for b in sizes:
             # Seeded per file, so files with the same input shape see exactly the same data.
             feeds = [
-                {s.get_inputs()[0].name: random_array([b, *d], seed=seed)} for s, d in zip(sessions, dims, strict=True)
+                {s.get_inputs()[0].name: random_array([b, *d], _FED[s.get_inputs()[0].type], seed=seed)}
+                for s, d in zip(sessions, dims, strict=True)
             ]
             for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
                 _first_run(s, feed, path, [b, *d], cap)
@@ -280,19 +283,23 @@ def _check_batch_sizes(batch_sizes: Sequence[int] | int) -> list[int]:
     return [int(b) for b in sizes]
 
 
+# The input types the benchmark feeds (token ids as zeros: random_array), with the numpy dtype of each.
+_FED = {t: ORT_DTYPES[t] for t in ("tensor(float)", "tensor(int64)", "tensor(int32)")}
+
+
 def _input_dims(
     session: ort.InferenceSession, path: Path, input_shape: Sequence[int] | None, sizes: list[int]
 ) -> list[int]:
     """The non-batch dims to feed: the model's own when static, else ``input_shape``'s."""
     inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or not inputs[0].shape:
+    if len(inputs) != 1 or inputs[0].type not in _FED or not inputs[0].shape:
         # A graph with no inputs (only constants) would otherwise read "the model takes ."
         got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs) or "no input at all"
         # Say what to do too: this is a limit of the benchmark, not a fault in the user's file.
         raise ExportError(
-            f"{path}: the benchmark feeds one float32 tensor with a batch dim; the model takes {got}. "
-            "Time it with onnxruntime's onnxruntime_perf_test, which generates every input, "
-            "or benchmark a single float-input version of the model"
+            f"{path}: the benchmark feeds one float32 (or int64 / int32 token id) tensor with a batch dim; the model "
+            f"takes {got}. Time it with onnxruntime's onnxruntime_perf_test, which generates every input, "
+            "or benchmark a single-input version of the model"
         )
     batch, *rest = inputs[0].shape
     if isinstance(batch, int) and any(b != batch for b in sizes):

@@ -34,6 +34,7 @@ from torch import nn
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
+from sparsekit.model_input import id_vocab
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
@@ -185,7 +186,7 @@ def export_int8(
         info = export_onnx(model, fp32_tmp, input_shape, opset=opset, exporter=exporter)
         if data is None:
             q = quantize_int8(fp32_tmp, int8_tmp)
-            q["check"] = _random_agreement(fp32_tmp, int8_tmp, input_shape)
+            q["check"] = _random_agreement(fp32_tmp, int8_tmp, input_shape, id_vocab(model, input_shape))
         else:
             q = quantize_on_data(fp32_tmp, int8_tmp, data, input_shape=input_shape)
         publish(int8_tmp, final)
@@ -199,7 +200,7 @@ def export_int8(
 RANDOM_CHECK_SAMPLES = 32  # random inputs the int8 file is compared with the fp32 one on, without data
 
 
-def _random_agreement(fp32: Path, int8: Path, input_shape: Sequence[int]) -> dict[str, Any]:
+def _random_agreement(fp32: Path, int8: Path, input_shape: Sequence[int], vocab: int | None = None) -> dict[str, Any]:
     """:func:`~sparsekit.onnx.quantize.output_agreement` of the int8 file with the fp32 one on seeded standard-normal
     inputs of ``input_shape`` (in batches of its batch size, which a file exported with a fixed batch takes), with
     ``"inputs": "random normal"``: all there is to compare on without data; real inputs may agree better or worse.
@@ -210,14 +211,17 @@ def _random_agreement(fp32: Path, int8: Path, input_shape: Sequence[int]) -> dic
     batch = max(1, int(input_shape[0]))
     rng = np.random.default_rng(0)
     n = max(batch, RANDOM_CHECK_SAMPLES - RANDOM_CHECK_SAMPLES % batch)
-    x = rng.standard_normal((n, *[int(d) for d in input_shape[1:]])).astype(np.float32)
+    dims = (n, *[int(d) for d in input_shape[1:]])
+    # token ids below the vocabulary for a model whose input feeds an embedding (vocab), else normal values
+    x = rng.standard_normal(dims).astype(np.float32) if vocab is None else rng.integers(0, vocab, dims)
+    inputs = "random normal" if vocab is None else "random token id"
     try:
         res = output_agreement(fp32, int8, x, batch_size=batch)
     except (ExportError, ValueError, IndexError) as err:
-        return {"inputs": "random normal", "samples": n, "error": one_line(err, 200)}
+        return {"inputs": inputs, "samples": n, "error": one_line(err, 200)}
     if not np.isfinite(res["max_abs_diff"]):
         res["max_abs_diff"] = None
-    return {**res, "inputs": "random normal"}
+    return {**res, "inputs": inputs}
 
 
 @dataclasses.dataclass
@@ -447,7 +451,7 @@ def _cpu_eval(model: nn.Module) -> Iterator[None]:
 def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, list[str]]:
     """The traced input (batch 2: a batch of 1 invites the tracer to specialise the dim away) and the names of
     the model's outputs (:func:`_output_names`)."""
-    x = torch.from_numpy(random_array([2, *shape[1:]], seed=0))
+    x = torch.from_numpy(_input_array(model, [2, *shape[1:]], seed=0))
     try:
         with torch.no_grad():
             out = model(x)
@@ -467,7 +471,8 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
         if compiled_module(model) and _runs(model, [1, *shape[1:]]):
             raise ExportError(f"input shape {shape}: {fixed_batch_words(e)}") from None
         msg = (
-            f"the model fails on a random float32 input of shape {shape} ({one_line(e, 200)}); give the shape it "
+            f"the model fails on a random {'int64 (token id)' if x.dtype == torch.long else 'float32'} input of shape "
+            f"{shape} ({one_line(e, 200)}); give the shape it "
             f"takes ({option('input_shape')}). Export and its parity check feed random normal values, so a "
             "model that only accepts some values (token ids for an nn.Embedding, say) cannot be exported here"
         )
@@ -475,11 +480,21 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
     return x, _output_names(out)
 
 
+def _input_array(model: nn.Module, shape: list[int], seed: int) -> np.ndarray:
+    """Seeded inputs of ``shape`` for ``model``: standard normal float32 values, or for a model that takes token ids
+    (:func:`~sparsekit.model_input.id_vocab`) int64 ids drawn uniformly below its vocabulary, so the file is exported
+    with an int64 input and its parity is checked on ids that index real rows."""
+    vocab = id_vocab(model, shape)
+    if vocab is None:
+        return random_array(shape, seed=seed)
+    return np.random.default_rng(seed).integers(0, vocab, size=tuple(shape), dtype=np.int64)
+
+
 def _runs(model: nn.Module, shape: list[int]) -> bool:
     """Whether ``model`` runs on a random float32 input of ``shape``."""
     try:
         with torch.no_grad():
-            model(torch.from_numpy(random_array(shape, seed=0)))
+            model(torch.from_numpy(_input_array(model, shape, seed=0)))
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception:  # noqa: BLE001 - the user's model: a failure is the answer, not our bug
@@ -752,7 +767,7 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
     }
     worst, ok, scale = 0.0, True, 0.0
     for batch in PARITY_BATCHES:
-        x = random_array([batch, *shape[1:]], seed=batch)
+        x = _input_array(model, [batch, *shape[1:]], seed=batch)
         with torch.no_grad():
             out = model(torch.from_numpy(x.copy()))  # a model that changes its input in place must not change x
         leaves = _tensors(out)

@@ -50,7 +50,7 @@ from sparsekit.errors import ExportError
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, publish, save_onnx, staging
 from sparsekit.onnx.graph import graph_inputs
 from sparsekit.onnx.quiet import quiet
-from sparsekit.onnx.sessions import open_session
+from sparsekit.onnx.sessions import ORT_DTYPES, open_session
 from sparsekit.onnx.stats import size_report
 from sparsekit.onnx.tensors import FLOAT_TYPES, QUANT_TYPES, QUANT_WEIGHT_INPUTS
 
@@ -393,13 +393,20 @@ def _preprocess(src: Path, dest: Path, large: bool) -> tuple[Path, dict[str, Any
 
 
 class _Reader:
-    """onnxruntime ``CalibrationDataReader`` over user batches, converted to float32 feeds lazily."""
+    """onnxruntime ``CalibrationDataReader`` over user batches, converted to float32 feeds lazily (int64 / int32
+    for an input the file declares so: token ids)."""
 
     def __init__(self, batches: Iterable[Any], inputs: list[onnx.ValueInfoProto], limit: int) -> None:
         if isinstance(batches, np.ndarray):
             raise ExportError("calibration must be an iterable of batches, not one array; wrap it as [x]")
         self.names = [i.name for i in inputs]
         self.ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in inputs}
+        # Integer inputs (token ids for an nn.Embedding) are fed as the file declares them, not as float32.
+        self.ints = {
+            i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+            for i in inputs
+            if i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        }
         # A batch dim fixed in the file (torch.onnx.export's default, without dynamic axes: 1): each batch is fed in
         # slices of that many samples, as onnxruntime runs nothing else ("Got: 16 Expected: 1").
         dims = [i.type.tensor_type.shape.dim for i in inputs]
@@ -487,6 +494,7 @@ class _Reader:
                     f"the model has {len(self.names)} inputs {self.names}; give calibration batches as dicts"
                 )
             feed = {self.names[0]: _to_numpy(batch)}
+        feed = {k: v.astype(self.ints[k]) if k in self.ints else v for k, v in feed.items()}
         for name in self.names:
             rank = self.ranks[name]
             if rank and feed[name].ndim != rank:
@@ -732,6 +740,8 @@ def _outputs(path: PathLike, x: np.ndarray, batch_size: int, *, flatten: bool = 
         raise ExportError("no samples to evaluate")
     session = open_session(p)  # checks the external data first; ExportError naming the file
     name, dims = session.get_inputs()[0].name, session.get_inputs()[0].shape
+    # Fed in the file's own input type: token ids (int64) for a model exported from an nn.Embedding first.
+    x = x.astype(ORT_DTYPES.get(session.get_inputs()[0].type, np.float32), copy=False)
     # A batch dim fixed in the file (torch.onnx.export's default: 1) takes that many samples a run and no other
     # count: the last run is padded with copies of its last sample, whose outputs are left out.
     fixed = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
