@@ -442,9 +442,10 @@ def _select_logits(model: Any, part: int | str, shape: list[int], path: Path) ->
     import torch
 
     from .logits import attach, select_logits
+    from .model_input import example_input
 
     with torch.no_grad():
-        out = model(torch.zeros([2, *shape[1:]]))
+        out = model(example_input(model, [2, *shape[1:]]))  # token ids for a model whose input feeds an embedding
     select_logits(out, part, where=str(path), caller=True)
     attach(model, part)
 
@@ -1078,7 +1079,11 @@ def export(
         from .data import load_data
 
         try:
-            bundle = load_data(data, input_shape=shape, normalize=normalize or "none", field="data")
+            from .model_input import id_vocab
+
+            # token ids (int64, in the embedding's range) for a model whose input feeds an embedding
+            ids = id_vocab(loaded.model, shape)
+            bundle = load_data(data, input_shape=shape, normalize=normalize or "none", field="data", token_ids=ids)
         except DataError as err:
             # A shape mismatch's remedy is prune's override of model.input_shape; export's is its own option.
             fixed = re.sub(
@@ -1167,12 +1172,12 @@ def export(
             if disagrees:
                 click.echo(f"Warning: {printable(disagrees)}", err=True)
         elif q.get("check", {}).get("error"):
-            lines.append(f"  int8 vs fp32 on random normal inputs: not compared ({q['check']['error']})")
+            lines.append(f"  int8 vs fp32 on {q['check']['inputs']} inputs: not compared ({q['check']['error']})")
         elif q.get("check"):
             ck = q["check"]
             top1 = f", top-1 agreement {ck['top1_agreement']:.2f}" if ck["top1_agreement"] is not None else ""
             lines.append(
-                f"  int8 vs fp32 on {ck['samples']} random normal inputs: max diff {_diff(ck['max_abs_diff'])}{top1} "
+                f"  int8 vs fp32 on {ck['samples']} {ck['inputs']} inputs: max diff {_diff(ck['max_abs_diff'])}{top1} "
                 "(no --data: on real inputs they may agree better or worse; --data calibrates and measures there)"
             )
         if q.get("latency_note"):

@@ -75,7 +75,8 @@ _MAX_SYNTHETIC_VALUES = 2**28  # float32 values generated for `synthetic`: 1 GiB
 class DataBundle:
     """Train/validation loaders plus what a model needs to know about the samples.
 
-    The loaders yield ``(x, y)`` batches: ``x`` float32 ``[N, *input_shape]``, ``y`` int64 class labels
+    The loaders yield ``(x, y)`` batches: ``x`` float32 ``[N, *input_shape]`` (int64 token ids for a model that
+    takes them: ``load_data(token_ids=...)``), ``y`` int64 class labels
     ``[N]``. ``input_shape`` is the per-sample shape (no batch dimension), ``num_classes`` the number
     of classes (labels run ``0..num_classes - 1``), ``source`` the source it was loaded from. For a
     ``pkg.module:callable`` source, ``train``/``val`` are whatever the callable returned (usually
@@ -124,6 +125,7 @@ def load_data(
     trust_code: bool = False,
     normalize: str = "none",
     field: str = "data.source",
+    token_ids: int | None = None,
 ) -> DataBundle:
     """Build train/val loaders for ``source`` (see the module docstring for the sources).
 
@@ -146,7 +148,10 @@ def load_data(
     of training batches and the synthetic samples, ``synthetic_samples`` their number.
     ``normalize`` (``none`` | ``standard``) is the built-in image sources' preprocessing (module
     docstring); ``standard`` with any other source is a :class:`DataError` (their values are used as
-    given).
+    given). ``token_ids`` is the vocabulary size of a model that takes token ids (an ``nn.Embedding`` first,
+    :func:`sparsekit.model_input.id_vocab`): its inputs must then be integer ids in ``[0, token_ids)``, kept as
+    int64 (an ``.npz`` ``x`` of an integer dtype, or a callable's integer batches); the built-in image sources
+    are refused for it.
 
     Raises :class:`DataError` for any bad input (an unknown source, an unreadable or malformed file,
     a shape or label mismatch, a user callable that fails or returns something else) and
@@ -155,7 +160,7 @@ def load_data(
     """
     try:
         return _load_data(source, batch_size, val_fraction, seed, input_shape, synthetic_samples, num_classes,
-                          named_in, trust_code, normalize)  # fmt: skip
+                          named_in, trust_code, normalize, token_ids)  # fmt: skip
     except (DataError, TrustError) as err:
         if named_in is not None and err.raw_message.startswith("data.source"):
             # A recipe's source: the message names the field, and the file comes first, as for every recipe field.
@@ -181,6 +186,7 @@ def _load_data(
     named_in: str | os.PathLike[str] | None,
     trust_code: bool,
     normalize: str,
+    token_ids: int | None = None,
 ) -> DataBundle:
     if not isinstance(source, str) or not source.strip():
         raise DataError(f"data.source must be a non-empty string, got {source!r}; {_valid_sources()}")
@@ -203,7 +209,13 @@ def _load_data(
         if named_in is not None:
             check_named_path(source, named_in)
             check_beside_recipe(source, named_in)
-        x, y = _load_npz(source)
+        x, y = _load_npz(source, token_ids)
+    elif token_ids is not None and source in ("digits", "mnist5k", "synthetic"):
+        raise DataError(
+            f"data.source {source!r} holds float values, and the model takes token ids (its input feeds an "
+            f"nn.Embedding of {token_ids} rows): give ids in a .npz (x of an integer dtype, y) or a "
+            "pkg.module:callable returning (train_loader, val_loader)"
+        )
     elif source == "digits":
         x, y = _load_digits(standard=normalize == "standard")
     elif source == "mnist5k":
@@ -211,7 +223,7 @@ def _load_data(
     elif source == "synthetic":
         x, y, num_classes = _make_synthetic(input_shape, synthetic_samples, num_classes, seed)
     elif SOURCE_CALLABLE.match(source):
-        return _load_callable(source, input_shape, num_classes, named_in, trust_code)
+        return _load_callable(source, input_shape, num_classes, named_in, trust_code, token_ids=token_ids)
     else:
         raise DataError(f"data.source {source_problem(source)}")
 
@@ -361,7 +373,7 @@ def _make_synthetic(
 # --- .npz files ---------------------------------------------------------------------------------
 
 
-def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     path = Path(source).expanduser()
     where = f"data.source file '{shorten(source, 200)}'"  # the path comes from a recipe: quoted cut short
     try:
@@ -433,7 +445,21 @@ def _load_npz(source: str) -> tuple[np.ndarray, np.ndarray]:
             f"{where}: x holds values up to {max(-float(x.min()), float(x.max())):.3g}, beyond float32's range "
             f"({limit:.3g}), in which the model computes; rescale them"
         )
-    x = x.astype(np.float32)
+    if token_ids is not None:
+        # Token ids stay integers (int64, what nn.Embedding takes); each must index a row of the embedding.
+        if x.dtype.kind not in "iu":
+            raise DataError(
+                f"{where}: x holds {x.dtype} values, and the model takes token ids (its input feeds an "
+                "nn.Embedding): re-save x as integer ids (x.astype(np.int64))"
+            )
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= token_ids):
+            raise DataError(
+                f"{where}: x holds ids from {int(x.min())} to {int(x.max())}; the model's embedding has {token_ids} "
+                f"rows, so ids must be 0 to {token_ids - 1}"
+            )
+        x = x.astype(np.int64)
+    else:
+        x = x.astype(np.float32)
     # Float labels are accepted when every value is whole (e.g. y saved from a float DataFrame).
     integral = y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
     if y.dtype.kind not in "iu" and not integral:
@@ -532,6 +558,7 @@ def _load_callable(
     named_in: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
     normalize: str = "none",
+    token_ids: int | None = None,
 ) -> DataBundle:
     from .trust import call_user_code, load_callable
 
@@ -561,16 +588,22 @@ def _load_callable(
             raise DataError(f"{where}: the {name} loader is empty")
 
     with _rng_untouched(train, val):  # the checks must not shift the seeded order of training batches
-        x, y, num_classes = _check_batches(source, where, train, val, input_shape, num_classes)
+        x, y, num_classes = _check_batches(source, where, train, val, input_shape, num_classes, token_ids)
     return DataBundle(train=train, val=val, input_shape=tuple(x.shape[1:]), num_classes=num_classes, source=source)
 
 
 def _check_batches(
-    source: str, where: str, train: Any, val: Any, input_shape: Sequence[int] | None, num_classes: int | None
+    source: str,
+    where: str,
+    train: Any,
+    val: Any,
+    input_shape: Sequence[int] | None,
+    num_classes: int | None,
+    token_ids: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The first training batch, checked against ``input_shape``, and the number of classes (one pass
-    over the validation labels when not given)."""
-    x, y = _first_batch(train, f"{where}: the train loader")
+    """The first training batch, checked against ``input_shape`` (and ``token_ids``: see :func:`load_data`), and
+    the number of classes (one pass over the validation labels when not given)."""
+    x, y = _first_batch(train, f"{where}: the train loader", token_ids)
     shape = tuple(x.shape[1:])
     if input_shape is not None:
         wanted = sample_shape(input_shape)
@@ -625,9 +658,9 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
     return found
 
 
-def _first_batch(loader: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_batch(loader: Any, where: str, token_ids: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     for batch in batches(loader, where):
-        return _unpack(batch, where)
+        return _unpack(batch, where, token_ids)
     raise DataError(f"{where} yields no batches")
 
 
@@ -655,7 +688,7 @@ def batches(loader: Any, where: str) -> Iterator[tuple[Any, Any]]:
         yield batch[0], batch[1]
 
 
-def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _unpack(batch: Any, where: str, token_ids: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise DataError(f"{where} must yield (inputs, labels) pairs, got {type(batch).__name__}")
     x, y = batch
@@ -672,8 +705,22 @@ def _unpack(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(
             f"{where} must yield inputs [N, ...] and labels [N], got {list(x.shape)} and {list(y.shape)}{single}"
         )
-    if not x.is_floating_point():
-        raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}; convert them with x.float()")
+    if token_ids is not None:
+        # A model whose input feeds an embedding: ids, each indexing one of its rows (a float or an id past the
+        # vocabulary fails inside nn.Embedding mid-training, with an error that names neither).
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise DataError(
+                f"{where} must yield integer token ids (torch.long) for this model, whose input feeds an "
+                f"nn.Embedding, got {x.dtype}"
+            )
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= token_ids):
+            raise DataError(
+                f"{where} yields token ids from {int(x.min())} to {int(x.max())}; the model's embedding has "
+                f"{token_ids} rows, so ids must be 0 to {token_ids - 1}"
+            )
+    elif not x.is_floating_point():
+        hint = "; integer inputs are for a model whose input feeds an nn.Embedding (token ids)"
+        raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}; convert them with x.float(){hint}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{where} must yield integer class labels (torch.long), got {y.dtype}")
     if len(y) and int(y.min()) < 0:
@@ -759,7 +806,8 @@ def _split(
 
     def dataset(idx: np.ndarray) -> TensorDataset:
         return TensorDataset(
-            torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)),
+            # token ids stay int64 (see _load_npz); everything else is float32
+            torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.int64 if x.dtype.kind in "iu" else np.float32)),
             torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.int64)),
         )
 

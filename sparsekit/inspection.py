@@ -171,14 +171,13 @@ def check_input_shape(
         return f" ({words})" if words else ""
 
     dims = [int(d) for d in shape]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else None
-    dtype = param.dtype if param is not None and param.is_floating_point() else None  # (a float64 model's own)
+    from . import model_input
 
     def fails(batch_shape: list[int]) -> Exception | None:
         try:
             with torch.no_grad():
-                model(torch.zeros(batch_shape, device=device, dtype=dtype))
+                # zeros in the model's dtype, or token ids (int64) for a model whose input feeds an embedding
+                model(model_input.example_input(model, batch_shape))
         except (MemoryError, DataError):  # DataError: ours (e.g. model.output names no part), not a shape
             raise
         except Exception as err:  # noqa: BLE001 - the user's model on a shape: bad input, not our bug
@@ -194,8 +193,9 @@ def check_input_shape(
         if first is not None and integer_input_advice(first):
             raise DataError(
                 f"{origin} {dims}: the model takes integer input (token ids for an nn.Embedding, say; "
-                f"{one_line(first, 120)}), and sparsekit runs, exports and fine-tunes models on float inputs only: "
-                "give the model a forward that takes float input (e.g. embed outside it)"
+                f"{one_line(first, 120)}), and sparsekit feeds token ids only to a model whose input goes into an "
+                "nn.Embedding or nn.EmbeddingBag module (not F.embedding on a weight of its own): look the ids up "
+                "with such a module, or give the model a forward that takes float input"
             )
         if first is not None and _several_inputs(model, first):
             raise SeveralInputsError(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, model_input
 from . import distributed as _distributed
 from .analysis import allocate_for_run, allocation_summary, write_allocation
 from .data import load_data
@@ -162,7 +162,7 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
     )
     try:
         with torch.no_grad():
-            out = model.eval()(torch.zeros([2, *input_shape[1:]]))
+            out = model.eval()(model_input.example_input(model, [2, *input_shape[1:]]))
     except MemoryError:
         raise
     except DataError:
@@ -189,7 +189,7 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
         )
     # Export, its parity check, rehearsal and the benchmark feed random normal values: a model that
     # fails on them (token ids for an nn.Embedding, say) is refused now, not after training.
-    probe = torch.randn([2, *input_shape[1:]], generator=torch.Generator().manual_seed(0))
+    probe = model_input.example_input(model, [2, *input_shape[1:]], random=True)  # token ids for an embedding
     try:
         with torch.no_grad():
             model(probe)
@@ -621,6 +621,7 @@ def check_inputs(
             trust_code=trust_code,
             normalize=recipe.data.normalize,
             field="data" if data else "data.source",
+            token_ids=model_input.id_vocab(loaded.model, shape),  # ids, not floats, for an embedding's model
         )
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
     spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))

@@ -84,9 +84,10 @@ def integer_input_advice(err: BaseException) -> str | None:
     text = str(err)
     if re.search(r"(Long|Int)\b.*(Float|Double|Half|BFloat16)|indices.*(Long|Int)|Embedding", text):
         return (
-            "the model takes integer input (token ids for an nn.Embedding, say), and sparsekit traces models with "
-            "float inputs, so it cannot remove channels or units of this one: use an unstructured method (l1 with "
-            "remove_dead: false), or give the model a forward that takes float input"
+            "the model takes integer input, and sparsekit traces with token ids only a model whose input goes into "
+            "an nn.Embedding or nn.EmbeddingBag module (not F.embedding on a weight of its own), so it cannot remove "
+            "channels or units of this one: look the ids up with such a module, use an unstructured method (l1 "
+            "with remove_dead: false), or give the model a forward that takes float input"
         )
     return None
 
