@@ -108,13 +108,15 @@ def resolve_model(
             f"{list(loaded.input_shape)}; use a recipe for this model or {option('set', 'model.input_shape=null')}"
         )
     shape = spec.input_shape or loaded.input_shape or infer_input_shape(loaded.model)
+    source = str(data or recipe.data.source)
+    from_data = None if shape else _shape_from_source(loaded.model, source)
+    shape = shape or from_data
     if not shape:
         # The built-in image sources' samples (sparsekit.data), as a first layer that convolves them takes them;
         # the run's source, which the data option may have changed: `--data mnist5k` was told [1,1,8,8] (the
         # recipe's digits), and following it failed on the next run. Another source: the first layer's channels.
         from .modelio import first_conv_shape
 
-        source = str(data or recipe.data.source)
         dims = {"digits": [1, 1, 8, 8], "mnist5k": [1, 1, 28, 28]}.get(source) or first_conv_shape(loaded.model)
         example = "[" + ",".join(str(d) for d in (dims or [1, 1, 28, 28])) + "]"
         raise SparsekitError(
@@ -125,12 +127,39 @@ def resolve_model(
         loaded.shape_origin = f"{recipe.source or 'the recipe'}: model.input_shape"
     elif loaded.input_shape:
         loaded.shape_origin = f"{model_path}: its saved input_shape"
+    elif from_data:
+        loaded.shape_origin = f"the samples' shape of data.source {source}"
     else:
         from .inspection import GUESSED
 
         loaded.shape_origin = GUESSED
     loaded.input_shape = list(shape)
     return loaded
+
+
+# The built-in image sources' samples as the input shapes a model may take them in (sparsekit.data reshapes them
+# to any of these): images for a Conv2d, one channel of a 1-D signal for a Conv1d, flat for a Linear.
+_SOURCE_SHAPES = {
+    "digits": ([1, 1, 8, 8], [1, 1, 64], [1, 64]),
+    "mnist5k": ([1, 1, 28, 28], [1, 1, 784], [1, 784]),
+}
+
+
+def _shape_from_source(model: nn.Module, source: str) -> list[int] | None:
+    """For a model whose first layer does not tell its input shape (a convolution), the shape of a built-in
+    source's samples it runs on (``digits``: ``[1, 1, 8, 8]`` for a Conv2d, ``[1, 1, 64]`` for a Conv1d); None
+    for another source, or when it runs on none of them (the caller's error then asks for model.input_shape)."""
+    from .inspection import SeveralInputsError, check_input_shape
+
+    for shape in _SOURCE_SHAPES.get(source, ()):
+        try:
+            check_input_shape(model, shape)
+        except SeveralInputsError:
+            raise
+        except DataError:
+            continue
+        return list(shape)
+    return None
 
 
 def _runs_on(model: nn.Module, shape: list[int]) -> bool:

@@ -196,3 +196,37 @@ def test_a_float_model_fed_integer_batches_is_still_told_to_convert_them(tmp_pat
         model_path, recipe, tmp_path / "o", "--data", "intdata19:loaders", "--arch", "examples.models:mlp"
     )
     assert_bad_input(result, "floating-point inputs", "x.float()")
+
+
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [
+        ("nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)", [1, 1, 8, 8]),
+        ("nn.Conv1d(1, 4, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1)", [1, 1, 64]),  # a 1-D signal net
+    ],
+)
+def test_a_conv_model_without_input_shape_takes_the_shape_of_a_built_in_source(tmp_path, monkeypatch, layers, shape):
+    # `data: digits` knows its samples' shape, yet a conv model without model.input_shape was refused with
+    # "cannot tell the model's input shape" (a conv's first layer does not tell its height and width)
+    import json
+
+    from tests.conftest import fast_prune, user_module
+
+    source = (
+        f"from torch import nn\n\ndef build():\n    return nn.Sequential({layers}, nn.Flatten(), nn.Linear(4, 10))\n"
+    )
+    mod = user_module(tmp_path, monkeypatch, f"shapeless19_{len(shape)}", source)
+    model_path = tmp_path / "m.pt"
+    torch.save(mod.build().state_dict(), model_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    out = tmp_path / "o"
+    result = fast_prune(model_path, recipe, out, "--arch", f"{mod.__name__}:build")
+    assert result.exit_code == 0, (result.output, result.stderr)
+    from sparsekit.modelio import read_model
+
+    assert read_model(out / "model.pt", arch=f"{mod.__name__}:build").input_shape == shape
+    assert json.loads((out / "report.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
