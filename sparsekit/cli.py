@@ -1049,12 +1049,16 @@ def export(
         click.echo(f"Note: {note}", err=True)
     shape = given_shape or loaded.input_shape or infer_input_shape(loaded.model)
     if not shape:
-        from .modelio import input_shape_example
+        from .modelio import input_shape_example, takes_tokens
 
         example = input_shape_example(loaded.model)
+        parts = (
+            "the batch, then the number of token ids in one sample"
+            if takes_tokens(loaded.model)
+            else "the batch, the first layer's channels, then your data's size"
+        )
         raise ExportError(
-            f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape {example} (the batch, the "
-            "first layer's channels, then your data's size)"
+            f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape {example} ({parts})"
         )
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
     origin = shape_origin(model, given_shape, loaded.input_shape)

@@ -1685,11 +1685,18 @@ def first_conv_shape(model: nn.Module, size: Sequence[int] | None = None) -> lis
     return [1, int(m.in_channels), *dims] if len(dims) == rank else None
 
 
+def takes_tokens(model: nn.Module) -> bool:
+    """Whether :func:`first_layer` is an ``nn.Embedding`` / ``nn.EmbeddingBag``: the model most likely takes token
+    ids, whose input shape is the batch and a sequence length (``[1, 128]``), not an image's."""
+    return isinstance(first_layer(model), nn.Embedding | nn.EmbeddingBag)
+
+
 def input_shape_example(model: nn.Module) -> str:
     """An input shape to suggest where none is known, comma-separated for the shape option: the first layer's
     channels with a placeholder size (:func:`first_conv_shape`: a Conv2d of 1 input channel ``1,1,28,28``; Conv1d
-    ``1,C,128``; Conv3d ``1,C,16,32,32``), ``1,3,32,32`` when it tells nothing."""
-    return ",".join(str(v) for v in first_conv_shape(model) or [1, 3, 32, 32])
+    ``1,C,128``; Conv3d ``1,C,16,32,32``), ``1,128`` (a sequence of token ids) for an embedding first,
+    ``1,3,32,32`` when it tells nothing."""
+    return ",".join(str(v) for v in first_conv_shape(model) or ([1, 128] if takes_tokens(model) else [1, 3, 32, 32]))
 
 
 def infer_input_shape(model: nn.Module) -> list[int] | None:

@@ -115,13 +115,19 @@ def resolve_model(
         # The built-in image sources' samples (sparsekit.data), as a first layer that convolves them takes them;
         # the run's source, which the data option may have changed: `--data mnist5k` was told [1,1,8,8] (the
         # recipe's digits), and following it failed on the next run. Another source: the first layer's channels.
-        from .modelio import first_conv_shape
+        from .modelio import first_conv_shape, takes_tokens
 
-        dims = {"digits": [1, 1, 8, 8], "mnist5k": [1, 1, 28, 28]}.get(source) or first_conv_shape(loaded.model)
+        tokens = takes_tokens(loaded.model)  # a text model: the batch and a sequence length, not an image
+        dims = (
+            [1, 128]
+            if tokens
+            else {"digits": [1, 1, 8, 8], "mnist5k": [1, 1, 28, 28]}.get(source) or first_conv_shape(loaded.model)
+        )
         example = "[" + ",".join(str(d) for d in (dims or [1, 1, 28, 28])) + "]"
+        sample = "the number of token ids in one sample" if tokens else "one sample's shape"
         raise SparsekitError(
             f"{model_path}: cannot tell the model's input shape; set model.input_shape in the recipe "
-            f"(e.g. {option('set', f'model.input_shape={example}')}: batch first, then one sample's shape)"
+            f"(e.g. {option('set', f'model.input_shape={example}')}: batch first, then {sample})"
         )
     if spec.input_shape:
         loaded.shape_origin = f"{recipe.source or 'the recipe'}: model.input_shape"

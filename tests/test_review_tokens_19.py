@@ -230,3 +230,26 @@ def test_a_conv_model_without_input_shape_takes_the_shape_of_a_built_in_source(t
 
     assert read_model(out / "model.pt", arch=f"{mod.__name__}:build").input_shape == shape
     assert json.loads((out / "report.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_missing_input_shape_of_a_token_model_is_asked_for_as_a_sequence_not_an_image(token_run, tmp_path):
+    # the examples were image shapes ("--input-shape 1,3,32,32 (the batch, the first layer's channels, then your
+    # data's size)", "model.input_shape=[1,1,28,28]", "e.g. [1, 1, 28, 28]") for a model taking token ids
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+    from tests.conftest import assert_bad_input, fast_prune
+
+    model_path, _ = token_run
+    arch = ("--arch", "tokmod19:build")
+    result = CliRunner().invoke(main, ["export", str(model_path), *arch, "-o", str(tmp_path / "m.onnx")])
+    assert_bad_input(result, "--input-shape 1,128", "token ids")
+    recipe = tmp_path / "r2.yaml"
+    recipe.write_text("version: 1\nfinetune: {epochs: 1}\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    result = fast_prune(model_path, recipe, tmp_path / "o", *arch, "--data", "tokmod19:loaders")
+    assert_bad_input(result, "model.input_shape=[1,128]", "token ids")
+    import tokmod19
+
+    recipe = sparsekit.Recipe(pruning=[{"method": "structured", "ratio": 0.5}])
+    with pytest.raises(sparsekit.TargetError, match=r"e\.g\. \[1, 128\]"):
+        sparsekit.Pruner(tokmod19.build(), recipe, steps_per_epoch=1)

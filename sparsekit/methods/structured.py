@@ -160,9 +160,13 @@ class Structured:
             )
         shape = setup.input_shape
         if not shape:
+            from ..modelio import input_shape_example
+
+            # the model's own kind of example: [1, 128] token ids for an embedding first, a conv's channels, ...
+            example = "[" + input_shape_example(model).replace(",", ", ") + "]"
             raise TargetError(
                 f"{self.where}: structured pruning traces the model and needs its input shape: set "
-                "model.input_shape in the recipe (e.g. [1, 1, 28, 28]) or pass "
+                f"model.input_shape in the recipe (e.g. {example}) or pass "
                 "context={'input_shape': [1, ...]} to the Pruner"
             )
         self.input_shape = [int(d) for d in shape]
