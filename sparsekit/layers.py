@@ -126,9 +126,33 @@ def _rename(field: str) -> str:
     return f"; name this model's layers in {field} (in the recipe, or for this run {option('set', override)})"
 
 
+def _inside(model: nn.Module, pattern: str) -> str:
+    """When ``pattern`` names a module that holds prunable layers but is none itself (``features``,
+    an ``nn.Sequential``), the remedy: ``" ('features' holds the layers features.0 (Conv2d), ...: a pattern
+    matches layer names, not what is inside a module; write 'features.*')"``; "" otherwise. Without it the
+    natural ``exclude: [classifier]`` was told it "matches no layer", and ``include: [features]`` that a
+    Sequential's "parameters are left as they are", though the layers inside it are pruned as usual."""
+    layers = prunable_layers(model)
+    for name, module in model.named_modules():
+        if not name or name in layers or not fnmatchcase(name, pattern):
+            continue
+        held = [(n, type(m).__name__) for n, m in layers.items() if n.startswith(name + ".")]
+        if held:
+            shown = ", ".join(f"{n} ({k})" for n, k in held[:8]) + (", ..." if len(held) > 8 else "")
+            return (
+                f" ({name!r} is a {type(module).__name__} holding the layers {shown}: a pattern matches layer "
+                f"names, not what is inside a module; write {name + '.*'!r})"
+            )
+    return ""
+
+
 def _why_not(model: nn.Module, pattern: str) -> str:
-    """Why the first module ``pattern`` matches is not prunable at all, as ``" ('rnn' is a GRU: ...)"``; "" when it
-    matches none, or only prunable layers (of a type ``layers.types`` leaves out)."""
+    """Why the first module ``pattern`` matches is not prunable at all, as ``" ('rnn' is a GRU: ...)"``, or, for a
+    module holding layers, how to name them (:func:`_inside`); "" when it matches none, or only prunable layers
+    (of a type ``layers.types`` leaves out)."""
+    inside = _inside(model, pattern)
+    if inside:
+        return inside
     prunable = prunable_layers(model)
     for name, module in model.named_modules():
         if name and name not in prunable and fnmatchcase(name, pattern):
@@ -172,8 +196,8 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
             )
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in everything):
-            listing = f"{_listing(model)}{_rename(where + '.exclude')}"
-            raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer; {listing}")
+            listing = f"{_inside(model, pattern)}; {_listing(model)}{_rename(where + '.exclude')}"
+            raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer{listing}")
     chosen = {
         n: m
         for n, m in candidates.items()
