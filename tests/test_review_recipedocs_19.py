@@ -39,3 +39,25 @@ def test_a_container_name_in_layers_says_to_write_its_glob(key: str) -> None:
     recipe["pruning"][0]["layers"] = {key: [f"{name}.*"]}
     pruner = sparsekit.Pruner(_Nested(), recipe, steps_per_epoch=1)
     assert set(pruner.methods[0].layers) == {"features.0", "features.2"}
+
+
+def test_the_reference_says_which_entries_may_share_layers() -> None:
+    # docs/recipe.md said "Entries on the same weights combine (their zeros add up)" while a Pruner refuses two
+    # magnitude/gradient entries on one layer, and structured on a layer they mask; it now says which combine.
+    from sparsekit import recipe_docs
+
+    intro = next(line for line in recipe_docs.render().splitlines() if line.startswith("`pruning:` is a list"))
+    assert "Entries on the same weights combine" not in intro
+    assert "are refused" in intro and "l1 and max_norm with any entry" in intro
+
+    def pruner(*entries: dict) -> None:
+        recipe = {"version": 1, "model": {"input_shape": [1, 1, 4, 4]}, "finetune": {"epochs": 1}}
+        sparsekit.Pruner(_Nested(), {**recipe, "pruning": list(entries)}, steps_per_epoch=1)
+
+    magnitude = {"method": "magnitude", "sparsity": 0.5}
+    with pytest.raises(TargetError, match="both mask the weights"):
+        pruner(magnitude, {"method": "gradient", "sparsity": 0.5})
+    with pytest.raises(TargetError, match="masks: the masks would no longer fit"):
+        pruner(magnitude, {"method": "structured", "ratio": 0.5, "round_to": None})
+    pruner(magnitude, {"method": "l1", "strength": 1e-3}, {"method": "max_norm", "max_value": 3.0})
+    pruner(*[{"method": "structured", "ratio": 0.5, "round_to": None}] * 2)
