@@ -511,7 +511,15 @@ def describe(
         if spec.steps == 1 or s.end_epoch == s.start_epoch:
             text += f", {'in ' + str(spec.steps) + ' events ' if spec.steps > 1 else ''}at epoch {s.start_epoch:g}"
         else:
-            text += f", in {spec.steps} removal events from epoch {s.start_epoch:g} to {s.end_epoch:g}"
+            # Each event starts one of `steps` equal slices of the window (methods.structured._event_steps): the last
+            # comes a slice before end_epoch, which "from epoch 0 to 2" alone suggested it reached.
+            width = (s.end_epoch - s.start_epoch) / spec.steps
+            at = [f"{s.start_epoch + k * width:.3g}" for k in range(spec.steps)]
+            shown = ", ".join(at) if len(at) <= 6 else f"{', '.join(at[:3])}, ..., {at[-1]}"
+            text += (
+                f", in {spec.steps} removal events from epoch {s.start_epoch:g} to {s.end_epoch:g} (at epochs "
+                f"{shown}: each starts one of {spec.steps} equal slices)"
+            )
         if epochs == 0:
             text += " (no fine-tuning: all at once)"
         kept = ", ".join(spec.ignore) if spec.ignore else "the classifier head"

@@ -436,8 +436,9 @@ class ScheduleSpec(_Strict):
         0,
         ge=0,
         le=FOREVER_EPOCHS,
-        description="epoch at which the method's final target is reached; >= start_epoch and (except l1) <= "
-        "finetune.epochs; equal to start_epoch: all at once",
+        description="epoch at which the method's final target is reached (structured: the end of its last "
+        "removal's slice, see steps); >= start_epoch and (except l1) <= finetune.epochs; equal to start_epoch: all "
+        "at once",
     )
     # Schedule.from_spec rounds `every` to >= 1 optimizer step, so a tiny value cannot make billions
     # of updates; the floor only catches typos such as 1e-9 for 1e9.
@@ -965,12 +966,15 @@ class StructuredSpec(_MethodBase):
         1,
         gt=0,
         le=MAX_STRUCTURED_STEPS,
-        description="removal events spread evenly over the schedule, each removing a further ratio / steps",
+        description="removal events, each removing a further ratio / steps: one at the start of each of steps "
+        "equal slices of schedule.start_epoch to end_epoch (steps: 2 over epochs 0 to 2: at 0 and 1), so the last is "
+        "followed by fine-tuning inside the window; 1: one removal, at start_epoch (end_epoch is then not read)",
     )
     schedule: ScheduleSpec = Field(
         default_factory=ScheduleSpec,
-        description="when channels are removed: the steps events from start_epoch to end_epoch; default: oneshot "
-        "at epoch 0",
+        description="when channels are removed: the steps events, one at the start of each of steps equal slices "
+        "of start_epoch to end_epoch (the final ratio is reached at the last, a slice before end_epoch); default: "
+        "oneshot at epoch 0",
     )
     ignore: list[str] | None = Field(
         None,
@@ -1082,7 +1086,13 @@ def unread_schedule_keys(entry: Mapping[str, Any]) -> list[str]:
     schedule = entry.get("schedule")
     if not isinstance(schedule, Mapping):
         return []
-    return [key for key, default in _CURVE_KEYS.items() if key in schedule and schedule[key] != default]
+    unread = [key for key, default in _CURVE_KEYS.items() if key in schedule and schedule[key] != default]
+    # structured's one removal (steps: 1) comes at start_epoch: an end_epoch after it, written as for a gradual
+    # magnitude schedule, changed nothing and nothing said so.
+    start, end = schedule.get("start_epoch", 0), schedule.get("end_epoch", 0)
+    if method == "structured" and entry.get("steps", 1) == 1 and end != start:
+        unread.insert(0, "end_epoch")
+    return unread
 
 
 def unread_schedule_words(entry: Mapping[str, Any]) -> str:
@@ -1093,9 +1103,10 @@ def unread_schedule_words(entry: Mapping[str, Any]) -> str:
     names = [f"schedule.{k}" for k in keys]
     named = (", ".join(names[:-1]) + " and " + names[-1] + " are") if len(names) > 1 else f"{names[0]} is"
     if entry.get("method") == "structured":
+        how = "with steps: 1 (its one removal comes at start_epoch)" if "end_epoch" in keys else ""
         return (
-            f"{named} not read by structured: it removes channels in its steps events, spread evenly from "
-            "start_epoch to end_epoch; steps: 4 makes four removals"
+            f"{named} not read by structured{' ' + how if how else ''}: it removes channels in its steps events, "
+            "one at the start of each of steps equal slices of start_epoch to end_epoch; steps: 4 makes four removals"
         )
     return f"{named} not read by l1 without target: it acts on every step from start_epoch to end_epoch"
 

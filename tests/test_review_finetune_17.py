@@ -169,12 +169,14 @@ def test_schedule_keys_a_method_does_not_read_are_named(tmp_path, mlp_checkpoint
     )
     plan = CliRunner().invoke(main, ["validate", str(recipe)])
     assert plan.exit_code == 0, plan.output
-    assert "schedule.every and schedule.curve are not read by structured" in plan.output
+    assert "schedule.end_epoch, schedule.every and schedule.curve are not read by structured" in plan.output
     assert "schedule.init_sparsity is not read by l1 without target" in plan.output
     assert plan.output.count("not read") == 2  # magnitude reads them all
     result = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", "--arch", "examples.models:mlp")
     assert result.exit_code == 0, result.output
-    assert "pruning[0]: schedule.every and schedule.curve are not read by structured" in result.output
+    assert (
+        "pruning[0]: schedule.end_epoch, schedule.every and schedule.curve are not read by structured" in result.output
+    )
     assert "pruning[1]: schedule.init_sparsity is not read by l1 without target" in result.output
 
 

@@ -61,3 +61,27 @@ def test_the_reference_says_which_entries_may_share_layers() -> None:
         pruner(magnitude, {"method": "structured", "ratio": 0.5, "round_to": None})
     pruner(magnitude, {"method": "l1", "strength": 1e-3}, {"method": "max_norm", "max_value": 3.0})
     pruner(*[{"method": "structured", "ratio": 0.5, "round_to": None}] * 2)
+
+
+def test_structured_end_epoch_with_one_step_is_named_unread_and_events_are_listed(tmp_path) -> None:
+    # `{method: structured, ratio: 0.5, schedule: {start_epoch: 1, end_epoch: 3}}` (steps: 1, the default) removed
+    # everything at epoch 1, while the reference said end_epoch is when "the final target is reached", and
+    # nothing said end_epoch did nothing; with steps: 2 the plan said "from epoch 1 to 3" for removals at 1 and 2.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nfinetune: {epochs: 3}\n"
+        "pruning:\n  - {method: structured, ratio: 0.5, schedule: {start_epoch: 1, end_epoch: 3}}\n"
+    )
+    one = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert one.exit_code == 0, one.output
+    assert "schedule.end_epoch is not read by structured with steps: 1" in one.output
+    two = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.steps=2"])
+    assert two.exit_code == 0, two.output
+    assert "not read" not in two.output
+    assert "(at epochs 1, 2: each starts one of 2 equal slices)" in two.output
+    oneshot = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.schedule.end_epoch=1"])
+    assert "not read" not in oneshot.output
