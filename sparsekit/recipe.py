@@ -928,7 +928,8 @@ class StructuredSpec(_MethodBase):
     )
     ratio: RatioValue = Field(
         description="fraction of the selected layers' output channels removed (0.5 removes half; structured has "
-        "no sparsity key); or auto, with target_macs or target_latency, to have per-layer ratios chosen"
+        "no sparsity key), of those they have at the entry's first removal (after an earlier structured entry's, "
+        "of the channels left); or auto, with target_macs or target_latency, to have per-layer ratios chosen"
     )
     target_latency: Float | None = Field(
         None,

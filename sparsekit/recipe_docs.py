@@ -426,8 +426,9 @@ def _pruning(sections: _Sections, shared: list[tuple[str, type[BaseModel]]]) -> 
         "pruned). Each entry is a mapping whose `method:` says which keys it takes: "
         + ", ".join(_link(f"method: {m}") for m in METHOD_NAMES)
         + ". Entries may share layers where their effects compose: l1 and max_norm with any entry, and "
-        "structured with structured (their zeros add up); two magnitude / gradient entries on the same weights, or a "
-        "structured entry that removes channels of weights (or inputs of weights) one of them masks, are refused "
+        "structured with structured (a later one removes its ratio of the channels left); two magnitude / gradient "
+        "entries on the same weights, or a structured entry that removes channels of weights (or inputs of weights) "
+        "one of them masks, are refused "
         "(`sparsekit validate RECIPE MODEL` names the layer: exclude it from one entry). Every entry takes `layers` "
         f"({_link('pruning[].layers')}), and all but max_norm a `schedule` ({_link('pruning[].schedule')}).",
         "",

@@ -85,3 +85,43 @@ def test_structured_end_epoch_with_one_step_is_named_unread_and_events_are_liste
     assert "(at epochs 1, 2: each starts one of 2 equal slices)" in two.output
     oneshot = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.schedule.end_epoch=1"])
     assert "not read" not in oneshot.output
+
+
+def test_a_second_structured_entry_is_judged_on_the_channels_it_found() -> None:
+    # Two structured entries on the same convs: the second, ratio 0.25 at epoch 1, removed exactly a quarter of the
+    # channels the first left (8 -> 6), yet its report read "asked 0.250, achieved 0.125" (counted on the dense 16)
+    # with a TargetMissedWarning, which --strict turns into a failed run.
+    import warnings
+
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 1, 4, 4]},
+        "finetune": {"epochs": 2},
+        "pruning": [
+            {"method": "structured", "ratio": 0.5, "round_to": None, "layers": ["features.*"]},
+            {
+                "method": "structured",
+                "ratio": 0.25,
+                "round_to": None,
+                "layers": ["features.*"],
+                "schedule": {"start_epoch": 1, "end_epoch": 1},
+            },
+        ],
+    }
+    torch.manual_seed(0)
+    model = _Nested()
+    model.features[0] = nn.Conv2d(1, 8, 3, padding=1)
+    model.features[2] = nn.Conv2d(8, 8, 3, padding=1)
+    model.classifier[1] = nn.Linear(8 * 16, 8)
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    for _ in range(2):
+        pruner.step()
+    reports = [m.report() for m in pruner.methods]
+    assert [m.out_channels for m in (model.features[0], model.features[2])] == [3, 3]  # 8 -> 4 -> 3
+    second = reports[1]
+    assert second["per_layer"]["features.0"]["achieved"] == pytest.approx(0.25)
+    assert second["achieved"] == pytest.approx(second["asked"]) == pytest.approx(0.25)
+    assert reports[0]["achieved"] == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sparsekit.TargetMissedWarning)
+        pruner.finalize()

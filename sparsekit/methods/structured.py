@@ -201,6 +201,11 @@ class Structured:
         self._hook = on_optimizer_steps(self, Structured._count_optimizer_step) if self.needs_grad else None
         self._history_seen = 0
         self.initial = {n: _out_channels(m) for n, m in self.layers.items()}
+        # Per layer, the output channels when this entry's first event ran: what its ratio is a fraction of (torch-
+        # pruning sizes each ranking scope then). After another structured entry's removals that is fewer than
+        # `initial`, and counting asked vs achieved on `initial` reported a second entry's exact 0.25 of the
+        # channels left as 0.125 and "target missed" (--strict failed the run).
+        self.base = dict(self.initial)
         # Per layer, the output channels this entry's own events removed: what its asked-vs-achieved counts (an l1
         # entry's remove_dead on the same layer removes more, which is that entry's result, not this one's).
         self.removed = dict.fromkeys(self.layers, 0)
@@ -609,13 +614,14 @@ class Structured:
         if not self.spec.layer_ratio:
             return float(self.spec.ratio)
         counted = self._counted()
-        total = sum(self.initial[n] for n in counted)
-        return sum(self.ratio_of(n) * self.initial[n] for n in counted) / total if total else 0.0
+        total = sum(self.base[n] for n in counted)
+        return sum(self.ratio_of(n) * self.base[n] for n in counted) / total if total else 0.0
 
     def report(self) -> dict[str, Any]:
         """Ratio, importance, scope, events run, ``[initial, now]`` output channels per layer, and asked
         vs achieved: ``per_layer`` = ``{layer: {"asked", "achieved", "reason"}}`` (fractions of the
-        layer's initial output channels; ``reason`` says why they differ by a channel (per block) or more,
+        layer's output channels when the entry's first event ran (:attr:`base`: the initial ones unless another
+        structured entry removed some before); ``reason`` says why they differ by a channel (per block) or more,
         ``round_to`` included, or why a layer asked for less than a channel's worth lost none, else None),
         ``asked`` / ``achieved`` over the selected channels, each group's once (its root's, :meth:`_counted`),
         ``at_floor`` = layers left at ``min_channels``."""
@@ -623,12 +629,12 @@ class Structured:
         asked = self._asked_total() * progress
         per_layer: dict[str, dict[str, Any]] = {}
         for name in self.layers:
-            initial, now = self.initial[name], self.initial[name] - self.removed[name]
+            initial, now = self.base[name], self.base[name] - self.removed[name]
             achieved = 1 - now / initial
             own = self.ratio_of(name) * progress
             per_layer[name] = {"asked": own, "achieved": achieved, "reason": self._reason(name, own, initial, now)}
         counted = self._counted()
-        total = sum(self.initial[n] for n in counted)
+        total = sum(self.base[n] for n in counted)
         now_total = total - sum(self.removed[n] for n in counted)
         extra: dict[str, Any] = {"layer_ratio": dict(self.spec.layer_ratio)} if self.spec.layer_ratio else {}
         achieved = 1 - now_total / total if total else 0.0
@@ -708,6 +714,7 @@ class Structured:
             "reasons": dict(self.reasons),
             "rounding": dict(self.rounding),
             "removed": dict(self.removed),
+            "base": dict(self.base),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -728,6 +735,8 @@ class Structured:
         # (a checkpoint from before 0.3.4 has no count: every channel gone from a layer was this entry's)
         removed = state.get("removed") or {n: self.initial[n] - _out_channels(m) for n, m in self.layers.items()}
         self.removed = {n: int(removed.get(n, 0)) for n in self.layers}
+        base = state.get("base") or {}
+        self.base = {n: int(base.get(n, self.initial[n])) for n in self.layers}
 
     # ------------------------------------------------------------------ internals
 
@@ -802,6 +811,8 @@ class Structured:
         if self.needs_grad:
             self._install_grads()
         before = {n: _out_channels(m) for n, m in self.layers.items()}
+        if self.done == 0:
+            self.base = dict(before)
         try:
             with torch.no_grad():
                 while self.done < len(self.events) and (until is None or self.events[self.done] <= until):
