@@ -1735,6 +1735,10 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
         )
         spe = res["steps_per_epoch"]
         source = "as given" if res["steps_per_epoch_from"] == "given" else "one per training batch"
+        if source != "as given" and d["train_batches"] is not None and spe < d["train_batches"]:
+            # "5 steps per epoch (one per training batch)" beside 23 training batches read as a contradiction
+            first = f"the first {spe:,} of {d['train_batches']:,}"
+            source = f"one per training batch, {first}: finetune.max_steps_per_epoch"
         if epochs:
             lines.append(f"schedule: {spe:,} optimizer steps per epoch ({source}), {spe * epochs:,} in all")
         else:

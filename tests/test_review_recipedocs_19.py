@@ -125,3 +125,28 @@ def test_a_second_structured_entry_is_judged_on_the_channels_it_found() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", sparsekit.TargetMissedWarning)
         pruner.finalize()
+
+
+def test_validate_says_max_steps_per_epoch_caps_the_batches(tmp_path) -> None:
+    # "schedule: 3 optimizer steps per epoch (one per training batch)" right under "23 training batches of 64":
+    # the cap finetune.max_steps_per_epoch set went unnamed.
+    from pathlib import Path
+
+    from sparsekit.cli import _validate_lines
+
+    recipe = sparsekit.load_recipe({"version": 1, "finetune": {"epochs": 2, "max_steps_per_epoch": 3}})
+    res = {
+        "names_code": {},
+        "model": {"path": "w.pt", "factory": "f:g", "input_shape": [1, 64], "outputs": 10},
+        "data": {"source": "digits", "train_batches": 23, "batch_shape": [64, 64], "output_shape": [64, 10]},
+        "steps_per_epoch": 3,
+        "steps_per_epoch_from": "data",
+        "methods": [],
+        "descriptions": [],
+    }
+    lines = "\n".join(_validate_lines(Path("r.yaml"), recipe, res))
+    assert "3 optimizer steps per epoch (one per training batch, the first 3 of 23: finetune.max_steps_per_epoch)" in (
+        lines
+    )
+    lines = "\n".join(_validate_lines(Path("r.yaml"), recipe, {**res, "steps_per_epoch": 23}))
+    assert "23 optimizer steps per epoch (one per training batch), 46 in all" in lines
