@@ -1645,6 +1645,9 @@ def validate(
         res.update(recipe=str(path), auto_allocation=allocation)
         auto_lines = [allocation_summary(allocation)] if allocation else []
     res["warnings"] = _rehearsal_warnings(res) + _predicted_ratio_misses(res, asked)
+    from .recipe import unread_finetune_keys
+
+    res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
     lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
     _emit(res, as_json, "\n".join(lines + [f"WARNING: {w}" for w in res["warnings"]]))
     if as_json:  # the lines above went nowhere: say it where logs go
@@ -1743,6 +1746,7 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
             lines.append(f"schedule: {spe:,} optimizer steps per epoch ({source}), {spe * epochs:,} in all")
         else:
             lines.append("schedule: no fine-tuning (finetune.epochs: 0): every entry acts at once, before any training")
+    lines += [f"note: {words}" for words in res.get("notes") or []]
     reh = res.get("rehearsal") or {}
     if reh.get("events"):
         parity = reh.get("parity") or {}

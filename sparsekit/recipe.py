@@ -1112,6 +1112,31 @@ def unread_schedule_words(entry: Mapping[str, Any]) -> str:
     return f"{named} not read by l1 without target: it acts on every step from start_epoch to end_epoch"
 
 
+def unread_finetune_keys(finetune: FinetuneSpec) -> list[str]:
+    """The ``finetune`` keys written in the recipe that the run will not read, each with why: ``momentum`` beside
+    ``adam``/``adamw``, ``step_size``/``gamma`` beside a schedule that is not ``step``, and with ``epochs: 0`` (no
+    training) the optimizer, LR schedule and ``distill``. They validate (each is a sound value), but a recipe that
+    sets ``gamma: 0.5`` under ``name: constant`` expects a decay it will not get; validate says so."""
+    unread: list[str] = []
+    opt, sched = finetune.optimizer, finetune.lr_schedule
+    if finetune.epochs == 0:
+        written = [
+            f"finetune.{k}"
+            for k in ("optimizer", "lr_schedule", "distill", "max_steps_per_epoch")
+            if k in finetune.model_fields_set and getattr(finetune, k) is not None
+        ]
+        if written:
+            unread.append(f"{', '.join(written)}: not read with finetune.epochs: 0 (no training)")
+        return unread
+    if opt.name != "sgd" and "momentum" in opt.model_fields_set:
+        unread.append(f"finetune.optimizer.momentum: read by sgd only ({opt.name} has its own betas, torch's defaults)")
+    if sched.name != "step":
+        written = [f"finetune.lr_schedule.{k}" for k in ("step_size", "gamma") if k in sched.model_fields_set]
+        if written:
+            unread.append(f"{' and '.join(written)}: read by name: step only (the schedule is {sched.name})")
+    return unread
+
+
 def pruning_key(recipe: Recipe) -> str:
     """``recipe``'s pruning section as canonical JSON text: what the masks in a checkpoint mean. A resume
     (the CLI's, or a trainer callback's) is refused when the key it saved differs."""
