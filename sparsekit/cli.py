@@ -156,7 +156,77 @@ def _json_error(message: str, code: int) -> None:
     none when the command printed its document before failing (``prune --strict``: report.json's), and none
     from a torchrun rank other than 0 (rank 0 prints the run's one document, as on success)."""
     if not _EMITTED and _other_rank() is None:
-        click.echo(json.dumps({"error": message, "exit_code": code}))
+        _print_document(json.dumps({"error": message, "exit_code": code}))
+
+
+# While a --json command runs: its stdout and, when that is a file descriptor, (the descriptor, a duplicate of it as
+# it was, stderr's descriptor).
+_DOCUMENT_OUT: list[tuple[Any, tuple[int, int, int] | None]] = []
+
+
+@contextlib.contextmanager
+def _stdout_for_the_document(as_json: bool) -> Any:
+    """With ``--json``, stdout holds the one JSON document and nothing else: while the command runs, whatever else
+    writes to stdout goes to stderr instead. That is user code (a ``print`` in a model's forward or factory, a data
+    callable's dataset saying "Files already downloaded"), libraries (an exporter's progress), and processes started
+    meanwhile (data loader workers), hence the descriptor too, not only ``sys.stdout``. :func:`_print_document`
+    writes the document to the real stdout."""
+    if not as_json:
+        yield
+        return
+    real = sys.stdout
+    fds: tuple[int, int, int] | None = None
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # not a real file (captured): sys.stdout alone
+        real.flush()
+        out_fd, err_fd = real.fileno(), sys.stderr.fileno()
+        saved = os.dup(out_fd)
+        try:
+            os.dup2(err_fd, out_fd)
+        except OSError:
+            os.close(saved)
+            raise
+        fds = (out_fd, saved, err_fd)
+    _DOCUMENT_OUT.append((real, fds))
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        _DOCUMENT_OUT.pop()
+        sys.stdout = real
+        if fds is not None:
+            _flush_to_stderr(real)
+            os.dup2(fds[1], fds[0])
+            os.close(fds[1])
+
+
+def _flush_to_stderr(real: Any) -> None:
+    """What was written to stdout's buffers while it pointed to stderr (Python's ``real``, C's stdio) goes there
+    before stdout points back to the document's descriptor."""
+    from .onnx.quiet import _flush_c_streams
+
+    with contextlib.suppress(OSError, ValueError):
+        real.flush()
+    _flush_c_streams()
+
+
+def _print_document(text: str) -> None:
+    """Print the command's JSON document on the real stdout (see :func:`_stdout_for_the_document`)."""
+    if not _DOCUMENT_OUT:
+        click.echo(text)
+        return
+    real, fds = _DOCUMENT_OUT[-1]
+    if real is None:  # stdout closed (`>&-`): the document goes nowhere, as any output would, not to stderr
+        return
+    if fds is None:
+        click.echo(text, file=real)
+        return
+    _flush_to_stderr(real)
+    os.dup2(fds[1], fds[0])
+    try:
+        click.echo(text, file=real)
+        real.flush()
+    finally:
+        os.dup2(fds[2], fds[0])
 
 
 def _folder_holds(out: Any, what: Literal["run", "checkpoint"]) -> bool:
@@ -202,6 +272,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # (the document, or its error, is printed inside: stdout is the command's again once it is out)
+        with _stdout_for_the_document(bool(kwargs.get("as_json", False))):
+            return handled(*args, **kwargs)
+
+    def handled(*args: Any, **kwargs: Any) -> Any:
         debug = kwargs.get("debug", False)
         as_json = bool(kwargs.get("as_json", False))
         _EMITTED.clear()
@@ -550,7 +625,7 @@ def _load_native(*modules: str) -> None:
 def _emit(data: Any, as_json: bool, text: str) -> None:
     if as_json:
         _EMITTED.append(True)
-        click.echo(json.dumps(data, indent=2, default=str))
+        _print_document(json.dumps(data, indent=2, default=str))
     else:
         click.echo(printable(text))  # layer and node names come from the user's files
 

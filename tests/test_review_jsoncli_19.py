@@ -1,0 +1,83 @@
+"""The CLI as a machine-readable tool (--json in scripts and CI): found in review round 19 (angle: jsoncli)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from sparsekit.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NOISY = """
+import os
+import torch.nn as nn
+print("noisy: imported")
+
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 4)
+
+    def forward(self, x):
+        print("forward", tuple(x.shape))
+        return self.a(x)
+
+
+def build():
+    print("building")
+    os.write(1, b"a C library writing to descriptor 1\\n")
+    return M()
+"""
+
+
+def _noisy_model(folder: Path) -> Path:
+    (folder / "noisy.py").write_text(NOISY)
+    path = folder / "noisy.pt"
+    torch.save({"a.weight": torch.randn(4, 8), "a.bias": torch.zeros(4)}, path)
+    return path
+
+
+def _sparsekit(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "sparsekit", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_json_stdout_holds_the_document_alone_when_user_code_prints(tmp_path):
+    # A model whose factory and forward print (and a library writing to the descriptor itself) made stdout
+    # "noisy: imported\nbuilding\n...{...}": not JSON, for a script that reads it. They go to stderr.
+    _noisy_model(tmp_path)
+    done = _sparsekit(tmp_path, "inspect", "noisy.pt", "--arch", "noisy:build", "--input-shape", "1,8", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["layers"][0]["name"] == "a"
+    for said in ("noisy: imported", "building", "forward (1, 8)", "a C library writing"):
+        assert said in done.stderr
+
+
+INSPECT = ["inspect", "noisy.pt", "--arch", "noisy:build", "--input-shape"]
+
+
+def test_json_stdout_holds_the_document_alone_in_process(tmp_path, monkeypatch):
+    # The same where stdout is no file (click's runner, an embedding program): sys.stdout is redirected alone.
+    _noisy_model(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(main, [*INSPECT, "1,8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layers"][0]["name"] == "a"
+    assert "building" in result.stderr
+    # A failure after the prints: the error document alone on stdout.
+    result = CliRunner().invoke(main, [*INSPECT, "1,9", "--json"])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout)["exit_code"] == 2
+    assert "forward (1, 9)" in result.stderr
