@@ -20,9 +20,10 @@ class _PipeTolerant(io.BufferedIOBase):
     Python line) used to leave them in the BufferedWriter that sat here, which wrote them again later: an epoch
     line printed twice, which fooled a script reacting to it."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, name: str) -> None:
         super().__init__()
         self._fd = fd
+        self._name = name
         self.broken = False
 
     def writable(self) -> bool:
@@ -37,6 +38,20 @@ class _PipeTolerant(io.BufferedIOBase):
                     done += os.write(self._fd, view[done:])
             except BrokenPipeError:
                 self.broken = True
+            except OSError as err:
+                # Any other failed write (a full disk under `> out.json` or `2>> run.log`, /dev/full, EIO): the
+                # stream is dropped from here on too, which raised again on every later write and turned the
+                # command's exit into a traceback and exit 1 (a bad input's exit 2 as well, when its Error line
+                # could not go to stderr). Lost stderr has nowhere to be reported: the command ends as it would
+                # have. Lost stdout was the command's output: it fails, saying so on stderr.
+                self.broken = True
+                if self._name == "stdout":
+                    from .errors import OutputError
+
+                    raise OutputError(
+                        f"standard output: cannot be written ({err.strerror or err}), the output is lost; free "
+                        "space where it is redirected or redirect it elsewhere, and run again"
+                    ) from None
         return len(view)
 
     def fileno(self) -> int:
@@ -57,7 +72,8 @@ def _tolerate_closed_pipes() -> None:
         if not isinstance(stream, io.TextIOWrapper):  # someone else's stream object: theirs to handle
             continue
         wrapped = io.TextIOWrapper(
-            cast(io.BufferedWriter, _PipeTolerant(fd)),  # (typeshed asks more of a buffer than TextIOWrapper uses)
+            # (typeshed asks more of a buffer than TextIOWrapper uses)
+            cast(io.BufferedWriter, _PipeTolerant(fd, name)),
             encoding=stream.encoding,
             errors=stream.errors,
             line_buffering=stream.line_buffering or name == "stderr",
@@ -90,6 +106,7 @@ def entry() -> None:
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
     try:
         from .cli import main
+        from .errors import SparsekitError
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated, not imported: it may be what broke)
         from . import _stopped_at_start
 
@@ -101,6 +118,9 @@ def entry() -> None:
     # resume).
     try:
         main(prog_name="sparsekit")
+    except SparsekitError as err:  # outside a command (click's --help and --version): stdout lost (see above)
+        sys.stderr.write(f"Error: {err}\n")
+        sys.exit(err.exit_code)
     finally:
         # The command is over and its files are complete. Unloading torch and onnxruntime at exit can
         # take a second; a Ctrl-C then must not turn a finished run into a death by signal.

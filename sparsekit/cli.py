@@ -30,6 +30,7 @@ from .errors import (
     WHERE_PREFIXES,
     DataError,
     ExportError,
+    OutputError,
     SparsekitError,
     Terminated,
     first_interruption,
@@ -156,7 +157,9 @@ def _json_error(message: str, code: int) -> None:
     none when the command printed its document before failing (``prune --strict``: report.json's), and none
     from a torchrun rank other than 0 (rank 0 prints the run's one document, as on success)."""
     if not _EMITTED and _other_rank() is None:
-        _print_document(json.dumps({"error": message, "exit_code": code}))
+        # (a stdout that cannot be written, see sparsekit.__main__, loses this copy alone: the Error line says it)
+        with contextlib.suppress(OutputError):
+            _print_document(json.dumps({"error": message, "exit_code": code}))
 
 
 # While a --json command runs: its stdout and, when that is a file descriptor, (the descriptor, a duplicate of it as

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -81,3 +82,45 @@ def test_json_stdout_holds_the_document_alone_in_process(tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert json.loads(result.stdout)["exit_code"] == 2
     assert "forward (1, 9)" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    "argv", [["recipes"], ["recipes", "--json"], ["--help"], ["validate", "nosuch.yaml", "--json"]]
+)
+def test_stdout_that_cannot_be_written_is_one_error_line_and_exit_2(tmp_path, argv):
+    # `sparsekit recipes > out.txt` on a full disk: a traceback and exit 1 (--help too), or, for a command that
+    # caught the OSError, "Error: : No space left on device; check the path and its permissions", naming nothing.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "sparsekit", *argv],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, done.stderr
+    assert ("standard output" in lines[0]) == (argv[0] != "validate"), lines[0]  # validate's own error comes first
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_stderr_that_cannot_be_written_keeps_the_exit_code(tmp_path):
+    # `sparsekit validate ... 2>> run.log` on a full disk: the Error line could not be written, which raised and
+    # turned a bad input's exit 2 into a traceback nobody saw and exit 1.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "sparsekit", "validate", "nosuch.yaml"],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=subprocess.PIPE,
+            stderr=full,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stdout == ""
