@@ -1545,6 +1545,8 @@ def inspect(
         model, arch=arch, kwargs=kwargs, input_shape=shape, trust=trust_model_file, trust_code=trust_code
     )
     _emit(res, as_json, _inspect_text(model, res))
+    if as_json:  # its WARNING line went nowhere: say it where logs go
+        _warn_on_stderr(_inspect_warnings(res))
 
 
 def _guessed_fix(value: str) -> str:
@@ -1615,14 +1617,20 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     if res.get("input_shape_note"):
         lines.append(f"note: {res['input_shape_note']} (--input-shape)")
     lines.extend(f"note: {text}" for text in res.get("notes") or [])
-    bad = res.get("non_finite") or {}
-    if bad:
-        named = ", ".join(f"{name} ({n:,})" for name, n in list(bad.items())[:5]) + (", ..." if len(bad) > 5 else "")
-        lines.append(
-            f"WARNING: {sum(bad.values()):,} stored weights are NaN or inf, in {named}: the model's outputs will be "
-            "too; sparsekit refuses such weights in a checkpoint"
-        )
+    lines.extend(f"WARNING: {w}" for w in _inspect_warnings(res))
     return "\n".join(lines)
+
+
+def _inspect_warnings(res: dict[str, Any]) -> list[str]:
+    """The warnings of ``sparsekit inspect``: weights that are NaN or inf."""
+    bad = res.get("non_finite") or {}
+    if not bad:
+        return []
+    named = ", ".join(f"{name} ({n:,})" for name, n in list(bad.items())[:5]) + (", ..." if len(bad) > 5 else "")
+    return [
+        f"{sum(bad.values()):,} stored weights are NaN or inf, in {named}: the model's outputs will be too; "
+        "sparsekit refuses such weights in a checkpoint"
+    ]
 
 
 @main.command(short_help="Check RECIPE; with MODEL, a dry run of prune (schedule per epoch).")
@@ -1728,9 +1736,9 @@ def validate(
     res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
     lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
     _emit(res, as_json, "\n".join(lines + [f"WARNING: {w}" for w in res["warnings"]]))
-    if as_json:  # the lines above went nowhere: say it where logs go
-        for w in res["warnings"]:
-            click.echo(f"Warning: {printable(w)}", err=True)
+    if as_json:  # the lines above went nowhere: say it where logs go (the allocation's Warning line too)
+        chance = (res.get("auto_allocation") or {}).get("warning")
+        _warn_on_stderr([*res["warnings"], *([chance] if isinstance(chance, str) else [])])
 
 
 def _rehearsal_warnings(res: dict[str, Any]) -> list[str]:
@@ -2002,6 +2010,15 @@ def sensitivity(
     elif untrained:
         lines.append(f"Warning: {untrained}")
     _emit(doc, as_json, "\n".join(lines))
+    if as_json:  # the Warning line above went nowhere: say it where logs go, as prune and validate do
+        _warn_on_stderr(doc["warnings"])
+
+
+def _warn_on_stderr(said: list[str]) -> None:
+    """With ``--json``, the warnings of the text output (in the document) said on stderr too: a script's log shows
+    them, as it shows the progress."""
+    for line in said:
+        click.echo(f"Warning: {printable(line)}", err=True)
 
 
 @main.command(short_help="List the shipped recipes, or print one (NAME) in full.")

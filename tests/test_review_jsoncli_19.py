@@ -124,3 +124,55 @@ def test_stderr_that_cannot_be_written_keeps_the_exit_code(tmp_path):
         )
     assert done.returncode == 2
     assert done.stdout == ""
+
+
+def test_json_says_the_warnings_of_the_text_output_on_stderr_too(tmp_path):
+    # sensitivity --json (and validate --json's allocation) of a model at chance accuracy: the "near chance"
+    # Warning line of the text output was in the document alone, while prune and validate --json say their
+    # warnings on stderr too, where a script's log shows them.
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    model = tmp_path / "untrained.pt"
+    sparsekit.save_model(
+        mlp(hidden=[8]), model, factory="examples.models:mlp", kwargs={"hidden": [8]}, input_shape=[1, 64]
+    )
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: auto, target: 0.9, schedule: oneshot}]\n"
+    )
+    arch = ["--arch", "examples.models:mlp"]
+    for argv in (
+        ["sensitivity", model, recipe, "-o", tmp_path / "s", "--max-batches", "1"],
+        ["validate", recipe, model],
+    ):
+        result = CliRunner().invoke(main, [str(a) for a in argv] + arch + ["--json"])
+        assert result.exit_code == 0, result.output
+        assert "near chance" in json.dumps(json.loads(result.stdout))
+        said = [line for line in result.stderr.splitlines() if line.startswith("Warning:") and "near chance" in line]
+        assert len(said) == 1, (argv[0], result.stderr)
+
+
+def test_inspect_json_says_its_non_finite_warning_on_stderr_too(tmp_path):
+    # The same for inspect --json of an ONNX file holding NaN weights: its WARNING line was in the text alone.
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.ones((4, 8), dtype=np.float32)
+    w[0, 0] = np.nan
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "nan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["non_finite"]
+    assert [line for line in result.stderr.splitlines() if line.startswith("Warning:") and "NaN" in line], result.stderr
