@@ -2094,6 +2094,8 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
     """
     from .report import load_report, report_schema, write_report
 
+    if schema and folder is not None:  # it printed the schema and re-rendered nothing, with exit 0
+        raise click.UsageError(f"--schema prints the schema alone and {folder} would not be re-rendered: give one")
     if schema:
         click.echo(json.dumps(report_schema(), indent=2))
         return

@@ -176,3 +176,13 @@ def test_inspect_json_says_its_non_finite_warning_on_stderr_too(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["non_finite"]
     assert [line for line in result.stderr.splitlines() if line.startswith("Warning:") and "NaN" in line], result.stderr
+
+
+def test_report_folder_with_schema_is_refused_not_half_done(tmp_path):
+    # `sparsekit report out --schema` printed the schema, re-rendered nothing and exited 0: a script that asked for
+    # both could not tell. The help says FOLDER or --schema.
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--schema"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "--schema" in lines[0] and str(tmp_path) in lines[0], result.stderr
