@@ -1586,7 +1586,10 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     other = res["other_params"]
     if other["params"]:
         kinds = ", ".join(other["types"]) or "other"
-        rows.append([f"({kinds})", "", "", f"{other['params']:,}", f"{other['nonzero_params']:,}", "", "", ""])
+        # MACs of the Linear/Conv layers that are no row (a computed weight), so that the column adds up to the total
+        more = res.get("other_macs") or {}
+        extra = [count(more.get("macs")), count(more.get("effective_macs"))] if more.get("macs") else ["", ""]
+        rows.append([f"({kinds})", "", "", f"{other['params']:,}", f"{other['nonzero_params']:,}", "", *extra])
     unknown = res["macs_unknown"]
     total = [
         "total", "", "", f"{res['params']:,}", f"{res['nonzero_params']:,}", f"{res['sparsity']:.3f}",

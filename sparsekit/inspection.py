@@ -36,7 +36,7 @@ def inspect(
 
     Returns, for both kinds, ``{"path", "format" ("torch" | "onnx"), "bytes", "params", "nonzero_params",
     "weights", "nonzero_weights", "sparsity", "macs", "effective_macs", "macs_unknown", "other_params",
-    "layers"}``:
+    "other_macs", "layers"}``:
 
     - ``layers``: one row per prunable layer (Linear / Conv weights; ONNX: Conv, ConvTranspose, Gemm and
       MatMul nodes whose weight is stored in the file) with the keys of :data:`ROW_KEYS`: ``params`` and
@@ -50,11 +50,13 @@ def inspect(
       names it in ``shared_with`` (``"emb (Embedding)"``) and adds all of its parameters (shared 0).
     - totals: ``params`` / ``nonzero_params`` over every parameter (torch) or stored weight (ONNX);
       ``other_params`` (``{"params", "nonzero_params", "types"}``) what the rows leave out (BatchNorm,
-      embeddings, ...), so rows plus other make the total, less what a tied row shares; ``weights`` /
+      embeddings, ...), so rows plus other make the total, less what a tied row shares; ``other_macs``
+      (``{"macs", "effective_macs"}``, None without an input shape) those of the Linear/Conv layers that are no row
+      (a weight computed by weight_norm, spectral_norm or another parametrization; ONNX: a Conv/Gemm whose weight
+      the graph computes from stored tensors); ``weights`` /
       ``nonzero_weights`` / ``sparsity`` over the rows' weights (the prunable weights, a tied one once:
-      ``sparsity`` is report.json's); ``macs`` /
-      ``effective_macs`` summed over the rows, None when some row's are unknown (those rows are listed in
-      ``macs_unknown``).
+      ``sparsity`` is report.json's); ``macs`` / ``effective_macs`` summed over the rows and ``other_macs``,
+      None when some row's are unknown (those rows are listed in ``macs_unknown``).
 
     A torch model adds ``factory``, ``input_shape`` (batch first, None when unknown: pass one for MACs),
     ``input_shape_note`` (why it is None although one was guessed from the first layer, none being given or
@@ -244,7 +246,7 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
 
     from .layers import prunable_layers
     from .masks import count_true, weight_of
-    from .stats import layer_macs, sparsity
+    from .stats import layer_macs, other_macs, sparsity
     from .surgery import tied_parameters
 
     model = unwrap(model)
@@ -292,7 +294,10 @@ def _torch_counts(model: Any, shape: list[int] | None) -> dict[str, Any]:
         other_nonzero += count_true(p)
         if type(module).__name__ not in types:
             types.append(type(module).__name__)
-    totals = _totals(rows, other_params, other_nonzero, types)
+    # The Linear/Conv layers that are no row (their weight is computed: weight_norm, spectral_norm, another
+    # parametrization) run all the same, as Gemm/Conv nodes of the ONNX file: their MACs go with the other params.
+    extra = None if macs is None else other_macs(model, macs)
+    totals = _totals(rows, other_params, other_nonzero, types, extra)
     totals["sparsity"] = sparsity(model)  # the run's own definition (report.json), equal to the rows'
     return totals
 
@@ -315,7 +320,14 @@ def _row(
     }
 
 
-def _totals(rows: list[dict[str, Any]], other_params: int, other_nonzero: int, types: list[str]) -> dict[str, Any]:
+def _totals(
+    rows: list[dict[str, Any]],
+    other_params: int,
+    other_nonzero: int,
+    types: list[str],
+    other_macs: tuple[int, int] | None = (0, 0),
+) -> dict[str, Any]:
+    """Totals of ``rows`` and the rest: ``other_macs`` (dense, nonzero) of layers that are no row, None if unknown."""
     # A row whose weight another row already holds (tied: ``shared_with``) adds its MACs, not its parameters.
     own = [r for r in rows if not r.get("shared_with")]
     weights = sum(r["weights"] for r in own)
@@ -327,10 +339,16 @@ def _totals(rows: list[dict[str, Any]], other_params: int, other_nonzero: int, t
         "weights": weights,
         "nonzero_weights": nonzero_weights,
         "sparsity": 1 - nonzero_weights / weights if weights else 0.0,
-        "macs": None if unknown else sum(r["macs"] for r in rows),
-        "effective_macs": None if unknown else sum(r["effective_macs"] for r in rows),
+        "macs": None if unknown or other_macs is None else sum(r["macs"] for r in rows) + other_macs[0],
+        "effective_macs": (
+            None if unknown or other_macs is None else sum(r["effective_macs"] for r in rows) + other_macs[1]
+        ),
         "macs_unknown": unknown,
         "other_params": {"params": other_params, "nonzero_params": other_nonzero, "types": types},
+        "other_macs": {
+            "macs": None if other_macs is None else other_macs[0],
+            "effective_macs": None if other_macs is None else other_macs[1],
+        },
         "layers": rows,
     }
 
@@ -340,7 +358,11 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
 
     model = load_onnx(path)  # a clear error naming the file if it is not ONNX
     sizes = onnx_sizes(path)
-    macs = {row["node"]: row["macs"] for row in onnx_macs(path)["layers"]}
+    counted = onnx_macs(path)["layers"]
+    macs = {row["node"]: row["macs"] for row in counted}
+    # A Conv/Gemm whose weight the graph computes (weight_norm, spectral_norm) is no row: its MACs go with the rest.
+    computed = [row for row in counted if row.get("computed_weight")]
+    extra = (sum(r["macs"] for r in computed), sum(r["effective_macs"] for r in computed))
     arrays = _onnx_arrays(model.graph)  # every stored tensor, converted once
     rows, used = _onnx_rows(model, macs, arrays)
     other_params, other_nonzero = _onnx_other(model.graph, used)
@@ -353,7 +375,7 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
     inputs = _onnx_inputs(model)
     res["input_shape"] = next(iter(inputs.values()), None)
     res["inputs"] = inputs
-    res.update(_totals(rows, other_params, other_nonzero, ["other initializers"] if other_params else []))
+    res.update(_totals(rows, other_params, other_nonzero, ["other initializers"] if other_params else [], extra))
     res["non_finite"] = _onnx_non_finite(arrays)
     nonzero = res["nonzero_params"]
     res["bytes_per_nonzero"] = sizes["bytes"] / nonzero if nonzero else None
@@ -459,9 +481,13 @@ def _onnx_rows(
     rows: list[dict[str, Any]] = []
     used: set[str] = set()  # stored tensors the rows count
     read: dict[str, str] = {}  # tensor name a node reads -> the first row reading it
+    from .onnx.graph import constant_values
+
+    # A product of stored tensors alone (spectral_norm's power iteration, W @ v) is no layer: it runs on no sample.
+    constant = constant_values(model.graph)
     for node in model.graph.node:
         weight = layer_weight(node)
-        if node.op_type not in _WEIGHTED or weight not in arrays:
+        if node.op_type not in _WEIGHTED or weight not in arrays or node.input[0] in constant:
             continue
         w, origin = arrays[weight]
         bias_at = QLINEAR_LAYERS[node.op_type][1] if node.op_type in QLINEAR_LAYERS else 2

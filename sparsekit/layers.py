@@ -68,6 +68,18 @@ def prunable_layers(model: nn.Module, types: tuple[str, ...] | list[str] = LAYER
     return {name: m for name, m in model.named_modules() if layer_kind(m) in wanted and _maskable(m)}
 
 
+def weighted_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Named modules of every kind in :data:`~sparsekit.recipe.LAYER_TYPES`, in model order: the prunable layers
+    and those whose weight is computed in the forward pass (a parametrization, a weight_norm / spectral_norm hook),
+    which cost MACs all the same. A lazy module's uninitialized weight is left out."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if layer_kind(m) is not None
+        and not isinstance(m._parameters.get("weight"), nn.parameter.UninitializedParameter)
+    }
+
+
 # ----------------------------------------------------------------------------- output units
 
 

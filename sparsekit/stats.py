@@ -16,7 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import model_input
-from .layers import output_dim, prunable_layers, tied_aliases
+from .layers import output_dim, prunable_layers, tied_aliases, weighted_layers
 from .masks import count_true, weight_of
 from .wrappers import require_module, unwrap
 
@@ -40,20 +40,26 @@ def sparsity(model: nn.Module) -> float:
 
 @torch.no_grad()
 def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """Dense multiply-accumulates per prunable layer (name -> MACs) for one sample, from one forward
-    pass on zeros of ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``,
-    ``[1, 3, 32, 32]``); zeros in the weights are not subtracted. The model's train/eval mode is
-    restored. Whatever the model raises on that input (e.g. a shape mismatch) propagates."""
+    """Dense multiply-accumulates per Linear/Conv layer (name -> MACs; the prunable layers and those whose weight
+    is computed, :func:`~sparsekit.layers.weighted_layers`) for one sample, from one forward pass on zeros of
+    ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``, ``[1, 3, 32, 32]``); zeros in
+    the weights are not subtracted. The model's train/eval mode is restored. Whatever the model raises on that
+    input (e.g. a shape mismatch) propagates."""
     # In the model's floating dtype (a float64 model refuses float32 inputs), as sparsekit.train feeds it, or
     # token ids for a model whose input feeds an embedding; made before the counting hooks, as the probe that
     # tells which runs the model too.
     x = model_input.example_input(model, [1, *list(input_shape)[1:]])
     macs: dict[str, int] = {}
     hooks = []
-    for name, m in prunable_layers(model).items():
+    # Every Linear/Conv costs its MACs, prunable or not: one whose weight a parametrization or a norm hook computes
+    # (weight_norm, spectral_norm, orthogonal) runs as a Gemm/Conv in the ONNX file all the same.
+    counted = weighted_layers(model)
+    for name, m in counted.items():
 
         def hook(mod: nn.Module, inp: Any, out: torch.Tensor, name: str = name) -> None:
-            w = weight_of(mod)
+            w = getattr(mod, "weight", None)  # a computed weight is computed again here: its shape is what counts
+            if not isinstance(w, torch.Tensor) or not w.dim():
+                return
             # Dim 0 of a Linear/Conv weight is the output channels: every output value costs the
             # weights of one output channel (in_features, or in/groups * kernel). Dim 0 of a
             # ConvTranspose weight is the input channels: every input value is multiplied by the
@@ -63,7 +69,7 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
             macs[name] = macs.get(name, 0) + values.numel() // values.shape[0] * per
 
         hooks.append(m.register_forward_hook(hook))
-    names = {m: name for name, m in prunable_layers(model).items()}
+    names = {m: name for name, m in counted.items()}
     for m in model.modules():
         # nn.MultiheadAttention applies its out_proj's weight itself (F.multi_head_attention_forward), never
         # calling the Linear: its MACs are counted from the attention's output, one row of weights per value.
@@ -86,7 +92,7 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
         and not any(isinstance(a, nn.MultiheadAttention) and a.out_proj is m for a in model.modules())
     }
     inside = [0]  # prunable layers' own calls running (their MACs come from the hooks above)
-    for m in prunable_layers(model).values():
+    for m in counted.values():
         hooks.append(m.register_forward_pre_hook(lambda *_: inside.__setitem__(0, inside[0] + 1)))
         hooks.append(m.register_forward_hook(lambda *_: inside.__setitem__(0, inside[0] - 1)))
     modes = [(m, m.training) for m in model.modules()]  # each module's own (a frozen BatchNorm stays frozen)
@@ -176,7 +182,8 @@ def layer_report(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
 def model_stats(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Totals over the whole model: ``params`` and ``nonzero_params`` (every parameter, biases
     included), ``sparsity`` (prunable weights, 0..1) and, with ``input_shape`` (batch dimension
-    included), ``macs`` / ``effective_macs`` for one sample summed over the prunable layers."""
+    included), ``macs`` / ``effective_macs`` for one sample summed over every Linear/Conv layer (one whose weight
+    is computed too: weight_norm, spectral_norm, another parametrization)."""
     model = unwrap(model)
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(count_true(p) for p in model.parameters())
@@ -185,7 +192,26 @@ def model_stats(model: nn.Module, input_shape: Sequence[int] | None = None) -> d
         rows = layer_report(model, input_shape)
         out["macs"] = sum(r.get("macs", 0) for r in rows)
         out["effective_macs"] = sum(r.get("effective_macs", 0) for r in rows)
+        extra = other_macs(model, layer_macs(model, input_shape))
+        out["macs"] += extra[0]
+        out["effective_macs"] += extra[1]
     return out
+
+
+@torch.no_grad()
+def other_macs(model: nn.Module, macs: dict[str, int]) -> tuple[int, int]:
+    """Dense and nonzero MACs (of ``macs``, :func:`layer_macs`'s) of the Linear/Conv layers that are no prunable
+    layer: those whose weight a parametrization or a norm hook computes. They are no row of a layer report, yet
+    the model (and its ONNX file) runs them."""
+    rows = prunable_layers(model)
+    dense = effective = 0
+    for name, m in weighted_layers(model).items():
+        if name in rows or not macs.get(name):
+            continue
+        w = weight_of(m)
+        dense += macs[name]
+        effective += round(macs[name] * count_true(w) / w.numel()) if w.numel() else 0
+    return dense, effective
 
 
 def asked_vs_achieved(

@@ -1,7 +1,8 @@
 """Counts read from an ONNX graph: multiply-accumulates (dense and over nonzero weights only), the
 model's real inputs, and the activation memory one sample needs.
 
-MACs count Conv, ConvTranspose, Gemm and MatMul nodes whose weight is an initializer (the layers pruning touches), at
+MACs count Conv, ConvTranspose, Gemm and MatMul nodes whose weight is an initializer (the layers pruning touches) or
+is computed from initializers alone (a weight_norm / spectral_norm / parametrized layer, counted dense), at
 batch size 1, using ONNX shape inference (https://onnx.ai/onnx/api/shape_inference.html) for output
 sizes. Elementwise ops, pooling and attention between activations are not counted, as in the
 torch-side :mod:`sparsekit.stats`. Quantized files (QDQ) are followed through ``DequantizeLinear``
@@ -46,7 +47,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 def onnx_macs(path: PathLike) -> dict[str, Any]:
     """``{"macs", "effective_macs", "layers": [{"node", "op", "macs", "effective_macs"}]}`` of the ONNX
     file at ``path``, at batch size 1; ``effective_macs`` counts nonzero weights only. Computed once
-    per version of the file (:func:`sparsekit.onnx.files.memoized`).
+    per version of the file (:func:`sparsekit.onnx.files.memoized`). A layer whose weight the graph computes from
+    stored tensors (weight_norm, spectral_norm, another parametrization) has ``"computed_weight": True``.
 
     Raises :class:`~sparsekit.errors.ExportError` when ``path`` is not an ONNX model or keeps external
     data outside its folder.
@@ -69,12 +71,18 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
     drop_weight_values(model)  # read into `weights`; this parse is the memo's own, so it may be changed
     inferred = _inferred_graph(model, batch_one, keep_fixed=True)
     shapes = _static_shapes(inferred if inferred is not None else model.graph)
+    # A weight the graph computes from stored tensors alone (weight_norm, spectral_norm or another parametrization,
+    # exported as is) is a layer's weight all the same: its Conv/Gemm runs on every sample. A product whose data
+    # input is such a constant too (spectral_norm's power iteration, W @ v) runs once per call, on no sample: no MACs.
+    constant = constant_values(model.graph)
     layers = []
     for node in model.graph.node:
         weight = layer_weight(node)  # input 1, or 3 of a QOperator int8 layer
-        if weight not in weights:
+        computed = weight not in weights and weight in constant and weight in shapes
+        if (weight not in weights and not computed) or (node.input and node.input[0] in constant):
             continue
-        w = weights[weight]
+        # A computed weight's values are not stored: it counts dense (sparsekit masks no computed weight).
+        w = weights[weight] if not computed else np.ones(shapes[weight], dtype=np.float32)
         if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
             out = shapes.get(node.output[0])
             positions = math.prod(out[2:]) if out else None
@@ -97,6 +105,7 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
                 "op": node.op_type,
                 "macs": int(w.size * positions),
                 "effective_macs": count_nonzero_weight(w, zeros.get(origins.get(weight, ""))) * positions,
+                **({"computed_weight": True} if computed else {}),
             }
         )
     return {
@@ -104,6 +113,17 @@ def _macs(path: Path, model: onnx.ModelProto, files: list[Path]) -> dict[str, An
         "effective_macs": sum(r["effective_macs"] for r in layers),
         "layers": layers,
     }
+
+
+def constant_values(graph: onnx.GraphProto) -> set[str]:
+    """Names of the tensors ``graph`` computes from stored tensors and Constant nodes alone (no graph input)."""
+    inputs = {i.name for i in graph.input}
+    out = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    out -= inputs  # an initializer that is also a fed input (older exporters' overridable inputs) is data
+    for node in graph.node:  # in topological order, as ONNX requires
+        if all(not name or name in out for name in node.input) and not any(a.g.node for a in node.attribute):
+            out.update(node.output)
+    return out
 
 
 def _fixed_batch(info: onnx.ValueInfoProto) -> int:
