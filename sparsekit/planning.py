@@ -155,6 +155,8 @@ def plan(
                 # (or left out by group lasso, which has no ignore: it leaves the classifier head out itself)
                 if name in getattr(m, "head_left_out", ()):
                     reason = HEAD_LEFT_OUT_REASON
+                elif name in (apart := getattr(m, "target_left_out", {})):  # l1: units a target cannot count
+                    reason = f"its units cannot be removed ({apart[name]}), so the target does not count them"
                 else:  # an ignore the recipe wrote, or its default (the classifier head)
                     reason = IGNORED_REASON if getattr(spec, "ignore", None) is not None else HEAD_KEPT_REASON
                 left_out.append({"name": name, "type": type(module).__name__, "reason": reason})

@@ -837,7 +837,9 @@ class L1Spec(_MethodBase):
         "so do the weights a layer lost with the inputs a structured entry removed upstream. In penalty mode a "
         "subgradient makes no exact zeros and lambda stays within 10x strength, so most or all of the target is "
         "usually met by that zeroing at end_epoch, with the penalty having shrunk those units first; proximal mode "
-        "reaches it on the way. null: no target",
+        "reaches it on the way. With group and remove_dead it counts only units finalize can remove: a layer whose "
+        "units cannot go (feeding a grouped conv or a weight_norm layer, ...) is left out of the entry (report: "
+        "target_left_out), and an entry left with no layer is refused. null: no target",
     )
     threshold: Float = Field(
         0.0,

@@ -79,3 +79,60 @@ def test_inspect_of_the_checkpoint_and_of_its_onnx_agree(tmp_path, build, wrap: 
     assert torch_side["macs"] == onnx_side["macs"] == expected
     assert onnx_side["other_macs"]["macs"] == torch_side["other_macs"]["macs"] > 0
     assert "MatMul" not in {row["type"] for row in onnx_side["layers"]}
+
+
+def _l1_target_recipe(group: str) -> sparsekit.Recipe:
+    return sparsekit.Recipe(
+        version=1,
+        model={"input_shape": [1, 1, 8, 8]},
+        finetune={"epochs": 2},
+        pruning=[
+            {"method": "l1", "strength": 1e-3, "group": group, "mode": "proximal", "target": 0.5,
+             "remove_dead": True, "schedule": {"start_epoch": 0, "end_epoch": 2}},
+        ],
+    )  # fmt: skip
+
+
+def _train(model: nn.Module, pruner: sparsekit.Pruner, steps: int = 10) -> nn.Module:
+    torch.manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        opt.zero_grad()
+        (nn.functional.cross_entropy(model(x), y) + pruner.penalty()).backward()
+        opt.step()
+        pruner.step()
+    return pruner.finalize()
+
+
+def test_an_l1_target_counts_only_units_finalize_can_remove() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )  # fmt: skip
+    parametrizations.weight_norm(model[5])  # layer 3's units feed a computed weight: they cannot be removed
+    with pytest.warns(UserWarning, match="left out of it"):
+        pruner = sparsekit.Pruner(model, _l1_target_recipe("row"), steps_per_epoch=5)
+    out = _train(model, pruner)
+    report = pruner.methods[0].report()
+    # Layer 3's zeroed units counted toward the target (met) and were all kept: fewer units removed than asked.
+    assert "3" in report["target_left_out"]
+    assert out[1].out_features == 16 and out[3].out_features == 32
+    assert bool((out[3].weight != 0).any(dim=1).all())  # left as it is: no unit zeroed for nothing
+
+
+@pytest.mark.parametrize("wrap", ["grouped", "weight_norm"])
+def test_an_l1_target_no_selected_layer_can_meet_by_removal_is_refused(wrap: str) -> None:
+    torch.manual_seed(0)
+    if wrap == "grouped":
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+        )  # fmt: skip
+        group = "channel"
+    else:
+        model, group = _mlp("weight_norm"), "row"
+    # The target was reported met while finalize removed nothing.
+    with pytest.raises(sparsekit.errors.RecipeError, match=r"pruning\[0\]\.target: .*remove_dead: false"):
+        sparsekit.Pruner(model, _l1_target_recipe(group), steps_per_epoch=5)

@@ -58,7 +58,8 @@ without one, each layer's groups are its own weights. Layers whose zeroed units 
 reused weight, units coupled at other indices as by a GLU, or to a layer the entry does not select, units a
 GroupNorm or LayerNorm normalizes together, a norm without gamma and beta reached through other operations, a
 grouped conv, a layer the forward pass runs more than once, or one feeding a tied weight) are named in
-``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training; after :meth:`L1.finalize` it
+``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training (with a target they are left
+out of the entry instead, ``target_left_out``: a target counts units finalize removes); after :meth:`L1.finalize` it
 also names every other layer that kept zeroed units, with why (e.g. a positive bias through ReLU into a zero-padded
 conv: only the values tell).
 
@@ -100,7 +101,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .. import tp_adapter as tpa
-from ..errors import RecipeError, TargetError, one_line
+from ..errors import RecipeError, TargetError, one_line, shorten
 from ..layers import (
     computed_weight,
     num_units,
@@ -385,6 +386,9 @@ class L1:
         self._traced = False  # whether _couple traced the model: without it, heads and ties are not known
         if self.units:
             self._couple(model)
+        self.target_left_out: dict[str, str] = {}  # layer -> why its units cannot count toward the target
+        if self.target is not None and self.units and spec.remove_dead:
+            self._count_removable_units_only()
         self._modules = list(self._own.values())
         self._names = list(self._own)
         self._members = [[self.layers[m] for m in self._member_names.get(n, [])] for n in self._names]
@@ -686,6 +690,34 @@ class L1:
             self.cannot_remove.setdefault(head, _HEAD_REASON)
         if not self.spec.remove_dead:
             self.cannot_remove = {}  # nothing is removed: nothing to warn about
+
+    def _count_removable_units_only(self) -> None:
+        """With a target, groups and ``remove_dead`` the target is a fraction of units finalize removes: a layer
+        whose zeroed units cannot be removed (``cannot_remove``: one feeding a grouped conv or a computed weight,
+        a tied weight, ...) is left out of the entry, so that its units neither count toward the target nor take
+        the adaptive lambda (they were zeroed, counted as met, and all kept). A head named in ``layers.include``
+        stays: zeroing its units was asked for by name. RecipeError when no layer is left."""
+        blocked = {n: why for n, why in self.cannot_remove.items() if n not in self._heads_kept and n in self.layers}
+        if not blocked:
+            return
+        for name in blocked:
+            del self.layers[name]
+            self._own.pop(name, None)
+            del self.cannot_remove[name]  # (no units are zeroed there now: target_left_out says why)
+        self.target_left_out = blocked
+        whys = "; ".join(f"{n!r}: {why}" for n, why in blocked.items())
+        if not self._own:
+            raise RecipeError(
+                f"{self.where}.target: with group: {self.spec.group} and remove_dead the target is a fraction of the "
+                f"units finalize removes, and no layer this entry selects can lose units ({shorten(whys, 1500)}): fix "
+                "that, select layers that can, or set remove_dead: false to have the target count units held at "
+                "zero by masks (none removed)"
+            )
+        warnings.warn(
+            f"{self.where}: with group: {self.spec.group} and remove_dead the target counts the units finalize "
+            f"removes, so these layers are left out of it and left as they are ({shorten(whys, 1500)})",
+            stacklevel=_outside_sparsekit(),
+        )
 
     def _unit_norms(
         self, i: int, w: torch.Tensor, dtype: torch.dtype | None = None, masked: bool = False
@@ -1571,6 +1603,8 @@ class L1:
             out["coupled"] = dict(self.coupled)
         if self.units and self.spec.remove_dead:
             out["cannot_remove"] = dict(self.cannot_remove)  # ({} : every zeroed unit can go)
+        if self.target_left_out:
+            out["target_left_out"] = dict(self.target_left_out)  # (left as they are: see _count_removable_units_only)
         if self.dead_units:
             out["dead_units"] = self.dead_units
             # Units at the start and now, per layer, once remove_dead ran: every layer of the entry, those that
