@@ -239,24 +239,39 @@ def _not_prunable(module: nn.Module) -> str:
     return f"{kind} is not a prunable kind (those are {', '.join(LAYER_TYPES)}); its parameters are left as they are"
 
 
-def computed_weight(module: nn.Module) -> tuple[str, str] | None:
+def computed_tensor(module: nn.Module, inputs: bool = False) -> tuple[str, str, str] | None:
+    """The first of ``module``'s ``weight`` and ``bias`` that is computed in the forward pass, as ``(name, what
+    computes it, the call that gives the parameter back)``; None when both are its own (or absent). A removal of
+    its units resizes both, and neither a parametrization nor a norm hook can be resized (torch-pruning's assignment
+    fails with "attribute 'bias' already exists"). ``inputs``: a Linear/Conv losing input channels, which resizes
+    its weight alone."""
+    for name in ("weight",) if inputs and layer_kind(module) is not None else ("weight", "bias"):
+        how = computed_weight(module, name)
+        if how is not None:
+            return name, *how
+    return None
+
+
+def computed_weight(module: nn.Module, name: str = "weight") -> tuple[str, str] | None:
     """For a layer whose weight is computed in the forward pass, what computes it and the call that gives the
     parameter back: ``("torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)")``; None for a
     layer with a weight parameter of its own. The hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm``
-    (``weight_g``/``weight_v``, ``weight_orig``) are no parametrization: ``remove_parametrizations`` raises on them."""
+    (``weight_g``/``weight_v``, ``weight_orig``) are no parametrization: ``remove_parametrizations`` raises on them.
+    ``name``: another of its tensors (``"bias"``), whose removal call then names it."""
     from torch.nn.utils import parametrize
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
     hooks = list(module._forward_pre_hooks.values())
-    if any(isinstance(h, WeightNorm) and h.name == "weight" for h in hooks):
-        return "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)"
-    if any(isinstance(h, SpectralNorm) and h.name == "weight" for h in hooks):
-        return "torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(layer)"
-    if parametrize.is_parametrized(module, "weight"):
+    named = "" if name == "weight" else f", {name!r}"  # (the remove_* calls' name defaults to 'weight')
+    if any(isinstance(h, WeightNorm) and h.name == name for h in hooks):
+        return "torch.nn.utils.weight_norm", f"torch.nn.utils.remove_weight_norm(layer{named})"
+    if any(isinstance(h, SpectralNorm) and h.name == name for h in hooks):
+        return "torch.nn.utils.spectral_norm", f"torch.nn.utils.remove_spectral_norm(layer{named})"
+    if parametrize.is_parametrized(module, name):
         return (
             "a parametrization: weight_norm, spectral_norm or another",
-            "torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')",
+            f"torch.nn.utils.parametrize.remove_parametrizations(layer, {name!r})",
         )
     return None
 

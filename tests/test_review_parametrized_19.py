@@ -136,3 +136,37 @@ def test_an_l1_target_no_selected_layer_can_meet_by_removal_is_refused(wrap: str
     # The target was reported met while finalize removed nothing.
     with pytest.raises(sparsekit.errors.RecipeError, match=r"pruning\[0\]\.target: .*remove_dead: false"):
         sparsekit.Pruner(model, _l1_target_recipe(group), steps_per_epoch=5)
+
+
+class _Positive(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softplus(x)
+
+
+def _mlp_positive_bias() -> nn.Module:
+    """Layer 3's bias is parametrized (its weight is a parameter: the layer is selected); layer 1 only feeds it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    parametrize.register_parametrization(model[3], "bias", _Positive())
+    return model
+
+
+def test_structured_names_a_parametrized_bias_and_its_remedy() -> None:
+    recipe = sparsekit.Recipe(
+        version=1, model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1},
+        pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot"}],
+    )  # fmt: skip
+    # Was "torch-pruning failed removing channels for '3' (KeyError: "attribute 'bias' already exists"), a layout it
+    # does not model": no word of the parametrization nor of the call that removes it.
+    with pytest.raises(sparsekit.errors.SparsekitError, match=r"'3', whose bias is computed .*layer, 'bias'\)"):
+        sparsekit.Pruner(_mlp_positive_bias(), recipe, steps_per_epoch=1)
+
+
+def test_an_l1_target_leaves_out_a_layer_whose_bias_is_parametrized_and_removes_the_others_units() -> None:
+    model = _mlp_positive_bias()
+    with pytest.warns(UserWarning, match="'3': its bias is computed"):
+        pruner = sparsekit.Pruner(model, _l1_target_recipe("row"), steps_per_epoch=5)
+    # Layer 1's units only feed layer 3's weight (its inputs), which shrinks: they can go.
+    assert list(pruner.methods[0].layers) == ["1"]
+    out = _train(model, pruner)
+    assert out[1].out_features == 16 and out[3].in_features == 16 and out[3].out_features == 32

@@ -103,7 +103,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .. import tp_adapter as tpa
 from ..errors import RecipeError, TargetError, one_line, shorten
 from ..layers import (
-    computed_weight,
+    computed_tensor,
     num_units,
     output_dim,
     prunable_layers,
@@ -546,7 +546,13 @@ class L1:
             bns: list[tuple[_NormBase, int]] = []
             stats: list[_NormBase] = []
             blocked = ""
-            if calls.get(module, 1) > 1:
+            own_computed = computed_tensor(module)  # (its weight is a parameter: it was selected; its bias may not be)
+            if own_computed is not None:
+                blocked = (
+                    f"its {own_computed[0]} is computed in the forward pass ({own_computed[1]}), which removing units "
+                    f"cannot resize (remove it before pruning with {own_computed[2]})"
+                )
+            elif calls.get(module, 1) > 1:
                 blocked = (
                     f"it runs {calls[module]} times in one forward pass (a shared layer): removing its units would "
                     "change every call at once"
@@ -572,11 +578,18 @@ class L1:
                 if isinstance(mod, nn.Parameter):  # (a weight the forward uses outside any layer)
                     blocked = "its units meet a parameter the forward pass uses outside a layer"
                     continue
-                computed = computed_weight(mod) if mod is not module and isinstance(mod, nn.Linear | _ConvNd) else None
+                # A weight or bias (a layer's, a BatchNorm's) computed in the forward pass: a parametrized bias failed
+                # the removal at finalize as a weight did ("attribute 'bias' already exists"), the target counted met.
+                computed = (
+                    computed_tensor(mod, inputs=not member.out_channels)
+                    if mod is not module and isinstance(mod, nn.Module)
+                    else None
+                )
                 if computed is not None:  # (the removal failed at finalize with "attribute 'weight' already exists")
                     blocked = (
-                        f"its units reach {label}, whose weight is computed in the forward pass ({computed[0]}), which "
-                        f"removing units cannot resize (remove it before pruning with {computed[1]})"
+                        f"its units reach {label}, whose {computed[0]} is computed in the forward pass "
+                        f"({computed[1]}), which removing units cannot resize (remove it before pruning with "
+                        f"{computed[2]})"
                     )
                     continue
                 if mod is not module and label in untie:

@@ -92,7 +92,7 @@ from torch.nn.modules.conv import _ConvNd
 from .. import equivalence, surgery
 from .. import tp_adapter as tpa
 from ..errors import TargetError, one_line
-from ..layers import check_names, computed_weight, select_layers
+from ..layers import check_names, computed_tensor, select_layers
 from ..learning_rate import on_optimizer_steps
 from ..masks import weight_of
 from .base import UNCHANGED, Changes, Setup
@@ -452,15 +452,20 @@ class Structured:
         assert self._tp is not None
         members = tpa.group_members(self._tp.graph, group)
         for member in members:
-            computed = computed_weight(member.module) if isinstance(member.module, _ROOTS) else None
+            # Any member's weight or bias (a layer's, a BatchNorm's): a parametrized bias failed the same way.
+            computed = (
+                computed_tensor(member.module, inputs=not member.out_channels)
+                if isinstance(member.module, nn.Module)
+                else None
+            )
             if computed is not None:
                 # torch-pruning assigns the shrunk weight to the layer, which a parametrization or norm hook holds
                 # (KeyError "attribute 'weight' already exists", or a TypeError at the next forward pass): the
                 # refusal blamed the layer whose channels go and named the wrong remedy.
                 name = self.names.get(member.module, "?")
                 return (
-                    f"they reach {name!r}, whose weight is computed in the forward pass ({computed[0]}), which "
-                    f"channel removal cannot resize (remove it before pruning with {computed[1]})"
+                    f"they reach {name!r}, whose {computed[0]} is computed in the forward pass ({computed[1]}), which "
+                    f"channel removal cannot resize (remove it before pruning with {computed[2]})"
                 )
         for member in members:
             module = member.module
