@@ -170,3 +170,23 @@ def test_an_l1_target_leaves_out_a_layer_whose_bias_is_parametrized_and_removes_
     assert list(pruner.methods[0].layers) == ["1"]
     out = _train(model, pruner)
     assert out[1].out_features == 16 and out[3].in_features == 16 and out[3].out_features == 32
+
+
+class _MatrixExp(nn.Module):
+    """A layer whose weight is exp(A) computed in forward (orthogonal's way, without a parametrization): neither
+    exporter converts linalg_matrix_exp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(8, 8) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ torch.linalg.matrix_exp(self.a - self.a.T)
+
+
+def test_auto_export_failing_with_both_exporters_says_so(tmp_path) -> None:
+    # auto had tried TorchScript first, then said the dynamo failure's "(--exporter torchscript may succeed)".
+    with pytest.raises(sparsekit.errors.ExportError) as err:
+        sparsekit.export_onnx(_MatrixExp(), tmp_path / "m.onnx", [1, 8])
+    assert "both exporters" in str(err.value) and "may succeed" not in str(err.value)
+    assert not (tmp_path / "m.onnx").exists()

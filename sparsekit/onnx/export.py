@@ -126,9 +126,7 @@ def export_onnx(
         with _cpu_eval(model):
             x, names = _example_input(model, shape)
             job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol, names)
-            written, used, fallback = _auto(job) if exporter == "auto" else (None, "", None)
-            if written is None:
-                written, used, fallback = _deliver(job, "dynamo" if exporter == "auto" else exporter, final)
+            written, used, fallback = _attempts(job, exporter, final)
             start = time.perf_counter()
             zeros = written.zeros if written.zeros is not None else check_zeros(model, written.path, x)
             job.clock("checks", start)
@@ -240,6 +238,7 @@ class _Job:
     atol: float
     names: list[str]  # the file's output names (see _output_names)
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: {"export": 0.0, "checks": 0.0})
+    torchscript_failed: str | None = None  # why auto's TorchScript attempt failed, when it did
 
     def clock(self, phase: str, start: float) -> None:
         self.seconds[phase] += time.perf_counter() - start
@@ -257,6 +256,23 @@ class _Written:
         return self.opset == opset and (self.parity is None or bool(self.parity["ok"]))
 
 
+def _attempts(job: _Job, exporter: str, final: Path) -> tuple[_Written, str, str | None]:
+    """The file ``exporter`` (or auto's choice) writes: ``(file, the exporter that wrote it, fallback)``."""
+    written, used, fallback = _auto(job) if exporter == "auto" else (None, "", None)
+    if written is not None:
+        return written, used, fallback
+    try:
+        return _deliver(job, "dynamo" if exporter == "auto" else exporter, final)
+    except _ExporterFailed as e:
+        if job.torchscript_failed is None:
+            raise
+        # auto tried TorchScript first: the dynamo error's hint that TorchScript may succeed was false.
+        raise _ExporterFailed(
+            f"torch.onnx.export failed with both exporters: torchscript: {job.torchscript_failed}; dynamo: {e.reason}",
+            e.reason,
+        ) from e
+
+
 def _auto(job: _Job) -> tuple[_Written | None, str, str | None]:
     """``exporter="auto"``: the TorchScript exporter's file when it is as good as the dynamo one would
     be (asked opset, parity with torch, every zero kept), else ``(None, "", None)``: export with dynamo."""
@@ -264,7 +280,8 @@ def _auto(job: _Job) -> tuple[_Written | None, str, str | None]:
         return None, "", None
     try:
         written = _write(job, "torchscript")
-    except ExportError:
+    except ExportError as e:
+        job.torchscript_failed = _reason(e)
         return None, "", None  # the dynamo exporter handles what TorchScript tracing cannot
     # A tracer warning means the trace may hold one branch of data-dependent code or a constant that
     # should vary: parity on a few inputs cannot rule that out, so dynamo (which refuses such code) decides.
