@@ -190,3 +190,16 @@ def test_auto_export_failing_with_both_exporters_says_so(tmp_path) -> None:
         sparsekit.export_onnx(_MatrixExp(), tmp_path / "m.onnx", [1, 8])
     assert "both exporters" in str(err.value) and "may succeed" not in str(err.value)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("exporter", ["auto", "dynamo"])
+def test_a_parametrization_the_exporters_cannot_convert_exports_computed(tmp_path, exporter: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    parametrizations.orthogonal(model[0])  # matrix_exp: neither exporter converted it, so no run could export
+    x = torch.randn(3, 8)
+    before = model(x)
+    res = sparsekit.export_onnx(model, tmp_path / "m.onnx", [1, 8], exporter=exporter)
+    assert res["parity"]["ok"] and "'0' computed once" in res["fallback"]
+    assert parametrize.is_parametrized(model[0])  # the user's model is left as it was
+    assert torch.equal(model(x), before)

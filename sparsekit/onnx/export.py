@@ -126,7 +126,20 @@ def export_onnx(
         with _cpu_eval(model):
             x, names = _example_input(model, shape)
             job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol, names)
-            written, used, fallback = _attempts(job, exporter, final)
+            try:
+                written, used, fallback = _attempts(job, exporter, final)
+            except ExportError as err:
+                # A parametrization the exporters cannot trace (orthogonal's matrix_exp, a user's own): its tensor
+                # is a fixed function of the parameters at inference, so a copy with it computed once exports the
+                # same function (parity checks it). Only on failure: a file that exported keeps its layout.
+                with _parametrizations_computed(model) as computed:
+                    if computed is None:
+                        raise
+                    try:
+                        written, used, fallback = _attempts(job, exporter, final)
+                    except ExportError:
+                        raise err from None
+                fallback = f"{computed} ({_reason(err)})"
             start = time.perf_counter()
             zeros = written.zeros if written.zeros is not None else check_zeros(model, written.path, x)
             job.clock("checks", start)
@@ -271,6 +284,26 @@ def _attempts(job: _Job, exporter: str, final: Path) -> tuple[_Written, str, str
             f"torch.onnx.export failed with both exporters: torchscript: {job.torchscript_failed}; dynamo: {e.reason}",
             e.reason,
         ) from e
+
+
+@contextlib.contextmanager
+def _parametrizations_computed(model: nn.Module) -> Iterator[str | None]:
+    """Within: every parametrization (torch.nn.utils.parametrize) of ``model`` computed once and cached, so an
+    exporter reads its tensor as a constant instead of tracing how it is computed; yields words for the fallback,
+    None for a model without one (nothing is done then). The model itself is not changed (a copy could not be:
+    removing a parametrization from a deep copy deletes the property of the class the original shares)."""
+    from torch.nn.utils import parametrize
+
+    found = [(n, m) for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if not found:
+        yield None
+        return
+    with parametrize.cached(), torch.no_grad():
+        for _, module in found:
+            for tensor in module.parametrizations:
+                getattr(module, tensor)  # computed now, into the cache the exporters then read
+        shown = ", ".join(repr(n) for n, _ in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        yield f"exported with the parametrized tensors of {shown} computed once (the model as it is did not export)"
 
 
 def _auto(job: _Job) -> tuple[_Written | None, str, str | None]:
