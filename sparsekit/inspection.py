@@ -507,6 +507,10 @@ def _onnx_rows(
             name = bias_name.split(".bias")[0]  # a tied weight names one of its layers; each has its own bias
         elif ".weight" in named and readers[weight] == 1:
             name = named.split(".weight")[0]
+        elif named.startswith("/") and "/weight/" in named and readers[weight] == 1:
+            # A weight the exporter computed and stored (weight_norm's g * v / |v|, folded, then int8): TorchScript
+            # names it by the layer's scope, "/3/weight/weight.0/Mul_output_0" -> 3; the node's own name was "na".
+            name = named.split("/weight/")[0].strip("/").replace("/", ".")
         else:
             name = key.strip("/").rsplit("/", 1)[0] or key
         if any(r["name"] == name for r in rows):  # equal weights and biases stored once: the node tells them apart

@@ -203,3 +203,13 @@ def test_a_parametrization_the_exporters_cannot_convert_exports_computed(tmp_pat
     assert res["parity"]["ok"] and "'0' computed once" in res["fallback"]
     assert parametrize.is_parametrized(model[0])  # the user's model is left as it was
     assert torch.equal(model(x), before)
+
+
+def test_an_int8_file_names_the_layer_whose_weight_the_exporter_computed(tmp_path) -> None:
+    from sparsekit.onnx.export import export_int8
+
+    model = _mlp("weight_norm")
+    export_int8(model, tmp_path / "q.onnx", [1, 1, 8, 8], exporter="torchscript")
+    rows = sparsekit.inspect(tmp_path / "q.onnx")["layers"]
+    # The folded g * v / |v| weight is stored as "/3/weight/weight.0/Mul_output_0...": the row was named "na".
+    assert [r["name"] for r in rows] == ["1", "3", "5"]
