@@ -1059,6 +1059,13 @@ def _outcome(
             "change the outputs or the layout does not allow it (a residual add, depthwise conv, zero padding, a norm "
             f"over the units such as LayerNorm, tied weights, or a graph the removal cannot trace){named}"
         )
+    apart = extra.get("target_left_out")  # l1: layers whose units a target could not count (their units stay)
+    if isinstance(apart, dict) and apart:
+        shown = [f"{n} ({why})" for n, why in list(apart.items())[:3]]
+        more = f" and {len(apart) - 3} more" if len(apart) > 3 else ""
+        remarks.append(
+            f"left out of the entry, their units being ones finalize cannot remove: {'; '.join(shown)}{more}"
+        )
     if not nothing and m.asked is not None and m.achieved is not None and m.achieved + 0.005 < m.asked:
         remarks.append(f"short of the {m.asked:.3f} asked" + (f": {m.reason}" if m.reason else ""))
     elif not nothing and m.reason:

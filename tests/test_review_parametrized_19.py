@@ -122,6 +122,25 @@ def test_an_l1_target_counts_only_units_finalize_can_remove() -> None:
     assert bool((out[3].weight != 0).any(dim=1).all())  # left as it is: no unit zeroed for nothing
 
 
+def test_the_report_says_which_layers_an_l1_target_left_out() -> None:
+    from sparsekit.report import MethodResult, _outcome
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )  # fmt: skip
+    parametrizations.weight_norm(model[5])
+    recipe = _l1_target_recipe("row")
+    with pytest.warns(UserWarning):
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=5)
+    method = pruner.methods[0]
+    result = MethodResult.model_validate({"method": "l1", "layers": list(method.layers), **method.report()})
+    remarks = _outcome(0, result, recipe.pruning[0].model_dump(), {}, {}).remarks
+    # The summary said only "not pruned: 3, 7 (no pruning entry selects them)".
+    assert any("left out of the entry" in r and "3 (its units reach 5" in r for r in remarks)
+
+
 @pytest.mark.parametrize("wrap", ["grouped", "weight_norm"])
 def test_an_l1_target_no_selected_layer_can_meet_by_removal_is_refused(wrap: str) -> None:
     torch.manual_seed(0)
