@@ -43,7 +43,7 @@ from torch.nn.modules.conv import _ConvNd
 from .data import batches
 from .errors import SparsekitError, TargetError, interrupted_while, one_line
 from .fsutil import atomic_path, write_text
-from .layers import num_units, prunable_layers, select_layers, unselected_layers
+from .layers import num_units, select_layers, unselected_layers, weighted_layers
 from .masks import count_true, global_topk_masks, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
@@ -796,7 +796,9 @@ def _new_table(
                     coupled=plan.coupled.get(root, []),
                 )
             )
-    for name, module in prunable_layers(model).items():
+    # Every Linear/Conv: one whose weight is computed (weight_norm, spectral_norm) is no prunable layer, yet it may
+    # hold most of the MACs; it was named nowhere. Its reason is unselected_layers' (how to make it prunable).
+    for name, module in weighted_layers(model).items():
         if name not in seen:
             reason = why_not.get(name, "selected by no analysed entry")
             left.append(LeftOut(name=name, type=type(module).__name__, entry=None, reason=reason))

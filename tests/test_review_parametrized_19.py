@@ -232,3 +232,20 @@ def test_an_int8_file_names_the_layer_whose_weight_the_exporter_computed(tmp_pat
     rows = sparsekit.inspect(tmp_path / "q.onnx")["layers"]
     # The folded g * v / |v| weight is stored as "/3/weight/weight.0/Mul_output_0...": the row was named "na".
     assert [r["name"] for r in rows] == ["1", "3", "5"]
+
+
+def test_sensitivity_names_a_layer_whose_weight_is_computed_among_those_left_out() -> None:
+    from sparsekit.sensitivity import analyze
+
+    model = _cnn("weight_norm")
+    recipe = sparsekit.Recipe(
+        version=1, model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1},
+        pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    loader = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))]
+    table = analyze(model, recipe, loader, grid={"unstructured": [0.5]})
+    # Conv '2' holds 89% of the MACs, yet the analysis named neither it nor why it was not probed.
+    left = {row.name: row.reason for row in table.left_out}
+    assert "weight is computed in the forward pass" in left["2"]
+    assert {row.name for row in table.layers} == {"0", "6"}
