@@ -1084,6 +1084,8 @@ def _inner_prefixes(keys: list[str], own: list[str]) -> list[str]:
     is a larger module's state_dict (a Lightning module holding the model and a loss with a weight, an EMA copy)."""
     if not own:
         return []
+    # A file's keys need not be names ({1: tensor}): those hold no prefix (k.endswith raised AttributeError: exit 1).
+    keys = [k for k in keys if isinstance(k, str)]
     keyset = set(keys)
     found = {k[: len(k) - len(own[0])] for k in keys if k.endswith("." + own[0])}
     # Only where the prefix holds nothing else: a key of its own beyond the architecture's is an architecture that

@@ -249,3 +249,14 @@ def test_sensitivity_names_a_layer_whose_weight_is_computed_among_those_left_out
     left = {row.name: row.reason for row in table.left_out}
     assert "weight is computed in the forward pass" in left["2"]
     assert {row.name for row in table.layers} == {"0", "6"}
+
+
+def test_a_checkpoint_whose_state_dict_keys_are_not_names_is_a_model_file_error(tmp_path) -> None:
+    from sparsekit.errors import ModelFileError
+    from sparsekit.modelio import read_model
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"format": "sparsekit/1", "state_dict": {1: torch.zeros(1)}}, path)
+    # Was AttributeError: 'int' object has no attribute 'endswith' (a traceback, exit 1); found by test_properties.
+    with pytest.raises(ModelFileError, match="missing keys"):
+        read_model(path, arch="examples.models:mlp", trust_code=True)
