@@ -205,11 +205,11 @@ def _stdout_for_the_document(as_json: bool) -> Any:
 def _flush_to_stderr(real: Any) -> None:
     """What was written to stdout's buffers while it pointed to stderr (Python's ``real``, C's stdio) goes there
     before stdout points back to the document's descriptor."""
-    from .onnx.quiet import _flush_c_streams
+    from .onnx.quiet import flush_c_streams
 
     with contextlib.suppress(OSError, ValueError):
         real.flush()
-    _flush_c_streams()
+    flush_c_streams()
 
 
 def _print_document(text: str) -> None:

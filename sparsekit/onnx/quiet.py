@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["quiet"]
+__all__ = ["flush_c_streams", "quiet"]
 
 
 @contextlib.contextmanager
@@ -68,14 +68,14 @@ def _os_streams(discard: bool) -> Iterator[None]:
             os.dup2(target, fd)
         yield
     finally:
-        _flush_c_streams()
+        flush_c_streams()
         for fd, old in zip(fds, saved, strict=True):
             os.dup2(old, fd)
             os.close(old)
         os.close(target)
 
 
-def _flush_c_streams() -> None:
+def flush_c_streams() -> None:
     """``fflush(NULL)``: C stdio buffers (which ``std::cout`` writes through) emptied where they point now."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None).fflush(None)
