@@ -26,7 +26,7 @@ from torch import nn
 
 from . import distributed as _distributed
 from . import methods
-from .errors import TargetError, TargetMissedWarning
+from .errors import TargetError, TargetMissedWarning, one_line
 from .layers import layer_kind, prunable_layers, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
@@ -123,7 +123,10 @@ class Pruner:
     anything else). ``steps_per_epoch``: optimizer steps per epoch (``len(train_loader)``), which turns
     the recipe's epochs into steps; TypeError when not an int, ValueError when not positive. ``context``:
     ``{"input_shape": [1, ...]}``, the batch-first shape of one input, needed by methods that trace the model
-    (structured, l1 ``remove_dead``); defaults to the recipe's ``model.input_shape``.
+    (structured, l1 ``remove_dead``); defaults to the recipe's ``model.input_shape``, else it is taken from the first
+    batch the model runs on (``[1, *x.shape[1:]]`` of its first tensor argument): a structured entry's methods are
+    then built when that batch arrives, before its forward runs, and a call that needs them before any batch
+    (``step``, ``finalize``, ...) is a TargetError saying so.
 
     ``scorers``: Python-only replacements of entries' criteria, by index into ``recipe.pruning``
     (recipes themselves name criteria only: file data never names code):
@@ -162,6 +165,7 @@ class Pruner:
         context: dict | None = None,
         scorers: Mapping[int, Callable[..., Any]] | None = None,
     ):
+        self._given = recipe  # as given, for the remedies of errors raised when the first batch arrives
         with remedies_for(recipe, "Pruner"):
             self._init(model, recipe, steps_per_epoch, context=context, scorers=scorers)
 
@@ -218,6 +222,85 @@ class Pruner:
             self.context["input_shape"] = list(recipe.model.input_shape)
         shape = self.context.get("input_shape")
         chosen = _check_scorers(scorers or {}, len(recipe.pruning))
+        self.methods: list[methods.Method] = []
+        self._rates: list[LearningRates] = []
+        self._order: StepOrderCheck | None = None
+        self._structural = self._needs_grad = self._masks_possible = False
+        self._param_names: dict[int, list[str]] = {}
+        self._waiting: Any = None  # the forward pre-hook waiting for the first batch (see _await_first_batch)
+        self._wait_failed: BaseException | None = None
+        self._pending = False  # the methods wait for the first batch's shape
+        if not shape and any(spec.method == "structured" for spec in recipe.pruning):
+            # A loop of one's own runs its batches through the model: the first one tells the input's shape (a
+            # Conv1d's [1, C, L], token ids' [1, T]) where the recipe and context gave none, so the methods are
+            # built when it arrives, before that forward runs (nothing has stepped yet).
+            self._await_first_batch(chosen)
+            return
+        self._build(shape, chosen)
+        if not shape:
+            # l1's remove_dead traces the model at finalize: the first batch's shape then beats its Linear-first guess
+            self._await_first_batch(None)
+
+    def _await_first_batch(self, chosen: dict[int, Callable[..., Any]] | None) -> None:
+        """Take the input shape from the first batch the model runs on: build the methods then (``chosen``: the
+        scorers), or, when they are built already (``chosen`` None), hand it to those that trace the model later."""
+
+        def first_batch(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._waiting.remove()
+            self._waiting = None
+            x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            if chosen is None:
+                if x is not None and x.dim() > 0 and not self.finalized:
+                    self.context["input_shape"] = [1, *(int(d) for d in x.shape[1:])]
+                    for method in self.methods:
+                        if hasattr(method, "input_shape") and not method.input_shape:
+                            method.input_shape = list(self.context["input_shape"])
+                return
+            if x is None or x.dim() == 0:
+                self._wait_failed = TargetError(
+                    "Pruner: structured pruning traces the model and needs its input shape, and the first call of "
+                    "the model passed no batch tensor to read it from; set model.input_shape in the recipe or pass "
+                    "context={'input_shape': [1, ...]} to the Pruner"
+                )
+                raise self._wait_failed
+            # One sample of the batch: the shape every trace, export and check of sparsekit uses (batch first).
+            shape = [1, *(int(d) for d in x.shape[1:])]
+            self.context["input_shape"] = shape
+            try:
+                # The user's forward may run under no_grad or inference_mode (an evaluation first); the trace needs
+                # autograd.
+                with remedies_for(self._given, "Pruner"), torch.inference_mode(False), torch.enable_grad():
+                    self._build(shape, chosen)
+                self._pending = False
+            except BaseException as err:
+                self._wait_failed = err
+                raise
+
+        self._pending = chosen is not None
+        self._waiting = self.model.register_forward_pre_hook(first_batch, with_kwargs=True)
+
+    def _require_built(self, call: str) -> None:
+        """TargetError for a call that needs the methods while they still wait for the first batch."""
+        if self._wait_failed is not None:
+            raise TargetError(
+                f"pruner.{call}(): this Pruner could not be set up on the first batch ({one_line(self._wait_failed)})"
+            )
+        if self._pending:
+            from .modelio import input_shape_example
+
+            # the model's own kind of example: [1, 128] token ids for an embedding first, a conv's channels, ...
+            example = "[" + input_shape_example(self.model).replace(",", ", ") + "]"
+            raise TargetError(
+                f"pruner.{call}(): structured pruning traces the model and needs its input shape, which this Pruner "
+                "takes from the first batch the model runs on, and none has yet; run a batch through the model "
+                f"first (your loop's first forward), or set model.input_shape in the recipe (e.g. {example}) or pass "
+                "context={'input_shape': [1, ...]} to the Pruner"
+            )
+
+    def _build(self, shape: Any, chosen: dict[int, Callable[..., Any]]) -> None:
+        """The recipe's methods, bound to the model now that the input shape (when one is needed) is known."""
+        recipe = self.recipe
+        steps_per_epoch = self.steps_per_epoch
         self.methods = [
             methods.build(
                 spec,
@@ -242,12 +325,10 @@ class Pruner:
         self._masks_possible = any(getattr(m, "makes_masks", True) for m in self.methods) or any(
             get_mask(m) is not None for m in self.model.modules()
         )
-        self._param_names: dict[int, list[str]] = {}
         if self._structural:
             self._remember_params()
         # Proximal steps shrink by lr * lambda, and an l1 target sizes lambda by lr: such methods learn the
         # optimizer's rate (sparsekit.learning_rate).
-        self._rates: list[LearningRates] = []
         for method in self.methods:
             spec = getattr(method, "spec", None)
             if hasattr(method, "learning_rates") and (
@@ -268,7 +349,7 @@ class Pruner:
         # The first steps' order against the optimizer's (sparsekit.step_order), judged on one pruned weight
         # (the first an optimizer is seen to hold)
         trained = [(n, m) for method in self.methods for n, m in method.layers.items() if weight_of(m).requires_grad]
-        self._order: StepOrderCheck | None = StepOrderCheck(trained) if trained else None
+        self._order = StepOrderCheck(trained) if trained else None
 
     def _check_overlap(self) -> None:
         owner: dict[str, int] = {}
@@ -369,6 +450,7 @@ class Pruner:
         tensor on the model's device; a zero tensor when the recipe has none at this step. RuntimeError after
         :meth:`finalize`."""
         self._refuse_finalized("penalty")
+        self._require_built("penalty")
         total: Any = None
         for method in self.methods:
             term = method.penalty()
@@ -423,6 +505,7 @@ class Pruner:
         >>> loss.backward(); pruner.regularize(); optimizer.step(); pruner.step()
         """
         self._refuse_finalized("regularize")
+        self._require_built("regularize")
         total: Any = None
         for method in self.methods:
             # A method may add its penalty's gradient itself (methods.base: add_penalty_grad), in one pass over each
@@ -465,6 +548,7 @@ class Pruner:
         ``optimizer.step()`` or several per optimizer step (a UserWarning, :mod:`sparsekit.step_order`).
         TypeError for an ``lr`` that is not a number; RuntimeError after :meth:`finalize`."""
         self._refuse_finalized("step")
+        self._require_built("step")
         if self._order is not None and not self._order.check():
             self._order = None
         if self.structure_changed and self._rebuilt:
@@ -648,6 +732,7 @@ class Pruner:
         called a second time. Warns :class:`~sparsekit.TargetMissedWarning` for each entry short of its target
         (see :meth:`_warn_missed`)."""
         self._refuse_finalized("finalize")
+        self._require_built("finalize")
         if self._order is not None:
             self._order.close()
             if self._order.checked:  # a run shorter than the check's window: judged on the steps it took
@@ -658,6 +743,9 @@ class Pruner:
         if self._stale_guard is not None:
             self._stale_guard.remove()
         self._stop_rebuild_watch()
+        if self._waiting is not None:  # no batch ran: nothing is left waiting for one
+            self._waiting.remove()
+            self._waiting = None
         apply_masks(self.model)
         if _distributed.active():
             _distributed.check_masks(self._mask_views(), "at finalize")
@@ -766,6 +854,7 @@ class Pruner:
         it with :meth:`load_state_dict`. RuntimeError after :meth:`finalize` (nothing is left to resume: save the
         model it returned)."""
         self._refuse_finalized("state_dict")
+        self._require_built("state_dict")
         return {
             "steps_per_epoch": self.steps_per_epoch,
             "pruning": pruning_key(self.recipe),
@@ -791,6 +880,7 @@ class Pruner:
         masks and schedules would mean something else), or after channels were removed from this Pruner's model;
         RuntimeError after :meth:`finalize`."""
         self._refuse_finalized("load_state_dict")
+        self._require_built("load_state_dict")
         missing = [k for k in ("step", "masks", "methods") if k not in state] if isinstance(state, dict) else None
         if missing is None or missing:
             what = f"a {type(state).__name__}" if missing is None else f"a dict without {', '.join(map(repr, missing))}"
@@ -875,6 +965,7 @@ class Pruner:
 
     def summary(self) -> list[dict[str, Any]]:
         """``[{"method": name, "layers": [layer names]}]``, one row per recipe entry."""
+        self._require_built("summary")
         return [{"method": m.name, "layers": list(m.layers)} for m in self.methods]
 
 

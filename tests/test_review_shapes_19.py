@@ -1,0 +1,110 @@
+"""Mends from the nineteenth review, on input shapes sparsekit must find itself (from the user's batches, from a
+data file's samples) and on the words of refusals that concern several layers at once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit.errors import TargetError
+
+
+class Sig(nn.Module):
+    """A 1-D signal classifier: [n, 1, L] -> Conv1d x2 -> mean over time -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv1d(1, 16, 3, padding=1), nn.Conv1d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean(-1))
+
+
+class Tokens(nn.Module):
+    """Token ids [n, T] -> Embedding -> mean -> MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.l1, self.l2 = nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.relu(self.l1(self.emb(x).mean(1))))
+
+
+STRUCTURED = {"pruning": [{"method": "structured", "ratio": 0.5}]}
+
+
+@pytest.mark.parametrize(
+    ("build", "batch", "kept", "shape"),
+    [
+        (Sig, lambda: torch.randn(6, 1, 20), lambda m: m.c1.out_channels, [1, 1, 20]),
+        (Tokens, lambda: torch.randint(0, 50, (6, 12)), lambda m: m.l1.out_features, [1, 12]),
+    ],
+)
+def test_pruner_takes_the_input_shape_from_the_first_batch(build, batch, kept, shape):
+    torch.manual_seed(0)
+    model = build()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=2)  # was a TargetError asking for input_shape
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = batch()
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            opt = pruner.update_optimizer(opt)
+    final = pruner.finalize()
+    assert pruner.context["input_shape"] == shape
+    assert kept(final) == 8 if build is Sig else kept(final) == 16
+    assert final(x).shape == (6, 4)
+
+
+def test_pruner_before_any_batch_names_what_it_lacks():
+    model = Sig()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=1)
+    with pytest.raises(TargetError, match=r"pruner\.finalize\(\): .*first batch.*model\.input_shape"):
+        pruner.finalize()
+    with torch.no_grad():  # an evaluation first: the shape is taken all the same
+        model(torch.randn(2, 1, 16))
+    assert pruner.summary() == [{"method": "structured", "layers": ["c1", "c2"]}]
+    assert pruner.finalize().c1.out_channels == 8
+
+
+def test_explicit_input_shape_still_comes_first():
+    model = Sig()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=1, context={"input_shape": [1, 1, 32]})
+    assert pruner.summary()  # built at once
+    model(torch.randn(2, 1, 16))
+    assert pruner.context["input_shape"] == [1, 1, 32]
+
+
+class HeadFirst(nn.Module):
+    """The head registered before the layer it follows: a shape guessed from the first Linear ([1, 32]) is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.body = nn.Linear(32, 3), nn.Linear(12, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_l1_remove_dead_traces_with_the_first_batch_shape():
+    import warnings
+
+    model = HeadFirst()
+    entry = {"method": "l1", "strength": 1e-3, "group": "row", "remove_dead": True}
+    pruner = sparsekit.Pruner(model, {"finetune": {"epochs": 1}, "pruning": [entry]}, steps_per_epoch=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 12)).sum().backward()
+        opt.step()
+        pruner.step()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*remove_dead: skipped")  # was skipped: [1, 32] fails
+        pruner.finalize()
+    assert pruner.methods[0].input_shape == [1, 12]
