@@ -162,17 +162,47 @@ def load_data(
         return _load_data(source, batch_size, val_fraction, seed, input_shape, synthetic_samples, num_classes,
                           named_in, trust_code, normalize, token_ids)  # fmt: skip
     except (DataError, TrustError) as err:
-        if named_in is not None and err.raw_message.startswith("data.source"):
-            # A recipe's source: the message names the field, and the file comes first, as for every recipe field.
-            raise type(err)(f"{named_in}: {err.raw_message}") from None
-        if field != "data" or named_in is not None or not isinstance(source, str):
-            raise
-        # The messages below name the recipe's field; this source came from the caller's option instead.
-        name = option("data", source.strip())
-        message = err.raw_message
-        for said in (f"data.source {source.strip()!r}", f"data.source file '{shorten(source.strip(), 200)}'"):
-            message = message.replace(said, name, 1)
-        raise type(err)(message) from None
+        raise _reworded(err, source, named_in, field) from None
+
+
+def _reworded(
+    err: DataError | TrustError, source: Any, named_in: str | os.PathLike[str] | None, field: str
+) -> DataError | TrustError:
+    """``err`` worded for where ``source`` came from (see :func:`load_data`'s ``named_in`` and ``field``)."""
+    if named_in is not None and err.raw_message.startswith("data.source"):
+        # A recipe's source: the message names the field, and the file comes first, as for every recipe field.
+        return type(err)(f"{named_in}: {err.raw_message}")
+    if field != "data" or named_in is not None or not isinstance(source, str):
+        return err
+    # The messages below name the recipe's field; this source came from the caller's option instead.
+    name = option("data", source.strip())
+    message = err.raw_message
+    for said in (f"data.source {source.strip()!r}", f"data.source file '{shorten(source.strip(), 200)}'"):
+        message = message.replace(said, name, 1)
+    return type(err)(message)
+
+
+def npz_sample_shape(
+    source: str, *, named_in: str | os.PathLike[str] | None = None, field: str = "data.source"
+) -> tuple[int, ...] | None:
+    """The shape of one sample of an ``.npz`` source's ``x`` (its shape without the first dimension), read from
+    the array's header without loading it; None for another source. The file is held to :func:`load_data`'s
+    checks first (where a recipe's path may lead, what the file is), raising the same DataError it would."""
+    if not isinstance(source, str) or not source.strip().endswith(".npz"):
+        return None
+    source = source.strip()
+    try:
+        if named_in is not None:
+            check_named_path(source, named_in)
+            check_beside_recipe(source, named_in)
+        path, where = _npz_file(source)
+        shape = _check_npz_sizes(path, where).get("x")
+        if shape is None or len(shape) < 2:
+            x, _ = _load_npz(source)  # raises what is wrong with it (no x, a flat x, a damaged header)
+            shape = x.shape
+    except DataError as err:
+        raise _reworded(err, source, named_in, field) from None
+    return tuple(int(d) for d in shape[1:])
 
 
 def _load_data(
@@ -373,7 +403,8 @@ def _make_synthetic(
 # --- .npz files ---------------------------------------------------------------------------------
 
 
-def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _npz_file(source: str) -> tuple[Path, str]:
+    """The path of an ``.npz`` source, and how messages name it, after checking it is a regular zip file."""
     path = Path(source).expanduser()
     where = f"data.source file '{shorten(source, 200)}'"  # the path comes from a recipe: quoted cut short
     try:
@@ -395,6 +426,11 @@ def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np
         )
     if not is_zip_archive(path):
         raise DataError(f"{where} is not a valid .npz archive; write it with numpy.savez(path, x=..., y=...)")
+    return path, where
+
+
+def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    path, where = _npz_file(source)
     _check_npz_sizes(path, where)
     try:
         # allow_pickle=False: an .npz must never run code when loaded.
@@ -487,13 +523,15 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def _check_npz_sizes(path: Path, where: str) -> None:
+def _check_npz_sizes(path: Path, where: str) -> dict[str, tuple[int, ...]]:
     """Refuse an .npz whose arrays declare more bytes than they hold, or more than the machine's memory, before
     numpy allocates them: a 1 kB file can declare 36 TiB (numpy allocates first, then fails), and 26 MB of
-    compressed zeros 25 GiB. Reads only each member's header. Raises DataError naming the file and the array."""
+    compressed zeros 25 GiB. Reads only each member's header. Raises DataError naming the file and the array;
+    returns the shapes the headers declare, by array name (none when numpy must say what is wrong)."""
     from numpy.lib import format as npy
 
     declared = 0
+    shapes: dict[str, tuple[int, ...]] = {}
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -525,6 +563,7 @@ def _check_npz_sizes(path: Path, where: str) -> None:
                             "cannot check before numpy allocates it; re-save it with numpy.savez(path, x=..., y=...)"
                         )
                     shape, _, dtype = readers[version](stream)
+                shapes[name] = tuple(shape)
                 if dtype.hasobject:
                     continue  # refused as pickled data when it is read (allow_pickle=False)
                 nbytes = math.prod(shape) * dtype.itemsize
@@ -538,7 +577,7 @@ def _check_npz_sizes(path: Path, where: str) -> None:
     except DataError:
         raise
     except _NPZ_DAMAGE:
-        return  # numpy.load says what is wrong with it, below
+        return {}  # numpy.load says what is wrong with it, below
     memory = _memory_bytes()
     if memory is not None and declared > memory // 2:
         raise DataError(
@@ -546,6 +585,7 @@ def _check_npz_sizes(path: Path, where: str) -> None:
             f"{memory / 2**30:,.1f} GiB of memory; use a smaller dataset, or a pkg.module:callable data source "
             "that streams it"
         )
+    return shapes
 
 
 # --- user callables -----------------------------------------------------------------------------

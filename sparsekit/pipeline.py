@@ -9,6 +9,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -109,7 +110,17 @@ def resolve_model(
         )
     shape = spec.input_shape or loaded.input_shape or infer_input_shape(loaded.model)
     source = str(data or recipe.data.source)
-    from_data = None if shape else _shape_from_source(loaded.model, source)
+    from_data = (
+        None
+        if shape
+        else _shape_from_source(
+            loaded.model,
+            source,
+            # as load_data is told below: a recipe's own path is held to where a recipe's paths may lead
+            named_in=None if data or recipe.overridden("data.source") else (recipe.source or "the recipe"),
+            option_name="data" if data else "data.source",
+        )
+    )
     shape = shape or from_data
     if not shape:
         # The built-in image sources' samples (sparsekit.data), as a first layer that convolves them takes them;
@@ -151,13 +162,30 @@ _SOURCE_SHAPES = {
 }
 
 
-def _shape_from_source(model: nn.Module, source: str) -> list[int] | None:
-    """For a model whose first layer does not tell its input shape (a convolution), the shape of a built-in
-    source's samples it runs on (``digits``: ``[1, 1, 8, 8]`` for a Conv2d, ``[1, 1, 64]`` for a Conv1d); None
-    for another source, or when it runs on none of them (the caller's error then asks for model.input_shape)."""
+def _npz_shapes(sample: tuple[int, ...]) -> list[list[int]]:
+    """The input shapes an ``.npz``'s samples may be taken in (sparsekit.data reshapes them): as saved, and flat
+    samples as one channel of a 1-D signal or one square image."""
+    shapes = [[1, *sample]]
+    if len(sample) == 1:
+        side = math.isqrt(sample[0])
+        shapes += [[1, 1, sample[0]]] + ([[1, 1, side, side]] if side * side == sample[0] else [])
+    return shapes
+
+
+def _shape_from_source(
+    model: nn.Module, source: str, *, named_in: str | None = None, option_name: str = "data.source"
+) -> list[int] | None:
+    """For a model whose first layer does not tell its input shape (a convolution), the shape of the source's
+    samples it runs on (``digits``: ``[1, 1, 8, 8]`` for a Conv2d, ``[1, 1, 64]`` for a Conv1d; an ``.npz``'s
+    ``x`` of shape ``(n, 64)``: ``[1, 64]``, else ``[1, 1, 64]``, else ``[1, 1, 8, 8]``); None for another source,
+    or when it runs on none of them (the caller's error then asks for model.input_shape). An ``.npz`` named by a
+    recipe is held to load_data's checks on where it lies before its header is read (``named_in``; ``option_name``:
+    load_data's ``field``)."""
+    from .data import npz_sample_shape
     from .inspection import SeveralInputsError, check_input_shape
 
-    for shape in _SOURCE_SHAPES.get(source, ()):
+    sample = npz_sample_shape(source, named_in=named_in, field=option_name)
+    for shape in _SOURCE_SHAPES.get(source, ()) if sample is None else _npz_shapes(sample):
         try:
             check_input_shape(model, shape)
         except SeveralInputsError:

@@ -145,7 +145,8 @@ class ModelSpec(_Strict):
         "of length 32), [1, 1, 28, 28] (images), [1, 128] (128 token ids for an nn.Embedding: fed as int64); data "
         "samples have shape input_shape[1:]; null: from the sparsekit checkpoint, else inferred from the first "
         "layer, else (a convolution first) the samples' shape of a built-in source (digits: [1, 1, 8, 8], or "
-        "[1, 1, 64] for a Conv1d) when the model runs on it",
+        "[1, 1, 64] for a Conv1d) or of an .npz's x (as saved; flat samples as one channel or one square image) "
+        "when the model runs on it",
     )
     output: int | str | None = Field(
         None,

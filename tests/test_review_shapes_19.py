@@ -3,6 +3,7 @@ data file's samples) and on the words of refusals that concern several layers at
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -108,3 +109,62 @@ def test_l1_remove_dead_traces_with_the_first_batch_shape():
         warnings.filterwarnings("error", message=".*remove_dead: skipped")  # was skipped: [1, 32] fails
         pruner.finalize()
     assert pruner.methods[0].input_shape == [1, 12]
+
+
+NETS = """from torch import nn
+
+
+def c1():
+    return nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def c2():
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+"""
+
+
+@pytest.mark.parametrize(
+    ("arch", "x", "shape"),
+    [
+        ("c1", np.zeros((12, 64), "f4"), [1, 1, 64]),  # flat samples: one channel of a signal
+        ("c2", np.zeros((12, 1, 8, 8), "f4"), [1, 1, 8, 8]),  # as saved
+        ("c2", np.zeros((12, 64), "f4"), [1, 1, 8, 8]),  # flat samples: a square image
+    ],
+)
+def test_a_conv_model_takes_its_input_shape_from_an_npz_samples(tmp_path, monkeypatch, arch, x, shape):
+    from sparsekit.pipeline import resolve_model
+
+    (tmp_path / "nets_shapes19.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "sig.npz", x=x, y=np.zeros(12, "i8"))
+    torch.save(getattr(__import__("nets_shapes19"), arch)().state_dict(), tmp_path / "m.pt")
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\ndata: {source: sig.npz}\npruning: [{method: magnitude, sparsity: 0.5}]\n"
+    )
+    recipe = sparsekit.load_recipe(tmp_path / "r.yaml")
+    loaded = resolve_model("m.pt", recipe, f"nets_shapes19:{arch}", trust=False)  # was "cannot tell" (exit 2)
+    assert loaded.input_shape == shape
+    assert "sig.npz" in loaded.shape_origin
+
+
+def test_an_npz_shape_is_read_only_where_a_recipe_may_lead(tmp_path, monkeypatch):
+    from sparsekit.errors import DataError
+    from sparsekit.pipeline import resolve_model
+
+    (tmp_path / "nets_shapes19.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    np.savez(tmp_path / "outside.npz", x=np.zeros((12, 64), "f4"), y=np.zeros(12, "i8"))
+    torch.save(__import__("nets_shapes19").c1().state_dict(), "m.pt")
+    (tmp_path / "run" / "r.yaml").write_text(
+        f"version: 1\ndata: {{source: {tmp_path / 'outside.npz'}}}\npruning: [{{method: magnitude, sparsity: 0.5}}]\n"
+    )
+    recipe = sparsekit.load_recipe("r.yaml")
+    with pytest.raises(DataError, match=r"^r\.yaml: data\.source names the file .*outside the recipe's folder"):
+        resolve_model("m.pt", recipe, "nets_shapes19:c1", trust=False)
+    # named by the caller (the data option): read
+    assert resolve_model(
+        "m.pt", recipe, "nets_shapes19:c1", trust=False, data=str(tmp_path / "outside.npz")
+    ).input_shape == [1, 1, 64]
