@@ -168,3 +168,27 @@ def test_an_npz_shape_is_read_only_where_a_recipe_may_lead(tmp_path, monkeypatch
     assert resolve_model(
         "m.pt", recipe, "nets_shapes19:c1", trust=False, data=str(tmp_path / "outside.npz")
     ).input_shape == [1, 1, 64]
+
+
+def test_structured_names_each_blocked_layer_with_its_own_reason():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Conv2d(4, 8, 3, padding=1, groups=4),  # depthwise, multiplier 2: '0' cannot lose channels
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),  # weight_norm: '1', whose outputs reach it, cannot lose channels
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    parametrizations.weight_norm(model[3])
+    recipe = {"model": {"input_shape": [1, 1, 8, 8]}, "pruning": [{"method": "structured", "ratio": 0.5}]}
+    with pytest.raises(TargetError) as err:
+        sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    message = str(err.value)
+    # was "of '1' (and of '0'): they reach '3', whose weight is computed ...", nothing about the depthwise layer
+    assert "of '1': they reach '3', whose weight is computed" in message
+    assert "of '0': they feed '1', a depthwise convolution" in message
+    assert "add '1', '0' to pruning[0].ignore" in message

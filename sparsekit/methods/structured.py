@@ -297,12 +297,13 @@ class Structured:
                         f"{root_name!r} to ignore"
                     )
         if problems:
-            first, problem = next(iter(problems.items()))
-            also = f" (and of {', '.join(repr(n) for n in list(problems)[1:])})" if len(problems) > 1 else ""
-            raise TargetError(
-                f"{self.where}: cannot remove output channels of {first!r}{also}: {problem}; "
-                f"{self.ignore_hint(list(problems))}"
-            )
+            # Each layer with its own reason: one reason for all sent a layer blocked by another cause (a depthwise
+            # multiplier) looking for the parametrization the first one's group reaches.
+            by_reason: dict[str, list[str]] = {}
+            for blocked, problem in problems.items():
+                by_reason.setdefault(problem, []).append(blocked)
+            said = "; ".join(f"of {', '.join(repr(n) for n in roots)}: {why}" for why, roots in by_reason.items())
+            raise TargetError(f"{self.where}: cannot remove output channels {said}; {self.ignore_hint(list(problems))}")
         if no_bn:
             raise TargetError(
                 f"{self.where}.importance: {self._importance_name()!r} ranks channels by BatchNorm scales, but "
