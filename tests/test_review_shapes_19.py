@@ -192,3 +192,22 @@ def test_structured_names_each_blocked_layer_with_its_own_reason():
     assert "of '1': they reach '3', whose weight is computed" in message
     assert "of '0': they feed '1', a depthwise convolution" in message
     assert "add '1', '0' to pruning[0].ignore" in message
+
+
+def test_max_norm_says_at_construction_which_layers_it_cannot_bound():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    parametrizations.weight_norm(model[0])
+    recipe = {"pruning": [{"method": "max_norm", "max_value": 0.5}]}
+    with pytest.warns(
+        UserWarning, match=r"pruning\[0\] \(max_norm\): '0' is left out, its units' norms unbounded"
+    ) as rec:
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)  # was silent: only validate listed it
+    assert pruner.summary()[0]["layers"] == ["2"]
+    said = next(str(w.message) for w in rec if "max_norm" in str(w.message))
+    assert "original0.data.clamp_(-0.5, 0.5)" in said
+    # the remedy it gives bounds the layer's units
+    with torch.no_grad():
+        model[0].parametrizations.weight.original0.mul_(10).clamp_(-0.5, 0.5)
+    assert float(model[0].weight.norm(dim=1).max()) <= 0.5 + 1e-6

@@ -15,12 +15,14 @@ keeps (a masking method's pruned weights, which the optimizer step may have move
 
 from __future__ import annotations
 
+import warnings
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import output_dim, select_layers, tied_aliases, unit_broadcast, unit_view
+from ..layers import computed_weight, layer_kind, output_dim, select_layers, tied_aliases, unit_broadcast, unit_view
 from ..masks import apply_mask, get_mask, weight_of
 from ..stats import asked_vs_achieved
 from .base import UNCHANGED, Changes, Setup
@@ -32,6 +34,49 @@ def _unit_norms(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
     would overflow) and in float64 for float64 weights."""
     dtype = torch.promote_types(weight.dtype, torch.float32)
     return torch.linalg.vector_norm(unit_view(weight.detach(), module), dim=1, dtype=dtype)
+
+
+def _bound_remedy(module: nn.Module, bound: float) -> str:
+    """How to bound the unit norms of a layer whose weight is computed, or give it its parameter back."""
+    from torch.nn.utils import parametrize
+
+    how = computed_weight(module)
+    assert how is not None
+    remove = f"or remove it ({how[1]}) before building the Pruner"
+    # Under weight_norm (dim 0) a unit's weight is g_u * v_u / ||v_u||: its norm is |g_u|, which can be bounded as is.
+    if how[0] == "torch.nn.utils.weight_norm" and getattr(module, "_forward_pre_hooks", None):
+        hook = next((h for h in module._forward_pre_hooks.values() if getattr(h, "name", None) == "weight"), None)
+        if getattr(hook, "dim", None) == 0:
+            return (
+                "its units' norms are |weight_g|: bound them after each optimizer step with "
+                f"layer.weight_g.data.clamp_({-bound:g}, {bound:g}), {remove}"
+            )
+    if parametrize.is_parametrized(module, "weight"):
+        plist: Any = module.parametrizations.weight  # type: ignore[union-attr]
+        if len(plist) == 1 and type(plist[0]).__name__ == "_WeightNorm" and getattr(plist[0], "dim", None) == 0:
+            return (
+                "its units' norms are |g| (layer.parametrizations.weight.original0): bound them after each optimizer "
+                f"step with layer.parametrizations.weight.original0.data.clamp_({-bound:g}, {bound:g}), {remove}"
+            )
+    return remove[3:]
+
+
+def _warn_computed(model: nn.Module, spec: Any, chosen: dict[str, nn.Module], where: str, bound: float) -> None:
+    """Warn of the layers the selection would take but for a weight computed in the forward pass (weight_norm,
+    spectral_norm): their norms go unbounded, which only ``validate`` listed (left_out) before."""
+    sel = spec.layers
+    for name, module in model.named_modules():
+        if name in chosen or layer_kind(module) not in sel.types or computed_weight(module) is None:
+            continue
+        if not any(fnmatchcase(name, p) for p in sel.include) or any(fnmatchcase(name, p) for p in sel.exclude):
+            continue
+        how = computed_weight(module)
+        assert how is not None
+        warnings.warn(
+            f"{where} (max_norm): {name!r} is left out, its units' norms unbounded: its weight is computed in the "
+            f"forward pass ({how[0]}); {_bound_remedy(module, bound)}",
+            stacklevel=5,
+        )
 
 
 class MaxNorm:
@@ -51,6 +96,7 @@ class MaxNorm:
         self.where = setup.where
         self.max_value = float(spec.max_value)
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        _warn_computed(model, spec, self.layers, self.where, self.max_value)
         self.touched: list[str] = []
         # One entry per weight tensor: layers sharing one (tied, dec.weight = enc.weight) were each rescaled by the
         # norms taken before either, so the shared weight shrank twice, far below the bound.
