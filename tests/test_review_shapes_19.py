@@ -211,3 +211,17 @@ def test_max_norm_says_at_construction_which_layers_it_cannot_bound():
     with torch.no_grad():
         model[0].parametrizations.weight.original0.mul_(10).clamp_(-0.5, 0.5)
     assert float(model[0].weight.norm(dim=1).max()) <= 0.5 + 1e-6
+
+
+def test_the_computed_export_fallback_reads_as_one_sentence(tmp_path):
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    parametrizations.orthogonal(model[0])  # matrix_exp: exported with the tensor computed once
+    fallback = sparsekit.export_onnx(model, tmp_path / "m.onnx", [1, 8], exporter="dynamo")["fallback"]
+    # was "...computed once (the model as it is did not export) (No ONNX function found ...)"
+    assert ") (" not in fallback
+    assert fallback.startswith(
+        "exported with the parametrized tensors of '0' computed once, as the model as it is did "
+    )
+    assert "matrix_exp" in fallback.split("did not export: ", 1)[1]

@@ -139,7 +139,10 @@ def export_onnx(
                         written, used, fallback = _attempts(job, exporter, final)
                     except ExportError:
                         raise err from None
-                fallback = f"{computed} ({_reason(err)})"
+                # The exporter's reason, which may end in its own parenthesis, follows a colon: "(... did not
+                # export) (No ONNX function ...)" read as two asides. A fallback of the retry (auto's choice of
+                # dynamo) is kept after it.
+                fallback = f"{computed}: {_reason(err).rstrip('. ')}" + (f"; then {fallback}" if fallback else "")
             start = time.perf_counter()
             zeros = written.zeros if written.zeros is not None else check_zeros(model, written.path, x)
             job.clock("checks", start)
@@ -303,7 +306,7 @@ def _parametrizations_computed(model: nn.Module) -> Iterator[str | None]:
             for tensor in module.parametrizations:
                 getattr(module, tensor)  # computed now, into the cache the exporters then read
         shown = ", ".join(repr(n) for n, _ in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-        yield f"exported with the parametrized tensors of {shown} computed once (the model as it is did not export)"
+        yield f"exported with the parametrized tensors of {shown} computed once, as the model as it is did not export"
 
 
 def _auto(job: _Job) -> tuple[_Written | None, str, str | None]:
