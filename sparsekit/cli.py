@@ -748,8 +748,19 @@ class _UsageError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
-        if "--json" in _ARGS:
+        if _json_asked(_ARGS):
             _json_error(self.format_message(), self.exit_code)
+
+
+def _json_asked(args: list[str]) -> bool:
+    """Whether the command line asked for JSON: ``--json``, or ``--json=VALUE`` (itself the usage error, a flag
+    taking no value: the script that wrote it still reads one JSON document). Words after ``--`` are arguments."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json" or arg.startswith("--json="):
+            return True
+    return False
 
 
 _ARGS: list[str] = []  # the command line's arguments, as the group got them (a usage error's --json)
