@@ -410,7 +410,7 @@ def apply_overrides(
             where = short(".".join(parts[: depth + 1]), 120)
             if isinstance(node, list):
                 if not _INDEX.fullmatch(part) or int(part) >= len(node):
-                    raise blocked(parts, depth, shown, f"{where!r} is not an index of a list of {len(node)}")
+                    raise blocked(parts, depth, shown, _not_an_index(parts, depth, len(node)))
                 if last:
                     node[int(part)] = value
                 else:
@@ -442,6 +442,22 @@ def apply_overrides(
                 raise blocked(parts, depth, shown, f"{short('.'.join(parts[:depth]), 120)!r} is a value, not a mapping")
         overridden.add(tuple(parts))
     return data
+
+
+def _not_an_index(parts: list[str], depth: int, size: int) -> str:
+    """Why ``parts[depth]`` names no item of the list of ``size`` at ``parts[:depth]``, and the way out: an override
+    sets an item the recipe has; it cannot add one (``pruning.1`` of a one-entry list), the whole list can be given."""
+    where = short(".".join(parts[: depth + 1]), 120)
+    listed = short(".".join(parts[:depth]), 120)
+    last = f" to {listed}.{size - 1}" if size > 1 else ""
+    have = f"its items are {listed}.0{last}" if size else "it is empty"
+    if not _INDEX.fullmatch(parts[depth]):
+        return f"{where!r} is not an index of a list of {size} ({have})"
+    return (
+        f"{where!r} is not an index of a list of {size} ({have}): an override sets an item the recipe has and cannot "
+        f"add one; write the new item in the recipe, or give the whole list with it as YAML, e.g. "
+        f"{option('set', listed + '=[{...}, {...}]')}"
+    )
 
 
 def _model_file_kind(head: bytes) -> str | None:

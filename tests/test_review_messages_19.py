@@ -26,3 +26,31 @@ def test_json_given_a_value_still_prints_the_json_error_document(args: list[str]
 def test_json_after_double_dash_is_an_argument_not_the_flag() -> None:
     result = CliRunner().invoke(main, ["recipes", "--bogus", "--", "--json"])
     assert result.exit_code == 2 and result.stdout == ""
+
+
+RECIPE_ONE = "version: 1\npruning:\n  - method: magnitude\n    sparsity: 0.5\n"
+
+
+def test_set_past_the_end_of_a_list_says_how_to_add_an_item(tmp_path) -> None:
+    # `--set pruning.1={...}` on a one-entry list said "'pruning.1' is not an index of a list of 1" and no more:
+    # nothing said that overrides cannot add an item, nor what can.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE_ONE)
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.1={method: l1, strength: 0.001}"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert "'pruning.1' is not an index of a list of 1" in line and "pruning.0" in line
+    assert "write the new item in the recipe" in line and "--set 'pruning=[" in line
+    # ... and the way it names works: the whole list, the new item in it.
+    given = "pruning=[{method: magnitude, sparsity: 0.5}, {method: l1, strength: 0.001}]"
+    assert CliRunner().invoke(main, ["validate", str(recipe), "--set", given]).exit_code == 0
+
+
+def test_python_overrides_past_the_end_say_it_in_the_api_spelling(tmp_path) -> None:
+    from sparsekit import RecipeError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE_ONE)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, overrides=["pruning.3.sparsity=0.2"])
+    assert "overrides=['pruning=[" in str(err.value) and "--set" not in str(err.value)
