@@ -1225,8 +1225,28 @@ class BenchmarkSpec(_Strict):
     )
 
 
+class _InvalidRecipe(RecipeError, ValueError):
+    """``Recipe(...)``'s error: a RecipeError that code written against the pydantic error it was (a ValueError)
+    still catches."""
+
+
 class Recipe(_Strict):
-    """A whole recipe. ``Recipe(**mapping)`` validates; prefer :func:`load_recipe` for files."""
+    """A whole recipe. ``Recipe(**mapping)`` validates (a :class:`~sparsekit.errors.RecipeError` naming the field);
+    prefer :func:`load_recipe` for files."""
+
+    def __init__(self, /, **data: Any) -> None:
+        # The constructor is Python API too: its error is a RecipeError (every library error is a SparsekitError),
+        # worded as load_recipe words a dict's, not pydantic's dump ("finetune.epoch  Extra inputs are not
+        # permitted [type=extra_forbidden, ...]") without the key meant.
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise _InvalidRecipe(format_validation_error(err, "Recipe(...)")) from None
+
+    # Validation itself (model_validate, with its context) must not run through this __init__: pydantic calls a
+    # custom __init__ from the validator, without the context, and would wrap its RecipeError as a ValueError.
+    # The mark is the one pydantic's own BaseModel.__init__ and RootModel.__init__ carry.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     version: Annotated[Literal[1], BeforeValidator(_number)] = Field(
         1, description="recipe format version; 1 is the only one"

@@ -54,3 +54,19 @@ def test_python_overrides_past_the_end_say_it_in_the_api_spelling(tmp_path) -> N
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe, overrides=["pruning.3.sparsity=0.2"])
     assert "overrides=['pruning=[" in str(err.value) and "--set" not in str(err.value)
+
+
+def test_the_recipe_constructor_raises_a_recipe_error_naming_the_field_and_the_key_meant() -> None:
+    # Recipe(version=1, finetune={'epoch': 3}) raised pydantic's ValidationError dump ("Extra inputs are not
+    # permitted [type=extra_forbidden, ...]") while load_recipe(dict) and Pruner(model, dict) raise RecipeError.
+    from sparsekit import Recipe, RecipeError, load_recipe
+
+    with pytest.raises(RecipeError) as err:
+        Recipe(version=1, finetune={"epoch": 3})
+    assert "finetune.epoch" in str(err.value) and "did you mean 'epochs'" in str(err.value)
+    assert "extra_forbidden" not in str(err.value) and "\x00" not in str(err.value)
+    assert isinstance(err.value, ValueError)  # what pydantic's error was: old `except ValueError` still catches it
+    with pytest.raises(RecipeError) as loaded:
+        load_recipe({"version": 1, "finetune": {"epoch": 3}})
+    assert str(loaded.value).replace("recipe (a dict)", "Recipe(...)") == str(err.value)  # the same words
+    assert Recipe(finetune={"epochs": 3}).finetune.epochs == 3

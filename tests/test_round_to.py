@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 import sparsekit
 from examples.models import resnet_small, small_cnn
+from sparsekit.errors import RecipeError
 from sparsekit.tp_adapter import aligned_keep
 
 IMG = [1, 1, 8, 8]
@@ -74,7 +74,7 @@ def test_schema_default_is_16_and_values_are_checked():
     assert recipe(round_to=None).pruning[0].round_to is None
     assert recipe(round_to=8).pruning[0].round_to == 8
     for bad in (0, -8, 2.5, "eight"):
-        with pytest.raises(ValidationError, match="round_to"):
+        with pytest.raises(RecipeError, match="round_to"):
             recipe(round_to=bad)
 
 
