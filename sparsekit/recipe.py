@@ -1353,6 +1353,29 @@ class Recipe(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _one_mask_per_layer(self) -> Recipe:
+        # Two masking entries (magnitude, gradient) on one layer are refused by the Pruner ("both mask the weights
+        # of ..."), but only once a model is given: a recipe validated alone passed, and prune then failed after
+        # loading the model and data. Entries that select the same layers (the default selection, every layer, on
+        # both; or the same include, exclude and types) share every layer they select on any model: say it now.
+        seen: dict[tuple[frozenset[str], ...], int] = {}
+        for i, m in enumerate(self.pruning):
+            if not isinstance(m, _Ranked):
+                continue
+            chosen = (frozenset(m.layers.include), frozenset(m.layers.exclude), frozenset(m.layers.types))
+            if chosen in seen:
+                j = seen[chosen]
+                first = self.pruning[j]
+                what = "every layer (no layers: on either)" if m.layers == LayerSelect() else "the same layers"
+                raise ValueError(
+                    f"pruning[{j}] ({first.method}) and pruning[{i}] ({m.method}) both select {what}, so both would "
+                    "mask the weights of each (one mask per layer): give each entry its own layers (layers.include, "
+                    "layers.exclude), or make them one entry"
+                )
+            seen[chosen] = i
+        return self
+
 
 RECIPE_DOCS = "docs/recipe.md"
 """The recipe reference, generated from this schema by ``python -m sparsekit.recipe_docs``; every recipe

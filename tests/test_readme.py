@@ -105,6 +105,13 @@ def test_the_set_advice_for_a_shorter_run_is_right(tmp_path):
 def test_every_yaml_block_is_a_valid_recipe(tmp_path, index):
     text = _blocks("yaml")[index]
     assert isinstance(yaml.safe_load(text), dict)
+    if "(one entry of each kind and form, each valid alone" in text:  # the reference: a catalogue of entries
+        from sparsekit.recipe import load_recipe
+
+        data = yaml.safe_load(text)
+        for entry in data["pruning"]:
+            load_recipe({**data, "pruning": [entry]})
+        text = yaml.safe_dump({**data, "pruning": []})
     (tmp_path / "r.yaml").write_text(text)
     result = _run(["sparsekit", "validate", str(tmp_path / "r.yaml")], tmp_path)
     assert result.returncode == 0, result.stderr

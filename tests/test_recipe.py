@@ -107,8 +107,9 @@ finetune:
   optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0.0}
   lr_schedule: {name: step, step_size: 1, gamma: 0.5}
 pruning:
-  - {method: magnitude, sparsity: 0.8, schedule: {start_epoch: 0, end_epoch: 3, every: 1, init_sparsity: 0.0}}
-  - {method: gradient, sparsity: 0.5, calibration_batches: 2, schedule: {start_epoch: 0, end_epoch: 2}}
+  - {method: magnitude, sparsity: 0.8, schedule: {start_epoch: 0, end_epoch: 3, every: 1, init_sparsity: 0.0},
+     layers: {exclude: [fc1]}}
+  - {method: gradient, sparsity: 0.5, calibration_batches: 2, schedule: {start_epoch: 0, end_epoch: 2}, layers: [fc1]}
   - {method: l1, strength: 1.0e-4, threshold: 1.0e-3, schedule: {start_epoch: 0, end_epoch: 4}}
   - {method: max_norm, max_value: 3.0}
   - {method: structured, ratio: 0.5, steps: 2, min_channels: 1, calibration_batches: 2,

@@ -70,3 +70,38 @@ def test_the_recipe_constructor_raises_a_recipe_error_naming_the_field_and_the_k
         load_recipe({"version": 1, "finetune": {"epoch": 3}})
     assert str(loaded.value).replace("recipe (a dict)", "Recipe(...)") == str(err.value)  # the same words
     assert Recipe(finetune={"epochs": 3}).finetune.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("second", "words"),
+    [
+        ({"method": "gradient", "sparsity": 0.5}, "every layer"),  # both with no layers: every layer, in both
+        ({"method": "magnitude", "sparsity": 0.3}, "every layer"),
+        ({"method": "gradient", "sparsity": 0.5, "layers": {"include": ["*"]}}, "every layer"),
+    ],
+)
+def test_validate_alone_refuses_two_masking_entries_selecting_every_layer(tmp_path, second, words) -> None:
+    # `sparsekit validate RECIPE` passed these; prune refused them only once a model was loaded ("both mask the
+    # weights of ..."), though no model can make them select different layers.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE_ONE + f"  - {json.dumps(second)}\n")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: {recipe}: pruning[0] (magnitude) and pruning[1] ({second['method']})")
+    assert words in line and "layers.include" in line
+
+
+def test_identical_selections_are_refused_and_different_ones_still_pass(tmp_path) -> None:
+    from sparsekit import RecipeError, load_recipe
+
+    same = {"include": ["fc2", "fc1"], "types": ["Linear"]}
+    entries = [
+        {"method": "magnitude", "sparsity": 0.5, "layers": {"include": ["fc1", "fc2"], "types": ["Linear"]}},
+        {"method": "l1", "strength": 1e-4},  # not masking: may share layers with anything
+        {"method": "gradient", "sparsity": 0.5, "layers": same},
+    ]
+    with pytest.raises(RecipeError, match=r"pruning\[0\] \(magnitude\) and pruning\[2\] \(gradient\) both select"):
+        load_recipe({"version": 1, "pruning": entries})
+    entries[2]["layers"] = ["fc3"]
+    assert len(load_recipe({"version": 1, "pruning": entries}).pruning) == 3
