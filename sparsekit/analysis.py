@@ -396,9 +396,10 @@ def _with_pruning(recipe: Recipe, pruning: list[dict[str, Any]]) -> Recipe:
     return recipe.keep_origin(new)
 
 
-def allocation_summary(allocation: dict[str, Any]) -> str:
+def allocation_summary(allocation: dict[str, Any], warning: bool = True) -> str:
     """One line per allocated entry: its target and the predicted loss increase against a uniform choice; then
-    a ``Warning:`` line when the analysis behind it ran on a model at chance accuracy."""
+    a ``Warning:`` line when the analysis behind it ran on a model at chance accuracy (``warning=False``: not; the
+    CLI prints it on stderr)."""
     lines = []
     for index, entry in allocation["entries"].items():
         predicted, uniform = entry.get("predicted_loss_increase"), entry.get("uniform_loss_increase")
@@ -420,7 +421,7 @@ def allocation_summary(allocation: dict[str, Any]) -> str:
         if entry.get("note"):
             line += f"; {entry['note']}"
         lines.append(line)
-    if isinstance(allocation.get("warning"), str):
+    if warning and isinstance(allocation.get("warning"), str):
         lines.append(f"Warning: {allocation['warning']}")
     return "\n".join(lines)
 

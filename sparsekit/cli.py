@@ -946,14 +946,12 @@ def prune(
         if strict:
             _strict_on_other_rank(out)
         return
-    _emit(report.to_json(), as_json, render_summary(report, out))
+    _emit(report.to_json(), as_json, render_summary(report, out, warnings=False))
     missed = report.summary.warnings if report.summary else []
     if missed:
         if strict:
             raise _missed_targets(missed, out)
-        if as_json:  # the summary with its WARNING lines went nowhere: say it where logs go
-            for line in missed:
-                click.echo(f"Warning: {printable(line)}", err=True)
+        _warn_on_stderr(missed)  # as every command says its warnings (report.md and report.json list them too)
 
 
 def _strict_on_other_rank(out: Path) -> None:
@@ -1556,8 +1554,7 @@ def inspect(
         model, arch=arch, kwargs=kwargs, input_shape=shape, trust=trust_model_file, trust_code=trust_code
     )
     _emit(res, as_json, _inspect_text(model, res))
-    if as_json:  # its WARNING line went nowhere: say it where logs go
-        _warn_on_stderr(_inspect_warnings(res))
+    _warn_on_stderr(_inspect_warnings(res))  # (--json: the document has non_finite)
 
 
 def _guessed_fix(value: str) -> str:
@@ -1631,8 +1628,7 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     if res.get("input_shape_note"):
         lines.append(f"note: {res['input_shape_note']} (--input-shape)")
     lines.extend(f"note: {text}" for text in res.get("notes") or [])
-    lines.extend(f"WARNING: {w}" for w in _inspect_warnings(res))
-    return "\n".join(lines)
+    return "\n".join(lines)  # its warnings go to stderr (_warn_on_stderr), as every command's do
 
 
 def _inspect_warnings(res: dict[str, Any]) -> list[str]:
@@ -1743,16 +1739,15 @@ def validate(
         rec, _, allocation = allocate_for_run(inputs, rec, [], progress=not as_json)
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
         res.update(recipe=str(path), auto_allocation=allocation)
-        auto_lines = [allocation_summary(allocation)] if allocation else []
+        auto_lines = [allocation_summary(allocation, warning=False)] if allocation else []
     res["warnings"] = _rehearsal_warnings(res) + _predicted_ratio_misses(res, asked)
     from .recipe import unread_finetune_keys
 
     res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
     lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
-    _emit(res, as_json, "\n".join(lines + [f"WARNING: {w}" for w in res["warnings"]]))
-    if as_json:  # the lines above went nowhere: say it where logs go (the allocation's Warning line too)
-        chance = (res.get("auto_allocation") or {}).get("warning")
-        _warn_on_stderr([*res["warnings"], *([chance] if isinstance(chance, str) else [])])
+    _emit(res, as_json, "\n".join(lines))
+    chance = (res.get("auto_allocation") or {}).get("warning")  # the allocation's, left out of its lines above
+    _warn_on_stderr([*res["warnings"], *([chance] if isinstance(chance, str) else [])])
 
 
 def _rehearsal_warnings(res: dict[str, Any]) -> list[str]:
@@ -2020,17 +2015,14 @@ def sensitivity(
     for row in table.left_out:
         lines.append(f"  left out  {row.name} ({row.type}): {row.reason}")
     if res["allocation"]:
-        lines.append(allocation_summary(res["allocation"]))  # (its last line is that warning)
-    elif untrained:
-        lines.append(f"Warning: {untrained}")
+        lines.append(allocation_summary(res["allocation"], warning=False))  # (its warning: untrained's, below)
     _emit(doc, as_json, "\n".join(lines))
-    if as_json:  # the Warning line above went nowhere: say it where logs go, as prune and validate do
-        _warn_on_stderr(doc["warnings"])
+    _warn_on_stderr(doc["warnings"])
 
 
 def _warn_on_stderr(said: list[str]) -> None:
-    """With ``--json``, the warnings of the text output (in the document) said on stderr too: a script's log shows
-    them, as it shows the progress."""
+    """A command's warnings, one ``Warning:`` line each on stderr, with or without ``--json`` (README: warnings go to
+    stderr; stdout holds the result): the one convention of every command, export's included."""
     for line in said:
         click.echo(f"Warning: {printable(line)}", err=True)
 

@@ -1769,11 +1769,12 @@ def _layer_line(r: LayerOutcome, width: int, types: dict[str, str]) -> str:
     return f"{r.name:<{width}}  asked {asked:>5}  achieved {r.achieved:.3f}{kept}{why}"
 
 
-def render_summary(report: Report, out: str | Path) -> str:
+def render_summary(report: Report, out: str | Path, warnings: bool = True) -> str:
     """The lines ``sparsekit prune`` prints when it finishes (``out``: the output folder): the recipe, asked
     vs achieved per entry and per layer, then dense -> pruned accuracy, MACs, sizes and latency, each
     with its verdict, then what is not in there (:func:`notes`). The up-front expectation
-    (:func:`what_it_buys`) is not repeated: the run said it when it started."""
+    (:func:`what_it_buys`) is not repeated: the run said it when it started. ``warnings=False`` leaves out the
+    ``WARNING`` rows (summary.warnings), which the CLI prints on stderr as every command prints its warnings."""
     s = summarize(report)
     d, p = report.dense, report.pruned
     files = ["model.pt", "model.onnx", "dense.onnx", *(["model.int8.onnx"] if report.int8 else [])]
@@ -1840,7 +1841,7 @@ def render_summary(report: Report, out: str | Path) -> str:
         f"zeros kept in ONNX: {report.zeros_preserved}"
     )
     lines += [f"  note      {n}" for n in report.notes]
-    lines += [f"  WARNING   {w}" for w in s.warnings]
+    lines += [f"  WARNING   {w}" for w in s.warnings] if warnings else []
     return "\n".join(lines)
 
 

@@ -105,3 +105,49 @@ def test_identical_selections_are_refused_and_different_ones_still_pass(tmp_path
         load_recipe({"version": 1, "pruning": entries})
     entries[2]["layers"] = ["fc3"]
     assert len(load_recipe({"version": 1, "pruning": entries}).pruning) == 3
+
+
+def test_every_command_prints_its_warnings_as_warning_lines_on_stderr(tmp_path) -> None:
+    # export printed 'Warning:' on stderr, sensitivity 'Warning:' on stdout, validate/inspect/the prune summary
+    # 'WARNING:' on stdout. README: warnings go to stderr; now every command prints 'Warning: ...' lines there.
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    import sparsekit
+
+    torch.set_num_threads(1)
+    path = tmp_path / "m.onnx"
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    sparsekit.export_onnx(model, path, [1, 8], exporter="torchscript", check_parity=False)
+    graph = onnx.load(str(path))
+    init = next(i for i in graph.graph.initializer if numpy_helper.to_array(i).ndim == 2)
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] = np.nan
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(graph, str(path))
+    for extra in ([], ["--json"]):
+        result = CliRunner().invoke(main, ["inspect", str(path), *extra])
+        assert result.exit_code == 0, result.output
+        assert "WARNING" not in result.stdout and "Warning:" not in result.stdout
+        (said,) = [line for line in result.stderr.splitlines() if "NaN or inf" in line]
+        assert said.startswith("Warning: 1 stored weights are NaN or inf")
+
+
+def test_validate_prints_its_warnings_on_stderr_not_in_the_plan(tmp_path) -> None:
+    import sparsekit
+    from examples.models import small_cnn
+
+    factory, shape = "examples.models:small_cnn", [1, 1, 8, 8]
+    path = tmp_path / "cnn.pt"
+    sparsekit.save_model(small_cnn(image_size=8), path, factory=factory, kwargs={"image_size": 8}, input_shape=shape)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8]}\ndata: {source: synthetic}\nfinetune: {epochs: 0}\n"
+        "pruning: [{method: structured, ratio: 0.3, round_to: 16, layers: {include: [conv1]}}]\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(recipe), str(path), "--arch", factory])
+    assert result.exit_code == 0, result.output
+    assert "WARNING" not in result.stdout and "Warning:" not in result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("Warning: pruning[0]")]

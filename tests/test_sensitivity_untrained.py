@@ -71,7 +71,8 @@ def test_sensitivity_of_an_untrained_model_warns_and_records_the_classes(tmp_pat
     assert json.loads((tmp_path / "s" / "allocation.json").read_text())["warning"] == doc["warnings"][0]
     text = run("sensitivity", untrained, auto_recipe, *MLP, "-o", tmp_path / "t")
     assert text.exit_code == 0, text.output
-    assert sum(line.startswith("Warning: ") and "near chance" in line for line in text.stdout.splitlines()) == 1
+    assert sum(line.startswith("Warning: ") and "near chance" in line for line in text.stderr.splitlines()) == 1
+    assert "near chance" not in text.stdout  # warnings go to stderr, as every command's
 
 
 def test_sensitivity_of_a_trained_model_does_not_warn(tmp_path, mlp_checkpoint, auto_recipe):

@@ -94,7 +94,7 @@ def test_a_missed_ratio_is_a_warning_everywhere_and_the_run_still_succeeds(runs)
     assert by_target["max_value"]["met"] is True  # the constraint held
     assert summary["warnings"] == [by_target["ratio"]["message"]]
     assert by_target["ratio"]["message"].startswith("target missed: entry 0 (structured)")
-    assert f"WARNING   {summary['warnings'][0]}" in result.stdout
+    assert f"Warning: {summary['warnings'][0]}" in result.stderr  # as every command's warnings: on stderr
     assert f"**Warning:** {summary['warnings'][0]}" in (out / "report.md").read_text()
 
 
@@ -119,7 +119,7 @@ def test_json_output_still_says_the_warning_on_stderr(tmp_path, runs):
 
 def test_targets_met_give_no_warning_and_strict_passes(tmp_path, runs):
     model, recipe, out, result = runs["meets"]
-    assert result.exit_code == 0 and "WARNING" not in result.stdout
+    assert result.exit_code == 0 and "WARNING" not in result.stdout and "Warning:" not in result.stderr
     summary = json.loads((out / "report.json").read_text())["summary"]
     assert [(t["target"], t["met"]) for t in summary["targets"]] == [("sparsity", True), ("ratio", True)]
     assert summary["warnings"] == []

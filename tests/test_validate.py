@@ -334,7 +334,7 @@ def test_a_structured_entry_the_rehearsal_shows_removing_nothing_is_a_warning(tm
     args = ["validate", str(recipe), str(tmp_path / "mb.pt"), "--arch", "examples.models:mobilenetv2_small"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    assert "WARNING: pruning[0] structured removed no output channel of its 1 layer(s) in the rehearsal" in res.output
+    assert "Warning: pruning[0] structured removed no output channel of its 1 layer(s) in the rehearsal" in res.stderr
     doc = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
     assert len(doc["warnings"]) == 1 and "achieved nothing" in doc["warnings"][0]
 
@@ -356,7 +356,7 @@ def test_validate_warns_of_a_structured_ratio_prune_will_report_missed(tmp_path,
     )
     res = run("validate", recipe, path, "--arch", factory)
     assert res.exit_code == 0, res.output
-    warned = [line for line in res.output.splitlines() if line.startswith("WARNING: pruning[0]")]
+    warned = [line for line in res.stderr.splitlines() if line.startswith("Warning: pruning[0]")]
     pruned = run("prune", path, recipe, "-o", tmp_path / "out", "--strict", "--arch", factory)
     if round_to == "16":
         assert len(warned) == 1 and "0.500 of its channels, 0.300 asked" in warned[0], res.output
