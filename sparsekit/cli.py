@@ -1740,7 +1740,7 @@ def validate(
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
         res.update(recipe=str(path), auto_allocation=allocation)
         auto_lines = [allocation_summary(allocation, warning=False)] if allocation else []
-    res["warnings"] = _rehearsal_warnings(res) + _predicted_ratio_misses(res, asked)
+    res["warnings"] = _rehearsal_warnings(res) + _predicted_ratio_misses(res, asked) + _emptied_warnings(res)
     from .recipe import unread_finetune_keys
 
     res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
@@ -1884,14 +1884,18 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
                 f"model sparsity{on_top}, as report.json's history will show it, after epoch {_per_epoch(history)}"
             )
         lines.append(f"pruned model (model.pt): sparsity {schedule['final']['sparsity']:.3f}{on_top}")
-        emptied = schedule["final"].get("emptied") or []
-        if emptied:
-            lines.append(
-                f"warning: {_names_short(emptied)}: no weight left after the run, so the output is the bias alone "
-                "whatever the input; lower the sparsity, cap it per layer (max_layer_sparsity, layer_sparsity) or "
-                "leave the layer out"
-            )
     return lines
+
+
+def _emptied_warnings(res: dict[str, Any]) -> list[str]:
+    """Layers the planned run leaves without a weight (said on stderr with the other warnings)."""
+    emptied = ((res.get("schedule") or {}).get("final") or {}).get("emptied") or []
+    if not emptied:
+        return []
+    return [
+        f"{_names_short(emptied)}: no weight left after the run, so the output is the bias alone whatever the input; "
+        "lower the sparsity, cap it per layer (max_layer_sparsity, layer_sparsity) or leave the layer out"
+    ]
 
 
 def _names_short(names: list[str], limit: int = 4) -> str:

@@ -135,8 +135,10 @@ def test_validate_warns_when_a_layer_would_lose_every_weight(tmp_path):
     )
     done = _cli("validate", "r.yaml", "w.pt", "--arch", "examples.models:mlp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    (warning,) = [ln for ln in done.stdout.splitlines() if ln.startswith("warning:")]
-    assert warning.startswith("warning: fc2: no weight left after the run")
+    # a Warning: line on stderr, as every command's warnings (it was a lowercase 'warning:' line on stdout)
+    (warning,) = [ln for ln in done.stderr.splitlines() if ln.startswith("Warning:")]
+    assert warning.startswith("Warning: fc2: no weight left after the run")
+    assert "no weight left" not in done.stdout
 
 
 @pytest.mark.parametrize("model_name", ["_TiedReshaped", "_TiedNoBias"])
