@@ -1241,7 +1241,8 @@ class Recipe(_Strict):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            raise _InvalidRecipe(format_validation_error(err, "Recipe(...)")) from None
+            # (its remedies spelled as keys of the arguments: Recipe(...) takes no overrides=[...])
+            raise _InvalidRecipe(render(format_validation_error(err, "Recipe(...)"), _in_the_dict)) from None
 
     # Validation itself (model_validate, with its context) must not run through this __init__: pydantic calls a
     # custom __init__ from the validator, without the context, and would wrap its RecipeError as a ValueError.
