@@ -102,9 +102,9 @@ def _layers_figure(figure: type[Figure], layers: list[dict[str, Any]], data: dic
     for ax, panel in zip(axes, panels, strict=True):
         excluded = [x for x, r in zip(xs, layers, strict=True) if r.get("excluded")]
         if many and excluded:  # one collection, not a patch per layer
-            ax.vlines(excluded, 0, 1.12, colors="0.9", lw=lw, label="excluded (no pruning entry selects it)")
+            ax.vlines(excluded, 0, 1.12, colors="0.9", lw=lw, label="excluded (not pruned: report.md says why)")
         for n, x in enumerate([] if many else excluded):  # a column that says so, not an empty slot or a bar
-            label = "excluded (no pruning entry selects it)" if n == 0 else None
+            label = "excluded (not pruned: report.md says why)" if n == 0 else None
             ax.axvspan(x - 0.4, x + 0.4, label=label, **EXCLUDED)
             ax.text(x, 0.55, "excluded", rotation=90, ha="center", va="center", fontsize=9, color="0.3")
             if panel == "zeros":

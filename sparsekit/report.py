@@ -551,7 +551,12 @@ class Summary(_Closed):
     recipe: list[str]
     data: str = Field("", description="the data source and its preprocessing (data.normalize), in words")
     methods: list[MethodOutcome]
-    excluded: list[str] = Field(description="prunable layers no pruning entry selects")
+    excluded: list[str] = Field(description="prunable layers no pruning entry prunes")
+    excluded_why: dict[str, str] = Field(
+        default_factory=dict,
+        description="an excluded layer an entry selected but left out -> why (the classifier head kept whole by "
+        "structured's ignore or left out by group lasso, ...); a layer not in it is one no pruning entry selects",
+    )
     accuracy: Change
     macs: Change | None = None
     effective_macs: Change | None = None
@@ -1086,14 +1091,45 @@ def _outcome(
     )
 
 
+def _excluded_why(methods: list[MethodResult], excluded: list[str]) -> dict[str, str]:
+    """Why each excluded layer that an entry selected was left out of it (from the entries' reports); a layer
+    not here is one no entry selects. Without this the classifier head that ``layers: '*'`` selects read as
+    "no pruning entry selects it", which sent users to widen a glob that already matched."""
+    why: dict[str, str] = {}
+
+    def names(value: Any) -> list[str]:  # report.json may be edited: only a list of names counts
+        return [n for n in value if isinstance(n, str)] if isinstance(value, (list, dict)) else []
+
+    for i, m in enumerate(methods):
+        extra = m.model_extra or {}
+        ignored = extra.get("ignored")
+        for name in names(ignored):
+            how = printable(str(ignored[name])) if isinstance(ignored, dict) else "in its ignore"
+            why.setdefault(name, f"pruning[{i}] {m.method} keeps its output channels: {how}")
+        for name in names(extra.get("head_left_out")):
+            why.setdefault(name, f"pruning[{i}] {m.method} leaves it out: an output layer, which group lasso skips")
+        apart = extra.get("target_left_out")
+        if isinstance(apart, dict):
+            for name in names(apart):
+                why.setdefault(name, f"pruning[{i}] {m.method} leaves it out: {printable(str(apart[name]))}")
+    return {n: why[n] for n in excluded if n in why}
+
+
 def _recipe_lines(report: Report, methods: list[MethodOutcome], excluded: list[str]) -> list[str]:
     rows = {o.entry: o for o in methods}
     lines = []
     for i, m in enumerate(report.methods):
         lines.append(f"pruning[{i}] {m.method}: {rows[i].target}; layers {_names(list(m.layers))}")
-    if excluded:
-        them = "them" if len(excluded) > 1 else "it"
-        lines.append(f"not pruned: {_names(excluded)} (no pruning entry selects {them})")
+    why = _excluded_why(report.methods, excluded)
+    by_reason: dict[str, list[str]] = {}  # one line per reason, as the layers no entry selects share one
+    for name, reason in why.items():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, layers in by_reason.items():
+        lines.append(f"not pruned: {_names(layers)} ({reason})")
+    unselected = [n for n in excluded if n not in why]
+    if unselected:
+        them = "them" if len(unselected) > 1 else "it"
+        lines.append(f"not pruned: {_names(unselected)} (no pruning entry selects {them})")
     ft = report.recipe.get("finetune") or {}
     epochs = ft.get("epochs")
     if epochs == 0:
@@ -1180,6 +1216,7 @@ def summarize(report: Report) -> Summary:
         data=_data_words(report),
         methods=methods,
         excluded=excluded,
+        excluded_why=_excluded_why(report.methods, excluded),
         accuracy=_change(d.accuracy, p.accuracy, ACCURACY),
         macs=_change(d.macs, p.macs, COUNT) if d.macs is not None else None,
         effective_macs=_change(d.effective_macs, p.effective_macs, COUNT) if d.effective_macs is not None else None,
@@ -1890,7 +1927,8 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
                 reason = (r.reason or "").replace("|", "/")
                 lines.append(f"| | {_cell(r.name)} | {ra} | {r.achieved:.3f} | {rk} | {reason} |")
         for name in s.excluded:
-            lines.append(f"| not pruned | {_cell(name)} | | | | excluded: no pruning entry selects it |")
+            why = s.excluded_why.get(name, "no pruning entry selects it")
+            lines.append(f"| not pruned | {_cell(name)} | | | | excluded: {_cell(why)} |")
         lines.append("")
     lines += ["| | dense | pruned | pruned / dense | verdict |", "|---|---:|---:|---:|---|"]
 

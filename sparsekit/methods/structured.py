@@ -184,6 +184,9 @@ class Structured:
             ignore = list(spec.ignore)
         kept = {name for pattern in ignore for name in _expand(model, pattern)}
         self.layers = {n: m for n, m in selected.items() if n not in kept}
+        # Selected but kept whole by ignore: the report names them as this entry's, not as layers no entry selects.
+        why = "the classifier head (ignore's default)" if spec.ignore is None else "in its ignore"
+        self.ignored = {n: why for n in selected if n in kept}
         if not self.layers:
             if spec.ignore is None:
                 raise TargetError(
@@ -648,6 +651,8 @@ class Structured:
         if why and abs(achieved - asked) * total >= 1 - 1e-6:  # a channel or more off, over the counted layers
             shown = [f"{n!r}: {r}" for n, r in list(why.items())[:3]]
             extra["reason"] = "; ".join(shown) + (f"; and {len(why) - 3} more layers" if len(why) > 3 else "")
+        if self.ignored:
+            extra["ignored"] = dict(self.ignored)  # layer -> why it keeps its output channels
         return {
             **extra,
             "ratio": self.spec.ratio,
