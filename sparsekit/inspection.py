@@ -362,9 +362,18 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
     macs = {row["node"]: row["macs"] for row in counted}
     # A Conv/Gemm whose weight the graph computes (weight_norm, spectral_norm) is no row: its MACs go with the rest.
     computed = [row for row in counted if row.get("computed_weight")]
-    extra = (sum(r["macs"] for r in computed), sum(r["effective_macs"] for r in computed))
     arrays = _onnx_arrays(model.graph)  # every stored tensor, converted once
     rows, used = _onnx_rows(model, macs, arrays)
+    # So is one whose computed weight the int8 quantizer folded and stored: sparsekit's export names them.
+    from .onnx.export import COMPUTED_KEY
+
+    folded = set(_recorded_names(model, COMPUTED_KEY))
+    computed += [r for r in rows if r["name"] in folded]
+    rows = [r for r in rows if r["name"] not in folded]
+    used -= {t for r in computed for t in r.pop("tensors", ())}
+    for r in rows:
+        r.pop("tensors", None)
+    extra = (sum(r["macs"] or 0 for r in computed), sum(r["effective_macs"] or 0 for r in computed))
     other_params, other_nonzero = _onnx_other(model.graph, used)
     res: dict[str, Any] = {
         "path": str(path),
@@ -539,6 +548,8 @@ def _onnx_rows(
         matmul = matmul and w.ndim == 2 and weight not in transposed
         shape = list(w.shape)[::-1] if matmul else list(w.shape)
         rows.append(_row(name, node.op_type, shape, params, nonzero, n, nz, macs.get(key)))
+        # The stored tensors this row alone counts (a caller giving the row up hands them to the other line).
+        rows[-1]["tensors"] = [t for t in (origin, bias_origin if bias_name is not None else None) if t and not tied]
         if shared_with:
             rows[-1].update(shared_with=shared_with, shared_params=shared[0], shared_nonzero=shared[1])
     return rows, used

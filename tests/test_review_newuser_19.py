@@ -44,3 +44,26 @@ def test_a_layer_no_entry_selects_is_still_said_so():
     s = summarize(report)
     assert s.excluded == ["fc2", "fc3"] and s.excluded_why == {}
     assert "not pruned: fc2, fc3 (no pruning entry selects them)" in render_summary(report, "out")
+
+
+def test_inspect_gives_an_int8_file_of_a_weight_norm_model_the_rows_of_its_fp32_file_and_pt(tmp_path):
+    # README: a Linear whose weight is computed (weight_norm) is no row, its MACs on the other line, "on both
+    # sides". The int8 quantizer folds g * v / |v| into a stored weight: the int8 file listed fc2 as a row, and
+    # its whole-file sparsity (0.48 here) disagreed with the .pt's and the fp32 file's (0.70).
+    import sparsekit
+    from sparsekit.onnx.export import export_int8
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+    torch.nn.utils.parametrizations.weight_norm(model[2])
+    with torch.no_grad():
+        model[0].weight[:, :48] = 0  # some sparsity, so the totals tell whether the folded weight counts
+    export_int8(model, tmp_path / "q.onnx", [1, 64], fp32_path=tmp_path / "f.onnx", exporter="torchscript")
+    fp32, int8 = (sparsekit.inspect(tmp_path / f) for f in ("f.onnx", "q.onnx"))
+    assert [r["name"] for r in fp32["layers"]] == ["0", "4"]  # as the .pt side: weight_norm's layer is no row
+    assert [r["name"] for r in int8["layers"]] == ["0", "4"]
+    assert int8["macs"] == fp32["macs"] == 64 * 64 + 64 * 32 + 32 * 10
+    assert int8["sparsity"] == pytest.approx(fp32["sparsity"], abs=0.01)
+    assert "tensors" not in int8["layers"][0]

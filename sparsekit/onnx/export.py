@@ -660,18 +660,30 @@ TIED_KEY = "sparsekit.tied_layers"
 REUSED_KEY = "sparsekit.reused_layers"
 
 
+#: metadata_props key listing the Linear/Conv layers whose weight the forward pass computes (weight_norm,
+#: spectral_norm, another parametrization), as a JSON list of module names: `inspect` gives them no row, as on
+#: the torch side, even where the int8 quantizer folded the computation into a stored weight.
+COMPUTED_KEY = "sparsekit.computed_layers"
+
+
 def _record_ties(model: onnx.ModelProto, torch_model: nn.Module, x: torch.Tensor | None = None) -> None:
+    from ..layers import computed_weight, layer_kind
     from ..surgery import tied_parameters
 
     groups = [[m for m, p in holders] for holders in tied_parameters(torch_model) if holders[0][1] == "weight"]
     reused = _reused_layers(torch_model, x) if x is not None else []
+    computed = [
+        n for n, m in torch_model.named_modules() if layer_kind(m) is not None and computed_weight(m) is not None
+    ]
     for i in reversed(range(len(model.metadata_props))):
-        if model.metadata_props[i].key in (TIED_KEY, REUSED_KEY):
+        if model.metadata_props[i].key in (TIED_KEY, REUSED_KEY, COMPUTED_KEY):
             del model.metadata_props[i]
     if groups:
         model.metadata_props.add(key=TIED_KEY, value=json.dumps(groups))
     if reused:
         model.metadata_props.add(key=REUSED_KEY, value=json.dumps(reused))
+    if computed:
+        model.metadata_props.add(key=COMPUTED_KEY, value=json.dumps(computed))
 
 
 def _reused_layers(torch_model: nn.Module, x: torch.Tensor) -> list[str]:

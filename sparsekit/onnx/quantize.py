@@ -168,6 +168,13 @@ def quantize_int8(
         per_channel = channel_wise
         # Marked before the checks, so they run on the very bytes that get published.
         quantized = load_onnx(tmp, load_external_data=False)
+        # onnxruntime drops the fp32 file's metadata; the layers whose weight torch computes are still no layer
+        # `inspect` lists, though the quantizer folded the computation into a stored weight.
+        from sparsekit.onnx.export import COMPUTED_KEY
+
+        for prop in model.metadata_props:
+            if prop.key == COMPUTED_KEY:
+                quantized.metadata_props.add(key=prop.key, value=prop.value)
         _drop_redundant(quantized.graph)
         # (a dynamic file's weight scales and zero points are found by their names, `sparsekit inspect`: they keep them)
         _short_names(quantized.graph, initializers=mode == "static")
