@@ -67,3 +67,24 @@ def test_inspect_gives_an_int8_file_of_a_weight_norm_model_the_rows_of_its_fp32_
     assert int8["macs"] == fp32["macs"] == 64 * 64 + 64 * 32 + 32 * 10
     assert int8["sparsity"] == pytest.approx(fp32["sparsity"], abs=0.01)
     assert "tensors" not in int8["layers"][0]
+
+
+def test_a_cnn_on_the_users_own_npz_needs_no_input_shape(tmp_path, monkeypatch):
+    # A CNN's first layer does not tell its input size; the .npz's x does ((n, 1, 16, 16)): the dry run asked
+    # for model.input_shape, though the only shape it could be was in the file it was told to read.
+    import numpy as np
+    from click.testing import CliRunner
+
+    from examples.models import small_cnn
+    from sparsekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.save(small_cnn(width=8, image_size=16).state_dict(), "cnn.pt")
+    rng = np.random.default_rng(0)
+    np.savez("mine.npz", x=rng.random((40, 1, 16, 16), dtype=np.float32), y=rng.integers(0, 10, 40))
+    (tmp_path / "r.yaml").write_text("version: 1\ndata: {source: mine.npz}\n")
+    args = ["validate", "r.yaml", "cnn.pt", "--arch", "examples.models:small_cnn"]
+    res = CliRunner().invoke(main, [*args, "--kwargs", '{"width": 8, "image_size": 16}'])
+    assert res.exit_code == 0, res.output
+    assert "input [1, 1, 16, 16]" in res.output
