@@ -81,7 +81,7 @@ def test_timings_phases_and_untimed_add_up_to_total(tmp_path, mlp_checkpoint, mo
 
     class SlowGc:
         def collect(self, *args):
-            time.sleep(0.3)
+            time.sleep(1.0)  # long beside the untimed moments of a busy machine (0.55 s seen on 2 loaded cores)
             return gc.collect(*args)
 
     monkeypatch.setattr(pipeline_mod, "gc", SlowGc())
@@ -93,9 +93,9 @@ def test_timings_phases_and_untimed_add_up_to_total(tmp_path, mlp_checkpoint, mo
     res = fast_prune(mlp_checkpoint, recipe, tmp_path / "o", "--arch", "examples.models:mlp")
     assert res.exit_code == 0, res.output
     t = json.loads((tmp_path / "o" / "report.json").read_text())["timings"]
-    assert t["seconds"]["free"] >= 0.3
+    assert t["seconds"]["free"] >= 1.0
     assert sum(t["seconds"].values()) + t["untimed"] == pytest.approx(t["total"], abs=0.01)
-    assert 0 <= t["untimed"] < 0.3
+    assert 0 <= t["untimed"] < 1.0  # the second spent in the collection is in the free phase, not untimed
 
 
 def test_markdown_names_a_change_that_rounds_to_1x_as_the_summary_does():
