@@ -946,7 +946,19 @@ def prune(
         if strict:
             _strict_on_other_rank(out)
         return
-    _emit(report.to_json(), as_json, render_summary(report, out, warnings=False))
+    try:
+        _emit(report.to_json(), as_json, render_summary(report, out, warnings=False))
+    except OutputError as err:
+        if not str(err).startswith("standard output:"):
+            raise
+        # The run is complete (its folder published) when its summary cannot be printed: "run again" would redo the
+        # training; the summary is in the folder (report.md, report.json).
+        raise OutputError(
+            f"standard output: the summary could not be printed ({str(err).partition('(')[2].partition(')')[0]}); "
+            "the run itself "
+            f"finished and {out} holds every file: read {out}/report.md (or `sparsekit report {out}` after freeing "
+            "space)"
+        ) from None
     missed = report.summary.warnings if report.summary else []
     if missed:
         if strict:
