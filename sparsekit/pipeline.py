@@ -259,11 +259,11 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's model: bad input, not our bug
+        what = "random token ids (below its vocabulary)" if probe.dtype == torch.long else "random normal inputs"
         raise DataError(
-            f"{where}: the model fails on random normal inputs of shape {input_shape} ({one_line(err, 200)}); "
-            "export, its parity check and the benchmark feed such values, so a model that only accepts some "
-            "values (token ids for an nn.Embedding, say) cannot be pruned by this pipeline: drive "
-            "sparsekit.Pruner from your own training loop instead"
+            f"{where}: the model fails on {what} of shape {input_shape} ({one_line(err, 200)}); "
+            "export, its parity check and the benchmark feed such values, so a model that accepts only some other "
+            "values cannot be pruned by this pipeline: drive sparsekit.Pruner from your own training loop instead"
         ) from None
     return int(out.shape[1])
 

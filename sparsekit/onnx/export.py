@@ -216,8 +216,9 @@ RANDOM_CHECK_SAMPLES = 32  # random inputs the int8 file is compared with the fp
 
 def _random_agreement(fp32: Path, int8: Path, input_shape: Sequence[int], vocab: int | None = None) -> dict[str, Any]:
     """:func:`~sparsekit.onnx.quantize.output_agreement` of the int8 file with the fp32 one on seeded standard-normal
-    inputs of ``input_shape`` (in batches of its batch size, which a file exported with a fixed batch takes), with
-    ``"inputs": "random normal"``: all there is to compare on without data; real inputs may agree better or worse.
+    inputs of ``input_shape`` (token ids uniform below ``vocab`` for a model that takes ids), in batches of its batch
+    size (which a file exported with a fixed batch takes), with ``"inputs": "random normal"`` (or ``"random token
+    id"``): all there is to compare on without data; real inputs may agree better or worse.
     Informational: a model whose outputs cannot be compared so (not batch-first, a run that fails) gets ``"error"``
     instead, and a difference that is not finite is None; the export stands either way."""
     from .quantize import output_agreement
@@ -526,8 +527,9 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
         msg = (
             f"the model fails on a random {'int64 (token id)' if x.dtype == torch.long else 'float32'} input of shape "
             f"{shape} ({one_line(e, 200)}); give the shape it "
-            f"takes ({option('input_shape')}). Export and its parity check feed random normal values, so a "
-            "model that only accepts some values (token ids for an nn.Embedding, say) cannot be exported here"
+            f"takes ({option('input_shape')}). Export and its parity check feed random normal values (token ids below "
+            "the vocabulary to a model whose input goes straight into an nn.Embedding), so a model that accepts only "
+            "some other values cannot be exported here"
         )
         raise ExportError(msg) from None
     return x, _output_names(out)
