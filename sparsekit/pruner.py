@@ -246,8 +246,7 @@ class Pruner:
         scorers), or, when they are built already (``chosen`` None), hand it to those that trace the model later."""
 
         def first_batch(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            self._waiting.remove()
-            self._waiting = None
+            self._stop_waiting()
             x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
             if chosen is None:
                 if x is not None and x.dim() > 0 and not self.finalized:
@@ -277,7 +276,13 @@ class Pruner:
                 raise
 
         self._pending = chosen is not None
+        self._chosen = chosen or {}  # the scorers, for a build by load_state_dict before any batch
         self._waiting = self.model.register_forward_pre_hook(first_batch, with_kwargs=True)
+
+    def _stop_waiting(self) -> None:
+        if self._waiting is not None:
+            self._waiting.remove()
+            self._waiting = None
 
     def _require_built(self, call: str) -> None:
         """TargetError for a call that needs the methods while they still wait for the first batch."""
@@ -862,6 +867,9 @@ class Pruner:
             "masks": self.masks(),
             "methods": [m.state_dict() for m in self.methods],
             "pruning_history": list(self.pruning_history),
+            # A Pruner that takes its shape from the first batch resumes before any batch with this one (its
+            # replay of removed channels traces the model, before the saved weights can be loaded).
+            "input_shape": list(self.context["input_shape"]) if self.context.get("input_shape") else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -880,7 +888,8 @@ class Pruner:
         masks and schedules would mean something else), or after channels were removed from this Pruner's model;
         RuntimeError after :meth:`finalize`."""
         self._refuse_finalized("load_state_dict")
-        self._require_built("load_state_dict")
+        if self._wait_failed is not None:
+            self._require_built("load_state_dict")
         missing = [k for k in ("step", "masks", "methods") if k not in state] if isinstance(state, dict) else None
         if missing is None or missing:
             what = f"a {type(state).__name__}" if missing is None else f"a dict without {', '.join(map(repr, missing))}"
@@ -900,6 +909,16 @@ class Pruner:
                 f"{self.steps_per_epoch}: its schedules would run at another pace; build the Pruner with "
                 f"steps_per_epoch={saved_clock} (the same batch size and data)"
             )
+        if self._pending and state.get("input_shape"):
+            # A fresh Pruner still waiting for the first batch: the saved run's shape builds it now (a resume loads
+            # the state before any batch runs, and its saved weights only fit after the replay below).
+            saved = checked_input_shape(state["input_shape"], "load_state_dict: the state's input_shape")
+            self._stop_waiting()
+            self.context["input_shape"] = saved
+            with remedies_for(self._given, "Pruner"):
+                self._build(saved, self._chosen)
+            self._pending = False
+        self._require_built("load_state_dict")
         if len(state["methods"]) != len(self.methods):
             raise ValueError(
                 f"load_state_dict: the state holds {len(state['methods'])} method states, this Pruner's recipe has "

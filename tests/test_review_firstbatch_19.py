@@ -1,0 +1,53 @@
+"""Mends from the nineteenth review of a Pruner that takes its input shape from the first batch the model runs on
+(no model.input_shape, no context, a structured entry): resumes, copies and saves of the model before that batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import sparsekit
+
+STRUCTURED = {"pruning": [{"method": "structured", "ratio": 0.5}]}
+
+
+def sig() -> nn.Module:
+    """A 1-D signal classifier, [n, 1, L]: no Linear-first shape to guess."""
+    return nn.Sequential(
+        nn.Conv1d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+
+
+def _train(model: nn.Module, pruner: sparsekit.Pruner, steps: int) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(2, 1, 10)).sum().backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            opt = pruner.update_optimizer(opt)
+
+
+def test_a_fresh_pruner_resumes_before_any_batch():
+    torch.manual_seed(0)
+    model = sig()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=2)
+    _train(model, pruner, 3)
+    state, weights = pruner.state_dict(), model.state_dict()
+    assert model[0].out_channels < 8  # channels were removed before the checkpoint
+    # A fresh process: build, load the pruner's state, then the weights, as load_state_dict's docs say (the
+    # load was a TargetError asking for a batch through the unpruned model first).
+    again = sig()
+    resumed = sparsekit.Pruner(again, STRUCTURED, steps_per_epoch=2)
+    resumed.load_state_dict(state)
+    again.load_state_dict(weights)
+    assert resumed.context["input_shape"] == [1, 1, 10]
+    assert resumed.step_count == 3 and again[0].out_channels == model[0].out_channels
+    _train(again, resumed, 1)  # and trains on
