@@ -277,7 +277,7 @@ class Pruner:
 
         self._pending = chosen is not None
         self._chosen = chosen or {}  # the scorers, for a build by load_state_dict before any batch
-        self._waiting = self.model.register_forward_pre_hook(first_batch, with_kwargs=True)
+        self._waiting = self.model.register_forward_pre_hook(_FirstBatchHook(first_batch), with_kwargs=True)
 
     def _stop_waiting(self) -> None:
         if self._waiting is not None:
@@ -986,6 +986,31 @@ class Pruner:
         """``[{"method": name, "layers": [layer names]}]``, one row per recipe entry."""
         self._require_built("summary")
         return [{"method": m.name, "layers": list(m.layers)} for m in self.methods]
+
+
+class _FirstBatchHook:
+    """The Pruner's wait for the first batch, as a forward pre-hook of its model. A copy of the model (an EMA or
+    teacher made by copy.deepcopy before that batch) or a pickle of it (torch.save of the whole model) gets an inert
+    hook instead: the Pruner waits on its own model only, and its closure cannot be pickled. (A shared closure made
+    the copy's first forward build this Pruner from the copy's batch, or fail removing a hook already gone.)"""
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.fn(module, args, kwargs)
+
+    def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:
+        return _inert_hook, ()
+
+
+def _no_op_hook(_module: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
+    return None
+
+
+def _inert_hook() -> Callable[..., None]:
+    """What a copied or unpickled :class:`_FirstBatchHook` becomes."""
+    return _no_op_hook
 
 
 def _check_context(context: Any) -> dict[str, Any]:

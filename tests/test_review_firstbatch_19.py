@@ -51,3 +51,23 @@ def test_a_fresh_pruner_resumes_before_any_batch():
     assert resumed.context["input_shape"] == [1, 1, 10]
     assert resumed.step_count == 3 and again[0].out_channels == model[0].out_channels
     _train(again, resumed, 1)  # and trains on
+
+
+def test_a_copy_or_pickle_of_the_model_before_the_first_batch():
+    import copy
+    import io
+
+    model = sig()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=2)
+    buf = io.BytesIO()
+    torch.save(model, buf)  # was "Can't pickle local object ... first_batch"
+    ema = copy.deepcopy(model)  # an EMA / teacher copy made before training
+    ema(torch.randn(2, 1, 12))  # the copy's batch neither builds this Pruner...
+    assert pruner.context.get("input_shape") is None
+    model(torch.randn(2, 1, 10))
+    assert pruner.context["input_shape"] == [1, 1, 10]
+    ema(torch.randn(2, 1, 12))  # ...nor fails after the model's own (was AttributeError: 'NoneType' ... 'remove')
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded(torch.randn(2, 1, 10)).shape == (2, 3)
+    _train(model, pruner, 2)
