@@ -268,7 +268,8 @@ def guard_stale_wrapper(model: nn.Module) -> Any:
     ``model`` raises a RuntimeError saying to :func:`rewrap` when that wrapper still holds the removed parameters.
     DDP's own error there blames "parameters that were not used in producing loss" and suggests
     ``find_unused_parameters=True``, which does not help. A global forward pre-hook (a wrapper cannot be found from
-    the module it wraps), removed at that forward: no cost afterwards. Returns its handle (``.remove()``)."""
+    the module it wraps), removed at that forward, or at the model's own when no wrapper runs it: no cost afterwards.
+    Returns its handle (``.remove()``)."""
     import weakref
 
     from torch.nn.modules.module import register_module_forward_pre_hook
@@ -280,6 +281,9 @@ def guard_stale_wrapper(model: nn.Module) -> Any:
         inner = ref()
         if inner is None:
             handle.remove()
+            return
+        if module is inner:
+            handle.remove()  # the model itself runs first: no wrapper around it to check (and no cost from now on)
             return
         if not isinstance(module, DDP) or module.module is not inner:
             return

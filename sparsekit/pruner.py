@@ -637,7 +637,10 @@ class Pruner:
     def _guard_wrapper(self) -> None:
         """Under DistributedDataParallel, after channel removal: its next forward says to rewrap when the wrapper
         still holds the removed parameters (sparsekit.distributed.guard_stale_wrapper)."""
-        if not self._in_ddp:
+        # A model wrapped after the Pruner was built (Pruner(model, ...), then DDP(model)) is guarded too: under
+        # torch.distributed (a process group, of any size) a wrapper may have come since (the guard lets go at the
+        # model's first forward).
+        if not self._in_ddp and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
         if self._stale_guard is not None:
             self._stale_guard.remove()

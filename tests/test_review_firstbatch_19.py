@@ -71,3 +71,34 @@ def test_a_copy_or_pickle_of_the_model_before_the_first_batch():
     loaded = torch.load(buf, weights_only=False)
     assert loaded(torch.randn(2, 1, 10)).shape == (2, 3)
     _train(model, pruner, 2)
+
+
+def test_ddp_wrapped_after_the_pruner_is_built_says_to_rewrap(monkeypatch):
+    import socket
+
+    import pytest
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = sig()
+        pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=2)
+        ddp = nn.parallel.DistributedDataParallel(model)  # wrapped after the Pruner, as a user's loop may
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+        while not pruner.structure_changed:
+            opt.zero_grad()
+            ddp(torch.randn(2, 1, 10)).sum().backward()
+            opt.step()
+            pruner.step()
+        opt = pruner.update_optimizer(opt)
+        # Not rewrapped: DDP's own error blamed unused parameters and suggested find_unused_parameters=True.
+        with pytest.raises(RuntimeError, match=r"still holds the parameters.*sparsekit\.distributed\.rewrap"):
+            ddp(torch.randn(2, 1, 10))
+    finally:
+        dist.destroy_process_group()
