@@ -862,6 +862,18 @@ class Pruner:
         it with :meth:`load_state_dict`. RuntimeError after :meth:`finalize` (nothing is left to resume: save the
         model it returned)."""
         self._refuse_finalized("state_dict")
+        if self._pending and self._wait_failed is None:
+            # Still waiting for the first batch: nothing has run, so a checkpoint written now (an initial one, a
+            # save on preemption before training) resumes as a fresh start (load_state_dict takes it as such).
+            return {
+                "steps_per_epoch": self.steps_per_epoch,
+                "pruning": pruning_key(self.recipe),
+                "step": 0,
+                "masks": {},
+                "methods": None,
+                "pruning_history": [],
+                "input_shape": None,
+            }
         self._require_built("state_dict")
         return {
             "steps_per_epoch": self.steps_per_epoch,
@@ -912,6 +924,19 @@ class Pruner:
                 f"{self.steps_per_epoch}: its schedules would run at another pace; build the Pruner with "
                 f"steps_per_epoch={saved_clock} (the same batch size and data)"
             )
+        if state["methods"] is None:
+            # Saved before the first batch (see state_dict): nothing had run, which a Pruner that has not stepped is.
+            if state["step"] or state["masks"] or state.get("pruning_history"):
+                raise ValueError(
+                    "load_state_dict: the state says it was saved before the first batch but holds steps, masks or "
+                    "removals; pass what Pruner.state_dict() returned"
+                )
+            if self.step_count or self.pruning_history:
+                raise ValueError(
+                    "load_state_dict: the state was saved before any step, and this Pruner has stepped; build a fresh "
+                    "Pruner on a fresh model to resume"
+                )
+            return
         if self._pending and state.get("input_shape"):
             # A fresh Pruner still waiting for the first batch: the saved run's shape builds it now (a resume loads
             # the state before any batch runs, and its saved weights only fit after the replay below).

@@ -102,3 +102,15 @@ def test_ddp_wrapped_after_the_pruner_is_built_says_to_rewrap(monkeypatch):
             ddp(torch.randn(2, 1, 10))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_checkpoint_before_the_first_batch_resumes_as_a_fresh_start():
+    model = sig()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=2)
+    state = pruner.state_dict()  # an initial checkpoint (was a TargetError asking for a batch first)
+    assert state["step"] == 0
+    again = sig()
+    resumed = sparsekit.Pruner(again, STRUCTURED, steps_per_epoch=2)
+    resumed.load_state_dict(state)
+    _train(again, resumed, 2)
+    assert resumed.context["input_shape"] == [1, 1, 10] and again[0].out_channels < 8
