@@ -14,6 +14,7 @@ calls their hooks and alone keeps the run's state: the step count, the masks, th
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import os
@@ -247,7 +248,7 @@ class Pruner:
 
         def first_batch(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             self._stop_waiting()
-            x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            x = _batch_tensor(_module, args, kwargs)
             if chosen is None:
                 if x is not None and x.dim() > 0 and not self.finalized:
                     self.context["input_shape"] = [1, *(int(d) for d in x.shape[1:])]
@@ -1014,6 +1015,18 @@ class Pruner:
         """``[{"method": name, "layers": [layer names]}]``, one row per recipe entry."""
         self._require_built("summary")
         return [{"method": m.name, "layers": list(m.layers)} for m in self.methods]
+
+
+def _batch_tensor(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The batch among a forward's arguments: the first tensor passed by position, else the first passed by keyword
+    in the order of the forward's own parameters, not the caller's (Hugging Face's default collator puts ``labels``
+    first in the dict a Trainer passes as ``model(**batch)``: their [n] shape was taken for the input's)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # a forward with no signature to read: the caller's order
+        params = []
+    named = sorted(kwargs, key=lambda k: params.index(k) if k in params else len(params))  # stable for the rest
+    return next((a for a in (*args, *(kwargs[k] for k in named)) if isinstance(a, torch.Tensor)), None)
 
 
 class _FirstBatchHook:

@@ -114,3 +114,24 @@ def test_a_checkpoint_before_the_first_batch_resumes_as_a_fresh_start():
     resumed.load_state_dict(state)
     _train(again, resumed, 2)
     assert resumed.context["input_shape"] == [1, 1, 10] and again[0].out_channels < 8
+
+
+class LM(nn.Module):
+    """Token ids [n, T] -> Embedding -> mean -> MLP, with a Hugging Face style forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.l1, self.l2 = nn.Embedding(30, 16), nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.l2(torch.relu(self.l1(self.emb(input_ids).mean(1))))
+
+
+def test_a_keyword_batch_is_read_in_the_forwards_order_not_the_callers():
+    model = LM()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=1)
+    # as transformers' default_data_collator builds it: labels first (their [4] was taken: "input_shape [1]")
+    batch = {"labels": torch.zeros(4, dtype=torch.long), "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+    model(**batch, input_ids=torch.randint(0, 30, (4, 9)))
+    assert pruner.context["input_shape"] == [1, 9]
+    assert pruner.finalize().l1.out_features == 16
