@@ -206,8 +206,11 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
                 f"{where}.include: {short(pattern, 120)!r} matches no layer of types {spec.types}"
                 f"{_why_not(model, pattern)}; {_listing(model)}{_rename(where + '.include')}"
             )
+    # An exclude may name a layer whose weight is computed (weight_norm): no typo, and the way the left-out warnings
+    # (methods/base.py warn_computed) offer to leave it out in silence.
+    excludable = weighted_layers(model)
     for pattern in spec.exclude:
-        if not any(fnmatchcase(n, pattern) for n in everything):
+        if not any(fnmatchcase(n, pattern) for n in excludable):
             listing = f"{_inside(model, pattern)}; {_listing(model)}{_rename(where + '.exclude')}"
             raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer{listing}")
     chosen = {
@@ -274,6 +277,24 @@ def computed_weight(module: nn.Module, name: str = "weight") -> tuple[str, str] 
             f"torch.nn.utils.parametrize.remove_parametrizations(layer, {name!r})",
         )
     return None
+
+
+def computed_left_out(
+    model: nn.Module, spec: LayerSelect, chosen: dict[str, nn.Module]
+) -> list[tuple[str, nn.Module, tuple[str, str]]]:
+    """The layers ``spec`` would select but for a weight computed in the forward pass (weight_norm, spectral_norm, a
+    parametrization), as ``(name, module, computed_weight(module))`` in model order: left out of ``chosen`` without a
+    word, which only ``validate`` listed."""
+    out = []
+    for name, module in model.named_modules():
+        if name in chosen or layer_kind(module) not in spec.types:
+            continue
+        how = computed_weight(module)
+        if how is None:
+            continue
+        if any(fnmatchcase(name, p) for p in spec.include) and not any(fnmatchcase(name, p) for p in spec.exclude):
+            out.append((name, module, how))
+    return out
 
 
 def _computed_weight(module: nn.Module) -> str:

@@ -12,12 +12,18 @@ Three types, re-exported by :mod:`sparsekit.methods`:
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from ..layers import computed_left_out
 
 
 @dataclass(frozen=True)
@@ -170,3 +176,27 @@ class Method(Protocol):
         """Restore :meth:`state_dict` on a freshly built method, after the Pruner replayed the structural
         history and restored masks."""
         ...
+
+
+def outside_sparsekit() -> int:
+    """The ``stacklevel`` of the first caller outside this package, for a warning the caller's own line should carry
+    (the frames between vary: Python 3.12 inlines the Pruner's list comprehension, 3.10 gives it a frame)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_computed(model: nn.Module, spec: Any, chosen: dict[str, nn.Module], where: str, method: str) -> None:
+    """Warn of each layer ``spec.layers`` would select but for a weight computed in the forward pass (weight_norm,
+    spectral_norm): a masking method cannot mask it, and leaving it out silently let a user believe the whole model
+    was pruned (only ``validate`` listed it). The remedy names the call that gives the layer its parameter back."""
+    for name, _, how in computed_left_out(model, spec.layers, chosen):
+        warnings.warn(
+            f"{where} ({method}): {name!r} is left out, not pruned: its weight is computed in the forward pass "
+            f"({how[0]}); to prune it, remove that before building the Pruner ({how[1]}); to leave it out without "
+            f"this warning, add it to {where}.layers.exclude",
+            stacklevel=outside_sparsekit(),
+        )

@@ -85,12 +85,9 @@ composes with a magnitude or gradient method on the same weights.
 from __future__ import annotations
 
 import math
-import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -137,7 +134,7 @@ from ..surgery import (
     tied_parameters,
     trace_advice,
 )
-from .base import UNCHANGED, Changes, Setup
+from .base import UNCHANGED, Changes, Setup, outside_sparsekit, warn_computed
 
 
 def _check_group(group: str, layers: dict[str, nn.Module], where: str, model_layers: dict[str, nn.Module]) -> None:
@@ -315,6 +312,7 @@ class L1:
         self.where = setup.where
         self.input_shape = list(setup.input_shape) if setup.input_shape else None
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        warn_computed(model, spec, self.layers, self.where, self.name)
         # A proximal shrink would still move a frozen weight (by the recipe's rate, since no optimizer steps it), and a
         # target would zero its weakest units at end_epoch: not what freezing it meant. (A plain penalty leaves it be:
         # no gradient reaches it, and its norm still counts in the penalty's value.)
@@ -470,7 +468,7 @@ class L1:
                 "it is pruned like any other layer (a head unit at zero leaves its class only its bias); set "
                 "model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner, or leave "
                 "the head out with layers.exclude",
-                stacklevel=_outside_sparsekit(),  # the user's Pruner(...) line
+                stacklevel=outside_sparsekit(),  # the user's Pruner(...) line
             )
         for head in heads:
             if head in self.layers:
@@ -729,7 +727,7 @@ class L1:
         warnings.warn(
             f"{self.where}: with group: {self.spec.group} and remove_dead the target counts the units finalize "
             f"removes, so these layers are left out of it and left as they are ({shorten(whys, 1500)})",
-            stacklevel=_outside_sparsekit(),
+            stacklevel=outside_sparsekit(),
         )
 
     def _unit_norms(
@@ -1685,17 +1683,6 @@ class L1:
 
 
 _GLOB = re.compile(r"[*?\[]")  # a layers.include entry that is a pattern, not a layer's name
-
-
-def _outside_sparsekit() -> int:
-    """The ``stacklevel`` of the first caller outside this package, for a warning the caller's own line should carry
-    (the frames between vary: Python 3.12 inlines the Pruner's list comprehension, 3.10 gives it a frame)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame: FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def layer_cap_for(target: float, units: bool) -> float:

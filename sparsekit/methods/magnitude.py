@@ -46,7 +46,7 @@ from ..masks import (
 from ..schedule import Schedule
 from ..stats import asked_vs_achieved
 from . import scorers
-from .base import UNCHANGED, Changes, Setup
+from .base import UNCHANGED, Changes, Setup, warn_computed
 
 
 class Magnitude:
@@ -73,6 +73,7 @@ class Magnitude:
         if spec.auto:
             raise unallocated(self.where, "sparsity")
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
+        warn_computed(model, spec, self.layers, self.where, self.name)
         self.touched: list[str] = []  # never changes shapes
         # Each layer's weights at the start: an l1 entry on the same layers may remove its dead units at finalize,
         # and the weights it removed count as pruned in this entry's report too.

@@ -16,16 +16,23 @@ keeps (a masking method's pruned weights, which the optimizer step may have move
 from __future__ import annotations
 
 import warnings
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import computed_weight, layer_kind, output_dim, select_layers, tied_aliases, unit_broadcast, unit_view
+from ..layers import (
+    computed_left_out,
+    computed_weight,
+    output_dim,
+    select_layers,
+    tied_aliases,
+    unit_broadcast,
+    unit_view,
+)
 from ..masks import apply_mask, get_mask, weight_of
 from ..stats import asked_vs_achieved
-from .base import UNCHANGED, Changes, Setup
+from .base import UNCHANGED, Changes, Setup, outside_sparsekit
 
 
 def _unit_norms(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -64,18 +71,11 @@ def _bound_remedy(module: nn.Module, bound: float) -> str:
 def _warn_computed(model: nn.Module, spec: Any, chosen: dict[str, nn.Module], where: str, bound: float) -> None:
     """Warn of the layers the selection would take but for a weight computed in the forward pass (weight_norm,
     spectral_norm): their norms go unbounded, which only ``validate`` listed (left_out) before."""
-    sel = spec.layers
-    for name, module in model.named_modules():
-        if name in chosen or layer_kind(module) not in sel.types or computed_weight(module) is None:
-            continue
-        if not any(fnmatchcase(name, p) for p in sel.include) or any(fnmatchcase(name, p) for p in sel.exclude):
-            continue
-        how = computed_weight(module)
-        assert how is not None
+    for name, module, how in computed_left_out(model, spec.layers, chosen):
         warnings.warn(
             f"{where} (max_norm): {name!r} is left out, its units' norms unbounded: its weight is computed in the "
             f"forward pass ({how[0]}); {_bound_remedy(module, bound)}",
-            stacklevel=5,
+            stacklevel=outside_sparsekit(),
         )
 
 

@@ -1,0 +1,63 @@
+"""Review round 19 (small faults earlier reviews found and left): what the user saw, and what they see now."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from sparsekit import Pruner
+
+torch.set_num_threads(1)
+
+
+def _computed_model() -> nn.Sequential:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation of the hook-based weight_norm
+        return nn.Sequential(
+            nn.utils.weight_norm(nn.Linear(8, 16)),
+            nn.ReLU(),
+            nn.utils.spectral_norm(nn.Linear(16, 16)),
+            nn.ReLU(),
+            nn.Linear(16, 4),
+        )
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"},
+        {"method": "gradient", "sparsity": 0.5, "schedule": "oneshot"},
+        {"method": "l1", "strength": 1e-3},
+    ],
+)
+def test_a_masking_entry_warns_of_the_layers_a_computed_weight_leaves_out(entry):
+    # Before: only '4' was pruned, without a word about '0' (weight_norm) and '2' (spectral_norm).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Pruner(_computed_model(), {"pruning": [entry]}, steps_per_epoch=1)
+    ours = [str(w.message) for w in caught if "is left out" in str(w.message)]
+    assert len(ours) == 2, ours
+    assert f"pruning[0] ({entry['method']}): '0' is left out" in ours[0]
+    assert "torch.nn.utils.remove_weight_norm(layer)" in ours[0]
+    assert "torch.nn.utils.remove_spectral_norm(layer)" in ours[1]
+    assert all("pruning[0].layers.exclude" in m for m in ours)
+    # the warning points at the user's line, not inside sparsekit
+    assert all(w.filename == __file__ for w in caught if "is left out" in str(w.message))
+
+
+def test_the_remedies_the_computed_weight_warning_names_work():
+    model = _computed_model()
+    nn.utils.remove_weight_norm(model[0])
+    nn.utils.remove_spectral_norm(model[2])
+    entry = {"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # removed: every layer is pruned, and nothing is said
+        pruner = Pruner(model, {"pruning": [entry]}, steps_per_epoch=1)
+    assert list(pruner.methods[0].layers) == ["0", "2", "4"]
+    excluded = dict(entry, layers={"exclude": ["0", "2"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Pruner(_computed_model(), {"pruning": [excluded]}, steps_per_epoch=1)
