@@ -61,3 +61,31 @@ def test_the_remedies_the_computed_weight_warning_names_work():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Pruner(_computed_model(), {"pruning": [excluded]}, steps_per_epoch=1)
+
+
+class _TiedTwice(nn.Module):
+    """A decoder reuses enc1's weight twice and enc2's once, in the forward pass only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = nn.Linear(16, 12)
+        self.enc2 = nn.Linear(12, 6)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(self.enc2(torch.relu(self.enc1(x))))
+        h = torch.relu(nn.functional.linear(z, self.enc2.weight.t()))
+        h = nn.functional.linear(h, self.enc1.weight.t()) + nn.functional.linear(h, self.enc1.weight.t())
+        return self.head(h)
+
+
+def test_structured_tied_weights_refusal_counts_each_weights_own_uses():
+    from sparsekit.errors import TargetError
+
+    entry = {"method": "structured", "ratio": 0.5, "schedule": "oneshot"}
+    with pytest.raises(TargetError) as info:
+        Pruner(_TiedTwice(), {"model": {"input_shape": [1, 16]}, "pruning": [entry]}, steps_per_epoch=1)
+    message = str(info.value)
+    # Before: "'enc1.weight' (and 'enc2.weight') is used 2 more time(s) outside 'enc1'": enc2's one use went unsaid.
+    assert "'enc1.weight' is used 2 more times outside 'enc1' and 'enc2.weight' 1 more time outside 'enc2'" in message
+    assert "add 'enc1', 'enc2' to pruning[0].ignore" in message

@@ -318,13 +318,19 @@ class Structured:
         self._check_layer_ratio()
         hit = [(layer, param, extra) for layer, param, extra in reused if layer in self.touched]
         if hit:
-            layer, param, extra = hit[0]
             roots = list(dict.fromkeys(r for name, _, _ in hit for r in self.touched_by.get(name, [name])))
-            also = f" (and {', '.join(repr(f'{n}.{p}') for n, p, _ in hit[1:])})" if hit[1:] else ""
+            # Each weight with its own count: the first one's count, said of all, was wrong for the others.
+            uses = [
+                f"{f'{n}.{p}'!r} {'' if i else 'is used '}{extra} more time{'' if extra == 1 else 's'} outside {n!r}"
+                for i, (n, p, extra) in enumerate(hit)
+            ]
+            said = uses[0] if len(uses) == 1 else ", ".join(uses[:-1]) + " and " + uses[-1]
+            one = len(hit) == 1
             raise TargetError(
-                f"{self.where}: '{layer}.{param}'{also} is used {extra} more time(s) outside {layer!r} in the "
-                "forward pass (tied weights, e.g. a decoder reusing it transposed): removing channels would "
-                f"change its shape there too. Keep {self.where} away from it: {self.ignore_hint(roots)}"
+                f"{self.where}: {said} in the forward pass (tied weights, e.g. a decoder reusing "
+                f"{'it' if one else 'them'} transposed): removing channels would change "
+                f"{'its shape' if one else 'their shapes'} there too. Keep {self.where} away from "
+                f"{'it' if one else 'them'}: {self.ignore_hint(roots)}"
             )
         if verify:
             self._check_equivalence()
