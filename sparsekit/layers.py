@@ -225,7 +225,7 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     return chosen
 
 
-def _not_prunable(module: nn.Module) -> str:
+def _not_prunable(module: nn.Module, method: str | None = None) -> str:
     kind = type(module).__name__
     if isinstance(module, _NORMS):
         return NORM_REASON
@@ -234,7 +234,7 @@ def _not_prunable(module: nn.Module) -> str:
     if isinstance(module._parameters.get("weight"), nn.parameter.UninitializedParameter):
         return "its weight is not initialized yet (a lazy module): run one forward pass before pruning"
     if layer_kind(module) is not None:
-        return _computed_weight(module)
+        return _computed_weight(module, method)
     if isinstance(module, nn.MultiheadAttention):
         return "attention's packed input projection is not pruned (its out_proj Linear is a layer of its own)"
     if isinstance(module, nn.RNNBase | nn.RNNCellBase):
@@ -297,13 +297,19 @@ def computed_left_out(
     return out
 
 
-def _computed_weight(module: nn.Module) -> str:
-    """Why a Linear/Conv whose weight is no parameter is left out, with the call that gives the parameter back."""
+def _computed_weight(module: nn.Module, method: str | None = None) -> str:
+    """Why a Linear/Conv whose weight is no parameter is left out, with the call that gives the parameter back.
+    ``method``: the entry's, for max_norm, which masks nothing: it rescales the weight, and what goes is the bound."""
     how = computed_weight(module)
     if how is None:
         return (
             "its weight is not an nn.Parameter (a tensor set in the forward pass or a buffer), so sparsekit cannot "
             "mask it: make it a parameter of the layer to prune it"
+        )
+    if method == "max_norm":
+        return (
+            f"its weight is computed in the forward pass ({how[0]}), not a parameter max_norm can rescale, so its "
+            f"units' norms go unbounded: remove it before pruning ({how[1]}) to bound them"
         )
     return (
         f"its weight is computed in the forward pass ({how[0]}), not a parameter sparsekit can mask: remove it "
@@ -311,9 +317,12 @@ def _computed_weight(module: nn.Module) -> str:
     )
 
 
-def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list[dict[str, Any]]:
+def unselected_layers(
+    model: nn.Module, spec: LayerSelect | None = None, method: str | None = None
+) -> list[dict[str, Any]]:
     """Every module holding parameters of its own that ``spec`` (a recipe's ``layers:``; default: the
     default selection) does not select, in model order, as ``{"name", "type", "reason"}``. Never raises.
+    ``method``: the entry's method, whose reasons may differ (max_norm rescales where the others mask).
 
     >>> unselected_layers(nn.Sequential(nn.Conv1d(4, 8, 3), nn.BatchNorm1d(8)))[0]["reason"] == NORM_REASON
     True
@@ -340,7 +349,7 @@ def unselected_layers(model: nn.Module, spec: LayerSelect | None = None) -> list
         kind = layer_kind(module)
         excluded = next((p for p in spec.exclude if fnmatchcase(name, p)), None)
         if kind is None or not _maskable(module):
-            reason = _not_prunable(module)
+            reason = _not_prunable(module, method)
         elif kind not in types:
             reason = f"{kind} is not in layers.types [{', '.join(types)}]; add {kind} there to prune it"
         elif excluded is not None:

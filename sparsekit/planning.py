@@ -148,7 +148,7 @@ def plan(
     res["schedule"] = schedule
     epochs = recipe.finetune.epochs
     for i, (m, spec) in enumerate(zip(pruner.methods, recipe.pruning, strict=True)):
-        left_out = unselected_layers(work, spec.layers)
+        left_out = unselected_layers(work, spec.layers, spec.method)
         listed = {row["name"] for row in left_out}
         for name, module in prunable_layers(work).items():
             if name not in m.layers and name not in listed:  # selected, then kept by structured's ignore

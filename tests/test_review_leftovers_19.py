@@ -89,3 +89,44 @@ def test_structured_tied_weights_refusal_counts_each_weights_own_uses():
     # Before: "'enc1.weight' (and 'enc2.weight') is used 2 more time(s) outside 'enc1'": enc2's one use went unsaid.
     assert "'enc1.weight' is used 2 more times outside 'enc1' and 'enc2.weight' 1 more time outside 'enc2'" in message
     assert "add 'enc1', 'enc2' to pruning[0].ignore" in message
+
+
+NORMED = """\
+import warnings
+
+from torch import nn
+
+
+def build():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nn.Sequential(nn.Flatten(), nn.utils.weight_norm(nn.Linear(64, 16)), nn.ReLU(), nn.Linear(16, 10))
+"""
+
+
+def test_validate_says_max_norm_cannot_rescale_a_computed_weight_not_mask_it(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from conftest import user_module
+
+    import sparsekit
+    from sparsekit.cli import main
+
+    mod = user_module(tmp_path, monkeypatch, "normed_net_19", NORMED)
+    model = tmp_path / "m.pt"
+    sparsekit.save_model(mod.build(), model, factory="normed_net_19:build")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 1, 8, 8]}\npruning:\n  - {method: max_norm, max_value: 1.0}\n"
+        "  - {method: magnitude, sparsity: 0.5}\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(recipe), str(model), "--trust-code", "--json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    import json
+
+    methods = json.loads(result.output)["methods"]
+    (max_norm,) = [row["reason"] for row in methods[0]["left_out"] if row["name"] == "1"]
+    # Before: "not a parameter sparsekit can mask", of an entry that never masks.
+    assert "not a parameter max_norm can rescale" in max_norm and "mask" not in max_norm
+    assert "torch.nn.utils.remove_weight_norm(layer)" in max_norm
+    (magnitude,) = [row["reason"] for row in methods[1]["left_out"] if row["name"] == "1"]
+    assert "sparsekit can mask" in magnitude
