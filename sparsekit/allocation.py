@@ -430,6 +430,17 @@ def _check_prunable(plan: _StructuredPlan, where: str, what: str) -> None:
     )
 
 
+def _measuring(spec: StructuredSpec) -> StructuredSpec:
+    """``spec`` as a measurement on a copy removes its channels: all in one event, at once. Taylor ranks by the
+    fine-tuning's gradients, and a copy measured before any training has none (the removal refused the recipe,
+    telling the user to fine-tune, which it did): which channels go does not change how many (each group's count is
+    the allocation's), so l2 ranks them here, as in the sensitivity probes."""
+    update: dict[str, Any] = {"schedule": ScheduleSpec(), "steps": 1}
+    if spec.importance == "taylor":
+        update["importance"] = "l2"
+    return spec.model_copy(update=update)
+
+
 def _measured_macs(model: nn.Module, recipe_specs: Sequence[tuple[int, StructuredSpec]], shape: list[int]) -> float:
     """MACs of a copy of ``model`` after every (index, allocated spec) removal, as a fraction of dense."""
     dense = sum(_layer_macs(model, shape).values()) or 1
@@ -447,7 +458,7 @@ def _macs_after(
     work = copy_model(model)
     for index, spec in recipe_specs:
         method = Structured(
-            spec.model_copy(update={"schedule": ScheduleSpec(), "steps": 1}),
+            _measuring(spec),
             work,
             Setup(index=index, steps_per_epoch=1, input_shape=shape),
             verify=False,  # the plan's own Structured probed the model's wiring
@@ -649,7 +660,7 @@ def _measured_latency(
     work = copy_model(model)
     for index, spec in allocated:
         method = Structured(
-            spec.model_copy(update={"schedule": ScheduleSpec(), "steps": 1}),
+            _measuring(spec),
             work,
             Setup(index=index, steps_per_epoch=1, input_shape=shape),
             verify=False,  # the plan's own Structured probed the model's wiring

@@ -130,3 +130,27 @@ def test_validate_says_max_norm_cannot_rescale_a_computed_weight_not_mask_it(tmp
     assert "torch.nn.utils.remove_weight_norm(layer)" in max_norm
     (magnitude,) = [row["reason"] for row in methods[1]["left_out"] if row["name"] == "1"]
     assert "sparsekit can mask" in magnitude
+
+
+def test_an_auto_structured_taylor_entry_measures_its_allocation_without_gradients():
+    # Before: `ratio: auto, target_latency: 0.7, importance: taylor` (or target_macs) with finetune.epochs: 1 failed
+    # with "'taylor' needs gradients, but none arrived before the removal: give the recipe fine-tuning epochs
+    # (finetune.epochs > 0)": the allocation times / counts its removal on a copy before any training.
+    from sparsekit.allocation import _measured_latency, _measured_macs
+    from sparsekit.recipe import Recipe
+
+    recipe = Recipe.model_validate(
+        {
+            "model": {"input_shape": [1, 8]},
+            "finetune": {"epochs": 1},
+            "pruning": [{"method": "structured", "ratio": 0.5, "importance": "taylor", "round_to": 1}],
+            "benchmark": {"batch_sizes": [1]},
+        }
+    )
+    spec = recipe.pruning[0]
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    dense = [p.detach().clone() for p in model.parameters()]
+    macs = _measured_macs(model, [(0, spec)], [1, 8])
+    assert 0.3 < macs < 0.7  # half of the hidden channels went
+    assert _measured_latency(model, [(0, spec)], recipe, [1, 8]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(dense, model.parameters(), strict=True))  # measured on a copy
