@@ -1381,9 +1381,11 @@ class Recipe(_Strict):
 RECIPE_DOCS = "docs/recipe.md"
 """The recipe reference, generated from this schema by ``python -m sparsekit.recipe_docs``; every recipe
 validation error points to it (:data:`SEE_DOCS`)."""
-SEE_DOCS = f"(see {RECIPE_DOCS}; `sparsekit recipes {'-' * 2}reference` prints it)"
-"""How errors point to the reference: the page, and the command that prints it where the repository is not at hand
-(an installed wheel holds no docs/)."""
+SEE_DOCS = (
+    f"(the recipe reference: `sparsekit recipes {'-' * 2}reference` prints it; {RECIPE_DOCS} in a source checkout)"
+)
+"""How errors point to the reference: the command that prints it first, since an installed wheel holds no docs/ (a
+bare "see docs/recipe.md" sent a user of the wheel to a file not on their disk), then the page in the repository."""
 _BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 MAX_ERRORS_SHOWN = 8
 

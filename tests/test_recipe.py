@@ -494,7 +494,9 @@ def test_every_validation_error_points_to_the_reference(tmp_path):
     for text in (BASE + "extra_top: 1\n", BASE.replace("sparsity: 0.8", "sparsity: 2"), "version: 2\n"):
         with pytest.raises(RecipeError) as err:
             load_recipe(write(tmp_path, text))
-        assert str(err.value).endswith(f"(see {RECIPE_DOCS}; `sparsekit recipes --reference` prints it)")
+        assert str(err.value).endswith(
+            f"(the recipe reference: `sparsekit recipes --reference` prints it; {RECIPE_DOCS} in a source checkout)"
+        )
     for path in (root / "sparsekit").rglob("*.py"):  # no message points to a page outside the repository
         text = path.read_text(encoding="utf-8")
         assert "INTERFACE.md" not in text and "section Recipes" not in text, path
@@ -515,7 +517,10 @@ def test_override_keys_are_checked_against_the_schema(tmp_path, override, needle
     with pytest.raises(RecipeError) as err:
         load_recipe(write(tmp_path, BASE), [override])
     assert needle in str(err.value)
-    assert "(see docs/recipe.md; `sparsekit recipes --reference` prints it)" in str(err.value)
+    assert (
+        "(the recipe reference: `sparsekit recipes --reference` prints it; docs/recipe.md in a source checkout)"
+        in str(err.value)
+    )
 
 
 def test_override_keys_follow_the_recipe_as_overridden(tmp_path):

@@ -154,3 +154,19 @@ def test_an_auto_structured_taylor_entry_measures_its_allocation_without_gradien
     assert 0.3 < macs < 0.7  # half of the hidden channels went
     assert _measured_latency(model, [(0, spec)], recipe, [1, 8]) > 0
     assert all(torch.equal(a, b) for a, b in zip(dense, model.parameters(), strict=True))  # measured on a copy
+
+
+def test_recipe_errors_point_to_the_reference_a_wheel_install_can_print(tmp_path):
+    # Before: "(see docs/recipe.md; ...)": a wheel ships no docs/recipe.md, so the first pointer led nowhere.
+    from sparsekit.errors import RecipeError
+    from sparsekit.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5, sparsty: 1}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert "see docs/recipe.md" not in message
+    assert message.endswith(
+        "(the recipe reference: `sparsekit recipes --reference` prints it; docs/recipe.md in a source checkout)"
+    )
