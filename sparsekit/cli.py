@@ -1638,8 +1638,9 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     if unknown and len(unknown) < len(res["layers"]):
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
     if res.get("input_shape_note"):
-        lines.append(f"note: {res['input_shape_note']} (--input-shape)")
-    lines.extend(f"note: {text}" for text in res.get("notes") or [])
+        # "Note:", as export, bench and prune print theirs (inspect and validate said "note:")
+        lines.append(f"Note: {res['input_shape_note']} (--input-shape)")
+    lines.extend(f"Note: {text}" for text in res.get("notes") or [])
     return "\n".join(lines)  # its warnings go to stderr (_warn_on_stderr), as every command's do
 
 
@@ -1853,7 +1854,7 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
             lines.append(f"schedule: {spe:,} optimizer steps per epoch ({source}), {spe * epochs:,} in all")
         else:
             lines.append("schedule: no fine-tuning (finetune.epochs: 0): every entry acts at once, before any training")
-    lines += [f"note: {words}" for words in res.get("notes") or []]
+    lines += [f"Note: {words}" for words in res.get("notes") or []]  # spelled as every command's notes
     reh = res.get("rehearsal") or {}
     if reh.get("events"):
         parity = reh.get("parity") or {}

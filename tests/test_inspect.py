@@ -235,7 +235,7 @@ def test_a_guessed_input_shape_that_does_not_fit_is_said_to_be_a_guess(tmp_path,
     # inspect: the table all the same, MACs unknown, and a note saying why.
     result = run("inspect", sd, *arch)
     assert result.exit_code == 0, result.stderr
-    (note,) = [line for line in result.stdout.splitlines() if line.startswith("note:")]
+    (note,) = [line for line in result.stdout.splitlines() if line.startswith("Note:")]
     assert "MACs unknown: the input shape guessed from the first layer [1, 144]" in note
     assert "the model does not accept it" in note and note.endswith("(--input-shape)")
     assert next(line for line in result.stdout.splitlines() if line.startswith("total")).split()[-2:] == ["unknown"] * 2

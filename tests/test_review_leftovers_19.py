@@ -170,3 +170,29 @@ def test_recipe_errors_point_to_the_reference_a_wheel_install_can_print(tmp_path
     assert message.endswith(
         "(the recipe reference: `sparsekit recipes --reference` prints it; docs/recipe.md in a source checkout)"
     )
+
+
+def test_inspect_and_validate_spell_their_notes_as_export_does(tmp_path):
+    # Before: inspect and validate printed "note: ..." where export, bench and prune print "Note: ...".
+    from click.testing import CliRunner
+
+    import sparsekit
+    from examples.models import mlp
+    from sparsekit.cli import main
+
+    path = tmp_path / "w64.pt"
+    sparsekit.save_model(mlp(in_features=8, hidden=(8,), num_classes=4).double(), path, factory="examples.models:mlp",
+                         kwargs={"in_features": 8, "hidden": [8], "num_classes": 4}, input_shape=[1, 8])  # fmt: skip
+    res = CliRunner().invoke(main, ["inspect", str(path), "--arch", "examples.models:mlp"])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.lower().startswith("note:")]
+    assert any("float64" in line for line in notes), res.output
+    assert all(line.startswith("Note: ") for line in notes), notes
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nfinetune: {epochs: 1, optimizer: {name: adam, momentum: 0.9}}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5}\n"
+    )
+    res = CliRunner().invoke(main, ["validate", str(recipe)])
+    notes = [line for line in res.output.splitlines() if line.lower().startswith("note:")]
+    assert notes and all(line.startswith("Note: ") for line in notes), res.output

@@ -40,7 +40,7 @@ def test_inspect_says_float64_weights_were_rounded(tmp_path):
     sparsekit.save_model(model, path, factory=ARCH, kwargs=KW, input_shape=[1, 64])
     res = CliRunner().invoke(main, ["inspect", str(path), "--arch", ARCH])
     assert res.exit_code == 0, res.output
-    assert "note: " in res.output and "its weights are float64" in res.output, res.output
+    assert "Note: " in res.output and "its weights are float64" in res.output, res.output
     assert "one below float32's range counts as a zero" in res.output
     data = sparsekit.inspect(path, arch=ARCH)
     assert any("float64" in n for n in data["notes"]), data["notes"]

@@ -63,7 +63,7 @@ def test_validate_prints_them_and_lists_them_in_json(tmp_path):
     )
     text = CliRunner().invoke(main, ["validate", str(recipe)])
     assert text.exit_code == 0, text.output
-    assert "note: finetune.optimizer.momentum: read by sgd only" in text.output
+    assert "Note: finetune.optimizer.momentum: read by sgd only" in text.output
     doc = CliRunner().invoke(main, ["validate", str(recipe), "--json"])
     assert doc.exit_code == 0, doc.output
     assert [n.split(":")[0] for n in json.loads(doc.stdout)["notes"]] == ["finetune.optimizer.momentum"]
