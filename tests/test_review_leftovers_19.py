@@ -196,3 +196,18 @@ def test_inspect_and_validate_spell_their_notes_as_export_does(tmp_path):
     res = CliRunner().invoke(main, ["validate", str(recipe)])
     notes = [line for line in res.output.splitlines() if line.lower().startswith("note:")]
     assert notes and all(line.startswith("Note: ") for line in notes), res.output
+
+
+def test_a_structured_entry_warns_of_a_computed_layer_it_leaves_out():
+    # Before: a weight_norm first layer was left out of a structured entry's selection without a word.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = nn.utils.weight_norm(nn.Linear(8, 16))
+    model = nn.Sequential(first, nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    entry = {"method": "structured", "ratio": 0.5, "schedule": "oneshot", "round_to": 1}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = Pruner(model, {"model": {"input_shape": [1, 8]}, "pruning": [entry]}, steps_per_epoch=1)
+    assert "0" not in pruner.methods[0].layers
+    (ours,) = [str(w.message) for w in caught if "is left out" in str(w.message)]
+    assert ours.startswith("pruning[0] (structured): '0' is left out, not pruned") and "remove_weight_norm" in ours

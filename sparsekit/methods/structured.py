@@ -95,7 +95,7 @@ from ..errors import TargetError, one_line
 from ..layers import check_names, computed_tensor, select_layers
 from ..learning_rate import on_optimizer_steps
 from ..masks import weight_of
-from .base import UNCHANGED, Changes, Setup
+from .base import UNCHANGED, Changes, Setup, warn_computed
 from .magnitude import unallocated
 
 _ROOTS = (_ConvNd, nn.Linear)
@@ -171,6 +171,7 @@ class Structured:
             )
         self.input_shape = [int(d) for d in shape]
         selected = select_layers(model, spec.layers, f"{self.where}.layers")
+        warn_computed(model, spec, selected, self.where, self.name)  # (one whose channels a removal reaches is refused)
         # The heads: the layers whose outputs are the model's (every one of a model returning several).
         self.heads: list[str] = []
         if spec.ignore is None:
