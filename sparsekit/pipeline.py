@@ -259,11 +259,18 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's model: bad input, not our bug
-        what = "random token ids (below its vocabulary)" if probe.dtype == torch.long else "random normal inputs"
+        if probe.dtype == torch.long:
+            what, which = "random token ids (below its vocabulary)", "some other values"
+        else:  # ids cast from a float input inside forward: an int64 input is fed ids instead
+            what = "random normal inputs"
+            which = (
+                "some values (token ids cast from its float input for an nn.Embedding, say: take int64 ids as the "
+                "input instead, which sparsekit feeds ids)"
+            )
         raise DataError(
             f"{where}: the model fails on {what} of shape {input_shape} ({one_line(err, 200)}); "
-            "export, its parity check and the benchmark feed such values, so a model that accepts only some other "
-            "values cannot be pruned by this pipeline: drive sparsekit.Pruner from your own training loop instead"
+            f"export, its parity check and the benchmark feed such values, so a model that accepts only {which} "
+            "cannot be pruned by this pipeline: drive sparsekit.Pruner from your own training loop instead"
         ) from None
     return int(out.shape[1])
 

@@ -529,7 +529,7 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
             f"{shape} ({one_line(e, 200)}); give the shape it "
             f"takes ({option('input_shape')}). Export and its parity check feed random normal values (token ids below "
             "the vocabulary to a model whose input goes straight into an nn.Embedding), so a model that accepts only "
-            "some other values cannot be exported here"
+            "some values (ids it casts from a float input for an Embedding, say) cannot be exported here"
         )
         raise ExportError(msg) from None
     return x, _output_names(out)
