@@ -192,9 +192,7 @@ def npz_sample_shape(
         return None
     source = source.strip()
     try:
-        if named_in is not None:
-            check_named_path(source, named_in)
-            check_beside_recipe(source, named_in)
+        _check_recipe_path(source, named_in)
         path, where = _npz_file(source)
         shape = _check_npz_sizes(path, where).get("x")
         if shape is None or len(shape) < 2:
@@ -236,9 +234,7 @@ def _load_data(
         )
 
     if source.endswith(".npz"):
-        if named_in is not None:
-            check_named_path(source, named_in)
-            check_beside_recipe(source, named_in)
+        _check_recipe_path(source, named_in)
         x, y = _load_npz(source, token_ids)
     elif token_ids is not None and source in ("digits", "mnist5k", "synthetic"):
         raise DataError(
@@ -401,6 +397,13 @@ def _make_synthetic(
 
 
 # --- .npz files ---------------------------------------------------------------------------------
+
+
+def _check_recipe_path(source: str, named_in: str | os.PathLike[str] | None) -> None:
+    """For a recipe's .npz path (``named_in``: the recipe): where it may lead (:mod:`sparsekit.datapaths`)."""
+    if named_in is not None:
+        check_named_path(source, named_in)
+        check_beside_recipe(source, named_in)
 
 
 def _npz_file(source: str) -> tuple[Path, str]:
