@@ -52,7 +52,7 @@ from sparsekit.onnx.graph import graph_inputs
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import ORT_DTYPES, open_session
 from sparsekit.onnx.stats import size_report
-from sparsekit.onnx.tensors import FLOAT_TYPES, QUANT_TYPES, QUANT_WEIGHT_INPUTS
+from sparsekit.onnx.tensors import FLOAT_TYPES, QLINEAR_LAYERS, QUANT_TYPES, QUANT_WEIGHT_INPUTS
 
 __all__ = [
     "onnx_accuracy",
@@ -68,6 +68,13 @@ PathLike = str | os.PathLike[str]
 #: Operators dynamic quantization writes that onnxruntime's CPU provider runs slower than fp32 (ConvInteger has
 #: no optimized kernel: measured 8-16x slower on examples.models' small_cnn, resnet_small and a depthwise net).
 _SLOW_DYNAMIC_OPS = frozenset({"ConvInteger"})
+
+#: Operators only a quantized file holds (QDQ, dynamic and QOperator int8): a model with one of them was quantized
+#: already, and onnxruntime would quantize its dequantized weights and int8 kernels a second time (a file larger than
+#: its input, checked against the wrong fp32 model) or fail deep inside.
+_QUANTIZED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", *QUANT_WEIGHT_INPUTS, *QLINEAR_LAYERS, "QLinearAdd"}
+)
 
 
 def quantize_int8(
@@ -97,8 +104,8 @@ def quantize_int8(
     ``zeros`` is :func:`quantized_zeros` of the model that was quantized against the int8 result, and
     ``latency_note`` says why the file will run slower than fp32 (dynamic ConvInteger), else None.
     Sizes are bytes (external data included); ``nonzero_params`` is the fp32 model's.
-    Raises :class:`ExportError` when the input is not an ONNX model, keeps external data outside
-    its folder (checked before anything reads it), the calibration data does not fit it, or
+    Raises :class:`ExportError` when the input is not an ONNX model or is quantized already, keeps external
+    data outside its folder (checked before anything reads it), the calibration data does not fit it, or
     onnxruntime fails, and :class:`~sparsekit.errors.OutputError` when the disk is full, read-only or
     not writable; nothing is written at ``out_path`` then.
     """
@@ -115,6 +122,11 @@ def quantize_int8(
     if max_calibration_batches < 1:
         raise ExportError(f"max_calibration_batches must be >= 1, got {max_calibration_batches}")
     model = load_onnx(src, load_external_data=False)  # ExportError naming the file when it is not ONNX
+    done = sorted({n.op_type for n in _all_nodes(model.graph) if n.op_type in _QUANTIZED_OPS})
+    if done:
+        raise ExportError(
+            f"{src}: is quantized already (it holds {', '.join(done)}); quantize the fp32 model it was made from"
+        )
     fp32 = size_report(src)  # reads the external data too (and is kept for later callers)
     inputs = graph_inputs(model)
     if not inputs:
