@@ -35,3 +35,16 @@ def test_an_already_quantized_file_is_refused_not_quantized_again(tmp_path, stat
     assert not (tmp_path / "twice.onnx").exists()
     assert once.read_bytes() == before
     assert {n.op_type for n in onnx.load(str(fp32)).graph.node}.isdisjoint({"QuantizeLinear", "MatMulInteger"})
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "link"])
+def test_the_int8_file_may_not_replace_the_fp32_model_it_is_made_from(tmp_path, spelling):
+    fp32 = _fp32(tmp_path)
+    before = fp32.read_bytes()
+    out = {"same": fp32, "dotted": tmp_path / "." / "fp32.onnx", "link": tmp_path / "link.onnx"}[spelling]
+    if spelling == "link":
+        out.symlink_to(fp32)
+    # It replaced the fp32 model with the int8 one (the only copy of the model the int8 file is checked against).
+    with pytest.raises(ExportError, match=r"fp32\.onnx|link\.onnx"):
+        quantize_int8(fp32, out)
+    assert fp32.read_bytes() == before

@@ -105,7 +105,8 @@ def quantize_int8(
     ``latency_note`` says why the file will run slower than fp32 (dynamic ConvInteger), else None.
     Sizes are bytes (external data included); ``nonzero_params`` is the fp32 model's.
     Raises :class:`ExportError` when the input is not an ONNX model or is quantized already, keeps external
-    data outside its folder (checked before anything reads it), the calibration data does not fit it, or
+    data outside its folder (checked before anything reads it), the calibration data does not fit it, ``out_path``
+    is ``onnx_path``, or
     onnxruntime fails, and :class:`~sparsekit.errors.OutputError` when the disk is full, read-only or
     not writable; nothing is written at ``out_path`` then.
     """
@@ -121,6 +122,10 @@ def quantize_int8(
     final = Path(out_path)
     if max_calibration_batches < 1:
         raise ExportError(f"max_calibration_batches must be >= 1, got {max_calibration_batches}")
+    # The int8 file published over its own input: the fp32 model, which the int8 one is checked and sized against,
+    # would be gone (a link or another spelling of the same file too).
+    if final.resolve() == src.resolve() or (final.exists() and src.exists() and os.path.samefile(final, src)):
+        raise ExportError(f"{final}: is the fp32 model being quantized; write the int8 model under another name")
     model = load_onnx(src, load_external_data=False)  # ExportError naming the file when it is not ONNX
     done = sorted({n.op_type for n in _all_nodes(model.graph) if n.op_type in _QUANTIZED_OPS})
     if done:
