@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
+import sparsekit
 from sparsekit.errors import ExportError
 from sparsekit.onnx import export_onnx, quantize_int8
 
@@ -96,3 +99,41 @@ def test_an_int8_file_smaller_than_model_onnx_is_still_shipped_for_its_size():
     text = " ".join(report.notes)
     assert "Ship model.int8.onnx for its size, model.onnx for speed" in text
     assert "is not smaller" not in text
+
+
+class _Conv1dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 16, 5, padding=2)
+        self.c2 = nn.Conv1d(16, 16, 3, padding=1, groups=16)  # depthwise
+        self.c3 = nn.Conv1d(16, 24, 1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        h = h + torch.relu(self.c2(h))  # a residual add
+        return self.fc(torch.relu(self.c3(h)).mean(-1))
+
+
+def test_export_says_when_the_int8_file_is_larger_after_gzip(tmp_path):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    torch.manual_seed(0)
+    model = _Conv1dNet()
+    with torch.no_grad():  # 95% of each conv's weights zero: the fp32 file's zeros gzip away
+        for conv in (model.c1, model.c2, model.c3):
+            w = conv.weight
+            w[w.abs() <= w.abs().flatten().kthvalue(int(0.95 * w.numel())).values] = 0.0
+    path = tmp_path / "c1d.pt"
+    sparsekit.save_model(model, path, "tests.test_review_int8_20:_Conv1dNet", input_shape=[1, 3, 32])
+    args = ["export", str(path), "--arch", "tests.test_review_int8_20:_Conv1dNet", "-o", str(tmp_path / "q.onnx")]
+    args += ["--quantize", "int8", "--data", "synthetic"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    q = json.loads(result.stdout)["int8"]
+    assert q["bytes"] < q["fp32_bytes"] and q["gzip_bytes"] >= q["fp32_gzip_bytes"]  # the case: smaller raw only
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0, text.stderr
+    assert "the int8 file is not smaller than fp32 (after gzip)" in text.stdout
