@@ -137,3 +137,34 @@ def test_export_says_when_the_int8_file_is_larger_after_gzip(tmp_path):
     text = CliRunner().invoke(main, args)
     assert text.exit_code == 0, text.stderr
     assert "the int8 file is not smaller than fp32 (after gzip)" in text.stdout
+
+
+class _WeightNormed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.utils.parametrizations.weight_norm(nn.Linear(20, 32))
+        self.fc2 = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_prune_says_a_weight_normed_layer_is_left_out(tmp_path, caplog):
+    from conftest import fast_prune
+
+    torch.manual_seed(0)
+    path = tmp_path / "wn.pt"
+    torch.save(_WeightNormed().state_dict(), path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((64, 20)).astype(np.float32), y=rng.integers(0, 3, 64))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {input_shape: [1, 20]}\n"
+        f"data: {{source: {tmp_path / 'd.npz'}, batch_size: 32}}\nfinetune: {{epochs: 0}}\n"
+        "pruning: [{method: magnitude, sparsity: 0.9, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    res = fast_prune(path, recipe, tmp_path / "out", "--arch", "tests.test_review_int8_20:_WeightNormed")
+    assert res.exit_code == 0, res.stderr
+    # fc1 was left as it was with no word on stderr, stdout or in report.md (the summary's "not pruned" omits it).
+    # (the CLI logs to stderr; under pytest the log goes to caplog)
+    assert "'fc1' is left out, not pruned" in res.stderr + caplog.text
