@@ -40,6 +40,27 @@ def test_an_already_quantized_file_is_refused_not_quantized_again(tmp_path, stat
     assert {n.op_type for n in onnx.load(str(fp32)).graph.node}.isdisjoint({"QuantizeLinear", "MatMulInteger"})
 
 
+class _FakeQuantInput(nn.Module):
+    """Fake-quantizes its input (as quantization-aware training does): its export holds QuantizeLinear and
+    DequantizeLinear on a computed tensor, with float weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.fake_quantize_per_tensor_affine(x, 0.05, 128, 0, 255))
+
+
+def test_a_model_that_fake_quantizes_its_activations_is_still_quantized(tmp_path):
+    fp32 = tmp_path / "fq.onnx"
+    export_onnx(_FakeQuantInput(), fp32, (1, 12), exporter="torchscript")
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(fp32)).graph.node}
+    quantize_int8(fp32, tmp_path / "q.onnx", calibration=[np.ones((4, 12), np.float32)])
+    weights = [t for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer if len(t.dims) == 2]
+    assert [t.data_type for t in weights] == [onnx.TensorProto.INT8]
+
+
 @pytest.mark.parametrize("spelling", ["same", "dotted", "link"])
 def test_the_int8_file_may_not_replace_the_fp32_model_it_is_made_from(tmp_path, spelling):
     fp32 = _fp32(tmp_path)

@@ -69,12 +69,10 @@ PathLike = str | os.PathLike[str]
 #: no optimized kernel: measured 8-16x slower on examples.models' small_cnn, resnet_small and a depthwise net).
 _SLOW_DYNAMIC_OPS = frozenset({"ConvInteger"})
 
-#: Operators only a quantized file holds (QDQ, dynamic and QOperator int8): a model with one of them was quantized
-#: already, and onnxruntime would quantize its dequantized weights and int8 kernels a second time (a file larger than
-#: its input, checked against the wrong fp32 model) or fail deep inside.
-_QUANTIZED_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", *QUANT_WEIGHT_INPUTS, *QLINEAR_LAYERS, "QLinearAdd"}
-)
+#: Operators only a quantized file holds (dynamic and QOperator int8); a QDQ file is known by its integer weights.
+_QUANTIZED_OPS = frozenset({"DynamicQuantizeLinear", *QUANT_WEIGHT_INPUTS, *QLINEAR_LAYERS, "QLinearAdd"}) - {
+    "DequantizeLinear"
+}
 
 
 def quantize_int8(
@@ -127,10 +125,11 @@ def quantize_int8(
     if final.resolve() == src.resolve() or (final.exists() and src.exists() and os.path.samefile(final, src)):
         raise ExportError(f"{final}: is the fp32 model being quantized; write the int8 model under another name")
     model = load_onnx(src, load_external_data=False)  # ExportError naming the file when it is not ONNX
-    done = sorted({n.op_type for n in _all_nodes(model.graph) if n.op_type in _QUANTIZED_OPS})
+    done = _quantized_ops(model)
     if done:
         raise ExportError(
-            f"{src}: is quantized already (it holds {', '.join(done)}); quantize the fp32 model it was made from"
+            f"{src}: is quantized already (integer weights, read by {', '.join(done)}); quantize the fp32 model it was "
+            "made from"
         )
     fp32 = size_report(src)  # reads the external data too (and is kept for later callers)
     inputs = graph_inputs(model)
@@ -228,6 +227,23 @@ def quantize_int8(
         "preprocess": preprocess,
         "zeros": zeros,
     }
+
+
+def _quantized_ops(model: onnx.ModelProto) -> list[str]:
+    """Why ``model`` is quantized already, sorted: the dynamic or QOperator int8 operators it holds, and
+    ``DequantizeLinear`` where one reads a stored integer weight (a QDQ file); [] for a float model. A model that
+    fake-quantizes its activations (QuantizeLinear/DequantizeLinear on computed tensors, float weights) is not: it
+    quantizes as any other. Quantizing a quantized one again quantizes its dequantized weights and int8 kernels a
+    second time (a file larger than its input, checked against the wrong fp32 model) or fails deep inside."""
+    stored = {t.name for t in model.graph.initializer if t.data_type in QUANT_TYPES}
+    stored |= {t.values.name for t in model.graph.sparse_initializer if t.values.data_type in QUANT_TYPES}
+    return sorted(
+        {
+            n.op_type
+            for n in _all_nodes(model.graph)
+            if n.op_type in _QUANTIZED_OPS or (n.op_type == "DequantizeLinear" and n.input and n.input[0] in stored)
+        }
+    )
 
 
 # How the eval note says to select the class scores, in Python; the CLI puts its own option in its place.
