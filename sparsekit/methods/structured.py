@@ -829,6 +829,10 @@ class Structured:
         if self.needs_grad:
             self._install_grads()
         before = {n: _out_channels(m) for n, m in self.layers.items()}
+        # The model's layout before the event, without storage: should the event break the forward pass, its
+        # removals are replayed one by one on it to name the layer that broke it (the event's first roots need
+        # not include that layer, and ignoring them would not help).
+        skeleton = _skeleton(self.model)
         if self.done == 0:
             self.base = dict(before)
         try:
@@ -847,7 +851,7 @@ class Structured:
                 self.removed[n] += before[n] - _out_channels(m)
         history = tpa.pruning_history(self._tp.graph)
         new = surgery.normalize_history(history[self._history_seen :])
-        self._check_forward(new)  # raises with the event's removals still pending (see pending_history)
+        self._check_forward(new, skeleton)  # raises with the event's removals still pending (see pending_history)
         self._history_seen = len(history)
         return Changes(history=tuple(new), structure_changed=True)
 
@@ -858,11 +862,15 @@ class Structured:
             return []
         return surgery.normalize_history(tpa.pruning_history(self._tp.graph)[self._history_seen :])
 
-    def _check_forward(self, history: list[list[Any]]) -> None:
-        """After an event: the model still runs on its input shape and gives outputs of the same shape."""
+    def _check_forward(self, history: list[list[Any]], skeleton: nn.Module | None = None) -> None:
+        """After an event: the model still runs on its input shape and gives outputs of the same shape.
+        ``skeleton``: the model before the event (:func:`_skeleton`), on which the removal that broke it is found."""
         failure = surgery.forward_failure(self.model, self.input_shape, self.output_shapes)
         if failure is None:
             return
+        culprit = _culprit(self, skeleton, history)
+        if culprit is not None:
+            raise culprit
         roots = list(dict.fromkeys(str(entry[0]) for entry in history))
         # An output that changed shape comes from a layer that must keep its channels (a decoder beside the
         # logits): name that one, which the first few roots of the event may not include.
@@ -1019,6 +1027,36 @@ def _rounding_reason(r: tpa.Rounding, step: int = 1, steps: int = 1) -> str:
             f"above min_channels {r.floor}"
         )
     return f"{head}: keeps {r.kept} of {r.channels} channels, {r.asked} rounded to the nearest multiple of {of}"
+
+
+def _skeleton(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` on the meta device (no storage; None when it cannot be made)."""
+    from ..rehearsal import meta_copy  # rehearsal imports this module
+
+    try:
+        return meta_copy(model)
+    except Exception:  # noqa: BLE001 - only the blame in an error message depends on it
+        return None
+
+
+def _culprit(method: Structured, skeleton: nn.Module | None, history: list[list[Any]]) -> TargetError | None:
+    """The TargetError naming the first removal of ``history`` that breaks the model, replayed on ``skeleton``
+    given storage (placeholder values: a broken forward pass is a matter of shapes); None when it cannot tell."""
+    from ..rehearsal import _culprit as replay
+
+    if skeleton is None:
+        return None
+    try:
+        device = next(iter(method.model.parameters())).device
+        fresh = skeleton.to_empty(device=device)
+        with torch.no_grad():
+            for p in fresh.parameters():
+                p.normal_(0.0, 0.1)
+            for b in fresh.buffers():
+                b.zero_() if not b.is_floating_point() else b.fill_(1.0)
+    except Exception:  # noqa: BLE001 - best effort, as above
+        return None
+    return replay(fresh, history, list(method.input_shape), method)
 
 
 def _expand(model: nn.Module, pattern: str) -> list[str]:

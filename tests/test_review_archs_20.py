@@ -1,0 +1,46 @@
+"""Mends from the twentieth architecture review: U-Nets, inverted residuals, squeeze-excitation, GLU MLPs,
+dilated temporal convs, split/chunk and a shared conv, pruned structurally and with group L1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+
+
+def _structured(shape: list[int], **extra: object) -> sparsekit.Recipe:
+    spec = {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot", **extra}
+    return sparsekit.Recipe(**{"model": {"input_shape": shape}, "pruning": [spec]})
+
+
+class FixedSplit(nn.Module):
+    """conv1's channels are split by a fixed size (16) into two branches, which removal cannot follow; the
+    layers around it (a, b, conv3, c) lose channels in the same event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.a, self.b = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3, self.c = nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 16, 1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = torch.split(F.relu(self.conv1(x)), 16, dim=1)
+        y = F.relu(self.conv3(torch.cat([F.relu(self.a(x1)), F.relu(self.b(x2))], 1)))
+        p, q = torch.chunk(y, 2, dim=1)
+        return self.fc(torch.cat([p * q, F.relu(self.c(y))], 1).mean((2, 3)))
+
+
+def test_a_removal_that_breaks_the_forward_pass_in_a_pruner_step_names_the_layer_that_broke_it(one_thread):
+    # The Pruner's own step named the event's first three roots ('c', 'conv3', 'b'): ignoring them, as it said,
+    # failed the same way, since conv1's removal is what breaks the split. rehearse named conv1 already.
+    torch.manual_seed(0)
+    pruner = sparsekit.Pruner(FixedSplit(), _structured([1, 3, 8, 8]), steps_per_epoch=1)
+    with pytest.raises(sparsekit.TargetError) as err:
+        pruner.step()
+    message = str(err.value)
+    assert "add 'conv1' to pruning[0].ignore" in message, message
+    assert "'c'" not in message.split("ignore")[0], message
