@@ -51,6 +51,7 @@ TP_ATTRIBUTES = (
     "ops.OPTYPE.OUTPUT",
     "ops.OPTYPE.PARAMETER",
     "ops.OPTYPE.ELEMENTWISE",
+    "ops._SplitOp",  # PRIVATE: its offsets, resynced after each removal (see _resync_splits)
     "pruner.function.BasePruningFunc.get_in_channel_groups",
     "pruner.function.BasePruningFunc.get_out_channel_groups",
     "importance.Importance",
@@ -170,6 +171,23 @@ def prune(group: Group, *, record_history: bool = True) -> None:
     group.prune(record_history=record_history)
     for module, name in frozen:
         getattr(module, name).requires_grad_(False)
+    _resync_splits(group)
+
+
+def _resync_splits(group: Group) -> None:
+    """torch-pruning 1.6's split pruner updates a split's (chunk's) sizes but writes the new offsets to itself,
+    not to the split, whose channel mapping then keeps the traced offsets: a second removal event through a
+    chunk mapped channels past the new width (IndexError while ranking) or onto the wrong half. The offsets
+    are recomputed here from the sizes it did update."""
+    split_op = _tp().ops._SplitOp
+    for item in group:
+        module = item.dep.target.module
+        sizes = getattr(module, "split_sizes", None)
+        if isinstance(module, split_op) and sizes is not None:
+            offsets = [0]
+            for size in sizes:
+                offsets.append(offsets[-1] + size)
+            module.offsets = offsets
 
 
 def guard(graph: Graph, group: Group) -> bool:
