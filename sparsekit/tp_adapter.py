@@ -190,6 +190,20 @@ def _resync_splits(group: Group) -> None:
             module.offsets = offsets
 
 
+def splits_channels(graph: Graph, module: Any) -> bool:
+    """Whether ``module`` (a :class:`Member`'s) is tp's stand-in for a split or chunk along dim 1, the channels
+    (tp's own check; its recorded ``split_sizes`` do not say: torch 2's grad_fn sets them for any dim)."""
+    if not isinstance(module, _tp().ops._SplitOp):
+        return False
+    grad_fn = getattr(graph.module2node.get(module), "grad_fn", None)
+    dim = getattr(grad_fn, "_saved_dim", None)  # PRIVATE (autograd's): the split's dim, negative ones wrapped to uint64
+    rank = len(getattr(grad_fn, "_saved_self_sym_sizes", ()) or ())
+    if dim is None or not rank:
+        return True  # unknown: as tp, which maps it as a channel split
+    dim = int(dim) - 2**64 if int(dim) >= 2**63 else int(dim)
+    return (dim + rank if dim < 0 else dim) == 1
+
+
 def guard(graph: Graph, group: Group) -> bool:
     """torch-pruning's own guard (``check_pruning_group``): False when the group would remove every
     channel of one of its members. sparsekit consults it before every removal it makes."""

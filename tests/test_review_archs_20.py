@@ -3,6 +3,8 @@ dilated temporal convs, split/chunk and a shared conv, pruned structurally and w
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,3 +81,44 @@ def test_a_second_removal_event_through_a_chunk_keeps_value_and_gate_paired(one_
     rows = _rows_in(original, model.fused.weight.detach())
     values, gates = rows[:8], rows[8:]
     assert all(v < 16 for v in values) and [g - 16 for g in gates] == values, rows
+
+
+class TimeSplit(nn.Module):
+    """A temporal conv whose output is split along time, not channels: its units can go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv1d(3, 16, 3, padding=1), nn.Conv1d(16, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        early, late = torch.split(F.relu(self.conv1(x)), 4, dim=2)
+        return self.fc(F.relu(self.conv2(torch.cat([late, early], 2))).mean(-1))
+
+
+def _group_l1(shape: list[int]) -> sparsekit.Recipe:
+    spec = {
+        "method": "l1",
+        "group": "channel",
+        "target": 0.5,
+        "mode": "proximal",
+        "strength": 1e-2,
+        "schedule": {"start_epoch": 0, "end_epoch": 1},
+    }
+    spec["layers"] = {"types": ["Conv1d", "Conv2d"]}
+    return sparsekit.Recipe(model={"input_shape": shape}, finetune={"epochs": 1}, pruning=[spec])
+
+
+def _left_out(model: nn.Module, shape: list[int]) -> str:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sparsekit.Pruner(model, _group_l1(shape), steps_per_epoch=1)
+    return " ".join(str(w.message) for w in caught)
+
+
+def test_group_l1_leaves_out_up_front_a_layer_whose_channels_a_fixed_split_divides(one_thread):
+    # Its zeroed units could never be removed (finalize found that, falling back layer by layer), yet the target
+    # counted them as units it removes: conv1 took its share of the zeros and kept every channel.
+    torch.manual_seed(0)
+    said = _left_out(FixedSplit(), [1, 3, 8, 8])
+    assert "'conv1': its units pass through a split or chunk of the channels" in said, said
+    assert "'conv1'" not in _left_out(TimeSplit(), [1, 3, 8])  # a split along time moves no channel

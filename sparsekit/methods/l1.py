@@ -570,6 +570,14 @@ class L1:
                         "its units are viewed (view/reshape) as channels of the layer after it, several units to a "
                         "channel: removing single units would break that layout"
                     )
+            if not blocked and any(tpa.splits_channels(graph, m.module) for m in first):
+                # torch.split(x, 16, 1) / chunk: the sizes are written into the forward code, so a removed unit shifts
+                # every later channel into the wrong part (or the parts no longer add up). Only finalize found it, after
+                # the target had counted these zeros as units it removes.
+                blocked = (
+                    "its units pass through a split or chunk of the channels (torch.split / chunk), whose sizes the "
+                    "forward code fixes: removing single units would shift them"
+                )
             for member in first[1:]:
                 mod = member.module
                 label = names.get(id(mod))
