@@ -1519,6 +1519,45 @@ def _slower_after_removal(report: Report) -> str:
     return ", ".join(slow)
 
 
+def _structured_speed_advice(report: Report) -> str:
+    """What to change in the structured entries of a run measured slower than dense. "Keep round_to: 16 (the
+    default)" was said to a run that kept it, whose ``target_macs`` had fallen back to exact channel counts (whole
+    blocks could not reach it), and to one whose counts were all aligned: the advice follows what the entries did."""
+    entries = [e if isinstance(e, dict) else {} for e in report.recipe.get("pruning") or []]
+    asked = [e if isinstance(e, dict) else {} for e in report.recipe_asked or []] or entries
+    causes = []
+    for i, m in enumerate(report.methods):
+        if m.method != "structured" or i >= len(entries):
+            continue
+        entry, first = entries[i], asked[i] if i < len(asked) else entries[i]
+        round_to = entry.get("round_to")
+        step = round_to if isinstance(round_to, int) and round_to > 1 else None
+        exact = step is None or any(
+            kept != width and kept % (step if width >= 2 * step else step // 2 if width >= step else 1)
+            for width, kept in (m.channels or {}).values()
+        )
+        if not exact:
+            continue
+        if step is None:
+            causes.append(f"pruning[{i}]'s round_to: null keeps exact counts: set round_to: 16 (the default)")
+        elif first.get("target_macs") is not None:
+            causes.append(
+                f"pruning[{i}]'s target_macs fell back to exact counts, as whole blocks of round_to could not reach "
+                "it (its note above): ask a target_macs that whole blocks reach"
+            )
+        elif first.get("layer_ratio"):
+            causes.append(
+                f"pruning[{i}]'s layer_ratio keeps the exact counts its fractions give: write fractions that keep "
+                "multiples of round_to"
+            )
+    if causes:
+        return "; ".join(causes) + "; or use target_latency (ratio: auto), which measures the counts it keeps."
+    return (
+        "The kept channel counts are already multiples of round_to: use target_latency (ratio: auto), which "
+        "measures the counts it keeps, or remove fewer channels."
+    )
+
+
 #: Below this many validation samples the report says its accuracies are coarse (a step of 1/n is >= 1 point).
 FEW_VAL_SAMPLES = 100
 
@@ -1564,10 +1603,7 @@ def notes(report: Report) -> list[str]:
     if slower:
         advice = []
         if any(m.method == "structured" for m in report.methods):
-            advice.append(
-                "Keep round_to: 16 (the default) or use target_latency (ratio: auto) rather than exact counts "
-                "(round_to: null, hand-written layer_ratio)."
-            )
+            advice.append(_structured_speed_advice(report))
         if any(m.method == "l1" and m.channels for m in report.methods):
             advice.append(
                 "Group l1 removes the units training zeroed, whatever their count (it has no round_to): for speed, "

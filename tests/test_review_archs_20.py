@@ -122,3 +122,33 @@ def test_group_l1_leaves_out_up_front_a_layer_whose_channels_a_fixed_split_divid
     said = _left_out(FixedSplit(), [1, 3, 8, 8])
     assert "'conv1': its units pass through a split or chunk of the channels" in said, said
     assert "'conv1'" not in _left_out(TimeSplit(), [1, 3, 8])  # a split along time moves no channel
+
+
+def _slower_note(entry: dict, asked: dict | None = None) -> str:
+    from test_report_summary import MLP_SHAPE, _prune, _recipe, _report, mlp
+
+    from sparsekit.report import notes
+
+    recipe = _recipe([entry])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[64, 48]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (1.3, 0.05)})
+    if asked is not None:
+        report.recipe_asked = [asked]
+    (said,) = [n for n in notes(report) if n.startswith("Channel removal made the model slower")]
+    return said
+
+
+def test_a_slower_structured_run_is_told_what_its_entry_did_not_to_keep_the_round_to_it_kept(one_thread):
+    # A U-Net whose target_macs fell back to exact counts (whole blocks of 16 overshot it) measured 1.10x of dense,
+    # and the note said "Keep round_to: 16 (the default)", which the recipe had; so it did to aligned counts.
+    torch.manual_seed(0)
+    base = {"method": "structured", "schedule": "oneshot", "round_to": 16, "ignore": ["fc3"]}
+    exact = {**base, "ratio": 0.3, "layer_ratio": {"fc1": 0.3, "fc2": 0.3}}
+    said = _slower_note(exact, asked={**base, "ratio": "auto", "target_macs": 0.5})
+    assert "pruning[0]'s target_macs fell back to exact counts" in said and "Keep round_to" not in said, said
+    said = _slower_note(exact)
+    assert "pruning[0]'s layer_ratio keeps the exact counts" in said, said
+    said = _slower_note({**base, "ratio": 0.5})
+    assert "already multiples of round_to" in said and "Keep round_to" not in said, said
+    said = _slower_note({**base, "ratio": 0.3, "round_to": None})
+    assert "round_to: null keeps exact counts" in said, said
