@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from torch import nn
+
+from ..errors import TargetError
 from ..recipe import Recipe, as_recipe
 
-__all__ = ["as_recipe", "refuse_distributed_structured", "short_schedules"]
+__all__ = ["as_recipe", "refuse_distributed_structured", "require_first_batch", "short_schedules"]
+
+
+def require_first_batch(pruner: Any, callee: str, root: nn.Module, submodule: str | None, caller: str) -> None:
+    """TargetError, worded for the callback ``callee``, when an optimizer step comes while the Pruner still waits for
+    the first batch to read the input shape from (structured without one): the trainer ran the step without calling
+    the pruned module's forward (``training_step`` calling ``self.net(x)`` while the LightningModule itself is
+    pruned). The Pruner's own error told to run a batch through the model and to pass ``context=`` to a Pruner the
+    user never built. ``root``: the trainer's model; ``caller``: the user's code that runs the batch."""
+    if not pruner._pending or pruner._wait_failed is not None:
+        return  # built, or the first batch's own error (the Pruner's) was raised already
+    from ..modelio import input_shape_example
+
+    target = pruner.model
+    example = "[" + input_shape_example(target).replace(",", ", ") + "]"
+    children = [n for n, _ in target.named_children()]
+    what = f"submodule {submodule!r}" if submodule else f"the model itself ({type(root).__name__})"
+    how = f"{caller} ran without calling it" + ("" if submodule else ", e.g. calling a child, self.net(x), not self(x)")
+    other = (
+        f"pass {callee}(..., submodule=NAME) to prune the child it calls (children: {', '.join(children)}), or "
+        if not submodule and children
+        else ""
+    )
+    raise TargetError(
+        f"{callee}: structured pruning needs the input shape, which the callback takes from the first batch through "
+        f"the forward of the module it prunes, {what}, and an optimizer step came before any batch ran through it "
+        f"({how}); {other}pass {callee}(..., input_shape=[1, ...]) (e.g. {example}), or set model.input_shape in "
+        "the recipe"
+    )
 
 
 def refuse_distributed_structured(recipe: Recipe) -> None:

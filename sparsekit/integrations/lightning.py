@@ -27,7 +27,7 @@ from torch import nn
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, short_schedules
+from ._common import as_recipe, require_first_batch, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 if TYPE_CHECKING:
@@ -323,6 +323,7 @@ class SparsekitCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self.pruner is not None and not self.pruner.finalized:
+            require_first_batch(self.pruner, type(self).__name__, pl_module, self.submodule, "training_step")
             self.pruner.regularize()
 
     def on_train_batch_end(

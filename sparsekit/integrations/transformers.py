@@ -30,7 +30,7 @@ from ..fsutil import atomic_path
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, short_schedules
+from ._common import as_recipe, require_first_batch, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 try:
@@ -315,6 +315,9 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self.pruner is not None and not self.pruner.finalized:
+            model = kwargs.get("model")
+            if isinstance(model, nn.Module):
+                require_first_batch(self.pruner, type(self).__name__, model, self.submodule, "the model's forward")
             self.pruner.regularize()
 
     def on_optimizer_step(

@@ -1,0 +1,112 @@
+"""Review (trainers): the Lightning and transformers callbacks used as a user would, with their own small models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+from sparsekit.errors import TargetError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# structured with no input shape anywhere: the callback takes it from the first batch through the pruned module
+STRUCTURED = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": {"start_epoch": 0, "end_epoch": 0}}
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def batches(n: int = 32, batch_size: int = 8) -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.TensorDataset(torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def test_lightning_structured_without_shape_on_a_module_whose_forward_never_runs_says_submodule_or_input_shape():
+    # The LightningModule is pruned (no submodule) but training_step calls self.net(x): its forward never runs, so
+    # no first batch comes. The Pruner's own error told to run a batch through the model and to pass context= to a
+    # Pruner the user never built.
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    recipe = sparsekit.Recipe(version=1, pruning=[{**STRUCTURED, "ignore": ["net.head"]}])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[SparsekitCallback(recipe)],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with pytest.raises(TargetError) as err:
+        trainer.fit(Lit(), torch.utils.data.DataLoader(batches(), batch_size=8))
+    message = str(err.value)
+    assert message.startswith("SparsekitCallback: structured pruning needs the input shape"), message
+    assert "SparsekitCallback(..., submodule=NAME)" in message and "children: net" in message, message
+    assert "SparsekitCallback(..., input_shape=[1, ...])" in message and "context=" not in message, message
+
+
+def test_transformers_structured_without_shape_on_a_submodule_the_forward_skips_names_the_callback(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Wrap(nn.Module):
+        """Runs net's layers one by one, never net's own forward."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.net.head(F.relu(self.net.fc2(F.relu(self.net.fc1(x)))))
+            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
+
+    class Dict(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.data = batches()
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            x, y = self.data[i]
+            return {"x": x, "labels": y}
+
+    recipe = sparsekit.Recipe(version=1, pruning=[{**STRUCTURED, "ignore": ["head"]}])
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    callback = SparsekitTrainerCallback(recipe, submodule="net")
+    trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=Dict(), callbacks=[callback])
+    with pytest.raises(TargetError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert message.startswith("SparsekitTrainerCallback: structured pruning needs the input shape"), message
+    assert "submodule 'net'" in message and "SparsekitTrainerCallback(..., input_shape=[1, ...])" in message, message
