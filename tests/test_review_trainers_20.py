@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,3 +112,75 @@ def test_transformers_structured_without_shape_on_a_submodule_the_forward_skips_
     message = str(err.value)
     assert message.startswith("SparsekitTrainerCallback: structured pruning needs the input shape"), message
     assert "submodule 'net'" in message and "SparsekitTrainerCallback(..., input_shape=[1, ...])" in message, message
+
+
+def _lightning_module(pl):
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", F.cross_entropy(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Lit
+
+
+def _trainer(pl, callback):
+    return pl.Trainer(
+        max_epochs=1,
+        callbacks=[callback],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+
+
+@pytest.mark.parametrize("method", ["magnitude", "structured"])
+def test_lightning_validate_from_a_checkpoint_saved_after_finalize_neither_says_pruning_restarts_nor_blames_fit(
+    tmp_path, method
+):
+    # trainer.save_checkpoint after fit, then trainer.validate(fresh module, ckpt_path=...): validate prunes nothing.
+    # It warned "pruning starts again from step 0" (magnitude), or said the weights do not fit "the module this fit
+    # built; resume from a checkpoint written before finalize" (structured).
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    Lit = _lightning_module(pl)
+    entry = (
+        {**STRUCTURED, "ignore": ["head"]}
+        if method == "structured"
+        else {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 0}}
+    )
+    recipe = sparsekit.Recipe(version=1, pruning=[entry])
+    loader = torch.utils.data.DataLoader(batches(), batch_size=8)
+    trainer = _trainer(pl, SparsekitCallback(recipe, submodule="net"))
+    trainer.fit(Lit(), loader)
+    trainer.save_checkpoint(tmp_path / "final.ckpt")
+
+    again = _trainer(pl, SparsekitCallback(recipe, submodule="net"))
+    fresh = Lit()
+    if method == "structured":
+        with pytest.raises(ValueError) as err:
+            again.validate(fresh, loader, ckpt_path=tmp_path / "final.ckpt", verbose=False)
+        message = str(err.value)
+        assert "trainer.validate(ckpt_path=...) cannot load it" in message and "this fit" not in message, message
+        return
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again.validate(fresh, loader, ckpt_path=tmp_path / "final.ckpt", verbose=False)
+    assert not [w for w in seen if "SparsekitCallback" in str(w.message)], [str(w.message) for w in seen]
+    weights = [p for p in fresh.net.parameters() if p.dim() > 1]
+    zeros = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+    assert zeros == pytest.approx(0.5, abs=0.01)  # the checkpoint's zeros, loaded as they are

@@ -104,7 +104,8 @@ class SparsekitCallback(pl.Callback):
       :attr:`state_key`; resuming continues with the same masks, step count and shapes. Resuming under
       a recipe whose ``pruning`` section differs is a ValueError. A checkpoint written after finalize
       (``trainer.save_checkpoint`` after fit) holds no pruner state: resuming from it starts pruning
-      again from step 0, with a warning.
+      again from step 0, with a warning; ``validate``/``test``/``predict`` load its weights as they are (a
+      ValueError when finalize removed channels and the module is not already that small).
 
     Limits: one optimizer over the pruned weights is assumed (automatic optimization; under manual
     optimization with several optimizers the pruner steps once per batch in which ``global_step``
@@ -238,6 +239,23 @@ class SparsekitCallback(pl.Callback):
             # finalize may have removed channels (structured, l1's remove_dead): such weights do not fit the module
             # built for this fit, and Lightning's own load would fail with a bare size mismatch.
             odd = _shape_mismatch(checkpoint, pl_module)
+            fn = getattr(trainer.state, "fn", "fit")
+            stage = str(getattr(fn, "value", fn))  # a TrainerFn: "fit", "validate", "test", "predict"
+            if stage != "fit":
+                # validate/test/predict(ckpt_path=...) prune nothing: the masks are baked into the saved weights, which
+                # load as they are when their shapes fit (a warning that pruning starts again would be false), and
+                # no pruner state is left to rebuild removed channels from when they do not.
+                if odd is not None:
+                    name, theirs, ours = odd
+                    raise ValueError(
+                        f"SparsekitCallback: this checkpoint was written after pruner.finalize(), which removed "
+                        f"channels ({name} is {list(theirs)} in it, {list(ours)} in this module), and holds no "
+                        f"pruner state to rebuild those shapes from, so trainer.{stage}(ckpt_path=...) cannot load "
+                        "it into this module; pass a checkpoint written during fit (ModelCheckpoint's), or save the "
+                        "pruned model with sparsekit.save_model(callback.model, ...) after fit and evaluate "
+                        "sparsekit.load_model of that file"
+                    )
+                return
             if odd is not None:
                 name, theirs, ours = odd
                 raise ValueError(
