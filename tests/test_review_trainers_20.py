@@ -69,6 +69,20 @@ def test_lightning_structured_without_shape_on_a_module_whose_forward_never_runs
     assert "SparsekitCallback(..., input_shape=[1, ...])" in message and "context=" not in message, message
 
 
+class _Dict(torch.utils.data.Dataset):
+    """batches() as the dicts a transformers Trainer collates."""
+
+    def __init__(self) -> None:
+        self.data = batches()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x, y = self.data[i]
+        return {"x": x, "labels": y}
+
+
 def test_transformers_structured_without_shape_on_a_submodule_the_forward_skips_names_the_callback(tmp_path):
     transformers = pytest.importorskip("transformers")
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
@@ -84,17 +98,6 @@ def test_transformers_structured_without_shape_on_a_submodule_the_forward_skips_
             logits = self.net.head(F.relu(self.net.fc2(F.relu(self.net.fc1(x)))))
             return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
 
-    class Dict(torch.utils.data.Dataset):
-        def __init__(self) -> None:
-            self.data = batches()
-
-        def __len__(self) -> int:
-            return len(self.data)
-
-        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            x, y = self.data[i]
-            return {"x": x, "labels": y}
-
     recipe = sparsekit.Recipe(version=1, pruning=[{**STRUCTURED, "ignore": ["head"]}])
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
@@ -106,7 +109,7 @@ def test_transformers_structured_without_shape_on_a_submodule_the_forward_skips_
         disable_tqdm=True,
     )
     callback = SparsekitTrainerCallback(recipe, submodule="net")
-    trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=Dict(), callbacks=[callback])
+    trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
     with pytest.raises(TargetError) as err:
         trainer.train()
     message = str(err.value)
@@ -184,3 +187,40 @@ def test_lightning_validate_from_a_checkpoint_saved_after_finalize_neither_says_
     weights = [p for p in fresh.net.parameters() if p.dim() > 1]
     zeros = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
     assert zeros == pytest.approx(0.5, abs=0.01)  # the checkpoint's zeros, loaded as they are
+
+
+def test_transformers_fp16_with_max_grad_norm_0_and_l1_is_not_warned_of_scaled_gradients(tmp_path):
+    # The Trainer (transformers >= 5.24) takes the gradient norm through accelerate's clip_grad_norm_ before
+    # on_pre_optimizer_step with any max_grad_norm (inf when 0), which unscales fp16 gradients: the warning that they
+    # are still scaled there, and its advice to set max_grad_norm > 0, were false (on CPU nothing is scaled at all).
+    transformers = pytest.importorskip("transformers")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.net(x)
+            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
+
+    recipe = sparsekit.Recipe(version=1, pruning=[{"method": "l1", "strength": 1e-3, "layers": {"include": ["fc1"]}}])
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=1,
+        fp16=True,
+        max_grad_norm=0.0,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    callback = SparsekitTrainerCallback(recipe, submodule="net")
+    trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert callback.model is not None  # trained and finalized
+    assert not [w for w in seen if "max_grad_norm" in str(w.message)], [str(w.message) for w in seen]

@@ -96,8 +96,9 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
     - ``on_pre_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
       ``.grad``; the model's loss needs no edit). Called once per real optimizer step, after the last
       accumulated backward and after gradient clipping (``max_grad_norm``; the penalty's gradient is not
-      clipped). Mixed precision: accelerate unscales fp16 gradients while clipping, so with ``fp16``
-      keep ``max_grad_norm > 0`` (a warning says so); bf16 needs no scaling.
+      clipped). Mixed precision: the gradients are unscaled by then, with any ``max_grad_norm`` (the Trainer
+      takes their norm through accelerate's ``clip_grad_norm_``, which unscales fp16 gradients, even with
+      ``max_grad_norm=0``); bf16 needs no scaling.
     - ``on_optimizer_step``: :meth:`Pruner.step`, once per real optimizer step (gradient accumulation
       counts real steps only: ``pruner.step_count`` equals ``state.global_step`` of a run pruned from
       its start). This event rather than ``on_step_end``: the Trainer zeroes the gradients between
@@ -289,13 +290,6 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         if short and state.max_steps > 0:
             warnings.warn(
                 "SparsekitTrainerCallback: the recipe's schedule outlasts training: " + "; ".join(short),
-                stacklevel=2,
-            )
-        if args.fp16 and args.max_grad_norm <= 0 and any(s.method == "l1" for s in self.recipe.pruning):
-            warnings.warn(
-                "SparsekitTrainerCallback: fp16 with max_grad_norm=0 leaves the gradients scaled at "
-                "on_pre_optimizer_step, so the L1 gradient is added at the wrong scale; set max_grad_norm > 0 "
-                "(accelerate then unscales first) or use bf16",
                 stacklevel=2,
             )
 
