@@ -259,8 +259,8 @@ class Pruner:
             if x is None or x.dim() == 0:
                 self._wait_failed = TargetError(
                     "Pruner: structured pruning traces the model and needs its input shape, and the first call of "
-                    "the model passed no batch tensor to read it from; set model.input_shape in the recipe or pass "
-                    "context={'input_shape': [1, ...]} to the Pruner"
+                    "the model passed no batch tensor to read it from; set model.input_shape in the recipe or "
+                    f"{self._shape_remedy()}"
                 )
                 raise self._wait_failed
             # One sample of the batch: the shape every trace, export and check of sparsekit uses (batch first).
@@ -279,6 +279,13 @@ class Pruner:
         self._pending = chosen is not None
         self._chosen = chosen or {}  # the scorers, for a build by load_state_dict before any batch
         self._waiting = self.model.register_forward_pre_hook(_FirstBatchHook(first_batch), with_kwargs=True)
+
+    def _shape_remedy(self) -> str:
+        """How the one who built this Pruner gives it an input shape: a trainer callback (``_stepped_by``) takes
+        ``input_shape=`` and builds the Pruner itself, so the Pruner's ``context=`` is no remedy for its user."""
+        if self._stepped_by is not None:
+            return f"pass {self._stepped_by[0]}(..., input_shape=[1, ...])"
+        return "pass context={'input_shape': [1, ...]} to the Pruner"
 
     def _stop_waiting(self) -> None:
         if self._waiting is not None:
@@ -299,8 +306,8 @@ class Pruner:
             raise TargetError(
                 f"pruner.{call}(): structured pruning traces the model and needs its input shape, which this Pruner "
                 "takes from the first batch the model runs on, and none has yet; run a batch through the model "
-                f"first (your loop's first forward), or set model.input_shape in the recipe (e.g. {example}) or pass "
-                "context={'input_shape': [1, ...]} to the Pruner"
+                f"first (your loop's first forward), or set model.input_shape in the recipe (e.g. {example}) or "
+                f"{self._shape_remedy()}"
             )
 
     def _build(self, shape: Any, chosen: dict[int, Callable[..., Any]]) -> None:
@@ -968,7 +975,7 @@ class Pruner:
             if not shape:
                 raise TargetError(
                     "resuming a structurally pruned run needs the input shape: set model.input_shape "
-                    "in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
+                    f"in the recipe or {self._shape_remedy()}"
                 )
             before = {id(p) for p in self.model.parameters()}
             replay_history(self.model, history, shape)

@@ -224,3 +224,32 @@ def test_transformers_fp16_with_max_grad_norm_0_and_l1_is_not_warned_of_scaled_g
         trainer.train()
     assert callback.model is not None  # trained and finalized
     assert not [w for w in seen if "max_grad_norm" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_lightning_structured_without_shape_whose_first_call_has_no_tensor_names_the_callbacks_input_shape():
+    # The LightningModule's forward takes the batch dict: no tensor to read the shape from. The Pruner's remedy
+    # ("pass context={'input_shape': ...} to the Pruner") named a constructor the callback's user never calls.
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, batch: dict) -> torch.Tensor:
+            return self.net(batch["x"])
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch), batch["labels"])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    recipe = sparsekit.Recipe(version=1, pruning=[{**STRUCTURED, "ignore": ["net.head"]}])
+    trainer = _trainer(pl, SparsekitCallback(recipe))
+    with pytest.raises(TargetError) as err:
+        trainer.fit(Lit(), torch.utils.data.DataLoader(_Dict(), batch_size=8))
+    message = str(err.value)
+    assert "passed no batch tensor" in message, message
+    assert "pass SparsekitCallback(..., input_shape=[1, ...])" in message and "context=" not in message, message
