@@ -253,3 +253,46 @@ def test_lightning_structured_without_shape_whose_first_call_has_no_tensor_names
     message = str(err.value)
     assert "passed no batch tensor" in message, message
     assert "pass SparsekitCallback(..., input_shape=[1, ...])" in message and "context=" not in message, message
+
+
+def test_transformers_resumed_with_another_gradient_accumulation_warns_that_the_schedule_keeps_its_steps(tmp_path):
+    # Resuming with gradient_accumulation_steps 2 -> 1 doubles the optimizer steps per epoch, so the checkpoint's
+    # schedule (laid out in its steps) ends at other epochs: SparsekitCallback warned of this, the transformers one
+    # went on without a word.
+    transformers = pytest.importorskip("transformers")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.net(x)
+            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
+
+    entry = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.5}}
+    recipe = sparsekit.Recipe(version=1, finetune={"epochs": 3}, pruning=[entry])
+
+    def run(accumulate: int, epochs: int, resume: str | None = None) -> list[str]:
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=8,
+            num_train_epochs=epochs,
+            gradient_accumulation_steps=accumulate,
+            save_strategy="epoch",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        callback = SparsekitTrainerCallback(recipe, submodule="net")
+        trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            trainer.train(resume_from_checkpoint=resume)
+        return [str(w.message) for w in seen if "the resumed schedule" in str(w.message)]
+
+    assert run(2, 1) == []  # 4 batches: 2 optimizer steps per epoch, checkpoint-2
+    assert run(2, 3, resume=str(tmp_path / "checkpoint-2")) == []  # the same steps per epoch: nothing to say
+    said = run(1, 3, resume=str(tmp_path / "checkpoint-2"))
+    assert said and "takes 4 optimizer steps per epoch, the resumed schedule 2" in said[0], said

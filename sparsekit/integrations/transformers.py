@@ -92,7 +92,8 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
     - ``on_train_begin``: builds the Pruner on ``kwargs["model"]`` (the Trainer's unwrapped model), or on
       a resume (``state.global_step > 0``) restores it from ``args.output_dir/checkpoint-N/pruner.pt``
       (N = the global step resumed at) when :meth:`prepare_resume` did not already. Warns when a
-      schedule ends after the run's last step.
+      schedule ends after the run's last step, and when a resumed schedule was laid out with other steps per
+      epoch than this run takes (it keeps its own).
     - ``on_pre_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
       ``.grad``; the model's loss needs no edit). Called once per real optimizer step, after the last
       accumulated backward and after gradient clipping (``max_grad_norm``; the penalty's gradient is not
@@ -280,6 +281,20 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
                 )
         if self.pruner is None:
             self.pruner = self._build(model, self._steps_per_epoch(args, kwargs.get("train_dataloader")))
+        elif self.steps_per_epoch is None:
+            # A resumed schedule keeps the steps per epoch it was laid out with; a run that now takes another number
+            # (another gradient_accumulation_steps, batch size or data set) reaches its end_epochs at other epochs.
+            # (SparsekitCallback says so too; an explicit steps_per_epoch that differs is warned of in _restore.)
+            try:
+                steps = self._steps_per_epoch(args, kwargs.get("train_dataloader"))
+            except ValueError:
+                steps = self.pruner.steps_per_epoch  # a loader with no length: nothing to compare
+            if steps != self.pruner.steps_per_epoch:
+                warnings.warn(
+                    f"SparsekitTrainerCallback: this run takes {steps} optimizer steps per epoch, the resumed "
+                    f"schedule {self.pruner.steps_per_epoch}; the schedule keeps its steps",
+                    stacklevel=2,
+                )
         short = short_schedules(
             self.recipe,
             self.pruner.steps_per_epoch,
