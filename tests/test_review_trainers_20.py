@@ -296,3 +296,58 @@ def test_transformers_resumed_with_another_gradient_accumulation_warns_that_the_
     assert run(2, 3, resume=str(tmp_path / "checkpoint-2")) == []  # the same steps per epoch: nothing to say
     said = run(1, 3, resume=str(tmp_path / "checkpoint-2"))
     assert said and "takes 4 optimizer steps per epoch, the resumed schedule 2" in said[0], said
+
+
+@pytest.mark.parametrize(("end_epoch", "warned"), [(2, False), (3, True)])
+def test_lightning_manual_optimization_with_two_optimizers_resumed_judges_the_schedule_in_batches(
+    tmp_path, end_epoch, warned
+):
+    # global_step counts both optimizers' steps (2 per batch); the pruner and estimated_stepping_batches count batches.
+    # A fit resumed after epoch 0 with max_epochs=2 was told its end_epoch-2 schedule "ends at step 20, but this fit
+    # ends at step 10" (the 20 steps taken were read as pruner steps), though it reaches it.
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Two(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            body, head = self.optimizers()
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            body.zero_grad()
+            head.zero_grad()
+            self.manual_backward(loss)
+            body.step()
+            head.step()
+
+        def configure_optimizers(self):
+            body = [p for n, p in self.net.named_parameters() if not n.startswith("head")]
+            return torch.optim.SGD(body, lr=0.01), torch.optim.SGD(self.net.head.parameters(), lr=0.01)
+
+    entry = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": end_epoch}}
+    recipe = sparsekit.Recipe(version=1, finetune={"epochs": end_epoch}, pruning=[entry])
+    loader = torch.utils.data.DataLoader(batches(), batch_size=8)  # 4 batches: 4 pruner steps, 8 global steps
+    options = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    first = pl.Trainer(
+        max_epochs=1,
+        callbacks=[SparsekitCallback(recipe, submodule="net"), ModelCheckpoint(dirpath=tmp_path)],
+        **options,
+    )
+    first.fit(Two(), loader)
+    (checkpoint,) = tmp_path.glob("*.ckpt")
+    callback = SparsekitCallback(recipe, submodule="net", finalize=False)
+    again = pl.Trainer(max_epochs=2, callbacks=[callback], enable_checkpointing=False, **options)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again.fit(Two(), loader, ckpt_path=checkpoint)
+    said = [str(w.message) for w in seen if "outlasts the fit" in str(w.message)]
+    assert callback.pruner.step_count == 8
+    assert bool(said) == warned, said
+    if warned:
+        assert "ends at epoch 3 (optimizer step 12), but this fit ends at step 8 of the schedule" in said[0], said

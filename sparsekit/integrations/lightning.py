@@ -322,12 +322,18 @@ class SparsekitCallback(pl.Callback):
                 stacklevel=2,
             )
         total = trainer.estimated_stepping_batches
+        done = trainer.global_step
+        if not pl_module.automatic_optimization:
+            # Manual optimization: global_step counts every optimizer's steps (two per batch with two optimizers),
+            # estimated_stepping_batches and the pruner count batches that stepped; a resumed fit compared the two
+            # and warned of a schedule it does reach.
+            done = int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", done))
         short = short_schedules(
             self.recipe,
             self.pruner.steps_per_epoch,
             float(total),
             run="fit",
-            done=trainer.global_step,
+            done=done,
             counted=self.pruner.step_count,
         )
         if short:
