@@ -351,3 +351,36 @@ def test_lightning_manual_optimization_with_two_optimizers_resumed_judges_the_sc
     assert bool(said) == warned, said
     if warned:
         assert "ends at epoch 3 (optimizer step 12), but this fit ends at step 8 of the schedule" in said[0], said
+
+
+def test_lightning_target_missed_because_early_stopping_ended_the_fit_says_so_not_to_raise_max_epochs():
+    # max_epochs=5 covers the end_epoch-4 schedule; EarlyStopping ends the fit after 2 epochs. The missed-target
+    # warning said to "train until the schedule's end_epoch (Trainer max_epochs / max_steps)", already long enough.
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from sparsekit.errors import TargetMissedWarning
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    entry = {"method": "magnitude", "sparsity": 0.75, "schedule": {"start_epoch": 0, "end_epoch": 4, "every": 0.5}}
+    recipe = sparsekit.Recipe(version=1, finetune={"epochs": 5}, pruning=[entry])
+    callback = SparsekitCallback(recipe, submodule="net")
+    stop = EarlyStopping("val_loss", patience=0, min_delta=100.0)  # no epoch improves by 100: stops after the 2nd
+    trainer = pl.Trainer(
+        max_epochs=5,
+        callbacks=[callback, stop],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    loader = torch.utils.data.DataLoader(batches(), batch_size=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.fit(_lightning_module(pl)(), loader, loader)
+    missed = [str(w.message) for w in seen if issubclass(w.category, TargetMissedWarning)]
+    assert trainer.current_epoch == 2 and missed, [str(w.message) for w in seen]
+    assert "EarlyStopping stopped this fit after 2 epochs" in missed[0], missed
+    assert "max_epochs" not in missed[0], missed

@@ -371,6 +371,14 @@ class SparsekitCallback(pl.Callback):
         if not self.finalize or pruner.finalized:
             self.model = target
             return
+        if trainer.should_stop and trainer.early_stopping_callbacks:
+            # EarlyStopping ended the fit, not max_epochs / max_steps: finalize's missed-target warning said to
+            # raise those, which were already long enough.
+            pruner._stepped_by = (
+                type(self).__name__,
+                f"EarlyStopping stopped this fit after {trainer.current_epoch} epochs: let it stop only after the "
+                "schedule's end, e.g. with a larger patience, or monitor a metric pruning does not worsen",
+            )
         model = pruner.finalize()
         if model is not target:
             if self.submodule:
