@@ -384,3 +384,46 @@ def test_lightning_target_missed_because_early_stopping_ended_the_fit_says_so_no
     assert trainer.current_epoch == 2 and missed, [str(w.message) for w in seen]
     assert "EarlyStopping stopped this fit after 2 epochs" in missed[0], missed
     assert "max_epochs" not in missed[0], missed
+
+
+def test_transformers_target_missed_because_early_stopping_ended_training_says_so(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from sparsekit.errors import TargetMissedWarning
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Net()
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.net(x)
+            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
+
+    entry = {"method": "magnitude", "sparsity": 0.75, "schedule": {"start_epoch": 0, "end_epoch": 4, "every": 0.5}}
+    recipe = sparsekit.Recipe(version=1, finetune={"epochs": 5}, pruning=[entry])
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=5,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    callback = SparsekitTrainerCallback(recipe, submodule="net")
+    # no epoch improves eval_loss by 100: stops at the 2nd evaluation
+    stop = transformers.EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=100.0)
+    trainer = transformers.Trainer(
+        model=Wrap(), args=args, train_dataset=_Dict(), eval_dataset=_Dict(), callbacks=[callback, stop]
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.train()
+    missed = [str(w.message) for w in seen if issubclass(w.category, TargetMissedWarning)]
+    assert trainer.state.global_step < trainer.state.max_steps and missed, [str(w.message) for w in seen]
+    assert "EarlyStoppingCallback stopped training at step" in missed[0], missed
+    assert "num_train_epochs" not in missed[0], missed

@@ -404,6 +404,15 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         if not self.finalize or pruner.finalized:
             self.model = target
             return
+        if 0 < state.global_step < state.max_steps:
+            # A callback (EarlyStoppingCallback) set should_training_stop: finalize's missed-target warning said to
+            # raise num_train_epochs / max_steps, which were long enough.
+            pruner._stepped_by = (
+                type(self).__name__,
+                f"a callback such as EarlyStoppingCallback stopped training at step {state.global_step} of "
+                f"{state.max_steps}: let it stop only after the schedule's end, e.g. with a larger "
+                "early_stopping_patience",
+            )
         model = pruner.finalize()
         if model is not target:
             root = kwargs.get("model")
