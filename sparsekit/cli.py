@@ -1854,9 +1854,14 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
         )
         spe = res["steps_per_epoch"]
         source = "as given" if res["steps_per_epoch_from"] == "given" else "one per training batch"
-        if source != "as given" and d["train_batches"] is not None and spe < d["train_batches"]:
+        steps_in = d["train_batches"]
+        if source != "as given" and d.get("batches_per_process"):
+            # Under torchrun: each process trains its shard, the schedules count its steps (as prune's would).
+            source = f"one per training batch of each of the {d['processes']} processes' shards"
+            steps_in = d["batches_per_process"]
+        if source != "as given" and steps_in is not None and spe < steps_in:
             # "5 steps per epoch (one per training batch)" beside 23 training batches read as a contradiction
-            first = f"the first {spe:,} of {d['train_batches']:,}"
+            first = f"the first {spe:,} of {steps_in:,}"
             source = f"one per training batch, {first}: finetune.max_steps_per_epoch"
         if epochs:
             lines.append(f"schedule: {spe:,} optimizer steps per epoch ({source}), {spe * epochs:,} in all")

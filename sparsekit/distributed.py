@@ -208,7 +208,36 @@ def shard(loader: Any, seed: int) -> Any:
             "data: a distributed run shards the training data with a DistributedSampler, which needs a "
             f"torch DataLoader over a dataset with a len() (got {type(loader).__name__})"
         )
-    sampler: DistributedSampler = DistributedSampler(loader.dataset, shuffle=True, seed=seed)
+    return _sharded(loader, DistributedSampler(loader.dataset, shuffle=True, seed=seed))
+
+
+def launched_world_size() -> int:
+    """The processes a launcher (``torchrun``) started, from ``WORLD_SIZE`` (1 when none or unreadable): known before
+    this process joins their group, or without joining it at all."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
+
+
+def batches_per_rank(loader: Any) -> int:
+    """``len()`` of this rank's :func:`shard` of ``loader``: the optimizer steps of one epoch on each rank. Also under a
+    launch whose process group this process has not joined (``sparsekit validate`` started by torchrun, a dry run of
+    the same command's ``prune``), where :func:`shard` would leave the loader whole: the schedules laid out in the
+    whole loader's steps would not be those of the run it previews."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    n = launched_world_size()
+    if active() or n <= 1 or not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
+        return len(shard(loader, 0))  # (shard refuses a loader it cannot split, as the run would)
+    # Every rank's shard has the same length (DistributedSampler pads): rank 0's, without a process group.
+    return len(_sharded(loader, DistributedSampler(loader.dataset, num_replicas=n, rank=0, shuffle=False)))
+
+
+def _sharded(loader: Any, sampler: Any) -> Any:
+    from torch.utils.data import DataLoader
+
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,

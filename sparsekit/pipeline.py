@@ -695,7 +695,7 @@ def check_inputs(
             token_ids=model_input.id_vocab(loaded.model, shape),  # ids, not floats, for an embedding's model
         )
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
-    spe = steps_per_epoch(recipe.finetune, len(_distributed.shard(bundle.train, recipe.seed)))
+    spe = steps_per_epoch(recipe.finetune, _distributed.batches_per_rank(bundle.train))
     return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
 
 

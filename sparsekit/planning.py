@@ -129,11 +129,17 @@ def plan(
     loaded, shape = inputs.loaded, list(inputs.shape)
     batch, out_shape = first_batch(inputs)
     spe = steps_per_epoch or inputs.steps_per_epoch
+    from . import distributed
+
+    # Under torchrun each process steps through its shard of the training batches (check_inputs counted those).
+    processes = distributed.world_size() if distributed.active() else distributed.launched_world_size()
     res.update(
         model={"path": str(model), "factory": inputs.factory, "input_shape": shape, "outputs": out_shape[1]},
         data={
             "source": inputs.source,
             "train_batches": _length(inputs.bundle.train),
+            "processes": processes,
+            "batches_per_process": distributed.batches_per_rank(inputs.bundle.train) if processes > 1 else None,
             "batch_shape": list(batch[0].shape),
             "output_shape": out_shape,
         },

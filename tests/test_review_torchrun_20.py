@@ -1,0 +1,52 @@
+"""Review (torchrun angle): sparsekit under torchrun, and users' own multi-process scripts."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from sparsekit.cli import main
+
+RECIPE = """
+data: {source: digits, batch_size: 64}
+finetune: {epochs: 3, optimizer: {name: adam, lr: 0.002}}
+pruning:
+  - method: magnitude
+    sparsity: 0.8
+    schedule: {start_epoch: 0, end_epoch: 3, every: 0.3}
+"""
+
+
+def _tiny_mlp(tmp_path):
+    import torch
+
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    path = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(hidden=[16]), path, factory="examples.models:mlp", kwargs={"hidden": [16]})
+    return path
+
+
+def _validate(tmp_path, *extra: str):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    model = tmp_path / "mlp.pt" if (tmp_path / "mlp.pt").exists() else _tiny_mlp(tmp_path)
+    args = ["validate", str(tmp_path / "r.yaml"), str(model), "--arch", "examples.models:mlp", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def test_validate_started_by_torchrun_lays_the_schedule_out_in_each_processs_steps(tmp_path, monkeypatch):
+    # `torchrun --nproc-per-node=2 -m sparsekit validate RECIPE MODEL` previews the same command's prune, whose ranks
+    # each train a shard of the data: it showed the one-process schedule (23 steps, sparsity 0.531 after epoch 1)
+    # where the run takes 12 steps per epoch and its report.json's history says 0.563.
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; validate joins no process group
+    two = _validate(tmp_path)
+    assert two.exit_code == 0, two.output
+    # 1437 training samples: 719 per rank, 12 batches of 64 (23 in one process)
+    assert "schedule: 12 optimizer steps per epoch (one per training batch of each of the 2 processes' shards)" in (
+        two.output
+    ), two.output
+    assert "finetune.max_steps_per_epoch" not in two.output
+    assert "mask updated every 0.3 epochs (4 of 12 steps)" in two.output, two.output
+    # The history predicted on the run's step clock (one process: 0.531 after epoch 1)
+    assert "as report.json's history will show it, after epoch 1: 0.563, 2: 0.770, 3: 0.800" in two.output, two.output
