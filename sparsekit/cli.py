@@ -747,7 +747,11 @@ class _UsageError(click.ClickException):
         super().__init__(message)
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
+        # Under torchrun every process prints this line: say which, as every other Error line does (_fail).
+        rank = _other_rank()
+        click.echo(
+            f"Error: {'' if rank is None else f'rank {rank}: '}{self.format_message()}", file=file, err=file is None
+        )
         if _json_asked(_ARGS):
             _json_error(self.format_message(), self.exit_code)
 

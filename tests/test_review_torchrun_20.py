@@ -50,3 +50,16 @@ def test_validate_started_by_torchrun_lays_the_schedule_out_in_each_processs_ste
     assert "mask updated every 0.3 epochs (4 of 12 steps)" in two.output, two.output
     # The history predicted on the run's step clock (one process: 0.531 after epoch 1)
     assert "as report.json's history will show it, after epoch 1: 0.563, 2: 0.770, 3: 0.800" in two.output, two.output
+
+
+def test_a_usage_error_under_torchrun_says_which_rank_printed_it(monkeypatch):
+    # Every rank prints its own Error line; rank 0's bare, the others' after "rank N: " (as every other error's), so
+    # two identical unattributed lines no longer read as one process saying it twice.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(main, ["recipes", "--nope"])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: rank 1: No such option '--nope'"), result.output
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(main, ["recipes", "--nope"])
+    assert result.output.startswith("Error: No such option '--nope'"), result.output
