@@ -125,12 +125,24 @@ class _RecipeType(click.ParamType):
 RECIPE = _RecipeType()
 
 
+def _launched_processes() -> int:
+    """How many processes a launcher (torchrun) started, from ``WORLD_SIZE``: 1 when unset or not a number. A stray
+    value in the environment (an exported ``WORLD_SIZE=auto``, say) is no launch, as sparsekit.distributed.launched
+    reads it: parsing it must not turn every error message into a traceback."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 1
+
+
 def _other_rank() -> str | None:
     """This process's torchrun rank when it is not rank 0 of a run of several processes, else None."""
     import os
 
     rank = os.environ.get("RANK", "0")
-    return rank if rank not in ("", "0") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+    return rank if rank not in ("", "0") and _launched_processes() > 1 else None
 
 
 def _fail(message: str, code: int, as_json: bool = False) -> None:
@@ -391,10 +403,7 @@ _ONE_PROCESS = {
 def _refuse_several_processes(command: str) -> None:
     """SparsekitError for a command that runs in one process when a launcher (torchrun) started several: only prune
     trains across processes."""
-    try:
-        n = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        return
+    n = _launched_processes()
     if n > 1 and command in _ONE_PROCESS:
         raise SparsekitError(
             f"sparsekit {command} runs in one process, but it was started as {n} (torchrun, WORLD_SIZE={n}): each "
@@ -454,9 +463,7 @@ def _device_flag(value: str | None) -> str | None:
 
 def _peer_failed(err: BaseException) -> bool:
     """A collective broke because another torchrun process exited (gloo / NCCL / store errors)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "torch.distributed" not in sys.modules:
+    if _launched_processes() <= 1 or "torch.distributed" not in sys.modules:
         return False
     import torch.distributed as dist
 

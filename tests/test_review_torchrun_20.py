@@ -63,3 +63,17 @@ def test_a_usage_error_under_torchrun_says_which_rank_printed_it(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     result = CliRunner().invoke(main, ["recipes", "--nope"])
     assert result.output.startswith("Error: No such option '--nope'"), result.output
+
+
+def test_a_world_size_that_is_no_number_leaves_errors_one_line_not_a_traceback(tmp_path, monkeypatch):
+    # Every Error line asks which rank printed it; an unreadable WORLD_SIZE there raised ValueError out of the error
+    # handler: a traceback (exit 1) in place of the recipe's own message. It is no launch, as prune reads it too.
+    (tmp_path / "bad.yaml").write_text("pruning:\n  - method: magnitude\n    sparsity: 1.5\n")
+    monkeypatch.setenv("WORLD_SIZE", "auto")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and "pruning[0].sparsity" in result.output, result.output
+    assert "rank 1" not in result.output
+    result = CliRunner().invoke(main, ["recipes", "--nope"])
+    assert result.exit_code == 2 and result.output.startswith("Error: No such option"), result.output
