@@ -13,15 +13,15 @@ running statistics differ between ranks between DDP's buffer broadcasts, and ``b
 BatchNorm weight (a parameter, equal everywhere), not by them. Calibration batches (gradient methods with
 no fine-tuning) go through the DDP wrapper too, so their gradients are averaged.
 
-:func:`check_masks` proves it: a checksum of every mask is compared across ranks once per epoch and at
-``finalize()``, and a divergence is an error naming the first layer that differs, not a silently
-different model per rank.
+:func:`check_masks` proves it: a checksum of every mask, and of the channels structured pruning removed, is compared
+across ranks once per epoch and at ``finalize()``, and a divergence is an error naming the first layer that differs (or
+saying the removed channels differ), not a silently different model per rank.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -373,15 +373,30 @@ def _checksum(masks: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack(rows).cpu() if rows else torch.zeros((0, 2), dtype=torch.float64)
 
 
-def check_masks(masks: dict[str, torch.Tensor], when: str) -> None:
-    """Compare a checksum of ``masks`` across ranks (one small all-reduce); raises
-    :class:`DivergenceError` on every rank, naming the first layer whose mask differs, when they do
-    not all hold the same masks. ``when`` says at which point of the run (for the message)."""
+def _removals_checksum(removals: Sequence[Any]) -> torch.Tensor:
+    """One row like :func:`_checksum`'s for the channel removals structured pruning made (its replayable history:
+    layer, side, indices): two numbers from a digest of them, the same length whatever was removed (the all-reduce
+    needs every rank's tensor to be as long)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(list(removals)).encode()).digest()
+    # 48-bit halves: float64 holds them exactly
+    row = [float(int.from_bytes(digest[:6], "big")), float(int.from_bytes(digest[6:12], "big"))]
+    return torch.tensor([row], dtype=torch.float64)
+
+
+def check_masks(masks: dict[str, torch.Tensor], when: str, removals: Sequence[Any] = ()) -> None:
+    """Compare a checksum of ``masks`` and of the channel ``removals`` structured pruning made (a Pruner's
+    ``pruning_history``) across ranks (one small all-reduce); raises :class:`DivergenceError` on every rank, naming
+    the first layer whose mask differs, or saying the removed channels differ, when they do not all hold the same.
+    ``when`` says at which point of the run (for the message)."""
     import torch.distributed as dist
 
     if not active():
         return
-    local = _checksum(masks)
+    # The removals too: ranks that removed different channels hold equal shapes (and maybe no mask at all), and
+    # without a word would train, and rank 0 save, a model the others do not have.
+    local = torch.cat([_checksum(masks), _removals_checksum(removals)])
     both = torch.cat([local, -local]).to(_collective_device())
     work = dist.all_reduce(both, op=dist.ReduceOp.MAX, async_op=True)  # max and -min in one collective
     try:
@@ -397,6 +412,13 @@ def check_masks(masks: dict[str, torch.Tensor], when: str) -> None:
     both = both.cpu()
     high, low = both[: len(local)], -both[len(local) :]
     differs = (high != low).any(dim=1)
+    if bool(differs.any()) and not bool(differs[:-1].any()):
+        raise DivergenceError(
+            f"distributed run: the ranks removed different channels {when} (structured pruning), though their masks "
+            "agree. Channels must be ranked from the same weights and gradients on every rank: wrap the model in "
+            "DistributedDataParallel, start every rank from the same weights, rank with a deterministic importance, "
+            "and call pruner.step() after every optimizer step on every rank"
+        )
     if bool(differs.any()):
         first = sorted(masks)[int(differs.nonzero()[0])]
         raise DivergenceError(

@@ -616,7 +616,7 @@ class Pruner:
         if self._masks_possible:
             apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():
-            _distributed.check_masks(self._mask_views(), f"after step {step}")
+            _distributed.check_masks(self._mask_views(), f"after step {step}", self.pruning_history)
 
     def _watch_rebuild(self, before: set[int]) -> None:
         """After channel removal replaced parameters (those not among the ids ``before``): note when an optimizer
@@ -764,7 +764,7 @@ class Pruner:
             self._waiting = None
         apply_masks(self.model)
         if _distributed.active():
-            _distributed.check_masks(self._mask_views(), "at finalize")
+            _distributed.check_masks(self._mask_views(), "at finalize", self.pruning_history)
         self._warn_late_removals()
         model = self.model
         for method in self.methods:

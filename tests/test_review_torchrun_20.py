@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from sparsekit.cli import main
@@ -77,3 +78,72 @@ def test_a_world_size_that_is_no_number_leaves_errors_one_line_not_a_traceback(t
     assert "rank 1" not in result.output
     result = CliRunner().invoke(main, ["recipes", "--nope"])
     assert result.exit_code == 2 and result.output.startswith("Error: No such option"), result.output
+
+
+def _removals(seed: int, monkeypatch) -> tuple[list, list]:
+    """A Pruner's channel removals on weights seeded ``seed`` (a rank's, had it no DDP wrapper broadcasting rank 0's),
+    and what it handed the cross-rank check at each check (as under torchrun)."""
+    import torch
+
+    import sparsekit
+    from examples.models import mlp
+    from sparsekit import pruner as pruner_module
+
+    calls: list = []
+    monkeypatch.setattr(pruner_module, "_distributed_active", lambda: True)
+    monkeypatch.setattr(pruner_module._distributed, "check_masks", lambda *args: calls.append(args))
+    torch.manual_seed(seed)
+    model = mlp(hidden=[32, 16])
+    recipe = {
+        "finetune": {"epochs": 1},
+        "pruning": [
+            {"method": "structured", "ratio": 0.5, "layers": {"include": ["fc1"]}, "schedule": {"end_epoch": 0}}
+        ],
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 64)).sum().backward()
+        opt.step()
+        pruner.step()
+        if pruner.structure_changed:
+            opt = pruner.update_optimizer(opt)
+    return pruner.pruning_history, calls
+
+
+def test_ranks_that_removed_different_channels_are_a_divergence_error_not_a_silent_one(monkeypatch):
+    # Structured pruning alone leaves no mask: the per-epoch checksum compared nothing, and ranks that removed
+    # different channels (equal shapes) trained on, rank 0 saving a model the others did not have.
+    import torch
+
+    from sparsekit import distributed
+
+    mine, calls = _removals(0, monkeypatch)
+    theirs, _ = _removals(1, monkeypatch)
+    assert mine != theirs
+    assert calls and all(list(args[2]) == mine for args in calls)  # the removals go with every check
+    monkeypatch.undo()
+
+    # The check itself, as rank 0 sees it: the other rank's removals were the other seed's.
+    peer: list = []
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "_collective_device", lambda: torch.device("cpu"))
+
+    class Done:
+        def wait(self, timeout=None):
+            return True
+
+    def all_reduce(t, op=None, async_op=False):
+        if peer:
+            t.copy_(torch.maximum(t, peer[0]))
+        return Done()
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    masks = {"fc2": torch.ones(16, 16, dtype=torch.bool)}
+    distributed.check_masks(masks, "after step 2", theirs)  # no peer yet: records nothing, agrees
+    peer.append(torch.cat([distributed._checksum(masks), distributed._removals_checksum(theirs)]))
+    peer[0] = torch.cat([peer[0], -peer[0]])
+    distributed.check_masks(masks, "after step 2", theirs)  # the same removals on both: no error
+    with pytest.raises(distributed.DivergenceError, match="the ranks removed different channels after step 2"):
+        distributed.check_masks(masks, "after step 2", mine)
