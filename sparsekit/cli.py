@@ -633,6 +633,11 @@ def _load_native(*modules: str) -> None:
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
+    if _other_rank() is not None:
+        # Under torchrun (validate, inspect, ... started as several processes) every rank ran the same command on
+        # the stdout they share: rank 0 prints the one result, as prune's ranks do (--json: one document, which
+        # two concatenated ones are not). An error is still every rank's own line.
+        return
     if as_json:
         _EMITTED.append(True)
         _print_document(json.dumps(data, indent=2, default=str))

@@ -147,3 +147,20 @@ def test_ranks_that_removed_different_channels_are_a_divergence_error_not_a_sile
     distributed.check_masks(masks, "after step 2", theirs)  # the same removals on both: no error
     with pytest.raises(distributed.DivergenceError, match="the ranks removed different channels after step 2"):
         distributed.check_masks(masks, "after step 2", mine)
+
+
+def test_a_command_under_torchrun_prints_one_json_document_not_one_per_rank(tmp_path, monkeypatch):
+    # `torchrun --nproc-per-node=2 -m sparsekit validate RECIPE --json` printed two documents on the stdout the ranks
+    # share (a reader's json.loads failed); a failure already printed rank 0's alone.
+    import json
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    documents = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        result = CliRunner().invoke(main, ["validate", str(tmp_path / "r.yaml"), "--json"])
+        assert result.exit_code == 0, result.output
+        documents.append(result.stdout)
+    assert json.loads(documents[0] + documents[1])["valid"] is True  # one document in all
+    assert documents[1] == ""
