@@ -104,13 +104,32 @@ def has_inference_tensors(model: nn.Module) -> bool:
     return any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
 
 
+SEVERAL_INPUTS_ADVICE = (
+    "the model's forward takes several inputs, and sparsekit traces a model with one tensor of its input shape, so "
+    "no input shape fits: use an unstructured method (magnitude, gradient, or l1 with remove_dead: false), which "
+    "never runs the model itself, or prune a module whose forward takes that one tensor (e.g. each tower alone)"
+)
+
+
+def several_inputs_advice(err: BaseException) -> str | None:
+    """What to do when a model failed on the one tensor of :func:`example_input` because its forward needs more
+    (``forward(image, meta)``, ``forward(x, mask)``): Python's "forward() missing 1 required positional argument";
+    None for another failure."""
+    if isinstance(err, TypeError) and re.search(
+        r"forward\(\) missing \d+ required (positional|keyword-only)", str(err)
+    ):
+        return SEVERAL_INPUTS_ADVICE
+    return None
+
+
 def trace_advice(err: BaseException) -> str | None:
     """What to do when tracing a model failed with ``err`` for a reason no input shape can fix: weights that are
-    inference tensors ("Inference tensors cannot be saved for backward", which read as a shape problem), or integer
-    input (:func:`integer_input_advice`); None for another failure (most often the wrong ``model.input_shape``)."""
+    inference tensors ("Inference tensors cannot be saved for backward", which read as a shape problem), a forward
+    that takes several inputs (:func:`several_inputs_advice`), or integer input (:func:`integer_input_advice`);
+    None for another failure (most often the wrong ``model.input_shape``)."""
     if re.search(r"[Ii]nference tensors? ", str(err)):
         return INFERENCE_TENSORS_ADVICE
-    return integer_input_advice(err)
+    return several_inputs_advice(err) or integer_input_advice(err)
 
 
 def example_input(

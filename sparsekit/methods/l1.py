@@ -452,11 +452,14 @@ class L1:
         layer is a head keeps them."""
         shape = self._input_shape(model)
         why = "" if shape else "the input shape is unknown"
+        # what to do: give the shape, unless no shape can help (a forward of several inputs, say)
+        advice = "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
         try:
             heads = output_layers(model, shape) if shape else []
         except Exception as err:  # a model that does not run on a given shape fails later with a clear error
             heads = []
             why = f"the model does not run on the guessed input shape {shape} ({one_line(err)})"
+            advice = trace_advice(err) or advice
         named = spec.layers.include or []
         explicit = bool(named) and all(isinstance(n, str) and not _GLOB.search(n) for n in named)
         if why and not self.input_shape and not explicit:
@@ -465,9 +468,8 @@ class L1:
             # layer's, leaving those classes only their bias. Silent until finalize's remove_dead, too late.
             warnings.warn(
                 f"{self.where}: group: {spec.group} could not find the classifier head to leave it out ({why}), so "
-                "it is pruned like any other layer (a head unit at zero leaves its class only its bias); set "
-                "model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner, or leave "
-                "the head out with layers.exclude",
+                f"it is pruned like any other layer (a head unit at zero leaves its class only its bias); {advice}, "
+                "or leave the head out with layers.exclude",
                 stacklevel=outside_sparsekit(),  # the user's Pruner(...) line
             )
         for head in heads:

@@ -1,0 +1,55 @@
+"""Models whose forward takes more than one tensor: (image, metadata), (x, mask), a dict batch."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit.errors import TargetError
+
+
+class TwoTower(nn.Module):
+    """forward(image, meta): an image tower and a metadata tower joined by a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.img = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU())
+        self.meta = nn.Sequential(nn.Linear(5, 8), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.img(image), self.meta(meta)], 1))
+
+
+def _recipe(*entries: dict) -> dict:
+    return {"pruning": list(entries), "finetune": {"epochs": 1}}
+
+
+STRUCTURED = {"method": "structured", "ratio": 0.5, "round_to": None}
+
+
+@pytest.mark.parametrize("context", [None, {"input_shape": [1, 3, 4]}])
+def test_structured_on_a_two_input_forward_says_no_shape_fits(context: dict | None) -> None:
+    # The trace feeds one tensor; the advice was "check model.input_shape", which no shape can satisfy.
+    model = TwoTower()
+    with pytest.raises(TargetError) as caught:
+        pruner = sparsekit.Pruner(model, _recipe(STRUCTURED), steps_per_epoch=2, context=context)
+        model(torch.randn(4, 3, 4), torch.randn(4, 5))  # the first batch builds the methods (no context)
+        pruner.step()
+    text = str(caught.value)
+    assert "several inputs" in text and "unstructured method" in text
+    assert "check model.input_shape" not in text
+
+
+def test_l1_head_warning_on_a_two_input_forward_does_not_ask_for_a_shape() -> None:
+    model = TwoTower()
+    spec = {"method": "l1", "strength": 0.1, "group": "row", "remove_dead": False}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sparsekit.Pruner(model, _recipe(spec), steps_per_epoch=2)  # no shape: one is guessed from the first Linear
+    texts = [str(w.message) for w in caught if "classifier head" in str(w.message)]
+    assert texts and "several inputs" in texts[0] and "set model.input_shape" not in texts[0]
