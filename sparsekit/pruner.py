@@ -256,6 +256,17 @@ class Pruner:
                         if hasattr(method, "input_shape") and not method.input_shape:
                             method.input_shape = list(self.context["input_shape"])
                 return
+            held = _held_tensors(args, kwargs)
+            if x is None and held:
+                # A dict / tuple batch (model(batch)): structured pruning traces the model with one tensor, which no
+                # model.input_shape can make into that container; the advice to set one led to a trace failure.
+                self._wait_failed = TargetError(
+                    f"Pruner: structured pruning traces the model with one input tensor, and the first call of the "
+                    f"model passed its batch inside a {held}; no input shape fits such a forward: use an "
+                    "unstructured method (magnitude, gradient, or l1 with remove_dead: false), or prune a module "
+                    "whose forward takes one tensor"
+                )
+                raise self._wait_failed
             if x is None or x.dim() == 0:
                 self._wait_failed = TargetError(
                     "Pruner: structured pruning traces the model and needs its input shape, and the first call of "
@@ -1034,6 +1045,15 @@ def _batch_tensor(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         params = []
     named = sorted(kwargs, key=lambda k: params.index(k) if k in params else len(params))  # stable for the rest
     return next((a for a in (*args, *(kwargs[k] for k in named)) if isinstance(a, torch.Tensor)), None)
+
+
+def _held_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The kind of container ("dict", "tuple", "list") among a forward's arguments that holds tensors, else None."""
+    for value in (*args, *kwargs.values()):
+        items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (tuple, list)) else ()
+        if any(isinstance(v, torch.Tensor) for v in items):
+            return type(value).__name__ if isinstance(value, (dict, tuple, list)) else "mapping"
+    return None
 
 
 class _FirstBatchHook:

@@ -53,3 +53,22 @@ def test_l1_head_warning_on_a_two_input_forward_does_not_ask_for_a_shape() -> No
         sparsekit.Pruner(model, _recipe(spec), steps_per_epoch=2)  # no shape: one is guessed from the first Linear
     texts = [str(w.message) for w in caught if "classifier head" in str(w.message)]
     assert texts and "several inputs" in texts[0] and "set model.input_shape" not in texts[0]
+
+
+class DictBatch(TwoTower):
+    """forward(batch): the batch a collate function returns, {"image": ..., "meta": ...}."""
+
+    def forward(self, batch: dict) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(batch["image"], batch["meta"])
+
+
+def test_structured_on_a_dict_batch_does_not_ask_for_a_shape() -> None:
+    # It said "passed no batch tensor ... set model.input_shape", and a shape given then failed in the trace.
+    model = DictBatch()
+    pruner = sparsekit.Pruner(model, _recipe(STRUCTURED), steps_per_epoch=2)
+    with pytest.raises(TargetError) as caught:
+        model({"image": torch.randn(4, 3, 4), "meta": torch.randn(4, 5)})
+    text = str(caught.value)
+    assert "inside a dict" in text and "unstructured method" in text and "set model.input_shape" not in text
+    with pytest.raises(TargetError, match="could not be set up on the first batch"):
+        pruner.step()
