@@ -72,3 +72,12 @@ def test_structured_on_a_dict_batch_does_not_ask_for_a_shape() -> None:
     assert "inside a dict" in text and "unstructured method" in text and "set model.input_shape" not in text
     with pytest.raises(TargetError, match="could not be set up on the first batch"):
         pruner.step()
+
+
+def test_export_onnx_of_a_two_input_forward_does_not_ask_for_another_shape(tmp_path) -> None:
+    with pytest.raises(sparsekit.ExportError) as caught:
+        sparsekit.export_onnx(TwoTower(), tmp_path / "m.onnx", input_shape=(1, 3, 4))
+    text = str(caught.value)
+    assert "several inputs" in text and "torch.onnx.export" in text
+    assert "give the shape it takes" not in text
+    assert not (tmp_path / "m.onnx").exists()

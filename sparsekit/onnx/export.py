@@ -524,6 +524,15 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
 
         if compiled_module(model) and _runs(model, [1, *shape[1:]]):
             raise ExportError(f"input shape {shape}: {fixed_batch_words(e)}") from None
+        from ..surgery import several_inputs_advice
+
+        if several_inputs_advice(e):
+            # forward(image, meta): one tensor of any shape fails, so "give the shape it takes" could not help.
+            raise ExportError(
+                f"the model's forward takes several inputs ({one_line(e, 200)}), and export_onnx writes a file of one "
+                "input, of input_shape; export it with torch.onnx.export(model, (input1, input2, ...), path, "
+                "input_names=[...]), or export a module whose forward takes one tensor"
+            ) from None
         msg = (
             f"the model fails on a random {'int64 (token id)' if x.dtype == torch.long else 'float32'} input of shape "
             f"{shape} ({one_line(e, 200)}); give the shape it "
