@@ -39,16 +39,24 @@ def sparsity(model: nn.Module) -> float:
 
 
 @torch.no_grad()
-def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+def layer_macs(
+    model: nn.Module, input_shape: Sequence[int] | None = None, *, inputs: Sequence[torch.Tensor] | None = None
+) -> dict[str, int]:
     """Dense multiply-accumulates per Linear/Conv layer (name -> MACs; the prunable layers and those whose weight
     is computed, :func:`~sparsekit.layers.weighted_layers`) for one sample, from one forward pass on zeros of
-    ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``, ``[1, 3, 32, 32]``); zeros in
-    the weights are not subtracted. The model's train/eval mode is restored. Whatever the model raises on that
-    input (e.g. a shape mismatch) propagates."""
-    # In the model's floating dtype (a float64 model refuses float32 inputs), as sparsekit.train feeds it, or
-    # token ids for a model whose input feeds an embedding; made before the counting hooks, as the probe that
-    # tells which runs the model too.
-    x = model_input.example_input(model, [1, *list(input_shape)[1:]])
+    ``input_shape`` (the leading batch dimension is replaced by 1: ``[1, 784]``, ``[1, 3, 32, 32]``), or on
+    ``inputs``, the model's own positional inputs (a forward of several, ``(image, meta)`` or ``(tokens, lengths)``:
+    each tensor's first sample is used); zeros in the weights are not subtracted. The model's train/eval mode is
+    restored. Whatever the model raises on that input (e.g. a shape mismatch) propagates."""
+    if inputs is not None:
+        args = _one_sample(inputs)
+    elif input_shape is None:
+        raise TypeError("layer_macs: give input_shape (e.g. [1, 784]) or inputs (a tuple of the model's inputs)")
+    else:
+        # In the model's floating dtype (a float64 model refuses float32 inputs), as sparsekit.train feeds it, or
+        # token ids for a model whose input feeds an embedding; made before the counting hooks, as the probe that
+        # tells which runs the model too.
+        args = (model_input.example_input(model, [1, *list(input_shape)[1:]]),)
     macs: dict[str, int] = {}
     hooks = []
     # Every Linear/Conv costs its MACs, prunable or not: one whose weight a parametrization or a norm hook computes
@@ -99,13 +107,26 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     try:
         model.eval()
         with _OutsideUses(owners, inside, macs):
-            model(x)
+            model(*args)
     finally:
         for module, training in modes:
             module.training = training
         for h in hooks:
             h.remove()
     return macs
+
+
+def _one_sample(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """``inputs`` (a tensor, or a tuple / list of them: a forward's positional inputs) cut to their first sample,
+    since MACs are counted per sample; TypeError naming what is not a batch-first tensor."""
+    given = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if not isinstance(given, (tuple, list)) or not given:
+        raise TypeError(f"inputs: expected a tuple of the model's input tensors, got {type(inputs).__name__}")
+    for i, t in enumerate(given):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0 or not len(t):
+            what = f"a {type(t).__name__}" if not isinstance(t, torch.Tensor) else f"shape {list(t.shape)}"
+            raise TypeError(f"inputs[{i}]: expected a batch-first tensor of at least one sample, got {what}")
+    return tuple(t[:1] for t in given)
 
 
 class _OutsideUses(TorchFunctionMode):
@@ -150,15 +171,18 @@ class _OutsideUses(TorchFunctionMode):
         return out
 
 
-def layer_report(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def layer_report(
+    model: nn.Module, input_shape: Sequence[int] | None = None, *, inputs: Sequence[torch.Tensor] | None = None
+) -> list[dict[str, Any]]:
     """One row per prunable layer: ``name``, ``type`` (class name), ``shape`` (the weight's), ``params``,
-    ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included) also
+    ``nonzero_params``, ``sparsity`` (0..1); with ``input_shape`` (batch dimension included), or ``inputs`` (a
+    tuple of the model's inputs, for a forward that takes several), also
     ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share): counted as
     :func:`layer_macs` does, so whatever the model raises on that input (e.g. a shape it does not take)
     propagates. TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path)."""
     require_module(model, "layer_report")
     model = unwrap(model)
-    macs = layer_macs(model, input_shape) if input_shape else {}
+    macs = layer_macs(model, input_shape, inputs=inputs) if input_shape or inputs is not None else {}
     rows = []
     for name, m in prunable_layers(model).items():
         w = weight_of(m)
@@ -179,20 +203,23 @@ def layer_report(model: nn.Module, input_shape: Sequence[int] | None = None) -> 
     return rows
 
 
-def model_stats(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+def model_stats(
+    model: nn.Module, input_shape: Sequence[int] | None = None, *, inputs: Sequence[torch.Tensor] | None = None
+) -> dict[str, Any]:
     """Totals over the whole model: ``params`` and ``nonzero_params`` (every parameter, biases
     included), ``sparsity`` (prunable weights, 0..1) and, with ``input_shape`` (batch dimension
-    included), ``macs`` / ``effective_macs`` for one sample summed over every Linear/Conv layer (one whose weight
-    is computed too: weight_norm, spectral_norm, another parametrization)."""
+    included) or ``inputs`` (as :func:`layer_report` takes them), ``macs`` / ``effective_macs`` for one sample
+    summed over every Linear/Conv layer (one whose weight is computed too: weight_norm, spectral_norm, another
+    parametrization)."""
     model = unwrap(model)
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(count_true(p) for p in model.parameters())
     out: dict[str, Any] = {"params": params, "nonzero_params": nonzero, "sparsity": sparsity(model)}
-    if input_shape:
-        rows = layer_report(model, input_shape)
+    if input_shape or inputs is not None:
+        rows = layer_report(model, input_shape, inputs=inputs)
         out["macs"] = sum(r.get("macs", 0) for r in rows)
         out["effective_macs"] = sum(r.get("effective_macs", 0) for r in rows)
-        extra = other_macs(model, layer_macs(model, input_shape))
+        extra = other_macs(model, layer_macs(model, input_shape, inputs=inputs))
         out["macs"] += extra[0]
         out["effective_macs"] += extra[1]
     return out

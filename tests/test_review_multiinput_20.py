@@ -81,3 +81,17 @@ def test_export_onnx_of_a_two_input_forward_does_not_ask_for_another_shape(tmp_p
     assert "several inputs" in text and "torch.onnx.export" in text
     assert "give the shape it takes" not in text
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_layer_report_counts_macs_of_a_two_input_forward_from_its_inputs() -> None:
+    # input_shape feeds one tensor, which a forward(image, meta) refuses: its MACs could not be counted at all.
+    model = TwoTower()
+    batch = (torch.randn(4, 3, 4), torch.randn(4, 5))
+    rows = {r["name"]: r for r in sparsekit.layer_report(model, inputs=batch)}
+    # per sample (the batch of 4 is cut to one): in_features * out_features
+    assert {n: r["macs"] for n, r in rows.items()} == {"img.1": 12 * 8, "meta.0": 5 * 8, "head": 16 * 3}
+    with torch.no_grad():
+        model.meta[0].weight[:4] = 0
+    assert sparsekit.layer_report(model, inputs=batch)[1]["effective_macs"] == 20
+    with pytest.raises(TypeError, match=r"inputs\[1\]"):
+        sparsekit.layer_report(model, inputs=(batch[0], [1.0, 2.0]))
