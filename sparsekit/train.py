@@ -97,6 +97,22 @@ def model_input(x: Any, param: torch.Tensor | None) -> Any:
     return x.to(param.device)
 
 
+def _run(model: nn.Module, x: Any, param: torch.Tensor | None) -> Any:
+    """``model`` on a batch's inputs ``x``: one tensor, or a tuple / list of them for a forward that takes several
+    (``(image, meta)``, ``(tokens, lengths)``), each its own positional argument, as a loop of one's own calls
+    ``model(image, meta)``. (The tuple itself went to ``.to()`` and failed as "'tuple' object has no attribute 'to'",
+    blamed on the model.) A dict is refused: whether the forward takes it whole or as keywords cannot be told."""
+    if isinstance(x, Mapping):
+        raise DataError(
+            f"data: a batch's inputs are a dict (keys {', '.join(map(str, x))}); the built-in loop calls the model on "
+            "one tensor, or on a tuple's tensors as positional arguments: yield ((input1, input2, ...), labels) "
+            "batches, or train from your own loop with sparsekit.Pruner"
+        )
+    if isinstance(x, (tuple, list)):
+        return model(*(model_input(t, param) if isinstance(t, torch.Tensor) else t for t in x))
+    return model(model_input(x, param))
+
+
 def _loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +124,7 @@ def _loss(
     param = next(model.parameters())
     device = param.device
     try:
-        out = model(model_input(x, param))
+        out = _run(model, x, param)
     except (KeyboardInterrupt, MemoryError, SparsekitError):
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
@@ -158,6 +174,8 @@ def _check_labels(x: Any, y: Any) -> None:
         raise DataError(f"data: a batch holds labels of type {type(y).__name__}; {wanted}")
     if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"data: a batch holds {y.dtype} labels of shape {list(y.shape)}; {wanted}")
+    if isinstance(x, (tuple, list)):  # several inputs: each holds one row per label
+        x = next((t for t in x if isinstance(t, torch.Tensor)), None)
     if isinstance(x, torch.Tensor) and x.ndim and len(x) != len(y):
         raise DataError(f"data: a batch holds {len(x)} inputs but {len(y)} labels; give one label per input")
 
@@ -193,7 +211,7 @@ def _teacher_logits(teacher: nn.Module, x: Any, student: torch.Tensor) -> torch.
     type(s) for /: 'tuple' and 'float'"), naming neither the teacher nor the fix."""
     with torch.no_grad():
         try:
-            soft = teacher(model_input(x, next(teacher.parameters(), None)))
+            soft = _run(teacher, x, next(teacher.parameters(), None))
         except (KeyboardInterrupt, MemoryError, SparsekitError):
             raise
         except Exception as err:  # noqa: BLE001 - the caller's teacher on a batch the model itself took
@@ -330,7 +348,8 @@ def finetune(
     """Fine-tune ``model`` for ``recipe.finetune.epochs`` while the pruner follows its schedules.
 
     ``train_loader`` and ``val_loader`` yield ``(inputs [N, ...], labels [N])`` batches (integer class
-    labels); each epoch runs at most ``finetune.max_steps_per_epoch`` training batches. The loss is
+    labels; for a forward of several inputs, ``inputs`` is a tuple of them, ``((image, meta), labels)``, each
+    passed as its own argument); each epoch runs at most ``finetune.max_steps_per_epoch`` training batches. The loss is
     cross-entropy plus :meth:`Pruner.penalty`; after each optimizer step comes :meth:`Pruner.step`, and
     after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated.
     ``pruner`` defaults to a new :class:`Pruner` over ``recipe``. ``on_epoch`` receives each history row.
@@ -616,8 +635,8 @@ class _SelectedTeacher(nn.Module):
         self.teacher = teacher
         self.output = output
 
-    def forward(self, x: Any) -> torch.Tensor:
-        out = self.teacher(x)
+    def forward(self, *x: Any) -> torch.Tensor:  # the model's inputs, one or several
+        out = self.teacher(*x)
         return out if isinstance(out, torch.Tensor) else select_logits(out, self.output, "the teacher")
 
 

@@ -95,3 +95,32 @@ def test_layer_report_counts_macs_of_a_two_input_forward_from_its_inputs() -> No
     assert sparsekit.layer_report(model, inputs=batch)[1]["effective_macs"] == 20
     with pytest.raises(TypeError, match=r"inputs\[1\]"):
         sparsekit.layer_report(model, inputs=(batch[0], [1.0, 2.0]))
+
+
+def _two_input_batches(n: int = 3) -> list:
+    gen = torch.Generator().manual_seed(0)
+    return [
+        (
+            (torch.randn(8, 3, 4, generator=gen), torch.randn(8, 5, generator=gen)),
+            torch.randint(0, 3, (8,), generator=gen),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_finetune_trains_a_two_input_model_on_tuple_batches() -> None:
+    # ((image, meta), labels) batches: the tuple went to .to() and failed as "'tuple' object has no attribute 'to'".
+    torch.manual_seed(0)
+    model = TwoTower()
+    data = _two_input_batches()
+    recipe = _recipe({"method": "magnitude", "sparsity": 0.5})
+    model, history, pruner = sparsekit.finetune(model, recipe, data, data, progress=False)
+    assert len(history) == 1 and 0.0 <= history[0]["val_accuracy"] <= 1.0
+    model = pruner.finalize()
+    assert sparsekit.sparsity(model) == pytest.approx(0.5, abs=0.02)
+
+
+def test_finetune_refuses_dict_inputs_naming_the_tuple_it_takes() -> None:
+    data = [({"image": x, "meta": m}, y) for (x, m), y in _two_input_batches(1)]
+    with pytest.raises(sparsekit.DataError, match=r"inputs are a dict .*\(\(input1, input2, \.\.\.\), labels\)"):
+        sparsekit.finetune(TwoTower(), _recipe({"method": "magnitude", "sparsity": 0.5}), data, data, progress=False)
