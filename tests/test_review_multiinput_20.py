@@ -124,3 +124,21 @@ def test_finetune_refuses_dict_inputs_naming_the_tuple_it_takes() -> None:
     data = [({"image": x, "meta": m}, y) for (x, m), y in _two_input_batches(1)]
     with pytest.raises(sparsekit.DataError, match=r"inputs are a dict .*\(\(input1, input2, \.\.\.\), labels\)"):
         sparsekit.finetune(TwoTower(), _recipe({"method": "magnitude", "sparsity": 0.5}), data, data, progress=False)
+
+
+def test_a_two_input_models_checkpoint_records_no_one_input_shape(tmp_path) -> None:
+    # The first batch's first tensor ([1, 3, 4], the image) was recorded as the model's input shape and written
+    # into the checkpoint as "the full input shape" of a model that takes two.
+    model = TwoTower()
+    pruner = sparsekit.Pruner(model, _recipe({"method": "magnitude", "sparsity": 0.5}), steps_per_epoch=2)
+    model(torch.randn(4, 3, 4), torch.randn(4, 5))
+    path = sparsekit.save_model(model, tmp_path / "m.pt", factory="mypkg.nets:build", pruner=pruner)
+    assert torch.load(path, weights_only=True)["input_shape"] is None
+
+
+def test_a_one_input_model_still_takes_its_shape_from_the_first_batch(tmp_path) -> None:
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    pruner = sparsekit.Pruner(model, _recipe({"method": "magnitude", "sparsity": 0.5}), steps_per_epoch=2)
+    model(torch.randn(4, 6))
+    path = sparsekit.save_model(model, tmp_path / "m.pt", factory="mypkg.nets:build", pruner=pruner)
+    assert torch.load(path, weights_only=True)["input_shape"] == [1, 6]
