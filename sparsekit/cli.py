@@ -1663,7 +1663,9 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
     if res.get("input_shape_note"):
         # "Note:", as export, bench and prune print theirs (inspect and validate said "note:")
-        lines.append(f"Note: {res['input_shape_note']} (--input-shape)")
+        # (not for a forward of several inputs: the note says no input shape fits, and the flag would contradict it)
+        several = "no input shape fits" in res["input_shape_note"]
+        lines.append(f"Note: {res['input_shape_note']}" + ("" if several else " (--input-shape)"))
     lines.extend(f"Note: {text}" for text in res.get("notes") or [])
     return "\n".join(lines)  # its warnings go to stderr (_warn_on_stderr), as every command's do
 

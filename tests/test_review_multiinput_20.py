@@ -142,3 +142,40 @@ def test_a_one_input_model_still_takes_its_shape_from_the_first_batch(tmp_path) 
     model(torch.randn(4, 6))
     path = sparsekit.save_model(model, tmp_path / "m.pt", factory="mypkg.nets:build", pruner=pruner)
     assert torch.load(path, weights_only=True)["input_shape"] == [1, 6]
+
+
+TWO_TOWER_FILE = """
+import torch
+from torch import nn
+
+
+class TwoTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img = nn.Linear(12, 8)
+        self.meta = nn.Linear(5, 8)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, image, meta):
+        return self.head(torch.cat([self.img(image.flatten(1)), self.meta(meta)], 1))
+
+
+def build():
+    return TwoTower()
+"""
+
+
+def test_inspect_of_a_two_input_model_does_not_point_at_input_shape(tmp_path, monkeypatch) -> None:
+    # Its note said "... so no input shape fits ..." and then "(--input-shape)", the flag it had just ruled out.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    (tmp_path / "twotower_review20.py").write_text(TWO_TOWER_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = tmp_path / "two.pt"
+    torch.save(__import__("twotower_review20").build().state_dict(), weights)
+    result = CliRunner().invoke(main, ["inspect", str(weights), "--arch", "twotower_review20:build"])
+    assert result.exit_code == 0, result.stderr
+    (note,) = [line for line in result.stdout.splitlines() if line.startswith("Note:")]
+    assert "several inputs" in note and "--input-shape" not in note
