@@ -35,7 +35,7 @@ from .modelio import compiled_module
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
-from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, tied_parameters
+from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, takes_several_inputs, tied_parameters
 from .wrappers import int_dims, require_module, unwrap_wrappers
 
 
@@ -252,7 +252,7 @@ class Pruner:
             if chosen is None:
                 # A forward of several inputs (image, meta) has no one input shape: the first tensor's was recorded
                 # as the model's (save_model wrote it into the checkpoint, remove_dead traced with it alone).
-                if x is not None and x.dim() > 0 and not self.finalized and not _takes_several(_module):
+                if x is not None and x.dim() > 0 and not self.finalized and not takes_several_inputs(_module):
                     self.context["input_shape"] = [1, *(int(d) for d in x.shape[1:])]
                     for method in self.methods:
                         if hasattr(method, "input_shape") and not method.input_shape:
@@ -1047,16 +1047,6 @@ def _batch_tensor(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
         params = []
     named = sorted(kwargs, key=lambda k: params.index(k) if k in params else len(params))  # stable for the rest
     return next((a for a in (*args, *(kwargs[k] for k in named)) if isinstance(a, torch.Tensor)), None)
-
-
-def _takes_several(model: nn.Module) -> bool:
-    """Whether the forward of ``model`` requires more than one positional argument (``forward(image, meta)``)."""
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):  # a forward with no signature to read
-        return False
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in positional and p.default is inspect.Parameter.empty for p in params) > 1
 
 
 def _held_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ it on first use). It adds three things on top:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import warnings
 from collections.abc import Collection, Iterator, Sequence
@@ -109,6 +110,16 @@ SEVERAL_INPUTS_ADVICE = (
     "no input shape fits: use an unstructured method (magnitude, gradient, or l1 with remove_dead: false), which "
     "never runs the model itself, or prune a module whose forward takes that one tensor (e.g. each tower alone)"
 )
+
+
+def takes_several_inputs(model: nn.Module) -> bool:
+    """Whether the forward of ``model`` requires more than one positional argument (``forward(image, meta)``)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward with no signature to read
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional and p.default is inspect.Parameter.empty for p in params) > 1
 
 
 def several_inputs_advice(err: BaseException) -> str | None:

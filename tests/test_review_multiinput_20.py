@@ -179,3 +179,26 @@ def test_inspect_of_a_two_input_model_does_not_point_at_input_shape(tmp_path, mo
     assert result.exit_code == 0, result.stderr
     (note,) = [line for line in result.stdout.splitlines() if line.startswith("Note:")]
     assert "several inputs" in note and "--input-shape" not in note
+
+
+class ConvTwoTower(nn.Module):
+    """A conv image tower first (no input shape is guessed from it) and a Linear metadata tower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.img = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.meta = nn.Linear(5, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.img(image), self.meta(meta)], 1))
+
+
+def test_l1_group_mismatch_on_a_two_input_model_does_not_ask_for_a_shape() -> None:
+    # The mismatch (a Linear under group: channel) came with "set model.input_shape in the recipe", which no
+    # shape can satisfy for forward(image, meta).
+    spec = {"method": "l1", "strength": 0.1, "group": "channel", "remove_dead": False}
+    with pytest.raises(sparsekit.RecipeError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparsekit.Pruner(ConvTwoTower(), _recipe(spec), steps_per_epoch=2)
+    assert "group: row" in str(caught.value) and "model.input_shape" not in str(caught.value)

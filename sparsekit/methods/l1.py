@@ -131,6 +131,7 @@ from ..surgery import (
     output_layers,
     remove_dead_units,
     reused_parameters,
+    takes_several_inputs,
     tied_parameters,
     trace_advice,
 )
@@ -334,8 +335,8 @@ class L1:
         try:
             _check_group(spec.group, self.layers, self.where, others)
         except RecipeError as err:
-            if spec.group == "none" or self._input_shape(model):
-                raise
+            if spec.group == "none" or self._input_shape(model) or takes_several_inputs(model):
+                raise  # (a forward of several inputs runs on no one input shape: setting one cannot help)
             # Without a shape the model runs on, the head could not be found, so it was not left out: say so,
             # since the usual mismatch is that head (a CNN's last Linear under group: channel).
             raise RecipeError(
