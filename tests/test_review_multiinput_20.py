@@ -78,7 +78,7 @@ def test_export_onnx_of_a_two_input_forward_does_not_ask_for_another_shape(tmp_p
     with pytest.raises(sparsekit.ExportError) as caught:
         sparsekit.export_onnx(TwoTower(), tmp_path / "m.onnx", input_shape=(1, 3, 4))
     text = str(caught.value)
-    assert "several inputs" in text and "torch.onnx.export" in text
+    assert "several inputs" in text and "one shape per input" in text
     assert "give the shape it takes" not in text
     assert not (tmp_path / "m.onnx").exists()
 
@@ -202,3 +202,20 @@ def test_l1_group_mismatch_on_a_two_input_model_does_not_ask_for_a_shape() -> No
         warnings.simplefilter("ignore")
         sparsekit.Pruner(ConvTwoTower(), _recipe(spec), steps_per_epoch=2)
     assert "group: row" in str(caught.value) and "model.input_shape" not in str(caught.value)
+
+
+def test_export_onnx_writes_one_input_per_tensor_of_a_two_input_forward(tmp_path) -> None:
+    # export_onnx fed one tensor of input_shape and refused such a model; one shape per input now exports it.
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = TwoTower()
+    with torch.no_grad():
+        model.img[1].weight[:, ::2] = 0  # zeros that must survive the export
+    result = sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=[[1, 3, 4], [1, 5]])
+    assert result["parity"]["ok"] and result["zeros"]["zeros_ok"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("image", [3, 4]), ("meta", [5])]
+    image, meta = torch.randn(3, 3, 4), torch.randn(3, 5)
+    (got,) = session.run(None, {"image": image.numpy(), "meta": meta.numpy()})
+    assert got == pytest.approx(model.eval()(image, meta).detach().numpy(), abs=1e-5)

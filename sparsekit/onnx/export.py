@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import json
 import os
@@ -59,7 +60,7 @@ OPSETS = "13-23"  # what both exporters deliver, and the range of a recipe's exp
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
     *,
     opset: int = 18,
     exporter: str = "auto",
@@ -69,7 +70,9 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` (in eval mode, on the CPU; its modes and device are restored after) to the ONNX
     file ``path`` at ONNX ``opset`` (default domain), for inputs of ``input_shape`` (batch first; the
-    batch dim is exported dynamic), and verify the written file.
+    batch dim is exported dynamic), and verify the written file. A model whose forward takes several tensors takes
+    one shape per input, in the forward's order (``[[1, 3, 32, 32], [1, 5]]`` for ``forward(image, meta)``): the
+    file then has one float32 input per tensor, named as the forward's parameters, sharing the batch dim.
 
     The file appears at ``path`` only after ``onnx.checker`` and shape inference pass, with the
     ``sparsekit`` mark (see :func:`sparsekit.onnx.files.written_by_sparsekit`); models with more than
@@ -111,7 +114,7 @@ def export_onnx(
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise ExportError(f"opset must be an integer ({OPSETS}), got {opset!r}")
-    shape = _validate_shape(input_shape)
+    shapes = _validate_shapes(input_shape)
     # the model inside torch.compile / DDP / DataParallel (the exporters fail on the wrappers), as save_model does
     model, _ = unwrap_wrappers(model)
     final = Path(path)
@@ -124,8 +127,8 @@ def export_onnx(
             use = option("exporter", "dynamo")
             raise ExportError(f"{final}: model has {n_bytes / 1e9:.1f} GB of weights; use {use}")
         with _cpu_eval(model):
-            x, names = _example_input(model, shape)
-            job = _Job(model, work, final.name, x, shape, opset, external, check_parity, rtol, atol, names)
+            x, names = _example_input(model, shapes)
+            job = _Job(model, work, final.name, x, shapes, opset, external, check_parity, rtol, atol, names)
             try:
                 written, used, fallback = _attempts(job, exporter, final)
             except ExportError as err:
@@ -246,8 +249,8 @@ class _Job:
     model: nn.Module
     work: Path
     name: str
-    x: torch.Tensor  # the traced input
-    shape: list[int]
+    x: tuple[torch.Tensor, ...]  # the traced inputs (one per argument of the forward)
+    shapes: list[list[int]]  # their shapes, batch first
     opset: int
     external: bool
     check_parity: bool
@@ -408,7 +411,7 @@ def _write(job: _Job, exporter: str) -> _Written:
     parity = None
     if job.check_parity and opset == job.opset:
         start = time.perf_counter()
-        parity = _parity(job.model, tmp, job.shape, job.rtol, job.atol)
+        parity = _parity(job.model, tmp, job.shapes, job.rtol, job.atol)
         job.clock("checks", start)
     return _Written(tmp, opset, parity, tracer_warnings=warned)
 
@@ -425,7 +428,9 @@ def _conversion_error(path: Path, opset: int) -> str | None:
 
 
 def check_zeros(
-    model: nn.Module, onnx_path: str | os.PathLike[str], example_input: torch.Tensor | None = None
+    model: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Check that every Linear/Conv weight of ``model`` kept its zeros in the ONNX file
     ``onnx_path`` (read with its external data).
@@ -433,11 +438,11 @@ def check_zeros(
     Exporters rename, transpose and fold weights, so each torch weight is matched in turn by name,
     by identical values, by shape with the same zero count, and finally by shape alone (which then
     reports the mismatch), against every floating-point tensor the file stores. A weight without
-    zeros that cannot be found is listed but not a failure, and so is one the model's output does not depend on
-    when ``example_input`` (the exported input) is given: an auxiliary head that selecting the logits
-    (``model.output``) leaves out of the graph. Returns ``{"zeros_ok", "layers":
-    [{"name", "onnx_name", "torch_zeros", "onnx_zeros", "ok"}]}``. Raises :class:`ExportError` when
-    the file is not ONNX or its external data is outside its folder or unreadable.
+    zeros that cannot be found is listed but not a failure, and so is one the model's output does not depend
+    on when ``example_input`` (the exported input, or a tuple of the inputs of a forward of several) is given:
+    an auxiliary head that selecting the logits (``model.output``) leaves out of the graph. Returns
+    ``{"zeros_ok", "layers": [{"name", "onnx_name", "torch_zeros", "onnx_zeros", "ok"}]}``. Raises
+    :class:`ExportError` when the file is not ONNX or its external data is outside its folder or unreadable.
     """
     graph = load_onnx(onnx_path).graph
     tensors = [t for _, t in graph_tensors(graph) if t.data_type in FLOAT_TYPES]
@@ -454,7 +459,8 @@ def check_zeros(
                 if key is not None:
                     found[name] = key
     missing = [name for name, _ in weights if name not in found and zeros[name]]
-    left_out = _off_the_output(model, example_input, missing) if missing and example_input is not None else set()
+    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input or ())
+    left_out = _off_the_output(model, inputs, missing) if missing and inputs else set()
     layers = []
     for name, weight in weights:
         key = found.get(name)
@@ -472,6 +478,18 @@ def _zeros_kept(stored: np.ndarray, w: np.ndarray) -> bool:
     if stored.shape == w.shape and not np.any(stored[zero]):
         return True
     return w.ndim == 2 and stored.shape == w.T.shape and not np.any(stored.T[zero])
+
+
+def _validate_shapes(input_shape: Any) -> list[list[int]]:
+    """``input_shape`` as one shape per input: ``[1, 784]`` is one, ``[[1, 3, 32, 32], [1, 5]]`` one per argument of a
+    forward that takes several."""
+    if (
+        isinstance(input_shape, (list, tuple))
+        and input_shape
+        and all(isinstance(s, (list, tuple)) for s in input_shape)
+    ):
+        return [_validate_shape(s) for s in input_shape]
+    return [_validate_shape(input_shape)]
 
 
 def _validate_shape(input_shape: Sequence[int]) -> list[int]:
@@ -502,13 +520,15 @@ def _cpu_eval(model: nn.Module) -> Iterator[None]:
             model.to(device)
 
 
-def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, list[str]]:
-    """The traced input (batch 2: a batch of 1 invites the tracer to specialise the dim away) and the names of
-    the model's outputs (:func:`_output_names`)."""
-    x = torch.from_numpy(_input_array(model, [2, *shape[1:]], seed=0))
+def _example_input(model: nn.Module, shapes: list[list[int]]) -> tuple[tuple[torch.Tensor, ...], list[str]]:
+    """The traced inputs (batch 2: a batch of 1 invites the tracer to specialise the dim away), one per shape, and
+    the names of the model's outputs (:func:`_output_names`)."""
+    xs = tuple(torch.from_numpy(a) for a in _input_arrays(model, shapes, 2, seed=0))
+    shape = shapes[0] if len(shapes) == 1 else shapes
+    x = xs[0]
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model(*xs)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on a random input: bad input, not our bug
@@ -522,16 +542,15 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
             ) from None
         from ..modelio import compiled_module, fixed_batch_words
 
-        if compiled_module(model) and _runs(model, [1, *shape[1:]]):
+        if len(shapes) == 1 and compiled_module(model) and _runs(model, [1, *shapes[0][1:]]):
             raise ExportError(f"input shape {shape}: {fixed_batch_words(e)}") from None
         from ..surgery import several_inputs_advice
 
-        if several_inputs_advice(e):
+        if len(shapes) == 1 and several_inputs_advice(e):
             # forward(image, meta): one tensor of any shape fails, so "give the shape it takes" could not help.
             raise ExportError(
-                f"the model's forward takes several inputs ({one_line(e, 200)}), and export_onnx writes a file of one "
-                "input, of input_shape; export it with torch.onnx.export(model, (input1, input2, ...), path, "
-                "input_names=[...]), or export a module whose forward takes one tensor"
+                f"the model's forward takes several inputs ({one_line(e, 200)}): give one shape per input, in the "
+                "forward's order (input_shape=[[1, 3, 32, 32], [1, 5]] for forward(image, meta))"
             ) from None
         msg = (
             f"the model fails on a random {'int64 (token id)' if x.dtype == torch.long else 'float32'} input of shape "
@@ -541,7 +560,33 @@ def _example_input(model: nn.Module, shape: list[int]) -> tuple[torch.Tensor, li
             "some values (ids it casts from a float input for an Embedding, say) cannot be exported here"
         )
         raise ExportError(msg) from None
-    return x, _output_names(out)
+    return xs, _output_names(out)
+
+
+def _input_arrays(model: nn.Module, shapes: list[list[int]], batch: int, seed: int) -> list[np.ndarray]:
+    """Seeded inputs of ``shapes`` at ``batch``: :func:`_input_array` for a forward of one input; for several,
+    standard normal float32 values for each (token ids are told only for a model's one input)."""
+    if len(shapes) == 1:
+        return [_input_array(model, [batch, *shapes[0][1:]], seed=seed)]
+    return [random_array([batch, *s[1:]], seed=seed + i) for i, s in enumerate(shapes)]
+
+
+def _input_names(model: nn.Module, count: int) -> list[str]:
+    """The file's input names: ``input`` for one; for several, the forward's own parameter names (``image``,
+    ``meta``), else ``input0``, ``input1``, ..."""
+    if count == 1:
+        return ["input"]
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in _POSITIONAL]
+    except (TypeError, ValueError):
+        params = []
+    named = params[:count]
+    if len(named) < count or len(set(named)) < count or {"input", "output"} & set(named):
+        return [f"input{i}" for i in range(count)]  # (*args, or a name the outputs may take)
+    return named
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _input_array(model: nn.Module, shape: list[int], seed: int) -> np.ndarray:
@@ -584,7 +629,7 @@ def _output_names(out: Any) -> list[str]:
 def _export(
     model: nn.Module,
     tmp: Path,
-    x: torch.Tensor,
+    x: tuple[torch.Tensor, ...],
     opset: int,
     exporter: str,
     external: bool,
@@ -594,18 +639,19 @@ def _export(
     try:
         with quiet(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", torch.jit.TracerWarning)
+            inputs = _input_names(model, len(x))
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch")
                 torch.onnx.export(
-                    model, (x,), str(tmp), dynamo=True, external_data=external, verbose=False,
-                    dynamic_shapes=({0: batch},), input_names=["input"], output_names=list(names),
+                    model, x, str(tmp), dynamo=True, external_data=external, verbose=False,
+                    dynamic_shapes=tuple({0: batch} for _ in x), input_names=inputs, output_names=list(names),
                     opset_version=opset,
                 )  # fmt: skip
             else:
-                axes = {"input": {0: "batch"}, names[0]: {0: "batch"}}
+                axes = {**{name: {0: "batch"} for name in inputs}, names[0]: {0: "batch"}}
                 torch.onnx.export(
-                    model, (x,), str(tmp), dynamo=False, dynamic_axes=axes,
-                    input_names=["input"], output_names=list(names), opset_version=opset,
+                    model, x, str(tmp), dynamo=False, dynamic_axes=axes,
+                    input_names=inputs, output_names=list(names), opset_version=opset,
                 )  # fmt: skip
         return tuple(str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning))
     except Exception as e:
@@ -629,7 +675,7 @@ def _check_file(
     *,
     restore_names: bool = False,
     at: Path | None = None,
-    x: torch.Tensor | None = None,
+    x: tuple[torch.Tensor, ...] | None = None,
 ) -> int | None:
     """Check the file and return its default-domain opset (None when it names none). With the torch
     ``model``, its tied layers are recorded (:data:`TIED_KEY`; with the traced input ``x``, also the layers
@@ -677,7 +723,7 @@ REUSED_KEY = "sparsekit.reused_layers"
 COMPUTED_KEY = "sparsekit.computed_layers"
 
 
-def _record_ties(model: onnx.ModelProto, torch_model: nn.Module, x: torch.Tensor | None = None) -> None:
+def _record_ties(model: onnx.ModelProto, torch_model: nn.Module, x: tuple[torch.Tensor, ...] | None = None) -> None:
     from ..layers import computed_weight, layer_kind
     from ..surgery import tied_parameters
 
@@ -697,7 +743,7 @@ def _record_ties(model: onnx.ModelProto, torch_model: nn.Module, x: torch.Tensor
         model.metadata_props.add(key=COMPUTED_KEY, value=json.dumps(computed))
 
 
-def _reused_layers(torch_model: nn.Module, x: torch.Tensor) -> list[str]:
+def _reused_layers(torch_model: nn.Module, x: tuple[torch.Tensor, ...]) -> list[str]:
     """The weighted modules one forward pass on ``x`` calls more than once (a block applied twice): each call is
     a node of its own in the graph, all reading the one stored weight, which `sparsekit inspect` must count once."""
     calls: dict[str, int] = {}
@@ -715,7 +761,7 @@ def _reused_layers(torch_model: nn.Module, x: torch.Tensor) -> list[str]:
     ]
     try:
         with torch.no_grad():
-            torch_model(x)  # the exporter just traced this very call: it runs
+            torch_model(*x)  # the exporter just traced this very call: it runs
     except Exception:  # noqa: BLE001 - a record for inspect only: without it, each call counts (as before)
         return []
     finally:
@@ -828,7 +874,7 @@ _EXPORTER_METADATA = "pkg.torch."
 PARITY_BATCHES = (1, 3, 4)
 
 
-def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: float) -> dict[str, Any]:
+def _parity(model: nn.Module, tmp: Path, shapes: list[list[int]], rtol: float, atol: float) -> dict[str, Any]:
     """torch vs onnxruntime on seeded inputs of each of :data:`PARITY_BATCHES`: ``{"max_abs_diff", "ok",
     "rtol", "atol", "error", "max_abs_output"}``, ``error`` saying why outputs could not be compared (else None),
     ``max_abs_output`` the largest |torch output| (the scale ``rtol`` applies to; None when not finite)."""
@@ -843,22 +889,23 @@ def _parity(model: nn.Module, tmp: Path, shape: list[int], rtol: float, atol: fl
     }
     worst, ok, scale = 0.0, True, 0.0
     for batch in PARITY_BATCHES:
-        x = _input_array(model, [batch, *shape[1:]], seed=batch)
+        xs = _input_arrays(model, shapes, batch, seed=batch)
         with torch.no_grad():
-            out = model(torch.from_numpy(x.copy()))  # a model that changes its input in place must not change x
+            # (copies: a model that changes its input in place must not change what onnxruntime is fed)
+            out = model(*(torch.from_numpy(x.copy()) for x in xs))
         leaves = _tensors(out)
         if leaves is None:
             result["error"] = f"the model returns {describe(out)}, which holds something other than tensors"
             return result
         expected = [t.numpy() for t in leaves]
         try:
-            got = session.run(None, {session.get_inputs()[0].name: x})
+            got = session.run(None, {i.name: x for i, x in zip(session.get_inputs(), xs, strict=False)})
         except Exception as e:  # noqa: BLE001 - e.g. a traced graph that kept the batch size it was traced with
             result["error"] = f"onnxruntime cannot run the file on a batch of {batch}: {one_line(e, 200)}"
             return result
         if [g.shape for g in got] != [e.shape for e in expected]:
-            shapes = f"{[list(g.shape) for g in got]} vs torch {[list(e.shape) for e in expected]}"
-            result["error"] = f"output shapes differ on a batch of {batch}: {shapes}"
+            differ = f"{[list(g.shape) for g in got]} vs torch {[list(e.shape) for e in expected]}"
+            result["error"] = f"output shapes differ on a batch of {batch}: {differ}"
             return result
         pairs = list(zip(got, expected, strict=True))
         worst = max([worst, *(float(np.max(np.abs(g - e), initial=0.0)) for g, e in pairs)])
@@ -886,7 +933,7 @@ def _tensors(out: Any) -> list[torch.Tensor] | None:
     return None
 
 
-def _off_the_output(model: nn.Module, x: torch.Tensor, names: list[str]) -> set[str]:
+def _off_the_output(model: nn.Module, x: tuple[torch.Tensor, ...], names: list[str]) -> set[str]:
     """Of the weights ``names`` (``layer.weight``), those the model's output on ``x`` does not depend on (no
     autograd path: not in the exported graph). Frozen weights are followed too; their flags are restored."""
     weights = [model.get_parameter(name) for name in names]
@@ -895,7 +942,7 @@ def _off_the_output(model: nn.Module, x: torch.Tensor, names: list[str]) -> set[
         w.requires_grad_(True)
     try:
         with torch.enable_grad():
-            out = model(x)
+            out = model(*x)
             if not isinstance(out, torch.Tensor):
                 return set()
             grads = torch.autograd.grad(out.sum(), weights, allow_unused=True)
