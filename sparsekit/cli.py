@@ -1856,7 +1856,26 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
     lines = [f"{path}: valid ({len(rec.pruning)} method(s), {epochs} fine-tuning epoch(s))"]
     for field, spec in res["names_code"].items():
         if "model" not in res:
+            from .trust import module_location
+
             same = "--arch" if field == "model.factory" else "--data"
+            module = spec.split(":")[0]
+            # Found without importing anything. Confirming code that is not on this machine cannot work: a wheel's
+            # user was told to confirm a shipped recipe's examples.models factory, which only a clone holds.
+            if module_location(module) is None:
+                if module.split(".")[0] == "examples":
+                    where = (
+                        "it is the sparsekit repository's example code, which is not here (examples/ is not part "
+                        "of the installed package)"
+                    )
+                    other = "run from a clone of the repository"
+                else:
+                    where, other = f"module {module!r} is not found from this folder", "run from the folder above it"
+                lines.append(
+                    f"{field} names code {spec}: validate checks the recipe only and imported nothing; {where}: "
+                    f"for prune name your own with {same} your_module:your_callable, or {other}"
+                )
+                continue
             lines.append(
                 f"{field} names code {spec}: validate checks the recipe only and imported nothing; prune would "
                 f"import and call it only once you confirm it (the same callable given as {same}, --trust-code, "

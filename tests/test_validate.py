@@ -274,6 +274,10 @@ def test_recipe_only_validate_says_it_imported_nothing_and_what_prune_would_need
     monkeypatch.setattr(os, "system", lambda *a: pytest.fail("validate ran the factory"))
     recipe = tmp_path / "mine.yaml"
     recipe.write_text(yaml + "pruning: [{method: magnitude, sparsity: 0.5}]\n")
+    # The named modules exist (one that is not found from here is said so instead: test_review_newuser_20.py).
+    for module in ("mynets", "mydata"):
+        (tmp_path / f"{module}.py").write_text("import os\nos.system('false')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     result = run("validate", recipe)
     assert result.exit_code == 0, result.stderr
     (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith(f"{field} names code")]

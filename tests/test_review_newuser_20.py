@@ -1,0 +1,51 @@
+"""A new user's path from an installed wheel (no clone: no examples/ on the import path)."""
+
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+
+from sparsekit.cli import main
+
+
+@pytest.fixture
+def as_installed(tmp_path, monkeypatch):
+    """The CLI as from a wheel in an empty folder: the repository root (and so examples/) is not importable."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(ROOT))])
+    for name in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    def run(*argv: str):
+        return CliRunner().invoke(main, list(argv))
+
+    return run
+
+
+def test_validate_of_a_shipped_recipe_without_the_repository_does_not_offer_to_confirm_its_example_model(
+    as_installed,
+):
+    # It said "prune would import and call it only once you confirm it (the same callable given as --arch, ...)":
+    # confirming examples.models:lenet_300_100 cannot work from a wheel, where prune then refuses it.
+    result = as_installed("validate", "lenet-gradual-magnitude-90")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("model.factory"))
+    assert "once you confirm it" not in line, line
+    assert "not part of the installed package" in line and "--arch your_module:your_callable" in line, line
+
+
+def test_validate_says_when_a_recipe_names_a_module_that_is_not_found_from_here(as_installed, tmp_path):
+    (tmp_path / "r.yaml").write_text('version: 1\ndata: {source: "nosuchmod.loaders:load"}\n')
+    result = as_installed("validate", "r.yaml")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("data.source"))
+    assert "'nosuchmod.loaders' is not found from this folder" in line and "--data your_module" in line, line
+
+
+def test_validate_still_offers_to_confirm_a_module_that_is_here(as_installed, tmp_path):
+    (tmp_path / "mynets.py").write_text("def build():\n    pass\n")
+    (tmp_path / "r.yaml").write_text('version: 1\nmodel: {factory: "mynets:build"}\n')
+    result = as_installed("validate", "r.yaml")
+    assert result.exit_code == 0, result.output
+    assert "once you confirm it" in result.stdout, result.stdout
