@@ -62,13 +62,29 @@ class LoadedModel:
     normalize: str | None = None  # the recipe's data.normalize of the run that wrote the checkpoint (None: not kept)
 
 
-def _refuse(path: Path, what: str) -> ModelFileError:
+def _refuse(path: Path, what: str, arch: str = "") -> ModelFileError:
     return ModelFileError(
         f"{path}: is {what}, which can run code when loaded; refused. Either save a state_dict "
         "(torch.save(model.state_dict(), 'weights.pt')) or a sparsekit checkpoint (sparsekit.save_model) "
-        f"and load it with {option('arch')}, or pass {option('trust_model_file')} if you trust where this file "
-        "came from"
+        f"and load it with {option('arch', arch)}"
+        + (
+            f" (the class this file names, or your function that builds the model; any arguments as {option('kwargs')})"
+            if arch
+            else ""
+        )
+        + f", or pass {option('trust_model_file')} if you trust where this file came from"
     )
+
+
+def _arch_of_pickled(name: str) -> str:
+    """``module:Class`` for the class a refused pickle names (``mynet.LeNet``, a whole model's own class), as an
+    architecture is given; "" where it cannot be one: torch's own classes (an ``nn.Sequential`` names no builder of
+    the user's), the standard library's, or a class defined in the script that saved it (``__main__``)."""
+    module, _, attr = name.rpartition(".")
+    top = module.split(".")[0]
+    if not module or not attr or top in ("torch", "__main__") or top in sys.stdlib_module_names:
+        return ""
+    return f"{module}:{attr}"
 
 
 def _text_start(path: Path) -> str | None:
@@ -904,6 +920,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
                 path,
                 f"a pickled Python object that names {named.group(1)} (e.g. a whole nn.Module saved with "
                 "torch.save(model))",
+                _arch_of_pickled(named.group(1)),
             ) from None
         # The one unpickling load: reached only with trust=True (the CLI's trust flag), which the user passes
         # for a file they vouch for, after the weights-only load has refused it. Never a silent retry.

@@ -49,3 +49,26 @@ def test_validate_still_offers_to_confirm_a_module_that_is_here(as_installed, tm
     result = as_installed("validate", "r.yaml")
     assert result.exit_code == 0, result.output
     assert "once you confirm it" in result.stdout, result.stdout
+
+
+def test_a_whole_pickled_model_is_refused_naming_its_own_class_as_the_architecture(tmp_path, monkeypatch):
+    # torch.save(model) is what most training scripts write. The refusal said "--arch pkg.module:callable", though
+    # the pickle names the model's class, the architecture to give (a class is a callable that builds it).
+    import torch
+    from conftest import user_module
+
+    from sparsekit.cli import main as cli
+
+    mod = user_module(tmp_path, monkeypatch, "mynewnet", "from torch import nn\nclass Net(nn.Linear):\n    pass\n")
+    torch.save(mod.Net(4, 2), tmp_path / "whole.pt")
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), tmp_path / "seq.pt")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "whole.pt")])
+    assert result.exit_code == 2, result.output
+    assert "--arch mynewnet:Net (the class this file names," in result.stderr, result.stderr
+    # torch's own container builds no model of the user's: no class to suggest there.
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "seq.pt")])
+    assert result.exit_code == 2, result.output
+    assert (
+        "--arch pkg.module:callable," in result.stderr
+        and "container:Sequential" not in result.stderr.split("load it with")[1]
+    ), result.stderr
