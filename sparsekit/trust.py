@@ -411,6 +411,20 @@ def _require_trust(spec: str, module: str, named_in: str | os.PathLike[str], fie
                 f"{option(name, 'your_module:your_factory')} (the function that builds it), or run from a clone of "
                 "the repository"
             )
+        if module_location(module) is None:
+            # Confirming code that is not on the import path from here cannot work either: the confirmation was then
+            # refused with "cannot import module"; the remedy is the folder (or package) that holds it.
+            # A module trusted there needs no confirmation once it is found again.
+            where, confirm = (
+                (f" (it is trusted as {pinned})", "")
+                if pinned
+                else ("", f" and confirm it with {option(name, spec)} or {option('trust_code')}")
+            )
+            raise TrustError(
+                f"{named_in}: {field or 'the file'} names the code {spec!r}, whose module {module!r} is not found "
+                f"from this folder{where}: run from the folder that holds it (or install its package){confirm}, "
+                f"or name your own with {option(name, 'your_module:your_factory')}"
+            )
         # A recipe's factory is only a default (a shipped recipe names its example model): weights of one's own
         # architecture need one's own builder, which confirming the recipe's would not give.
         own = (

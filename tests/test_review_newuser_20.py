@@ -72,3 +72,18 @@ def test_a_whole_pickled_model_is_refused_naming_its_own_class_as_the_architectu
         "--arch pkg.module:callable," in result.stderr
         and "container:Sequential" not in result.stderr.split("load it with")[1]
     ), result.stderr
+
+
+def test_a_checkpoint_whose_factory_is_not_found_from_here_says_where_to_run_not_to_confirm_it(as_installed, tmp_path):
+    # A model.pt written from the folder holding mynet.py, inspected from another folder: the refusal said "pass
+    # --arch mynet:LeNet for this run", which then failed with "cannot import module 'mynet'".
+    import torch
+
+    from sparsekit import save_model
+
+    ckpt = tmp_path / "model.pt"
+    save_model(torch.nn.Linear(4, 2), ckpt, factory="notheremod:build", input_shape=[1, 4])
+    result = as_installed("inspect", str(ckpt))
+    assert result.exit_code == 2, result.output
+    assert "module 'notheremod' is not found from this folder: run from the folder that holds it" in result.stderr
+    assert "for this run" not in result.stderr, result.stderr

@@ -739,7 +739,8 @@ def test_a_recipes_example_factory_without_the_repository_asks_for_ones_own(monk
     error said to pass it or to trust it, neither of which can work without the repository's examples/."""
     import sparsekit.trust as trust
 
-    monkeypatch.setattr(trust, "module_location", lambda module: None)
+    # examples/ is not here; the mine.* modules below are (one not found is said so: test_review_newuser_20.py).
+    monkeypatch.setattr(trust, "module_location", lambda module: None if module.startswith("examples") else "/m")
     monkeypatch.setattr(trust, "is_trusted", lambda module: False)
     with pytest.raises(TrustError) as info:
         trust._require_trust("examples.models:small_cnn", "examples.models", "cnn-structured-50", "model.factory", 0)
