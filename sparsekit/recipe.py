@@ -1115,6 +1115,26 @@ def unread_schedule_words(entry: Mapping[str, Any]) -> str:
     return f"{named} not read by l1 without target: it acts on every step from start_epoch to end_epoch"
 
 
+def _keep_fields_set(old: BaseModel, new: BaseModel) -> None:
+    """Mark in ``new`` (validated from ``old``'s dump with some values changed, e.g. an allocation's per-layer
+    values) the fields ``old`` had written, and those whose value changed, as set, at every depth. A dump
+    validated again has every field set: validate then named defaults the user never wrote as unread
+    (``momentum`` beside adam), and an l1 target adapted once per epoch (``schedule.every``'s default) instead
+    of 16 times, whenever an ``auto`` entry beside it was allocated."""
+    if type(old) is not type(new):
+        return
+    changed = {k for k in type(new).model_fields if getattr(old, k) != getattr(new, k)}
+    new.__pydantic_fields_set__ = (set(old.model_fields_set) | changed) & set(new.model_fields_set)
+    for name in type(new).model_fields:
+        a, b = getattr(old, name), getattr(new, name)
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+            _keep_fields_set(a, b)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for x, y in zip(a, b, strict=True):
+                if isinstance(x, BaseModel) and isinstance(y, BaseModel):
+                    _keep_fields_set(x, y)
+
+
 def unread_finetune_keys(finetune: FinetuneSpec) -> list[str]:
     """The ``finetune`` keys written in the recipe that the run will not read, each with why: ``momentum`` beside
     ``adam``/``adamw``, ``step_size``/``gamma`` beside a schedule that is not ``step``, and with ``epochs: 0`` (no
@@ -1305,9 +1325,11 @@ class Recipe(_Strict):
         return any(_covers(k, key) or (inside and _covers(key, k)) for k in self._overridden)
 
     def keep_origin(self, new: Recipe) -> Recipe:
-        """``new`` (a recipe derived from this one) marked as coming from the same file and overrides."""
+        """``new`` (a recipe derived from this one) marked as coming from the same file and overrides, with the
+        fields this one's recipe wrote marked as written (:func:`_keep_fields_set`)."""
         new._source, new._overridden, new._overrides = self._source, self._overridden, self._overrides
         new._trainer = self._trainer
+        _keep_fields_set(self, new)
         return new
 
     def blame(self, message: str) -> str | None:

@@ -1,0 +1,54 @@
+"""Review (sensitivity and plan on users' own models): what `sensitivity`, `validate` (plan) and an `auto` prune run say
+and do on 1-D CNNs, depthwise-separable and residual convs, token-id models, weight-normed, tied and gated layers."""
+
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from sparsekit.allocation import placeholder_recipe
+from sparsekit.cli import main
+from sparsekit.methods.base import Setup
+from sparsekit.methods.l1 import L1
+from sparsekit.recipe import load_recipe
+
+MLP = ("--arch", "examples.models:mlp")
+
+
+def _auto_and_l1():
+    return load_recipe(
+        {
+            "finetune": {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.002}},
+            "pruning": [
+                {"method": "magnitude", "sparsity": "auto", "target": 0.8, "layers": ["0"], "schedule": "oneshot"},
+                {"method": "l1", "strength": 1e-3, "target": 0.5, "layers": ["1"],
+                 "schedule": {"start_epoch": 0, "end_epoch": 1}},
+            ],
+        }
+    )  # fmt: skip
+
+
+def test_an_allocated_recipe_keeps_the_l1_entrys_unwritten_schedule_every():
+    # An l1 target adapts lambda 16 times per epoch unless schedule.every is written; the recipe an auto entry's
+    # allocation derived had every field marked written, so the same l1 entry adapted once per epoch beside it.
+    rec = _auto_and_l1()
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    setup = Setup(index=1, steps_per_epoch=32, input_shape=[1, 4])
+    alone = L1(rec.pruning[1], model, setup).adapt_every
+    derived = L1(placeholder_recipe(rec).pruning[1], model, setup).adapt_every
+    assert alone == 2 and derived == alone
+
+
+def test_validate_of_an_auto_recipe_names_no_finetune_key_the_recipe_never_wrote(tmp_path, mlp_checkpoint):
+    path = tmp_path / "auto.yaml"
+    path.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1, optimizer: {name: adam, lr: 0.002}}\n"
+        "pruning: [{method: magnitude, sparsity: auto, target: 0.8, schedule: oneshot}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    torch.manual_seed(0)
+    result = CliRunner().invoke(main, ["validate", str(path), str(mlp_checkpoint), *MLP])
+    assert result.exit_code == 0, result.output
+    assert "auto ->" in result.output  # the allocation ran
+    assert "momentum" not in result.output and "step_size" not in result.output
