@@ -279,7 +279,13 @@ def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> s
             resume = "; nothing was kept to resume: run the same command again"
     what = "Terminated (SIGTERM)" if terminated else "Interrupted"
     where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
+    if command in _WRITE_NOTHING:
+        # (a dry run or a reading: speaking of finished and unfinished files sent users looking for some)
+        return f"{what}:{where} Nothing was written; run the same command again."
     return f"{what}:{where} Finished files are complete, unfinished ones were not written{resume}."
+
+
+_WRITE_NOTHING = frozenset({"validate", "inspect", "bench"})  # commands that only read and print
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -52,3 +52,16 @@ def test_validate_of_an_auto_recipe_names_no_finetune_key_the_recipe_never_wrote
     assert result.exit_code == 0, result.output
     assert "auto ->" in result.output  # the allocation ran
     assert "momentum" not in result.output and "step_size" not in result.output
+
+
+def test_an_interrupted_validate_says_nothing_was_written(monkeypatch):
+    # validate (the plan) writes no file: its Ctrl-C line spoke of "finished files" and "unfinished ones".
+    import sparsekit.planning as planning
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(planning, "plan", stop)
+    result = CliRunner().invoke(main, ["validate", "lenet-gradual-magnitude-90"])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == ["Interrupted: Nothing was written; run the same command again."]
