@@ -468,9 +468,12 @@ def run_sensitivity(
     from .allocation import allocate_with_details
     from .outputs import guard_location
     from .pipeline import check_inputs
-    from .sensitivity import RESUME_REFUSED, SensitivityTable, analyze, auto_entries
+    from .sensitivity import _ANALYSED, NOTHING_TO_ANALYSE, RESUME_REFUSED, SensitivityTable, analyze, auto_entries
 
     out = Path(out)
+    if not any(spec.method in _ANALYSED for spec in recipe.pruning):
+        # Said before the model and data are loaded, naming the recipe (analyze, later, knows no file).
+        raise TargetError(f"{recipe.blame(NOTHING_TO_ANALYSE) or 'recipe'}: {NOTHING_TO_ANALYSE}")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is not a folder; choose another output folder ({option('output')})")
     # As for a prune run: never the root or home folder, nor a folder holding the model, recipe or data.

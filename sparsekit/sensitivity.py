@@ -380,6 +380,10 @@ class Probe:
 
 
 _ANALYSED = ("magnitude", "gradient", "structured")
+NOTHING_TO_ANALYSE = (
+    "pruning: no magnitude, gradient or structured entry to analyse (l1 and max_norm have no per-layer target); "
+    "add one, e.g. {method: magnitude, sparsity: auto, target: 0.9}, whose layers the analysis then probes"
+)
 
 
 def auto_entries(recipe: Recipe) -> list[int]:
@@ -645,10 +649,7 @@ def analyze(
         )
     specs = [(i, recipe.pruning[i]) for i in chosen if recipe.pruning[i].method in _ANALYSED]
     if not specs:
-        raise TargetError(
-            "sensitivity: the recipe has no magnitude, gradient or structured entry to analyse (l1 and max_norm "
-            "have no per-layer target)"
-        )
+        raise TargetError(NOTHING_TO_ANALYSE)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

@@ -65,3 +65,18 @@ def test_an_interrupted_validate_says_nothing_was_written(monkeypatch):
     result = CliRunner().invoke(main, ["validate", "lenet-gradual-magnitude-90"])
     assert result.exit_code == 130
     assert result.stderr.strip().splitlines() == ["Interrupted: Nothing was written; run the same command again."]
+
+
+def test_sensitivity_of_a_recipe_with_nothing_to_analyse_names_the_recipe_and_the_remedy(tmp_path, mlp_checkpoint):
+    # An l1-only recipe: the line said "sensitivity: the recipe has no ... entry" (no file, no remedy), and only
+    # after the model and data were loaded.
+    path = tmp_path / "l1only.yaml"
+    path.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: l1, strength: 1.0e-3}]\nbenchmark: {enabled: false}\n"
+    )
+    result = CliRunner().invoke(main, ["sensitivity", str(mlp_checkpoint), str(path), *MLP, "-o", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {path}: pruning: no magnitude, gradient or structured entry") and "add one" in line
+    assert not (tmp_path / "s").exists()
