@@ -296,6 +296,15 @@ def _allocate_unstructured(
     uniform = sum(_raw_increase(rows[n], target) for n in layers)
     reached = sum(counts.values()) / total
     info = EntryAllocation(index, spec.method, {"sparsity": target}, values, predicted, uniform, {"sparsity": reached})
+    # A layer the forward pass never runs (an unused module, a head run in training mode only) costs no loss in the
+    # analysis, so it took the most sparsity and counted toward the target while the layers that run kept more.
+    idle = [n for n in layers if rows[n].macs == 0 and counts[n] > 0]
+    if idle:
+        info.note = (
+            f"{', '.join(repr(n) for n in idle)} did not run in the model's forward pass (eval mode) in the analysis, "
+            f"so losing weights there cost nothing measured: it takes sparsity {max(values[n] for n in idle):.3f} "
+            f"toward target {target:g} while the layers that run keep more; exclude it in {where}.layers.exclude"
+        )
     return allocated, info
 
 

@@ -80,3 +80,31 @@ def test_sensitivity_of_a_recipe_with_nothing_to_analyse_names_the_recipe_and_th
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"Error: {path}: pruning: no magnitude, gradient or structured entry") and "add one" in line
     assert not (tmp_path / "s").exists()
+
+
+class _WithUnusedHead(nn.Module):
+    """An auxiliary head the forward pass never runs (as a head used in training only is, in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.aux, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_an_auto_allocation_says_when_a_layer_that_never_runs_takes_the_sparsity():
+    # Pruning a layer the forward pass never runs costs nothing measured: the allocation gave it ~0.98 toward the
+    # target, and the layers that run less, without a word.
+    from sparsekit.allocation import allocate_with_details, auto_allocate
+    from sparsekit.analysis import allocation_summary
+
+    torch.manual_seed(0)
+    model, x = _WithUnusedHead(), torch.randn(64, 8)
+    rec = load_recipe({"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.5}]})
+    _, table = auto_allocate(model, rec, [(x, model(x).argmax(1))], grid={"unstructured": [0.3, 0.6, 0.9]})
+    _, (info,) = allocate_with_details(model, rec, table, input_shape=[1, 8])
+    assert info.values["aux"] > 0.9  # (what the note explains)
+    assert info.note is not None and "'aux' did not run" in info.note and "layers.exclude" in info.note
+    line = allocation_summary({"entries": {"0": info.as_dict()}}, warning=False)
+    assert "'aux' did not run" in line
