@@ -5,7 +5,8 @@
 
 - ``magnitude`` / ``gradient`` entries (unstructured): the layer's smallest ``|w|`` are zeroed to each
   sparsity of :data:`GRID_UNSTRUCTURED` (``round(s * weights)`` of them, ranked within the layer) and the
-  weights restored afterwards;
+  weights restored afterwards; a layer sharing an earlier layer's weight (tied) is that layer's row, and is
+  listed in ``left_out`` saying so;
 - ``structured`` entries: each group torch-pruning roots at a selected layer loses each ratio of
   :data:`GRID_STRUCTURED` of its output channels (with the entry's importance; ``taylor``, which needs
   gradients, is replaced by ``l2`` here), on a deep copy of the model. Layers the entry never prunes (the
@@ -43,7 +44,7 @@ from torch.nn.modules.conv import _ConvNd
 from .data import batches
 from .errors import SparsekitError, TargetError, interrupted_while, one_line
 from .fsutil import atomic_path, write_text
-from .layers import num_units, select_layers, unselected_layers, weighted_layers
+from .layers import num_units, select_layers, tied_aliases, unselected_layers, weighted_layers
 from .masks import count_true, global_topk_masks, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
@@ -750,8 +751,16 @@ def _new_table(
         for unsel in unselected_layers(model, spec.layers):
             why_not.setdefault(unsel["name"], f"pruning[{index}]: {unsel['reason']}")
         if isinstance(spec, MagnitudeSpec | GradientSpec):
+            # A layer sharing an earlier one's weight (tied) is probed by that row: zeroing the one tensor twice
+            # doubled the probes, showed two rankings and two weight counts for one weight, and the allocation
+            # gives it the first layer's value anyway (allocation.tied_aliases).
+            tied = tied_aliases(selected)
             for name, module in selected.items():
                 seen.add(name)
+                if name in tied:
+                    reason = f"shares its weight with {tied[name]!r} (tied): that row's probes are this weight's"
+                    left.append(LeftOut(name=name, type=type(module).__name__, entry=index, reason=reason))
+                    continue
                 rows.append(
                     LayerSensitivity(
                         name=name,

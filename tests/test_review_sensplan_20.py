@@ -108,3 +108,35 @@ def test_an_auto_allocation_says_when_a_layer_that_never_runs_takes_the_sparsity
     assert info.note is not None and "'aux' did not run" in info.note and "layers.exclude" in info.note
     line = allocation_summary({"entries": {"0": info.as_dict()}}, warning=False)
     assert "'aux' did not run" in line
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.encoder, self.decoder, self.head = (nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16),
+                                                           nn.Linear(16, 4))  # fmt: skip
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, x):
+        x = torch.relu(self.encoder(torch.relu(self.inp(x))))
+        return self.head(torch.relu(self.decoder(x)))
+
+
+def test_sensitivity_probes_a_tied_weight_once_and_says_why_its_second_layer_is_left_out():
+    # decoder.weight = encoder.weight: both rows zeroed the one tensor (the same curve twice, twice the probes, the
+    # weight counted twice in the table's weights), while the allocation gives the pair one value.
+    from sparsekit.sensitivity import analyze
+
+    torch.manual_seed(0)
+    model, x = _Tied(), torch.randn(32, 8)
+    rec = load_recipe({"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.5}]})
+    table = analyze(model, rec, [(x, model(x).argmax(1))], grid={"unstructured": [0.5, 0.9]})
+    assert [r.name for r in table.layers] == ["inp", "encoder", "head"]
+    assert sum(r.params for r in table.layers) == 8 * 16 + 16 * 16 + 16 * 4  # each weight once
+    (left,) = [r for r in table.left_out if r.name == "decoder"]
+    assert left.entry == 0 and "tied" in left.reason and "'encoder'" in left.reason
+    assert table.probes_total() == 3 * 2
+    from sparsekit.allocation import allocate
+
+    values = allocate(model, rec, table, input_shape=[1, 8]).pruning[0].layer_sparsity
+    assert values is not None and values["decoder"] == values["encoder"]  # the pair allocated from the one row
