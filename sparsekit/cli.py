@@ -2067,12 +2067,20 @@ def sensitivity(
     table = res["table"]
     ranking = res["ranking"]
     untrained = table.untrained_warning()
+    notes = []
+    if max_batches is not None and res["allocation"]:
+        # The values above are said to be prune's; prune analyses every validation batch.
+        notes.append(
+            f"the per-layer values come from the first {max_batches} validation batch(es) (--max-batches); "
+            "prune analyses all of them, so the values it chooses can differ"
+        )
     doc = {
         "table": table.model_dump(mode="json"),
         "ranking": [{"layer": n, "score": s} for n, s in ranking],
         "files": res["files"],
         "allocation": res["allocation"],
         "warnings": [untrained] if untrained else [],
+        "notes": notes,
     }
     lines = [
         f"Wrote {out}/ ({', '.join(Path(p).name for p in res['files'].values())})",
@@ -2089,6 +2097,7 @@ def sensitivity(
         lines.append(f"  left out  {row.name} ({row.type}): {row.reason}")
     if res["allocation"]:
         lines.append(allocation_summary(res["allocation"], warning=False))  # (its warning: untrained's, below)
+    lines += [f"Note: {text}" for text in notes]  # spelled as every command's notes
     _emit(doc, as_json, "\n".join(lines))
     _warn_on_stderr(doc["warnings"])
 

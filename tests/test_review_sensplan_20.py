@@ -140,3 +140,23 @@ def test_sensitivity_probes_a_tied_weight_once_and_says_why_its_second_layer_is_
 
     values = allocate(model, rec, table, input_shape=[1, 8]).pruning[0].layer_sparsity
     assert values is not None and values["decoder"] == values["encoder"]  # the pair allocated from the one row
+
+
+def test_sensitivity_with_max_batches_says_its_values_are_not_the_ones_prune_will_choose(tmp_path, mlp_checkpoint):
+    # The command says it prints "the per-layer values prune would use"; with --max-batches they come from fewer
+    # batches than prune's own analysis reads, and nothing said so.
+    import json
+
+    path = tmp_path / "auto.yaml"
+    path.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: auto, target: 0.8, schedule: oneshot}]\n"
+    )
+    base = ["sensitivity", str(mlp_checkpoint), str(path), *MLP, "--max-batches", "1", "--no-progress"]
+    text = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a")])
+    assert text.exit_code == 0, text.output
+    assert "Note: the per-layer values come from the first 1 validation batch(es) (--max-batches)" in text.stdout
+    doc = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b"), "--json"])
+    assert doc.exit_code == 0, doc.output
+    (note,) = json.loads(doc.stdout)["notes"]
+    assert "prune analyses all of them" in note
