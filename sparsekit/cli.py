@@ -258,6 +258,19 @@ def _folder_holds(out: Any, what: Literal["run", "checkpoint"]) -> bool:
         return True
 
 
+def _holds_analysis(out: Any) -> bool:
+    """Whether the output folder ``out`` holds a sensitivity table (partial or finished) that ``--resume`` continues
+    from; True when that cannot be told."""
+    if out is None:
+        return True
+    try:
+        from .analysis import PARTIAL_FILE
+
+        return any((Path(out) / name).is_file() for name in (PARTIAL_FILE, "sensitivity.json"))
+    except Exception:  # noqa: BLE001 - an interruption's message must not fail
+        return True
+
+
 def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> str:
     """The line an interrupted ``command`` ends with: what stopped it, where (``said``, when known), and what
     ``--resume`` will do with what the output folder ``out`` holds."""
@@ -277,6 +290,9 @@ def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> s
                 resume = "; `--resume` starts the training over"
         if not _folder_holds(out, "run"):  # stopped before the output folder held anything
             resume = "; nothing was kept to resume: run the same command again"
+    if command == "sensitivity" and not _holds_analysis(out):
+        # Stopped while loading or measuring the dense model: --resume would have nothing to continue from.
+        resume = "; nothing was kept to resume: run the same command again"
     what = "Terminated (SIGTERM)" if terminated else "Interrupted"
     where = f" {said}." if said.startswith(WHERE_PREFIXES) else ""
     if command in _WRITE_NOTHING:

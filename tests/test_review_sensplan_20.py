@@ -160,3 +160,15 @@ def test_sensitivity_with_max_batches_says_its_values_are_not_the_ones_prune_wil
     assert doc.exit_code == 0, doc.output
     (note,) = json.loads(doc.stdout)["notes"]
     assert "prune analyses all of them" in note
+
+
+def test_a_sensitivity_interrupted_before_its_first_table_says_there_is_nothing_to_resume(tmp_path):
+    # Stopped while loading or measuring the dense model: the line offered `--resume`, which had nothing to continue.
+    from sparsekit.cli import _interrupt_message
+
+    out = tmp_path / "sens"
+    said = _interrupt_message("sensitivity", False, "while measuring the dense model", out)
+    assert said.endswith("nothing was kept to resume: run the same command again.") and "--resume" not in said
+    out.mkdir()
+    (out / "sensitivity.partial.json").write_text("{}")
+    assert "`--resume` continues the analysis" in _interrupt_message("sensitivity", False, "", out)
