@@ -10,7 +10,13 @@ from torch import nn
 from ..errors import TargetError
 from ..recipe import Recipe, as_recipe
 
-__all__ = ["as_recipe", "refuse_distributed_structured", "require_first_batch", "short_schedules"]
+__all__ = [
+    "as_recipe",
+    "refuse_distributed_structured",
+    "refuse_pruned_again",
+    "require_first_batch",
+    "short_schedules",
+]
 
 
 def require_first_batch(pruner: Any, callee: str, root: nn.Module, submodule: str | None, caller: str) -> None:
@@ -38,6 +44,24 @@ def require_first_batch(pruner: Any, callee: str, root: nn.Module, submodule: st
         f"the forward of the module it prunes, {what}, and an optimizer step came before any batch ran through it "
         f"({how}); {other}pass {callee}(..., input_shape=[1, ...]) (e.g. {example}), or set model.input_shape in "
         "the recipe"
+    )
+
+
+def refuse_pruned_again(callee: str, target: nn.Module, pruner: Any, model: Any, run: str) -> None:
+    """ValueError when ``target``, the module this run would prune, is the one an earlier run of the same callback
+    pruned (``pruner``: that run's Pruner, ``model``: the module it left): a second ``train()``/``fit()`` on the
+    same trainer built a new Pruner from the recipe and pruned the pruned model again (a ratio-0.5 structured
+    recipe halving the channels twice), where a user continuing training expects fine-tuning. A new model
+    (hyperparameter search's ``model_init``) is pruned as usual."""
+    if pruner is None or model is None or not (target is model or target is pruner.model):
+        # model is set when a run ends: a run that failed part-way leaves it None, and a rerun starts over
+        return
+    raise ValueError(
+        f"{callee}: this callback already pruned this model in an earlier {run} (its recipe's pruning is done"
+        + (", the masks baked into the weights" if pruner.finalized else "")
+        + f"), and a second {run} would prune the pruned model again from the recipe's start; to prune it again on "
+        f"purpose, use a new {callee} (with the recipe to apply) in its place; to fine-tune it without pruning, "
+        "train it without this callback (zeros can then become non-zero)"
     )
 
 

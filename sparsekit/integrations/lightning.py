@@ -27,7 +27,7 @@ from torch import nn
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, require_first_batch, short_schedules
+from ._common import as_recipe, refuse_pruned_again, require_first_batch, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 if TYPE_CHECKING:
@@ -77,8 +77,9 @@ class SparsekitCallback(pl.Callback):
 
     Hooks, in the order Lightning calls them:
 
-    - ``setup``: (fit) forgets any previous fit's pruner; (every stage, so ``validate``/``test``/``predict``
-      with ``ckpt_path`` too) wraps the LightningModule's
+    - ``setup``: (fit) forgets any previous fit's pruner, or refuses (ValueError) a second fit of the module this
+      callback already pruned, which would prune it again (pass a new callback to prune again); (every stage, so
+      ``validate``/``test``/``predict`` with ``ckpt_path`` too) wraps the LightningModule's
       ``on_load_checkpoint`` (until ``teardown``) so that on ``fit(ckpt_path=...)`` the pruner is
       rebuilt and its state loaded *before* Lightning loads the weights: channels a ``structured``
       method removed are removed again first, so the saved, smaller weights fit, and the optimizer
@@ -189,6 +190,7 @@ class SparsekitCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            refuse_pruned_again(type(self).__name__, self._target(pl_module), self.pruner, self.model, "fit()")
             self.pruner, self.model, self._last_step = None, None, 0
         # validate/test/predict(ckpt_path=...) load weights too: a checkpoint written while a structured method
         # had removed channels only fits once the pruner has replayed those removals.

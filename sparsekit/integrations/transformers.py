@@ -30,7 +30,7 @@ from ..fsutil import atomic_path
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, require_first_batch, short_schedules
+from ._common import as_recipe, refuse_pruned_again, require_first_batch, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 try:
@@ -89,11 +89,12 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
     - ``on_init_end`` (recipes with a ``structured`` entry): a ``load_state_dict`` pre-hook on the model
       turns the size mismatch of resuming a run that removed channels, without :meth:`prepare_resume`,
       into an error saying what to do.
-    - ``on_train_begin``: builds the Pruner on ``kwargs["model"]`` (the Trainer's unwrapped model), or on
-      a resume (``state.global_step > 0``) restores it from ``args.output_dir/checkpoint-N/pruner.pt``
-      (N = the global step resumed at) when :meth:`prepare_resume` did not already. Warns when a
-      schedule ends after the run's last step, and when a resumed schedule was laid out with other steps per
-      epoch than this run takes (it keeps its own).
+    - ``on_train_begin``: a second ``train()`` on the model this callback already pruned is a ValueError (it would
+      prune the pruned model again; pass a new callback to prune again). Builds the Pruner on ``kwargs["model"]``
+      (the Trainer's unwrapped model), or on a resume (``state.global_step > 0``) restores it from
+      ``args.output_dir/checkpoint-N/pruner.pt`` (N = the global step resumed at) when :meth:`prepare_resume` did
+      not already. Warns when a schedule ends after the run's last step, and when a resumed schedule was laid out
+      with other steps per epoch than this run takes (it keeps its own).
     - ``on_pre_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
       ``.grad``; the model's loss needs no edit). Called once per real optimizer step, after the last
       accumulated backward and after gradient clipping (``max_grad_norm``; the penalty's gradient is not
@@ -264,9 +265,11 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model = kwargs["model"]
+        if not self._prepared:
+            refuse_pruned_again(type(self).__name__, self._target(model), self.pruner, self.model, "train()")
         self.model = None
         if not self._prepared:
-            self.pruner = None  # each train() call builds its own pruner, unless prepare_resume built it
+            self.pruner = None  # each train() call on a new model builds its own pruner, unless prepare_resume did
         self._prepared = False
         if self.pruner is None and state.global_step > 0:
             path = _checkpoint_dir(args, state.global_step) / PRUNER_FILE

@@ -1,0 +1,115 @@
+"""Review (trainagain): trainer integrations run a second time, warning locations, manual optimization."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+from examples.models import small_cnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HALF = {"method": "structured", "ratio": 0.5, "importance": "l2", "steps": 1,
+        "schedule": {"start_epoch": 0, "end_epoch": 1, "every": 1}}  # fmt: skip
+
+
+def _recipe(*pruning: dict) -> sparsekit.Recipe:
+    return sparsekit.Recipe(
+        version=1, finetune={"epochs": 1}, model={"input_shape": [1, 1, 8, 8]}, pruning=list(pruning)
+    )
+
+
+def _images(n: int = 64):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:n], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    return x, torch.tensor(d.target[:n], dtype=torch.long)
+
+
+def _channels(net: nn.Module) -> list[int]:
+    return [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+# -- a second train()/fit() on the model the callback already pruned ---------------------------------------------
+
+
+def test_hf_second_train_on_the_pruned_model_is_refused_not_pruned_again(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn(width=4, image_size=8)
+
+        def forward(self, x, labels=None):
+            logits = self.net(x)
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = _images()
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"x": x[i], "labels": y[i]}
+
+    torch.manual_seed(0)
+    model = Classifier()
+    pruning = SparsekitTrainerCallback(_recipe(HALF), submodule="net")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=1, report_to=[], use_cpu=True,
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[pruning])
+    trainer.train()
+    once = _channels(model.net)
+    with pytest.raises(ValueError, match="already pruned this model.*new SparsekitTrainerCallback"):
+        trainer.train()
+    assert _channels(model.net) == once  # not halved a second time
+
+
+def test_lightning_second_fit_on_the_pruned_module_is_refused_not_pruned_again():
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn(width=4, image_size=8)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_images()), batch_size=32)
+
+    def trainer(callbacks):
+        return pl.Trainer(
+            max_epochs=1, callbacks=callbacks, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    module = Lit()
+    pruning = SparsekitCallback(_recipe(HALF), submodule="net")
+    trainer([pruning]).fit(module, loader)
+    once = _channels(module.net)
+    with pytest.raises(ValueError, match="already pruned this model.*new SparsekitCallback"):
+        trainer([pruning]).fit(module, loader)
+    assert _channels(module.net) == once
+    # a new callback prunes again, on purpose
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer([SparsekitCallback(_recipe(HALF), submodule="net")]).fit(module, loader)
+    assert _channels(module.net) != once
