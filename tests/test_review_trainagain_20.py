@@ -18,9 +18,9 @@ HALF = {"method": "structured", "ratio": 0.5, "importance": "l2", "steps": 1,
         "schedule": {"start_epoch": 0, "end_epoch": 1, "every": 1}}  # fmt: skip
 
 
-def _recipe(*pruning: dict) -> sparsekit.Recipe:
+def _recipe(*pruning: dict, epochs: int = 1) -> sparsekit.Recipe:
     return sparsekit.Recipe(
-        version=1, finetune={"epochs": 1}, model={"input_shape": [1, 1, 8, 8]}, pruning=list(pruning)
+        version=1, finetune={"epochs": epochs}, model={"input_shape": [1, 1, 8, 8]}, pruning=list(pruning)
     )
 
 
@@ -113,3 +113,75 @@ def test_lightning_second_fit_on_the_pruned_module_is_refused_not_pruned_again()
         warnings.simplefilter("ignore")
         trainer([SparsekitCallback(_recipe(HALF), submodule="net")]).fit(module, loader)
     assert _channels(module.net) != once
+
+
+# -- warnings from the callbacks point at the user's train()/fit() line, not at sparsekit/integrations ---------------
+
+LONG = {"method": "magnitude", "sparsity": 0.8, "schedule": {"start_epoch": 0, "end_epoch": 5, "every": 1}}
+
+
+def test_hf_callback_warnings_point_at_the_users_train_call(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(64, 10)
+
+        def forward(self, x, labels=None):
+            logits = self.net(x)
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = _images()
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"x": x[i].flatten(), "labels": y[i]}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=1, report_to=[], use_cpu=True,
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    pruning = SparsekitTrainerCallback(_recipe(LONG, epochs=5), submodule="net")
+    trainer = transformers.Trainer(model=Classifier(), args=args, train_dataset=Data(), callbacks=[pruning])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    ours = [w for w in caught if "SparsekitTrainerCallback" in str(w.message) or "pruning[0]" in str(w.message)]
+    assert len(ours) >= 2, [str(w.message) for w in caught]  # outlasts training; target missed at finalize
+    assert {w.filename for w in ours} == {__file__}, [(w.filename, str(w.message)[:60]) for w in ours]
+
+
+def test_lightning_callback_warnings_point_at_the_users_fit_call():
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(64, 10)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0].flatten(1)), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_images()), batch_size=32)
+    pruning = SparsekitCallback(_recipe(LONG, epochs=5), submodule="net")
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[pruning], accelerator="cpu", devices=1,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Lit(), loader)
+    ours = [w for w in caught if "SparsekitCallback" in str(w.message) or "pruning[0]" in str(w.message)]
+    assert len(ours) >= 2, [str(w.message) for w in caught]
+    assert {w.filename for w in ours} == {__file__}, [(w.filename, str(w.message)[:60]) for w in ours]

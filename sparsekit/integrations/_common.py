@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -12,11 +16,55 @@ from ..recipe import Recipe, as_recipe
 
 __all__ = [
     "as_recipe",
+    "at_user_code",
     "refuse_distributed_structured",
     "refuse_pruned_again",
     "require_first_batch",
     "short_schedules",
 ]
+
+
+# The packages between the user's trainer.train()/fit() call and a callback hook (and sparsekit under it): a warning
+# attributed to any of their frames points at library code the user cannot act on.
+_LIBRARY_PACKAGES = frozenset(
+    {"sparsekit", "transformers", "accelerate", "lightning", "pytorch_lightning", "lightning_fabric", "torch"}
+    | {"contextlib", "functools"}
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that, given to ``warnings.warn`` by this function's caller, names the first frame outside
+    the trainer's and sparsekit's packages: the user's ``trainer.train()``/``fit()`` line."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None:
+        package = str(frame.f_globals.get("__name__", "")).partition(".")[0]
+        if package not in _LIBRARY_PACKAGES:
+            break
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def at_user_code(hook: _F) -> _F:
+    """Decorate a callback hook so the warnings raised under it (its own, the Pruner's: a schedule that outlasts
+    the run, a missed target at finalize) are reported at the user's ``trainer.train()``/``fit()`` call rather
+    than at a line of sparsekit/integrations or of the trainer that called the hook (Python 3.11 has no
+    ``skip_file_prefixes``)."""
+
+    @functools.wraps(hook)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # recorded here; filtered (once, ignore, error) when re-issued
+                return hook(*args, **kwargs)
+        finally:
+            level = _user_stacklevel()
+            for w in caught:
+                warnings.warn(w.message, stacklevel=level)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def require_first_batch(pruner: Any, callee: str, root: nn.Module, submodule: str | None, caller: str) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, refuse_pruned_again, require_first_batch, short_schedules
+from ._common import as_recipe, at_user_code, refuse_pruned_again, require_first_batch, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 if TYPE_CHECKING:
@@ -188,6 +188,7 @@ class SparsekitCallback(pl.Callback):
 
     # -- hooks ----------------------------------------------------------------------------------------
 
+    @at_user_code
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             refuse_pruned_again(type(self).__name__, self._target(pl_module), self.pruner, self.model, "fit()")
@@ -230,6 +231,7 @@ class SparsekitCallback(pl.Callback):
         # Normally done already (see _hook_restore); this covers a LightningModule whose hook did not run.
         self._restore(trainer, pl_module, checkpoint)
 
+    @at_user_code
     def _restore(self, trainer: pl.Trainer, pl_module: nn.Module, checkpoint: Mapping[str, Any]) -> None:
         if self._restored:
             return
@@ -313,6 +315,7 @@ class SparsekitCallback(pl.Callback):
             pruner.structure_changed = False  # otherwise Lightning configures them next, over the new parameters
         self.pruner = pruner
 
+    @at_user_code
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         steps = self._trainer_steps_per_epoch(trainer)
         if self.pruner is None:
@@ -345,6 +348,7 @@ class SparsekitCallback(pl.Callback):
             )
         self._last_step = trainer.global_step
 
+    @at_user_code
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -352,6 +356,7 @@ class SparsekitCallback(pl.Callback):
             require_first_batch(self.pruner, type(self).__name__, pl_module, self.submodule, "training_step")
             self.pruner.regularize()
 
+    @at_user_code
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -365,6 +370,7 @@ class SparsekitCallback(pl.Callback):
                 pruner.update_optimizer(optimizer)  # in place: LR schedulers keep driving it
             pruner.structure_changed = False
 
+    @at_user_code
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pruner = self.pruner
         if pruner is None:

@@ -30,7 +30,7 @@ from ..fsutil import atomic_path
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, refuse_pruned_again, require_first_batch, short_schedules
+from ._common import as_recipe, at_user_code, refuse_pruned_again, require_first_batch, short_schedules
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 try:
@@ -241,6 +241,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
 
     # -- events ---------------------------------------------------------------------------------------
 
+    @at_user_code
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         model = kwargs.get("model")
         if not isinstance(model, nn.Module) or not any(s.method == "structured" for s in self.recipe.pruning):
@@ -261,6 +262,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
 
         self._guard = model.register_load_state_dict_pre_hook(guard)
 
+    @at_user_code
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -323,6 +325,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
             ) from None
         return max(1, math.ceil(batches / max(1, args.gradient_accumulation_steps)))
 
+    @at_user_code
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -332,6 +335,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
                 require_first_batch(self.pruner, type(self).__name__, model, self.submodule, "the model's forward")
             self.pruner.regularize()
 
+    @at_user_code
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -348,6 +352,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
             pruner.update_optimizer(_real_optimizer(optimizer))  # in place: the LR scheduler keeps driving it
             pruner.structure_changed = False
 
+    @at_user_code
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # The processes that write the Trainer's own checkpoint files: world process zero, or with save_on_each_node
         # each node's first, whose ranks resume from their own node's checkpoint-N (without pruner.pt there, they
@@ -392,6 +397,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
             stacklevel=3,
         )
 
+    @at_user_code
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
