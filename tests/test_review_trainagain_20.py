@@ -185,3 +185,54 @@ def test_lightning_callback_warnings_point_at_the_users_fit_call():
     ours = [w for w in caught if "SparsekitCallback" in str(w.message) or "pruning[0]" in str(w.message)]
     assert len(ours) >= 2, [str(w.message) for w in caught]
     assert {w.filename for w in ours} == {__file__}, [(w.filename, str(w.message)[:60]) for w in ours]
+
+
+# -- manual optimization with two optimizers: max_steps counts both, so the fit takes max_steps / 2 batches ---------
+
+
+def _two_optimizer_fit(max_steps: int, end_epoch: float) -> list[str]:
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class TwoOpt(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+        def training_step(self, batch, batch_idx):
+            for opt in self.optimizers():
+                opt.zero_grad()
+                self.manual_backward(F.cross_entropy(self.net(batch[0]), batch[1]))
+                opt.step()
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.net[1].parameters(), lr=0.01), torch.optim.SGD(self.net[3].parameters(), 0.01)]
+
+    # 8 batches per epoch; 4 epochs' worth of batches, ended by max_steps
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_images(256)), batch_size=32)
+    spec = {
+        "method": "magnitude",
+        "sparsity": 0.5,
+        "schedule": {"start_epoch": 0, "end_epoch": end_epoch, "every": 0.5},
+    }
+    pruning = SparsekitCallback(_recipe(spec, epochs=4), submodule="net")
+    trainer = pl.Trainer(
+        max_epochs=4, max_steps=max_steps, callbacks=[pruning], accelerator="cpu", devices=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TwoOpt(), loader)
+    assert pruning.pruner.step_count == max_steps // 2  # one pruner step per batch, two global steps per batch
+    return [str(w.message) for w in caught if "outlasts the fit" in str(w.message)]
+
+
+def test_lightning_manual_two_optimizers_max_steps_warns_of_a_schedule_the_fit_ends_before():
+    # max_steps=24: 12 batches (1.5 epochs); the schedule ends at epoch 2 (step 16): never reached
+    short = _two_optimizer_fit(24, 2)
+    assert len(short) == 1 and "ends at step 12 of the schedule" in short[0], short
+
+
+def test_lightning_manual_two_optimizers_max_steps_no_warning_when_the_schedule_fits():
+    assert _two_optimizer_fit(24, 1) == []  # ends at step 8 of 12

@@ -110,11 +110,13 @@ class SparsekitCallback(pl.Callback):
 
     Limits: one optimizer over the pruned weights is assumed (automatic optimization; under manual
     optimization with several optimizers the pruner steps once per batch in which ``global_step``
-    advanced). Structured pruning replaces parameters during fit, which DDP/FSDP wrappers do not follow:
-    use it on a single device. ``trainer.validate``/``test`` with ``ckpt_path`` on the module a fit finalized, when
-    finalize removed channels after that checkpoint was written (structured removals still to come, l1's
-    ``remove_dead``), is a ValueError: the smaller module cannot take the checkpoint's weights (a new instance of
-    the LightningModule can). Attributes: :attr:`pruner` (None before ``on_train_start``), :attr:`model`.
+    advanced, and with ``max_steps``, which counts every optimizer's steps, the check that a schedule outlasts the
+    fit waits for the first batch, which shows how many steps a batch takes). Structured pruning replaces
+    parameters during fit, which DDP/FSDP wrappers do not follow: use it on a single device.
+    ``trainer.validate``/``test`` with ``ckpt_path`` on the module a fit finalized, when finalize removed channels
+    after that checkpoint was written (structured removals still to come, l1's ``remove_dead``), is a ValueError:
+    the smaller module cannot take the checkpoint's weights (a new instance of the LightningModule can).
+    Attributes: :attr:`pruner` (None before ``on_train_start``), :attr:`model`.
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class SparsekitCallback(pl.Callback):
         self.model: nn.Module | None = None
         """The pruned module after fit (finalized when ``finalize=True``)."""
         self._last_step = 0
+        self._short_check: tuple[int, int] | None = None  # (batches stepped, global_step) at the start of fit
         self._restored = False
         self._unhook: Callable[[], None] | None = None
 
@@ -326,6 +329,8 @@ class SparsekitCallback(pl.Callback):
                 f"{self.pruner.steps_per_epoch}; the schedule keeps its steps",
                 stacklevel=2,
             )
+        self._last_step = trainer.global_step
+        self._short_check = None
         total = trainer.estimated_stepping_batches
         done = trainer.global_step
         if not pl_module.automatic_optimization:
@@ -333,10 +338,20 @@ class SparsekitCallback(pl.Callback):
             # estimated_stepping_batches and the pruner count batches that stepped; a resumed fit compared the two
             # and warned of a schedule it does reach.
             done = int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", done))
+            if trainer.max_steps is not None and trainer.max_steps >= 0:
+                # max_steps counts global steps too: with two optimizers the fit ends after max_steps / 2 batches,
+                # not the max_steps estimated_stepping_batches says. How many steps a batch takes is known after
+                # the first one: the check waits for it (on_train_batch_end).
+                self._short_check = (done, trainer.global_step)
+                return
+        self._warn_short(trainer, float(total), done)
+
+    def _warn_short(self, trainer: pl.Trainer, total: float, done: int) -> None:
+        assert self.pruner is not None
         short = short_schedules(
             self.recipe,
             self.pruner.steps_per_epoch,
-            float(total),
+            total,
             run="fit",
             done=done,
             counted=self.pruner.step_count,
@@ -346,7 +361,19 @@ class SparsekitCallback(pl.Callback):
                 "SparsekitCallback: the recipe's schedule outlasts the fit: " + "; ".join(short),
                 stacklevel=2,
             )
-        self._last_step = trainer.global_step
+
+    def _warn_short_manual(self, trainer: pl.Trainer) -> None:
+        """The start-of-fit check of a manual-optimization fit bounded by ``max_steps``, after its first batch that
+        stepped: the fit's batches are those that take it to ``max_steps`` global steps at this batch's rate."""
+        assert self._short_check is not None
+        done, start = self._short_check
+        self._short_check = None
+        per_batch = max(1, trainer.global_step - start)
+        total = done + math.ceil(max(0, trainer.max_steps - start) / per_batch)
+        batches = trainer.num_training_batches
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0 and math.isfinite(batches):
+            total = min(total, int(trainer.max_epochs) * int(batches))  # max_epochs may end it first
+        self._warn_short(trainer, float(total), done)
 
     @at_user_code
     def on_before_optimizer_step(
@@ -363,6 +390,8 @@ class SparsekitCallback(pl.Callback):
         pruner = self.pruner
         if pruner is None or pruner.finalized or trainer.global_step <= self._last_step:
             return  # an accumulation micro-batch (or a skipped step): no optimizer step happened
+        if self._short_check is not None:
+            self._warn_short_manual(trainer)
         self._last_step = trainer.global_step
         pruner.step()
         if pruner.structure_changed:
