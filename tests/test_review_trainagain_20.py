@@ -236,3 +236,75 @@ def test_lightning_manual_two_optimizers_max_steps_warns_of_a_schedule_the_fit_e
 
 def test_lightning_manual_two_optimizers_max_steps_no_warning_when_the_schedule_fits():
     assert _two_optimizer_fit(24, 1) == []  # ends at step 8 of 12
+
+
+def test_lightning_second_fit_resuming_from_a_checkpoint_written_before_finalize_goes_on(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    class Lit(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_images()), batch_size=32)
+    spec = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 1}}
+    pruning = SparsekitCallback(_recipe(spec, epochs=2), submodule="net")
+
+    def trainer(max_epochs):
+        last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+        return pl.Trainer(
+            max_epochs=max_epochs, callbacks=[pruning, last], accelerator="cpu", devices=1, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+
+    module = Lit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(1).fit(module, loader)  # finalized after 1 epoch of 2; last.ckpt was written before finalize
+        trainer(2).fit(module, loader, ckpt_path=tmp_path / "last.ckpt")  # continues: not refused
+    assert pruning.pruner.finalized and pruning.pruner.step_count == 4  # 2 batches x 2 epochs, one schedule
+
+
+def test_hf_second_train_resuming_from_a_checkpoint_written_before_finalize_goes_on(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(64, 10)
+
+        def forward(self, x, labels=None):
+            logits = self.net(x)
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    x, y = _images()
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"x": x[i].flatten(), "labels": y[i]}
+
+    spec = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 1}}
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=1, report_to=[], use_cpu=True,
+        save_strategy="epoch", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    pruning = SparsekitTrainerCallback(_recipe(spec, epochs=2), submodule="net")
+    trainer = transformers.Trainer(model=Classifier(), args=args, train_dataset=Data(), callbacks=[pruning])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()  # finalized after 1 epoch of 2; checkpoint-2 holds the pruner's state before finalize
+        trainer.args.num_train_epochs = 2
+        trainer.train(resume_from_checkpoint=True)  # continues: not refused
+    assert pruning.pruner.finalized and pruning.pruner.step_count == 4

@@ -77,15 +77,16 @@ class SparsekitCallback(pl.Callback):
 
     Hooks, in the order Lightning calls them:
 
-    - ``setup``: (fit) forgets any previous fit's pruner, or refuses (ValueError) a second fit of the module this
-      callback already pruned, which would prune it again (pass a new callback to prune again); (every stage, so
+    - ``setup``: (fit) forgets any previous fit's pruner; (every stage, so
       ``validate``/``test``/``predict`` with ``ckpt_path`` too) wraps the LightningModule's
       ``on_load_checkpoint`` (until ``teardown``) so that on ``fit(ckpt_path=...)`` the pruner is
       rebuilt and its state loaded *before* Lightning loads the weights: channels a ``structured``
       method removed are removed again first, so the saved, smaller weights fit, and the optimizer
       Lightning configures next covers the new parameters.
-    - ``on_train_start``: builds the Pruner (when no checkpoint restored it): the training loader's
-      length is known only here. Warns when a schedule ends after the fit's last step.
+    - ``on_train_start``: builds the Pruner (when no checkpoint restored it): the training loader's length is known
+      only here; a second fit of the module this callback already pruned, not resumed from a checkpoint written
+      before finalize, is a ValueError (it would prune it again; pass a new callback to prune again). Warns when a
+      schedule ends after the fit's last step.
     - ``on_before_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
       ``.grad`` in place, so ``training_step``'s loss needs no edit). Lightning calls it once per real
       optimizer step, after the last accumulated backward and after the precision plugin unscaled the
@@ -145,6 +146,7 @@ class SparsekitCallback(pl.Callback):
         self.model: nn.Module | None = None
         """The pruned module after fit (finalized when ``finalize=True``)."""
         self._last_step = 0
+        self._earlier: tuple[Pruner | None, nn.Module | None] = (None, None)  # the previous fit's pruner and model
         self._short_check: tuple[int, int] | None = None  # (batches stepped, global_step) at the start of fit
         self._restored = False
         self._unhook: Callable[[], None] | None = None
@@ -194,7 +196,9 @@ class SparsekitCallback(pl.Callback):
     @at_user_code
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            refuse_pruned_again(type(self).__name__, self._target(pl_module), self.pruner, self.model, "fit()")
+            # A fit resuming from a checkpoint written before finalize restores its pruner and goes on: whether it
+            # does is known only after the restore, at on_train_start.
+            self._earlier = (self.pruner, self.model)
             self.pruner, self.model, self._last_step = None, None, 0
         # validate/test/predict(ckpt_path=...) load weights too: a checkpoint written while a structured method
         # had removed channels only fits once the pruner has replayed those removals.
@@ -322,6 +326,8 @@ class SparsekitCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         steps = self._trainer_steps_per_epoch(trainer)
         if self.pruner is None:
+            earlier, self._earlier = self._earlier, (None, None)
+            refuse_pruned_again(type(self).__name__, self._target(pl_module), *earlier, "fit()")
             self.pruner = self._build(pl_module, steps)
         elif self.pruner.steps_per_epoch != steps:
             warnings.warn(

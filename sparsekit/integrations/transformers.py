@@ -267,7 +267,7 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model = kwargs["model"]
-        if not self._prepared:
+        if not self._prepared and state.global_step == 0:  # a resume restores its checkpoint's pruner state
             refuse_pruned_again(type(self).__name__, self._target(model), self.pruner, self.model, "train()")
         self.model = None
         if not self._prepared:
