@@ -266,7 +266,7 @@ class Pruner:
                     f"Pruner: structured pruning traces the model with one input tensor, and the first call of the "
                     f"model passed its batch inside a {held}; no input shape fits such a forward: use an "
                     "unstructured method (magnitude, gradient, or l1 with remove_dead: false), or prune a module "
-                    "whose forward takes one tensor"
+                    f"whose forward takes one tensor{self._submodule_remedy()}"
                 )
                 raise self._wait_failed
             if x is None or x.dim() == 0:
@@ -299,6 +299,13 @@ class Pruner:
         if self._stepped_by is not None:
             return f"pass {self._stepped_by[0]}(..., input_shape=[1, ...])"
         return "pass context={'input_shape': [1, ...]} to the Pruner"
+
+    def _submodule_remedy(self) -> str:
+        """For a trainer callback's Pruner: how its user names the one-tensor module (the callback prunes the whole
+        LightningModule / Trainer model unless told ``submodule=``)."""
+        if self._stepped_by is not None:
+            return f" (pass {self._stepped_by[0]}(..., submodule='net') with the name of the attribute holding it)"
+        return ""
 
     def _stop_waiting(self) -> None:
         if self._waiting is not None:
