@@ -88,6 +88,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -463,7 +464,10 @@ class L1:
             advice = trace_advice(err) or advice
         named = spec.layers.include or []
         explicit = bool(named) and all(isinstance(n, str) and not _GLOB.search(n) for n in named)
-        if why and not self.input_shape and not explicit:
+        # An entry whose layers.exclude already leaves a layer out has followed the warning's own advice: the head
+        # cannot be told, but the user named what to keep whole, so repeating the advice would only mislead.
+        excluded = any(fnmatchcase(n, p) for n in prunable_layers(model) for p in spec.layers.exclude or [])
+        if why and not self.input_shape and not explicit and not excluded:
             # No shape given and none guessed that runs: the head cannot be told from the other layers (registration
             # order need not be call order), so a pattern selects it and the target zeroes its rows like any
             # layer's, leaving those classes only their bias. Silent until finalize's remove_dead, too late.

@@ -1,0 +1,35 @@
+"""Follow-ups on models whose forward takes several inputs (review angle multiinput2)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+import sparsekit
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x))) * m))
+
+
+def _head_warnings(layers: dict) -> list[str]:
+    recipe = {"pruning": [{"method": "l1", "group": "row", "strength": 0.01, "layers": layers}]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sparsekit.Pruner(_TwoInputs(), recipe, 10)
+    return [str(w.message) for w in caught if "could not find the classifier head" in str(w.message)]
+
+
+def test_l1_head_warning_silent_when_the_recipe_already_excludes_layers() -> None:
+    assert _head_warnings({"exclude": ["head"]}) == []
+    # without an exclude the head cannot be told and is pruned: the warning stays
+    assert len(_head_warnings({})) == 1
