@@ -33,3 +33,21 @@ def test_l1_head_warning_silent_when_the_recipe_already_excludes_layers() -> Non
     assert _head_warnings({"exclude": ["head"]}) == []
     # without an exclude the head cannot be told and is pruned: the warning stays
     assert len(_head_warnings({})) == 1
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * scale.unsqueeze(1)
+
+
+def test_export_takes_a_one_value_per_sample_input_among_several(tmp_path) -> None:
+    import onnx
+
+    info = sparsekit.export_onnx(_Scaled(), tmp_path / "m.onnx", input_shape=[[1, 8], [1]], exporter="torchscript")
+    assert info["parity"]["ok"]
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert [len(i.type.tensor_type.shape.dim) for i in graph.input] == [2, 1]

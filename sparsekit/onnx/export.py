@@ -488,17 +488,20 @@ def _validate_shapes(input_shape: Any) -> list[list[int]]:
         and input_shape
         and all(isinstance(s, (list, tuple)) for s in input_shape)
     ):
-        return [_validate_shape(s) for s in input_shape]
+        # One input among several may be one value per sample (a batch of lengths: [1]); a lone input of one dim is
+        # more likely a shape missing its batch dim ([784]), so it still needs two.
+        return [_validate_shape(s, min_dims=1) for s in input_shape]
     return [_validate_shape(input_shape)]
 
 
-def _validate_shape(input_shape: Sequence[int]) -> list[int]:
+def _validate_shape(input_shape: Sequence[int], min_dims: int = 2) -> list[int]:
     # Integers only (an int, a numpy or torch integer): int() cut 20.5 to 20 and read "20" and True as numbers, so
     # the file was written for a shape the caller did not give, without a word.
-    shape = int_dims(input_shape, min_dims=2)
+    shape = int_dims(input_shape, min_dims=min_dims)
     if shape is None:
+        example = "[1, 784], or [1] for one value per sample" if min_dims == 1 else "[1, 784]"
         raise ExportError(
-            f"input_shape must be a list of integers, positive and with the batch dim first (e.g. [1, 784]), got "
+            f"input_shape must be a list of integers, positive and with the batch dim first (e.g. {example}), got "
             f"{input_shape!r}"
         )
     return shape
