@@ -18,7 +18,7 @@ from torch import nn
 
 from .wrappers import unwrap
 
-__all__ = ["example_input", "id_vocab"]
+__all__ = ["example_input", "id_vocab", "id_vocabs"]
 
 _IDS = (nn.Embedding, nn.EmbeddingBag)
 _known: weakref.WeakKeyDictionary[nn.Module, int | None] = weakref.WeakKeyDictionary()
@@ -75,6 +75,60 @@ def id_vocab(model: nn.Module, input_shape: Sequence[int]) -> int | None:
             m.training = training
     _known[model] = answer
     return answer
+
+
+def id_vocabs(model: nn.Module, input_shapes: Sequence[Sequence[int]]) -> list[int | None]:
+    """:func:`id_vocab` for a forward of several inputs (``forward(tokens, lengths)``), one answer per input of
+    ``input_shapes``: the inputs are float zeros, and an input an embedding is fed (itself or a view of it, by its
+    storage) takes ids, and the forward runs again with it as int64 zeros, until no embedding receives floats.
+    None for every input the model does not feed an embedding (or when its forward fails for another reason)."""
+    model = unwrap(model)
+    embeddings = [m for m in model.modules() if isinstance(m, _IDS)]
+    answers: list[int | None] = [None] * len(input_shapes)
+    if not embeddings:
+        return answers
+    vocab = min(int(m.num_embeddings) for m in embeddings)
+    kw = _float_kw(model)
+    shapes = [[max(1, int(s[0])), *[int(d) for d in s[1:]]] for s in input_shapes]
+    fed: list[torch.Tensor] = []
+
+    def before(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            fed.append(args[0])
+            raise _FedFloats
+
+    handles = [m.register_forward_pre_hook(before) for m in embeddings]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # the probe must not move a BatchNorm's running statistics
+    try:
+        for _ in input_shapes:  # each run finds at most one more input of ids
+            xs = [
+                torch.zeros(shape, dtype=torch.long, device=kw.get("device")) if ids else torch.zeros(shape, **kw)
+                for shape, ids in zip(shapes, answers, strict=True)
+            ]
+            fed.clear()
+            try:
+                with torch.no_grad():
+                    model(*xs)
+                break
+            except _FedFloats:
+                storage = fed[0].untyped_storage().data_ptr()
+                found = [
+                    i for i, x in enumerate(xs) if x.is_floating_point() and x.untyped_storage().data_ptr() == storage
+                ]
+                if not found:
+                    break  # floats the model computed itself: not an input's fault
+                answers[found[0]] = vocab
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - the user's model failing for another reason: not ours to judge here
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return answers
 
 
 def example_input(

@@ -51,3 +51,23 @@ def test_export_takes_a_one_value_per_sample_input_among_several(tmp_path) -> No
     assert info["parity"]["ok"]
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     assert [len(i.type.tensor_type.shape.dim) for i in graph.input] == [2, 1]
+
+
+class _TokensLengths(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(tokens).sum(1) / lengths.unsqueeze(1))
+
+
+def test_export_feeds_token_ids_to_the_input_of_an_embedding_among_several(tmp_path) -> None:
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    info = sparsekit.export_onnx(_TokensLengths(), path, input_shape=[[1, 8], [1]], exporter="torchscript")
+    assert info["parity"]["ok"]
+    types = {i.name: i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input}
+    assert types == {"tokens": onnx.TensorProto.INT64, "lengths": onnx.TensorProto.FLOAT}

@@ -35,7 +35,7 @@ from torch import nn
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
-from sparsekit.model_input import id_vocab
+from sparsekit.model_input import id_vocab, id_vocabs
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
@@ -72,7 +72,8 @@ def export_onnx(
     file ``path`` at ONNX ``opset`` (default domain), for inputs of ``input_shape`` (batch first; the
     batch dim is exported dynamic), and verify the written file. A model whose forward takes several tensors takes
     one shape per input, in the forward's order (``[[1, 3, 32, 32], [1, 5]]`` for ``forward(image, meta)``): the
-    file then has one float32 input per tensor, named as the forward's parameters, sharing the batch dim.
+    file then has one float32 input per tensor (int64 for one that goes straight into an nn.Embedding: token ids),
+    named as the forward's parameters, sharing the batch dim.
 
     The file appears at ``path`` only after ``onnx.checker`` and shape inference pass, with the
     ``sparsekit`` mark (see :func:`sparsekit.onnx.files.written_by_sparsekit`); models with more than
@@ -568,10 +569,17 @@ def _example_input(model: nn.Module, shapes: list[list[int]]) -> tuple[tuple[tor
 
 def _input_arrays(model: nn.Module, shapes: list[list[int]], batch: int, seed: int) -> list[np.ndarray]:
     """Seeded inputs of ``shapes`` at ``batch``: :func:`_input_array` for a forward of one input; for several,
-    standard normal float32 values for each (token ids are told only for a model's one input)."""
+    standard normal float32 values for each, or int64 ids below the vocabulary for one that goes into an embedding
+    (:func:`~sparsekit.model_input.id_vocabs`: ``forward(tokens, lengths)``)."""
     if len(shapes) == 1:
         return [_input_array(model, [batch, *shapes[0][1:]], seed=seed)]
-    return [random_array([batch, *s[1:]], seed=seed + i) for i, s in enumerate(shapes)]
+    vocabs = id_vocabs(model, shapes)
+    return [
+        random_array([batch, *s[1:]], seed=seed + i)
+        if vocab is None
+        else np.random.default_rng(seed + i).integers(0, vocab, size=(batch, *s[1:]), dtype=np.int64)
+        for i, (s, vocab) in enumerate(zip(shapes, vocabs, strict=True))
+    ]
 
 
 def _input_names(model: nn.Module, count: int) -> list[str]:
