@@ -473,7 +473,9 @@ def run_sensitivity(
     out = Path(out)
     if not any(spec.method in _ANALYSED for spec in recipe.pruning):
         # Said before the model and data are loaded, naming the recipe (analyze, later, knows no file).
-        raise TargetError(f"{recipe.blame(NOTHING_TO_ANALYSE) or 'recipe'}: {NOTHING_TO_ANALYSE}")
+        # Only an override of a method (or of a whole entry or the list) can have left no entry to analyse.
+        where = recipe.blame(NOTHING_TO_ANALYSE, decided_by=["method"]) or "recipe"
+        raise TargetError(f"{where}: {NOTHING_TO_ANALYSE}")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is not a folder; choose another output folder ({option('output')})")
     # As for a prune run: never the root or home folder, nor a folder holding the model, recipe or data.

@@ -1332,13 +1332,15 @@ class Recipe(_Strict):
         _keep_fields_set(self, new)
         return new
 
-    def blame(self, message: str) -> str | None:
+    def blame(self, message: str, decided_by: Sequence[str] | None = None) -> str | None:
         """What holds the faulty value of an error ``message`` that starts with a field path
         (``pruning[0].layers.include: ...``), to put before it: the recipe file, the caller's overrides
         that set that field (the file does not hold the value), or the file with the overrides the
-        message involves (one set a part of that field, or another field it names). None for a recipe
-        built in Python without overrides."""
-        return blame(self._source, self._overrides, message)
+        message involves (one set a part of that field, or another field it names). ``decided_by``: for an
+        error about a whole list (``pruning: no magnitude ... entry``), the fields of its entries that decide it
+        (``["method"]``): an override of another part of an entry is then no cause and is not named. None for a
+        recipe built in Python without overrides."""
+        return blame(self._source, self._overrides, message, decided_by)
 
     def __eq__(self, other: object) -> bool:
         # Two recipes are equal when their contents are; where one was read from does not matter.
@@ -1871,10 +1873,19 @@ def _spell(item: str) -> str:
 _LEADING_PATH = re.compile(r"^((?:pruning\[\d+\]|[a-z_]+)(?:\.[a-z_]\w*)*)")
 
 
-def blame(source: str | None, overrides: Sequence[str], message: str) -> str | None:
+def blame(
+    source: str | None, overrides: Sequence[str], message: str, decided_by: Sequence[str] | None = None
+) -> str | None:
     """See :meth:`Recipe.blame`: ``source`` is the recipe file, ``overrides`` the caller's ``key=value``s."""
     match = _LEADING_PATH.match(message)
     path = dotted_path(match.group(1)) if match else ""
+    if path and decided_by is not None:
+        # Only an override of the list (or what holds it), of a whole entry, or of a deciding field of one can
+        # have caused the error: pruning.0.strength=0.01 does not make an l1-only recipe.
+        entry_field = re.compile(rf"{re.escape(path)}\.\d+(\.(?:{'|'.join(map(re.escape, decided_by))}))?")
+        overrides = [
+            o for o in overrides if _covers(_override_path(o), path) or entry_field.fullmatch(_override_path(o))
+        ]
     if path:
         setters = [o for o in overrides if _covers(_override_path(o), path)]
         if setters:  # the override, not the file, holds the value

@@ -71,3 +71,28 @@ def test_export_feeds_token_ids_to_the_input_of_an_embedding_among_several(tmp_p
     assert info["parity"]["ok"]
     types = {i.name: i.type.tensor_type.elem_type for i in onnx.load(str(path)).graph.input}
     assert types == {"tokens": onnx.TensorProto.INT64, "lengths": onnx.TensorProto.FLOAT}
+
+
+def test_sensitivity_names_a_set_only_when_it_left_no_entry_to_analyse(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "l1.yaml"
+    recipe.write_text(
+        "data: {source: digits}\nfinetune: {epochs: 1}\npruning: [{method: l1, strength: 1.0e-3}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    model = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Linear(64, 10)), model)
+
+    def line(override: str) -> str:
+        args = ["sensitivity", str(model), str(recipe), "--set", override, "-o", str(tmp_path / "s")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        (text,) = result.stderr.strip().splitlines()
+        return text
+
+    # the strength does not decide which methods the list holds: the file alone is to blame
+    assert line("pruning.0.strength=0.01").startswith(f"Error: {recipe}: pruning: no magnitude")
+    assert line("pruning.0.method=l1").startswith(f"Error: {recipe} with --set pruning.0.method=l1: pruning: no")
