@@ -44,7 +44,7 @@ from torch.nn.modules.conv import _ConvNd
 from .data import batches
 from .errors import SparsekitError, TargetError, interrupted_while, one_line
 from .fsutil import atomic_path, write_text
-from .layers import num_units, select_layers, tied_aliases, unselected_layers, weighted_layers
+from .layers import NORM_REASON, num_units, select_layers, tied_aliases, unselected_layers, weighted_layers
 from .masks import count_true, global_topk_masks, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
@@ -808,10 +808,15 @@ def _new_table(
             )
     # Every Linear/Conv: one whose weight is computed (weight_norm, spectral_norm) is no prunable layer, yet it may
     # hold most of the MACs; it was named nowhere. Its reason is unselected_layers' (how to make it prunable).
-    for name, module in weighted_layers(model).items():
-        if name not in seen:
-            reason = why_not.get(name, "selected by no analysed entry")
-            left.append(LeftOut(name=name, type=type(module).__name__, entry=None, reason=reason))
+    # An embedding (a text model's largest weight, often) or another weighted module of no prunable kind: validate
+    # lists it as left out, and the table said nothing of it. Norms stay unnamed: they are never weights to prune.
+    weighted = weighted_layers(model)
+    for name, module in model.named_modules():
+        listed = name in why_not and not why_not[name].endswith(NORM_REASON)
+        if name in seen or not (name in weighted or listed):
+            continue
+        reason = why_not.get(name, "selected by no analysed entry")
+        left.append(LeftOut(name=name, type=type(module).__name__, entry=None, reason=reason))
     table = SensitivityTable(
         dense_accuracy=float(dense["accuracy"]),
         dense_loss=float(dense["loss"]),

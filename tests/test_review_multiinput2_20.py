@@ -96,3 +96,15 @@ def test_sensitivity_names_a_set_only_when_it_left_no_entry_to_analyse(tmp_path)
     # the strength does not decide which methods the list holds: the file alone is to blame
     assert line("pruning.0.strength=0.01").startswith(f"Error: {recipe}: pruning: no magnitude")
     assert line("pruning.0.method=l1").startswith(f"Error: {recipe} with --set pruning.0.method=l1: pruning: no")
+
+
+def test_sensitivity_table_lists_an_embedding_as_left_out() -> None:
+    from sparsekit.sensitivity import analyze
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(32, 16), nn.BatchNorm1d(16), nn.Linear(16, 3))
+    batch = (torch.randint(0, 20, (16, 4)), torch.randint(0, 3, (16,)))
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.5}]}
+    table = analyze(model, recipe, [batch], grid={"unstructured": [0.5]}, input_shape=[1, 4])
+    left = {row.name: row.reason for row in table.left_out}
+    assert list(left) == ["0"] and "embeddings are lookup tables" in left["0"]  # the BatchNorm is no weight to list
