@@ -32,6 +32,7 @@ from .errors import (
     ExportError,
     OutputError,
     SparsekitError,
+    TargetMissedWarning,
     Terminated,
     first_interruption,
     missing_dependency,
@@ -322,17 +323,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             stream=sys.stderr,
             format="%(levelname)s %(name)s: %(message)s",
         )
-        if not debug:
-            # Library warnings (torch on odd tensors in a file, exporters, onnxruntime) are not for the
-            # user; sparsekit's own advice goes through logging. --debug shows them all.
-            warnings.filterwarnings("ignore")
+        _SAID.clear()
+        _OWN_SAID.clear()
         first_interruption(reset=True)
         took_over = False
         try:
             took_over = _take_over_signals()  # (inside the try: a Ctrl-C right after it is this command's to report)
             _refuse_several_processes(fn.__name__)
             try:
-                return fn(*args, **kwargs)
+                # (restored after the command: the CLI's own hook and filters, not the caller's, when run in-process)
+                with warnings.catch_warnings():
+                    if not debug:
+                        # Library warnings (torch on odd tensors in a file, exporters, onnxruntime) are not for the
+                        # user; sparsekit's own (the Pruner's advice, an entry's) are, as Warning lines. --debug shows
+                        # them all, as Python prints them.
+                        warnings.simplefilter("always")
+                        warnings.showwarning = _say_own_warning
+                    return fn(*args, **kwargs)
             except Exception as err:
                 interrupt = _interrupt_behind(err)
                 if interrupt is None:
@@ -1765,6 +1772,9 @@ def validate(
     from .planning import allocation_lines, plan
     from .recipe import OptionOverride, load_recipe
 
+    # An entry's advice that it leaves a layer out (a computed weight, a unit l1 cannot remove) is validate's
+    # "left out" line for that layer already (--json: methods[].left_out): said once, there.
+    warnings.filterwarnings("ignore", message=r"pruning\[\d+\][^\n]* left out")
     if device:
         overrides = (*overrides, OptionOverride("finetune.device", "device", device))
     path = find_recipe(recipe)
@@ -1801,7 +1811,12 @@ def validate(
         res = plan(rec, model, steps_per_epoch=steps_per_epoch, inputs=inputs)
         res.update(recipe=str(path), auto_allocation=allocation)
         auto_lines = [allocation_summary(allocation, warning=False)] if allocation else []
-    res["warnings"] = _rehearsal_warnings(res) + _predicted_ratio_misses(res, asked) + _emptied_warnings(res)
+    res["warnings"] = [
+        *_rehearsal_warnings(res),
+        *_predicted_ratio_misses(res, asked),
+        *_emptied_warnings(res),
+        *_OWN_SAID,  # (already on stderr, said while the model was read and rehearsed)
+    ]
     from .recipe import unread_finetune_keys
 
     res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
@@ -2095,7 +2110,7 @@ def sensitivity(
         "ranking": [{"layer": n, "score": s} for n, s in ranking],
         "files": res["files"],
         "allocation": res["allocation"],
-        "warnings": [untrained] if untrained else [],
+        "warnings": [*([untrained] if untrained else []), *_OWN_SAID],  # (the latter already on stderr)
         "notes": notes,
     }
     lines = [
@@ -2120,9 +2135,39 @@ def sensitivity(
 
 def _warn_on_stderr(said: list[str]) -> None:
     """A command's warnings, one ``Warning:`` line each on stderr, with or without ``--json`` (README: warnings go to
-    stderr; stdout holds the result): the one convention of every command, export's included."""
+    stderr; stdout holds the result): the one convention of every command, export's included. A line this command
+    already said (sparsekit's own Python warning, see :func:`_say_own_warning`) is not said again."""
     for line in said:
-        click.echo(f"Warning: {printable(line)}", err=True)
+        if line not in _SAID:
+            _SAID.add(line)
+            click.echo(f"Warning: {printable(line)}", err=True)
+
+
+# The Warning lines the running command said, and of them sparsekit's Python warnings, for a --json document's
+# warnings (handle_errors clears them): each is said once.
+_SAID: set[str] = set()
+_OWN_SAID: list[str] = []
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
+
+
+def _say_own_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+    """``warnings.showwarning`` while a command runs without --debug: a warning sparsekit's own code raised (the
+    Pruner's advice, an entry's) is a ``Warning:`` line on stderr, once per command however many steps raise it;
+    one a library raised (torch, onnx, onnxruntime) is dropped. The CLI used to ignore every warning, which lost
+    sparsekit's own (parameters no layer holds, a structured entry's late removals). Its caller is the first frame
+    outside the warnings module: the code that called ``warnings.warn``, not the ``stacklevel`` it names (a torch
+    warning names the sparsekit line that called torch)."""
+    if issubclass(category, TargetMissedWarning):
+        return  # prune's report checks every target and says the misses (report.json's summary.warnings)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == warnings.__file__:
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or not os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        return
+    line = " ".join(str(message).split())
+    if line not in _SAID:
+        _OWN_SAID.append(line)
+        _warn_on_stderr([line])
 
 
 @main.command(short_help="List the shipped recipes, or print one (NAME) in full.")

@@ -15,7 +15,6 @@ import platform
 import random
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1029,16 +1028,8 @@ def prune_model(
     # when it is built); on --resume `model` is reloaded from the model file, so it is dense there too.
     distill = recipe.finetune.distill is not None and recipe.finetune.epochs > 0
     teacher = frozen_teacher(model) if distill else None
-    # The CLI ignores library warnings (cli.handle_errors), which silenced the Pruner's own advice about an entry: a
-    # weight_norm layer that `layers: ["*"]` selects was left unpruned with no word (only validate listed it).
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
-    for w in caught:
-        if str(w.message).startswith("pruning["):  # an entry's advice (see methods.base.warn_computed)
-            log.warning("%s", w.message)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # as if not caught
+    # (the Pruner's own advice, a weight_norm layer left unpruned: the CLI says sparsekit's warnings, cli.handle_errors)
+    pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
     history: list[dict[str, Any]] = []
     if recipe.finetune.epochs > 0:
         model, history, pruner = finetune(
