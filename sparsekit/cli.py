@@ -1247,7 +1247,16 @@ def export(
     # the exported file, where rewriting a large tensor costs a copy of it.
     positive_zeros_(loaded.model)
     if quantize == "int8":
-        res = export_int8(loaded.model, out, shape, data=bundle, fp32_path=fp32_out, opset=opset, exporter=exporter)
+        res = export_int8(
+            loaded.model,
+            out,
+            shape,
+            data=bundle,
+            fp32_path=fp32_out,
+            opset=opset,
+            exporter=exporter,
+            fp32_storage=storage,
+        )
         fp32 = f"Wrote {fp32_out} (fp32, " if fp32_out is not None else "Exported fp32, not kept ("
     else:
         res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)

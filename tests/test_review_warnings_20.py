@@ -70,3 +70,37 @@ def test_validate_json_lists_sparsekits_own_warning(tmp_path):
     assert "third-party" not in res.stderr
     # the caller's warning settings are back once the in-process command is over
     assert warnings.showwarning.__module__ != "sparsekit.cli"
+
+
+class _Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256)
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_export_int8_sizes_are_set_against_the_fp32_file_one_would_ship(tmp_path):
+    import os
+
+    torch.manual_seed(0)
+    model = _Mlp()
+    with torch.no_grad():  # 97% zeros, stored sparse (an export without --quantize: a quarter of the dense bytes)
+        for fc in (model.fc1, model.fc2):
+            w = fc.weight
+            w[w.abs() <= w.abs().flatten().kthvalue(int(0.97 * w.numel())).values] = 0.0
+    path = tmp_path / "mlp.pt"
+    torch.save(model.state_dict(), path)
+    args = ["export", str(path), "--arch", "tests.test_review_warnings_20:_Mlp", "--input-shape", "1,64"]
+    args += ["--storage", "sparse"]
+    plain = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "e.onnx")])
+    assert plain.exit_code == 0, plain.stderr
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "q.onnx"), "--quantize", "int8", "--keep-fp32"])
+    assert res.exit_code == 0, res.stderr
+    fp32, int8 = os.path.getsize(tmp_path / "e.onnx"), os.path.getsize(tmp_path / "q.onnx")
+    # The ratio was the int8 file's over the dense-stored export's, which no command ships here.
+    assert f"= {int8 / fp32:.2f}x fp32" in res.stdout, (fp32, int8, res.stdout)
+    kept = os.path.getsize(tmp_path / "q.fp32.onnx")
+    assert kept == fp32 and f"; {kept:,} B, gzip" in res.stdout, (kept, fp32, res.stdout)  # stored as plain export is

@@ -170,9 +170,16 @@ def export_int8(
     fp32_path: str | os.PathLike[str] | None = None,
     opset: int = 18,
     exporter: str = "auto",
+    fp32_storage: str | bool | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` as :func:`export_onnx` does, quantize that fp32 file to int8 and write the int8
     model at ``path``; the fp32 file is kept only at ``fp32_path`` (None: not kept).
+
+    ``fp32_storage``: once quantized, the fp32 file is stored as an export without int8 would ship it
+    (:func:`~sparsekit.onnx.choose_storage`'s mode: sparse initializers when that is smaller), and its sizes
+    (``bytes``, ``gzip_bytes``, ``int8["fp32_bytes"]``, ``int8["fp32_gzip_bytes"]``) are that file's, so the int8
+    sizes are set against the fp32 file one would get (a pruned model's sparse-stored fp32 file can be the smaller
+    one); None: the dense-stored export's.
 
     ``data``: a :class:`sparsekit.data.DataBundle` to calibrate on (static QDQ, with fp32 vs int8
     accuracy and top-1 agreement on its validation set, see
@@ -207,6 +214,12 @@ def export_int8(
             q["check"] = _random_agreement(fp32_tmp, int8_tmp, input_shape, id_vocab(model, input_shape))
         else:
             q = quantize_on_data(fp32_tmp, int8_tmp, data, input_shape=input_shape)
+        if fp32_storage is not None:
+            from .sparse_storage import choose_storage
+
+            st = choose_storage(fp32_tmp, fp32_tmp, fp32_storage, level=info["gzip_level"])
+            q["fp32_bytes"], q["fp32_gzip_bytes"], q["fp32_encoding"] = st["bytes"], st["gzip_bytes"], st["encoding"]
+            info["bytes"], info["gzip_bytes"] = st["bytes"], st["gzip_bytes"]  # (the fp32 file's, as now stored)
         publish(int8_tmp, final)
         if keep is not None:
             publish(fp32_tmp, keep)
