@@ -305,6 +305,16 @@ def _interrupt_message(command: str, terminated: bool, said: str, out: Any) -> s
 _WRITE_NOTHING = frozenset({"validate", "inspect", "bench"})  # commands that only read and print
 
 
+class _LogLines(logging.Formatter):
+    """sparsekit's logged warnings as the CLI's other warnings: one ``Warning: ...`` line (README: every command
+    prints its warnings so), not ``WARNING sparsekit: ...``; ``--debug`` keeps level and logger names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if logging.WARNING <= record.levelno < logging.ERROR:
+            return f"Warning: {printable(record.getMessage())}"
+        return f"{record.levelname.capitalize()}: {printable(record.getMessage())}"
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line and an exit code; --debug shows the traceback."""
 
@@ -318,11 +328,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         debug = kwargs.get("debug", False)
         as_json = bool(kwargs.get("as_json", False))
         _EMITTED.clear()
-        logging.basicConfig(
-            level=logging.DEBUG if debug else logging.WARNING,
-            stream=sys.stderr,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        if debug:
+            logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(_LogLines())
+            logging.basicConfig(level=logging.WARNING, handlers=[handler])
         _SAID.clear()
         _OWN_SAID.clear()
         first_interruption(reset=True)
