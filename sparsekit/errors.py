@@ -58,6 +58,8 @@ def _api_spelling(name: str, value: str) -> str:
         return f"sparsekit.logits.attach(model, {value!r})"
     if name == "batch_size":
         return f"batch_sizes=[{value}]"
+    if name == "kwargs":
+        return f"kwargs={value}"  # JSON text, which reads as the dict to pass
     if name == "input_shape":
         dims = [d for d in value.strip("[]").replace(" ", "").split(",") if d]
         return f"input_shape=[{', '.join(dims)}]"

@@ -28,6 +28,7 @@ TrustError: os:system: 'os' is part of Python's standard library, not a model ..
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import functools
@@ -264,11 +265,40 @@ def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) 
     ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
         shape = "is not of the form pkg.module:callable (e.g. mypkg.nets:build for build() in mypkg/nets.py)"
-        raise error(f"{where}: {spec!r} {shape}{module_spec_hint(spec) or _dotted_hint(spec)}")
+        hint = _call_hint(spec, where) or module_spec_hint(spec) or _dotted_hint(spec)
+        raise error(f"{where}: {spec!r} {shape}{hint}")
     module, attr = spec.split(":")
     if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):
         raise error(f"{where}: {spec!r} names a dunder attribute; name a module-level function or class")
     return module, attr
+
+
+def _call_hint(spec: Any, where: str) -> str:
+    """For a call written out (``mynet:LeNet()``, ``mynet:LeNet(width=64)``, the way one builds the model in
+    Python): the callable alone and where its arguments go, as a hint; else "". Only the name is imported and
+    called, with the keyword arguments given separately, so nothing written here is evaluated."""
+    if not isinstance(spec, str):
+        return ""
+    m = re.match(r"^\s*([^()]+?)\s*\((.*)\)\s*$", spec, re.DOTALL)
+    if not m or not _SPEC_RE.match(m.group(1)):
+        return ""
+    name, args = m.group(1), m.group(2).strip()
+    hint = f"; name the callable without the parentheses ({name!r})"
+    if not args:
+        return hint
+    kwargs: str | None = None  # the arguments as JSON, when all are keywords with literal values
+    with contextlib.suppress(SyntaxError, ValueError, TypeError):
+        call = ast.parse(f"f({args})", mode="eval").body
+        if isinstance(call, ast.Call) and not call.args and all(k.arg for k in call.keywords):
+            kwargs = json.dumps({str(k.arg): ast.literal_eval(k.value) for k in call.keywords})
+    # A recipe's factory takes its arguments from model.kwargs; a caller's (the command line's, save_model's)
+    # from its own kwargs option.
+    if where.startswith("model."):
+        dest = "the recipe's model.kwargs" + (f" ({kwargs})" if kwargs is not None else "")
+    else:
+        dest = option("kwargs", kwargs) if kwargs is not None else option("kwargs")
+    by_name = "" if kwargs is not None else ", each by its parameter name"
+    return f"{hint} and give its arguments as keyword arguments{by_name}: {dest}"
 
 
 def _dotted_hint(spec: Any) -> str:
