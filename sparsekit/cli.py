@@ -855,7 +855,7 @@ def main() -> None:
     """Make trained PyTorch models smaller and faster from a YAML recipe.
 
     \b
-    Typical run (README.md has the whole story; each command's --help its own):
+    Typical run (the sparsekit repository's README has the whole story; each command's --help its own):
       sparsekit recipes                                  # shipped recipes
       sparsekit recipes lenet-gradual-magnitude-90 > my-recipe.yaml   # a starting point of your own
       sparsekit validate my-recipe.yaml my.pt --arch mypkg.nets:build   # your model: the function that builds it
@@ -957,10 +957,11 @@ def prune(
       sparsekit prune lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o out
       sparsekit prune weights.pt my-recipe.yaml --arch mypkg.nets:build --kwargs '{"width": 64}' \\
           --set finetune.epochs=4 -o out   # a schedule must end by the last epoch (validate says so)
+    (examples.models:* are the sparsekit repository's example models, importable from a clone's root folder;
+    with the installed package alone, name your own model's pkg.module:callable.)
     \b
     Several processes (DistributedDataParallel; gloo on CPU, nccl on GPU), rank 0 writes DIR:
-      torchrun --nproc-per-node=2 -m sparsekit prune lenet.pt lenet-gradual-magnitude-90 \\
-          --arch examples.models:lenet_300_100 -o out
+      torchrun --nproc-per-node=2 -m sparsekit prune my.pt my-recipe.yaml --arch mypkg.nets:build -o out
 
     Outputs are built in DIR/.sparsekit/next and moved into DIR when the run ends, so an interrupted
     or failed run leaves earlier results as they were. --overwrite replaces only files an earlier
@@ -1148,6 +1149,8 @@ def export(
       sparsekit export weights.pt -o cnn.onnx --arch examples.models:small_cnn --kwargs '{"image_size": 8}' \\
           --input-shape 1,1,8,8
       sparsekit export out/model.pt -o q.onnx --arch examples.models:lenet_300_100 --quantize int8 --data mnist5k
+    (examples.models:* are the sparsekit repository's example models, importable from a clone's root folder;
+    with the installed package alone, name your own model's pkg.module:callable.)
     """
     if data and quantize != "int8":  # checked before anything is loaded or written
         raise click.UsageError("--data is only used with --quantize int8")
@@ -1623,6 +1626,8 @@ def inspect(
       sparsekit inspect out/model.pt --arch examples.models:lenet_300_100   # the factory its checkpoint names
       sparsekit inspect weights.pt --arch examples.models:small_cnn --input-shape 1,1,28,28
       sparsekit inspect out/model.onnx --json
+    (examples.models:* are the sparsekit repository's example models, importable from a clone's root folder;
+    with the installed package alone, name your own model's pkg.module:callable.)
     """
     onnx_file = model.suffix.lower() == ".onnx"
     if onnx_file and (arch or arch_kwargs or input_shape):
@@ -1783,6 +1788,8 @@ def validate(
       sparsekit validate lenet-gradual-magnitude-90                  # schema and plan, no model
       sparsekit validate lenet-gradual-magnitude-90 lenet.pt --arch examples.models:lenet_300_100
       sparsekit validate my-recipe.yaml weights.pt --arch mypkg.nets:build --kwargs '{"width": 64}' --json
+    (examples.models:* are the sparsekit repository's example models, importable from a clone's root folder;
+    with the installed package alone, name your own model's pkg.module:callable.)
     """
     model_overrides = _arch_overrides(arch, arch_kwargs)
     if model is None:
@@ -2093,6 +2100,8 @@ def sensitivity(
     \b
     Example:
       sparsekit sensitivity lenet.pt lenet-gradual-magnitude-90 --arch examples.models:lenet_300_100 -o sens
+    (examples.models:* are the sparsekit repository's example models, importable from a clone's root folder;
+    with the installed package alone, name your own model's pkg.module:callable.)
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
@@ -2244,6 +2253,13 @@ def _recipes_text(rows: list[dict[str, Any]]) -> str:
             lines += textwrap.wrap(
                 r["description"], width=width, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False
             )
+    if any(str(r["model"] or "").startswith("examples.") for r in rows):
+        # The shipped recipes name the repository's example models, which the installed package does not hold.
+        note = (
+            "examples.models:* are the sparsekit repository's example models, importable from a clone's root folder; "
+            "for your own model pass --arch pkg.module:callable."
+        )
+        lines += textwrap.wrap(note, width=width, subsequent_indent="    ", break_on_hyphens=False)
     lines.append("Print one in full: sparsekit recipes NAME")
     return "\n".join(lines)
 

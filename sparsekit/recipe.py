@@ -769,7 +769,8 @@ class GradientSpec(_Ranked):
         le=10_000,
         description="sum the scores on every N-th optimizer step, counted back from each mask update (whose own "
         "step always counts); 1 (default): every step. Each summed step costs about three passes over the "
-        "weights; fewer make a noisier estimate (taylor lost accuracy at 4, see benchmarks/README.md)",
+        "weights; fewer make a noisier estimate (taylor lost accuracy at 4: benchmarks/README.md in the sparsekit "
+        "repository)",
     )
 
 
@@ -918,11 +919,11 @@ class StructuredSpec(_MethodBase):
       it before training. A Pruner refuses an entry still holding ``auto``. The allocated entry reads
       ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``.
 
-    ``round_to`` (default 16, chosen with benchmarks/structured_latency.py; ``null`` or 1: off) aligns channel
-    counts for onnxruntime's CPU kernels: a group sized by ``ratio`` (not listed in ``layer_ratio``) that loses
-    channels keeps the nearest multiple of ``round_to`` (a tie keeps more; torch-pruning's ``round_to`` rounds
-    down), or the first multiple at or above ``min_channels``; groups narrower than twice ``round_to`` align to
-    half of it when it is even (16-31 channels to 8), and narrower groups keep any count.
+    ``round_to`` (default 16, chosen with benchmarks/structured_latency.py of the sparsekit repository; ``null`` or
+    1: off) aligns channel counts for onnxruntime's CPU kernels: a group sized by ``ratio`` (not listed in
+    ``layer_ratio``) that loses channels keeps the nearest multiple of ``round_to`` (a tie keeps more; torch-pruning's
+    ``round_to`` rounds down), or the first multiple at or above ``min_channels``; groups narrower than twice
+    ``round_to`` align to half of it when it is even (16-31 channels to 8), and narrower groups keep any count.
     ``layer_ratio`` values keep their exact counts (the allocator aligns them itself for ``target_latency``)."""
 
     method: Literal["structured"] = Field(

@@ -81,7 +81,7 @@ def test_recipes_show_whole_descriptions_and_one_recipe_in_full():
     lenet = rows["lenet-gradual-magnitude-90"]
     # The whole leading comment block, not its first line.
     assert lenet["description"].startswith("LeNet-300-100 on mnist5k:")
-    assert lenet["description"].endswith("benchmarks/results/README.md).")
+    assert lenet["description"].endswith("in the sparsekit repository).")
     text = run("recipes").stdout
     for row in rows.values():
         assert row["description"].endswith((".", ")", "]")), row["name"]  # a sentence's end, never cut mid-way

@@ -120,8 +120,8 @@ def refuse_distributed_structured(recipe: Recipe) -> None:
     if active() and any(spec.method == "structured" for spec in recipe.pruning):
         raise ValueError(
             "a structured entry removes channels, which the trainer's DDP/FSDP wrapper cannot follow: train on one "
-            "device with this callback, or prune channels in your own DDP loop (README, torchrun) or with "
-            "`torchrun -m sparsekit prune`; unstructured methods work here under DDP"
+            "device with this callback, or prune channels in your own DDP loop (the sparsekit repository's README: "
+            "torchrun) or with `torchrun -m sparsekit prune`; unstructured methods work here under DDP"
         )
 
 
