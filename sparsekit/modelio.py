@@ -767,6 +767,26 @@ def _named_safetensors(path: Path) -> str:
     return f"; {text}" if text and head else ""
 
 
+def _refuse_text(path: Path) -> None:
+    """ModelFileError when ``path`` holds text (a script, a config, an LFS pointer), not a torch file."""
+    text = _text_start(path)
+    if text is not None:
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch checkpoint ({text}); expected a sparsekit checkpoint, "
+            "a state_dict .pt or a .safetensors file"
+        )
+
+
+def precheck_model_file(path: Path) -> None:
+    """The checks of the model file that need no reading beyond its first bytes: it exists, is a file, is not an
+    ONNX file nor text. ``run_prune`` makes them before the output folder's, so one run names the first problem
+    in the order a user fixes them (the model file, then where the results go), not the folder first."""
+    check_model_path(path)
+    refuse_onnx(path)
+    if path.suffix.lower() not in (".safetensors", ".pt2"):  # those have their own readers and messages
+        _refuse_text(path)
+
+
 def refuse_onnx(path: Path) -> None:
     """ModelFileError when ``path`` is named as an ONNX file, where a PyTorch model is expected."""
     if path.suffix.lower() == ".onnx":
@@ -869,12 +889,7 @@ def _read(path: Path, trust: bool) -> tuple[Any, str]:
         if not trust:
             raise _refuse(path, "a TorchScript archive")
         return torch.jit.load(str(path), map_location="cpu"), "trusted-module"
-    text = _text_start(path)
-    if text is not None:  # before unpickling: text can read as pickle opcodes ("c..." names a class to import)
-        raise ModelFileError(
-            f"{path}: not a readable PyTorch checkpoint ({text}); expected a sparsekit checkpoint, "
-            "a state_dict .pt or a .safetensors file"
-        )
+    _refuse_text(path)  # before unpickling: text can read as pickle opcodes ("c..." names a class to import)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -48,7 +48,7 @@ from .errors import (
 )
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
-from .modelio import LoadedModel, check_model_path, infer_input_shape, read_model, refuse_compiled, save_model
+from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
@@ -491,7 +491,7 @@ def run_prune(
         failure: SparsekitError | None = None
         if main:
             try:
-                check_model_path(Path(model_path))  # a mistyped model name first, not after "holds an earlier run"
+                precheck_model_file(Path(model_path))  # a wrong model file first, not after "holds an earlier run"
                 folder = RunFolder.prepare(
                     out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume
                 )

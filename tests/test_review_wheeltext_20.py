@@ -115,3 +115,19 @@ def test_the_scan_sees_an_unmarked_path():
     # The scan itself can fail: an unmarked mention is found, a marked one is not.
     assert _unmarked("x", "chosen with python -m benchmarks.results.tune lenet")
     assert not _unmarked("x", "chosen with benchmarks/results/tune.py in the sparsekit repository")
+
+
+# --- prune names the model file's problem before the output folder's ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"), [("bad.py", b"import torch\n", "text file"), ("m.onnx", b"\x08\x07", "ONNX")]
+)
+def test_a_wrong_model_file_is_named_before_an_occupied_output_folder(tmp_path, name, content, needle):
+    model = tmp_path / name
+    model.write_bytes(content)
+    out = tmp_path / "sparsekit-out"
+    out.mkdir()
+    (out / "old.txt").write_text("an earlier run's notes")
+    args = ["prune", str(model), "lenet-gradual-magnitude-90", "--arch", "m:f", "-o", str(out)]
+    assert_bad_input(CliRunner().invoke(main, args), name, needle)
