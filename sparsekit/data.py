@@ -182,6 +182,16 @@ def _reworded(
     return type(err)(message)
 
 
+def check_npz_option(source: str) -> None:
+    """The checks :func:`load_data` makes of the caller's ``.npz`` file (the data option's), named as that option;
+    nothing for another source. ``run_prune`` makes them before the output folder's."""
+    if source.endswith(".npz"):
+        try:
+            npz_file(source)
+        except DataError as err:
+            raise _reworded(err, source, None, "data") from None
+
+
 def npz_sample_shape(
     source: str, *, named_in: str | os.PathLike[str] | None = None, field: str = "data.source"
 ) -> tuple[int, ...] | None:
@@ -193,7 +203,7 @@ def npz_sample_shape(
     source = source.strip()
     try:
         _check_recipe_path(source, named_in)
-        path, where = _npz_file(source)
+        path, where = npz_file(source)
         shape = _check_npz_sizes(path, where).get("x")
         if shape is None or len(shape) < 2:
             x, _ = _load_npz(source)  # raises what is wrong with it (no x, a flat x, a damaged header)
@@ -406,7 +416,7 @@ def _check_recipe_path(source: str, named_in: str | os.PathLike[str] | None) -> 
         check_beside_recipe(source, named_in)
 
 
-def _npz_file(source: str) -> tuple[Path, str]:
+def npz_file(source: str) -> tuple[Path, str]:
     """The path of an ``.npz`` source, and how messages name it, after checking it is a regular zip file."""
     path = Path(source).expanduser()
     where = f"data.source file '{shorten(source, 200)}'"  # the path comes from a recipe: quoted cut short
@@ -433,7 +443,7 @@ def _npz_file(source: str) -> tuple[Path, str]:
 
 
 def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    path, where = _npz_file(source)
+    path, where = npz_file(source)
     _check_npz_sizes(path, where)
     try:
         # allow_pickle=False: an .npz must never run code when loaded.

@@ -27,7 +27,7 @@ from torch import nn
 from . import __version__, model_input
 from . import distributed as _distributed
 from .analysis import allocate_for_run, allocation_summary, write_allocation
-from .data import load_data
+from .data import check_npz_option, load_data
 from .errors import (
     TRAINING_DONE,
     TRAINING_NOT_STARTED,
@@ -492,6 +492,8 @@ def run_prune(
         if main:
             try:
                 precheck_model_file(Path(model_path))  # a wrong model file first, not after "holds an earlier run"
+                if data is not None:  # the caller's .npz file (a recipe's is found beside the recipe, later)
+                    check_npz_option(data)
                 folder = RunFolder.prepare(
                     out, inputs=[model_path, recipe.source, data_file], overwrite=overwrite, resume=resume
                 )

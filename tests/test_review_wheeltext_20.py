@@ -131,3 +131,14 @@ def test_a_wrong_model_file_is_named_before_an_occupied_output_folder(tmp_path, 
     (out / "old.txt").write_text("an earlier run's notes")
     args = ["prune", str(model), "lenet-gradual-magnitude-90", "--arch", "m:f", "-o", str(out)]
     assert_bad_input(CliRunner().invoke(main, args), name, needle)
+
+
+def test_a_missing_data_file_is_named_before_an_occupied_output_folder(tmp_path, monkeypatch):
+    model = tmp_path / "sd.pt"
+    torch.save({"fc.weight": torch.zeros(2, 3)}, model)
+    out = tmp_path / "sparsekit-out"
+    out.mkdir()
+    (out / "old.txt").write_text("an earlier run's notes")
+    monkeypatch.chdir(tmp_path)
+    args = ["prune", str(model), "lenet-gradual-magnitude-90", "--arch", "m:f", "--data", "nosuch.npz", "-o", str(out)]
+    assert_bad_input(CliRunner().invoke(main, args), "--data nosuch.npz", "not found")
