@@ -81,4 +81,7 @@ def shipped_recipe(name: str) -> dict[str, Any]:
     names = [row["name"] for row in rows]
     close = difflib.get_close_matches(wanted, names, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
+    if Path(name).is_file():
+        # A newcomer's own recipe file: this lookup is for shipped names only, so say where a file is checked.
+        hint = f"{name} is a file of yours (`sparsekit validate {name}` checks it, `cat` prints it); " + hint
     raise RecipeError(f"recipe {name!r}: no shipped recipe of that name; {hint}shipped: {', '.join(names)}")
