@@ -456,6 +456,9 @@ class L1:
         why = "" if shape else "the input shape is unknown"
         # what to do: give the shape, unless no shape can help (a forward of several inputs, say)
         advice = "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
+        if not shape and takes_several_inputs(model):
+            # forward(image, meta): no one input shape runs it, so the shape advice cannot be followed
+            why, advice = "a forward of several inputs gives no one input shape to find it with", ""
         try:
             heads = output_layers(model, shape) if shape else []
         except Exception as err:  # a model that does not run on a given shape fails later with a clear error
@@ -473,8 +476,9 @@ class L1:
             # layer's, leaving those classes only their bias. Silent until finalize's remove_dead, too late.
             warnings.warn(
                 f"{self.where}: group: {spec.group} could not find the classifier head to leave it out ({why}), so "
-                f"it is pruned like any other layer (a head unit at zero leaves its class only its bias); {advice}, "
-                "or leave the head out with layers.exclude",
+                f"it is pruned like any other layer (a head unit at zero leaves its class only its bias); "
+                + (f"{advice}, or leave" if advice else "leave")
+                + " the head out with layers.exclude",
                 stacklevel=outside_sparsekit(),  # the user's Pruner(...) line
             )
         for head in heads:
