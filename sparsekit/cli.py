@@ -627,9 +627,8 @@ set_option = click.option(
     "overrides",
     multiple=True,
     metavar="KEY.PATH=VALUE",
-    help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8, "
-    "--set data.batch_size=128 or --set benchmark.enabled=false (no latency benchmark); the whole recipe is "
-    "validated again (every key: `sparsekit recipes --reference`).",
+    help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8 or "
+    "--set data.batch_size=128; the whole recipe is validated again (every key: `sparsekit recipes --reference`).",
 )
 kwargs_option = click.option(
     "--kwargs",
