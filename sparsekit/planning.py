@@ -447,8 +447,8 @@ def describe(
 ) -> str:  # fmt: skip
     """What a ``pruning`` entry will do, in one sentence (``sparsekit validate`` prints it), e.g. ``magnitude:
     zero the 90% smallest-|w| weights of fc1, fc2 (global ranking), rising along a cubic schedule from
-    epoch 0 to 3, mask updated every 1/8 epoch (8 of 63 steps)``. ``layers``: the layers it selects (the
-    recipe's patterns when None); ``steps_per_epoch`` adds the schedule in optimizer steps; ``epochs``
+    epoch 0 to 3, mask updated every 1/8 epoch (every 8 of the epoch's 63 steps)``. ``layers``: the layers it
+    selects (the recipe's patterns when None); ``steps_per_epoch`` adds the schedule in optimizer steps; ``epochs``
     (the run's fine-tuning epochs; default the schedule's) says what happens without fine-tuning; ``auto``:
     the entry's values are a stand-in for an allocation still to come."""
     from .recipe import (
@@ -603,7 +603,11 @@ def _when(schedule: Any, steps_per_epoch: int | None, epochs: int | None, what: 
     text = f", rising along a {s.curve} schedule {start} to {s.end_epoch:g}, {what} updated every {_epochs(s.every)}"
     if steps_per_epoch:
         every = max(1, round(s.every * steps_per_epoch))  # as sparsekit.schedule.Schedule.from_spec
-        text += f" ({every} of {steps_per_epoch} steps)" if every < steps_per_epoch else f" ({every} steps)"
+        text += (
+            f" (every {every} of the epoch's {steps_per_epoch} steps)"
+            if every < steps_per_epoch
+            else f" ({every} steps)"
+        )
     return text
 
 

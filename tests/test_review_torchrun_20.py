@@ -48,7 +48,7 @@ def test_validate_started_by_torchrun_lays_the_schedule_out_in_each_processs_ste
         two.output
     ), two.output
     assert "finetune.max_steps_per_epoch" not in two.output
-    assert "mask updated every 0.3 epochs (4 of 12 steps)" in two.output, two.output
+    assert "mask updated every 0.3 epochs (every 4 of the epoch's 12 steps)" in two.output, two.output
     # The history predicted on the run's step clock (one process: 0.531 after epoch 1)
     assert "as report.json's history will show it, after epoch 1: 0.563, 2: 0.770, 3: 0.800" in two.output, two.output
 

@@ -119,7 +119,8 @@ def test_validate_text_shows_the_run_clock_and_each_method_in_words(tmp_path, ml
     text = result.stdout
     assert (
         "pruning[0] magnitude: zero the 90% smallest-|w| weights of fc1, fc2 (global ranking, no layer above 99%), "
-        "rising along a cubic schedule from epoch 0 to 3, mask updated every 1/8 epoch (3 of 23 steps)"
+        "rising along a cubic schedule from epoch 0 to 3, mask updated every 1/8 epoch "
+        "(every 3 of the epoch's 23 steps)"
     ) in text
     assert "23 optimizer steps per epoch (one per training batch), 184 in all" in text
     assert "one of shape [64, 64] runs through the model: [64, 10]" in text
