@@ -32,6 +32,33 @@ def _images(n: int = 64):
     return x, torch.tensor(d.target[:n], dtype=torch.long)
 
 
+class _Classifier(nn.Module):
+    """A Trainer model around ``net``: returns the loss, as transformers' Trainer expects."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+class _Digits(torch.utils.data.Dataset):
+    """``_images()`` as the dict items a Trainer feeds the model (flattened for a Linear net)."""
+
+    def __init__(self, flat: bool = False) -> None:
+        self.x, self.y = _images()
+        if flat:
+            self.x = self.x.flatten(1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
 def _channels(net: nn.Module) -> list[int]:
     return [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
 
@@ -44,32 +71,14 @@ def test_hf_second_train_on_the_pruned_model_is_refused_not_pruned_again(tmp_pat
     pytest.importorskip("accelerate")
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
 
-    class Classifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = small_cnn(width=4, image_size=8)
-
-        def forward(self, x, labels=None):
-            logits = self.net(x)
-            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-    x, y = _images()
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(y)
-
-        def __getitem__(self, i):
-            return {"x": x[i], "labels": y[i]}
-
     torch.manual_seed(0)
-    model = Classifier()
+    model = _Classifier(small_cnn(width=4, image_size=8))
     pruning = SparsekitTrainerCallback(_recipe(HALF), submodule="net")
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=1, report_to=[], use_cpu=True,
         save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[pruning])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Digits(), callbacks=[pruning])
     trainer.train()
     once = _channels(model.net)
     with pytest.raises(ValueError, match="already pruned this model.*new SparsekitTrainerCallback"):
@@ -125,30 +134,14 @@ def test_hf_callback_warnings_point_at_the_users_train_call(tmp_path):
     pytest.importorskip("accelerate")
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
 
-    class Classifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Linear(64, 10)
-
-        def forward(self, x, labels=None):
-            logits = self.net(x)
-            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-    x, y = _images()
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(y)
-
-        def __getitem__(self, i):
-            return {"x": x[i].flatten(), "labels": y[i]}
-
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=1, report_to=[], use_cpu=True,
         save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
     pruning = SparsekitTrainerCallback(_recipe(LONG, epochs=5), submodule="net")
-    trainer = transformers.Trainer(model=Classifier(), args=args, train_dataset=Data(), callbacks=[pruning])
+    trainer = transformers.Trainer(
+        model=_Classifier(nn.Linear(64, 10)), args=args, train_dataset=_Digits(flat=True), callbacks=[pruning]
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train()
@@ -277,31 +270,15 @@ def test_hf_second_train_resuming_from_a_checkpoint_written_before_finalize_goes
     pytest.importorskip("accelerate")
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
 
-    class Classifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Linear(64, 10)
-
-        def forward(self, x, labels=None):
-            logits = self.net(x)
-            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-    x, y = _images()
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(y)
-
-        def __getitem__(self, i):
-            return {"x": x[i].flatten(), "labels": y[i]}
-
     spec = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 1}}
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=32, num_train_epochs=1, report_to=[], use_cpu=True,
         save_strategy="epoch", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
     pruning = SparsekitTrainerCallback(_recipe(spec, epochs=2), submodule="net")
-    trainer = transformers.Trainer(model=Classifier(), args=args, train_dataset=Data(), callbacks=[pruning])
+    trainer = transformers.Trainer(
+        model=_Classifier(nn.Linear(64, 10)), args=args, train_dataset=_Digits(flat=True), callbacks=[pruning]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()  # finalized after 1 epoch of 2; checkpoint-2 holds the pruner's state before finalize

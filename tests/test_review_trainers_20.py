@@ -69,6 +69,18 @@ def test_lightning_structured_without_shape_on_a_module_whose_forward_never_runs
     assert "SparsekitCallback(..., input_shape=[1, ...])" in message and "context=" not in message, message
 
 
+class HFWrap(nn.Module):
+    """A Trainer model around Net: returns the loss, as transformers' Trainer expects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Net()
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
+
+
 class _Dict(torch.utils.data.Dataset):
     """batches() as the dicts a transformers Trainer collates."""
 
@@ -196,15 +208,6 @@ def test_transformers_fp16_with_max_grad_norm_0_and_l1_is_not_warned_of_scaled_g
     transformers = pytest.importorskip("transformers")
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
 
-    class Wrap(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = Net()
-
-        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-            logits = self.net(x)
-            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
-
     recipe = sparsekit.Recipe(version=1, pruning=[{"method": "l1", "strength": 1e-3, "layers": {"include": ["fc1"]}}])
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
@@ -218,7 +221,7 @@ def test_transformers_fp16_with_max_grad_norm_0_and_l1_is_not_warned_of_scaled_g
         disable_tqdm=True,
     )
     callback = SparsekitTrainerCallback(recipe, submodule="net")
-    trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
+    trainer = transformers.Trainer(model=HFWrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         trainer.train()
@@ -264,15 +267,6 @@ def test_transformers_resumed_with_another_gradient_accumulation_warns_that_the_
     transformers = pytest.importorskip("transformers")
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
 
-    class Wrap(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = Net()
-
-        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-            logits = self.net(x)
-            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
-
     entry = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2, "every": 0.5}}
     recipe = sparsekit.Recipe(version=1, finetune={"epochs": 3}, pruning=[entry])
 
@@ -288,7 +282,7 @@ def test_transformers_resumed_with_another_gradient_accumulation_warns_that_the_
             disable_tqdm=True,
         )
         callback = SparsekitTrainerCallback(recipe, submodule="net")
-        trainer = transformers.Trainer(model=Wrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
+        trainer = transformers.Trainer(model=HFWrap(), args=args, train_dataset=_Dict(), callbacks=[callback])
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             trainer.train(resume_from_checkpoint=resume)
@@ -393,15 +387,6 @@ def test_transformers_target_missed_because_early_stopping_ended_training_says_s
     from sparsekit.errors import TargetMissedWarning
     from sparsekit.integrations.transformers import SparsekitTrainerCallback
 
-    class Wrap(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = Net()
-
-        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-            logits = self.net(x)
-            return {"logits": logits, "loss": F.cross_entropy(logits, labels)}
-
     entry = {"method": "magnitude", "sparsity": 0.75, "schedule": {"start_epoch": 0, "end_epoch": 4, "every": 0.5}}
     recipe = sparsekit.Recipe(version=1, finetune={"epochs": 5}, pruning=[entry])
     args = transformers.TrainingArguments(
@@ -420,7 +405,7 @@ def test_transformers_target_missed_because_early_stopping_ended_training_says_s
     # no epoch improves eval_loss by 100: stops at the 2nd evaluation
     stop = transformers.EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=100.0)
     trainer = transformers.Trainer(
-        model=Wrap(), args=args, train_dataset=_Dict(), eval_dataset=_Dict(), callbacks=[callback, stop]
+        model=HFWrap(), args=args, train_dataset=_Dict(), eval_dataset=_Dict(), callbacks=[callback, stop]
     )
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
