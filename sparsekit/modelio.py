@@ -145,8 +145,10 @@ _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _GETATTR = frozenset({"builtins:getattr", "__builtin__:getattr"})
 # Ops that leave the object they change on the stack (BUILD sets its state, SETITEMS fills a dict...).
 _KEEPS_FIRST = frozenset({"BUILD", "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"})
-# Callables that return an object shared by the whole process (a logger, a layout), never to be changed.
-_SHARED_RESULTS = frozenset({"logging:getLogger", "torch.serialization:_get_layout"})
+# Callables that return an object shared by the whole process (a logger, a layout), never to be changed. type(x)
+# (and copyreg's type.__new__(type, x)) returns x's class: BUILD on it sets attributes of that class for every
+# instance in the process (pathlib.PosixPath._str set so made every path in sparsekit name one file).
+_SHARED_RESULTS = frozenset({"logging:getLogger", "torch.serialization:_get_layout", "builtins:type"})
 # Callables whose result is an instance of the class given as their first argument.
 _MAKES_FIRST = frozenset({"copyreg:_reconstructor", "copyreg:__newobj__", "copyreg:__newobj_ex__"})
 
@@ -174,6 +176,18 @@ def _py3_name(name: str, protocol: int) -> str:
     elif module in _compat_pickle.IMPORT_MAPPING:
         module = _compat_pickle.IMPORT_MAPPING[module]
     return f"{module}:{attr}"
+
+
+def _makes_a_class(called: str, args: tuple) -> bool:
+    """Whether copyreg's ``called``, given ``args`` whose first is ``type``, makes a class: ``__newobj__(type, name,
+    bases, ns)`` and ``__newobj_ex__`` are ``type.__new__(type, ...)``, which with one object returns its class and
+    with more makes one; ``_reconstructor(type, base, state)`` passes ``state`` as one object."""
+    if called == "copyreg:__newobj__":
+        return len(args) != 2
+    if called == "copyreg:__newobj_ex__":
+        rest = args[1] if len(args) > 1 else None
+        return not (isinstance(rest, tuple) and len(rest) == 1)
+    return False
 
 
 def _pickle_names(fh: IO[bytes]) -> _Pickle:
@@ -267,8 +281,11 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
             elif called.name == "builtins:type" and not (isinstance(args, tuple) and len(args) == 1):
                 names.append("builtins:type (making a class)")  # type(x) is x's type; type(name, bases, ns) runs code
             elif called.name in _MAKES_FIRST:
-                first = args[0] if isinstance(args, tuple) and args else None
+                made = args if isinstance(args, tuple) else ()
+                first = made[0] if made else None
                 value = _Instance(first.name) if isinstance(first, _Global) else None
+                if isinstance(first, _Global) and first.name == "builtins:type" and _makes_a_class(called.name, made):
+                    names.append("builtins:type (making a class)")  # type.__new__(type, name, bases, ns), as above
             else:  # a class it names, called: an instance of it (a function's result: its attributes are its own)
                 value = _Instance(called.name)
         elif name in _KEEPS_FIRST:
