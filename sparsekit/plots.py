@@ -28,6 +28,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,9 +63,35 @@ def figures(data: dict[str, Any]) -> dict[str, Figure]:
     return out
 
 
+@contextlib.contextmanager
+def own_settings() -> Iterator[None]:
+    """Within: matplotlib's own defaults in place of the settings of a ``matplotlibrc`` file in the current folder.
+    matplotlib reads that file first of all, before ``$MATPLOTLIBRC`` and the user's own: a file that comes with a
+    folder someone else made (``text.usetex: True`` runs the ``latex`` program for every label, and without it
+    failed the run as if its plot could not be written). The settings the process had are back afterwards."""
+    import matplotlib
+
+    here = Path("matplotlibrc")
+    try:
+        from_cwd = here.is_file() and os.path.samefile(matplotlib.matplotlib_fname(), here)
+    except OSError:
+        from_cwd = False
+    if not from_cwd:
+        yield
+        return
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        yield
+
+
 def render(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[str]:
-    """Draw the plots ``data`` has data for into ``out_dir``; returns the file names written."""
-    out = Path(out_dir)
+    """Draw the plots ``data`` has data for into ``out_dir`` (see :func:`own_settings`); returns the file names
+    written."""
+    with own_settings():
+        return _render(data, Path(out_dir))
+
+
+def _render(data: dict[str, Any], out: Path) -> list[str]:
     files: list[str] = []
     for name, fig in figures(data).items():
         with atomic_path(out / name) as tmp:

@@ -302,7 +302,15 @@ class SensitivityTable(_Data):
     def write_plot(self, path: str | Path) -> Path:
         """A PNG (written atomically): for each kind analysed, the loss increase (nats/sample) and the
         accuracy drop (percentage points) against the value probed, one curve per layer. Uses matplotlib's
-        Agg renderer only (no display, no change to pyplot's backend). Returns the path."""
+        Agg renderer only (no display, no change to pyplot's backend), with matplotlib's own settings where a
+        matplotlibrc file in the current folder would set them (:func:`sparsekit.plots.own_settings`). Returns the
+        path."""
+        from .plots import own_settings
+
+        with own_settings():
+            return self._draw_plot(path)
+
+    def _draw_plot(self, path: str | Path) -> Path:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 

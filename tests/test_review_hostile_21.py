@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import struct
 import zipfile
@@ -71,3 +72,66 @@ def test_a_pickle_that_makes_a_class_through_copyreg_is_refused_even_when_truste
 def test_a_whole_module_without_such_ops_still_loads_when_trusted(tmp_path):
     path = _with_prefix(tmp_path, b"")
     assert isinstance(read_model(path, trust=True).model, nn.Linear)
+
+
+LAYERS = [{"name": "fc1", "sparsity": 0.5, "excluded": False}, {"name": "fc2", "sparsity": 0.0, "excluded": True}]
+
+
+def _seen_while_drawing(monkeypatch) -> list[bool]:
+    """text.usetex as each figure is saved (where matplotlib draws its labels)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    seen: list[bool] = []
+    real = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        seen.append(bool(matplotlib.rcParams["text.usetex"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+def test_a_matplotlibrc_in_the_current_folder_does_not_set_how_plots_are_drawn(tmp_path, monkeypatch):
+    import matplotlib
+
+    from sparsekit.plots import render
+
+    monkeypatch.chdir(tmp_path)
+    # text.usetex runs the latex program for every label; without it the run failed, blaming the plot's file
+    (tmp_path / "matplotlibrc").write_text("text.usetex: True\n")
+    seen = _seen_while_drawing(monkeypatch)
+    with matplotlib.rc_context({"text.usetex": True}):  # what matplotlib read from it when imported here
+        assert render({"layers": LAYERS, "targets": [], "zeros": True}, tmp_path / "out") == ["layer_sparsity.png"]
+        assert matplotlib.rcParams["text.usetex"]  # the process's settings are back
+    assert seen == [False]
+    assert (tmp_path / "out" / "layer_sparsity.png").stat().st_size > 0
+
+
+def test_settings_not_from_a_file_in_the_current_folder_are_kept(tmp_path, monkeypatch):
+    import matplotlib
+
+    from sparsekit.plots import render
+
+    monkeypatch.chdir(tmp_path)
+    seen = _seen_while_drawing(monkeypatch)
+    with matplotlib.rc_context({"text.usetex": True}), contextlib.suppress(Exception):  # no latex here: may fail
+        render({"layers": LAYERS, "targets": [], "zeros": True}, tmp_path / "out")
+    assert seen == [True]
+
+
+def test_the_sensitivity_plot_ignores_a_matplotlibrc_in_the_current_folder(tmp_path, monkeypatch):
+    import matplotlib
+
+    from sparsekit.sensitivity import SensitivityTable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "matplotlibrc").write_text("text.usetex: True\n")
+    seen = _seen_while_drawing(monkeypatch)
+    table = SensitivityTable(
+        dense_accuracy=0.5, dense_loss=1.0, val_samples=10, fingerprint="0", input_shape=[1, 4], model_macs=4, grid={}
+    )
+    with matplotlib.rc_context({"text.usetex": True}):
+        table.write_plot(tmp_path / "s.png")
+    assert seen == [False] and (tmp_path / "s.png").stat().st_size > 0
