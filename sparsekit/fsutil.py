@@ -258,6 +258,25 @@ def available_memory() -> int | None:
     return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
+def too_large_to_unpack(path: str | os.PathLike[str]) -> str | None:
+    """Why reading the zip archive ``path`` (torch's checkpoint format) would exhaust this machine's memory, from its
+    directory alone; None when it fits, is no zip archive or the free memory is unknown. torch.load reads every
+    member whole, compressed ones too, though torch never compresses what it writes: a few MB of deflated zeros
+    can declare tens of GiB, which a file sparsekit reads back (a run folder's checkpoint) must not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None  # not a zip archive (or unreadable): whoever reads it says what it is
+    free = available_memory()
+    if free is None or unpacked <= free:
+        return None
+    return (
+        f"its archive members hold {unpacked / 2**30:,.1f} GiB once unpacked (a file of {os.path.getsize(path):,} "
+        f"bytes), more than this machine's {free / 2**30:,.1f} GiB of free memory"
+    )
+
+
 def private_memory() -> int | None:
     """Bytes of this process's private data mappings (Linux ``VmData``: what ``RLIMIT_DATA`` limits); None
     when unknown."""

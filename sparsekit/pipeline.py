@@ -46,6 +46,7 @@ from .errors import (
     option,
     quoted,
 )
+from .fsutil import too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
@@ -601,7 +602,8 @@ def _check_resume(
         allowed = check_allowed(allow_changes)
     except ValueError as err:
         raise SparsekitError(str(err)) from None
-    if ckpt is None:
+    # A checkpoint whose members would exhaust memory once unpacked is refused where training loads it.
+    if ckpt is None or too_large_to_unpack(ckpt):
         return {}, [], 0
     try:  # memory-mapped: only the small provenance record is read, not the weights
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)

@@ -28,7 +28,7 @@ from . import distributed as _distributed
 from .data import batches as _batches
 from .data import loader_generators
 from .errors import DataError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
-from .fsutil import atomic_path
+from .fsutil import atomic_path, too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .masks import count_true
@@ -770,6 +770,11 @@ def _load_checkpoint(
         unreadable = SparsekitError(f"{path}: cannot be read ({what}); fix that, or {again}")
         unreadable.unusable = True  # type: ignore[attr-defined]
         raise unreadable
+    big = too_large_to_unpack(path)
+    if big:
+        bomb = SparsekitError(f"{path}: cannot be read: {big}; the file is damaged or built to exhaust memory; {again}")
+        bomb.unusable = True  # type: ignore[attr-defined]
+        raise bomb
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a checkpoint cut short (a kill while it was copied, a full disk)

@@ -135,3 +135,43 @@ def test_the_sensitivity_plot_ignores_a_matplotlibrc_in_the_current_folder(tmp_p
     with matplotlib.rc_context({"text.usetex": True}):
         table.write_plot(tmp_path / "s.png")
     assert seen == [False] and (tmp_path / "s.png").stat().st_size > 0
+
+
+def _deflated_bomb(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """``src`` (a torch archive) with 8 MiB of zeros added, deflated: 1,000x its size once unpacked."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+        out.writestr(z.namelist()[0].split("/")[0] + "/padding", bytes(8 << 20))
+
+
+def test_a_run_folders_checkpoint_that_unpacks_past_free_memory_is_refused_on_resume(tmp_path, monkeypatch):
+    from sparsekit import pipeline, train
+    from sparsekit.errors import SparsekitError
+
+    # A run folder from someone else: --resume continues from its checkpoint (an unfinished run's, in
+    # .sparsekit/next, is in no manifest), and torch.load reads deflated members whole.
+    torch.save({"epoch": 1, "provenance": None}, tmp_path / "plain.pt")
+    bomb = tmp_path / "last.pt"
+    _deflated_bomb(tmp_path / "plain.pt", bomb)
+    assert bomb.stat().st_size < 1 << 20
+    monkeypatch.setattr("sparsekit.fsutil.available_memory", lambda: 4 << 20)  # stands for GiB against TiB
+    loads: list[object] = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    # where prune checks what the resume would change: nothing read, left to the training loop to refuse
+    assert pipeline._check_resume(tmp_path, bomb, {}, [], 1) == ({}, [], 0)
+    with pytest.raises(SparsekitError, match="GiB once unpacked") as err:
+        train._load_checkpoint(bomb, None, None, None, None, None, {}, [])  # type: ignore[arg-type]
+    assert str(bomb) in str(err.value) and getattr(err.value, "unusable", False)
+    assert loads == []
+
+
+def test_a_trainer_pruner_state_that_unpacks_past_free_memory_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    torch.save({"pruner": {}}, tmp_path / "plain.pt")
+    _deflated_bomb(tmp_path / "plain.pt", tmp_path / "pruner.pt")
+    monkeypatch.setattr("sparsekit.fsutil.available_memory", lambda: 4 << 20)
+    with pytest.raises(ValueError, match="GiB once unpacked"):
+        SparsekitTrainerCallback._read(tmp_path / "pruner.pt")

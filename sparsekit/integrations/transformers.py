@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, too_large_to_unpack
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
@@ -216,6 +216,9 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
+        big = too_large_to_unpack(path)
+        if big:
+            raise ValueError(f"{path}: cannot be read: {big}; the file is damaged or built to exhaust memory")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "pruner" not in state:
             raise ValueError(f"{path}: not a sparsekit pruner state (written by SparsekitTrainerCallback)")
