@@ -178,6 +178,19 @@ def _py3_name(name: str, protocol: int) -> str:
     return f"{module}:{attr}"
 
 
+def _shared_result(called: str) -> bool:
+    """Whether calling ``called`` (``module:attr``) returns an object the whole process shares: one of
+    :data:`_SHARED_RESULTS`, or an enum class of a module already imported (``Enum(value)`` returns its member, the
+    same object everywhere: BUILD on it would change ``_OrthMaps.matrix_exp`` for every model)."""
+    import enum
+
+    if called in _SHARED_RESULTS:
+        return True
+    module, _, attr = called.partition(":")
+    found, obj = _resolve(module, attr)
+    return found and isinstance(obj, type) and issubclass(obj, enum.Enum)
+
+
 def _makes_a_class(called: str, args: tuple) -> bool:
     """Whether copyreg's ``called``, given ``args`` whose first is ``type``, makes a class: ``__newobj__(type, name,
     bases, ns)`` and ``__newobj_ex__`` are ``type.__new__(type, ...)``, which with one object returns its class and
@@ -290,7 +303,7 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
                 value = _Instance(called.name)
         elif name in _KEEPS_FIRST:
             value = popped[0]
-            if isinstance(value, _Global) or (isinstance(value, _Instance) and value.cls in _SHARED_RESULTS):
+            if isinstance(value, _Global) or (isinstance(value, _Instance) and _shared_result(value.cls)):
                 # BUILD on a class (its slot state is set with setattr) or a shared object: it would change them for
                 # the whole process, which no model's pickle does
                 names.append(f"{value.name if isinstance(value, _Global) else value.cls} (changed by {name})")

@@ -60,6 +60,21 @@ def test_a_pickle_that_changes_the_class_of_an_object_it_made_is_refused_even_wh
             del pathlib.PosixPath._str  # type: ignore[attr-defined]
 
 
+def test_a_pickle_that_changes_an_enum_member_is_refused_even_when_trusted(tmp_path):
+    import torch.nn.utils.parametrizations as parametrizations
+
+    # _OrthMaps(1) is the member _OrthMaps.matrix_exp, one object for the whole process: BUILD set its name for
+    # every orthogonal parametrization (an enum member is pickled as a call, with no state to BUILD)
+    patch = b"ctorch.nn.utils.parametrizations\n_OrthMaps\nK\x01\x85R" + b"N}" + _s("_name_") + _s("x") + b"s\x86b0"
+    member = parametrizations._OrthMaps(1)
+    try:
+        with pytest.raises(ModelFileError, match=r"_OrthMaps \(changed by BUILD\)"):
+            read_model(_with_prefix(tmp_path, patch), trust=True)
+        assert member.name == "matrix_exp"
+    finally:
+        vars(member)["_name_"] = "matrix_exp"
+
+
 def test_a_pickle_that_makes_a_class_through_copyreg_is_refused_even_when_trusted(tmp_path):
     # copyreg.__newobj__(type, name, bases, ns) is type.__new__(type, name, bases, ns): a new class, as
     # type(name, bases, ns) is, which the screen already refuses when type is called itself
