@@ -275,6 +275,8 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
             if value.name not in _GETATTR:
                 names.append(value.name)
             if name == "INST":  # INST calls the class on what follows its mark: its result is an instance
+                if value.name == "builtins:type" and len(popped) != 1:
+                    names.append("builtins:type (making a class)")  # as type(name, bases, ns) called by REDUCE
                 value = _Instance(value.name)
         elif name == "STACK_GLOBAL":
             module, attr = popped

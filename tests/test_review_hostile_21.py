@@ -84,6 +84,17 @@ def test_a_pickle_that_makes_a_class_through_copyreg_is_refused_even_when_truste
         read_model(path, trust=True)
 
 
+def test_a_pickle_that_makes_a_class_with_inst_is_refused_even_when_trusted(tmp_path):
+    # INST module name, after a mark and its arguments: type("Made", (object,), {}) by the protocol 0 opcode
+    made = b"(" + _s("Made") + b"cbuiltins\nobject\n\x85}ibuiltins\ntype\n0"
+    with pytest.raises(ModelFileError, match=r"builtins\.type \(making a class\)"):
+        read_model(_with_prefix(tmp_path, made), trust=True)
+    # INST type with one argument is that object's class: changing it is refused as for type(x)
+    patch = b"(" + _PATH_CLASS + b"ibuiltins\ntype\n" + _PATCH
+    with pytest.raises(ModelFileError, match=r"builtins\.type \(changed by BUILD\)"):
+        read_model(_with_prefix(tmp_path, patch), trust=True)
+
+
 def test_a_whole_module_without_such_ops_still_loads_when_trusted(tmp_path):
     path = _with_prefix(tmp_path, b"")
     assert isinstance(read_model(path, trust=True).model, nn.Linear)
