@@ -318,7 +318,9 @@ def _pickle_names(fh: IO[bytes]) -> _Pickle:
         elif name in _TUPLE_OPS:
             value = tuple(popped)
         elif name in _STRING_OPS and isinstance(arg, str):
-            value = arg[:200]
+            # Kept short, but never cut to a shorter name: a module or attribute path (STACK_GLOBAL, getattr) longer
+            # than this is judged as the name it begins with and an ellipsis, which no module or attribute has.
+            value = arg if len(arg) <= 200 else arg[:200] + "…"
         after = op.stack_after
         if after == [pickletools.markobject]:
             stack.append(_MARK)

@@ -23,16 +23,21 @@ def _s(text: str) -> bytes:
     return b"X" + struct.pack("<I", len(raw)) + raw
 
 
-def _with_prefix(tmp_path: pathlib.Path, prefix: bytes) -> pathlib.Path:
+def _with_prefix(tmp_path: pathlib.Path, prefix: bytes, protocol: int = 2) -> pathlib.Path:
     """A whole pickled nn.Linear whose data.pkl first runs ``prefix`` (ops that leave nothing on the stack)."""
-    torch.save(nn.Linear(2, 2), tmp_path / "real.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "real.pt", pickle_protocol=protocol)
     path = tmp_path / "model.pt"
     with zipfile.ZipFile(tmp_path / "real.pt") as z, zipfile.ZipFile(path, "w") as out:
         for member in z.namelist():
             body = z.read(member)
             if member.endswith("data.pkl"):
-                assert body[:2] == b"\x80\x02"
-                body = body[:2] + prefix + body[2:]
+                assert body[:2] == bytes([0x80, protocol])
+                if protocol >= 4:  # inside the first frame, whose length grows by the prefix's
+                    assert body[2:3] == b"\x95"
+                    length = struct.unpack("<Q", body[3:11])[0] + len(prefix)
+                    body = body[:3] + struct.pack("<Q", length) + prefix + body[11:]
+                else:
+                    body = body[:2] + prefix + body[2:]
             out.writestr(member, body)
     return path
 
@@ -73,6 +78,25 @@ def test_a_pickle_that_changes_an_enum_member_is_refused_even_when_trusted(tmp_p
         assert member.name == "matrix_exp"
     finally:
         vars(member)["_name_"] = "matrix_exp"
+
+
+def test_a_pickle_whose_long_name_begins_with_an_allowed_one_is_refused_even_when_trusted(tmp_path, monkeypatch):
+    import importlib
+
+    # A user's class that refers to itself: Holder.again.again... is Holder, a name the screen allows
+    (tmp_path / "sk_hostile21.py").write_text(
+        "class Holder:\n    pass\n\n\ndef f():\n    pass\n\n\nHolder.again = Holder\nHolder.f = f\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("sk_hostile21")
+    allowed = "Holder" + ".again" * 32 + ".f"
+    assert len(allowed) == 200  # the screen read only the first 200 characters of a name
+    # protocol 4 walks a dotted name through anything: here into f's module globals, set by their __setitem__
+    name = _s("sk_hostile21") + _s(allowed + ".__globals__.__setitem__") + b"\x93"
+    path = _with_prefix(tmp_path, name + _s("SK_CANARY") + b"\x88\x86R0", protocol=4)
+    with pytest.raises(ModelFileError, match="sk_hostile21.Holder.again"):
+        read_model(path, trust=True)
+    assert not hasattr(mod, "SK_CANARY")
 
 
 def test_a_pickle_that_makes_a_class_through_copyreg_is_refused_even_when_trusted(tmp_path):
