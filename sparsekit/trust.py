@@ -198,7 +198,7 @@ def _find_top(module: str) -> types.ModuleType | importlib.machinery.ModuleSpec 
 
 
 def trust_module(module: str) -> Path:
-    """Remember ``module`` as trusted, as the file it is imported from here (:func:`module_location`). Raises
+    """Remember ``module`` as trusted, as the place it is imported from here (:func:`module_location`). Raises
     :class:`TrustError` for a module that is never run (standard library, sparsekit's dependencies, tool
     packages), a malformed name or one not found from here, and :class:`~sparsekit.errors.OutputError` when
     the store cannot be written."""
