@@ -28,7 +28,7 @@ from torch import nn
 from . import distributed as _distributed
 from . import methods
 from .errors import TargetError, TargetMissedWarning, one_line
-from .layers import layer_kind, prunable_layers, tied_aliases
+from .layers import computed_weight, layer_kind, prunable_layers, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .modelio import compiled_module
@@ -37,6 +37,10 @@ from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, takes_several_inputs, tied_parameters
 from .wrappers import int_dims, require_module, unwrap_wrappers
+
+# pruner.step() checks that the pruned layers are still the model's (Pruner._check_layers) on its first steps, where a
+# loop that changes the model after building the Pruner does so, and at the end of each epoch.
+_LAYER_CHECK_STEPS = 8
 
 
 def _distributed_active() -> bool:
@@ -610,6 +614,8 @@ class Pruner:
                 rates.override = float(lr)
         forget_applied()  # notes of masks applied by hooks hold within one step only
         step = self.step_count + 1
+        if step <= _LAYER_CHECK_STEPS or step % self.steps_per_epoch == 0:
+            self._check_layers("step")  # (not every step: a walk of names per pruned layer; finalize checks too)
         held: list[torch.nn.Parameter] = []
         replaced = False
         if self._structural and any(_may_restructure(m, step) for m in self.methods):
@@ -637,6 +643,37 @@ class Pruner:
             apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():
             _distributed.check_masks(self._mask_views(), f"after step {step}", self.pruning_history)
+
+    def _check_layers(self, call: str) -> None:
+        """TargetError when a layer a method prunes is no longer the module the Pruner was built on, or its weight
+        is now computed in the forward pass: a layer replaced after ``Pruner(model, ...)`` (a new head, a conv+bn
+        fusion) carries no mask, and a weight_norm / spectral_norm / parametrization added since computes the weight
+        the mask multiplies afresh at every forward; either way the layer trained dense while the Pruner counted it
+        as pruned (its reports read the old module), with no word, or only a missed target at finalize()."""
+        for i, method in enumerate(self.methods):
+            where = f"pruning[{i}]"
+            key = f"{where}.{'ignore' if method.structural else 'layers.exclude'}"
+            for name, module in method.layers.items():
+                try:
+                    now = self.model.get_submodule(name)
+                except AttributeError:
+                    now = None
+                if now is not module:
+                    found = "no longer has a module of that name" if now is None else "now holds another module there"
+                    raise TargetError(
+                        f"pruner.{call}(): {where} ({method.name}) prunes layer {name!r}, but the model {found} "
+                        "(replaced after the Pruner was built: a new layer, a conv+bn fusion, a wrapper), which no "
+                        "mask reaches, so it trains dense; change the model's layers before building the Pruner, or "
+                        f"leave {name!r} out with {key}"
+                    )
+                how = computed_weight(module) if module._parameters.get("weight") is None else None
+                if how is not None:
+                    raise TargetError(
+                        f"pruner.{call}(): {where} ({method.name}) prunes layer {name!r}, whose weight is now "
+                        f"computed in the forward pass ({how[0]}, added after the Pruner was built), which no mask "
+                        "reaches, so it trains dense; add it after pruner.finalize(), remove it "
+                        f"({how[1]}), or leave {name!r} out with {key}"
+                    )
 
     def _watch_rebuild(self, before: set[int]) -> None:
         """After channel removal replaced parameters (those not among the ids ``before``): note when an optimizer
@@ -782,6 +819,7 @@ class Pruner:
         if self._waiting is not None:  # no batch ran: nothing is left waiting for one
             self._waiting.remove()
             self._waiting = None
+        self._check_layers("finalize")
         apply_masks(self.model)
         if _distributed.active():
             _distributed.check_masks(self._mask_views(), "at finalize", self.pruning_history)

@@ -1,0 +1,78 @@
+"""Review (Python API, modern PyTorch habits): a user's own loop with its own model changes, optimizers and copies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+RECIPE = {
+    "version": 1,
+    "finetune": {"epochs": 2},
+    "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}],
+}
+
+
+def _train(model: nn.Module, pruner: sparsekit.Pruner, steps: int = 4) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+        optimizer.step()
+        pruner.step()
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda m: m.__setitem__(2, nn.Linear(32, 32)), "now holds another module there"),
+        (lambda m: nn.utils.parametrizations.weight_norm(m[2]), "weight is now computed in the forward pass"),
+        (lambda m: nn.utils.spectral_norm(m[2]), "torch.nn.utils.remove_spectral_norm(layer)"),
+    ],
+    ids=["replaced", "parametrized", "old-spectral-norm"],
+)
+def test_a_pruned_layer_changed_after_the_pruner_was_built_is_refused_not_trained_dense(change, words):
+    # A layer replaced (a new head, a conv+bn fusion) or given a weight_norm / spectral_norm after Pruner(model, ...)
+    # carries no mask the model's forward sees: it trained dense while finalize() reported the old module's zeros
+    # (the replaced layer without even a missed-target warning).
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=4)
+    change(model)
+    with pytest.raises(sparsekit.TargetError, match="pruning\\[0\\] \\(magnitude\\) prunes layer '2'") as caught:
+        _train(model, pruner, steps=1)
+    assert words in str(caught.value)
+    assert "pruning[0].layers.exclude" in str(caught.value)
+
+
+def test_a_layer_replaced_late_in_the_run_is_refused_at_finalize():
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=4)
+    _train(model, pruner, steps=8)
+    model[4] = nn.Linear(32, 4)
+    with pytest.raises(sparsekit.TargetError, match="pruner.finalize\\(\\): .*'4'.*another module"):
+        pruner.finalize()
+
+
+def test_changes_that_keep_the_layers_pass_the_check():
+    # .to(dtype) keeps the module objects (and their parameter objects): no false alarm, and the zeros hold.
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=4)
+    model.double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(8):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(
+            model(torch.randn(8, 16, dtype=torch.float64)), torch.randint(0, 4, (8,))
+        ).backward()
+        optimizer.step()
+        pruner.step()
+    final = pruner.finalize()
+    assert sparsekit.sparsity(final) == pytest.approx(0.5, abs=0.01)
