@@ -13,6 +13,7 @@ calls their hooks and alone keeps the run's state: the step count, the masks, th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -286,7 +287,16 @@ class Pruner:
             try:
                 # The user's forward may run under no_grad or inference_mode (an evaluation first); the trace needs
                 # autograd.
-                with remedies_for(self._given, "Pruner"), torch.inference_mode(False), torch.enable_grad():
+                # Nor its autocast: the traces and equivalence probes compare float outputs, which bf16 / fp16
+                # rounding would blur.
+                with (
+                    remedies_for(self._given, "Pruner"),
+                    torch.inference_mode(False),
+                    torch.enable_grad(),
+                    torch.autocast(x.device.type, enabled=False)
+                    if torch.amp.is_autocast_available(x.device.type)
+                    else contextlib.nullcontext(),
+                ):
                     self._build(shape, chosen)
                 self._pending = False
             except BaseException as err:
@@ -1112,6 +1122,10 @@ class _FirstBatchHook:
     def __init__(self, fn: Callable[..., None]) -> None:
         self.fn = fn
 
+    # In a torch.compile'd model this hook runs inside the forward dynamo traces: it traced the whole build with it
+    # (torch-pruning's graph, the equivalence probes: ~40 s on a small CNN, and its warnings). Eagerly, it is one
+    # graph break on the first batch alone (the hook is then removed).
+    @torch.compiler.disable
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.fn(module, args, kwargs)
 

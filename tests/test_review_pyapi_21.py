@@ -76,3 +76,41 @@ def test_changes_that_keep_the_layers_pass_the_check():
         pruner.step()
     final = pruner.finalize()
     assert sparsekit.sparsity(final) == pytest.approx(0.5, abs=0.01)
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
+
+
+STRUCTURED = {
+    "version": 1,
+    "finetune": {"epochs": 2},
+    "pruning": [{"method": "structured", "ratio": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}],
+}
+
+
+@pytest.mark.parametrize("habit", ["compile", "autocast"])
+def test_the_build_on_the_first_batch_runs_outside_the_users_compile_and_autocast(habit, monkeypatch):
+    # A Pruner without an input shape builds its methods in a hook on the model's first forward. In a torch.compile'd
+    # model dynamo traced that whole build (torch-pruning's graph and probes: ~40 s on a small CNN, with its
+    # warnings); under autocast the traces and probes ran in bf16.
+    from sparsekit.pruner import Pruner
+
+    seen: list[tuple[bool, bool]] = []
+    build = Pruner._build
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.compiler.is_compiling(), torch.is_autocast_enabled("cpu")))
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pruner, "_build", spy)
+    model = _cnn()
+    run = torch.compile(model, backend="eager") if habit == "compile" else model
+    pruner = sparsekit.Pruner(run, STRUCTURED, steps_per_epoch=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=habit == "autocast"):
+        run(torch.randn(2, 3, 8, 8))
+    assert seen == [(False, False)]
+    assert pruner.context["input_shape"] == [1, 3, 8, 8]
