@@ -51,6 +51,10 @@ _keys = itertools.count()
 _torch_hook: Any = None
 
 
+# Eager even inside a torch.compile'd optimizer step (PyTorch's "compile the optimizer" recipe), where torch calls the
+# post-hooks in the code dynamo traces: traced, an observer's weakref attributes came back as the objects they refer
+# to (pruner.step() then failed with "Linear.forward() missing 1 required positional argument").
+@torch.compiler.disable
 def _dispatch(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     for ref, observe in _snapshot:
         me = ref()

@@ -114,3 +114,32 @@ def test_the_build_on_the_first_batch_runs_outside_the_users_compile_and_autocas
         run(torch.randn(2, 3, 8, 8))
     assert seen == [(False, False)]
     assert pruner.context["input_shape"] == [1, 3, 8, 8]
+
+
+def test_a_compiled_optimizer_step_drives_the_pruner():
+    # PyTorch's "compile the optimizer" recipe: torch calls the global step post-hooks sparsekit watches optimizers
+    # with inside the traced step. Traced, they broke pruner.step() ("Linear.forward() missing 1 required positional
+    # argument"); eager, the proximal shrink reads each param group's rate (0 for the first layer: left as it was).
+    model = _mlp()
+    recipe = {
+        "version": 1,
+        "finetune": {"epochs": 1},
+        "pruning": [{"method": "l1", "strength": 0.5, "mode": "proximal", "remove_dead": False}],
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    first = [*model[0].parameters()]
+    rest = [p for p in model.parameters() if all(p is not q for q in first)]
+    optimizer = torch.optim.SGD([{"params": first, "lr": 0.0}, {"params": rest, "lr": 0.1}])
+
+    @torch.compile(backend="eager")
+    def optimizer_step() -> None:
+        optimizer.step()
+
+    before = model[0].weight.detach().clone()
+    for _ in range(4):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+        optimizer_step()
+        pruner.step()
+    assert torch.equal(model[0].weight.detach(), before)
+    assert float((model[2].weight == 0).float().mean()) > 0.5
