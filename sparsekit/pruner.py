@@ -175,6 +175,22 @@ class Pruner:
         with remedies_for(recipe, "Pruner"):
             self._init(model, recipe, steps_per_epoch, context=context, scorers=scorers)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # pickle (torch.save(pruner), a multiprocessing spawn's arguments) failed deep in the attributes with "cannot
+        # pickle 'weakref.ReferenceType' object", naming neither the Pruner nor what to save instead.
+        raise TypeError(
+            "a sparsekit.Pruner cannot be pickled (it holds hooks on the model and on torch's optimizers): save "
+            "pruner.state_dict() beside model.state_dict(), and to resume build the model and a Pruner as before and "
+            "call pruner.load_state_dict(state) (README, Python API)"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Pruner:
+        # copy.deepcopy goes through __reduce_ex__ too: a copy of every attribute, as before pickling was refused
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     def _init(
         self,
         model: nn.Module,

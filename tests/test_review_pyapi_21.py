@@ -143,3 +143,19 @@ def test_a_compiled_optimizer_step_drives_the_pruner():
         pruner.step()
     assert torch.equal(model[0].weight.detach(), before)
     assert float((model[2].weight == 0).float().mean()) > 0.5
+
+
+def test_pickling_a_pruner_says_to_save_its_state_dict_and_deepcopy_still_works():
+    import copy
+    import io
+    import pickle
+
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=4)
+    _train(model, pruner, steps=4)
+    for dump in (pickle.dumps, lambda p: torch.save(p, io.BytesIO())):
+        with pytest.raises(TypeError, match="cannot be pickled.*pruner.state_dict\\(\\).*load_state_dict"):
+            dump(pruner)
+    twin = copy.deepcopy(pruner)
+    assert twin.model is not pruner.model and twin.step_count == pruner.step_count == 4
+    assert all(torch.equal(twin.masks()[n], mask) for n, mask in pruner.masks().items())
