@@ -326,6 +326,31 @@ def apply_masks(model: nn.Module) -> None:
         _PLANS[model] = plan
 
 
+def unfollowed_masks(model: nn.Module, call: str) -> str | None:
+    """The warning for a model whose layers carry masks their weights do not follow (None when all do): a copy made
+    while a Pruner ran (an EMA's ``AveragedModel``, ``copy.deepcopy``) keeps the mask buffers, but no Pruner applies
+    them to it, so its weights were written dense with no word (its EMA weights decay towards zero, never to it)."""
+    found = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            mask = module._buffers.get(MASK)
+            weight = module._parameters.get("weight")
+            if mask is None or weight is None or mask.is_meta or weight.is_meta or mask.shape != weight.shape:
+                continue
+            count = int(weight.masked_select(mask.logical_not().to(weight.device)).count_nonzero())
+            if count:
+                found.append(f"{name or 'the model'!r}: {count:,}")
+    if not found:
+        return None
+    shown = ", ".join(found[:3]) + (f", and {len(found) - 3} more" if len(found) > 3 else "")
+    return (
+        f"{call}: {len(found)} layer(s) carry a sparsekit mask whose pruned weights are not zero ({shown} weights): "
+        "a copy of the model made while a Pruner ran (an EMA's AveragedModel, copy.deepcopy), which the Pruner does "
+        "not update, is written dense there; write the model pruner.finalize() returned, or zero the masked weights "
+        "of the copy first (for each module m with m.sparsekit_mask: m.weight.data.mul_(m.sparsekit_mask))"
+    )
+
+
 def forget_plan(model: nn.Module) -> None:
     """Drop what :func:`apply_masks` kept for ``model`` (its masks' factors): the Pruner's model at finalize, which a
     method may have replaced by another object."""

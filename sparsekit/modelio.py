@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -1648,6 +1649,10 @@ def save_model(
     if input_shape is not None:
         input_shape = _shape_to_save(input_shape)
     model = unwrap(model)
+    from .masks import unfollowed_masks
+
+    if (unfollowed := unfollowed_masks(model, f"save_model({str(path)!r})")) is not None:
+        warnings.warn(unfollowed, stacklevel=2)
     # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
     # structurally pruned model saved without them could not be rebuilt at load.
     own = getattr(model, STRUCTURE_ATTR, None) or {}

@@ -159,3 +159,29 @@ def test_pickling_a_pruner_says_to_save_its_state_dict_and_deepcopy_still_works(
     twin = copy.deepcopy(pruner)
     assert twin.model is not pruner.model and twin.step_count == pruner.step_count == 4
     assert all(torch.equal(twin.masks()[n], mask) for n, mask in pruner.masks().items())
+
+
+def test_writing_an_ema_copy_whose_masked_weights_are_not_zero_is_warned(tmp_path):
+    # An EMA (AveragedModel deep-copies the model, mask buffers and all) is never masked by the Pruner: its averaged
+    # weights at pruned positions decay towards zero without reaching it, and export_onnx / save_model wrote it dense
+    # without a word. The model finalize() returned is written without the warning.
+    import warnings
+
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=4)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(8):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+        optimizer.step()
+        pruner.step()
+        ema.update_parameters(model)
+    final = pruner.finalize()
+    with pytest.warns(UserWarning, match="mask whose pruned weights are not zero \\('0': [1-9].*AveragedModel"):
+        sparsekit.export_onnx(ema.module, tmp_path / "ema.onnx", input_shape=[1, 16], exporter="torchscript")
+    with pytest.warns(UserWarning, match="save_model.*'module.2': [1-9]"):
+        sparsekit.save_model(ema, tmp_path / "ema.pt", factory="pkg.mod:build")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*sparsekit mask")
+        sparsekit.save_model(final, tmp_path / "final.pt", factory="pkg.mod:build")

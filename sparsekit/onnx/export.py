@@ -35,6 +35,7 @@ from torch import nn
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
+from sparsekit.masks import unfollowed_masks
 from sparsekit.model_input import id_vocab, id_vocabs
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
@@ -119,6 +120,8 @@ def export_onnx(
     # the model inside torch.compile / DDP / DataParallel (the exporters fail on the wrappers), as save_model does
     model, _ = unwrap_wrappers(model)
     final = Path(path)
+    if (unfollowed := unfollowed_masks(model, f"export_onnx({str(final)!r})")) is not None:
+        warnings.warn(unfollowed, stacklevel=2)
     # A private folder beside the target: same filesystem, so publishing is atomic, and an external
     # data file written under the final name keeps the relative location recorded in the graph.
     with staging(final) as work:
