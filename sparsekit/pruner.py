@@ -239,6 +239,7 @@ class Pruner:
         self._prior_shape = came_with.get("input_shape")
         # Set when a structural method replaced parameters: rebuild the optimizer, then reset it.
         self.structure_changed = False
+        self._replayed = False  # structure_changed came from load_state_dict's replay, not from a step
         self.context = _check_context(context)
         if not self.context.get("input_shape") and recipe.model.input_shape:
             self.context["input_shape"] = list(recipe.model.input_shape)
@@ -621,11 +622,21 @@ class Pruner:
             self.structure_changed = self._rebuilt = self._warned_stale = False  # as update_optimizer leaves them
         if self.structure_changed and not self._warned_stale and not self._rebuilt:
             self._warned_stale = True
-            warnings.warn(
-                "channels were removed at the previous step but the optimizer was not updated: call "
-                "optimizer = pruner.update_optimizer(optimizer) after pruner.step() when pruner.structure_changed",
-                stacklevel=2,
-            )
+            if self._replayed:
+                # A resume that skipped update_optimizer: "at the previous step" sent the user looking in their loop
+                # for a removal no step made.
+                cause = (
+                    "pruner.load_state_dict() removed the run's channels again but the optimizer was not updated "
+                    "(it steps the removed parameters, and the model's new ones do not train): after load_state_dict, "
+                    "call optimizer = pruner.update_optimizer(optimizer) before optimizer.load_state_dict(...)"
+                )
+            else:
+                cause = (
+                    "channels were removed at the previous step but the optimizer was not updated: call optimizer = "
+                    "pruner.update_optimizer(optimizer) after pruner.step() when pruner.structure_changed"
+                )
+            warnings.warn(cause, stacklevel=2)
+        self._replayed = False
         # This runs after every optimizer step, so it does no more than it must (on LeNet-300-100 a whole
         # training step is ~1.5 ms, on the digits MLP ~0.6 ms; see benchmarks/step_overhead.py).
         if lr is not None:
@@ -1065,6 +1076,7 @@ class Pruner:
             replay_history(self.model, history, shape)
             self._watch_rebuild(before)
             self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
+            self._replayed = True  # (the stale-optimizer warning names load_state_dict, not a step, as the cause)
             self._guard_wrapper()  # a DDP wrapper built before holds the parameters replay replaced
         elif history != self.pruning_history:
             raise ValueError(

@@ -185,3 +185,26 @@ def test_writing_an_ema_copy_whose_masked_weights_are_not_zero_is_warned(tmp_pat
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*sparsekit mask")
         sparsekit.save_model(final, tmp_path / "final.pt", factory="pkg.mod:build")
+
+
+def test_a_resume_that_skips_update_optimizer_is_told_load_state_dict_removed_the_channels():
+    # The warning said "channels were removed at the previous step", which no step of the resumed loop did.
+    model = _cnn()
+    pruner = sparsekit.Pruner(model, STRUCTURED, steps_per_epoch=2, context={"input_shape": [1, 3, 8, 8]})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 4, (4,))).backward()
+        optimizer.step()
+        pruner.step()
+        if pruner.structure_changed:
+            optimizer = pruner.update_optimizer(optimizer)
+    assert pruner.pruning_history
+    fresh = _cnn()
+    stale = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    resumed = sparsekit.Pruner(fresh, STRUCTURED, steps_per_epoch=2, context={"input_shape": [1, 3, 8, 8]})
+    resumed.load_state_dict(pruner.state_dict())
+    fresh.load_state_dict(model.state_dict())
+    stale.step()
+    with pytest.warns(UserWarning, match="load_state_dict\\(\\) removed the run's channels again.*before optimizer"):
+        resumed.step()
