@@ -1,0 +1,47 @@
+"""Mends from the twenty-first architecture review: attention encoders on token ids, DenseNet concatenation,
+GroupNorm/InstanceNorm, transposed-conv decoders, grouped and dilated convs, Conv3d, PReLU, shared layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+
+
+def _structured(shape: list[int], **extra: object) -> sparsekit.Recipe:
+    spec = {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot", **extra}
+    return sparsekit.Recipe(**{"model": {"input_shape": shape}, "finetune": {"epochs": 0}, "pruning": [spec]})
+
+
+class TokenAttention(nn.Module):
+    """Token ids -> embedding -> 2-head self-attention and an MLP on a residual stream of 16 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(32, 16)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        h = h + self.att(h, h, h, need_weights=False)[0]
+        h = h + self.fc2(F.relu(self.fc(h)))
+        return self.head(h.mean(1))
+
+
+def test_attention_embedding_keeps_a_multiple_of_its_heads_each_head_its_share(one_thread):
+    # 16 channels at ratio 0.3 kept 11, which no 2 heads divide: the removal failed and the error blamed a
+    # view/reshape and told to ignore fc2. Removal now goes head by head, as for a GroupNorm's groups.
+    torch.manual_seed(0)
+    model = TokenAttention()
+    emb = model.emb.weight.detach().clone()
+    pruner = sparsekit.Pruner(model, _structured([1, 6], ratio=0.3), steps_per_epoch=1)
+    pruner.step()
+    model = pruner.finalize()
+    assert model.att.embed_dim == 12 and model.att.head_dim == 6
+    # the embedding channels kept, found by their columns: each head (channels 0-7, 8-15) keeps 6 of its own
+    kept = [int((emb - col[:, None]).abs().sum(0).argmin()) for col in model.emb.weight.detach().T]
+    assert sum(k < 8 for k in kept) == 6, kept
+    assert model(torch.randint(0, 32, (3, 6))).shape == (3, 4)
