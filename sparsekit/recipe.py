@@ -913,9 +913,10 @@ class StructuredSpec(_MethodBase):
       torch-pruning roots the group at); a selected layer that cannot lose channels (coupled to an ``ignore``\'d
       one) may be listed with 0, as an allocated entry lists it.
     - ``ratio: auto`` with exactly one of ``target_macs`` (the pruned model keeps this fraction of the dense
-      model's multiply-accumulates per sample, over all its Linear/Conv layers) or ``target_latency`` (this
-      fraction of the dense model's onnxruntime latency, as :func:`sparsekit.allocation.allocate` measures
-      it) asks sparsekit to choose ``layer_ratio`` from a per-layer sensitivity analysis; a prune run does
+      model's multiply-accumulates per sample, over all its Linear/Conv layers and attention's projections) or
+      ``target_latency`` (this fraction of the dense model's onnxruntime latency, as
+      :func:`sparsekit.allocation.allocate` measures it) asks sparsekit to choose ``layer_ratio`` from a per-layer
+      sensitivity analysis; a prune run does
       it before training. A Pruner refuses an entry still holding ``auto``. The allocated entry reads
       ``ratio: <fraction of the selected channels removed>, scope: layer, layer_ratio: {...}``.
 

@@ -89,6 +89,21 @@ def layer_macs(
                 macs[name] = macs.get(name, 0) + out[0].numel() * per
 
             hooks.append(m.register_forward_hook(attention_hook))
+    for name, m in model.named_modules():
+        # Its packed q/k/v input projection is no Linear of its own, yet the ONNX file runs it as a MatMul of each
+        # input by an E-row weight (on a small encoder, more MACs than its out_proj): counted under the
+        # attention's name, with the other MACs that are no layer's row (other_macs), as `inspect` of the ONNX file
+        # counts it. Each input value is multiplied by one column of E weights.
+        if isinstance(m, nn.MultiheadAttention):
+
+            def projection_hook(
+                mod: nn.Module, args: Any, kwargs: Any, out: Any, name: str = name, rows: int = int(m.embed_dim)
+            ) -> None:
+                given = [*args, *(kwargs.get(k) for k in ("query", "key", "value")[len(args) :])][:3]
+                added = sum(t.numel() * rows for t in given if isinstance(t, torch.Tensor))
+                macs[name] = macs.get(name, 0) + added
+
+            hooks.append(m.register_forward_hook(projection_hook, with_kwargs=True))
     # A layer's weight the forward pass also applies itself (a tied decoder's F.linear(h, enc.weight.t())) costs
     # MACs no hook sees; the exported ONNX file has that product as a node, so it is counted for the layer too.
     # Keyed by the weight's storage, which its views (.t()) share. A meta or empty tensor has no storage (address 0,
@@ -238,6 +253,14 @@ def other_macs(model: nn.Module, macs: dict[str, int]) -> tuple[int, int]:
         w = weight_of(m)
         dense += macs[name]
         effective += round(macs[name] * count_true(w) / w.numel()) if w.numel() else 0
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) and macs.get(name):  # its input projection (layer_macs)
+            weights = [
+                p for p in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight, m.v_proj_weight) if p is not None
+            ]
+            n = sum(p.numel() for p in weights)
+            dense += macs[name]
+            effective += round(macs[name] * sum(count_true(p) for p in weights) / n) if n else 0
     return dense, effective
 
 

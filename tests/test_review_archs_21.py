@@ -45,3 +45,21 @@ def test_attention_embedding_keeps_a_multiple_of_its_heads_each_head_its_share(o
     kept = [int((emb - col[:, None]).abs().sum(0).argmin()) for col in model.emb.weight.detach().T]
     assert sum(k < 8 for k in kept) == 6, kept
     assert model(torch.randint(0, 32, (3, 6))).shape == (3, 4)
+
+
+def _ffn_only(model: TokenAttention) -> int:
+    return 6 * (16 * 32 + 32 * 16) + 16 * 4
+
+
+def test_attention_input_projection_counts_its_macs_as_the_onnx_file_does(one_thread):
+    # The packed q/k/v projection (a MatMul of 48x16 in the ONNX file, which `inspect FILE.onnx` counts) was
+    # left out of the .pt's MACs: 7,744 for the checkpoint against 12,352 for its own ONNX export.
+    from sparsekit.stats import model_stats
+
+    torch.manual_seed(0)
+    model = TokenAttention()
+    in_proj, out_proj = 3 * 6 * 16 * 16, 6 * 16 * 16
+    assert model_stats(model, [1, 6])["macs"] == in_proj + out_proj + _ffn_only(model)
+    with torch.no_grad():
+        model.att.in_proj_weight[:24] = 0  # half its weights zero: half its MACs are on zeros
+    assert model_stats(model, [1, 6])["effective_macs"] == in_proj // 2 + out_proj + _ffn_only(model)
