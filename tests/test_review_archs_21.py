@@ -63,3 +63,23 @@ def test_attention_input_projection_counts_its_macs_as_the_onnx_file_does(one_th
     with torch.no_grad():
         model.att.in_proj_weight[:24] = 0  # half its weights zero: half its MACs are on zeros
     assert model_stats(model, [1, 6])["effective_macs"] == in_proj // 2 + out_proj + _ffn_only(model)
+
+
+def test_a_macs_plan_counts_what_removing_the_embedding_saves_in_attention(one_thread):
+    # ratio: auto's planner knew neither the projection's MACs nor that out_proj (which the trace never reaches)
+    # shrinks with the residual stream: it predicted too little saved and asked more of the other layers.
+    from sparsekit.sensitivity import _layer_macs, _StructuredPlan
+
+    torch.manual_seed(0)
+    model = TokenAttention()
+    recipe = _structured([1, 6], ratio=0.5, ignore=["head"])
+    dense = _layer_macs(model, [1, 6])
+    plan = _StructuredPlan(model, recipe.pruning[0], 0, [1, 6], dense)
+    residual = plan.owner.get("att.out_proj", "fc2")
+    pruner = sparsekit.Pruner(model, recipe.model_copy(deep=True), steps_per_epoch=1)
+    pruner.step()
+    model = pruner.finalize()
+    assert model.att.embed_dim == 8 and model.fc.out_features == 16
+    after = _layer_macs(model, [1, 6])
+    predicted = plan.saved({residual: 0.5, "fc": 0.5})
+    assert predicted == sum(dense.values()) - sum(after.values())

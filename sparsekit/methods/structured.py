@@ -99,6 +99,9 @@ from .base import UNCHANGED, Changes, Setup, warn_computed
 from .magnitude import unallocated
 
 _ROOTS = (_ConvNd, nn.Linear)
+# What the MACs a removal saves are counted on (channel_roots): the layers, and attention, whose packed input
+# projection (stats.layer_macs counts it under the attention's name) shrinks with the embedding's channels.
+_SHRINKING = (*_ROOTS, nn.MultiheadAttention)
 
 
 def _check_importance(imp: object, where: str) -> tpa.Importance:
@@ -407,7 +410,7 @@ class Structured:
         return dict(self._blocks) if self._tp is not None else {}
 
     def channel_roots(self) -> dict[str, tuple[str | None, str | None]]:
-        """For every Linear/Conv layer whose weight shape this entry may change: ``(root whose removal
+        """For every Linear/Conv layer (and attention) whose weight shape this entry may change: ``(root whose removal
         shrinks its outputs, root whose removal shrinks its inputs)`` (None: not shrunk), from
         torch-pruning's groups. A depthwise convolution's channels follow its input, so it may be listed
         under either. Empty after finalize."""
@@ -418,10 +421,18 @@ class Structured:
             root_name = self.names[tpa.group_root(group)]
             for member in tpa.group_members(self._tp.graph, group):
                 module = member.module
-                if not isinstance(module, _ROOTS) or module not in self.names:
+                if not isinstance(module, _SHRINKING) or module not in self.names:
                     continue
                 slot = out.setdefault(self.names[module], [None, None])
                 slot[0 if member.out_channels else 1] = slot[0 if member.out_channels else 1] or root_name
+                if isinstance(module, nn.MultiheadAttention) and member.out_channels:
+                    # Its embedding is its projections' inputs and outputs at once, out_proj's too (which the
+                    # trace never reaches): one removal shrinks both sides of each.
+                    slot[1] = slot[1] or root_name
+                    proj = self.names.get(module.out_proj)
+                    if proj is not None:
+                        both = out.setdefault(proj, [None, None])
+                        both[0], both[1] = both[0] or root_name, both[1] or root_name
         return {n: (v[0], v[1]) for n, v in out.items()}
 
     def input_roots(self) -> dict[str, dict[str, int]]:
@@ -435,7 +446,7 @@ class Structured:
             root_name = self.names[tpa.group_root(group)]
             for member in tpa.group_members(self._tp.graph, group):
                 module = member.module
-                if member.out_channels or not isinstance(module, _ROOTS) or module not in self.names:
+                if member.out_channels or not isinstance(module, _SHRINKING) or module not in self.names:
                     continue
                 parts = out.setdefault(self.names[module], {})
                 parts[root_name] = max(parts.get(root_name, 0), len(set(member.idxs)))
