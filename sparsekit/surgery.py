@@ -608,8 +608,12 @@ def _fold_plan(
             continue
         if mixes_units(module, member.op):
             return None  # a zero unit still enters the others' statistics
+        if isinstance(module, nn.PReLU):
+            # Elementwise, each channel by its own slope: a constant stays a constant (the consumer's input, read
+            # below, is after it), and torch-pruning cuts its per-channel weight with the units.
+            continue
         if next(module.parameters(recurse=False), None) is not None or module._buffers:
-            return None  # PReLU, embeddings ...: not analysed, keep the units
+            return None  # embeddings ...: not analysed, keep the units
     plan: list[tuple[torch.Tensor, torch.Tensor]] = []
     for module, idxs in consumers:
         x = inputs.get(module)

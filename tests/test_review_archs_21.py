@@ -83,3 +83,41 @@ def test_a_macs_plan_counts_what_removing_the_embedding_saves_in_attention(one_t
     after = _layer_macs(model, [1, 6])
     predicted = plan.saved({residual: 0.5, "fc": 0.5})
     assert predicted == sum(dense.values()) - sum(after.values())
+
+
+class PReLUNet(nn.Module):
+    """Convs each followed by a PReLU with a slope per channel (and one shared slope)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(1, 8, 3), nn.PReLU(8, init=0.3)
+        self.c2, self.a2 = nn.Conv2d(8, 8, 3), nn.PReLU()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.a2(self.c2(self.a1(self.c1(x)))).mean((2, 3)))
+
+
+def test_zeroed_units_before_a_prelu_are_removed_with_their_slopes(one_thread):
+    # A PReLU's per-channel slopes were "per-unit parameters the removal cannot adjust": zeroed units stayed, and
+    # an l1 target over such layers was refused up front. torch-pruning cuts the slopes; the constant a dead unit
+    # sends through its slope is folded into the next layer's bias like any other.
+    from sparsekit.surgery import remove_dead_units
+
+    torch.manual_seed(0)
+    model = PReLUNet().eval()
+    with torch.no_grad():
+        model.c1.weight[[1, 4, 6]] = 0
+        model.c1.bias[[1, 4, 6]] = torch.tensor([-0.5, 0.2, -1.0])  # constants through the slope, both sides
+        model.a1.weight[[1, 6]] = torch.tensor([0.7, 0.1])
+        model.c2.weight[[0, 3]] = 0
+    x = torch.randn(4, 1, 8, 8)
+    before = model(x)
+    pruned, _ = remove_dead_units(model, [1, 1, 8, 8], ignore=["head"])
+    assert (pruned.c1.out_channels, pruned.a1.num_parameters, pruned.c2.out_channels) == (5, 5, 6)
+    torch.testing.assert_close(pruned(x), before, atol=1e-5, rtol=1e-5)
+    spec = {"method": "l1", "strength": 0.1, "group": "channel", "target": 0.5, "remove_dead": True}
+    spec["schedule"] = {"start_epoch": 0, "end_epoch": 1}
+    recipe = {"model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [spec]}
+    report = sparsekit.Pruner(PReLUNet(), recipe, steps_per_epoch=1).methods[0].report()
+    assert "c1" not in report.get("target_left_out", {}) and not report.get("cannot_remove"), report

@@ -667,8 +667,8 @@ class L1:
                             f"its units pass through {what}, which normalizes them together: a zero unit still "
                             "enters the others' statistics"
                         )
-                    elif not isinstance(mod, nn.Module):
-                        continue  # one of torch-pruning's stand-ins for an operation
+                    elif not isinstance(mod, nn.Module) or isinstance(mod, nn.PReLU):
+                        continue  # a stand-in for an operation, or a PReLU (its slopes go with the units)
                     elif next(mod.parameters(recurse=False), None) is not None or any(
                         b is not None for b in mod._buffers.values()
                     ):  # as remove_dead_units, which keeps units such a module sees
