@@ -44,6 +44,16 @@ def test_attention_embedding_keeps_a_multiple_of_its_heads_each_head_its_share(o
     # the embedding channels kept, found by their columns: each head (channels 0-7, 8-15) keeps 6 of its own
     kept = [int((emb - col[:, None]).abs().sum(0).argmin()) for col in model.emb.weight.detach().T]
     assert sum(k < 8 for k in kept) == 6, kept
+
+
+def test_the_reason_a_residual_stream_kept_a_multiple_of_its_heads_names_them(one_thread):
+    # The reason said "groups of a grouped conv or GroupNorm", of which this model has none.
+    torch.manual_seed(0)
+    model = TokenAttention()
+    pruner = sparsekit.Pruner(model, _structured([1, 6], ratio=0.2), steps_per_epoch=1)
+    pruner.step()
+    reasons = {n: r["reason"] for n, r in pruner.methods[0].report()["per_layer"].items() if r["reason"]}
+    assert reasons and all("attention's heads" in r for r in reasons.values()), reasons
     assert model(torch.randint(0, 32, (3, 6))).shape == (3, 4)
 
 

@@ -196,8 +196,8 @@ def test_reasons_name_the_multiple_a_grouped_or_narrow_layer_kept():
 
     wide = _rounding_reason(_rounding(96, 66, 48, 16, 1, 3))  # 3 blocks: multiples of 48
     assert wide.endswith(
-        "rounded to the nearest multiple of 48 (round_to and the layer's channel groups: a grouped conv or GroupNorm "
-        "loses channels evenly from each)"
+        "rounded to the nearest multiple of 48 (round_to and the layer's channel groups: a grouped conv, a GroupNorm "
+        "or attention's heads lose channels evenly from each)"
     ), wide
     narrow = _rounding_reason(_rounding(48, 33, 24, 16, 1, 3))  # narrower than 96: multiples of 24
     assert narrow.endswith("multiple of 24 (half of round_to: the layer is narrower than 96)"), narrow

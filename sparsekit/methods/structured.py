@@ -700,7 +700,7 @@ class Structured:
             if blocks > 1 and off > 0.5 + 1e-6:  # more than the nearest whole count: the blocks' rounding
                 return (
                     f"channel groups: removal goes in multiples of {blocks}, the same number from each of the "
-                    f"{blocks} groups of a grouped conv or GroupNorm the channels pass through"
+                    f"{blocks} groups of a grouped conv, a GroupNorm or attention's heads the channels pass through"
                 )
             if now == initial and asked * initial > 1e-6:
                 # Nothing removed although something was asked (a 1-channel conv at 0.5): achieved 0 beside a
@@ -1018,7 +1018,10 @@ def _rounding_reason(r: tpa.Rounding, step: int = 1, steps: int = 1) -> str:
     if r.halved:
         of += f" (half of round_to: the layer is narrower than {4 * m})"  # twice the full multiple, 2 * m
     elif m != r.round_to:
-        of += " (round_to and the layer's channel groups: a grouped conv or GroupNorm loses channels evenly from each)"
+        of += (
+            " (round_to and the layer's channel groups: a grouped conv, a GroupNorm or attention's heads lose "
+            "channels evenly from each)"
+        )
     head = f"round_to {r.round_to}"
     if steps > 1:
         head += f", at removal step {step} of {steps} with {r.channels} channels left"
