@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 # torch-pruning ships no type information: its objects are Any here.
 Graph = Any  # tp.DependencyGraph
@@ -168,9 +169,22 @@ def prune(group: Group, *, record_history: bool = True) -> None:
         for name, param in module.named_parameters(recurse=False)
         if not param.requires_grad
     ]
+    # tp's InstanceNorm pruner cuts num_features, weight and bias but not the running statistics of one that
+    # tracks them: the next eval-mode forward failed ("running_mean should contain ..."). Cut here, as BatchNorm's.
+    tracked = {
+        item.dep.target.module: (int(item.dep.target.module.num_features), {int(i) for i in item.idxs})
+        for item in group
+        if isinstance(item.dep.target.module, _InstanceNorm) and item.dep.target.module.running_mean is not None
+    }
     group.prune(record_history=record_history)
     for module, name in frozen:
         getattr(module, name).requires_grad_(False)
+    for norm, (features, gone) in tracked.items():
+        keep = torch.tensor([i for i in range(features) if i not in gone], dtype=torch.long)
+        for stat in ("running_mean", "running_var"):
+            buffer = getattr(norm, stat)
+            if buffer is not None and len(buffer) == features:
+                setattr(norm, stat, buffer.index_select(0, keep.to(buffer.device)))
     _resync_splits(group)
 
 

@@ -131,3 +131,39 @@ def test_zeroed_units_before_a_prelu_are_removed_with_their_slopes(one_thread):
     recipe = {"model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [spec]}
     report = sparsekit.Pruner(PReLUNet(), recipe, steps_per_epoch=1).methods[0].report()
     assert "c1" not in report.get("target_left_out", {}) and not report.get("cannot_remove"), report
+
+
+class TrackedInstanceNorm(nn.Module):
+    """InstanceNorms that track running statistics (affine and not), over 2-D and flattened 1-D channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(1, 8, 3, padding=1), nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        self.c2, self.n2 = nn.Conv2d(8, 8, 3, padding=1), nn.InstanceNorm1d(8, track_running_stats=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c2(F.relu(self.n1(self.c1(x)))).flatten(2)
+        return self.head(F.relu(self.n2(h)).mean(2))
+
+
+def test_structured_removal_cuts_an_instance_norms_running_statistics(one_thread):
+    # torch-pruning cut the InstanceNorms' weight and bias but not their running statistics: the eval-mode forward
+    # after the removal failed, and the error blamed a view/reshape and told to ignore c2.
+    from sparsekit.surgery import replay_history
+
+    torch.manual_seed(0)
+    model = TrackedInstanceNorm()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 1, 8, 8))
+    means = model.n1.running_mean.clone()
+    pruner = sparsekit.Pruner(model.eval(), _structured([1, 1, 8, 8]), steps_per_epoch=1)
+    pruner.step()
+    pruned = pruner.finalize().eval()
+    assert pruned.n1.running_mean.shape == pruned.n2.running_var.shape == (4,)
+    kept = [int((means - m).abs().argmin()) for m in pruned.n1.running_mean]
+    assert kept == sorted(kept) and len(set(kept)) == 4  # the kept channels' own statistics, in order
+    assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    rebuilt = replay_history(TrackedInstanceNorm(), pruner.pruning_history, [1, 1, 8, 8])
+    rebuilt.load_state_dict(pruned.state_dict())  # a checkpoint's rebuild fits the saved statistics
