@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.instancenorm import _InstanceNorm
 
 from . import logits, model_input
 from . import tp_adapter as tpa
@@ -578,10 +577,9 @@ def _fold_plan(
             continue
         if member.is_model_output or isinstance(module, nn.Parameter):
             return None  # the units reach the model's output, or an unwrapped parameter
-        stats = module.running_mean if isinstance(module, _InstanceNorm) else None
-        if isinstance(module, _NormBase) and stats is None:
-            # BatchNorm, InstanceNorm: each channel on its own, a constant stays a constant; tp drops its entries
-            # (but not an InstanceNorm's running statistics)
+        if isinstance(module, _NormBase):
+            # BatchNorm, InstanceNorm: each channel on its own, a constant stays a constant; its entries go with
+            # the units (an InstanceNorm's running statistics too: tp_adapter.prune cuts them)
             continue
         if isinstance(module, nn.Linear | _ConvNd):
             # Output-channel coupling (a residual add, a depthwise conv): the channel also carries the other

@@ -167,3 +167,29 @@ def test_structured_removal_cuts_an_instance_norms_running_statistics(one_thread
     assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 3)
     rebuilt = replay_history(TrackedInstanceNorm(), pruner.pruning_history, [1, 1, 8, 8])
     rebuilt.load_state_dict(pruned.state_dict())  # a checkpoint's rebuild fits the saved statistics
+
+
+def test_zeroed_units_through_a_tracking_instance_norm_are_removed(one_thread):
+    # The running statistics torch-pruning did not cut (cut now by the removal itself) kept every zeroed unit
+    # before an InstanceNorm that tracks them, and group l1's report said so.
+    from sparsekit.surgery import remove_dead_units
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.InstanceNorm2d(8, affine=True, track_running_stats=True), nn.ReLU(),
+        nn.Conv2d(8, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 1, 8, 8))
+        model[0].weight[[2, 5]] = 0
+    model.eval()
+    x = torch.randn(4, 1, 8, 8)
+    before = model(x)
+    pruned, _ = remove_dead_units(model, [1, 1, 8, 8], ignore=["6"])
+    assert pruned[0].out_channels == 6 and pruned[1].running_mean.shape == (6,)
+    torch.testing.assert_close(pruned(x), before, atol=1e-5, rtol=1e-5)
+    spec = {"method": "l1", "strength": 0.1, "group": "channel", "remove_dead": True}
+    recipe = {"model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [spec]}
+    report = sparsekit.Pruner(model, recipe, steps_per_epoch=1).methods[0].report()
+    assert "0" not in report.get("cannot_remove", {}), report

@@ -96,7 +96,6 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .. import tp_adapter as tpa
 from ..errors import RecipeError, TargetError, one_line, shorten
@@ -648,9 +647,7 @@ class L1:
                 if isinstance(mod, _NormBase):  # BatchNorm, InstanceNorm: each unit is normalized on its own
                     if offset + units > mod.num_features:
                         continue
-                    if isinstance(mod, _InstanceNorm) and mod.running_mean is not None:
-                        blocked = f"its units pass through {where}, whose running statistics torch-pruning does not cut"
-                    elif mod.affine and mod.weight is not None and mod.bias is not None:
+                    if mod.affine and mod.weight is not None and mod.bias is not None:
                         bns.append((mod, offset))
                     elif offset == 0 and mod.num_features == units:
                         stats.append(mod)
