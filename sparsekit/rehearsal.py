@@ -285,6 +285,27 @@ def _culprit(
                     if "view/reshape" in ops
                     else ""
                 )
+                # Attention whose keys/values have a width of their own (kdim/vdim): torch-pruning's attention
+                # pruner knows only the packed projection and joins their layer's channels to the embedding's, so
+                # the removal breaks it whatever view or split the path holds.
+                mixed = next(
+                    (
+                        (n, a)
+                        for n, a in fresh.named_modules()
+                        if isinstance(a, nn.MultiheadAttention)
+                        and not a._qkv_same_embed_dim
+                        and any(m.module is a for m in members)
+                    ),
+                    None,
+                )
+                if mixed is not None:
+                    n = mixed[0]
+                    a = cast(nn.MultiheadAttention, dict(original.named_modules()).get(n, mixed[1]))  # (before removal)
+                    through = (
+                        f"; {n!r} is an nn.MultiheadAttention whose keys and values have widths of their own (kdim "
+                        f"{a.kdim}, vdim {a.vdim}, embed_dim {a.embed_dim}), which channel removal does not handle"
+                    )
+                    fixed = ""
                 # A per-channel buffer explains the failure better than the ops on the path (torch-pruning lists
                 # a view/reshape beside a Linear whose output is multiplied by one, which misled).
                 buffers = surgery.stale_buffer_words(surgery.stale_buffers(fresh, [[name, is_out, idxs]], failure))

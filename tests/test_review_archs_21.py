@@ -3,6 +3,7 @@ GroupNorm/InstanceNorm, transposed-conv decoders, grouped and dilated convs, Con
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -193,3 +194,29 @@ def test_zeroed_units_through_a_tracking_instance_norm_are_removed(one_thread):
     recipe = {"model": {"input_shape": [1, 1, 8, 8]}, "finetune": {"epochs": 1}, "pruning": [spec]}
     report = sparsekit.Pruner(model, recipe, steps_per_epoch=1).methods[0].report()
     assert "0" not in report.get("cannot_remove", {}), report
+
+
+class CrossAttention(nn.Module):
+    """Queries of 16 channels attend to keys/values of 12 (kdim/vdim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.kv = nn.Linear(8, 16), nn.Linear(8, 12)
+        self.att = nn.MultiheadAttention(16, 4, kdim=12, vdim=12, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.kv(x[:, 4:])
+        return self.head(self.att(self.q(x[:, :4]), kv, kv)[0].mean(1))
+
+
+def test_attention_with_its_own_key_width_is_named_as_why_a_removal_breaks(one_thread):
+    # The error said the channels "pass through split/chunk, view/reshape (a shape written into the forward code
+    # cannot follow a channel removal)": this model has neither; the attention's kdim/vdim is what breaks.
+    torch.manual_seed(0)
+    pruner = sparsekit.Pruner(CrossAttention(), _structured([1, 10, 8]), steps_per_epoch=1)
+    with pytest.raises(sparsekit.TargetError) as err:
+        pruner.step()
+    message = str(err.value)
+    assert "'att' is an nn.MultiheadAttention" in message and "kdim 12, vdim 12, embed_dim 16" in message, message
+    assert "view/reshape" not in message.split("forward pass")[1].split(")", 1)[1], message
