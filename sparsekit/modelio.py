@@ -18,7 +18,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -1634,8 +1634,9 @@ def save_model(
     recorded on the model itself) and ``extra`` metadata, and loads with ``torch.load(weights_only=True)``.
 
     Raises :class:`ModelFileError` when ``factory`` is not of the form ``pkg.module:callable``, ``input_shape`` is
-    not a list of positive integers, a structurally pruned model has no input shape to replay its
-    history on, ``pruner`` pruned a model of other shapes than ``model``, or kwargs/history/extra are not JSON-able, and
+    a list of at least two positive integers (batch first), a structurally pruned model has no input shape to replay
+    its history on, ``pruner`` pruned a model of other shapes than ``model``, kwargs/history/extra are not JSON-able,
+    or kwargs have a key that is not a string or a NaN/inf (load_model refuses such a file as damaged), and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
     TypeError when ``model`` is not an ``nn.Module``."""
     if not isinstance(model, nn.Module):
@@ -1672,6 +1673,9 @@ def save_model(
         json.dumps([kwargs or {}, history, extra or {}])
     except TypeError as err:
         raise ModelFileError(f"save_model: kwargs, history and extra must be JSON-able ({err})") from None
+    # The kwargs are called as factory(**kwargs) at load, which refuses keys that are not names and NaN/inf (not
+    # JSON) as a damaged file: refused here, before the file is written, rather than by every later command.
+    _check_kwargs_to_save(kwargs or {})
     # No copy of a tensor that torch.save writes as it is (on the CPU, owning its whole storage): a copy
     # of every weight would double a large model's memory for the time of the write.
     state = {k: _compact(v.detach().cpu()) for k, v in model.state_dict().items()}
@@ -1715,6 +1719,24 @@ def _check_pruner_fits(model: nn.Module, pruner: Any) -> None:
         )
 
 
+def _check_kwargs_to_save(kwargs: Any) -> None:
+    """ModelFileError when save_model's ``kwargs`` are not what load_model takes: a mapping of names (strings) to
+    plain, finite JSON data."""
+    if not isinstance(kwargs, Mapping):
+        raise ModelFileError(
+            f"save_model(kwargs=...): expected a dict of the factory's keyword arguments, got {type(kwargs).__name__}"
+        )
+    odd = [k for k in kwargs if not isinstance(k, str)]
+    if odd:
+        raise ModelFileError(
+            f"save_model(kwargs=...): key {odd[0]!r} is not a name (string); the factory is called as factory(**kwargs)"
+        )
+    try:
+        json.dumps(kwargs, allow_nan=False)
+    except ValueError as err:
+        raise ModelFileError(f"save_model(kwargs=...): must be finite JSON data ({err}); NaN and inf are not") from None
+
+
 def _shape_to_save(shape: Any) -> list[int]:
     """``shape`` (save_model's input_shape) as a list of positive ints; ModelFileError when it is not one."""
     problem = ModelFileError(
@@ -1724,6 +1746,13 @@ def _shape_to_save(shape: Any) -> list[int]:
     dims = int_dims(shape)  # int, numpy and torch integers; not 1.5 or "1"
     if dims is None:
         raise problem
+    if len(dims) < 2:
+        # One dimension is the features without the batch (a recipe's model.input_shape refuses it as well): written,
+        # every command that opens the file failed on it ("the model does not accept it") instead of this call.
+        raise ModelFileError(
+            f"save_model(input_shape=...): {dims} has no batch dimension: give the whole input, batch first "
+            f"(e.g. [1, {dims[0]}] for {dims[0]} features)"
+        )
     return dims
 
 
