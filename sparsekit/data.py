@@ -633,9 +633,11 @@ def _load_callable(
         except OverflowError:
             raise DataError(f"{where}: the {name} loader claims more batches than Python can count") from None
         except TypeError:
+            # (each loader's own reason: the validation loader's len() sets no schedule, report.json counts it)
+            why = "the pruning schedule needs" if name == "train" else "report.json records"
             raise DataError(
-                f"{where}: the {name} loader has no len(); return torch DataLoaders (the pruning "
-                "schedule needs the number of batches per epoch)"
+                f"{where}: the {name} loader has no len(); return torch DataLoaders over map-style datasets "
+                f"({why} the number of batches per epoch)"
             ) from None
         if size == 0:
             raise DataError(f"{where}: the {name} loader is empty")

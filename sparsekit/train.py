@@ -307,11 +307,17 @@ def progress_bar(enabled: bool) -> Any:
     )
 
 
-def _check_loader(loader: Any, name: str) -> None:
+def _check_loader(loader: Any, name: str, needs_len: bool = True) -> None:
     """Raise DataError unless ``loader`` has a len() of at least one batch and yields its batches anew each time it
     is iterated (a DataLoader, a list of batches): an iterator or generator yields them once, so every epoch after
-    the first would train on (or evaluate) nothing."""
+    the first would train on (or evaluate) nothing. Without ``needs_len`` (the validation loader, which no
+    schedule counts) a loader with no len(), such as a DataLoader over an IterableDataset, is taken as it is."""
     kind = type(loader).__name__
+    if not needs_len and not isinstance(loader, Iterable):
+        raise DataError(
+            f"finetune({name}=...): got a {kind}, which yields no batches; pass a torch DataLoader or a list of "
+            "(inputs, labels) batches"
+        )
     if isinstance(loader, Iterator):
         raise DataError(
             f"finetune({name}=...): got a {kind}, which yields its batches only once; pass something iterated anew "
@@ -320,6 +326,8 @@ def _check_loader(loader: Any, name: str) -> None:
     try:
         n = len(loader)
     except TypeError:  # no __len__, or a DataLoader over an IterableDataset without one
+        if not needs_len:
+            return  # evaluated by iterating it; an empty one is caught after its first evaluation
         raise DataError(
             f"finetune({name}=...): a {kind} has no len(), which sets the steps of an epoch (the schedules count "
             "them); pass a torch DataLoader over a map-style dataset, or a list of (inputs, labels) batches"
@@ -416,7 +424,9 @@ def finetune(
             model.to(device)
     main = _distributed.is_main()
     _check_loader(train_loader, "train_loader")
-    _check_loader(val_loader, "val_loader")
+    # The validation loader's len() sets nothing (evaluation just iterates it): one without a len() was refused
+    # with the training loader's reason ("which sets the steps of an epoch").
+    _check_loader(val_loader, "val_loader", needs_len=False)
     train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
     if pruner is not None and pruner.model is not inner:
@@ -529,7 +539,13 @@ def finetune(
                         "the number of batches it yields"
                     )
                 scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
-                metrics = evaluate(pruner.model, val_loader)
+                counts: dict[str, int] = {}
+                metrics = evaluate(pruner.model, val_loader, counts=counts)
+                if not counts["samples"]:  # (a loader with a len() of 0 is refused up front)
+                    raise DataError(
+                        "finetune(val_loader=...): yielded no batches to evaluate after epoch "
+                        f"{epoch + 1}; it must yield at least one, every epoch"
+                    )
                 loss_sum, total_seen = _distributed.sum_across([loss_sum, seen])  # every rank's share of the data
                 row = {
                     "epoch": epoch + 1,

@@ -35,3 +35,36 @@ def test_save_model_still_writes_a_batch_first_shape(tmp_path):
     path = sparsekit.save_model(_net(), tmp_path / "m.pt", "torch.nn:Identity", kwargs={"w": 1.5}, input_shape=(1, 8))
     saved = torch.load(path, weights_only=True)
     assert saved["input_shape"] == [1, 8] and saved["kwargs"] == {"w": 1.5}
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        torch.manual_seed(0)
+        x = torch.randn(self.n, 8)
+        return iter(zip(x, (x[:, 0] > 0).long(), strict=True))
+
+
+def _fit(val):
+    torch.manual_seed(0)
+    x = torch.randn(32, 8)
+    train = [(x[i : i + 16], (x[i : i + 16, 0] > 0).long()) for i in (0, 16)]
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    return sparsekit.finetune(_net(), recipe, train, val, progress=False)
+
+
+def test_finetune_evaluates_a_val_loader_without_len(one_thread):
+    # The validation loader sets no schedule: one over an IterableDataset was refused with the training loader's
+    # reason ("has no len(), which sets the steps of an epoch").
+    _, history, _ = _fit(torch.utils.data.DataLoader(_Stream(32), batch_size=8))
+    assert len(history) == 1 and 0.0 <= history[0]["val_accuracy"] <= 1.0 and history[0]["val_loss"] > 0
+
+
+def test_finetune_names_an_empty_or_missing_val_loader(one_thread):
+    with pytest.raises(sparsekit.DataError, match=r"finetune\(val_loader=...\): yielded no batches"):
+        _fit(torch.utils.data.DataLoader(_Stream(0), batch_size=8))
+    with pytest.raises(sparsekit.DataError, match=r"finetune\(val_loader=...\)") as err:
+        _fit(None)
+    assert "steps of an epoch" not in str(err.value)
