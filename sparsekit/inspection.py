@@ -226,15 +226,18 @@ def check_input_shape(
             # torch.export specializes the batch of its example input unless told otherwise.
             raise DataError(f"{origin} {dims}: {fixed_batch_words(at_two)}")
         guess = [1, *dims]
+        # Two causes fail alike: a shape without its batch, or a forward that fixes the batch (x.view(1, -1)); the
+        # second was told only to give the shape batch first, which it was.
+        where = f": {remedy('')}" if remedy("") else ""
         hint = (
-            f"; the model takes {guess}: did you leave out the batch dimension?{paren(remedy(str(guess)))}"
+            f", so its first dimension is not the batch; the model takes {guess}: did you leave out the batch "
+            f"dimension?{paren(remedy(str(guess)))}"
             if fails([2, *dims]) is None
-            else f"; give the whole input shape, batch first{paren(remedy(''))}"
+            else f": either its first dimension is not the batch (give the whole input shape, batch first{where}), "
+            "or the forward fixes the batch size (a view or reshape to a constant such as x.view(1, -1)); sparsekit "
+            "exports and measures several batch sizes, so write it for any batch (x.flatten(1), x.view(x.size(0), -1))"
         )
-        raise DataError(
-            f"{origin} {dims}: the model runs on one such input but not on a batch of two, so its first "
-            f"dimension is not the batch{hint}"
-        )
+        raise DataError(f"{origin} {dims}: the model runs on one such input but not on a batch of two{hint}")
     finally:
         for module, training in modes:
             module.training = training

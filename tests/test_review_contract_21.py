@@ -68,3 +68,35 @@ def test_finetune_names_an_empty_or_missing_val_loader(one_thread):
     with pytest.raises(sparsekit.DataError, match=r"finetune\(val_loader=...\)") as err:
         _fit(None)
     assert "steps of an epoch" not in str(err.value)
+
+
+class _BatchOfOne(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x.view(1, 8))  # written for a batch of 1
+
+
+def test_export_says_a_batch_of_one_model_fixes_its_batch(tmp_path, one_thread):
+    # It said "the model fails on a random float32 input of shape [1, 8] ...; give the shape it takes" about the
+    # shape the model does take: the export traces a batch of 2.
+    with pytest.raises(sparsekit.ExportError, match="runs on a batch of 1 but not of 2") as err:
+        sparsekit.export_onnx(_BatchOfOne(), tmp_path / "m.onnx", input_shape=(1, 8))
+    assert "give the shape it takes" not in str(err.value)
+    with pytest.raises(sparsekit.ExportError, match="fails on a random float32 input of shape"):
+        sparsekit.export_onnx(_net(), tmp_path / "n.onnx", input_shape=(1, 7))  # a wrong shape is still one
+
+
+def test_input_shape_check_names_a_forward_that_fixes_the_batch():
+    # The commands' check said "so its first dimension is not the batch; give the whole input shape, batch first"
+    # of [1, 8], the whole shape batch first, for a forward written for a batch of 1.
+    from sparsekit.errors import DataError
+    from sparsekit.inspection import check_input_shape
+
+    with pytest.raises(DataError, match="the forward fixes the batch size") as err:
+        check_input_shape(_BatchOfOne(), [1, 8])
+    assert "so its first dimension is not the batch" not in str(err.value)
+    with pytest.raises(DataError, match=r"did you leave out the batch dimension"):  # still told where it is so
+        check_input_shape(nn.Sequential(nn.Conv1d(1, 4, 3)), [1, 8])  # [1, 8] is one unbatched sample

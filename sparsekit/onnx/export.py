@@ -562,8 +562,18 @@ def _example_input(model: nn.Module, shapes: list[list[int]]) -> tuple[tuple[tor
             ) from None
         from ..modelio import compiled_module, fixed_batch_words
 
-        if len(shapes) == 1 and compiled_module(model) and _runs(model, [1, *shapes[0][1:]]):
-            raise ExportError(f"input shape {shape}: {fixed_batch_words(e)}") from None
+        if len(shapes) == 1 and _runs(model, [1, *shapes[0][1:]]):
+            if compiled_module(model):
+                raise ExportError(f"input shape {shape}: {fixed_batch_words(e)}") from None
+            # The shape given is right, the batch of 2 traced is not: "fails on input of shape [1, 8]; give the
+            # shape it takes" asked for the shape the caller had given, which no shape could satisfy.
+            raise ExportError(
+                f"input shape {shape}: the model runs on a batch of 1 but not of 2 ({one_line(e, 120)}): either the "
+                f"first dimension is not the batch (give the whole input shape, batch first: {option('input_shape')}), "
+                "or the forward fixes the batch size (a view or reshape to a constant such as x.view(1, -1)); "
+                "sparsekit exports with a dynamic batch dimension and measures several batch sizes, so write it for "
+                "any batch (x.flatten(1), x.view(x.size(0), -1))"
+            ) from None
         from ..surgery import several_inputs_advice
 
         if len(shapes) == 1 and several_inputs_advice(e):
