@@ -1584,6 +1584,75 @@ MISPLACED_KEYS: dict[tuple[str, str], tuple[str | None, str]] = {
 An unknown-key error says why (``structured`` takes ``ratio``, not ``sparsity``); docs/recipe.md too."""
 
 
+# Keys other pruning toolkits use for what a sparsekit key does: ``key -> (whose key it is, where sparsekit takes it in
+# a pruning entry, a note)``. A user arriving with a SparseML, NNI, Distiller, torch.nn.utils.prune or Torch-Pruning
+# recipe writes these first, and a spelling guess sent some to the wrong key (`ignored_layers`: "did you mean
+# 'layers'?", where `ignore` is meant). The path may depend on the method: SIZE is the key that sizes the entry's work.
+SIZE = "<size>"
+_LAYER_NAMES = "module names from named_modules(), like fc1, not parameter names like fc1.weight"
+FOREIGN_KEYS: dict[str, tuple[str, str, str]] = {
+    "final_sparsity": ("SparseML / Distiller", SIZE, ""),
+    "amount": ("torch.nn.utils.prune", SIZE, ""),
+    "pruning_ratio": ("Torch-Pruning", SIZE, ""),
+    "ch_sparsity": ("Torch-Pruning", SIZE, ""),
+    "sparsity_per_layer": ("NNI", SIZE, "with scope: layer"),
+    "total_sparsity": ("NNI", SIZE, "with scope: global"),
+    "initial_sparsity": ("Distiller", "schedule.init_sparsity", ""),
+    "starting_epoch": ("Distiller", "schedule.start_epoch", ""),
+    "ending_epoch": ("Distiller", "schedule.end_epoch", ""),
+    "update_frequency": ("SparseML", "schedule.every", "in epochs; 0.25 updates four times an epoch"),
+    "frequency": ("Distiller", "schedule.every", "in epochs"),
+    "iterative_steps": ("Torch-Pruning", "steps", ""),
+    "params": ("SparseML", "layers.include", f"{_LAYER_NAMES}; __ALL_PRUNABLE__ is the default: leave it out"),
+    "weights": ("Distiller", "layers.include", _LAYER_NAMES),
+    "op_names": ("NNI", "layers.include", _LAYER_NAMES),
+    "op_types": ("NNI", "layers.types", "e.g. [Linear, Conv2d]"),
+    "exclude_op_names": ("NNI", "layers.exclude", _LAYER_NAMES),
+    "ignored_layers": ("Torch-Pruning", "layers.exclude", _LAYER_NAMES),
+    "global_pruning": ("Torch-Pruning", "scope", "global or layer"),
+    # the lists that hold other toolkits' pruning steps, at a recipe's top
+    "modifiers": ("SparseML", "pruning", "a list of entries, each {method: ..., ...}"),
+    "config_list": ("NNI", "pruning", "a list of entries, each {method: ..., ...}"),
+    "pruners": ("Distiller", "pruning", "a list of entries, each {method: ..., ...}; schedule: replaces policies"),
+    "policies": ("Distiller", "pruning", "each entry's schedule: {start_epoch, end_epoch, every}"),
+}
+"""Keys of other pruning toolkits and their sparsekit equivalents; see :func:`foreign_home`."""
+
+# Where a method takes what FOREIGN_KEYS' paths name, where its key differs (structured removes channels).
+_FOREIGN_PATHS: dict[tuple[str, str], str] = {
+    ("magnitude", SIZE): "sparsity",
+    ("gradient", SIZE): "sparsity",
+    ("l1", SIZE): "target",
+    ("structured", SIZE): "ratio",
+    ("structured", "layers.exclude"): "ignore",  # Torch-Pruning's ignored_layers: outputs never pruned
+    ("magnitude", "steps"): "schedule.every",
+    ("gradient", "steps"): "schedule.every",
+}
+
+
+def foreign_home(section: type[BaseModel] | None, key: str) -> tuple[str, str, str] | None:
+    """``(the toolkit whose key it is, the path in section that does its work, a note)`` when ``key`` is another pruning
+    toolkit's word (:data:`FOREIGN_KEYS`) for a key of ``section`` (a method's entry or the recipe's top), else
+    None.
+
+    >>> foreign_home(_SPEC_OF_METHOD["structured"], "pruning_ratio")
+    ('Torch-Pruning', 'ratio', '')"""
+    if section is None or key not in FOREIGN_KEYS:
+        return None
+    whose, path, note = FOREIGN_KEYS[key]
+    method = _method_of(section)
+    path = _FOREIGN_PATHS.get((method or "", path), path)
+    tp: Any = section
+    for part in path.split("."):  # a path the section lacks (max_norm has no size; the top has no schedule)
+        # `schedule` is a mapping or 'oneshot': the mapping among a union's members holds the keys
+        models = [a for a in (get_args(tp) if get_origin(tp) in (Union, UnionType) else (tp,)) if _is_model(a)]
+        holder = next((m for m in models if part in m.model_fields), None)
+        if holder is None:
+            return None
+        tp = _unwrap(holder.model_fields[part].annotation)
+    return whose, path, note
+
+
 def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
     """The entry of ``valid`` that ``key`` most likely misspells (difflib, case-insensitive), or the one it
     abbreviates; None when nothing is close.
@@ -1614,6 +1683,14 @@ def unknown_key(
         meant, why = MISPLACED_KEYS[(method, key)]
         return f"unknown key: {why}", meant
     written = ".".join([*(written_at or []), key])
+    foreign = foreign_home(section, key)
+    if foreign:
+        whose, path, note = foreign
+        dest = ".".join([*(written_at or []), path])
+        what = f"unknown key: {key} is {whose}'s word; sparsekit's is {path}" + (f" ({note})" if note else "")
+        if written_at is not None:
+            return f"{what}: write {written} as {dest}", None
+        return (f"{what}: write it as {_nested_yaml(path)}", None) if "." in path else (what, path)
 
     def write(home: str, top: bool) -> str:  # home: the dotted path below this mapping, or from the top
         if written_at is None:

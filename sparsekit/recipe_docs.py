@@ -32,7 +32,7 @@ from pydantic.fields import FieldInfo
 
 from .errors import option
 from .errors import render as render_options
-from .recipe import METHOD_NAMES, METHOD_SPECS, MISPLACED_KEYS, RECIPE_DOCS, Recipe, load_recipe
+from .recipe import FOREIGN_KEYS, METHOD_NAMES, METHOD_SPECS, MISPLACED_KEYS, RECIPE_DOCS, SIZE, Recipe, load_recipe
 
 
 def source_page(package_dir: Path) -> Path | None:
@@ -408,7 +408,29 @@ def render() -> str:
             nested = _model_in(sub_field.annotation)
             if nested is not None and sections.heading[nested] == f"{name}.{sub}":
                 lines.extend(_section(f"{name}.{sub}", nested, sections, "###"))
+    lines.extend(_foreign())
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _foreign() -> list[str]:
+    """The keys of other pruning toolkits that a recipe's error translates (FOREIGN_KEYS), as a table."""
+    lines = [
+        "## Keys from other toolkits",
+        "",
+        "A recipe holding one of these keys is refused; the error names the sparsekit key that does its work "
+        "(size: `sparsity`, or `ratio` for structured, `target` for l1).",
+        "",
+        "| Key | Whose | sparsekit | Note |",
+        "|---|---|---|---|",
+    ]
+    for key, (whose, path, note) in FOREIGN_KEYS.items():
+        home = "size" if path == SIZE else f"`{path}`"
+        if path == "layers.exclude":
+            home += " (`ignore` for structured)"
+        if path == "steps":
+            home += " (structured; else `schedule.every`)"
+        lines.append(f"| `{key}` | {whose} | {home} | {_cell(note)} |")
+    return [*lines, ""]
 
 
 def _section(heading: str, cls: type[BaseModel], sections: _Sections, level: str, doc: bool = True) -> list[str]:

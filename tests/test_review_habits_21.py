@@ -1,0 +1,58 @@
+"""Review round 21 (habits from other toolkits): recipes written the way SparseML, NNI, Distiller,
+torch.nn.utils.prune and Torch-Pruning spell them, and near-misses of sparsekit's own schema."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import RecipeError
+
+MAGNITUDE = "version: 1\npruning:\n  - method: magnitude\n"
+STRUCTURED = "version: 1\npruning:\n  - method: structured\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "meant"),
+    [
+        # Torch-Pruning's ignored_layers read "did you mean 'layers'?": the one key that selects what IS pruned.
+        (
+            STRUCTURED + "    ratio: 0.5\n    ignored_layers: [fc3]\n",
+            "pruning[0].ignored_layers",
+            "sparsekit's is ignore",
+        ),
+        (STRUCTURED + "    pruning_ratio: 0.5\n", "pruning[0].pruning_ratio", "sparsekit's is ratio"),
+        (STRUCTURED + "    ratio: 0.5\n    iterative_steps: 5\n", "pruning[0].iterative_steps", "sparsekit's is steps"),
+        (MAGNITUDE + "    amount: 0.5\n", "pruning[0].amount", "sparsekit's is sparsity"),
+        (MAGNITUDE + "    final_sparsity: 0.9\n", "pruning[0].final_sparsity", "sparsekit's is sparsity"),
+        (MAGNITUDE + "    sparsity: 0.9\n    update_frequency: 0.5\n", "update_frequency", "schedule: {every: ...}"),
+        (MAGNITUDE + "    sparsity: 0.9\n    params: __ALL_PRUNABLE__\n", "pruning[0].params", "layers.include"),
+        (MAGNITUDE + "    sparsity: 0.9\n    op_types: [Linear]\n", "pruning[0].op_types", "layers.types"),
+        (MAGNITUDE + "    sparsity: 0.9\n    ignored_layers: [fc3]\n", "ignored_layers", "layers: {exclude: ...}"),
+        (
+            "version: 1\nconfig_list:\n  - {sparsity_per_layer: 0.8, op_types: [Linear]}\n",
+            "config_list is NNI's word",
+            "pruning",
+        ),
+        ("version: 1\nmodifiers: []\n", "modifiers: unknown key: modifiers is SparseML's word", "pruning"),
+    ],
+)
+def test_another_toolkits_key_names_the_sparsekit_key(tmp_path, text, field, meant):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    line = assert_bad_input(result, field, meant)
+    assert "did you mean 'layers'" not in line
+    assert "required key missing" not in line  # pruning_ratio / amount are the size the user wrote
+    with pytest.raises(RecipeError, match=meant.replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")):
+        sparsekit.load_recipe(recipe)
+
+
+def test_another_toolkits_key_in_an_override_names_the_dotted_path(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MAGNITUDE + "    sparsity: 0.5\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.amount=0.5"])
+    assert_bad_input(result, "write pruning.0.amount as pruning.0.sparsity")
