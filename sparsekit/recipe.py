@@ -1653,6 +1653,62 @@ def foreign_home(section: type[BaseModel] | None, key: str) -> tuple[str, str, s
     return whose, path, note
 
 
+# Method names of other pruning toolkits, as :func:`foreign_method` normalizes them: ``-> (whose, the sparsekit
+# method that does that work, how to set it up)``. A spelling guess sent `l1_unstructured` and `global_unstructured`
+# (torch.nn.utils.prune's magnitude pruning) to structured, the one method that makes no unstructured zeros.
+FOREIGN_METHODS: dict[str, tuple[str, str, str]] = {
+    "l1unstructured": ("torch.nn.utils.prune", "magnitude", "it ranks weights by |w|"),
+    "globalunstructured": ("torch.nn.utils.prune", "magnitude", "with scope: global"),
+    "unstructured": ("torch.nn.utils.prune", "magnitude", "it ranks weights by |w|"),
+    "lnstructured": ("torch.nn.utils.prune", "structured", "with importance: l1 or l2; it removes the channels"),
+    "globalmagnitude": ("SparseML", "magnitude", "with scope: global"),
+    "gm": ("SparseML", "magnitude", "gradual: a schedule with start_epoch < end_epoch"),
+    "gmp": ("SparseML", "magnitude", "gradual: a schedule with start_epoch < end_epoch"),
+    "level": ("NNI", "magnitude", "with scope: layer"),
+    "agp": ("NNI", "magnitude", "AGP: schedule: {start_epoch, end_epoch} (curve: cubic is the default)"),
+    "automatedgradual": (
+        "Distiller",
+        "magnitude",
+        "AGP: schedule: {start_epoch, end_epoch} (curve: cubic is the default)",
+    ),
+    "l1norm": ("NNI", "structured", "with importance: l1"),
+    "l2norm": ("NNI", "structured", "with importance: l2"),
+    "slim": ("NNI", "structured", "with importance: bn_scale"),
+    "taylor": (
+        "NNI / Torch-Pruning",
+        "gradient",
+        "with criterion: taylor; whole channels: structured, importance: taylor",
+    ),
+    "taylorfoweight": ("NNI", "structured", "with importance: taylor"),
+    "movement": ("SparseML / NNI", "gradient", "with criterion: movement"),
+    "lasso": ("", "l1", "with group: row or channel for group lasso"),
+    "grouplasso": ("", "l1", "with group: row or channel"),
+    "channel": ("", "structured", "it removes whole output channels"),
+    "filter": ("", "structured", "it removes whole output channels (filters)"),
+}
+"""Other toolkits' pruning-method names and the sparsekit method that does their work; see :func:`foreign_method`."""
+
+
+def foreign_method(tag: str) -> str | None:
+    """What an unknown ``method:`` that is another toolkit's name for a sparsekit method (a SparseML modifier, an
+    NNI or Distiller pruner class, a torch.nn.utils.prune function, ``MagnitudePruningModifier``) should say, or None.
+
+    >>> foreign_method("L1NormPruner")
+    "NNI's L1NormPruner is sparsekit's method: structured (with importance: l1)"
+    """
+    norm = re.sub(r"[_\-\s]", "", tag.lower())
+    stripped = next((s for s in ("pruningmodifier", "modifier", "pruner", "pruning") if norm.endswith(s)), "")
+    if len(norm) > len(stripped):
+        norm = norm.removesuffix(stripped)
+    if norm in FOREIGN_METHODS:
+        whose, method, note = FOREIGN_METHODS[norm]
+        owner = f"{whose}'s " if whose else ""
+        return f"{owner}{tag} is sparsekit's method: {method} ({note})"
+    if stripped and norm in METHOD_NAMES:  # MagnitudePruningModifier; a bare 'Magnitude' gets "did you mean"
+        return f"{tag} is sparsekit's method: {norm}"
+    return None
+
+
 def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
     """The entry of ``valid`` that ``key`` most likely misspells (difflib, case-insensitive), or the one it
     abbreviates; None when nothing is close.
@@ -1811,7 +1867,12 @@ def _message(e: Any) -> str:
         return f"missing 'method:'; use one of {', '.join(map(repr, METHOD_NAMES))}"
     if kind == "union_tag_invalid":
         tag = str(ctx.get("tag"))
+        foreign = foreign_method(tag)
+        if foreign:
+            return f"unknown method {short(tag)!r}: {foreign}"
         meant = did_you_mean(tag, METHOD_NAMES)
+        if meant == "structured" and "unstructured" in tag.lower():  # the opposite of what was asked
+            meant = None
         if meant:
             return f"unknown method {short(tag)!r}; did you mean {meant!r}? (methods: {ctx.get('expected_tags')})"
         return f"unknown method {short(tag)!r}; use one of {ctx.get('expected_tags')}"

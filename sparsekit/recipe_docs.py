@@ -32,7 +32,17 @@ from pydantic.fields import FieldInfo
 
 from .errors import option
 from .errors import render as render_options
-from .recipe import FOREIGN_KEYS, METHOD_NAMES, METHOD_SPECS, MISPLACED_KEYS, RECIPE_DOCS, SIZE, Recipe, load_recipe
+from .recipe import (
+    FOREIGN_KEYS,
+    FOREIGN_METHODS,
+    METHOD_NAMES,
+    METHOD_SPECS,
+    MISPLACED_KEYS,
+    RECIPE_DOCS,
+    SIZE,
+    Recipe,
+    load_recipe,
+)
 
 
 def source_page(package_dir: Path) -> Path | None:
@@ -430,6 +440,17 @@ def _foreign() -> list[str]:
         if path == "steps":
             home += " (structured; else `schedule.every`)"
         lines.append(f"| `{key}` | {whose} | {home} | {_cell(note)} |")
+    lines += [
+        "",
+        "So is a `method:` that names another toolkit's pruner (written in any case, with or without `_`, `-` and a "
+        "`Pruner`, `Modifier` or `PruningModifier` suffix: `l1_unstructured`, `L1NormPruner`, "
+        "`GlobalMagnitudePruningModifier`); the error names the sparsekit method:",
+        "",
+        "| Name | Whose | sparsekit | Note |",
+        "|---|---|---|---|",
+    ]
+    for name, (whose, method, note) in FOREIGN_METHODS.items():
+        lines.append(f"| `{name}` | {whose or 'common'} | `method: {method}` | {_cell(note)} |")
     return [*lines, ""]
 
 

@@ -3,6 +3,8 @@ torch.nn.utils.prune and Torch-Pruning spell them, and near-misses of sparsekit'
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 from conftest import assert_bad_input
@@ -56,3 +58,26 @@ def test_another_toolkits_key_in_an_override_names_the_dotted_path(tmp_path):
     recipe.write_text(MAGNITUDE + "    sparsity: 0.5\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["validate", str(recipe), "--set", "pruning.0.amount=0.5"])
     assert_bad_input(result, "write pruning.0.amount as pruning.0.sparsity")
+
+
+@pytest.mark.parametrize(
+    ("method", "meant"),
+    [
+        # torch.nn.utils.prune's magnitude pruning read "did you mean 'structured'?": the opposite of unstructured.
+        ("l1_unstructured", "method: magnitude"),
+        ("global_unstructured", "method: magnitude (with scope: global)"),
+        ("random_unstructured", "use one of"),
+        ("L1NormPruner", "method: structured (with importance: l1)"),
+        ("GlobalMagnitudePruningModifier", "method: magnitude"),
+        ("AGPPruner", "method: magnitude"),
+        ("taylor", "method: gradient (with criterion: taylor"),
+        ("movement", "method: gradient (with criterion: movement"),
+    ],
+)
+def test_another_toolkits_method_names_the_sparsekit_method(tmp_path, method, meant):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\npruning:\n  - method: {method}\n    sparsity: 0.5\n", encoding="utf-8")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), f"'{method}'", meant)
+    assert "did you mean 'structured'" not in line
+    with pytest.raises(RecipeError, match=re.escape(meant)):
+        sparsekit.load_recipe(recipe)
