@@ -270,6 +270,14 @@ def _yaml_problem(err: yaml.YAMLError, text: str = "") -> tuple[str, Any]:
             return "a key is itself a list or mapping (a `? ` complex key); keys are plain names", mark
         context = f"{err.context}: " if err.context and "duplicate" not in problem else ""
         return f"invalid YAML value: {context}{problem}", mark
+    if "'\\t'" in problem or "tab character" in problem:
+        # PyYAML's "found character '\t' that cannot start any token" did not say that tabs are the fault: editors
+        # and other tools' recipes indent with them, and YAML allows only spaces there.
+        return (
+            "a tab character: YAML indents (and separates a key from its value) with spaces only; replace the tab "
+            "with spaces",
+            mark,
+        )
     if isinstance(err, yaml.composer.ComposerError) and "single document" in str(err.context or ""):
         return "holds more than one YAML document (separated by ---); a recipe is one document", mark
     return f"invalid YAML: {problem or short(str(err), 300)}", mark

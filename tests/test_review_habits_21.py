@@ -81,3 +81,19 @@ def test_another_toolkits_method_names_the_sparsekit_method(tmp_path, method, me
     assert "did you mean 'structured'" not in line
     with pytest.raises(RecipeError, match=re.escape(meant)):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 1\npruning:\n\t- method: magnitude\n\t  sparsity: 0.9\n",  # indented with tabs
+        "version: 1\npruning:\n  - method:\tmagnitude\n    sparsity: 0.9\n",  # a tab after the colon
+    ],
+)
+def test_a_tab_is_named_as_the_fault(tmp_path, text):
+    # PyYAML's "found character '\t' that cannot start any token" did not say that YAML takes spaces only.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "r.yaml (line 3", "tab", "spaces")
+    with pytest.raises(RecipeError, match="replace the tab with spaces"):
+        sparsekit.load_recipe(recipe)
