@@ -80,6 +80,20 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed overflows past 2**64; numpy's and an i
 MAX_JSON_INT = 2**63 - 1  # model.kwargs ints: what a checkpoint's JSON metadata and torch can hold
 
 
+def _text_hint(value: str) -> str:
+    """How to write the text ``value``, given where a number goes, as a number (``": write it without quotes"``),
+    or "" when it is no number."""
+    # `90%` is how SparseML's docs, NNI's tables and most papers state a sparsity; sparsekit takes the fraction.
+    percent = re.fullmatch(r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))\s*%\s*", value)
+    if percent:
+        return f": a percentage; write it as the fraction {float(percent.group(1)) / 100:g}"
+    try:
+        # float() reads "nan" and "inf" too: they are no number a recipe field takes, quoted or not.
+        return ": write it without quotes" if math.isfinite(float(value)) else ": use a finite number"
+    except ValueError:
+        return ""
+
+
 def _number(value: Any) -> Any:
     # pydantic's lax mode reads `true` as 1; a boolean in a numeric field is always a mistake.
     if isinstance(value, bool):
@@ -87,15 +101,10 @@ def _number(value: Any) -> Any:
     # pydantic's lax mode would also read the text "3" as 3: a quoted number in a recipe is a typo or a
     # template that was not filled in, and accepting it hides which.
     if isinstance(value, str):
-        try:
-            # float() reads "nan" and "inf" too: they are no number a recipe field takes, quoted or not.
-            hint = ": write it without quotes" if math.isfinite(float(value)) else ": use a finite number"
-        except ValueError:
-            hint = ""
         raise PydanticCustomError(
             "text_not_number",
             "must be a number, not the text {got}{hint}",
-            {"got": short(repr(value), 40), "hint": hint},
+            {"got": short(repr(value), 40), "hint": _text_hint(value)},
         )
     # An int too large for a float would otherwise give pydantic's vague "valid number" error.
     if isinstance(value, int) and abs(value) > 1e308:
@@ -554,8 +563,13 @@ def _fraction_or_auto(lower: str, auto: bool = True) -> Any:
             either = " or 'auto' (per-layer values from a sensitivity analysis)" if auto else ""
             raise PydanticCustomError(
                 "fraction_or_auto",
-                "must be a number in {range}{either}, got {got}",
-                {"range": "[0, 1)" if lower == "ge" else "(0, 1)", "either": either, "got": short(repr(value), 40)},
+                "must be a number in {range}{either}, got {got}{hint}",
+                {
+                    "range": "[0, 1)" if lower == "ge" else "(0, 1)",
+                    "either": either,
+                    "got": short(repr(value), 40),
+                    "hint": _text_hint(value),
+                },
             )
         value = _number(value)
         if not isinstance(value, int | float):

@@ -97,3 +97,23 @@ def test_a_tab_is_named_as_the_fault(tmp_path, text):
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "r.yaml (line 3", "tab", "spaces")
     with pytest.raises(RecipeError, match="replace the tab with spaces"):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "fraction"),
+    [
+        # '90%' is how SparseML's docs and papers state a sparsity; the error did not say what to write instead.
+        ("sparsity: 90%", "pruning[0].sparsity", "0.9"),
+        ("sparsity: '12.5 %'", "pruning[0].sparsity", "0.125"),
+        ("sparsity: auto\n    target: 95%", "pruning[0].target", "0.95"),
+        ("sparsity: 0.9\n    max_layer_sparsity: 99%", "pruning[0].max_layer_sparsity", "0.99"),
+        ("sparsity: 0.9\n    scope: layer\n    layer_sparsity: {fc1: 80%}", "layer_sparsity.fc1", "0.8"),
+    ],
+)
+def test_a_percentage_names_the_fraction(tmp_path, entry, field, fraction):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"{MAGNITUDE}    {entry}\n", encoding="utf-8")
+    hint = f"a percentage; write it as the fraction {fraction}"
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, hint)
+    with pytest.raises(RecipeError, match=re.escape(hint)):
+        sparsekit.load_recipe(recipe)
