@@ -1703,12 +1703,13 @@ FOREIGN_METHODS: dict[str, tuple[str, str, str]] = {
 """Other toolkits' pruning-method names and the sparsekit method that does their work; see :func:`foreign_method`."""
 
 
-def foreign_method(tag: str) -> str | None:
+def foreign_method(tag: str) -> tuple[str, str] | None:
     """What an unknown ``method:`` that is another toolkit's name for a sparsekit method (a SparseML modifier, an
-    NNI or Distiller pruner class, a torch.nn.utils.prune function, ``MagnitudePruningModifier``) should say, or None.
+    NNI or Distiller pruner class, a torch.nn.utils.prune function, ``MagnitudePruningModifier``) should say, and
+    the sparsekit method meant; or None.
 
     >>> foreign_method("L1NormPruner")
-    "NNI's L1NormPruner is sparsekit's method: structured (with importance: l1)"
+    ("NNI's L1NormPruner is sparsekit's method: structured (with importance: l1)", 'structured')
     """
     norm = re.sub(r"[_\-\s]", "", tag.lower())
     stripped = next((s for s in ("pruningmodifier", "modifier", "pruner", "pruning") if norm.endswith(s)), "")
@@ -1717,9 +1718,9 @@ def foreign_method(tag: str) -> str | None:
     if norm in FOREIGN_METHODS:
         whose, method, note = FOREIGN_METHODS[norm]
         owner = f"{whose}'s " if whose else ""
-        return f"{owner}{tag} is sparsekit's method: {method} ({note})"
+        return f"{owner}{tag} is sparsekit's method: {method} ({note})", method
     if stripped and norm in METHOD_NAMES:  # MagnitudePruningModifier; a bare 'Magnitude' gets "did you mean"
-        return f"{tag} is sparsekit's method: {norm}"
+        return f"{tag} is sparsekit's method: {norm}", norm
     return None
 
 
@@ -1878,12 +1879,12 @@ def _message(e: Any) -> str:
         lower = f"lower it to at most {epochs} ({option('set', f'pruning.{i}.schedule.end_epoch={epochs}')})"
         return e["msg"].split("; lower")[0] + f"; {lower} or {raise_it}"
     if kind == "union_tag_not_found":
-        return f"missing 'method:'; use one of {', '.join(map(repr, METHOD_NAMES))}"
+        return _no_method(e.get("input"))
     if kind == "union_tag_invalid":
         tag = str(ctx.get("tag"))
         foreign = foreign_method(tag)
         if foreign:
-            return f"unknown method {short(tag)!r}: {foreign}"
+            return f"unknown method {short(tag)!r}: {foreign[0]}"
         meant = did_you_mean(tag, METHOD_NAMES)
         if meant == "structured" and "unstructured" in tag.lower():  # the opposite of what was asked
             meant = None
@@ -1934,6 +1935,32 @@ def _message(e: Any) -> str:
         got = "null" if value is None else f"{_kind_of(value)} {short(repr(value), 40)}"
         return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
+
+
+# Keys other toolkits (and habit) name a pruning step's algorithm with: Distiller's `class:`, `type:` in many configs.
+_METHOD_WORDS = ("type", "name", "class", "pruner", "algorithm", "algo", "modifier", "kind", "strategy")
+
+
+def _no_method(entry: Any) -> str:
+    """What to say of a pruning entry without ``method:``: where the entry names its method under another key
+    (``Method: magnitude``, ``type: magnitude``, Distiller's ``class: AutomatedGradualPruner``), that key and the
+    ``method:`` to write; else the methods."""
+    methods = f"use one of {', '.join(map(repr, METHOD_NAMES))}"
+    for key, value in entry.items() if isinstance(entry, dict) else ():
+        if not isinstance(key, str) or not (key.lower() in _METHOD_WORDS or did_you_mean(key, ["method"])):
+            continue
+        if not isinstance(value, str):
+            return f"missing 'method:' ({short(key)}: is not a key of a pruning entry); {methods}"
+        foreign = foreign_method(value)
+        meant = value if value in METHOD_NAMES else did_you_mean(value, METHOD_NAMES)
+        if foreign:
+            write = f"write method: {foreign[1]} ({foreign[0]})"
+        elif meant and not (meant == "structured" and "unstructured" in value.lower()):
+            write = f"write method: {meant}"
+        else:
+            write = f"write method: with one of {', '.join(map(repr, METHOD_NAMES))}"
+        return f"missing 'method:'; {short(key)}: {short(value)!r} is not how an entry names its method: {write}"
+    return f"missing 'method:'; {methods}"
 
 
 def _kind_of(value: Any) -> str:

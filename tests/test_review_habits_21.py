@@ -117,3 +117,28 @@ def test_a_percentage_names_the_fraction(tmp_path, entry, field, fraction):
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, hint)
     with pytest.raises(RecipeError, match=re.escape(hint)):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("entry", "named", "write"),
+    [
+        # Each read only "missing 'method:'", naming neither the key the user did write nor the method it held.
+        ("Method: magnitude", "Method: 'magnitude'", "write method: magnitude"),
+        ("type: structured\n    ratio: 0.5", "type: 'structured'", "write method: structured"),
+        ("class: AutomatedGradualPruner", "class: 'AutomatedGradualPruner'", "write method: magnitude"),
+        ("name: l1_unstructured", "name: 'l1_unstructured'", "write method: magnitude"),
+    ],
+)
+def test_an_entry_naming_its_method_under_another_key_says_so(tmp_path, entry, named, write):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\npruning:\n  - {entry}\n    sparsity: 0.5\n", encoding="utf-8")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "pruning[0]", named, write)
+    assert "'structured'" not in line or "structured" in entry
+    with pytest.raises(RecipeError, match=re.escape(write)):
+        sparsekit.load_recipe(recipe)
+
+
+def test_an_entry_without_any_method_still_lists_the_methods(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning:\n  - sparsity: 0.5\n", encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "missing 'method:'; use one of 'magnitude'")
