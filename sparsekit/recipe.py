@@ -1917,6 +1917,11 @@ def _message(e: Any) -> str:
                 c != meant and difflib.SequenceMatcher(None, value.lower(), c.lower()).ratio() == ratio for c in choices
             ):
                 meant = None
+        if isinstance(value, bool) or value is None:
+            # `quantize: no` / `group: off` is YAML 1.1's false, `quantize: ~` its null: the user meant 'none'.
+            why = "YAML reads ~ as null" if value is None else "YAML reads unquoted yes/no/on/off as booleans"
+            write = "write none" if "none" in choices and not value else "write one of them"
+            return f"must be {expected} (got {got}; {why}): {write}"
         return f"must be {expected} (got {got})" + (f"; did you mean {meant!r}?" if meant else "")
     if kind == "string_type" and isinstance(value, bool | int | float):
         # A Sequential's layers are named 0, 1, ...: `include: [0]` is a number to YAML, and pydantic's "Input should

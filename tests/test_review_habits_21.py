@@ -142,3 +142,22 @@ def test_an_entry_without_any_method_still_lists_the_methods(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\npruning:\n  - sparsity: 0.5\n", encoding="utf-8")
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "missing 'method:'; use one of 'magnitude'")
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "field", "write"),
+    [
+        # YAML 1.1 reads `quantize: no` as false, `~` as null; "got a boolean False" said neither why nor what to write.
+        ("export", "{quantize: no}", "export.quantize", "write none"),
+        ("export", "{quantize: off}", "export.quantize", "write none"),
+        ("export", "{quantize: ~}", "export.quantize", "write none"),
+        ("finetune", "{optimizer: {name: yes}}", "finetune.optimizer.name", "write one of them"),
+    ],
+)
+def test_a_yaml_boolean_where_a_word_goes_says_why(tmp_path, where, text, field, write):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\n{where}: {text}\n", encoding="utf-8")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, write)
+    assert "YAML reads" in line
+    with pytest.raises(RecipeError, match=write):
+        sparsekit.load_recipe(recipe)
