@@ -158,11 +158,31 @@ def _inside(model: nn.Module, pattern: str) -> str:
     return ""
 
 
+def _foreign_pattern(model: nn.Module, pattern: str) -> str:
+    """How to write ``pattern`` when it is written as other toolkits name layers, as ``" ('fc1.weight' names a
+    parameter: ...; write 'fc1')"``; "" otherwise. SparseML's ``params:`` and Distiller's ``weights:`` name
+    parameters (``fc1.weight``), SparseML's ``__ALL_PRUNABLE__`` all layers and ``re:...`` a regular expression;
+    each was told only that it matched nothing."""
+    if pattern == "__ALL_PRUNABLE__":
+        return " (SparseML's __ALL_PRUNABLE__ is sparsekit's '*', which include is by default: leave it out)"
+    if pattern.startswith("re:"):
+        return (
+            " (a SparseML re: regular expression; sparsekit's patterns are shell globs: * any text, ? one "
+            "character, [12] one of these, as in 'features.*' or 'fc[12]')"
+        )
+    module_pattern, dot, param = pattern.rpartition(".")
+    if dot and param in ("weight", "bias") and any(fnmatchcase(n, module_pattern) for n, _ in model.named_modules()):
+        return (
+            f" ({pattern!r} names a parameter; layers are named as modules (named_modules()): write {module_pattern!r})"
+        )
+    return ""
+
+
 def _why_not(model: nn.Module, pattern: str) -> str:
     """Why the first module ``pattern`` matches is not prunable at all, as ``" ('rnn' is a GRU: ...)"``, or, for a
     module holding layers, how to name them (:func:`_inside`); "" when it matches none, or only prunable layers
     (of a type ``layers.types`` leaves out)."""
-    inside = _inside(model, pattern)
+    inside = _inside(model, pattern) or _foreign_pattern(model, pattern)
     if inside:
         return inside
     prunable = prunable_layers(model)
@@ -180,7 +200,10 @@ def check_names(model: nn.Module, names: list[str], where: str) -> None:
     all_names = [n for n, _ in model.named_modules() if n]
     for pattern in names:
         if not any(fnmatchcase(n, pattern) for n in all_names):
-            raise TargetError(f"{where}: {short(pattern, 120)!r} matches no layer; {_listing(model)}{_rename(where)}")
+            hint = _foreign_pattern(model, pattern)
+            raise TargetError(
+                f"{where}: {short(pattern, 120)!r} matches no layer{hint}; {_listing(model)}{_rename(where)}"
+            )
 
 
 def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") -> dict[str, nn.Module]:
@@ -211,7 +234,8 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     excludable = weighted_layers(model)
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in excludable):
-            listing = f"{_inside(model, pattern)}; {_listing(model)}{_rename(where + '.exclude')}"
+            why = _inside(model, pattern) or _foreign_pattern(model, pattern)
+            listing = f"{why}; {_listing(model)}{_rename(where + '.exclude')}"
             raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer{listing}")
     chosen = {
         n: m

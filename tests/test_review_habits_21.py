@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
+import yaml
 from click.testing import CliRunner
 from conftest import assert_bad_input
 
 import sparsekit
 from sparsekit.cli import main
-from sparsekit.errors import RecipeError
+from sparsekit.errors import RecipeError, TargetError
+from sparsekit.layers import check_names
 
 MAGNITUDE = "version: 1\npruning:\n  - method: magnitude\n"
 STRUCTURED = "version: 1\npruning:\n  - method: structured\n"
@@ -161,3 +164,34 @@ def test_a_yaml_boolean_where_a_word_goes_says_why(tmp_path, where, text, field,
     assert "YAML reads" in line
     with pytest.raises(RecipeError, match=write):
         sparsekit.load_recipe(recipe)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize(
+    ("entry", "hint"),
+    [
+        # SparseML's params: / Distiller's weights: name parameters, SparseML also __ALL_PRUNABLE__ and re:...; each
+        # was told only that it "matches no layer".
+        ("{method: magnitude, sparsity: 0.5, layers: [fc1.weight]}", "'fc1.weight' names a parameter"),
+        ("{method: magnitude, sparsity: 0.5, layers: {exclude: ['*.bias']}}", "write '*'"),
+        ("{method: magnitude, sparsity: 0.5, layers: [__ALL_PRUNABLE__]}", "sparsekit's '*'"),
+        ("{method: magnitude, sparsity: 0.5, layers: ['re:fc[12]']}", "shell globs"),
+    ],
+)
+def test_a_layer_named_as_other_toolkits_name_it_says_how_to_write_it(entry, hint):
+    recipe = sparsekit.Recipe(**yaml.safe_load(f"pruning: [{entry}]"))
+    with pytest.raises(TargetError, match=re.escape(hint)):
+        sparsekit.Pruner(_Tiny(), recipe, steps_per_epoch=1)
+
+
+def test_a_parameter_name_in_ignore_says_how_to_write_it():
+    with pytest.raises(TargetError, match=r"pruning\[0\]\.ignore: 'fc2\.weight' matches no layer .*write 'fc2'"):
+        check_names(_Tiny(), ["fc2.weight"], "pruning[0].ignore")
