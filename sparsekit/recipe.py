@@ -551,10 +551,11 @@ AUTO = "auto"
 sensitivity analysis (:mod:`sparsekit.sensitivity`), to meet ``target`` / ``target_macs`` / ``target_latency``."""
 
 
-def _fraction_or_auto(lower: str, auto: bool = True) -> Any:
+def _fraction_or_auto(lower: str, auto: bool = True, per_layer: str = "") -> Any:
     """A BeforeValidator for ``sparsity`` (``lower="ge"``: 0 allowed) and ``ratio`` (``"gt"``): ``"auto"``, or a
     finite number in the range, with the same error types (so the same messages) as a plain bounded float.
-    ``auto=False``: a fraction only (l1's ``target``), with the same checks and hints."""
+    ``auto=False``: a fraction only (l1's ``target``), with the same checks and hints. ``per_layer``: the key that
+    takes one value per layer (``layer_sparsity``), named when a mapping or list is given."""
 
     def check(value: Any) -> Any:
         if auto and value == AUTO:
@@ -570,6 +571,14 @@ def _fraction_or_auto(lower: str, auto: bool = True) -> Any:
                     "got": short(repr(value), 40),
                     "hint": _text_hint(value),
                 },
+            )
+        if per_layer and isinstance(value, dict | list):
+            # NNI's and SparseML's habit of one value per layer (`sparsity: {fc1: 0.5}`) was "must be a number".
+            raise PydanticCustomError(
+                "fraction_or_auto",
+                "must be one number (or 'auto'), not {kind}; per-layer values go in {per_layer}: {form}, beside "
+                "this one for the layers not listed",
+                {"kind": _kind_of(value), "per_layer": per_layer, "form": "{layer: fraction}"},
             )
         value = _number(value)
         if not isinstance(value, int | float):
@@ -598,8 +607,12 @@ def _fraction_or_auto(lower: str, auto: bool = True) -> Any:
 
 # The number's range is stated twice: in the check (which runs first and words every error) and in the
 # type, so that the schema, and docs/recipe.md generated from it, show it.
-SparsityValue = Annotated[Annotated[float, Field(ge=0, lt=1)] | Literal["auto"], _fraction_or_auto("ge")]
-RatioValue = Annotated[Annotated[float, Field(gt=0, lt=1)] | Literal["auto"], _fraction_or_auto("gt")]
+SparsityValue = Annotated[
+    Annotated[float, Field(ge=0, lt=1)] | Literal["auto"], _fraction_or_auto("ge", per_layer="layer_sparsity")
+]
+RatioValue = Annotated[
+    Annotated[float, Field(gt=0, lt=1)] | Literal["auto"], _fraction_or_auto("gt", per_layer="layer_ratio")
+]
 LayerFraction = Annotated[Float, Field(ge=0, lt=1)]
 MAX_LAYER_VALUES = 100_000  # entries of layer_sparsity / layer_ratio: far more layers than any network has
 

@@ -195,3 +195,24 @@ def test_a_layer_named_as_other_toolkits_name_it_says_how_to_write_it(entry, hin
 def test_a_parameter_name_in_ignore_says_how_to_write_it():
     with pytest.raises(TargetError, match=r"pruning\[0\]\.ignore: 'fc2\.weight' matches no layer .*write 'fc2'"):
         check_names(_Tiny(), ["fc2.weight"], "pruning[0].ignore")
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "per_layer"),
+    [
+        # NNI's and SparseML's one-value-per-layer habit read only "must be a number or 'auto'".
+        (
+            MAGNITUDE + "    sparsity: {fc1: 0.5, fc2: 0.9}\n",
+            "pruning[0].sparsity",
+            "layer_sparsity: {layer: fraction}",
+        ),
+        (MAGNITUDE + "    sparsity: [0.5, 0.9]\n", "pruning[0].sparsity", "layer_sparsity"),
+        (STRUCTURED + "    ratio: {fc1: 0.5}\n", "pruning[0].ratio", "layer_ratio: {layer: fraction}"),
+    ],
+)
+def test_per_layer_values_in_the_size_key_name_the_per_layer_key(tmp_path, entry, field, per_layer):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(entry, encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, f"per-layer values go in {per_layer}")
+    with pytest.raises(RecipeError, match=re.escape(per_layer)):
+        sparsekit.load_recipe(recipe)
