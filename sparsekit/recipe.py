@@ -1923,8 +1923,11 @@ def _message(e: Any) -> str:
             )
         expected = str(ctx.get("expected", "?"))
         choices = re.findall(r"'([^']*)'", expected)
-        meant = did_you_mean(value, choices) if isinstance(value, str) else None
-        if meant and isinstance(value, str):  # 'Conv' is as close to Conv1d as to Conv3d: a guess would mislead
+        # `torch.nn.Conv2d` (as Torch-Pruning and NNI code name a layer type) is a class path: its last part counts.
+        plain = value.rpartition(".")[2] if isinstance(value, str) else None
+        meant = plain if plain in choices else did_you_mean(value, choices) if isinstance(value, str) else None
+        # 'Conv' is as close to Conv1d as to Conv3d: a guess would mislead
+        if meant and meant != plain and isinstance(value, str):
             ratio = difflib.SequenceMatcher(None, value.lower(), meant.lower()).ratio()
             if any(
                 c != meant and difflib.SequenceMatcher(None, value.lower(), c.lower()).ratio() == ratio for c in choices

@@ -216,3 +216,12 @@ def test_per_layer_values_in_the_size_key_name_the_per_layer_key(tmp_path, entry
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, f"per-layer values go in {per_layer}")
     with pytest.raises(RecipeError, match=re.escape(per_layer)):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize(("written", "meant"), [("torch.nn.Conv2d", "Conv2d"), ("torch.nn.Linear", "Linear")])
+def test_a_layer_type_written_as_its_class_path_names_the_type(tmp_path, written, meant):
+    # NNI's op_types and Torch-Pruning's code name torch.nn.Conv2d; no "did you mean" came for the full path.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"{MAGNITUDE}    sparsity: 0.5\n    layers: {{types: [{written}]}}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert_bad_input(result, "pruning[0].layers.types[0]", f"did you mean {meant!r}?")
