@@ -1954,6 +1954,12 @@ def _message(e: Any) -> str:
             form = "a list of layer-name globs, written [fc1, 'features.*'], or a mapping {include, exclude, types}"
         value = e.get("input")
         got = "null" if value is None else f"{_kind_of(value)} {short(repr(value), 40)}"
+        # `optimizer: adam`, `lr_schedule: cosine` (how Lightning and Hugging Face configs name them): the word is
+        # the mapping's name, and saying so is the remedy.
+        section = section_at(tuple(e["loc"])) if kind == "model_type" else None
+        name = section.model_fields.get("name") if section else None
+        if name is not None and isinstance(value, str) and value in re.findall(r"'([^']*)'", str(name.annotation)):
+            return f"must be {form} (got {got}): write it as {{name: {value}}}"
         return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
 

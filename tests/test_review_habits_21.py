@@ -225,3 +225,20 @@ def test_a_layer_type_written_as_its_class_path_names_the_type(tmp_path, written
     recipe.write_text(f"{MAGNITUDE}    sparsity: 0.5\n    layers: {{types: [{written}]}}\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["validate", str(recipe)])
     assert_bad_input(result, "pruning[0].layers.types[0]", f"did you mean {meant!r}?")
+
+
+@pytest.mark.parametrize(
+    ("finetune", "field", "write"),
+    [
+        # Lightning / Hugging Face configs name these with a word; "must be a mapping (got text 'adam')" did not say
+        # that the word is the mapping's name.
+        ("{optimizer: adam}", "finetune.optimizer", "write it as {name: adam}"),
+        ("{lr_schedule: cosine}", "finetune.lr_schedule", "write it as {name: cosine}"),
+    ],
+)
+def test_a_word_where_a_named_mapping_goes_says_to_write_its_name(tmp_path, finetune, field, write):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\nfinetune: {finetune}\n", encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, write)
+    with pytest.raises(RecipeError, match=re.escape(write)):
+        sparsekit.load_recipe(recipe)
