@@ -1637,6 +1637,11 @@ FOREIGN_KEYS: dict[str, tuple[str, str, str]] = {
     "exclude_op_names": ("NNI", "layers.exclude", _LAYER_NAMES),
     "ignored_layers": ("Torch-Pruning", "layers.exclude", _LAYER_NAMES),
     "global_pruning": ("Torch-Pruning", "scope", "global or layer"),
+    # training settings, as Keras, Lightning and Hugging Face Trainer name them
+    "learning_rate": ("Keras / Hugging Face", "lr", ""),
+    "max_epochs": ("Lightning", "epochs", ""),
+    "num_train_epochs": ("Hugging Face", "epochs", ""),
+    "per_device_train_batch_size": ("Hugging Face", "batch_size", ""),
     # the lists that hold other toolkits' pruning steps, at a recipe's top
     "modifiers": ("SparseML", "pruning", "a list of entries, each {method: ..., ...}"),
     "config_list": ("NNI", "pruning", "a list of entries, each {method: ..., ...}"),
@@ -1669,6 +1674,10 @@ def foreign_home(section: type[BaseModel] | None, key: str) -> tuple[str, str, s
     whose, path, note = FOREIGN_KEYS[key]
     method = _method_of(section)
     path = _FOREIGN_PATHS.get((method or "", path), path)
+    if "." not in path and path not in section.model_fields:
+        # `finetune: {learning_rate: ...}`: lr is a key of finetune.optimizer, one level down
+        nested = _nested_home(section, path)
+        return (whose, nested, note) if nested else None
     tp: Any = section
     for part in path.split("."):  # a path the section lacks (max_norm has no size; the top has no schedule)
         # `schedule` is a mapping or 'oneshot': the mapping among a union's members holds the keys

@@ -242,3 +242,19 @@ def test_a_word_where_a_named_mapping_goes_says_to_write_its_name(tmp_path, fine
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, write)
     with pytest.raises(RecipeError, match=re.escape(write)):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "meant"),
+    [
+        # Training settings as Keras / Lightning / Hugging Face name them listed the keys, or guessed nothing.
+        ("finetune: {optimizer: {name: adam, learning_rate: 0.1}}", "finetune.optimizer.learning_rate", "is lr"),
+        ("finetune: {learning_rate: 0.1}", "finetune.learning_rate", "write it as optimizer: {lr: ...}"),
+        ("num_train_epochs: 3", "num_train_epochs", "write it as finetune: {epochs: ...}"),
+        ("data: {per_device_train_batch_size: 8}", "data.per_device_train_batch_size", "sparsekit's is batch_size"),
+    ],
+)
+def test_a_training_key_of_another_toolkit_names_the_sparsekit_key(tmp_path, text, field, meant):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\n{text}\n", encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, meant)
