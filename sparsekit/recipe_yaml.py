@@ -245,6 +245,23 @@ def _long_key(text: str, mark: Any) -> int | None:
     return len(key) if len(key) > MAX_IMPLICIT_KEY else None
 
 
+def _modifier_hint(tag: str) -> str:
+    """For a SparseML recipe's ``!GlobalMagnitudePruningModifier`` tag: what sparsekit writes instead; else ""."""
+    from .recipe import foreign_method  # recipe imports this module
+
+    name = tag.removeprefix("!")
+    if not name.endswith("Modifier"):
+        return ""
+    foreign = foreign_method(name)
+    if foreign:
+        return (
+            f"; a SparseML modifier is written as a pruning entry: {foreign[0]} (pruning: [{{method: {foreign[1]}}}])"
+        )
+    if name == "EpochRangeModifier":
+        return "; a SparseML modifier: its end_epoch is sparsekit's finetune.epochs"
+    return "; a SparseML modifier: write its settings as sparsekit keys (pruning entries, finetune)"
+
+
 def _yaml_problem(err: yaml.YAMLError, text: str = "") -> tuple[str, Any]:
     """(what is wrong, mark) for a PyYAML error, in a user's words."""
     problem = str(getattr(err, "problem", None) or "")
@@ -263,7 +280,7 @@ def _yaml_problem(err: yaml.YAMLError, text: str = "") -> tuple[str, Any]:
         if tag:
             return (
                 f"YAML tag not allowed ({_tag(tag.group(1))}); recipes are plain data: mappings, lists, "
-                "strings, numbers, true/false and null",
+                f"strings, numbers, true/false and null{_modifier_hint(tag.group(1))}",
                 mark,
             )
         if "unhashable key" in problem:

@@ -258,3 +258,25 @@ def test_a_training_key_of_another_toolkit_names_the_sparsekit_key(tmp_path, tex
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"version: 1\n{text}\n", encoding="utf-8")
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, meant)
+
+
+@pytest.mark.parametrize(
+    ("tag", "hint"),
+    [
+        # A SparseML recipe's first line refused the tag and said nothing of what sparsekit writes instead.
+        (
+            "!GlobalMagnitudePruningModifier",
+            "a pruning entry: SparseML's GlobalMagnitudePruningModifier is sparsekit's",
+        ),
+        ("!EpochRangeModifier", "its end_epoch is sparsekit's finetune.epochs"),
+        ("!LearningRateModifier", "write its settings as sparsekit keys"),
+    ],
+)
+def test_a_sparseml_modifier_tag_says_what_sparsekit_writes(tmp_path, tag, hint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\npruning:\n  - {tag}\n    final_sparsity: 0.9\n", encoding="utf-8")
+    assert_bad_input(
+        CliRunner().invoke(main, ["validate", str(recipe)]), "r.yaml (line 3", "YAML tag not allowed", hint
+    )
+    with pytest.raises(RecipeError, match=re.escape(hint)):
+        sparsekit.load_recipe(recipe)
