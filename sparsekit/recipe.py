@@ -593,6 +593,12 @@ def _fraction_or_auto(lower: str, auto: bool = True, per_layer: str = "") -> Any
             raise PydanticCustomError(
                 "fraction_range", "must be < 1: a fraction (0.5 is half), got {got}", {"got": value}
             )
+        if value == 100:  # 100%: "did you mean 1?" offered a value refused as well ("must be < 1")
+            raise PydanticCustomError(
+                "percentage_not_fraction",
+                "must be < 1: a fraction, not a percentage; 100% would leave the selected layers nothing (0.99 "
+                "keeps 1%)",
+            )
         if 2 <= value <= 100:  # a percentage where a fraction is meant
             raise PydanticCustomError(
                 "percentage_not_fraction", "must be < 1: a fraction, not a percentage (did you mean {fraction}?)",

@@ -280,3 +280,12 @@ def test_a_sparseml_modifier_tag_says_what_sparsekit_writes(tmp_path, tag, hint)
     )
     with pytest.raises(RecipeError, match=re.escape(hint)):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize("entry", [MAGNITUDE + "    sparsity: 100\n", STRUCTURED + "    ratio: 100\n"])
+def test_a_hundred_percent_is_not_answered_with_one(tmp_path, entry):
+    # "did you mean 1?" offered a value that is refused too ("must be < 1").
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(entry, encoding="utf-8")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "must be < 1", "0.99 keeps 1%")
+    assert "did you mean 1?" not in line
