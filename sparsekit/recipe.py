@@ -42,6 +42,7 @@ from .recipe_yaml import (
     check_plain_data,
     describe,
     dotted_path,
+    not_a_mapping,
     override_list,
     read_yaml,
 )
@@ -2166,7 +2167,7 @@ def validate_recipe(
     including values that are not plain data. ``trainer=True``: for a trainer callback, whose trainer sets the
     epochs: a recipe without a ``finetune`` section is not checked against ``finetune.epochs``."""
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}: the recipe must be a YAML mapping (got {type(data).__name__})")
+        raise RecipeError(f"{source}: {not_a_mapping(data)}")
     check_plain_data(data, source)
     try:
         recipe = Recipe.model_validate(data, context={"trainer": trainer})

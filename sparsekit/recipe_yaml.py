@@ -571,6 +571,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise RecipeError(f"{path}: the recipe is empty; start from a shipped one (`sparsekit recipes`)")
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: the recipe must be a YAML mapping (got {type(data).__name__})")
+        raise RecipeError(f"{path}: {not_a_mapping(data)}")
     check_plain_data(data, str(path))
     return data
+
+
+def not_a_mapping(data: Any) -> str:
+    """Why a recipe that is not a mapping is refused, and, for a list of mappings (a file holding only the pruning
+    steps, as NNI's config_list is written), where such a list goes."""
+    why = f"the recipe must be a YAML mapping (got {type(data).__name__})"
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        why += (
+            "; a list of pruning entries goes under the key pruning: write `version: 1` and `pruning:` on lines "
+            "of their own above it, the list indented under pruning:"
+        )
+    return why

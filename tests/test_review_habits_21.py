@@ -289,3 +289,16 @@ def test_a_hundred_percent_is_not_answered_with_one(tmp_path, entry):
     recipe.write_text(entry, encoding="utf-8")
     line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "must be < 1", "0.99 keeps 1%")
     assert "did you mean 1?" not in line
+
+
+@pytest.mark.parametrize(
+    "text", ["- sparsity_per_layer: 0.8\n  op_types: [Linear]\n", "- method: magnitude\n  sparsity: 0.8\n"]
+)
+def test_a_recipe_that_is_a_list_of_entries_says_where_they_go(tmp_path, text):
+    # An NNI config_list file (a bare list of steps) read only "the recipe must be a YAML mapping (got list)".
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    hint = "a list of pruning entries goes under the key pruning"
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "must be a YAML mapping (got list)", hint)
+    with pytest.raises(RecipeError, match=hint):
+        sparsekit.load_recipe(recipe)
