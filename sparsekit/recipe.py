@@ -1972,12 +1972,29 @@ def _message(e: Any) -> str:
         got = "null" if value is None else f"{_kind_of(value)} {short(repr(value), 40)}"
         # `optimizer: adam`, `lr_schedule: cosine` (how Lightning and Hugging Face configs name them): the word is
         # the mapping's name, and saying so is the remedy.
+        if kind == "list_type" and tuple(e["loc"]) == ("pruning",) and isinstance(value, dict):
+            return f"must be {form} (got {got}): {_pruning_as_list(value)}"
         section = section_at(tuple(e["loc"])) if kind == "model_type" else None
         name = section.model_fields.get("name") if section else None
         if name is not None and isinstance(value, str) and value in re.findall(r"'([^']*)'", str(name.annotation)):
             return f"must be {form} (got {got}): write it as {{name: {value}}}"
         return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
+
+
+def _pruning_as_list(value: dict[Any, Any]) -> str:
+    """How to write ``pruning:`` given as a mapping: one entry without its ``- ``, or entries keyed by their method
+    (``magnitude: {sparsity: 0.8}``, the way Distiller's ``pruners:`` are keyed by name)."""
+    if "method" in value:
+        return "a list of entries, each starting with '- ' (write '- method: ...' under pruning:)"
+    entries = [
+        f"{{method: {key}, {', '.join(f'{k}: {short(str(v), 20)}' for k, v in list(settings.items())[:3])}}}"
+        for key, settings in value.items()
+        if key in METHOD_NAMES and isinstance(settings, dict)
+    ]
+    if entries:
+        return f"an entry names its method inside it: write pruning: [{', '.join(entries[:3])}]"
+    return "a list of entries, each {method: ..., ...} and starting with '- '"
 
 
 # Keys other toolkits (and habit) name a pruning step's algorithm with: Distiller's `class:`, `type:` in many configs.

@@ -302,3 +302,20 @@ def test_a_recipe_that_is_a_list_of_entries_says_where_they_go(tmp_path, text):
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "must be a YAML mapping (got list)", hint)
     with pytest.raises(RecipeError, match=hint):
         sparsekit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("pruning", "hint"),
+    [
+        # Entries keyed by method (as Distiller keys its pruners) or one entry without its '- ' read only "must be a
+        # list, written [a, b]".
+        ("  magnitude:\n    sparsity: 0.8\n", "write pruning: [{method: magnitude, sparsity: 0.8}]"),
+        ("  method: magnitude\n  sparsity: 0.8\n", "write '- method: ...' under pruning:"),
+    ],
+)
+def test_pruning_written_as_a_mapping_says_how_to_write_the_list(tmp_path, pruning, hint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"version: 1\npruning:\n{pruning}", encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "pruning: must be a list", hint)
+    with pytest.raises(RecipeError, match=re.escape(hint)):
+        sparsekit.load_recipe(recipe)
