@@ -3,7 +3,7 @@
 A recipe is YAML with ``version: 1``. Every validation error is reported with its YAML path, e.g.
 ``pruning[0].sparsity: must be < 1``.
 
->>> recipe = load_recipe("lenet-gradual-magnitude-90", overrides=["finetune.epochs=2"])  # or a file's path
+>>> recipe = load_recipe("lenet-gradual-magnitude-90", overrides=["finetune.epochs=4"])  # or a file's path
 """
 
 from __future__ import annotations

@@ -319,3 +319,17 @@ def test_pruning_written_as_a_mapping_says_how_to_write_the_list(tmp_path, pruni
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "pruning: must be a list", hint)
     with pytest.raises(RecipeError, match=re.escape(hint)):
         sparsekit.load_recipe(recipe)
+
+
+def test_the_recipe_modules_docstring_examples_run():
+    # The module's example loaded the shipped LeNet recipe with finetune.epochs=2, which its schedule (end_epoch 3)
+    # refuses: the first line a Python user copies raised a RecipeError.
+    import doctest
+
+    import sparsekit.recipe as recipe_module
+
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in finder.find(recipe_module, globs=vars(recipe_module).copy()):
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
