@@ -1623,6 +1623,7 @@ An unknown-key error says why (``structured`` takes ``ratio``, not ``sparsity``)
 # recipe writes these first, and a spelling guess sent some to the wrong key (`ignored_layers`: "did you mean
 # 'layers'?", where `ignore` is meant). The path may depend on the method: SIZE is the key that sizes the entry's work.
 SIZE = "<size>"
+PER_LAYER = "<per-layer>"  # the key that takes one value per layer: layer_sparsity, or layer_ratio (structured)
 _LAYER_NAMES = "module names from named_modules(), like fc1, not parameter names like fc1.weight"
 FOREIGN_KEYS: dict[str, tuple[str, str, str]] = {
     "final_sparsity": ("SparseML / Distiller", SIZE, ""),
@@ -1644,6 +1645,8 @@ FOREIGN_KEYS: dict[str, tuple[str, str, str]] = {
     "exclude_op_names": ("NNI", "layers.exclude", _LAYER_NAMES),
     "ignored_layers": ("Torch-Pruning", "layers.exclude", _LAYER_NAMES),
     "global_pruning": ("Torch-Pruning", "scope", "global or layer"),
+    "pruning_ratio_dict": ("Torch-Pruning", PER_LAYER, "{layer: fraction}, keyed by module name"),
+    "max_sparsity_per_layer": ("NNI", "max_layer_sparsity", ""),
     # training settings, as Keras, Lightning and Hugging Face Trainer name them
     "learning_rate": ("Keras / Hugging Face", "lr", ""),
     "max_epochs": ("Lightning", "epochs", ""),
@@ -1663,6 +1666,9 @@ _FOREIGN_PATHS: dict[tuple[str, str], str] = {
     ("gradient", SIZE): "sparsity",
     ("l1", SIZE): "target",
     ("structured", SIZE): "ratio",
+    ("magnitude", PER_LAYER): "layer_sparsity",
+    ("gradient", PER_LAYER): "layer_sparsity",
+    ("structured", PER_LAYER): "layer_ratio",
     ("structured", "layers.exclude"): "ignore",  # Torch-Pruning's ignored_layers: outputs never pruned
     ("magnitude", "steps"): "schedule.every",
     ("gradient", "steps"): "schedule.every",

@@ -38,6 +38,7 @@ from .recipe import (
     METHOD_NAMES,
     METHOD_SPECS,
     MISPLACED_KEYS,
+    PER_LAYER,
     RECIPE_DOCS,
     SIZE,
     Recipe,
@@ -434,7 +435,7 @@ def _foreign() -> list[str]:
         "|---|---|---|---|",
     ]
     for key, (whose, path, note) in FOREIGN_KEYS.items():
-        home = "size" if path == SIZE else f"`{path}`"
+        home = {SIZE: "size", PER_LAYER: "`layer_sparsity` (`layer_ratio` for structured)"}.get(path, f"`{path}`")
         if path == "layers.exclude":
             home += " (`ignore` for structured)"
         if path == "steps":

@@ -333,3 +333,25 @@ def test_the_recipe_modules_docstring_examples_run():
     for test in finder.find(recipe_module, globs=vars(recipe_module).copy()):
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "meant"),
+    [
+        (STRUCTURED + "    ratio: 0.5\n    pruning_ratio_dict: {fc1: 0.3}\n", "pruning_ratio_dict", "is layer_ratio"),
+        (
+            MAGNITUDE + "    sparsity: 0.5\n    pruning_ratio_dict: {fc1: 0.3}\n",
+            "pruning_ratio_dict",
+            "is layer_sparsity",
+        ),
+        (
+            MAGNITUDE + "    sparsity: 0.5\n    max_sparsity_per_layer: 0.9\n",
+            "max_sparsity_per_layer",
+            "max_layer_sparsity",
+        ),
+    ],
+)
+def test_per_layer_keys_of_other_toolkits_name_the_sparsekit_key(tmp_path, entry, field, meant):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(entry, encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), f"pruning[0].{field}: unknown key", meant)
