@@ -2330,14 +2330,23 @@ def report(folder: Path | None, schema: bool, debug: bool) -> None:
         remedy="report rewrites report.json, report.md and the plots: move yours away and report again (a report.json "
         "sparsekit did not write cannot be re-rendered: put back the run's own, or prune again into a new folder)",
     )
+    from .fsutil import sigint_deferred
+
     run.lock()
     try:
         try:
             written = write_report(data, folder)
-        except SparsekitError:  # plots not drawn: report.json / report.md were rewritten all the same
-            run.record([folder / "report.json", folder / "report.md"])
+            with sigint_deferred():
+                run.record(written)
+        except BaseException:
+            # Stopped part way (Ctrl-C, SIGTERM, plots not drawn): each file is replaced atomically, so every one
+            # of them is now the run's (checked above, locked since) or this rendering. Recorded as they are: left
+            # unrecorded, a rendering that differs from the run's (a newer sparsekit or matplotlib) made report,
+            # --resume and --overwrite refuse the folder's own files as edited.
+            # What stopped it is the error to report, not a manifest that cannot be written (a read-only disk).
+            with sigint_deferred(), contextlib.suppress(SparsekitError, OSError):
+                run.record([folder / n for n in ("report.json", "report.md", *PLOT_FILES) if (folder / n).is_file()])
             raise
-        run.record(written)
     finally:
         run.unlock()
     # report.json and the plots are rewritten too (the help says so): name them all, not report.md alone.
