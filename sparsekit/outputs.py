@@ -407,11 +407,13 @@ class RunFolder:
                 with contextlib.suppress(OSError):
                     os.replace(backup / rel, self.out / rel)
         shutil.rmtree(backup, ignore_errors=True)
-        _write_manifest(self.meta / PENDING, new)
         moved: list[str] = []
         placed: list[str] = []
         with sigint_deferred():
             try:
+                # Inside the held, undone block: a Ctrl-C just after it was written left it behind with nothing
+                # moved, and the untouched earlier results read as a swap a kill cut short (report refused them).
+                _write_manifest(self.meta / PENDING, new)
                 for rel in old:
                     (backup / rel).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(self.out / rel, backup / rel)

@@ -44,3 +44,30 @@ def test_a_report_rerender_stopped_part_way_leaves_the_folder_its_own(finished, 
     again = run("report", finished)
     assert again.exit_code == 0, again.output + again.stderr
     assert "newer wording" not in (finished / "report.md").read_text()
+
+
+def test_a_stop_just_after_the_pending_manifest_is_written_leaves_no_half_swap(tmp_path, monkeypatch):
+    # A Ctrl-C landing between writing manifest.next.json and the swap left it behind: the earlier results, not
+    # touched, then read as a swap a kill cut short ('sparsekit report' refused the folder).
+    from sparsekit import outputs
+
+    out = tmp_path / "out"
+    folder = outputs.RunFolder(out)
+    (folder.begin() / "report.md").write_text("run 1\n")
+    folder.publish()
+    folder.unlock()
+    again = outputs.RunFolder(out, resume=True)
+    (again.begin() / "report.md").write_text("run 2\n")
+    write = outputs._write_manifest
+
+    def stopped(path, files):
+        write(path, files)
+        if path.name == outputs.PENDING:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "_write_manifest", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        again.publish()
+    again.unlock()
+    assert not outputs.RunFolder(out).swap_unfinished()
+    assert (out / "report.md").read_text() == "run 1\n"
