@@ -765,7 +765,7 @@ def _run(
         # runs the training loop says where it was itself, and finalizing says that training had finished.
         with clock("finetune"):
             model, history, pruner = prune_model(
-                model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir
+                model, recipe, inputs, stage, resume=resume, progress=progress, log_dir=log_dir, final_out=final_out
             )
         if recipe.finetune.epochs:
             epochs = recipe.finetune.epochs
@@ -1022,6 +1022,7 @@ def prune_model(
     resume: bool,
     progress: bool,
     log_dir: Path | None = None,
+    final_out: Path | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], Pruner]:
     """Prune while fine-tuning (checkpoints in ``stage/checkpoints``), or, with no fine-tuning epochs,
     calibrate gradient-based methods on a few batches; returns the finalized model in eval mode, the
@@ -1045,6 +1046,7 @@ def prune_model(
             progress=progress or "lines",  # no bar wanted: still one line per epoch (only rank 0 prints)
             checkpoint_dir=stage / "checkpoints",
             resume=resume,
+            checkpoint_shown=final_out / "checkpoints" if final_out else None,  # where the user finds it
             log_dir=log_dir,
             teacher=teacher,
             provenance=inputs.provenance,

@@ -347,6 +347,7 @@ def finetune(
     progress: bool | Literal["lines"] = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    checkpoint_shown: str | Path | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     log_dir: str | Path | None = None,
     teacher: nn.Module | None = None,
@@ -388,7 +389,9 @@ def finetune(
     resolved recipe, plus whatever the caller adds in ``provenance`` (the CLI adds the model file's and
     the data's hashes); a resume under a different one is refused naming each field that changed, except
     the fields named in ``allow_changes`` (only :data:`~sparsekit.provenance.SAFE_CHANGES`: more epochs,
-    the device, the export and benchmark sections). With ``log_dir``, per-step and per-epoch metrics
+    the device, the export and benchmark sections). ``checkpoint_shown``: the folder progress lines name instead of
+    ``checkpoint_dir`` (``sparsekit prune`` trains in a staging folder and publishes its checkpoints to
+    ``OUT/checkpoints``, where the user finds them). With ``log_dir``, per-step and per-epoch metrics
     go to CSV (and TensorBoard when installed), see :mod:`sparsekit.metrics_log`.
 
     With ``finetune.distill`` set, the loss is Hinton et al.'s mix of cross-entropy and the dense model's
@@ -482,15 +485,16 @@ def finetune(
     masks_before = pruner.masks() if metrics_log else {}
     bar_shown = progress is True and main and sys.stderr.isatty()
     lines = main and (progress == "lines" or (progress is True and not bar_shown))
+    shown = Path(checkpoint_shown) / "last.pt" if checkpoint_shown and ckpt else ckpt
     if resume and first_epoch and main and progress:
-        done = f"resuming from {ckpt}: {first_epoch} of {spec.epochs} epochs finished"
+        done = f"resuming from {shown}: {first_epoch} of {spec.epochs} epochs finished"
         _say(
             f"{done}, continuing with epoch {first_epoch + 1}"
             if first_epoch < spec.epochs
             else f"{done}, none left: only what follows training runs again"
         )
     elif resume and ckpt and main and progress:
-        _say(f"resuming: no epoch was checkpointed ({ckpt} does not exist yet), so training starts at epoch 1")
+        _say(f"resuming: no epoch was checkpointed ({shown} does not exist yet), so training starts at epoch 1")
     epoch = finished = first_epoch  # for the Ctrl-C message: the epoch running, the last one checkpointed
     try:
         with progress_bar(bar_shown) as bar:
