@@ -2366,7 +2366,8 @@ def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) ->
     A file may name a model factory or data callable (pkg.module:callable); sparsekit runs it only
     if you name it yourself this run (--arch, --data) or trust its module here or with --trust-code.
     A module is trusted as the place it is imported from here (its top-level package's file, found
-    without importing it): a package of the same name in another folder is not. Standard-library and tool modules are never trusted.
+    without importing it): a package of the same name in another folder is not. Standard-library and
+    tool modules are never trusted.
 
     \b
     Examples:
