@@ -87,7 +87,10 @@ def _text_hint(value: str) -> str:
     # `90%` is how SparseML's docs, NNI's tables and most papers state a sparsity; sparsekit takes the fraction.
     percent = re.fullmatch(r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))\s*%\s*", value)
     if percent:
-        return f": a percentage; write it as the fraction {float(percent.group(1)) / 100:g}"
+        fraction = float(percent.group(1)) / 100
+        if not 0 <= fraction < 1:  # "write it as the fraction 1" offered a value refused as well
+            return ": a percentage, out of range as a fraction too (0.99 is 99%)"
+        return f": a percentage; write it as the fraction {fraction:g}"
     try:
         # float() reads "nan" and "inf" too: they are no number a recipe field takes, quoted or not.
         return ": write it without quotes" if math.isfinite(float(value)) else ": use a finite number"

@@ -355,3 +355,11 @@ def test_per_layer_keys_of_other_toolkits_name_the_sparsekit_key(tmp_path, entry
     recipe = tmp_path / "r.yaml"
     recipe.write_text(entry, encoding="utf-8")
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), f"pruning[0].{field}: unknown key", meant)
+
+
+@pytest.mark.parametrize("written", ["100%", "150%", "-5%"])
+def test_a_percentage_out_of_range_is_not_offered_a_fraction_refused_too(written):
+    with pytest.raises(RecipeError) as err:
+        sparsekit.load_recipe({"pruning": [{"method": "magnitude", "sparsity": written}]})
+    assert "write it as the fraction" not in str(err.value)
+    assert "out of range" in str(err.value)
