@@ -820,6 +820,31 @@ def precheck_model_file(path: Path) -> None:
     refuse_onnx(path)
     if path.suffix.lower() not in (".safetensors", ".pt2"):  # those have their own readers and messages
         _refuse_text(path)
+    if _not_loadable(path):
+        # Bytes no reader takes fail at once, so the full read costs nothing here and words the error as
+        # read_model does; a loadable file is not read twice.
+        _read(path, trust=False)
+
+
+def _not_loadable(path: Path) -> bool:
+    """Whether ``path``'s first bytes (and zip directory) already show no reader takes it: a file named
+    .safetensors without that layout, a zip archive cut short or of numpy arrays (.npz), or bytes that are neither
+    a zip archive nor a binary pickle (the weights-only loader reads pickle protocol 2 and up, which start 0x80).
+    Anything else, including a torch archive whose members are damaged, is left to the full read."""
+    if path.suffix.lower() == ".pt2":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    laid_out = len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+    if path.suffix.lower() == ".safetensors" or laid_out:
+        return not laid_out
+    if head[:4] == b"PK\x03\x04":
+        return _truncated_zip(path) or _numpy_archive(path)
+    return head[:1] != b"\x80"
 
 
 def refuse_onnx(path: Path) -> None:
