@@ -466,6 +466,7 @@ def run_sensitivity(
     None, "recipe": the allocated recipe or None}``. Raises the errors of a prune run's input checks
     (:func:`sparsekit.pipeline.check_inputs`) and :class:`~sparsekit.errors.OutputError` for ``out``."""
     from .allocation import allocate_with_details
+    from .modelio import precheck_model_file
     from .outputs import guard_location
     from .pipeline import check_inputs
     from .sensitivity import _ANALYSED, NOTHING_TO_ANALYSE, RESUME_REFUSED, SensitivityTable, analyze, auto_entries
@@ -476,6 +477,8 @@ def run_sensitivity(
         # Only an override of a method (or of a whole entry or the list) can have left no entry to analyse.
         where = recipe.blame(NOTHING_TO_ANALYSE, decided_by=["method"]) or "recipe"
         raise TargetError(f"{where}: {NOTHING_TO_ANALYSE}")
+    # The user's own model file before the output folder (as a prune run): a missing or unreadable one first.
+    precheck_model_file(Path(model_path))
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is not a folder; choose another output folder ({option('output')})")
     # As for a prune run: never the root or home folder, nor a folder holding the model, recipe or data.

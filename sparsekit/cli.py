@@ -1170,12 +1170,14 @@ def export(
     part = _logits_part(logits)
     _load_native("torch", "onnxruntime")
     from .inspection import GUESSED, check_input_shape, shape_origin
-    from .modelio import infer_input_shape, read_model, refuse_onnx
+    from .modelio import infer_input_shape, precheck_model_file, read_model
     from .onnx import export_onnx
     from .onnx.export import export_int8
     from .report import parity_scale
 
-    refuse_onnx(model)  # first: with no -o, MODEL.onnx would be "-o MODEL: is the input MODEL", an option not given
+    # First: the user's own file (missing, ONNX, text, bytes no reader takes) before where the result goes; with
+    # no -o, MODEL.onnx would be "-o MODEL: is the input MODEL", an option not given.
+    precheck_model_file(model)
     out = out or model.with_suffix(".onnx")
     fp32_out = out.with_suffix(".fp32.onnx") if keep_fp32 else None
     targets = [out]

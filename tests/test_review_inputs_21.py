@@ -35,3 +35,19 @@ def test_prune_names_a_damaged_model_file_before_an_occupied_output_folder(tmp_p
     model = _damaged(tmp_path, kind)
     result = CliRunner().invoke(main, ["prune", str(model), "lenet-gradual-magnitude-90", "-o", str(occupied)])
     assert_bad_input(result, str(model), "not a readable PyTorch checkpoint")
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "garbage"])
+@pytest.mark.parametrize("command", ["export", "sensitivity"])
+def test_export_and_sensitivity_name_the_model_file_before_their_output(tmp_path, occupied, kind, command):
+    model = tmp_path / "model.pt"
+    if kind == "text":
+        model.write_text("version: 1\nseed: 0\n")  # a recipe given as the model
+    elif kind == "garbage":
+        model = _damaged(tmp_path, "garbage")
+    if command == "export":
+        args = ["export", str(model), "-o", str(occupied / "mine.onnx")]
+    else:
+        args = ["sensitivity", str(model), "lenet-gradual-magnitude-90", "-o", str(occupied)]
+    line = assert_bad_input(CliRunner().invoke(main, args), str(model))
+    assert "did not write" not in line
