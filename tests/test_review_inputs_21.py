@@ -19,6 +19,27 @@ def occupied(tmp_path):
     return folder
 
 
+RECIPE = """version: 1
+model: {factory: "examples.models:mlp", kwargs: {in_features: 64, hidden: [64, 32]}, input_shape: [1, 64]}
+data: {source: digits, batch_size: 32}
+finetune: {epochs: 1}
+pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot, layers: {exclude: [fc3]}}]
+benchmark: {enabled: false}
+"""
+
+
+@pytest.fixture
+def mlp_file(tmp_path):
+    """An untrained digits MLP as a sparsekit checkpoint (what is checked here comes before any training)."""
+    import sparsekit
+    from examples.models import mlp
+
+    path = tmp_path / "mlp.pt"
+    kwargs = {"in_features": 64, "hidden": [64, 32]}
+    sparsekit.save_model(mlp(**kwargs), path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    return path
+
+
 def _damaged(tmp_path, kind: str):
     """A model file no reader takes, whose first bytes already show it (not text, which was caught before)."""
     path = tmp_path / f"{kind}.pt"
@@ -51,3 +72,21 @@ def test_export_and_sensitivity_name_the_model_file_before_their_output(tmp_path
         args = ["sensitivity", str(model), "lenet-gradual-magnitude-90", "-o", str(occupied)]
     line = assert_bad_input(CliRunner().invoke(main, args), str(model))
     assert "did not write" not in line
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_an_integer_npz_for_a_float_model_is_refused_naming_the_dtype(tmp_path, mlp_file, dtype):
+    # Raw 8-bit pixels were cast to float32 without a word: a model trained on [0, 1] saw 0..255.
+    data = tmp_path / "pixels.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.integers(0, 255, (40, 64)).astype(dtype), y=rng.integers(0, 10, 40))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    for args in (
+        ["prune", str(mlp_file), str(recipe), "-o", str(tmp_path / "out")],
+        ["sensitivity", str(mlp_file), str(recipe), "-o", str(tmp_path / "sens")],
+        ["export", str(mlp_file), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8"],
+    ):
+        result = CliRunner().invoke(main, [*args, "--arch", "examples.models:mlp", "--data", str(data)])
+        assert_bad_input(result, "--data", np.dtype(dtype).name, "floating-point", "astype(np.float32)")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "q.onnx").exists()
