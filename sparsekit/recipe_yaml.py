@@ -500,6 +500,17 @@ def _model_file_kind(head: bytes) -> str | None:
     return None
 
 
+def _npz_start(raw: bytes) -> bool:
+    """Whether ``raw`` starts as ``numpy.savez`` writes: a zip archive whose first member is an ``.npy`` array
+    (torch.save's members sit in a folder, ``archive/data.pkl``). Read from the first local header, so a file cut
+    at the size limit is told all the same."""
+    if not raw.startswith(b"PK\x03\x04") or len(raw) < 30:
+        return False
+    length = int.from_bytes(raw[26:28], "little")
+    name = raw[30 : 30 + length]
+    return name.endswith(b".npy") and b"/" not in name
+
+
 def _shipped_hint(path: Path) -> str:
     """For a recipe file not found: the shipped recipe its name means (the repository's ``recipes/x.yaml`` from
     another folder or a wheel install, a misspelled name), else where the shipped ones are listed."""
@@ -550,6 +561,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         # OSError's text repeats the path, whole: strerror alone after the path cut short (ENAMETOOLONG's is 6 kB).
         reason = getattr(err, "strerror", None) or err
         raise RecipeError(f"{short(str(path), 200)}: cannot read the recipe ({reason})") from None
+    if _npz_start(raw):  # data, not a model: "check the order of the arguments" would not help
+        raise RecipeError(
+            f"{path}: a numpy .npz archive (data), not a recipe; a recipe is YAML and names such a file in its "
+            "data.source: start from a shipped one (`sparsekit recipes`)"
+        )
     kind = _model_file_kind(raw[:16])
     if kind:  # the commonest slip: prune and sensitivity take MODEL RECIPE, validate RECIPE [MODEL]
         raise RecipeError(

@@ -90,3 +90,12 @@ def test_an_integer_npz_for_a_float_model_is_refused_naming_the_dtype(tmp_path, 
         result = CliRunner().invoke(main, [*args, "--arch", "examples.models:mlp", "--data", str(data)])
         assert_bad_input(result, "--data", np.dtype(dtype).name, "floating-point", "astype(np.float32)")
     assert not (tmp_path / "out").exists() and not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "prune"])
+def test_an_npz_given_as_the_recipe_is_called_data_not_a_model_file(tmp_path, mlp_file, command):
+    recipe = tmp_path / "digits.npz"
+    np.savez(recipe, x=np.zeros((4, 64), np.float32), y=np.zeros(4, np.int64))
+    args = [command, str(recipe)] if command == "validate" else [command, str(mlp_file), str(recipe)]
+    line = assert_bad_input(CliRunner().invoke(main, args), str(recipe), ".npz", "data.source")
+    assert "torch.save" not in line and "model file" not in line
