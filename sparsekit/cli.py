@@ -87,6 +87,10 @@ class _PathType(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value.strip():
             self.fail("is empty: give a file or folder path", param, ctx)
+        if value == "-":
+            # Unix tools' stdin/stdout; here it was looked up as a file and answered "model file not found".
+            self.fail("is '-': sparsekit reads and writes files, not standard input or output; give a path (./- for "
+                      "a file named '-')", param, ctx)  # fmt: skip
         return super().convert(value, param, ctx)
 
 

@@ -539,6 +539,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     mapping or holds anything but plain data."""
     path = Path(path)
     try:
+        if str(path) == "-" and not path.exists():  # Unix tools' stdin
+            raise RecipeError(
+                "-: recipe file not found; sparsekit reads no recipe from standard input: give the recipe's path "
+                "(a shell's <(command) works)"
+            )
         if not path.exists():
             raise RecipeError(f"{path}: recipe file not found{_shipped_hint(path)}")
         if path.is_dir():

@@ -99,3 +99,14 @@ def test_an_npz_given_as_the_recipe_is_called_data_not_a_model_file(tmp_path, ml
     args = [command, str(recipe)] if command == "validate" else [command, str(mlp_file), str(recipe)]
     line = assert_bad_input(CliRunner().invoke(main, args), str(recipe), ".npz", "data.source")
     assert "torch.save" not in line and "model file" not in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["prune", "-", "lenet-gradual-magnitude-90"], ["inspect", "-"], ["bench", "-"], ["validate", "-"],
+     ["prune", "{model}", "-"], ["export", "{model}", "-o", "-"]],
+)  # fmt: skip
+def test_a_dash_is_said_to_be_no_standard_input(tmp_path, mlp_file, args):
+    # '-' read as a file name was answered "model file not found" / "no such file", as if a file were missing.
+    filled = [str(mlp_file) if a == "{model}" else a for a in args]
+    assert_bad_input(CliRunner().invoke(main, filled), "standard input")
