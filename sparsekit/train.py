@@ -129,7 +129,7 @@ def _loss(
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        why = f"{one_line(err)}{_one_sample(model, x, err)}"
+        why = f"{one_line(err)}{_one_sample(model, x, err)}{_integer_inputs(x, param)}"
         raise DataError(f"data: the model fails on a batch of inputs {shape}: {why}") from None
     out = select_logits(out, None)  # a tuple / dict output: sparsekit.logits.attach(model, output) picks one
     # Checked where the labels are in host memory (loaders yield them there): reading labels already on an
@@ -163,6 +163,19 @@ def _one_sample(model: nn.Module, x: Any, err: BaseException) -> str:
         "; this training batch holds a single sample (BatchNorm, for one, cannot train on fewer than 2): choose a "
         "data.batch_size that leaves at least 2 samples in every batch (the last holds what is left over after the "
         "full ones), or give your own training loader drop_last=True"
+    )
+
+
+def _integer_inputs(x: Any, param: torch.Tensor) -> str:
+    """What to do when the model, whose weights are floats, failed on a batch of integer inputs (raw pixels from a
+    user's loader): torch's "mat1 and mat2 must have the same dtype, but got Long and Float" named neither the
+    loader nor the fix. Nothing for float inputs, or for a model whose weights are not floats."""
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or not param.is_floating_point():
+        return ""
+    return (
+        f"; the loader yields {x.dtype} inputs and the model computes in {param.dtype}: yield floats on the scale "
+        "the model was trained on (x.float(), e.g. / 255 for 8-bit pixels); integer inputs are for a model whose "
+        "input feeds an nn.Embedding (token ids)"
     )
 
 

@@ -110,3 +110,20 @@ def test_a_dash_is_said_to_be_no_standard_input(tmp_path, mlp_file, args):
     # '-' read as a file name was answered "model file not found" / "no such file", as if a file were missing.
     filled = [str(mlp_file) if a == "{model}" else a for a in args]
     assert_bad_input(CliRunner().invoke(main, filled), "standard input")
+
+
+def test_finetune_on_integer_batches_names_the_dtype_and_the_fix():
+    # The Python API's own loaders: torch's "mat1 and mat2 must have the same dtype" was all the user read.
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import sparsekit
+    from examples.models import mlp
+    from sparsekit.errors import DataError
+
+    data = TensorDataset(torch.randint(0, 255, (16, 64)), torch.randint(0, 10, (16,)))
+    loader = DataLoader(data, batch_size=8)
+    recipe = sparsekit.Recipe(**{"version": 1, "finetune": {"epochs": 1}, "pruning": []})
+    with pytest.raises(DataError) as caught:
+        sparsekit.finetune(mlp(), recipe, loader, loader)
+    assert "torch.int64" in str(caught.value) and "x.float()" in str(caught.value)
