@@ -127,3 +127,12 @@ def test_finetune_on_integer_batches_names_the_dtype_and_the_fix():
     with pytest.raises(DataError) as caught:
         sparsekit.finetune(mlp(), recipe, loader, loader)
     assert "torch.int64" in str(caught.value) and "x.float()" in str(caught.value)
+
+
+@pytest.mark.parametrize(("content", "said"), [(b"", "the file is empty"), (b"version: 1\nseed: 0\n", "text file")])
+@pytest.mark.parametrize("command", ["bench", "inspect"])
+def test_an_onnx_file_that_is_empty_or_text_is_said_to_be(tmp_path, content, said, command):
+    # An empty file was "no IR version or no graph outputs", a recipe "Wire format was corrupt".
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    assert_bad_input(CliRunner().invoke(main, [command, str(path)]), str(path), said)

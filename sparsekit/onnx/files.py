@@ -169,9 +169,17 @@ def _not_onnx_hint(path: Path) -> str:
     pickle, safetensors), with the way to an ONNX file; else ""."""
     try:
         with path.open("rb") as f:
-            head = f.read(16)
+            start = f.read(64)
     except OSError:
         return ""
+    head = start[:16]
+    # An empty file read as an empty message, and a recipe or notes as "Wire format was corrupt": neither said what
+    # the file holds.
+    if not start:
+        return "; the file is empty (a copy or export that did not finish?): give the .onnx file an export wrote"
+    text = _text_start(start)
+    if text is not None and head.lstrip()[:1] not in (b"{", b"["):
+        return f"; it is a text file, starting {text!r}, not an ONNX model: give the .onnx file an export wrote"
     zipped = head.startswith(b"PK\x03\x04")
     torch_file = zipped or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
     safetensors = len(head) >= 10 and head[8:10] == b'{"'
@@ -190,6 +198,21 @@ def _not_onnx_hint(path: Path) -> str:
         f"; it is a PyTorch model file ({'safetensors' if safetensors else 'torch.save'}), not ONNX: export it to "
         "ONNX first (`sparsekit export`, or sparsekit.export_onnx in Python) and pass the .onnx file"
     )
+
+
+def _text_start(start: bytes) -> str | None:
+    """The first line of ``start`` (a file's first bytes, cut to 40 characters) when they are printable UTF-8
+    text, else None."""
+    import codecs
+
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(start)  # a character cut at the end is no error
+    except UnicodeDecodeError:
+        return None
+    text = text.removeprefix("\ufeff").strip()
+    if not text or not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return None
+    return text.splitlines()[0][:40]
 
 
 def _zip_names(path: Path) -> list[str] | None:
