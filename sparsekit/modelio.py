@@ -865,6 +865,16 @@ def check_model_path(path: Path) -> None:
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
     if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
+    try:
+        # Opened once here: a file without read permission passed every check made from its first bytes (each
+        # gives up on an OSError), so the output folder was named first and the file only later, in torch's words.
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ModelFileError(
+            f"{path}: cannot read the model file ({err.strerror or err}); give yourself read permission "
+            "(chmod u+r) or copy it somewhere you can read"
+        ) from None
 
 
 class _Unread:

@@ -136,3 +136,21 @@ def test_an_onnx_file_that_is_empty_or_text_is_said_to_be(tmp_path, content, sai
     path = tmp_path / "model.onnx"
     path.write_bytes(content)
     assert_bad_input(CliRunner().invoke(main, [command, str(path)]), str(path), said)
+
+
+@pytest.mark.parametrize("command", ["prune", "export", "sensitivity"])
+def test_an_unreadable_model_file_is_named_before_the_output(tmp_path, mlp_file, occupied, monkeypatch, command):
+    import builtins
+
+    real_open = builtins.open
+
+    def no_read(file, *args, **kwargs):  # chmod 000 as a test run by root would not see it
+        if str(file) == str(mlp_file):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_read)
+    out = ["-o", str(occupied / "mine.onnx")] if command == "export" else ["-o", str(occupied)]
+    recipe = [] if command == "export" else ["lenet-gradual-magnitude-90"]
+    result = CliRunner().invoke(main, [command, str(mlp_file), *recipe, *out])
+    assert_bad_input(result, str(mlp_file), "Permission denied")
