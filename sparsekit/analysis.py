@@ -466,6 +466,7 @@ def run_sensitivity(
     None, "recipe": the allocated recipe or None}``. Raises the errors of a prune run's input checks
     (:func:`sparsekit.pipeline.check_inputs`) and :class:`~sparsekit.errors.OutputError` for ``out``."""
     from .allocation import allocate_with_details
+    from .data import check_npz_option
     from .modelio import precheck_model_file
     from .outputs import guard_location
     from .pipeline import check_inputs
@@ -479,6 +480,8 @@ def run_sensitivity(
         raise TargetError(f"{where}: {NOTHING_TO_ANALYSE}")
     # The user's own model file before the output folder (as a prune run): a missing or unreadable one first.
     precheck_model_file(Path(model_path))
+    if data is not None:  # the caller's .npz file (missing, a folder, damaged): before the folder, too
+        check_npz_option(data)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is not a folder; choose another output folder ({option('output')})")
     # As for a prune run: never the root or home folder, nor a folder holding the model, recipe or data.

@@ -154,3 +154,10 @@ def test_an_unreadable_model_file_is_named_before_the_output(tmp_path, mlp_file,
     recipe = [] if command == "export" else ["lenet-gradual-magnitude-90"]
     result = CliRunner().invoke(main, [command, str(mlp_file), *recipe, *out])
     assert_bad_input(result, str(mlp_file), "Permission denied")
+
+
+def test_sensitivity_names_a_missing_data_file_before_an_occupied_folder(tmp_path, mlp_file, occupied):
+    # prune checked its --data .npz before the folder; sensitivity named the folder first.
+    args = ["sensitivity", str(mlp_file), "lenet-gradual-magnitude-90", "-o", str(occupied)]
+    result = CliRunner().invoke(main, [*args, "--data", str(tmp_path / "missing.npz")])
+    assert_bad_input(result, "--data", "missing.npz", "not found")
