@@ -18,7 +18,7 @@ and only for the built-in image sources: ``none`` (the default) scales pixels to
 (``digits``: ``x / 16``; ``mnist5k``: ``x / 255``), the scale models are usually trained on;
 ``standard`` then standardizes them with fixed whole-set constants (``digits``:
 ``(x/16 - 0.3053) / 0.3760``; ``mnist5k``: ``(x/255 - 0.1307) / 0.3081``). ``.npz`` files and callables
-are used exactly as given (so integer inputs are refused unless the model takes token ids); ``synthetic`` is
+are used exactly as given (so integer and boolean inputs are refused unless the model takes token ids); ``synthetic`` is
 already standard normal.
 
 Example::
@@ -508,13 +508,13 @@ def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np
                 f"rows, so ids must be 0 to {token_ids - 1}"
             )
         x = x.astype(np.int64)
-    elif x.dtype.kind in "iu":
+    elif x.dtype.kind in "iub":  # (bool too: 0/1 floats are one astype away, and a callable's bool is refused)
         # Integers for a model that computes in floats were cast silently: raw 8-bit pixels (0..255) reached a
         # model trained on [0, 1], and every accuracy was of the wrong inputs. Refused, as a callable's are.
         raise DataError(
             f"{where}: x holds {x.dtype} values, and the model takes floating-point inputs: re-save x as floats on "
-            "the scale the model was trained on (e.g. x.astype(np.float32) / 255 for 8-bit pixels); integer x is "
-            "for a model whose input feeds an nn.Embedding (token ids)"
+            "the scale the model was trained on (e.g. x.astype(np.float32), and / 255 for 8-bit pixels); integer x "
+            "is for a model whose input feeds an nn.Embedding (token ids)"
         )
     else:
         x = x.astype(np.float32)
