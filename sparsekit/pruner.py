@@ -181,7 +181,7 @@ class Pruner:
         raise TypeError(
             "a sparsekit.Pruner cannot be pickled (it holds hooks on the model and on torch's optimizers): save "
             "pruner.state_dict() beside model.state_dict(), and to resume build the model and a Pruner as before and "
-            "call pruner.load_state_dict(state) (README, Python API)"
+            "call pruner.load_state_dict(state) (the Python API section of the repository's README)"
         )
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Pruner:
