@@ -784,6 +784,12 @@ def _safetensors(path: Path) -> bool:
         size = path.stat().st_size
     except OSError:
         return False
+    return _safetensors_layout(head, size)
+
+
+def _safetensors_layout(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes whose first 9 bytes are ``head`` is laid out as safetensors: a
+    little-endian u64 header length that fits the file, then the JSON header's opening brace."""
     return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
 
@@ -839,7 +845,7 @@ def _not_loadable(path: Path) -> bool:
         size = path.stat().st_size
     except OSError:
         return False
-    laid_out = len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+    laid_out = _safetensors_layout(head, size)
     if path.suffix.lower() == ".safetensors" or laid_out:
         return not laid_out
     if head[:4] == b"PK\x03\x04":
