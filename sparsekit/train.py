@@ -558,7 +558,7 @@ def finetune(
                 scheduler.step()  # the next epoch's rate, into the optimizer (and the checkpoint below)
                 counts: dict[str, int] = {}
                 metrics = evaluate(pruner.model, val_loader, counts=counts)
-                if not counts["samples"]:  # (a loader with a len() of 0 is refused up front)
+                if counts.get("samples") == 0:  # (a loader with a len() of 0 is refused up front)
                     raise DataError(
                         "finetune(val_loader=...): yielded no batches to evaluate after epoch "
                         f"{epoch + 1}; it must yield at least one, every epoch"
