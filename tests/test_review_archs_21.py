@@ -220,3 +220,21 @@ def test_attention_with_its_own_key_width_is_named_as_why_a_removal_breaks(one_t
     message = str(err.value)
     assert "'att' is an nn.MultiheadAttention" in message and "kdim 12, vdim 12, embed_dim 16" in message, message
     assert "view/reshape" not in message.split("forward pass")[1].split(")", 1)[1], message
+
+
+def test_a_plain_instancenorm_behind_an_add_is_named_an_instancenorm():
+    # l1's reason named a non-affine InstanceNorm that tracks running statistics "a BatchNorm" (found by review 21).
+    class AddThenInstanceNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1)
+            self.norm = nn.InstanceNorm2d(8, track_running_stats=True)
+            self.out = nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.norm(self.a(x) + self.b(x))))
+
+    entry = {"method": "l1", "strength": 1e-3, "group": "channel", "remove_dead": True, "layers": {"types": ["Conv2d"]}}
+    r = sparsekit.Recipe(model={"input_shape": [1, 1, 8, 8]}, finetune={"epochs": 1}, pruning=[entry])
+    reasons = sparsekit.Pruner(AddThenInstanceNorm(), r, steps_per_epoch=4).methods[0].report()["cannot_remove"]
+    assert "norm, an InstanceNorm without affine parameters" in reasons["a"]

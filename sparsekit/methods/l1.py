@@ -258,6 +258,11 @@ def _maps_past(module: Any, channels: int | None, idxs: list[int] | None) -> boo
     return max(idxs) >= channels
 
 
+def _norm_kind(norm: nn.Module) -> str:
+    """How a message names a norm with running statistics: an InstanceNorm that tracks them, or a BatchNorm."""
+    return "an InstanceNorm" if isinstance(norm, nn.modules.instancenorm._InstanceNorm) else "a BatchNorm"
+
+
 def _grouped(module: Any) -> bool:
     """A convolution with groups that is not depthwise (ResNeXt, ShuffleNet): channels go only whole groups at a
     time there, which removing single units does not respect. A depthwise one (a group per input channel) is
@@ -693,8 +698,8 @@ class L1:
                     sources.append((bn, fed))
                 elif bn.running_mean is not None:  # (what a dead unit sends it through other ops is not known here)
                     blocked = (
-                        f"its units reach {names.get(id(bn), '?')}, a BatchNorm without affine parameters, through "
-                        "other operations: a dead unit's running mean cannot be set to what it receives"
+                        f"its units reach {names.get(id(bn), '?')}, {_norm_kind(bn)} without affine parameters, "
+                        "through other operations: a dead unit's running mean cannot be set to what it receives"
                     )
             if blocked:
                 # The units cannot go, so they are no group: a joint group would only shrink (and silence) the
