@@ -1945,6 +1945,15 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
                     f"for prune name your own with {same} your_module:your_callable, or {other}"
                 )
                 continue
+            if rec.overridden(field):
+                # Set on this command line: prune given the same --set runs it as code named yourself (prune --help),
+                # which "only once you confirm it" contradicted.
+                lines.append(
+                    f"{field} names code {spec}, set with --set here: validate checks the recipe only and imported "
+                    "nothing; prune given the same --set imports and calls it (code you name on the command line "
+                    "is confirmed)"
+                )
+                continue
             lines.append(
                 f"{field} names code {spec}: validate checks the recipe only and imported nothing; prune would "
                 f"import and call it only once you confirm it (the same callable given as {same}, --trust-code, "
