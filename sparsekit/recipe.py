@@ -81,16 +81,22 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed overflows past 2**64; numpy's and an i
 MAX_JSON_INT = 2**63 - 1  # model.kwargs ints: what a checkpoint's JSON metadata and torch can hold
 
 
-def _text_hint(value: str) -> str:
+def _text_hint(value: str, fraction: tuple[str, str] | None = None) -> str:
     """How to write the text ``value``, given where a number goes, as a number (``": write it without quotes"``),
-    or "" when it is no number."""
+    or "" when it is no number. ``fraction``: for a field that holds a fraction of a whole, the bounds its Field
+    states (``("gt", "lt")`` is (0, 1)); None for any other number field (epochs, lr), where '50%' is no fraction."""
     # `90%` is how SparseML's docs, NNI's tables and most papers state a sparsity; sparsekit takes the fraction.
     percent = re.fullmatch(r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))\s*%\s*", value)
-    if percent:
-        fraction = float(percent.group(1)) / 100
-        if not 0 <= fraction < 1:  # "write it as the fraction 1" offered a value refused as well
-            return ": a percentage, out of range as a fraction too (0.99 is 99%)"
-        return f": a percentage; write it as the fraction {fraction:g}"
+    if percent and fraction is None:  # "write it as the fraction 0.5" for finetune.epochs named a value refused too
+        return ": a percentage, which this field does not take: write the number itself"
+    if percent and fraction is not None:
+        value_of = float(percent.group(1)) / 100
+        lower, upper = fraction
+        above = value_of >= 0 if lower == "ge" else value_of > 0
+        below = value_of <= 1 if upper == "le" else value_of < 1
+        if not (above and below):  # "write it as the fraction 1" (or 0) offered a value refused as well
+            return f": a percentage, and as the fraction {value_of:g} out of range too"
+        return f": a percentage; write it as the fraction {value_of:g}"
     try:
         # float() reads "nan" and "inf" too: they are no number a recipe field takes, quoted or not.
         return ": write it without quotes" if math.isfinite(float(value)) else ": use a finite number"
@@ -98,26 +104,37 @@ def _text_hint(value: str) -> str:
         return ""
 
 
-def _number(value: Any) -> Any:
-    # pydantic's lax mode reads `true` as 1; a boolean in a numeric field is always a mistake.
-    if isinstance(value, bool):
-        raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
-    # pydantic's lax mode would also read the text "3" as 3: a quoted number in a recipe is a typo or a
-    # template that was not filled in, and accepting it hides which.
-    if isinstance(value, str):
-        raise PydanticCustomError(
-            "text_not_number",
-            "must be a number, not the text {got}{hint}",
-            {"got": short(repr(value), 40), "hint": _text_hint(value)},
-        )
-    # An int too large for a float would otherwise give pydantic's vague "valid number" error.
-    if isinstance(value, int) and abs(value) > 1e308:
-        raise PydanticCustomError("finite_number", "must be a finite number")
-    return value
+def _numbers(fraction: tuple[str, str] | None = None) -> Callable[[Any], Any]:
+    """The BeforeValidator of a number field; ``fraction``: as :func:`_text_hint` takes it."""
+
+    def check(value: Any) -> Any:
+        # pydantic's lax mode reads `true` as 1; a boolean in a numeric field is always a mistake.
+        if isinstance(value, bool):
+            raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
+        # pydantic's lax mode would also read the text "3" as 3: a quoted number in a recipe is a typo or a
+        # template that was not filled in, and accepting it hides which.
+        if isinstance(value, str):
+            raise PydanticCustomError(
+                "text_not_number",
+                "must be a number, not the text {got}{hint}",
+                {"got": short(repr(value), 40), "hint": _text_hint(value, fraction)},
+            )
+        # An int too large for a float would otherwise give pydantic's vague "valid number" error.
+        if isinstance(value, int) and abs(value) > 1e308:
+            raise PydanticCustomError("finite_number", "must be a finite number")
+        return value
+
+    return check
 
 
+_number = _numbers()
 Int = Annotated[int, BeforeValidator(_number)]
 Float = Annotated[float, BeforeValidator(_number)]
+# Fields holding a fraction of a whole, by the bounds their Field states as well: only there is a percentage
+# ('90%') offered as the fraction it stands for.
+FractionFrom0 = Annotated[float, BeforeValidator(_numbers(("ge", "lt")))]  # [0, 1)
+Fraction = Annotated[float, BeforeValidator(_numbers(("gt", "lt")))]  # (0, 1)
+FractionTo1 = Annotated[float, BeforeValidator(_numbers(("gt", "le")))]  # (0, 1]
 
 
 class _Strict(BaseModel):
@@ -305,7 +322,7 @@ class DataSpec(_Strict):
             raise PydanticCustomError("source_form", "{problem}", {"problem": problem})
         return value
 
-    val_fraction: Float = Field(
+    val_fraction: Fraction = Field(
         0.2,
         gt=0,
         lt=1,
@@ -462,7 +479,7 @@ class ScheduleSpec(_Strict):
         le=FOREVER_EPOCHS,
         description="epochs between mask updates (0.125: 8 per epoch); at least one optimizer step",
     )
-    init_sparsity: Float = Field(
+    init_sparsity: FractionFrom0 = Field(
         0.0,
         ge=0,
         lt=1,
@@ -573,7 +590,7 @@ def _fraction_or_auto(lower: str, auto: bool = True, per_layer: str = "") -> Any
                     "range": "[0, 1)" if lower == "ge" else "(0, 1)",
                     "either": either,
                     "got": short(repr(value), 40),
-                    "hint": _text_hint(value),
+                    "hint": _text_hint(value, (lower, "lt")),
                 },
             )
         if per_layer and isinstance(value, dict | list):
@@ -623,7 +640,7 @@ SparsityValue = Annotated[
 RatioValue = Annotated[
     Annotated[float, Field(gt=0, lt=1)] | Literal["auto"], _fraction_or_auto("gt", per_layer="layer_ratio")
 ]
-LayerFraction = Annotated[Float, Field(ge=0, lt=1)]
+LayerFraction = Annotated[FractionFrom0, Field(ge=0, lt=1)]
 MAX_LAYER_VALUES = 100_000  # entries of layer_sparsity / layer_ratio: far more layers than any network has
 
 
@@ -653,7 +670,7 @@ class _Ranked(_MethodBase):
         description="final fraction of the selected weights set to zero (0.9 keeps 10%); or auto, with target, to "
         "have per-layer values chosen from a sensitivity analysis"
     )
-    target: Float | None = Field(
+    target: Fraction | None = Field(
         None,
         gt=0,
         lt=1,
@@ -666,7 +683,7 @@ class _Ranked(_MethodBase):
         description="global: rank all selected weights together (layers end at different sparsities); layer: "
         "prune each layer to sparsity on its own",
     )
-    max_layer_sparsity: Float | None = Field(
+    max_layer_sparsity: FractionTo1 | None = Field(
         None,
         gt=0,
         le=1,
@@ -973,7 +990,7 @@ class StructuredSpec(_MethodBase):
         "no sparsity key), of those they have at the entry's first removal (after an earlier structured entry's, "
         "of the channels left); or auto, with target_macs or target_latency, to have per-layer ratios chosen"
     )
-    target_latency: Float | None = Field(
+    target_latency: Fraction | None = Field(
         None,
         gt=0,
         lt=1,
@@ -981,7 +998,7 @@ class StructuredSpec(_MethodBase):
         description="with ratio: auto, the fraction of the dense model's onnxruntime latency to reach (give it or "
         "target_macs, not both); refused otherwise",
     )
-    target_macs: Float | None = Field(
+    target_macs: Fraction | None = Field(
         None,
         gt=0,
         lt=1,

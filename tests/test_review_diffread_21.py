@@ -1,0 +1,48 @@
+"""Review of this session's changes, read as a diff (faults found reading the code, each with its test)."""
+
+from __future__ import annotations
+
+import pytest
+
+import sparsekit
+from sparsekit.errors import RecipeError
+
+
+def _error(recipe: dict) -> str:
+    with pytest.raises(RecipeError) as err:
+        sparsekit.load_recipe({"version": 1, **recipe})
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "field"),
+    [
+        # Not fractions: "write it as the fraction 0.5" offered a value refused as well (or meaning other than meant).
+        ({"finetune": {"epochs": "50%"}}, "finetune.epochs"),
+        ({"data": {"batch_size": "10%"}}, "data.batch_size"),
+        ({"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": {"end_epoch": "50%"}}]}, "end_epoch"),
+    ],
+)
+def test_a_percentage_in_a_field_that_is_no_fraction_is_not_offered_as_one(recipe, field):
+    message = _error(recipe)
+    assert field in message
+    assert "write it as the fraction" not in message
+    assert "a percentage, which this field does not take" in message
+
+
+@pytest.mark.parametrize(
+    ("entry", "offered"),
+    [
+        # The bounds are the field's own: ratio's exclude 0, max_layer_sparsity's include 1.
+        ({"method": "structured", "ratio": "0%"}, None),
+        ({"method": "magnitude", "sparsity": "0%"}, "0"),
+        ({"method": "magnitude", "sparsity": 0.9, "max_layer_sparsity": "100%"}, "1"),
+        ({"method": "magnitude", "sparsity": 0.9, "schedule": {"end_epoch": 2, "init_sparsity": "10%"}}, "0.1"),
+    ],
+)
+def test_a_percentage_is_offered_as_a_fraction_only_within_the_fields_range(entry, offered):
+    message = _error({"pruning": [entry], "finetune": {"epochs": 3}})
+    if offered is None:
+        assert "write it as the fraction" not in message and "out of range" in message
+    else:
+        assert f"write it as the fraction {offered} " in f"{message} "
