@@ -184,8 +184,14 @@ class Pruner:
             "call pruner.load_state_dict(state) (the Python API section of the repository's README)"
         )
 
+    # copy.copy and copy.deepcopy go through __reduce_ex__ too (copy.copy was refused as "cannot be pickled"): each
+    # copies the attributes as it did before pickling was refused.
+    def __copy__(self) -> Pruner:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __deepcopy__(self, memo: dict[int, Any]) -> Pruner:
-        # copy.deepcopy goes through __reduce_ex__ too: a copy of every attribute, as before pickling was refused
         new = object.__new__(type(self))
         memo[id(self)] = new
         new.__dict__.update(copy.deepcopy(self.__dict__, memo))

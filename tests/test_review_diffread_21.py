@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
+from torch import nn
 
 import sparsekit
 from sparsekit.errors import RecipeError
@@ -46,3 +50,14 @@ def test_a_percentage_is_offered_as_a_fraction_only_within_the_fields_range(entr
         assert "write it as the fraction" not in message and "out of range" in message
     else:
         assert f"write it as the fraction {offered} " in f"{message} "
+
+
+def test_a_pruner_is_copied_by_copy_copy_as_before_pickling_was_refused():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    recipe = sparsekit.load_recipe({"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.5}]})
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    shallow = copy.copy(pruner)  # was TypeError: "a sparsekit.Pruner cannot be pickled"
+    assert shallow is not pruner and shallow.model is pruner.model and shallow.methods is pruner.methods
+    assert copy.deepcopy(pruner).model is not pruner.model
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(pruner)
