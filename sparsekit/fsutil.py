@@ -3,6 +3,7 @@ Ctrl-C, and the memory available."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import fcntl
@@ -256,6 +257,31 @@ def _proc_kib(path: str, key: str) -> int | None:
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux ``MemAvailable``); None when unknown."""
     return _proc_kib("/proc/meminfo", "MemAvailable")
+
+
+# A model file (a .pt, an .onnx) cloned without git-lfs: the right file, not yet fetched.
+GIT_LFS_POINTER = "it is a Git LFS pointer, not the file: fetch it with git lfs pull"
+
+
+def text_start(path: str | os.PathLike[str]) -> str | None:
+    """``"it is a text file, starting '...'"`` (or ``"the file is empty"``, :data:`GIT_LFS_POINTER`) when ``path``
+    holds no binary data in its first 64 bytes (model files, torch's and ONNX's, are binary), else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        # Incremental: a character cut at byte 64 is not a decoding error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not head:
+        return "the file is empty"
+    text = text.removeprefix("\ufeff")  # a byte-order mark
+    if not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return None
+    if text.startswith("version https://git-lfs"):
+        return GIT_LFS_POINTER
+    start = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"it is a text file, starting {start!r}" if start else "it is a text file of blank lines"
 
 
 def too_large_to_unpack(path: str | os.PathLike[str]) -> str | None:

@@ -9,7 +9,6 @@ and are refused unless the caller trusts the file (``trust=True``).
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import os
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
-from .fsutil import atomic_path, available_memory, is_zip_archive
+from .fsutil import atomic_path, available_memory, is_zip_archive, text_start
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import int_dims, require_path, unwrap
 
@@ -88,28 +87,7 @@ def _arch_of_pickled(name: str) -> str:
     return f"{module}:{attr}"
 
 
-def _text_start(path: Path) -> str | None:
-    """``"it is a text file, starting '...'"`` (or ``"the file is empty"``) when ``path`` holds no binary data
-    in its first 64 bytes (torch files are zip archives or binary pickles), else None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-        # Incremental: a character cut at byte 64 is not a decoding error.
-        text = codecs.getincrementaldecoder("utf-8")().decode(head)
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not head:
-        return "the file is empty"
-    text = text.removeprefix("\ufeff")  # a byte-order mark
-    if not all(c.isprintable() or c in "\t\r\n" for c in text):
-        return None
-    if text.startswith("version https://git-lfs"):
-        return "it is a Git LFS pointer, not the file: fetch it with git lfs pull"
-    start = text.strip().splitlines()[0][:40] if text.strip() else ""
-    return f"it is a text file, starting {start!r}" if start else "it is a text file of blank lines"
-
-
-# Why bytes that are not text (see _text_start, checked first) are no checkpoint.
+# Why bytes that are not text (see fsutil.text_start, checked first) are no checkpoint.
 _NOT_A_CHECKPOINT = "its bytes are not a pickle or torch archive"
 
 
@@ -804,13 +782,13 @@ def _named_safetensors(path: Path) -> str:
     # torch.save's zip archive, or its legacy format (a pickle whose first object is a LONG1 magic number)
     if head in (b"PK\x03\x04", b"\x80\x02\x8a\x0a"):
         return "; it is a torch.save file, named .safetensors: rename it to .pt"
-    text = _text_start(path)
+    text = text_start(path)
     return f"; {text}" if text and head else ""
 
 
 def _refuse_text(path: Path) -> None:
     """ModelFileError when ``path`` holds text (a script, a config, an LFS pointer), not a torch file."""
-    text = _text_start(path)
+    text = text_start(path)
     if text is not None:
         raise ModelFileError(
             f"{path}: not a readable PyTorch checkpoint ({text}); expected a sparsekit checkpoint, "

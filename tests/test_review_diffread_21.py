@@ -61,3 +61,17 @@ def test_a_pruner_is_copied_by_copy_copy_as_before_pickling_was_refused():
     assert copy.deepcopy(pruner).model is not pruner.model
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(pruner)
+
+
+def test_an_onnx_file_that_is_a_git_lfs_pointer_is_named_as_one(tmp_path):
+    # The ONNX reader had its own copy of the model reader's text check, without its Git LFS case: a pointer left
+    # by a clone without git-lfs was told to "give the .onnx file an export wrote".
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx.files import load_onnx
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    with pytest.raises(ExportError) as err:
+        load_onnx(path)
+    assert "Git LFS pointer" in str(err.value) and "git lfs pull" in str(err.value)
+    assert "an export wrote" not in str(err.value)

@@ -40,7 +40,15 @@ from onnx.external_data_helper import (
 )
 
 from sparsekit.errors import ExportError
-from sparsekit.fsutil import atomic_path, lock_folder, sigint_deferred, unlock_folder, writing
+from sparsekit.fsutil import (
+    GIT_LFS_POINTER,
+    atomic_path,
+    lock_folder,
+    sigint_deferred,
+    text_start,
+    unlock_folder,
+    writing,
+)
 from sparsekit.onnx.compress import gzip_size_of_files
 from sparsekit.onnx.tensors import external_locations, model_tensors
 
@@ -177,9 +185,11 @@ def _not_onnx_hint(path: Path) -> str:
     # the file holds.
     if not start:
         return "; the file is empty (a copy or export that did not finish?): give the .onnx file an export wrote"
-    text = _text_start(start)
-    if text is not None and head.lstrip()[:1] not in (b"{", b"["):
-        return f"; it is a text file, starting {text!r}, not an ONNX model: give the .onnx file an export wrote"
+    text = text_start(path) if head.lstrip()[:1] not in (b"{", b"[") else None  # (JSON: below)
+    if text == GIT_LFS_POINTER:  # the right file, not fetched: "give the .onnx file an export wrote" misled
+        return f"; {text}"
+    if text is not None:
+        return f"; {text}, not an ONNX model: give the .onnx file an export wrote"
     zipped = head.startswith(b"PK\x03\x04")
     torch_file = zipped or (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5)
     safetensors = len(head) >= 10 and head[8:10] == b'{"'
@@ -198,21 +208,6 @@ def _not_onnx_hint(path: Path) -> str:
         f"; it is a PyTorch model file ({'safetensors' if safetensors else 'torch.save'}), not ONNX: export it to "
         "ONNX first (`sparsekit export`, or sparsekit.export_onnx in Python) and pass the .onnx file"
     )
-
-
-def _text_start(start: bytes) -> str | None:
-    """The first line of ``start`` (a file's first bytes, cut to 40 characters) when they are printable UTF-8
-    text, else None."""
-    import codecs
-
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(start)  # a character cut at the end is no error
-    except UnicodeDecodeError:
-        return None
-    text = text.removeprefix("\ufeff").strip()
-    if not text or not all(c.isprintable() or c in "\t\r\n" for c in text):
-        return None
-    return text.splitlines()[0][:40]
 
 
 def _zip_names(path: Path) -> list[str] | None:
