@@ -783,13 +783,21 @@ def _unpack(batch: Any, where: str, token_ids: int | None = None) -> tuple[torch
                 f"{token_ids} rows, so ids must be 0 to {token_ids - 1}"
             )
     elif not x.is_floating_point():
-        hint = "; integer inputs are for a model whose input feeds an nn.Embedding (token ids)"
-        raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}; convert them with x.float(){hint}")
+        raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}: {FLOAT_INPUTS_FIX}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{where} must yield integer class labels (torch.long), got {y.dtype}")
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{where} yields negative labels; labels must be 0, 1, 2, ...")
     return x, y
+
+
+# What to do with a loader's integer inputs for a model that computes in floats, as the callable's check and finetune
+# say it: "convert them with x.float()" alone kept raw 8-bit pixels at 0..255 for a model trained on [0, 1] (the
+# fault an .npz's integer x is refused for).
+FLOAT_INPUTS_FIX = (
+    "yield floats on the scale the model was trained on (x.float(), e.g. / 255 for 8-bit pixels); integer inputs are "
+    "for a model whose input feeds an nn.Embedding (token ids)"
+)
 
 
 # --- shared helpers -----------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from . import distributed as _distributed
+from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
-from .data import loader_generators
 from .errors import DataError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
 from .fsutil import atomic_path, too_large_to_unpack
 from .logits import attach as attach_logits
@@ -172,11 +172,7 @@ def _integer_inputs(x: Any, param: torch.Tensor) -> str:
     loader nor the fix. Nothing for float inputs, or for a model whose weights are not floats."""
     if not isinstance(x, torch.Tensor) or x.is_floating_point() or not param.is_floating_point():
         return ""
-    return (
-        f"; the loader yields {x.dtype} inputs and the model computes in {param.dtype}: yield floats on the scale "
-        "the model was trained on (x.float(), e.g. / 255 for 8-bit pixels); integer inputs are for a model whose "
-        "input feeds an nn.Embedding (token ids)"
-    )
+    return f"; the loader yields {x.dtype} inputs and the model computes in {param.dtype}: {FLOAT_INPUTS_FIX}"
 
 
 def _check_labels(x: Any, y: Any) -> None:

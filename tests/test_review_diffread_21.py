@@ -6,10 +6,13 @@ import copy
 import pickle
 
 import pytest
+import torch
 from torch import nn
 
 import sparsekit
-from sparsekit.errors import RecipeError
+from sparsekit.data import FLOAT_INPUTS_FIX, _unpack
+from sparsekit.errors import DataError, ExportError, RecipeError
+from sparsekit.onnx.files import load_onnx
 
 
 def _error(recipe: dict) -> str:
@@ -66,12 +69,19 @@ def test_a_pruner_is_copied_by_copy_copy_as_before_pickling_was_refused():
 def test_an_onnx_file_that_is_a_git_lfs_pointer_is_named_as_one(tmp_path):
     # The ONNX reader had its own copy of the model reader's text check, without its Git LFS case: a pointer left
     # by a clone without git-lfs was told to "give the .onnx file an export wrote".
-    from sparsekit.errors import ExportError
-    from sparsekit.onnx.files import load_onnx
-
     path = tmp_path / "model.onnx"
     path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
     with pytest.raises(ExportError) as err:
         load_onnx(path)
     assert "Git LFS pointer" in str(err.value) and "git lfs pull" in str(err.value)
     assert "an export wrote" not in str(err.value)
+
+
+def test_a_callables_integer_inputs_are_told_the_scale_as_an_npz_and_finetune_tell_it():
+    # The callable's check said only "convert them with x.float()", which keeps raw pixels at 0..255: the fault an
+    # .npz's integer x and finetune's loader are now told about (/ 255), in the same words.
+    batch = (torch.randint(0, 256, (4, 8), dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(DataError) as err:
+        _unpack(batch, "data.source 'mod:loaders': the train loader")
+    assert "torch.uint8" in str(err.value) and "/ 255" in str(err.value)
+    assert FLOAT_INPUTS_FIX in str(err.value)
