@@ -135,6 +135,7 @@ Float = Annotated[float, BeforeValidator(_number)]
 FractionFrom0 = Annotated[float, BeforeValidator(_numbers(("ge", "lt")))]  # [0, 1)
 Fraction = Annotated[float, BeforeValidator(_numbers(("gt", "lt")))]  # (0, 1)
 FractionTo1 = Annotated[float, BeforeValidator(_numbers(("gt", "le")))]  # (0, 1]
+FractionClosed = Annotated[float, BeforeValidator(_numbers(("ge", "le")))]  # [0, 1]
 
 
 class _Strict(BaseModel):
@@ -348,7 +349,7 @@ class OptimizerSpec(_Strict):
         "sgd", description="the torch optimizer: sgd (SGD with momentum), adam (Adam) or adamw (AdamW)"
     )
     lr: Float = Field(0.01, gt=0, le=MAX_LR, description="learning rate (the starting one when lr_schedule changes it)")
-    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD momentum (read by sgd only)")
+    momentum: FractionFrom0 = Field(0.9, ge=0, lt=1, description="SGD momentum (read by sgd only)")
     weight_decay: Float = Field(
         0.0,
         ge=0,
@@ -367,7 +368,7 @@ class LRScheduleSpec(_Strict):
         "torch's StepLR)",
     )
     step_size: Int = Field(1, gt=0, le=MAX_EPOCHS, description="epochs between decays (name: step only)")
-    gamma: Float = Field(
+    gamma: FractionTo1 = Field(
         0.1, gt=0, le=1, description="factor the learning rate is multiplied by at each decay (name: step only)"
     )
 
@@ -382,7 +383,7 @@ class DistillSpec(_Strict):
     mode, no gradients). The ``T**2`` factor keeps the soft term's gradients on the scale of the hard one's
     as ``T`` changes (Hinton et al., section 2). ``weight: 0`` trains exactly as without distillation."""
 
-    weight: Float = Field(
+    weight: FractionClosed = Field(
         0.5,
         ge=0,
         le=1,
@@ -1291,7 +1292,7 @@ class BenchmarkSpec(_Strict):
         description="seconds of timed runs per model and batch size: timing stops once they are spent, after at "
         "least 25 runs each (a large model's benchmark stays short); null: exactly runs",
     )
-    precision: Float | None = Field(
+    precision: FractionFrom0 | None = Field(
         0.02,
         ge=0,
         lt=1,

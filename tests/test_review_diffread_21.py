@@ -55,6 +55,18 @@ def test_a_percentage_is_offered_as_a_fraction_only_within_the_fields_range(entr
         assert f"write it as the fraction {offered} " in f"{message} "
 
 
+@pytest.mark.parametrize(
+    ("recipe", "fraction"),
+    [
+        ({"finetune": {"optimizer": {"name": "sgd", "momentum": "90%"}}}, "0.9"),
+        ({"finetune": {"epochs": 1, "distill": {"weight": "100%"}}}, "1"),
+        ({"benchmark": {"precision": "2%"}}, "0.02"),
+    ],
+)
+def test_other_fields_holding_a_fraction_still_offer_it(recipe, fraction):
+    assert f"a percentage; write it as the fraction {fraction}" in _error(recipe)
+
+
 def test_a_pruner_is_copied_by_copy_copy_as_before_pickling_was_refused():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     recipe = sparsekit.load_recipe({"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.5}]})
