@@ -39,8 +39,9 @@ from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, takes_several_inputs, tied_parameters
 from .wrappers import int_dims, require_module, unwrap_wrappers
 
-# pruner.step() checks that the pruned layers are still the model's (Pruner._check_layers) on its first steps, where a
-# loop that changes the model after building the Pruner does so, and at the end of each epoch.
+# pruner.step() checks that the pruned layers are still the model's (Pruner._check_layers) on its first steps after the
+# Pruner is built or restored (load_state_dict), where a loop that changes the model after that does so, and at the end
+# of each epoch.
 _LAYER_CHECK_STEPS = 8
 
 
@@ -235,6 +236,7 @@ class Pruner:
         # not blamed on the caller's steps_per_epoch.
         self._stepped_by: tuple[str, str] | None = None
         self.step_count = 0
+        self._check_until = _LAYER_CHECK_STEPS  # (see _LAYER_CHECK_STEPS)
         self.pruning_history: list = []  # torch-pruning's replayable history (structured methods)
         # The removals the model came with (a structurally pruned checkpoint, read_model's mark): a checkpoint
         # of the result replays them before this Pruner's, or it could not be rebuilt.
@@ -657,7 +659,7 @@ class Pruner:
                 rates.override = float(lr)
         forget_applied()  # notes of masks applied by hooks hold within one step only
         step = self.step_count + 1
-        if step <= _LAYER_CHECK_STEPS or step % self.steps_per_epoch == 0:
+        if step <= self._check_until or step % self.steps_per_epoch == 0:
             self._check_layers("step")  # (not every step: a walk of names per pruned layer; finalize checks too)
         held: list[torch.nn.Parameter] = []
         replaced = False
@@ -1102,6 +1104,8 @@ class Pruner:
                     "resume on the model (and recipe) the state was saved with"
                 )
         self.step_count = int(state["step"])
+        # A resumed run's first steps too: counted from the global step, they were checked only at an epoch end.
+        self._check_until = self.step_count + _LAYER_CHECK_STEPS
         if state["masks"]:
             self._masks_possible = True
         for name, mask in state["masks"].items():

@@ -97,3 +97,37 @@ def test_a_callables_integer_inputs_are_told_the_scale_as_an_npz_and_finetune_te
         _unpack(batch, "data.source 'mod:loaders': the train loader")
     assert "torch.uint8" in str(err.value) and "/ 255" in str(err.value)
     assert FLOAT_INPUTS_FIX in str(err.value)
+
+
+def test_a_layer_replaced_after_a_resume_is_refused_on_the_resumed_runs_first_steps():
+    # The check ran on steps 1 to 8 of the global count: a resumed run (step 11 on) that fused or replaced a layer
+    # after load_state_dict trained it dense until the epoch's end, unchecked.
+    recipe = {
+        "version": 1,
+        "finetune": {"epochs": 2},
+        "pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}],
+    }
+
+    def mlp() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def train(model: nn.Module, pruner: sparsekit.Pruner, steps: int) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+            optimizer.step()
+            pruner.step()
+
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=100)
+    train(model, pruner, steps=10)
+    state, weights = pruner.state_dict(), model.state_dict()
+    again = mlp()
+    resumed = sparsekit.Pruner(again, recipe, steps_per_epoch=100)
+    resumed.load_state_dict(state)
+    again.load_state_dict(weights)
+    again[2] = nn.Linear(32, 4)  # e.g. a new head, after the resume
+    with pytest.raises(sparsekit.TargetError, match="prunes layer '2', but the model now holds another module"):
+        train(again, resumed, steps=1)
