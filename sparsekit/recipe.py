@@ -1780,6 +1780,31 @@ def foreign_method(tag: str) -> tuple[str, str] | None:
     return None
 
 
+# Values other toolkits give a setting that sparsekit spells its own way: ``value (lower case, letters and digits
+# only) -> (whose word it is, the sparsekit choice)``; used only where that choice is one the field takes.
+FOREIGN_CHOICES: dict[str, tuple[str, str]] = {
+    "local": ("torch.nn.utils.prune / NNI", "layer"),  # each layer pruned on its own, as opposed to global
+    "cosineannealinglr": ("torch.optim", "cosine"),
+    "cosineannealing": ("torch.optim", "cosine"),
+    "steplr": ("torch.optim", "step"),
+    "constantlr": ("torch.optim", "constant"),
+    "magnitudeimportance": ("Torch-Pruning", "l2"),  # its default p=2
+    "groupmagnitudeimportance": ("Torch-Pruning", "l2"),
+    "groupnormimportance": ("Torch-Pruning", "l2"),
+    "taylorimportance": ("Torch-Pruning", "taylor"),
+    "grouptaylorimportance": ("Torch-Pruning", "taylor"),
+    "bnscaleimportance": ("Torch-Pruning", "bn_scale"),
+    "l1norm": ("NNI", "l1"),
+    "l2norm": ("NNI", "l2"),
+    "l1normpruner": ("NNI", "l1"),
+    "l2normpruner": ("NNI", "l2"),
+    "taylorfo": ("NNI", "taylor"),
+    "taylorpruner": ("NNI", "taylor"),
+    "slim": ("NNI", "bn_scale"),
+    "slimpruner": ("NNI", "bn_scale"),
+}
+
+
 def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
     """The entry of ``valid`` that ``key`` most likely misspells (difflib, case-insensitive), or the one it
     abbreviates; None when nothing is close.
@@ -1966,8 +1991,17 @@ def _message(e: Any) -> str:
             )
         expected = str(ctx.get("expected", "?"))
         choices = re.findall(r"'([^']*)'", expected)
-        # `torch.nn.Conv2d` (as Torch-Pruning and NNI code name a layer type) is a class path: its last part counts.
+        # `torch.nn.Conv2d` (as Torch-Pruning and NNI code name a layer type) is a class path: its last part counts,
+        # in any case (`torch.optim.Adam` is adam).
         plain = value.rpartition(".")[2] if isinstance(value, str) else None
+        if plain is not None and plain not in choices:
+            plain = next((c for c in choices if c.lower() == plain.lower()), plain)
+        foreign = FOREIGN_CHOICES.get(re.sub(r"[^a-z0-9]", "", plain.lower())) if plain is not None else None
+        if foreign is not None and foreign[1] in choices:
+            # Another toolkit's word for a choice: a spelling guess misled (`scope: local` got "did you mean
+            # 'global'?", the opposite) or found nothing (`CosineAnnealingLR`, Torch-Pruning's `TaylorImportance`).
+            whose, meant_choice = foreign
+            return f"must be {expected} (got {got}); {short(value, 40)} is {whose}'s word: write {meant_choice}"
         meant = plain if plain in choices else did_you_mean(value, choices) if isinstance(value, str) else None
         # 'Conv' is as close to Conv1d as to Conv3d: a guess would mislead
         if meant and meant != plain and isinstance(value, str):

@@ -1,0 +1,49 @@
+"""Review round 21 (a new user from the README, with a wheel): recipes and commands as a newcomer writes
+them after other toolkits' tutorials."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import RecipeError
+
+STRUCTURED = "version: 1\npruning:\n  - method: structured\n    ratio: 0.5\n"
+MAGNITUDE = "version: 1\npruning:\n  - method: magnitude\n    sparsity: 0.5\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "meant", "wrong"),
+    [
+        # `scope: local` (torch.nn.utils.prune's and NNI's word for per-layer) read "did you mean 'global'?": the
+        # opposite of what was meant.
+        (MAGNITUDE + "    scope: local\n", "pruning[0].scope", "write layer", "did you mean 'global'"),
+        # Torch-Pruning's importance classes and torch.optim's scheduler names found no suggestion at all.
+        (STRUCTURED + "    importance: TaylorImportance\n", "pruning[0].importance", "write taylor", None),
+        (STRUCTURED + "    importance: MagnitudeImportance\n", "pruning[0].importance", "write l2", None),
+        (STRUCTURED + "    importance: l1_norm\n", "pruning[0].importance", "write l1", None),
+        (
+            "version: 1\nfinetune: {lr_schedule: {name: CosineAnnealingLR}}\n",
+            "finetune.lr_schedule.name",
+            "write cosine",
+            None,
+        ),
+    ],
+)
+def test_another_toolkits_value_names_the_sparsekit_choice(tmp_path, text, field, meant, wrong):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), field, meant)
+    if wrong:
+        assert wrong not in line
+    with pytest.raises(RecipeError, match=meant):
+        sparsekit.load_recipe(recipe)
+
+
+def test_a_near_miss_value_is_still_guessed(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MAGNITUDE + "    scope: globl\n", encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "did you mean 'global'")
