@@ -786,6 +786,38 @@ def _arch_overrides(arch: str | None, value: str | None) -> list[str]:
     return [f"model.factory={arch}", f"model.kwargs={json.dumps(parsed)}"]
 
 
+def _recipe_setting(err: click.UsageError) -> str | None:
+    """For an unknown option that names a recipe setting (`--epochs 2`, `--lr`, `--input-shape` on prune), where
+    it goes: click's own guess pointed elsewhere (`--lr`: "did you mean --arch, --help, --log-dir?", `--seed`:
+    "--set?" without saying how); None for any other usage error, or a command without --set."""
+    if not isinstance(err, click.NoSuchOption) or err.ctx is None:
+        return None
+    if not any("--set" in getattr(p, "opts", ()) for p in err.ctx.command.params):
+        return None
+    name = err.option_name.split("=", 1)[0]
+    key = name.lstrip("-").replace("-", "_")
+    if not name.startswith("--") or key == "output":  # --output is -o of prune, not model.output
+        return None
+    from .recipe import setting_path
+
+    path = setting_path(key)
+    if path is None:
+        return None
+    index = " (N: the pruning entry's index, from 0)" if ".N." in path else ""
+    # the value the user gave (`--epochs 2`, `--epochs=2`), so the remedy can be pasted as it stands
+    value = next((a.split("=", 1)[1] for a in _ARGS if a.startswith(f"{name}=")), None)
+    if value is None and name in _ARGS and _ARGS.index(name) + 1 < len(_ARGS):
+        value = _ARGS[_ARGS.index(name) + 1]
+    if value is None or value.startswith("-"):
+        value = "VALUE"
+    elif re.fullmatch(r"\d+([,x]\d+)+", value):  # export's `--input-shape 1,3,32,32`: the recipe takes a list
+        value = f"[{value.replace('x', ',')}]"
+    return (
+        f"no such option {name}: {key} is a recipe setting ({path}); write it in the recipe, or for this run "
+        f"--set {shlex.quote(f'{path}={value}')}{index}"
+    )
+
+
 class _UsageError(click.ClickException):
     """A usage error shown as one ``Error:`` line that says where help is, like every other bad input (click
     prints the usage synopsis above the error and a "Try ... --help" line below it)."""
@@ -795,6 +827,9 @@ class _UsageError(click.ClickException):
     def __init__(self, err: click.UsageError) -> None:
         # One line: click's messages are, ours too; collapse any line break a message might hold.
         message = " ".join(err.format_message().split())
+        setting = _recipe_setting(err)
+        if setting:
+            message = setting
         # (click raises some option errors without a context: the command is then the first argument)
         words = sys.argv[1:2]
         where = err.ctx.command_path if err.ctx is not None else " ".join(["sparsekit", *words])

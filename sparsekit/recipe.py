@@ -1884,6 +1884,24 @@ def unknown_key(
     return f"unknown key; the keys here are {', '.join(valid)}", None
 
 
+def setting_path(key: str) -> str | None:
+    """The dotted path (as an override writes it) of the recipe setting a user named ``key``, when it is one:
+    ``"epochs"`` -> ``"finetune.epochs"``, ``"sparsity"`` -> ``"pruning.N.sparsity"``, another toolkit's
+    ``"learning_rate"`` -> ``"finetune.optimizer.lr"``; None when no recipe key is meant (or several are)."""
+    if key in Recipe.model_fields:
+        return None if _is_model(_unwrap(Recipe.model_fields[key].annotation)) or key == "pruning" else key
+    foreign = FOREIGN_KEYS.get(key)
+    if foreign and foreign[1] not in (SIZE, PER_LAYER):
+        key = foreign[1].rpartition(".")[2]
+    home = _nested_home(Recipe, key, depth=3)
+    if home:
+        return home
+    in_entry = _entry_home(key)
+    if in_entry and in_entry[1] != "method":
+        return f"pruning.N.{in_entry[1]}"
+    return None
+
+
 def _entry_home(key: str) -> tuple[str, str] | None:
     """Where ``key`` goes in a pruning entry: ``(a method that takes it, its dotted path in the entry)``
     (``("magnitude", "sparsity")``, ``("magnitude", "layers.exclude")``), when it is a key of some method's entry or

@@ -47,3 +47,31 @@ def test_a_near_miss_value_is_still_guessed(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(MAGNITUDE + "    scope: globl\n", encoding="utf-8")
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "did you mean 'global'")
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "remedy"),
+    [
+        # click guessed "--arch, --help, --log-dir" for --lr and "--set" (without how) for --seed; --epochs, --sparsity
+        # and export's --input-shape on prune got no hint at all.
+        (["prune", "w.pt", "r.yaml"], ["--lr", "0.01"], "--set finetune.optimizer.lr=0.01"),
+        (["prune", "w.pt", "r.yaml"], ["--epochs", "2"], "--set finetune.epochs=2"),
+        (["prune", "w.pt", "r.yaml"], ["--seed=3"], "--set seed=3"),
+        (["validate", "r.yaml"], ["--sparsity", "0.8"], "--set pruning.N.sparsity=0.8"),
+        (["validate", "r.yaml"], ["--batch-size", "16"], "--set data.batch_size=16"),
+        (["sensitivity", "w.pt", "r.yaml"], ["--input-shape", "1,1,8,8"], "--set 'model.input_shape=[1,1,8,8]'"),
+    ],
+)
+def test_a_recipe_setting_given_as_an_option_says_how_to_set_it(tmp_path, monkeypatch, command, option, remedy):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(MAGNITUDE, encoding="utf-8")
+    line = assert_bad_input(CliRunner().invoke(main, [*command, *option]), f"no such option {option[0][:6]}", remedy)
+    assert "Did you mean" not in line
+
+
+def test_an_unknown_option_that_is_no_setting_keeps_clicks_words(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(MAGNITUDE, encoding="utf-8")
+    assert_bad_input(CliRunner().invoke(main, ["validate", "r.yaml", "--jsn"]), "No such option '--jsn'")
+    # export has no --set: its unknown options are click's
+    assert_bad_input(CliRunner().invoke(main, ["export", "w.pt", "--epochs", "2"]), "No such option '--epochs'")
