@@ -818,6 +818,21 @@ def _recipe_setting(err: click.UsageError) -> str | None:
     )
 
 
+def _split_setting(err: click.UsageError) -> str | None:
+    """`--set pruning.0.ratio 0.5` (the value as a word of its own, as most tools' options take one): click saw
+    0.5 as an extra argument and said only "Got unexpected extra argument (0.5)". Names the setting joined by
+    ``=``; None for any other usage error."""
+    extra = re.fullmatch(r"Got unexpected extra arguments? \((.*)\)", err.format_message().strip())
+    if extra is None:
+        return None
+    for i in range(len(_ARGS) - 2):
+        key, value = _ARGS[i + 1], _ARGS[i + 2]
+        if _ARGS[i] == "--set" and "=" not in key and extra.group(1).split(" ")[0] == value:
+            joined = shlex.quote(f"{key}={value}")
+            return f"--set {key} {value}: a setting is one word, key.path=value: write --set {joined}"
+    return None
+
+
 class _UsageError(click.ClickException):
     """A usage error shown as one ``Error:`` line that says where help is, like every other bad input (click
     prints the usage synopsis above the error and a "Try ... --help" line below it)."""
@@ -827,7 +842,7 @@ class _UsageError(click.ClickException):
     def __init__(self, err: click.UsageError) -> None:
         # One line: click's messages are, ours too; collapse any line break a message might hold.
         message = " ".join(err.format_message().split())
-        setting = _recipe_setting(err)
+        setting = _recipe_setting(err) or _split_setting(err)
         if setting:
             message = setting
         # (click raises some option errors without a context: the command is then the first argument)

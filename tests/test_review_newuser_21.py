@@ -75,3 +75,19 @@ def test_an_unknown_option_that_is_no_setting_keeps_clicks_words(tmp_path, monke
     assert_bad_input(CliRunner().invoke(main, ["validate", "r.yaml", "--jsn"]), "No such option '--jsn'")
     # export has no --set: its unknown options are click's
     assert_bad_input(CliRunner().invoke(main, ["export", "w.pt", "--epochs", "2"]), "No such option '--epochs'")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["prune", "w.pt", "r.yaml", "--json"], ["validate", "r.yaml", "w.pt"], ["sensitivity", "w.pt", "r.yaml"]],
+)
+def test_a_setting_split_from_its_value_says_to_join_them(tmp_path, monkeypatch, command):
+    # `--set finetune.epochs 2` read "Got unexpected extra argument (2)", which did not say what was wrong.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(MAGNITUDE, encoding="utf-8")
+    result = CliRunner().invoke(main, [*command, "--set", "finetune.epochs", "2"])
+    assert_bad_input(result, "--set finetune.epochs 2", "write --set finetune.epochs=2")
+    assert "unexpected extra argument" not in result.output
+    # an extra argument with no --set before it keeps click's words
+    result = CliRunner().invoke(main, [*command, "stray"])
+    assert_bad_input(result, "unexpected extra argument (stray)")
