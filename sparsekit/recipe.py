@@ -1712,6 +1712,11 @@ def foreign_home(section: type[BaseModel] | None, key: str) -> tuple[str, str, s
         # `finetune: {learning_rate: ...}`: lr is a key of finetune.optimizer, one level down
         nested = _nested_home(section, path)
         return (whose, nested, note) if nested else None
+    head, _, last = path.rpartition(".")
+    if head and head.split(".")[0] not in section.model_fields and last in section.model_fields:
+        # already inside the mapping the path leads to (`schedule: {frequency: 1}`, `update_frequency` there): the
+        # key is the path's last part. The path from the entry found no holder and said only "unknown key".
+        return whose, last, note
     tp: Any = section
     for part in path.split("."):  # a path the section lacks (max_norm has no size; the top has no schedule)
         # `schedule` is a mapping or 'oneshot': the mapping among a union's members holds the keys

@@ -91,3 +91,26 @@ def test_a_setting_split_from_its_value_says_to_join_them(tmp_path, monkeypatch,
     # an extra argument with no --set before it keeps click's words
     result = CliRunner().invoke(main, [*command, "stray"])
     assert_bad_input(result, "unexpected extra argument (stray)")
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("frequency", "sparsekit's is every"),
+        ("update_frequency", "sparsekit's is every"),
+        ("initial_sparsity", "sparsekit's is init_sparsity"),
+        ("starting_epoch", "sparsekit's is start_epoch"),
+    ],
+)
+def test_another_toolkits_schedule_key_inside_schedule_names_the_sparsekit_key(tmp_path, key, meant):
+    # Written at the entry's level these were named; written inside `schedule:` (where they belong) they read
+    # "unknown key; the keys here are ..." and the user had to guess which one.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nfinetune: {epochs: 3}\npruning:\n  - method: magnitude\n    sparsity: 0.8\n"
+        f"    schedule: {{start_epoch: 0, end_epoch: 2, {key}: 1}}\n",
+        encoding="utf-8",
+    )
+    assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), f"pruning[0].schedule.{key}", meant)
+    with pytest.raises(RecipeError, match=meant):
+        sparsekit.load_recipe(recipe)
