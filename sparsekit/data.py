@@ -184,8 +184,14 @@ def _reworded(
 
 
 def check_npz_option(source: str) -> None:
-    """The checks :func:`load_data` makes of the caller's ``.npz`` file (the data option's), named as that option;
-    nothing for another source. ``run_prune`` makes them before the output folder's."""
+    """The checks :func:`load_data` makes of the caller's ``.npz`` file (the data option's), named as that option,
+    and of any other source's form (`x.npy`, `-`: no source at all); nothing more for a built-in or callable.
+    ``run_prune`` makes them before the output folder's, and every command before the model is built: a source
+    of no known form was named only after the model, whose input shape it was to give ("cannot tell the model's
+    input shape" for a conv model, where the data option was the fault)."""
+    problem = source_problem(source.strip())
+    if problem is not None:
+        raise _reworded(DataError(f"data.source {problem}"), source, None, "data")
     if source.endswith(".npz"):
         try:
             npz_file(source)

@@ -664,6 +664,8 @@ def check_inputs(
     weights), :class:`~sparsekit.errors.DataError` (shapes) and what loading raises."""
     clock = clock or PhaseClock()
     source = data or recipe.data.source
+    if data is not None:  # the caller's source before the model: a conv model's input shape may come from it
+        check_npz_option(data)
     # The user's code run next (the model factory, a data callable) may draw from any of the three global generators.
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed % 2**32)  # numpy's global generator takes 32-bit seeds

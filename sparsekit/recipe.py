@@ -290,8 +290,12 @@ def source_problem(source: str) -> str | None:
         return None
     from .trust import module_spec_hint
 
-    close = difflib.get_close_matches(source, DATA_SOURCES, n=1)
+    close = difflib.get_close_matches(source.lower(), DATA_SOURCES, n=1)  # `MNIST`, `Digits`
     hint = f"did you mean {close[0]!r}? " if close else ""
+    if source.lower().endswith((".npy", ".csv", ".pt", ".pth", ".pkl", ".h5", ".txt")):
+        hint = "a file is read as an .npz holding arrays x and y (numpy.savez(path, x=..., y=...)); "
+    if source == "-":  # a Unix tool's standard input
+        hint = "sparsekit reads no data from standard input: save it with numpy.savez(path, x=..., y=...); "
     return (
         f"{short(source, 80)!r} is not a known source; {hint}valid sources: {', '.join(DATA_SOURCES)}, "
         f"path/to/file.npz (arrays x, y), pkg.module:callable{module_spec_hint(source)}"

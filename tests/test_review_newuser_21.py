@@ -4,6 +4,7 @@ them after other toolkits' tutorials."""
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import assert_bad_input
 
@@ -114,3 +115,36 @@ def test_another_toolkits_schedule_key_inside_schedule_names_the_sparsekit_key(t
     assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), f"pruning[0].schedule.{key}", meant)
     with pytest.raises(RecipeError, match=meant):
         sparsekit.load_recipe(recipe)
+
+
+class ConvNet(torch.nn.Module):  # a convolution first: the input shape comes from the data when the recipe has none
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.head = torch.nn.Linear(2 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).relu().flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("source", "hint"),
+    [
+        ("x.npy", "numpy.savez(path, x=..., y=...)"),
+        ("-", "no data from standard input"),
+        ("MNIST", "did you mean 'mnist5k'?"),
+    ],
+)
+def test_a_data_option_of_no_known_form_is_named_before_the_model(tmp_path, monkeypatch, source, hint):
+    # With a conv model and no model.input_shape, `--data x.npy` read "w.pt: cannot tell the model's input shape":
+    # the model was blamed for the data option's fault.
+    monkeypatch.chdir(tmp_path)
+    torch.save(ConvNet().state_dict(), tmp_path / "w.pt")
+    (tmp_path / "r.yaml").write_text(MAGNITUDE + "    schedule: oneshot\n", encoding="utf-8")
+    (tmp_path / "x.npy").write_bytes(b"")
+    arch = f"{__name__}:ConvNet"
+    for command in (["validate", "r.yaml", "w.pt"], ["prune", "w.pt", "r.yaml", "-o", "out"]):
+        result = CliRunner().invoke(main, [*command, "--arch", arch, "--data", source])
+        line = assert_bad_input(result, f"--data {source}", hint)
+        assert "input shape" not in line
+    assert not (tmp_path / "out").exists()
