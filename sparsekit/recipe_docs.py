@@ -33,17 +33,14 @@ from pydantic.fields import FieldInfo
 from .errors import option
 from .errors import render as render_options
 from .recipe import (
-    FOREIGN_KEYS,
-    FOREIGN_METHODS,
     METHOD_NAMES,
     METHOD_SPECS,
     MISPLACED_KEYS,
-    PER_LAYER,
     RECIPE_DOCS,
-    SIZE,
     Recipe,
     load_recipe,
 )
+from .recipe_vocabulary import FOREIGN_KEYS, FOREIGN_METHODS, PER_LAYER, SIZE
 
 
 def source_page(package_dir: Path) -> Path | None:
