@@ -756,13 +756,18 @@ def _safetensors(path: Path) -> bool:
     under another name (``model.bin``): a little-endian u64 header length, then a JSON header inside the file."""
     if path.suffix.lower() == ".safetensors":
         return True
+    found = _head(path)
+    return found is not None and _safetensors_layout(*found)
+
+
+def _head(path: Path) -> tuple[bytes, int] | None:
+    """``path``'s first 9 bytes and its size, or None when it cannot be read (the full read reports that)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(9)
-        size = path.stat().st_size
+        return head, path.stat().st_size
     except OSError:
-        return False
-    return _safetensors_layout(head, size)
+        return None
 
 
 def _safetensors_layout(head: bytes, size: int) -> bool:
@@ -815,14 +820,10 @@ def _not_loadable(path: Path) -> bool:
     .safetensors without that layout, a zip archive cut short or of numpy arrays (.npz), or bytes that are neither
     a zip archive nor a binary pickle (the weights-only loader reads pickle protocol 2 and up, which start 0x80).
     Anything else, including a torch archive whose members are damaged, is left to the full read."""
-    if path.suffix.lower() == ".pt2":
+    found = _head(path) if path.suffix.lower() != ".pt2" else None
+    if found is None:
         return False
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-        size = path.stat().st_size
-    except OSError:
-        return False
+    head, size = found
     laid_out = _safetensors_layout(head, size)
     if path.suffix.lower() == ".safetensors" or laid_out:
         return not laid_out
