@@ -318,6 +318,19 @@ def _parse_yaml(text: str, source: str) -> Any:
             loader.dispose()
 
 
+def _as_setting(item: str) -> str:
+    """The ``key.path=value`` an override without ``=`` most likely meant, for the error's example: YAML's
+    ``key: value`` (or ``key:value``) joined by ``=``, a lone key given ``=VALUE``; a generic example when the
+    text is no key path at all."""
+    key, colon, value = item.partition(":")
+    key, value = key.strip(), value.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(?:(?:\.|\[)\w+\]?)*", key):
+        return "finetune.epochs=2"
+    if not colon:
+        return f"{key}=VALUE"
+    return f"{key}={value or 'VALUE'}"
+
+
 def _parse_value(text: str, item: str) -> Any:
     where = option("set", short(item, 120))
     problem = number_problem(text)
@@ -417,7 +430,7 @@ def apply_overrides(
         if len(item) > MAX_OVERRIDE_CHARS:
             raise RecipeError(f"{shown}: longer than {MAX_OVERRIDE_CHARS:,} characters")
         if "=" not in item:
-            raise RecipeError(f"{shown}: expected key.path=value, e.g. {option('set', 'finetune.epochs=2')}")
+            raise RecipeError(f"{shown}: expected key.path=value, e.g. {option('set', _as_setting(item))}")
         key, _, raw = item.partition("=")
         key = dotted_path(key.strip())  # pruning[0].sparsity, as errors print paths
         parts = key.split(".")
