@@ -825,9 +825,11 @@ def _split_setting(err: click.UsageError) -> str | None:
     extra = re.fullmatch(r"Got unexpected extra arguments? \((.*)\)", err.format_message().strip())
     if extra is None:
         return None
+    # The value may be the extra word itself or, when it came before MODEL (`prune --set k v MODEL RECIPE`),
+    # have taken MODEL's place and pushed a later word out: any `--set KEY` without `=` followed by a word.
     for i in range(len(_ARGS) - 2):
         key, value = _ARGS[i + 1], _ARGS[i + 2]
-        if _ARGS[i] == "--set" and "=" not in key and extra.group(1).split(" ")[0] == value:
+        if _ARGS[i] == "--set" and "=" not in key and not value.startswith("-"):
             joined = shlex.quote(f"{key}={value}")
             return f"--set {key} {value}: a setting is one word, key.path=value: write --set {joined}"
     return None

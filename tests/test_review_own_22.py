@@ -32,3 +32,11 @@ def test_the_python_api_words_the_same_example_as_overrides():
     with pytest.raises(RecipeError, match=r"e\.g\. overrides=\['finetune\.lr=0\.1'\]"):
         sparsekit.load_recipe("lenet-gradual-magnitude-90", overrides=["finetune.lr: 0.1"])
 
+
+def test_a_split_setting_before_the_model_says_to_join_them(tmp_path, monkeypatch):
+    # `prune --set k v MODEL RECIPE`: v took MODEL's place and click named RECIPE as the extra argument.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(MAGNITUDE, encoding="utf-8")
+    result = CliRunner().invoke(main, ["prune", "--set", "pruning.0.sparsity", "0.5", "w.pt", "r.yaml"])
+    assert_bad_input(result, "--set pruning.0.sparsity 0.5", "write --set pruning.0.sparsity=0.5")
+    assert "unexpected extra argument" not in result.output
