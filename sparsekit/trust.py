@@ -265,7 +265,7 @@ def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) 
     ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
         shape = "is not of the form pkg.module:callable (e.g. mypkg.nets:build for build() in mypkg/nets.py)"
-        hint = _call_hint(spec, where) or module_spec_hint(spec) or _dotted_hint(spec)
+        hint = _call_hint(spec, where) or module_spec_hint(spec) or _dotted_hint(spec) or _slash_hint(spec)
         raise error(f"{where}: {spec!r} {shape}{hint}")
     module, attr = spec.split(":")
     if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):
@@ -305,9 +305,30 @@ def _dotted_hint(spec: Any) -> str:
     """For ``mynet.Net`` (the dotted path Python prints for a class): ``mynet:Net`` as a hint; else ""."""
     if not isinstance(spec, str) or ":" in spec or "." not in spec:
         return ""
+    if spec.endswith(".py"):  # a file alone (`mynet.py`): its import name, and the callable still to name
+        meant = spec.replace("\\", "/").removeprefix("./").removesuffix(".py").replace("/", ".") + ":NAME"
+        return (
+            f"; a module is named by its import name, not its file, and the callable follows a colon: {meant!r}"
+            if _SPEC_RE.match(meant)
+            else ""
+        )
     module, _, attr = spec.rpartition(".")
     meant = f"{module}:{attr}"
     return f"; did you mean {meant!r}?" if _SPEC_RE.match(meant) else ""
+
+
+def _slash_hint(spec: Any) -> str:
+    """For ``mynet/Net`` (a path's separator between module and callable) or a module alone (``mynet``): the
+    spec meant, as a hint; else ""."""
+    if not isinstance(spec, str) or ":" in spec:
+        return ""
+    if "/" in spec and not spec.endswith(".py"):
+        module, _, attr = spec.replace("\\", "/").removeprefix("./").rpartition("/")
+        meant = f"{module.replace('/', '.')}:{attr}"
+        return f"; did you mean {meant!r}?" if _SPEC_RE.match(meant) else ""
+    if _SPEC_RE.match(f"{spec}:NAME"):
+        return f"; name the callable after a colon: '{spec}:NAME'"
+    return ""
 
 
 def module_spec_hint(spec: Any) -> str:
@@ -624,7 +645,7 @@ def _import(module: str, where: str, error: type[SparsekitError]) -> types.Modul
             if module.split(".")[0] == "examples" and getattr(exc, "name", "") in ("examples", module)
             else f"; a module is named by its import name, not its file: {module.removesuffix('.py')!r}"
             if module.endswith(".py")
-            else ""
+            else _near_module(module, exc)
         )
         raise error(
             f"{where}: cannot import module {module!r} ({one_line(exc)}); run from the folder that contains it "
@@ -634,6 +655,25 @@ def _import(module: str, where: str, error: type[SparsekitError]) -> types.Modul
         raise error(f"{where}: importing {module!r} called sys.exit({exc.code!r})") from None
     except BaseException as exc:  # noqa: BLE001 - the user's module raised while importing
         raise error(f"{where}: importing {module!r} raised {one_line(exc)}") from None
+
+
+def _near_module(module: str, exc: ImportError) -> str:
+    """For a misspelt top-level module (``mynett`` beside ``mynet.py``): the module in the current folder whose
+    name is closest, as a hint; else "". Only file names are read: nothing is imported."""
+    top = module.split(".")[0]
+    if getattr(exc, "name", None) != top:  # the module was found; something it imports was not
+        return ""
+    with contextlib.suppress(OSError):
+        here = [
+            entry.name.removesuffix(".py")
+            for entry in os.scandir(".")
+            if entry.name.endswith(".py")
+            or (entry.is_dir() and os.path.isfile(os.path.join(entry.path, "__init__.py")))
+        ]
+        close = difflib.get_close_matches(top, [n for n in here if n.isidentifier()], n=1)
+        if close:
+            return f"; did you mean {close[0] + module[len(top) :]!r} (in the current folder)?"
+    return ""
 
 
 def _check_shape(obj: Any, where: str, kind: Kind, error: type[SparsekitError]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import assert_bad_input
 
@@ -40,3 +41,35 @@ def test_a_split_setting_before_the_model_says_to_join_them(tmp_path, monkeypatc
     result = CliRunner().invoke(main, ["prune", "--set", "pruning.0.sparsity", "0.5", "w.pt", "r.yaml"])
     assert_bad_input(result, "--set pruning.0.sparsity 0.5", "write --set pruning.0.sparsity=0.5")
     assert "unexpected extra argument" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("spec", "meant"),
+    [
+        ("mynet/Net", "did you mean 'mynet:Net'?"),
+        ("pkg/nets/build", "did you mean 'pkg.nets:build'?"),
+        ("mynet", "name the callable after a colon: 'mynet:NAME'"),
+        # was "did you mean 'mynet:py'?"
+        ("mynet.py", "not its file, and the callable follows a colon: 'mynet:NAME'"),
+    ],
+)
+def test_an_arch_spec_in_another_shape_is_shown_the_one_meant(spec, meant):
+    from sparsekit.errors import TrustError
+    from sparsekit.trust import split_spec
+
+    with pytest.raises(TrustError) as err:
+        split_spec(spec, "--arch")
+    assert meant in str(err.value)
+    assert "did you mean 'mynet:py'" not in str(err.value)
+
+
+def test_a_misspelt_module_names_the_close_one_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynet.py").write_text("raise SystemExit('imported')\n", encoding="utf-8")  # never imported
+    torch.save(torch.nn.Linear(8, 3).state_dict(), tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "mynett:Net", "--input-shape", "8"])
+    assert_bad_input(result, "cannot import module 'mynett'", "did you mean 'mynet' (in the current folder)?")
+    # a module that is found but fails inside (a missing dependency) gets no such guess
+    (tmp_path / "other.py").write_text("import mynett_dependency\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "other:Net", "--input-shape", "8"])
+    assert "did you mean" not in result.output
