@@ -116,6 +116,25 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
         raise mapped from err
 
 
+def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(device, inode)`` of a file or folder, None when there is none: tells the same folder from a new one of
+    the same name (a folder removed and re-created while a run wrote into it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def nearest_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a folder, else its nearest ancestor that is (the folder a write there would re-create
+    the rest under)."""
+    here = Path(path)
+    while not here.is_dir() and here != here.parent:
+        here = here.parent
+    return here
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path in the same folder; on success it is renamed to ``path``, on error removed.

@@ -45,7 +45,7 @@ from typing import Any
 
 from . import __version__
 from .errors import OutputError, option
-from .fsutil import atomic_path, lock_folder, read_regular, sigint_deferred, unlock_folder, writing
+from .fsutil import atomic_path, identity, lock_folder, read_regular, sigint_deferred, unlock_folder, writing
 
 META = ".sparsekit"
 MANIFEST = "manifest.json"
@@ -367,6 +367,7 @@ class RunFolder:
                         shutil.copyfile(self.out / ckpt, tmp)
                 self.stage.mkdir(parents=True, exist_ok=True)
             self._ckpt_before = _stat(self.stage / ckpt)
+            self._ids = {path: identity(path) for path in (self.out, self.stage)}
         except BaseException:
             # Refused under the lock (another run's files arrived meanwhile) or failed: the .sparsekit folder and
             # the output folder this run created go when empty, as they do when a run is discarded; left behind,
@@ -375,6 +376,13 @@ class RunFolder:
             self.unlock()
             raise
         return self.stage
+
+    def removed(self) -> Path | None:
+        """The output or staging folder when it was removed (or replaced by another) since :meth:`begin`: a
+        user's ``rm -r`` while the run went on, which a later write then fails on, or re-creates part of. None
+        when both are the folders ``begin`` had (or before ``begin``)."""
+        ids = getattr(self, "_ids", {})
+        return next((path for path, before in ids.items() if identity(path) != before), None)
 
     def discard(self) -> bool:
         """After a run failed on bad input (while holding the lock): remove the staging folder when this
@@ -398,6 +406,9 @@ class RunFolder:
         put back, so the folder holds either the old results or the new ones. Ctrl-C waits for the
         end of the swap (a fraction of a second). Raises :class:`OutputError` when the folder now holds
         a file sparsekit did not write; an OSError of a failed move propagates after the undo."""
+        gone = self.removed()
+        if gone is not None:  # the writes since re-created part of it: publishing would pass that off as a run
+            raise OutputError(f"{gone}: removed while the run was writing into it")
         self.check_owned()  # again: the user may have put a file in the folder while the run went on
         new = {rel: _entry(self.stage / rel) for rel in _files_under(self.stage)}
         old = [rel for rel in _read_manifest(self.meta / MANIFEST) if (self.out / rel).is_file()]

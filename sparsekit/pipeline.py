@@ -559,6 +559,16 @@ def run_prune(
                 )  # fmt: skip
                 folder.publish()
         except SparsekitError as err:
+            gone = folder.removed()
+            if gone is not None:
+                # Someone removed the folder mid-run: the write that failed named a staging file, and the
+                # checkpoint "kept" below went with the folder. What is there now is left alone: it may be a
+                # folder of the user's own put in its place.
+                then = "" if "removed while" in str(err) else f" (then: {quoted(err)})"
+                raise OutputError(
+                    f"{gone}: removed while the run was writing into it, with its checkpoints{then}; nothing of this "
+                    "run is left to resume: run it again"
+                ) from None
             # Bad input found on the way (data that fails late, training that diverges, a full disk): the
             # staging folder goes unless it holds a checkpoint to resume from, which the error then names.
             if folder.discard() or getattr(err, "unusable", False):

@@ -27,8 +27,8 @@ from torch import nn
 from . import distributed as _distributed
 from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
-from .errors import DataError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
-from .fsutil import atomic_path, too_large_to_unpack
+from .errors import DataError, OutputError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
+from .fsutil import atomic_path, identity, nearest_folder, too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .masks import count_true
@@ -473,6 +473,10 @@ def finetune(
     history: list[dict[str, Any]] = []
     first_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    # The folder the checkpoints go under, as it is now: removed mid-run (a user's rm -r), a save would re-create
+    # it holding only the later epochs, posing as the run's folder.
+    home = nearest_folder(ckpt.parent) if ckpt else None
+    home_id = identity(home) if home else None
     device_type = _distributed.resolve_device(spec.device).type
     origin = {**(provenance or {}), "recipe": recipe_record(recipe.model_dump(mode="json"), device_type)}
     accepted = check_allowed(allow_changes)
@@ -573,10 +577,16 @@ def finetune(
                 info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"
                 bar.update(task, info=info)
                 if ckpt and main:
+                    if home is not None and identity(home) != home_id:
+                        raise OutputError(
+                            f"{home}: removed while training (the checkpoints were to go there); epoch {epoch + 1}'s "
+                            "checkpoint was not written, so as not to re-create it: train again"
+                        )
                     _save_checkpoint(
                         ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
                         _loader_generator(train_loader), origin,
                     )  # fmt: skip
+                    home, home_id = ckpt.parent, identity(ckpt.parent)  # made by the first save if it was not there
                 if ckpt:
                     # every rank: only the main one writes the checkpoint, but each one's Ctrl-C line says what
                     # --resume will find (the others said "no epoch was checkpointed" beside rank 0's "holds epoch N")

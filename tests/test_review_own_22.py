@@ -73,3 +73,76 @@ def test_a_misspelt_module_names_the_close_one_in_the_current_folder(tmp_path, m
     (tmp_path / "other.py").write_text("import mynett_dependency\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "other:Net", "--input-shape", "8"])
     assert "did you mean" not in result.output
+
+
+def test_a_checkpoint_folder_removed_mid_training_is_not_re_created(tmp_path):
+    # rm -r of the folder while training went on: each later epoch's checkpoint re-created it (and with it a
+    # folder posing as the run's, holding only the later epochs).
+    from examples.models import mlp
+    from sparsekit.errors import OutputError
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    data = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    run = tmp_path / "run"
+    recipe = {"version": 1, "finetune": {"epochs": 3}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    removed = []
+
+    def remove_after_first(row):
+        if not removed:
+            import shutil
+
+            assert (run / "ckpt" / "last.pt").is_file()  # epoch 1 was checkpointed
+            shutil.rmtree(run)
+            removed.append(row)
+
+    with pytest.raises(OutputError, match=r"removed while training .*epoch 2's checkpoint was not written"):
+        sparsekit.finetune(
+            mlp(in_features=8, hidden=[16], num_classes=3), recipe, data, data[:1], progress=False,
+            checkpoint_dir=run / "ckpt", on_epoch=remove_after_first,
+        )  # fmt: skip
+    assert removed and not run.exists()
+
+
+def test_an_output_folder_removed_mid_run_is_not_called_kept(tmp_path, mlp_checkpoint):
+    # The error named a staging file and said "The run's last checkpoint is kept in OUT", which went with the folder.
+    import shutil
+
+    from sparsekit.errors import OutputError
+
+    out = tmp_path / "o"
+    recipe = (
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits, batch_size: 64}\n"
+        "finetune: {epochs: 2, max_steps_per_epoch: 2}\npruning:\n  - method: magnitude\n    sparsity: 0.5\n"
+        "export: {exporter: torchscript}\nbenchmark: {enabled: false}\n"
+    )
+    (tmp_path / "r.yaml").write_text(recipe, encoding="utf-8")
+
+    def remove(message):
+        if out.exists():
+            shutil.rmtree(out)
+
+    with pytest.raises(OutputError) as err:
+        sparsekit.run_prune(
+            mlp_checkpoint, tmp_path / "r.yaml", out, arch="examples.models:mlp", progress=False, notify=remove
+        )
+    assert str(err.value).startswith(f"{out}: removed while the run was writing into it")
+    assert "kept in" not in str(err.value)
+
+
+def test_publishing_refuses_a_folder_removed_since_begin(tmp_path):
+    import shutil
+
+    from sparsekit.errors import OutputError
+    from sparsekit.outputs import RunFolder
+
+    folder = RunFolder(tmp_path / "o")
+    stage = folder.begin()
+    try:
+        shutil.rmtree(tmp_path / "o")
+        (stage / "report.json").parent.mkdir(parents=True)  # what a later write's mkdir(parents=True) did
+        (stage / "report.json").write_text("{}", encoding="utf-8")
+        with pytest.raises(OutputError, match="removed while the run was writing into it"):
+            folder.publish()
+    finally:
+        folder.unlock()
