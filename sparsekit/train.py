@@ -480,7 +480,12 @@ def finetune(
     device_type = _distributed.resolve_device(spec.device).type
     origin = {**(provenance or {}), "recipe": recipe_record(recipe.model_dump(mode="json"), device_type)}
     accepted = check_allowed(allow_changes)
-    torch.manual_seed(recipe.seed)  # before a resume, which restores the RNG state it saved
+    # Before a resume, which restores the RNG states it saved. numpy's and Python's too: a data callable's dataset may
+    # draw augmentation from them, and whatever ran before (the CLI's evaluation of the dense model over the
+    # validation loader) must not shift what training draws from the same seed.
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed % 2**32)  # numpy's global generator takes 32-bit seeds
+    random.seed(recipe.seed)
     if resume and ckpt and ckpt.exists():
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
             ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted
