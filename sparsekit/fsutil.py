@@ -337,3 +337,28 @@ def cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sparsekit"
     return Path.home() / ".cache" / "sparsekit"
+
+
+@contextlib.contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """Put Python's, numpy's and torch's global random generators back as they were (those already imported).
+    Importing a module may draw from them (rich's import draws from Python's; scikit-learn imports rich), so a
+    module imported after seeding, the user's code or one sparsekit imports when first needed, shifted what the same
+    seed gives: a data module imported after the CLI seeded (a user's script imports first), or the first
+    ``sparsekit.finetune`` in a process against the next."""
+    import random
+    import sys
+
+    np = sys.modules.get("numpy")
+    torch = sys.modules.get("torch")
+    py_state = random.getstate()
+    np_state = np.random.get_state() if np is not None else None
+    torch_state = torch.get_rng_state() if torch is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        if np is not None:
+            np.random.set_state(np_state)
+        if torch is not None:
+            torch.set_rng_state(torch_state)

@@ -28,7 +28,7 @@ from . import distributed as _distributed
 from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
 from .errors import DataError, OutputError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
-from .fsutil import atomic_path, identity, nearest_folder, too_large_to_unpack
+from .fsutil import atomic_path, global_rng_kept, identity, nearest_folder, too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .masks import count_true
@@ -301,8 +301,9 @@ def calibrate(model: nn.Module, pruner: Pruner, loader: Iterable, batches: int) 
 def progress_bar(enabled: bool) -> Any:
     """A rich progress bar on stderr (description, bar, n/total, time left, an `info` field); hidden when
     not ``enabled``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with global_rng_kept():  # called after finetune seeded the generators; rich's first import draws from them
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
         TextColumn("[bold]{task.description}"),

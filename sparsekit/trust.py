@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import API_SPELLING, SparsekitError, TrustError, one_line, option
-from .fsutil import read_regular
+from .fsutil import global_rng_kept, read_regular
 
 log = logging.getLogger("sparsekit")
 
@@ -629,33 +629,10 @@ def _cwd_appended() -> Iterator[None]:
                 sys.path.remove(cwd)
 
 
-@contextlib.contextmanager
-def _global_rng_kept() -> Iterator[None]:
-    """Put Python's, numpy's and torch's global random generators back as they were (those already imported):
-    importing a module may draw from them (scikit-learn imports rich, whose import draws from Python's). A command
-    seeds them and then imports the user's code; a user's own script imports first and seeds after, so without
-    this the same seed gave the CLI another data split and augmentation than the user's loop."""
-    import random
-
-    np = sys.modules.get("numpy")
-    torch = sys.modules.get("torch")
-    py_state = random.getstate()
-    np_state = np.random.get_state() if np is not None else None
-    torch_state = torch.get_rng_state() if torch is not None else None
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        if np is not None:
-            np.random.set_state(np_state)
-        if torch is not None:
-            torch.set_rng_state(torch_state)
-
-
 def _import(module: str, where: str, error: type[SparsekitError]) -> types.ModuleType:
     importlib.invalidate_caches()  # a module written moments ago (generated, or by a test) is found
     try:
-        with _cwd_appended(), _global_rng_kept():
+        with _cwd_appended(), global_rng_kept():
             return importlib.import_module(module)
     except KeyboardInterrupt:
         raise

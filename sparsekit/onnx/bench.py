@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsekit.errors import ExportError, one_line, option
-from sparsekit.fsutil import available_memory, private_memory
+from sparsekit.fsutil import available_memory, global_rng_kept, private_memory
 from sparsekit.onnx.files import gzip_level, onnx_bytes
 from sparsekit.onnx.graph import activation_bytes, onnx_macs
 from sparsekit.onnx.sessions import DEFAULT_PROVIDER, ORT_DTYPES, open_session, random_array
@@ -687,8 +687,9 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import Progress
+    with global_rng_kept():  # rich's first import draws from Python's generator: a user's seeded script goes on
+        from rich.console import Console
+        from rich.progress import Progress
 
     console = Console(stderr=True)
     if not console.is_terminal:  # a log file or a pipe: a bar that redraws is noise there (a stray blank line)
