@@ -153,13 +153,19 @@ def _several_inputs(model: Any, err: Exception) -> bool:
 
 
 def check_input_shape(
-    model: Any, shape: Sequence[int], *, fix: Callable[[str], str] | None = None, origin: str = "input shape"
+    model: Any,
+    shape: Sequence[int],
+    *,
+    fix: Callable[[str], str] | None = None,
+    origin: str = "input shape",
+    prefer: Sequence[Sequence[int]] = (),
 ) -> None:
     """Check that ``model`` runs on ``shape`` read batch first: on zeros of ``[1, *shape[1:]]`` and of
     ``[2, *shape[1:]]``. Raises :class:`~sparsekit.errors.DataError` naming ``shape``, where it came from
     (``origin``, e.g. ``"m.pt: its input_shape"``) and how to give another otherwise: ``fix(value)`` words the
     remedy for a shape ``value`` (``""``: no particular one); by default the caller's input-shape option
     (:func:`~sparsekit.errors.option`), e.g. a recipe's ``option("set", f"model.input_shape={value}")`` elsewhere.
+    ``prefer``: shapes to suggest first when ``shape`` fails and the model runs on them (the data's samples).
 
     Both batch sizes are tried because many layers also take an input without its batch dimension (a
     Conv2d takes ``[C, H, W]``): ``1,8,8`` given for a model of ``[N, 1, 8, 8]`` inputs runs at batch 1,
@@ -209,7 +215,10 @@ def check_input_shape(
         if first is not None:
             # One the first layer tells (a Linear's in_features, a conv's in_channels at the given size), if the
             # model runs on it: a shipped recipe's [1, 784] for one's own 64-input MLP said only "give the shape".
-            runs = (c for c in _shapes_to_try(model, dims) if fails(c) is None and fails([2, *c[1:]]) is None)
+            # The data's own sample shape first: the first layer's guess keeps the recipe's image size (a shipped
+            # recipe's [1, 1, 8, 8] for one's own 3x32x32 CNN suggested [1, 3, 8, 8], which the data then refused).
+            tries = [[int(d) for d in c] for c in prefer] + _shapes_to_try(model, dims)
+            runs = (c for c in tries if c != dims and fails(c) is None and fails([2, *c[1:]]) is None)
             takes = next(runs, None)
             advice = (
                 f"; the model takes {takes}{paren(remedy(str(takes)))}"

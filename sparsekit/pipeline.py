@@ -210,9 +210,12 @@ def _runs_on(model: nn.Module, shape: list[int]) -> bool:
     return True
 
 
-def check_input(model: nn.Module, input_shape: list[int], where: str, origin: str = "") -> int:
+def check_input(
+    model: nn.Module, input_shape: list[int], where: str, origin: str = "", data_shapes: list[list[int]] | None = None
+) -> int:
     """Run one forward pass; returns the number of outputs (classes). A model returning a tuple / dict
-    needs ``model.output`` (:mod:`sparsekit.logits`, attached before this)."""
+    needs ``model.output`` (:mod:`sparsekit.logits`, attached before this). ``data_shapes``: the input shapes the
+    data's samples may be taken in, suggested first when the model does not take ``input_shape``."""
     from .inspection import check_input_shape
 
     # Batch 1 and 2, naming the shape as the user wrote it (and the batch dim if it was left out).
@@ -223,6 +226,7 @@ def check_input(model: nn.Module, input_shape: list[int], where: str, origin: st
         input_shape,
         fix=lambda v: option("set", f"model.input_shape={v.replace(' ', '') if v else '[1,...]'}"),
         origin=origin or "input shape",
+        prefer=data_shapes or (),
     )
     try:
         with torch.no_grad():
@@ -647,6 +651,22 @@ def _check_resume(
     return accepted, [str(c) for c in record.get("accepted", [])], done
 
 
+def _data_shapes(source: str, recipe: Recipe, data: str | None) -> list[list[int]]:
+    """The input shapes the run's data samples may be taken in (see :data:`_SOURCE_SHAPES`, :func:`_npz_shapes`),
+    or none when the source does not tell (a callable) or its file is wrong (load_data says what is wrong)."""
+    from .data import npz_sample_shape
+
+    try:
+        sample = npz_sample_shape(
+            source,
+            named_in=None if data or recipe.overridden("data.source") else (recipe.source or "the recipe"),
+            field="data" if data else "data.source",
+        )
+    except DataError:
+        return []
+    return [list(s) for s in _SOURCE_SHAPES.get(source, ())] if sample is None else _npz_shapes(sample)
+
+
 def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.device, *, resume: bool) -> None:
     """What a rank other than 0 does in a distributed run: train its shard in step with the others
     (reading rank 0's checkpoint when resuming), finalize the same way, then wait for rank 0 to write."""
@@ -692,7 +712,9 @@ def check_inputs(
                 "pruned model can be saved as a safe checkpoint"
             )
         # Non-finite weights were refused when the file was read (modelio.check_finite).
-        classes = check_input(loaded.model, shape, str(model_path), loaded.shape_origin)
+        classes = check_input(
+            loaded.model, shape, str(model_path), loaded.shape_origin, _data_shapes(source, recipe, data)
+        )
     with clock("data"), _naming_overridden_source(recipe, data):
         bundle = load_data(
             source,

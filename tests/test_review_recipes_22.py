@@ -26,3 +26,36 @@ def test_a_layer_that_reached_its_ratio_is_not_named_as_short_by_an_earlier_step
     assert rows["0"]["reason"] is None  # nothing to explain: it lost the half asked
     assert rows["2"]["reason"] is not None and "keeps all 16 channels instead of 12" in rows["2"]["reason"]
     assert report["reason"].startswith("'2': round_to 16") and "'0'" not in report["reason"]
+
+
+class _RGBNet(nn.Module):
+    """A user's CNN on 3x32x32 images; its global pooling takes any image size, so the first layer cannot tell it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.conv(x).relu()).flatten(1))
+
+
+def test_a_shipped_recipes_input_shape_refused_suggests_the_datas_sample_shape(tmp_path, monkeypatch):
+    # mobilenetv2-structured-50 ([1, 1, 8, 8]) with one's own 3x32x32 CNN and --data imgs.npz: the remedy said
+    # [1, 3, 8, 8] (the recipe's image size), which the next run refused as not the data's (3, 32, 32).
+    import numpy as np
+    import pytest
+
+    from sparsekit.errors import DataError
+    from sparsekit.pipeline import check_inputs
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("imgs.npz", x=rng.normal(size=(16, 3, 32, 32)).astype(np.float32), y=rng.integers(0, 4, 16))
+    sparsekit.save_model(_RGBNet(), "net.pt", factory=f"{__name__}:_RGBNet", input_shape=None)
+    recipe = sparsekit.load_recipe("mobilenetv2-structured-50")
+    recipe.model.input_shape = [1, 1, 8, 8]  # the recipe's, over the checkpoint's (none saved)
+    with pytest.raises(DataError) as err:
+        check_inputs("net.pt", recipe, arch=f"{__name__}:_RGBNet", data="imgs.npz")
+    assert "the model takes [1, 3, 32, 32]" in str(err.value), err.value
