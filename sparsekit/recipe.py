@@ -926,6 +926,19 @@ class L1Spec(_MethodBase):
         "every) the zero fraction follows",
     )
 
+    @field_validator("schedule")
+    @classmethod
+    def _window_not_empty(cls, schedule: ScheduleSpec) -> ScheduleSpec:
+        # The method refuses an empty window when it is built (a model known); `validate RECIPE` alone called
+        # `schedule: oneshot` valid ("0.5 of the units zero by epoch 0"), then prune refused it after loading.
+        if schedule.end_epoch <= schedule.start_epoch:
+            raise ValueError(
+                "l1 acts on every step from start_epoch up to end_epoch, and this window is empty (start_epoch="
+                f"{schedule.start_epoch:g}, end_epoch={schedule.end_epoch:g}); give an end_epoch after start_epoch, "
+                "or leave schedule out to regularize the whole run"
+            )
+        return schedule
+
     @model_validator(mode="after")
     def _target_needs(self) -> L1Spec:
         if self.target is None:

@@ -59,3 +59,17 @@ def test_a_shipped_recipes_input_shape_refused_suggests_the_datas_sample_shape(t
     with pytest.raises(DataError) as err:
         check_inputs("net.pt", recipe, arch=f"{__name__}:_RGBNet", data="imgs.npz")
     assert "the model takes [1, 3, 32, 32]" in str(err.value), err.value
+
+
+def test_validate_of_a_recipe_alone_refuses_an_l1_entry_with_an_empty_window(tmp_path):
+    # `sparsekit validate lenet-l1-row-50 --set pruning.0.schedule=oneshot` printed "valid ... 0.5 of the units zero
+    # by epoch 0"; prune then refused the same recipe once the model and data were loaded.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    for override in ("pruning.0.schedule=oneshot", "pruning.0.schedule.end_epoch=0"):
+        result = CliRunner().invoke(main, ["validate", "lenet-l1-row-50", "--set", override])
+        assert result.exit_code == 2, result.output
+        assert "pruning[0].schedule: l1 acts on every step" in result.output and "window is empty" in result.output
+    assert CliRunner().invoke(main, ["validate", "lenet-l1-row-50"]).exit_code == 0
