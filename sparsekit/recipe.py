@@ -2169,6 +2169,15 @@ def validate_recipe(
     epochs: a recipe without a ``finetune`` section is not checked against ``finetune.epochs``."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: {not_a_mapping(data)}")
+    if "version" not in data and {"name", "path", "text"} <= data.keys() and isinstance(data["text"], str):
+        # A shipped recipe's catalog entry printed as JSON ({name, path, description, methods, model, text}) saved as
+        # a recipe file read as five unknown keys and "model: must be a mapping", none naming what the file is.
+        name = data["name"]
+        raise RecipeError(
+            f"{source}: this is the catalog entry of the shipped recipe {name!r} (name, description, ..., and the "
+            f"recipe's YAML as 'text'), not a recipe: save the recipe itself (`sparsekit recipes {name} > "
+            f"my-recipe.yaml`), or name it as RECIPE ({name})"
+        )
     check_plain_data(data, source)
     try:
         recipe = Recipe.model_validate(data, context={"trainer": trainer})

@@ -73,3 +73,20 @@ def test_validate_of_a_recipe_alone_refuses_an_l1_entry_with_an_empty_window(tmp
         assert result.exit_code == 2, result.output
         assert "pruning[0].schedule: l1 acts on every step" in result.output and "window is empty" in result.output
     assert CliRunner().invoke(main, ["validate", "lenet-l1-row-50"]).exit_code == 0
+
+
+def test_a_shipped_recipes_json_catalog_entry_saved_as_a_recipe_is_named_for_what_it_is(tmp_path):
+    # `sparsekit recipes cnn-structured-50 --json > r.json` then `sparsekit validate r.json` read: "model: must be a
+    # mapping ...; name: unknown key; path: unknown key; ...", never saying the file is the catalog entry.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    listed = CliRunner().invoke(main, ["recipes", "cnn-structured-50", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (tmp_path / "r.json").write_text(listed.output)
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    assert "catalog entry of the shipped recipe 'cnn-structured-50'" in result.output
+    assert "sparsekit recipes cnn-structured-50 > my-recipe.yaml" in result.output
+    assert "unknown key" not in result.output
