@@ -217,11 +217,14 @@ def check_input_shape(
             # model runs on it: a shipped recipe's [1, 784] for one's own 64-input MLP said only "give the shape".
             # The data's own sample shape first: the first layer's guess keeps the recipe's image size (a shipped
             # recipe's [1, 1, 8, 8] for one's own 3x32x32 CNN suggested [1, 3, 8, 8], which the data then refused).
-            tries = [[int(d) for d in c] for c in prefer] + _shapes_to_try(model, dims)
+            # Then the shape with a batch dimension put first: [3, 32, 32] for a 3-channel CNN reads as a batch of 3
+            # of 32x32 one-channel images, which the first conv refuses (not "a batch of one runs, of two not").
+            tries = [[int(d) for d in c] for c in prefer] + [[1, *dims]] + _shapes_to_try(model, dims)
             runs = (c for c in tries if c != dims and fails(c) is None and fails([2, *c[1:]]) is None)
             takes = next(runs, None)
+            left_out = ": did you leave out the batch dimension?" if takes == [1, *dims] else ""
             advice = (
-                f"; the model takes {takes}{paren(remedy(str(takes)))}"
+                f"; the model takes {takes}{left_out}{paren(remedy(str(takes)))}"
                 if takes
                 else f"; give the shape it takes, batch first{paren(remedy(''))}"
             )

@@ -90,3 +90,16 @@ def test_a_shipped_recipes_json_catalog_entry_saved_as_a_recipe_is_named_for_wha
     assert "catalog entry of the shipped recipe 'cnn-structured-50'" in result.output
     assert "sparsekit recipes cnn-structured-50 > my-recipe.yaml" in result.output
     assert "unknown key" not in result.output
+
+
+def test_an_input_shape_without_its_batch_that_the_first_conv_refuses_is_told_to_put_the_batch_first():
+    # model.input_shape [3, 32, 32] for a 3-channel CNN (the batch left out): [1, 32, 32] reads as one 32x32 image of
+    # one channel, the conv refuses it, and the message said only "give the shape it takes, batch first".
+    import pytest
+
+    from sparsekit.errors import DataError
+    from sparsekit.inspection import check_input_shape
+
+    with pytest.raises(DataError) as err:
+        check_input_shape(_RGBNet(), [3, 32, 32])
+    assert "the model takes [1, 3, 32, 32]: did you leave out the batch dimension?" in str(err.value), err.value
