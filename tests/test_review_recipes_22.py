@@ -103,3 +103,19 @@ def test_an_input_shape_without_its_batch_that_the_first_conv_refuses_is_told_to
     with pytest.raises(DataError) as err:
         check_input_shape(_RGBNet(), [3, 32, 32])
     assert "the model takes [1, 3, 32, 32]: did you leave out the batch dimension?" in str(err.value), err.value
+
+
+def test_an_entry_short_of_its_ratio_is_explained_by_the_layers_that_fell_short_not_one_rounded_past_it():
+    # cnn-structured-50 on a 24/40/48-wide model: 24 -> 16 and 48 -> 32 (short), 40 -> 16 (past 0.5: 20 rounds to
+    # 16); "short of the 0.500 asked" listed the 40-wide layer, which removed more than asked.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 24), nn.ReLU(), nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 48), nn.ReLU())
+    model.append(nn.Linear(48, 4))
+    spec = {"method": "structured", "ratio": 0.5, "schedule": "oneshot"}
+    r = sparsekit.Recipe(model={"input_shape": [1, 20]}, finetune={"epochs": 1}, pruning=[spec])
+    pruner = sparsekit.Pruner(model, r, steps_per_epoch=1)
+    pruner.step()
+    assert [model[i].out_features for i in (0, 2, 4)] == [16, 16, 32]
+    report = pruner.methods[0].report()
+    assert report["achieved"] < report["asked"]
+    assert "'0'" in report["reason"] and "'4'" in report["reason"] and "'2'" not in report["reason"], report["reason"]
