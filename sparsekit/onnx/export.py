@@ -37,7 +37,16 @@ from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
 from sparsekit.masks import unfollowed_masks
 from sparsekit.model_input import id_vocab, id_vocabs
-from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, onnx_sizes, publish, save_onnx, staging
+from sparsekit.onnx.files import (
+    EXTERNAL_DATA_BYTES,
+    load_onnx,
+    native_folder,
+    native_path,
+    onnx_sizes,
+    publish,
+    save_onnx,
+    staging,
+)
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
@@ -674,20 +683,21 @@ def _export(
 ) -> tuple[str, ...]:
     """Write ``tmp`` with outputs named ``names``; returns the TorchScript tracer's warnings (none for dynamo)."""
     try:
-        with quiet(), warnings.catch_warnings(record=True) as caught:
+        # (the TorchScript exporter hands the path to C++ too: see native_folder)
+        with quiet(), warnings.catch_warnings(record=True) as caught, native_folder(tmp.parent) as folder:
             warnings.simplefilter("always", torch.jit.TracerWarning)
             inputs = _input_names(model, len(x))
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch")
                 torch.onnx.export(
-                    model, x, str(tmp), dynamo=True, external_data=external, verbose=False,
+                    model, x, str(folder / tmp.name), dynamo=True, external_data=external, verbose=False,
                     dynamic_shapes=tuple({0: batch} for _ in x), input_names=inputs, output_names=list(names),
                     opset_version=opset,
                 )  # fmt: skip
             else:
                 axes = {**{name: {0: "batch"} for name in inputs}, names[0]: {0: "batch"}}
                 torch.onnx.export(
-                    model, x, str(tmp), dynamo=False, dynamic_axes=axes,
+                    model, x, str(folder / tmp.name), dynamo=False, dynamic_axes=axes,
                     input_names=inputs, output_names=list(names), opset_version=opset,
                 )  # fmt: skip
         return tuple(str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning))
@@ -736,8 +746,9 @@ def _check_file(
     # sheds the data of large initializers (shapes and types are what inference reads of them; a Reshape's
     # target is small), which kept a large model's export peak at ~4x its weights (memory_scaling.py).
     drop_weight_values(model)
+    native = native_path(tmp)  # (a path onnx cannot open is no fault of the graph's: said as itself)
     try:
-        onnx.checker.check_model(str(tmp))  # the path form also handles external data
+        onnx.checker.check_model(native)  # the path form also handles external data
         onnx.shape_inference.infer_shapes(model)
     except Exception as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e

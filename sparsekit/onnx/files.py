@@ -65,6 +65,8 @@ __all__ = [
     "load_onnx",
     "mark",
     "memoized",
+    "native_folder",
+    "native_path",
     "onnx_sizes",
     "publish",
     "save_onnx",
@@ -74,6 +76,49 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 T = TypeVar("T")
+
+
+def native_path(path: PathLike) -> str:
+    """``path`` as the str that onnx's and onnxruntime's C++ code opens: they encode a str as UTF-8 whatever
+    the locale, while Python names files in the locale's encoding. Under a non-UTF-8 locale (LANG=de_DE.ISO-8859-1)
+    ``str(path)`` of a file named ``ü.onnx`` in UTF-8 bytes reached them as other bytes ("Load model ...
+    failed. File doesn't exist", "the exported ONNX graph is invalid"). The file's own bytes, read as UTF-8,
+    are the name they look up. A name whose bytes are not UTF-8 cannot be given to them at all."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = os.fsdecode(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # (its bytes as "?")
+        raise ExportError(
+            f"{shown}: onnx and onnxruntime open files by UTF-8 names, and this path is not valid UTF-8; rename it "
+            "(or its folder) with UTF-8 or ASCII characters"
+        ) from None
+
+
+@contextlib.contextmanager
+def native_folder(folder: PathLike) -> Iterator[Path]:
+    """``folder`` under a name that Python and onnx's C++ code open alike, for onnxruntime functions that open
+    the same path both ways (the int8 quantizer: shape inference in C++, loading and saving in Python), where
+    no one str serves both (:func:`native_path`). Under a non-UTF-8 locale, a non-ASCII folder is reached through
+    an ASCII-named link in the temp folder; otherwise (or when no link can be made there) ``folder`` itself."""
+    folder = Path(folder)
+    text = str(folder.resolve())
+    if text.encode("utf-8", "surrogatepass") == os.fsencode(text):  # the bytes C++ opens are the folder's
+        yield folder
+        return
+    tmp = None
+    try:
+        tmp = tempfile.mkdtemp(prefix="sparsekit-")
+        link = Path(tmp) / "d"
+        link.symlink_to(folder.resolve(), target_is_directory=True)
+    except OSError:  # (an unwritable temp folder: the call goes on as before, naming the folder itself)
+        link = folder
+    try:
+        yield link
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
 
 # Protobuf caps a single file at 2 GB; above this many bytes of weights, they go to external data.
 EXTERNAL_DATA_BYTES = int(1.8e9)
@@ -467,6 +512,7 @@ def staging(final: PathLike) -> Iterator[Path]:
     told from a live writer's: the next staging beside the same target removes it (:func:`_remove_dead_staging`).
     """
     final = Path(final)
+    native_path(final.absolute())  # an ONNX file onnx cannot open by name is refused before any work, naming it
     with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(final)

@@ -47,7 +47,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparsekit.errors import ExportError
-from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, publish, save_onnx, staging
+from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, native_folder, publish, save_onnx, staging
 from sparsekit.onnx.graph import graph_inputs
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import ORT_DTYPES, open_session
@@ -137,8 +137,9 @@ def quantize_int8(
         raise ExportError(f"{src}: the model has no inputs to quantize for")
     large = fp32["bytes"] > EXTERNAL_DATA_BYTES
 
-    with staging(final) as work:
-        pre, preprocess = _preprocess(src, work / "preprocessed.onnx", large)
+    with staging(final) as work, native_folder(src.parent) as src_dir, native_folder(work) as work_dir:
+        # (onnxruntime's quantizer opens these paths from C++ and from Python: see native_folder)
+        pre, preprocess = _preprocess(src_dir / src.name, work_dir / "preprocessed.onnx", large)
         tmp = work / final.name
         # Symmetric int8 weights: zero point 0, so a pruned weight is the integer 0 (and gzips).
         # onnxruntime already does this for per-channel QDQ weights; per-tensor needs the option.
@@ -155,7 +156,7 @@ def quantize_int8(
                 with quiet():
                     if calibration is None:
                         quantize_dynamic(
-                            pre, tmp, per_channel=channel_wise, weight_type=QuantType.QInt8,
+                            pre, work_dir / tmp.name, per_channel=channel_wise, weight_type=QuantType.QInt8,
                             use_external_data_format=large, extra_options=options,
                         )  # fmt: skip
                     else:
@@ -165,7 +166,7 @@ def quantize_int8(
                             _Reader(calibration, inputs, max_calibration_batches) if reader is None else reader.again()
                         )
                         quantize_static(
-                            pre, tmp, reader, quant_format=QuantFormat.QDQ, per_channel=channel_wise,
+                            pre, work_dir / tmp.name, reader, quant_format=QuantFormat.QDQ, per_channel=channel_wise,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=True,
                             calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large,
                             # A float bias: onnxruntime quantizes it when it fuses the Conv or Gemm (every layer

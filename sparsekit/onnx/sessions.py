@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sparsekit.errors import ExportError, option
-from sparsekit.onnx.files import check_external_data
+from sparsekit.onnx.files import check_external_data, native_path
 
 __all__ = ["DEFAULT_PROVIDER", "ORT_DTYPES", "open_session", "random_array", "random_feeds"]
 
@@ -67,7 +67,7 @@ def open_session(
     try:
         # enable_fallback=0: a provider that fails to start (onnxruntime-gpu without a usable GPU) would otherwise
         # be replaced by the CPU, with a banner print()ed to stdout (inside --json), and timed under its name.
-        session = ort.InferenceSession(str(p), sess_options=opts, providers=[provider], enable_fallback=0)
+        session = ort.InferenceSession(native_path(p), sess_options=opts, providers=[provider], enable_fallback=0)
     except Exception as e:  # onnxruntime raises its own unrelated exception types
         raise ExportError(f"{p}: onnxruntime cannot load it with {provider}: {e}") from e
     running = list(session.get_providers())

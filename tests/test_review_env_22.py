@@ -1,0 +1,59 @@
+"""The environment a user runs in (review 22): locales, paths, streams, caches and permissions."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit.onnx.quantize import quantize_int8
+from sparsekit.onnx.sessions import open_session
+
+
+def _locale_decoded(folder) -> str:
+    """``folder/ü`` as Python names it under a locale that is not UTF-8 (here: ASCII with surrogateescape): a str
+    whose UTF-8 encoding is not the file's bytes, which is all onnx's and onnxruntime's C++ code could open."""
+    real = folder / "ü"
+    real.mkdir()
+    return os.fsdecode(os.fsencode(folder)) + "/\udcc3\udcbc"
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def test_onnx_files_under_non_utf8_locale_names_are_exported_opened_and_quantized(tmp_path):
+    # Under LANG=xx.ISO-8859-1, a folder or file named in UTF-8 (`ü`) reached onnxruntime as other bytes:
+    # `bench` read "File doesn't exist", `export` "the exported ONNX graph is invalid", and int8 quantization failed.
+    torch.set_num_threads(1)
+    folder = _locale_decoded(tmp_path)
+    onnx_path = os.path.join(folder, "m.onnx")
+    sparsekit.export_onnx(_mlp(), onnx_path, input_shape=(1, 8), exporter="torchscript")
+    assert (tmp_path / "ü" / "m.onnx").is_file()
+    session = open_session(onnx_path)
+    out = session.run(None, {session.get_inputs()[0].name: np.ones((1, 8), np.float32)})[0]
+    assert out.shape == (1, 3)
+    q_path = os.path.join(folder, "q.onnx")
+    calibration = [{session.get_inputs()[0].name: np.random.default_rng(0).random((4, 8), np.float32)}]
+    result = quantize_int8(onnx_path, q_path, calibration)
+    assert result["mode"] == "static"
+    assert (tmp_path / "ü" / "q.onnx").is_file()
+    assert not [p for p in (tmp_path / "ü").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_onnx_path_that_is_not_utf8_is_refused_with_what_to_do(tmp_path):
+    folder = tmp_path / os.fsdecode(b"caf\xe9")  # a Latin-1 name: no UTF-8 str names it
+    folder.mkdir()
+    sparsekit.export_onnx(_mlp(), tmp_path / "m.onnx", input_shape=(1, 8), exporter="torchscript")
+    os.replace(tmp_path / "m.onnx", folder / "m.onnx")
+    with pytest.raises(sparsekit.errors.ExportError, match="not valid UTF-8; rename it"):
+        open_session(folder / "m.onnx")
+    # Exporting there read "the exported ONNX graph is invalid: check_model_path(): incompatible function arguments".
+    with pytest.raises(sparsekit.errors.ExportError, match=r"caf\ufffd/m2.onnx: onnx and onnxruntime open files"):
+        sparsekit.export_onnx(_mlp(), folder / "m2.onnx", input_shape=(1, 8), exporter="torchscript")
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx"]
