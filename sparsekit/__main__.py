@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
@@ -61,6 +62,37 @@ class _PipeTolerant(io.BufferedIOBase):
         return os.isatty(self._fd)
 
 
+# The characters sparsekit's own text uses beyond Latin-1 (report tables' "–" for no value, "…" for a shortened
+# name, arrows), as the ASCII look-alikes a terminal of another encoding can show.
+_LOOKALIKES = {
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2212": "-",
+    "\u2026": "...",
+    "\u2192": "->",
+    "\u2264": "<=",
+    "\u2265": ">=",
+}
+
+
+def _lookalike(err: UnicodeError) -> tuple[str | bytes, int]:
+    """The codec error handler of sparsekit's stdout and stderr. Under a locale that is not UTF-8
+    (LANG=de_DE.ISO-8859-1, PYTHONIOENCODING=ascii) Python writes stdout strictly: the first "–" of the summary
+    printed at the end of `prune` raised UnicodeEncodeError, a finished run's exit 1. A character the terminal's
+    encoding lacks is written as its look-alike or "?"; a file name's undecodable bytes (surrogateescape) as they
+    were."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    text = err.object[err.start : err.end]
+    if all("\udc80" <= c <= "\udcff" for c in text):
+        return bytes(ord(c) - 0xDC00 for c in text), err.end
+    return "".join(_LOOKALIKES.get(c, "?") for c in text), err.end
+
+
+codecs.register_error("sparsekit.lookalike", _lookalike)
+_DEFAULT_ERRORS = ("strict", "surrogateescape", "backslashreplace")
+
+
 def _tolerate_closed_pipes() -> None:
     """Put :class:`_PipeTolerant` under ``sys.stdout`` and ``sys.stderr``, with their encoding and buffering."""
     for name in ("stdout", "stderr"):
@@ -75,7 +107,8 @@ def _tolerate_closed_pipes() -> None:
             # (typeshed asks more of a buffer than TextIOWrapper uses)
             cast(io.BufferedWriter, _PipeTolerant(fd, name)),
             encoding=stream.encoding,
-            errors=stream.errors,
+            # (Python's own choices give way to the look-alikes; one the user set, PYTHONIOENCODING=:replace, stays)
+            errors="sparsekit.lookalike" if stream.errors in _DEFAULT_ERRORS else stream.errors,
             line_buffering=stream.line_buffering or name == "stderr",
             write_through=stream.write_through or name == "stderr",  # (-u, PYTHONUNBUFFERED)
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -57,3 +59,20 @@ def test_onnx_path_that_is_not_utf8_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(sparsekit.errors.ExportError, match=r"caf\ufffd/m2.onnx: onnx and onnxruntime open files"):
         sparsekit.export_onnx(_mlp(), folder / "m2.onnx", input_shape=(1, 8), exporter="torchscript")
     assert sorted(p.name for p in folder.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_text_beyond_the_terminals_encoding_is_written_as_lookalikes_not_exit_1(monkeypatch, encoding):
+    # Under a Latin-1 (or ASCII) locale, `prune` finished its run and then died with exit 1 printing the summary's
+    # "–" (no value) to stdout: UnicodeEncodeError. The look-alike is written; a file name's raw bytes stay as given.
+    from sparsekit.__main__ import _tolerate_closed_pipes
+
+    read_fd, write_fd = os.pipe()
+    terminal = io.TextIOWrapper(io.FileIO(write_fd, "wb"), encoding=encoding, errors="strict")  # (kept: owns the fd)
+    monkeypatch.setattr(sys, "stdout", terminal)
+    _tolerate_closed_pipes()
+    print("accuracy – → 0.9 … caf\udcc3\udca9", flush=True)
+    terminal.close()
+    with open(read_fd, "rb") as f:
+        assert f.read() == b"accuracy - -> 0.9 ... caf\xc3\xa9\n"
+
