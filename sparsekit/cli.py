@@ -844,7 +844,7 @@ class _UsageError(click.ClickException):
     def __init__(self, err: click.UsageError) -> None:
         # One line: click's messages are, ours too; collapse any line break a message might hold.
         message = " ".join(err.format_message().split())
-        setting = _recipe_setting(err) or _split_setting(err)
+        setting = _recipe_setting(err) or _split_setting(err) or _dash_file(err)
         if setting:
             message = setting
         # (click raises some option errors without a context: the command is then the first argument)
@@ -861,6 +861,21 @@ class _UsageError(click.ClickException):
         )
         if _json_asked(_ARGS):
             _json_error(self.format_message(), self.exit_code)
+
+
+def _dash_file(err: click.UsageError) -> str | None:
+    """click's "No such option '-w'" when the word is a file whose name starts with a dash (`-w ü.pt`, `-r.yaml`): it
+    said nothing of the file, and the user saw no option of theirs there. Says the file is read as an option, and
+    the two ways to name it."""
+    if not isinstance(err, click.NoSuchOption):
+        return None
+    for arg in _ARGS[: _ARGS.index("--") if "--" in _ARGS else None]:
+        if arg.startswith(err.option_name) and os.path.lexists(arg):
+            return (
+                f"{arg!r} is read as an option ({err.option_name}), not as the file of that name; write it as "
+                f"'./{arg}', or put -- after the options and before the file names"
+            )
+    return None
 
 
 def _json_asked(args: list[str]) -> bool:

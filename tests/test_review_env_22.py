@@ -76,3 +76,18 @@ def test_text_beyond_the_terminals_encoding_is_written_as_lookalikes_not_exit_1(
     with open(read_fd, "rb") as f:
         assert f.read() == b"accuracy - -> 0.9 ... caf\xc3\xa9\n"
 
+
+@pytest.mark.parametrize("name", ["-r.yaml", "-my recipe ü.yaml"])
+def test_a_file_named_with_a_leading_dash_is_named_in_the_usage_error(tmp_path, monkeypatch, name):
+    # `sparsekit validate -r.yaml` read "No such option '-r'": nothing said that the word was the user's file.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+    from tests.conftest import assert_bad_input
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text("version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5}\n")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", name]), f"'./{name}'", "put -- after the options")
+    assert "No such option" not in line
+    assert CliRunner().invoke(main, ["validate", f"./{name}"]).exit_code == 0  # the way it names works
+    assert_bad_input(CliRunner().invoke(main, ["validate", "-q"]), "No such option '-q'")
