@@ -265,9 +265,25 @@ def _norm_kind(norm: nn.Module) -> str:
 
 def _grouped(module: Any) -> bool:
     """A convolution with groups that is not depthwise (ResNeXt, ShuffleNet): channels go only whole groups at a
-    time there, which removing single units does not respect. A depthwise one (a group per input channel) is
-    coupled channel by channel instead, and handled so."""
-    return isinstance(module, _ConvNd) and module.groups > 1 and module.groups != module.in_channels
+    time there, which removing single units does not respect. A depthwise one (a group per input channel, one
+    output each) is coupled channel by channel instead, and handled so. A depthwise one with a channel multiplier
+    (``Conv2d(8, 16, groups=8)``) is grouped here: each input channel owns several outputs, and removing its units
+    failed at finalize after the target had counted them."""
+    return (
+        isinstance(module, _ConvNd)
+        and module.groups > 1
+        and not (module.groups == module.in_channels == module.out_channels)
+    )
+
+
+def _grouped_words(module: Any) -> str:
+    """How an error names a conv that ``_grouped`` holds: a depthwise multiplier is not what users call grouped."""
+    if module.groups == module.in_channels:
+        return (
+            f"a depthwise convolution with channel multiplier {module.out_channels // module.in_channels} "
+            f"(groups={module.groups})"
+        )
+    return f"a grouped convolution (groups={module.groups})"
 
 
 class _UnitCover:
@@ -571,10 +587,7 @@ class L1:
                     "change every call at once"
                 )
             elif _grouped(module):
-                blocked = (
-                    f"it is a grouped convolution (groups={module.groups}): removing single output channels "
-                    "would break its groups"
-                )
+                blocked = f"it is {_grouped_words(module)}: removing single output channels would break its groups"
             if first[0].idxs != [0]:  # e.g. a GLU or a chunk: unit 0 of this layer goes only with another of its units
                 blocked = "its units are paired with other units of the layer (a GLU, a chunk or a split)"
                 ops = {m.op for m in first}
@@ -628,8 +641,8 @@ class L1:
                 if not member.out_channels:
                     if _grouped(mod):
                         blocked = (
-                            f"its units feed {names.get(id(mod), '?')}, a grouped convolution "
-                            f"(groups={mod.groups}): removing single input channels would break its groups"
+                            f"its units feed {names.get(id(mod), '?')}, {_grouped_words(mod)}: removing single "
+                            "input channels would break its groups"
                         )
                     elif _maps_past(mod, member.channels, last.get(id(mod))):
                         # torch-pruning does not model F.glu over channels (nor other splits): it maps the layer's
