@@ -194,6 +194,27 @@ def _shape_from_source(
         except DataError:
             continue
         return list(shape)
+    if sample is not None:
+        # The file's samples fit the model in no layout (x of shape (n, 2, 128) for a Conv1d of 1 channel): the
+        # data is at fault, not the model. "cannot tell the model's input shape" asked for a model.input_shape,
+        # and the one it suggested ([1, 1, 128]) was then refused for not holding the file's samples.
+        from .data import _reworded
+
+        def fix(value: str) -> str:
+            dims = value.strip("[]").split(", ")[1:]
+            return f"save x with shape (n, {', '.join(dims)})" if dims else "give x the shape the model takes"
+
+        try:
+            check_input_shape(
+                model,
+                [1, *sample],
+                origin=f"data.source {source!r} gives samples of shape {sample}, so inputs of shape",
+                fix=fix,
+            )
+        except SeveralInputsError:
+            raise
+        except DataError as err:
+            raise _reworded(DataError(err.raw_message), source, named_in, option_name) from None
     return None
 
 

@@ -70,3 +70,39 @@ def test_group_l1_target_leaves_depthwise_multiplier_out_and_finalize_stays_quie
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), before, rtol=0, atol=1e-5)
     assert pruned.pw.out_channels < 16  # the units l1 did count are removed
+
+
+_MONO_AUDIO = (
+    "import torch\nfrom torch import nn\n\n\ndef build():\n"
+    "    return nn.Sequential(nn.Conv1d(1, 8, 9, stride=2, padding=4), nn.BatchNorm1d(8), nn.ReLU(),\n"
+    "                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 10))\n"
+)
+
+
+def test_npz_samples_the_conv1d_model_cannot_take_blame_the_data_not_the_models_shape(tmp_path, monkeypatch):
+    # A mono Conv1d audio model and a stereo .npz (x of shape (n, 2, 128)), no model.input_shape: the run said
+    # "cannot tell the model's input shape; set model.input_shape (e.g. [1,1,128])", and that shape was then
+    # refused for not holding the file's (2, 128) samples. The data is what does not fit: it says so.
+    import numpy as np
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    (tmp_path / "audionet_archs2.py").write_text(_MONO_AUDIO)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import audionet_archs2
+
+    torch.save(audionet_archs2.build().state_dict(), tmp_path / "w.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "stereo.npz", x=rng.standard_normal((64, 2, 128)).astype("float32"), y=rng.integers(0, 10, 64))
+    (tmp_path / "r.yaml").write_text("version: 1\npruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n")
+    result = CliRunner().invoke(
+        main, ["validate", "r.yaml", "w.pt", "--arch", "audionet_archs2:build", "--data", "stereo.npz"]
+    )
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1, result.stderr
+    assert "cannot tell the model's input shape" not in error[0]
+    assert "--data stereo.npz gives samples of shape (2, 128)" in error[0]
+    assert "save x with shape (n, 1, 128)" in error[0]
