@@ -106,3 +106,24 @@ def test_npz_samples_the_conv1d_model_cannot_take_blame_the_data_not_the_models_
     assert "cannot tell the model's input shape" not in error[0]
     assert "--data stereo.npz gives samples of shape (2, 128)" in error[0]
     assert "save x with shape (n, 1, 128)" in error[0]
+
+
+def test_an_input_shape_without_the_channels_is_told_the_shape_a_conv1d_model_takes(tmp_path):
+    # `--input-shape 1,256` for an audio model of [N, 1, 256] inputs (Conv1d + BatchNorm1d): torch's error was about
+    # a running_mean, and the advice only "give the shape it takes"; the channels left out are now put back.
+    import pytest
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(1, 8, 9, stride=2, padding=4), nn.BatchNorm1d(8), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    with pytest.raises(sparsekit.SparsekitError) as caught:
+        sparsekit.export_onnx(model, tmp_path / "a.onnx", input_shape=(1, 256))
+    assert "the model takes [1, 1, 256]" in str(caught.value), str(caught.value)
+    assert not (tmp_path / "a.onnx").exists()
+    from sparsekit.errors import DataError
+    from sparsekit.inspection import check_input_shape
+
+    with pytest.raises(DataError, match=r"the model takes \[1, 1, 256\]"):  # inspect, validate, a recipe's shape
+        check_input_shape(model, [1, 256])

@@ -591,12 +591,28 @@ def _example_input(model: nn.Module, shapes: list[list[int]]) -> tuple[tuple[tor
                 f"the model's forward takes several inputs ({one_line(e, 200)}): give one shape per input, in the "
                 "forward's order (input_shape=[[1, 3, 32, 32], [1, 5]] for forward(image, meta))"
             ) from None
+        # A shape its first layer suggests, when the model runs on it (1,256 given for a Conv1d of [N, 1, 256]
+        # inputs: the channels left out), as `sparsekit inspect` and the recipe's input shape are told.
+        from ..inspection import _shapes_to_try
+
+        takes = next(
+            (
+                s
+                for s in (_shapes_to_try(model, list(shapes[0])) if len(shapes) == 1 else [])
+                if _runs(model, s) and _runs(model, [2, *s[1:]])
+            ),
+            None,
+        )
+        advice = (
+            f"the model takes {takes} ({option('input_shape', str(takes))})"
+            if takes
+            else f"give the shape it takes ({option('input_shape')})"
+        )
         msg = (
             f"the model fails on a random {'int64 (token id)' if x.dtype == torch.long else 'float32'} input of shape "
-            f"{shape} ({one_line(e, 200)}); give the shape it "
-            f"takes ({option('input_shape')}). Export and its parity check feed random normal values (token ids below "
-            "the vocabulary to a model whose input goes straight into an nn.Embedding), so a model that accepts only "
-            "some values (ids it casts from a float input for an Embedding, say) cannot be exported here"
+            f"{shape} ({one_line(e, 200)}); {advice}. Export and its parity check feed random normal values (token "
+            "ids below the vocabulary to a model whose input goes straight into an nn.Embedding), so a model that "
+            "accepts only some values (ids it casts from a float input for an Embedding, say) cannot be exported here"
         )
         raise ExportError(msg) from None
     return xs, _output_names(out)
