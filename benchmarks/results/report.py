@@ -68,7 +68,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "value": v,
                     "baseline": baseline,
                     "dense": _acc(rows, model, "dense"),
-                    "dense+ft": _acc(rows, model, "dense+ft"),
+                    # this comparison's own fine-tuning (small_cnn's two kinds train for different epochs)
+                    "dense+ft": _acc(rows, model, "dense+ft", kind=kind),
                     "baseline_accuracy": base,
                     "sparsekit": sk,
                     "seeds_at_least_baseline": wins,
