@@ -26,7 +26,7 @@ Reported per arm: the median and min-max of test accuracy over the seeds, the ac
 (asserted to be 0.9 within rounding) or MACs fraction, and the per-layer values auto chose.
 
     python benchmarks/auto_allocation.py                  # 3 seeds, ~30 s on 2 cores (1 thread)
-    python benchmarks/auto_allocation.py --quick          # 1 seed, fewer epochs: a smoke test (~10 s)
+    python benchmarks/auto_allocation.py --quick          # 1 seed, fewer epochs: a smoke test (~10 s; JSON in $TMPDIR)
     python benchmarks/auto_allocation.py --seeds 5 --out /tmp/auto.json
 """
 
@@ -37,6 +37,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ from sparsekit.stats import layer_macs  # noqa: E402
 from sparsekit.train import evaluate  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "auto_allocation.json"
+# A --quick smoke run must not replace the measured JSON behind the README's table: it goes to the temp dir.
+QUICK_OUT = Path(tempfile.gettempdir()) / "sparsekit-auto-allocation-quick.json"
 TARGET_SPARSITY = 0.9
 TARGET_MACS = 0.5
 MLP_SHAPE = [1, 64]
@@ -172,6 +175,13 @@ def summary(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
+def output_path(out: Path | None, quick: bool) -> Path:
+    """Where the JSON goes: ``--out`` if given, else the measured results' file, or for a smoke run a temp file."""
+    if out is not None:
+        return out
+    return QUICK_OUT if quick else DEFAULT_OUT
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds (dense models per architecture); default 3")
@@ -180,8 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate, Adam (default 1e-3)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 3 fine-tuning and 6 dense epochs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice; default 1)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap.add_argument(
+        "--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT}; --quick: {QUICK_OUT})"
+    )
     args = ap.parse_args(argv)
+    args.out = output_path(args.out, args.quick)
     if args.quick:
         args.seeds, args.epochs, args.dense_epochs = 1, 3, 6
     if args.seeds < 1 or args.epochs < 2:

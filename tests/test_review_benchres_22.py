@@ -22,3 +22,14 @@ def test_each_comparison_reads_its_own_dense_plus_finetuning() -> None:
     assert by_kind["unstructured"]["dense+ft"]["values"] == [0.95]
     assert by_kind["structured"]["dense+ft"]["values"] == [0.97]
     assert by_kind["structured"]["dense"]["values"] == [0.90]  # one dense model for both comparisons
+
+
+def test_auto_allocation_quick_run_leaves_the_measured_json_alone(tmp_path) -> None:
+    # `--quick` (the documented smoke run) wrote its 1-seed figures over results/auto_allocation.json, the file
+    # behind the README's table; only an explicit --out may go there now.
+    from benchmarks import auto_allocation as aa
+
+    assert aa.output_path(None, quick=False) == aa.DEFAULT_OUT
+    assert aa.output_path(None, quick=True) != aa.DEFAULT_OUT
+    assert aa.output_path(None, quick=True).parent != aa.DEFAULT_OUT.parent  # not into the repository either
+    assert aa.output_path(tmp_path / "x.json", quick=True) == tmp_path / "x.json"
