@@ -27,6 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run(cmd: list[str], what: str) -> None:
+    """Run ``cmd`` from the repository root; on failure exit with its status and the end of its stderr (its
+    ``Error:`` line), not a CalledProcessError traceback that hides why."""
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"{what} failed (exit {res.returncode}):\n{res.stderr[-3000:].rstrip()}", file=sys.stderr)
+        raise SystemExit(res.returncode)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a checkpoint to prune (default: train the quick start's LeNet)")
@@ -38,12 +47,13 @@ def main() -> int:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else Path(tmp) / "lenet.pt"
+        # The commands run from the repository root: a --model relative to the caller's directory is resolved here.
+        model = Path(args.model).resolve() if args.model else Path(tmp) / "lenet.pt"
         if not args.model:
-            subprocess.run(
+            run(
                 [sys.executable, "examples/train.py", "lenet_300_100", "--data", "mnist5k", "--epochs", "5",
                  "-o", str(model)],
-                cwd=ROOT, check=True, capture_output=True,
+                "training the quick start's LeNet",
             )  # fmt: skip
         runs = []
         for i in range(args.runs):
@@ -53,7 +63,7 @@ def main() -> int:
             for s in args.set:
                 cmd += ["--set", s]
             start = time.perf_counter()
-            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+            run(cmd, "sparsekit prune")
             wall = time.perf_counter() - start
             timings = json.loads((out / "report.json").read_text())["timings"]
             runs.append({"wall": wall, **timings})

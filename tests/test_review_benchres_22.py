@@ -33,3 +33,20 @@ def test_auto_allocation_quick_run_leaves_the_measured_json_alone(tmp_path) -> N
     assert aa.output_path(None, quick=True) != aa.DEFAULT_OUT
     assert aa.output_path(None, quick=True).parent != aa.DEFAULT_OUT.parent  # not into the repository either
     assert aa.output_path(tmp_path / "x.json", quick=True) == tmp_path / "x.json"
+
+
+def test_pipeline_phases_shows_why_a_prune_failed(capsys) -> None:
+    # A failing `sparsekit prune` (say a mistyped --set) ended the script in a CalledProcessError traceback with
+    # the child's stderr, its Error: line, captured and dropped; now its status and that line are passed on.
+    import sys
+
+    import pytest
+
+    from benchmarks import pipeline_phases
+
+    child = "import sys; sys.stderr.write('Error: recipe.yaml: pruning.0.sparsity: bad value\\n'); sys.exit(2)"
+    with pytest.raises(SystemExit) as info:
+        pipeline_phases.run([sys.executable, "-c", child], "sparsekit prune")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sparsekit prune failed (exit 2)" in err and "Error: recipe.yaml: pruning.0.sparsity" in err
