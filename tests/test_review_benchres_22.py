@@ -50,3 +50,28 @@ def test_pipeline_phases_shows_why_a_prune_failed(capsys) -> None:
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "sparsekit prune failed (exit 2)" in err and "Error: recipe.yaml: pruning.0.sparsity" in err
+
+
+def _latency_result(runs: int, runs_done: dict[str, int]) -> dict:
+    arm = {"arm": "sparsekit", "value": 0.5, "channels": [16, 32, 10], "macs_ratio": 0.257}
+    arms = [{**arm, "arm": "dense", "ratio": {"1": 1.0, "32": 1.0}}, {**arm, "ratio": {"1": 0.36, "32": 0.29}}]
+    control = {b: {"ratio_p50": 0.99} for b in ("1", "32")}
+    return {
+        "command": "python -m benchmarks.results",
+        "seeds": 1,
+        "summary": [],
+        "latency": {"runs": runs, "runs_done": runs_done, "arms": arms, "control": control},
+        "sizes": [],
+        "targets": [],
+        "seconds": {"total": 1.0, "training": 1.0},
+    }
+
+
+def test_latency_table_says_how_many_runs_were_timed() -> None:
+    # The table read "200 runs" from the runs asked for; the benchmark's 2 s budget per session stops a slow
+    # batch size sooner, and results.json did not even keep how many were done.
+    md = report.markdown(_latency_result(200, {"1": 200, "32": 61}))
+    assert "61 at batch 32" in md
+    assert "200 runs asked" in md
+    md = report.markdown(_latency_result(200, {"1": 200, "32": 200}))
+    assert "(p50 latency ratio to dense, 200 runs, interleaved" in md

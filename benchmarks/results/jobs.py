@@ -227,6 +227,8 @@ def measure_files(rows: list[dict[str, Any]], runs: int) -> tuple[dict[str, Any]
         precision=None,  # the tables say how many runs: all of them (under the budget), no early stop
     )
     latency: dict[str, Any] = {"onnxruntime": bench.get("onnxruntime"), "runs": runs, "arms": [], "control": {}}
+    # The runs asked for are a ceiling: the 2 s budget per session can stop a slow (or busy) batch size sooner.
+    latency["runs_done"] = bench.get("runs_done")
     files = bench["files"]
     for r, f in zip([dense, *arms_], files, strict=True):
         ratio = f.get("ratio_to_first") or {}

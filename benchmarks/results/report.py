@@ -163,6 +163,16 @@ def _cell(s: dict[str, Any]) -> str:
     return f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
 
 
+def _runs(lat: dict[str, Any]) -> str:
+    """The timed runs each session did: the runs asked for, unless the time budget stopped a batch size sooner."""
+    done = lat.get("runs_done") or {}
+    short = {b: n for b, n in done.items() if n < lat["runs"]}
+    if not short:
+        return f"{lat['runs']} runs"
+    cut = ", ".join(f"{n} at batch {b}" for b, n in short.items())
+    return f"{lat['runs']} runs asked, {cut} (stopped by the time budget)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The tables README.md copies: accuracy per comparison, latency vs MACs, size vs reference size, targets."""
     seeds = result["seeds"]
@@ -224,8 +234,8 @@ def markdown(result: dict[str, Any]) -> str:
     lat = result.get("latency") or {}
     if lat.get("arms"):
         lines += [
-            f"**small_cnn structured, onnxruntime CPU, 1 thread, seed 0** (p50 latency ratio to dense, {lat['runs']} "
-            "runs, interleaved; A/A control "
+            f"**small_cnn structured, onnxruntime CPU, 1 thread, seed 0** (p50 latency ratio to dense, "
+            f"{_runs(lat)}, interleaved; A/A control "
             + ", ".join(f"batch {b}: {c['ratio_p50']:.2f}" for b, c in (lat.get("control") or {}).items())
             + ")",
             "",
