@@ -75,3 +75,19 @@ def test_latency_table_says_how_many_runs_were_timed() -> None:
     assert "200 runs asked" in md
     md = report.markdown(_latency_result(200, {"1": 200, "32": 200}))
     assert "(p50 latency ratio to dense, 200 runs, interleaved" in md
+
+
+def test_tune_refuses_an_unknown_only_candidate(tmp_path, monkeypatch, capsys) -> None:
+    # `tune --only NAME` with a name matching no candidate (a typo, a wrapped line copied from the README) ran the
+    # baseline alone and merged that into tuning/<model>.json without a word.
+    import pytest
+
+    from benchmarks.results import tune
+
+    monkeypatch.setattr(tune, "run_seed", lambda job: [])  # no training, old code or new
+    with pytest.raises(SystemExit) as info:
+        tune.main(["lenet", "--only", "end 3 every 1/8", "--seeds", "1", "--workers", "1", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'end 3 every 1/8' is not a lenet candidate" in err and "'end 3, every 1/8'" in err
+    assert not (tmp_path / "lenet.json").exists()

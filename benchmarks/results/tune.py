@@ -238,6 +238,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = ap.parse_args(argv)
     candidates = CANDIDATES[args.model]
     if args.only:
+        # A misspelt name used to match nothing and run the baseline alone, silently: name it instead.
+        unknown = [name for name in args.only if name not in candidates]
+        if unknown:
+            ap.error(
+                f"--only {unknown[0]!r} is not a {args.model} candidate; they are: "
+                + ", ".join(repr(c) for c in candidates)
+            )
         candidates = {k: v for k, v in candidates.items() if k in args.only}
     started = time.perf_counter()
     jobs = [(args.model, seed, candidates, not args.no_baseline) for seed in range(args.seeds)]
