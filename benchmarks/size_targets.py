@@ -1,6 +1,6 @@
 """Measure the on-disk size targets of a 90%-sparse LeNet-300-100 against their entropy bounds.
 
-    /work/venv/bin/python benchmarks/size_targets.py [--out DIR] [--epochs 8] [--finetune-epochs 4]
+    python benchmarks/size_targets.py [--out DIR] [--epochs 8] [--finetune-epochs 4]
 
 Trains LeNet-300-100 (examples.models:lenet_300_100) on mnist5k, prunes 90% of the weights of
 fc1..fc3 by global magnitude, fine-tunes with the mask held, exports dense and pruned ONNX, and
@@ -17,7 +17,8 @@ weights (``sparsekit.onnx.weight_entropy``): the entropy bound (each tensor's ze
 entropy, nonzero values at their measured entropy: sign and exponent as measured, mantissa bits as
 stored) and the verbatim bound (the same mask, values with all their bits, as every standard ONNX
 encoding stores them). All gzip sizes are gzip -9 of the file. Exit code 1 if a target is missed.
-Results also go to ``DIR/size_targets.json`` (default DIR: $TMPDIR/sparsekit-size-targets).
+Results also go to ``DIR/size_targets.json`` (default DIR: a new $TMPDIR/sparsekit-size-targets-* folder per
+run, printed at the end).
 Takes 10-30 s on 2 cores.
 """
 
@@ -100,16 +101,25 @@ def _bounds(path: Path) -> tuple[float, float]:
     return e["bound_bytes"], e["verbatim_bound_bytes"]
 
 
+def output_dir(out: Path | None) -> Path:
+    """``out``, created; by default a new temp folder per run: one fixed name was shared by every run, so the
+    documented ``--sparsity 0.95`` run replaced the 0.9 run's files and JSON, and two runs at once mixed files."""
+    if out is None:
+        return Path(tempfile.mkdtemp(prefix="sparsekit-size-targets-"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sparsekit-size-targets")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the files (default: a new temp folder)")
     ap.add_argument("--epochs", type=int, default=8, help="dense training epochs")
     ap.add_argument("--finetune-epochs", type=int, default=4)
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out = output_dir(args.out)
     t0 = time.perf_counter()
 
     torch.manual_seed(args.seed)

@@ -91,3 +91,19 @@ def test_tune_refuses_an_unknown_only_candidate(tmp_path, monkeypatch, capsys) -
     err = capsys.readouterr().err
     assert "'end 3 every 1/8' is not a lenet candidate" in err and "'end 3, every 1/8'" in err
     assert not (tmp_path / "lenet.json").exists()
+
+
+def test_size_targets_runs_do_not_share_one_folder(tmp_path) -> None:
+    # The default --out was one fixed $TMPDIR/sparsekit-size-targets: the documented --sparsity 0.95 run
+    # overwrote the 0.9 run's ONNX files and size_targets.json, and two runs at once measured each other's files.
+    import shutil
+
+    from benchmarks import size_targets
+
+    first, second = size_targets.output_dir(None), size_targets.output_dir(None)
+    try:
+        assert first != second and first.is_dir() and second.is_dir()
+    finally:
+        shutil.rmtree(first)
+        shutil.rmtree(second)
+    assert size_targets.output_dir(tmp_path / "mine") == tmp_path / "mine" and (tmp_path / "mine").is_dir()
