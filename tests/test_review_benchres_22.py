@@ -107,3 +107,21 @@ def test_size_targets_runs_do_not_share_one_folder(tmp_path) -> None:
         shutil.rmtree(first)
         shutil.rmtree(second)
     assert size_targets.output_dir(tmp_path / "mine") == tmp_path / "mine" and (tmp_path / "mine").is_dir()
+
+
+def test_results_refuses_a_run_count_below_one_before_training(monkeypatch, capsys) -> None:
+    # `--runs 0` was taken as "the default" and a negative count reached the benchmark only after the whole
+    # training (minutes); both are usage errors now, before any job runs.
+    import pytest
+
+    from benchmarks.results import __main__ as suite
+
+    def trained(job: object) -> list:
+        raise RuntimeError("a job ran")
+
+    monkeypatch.setattr(suite, "run_job", trained)
+    for runs in ("0", "-5"):
+        with pytest.raises(SystemExit) as info:
+            suite.main(["--quick", "--workers", "1", "--runs", runs])
+        assert info.value.code == 2
+        assert "--runs must be >= 1" in capsys.readouterr().err

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if seeds < 1 or args.workers not in (1, 2):
         ap.error("--seeds must be >= 1 and --workers 1 or 2")
+    if args.runs is not None and args.runs < 1:  # 0 read as "the default" and a negative count failed after training
+        ap.error("--runs must be >= 1 (default 200; --quick: 40)")
     out = args.out or HERE / ("quick" if args.quick else "suite")
     runs = args.runs or (40 if args.quick else 200)
     values = {
