@@ -136,3 +136,13 @@ def test_size_table_divides_by_the_verbatim_reference_not_the_entropy_bound() ->
     result = {**_latency_result(40, {}), "latency": {}, "sizes": [size]}
     row = next(line for line in report.markdown(result).splitlines() if line.startswith("| sparsekit | 0.9 |"))
     assert row.endswith("| 1.30 |")
+
+
+def test_memory_scaling_says_why_it_exits_1(capsys) -> None:
+    # Above --max-factor the script exited 1 after its tables with nothing saying which bound was missed.
+    from benchmarks import memory_scaling
+
+    assert memory_scaling.verdict(4.6, 6.0) == 0
+    assert capsys.readouterr().err == ""
+    assert memory_scaling.verdict(7.57, 6.0) == 1
+    assert "7.57x the big model's weights, above --max-factor 6" in capsys.readouterr().err
