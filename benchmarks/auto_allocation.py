@@ -60,8 +60,9 @@ from sparsekit.stats import layer_macs  # noqa: E402
 from sparsekit.train import evaluate  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "auto_allocation.json"
-# A --quick smoke run must not replace the measured JSON behind the README's table: it goes to the temp dir.
-QUICK_OUT = Path(tempfile.gettempdir()) / "sparsekit-auto-allocation-quick.json"
+# A --quick smoke run must not replace the measured JSON behind the README's table: it goes to a new temp folder
+# (one fixed temp name would let concurrent runs overwrite each other's).
+QUICK_PREFIX = "sparsekit-auto-allocation-"
 TARGET_SPARSITY = 0.9
 TARGET_MACS = 0.5
 MLP_SHAPE = [1, 64]
@@ -179,7 +180,7 @@ def output_path(out: Path | None, quick: bool) -> Path:
     """Where the JSON goes: ``--out`` if given, else the measured results' file, or for a smoke run a temp file."""
     if out is not None:
         return out
-    return QUICK_OUT if quick else DEFAULT_OUT
+    return Path(tempfile.mkdtemp(prefix=QUICK_PREFIX)) / "auto_allocation.json" if quick else DEFAULT_OUT
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 3 fine-tuning and 6 dense epochs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice; default 1)")
     ap.add_argument(
-        "--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT}; --quick: {QUICK_OUT})"
+        "--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT}; --quick: a new temp folder)"
     )
     args = ap.parse_args(argv)
     args.out = output_path(args.out, args.quick)

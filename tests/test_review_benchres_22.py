@@ -30,9 +30,25 @@ def test_auto_allocation_quick_run_leaves_the_measured_json_alone(tmp_path) -> N
     from benchmarks import auto_allocation as aa
 
     assert aa.output_path(None, quick=False) == aa.DEFAULT_OUT
-    assert aa.output_path(None, quick=True) != aa.DEFAULT_OUT
-    assert aa.output_path(None, quick=True).parent != aa.DEFAULT_OUT.parent  # not into the repository either
+    quick = aa.output_path(None, quick=True)
+    if quick.parent.name.startswith("sparsekit-auto-allocation-"):
+        quick.parent.rmdir()  # the empty folder it made (rmdir never removes one with anything in it)
+    assert quick != aa.DEFAULT_OUT
+    assert quick.parent != aa.DEFAULT_OUT.parent  # not into the repository either
     assert aa.output_path(tmp_path / "x.json", quick=True) == tmp_path / "x.json"
+
+
+def test_auto_allocation_quick_runs_do_not_share_one_file() -> None:
+    # The quick run's temp JSON had one fixed name: two quick runs at once (a shared machine) overwrote each other.
+    from benchmarks import auto_allocation as aa
+
+    first, second = aa.output_path(None, quick=True), aa.output_path(None, quick=True)
+    # Clean up only the empty folders this test made: rmdir never removes a folder with anything in it (on the
+    # old code both paths sat directly in the shared temp dir, which must never be touched).
+    for made in {first.parent, second.parent}:
+        if made.name.startswith("sparsekit-auto-allocation-"):
+            made.rmdir()
+    assert first != second
 
 
 def test_pipeline_phases_shows_why_a_prune_failed(capsys) -> None:
@@ -96,16 +112,13 @@ def test_tune_refuses_an_unknown_only_candidate(tmp_path, monkeypatch, capsys) -
 def test_size_targets_runs_do_not_share_one_folder(tmp_path) -> None:
     # The default --out was one fixed $TMPDIR/sparsekit-size-targets: the documented --sparsity 0.95 run
     # overwrote the 0.9 run's ONNX files and size_targets.json, and two runs at once measured each other's files.
-    import shutil
-
     from benchmarks import size_targets
 
     first, second = size_targets.output_dir(None), size_targets.output_dir(None)
-    try:
-        assert first != second and first.is_dir() and second.is_dir()
-    finally:
-        shutil.rmtree(first)
-        shutil.rmtree(second)
+    assert first != second and first.is_dir() and second.is_dir()
+    for made in (first, second):  # empty folders this test made; rmdir never removes one with anything in it
+        if made.name.startswith("sparsekit-size-targets-"):
+            made.rmdir()
     assert size_targets.output_dir(tmp_path / "mine") == tmp_path / "mine" and (tmp_path / "mine").is_dir()
 
 
