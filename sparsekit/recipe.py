@@ -1058,7 +1058,7 @@ class StructuredSpec(_MethodBase):
     ignore: list[str] | None = Field(
         None,
         description="modules (names or shell globs) whose output channels are never removed; null: the classifier "
-        "head (the last prunable layer)",
+        "head (the layers that produce the model's output, found by tracing it)",
     )
     min_channels: Int = Field(1, gt=0, le=MAX_CHANNELS, description="floor: no layer keeps fewer output channels")
     # 16 from benchmarks/structured_latency.py: unaligned counts (11/22/44) made 30% removal slower than
