@@ -491,6 +491,15 @@ def finetune(
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
             ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted
         )
+        if getattr(train_loader, "persistent_workers", False) and getattr(train_loader, "num_workers", 0) > 0:
+            # Persistent workers carry their numpy/Python generators from epoch to epoch in their own processes,
+            # out of reach of the checkpoint: fresh workers draw other augmentation than the ones stopped did.
+            warnings.warn(
+                "the training loader keeps its worker processes between epochs (persistent_workers=True); their "
+                "random state is in no checkpoint, so augmentation drawn in the workers differs from an "
+                "uninterrupted run's; for a bit-identical resume build the loader with persistent_workers=False",
+                stacklevel=3,
+            )
     else:
         scheduler = make_scheduler(optimizer, spec)
     if _distributed.active() and inner is model:

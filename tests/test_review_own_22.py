@@ -146,3 +146,25 @@ def test_publishing_refuses_a_folder_removed_since_begin(tmp_path):
             folder.publish()
     finally:
         folder.unlock()
+
+
+def test_resuming_with_persistent_loader_workers_warns_that_it_is_not_bit_identical(tmp_path):
+    # Their random state lives in the worker processes, which no checkpoint holds: the resume's augmentation
+    # differed silently while the README promised bit for bit.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(16, 8), torch.randint(0, 3, (16,)))
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    model = mlp(in_features=8, hidden=[16], num_classes=3)
+    val = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
+    sparsekit.finetune(model, recipe, DataLoader(data, batch_size=8), val, progress=False, checkpoint_dir=tmp_path)
+    recipe["finetune"]["epochs"] = 2
+    persistent = DataLoader(data, batch_size=8, num_workers=1, persistent_workers=True)
+    with pytest.warns(UserWarning, match="persistent_workers=True"):
+        sparsekit.finetune(
+            mlp(in_features=8, hidden=[16], num_classes=3), recipe, persistent, val, progress=False,
+            checkpoint_dir=tmp_path, resume=True, allow_changes=["finetune.epochs"],
+        )  # fmt: skip
