@@ -70,7 +70,10 @@ class Schedule:
         last = self.start + ((step - self.start) // self.every) * self.every
         frac = (last - self.start) / (self.end - self.start)
         power = 3 if self.curve == "cubic" else 1
-        return self.final + (self.init - self.final) * (1.0 - frac) ** power
+        # Written from init, not from final: at the start point (frac 0) this is init itself; final + (init - final)
+        # is not always init in floating point (0.9 + (0.1 - 0.9) is 0.09999999999999998, which rounds 0.1 of a
+        # 15-weight layer to one pruned weight instead of two).
+        return self.init + (self.final - self.init) * (1.0 - (1.0 - frac) ** power)
 
     def epoch_targets(self, epochs: int, steps_per_epoch: int) -> list[float]:
         """Target at the end of each of ``epochs`` epochs (``steps_per_epoch`` optimizer steps each), as the

@@ -851,7 +851,10 @@ class L1:
         frac = min(max((step - start) / (end - start), 0.0), 1.0)
         power = 3 if self.spec.schedule.curve == "cubic" else 1
         init = float(self.spec.schedule.init_sparsity)
-        return self.target + (init - self.target) * (1.0 - frac) ** power
+        if frac >= 1.0:
+            return self.target
+        # From init, as Schedule.target: exactly init_sparsity at the window's start.
+        return init + (self.target - init) * (1.0 - (1.0 - frac) ** power)
 
     @staticmethod
     def _groups(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
