@@ -997,7 +997,8 @@ class StructuredSpec(_MethodBase):
     1: off) aligns channel counts for onnxruntime's CPU kernels: a group sized by ``ratio`` (not listed in
     ``layer_ratio``) that loses channels keeps the nearest multiple of ``round_to`` (a tie keeps more; torch-pruning's
     ``round_to`` rounds down), or the first multiple at or above ``min_channels``; groups narrower than twice
-    ``round_to`` align to half of it when it is even (16-31 channels to 8), and narrower groups keep any count.
+    ``round_to`` align to half of it when it is even (16-31 channels to 8), and narrower groups keep any count
+    (a group's width when first pruned decides: with ``steps`` > 1 every step keeps that multiple).
     ``layer_ratio`` values keep their exact counts (the allocator aligns them itself for ``target_latency``)."""
 
     method: Literal["structured"] = Field(
@@ -1070,7 +1071,8 @@ class StructuredSpec(_MethodBase):
         gt=0,
         le=MAX_CHANNELS,
         description="channel alignment: a group sized by ratio keeps a multiple of this many channels, a group "
-        "narrower than twice it a multiple of half of it when it is even (default 16, measured fastest on onnxruntime "
+        "narrower than twice it (when first pruned: every removal step keeps the same multiple) a multiple of half of "
+        "it when it is even (default 16, measured fastest on onnxruntime "
         "CPU; null or 1: any count); layer_ratio layers keep their exact counts; ratio: auto with target_macs "
         "allocates whole blocks of it",
     )

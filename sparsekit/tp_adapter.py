@@ -380,7 +380,9 @@ def kept_units(units: int, ratio: float) -> int:
     return int(units * (1 - ratio) + 0.5 + 1e-9)
 
 
-def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1, blocks: int = 1) -> int:
+def aligned_keep(
+    channels: int, keep: int, round_to: int | None, floor: int = 1, blocks: int = 1, width: int | None = None
+) -> int:
     """How many of a group's ``channels`` to keep when the ratio asks to keep ``keep`` and kept counts are aligned
     to ``round_to`` (as torch-pruning's ``round_to``, but to the nearest multiple, a tie keeping more, where
     torch-pruning rounds down): ``keep`` rounded to the nearest of the multiples of ``round_to`` at or above
@@ -392,10 +394,12 @@ def aligned_keep(channels: int, keep: int, round_to: int | None, floor: int = 1,
     ``round_to`` but at least ``round_to`` wide aligns to half of it (an even ``round_to``, :func:`alignment`).
     With ``blocks`` > 1 (a grouped conv, removed evenly from each block) counts move in whole units of
     ``blocks`` channels: the kept total is a multiple of ``blocks`` and of ``round_to`` (or of its half,
-    for a narrow group)."""
+    for a narrow group). ``width``: the group's channels when it was first ranked (default ``channels``): the
+    multiple is chosen for it, so that an iterative removal keeps the counts a single one would (8 channels under
+    round_to 8 align to 4; at a second step with 4 left they would otherwise keep any count, down to 1)."""
     if keep >= channels:
         return keep
-    step = alignment(channels, round_to, blocks)
+    step = alignment(width or channels, round_to, blocks)
     if step <= 1:
         return keep
     low = max(1, min(floor, channels))
@@ -442,8 +446,10 @@ class Rounding:
     halved: bool = False  # the group is narrower than twice the full multiple: half of round_to was used
 
 
-def _rounding(channels: int, asked: int, kept: int, round_to: int, floor: int, blocks: int) -> Rounding:
-    multiple = alignment(channels, round_to, blocks)
+def _rounding(
+    channels: int, asked: int, kept: int, round_to: int, floor: int, blocks: int, width: int | None = None
+) -> Rounding:
+    multiple = alignment(width or channels, round_to, blocks)
     full = round_to * blocks // math.gcd(round_to, blocks)
     return Rounding(channels, asked, kept, round_to, floor, multiple, halved=multiple not in (1, full))
 
@@ -491,6 +497,8 @@ class ChannelPruner:
         self._min_channels = int(min_channels)
         # root name -> what aligning did at the last step that proposed removals from it (None: nothing).
         self.rounded: dict[str, Rounding | None] = {}
+        # root name -> its channels when first ranked: the multiple round_to aligns it to (see aligned_keep's width).
+        self._widths: dict[str, int] = {}
         self._root_types = list(root_types)
         self._layer_ratios = {str(k): float(v) for k, v in (layer_ratios or {}).items()}
         self._steps = steps
@@ -645,14 +653,17 @@ class ChannelPruner:
         channels; records what was done in :attr:`rounded`."""
         name = self._names[group[0].dep.target.module]
         size = len(imp)
+        width = self._widths.setdefault(name, size * blocks)
         if len(picked) == 0:
             self.rounded[name] = None
             return picked
         channels, asked = size * blocks, (size - len(picked)) * blocks
-        kept = aligned_keep(channels, asked, self._round_to, self._min_channels, blocks)
+        kept = aligned_keep(channels, asked, self._round_to, self._min_channels, blocks, width)
         assert self._round_to is not None
         self.rounded[name] = (
-            None if kept == asked else _rounding(channels, asked, kept, self._round_to, self._min_channels, blocks)
+            None
+            if kept == asked
+            else _rounding(channels, asked, kept, self._round_to, self._min_channels, blocks, width)
         )
         n_units = size - kept // blocks
         if n_units == len(picked):
@@ -690,3 +701,13 @@ class ChannelPruner:
     @scope_channels.setter
     def scope_channels(self, value: dict[str, int]) -> None:
         self._scope_initial = {str(k): int(v) for k, v in value.items()}
+
+    @property
+    def group_widths(self) -> dict[str, int]:
+        """Channels of each group's root when first ranked, by name: what ``round_to`` aligns it to at every later
+        step, so a resumed run restores it (as :attr:`scope_channels`)."""
+        return dict(self._widths)
+
+    @group_widths.setter
+    def group_widths(self, value: dict[str, int]) -> None:
+        self._widths = {str(k): int(v) for k, v in value.items()}

@@ -6,7 +6,7 @@ review report, not here."""
 from __future__ import annotations
 
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -77,3 +77,58 @@ def test_the_l1_target_curve_is_exactly_init_at_its_start_and_target_at_its_end(
     l1 = pruner.methods[0]
     assert l1.curve(start * spe) == init
     assert l1.curve((start + 2) * spe) == target
+
+
+def _structured_run(steps: int, ratio: float, round_to: int, resume_at: int | None = None) -> list[int]:
+    """Output widths of the two hidden layers of a 5-8-8-3 MLP after a structured entry's run of 2 epochs of 2
+    steps (resumed from a state_dict after step ``resume_at``)."""
+
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 5]},
+        "finetune": {"epochs": 2},
+        "pruning": [
+            {
+                "method": "structured",
+                "ratio": ratio,
+                "round_to": round_to,
+                "steps": steps,
+                "scope": "layer",
+                "schedule": {"start_epoch": 0, "end_epoch": 2},
+            }
+        ],
+    }
+    model = mlp()
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    for step in range(1, 5):
+        pruner.step()
+        if step == resume_at:
+            state, weights = pruner.state_dict(), pruner.model.state_dict()
+            pruner = sparsekit.Pruner(mlp(), recipe, steps_per_epoch=2)
+            pruner.load_state_dict(state)
+            pruner.model.load_state_dict(weights)
+    final = pruner.finalize()
+    return [final[0].out_features, final[2].out_features]
+
+
+@settings(max_examples=12, deadline=None)
+@given(ratio=st.floats(0.05, 0.9), round_to=st.sampled_from([2, 4, 8]), steps=st.integers(2, 3))
+@example(ratio=0.875, round_to=8, steps=2)
+@example(ratio=0.75, round_to=4, steps=2)
+def test_round_to_keeps_the_same_aligned_counts_whether_removed_in_one_step_or_several(ratio, round_to, steps):
+    # 8 channels under round_to 8 align to 4 (half of it: narrower than 16); an iterative removal judged the width
+    # left at each step (4 channels: "narrower than round_to, any count") and kept 1, where one step keeps 4.
+    from sparsekit.tp_adapter import alignment
+
+    multiple = alignment(8, round_to)
+    widths = _structured_run(steps, ratio, round_to)
+    assert all(w == 8 or w % multiple == 0 for w in widths), (widths, multiple)
+
+
+def test_round_to_multiple_of_a_layer_holds_across_a_resume():
+    assert _structured_run(2, 0.875, 8) == [4, 4]
+    assert _structured_run(2, 0.875, 8, resume_at=1) == [4, 4]  # each group's first width is in the state

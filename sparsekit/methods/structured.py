@@ -62,8 +62,9 @@ sized by ``ratio`` that loses channels keeps the nearest multiple of ``round_to`
 multiple at or above ``min_channels`` when the nearest is below it, or all its channels when no such
 multiple is below its width; a group
 narrower than twice ``round_to`` aligns to half of it (16-31 channels to 8 under the default), and one
-narrower than ``round_to`` keeps any count. Layers listed in ``layer_ratio`` keep the exact count their
-fraction gives (``ratio: auto`` writes one for every group, in whole blocks of ``round_to`` for
+narrower than ``round_to`` keeps any count (narrower when first ranked: with several ``steps`` every event keeps
+the multiple of the group's first width, as one event would). Layers listed in ``layer_ratio`` keep the exact
+count their fraction gives (``ratio: auto`` writes one for every group, in whole blocks of ``round_to`` for
 ``target_macs`` and of :func:`sparsekit.allocation.latency_align` for ``target_latency``). The report's
 ``reason`` says when rounding moved a layer away from its fraction.
 
@@ -748,6 +749,8 @@ class Structured:
             # tp sizes each ranking scope at its first pruning step; a resumed run must not
             # take the already-pruned size as the starting point.
             "scope_channels": self._tp.scope_channels if self._tp is not None else {},
+            # each group's first width: round_to's multiple for it at every later event
+            "group_widths": self._tp.group_widths if self._tp is not None else {},
             "accum": {n: t.clone() for n, t in self.accum.items()},
             "accum_steps": self.accum_steps,
             "reasons": dict(self.reasons),
@@ -762,6 +765,7 @@ class Structured:
         if self._tp is not None:
             self._tp.steps_done = self.done
             self._tp.scope_channels = state.get("scope_channels", {})
+            self._tp.group_widths = state.get("group_widths", {})
         params = dict(self.model.named_parameters())
         self.accum = {
             n: t.clone().to(params[n].device)
