@@ -405,8 +405,10 @@ def layer_cap(numel: int, max_layer_sparsity: float) -> int:
     (so a cap below 1 always keeps at least one weight), ``numel`` for a cap of 1."""
     if max_layer_sparsity >= 1:
         return numel
-    # round() first: 0.29 * 100 is 28.999999999999996 in floating point, and means 29.
-    return min(numel, math.floor(round(max_layer_sparsity * numel, 6)))
+    # round() first: 0.29 * 100 is 28.999999999999996 in floating point, and means 29. That rounding also lifts a cap
+    # just below 1 to the whole layer (0.9999999 of 10 weights is 9.999999 -> 10, the default cap for sparsity
+    # 0.9999999), so a cap below 1 is held to numel - 1 as promised.
+    return max(0, min(numel - 1, math.floor(round(max_layer_sparsity * numel, 6))))
 
 
 def global_topk_masks(

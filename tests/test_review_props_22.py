@@ -132,3 +132,24 @@ def test_round_to_keeps_the_same_aligned_counts_whether_removed_in_one_step_or_s
 def test_round_to_multiple_of_a_layer_holds_across_a_resume():
     assert _structured_run(2, 0.875, 8) == [4, 4]
     assert _structured_run(2, 0.875, 8, resume_at=1) == [4, 4]  # each group's first width is in the state
+
+
+@FAST
+@given(numel=st.integers(1, 10**6), cap=st.floats(0.5, 1.0, exclude_max=True))
+def test_a_layer_cap_below_one_always_keeps_a_weight(numel, cap):
+    from sparsekit.masks import layer_cap
+
+    assert 0 <= layer_cap(numel, cap) <= numel - 1  # 0.9999999 of 10 weights rounded to all 10
+
+
+def test_sparsity_just_below_one_leaves_every_layer_a_weight():
+    # sparsity 0.9999999: the default max_layer_sparsity is 0.99999995, which emptied the 10-weight layer.
+    for scope in ("layer", "global"):
+        model = nn.Sequential(nn.Linear(5, 2), nn.ReLU(), nn.Linear(2, 100))
+        recipe = {
+            "version": 1,
+            "finetune": {"epochs": 1},
+            "pruning": [{"method": "magnitude", "sparsity": 0.9999999, "scope": scope, "schedule": "oneshot"}],
+        }
+        sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+        assert [int(m.weight.count_nonzero()) for m in (model[0], model[2])] == [1, 1], scope
