@@ -595,6 +595,22 @@ def _when(schedule: Any, steps_per_epoch: int | None, epochs: int | None, what: 
         if s.start_epoch == 0:
             return ", all at once before the first training step" if epochs != 0 else ", all at once"
         return f", all at once at epoch {s.start_epoch:g}"
+    if steps_per_epoch:
+        from .schedule import Schedule
+
+        # Epochs become the nearest optimizer steps: a window narrower than a step (0 to 0.4 at 1 step per epoch)
+        # is one update, all at once, which "rising along a cubic schedule from epoch 0 to 0.4" did not say.
+        steps = Schedule.from_spec(s, 0.0, steps_per_epoch)
+        if steps.oneshot:
+            at = (
+                ("before the first training step" if epochs != 0 else "")
+                if steps.start == 0
+                else f"at optimizer step {steps.start} (epoch {steps.start / steps_per_epoch:g})"
+            )
+            return (
+                f", all at once{' ' + at if at else ''}: epochs {s.start_epoch:g} and {s.end_epoch:g} are the same "
+                f"optimizer step at {steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} per epoch"
+            )
     start = (
         f"from {_pct(s.init_sparsity)} at epoch {s.start_epoch:g}"
         if s.init_sparsity

@@ -153,3 +153,21 @@ def test_sparsity_just_below_one_leaves_every_layer_a_weight():
         }
         sparsekit.Pruner(model, recipe, steps_per_epoch=1)
         assert [int(m.weight.count_nonzero()) for m in (model[0], model[2])] == [1, 1], scope
+
+
+@FAST
+@given(start=st.integers(0, 12), length=st.integers(0, 12), spe=st.integers(1, 6))
+def test_validate_says_all_at_once_exactly_when_the_window_is_one_optimizer_step(start, length, spe):
+    # Epochs in eighths: 0 to 0.375 at 1 step per epoch is step 0 to step 0, one update, which validate described
+    # as "rising along a cubic schedule from epoch 0 to 0.375".
+    from sparsekit.planning import describe
+    from sparsekit.recipe import Recipe
+
+    schedule = {"start_epoch": start / 8, "end_epoch": (start + length) / 8}
+    recipe = Recipe(
+        version=1, finetune={"epochs": 3}, pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": schedule}]
+    )
+    text = describe(recipe.pruning[0], ["fc"], steps_per_epoch=spe, epochs=3)
+    oneshot = Schedule.from_spec(recipe.pruning[0].schedule, 0.5, spe).oneshot
+    assert ("all at once" in text) == oneshot, text
+    assert ("rising along" in text) != oneshot, text
