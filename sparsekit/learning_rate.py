@@ -38,7 +38,15 @@ class _Observer:
     def remove(self) -> None:
         global _snapshot
         if _observers.pop(self.key, None) is not None:
-            _snapshot = tuple(_observers.values())
+            _snapshot = _snapshot_of_observers()
+
+
+def _snapshot_of_observers() -> tuple[tuple[weakref.ref[Any], Callable[[Any, torch.optim.Optimizer], None]], ...]:
+    """``tuple(_observers.values())``, taken from a copy: iterating the dict itself allocates (the tuple), which can
+    run the cycle GC, whose collection of an owner removes its observer (weakref.finalize) from the dict under the
+    iteration: "dictionary changed size during iteration" from a Pruner's constructor, seen after many Pruners
+    (a test run, a sweep). ``dict(...)`` of a dict copies it without running Python code in between."""
+    return tuple(dict(_observers).values())
 
 
 # Every observer hangs off one torch hook, registered once: torch iterates its global hooks' OrderedDict while it
@@ -71,7 +79,7 @@ def on_optimizer_steps(owner: Any, observe: Callable[[Any, torch.optim.Optimizer
         _torch_hook = register_optimizer_step_post_hook(_dispatch)
     handle = _Observer(next(_keys))
     _observers[handle.key] = (weakref.ref(owner), observe)
-    _snapshot = tuple(_observers.values())
+    _snapshot = _snapshot_of_observers()
     weakref.finalize(owner, handle.remove)
     return handle
 

@@ -171,3 +171,28 @@ def test_validate_says_all_at_once_exactly_when_the_window_is_one_optimizer_step
     oneshot = Schedule.from_spec(recipe.pruning[0].schedule, 0.5, spe).oneshot
     assert ("all at once" in text) == oneshot, text
     assert ("rising along" in text) != oneshot, text
+
+
+def test_an_observer_removed_by_the_gc_while_another_registers_does_not_break_the_pruner(monkeypatch):
+    # Building many Pruners in one process failed at random in Pruner(...) with "dictionary changed size during
+    # iteration": taking the observers' snapshot allocates, the cycle GC may run there and collect an old Pruner,
+    # whose finalizer removes its observer from the dict being iterated. Here the collection is made to happen then.
+    from sparsekit import learning_rate
+
+    class CollectedMidway(dict):
+        def values(self):  # what the GC's finalizer does in the middle of the iteration
+            view = super().values()
+            for i, v in enumerate(view):
+                if i == 0 and len(self) > 1:
+                    self.pop(next(reversed(self)))
+                yield v
+
+    class Owner:
+        pass
+
+    owners = [Owner() for _ in range(3)]
+    monkeypatch.setattr(learning_rate, "_snapshot", learning_rate._snapshot)  # the real one back afterwards
+    monkeypatch.setattr(learning_rate, "_observers", CollectedMidway())
+    for owner in owners:
+        learning_rate.on_optimizer_steps(owner, lambda me, optimizer: None)
+    assert len(learning_rate._snapshot) == len(learning_rate._observers)
