@@ -622,7 +622,7 @@ def _when(schedule: Any, steps_per_epoch: int | None, epochs: int | None, what: 
         text += (
             f" (every {every} of the epoch's {steps_per_epoch} steps)"
             if every < steps_per_epoch
-            else f" ({every} steps)"
+            else f" ({every} step{'' if every == 1 else 's'})"
         )
     return text
 
