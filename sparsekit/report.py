@@ -1845,10 +1845,17 @@ def _too_noisy(report: Report) -> str:
     )
 
 
+def _verdict(lc: LatencyChange) -> str:
+    """A latency verdict in words; at a batch size whose A/A control swung past :data:`NOISY` it says the figure is
+    not to be trusted (a "faster" of 0.03x measured while the note below says the benchmark was too noisy read as a
+    result)."""
+    return f"{lc.verdict}, too noisy to trust" if lc.noise > NOISY else lc.verdict
+
+
 def _lat(bs: str, lc: LatencyChange, extra: str = "") -> str:
     a, b = ms_text(lc.dense_ms), ms_text(lc.ms)
     lo, hi = lc.band
-    return f"batch {bs}: {a} -> {b} ms ({lc.ratio:.3f}x, noise band {lo:.3f}x-{hi:.3f}x{extra}): {lc.verdict}"
+    return f"batch {bs}: {a} -> {b} ms ({lc.ratio:.3f}x, noise band {lo:.3f}x-{hi:.3f}x{extra}): {_verdict(lc)}"
 
 
 def _unit_word(types: set[str]) -> str:
@@ -2033,7 +2040,7 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
         lo, hi = lc.band
         a, b = ms_text(lc.dense_ms), ms_text(lc.ms)
         lines.append(
-            f"| latency p50, batch {bs} (ms) | {a} | {b} | {lc.ratio:.3f}x | {lc.verdict} (noise band "
+            f"| latency p50, batch {bs} (ms) | {a} | {b} | {lc.ratio:.3f}x | {_verdict(lc)} (noise band "
             f"{lo:.3f}x–{hi:.3f}x) |"
         )
     row("params", s.params, lambda v: f"{v:,.0f}")
@@ -2053,7 +2060,7 @@ def _markdown_summary(report: Report, s: Summary) -> list[str]:
             lo, hi = lc.band
             lines.append(
                 f"| int8: latency p50, batch {bs} (ms) | {ms_text(lc.dense_ms)} | "
-                f"{ms_text(lc.ms)} | {lc.ratio:.3f}x | {lc.verdict} (noise band "
+                f"{ms_text(lc.ms)} | {lc.ratio:.3f}x | {_verdict(lc)} (noise band "
                 f"{lo:.3f}x–{hi:.3f}x) |"
             )
             fp32_ms = p.latency_ms.get(bs)

@@ -168,3 +168,23 @@ def test_resuming_with_persistent_loader_workers_warns_that_it_is_not_bit_identi
             mlp(in_features=8, hidden=[16], num_classes=3), recipe, persistent, val, progress=False,
             checkpoint_dir=tmp_path, resume=True, allow_changes=["finetune.epochs"],
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(("noise", "said"), [(0.04, False), (0.7, True)])
+def test_a_latency_verdict_measured_too_noisily_says_it_is_not_to_be_trusted(noise, said):
+    # "batch 32: 18.329 -> 0.541 ms (...): faster" stood beside the note "The benchmark was too noisy to measure
+    # latency ... before trusting any latency figure of this run": the line read as a 34x result.
+    from test_report_summary import MLP_SHAPE, _prune, _recipe, _report
+
+    from examples.models import mlp
+    from sparsekit.report import render_markdown, render_summary
+
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (1.0, 0.04), "32": (0.03, noise)})
+    line = next(ln for ln in render_summary(report, "out").splitlines() if "batch 32:" in ln)
+    assert line.endswith("faster, too noisy to trust") is said and "faster" in line
+    one = next(ln for ln in render_summary(report, "out").splitlines() if "batch 1:" in ln)
+    assert "too noisy" not in one
+    row = next(ln for ln in render_markdown(report).splitlines() if ln.startswith("| latency p50, batch 32"))
+    assert ("too noisy to trust" in row) is said
