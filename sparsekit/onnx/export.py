@@ -405,8 +405,12 @@ def _undeliverable(job: _Job, final: Path, *problems: str) -> ExportError:
     if not job.external:
         works += f", {OPSETS} with the torchscript exporter where the model's operators exist at that opset"
     what = "; ".join(problems)
+    # Below the dynamo exporter's own opset the conversion down is what failed; from it on, the asked opset is
+    # newer than the exporters write (opset=30 was told to ask for a higher one).
+    direction = "higher" if job.opset < DYNAMO_OPSET else "lower"
     return ExportError(
-        f"{final}: cannot write ONNX opset {job.opset}: {what}. Ask for a higher opset: the exporters support {works}"
+        f"{final}: cannot write ONNX opset {job.opset}: {what}. Ask for a {direction} opset: the exporters support "
+        f"{works}"
     )
 
 

@@ -1,0 +1,22 @@
+"""Review (apidoc, round 22): the Python API called as its docstrings document it, and with wrong arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def test_export_opset_too_new_asks_for_a_lower_one(tmp_path):
+    # An opset newer than any exporter writes was answered "Ask for a higher opset".
+    with pytest.raises(sparsekit.ExportError, match="Ask for a lower opset") as info:
+        sparsekit.export_onnx(_mlp(), tmp_path / "m.onnx", [1, 8], opset=1000)
+    assert "higher" not in str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
