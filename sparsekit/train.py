@@ -422,10 +422,17 @@ def finetune(
     when training diverges, ``finetune.device`` is not available, or the checkpoint already finished
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
-    ``allow_changes`` names a field that cannot change on a resume or ``pruner`` was built over another model.
+    ``allow_changes`` names a field that cannot change on a resume, ``pruner`` was built over another model, or
+    ``resume=True`` comes without ``checkpoint_dir``.
     ``recipe`` may also be a recipe file, a shipped recipe's name or a dict, as :class:`Pruner` takes them
     (:func:`~sparsekit.recipe.as_recipe`)."""
     require_module(model, "finetune")
+    if resume and not checkpoint_dir:
+        # Without a folder there is no last.pt to continue from: the run silently trained from epoch 1.
+        raise ValueError(
+            "finetune(resume=True) needs checkpoint_dir=..., the folder whose last.pt it continues from (the one an "
+            "earlier finetune(checkpoint_dir=...) wrote)"
+        )
     recipe = as_recipe(recipe)
     spec = recipe.finetune
     inner = _distributed.unwrap(model)

@@ -20,3 +20,12 @@ def test_export_opset_too_new_asks_for_a_lower_one(tmp_path):
         sparsekit.export_onnx(_mlp(), tmp_path / "m.onnx", [1, 8], opset=1000)
     assert "higher" not in str(info.value)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_finetune_resume_without_checkpoint_dir_is_refused():
+    # resume=True with no checkpoint_dir trained from epoch 1 without a word: the documented argument was ignored.
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}], "finetune": {"epochs": 1}}
+    with pytest.raises(ValueError, match=r"resume=True\) needs checkpoint_dir"):
+        sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, resume=True)
