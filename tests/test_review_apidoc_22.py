@@ -29,3 +29,31 @@ def test_finetune_resume_without_checkpoint_dir_is_refused():
     recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}], "finetune": {"epochs": 1}}
     with pytest.raises(ValueError, match=r"resume=True\) needs checkpoint_dir"):
         sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, resume=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    sparsekit.export_onnx(_mlp(), path, [1, 8])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("runs", 2.5),
+        ("warmup", 1.5),
+        ("threads", "2"),
+        ("min_runs", 2.5),
+        ("seed", "a"),
+        ("seed", None),
+        ("seed", -1),
+        ("budget_s", "1"),
+        ("precision", "a"),
+    ],
+)
+def test_benchmark_option_of_wrong_type_is_an_export_error(onnx_file, option, value):
+    # "Raises ExportError for bad options": these raised numpy's / onnxruntime's TypeError or ValueError
+    # (or, seed=None, fed unseeded data).
+    with pytest.raises(sparsekit.ExportError, match=rf"benchmark\({option}=\.\.\.\)"):
+        sparsekit.benchmark(onnx_file, [1], **{"runs": 5, "warmup": 1, "budget_s": None, option: value})

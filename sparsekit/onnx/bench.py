@@ -140,6 +140,11 @@ def benchmark(
     if not files:
         raise ExportError("benchmark needs at least one ONNX file")
     sizes = _check_batch_sizes(batch_sizes)
+    threads, warmup, runs, min_runs, seed = _check_option_types(
+        threads, warmup, runs, min_runs, seed, budget_s, precision
+    )
+    if seed < 0:
+        raise ExportError(f"benchmark(seed=...): must be >= 0 (it seeds the input data), got {seed}")
     if not (0 <= threads <= MAX_THREADS and 0 <= warmup <= MAX_RUNS and 1 <= runs <= MAX_RUNS):
         raise ExportError(
             f"need threads 0..{MAX_THREADS}, warmup 0..{MAX_RUNS:,} and runs 1..{MAX_RUNS:,} "
@@ -271,6 +276,22 @@ def _labels(paths: list[Path]) -> list[str]:
             return labels
         for i in clash:
             depth[i] += 1
+
+
+def _check_option_types(
+    threads: Any, warmup: Any, runs: Any, min_runs: Any, seed: Any, budget_s: Any, precision: Any
+) -> tuple[int, int, int, int, int]:
+    """The counts as ints, after checking each option's type: a float run count, a string thread count or a
+    seed of None failed inside numpy or onnxruntime with a TypeError of theirs (or, seed=None, fed unseeded
+    data), where a bad option is an ExportError naming it."""
+    counts = {"threads": threads, "warmup": warmup, "runs": runs, "min_runs": min_runs, "seed": seed}
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ExportError(f"benchmark({name}=...): expected an integer, got {value!r}")
+    for name, number in {"budget_s": budget_s, "precision": precision}.items():
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int | float | np.number)):
+            raise ExportError(f"benchmark({name}=...): expected a number or None, got {number!r}")
+    return int(threads), int(warmup), int(runs), int(min_runs), int(seed)
 
 
 def _check_batch_sizes(batch_sizes: Sequence[int] | int) -> list[int]:
