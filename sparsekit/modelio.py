@@ -1658,11 +1658,20 @@ def save_model(
     its history on, ``pruner`` pruned a model of other shapes than ``model``, kwargs/history/extra are not JSON-able,
     or kwargs have a key that is not a string or a NaN/inf (load_model refuses such a file as damaged), and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
-    TypeError when ``model`` is not an ``nn.Module``."""
+    TypeError when ``model`` is not an ``nn.Module`` or ``pruner`` not a :class:`~sparsekit.Pruner`."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"save_model(model=...): expected a torch.nn.Module, got {type(model).__name__}; the arguments are "
             "(model, path, factory)"
+        )
+    from .pruner import Pruner  # here: pruner.py imports this module
+
+    if pruner is not None and not isinstance(pruner, Pruner):
+        # Anything else failed on an attribute of it ("'dict' object has no attribute 'model_history'"): a
+        # pruner.state_dict() passed for the Pruner, say.
+        raise TypeError(
+            f"save_model(pruner=...): expected the sparsekit.Pruner that pruned the model, got {type(pruner).__name__}"
+            "; or leave it out (the history a Pruner recorded on the model is saved then)"
         )
     # What load_model refuses as a damaged file is refused here, before anything is written: a factory not of the
     # form pkg.module:callable, an input shape of zeros, fractions or texts (1.5 was cut to 1 without a word).

@@ -423,7 +423,7 @@ def finetune(
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
     ``allow_changes`` names a field that cannot change on a resume, ``pruner`` was built over another model, or
-    ``resume=True`` comes without ``checkpoint_dir``.
+    ``resume=True`` comes without ``checkpoint_dir``; TypeError when ``pruner`` is not a :class:`Pruner`.
     ``recipe`` may also be a recipe file, a shipped recipe's name or a dict, as :class:`Pruner` takes them
     (:func:`~sparsekit.recipe.as_recipe`)."""
     require_module(model, "finetune")
@@ -449,6 +449,12 @@ def finetune(
     _check_loader(val_loader, "val_loader", needs_len=False)
     train_loader = _sharded(train_loader, recipe.seed)
     steps = steps_per_epoch(spec, len(train_loader))
+    if pruner is not None and not isinstance(pruner, Pruner):
+        # Anything else failed on an attribute of it ("'dict' object has no attribute 'model'").
+        raise TypeError(
+            f"finetune(pruner=...): expected a sparsekit.Pruner built over this model, got {type(pruner).__name__}; "
+            "or leave it out (finetune builds one over the recipe)"
+        )
     if pruner is not None and pruner.model is not inner:
         # The optimizer trains `model` while the pruner masks, evaluates and returns its own: the loop handed back
         # an untrained model (with the untrained model's accuracy in the history), warned of only at finalize.

@@ -57,3 +57,18 @@ def test_benchmark_option_of_wrong_type_is_an_export_error(onnx_file, option, va
     # (or, seed=None, fed unseeded data).
     with pytest.raises(sparsekit.ExportError, match=rf"benchmark\({option}=\.\.\.\)"):
         sparsekit.benchmark(onnx_file, [1], **{"runs": 5, "warmup": 1, "budget_s": None, option: value})
+
+
+def test_pruner_argument_that_is_not_a_pruner_is_a_type_error(tmp_path):
+    # save_model(pruner=...) and finetune(pruner=...) given something else (a pruner.state_dict(), say) failed with
+    # AttributeError: "'dict' object has no attribute 'model_history'" / "... 'model'".
+    model = _mlp()
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}], "finetune": {"epochs": 1}}
+    state = sparsekit.Pruner(model, recipe, 2).state_dict()
+    with pytest.raises(TypeError, match=r"save_model\(pruner=\.\.\.\): expected the sparsekit.Pruner"):
+        sparsekit.save_model(model, tmp_path / "m.pt", "examples.models:mlp", pruner=state)
+    assert not (tmp_path / "m.pt").exists()
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    with pytest.raises(TypeError, match=r"finetune\(pruner=\.\.\.\): expected a sparsekit.Pruner"):
+        sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, pruner=state)
