@@ -70,10 +70,19 @@ def inspect(
 
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
-    ``input_shape`` (batch first) or the file's saved one (a shape only guessed gives ``input_shape_note``)."""
+    ``input_shape`` (batch first) or the file's saved one (a shape only guessed gives ``input_shape_note``);
+    ValueError for ``arch``, ``kwargs`` or ``input_shape`` with an ``.onnx`` file (it holds its own)."""
     require_path(path, "inspect(path=...)", "count a model in memory with sparsekit.layer_report(model, input_shape)")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
+        # The file's graph and input shape are what it counts: arguments for a torch model were dropped without a
+        # word (input_shape=[1, 9] for a [batch, 8] file gave its MACs all the same). The command refuses them too.
+        given = [n for n, v in (("arch", arch), ("kwargs", kwargs), ("input_shape", input_shape)) if v is not None]
+        if given:
+            raise ValueError(
+                f"inspect({', '.join(f'{n}=...' for n in given)}): {path} is an .onnx file, which holds its own graph "
+                "and input shape; these arguments are for .pt / .safetensors models: leave them out"
+            )
         return _inspect_onnx(path)
     from .modelio import infer_input_shape, read_model, refuse_compiled
 

@@ -72,3 +72,13 @@ def test_pruner_argument_that_is_not_a_pruner_is_a_type_error(tmp_path):
     batches = [(x[:8], y[:8]), (x[8:], y[8:])]
     with pytest.raises(TypeError, match=r"finetune\(pruner=\.\.\.\): expected a sparsekit.Pruner"):
         sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, pruner=state)
+
+
+def test_inspect_onnx_refuses_torch_only_arguments(onnx_file):
+    # input_shape / arch / kwargs were ignored for an .onnx file (the command refuses them): input_shape=[1, 9]
+    # for a file of input [batch, 8] returned its counts as if it fitted.
+    with pytest.raises(ValueError, match=r"inspect\(input_shape=\.\.\.\): .*\.onnx file"):
+        sparsekit.inspect(onnx_file, input_shape=[1, 9])
+    with pytest.raises(ValueError, match=r"inspect\(arch=\.\.\., kwargs=\.\.\.\)"):
+        sparsekit.inspect(onnx_file, arch="examples.models:mlp", kwargs={"in_features": 8})
+    assert sparsekit.inspect(onnx_file)["format"] == "onnx"
