@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, one_line, option
-from .wrappers import require_path, unwrap
+from .wrappers import int_dims, require_path, unwrap
 
 ROW_KEYS = ("name", "type", "shape", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity", "macs",
             "effective_macs")  # fmt: skip
@@ -70,8 +70,9 @@ def inspect(
 
     Raises :class:`~sparsekit.errors.ModelFileError` / :class:`~sparsekit.errors.ExportError` for a
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
-    ``input_shape`` (batch first) or the file's saved one (a shape only guessed gives ``input_shape_note``);
-    ValueError for ``arch``, ``kwargs`` or ``input_shape`` with an ``.onnx`` file (it holds its own)."""
+    ``input_shape`` (batch first; also when it is not a list of positive integers) or the file's saved one (a shape
+    only guessed gives ``input_shape_note``); ValueError for ``arch``, ``kwargs`` or ``input_shape`` with an
+    ``.onnx`` file (it holds its own)."""
     require_path(path, "inspect(path=...)", "count a model in memory with sparsekit.layer_report(model, input_shape)")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
@@ -84,6 +85,16 @@ def inspect(
                 "and input shape; these arguments are for .pt / .safetensors models: leave them out"
             )
         return _inspect_onnx(path)
+    if input_shape is not None:
+        # Checked before the file is read: [1, 784.9] was counted as [1, 784] without a word, 8 failed inside. A
+        # shape of integers the model does not take is check_input_shape's, below (it names the one it takes).
+        dims = int_dims(input_shape)
+        if dims is None:
+            raise DataError(
+                f"{option('input_shape')}: expected the whole input shape, batch first, as positive integers "
+                f"(e.g. [1, 784]), got {input_shape!r}"
+            )
+        input_shape = dims
     from .modelio import infer_input_shape, read_model, refuse_compiled
 
     loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code)

@@ -37,7 +37,7 @@ from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, takes_several_inputs, tied_parameters
-from .wrappers import int_dims, require_module, unwrap_wrappers
+from .wrappers import checked_input_shape, require_module, unwrap_wrappers
 
 # pruner.step() checks that the pruned layers are still the model's (Pruner._check_layers) on its first steps after the
 # Pruner is built or restored (load_state_dict), where a loop that changes the model after that does so, and at the end
@@ -1199,20 +1199,6 @@ def _check_context(context: Any) -> dict[str, Any]:
     if context.get("input_shape") is not None:
         checked_input_shape(context["input_shape"], "Pruner(context=...): input_shape")
     return dict(context)
-
-
-def checked_input_shape(shape: Any, where: str) -> list[int]:
-    """``shape`` (a caller's batch-first input shape: the Pruner's context, a trainer callback's ``input_shape``) as a
-    list of ints; ValueError naming ``where`` for text, a bare number, a shape without the batch dimension or a
-    dimension that is not a positive integer (they failed as "invalid literal for int()", "'int' object is not
-    iterable", or later inside torch's tracing)."""
-    dims = int_dims(shape, min_dims=2)
-    if dims is None:
-        raise ValueError(
-            f"{where} must be the whole shape of one input, batch first, as positive integers (e.g. [1, 784] or "
-            f"[1, 3, 32, 32]), got {shape!r}"
-        )
-    return dims
 
 
 def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> dict[int, Callable[..., Any]]:

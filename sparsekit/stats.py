@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from . import model_input
 from .layers import output_dim, prunable_layers, tied_aliases, weighted_layers
 from .masks import count_true, weight_of
-from .wrappers import require_module, unwrap
+from .wrappers import checked_input_shape, require_module, unwrap
 
 
 def sparsity(model: nn.Module) -> float:
@@ -194,8 +194,12 @@ def layer_report(
     tuple of the model's inputs, for a forward that takes several), also
     ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share): counted as
     :func:`layer_macs` does, so whatever the model raises on that input (e.g. a shape it does not take)
-    propagates. TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path)."""
+    propagates. TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path); ValueError when
+    ``input_shape`` is not a batch-first list of positive integers."""
     require_module(model, "layer_report")
+    if input_shape is not None:
+        # [1, 784.9] was counted as [1, 784] and [1, '8'] as [1, 8] without a word; 8 or '1,8' failed inside.
+        input_shape = checked_input_shape(input_shape, "layer_report(input_shape=...)")
     model = unwrap(model)
     macs = layer_macs(model, input_shape, inputs=inputs) if input_shape or inputs is not None else {}
     rows = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where a model exists: commands that only read recipes never load it
     from torch import nn
@@ -106,6 +106,20 @@ def int_dims(shape: object, min_dims: int = 1) -> list[int] | None:
         return None
     dims = [operator.index(d) for d in shape]
     return dims if len(dims) >= min_dims and all(d > 0 for d in dims) else None
+
+
+def checked_input_shape(shape: Any, where: str) -> list[int]:
+    """``shape`` (a caller's batch-first input shape: the Pruner's context, a trainer callback's ``input_shape``) as a
+    list of ints; ValueError naming ``where`` for text, a bare number, a shape without the batch dimension or a
+    dimension that is not a positive integer (they failed as "invalid literal for int()", "'int' object is not
+    iterable", or later inside torch's tracing)."""
+    dims = int_dims(shape, min_dims=2)
+    if dims is None:
+        raise ValueError(
+            f"{where} must be the whole shape of one input, batch first, as positive integers (e.g. [1, 784] or "
+            f"[1, 3, 32, 32]), got {shape!r}"
+        )
+    return dims
 
 
 def copy_model(model: nn.Module, memo: dict[int, object] | None = None) -> nn.Module:

@@ -82,3 +82,19 @@ def test_inspect_onnx_refuses_torch_only_arguments(onnx_file):
     with pytest.raises(ValueError, match=r"inspect\(arch=\.\.\., kwargs=\.\.\.\)"):
         sparsekit.inspect(onnx_file, arch="examples.models:mlp", kwargs={"in_features": 8})
     assert sparsekit.inspect(onnx_file)["format"] == "onnx"
+
+
+@pytest.mark.parametrize("shape", [[1, 8.9], [1, "8"], [True, 8], 8, "1,8", [8]])
+def test_layer_report_and_inspect_refuse_a_malformed_input_shape(tmp_path, shape):
+    # [1, 8.9] / [1, '8'] / [True, 8] were counted as [1, 8] without a word; 8 and '1,8' failed with
+    # "'int' object is not iterable" / "invalid literal for int()"; [8] with torch's matmul error.
+    with pytest.raises(ValueError, match=r"layer_report\(input_shape=\.\.\.\) must be the whole shape"):
+        sparsekit.layer_report(_mlp(), shape)
+    from examples.models import mlp
+
+    kwargs = {"in_features": 8, "hidden": [6], "num_classes": 3}
+    path = sparsekit.save_model(mlp(**kwargs), tmp_path / "m.pt", "examples.models:mlp", kwargs=kwargs)
+    # [8] is a shape of integers the model does not take: the DataError naming the one it takes, as before
+    with pytest.raises(sparsekit.DataError, match=r"input_shape.*\[1, 8\]" if shape == [8] else "expected the whole"):
+        sparsekit.inspect(path, input_shape=shape, arch="examples.models:mlp")
+    assert sparsekit.inspect(path, input_shape=(1, 8), arch="examples.models:mlp")["macs"] == 66
