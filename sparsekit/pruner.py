@@ -804,9 +804,16 @@ class Pruner:
         >>> if pruner.structure_changed:
         ...     optimizer = pruner.update_optimizer(optimizer)
 
-        RuntimeError after :meth:`finalize`.
+        RuntimeError after :meth:`finalize`; TypeError when ``optimizer`` is not an optimizer (one with
+        ``param_groups`` and ``state``, as ``torch.optim`` optimizers and a trainer's wrappers of them have).
         """
         self._refuse_finalized("update_optimizer")
+        if not (hasattr(optimizer, "param_groups") and hasattr(optimizer, "state")):
+            # None or model.parameters() failed as "'NoneType' object has no attribute 'param_groups'".
+            raise TypeError(
+                f"pruner.update_optimizer(optimizer=...): expected the optimizer that trains the model, got "
+                f"{type(optimizer).__name__}; to build one afresh instead, pass the model's parameters to it"
+            )
         current = dict(self.model.named_parameters(remove_duplicate=False))
         placed: set[int] = set()  # each parameter once, in the group of the first old one it replaces
         for group in optimizer.param_groups:

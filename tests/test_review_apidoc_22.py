@@ -98,3 +98,15 @@ def test_layer_report_and_inspect_refuse_a_malformed_input_shape(tmp_path, shape
     with pytest.raises(sparsekit.DataError, match=r"input_shape.*\[1, 8\]" if shape == [8] else "expected the whole"):
         sparsekit.inspect(path, input_shape=shape, arch="examples.models:mlp")
     assert sparsekit.inspect(path, input_shape=(1, 8), arch="examples.models:mlp")["macs"] == 66
+
+
+@pytest.mark.parametrize("optimizer", [None, "params"])
+def test_update_optimizer_of_no_optimizer_is_a_type_error(optimizer):
+    # None, or model.parameters() for the optimizer, failed with "'NoneType' object has no attribute 'param_groups'".
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}, 2)
+    given = list(model.parameters()) if optimizer == "params" else optimizer
+    with pytest.raises(TypeError, match=r"update_optimizer\(optimizer=\.\.\.\): expected the optimizer"):
+        pruner.update_optimizer(given)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert pruner.update_optimizer(sgd) is sgd
