@@ -444,7 +444,7 @@ def run_prune(
     *,
     arch: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
-    data: str | None = None,
+    data: str | os.PathLike[str] | None = None,
     trust: bool = False,
     trust_code: bool = False,
     overwrite: bool = False,
@@ -503,6 +503,7 @@ def run_prune(
     recipe = as_recipe(recipe)  # a recipe file, a shipped recipe's name or a dict, as Pruner takes them
     clock = PhaseClock()
     out = Path(out)
+    data = data_option(data, "run_prune")
     source = data or recipe.data.source
     data_file = source if source.endswith(".npz") else None
     with naming_recipe(recipe):
@@ -696,12 +697,25 @@ def _run_other_rank(inputs: Inputs, recipe: Recipe, stage: Path, device: torch.d
     # Done: the caller waits in a barrier for rank 0 (saving, exporting, benchmarking).
 
 
+def data_option(data: str | os.PathLike[str] | None, caller: str) -> str | None:
+    """The caller's ``data`` source as text (a file's ``pathlib.Path`` as its path); TypeError for anything else. A
+    Path failed as "'PosixPath' object has no attribute 'endswith'", a number or a loader likewise."""
+    if data is None or isinstance(data, str):
+        return data
+    if isinstance(data, os.PathLike):
+        return os.fspath(data)
+    raise TypeError(
+        f"{caller}(data=...): expected a data source's name or a file's path ('digits', 'mnist5k', 'data.npz' or "
+        f"'pkg.module:callable'), got {type(data).__name__}; train on data in memory with sparsekit.finetune"
+    )
+
+
 def check_inputs(
     model_path: str | Path,
     recipe: Recipe,
     *,
     arch: str | None = None,
-    data: str | None = None,
+    data: str | os.PathLike[str] | None = None,
     trust: bool = False,
     trust_code: bool = False,
     clock: PhaseClock | None = None,
@@ -714,6 +728,7 @@ def check_inputs(
     Raises :class:`~sparsekit.errors.ModelFileError` (no architecture to save under, non-finite
     weights), :class:`~sparsekit.errors.DataError` (shapes) and what loading raises."""
     clock = clock or PhaseClock()
+    data = data_option(data, "check_inputs")
     source = data or recipe.data.source
     if data is not None:  # the caller's source before the model: a conv model's input shape may come from it
         check_npz_option(data)

@@ -25,7 +25,7 @@ def plan(
     *,
     arch: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
-    data: str | None = None,
+    data: str | os.PathLike[str] | None = None,
     steps_per_epoch: int | None = None,
     trust: bool = False,
     trust_code: bool = False,
@@ -116,7 +116,7 @@ def plan(
 
     from .allocation import placeholder_recipe
     from .layers import prunable_layers, unselected_layers
-    from .pipeline import check_inputs
+    from .pipeline import check_inputs, data_option
     from .pruner import Pruner
     from .rehearsal import rehearse
     from .sensitivity import auto_entries
@@ -125,6 +125,7 @@ def plan(
     if auto:  # no allocation here: the structure is rehearsed with uniform stand-ins for the auto values
         recipe = placeholder_recipe(recipe)
     if inputs is None:
+        data = data_option(data, "plan")
         inputs = check_inputs(model, recipe, arch=arch, data=data, trust=trust, trust_code=trust_code)
     loaded, shape = inputs.loaded, list(inputs.shape)
     batch, out_shape = first_batch(inputs)

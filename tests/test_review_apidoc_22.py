@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -110,3 +111,27 @@ def test_update_optimizer_of_no_optimizer_is_a_type_error(optimizer):
         pruner.update_optimizer(given)
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     assert pruner.update_optimizer(sgd) is sgd
+
+
+def test_plan_and_run_prune_take_a_data_file_as_a_path(tmp_path):
+    # data=Path('d.npz') failed with "'PosixPath' object has no attribute 'strip'" (plan) / "... 'endswith'"
+    # (run_prune); a number likewise, where a TypeError naming the argument is due.
+    from examples.models import mlp
+    from sparsekit.pipeline import check_inputs
+
+    kwargs = {"in_features": 8, "hidden": [6], "num_classes": 3}
+    model = sparsekit.save_model(
+        mlp(**kwargs), tmp_path / "m.pt", "examples.models:mlp", kwargs=kwargs, input_shape=[1, 8]
+    )
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((24, 8)).astype("float32"), y=rng.integers(0, 3, 24))
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}], "finetune": {"epochs": 0}}
+    # what plan(data=...) and run_prune(data=...) load the data with
+    inputs = check_inputs(model, sparsekit.load_recipe(recipe), arch="examples.models:mlp", data=data)
+    assert inputs.bundle.train is not None
+    with pytest.raises(TypeError, match=r"plan\(data=\.\.\.\): expected a data source"):
+        sparsekit.plan(recipe, model, arch="examples.models:mlp", data=3)
+    with pytest.raises(TypeError, match=r"run_prune\(data=\.\.\.\): expected a data source"):
+        sparsekit.run_prune(model, recipe, tmp_path / "out", arch="examples.models:mlp", data=3, progress=False)
+    assert not (tmp_path / "out").exists()
