@@ -423,10 +423,14 @@ def finetune(
     more epochs than the recipe has; and :class:`~sparsekit.errors.SparsekitError` when the checkpoint
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
     ``allow_changes`` names a field that cannot change on a resume, ``pruner`` was built over another model, or
-    ``resume=True`` comes without ``checkpoint_dir``; TypeError when ``pruner`` is not a :class:`Pruner`.
+    ``resume=True`` comes without ``checkpoint_dir`` or ``progress`` is none of True, False, ``"lines"``;
+    TypeError when ``pruner`` is not a :class:`Pruner`.
     ``recipe`` may also be a recipe file, a shipped recipe's name or a dict, as :class:`Pruner` takes them
     (:func:`~sparsekit.recipe.as_recipe`)."""
     require_module(model, "finetune")
+    if not (isinstance(progress, bool) or progress == "lines"):
+        # progress="line" (or "bar", or 1) printed nothing at all, without a word.
+        raise ValueError(f"finetune(progress=...): expected True, False or 'lines', got {progress!r}")
     if resume and not checkpoint_dir:
         # Without a folder there is no last.pt to continue from: the run silently trained from epoch 1.
         raise ValueError(

@@ -135,3 +135,15 @@ def test_plan_and_run_prune_take_a_data_file_as_a_path(tmp_path):
     with pytest.raises(TypeError, match=r"run_prune\(data=\.\.\.\): expected a data source"):
         sparsekit.run_prune(model, recipe, tmp_path / "out", arch="examples.models:mlp", data=3, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("progress", ["line", "bar", 1])
+def test_finetune_progress_of_another_value_is_refused(progress, capsys):
+    # progress="line" (a typo of "lines") trained with no progress printed, without a word.
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}], "finetune": {"epochs": 1}}
+    with pytest.raises(ValueError, match=r"finetune\(progress=\.\.\.\): expected True, False or 'lines'"):
+        sparsekit.finetune(_mlp(), recipe, batches, batches, progress=progress)
+    sparsekit.finetune(_mlp(), recipe, batches, batches, progress="lines")
+    assert "epoch 1" in capsys.readouterr().err
