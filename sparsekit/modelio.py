@@ -1654,7 +1654,7 @@ def save_model(
     recorded on the model itself) and ``extra`` metadata, and loads with ``torch.load(weights_only=True)``.
 
     Raises :class:`ModelFileError` when ``factory`` is not of the form ``pkg.module:callable``, ``input_shape`` is
-    a list of at least two positive integers (batch first), a structurally pruned model has no input shape to replay
+    not a list of at least two positive integers (batch first), a structurally pruned model has no input shape to replay
     its history on, ``pruner`` pruned a model of other shapes than ``model``, kwargs/history/extra are not JSON-able,
     or kwargs have a key that is not a string or a NaN/inf (load_model refuses such a file as damaged), and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and

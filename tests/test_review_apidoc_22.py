@@ -147,3 +147,13 @@ def test_finetune_progress_of_another_value_is_refused(progress, capsys):
         sparsekit.finetune(_mlp(), recipe, batches, batches, progress=progress)
     sparsekit.finetune(_mlp(), recipe, batches, batches, progress="lines")
     assert "epoch 1" in capsys.readouterr().err
+
+
+def test_save_model_help_states_the_input_shape_it_refuses(tmp_path):
+    # help(sparsekit.save_model) said it raises when input_shape "is a list of at least two positive integers":
+    # the shape it takes, not the one it refuses.
+    doc = " ".join(sparsekit.save_model.__doc__.split())
+    assert "``input_shape`` is not a list of at least two positive integers" in doc
+    with pytest.raises(sparsekit.ModelFileError, match="input_shape"):
+        sparsekit.save_model(_mlp(), tmp_path / "m.pt", "examples.models:mlp", input_shape=[8])
+    sparsekit.save_model(_mlp(), tmp_path / "m.pt", "examples.models:mlp", input_shape=[1, 8])
