@@ -854,8 +854,9 @@ class Pruner:
         """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
         and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
         TargetError when a method could not do its job (e.g. gradient scores never arrived); RuntimeError when
-        called a second time. Warns :class:`~sparsekit.TargetMissedWarning` for each entry short of its target
-        (see :meth:`_warn_missed`)."""
+        called a second time. Warns :class:`~sparsekit.TargetMissedWarning` for each entry whose weight sparsity
+        (``magnitude``, ``gradient``) or l1 ``target`` ended short of what it asked beyond its tolerance (channel
+        ratios and MACs/latency targets are checked by the CLI's report, :func:`sparsekit.report.check_targets`)."""
         self._refuse_finalized("finalize")
         self._require_built("finalize")
         if self._order is not None:

@@ -157,3 +157,16 @@ def test_save_model_help_states_the_input_shape_it_refuses(tmp_path):
     with pytest.raises(sparsekit.ModelFileError, match="input_shape"):
         sparsekit.save_model(_mlp(), tmp_path / "m.pt", "examples.models:mlp", input_shape=[8])
     sparsekit.save_model(_mlp(), tmp_path / "m.pt", "examples.models:mlp", input_shape=[1, 8])
+
+
+def test_finalize_help_says_which_targets_it_warns_about():
+    # help(Pruner.finalize) sent the reader to a private method ("see :meth:`_warn_missed`"), which help() of the
+    # public API does not show, for which targets it warns about.
+    doc = " ".join(sparsekit.Pruner.finalize.__doc__.split())
+    assert "_warn_missed" not in doc
+    assert "weight sparsity (``magnitude``, ``gradient``) or l1 ``target``" in doc
+    model = _mlp()
+    entry = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}
+    pruner = sparsekit.Pruner(model, {"pruning": [entry], "finetune": {"epochs": 1}}, 4)
+    with pytest.warns(sparsekit.TargetMissedWarning):
+        pruner.finalize()  # no step taken: the magnitude entry ended short of 0.5, as the help says
