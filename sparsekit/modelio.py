@@ -1673,6 +1673,7 @@ def save_model(
             f"save_model(pruner=...): expected the sparsekit.Pruner that pruned the model, got {type(pruner).__name__}"
             "; or leave it out (the history a Pruner recorded on the model is saved then)"
         )
+    require_path(path, "save_model(path=...)", "the arguments are (model, path, factory)")
     # What load_model refuses as a damaged file is refused here, before anything is written: a factory not of the
     # form pkg.module:callable, an input shape of zeros, fractions or texts (1.5 was cut to 1 without a word).
     split_spec(factory, "save_model(factory=...)", ModelFileError)

@@ -486,6 +486,7 @@ def run_prune(
     from .outputs import RunFolder
 
     require_path(model_path, "run_prune(model_path=...)")
+    require_path(out, "run_prune(out=...)")
     # Before the folder is touched (one string was read letter by letter, and a field no resume may change was refused
     # only once the dense model had been evaluated): TypeError for one string, SparsekitError naming the field.
     try:

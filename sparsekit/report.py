@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SparsekitError, one_line, printable
 from .fsutil import read_regular, write_text
+from .wrappers import require_path
 
 ADVICE = (
     "Unstructured zeros make the compressed (gzip) file smaller but do not make onnxruntime's CPU "
@@ -628,7 +629,9 @@ def report_schema() -> dict[str, Any]:
 def load_report(path: str | Path) -> Report:
     """Read a report.json, or the one in a prune run's output folder (``load_report("out")``, as
     ``sparsekit report out`` takes it). Raises :class:`~sparsekit.errors.SparsekitError` naming the file and
-    the first field at fault when it is missing, not JSON, or not a report sparsekit wrote."""
+    the first field at fault when it is missing, not JSON, or not a report sparsekit wrote; TypeError when ``path`` is
+    not a path."""
+    require_path(path, "load_report(path=...)")
     src = Path(path)
     if src.is_dir():
         # The run's folder is what prune's -o and `sparsekit report DIR` name: it said "out: not found; run

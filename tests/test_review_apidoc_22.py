@@ -170,3 +170,17 @@ def test_finalize_help_says_which_targets_it_warns_about():
     pruner = sparsekit.Pruner(model, {"pruning": [entry], "finetune": {"epochs": 1}}, 4)
     with pytest.warns(sparsekit.TargetMissedWarning):
         pruner.finalize()  # no step taken: the magnitude entry ended short of 0.5, as the help says
+
+
+def test_output_and_report_paths_of_another_type_name_the_argument(tmp_path):
+    # export_onnx(model, None, ...), save_model(model, None, ...), run_prune(..., out=None) and load_report(None)
+    # raised pathlib's "expected str, bytes or os.PathLike object, not NoneType", naming no argument.
+    model = _mlp()
+    with pytest.raises(TypeError, match=r"export_onnx\(path=\.\.\.\): expected a file's path"):
+        sparsekit.export_onnx(model, None, [1, 8])
+    with pytest.raises(TypeError, match=r"save_model\(path=\.\.\.\): expected a file's path"):
+        sparsekit.save_model(model, None, "examples.models:mlp")
+    with pytest.raises(TypeError, match=r"run_prune\(out=\.\.\.\): expected a file's path"):
+        sparsekit.run_prune(tmp_path / "m.pt", "lenet-gradual-magnitude-90", None)
+    with pytest.raises(TypeError, match=r"load_report\(path=\.\.\.\): expected a file's path"):
+        sparsekit.load_report(None)

@@ -51,7 +51,7 @@ from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors, positive_zeros
-from sparsekit.wrappers import int_dims, require_module, unwrap_wrappers
+from sparsekit.wrappers import int_dims, require_module, require_path, unwrap_wrappers
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
@@ -126,6 +126,7 @@ def export_onnx(
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise ExportError(f"opset must be an integer ({OPSETS}), got {opset!r}")
     shapes = _validate_shapes(input_shape)
+    require_path(path, "export_onnx(path=...)", "the arguments are (model, path, input_shape)")
     # the model inside torch.compile / DDP / DataParallel (the exporters fail on the wrappers), as save_model does
     model, _ = unwrap_wrappers(model)
     final = Path(path)
