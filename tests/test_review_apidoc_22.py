@@ -184,3 +184,12 @@ def test_output_and_report_paths_of_another_type_name_the_argument(tmp_path):
         sparsekit.run_prune(tmp_path / "m.pt", "lenet-gradual-magnitude-90", None)
     with pytest.raises(TypeError, match=r"load_report\(path=\.\.\.\): expected a file's path"):
         sparsekit.load_report(None)
+
+
+@pytest.mark.parametrize(("name", "tol"), [("rtol", -1.0), ("atol", float("nan")), ("rtol", "1e-4"), ("atol", None)])
+def test_export_tolerance_that_is_no_tolerance_is_an_export_error(tmp_path, name, tol):
+    # rtol=-1 / atol=nan wrote the file and returned parity "ok": False for a file that matches the model; "1e-4"
+    # failed inside numpy with "ufunc 'isfinite' not supported".
+    with pytest.raises(sparsekit.ExportError, match=rf"{name} must be a finite number >= 0"):
+        sparsekit.export_onnx(_mlp(), tmp_path / "m.onnx", [1, 8], **{name: tol})
+    assert not (tmp_path / "m.onnx").exists()

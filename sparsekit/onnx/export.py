@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -115,7 +116,7 @@ def export_onnx(
     (``"sizes"``: its gzip size), ``tracer_warnings`` what the TorchScript tracer warned about while writing the
     file (a data-dependent branch or value baked into the trace: parity on random inputs cannot rule out that
     the file differs from the model on other inputs; empty for the dynamo exporter).
-    Raises :class:`ExportError` for a bad shape, exporter or opset, a model that fails on the input or
+    Raises :class:`ExportError` for a bad shape, exporter, opset or tolerance, a model that fails on the input or
     that the exporters cannot handle, an opset that cannot be delivered (the message says which ones
     work), or an invalid graph; :class:`~sparsekit.errors.OutputError` when the disk is full,
     read-only or not writable. Nothing is written at ``path`` then.
@@ -125,6 +126,11 @@ def export_onnx(
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise ExportError(f"opset must be an integer ({OPSETS}), got {opset!r}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        # rtol=-1 or NaN made the parity check fail on every file (np.allclose), a text failed inside numpy once the
+        # file was written: a tolerance is a finite number >= 0.
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol) or tol < 0:
+            raise ExportError(f"{name} must be a finite number >= 0 (the parity check's tolerance), got {tol!r}")
     shapes = _validate_shapes(input_shape)
     require_path(path, "export_onnx(path=...)", "the arguments are (model, path, input_shape)")
     # the model inside torch.compile / DDP / DataParallel (the exporters fail on the wrappers), as save_model does
