@@ -424,10 +424,21 @@ def finetune(
     cannot be resumed (unreadable, another model, or the recipe or inputs changed), or ValueError when
     ``allow_changes`` names a field that cannot change on a resume, ``pruner`` was built over another model, or
     ``resume=True`` comes without ``checkpoint_dir`` or ``progress`` is none of True, False, ``"lines"``;
-    TypeError when ``pruner`` is not a :class:`Pruner`.
+    TypeError when ``pruner`` is not a :class:`Pruner`, ``teacher`` not an ``nn.Module`` or ``on_epoch`` not
+    callable.
     ``recipe`` may also be a recipe file, a shipped recipe's name or a dict, as :class:`Pruner` takes them
     (:func:`~sparsekit.recipe.as_recipe`)."""
     require_module(model, "finetune")
+    # Checked before any training: on_epoch=3 failed ("'int' object is not callable") once the first epoch had
+    # trained, and teacher=a state_dict failed with AttributeError ("... has no attribute 'eval'").
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(
+            f"finetune(on_epoch=...): expected a function of each history row, got {type(on_epoch).__name__}"
+        )
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(
+            f"finetune(teacher=...): expected the dense torch.nn.Module to distill from, got {type(teacher).__name__}"
+        )
     if not (isinstance(progress, bool) or progress == "lines"):
         # progress="line" (or "bar", or 1) printed nothing at all, without a word.
         raise ValueError(f"finetune(progress=...): expected True, False or 'lines', got {progress!r}")

@@ -193,3 +193,19 @@ def test_export_tolerance_that_is_no_tolerance_is_an_export_error(tmp_path, name
     with pytest.raises(sparsekit.ExportError, match=rf"{name} must be a finite number >= 0"):
         sparsekit.export_onnx(_mlp(), tmp_path / "m.onnx", [1, 8], **{name: tol})
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_finetune_on_epoch_and_teacher_of_the_wrong_type_are_refused_before_training():
+    # on_epoch=3 trained the first epoch, then failed with "'int' object is not callable"; teacher=a state_dict
+    # failed with "'collections.OrderedDict' object has no attribute 'eval'".
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}], "finetune": {"epochs": 1}}
+    with pytest.raises(TypeError, match=r"finetune\(on_epoch=\.\.\.\): expected a function"):
+        sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, on_epoch=3)
+    distill = {**recipe, "finetune": {"epochs": 1, "distill": {"weight": 0.5}}}
+    with pytest.raises(TypeError, match=r"finetune\(teacher=\.\.\.\): expected the dense torch.nn.Module"):
+        sparsekit.finetune(_mlp(), distill, batches, batches, progress=False, teacher=_mlp().state_dict())
+    rows = []
+    sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, on_epoch=rows.append)
+    assert [r["epoch"] for r in rows] == [1]
