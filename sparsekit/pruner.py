@@ -156,11 +156,11 @@ class Pruner:
     rebuild the wrapper (``model = sparsekit.distributed.rewrap(model)``) on every rank, then
     :meth:`update_optimizer`.
 
-    A non-callable scorer is a TypeError; an index outside ``recipe.pruning`` or an entry that ranks
-    nothing (l1, max_norm) is a ValueError. Building also raises TargetError when a recipe's layer
-    selection does not fit the model, two methods would mask the same weights, or a method would untie
-    weights shared by several modules (a structural method changing the shape of one of them, a
-    masking method selecting only some of them; modules selected together share one mask).
+    ``scorers`` that is not a dict (a list of scorers, say) or a non-callable scorer is a TypeError; an index
+    outside ``recipe.pruning`` or an entry that ranks nothing (l1, max_norm) is a ValueError. Building also raises
+    TargetError when a recipe's layer selection does not fit the model, two methods would mask the same weights,
+    or a method would untie weights shared by several modules (a structural method changing the shape of one of
+    them, a masking method selecting only some of them; modules selected together share one mask).
     """
 
     def __init__(
@@ -1211,7 +1211,13 @@ def _check_context(context: Any) -> dict[str, Any]:
 
 def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> dict[int, Callable[..., Any]]:
     """``scorers`` as a dict after checking its keys index ``recipe.pruning`` (ValueError otherwise);
-    each method checks its own scorer."""
+    each method checks its own scorer; TypeError when ``scorers`` is no mapping."""
+    if not isinstance(scorers, Mapping):
+        # A list of scorers ([fn], one per entry) was read as its keys: "key <function ...> is not an index".
+        raise TypeError(
+            f"scorers: expected a dict {{index: scorer}} (the index into the recipe's pruning list), got "
+            f"{type(scorers).__name__}; e.g. scorers={{0: fn}} for pruning[0]"
+        )
     for key in scorers:
         if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < entries:
             raise ValueError(

@@ -209,3 +209,13 @@ def test_finetune_on_epoch_and_teacher_of_the_wrong_type_are_refused_before_trai
     rows = []
     sparsekit.finetune(_mlp(), recipe, batches, batches, progress=False, on_epoch=rows.append)
     assert [r["epoch"] for r in rows] == [1]
+
+
+@pytest.mark.parametrize("scorers", [[lambda w, g: w.abs()], (lambda w, g: w.abs(),)])
+def test_scorers_given_as_a_list_is_a_type_error(scorers):
+    # A list of scorers (one per entry) was read as keys: "scorers: key <function <lambda> at 0x...> is not an index
+    # of the recipe's pruning list", a ValueError about a function's address.
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    with pytest.raises(TypeError, match=r"scorers: expected a dict \{index: scorer\}.*scorers=\{0: fn\}"):
+        sparsekit.Pruner(_mlp(), recipe, 2, scorers=scorers)
+    sparsekit.Pruner(_mlp(), recipe, 2, scorers={0: scorers[0]})
