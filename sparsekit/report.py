@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import SparsekitError, one_line, printable
+from .errors import SparsekitError, one_line, option, printable
 from .fsutil import read_regular, write_text
 from .wrappers import require_path
 
@@ -638,7 +638,10 @@ def load_report(path: str | Path) -> Report:
         # sparsekit's prune first" about a folder that exists and holds the finished run.
         src = src / "report.json"
         if not src.exists():
-            raise SparsekitError(f"{src}: not found: {path} holds no finished prune run (its -o folder has one)")
+            # The folder a run writes is the command's -o and run_prune's out=: each caller's own word for it.
+            raise SparsekitError(
+                f"{src}: not found: {path} holds no finished prune run (the {option('output')} folder of one has it)"
+            )
     if not src.is_file():
         if src.exists():  # a pipe or a device: "not found" sent the user looking for a file that is there
             raise SparsekitError(

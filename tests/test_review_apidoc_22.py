@@ -219,3 +219,10 @@ def test_scorers_given_as_a_list_is_a_type_error(scorers):
     with pytest.raises(TypeError, match=r"scorers: expected a dict \{index: scorer\}.*scorers=\{0: fn\}"):
         sparsekit.Pruner(_mlp(), recipe, 2, scorers=scorers)
     sparsekit.Pruner(_mlp(), recipe, 2, scorers={0: scorers[0]})
+
+
+def test_load_report_of_a_folder_without_one_names_the_python_argument(tmp_path):
+    # The library's message named the command's flag: "... holds no finished prune run (its -o folder has one)".
+    with pytest.raises(sparsekit.SparsekitError, match="holds no finished prune run") as info:
+        sparsekit.load_report(tmp_path)
+    assert str(info.value).endswith("holds no finished prune run (the out=... folder of one has it)")
