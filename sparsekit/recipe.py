@@ -1964,6 +1964,10 @@ def _message(e: Any) -> str:
         name = section.model_fields.get("name") if section else None
         if name is not None and isinstance(value, str) and value in re.findall(r"'([^']*)'", str(name.annotation)):
             return f"must be {form} (got {got}): write it as {{name: {value}}}"
+        if kind == "list_type" and isinstance(value, str) and value.strip() and not set(value) & set("[]{}:"):
+            # `ignore: fc2`, `--set pruning.0.ignore=fc2`: one name where a list is taken; the list of it is the fix.
+            items = ", ".join(part.strip() for part in value.split(",") if part.strip())
+            return f"must be {form} (got {got}): write [{short(items, 80)}]"
         return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
 

@@ -188,3 +188,14 @@ def test_a_latency_verdict_measured_too_noisily_says_it_is_not_to_be_trusted(noi
     assert "too noisy" not in one
     row = next(ln for ln in render_markdown(report).splitlines() if ln.startswith("| latency p50, batch 32"))
     assert ("too noisy to trust" in row) is said
+
+
+@pytest.mark.parametrize(
+    ("setting", "meant"),
+    [("pruning.0.layers.include=fc1", "write [fc1]"), ("pruning.0.layers.include=fc1, fc2", "write [fc1, fc2]")],
+)
+def test_one_name_where_a_list_is_taken_is_shown_as_the_list(tmp_path, setting, meant):
+    # "must be a list, written [a, b] (got text 'fc2')" left the user to work out that [fc2] was all it took.
+    (tmp_path / "r.yaml").write_text(MAGNITUDE, encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "r.yaml"), "--set", setting])
+    assert_bad_input(result, "pruning[0].layers.include: must be a list", meant)
