@@ -245,7 +245,10 @@ def check_input_shape(
             # recipe's [1, 1, 8, 8] for one's own 3x32x32 CNN suggested [1, 3, 8, 8], which the data then refused).
             # Then the shape with a batch dimension put first: [3, 32, 32] for a 3-channel CNN reads as a batch of 3
             # of 32x32 one-channel images, which the first conv refuses (not "a batch of one runs, of two not").
-            tries = [[int(d) for d in c] for c in prefer] + [[1, *dims]] + _shapes_to_try(model, dims)
+            # Of the data's shapes, one the first layer also tells comes first (digits as [1, 64] for an MLP that
+            # flattens, not [1, 1, 8, 8]).
+            guesses, data = _shapes_to_try(model, dims), [[int(d) for d in c] for c in prefer]
+            tries = [c for c in data if c in guesses] + data + [[1, *dims]] + guesses
             runs = (c for c in tries if c != dims and fails(c) is None and fails([2, *c[1:]]) is None)
             takes = next(runs, None)
             left_out = ": did you leave out the batch dimension?" if takes == [1, *dims] else ""
