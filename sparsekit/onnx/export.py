@@ -89,7 +89,8 @@ def export_onnx(
     The file appears at ``path`` only after ``onnx.checker`` and shape inference pass, with the
     ``sparsekit`` mark (see :func:`sparsekit.onnx.files.written_by_sparsekit`); models with more than
     1.8 GB of weights keep them in ``<path>.data`` beside it (dynamo exporter only). Parity: the
-    model and onnxruntime run a seeded batch of 4 and must agree within ``rtol``/``atol``.
+    model and onnxruntime run a seeded batch of 4 and are compared within ``rtol``/``atol``; a file that does not
+    agree is still written and returned, with ``parity["ok"]`` False: check it (the command line warns).
 
     Opsets: the opset is read back from the written file, and a file of another opset is never
     returned. ``exporter="dynamo"`` writes opsets 18-23 directly; below 18 torch converts its graph
@@ -97,6 +98,8 @@ def export_onnx(
     (or its file fails the checker or parity) the model is exported again with the torchscript exporter
     (not for models over 1.8 GB), and ``"exporter"``/``"fallback"`` say so. ``exporter="torchscript"``
     writes opsets 13-23 (21-23 with its opset-20 operators: those opsets only add types and operators).
+    13-23 is the range sparsekit's recipes take and its tests cover; the exporters may deliver an opset outside
+    it (the torchscript exporter's 9, dynamo's 24), which is returned as any other, unchecked by those tests.
     ``exporter="auto"`` (the default) takes the TorchScript exporter's file (10-30x faster on small
     models) when it is of the asked opset (13-20), agrees with torch and kept every zero, with the
     initializers it renamed while folding BatchNorm given back their torch names (``conv1.weight``, as
