@@ -142,7 +142,7 @@ def shape_origin(path: Any, given: Sequence[int] | None, saved: Sequence[int] | 
     return GUESSED
 
 
-def _shapes_to_try(model: Any, dims: list[int]) -> list[list[int]]:
+def shapes_to_try(model: Any, dims: list[int]) -> list[list[int]]:
     """Batch-1 input shapes the first layer suggests, other than ``dims``: ``[1, in_features]`` for a Linear,
     ``[1, in_channels, *dims[2:]]`` for a convolution when ``dims`` has its rank, and ``[1, in_channels,
     *dims[1:]]`` when ``dims`` left the channels out (``1,256`` for a Conv1d audio model of ``[N, 1, 256]``
@@ -247,7 +247,7 @@ def check_input_shape(
             # of 32x32 one-channel images, which the first conv refuses (not "a batch of one runs, of two not").
             # Of the data's shapes, one the first layer also tells comes first (digits as [1, 64] for an MLP that
             # flattens, not [1, 1, 8, 8]).
-            guesses, data = _shapes_to_try(model, dims), [[int(d) for d in c] for c in prefer]
+            guesses, data = shapes_to_try(model, dims), [[int(d) for d in c] for c in prefer]
             tries = [c for c in data if c in guesses] + data + [[1, *dims]] + guesses
             runs = (c for c in tries if c != dims and fails(c) is None and fails([2, *c[1:]]) is None)
             takes = next(runs, None)

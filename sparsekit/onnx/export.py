@@ -607,12 +607,12 @@ def _example_input(model: nn.Module, shapes: list[list[int]]) -> tuple[tuple[tor
             ) from None
         # A shape its first layer suggests, when the model runs on it (1,256 given for a Conv1d of [N, 1, 256]
         # inputs: the channels left out), as `sparsekit inspect` and the recipe's input shape are told.
-        from ..inspection import _shapes_to_try
+        from ..inspection import shapes_to_try
 
         takes = next(
             (
                 s
-                for s in (_shapes_to_try(model, list(shapes[0])) if len(shapes) == 1 else [])
+                for s in (shapes_to_try(model, list(shapes[0])) if len(shapes) == 1 else [])
                 if _runs(model, s) and _runs(model, [2, *s[1:]])
             ),
             None,
