@@ -1782,8 +1782,14 @@ def _inspect_text(model: Path, res: dict[str, Any]) -> str:
     if tied:
         lines.append(
             "; ".join(f"{r['name']} shares its weight with {r['shared_with']}" for r in tied)
-            + " (tied): its MACs count; its params and nonzero count only what it adds, the shared weight being "
-            "counted once"
+            + " (tied"
+            # An ONNX graph holds one node per call: a layer the forward calls twice reads as two sharing a weight.
+            + (
+                ", or one layer the forward calls more than once: the graph cannot tell"
+                if res["format"] == "onnx"
+                else ""
+            )
+            + "): its MACs count; its params and nonzero count only what it adds, the shared weight being counted once"
         )
     if unknown and len(unknown) < len(res["layers"]):
         lines.append(f"MACs unknown for {', '.join(unknown)} (their shapes could not be inferred)")
