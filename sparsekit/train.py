@@ -512,12 +512,15 @@ def finetune(
     # Before a resume, which restores the RNG states it saved. numpy's and Python's too: a data callable's dataset may
     # draw augmentation from them, and whatever ran before (the CLI's evaluation of the dense model over the
     # validation loader) must not shift what training draws from the same seed.
+    # Under torchrun each rank draws its own numpy/Python noise (seed + rank: rank 0's is a single process's), as a
+    # user's per-rank seeding did before sparsekit seeded these: the same seed on every rank gave every shard the
+    # same augmentation noise. torch's stays the same on every rank (its state is what the checkpoint restores).
     torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed % 2**32)  # numpy's global generator takes 32-bit seeds
-    random.seed(recipe.seed)
+    np.random.seed((recipe.seed + _distributed.rank()) % 2**32)  # numpy's global generator takes 32-bit seeds
+    random.seed(recipe.seed + _distributed.rank())
     if resume and ckpt and ckpt.exists():
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
-            ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted
+            ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted, recipe.seed
         )
         if getattr(train_loader, "persistent_workers", False) and getattr(train_loader, "num_workers", 0) > 0:
             # Persistent workers carry their numpy/Python generators from epoch to epoch in their own processes,
@@ -840,12 +843,14 @@ def _load_checkpoint(
     loader_rng: torch.Generator | None,
     origin: dict[str, Any],
     accepted: Sequence[str],
+    seed: int = 0,
 ) -> tuple[int, list[dict[str, Any]], torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Restore a checkpoint of :func:`_save_checkpoint` into ``model``, ``pruner``, the RNGs and a fresh
     optimizer and scheduler (``optimizer`` itself when no channels were removed); returns
     ``(finished epochs, history, optimizer, scheduler)``. Raises SparsekitError naming ``path`` when it
     does not belong to this run (``origin``, with the ``accepted`` changes, see
-    :func:`sparsekit.provenance.check_resume`)."""
+    :func:`sparsekit.provenance.check_resume`). ``seed``: the recipe's, from which ranks other than 0 restart
+    their numpy and Python generators (the checkpoint holds rank 0's)."""
     again = f"start again with {option('restart')}"
     if path.is_dir() or not os.access(path, os.R_OK):  # not damage: a folder where the file goes, permissions
         what = "it is a folder" if path.is_dir() else "no permission to read it"
@@ -923,12 +928,18 @@ def _load_checkpoint(
             torch.cuda.set_rng_state_all(cuda_rng)
         if loader_rng is not None and state.get("loader_rng") is not None:
             loader_rng.set_state(state["loader_rng"])  # the next epochs shuffle as the interrupted run would have
-        if state.get("numpy_rng") is not None:
-            name, key, *rest = state["numpy_rng"]
-            np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-        if state.get("python_rng") is not None:
-            version, internal, gauss = state["python_rng"]
-            random.setstate((version, tuple(internal), gauss))
+        if _distributed.rank() != 0:
+            # The checkpoint holds rank 0's generators: restored on every rank they would make the shards' noise
+            # alike from here on. The other ranks start theirs again from the seed, the rank and the epoch.
+            np.random.seed([seed % 2**32, _distributed.rank(), epoch])
+            random.seed(f"{seed}-{_distributed.rank()}-{epoch}")
+        else:
+            if state.get("numpy_rng") is not None:
+                name, key, *rest = state["numpy_rng"]
+                np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+            if state.get("python_rng") is not None:
+                version, internal, gauss = state["python_rng"]
+                random.setstate((version, tuple(internal), gauss))
         history = list(state["history"])
         from .masks import get_mask
         from .report import Epoch

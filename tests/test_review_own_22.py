@@ -199,3 +199,37 @@ def test_one_name_where_a_list_is_taken_is_shown_as_the_list(tmp_path, setting, 
     (tmp_path / "r.yaml").write_text(MAGNITUDE, encoding="utf-8")
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "r.yaml"), "--set", setting])
     assert_bad_input(result, "pruning[0].layers.include: must be a list", meant)
+
+
+def test_each_rank_draws_its_own_numpy_and_python_noise(monkeypatch):
+    # finetune seeding numpy and random with the recipe's seed on every rank gave every shard the same augmentation
+    # noise under torchrun, overriding a user's per-rank seeds. Rank 0 keeps a single process's draws.
+    import random
+
+    import numpy as np
+
+    from examples.models import mlp
+    from sparsekit import distributed
+
+    drawn: list[tuple[float, float]] = []
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            drawn.append((float(np.random.rand()), random.random()))
+            return torch.zeros(8), 0
+
+    def draws(rank: int) -> list[tuple[float, float]]:
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        drawn.clear()
+        recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+        loader = torch.utils.data.DataLoader(Noisy(), batch_size=4)
+        val = [(torch.zeros(2, 8), torch.zeros(2, dtype=torch.long))]
+        sparsekit.finetune(mlp(in_features=8, hidden=[8], num_classes=3), recipe, loader, val, progress=False)
+        return list(drawn)
+
+    single, again, other = draws(0), draws(0), draws(1)
+    assert single == again
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(single, other, strict=True))
