@@ -509,12 +509,9 @@ def _peer_failed(err: BaseException) -> bool:
     """A collective broke because another torchrun process exited (gloo / NCCL / store errors)."""
     if _launched_processes() <= 1 or "torch.distributed" not in sys.modules:
         return False
-    import torch.distributed as dist
+    from .distributed import peer_failure
 
-    text = str(err)
-    return isinstance(err, dist.DistError) or any(
-        mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")
-    )
+    return peer_failure(err)
 
 
 def _peer_failure_behind(err: BaseException) -> BaseException | None:

@@ -72,6 +72,21 @@ def launched() -> bool:
         return False
 
 
+def peer_failure(err: BaseException) -> bool:
+    """True when ``err`` is a collective that broke because another process of the run stopped (gloo's "Connection
+    closed by peer", NCCL's, a ``DistError``): DDP's forward and backward run collectives, so a rank that died (its
+    own error, a kill) fails the others' next step inside the user's model. Such an error is no fault of this rank's
+    model or data, and must reach the caller as it is, not wrapped in a message blaming them."""
+    if not (launched() or active()):
+        return False
+    import torch.distributed as dist
+
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(
+        mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer")
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     """The ``torch.device`` for ``finetune.device``: ``auto`` (CUDA when available, else CPU), ``cpu``,
     ``cuda``, ``cuda:N`` or ``mps``. Under a multi-process launch, ``auto`` and ``cuda`` mean

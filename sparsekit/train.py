@@ -128,6 +128,8 @@ def _loss(
     except (KeyboardInterrupt, MemoryError, SparsekitError):
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input, not our bug
+        if _distributed.peer_failure(err):
+            raise  # DDP's collective in the forward: another rank stopped, not this batch's fault
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         why = f"{one_line(err)}{_one_sample(model, x, err)}{_integer_inputs(x, param)}"
         raise DataError(f"data: the model fails on a batch of inputs {shape}: {why}") from None

@@ -1,0 +1,48 @@
+"""Review (torchrun angle, 22): sparsekit under torchrun, and users' own multi-process scripts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import sparsekit
+
+GLOO = (
+    "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:10156. "
+    "This is typically caused by a remote worker crashing."
+)
+
+
+class _PeerGone(nn.Module):
+    """A DDP replica whose forward's collective (buffer sync) finds the other rank gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(GLOO)
+
+
+def test_a_peer_that_stopped_fails_the_forward_as_the_collective_error_not_as_bad_data(monkeypatch):
+    # Rank 0 stopped (its output folder was removed); rank 1's next DDP forward raised gloo's "Connection closed by
+    # peer", which finetune wrapped as "data: the model fails on a batch of inputs [32, 20]": the survivor blamed
+    # its data, and the CLI's "another process of this distributed run stopped" line never showed.
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets
+    loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,))), batch_size=4)
+    recipe = sparsekit.Recipe(finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
+    with pytest.raises(RuntimeError) as caught:
+        sparsekit.finetune(_PeerGone(), recipe, loader, loader)
+    assert not isinstance(caught.value, sparsekit.SparsekitError), caught.value
+    assert "Connection closed by peer" in str(caught.value)
+
+
+def test_one_process_keeps_blaming_a_model_that_fails_on_its_data(monkeypatch):
+    # The same text outside a distributed run is the model's own failure, reported as before.
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 3, (8,))), batch_size=4)
+    recipe = sparsekit.Recipe(finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
+    with pytest.raises(sparsekit.SparsekitError, match="the model fails on a batch of inputs"):
+        sparsekit.finetune(_PeerGone(), recipe, loader, loader)
