@@ -605,6 +605,13 @@ def run_prune(
                 f"{option('resume')} continues from it (refused if the model, data or recipe changed), "
                 f"{option('overwrite')} starts again"
             ) from None
+        except Exception as err:
+            # Another rank stopped (often on bad input only it saw: a data callable that fails on its host, samples
+            # of another shape in its shard): as for bad input here, a staging folder holding no checkpoint goes, so
+            # the same command, fixed, runs again instead of finding the folder "holds an earlier sparsekit run".
+            if _distributed.peer_failure(err):
+                folder.discard()
+            raise
         finally:
             folder.unlock()
         # Every rank leaves the process group together, after rank 0 has written: a rank that tore its

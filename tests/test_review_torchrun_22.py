@@ -46,3 +46,39 @@ def test_one_process_keeps_blaming_a_model_that_fails_on_its_data(monkeypatch):
     recipe = sparsekit.Recipe(finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
     with pytest.raises(sparsekit.SparsekitError, match="the model fails on a batch of inputs"):
         sparsekit.finetune(_PeerGone(), recipe, loader, loader)
+
+
+RECIPE = """
+data: {source: digits, batch_size: 64}
+finetune: {epochs: 1, optimizer: {name: adam, lr: 0.002}}
+pruning:
+  - method: magnitude
+    sparsity: 0.5
+benchmark: {batch_sizes: [1]}
+"""
+
+
+def test_a_run_stopped_by_another_ranks_bad_input_leaves_no_folder_that_refuses_the_next_run(tmp_path, monkeypatch):
+    # torchrun, rank 1's data callable failed (a file missing on its host): rank 0, waiting at the barrier after it
+    # exported the dense model, got gloo's "Connection closed by peer" and left OUT/.sparsekit/next/dense.onnx, so
+    # the same command, fixed, was refused: "OUT: holds an earlier sparsekit run; pass --overwrite ... --resume".
+    from conftest import fast_prune
+
+    import sparsekit.pipeline as pipeline
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    sparsekit.save_model(mlp(hidden=[16]), tmp_path / "m.pt", factory="examples.models:mlp", kwargs={"hidden": [16]})
+    (tmp_path / "r.yaml").write_text(RECIPE)
+
+    def peer_gone() -> None:
+        raise RuntimeError(GLOO)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # rank 0 of a torchrun (no process group here: it writes, as rank 0 does)
+    monkeypatch.setattr(pipeline._distributed, "init_from_env", lambda device: False)
+    monkeypatch.setattr(pipeline._distributed, "barrier", peer_gone)
+    out = tmp_path / "out"
+    result = fast_prune(tmp_path / "m.pt", tmp_path / "r.yaml", out, "--arch", "examples.models:mlp")
+    assert result.exit_code == 2, result.output
+    assert "another process of this distributed run stopped" in result.output, result.output
+    assert not out.exists(), sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
