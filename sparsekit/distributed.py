@@ -251,16 +251,39 @@ def batches_per_rank(loader: Any) -> int:
 
 
 def _sharded(loader: Any, sampler: Any) -> Any:
+    """``loader`` over the indices ``sampler`` gives, with everything else of the caller's loader kept: a setting
+    left out changes the training silently under torchrun alone (a ``worker_init_fn`` seeding each worker's
+    augmentation, the ``generator`` the workers' seeds come from, persistent workers)."""
     from torch.utils.data import DataLoader
 
+    batch_size, drop_last = loader.batch_size, loader.drop_last
+    if batch_size is None and loader.batch_sampler is not None:
+        # DataLoader(dataset, batch_sampler=BatchSampler(...)): its batch size over this rank's shard. (Rebuilt with
+        # batch_size=None, the loader yielded single samples, which the training then failed to read.)
+        batch_size = getattr(loader.batch_sampler, "batch_size", None)
+        drop_last = bool(getattr(loader.batch_sampler, "drop_last", False))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise SparsekitError(
+                f"data: a distributed run shards the training data with a DistributedSampler, but the training "
+                f"loader's batch_sampler ({type(loader.batch_sampler).__name__}) has no batch_size to batch each "
+                "shard with: give the DataLoader a batch_size (and a sampler, if any) instead of a batch_sampler"
+            )
+    workers = {}
+    if loader.num_workers > 0:  # (DataLoader refuses these without workers)
+        workers = {"persistent_workers": loader.persistent_workers, "prefetch_factor": loader.prefetch_factor}
     return DataLoader(
         loader.dataset,
-        batch_size=loader.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
+        drop_last=drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        **workers,
     )
 
 

@@ -82,3 +82,42 @@ def test_a_run_stopped_by_another_ranks_bad_input_leaves_no_folder_that_refuses_
     assert result.exit_code == 2, result.output
     assert "another process of this distributed run stopped" in result.output, result.output
     assert not out.exists(), sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+
+
+def _samples() -> TensorDataset:
+    return TensorDataset(torch.randn(100, 4), torch.randint(0, 3, (100,)))
+
+
+def test_a_loader_built_with_a_batch_sampler_is_sharded_into_batches_of_its_size(monkeypatch):
+    # DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 10, False)) trains in one process; under torchrun
+    # the shard was rebuilt with batch_size=None, so it yielded single samples: prune failed with "data: the training
+    # loader: reading a batch raised TypeError: expected Tensor as element 1 in argument 0, but got int", and
+    # validate's preview counted 50 "batches" per rank.
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from sparsekit import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = _samples()
+    loader = DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), batch_size=10, drop_last=False))
+    assert distributed.batches_per_rank(loader) == 5  # 50 samples per rank, batches of 10
+    x, y = next(iter(distributed._sharded(loader, range(50))))
+    assert x.shape == (10, 4) and y.shape == (10,)
+
+
+def test_sharding_keeps_the_loaders_worker_seeding_and_generator():
+    # The shard dropped worker_init_fn, generator, persistent_workers and timeout: a user's per-worker seeding of
+    # numpy's augmentation ran in one process and silently not under torchrun.
+    from sparsekit import distributed
+
+    def init(worker: int) -> None:
+        return None
+
+    gen = torch.Generator().manual_seed(3)
+    loader = DataLoader(
+        _samples(), batch_size=10, num_workers=2, worker_init_fn=init, generator=gen, persistent_workers=True,
+        timeout=30,
+    )  # fmt: skip
+    shard = distributed._sharded(loader, range(50))
+    assert shard.worker_init_fn is init and shard.generator is gen
+    assert shard.persistent_workers and shard.timeout == 30 and shard.batch_size == 10
