@@ -440,6 +440,10 @@ def check_masks(masks: dict[str, torch.Tensor], when: str, removals: Sequence[An
     try:
         work.wait(timeout=CHECK_WAIT)
     except RuntimeError as e:
+        if isinstance(e, dist.DistNetworkError) or any(m in str(e) for m in ("closed by peer", "reset by peer")):
+            # Another rank stopped (its own error, a kill) while this one waited here: no wait of CHECK_WAIT, and
+            # no rank skipping the check; the collective's error says so (the CLI's "another process ... stopped").
+            raise
         raise DivergenceError(
             f"distributed run: rank {dist.get_rank()} waited {CHECK_WAIT.total_seconds():g} s for the other ranks to "
             f"compare masks {when}, and they never came: call pruner.step() and pruner.finalize() on every rank "

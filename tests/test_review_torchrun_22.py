@@ -121,3 +121,66 @@ def test_sharding_keeps_the_loaders_worker_seeding_and_generator():
     shard = distributed._sharded(loader, range(50))
     assert shard.worker_init_fn is init and shard.generator is gen
     assert shard.persistent_workers and shard.timeout == 30 and shard.batch_size == 10
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_1_dies_before_the_mask_check(rank: int, port: int, out: str) -> None:
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import sparsekit
+    from sparsekit import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 3)))
+    recipe = sparsekit.Recipe(finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    model(torch.randn(4, 8)).sum().backward()
+    pruner.step()
+    if rank == 1:
+        os._exit(3)  # killed, or failed on input of its own
+    try:
+        pruner.finalize()
+        said = "no error"
+    except distributed.DivergenceError as e:
+        said = f"DivergenceError: {e}"
+    except RuntimeError as e:
+        said = f"RuntimeError: {e}"
+    (Path(out) / "said.txt").write_text(said)
+    os._exit(0)  # the group is broken: leave without tearing it down
+
+
+def test_a_rank_that_died_is_not_reported_as_a_rank_that_skipped_the_mask_check(tmp_path):
+    # Rank 1 died; rank 0, in finalize()'s mask check, got gloo's "Connection closed by peer" at once and was told
+    # "rank 0 waited 1800 s for the other ranks to compare masks at finalize(), and they never came: call
+    # pruner.step() and pruner.finalize() on every rank" (a DivergenceError): a wait that never happened, and a fix
+    # for another mistake. The collective's error now reaches the caller (the CLI names it as another rank's stop).
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is unavailable")
+    ctx = mp.start_processes(
+        _rank_1_dies_before_the_mask_check, args=(_free_port(), str(tmp_path)), nprocs=2, join=False,
+        start_method="spawn",
+    )  # fmt: skip
+    for p in ctx.processes:
+        p.join(timeout=60)
+    for p in ctx.processes:
+        if p.is_alive():
+            p.kill()
+    said = (tmp_path / "said.txt").read_text()
+    assert said.startswith("RuntimeError: ") and "peer" in said, said
