@@ -206,7 +206,7 @@ def trust_module(module: str) -> Path:
         raise TrustError(f"{module!r}: not a module name (e.g. mypkg.nets)")
     reason = _denied(module)
     if reason:
-        raise TrustError(f"{module}: {reason}; it is never trusted")
+        raise TrustError(f"{module}: {reason}; it is never trusted{_own_file_hint(module)}")
     where = module_location(module)
     if where is None:
         raise TrustError(
@@ -371,7 +371,7 @@ def load_callable(
     obj: Any = _import(module, where, error)
     reason = _denied_file(getattr(obj, "__file__", None))
     if reason and not torch_class:
-        raise TrustError(f"{where}: {reason}, so it is never run")
+        raise TrustError(f"{where}: {reason}, so it is never run{_own_file_hint(module, attr)}")
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
@@ -406,12 +406,12 @@ def check_runnable(
     library, sparsekit's dependencies, tool packages), whatever the user confirms; ``error`` when it is malformed.
     Nothing is imported: the module is only looked up, so ``validate`` can refuse what ``prune`` would."""
     where = _where(spec, named_in, field)
-    module, _ = split_spec(spec, where, error)
+    module, attr = split_spec(spec, where, error)
     if kind == "model" and module.split(".")[0] == "torch":  # e.g. torch.nn:Linear
         return
     reason = _denied(module) or _denied_file(_top_level_origin(module))
     if reason:
-        raise TrustError(f"{where}: {reason}, so it is never run")
+        raise TrustError(f"{where}: {reason}, so it is never run{_own_file_hint(module, attr)}")
 
 
 def call_user_code(
@@ -513,6 +513,28 @@ def _denied(module: str) -> str | None:
     if top in _TOOL_IMPORT_NAMES or top in _denied_import_names():
         return f"{top!r} belongs to sparsekit, its dependencies or a tool package, not a model or data module"
     return None
+
+
+def _own_file_hint(module: str, attr: str = "") -> str:
+    """The remedy when the current folder holds a file or package of the refused module's top-level name: the user's
+    own code.py or test/, which the installed module of that name hides (the current folder is searched last, so
+    that it cannot shadow one), and which no confirmation makes importable under that name. Without this the
+    refusal named only the standard-library or installed module and left the user with no way forward."""
+    top = module.split(".")[0]
+    origin = _top_level_origin(top)
+    for name in (f"{top}.py", top):
+        if os.path.isfile(name) if name.endswith(".py") else os.path.isdir(name):
+            real, here = os.path.realpath(origin or ""), os.path.realpath(name)
+            if origin and (real == here or real.startswith(here + os.sep)):
+                return ""  # it is the module Python imports (sparsekit's own checkout, run from its root)
+            new = f"my_{top}"
+            spec = f"{new}{module[len(top) :]}:{attr}" if attr else f"{new}{module[len(top) :]}"
+            renamed = f"{new}.py" if name.endswith(".py") else new
+            return (
+                f"; {os.path.join('.', name)} in the current folder has that name, but Python's own or an installed "
+                f"module of that name comes first: rename it (e.g. to {renamed}) and name it as {spec}"
+            )
+    return ""
 
 
 def installed_with_sparsekit(top: str) -> bool:

@@ -1,0 +1,55 @@
+"""Mends from the twenty-second review as a new user: the installed wheel, followed from the README in an empty folder
+with a model of one's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sparsekit.cli import main
+from tests.conftest import assert_bad_input
+
+LENET = """
+from torch import nn
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+"""
+
+
+def _save_weights(path) -> None:
+    torch.save({"fc1.weight": torch.ones(6, 8), "fc1.bias": torch.ones(6), "fc2.weight": torch.ones(3, 6)}, path)
+
+
+@pytest.mark.parametrize(("name", "arch"), [("code.py", "code:LeNet"), ("yaml", "yaml.nets:LeNet")])
+def test_an_own_module_named_like_a_standard_or_installed_one_gets_the_rename(tmp_path, monkeypatch, name, arch):
+    # A new user's model in ./code.py (or a package ./yaml/) is hidden by Python's module of that name: the refusal
+    # named only that module ("'code' is part of Python's standard library ... never run") and no way forward.
+    monkeypatch.chdir(tmp_path)
+    if name.endswith(".py"):
+        (tmp_path / name).write_text(LENET)
+    else:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+        (tmp_path / name / "nets.py").write_text(LENET)
+    _save_weights(tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", arch])
+    new = arch.replace(arch.split(".")[0].split(":")[0], "my_" + arch.split(".")[0].split(":")[0], 1)
+    assert_bad_input(result, "never run", f"./{name} in the current folder has that name", f"name it as {new}")
+    trusted = CliRunner().invoke(main, ["trust", arch.split(":")[0]])
+    assert_bad_input(trusted, "never trusted", f"./{name} in the current folder")
+
+
+def test_a_refused_module_with_no_file_of_that_name_here_gets_no_rename_hint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _save_weights(tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "code:LeNet"])
+    line = assert_bad_input(result, "never run")
+    assert "current folder" not in line
