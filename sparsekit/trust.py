@@ -265,12 +265,35 @@ def split_spec(spec: Any, where: str, error: type[SparsekitError] = TrustError) 
     ``where`` when ``spec`` is not of that form or names a dunder attribute."""
     if not isinstance(spec, str) or not _SPEC_RE.match(spec):
         shape = "is not of the form pkg.module:callable (e.g. mypkg.nets:build for build() in mypkg/nets.py)"
+        if not isinstance(spec, str) and callable(spec):
+            raise error(f"{where}: {_object_hint(spec)}")
         hint = _call_hint(spec, where) or module_spec_hint(spec) or _dotted_hint(spec) or _slash_hint(spec)
         raise error(f"{where}: {spec!r} {shape}{hint}")
     module, attr = spec.split(":")
     if any(p.startswith("__") for p in (*module.split("."), *attr.split("."))):
         raise error(f"{where}: {spec!r} names a dunder attribute; name a module-level function or class")
     return module, attr
+
+
+def _object_hint(obj: Any) -> str:
+    """For the class or function itself (``arch=LeNet``, the natural thing to pass in Python): its import path, which
+    is what is stored in the checkpoint and imported again, or why it has none. The refusal used to print the
+    object's repr as if it were a misspelt string ("<class 'mynet.LeNet'> is not of the form pkg.module:callable")."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    what = f"the {'class' if isinstance(obj, type) else 'callable'} {name or type(obj).__name__} itself was given"
+    if not isinstance(module, str) or not isinstance(name, str) or not _SPEC_RE.match(f"{module}:{name}"):
+        return (
+            f"{what}, which has no import path (a lambda, a local or nested definition, an instance); name a "
+            "module-level function or class by its import path, a string such as 'mypkg.nets:build'"
+        )
+    if module == "__main__":
+        return (
+            f"{what}, defined in the script being run, which a saved model cannot name: move it into a module of its "
+            f"own (e.g. mynet.py beside the script) and give its import path as a string, e.g. 'mynet:{name}'"
+        )
+    return (
+        f"{what}; give its import path as a string (it is stored with the model and imported again): '{module}:{name}'"
+    )
 
 
 def _call_hint(spec: Any, where: str) -> str:
@@ -436,7 +459,7 @@ def call_user_code(
 def _where(spec: str, named_in: str | os.PathLike[str] | None, field: str) -> str:
     if named_in is None:
         if field in API_SPELLING:  # the caller's option: arch='m:f' in Python, the flag on the command line
-            return option(field, spec)
+            return option(field, spec) if isinstance(spec, str) else option(field)  # an object: no value to quote
         return f"{field} {spec!r}" if field else repr(spec)
     return f"{named_in}: {field} {spec!r}" if field else f"{named_in}: {spec!r}"
 

@@ -53,3 +53,24 @@ def test_a_refused_module_with_no_file_of_that_name_here_gets_no_rename_hint(tmp
     result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "code:LeNet"])
     line = assert_bad_input(result, "never run")
     assert "current folder" not in line
+
+
+def test_the_class_itself_as_arch_or_factory_is_answered_with_its_import_path(tmp_path, monkeypatch):
+    # arch=LeNet (the class, as one would pass it in Python) was refused as "<class 'mynet22.LeNet'> is not of the
+    # form pkg.module:callable", the object's repr read as a misspelt string, with no import path to give.
+    import sparsekit
+    from tests.conftest import user_module
+
+    mod = user_module(tmp_path, monkeypatch, "mynet22", LENET)
+    _save_weights(tmp_path / "w.pt")
+    with pytest.raises(sparsekit.SparsekitError, match=r"the class LeNet itself was given.*'mynet22:LeNet'"):
+        sparsekit.inspect(tmp_path / "w.pt", arch=mod.LeNet)
+    with pytest.raises(
+        sparsekit.SparsekitError, match=r"save_model\(factory=\.\.\.\): the class LeNet .*'mynet22:LeNet'"
+    ):
+        sparsekit.save_model(mod.LeNet(), tmp_path / "m.pt", factory=mod.LeNet)
+    script_class = type("Net", (torch.nn.Module,), {"__module__": "__main__"})
+    with pytest.raises(sparsekit.SparsekitError, match=r"defined in the script being run.*'mynet:Net'"):
+        sparsekit.load_model(tmp_path / "w.pt", arch=script_class)
+    with pytest.raises(sparsekit.SparsekitError, match=r"has no import path \(a lambda"):
+        sparsekit.load_model(tmp_path / "w.pt", arch=lambda: mod.LeNet())
