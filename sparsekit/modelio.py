@@ -1111,12 +1111,43 @@ def build_model(
         label = option(field, factory) if field == "arch" else f"{field} {factory}"
     given = _short(kwargs or {})
     label = f"{label} with kwargs {given}" if kwargs_from is None else f"{kwargs_from} {given} for {label}"
+    _check_arguments(fn, kwargs or {}, label)
     if probe:
         _check_size_on_meta(fn, kwargs or {}, label)
     model = call_user_code(fn, label, ModelFileError, kwargs or {})
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{label}: returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _check_arguments(fn: Any, kwargs: dict[str, Any], label: str) -> None:
+    """Raise :class:`ModelFileError` when the factory's signature does not take ``kwargs`` (a required argument left
+    out, a name it does not have), naming what it takes and where its arguments go. Calling it anyway said only
+    "calling it raised TypeError: Net.__init__() missing 1 required positional argument: 'hidden'", leaving the user
+    to find the option that passes it. A TypeError raised inside the factory is the factory's own, and left to the
+    call."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable whose signature cannot be read: the call itself will say
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = [p for p in signature.parameters.values() if p.kind in named]
+        takes = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params)
+        if not params:
+            raise ModelFileError(
+                f"{label}: {exc}; it takes no arguments: leave out {option('kwargs')} (in a recipe, model.kwargs)"
+            ) from None
+        required = [p.name for p in params if p.default is p.empty] or [params[0].name]
+        example = "{" + ", ".join(f'"{name}": ...' for name in required) + "}"
+        raise ModelFileError(
+            f"{label}: {exc}; it takes ({takes}): give its arguments by name as {option('kwargs', example)} (in a "
+            "recipe, model.kwargs)"
+        ) from None
 
 
 def _short(value: Any, limit: int = 200) -> str:

@@ -25,7 +25,15 @@ class LeNet(nn.Module):
 
 
 def _save_weights(path) -> None:
-    torch.save({"fc1.weight": torch.ones(6, 8), "fc1.bias": torch.ones(6), "fc2.weight": torch.ones(3, 6)}, path)
+    torch.save(
+        {
+            "fc1.weight": torch.ones(6, 8),
+            "fc1.bias": torch.ones(6),
+            "fc2.weight": torch.ones(3, 6),
+            "fc2.bias": torch.ones(3),
+        },
+        path,
+    )
 
 
 @pytest.mark.parametrize(("name", "arch"), [("code.py", "code:LeNet"), ("yaml", "yaml.nets:LeNet")])
@@ -74,3 +82,36 @@ def test_the_class_itself_as_arch_or_factory_is_answered_with_its_import_path(tm
         sparsekit.load_model(tmp_path / "w.pt", arch=script_class)
     with pytest.raises(sparsekit.SparsekitError, match=r"has no import path \(a lambda"):
         sparsekit.load_model(tmp_path / "w.pt", arch=lambda: mod.LeNet())
+
+
+NEEDS_WIDTH = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, hidden, depth=1):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, hidden), nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+"""
+
+
+def test_a_factory_argument_left_out_or_unknown_names_what_it_takes_and_where_it_goes(tmp_path, monkeypatch):
+    # A model of one's own whose class takes its width: "calling it raised TypeError: Net.__init__() missing 1 required
+    # positional argument: 'hidden'", with no word of --kwargs, the option that gives it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net22.py").write_text(NEEDS_WIDTH)
+    (tmp_path / "lenet22.py").write_text(LENET)
+    _save_weights(tmp_path / "w.pt")
+    missing = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "net22:Net"])
+    assert_bad_input(missing, "'hidden'", "it takes (hidden, depth=1)", """--kwargs '{"hidden": ...}'""")
+    unknown = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "lenet22:LeNet", "--kwargs", '{"width": 6}'])
+    assert_bad_input(unknown, "'width'", "it takes no arguments: leave out --kwargs")
+    given = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "net22:Net", "--kwargs", '{"hidden": 6}'])
+    assert given.exit_code == 0, given.output
+    import sparsekit
+
+    with pytest.raises(sparsekit.ModelFileError, match=r"""as kwargs=\{"hidden": \.\.\.\}"""):
+        sparsekit.load_model(tmp_path / "w.pt", arch="net22:Net")
