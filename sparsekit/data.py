@@ -619,6 +619,25 @@ def _check_npz_sizes(path: Path, where: str) -> dict[str, tuple[int, ...]]:
 # --- user callables -----------------------------------------------------------------------------
 
 
+def _check_no_arguments(fn: Any, where: str) -> None:
+    """Raise :class:`DataError` when the data callable cannot be called with no arguments, as it is: calling it said
+    only "calling it raised TypeError: loaders() missing 1 required positional argument: 'batch_size'", which told
+    neither that nothing is passed to it nor what to do."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a signature that cannot be read: the call itself will say
+        return
+    try:
+        signature.bind()
+    except TypeError as exc:
+        raise DataError(
+            f"{where}: {exc}; a data callable is called with no arguments: give its parameters defaults (e.g. "
+            "batch_size=64), or name a function of yours that calls it with them"
+        ) from None
+
+
 def _load_callable(
     source: str,
     input_shape: Sequence[int] | None,
@@ -633,6 +652,7 @@ def _load_callable(
     fn = load_callable(source, kind="data", named_in=named_in, field="data.source", trust_code=trust_code,
                        error=DataError)  # fmt: skip
     where = f"data.source {source!r}" if named_in is None else f"{named_in}: data.source {source!r}"
+    _check_no_arguments(fn, where)
     result = call_user_code(fn, where, DataError)
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise DataError(f"{where} must return a pair (train_loader, val_loader), got {type(result).__name__}")

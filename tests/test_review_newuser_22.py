@@ -115,3 +115,23 @@ def test_a_factory_argument_left_out_or_unknown_names_what_it_takes_and_where_it
 
     with pytest.raises(sparsekit.ModelFileError, match=r"""as kwargs=\{"hidden": \.\.\.\}"""):
         sparsekit.load_model(tmp_path / "w.pt", arch="net22:Net")
+
+
+def test_a_data_callable_that_needs_arguments_says_it_is_called_with_none(tmp_path, monkeypatch):
+    # `--data dl22:loaders` whose loaders(batch_size) needs its batch size: "calling it raised TypeError: loaders()
+    # missing 1 required positional argument: 'batch_size'" said neither that nothing is passed nor what to do.
+    import sparsekit
+    from sparsekit.data import load_data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dl22.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n\n\n"
+        "def loaders(batch_size):\n"
+        "    d = DataLoader(TensorDataset(torch.rand(16, 8), torch.randint(0, 3, (16,))), batch_size=batch_size)\n"
+        "    return d, d\n"
+    )
+    with pytest.raises(
+        sparsekit.DataError, match=r"'batch_size'.*called with no arguments: give its parameters defaults"
+    ):
+        load_data("dl22:loaders", input_shape=[1, 8], num_classes=3)
