@@ -1116,7 +1116,15 @@ def build_model(
         _check_size_on_meta(fn, kwargs or {}, label)
     model = call_user_code(fn, label, ModelFileError, kwargs or {})
     if not isinstance(model, nn.Module):
-        raise ModelFileError(f"{label}: returned a {type(model).__name__}, not an nn.Module")
+        # The two slips of a hand-written factory: returning the class instead of building it, and no return at all.
+        hint = (
+            f": it returned the class {model.__name__} itself; return an instance, {model.__name__}(...)"
+            if isinstance(model, type)
+            else ": it returned nothing; end it with `return model`"
+            if model is None
+            else ""
+        )
+        raise ModelFileError(f"{label}: returned a {type(model).__name__}, not an nn.Module{hint}")
     return model
 
 

@@ -135,3 +135,14 @@ def test_a_data_callable_that_needs_arguments_says_it_is_called_with_none(tmp_pa
         sparsekit.DataError, match=r"'batch_size'.*called with no arguments: give its parameters defaults"
     ):
         load_data("dl22:loaders", input_shape=[1, 8], num_classes=3)
+
+
+def test_a_factory_that_returns_its_class_or_nothing_is_told_what_to_return(tmp_path, monkeypatch):
+    # "returned a type, not an nn.Module" / "returned a NoneType": true, but not what the slip was.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f22.py").write_text(LENET + "\n\ndef build():\n    return LeNet\n\n\ndef forgot():\n    LeNet()\n")
+    _save_weights(tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "f22:build"])
+    assert_bad_input(result, "returned the class LeNet itself; return an instance, LeNet(...)")
+    result = CliRunner().invoke(main, ["inspect", "w.pt", "--arch", "f22:forgot"])
+    assert_bad_input(result, "returned nothing; end it with `return model`")
