@@ -503,7 +503,10 @@ def finetune(
     optimizer = make_optimizer(inner.parameters(), spec)
     history: list[dict[str, Any]] = []
     first_epoch = 0
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    given = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None  # as the caller named it, for messages
+    # Absolute from here on: a relative folder read after a chdir while training (the user's on_epoch, their data
+    # code) put the later checkpoints in another folder, and the check below took the folder for removed.
+    ckpt = given.absolute() if given else None
     # The folder the checkpoints go under, as it is now: removed mid-run (a user's rm -r), a save would re-create
     # it holding only the later epochs, posing as the run's folder.
     home = nearest_folder(ckpt.parent) if ckpt else None
@@ -520,9 +523,9 @@ def finetune(
     torch.manual_seed(recipe.seed)
     np.random.seed((recipe.seed + _distributed.rank()) % 2**32)  # numpy's global generator takes 32-bit seeds
     random.seed(recipe.seed + _distributed.rank())
-    if resume and ckpt and ckpt.exists():
+    if resume and given and given.exists():
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
-            ckpt, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted, recipe.seed
+            given, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted, recipe.seed
         )
         if getattr(train_loader, "persistent_workers", False) and getattr(train_loader, "num_workers", 0) > 0:
             # Persistent workers carry their numpy/Python generators from epoch to epoch in their own processes,
@@ -546,7 +549,7 @@ def finetune(
     masks_before = pruner.masks() if metrics_log else {}
     bar_shown = progress is True and main and sys.stderr.isatty()
     lines = main and (progress == "lines" or (progress is True and not bar_shown))
-    shown = Path(checkpoint_shown) / "last.pt" if checkpoint_shown and ckpt else ckpt
+    shown = Path(checkpoint_shown) / "last.pt" if checkpoint_shown and ckpt else given
     if resume and first_epoch and main and progress:
         done = f"resuming from {shown}: {first_epoch} of {spec.epochs} epochs finished"
         _say(
@@ -653,7 +656,7 @@ def finetune(
                 if on_epoch:
                     on_epoch(row)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated): the same type goes on
-        saved = f"{ckpt} holds epoch {finished}" if ckpt and finished else "no epoch was checkpointed"
+        saved = f"{given} holds epoch {finished}" if ckpt and finished else "no epoch was checkpointed"
         when = f"after epoch {finished}" if ckpt and finished == epoch + 1 else f"in epoch {epoch + 1}"
         raise type(err)(interrupted_at(f"{when} of {spec.epochs}; {saved}")) from None
     finally:

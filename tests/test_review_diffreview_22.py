@@ -1,0 +1,35 @@
+"""Review round 22, a review of the round's own diff: fixes that covered one example, or fired falsely."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+import sparsekit
+
+
+def _tiny_run() -> tuple[torch.nn.Module, dict, list]:
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    data = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    recipe = {"version": 1, "finetune": {"epochs": 3}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    return mlp(in_features=8, hidden=[16], num_classes=3), recipe, data
+
+
+def test_a_relative_checkpoint_dir_survives_a_chdir_while_training(tmp_path, monkeypatch):
+    # The removed-folder check read a relative checkpoint_dir from the new working folder after the user's
+    # on_epoch changed it: "ck: removed while training" for a folder nobody removed, and no epoch 2 or 3.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    model, recipe, data = _tiny_run()
+    _, history, _ = sparsekit.finetune(
+        model, recipe, data, data[:1], progress=False, checkpoint_dir="runs/ck",
+        on_epoch=lambda row: os.chdir(tmp_path / "b"),
+    )  # fmt: skip
+    assert len(history) == 3
+    assert torch.load(tmp_path / "a" / "runs" / "ck" / "last.pt", weights_only=False)["epoch"] == 3
+    assert not list((tmp_path / "b").iterdir())  # the later epochs did not go to the new working folder
