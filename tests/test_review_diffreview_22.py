@@ -33,3 +33,26 @@ def test_a_relative_checkpoint_dir_survives_a_chdir_while_training(tmp_path, mon
     assert len(history) == 3
     assert torch.load(tmp_path / "a" / "runs" / "ck" / "last.pt", weights_only=False)["epoch"] == 3
     assert not list((tmp_path / "b").iterdir())  # the later epochs did not go to the new working folder
+
+
+def test_an_l1_window_that_rounds_to_one_optimizer_step_says_so():
+    # The recipe check now refuses end_epoch <= start_epoch; a window that is empty only once epochs become optimizer
+    # steps (0 to 0.4 at 1 step per epoch) still read "this window is empty (start_epoch=0, end_epoch=0.4)", no why.
+    import pytest
+
+    from sparsekit.errors import RecipeError
+
+    model, _, _ = _tiny_run()
+    recipe = {
+        "version": 1,
+        "finetune": {"epochs": 2},
+        "pruning": [
+            {"method": "l1", "strength": 0.001, "target": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 0.4}}
+        ],
+    }
+    with pytest.raises(RecipeError) as err:
+        sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    assert "epochs 0 and 0.4 are the same optimizer step (0) at 1 step per epoch" in str(err.value)
+    assert "give end_epoch 1 or more" in str(err.value)
+    # at 10 steps per epoch the same window spans 4 steps: no error
+    sparsekit.Pruner(model, recipe, steps_per_epoch=10)

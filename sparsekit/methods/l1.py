@@ -366,11 +366,21 @@ class L1:
             ) from None
         self.schedule = Schedule.from_spec(spec.schedule, 1.0, setup.steps_per_epoch)
         if self.schedule.end <= self.schedule.start:
-            # `schedule: oneshot` (or end_epoch == start_epoch) would make l1 silently do nothing.
+            # `schedule: oneshot` (or end_epoch == start_epoch) would make l1 silently do nothing. The recipe check
+            # refuses those; a window that only rounds to one optimizer step (0 to 0.4 at 1 step per epoch) reaches
+            # here, where "empty (start_epoch=0, end_epoch=0.4)" left the user to guess why.
+            first, last = spec.schedule.start_epoch, spec.schedule.end_epoch
+            per = setup.steps_per_epoch
+            why = (
+                f"epochs {first:g} and {last:g} are the same optimizer step ({self.schedule.start}) at {per} "
+                f"step{'s' if per != 1 else ''} per epoch: give end_epoch {(self.schedule.start + 1) / per:g} or more, "
+                "or leave schedule out to regularize the whole run"
+                if last > first
+                else "leave schedule out to regularize the whole run"
+            )
             raise RecipeError(
                 f"{self.where}.schedule: l1 acts on every step from start_epoch up to end_epoch, and this "
-                f"window is empty (start_epoch={spec.schedule.start_epoch:g}, end_epoch="
-                f"{spec.schedule.end_epoch:g}); leave schedule out to regularize the whole run"
+                f"window is empty (start_epoch={first:g}, end_epoch={last:g}): {why}"
             )
         self.steps_per_epoch = setup.steps_per_epoch
         self.step = 0  # optimizer steps completed
