@@ -84,9 +84,14 @@ def _lookalike(err: UnicodeError) -> tuple[str | bytes, int]:
     if not isinstance(err, UnicodeEncodeError):
         raise err
     text = err.object[err.start : err.end]
-    if all("\udc80" <= c <= "\udcff" for c in text):
-        return bytes(ord(c) - 0xDC00 for c in text), err.end
-    return "".join(_LOOKALIKES.get(c, "?") for c in text), err.end
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return "".join(_LOOKALIKES.get(c, "?") for c in text), err.end
+    # Character by character: one run of unwritable text may hold both ("→" then a name's raw bytes, "ü\udce9" in a
+    # file name), and the bytes went as "?" with it. The look-alikes go as ASCII bytes beside the raw ones, as a
+    # terminal that shows raw bytes reads them.
+    return b"".join(
+        bytes([ord(c) - 0xDC00]) if "\udc80" <= c <= "\udcff" else _LOOKALIKES.get(c, "?").encode("ascii") for c in text
+    ), err.end
 
 
 codecs.register_error("sparsekit.lookalike", _lookalike)

@@ -56,3 +56,13 @@ def test_an_l1_window_that_rounds_to_one_optimizer_step_says_so():
     assert "give end_epoch 1 or more" in str(err.value)
     # at 10 steps per epoch the same window spans 4 steps: no error
     sparsekit.Pruner(model, recipe, steps_per_epoch=10)
+
+
+def test_a_names_raw_bytes_beside_an_unwritable_character_are_written_as_they_were():
+    # The look-alike handler took a run of unwritable text as either all raw bytes or all look-alikes: "→" next to a
+    # file name's undecodable bytes (or "ü\udce9" in one name) wrote the bytes as "?".
+    import sparsekit.__main__  # noqa: F401 - registers the handler
+
+    assert "→caf\udcc3\udca9".encode("ascii", "sparsekit.lookalike") == b"->caf\xc3\xa9"
+    assert "ü\udce9 – x".encode("ascii", "sparsekit.lookalike") == b"?\xe9 - x"
+    assert "– …".encode("latin-1", "sparsekit.lookalike") == b"- ..."
