@@ -252,6 +252,15 @@ def check_input_shape(
             runs = (c for c in tries if c != dims and fails(c) is None and fails([2, *c[1:]]) is None)
             takes = next(runs, None)
             left_out = ": did you leave out the batch dimension?" if takes == [1, *dims] else ""
+            if left_out and dims[0] == 1 and len(dims) > 1:
+                from .modelio import first_conv_shape
+
+                if first_conv_shape(model, dims[1:]) == takes:
+                    # A one-channel conv given [1, 256]: the batch of 1 with the channels left out reads the same
+                    # (the example the channels' suggestion was made for), which "the batch dimension" alone denied.
+                    left_out = (
+                        ": did you leave out the batch dimension, or the channels (the first layer takes 1 channel)?"
+                    )
             advice = (
                 f"; the model takes {takes}{left_out}{paren(remedy(str(takes)))}"
                 if takes

@@ -66,3 +66,23 @@ def test_a_names_raw_bytes_beside_an_unwritable_character_are_written_as_they_we
     assert "→caf\udcc3\udca9".encode("ascii", "sparsekit.lookalike") == b"->caf\xc3\xa9"
     assert "ü\udce9 – x".encode("ascii", "sparsekit.lookalike") == b"?\xe9 - x"
     assert "– …".encode("latin-1", "sparsekit.lookalike") == b"- ..."
+
+
+def test_a_one_channel_conv_given_batch_and_length_is_not_told_only_of_the_batch():
+    # 476ef20 put a Conv1d's channels back for [1, 256] (the audio model's batch and length); the message then said
+    # "did you leave out the batch dimension?", the other reading, for the very example it was made for.
+    import pytest
+    from torch import nn
+
+    from sparsekit.errors import DataError
+    from sparsekit.inspection import check_input_shape
+
+    audio = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 254, 3))
+    with pytest.raises(DataError) as err:
+        check_input_shape(audio, [1, 256])
+    assert "the model takes [1, 1, 256]: did you leave out the batch dimension, or the channels" in str(err.value)
+    # where only the batch can be missing (3 channels given first), the question stays the batch's alone
+    rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    with pytest.raises(DataError) as err:
+        check_input_shape(rgb, [3, 8, 8])
+    assert "the model takes [1, 3, 8, 8]: did you leave out the batch dimension? (" in str(err.value)
