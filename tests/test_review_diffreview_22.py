@@ -86,3 +86,22 @@ def test_a_one_channel_conv_given_batch_and_length_is_not_told_only_of_the_batch
     with pytest.raises(DataError) as err:
         check_input_shape(rgb, [3, 8, 8])
     assert "the model takes [1, 3, 8, 8]: did you leave out the batch dimension? (" in str(err.value)
+
+
+def test_a_linear_first_models_own_shape_is_suggested_before_the_datas():
+    # 5c4aeeb put the data's sample shape first, for conv models whose first layer knows no image size; an MLP that
+    # flattens was then told the digits' [1, 1, 8, 8] instead of its Linear's [1, 64] (test_bad_inputs pins it).
+    import pytest
+    from torch import nn
+
+    from sparsekit.errors import DataError
+    from sparsekit.inspection import check_input_shape
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 3))
+    with pytest.raises(DataError) as err:
+        check_input_shape(mlp, [1, 32], prefer=[[1, 1, 8, 8], [1, 64]])
+    assert "the model takes [1, 64] (" in str(err.value)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
+    with pytest.raises(DataError) as err:  # a conv's guess keeps the given size: the data's shape still comes first
+        check_input_shape(cnn, [1, 1, 8, 8], prefer=[[1, 3, 32, 32]])
+    assert "the model takes [1, 3, 32, 32] (" in str(err.value)
