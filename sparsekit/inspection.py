@@ -146,13 +146,15 @@ def shapes_to_try(model: Any, dims: list[int]) -> list[list[int]]:
     """Batch-1 input shapes the first layer suggests, other than ``dims``: ``[1, in_features]`` for a Linear,
     ``[1, in_channels, *dims[2:]]`` for a convolution when ``dims`` has its rank, and ``[1, in_channels,
     *dims[1:]]`` when ``dims`` left the channels out (``1,256`` for a Conv1d audio model of ``[N, 1, 256]``
-    inputs was told only "give the shape it takes")."""
+    inputs was told only "give the shape it takes"), and ``[1, in_channels, *dims]`` when it left out both the batch
+    and the channels (``8,8`` for a Conv2d of one-channel 8x8 images, ``256`` for that audio model)."""
     from .modelio import first_conv_shape, infer_input_shape
 
     shapes = [
         infer_input_shape(model),
         first_conv_shape(model, dims[2:]) if len(dims) > 2 else None,
         first_conv_shape(model, dims[1:]) if len(dims) > 1 else None,
+        first_conv_shape(model, dims),
     ]
     return [s for s in shapes if s and s != dims]
 

@@ -105,3 +105,24 @@ def test_a_linear_first_models_own_shape_is_suggested_before_the_datas():
     with pytest.raises(DataError) as err:  # a conv's guess keeps the given size: the data's shape still comes first
         check_input_shape(cnn, [1, 1, 8, 8], prefer=[[1, 3, 32, 32]])
     assert "the model takes [1, 3, 32, 32] (" in str(err.value)
+
+
+def test_a_shape_without_batch_and_channels_is_given_both(tmp_path):
+    # The batch left out ([3, 32, 32]) or the channels ([1, 256]) got the shape the model takes; both left out (8,8 for
+    # one-channel 8x8 images, 256 for a one-channel audio clip) still read only "give the shape it takes".
+    import pytest
+    from torch import nn
+
+    from sparsekit.errors import DataError, ExportError
+    from sparsekit.inspection import check_input_shape
+
+    torch.manual_seed(0)
+    image = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    audio = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 254, 3))
+    for model, dims, takes in ((image, [8, 8], "[1, 1, 8, 8]"), (audio, [256], "[1, 1, 256]")):
+        with pytest.raises(DataError) as err:
+            check_input_shape(model, dims)
+        assert f"the model takes {takes} (" in str(err.value)
+    with pytest.raises(ExportError, match=r"the model takes \[1, 1, 8, 8\]"):  # export_onnx's own check likewise
+        sparsekit.export_onnx(image, tmp_path / "m.onnx", input_shape=[8, 8])
+    assert not (tmp_path / "m.onnx").exists()
