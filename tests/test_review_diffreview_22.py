@@ -126,3 +126,22 @@ def test_a_shape_without_batch_and_channels_is_given_both(tmp_path):
     with pytest.raises(ExportError, match=r"the model takes \[1, 1, 8, 8\]"):  # export_onnx's own check likewise
         sparsekit.export_onnx(image, tmp_path / "m.onnx", input_shape=[8, 8])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_tolerances_may_be_numpy_numbers(tmp_path):
+    # b270af0's check took only Python int and float: rtol=np.float32(1e-3) (a tolerance computed with numpy) was
+    # refused as "must be a finite number >= 0, got np.float32(0.001)", which it is.
+    import numpy as np
+    import pytest
+
+    from sparsekit.errors import ExportError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 3))
+    for tol in (np.float32(1e-3), np.int64(0), np.float64(1e-4)):
+        info = sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=[1, 8], rtol=tol, atol=tol + 1e-5)
+        assert info["parity"] is not None and info["parity"]["ok"]
+    for bad in (np.float32("nan"), np.int64(-1), "1e-4", True):
+        with pytest.raises(ExportError, match="rtol must be a finite number >= 0"):
+            sparsekit.export_onnx(model, tmp_path / "n.onnx", input_shape=[1, 8], rtol=bad)
+    assert not (tmp_path / "n.onnx").exists()

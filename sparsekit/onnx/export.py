@@ -19,6 +19,7 @@ import inspect
 import itertools
 import json
 import math
+import numbers
 import os
 import re
 import time
@@ -131,8 +132,9 @@ def export_onnx(
         raise ExportError(f"opset must be an integer ({OPSETS}), got {opset!r}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         # rtol=-1 or NaN made the parity check fail on every file (np.allclose), a text failed inside numpy once the
-        # file was written: a tolerance is a finite number >= 0.
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol) or tol < 0:
+        # file was written: a tolerance is a finite number >= 0. Any real number (numbers.Real): numpy's float32 and
+        # int64 are no Python float or int, and np.allclose takes them.
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
             raise ExportError(f"{name} must be a finite number >= 0 (the parity check's tolerance), got {tol!r}")
     shapes = _validate_shapes(input_shape)
     require_path(path, "export_onnx(path=...)", "the arguments are (model, path, input_shape)")
