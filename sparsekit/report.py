@@ -1520,8 +1520,10 @@ def _slower_after_removal(report: Report) -> str:
     removed = any(m.method == "structured" or m.channels for m in report.methods)
     if not bench or not removed:
         return ""
+    # Not where the A/A control swung past NOISY: "made the model slower" would state what the too-noisy note says no
+    # figure of the run can tell.
     slow = [f"batch {b}: {sp.ratio:.3f}x of dense" for b, sp in bench.speedup.items()
-            if latency_verdict(sp.ratio, sp.noise) == "slower"]  # fmt: skip
+            if latency_verdict(sp.ratio, sp.noise) == "slower" and sp.noise <= NOISY]  # fmt: skip
     return ", ".join(slow)
 
 
@@ -1775,7 +1777,11 @@ def _int8_slower(report: Report) -> str:
     q = report.int8
     if q is None:
         return ""
-    slow = ", ".join(bs for bs, word in _int8_verdicts(report).items() if word == "slower")
+    slow = ", ".join(
+        bs
+        for bs, word in _int8_verdicts(report).items()
+        if word == "slower" and (_int8_noise(report, bs) or 0.0) <= NOISY  # (as _slower_after_removal)
+    )
     if not slow:
         return ""
     why = (
@@ -1855,7 +1861,12 @@ def _verdict(lc: LatencyChange) -> str:
     """A latency verdict in words; at a batch size whose A/A control swung past :data:`NOISY` it says the figure is
     not to be trusted (a "faster" of 0.03x measured while the note below says the benchmark was too noisy read as a
     result)."""
-    return f"{lc.verdict}, too noisy to trust" if lc.noise > NOISY else lc.verdict
+    return _noisy(lc.verdict, lc.noise)
+
+
+def _noisy(verdict: str, noise: float) -> str:
+    """``verdict``, with "too noisy to trust" added when ``noise`` (the A/A control's swing) is past :data:`NOISY`."""
+    return f"{verdict}, too noisy to trust" if noise > NOISY else verdict
 
 
 def _lat(bs: str, lc: LatencyChange, extra: str = "") -> str:
@@ -2191,7 +2202,7 @@ def render_markdown(report: Report) -> str:
             lo, hi = noise_band(sp.noise)
             lines.append(
                 f"| {bs} | {sp.ratio:.3f} | {sp.spread[0]:.3f}–{sp.spread[1]:.3f} | {sp.aa_ratio:.3f} | "
-                f"{lo:.3f}–{hi:.3f} | {latency_verdict(sp.ratio, sp.noise)} |"
+                f"{lo:.3f}–{hi:.3f} | {_noisy(latency_verdict(sp.ratio, sp.noise), sp.noise)} |"
             )
         lines.append("")
     q = report.int8

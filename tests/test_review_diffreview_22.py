@@ -145,3 +145,34 @@ def test_export_tolerances_may_be_numpy_numbers(tmp_path):
         with pytest.raises(ExportError, match="rtol must be a finite number >= 0"):
             sparsekit.export_onnx(model, tmp_path / "n.onnx", input_shape=[1, 8], rtol=bad)
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_a_too_noisy_slower_verdict_gives_no_channel_advice_and_is_flagged_in_the_table():
+    # bd32e95 flagged the summary's latency lines at a batch whose A/A control swung past 50%; the advice "Channel
+    # removal made the model slower in onnxruntime (batch 32: 3.000x of dense)" and report.md's benchmark table
+    # still stated that batch's verdict as a result, beside the note that no latency figure could be trusted.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report_summary import MLP_SHAPE, _prune, _recipe, _report
+
+    from examples.models import mlp
+    from sparsekit.report import _slower_after_removal, render_markdown
+
+    recipe = _recipe([{"method": "magnitude", "sparsity": 0.5, "schedule": "oneshot"}])
+    dense, model, pruner = _prune(mlp(in_features=64, hidden=[32]), recipe, MLP_SHAPE)
+    report = _report(dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (1.3, 0.04), "32": (3.0, 0.7)})
+    report.methods[0].method = "structured"  # a run that removed channels
+    assert _slower_after_removal(report) == "batch 1: 1.300x of dense"
+    rows = {ln.split("|")[1].strip(): ln for ln in render_markdown(report).splitlines() if ln.startswith("| ")}
+    assert rows["32"].endswith("| slower, too noisy to trust |") and rows["1"].endswith("| slower |")
+    # int8's "slower than fp32" advice likewise: only the batch measured within trustworthy noise is named
+    from sparsekit.report import _int8_slower
+
+    report = _report(
+        dense, model, pruner, recipe, MLP_SHAPE, latency={"1": (1.0, 0.04), "32": (1.0, 0.7)},
+        int8_latency={"1": (2.0, 0.04), "32": (3.0, 0.7)},
+    )  # fmt: skip
+    said = _int8_slower(report)
+    assert "slower than the pruned fp32 model (batch 1):" in said, said
