@@ -367,11 +367,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as err:  # a path the user gave: missing folder, a file where a folder should be, ...
             if debug:
                 traceback.print_exc()
-            from .fsutil import file_in_the_way
+            from .fsutil import dangling_link, file_in_the_way
 
             where = err.filename or ""
             _fail(
-                _dangling_link(where)
+                dangling_link(where)
                 or file_in_the_way(where, err.errno)
                 or f"{where}: {err.strerror or err}; check the path and its permissions",
                 2,
@@ -574,22 +574,6 @@ def _select_logits(model: Any, part: int | str, shape: list[int], path: Path) ->
         out = model(example_input(model, [2, *shape[1:]]))  # token ids for a model whose input feeds an embedding
     select_logits(out, part, where=str(path), caller=True)
     attach(model, part)
-
-
-def _dangling_link(path: Any) -> str | None:
-    """For a path (or a folder above it) that is a symbolic link to nothing, which mkdir reports as "File exists":
-    what the link points at and what to do; else None."""
-    try:
-        p = Path(os.fsdecode(path)) if path else None
-        for link in [p, *p.parents] if p is not None else []:
-            if link.is_symlink() and not link.exists():
-                return (
-                    f"{link}: a symbolic link to {os.readlink(link)}, which does not exist; create what it points at, "
-                    "or name another path"
-                )
-    except (OSError, ValueError, TypeError):
-        return None
-    return None
 
 
 def _data_flag(value: str | None) -> str | None:

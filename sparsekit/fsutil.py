@@ -72,12 +72,34 @@ def file_in_the_way(path: str | os.PathLike[str] | None, code: int | None) -> st
     return None
 
 
+def dangling_link(path: str | os.PathLike[str] | None) -> str | None:
+    """For a path (or a folder above it) that is a symbolic link to nothing, which mkdir reports as "File exists":
+    what the link points at and what to do; else None."""
+    try:
+        p = Path(os.fsdecode(path)) if path else None
+        for link in [p, *p.parents] if p is not None else []:
+            if link.is_symlink() and not link.exists():
+                return (
+                    f"{link}: a symbolic link to {os.readlink(link)}, which does not exist; create what it points at, "
+                    "or name another path"
+                )
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
 def disk_error(err: BaseException, path: str | os.PathLike[str]) -> OutputError | None:
     """An :class:`OutputError` naming ``path`` when ``err`` (or its cause) is a disk problem (full,
     quota, permission, read-only, file too large; or any failure with under 4 MiB free), else None."""
     path = Path(path)
     code = _disk_errno(err)
     other = _errnos(err)
+    if code is None and other and other[0] == errno.EEXIST:
+        # mkdir of a folder above `path` that is a file, or a link to nothing: the command's own check said so, the
+        # Python API (finetune's checkpoint_dir, save_model, export_onnx) raised the bare FileExistsError.
+        blocker = file_in_the_way(path, None) or dangling_link(path.parent)
+        if blocker:
+            return OutputError(blocker)
     if code is None and other and other[0] in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EBUSY):
         # The OS said what went wrong (no such folder, ...): say that, not "full" (/proc has 0 B free).
         # EBUSY: the rename onto "." (a folder in use), which is a folder like any other to the user.

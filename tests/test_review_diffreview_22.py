@@ -176,3 +176,20 @@ def test_a_too_noisy_slower_verdict_gives_no_channel_advice_and_is_flagged_in_th
     )  # fmt: skip
     said = _int8_slower(report)
     assert "slower than the pruned fp32 model (batch 1):" in said, said
+
+
+def test_a_file_or_a_dangling_link_where_the_python_api_makes_a_folder_is_named(tmp_path):
+    # The command names them (cli's own check); from Python, finetune(checkpoint_dir=a file) and save_model under a
+    # link to nothing raised the bare "FileExistsError: [Errno 17] File exists" (mkdir's word for both).
+    import pytest
+
+    from sparsekit.errors import OutputError
+
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothere")
+    model, recipe, data = _tiny_run()
+    with pytest.raises(OutputError, match=r"notes\.txt: is a file, not a folder"):
+        sparsekit.finetune(model, recipe, data, data[:1], progress=False, checkpoint_dir=tmp_path / "notes.txt")
+    with pytest.raises(OutputError, match=r"gone: a symbolic link to .*nothere, which does not exist"):
+        sparsekit.save_model(model, tmp_path / "gone" / "m.pt", factory="examples.models:mlp", input_shape=[1, 8])
+    assert not (tmp_path / "nothere").exists()
