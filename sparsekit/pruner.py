@@ -1205,7 +1205,10 @@ def _check_context(context: Any) -> dict[str, Any]:
             "of one input, e.g. {'input_shape': [1, 784]})"
         )
     if context.get("input_shape") is not None:
-        checked_input_shape(context["input_shape"], "Pruner(context=...): input_shape")
+        dims = checked_input_shape(context["input_shape"], "Pruner(context=...): input_shape")
+        if not isinstance(context["input_shape"], list | tuple):
+            # a numpy array or tensor as the checked list: the Pruner tests its truth value, which arrays lack
+            return {**context, "input_shape": dims}
     return dict(context)
 
 

@@ -99,7 +99,11 @@ def is_torch_module(value: object) -> bool:
 def int_dims(shape: object, min_dims: int = 1) -> list[int] | None:
     """``shape`` (a caller's input shape: a list, tuple or ``torch.Size``) as a list of at least ``min_dims``
     positive ints, or None when it is not one. Each dimension is an int or a numpy/torch integer, never a bool, a
-    float (``int()`` cut 784.9 to 784) or text; the caller raises its own error for None."""
+    float (``int()`` cut 784.9 to 784) or text; the caller raises its own error for None. A one-dimensional numpy
+    array or torch tensor of integers is taken as its list (``np.array([1, 8])`` was refused as no "positive
+    integers"; a float or bool array still is)."""
+    if getattr(shape, "ndim", None) == 1 and callable(getattr(shape, "tolist", None)):
+        shape = shape.tolist()  # type: ignore[attr-defined]  # (ints stay ints, floats floats: checked below)
     if isinstance(shape, str | bytes) or not isinstance(shape, Sequence):  # (torch.Size is a tuple)
         return None
     if any(isinstance(d, bool) or not hasattr(type(d), "__index__") for d in shape):

@@ -193,3 +193,17 @@ def test_a_file_or_a_dangling_link_where_the_python_api_makes_a_folder_is_named(
     with pytest.raises(OutputError, match=r"gone: a symbolic link to .*nothere, which does not exist"):
         sparsekit.save_model(model, tmp_path / "gone" / "m.pt", factory="examples.models:mlp", input_shape=[1, 8])
     assert not (tmp_path / "nothere").exists()
+
+
+def test_an_input_shape_held_in_a_numpy_array_or_tensor_is_taken():
+    # 96daa95's check refused layer_report(model, np.array([1, 8])) as not "positive integers, got array([1, 8])"
+    # (the Pruner's context input_shape likewise); a float array is still refused.
+    import numpy as np
+    import pytest
+
+    model, recipe, _ = _tiny_run()
+    for shape in (np.array([1, 8]), torch.tensor([1, 8]), np.array([1, 8], dtype=np.int32)):
+        assert sparsekit.layer_report(model, shape)[0]["macs"] == 8 * 16
+    sparsekit.Pruner(model, recipe, steps_per_epoch=4, context={"input_shape": np.array([1, 8])})
+    with pytest.raises(ValueError, match="as positive integers"):
+        sparsekit.layer_report(model, np.array([1.0, 8.5]))
