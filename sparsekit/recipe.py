@@ -1353,7 +1353,8 @@ class Recipe(_Strict):
         0,
         ge=0,
         le=MAX_SEED,
-        description="seeds torch, the data split, the batch order and synthetic data: the same seed repeats a run",
+        description="seeds torch, numpy's and Python's generators (under torchrun the last two with seed + rank), the "
+        "data split, the batch order and synthetic data: the same seed repeats a run",
     )
     model: ModelSpec = Field(
         default_factory=ModelSpec,

@@ -7,6 +7,7 @@ stepped once per epoch (:func:`make_scheduler`); its state is saved in the resum
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from .stats import layer_report, sparsity
 from .wrappers import copy_model, require_module
 
 log = logging.getLogger("sparsekit")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: FinetuneSpec) -> torch.optim.Optimizer:
@@ -348,6 +352,25 @@ def _check_loader(loader: Any, name: str, needs_len: bool = True) -> None:
         raise DataError(f"finetune({name}=...): the {kind} holds no batches; it must yield at least one")
 
 
+def _keeps_caller_generators(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` with numpy's and Python's global generators put back as they were when it returns or raises. finetune
+    seeds them from the recipe (a dataset's augmentation draws the same noise as the command line's), which left the
+    caller's reseeded: a sweep drawing its next trial with ``random.choice`` after each finetune drew the same one
+    every time. (torch's stays seeded from the recipe, as it always was.)"""
+
+    @functools.wraps(fn)
+    def kept(*args: P.args, **kwargs: P.kwargs) -> R:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+    return kept
+
+
+@_keeps_caller_generators
 @spells_remedies("finetune")  # a dict's or file's remedies name its keys: finetune() takes no overrides
 def finetune(
     model: nn.Module,
@@ -372,7 +395,9 @@ def finetune(
     labels; for a forward of several inputs, ``inputs`` is a tuple of them, ``((image, meta), labels)``, each
     passed as its own argument); each epoch runs at most ``finetune.max_steps_per_epoch`` training batches. The loss is
     cross-entropy plus :meth:`Pruner.penalty`; after each optimizer step comes :meth:`Pruner.step`, and
-    after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated.
+    after each epoch the LR scheduler (:func:`make_scheduler`) steps and the model is evaluated. It seeds torch's,
+    numpy's and Python's global generators from ``recipe.seed`` (numpy's and Python's with seed + rank under
+    torchrun) and puts numpy's and Python's back as they were when it returns; torch's stays seeded.
     ``pruner`` defaults to a new :class:`Pruner` over ``recipe``. ``on_epoch`` receives each history row.
     With ``model.output`` in the recipe, ``model`` is made to return that part of its output
     (:func:`sparsekit.logits.attach`, a forward hook; ``sparsekit.logits.detach`` removes it).

@@ -233,3 +233,26 @@ def test_each_rank_draws_its_own_numpy_and_python_noise(monkeypatch):
     single, again, other = draws(0), draws(0), draws(1)
     assert single == again
     assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(single, other, strict=True))
+
+
+def test_finetune_leaves_the_callers_numpy_and_python_generators_as_they_were():
+    # finetune seeds them from the recipe (for the data's augmentation), which left the caller's reseeded: a sweep
+    # drawing each trial's settings with random.choice after each finetune drew the same trial every time.
+    import random
+
+    import numpy as np
+
+    from examples.models import mlp
+
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    data = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
+    random.seed(1)
+    np.random.seed(1)
+    expected = (random.random(), float(np.random.rand()))
+    random.seed(1)
+    np.random.seed(1)
+    sparsekit.finetune(mlp(in_features=8, hidden=[8], num_classes=3), recipe, data, data, progress=False)
+    assert (random.random(), float(np.random.rand())) == expected
+    import inspect
+
+    assert "checkpoint_dir" in inspect.signature(sparsekit.finetune).parameters  # help() still shows its arguments
