@@ -29,7 +29,7 @@ from . import distributed as _distributed
 from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
 from .errors import DataError, OutputError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
-from .fsutil import atomic_path, global_rng_kept, identity, nearest_folder, too_large_to_unpack
+from .fsutil import atomic_path, global_rng_kept, identity, nearest_folder, too_large_to_unpack, writing
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .masks import count_true
@@ -534,6 +534,10 @@ def finetune(
     ckpt = given.absolute() if given else None
     # The folder the checkpoints go under, as it is now: removed mid-run (a user's rm -r), a save would re-create
     # it holding only the later epochs, posing as the run's folder.
+    if ckpt and main:
+        # Made now: a file or a dangling link where the folder goes was found only after the first epoch had trained.
+        with writing(ckpt):
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
     home = nearest_folder(ckpt.parent) if ckpt else None
     home_id = identity(home) if home else None
     device_type = _distributed.resolve_device(spec.device).type

@@ -256,3 +256,30 @@ def test_finetune_leaves_the_callers_numpy_and_python_generators_as_they_were():
     import inspect
 
     assert "checkpoint_dir" in inspect.signature(sparsekit.finetune).parameters  # help() still shows its arguments
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    # It was found at the first save, after the first epoch had trained.
+    from examples.models import mlp
+    from sparsekit.errors import OutputError
+
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    recipe = {"version": 1, "finetune": {"epochs": 2}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    batches = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
+    read: list[int] = []
+
+    class Counted:
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            read.append(1)
+            return iter(batches)
+
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        sparsekit.finetune(
+            mlp(in_features=8, hidden=[8], num_classes=3), recipe, Counted(), batches, progress=False,
+            checkpoint_dir=tmp_path / "notes.txt",
+        )  # fmt: skip
+    assert read == []  # no epoch trained
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "x"
