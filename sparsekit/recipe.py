@@ -2183,7 +2183,7 @@ def validate_recipe(
         raise RecipeError(
             f"{source}: this is the catalog entry of the shipped recipe {name!r} (name, description, ..., and the "
             f"recipe's YAML as 'text'), not a recipe: save the recipe itself (`sparsekit recipes {name} > "
-            f"my-recipe.yaml`), or name it as RECIPE ({name})"
+            f"my-recipe.yaml`), or give its name ({name}) where the recipe goes"
         )
     check_plain_data(data, source)
     try:
