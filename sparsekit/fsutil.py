@@ -148,6 +148,19 @@ def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def replaced(path: str | os.PathLike[str], before: tuple[int, int] | None) -> bool:
+    """Whether ``path`` is gone, or another file or folder than the one whose :func:`identity` was ``before``. A stat
+    that fails for another reason than absence (a network filesystem's timeout, a permission change on a folder
+    above) cannot tell, and is not taken for removal."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) != before
+
+
 def nearest_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` if it is a folder, else its nearest ancestor that is (the folder a write there would re-create
     the rest under)."""

@@ -45,7 +45,7 @@ from typing import Any
 
 from . import __version__
 from .errors import OutputError, option
-from .fsutil import atomic_path, identity, lock_folder, read_regular, sigint_deferred, unlock_folder, writing
+from .fsutil import atomic_path, identity, lock_folder, read_regular, replaced, sigint_deferred, unlock_folder, writing
 
 META = ".sparsekit"
 MANIFEST = "manifest.json"
@@ -382,7 +382,7 @@ class RunFolder:
         user's ``rm -r`` while the run went on, which a later write then fails on, or re-creates part of. None
         when both are the folders ``begin`` had (or before ``begin``)."""
         ids = getattr(self, "_ids", {})
-        return next((path for path, before in ids.items() if identity(path) != before), None)
+        return next((path for path, before in ids.items() if replaced(path, before)), None)
 
     def discard(self) -> bool:
         """After a run failed on bad input (while holding the lock): remove the staging folder when this

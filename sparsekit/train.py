@@ -29,7 +29,7 @@ from . import distributed as _distributed
 from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
 from .errors import DataError, OutputError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
-from .fsutil import atomic_path, global_rng_kept, identity, nearest_folder, too_large_to_unpack, writing
+from .fsutil import atomic_path, global_rng_kept, identity, nearest_folder, replaced, too_large_to_unpack, writing
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .masks import count_true
@@ -657,7 +657,7 @@ def finetune(
                 info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"
                 bar.update(task, info=info)
                 if ckpt and main:
-                    if home is not None and identity(home) != home_id:
+                    if home is not None and replaced(home, home_id):
                         raise OutputError(
                             f"{home}: removed while training (the checkpoints were to go there); epoch {epoch + 1}'s "
                             "checkpoint was not written, so as not to re-create it: train again"

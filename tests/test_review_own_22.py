@@ -283,3 +283,25 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
         )  # fmt: skip
     assert read == []  # no epoch trained
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "x"
+
+
+def test_a_folder_whose_stat_fails_for_another_reason_is_not_taken_for_removed(tmp_path, monkeypatch):
+    # A network filesystem's timeout (EIO, ESTALE) while the run checks its folder read as "removed while the run was
+    # writing into it", stopping a run whose folder was there.
+    import errno
+    import os
+
+    from sparsekit import fsutil
+
+    before = fsutil.identity(tmp_path)
+    assert not fsutil.replaced(tmp_path, before)
+    assert fsutil.replaced(tmp_path / "gone", before)
+    real = os.stat
+
+    def flaky(path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(tmp_path):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", flaky)
+    assert not fsutil.replaced(tmp_path, before)
