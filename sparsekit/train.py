@@ -512,7 +512,7 @@ def finetune(
         warnings.warn(
             "finetune(teacher=...): the recipe's finetune.distill is off (null), so the teacher is not used and the "
             "loss is plain cross-entropy; set finetune.distill: {weight: 0.5, temperature: 2} to distill from it",
-            stacklevel=3,
+            stacklevel=4,  # the caller, past the two wrappers (_keeps_caller_generators, spells_remedies)
         )
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
@@ -563,7 +563,7 @@ def finetune(
                 "the training loader keeps its worker processes between epochs (persistent_workers=True); their "
                 "random state is in no checkpoint, so augmentation drawn in the workers differs from an "
                 "uninterrupted run's; for a bit-identical resume build the loader with persistent_workers=False",
-                stacklevel=3,
+                stacklevel=4,
             )
     else:
         scheduler = make_scheduler(optimizer, spec)

@@ -163,11 +163,12 @@ def test_resuming_with_persistent_loader_workers_warns_that_it_is_not_bit_identi
     sparsekit.finetune(model, recipe, DataLoader(data, batch_size=8), val, progress=False, checkpoint_dir=tmp_path)
     recipe["finetune"]["epochs"] = 2
     persistent = DataLoader(data, batch_size=8, num_workers=1, persistent_workers=True)
-    with pytest.warns(UserWarning, match="persistent_workers=True"):
+    with pytest.warns(UserWarning, match="persistent_workers=True") as caught:
         sparsekit.finetune(
             mlp(in_features=8, hidden=[16], num_classes=3), recipe, persistent, val, progress=False,
             checkpoint_dir=tmp_path, resume=True, allow_changes=["finetune.epochs"],
         )  # fmt: skip
+    assert any(w.filename == __file__ for w in caught if "persistent" in str(w.message))  # points at the call
 
 
 @pytest.mark.parametrize(("noise", "said"), [(0.04, False), (0.7, True)])
