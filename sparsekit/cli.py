@@ -1238,14 +1238,9 @@ def export(
     _check_export_targets(model, targets)
     # The user's code run next (the factory, a --data callable) may draw from the global generators: seeded as
     # prune seeds them (the recipe's default seed), the same command writes the same int8 calibration every time.
-    import random
+    from .fsutil import seed_generators
 
-    import numpy as np
-    import torch
-
-    torch.manual_seed(0)
-    np.random.seed(0)
-    random.seed(0)
+    seed_generators(0)
     loaded = read_model(
         model,
         arch,

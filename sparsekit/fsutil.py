@@ -1,5 +1,5 @@
 """Small helpers for the machine: atomic writes that turn disk errors into clear messages, a held
-Ctrl-C, and the memory available."""
+Ctrl-C, the memory available, and the global random generators (seeded, or kept as they were)."""
 
 from __future__ import annotations
 
@@ -374,9 +374,23 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "sparsekit"
 
 
+def seed_generators(seed: int, rank: int = 0) -> None:
+    """Seed torch's global generator with ``seed``, numpy's and Python's with ``seed + rank`` (under torchrun each
+    rank draws its own augmentation noise; rank 0 draws what a single process does)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed((seed + rank) % 2**32)  # numpy's global generator takes 32-bit seeds
+    random.seed(seed + rank)
+
+
 @contextlib.contextmanager
-def global_rng_kept() -> Iterator[None]:
-    """Put Python's, numpy's and torch's global random generators back as they were (those already imported).
+def global_rng_kept(*, torch: bool = True) -> Iterator[None]:
+    """Put Python's, numpy's and (``torch=True``) torch's global random generators back as they were (those already
+    imported).
     Importing a module may draw from them (rich's import draws from Python's; scikit-learn imports rich), so a
     module imported after seeding, the user's code or one sparsekit imports when first needed, shifted what the same
     seed gives: a data module imported after the CLI seeded (a user's script imports first), or the first
@@ -385,15 +399,15 @@ def global_rng_kept() -> Iterator[None]:
     import sys
 
     np = sys.modules.get("numpy")
-    torch = sys.modules.get("torch")
+    th = sys.modules.get("torch") if torch else None
     py_state = random.getstate()
     np_state = np.random.get_state() if np is not None else None
-    torch_state = torch.get_rng_state() if torch is not None else None
+    torch_state = th.get_rng_state() if th is not None else None
     try:
         yield
     finally:
         random.setstate(py_state)
         if np is not None:
             np.random.set_state(np_state)
-        if torch is not None:
-            torch.set_rng_state(torch_state)
+        if th is not None:
+            th.set_rng_state(torch_state)

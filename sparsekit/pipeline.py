@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import platform
-import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,7 +44,7 @@ from .errors import (
     option,
     quoted,
 )
-from .fsutil import too_large_to_unpack
+from .fsutil import seed_generators, too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
@@ -741,9 +739,7 @@ def check_inputs(
     if data is not None:  # the caller's source before the model: a conv model's input shape may come from it
         check_npz_option(data)
     # The user's code run next (the model factory, a data callable) may draw from any of the three global generators.
-    torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed % 2**32)  # numpy's global generator takes 32-bit seeds
-    random.seed(recipe.seed)
+    seed_generators(recipe.seed)
     with clock("load"):
         loaded = resolve_model(model_path, recipe, arch, trust, trust_code, data=data)
         refuse_compiled(loaded.model, model_path, "prunes")  # a trusted TorchScript module: no layer to mask

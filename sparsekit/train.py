@@ -29,7 +29,16 @@ from . import distributed as _distributed
 from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
 from .errors import DataError, OutputError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
-from .fsutil import atomic_path, global_rng_kept, identity, nearest_folder, replaced, too_large_to_unpack, writing
+from .fsutil import (
+    atomic_path,
+    global_rng_kept,
+    identity,
+    nearest_folder,
+    replaced,
+    seed_generators,
+    too_large_to_unpack,
+    writing,
+)
 from .logits import attach as attach_logits
 from .logits import select_logits
 from .masks import count_true
@@ -360,12 +369,8 @@ def _keeps_caller_generators(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def kept(*args: P.args, **kwargs: P.kwargs) -> R:
-        np_state, py_state = np.random.get_state(), random.getstate()
-        try:
+        with global_rng_kept(torch=False):
             return fn(*args, **kwargs)
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
 
     return kept
 
@@ -549,9 +554,7 @@ def finetune(
     # Under torchrun each rank draws its own numpy/Python noise (seed + rank: rank 0's is a single process's), as a
     # user's per-rank seeding did before sparsekit seeded these: the same seed on every rank gave every shard the
     # same augmentation noise. torch's stays the same on every rank (its state is what the checkpoint restores).
-    torch.manual_seed(recipe.seed)
-    np.random.seed((recipe.seed + _distributed.rank()) % 2**32)  # numpy's global generator takes 32-bit seeds
-    random.seed(recipe.seed + _distributed.rank())
+    seed_generators(recipe.seed, _distributed.rank())
     if resume and given and given.exists():
         first_epoch, history, optimizer, scheduler = _load_checkpoint(
             given, inner, optimizer, pruner, spec, _loader_generator(train_loader), origin, accepted, recipe.seed
