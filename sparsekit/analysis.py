@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from . import distributed as _distributed
 from .errors import OutputError, SparsekitError, TargetError, one_line, option
-from .fsutil import lock_folder, read_regular, sigint_deferred, unlock_folder, write_text
+from .fsutil import keeps_caller_generators, lock_folder, read_regular, sigint_deferred, unlock_folder, write_text
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -438,6 +438,8 @@ def write_allocation(stage: Path, table: SensitivityTable | None, allocation: di
     write_text(stage / ALLOCATION_FILE, json.dumps(allocation, indent=2))
 
 
+# seeded from the recipe inside; the caller's own generators are put back on return
+@keeps_caller_generators(torch=True)
 def run_sensitivity(
     model_path: str | Path,
     recipe: Recipe,

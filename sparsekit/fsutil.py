@@ -7,15 +7,16 @@ import codecs
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import signal
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .errors import OutputError
 
@@ -411,3 +412,24 @@ def global_rng_kept(*, torch: bool = True) -> Iterator[None]:
             np.random.set_state(np_state)
         if th is not None:
             th.set_rng_state(torch_state)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def keeps_caller_generators(*, torch: bool) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A decorator: the wrapped function puts the global generators back as :func:`global_rng_kept` does when it
+    returns or raises. The Python API's entries seed them from the recipe (a data callable's split and augmentation
+    draw what the command line's do), which left a caller's own generators reseeded: a sweep drawing its next trial
+    with ``random.choice`` after each call drew the same one every time."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def kept(*args: P.args, **kwargs: P.kwargs) -> R:
+            with global_rng_kept(torch=torch):
+                return fn(*args, **kwargs)
+
+        return kept
+
+    return wrap

@@ -44,7 +44,7 @@ from .errors import (
     option,
     quoted,
 )
-from .fsutil import seed_generators, too_large_to_unpack
+from .fsutil import keeps_caller_generators, seed_generators, too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
@@ -435,6 +435,8 @@ class Measured:
         }
 
 
+# seeded from the recipe inside; the caller's own generators are put back on return
+@keeps_caller_generators(torch=True)
 def run_prune(
     model_path: str | Path,
     recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],

@@ -13,12 +13,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .fsutil import keeps_caller_generators
 from .recipe import Recipe, as_recipe, load_recipe, with_kwargs
 from .recipe_yaml import override_list
 from .schedule import checked_steps_per_epoch
 from .wrappers import copy_model, require_path, unwrap
 
 
+# seeded from the recipe inside; the caller's own generators are put back on return
+@keeps_caller_generators(torch=True)
 def plan(
     recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
     model: str | Path | None = None,

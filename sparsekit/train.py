@@ -7,7 +7,6 @@ stepped once per epoch (:func:`make_scheduler`); its state is saved in the resum
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -19,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from .fsutil import (
     atomic_path,
     global_rng_kept,
     identity,
+    keeps_caller_generators,
     nearest_folder,
     replaced,
     seed_generators,
@@ -50,9 +50,6 @@ from .stats import layer_report, sparsity
 from .wrappers import copy_model, require_module
 
 log = logging.getLogger("sparsekit")
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: FinetuneSpec) -> torch.optim.Optimizer:
@@ -361,21 +358,8 @@ def _check_loader(loader: Any, name: str, needs_len: bool = True) -> None:
         raise DataError(f"finetune({name}=...): the {kind} holds no batches; it must yield at least one")
 
 
-def _keeps_caller_generators(fn: Callable[P, R]) -> Callable[P, R]:
-    """``fn`` with numpy's and Python's global generators put back as they were when it returns or raises. finetune
-    seeds them from the recipe (a dataset's augmentation draws the same noise as the command line's), which left the
-    caller's reseeded: a sweep drawing its next trial with ``random.choice`` after each finetune drew the same one
-    every time. (torch's stays seeded from the recipe, as it always was.)"""
-
-    @functools.wraps(fn)
-    def kept(*args: P.args, **kwargs: P.kwargs) -> R:
-        with global_rng_kept(torch=False):
-            return fn(*args, **kwargs)
-
-    return kept
-
-
-@_keeps_caller_generators
+# torch's global generator stays seeded from the recipe after finetune, as it always was; numpy's and Python's go back
+@keeps_caller_generators(torch=False)
 @spells_remedies("finetune")  # a dict's or file's remedies name its keys: finetune() takes no overrides
 def finetune(
     model: nn.Module,
@@ -517,7 +501,7 @@ def finetune(
         warnings.warn(
             "finetune(teacher=...): the recipe's finetune.distill is off (null), so the teacher is not used and the "
             "loss is plain cross-entropy; set finetune.distill: {weight: 0.5, temperature: 2} to distill from it",
-            stacklevel=4,  # the caller, past the two wrappers (_keeps_caller_generators, spells_remedies)
+            stacklevel=4,  # the caller, past the two wrappers (keeps_caller_generators, spells_remedies)
         )
     if pruner is None:
         pruner = Pruner(model, recipe, steps_per_epoch=steps)
