@@ -370,9 +370,21 @@ def cache_dir() -> Path:
     font cache (``matplotlib/``). Deleting it is always safe."""
     if os.environ.get("SPARSEKIT_CACHE_DIR"):
         return Path(os.environ["SPARSEKIT_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "sparsekit"
+    xdg = xdg_home("XDG_CACHE_HOME")
+    if xdg is not None:
+        return xdg / "sparsekit"
     return Path.home() / ".cache" / "sparsekit"
+
+
+def xdg_home(variable: str) -> Path | None:
+    """``$variable`` (``XDG_CACHE_HOME``, ``XDG_CONFIG_HOME``) as a folder, or None when unset, empty or relative:
+    the XDG Base Directory specification has a relative path ignored (it would name another folder in every
+    working directory, and the trusted-modules list must not follow the user into a downloaded project)."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else None
 
 
 def seed_generators(seed: int, rank: int = 0) -> None:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import API_SPELLING, SparsekitError, TrustError, one_line, option
-from .fsutil import global_rng_kept, read_regular
+from .fsutil import global_rng_kept, read_regular, xdg_home
 
 log = logging.getLogger("sparsekit")
 
@@ -85,12 +85,13 @@ _TOOL_IMPORT_NAMES = frozenset(
 
 def store_path() -> Path:
     """Where trusted modules are remembered: ``$SPARSEKIT_CONFIG_DIR/trusted_modules.json``, else
-    ``$XDG_CONFIG_HOME/sparsekit/…``, else ``~/.config/sparsekit/trusted_modules.json``. The file
-    need not exist; nothing is created or read here."""
+    ``$XDG_CONFIG_HOME/sparsekit/…`` (an absolute one; the XDG specification ignores a relative one), else
+    ``~/.config/sparsekit/trusted_modules.json``. The file need not exist; nothing is created or read here."""
+    xdg = xdg_home("XDG_CONFIG_HOME")
     if os.environ.get("SPARSEKIT_CONFIG_DIR"):
-        base = Path(os.environ["SPARSEKIT_CONFIG_DIR"])
-    elif os.environ.get("XDG_CONFIG_HOME"):
-        base = Path(os.environ["XDG_CONFIG_HOME"]) / "sparsekit"
+        base = Path(os.environ["SPARSEKIT_CONFIG_DIR"]).expanduser()
+    elif xdg is not None:
+        base = xdg / "sparsekit"
     else:
         base = Path.home() / ".config" / "sparsekit"
     return base / "trusted_modules.json"

@@ -62,3 +62,23 @@ def test_the_python_entries_leave_the_callers_generators_as_they_were(tmp_path, 
     with pytest.raises(sparsekit.SparsekitError):  # a failed call too
         sparsekit.plan({**MAGNITUDE, "model": {"input_shape": [1, 3]}}, mlp_checkpoint, arch=arch)
     assert _draw() == expected
+
+
+def test_a_relative_xdg_home_is_ignored_as_the_specification_says(tmp_path, monkeypatch):
+    # A relative XDG_CONFIG_HOME named another trusted-modules list in every working directory: one a downloaded
+    # project could ship. The XDG Base Directory specification has relative paths ignored.
+    from sparsekit.fsutil import cache_dir
+    from sparsekit.trust import store_path
+
+    monkeypatch.delenv("SPARSEKIT_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("SPARSEKIT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", "cfg")
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    assert store_path() == tmp_path / "home" / ".config" / "sparsekit" / "trusted_modules.json"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "sparsekit"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "abs"))
+    assert store_path() == tmp_path / "abs" / "sparsekit" / "trusted_modules.json"
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", "~/mine")  # quoted in a shell, so not expanded there
+    assert store_path() == tmp_path / "home" / "mine" / "trusted_modules.json"
