@@ -2405,15 +2405,16 @@ def _unwritten_list(parents: Sequence[str], key: str, data: dict[str, Any]) -> s
 
 
 def load_recipe(
-    path: str | os.PathLike[str] | Mapping[str, Any],
+    path: str | os.PathLike[str] | Mapping[str, Any] | Recipe,
     overrides: Sequence[str] | None = None,
     *,
     trainer: bool = False,
 ) -> Recipe:
     """Read, override (``overrides``: ``key.path=value`` strings) and validate a recipe file, or a shipped
     recipe by name (``"lenet-gradual-magnitude-90"``, see :func:`sparsekit.shipped_recipes`) when no
-    such file exists, or a recipe already read into a dict: a Recipe or a RecipeError, whatever the input
-    (TypeError for a ``path`` of another type). ``trainer``: see :func:`validate_recipe`."""
+    such file exists, or a recipe already read into a dict: a Recipe or a RecipeError, whatever the input. A
+    :class:`Recipe` is checked as it is now and returned (TypeError with ``overrides``: assign its fields instead).
+    TypeError for a ``path`` of another type. ``trainer``: see :func:`validate_recipe`."""
     from .recipe_catalog import find_recipe
 
     # Read once, here: an iterator given as overrides was used up applying them, so none counted as the caller's.
@@ -2433,9 +2434,17 @@ def load_recipe(
         recipe._overridden = frozenset(_override_path(o) for o in overrides or [])
         recipe._overrides = tuple(overrides or [])
         return recipe
+    if isinstance(path, Recipe):
+        # Pruner, plan and run_prune take one; a helper passing its argument on to load_recipe met a TypeError.
+        if overrides:
+            raise TypeError(
+                "load_recipe(Recipe, overrides=...): overrides apply to a recipe file, a shipped recipe's name or a "
+                "dict; change a Recipe by assigning its fields (recipe.finetune.epochs = 3)"
+            )
+        return _check_as_it_is(path, trainer)
     if not isinstance(path, str | os.PathLike):
         raise TypeError(
-            f"load_recipe takes a recipe file, a shipped recipe's name or a dict, not {type(path).__name__}"
+            f"load_recipe takes a recipe file, a shipped recipe's name, a dict or a Recipe, not {type(path).__name__}"
         )
     if not os.fspath(path):  # Path("") is the current folder: "'.': is a directory" named nothing the caller gave
         raise RecipeError("the recipe path is empty: give a recipe file, a shipped recipe's name or a dict")

@@ -232,7 +232,7 @@ def test_load_recipe_and_finetune_take_a_dict_as_the_pruner_does():
     assert recipe.finetune.epochs == 2 and data["finetune"]["epochs"] == 1  # (the caller's dict is left alone)
     with pytest.raises(RecipeError, match=r"recipe \(a dict\): pruning\[0\]: unknown method 'magnitud'"):
         sparsekit.load_recipe({"version": 1, "pruning": [{"method": "magnitud"}]})
-    with pytest.raises(TypeError, match="load_recipe takes a recipe file, a shipped recipe's name or a dict"):
+    with pytest.raises(TypeError, match="load_recipe takes a recipe file, a shipped recipe's name, a dict or a Recipe"):
         sparsekit.load_recipe(3)  # type: ignore[arg-type]
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

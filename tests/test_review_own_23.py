@@ -82,3 +82,17 @@ def test_a_relative_xdg_home_is_ignored_as_the_specification_says(tmp_path, monk
     assert store_path() == tmp_path / "abs" / "sparsekit" / "trusted_modules.json"
     monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", "~/mine")  # quoted in a shell, so not expanded there
     assert store_path() == tmp_path / "home" / "mine" / "trusted_modules.json"
+
+
+def test_load_recipe_takes_a_recipe_as_the_other_entries_do():
+    # Pruner, plan and run_prune take a Recipe; load_recipe raised TypeError for one, so a helper passing its
+    # argument on had to special-case it.
+    from sparsekit.errors import RecipeError
+
+    recipe = sparsekit.load_recipe(MAGNITUDE)
+    assert sparsekit.load_recipe(recipe) is recipe
+    recipe.pruning[0].sparsity = 1.5  # checked as it is now
+    with pytest.raises(RecipeError, match=r"pruning\[0\]\.sparsity"):
+        sparsekit.load_recipe(recipe)
+    with pytest.raises(TypeError, match="assigning its fields"):
+        sparsekit.load_recipe(sparsekit.load_recipe(MAGNITUDE), ["finetune.epochs=2"])
