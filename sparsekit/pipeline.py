@@ -487,6 +487,9 @@ def run_prune(
 
     require_path(model_path, "run_prune(model_path=...)")
     require_path(out, "run_prune(out=...)")
+    if not isinstance(progress, bool):
+        # 1 or "lines" was refused by finetune, naming finetune's argument, after the dense model's evaluation
+        raise ValueError(f"run_prune(progress=...): expected True or False, got {progress!r}")
     # Before the folder is touched (one string was read letter by letter, and a field no resume may change was refused
     # only once the dense model had been evaluated): TypeError for one string, SparsekitError naming the field.
     try:

@@ -96,3 +96,11 @@ def test_load_recipe_takes_a_recipe_as_the_other_entries_do():
         sparsekit.load_recipe(recipe)
     with pytest.raises(TypeError, match="assigning its fields"):
         sparsekit.load_recipe(sparsekit.load_recipe(MAGNITUDE), ["finetune.epochs=2"])
+
+
+@pytest.mark.parametrize("progress", [1, "lines", None])
+def test_run_prune_refuses_a_progress_it_does_not_take_before_any_work(tmp_path, progress):
+    # It reached finetune, whose error named finetune(progress=...), after the model was loaded and evaluated.
+    with pytest.raises(ValueError, match=r"run_prune\(progress=\.\.\.\): expected True or False"):
+        sparsekit.run_prune(tmp_path / "missing.pt", MAGNITUDE, tmp_path / "out", progress=progress)
+    assert not (tmp_path / "out").exists()
