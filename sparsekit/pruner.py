@@ -133,7 +133,9 @@ class Pruner:
     (structured, l1 ``remove_dead``); defaults to the recipe's ``model.input_shape``, else it is taken from the first
     batch the model runs on (``[1, *x.shape[1:]]`` of its first tensor argument): a structured entry's methods are
     then built when that batch arrives, before its forward runs, and a call that needs them before any batch
-    (``step``, ``finalize``, ...) is a TargetError saying so.
+    (``step``, ``finalize``, ...) is a TargetError saying so; an l1 entry with ``group`` is built at once and
+    again on that batch (its groups, a BatchNorm's gamma and beta with them, and the head it leaves out are found
+    by running the model).
 
     ``scorers``: Python-only replacements of entries' criteria, by index into ``recipe.pruning``
     (recipes themselves name criteria only: file data never names code):
@@ -261,13 +263,21 @@ class Pruner:
         self._waiting: Any = None  # the forward pre-hook waiting for the first batch (see _await_first_batch)
         self._wait_failed: BaseException | None = None
         self._pending = False  # the methods wait for the first batch's shape
+        self._regroup = False  # the group lasso entries are built again on the first batch (below)
         if not shape and any(spec.method == "structured" for spec in recipe.pruning):
             # A loop of one's own runs its batches through the model: the first one tells the input's shape (a
             # Conv1d's [1, C, L], token ids' [1, T]) where the recipe and context gave none, so the methods are
             # built when it arrives, before that forward runs (nothing has stepped yet).
             self._await_first_batch(chosen)
             return
-        self._build(shape, chosen)
+        # Group lasso finds its groups (a unit's BatchNorm gamma and beta, the layers a residual add couples) and the
+        # classifier head by running the model: built without a shape, a CNN's zeroed channels kept their BatchNorm
+        # shift, so finalize could not remove them while the target counted them as gone. Such entries are built
+        # now (their refusals and penalty() work before any batch) and again on the first batch, with its shape.
+        # (A forward of several inputs has no one shape to wait for.)
+        self._regroup = not shape and not takes_several_inputs(self.model)
+        self._build(shape, chosen, shape_later=self._regroup)
+        self._regroup = self._regroup and any(self._regrouped(m) for m in self.methods)
         if not shape:
             # l1's remove_dead traces the model at finalize: the first batch's shape then beats its Linear-first guess
             self._await_first_batch(None)
@@ -282,11 +292,17 @@ class Pruner:
             if chosen is None:
                 # A forward of several inputs (image, meta) has no one input shape: the first tensor's was recorded
                 # as the model's (save_model wrote it into the checkpoint, remove_dead traced with it alone).
+                shape = None
                 if x is not None and x.dim() > 0 and not self.finalized and not takes_several_inputs(_module):
-                    self.context["input_shape"] = [1, *(int(d) for d in x.shape[1:])]
+                    shape = self.context["input_shape"] = [1, *(int(d) for d in x.shape[1:])]
+                if self._regroup:
+                    # (None: a batch with no one shape, a dict: built as before, saying what that leaves unknown)
+                    with _outside_the_forward(x):
+                        self._build_groups_again(shape)
+                if shape:
                     for method in self.methods:
                         if hasattr(method, "input_shape") and not method.input_shape:
-                            method.input_shape = list(self.context["input_shape"])
+                            method.input_shape = list(shape)
                 return
             held = _held_tensors(args, kwargs)
             if x is None and held:
@@ -310,18 +326,7 @@ class Pruner:
             shape = [1, *(int(d) for d in x.shape[1:])]
             self.context["input_shape"] = shape
             try:
-                # The user's forward may run under no_grad or inference_mode (an evaluation first); the trace needs
-                # autograd.
-                # Nor its autocast: the traces and equivalence probes compare float outputs, which bf16 / fp16
-                # rounding would blur.
-                with (
-                    remedies_for(self._given, "Pruner"),
-                    torch.inference_mode(False),
-                    torch.enable_grad(),
-                    torch.autocast(x.device.type, enabled=False)
-                    if torch.amp.is_autocast_available(x.device.type)
-                    else contextlib.nullcontext(),
-                ):
+                with remedies_for(self._given, "Pruner"), _outside_the_forward(x):
                     self._build(shape, chosen)
                 self._pending = False
             except BaseException as err:
@@ -369,8 +374,38 @@ class Pruner:
                 f"{self._shape_remedy()}"
             )
 
-    def _build(self, shape: Any, chosen: dict[int, Callable[..., Any]]) -> None:
-        """The recipe's methods, bound to the model now that the input shape (when one is needed) is known."""
+    @staticmethod
+    def _regrouped(method: Any) -> bool:
+        """Whether ``method`` is an entry the first batch's shape builds again (group lasso, see ``_init``)."""
+        spec = getattr(method, "spec", None)
+        return getattr(spec, "method", None) == "l1" and getattr(spec, "group", "none") != "none"
+
+    def _build_groups_again(self, shape: list[int] | None) -> None:
+        """Build the group lasso entries again, now with the first batch's ``shape`` (None: it gave none), before
+        anything stepped: the same entry, its groups and head now found by running the model."""
+        self._regroup = False
+        if self.step_count or self.finalized:
+            return
+        with remedies_for(self._given, "Pruner"):
+            for i, (spec, old) in enumerate(zip(self.recipe.pruning, self.methods, strict=True)):
+                if not self._regrouped(old):
+                    continue
+                setup = methods.Setup(index=i, steps_per_epoch=self.steps_per_epoch, input_shape=shape)
+                method = methods.build(spec, self.model, setup)
+                rates = getattr(old, "learning_rates", None)
+                if rates is not None:
+                    rates.close()
+                    self._rates.remove(rates)
+                self.methods[i] = method
+                self._watch_rates(method)
+                method.start()
+            self._check_overlap()
+            self._check_tied()
+            self._share_tied_masks()
+
+    def _build(self, shape: Any, chosen: dict[int, Callable[..., Any]], shape_later: bool = False) -> None:
+        """The recipe's methods, bound to the model now that the input shape (when one is needed) is known.
+        ``shape_later``: the group lasso entries are built again on the first batch (see ``_init``)."""
         recipe = self.recipe
         steps_per_epoch = self.steps_per_epoch
         self.methods = [
@@ -382,6 +417,7 @@ class Pruner:
                     steps_per_epoch=steps_per_epoch,
                     input_shape=[int(d) for d in shape] if shape else None,
                     scorer=chosen.get(i),
+                    shape_later=shape_later and spec.method == "l1" and getattr(spec, "group", "none") != "none",
                 ),
             )
             for i, spec in enumerate(recipe.pruning)
@@ -399,29 +435,32 @@ class Pruner:
         )
         if self._structural:
             self._remember_params()
-        # Proximal steps shrink by lr * lambda, and an l1 target sizes lambda by lr: such methods learn the
-        # optimizer's rate (sparsekit.learning_rate).
         for method in self.methods:
-            spec = getattr(method, "spec", None)
-            if hasattr(method, "learning_rates") and (
-                getattr(spec, "mode", None) == "proximal" or getattr(spec, "target", None) is not None
-            ):
-                # One per weight the method shrinks by its own rate, as it lists them (tied modules share one;
-                # layers coupled into one group follow its owner), else one per distinct weight tensor.
-                if hasattr(method, "rate_weights"):
-                    weights = method.rate_weights()
-                else:
-                    aliases = tied_aliases(method.layers)
-                    weights = [weight_of(m) for n, m in method.layers.items() if n not in aliases]
-                rates = LearningRates(weights, fallback=recipe.finetune.optimizer.lr)
-                method.learning_rates = rates
-                self._rates.append(rates)
+            self._watch_rates(method)
         for method in self.methods:
             method.start()
         # The first steps' order against the optimizer's (sparsekit.step_order), judged on one pruned weight
         # (the first an optimizer is seen to hold)
         trained = [(n, m) for method in self.methods for n, m in method.layers.items() if weight_of(m).requires_grad]
         self._order = StepOrderCheck(trained) if trained else None
+
+    def _watch_rates(self, method: Any) -> None:
+        """Proximal steps shrink by lr * lambda, and an l1 target sizes lambda by lr: such methods learn the
+        optimizer's rate (sparsekit.learning_rate)."""
+        spec = getattr(method, "spec", None)
+        if hasattr(method, "learning_rates") and (
+            getattr(spec, "mode", None) == "proximal" or getattr(spec, "target", None) is not None
+        ):
+            # One per weight the method shrinks by its own rate, as it lists them (tied modules share one;
+            # layers coupled into one group follow its owner), else one per distinct weight tensor.
+            if hasattr(method, "rate_weights"):
+                weights = method.rate_weights()
+            else:
+                aliases = tied_aliases(method.layers)
+                weights = [weight_of(m) for n, m in method.layers.items() if n not in aliases]
+            rates = LearningRates(weights, fallback=self.recipe.finetune.optimizer.lr)
+            method.learning_rates = rates
+            self._rates.append(rates)
 
     def _check_overlap(self) -> None:
         owner: dict[str, int] = {}
@@ -1066,6 +1105,13 @@ class Pruner:
                 self._build(saved, self._chosen)
             self._pending = False
         self._require_built("load_state_dict")
+        if self._regroup:
+            # The saved run's group lasso was built on its first batch's shape (a resume loads before any batch):
+            # build ours on it too, so the saved groups, head and marks fit; a run saved with none keeps these.
+            shape = state.get("input_shape")
+            self._build_groups_again(
+                checked_input_shape(shape, "load_state_dict: the state's input_shape") if shape else None
+            )
         if len(state["methods"]) != len(self.methods):
             raise ValueError(
                 f"load_state_dict: the state holds {len(state['methods'])} method states, this Pruner's recipe has "
@@ -1157,6 +1203,23 @@ def _held_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         if any(isinstance(v, torch.Tensor) for v in items):
             return type(value).__name__ if isinstance(value, (dict, tuple, list)) else "mapping"
     return None
+
+
+@contextlib.contextmanager
+def _outside_the_forward(x: torch.Tensor | None) -> Any:
+    """Building methods on the first batch, inside the user's forward: that forward may run under no_grad or
+    inference_mode (an evaluation first), and the traces need autograd; nor its autocast, as the traces and
+    equivalence probes compare float outputs, which bf16 / fp16 rounding would blur. (Errors are worded for the
+    Pruner by the caller's ``remedies_for``.)"""
+    device = x.device.type if isinstance(x, torch.Tensor) else None
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.autocast(device, enabled=False)
+        if device is not None and torch.amp.is_autocast_available(device)
+        else contextlib.nullcontext(),
+    ):
+        yield
 
 
 class _FirstBatchHook:

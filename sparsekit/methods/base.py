@@ -37,12 +37,15 @@ class Setup:
     ``scorer``: a Python-API override of the entry's criterion (``Pruner(..., scorers={index: ...})``):
     an unstructured scorer (:mod:`sparsekit.methods.scorers`) or a torch-pruning importance. None
     when the recipe's own criterion applies. Methods that take no scorer refuse one (ValueError).
+    ``shape_later``: ``input_shape`` is None, and the Pruner builds the method again once the first batch tells it
+    (so what the shape would have found is not yet missing: no warning about it).
     """
 
     index: int
     steps_per_epoch: int
     input_shape: list[int] | None = None
     scorer: Callable[..., Any] | None = None
+    shape_later: bool = False
 
     @property
     def where(self) -> str:

@@ -53,9 +53,10 @@ layer it follows and its running mean are (the norm subtracts a constant's mean 
 decaying running statistics left a shift). With ``remove_dead``, a dead unit's own bias (in the owning layer and
 its coupled members) is held at 0 too, whatever follows: the group lasso is over weights, and a unit left with its
 bias still sent ``act(b)``, a constant a zero-padded or transposed conv cannot absorb, so finalize kept it while a
-target counted it as gone. The groups come from torch-pruning's trace on the pruner's input shape;
-without one, each layer's groups are its own weights. Layers whose zeroed units still cannot be removed (a tied or
-reused weight, units coupled at other indices as by a GLU, or to a layer the entry does not select, units a
+target counted it as gone. The groups come from torch-pruning's trace on the pruner's input shape (a Pruner given none
+builds the entry again on the first batch's); without one, each layer's groups are its own weights. Layers whose
+zeroed units still cannot be removed (a tied or reused weight, units coupled at other indices as by a GLU, or to
+a layer the entry does not select, units a
 GroupNorm or LayerNorm normalizes together, a norm without gamma and beta reached through other operations, a
 grouped conv, a layer the forward pass runs more than once, or one feeding a tied weight) are named in
 ``cannot_remove`` (with ``remove_dead``), which ``validate`` shows before training (with a target they are left
@@ -351,7 +352,7 @@ class L1:
         self.head_left_out: list[str] = []
         self._heads_kept: list[str] = []  # heads still selected (named in layers.include, or a model all head)
         if spec.group != "none":
-            self._leave_out_head(model, spec)  # first: the head's kind does not matter once it is left out
+            self._leave_out_head(model, spec, setup.shape_later)  # first: the head's kind does not matter once left out
         others = {n: m for n, m in prunable_layers(model).items() if n not in self.head_left_out}
         try:
             _check_group(spec.group, self.layers, self.where, others)
@@ -470,7 +471,7 @@ class L1:
         self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
         self.initial_units = {n: num_units(m) for n, m in self.layers.items()}
 
-    def _leave_out_head(self, model: nn.Module, spec: Any) -> None:
+    def _leave_out_head(self, model: nn.Module, spec: Any, shape_later: bool = False) -> None:
         """Group lasso leaves the classifier head out unless ``layers.include`` names it: a head row at zero
         leaves its class only its bias (the class can no longer be predicted from the input), and a head's
         outputs are never removed, so it would count toward the target with nothing to show for it. The head
@@ -500,7 +501,7 @@ class L1:
         # An entry whose layers.exclude already leaves a layer out has followed the warning's own advice: the head
         # cannot be told, but the user named what to keep whole, so repeating the advice would only mislead.
         excluded = any(fnmatchcase(n, p) for n in prunable_layers(model) for p in spec.layers.exclude or [])
-        if why and not self.input_shape and not explicit and not excluded:
+        if why and not self.input_shape and not explicit and not excluded and not shape_later:
             # No shape given and none guessed that runs: the head cannot be told from the other layers (registration
             # order need not be call order), so a pattern selects it and the target zeroes its rows like any
             # layer's, leaving those classes only their bias. Silent until finalize's remove_dead, too late.
