@@ -129,3 +129,41 @@ def test_a_first_batch_under_no_grad_still_finds_the_groups(first: str) -> None:
         model(torch.randn(2, 3, 8, 8))
     assert pruner.methods[0].batchnorm == {"c1": ["bn1"]}
     assert pruner.methods[0].head_left_out == ["fc"] or "fc" not in pruner.methods[0].layers
+
+
+class _Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(20, 32), nn.Linear(32, 24), nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("group", ["row", "none"])
+def test_with_a_target_every_unit_under_threshold_becomes_a_masked_zero_at_end_epoch(group: str) -> None:
+    """threshold: "below this count as zero: they become exact, masked zeros at the end (at end_epoch with target)".
+    The controller counted them as zero, but end_epoch masked only the target's count of them: 27 rows under the
+    threshold, 11 masked (the target's 0.1), the other 16 neither zeroed nor removed at finalize."""
+    torch.manual_seed(0)
+    model = _Mlp()
+    # Scale the rows of a so that about half of them sit under the threshold (norm 0.05 against 0.3).
+    with torch.no_grad():
+        model.a.weight[::2] *= 0.05 / model.a.weight[::2].norm(dim=1, keepdim=True)
+    entry = {"method": "l1", "mode": "penalty", "group": group, "strength": 1e-5, "target": 0.1}
+    entry |= {"threshold": 0.3 if group == "row" else 0.05, "layers": {"include": ["a", "b"]}}
+    entry |= {"schedule": {"start_epoch": 0, "end_epoch": 1}, "remove_dead": group == "row"}
+    pruner = sparsekit.Pruner(model, {"version": 1, "finetune": {"epochs": 1}, "pruning": [entry]}, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (model(torch.randn(4, 20)).sum() * 0 + pruner.penalty()).backward()
+        optimizer.step()
+        pruner.step()
+    threshold = entry["threshold"]
+    for name in ("a", "b"):
+        w = getattr(model, name).weight.detach()
+        scores = w.norm(dim=1) if group == "row" else w.abs()
+        assert not bool(((scores > 0) & (scores < threshold)).any()), (name, scores[scores < threshold])
+    report = pruner.methods[0].report()
+    assert report["achieved"] > 0.1 + report["tolerance"]  # past the target: every unit under it went

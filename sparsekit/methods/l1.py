@@ -35,7 +35,8 @@ last adaptation as the weakest still to be zeroed, the others taking ``strength`
 Wang et al., 2021). No layer may have more than ``(1 + target) / 2`` of its units at zero (weights: 0.99,
 magnitude's default ``max_layer_sparsity``): unit norms of different layers are not comparable, and one ranking
 over them emptied layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
-training left missing; ``topped_up`` in the report), after which l1 stops and the masked zeros stay.
+training left missing; ``topped_up`` in the report), and every one under ``threshold`` too (they count as zero),
+after which l1 stops and the masked zeros stay.
 
 With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's group-level
 sparsity regularizes every parameter of a dependency group (Fang et al., 2023, "DepGraph: Towards Any Structural
@@ -1366,14 +1367,22 @@ class L1:
         # never more than a layer's quota (less what another entry removed from it), never a layer emptied
         left = [quota - out for quota, out in zip(self._quota, gone, strict=True)]
         # a layer frozen during training keeps its weights: only its units already at zero count
-        left = [n if weight_of(m).requires_grad else 0 for n, m in zip(left, self._modules, strict=True)]
+        trained = [weight_of(m).requires_grad for m in self._modules]
+        left = [n if t else 0 for n, t in zip(left, trained, strict=True)]
+        # Units (weights) under `threshold` count as zero, as the controller counted them, and the recipe says they
+        # become masked zeros here: past the target too (as a proximal run's extra exact zeros stay), else they
+        # were left unmasked, and finalize neither zeroed nor removed them. Never a layer's last one.
+        kept = [s.numel() for s in scores]
+        below = self.zero_below
         chosen: list[int] = []
-        for idx, layer in zip(order.tolist(), owner.tolist(), strict=True):
-            if len(chosen) >= want and flat[idx] > 0:
+        for idx, layer, score in zip(order.tolist(), owner.tolist(), flat[order].tolist(), strict=True):
+            counted = score < below and trained[layer] and kept[layer] > 1
+            if len(chosen) >= want and score > 0 and not counted:
                 break
-            if left[layer] <= 0 and flat[idx] > 0:
+            if left[layer] <= 0 and score > 0 and not counted:
                 continue  # (a unit already at zero stays so)
             left[layer] -= 1
+            kept[layer] -= 1
             chosen.append(idx)
         dead_before = self.dead if self.spec.mode == "proximal" else flat.numel() - count_true(flat)
         kill = torch.zeros(flat.numel(), dtype=torch.bool)
