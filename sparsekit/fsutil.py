@@ -171,6 +171,12 @@ def nearest_folder(path: str | os.PathLike[str]) -> Path:
     return here
 
 
+# The empty file every ONNX staging folder (sparsekit.onnx.files.staging) holds from its first moment, so that only a
+# folder sparsekit made is ever removed as a killed writer's: a user's folder of the same name
+# (`.model.onnx.backup01.tmp`) was removed with everything in it by the next export beside it.
+STAGING_MARK = ".sparsekit-staging"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path in the same folder; on success it is renamed to ``path``, on error removed.

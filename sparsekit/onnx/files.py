@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ from onnx.external_data_helper import (
 from sparsekit.errors import ExportError
 from sparsekit.fsutil import (
     GIT_LFS_POINTER,
+    STAGING_MARK,
     atomic_path,
     lock_folder,
     sigint_deferred,
@@ -519,6 +521,8 @@ def staging(final: PathLike) -> Iterator[Path]:
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         held = lock_folder(work, wait=True)
         try:
+            # Signed as sparsekit's, so that only a folder this made is ever removed as a killed writer's.
+            os.close(os.open(work / STAGING_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             yield work
         finally:
             with sigint_deferred():  # a Ctrl-C there would leave the folder half-removed; it waits the milliseconds
@@ -535,7 +539,8 @@ STALE_STAGING_S = 60.0
 def _remove_dead_staging(final: Path) -> None:
     """Remove the staging folders of ``final`` (``.NAME.XXXXXXXX.tmp``, mkdtemp's shape) that no live process
     holds and that are older than :data:`STALE_STAGING_S`: a killed writer's. Anything it cannot open or
-    lock, or that is not a folder of that exact name, is left alone."""
+    lock, that is not a folder of that exact name, or that lacks :data:`~sparsekit.fsutil.STAGING_MARK`
+    (sparsekit did not make it; one killed before the mark was written holds nothing), is left alone."""
     shape = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}\.tmp")
     try:
         entries = [e for e in os.scandir(final.parent) if shape.fullmatch(e.name)]
@@ -546,6 +551,8 @@ def _remove_dead_staging(final: Path) -> None:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_STAGING_S:
+                continue
+            if not stat.S_ISREG(os.lstat(os.path.join(entry.path, STAGING_MARK)).st_mode):
                 continue
             fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
