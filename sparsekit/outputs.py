@@ -45,7 +45,17 @@ from typing import Any
 
 from . import __version__
 from .errors import OutputError, option
-from .fsutil import atomic_path, identity, lock_folder, read_regular, replaced, sigint_deferred, unlock_folder, writing
+from .fsutil import (
+    STAGING_MARK,
+    atomic_path,
+    identity,
+    lock_folder,
+    read_regular,
+    replaced,
+    sigint_deferred,
+    unlock_folder,
+    writing,
+)
 
 META = ".sparsekit"
 MANIFEST = "manifest.json"
@@ -298,6 +308,11 @@ class RunFolder:
             return False
         try:
             st = (self.out / rel).lstat()
+            # Out here, a temp folder is only ever an ONNX export's staging folder, which holds its mark from the
+            # start: a user's `.checkpoints.mybackup.tmp/` made under umask 077 (mode 0700, as mkdtemp makes them)
+            # was removed, all its contents with it, by the next `prune --overwrite`.
+            if stat.S_ISDIR(st.st_mode) and not stat.S_ISREG((self.out / rel / STAGING_MARK).lstat().st_mode):
+                return False
         except OSError:
             return False
         return st.st_uid == os.getuid() and not st.st_mode & 0o077

@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 import torch
 from torch import nn
 
 import sparsekit
+from sparsekit.errors import OutputError
+from sparsekit.outputs import RunFolder
 
 
 def test_a_users_folder_named_like_a_staging_folder_survives_an_export(tmp_path):
@@ -24,3 +27,25 @@ def test_a_users_folder_named_like_a_staging_folder_survives_an_export(tmp_path)
     sparsekit.export_onnx(nn.Sequential(nn.Linear(4, 3)), tmp_path / "m.onnx", input_shape=(1, 4))
     assert (tmp_path / "m.onnx").is_file()
     assert (mine / "notes.txt").read_text() == "precious"
+
+
+def _finished_run(out):
+    done = RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    (done.begin() / "checkpoints").mkdir()
+    (done.stage / "checkpoints" / "last.pt").write_bytes(b"ckpt")
+    done.publish()
+    done.unlock()
+    return out
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+def test_a_users_folder_named_like_a_temp_of_a_run_folder_is_never_removed(tmp_path, resume):
+    # Under umask 077 a user's folders are 0700, as mkdtemp makes its own: `.checkpoints.mybackup.tmp/` beside the
+    # run's checkpoints/ was taken for a killed run's temp folder and removed, contents and all, by prune --overwrite.
+    out = _finished_run(tmp_path / "out")
+    mine = out / ".checkpoints.mybackup.tmp"
+    mine.mkdir(mode=0o700)
+    (mine / "epoch3.pt").write_text("my own checkpoint")
+    with pytest.raises(OutputError, match=r"holds \.checkpoints\.mybackup\.tmp, which no sparsekit run into"):
+        RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
+    assert (mine / "epoch3.pt").read_text() == "my own checkpoint"
