@@ -67,7 +67,7 @@ _TOOL_DISTRIBUTIONS = (
     "pip", "setuptools", "wheel", "virtualenv", "dill", "cloudpickle", "joblib", "pandas", "ipython",
     "ipykernel", "jupyter-client", "jupyter-core", "nbformat", "nbconvert", "pytest", "hypothesis", "mypy",
     "ruff", "requests", "urllib3", "httpx", "paramiko", "fabric", "invoke", "sh", "plumbum", "pexpect",
-    "psutil", "docker", "boto3", "botocore", "fsspec", "huggingface-hub", "pyyaml", "click",
+    "psutil", "docker", "boto3", "botocore", "fsspec", "huggingface-hub", "pyyaml", "click", "execnet", "aiohttp",
 )  # fmt: skip
 _TOOL_IMPORT_NAMES = frozenset(
     {
@@ -75,7 +75,7 @@ _TOOL_IMPORT_NAMES = frozenset(
         "dill", "cloudpickle", "joblib", "pandas", "IPython", "ipykernel", "jupyter_client", "jupyter_core",
         "nbformat", "nbconvert", "pytest", "_pytest", "py", "pluggy", "hypothesis", "mypy", "mypyc", "ruff",
         "requests", "urllib3", "httpx", "paramiko", "fabric", "invoke", "sh", "plumbum", "pexpect", "psutil",
-        "docker", "boto3", "botocore", "fsspec", "huggingface_hub", "yaml", "_yaml", "click",
+        "docker", "boto3", "botocore", "fsspec", "huggingface_hub", "yaml", "_yaml", "click", "execnet", "aiohttp",
     }
 )  # fmt: skip
 
@@ -633,7 +633,7 @@ def _denied_distributions() -> tuple[str, ...]:
     depend on, as normalized names; sparsekit itself is left out (its own modules are in
     ``_TOOL_IMPORT_NAMES``; a user's modules beside an editable checkout must stay usable)."""
     seen: set[str] = set()
-    todo = [(name, False) for name in _TOOL_DISTRIBUTIONS] + [("sparsekit", True)]
+    todo = [(name, False) for name in (*_TOOL_DISTRIBUTIONS, *_pytest_plugins())] + [("sparsekit", True)]
     while todo:
         dist, with_extras = todo.pop()
         dist = _norm(dist)
@@ -653,6 +653,16 @@ def _denied_distributions() -> tuple[str, ...]:
                 todo.append((m.group(1), False))
     seen.discard("sparsekit")
     return tuple(sorted(seen))
+
+
+def _pytest_plugins() -> list[str]:
+    """The installed distributions that plug into pytest (entry point group ``pytest11``): test tooling, never a model
+    or data package. pytest-xdist brings execnet, whose functions start any command line as a "gateway": a trusted
+    pickle naming them ran one (only pytest's own distribution was on the tool list)."""
+    try:
+        return sorted({ep.dist.name for ep in importlib.metadata.entry_points(group="pytest11") if ep.dist})
+    except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
+        return []
 
 
 def _norm(dist: str) -> str:

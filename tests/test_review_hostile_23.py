@@ -49,3 +49,28 @@ def test_a_users_folder_named_like_a_temp_of_a_run_folder_is_never_removed(tmp_p
     with pytest.raises(OutputError, match=r"holds \.checkpoints\.mybackup\.tmp, which no sparsekit run into"):
         RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
     assert (mine / "epoch3.pt").read_text() == "my own checkpoint"
+
+
+def test_a_trusted_pickle_naming_a_pytest_plugins_process_launcher_is_refused(tmp_path):
+    # execnet (installed by the pytest plugin pytest-xdist) starts any command line as a "gateway": a file loaded
+    # with --trust-model-file whose pickle called execnet.gateway_io.create_io ran `sh -c ...`; only pytest itself
+    # was on the list of tool packages, not its plugins and what they bring.
+    execnet = pytest.importorskip("execnet")
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    canary = tmp_path / "CANARY"
+
+    class Model:
+        def __reduce__(self):
+            spec = execnet.XSpec(f"popen//python=sh -c 'touch {canary}'")
+            return execnet.gateway_io.create_io, (spec, execnet.gateway_base.get_execmodel("thread"))
+
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2), "net": Model()}, path)
+    result = CliRunner().invoke(main, ["inspect", str(path), "--trust-model-file"])
+    time.sleep(0.5)  # (a gateway's process, had one started, has touched the file by now)
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "execnet" in result.output and "not on the list of what a pickled model needs" in result.output
