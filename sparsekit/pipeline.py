@@ -523,6 +523,7 @@ def run_prune(
         if main:
             try:
                 precheck_model_file(Path(model_path))  # a wrong model file first, not after "holds an earlier run"
+                _check_onnx_nameable(out)
                 if data is not None:  # the caller's .npz file (a recipe's is found beside the recipe, later)
                     check_npz_option(data)
                 folder = RunFolder.prepare(
@@ -1023,6 +1024,22 @@ def _storage_ratios(storage: dict[str, Any]) -> dict[str, Any]:
         "estimate_ratio": storage["gzip_bytes"] / estimate if estimate else None,
         "raw_verbatim_ratio": storage["bytes"] / floor if floor else None,
     }
+
+
+def _check_onnx_nameable(out: Path) -> None:
+    """Raise OutputError naming ``out`` when onnx cannot open files in it by name (a path that is not UTF-8).
+    Every run exports ONNX files there; the export refused it only after the dense model was evaluated, naming
+    an internal path (`OUT/.sparsekit/next/dense.onnx: ... rename it`) the user cannot rename."""
+    raw = os.fsencode(out.absolute())
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = os.fsdecode(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise OutputError(
+            f"{shown}: the run exports ONNX files into this folder, and onnx and onnxruntime open files by UTF-8 "
+            f"names, which this path is not; choose an output folder ({option('output')}) whose path is UTF-8 or "
+            "ASCII"
+        ) from None
 
 
 def measure(

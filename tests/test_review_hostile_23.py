@@ -74,3 +74,34 @@ def test_a_trusted_pickle_naming_a_pytest_plugins_process_launcher_is_refused(tm
     assert not canary.exists()
     assert result.exit_code == 2, result.output
     assert "execnet" in result.output and "not on the list of what a pickled model needs" in result.output
+
+
+def test_prune_into_a_folder_onnx_cannot_name_says_so_up_front_naming_the_folder(tmp_path):
+    # Under a non-UTF-8 file name encoding a folder name's bytes need not be UTF-8, and onnx opens files by UTF-8
+    # names. The run trained and exported the dense model first, then stopped naming its own staging file
+    # (`OUT/.sparsekit/next/dense.onnx: ... rename it`), which the user cannot rename.
+    from click.testing import CliRunner
+    from conftest import FAST, assert_bad_input
+
+    from sparsekit.cli import main
+
+    model = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    from examples.models import mlp
+
+    kwargs = {"in_features": 64, "hidden": [16]}
+    sparsekit.save_model(mlp(**kwargs), model, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\n"
+    )
+    out = tmp_path / os.fsdecode(b"out\xe9")
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        main, ["prune", str(model), str(recipe), "-o", str(out), "--arch", "examples.models:mlp", *FAST]
+    )
+    line = assert_bad_input(result, "(-o)", "UTF-8")
+    assert ".sparsekit" not in line and "dense.onnx" not in line
+    assert not out.exists()
+    assert time.monotonic() - started < 5
