@@ -9,12 +9,14 @@ and are refused unless the caller trusts the file (``trust=True``).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import pickle
 import re
 import sys
+import types
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -417,7 +419,6 @@ def _resolve(module: str, attr: str, may_import: bool = False) -> tuple[bool, An
     """(True, the object) that ``module:attr`` names, found in a module already imported (``may_import``: imported
     now, for :data:`_IMPORTED_TO_CHECK`) and attribute by attribute; (False, None) when it is not there or its path
     walks through another module (``torch:os.system``) or a dunder attribute."""
-    import types
 
     mod = sys.modules.get(module)
     if mod is None and may_import:
@@ -484,7 +485,6 @@ def _model_package_name(module: str, attr: str) -> bool:
     """Whether ``module:attr``, in one of :data:`_MODEL_PACKAGES`, is allowed: by exact name, as a tensor op, or by
     the kind of what it names (:func:`_model_class`; a dtype, layout, memory format or qscheme such as
     ``torch.float16``)."""
-    import types
 
     name = f"{module}:{attr}"
     if name in _MODEL_NAMES:
@@ -511,14 +511,95 @@ def _model_package_name(module: str, attr: str) -> bool:
     return isinstance(obj, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))
 
 
+_SOURCE_MAX_BYTES = 4 << 20  # a module's source read to see its imports; a larger file is judged by names alone
+
+
+@functools.lru_cache(maxsize=256)
+def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...]]:
+    """The names the source of the not yet imported ``module`` binds by import, found and parsed without importing or
+    running anything: ``{name: (module, attribute)}`` for ``from module import attribute [as name]``, ``{name:
+    (module, None)}`` for ``import module [as name]``; {} when its source cannot be found or read (an extension
+    module, a file too large or not Python); with the names it defines itself (classes, functions, assignments at
+    its top level) and the modules it imports everything from (``from module import *``)."""
+    import ast
+    import importlib.machinery
+
+    from .trust import _find_top
+
+    found = _find_top(module)
+    spec = found.__spec__ if isinstance(found, types.ModuleType) else found
+    for part in module.split(".")[1:]:
+        locations = getattr(spec, "submodule_search_locations", None)
+        if spec is None or not locations:
+            return {}, set(), ()
+        spec = importlib.machinery.PathFinder.find_spec(f"{spec.name}.{part}", list(locations))
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not origin.endswith(".py"):
+        return {}, set(), ()
+    try:
+        if os.path.getsize(origin) > _SOURCE_MAX_BYTES:
+            return {}, set(), ()
+        tree = ast.parse(Path(origin).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return {}, set(), ()
+    package = module if spec is not None and spec.submodule_search_locations is not None else module.rpartition(".")[0]
+    names: dict[str, tuple[str, str | None]] = {}
+    stars: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                names[alias.asname or top] = (alias.name if alias.asname else top, None)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: max(len(package.split(".")) - (node.level - 1), 0)]
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            for alias in node.names:
+                if alias.name != "*" and base:
+                    names[alias.asname or alias.name] = (base, alias.name)
+                elif base:
+                    stars.append(base)
+    # `from subprocess import *` binds names no line of the module spells: one it does not define itself is judged
+    # as each such module's (a class of the user's is defined there: its own).
+    own: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            own.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            own.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names, own, tuple(stars)
+
+
 def _users_own_name(module: str, attr: str) -> bool:
     """Whether ``module:attr`` in the user's own code (neither the standard library nor installed with sparsekit)
     is allowed: the user vouched for the file, whose classes live there; but an attribute path that walks into
     another module (``mymod:os.system``, ``mymod:subprocess``) or through machinery is not. Checked on the module
-    when already imported; otherwise by the path's names alone (never imported to decide)."""
+    when already imported; otherwise on its source (never imported to decide): a name its imports bind is judged
+    where it comes from, else the path's names alone."""
     parts = attr.split(".")
     if any(not p.isidentifier() or p in _NEVER_ATTRS for p in parts):
         return False
+    if module not in sys.modules:
+        # `import subprocess as sp` in the user's module made `mymod:sp.getoutput` pass as the user's own code
+        # (no name on the path is a module's), and unpickling it ran a shell command.
+        names, own, stars = _imported_names(module)
+        bound = names.get(parts[0])
+        if bound is None and parts[0] not in own:
+            try:
+                if any(_never_unpickled(f"{star}:{attr}") for star in stars):
+                    return False
+            except RecursionError:
+                return False
+        if bound is not None:
+            source, name = bound
+            if name is None:  # the path walks into another module
+                return False
+            try:
+                return not _never_unpickled(f"{source}:{'.'.join([name, *parts[1:]])}")
+            except RecursionError:  # two modules importing the name from each other: nothing to judge it by
+                return False
     if module in sys.modules:
         ok, obj = _resolve(module, attr)
         real, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)

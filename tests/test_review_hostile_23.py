@@ -4,6 +4,7 @@ sparsekit wrote it, nothing a file names is run or followed."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -105,3 +106,64 @@ def test_prune_into_a_folder_onnx_cannot_name_says_so_up_front_naming_the_folder
     assert ".sparsekit" not in line and "dense.onnx" not in line
     assert not out.exists()
     assert time.monotonic() - started < 5
+
+
+def _torch_file_with_pickle(path, payload: bytes) -> None:
+    """A torch.save zip archive whose data.pkl is ``payload`` (a pickle written by hand)."""
+    import types
+
+    class Pickler:
+        def __init__(self, f, protocol=2):
+            self.f = f
+
+        def dump(self, obj):
+            self.f.write(payload)
+
+    torch.save({}, path, pickle_module=types.SimpleNamespace(Pickler=Pickler, __name__="hand"))
+
+
+@pytest.mark.parametrize(
+    ("imports", "name"),
+    [
+        ("import subprocess as sp", "sp.getoutput"),
+        ("from subprocess import getoutput", "getoutput"),
+        ("from subprocess import getoutput as gather", "gather"),
+        ("from os import system as start_it", "start_it"),
+        ("from subprocess import *", "getoutput"),
+    ],
+)
+def test_a_trusted_pickle_reaching_a_function_through_an_import_of_the_users_module_is_refused(
+    tmp_path, monkeypatch, imports, name
+):
+    # The user's module is not imported when the file is screened, so only the path's names were judged: a name that
+    # module binds by import (`import subprocess as sp`) made `usermod_h23:sp.getoutput` pass as the user's own code,
+    # and unpickling it ran a shell command.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    module = f"usermod_h23_{abs(hash(imports)) % 10_000}"
+    (tmp_path / f"{module}.py").write_text(f"{imports}\n\n\nclass Net:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    canary = tmp_path / "CANARY"
+    command = f"touch {canary}".encode()
+    payload = b"\x80\x04c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
+    _torch_file_with_pickle(tmp_path / "model.pt", payload)
+    result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+
+
+def test_a_trusted_pickle_naming_the_users_own_class_beside_imports_still_loads(tmp_path, monkeypatch):
+    from sparsekit.modelio import _users_own_name
+
+    module = "usermod_h23_own"
+    (tmp_path / f"{module}.py").write_text(
+        "import subprocess as sp\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert _users_own_name(module, "Net")
+    assert not _users_own_name(module, "sp.getoutput")
