@@ -30,7 +30,7 @@ from torch import nn
 from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory, is_zip_archive, text_start
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
-from .wrappers import int_dims, require_path, unwrap
+from .wrappers import int_dims, require_initialized, require_path, unwrap
 
 FORMAT = "sparsekit/1"
 # A plain attribute (not state) a Pruner sets on the model it structurally pruned:
@@ -1800,6 +1800,7 @@ def save_model(
     if input_shape is not None:
         input_shape = _shape_to_save(input_shape)
     model = unwrap(model)
+    require_initialized(model, "save_model", ModelFileError)
     from .masks import unfollowed_masks
 
     if (unfollowed := unfollowed_masks(model, f"save_model({str(path)!r})")) is not None:

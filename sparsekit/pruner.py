@@ -37,7 +37,7 @@ from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
 from .surgery import INFERENCE_TENSORS_ADVICE, has_inference_tensors, takes_several_inputs, tied_parameters
-from .wrappers import checked_input_shape, require_module, unwrap_wrappers
+from .wrappers import checked_input_shape, require_initialized, require_module, unwrap_wrappers
 
 # pruner.step() checks that the pruned layers are still the model's (Pruner._check_layers) on its first steps after the
 # Pruner is built or restored (load_state_dict), where a loop that changes the model after that does so, and at the end
@@ -220,6 +220,7 @@ class Pruner:
                 "Conv modules to prune; build your nn.Module and load the weights into it "
                 "(model.load_state_dict(compiled.state_dict()))"
             )
+        require_initialized(self.model, "Pruner", TargetError)
         if not torch.is_inference_mode_enabled() and has_inference_tensors(self.model):
             # Every mask applied in place then failed with torch's "Inplace update to inference tensor outside
             # InferenceMode", and structured tracing with advice to check model.input_shape.

@@ -43,7 +43,7 @@ from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner, checked_input_shape
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
-from .wrappers import copy_model, require_module, unwrap
+from .wrappers import copy_model, require_initialized, require_module, unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
 
@@ -99,6 +99,7 @@ def rehearse(
     would); never a torch-pruning exception. The global RNG state is left as it was."""
     start = time.perf_counter()
     require_module(model, "rehearse")
+    require_initialized(model, "rehearse", TargetError)
     recipe = as_recipe(recipe)
     shape = checked_input_shape(input_shape, "rehearse(input_shape=...)")  # int() cut 28.5 to 28 without a word
     original = unwrap(model)

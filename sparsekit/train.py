@@ -27,7 +27,17 @@ from torch import nn
 from . import distributed as _distributed
 from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
-from .errors import DataError, OutputError, RecipeError, SparsekitError, interrupted_at, one_line, option, quoted
+from .errors import (
+    DataError,
+    OutputError,
+    RecipeError,
+    SparsekitError,
+    TargetError,
+    interrupted_at,
+    one_line,
+    option,
+    quoted,
+)
 from .fsutil import (
     atomic_path,
     global_rng_kept,
@@ -47,7 +57,7 @@ from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key, spells_remedies
 from .stats import layer_report, sparsity
-from .wrappers import copy_model, require_module
+from .wrappers import copy_model, require_initialized, require_module
 
 log = logging.getLogger("sparsekit")
 
@@ -445,6 +455,7 @@ def finetune(
     ``recipe`` may also be a recipe file, a shipped recipe's name or a dict, as :class:`Pruner` takes them
     (:func:`~sparsekit.recipe.as_recipe`)."""
     require_module(model, "finetune")
+    require_initialized(model, "finetune", TargetError)
     # Checked before any training: on_epoch=3 failed ("'int' object is not callable") once the first epoch had
     # trained, and teacher=a state_dict failed with AttributeError ("... has no attribute 'eval'").
     if on_epoch is not None and not callable(on_epoch):

@@ -68,6 +68,23 @@ def require_module(model: object, call: str) -> None:
     raise TypeError(f"{call}(model=...): expected a torch.nn.Module, got {type(model).__name__}; {remedy}")
 
 
+def require_initialized(model: nn.Module, call: str, error: type[Exception]) -> None:
+    """``error`` naming the first layer whose parameters are still uninitialized (a ``LazyLinear`` /
+    ``LazyConv2d`` before its first forward pass) and what to do. Such a parameter raises on any tensor call
+    (``numel``, ``dim``, ``detach``), so the Pruner, an export or a save failed deep inside with torch's
+    "Attempted to use an uninitialized parameter", naming neither the layer nor the call."""
+    from torch import nn
+
+    for name, module in unwrap(model).named_modules():
+        lazy = [p for p, t in module._parameters.items() if isinstance(t, nn.parameter.UninitializedParameter)]
+        if lazy:
+            raise error(
+                f"{call}(model=...): layer {name or '(the model)'!r} ({type(module).__name__}) has uninitialized "
+                f"parameters ({', '.join(lazy)}): a lazy module gets its shapes from its first forward pass, so run "
+                f"one batch through the model (model(example_batch)) before calling {call}"
+            )
+
+
 # What to do with a model object given where a file's path goes (require_path), by call
 SAVE_IT_FIRST = (
     "write it to a file first, sparsekit.save_model(model, 'model.pt', factory='pkg.module:callable'), or prune it "

@@ -53,7 +53,7 @@ from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors, positive_zeros
-from sparsekit.wrappers import int_dims, require_module, require_path, unwrap_wrappers
+from sparsekit.wrappers import int_dims, require_initialized, require_module, require_path, unwrap_wrappers
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
 
@@ -126,6 +126,7 @@ def export_onnx(
     read-only or not writable. Nothing is written at ``path`` then.
     """
     require_module(model, "export_onnx")
+    require_initialized(model, "export_onnx", ExportError)
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if isinstance(opset, bool) or not isinstance(opset, int):
