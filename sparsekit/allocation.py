@@ -80,7 +80,7 @@ from .sensitivity import (
     auto_entries,
 )
 from .tp_adapter import alignment
-from .wrappers import copy_model, unwrap
+from .wrappers import copy_model, float32_model, unwrap
 
 __all__ = [
     "LATENCY_ROUNDS",
@@ -609,6 +609,7 @@ def _latency_to_macs(
     and interpolate the MACs fraction at which the latency ratio reaches ``target``."""
     from .onnx import benchmark, export_onnx
 
+    model = float32_model(model)  # the exported files are float32, whatever dtype the model trains in
     where = f"pruning[{index}].target_latency"
     macs = _layer_macs(model, shape)
     dense = sum(macs.values()) or 1
@@ -666,6 +667,7 @@ def _measured_latency(
     from .onnx import benchmark, export_onnx
 
     batch = max(recipe.benchmark.batch_sizes)
+    model = float32_model(model)  # the exported files are float32, whatever dtype the model trains in
     work = copy_model(model)
     for index, spec in allocated:
         method = Structured(

@@ -1304,6 +1304,11 @@ def export(
             raise DataError(fixed) from None
     from .masks import positive_zeros_
     from .onnx import choose_storage
+    from .wrappers import float32_model
+
+    # An architecture that builds float64 or bfloat16 layers: the file is float32 (export's own remedy, model.float(),
+    # is no option here).
+    loaded.model = float32_model(loaded.model)
 
     # Our own copy of the checkpoint: its -0.0 (a mask's multiply) become +0.0 here, for free, rather than in
     # the exported file, where rewriting a large tensor costs a copy of it.

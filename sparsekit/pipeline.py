@@ -56,7 +56,7 @@ from .recipe_yaml import override_list
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, step_clock_mismatch, steps_per_epoch
-from .wrappers import require_path
+from .wrappers import float32_model, require_path
 
 log = logging.getLogger("sparsekit")
 
@@ -1070,7 +1070,8 @@ def measure(
     clock.last = f"exporting {onnx_path.name} and checking it"
     with interrupted_while(f"exporting {onnx_path.name}{clock.note}"):
         try:
-            exported = export_onnx(model, onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
+            # (a float32 copy of a model the architecture builds in float64 or bfloat16: the file is float32)
+            exported = export_onnx(float32_model(model), onnx_path, inputs.shape, opset=ex.opset, exporter=ex.exporter)
         except ExportError as err:
             # export_onnx names its own exporter argument as the remedy; a recipe chooses it with export.exporter.
             respelled = re.sub(

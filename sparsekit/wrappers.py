@@ -143,6 +143,19 @@ def checked_input_shape(shape: Any, where: str) -> list[int]:
     return dims
 
 
+def float32_model(model: nn.Module) -> nn.Module:
+    """``model`` when its floating parameters and buffers are all float32, else a float32 copy of it (the model
+    given keeps its dtype). sparsekit exports float32 models: a float64 or bfloat16 model (an architecture that
+    builds its layers so, which a prune run trains in as it is) fails to trace on float32 inputs, and export's
+    remedy, model.float(), is one a command's user cannot apply."""
+    import torch
+
+    tensors = (*model.parameters(), *model.buffers())
+    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return model
+    return copy_model(model).float()
+
+
 def copy_model(model: nn.Module, memo: dict[int, object] | None = None) -> nn.Module:
     """``copy.deepcopy(model)`` (with ``memo``, as deepcopy takes it), also for a model holding a computed tensor
     as a plain attribute: the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` keep the layer's
