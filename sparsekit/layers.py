@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -299,6 +300,15 @@ def computed_weight(module: nn.Module, name: str = "weight") -> tuple[str, str] 
         return (
             "a parametrization: weight_norm, spectral_norm or another",
             f"torch.nn.utils.parametrize.remove_parametrizations(layer, {name!r})",
+        )
+    # torch.nn.utils.prune's hook computes weight = weight_orig * weight_mask before each forward (torch does not
+    # import the module itself: a model can only hold its hooks once it is imported). Such a layer was left out
+    # without a word, unlike weight_norm's.
+    prune = sys.modules.get("torch.nn.utils.prune")
+    if prune is not None and any(isinstance(h, prune.BasePruningMethod) and h._tensor_name == name for h in hooks):
+        return (
+            "torch.nn.utils.prune's mask (weight_orig * weight_mask)",
+            f"torch.nn.utils.prune.remove(layer, {name!r})",
         )
     return None
 
