@@ -1302,6 +1302,27 @@ def _inner_prefixes(keys: list[str], own: list[str]) -> list[str]:
     )
 
 
+def _fold_torch_prune(state: dict[str, Any], own: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``state`` with each tensor the model has but the file holds as torch.nn.utils.prune's ``NAME_orig`` and
+    ``NAME_mask`` (the model has neither) replaced by their product; and the names so read."""
+    folded = [
+        k
+        for k in own
+        if k not in state
+        and k + "_orig" not in own
+        and isinstance(state.get(k + "_orig"), torch.Tensor)
+        and isinstance(state.get(k + "_mask"), torch.Tensor)
+        and state[k + "_orig"].shape == state[k + "_mask"].shape
+    ]
+    if not folded:
+        return state, []
+    state = dict(state)
+    for k in folded:
+        orig, mask = state.pop(k + "_orig"), state.pop(k + "_mask")
+        state[k] = orig * mask.to(orig.dtype)
+    return state, folded
+
+
 def load_weights(
     model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str, kwargs: dict[str, Any] | None = None
 ) -> list[str]:
@@ -1321,6 +1342,15 @@ def load_weights(
         prefix, origin = prefixed
         state = {k[len(prefix) :]: v for k, v in state.items()}
         notes.append(f"{path}: every weight's name starts with {prefix!r} ({origin}); read without that prefix")
+    state, folded = _fold_torch_prune(state, own)
+    if folded:
+        # A state_dict saved while torch.nn.utils.prune's hooks were on (before prune.remove) holds each pruned
+        # tensor as NAME_orig and NAME_mask, which the architecture does not have: "missing keys ['fc1.weight']"
+        # left the user to work out the product that prune.remove would have stored.
+        notes.append(
+            f"{path}: {shorten(', '.join(folded), 120)} stored as torch.nn.utils.prune's NAME_orig and NAME_mask "
+            "(saved before torch.nn.utils.prune.remove); read as their product, as prune.remove would have stored it"
+        )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     odd = [

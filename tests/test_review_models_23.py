@@ -113,3 +113,25 @@ def test_a_layer_pruned_with_torch_nn_utils_prune_is_left_out_with_a_warning_nam
         pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
     pruner.step()
     assert float((model[0].weight == 0).float().mean()) == pytest.approx(0.3, abs=0.01)  # torch's mask, as it was
+
+
+def test_a_state_dict_saved_with_torch_nn_utils_prune_hooks_on_loads_as_their_product(tmp_path):
+    # torch.save(model.state_dict()) while torch.nn.utils.prune's hooks are on writes fc1.weight_orig and
+    # fc1.weight_mask: load_model (and every command) refused it with "missing keys ['fc1.weight']", leaving the user
+    # to find out that prune.remove should have come first. It reads their product now, as prune.remove stores it.
+    import torch.nn.utils.prune as torch_prune
+
+    from examples.models import mlp
+
+    model = mlp()
+    torch_prune.l1_unstructured(model.fc1, "weight", amount=0.3)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    from sparsekit.modelio import read_model
+
+    loaded = sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
+    notes = read_model(tmp_path / "w.pt", "examples.models:mlp").notes  # what the commands print
+    assert any("fc1.weight stored as torch.nn.utils.prune's NAME_orig and NAME_mask" in n for n in notes), notes
+    torch.testing.assert_close(loaded.fc1.weight, model.fc1.weight, rtol=0, atol=0)
+    assert float((loaded.fc1.weight == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
