@@ -299,6 +299,16 @@ def _culprit(
                     ),
                     None,
                 )
+                calls = surgery.forward_calls(original, shape)[0]
+                runs = calls.get(dict(original.named_modules())[name], 1)
+                if runs > 1:
+                    # A layer applied several times (fc(relu(fc(x)))): the ops on the path (a view/reshape of
+                    # torch-pruning's trace) are not what breaks; its removed units are another call's inputs.
+                    through = (
+                        f"; {name!r} runs {runs} times in one forward pass (a shared layer): one call's outputs are "
+                        "another call's inputs, so its width cannot change"
+                    )
+                    fixed = ""
                 if mixed is not None:
                     n = mixed[0]
                     a = cast(nn.MultiheadAttention, dict(original.named_modules()).get(n, mixed[1]))  # (before removal)

@@ -135,3 +135,30 @@ def test_a_state_dict_saved_with_torch_nn_utils_prune_hooks_on_loads_as_their_pr
     assert float((loaded.fc1.weight == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
     x = torch.randn(3, 64)
     torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc3 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc1(torch.relu(self.fc1(x)))))
+
+
+def test_structured_on_a_layer_used_twice_says_it_is_shared_not_a_view():
+    # fc1 applied twice: structured removal of its outputs breaks its second call, and the refusal blamed "its
+    # channels pass through view/reshape (a shape written into the forward code ...)", which this model has none of.
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 16]},
+        "finetune": {"epochs": 1},
+        "pruning": [{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ["fc3"]}],
+    }
+    with pytest.raises(sparsekit.TargetError) as err:
+        pruner = sparsekit.Pruner(_Twice(), recipe, steps_per_epoch=1)
+        pruner.step()
+    message = str(err.value)
+    assert "'fc1' runs 2 times in one forward pass (a shared layer)" in message, message
+    assert "view/reshape" not in message and "add 'fc1' to pruning[0].ignore" in message
