@@ -1302,6 +1302,24 @@ def _inner_prefixes(keys: list[str], own: list[str]) -> list[str]:
     )
 
 
+def _computed_in_file(missing: list[str], unexpected: list[Any]) -> list[str]:
+    """The missing keys that the file holds as a parametrization's parts (``fc1.parametrizations.weight.original0``)
+    or the older hooks' (``fc1.weight_g`` and ``fc1.weight_v``; ``fc1.weight_orig`` of spectral_norm)."""
+    extra = {k for k in unexpected if isinstance(k, str)}
+    found = []
+    for key in missing:
+        owner, _, name = key.rpartition(".")
+        prefix = f"{owner}." if owner else ""
+        parts = f"{prefix}parametrizations.{name}."
+        if (
+            any(k.startswith(parts + "original") for k in extra)
+            or {key + "_g", key + "_v"} <= extra
+            or (key + "_orig" in extra and key + "_mask" not in extra)
+        ):
+            found.append(key)
+    return found
+
+
 def _fold_torch_prune(state: dict[str, Any], own: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``state`` with each tensor the model has but the file holds as torch.nn.utils.prune's ``NAME_orig`` and
     ``NAME_mask`` (the model has neither) replaced by their product; and the names so read."""
@@ -1426,6 +1444,17 @@ def load_weights(
                 "larger module's state_dict (e.g. a Lightning module holding the model and a loss, an EMA copy or "
                 f"a teacher). Save the part you mean alone, e.g. torch.save(module.{inner[-1][:-1]}.state_dict(), "
                 "'weights.pt'), and pass that file"
+            )
+        computed = _computed_in_file(missing, unexpected)
+        if computed:
+            # weight_norm / spectral_norm saved as they train: "check the architecture and its kwargs" sent the user
+            # looking at the wrong thing; the file holds each weight as the parts its forward computes it from.
+            raise ModelFileError(
+                f"{path}: {shorten(', '.join(computed), 120)} of {factory} stored as the parts a weight_norm or "
+                f"spectral_norm computes it from ({'; '.join(parts)}); save the state_dict after "
+                "torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight') (remove_weight_norm or "
+                "remove_spectral_norm for torch.nn.utils.weight_norm / spectral_norm), or build the architecture "
+                "with the same weight_norm or spectral_norm"
             )
         hint = (
             f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "

@@ -162,3 +162,33 @@ def test_structured_on_a_layer_used_twice_says_it_is_shared_not_a_view():
     message = str(err.value)
     assert "'fc1' runs 2 times in one forward pass (a shared layer)" in message, message
     assert "view/reshape" not in message and "add 'fc1' to pruning[0].ignore" in message
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        "torch.nn.utils.parametrizations.weight_norm",
+        "torch.nn.utils.parametrizations.spectral_norm",
+        "torch.nn.utils.weight_norm",
+        "torch.nn.utils.spectral_norm",
+    ],
+)
+def test_a_state_dict_of_a_weight_norm_layer_is_refused_saying_so(tmp_path, wrap):
+    # Saved while training with weight_norm / spectral_norm, fc1's weight is stored as its parts (original0/1,
+    # weight_g/weight_v, weight_orig/u/v): the refusal said "Check the architecture and its kwargs", which are right.
+    import functools
+    import warnings
+
+    from examples.models import mlp
+
+    model = mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (torch's deprecation of the older hooks)
+        model.fc1 = functools.reduce(getattr, wrap.split(".")[1:], torch)(model.fc1)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(
+        sparsekit.ModelFileError,
+        match=r"w\.pt: fc1\.weight of examples\.models:mlp stored as the parts a weight_norm or spectral_norm "
+        r"computes it from .*remove_parametrizations\(layer, 'weight'\)",
+    ):
+        sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
