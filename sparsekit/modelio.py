@@ -1206,7 +1206,11 @@ def build_model(
             else ""
         )
         raise ModelFileError(f"{label}: returned a {type(model).__name__}, not an nn.Module{hint}")
-    return model
+    # A factory returning torch.compile(model) or nn.DataParallel(model): the wrapper's names (_orig_mod.fc1,
+    # module.fc1) are in no state_dict of the model, nor in what sparsekit writes, and the model's own weights were
+    # refused as "missing keys ['_orig_mod.fc1.weight', ...]"; the commands prune and save the model inside, as the
+    # Pruner does.
+    return unwrap(model)
 
 
 def _check_arguments(fn: Any, kwargs: dict[str, Any], label: str) -> None:

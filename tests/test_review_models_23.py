@@ -192,3 +192,29 @@ def test_a_state_dict_of_a_weight_norm_layer_is_refused_saying_so(tmp_path, wrap
         r"computes it from .*remove_parametrizations\(layer, 'weight'\)",
     ):
         sparsekit.load_model(tmp_path / "w.pt", arch="examples.models:mlp")
+
+
+_WRAPPED = """
+from torch import nn
+
+from examples.models import mlp
+
+
+def data_parallel():
+    return nn.DataParallel(mlp())
+"""
+
+
+def test_a_factory_returning_a_wrapped_model_loads_the_models_own_weights(tmp_path, monkeypatch):
+    # arch returning DataParallel(model) or torch.compile(model) (the same path; compiling is slow for a test): its
+    # keys carry module. / _orig_mod., and the plain model's state_dict was refused with "missing keys
+    # ['module.fc1.weight', ...]; check the architecture".
+    from examples.models import mlp
+
+    (tmp_path / "wrapped_models_23.py").write_text(_WRAPPED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = mlp()
+    torch.save(plain.state_dict(), tmp_path / "w.pt")
+    loaded = sparsekit.load_model(tmp_path / "w.pt", arch="wrapped_models_23:data_parallel")
+    assert set(loaded.state_dict()) == set(plain.state_dict())
+    torch.testing.assert_close(loaded.fc1.weight, plain.fc1.weight, rtol=0, atol=0)
