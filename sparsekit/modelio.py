@@ -1262,7 +1262,10 @@ def _check_size_on_meta(fn: Any, kwargs: dict[str, Any], label: str) -> None:
         return
     if not isinstance(probe, nn.Module):
         return
-    n_bytes = sum(t.numel() * t.element_size() for t in [*probe.parameters(), *probe.buffers()])
+    # (a lazy module's uninitialized parameter has no size yet, and raises on numel(): it is left out)
+    tensors = [*probe.parameters(), *probe.buffers()]
+    uninitialized = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)
+    n_bytes = sum(t.numel() * t.element_size() for t in tensors if not isinstance(t, uninitialized))
     available = available_memory()
     if available is not None and n_bytes > 0.8 * available:
         raise ModelFileError(
@@ -1411,10 +1414,14 @@ def load_weights(
             f"{path}: tensors {odd[:4]} are not plain dense tensors of the model's kind; save the weights "
             "with model.state_dict() (dense tensors)"
         )
+    # A lazy module's uninitialized parameter (LazyLinear) has no shape to compare (asking raises): load_state_dict
+    # gives it the file's, as after its first forward pass.
+    uninitialized = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)
+    lazy = {k for k, v in own.items() if isinstance(v, uninitialized)}
     shapes = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in own
-        if k in state and state[k].shape != own[k].shape
+        if k in state and k not in lazy and state[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
         parts = []
@@ -1432,7 +1439,7 @@ def load_weights(
                 state[k].dim() == own[k].dim()
                 and all(a <= b for a, b in zip(state[k].shape, own[k].shape, strict=True))
                 for k in own
-                if k in state
+                if k in state and k not in lazy
             )
         )
         built = f"with kwargs {_short(kwargs)}" if kwargs else "with no kwargs"

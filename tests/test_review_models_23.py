@@ -218,3 +218,34 @@ def test_a_factory_returning_a_wrapped_model_loads_the_models_own_weights(tmp_pa
     loaded = sparsekit.load_model(tmp_path / "w.pt", arch="wrapped_models_23:data_parallel")
     assert set(loaded.state_dict()) == set(plain.state_dict())
     torch.testing.assert_close(loaded.fc1.weight, plain.fc1.weight, rtol=0, atol=0)
+
+
+_LAZY = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
+"""
+
+
+def test_a_lazy_architecture_loads_a_state_dict(tmp_path, monkeypatch):
+    # An architecture with a LazyLinear (its weight's shape comes from the first forward, or from load_state_dict)
+    # failed every command with exit 1: "unexpected failure: ValueError: Attempted to use an uninitialized
+    # parameter in <method 'numel'...>" (the size check), then "Can't access the shape of an uninitialized parameter".
+    (tmp_path / "lazy_models_23.py").write_text(_LAZY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazy_models_23
+
+    trained = lazy_models_23.build()
+    trained(torch.randn(2, 16))
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    from sparsekit.modelio import read_model
+
+    # probe: the size check the commands run on kwargs read from a file (a recipe's model.kwargs)
+    loaded = read_model(tmp_path / "w.pt", "lazy_models_23:build", kwargs={}, probe=True)
+    torch.testing.assert_close(loaded.model[0].weight, trained[0].weight, rtol=0, atol=0)
+    with pytest.raises(sparsekit.ModelFileError, match=r"2\.weight \(4, 4\) vs \(4, 8\)"):
+        bad = {k: (v[:, :4] if k == "2.weight" else v) for k, v in trained.state_dict().items()}
+        torch.save(bad, tmp_path / "bad.pt")
+        read_model(tmp_path / "bad.pt", "lazy_models_23:build")
