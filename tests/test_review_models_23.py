@@ -249,3 +249,18 @@ def test_a_lazy_architecture_loads_a_state_dict(tmp_path, monkeypatch):
         bad = {k: (v[:, :4] if k == "2.weight" else v) for k, v in trained.state_dict().items()}
         torch.save(bad, tmp_path / "bad.pt")
         read_model(tmp_path / "bad.pt", "lazy_models_23:build")
+
+
+def test_max_norm_refuses_a_frozen_layer_as_l1_proximal_does():
+    # The projection rescaled a frozen layer's over-bound units after every step (no gradient needed), silently
+    # changing what the user froze; l1's proximal step refuses a frozen layer for this very reason.
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    model[0].requires_grad_(False)
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "max_norm", "max_value": 0.1}]}
+    with pytest.raises(sparsekit.TargetError, match=r"^pruning\[0\]\.layers: '0' is frozen \(requires_grad=False\)"):
+        sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    recipe["pruning"][0]["layers"] = {"exclude": ["0"]}
+    before = model[0].weight.clone()
+    sparsekit.Pruner(model, recipe, steps_per_epoch=1).step()
+    assert torch.equal(model[0].weight, before)
+    assert float(model[2].weight.norm(dim=1).max()) <= 0.1 + 1e-6

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import TargetError
 from ..layers import (
     computed_left_out,
     computed_weight,
@@ -97,6 +98,17 @@ class MaxNorm:
         self.max_value = float(spec.max_value)
         self.layers = select_layers(model, spec.layers, f"{self.where}.layers")
         _warn_computed(model, spec, self.layers, self.where, self.max_value)
+        # The projection rescales a frozen layer's units all the same (no optimizer step is needed for it), which is
+        # not what freezing it meant; l1's proximal step refuses a frozen layer for the same reason.
+        frozen = [n for n, m in self.layers.items() if not weight_of(m).requires_grad]
+        if frozen:
+            shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+            one = len(frozen) == 1
+            raise TargetError(
+                f"{self.where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which the "
+                f"max-norm projection would change all the same; leave {'it' if one else 'them'} out with "
+                f"layers.exclude, or unfreeze {'it' if one else 'them'}"
+            )
         self.touched: list[str] = []
         # One entry per weight tensor: layers sharing one (tied, dec.weight = enc.weight) were each rescaled by the
         # norms taken before either, so the shared weight shrank twice, far below the bound.
