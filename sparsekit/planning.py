@@ -230,6 +230,7 @@ def simulate(
     from .layers import prunable_layers, weight_of
     from .pruner import Pruner
     from .stats import sparsity
+    from .train import model_input
 
     keep = [i for i, spec in enumerate(recipe.pruning) if spec.method not in UNPREDICTED]
     sim = recipe.model_copy(update={"pruning": [recipe.pruning[i] for i in keep]})
@@ -244,6 +245,7 @@ def simulate(
             if needs_grad and batch is not None:
                 pruner.model.zero_grad()
                 x, y = batch
+                x = model_input(x, next(pruner.model.parameters(), None))  # (the model's dtype, as in first_batch)
                 torch.nn.functional.cross_entropy(pruner.model(x), y).backward()
 
         def state() -> dict[str, Any]:
@@ -331,9 +333,13 @@ def first_batch(inputs: Any) -> tuple[tuple[Any, Any], list[int]]:
     model = inputs.loaded.model
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    from .train import model_input
+
     try:
         with torch.no_grad():
-            out = model(x)
+            # in the model's dtype, as training feeds it: a float64 or bfloat16 architecture took float32 data in a
+            # prune run but was refused here, blaming the data ("use data of the model's input shape")
+            out = model(model_input(x, next(model.parameters(), None)))
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's model on the user's data: bad input

@@ -264,3 +264,24 @@ def test_max_norm_refuses_a_frozen_layer_as_l1_proximal_does():
     sparsekit.Pruner(model, recipe, steps_per_epoch=1).step()
     assert torch.equal(model[0].weight, before)
     assert float(model[2].weight.norm(dim=1).max()) <= 0.1 + 1e-6
+
+
+def test_validate_takes_an_architecture_built_in_float64_as_prune_does(tmp_path, monkeypatch):
+    # prune feeds float32 data to a float64 / bfloat16 model in the model's dtype; validate's first-batch check (and
+    # its gradient rehearsal) fed it as it came and refused the data: "a training batch of shape [32, 16] does not
+    # run through w.pt ... must have the same dtype ...; use data of the model's input shape".
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    (tmp_path / "wide_validate_23.py").write_text(_WIDE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).state_dict(), tmp_path / "w.pt")
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 16]}\ndata: {source: synthetic, batch_size: 32}\nfinetune: {epochs: 1}\n"
+        "pruning: [{method: gradient, sparsity: 0.5, schedule: oneshot, layers: {exclude: ['2']}}]\n"
+    )
+    result = CliRunner().invoke(main, ["validate", "r.yaml", "w.pt", "--arch", "wide_validate_23:build"])
+    assert result.exit_code == 0, result.output
+    assert "pruned model (model.pt): sparsity 0.400" in result.output  # 0.5 of fc 0's 512 weights, of 640
