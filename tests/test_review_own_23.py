@@ -104,3 +104,34 @@ def test_run_prune_refuses_a_progress_it_does_not_take_before_any_work(tmp_path,
     with pytest.raises(ValueError, match=r"run_prune\(progress=\.\.\.\): expected True or False"):
         sparsekit.run_prune(tmp_path / "missing.pt", MAGNITUDE, tmp_path / "out", progress=progress)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("group", ["none", "row"])
+def test_a_frozen_layer_keeps_its_weights_through_the_l1_threshold(group):
+    # A plain penalty leaves a frozen layer be (no gradient reaches it), as README says; the finalize threshold then
+    # zeroed its small weights all the same (m2's finding).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU())
+    model.append(torch.nn.Linear(16, 3))
+    model[0].requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    spec = {
+        "method": "l1",
+        "strength": 1e-3,
+        "mode": "penalty",
+        "threshold": 0.2 if group == "none" else 0.6,
+        "group": group,
+    }
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [spec], "model": {"input_shape": [1, 8]}}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.randint(0, 3, (4,)))
+        (loss + pruner.penalty()).backward()
+        opt.step()
+        pruner.step()
+    out = pruner.finalize()
+    assert torch.equal(out[0].weight, frozen)  # same shape, same values: nothing masked, nothing removed
+    trained = out[2].weight
+    assert bool((trained == 0).any()) or trained.shape[0] < 16  # the trained layer still got its threshold

@@ -1452,6 +1452,10 @@ class L1:
             with torch.no_grad():
                 for i, (name, module) in enumerate(self._own.items()):
                     w = weight_of(module)
+                    if not w.requires_grad:
+                        # A frozen layer keeps its weights, as the target's counting already has it: a penalty left it
+                        # be all run (no gradient reaches it), and the threshold zeroed its small weights at the end.
+                        continue
                     if not self.units:
                         keep = w.abs() >= self.spec.threshold
                         if not bool(keep.any()):  # never empty a layer: its largest weight stays
