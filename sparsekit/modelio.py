@@ -1555,7 +1555,9 @@ def load_model(
     ``arch`` names the architecture (``pkg.module:callable``) yourself, and ``kwargs`` the keyword
     arguments to build it with (they replace a checkpoint's own). Without ``arch``, a checkpoint's
     own ``factory`` is imported only with ``trust_code=True`` or when its module is trusted (see
-    :mod:`sparsekit.trust`). ``trust=True`` allows unpickling a whole module (runs code).
+    :mod:`sparsekit.trust`). ``trust=True`` allows unpickling a whole module (runs code). How the file was read,
+    where it matters (a wrapper's key prefix dropped, torch.nn.utils.prune's ``NAME_orig``/``NAME_mask`` folded,
+    weights rounded into the architecture's dtype), is a UserWarning, as the commands print it.
     Raises :class:`ModelFileError` for a missing, unreadable, unsafe or mismatched file and
     :class:`~sparsekit.errors.TrustError` for a factory that is not confirmed or is never run.
 
@@ -1568,7 +1570,12 @@ def load_model(
     # tensors cannot take part in; the model returned runs under inference mode all the same.
     require_path(path, "load_model(path=...)", "it is a model already: load_model reads a model file")
     with torch.inference_mode(False):
-        return read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code, keep_wide=True).model
+        loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code, keep_wide=True)
+    # What the commands print as they read a file (a wrapper's prefix dropped, torch.nn.utils.prune's NAME_orig and
+    # NAME_mask folded, weights rounded into another dtype): a Python caller was told none of it.
+    for note in loaded.notes:
+        warnings.warn(note, stacklevel=2)
+    return loaded.model
 
 
 def compiled_module(obj: Any) -> bool:

@@ -135,3 +135,18 @@ def test_a_frozen_layer_keeps_its_weights_through_the_l1_threshold(group):
     assert torch.equal(out[0].weight, frozen)  # same shape, same values: nothing masked, nothing removed
     trained = out[2].weight
     assert bool((trained == 0).any()) or trained.shape[0] < 16  # the trained layer still got its threshold
+
+
+def test_load_model_tells_a_python_caller_how_the_file_was_read(tmp_path):
+    # The commands print a read note (here: every key under DataParallel's "module." prefix, read without it);
+    # load_model dropped it, so a Python caller never learnt the file was not the architecture's own layout.
+    from examples.models import mlp
+
+    model = mlp(in_features=8, hidden=[8], num_classes=3)
+    path = tmp_path / "wrapped.pt"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    with pytest.warns(UserWarning, match="starts with 'module.'"):
+        loaded = sparsekit.load_model(
+            path, arch="examples.models:mlp", kwargs={"in_features": 8, "hidden": [8], "num_classes": 3}
+        )
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
