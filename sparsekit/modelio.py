@@ -1467,6 +1467,20 @@ def load_weights(
                 "remove_spectral_norm for torch.nn.utils.weight_norm / spectral_norm), or build the architecture "
                 "with the same weight_norm or spectral_norm"
             )
+        hooked = [
+            k[: -len("_orig")]
+            for k in missing
+            if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in missing and k[: -len("_orig")] in unexpected
+        ]
+        if hooked:
+            # The factory itself applies torch.nn.utils.prune (its layers hold NAME_orig and NAME_mask), the file the
+            # plain weights: "check the architecture and its kwargs" gave no hint of the hooks.
+            raise ModelFileError(
+                f"{path}: {factory} builds {shorten(', '.join(hooked), 120)} under torch.nn.utils.prune's hooks "
+                "(NAME_orig and NAME_mask), while the file holds the plain weights; build the model without "
+                "torch.nn.utils.prune, or call torch.nn.utils.prune.remove(layer, 'weight') in the factory before "
+                "returning it (sparsekit's own masks replace it)"
+            )
         hint = (
             f"The file's layers are narrower than the architecture builds {built}: either it needs the kwargs the "
             f"weights were made with (give them: {option('kwargs')}, or model.kwargs in a recipe), or the model was "

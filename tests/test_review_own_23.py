@@ -150,3 +150,24 @@ def test_load_model_tells_a_python_caller_how_the_file_was_read(tmp_path):
             path, arch="examples.models:mlp", kwargs={"in_features": 8, "hidden": [8], "num_classes": 3}
         )
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_a_factory_under_torch_prune_hooks_is_named_for_a_plain_state_dict(tmp_path, monkeypatch):
+    # A factory that applies torch.nn.utils.prune itself, given the plain weights: the refusal said "missing keys
+    # ['fc1.weight_orig', 'fc1.weight_mask']. Check the architecture and its kwargs", with no word of the hooks.
+    from conftest import user_module
+
+    user_module(
+        tmp_path,
+        monkeypatch,
+        "hooked_nets",
+        "import torch\nfrom torch.nn.utils import prune\n\n"
+        "def net():\n"
+        "    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+        "    prune.l1_unstructured(m[0], 'weight', amount=0.5)\n"
+        "    return m\n",
+    )
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.save(plain.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(sparsekit.ModelFileError, match=r"builds 0\.weight under torch\.nn\.utils\.prune's hooks"):
+        sparsekit.load_model(tmp_path / "w.pt", arch="hooked_nets:net")
