@@ -232,6 +232,10 @@ def _write_store(modules: dict[str, str]) -> Path:
     from .fsutil import atomic_path, writing
 
     path = store_path()
+    if path.is_symlink():
+        # A list kept elsewhere (a dotfiles repository) and linked here: written through the link, as it is read;
+        # the atomic rename replaced the user's link with a file of its own.
+        path = Path(os.path.realpath(path))
     try:
         with writing(path.parent):
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the user's own, whatever the umask

@@ -171,3 +171,24 @@ def test_a_factory_under_torch_prune_hooks_is_named_for_a_plain_state_dict(tmp_p
     torch.save(plain.state_dict(), tmp_path / "w.pt")
     with pytest.raises(sparsekit.ModelFileError, match=r"builds 0\.weight under torch\.nn\.utils\.prune's hooks"):
         sparsekit.load_model(tmp_path / "w.pt", arch="hooked_nets:net")
+
+
+def test_trusting_a_module_writes_through_a_linked_list(tmp_path, monkeypatch):
+    # A trusted-modules list kept in a dotfiles repository and linked into the config folder: `sparsekit trust`
+    # replaced the user's link with a file of its own (m1's finding); it is read through the link, so written so.
+    from sparsekit.trust import forget_module, trust_module, trusted_modules
+
+    config, dotfiles = tmp_path / "cfg", tmp_path / "dotfiles"
+    config.mkdir(mode=0o700)
+    dotfiles.mkdir(mode=0o700)
+    (dotfiles / "trust.json").write_text('{"format": "sparsekit-trust/2", "modules": {}}\n')
+    (dotfiles / "trust.json").chmod(0o600)
+    (config / "trusted_modules.json").symlink_to(dotfiles / "trust.json")
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(config))
+    from conftest import user_module
+
+    user_module(tmp_path, monkeypatch, "linked_nets", "def net():\n    return None\n")
+    trust_module("linked_nets")
+    assert (config / "trusted_modules.json").is_symlink()
+    assert "linked_nets" in (dotfiles / "trust.json").read_text() and trusted_modules() == ["linked_nets"]
+    assert forget_module("linked_nets") and (config / "trusted_modules.json").is_symlink() and trusted_modules() == []
