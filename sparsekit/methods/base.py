@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -203,3 +203,20 @@ def warn_computed(model: nn.Module, spec: Any, chosen: dict[str, nn.Module], whe
             f"this warning, add it to {where}.layers.exclude",
             stacklevel=outside_sparsekit(),
         )
+
+
+def refuse_frozen(layers: dict[str, nn.Module], where: str, what: str) -> None:
+    """TargetError naming the layers of ``layers`` whose weight is frozen (``requires_grad=False``), which ``what``
+    (e.g. "the max-norm projection") would change all the same, though no optimizer steps them: not what freezing
+    a layer means. Nothing when none is frozen."""
+    frozen = [n for n, m in layers.items() if not cast(torch.Tensor, m.weight).requires_grad]
+    if not frozen:
+        return
+    shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+    one = len(frozen) == 1
+    from ..errors import TargetError
+
+    raise TargetError(
+        f"{where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which {what} would change "
+        f"all the same; leave {'it' if one else 'them'} out with layers.exclude, or unfreeze {'it' if one else 'them'}"
+    )

@@ -100,7 +100,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
 from .. import tp_adapter as tpa
-from ..errors import RecipeError, TargetError, one_line, shorten
+from ..errors import RecipeError, one_line, shorten
 from ..layers import (
     computed_tensor,
     num_units,
@@ -137,7 +137,7 @@ from ..surgery import (
     tied_parameters,
     trace_advice,
 )
-from .base import UNCHANGED, Changes, Setup, outside_sparsekit, warn_computed
+from .base import UNCHANGED, Changes, Setup, outside_sparsekit, refuse_frozen, warn_computed
 
 
 def _check_group(group: str, layers: dict[str, nn.Module], where: str, model_layers: dict[str, nn.Module]) -> None:
@@ -340,15 +340,8 @@ class L1:
         # A proximal shrink would still move a frozen weight (by the recipe's rate, since no optimizer steps it), and a
         # target would zero its weakest units at end_epoch: not what freezing it meant. (A plain penalty leaves it be:
         # no gradient reaches it, and its norm still counts in the penalty's value.)
-        frozen = [n for n, m in self.layers.items() if not weight_of(m).requires_grad]
-        if frozen and (spec.mode == "proximal" or spec.target is not None):
-            shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
-            one = len(frozen) == 1
-            raise TargetError(
-                f"{self.where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which "
-                f"{'a proximal step' if spec.mode == 'proximal' else 'a target'} would change all the same; leave "
-                f"{'it' if one else 'them'} out with layers.exclude, or unfreeze {'it' if one else 'them'}"
-            )
+        if spec.mode == "proximal" or spec.target is not None:
+            refuse_frozen(self.layers, self.where, "a proximal step" if spec.mode == "proximal" else "a target")
         self.touched: list[str] = []  # no shape changes before finalize
         self.head_left_out: list[str] = []
         self._heads_kept: list[str] = []  # heads still selected (named in layers.include, or a model all head)

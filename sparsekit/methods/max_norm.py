@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TargetError
 from ..layers import (
     computed_left_out,
     computed_weight,
@@ -33,7 +32,7 @@ from ..layers import (
 )
 from ..masks import apply_mask, get_mask, weight_of
 from ..stats import asked_vs_achieved
-from .base import UNCHANGED, Changes, Setup, outside_sparsekit
+from .base import UNCHANGED, Changes, Setup, outside_sparsekit, refuse_frozen
 
 
 def _unit_norms(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -100,15 +99,7 @@ class MaxNorm:
         _warn_computed(model, spec, self.layers, self.where, self.max_value)
         # The projection rescales a frozen layer's units all the same (no optimizer step is needed for it), which is
         # not what freezing it meant; l1's proximal step refuses a frozen layer for the same reason.
-        frozen = [n for n, m in self.layers.items() if not weight_of(m).requires_grad]
-        if frozen:
-            shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
-            one = len(frozen) == 1
-            raise TargetError(
-                f"{self.where}.layers: {shown} {'is' if one else 'are'} frozen (requires_grad=False), which the "
-                f"max-norm projection would change all the same; leave {'it' if one else 'them'} out with "
-                f"layers.exclude, or unfreeze {'it' if one else 'them'}"
-            )
+        refuse_frozen(self.layers, self.where, "the max-norm projection")
         self.touched: list[str] = []
         # One entry per weight tensor: layers sharing one (tied, dec.weight = enc.weight) were each rescaled by the
         # norms taken before either, so the shared weight shrank twice, far below the bound.
