@@ -1942,7 +1942,11 @@ def _predicted_ratio_misses(res: dict[str, Any], rec: Any) -> list[str]:
         spec = rec.pruning[i] if i < len(rec.pruning) else None
         if spec is None or spec.ratio == "auto" or spec.target_macs is not None or spec.target_latency is not None:
             continue
-        others = {n for j, names in layers_of.items() if j != i and rec.pruning[j].method != "max_norm" for n in names}
+        # The rehearsal removes channels only: an l1 or max_norm entry on the same layers cannot move this entry's
+        # count (it counts its own removals), so only another structured entry's sharing defers to prune's check.
+        others = {
+            n for j, names in layers_of.items() if j != i and rec.pruning[j].method == "structured" for n in names
+        }
         asked, achieved = row.get("asked"), row.get("achieved")
         if not channels or others & set(channels) or asked is None or achieved is None or achieved == 0:
             continue  # (nothing removed at all: _rehearsal_warnings says so)

@@ -1310,8 +1310,15 @@ def check_targets(report: Report, outcomes: list[MethodOutcome] | None = None) -
                 **{k: asked[o.entry].get(k) for k in ("target_macs", "target_latency") if k in asked[o.entry]},
             }
         # Zeros another entry places on the same layers (an l1 entry's dead units on a magnitude entry's layer) are
-        # in this entry's count too, so only those layers' own asks bound it from above.
-        others = {r.name for p in outcomes if p.entry != o.entry and p.method != "max_norm" for r in p.layers}
+        # in this entry's count too, so only those layers' own asks bound it from above. A structured entry counts
+        # the channels its own events removed, never another entry's (an l1 entry's dead units), so its excess is
+        # its own even on shared layers: exempting it hid a ratio rounded past what was asked.
+        others = {
+            r.name
+            for p in outcomes
+            if p.entry != o.entry and p.method != "max_norm" and (o.method != "structured" or p.method == "structured")
+            for r in p.layers
+        }
         shared = any(r.name in others for r in o.layers)
         checks += _entry_targets(o, m, spec, report, shared)
     return checks
