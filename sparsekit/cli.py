@@ -1100,7 +1100,8 @@ def _missed_targets(missed: list[str], out: Path) -> SparsekitError:
 @click.option(
     "--input-shape",
     metavar="DIMS",
-    help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint).",
+    help="Input shape with batch first, e.g. 1,3,32,32 (default: from the checkpoint, else the first layer, "
+    "else --data's samples).",
 )
 @click.option(
     "--opset",
@@ -1254,6 +1255,14 @@ def export(
     for note in loaded.notes:
         click.echo(f"Note: {note}", err=True)
     shape = given_shape or loaded.input_shape or infer_input_shape(loaded.model)
+    from_data = None
+    if not shape and data:
+        # A convolution first does not tell its input's length: --data's samples do, as prune reads them from its
+        # data.source (an .npz's x, a built-in's images); a Conv1d's export with --data FILE.npz asked for a shape
+        # the file states.
+        from .pipeline import _shape_from_source
+
+        shape = from_data = _shape_from_source(loaded.model, data, option_name="data")
     if not shape:
         from .modelio import input_shape_example, takes_tokens
 
@@ -1267,7 +1276,9 @@ def export(
             f"{model}: cannot tell the input shape; pass --input-shape, e.g. --input-shape {example} ({parts})"
         )
     # Export traces at batch 2: a shape whose first dimension is not the batch must fail here, naming it.
-    origin = shape_origin(model, given_shape, loaded.input_shape)
+    origin = (
+        f"the samples' shape of --data {data}" if from_data else shape_origin(model, given_shape, loaded.input_shape)
+    )
     check_input_shape(loaded.model, shape, origin=origin, fix=_guessed_fix if origin == GUESSED else None)
     every = part == ":all"  # (a colon: no key or attribute name is spelt so)
     if every:

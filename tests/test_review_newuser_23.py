@@ -60,3 +60,39 @@ def test_validate_predicts_that_miss_before_training(tmp_path):
     result = run("validate", recipe, path, *MLP)
     assert result.exit_code == 0, result.output
     assert "pruning[0] structured would remove 0.500 of its channels, 0.300 asked" in result.output
+
+
+CONV1D = """import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(-1))
+"""
+
+
+def test_export_of_a_conv1d_takes_its_input_shape_from_the_data_file(tmp_path, monkeypatch):
+    """A Conv1d's input length is in no layer: prune reads it from data.source's .npz, but export --quantize int8
+    --data FILE.npz stopped with "cannot tell the input shape" and suggested a length the file does not have."""
+    import numpy as np
+    from conftest import user_module
+
+    net = user_module(tmp_path, monkeypatch, "sig1d", CONV1D)
+    torch.manual_seed(0)
+    torch.save(net.Net().state_dict(), tmp_path / "w.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sig.npz", x=rng.normal(size=(40, 2, 24)).astype(np.float32), y=rng.integers(0, 3, 40))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "q.onnx"
+    result = run("export", "w.pt", "--arch", "sig1d:Net", "-o", out, "--quantize", "int8", "--data", "sig.npz")
+    assert result.exit_code == 0, result.output
+    import onnx
+
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1:] == [2, 24]
