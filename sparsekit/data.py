@@ -884,10 +884,19 @@ def _check_labels(y: np.ndarray, source: str, num_classes: int | None) -> int:
     if num_classes is None:
         return highest + 1
     if highest >= num_classes:
+        lowest = int(y.min())
+        # Labels 1..C for C outputs are almost always counted from 1 (R, MATLAB, a CSV's class column): "a model with
+        # num_classes >= C+1" sent the user to widen a model whose factory may not even take that argument.
+        from_one = (
+            f"its labels run from 1 to {highest}, one per output counted from 1: class indices start at 0, so "
+            "save y - 1; or "
+            if lowest == 1 and highest == num_classes
+            else ""
+        )
         raise DataError(
             f"data.source {source!r} has labels up to {highest} but the model has {num_classes} outputs; "
-            f"use a model with num_classes >= {highest + 1} (a model returning several outputs: model.output picks "
-            "the one holding the class scores)"
+            f"{from_one}use a model with at least {highest + 1} outputs (a model returning several outputs: "
+            "model.output picks the one holding the class scores)"
         )
     return num_classes
 

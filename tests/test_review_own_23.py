@@ -192,3 +192,19 @@ def test_trusting_a_module_writes_through_a_linked_list(tmp_path, monkeypatch):
     assert (config / "trusted_modules.json").is_symlink()
     assert "linked_nets" in (dotfiles / "trust.json").read_text() and trusted_modules() == ["linked_nets"]
     assert forget_module("linked_nets") and (config / "trusted_modules.json").is_symlink() and trusted_modules() == []
+
+
+def test_labels_counted_from_one_are_named_as_such(tmp_path):
+    # Labels 1..3 for a 3-output model: "use a model with num_classes >= 4" (m5's finding) sent the user to widen a
+    # model whose factory may not take num_classes; the likelier cause is labels counted from 1.
+    from sparsekit.data import load_data
+    from sparsekit.errors import DataError
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", x=rng.normal(size=(60, 4)).astype("float32"), y=rng.integers(1, 4, size=60))
+    with pytest.raises(DataError, match=r"labels run from 1 to 3, one per output counted from 1: .* save y - 1"):
+        load_data(str(tmp_path / "t.npz"), num_classes=3, input_shape=[1, 4])
+    np.savez(tmp_path / "u.npz", x=rng.normal(size=(60, 4)).astype("float32"), y=rng.integers(0, 6, size=60))
+    with pytest.raises(DataError, match="at least 6 outputs") as err:
+        load_data(str(tmp_path / "u.npz"), num_classes=3, input_shape=[1, 4])
+    assert "counted from 1" not in str(err.value)
