@@ -724,6 +724,7 @@ class Pruner:
             self._watch_rebuild({id(p) for p in held})
         if replaced:
             self._guard_wrapper()
+            self._params_replaced()
         if self._masks_possible:
             apply_masks(self.model)
         if step % self.steps_per_epoch == 0 and _distributed_active():
@@ -798,6 +799,17 @@ class Pruner:
 
     def _mask_views(self) -> dict[str, torch.Tensor]:
         return {n: mask for n, m in self.model.named_modules() if (mask := get_mask(m)) is not None}
+
+    def _params_replaced(self) -> None:
+        """A removal (a step's, or load_state_dict's replay) replaced parameter objects: every method that follows
+        parameters (``params_replaced``: l1's proximal step watches the optimizer's learning rate of each weight) does
+        so now, before the next optimizer step. l1 noticed only at its next proximal step: after a resume, the
+        optimizer steps before it were read as stepping none of its weights, so their shrink used the recipe's
+        rate instead of the optimizer's, and the resumed run diverged from the uninterrupted one."""
+        for method in self.methods:
+            follow = getattr(method, "params_replaced", None)
+            if callable(follow):
+                follow()
 
     def _record(self, changes: methods.Changes) -> None:
         """Take note of what a method's hook did: the one place the Pruner's structural state changes."""
@@ -1137,6 +1149,7 @@ class Pruner:
                 )
             before = {id(p) for p in self.model.parameters()}
             replay_history(self.model, history, shape)
+            self._params_replaced()
             self._watch_rebuild(before)
             self.structure_changed = True  # the optimizer must be rebuilt over the new parameters
             self._replayed = True  # (the stale-optimizer warning names load_state_dict, not a step, as the cause)

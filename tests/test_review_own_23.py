@@ -239,3 +239,67 @@ def test_a_small_model_is_not_collected_after_export(tmp_path, mlp_checkpoint, m
     res = fast_prune(mlp_checkpoint, recipe, tmp_path / "o", "--arch", "examples.models:mlp", "--overwrite")
     assert res.exit_code == 0, res.output
     assert len(calls) == 1
+
+
+def _structured_and_proximal_run(stop: int, resume_from: dict | None = None) -> tuple[dict, dict]:
+    recipe = {
+        "version": 1,
+        "model": {"input_shape": [1, 20]},
+        "finetune": {"epochs": 4},
+        "pruning": [
+            {
+                "method": "structured",
+                "ratio": 0.25,
+                "round_to": None,
+                "steps": 2,
+                "schedule": {"start_epoch": 0, "end_epoch": 2},
+                "layers": {"include": ["0"]},
+            },
+            {"method": "l1", "strength": 1e-3, "mode": "proximal", "layers": {"include": ["2"]}},
+        ],
+    }
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(50, 20, generator=g), torch.randint(0, 3, (50,), generator=g)) for _ in range(6)]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # not the recipe's default rate
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=len(batches))
+    start = 0
+    if resume_from is not None:  # as README's resume: pruner, model, optimizer (updated first), then the rest
+        pruner.load_state_dict(resume_from["pruner"])
+        model.load_state_dict(resume_from["model"])
+        if pruner.structure_changed:
+            opt = pruner.update_optimizer(opt)
+        opt.load_state_dict(resume_from["optimizer"])
+        start = resume_from["epoch"]
+    for epoch in range(start, stop):
+        for i in torch.randperm(len(batches), generator=torch.Generator().manual_seed(epoch)).tolist():
+            x, y = batches[i]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            pruner.step()
+            if pruner.structure_changed:
+                opt = pruner.update_optimizer(opt)
+    import copy
+
+    saved = {
+        "pruner": copy.deepcopy(pruner.state_dict()),
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(opt.state_dict()),
+        "epoch": stop,
+    }
+    return pruner.finalize().state_dict(), saved
+
+
+def test_a_resumed_run_of_structured_and_proximal_l1_is_the_uninterrupted_one():
+    # After load_state_dict replayed the structured removal, l1 followed the new weights only at its next proximal
+    # step: the optimizer steps before it were read as stepping none of its weights, and their shrink used the
+    # recipe's rate (0.01) instead of the optimizer's (0.05): the resumed run diverged (m3's finding).
+    straight, _ = _structured_and_proximal_run(4)
+    _, halfway = _structured_and_proximal_run(2)
+    resumed, _ = _structured_and_proximal_run(4, resume_from=halfway)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -1024,13 +1024,7 @@ class L1:
         shrinks = [t + self._owed_all for t in self._owed]
         self._owed, self._owed_all = [0.0] * len(self._owed), 0.0
         base, self._owed_base = self._owed_base, [0.0] * len(self._owed_base)
-        moved = any(w is not weight_of(m) for w, m in zip(self._weights, self._modules, strict=True))
-        if moved:  # another entry replaced parameters (structured removal): follow them
-            self._weights = [weight_of(m) for m in self._modules]
-            self._fused = None
-            self._marked = None  # marked for the old shapes; the next adaptation marks again
-            if self.learning_rates is not None:
-                self.learning_rates.watch(self._weights)
+        moved = self.params_replaced()
         if not all(w.requires_grad for w in self._weights):
             # A layer frozen during training (requires_grad=False after the Pruner was built, which refuses one frozen
             # from the start): the optimizer no longer steps it, so its proximal step is none either.
@@ -1042,6 +1036,20 @@ class L1:
                 fused.shrink(shrinks)
                 return
         self._exact(step, shrinks, base)
+
+    def params_replaced(self) -> bool:
+        """Follow the current parameter objects when another entry replaced them (a structured removal, or a
+        Pruner's load_state_dict replaying one); returns whether they moved. The Pruner calls it right after such a
+        removal, so the learning rates of the optimizer steps before the next proximal step are read for the new
+        weights (an optimizer updated to them holds none of the old)."""
+        moved = any(w is not weight_of(m) for w, m in zip(self._weights, self._modules, strict=True))
+        if moved:
+            self._weights = [weight_of(m) for m in self._modules]
+            self._fused = None
+            self._marked = None  # marked for the old shapes; the next adaptation marks again
+            if self.learning_rates is not None:
+                self.learning_rates.watch(self._weights)
+        return moved
 
     def _fused_pass(self) -> _Fused | None:
         """The all-layer pass over the current weights (built again when they moved), or None where it does not
