@@ -19,7 +19,7 @@ import sys
 import types
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -545,21 +545,34 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
     package = module if spec is not None and spec.submodule_search_locations is not None else module.rpartition(".")[0]
     names: dict[str, tuple[str, str | None]] = {}
     stars: list[str] = []
-    for node in ast.walk(tree):
+
+    def bound_by(node: Any) -> list[tuple[str, tuple[str, str | None]]]:
+        """What an import statement binds: ``[(name, (module, attribute or None)), ...]`` (``*``: as name)."""
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                top = alias.name.split(".")[0]
-                names[alias.asname or top] = (alias.name if alias.asname else top, None)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: max(len(package.split(".")) - (node.level - 1), 0)]
-                base = ".".join([*up, *([node.module] if node.module else [])])
-            for alias in node.names:
-                if alias.name != "*" and base:
-                    names[alias.asname or alias.name] = (base, alias.name)
-                elif base:
-                    stars.append(base)
+            return [
+                (
+                    alias.asname or alias.name.split(".")[0],
+                    (alias.name if alias.asname else alias.name.split(".")[0], None),
+                )
+                for alias in node.names
+            ]
+        base = node.module or ""
+        if node.level:
+            up = package.split(".")[: max(len(package.split(".")) - (node.level - 1), 0)]
+            base = ".".join([*up, *([node.module] if node.module else [])])
+        return [(alias.asname or alias.name, (base, alias.name)) for alias in node.names] if base else []
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for name, source in bound_by(node):
+                if name != "*":
+                    names[name] = source
+                else:
+                    stars.append(source[0])
+    # An assignment at the top level or in a class body that aliases what an import bound (`sp = subprocess`,
+    # `run = subprocess.getoutput`, `sp = importlib.import_module("subprocess")`, a class's `run = getoutput`)
+    # reaches it as the import's own name does: `mymod:sp.getoutput` passed as the user's own code.
+    _bind_aliases(tree.body, "", names, bound_by)
     # `from subprocess import *` binds names no line of the module spells: one it does not define itself is judged
     # as each such module's (a class of the user's is defined there: its own).
     own: set[str] = set()
@@ -570,6 +583,54 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             own.update(t.id for t in targets if isinstance(t, ast.Name))
     return names, own, tuple(stars)
+
+
+def _bind_aliases(
+    body: list[Any],
+    prefix: str,
+    names: dict[str, tuple[str, str | None]],
+    bound_by: Callable[[Any], list[tuple[str, tuple[str, str | None]]]],
+) -> None:
+    """Add to ``names`` (see :func:`_imported_names`) each name that ``body``'s assignments (a class's: under
+    ``prefix``, ``Net.``) bind to an imported name, an attribute of one, or a module imported by a call; and in a
+    class body, what its imports bind (``class Tools: import subprocess as sp`` reaches ``Tools.sp``)."""
+    import ast
+
+    def source_of(value: Any) -> tuple[str, str | None] | None:
+        chain: list[str] = []
+        while isinstance(value, ast.Attribute):
+            chain.append(value.attr)
+            value = value.value
+        if isinstance(value, ast.Call) and not chain:
+            func, args = value.func, value.args
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if called in ("__import__", "import_module") and args and isinstance(args[0], ast.Constant):
+                return (str(args[0].value), None) if isinstance(args[0].value, str) else None
+            return None
+        if not isinstance(value, ast.Name) or value.id not in names:
+            return None
+        source, name = names[value.id]
+        path = [*([name] if name else []), *reversed(chain)]
+        return (source, ".".join(path)) if path else (source, None)
+
+    for node in body:
+        if isinstance(node, ast.ClassDef):
+            _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by)
+            continue
+        if prefix and isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((prefix + name, source) for name, source in bound_by(node) if name != "*")
+            continue
+        if isinstance(node, ast.Assign):
+            pairs = [(t, node.value) for t in node.targets]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            pairs = [(node.target, node.value)]
+        else:
+            continue
+        for target, value in pairs:
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                pairs += list(zip(target.elts, value.elts, strict=True))
+            elif isinstance(target, ast.Name) and (found := source_of(value)) is not None:
+                names[prefix + target.id] = found
 
 
 def _users_own_name(module: str, attr: str) -> bool:
@@ -585,7 +646,9 @@ def _users_own_name(module: str, attr: str) -> bool:
         # `import subprocess as sp` in the user's module made `mymod:sp.getoutput` pass as the user's own code
         # (no name on the path is a module's), and unpickling it ran a shell command.
         names, own, stars = _imported_names(module)
-        bound = names.get(parts[0])
+        # the longest leading part of the path an import (or an alias of one) binds: `Net.run` before `Net`
+        cut = next((i for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in names), 1)
+        bound = names.get(".".join(parts[:cut]))
         if bound is None and parts[0] not in own:
             try:
                 if any(_never_unpickled(f"{star}:{attr}") for star in stars):
@@ -597,7 +660,7 @@ def _users_own_name(module: str, attr: str) -> bool:
             if name is None:  # the path walks into another module
                 return False
             try:
-                return not _never_unpickled(f"{source}:{'.'.join([name, *parts[1:]])}")
+                return not _never_unpickled(f"{source}:{'.'.join([name, *parts[cut:]])}")
             except RecursionError:  # two modules importing the name from each other: nothing to judge it by
                 return False
     if module in sys.modules:
