@@ -660,13 +660,16 @@ def _denied_distributions() -> tuple[str, ...]:
 
 
 def _pytest_plugins() -> list[str]:
-    """The installed distributions that plug into pytest (entry point group ``pytest11``): test tooling, never a model
-    or data package. pytest-xdist brings execnet, whose functions start any command line as a "gateway": a trusted
-    pickle naming them ran one (only pytest's own distribution was on the tool list)."""
+    """The installed pytest plugins (entry point group ``pytest11``) named as such (``pytest-xdist``, ``pytest-cov``):
+    test tooling, never a model or data package. pytest-xdist brings execnet, whose functions start any command line
+    as a "gateway": a trusted pickle naming them ran one (only pytest's own distribution was on the tool list). Only
+    those named ``pytest*``: any package may register a plugin (a lab's own model package sharing its fixtures,
+    hydra-core, jaxtyping), and such a package and all it depends on were refused as "a tool package"."""
     try:
-        return sorted({ep.dist.name for ep in importlib.metadata.entry_points(group="pytest11") if ep.dist})
+        plugins = {ep.dist.name for ep in importlib.metadata.entry_points(group="pytest11") if ep.dist}
     except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
         return []
+    return sorted(name for name in plugins if _norm(name).startswith("pytest"))
 
 
 def _norm(dist: str) -> str:

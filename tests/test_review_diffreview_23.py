@@ -73,3 +73,44 @@ def test_aliases_of_the_users_own_classes_still_pass(tmp_path, monkeypatch):
     assert _users_own_name(module, "Net")
     assert _users_own_name(module, "Alias")
     assert _users_own_name(module, "Other")
+
+
+@pytest.fixture
+def fresh_denied_lists():
+    from sparsekit import trust
+
+    caches = (trust._denied_distributions, trust._denied_import_names, trust._denied_files)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def _installed(site, dist: str, top: str, plugin: bool) -> None:
+    (site / top).mkdir()
+    (site / top / "__init__.py").write_text("")
+    (site / top / "models.py").write_text("def net():\n    pass\n")
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text(f"{top}\n")
+    (info / "RECORD").write_text(f"{top}/__init__.py,,\n{top}/models.py,,\n")
+    if plugin:
+        (info / "entry_points.txt").write_text(f"[pytest11]\n{top} = {top}.models\n")
+
+
+def test_a_model_package_that_registers_a_pytest_plugin_is_not_a_tool_package(
+    tmp_path, monkeypatch, fresh_denied_lists
+):
+    # Every distribution with a pytest11 entry point was denied, with all it depends on: a lab's own model package
+    # sharing its fixtures with its tests was refused ("belongs to sparsekit, its dependencies or a tool package").
+    from sparsekit.trust import installed_with_sparsekit
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _installed(site, "mylab-dr23", "mylab_dr23", plugin=True)
+    _installed(site, "pytest-dr23", "pytest_dr23_plugin", plugin=True)
+    monkeypatch.syspath_prepend(str(site))
+    assert not installed_with_sparsekit("mylab_dr23")
+    assert installed_with_sparsekit("pytest_dr23_plugin")  # a pytest plugin proper is still test tooling
