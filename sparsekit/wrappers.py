@@ -77,11 +77,14 @@ def require_initialized(model: nn.Module, call: str, error: type[Exception]) -> 
 
     for name, module in unwrap(model).named_modules():
         lazy = [p for p, t in module._parameters.items() if isinstance(t, nn.parameter.UninitializedParameter)]
-        if lazy:
+        # (a LazyBatchNorm1d(affine=False) holds only buffers, running_mean and running_var, which raise alike)
+        buffers = [b for b, t in module._buffers.items() if isinstance(t, nn.parameter.UninitializedBuffer)]
+        if lazy or buffers:
+            kind = "buffers" if not lazy else "parameters and buffers" if buffers else "parameters"
             raise error(
                 f"{call}(model=...): layer {name or '(the model)'!r} ({type(module).__name__}) has uninitialized "
-                f"parameters ({', '.join(lazy)}): a lazy module gets its shapes from its first forward pass, so run "
-                f"one batch through the model (model(example_batch)) before calling {call}"
+                f"{kind} ({', '.join(lazy + buffers)}): a lazy module gets its shapes from its first forward pass, so "
+                f"run one batch through the model (model(example_batch)) before calling {call}"
             )
 
 

@@ -114,3 +114,24 @@ def test_a_model_package_that_registers_a_pytest_plugin_is_not_a_tool_package(
     monkeypatch.syspath_prepend(str(site))
     assert not installed_with_sparsekit("mylab_dr23")
     assert installed_with_sparsekit("pytest_dr23_plugin")  # a pytest plugin proper is still test tooling
+
+
+@pytest.mark.parametrize("call", ["export_onnx", "save_model"])
+def test_a_lazy_layer_holding_only_buffers_is_refused_naming_it(tmp_path, call):
+    # The lazy-layer check looked at parameters only: a LazyBatchNorm1d(affine=False), whose running_mean and
+    # running_var are uninitialized buffers, failed deep inside with torch's "Attempted to use an uninitialized
+    # parameter in <method 'detach' ...>".
+    from torch import nn
+
+    import sparsekit
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LazyBatchNorm1d(affine=False), nn.Linear(4, 3))
+    calls = {
+        "export_onnx": lambda: sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 4)),
+        "save_model": lambda: sparsekit.save_model(model, tmp_path / "m.pt", factory="pkg.mod:build"),
+    }
+    with pytest.raises(
+        sparsekit.SparsekitError, match=rf"^{call}\(model=...\): layer '1' \(LazyBatchNorm1d\).*running"
+    ):
+        calls[call]()
+    assert not any(tmp_path.iterdir())
