@@ -422,6 +422,10 @@ def global_rng_kept(*, torch: bool = True) -> Iterator[None]:
     py_state = random.getstate()
     np_state = np.random.get_state() if np is not None else None
     torch_state = th.get_rng_state() if th is not None else None
+    # torch.manual_seed seeds every GPU's generator too: a caller's CUDA draws (dropout on the GPU) were left reseeded
+    # from the recipe after run_prune, though its CPU generator came back. (One not yet initialized holds nothing.)
+    cuda = th.cuda if th is not None and th.cuda.is_initialized() else None
+    cuda_states = cuda.get_rng_state_all() if cuda is not None else None
     try:
         yield
     finally:
@@ -430,6 +434,8 @@ def global_rng_kept(*, torch: bool = True) -> Iterator[None]:
             np.random.set_state(np_state)
         if th is not None:
             th.set_rng_state(torch_state)
+        if cuda is not None:
+            cuda.set_rng_state_all(cuda_states)
 
 
 P = ParamSpec("P")

@@ -135,3 +135,25 @@ def test_a_lazy_layer_holding_only_buffers_is_refused_naming_it(tmp_path, call):
     ):
         calls[call]()
     assert not any(tmp_path.iterdir())
+
+
+def test_the_callers_gpu_generators_are_put_back_too(monkeypatch):
+    # run_prune, plan and run_sensitivity put the caller's generators back (keeps_caller_generators), but only
+    # torch's CPU one: torch.manual_seed reseeds every GPU's, so a sweep's CUDA draws repeated after each call.
+    # (No GPU here: torch.cuda's state calls are stood in for.)
+    from sparsekit.fsutil import keeps_caller_generators
+
+    states = {"now": ["callers"]}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(states["now"]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: states.__setitem__("now", list(new)))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: states.__setitem__("now", [f"seeded {seed}"]))
+
+    @keeps_caller_generators(torch=True)
+    def run() -> None:
+        torch.manual_seed(7)
+
+    before = torch.get_rng_state()
+    run()
+    assert states["now"] == ["callers"]
+    assert torch.equal(torch.get_rng_state(), before)
