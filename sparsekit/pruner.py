@@ -265,6 +265,7 @@ class Pruner:
         self._wait_failed: BaseException | None = None
         self._pending = False  # the methods wait for the first batch's shape
         self._regroup = False  # the group lasso entries are built again on the first batch (below)
+        self._warned: set[tuple[type, str]] = set()  # what the first build warned of (category, text)
         if not shape and any(spec.method == "structured" for spec in recipe.pruning):
             # A loop of one's own runs its batches through the model: the first one tells the input's shape (a
             # Conv1d's [1, C, L], token ids' [1, T]) where the recipe and context gave none, so the methods are
@@ -277,7 +278,10 @@ class Pruner:
         # now (their refusals and penalty() work before any batch) and again on the first batch, with its shape.
         # (A forward of several inputs has no one shape to wait for.)
         self._regroup = not shape and not takes_several_inputs(self.model)
-        self._build(shape, chosen, shape_later=self._regroup)
+        # What this build warns of is remembered: building again on the first batch says only what is new (the same
+        # warnings twice, the second attributed to torch's module.py, told the user nothing).
+        with _warnings_told(self._warned) if self._regroup else contextlib.nullcontext():
+            self._build(shape, chosen, shape_later=self._regroup)
         self._regroup = self._regroup and any(self._regrouped(m) for m in self.methods)
         if not shape:
             # l1's remove_dead traces the model at finalize: the first batch's shape then beats its Linear-first guess
@@ -387,7 +391,7 @@ class Pruner:
         self._regroup = False
         if self.step_count or self.finalized:
             return
-        with remedies_for(self._given, "Pruner"):
+        with remedies_for(self._given, "Pruner"), _warnings_told(self._warned, again=True):
             for i, (spec, old) in enumerate(zip(self.recipe.pruning, self.methods, strict=True)):
                 if not self._regrouped(old):
                     continue
@@ -1217,6 +1221,24 @@ def _held_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         if any(isinstance(v, torch.Tensor) for v in items):
             return type(value).__name__ if isinstance(value, (dict, tuple, list)) else "mapping"
     return None
+
+
+@contextlib.contextmanager
+def _warnings_told(told: set[tuple[type, str]], again: bool = False) -> Any:
+    """The warnings raised inside, each passed on where it was raised and added to ``told`` (category, text);
+    ``again``: those already in ``told`` are dropped."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for w in caught:
+            key = (w.category, str(w.message))
+            if again and key in told:
+                continue
+            told.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 @contextlib.contextmanager

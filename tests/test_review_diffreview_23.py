@@ -157,3 +157,48 @@ def test_the_callers_gpu_generators_are_put_back_too(monkeypatch):
     run()
     assert states["now"] == ["callers"]
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_group_lasso_built_again_on_the_first_batch_warns_once(tmp_path):
+    # A Pruner without an input shape builds a group lasso entry twice (again on the first batch): every warning of
+    # the first build came again from inside the first forward pass, the second attributed to torch's module.py.
+    import warnings
+
+    from torch import nn
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.utils.parametrizations.weight_norm(nn.Conv2d(8, 8, 3)),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    recipe = {
+        "version": 1,
+        "data": {"source": "digits"},
+        "finetune": {"epochs": 2},
+        "pruning": [
+            {
+                "method": "l1",
+                "group": "channel",
+                "strength": 0.01,
+                "remove_dead": True,
+                "layers": {"types": ["Conv2d"]},
+                "schedule": {"start_epoch": 0, "end_epoch": 2},
+            }
+        ],
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+        model(torch.randn(2, 1, 8, 8))
+    left_out = [w for w in caught if "is left out, not pruned" in str(w.message)]
+    assert len(left_out) == 1, [str(w.message) for w in caught]
+    assert left_out[0].filename == __file__
+    assert pruner.methods[0].input_shape == [1, 1, 8, 8]  # (built again, on the first batch's shape)
