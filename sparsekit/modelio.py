@@ -1572,7 +1572,9 @@ def _wide_dtype(state: dict[str, Any], into: set[torch.dtype]) -> torch.dtype | 
     return dtype if all(dtype.itemsize > d.itemsize for d in into) else None
 
 
-def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Tensor] | None = None) -> list[str]:
+def _precision_note(
+    state: dict[str, Any], path: Path, into: dict[str, torch.Tensor] | None = None, for_api: bool = False
+) -> list[str]:
     """Notes (in a list, empty when none is due) when ``state``'s floating tensors (read from ``path``) are of
     another width than those of the model they are loaded into (``into``; float32 when not given): narrower
     (float16, bfloat16): the run trains in the wider dtype, and the model file it writes is larger than the
@@ -1597,10 +1599,16 @@ def _precision_note(state: dict[str, Any], path: Path, into: dict[str, torch.Ten
         # Not converted back on save: the fine-tuned weights are the wider ones, and the ONNX file, parity and
         # benchmarks are of those; a narrower model.pt would no longer be the model they describe.
         to, back = next(iter(wide)), next(iter(narrow))
+        # (sparsekit.load_model, ``for_api``, starts no run and writes no model.pt: what it returns is what changed)
+        then = (
+            f"the model returned is {to}"
+            if for_api
+            else f"the run trains in {to} and writes model.pt in {to} (larger than your file)"
+        )
         notes.append(
             f"{path}: its weights are {' and '.join(narrow)}; they were loaded into the model's "
-            f"{' and '.join(wide)} layers, so the run trains in {to} and writes model.pt in {to} (larger than your "
-            f"file). To ship {back} again, convert the loaded result: model.to(torch.{back})"
+            f"{' and '.join(wide)} layers, so {then}. To ship {back} again, convert the loaded result: "
+            f"model.to(torch.{back})"
         )
     if rounded:
         # The model's layers are the architecture's (float32 unless it builds others): copying wider weights into
@@ -1849,7 +1857,7 @@ def read_model(
         model = model.to(wide)  # read as saved: copying into the float32 layers would round every weight
     notes += load_weights(model, state, path, factory, kwargs)
     check_finite(model, path)
-    notes += _precision_note(state, path, model.state_dict())
+    notes += _precision_note(state, path, model.state_dict(), for_api=keep_wide)  # (keep_wide: load_model's read)
     shape = list(input_shape) if input_shape else None
     if history:
         # The model carries the removals it was rebuilt with, as a Pruner marks the models it prunes: a Pruner

@@ -202,3 +202,21 @@ def test_a_group_lasso_built_again_on_the_first_batch_warns_once(tmp_path):
     assert len(left_out) == 1, [str(w.message) for w in caught]
     assert left_out[0].filename == __file__
     assert pruner.methods[0].input_shape == [1, 1, 8, 8]  # (built again, on the first batch's shape)
+
+
+def test_load_model_of_half_weights_warns_of_the_model_it_returns_not_of_a_run(tmp_path, monkeypatch):
+    # load_model now passes the read's notes on as warnings, but the float16 one spoke of a prune run: "the run trains
+    # in float32 and writes model.pt in float32 (larger than your file)", where load_model runs nothing and writes
+    # nothing.
+    import sparsekit
+
+    (tmp_path / "mods_dr23.py").write_text("from torch import nn\n\n\ndef net():\n    return nn.Linear(4, 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mods_dr23", raising=False)
+    torch.save({k: v.half() for k, v in torch.nn.Linear(4, 3).state_dict().items()}, tmp_path / "h.pt")
+    with pytest.warns(UserWarning, match="float16") as caught:
+        model = sparsekit.load_model(tmp_path / "h.pt", arch="mods_dr23:net")
+    note = next(str(w.message) for w in caught if "float16" in str(w.message))
+    assert "the run" not in note and "model.pt" not in note, note
+    assert "the model returned is float32" in note and "model.to(torch.float16)" in note
+    assert model.weight.dtype == torch.float32
