@@ -85,11 +85,21 @@ _TOOL_IMPORT_NAMES = frozenset(
 
 def store_path() -> Path:
     """Where trusted modules are remembered: ``$SPARSEKIT_CONFIG_DIR/trusted_modules.json``, else
-    ``$XDG_CONFIG_HOME/sparsekit/…`` (an absolute one; the XDG specification ignores a relative one), else
+    ``$XDG_CONFIG_HOME/sparsekit/…`` (absolute ones; a relative one is ignored, as the XDG specification has it), else
     ``~/.config/sparsekit/trusted_modules.json``. The file need not exist; nothing is created or read here."""
     xdg = xdg_home("XDG_CONFIG_HOME")
-    if os.environ.get("SPARSEKIT_CONFIG_DIR"):
-        base = Path(os.environ["SPARSEKIT_CONFIG_DIR"]).expanduser()
+    given = Path(os.environ["SPARSEKIT_CONFIG_DIR"]).expanduser() if os.environ.get("SPARSEKIT_CONFIG_DIR") else None
+    if given is not None and not given.is_absolute():
+        # As a relative XDG folder: it named another list in every working directory, one a downloaded project could
+        # ship. Ignored, and said each time the list is looked for.
+        log.warning(
+            "SPARSEKIT_CONFIG_DIR=%s is a relative path, which would name another trusted-modules list in every "
+            "working directory: ignored; set it to an absolute path",
+            given,
+        )
+        given = None
+    if given is not None:
+        base = given
     elif xdg is not None:
         base = xdg / "sparsekit"
     else:

@@ -303,3 +303,16 @@ def test_a_resumed_run_of_structured_and_proximal_l1_is_the_uninterrupted_one():
     resumed, _ = _structured_and_proximal_run(4, resume_from=halfway)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_relative_sparsekit_config_dir_is_ignored_with_a_warning(tmp_path, monkeypatch, caplog):
+    # Like a relative XDG_CONFIG_HOME, it named another trusted-modules list in every working directory (n1's finding).
+    from sparsekit.trust import store_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", ".cfg")
+    with caplog.at_level("WARNING", logger="sparsekit"):
+        assert store_path() == tmp_path / "home" / ".config" / "sparsekit" / "trusted_modules.json"
+    assert "SPARSEKIT_CONFIG_DIR=.cfg is a relative path" in caplog.text
