@@ -344,3 +344,35 @@ def test_a_benchmarks_first_run_is_polled_from_a_millisecond(monkeypatch):
 
     assert bench._run_stoppably(Session(), {}, 60.0) is None
     assert pauses[0] <= 0.001 and max(pauses) == 0.05 and pauses == sorted(pauses)  # backs off to 50 ms, no further
+
+
+def test_the_plot_worker_leaves_without_the_interpreters_teardown(tmp_path, monkeypatch):
+    # After its second answer the worker returned, and the run's finish() waited ~0.12 s for Python to tear down
+    # matplotlib and numpy with nothing left to do (issue 12's overhead): it now ends with os._exit(0), having
+    # written every plot and flushed its answers.
+    import io
+    import json
+    import os
+
+    from sparsekit import plots
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    import signal
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    # (the worker sets its own SIGTERM handler: not in this test process)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.setattr("sys.stdin", io.StringIO("{}\n{}\n"))
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    with pytest.raises(Exited) as ended:
+        plots._worker(str(tmp_path))
+    assert ended.value.args == (0,)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [[], []]  # both answers given first
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # the run went away: a plain return, no exit code forced
+    assert plots._worker(str(tmp_path)) is None
