@@ -1039,16 +1039,15 @@ def _check_onnx_nameable(out: Path) -> None:
     """Raise OutputError naming ``out`` when onnx cannot open files in it by name (a path that is not UTF-8).
     Every run exports ONNX files there; the export refused it only after the dense model was evaluated, naming
     an internal path (`OUT/.sparsekit/next/dense.onnx: ... rename it`) the user cannot rename."""
-    raw = os.fsencode(out.absolute())
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        shown = os.fsdecode(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    from .onnx.files import not_utf8
+
+    shown = not_utf8(out.absolute())  # the export's own test (native_path), with the run's remedy
+    if shown is not None:
         raise OutputError(
             f"{shown}: the run exports ONNX files into this folder, and onnx and onnxruntime open files by UTF-8 "
             f"names, which this path is not; choose an output folder ({option('output')}) whose path is UTF-8 or "
             "ASCII"
-        ) from None
+        )
 
 
 def measure(

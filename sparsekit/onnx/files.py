@@ -69,6 +69,7 @@ __all__ = [
     "memoized",
     "native_folder",
     "native_path",
+    "not_utf8",
     "onnx_sizes",
     "publish",
     "save_onnx",
@@ -86,15 +87,24 @@ def native_path(path: PathLike) -> str:
     ``str(path)`` of a file named ``ü.onnx`` in UTF-8 bytes reached them as other bytes ("Load model ...
     failed. File doesn't exist", "the exported ONNX graph is invalid"). The file's own bytes, read as UTF-8,
     are the name they look up. A name whose bytes are not UTF-8 cannot be given to them at all."""
-    raw = os.fsencode(path)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        shown = os.fsdecode(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # (its bytes as "?")
+    shown = not_utf8(path)
+    if shown is not None:
         raise ExportError(
             f"{shown}: onnx and onnxruntime open files by UTF-8 names, and this path is not valid UTF-8; rename it "
             "(or its folder) with UTF-8 or ASCII characters"
-        ) from None
+        )
+    return os.fsencode(path).decode("utf-8")
+
+
+def not_utf8(path: PathLike) -> str | None:
+    """None when ``path``'s bytes are UTF-8 (a name onnx's C++ code can open, :func:`native_path`), else the path
+    to show in a message, its other bytes as the replacement character."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return os.fsdecode(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return None
 
 
 @contextlib.contextmanager
