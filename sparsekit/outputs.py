@@ -108,13 +108,26 @@ def remove_stale_temps(root: Path, ours: Callable[[str], bool] | None = None) ->
             if ours is not None and not ours(path.relative_to(root).as_posix()):
                 continue
             with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: leave it
-                if path.is_dir():
+                if path.is_dir() and (path.parts[len(root.parts)] == META or (path / STAGING_MARK).is_file()):
                     shutil.rmtree(path)
+                elif path.is_dir():
+                    # Unmarked, out here: a staging folder killed before its mark was written, empty. rmdir removes
+                    # an empty folder only, so a user's folder that gained a file meanwhile stays whole.
+                    path.rmdir()
                 else:
                     path.unlink()
                 removed.append(path.relative_to(root).as_posix())
         dirnames[:] = [d for d in dirnames if not _TEMP_RE.fullmatch(d) and not (here / d).is_symlink()]
     return removed
+
+
+def _marked_or_empty(folder: Path) -> bool:
+    """Whether ``folder`` holds sparsekit's staging mark or nothing at all (raises OSError when unreadable)."""
+    try:
+        return stat.S_ISREG((folder / STAGING_MARK).lstat().st_mode)
+    except FileNotFoundError:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
 
 
 def _links_under(root: Path) -> list[str]:
@@ -310,8 +323,10 @@ class RunFolder:
             st = (self.out / rel).lstat()
             # Out here, a temp folder is only ever an ONNX export's staging folder, which holds its mark from the
             # start: a user's `.checkpoints.mybackup.tmp/` made under umask 077 (mode 0700, as mkdtemp makes them)
-            # was removed, all its contents with it, by the next `prune --overwrite`.
-            if stat.S_ISDIR(st.st_mode) and not stat.S_ISREG((self.out / rel / STAGING_MARK).lstat().st_mode):
+            # was removed, all its contents with it, by the next `prune --overwrite`. An empty one counts too: a
+            # writer killed between mkdtemp and its mark leaves it so (and it made every later --overwrite refuse the
+            # folder); remove_stale_temps takes such a folder with rmdir, which fails on a folder holding anything.
+            if stat.S_ISDIR(st.st_mode) and not _marked_or_empty(self.out / rel):
                 return False
         except OSError:
             return False

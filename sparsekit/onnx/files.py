@@ -550,7 +550,8 @@ def _remove_dead_staging(final: Path) -> None:
     """Remove the staging folders of ``final`` (``.NAME.XXXXXXXX.tmp``, mkdtemp's shape) that no live process
     holds and that are older than :data:`STALE_STAGING_S`: a killed writer's. Anything it cannot open or
     lock, that is not a folder of that exact name, or that lacks :data:`~sparsekit.fsutil.STAGING_MARK`
-    (sparsekit did not make it; one killed before the mark was written holds nothing), is left alone."""
+    (sparsekit did not make it) is left alone; but for an empty private one (0700, as mkdtemp makes it: a writer
+    killed before its mark was written), which ``rmdir`` removes."""
     shape = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}\.tmp")
     try:
         entries = [e for e in os.scandir(final.parent) if shape.fullmatch(e.name)]
@@ -561,6 +562,14 @@ def _remove_dead_staging(final: Path) -> None:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_STAGING_S:
+                continue
+            if not os.path.lexists(os.path.join(entry.path, STAGING_MARK)):
+                # A writer killed between mkdtemp and its mark left the folder empty and private (0700, ours): rmdir
+                # takes it, and fails on a folder holding anything (a user's of the same name), which stays.
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(entry.path)
                 continue
             if not stat.S_ISREG(os.lstat(os.path.join(entry.path, STAGING_MARK)).st_mode):
                 continue
