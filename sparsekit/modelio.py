@@ -19,7 +19,7 @@ import sys
 import types
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -562,13 +562,25 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
             base = ".".join([*up, *([node.module] if node.module else [])])
         return [(alias.asname or alias.name, (base, alias.name)) for alias in node.names] if base else []
 
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            for name, source in bound_by(node):
-                if name != "*":
-                    names[name] = source
-                else:
-                    stars.append(source[0])
+    # Only imports that run in the module's own scope (at the top level, or inside its if/try/with/for blocks) bind
+    # its attributes: one inside a function binds a local. Walking every import let `from my_helpers import Thing as
+    # sp` in a function stand for the top level's `import subprocess as sp`, and `mymod:sp.getoutput` passed as
+    # `my_helpers:Thing.getoutput`, running a shell command. A function's import of a name it declares `global`
+    # binds the module's attribute when it is called: such a name counts as another module's (refused).
+    for node in _module_scope_imports(tree):
+        for name, source in bound_by(node):
+            if name != "*":
+                names[name] = source
+            else:
+                stars.append(source[0])
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            declared = {n for g in ast.walk(function) if isinstance(g, ast.Global) for n in g.names}
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    for name, _source in bound_by(node):
+                        if name in declared:
+                            names[name] = (f"<{name} bound when a function runs>", None)
     # An assignment at the top level or in a class body that aliases what an import bound (`sp = subprocess`,
     # `run = subprocess.getoutput`, `sp = importlib.import_module("subprocess")`, a class's `run = getoutput`)
     # reaches it as the import's own name does: `mymod:sp.getoutput` passed as the user's own code.
@@ -583,6 +595,19 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             own.update(t.id for t in targets if isinstance(t, ast.Name))
     return names, own, tuple(stars)
+
+
+def _module_scope_imports(node: Any) -> Iterator[Any]:
+    """The import statements that run in ``node``'s own scope: not those inside a function, lambda or class."""
+    import ast
+
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child
+        else:
+            yield from _module_scope_imports(child)
 
 
 def _bind_aliases(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
+import torch
 from torch import nn
 
 import sparsekit
@@ -69,3 +71,60 @@ def test_a_users_private_folder_that_gains_a_file_is_never_removed_by_the_empty_
     with pytest.raises(sparsekit.errors.OutputError, match=r"\.model\.onnx\.mybackup\.tmp"):
         RunFolder.prepare(out, inputs=[], overwrite=True, resume=False).begin()
     assert (mine / "x").read_text() == "mine"
+
+
+def _torch_file_with_pickle(path, payload: bytes) -> None:
+    """A torch.save zip archive whose data.pkl is ``payload`` (a pickle written by hand)."""
+    import types
+
+    class Pickler:
+        def __init__(self, f, protocol=2):
+            self.f = f
+
+        def dump(self, obj):
+            self.f.write(payload)
+
+    torch.save({}, path, pickle_module=types.SimpleNamespace(Pickler=Pickler, __name__="hand"))
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        "def helper():\n    from my_helpers import Thing as sp\n    return sp\n",
+        "class Tool:\n    def run(self):\n        import my_helpers as sp\n        return sp\n",
+        "async def fetch():\n    from my_helpers import Thing as sp\n    return sp\n",
+    ],
+    ids=["function", "method", "async"],
+)
+def test_an_import_inside_a_function_does_not_hide_what_the_module_binds(tmp_path, monkeypatch, local):
+    # Function-level imports bind locals, never the module's attribute: `import subprocess as sp` at the top and
+    # `from my_helpers import Thing as sp` inside a function made the screen judge `usermod:sp.getoutput` as the
+    # harmless `my_helpers:Thing.getoutput`, and unpickling it (--trust-model-file) ran a shell command.
+    _screen_refuses_sp_getoutput(tmp_path, monkeypatch, f"import subprocess as sp\n\n\n{local}")
+
+
+def test_a_function_binding_a_global_by_import_is_judged_as_that_import(tmp_path, monkeypatch):
+    # Only imports in the module's scope bind its attributes, but a function's import of a name it declares global
+    # binds one when called (here at import time): `sp` is subprocess though no top-level line imports it.
+    source = "def load():\n    global sp\n    import subprocess as sp\n\n\nload()\n"
+    _screen_refuses_sp_getoutput(tmp_path, monkeypatch, source)
+
+
+def _screen_refuses_sp_getoutput(tmp_path, monkeypatch, top):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    module = f"usermod_own24_{abs(hash(top)) % 10_000}"
+    (tmp_path / f"{module}.py").write_text(f"{top}\n\nclass Net:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    canary = tmp_path / "CANARY"
+    command = f"touch {canary}".encode()
+    call = b"\x8c" + bytes([len(command)]) + command + b"\x85R."  # getoutput("touch CANARY")
+    payload = b"\x80\x04c" + f"{module}\nsp.getoutput\n".encode() + call
+    _torch_file_with_pickle(tmp_path / "model.pt", payload)
+    result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
