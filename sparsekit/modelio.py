@@ -514,14 +514,12 @@ def _model_package_name(module: str, attr: str) -> bool:
 _SOURCE_MAX_BYTES = 4 << 20  # a module's source read to see its imports; a larger file is judged by names alone
 
 
-@functools.lru_cache(maxsize=256)
 def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...]]:
     """The names the source of the not yet imported ``module`` binds by import, found and parsed without importing or
     running anything: ``{name: (module, attribute)}`` for ``from module import attribute [as name]``, ``{name:
     (module, None)}`` for ``import module [as name]``; {} when its source cannot be found or read (an extension
     module, a file too large or not Python); with the names it defines itself (classes, functions, assignments at
     its top level) and the modules it imports everything from (``from module import *``)."""
-    import ast
     import importlib.machinery
 
     from .trust import _find_top
@@ -537,12 +535,29 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
     if not isinstance(origin, str) or not origin.endswith(".py"):
         return {}, set(), ()
     try:
-        if os.path.getsize(origin) > _SOURCE_MAX_BYTES:
-            return {}, set(), ()
+        st = os.stat(origin)
+    except OSError:
+        return {}, set(), ()
+    if st.st_size > _SOURCE_MAX_BYTES:
+        return {}, set(), ()
+    package = module if spec is not None and spec.submodule_search_locations is not None else module.rpartition(".")[0]
+    # Found again on every call (the module a name finds depends on the folder and sys.path), parsed once per version
+    # of its file: a cache by module name alone judged a module edited since, in a long-lived process, by its old text.
+    return _names_in_source(origin, package, (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=256)
+def _names_in_source(
+    origin: str, package: str, _version: tuple[int, int, int]
+) -> tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...]]:
+    """:func:`_imported_names` of the source file ``origin`` of a module in ``package`` (relative imports start
+    there), as it is at ``_version`` (inode, size, modification time)."""
+    import ast
+
+    try:
         tree = ast.parse(Path(origin).read_bytes())
     except (OSError, SyntaxError, ValueError):
         return {}, set(), ()
-    package = module if spec is not None and spec.submodule_search_locations is not None else module.rpartition(".")[0]
     names: dict[str, tuple[str, str | None]] = {}
     stars: list[str] = []
 

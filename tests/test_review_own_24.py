@@ -128,3 +128,21 @@ def _screen_refuses_sp_getoutput(tmp_path, monkeypatch, top):
     assert not canary.exists()
     assert result.exit_code == 2, result.output
     assert "not on the list of what a pickled model needs" in result.output
+
+
+def test_the_screen_reads_a_module_edited_since_it_last_judged_it(tmp_path, monkeypatch):
+    # The parse of a user's module was cached by its name: in a long-lived process (a notebook, a service loading
+    # files with trust), a module edited to import subprocess as sp was still judged by its old harmless text.
+    from sparsekit.modelio import _users_own_name
+
+    module = "usermod_own24_edited"
+    source = tmp_path / f"{module}.py"
+    source.write_text("from my_helpers import Thing as sp\n\n\nclass Net:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert _users_own_name(module, "sp.getoutput")  # my_helpers: the user's own, not imported to judge it
+    stamp = source.stat().st_mtime_ns
+    source.write_text("import subprocess as sp\n\n\nclass Net:\n    pass\n")
+    os.utime(source, ns=(stamp + 10**9, stamp + 10**9))
+    assert not _users_own_name(module, "sp.getoutput")
+    assert _users_own_name(module, "Net")
