@@ -16,7 +16,15 @@ from pydantic import ValidationError
 
 from . import distributed as _distributed
 from .errors import OutputError, SparsekitError, TargetError, one_line, option
-from .fsutil import keeps_caller_generators, lock_folder, read_regular, sigint_deferred, unlock_folder, write_text
+from .fsutil import (
+    TEMP_SUFFIX,
+    keeps_caller_generators,
+    lock_folder,
+    read_regular,
+    sigint_deferred,
+    unlock_folder,
+    write_text,
+)
 from .recipe import Recipe
 
 if TYPE_CHECKING:
@@ -329,7 +337,7 @@ def _publish(out: Path, table: SensitivityTable, allocation: dict[str, Any] | No
     temps: dict[str, Path] = {}
     try:
         for kind, name in names.items():
-            fd, made = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            fd, made = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=out)
             os.close(fd)
             temps[kind] = Path(made)
         temps["json"].write_text(table.to_json(), encoding="utf-8")

@@ -176,6 +176,12 @@ def nearest_folder(path: str | os.PathLike[str]) -> Path:
 # (`.model.onnx.backup01.tmp`) was removed with everything in it by the next export beside it.
 STAGING_MARK = ".sparsekit-staging"
 
+# The end of every temp file and folder sparsekit makes beside an output (".NAME.XXXXXXXX.sparsekit.tmp", mkstemp's
+# random part between): a later run removes only names of this shape as a killed writer's. With the plain ".tmp"
+# of tempfile's, a user's private `.report.md.draft001.tmp` beside a run's report.md had the same shape and was
+# deleted by the next `prune --overwrite`.
+TEMP_SUFFIX = ".sparsekit.tmp"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -186,7 +192,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         try:
             yield Path(tmp)

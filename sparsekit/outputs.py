@@ -11,7 +11,7 @@ After a run, ``DIR`` holds the results (``model.pt``, ``model.onnx``, ``dense.on
 - ``next/`` is the run in progress. Every output is built there and moved into ``DIR`` only when the
   run has finished, so an interrupted or failed run leaves the previous results as they were, and
   resuming continues from ``next/checkpoints/``.
-- A run killed before it could rename a file leaves a ``.NAME.XXXXXXXX.tmp``; the next run into the
+- A run killed before it could rename a file leaves a ``.NAME.XXXXXXXX.sparsekit.tmp``; the next run into the
   folder (or its resume) removes them once it holds the lock: those in ``.sparsekit``, and those beside a
   file or folder the manifest lists that are still private to the user, as tempfile creates them (mode
   0600 / 0700). Any other file of that shape is the user's: reported, never removed.
@@ -47,6 +47,7 @@ from . import __version__
 from .errors import OutputError, option
 from .fsutil import (
     STAGING_MARK,
+    TEMP_SUFFIX,
     atomic_path,
     identity,
     lock_folder,
@@ -82,12 +83,12 @@ def _is_temp(name: str) -> bool:
 
 
 # What sparsekit's atomic writes name their temp files and folders: tempfile.mkstemp/mkdtemp with
-# prefix ".NAME." and suffix ".tmp" (8 random characters between), NAME the file it becomes.
-_TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+# prefix ".NAME." and suffix TEMP_SUFFIX (8 random characters between), NAME the file it becomes.
+_TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
 
 
 def temp_target(name: str) -> str | None:
-    """The file a sparsekit temp file named ``name`` (``.NAME.XXXXXXXX.tmp``) was to become, or None."""
+    """The file a sparsekit temp file named ``name`` (``.NAME.XXXXXXXX.sparsekit.tmp``) was to become, or None."""
     match = _TEMP_RE.fullmatch(name)
     return match.group(1) if match else None
 
@@ -306,7 +307,7 @@ class RunFolder:
 
     def _our_temp(self, rel: str, owned: dict[str, set[str]], dirs: set[str]) -> bool:
         """Whether ``rel`` (relative to the output folder) is a temp file or folder of sparsekit's: one in
-        ``.sparsekit``, or one named after a file or folder of a run's (``.NAME.XXXXXXXX.tmp`` beside NAME, as
+        ``.sparsekit``, or one named after a file or folder of a run's (``.NAME.XXXXXXXX.sparsekit.tmp`` beside NAME, as
         the manifest lists it) that is still private to this user, as tempfile creates it (mode 0600 or 0700; a
         finished output is given the umask's mode before it is renamed). A user's file of the same shape is the
         user's: never removed, and reported."""
@@ -491,9 +492,9 @@ class RunFolder:
         return list(new)
 
     def _temp_folder(self) -> Path:
-        """A new empty folder in ``.sparsekit`` named as a temp (``.next.XXXXXXXX.tmp``): one a killed run leaves
-        is removed by the next run's :func:`remove_stale_temps`, and never read as ``next/``."""
-        return Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=".tmp", dir=self.meta))
+        """A new empty folder in ``.sparsekit`` named as a temp (``.next.XXXXXXXX.sparsekit.tmp``): one a killed run
+        leaves is removed by the next run's :func:`remove_stale_temps`, and never read as ``next/``."""
+        return Path(tempfile.mkdtemp(prefix=f".{STAGE}.", suffix=TEMP_SUFFIX, dir=self.meta))
 
     def lock(self) -> None:
         """Take the folder's run lock, ``.sparsekit/lock`` (pid and host of the run holding it), so two

@@ -44,9 +44,14 @@ def test_the_next_export_removes_what_a_killed_one_left_and_nothing_else(tmp_pat
     dead = _killed_export(target)
     # Kept: a live writer's folder (locked, however old), a young one not yet locked, a user's folders of other
     # names, and another target's leftover.
-    live = tmp_path / ".q.onnx.live0000.tmp"
-    young = tmp_path / ".q.onnx.young000.tmp"
-    mine = [tmp_path / ".q.onnx.tmp", tmp_path / ".q.onnx.notes.tmp", tmp_path / "q.onnx.abcdefgh.tmp"]
+    live = tmp_path / ".q.onnx.live0000.sparsekit.tmp"
+    young = tmp_path / ".q.onnx.young000.sparsekit.tmp"
+    mine = [
+        tmp_path / ".q.onnx.sparsekit.tmp",
+        tmp_path / ".q.onnx.notes.sparsekit.tmp",
+        tmp_path / "q.onnx.abcdefgh.sparsekit.tmp",
+        tmp_path / ".q.onnx.abcdefgh.tmp",  # tempfile's shape without sparsekit's suffix: a user's
+    ]
     other = _killed_export(tmp_path / "other.onnx")
     for folder in (live, young, *mine):
         folder.mkdir()
@@ -65,4 +70,6 @@ def test_the_next_export_removes_what_a_killed_one_left_and_nothing_else(tmp_pat
     assert target.is_file() and not dead.exists()
     for folder in (live, young, *mine, other):
         assert folder.is_dir(), folder
-    assert sorted(p.name for p in tmp_path.glob(".q.onnx.*.tmp")) == sorted([live.name, young.name, mine[1].name])
+    assert sorted(p.name for p in tmp_path.glob(".q.onnx.*.tmp")) == sorted(
+        [live.name, young.name, mine[0].name, mine[1].name, mine[3].name]
+    )

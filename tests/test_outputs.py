@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +22,7 @@ from conftest import FAST, InterruptOnEvaluate, assert_bad_input
 import sparsekit
 from sparsekit.cli import main
 from sparsekit.errors import OutputError
-from sparsekit.fsutil import atomic_path
+from sparsekit.fsutil import TEMP_SUFFIX, atomic_path
 from sparsekit.outputs import RunFolder
 
 MLP = ("--arch", "examples.models:mlp")
@@ -425,10 +426,10 @@ def test_a_killed_runs_temp_files_are_removed_by_the_next_run_and_nothing_else(t
     # What SIGKILL leaves mid-write: atomic_path's temp files, and a temp folder (ONNX external data).
 
     stale = [
-        Path(tempfile.mkstemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)[1]),
-        Path(tempfile.mkstemp(prefix=".last.pt.", suffix=".tmp", dir=stage / "checkpoints")[1]),
-        Path(tempfile.mkdtemp(prefix=".model.onnx.", suffix=".tmp", dir=stage)),
-        Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1]),  # killed mid-rewrite
+        Path(tempfile.mkstemp(prefix=".model.onnx.", suffix=TEMP_SUFFIX, dir=stage)[1]),
+        Path(tempfile.mkstemp(prefix=".last.pt.", suffix=TEMP_SUFFIX, dir=stage / "checkpoints")[1]),
+        Path(tempfile.mkdtemp(prefix=".model.onnx.", suffix=TEMP_SUFFIX, dir=stage)),
+        Path(tempfile.mkstemp(prefix=".report.json.", suffix=TEMP_SUFFIX, dir=out)[1]),  # killed mid-rewrite
     ]
     first.unlock()  # the process died: its lock is stale (here: released)
     mine = [stage / ".notes.tmp", stage / "scratch.tmp"]  # not sparsekit's pattern: left alone
@@ -548,17 +549,19 @@ def test_a_users_file_named_like_a_temp_file_is_never_removed(tmp_path, resume):
 
 @pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
 def test_a_users_file_named_like_a_temp_of_a_run_file_is_never_removed(tmp_path, resume):
-    # Beside report.json, which the manifest lists, ".report.json.XXXXXXXX.tmp" has the shape of a killed rewrite
-    # of it. One that tempfile made (private, 0600) is sparsekit's and goes; one with the user's usual mode stays.
+    # Beside report.json, which the manifest lists, ".report.json.XXXXXXXX.sparsekit.tmp" has the shape of a killed
+    # rewrite of it. One that tempfile made (private, 0600) is sparsekit's and goes; one with the user's usual mode
+    # stays, and so does a private one of tempfile's plain shape (a user's under umask 077: it was deleted).
     out = _finished_run(tmp_path / "out", resume)
-    ours = Path(tempfile.mkstemp(prefix=".report.json.", suffix=".tmp", dir=out)[1])
-    theirs = out / ".report.json.draft_v2.tmp"
-    theirs.write_text("my draft")
-    theirs.chmod(0o644)
-    with pytest.raises(OutputError, match=r"holds \.report\.json\.draft_v2\.tmp, which no sparsekit run into"):
-        RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
-    assert theirs.read_text() == "my draft"
-    theirs.unlink()
+    ours = Path(tempfile.mkstemp(prefix=".report.json.", suffix=TEMP_SUFFIX, dir=out)[1])
+    drafts = ((out / ".report.json.draft_v2.sparsekit.tmp", 0o644), (out / ".report.json.draft001.tmp", 0o600))
+    for theirs, mode in drafts:
+        theirs.write_text("my draft")
+        theirs.chmod(mode)
+        with pytest.raises(OutputError, match=rf"holds {re.escape(theirs.name)}, which no sparsekit run into"):
+            RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume).begin()
+        assert theirs.read_text() == "my draft"
+        theirs.unlink()
     again = RunFolder.prepare(out, inputs=[], overwrite=not resume, resume=resume)
     again.begin()
     again.unlock()

@@ -153,7 +153,7 @@ def test_sensitivity_refuses_a_folder_holding_other_files(tmp_path, mlp_checkpoi
     assert sorted(p.name for p in out.iterdir()) == ["train.py"]
     # ... but not for the temp file a killed write of its own table left
     (out / "train.py").unlink()
-    (out / ".sensitivity.json.ab12cd34.tmp").write_text("{")
+    (out / ".sensitivity.json.ab12cd34.sparsekit.tmp").write_text("{")
     assert run("sensitivity", mlp_checkpoint, auto_recipe, *MLP, "-o", out).exit_code == 0
 
 

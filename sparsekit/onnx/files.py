@@ -44,6 +44,7 @@ from sparsekit.errors import ExportError
 from sparsekit.fsutil import (
     GIT_LFS_POINTER,
     STAGING_MARK,
+    TEMP_SUFFIX,
     atomic_path,
     lock_folder,
     sigint_deferred,
@@ -461,8 +462,8 @@ def _place(path: Path) -> str:
 
 def _destination(path: Path) -> Path:
     """Where a file written inside :func:`staging` folders (nested ones too) is published: a staged file is
-    named as its destination, in a folder ``.NAME.XXXXXXXX.tmp`` beside it."""
-    while re.fullmatch(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+\.tmp", path.parent.name):
+    named as its destination, in a folder ``.NAME.XXXXXXXX.sparsekit.tmp`` beside it."""
+    while re.fullmatch(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX), path.parent.name):
         path = path.parent.parent / path.name
     return path
 
@@ -528,7 +529,7 @@ def staging(final: PathLike) -> Iterator[Path]:
     with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(final)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
         held = lock_folder(work, wait=True)
         try:
             # Signed as sparsekit's, so that only a folder this made is ever removed as a killed writer's.
@@ -547,12 +548,12 @@ STALE_STAGING_S = 60.0
 
 
 def _remove_dead_staging(final: Path) -> None:
-    """Remove the staging folders of ``final`` (``.NAME.XXXXXXXX.tmp``, mkdtemp's shape) that no live process
+    """Remove the staging folders of ``final`` (``.NAME.XXXXXXXX.sparsekit.tmp``) that no live process
     holds and that are older than :data:`STALE_STAGING_S`: a killed writer's. Anything it cannot open or
     lock, that is not a folder of that exact name, or that lacks :data:`~sparsekit.fsutil.STAGING_MARK`
     (sparsekit did not make it) is left alone; but for an empty private one (0700, as mkdtemp makes it: a writer
     killed before its mark was written), which ``rmdir`` removes."""
-    shape = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}\.tmp")
+    shape = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
     try:
         entries = [e for e in os.scandir(final.parent) if shape.fullmatch(e.name)]
     except OSError:
