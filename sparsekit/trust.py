@@ -632,13 +632,92 @@ def _denied_files() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1)
 def _denied_import_names() -> frozenset[str]:
-    """Import names installed by the denied distributions (see :func:`_denied_distributions`)."""
+    """Import names installed by the denied distributions (see :func:`_denied_distributions`).
+
+    Kept between runs in the cache folder (``denied-import-names.json``), keyed on what Python finds distributions
+    in (:func:`_install_state`): reading every installed distribution's metadata and file list took ~0.16 s of CPU,
+    nearly all of a run's ``load`` phase when the architecture is named (``--arch``). A cache that cannot be read or
+    written only costs that time again."""
+    key = _install_state()
+    cached = _read_names_cache(key)
+    if cached is not None:
+        return cached
     try:
         top_level = importlib.metadata.packages_distributions()
     except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
         return frozenset({"torch"})
     denied = set(_denied_distributions())
-    return frozenset({imp for imp, dists in top_level.items() if any(_norm(d) in denied for d in dists)} | {"torch"})
+    names = frozenset({imp for imp, dists in top_level.items() if any(_norm(d) in denied for d in dists)} | {"torch"})
+    _write_names_cache(key, names)
+    return names
+
+
+_NAMES_CACHE = "denied-import-names.json"
+
+
+_METADATA_ENDS = (".dist-info", ".egg-info", ".egg-link", ".pth")
+
+
+def _install_state() -> list[Any]:
+    """What the installed distributions' import names depend on, to key :func:`_denied_import_names`' cache: the
+    Python and sparsekit versions, and for each ``sys.path`` entry its distributions' metadata folders (and .pth
+    files) with their modification times. Installing, upgrading or removing a package (pip, uv, conda) adds, removes
+    or rewrites a ``*.dist-info`` folder; a folder added to the path (a .pth file, PYTHONPATH) is a new entry. (Not
+    the folders' own times: the current folder, on the path under ``python -m``, changes with every file made there.)"""
+    from . import __version__
+
+    state: list[Any] = [sys.version, sys.prefix, __version__]
+    for entry in sys.path:
+        path = os.path.abspath(entry or os.curdir)
+        try:
+            if not os.path.isdir(path):
+                st = os.stat(path)
+                state.append([path, st.st_mtime_ns, st.st_size])
+                continue
+            with os.scandir(path) as found:
+                meta = sorted(
+                    [e.name, e.stat(follow_symlinks=True).st_mtime_ns] for e in found if e.name.endswith(_METADATA_ENDS)
+                )
+            state.append([path, meta])
+        except OSError:
+            state.append([path, None])
+    return state
+
+
+def _read_names_cache(key: list[Any]) -> frozenset[str] | None:
+    from .fsutil import cache_dir
+
+    try:
+        path = cache_dir() / _NAMES_CACHE
+        if path.stat().st_size > 1 << 20:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    names = data.get("names") if isinstance(data, dict) and data.get("key") == key else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return frozenset(names) | {"torch"}
+
+
+def _write_names_cache(key: list[Any], names: frozenset[str]) -> None:
+    import tempfile
+
+    from .fsutil import TEMP_SUFFIX, cache_dir
+
+    try:
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_NAMES_CACHE}.", suffix=TEMP_SUFFIX, dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"key": key, "names": sorted(names)}, f)
+            os.replace(tmp, folder / _NAMES_CACHE)  # a concurrent run reads the old file or this one, never half
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        log.debug("%s not written: %s", _NAMES_CACHE, err)
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -146,3 +147,71 @@ def test_the_screen_reads_a_module_edited_since_it_last_judged_it(tmp_path, monk
     os.utime(source, ns=(stamp + 10**9, stamp + 10**9))
     assert not _users_own_name(module, "sp.getoutput")
     assert _users_own_name(module, "Net")
+
+
+@pytest.fixture
+def denied_names_cache(tmp_path, monkeypatch):
+    from sparsekit import trust
+
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    caches = (trust._denied_distributions, trust._denied_import_names, trust._denied_files)
+    for cache in caches:
+        cache.cache_clear()
+    yield tmp_path / "cache" / "denied-import-names.json"
+    for cache in caches:
+        cache.cache_clear()
+
+
+def _plugin_dist(site, top):
+    # an installed pytest plugin (test tooling: denied), as pip lays it out
+    (site / top).mkdir()
+    (site / top / "__init__.py").write_text("")
+    info = site / f"pytest_{top}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pytest-{top}\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text(f"{top}\n")
+    (info / "RECORD").write_text(f"{top}/__init__.py,,\n")
+    (info / "entry_points.txt").write_text(f"[pytest11]\n{top} = {top}\n")
+
+
+def test_the_denied_import_names_are_read_from_the_cache_while_nothing_is_installed_or_removed(
+    tmp_path, monkeypatch, denied_names_cache
+):
+    # Reading every installed distribution's metadata took ~0.16 s of CPU on each run naming an architecture.
+    import importlib.metadata
+
+    from sparsekit import trust
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    first = trust._denied_import_names()
+    assert "onnx" in first and "click" in first and denied_names_cache.is_file()
+    trust._denied_import_names.cache_clear()
+    trust._denied_distributions.cache_clear()
+
+    def no_scan():
+        raise AssertionError("the installed distributions were read again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(importlib.metadata, "packages_distributions", no_scan)
+        assert trust._denied_import_names() == first  # a new process: read from the cache
+    # A tool installed since (a new dist-info in a folder on the path) is denied at once: the cache is not used.
+    _plugin_dist(site, "own24tool")
+    trust._denied_import_names.cache_clear()
+    trust._denied_distributions.cache_clear()
+    assert trust.installed_with_sparsekit("own24tool")
+    assert not trust.installed_with_sparsekit("own24_never_installed")
+
+
+def test_a_damaged_denied_names_cache_is_read_as_none(denied_names_cache):
+    from sparsekit import trust
+
+    denied_names_cache.parent.mkdir(parents=True)
+    for text in ("{", '{"key": 1, "names": ["x"]}', "[]", '{"key": null, "names": [1]}'):
+        denied_names_cache.write_text(text)
+        trust._denied_import_names.cache_clear()
+        assert "onnx" in trust._denied_import_names()
+    key = trust._install_state()
+    denied_names_cache.write_text(json.dumps({"key": key, "names": [1, 2]}))
+    assert trust._read_names_cache(key) is None
