@@ -215,3 +215,22 @@ def test_a_damaged_denied_names_cache_is_read_as_none(denied_names_cache):
     key = trust._install_state()
     denied_names_cache.write_text(json.dumps({"key": key, "names": [1, 2]}))
     assert trust._read_names_cache(key) is None
+
+
+def test_the_folder_a_linked_module_file_is_imported_from_is_found_through_the_link(tmp_path, monkeypatch):
+    # _import_root resolves only the module files that can be this one (same name, or a link): a module imported as
+    # pkg24.nets from a link to real/impl.py is still found, and the root is the folder above pkg24.
+    from sparsekit.provenance import _import_root
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "impl.py").write_text("X = 1\n")
+    (tmp_path / "pkg24").mkdir()
+    (tmp_path / "pkg24" / "__init__.py").write_text("")
+    (tmp_path / "pkg24" / "nets.py").symlink_to(tmp_path / "real" / "impl.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("pkg24", "pkg24.nets"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    __import__("pkg24.nets")
+    assert _import_root(str(tmp_path / "real" / "impl.py")) == tmp_path.resolve()
+    assert _import_root(str(tmp_path / "pkg24" / "__init__.py")) == tmp_path.resolve()
+    assert _import_root(str(tmp_path / "real" / "other.py")) == (tmp_path / "real").resolve()  # no module: its folder
