@@ -707,6 +707,17 @@ class L1:
                         f"a residual add or a depthwise conv does), {why}"
                     )
                     continue
+                # The member's own reasons bind the group too, whichever layer the loop reached first: a grouped conv
+                # reached as a member (registered after the depthwise conv it feeds) had its units counted toward the
+                # target, then stayed at finalize; one reached first is in cannot_remove (and indexing it failed).
+                member_why = self.cannot_remove.get(other) or (
+                    f"it is {_grouped_words(mod)}: removing single output channels would break its groups"
+                    if _grouped(mod)
+                    else ""
+                )
+                if member_why:  # (a reason of this layer's own says more: it is kept)
+                    blocked = blocked or f"its units are coupled to {other}'s, which cannot lose units ({member_why})"
+                    continue
                 members.append(other)
             producers = [module, *(self.layers[o] for o in members)]
             sources: list[tuple[_NormBase, nn.Module]] = []
