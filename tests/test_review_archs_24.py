@@ -63,3 +63,39 @@ def test_group_l1_target_leaves_out_a_depthwise_conv_whose_channels_a_grouped_co
     assert model.dw.weight.shape[0] == 16 and model.gconv.weight.shape[0] == 16
     # what the report says was achieved is what finalize removed, out of the units the entry counts (pw's)
     assert report["achieved"] == pytest.approx(removed / 24)
+
+
+class _DilatedTimeSeries(nn.Module):
+    """A 1-D CNN for time series: a dilated conv under a GroupNorm of 4 groups, added back to its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 16, 5, padding=2)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.c2 = nn.Conv1d(16, 16, 3, padding=2, dilation=2)
+        self.gn = nn.GroupNorm(4, 16)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.c1(x)))
+        x = F.relu(self.gn(self.c2(x))) + x
+        return self.head(self.pool(x).flatten(1))
+
+
+def test_a_layer_coupled_to_a_grouped_root_says_why_it_lost_a_multiple_of_the_groups(one_thread):
+    # 0.3 of 16 channels is 4.8: the GroupNorm's 4 groups make it 4 (0.25). The root c1 said so; c2, which the residual
+    # add couples to it and which loses the same channels, was reported short of its ratio with no reason.
+    entry = {"method": "structured", "ratio": 0.3, "round_to": None, "steps": 1, "schedule": "oneshot"}
+    recipe = {"version": 1, "model": {"input_shape": [1, 4, 32]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+    torch.manual_seed(0)
+    model = _DilatedTimeSeries()
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    model(torch.randn(2, 4, 32))
+    pruner.step()
+    pruner.finalize()
+    rows = pruner.methods[0].report()["per_layer"]
+    assert model.gn.num_channels == 12
+    for name in ("c1", "c2"):
+        assert rows[name]["achieved"] == pytest.approx(0.25)
+        assert "multiples of 4" in (rows[name]["reason"] or ""), rows[name]
