@@ -99,3 +99,54 @@ def test_a_layer_coupled_to_a_grouped_root_says_why_it_lost_a_multiple_of_the_gr
     for name in ("c1", "c2"):
         assert rows[name]["achieved"] == pytest.approx(0.25)
         assert "multiples of 4" in (rows[name]["reason"] or ""), rows[name]
+
+
+class _TiedEmbedding(nn.Module):
+    """A token model whose output layer is the embedding's weight, with one hidden Linear added back to its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.fc = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 20, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.emb(tokens)
+        return self.out(F.relu(self.fc(h)) + h).mean(1)
+
+
+def test_a_refusal_whose_ignore_would_leave_nothing_to_prune_says_so(one_thread):
+    # The tie refusal said "add 'fc' to pruning[0].ignore"; doing so only led to "every selected layer is in ignore;
+    # nothing left to prune". It now says up front that the advice leaves nothing, and what can prune the model.
+    entry = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": "oneshot"}
+    recipe = {"version": 1, "model": {"input_shape": [1, 7]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+    with pytest.raises(sparsekit.TargetError) as err:
+        sparsekit.Pruner(_TiedEmbedding(), recipe, steps_per_epoch=1)
+    message = str(err.value)
+    assert "add 'fc' to pruning[0].ignore" in message
+    assert "leaves pruning[0] no layer to remove channels of" in message and "magnitude" in message
+    # what the note foretells
+    entry["ignore"] = ["out", "fc"]
+    with pytest.raises(sparsekit.TargetError, match="nothing left to prune"):
+        sparsekit.Pruner(_TiedEmbedding(), recipe, steps_per_epoch=1)
+
+
+class _ConvGLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 32, 3, padding=1)
+        self.c2 = nn.Conv1d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.c2(F.glu(self.c1(x), dim=1))).mean(-1))
+
+
+def test_a_refusal_whose_ignore_leaves_other_layers_to_prune_adds_no_note(one_thread):
+    entry = {"method": "structured", "ratio": 0.5, "steps": 1, "schedule": "oneshot"}
+    recipe = {"version": 1, "model": {"input_shape": [1, 4, 16]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+    with pytest.raises(sparsekit.TargetError) as err:
+        sparsekit.Pruner(_ConvGLU(), recipe, steps_per_epoch=1)
+    assert "add 'c1' to pruning[0].ignore" in str(err.value)
+    assert "no layer to remove" not in str(err.value)

@@ -467,7 +467,15 @@ class Structured:
         if self.spec.ignore is None and self.heads:
             keep_head = f" (keep the head{'s' if len(self.heads) > 1 else ''} {heads} there too)"
         whose = "its" if len(names) == 1 else "their"
-        return f"add {listed} to {self.where}.ignore{keep_head} so {whose} output channels are kept"
+        hint = f"add {listed} to {self.where}.ignore{keep_head} so {whose} output channels are kept"
+        if not set(self.layers) - set(names):
+            # Those are all the layers the entry prunes: taking the advice only led to "every selected layer is in
+            # ignore; nothing left to prune" (an embedding tied to the output layer, whose one hidden Linear feeds it).
+            hint += (
+                f" (that leaves {self.where} no layer to remove channels of: an unstructured method such as magnitude "
+                "zeroes weights of this model without removing channels)"
+            )
+        return hint
 
     def _layout_problem(self, group: tpa.Group) -> str | None:
         """Why removing channels of this (full) group would break the model, when it can be seen by
