@@ -615,7 +615,12 @@ class Structured:
             for p in self.model.parameters():
                 p.grad = torch.ones_like(p)
             self._accumulate()
-        return self._remove(until=self.events[self.done], single=True)
+        try:
+            return self._remove(until=self.events[self.done], single=True)
+        finally:
+            if self.needs_grad:
+                for p in self.model.parameters():
+                    p.grad = None  # placeholders, not a step's gradients: _remove keeps those it did not resize
 
     def finalize(self, model: nn.Module) -> tuple[nn.Module, Changes]:
         """Run every removal event not yet run (a run that stopped early, or had no fine-tuning, still
@@ -862,6 +867,9 @@ class Structured:
 
     def _remove(self, until: int | None, single: bool = False) -> Changes:
         assert self._tp is not None, "removal after finalize"
+        # This step's own gradients, put back on the parameters the removal leaves as they were: an entry after
+        # this one in the recipe (gradient saliency on another layer) reads them in the same pruner.step().
+        step_grads = [(p, p.grad) for p in self.model.parameters()] if self.needs_grad else []
         if self.needs_grad:
             self._install_grads()
         before = {n: _out_channels(m) for n, m in self.layers.items()}
@@ -882,6 +890,10 @@ class Structured:
             if self.needs_grad:
                 for p in self.model.parameters():
                     p.grad = None  # the optimizer is rebuilt anyway; stale shapes must not linger
+                kept = {id(p) for p in self.model.parameters()}
+                for p, g in step_grads:
+                    if g is not None and id(p) in kept and g.shape == p.shape:  # not replaced nor resized
+                        p.grad = g
                 self.accum, self.accum_steps = {}, 0
             for n, m in self.layers.items():
                 self.removed[n] += before[n] - _out_channels(m)
