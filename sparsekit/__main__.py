@@ -121,6 +121,30 @@ def _tolerate_closed_pipes() -> None:
         setattr(sys, name, wrapped)
 
 
+def _exit_now_if_distributed(err: SystemExit) -> None:
+    """End a process of a torchrun run that failed or was stopped at once, with its exit code, once its messages are
+    out. Python's own exit would free the exception's traceback, and with it the DDP model and gloo's process group,
+    whose destructor waits for its worker threads while holding the GIL; a collective still in flight (the peers went
+    on) needs the GIL in one of them to finish: a deadlock. Seen: rank 1 stopped by SIGTERM printed its message and
+    never exited, so rank 0 waited in its next allreduce and torchrun hung. Every file was closed and every temp file
+    removed while the error unwound, and the folder's lock goes with the process."""
+    code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    if code == 0 or "torch.distributed" not in sys.modules:
+        return
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:
+        several = False
+    if not several:
+        return
+    if isinstance(err.code, str):  # sys.exit("message") prints it; os._exit would not
+        sys.stderr.write(f"{err.code}\n")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def entry() -> None:
     """Run the CLI. A Ctrl-C before a command takes over still exits 130 without a traceback."""
     _tolerate_closed_pipes()
@@ -159,6 +183,9 @@ def entry() -> None:
     except SparsekitError as err:  # outside a command (click's --help and --version): stdout lost (see above)
         sys.stderr.write(f"Error: {err}\n")
         sys.exit(err.exit_code)
+    except SystemExit as err:
+        _exit_now_if_distributed(err)
+        raise
     finally:
         # The command is over and its files are complete. Unloading torch and onnxruntime at exit can
         # take a second; a Ctrl-C then must not turn a finished run into a death by signal.
