@@ -623,16 +623,20 @@ class Pruner:
         self._refuse_finalized("regularize")
         self._require_built("regularize")
         total: Any = None
+        added = False
         for method in self.methods:
             # A method may add its penalty's gradient itself (methods.base: add_penalty_grad), in one pass over each
             # weight where autograd's graph takes several; the others' terms go through autograd together.
             direct = getattr(method, "add_penalty_grad", None)
             if direct is not None and direct():
+                added = added or bool(getattr(method, "adds_penalty", lambda: True)())
                 continue
             term = method.penalty()
             if isinstance(term, torch.Tensor) and term.requires_grad:
                 total = term if total is None else total + term
         if total is None:
+            if added and self._order is not None:
+                self._order.regularized()  # (a second call per optimizer step doubles what it added: warned)
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(total, params, allow_unused=True)
@@ -643,6 +647,8 @@ class Pruner:
                 param.grad = grad.detach()
             else:
                 param.grad.add_(grad)
+        if self._order is not None:
+            self._order.regularized()  # (a second call per optimizer step doubles what it added: warned)
 
     def step(self, lr: float | torch.Tensor | None = None) -> None:
         """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints.

@@ -21,6 +21,12 @@ no torch optimizer (calibration, an update of one's own) is never judged, and a 
 After the window the hook is removed: no cost for the rest of training. A run shorter than the window is judged at
 ``finalize()`` on the steps it took.
 
+``pruner.regularize()`` (the penalty's gradient added to ``.grad``) is watched over the same steps: called more than
+once per optimizer step (after every micro-batch's backward when accumulating gradients, say), each call adds the
+gradient again to the one ``.grad`` the micro-batches accumulate into, so the penalty acts that many times as strong.
+A call that finds the watched weight's ``.grad`` another tensor than the previous call left (``zero_grad()`` in
+between, as a loop of two optimizers does before each backward) starts the count afresh.
+
 A third mistake trains silently dense: the Pruner built on another model object than the one the optimizer trains (a
 copy, or a model built again after the Pruner, say to load a checkpoint into). Optimizers step, yet none of them holds
 any pruned weight that requires grad: that is warned too, outside ``torch.distributed`` (DeepSpeed's and FSDP's
@@ -66,6 +72,11 @@ class StepOrderCheck:
         # and a new one may reuse its id
         self._grad_at_step: tuple[weakref.ref[torch.Tensor], int] | None = None
         self.checked = self.before = self.twice = 0
+        # pruner.regularize() calls since the holder's last optimizer step, the .grad the last one added to (weakly:
+        # zero_grad() frees it), and the holder's steps that followed more than one call (the most of them)
+        self._regularized = 0
+        self._regularized_grad: weakref.ref[torch.Tensor] | None = None
+        self.regularized_again = self._most_regularized = 0
         self._handle = on_optimizer_steps(self, StepOrderCheck._observe)
 
     def _grad(self) -> torch.Tensor | None:
@@ -74,6 +85,7 @@ class StepOrderCheck:
 
     def _observe(self, optimizer: Any) -> None:
         self.optimizer_steps += 1
+        holding = self.holding_steps
         holder = self._holder() if self._holder is not None else None
         if holder is optimizer:
             self.holding_steps += 1
@@ -88,8 +100,22 @@ class StepOrderCheck:
                     break
             else:
                 self._others.add(optimizer)
+        if self.holding_steps != holding:  # a step of the watched weight: the regularize() calls before it are judged
+            if self._regularized > 1:
+                self.regularized_again += 1
+                self._most_regularized = max(self._most_regularized, self._regularized)
+            self._regularized = 0
         grad = self._grad()
         self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
+
+    def regularized(self) -> None:
+        """Note a ``pruner.regularize()`` call (after it added to the gradients)."""
+        grad = self._grad()
+        last = self._regularized_grad
+        if grad is None or last is None or last() is not grad:
+            self._regularized = 0  # the gradient was reset since the previous call: what that call added is gone
+        self._regularized += 1
+        self._regularized_grad = None if grad is None else weakref.ref(grad)
 
     def _newer_grad(self) -> bool:
         """Whether the weight holds a non-zero gradient the last optimizer step did not see."""
@@ -167,6 +193,16 @@ class StepOrderCheck:
                 f"{self.checked} calls came after more than one): call it after every optimizer step; between calls "
                 "the optimizer moves the pruned weights off zero, and the schedules count calls (steps_per_epoch: "
                 "optimizer steps per epoch, len(train_loader))",
+                stacklevel=stacklevel,
+            )
+        # Apart from the mistakes above (a loop may call both once per micro-batch): half the steps judged must show it.
+        if self.regularized_again >= min(ENOUGH, max(1, (self.checked + 1) // 2)):
+            warnings.warn(
+                f"pruner.regularize() ran up to {self._most_regularized} times per optimizer step (before "
+                f"{self.regularized_again} of the first {self.holding_steps} optimizer steps): each call adds the "
+                "penalty's gradient to .grad again, so the L1 strength acts that many times over; call it once per "
+                "optimizer step (when accumulating gradients, after the last micro-batch's backward, just before "
+                "optimizer.step())",
                 stacklevel=stacklevel,
             )
 

@@ -138,7 +138,9 @@ class Method(Protocol):
 
     # Optional: ``add_penalty_grad(self) -> bool``: add the gradient of :meth:`penalty` to each weight's ``.grad``
     # in place (without autograd) and return True, or return False to have the Pruner's ``regularize()`` take
-    # :meth:`penalty` through autograd. Not part of the Protocol, so a method need not define it.
+    # :meth:`penalty` through autograd. Not part of the Protocol, so a method need not define it. A method that has it
+    # may also define ``adds_penalty(self) -> bool``: whether it adds anything at the coming step (add_penalty_grad's
+    # True also means "nothing to add"); the Pruner's check of regularize() calls per optimizer step counts on it.
 
     def after_step(self, step: int) -> Changes:
         """Called after every ``optimizer.step()``; ``step`` counts them from 1. May read ``.grad``

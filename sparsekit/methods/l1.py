@@ -903,13 +903,17 @@ class L1:
         return 0.0 if total is None else lam * total
 
     @torch.no_grad()
+    def adds_penalty(self) -> bool:
+        """Whether :meth:`penalty` (and :meth:`add_penalty_grad`) add anything at the coming optimizer step."""
+        return self.spec.mode == "penalty" and self.active(self.step + 1) and bool(self._modules)
+
     def add_penalty_grad(self) -> bool:
         """Add the gradient of :meth:`penalty` to each weight's ``.grad`` in place, without autograd:
         ``lambda * sign(w)``, or ``lambda * w_g / ||w_g||_2`` per unit (0 for a unit at zero). One pass over each
         weight where autograd's graph took three or four (:meth:`~sparsekit.pruner.Pruner.regularize` uses it).
         True when done (or when there is nothing to add), False where autograd must do it: a target's raised
         penalty, coupled groups. Weights that do not require grad are left alone, as autograd leaves them."""
-        if self.spec.mode != "penalty" or not self.active(self.step + 1) or not self._modules:
+        if not self.adds_penalty():
             return True
         lam = self.lam
         if self.target is not None and lam > self.spec.strength:
