@@ -459,7 +459,7 @@ class L1:
         self.zero_below = float(spec.threshold)
         if self.target is not None and spec.mode == "penalty" and self.zero_below <= 0:
             with torch.no_grad():
-                scores = torch.cat([s.float().view(-1) for s in self._scores()])
+                scores = torch.cat([s.float().reshape(-1) for s in self._scores()])  # (a channels_last weight's too)
             self.zero_below = 1e-3 * float(scores.mean()) if scores.numel() else 0.0
         # Weight and unit counts before remove_dead shrinks layers: removed units count as pruned in the report.
         self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
@@ -1168,6 +1168,9 @@ class L1:
             shrunk = w.abs().sub_(t.to(w.dtype)).clamp_min_(0).mul_(w.sign())
         else:
             shrunk = torch.nn.functional.softshrink(w, t)
+        # Flat views of it are written below: a channels_last weight's (model.to(memory_format=...)) has none. (Its
+        # copy_ back into the weight keeps the weight's own layout.)
+        shrunk = shrunk.contiguous()
         if mask is not None:
             factor = mask_factor(shrunk, mask)  # (the mask's cached 0/1 copy: float * bool is ~4x slower on CPU)
             if factor is not None:
@@ -1176,11 +1179,11 @@ class L1:
         alive = shrunk.bool()  # shrunk != 0, ~8x faster on CPU (a cast, where != with a scalar is a slow kernel)
         n_alive = count_true(alive)
         new = before - n_alive
-        flat_s, flat_w = shrunk.view(-1), w.view(-1)
+        flat_s, flat_w = shrunk.view(-1), w.reshape(-1)  # (flat_w is only read)
         if budget is not None and new > budget:
             # More would die than the target's curve allows: the strongest of them skip this shrink.
             was = torch.ones_like(alive) if mask is None else mask
-            candidates = torch.where((~alive & was).view(-1), flat_w.abs(), -1.0)
+            candidates = torch.where((~alive & was).reshape(-1), flat_w.abs(), -1.0)
             spare = torch.topk(candidates, new - budget).indices
             flat_s[spare] = flat_w[spare]
             alive.view(-1)[spare] = flat_w[spare] != 0
@@ -1188,7 +1191,7 @@ class L1:
             new = before - n_alive
         if n_alive == 0:
             # Never empty a layer: the shrink would zero every weight, so the largest one stays.
-            strongest = int((flat_w.abs() if mask is None else flat_w.abs() * mask.view(-1)).argmax())
+            strongest = int((flat_w.abs() if mask is None else flat_w.abs() * mask.reshape(-1)).argmax())
             flat_s[strongest] = flat_w[strongest]
             alive.view(-1)[strongest] = True
             n_alive, new = 1, before - 1
@@ -1374,7 +1377,7 @@ class L1:
         scores = self._scores()
         gone = self._gone()
         want = round((self.target or 0.0) * self.total) - sum(gone)
-        flat = torch.cat([s.float().view(-1) for s in scores])
+        flat = torch.cat([s.float().reshape(-1) for s in scores])  # in index order, a channels_last weight's too
         order = torch.argsort(flat, stable=True)
         bounds = [0]
         for s in scores:
@@ -1473,7 +1476,7 @@ class L1:
                         # be all run (no gradient reaches it), and the threshold zeroed its small weights at the end.
                         continue
                     if not self.units:
-                        keep = w.abs() >= self.spec.threshold
+                        keep = (w.abs() >= self.spec.threshold).contiguous()  # (written through a flat view below)
                         if not bool(keep.any()):  # never empty a layer: its largest weight stays
                             keep.view(-1)[int(w.abs().argmax())] = True
                             self.floored.add(name)
