@@ -99,7 +99,8 @@ def num_units(module: nn.Module) -> int:
 
 def unit_view(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """``weight`` as ``[units, rest]``: row ``u`` holds every weight feeding output unit ``u`` (a Linear
-    row, a Conv output channel). A view for Linear/Conv; a copy for ConvTranspose, whose output channel
+    row, a Conv output channel). A view for Linear and a contiguous Conv weight; a copy for a channels_last one
+    (``model.to(memory_format=torch.channels_last)``) and for ConvTranspose, whose output channel
     ``g * (out/groups) + j`` is ``weight[g*(in/groups):(g+1)*(in/groups), j]``."""
     if not output_dim(module):
         return weight.flatten(1)

@@ -137,3 +137,33 @@ def test_l1_on_a_channels_last_model_prunes_as_on_a_contiguous_one(entry):
     for key in plain:
         torch.testing.assert_close(last[key], plain[key], rtol=1e-5, atol=1e-6)
     assert int((last["0.weight"] == 0).sum()) > 0
+
+
+@pytest.mark.parametrize("convert", ["before", "after"])
+def test_max_norm_bounds_a_channels_last_conv_at_max_value_not_below(convert):
+    # The fused norm buffer kept flatten(1) of each conv weight, a copy for a channels_last weight: its norms stayed
+    # those of the first step, so each step rescaled the weights by them again (0.3 asked, ~0.03 reached after one
+    # step, falling further at each), and converting after the Pruner was built left the buffer on the old memory.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 4)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5)
+    if convert == "before":
+        model = model.to(memory_format=torch.channels_last)
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "max_norm", "max_value": 0.3}]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    for step in range(3):
+        if convert == "after" and step == 1:
+            model.to(memory_format=torch.channels_last)  # in place: each parameter's .data is swapped
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(2)  # what training might do: units grow past the bound again
+        model(torch.randn(2, 3, 4, 4)).sum().backward()
+        optimizer.step()
+        pruner.step()
+        norms = [p.detach().flatten(1).norm(dim=1) for p in model.parameters() if p.dim() > 1]
+        assert all(float(n.max()) == pytest.approx(0.3, rel=1e-5) for n in norms), (step, norms)

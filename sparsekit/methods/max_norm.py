@@ -236,10 +236,19 @@ class _NormBuffer:
         ):
             return None
         rows = [w.detach() if w.dim() == 2 else w.detach().flatten(1) for w in weights]
+        if any(r.data_ptr() != w.data_ptr() or not r.is_contiguous() for r, w in zip(rows, weights, strict=True)):
+            # flatten(1) of a channels_last weight is a copy: its norms, read as they were when built, bounded nothing
+            # (and rescaled the weights by them at every step)
+            return None
         return cls(weights, rows, torch.empty(sum(r.shape[0] for r in rows), dtype=torch.float32))
 
     def holds(self, layout: list[tuple[nn.Module, bool]]) -> bool:
-        return all(m._parameters.get("weight") is w for (m, _), w in zip(layout, self.weights, strict=True))
+        # The same parameter over the same memory: model.to(memory_format=...) or .to(device) swaps a parameter's
+        # .data in place, away from the rows kept.
+        return all(
+            m._parameters.get("weight") is w and w.data_ptr() == r.data_ptr()
+            for (m, _), w, r in zip(layout, self.weights, self.rows, strict=True)
+        )
 
     def compute(self) -> None:
         for rows, out in zip(self.rows, self.outs, strict=True):
