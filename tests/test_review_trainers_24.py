@@ -167,3 +167,54 @@ def test_max_norm_bounds_a_channels_last_conv_at_max_value_not_below(convert):
         pruner.step()
         norms = [p.detach().flatten(1).norm(dim=1) for p in model.parameters() if p.dim() > 1]
         assert all(float(n.max()) == pytest.approx(0.3, rel=1e-5) for n in norms), (step, norms)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c3, self.fc = nn.Conv2d(16, 32, 1), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.b1(self.c1(x)))
+        h = torch.relu(h + self.b2(self.c2(h)))
+        return self.fc(torch.relu(self.c3(h)).mean((2, 3)))
+
+
+def _group_lasso_shapes(autocast: bool) -> tuple[list[tuple[int, ...]], dict]:
+    torch.manual_seed(0)
+    model = _Residual()
+    entry = {
+        "method": "l1",
+        "strength": 0.05,
+        "mode": "proximal",
+        "group": "channel",
+        "target": 0.5,
+        "schedule": {"start_epoch": 0, "end_epoch": 2},
+        "layers": {"types": ["Conv2d"]},
+    }
+    recipe = {"version": 1, "finetune": {"epochs": 3}, "pruning": [entry], "model": {"input_shape": [1, 3, 8, 8]}}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the whole training step under autocast, pruner calls included, as many loops write it
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        for _ in range(9):
+            loss = nn.functional.cross_entropy(model(torch.randn(8, 3, 8, 8)).float(), torch.randint(0, 4, (8,)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            pruner.step()
+        final = pruner.finalize()
+    return [tuple(p.shape) for p in final.parameters() if p.dim() > 1], pruner.methods[0].report()
+
+
+def test_finalize_inside_autocast_removes_the_zeroed_units_it_removes_outside():
+    # Under the user's bf16 autocast, remove_dead's equivalence probe compared bf16-rounded outputs and kept all 24
+    # zeroed channels of c3 ("cannot be folded exactly"), with no warning: the model stayed its dense size.
+    outside, _ = _group_lasso_shapes(autocast=False)
+    inside, report = _group_lasso_shapes(autocast=True)
+    assert outside[2][0] < 32  # (the case is one where units are removed)
+    assert inside == outside
+    assert report["cannot_remove"] == {}
