@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import inspect
 import math
 import numbers
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +33,7 @@ from .layers import computed_weight, layer_kind, prunable_layers, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .modelio import compiled_module
+from .precision import full_precision
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
@@ -44,34 +44,6 @@ from .wrappers import checked_input_shape, require_initialized, require_module, 
 # Pruner is built or restored (load_state_dict), where a loop that changes the model after that does so, and at the end
 # of each epoch.
 _LAYER_CHECK_STEPS = 8
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-# Every device type autocast knows here (cpu, cuda, mps, ...), and torch's one-call check that any of them is on.
-_AUTOCAST_DEVICES = tuple(
-    d for d in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "maia", "xla", "ipu") if torch.amp.is_autocast_available(d)
-)
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
-
-
-def _full_precision(fn: _F) -> _F:
-    """Run a Pruner call with autocast off when the user's loop called it inside ``torch.autocast`` (a whole training
-    step under ``with torch.autocast(...)``): its equivalence probes and traces compare float outputs, which bf16 /
-    fp16 rounding blurred, so that finalize() kept every zeroed unit l1's remove_dead would remove ("cannot be folded
-    exactly"). As :func:`_outside_the_forward` does for the build on the first batch."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not _any_autocast():  # the usual case: one call of ~0.3 us
-            return fn(*args, **kwargs)
-        with contextlib.ExitStack() as stack:
-            for device in _AUTOCAST_DEVICES:
-                if torch.is_autocast_enabled(device):
-                    stack.enter_context(torch.autocast(device, enabled=False))
-            return fn(*args, **kwargs)
-
-    return cast(_F, wrapper)
 
 
 def _distributed_active() -> bool:
@@ -194,7 +166,7 @@ class Pruner:
     them, a masking method selecting only some of them; modules selected together share one mask).
     """
 
-    @_full_precision
+    @full_precision
     def __init__(
         self,
         model: nn.Module,
@@ -680,7 +652,7 @@ class Pruner:
         if self._order is not None:
             self._order.regularized()  # (a second call per optimizer step doubles what it added: warned)
 
-    @_full_precision
+    @full_precision
     def step(self, lr: float | torch.Tensor | None = None) -> None:
         """After ``optimizer.step()``: read grads, advance schedules, apply masks and constraints.
 
@@ -943,7 +915,7 @@ class Pruner:
         """Epochs completed, fractional: optimizer steps taken / ``steps_per_epoch``."""
         return self.step_count / self.steps_per_epoch
 
-    @_full_precision
+    @full_precision
     def finalize(self) -> nn.Module:
         """Bake masks into the weights, run each method's finalize (channel removal), drop all hooks
         and buffers. Returns the model to save/export (possibly a new, smaller object). Raises
@@ -1100,7 +1072,7 @@ class Pruner:
             "input_shape": list(self.context["input_shape"]) if self.context.get("input_shape") else None,
         }
 
-    @_full_precision
+    @full_precision
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a run. Call it on a freshly built Pruner (same recipe, same ``steps_per_epoch``) *before*
         ``model.load_state_dict``: channels removed by structured pruning are removed again first (replayed), so

@@ -218,3 +218,14 @@ def test_finalize_inside_autocast_removes_the_zeroed_units_it_removes_outside():
     assert outside[2][0] < 32  # (the case is one where units are removed)
     assert inside == outside
     assert report["cannot_remove"] == {}
+
+
+def test_export_onnx_inside_autocast_writes_the_float32_model(tmp_path):
+    # Exported at the end of a loop body under bf16 autocast, the file held bf16 Gemm nodes and export_onnx failed
+    # with onnxruntime's "Could not find an implementation for Gemm(13)", naming neither autocast nor a way out.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        info = sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 16))
+        assert torch.is_autocast_enabled("cpu")  # (left as the caller set it)
+    assert info["parity"]["ok"] and info["parity"]["max_abs_diff"] < 1e-5

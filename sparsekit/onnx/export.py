@@ -53,6 +53,7 @@ from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import open_session, random_array
 from sparsekit.onnx.tensors import FLOAT_TYPES, drop_weight_values, graph_tensors, positive_zeros
+from sparsekit.precision import full_precision
 from sparsekit.wrappers import int_dims, require_initialized, require_module, require_path, unwrap_wrappers
 
 __all__ = ["EXPORTERS", "check_zeros", "export_int8", "export_onnx"]
@@ -69,6 +70,7 @@ DYNAMO_OPSET = 18
 OPSETS = "13-23"  # what both exporters deliver, and the range of a recipe's export.opset
 
 
+@full_precision  # (called inside the user's torch.autocast: sparsekit.precision)
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
