@@ -234,3 +234,24 @@ def test_the_folder_a_linked_module_file_is_imported_from_is_found_through_the_l
     assert _import_root(str(tmp_path / "real" / "impl.py")) == tmp_path.resolve()
     assert _import_root(str(tmp_path / "pkg24" / "__init__.py")) == tmp_path.resolve()
     assert _import_root(str(tmp_path / "real" / "other.py")) == (tmp_path / "real").resolve()  # no module: its folder
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_max_norm_holds_its_bound_on_half_precision_weights(dtype):
+    # The scale was rounded to the weights' dtype and each product rounded again: bf16 rows ended at 0.5011 for a
+    # max_value of 0.5, and the report's "norm <= max_value" was false.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).to(dtype)
+    recipe = {"pruning": [{"method": "max_norm", "max_value": 0.5}], "finetune": {"epochs": 1}}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=20, context={"input_shape": [1, 64]})
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # (Adam's eps underflows in float16: NaN weights)
+    norms = []
+    for _ in range(20):
+        loss = -model(torch.randn(16, 64, dtype=dtype).abs()).float().mean()  # pushes weights outward, to the bound
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        pruner.step()
+        norms += [float(layer.weight.float().norm(dim=1).max()) for layer in (model[0], model[2])]
+    assert all(0.49 < n <= 0.5 for n in norms[-4:]), norms[-4:]
+    assert max(norms) <= 0.5, max(norms)
