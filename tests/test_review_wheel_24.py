@@ -25,3 +25,16 @@ def test_the_readme_wheel_extras_command_names_the_wheel_file(tmp_path):
         argv = command.replace("pip install", "printf '%s\\n'", 1)
         out = subprocess.run(["bash", "-c", argv], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
         assert out.split() == [f"./{wheel}[lightning]"], (command, out)
+
+
+def test_the_readme_says_when_run_prune_returns_none():
+    # run_prune is typed `Report | None` (None on torchrun ranks other than 0): a user who types the README's
+    # `report.pruned.accuracy` under mypy --strict gets union-attr errors unless the README says why and what to do
+    import typing
+
+    import sparsekit
+
+    returns = typing.get_type_hints(sparsekit.run_prune)["return"]
+    assert type(None) in typing.get_args(returns)
+    (row,) = [line for line in README.splitlines() if line.startswith("| `report = sparsekit.run_prune(")]
+    assert "None" in row and "is not None" in row, row
