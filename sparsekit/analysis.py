@@ -8,7 +8,8 @@ and the output files.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from .fsutil import (
     unlock_folder,
     write_text,
 )
-from .recipe import Recipe
+from .recipe import Recipe, resolve_recipe
 
 if TYPE_CHECKING:
     from .pipeline import Inputs
@@ -450,10 +451,11 @@ def write_allocation(stage: Path, table: SensitivityTable | None, allocation: di
 @keeps_caller_generators(torch=True)
 def run_sensitivity(
     model_path: str | Path,
-    recipe: Recipe,
+    recipe: Recipe | Mapping[str, Any] | str | os.PathLike[str],
     out: str | Path,
     *,
     arch: str | None = None,
+    kwargs: Mapping[str, Any] | None = None,
     data: str | None = None,
     trust: bool = False,
     trust_code: bool = False,
@@ -461,6 +463,7 @@ def run_sensitivity(
     overwrite: bool = False,
     max_batches: int | None = None,
     progress: bool = True,
+    overrides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """``sparsekit sensitivity``: prune every layer the recipe selects alone, one shot, at a grid of
     sparsities (channel ratios for ``structured``), evaluate on the validation split without fine-tuning,
@@ -469,7 +472,9 @@ def run_sensitivity(
 
     The table is saved after every probe, so an interrupted analysis continues with ``resume=True``.
     ``out`` may not hold an earlier analysis unless ``resume`` or ``overwrite`` is given.
-    ``max_batches`` caps the validation batches per evaluation (faster, noisier).
+    ``max_batches`` caps the validation batches per evaluation (faster, noisier). ``recipe``, ``kwargs`` and
+    ``overrides`` as for :func:`~sparsekit.pipeline.run_prune`: a Recipe, a recipe file, a shipped recipe's name or a
+    dict; the factory's keyword arguments (the recipe's ``model.kwargs``); ``key.path=value`` strings.
 
     Returns ``{"table": SensitivityTable, "files": {kind: path}, "ranking": [(layer, score), ...] (most
     sensitive first; score = mean validation-loss increase, nats per sample), "allocation": {...} or
@@ -482,6 +487,7 @@ def run_sensitivity(
     from .pipeline import check_inputs
     from .sensitivity import _ANALYSED, NOTHING_TO_ANALYSE, RESUME_REFUSED, SensitivityTable, analyze, auto_entries
 
+    recipe = resolve_recipe(recipe, kwargs, overrides, "run_sensitivity", arch)
     out = Path(out)
     if not any(spec.method in _ANALYSED for spec in recipe.pruning):
         # Said before the model and data are loaded, naming the recipe (analyze, later, knows no file).

@@ -51,8 +51,7 @@ from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_m
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
 from .pruner import Pruner
-from .recipe import Recipe, as_recipe, load_recipe, with_kwargs
-from .recipe_yaml import override_list
+from .recipe import Recipe, resolve_recipe
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
 from .train import calibrate, evaluate, finetune, frozen_teacher, step_clock_mismatch, steps_per_epoch
@@ -496,15 +495,7 @@ def run_prune(
         check_allowed(allow_changes)
     except ValueError as err:
         raise SparsekitError(str(err)) from None
-    overrides = with_kwargs(recipe, kwargs, overrides, "run_prune", arch)
-    if overrides is not None and isinstance(recipe, Recipe):
-        raise TypeError(
-            "run_prune(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "
-            "is already validated: set its fields, or pass load_recipe(path, overrides=[...]) instead"
-        )
-    if overrides is not None and isinstance(recipe, str | os.PathLike | Mapping):
-        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), override_list(overrides))
-    recipe = as_recipe(recipe)  # a recipe file, a shipped recipe's name or a dict, as Pruner takes them
+    recipe = resolve_recipe(recipe, kwargs, overrides, "run_prune", arch)  # a file, a name or a dict, as Pruner takes
     clock = PhaseClock()
     out = Path(out)
     data = data_option(data, "run_prune")

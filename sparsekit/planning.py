@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .fsutil import keeps_caller_generators
-from .recipe import Recipe, as_recipe, load_recipe, with_kwargs
-from .recipe_yaml import override_list
+from .recipe import Recipe, resolve_recipe
 from .schedule import checked_steps_per_epoch
 from .wrappers import copy_model, require_path, unwrap
 
@@ -87,17 +86,9 @@ def plan(
         steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "plan(steps_per_epoch=...)")
     if model is not None:
         require_path(model, "plan(model=...)")
-    overrides = with_kwargs(recipe, kwargs, overrides, "plan", arch)  # the factory's kwargs, as model.kwargs
-    if overrides is not None:
-        # The errors' remedies read overrides=[...] (the input shape, a layer pattern, ...), as for run_prune and
-        # load_recipe; following one here was a TypeError: plan() took no such keyword.
-        if isinstance(recipe, Recipe):
-            raise TypeError(
-                "plan(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "
-                "is already validated: set its fields, or pass load_recipe(path, overrides=[...]) instead"
-            )
-        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), override_list(overrides))
-    recipe = as_recipe(recipe)  # a path or a dict, as Pruner and run_prune take (it raised AttributeError)
+    # The errors' remedies read overrides=[...] (the input shape, a layer pattern, ...), as for run_prune and
+    # load_recipe; the factory's kwargs become model.kwargs; a path or a dict, as Pruner and run_prune take.
+    recipe = resolve_recipe(recipe, kwargs, overrides, "plan", arch)
     res: dict[str, Any] = {
         "recipe": recipe.source,
         "valid": True,

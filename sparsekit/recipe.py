@@ -2222,6 +2222,22 @@ def with_kwargs(recipe: Any, kwargs: Any, overrides: Any, where: str, arch: str 
     return [*override_list(overrides if overrides is not None else []), *factory, f"model.kwargs={text}"]
 
 
+def resolve_recipe(recipe: Any, kwargs: Any, overrides: Any, where: str, arch: str | None) -> Recipe:
+    """The :class:`Recipe` a file-level function (``run_prune``, ``plan``, ``run_sensitivity``) runs: ``recipe`` (a
+    Recipe, a recipe file, a shipped recipe's name or a dict, :func:`as_recipe`) with ``overrides`` and the factory's
+    ``kwargs`` (:func:`with_kwargs`) applied. One helper for all three, so each takes the same recipe forms and
+    keywords: ``run_sensitivity`` took a Recipe alone (a path raised AttributeError) and no ``kwargs``."""
+    overrides = with_kwargs(recipe, kwargs, overrides, where, arch)
+    if overrides is not None and isinstance(recipe, Recipe):
+        raise TypeError(
+            f"{where}(overrides=...) applies to a recipe file, a shipped recipe's name or a dict; a Recipe object "
+            "is already validated: set its fields, or pass load_recipe(path, overrides=[...]) instead"
+        )
+    if overrides is not None and isinstance(recipe, str | os.PathLike | Mapping):
+        recipe = load_recipe(recipe if isinstance(recipe, Mapping) else os.fspath(recipe), override_list(overrides))
+    return as_recipe(recipe)
+
+
 def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     """``recipe`` itself when a :class:`Recipe` (checked again as it is now: RecipeError naming a field assigned an
     invalid value since it was validated); the recipe a file path or a shipped recipe's name names

@@ -1,10 +1,12 @@
-"""A wheel user's review: the README's commands for an installed wheel, run as a shell runs them."""
+"""A wheel user's review: the README's commands for an installed wheel, run as a shell runs them, and the Python API
+as its README and its types present it."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,43 @@ def test_the_readme_says_when_run_prune_returns_none():
     assert type(None) in typing.get_args(returns)
     (row,) = [line for line in README.splitlines() if line.startswith("| `report = sparsekit.run_prune(")]
     assert "None" in row and "is not None" in row, row
+
+
+def test_run_sensitivity_takes_a_recipe_file_kwargs_and_overrides_as_run_prune_does(tmp_path, monkeypatch):
+    # The Python side of `sparsekit sensitivity --kwargs ... --set ...`: run_sensitivity took a Recipe object alone
+    # (a recipe file's path raised AttributeError: 'str' object has no attribute 'pruning') and no kwargs=, which the
+    # README promises wherever arch= is; run_prune and plan take all three.
+    import torch
+
+    from sparsekit.analysis import run_sensitivity
+
+    (tmp_path / "wheel24net.py").write_text(
+        "from torch import nn\n\n\ndef build(width=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))\n"
+    )
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: synthetic, synthetic_samples: 128, batch_size: 64}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "wheel24net", raising=False)
+    torch.manual_seed(0)
+    sd = {
+        "1.weight": torch.randn(12, 64),
+        "1.bias": torch.zeros(12),
+        "3.weight": torch.randn(10, 12),
+        "3.bias": torch.zeros(10),
+    }
+    torch.save(sd, tmp_path / "w.pt")
+    res = run_sensitivity(
+        "w.pt",
+        "r.yaml",
+        "sens",
+        arch="wheel24net:build",
+        kwargs={"width": 12},  # the weights are 12 wide, the factory's default 8: refused without it
+        overrides=["pruning.0.layers=['1']"],
+        max_batches=1,
+        progress=False,
+    )
+    assert [layer for layer, _ in res["ranking"]] == ["1"]  # the override left layer 3 out
+    assert (tmp_path / "sens" / "sensitivity.json").is_file()
