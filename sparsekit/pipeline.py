@@ -411,6 +411,9 @@ class Inputs:
     # end), and what the allocation had to say (e.g. exact channel counts where aligned blocks could not reach).
     asked_pruning: list[dict[str, Any]] | None = None
     allocation_notes: list[str] = field(default_factory=list)
+    # Who named the data source, as load_data was told (named_in, field): later errors about the data (the first
+    # batch's labels or shape, in validate) name it the same way, the data option or the recipe file's field.
+    source_named: tuple[str | None, str] = (None, "data.source")
 
 
 @dataclass
@@ -752,6 +755,9 @@ def check_inputs(
         classes = check_input(
             loaded.model, shape, str(model_path), loaded.shape_origin, _data_shapes(source, recipe, data)
         )
+    # A source the caller gave (the data option, or an override of data.source) is their own choice.
+    named_in = None if data or recipe.overridden("data.source") else (recipe.source or "the recipe")
+    data_field = "data" if data else "data.source"
     with clock("data"), _naming_overridden_source(recipe, data):
         bundle = load_data(
             source,
@@ -761,16 +767,15 @@ def check_inputs(
             input_shape=shape,
             synthetic_samples=recipe.data.synthetic_samples,
             num_classes=classes,
-            # A source the caller gave (the data option, or an override of data.source) is their own choice.
-            named_in=None if data or recipe.overridden("data.source") else (recipe.source or "the recipe"),
+            named_in=named_in,
             trust_code=trust_code,
             normalize=recipe.data.normalize,
-            field="data" if data else "data.source",
+            field=data_field,
             token_ids=model_input.id_vocab(loaded.model, shape),  # ids, not floats, for an embedding's model
         )
     # Under torchrun each rank trains its shard: the schedules are laid out in its (fewer) steps.
     spe = steps_per_epoch(recipe.finetune, _distributed.batches_per_rank(bundle.train))
-    return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe)
+    return Inputs(loaded, str(model_path), shape, factory, source, bundle, spe, source_named=(named_in, data_field))
 
 
 @contextlib.contextmanager

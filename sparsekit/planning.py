@@ -307,6 +307,19 @@ def first_batch(inputs: Any) -> tuple[tuple[Any, Any], list[int]]:
     eval mode: returns ``((x, y), output shape)``. Raises :class:`~sparsekit.errors.DataError` naming the data
     source and the model file when the batch cannot be read, the model fails on it, its output is not
     ``[batch, classes]`` or a label is outside the model's outputs."""
+    from .data import _reworded
+    from .errors import DataError
+
+    try:
+        return _first_batch(inputs)
+    except DataError as err:
+        # Named as load_data named the source: the data option (a CLI user gave --data, not data.source), or the
+        # recipe file before its field; these said "data.source 'x'" whoever had named it.
+        named_in, field = getattr(inputs, "source_named", (None, "data.source"))
+        raise _reworded(err, inputs.source, named_in, field) from None
+
+
+def _first_batch(inputs: Any) -> tuple[tuple[Any, Any], list[int]]:
     import torch
 
     from .errors import DataError, SparsekitError, one_line

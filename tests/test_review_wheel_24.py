@@ -80,3 +80,36 @@ def test_run_sensitivity_takes_a_recipe_file_kwargs_and_overrides_as_run_prune_d
     )
     assert [layer for layer, _ in res["ranking"]] == ["1"]  # the override left layer 3 out
     assert (tmp_path / "sens" / "sensitivity.json").is_file()
+
+
+def test_validates_first_batch_errors_name_the_source_as_the_user_gave_it(tmp_path, monkeypatch):
+    # validate's (plan's) first-batch checks said "data.source 'mydata:bad'" whoever named the source: for
+    # `--data mydata:bad` a recipe field the user never wrote, and for a recipe's own source not the recipe file.
+    # Every other data error names the data option, or the recipe file before its field.
+    import sparsekit
+
+    (tmp_path / "wheel24data.py").write_text(
+        "import torch\nfrom torch.utils.data import DataLoader, TensorDataset\n\n\ndef bad():\n"
+        "    ds = TensorDataset(torch.randn(32, 64), torch.randint(11, 20, (32,)))\n"
+        "    return DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16)\n"
+    )
+    (tmp_path / "wheel24lin.py").write_text("from torch import nn\n\n\ndef build():\n    return nn.Linear(64, 10)\n")
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: 'wheel24data:bad'}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "cfg"))  # trust_code below remembers the module
+    for name in ("wheel24data", "wheel24lin"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import torch
+
+    torch.save(torch.nn.Linear(64, 10).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(sparsekit.DataError) as given:
+        sparsekit.plan("r.yaml", "w.pt", arch="wheel24lin:build", data="wheel24data:bad")
+    message = str(given.value)
+    assert "labels 11..19" in message and "data.source" not in message, message
+    assert message.startswith("data='wheel24data:bad'"), message  # the Python spelling of the data option
+    with pytest.raises(sparsekit.DataError) as named:
+        sparsekit.plan("r.yaml", "w.pt", arch="wheel24lin:build", trust_code=True)
+    assert str(named.value).startswith("r.yaml: data.source 'wheel24data:bad': labels 11..19"), str(named.value)
