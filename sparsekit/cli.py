@@ -2466,7 +2466,9 @@ def trust(modules: tuple[str, ...], forget: bool, as_json: bool, debug: bool) ->
     for module in modules:
         if forget:
             if not forget_module(module):
-                click.echo(f"{module}: was not trusted", err=True)
+                # a Warning: line, as every command's (a misspelt name forgot nothing: said as plain text, it read
+                # like a progress note)
+                _warn_on_stderr([f"{module}: was not trusted, so there was nothing to forget (the list follows)"])
         else:
             trust_module(module)
     where = trusted_locations()

@@ -3,6 +3,7 @@ as its README and its types present it."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -113,3 +114,19 @@ def test_validates_first_batch_errors_name_the_source_as_the_user_gave_it(tmp_pa
     with pytest.raises(sparsekit.DataError) as named:
         sparsekit.plan("r.yaml", "w.pt", arch="wheel24lin:build", trust_code=True)
     assert str(named.value).startswith("r.yaml: data.source 'wheel24data:bad': labels 11..19"), str(named.value)
+
+
+def test_forgetting_a_module_that_was_not_trusted_is_a_warning_line(tmp_path):
+    # README: every command prints its warnings as `Warning: ...` lines on stderr. `trust --forget` of a name that
+    # was not trusted (a misspelt one: nothing was forgotten) printed a bare "mypkg.net: was not trusted".
+    env = {**os.environ, "SPARSEKIT_CONFIG_DIR": str(tmp_path / "cfg"), "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "sparsekit", "trust", "--forget", "wheel24.never"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("Warning: wheel24.never: was not trusted"), run.stderr
