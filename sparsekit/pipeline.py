@@ -565,7 +565,8 @@ def run_prune(
                 notify("resuming with accepted changes: " + "; ".join(new))
         inputs.provenance, inputs.allow_changes = origin, tuple(allow_changes)
         if not main:
-            _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
+            with _naming_training_source(inputs):
+                _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
             epochs = recipe.finetune.epochs
             trained = f", {TRAINING_DONE} (the checkpoint holds epoch {epochs} of {epochs})" if epochs else ""
             # A Ctrl-C here said nothing of where the run was, so this rank's line told --resume to continue "from the
@@ -575,7 +576,7 @@ def run_prune(
             return None
         stage = folder.begin()  # after inputs are known good: a typo never touches the folder
         try:
-            with clock.around():
+            with clock.around(), _naming_training_source(inputs):
                 write_allocation(stage, table, allocation)
                 report = _run(
                     inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
@@ -796,6 +797,24 @@ def _naming_overridden_source(recipe: Recipe, data: str | None) -> Iterator[None
         # source; load_data names the recipe file for data.source only, so these named no file at all.
         where = recipe.blame(message)
         raise type(err)(f"{where}: {message}" if where else message) from None
+
+
+@contextlib.contextmanager
+def _naming_training_source(inputs: Inputs) -> Iterator[None]:
+    """A data error found in a run's batches (the dense evaluation's, training's: a label past the model's outputs,
+    a batch the model cannot run: "data: ...") names the source as load_data's errors do, the data option or the
+    recipe file before its field: "data: label 19 is outside the model's 10 outputs" named neither."""
+    try:
+        yield
+    except DataError as err:
+        message = err.raw_message
+        if not message.startswith("data: ") or not isinstance(inputs.source, str):
+            raise
+        from .data import _reworded
+
+        named_in, field = inputs.source_named
+        said = DataError(f"data.source {inputs.source.strip()!r}: {message[len('data: ') :]}")
+        raise _reworded(said, inputs.source, named_in, field) from None
 
 
 def rehearse(inputs: Inputs, recipe: Recipe) -> None:

@@ -255,3 +255,31 @@ def test_max_norm_holds_its_bound_on_half_precision_weights(dtype):
         norms += [float(layer.weight.float().norm(dim=1).max()) for layer in (model[0], model[2])]
     assert all(0.49 < n <= 0.5 for n in norms[-4:]), norms[-4:]
     assert max(norms) <= 0.5, max(norms)
+
+
+def test_a_label_past_the_models_outputs_found_in_training_names_the_data_source(tmp_path, monkeypatch):
+    # prune found it in the first training batch and said only "data: label 19 is outside the model's 10 outputs":
+    # neither the source nor who named it (the data option, or the recipe file's data.source).
+    (tmp_path / "own24data.py").write_text(
+        "import torch\nfrom torch.utils.data import DataLoader, TensorDataset\n\n\ndef bad():\n"
+        "    ds = TensorDataset(torch.randn(32, 64), torch.randint(11, 20, (32,)))\n"
+        "    return DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16)\n"
+    )
+    (tmp_path / "own24lin.py").write_text("from torch import nn\n\n\ndef build():\n    return nn.Linear(64, 10)\n")
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: 'own24data:bad'}\nfinetune: {epochs: 1}\n"
+        "benchmark: {enabled: false}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "cfg"))
+    for name in ("own24data", "own24lin"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    torch.save(nn.Linear(64, 10).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(sparsekit.DataError) as given:
+        sparsekit.run_prune("w.pt", "r.yaml", "out1", arch="own24lin:build", data="own24data:bad", progress=False)
+    assert str(given.value).startswith("data='own24data:bad': label 1"), str(given.value)
+    assert "outside the model's 10 outputs" in str(given.value)
+    with pytest.raises(sparsekit.DataError) as named:
+        sparsekit.run_prune("w.pt", "r.yaml", "out2", arch="own24lin:build", trust_code=True, progress=False)
+    assert str(named.value).startswith("r.yaml: data.source 'own24data:bad': label 1"), str(named.value)
