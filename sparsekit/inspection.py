@@ -420,7 +420,7 @@ def _inspect_onnx(path: Path) -> dict[str, Any]:
     arrays = _onnx_arrays(model.graph)  # every stored tensor, converted once
     rows, used = _onnx_rows(model, macs, arrays)
     # So is one whose computed weight the int8 quantizer folded and stored: sparsekit's export names them.
-    from .onnx.export import COMPUTED_KEY
+    from .onnx.files import COMPUTED_KEY
 
     folded = set(_recorded_names(model, COMPUTED_KEY))
     computed += [r for r in rows if r["name"] in folded]
@@ -539,7 +539,7 @@ def _onnx_rows(
     tie_of: dict[str, int] = {}
     for i, group in enumerate(_tied_layers(model)):
         tie_of.update(dict.fromkeys(group, i))
-    from .onnx.export import REUSED_KEY
+    from .onnx.files import REUSED_KEY
 
     reused = set(_recorded_names(model, REUSED_KEY))
     rows: list[dict[str, Any]] = []
@@ -614,7 +614,7 @@ def _tied_layers(model: Any) -> list[list[str]]:
     """The groups of layers sharing one weight that sparsekit's export recorded in the file (else none)."""
     import json
 
-    from .onnx.export import TIED_KEY
+    from .onnx.files import TIED_KEY
 
     for prop in model.metadata_props:
         if prop.key == TIED_KEY:

@@ -283,3 +283,27 @@ def test_a_label_past_the_models_outputs_found_in_training_names_the_data_source
     with pytest.raises(sparsekit.DataError) as named:
         sparsekit.run_prune("w.pt", "r.yaml", "out2", arch="own24lin:build", trust_code=True, progress=False)
     assert str(named.value).startswith("r.yaml: data.source 'own24data:bad': label 1"), str(named.value)
+
+
+def test_inspecting_an_onnx_file_imports_no_torch(tmp_path):
+    # An .onnx file is read as data, but inspect imported torch (~1.5-3.6 s) for three metadata key names that lived
+    # in sparsekit.onnx.export.
+    import subprocess
+    import textwrap
+    from pathlib import Path
+
+    sparsekit.export_onnx(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), tmp_path / "m.onnx", (1, 4))
+    code = textwrap.dedent(f"""
+        import sys
+        from sparsekit.cli import main
+        try:
+            main(["inspect", {str(tmp_path / "m.onnx")!r}])
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+        print("TORCH=" + str("torch" in sys.modules), file=sys.stderr)
+    """)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH=False" in proc.stderr, proc.stderr
+    assert "Gemm" in proc.stdout

@@ -39,8 +39,11 @@ from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
 from sparsekit.masks import unfollowed_masks
 from sparsekit.model_input import id_vocab, id_vocabs
-from sparsekit.onnx.files import (
+from sparsekit.onnx.files import (  # the metadata keys are read where the file is read (inspect), without torch
+    COMPUTED_KEY,
     EXTERNAL_DATA_BYTES,
+    REUSED_KEY,
+    TIED_KEY,
     load_onnx,
     native_folder,
     native_path,
@@ -788,22 +791,6 @@ def _check_file(
     except Exception as e:
         raise ExportError(f"the exported ONNX graph is invalid: {e}") from e
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-#: metadata_props key listing the layers that share one weight (tied), as a JSON list of lists of module names:
-#: an exporter stores equal tensors once too, so the graph alone cannot tell a tie from equal values.
-TIED_KEY = "sparsekit.tied_layers"
-
-
-#: metadata_props key listing the layers the forward pass calls more than once (one weight, one node per call),
-#: as a JSON list of module names: the graph alone cannot tell a reused layer from equal layers stored once.
-REUSED_KEY = "sparsekit.reused_layers"
-
-
-#: metadata_props key listing the Linear/Conv layers whose weight the forward pass computes (weight_norm,
-#: spectral_norm, another parametrization), as a JSON list of module names: `inspect` gives them no row, as on
-#: the torch side, even where the int8 quantizer folded the computation into a stored weight.
-COMPUTED_KEY = "sparsekit.computed_layers"
 
 
 def _record_ties(model: onnx.ModelProto, torch_model: nn.Module, x: tuple[torch.Tensor, ...] | None = None) -> None:

@@ -137,6 +137,22 @@ def native_folder(folder: PathLike) -> Iterator[Path]:
 EXTERNAL_DATA_BYTES = int(1.8e9)
 # metadata_props key of every ONNX file sparsekit writes; the value is the sparsekit version and a hash.
 MARK_KEY = "sparsekit"
+# (The keys below are here, not in onnx.export beside the code that writes them, so that reading an .onnx file
+# (`sparsekit inspect x.onnx`) does not import torch, as onnx.export does: ~1.5 s.)
+#: metadata_props key listing the layers that share one weight (tied), as a JSON list of lists of module names:
+#: an exporter stores equal tensors once too, so the graph alone cannot tell a tie from equal values.
+TIED_KEY = "sparsekit.tied_layers"
+
+
+#: metadata_props key listing the layers the forward pass calls more than once (one weight, one node per call),
+#: as a JSON list of module names: the graph alone cannot tell a reused layer from equal layers stored once.
+REUSED_KEY = "sparsekit.reused_layers"
+
+
+#: metadata_props key listing the Linear/Conv layers whose weight the forward pass computes (weight_norm,
+#: spectral_norm, another parametrization), as a JSON list of module names: `inspect` gives them no row, as on
+#: the torch side, even where the int8 quantizer folded the computation into a stored weight.
+COMPUTED_KEY = "sparsekit.computed_layers"
 # The zlib level of the gzip sizes sparsekit reports: 9 (`gzip -9`) for files up to GZIP9_MAX_BYTES, 6
 # (the `gzip` tool's default) above. On LeNet-300-100 at 90% (1 MB, dense storage) level 9 is 18% smaller
 # than level 6 (154 vs 188 kB) and takes ~0.3 s. On a 135 MB MLP file with 90% of its weights zero

@@ -187,7 +187,7 @@ def quantize_int8(
         quantized = load_onnx(tmp, load_external_data=False)
         # onnxruntime drops the fp32 file's metadata; the layers whose weight torch computes are still no layer
         # `inspect` lists, though the quantizer folded the computation into a stored weight.
-        from sparsekit.onnx.export import COMPUTED_KEY
+        from sparsekit.onnx.files import COMPUTED_KEY
 
         for prop in model.metadata_props:
             if prop.key == COMPUTED_KEY:
