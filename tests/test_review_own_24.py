@@ -307,3 +307,24 @@ def test_inspecting_an_onnx_file_imports_no_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "TORCH=False" in proc.stderr, proc.stderr
     assert "Gemm" in proc.stdout
+
+
+def test_a_gradient_entry_whose_every_gradient_overflowed_says_so_at_finalize():
+    # GradScaler skips an optimizer step whose gradients hold inf; when it skipped every one, finalize said "got no
+    # gradients ... call loss.backward() before pruner.step()" to a loop that did exactly that.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    recipe = {
+        "pruning": [{"method": "gradient", "criterion": "taylor", "sparsity": 0.5, "schedule": "oneshot"}],
+        "finetune": {"epochs": 1},
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4, context={"input_shape": [1, 8]})
+    for _ in range(4):
+        model(torch.randn(4, 8)).sum().backward()
+        for p in model.parameters():
+            p.grad.fill_(float("inf"))  # what an fp16 overflow leaves; GradScaler then skips optimizer.step()
+        pruner.step()
+        model.zero_grad()
+    with pytest.raises(sparsekit.errors.TargetError, match=r"held inf or NaN .* GradScaler") as err:
+        pruner.finalize()
+    assert "call loss.backward()" not in str(err.value)

@@ -191,6 +191,7 @@ class Gradient(Magnitude):
         overflowed = False
         if self._pending or (step <= self.schedule.end and self._scored(step)):
             overflowed = self.accumulate(check=not used)  # before the mask update, so this step's gradients count
+            self._overflows += overflowed
         changes = super().after_step(step)
         # (a step GradScaler skipped on an overflow leaves the update waiting too, but is no mistake of the loop's)
         if self._pending and not self._warned_no_grad and not overflowed:
@@ -217,6 +218,7 @@ class Gradient(Magnitude):
         return changes
 
     _warned_no_grad = False
+    _overflows = 0  # steps whose gradients (some of them) held inf or NaN and were left out: GradScaler's skipped steps
     _zero_scored: list[str] = []  # noqa: RUF012 - replaced, never changed in place
 
     def _missing_layers(self) -> list[str]:
@@ -266,6 +268,14 @@ class Gradient(Magnitude):
                 raise TargetError(
                     f"{self.where}: gradient criterion got no gradients for {self._missing()}, while the entry's "
                     f"other layers got theirs, so the entry's mask updates waited for them: {UNUSED_FIX}"
+                )
+            if self._overflows:
+                # (it said "got no gradients ... call loss.backward() before pruner.step()" to a loop that did)
+                raise TargetError(
+                    f"{self.where}: gradient criterion got no finite gradients for {self._missing()}: the gradients "
+                    f"of {self._overflows} step(s) held inf or NaN and were left out, as the optimizer steps a "
+                    "GradScaler skips: its scale never came down far enough, or the loss itself is inf or NaN; start "
+                    "GradScaler at a lower init_scale, or check the loss"
                 )
             raise TargetError(
                 f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "
