@@ -13,11 +13,13 @@ RECIPES_DIR = Path(str(resources.files("sparsekit").joinpath("recipes")))
 
 
 def find_recipe(recipe: str | Path) -> Path:
-    """``recipe`` as a path when it exists, else the shipped recipe of that name (with or without
-    ``.yaml``), else ``recipe`` unchanged (loading it then reports the missing file)."""
+    """``recipe`` as a path when it exists and is not a folder, else the shipped recipe of that name (with
+    or without ``.yaml``), else ``recipe`` unchanged (loading it then reports the missing file or folder)."""
     path = Path(recipe)
     try:
-        if not path.exists():
+        # A folder is never a recipe: `prune model.pt cnn-structured-50 -o cnn-structured-50` made one of the shipped
+        # name, and the next run read "cnn-structured-50: is a directory" instead of the shipped recipe.
+        if not path.exists() or path.is_dir():
             for candidate in (RECIPES_DIR / str(recipe), RECIPES_DIR / f"{recipe}.yaml"):
                 if candidate.is_file():
                     return candidate
