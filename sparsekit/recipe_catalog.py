@@ -3,6 +3,7 @@ install has them too (the repository's top-level ``recipes/`` is a link to the s
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,26 @@ def find_recipe(recipe: str | Path) -> Path:
         if not path.exists() or path.is_dir():
             for candidate in (RECIPES_DIR / str(recipe), RECIPES_DIR / f"{recipe}.yaml"):
                 if candidate.is_file():
+                    _warn_of_local_copy(path, candidate)
                     return candidate
     except OSError:  # a name the file system refuses to look up (too long): reading it says so, as a RecipeError
         pass
     return path
+
+
+def _warn_of_local_copy(name: Path, shipped: Path) -> None:
+    """Warn when the shipped recipe ``name`` resolved to stands beside a file of that name plus .yaml/.yml: a copy
+    saved with `sparsekit recipes NAME > NAME.yaml` and edited, which the bare NAME silently did not read."""
+    if name.suffix in (".yaml", ".yml"):
+        return
+    for local in (name.with_name(name.name + ".yaml"), name.with_name(name.name + ".yml")):
+        if local.is_file():
+            warnings.warn(
+                f"{str(name)!r} is the shipped recipe {shipped}; your file {local} is not read: give its name "
+                f"({local}) to use it",
+                stacklevel=3,
+            )
+            return
 
 
 def describe_recipe(text: str) -> str:

@@ -23,3 +23,23 @@ def test_a_folder_named_as_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypat
     (tmp_path / "mine").mkdir()
     result = CliRunner().invoke(main, ["validate", "mine"])
     assert result.exit_code == 2 and "mine: is a directory" in result.output, result.output
+
+
+def test_a_shipped_name_beside_a_local_copy_of_it_says_which_one_is_read(tmp_path, monkeypatch):
+    # `sparsekit recipes lenet-l1-row-50 > lenet-l1-row-50.yaml`, edited, then `sparsekit prune m.pt lenet-l1-row-50`:
+    # the bare name is the shipped recipe (as documented), and the edited copy was silently not read.
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lenet-l1-row-50.yaml").write_text("version: 1\nseed: 5\n")
+    with pytest.warns(UserWarning, match=r"your file lenet-l1-row-50\.yaml is not read"):
+        assert sparsekit.load_recipe("lenet-l1-row-50").seed == 0  # still the shipped one
+    result = CliRunner().invoke(main, ["validate", "lenet-l1-row-50"])
+    assert result.exit_code == 0, result.output
+    assert "Warning: 'lenet-l1-row-50' is the shipped recipe" in result.output, result.output
+    # the file's own name reads the file, with no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sparsekit.load_recipe("lenet-l1-row-50.yaml").seed == 5
