@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.datapaths import check_beside_recipe, check_named_path
 from sparsekit.errors import DataError, TrustError, missing_dependency, one_line, option, shorten
-from sparsekit.fsutil import TEMP_SUFFIX, cache_dir, is_zip_archive, read_regular
+from sparsekit.fsutil import TEMP_SUFFIX, cache_dir, dangling_link, is_zip_archive, read_regular
 from sparsekit.recipe import DATA_SOURCES, SOURCE_CALLABLE, source_problem
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
@@ -440,6 +440,9 @@ def npz_file(source: str) -> tuple[Path, str]:
         if not is_file:  # a device or a pipe: a zip reader would seek in it (or read /dev/zero forever)
             raise DataError(f"{where} is not a regular file (a device, pipe or socket); give the .npz file itself")
     else:
+        link = dangling_link(path)  # a link to nothing is no missing name: "not found" pointed at the link
+        if link:
+            raise DataError(f"{where}: {link}")
         raise DataError(
             f"{where} not found (relative paths start at the current directory {os.getcwd()}); "
             "check the path or use one of: " + ", ".join(BUILTIN_SOURCES)

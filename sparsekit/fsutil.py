@@ -80,6 +80,14 @@ def dangling_link(path: str | os.PathLike[str] | None) -> str | None:
         p = Path(os.fsdecode(path)) if path else None
         for link in [p, *p.parents] if p is not None else []:
             if link.is_symlink() and not link.exists():
+                try:
+                    os.stat(link)
+                except OSError as err:
+                    if err.errno == errno.ELOOP:  # "which does not exist" of a link that leads back to itself misled
+                        return (
+                            f"{link}: a symbolic link to {os.readlink(link)} that leads back to itself (a loop of "
+                            "links); point it at a real file, or name another path"
+                        )
                 return (
                     f"{link}: a symbolic link to {os.readlink(link)}, which does not exist; create what it points at, "
                     "or name another path"

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
-from .fsutil import atomic_path, available_memory, is_zip_archive, text_start
+from .fsutil import atomic_path, available_memory, dangling_link, is_zip_archive, text_start
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import int_dims, require_initialized, require_path, unwrap
 
@@ -1029,7 +1029,8 @@ def check_model_path(path: Path) -> None:
     """ModelFileError unless ``path`` is an existing regular file (the first thing :func:`read_model` checks;
     ``run_prune`` checks it before the output folder, so a mistyped name is the first error, not the second)."""
     if not path.exists():
-        raise ModelFileError(f"{path}: model file not found")
+        # A link to nothing is no missing name: "model file not found" pointed at the link, which is there.
+        raise ModelFileError(dangling_link(path) or f"{path}: model file not found")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
     if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket

@@ -67,3 +67,32 @@ def test_a_recipe_of_many_unknown_keys_is_refused_without_a_suggestion_for_each(
         sparsekit.load_recipe({"version": 1, "pruning": [entry]})
     assert "pruning[0].sparsty: unknown key; did you mean 'sparsity'?" in str(err.value), err.value
     assert "required key missing" not in str(err.value), err.value
+
+
+def test_a_recipe_or_model_that_is_a_link_to_nothing_is_named_as_the_link(tmp_path, monkeypatch):
+    # `ln -s ../shared/r.yaml r.yaml` whose target moved, or a link that loops: "r.yaml: recipe file not found" sent
+    # the user looking for a file that `ls` shows is there.
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    os.symlink("gone.yaml", "r.yaml")
+    os.symlink("loop.yaml", "loop.yaml")
+    os.symlink("gone.pt", "m.pt")
+    for args, shown in (
+        (["validate", "r.yaml"], "Error: r.yaml: a symbolic link to gone.yaml, which does not exist"),
+        (["validate", "loop.yaml"], "Error: loop.yaml: a symbolic link to loop.yaml that leads back to itself"),
+        (["inspect", "m.pt"], "Error: m.pt: a symbolic link to gone.pt, which does not exist"),
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert shown in result.output and "not found" not in result.output, result.output
+    absent = CliRunner().invoke(main, ["validate", "absent.yaml"])
+    assert absent.output.startswith("Error: absent.yaml: recipe file not found"), absent.output
+    import pytest
+
+    from sparsekit.data import npz_file
+    from sparsekit.errors import DataError
+
+    os.symlink("gone.npz", "d.npz")
+    with pytest.raises(DataError, match=r"d\.npz: a symbolic link to gone\.npz, which does not exist"):
+        npz_file("d.npz")
