@@ -1192,6 +1192,15 @@ def unread_schedule_words(entry: Mapping[str, Any]) -> str:
     return f"{named} not read by l1 without target: it acts on every step from start_epoch to end_epoch"
 
 
+def _differs(a: Any, b: Any) -> bool:
+    """``a != b`` for a field's value as assigned and as validated: an array assigned (``batch_sizes =
+    np.array([1, 32])``) compares elementwise, and its truth value raised ValueError out of the recipe's check."""
+    try:
+        return bool(a != b)
+    except (ValueError, TypeError, RuntimeError):
+        return True
+
+
 def _keep_fields_set(old: BaseModel, new: BaseModel) -> None:
     """Mark in ``new`` (validated from ``old``'s dump with some values changed, e.g. an allocation's per-layer
     values) the fields ``old`` had written, and those whose value changed, as set, at every depth. A dump
@@ -1200,7 +1209,7 @@ def _keep_fields_set(old: BaseModel, new: BaseModel) -> None:
     of 16 times, whenever an ``auto`` entry beside it was allocated."""
     if type(old) is not type(new):
         return
-    changed = {k for k in type(new).model_fields if getattr(old, k) != getattr(new, k)}
+    changed = {k for k in type(new).model_fields if _differs(getattr(old, k), getattr(new, k))}
     new.__pydantic_fields_set__ = (set(old.model_fields_set) | changed) & set(new.model_fields_set)
     for name in type(new).model_fields:
         a, b = getattr(old, name), getattr(new, name)
@@ -2266,6 +2275,21 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     )
 
 
+def _same_data(a: Any, b: Any) -> bool:
+    """Whether two dumps hold the same values of the same types: ``==`` took a ``torch.tensor(0.5)`` assigned to a
+    field for the 0.5 validation made of it, and the caller's recipe, tensor and all, reached the methods
+    (TypeError: type Tensor doesn't define __round__ method)."""
+    if type(a) in (int, float) and type(b) in (int, float):
+        return bool(a == b)  # every: 1 is dumped as written and validated as 1.0: the same value
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_data(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same_data(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 def _check_as_it_is(recipe: Recipe, trainer: bool) -> Recipe:
     """``recipe`` when, as it is now, it is a valid recipe; RecipeError naming the field when not. A Recipe is a
     mutable pydantic model and pydantic checks no assignment: ``recipe.finetune.epochs = 1`` before a schedule ending
@@ -2275,14 +2299,23 @@ def _check_as_it_is(recipe: Recipe, trainer: bool) -> Recipe:
     instead: the form as assigned reached the methods (AttributeError: 'list' object has no attribute 'types')."""
     # A trainer callback's recipe without a finetune section is not held to finetune.epochs (validate_recipe).
     unset = (trainer or recipe._trainer) and "finetune" not in recipe.model_fields_set
+    source = f"{getattr(recipe, '_source', None) or 'recipe'} (the Recipe given, with its fields as they are now)"
+    entries = recipe.pruning if isinstance(recipe.pruning, list) else []
+    for i, entry in enumerate(entries):
+        # pydantic looks an entry's method up to dump it: a list, dict or array assigned there raised TypeError
+        # ("unhashable type: 'list'") from model_dump below, not the RecipeError any other bad method gets.
+        method = getattr(entry, "method", None)
+        if method is not None and not isinstance(method, str | int | float | bool):
+            names = ", ".join(repr(name) for name in METHOD_NAMES)
+            problem = f"pruning[{i}]: unknown method (a {type(method).__name__}); use one of {names}"
+            raise RecipeError(RecipeError(f"{source}: {problem}").render(_as_attribute))
     dumped = recipe.model_dump(warnings=False)
     try:
         checked = Recipe.model_validate(dumped, context={"trainer": unset, "finetune_unset": unset})
     except ValidationError as err:
-        source = f"{getattr(recipe, '_source', None) or 'recipe'} (the Recipe given, with its fields as they are now)"
         message = RecipeError(format_validation_error(err, source, ()))
         raise RecipeError(message.render(_as_attribute)) from None
-    if checked.model_dump(warnings=False) == dumped:
+    if _same_data(checked.model_dump(warnings=False), dumped):
         return recipe  # the caller's own object, as it was
     # (the fields the caller's recipe set, not all of them, so trainer recipes stay free of finetune.epochs)
     checked.__pydantic_fields_set__ = set(recipe.model_fields_set)

@@ -96,3 +96,34 @@ def test_a_recipe_or_model_that_is_a_link_to_nothing_is_named_as_the_link(tmp_pa
     os.symlink("gone.npz", "d.npz")
     with pytest.raises(DataError, match=r"d\.npz: a symbolic link to gone\.npz, which does not exist"):
         npz_file("d.npz")
+
+
+def test_a_recipe_field_assigned_a_tensor_or_a_list_method_is_checked_not_a_typeerror_inside():
+    # A sweep assigning `recipe.pruning[0].schedule.end_epoch = torch.tensor(2.0)` (or a numpy value) passed the
+    # Recipe's re-check, which compared with == and kept the caller's tensor: TypeError "type Tensor doesn't define
+    # __round__ method" from the schedule. A list assigned to `method` was a TypeError "unhashable type: 'list'".
+    import numpy as np
+    import pytest
+    import torch
+    from torch import nn
+
+    from sparsekit.errors import RecipeError
+
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    spec = {"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 1}}
+    recipe = sparsekit.Recipe(model={"input_shape": [1, 12]}, finetune={"epochs": 2}, pruning=[spec])
+    recipe.pruning[0].schedule.end_epoch = torch.tensor(2.0)
+    recipe.finetune.epochs = np.int64(2)
+    recipe.benchmark.batch_sizes = np.array([1, 32])  # was ValueError: the truth value of an array ... is ambiguous
+    assert sparsekit.load_recipe(recipe).benchmark.batch_sizes == [1, 32]
+    pruner = sparsekit.Pruner(mlp(), recipe, steps_per_epoch=1)
+    pruner.step()
+    pruner.step()
+    assert sparsekit.sparsity(pruner.finalize()) == pytest.approx(0.5, abs=0.02)
+    for bad in (["magnitude"], {"name": "magnitude"}, np.array([1])):
+        recipe.pruning[0].method = bad
+        with pytest.raises(RecipeError, match=r"pruning\[0\]: unknown method \(a \w+\); use one of 'magnitude'"):
+            sparsekit.Pruner(mlp(), recipe, steps_per_epoch=1)
