@@ -2253,6 +2253,31 @@ def resolve_recipe(recipe: Any, kwargs: Any, overrides: Any, where: str, arch: s
     return as_recipe(recipe)
 
 
+def python_data(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a recipe dict written in Python, its tuples as lists: ``{"input_shape": (1, 784)}``, as
+    ``export_onnx`` and ``Recipe(...)`` take it, was "a tuple is not allowed; ... quote it if it is text" from
+    ``load_recipe`` and the Pruner (a recipe file has no tuples). Containers are copied once each, shared ones shared
+    and one that holds itself kept so (:func:`check_plain_data` then says so), so no alias bomb is expanded."""
+    copies: dict[int, Any] = {}
+
+    def copy_of(value: Any, depth: int) -> Any:
+        if not isinstance(value, dict | list | tuple) or depth > MAX_DEPTH:
+            return value  # (deeper is refused by check_plain_data, naming the path)
+        if id(value) in copies:
+            return copies[id(value)]
+        if isinstance(value, dict):
+            new_dict: dict[Any, Any] = {}
+            copies[id(value)] = new_dict
+            new_dict.update((k, copy_of(v, depth + 1)) for k, v in value.items())
+            return new_dict
+        new_list: list[Any] = []
+        copies[id(value)] = new_list
+        new_list.extend(copy_of(v, depth + 1) for v in value)
+        return new_list
+
+    return copy_of(dict(recipe), 0)
+
+
 def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
     """``recipe`` itself when a :class:`Recipe` (checked again as it is now: RecipeError naming a field assigned an
     invalid value since it was validated); the recipe a file path or a shipped recipe's name names
@@ -2264,7 +2289,7 @@ def as_recipe(recipe: Any, *, trainer: bool = False) -> Recipe:
         return load_recipe(os.fspath(recipe), trainer=trainer)
     if isinstance(recipe, Mapping):
         try:
-            return validate_recipe(dict(recipe), "recipe (a dict)", trainer=trainer)
+            return validate_recipe(python_data(recipe), "recipe (a dict)", trainer=trainer)
         except RecipeError as err:
             # Its remedies are spelled as load_recipe's overrides=[...], which a dict handed to the Pruner has no
             # way to take: say which key to change in the dict instead.
@@ -2475,7 +2500,7 @@ def load_recipe(
     # Read once, here: an iterator given as overrides was used up applying them, so none counted as the caller's.
     overrides = override_list(overrides) if overrides is not None else None
     if isinstance(path, Mapping):
-        data = copy.deepcopy(dict(path))
+        data = python_data(path)
         if overrides:
             data = apply_overrides(
                 data,

@@ -127,3 +127,27 @@ def test_a_recipe_field_assigned_a_tensor_or_a_list_method_is_checked_not_a_type
         recipe.pruning[0].method = bad
         with pytest.raises(RecipeError, match=r"pruning\[0\]: unknown method \(a \w+\); use one of 'magnitude'"):
             sparsekit.Pruner(mlp(), recipe, steps_per_epoch=1)
+
+
+def test_a_recipe_dict_written_in_python_may_hold_tuples():
+    # `load_recipe({"model": {"input_shape": (1, 784)}})` (the tuple export_onnx takes) and the same dict handed to
+    # the Pruner were "a tuple is not allowed; recipes hold only plain data, quote it if it is text", while
+    # sparsekit.Recipe(model={"input_shape": (1, 784)}) took it.
+    import torch
+    from torch import nn
+
+    data = {
+        "model": {"input_shape": (1, 12)},
+        "finetune": {"epochs": 1},
+        "pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": ("0",), "schedule": "oneshot"}],
+        "benchmark": {"batch_sizes": (1, 32)},
+    }
+    recipe = sparsekit.load_recipe(data)
+    assert recipe.model.input_shape == [1, 12] and recipe.benchmark.batch_sizes == [1, 32]
+    assert recipe.pruning[0].layers.include == ["0"]
+    assert data["model"]["input_shape"] == (1, 12)  # the caller's dict is left as it was
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    pruner = sparsekit.Pruner(model, data, steps_per_epoch=1)
+    pruner.step()
+    assert float((model[0].weight == 0).float().mean()) == 0.5
