@@ -239,7 +239,7 @@ def is_zip_archive(path: str | os.PathLike[str]) -> bool:
     locator), where a damaged file must still be reported as bad input."""
     try:
         return zipfile.is_zipfile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError):
         return False
 
 
@@ -367,7 +367,7 @@ def too_large_to_unpack(path: str | os.PathLike[str]) -> str | None:
     try:
         with zipfile.ZipFile(path) as z:
             unpacked = sum(info.file_size for info in z.infolist())
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError):
         return None  # not a zip archive (or unreadable): whoever reads it says what it is
     free = available_memory()
     if free is None or unpacked <= free:

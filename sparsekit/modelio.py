@@ -762,7 +762,7 @@ def _pickled_streams(data: bytes, label: str, pt2: bool, depth: int = 0) -> list
             if member[:4] == b"PK\x03\x04":
                 try:
                     found += _pickled_streams(member, f"{label}: {n}", pt2, depth + 1)
-                except zipfile.BadZipFile:
+                except (zipfile.BadZipFile, NotImplementedError):
                     found.append(None)  # an archive torch may read but this reader cannot
             elif any(k in n for k in _PT2_PICKLED) or n.lower().endswith((".pkl", ".pt")) or _parses_as_pickle(member):
                 found.append(member)
@@ -801,7 +801,7 @@ def _cut_short_pickle(path: Path) -> bool:
         with open(path, "rb") as fh:
             data = fh.read()
         streams = [data] if data[:4] != b"PK\x03\x04" else _pickled_streams(data, str(path), False)
-    except (OSError, zipfile.BadZipFile, ModelFileError):
+    except (OSError, zipfile.BadZipFile, NotImplementedError, ModelFileError):
         return False
     for stream in streams:
         if stream is None:
@@ -831,7 +831,7 @@ def _screen_trusted(path: Path) -> None:
         # a legacy pickle with a zip appended is read as the pickle, and screened as one here.
         pt2 = path.suffix.lower() == ".pt2"
         streams = [data] if data[:4] != b"PK\x03\x04" and not pt2 else _pickled_streams(data, str(path), pt2)
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+    except (OSError, zipfile.BadZipFile, NotImplementedError, EOFError, ValueError):
         streams = [None]  # a zip this reader cannot open: whatever torch would read in it is not screened
     for stream in streams:
         found += [None] if stream is None else _stream_names(stream)
@@ -860,7 +860,8 @@ def _check_unpacked_size(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             unpacked = sum(info.file_size for info in z.infolist())
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    # (NotImplementedError: zipfile's word for a version or compression field it does not know, as damage gives)
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError):
         return  # not a zip archive (or unreadable): the readers below say what it is
     free = available_memory()
     if free is not None and unpacked > free:
@@ -878,7 +879,7 @@ def _archive_members(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as z:
             names, bad = z.namelist(), z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError):
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError):
         return []  # not a zip archive (or unreadable): the reader below says what it is
     except Exception as err:  # noqa: BLE001 - a damaged archive can fail inside zlib too
         names, bad = [], one_line(err, 80)
