@@ -4,7 +4,7 @@
 Recipes come from anywhere, so the reader accepts only what a page of settings holds: one UTF-8
 YAML document of mappings with string keys, lists, strings, numbers, booleans and null, read with a
 safe loader (no Python objects are ever built). Anything else — a huge file, deep nesting, an alias
-bomb, tags, duplicate keys — is a :class:`~sparsekit.errors.RecipeError` naming the file and line.
+bomb, a tag other than YAML's own scalar ones (``!!str``, ``!!int``, ``!!float``, ...), duplicate keys — is a :class:`~sparsekit.errors.RecipeError` naming the file and line.
 
 >>> data = read_yaml("my-recipe.yaml")
 >>> data = apply_overrides(data, ["finetune.epochs=2", "pruning.0.sparsity=0.8"])
