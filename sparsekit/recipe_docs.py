@@ -109,9 +109,9 @@ COLUMNS = ("Key", "Type", "Default", "Constraint", "Description")
 
 INTRO = f"""\
 A recipe is one YAML document with `version: 1`: plain data (mappings, lists, strings, numbers, true/false,
-null; no tags, no duplicate keys, under 1 MB of UTF-8). Every section is optional and every key not written
-takes the default shown below. Start from a shipped recipe (`sparsekit recipes` lists them) and check yours
-with `sparsekit validate RECIPE [MODEL]`.
+null; no tags but YAML's own scalar ones (!!str, !!int, ...), no duplicate keys, under 1 MB of UTF-8). Every
+section is optional and every key not written takes the default shown below. Start from a shipped recipe
+(`sparsekit recipes` lists them) and check yours with `sparsekit validate RECIPE [MODEL]`.
 
 - **Unknown keys are errors**, naming their path and the key most likely meant
   (`finetune.epoch: unknown key; did you mean 'epochs'?`), or the section a key written in the wrong one

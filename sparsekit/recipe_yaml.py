@@ -4,7 +4,8 @@
 Recipes come from anywhere, so the reader accepts only what a page of settings holds: one UTF-8
 YAML document of mappings with string keys, lists, strings, numbers, booleans and null, read with a
 safe loader (no Python objects are ever built). Anything else — a huge file, deep nesting, an alias
-bomb, a tag other than YAML's own scalar ones (``!!str``, ``!!int``, ``!!float``, ...), duplicate keys — is a :class:`~sparsekit.errors.RecipeError` naming the file and line.
+bomb, a tag other than YAML's own scalar ones (``!!str``, ``!!int``, ``!!float``, ...), duplicate keys —
+is a :class:`~sparsekit.errors.RecipeError` naming the file and line.
 
 >>> data = read_yaml("my-recipe.yaml")
 >>> data = apply_overrides(data, ["finetune.epochs=2", "pruning.0.sparsity=0.8"])
@@ -547,8 +548,8 @@ def _shipped_hint(path: Path) -> str:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The recipe file at ``path`` as plain data: a mapping with string keys of lists, strings,
-    numbers, booleans and null (at most ``MAX_TEXT_BYTES`` of UTF-8 YAML, one document, no tags,
-    duplicate keys or dates). Raises :class:`~sparsekit.errors.RecipeError` naming the file (and the
+    numbers, booleans and null (at most ``MAX_TEXT_BYTES`` of UTF-8 YAML, one document, no tags but YAML's own
+    scalar ones, no duplicate keys or dates). Raises :class:`~sparsekit.errors.RecipeError` naming the file (and the
     line, for YAML errors) when it is missing, unreadable, too large, not UTF-8, not YAML, empty, not a
     mapping or holds anything but plain data."""
     path = Path(path)
