@@ -636,7 +636,7 @@ def _denied_import_names() -> frozenset[str]:
 
     Kept between runs in the cache folder (``denied-import-names.json``), keyed on what Python finds distributions
     in (:func:`_install_state`): reading every installed distribution's metadata and file list took ~0.16 s of CPU,
-    nearly all of a run's ``load`` phase when the architecture is named (``--arch``). A cache that cannot be read or
+    nearly all of a run's ``load`` phase when the architecture is named by the caller. A cache that cannot be read or
     written only costs that time again."""
     key = _install_state()
     cached = _read_names_cache(key)
