@@ -69,6 +69,20 @@ class InterruptOnEvaluate:
             self.monkeypatch.setattr(mod, name, self.real)
 
 
+def torch_file_with_pickle(path, payload: bytes) -> None:
+    """A torch.save zip archive whose data.pkl is ``payload`` (a pickle written by hand: hostile-file tests)."""
+    import types
+
+    class Pickler:
+        def __init__(self, f, protocol=2):
+            self.f = f
+
+        def dump(self, obj):
+            self.f.write(payload)
+
+    torch.save({}, path, pickle_module=types.SimpleNamespace(Pickler=Pickler, __name__="hand"))
+
+
 def train_on_digits(model, input_shape, epochs, lr, batch_size=32):
     """A short Adam run on scikit-learn's digits: a model trained the way a user's would be."""
     from sparsekit.data import load_data

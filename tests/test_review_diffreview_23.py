@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 import torch
-
-
-def _torch_file_with_pickle(path, payload: bytes) -> None:
-    """A torch.save zip archive whose data.pkl is ``payload`` (a pickle written by hand)."""
-
-    class Pickler:
-        def __init__(self, f, protocol=2):
-            self.f = f
-
-        def dump(self, obj):
-            self.f.write(payload)
-
-    torch.save({}, path, pickle_module=types.SimpleNamespace(Pickler=Pickler, __name__="hand"))
+from conftest import torch_file_with_pickle
 
 
 @pytest.mark.parametrize(
@@ -52,7 +39,7 @@ def test_a_trusted_pickle_reaching_a_function_through_an_alias_in_the_users_modu
     canary = tmp_path / "CANARY"
     command = f"touch {canary}".encode()
     payload = b"\x80\x04c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
-    _torch_file_with_pickle(tmp_path / "model.pt", payload)
+    torch_file_with_pickle(tmp_path / "model.pt", payload)
     result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
     assert not canary.exists()
     assert result.exit_code == 2, result.output

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import torch_file_with_pickle
 from torch import nn
 
 import sparsekit
@@ -108,20 +109,6 @@ def test_prune_into_a_folder_onnx_cannot_name_says_so_up_front_naming_the_folder
     assert time.monotonic() - started < 5
 
 
-def _torch_file_with_pickle(path, payload: bytes) -> None:
-    """A torch.save zip archive whose data.pkl is ``payload`` (a pickle written by hand)."""
-    import types
-
-    class Pickler:
-        def __init__(self, f, protocol=2):
-            self.f = f
-
-        def dump(self, obj):
-            self.f.write(payload)
-
-    torch.save({}, path, pickle_module=types.SimpleNamespace(Pickler=Pickler, __name__="hand"))
-
-
 @pytest.mark.parametrize(
     ("imports", "name"),
     [
@@ -149,7 +136,7 @@ def test_a_trusted_pickle_reaching_a_function_through_an_import_of_the_users_mod
     canary = tmp_path / "CANARY"
     command = f"touch {canary}".encode()
     payload = b"\x80\x04c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
-    _torch_file_with_pickle(tmp_path / "model.pt", payload)
+    torch_file_with_pickle(tmp_path / "model.pt", payload)
     result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
     assert not canary.exists()
     assert result.exit_code == 2, result.output

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import torch_file_with_pickle
 from torch import nn
 
 import sparsekit
@@ -74,20 +75,6 @@ def test_a_users_private_folder_that_gains_a_file_is_never_removed_by_the_empty_
     assert (mine / "x").read_text() == "mine"
 
 
-def _torch_file_with_pickle(path, payload: bytes) -> None:
-    """A torch.save zip archive whose data.pkl is ``payload`` (a pickle written by hand)."""
-    import types
-
-    class Pickler:
-        def __init__(self, f, protocol=2):
-            self.f = f
-
-        def dump(self, obj):
-            self.f.write(payload)
-
-    torch.save({}, path, pickle_module=types.SimpleNamespace(Pickler=Pickler, __name__="hand"))
-
-
 @pytest.mark.parametrize(
     "local",
     [
@@ -124,7 +111,7 @@ def _screen_refuses_sp_getoutput(tmp_path, monkeypatch, top):
     command = f"touch {canary}".encode()
     call = b"\x8c" + bytes([len(command)]) + command + b"\x85R."  # getoutput("touch CANARY")
     payload = b"\x80\x04c" + f"{module}\nsp.getoutput\n".encode() + call
-    _torch_file_with_pickle(tmp_path / "model.pt", payload)
+    torch_file_with_pickle(tmp_path / "model.pt", payload)
     result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
     assert not canary.exists()
     assert result.exit_code == 2, result.output
