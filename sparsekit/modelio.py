@@ -519,7 +519,9 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
     running anything: ``{name: (module, attribute)}`` for ``from module import attribute [as name]``, ``{name:
     (module, None)}`` for ``import module [as name]``; {} when its source cannot be found or read (an extension
     module, a file too large or not Python); with the names it defines itself (classes, functions, assignments at
-    its top level) and the modules it imports everything from (``from module import *``)."""
+    its top level, below every star import) and the modules it imports everything from (``from module import *``).
+    A name bound in a way not followed (a for or with target, two branches binding it two ways, a function's or
+    class body's ``global``) maps to a ``<...>`` module: refused."""
     import importlib.machinery
 
     from .trust import _find_top
@@ -577,33 +579,24 @@ def _names_in_source(
             base = ".".join([*up, *([node.module] if node.module else [])])
         return [(alias.asname or alias.name, (base, alias.name)) for alias in node.names] if base else []
 
-    # Only imports that run in the module's own scope (at the top level, or inside its if/try/with/for blocks) bind
-    # its attributes: one inside a function binds a local. Walking every import let `from my_helpers import Thing as
-    # sp` in a function stand for the top level's `import subprocess as sp`, and `mymod:sp.getoutput` passed as
-    # `my_helpers:Thing.getoutput`, running a shell command. A function's import of a name it declares `global`
-    # binds the module's attribute when it is called: such a name counts as another module's (refused).
-    for node in _module_scope_imports(tree):
-        for name, source in bound_by(node):
-            if name != "*":
-                names[name] = source
-            else:
-                stars.append(source[0])
-    for function in ast.walk(tree):
-        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-            declared = {n for g in ast.walk(function) if isinstance(g, ast.Global) for n in g.names}
-            for node in ast.walk(function):
-                if isinstance(node, ast.Import | ast.ImportFrom):
-                    for name, _source in bound_by(node):
-                        if name in declared:
-                            names[name] = (f"<{name} bound when a function runs>", None)
-    # An assignment at the top level or in a class body that aliases what an import bound (`sp = subprocess`,
-    # `run = subprocess.getoutput`, `sp = importlib.import_module("subprocess")`, a class's `run = getoutput`)
-    # reaches it as the import's own name does: `mymod:sp.getoutput` passed as the user's own code.
-    _bind_aliases(tree.body, "", names, bound_by)
+    # Only what runs in the module's own scope binds its attributes (at the top level, or inside its if/try/with/for
+    # blocks: _scope_statements): an import inside a function binds a local. Walking every import let `from my_helpers
+    # import Thing as sp` in a function stand for the top level's `import subprocess as sp`, and `mymod:sp.getoutput`
+    # passed as `my_helpers:Thing.getoutput`, running a shell command. An assignment there that aliases what an import
+    # bound (`sp = subprocess`, `run = subprocess.getoutput`, `sp = importlib.import_module("subprocess")`, a class's
+    # `run = getoutput`) reaches it as the import's own name does.
+    _bind_aliases(tree.body, "", names, bound_by, stars)
+    # A function's or class body's binding of a name it declares `global` (`global sp; import subprocess as sp`, `sp =
+    # subprocess`) binds the module's attribute when it runs (a class body: at import time): another module's (refused).
+    for scope in ast.walk(tree):
+        if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            declared = {n for g in ast.walk(scope) if isinstance(g, ast.Global) for n in g.names}
+            for name in declared & _names_stored(scope, bound_by):
+                names[name] = (f"<{name} bound when a function or class body runs>", None)
     # `from subprocess import *` binds names no line of the module spells: one it does not define itself is judged
     # as each such module's (a class of the user's is defined there: its own).
     own: set[str] = set()
-    for node in tree.body:
+    for node in _scope_statements(tree.body):
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             own.add(node.name)
         elif isinstance(node, ast.Assign | ast.AnnAssign):
@@ -612,17 +605,34 @@ def _names_in_source(
     return names, own, tuple(stars)
 
 
-def _module_scope_imports(node: Any) -> Iterator[Any]:
-    """The import statements that run in ``node``'s own scope: not those inside a function, lambda or class."""
+def _scope_statements(body: list[Any]) -> Iterator[Any]:
+    """The statements that run in the scope whose statements are ``body`` (a module's, a class body's), in order: those
+    nested in its if/for/while/with/try/match blocks too, but not those of the functions and classes it defines."""
     import ast
 
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+    for node in body:
+        yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
-        if isinstance(child, ast.Import | ast.ImportFrom):
-            yield child
-        else:
-            yield from _module_scope_imports(child)
+        for block in ("body", "orelse", "finalbody"):
+            inner = getattr(node, block, None)
+            if isinstance(inner, list):
+                yield from _scope_statements(inner)
+        for handler in [*getattr(node, "handlers", []), *getattr(node, "cases", [])]:  # except: and case: blocks
+            yield from _scope_statements(handler.body)
+
+
+def _names_stored(node: Any, bound_by: Callable[[Any], list[tuple[str, tuple[str, str | None]]]]) -> set[str]:
+    """Every name anything under ``node`` binds: by assignment (``=``, ``+=``, ``:=``, a for target...) or import."""
+    import ast
+
+    stored: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            stored.add(n.id)
+        elif isinstance(n, ast.Import | ast.ImportFrom):
+            stored.update(name for name, _ in bound_by(n))
+    return stored
 
 
 def _bind_aliases(
@@ -630,47 +640,127 @@ def _bind_aliases(
     prefix: str,
     names: dict[str, tuple[str, str | None]],
     bound_by: Callable[[Any], list[tuple[str, tuple[str, str | None]]]],
+    stars: list[str],
 ) -> None:
-    """Add to ``names`` (see :func:`_imported_names`) each name that ``body``'s assignments (a class's: under
-    ``prefix``, ``Net.``) bind to an imported name, an attribute of one, or a module imported by a call; and in a
-    class body, what its imports bind (``class Tools: import subprocess as sp`` reaches ``Tools.sp``)."""
+    """Add to ``names`` (see :func:`_imported_names`) what the statements that run in ``body``'s scope (a class's:
+    under ``prefix``, ``Net.``) bind: an import's name; an assignment's name (``=``, ``:=``, ``Net.run =``) bound to an
+    imported name, an attribute of one, or a module imported by a call; a name bound in a way not followed here (a for
+    or with target, a match capture, an unpacked list) as no module's own (refused). A name bound two different ways
+    (in two branches of an ``if``) is judged as neither: which one the module holds depends on what ran. The modules
+    the module scope imports everything from (``from m import *``) go to ``stars``."""
     import ast
 
     def source_of(value: Any) -> tuple[str, str | None] | None:
         chain: list[str] = []
-        while isinstance(value, ast.Attribute):
-            chain.append(value.attr)
-            value = value.value
+        while True:
+            if isinstance(value, ast.Attribute):
+                chain.append(value.attr)
+                value = value.value
+            elif (  # getattr(subprocess, "getoutput") is subprocess.getoutput
+                isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Name)
+                and value.func.id == "getattr"
+                and len(value.args) == 2
+                and isinstance(value.args[1], ast.Constant)
+                and isinstance(value.args[1].value, str)
+            ):
+                chain.append(value.args[1].value)
+                value = value.args[0]
+            else:
+                break
         if isinstance(value, ast.Call) and not chain:
             func, args = value.func, value.args
             called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if called in ("__import__", "import_module") and args and isinstance(args[0], ast.Constant):
                 return (str(args[0].value), None) if isinstance(args[0].value, str) else None
             return None
-        if not isinstance(value, ast.Name) or value.id not in names:
+        if not isinstance(value, ast.Name):
             return None
-        source, name = names[value.id]
-        path = [*([name] if name else []), *reversed(chain)]
+        # the longest leading part an import (or an alias) bound: `T.sp.getoutput` reaches `T.sp` a class body imported
+        parts = [value.id, *reversed(chain)]
+        cut = next((i for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in names), 0)
+        if not cut:
+            return None
+        source, name = names[".".join(parts[:cut])]
+        path = [*([name] if name else []), *parts[cut:]]
         return (source, ".".join(path)) if path else (source, None)
 
-    for node in body:
+    def bind(name: str, source: tuple[str, str | None]) -> None:
+        if names.get(name, source) != source:
+            source = (f"<{name} bound more than one way>", None)
+        names[name] = source
+
+    def unknown(target: Any) -> None:
+        for n in ast.walk(target):
+            if isinstance(n, ast.Name):
+                bind(prefix + n.id, (f"<{n.id} bound by a statement not followed>", None))
+            elif isinstance(n, ast.MatchAs | ast.MatchStar) and n.name:
+                bind(prefix + n.name, (f"<{n.name} bound by a match case>", None))
+            elif isinstance(n, ast.MatchMapping) and n.rest:
+                bind(prefix + n.rest, (f"<{n.rest} bound by a match case>", None))
+
+    def dotted(target: Any) -> str | None:
+        """``Net.run`` for the target ``Net.run`` (an attribute of a name), else None."""
+        path: list[str] = []
+        while isinstance(target, ast.Attribute):
+            path.append(target.attr)
+            target = target.value
+        return ".".join([target.id, *reversed(path)]) if isinstance(target, ast.Name) else None
+
+    for node in _scope_statements(body):
         if isinstance(node, ast.ClassDef):
-            _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by)
+            _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by, stars)
             continue
-        if prefix and isinstance(node, ast.Import | ast.ImportFrom):
-            names.update((prefix + name, source) for name, source in bound_by(node) if name != "*")
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for name, source in bound_by(node):
+                if name != "*":
+                    bind(prefix + name, source)
+                elif not prefix:
+                    stars.append(source[0])
+            continue
+        pairs: list[tuple[Any, Any]] = []
         if isinstance(node, ast.Assign):
             pairs = [(t, node.value) for t in node.targets]
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
             pairs = [(node.target, node.value)]
-        else:
-            continue
+        # The statement's own expressions (not the blocks it holds, which come as statements of their own): a `:=`
+        # there binds in this scope, as do a for or with statement's targets and a match statement's captures.
+        headers = [
+            value
+            for field, value in ast.iter_fields(node)
+            if field not in ("body", "orelse", "finalbody", "handlers", "cases", "targets", "target")
+            or (field == "target" and not isinstance(node, ast.AnnAssign | ast.Assign))
+        ]
+        headers += [part for case in getattr(node, "cases", []) for part in (case.pattern, case.guard)]
+        for header in headers:
+            for part in header if isinstance(header, list) else [header]:
+                if not isinstance(part, ast.AST):
+                    continue
+                for n in ast.walk(part):
+                    if isinstance(n, ast.NamedExpr):
+                        pairs.append((n.target, n.value))
+                    elif isinstance(n, ast.Name | ast.MatchAs | ast.MatchStar | ast.MatchMapping) and (
+                        not isinstance(n, ast.Name) or isinstance(n.ctx, ast.Store)
+                    ):
+                        unknown(n)
         for target, value in pairs:
-            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+            if (
+                isinstance(target, ast.Tuple | ast.List)
+                and isinstance(value, ast.Tuple | ast.List)
+                and len(target.elts) == len(value.elts)
+                and not any(isinstance(e, ast.Starred) for e in target.elts)
+            ):
                 pairs += list(zip(target.elts, value.elts, strict=True))
-            elif isinstance(target, ast.Name) and (found := source_of(value)) is not None:
-                names[prefix + target.id] = found
+                continue
+            if isinstance(target, ast.Name):
+                if (found := source_of(value)) is not None:
+                    bind(prefix + target.id, found)
+            elif (path := dotted(target)) is not None:  # `Net.run = subprocess.getoutput` reaches `Net.run`
+                bind(prefix + path, source_of(value) or (f"<{path} set by an assignment>", None))
+            elif not isinstance(target, ast.Subscript | ast.Attribute):
+                unknown(target)  # (an unpacked list, a starred target)
 
 
 def _users_own_name(module: str, attr: str) -> bool:

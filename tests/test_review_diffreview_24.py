@@ -1,0 +1,42 @@
+"""Review of this session's changes (diffreview): each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # a class body's `global` binds the module's attribute while the module is imported
+        "class _Load:\n    global sp\n    import subprocess as sp\n",
+        # assignments in the module's if/try blocks run at import time as the top level's do
+        "import subprocess\nif True:\n    sp = subprocess\n",
+        "import subprocess\ntry:\n    sp = subprocess\nexcept ImportError:\n    pass\n",
+        # a function that assigns a name it declares global, called at import time
+        "import subprocess\n\n\ndef load():\n    global sp\n    sp = subprocess\n\n\nload()\n",
+        "import subprocess\n(sp := subprocess)\n",
+        "import subprocess\nfor sp in (subprocess,):\n    pass\n",
+        "import contextlib\nimport subprocess\nwith contextlib.nullcontext(subprocess) as sp:\n    pass\n",
+        "import subprocess\n[sp] = [subprocess]\n",
+        "import subprocess\nsp = getattr(subprocess, 'getoutput')\n",
+        # a class body's import inside an if block, aliased at the top level
+        "class Tools:\n    if True:\n        import subprocess as sp\n\n\nsp = Tools.sp\n",
+        # two branches binding one name two ways: which one ran is not known from the source
+        "import subprocess as sp\nif False:\n    from own24_helpers import Thing as sp\n",
+    ],
+    ids=["class-global", "if", "try", "function-global", "walrus", "for", "with", "unpack", "getattr", "class-if", "two"],
+)
+def test_the_trust_screen_follows_every_binding_the_module_scope_runs(tmp_path, monkeypatch, source):
+    # The screen's module-scope walk (imports only, the top level's assignments only) missed these, and judged
+    # `usermod:sp.getoutput` by its names alone: allowed, so unpickling it under --trust-model-file ran a command.
+    from sparsekit.modelio import _users_own_name
+
+    module = f"usermod_diffreview24_{abs(hash(source)) % 100_000}"
+    (tmp_path / f"{module}.py").write_text(f"{source}\n\nclass Net:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert not _users_own_name(module, "sp.getoutput")
+    assert _users_own_name(module, "Net")  # the module's own class stays allowed
