@@ -668,6 +668,11 @@ def _install_state() -> list[Any]:
 
     state: list[Any] = [sys.version, sys.prefix, __version__]
     for entry in sys.path:
+        if not isinstance(entry, str | os.PathLike) or not isinstance(os.fspath(entry), str):
+            # (bytes, or anything else put on the path: Python's import system skips such an entry; scanned as a str
+            # entry is, its bytes names failed the .endswith below with a TypeError that stopped every run)
+            state.append(repr(entry))
+            continue
         path = os.path.abspath(entry or os.curdir)
         try:
             if not os.path.isdir(path):

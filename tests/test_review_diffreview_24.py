@@ -27,7 +27,19 @@ import pytest
         # two branches binding one name two ways: which one ran is not known from the source
         "import subprocess as sp\nif False:\n    from own24_helpers import Thing as sp\n",
     ],
-    ids=["class-global", "if", "try", "function-global", "walrus", "for", "with", "unpack", "getattr", "class-if", "two"],
+    ids=[
+        "class-global",
+        "if",
+        "try",
+        "function-global",
+        "walrus",
+        "for",
+        "with",
+        "unpack",
+        "getattr",
+        "class-if",
+        "two",
+    ],
 )
 def test_the_trust_screen_follows_every_binding_the_module_scope_runs(tmp_path, monkeypatch, source):
     # The screen's module-scope walk (imports only, the top level's assignments only) missed these, and judged
@@ -40,3 +52,28 @@ def test_the_trust_screen_follows_every_binding_the_module_scope_runs(tmp_path, 
     monkeypatch.delitem(sys.modules, module, raising=False)
     assert not _users_own_name(module, "sp.getoutput")
     assert _users_own_name(module, "Net")  # the module's own class stays allowed
+
+
+@pytest.fixture
+def names_cache(tmp_path, monkeypatch):
+    from sparsekit import trust
+
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    caches = (trust._denied_distributions, trust._denied_import_names, trust._denied_files)
+    for cache in caches:
+        cache.cache_clear()
+    yield tmp_path / "cache" / "denied-import-names.json"
+    for cache in caches:
+        cache.cache_clear()
+
+
+@pytest.mark.parametrize("entry", [b"/nonexistent/diffreview24", 24])
+def test_an_odd_sys_path_entry_does_not_stop_the_denied_names(monkeypatch, names_cache, entry):
+    # The cache key scanned every sys.path entry as a folder: a bytes entry (which Python's import system skips) gave
+    # bytes names, and `.endswith(".dist-info")` raised TypeError out of every trusted load naming an architecture.
+    from sparsekit import trust
+
+    monkeypatch.setattr(sys, "path", [*sys.path, entry])
+    key = trust._install_state()
+    assert repr(entry) in key
+    assert "torch" in trust._denied_import_names()
