@@ -77,3 +77,29 @@ def test_an_odd_sys_path_entry_does_not_stop_the_denied_names(monkeypatch, names
     key = trust._install_state()
     assert repr(entry) in key
     assert "torch" in trust._denied_import_names()
+
+
+@pytest.mark.parametrize("group", [None, "row"])
+@pytest.mark.parametrize("had_grad", [True, False])
+def test_regularize_leaves_plain_gradients_outside_autograd(group, had_grad):
+    # Adding adds_penalty() between @torch.no_grad() and add_penalty_grad moved the decorator: the in-place penalty
+    # gradient (lambda * sign(w), lambda * w / ||w||) was built by autograd, so every weight's .grad became a
+    # tensor requiring grad with a graph (MulBackward0, AddBackward0) behind it after each pruner.regularize().
+    import torch
+    from torch import nn
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 3))
+    entry = {"method": "l1", "mode": "penalty", "strength": 1e-3, "remove_dead": False, "proximal_every": 1}
+    if group:
+        entry["group"] = group
+    recipe = sparsekit.Recipe(finetune={"epochs": 2}, pruning=[entry], model={"input_shape": [1, 12]})
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if had_grad else None
+    pruner.regularize()
+    grad = model[0].weight.grad  # (the output layer is the head l1's rows leave alone)
+    assert grad is not None and float(grad.abs().sum()) > 0  # the penalty's gradient was added
+    assert not grad.requires_grad and grad.grad_fn is None

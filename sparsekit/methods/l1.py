@@ -902,11 +902,12 @@ class L1:
             total = term if total is None else total + term
         return 0.0 if total is None else lam * total
 
-    @torch.no_grad()
     def adds_penalty(self) -> bool:
         """Whether :meth:`penalty` (and :meth:`add_penalty_grad`) add anything at the coming optimizer step."""
         return self.spec.mode == "penalty" and self.active(self.step + 1) and bool(self._modules)
 
+    # (no_grad: sign(w) and w * factor of a weight that requires grad would carry autograd's graph into .grad)
+    @torch.no_grad()
     def add_penalty_grad(self) -> bool:
         """Add the gradient of :meth:`penalty` to each weight's ``.grad`` in place, without autograd:
         ``lambda * sign(w)``, or ``lambda * w_g / ||w_g||_2`` per unit (0 for a unit at zero). One pass over each
