@@ -103,3 +103,38 @@ def test_regularize_leaves_plain_gradients_outside_autograd(group, had_grad):
     grad = model[0].weight.grad  # (the output layer is the head l1's rows leave alone)
     assert grad is not None and float(grad.abs().sum()) > 0  # the penalty's gradient was added
     assert not grad.requires_grad and grad.grad_fn is None
+
+
+def test_max_norm_on_a_channels_last_model_copies_no_weight_to_learn_it_cannot_fuse(monkeypatch):
+    # _NormBuffer.build runs at every pruner.step() while it has built no buffer; on a channels_last model it copied
+    # every conv weight (flatten(1)) before finding the copies no views, ~45% of the step's norm check, then the plain
+    # path computed the norms again.
+    import torch
+    from torch import nn
+
+    import sparsekit
+    from sparsekit.methods.max_norm import _NormBuffer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 4))
+    model = model.to(memory_format=torch.channels_last)
+    recipe = sparsekit.Recipe(
+        finetune={"epochs": 1}, pruning=[{"method": "max_norm", "max_value": 0.3}], model={"input_shape": [1, 3, 6, 6]}
+    )
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    flattened = []
+    real = torch.Tensor.flatten
+
+    def counting(self, *args, **kwargs):
+        flattened.append(self.shape)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "flatten", counting)
+    assert _NormBuffer.build(pruner.methods[0]._layout) is None
+    assert flattened == []
+    monkeypatch.undo()
+    # and the bound still holds on it (the plain path)
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+    pruner.step()
+    assert float(model[0].weight.flatten(1).norm(dim=1).max()) <= 0.3 + 1e-6

@@ -244,11 +244,12 @@ class _NormBuffer:
             own and w.dtype == torch.float32 and w.is_cpu for (_, own), w in zip(layout, weights, strict=True)
         ):
             return None
-        rows = [w.detach() if w.dim() == 2 else w.detach().flatten(1) for w in weights]
-        if any(r.data_ptr() != w.data_ptr() or not r.is_contiguous() for r, w in zip(rows, weights, strict=True)):
+        if not all(w.is_contiguous() for w in weights):
             # flatten(1) of a channels_last weight is a copy: its norms, read as they were when built, bounded nothing
-            # (and rescaled the weights by them at every step)
+            # (and rescaled the weights by them at every step). Told before any copy is made: build runs again at
+            # every step while it finds none (copying every weight there cost ~45% of the step's norm check).
             return None
+        rows = [w.detach() if w.dim() == 2 else w.detach().flatten(1) for w in weights]
         return cls(weights, rows, torch.empty(sum(r.shape[0] for r in rows), dtype=torch.float32))
 
     def holds(self, layout: list[tuple[nn.Module, bool]]) -> bool:
