@@ -138,3 +138,30 @@ def test_max_norm_on_a_channels_last_model_copies_no_weight_to_learn_it_cannot_f
         model[0].weight.mul_(10)
     pruner.step()
     assert float(model[0].weight.flatten(1).norm(dim=1).max()) <= 0.3 + 1e-6
+
+
+def test_a_gradient_entry_whose_gradients_were_zeroed_is_told_so_though_one_step_overflowed():
+    # The overflow message ("held inf or NaN ... start GradScaler at a lower init_scale") was given whenever any
+    # scored step had overflowed; an fp16 loop's first step usually does, so a loop zeroing its gradients before
+    # pruner.step() (the real fault here) was told to lower GradScaler's init_scale instead.
+    import torch
+    from torch import nn
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    recipe = {
+        "pruning": [{"method": "gradient", "criterion": "taylor", "sparsity": 0.5, "schedule": "oneshot"}],
+        "finetune": {"epochs": 1},
+    }
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4, context={"input_shape": [1, 8]})
+    for step in range(4):
+        model(torch.randn(4, 8)).sum().backward()
+        for p in model.parameters():
+            p.grad.fill_(float("inf")) if step == 0 else p.grad.zero_()  # then zero_grad() before pruner.step()
+        pruner.step()
+        model.zero_grad()
+    with pytest.raises(sparsekit.errors.TargetError, match=r"optimizer\.zero_grad\(\) after it") as err:
+        pruner.finalize()
+    assert "init_scale" not in str(err.value)

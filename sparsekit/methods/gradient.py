@@ -192,6 +192,7 @@ class Gradient(Magnitude):
         if self._pending or (step <= self.schedule.end and self._scored(step)):
             overflowed = self.accumulate(check=not used)  # before the mask update, so this step's gradients count
             self._overflows += overflowed
+            self._scored_steps += 1
         changes = super().after_step(step)
         # (a step GradScaler skipped on an overflow leaves the update waiting too, but is no mistake of the loop's)
         if self._pending and not self._warned_no_grad and not overflowed:
@@ -219,6 +220,7 @@ class Gradient(Magnitude):
 
     _warned_no_grad = False
     _overflows = 0  # steps whose gradients (some of them) held inf or NaN and were left out: GradScaler's skipped steps
+    _scored_steps = 0  # steps whose gradients were read (overflowed or not)
     _zero_scored: list[str] = []  # noqa: RUF012 - replaced, never changed in place
 
     def _missing_layers(self) -> list[str]:
@@ -269,8 +271,10 @@ class Gradient(Magnitude):
                     f"{self.where}: gradient criterion got no gradients for {self._missing()}, while the entry's "
                     f"other layers got theirs, so the entry's mask updates waited for them: {UNUSED_FIX}"
                 )
-            if self._overflows:
-                # (it said "got no gradients ... call loss.backward() before pruner.step()" to a loop that did)
+            if self._overflows and self._overflows == self._scored_steps:
+                # (it said "got no gradients ... call loss.backward() before pruner.step()" to a loop that did). Only
+                # when every step read overflowed: an fp16 loop's first steps usually do, and one that zeroed its
+                # gradients before pruner.step() on the others was told to lower GradScaler's init_scale.
                 raise TargetError(
                     f"{self.where}: gradient criterion got no finite gradients for {self._missing()}: the gradients "
                     f"of {self._overflows} step(s) held inf or NaN and were left out, as the optimizer steps a "
