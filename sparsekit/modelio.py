@@ -594,9 +594,17 @@ def _names_in_source(
             for name in declared & _names_stored(scope, bound_by):
                 names[name] = (f"<{name} bound when a function or class body runs>", None)
     # `from subprocess import *` binds names no line of the module spells: one it does not define itself is judged
-    # as each such module's (a class of the user's is defined there: its own).
+    # as each such module's (a class of the user's is defined there: its own). Only a definition that always runs
+    # after every star import counts (at the top level, below them): `def getoutput` above `from subprocess import *`,
+    # or in an `if` block, may leave subprocess's getoutput as the module's attribute.
+    last_star = max(
+        (n.lineno for n in _scope_statements(tree.body) if isinstance(n, ast.ImportFrom) and n.names[0].name == "*"),
+        default=0,
+    )
     own: set[str] = set()
-    for node in _scope_statements(tree.body):
+    for node in tree.body:
+        if node.lineno <= last_star:
+            continue
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             own.add(node.name)
         elif isinstance(node, ast.Assign | ast.AnnAssign):

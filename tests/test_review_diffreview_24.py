@@ -165,3 +165,25 @@ def test_a_gradient_entry_whose_gradients_were_zeroed_is_told_so_though_one_step
     with pytest.raises(sparsekit.errors.TargetError, match=r"optimizer\.zero_grad\(\) after it") as err:
         pruner.finalize()
     assert "init_scale" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from subprocess import *\n\nif False:\n    def getoutput(cmd):\n        return cmd\n",
+        "def getoutput(cmd):\n    return cmd\n\n\nfrom subprocess import *\n",
+    ],
+    ids=["conditional-def", "def-before-star"],
+)
+def test_a_definition_a_star_import_may_override_is_judged_as_the_star_modules(tmp_path, monkeypatch, source):
+    # `own` (names the module defines itself, trusted over what `from subprocess import *` binds) took every def:
+    # one in an if block that may not run, or one above the star import that replaces it, let
+    # `usermod:getoutput` pass as the user's own function while the module's attribute is subprocess.getoutput.
+    from sparsekit.modelio import _users_own_name
+
+    module = f"usermod_diffreview24_star_{abs(hash(source)) % 100_000}"
+    (tmp_path / f"{module}.py").write_text(f"{source}\n\nclass Net:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert not _users_own_name(module, "getoutput")
+    assert _users_own_name(module, "Net")  # defined below the star import: the module's own
