@@ -645,11 +645,36 @@ def _denied_import_names() -> frozenset[str]:
     try:
         top_level = importlib.metadata.packages_distributions()
     except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
-        return frozenset({"torch"})
+        # One distribution's unreadable metadata (a top_level.txt not in UTF-8) raised out of the scan of them all,
+        # and the list was {"torch"}: every dependency and tool package then passed as the user's own code. The
+        # denied ones are read one by one instead (one that cannot be read is left out); not cached.
+        return _denied_names_one_by_one()
     denied = set(_denied_distributions())
     names = frozenset({imp for imp, dists in top_level.items() if any(_norm(d) in denied for d in dists)} | {"torch"})
     _write_names_cache(key, names)
     return names
+
+
+def _denied_names_one_by_one() -> frozenset[str]:
+    """:func:`_denied_import_names` read from each denied distribution's own metadata: its ``top_level.txt``, else
+    the top-level names of its ``.py`` files (as :func:`importlib.metadata.packages_distributions` reads them)."""
+    names = {"torch"}
+    try:
+        denied = _denied_distributions()
+    except Exception:  # noqa: BLE001 - as above
+        return frozenset(names)
+    path = [entry for entry in sys.path if isinstance(entry, str)]  # (a bytes entry fails importlib.metadata)
+    for name in denied:
+        try:
+            for dist in importlib.metadata.distributions(name=name, path=path):
+                declared = (dist.read_text("top_level.txt") or "").split()
+                files = dist.files or []
+                names.update(
+                    declared or {f.parts[0] if len(f.parts) > 1 else f.stem for f in files if f.suffix == ".py"}
+                )
+        except Exception:  # noqa: BLE001, S112 - this distribution's metadata is what is broken: the others count
+            continue
+    return frozenset(names)
 
 
 _NAMES_CACHE = "denied-import-names.json"

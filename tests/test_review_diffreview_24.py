@@ -187,3 +187,23 @@ def test_a_definition_a_star_import_may_override_is_judged_as_the_star_modules(t
     monkeypatch.delitem(sys.modules, module, raising=False)
     assert not _users_own_name(module, "getoutput")
     assert _users_own_name(module, "Net")  # defined below the star import: the module's own
+
+
+def test_one_distribution_with_unreadable_metadata_does_not_empty_the_denied_names(tmp_path, monkeypatch, names_cache):
+    # importlib.metadata.packages_distributions() raised UnicodeDecodeError for one package's top_level.txt not in
+    # UTF-8, and the denied import names fell back to {"torch"}: onnx, yaml, pytest ... then passed as the user's code.
+    from sparsekit import trust
+
+    site = tmp_path / "site"
+    (site / "latin24").mkdir(parents=True)
+    (site / "latin24" / "__init__.py").write_text("")
+    info = site / "latin24-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: latin24\nVersion: 0.1\n")
+    (info / "top_level.txt").write_bytes(b"latin24\n\xe9t\xe9\n")
+    (info / "RECORD").write_text("latin24/__init__.py,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    names = trust._denied_import_names()
+    assert {"onnx", "yaml", "click", "_pytest"} <= names
+    assert trust.installed_with_sparsekit("onnxruntime")
+    assert not trust.installed_with_sparsekit("latin24")
