@@ -622,7 +622,8 @@ def _denied_files() -> frozenset[str]:
     for dist in _denied_distributions():
         try:
             entries = importlib.metadata.distribution(dist).files or []
-        except importlib.metadata.PackageNotFoundError:
+        except Exception:  # noqa: BLE001, S112 - not installed, or its RECORD unreadable (not UTF-8): its names still count
+            # (a RECORD not in UTF-8 raised UnicodeDecodeError out of every load of a module from site-packages)
             continue
         for entry in entries:
             if entry.suffix in (".py", ".so", ".pyd", ".pyc"):

@@ -207,3 +207,24 @@ def test_one_distribution_with_unreadable_metadata_does_not_empty_the_denied_nam
     assert {"onnx", "yaml", "click", "_pytest"} <= names
     assert trust.installed_with_sparsekit("onnxruntime")
     assert not trust.installed_with_sparsekit("latin24")
+
+
+def test_a_denied_distribution_with_an_unreadable_file_list_does_not_stop_a_load(tmp_path, monkeypatch, names_cache):
+    # _denied_files caught only PackageNotFoundError: a tool package (a pytest plugin) whose RECORD is not UTF-8 raised
+    # UnicodeDecodeError out of the check of every module file under site-packages (--arch from an installed package).
+    import yaml
+
+    from sparsekit import trust
+
+    site = tmp_path / "site"
+    (site / "latin24r").mkdir(parents=True)
+    (site / "latin24r" / "__init__.py").write_text("")
+    info = site / "pytest_latin24r-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-latin24r\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text("latin24r\n")
+    (info / "entry_points.txt").write_text("[pytest11]\nlatin24r = latin24r\n")
+    (info / "RECORD").write_bytes(b"latin24r/__init__.py,,\nlatin24r/\xe9t\xe9.py,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert trust.installed_with_sparsekit("latin24r")  # its import names are denied all the same
+    assert "installed by sparsekit" in (trust._denied_file(yaml.__file__) or "")
