@@ -85,6 +85,17 @@ def _is_temp(name: str) -> bool:
 # What sparsekit's atomic writes name their temp files and folders: tempfile.mkstemp/mkdtemp with
 # prefix ".NAME." and suffix TEMP_SUFFIX (8 random characters between), NAME the file it becomes.
 _TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+# Earlier versions used tempfile's plain ".tmp" suffix: what a killed run of one left inside ".sparsekit"
+# (sparsekit's own folder, where nothing else writes) is still removed; beside the outputs such a name is the user's.
+_OLD_TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _temp_match(rel: Path) -> re.Match[str] | None:
+    """The temp-name match of ``rel`` (a path relative to the output folder), or None (see :data:`_OLD_TEMP_RE`)."""
+    match = _TEMP_RE.fullmatch(rel.name)
+    if match is None and rel.parts and rel.parts[0] == META:
+        match = _OLD_TEMP_RE.fullmatch(rel.name)
+    return match
 
 
 def temp_target(name: str) -> str | None:
@@ -96,15 +107,15 @@ def temp_target(name: str) -> str | None:
 def remove_stale_temps(root: Path, ours: Callable[[str], bool] | None = None) -> list[str]:
     """Remove the temp files and folders sparsekit's atomic writes leave under ``root`` when a run is
     killed (SIGKILL, power loss) before it renames them; returns their paths relative to ``root``.
-    ``ours(relative path)`` says whether a temp-named entry is sparsekit's (default: every one): a user's
-    ``.notes.20261130.tmp`` has the same shape. Call it only while holding the folder's run lock: no other
-    run is writing there then. Links are never followed or removed."""
+    ``ours(relative path)`` says whether a temp-named entry is sparsekit's (default: every one): a user's file
+    may have the same shape (``.report.md.draft001.sparsekit.tmp``, unlikely as that is). Call it only while
+    holding the folder's run lock: no other run is writing there then. Links are never followed or removed."""
     removed = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in [*filenames, *dirnames]:
             path = here / name
-            if not _TEMP_RE.fullmatch(name) or path.is_symlink():
+            if _temp_match(path.relative_to(root)) is None or path.is_symlink():
                 continue
             if ours is not None and not ours(path.relative_to(root).as_posix()):
                 continue
@@ -118,7 +129,9 @@ def remove_stale_temps(root: Path, ours: Callable[[str], bool] | None = None) ->
                 else:
                     path.unlink()
                 removed.append(path.relative_to(root).as_posix())
-        dirnames[:] = [d for d in dirnames if not _TEMP_RE.fullmatch(d) and not (here / d).is_symlink()]
+        dirnames[:] = [
+            d for d in dirnames if _temp_match((here / d).relative_to(root)) is None and not (here / d).is_symlink()
+        ]
     return removed
 
 
@@ -312,7 +325,7 @@ class RunFolder:
         finished output is given the umask's mode before it is renamed). A user's file of the same shape is the
         user's: never removed, and reported."""
         path = Path(rel)
-        match = _TEMP_RE.fullmatch(path.name)
+        match = _temp_match(path)
         if match is None:
             return False
         if path.parts[0] == META:
