@@ -636,46 +636,49 @@ def _denied_import_names() -> frozenset[str]:
     """Import names installed by the denied distributions (see :func:`_denied_distributions`).
 
     Kept between runs in the cache folder (``denied-import-names.json``), keyed on what Python finds distributions
-    in (:func:`_install_state`): reading every installed distribution's metadata and file list took ~0.16 s of CPU,
-    nearly all of a run's ``load`` phase when the architecture is named by the caller. A cache that cannot be read or
-    written only costs that time again."""
+    in (:func:`_install_state`): reading the installed distributions' metadata (~0.1 s of CPU even as done below)
+    was nearly all of a run's ``load`` phase when the architecture is named by the caller. A cache that cannot be
+    read or written only costs that time again."""
     key = _install_state()
     cached = _read_names_cache(key)
     if cached is not None:
         return cached
     try:
-        top_level = importlib.metadata.packages_distributions()
+        installed = _installed()
+        denied = _denied_in(installed)
     except Exception:  # noqa: BLE001 - broken metadata on the user's machine must not stop a run
-        # One distribution's unreadable metadata (a top_level.txt not in UTF-8) raised out of the scan of them all,
-        # and the list was {"torch"}: every dependency and tool package then passed as the user's own code. The
-        # denied ones are read one by one instead (one that cannot be read is left out); not cached.
-        return _denied_names_one_by_one()
-    denied = set(_denied_distributions())
-    names = frozenset({imp for imp, dists in top_level.items() if any(_norm(d) in denied for d in dists)} | {"torch"})
-    _write_names_cache(key, names)
-    return names
-
-
-def _denied_names_one_by_one() -> frozenset[str]:
-    """:func:`_denied_import_names` read from each denied distribution's own metadata: its ``top_level.txt``, else
-    the top-level names of its ``.py`` files (as :func:`importlib.metadata.packages_distributions` reads them)."""
+        return frozenset({"torch"})
     names = {"torch"}
-    try:
-        denied = _denied_distributions()
-    except Exception:  # noqa: BLE001 - as above
-        return frozenset(names)
-    path = [entry for entry in sys.path if isinstance(entry, str)]  # (a bytes entry fails importlib.metadata)
+    # Only the denied distributions' files are read: each one's top_level.txt, else the top-level names of the .py
+    # files its RECORD lists, as importlib.metadata.packages_distributions() infers them. That function read every
+    # distribution's file list through PackagePath objects (~0.1 s of CPU here: a first run's whole load phase), and
+    # one distribution's unreadable metadata (a top_level.txt not in UTF-8) raised out of it for all: the list was
+    # then {"torch"}, and every dependency passed as the user's own code. One that cannot be read is left out now;
+    # the others count.
     for name in denied:
-        try:
-            for dist in importlib.metadata.distributions(name=name, path=path):
+        for dist, _reqs in installed.get(name, []):
+            try:
                 declared = (dist.read_text("top_level.txt") or "").split()
-                files = dist.files or []
-                names.update(
-                    declared or {f.parts[0] if len(f.parts) > 1 else f.stem for f in files if f.suffix == ".py"}
-                )
-        except Exception:  # noqa: BLE001, S112 - this distribution's metadata is what is broken: the others count
-            continue
-    return frozenset(names)
+                names.update(declared or _record_top_names(dist.read_text("RECORD") or ""))
+            except Exception:  # noqa: BLE001, S112 - this distribution's metadata is what is broken: the others count
+                continue
+    found = frozenset(names)
+    _write_names_cache(key, found)
+    return found
+
+
+def _record_top_names(record: str) -> set[str]:
+    """The top-level import names of the ``.py`` files a RECORD lists (``pkg/mod.py`` -> ``pkg``, ``six.py`` ->
+    ``six``): importlib.metadata's inference for a distribution without ``top_level.txt``, on the text itself."""
+    import csv
+
+    tops = set()
+    for row in csv.reader(record.splitlines()):  # (RECORD is CSV: a path holding a comma is quoted)
+        path = row[0] if row else ""
+        if path.endswith(".py"):
+            head, sep, _ = path.partition("/")
+            tops.add(head if sep else path[: -len(".py")])
+    return tops
 
 
 _NAMES_CACHE = "denied-import-names.json"
@@ -756,6 +759,33 @@ def _denied_distributions() -> tuple[str, ...]:
     """sparsekit's dependencies (extras included) and the tool distributions, with everything they
     depend on, as normalized names; sparsekit itself is left out (its own modules are in
     ``_TOOL_IMPORT_NAMES``; a user's modules beside an editable checkout must stay usable)."""
+    return _denied_in(_installed())
+
+
+Installed = dict[str, list[tuple[Any, list[str]]]]
+
+
+def _installed() -> Installed:
+    """Every distribution on ``sys.path`` (its str entries: a bytes one fails importlib.metadata), by normalized
+    name: ``[(distribution, its Requires-Dist lines)]``, in path order. One pass, each METADATA parsed once: asking
+    importlib.metadata for each name's requirements searched the path again for every one (~0.09 s of CPU)."""
+    found: Installed = {}
+    path = [entry for entry in sys.path if isinstance(entry, str)]
+    for dist in importlib.metadata.distributions(path=path):
+        try:
+            meta = dist.metadata
+            name = meta["Name"]
+            if not name:
+                continue
+            reqs = meta.get_all("Requires-Dist")
+            found.setdefault(_norm(name), []).append((dist, list(reqs) if reqs is not None else dist.requires or []))
+        except Exception:  # noqa: BLE001, S112 - this distribution's metadata is what is broken: the others count
+            continue
+    return found
+
+
+def _denied_in(installed: Installed) -> tuple[str, ...]:
+    """:func:`_denied_distributions` among ``installed`` (:func:`_installed`)."""
     seen: set[str] = set()
     todo = [(name, False) for name in (*_TOOL_DISTRIBUTIONS, *_pytest_plugins())] + [("sparsekit", True)]
     while todo:
@@ -764,17 +794,14 @@ def _denied_distributions() -> tuple[str, ...]:
         if dist in seen:
             continue
         seen.add(dist)
-        try:
-            reqs = importlib.metadata.requires(dist) or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        for req in reqs:
-            name, _, marker = req.partition(";")
-            if "extra" in marker and not with_extras:  # another package's optional extras: not installed
-                continue
-            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
-            if m:
-                todo.append((m.group(1), False))
+        for _found, reqs in installed.get(dist, []):  # (every copy on the path: the union is the safer list)
+            for req in reqs:
+                name, _, marker = req.partition(";")
+                if "extra" in marker and not with_extras:  # another package's optional extras: not installed
+                    continue
+                m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name)
+                if m:
+                    todo.append((m.group(1), False))
     seen.discard("sparsekit")
     return tuple(sorted(seen))
 
