@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import torch
@@ -25,6 +25,16 @@ _AUTOCAST_DEVICES = tuple(
 _any_autocast: Callable[[], bool] = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
+@contextlib.contextmanager
+def autocast_off() -> Iterator[None]:
+    """Autocast off, inside it, on every device where the caller turned it on."""
+    with contextlib.ExitStack() as stack:
+        for device in _AUTOCAST_DEVICES:
+            if torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield
+
+
 def full_precision(fn: _F) -> _F:
     """``fn`` run with autocast off on every device where the caller turned it on (unchanged, at ~0.3 us a call,
     where none is: the Pruner's ``step()`` runs after every optimizer step)."""
@@ -33,10 +43,7 @@ def full_precision(fn: _F) -> _F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not _any_autocast():
             return fn(*args, **kwargs)
-        with contextlib.ExitStack() as stack:
-            for device in _AUTOCAST_DEVICES:
-                if torch.is_autocast_enabled(device):
-                    stack.enter_context(torch.autocast(device, enabled=False))
+        with autocast_off():
             return fn(*args, **kwargs)
 
     return cast(_F, wrapper)

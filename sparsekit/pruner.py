@@ -20,7 +20,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from .layers import computed_weight, layer_kind, prunable_layers, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
 from .modelio import compiled_module
-from .precision import full_precision
+from .precision import autocast_off, full_precision
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
 from .step_order import StepOrderCheck
@@ -304,7 +304,7 @@ class Pruner:
                     shape = self.context["input_shape"] = [1, *(int(d) for d in x.shape[1:])]
                 if self._regroup:
                     # (None: a batch with no one shape, a dict: built as before, saying what that leaves unknown)
-                    with _outside_the_forward(x):
+                    with _outside_the_forward():
                         self._build_groups_again(shape)
                 if shape:
                     for method in self.methods:
@@ -333,7 +333,7 @@ class Pruner:
             shape = [1, *(int(d) for d in x.shape[1:])]
             self.context["input_shape"] = shape
             try:
-                with remedies_for(self._given, "Pruner"), _outside_the_forward(x):
+                with remedies_for(self._given, "Pruner"), _outside_the_forward():
                     self._build(shape, chosen)
                 self._pending = False
             except BaseException as err:
@@ -1253,19 +1253,12 @@ def _warnings_told(told: set[tuple[type, str]], again: bool = False) -> Any:
 
 
 @contextlib.contextmanager
-def _outside_the_forward(x: torch.Tensor | None) -> Any:
+def _outside_the_forward() -> Iterator[None]:
     """Building methods on the first batch, inside the user's forward: that forward may run under no_grad or
     inference_mode (an evaluation first), and the traces need autograd; nor its autocast, as the traces and
     equivalence probes compare float outputs, which bf16 / fp16 rounding would blur. (Errors are worded for the
     Pruner by the caller's ``remedies_for``.)"""
-    device = x.device.type if isinstance(x, torch.Tensor) else None
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        torch.autocast(device, enabled=False)
-        if device is not None and torch.amp.is_autocast_available(device)
-        else contextlib.nullcontext(),
-    ):
+    with torch.inference_mode(False), torch.enable_grad(), autocast_off():  # (every device's, not only the input's)
         yield
 
 
