@@ -619,15 +619,17 @@ def _python_roots() -> tuple[str, ...]:
 def _denied_files() -> frozenset[str]:
     """Real paths of every Python source and extension file the denied distributions installed."""
     files: set[str] = set()
-    for dist in _denied_distributions():
-        try:
-            entries = importlib.metadata.distribution(dist).files or []
-        except Exception:  # noqa: BLE001, S112 - not installed, or its RECORD unreadable (not UTF-8): its names still count
-            # (a RECORD not in UTF-8 raised UnicodeDecodeError out of every load of a module from site-packages)
-            continue
-        for entry in entries:
-            if entry.suffix in (".py", ".so", ".pyd", ".pyc"):
-                files.add(os.path.realpath(str(entry.locate())))
+    installed = _installed()  # (one pass, as for the import names: no search of the path per name)
+    for name in _denied_in(installed):
+        for dist, _reqs in installed.get(name, []):
+            try:
+                entries = dist.files or []
+            except Exception:  # noqa: BLE001, S112 - its RECORD unreadable (not UTF-8): its names still count
+                # (a RECORD not in UTF-8 raised UnicodeDecodeError out of every load of a module from site-packages)
+                continue
+            for entry in entries:
+                if entry.suffix in (".py", ".so", ".pyd", ".pyc"):
+                    files.add(os.path.realpath(str(entry.locate())))
     return frozenset(files)
 
 
