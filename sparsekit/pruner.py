@@ -565,7 +565,8 @@ class Pruner:
 
     def penalty(self) -> torch.Tensor:
         """Differentiable regularization terms (L1: ``lambda * sum|w|`` or ``lambda * sum_g ||w_g||_2``), a scalar
-        tensor on the model's device; a zero tensor when the recipe has none at this step. RuntimeError after
+        tensor on the model's device; a zero tensor when the recipe has none at this step. Add it to the loss, or
+        call :meth:`regularize` after backward instead, not both (warned in the first steps). RuntimeError after
         :meth:`finalize`."""
         self._refuse_finalized("penalty")
         self._require_built("penalty")
@@ -581,6 +582,8 @@ class Pruner:
             if self._zero is None or self._zero.device != device:
                 self._zero = torch.zeros((), device=device)  # made once
             total = self._zero if total is None else self._zero + total  # a custom method's constant
+        elif self._order is not None:
+            self._order.watch_penalty(total)  # added to the loss and regularize() called as well: warned
         return total
 
     def _refuse_finalized(self, call: str) -> None:

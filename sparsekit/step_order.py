@@ -25,7 +25,9 @@ After the window the hook is removed: no cost for the rest of training. A run sh
 once per optimizer step (after every micro-batch's backward when accumulating gradients, say), each call adds the
 gradient again to the one ``.grad`` the micro-batches accumulate into, so the penalty acts that many times as strong.
 A call that finds the watched weight's ``.grad`` another tensor than the previous call left (``zero_grad()`` in
-between, as a loop of two optimizers does before each backward) starts the count afresh.
+between, as a loop of two optimizers does before each backward) starts the count afresh. So is using both ways of
+applying the penalty: ``pruner.penalty()`` added to the loss (its gradient seen flowing in ``backward``) and
+``pruner.regularize()`` before the same optimizer step add the penalty's gradient twice.
 
 A third mistake trains silently dense: the Pruner built on another model object than the one the optimizer trains (a
 copy, or a model built again after the Pruner, say to load a checkpoint into). Optimizers step, yet none of them holds
@@ -77,6 +79,11 @@ class StepOrderCheck:
         self._regularized = 0
         self._regularized_grad: weakref.ref[torch.Tensor] | None = None
         self.regularized_again = self._most_regularized = 0
+        # penalty() terms whose gradient flowed in a backward since the holder's last optimizer step, and the holder's
+        # steps before which regularize() ran as well (the penalty applied twice)
+        self._penalty_backwards = 0
+        self.penalty_and_regularized = 0
+        self._both_this_step = False
         self._handle = on_optimizer_steps(self, StepOrderCheck._observe)
 
     def _grad(self) -> torch.Tensor | None:
@@ -105,6 +112,8 @@ class StepOrderCheck:
                 self.regularized_again += 1
                 self._most_regularized = max(self._most_regularized, self._regularized)
             self._regularized = 0
+            self._penalty_backwards = 0
+            self._both_this_step = False
         grad = self._grad()
         self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
 
@@ -116,6 +125,17 @@ class StepOrderCheck:
             self._regularized = 0  # the gradient was reset since the previous call: what that call added is gone
         self._regularized += 1
         self._regularized_grad = None if grad is None else weakref.ref(grad)
+        if self._penalty_backwards and not self._both_this_step:
+            self._both_this_step = True
+            self.penalty_and_regularized += 1
+
+    def watch_penalty(self, term: torch.Tensor) -> None:
+        """Note when ``backward`` reaches a ``pruner.penalty()`` term (added to the loss, not only logged)."""
+        if term.requires_grad:
+            term.register_hook(self._penalty_reached)
+
+    def _penalty_reached(self, grad: torch.Tensor) -> None:
+        self._penalty_backwards += 1
 
     def _newer_grad(self) -> bool:
         """Whether the weight holds a non-zero gradient the last optimizer step did not see."""
@@ -203,6 +223,14 @@ class StepOrderCheck:
                 "penalty's gradient to .grad again, so the L1 strength acts that many times over; call it once per "
                 "optimizer step (when accumulating gradients, after the last micro-batch's backward, just before "
                 "optimizer.step())",
+                stacklevel=stacklevel,
+            )
+        if self.penalty_and_regularized >= min(ENOUGH, max(1, (self.checked + 1) // 2)):
+            warnings.warn(
+                f"pruner.penalty() was added to the loss and pruner.regularize() ran too before "
+                f"{self.penalty_and_regularized} of the first {self.holding_steps} optimizer steps: each adds the "
+                "penalty's gradient, so the L1 strength acts twice; use one of them (regularize() after backward, "
+                "or penalty() in the loss)",
                 stacklevel=stacklevel,
             )
 

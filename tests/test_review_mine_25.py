@@ -1,0 +1,59 @@
+"""Review (my own fixes, session 25): faults earlier notes left alone."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _penalty_loop(*, in_loss: str, regularize: bool, steps: int = 10) -> list[str]:
+    """A loop with an l1 penalty entry: ``in_loss`` is how it uses ``pruner.penalty()`` ("loss": added to the loss,
+    "logged": computed with grad and only read, "no_grad": computed under no_grad, "": not at all); returns the
+    warnings that name both calls."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    entry = {"method": "l1", "strength": 1e-2, "mode": "penalty", "group": "none"}
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [entry]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,)))
+            if in_loss == "loss":
+                loss = loss + pruner.penalty()
+            elif in_loss == "logged":
+                float(pruner.penalty())
+            elif in_loss == "no_grad":
+                with torch.no_grad():
+                    float(pruner.penalty())
+            loss.backward()
+            if regularize:
+                pruner.regularize()
+            optimizer.step()
+            pruner.step()
+        pruner.finalize()
+    return [str(w.message) for w in caught if "penalty() was added to the loss" in str(w.message)]
+
+
+def test_penalty_in_the_loss_and_regularize_as_well_is_warned_as_the_penalty_applied_twice():
+    # Both add lambda * sign(w) to .grad: the run trained with twice the recipe's strength, with no word.
+    told = _penalty_loop(in_loss="loss", regularize=True)
+    assert len(told) == 1
+    assert "regularize() ran too" in told[0] and "acts twice" in told[0]
+
+
+@pytest.mark.parametrize(
+    ("in_loss", "regularize"),
+    [("loss", False), ("", True), ("logged", True), ("no_grad", True)],
+)
+def test_one_way_of_applying_the_penalty_or_only_reading_it_is_not_warned(in_loss, regularize):
+    assert _penalty_loop(in_loss=in_loss, regularize=regularize) == []
