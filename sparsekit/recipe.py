@@ -295,6 +295,8 @@ def source_problem(source: str) -> str | None:
     hint = f"did you mean {close[0]!r}? " if close else ""
     if source.lower().endswith((".npy", ".csv", ".pt", ".pth", ".pkl", ".h5", ".txt")):
         hint = "a file is read as an .npz holding arrays x and y (numpy.savez(path, x=..., y=...)); "
+    if source.lower().endswith(".npz"):  # `x.NPZ`: the suffix is matched as written, as in numpy.savez
+        hint = f"name the file with a lower-case .npz ({short(source[:-4], 60)}.npz); "
     if source == "-":  # a Unix tool's standard input
         hint = "sparsekit reads no data from standard input: save it with numpy.savez(path, x=..., y=...); "
     return (

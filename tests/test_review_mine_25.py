@@ -57,3 +57,13 @@ def test_penalty_in_the_loss_and_regularize_as_well_is_warned_as_the_penalty_app
 )
 def test_one_way_of_applying_the_penalty_or_only_reading_it_is_not_warned(in_loss, regularize):
     assert _penalty_loop(in_loss=in_loss, regularize=regularize) == []
+
+
+@pytest.mark.parametrize("source", ["x.NPZ", "data/Train.Npz"])
+def test_an_npz_file_named_with_an_upper_case_suffix_is_told_how_to_name_it(source):
+    # "is not a known source; valid sources: ... path/to/file.npz" for x.NPZ left the user to spot the case.
+    from sparsekit.recipe import source_problem
+
+    told = source_problem(source)
+    assert told is not None and f"lower-case .npz ({source[:-4]}.npz)" in told
+    assert source_problem(source[:-4] + ".npz") is None
