@@ -143,6 +143,13 @@ class _RecipeLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node.tag in _COLLECTION_TAGS:
+            # PyYAML builds !!omap and !!pairs as lists of tuples, !!set as a set: "finetune[0]: a tuple is not
+            # allowed" named neither the tag nor the line. Refused as any other tag a recipe does not take (and in
+            # an override too, as the set it built was: not kept as text).
+            raise _CollectionTag(
+                None, None, f"could not determine a constructor for the tag '{node.tag}'", node.start_mark
+            )
         if isinstance(node, yaml.ScalarNode) and node.tag in _NUMBER_TAGS:
             problem = number_problem(str(node.value))
             if problem:
@@ -160,14 +167,18 @@ class _NumberProblem(yaml.constructor.ConstructorError):
     """A number written so that it cannot be read as its value (:func:`number_problem`): never text either."""
 
 
+class _CollectionTag(yaml.constructor.ConstructorError):
+    """``!!omap``, ``!!pairs`` or ``!!set``: YAML's own collection tags, which build no plain data."""
+
+
 class _DuplicateKey(yaml.constructor.ConstructorError):
     """A key written twice in one mapping: YAML that was read, so never taken as text either."""
 
 
 class _RefusedValue(RecipeError):
-    """:class:`_NumberProblem` or :class:`_DuplicateKey` as a recipe error: an override value holding one is
-    refused, not kept as text (the override ``finetune={epochs: 3, epochs: 4}`` said "must be a mapping (got text
-    ...)", hiding the key written twice)."""
+    """:class:`_NumberProblem`, :class:`_DuplicateKey` or :class:`_CollectionTag` as a recipe error: an override
+    value holding one is refused, not kept as text (the override ``finetune={epochs: 3, epochs: 4}`` said "must be
+    a mapping (got text ...)", hiding the key written twice)."""
 
 
 # Python refuses to read whole numbers longer than this (sys.get_int_max_str_digits()'s default).
@@ -200,6 +211,7 @@ def _no_base60(regexp: re.Pattern[str]) -> re.Pattern[str]:
 
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_COLLECTION_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("omap", "pairs", "set"))
 _RecipeLoader.yaml_implicit_resolvers = {
     first: [
         (tag, _no_base60(regexp) if tag in _NUMBER_TAGS else regexp)
@@ -311,7 +323,7 @@ def _parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as err:
         problem, mark = _yaml_problem(err, text)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        kind = _RefusedValue if isinstance(err, _NumberProblem | _DuplicateKey) else RecipeError
+        kind = _RefusedValue if isinstance(err, _NumberProblem | _DuplicateKey | _CollectionTag) else RecipeError
         raise kind(f"{source}{where}: {problem}") from None
     except RecursionError:
         raise RecipeError(f"{source}: nested deeper than {MAX_DEPTH} levels; a recipe is a few levels deep") from None

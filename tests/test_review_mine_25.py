@@ -67,3 +67,30 @@ def test_an_npz_file_named_with_an_upper_case_suffix_is_told_how_to_name_it(sour
     told = source_problem(source)
     assert told is not None and f"lower-case .npz ({source[:-4]}.npz)" in told
     assert source_problem(source[:-4] + ".npz") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("finetune: !!omap\n  - epochs: 1\n", "!!omap"),
+        ("finetune: {epochs: 1}\npruning: !!pairs\n  - method: magnitude\n", "!!pairs"),
+        ("finetune:\n  epochs: 1\n  x: !!set {a, b}\n", "!!set"),
+    ],
+)
+def test_yaml_collection_tags_are_refused_naming_the_tag_and_line(tmp_path, text, tag):
+    # !!omap was "finetune[0]: a tuple is not allowed; ... quote it if it is text": neither the tag nor the line.
+    from sparsekit.errors import RecipeError
+    from sparsekit.recipe_yaml import read_yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\n" + text)
+    with pytest.raises(RecipeError, match=rf"r\.yaml \(line \d+, column \d+\): YAML tag not allowed \({tag}\)"):
+        read_yaml(path)
+
+
+def test_a_collection_tag_in_an_override_is_refused_not_kept_as_text():
+    from sparsekit.errors import RecipeError
+    from sparsekit.recipe_yaml import apply_overrides
+
+    with pytest.raises(RecipeError, match=r"YAML tag not allowed \(!!omap\)"):
+        apply_overrides({"version": 1}, ["model.kwargs.x=!!omap [a: 1]"])
