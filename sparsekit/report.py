@@ -59,7 +59,10 @@ class DataInfo(_Closed):
     """The data source and how many batches each split had."""
 
     source: str
-    train_batches: int
+    train_batches: int = Field(
+        description="batches of data.batch_size in the training split, all processes together (under torchrun each "
+        "process stepped train_batches / processes of them per epoch, rounded up)"
+    )
     val_batches: int
     processes: int = Field(1, description="training processes (torchrun ranks); each trained 1/processes of the data")
     val_samples: int | None = Field(
@@ -2124,7 +2127,7 @@ def render_markdown(report: Report) -> str:
             else f"normalize `{data.normalize}`: used as given (it applies to the built-in image sources only)"
         )
         + f"; {data.train_batches} training and {data.val_batches} validation batches; trained on {data.device}"
-        + (f" in {data.processes} processes" if data.processes > 1 else "")
+        + (f" in {data.processes} processes (each on 1/{data.processes} of the batches)" if data.processes > 1 else "")
         + ".",
         "",
     ]
