@@ -407,6 +407,9 @@ class Inputs:
     provenance: dict[str, Any] | None = None
     allow_changes: tuple[str, ...] = ()
     resumed_changes: list[str] = field(default_factory=list)
+    # The checkpoint a resume continues from, where the user last saw it named: an interrupted run's in the staging
+    # folder (as its interrupt line said), a finished run's in OUT/checkpoints (copied into the staging folder)
+    resumed_from: Path | None = None
     # The pruning section as written when `auto` entries were allocated per layer (its targets are checked at the
     # end), and what the allocation had to say (e.g. exact channel counts where aligned blocks could not reach).
     asked_pruning: list[dict[str, Any]] | None = None
@@ -555,8 +558,9 @@ def run_prune(
         if resume:
             # Before the dense model is measured and the folder touched: a checkpoint of another model,
             # data set or recipe is refused at once, naming what changed.
+            inputs.resumed_from = folder.resume_checkpoint()
             accepted, before, done = _check_resume(
-                out, folder.resume_checkpoint(), origin, allow_changes, inputs.steps_per_epoch
+                out, inputs.resumed_from, origin, allow_changes, inputs.steps_per_epoch
             )
             clock.resumed_after_epoch = done or None  # (no epoch checkpointed: this process trains them all)
             new = change_lines(accepted)
@@ -1157,6 +1161,9 @@ def prune_model(
     pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
     history: list[dict[str, Any]] = []
     if recipe.finetune.epochs > 0:
+        # Where the user finds it: the checkpoint the resume reads, or where a finished run publishes them
+        published = final_out / "checkpoints" if final_out else None
+        shown = inputs.resumed_from.parent if inputs.resumed_from else published
         model, history, pruner = finetune(
             model,
             recipe,
@@ -1166,7 +1173,7 @@ def prune_model(
             progress=progress or "lines",  # no bar wanted: still one line per epoch (only rank 0 prints)
             checkpoint_dir=stage / "checkpoints",
             resume=resume,
-            checkpoint_shown=final_out / "checkpoints" if final_out else None,  # where the user finds it
+            checkpoint_shown=shown,
             log_dir=log_dir,
             teacher=teacher,
             provenance=inputs.provenance,

@@ -94,3 +94,27 @@ def test_a_collection_tag_in_an_override_is_refused_not_kept_as_text():
 
     with pytest.raises(RecipeError, match=r"YAML tag not allowed \(!!omap\)"):
         apply_overrides({"version": 1}, ["model.kwargs.x=!!omap [a: 1]"])
+
+
+def test_resuming_an_interrupted_run_names_the_checkpoint_its_interrupt_named(tmp_path, mlp_checkpoint, monkeypatch):
+    # The interrupt line said "OUT/.sparsekit/next/checkpoints/last.pt holds epoch 1" and --resume then said
+    # "resuming from OUT/checkpoints/last.pt", a file that did not exist: two names for one checkpoint.
+    from click.testing import CliRunner
+    from conftest import InterruptOnEvaluate
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 2, max_steps_per_epoch: 2}\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    out = tmp_path / "out"
+    args = ["prune", str(mlp_checkpoint), str(recipe), "--arch", "examples.models:mlp", "--data", "digits"]
+    args += ["--no-progress", "--set", "benchmark.runs=5", "-o", str(out)]
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)  # at the end of epoch 2: epoch 1 is checkpointed
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 130, first.output + first.stderr
+    staged = out / ".sparsekit" / "next" / "checkpoints" / "last.pt"
+    assert f"{staged} holds epoch 1" in first.stderr
+    interrupt.restore()
+    again = CliRunner().invoke(main, [*args, "--resume"])
+    assert again.exit_code == 0, again.output + again.stderr
+    assert f"resuming from {staged}: 1 of 2 epochs finished" in again.stderr
