@@ -17,6 +17,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from fnmatch import fnmatchcase
 from types import UnionType
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, get_args, get_origin
 
@@ -541,6 +542,22 @@ class LayerSelect(_Strict):
     @classmethod
     def _include_shorthand(cls, data: Any) -> Any:
         return _layers_mapping(data)
+
+    @model_validator(mode="after")
+    def _something_left(self) -> LayerSelect:
+        # Known from the patterns alone (recipe-only validate said "valid" and prune failed once the model loaded):
+        # an exclude of only '*' leaves out every name, and a plain name in include is left out by a matching exclude.
+        def excluded(pattern: str) -> bool:
+            return any(set(e) == {"*"} for e in self.exclude) or (
+                not any(c in pattern for c in "*?[") and any(fnmatchcase(pattern, e) for e in self.exclude)
+            )
+
+        if self.include and all(excluded(p) for p in self.include):
+            raise ValueError(
+                f"exclude {self.exclude} leaves out everything include {self.include} names: no layer to prune; "
+                "narrow exclude (or drop this entry)"
+            )
+        return self
 
 
 def _layers_mapping(data: Any) -> Any:

@@ -118,3 +118,22 @@ def test_resuming_an_interrupted_run_names_the_checkpoint_its_interrupt_named(tm
     again = CliRunner().invoke(main, [*args, "--resume"])
     assert again.exit_code == 0, again.output + again.stderr
     assert f"resuming from {staged}: 1 of 2 epochs finished" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude"),
+    [(["*"], ["*"]), (["fc1", "fc2"], ["fc*"]), (["fc1"], ["fc1", "x"]), (["a.*", "fc1"], ["**"])],
+)
+def test_layers_that_exclude_everything_they_include_are_refused_without_a_model(include, exclude):
+    # Recipe-only validate said "valid"; prune failed only once the model was loaded.
+    from sparsekit.errors import RecipeError
+
+    entry = {"method": "magnitude", "sparsity": 0.5, "layers": {"include": include, "exclude": exclude}}
+    with pytest.raises(RecipeError, match=r"pruning\[0\]\.layers: exclude .* leaves out everything include"):
+        sparsekit.load_recipe({"version": 1, "pruning": [entry]})
+
+
+@pytest.mark.parametrize(("include", "exclude"), [(["*"], ["fc*"]), (["fc*"], ["fc1"]), (["fc1", "fc2"], ["fc1"])])
+def test_layers_whose_patterns_may_leave_a_layer_are_valid_without_a_model(include, exclude):
+    entry = {"method": "magnitude", "sparsity": 0.5, "layers": {"include": include, "exclude": exclude}}
+    assert sparsekit.load_recipe({"version": 1, "pruning": [entry]}).pruning[0].layers.exclude == exclude
