@@ -158,17 +158,29 @@ def _listed_once(group: Group) -> Group:
     return group
 
 
+def _channels_last(param: torch.Tensor) -> torch.memory_format | None:
+    """``torch.channels_last`` (4-D) or ``channels_last_3d`` (5-D) when ``param`` is stored so and not also
+    contiguous (a 1x1 kernel's weight can be both); else None."""
+    layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(param.dim())
+    if layout is None or param.is_contiguous() or not param.is_contiguous(memory_format=layout):
+        return None
+    return layout
+
+
 def prune(group: Group, *, record_history: bool = True) -> None:
     """Remove the group's channels in place: every module in it gets new, smaller parameters.
     With ``record_history`` the removal is appended to the graph's :func:`pruning_history`. A parameter
-    that was frozen (``requires_grad=False``) stays frozen: tp's new parameters would all be trainable."""
-    frozen = [
-        (module, name)
+    that was frozen (``requires_grad=False``) stays frozen: tp's new parameters would all be trainable; one stored
+    channels_last (``model.to(memory_format=torch.channels_last)``) stays so: tp's are contiguous, which made every
+    later training step convert the layer's layout."""
+    params = [
+        (module, name, param)
         for module in {item.dep.target.module for item in group}
         if isinstance(module, nn.Module)
         for name, param in module.named_parameters(recurse=False)
-        if not param.requires_grad
     ]
+    frozen = [(module, name) for module, name, param in params if not param.requires_grad]
+    layouts = [(module, name, layout) for module, name, param in params if (layout := _channels_last(param))]
     # tp's InstanceNorm pruner cuts num_features, weight and bias but not the running statistics of one that
     # tracks them: the next eval-mode forward failed ("running_mean should contain ..."). Cut here, as BatchNorm's.
     tracked = {
@@ -179,6 +191,10 @@ def prune(group: Group, *, record_history: bool = True) -> None:
     group.prune(record_history=record_history)
     for module, name in frozen:
         getattr(module, name).requires_grad_(False)
+    for module, name, layout in layouts:
+        param = getattr(module, name)
+        if not param.is_contiguous(memory_format=layout):
+            param.data = param.data.contiguous(memory_format=layout)
     for norm, (features, gone) in tracked.items():
         keep = torch.tensor([i for i in range(features) if i not in gone], dtype=torch.long)
         for stat in ("running_mean", "running_var"):

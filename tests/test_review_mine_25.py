@@ -137,3 +137,28 @@ def test_layers_that_exclude_everything_they_include_are_refused_without_a_model
 def test_layers_whose_patterns_may_leave_a_layer_are_valid_without_a_model(include, exclude):
     entry = {"method": "magnitude", "sparsity": 0.5, "layers": {"include": include, "exclude": exclude}}
     assert sparsekit.load_recipe({"version": 1, "pruning": [entry]}).pruning[0].layers.exclude == exclude
+
+
+def test_structured_removal_keeps_a_channels_last_model_channels_last():
+    # torch-pruning's new parameters are contiguous: a model trained channels_last had every pruned conv converted
+    # back and forth at each later step (and lost the layout it was set up with).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3),
+        nn.Flatten(), nn.LazyLinear(4),
+    )  # fmt: skip
+    model(torch.randn(2, 3, 8, 8))
+    model = model.to(memory_format=torch.channels_last)
+    entry = {"method": "structured", "ratio": 0.5, "importance": "l2", "round_to": None, "schedule": "oneshot"}
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [entry], "model": {"input_shape": [1, 3, 8, 8]}}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    pruner.step()
+    assert pruner.structure_changed
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert convs[0].weight.shape[0] < 16  # channels were removed
+    for conv in convs:
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
