@@ -187,6 +187,13 @@ def entry() -> None:
         _exit_now_if_distributed(err)
         raise
     finally:
+        # A Ctrl-C that the command handled (exit 130) but that first ended an exec() of a string (dataclasses and
+        # namedtuple build their methods so, as torch's modules are imported) stays marked in CPython as "unhandled",
+        # and `python -m` then ends the process by SIGINT once it has finished, in place of the exit code chosen:
+        # seen, a prune stopped while importing torch._dynamo exited -2 after printing its 130. Every exec() of a
+        # string clears that mark as it starts; one of nothing does only that. An interrupt that does escape is
+        # marked again after this, as Python marks it.
+        exec("")  # noqa: S102 - a constant empty string
         # The command is over and its files are complete. Unloading torch and onnxruntime at exit can
         # take a second; a Ctrl-C then must not turn a finished run into a death by signal.
         # The same for a SIGTERM (a scheduler's stop): the run it would stop has finished.
