@@ -1863,7 +1863,11 @@ def validate(
     """
     model_overrides = _arch_overrides(arch, arch_kwargs)
     if model is None:
-        given = [f for f, v in (("--arch", arch), ("--data", data), ("--steps-per-epoch", steps_per_epoch)) if v]
+        # The trust options too: without MODEL nothing is loaded or called, nor is a module remembered, and the
+        # recipe's "prune would call it once you confirm it" line would read as if the flag had not been given.
+        flags: tuple[tuple[str, object], ...] = (("--arch", arch), ("--data", data))
+        flags += (("--steps-per-epoch", steps_per_epoch), ("--trust-code", trust_code))
+        given = [f for f, v in (*flags, ("--trust-model-file", trust_model_file)) if v]
         if given:
             raise click.UsageError(f"{' and '.join(given)}: only used with MODEL (the dry run); give MODEL too")
     from .planning import allocation_lines, plan

@@ -34,3 +34,18 @@ def test_a_ctrl_c_that_ended_an_exec_still_exits_130_not_by_signal(tmp_path):
     assert out.returncode == 130, (out.returncode, out.stderr)
     assert out.stderr.startswith("Interrupted"), out.stderr
     assert '"exit_code": 130' in out.stdout
+
+
+def test_validate_without_model_refuses_the_trust_options_it_would_ignore(tmp_path):
+    # `validate RECIPE --trust-code` (no MODEL) said "valid", remembered nothing, and told the user that prune would
+    # call the recipe's factory "once you confirm it (... --trust-code ...)": the flag they had just given. --arch,
+    # --data and --steps-per-epoch without MODEL were refused already; the trust options are now refused alike.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    for flag in ("--trust-code", "--trust-model-file"):
+        result = CliRunner().invoke(main, ["validate", "lenet-gradual-magnitude-90", flag, "--json"])
+        assert result.exit_code == 2, (flag, result.output)
+        assert f"{flag}: only used with MODEL" in result.stderr
+        assert '"exit_code": 2' in result.stdout
