@@ -499,8 +499,8 @@ def run_prune(
     # only once the dense model had been evaluated): TypeError for one string, SparsekitError naming the field.
     try:
         check_allowed(allow_changes)
-    except ValueError as err:
-        raise SparsekitError(str(err)) from None
+    except ValueError as err:  # named as the other errors of the option are ("--allow-change goes with --resume")
+        raise SparsekitError(f"{option('allow_change')}: {err}") from None
     recipe = resolve_recipe(recipe, kwargs, overrides, "run_prune", arch)  # a file, a name or a dict, as Pruner takes
     clock = PhaseClock()
     out = Path(out)

@@ -162,3 +162,21 @@ def test_structured_removal_keeps_a_channels_last_model_channels_last():
     assert convs[0].weight.shape[0] < 16  # channels were removed
     for conv in convs:
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_an_allow_change_no_resume_may_make_names_the_option(tmp_path, mlp_checkpoint):
+    # "Error: 'bogus.field' cannot be changed on a resume: ..." named no option, where the option's other errors do.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 1, max_steps_per_epoch: 2}\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    args = ["prune", str(mlp_checkpoint), str(recipe), "--arch", "examples.models:mlp", "--data", "digits"]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "o"), "--resume", "--allow-change", "bogus.field"])
+    assert result.exit_code == 2
+    told = "Error: --allow-change: 'bogus.field' cannot be changed on a resume: no recipe has that field"
+    assert told in result.stderr
+    with pytest.raises(sparsekit.SparsekitError, match=r"^allow_changes=\[\.\.\.\]: 'bogus.field' cannot be changed"):
+        sparsekit.run_prune(mlp_checkpoint, recipe, tmp_path / "p", arch="examples.models:mlp", resume=True,
+                            allow_changes=["bogus.field"])  # fmt: skip
