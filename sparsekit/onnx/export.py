@@ -698,8 +698,10 @@ def _runs(model: nn.Module, shape: list[int]) -> bool:
 def _output_names(out: Any) -> list[str]:
     """The ONNX output names for the model's output ``out``: a dict of tensors gives its keys, in the order the
     exporters flatten it (insertion order), so a downstream user reads ``logits`` and ``aux``, not ``output``
-    for whichever came first and the exporter's number for the rest; anything else gives ``["output"]`` (a
-    tuple's later outputs keep the exporter's names)."""
+    for whichever came first and the exporter's number for the rest; a tuple or list of tensors gives ``output``,
+    ``output1``, ``output2``, ... (the exporters' own names for the later ones, ``16`` from TorchScript,
+    ``linear_2`` from dynamo, changed with the exporter ``auto`` picked, so with the opset); anything else gives
+    ``["output"]``."""
     if (
         isinstance(out, dict)
         and out
@@ -707,6 +709,8 @@ def _output_names(out: Any) -> list[str]:
         and "input" not in out
     ):
         return list(out)
+    if isinstance(out, tuple | list) and len(out) > 1 and all(isinstance(v, torch.Tensor) for v in out):
+        return ["output", *(f"output{i}" for i in range(1, len(out)))]
     return ["output"]
 
 

@@ -1,0 +1,39 @@
+"""Review (int8 angle, round 25): export, int8 and bench of users' own models and files."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from sparsekit.onnx import export_onnx
+
+torch.set_num_threads(1)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+        self.h1, self.h2 = nn.Linear(8, 4), nn.Linear(8, 3)
+
+    def forward(self, x):
+        z = self.body(x)
+        return self.h1(z), self.h2(z)
+
+
+@pytest.mark.parametrize("opset", [17, 21])  # auto picks the TorchScript exporter at 17, dynamo at 21
+def test_a_tuple_models_outputs_have_the_same_names_whatever_the_exporter(tmp_path, opset):
+    torch.manual_seed(0)
+    model = _TwoHeads().eval()
+    path = tmp_path / "heads.onnx"
+    export_onnx(model, path, (1, 6), opset=opset)
+    # The second head was "16" (TorchScript) or "linear_2" (dynamo): a name that changed with the opset.
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["output", "output1"]
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["output1"], {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(torch.from_numpy(x))[1].numpy(), atol=1e-5)
