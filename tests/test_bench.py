@@ -159,7 +159,7 @@ def _relu_model(path, shape) -> str:
 
 def test_symbolic_dims_need_input_shape(tmp_path):
     path = _relu_model(tmp_path / "sym.onnx", ["batch", "width"])
-    with pytest.raises(ExportError, match=r"input_shape=\[1, 3, 32, 32\]"):
+    with pytest.raises(ExportError, match=r"a size for width: e.g. input_shape=\[1, 32\]"):
         benchmark(path, batch_sizes=[2], runs=1, warmup=0)
     for shape in ([1, 7], [7]):  # with or without the batch dim
         result = benchmark(path, batch_sizes=[2], runs=2, warmup=0, input_shape=shape)

@@ -37,3 +37,20 @@ def test_a_tuple_models_outputs_have_the_same_names_whatever_the_exporter(tmp_pa
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["output1"], {"input": x})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(torch.from_numpy(x))[1].numpy(), atol=1e-5)
+
+
+def test_bench_asks_for_a_shape_of_the_files_own_rank_and_fixed_dims(tmp_path):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    conv = nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten()).eval()
+    path = tmp_path / "seq.onnx"
+    axes = {"x": {0: "n", 2: "length"}}
+    torch.onnx.export(conv, torch.randn(2, 3, 16), str(path), dynamo=False, input_names=["x"], dynamic_axes=axes)
+    res = CliRunner().invoke(main, ["bench", str(path), "--runs", "1", "--warmup", "0", "-b", "1"])
+    assert res.exit_code == 2, res.output
+    # It said "e.g. --input-shape 1,3,32,32", a 4-D shape that the file's 3-D input then refused.
+    assert "with a size for length: e.g. --input-shape 1,3,32\n" in res.output
+    given = ["bench", str(path), "--runs", "1", "--warmup", "0", "-b", "1", "--input-shape", "1,3,32", "--json"]
+    assert CliRunner().invoke(main, given).exit_code == 0

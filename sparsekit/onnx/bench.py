@@ -343,9 +343,13 @@ def _input_dims(
         )
     if input_shape is None:
         if not all(isinstance(d, int) for d in rest):
+            # An example of the input's own rank with its fixed dims: [1, 3, 32, 32] for a Conv1d's [n, 3, L] gave
+            # a shape that the next run refused for not fitting.
+            named = [d for d in rest if not isinstance(d, int)]
+            example = [1, *(d if isinstance(d, int) else 32 for d in rest)]
             raise ExportError(
-                f"{path}: input {inputs[0].name!r} has symbolic dims {inputs[0].shape}; "
-                f"pass the shape to feed, e.g. {option('input_shape', '[1, 3, 32, 32]')}"
+                f"{path}: input {inputs[0].name!r} has symbolic dims {inputs[0].shape}; pass the shape to feed, batch "
+                f"first, with a size for {', '.join(map(str, named))}: e.g. {option('input_shape', str(example))}"
             )
         return rest
     try:
