@@ -54,3 +54,18 @@ def test_bench_asks_for_a_shape_of_the_files_own_rank_and_fixed_dims(tmp_path):
     assert "with a size for length: e.g. --input-shape 1,3,32\n" in res.output
     given = ["bench", str(path), "--runs", "1", "--warmup", "0", "-b", "1", "--input-shape", "1,3,32", "--json"]
     assert CliRunner().invoke(main, given).exit_code == 0
+
+
+def test_the_per_tensor_retry_reads_the_batches_not_read_yet_as_the_first_attempt_did():
+    from sparsekit.onnx.quantize import _Reader
+
+    ids = onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", 5])
+    batches = (np.arange(10).reshape(2, 5) + i for i in range(3))  # a generator: each batch given once
+    first = _Reader(batches, [ids], limit=3)
+    assert first.get_next() is not None  # the per-channel attempt failed after one batch
+    retry = first.again()
+    # The retry replays that batch, then reads the rest, which raised AttributeError ('ints' was not shared).
+    feeds = [retry.get_next() for _ in range(3)]
+    assert [f["ids"].dtype for f in feeds] == [np.int64] * 3
+    assert [int(f["ids"][0, 0]) for f in feeds] == [0, 1, 2]
+    assert retry.get_next() is None

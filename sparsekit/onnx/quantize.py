@@ -497,9 +497,10 @@ class _Reader:
     def again(self) -> _Reader:
         """A reader that gives the same batches from the start: those this one read (kept), then the rest."""
         other = object.__new__(_Reader)
-        other.names, other.ranks, other.limit, other._it = self.names, self.ranks, self.limit, self._it
+        # Every setting _feed reads (ints, ranks, ...) is shared, so a batch not read yet is checked the same way.
+        other.__dict__.update(self.__dict__)
         other.count, other._read, other._replay, other._first = 0, self._read, iter(list(self._read)), None
-        other.fixed, other._pending, other._whole = self.fixed, [], False
+        other._pending, other._whole = [], False
         return other
 
     def rewind(self) -> None:  # part of the CalibrationDataReader protocol; one pass is all MinMax needs
