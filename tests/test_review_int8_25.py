@@ -69,3 +69,22 @@ def test_the_per_tensor_retry_reads_the_batches_not_read_yet_as_the_first_attemp
     assert [f["ids"].dtype for f in feeds] == [np.int64] * 3
     assert [int(f["ids"][0, 0]) for f in feeds] == [0, 1, 2]
     assert retry.get_next() is None
+
+
+def test_calibration_batches_of_the_wrong_feature_count_are_named_in_one_line(tmp_path):
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx import quantize_int8
+
+    torch.manual_seed(0)
+    path = tmp_path / "a.onnx"
+    export_onnx(nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 3)), path, (1, 20))
+    good = np.zeros((4, 20), np.float32)
+    bad = np.zeros((4, 21), np.float32)
+    # It was onnxruntime's "Got invalid dimensions for input: ... index: 1 Got: 21 Expected: 20" over three lines.
+    with pytest.raises(ExportError) as err:
+        quantize_int8(path, tmp_path / "q.onnx", [good, bad])
+    assert str(err.value) == (
+        "calibration batch 2 for input 'input' has shape [4, 21]; the model takes ['batch', 20]: give batches of "
+        "the model's input"
+    )
+    assert not (tmp_path / "q.onnx").exists()

@@ -442,6 +442,12 @@ class _Reader:
             raise ExportError("calibration must be an iterable of batches, not one array; wrap it as [x]")
         self.names = [i.name for i in inputs]
         self.ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in inputs}
+        # The dims the file fixes after the batch (None: symbolic), checked on each batch: a wrong feature count
+        # surfaced as onnxruntime's three-line "Got invalid dimensions ... index: 1 Got: 21 Expected: 20".
+        self.dims = {
+            i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim[1:]]
+            for i in inputs
+        }
         # Integer inputs (token ids for an nn.Embedding) are fed as the file declares them, not as float32.
         self.ints = {
             i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
@@ -543,6 +549,13 @@ class _Reader:
                 raise ExportError(
                     f"calibration batch {self.count} for input {name!r} has shape {list(feed[name].shape)}; "
                     f"the model takes rank {rank} (batch dim included)"
+                )
+            want = self.dims[name]
+            if rank and any(w is not None and w != got for w, got in zip(want, feed[name].shape[1:], strict=True)):
+                takes = ["batch", *(w if w is not None else "any" for w in want)]
+                raise ExportError(
+                    f"calibration batch {self.count} for input {name!r} has shape {list(feed[name].shape)}; the model "
+                    f"takes {takes}: give batches of the model's input"
                 )
         return feed
 
