@@ -88,3 +88,26 @@ def test_calibration_batches_of_the_wrong_feature_count_are_named_in_one_line(tm
         "the model's input"
     )
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("labels", "said"),
+    [
+        (np.full(8, 0.5), r"eval_data: labels must be integer class indices .* float64 with values such as \[0\.5"),
+        (np.eye(3)[np.arange(8) % 3], r"eval_data: labels of shape \[8, 3\] for 8 inputs; .*y\.argmax\(1\)"),
+    ],
+    ids=["fractions", "one-hot"],
+)
+def test_eval_labels_that_are_no_class_indices_are_refused_not_scored(tmp_path, labels, said):
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx import quantize_int8
+
+    torch.manual_seed(0)
+    path = tmp_path / "a.onnx"
+    export_onnx(nn.Sequential(nn.Linear(4, 3)), path, (1, 4))
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    # Fractions were compared with the argmax as they were: "accuracy 0.0", no word why.
+    with pytest.raises(ExportError, match=said):
+        quantize_int8(path, tmp_path / "q.onnx", [x], eval_data=(x, labels))
+    whole = quantize_int8(path, tmp_path / "q.onnx", [x], eval_data=(x, np.arange(8.0) % 3))  # 0.0, 1.0: fine
+    assert whole["eval"]["samples"] == 8 and whole["eval"]["fp32_accuracy"] is not None

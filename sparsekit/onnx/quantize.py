@@ -260,7 +260,7 @@ def _evaluate(
     a model exported with its logits selected, as a prune run or the export command's logits option does, has one),
     or its output holds one value per sample (no class to take the argmax of), fewer values than the labels have
     classes (an embedding) or more than one row per sample (``[batch, classes, steps]``: a class per position)."""
-    x, y = eval_data[0], _labels(eval_data[0], eval_data[1])
+    x, y = eval_data[0], _labels(eval_data[0], eval_data[1], "eval_data")
     shaped = _outputs(fp32, x, batch_size, flatten=False)
     a, b = _flat(shaped), _outputs(int8, x, batch_size)
     out: dict[str, Any] = {"samples": len(y), "output": outputs[0] if outputs else None, "outputs": outputs}
@@ -406,11 +406,29 @@ def top1_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_size
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _labels(x: Any, y: Any) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
-    if len(y) != len(x):
-        raise ExportError(f"onnx_accuracy: {len(x)} inputs but {len(y)} labels")
-    return y
+def _labels(x: Any, y: Any, where: str = "onnx_accuracy") -> np.ndarray:
+    """``y`` as one integer class index per sample of ``x``; ``where`` names the argument in the error. Float
+    labels such as 0.5 or one-hot rows were compared with the argmax as they were: an accuracy of 0.0, no word why."""
+    if hasattr(y, "detach"):  # a torch tensor, as a DataLoader gives it
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y)
+    if arr.ndim > 1 and arr.size != len(x):
+        raise ExportError(
+            f"{where}: labels of shape {list(arr.shape)} for {len(x)} inputs; give one integer class index per "
+            "sample, shape (N,) (one-hot rows: y.argmax(1))"
+        )
+    flat = arr.reshape(-1)
+    if len(flat) != len(x):
+        raise ExportError(f"{where}: {len(x)} inputs but {len(flat)} labels")
+    whole = flat.dtype.kind in "iub" or (
+        flat.dtype.kind == "f" and bool(np.all(np.isfinite(flat))) and bool(np.all(flat == np.round(flat)))
+    )
+    if not whole or (len(flat) and flat.min() < 0):
+        raise ExportError(
+            f"{where}: labels must be integer class indices (0, 1, 2, ...), got dtype {flat.dtype} with values such "
+            f"as {flat[:3].tolist()}"
+        )
+    return flat.astype(np.int64)
 
 
 def _preprocess(src: Path, dest: Path, large: bool) -> tuple[Path, dict[str, Any]]:
