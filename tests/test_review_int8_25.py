@@ -111,3 +111,22 @@ def test_eval_labels_that_are_no_class_indices_are_refused_not_scored(tmp_path, 
         quantize_int8(path, tmp_path / "q.onnx", [x], eval_data=(x, labels))
     whole = quantize_int8(path, tmp_path / "q.onnx", [x], eval_data=(x, np.arange(8.0) % 3))  # 0.0, 1.0: fine
     assert whole["eval"]["samples"] == 8 and whole["eval"]["fp32_accuracy"] is not None
+
+
+def test_nan_calibration_or_eval_inputs_are_named_not_an_onnxruntime_assertion(tmp_path):
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx import quantize_int8
+
+    torch.manual_seed(0)
+    path = tmp_path / "a.onnx"
+    export_onnx(nn.Sequential(nn.Linear(4, 3)), path, (1, 4))
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    # onnxruntime's "AssertionError: scale issue".
+    with pytest.raises(ExportError, match=r"^calibration batch 2 for input 'input' holds NaN or infinite values"):
+        quantize_int8(path, tmp_path / "q.onnx", [x, bad])
+    # Every NaN row's argmax is class 0: scored as an accuracy.
+    with pytest.raises(ExportError, match=r"^eval_data: the inputs hold NaN or infinite values"):
+        quantize_int8(path, tmp_path / "q.onnx", [x], eval_data=(bad, np.zeros(8, np.int64)))
+    assert not (tmp_path / "q.onnx").exists()

@@ -120,6 +120,8 @@ def quantize_int8(
     final = Path(out_path)
     if max_calibration_batches < 1:
         raise ExportError(f"max_calibration_batches must be >= 1, got {max_calibration_batches}")
+    if eval_data is not None:
+        _eval_arrays(eval_data)  # bad labels or inputs are said before minutes of quantization, not after
     # The int8 file published over its own input: the fp32 model, which the int8 one is checked and sized against,
     # would be gone (a link or another spelling of the same file too).
     if final.resolve() == src.resolve() or (final.exists() and src.exists() and os.path.samefile(final, src)):
@@ -260,7 +262,7 @@ def _evaluate(
     a model exported with its logits selected, as a prune run or the export command's logits option does, has one),
     or its output holds one value per sample (no class to take the argmax of), fewer values than the labels have
     classes (an embedding) or more than one row per sample (``[batch, classes, steps]``: a class per position)."""
-    x, y = eval_data[0], _labels(eval_data[0], eval_data[1], "eval_data")
+    x, y = _eval_arrays(eval_data)
     shaped = _outputs(fp32, x, batch_size, flatten=False)
     a, b = _flat(shaped), _outputs(int8, x, batch_size)
     out: dict[str, Any] = {"samples": len(y), "output": outputs[0] if outputs else None, "outputs": outputs}
@@ -404,6 +406,17 @@ def top1_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_size
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _eval_arrays(eval_data: tuple[Any, Any]) -> tuple[Any, np.ndarray]:
+    """``quantize_int8``'s ``eval_data`` checked (before anything is quantized): its inputs and integer labels."""
+    x, y = eval_data[0], _labels(eval_data[0], eval_data[1], "eval_data")
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    if np.asarray(x).dtype.kind == "f" and not np.isfinite(x).all():
+        # Every NaN row's argmax is class 0: an accuracy and an agreement of 1.0 measured on nothing.
+        raise ExportError("eval_data: the inputs hold NaN or infinite values; clean or impute them first")
+    return x, y
 
 
 def _labels(x: Any, y: Any, where: str = "onnx_accuracy") -> np.ndarray:
@@ -567,6 +580,12 @@ class _Reader:
                 raise ExportError(
                     f"calibration batch {self.count} for input {name!r} has shape {list(feed[name].shape)}; "
                     f"the model takes rank {rank} (batch dim included)"
+                )
+            if feed[name].dtype.kind == "f" and not np.isfinite(feed[name]).all():
+                # onnxruntime's MinMax then failed with "AssertionError: scale issue", naming no batch or value.
+                raise ExportError(
+                    f"calibration batch {self.count} for input {name!r} holds NaN or infinite values; clean or "
+                    "impute them first"
                 )
             want = self.dims[name]
             if rank and any(w is not None and w != got for w, got in zip(want, feed[name].shape[1:], strict=True)):
