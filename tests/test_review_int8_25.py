@@ -130,3 +130,23 @@ def test_nan_calibration_or_eval_inputs_are_named_not_an_onnxruntime_assertion(t
     with pytest.raises(ExportError, match=r"^eval_data: the inputs hold NaN or infinite values"):
         quantize_int8(path, tmp_path / "q.onnx", [x], eval_data=(bad, np.zeros(8, np.int64)))
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_the_int8_file_declares_only_the_operator_sets_its_nodes_use(tmp_path, static):
+    from sparsekit.onnx import quantize_int8
+
+    torch.manual_seed(0)
+    path = tmp_path / "a.onnx"
+    export_onnx(nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)), path, (1, 2, 5))
+    x = np.random.default_rng(0).standard_normal((8, 2, 5)).astype(np.float32)
+    out = tmp_path / "q.onnx"
+    quantize_int8(path, out, [x] if static else None)
+    model = onnx.load(str(out))
+    # onnxruntime's pre-processing declared com.microsoft.nchwc, ai.onnx.training, org.pytorch.aten, ...: bytes
+    # that made a small int8 file read larger than its fp32 model.
+    used = {n.domain for n in model.graph.node} | {""}
+    assert {o.domain for o in model.opset_import} == used
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert got.shape == (8, 3)
