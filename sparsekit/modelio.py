@@ -1120,7 +1120,8 @@ def refuse_onnx(path: Path) -> None:
     if path.suffix.lower() == ".onnx":
         raise ModelFileError(
             f"{path}: is an ONNX file; prune/export/validate take the PyTorch model (.pt or .safetensors). "
-            "`sparsekit bench` and `sparsekit inspect` read ONNX files"
+            "`sparsekit bench` and `sparsekit inspect` read ONNX files, and sparsekit.onnx.quantize_int8(FILE, OUT, "
+            "calibration) makes an int8 model of one"
         )
 
 

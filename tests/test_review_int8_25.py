@@ -150,3 +150,17 @@ def test_the_int8_file_declares_only_the_operator_sets_its_nodes_use(tmp_path, s
     onnx.checker.check_model(model)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert got.shape == (8, 3)
+
+
+def test_export_of_an_onnx_file_says_how_to_quantize_one(tmp_path):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    path = tmp_path / "mine.onnx"
+    export_onnx(nn.Sequential(nn.Linear(4, 3)), path, (1, 4))
+    res = CliRunner().invoke(main, ["export", str(path), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8"])
+    assert res.exit_code == 2
+    # A user with their own ONNX file was told only what cannot read it, not what quantizes it.
+    assert "sparsekit.onnx.quantize_int8(FILE, OUT, calibration) makes an int8 model of one" in res.output
+    assert not (tmp_path / "q.onnx").exists()
