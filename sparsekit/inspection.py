@@ -233,6 +233,21 @@ def check_input_shape(
                 "nn.Embedding or nn.EmbeddingBag module (not F.embedding on a weight of its own): look the ids up "
                 "with such a module, or give the model a forward that takes float input"
             )
+        stateless = [
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+        ]
+        if first is not None and stateless and "Expected more than 1 value per channel" in str(first):
+            # No shape is at fault, and the one given was told to change: such a BatchNorm normalizes over the
+            # batch in eval mode too, so one sample cannot run and each output depends on the rest of its batch.
+            raise DataError(
+                f"{origin} {dims}: BatchNorm layer(s) {', '.join(map(repr, stateless[:5]))} keep no running statistics "
+                f"(track_running_stats=False), so in eval mode they normalize over the batch: a batch of 1 cannot "
+                f"run ({one_line(first, 100)}), and each sample's output depends on the others in its batch, which "
+                "an exported model for inference cannot do; build them with track_running_stats=True and train, or "
+                "use nn.LayerNorm / nn.GroupNorm"
+            )
         if first is not None and _several_inputs(model, first):
             raise SeveralInputsError(
                 f"{origin} {dims}: the model's forward takes several inputs ({one_line(first, 120)}); sparsekit's "

@@ -164,3 +164,23 @@ def test_export_of_an_onnx_file_says_how_to_quantize_one(tmp_path):
     # A user with their own ONNX file was told only what cannot read it, not what quantizes it.
     assert "sparsekit.onnx.quantize_int8(FILE, OUT, calibration) makes an int8 model of one" in res.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_batchnorm_without_running_stats_is_named_not_the_input_shape(tmp_path):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    state = tmp_path / "bn_state.pt"
+    torch.save(_bn_nostats().state_dict(), state)
+    args = ["export", str(state), "--arch", "tests.test_review_int8_25:_bn_nostats", "-o", str(tmp_path / "o.onnx")]
+    res = CliRunner().invoke(main, [*args, "--input-shape", "1,20"])
+    assert res.exit_code == 2, res.output
+    # It said "--input-shape [1, 20]: the model does not accept it ...; give the shape it takes", of the right shape.
+    assert "BatchNorm layer(s) '1' keep no running statistics (track_running_stats=False)" in res.output
+    assert "give the shape it takes" not in res.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def _bn_nostats() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(), nn.Linear(16, 5))
