@@ -1441,6 +1441,13 @@ def export(
                 "saves on the weights (a small model, or few nonzero weights: the fp32 file's zeros gzip away too); "
                 "for size, ship the fp32 model (export without --quantize)"
             )
+        stale = out.with_suffix(".fp32.onnx")
+        if fp32_out is None and stale.exists():
+            # An earlier --keep-fp32 export's, which the bench command above would compare with the new int8 file.
+            lines.append(
+                f"  Note: {stale} is an earlier export's fp32 model, not this one's (left as it was; export with "
+                "--keep-fp32 to replace it)"
+            )
     if st["encoding"] == "sparse":
         lines.append(_sparse_storage_line(out, st))
     elif st.get("mode") == "sparse":

@@ -180,3 +180,20 @@ def test_an_allow_change_no_resume_may_make_names_the_option(tmp_path, mlp_check
     with pytest.raises(sparsekit.SparsekitError, match=r"^allow_changes=\[\.\.\.\]: 'bogus.field' cannot be changed"):
         sparsekit.run_prune(mlp_checkpoint, recipe, tmp_path / "p", arch="examples.models:mlp", resume=True,
                             allow_changes=["bogus.field"])  # fmt: skip
+
+
+def test_an_int8_export_says_when_an_earlier_fp32_file_beside_it_is_not_its_own(tmp_path, mlp_checkpoint):
+    # After `export -o q.onnx --quantize int8 --keep-fp32`, the same export without --keep-fp32 left the earlier
+    # q.fp32.onnx beside the new q.onnx with no word, ready to be benchmarked against the wrong model.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    q = tmp_path / "q.onnx"
+    args = ["export", str(mlp_checkpoint), "--arch", "examples.models:mlp", "--exporter", "torchscript", "-o", str(q)]
+    first = CliRunner().invoke(main, [*args, "--quantize", "int8", "--keep-fp32"])
+    assert first.exit_code == 0, first.stderr
+    assert "is an earlier export's fp32 model" not in first.stdout
+    again = CliRunner().invoke(main, [*args, "--quantize", "int8"])
+    assert again.exit_code == 0, again.stderr
+    assert f"Note: {tmp_path / 'q.fp32.onnx'} is an earlier export's fp32 model, not this one's" in again.stdout
