@@ -470,32 +470,58 @@ class Pruner:
             self._rates.append(rates)
 
     def _check_overlap(self) -> None:
+        # Every layer of the first clashing pair is named at once: one name per error sent a user who excluded it
+        # back for the next one (a structured entry over an MLP of three layers took three tries).
         owner: dict[str, int] = {}
         for i, method in enumerate(self.methods):
             if not method.masks_weights:
                 continue
+            shared: dict[int, list[str]] = {}
             for name in method.layers:
                 if name in owner:
-                    j = owner[name]
-                    raise TargetError(
-                        f"pruning[{j}] ({self.methods[j].name}) and pruning[{i}] ({method.name}) both mask "
-                        f"the weights of {name!r}: exclude it from one of them (layers.exclude)"
-                    )
-                owner[name] = i
+                    shared.setdefault(owner[name], []).append(name)
+                else:
+                    owner[name] = i
+            if shared:
+                j, names = next(iter(shared.items()))
+                raise TargetError(
+                    f"pruning[{j}] ({self.methods[j].name}) and pruning[{i}] ({method.name}) both mask "
+                    f"the weights of {_layer_names(names)}: exclude {_them(names)} from one of them (layers.exclude)"
+                )
         # A structural method changes weight shapes (its layers' outputs, their consumers' inputs):
         # a masking method's masks and scores on those weights would no longer fit. (Masks created
         # by l1 are refitted instead, see surgery.refit_masks.)
         for i, method in enumerate(self.methods):
+            hit: dict[int, list[str]] = {}
             for name in method.touched:
                 if name in owner:
-                    j = owner[name]
-                    how = "removes output channels of" if name in method.layers else "shrinks the inputs of"
-                    raise TargetError(
-                        f"pruning[{i}] ({method.name}) {how} {name!r}, whose weights pruning[{j}] "
-                        f"({self.methods[j].name}) masks: the masks would no longer fit. Exclude {name!r} "
-                        f"from pruning[{j}] (layers.exclude), or keep pruning[{i}] away from it (ignore / "
-                        "layers.exclude of the layers feeding it)"
+                    hit.setdefault(owner[name], []).append(name)
+            if hit:
+                j, names = next(iter(hit.items()))
+                order = list(self.methods[j].layers)  # the model's order, not the removal's
+                names.sort(key=order.index)
+                outputs = [n for n in names if n in method.layers]
+                inputs = [n for n in names if n not in method.layers]
+                how = " and ".join(
+                    text
+                    for text, some in (
+                        (f"removes output channels of {_layer_names(outputs)}", outputs),
+                        (f"shrinks the inputs of {_layer_names(inputs)}", inputs),
                     )
+                    if some
+                )
+                away = (
+                    f"keep pruning[{i}] away from {_them(names)} (ignore / layers.exclude of the layers feeding "
+                    f"{_them(names)})"
+                )
+                if len(names) < len(order):
+                    remedy = f"Exclude {_layer_names(names)} from pruning[{j}] (layers.exclude), or {away}"
+                else:  # excluding them all would leave the masking entry no layer
+                    remedy = f"pruning[{j}] selects no other layer: {away}, or drop one of the two entries"
+                raise TargetError(
+                    f"pruning[{i}] ({method.name}) {how}, whose weights pruning[{j}] "
+                    f"({self.methods[j].name}) masks: the masks would no longer fit. {remedy}"
+                )
 
     def _check_tied(self) -> None:
         """Weights shared by several modules stay shared: a structural method may not change the shape of
@@ -1335,3 +1361,12 @@ def _check_scorers(scorers: Mapping[int, Callable[..., Any]], entries: int) -> d
                 "scorers={index: scorer} replaces the criterion of pruning[index]"
             )
     return dict(scorers)
+
+
+def _layer_names(names: list[str]) -> str:
+    """'a', 'b', 'c': every layer an error is about, quoted as a single one was."""
+    return ", ".join(repr(n) for n in names)
+
+
+def _them(names: list[str]) -> str:
+    return "it" if len(names) == 1 else "them"
