@@ -100,7 +100,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
 from .. import tp_adapter as tpa
-from ..errors import RecipeError, one_line, shorten
+from ..errors import RecipeError, TargetError, one_line, shorten
 from ..layers import (
     computed_tensor,
     num_units,
@@ -476,7 +476,8 @@ class L1:
 
         Raises RecipeError when the head was all the entry selected (a recipe ``layers.types: [Linear]`` on a CNN
         whose only Linear is the head): grouping it alone would zero whole classes. A model whose every prunable
-        layer is a head keeps them."""
+        layer is a head keeps them. TargetError when the shape was given (the recipe's, or the Pruner's context)
+        and the model does not run on it: going on without the head and the groups would train a different entry."""
         shape = self._input_shape(model)
         why = "" if shape else "the input shape is unknown"
         # what to do: give the shape, unless no shape can help (a forward of several inputs, say)
@@ -486,7 +487,15 @@ class L1:
             why, advice = "a forward of several inputs gives no one input shape to find it with", ""
         try:
             heads = output_layers(model, shape) if shape else []
-        except Exception as err:  # a model that does not run on a given shape fails later with a clear error
+        except Exception as err:
+            if self.input_shape and not takes_several_inputs(model):
+                # The shape the user gave: going on without it trained with the head's rows pruned and no BatchNorm
+                # in the groups, and only finalize said (its remove_dead skipped) that the model never ran on it.
+                raise TargetError(
+                    f"{self.where}: group: {spec.group} runs the model on its input_shape {shape} to find the "
+                    f"classifier head and the units' groups, and the model does not run on it ({one_line(err, 200)}); "
+                    + (trace_advice(err) or "check model.input_shape (the whole input, batch first)")
+                ) from None
             heads = []
             why = f"the model does not run on the guessed input shape {shape} ({one_line(err)})"
             advice = trace_advice(err) or advice
