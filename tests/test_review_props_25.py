@@ -106,3 +106,19 @@ def test_group_l1_refuses_an_input_shape_the_model_does_not_run_on_when_built(ch
     head = str(len(channels) * (3 if batchnorm else 2) + 2)
     assert head not in pruner.methods[0].layers
     assert pruner.methods[0].report().get("head_left_out", []) == ([] if conv_only else [head])
+
+
+@FEW
+@given(side=st.integers(1, 3), given=st.booleans())
+def test_remove_dead_skipped_on_a_given_shape_says_to_check_it_not_to_set_it(side, given):
+    # Unstructured l1 runs the model at finalize only (remove_dead): a given shape it does not run on was answered
+    # with "set model.input_shape in the recipe", which the user had done.
+    model = _cnn([3, 3], batchnorm=False)  # needs a side of 5
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "l1", "strength": 0.1}]}
+    context = {"input_shape": [1, 2, side, side]} if given else None
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1, context=context)
+    with pytest.warns(UserWarning, match="remove_dead: skipped") as caught:
+        pruner.finalize()
+    text = " ".join(str(w.message) for w in caught if "remove_dead" in str(w.message))
+    assert ("check model.input_shape" in text) == given, text
+    assert ("set model.input_shape" in text) != given, text

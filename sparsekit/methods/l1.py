@@ -1533,13 +1533,15 @@ class L1:
         try:
             heads = output_layers(model, input_shape)
         except Exception as err:  # noqa: BLE001 - a guessed shape the model does not take
+            # "set model.input_shape" told a user who had set it to do what they did: a given shape is to be checked.
+            fix = (
+                "check model.input_shape (the whole input, batch first) or the input_shape given to the Pruner"
+                if self.input_shape
+                else "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
+            )
             warnings.warn(
                 f"{self.where}.remove_dead: skipped, the model does not run on the input shape {input_shape} "
-                f"({one_line(err, 120)}); "
-                + (
-                    trace_advice(err)
-                    or "set model.input_shape in the recipe or pass context={'input_shape': [1, ...]} to the Pruner"
-                ),
+                f"({one_line(err, 120)}); " + (trace_advice(err) or fix),
                 stacklevel=2,
             )
             return model, []
