@@ -122,3 +122,64 @@ def test_remove_dead_skipped_on_a_given_shape_says_to_check_it_not_to_set_it(sid
     text = " ".join(str(w.message) for w in caught if "remove_dead" in str(w.message))
     assert ("check model.input_shape" in text) == given, text
     assert ("set model.input_shape" in text) != given, text
+
+
+@FEW
+@given(
+    criterion=st.sampled_from(["taylor", "movement"]),
+    scope=st.sampled_from(["global", "layer"]),
+    zero_grad_first=st.booleans(),
+    set_to_none=st.booleans(),
+)
+def test_a_dead_layer_s_zero_gradients_are_not_blamed_on_the_loop(criterion, scope, zero_grad_first, set_to_none):
+    # A hidden layer always off (ReLU after a bias of -10) leaves every weight gradient zero; the loop was right, yet
+    # the warning and finalize's error told it to call loss.backward() before pruner.step(). A loop that does zero
+    # the gradients before pruner.step() is still told so.
+    torch.manual_seed(0)
+    model = _mlp([4, 3, 3, 2])
+    with torch.no_grad():
+        model[2].bias.fill_(-10.0)
+    entry = {"method": "gradient", "criterion": criterion, "scope": scope, "sparsity": 0.5}
+    entry["schedule"] = {"start_epoch": 0, "end_epoch": 1}
+    pruner = sparsekit.Pruner(model, {"version": 1, "finetune": {"epochs": 1}, "pruning": [entry]}, steps_per_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.warns(UserWarning, match="should update the masks") as caught:
+        for _ in range(2):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 2, (8,))).backward()
+            optimizer.step()
+            if zero_grad_first:
+                optimizer.zero_grad(set_to_none=set_to_none)
+            pruner.step()
+    warned = " ".join(str(w.message) for w in caught)
+    with pytest.raises(TargetError) as err:
+        pruner.finalize()
+    for text in (warned, str(err.value)):
+        assert ("call loss.backward() before" in text or "call it after loss.backward()" in text) == zero_grad_first
+        assert ("backward did run (the bias of '4' got a gradient)" in text) != zero_grad_first
+
+
+@FEW
+@given(zero_grad_first=st.booleans(), steps=st.integers(1, 2))
+def test_structured_taylor_on_a_dead_layer_is_not_blamed_on_the_loop(zero_grad_first, steps):
+    # The same dead layer under structured importance: taylor said "call pruner.step() after loss.backward()" to a
+    # loop that did (the head's bias got its gradient); a loop that zeroes the gradients first is still told so.
+    model = _mlp([4, 6, 6, 2])
+    with torch.no_grad():
+        model[2].bias.fill_(-10.0)
+    entry = {"method": "structured", "ratio": 0.5, "importance": "taylor", "round_to": None, "steps": steps}
+    entry["schedule"] = {"start_epoch": 0, "end_epoch": 1}
+    recipe = {"version": 1, "model": {"input_shape": [1, 4]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(TargetError, match="needs gradients") as err:
+        for _ in range(2):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(pruner.model(torch.randn(8, 4)), torch.randint(0, 2, (8,))).backward()
+            optimizer.step()
+            if zero_grad_first:
+                optimizer.zero_grad(set_to_none=False)
+            pruner.step()
+        pruner.finalize()
+    assert ("call pruner.step() after loss.backward()" in str(err.value)) == zero_grad_first
+    assert ("backward did run ('4.bias' got a gradient)" in str(err.value)) != zero_grad_first

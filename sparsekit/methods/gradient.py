@@ -195,6 +195,8 @@ class Gradient(Magnitude):
             self._scored_steps += 1
         changes = super().after_step(step)
         # (a step GradScaler skipped on an overflow leaves the update waiting too, but is no mistake of the loop's)
+        if self._pending and not self._dead_inputs:
+            self._dead_inputs = self._backward_ran()
         if self._pending and not self._warned_no_grad and not overflowed:
             # Said now, not only at finalize: a loop that zeroes the gradients before pruner.step() trains to
             # the end with masks that never update.
@@ -207,6 +209,8 @@ class Gradient(Magnitude):
                 if frozen
                 else UNUSED_FIX
                 if self._unused()
+                else self._dead_fix()
+                if self._dead_inputs
                 else "call it after loss.backward() and optimizer.step() and before optimizer.zero_grad(); exclude "
                 "frozen layers with layers.exclude"
             )
@@ -222,6 +226,29 @@ class Gradient(Magnitude):
     _overflows = 0  # steps whose gradients (some of them) held inf or NaN and were left out: GradScaler's skipped steps
     _scored_steps = 0  # steps whose gradients were read (overflowed or not)
     _zero_scored: list[str] = []  # noqa: RUF012 - replaced, never changed in place
+
+    _dead_inputs = ""  # a selected layer whose bias got a gradient while the weights' were zero: backward ran
+
+    def _backward_ran(self) -> str:
+        """The first selected layer whose bias holds a nonzero gradient while some layer's weight gradient is all
+        zero: the loop's order is right (backward ran, no zero_grad before pruner.step()), and dead units zeroed those
+        weights' inputs or the gradient flowing back to them. Read only while a mask update waits."""
+        for name, module in self.layers.items():
+            bias = getattr(module, "bias", None)
+            grad = getattr(bias, "grad", None)
+            if isinstance(grad, torch.Tensor) and bool(torch.isfinite(grad).all()) and bool(grad.any()):
+                return name
+        return ""
+
+    def _dead_fix(self) -> str:
+        # A dead network's zero gradients were blamed on the loop ("call loss.backward() before pruner.step()"),
+        # which was right: the scores there are zero because the layers' inputs are.
+        return (
+            f"backward did run (the bias of {self._dead_inputs!r} got a gradient), but the weights' gradients were "
+            "zero: units around them are dead on the data (a ReLU always off zeroes what flows into a layer or back "
+            "out of it), so gradient scores cannot rank them; leave them out with layers.exclude, or use method: "
+            "magnitude"
+        )
 
     def _missing_layers(self) -> list[str]:
         missing = [name for name in self.layers if name not in self.accum or name in self._zero_scored]
@@ -280,6 +307,11 @@ class Gradient(Magnitude):
                     f"of {self._overflows} step(s) held inf or NaN and were left out, as the optimizer steps a "
                     "GradScaler skips: its scale never came down far enough, or the loss itself is inf or NaN; start "
                     "GradScaler at a lower init_scale, or check the loss"
+                )
+            if self._dead_inputs:
+                raise TargetError(
+                    f"{self.where}: gradient criterion got only zero gradients for {self._missing()}: "
+                    + self._dead_fix()
                 )
             raise TargetError(
                 f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "

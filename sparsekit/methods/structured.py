@@ -841,6 +841,17 @@ class Structured:
             and not missing
             and not any(bool(self.accum[f"{n}.weight"].any()) for n in self.layers)
         )
+        ran = next((n for n, g in self.accum.items() if bool(g.any())), None) if zeros else None
+        if ran is not None:
+            # Another parameter's gradient is not zero, so the loop's order is right: telling it to call pruner.step()
+            # after loss.backward() sent a user with a dead network (a ReLU always off) looking for a bug in the loop.
+            raise TargetError(
+                f"{self.where}.importance: {self._importance_name()!r} needs gradients, but the selected layers' "
+                f"weights got only zero ones, while backward did run ({ran!r} got a gradient): units around them are "
+                "dead on the data (a ReLU always off zeroes what flows into a layer or back out of it), so their "
+                "channels cannot be ranked by gradients; use importance l1, l2 or bn_scale, or leave those layers out "
+                "with layers.exclude"
+            )
         if not self.accum_steps or missing or zeros:
             got = (
                 "none arrived"
