@@ -327,9 +327,10 @@ def apply_masks(model: nn.Module) -> None:
 
 
 def unfollowed_masks(model: nn.Module, call: str) -> str | None:
-    """The warning for a model whose layers carry masks their weights do not follow (None when all do): a copy made
-    while a Pruner ran (an EMA's ``AveragedModel``, ``copy.deepcopy``) keeps the mask buffers, but no Pruner applies
-    them to it, so its weights were written dense with no word (its EMA weights decay towards zero, never to it)."""
+    """The warning for a model whose layers carry masks their weights do not follow (None when all do): the Pruner's
+    model after an optimizer step its ``pruner.step()`` has not followed yet, or a copy made while a Pruner ran (an
+    EMA's ``AveragedModel``, ``copy.deepcopy``), which keeps the mask buffers but which no Pruner applies them to, so
+    its weights were written dense with no word (its EMA weights decay towards zero, never to it)."""
     found = []
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -345,9 +346,11 @@ def unfollowed_masks(model: nn.Module, call: str) -> str | None:
     shown = ", ".join(found[:3]) + (f", and {len(found) - 3} more" if len(found) > 3 else "")
     return (
         f"{call}: {len(found)} layer(s) carry a sparsekit mask whose pruned weights are not zero ({shown} weights): "
-        "a copy of the model made while a Pruner ran (an EMA's AveragedModel, copy.deepcopy), which the Pruner does "
-        "not update, is written dense there; write the model pruner.finalize() returned, or zero the masked weights "
-        "of the copy first (for each module m with m.sparsekit_mask: m.weight.data.mul_(m.sparsekit_mask))"
+        "the Pruner's own model between optimizer.step() and pruner.step() (which masks them again: write it after "
+        "pruner.step()), or a copy of the model made while a Pruner ran (an EMA's AveragedModel, copy.deepcopy), "
+        "which the Pruner does not update, is written dense there; write the model pruner.finalize() returned, or "
+        "zero the masked weights of the copy first (for each module m with m.sparsekit_mask: "
+        "m.weight.data.mul_(m.sparsekit_mask))"
     )
 
 

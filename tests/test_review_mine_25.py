@@ -197,3 +197,24 @@ def test_an_int8_export_says_when_an_earlier_fp32_file_beside_it_is_not_its_own(
     again = CliRunner().invoke(main, [*args, "--quantize", "int8"])
     assert again.exit_code == 0, again.stderr
     assert f"Note: {tmp_path / 'q.fp32.onnx'} is an earlier export's fp32 model, not this one's" in again.stdout
+
+
+def test_the_unfollowed_masks_warning_names_the_pruners_own_model_between_its_steps():
+    # Written between optimizer.step() and pruner.step(), the Pruner's own model was called "a copy of the model made
+    # while a Pruner ran (an EMA's AveragedModel, copy.deepcopy)": the wrong cause, and no word of the right order.
+    from sparsekit.masks import unfollowed_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        model(torch.randn(4, 8)).sum().backward()
+        optimizer.step()
+        pruner.step()
+    assert unfollowed_masks(model, "save") is None
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    told = unfollowed_masks(model, "save")
+    assert told is not None and "the Pruner's own model between optimizer.step() and pruner.step()" in told
