@@ -1080,7 +1080,13 @@ class StructuredSpec(_MethodBase):
         description="modules (names or shell globs) whose output channels are never removed; null: the classifier "
         "head (the layers that produce the model's output, found by tracing it)",
     )
-    min_channels: Int = Field(1, gt=0, le=MAX_CHANNELS, description="floor: no layer keeps fewer output channels")
+    min_channels: Int = Field(
+        1,
+        gt=0,
+        le=MAX_CHANNELS,
+        description="floor: no layer keeps fewer output channels (a per-layer ratio (scope: layer, layer_ratio) "
+        "that leaves a layer no channel at all is refused, not raised to the floor)",
+    )
     # 16 from benchmarks/structured_latency.py: unaligned counts (11/22/44) made 30% removal slower than
     # dense in onnxruntime's CPU kernels; multiples of 8 made every measured arm faster, and multiples of 16
     # (the block of its AVX-512 kernels, two of its AVX2 ones) faster still: small_cnn at 30% 0.50x of dense
