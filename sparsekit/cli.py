@@ -1308,9 +1308,12 @@ def export(
         except DataError as err:
             # A shape mismatch's remedy is prune's override of model.input_shape; export's is its own option.
             fixed = re.sub(
-                r"\x00set\x1fmodel\.input_shape=([^\x00]*)\x00",
-                lambda m: option("input_shape", m.group(1)),
+                r"set model\.input_shape to \[[^\]]*\] \(\x00set\x1fmodel\.input_shape=([^\x00]*)\x00\)",
+                lambda m: "pass " + option("input_shape", m.group(1)),
                 err.raw_message,
+            )
+            fixed = re.sub(  # export has no recipe: the shape is the checkpoint's or --input-shape's
+                r"\bmodel\.input_shape (\[[^\]]*\])", r"the input shape \1", fixed
             )
             raise DataError(fixed) from None
     from .masks import positive_zeros_

@@ -218,3 +218,20 @@ def test_the_unfollowed_masks_warning_names_the_pruners_own_model_between_its_st
     optimizer.step()
     told = unfollowed_masks(model, "save")
     assert told is not None and "the Pruner's own model between optimizer.step() and pruner.step()" in told
+
+
+def test_exports_data_shape_error_speaks_of_its_own_option_not_the_recipe(tmp_path, mlp_checkpoint):
+    # "... but model.input_shape [1, 64] takes ... or set model.input_shape to [1, 21] (--input-shape 1,21)": export
+    # has no recipe; its shape comes from the checkpoint or --input-shape.
+    import numpy as np
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 21), "float32"), y=np.zeros(8, "int64"))
+    args = ["export", str(mlp_checkpoint), "--arch", "examples.models:mlp", "-o", str(tmp_path / "q.onnx")]
+    result = CliRunner().invoke(main, [*args, "--quantize", "int8", "--data", str(tmp_path / "d.npz")])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    assert "but the input shape [1, 64] takes samples" in line and "or pass --input-shape 1,21 if" in line
+    assert "model.input_shape" not in line
