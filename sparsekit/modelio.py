@@ -653,9 +653,10 @@ def _bind_aliases(
     """Add to ``names`` (see :func:`_imported_names`) what the statements that run in ``body``'s scope (a class's:
     under ``prefix``, ``Net.``) bind: an import's name; an assignment's name (``=``, ``:=``, ``Net.run =``) bound to an
     imported name, an attribute of one, or a module imported by a call; a name bound in a way not followed here (a for
-    or with target, a match capture, an unpacked list) as no module's own (refused). A name bound two different ways
-    (in two branches of an ``if``) is judged as neither: which one the module holds depends on what ran. The modules
-    the module scope imports everything from (``from m import *``) go to ``stars``."""
+    or with target, a match capture, an unpacked list, a value computed by a call or a subscript) as no module's own
+    (refused). A name bound two different ways (in two branches of an ``if``) is judged as neither: which one the
+    module holds depends on what ran. The modules the module scope imports everything from (``from m import *``) go
+    to ``stars``."""
     import ast
 
     def source_of(value: Any) -> tuple[str, str | None] | None:
@@ -692,6 +693,14 @@ def _bind_aliases(
         source, name = names[".".join(parts[:cut])]
         path = [*([name] if name else []), *parts[cut:]]
         return (source, ".".join(path)) if path else (source, None)
+
+    def computed(value: Any) -> bool:
+        """Whether an assignment's value (one :func:`source_of` does not follow) is computed from names: a call, a
+        subscript, a conditional... Constants and a plain name or attribute of the module's own (``Other = Net``)
+        are not."""
+        while isinstance(value, ast.Attribute):
+            value = value.value
+        return not isinstance(value, ast.Name) and any(isinstance(n, ast.Name) for n in ast.walk(value))
 
     def bind(name: str, source: tuple[str, str | None]) -> None:
         if names.get(name, source) != source:
@@ -765,6 +774,10 @@ def _bind_aliases(
             if isinstance(target, ast.Name):
                 if (found := source_of(value)) is not None:
                     bind(prefix + target.id, found)
+                elif computed(value):
+                    # `run = sys.modules["subprocess"].getoutput`, `run = pick(subprocess.getoutput)`: what it binds
+                    # is known only by running it, and the name passed as the module's own function.
+                    bind(prefix + target.id, (f"<{target.id} bound to a value computed at import>", None))
             elif (path := dotted(target)) is not None:  # `Net.run = subprocess.getoutput` reaches `Net.run`
                 bind(prefix + path, source_of(value) or (f"<{path} set by an assignment>", None))
             elif not isinstance(target, ast.Subscript | ast.Attribute):

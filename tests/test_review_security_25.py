@@ -1,0 +1,62 @@
+"""Review 25 (security): hostile files handed to a user, each fault found pinned here."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import torch_file_with_pickle
+
+
+def _run_trusted_pickle(tmp_path, monkeypatch, source: str, name: str):
+    """``inspect --trust-model-file`` of a torch file whose pickle calls ``usermod:name("touch CANARY")``, the user's
+    module (not imported yet) being ``source``: (the CLI result, the canary's path)."""
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    module = f"usermod_sec25_{abs(hash((source, name))) % 100_000}"
+    (tmp_path / f"{module}.py").write_text(f"{source}\n\n\nclass Net:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    canary = tmp_path / "CANARY"
+    command = f"touch {canary}".encode()
+    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
+    torch_file_with_pickle(tmp_path / "model.pt", payload)
+    return CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"]), canary
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("import subprocess\nimport sys\ngather = sys.modules['subprocess'].getoutput", "gather"),
+        ("import subprocess\nimport sys\nsp = sys.modules['subprocess']", "sp.getoutput"),
+        ("import subprocess\ngather = subprocess.getoutput if True else None", "gather"),
+        ("import subprocess\ngather = [subprocess.getoutput][0]", "gather"),
+        ("import subprocess\n\n\nclass Tools:\n    gather = (lambda: subprocess.getoutput)()", "Tools.gather"),
+    ],
+)
+def test_a_trusted_pickle_reaching_a_function_through_a_computed_value_in_the_users_module_is_refused(
+    tmp_path, monkeypatch, source, name
+):
+    # An assignment whose value the source reading does not follow (a subscript, a call, a conditional) bound nothing
+    # it knew of, and the name passed as the user's own function: unpickling ran a shell command.
+    result, canary = _run_trusted_pickle(tmp_path, monkeypatch, source, name)
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+
+
+def test_plain_values_and_aliases_of_the_users_own_classes_still_pass(tmp_path, monkeypatch):
+    from sparsekit.modelio import _users_own_name
+
+    module = "usermod_sec25_own"
+    (tmp_path / f"{module}.py").write_text(
+        "import sys\nSIZES = [1, 2]\n\n\nclass Net:\n    depth = 3\n\n\nOther = Net\nLEVEL = len(sys.argv)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert _users_own_name(module, "Net")
+    assert _users_own_name(module, "Other")
+    assert not _users_own_name(module, "LEVEL")  # computed at import: judged unknown
