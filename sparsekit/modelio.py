@@ -511,10 +511,12 @@ def _model_package_name(module: str, attr: str) -> bool:
     return isinstance(obj, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))
 
 
+# What the source of a user's module binds (see _imported_names); the last item is None when it was not read.
+_SourceNames = tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...], frozenset[str] | None]
 _SOURCE_MAX_BYTES = 4 << 20  # a module's source read to see its imports; a larger file is judged by names alone
 
 
-def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...]]:
+def _imported_names(module: str) -> _SourceNames:
     """The names the source of the not yet imported ``module`` binds by import, found and parsed without importing or
     running anything: ``{name: (module, attribute)}`` for ``from module import attribute [as name]``, ``{name:
     (module, None)}`` for ``import module [as name]``; {} when its source cannot be found or read (an extension
@@ -531,17 +533,17 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
     for part in module.split(".")[1:]:
         locations = getattr(spec, "submodule_search_locations", None)
         if spec is None or not locations:
-            return {}, set(), ()
+            return {}, set(), (), None
         spec = importlib.machinery.PathFinder.find_spec(f"{spec.name}.{part}", list(locations))
     origin = getattr(spec, "origin", None)
     if not isinstance(origin, str) or not origin.endswith(".py"):
-        return {}, set(), ()
+        return {}, set(), (), None
     try:
         st = os.stat(origin)
     except OSError:
-        return {}, set(), ()
+        return {}, set(), (), None
     if st.st_size > _SOURCE_MAX_BYTES:
-        return {}, set(), ()
+        return {}, set(), (), None
     package = module if spec is not None and spec.submodule_search_locations is not None else module.rpartition(".")[0]
     # Found again on every call (the module a name finds depends on the folder and sys.path), parsed once per version
     # of its file: a cache by module name alone judged a module edited since, in a long-lived process, by its old text.
@@ -549,9 +551,7 @@ def _imported_names(module: str) -> tuple[dict[str, tuple[str, str | None]], set
 
 
 @functools.lru_cache(maxsize=256)
-def _names_in_source(
-    origin: str, package: str, _version: tuple[int, int, int]
-) -> tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...]]:
+def _names_in_source(origin: str, package: str, _version: tuple[int, int, int]) -> _SourceNames:
     """:func:`_imported_names` of the source file ``origin`` of a module in ``package`` (relative imports start
     there), as it is at ``_version`` (inode, size, modification time)."""
     import ast
@@ -559,7 +559,7 @@ def _names_in_source(
     try:
         tree = ast.parse(Path(origin).read_bytes())
     except (OSError, SyntaxError, ValueError):
-        return {}, set(), ()
+        return {}, set(), (), None
     names: dict[str, tuple[str, str | None]] = {}
     stars: list[str] = []
 
@@ -610,7 +610,19 @@ def _names_in_source(
         elif isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             own.update(t.id for t in targets if isinstance(t, ast.Name))
-    return names, own, tuple(stars)
+    # Every name a statement of the module's scope binds (a definition, an assignment, an import, in any block): one
+    # none binds is put there by running code (`globals()["gather"] = subprocess.getoutput`, `exec`, `setattr` on the
+    # module), which reading cannot judge.
+    bound = {
+        name
+        for node in _scope_statements(tree.body)
+        for name in (
+            [node.name]
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            else _names_stored(node, bound_by)
+        )
+    }
+    return names, own, tuple(stars), frozenset(bound)
 
 
 def _scope_statements(body: list[Any]) -> Iterator[Any]:
@@ -796,7 +808,9 @@ def _users_own_name(module: str, attr: str) -> bool:
     if module not in sys.modules:
         # `import subprocess as sp` in the user's module made `mymod:sp.getoutput` pass as the user's own code
         # (no name on the path is a module's), and unpickling it ran a shell command.
-        names, own, stars = _imported_names(module)
+        names, own, stars, defined = _imported_names(module)
+        if defined is not None and not stars and parts[0] not in defined:
+            return False  # no statement of its source binds it: set by code that runs at import (globals()[...])
         # the longest leading part of the path an import (or an alias of one) binds: `Net.run` before `Net`
         cut = next((i for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in names), 1)
         bound = names.get(".".join(parts[:cut]))

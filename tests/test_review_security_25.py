@@ -60,3 +60,35 @@ def test_plain_values_and_aliases_of_the_users_own_classes_still_pass(tmp_path, 
     assert _users_own_name(module, "Net")
     assert _users_own_name(module, "Other")
     assert not _users_own_name(module, "LEVEL")  # computed at import: judged unknown
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import subprocess\nglobals()['gather'] = subprocess.getoutput",
+        "import subprocess\nimport sys\nsetattr(sys.modules[__name__], 'gather', subprocess.getoutput)",
+        "exec('from subprocess import getoutput as gather')",
+    ],
+)
+def test_a_trusted_pickle_naming_what_no_statement_of_the_users_module_binds_is_refused(tmp_path, monkeypatch, source):
+    # A name no statement of the module binds (set through globals(), setattr on the module, exec) was judged by its
+    # spelling alone and passed as the user's own function: unpickling ran a shell command.
+    result, canary = _run_trusted_pickle(tmp_path, monkeypatch, source, "gather")
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+
+
+def test_names_a_star_import_or_a_block_binds_still_pass(tmp_path, monkeypatch):
+    from sparsekit.modelio import _users_own_name
+
+    (tmp_path / "layers_sec25.py").write_text("class Block:\n    pass\n")
+    (tmp_path / "stars_sec25.py").write_text("from layers_sec25 import *\n")
+    (tmp_path / "blocks_sec25.py").write_text("import sys\nif sys.platform:\n    class Net:\n        pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("layers_sec25", "stars_sec25", "blocks_sec25"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    assert _users_own_name("stars_sec25", "Block")
+    assert _users_own_name("blocks_sec25", "Net")
+    assert not _users_own_name("blocks_sec25", "Gone")
