@@ -834,6 +834,12 @@ def _users_own_name(module: str, attr: str) -> bool:
         if ok and isinstance(real, str) and isinstance(qual, str) and real.split(".")[0] != module.split(".")[0]:
             # imported into the user's module from elsewhere (from codecs import open): judged by where it is from
             return not _never_unpickled(f"{real}:{qual}")
+        if ok and isinstance(qual, str) and "<" in qual:
+            return False  # a lambda, or a function made by another: made at import, not a definition of the module
+        if ok and callable(obj) and not isinstance(qual, str):
+            # An object called through its class (functools.partial(subprocess.getoutput) bound to a name of the
+            # module): what runs is that class's code, allowed only when the class is the user's own.
+            return str(getattr(type(obj), "__module__", "")).split(".")[0] == module.split(".")[0]
         return ok
     stdlib = sys.stdlib_module_names | set(sys.builtin_module_names)
     return not any(p in stdlib or p in _MODEL_PACKAGES or installed_with_sparsekit(p) for p in parts)

@@ -92,3 +92,40 @@ def test_names_a_star_import_or_a_block_binds_still_pass(tmp_path, monkeypatch):
     assert _users_own_name("stars_sec25", "Block")
     assert _users_own_name("blocks_sec25", "Net")
     assert not _users_own_name("blocks_sec25", "Gone")
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("import functools\nimport subprocess\ngather = functools.partial(subprocess.getoutput)", "gather"),
+        ("import subprocess\ngather = lambda command: subprocess.getoutput(command)  # noqa: E731", "gather"),
+    ],
+)
+def test_a_trusted_pickle_naming_a_callable_object_of_an_imported_users_module_is_refused(
+    tmp_path, monkeypatch, source, name
+):
+    # With the user's module already imported (a training script's `from mymod import Net` before
+    # sparsekit.load_model(path, trust=True)) a name bound to a partial of subprocess.getoutput or to a lambda passed
+    # as the user's own (a partial has no __qualname__ to judge it by): unpickling ran a shell command.
+    import importlib
+
+    import sparsekit
+    from sparsekit.errors import ModelFileError
+
+    module = f"usermod_sec25_imp_{abs(hash(source)) % 100_000}"
+    (tmp_path / f"{module}.py").write_text(f"{source}\n\n\nclass Net:\n    def forward(self):\n        pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    importlib.import_module(module)
+    canary = tmp_path / "CANARY"
+    command = f"touch {canary}".encode()
+    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
+    torch_file_with_pickle(tmp_path / "model.pt", payload)
+    with pytest.raises(ModelFileError, match="not on the list of what a pickled model needs"):
+        sparsekit.load_model(tmp_path / "model.pt", trust=True)
+    assert not canary.exists()
+    from sparsekit.modelio import _users_own_name
+
+    assert _users_own_name(module, "Net")
+    assert _users_own_name(module, "Net.forward")
