@@ -834,6 +834,14 @@ def _users_own_name(module: str, attr: str) -> bool:
         if ok and isinstance(real, str) and isinstance(qual, str) and real.split(".")[0] != module.split(".")[0]:
             # imported into the user's module from elsewhere (from codecs import open): judged by where it is from
             return not _never_unpickled(f"{real}:{qual}")
+        path, _, last = attr.rpartition(".")
+        owner = _resolve(module, path)[1] if ok and path else None
+        if owner is not None and not isinstance(owner, types.ModuleType | type):
+            # An attribute of an object the module holds (LOG = open(...): mymod:LOG.truncate, whose method has no
+            # __module__ to judge it by): judged as its class's, the user's own only for the user's classes.
+            cls = type(owner)
+            if str(cls.__module__).split(".")[0] != module.split(".")[0]:
+                return not _never_unpickled(f"{cls.__module__}:{cls.__qualname__}.{last}")
         if ok and isinstance(qual, str) and "<" in qual:
             return False  # a lambda, or a function made by another: made at import, not a definition of the module
         if ok and callable(obj) and not isinstance(qual, str):

@@ -21,7 +21,7 @@ def _run_trusted_pickle(tmp_path, monkeypatch, source: str, name: str):
     monkeypatch.delitem(sys.modules, module, raising=False)
     canary = tmp_path / "CANARY"
     command = f"touch {canary}".encode()
-    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
+    payload = b"\x80\x04c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
     torch_file_with_pickle(tmp_path / "model.pt", payload)
     return CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"]), canary
 
@@ -120,7 +120,7 @@ def test_a_trusted_pickle_naming_a_callable_object_of_an_imported_users_module_i
     importlib.import_module(module)
     canary = tmp_path / "CANARY"
     command = f"touch {canary}".encode()
-    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
+    payload = b"\x80\x04c" + f"{module}\n{name}\n".encode() + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
     torch_file_with_pickle(tmp_path / "model.pt", payload)
     with pytest.raises(ModelFileError, match="not on the list of what a pickled model needs"):
         sparsekit.load_model(tmp_path / "model.pt", trust=True)
@@ -129,3 +129,38 @@ def test_a_trusted_pickle_naming_a_callable_object_of_an_imported_users_module_i
 
     assert _users_own_name(module, "Net")
     assert _users_own_name(module, "Net.forward")
+
+
+def test_a_trusted_pickle_calling_a_method_of_an_object_an_imported_users_module_holds_is_refused(
+    tmp_path, monkeypatch
+):
+    # `LOG = open("train.log", "a")` in the user's (imported) module: mymod:LOG.truncate resolved, statically, to
+    # the file class's method, which has no __module__ to judge it by, and passed as the user's own: unpickling
+    # emptied the user's log.
+    import importlib
+
+    import sparsekit
+    from sparsekit.errors import ModelFileError
+
+    module = "usermod_sec25_log"
+    log = tmp_path / "train.log"
+    log.write_text("epoch 1: loss 0.5\n")
+    (tmp_path / f"{module}.py").write_text(
+        f"LOG = open({str(log)!r}, 'a')\n\n\nclass Net:\n    def forward(self):\n        pass\n\n\nNET = Net()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    mod = importlib.import_module(module)
+    try:
+        torch_file_with_pickle(
+            tmp_path / "model.pt", b"\x80\x04c" + f"{module}\nLOG.truncate\n".encode() + b"K\x00\x85R."
+        )
+        with pytest.raises(ModelFileError, match="not on the list of what a pickled model needs"):
+            sparsekit.load_model(tmp_path / "model.pt", trust=True)
+        from sparsekit.modelio import _users_own_name
+
+        assert _users_own_name(module, "NET.forward")  # a method of the user's own object stays allowed
+    finally:
+        mod.LOG.close()
+    assert log.read_text() == "epoch 1: loss 0.5\n"
