@@ -513,6 +513,12 @@ def _model_package_name(module: str, attr: str) -> bool:
 
 # What the source of a user's module binds (see _imported_names); the last item is None when it was not read.
 _SourceNames = tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...], frozenset[str] | None]
+# Standard-library decorators that return the definition they are given, or a wrapper of it.
+_DEFINITION_HELPERS = frozenset(
+    {"dataclasses:dataclass", "functools:wraps", "functools:lru_cache", "functools:cache", "functools:cached_property",
+     "functools:total_ordering", "functools:singledispatch", "enum:unique", "typing:final", "typing:overload",
+     "abc:abstractmethod", "contextlib:contextmanager"}
+)  # fmt: skip
 _SOURCE_MAX_BYTES = 4 << 20  # a module's source read to see its imports; a larger file is judged by names alone
 
 
@@ -736,7 +742,25 @@ def _bind_aliases(
             target = target.value
         return ".".join([target.id, *reversed(path)]) if isinstance(target, ast.Name) else None
 
+    def plain_decorator(decorator: Any) -> bool:
+        """Whether a decorator is known to leave a definition the module's own (wrapped at most): one of a model
+        package, of the standard library's definition helpers, or a builtin descriptor."""
+        called = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(called, ast.Name) and called.id not in names:
+            return called.id in ("staticmethod", "classmethod", "property")
+        source = source_of(called)
+        if source is None:
+            return False
+        return source[0].split(".")[0] in _MODEL_PACKAGES or f"{source[0]}:{source[1]}" in _DEFINITION_HELPERS
+
     for node in _scope_statements(body):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and not all(
+            plain_decorator(d) for d in node.decorator_list
+        ):
+            # `@pick def gather(...)` binds gather to what pick returns (subprocess.getoutput, say), known only by
+            # running it: the name passed as the user's own function.
+            bind(prefix + node.name, (f"<{node.name} bound by a decorator>", None))
+            continue
         if isinstance(node, ast.ClassDef):
             _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by, stars)
             continue

@@ -164,3 +164,48 @@ def test_a_trusted_pickle_calling_a_method_of_an_object_an_imported_users_module
     finally:
         mod.LOG.close()
     assert log.read_text() == "epoch 1: loss 0.5\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        (
+            "import subprocess\n\n\ndef _pick(fn):\n    return subprocess.getoutput\n\n\n"
+            "@_pick\ndef gather(c):\n    pass",
+            "gather",
+        ),
+        (
+            "import functools\nimport subprocess\n\n\ndef _pick(fn):\n    return subprocess.getoutput\n\n\n"
+            "@functools.partial(_pick)\ndef gather(c):\n    pass",
+            "gather",
+        ),
+        (
+            "import subprocess\n\n\nclass Tools:\n    @(lambda fn: subprocess.getoutput)\n"
+            "    def gather(c):\n        pass",
+            "Tools.gather",
+        ),
+    ],
+)
+def test_a_trusted_pickle_naming_a_definition_a_decorator_replaced_is_refused(tmp_path, monkeypatch, source, name):
+    # `@pick def gather` binds gather to what pick returns (subprocess.getoutput), but the source reading took it for
+    # the user's own function: unpickling ran a shell command.
+    result, canary = _run_trusted_pickle(tmp_path, monkeypatch, source, name)
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+
+
+def test_definitions_under_plain_decorators_still_pass(tmp_path, monkeypatch):
+    from sparsekit.modelio import _users_own_name
+
+    module = "usermod_sec25_deco"
+    (tmp_path / f"{module}.py").write_text(
+        "import dataclasses\nfrom functools import lru_cache\n\nimport torch\n\n\n@dataclasses.dataclass(frozen=True)\n"
+        "class Config:\n    width: int = 4\n\n\n@lru_cache\ndef table():\n    return 1\n\n\n@torch.no_grad()\n"
+        "def score(x):\n    return x\n\n\nclass Net:\n    @staticmethod\n    def build():\n        pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    for name in ("Config", "table", "score", "Net.build"):
+        assert _users_own_name(module, name), name
