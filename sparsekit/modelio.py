@@ -513,6 +513,28 @@ def _model_package_name(module: str, attr: str) -> bool:
 
 # What the source of a user's module binds (see _imported_names); the last item is None when it was not read.
 _SourceNames = tuple[dict[str, tuple[str, str | None]], set[str], tuple[str, ...], frozenset[str] | None]
+# Standard-library classes a user's class may derive from (besides the containers of _STDLIB_ALLOWED): they only shape
+# the class. Any other base's code (logging.FileHandler's __init__ opens a file for writing) runs when the pickle makes
+# an object of the user's class.
+_PLAIN_BASES = frozenset(
+    {"builtins:object", "builtins:Exception", "abc:ABC", "typing:Generic", "typing:NamedTuple", "typing:Protocol",
+     "enum:Enum", "enum:ReprEnum", "enum:IntEnum", "enum:Flag", "enum:IntFlag", "enum:StrEnum",
+     "builtins:BaseException"}
+)  # fmt: skip
+
+
+def _plain_base(module: str, qualname: str) -> bool:
+    """Whether a user's class may derive from ``module:qualname``, a class outside the user's module: one of a model
+    package or of the user's other modules, or a plain one of the standard library (:data:`_PLAIN_BASES`)."""
+    top = module.split(".")[0]
+    if top in _MODEL_PACKAGES:
+        return True
+    name = f"{module}:{qualname}"
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return name in _PLAIN_BASES or name in _STDLIB_ALLOWED
+    return not installed_with_sparsekit(top) and not _never_unpickled(name)
+
+
 # Standard-library decorators that return the definition they are given, or a wrapper of it.
 _DEFINITION_HELPERS = frozenset(
     {"dataclasses:dataclass", "functools:wraps", "functools:lru_cache", "functools:cache", "functools:cached_property",
@@ -762,6 +784,11 @@ def _bind_aliases(
             bind(prefix + node.name, (f"<{node.name} bound by a decorator>", None))
             continue
         if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                found = source_of(base.value if isinstance(base, ast.Subscript) else base)  # Generic[T]: Generic
+                if found is not None and (found[1] is None or not _plain_base(found[0], found[1])):
+                    # `class RunLog(logging.FileHandler)`: making one runs the base's code (opens a file for writing)
+                    bind(prefix + node.name, (f"<{node.name} derives from {found[0]}:{found[1]}>", None))
             _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by, stars)
             continue
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -866,6 +893,11 @@ def _users_own_name(module: str, attr: str) -> bool:
             cls = type(owner)
             if str(cls.__module__).split(".")[0] != module.split(".")[0]:
                 return not _never_unpickled(f"{cls.__module__}:{cls.__qualname__}.{last}")
+        if ok and isinstance(obj, type):
+            for base in obj.__mro__[1:]:
+                where = str(getattr(base, "__module__", ""))
+                if where.split(".")[0] != module.split(".")[0] and not _plain_base(where, base.__qualname__):
+                    return False  # making one runs that base's code: `class RunLog(logging.FileHandler)`
         if ok and isinstance(qual, str) and "<" in qual:
             return False  # a lambda, or a function made by another: made at import, not a definition of the module
         if ok and callable(obj) and not isinstance(qual, str):

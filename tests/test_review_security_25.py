@@ -209,3 +209,51 @@ def test_definitions_under_plain_decorators_still_pass(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, module, raising=False)
     for name in ("Config", "table", "score", "Net.build"):
         assert _users_own_name(module, name), name
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_a_trusted_pickle_making_a_users_class_derived_from_a_file_writer_is_refused(tmp_path, monkeypatch, imported):
+    # `class RunLog(logging.FileHandler)` in the user's module passed as the user's own class, and the pickle made
+    # RunLog("victim.txt", "w"): FileHandler's __init__ emptied the user's file.
+    import importlib
+
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    module = f"usermod_sec25_base_{int(imported)}"
+    (tmp_path / f"{module}.py").write_text("import logging\n\n\nclass RunLog(logging.FileHandler):\n    pass\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    if imported:
+        importlib.import_module(module)
+    payload = b"\x80\x04c" + f"{module}\nRunLog\n".encode() + b"\x8c\x0avictim.txt\x8c\x01w\x86R."
+    torch_file_with_pickle(tmp_path / "model.pt", payload)
+    result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
+    assert victim.read_text() == "keep me\n"
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_users_classes_of_plain_bases_still_pass(tmp_path, monkeypatch, imported):
+    import importlib
+
+    from sparsekit.modelio import _users_own_name
+
+    module = f"usermod_sec25_plain_{int(imported)}"
+    (tmp_path / f"{module}.py").write_text(
+        "import enum\nfrom abc import ABC\nfrom typing import Generic, TypeVar\n\nfrom torch import nn\n\n"
+        "T = TypeVar('T')\n\n\nclass Mode(enum.IntEnum):\n    A = 1\n\n\nclass Base(nn.Module, ABC):\n    pass\n\n\n"
+        "class Net(Base, Generic[T]):\n    pass\n\n\nclass Table(dict):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    if imported:
+        importlib.import_module(module)
+    for name in ("Mode", "Base", "Net", "Table"):
+        assert _users_own_name(module, name), name
