@@ -790,6 +790,23 @@ def _bind_aliases(
                     # `class RunLog(logging.FileHandler)`: making one runs the base's code (opens a file for writing)
                     bind(prefix + node.name, (f"<{node.name} derives from {found[0]}:{found[1]}>", None))
             _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by, stars)
+            # What the class inherits from a class of the module, and does not define itself, is the base's:
+            # `class Tools(Base)` reaches Base's `gather = sys.modules["subprocess"].getoutput` as Tools.gather.
+            definitions = ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            defined = {n.name for n in node.body if isinstance(n, definitions)}
+            defined |= {
+                name
+                for n in _scope_statements(node.body)
+                if not isinstance(n, definitions)
+                for name in _names_stored(n, bound_by)
+            }
+            for base in node.bases:
+                if isinstance(base, ast.Name) and source_of(base) is None:
+                    inherited = f"{prefix}{base.id}."
+                    for name, source in list(names.items()):
+                        rest = name.removeprefix(inherited)
+                        if name.startswith(inherited) and rest.split(".")[0] not in defined:
+                            names.setdefault(f"{prefix}{node.name}.{rest}", source)
             continue
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue

@@ -257,3 +257,34 @@ def test_users_classes_of_plain_bases_still_pass(tmp_path, monkeypatch, imported
         importlib.import_module(module)
     for name in ("Mode", "Base", "Net", "Table"):
         assert _users_own_name(module, name), name
+
+
+def test_a_trusted_pickle_reaching_a_function_a_class_inherits_from_a_class_of_the_module_is_refused(
+    tmp_path, monkeypatch
+):
+    # `class Tools(Base)` with Base's `gather = sys.modules["subprocess"].getoutput`: Base.gather was refused, but
+    # Tools.gather, the same function reached through inheritance, passed as the user's own: unpickling ran it.
+    source = (
+        "import subprocess\nimport sys\n\n\nclass Base:\n    gather = sys.modules['subprocess'].getoutput\n\n\n"
+        "class Tools(Base):\n    pass"
+    )
+    result, canary = _run_trusted_pickle(tmp_path, monkeypatch, source, "Tools.gather")
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+
+
+def test_what_a_class_defines_over_its_bases_still_passes(tmp_path, monkeypatch):
+    from sparsekit.modelio import _users_own_name
+
+    module = "usermod_sec25_inherit"
+    (tmp_path / f"{module}.py").write_text(
+        "import sys\n\n\nclass Base:\n    gather = sys.modules['subprocess'].getoutput\n\n    def forward(self):\n"
+        "        pass\n\n\nclass Tools(Base):\n    def gather(self):\n        pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert _users_own_name(module, "Tools.gather")  # Tools' own method, over Base's
+    assert _users_own_name(module, "Tools.forward")  # inherited from a plain method of Base
+    assert not _users_own_name(module, "Base.gather")
