@@ -523,6 +523,18 @@ _PLAIN_BASES = frozenset(
 )  # fmt: skip
 
 
+def _own_module(module: str) -> bool:
+    """Whether ``module`` is the user's own: neither the standard library, a model package nor installed with
+    sparsekit."""
+    top = module.split(".")[0]
+    return not (
+        top in sys.stdlib_module_names
+        or top in sys.builtin_module_names
+        or top in _MODEL_PACKAGES
+        or installed_with_sparsekit(top)
+    )
+
+
 def _plain_base(module: str, qualname: str) -> bool:
     """Whether a user's class may derive from ``module:qualname``, a class outside the user's module: one of a model
     package or of the user's other modules, or a plain one of the standard library (:data:`_PLAIN_BASES`)."""
@@ -801,12 +813,23 @@ def _bind_aliases(
                 for name in _names_stored(n, bound_by)
             }
             for base in node.bases:
-                if isinstance(base, ast.Name) and source_of(base) is None:
-                    inherited = f"{prefix}{base.id}."
-                    for name, source in list(names.items()):
-                        rest = name.removeprefix(inherited)
-                        if name.startswith(inherited) and rest.split(".")[0] not in defined:
-                            names.setdefault(f"{prefix}{node.name}.{rest}", source)
+                found = source_of(base)
+                if isinstance(base, ast.Name) and found is None:
+                    inherited, table = f"{prefix}{base.id}.", dict(names)
+                elif found is not None and found[1] is not None and _own_module(found[0]):
+                    # a class of the user's other module (from helpers import Base): what its source binds
+                    inherited = f"{found[1]}."
+                    try:
+                        table = _imported_names(found[0])[0]
+                    except RecursionError:  # two modules deriving from each other's classes: nothing to judge by
+                        bind(prefix + node.name, (f"<{node.name} derives from a cycle of modules>", None))
+                        continue
+                else:
+                    continue
+                for name, source in table.items():
+                    rest = name.removeprefix(inherited)
+                    if name.startswith(inherited) and rest.split(".")[0] not in defined:
+                        names.setdefault(f"{prefix}{node.name}.{rest}", source)
             continue
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -876,7 +899,10 @@ def _users_own_name(module: str, attr: str) -> bool:
     if module not in sys.modules:
         # `import subprocess as sp` in the user's module made `mymod:sp.getoutput` pass as the user's own code
         # (no name on the path is a module's), and unpickling it ran a shell command.
-        names, own, stars, defined = _imported_names(module)
+        try:
+            names, own, stars, defined = _imported_names(module)
+        except RecursionError:  # classes of two modules deriving from each other's: nothing to judge them by
+            return False
         if defined is not None and not stars and parts[0] not in defined:
             return False  # no statement of its source binds it: set by code that runs at import (globals()[...])
         # the longest leading part of the path an import (or an alias of one) binds: `Net.run` before `Net`

@@ -288,3 +288,37 @@ def test_what_a_class_defines_over_its_bases_still_passes(tmp_path, monkeypatch)
     assert _users_own_name(module, "Tools.gather")  # Tools' own method, over Base's
     assert _users_own_name(module, "Tools.forward")  # inherited from a plain method of Base
     assert not _users_own_name(module, "Base.gather")
+
+
+def test_a_trusted_pickle_reaching_a_function_a_class_inherits_from_the_users_other_module_is_refused(
+    tmp_path, monkeypatch
+):
+    # The same through `from helpers import Base; class Tools(Base)`: Tools.gather is helpers.Base.gather.
+    helpers = "helpers_sec25"
+    (tmp_path / f"{helpers}.py").write_text(
+        "import subprocess\nimport sys\n\n\nclass Base:\n    gather = sys.modules['subprocess'].getoutput\n\n"
+        "    def forward(self):\n        pass\n"
+    )
+    monkeypatch.delitem(sys.modules, helpers, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = f"from {helpers} import Base\n\n\nclass Tools(Base):\n    pass"
+    result, canary = _run_trusted_pickle(tmp_path, monkeypatch, source, "Tools.gather")
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
+    assert "not on the list of what a pickled model needs" in result.output
+    from sparsekit.modelio import _users_own_name
+
+    module = next(p.stem for p in tmp_path.glob("usermod_sec25_*.py"))
+    assert _users_own_name(module, "Tools.forward")
+
+
+def test_classes_of_two_modules_deriving_from_each_other_are_refused_not_a_crash(tmp_path, monkeypatch):
+    from sparsekit.modelio import _users_own_name
+
+    (tmp_path / "cyc_a_sec25.py").write_text("from cyc_b_sec25 import B\n\n\nclass A(B):\n    pass\n")
+    (tmp_path / "cyc_b_sec25.py").write_text("from cyc_a_sec25 import A\n\n\nclass B(A):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("cyc_a_sec25", "cyc_b_sec25"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    assert not _users_own_name("cyc_a_sec25", "A.forward")
