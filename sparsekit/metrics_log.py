@@ -10,12 +10,17 @@ TensorBoard purges events from that step on), so the files read as one uninterru
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("sparsekit")
+
+# Beside the logs: the names of the files sparsekit created in the folder. A file of the user's with the same
+# name and header (steps.csv with step,epoch,loss,lr is what anyone's loop might write) is never started over.
+MARKER = ".sparsekit-metrics.json"
 
 STEP_FIELDS = ["step", "epoch", "loss", "lr"]
 EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "sparsity", "mask_changes"]
@@ -27,16 +32,18 @@ class MetricsLog:
     ``resume_step``: the optimizer step the run resumes after; rows with a larger step are removed from
     existing CSV files first. Step rows are buffered and flushed with every epoch row, so the per-step
     cost is a list append. Raises OSError when ``folder`` cannot be written, and
-    :class:`~sparsekit.errors.OutputError` when it holds a ``steps.csv`` or ``epochs.csv`` that is not a metrics
-    log sparsekit wrote (another header, or a link): those are the user's, never rewritten."""
+    :class:`~sparsekit.errors.OutputError` when it holds a non-empty ``steps.csv`` or ``epochs.csv`` that is not a
+    metrics log sparsekit wrote (one :data:`MARKER` does not list, another header, or a link): those are the user's,
+    never rewritten. Rewrites (a resume's cut) go through a temp file and a rename."""
 
     def __init__(self, folder: str | Path, resume_step: int = 0) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.steps_path = self.folder / "steps.csv"
         self.epochs_path = self.folder / "epochs.csv"
+        created = _created(self.folder)
         for path, ours in ((self.steps_path, _steps_header), (self.epochs_path, _epochs_header)):
-            _check_ours(path, ours)
+            _check_ours(path, ours, path.name in created)
         self._layer_fields: list[str] = []
         _truncate(self.steps_path, resume_step)
         _truncate(self.epochs_path, resume_step)
@@ -92,9 +99,21 @@ def _epochs_header(header: list[str]) -> bool:
     )
 
 
-def _check_ours(path: Path, ours: Callable[[list[str]], bool]) -> None:
-    """OutputError unless ``path`` is absent, empty, or a log of sparsekit's (``ours(header)``): a resume drops its
-    later rows and a new run starts it over, which would destroy a file of the user's of the same name."""
+def _created(folder: Path) -> set[str]:
+    """The log files :data:`MARKER` says sparsekit created in ``folder`` (none when it is missing or unreadable)."""
+    from .fsutil import read_regular
+
+    try:
+        names = json.loads(read_regular(folder / MARKER))
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def _check_ours(path: Path, ours: Callable[[list[str]], bool], created: bool) -> None:
+    """OutputError unless ``path`` is absent, empty, or a log of sparsekit's (``created`` by it, per :data:`MARKER`,
+    and ``ours(header)``): a resume drops its later rows and a new run starts it over, which would destroy a file of
+    the user's of the same name."""
     from .errors import OutputError
 
     if not path.is_symlink() and not path.exists():
@@ -106,6 +125,8 @@ def _check_ours(path: Path, ours: Callable[[list[str]], bool]) -> None:
             header = next(csv.reader(fh), None)
         if header is not None and not ours(header):
             raise ValueError(f"its header is {','.join(header)[:80]!r}")
+        if header is not None and not created:
+            raise ValueError(f"{MARKER} beside it does not list it")
     except (OSError, ValueError, csv.Error, UnicodeDecodeError) as err:
         raise OutputError(
             f"{path}: not a metrics log sparsekit wrote ({err}); sparsekit never rewrites your files: choose "
@@ -131,6 +152,11 @@ def _existing_layer_fields(path: Path) -> list[str]:
 
 def _append(path: Path, fields: list[str], rows: list[list[Any]]) -> None:
     new = not path.is_file() or path.stat().st_size == 0
+    if new and path.name not in _created(path.parent):
+        # Listed before the file exists: a kill in between leaves a name listed and no file, never the reverse.
+        from .fsutil import write_text
+
+        write_text(path.parent / MARKER, json.dumps(sorted(_created(path.parent) | {path.name})) + "\n")
     with open(path, "a", newline="") as fh:
         writer = csv.writer(fh)
         if new:
@@ -149,7 +175,9 @@ def _truncate(path: Path, resume_step: int) -> None:
     header, body = rows[0], rows[1:]
     at = header.index("step") if "step" in header else None
     kept = [r for r in body if at is not None and resume_step and r and _int(r[at]) <= resume_step]
-    with open(path, "w", newline="") as fh:
+    from .fsutil import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         csv.writer(fh).writerows([header, *kept])
 
 

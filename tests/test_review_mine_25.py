@@ -235,3 +235,28 @@ def test_exports_data_shape_error_speaks_of_its_own_option_not_the_recipe(tmp_pa
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
     assert "but the input shape [1, 64] takes samples" in line and "or pass --input-shape 1,21 if" in line
     assert "model.input_shape" not in line
+
+
+def test_a_users_own_log_with_sparsekits_header_is_never_started_over(tmp_path):
+    # finetune(log_dir=D) emptied D/steps.csv of the user's own loop, whose header was sparsekit's (step,epoch,loss,lr):
+    # a header alone said "sparsekit wrote it". Now only a file sparsekit created there (its marker lists it).
+    from sparsekit.errors import OutputError
+    from sparsekit.metrics_log import MetricsLog
+
+    mine = "step,epoch,loss,lr\n1,0.1,2.3,0.01\n"
+    (tmp_path / "steps.csv").write_text(mine)
+    with pytest.raises(OutputError, match=r"steps\.csv: not a metrics log sparsekit wrote .*does not list it"):
+        MetricsLog(tmp_path)
+    assert (tmp_path / "steps.csv").read_text() == mine
+    # sparsekit's own log in a folder is still cut back on a resume, and started over by a new run
+    ours = tmp_path / "ours"
+    log = MetricsLog(ours)
+    for step in (1, 2, 3, 4):
+        log.step(step, step / 2, 1.0, 0.1)
+        if step % 2 == 0:
+            log.epoch({"epoch": step // 2, "val_accuracy": 0.5, "sparsity": 0.1}, step, {"a": 0.1}, 1)
+    log.close()
+    MetricsLog(ours, resume_step=2).close()
+    assert (ours / "steps.csv").read_text().splitlines()[1:] == ["1,0.5,1.0,0.1", "2,1.0,1.0,0.1"]
+    MetricsLog(ours).close()
+    assert (ours / "steps.csv").read_text().splitlines() == ["step,epoch,loss,lr"]
