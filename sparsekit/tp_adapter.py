@@ -316,6 +316,19 @@ def group_root(group: Group) -> nn.Module:
     return group[0].dep.target.module
 
 
+def single_channel_member(graph: Graph, group: Group) -> Member | None:
+    """A member of ``group`` other than its root's own outputs that has exactly one channel (a Linear fed by a
+    one-column slice, an output broadcast over the root's channels), or None. :class:`ChannelPruner` never ranks
+    such a group (tp's ratio check), and a layer's single channel stays single, so the root can never lose one."""
+    root = group_root(group)
+    for member in group_members(graph, group):
+        if member.module is root and member.out_channels:
+            continue
+        if member.channels == 1:
+            return member
+    return None
+
+
 def group_modules(group: Group) -> list[Any]:
     """Every module (or tracked parameter) the group touches, in tp's order, root first."""
     return [item.dep.target.module for item in group]

@@ -269,6 +269,17 @@ class Structured:
             if problem:
                 problems[root_name] = problem
                 continue
+            single = tpa.single_channel_member(graph, group)
+            if single is not None and tpa.out_channels(graph, root) > 1:
+                # tp never ranks this group (a layer in it has one channel, and always will): as a root it read as
+                # "achieved 0.000" with no reason, and the sensitivity analysis probed it for nothing.
+                side = "output" if single.out_channels else "input"
+                self.held[root_name] = (
+                    f"its output channels go with the single {side} channel of "
+                    f"{self.names.get(single.module, single.op)!r} (torch-pruning removes no channel of a group "
+                    "holding a one-channel layer)"
+                )
+                continue
             self._blocks[root_name] = max(1, self._tp.channel_groups(group))
             for member in tpa.group_members(graph, group):
                 module = member.module
@@ -551,6 +562,9 @@ class Structured:
         for name, module in self.layers.items():
             if name in self._owner or name in self._blocks:
                 continue  # (attention's out_proj is owned though the trace does not reach it)
+            if name in self.held:  # its group holds a one-channel layer (said where the groups were read)
+                out[name] = self.held[name]
+                continue
             mha = attention.get(id(module))
             if mha is not None and tpa.in_graph(graph, dict(self.model.named_modules())[mha]):
                 # The attention applies this weight itself, so the trace never reaches the Linear: it is used, and

@@ -1,0 +1,43 @@
+"""Review (sensitivity and automatic allocation on users' own MLPs and CNNs): what the analysis, the allocation and
+the structured entry say of layers they cannot prune as asked."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsekit.recipe import load_recipe
+from sparsekit.sensitivity import analyze
+
+
+class _Gated(nn.Module):
+    """fc1's first output column feeds a one-input gate (a Linear(1, 1)): torch-pruning never ranks fc1's group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.gate = nn.Linear(1, 1)
+        self.fc2 = nn.Linear(16, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        g = torch.sigmoid(self.gate(h[:, :1]))
+        return self.head(torch.relu(self.fc2(h)) * g)
+
+
+def _val() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(16, 8, generator=gen), torch.randint(0, 3, (16,), generator=gen))]
+
+
+def test_a_root_whose_group_holds_a_one_channel_layer_is_left_out_with_its_reason():
+    # fc1 was a row of the table whose probes all "achieved" 0.0 with no word why, and validate/report said
+    # "0.000 of channels removed, 0.500 asked" with no reason: the gate's single input channel blocks the group.
+    torch.manual_seed(0)
+    model = _Gated()
+    rec = load_recipe({"pruning": [{"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot"}]})
+    table = analyze(model, rec, _val(), grid={"structured": [0.5]}, input_shape=[1, 8])
+    assert "fc1" not in [row.name for row in table.layers]
+    left = {item.name: item.reason for item in table.left_out}
+    assert "fc1" in left and "'gate'" in left["fc1"] and "one-channel layer" in left["fc1"]
