@@ -429,9 +429,18 @@ def _greedy_channels(
 def _check_prunable(plan: _StructuredPlan, where: str, what: str) -> None:
     """TargetError when no layer the entry selects can lose output channels: no target is reachable then, and
     "raise target_macs" or "give a fixed ratio" (the unreachable target's remedies) would not help."""
-    if plan.blocks:
+    # A root already at its floor (a 1-channel layer, min_channels) loses nothing either: with only such roots the
+    # unreachable target's "raise target_macs to 1 or more" was all the error said, and no layer was named.
+    floor = {
+        n: f"{plan.channels[n]} channel(s), at min_channels {plan.method.spec.min_channels}"
+        for n in plan.blocks
+        if plan.units[n] <= plan.min_units[n]
+    }
+    if len(floor) < len(plan.blocks):
         return
-    why = "; ".join(f"{n!r}: {r}" for n, r in plan.fixed.items()) or "it selects no layer whose channels can go"
+    coupled = {n: f"coupled to {o!r}" for n, o in plan.owner.items() if n not in plan.fixed}
+    reasons = {**plan.fixed, **floor, **coupled}
+    why = "; ".join(f"{n!r}: {r}" for n, r in reasons.items()) or "it selects no layer whose channels can go"
     raise TargetError(
         f"{where}.{what}: no layer this entry selects can lose output channels ({why}), so no ratio reaches it: "
         "select the layers their channels are coupled to as well (take them out of ignore), or use an unstructured "

@@ -3,9 +3,12 @@ the structured entry say of layers they cannot prune as asked."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from sparsekit.allocation import auto_allocate
+from sparsekit.errors import TargetError
 from sparsekit.recipe import load_recipe
 from sparsekit.sensitivity import analyze
 
@@ -41,3 +44,19 @@ def test_a_root_whose_group_holds_a_one_channel_layer_is_left_out_with_its_reaso
     assert "fc1" not in [row.name for row in table.layers]
     left = {item.name: item.reason for item in table.left_out}
     assert "fc1" in left and "'gate'" in left["fc1"] and "one-channel layer" in left["fc1"]
+
+
+def test_a_macs_target_no_layer_can_reach_names_each_layer_and_why():
+    # The only ranked root was a 1-channel gate: the error said "saves only 0 MACs ... raise target_macs to 1 or
+    # more", naming no layer, instead of why none of them can lose a channel.
+    torch.manual_seed(0)
+    model = _Gated()
+    rec = load_recipe(
+        {"pruning": [{"method": "structured", "ratio": "auto", "target_macs": 0.5, "round_to": None,
+                      "schedule": "oneshot"}]}
+    )  # fmt: skip
+    with pytest.raises(TargetError) as caught:
+        auto_allocate(model, rec, _val(), grid={"structured": [0.5]}, input_shape=[1, 8])
+    said = caught.value.raw_message
+    assert "raise target_macs" not in said
+    assert "'gate': 1 channel(s)" in said and "'fc1'" in said
