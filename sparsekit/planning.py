@@ -487,7 +487,9 @@ def describe(
             what = "lowest-|w*dL/dw| (taylor, summed between mask updates)"
         else:
             what = "lowest -w*dL/dw (movement: weights moving toward zero, summed over the run)"
-        if spec.scope == "global":
+        # An auto entry's allocation gives every layer its own value (scope: layer), whatever scope says; "global
+        # ranking" described a run that never happens.
+        if spec.scope == "global" and not spec.auto:
             cap = spec.layer_cap
             ranking = "global ranking" + (f", no layer above {_pct(cap)}" if cap < 1 else "")
         else:

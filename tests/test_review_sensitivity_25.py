@@ -9,6 +9,7 @@ from torch import nn
 
 from sparsekit.allocation import auto_allocate
 from sparsekit.errors import TargetError
+from sparsekit.planning import describe
 from sparsekit.recipe import load_recipe
 from sparsekit.sensitivity import analyze
 
@@ -60,3 +61,11 @@ def test_a_macs_target_no_layer_can_reach_names_each_layer_and_why():
     said = caught.value.raw_message
     assert "raise target_macs" not in said
     assert "'gate': 1 channel(s)" in said and "'fc1'" in said
+
+
+def test_an_auto_entry_is_not_described_as_a_global_ranking():
+    # sparsity: auto gives every layer its own value (the allocation's scope is layer), yet `validate RECIPE` said
+    # "global ranking" (scope's default) for it, a run that never happens.
+    rec = load_recipe({"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.8, "schedule": "oneshot"}]})
+    text = describe(rec.pruning[0])
+    assert "global ranking" not in text and "each layer ranked on its own" in text
