@@ -7,6 +7,7 @@ and the output files.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from . import distributed as _distributed
-from .errors import OutputError, SparsekitError, TargetError, one_line, option
+from .errors import OutputError, SparsekitError, TargetError, one_line, option, render
 from .fsutil import (
     TEMP_SUFFIX,
     keeps_caller_generators,
@@ -558,6 +559,20 @@ def run_sensitivity(
         if wanted:
             try:
                 allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
+            except SparsekitError as err:
+                if not (out / PARTIAL_FILE).is_file():
+                    raise
+                # The analysis finished and only the allocation failed: its table stays in the partial file, which
+                # was not said, so a user who fixed the target met "holds an earlier analysis" next, not knowing
+                # the probes were kept.
+                kept = copy.copy(err)
+                kept.raw_message = (
+                    f"{err.raw_message}. The analysis itself finished: its table is kept in {out / PARTIAL_FILE}; "
+                    f"after changing the entry, run again with {option('resume')} to allocate from it without "
+                    "probing again"
+                )
+                kept.args = (render(kept.raw_message), *err.args[1:])
+                raise kept from None
             except BaseException:
                 # An allocation that fails with nothing probed leaves no folder behind: this run made it, and it
                 # holds nothing to resume from (a partial table, when there is one, stays for --resume).

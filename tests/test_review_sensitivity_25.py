@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 from sparsekit.allocation import auto_allocate
+from sparsekit.cli import main
 from sparsekit.errors import TargetError
 from sparsekit.planning import describe
 from sparsekit.recipe import load_recipe
@@ -69,3 +71,28 @@ def test_an_auto_entry_is_not_described_as_a_global_ranking():
     rec = load_recipe({"pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.8, "schedule": "oneshot"}]})
     text = describe(rec.pruning[0])
     assert "global ranking" not in text and "each layer ranked on its own" in text
+
+
+def test_sensitivity_says_the_finished_table_is_kept_when_only_the_allocation_fails(tmp_path):
+    # An unreachable auto target failed after every probe: the error named the target only, the table sat unnamed
+    # in sensitivity.partial.json, and the corrected run met "holds an earlier analysis" instead.
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    model_file = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(hidden=[16]), model_file, factory="examples.models:mlp", kwargs={"hidden": [16]},
+                         input_shape=[1, 64])  # fmt: skip
+    recipe = tmp_path / "auto.yaml"
+    entry = "{method: magnitude, sparsity: auto, target: TARGET, schedule: oneshot}"
+    text = "data: {source: digits}\npruning: [" + entry + "]\nbenchmark: {enabled: false}\n"
+    recipe.write_text(text.replace("TARGET", "0.9999"))
+    out = tmp_path / "sens"
+    args = ["sensitivity", str(model_file), str(recipe), "--arch", "examples.models:mlp", "-o", str(out)]
+    first = CliRunner().invoke(main, [*args, "--max-batches", "1"])
+    assert first.exit_code == 2, first.output
+    assert "sensitivity.partial.json" in first.stderr and "--resume" in first.stderr
+    recipe.write_text(text.replace("TARGET", "0.9"))
+    again = CliRunner().invoke(main, [*args, "--max-batches", "1", "--resume"])
+    assert again.exit_code == 0, again.stderr
+    assert (out / "allocation.json").is_file()
