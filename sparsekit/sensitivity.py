@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .data import batches
-from .errors import SparsekitError, TargetError, interrupted_while, one_line
+from .errors import SparsekitError, TargetError, interrupted_while, naming_recipe, one_line
 from .fsutil import atomic_path, write_text
 from .layers import NORM_REASON, num_units, select_layers, tied_aliases, unselected_layers, weighted_layers
 from .masks import count_true, global_topk_masks, weight_of
@@ -666,7 +666,10 @@ def analyze(
             "seed": recipe.seed,
             **{f"data.{k}": v for k, v in recipe.data.model_dump(mode="json").items()},
         }
-        table, plans = _new_table(model, val_loader, grids, shape, specs, max_batches, resume_from, data_settings)
+        # A layer selection or layout the model refuses is the recipe's field: name its file (or the override), as
+        # prune and validate do; `sparsekit sensitivity` said "pruning[0].layers.include: ..." alone.
+        with naming_recipe(recipe):
+            table, plans = _new_table(model, val_loader, grids, shape, specs, max_batches, resume_from, data_settings)
         total = table.probes_total()
         done = table.probes_done()
         modules = dict(model.named_modules())

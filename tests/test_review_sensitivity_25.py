@@ -96,3 +96,13 @@ def test_sensitivity_says_the_finished_table_is_kept_when_only_the_allocation_fa
     again = CliRunner().invoke(main, [*args, "--max-batches", "1", "--resume"])
     assert again.exit_code == 0, again.stderr
     assert (out / "allocation.json").is_file()
+
+
+def test_the_analysis_names_the_recipe_file_of_a_layer_pattern_that_matches_nothing(tmp_path):
+    # `sparsekit prune` and `validate` said "r.yaml: pruning[0].layers.include: ...", `sparsekit sensitivity` (and
+    # analyze) the field alone, so the user was not told which file holds it.
+    path = tmp_path / "r.yaml"
+    path.write_text("pruning: [{method: magnitude, sparsity: auto, target: 0.5, layers: {include: ['conv*']}}]\n")
+    with pytest.raises(TargetError) as caught:
+        analyze(_Gated(), load_recipe(path), _val(), input_shape=[1, 8])
+    assert caught.value.raw_message.startswith(f"{path}: pruning[0].layers.include: 'conv*' matches no layer")
