@@ -448,6 +448,14 @@ def write_allocation(stage: Path, table: SensitivityTable | None, allocation: di
     write_text(stage / ALLOCATION_FILE, json.dumps(allocation, indent=2))
 
 
+def _more_batches(loader: Any, limit: int) -> bool:
+    """Whether ``loader`` yields more than ``limit`` batches (its ``len`` when it has one, else by counting)."""
+    try:
+        return len(loader) > limit
+    except TypeError:
+        return sum(1 for _ in loader) > limit
+
+
 # seeded from the recipe inside; the caller's own generators are put back on return
 @keeps_caller_generators(torch=True)
 def run_sensitivity(
@@ -479,7 +487,8 @@ def run_sensitivity(
 
     Returns ``{"table": SensitivityTable, "files": {kind: path}, "ranking": [(layer, score), ...] (most
     sensitive first; score = mean validation-loss increase, nats per sample), "allocation": {...} or
-    None, "recipe": the allocated recipe or None}``. Raises the errors of a prune run's input checks
+    None, "recipe": the allocated recipe or None, "batches_left_out": whether ``max_batches`` left validation
+    batches out}``. Raises the errors of a prune run's input checks
     (:func:`sparsekit.pipeline.check_inputs`) and :class:`~sparsekit.errors.OutputError` for ``out``."""
     from .allocation import allocate_with_details
     from .data import check_npz_option
@@ -598,4 +607,6 @@ def run_sensitivity(
         "ranking": [(row.name, row.score()) for row in table.ranking()],
         "allocation": allocation,
         "recipe": allocated,
+        # whether max_batches left validation batches out (False when the split has no more batches than that)
+        "batches_left_out": max_batches is not None and _more_batches(inputs.bundle.val, max_batches),
     }

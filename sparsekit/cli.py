@@ -2225,8 +2225,9 @@ def sensitivity(
     ranking = res["ranking"]
     untrained = table.untrained_warning()
     notes = []
-    if max_batches is not None and res["allocation"]:
-        # The values above are said to be prune's; prune analyses every validation batch.
+    if res["batches_left_out"] and res["allocation"]:
+        # The values above are said to be prune's; prune analyses every validation batch. (Not said when the split
+        # has no more batches than --max-batches: the values are then prune's own.)
         notes.append(
             f"the per-layer values come from the first {max_batches} validation batch(es) (--max-batches); "
             "prune analyses all of them, so the values it chooses can differ"

@@ -3,6 +3,8 @@ the structured entry say of layers they cannot prune as asked."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -106,3 +108,23 @@ def test_the_analysis_names_the_recipe_file_of_a_layer_pattern_that_matches_noth
     with pytest.raises(TargetError) as caught:
         analyze(_Gated(), load_recipe(path), _val(), input_shape=[1, 8])
     assert caught.value.raw_message.startswith(f"{path}: pruning[0].layers.include: 'conv*' matches no layer")
+
+
+def test_max_batches_past_the_split_does_not_say_the_values_may_differ_from_prunes(tmp_path):
+    # --max-batches 1000 over a split of a few batches analysed all of them, yet the note said the values came from
+    # "the first 1000 validation batch(es)" and that prune's could differ.
+    import sparsekit
+    from examples.models import mlp
+
+    model_file = tmp_path / "mlp.pt"
+    sparsekit.save_model(mlp(hidden=[16]), model_file, factory="examples.models:mlp", kwargs={"hidden": [16]},
+                         input_shape=[1, 64])  # fmt: skip
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: auto, target: 0.5}]\n")
+    args = ["sensitivity", str(model_file), str(recipe), "--arch", "examples.models:mlp", "--json"]
+    whole = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a"), "--max-batches", "1000"])
+    assert whole.exit_code == 0, whole.stderr
+    assert json.loads(whole.stdout)["notes"] == []
+    cut = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b"), "--max-batches", "1"])
+    assert cut.exit_code == 0, cut.stderr
+    assert "first 1 validation batch(es)" in json.loads(cut.stdout)["notes"][0]
