@@ -528,7 +528,8 @@ def describe(
             else ""
         )
         extra = f", channel counts kept to multiples of {r}{half}" if r and r > 1 else ""
-        text = f"structured: remove {amount} of {names} ({spec.importance} importance, {spec.scope} scope{extra})"
+        scope = "layer" if spec.auto else spec.scope  # the allocation gives each group its own ratio (scope: layer)
+        text = f"structured: remove {amount} of {names} ({spec.importance} importance, {scope} scope{extra})"
         if spec.layer_ratio:
             text += "; own ratios: " + ", ".join(f"{n} {_pct(v)}" for n, v in spec.layer_ratio.items())
         s = spec.schedule

@@ -75,6 +75,13 @@ def test_an_auto_entry_is_not_described_as_a_global_ranking():
     assert "global ranking" not in text and "each layer ranked on its own" in text
 
 
+def test_a_structured_auto_entry_is_not_described_as_a_global_scope():
+    # The same for ratio: auto (its allocation's scope is layer): validate said "global scope" for scope: global.
+    entry = {"method": "structured", "ratio": "auto", "target_macs": 0.5, "scope": "global", "schedule": "oneshot"}
+    text = describe(load_recipe({"pruning": [entry]}).pruning[0])
+    assert "global scope" not in text and "layer scope" in text
+
+
 def test_sensitivity_says_the_finished_table_is_kept_when_only_the_allocation_fails(tmp_path):
     # An unreachable auto target failed after every probe: the error named the target only, the table sat unnamed
     # in sensitivity.partial.json, and the corrected run met "holds an earlier analysis" instead.
