@@ -505,8 +505,9 @@ class TargetCheck(_Closed):
     ``target_latency``, ``max_value``; ``effect`` for an entry with no number that achieved nothing);
     ``asked`` / ``achieved``: fractions (of weights zeroed, of output channels removed; ratios to the
     dense model for ``target_macs`` / ``target_latency``; the largest unit norm for ``max_value``);
-    ``tolerance``: how far from ``asked`` still counts as met: short of it for the targets to reach
-    (``sparsity``, ``ratio``, ``target``: rounding to whole weights, channels or channel blocks), above it for
+    ``tolerance``: how far from ``asked`` still counts as met: either side of it for the targets to reach
+    (``sparsity``, ``ratio``, ``target``: rounding to whole weights, channels or channel blocks; short of it only
+    for ``l1``, whose zeros come from training), above it for
     the ceilings (``target_macs``, ``target_latency`` (latency noise), ``max_value``), where anything below
     is met; ``met``; ``message``: the warning when not met."""
 
