@@ -260,3 +260,20 @@ def test_a_users_own_log_with_sparsekits_header_is_never_started_over(tmp_path):
     assert (ours / "steps.csv").read_text().splitlines()[1:] == ["1,0.5,1.0,0.1", "2,1.0,1.0,0.1"]
     MetricsLog(ours).close()
     assert (ours / "steps.csv").read_text().splitlines() == ["step,epoch,loss,lr"]
+
+
+@pytest.mark.parametrize("track", [False, True])
+def test_exporting_batchnorm_without_running_statistics_warns_that_outputs_depend_on_the_batch(tmp_path, track):
+    # Parity said ok and nothing else was said, though each sample's output changed with the rest of its batch
+    # (0.095 on sample 0 between batches of 4 and 1).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=track), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=[1, 1, 8, 8])
+    told = [str(w.message) for w in caught if "keep no running statistics" in str(w.message)]
+    assert len(told) == (0 if track else 1)
+    if not track:
+        assert "'1'" in told[0] and "depends on the others in its batch" in told[0]

@@ -34,6 +34,7 @@ import onnx.version_converter
 import torch
 from onnx import numpy_helper
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
@@ -149,6 +150,17 @@ def export_onnx(
     final = Path(path)
     if (unfollowed := unfollowed_masks(model, f"export_onnx({str(final)!r})")) is not None:
         warnings.warn(unfollowed, stacklevel=2)
+    stateless = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is None]
+    if stateless:
+        # Parity holds (the file normalizes over its batch as torch does), so nothing else would say it: each
+        # sample's output depends on the other samples of its batch, which no model served one request at a time can.
+        warnings.warn(
+            f"export_onnx({str(final)!r}): BatchNorm layer(s) {', '.join(map(repr, stateless[:5]))} keep no running "
+            "statistics (track_running_stats=False), so in eval mode they normalize over the batch: each sample's "
+            "output depends on the others in its batch, in torch and in the file; build them with "
+            "track_running_stats=True and train, or use nn.LayerNorm / nn.GroupNorm",
+            stacklevel=2,
+        )
     # A private folder beside the target: same filesystem, so publishing is atomic, and an external
     # data file written under the final name keeps the relative location recorded in the graph.
     with staging(final) as work:
