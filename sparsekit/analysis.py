@@ -213,7 +213,7 @@ def allocate_for_run(
     pruning = _distributed.broadcast(pruning)  # rank 0's, in case a measured latency differed
     # `asked`: the pruning section as written, so a resume can tell whether these values still answer it.
     allocation = {"asked": asked, "pruning": pruning, "entries": {str(d.index): d.as_dict() for d in details}}
-    untrained = table.untrained_warning()
+    untrained = table.noise_warning()
     if untrained:
         allocation["warning"] = untrained
     return _with_pruning(recipe, pruning), table, allocation
@@ -594,7 +594,7 @@ def run_sensitivity(
                 "pruning": pruning,
                 "entries": {str(d.index): d.as_dict() for d in details},
             }
-            untrained = table.untrained_warning()
+            untrained = table.noise_warning()
             if untrained:
                 allocation["warning"] = untrained
         _check_folder(out, resume=resume, overwrite=overwrite, final=True)

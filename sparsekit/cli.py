@@ -2223,7 +2223,7 @@ def sensitivity(
     )
     table = res["table"]
     ranking = res["ranking"]
-    untrained = table.untrained_warning()
+    untrained = table.noise_warning()
     notes = []
     if res["batches_left_out"] and res["allocation"]:
         # The values above are said to be prune's; prune analyses every validation batch. (Not said when the split

@@ -150,6 +150,9 @@ class LeftOut(_Data):
     reason: str
 
 
+FEW_SAMPLES = 100  # validation samples below which an analysis is warned of as noise (SensitivityTable.noise_warning)
+
+
 class SensitivityTable(_Data):
     """What :func:`analyze` measured (JSON round-trip: :meth:`to_json` / :meth:`from_json`).
 
@@ -207,21 +210,28 @@ class SensitivityTable(_Data):
         order = {id(r): i for i, r in enumerate(self.layers)}
         return sorted(self.layers, key=lambda r: (-r.score(), order[id(r)]))
 
-    def untrained_warning(self) -> str | None:
-        """A warning when the dense model's accuracy is near chance (within a tenth of the way from ``1 /
-        classes`` to 1): an untrained model's loss hardly moves whichever layer is pruned, so its
-        sensitivities, and an ``auto`` allocation read from them, rank noise. None otherwise."""
+    def noise_warning(self) -> str | None:
+        """A warning when the table's sensitivities rank noise, None otherwise: the dense model's accuracy is near
+        chance (within a tenth of the way from ``1 / classes`` to 1: an untrained model's loss hardly moves
+        whichever layer is pruned), or fewer than :data:`FEW_SAMPLES` validation samples were evaluated (each probe's
+        accuracy moves in steps of ``1 / val_samples``). An ``auto`` allocation read from such a table is a guess."""
         k = self.classes
-        if not k or k < 2:
-            return None
-        chance = 1 / k
-        if self.dense_accuracy >= chance + 0.1 * (1 - chance):
-            return None
-        return (
-            f"the dense model's validation accuracy {self.dense_accuracy:.4f} is near chance (1/{k} = {chance:.3f} "
-            f"with {k} outputs): it looks untrained, so its per-layer sensitivities (and per-layer values chosen "
-            "from them) are noise; analyse the trained model"
-        )
+        if k and k >= 2:
+            chance = 1 / k
+            if self.dense_accuracy < chance + 0.1 * (1 - chance):
+                return (
+                    f"the dense model's validation accuracy {self.dense_accuracy:.4f} is near chance (1/{k} = "
+                    f"{chance:.3f} with {k} outputs): it looks untrained, so its per-layer sensitivities (and "
+                    "per-layer values chosen from them) are noise; analyse the trained model"
+                )
+        if self.val_samples < FEW_SAMPLES:
+            return (
+                f"the analysis evaluated only {self.val_samples} validation sample(s) (accuracy in steps of "
+                f"{1 / max(self.val_samples, 1):.3f}): per-layer sensitivities this close to noise (and per-layer "
+                f"values chosen from them) are a guess; give it at least {FEW_SAMPLES} (a larger data.val_fraction, "
+                "or more data)"
+            )
+        return None
 
     def to_json(self) -> str:
         """The table as a JSON document (:meth:`from_json` reads it back)."""

@@ -277,3 +277,18 @@ def test_exporting_batchnorm_without_running_statistics_warns_that_outputs_depen
     assert len(told) == (0 if track else 1)
     if not track:
         assert "'1'" in told[0] and "depends on the others in its batch" in told[0]
+
+
+@pytest.mark.parametrize(("samples", "warned"), [(18, True), (99, True), (100, False), (400, False)])
+def test_a_sensitivity_table_from_a_tiny_validation_split_is_warned_of(samples, warned):
+    # val_fraction 0.01 (18 samples) gave an allocation that was a guess, with no word.
+    import sparsekit.sensitivity as sens
+
+    table = sens.SensitivityTable(
+        dense_accuracy=0.9, dense_loss=0.3, val_samples=samples, classes=10, fingerprint="x",
+        input_shape=[1, 64], model_macs=1, grid={},
+    )  # fmt: skip
+    told = table.noise_warning()
+    assert (told is not None) == warned
+    if warned:
+        assert f"only {samples} validation sample(s)" in told and "data.val_fraction" in told

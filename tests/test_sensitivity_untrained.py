@@ -40,7 +40,7 @@ def table(accuracy: float, classes: int | None) -> sens.SensitivityTable:
     ],
 )
 def test_untrained_warning_compares_dense_accuracy_with_chance(accuracy, classes, warned):
-    text = table(accuracy, classes).untrained_warning()
+    text = table(accuracy, classes).noise_warning()
     assert (text is not None) == warned
     if warned:
         assert f"1/{classes}" in text and f"{accuracy:.4f}" in text
