@@ -166,7 +166,7 @@ def allocate_for_run(
     its checkpoint's masks keep their meaning (a latency target would measure differently twice). Under
     torchrun every rank takes rank 0's allocation."""
     from .allocation import allocate_with_details
-    from .sensitivity import SensitivityTable, analyze, auto_entries
+    from .sensitivity import RESUME_REFUSED, SensitivityTable, analyze, auto_entries
 
     wanted = auto_entries(recipe)
     if not wanted:
@@ -204,10 +204,24 @@ def allocate_for_run(
             return allocated, table, allocation
     _check_setup(inputs, recipe)
     model = inputs.loaded.model
+    cached = _cached_table(inputs)
     bar, advance = _analysis_bar(progress and _distributed.is_main())
     with bar:
         used = _with_source(recipe, inputs.source)
-        table = analyze(model, used, inputs.bundle.val, progress=advance, input_shape=inputs.shape, entries=wanted)
+
+        def analysis(earlier: SensitivityTable | None) -> SensitivityTable:
+            return analyze(
+                model, used, inputs.bundle.val, progress=advance, input_shape=inputs.shape, entries=wanted,
+                resume_from=earlier,
+            )  # fmt: skip
+
+        try:
+            table = analysis(cached)
+        except TargetError as err:
+            if cached is None or not err.raw_message.startswith(RESUME_REFUSED):
+                raise
+            table = analysis(None)  # measured on another model file's weights, other data or settings: afresh
+    _cache_table(inputs, table)
     allocated, details = allocate_with_details(model, recipe, table, input_shape=inputs.shape)
     pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
     pruning = _distributed.broadcast(pruning)  # rank 0's, in case a measured latency differed
@@ -217,6 +231,54 @@ def allocate_for_run(
     if untrained:
         allocation["warning"] = untrained
     return _with_pruning(recipe, pruning), table, allocation
+
+
+def _discard_empty(out: Path, created: bool) -> None:
+    """An allocation that fails with nothing probed leaves no folder behind: this run made it, and it holds nothing
+    to resume from (a partial table, when there is one, stays for --resume)."""
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _table_cache(inputs: Inputs) -> Path | None:
+    """Where the last analysis of this model file is kept (one per file path, in the cache folder), or None under
+    torchrun (every rank analyses, and rank 0's allocation is taken)."""
+    if _distributed.world_size() > 1:
+        return None
+    import hashlib
+
+    from .fsutil import cache_dir
+
+    key = hashlib.sha256(os.fsencode(os.path.abspath(inputs.model_path))).hexdigest()[:32]
+    return cache_dir() / "sensitivity" / f"{key}.json"
+
+
+def _cached_table(inputs: Inputs) -> SensitivityTable | None:
+    """The last analysis of this model file (None when there is none or it cannot be read). A run whose allocation
+    failed (an unreachable target, exit 2) leaves no run folder, and its corrected rerun analysed every layer again;
+    :func:`~sparsekit.sensitivity.analyze` takes the cached table only when it was measured on the same weights, data
+    and settings (its fingerprint and setup hashes), so a stale one costs nothing but the check."""
+    from .sensitivity import SensitivityTable
+
+    path = _table_cache(inputs)
+    if path is None or not path.is_file():
+        return None
+    try:
+        return SensitivityTable.from_json(read_regular(path))
+    except (OSError, SparsekitError, RecursionError):
+        return None
+
+
+def _cache_table(inputs: Inputs, table: SensitivityTable) -> None:
+    """Keep ``table`` for :func:`_cached_table` (a cache: a write that fails is no error)."""
+    path = _table_cache(inputs)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, table.to_json())
+    except (OSError, SparsekitError):
+        pass
 
 
 def _check_setup(inputs: Inputs, recipe: Recipe) -> None:
@@ -570,6 +632,7 @@ def run_sensitivity(
                 allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
             except SparsekitError as err:
                 if not (out / PARTIAL_FILE).is_file():
+                    _discard_empty(out, created)
                     raise
                 # The analysis finished and only the allocation failed: its table stays in the partial file, which
                 # was not said, so a user who fixed the target met "holds an earlier analysis" next, not knowing
@@ -583,10 +646,7 @@ def run_sensitivity(
                 kept.args = (render(kept.raw_message), *err.args[1:])
                 raise kept from None
             except BaseException:
-                # An allocation that fails with nothing probed leaves no folder behind: this run made it, and it
-                # holds nothing to resume from (a partial table, when there is one, stays for --resume).
-                if created and not any(out.iterdir()):
-                    out.rmdir()
+                _discard_empty(out, created)
                 raise
             pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
             allocation = {

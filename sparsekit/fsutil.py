@@ -387,7 +387,8 @@ def private_memory() -> int | None:
 def cache_dir() -> Path:
     """sparsekit's cache folder: ``$SPARSEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparsekit``, else
     ``~/.cache/sparsekit``. It holds parsed built-in datasets, the import names of the installed packages sparsekit
-    never runs code from (``denied-import-names.json``, see :mod:`sparsekit.trust`) and, for the ``sparsekit``
+    never runs code from (``denied-import-names.json``, see :mod:`sparsekit.trust`), the last sensitivity analysis of
+    each model file a ``prune`` run allocated from (``sensitivity/``) and, for the ``sparsekit``
     command, matplotlib's font cache (``matplotlib/``). Deleting it is always safe."""
     if os.environ.get("SPARSEKIT_CACHE_DIR"):
         return Path(os.environ["SPARSEKIT_CACHE_DIR"]).expanduser()

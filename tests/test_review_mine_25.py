@@ -292,3 +292,39 @@ def test_a_sensitivity_table_from_a_tiny_validation_split_is_warned_of(samples, 
     assert (told is not None) == warned
     if warned:
         assert f"only {samples} validation sample(s)" in told and "data.val_fraction" in told
+
+
+def test_a_prune_whose_allocation_failed_reuses_its_analysis_when_run_again(tmp_path, mlp_checkpoint, monkeypatch):
+    # An unreachable target_macs exits 2 and leaves no run folder: the corrected rerun probed every layer again.
+    from click.testing import CliRunner
+    from test_sensitivity_cli import StopAfter
+
+    from sparsekit.cli import main
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(mlp_checkpoint.read_bytes())  # a path of this test's own: the cache is kept per model file
+    recipe = tmp_path / "r.yaml"
+    text = (
+        "data: {source: digits}\nfinetune: {epochs: 1, max_steps_per_epoch: 2}\n"
+        "pruning: [{method: structured, ratio: auto, target_macs: TARGET}]\nbenchmark: {enabled: false}\n"
+    )
+    args = ["prune", str(model), str(recipe), "--arch", "examples.models:mlp", "--no-progress"]
+    recipe.write_text(text.replace("TARGET", "0.01"))
+    counted = StopAfter(monkeypatch, None)
+    failed = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a")])
+    assert failed.exit_code == 2, failed.stderr
+    probes = counted.calls
+    assert probes > 1 and not (tmp_path / "a").exists()
+    recipe.write_text(text.replace("TARGET", "0.5"))
+    counted.calls = 0
+    fixed = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b")])
+    assert fixed.exit_code == 0, fixed.stderr
+    assert counted.calls == 0  # every probe and the dense model from the first run's analysis
+    # Other weights in the same file: analysed afresh, not read from the cache.
+    torch.manual_seed(1)
+    from examples.models import mlp
+
+    sparsekit.save_model(mlp(), model, factory="examples.models:mlp", input_shape=[1, 64])
+    again = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "c")])
+    assert again.exit_code == 0, again.stderr
+    assert counted.calls == probes
