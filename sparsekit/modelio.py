@@ -553,6 +553,10 @@ _DEFINITION_HELPERS = frozenset(
      "functools:total_ordering", "functools:singledispatch", "enum:unique", "typing:final", "typing:overload",
      "abc:abstractmethod", "contextlib:contextmanager"}
 )  # fmt: skip
+# The binding of a name whose value only running the module tells (a definition under the user's own decorator, a
+# registry's `@register("net")`; an assignment computed by a call, `Pair = namedtuple("Pair", "a b")`): the screen lets
+# it through, and _CheckedUnpickler judges what the name holds once torch.load has imported the module.
+_ONCE_IMPORTED = "<bound by code the module runs>"
 _SOURCE_MAX_BYTES = 4 << 20  # a module's source read to see its imports; a larger file is judged by names alone
 
 
@@ -791,9 +795,9 @@ def _bind_aliases(
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and not all(
             plain_decorator(d) for d in node.decorator_list
         ):
-            # `@pick def gather(...)` binds gather to what pick returns (subprocess.getoutput, say), known only by
-            # running it: the name passed as the user's own function.
-            bind(prefix + node.name, (f"<{node.name} bound by a decorator>", None))
+            # `@pick def gather(...)` binds gather to what pick returns (subprocess.getoutput, say; a registry's
+            # `@register("net")` the class itself), known only by running it: judged once the module is imported.
+            bind(prefix + node.name, (_ONCE_IMPORTED, None))
             continue
         if isinstance(node, ast.ClassDef):
             for base in node.bases:
@@ -878,21 +882,22 @@ def _bind_aliases(
                 if (found := source_of(value)) is not None:
                     bind(prefix + target.id, found)
                 elif computed(value):
-                    # `run = sys.modules["subprocess"].getoutput`, `run = pick(subprocess.getoutput)`: what it binds
-                    # is known only by running it, and the name passed as the module's own function.
-                    bind(prefix + target.id, (f"<{target.id} bound to a value computed at import>", None))
+                    # `run = sys.modules["subprocess"].getoutput`, `Pair = namedtuple("Pair", "a b")`: what it binds
+                    # is known only by running it (it passed as the module's own function): judged once imported.
+                    bind(prefix + target.id, (_ONCE_IMPORTED, None))
             elif (path := dotted(target)) is not None:  # `Net.run = subprocess.getoutput` reaches `Net.run`
                 bind(prefix + path, source_of(value) or (f"<{path} set by an assignment>", None))
             elif not isinstance(target, ast.Subscript | ast.Attribute):
                 unknown(target)  # (an unpacked list, a starred target)
 
 
-def _users_own_name(module: str, attr: str) -> bool:
+def _users_own_name(module: str, attr: str, defer: bool = False) -> bool:
     """Whether ``module:attr`` in the user's own code (neither the standard library nor installed with sparsekit)
     is allowed: the user vouched for the file, whose classes live there; but an attribute path that walks into
     another module (``mymod:os.system``, ``mymod:subprocess``) or through machinery is not. Checked on the module
     when already imported; otherwise on its source (never imported to decide): a name its imports bind is judged
-    where it comes from, else the path's names alone."""
+    where it comes from, else the path's names alone. ``defer``: a name whose value only running the module tells
+    (:data:`_ONCE_IMPORTED`) is let through, for :class:`_CheckedUnpickler` to judge once it is imported."""
     parts = attr.split(".")
     if any(not p.isidentifier() or p in _NEVER_ATTRS for p in parts):
         return False
@@ -910,16 +915,20 @@ def _users_own_name(module: str, attr: str) -> bool:
         bound = names.get(".".join(parts[:cut]))
         if bound is None and parts[0] not in own:
             try:
-                if any(_never_unpickled(f"{star}:{attr}") for star in stars):
+                if any(_never_unpickled(f"{star}:{attr}", defer) for star in stars):
                     return False
             except RecursionError:
                 return False
         if bound is not None:
             source, name = bound
+            if source == _ONCE_IMPORTED:
+                # Only the name itself, which the unpickler finds (and _CheckedUnpickler then judges): an attribute
+                # under it (Tools.gather) may be reached with builtins.getattr, which no check sees once imported.
+                return defer and cut == len(parts)
             if name is None:  # the path walks into another module
                 return False
             try:
-                return not _never_unpickled(f"{source}:{'.'.join([name, *parts[cut:]])}")
+                return not _never_unpickled(f"{source}:{'.'.join([name, *parts[cut:]])}", defer)
             except RecursionError:  # two modules importing the name from each other: nothing to judge it by
                 return False
     if module in sys.modules:
@@ -952,10 +961,10 @@ def _users_own_name(module: str, attr: str) -> bool:
     return not any(p in stdlib or p in _MODEL_PACKAGES or installed_with_sparsekit(p) for p in parts)
 
 
-def _never_unpickled(name: str | None) -> bool:
+def _never_unpickled(name: str | None, defer: bool = False) -> bool:
     """Whether a trusted load refuses a file whose pickle names ``name`` (``module:attr``; None: a callable computed
     while loading): anything not allowed by :data:`_STDLIB_ALLOWED`, :func:`_model_package_name` or
-    :func:`_users_own_name`."""
+    :func:`_users_own_name` (``defer``: see there)."""
     if name is None or name.count(":") != 1:
         return True  # a name made at load time, or an attribute of an object it builds by a call
     module, _, attr = name.partition(":")
@@ -968,7 +977,7 @@ def _never_unpickled(name: str | None) -> bool:
         return not _model_package_name(module, attr)
     if installed_with_sparsekit(top):
         return True
-    return not _users_own_name(module, attr)
+    return not _users_own_name(module, attr, defer)
 
 
 # Members of a .pt2 archive that torch.export.load unpickles whatever their bytes (torchbind and opaque constants).
@@ -1055,11 +1064,12 @@ def _cut_short_pickle(path: Path) -> bool:
     return False
 
 
-def _screen_trusted(path: Path) -> None:
+def _screen_trusted(path: Path, defer: bool = False) -> None:
     """Before a trusted unpickling load (a whole module in torch's zip or legacy format, or a ``.pt2`` archive):
     ModelFileError when the file's pickles name anything not on the list of what a pickled model needs
     (:func:`_never_unpickled`), or a callable whose name is computed at load time. The pickles are only read
-    (:func:`_pickle_names`), never run."""
+    (:func:`_pickle_names`), never run. ``defer``: the load that follows judges with :class:`_CheckedUnpickler`
+    what only importing a user's module tells (see :func:`_users_own_name`)."""
     found: list[str | None] = []
     streams: list[bytes | None]
     try:
@@ -1077,17 +1087,45 @@ def _screen_trusted(path: Path) -> None:
         dict.fromkeys(
             n.replace(":", ".", 1) if n else "a callable whose name it computes while loading"
             for n in found
-            if _never_unpickled(n)
+            if _never_unpickled(n, defer)
         )
     )
     if bad:
-        raise ModelFileError(
-            f"{path}: its pickle names {', '.join(shorten(b, 80) for b in bad[:3])}"
-            f"{' and more' if len(bad) > 3 else ''}, which {'are' if len(bad) > 1 else 'is'} not on the list of what "
-            "a pickled model needs (it could run code, start processes, touch files or unpickle more); sparsekit "
-            "does not unpickle it even when trusted. If the file is yours, load it in Python and save its state_dict "
-            "or a sparsekit checkpoint (sparsekit.save_model)"
-        )
+        raise _refused_names(path, bad)
+
+
+def _refused_names(path: Path, bad: list[str]) -> ModelFileError:
+    """The error of a trusted load refusing a file whose pickles name ``bad`` (``module.attr``)."""
+    return ModelFileError(
+        f"{path}: its pickle names {', '.join(shorten(b, 80) for b in bad[:3])}"
+        f"{' and more' if len(bad) > 3 else ''}, which {'are' if len(bad) > 1 else 'is'} not on the list of what "
+        "a pickled model needs (it could run code, start processes, touch files or unpickle more); sparsekit "
+        "does not unpickle it even when trusted. If the file is yours, load it in Python and save its state_dict "
+        "or a sparsekit checkpoint (sparsekit.save_model)"
+    )
+
+
+class _RefusedOnImport(Exception):
+    """Raised inside torch.load by :class:`_CheckedUnpickler`: the name (``module.attr``) it refused."""
+
+
+class _CheckedUnpickler(pickle.Unpickler):
+    """The unpickler of a trusted load: a name of the user's own modules is judged again once its module is imported
+    (by the rules for an imported module), before the pickle can call what it holds. The screen read the source, where
+    what a decorator returns or a call computes is unknown (a registry's ``@register`` returns the class, but another
+    decorator could return subprocess.getoutput)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        # (found as a protocol 0-2 pickle's Python 2 names are: __builtin__ is builtins, never the user's module)
+        module, _, name = _py3_name(f"{module}:{name}", 2).partition(":")
+        if _own_module(module) and _never_unpickled(f"{module}:{name}"):
+            raise _RefusedOnImport(f"{module}.{name}")
+        return found
+
+
+# What torch.load(pickle_module=...) uses of a pickle module: its Unpickler (both formats) and load (the legacy one)
+_CHECKED_PICKLE = types.SimpleNamespace(Unpickler=_CheckedUnpickler, load=pickle.load, __name__="pickle")
 
 
 def _check_unpacked_size(path: Path) -> None:
@@ -1133,13 +1171,15 @@ def _unpickle_trusted(path: Path) -> Any:
     """Unpickle a file the user vouched for (the trust flag). Its classes are imported by the names the
     file holds: the current folder is searched too (last), as for a script run there, and a class whose
     module cannot be found is bad input naming that module."""
-    _screen_trusted(path)
+    _screen_trusted(path, defer=True)
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
         sys.path.append(cwd)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_CHECKED_PICKLE)
+    except _RefusedOnImport as err:
+        raise _refused_names(path, [str(err)]) from None
     except (ImportError, AttributeError) as err:
         missing = getattr(err, "name", None) or one_line(err, 120)
         raise ModelFileError(
