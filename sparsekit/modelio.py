@@ -535,16 +535,17 @@ def _own_module(module: str) -> bool:
     )
 
 
-def _plain_base(module: str, qualname: str) -> bool:
+def _plain_base(module: str, qualname: str, defer: bool = False) -> bool:
     """Whether a user's class may derive from ``module:qualname``, a class outside the user's module: one of a model
-    package or of the user's other modules, or a plain one of the standard library (:data:`_PLAIN_BASES`)."""
+    package or of the user's other modules, or a plain one of the standard library (:data:`_PLAIN_BASES`).
+    ``defer``: see :func:`_users_own_name`."""
     top = module.split(".")[0]
     if top in _MODEL_PACKAGES:
         return True
     name = f"{module}:{qualname}"
     if top in sys.stdlib_module_names or top in sys.builtin_module_names:
         return name in _PLAIN_BASES or name in _STDLIB_ALLOWED
-    return not installed_with_sparsekit(top) and not _never_unpickled(name)
+    return not installed_with_sparsekit(top) and not _never_unpickled(name, defer)
 
 
 # Standard-library decorators that return the definition they are given, or a wrapper of it.
@@ -803,8 +804,14 @@ def _bind_aliases(
             for base in node.bases:
                 found = source_of(base.value if isinstance(base, ast.Subscript) else base)  # Generic[T]: Generic
                 if found is not None and (found[1] is None or not _plain_base(found[0], found[1])):
-                    # `class RunLog(logging.FileHandler)`: making one runs the base's code (opens a file for writing)
-                    bind(prefix + node.name, (f"<{node.name} derives from {found[0]}:{found[1]}>", None))
+                    # `class RunLog(logging.FileHandler)`: making one runs the base's code (opens a file for writing).
+                    # A base that only importing tells (a registry's `@register class Base`, here or in the user's
+                    # other module) makes the class one too.
+                    later = found[0] == _ONCE_IMPORTED or (
+                        found[1] is not None and _plain_base(found[0], found[1], defer=True)
+                    )
+                    why = _ONCE_IMPORTED if later else f"<{node.name} derives from {found[0]}:{found[1]}>"
+                    bind(prefix + node.name, (why, None))
             _bind_aliases(node.body, f"{prefix}{node.name}.", names, bound_by, stars)
             # What the class inherits from a class of the module, and does not define itself, is the base's:
             # `class Tools(Base)` reaches Base's `gather = sys.modules["subprocess"].getoutput` as Tools.gather.
