@@ -1131,8 +1131,14 @@ class _CheckedUnpickler(pickle.Unpickler):
         return found
 
 
+def _checked_load(file: Any, **kwargs: Any) -> Any:
+    """``pickle.load`` through :class:`_CheckedUnpickler`: torch's legacy format reads its first pickles (magic
+    number, protocol, system info) with the pickle module's ``load``, and a payload there ran unchecked."""
+    return _CheckedUnpickler(file, **kwargs).load()
+
+
 # What torch.load(pickle_module=...) uses of a pickle module: its Unpickler (both formats) and load (the legacy one)
-_CHECKED_PICKLE = types.SimpleNamespace(Unpickler=_CheckedUnpickler, load=pickle.load, __name__="pickle")
+_CHECKED_PICKLE = types.SimpleNamespace(Unpickler=_CheckedUnpickler, load=_checked_load, __name__="pickle")
 
 
 def _check_unpacked_size(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -328,3 +329,35 @@ def test_a_prune_whose_allocation_failed_reuses_its_analysis_when_run_again(tmp_
     again = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "c")])
     assert again.exit_code == 0, again.stderr
     assert counted.calls == probes
+
+
+def test_a_legacy_format_files_first_pickle_is_judged_once_the_users_module_is_imported(tmp_path, monkeypatch):
+    # torch's legacy format reads its first pickles (magic number, protocol, sys info) with pickle_module.load, not
+    # pickle_module.Unpickler: a payload there calling a name the screen deferred (a decorator's, known only once
+    # imported) ran unchecked.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    module = "usermod_mine25_legacy"
+    (tmp_path / f"{module}.py").write_text(
+        "import subprocess\n\n\ndef register(name):\n    return lambda fn: subprocess.getoutput\n\n\n"
+        '@register("net")\ndef gather(c):\n    pass\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    canary = tmp_path / "CANARY"
+    command = f"touch {canary}".encode()
+    payload = b"\x80\x02c" + f"{module}\ngather\n".encode() + b"U" + bytes([len(command)]) + command + b"\x85R."
+    import pickle
+
+    from torch.serialization import MAGIC_NUMBER
+
+    # Not a zip: the legacy format, whose first pickle is the magic number and whose second (the protocol) is this
+    info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    rest = [pickle.dumps(x, protocol=2) for x in (info, {"a": 1}, [])]  # sys info, the object, storage keys
+    (tmp_path / "model.pt").write_bytes(b"".join([pickle.dumps(MAGIC_NUMBER, protocol=2), payload, *rest]))
+    result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
+    assert not canary.exists()
+    assert result.exit_code == 2, result.output
