@@ -710,6 +710,17 @@ def _check_batches(
             _, val_y = _unpack(batch, f"{where}: the val loader")
             highest = max(highest, int(val_y.max()))
         num_classes = highest + 1
+    else:
+        # The model's outputs were given: labels past them (counted from 1, shifted) were found only by the run's
+        # dense evaluation, so validate's dry run passed a source its prune then refused. The first batch of each
+        # loader is checked, as an .npz's labels all are; the run still checks every batch.
+        _, val_y = _first_batch(val, f"{where}: the val loader", token_ids)
+        for name, labels in (("train", y), ("val", val_y)):
+            if len(labels) and int(labels.max()) >= num_classes:
+                raise DataError(
+                    f"{where}: label {int(labels.max())} is outside the model's {num_classes} outputs (in the {name} "
+                    f"loader's first batch); labels must be 0..{num_classes - 1} (counted from 1? yield y - 1)"
+                )
     return x, y, num_classes
 
 

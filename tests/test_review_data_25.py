@@ -1,0 +1,44 @@
+"""The data a user brings (review 25): what validate's dry run and load_data check before a run trains on it."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import user_module
+
+from sparsekit.data import load_data
+from sparsekit.errors import DataError
+
+SHIFTED = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+def _loader(labels):
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(len(labels), 4, generator=g), labels), batch_size=4)
+
+def good():
+    return _loader(torch.arange(8) % 3), _loader(torch.arange(8) % 3)
+
+def val_from_one():
+    return _loader(torch.arange(8) % 3), _loader(torch.arange(8) % 3 + 1)
+
+def train_shifted():
+    return _loader(torch.arange(8) % 3 + 5), _loader(torch.arange(8) % 3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("val_from_one", "label 3 is outside the model's 3 outputs .in the val"),
+        ("train_shifted", "label 7 is outside the model's 3 outputs .in the train"),
+    ],
+)
+def test_a_callables_labels_past_the_models_outputs_are_refused_when_the_data_is_loaded(tmp_path, monkeypatch, name,
+                                                                                        match):  # fmt: skip
+    # With the model's outputs known (num_classes), a callable's labels were not compared with them at all: validate's
+    # dry run passed, and only prune's dense evaluation refused the same source.
+    user_module(tmp_path, monkeypatch, "sk_review25_labels", SHIFTED)
+    assert load_data("sk_review25_labels:good", input_shape=[1, 4], num_classes=3).num_classes == 3
+    with pytest.raises(DataError, match=rf"{match} loader's first batch\); labels must be 0..2"):
+        load_data(f"sk_review25_labels:{name}", input_shape=[1, 4], num_classes=3)
