@@ -466,6 +466,7 @@ def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np
                     "save inputs as x and integer labels as y: numpy.savez(path, x=..., y=...)"
                 )
             x, y = archive["x"], archive["y"]
+            unused = [k for k in archive.files if k not in ("x", "y")]
     except DataError:
         raise
     except _NPZ_DAMAGE as exc:
@@ -475,6 +476,16 @@ def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np
             "re-save it with numpy.savez(path, x=float_array, y=int_array)"
         ) from exc
 
+    if unused:
+        # Arrays beside x and y (x_val, y_val: the user's own split) were ignored without a word, and the accuracy
+        # measured on a split of x instead of the validation set the file holds.
+        log.warning(
+            "%s: its arrays %s are not used: only x and y are read, and data.val_fraction of them is held out for "
+            "validation; to validate on a split of your own, use a pkg.module:callable data source returning "
+            "(train_loader, val_loader)",
+            f"the .npz file '{shorten(source, 200)}'",  # (data.source or the data option: load_data's caller knows)
+            ", ".join(unused),
+        )
     if x.dtype.kind not in "biuf" or x.ndim < 2:
         raise DataError(
             f"{where}: x must be a numeric array of shape (N, ...) with one row per sample, "

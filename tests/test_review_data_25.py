@@ -42,3 +42,21 @@ def test_a_callables_labels_past_the_models_outputs_are_refused_when_the_data_is
     assert load_data("sk_review25_labels:good", input_shape=[1, 4], num_classes=3).num_classes == 3
     with pytest.raises(DataError, match=rf"{match} loader's first batch\); labels must be 0..2"):
         load_data(f"sk_review25_labels:{name}", input_shape=[1, 4], num_classes=3)
+
+
+def test_arrays_beside_x_and_y_in_an_npz_are_named_as_unused(tmp_path, caplog):
+    # x_val / y_val (the user's own validation split) were ignored without a word: the accuracy was measured on a
+    # split of x, not on the validation set the file holds.
+    import numpy as np
+
+    x, y = np.random.default_rng(0).standard_normal((12, 4)).astype(np.float32), np.arange(12) % 3
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    np.savez(tmp_path / "split.npz", x=x[:8], y=y[:8], x_val=x[8:], y_val=y[8:])
+    with caplog.at_level("WARNING", logger="sparsekit"):
+        load_data(str(tmp_path / "plain.npz"), input_shape=[1, 4])
+        assert not caplog.records
+        bundle = load_data(str(tmp_path / "split.npz"), input_shape=[1, 4])
+    assert len(bundle.train.dataset) + len(bundle.val.dataset) == 8  # only x and y are used, as the warning says
+    [record] = caplog.records
+    assert "arrays x_val, y_val are not used" in record.getMessage()
+    assert "pkg.module:callable" in record.getMessage()
