@@ -835,6 +835,9 @@ def _unpack(batch: Any, where: str, token_ids: int | None = None) -> tuple[torch
             )
     elif not x.is_floating_point():
         raise DataError(f"{where} must yield floating-point inputs, got {x.dtype}: {FLOAT_INPUTS_FIX}")
+    elif not bool(torch.isfinite(x).all()):
+        # As an .npz's x is: validate's dry run passed such a batch, which prune's dense evaluation then refused.
+        raise DataError(f"{where} yields NaN or infinite inputs; clean or impute them first")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{where} must yield integer class labels (torch.long), got {y.dtype}")
     if len(y) and int(y.min()) < 0:

@@ -60,3 +60,31 @@ def test_arrays_beside_x_and_y_in_an_npz_are_named_as_unused(tmp_path, caplog):
     [record] = caplog.records
     assert "arrays x_val, y_val are not used" in record.getMessage()
     assert "pkg.module:callable" in record.getMessage()
+
+
+NAN = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+def _loader(nan):
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    if nan:
+        x[1, 2] = float(nan)
+    return DataLoader(TensorDataset(x, torch.arange(8) % 3), batch_size=4)
+
+def train_nan():
+    return _loader("nan"), _loader(None)
+
+def val_inf():
+    return _loader(None), _loader("inf")
+"""
+
+
+@pytest.mark.parametrize("name", ["train_nan", "val_inf"])
+def test_a_callables_nan_or_infinite_inputs_are_refused_when_the_data_is_loaded(tmp_path, monkeypatch, name):
+    # An .npz's NaN x is refused at loading; a callable's passed load_data (so validate's dry run) and was refused
+    # only once prune ran the model on it (its dense evaluation, or the training loss).
+    user_module(tmp_path, monkeypatch, "sk_review25_nan", NAN)
+    loader = "train" if name == "train_nan" else "val"
+    with pytest.raises(DataError, match=f"the {loader} loader yields NaN or infinite inputs"):
+        load_data(f"sk_review25_nan:{name}", input_shape=[1, 4], num_classes=3)
