@@ -540,6 +540,13 @@ def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np
         x = x.astype(np.float32)
     # Float labels are accepted when every value is whole (e.g. y saved from a float DataFrame).
     integral = y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
+    if y.dtype.kind == "f" and not integral:
+        # "got dtype float64" read as a refusal of float labels, which are taken when whole: say what is wrong.
+        bad = y[~np.isfinite(y)] if not np.isfinite(y).all() else y[y != np.round(y)]
+        raise DataError(
+            f"{where}: y must hold integer class labels (0, 1, 2, ...): {bad.size} of its {y.size} {y.dtype} labels "
+            f"are not whole numbers (e.g. {float(bad[0]):g}); drop or fix those samples"
+        )
     if y.dtype.kind not in "iu" and not integral:
         raise DataError(f"{where}: y must hold integer class labels (0, 1, 2, ...), got dtype {y.dtype}")
     if y.min() < 0:

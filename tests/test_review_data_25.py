@@ -88,3 +88,18 @@ def test_a_callables_nan_or_infinite_inputs_are_refused_when_the_data_is_loaded(
     loader = "train" if name == "train_nan" else "val"
     with pytest.raises(DataError, match=f"the {loader} loader yields NaN or infinite inputs"):
         load_data(f"sk_review25_nan:{name}", input_shape=[1, 4], num_classes=3)
+
+
+@pytest.mark.parametrize(("bad", "shown"), [(float("nan"), "nan"), (1.5, "1.5")])
+def test_float_labels_that_are_not_whole_are_named_not_their_dtype(tmp_path, bad, shown):
+    # Whole float labels are taken; a NaN (a missing label) or 1.5 among them was refused as "got dtype float64",
+    # which read as a refusal of float labels.
+    import numpy as np
+
+    y = (np.arange(10) % 3).astype(np.float64)
+    np.savez(tmp_path / "whole.npz", x=np.ones((10, 4), np.float32), y=y)
+    assert load_data(str(tmp_path / "whole.npz"), input_shape=[1, 4]).num_classes == 3
+    y[4] = bad
+    np.savez(tmp_path / "bad.npz", x=np.ones((10, 4), np.float32), y=y)
+    with pytest.raises(DataError, match=rf"1 of its 10 float64 labels are not whole numbers \(e\.g\. {shown}\)"):
+        load_data(str(tmp_path / "bad.npz"), input_shape=[1, 4])
