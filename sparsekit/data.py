@@ -697,6 +697,14 @@ def _load_callable(
             ) from None
         if size == 0:
             raise DataError(f"{where}: the {name} loader is empty")
+    for name, loader in (("train", train), ("val", val)):  # (after both are known not None: that is said first)
+        if isinstance(loader, (tuple, list)) and loader and all(isinstance(t, torch.Tensor) for t in loader):
+            # (x, y) tensors as a "loader": it has a len() (2) and yields x's rows, refused as "must yield (inputs,
+            # labels) pairs, got Tensor", which did not say the tensors need a loader around them.
+            raise DataError(
+                f"{where} returned {len(loader)} tensors as the {name} loader, not a loader; wrap them: "
+                f"DataLoader(TensorDataset(x, y), batch_size=...{', shuffle=True' if name == 'train' else ''})"
+            )
 
     with _rng_untouched(train, val):  # the checks must not shift the seeded order of training batches
         x, y, num_classes = _check_batches(source, where, train, val, input_shape, num_classes, token_ids)

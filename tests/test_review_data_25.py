@@ -103,3 +103,26 @@ def test_float_labels_that_are_not_whole_are_named_not_their_dtype(tmp_path, bad
     np.savez(tmp_path / "bad.npz", x=np.ones((10, 4), np.float32), y=y)
     with pytest.raises(DataError, match=rf"1 of its 10 float64 labels are not whole numbers \(e\.g\. {shown}\)"):
         load_data(str(tmp_path / "bad.npz"), input_shape=[1, 4])
+
+
+TENSORS = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+def _xy():
+    return torch.randn(8, 4), torch.arange(8) % 3
+
+def pairs():
+    return _xy(), _xy()
+
+def val_pair():
+    return DataLoader(TensorDataset(*_xy()), batch_size=4), _xy()
+"""
+
+
+@pytest.mark.parametrize(("name", "loader"), [("pairs", "train"), ("val_pair", "val")])
+def test_tensors_returned_in_place_of_a_loader_are_named_as_such(tmp_path, monkeypatch, name, loader):
+    # (x, y) tensors for a loader were refused as "the train loader must yield (inputs, labels) pairs, got Tensor".
+    user_module(tmp_path, monkeypatch, "sk_review25_tensors", TENSORS)
+    with pytest.raises(DataError, match=rf"returned 2 tensors as the {loader} loader, not a loader; wrap them"):
+        load_data(f"sk_review25_tensors:{name}", input_shape=[1, 4], num_classes=3)
