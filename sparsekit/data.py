@@ -814,13 +814,27 @@ def batches(loader: Any, where: str) -> Iterator[tuple[Any, Any]]:
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{where}: reading a batch raised {one_line(exc)}") from None
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise DataError(f"{where} must yield (inputs, labels) pairs, got {type(batch).__name__}")
+            raise DataError(_not_a_pair(batch, where))
         yield batch[0], batch[1]
+
+
+def _not_a_pair(batch: Any, where: str) -> str:
+    """What to say of a batch that is not an ``(inputs, labels)`` pair. A dict batch (a Dataset returning
+    ``{"x": ..., "y": ...}``, as Hugging Face's do) was "got dict" alone: name its keys and the collate_fn that
+    turns it into a pair."""
+    said = f"{where} must yield (inputs, labels) pairs, got {type(batch).__name__}"
+    if isinstance(batch, dict):
+        keys = ", ".join(repr(k) for k in list(batch)[:6])
+        said += (
+            f" (keys {keys}); give the DataLoader a collate_fn that returns (inputs, labels), e.g. one that calls "
+            "torch.utils.data.default_collate(samples) and returns the inputs' and the labels' entries"
+        )
+    return said
 
 
 def _unpack(batch: Any, where: str, token_ids: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise DataError(f"{where} must yield (inputs, labels) pairs, got {type(batch).__name__}")
+        raise DataError(_not_a_pair(batch, where))
     x, y = batch
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
         raise DataError(f"{where} must yield tensors, got ({type(x).__name__}, {type(y).__name__})")

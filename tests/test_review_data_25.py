@@ -126,3 +126,26 @@ def test_tensors_returned_in_place_of_a_loader_are_named_as_such(tmp_path, monke
     user_module(tmp_path, monkeypatch, "sk_review25_tensors", TENSORS)
     with pytest.raises(DataError, match=rf"returned 2 tensors as the {loader} loader, not a loader; wrap them"):
         load_data(f"sk_review25_tensors:{name}", input_shape=[1, 4], num_classes=3)
+
+
+DICTS = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+class Samples(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"pixels": torch.randn(4), "label": i % 3}
+
+def loaders():
+    return DataLoader(Samples(), batch_size=4), DataLoader(Samples(), batch_size=4)
+"""
+
+
+def test_a_dict_batch_names_its_keys_and_the_collate_fn_that_makes_it_a_pair(tmp_path, monkeypatch):
+    # A Dataset of dicts (as Hugging Face's are) was refused as "must yield (inputs, labels) pairs, got dict" alone.
+    user_module(tmp_path, monkeypatch, "sk_review25_dicts", DICTS)
+    with pytest.raises(DataError, match=r"got dict \(keys 'pixels', 'label'\); give the DataLoader a collate_fn"):
+        load_data("sk_review25_dicts:loaders", input_shape=[1, 4], num_classes=3)
