@@ -844,6 +844,11 @@ def _unpack(batch: Any, where: str, token_ids: int | None = None) -> tuple[torch
             "; that is one sample with its label, not a batch: return DataLoaders, not Datasets "
             "(torch.utils.data.DataLoader(dataset, batch_size=...))"
             if y.ndim == 0
+            # as an .npz's y is told: the two shapes a newcomer's labels come in, one-hot rows or a column
+            else "; a column of labels? yield y.reshape(-1)"
+            if y.ndim == 2 and y.shape[1] == 1 and len(x) == len(y)
+            else "; one-hot rows or scores? yield y.argmax(dim=1)"
+            if y.ndim == 2 and len(x) == len(y)
             else ""
         )
         raise DataError(

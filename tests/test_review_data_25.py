@@ -149,3 +149,28 @@ def test_a_dict_batch_names_its_keys_and_the_collate_fn_that_makes_it_a_pair(tmp
     user_module(tmp_path, monkeypatch, "sk_review25_dicts", DICTS)
     with pytest.raises(DataError, match=r"got dict \(keys 'pixels', 'label'\); give the DataLoader a collate_fn"):
         load_data("sk_review25_dicts:loaders", input_shape=[1, 4], num_classes=3)
+
+
+LABEL_SHAPES = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+def _loaders(y):
+    data = TensorDataset(torch.randn(8, 4), y)
+    return DataLoader(data, batch_size=4), DataLoader(data, batch_size=4)
+
+def one_hot():
+    return _loaders(torch.nn.functional.one_hot(torch.arange(8) % 3, 3).float())
+
+def column():
+    return _loaders((torch.arange(8) % 3).reshape(-1, 1))
+"""
+
+
+@pytest.mark.parametrize(("name", "fix"), [("one_hot", r"one-hot rows or scores\? yield y.argmax\(dim=1\)"),
+                                           ("column", r"a column of labels\? yield y.reshape\(-1\)")])  # fmt: skip
+def test_a_callables_one_hot_or_column_labels_are_told_how_to_become_class_indices(tmp_path, monkeypatch, name, fix):
+    # An .npz's one-hot y is told "re-save it with y=y.argmax(axis=1)"; a callable's got the two shapes alone.
+    user_module(tmp_path, monkeypatch, "sk_review25_shapes", LABEL_SHAPES)
+    with pytest.raises(DataError, match=rf"labels \[N\], got \[4, 4\] and \[4, \d\]; {fix}"):
+        load_data(f"sk_review25_shapes:{name}", input_shape=[1, 4], num_classes=3)
