@@ -561,7 +561,11 @@ def _load_npz(source: str, token_ids: int | None = None) -> tuple[np.ndarray, np
 
 # What numpy and zipfile raise on a damaged .npz. An .npy header with an unclosed bracket ("{'descr': '<f4") makes
 # numpy's header reader raise tokenize.TokenError, which is none of the others: it ended as "unexpected failure".
-_NPZ_DAMAGE = (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, SyntaxError, tokenize.TokenError)
+# (NotImplementedError: zipfile's word for a version or compression field it does not know, as damage gives)
+_NPZ_DAMAGE = (
+    ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, SyntaxError, tokenize.TokenError,
+    NotImplementedError,
+)  # fmt: skip
 
 
 def _memory_bytes() -> int | None:

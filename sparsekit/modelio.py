@@ -1222,7 +1222,8 @@ def _numpy_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
+    # (NotImplementedError: zipfile's word for a version field it does not know, as damage gives; EOFError a cut one)
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, EOFError):
         return False
     return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
 

@@ -361,3 +361,34 @@ def test_a_legacy_format_files_first_pickle_is_judged_once_the_users_module_is_i
     result = CliRunner().invoke(main, ["inspect", "model.pt", "--trust-model-file"])
     assert not canary.exists()
     assert result.exit_code == 2, result.output
+
+
+def _version_64(data: bytes) -> bytes:
+    """``data`` (a zip archive) with its first central-directory entry's "version needed" set to 6.4: zipfile then
+    raises NotImplementedError("zip file version 6.4") while reading the directory, as a flipped bit can make it."""
+    at = data.index(b"PK\x01\x02") + 6
+    return data[:at] + (64).to_bytes(2, "little") + data[at + 2 :]
+
+
+def test_a_zip_whose_version_field_is_damaged_is_refused_as_damage(tmp_path, mlp_checkpoint):
+    # A hypothesis run of test_bad_inputs met "Error: unexpected failure: NotImplementedError: zip file version 6.4"
+    # (exit 1) from a damaged .pt; the readers that open a zip's directory now take it as damage.
+    import numpy as np
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+    from sparsekit.modelio import _numpy_archive
+    from sparsekit.onnx.files import _zip_names
+
+    bad = tmp_path / "ck.pt"
+    bad.write_bytes(_version_64(mlp_checkpoint.read_bytes()))
+    assert _numpy_archive(bad) is False and _zip_names(bad) is None
+    result = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 2, result.output
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 64), "float32"), y=np.zeros(8, "int64"))
+    (tmp_path / "d.npz").write_bytes(_version_64((tmp_path / "d.npz").read_bytes()))
+    from sparsekit.data import load_data
+    from sparsekit.errors import DataError
+
+    with pytest.raises(DataError):
+        load_data(str(tmp_path / "d.npz"), input_shape=[1, 64])
