@@ -224,7 +224,33 @@ def trust_module(module: str) -> Path:
             f"{module}: not found from here ({os.getcwd()}); trust it from the folder it is imported from, or "
             "install its package (a module is trusted as the file it is, not by its name)"
         )
+    missing = _missing_submodule(module)
+    if missing:
+        raise TrustError(missing)
     return _write_store({**trusted_locations(), module: where})
+
+
+def _missing_submodule(module: str) -> str | None:
+    """Why a dotted ``module`` whose top-level module exists cannot be imported, or None. Trust is recorded as the
+    top-level file, so without this a file name (``mynets.py``: module ``py`` of ``mynets``) or a misspelt submodule
+    was listed as trusted though no --arch could ever name it. Found on the package's folders, importing nothing."""
+    parts = module.split(".")
+    found = _find_top(module)
+    if isinstance(found, types.ModuleType):
+        search = list(getattr(found, "__path__", None) or [])
+    else:
+        search = list(getattr(found, "submodule_search_locations", None) or [])
+    for i in range(1, len(parts)):
+        parent, name = ".".join(parts[:i]), ".".join(parts[: i + 1])
+        if not search:
+            if i == len(parts) - 1 and parts[-1] == "py" and os.path.isfile(os.path.join(*parts[:-1]) + ".py"):
+                return f"{module}: a file name, not a module name: trust its module, {parent}"
+            return f"{module}: {parent} is a module, not a package, so it holds no module {parts[i]!r}"
+        spec = importlib.machinery.PathFinder.find_spec(name, search)
+        if spec is None:
+            return f"{module}: package {parent} has no module {parts[i]!r} (looked in {', '.join(search)})"
+        search = list(spec.submodule_search_locations or [])
+    return None
 
 
 def forget_module(module: str) -> bool:

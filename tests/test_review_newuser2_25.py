@@ -1,0 +1,44 @@
+"""A new user's first steps, from the README, with models and files of their own."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import assert_bad_input
+
+from sparsekit.cli import main
+from sparsekit.trust import trusted_modules
+
+
+@pytest.fixture
+def own_code(tmp_path, monkeypatch):
+    """A folder holding mynets.py (a plain module) and mypkg/nets.py (a package's module), as the current folder."""
+    (tmp_path / "mynets.py").write_text("X = 1\n")
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "nets.py").write_text("X = 1\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("name", "needles"),
+    [
+        ("mynets.py", ["a file name, not a module name", "trust its module, mynets"]),
+        ("mypkg.nets.py", ["a file name, not a module name", "trust its module, mypkg.nets"]),
+        ("mynets.sub", ["mynets is a module, not a package"]),
+        ("mypkg.nots", ["package mypkg has no module 'nots'"]),
+    ],
+)
+def test_trust_refuses_a_module_that_cannot_be_imported(own_code, name, needles):
+    # Trust is recorded as the top-level file, so `sparsekit trust mynets.py` (the file's name) or a misspelt
+    # submodule was listed as trusted, exit 0, though no --arch can name it and the real module stayed untrusted.
+    assert_bad_input(CliRunner().invoke(main, ["trust", name]), name, *needles)
+    assert name not in trusted_modules()
+
+
+def test_trust_still_takes_real_modules(own_code):
+    for name in ("mynets", "mypkg", "mypkg.nets"):
+        result = CliRunner().invoke(main, ["trust", name])
+        assert result.exit_code == 0, result.output
+    assert {"mynets", "mypkg", "mypkg.nets"} <= set(trusted_modules())
