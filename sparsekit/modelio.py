@@ -1326,6 +1326,12 @@ def check_model_path(path: Path) -> None:
         # A link to nothing is no missing name: "model file not found" pointed at the link, which is there.
         raise ModelFileError(dangling_link(path) or f"{path}: model file not found")
     if path.is_dir():
+        if (path / "model.pt").is_file():
+            # A run's output folder (`prune -o out`, then `inspect out`): naming the file in it is the remedy, where
+            # "expected a model file" left the user to guess which of the run's files that is.
+            raise ModelFileError(
+                f"{path}: is a folder; the model a prune run wrote there is {path / 'model.pt'}: give that file"
+            )
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
     if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")

@@ -42,3 +42,16 @@ def test_trust_still_takes_real_modules(own_code):
         result = CliRunner().invoke(main, ["trust", name])
         assert result.exit_code == 0, result.output
     assert {"mynets", "mypkg", "mypkg.nets"} <= set(trusted_modules())
+
+
+def test_a_run_folder_given_as_the_model_names_the_model_in_it(tmp_path):
+    # `sparsekit prune ... -o out` then `sparsekit inspect out` (or export, prune, validate): the error said only
+    # "expected a model file (.pt or .safetensors)"; it now names the file the run wrote.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: digits}\n")
+    for args in (["inspect", out], ["export", out, "-o", tmp_path / "m.onnx"], ["validate", recipe, out]):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert_bad_input(result, f"{out}: is a folder", str(out / "model.pt"))
