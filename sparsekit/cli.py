@@ -2042,6 +2042,16 @@ def _validate_lines(path: Path, rec: Any, res: dict[str, Any]) -> list[str]:
                 f"import and call it only once you confirm it (the same callable given as {same}, --trust-code, "
                 "or its module trusted with sparsekit trust)"
             )
+    source = rec.data.source
+    # Looked up, not read (the recipe alone imports and loads nothing): "valid" for a file that is not there left the
+    # user to find out from prune, after the model was built and checked.
+    npz = isinstance(source, str) and source.lower().endswith(".npz")
+    if "model" not in res and npz and not os.path.lexists(os.path.expanduser(source)):
+        lines.append(
+            f"data.source file {source!r} is not found from this folder ({os.getcwd()}; a relative path is read "
+            "from the current folder, not the recipe's): prune would refuse it; check the path, or give the "
+            "file as --data"
+        )
     if "model" in res:
         m, d = res["model"], res["data"]
         lines.append(f"model {m['path']}: {m['factory']}, input {m['input_shape']}, {m['outputs']} outputs")

@@ -55,3 +55,17 @@ def test_a_run_folder_given_as_the_model_names_the_model_in_it(tmp_path):
     for args in (["inspect", out], ["export", out, "-o", tmp_path / "m.onnx"], ["validate", recipe, out]):
         result = CliRunner().invoke(main, [str(a) for a in args])
         assert_bad_input(result, f"{out}: is a folder", str(out / "model.pt"))
+
+
+def test_validate_of_a_recipe_alone_says_its_npz_file_is_missing(tmp_path, monkeypatch):
+    # `sparsekit validate my.yaml` printed "valid" for a recipe whose data.source .npz is not there; only prune, after
+    # building and checking the model, said so. The recipe alone still loads nothing: the file is only looked up.
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: {input_shape: [1, 64]}\ndata: {source: mydata.npz}\n")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "data.source file 'mydata.npz' is not found from this folder" in result.output
+    (tmp_path / "mydata.npz").write_bytes(b"")
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 0 and "not found" not in result.output, result.output
