@@ -108,9 +108,12 @@ def select_logits(out: Any, output: int | str | None, where: str = "the model", 
     if output is None:
         if isinstance(out, torch.Tensor):
             return out
+        fix = _fix(out, caller)
+        place = "" if caller else " in the recipe"
+        if not caller and fix.startswith("model.output: "):  # and for one run, the override that sets it
+            place += f" (or for this run {option('set', 'model.output=' + fix.removeprefix('model.output: '))})"
         raise DataError(
-            f"{where} returns {describe(out)}, not one tensor of logits: set {_fix(out, caller)}"
-            f"{'' if caller else ' in the recipe'} "
+            f"{where} returns {describe(out)}, not one tensor of logits: set {fix}{place} "
             "(an index for a tuple, a key or attribute name otherwise) to say which part is the logits"
         )
     try:

@@ -392,3 +392,16 @@ def test_a_zip_whose_version_field_is_damaged_is_refused_as_damage(tmp_path, mlp
 
     with pytest.raises(DataError):
         load_data(str(tmp_path / "d.npz"), input_shape=[1, 64])
+
+
+def test_a_dict_output_error_gives_the_override_for_one_run(tmp_path, mlp_checkpoint):
+    # "set model.output: logits in the recipe" only; export's words named its option, validate's and prune's no --set.
+    from sparsekit.errors import DataError
+    from sparsekit.logits import select_logits
+
+    out = {"logits": torch.zeros(2, 3), "aux": torch.zeros(2)}
+    with pytest.raises(DataError) as err:
+        select_logits(out, None, "m.pt")
+    assert "set model.output: logits in the recipe (or for this run overrides=['model.output=logits'])" in str(
+        err.value
+    )
