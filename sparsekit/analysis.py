@@ -235,7 +235,7 @@ def allocate_for_run(
 
 def _discard_empty(out: Path, created: bool) -> None:
     """An allocation that fails with nothing probed leaves no folder behind: this run made it, and it holds nothing
-    to resume from (a partial table, when there is one, stays for --resume)."""
+    to resume from (a partial table, when there is one, stays to be resumed)."""
     if created and out.is_dir() and not any(out.iterdir()):
         out.rmdir()
 

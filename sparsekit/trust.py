@@ -233,7 +233,8 @@ def trust_module(module: str) -> Path:
 def _missing_submodule(module: str) -> str | None:
     """Why a dotted ``module`` whose top-level module exists cannot be imported, or None. Trust is recorded as the
     top-level file, so without this a file name (``mynets.py``: module ``py`` of ``mynets``) or a misspelt submodule
-    was listed as trusted though no --arch could ever name it. Found on the package's folders, importing nothing."""
+    was listed as trusted though no architecture option could ever name it. Found on the package's folders,
+    importing nothing."""
     parts = module.split(".")
     found = _find_top(module)
     if isinstance(found, types.ModuleType):
