@@ -1,0 +1,42 @@
+"""Review (benchmarks round 25): the README's benchmark figures name commands and settings that the scripts run
+today and match the committed results files (no training, no timing)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+import sparsekit
+from benchmarks import auto_allocation as aa
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_auto_allocation_results_and_tables_name_the_uniform_ratio_the_script_runs() -> None:
+    # The uniform arm is the smallest ratio keeping at most half of small_cnn's MACs. Since channel counts are
+    # rounded to the nearest multiple that is 0.27 (0.26 keeps 32/48/96/96 channels, MACs 0.664), but the
+    # committed JSON and both READMEs still named `ratio: 0.26` beside MACs 0.473: a user copying the entry got
+    # another model than the table's.
+    torch.set_num_threads(1)
+    fresh = aa.small_cnn(image_size=8)
+    dense_macs = sum(aa.layer_macs(fresh, aa.CNN_SHAPE).values())
+
+    def macs(ratio: float) -> float:  # as aa.uniform_ratio_for_macs measures it, for one ratio (its loop is slow)
+        entry = {"method": "structured", "ratio": ratio}
+        recipe = sparsekit.Recipe(**{"model": {"input_shape": aa.CNN_SHAPE}, "pruning": [entry]})
+        return aa.macs_fraction(
+            sparsekit.Pruner(copy.deepcopy(fresh), recipe, steps_per_epoch=1).finalize(), dense_macs
+        )
+
+    doc = json.loads(aa.DEFAULT_OUT.read_text())["small_cnn"]
+    ratio = doc["uniform_ratio"]
+    assert doc["arms"]["uniform"]["entry"]["ratio"] == ratio
+    # the smallest ratio on the script's 0.01 grid at or under the target, with the MACs the JSON recorded
+    assert abs(macs(ratio) - doc["uniform_ratio_macs_fresh"]) < 1e-9 and macs(ratio) <= aa.TARGET_MACS
+    assert macs(round(ratio - 0.01, 2)) > aa.TARGET_MACS
+    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
+        rows = [line for line in readme.read_text().splitlines() if "MACs 0.473" in line and "`ratio: 0." in line]
+        assert rows and all(f"`ratio: {ratio}`" in line for line in rows), (readme, rows)
