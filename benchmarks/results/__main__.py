@@ -51,6 +51,17 @@ from benchmarks.results.jobs import measure_files, run_job  # noqa: E402
 CNN_JOBS = ("cnn-unstructured", "cnn-structured")
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command results.md names: every option that changes a figure (``--runs`` sets the latency table's
+    timed runs), so that re-running it reproduces the tables; ``--out`` and ``--workers`` change none."""
+    return (
+        "python -m benchmarks.results"
+        + (" --quick" if args.quick else "")
+        + (f" --seeds {args.seeds}" if args.seeds is not None else "")
+        + (f" --runs {args.runs}" if args.runs is not None else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.results", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,9 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import sparsekit
 
     result = {
-        "command": "python -m benchmarks.results"
-        + (" --quick" if args.quick else "")
-        + (f" --seeds {seeds}" if args.seeds is not None else ""),
+        "command": command_line(args),
         "seeds": seeds,
         "split": {"train": 3000, "validation": 1000, "test": 1000, "source": "mnist5k"},
         "values": values,
