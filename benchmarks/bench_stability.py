@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import sparsekit  # noqa: E402
+from benchmarks._checks import check  # noqa: E402
 from examples.models import lenet_300_100, small_cnn  # noqa: E402
 
 
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--precision", type=float, default=0.02, help="benchmark's early-stop precision; 0: off")
     ap.add_argument("--simulate", action="store_true", help="the early stop's statistics on a simulated clock")
     args = ap.parse_args()
+    check(ap, args, {"repeats": 1, "runs": 1, "batch_size": 1, "precision": 0})
     if args.simulate:
         simulate()
         return

@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
+from benchmarks._checks import check  # noqa: E402
 from examples.models import MODELS  # noqa: E402
 from sparsekit.data import load_data  # noqa: E402
 from sparsekit.onnx import benchmark, export_onnx, quantize_int8  # noqa: E402
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="most timed runs per file and batch size")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers to this file")
     args = ap.parse_args(argv)
+    check(ap, args, {"epochs": 0, "threads": 0, "runs": 1})
     torch.set_num_threads(1)
     start = time.perf_counter()
     rows = []

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/ and sparsekit/ from a checkout
-
 import sparsekit  # noqa: E402
+from benchmarks._checks import check  # noqa: E402
 from examples.models import lenet_300_100, small_cnn  # noqa: E402
 from sparsekit.data import load_data  # noqa: E402
 from sparsekit.stats import model_stats  # noqa: E402
@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    check(
+        ap,
+        args,
+        {"dense_epochs": 0, "epochs": 1, "steps": 1, "batch_size": 1, "runs": 1, "warmup": 0},
+        fractions=("target",),
+    )
     if args.quick:
         args.dense_epochs, args.epochs, args.runs = 3, 4, 100
     torch.set_num_threads(1)

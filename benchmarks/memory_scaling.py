@@ -80,6 +80,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks._checks from a checkout
+from benchmarks._checks import check  # noqa: E402
 
 
 def big_mlp(in_features: int = 64, hidden: int = 4096, depth: int = 3, classes: int = 10) -> Any:
@@ -287,6 +289,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
     ap.add_argument("--_measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    check(ap, args, {"hidden": 1, "tiny": 1, "steps": 1, "max_factor": 0})
     if args._measure:  # the isolated child: run one command, print its measurements
         cmd, watch = json.loads(args._measure)
         print(json.dumps(run_measured(cmd, Path(watch) if watch else None)))

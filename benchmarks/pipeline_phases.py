@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks._checks from a checkout
+from benchmarks._checks import check  # noqa: E402
 
 
 def run(cmd: list[str], what: str) -> None:
@@ -45,6 +47,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="recipe override, as for sparsekit prune")
     ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
     args = ap.parse_args()
+    check(ap, args, {"runs": 1})
 
     with tempfile.TemporaryDirectory() as tmp:
         # The commands run from the repository root: a --model relative to the caller's directory is resolved here.

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
+from benchmarks._checks import check  # noqa: E402
 from examples.models import lenet_300_100  # noqa: E402
 from sparsekit.data import load_data  # noqa: E402
 from sparsekit.onnx import (  # noqa: E402
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    check(ap, args, {"epochs": 0, "finetune_epochs": 0}, fractions=("sparsity",))
     args.out = output_dir(args.out)
     t0 = time.perf_counter()
 

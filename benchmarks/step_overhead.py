@@ -47,8 +47,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repo
-
 import sparsekit  # noqa: E402
+from benchmarks._checks import check  # noqa: E402
 from examples.models import lenet_300_100, mlp, small_cnn  # noqa: E402
 from sparsekit.methods.magnitude import Magnitude  # noqa: E402
 
@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args = ap.parse_args(argv)
+    check(ap, args, {"batch_size": 1, "block": 1, "rounds": 0, "threads": 0})
     models = args.models or (QUICK_MODELS if args.quick else list(MODELS))
 
     rows = []

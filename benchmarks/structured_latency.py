@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/ and sparsekit/ from a checkout
-
 import sparsekit  # noqa: E402
+from benchmarks._checks import check  # noqa: E402
 from examples.models import resnet_small, small_cnn  # noqa: E402
 from sparsekit.stats import model_stats  # noqa: E402
 
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--out", type=Path, default=None, help="keep the ONNX files here")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = ap.parse_args(argv)
+    check(ap, args, {"round_to": 1, "batch_size": 1, "threads": 0, "warmup": 0, "runs": 1}, fractions=("ratio",))
     args.batch_size = args.batch_size or [1, 32]
     args.ratio = args.ratio or [0.3, 0.5, 0.7]
     args.round_to = args.round_to or [1, 8, 16]

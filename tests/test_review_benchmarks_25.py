@@ -4,9 +4,12 @@ today and match the committed results files (no training, no timing)."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import sparsekit
@@ -55,3 +58,38 @@ def test_results_md_names_the_runs_option_it_was_measured_with() -> None:
     assert command_line(args()) == "python -m benchmarks.results"
     assert command_line(args(quick=True)) == "python -m benchmarks.results --quick"
     assert command_line(args(seeds=5, runs=300, workers=1)) == "python -m benchmarks.results --seeds 5 --runs 300"
+
+
+@pytest.mark.parametrize(
+    "script, argv, option",
+    [
+        ("pipeline_phases", ["--runs", "0", "--model", "/nowhere.pt"], "--runs"),  # was an IndexError after the runs
+        ("size_targets", ["--sparsity", "1.5"], "--sparsity"),  # was torch.topk's RuntimeError after training
+        ("int8_speed", ["--runs", "0"], "--runs"),  # was sparsekit's ExportError after training every model
+        ("l1_vs_structured", ["--target", "1.5"], "--target"),  # was the Recipe's traceback after the dense model
+        ("structured_latency", ["--ratio", "0.5", "--ratio", "1"], "--ratio"),
+        ("bench_stability", ["--repeats", "0"], "--repeats"),
+        ("memory_scaling", ["--steps", "0"], "--steps"),
+        ("step_overhead", ["--block", "0"], "--block"),
+    ],
+)
+def test_benchmark_scripts_refuse_out_of_range_options_before_any_work(
+    script: str, argv: list[str], option: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An out-of-range count or fraction ended in a traceback (exit 1), some only after minutes of training; it is
+    # now argparse's usage error (exit 2) naming the option, before anything is trained or timed.
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])  # the scripts whose main() takes no argv read it
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the options were checked")
+
+    for name in ("run", "train", "load_data", "measure", "run_model", "simulate", "run_measured", "time_arms"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, no_work)
+    with pytest.raises(SystemExit) as info:
+        module.main(argv) if "argv" in inspect.signature(module.main).parameters else module.main()
+    assert info.value.code == 2
+    assert f"{option} must be" in capsys.readouterr().err
