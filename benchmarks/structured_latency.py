@@ -113,6 +113,9 @@ def measure(name: str, args: argparse.Namespace, out: Path) -> list[dict[str, An
                 "latency_ratio": lat,
                 "spread": pruned_f["ratio_to_first"][b]["spread"],
                 "aa_noise": res["control"][b]["noise"],
+                # The band that decides "(noise)": the A/A's widest block, half this arm's own block spread or 5%,
+                # whichever is wider; the A/A p50 alone (aa_noise) can be far narrower than the band.
+                "noise_band": pruned_f["noise_band"][b],
                 "significant": pruned_f["speedup_significant"][b],
                 "macs_ratio": macs_ratio,
                 "latency_per_macs": lat / macs_ratio,
@@ -157,19 +160,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return results
     print(
         f"structured ({args.importance}, {args.scope} scope), onnxruntime {args.threads} thread(s), "
-        f"{args.runs} runs, input {INPUT_SHAPE[1:]}; arms of a model timed together with dense and an A/A control"
+        f"{args.runs} runs, input {INPUT_SHAPE[1:]}; arms of a model timed together with dense and an A/A control; "
+        "'(noise)': the ratio is inside its noise band n, 1/(1+n) to 1+n (n from the A/A control's widest block, half "
+        "the arm's own block spread or 5%, whichever is wider); 'A/A noise': the control's p50 distance from 1 alone"
     )
     print(
-        "| model | ratio | round_to | batch | dense p50 ms | pruned p50 ms | latency ratio | A/A noise "
+        "| model | ratio | round_to | batch | dense p50 ms | pruned p50 ms | latency ratio | noise band | A/A noise "
         "| MACs ratio | latency ÷ MACs | kept channels |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         for b, row in r["batches"].items():
             print(
                 f"| {r['model']} | {r['ratio']:g} | {r['round_to'] if r['round_to'] > 1 else '–'} | {b} "
                 f"| {row['dense_p50_ms']:.3f} | {row['pruned_p50_ms']:.3f} | "
-                f"{row['latency_ratio']:.3f}{'' if row['significant'] else ' (noise)'} | {row['aa_noise']:.3f} | "
+                f"{row['latency_ratio']:.3f}{'' if row['significant'] else ' (noise)'} | {row['noise_band']:.3f} | "
+                f"{row['aa_noise']:.3f} | "
                 f"{row['macs_ratio']:.3f} | {row['latency_per_macs']:.2f} | {r['channels']} |"
             )
     return results

@@ -93,3 +93,21 @@ def test_benchmark_scripts_refuse_out_of_range_options_before_any_work(
         module.main(argv) if "argv" in inspect.signature(module.main).parameters else module.main()
     assert info.value.code == 2
     assert f"{option} must be" in capsys.readouterr().err
+
+
+def test_structured_latency_prints_the_band_that_labels_a_ratio_noise(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run printed "0.712 (noise) | 0.006": a 29% speedup called noise beside an "A/A noise" of 0.6%, because the
+    # label comes from the noise band (the A/A's widest block, the arm's own block spread, 5%) and the column
+    # showed only the A/A p50's distance from 1. The band itself is printed now.
+    from benchmarks import structured_latency as sl
+
+    row = {"dense_p50_ms": 8.8, "pruned_p50_ms": 6.3, "latency_ratio": 0.712, "spread": [0.5, 1.0],
+           "aa_noise": 0.006, "noise_band": 0.4142, "significant": False, "macs_ratio": 0.472,
+           "latency_per_macs": 1.51}  # fmt: skip
+    arm = {"model": "small_cnn", "ratio": 0.3, "round_to": 16, "channels": "16/48/96/96", "batches": {"32": row}}
+    monkeypatch.setattr(sl, "measure", lambda name, args, out: [arm])
+    sl.main(["--models", "small_cnn"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| small_cnn"))
+    assert "0.712 (noise) | 0.414 | 0.006 |" in line
