@@ -111,3 +111,19 @@ def test_structured_latency_prints_the_band_that_labels_a_ratio_noise(
     sl.main(["--models", "small_cnn"])
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| small_cnn"))
     assert "0.712 (noise) | 0.414 | 0.006 |" in line
+
+
+def test_l1_vs_structured_marks_a_ratio_inside_its_noise_band() -> None:
+    # Its docstring says a ratio inside the noise is not a speedup, but each cell printed only "A/A ±0.03" (the
+    # control's p50 alone, not the band the benchmark decides with) and never which ratios were noise.
+    import argparse
+
+    from benchmarks import l1_vs_structured as lvs
+
+    lat = {"p50_ms": 1.2, "ratio": 0.71, "noise": 0.01, "significant": False, "band": 0.41}
+    row = {"model": "small_cnn", "arm": "l1", "accuracy": 0.98, "units": 112, "units_removed": 0.5, "macs": 1000,
+           "macs_ratio": 0.13, "seconds": 1.0, "latency": {"32": lat}}  # fmt: skip
+    line = lvs._line(row, argparse.Namespace(batch_size=[32]))
+    assert "(0.71x, band 0.41: noise, A/A 0.01)" in line
+    dense = {**row, "arm": "dense", "latency": {"32": {**lat, "ratio": 1.0, "significant": None, "band": None}}}
+    assert "(1.00x, A/A 0.01)" in lvs._line(dense, argparse.Namespace(batch_size=[32]))
