@@ -183,6 +183,16 @@ def output_path(out: Path | None, quick: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=QUICK_PREFIX)) / "auto_allocation.json" if quick else DEFAULT_OUT
 
 
+def recorded_path(path: Path) -> str:
+    """``path`` as the committed JSON records it: relative to the checkout when inside it, so the file names
+    ``benchmarks/results/auto_allocation.json`` rather than the measuring machine's clone (``/tmp/...``)."""
+    root = DEFAULT_OUT.parent.parent.parent
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds (dense models per architecture); default 3")
@@ -302,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "sparsekit": sparsekit.__version__,
         "threads": torch.get_num_threads(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (recorded_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "split": {"train": 1000, "validation": 400, "test": 397},
         "dense": dense_rows,
         "mlp": {

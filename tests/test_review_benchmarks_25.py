@@ -127,3 +127,12 @@ def test_l1_vs_structured_marks_a_ratio_inside_its_noise_band() -> None:
     assert "(0.71x, band 0.41: noise, A/A 0.01)" in line
     dense = {**row, "arm": "dense", "latency": {"32": {**lat, "ratio": 1.0, "significant": None, "band": None}}}
     assert "(1.00x, A/A 0.01)" in lvs._line(dense, argparse.Namespace(batch_size=[32]))
+
+
+def test_auto_allocation_json_records_its_output_inside_the_checkout_not_the_measuring_clone(tmp_path: Path) -> None:
+    # The committed results file recorded args.out as the absolute path of whichever clone ran it
+    # ("/work/main/...", then "/tmp/s2/..."): a path no reader has. Inside the checkout it is relative now.
+    assert aa.recorded_path(aa.DEFAULT_OUT) == "benchmarks/results/auto_allocation.json"
+    assert aa.recorded_path(tmp_path / "x.json") == str(tmp_path / "x.json")  # elsewhere: as given
+    doc = json.loads(aa.DEFAULT_OUT.read_text())
+    assert doc["args"]["out"] == "benchmarks/results/auto_allocation.json"
