@@ -64,6 +64,7 @@ PENDING = "manifest.next.json"  # written before the swap, so a half-finished sw
 STAGE = "next"
 LOCK = "lock"
 FORMAT = "sparsekit-run/1"
+LOGS = "logs"  # finetune.log's metrics: a resume of a finished run continues them (see RunFolder.begin)
 
 
 def _sha256(path: Path) -> str:
@@ -374,9 +375,10 @@ class RunFolder:
 
     def begin(self) -> Path:
         """Take the folder's lock, create the staging folder (fresh, unless resuming) and return it;
-        write every output there. On resume of a finished run, its last checkpoint is copied in so
-        training continues from it. Raises :class:`OutputError` when the folder is locked, no longer
-        fits the run (rechecked under the lock) or cannot be written; the lock is then released."""
+        write every output there. On resume of a finished run, its last checkpoint and its metrics logs are copied
+        in, so training continues from the one and appends to the others. Raises :class:`OutputError` when the folder
+        is locked, no longer fits the run (rechecked under the lock) or cannot be written; the lock is then
+        released."""
         if self.meta.exists() and not self.meta.is_dir():
             raise OutputError(f"{self.meta}: is not a folder; move it away or choose another output folder")
         self._new_out, self._new_meta = not self.out.exists(), not self.meta.exists()
@@ -404,11 +406,13 @@ class RunFolder:
                     building = self._temp_folder()
                     (building / ckpt).parent.mkdir()
                     shutil.copyfile(self.out / ckpt, building / ckpt)
+                    self._carry_logs(building)
                     os.replace(building, self.stage)
                 elif finished == self.out / ckpt:  # a run killed in its swap: next/ holds part of its results
                     (self.stage / ckpt).parent.mkdir(parents=True, exist_ok=True)
                     with atomic_path(self.stage / ckpt) as tmp:
                         shutil.copyfile(self.out / ckpt, tmp)
+                    self._carry_logs(self.stage)
                 self.stage.mkdir(parents=True, exist_ok=True)
             self._ckpt_before = _stat(self.stage / ckpt)
             self._ids = {path: identity(path) for path in (self.out, self.stage)}
@@ -420,6 +424,17 @@ class RunFolder:
             self.unlock()
             raise
         return self.stage
+
+    def _carry_logs(self, stage: Path) -> None:
+        """Copy the finished run's metrics logs (``logs/``, as the manifest lists them) into ``stage`` where it has
+        none of its own: the resume continues those files. Left out, the publish at its end replaced ``logs/`` by
+        the resumed epochs' rows alone, or removed it when no epoch was left to train."""
+        for rel in sorted(self.owned()):
+            source, target = self.out / rel, stage / rel
+            if Path(rel).parts[0] != LOGS or source.is_symlink() or not source.is_file() or target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
     def removed(self) -> Path | None:
         """The output or staging folder when it was removed (or replaced by another) since :meth:`begin`: a

@@ -1,0 +1,61 @@
+"""Review (trainers2 angle, 25): training metrics logs, checkpoints and resumes, in prune runs, torchrun and the
+trainer integrations."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FAST
+
+import sparsekit
+from sparsekit.cli import main
+
+MLP = ("--arch", "examples.models:mlp")
+LOGGED = (
+    "data: {source: digits}\n"
+    "finetune: {epochs: 2, max_steps_per_epoch: 2, optimizer: {name: adam, lr: 0.001}, log: true}\n"
+    "pruning: [{method: magnitude, sparsity: 0.6, schedule: {start_epoch: 0, end_epoch: 1}}]\n"
+    "benchmark: {enabled: false}\n"
+)
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def rows(path):
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """An untrained digits MLP of one small hidden layer, as a sparsekit checkpoint."""
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    sparsekit.save_model(mlp(hidden=[8]), path, factory="examples.models:mlp", kwargs={"hidden": [8]})
+    return path
+
+
+@pytest.mark.parametrize("longer", [False, True])
+def test_resuming_a_finished_run_continues_its_metrics_logs_instead_of_dropping_them(tmp_path, tiny, longer):
+    # `prune --resume` of a finished run copied only checkpoints/last.pt into the staging folder: with no epoch left
+    # the publish removed OUT/logs altogether, and trained on (--set finetune.epochs=3 --allow-change ...) it
+    # replaced OUT/logs by epoch 3's rows alone, though "a resumed run continues the same files".
+    (tmp_path / "r.yaml").write_text(LOGGED)
+    out = tmp_path / "o"
+    assert run("prune", tiny, *MLP, tmp_path / "r.yaml", "-o", out, *FAST).exit_code == 0
+    first_steps = rows(out / "logs" / "steps.csv")
+    assert [r["epoch"] for r in rows(out / "logs" / "epochs.csv")] == ["1", "2"]
+    more = ("--set", "finetune.epochs=3", "--allow-change", "finetune.epochs") if longer else ()
+    again = run("prune", tiny, *MLP, tmp_path / "r.yaml", "-o", out, "--resume", *more, *FAST)
+    assert again.exit_code == 0, again.stderr
+    epochs = ["1", "2", "3"] if longer else ["1", "2"]
+    assert [r["epoch"] for r in rows(out / "logs" / "epochs.csv")] == epochs
+    steps = rows(out / "logs" / "steps.csv")
+    assert [int(r["step"]) for r in steps] == list(range(1, 2 * len(epochs) + 1))
+    assert steps[:4] == first_steps  # the finished epochs' rows, as logged
