@@ -654,12 +654,19 @@ def finetune(
                 history.append(row)
                 info = f"epoch {epoch + 1}: acc {row['val_accuracy']:.4f} sparsity {row['sparsity']:.3f}"
                 bar.update(task, info=info)
+                if ckpt and main and home is not None and replaced(home, home_id):
+                    raise OutputError(
+                        f"{home}: removed while training (the checkpoints were to go there); epoch {epoch + 1}'s "
+                        "checkpoint was not written, so as not to re-create it: train again"
+                    )
+                if metrics_log:
+                    # Before the checkpoint: a stop in between leaves a row past it, which the resume cuts (logged
+                    # after it, the row of the epoch the checkpoint holds was lost, the resume going on from the next).
+                    masks_now = pruner.masks()
+                    changed = _changes(masks_before, masks_now)
+                    metrics_log.epoch(row, pruner.step_count, _layer_sparsity(pruner.model), changed)
+                    masks_before = masks_now
                 if ckpt and main:
-                    if home is not None and replaced(home, home_id):
-                        raise OutputError(
-                            f"{home}: removed while training (the checkpoints were to go there); epoch {epoch + 1}'s "
-                            "checkpoint was not written, so as not to re-create it: train again"
-                        )
                     _save_checkpoint(
                         ckpt, epoch + 1, pruner.model, optimizer, scheduler, spec, pruner, history,
                         _loader_generator(train_loader), origin,
@@ -675,11 +682,6 @@ def finetune(
                         f"{row['val_accuracy']:.4f}, sparsity {row['sparsity']:.3f}, lr {lr:.3g}, "
                         f"params {row['params']:,} ({time.perf_counter() - started:.1f} s)"
                     )
-                if metrics_log:
-                    masks_now = pruner.masks()
-                    changed = _changes(masks_before, masks_now)
-                    metrics_log.epoch(row, pruner.step_count, _layer_sparsity(pruner.model), changed)
-                    masks_before = masks_now
                 if on_epoch:
                     on_epoch(row)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated): the same type goes on

@@ -9,6 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import FAST
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import sparsekit
 from sparsekit.cli import main
@@ -59,3 +61,38 @@ def test_resuming_a_finished_run_continues_its_metrics_logs_instead_of_dropping_
     steps = rows(out / "logs" / "steps.csv")
     assert [int(r["step"]) for r in steps] == list(range(1, 2 * len(epochs) + 1))
     assert steps[:4] == first_steps  # the finished epochs' rows, as logged
+
+
+def _loaders():
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 6), torch.randint(0, 3, (32,)))
+    return DataLoader(data, batch_size=8), DataLoader(data, batch_size=16)
+
+
+def test_a_ctrl_c_just_after_an_epochs_checkpoint_loses_no_row_of_the_metrics_log(tmp_path, monkeypatch):
+    # The epoch's row went to epochs.csv only after its checkpoint was written: a Ctrl-C in between (the progress
+    # line, the mask count) left a checkpoint of epoch 2 and a log ending at epoch 1, and the resume went on from
+    # epoch 3, so epoch 2's row was never written. Logged first, a row past the checkpoint is cut by the resume.
+    import sparsekit.train as train
+
+    recipe = sparsekit.Recipe(
+        finetune={"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01}},
+        pruning=[{"method": "magnitude", "sparsity": 0.5, "schedule": {"start_epoch": 0, "end_epoch": 2}}],
+    )
+    real = train._save_checkpoint
+
+    def then_ctrl_c(path, epoch, *args, **kwargs):
+        real(path, epoch, *args, **kwargs)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_checkpoint", then_ctrl_c)
+    where = {"checkpoint_dir": tmp_path / "ckpt", "log_dir": tmp_path / "logs", "progress": False}
+    train_loader, val_loader = _loaders()
+    with pytest.raises(KeyboardInterrupt):
+        sparsekit.finetune(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), recipe, *_loaders(), **where)
+    monkeypatch.setattr(train, "_save_checkpoint", real)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    sparsekit.finetune(model, recipe, train_loader, val_loader, resume=True, **where)
+    assert [r["epoch"] for r in rows(tmp_path / "logs" / "epochs.csv")] == ["1", "2", "3"]
+    assert [int(r["step"]) for r in rows(tmp_path / "logs" / "steps.csv")] == list(range(1, 13))
