@@ -46,7 +46,9 @@ class MetricsLog:
             _check_ours(path, ours, path.name in created)
         self._layer_fields: list[str] = []
         _truncate(self.steps_path, resume_step)
-        _truncate(self.epochs_path, resume_step)
+        # A new run writes its own epochs.csv header: its model's layers (the sparsity/NAME columns) need not be an
+        # earlier run's, whose header left the new layers' values out and its own columns blank.
+        _truncate(self.epochs_path, resume_step, keep_header=False)
         self._pending: list[list[Any]] = []
         self._tb = _tensorboard(self.folder, resume_step)
 
@@ -164,8 +166,9 @@ def _append(path: Path, fields: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
-def _truncate(path: Path, resume_step: int) -> None:
-    """Keep the header and the rows whose ``step`` is at most ``resume_step`` (all gone when 0)."""
+def _truncate(path: Path, resume_step: int, keep_header: bool = True) -> None:
+    """Keep the header and the rows whose ``step`` is at most ``resume_step`` (all gone when 0). ``keep_header``
+    False: a new run (0) empties the file, header too."""
     if not path.is_file():
         return
     with open(path, newline="") as fh:
@@ -178,7 +181,7 @@ def _truncate(path: Path, resume_step: int) -> None:
     from .fsutil import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        csv.writer(fh).writerows([header, *kept])
+        csv.writer(fh).writerows([header, *kept] if resume_step or keep_header else [])
 
 
 def _int(text: str) -> int:

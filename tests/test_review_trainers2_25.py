@@ -96,3 +96,26 @@ def test_a_ctrl_c_just_after_an_epochs_checkpoint_loses_no_row_of_the_metrics_lo
     sparsekit.finetune(model, recipe, train_loader, val_loader, resume=True, **where)
     assert [r["epoch"] for r in rows(tmp_path / "logs" / "epochs.csv")] == ["1", "2", "3"]
     assert [int(r["step"]) for r in rows(tmp_path / "logs" / "steps.csv")] == list(range(1, 13))
+
+
+class _Other(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.head = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(x).relu())
+
+
+def test_a_new_run_in_a_log_folder_writes_its_own_layers_columns_not_the_earlier_runs(tmp_path):
+    # finetune(log_dir=D) of another model in the same folder started epochs.csv over but kept the earlier run's
+    # header: the new rows had blank sparsity/0, sparsity/2 cells and no column for enc and head.
+    recipe = sparsekit.Recipe(finetune={"epochs": 1}, pruning=[{"method": "magnitude", "sparsity": 0.5}])
+    first = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    sparsekit.finetune(first, recipe, *_loaders(), log_dir=tmp_path, progress=False)
+    assert "sparsity/0" in rows(tmp_path / "epochs.csv")[0]
+    sparsekit.finetune(_Other(), recipe, *_loaders(), log_dir=tmp_path, progress=False)
+    (row,) = rows(tmp_path / "epochs.csv")
+    assert [k for k in row if k.startswith("sparsity/")] == ["sparsity/enc", "sparsity/head"]
+    assert float(row["sparsity/enc"]) > 0 and float(row["sparsity/head"]) > 0
+    assert [r["step"] for r in rows(tmp_path / "steps.csv")] == ["1", "2", "3", "4"]
