@@ -622,16 +622,15 @@ def run_prune(
         # that fails instead exits non-zero, and torchrun stops the others.
         _distributed.barrier()
         return report
-    except BaseException:
+    finally:
         # A run refused on bad input (or stopped) before its first epoch left an empty sparsekit-DATE-TIME folder
-        # in the user's log folder every time, and the log folder itself when the run had made it. Only empty
-        # folders go: a log with rows in it is the record of the epochs that ran.
+        # in the user's log folder every time, and the log folder itself when the run had made it; so did a
+        # finished one that trained no epoch (a resume with none left). Only empty folders go: a log with rows in
+        # it is the record of the epochs that ran.
         for made in (logs, logs.parent if logs is not None and made_base else None):
             if made is not None:
                 with contextlib.suppress(OSError):
                     made.rmdir()
-        raise
-    finally:
         if joined:  # a process group the caller made stays theirs
             _distributed.close()
 

@@ -119,3 +119,16 @@ def test_a_new_run_in_a_log_folder_writes_its_own_layers_columns_not_the_earlier
     assert [k for k in row if k.startswith("sparsity/")] == ["sparsity/enc", "sparsity/head"]
     assert float(row["sparsity/enc"]) > 0 and float(row["sparsity/head"]) > 0
     assert [r["step"] for r in rows(tmp_path / "steps.csv")] == ["1", "2", "3", "4"]
+
+
+def test_a_resume_with_no_epoch_left_leaves_no_empty_folder_in_the_log_dir(tmp_path, tiny):
+    # `--resume --log-dir D` of a finished run trained nothing and logged nothing, yet left D/sparsekit-DATE-TIME
+    # (and D, which the run had made) empty behind a successful run, with no word of it.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(LOGGED.replace(", log: true", ""))
+    out = tmp_path / "o"
+    assert run("prune", tiny, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    again = run("prune", tiny, *MLP, recipe, "-o", out, "--resume", "--log-dir", tmp_path / "logs", *FAST)
+    assert again.exit_code == 0, again.stderr
+    assert not (tmp_path / "logs").exists()
+    assert "training metrics" not in again.stderr
