@@ -527,7 +527,7 @@ def run_sensitivity(
     *,
     arch: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
-    data: str | None = None,
+    data: str | os.PathLike[str] | None = None,
     trust: bool = False,
     trust_code: bool = False,
     resume: bool = False,
@@ -556,9 +556,12 @@ def run_sensitivity(
     from .data import check_npz_option
     from .modelio import precheck_model_file
     from .outputs import guard_location
-    from .pipeline import check_inputs
+    from .pipeline import check_inputs, data_option
     from .sensitivity import _ANALYSED, NOTHING_TO_ANALYSE, RESUME_REFUSED, SensitivityTable, analyze, auto_entries
 
+    # A file's pathlib.Path is taken as its path, as run_prune and plan take it (it failed as "'PosixPath' object
+    # has no attribute 'strip'").
+    data = data_option(data, "run_sensitivity")
     recipe = resolve_recipe(recipe, kwargs, overrides, "run_sensitivity", arch)
     out = Path(out)
     if not any(spec.method in _ANALYSED for spec in recipe.pruning):
