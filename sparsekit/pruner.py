@@ -21,7 +21,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +44,10 @@ from .wrappers import checked_input_shape, require_initialized, require_module, 
 # Pruner is built or restored (load_state_dict), where a loop that changes the model after that does so, and at the end
 # of each epoch.
 _LAYER_CHECK_STEPS = 8
+
+# update_optimizer returns the optimizer it was given (updated in place): typed so, a user's
+# `optimizer = pruner.update_optimizer(optimizer)` keeps its own type (an SGD stays an SGD for mypy).
+_OptimizerT = TypeVar("_OptimizerT", bound=torch.optim.Optimizer)
 
 
 def _distributed_active() -> bool:
@@ -887,7 +891,7 @@ class Pruner:
             names.setdefault(id(p), []).append(n)
         self._param_names.update(names)
 
-    def update_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    def update_optimizer(self, optimizer: _OptimizerT) -> _OptimizerT:
         """After channels were removed (:attr:`structure_changed`), point ``optimizer`` at the model's new
         parameters, in place, so an LR scheduler attached to it keeps working. Optimizer state (momentum,
         Adam moments) is kept for parameters whose shape did not change and restarts for pruned ones.

@@ -28,3 +28,17 @@ def test_run_sensitivity_takes_a_path_for_data(tmp_path: Path) -> None:
         run_sensitivity(model_file, RECIPE, tmp_path / "out", data=missing, progress=False)
     with pytest.raises(TypeError, match="run_sensitivity"):
         run_sensitivity(model_file, RECIPE, tmp_path / "out", data=3, progress=False)  # type: ignore[arg-type]
+
+
+def test_update_optimizer_is_typed_to_return_the_optimizer_given() -> None:
+    # It updates the optimizer in place and returns it: `optimizer = pruner.update_optimizer(optimizer)` with an SGD
+    # was a mypy error ("Optimizer" assigned to "SGD") while the hint said any Optimizer came back.
+    import typing
+
+    hints = typing.get_type_hints(sparsekit.Pruner.update_optimizer)
+    assert isinstance(hints["return"], typing.TypeVar)
+    assert hints["return"] is hints["optimizer"]
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert pruner.update_optimizer(optimizer) is optimizer
