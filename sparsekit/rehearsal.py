@@ -43,6 +43,7 @@ from .errors import ExportError, SparsekitError, TargetError, one_line
 from .methods import structured as structured_mod
 from .pruner import Pruner, checked_input_shape
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
+from .schedule import checked_steps_per_epoch
 from .wrappers import copy_model, require_initialized, require_module, unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
@@ -94,7 +95,10 @@ def rehearse(
     ``input_shape``: batch-first shape of one input (e.g. ``[1, 1, 28, 28]``); ``steps_per_epoch``:
     optimizer steps per epoch, which places the removal events as the real run will; ``scorers``: as
     for :class:`~sparsekit.pruner.Pruner`; ``export=False`` skips the ONNX export and parity check.
-    Returns a :class:`Rehearsal`. Raises :class:`~sparsekit.errors.TargetError` when the recipe cannot
+    Returns a :class:`Rehearsal`. Raises TypeError when ``model`` is not an ``nn.Module`` or
+    ``steps_per_epoch`` not an int, ValueError for an ``input_shape`` that is not a batch-first list of positive
+    integers or a ``steps_per_epoch`` below 1, :class:`~sparsekit.errors.RecipeError` for a recipe that does not
+    validate, :class:`~sparsekit.errors.TargetError` when the recipe cannot
     be carried out on this architecture (and whatever building the Pruner raises, as a prune run
     would); never a torch-pruning exception. The global RNG state is left as it was."""
     start = time.perf_counter()
@@ -102,6 +106,9 @@ def rehearse(
     require_initialized(model, "rehearse", TargetError)
     recipe = as_recipe(recipe)
     shape = checked_input_shape(input_shape, "rehearse(input_shape=...)")  # int() cut 28.5 to 28 without a word
+    # Named as this call's argument: the Pruner built inside said "Pruner(steps_per_epoch=...)", a call the user
+    # never made.
+    steps_per_epoch = checked_steps_per_epoch(steps_per_epoch, "rehearse(steps_per_epoch=...)")
     original = unwrap(model)
     with torch.random.fork_rng(devices=[]):
         # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).

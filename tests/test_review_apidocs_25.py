@@ -42,3 +42,11 @@ def test_update_optimizer_is_typed_to_return_the_optimizer_given() -> None:
     pruner = sparsekit.Pruner(model, RECIPE, steps_per_epoch=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     assert pruner.update_optimizer(optimizer) is optimizer
+
+
+@pytest.mark.parametrize(("steps", "error"), [(0, ValueError), (1.5, TypeError)])
+def test_rehearse_names_its_own_steps_per_epoch(steps: object, error: type[Exception]) -> None:
+    # A bad steps_per_epoch was reported as "Pruner(steps_per_epoch=...)", a call the user of rehearse never made.
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(error, match=r"^rehearse\(steps_per_epoch=\.\.\.\)"):
+        sparsekit.rehearse(model, RECIPE, [1, 8], steps)  # type: ignore[arg-type]
