@@ -78,9 +78,10 @@ from .sensitivity import (
     _StructuredPlan,
     analyze,
     auto_entries,
+    check_arguments,
 )
 from .tp_adapter import alignment
-from .wrappers import copy_model, float32_model, unwrap
+from .wrappers import checked_input_shape, copy_model, float32_model, require_module, unwrap
 
 __all__ = [
     "LATENCY_ROUNDS",
@@ -746,9 +747,18 @@ def allocate_with_details(
     model: nn.Module, recipe: Recipe, table: SensitivityTable, *, input_shape: Sequence[int]
 ) -> tuple[Recipe, list[EntryAllocation]]:
     """:func:`allocate`, also returning how each ``auto`` entry was allocated (:class:`EntryAllocation`,
-    in recipe order)."""
+    in recipe order). TypeError for a ``model`` that is not an ``nn.Module`` or a ``table`` that is not a
+    :class:`SensitivityTable`; ValueError for an ``input_shape`` that is not batch-first positive integers."""
+    # Each failed deep inside: a None table as "'NoneType' object has no attribute 'layer'", a shape of 8 as
+    # "'int' object is not iterable" and [1, 8.5] was cut to [1, 8].
+    require_module(model, "allocate")
+    if not isinstance(table, SensitivityTable):
+        raise TypeError(
+            f"allocate(table=...): expected the SensitivityTable sparsekit.sensitivity.analyze returns (or "
+            f"SensitivityTable.load(path) reads), got {type(table).__name__}"
+        )
+    shape = checked_input_shape(input_shape, "allocate(input_shape=...)")
     model = unwrap(model)
-    shape = [int(d) for d in input_shape]
     entries = list(recipe.pruning)
     details: list[EntryAllocation] = []
     done: list[tuple[int, StructuredSpec]] = []
@@ -799,7 +809,8 @@ def allocate(model: nn.Module, recipe: RecipeLike, table: SensitivityTable, *, i
       scope: layer, layer_ratio: {root: removed / units}`` for every group the entry ranks (0.0: kept whole),
       and 0.0 for each selected layer no group can prune (coupled to an ignored layer).
 
-    Raises TargetError when the table lacks a layer the entry selects, or a target cannot be met (the caps,
+    Raises TypeError / ValueError for arguments of the wrong type or form (see :func:`allocate_with_details`),
+    TargetError when the table lacks a layer the entry selects, or a target cannot be met (the caps,
     ``min_channels``, the largest analysed ratio, or onnxruntime's fixed costs for ``target_latency``).
     """
     return allocate_with_details(model, as_recipe(recipe), table, input_shape=input_shape)[0]
@@ -819,6 +830,7 @@ def auto_allocate(
     """:func:`analyze` the ``auto`` entries of ``recipe`` only, then :func:`allocate`; returns the allocated
     recipe and the table. A recipe without ``auto`` entries is returned as it is, with None, and nothing is
     evaluated. Arguments and errors as for those two functions."""
+    check_arguments("auto_allocate", model, val_loader, max_batches, progress, resume_from)
     recipe = as_recipe(recipe)
     wanted = auto_entries(recipe)
     if not wanted:

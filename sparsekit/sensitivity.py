@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from .data import batches
-from .errors import SparsekitError, TargetError, interrupted_while, naming_recipe, one_line
+from .errors import DataError, SparsekitError, TargetError, interrupted_while, naming_recipe, one_line
 from .fsutil import atomic_path, write_text
 from .layers import NORM_REASON, num_units, select_layers, tied_aliases, unselected_layers, weighted_layers
 from .masks import count_true, global_topk_masks, weight_of
@@ -50,7 +50,7 @@ from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .stats import layer_macs
 from .train import evaluate
-from .wrappers import copy_model, unwrap
+from .wrappers import checked_input_shape, copy_model, require_module, unwrap
 
 __all__ = [
     "GRID_STRUCTURED",
@@ -412,10 +412,17 @@ def auto_entries(recipe: Recipe) -> list[int]:
 
 def _grid(grid: Mapping[str, Sequence[float]] | None) -> dict[str, list[float]]:
     out = {"unstructured": list(GRID_UNSTRUCTURED), "structured": list(GRID_STRUCTURED)}
+    if grid is not None and not isinstance(grid, Mapping):  # a bare list failed as "'list' object has no attribute"
+        raise TypeError(f"grid: expected a dict such as {{'unstructured': [0.5, 0.9]}}, got {type(grid).__name__}")
     for kind, values in (grid or {}).items():
         if kind not in out:
             raise ValueError(f"grid: unknown kind {kind!r}; use 'unstructured' and/or 'structured'")
-        vals = sorted({float(v) for v in values})
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):  # "0.5" was read as '0', '.', '5'
+            raise TypeError(f"grid[{kind!r}]: expected a list of values between 0 and 1, got {values!r}")
+        try:
+            vals = sorted({float(v) for v in values})
+        except (TypeError, ValueError):
+            raise TypeError(f"grid[{kind!r}]: expected a list of values between 0 and 1, got {values!r}") from None
         if not vals or any(not (0 < v < 1) or not math.isfinite(v) for v in vals):
             raise ValueError(f"grid[{kind!r}]: give values strictly between 0 and 1, got {list(values)}")
         out[kind] = vals
@@ -436,7 +443,9 @@ def fingerprint(model: nn.Module) -> str:
 
 def _samples(loader: Iterable, max_batches: int | None) -> int:
     n = 0
-    for i, (_, y) in enumerate(loader):
+    # Through batches(): a batch that is not an (inputs, labels) pair is the DataError analyze documents, not
+    # "too many values to unpack".
+    for i, (_, y) in enumerate(batches(loader, _VAL_LOADER)):
         if max_batches is not None and i >= max_batches:
             break
         n += len(y)
@@ -521,13 +530,48 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _shape(model: nn.Module, recipe: Recipe, loader: Iterable, input_shape: Sequence[int] | None) -> list[int]:
-    if input_shape:
-        return [int(d) for d in input_shape]
+    if input_shape is not None:
+        return checked_input_shape(input_shape, "input_shape")
     if recipe.model.input_shape:
         return list(recipe.model.input_shape)
-    for x, _ in loader:
+    for x, _ in batches(loader, _VAL_LOADER):
         return [1, *(int(d) for d in x.shape[1:])]
     raise TargetError("sensitivity: cannot tell the input shape; set model.input_shape in the recipe")
+
+
+_VAL_LOADER = "data: the validation loader"
+
+
+def check_arguments(
+    call: str,
+    model: object,
+    val_loader: object,
+    max_batches: object,
+    progress: object,
+    resume_from: object,
+) -> None:
+    """The checks of :func:`analyze`'s (and ``auto_allocate``'s) arguments that are not data, naming ``call``: each
+    failed deep inside (a None model as "'NoneType' object has no attribute 'modules'", a negative ``max_batches`` as
+    islice's "Stop argument", ``progress=True`` after the first probe's evaluation), and ``max_batches=0`` was
+    taken as an analysis on no data, which allocated on nothing without a word."""
+    require_module(model, call)
+    if val_loader is None or isinstance(val_loader, str | bytes | Mapping) or not isinstance(val_loader, Iterable):
+        # A DataError, as finetune(val_loader=None) says it
+        raise DataError(
+            f"{call}(val_loader=...): got a {type(val_loader).__name__}, which yields no batches; pass a re-iterable "
+            "of (inputs, labels) batches (a torch DataLoader, a list)"
+        )
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)):
+        raise TypeError(f"{call}(max_batches=...): expected an int or None, got {max_batches!r}")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"{call}(max_batches=...): must be at least 1 (None: every batch), got {max_batches}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"{call}(progress=...): expected a function called with each Probe, or None, got {progress!r}")
+    if resume_from is not None and not isinstance(resume_from, SensitivityTable):
+        raise TypeError(
+            f"{call}(resume_from=...): expected a SensitivityTable (SensitivityTable.load(path) reads a saved one), "
+            f"got {type(resume_from).__name__}"
+        )
 
 
 def _structured_method(
@@ -650,16 +694,22 @@ def analyze(
     Cost: one evaluation per (layer, grid value), plus one for the dense model; a structured probe also
     traces and copies the model. Raises TargetError when the recipe's selections do not fit the model, when
     ``resume_from`` was measured on another model, data or input shape, or when no entry can be analysed;
-    :class:`~sparsekit.errors.DataError` for bad batches (as :func:`~sparsekit.train.evaluate`);
-    ValueError for a bad ``grid``.
+    :class:`~sparsekit.errors.DataError` for bad batches (as :func:`~sparsekit.train.evaluate`) or a loader that
+    gives no samples (or is not iterable); TypeError for arguments of the wrong type (a ``model`` that is not an
+    ``nn.Module``, a ``progress`` that is not callable, a ``resume_from`` that is not a
+    :class:`SensitivityTable`, an ``entries`` or ``grid`` that is not a list or dict); ValueError for a bad
+    ``grid`` value, ``input_shape`` or index in ``entries``, or a ``max_batches`` below 1.
     """
+    check_arguments("analyze", model, val_loader, max_batches, progress, resume_from)
     recipe = as_recipe(recipe)
     model = unwrap(model)
     grids = _grid(grid)
     if max_batches is not None:
         # Read once: a loader that shuffles would give the dense model and each probe other batches to compare.
-        val_loader = list(itertools.islice(batches(val_loader, "data: the validation loader"), max_batches))
+        val_loader = list(itertools.islice(batches(val_loader, _VAL_LOADER), max_batches))
     shape = _shape(model, recipe, val_loader, input_shape)
+    if entries is not None and (isinstance(entries, str | bytes) or not isinstance(entries, Iterable)):
+        raise TypeError(f"entries: expected a list of indices into the recipe's pruning list, got {entries!r}")
     chosen = list(range(len(recipe.pruning))) if entries is None else [int(i) for i in entries]
     bad = [i for i in chosen if not 0 <= i < len(recipe.pruning)]
     if bad:
@@ -730,6 +780,8 @@ def _new_table(
     probes copied in when it matches this model, data and shape; and the plan of each structured entry."""
     fp = fingerprint(model)
     samples = _samples(loader, max_batches)
+    if not samples:  # every probe would score 0 of 0 samples: the allocation chose on nothing, without a word
+        raise DataError(f"{_VAL_LOADER} gave no samples; give it at least one (inputs, labels) batch")
     setup, data_digest = _setup_digest(loader, max_batches, specs)
     measured = _measured(specs)
     if resume_from is not None:

@@ -50,3 +50,63 @@ def test_rehearse_names_its_own_steps_per_epoch(steps: object, error: type[Excep
     model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(error, match=r"^rehearse\(steps_per_epoch=\.\.\.\)"):
         sparsekit.rehearse(model, RECIPE, [1, 8], steps)  # type: ignore[arg-type]
+
+
+AUTO = {
+    "version": 1,
+    "model": {"input_shape": [1, 8]},
+    "pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.5}],
+}
+
+
+def _val() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 8, generator=g), torch.randint(0, 2, (8,), generator=g))]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        # an empty loader (or max_batches=0) allocated on 0 samples without a word
+        ({"val_loader": []}, sparsekit.DataError, "no samples"),
+        ({"max_batches": 0}, ValueError, r"auto_allocate\(max_batches=\.\.\.\)"),
+        ({"max_batches": -1}, ValueError, r"auto_allocate\(max_batches=\.\.\.\)"),  # islice's "Stop argument"
+        (
+            {"val_loader": None},
+            sparsekit.DataError,
+            r"auto_allocate\(val_loader=\.\.\.\)",
+        ),  # "'NoneType' is not iterable"
+        ({"val_loader": [torch.zeros(4, 8)]}, sparsekit.DataError, r"\(inputs, labels\)"),  # "too many values"
+        ({"model": None}, TypeError, r"auto_allocate\(model=\.\.\.\)"),  # "has no attribute 'modules'"
+        ({"input_shape": 8}, ValueError, "batch first"),  # "'int' object is not iterable"
+        ({"grid": [0.5]}, TypeError, "grid: expected a dict"),  # "'list' object has no attribute 'items'"
+        ({"grid": {"unstructured": "0.5"}}, TypeError, "expected a list"),  # float('.')
+        ({"progress": True}, TypeError, r"auto_allocate\(progress=\.\.\.\)"),
+        ({"resume_from": {}}, TypeError, "SensitivityTable"),
+    ],
+)
+def test_auto_allocate_refuses_bad_arguments_as_documented(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    from sparsekit.allocation import auto_allocate
+
+    args: dict[str, object] = {
+        "model": nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)),
+        "val_loader": _val(),
+    }
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        auto_allocate(args.pop("model"), AUTO, args.pop("val_loader"), **args)  # type: ignore[arg-type]
+
+
+def test_analyze_and_allocate_name_their_own_arguments() -> None:
+    from sparsekit.allocation import allocate
+    from sparsekit.sensitivity import analyze
+
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(TypeError, match=r"^entries: expected a list"):
+        analyze(model, AUTO, _val(), entries=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^allocate\(table=\.\.\.\)"):  # "'NoneType' object has no attribute 'layer'"
+        allocate(model, AUTO, None, input_shape=[1, 8])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^allocate\(input_shape=\.\.\.\)"):
+        allocate(model, AUTO, analyze(model, AUTO, _val(), grid={"unstructured": [0.5]}), input_shape=8)  # type: ignore[arg-type]
