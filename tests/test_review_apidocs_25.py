@@ -110,3 +110,18 @@ def test_analyze_and_allocate_name_their_own_arguments() -> None:
         allocate(model, AUTO, None, input_shape=[1, 8])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^allocate\(input_shape=\.\.\.\)"):
         allocate(model, AUTO, analyze(model, AUTO, _val(), grid={"unstructured": [0.5]}), input_shape=8)  # type: ignore[arg-type]
+
+
+def test_check_zeros_names_the_weight_of_a_one_layer_model_as_its_state_dict_does(tmp_path: Path) -> None:
+    # A model that is itself a Linear reported its weight as ".weight", a name neither the model nor the file has.
+    from sparsekit.onnx import check_zeros
+
+    model = nn.Linear(8, 4)
+    with torch.no_grad():
+        model.weight[:, :4] = 0
+    path = tmp_path / "lin.onnx"
+    info = sparsekit.export_onnx(model, path, input_shape=(1, 8), exporter="torchscript")
+    assert [layer["name"] for layer in info["zeros"]["layers"]] == ["weight"]
+    result = check_zeros(model, path)
+    assert [layer["name"] for layer in result["layers"]] == ["weight"]
+    assert result["layers"][0]["onnx_zeros"] == 16

@@ -877,7 +877,7 @@ def _restore_names(graph: onnx.GraphProto, model: nn.Module) -> None:
             continue
         name = _scope_module(node.name, modules)
         tensor = getattr(modules.get(name or ""), "weight", None)
-        new = f"{name}.weight"
+        new = _weight_name(name or "")
         if name is None or not isinstance(tensor, torch.Tensor) or old not in inits or readers.get(old) != 1:
             continue
         conv_axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op_type)
@@ -1043,7 +1043,13 @@ def _prunable_weights(model: nn.Module) -> Iterator[tuple[str, np.ndarray]]:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and id(module.weight) not in seen:
             seen.add(id(module.weight))  # tied weights are one initializer in ONNX
-            yield f"{name}.weight", module.weight.detach().cpu().numpy()
+            yield _weight_name(name), module.weight.detach().cpu().numpy()
+
+
+def _weight_name(module: str) -> str:
+    """The state_dict name of the weight of the module named ``module``: ``weight`` for a model that is one layer
+    itself (its name is ""), whose weight was reported (and renamed in the file) as ``.weight``."""
+    return f"{module}.weight" if module else "weight"
 
 
 def _match(
