@@ -125,3 +125,15 @@ def test_check_zeros_names_the_weight_of_a_one_layer_model_as_its_state_dict_doe
     result = check_zeros(model, path)
     assert [layer["name"] for layer in result["layers"]] == ["weight"]
     assert result["layers"][0]["onnx_zeros"] == 16
+
+
+def test_index_dtype_for_refuses_an_index_no_type_holds() -> None:
+    import numpy as np
+
+    from sparsekit.onnx import index_dtype_for
+
+    assert index_dtype_for(127) is np.int8 and index_dtype_for(128) is np.int16
+    with pytest.raises(ValueError, match="max_index"):  # was StopIteration leaking out of the call
+        index_dtype_for(2**63)
+    with pytest.raises(ValueError, match="max_index"):  # was int8
+        index_dtype_for(-1)

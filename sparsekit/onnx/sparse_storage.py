@@ -93,7 +93,12 @@ SAMPLE_MARGIN = 0.01
 def index_dtype_for(max_index: int, index_dtype: str = "smallest") -> type[np.signedinteger]:
     """The smallest signed integer type of :data:`INDEX_DTYPES` that holds ``max_index``
     (``index_dtype="smallest"``), or ``np.int64`` (``"int64"``). Raises :class:`ExportError` for any
-    other ``index_dtype``."""
+    other ``index_dtype``, and ValueError for a ``max_index`` that is negative or beyond int64 (no index type
+    holds it)."""
+    # A max_index past int64 leaked StopIteration (which a caller's generator turns into RuntimeError), and a
+    # negative one got int8.
+    if isinstance(max_index, bool) or not 0 <= max_index <= np.iinfo(np.int64).max:
+        raise ValueError(f"max_index must be an index, 0..{np.iinfo(np.int64).max}, got {max_index!r}")
     if index_dtype == "int64":
         return np.int64
     if index_dtype != "smallest":
