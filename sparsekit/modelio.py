@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from .errors import ModelFileError, one_line, option, quoted, shorten
 from .fsutil import atomic_path, available_memory, dangling_link, is_zip_archive, text_start
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import int_dims, require_initialized, require_path, unwrap
+
+if TYPE_CHECKING:  # pruner.py imports this module
+    from .pruner import Pruner
 
 FORMAT = "sparsekit/1"
 # A plain attribute (not state) a Pruner sets on the model it structurally pruned:
@@ -2266,7 +2269,7 @@ def save_model(
     *,
     kwargs: dict[str, Any] | None = None,
     input_shape: list[int] | tuple[int, ...] | None = None,
-    pruner: Any = None,
+    pruner: Pruner | None = None,
     pruning_history: list | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:

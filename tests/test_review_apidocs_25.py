@@ -137,3 +137,14 @@ def test_index_dtype_for_refuses_an_index_no_type_holds() -> None:
         index_dtype_for(2**63)
     with pytest.raises(ValueError, match="max_index"):  # was int8
         index_dtype_for(-1)
+
+
+def test_save_model_types_pruner_as_the_pruner_it_requires() -> None:
+    # save_model(pruner=...) raises TypeError for anything but a Pruner (pruner.state_dict(), say), while its hint
+    # was Any: a type checker let the mistake through.
+    import inspect
+
+    from sparsekit.modelio import save_model
+
+    annotation = inspect.signature(save_model).parameters["pruner"].annotation
+    assert annotation.replace(" ", "") in ("Pruner|None", "Optional[Pruner]")
