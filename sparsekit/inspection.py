@@ -72,7 +72,8 @@ def inspect(
     file that cannot be loaded, :class:`~sparsekit.errors.DataError` when the model does not accept
     ``input_shape`` (batch first; also when it is not a list of positive integers) or the file's saved one (a shape
     only guessed gives ``input_shape_note``); ValueError for ``arch``, ``kwargs`` or ``input_shape`` with an
-    ``.onnx`` file (it holds its own)."""
+    ``.onnx`` file (it holds its own); TypeError for a ``path`` that is not a path or ``kwargs`` that are not a dict
+    of names."""
     require_path(path, "inspect(path=...)", "count a model in memory with sparsekit.layer_report(model, input_shape)")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
@@ -85,6 +86,9 @@ def inspect(
                 "and input shape; these arguments are for .pt / .safetensors models: leave them out"
             )
         return _inspect_onnx(path)
+    from .modelio import require_kwargs
+
+    require_kwargs(kwargs, "inspect")
     if input_shape is not None:
         # Checked before the file is read: [1, 784.9] was counted as [1, 784] without a word, 8 failed inside. A
         # shape of integers the model does not take is check_input_shape's, below (it names the one it takes).

@@ -1987,8 +1987,9 @@ def load_model(
     :mod:`sparsekit.trust`). ``trust=True`` allows unpickling a whole module (runs code). How the file was read,
     where it matters (a wrapper's key prefix dropped, torch.nn.utils.prune's ``NAME_orig``/``NAME_mask`` folded,
     weights rounded into the architecture's dtype), is a UserWarning, as the commands print it.
-    Raises :class:`ModelFileError` for a missing, unreadable, unsafe or mismatched file and
-    :class:`~sparsekit.errors.TrustError` for a factory that is not confirmed or is never run.
+    Raises :class:`ModelFileError` for a missing, unreadable, unsafe or mismatched file,
+    :class:`~sparsekit.errors.TrustError` for a factory that is not confirmed or is never run, and TypeError for a
+    ``path`` that is not a path or ``kwargs`` that are not a dict of names (as ``run_prune`` and ``plan``).
 
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", arch="examples.models:lenet_300_100")
     >>> model = sparsekit.load_model("sparsekit-out/model.pt", trust_code=True)   # the file's factory
@@ -1998,6 +1999,7 @@ def load_model(
     # torch.inference_mode()): a structurally pruned checkpoint is rebuilt by tracing the model, which inference
     # tensors cannot take part in; the model returned runs under inference mode all the same.
     require_path(path, "load_model(path=...)", "it is a model already: load_model reads a model file")
+    require_kwargs(kwargs, "load_model")
     with torch.inference_mode(False):
         loaded = read_model(path, arch, kwargs=kwargs, trust=trust, trust_code=trust_code, keep_wide=True)
     # What the commands print as they read a file (a wrapper's prefix dropped, torch.nn.utils.prune's NAME_orig and
@@ -2005,6 +2007,22 @@ def load_model(
     for note in loaded.notes:
         warnings.warn(note, stacklevel=2)
     return loaded.model
+
+
+def require_kwargs(kwargs: object, call: str) -> None:
+    """TypeError naming ``call`` unless ``kwargs`` is None or a mapping of names: a list or a string was a
+    ModelFileError quoting Python's "argument after ** must be a mapping, not list", as if the file were at fault
+    (``run_prune`` and ``plan`` say this TypeError)."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        got = (
+            type(kwargs).__name__ if not isinstance(kwargs, Mapping) else f"a {type(kwargs).__name__} of non-text keys"
+        )
+        raise TypeError(
+            f"{call}(kwargs=...): expected a dict of the model factory's keyword arguments by name "
+            f"(e.g. {{'hidden': 128}}), got {got}"
+        )
 
 
 def compiled_module(obj: Any) -> bool:

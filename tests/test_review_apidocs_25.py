@@ -148,3 +148,14 @@ def test_save_model_types_pruner_as_the_pruner_it_requires() -> None:
 
     annotation = inspect.signature(save_model).parameters["pruner"].annotation
     assert annotation.replace(" ", "") in ("Pruner|None", "Optional[Pruner]")
+
+
+@pytest.mark.parametrize("kwargs", [[8, 4], "in_features=8", {1: 2}])
+@pytest.mark.parametrize("call", ["load_model", "inspect"])
+def test_model_readers_refuse_kwargs_that_are_not_a_dict_of_names(tmp_path: Path, call: str, kwargs: object) -> None:
+    # Was a ModelFileError quoting "inspect.Signature.bind() argument after ** must be a mapping, not list", as if the
+    # file were at fault; run_prune and plan say a TypeError naming the argument.
+    path = tmp_path / "sd.pt"
+    torch.save(nn.Linear(8, 4).state_dict(), path)
+    with pytest.raises(TypeError, match=rf"^{call}\(kwargs=\.\.\.\)"):
+        getattr(sparsekit, call)(path, arch="torch.nn:Linear", kwargs=kwargs)
