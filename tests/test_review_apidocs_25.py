@@ -159,3 +159,21 @@ def test_model_readers_refuse_kwargs_that_are_not_a_dict_of_names(tmp_path: Path
     torch.save(nn.Linear(8, 4).state_dict(), path)
     with pytest.raises(TypeError, match=rf"^{call}\(kwargs=\.\.\.\)"):
         getattr(sparsekit, call)(path, arch="torch.nn:Linear", kwargs=kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"scorers": [len]}, TypeError, "scorers: expected a dict"),  # "cannot convert dictionary update sequence"
+        ({"scorers": {3: len}}, ValueError, "scorers: key 3"),  # found only once fit had started
+        ({"submodule": 3}, TypeError, r"\(submodule=\.\.\.\)"),
+        ({"finalize": "no"}, TypeError, r"\(finalize=\.\.\.\)"),  # a true value: it finalized
+    ],
+)
+def test_trainer_callbacks_check_their_options_when_built(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    from sparsekit.integrations.lightning import SparsekitCallback
+
+    with pytest.raises(error, match=match):
+        SparsekitCallback(RECIPE, **kwargs)  # type: ignore[arg-type]

@@ -67,6 +67,25 @@ def at_user_code(hook: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def checked_options(
+    call: str, recipe: Recipe, scorers: object, submodule: object, finalize: object
+) -> dict[int, Callable[..., Any]] | None:
+    """A trainer callback's ``scorers`` (as the Pruner checks them, against ``recipe``), ``submodule`` and
+    ``finalize``, checked when it is built: a list of scorers failed as "cannot convert dictionary update sequence
+    element #0", a scorer for an entry the recipe lacks or a submodule that is no name only once fit had started, and
+    ``finalize="no"`` (a true value) finalized."""
+    from ..pruner import _check_scorers
+
+    checked = _check_scorers(scorers, len(recipe.pruning)) if scorers is not None else None  # type: ignore[arg-type]
+    if submodule is not None and not isinstance(submodule, str):
+        raise TypeError(
+            f"{call}(submodule=...): expected the name of the child module to prune (e.g. 'net'), got {submodule!r}"
+        )
+    if not isinstance(finalize, bool):
+        raise TypeError(f"{call}(finalize=...): expected True or False, got {finalize!r}")
+    return checked or None
+
+
 def require_first_batch(pruner: Any, callee: str, root: nn.Module, submodule: str | None, caller: str) -> None:
     """TargetError, worded for the callback ``callee``, when an optimizer step comes while the Pruner still waits for
     the first batch to read the input shape from (structured without one): the trainer ran the step without calling

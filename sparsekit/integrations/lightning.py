@@ -27,7 +27,14 @@ from torch import nn
 from ..pruner import Pruner, checked_input_shape
 from ..recipe import Recipe, pruning_key, remedies_for
 from ..schedule import checked_steps_per_epoch
-from ._common import as_recipe, at_user_code, refuse_pruned_again, require_first_batch, short_schedules
+from ._common import (
+    as_recipe,
+    at_user_code,
+    checked_options,
+    refuse_pruned_again,
+    require_first_batch,
+    short_schedules,
+)
 from ._common import refuse_distributed_structured as _refuse_distributed_structured
 
 if TYPE_CHECKING:
@@ -138,7 +145,7 @@ class SparsekitCallback(pl.Callback):
         self.input_shape = (
             checked_input_shape(input_shape, "SparsekitCallback(input_shape=...)") if input_shape is not None else None
         )
-        self.scorers = dict(scorers) if scorers else None
+        self.scorers = checked_options("SparsekitCallback", self.recipe, scorers, submodule, finalize)
         self.submodule = submodule
         self.finalize = finalize
         self.pruner: Pruner | None = None
