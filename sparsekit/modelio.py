@@ -1335,7 +1335,10 @@ def check_model_path(path: Path) -> None:
             raise ModelFileError(
                 f"{path}: is a folder; the model a prune run wrote there is {path / 'model.pt'}: give that file"
             )
-        raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
+        raise ModelFileError(
+            f"{path}: is a directory, expected a model file (.pt or .safetensors; `sparsekit inspect` and "
+            "`sparsekit bench` also read .onnx)"
+        )
     if not path.is_file():  # a device (/dev/zero reads forever), a pipe (blocks until written), a socket
         raise ModelFileError(f"{path}: is not a regular file (a device, pipe or socket); give the model file itself")
     try:

@@ -405,3 +405,23 @@ def test_a_dict_output_error_gives_the_override_for_one_run(tmp_path, mlp_checkp
     assert "set model.output: logits in the recipe (or for this run overrides=['model.output=logits'])" in str(
         err.value
     )
+
+
+def test_open_session_refuses_a_thread_count_benchmark_refuses(tmp_path):
+    # open_session(threads=-1) was taken without a word (onnxruntime's own default), where benchmark(threads=-1)
+    # refuses it; latency_table({}) raised KeyError: 'files'.
+    from sparsekit.onnx import latency_table, open_session
+
+    for bad in (-1, 1.5, True, 5000):
+        with pytest.raises(ValueError, match=r"open_session\(threads=\.\.\.\): a whole number 0\.\.1024"):
+            open_session(tmp_path / "missing.onnx", threads=bad)
+    with pytest.raises(ValueError, match=r"latency_table\(result=\.\.\.\): expected what sparsekit\.onnx\.benchmark"):
+        latency_table({})
+
+
+def test_a_folder_given_as_model_says_which_files_the_commands_read(tmp_path):
+    from sparsekit.errors import ModelFileError
+    from sparsekit.modelio import check_model_path
+
+    with pytest.raises(ModelFileError, match=r"is a directory, expected a model file \(\.pt or \.safetensors; .*onnx"):
+        check_model_path(tmp_path)

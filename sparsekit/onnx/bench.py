@@ -224,7 +224,10 @@ def latency_table(result: dict[str, Any]) -> str:
     """A markdown table of a :func:`benchmark` result, one row per file and batch size: latency
     percentiles in ms, samples/s, the p50 ratio to the first file with its spread, and whether it is
     outside the noise band (the band's half-width beside it); then the A/A control's p50 ratio and the timed
-    runs per batch size, and each file's size (raw and gzip, the level the sizes say)."""
+    runs per batch size, and each file's size (raw and gzip, the level the sizes say). ValueError for anything but
+    such a result."""
+    if not isinstance(result, dict) or not isinstance(result.get("files"), list) or not result["files"]:
+        raise ValueError("latency_table(result=...): expected what sparsekit.onnx.benchmark returned (its 'files')")
     lines = [
         "| file | batch | p50 ms | p90 ms | p99 ms | samples/s | p50 vs first [spread] | significant |",
         "|---|---:|---:|---:|---:|---:|---:|:---:|",

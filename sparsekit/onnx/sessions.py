@@ -48,8 +48,18 @@ def open_session(
     from spinning (several sessions timed in turn would otherwise steal each other's cores).
     Raises :class:`ExportError` when ``provider`` is not available (naming those that are), when the
     file is not ONNX or keeps external data outside its folder (checked before onnxruntime opens it),
-    or when onnxruntime cannot load it (naming the file and the provider).
+    or when onnxruntime cannot load it (naming the file and the provider); ValueError for ``threads`` that is not a
+    whole number 0..1024 (onnxruntime took -1 without a word, where :func:`~sparsekit.onnx.benchmark` refuses it).
     """
+    import numbers
+
+    from sparsekit.recipe import MAX_THREADS
+
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or not 0 <= threads <= MAX_THREADS:
+        raise ValueError(
+            f"open_session(threads=...): a whole number 0..{MAX_THREADS} (0: one per core), got {threads!r}"
+        )
+    threads = int(threads)
     available = ort.get_available_providers()
     if provider not in available:
         given = option("provider", str(provider))
