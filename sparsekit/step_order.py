@@ -216,7 +216,8 @@ class StepOrderCheck:
                 stacklevel=stacklevel,
             )
         # Apart from the mistakes above (a loop may call both once per micro-batch): half the steps judged must show it.
-        if self.regularized_again >= min(ENOUGH, max(1, (self.checked + 1) // 2)):
+        half = min(ENOUGH, max(1, (self.checked + 1) // 2))
+        if self.regularized_again >= half:
             warnings.warn(
                 f"pruner.regularize() ran up to {self._most_regularized} times per optimizer step (before "
                 f"{self.regularized_again} of the first {self.holding_steps} optimizer steps): each call adds the "
@@ -225,7 +226,7 @@ class StepOrderCheck:
                 "optimizer.step())",
                 stacklevel=stacklevel,
             )
-        if self.penalty_and_regularized >= min(ENOUGH, max(1, (self.checked + 1) // 2)):
+        if self.penalty_and_regularized >= half:
             warnings.warn(
                 f"pruner.penalty() was added to the loss and pruner.regularize() ran too before "
                 f"{self.penalty_and_regularized} of the first {self.holding_steps} optimizer steps: each adds the "
