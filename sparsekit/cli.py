@@ -974,7 +974,10 @@ def main() -> None:
 @click.option(
     "--no-progress",
     is_flag=True,
-    help="Hide progress bars; fine-tuning still prints one line per epoch (as it does without a terminal).",
+    help=(
+        "Hide progress bars; fine-tuning still prints one line per epoch, and one a minute within a long epoch (as "
+        "it does without a terminal)."
+    ),
 )
 @debug_option
 @handle_errors

@@ -168,6 +168,9 @@ def _loss(
 
 
 # torch's words when a normalization layer trains on one sample (batch_norm; instance_norm on one position)
+# Without a terminal (a log file, a job scheduler) progress is one line per epoch, plus one this often within a
+# long epoch (seconds), so a log shows the run is alive and how far it is; a bar on a terminal moves at every step.
+LINE_EVERY_S = 60.0
 _ONE_SAMPLE_ERRORS = ("more than 1 value per channel", "more than 1 spatial element")
 
 
@@ -401,7 +404,8 @@ def finetune(
     With ``model.output`` in the recipe, ``model`` is made to return that part of its output
     (:func:`sparsekit.logits.attach`, a forward hook; ``sparsekit.logits.detach`` removes it).
     ``progress`` (on stderr): True shows a progress bar on a terminal and, without one (a log file, a
-    job scheduler), one line per epoch; ``"lines"`` always prints the lines instead of a bar; False
+    job scheduler), one line per epoch and one every :data:`LINE_EVERY_S` seconds (60) within a long epoch
+    (steps done, mean train loss so far); ``"lines"`` always prints the lines instead of a bar; False
     prints nothing. A resumed run says which epoch it continues from, and a Ctrl-C (KeyboardInterrupt)
     is re-raised with a message naming the interrupted epoch and the last checkpointed one.
 
@@ -592,6 +596,7 @@ def finetune(
             task = bar.add_task("fine-tune", total=(spec.epochs - first_epoch) * steps, info="")
             for epoch in range(first_epoch, spec.epochs):
                 started = time.perf_counter()
+                next_line = started + LINE_EVERY_S
                 lr = float(scheduler.get_last_lr()[0])  # what this epoch trains at
                 model.train()
                 _distributed.set_epoch(train_loader, epoch)
@@ -625,6 +630,13 @@ def finetune(
                     if metrics_log:
                         metrics_log.step(pruner.step_count, pruner.epoch, value, lr)
                     bar.update(task, advance=1, info=f"epoch {epoch + 1}/{spec.epochs} loss {loss_sum / seen:.4f}")
+                    if lines and taken < steps and time.perf_counter() >= next_line:
+                        now = time.perf_counter()
+                        _say(
+                            f"epoch {epoch + 1}/{spec.epochs}: step {taken:,}/{steps:,}, train loss so far "
+                            f"{loss_sum / seen:.4f} ({now - started:.0f} s)"
+                        )
+                        next_line = now + LINE_EVERY_S
                 if taken < steps:
                     # The schedules are laid out in len(loader) steps: a loader that yields fewer would leave
                     # every later target unreached (and masks out of step with the epochs), silently.

@@ -1,0 +1,41 @@
+"""Fixes from the thirteenth session's own review (items earlier notes left alone)."""
+
+from __future__ import annotations
+
+import torch
+
+import sparsekit
+import sparsekit.train as train_mod
+from examples.models import mlp
+
+
+def _recipe(epochs: int = 2) -> sparsekit.Recipe:
+    return sparsekit.Recipe(
+        finetune={"epochs": epochs, "optimizer": {"name": "sgd", "lr": 0.05}},
+        pruning=[{"method": "magnitude", "sparsity": 0.5, "layers": {"exclude": ["fc3"]}}],
+    )
+
+
+def _data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(8, 64, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(n)]
+
+
+def test_a_long_epoch_without_a_terminal_says_how_far_it_is_between_its_epoch_lines(capsys, monkeypatch):
+    # A log file showed nothing until an epoch ended: an hour-long epoch read as a hung job.
+    monkeypatch.setattr(train_mod, "LINE_EVERY_S", 0.0)
+    data = _data(4)
+    sparsekit.finetune(mlp(), _recipe(), data, data[:1], progress="lines")
+    lines = capsys.readouterr().err.splitlines()
+    heads = [line.split(",")[0] for line in lines]
+    assert heads == [
+        "epoch 1/2: step 1/4", "epoch 1/2: step 2/4", "epoch 1/2: step 3/4", "epoch 1/2: train loss " + lines[3][22:28],
+        "epoch 2/2: step 1/4", "epoch 2/2: step 2/4", "epoch 2/2: step 3/4", "epoch 2/2: train loss " + lines[7][22:28],
+    ]  # fmt: skip
+    assert "step 3/4, train loss so far " in lines[2] and lines[2].endswith(" s)")
+
+
+def test_a_short_epoch_prints_its_epoch_line_alone(capsys):
+    data = _data(4)
+    sparsekit.finetune(mlp(), _recipe(), data, data[:1], progress="lines")
+    assert [line.split(":")[0] for line in capsys.readouterr().err.splitlines()] == ["epoch 1/2", "epoch 2/2"]
