@@ -1,7 +1,7 @@
-"""Training metrics to files: ``steps.csv`` (one row per optimizer step), ``epochs.csv`` (one row per
-epoch, with the sparsity of every layer and how many mask entries changed), and TensorBoard event files
-when the ``tensorboard`` package is installed (``pip install tensorboard``; point TensorBoard's log
-folder at it).
+"""Training metrics to files: ``steps.csv`` (one row per optimizer step; under torchrun the loss of rank 0's batch),
+``epochs.csv`` (one row per epoch, with the sparsity of every layer and how many mask entries changed), and
+TensorBoard event files when the ``tensorboard`` package is installed (``pip install tensorboard``; point
+TensorBoard's log folder at it).
 
 A resumed run continues the same files: rows past the checkpoint it resumes from are dropped first (and
 TensorBoard purges events from that step on), so the files read as one uninterrupted run.
