@@ -95,7 +95,8 @@ def benchmark(
     Runs are interleaved across files (rotating which goes first) so drift in machine speed hits
     all alike, and a second session of the first file is timed alongside as an A/A control:
     its ratio to the first shows how large a difference noise alone produces. Each file takes one
-    float32 input, fed with seeded standard-normal data (the same for files of the same shape), or one int64 /
+    float32 (or float16 / float64) input, fed with seeded standard-normal data (the same for files of the same
+    shape), or one int64 /
     int32 input of token ids (a model exported from an ``nn.Embedding`` first), fed with id 0, which every
     vocabulary has;
     ``input_shape`` (batch dim included or not) is only needed for symbolic non-batch dims.
@@ -307,8 +308,12 @@ def _check_batch_sizes(batch_sizes: Sequence[int] | int) -> list[int]:
     return [int(b) for b in sizes]
 
 
-# The input types the benchmark feeds (token ids as zeros: random_array), with the numpy dtype of each.
-_FED = {t: ORT_DTYPES[t] for t in ("tensor(float)", "tensor(int64)", "tensor(int32)")}
+# The input types the benchmark feeds (token ids as zeros: random_array), with the numpy dtype of each. A model
+# exported in float16 (common for deployment) or float64 takes inputs of that dtype: refusing them left such a file
+# no way to be timed here, while random_array draws them as it does float32.
+_FED = {
+    t: ORT_DTYPES[t] for t in ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(int64)", "tensor(int32)")
+}
 
 
 def _input_dims(
@@ -321,7 +326,8 @@ def _input_dims(
         got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs) or "no input at all"
         # Say what to do too: this is a limit of the benchmark, not a fault in the user's file.
         raise ExportError(
-            f"{path}: the benchmark feeds one float32 (or int64 / int32 token id) tensor with a batch dim; the model "
+            f"{path}: the benchmark feeds one float32 / float16 / float64 (or int64 / int32 token id) tensor with a "
+            "batch dim; the model "
             f"takes {got}. Time it with onnxruntime's onnxruntime_perf_test, which generates every input, "
             "or benchmark a single-input version of the model"
         )
