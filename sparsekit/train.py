@@ -29,6 +29,7 @@ from .data import FLOAT_INPUTS_FIX, loader_generators
 from .data import batches as _batches
 from .errors import (
     DataError,
+    ModelFileError,
     OutputError,
     RecipeError,
     SparsekitError,
@@ -615,7 +616,8 @@ def finetune(
                     loss = _train_loss(model, x, y, teacher, spec.distill)
                     value = loss.item()  # the one host sync per step, for the divergence check and the mean
                     if not math.isfinite(value):
-                        raise _not_finite(value, epoch, i, x, model, optimizer)
+                        first = epoch == first_epoch and i == 0  # no optimizer step of this run taken yet
+                        raise _not_finite(value, epoch, i, x, model, optimizer, first=first)
                     loss.backward()
                     pruner.regularize()  # the penalty's gradient added in place: cheaper than autograd (l1, see there)
                     optimizer.step()
@@ -808,13 +810,31 @@ def _follow_in_place(pruner: Pruner, optimizer: torch.optim.Optimizer) -> None:
 
 
 def _not_finite(
-    value: float, epoch: int, batch: int, x: Any, model: nn.Module, optimizer: torch.optim.Optimizer
+    value: float,
+    epoch: int,
+    batch: int,
+    x: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    first: bool = False,
 ) -> SparsekitError:
-    """Why the loss is not finite, in the order worth checking: the data, the weights, the step size."""
+    """Why the loss is not finite, in the order worth checking: the data, the weights, the step size.
+    ``first``: no optimizer step of this run was taken yet, so non-finite weights came in that way."""
     where = f"the loss became {value} at epoch {epoch + 1}, batch {batch + 1}"
     if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         return DataError(f"data: {where}: this batch of inputs holds NaN or inf values; clean the data")
-    if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad and first:
+        # Before any step the run took, no learning rate made them so: "training diverged, lower the lr" sent the
+        # user to retune a recipe when the model given to it already held NaN / inf (a diverged checkpoint).
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        return ModelFileError(
+            f"model: {where}, before any training step: the model's weights already hold NaN or inf values "
+            f"({', '.join(bad[:4])}{more}); nothing can be trained from them. Load finite weights (a checkpoint from "
+            "before the run that wrote them diverged)"
+        )
+    if bad:
         return RecipeError(
             f"finetune: {where}: training diverged (weights are no longer finite); lower finetune.optimizer.lr "
             f"(now {optimizer.param_groups[0]['lr']:g})"

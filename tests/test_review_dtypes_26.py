@@ -41,3 +41,49 @@ def test_bench_times_a_float16_or_float64_onnx_file(tmp_path, elem, np_dtype):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert set(doc["files"][0]["latency_ms"]) == {"1", "4"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_finetune_of_a_model_given_with_non_finite_weights_blames_the_weights_not_the_lr(value):
+    # "training diverged (weights are no longer finite); lower finetune.optimizer.lr" before a single step was
+    # taken: the weights came in that way, and no learning rate would help.
+    import torch
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        model[2].weight[1, 2] = value
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    batches = [(torch.randn(4, 8), torch.randint(0, 3, (4,)))]
+    with pytest.raises(sparsekit.ModelFileError) as err:
+        sparsekit.finetune(model, recipe, batches, batches)
+    assert "2.weight" in str(err.value) and "already hold NaN or inf" in str(err.value)
+    assert "lower finetune.optimizer.lr" not in str(err.value)
+
+
+def test_a_run_whose_weights_go_non_finite_after_a_step_still_says_lower_the_lr():
+    import torch
+
+    import sparsekit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    recipe = {"version": 1, "finetune": {"epochs": 1}, "pruning": [{"method": "magnitude", "sparsity": 0.5}]}
+    batch = (torch.randn(4, 8), torch.randint(0, 3, (4,)))
+
+    class Diverging:
+        """Two batches; the weights turn inf after the first step, as a diverging optimizer leaves them."""
+
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            yield batch
+            with torch.no_grad():
+                model[0].weight.fill_(float("inf"))
+            yield batch
+
+    with pytest.raises(sparsekit.RecipeError, match="lower finetune.optimizer.lr"):
+        sparsekit.finetune(model, recipe, Diverging(), [batch])
