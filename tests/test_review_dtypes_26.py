@@ -87,3 +87,36 @@ def test_a_run_whose_weights_go_non_finite_after_a_step_still_says_lower_the_lr(
 
     with pytest.raises(sparsekit.RecipeError, match="lower finetune.optimizer.lr"):
         sparsekit.finetune(model, recipe, Diverging(), [batch])
+
+
+def test_export_parity_of_a_model_whose_outputs_hold_nan_where_onnx_agrees(tmp_path):
+    # log of a Linear's outputs: NaN wherever they are negative, in torch and onnxruntime alike. Python's
+    # max(0.0, nan) dropped the NaN and np.allclose counted NaN == NaN as a mismatch: "parity max diff 0 (FAILED)",
+    # with advice about Python state and data-dependent branches that had nothing to do with it.
+    import torch
+
+    import sparsekit
+
+    class LogNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return torch.log(self.fc(x))
+
+    torch.manual_seed(0)
+    res = sparsekit.export_onnx(LogNet(), tmp_path / "m.onnx", input_shape=(1, 6), exporter="torchscript")
+    parity = res["parity"]
+    assert parity["ok"] is True and parity["max_abs_diff"] < 1e-4
+    assert parity["max_abs_output"] is None  # the outputs' scale is not finite
+
+
+def test_parity_difference_counts_a_nan_against_a_number_as_infinite():
+    import numpy as np
+
+    from sparsekit.onnx.export import _max_abs_diff
+
+    assert _max_abs_diff(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == np.inf
+    assert _max_abs_diff(np.array([np.inf, np.nan, 1.0]), np.array([np.inf, np.nan, 1.5])) == 0.5
+    assert _max_abs_diff(np.array([np.inf]), np.array([-np.inf])) == np.inf

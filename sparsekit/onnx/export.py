@@ -994,14 +994,28 @@ def _parity(model: nn.Module, tmp: Path, shapes: list[list[int]], rtol: float, a
             result["error"] = f"output shapes differ on a batch of {batch}: {differ}"
             return result
         pairs = list(zip(got, expected, strict=True))
-        worst = max([worst, *(float(np.max(np.abs(g - e), initial=0.0)) for g, e in pairs)])
-        scale = max([scale, *(float(np.max(np.abs(e), initial=0.0)) for e in expected)])
-        ok = ok and all(np.allclose(g, e, rtol=rtol, atol=atol) for g, e in pairs)
+        # np.max, not max(): Python's max(0.0, nan) is 0.0, which reported a file whose outputs are NaN where torch's
+        # are numbers (or a model whose outputs are all NaN) as "max diff 0 (FAILED)".
+        worst = float(np.max([worst, *(_max_abs_diff(g, e) for g, e in pairs)]))
+        scale = float(np.max([scale, *(float(np.max(np.abs(e), initial=0.0)) for e in expected)]))
+        # NaN where torch gives NaN (log of a negative input, say) is the file computing what the model does.
+        ok = ok and all(np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True) for g, e in pairs)
     # NaN is not valid JSON: leave None ("not comparable"); allclose already says not ok.
     result["max_abs_diff"] = worst if np.isfinite(worst) else None
     result["max_abs_output"] = scale if np.isfinite(scale) else None
     result["ok"] = ok
     return result
+
+
+def _max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """The largest |got - expected|: 0 where both are NaN or the same inf (they agree), inf where only one is
+    NaN or inf, or they are opposite infs."""
+    if got.dtype.kind not in "fc" or expected.dtype.kind not in "fc":
+        return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)), initial=0.0))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(got - expected)
+    agree = (got == expected) | (np.isnan(got) & np.isnan(expected))
+    return float(np.max(np.where(agree, 0.0, np.where(np.isnan(diff), np.inf, diff)), initial=0.0))
 
 
 def _tensors(out: Any) -> list[torch.Tensor] | None:
