@@ -2269,12 +2269,18 @@ def _fallback_kwargs(
     return (kwargs or {}) if fallback_factory in (None, factory) else {}
 
 
+def non_finite_tensors(model: nn.Module) -> list[str]:
+    """The names of ``model``'s parameters holding NaN or inf and of its buffers holding NaN (what
+    :func:`check_finite` refuses)."""
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    return bad + [n for n, b in model.named_buffers() if b.is_floating_point() and bool(torch.isnan(b).any())]
+
+
 def check_finite(model: nn.Module, path: str | Path) -> None:
     """Refuse a model read from ``path`` whose parameters hold NaN or inf, or whose buffers hold NaN
     (inf is legitimate in a buffer, e.g. an attention mask of -inf): nothing can be pruned, exported or
     measured from it. Raises :class:`ModelFileError` naming the first few such tensors."""
-    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-    bad += [n for n, b in model.named_buffers() if b.is_floating_point() and bool(torch.isnan(b).any())]
+    bad = non_finite_tensors(model)
     if bad:
         more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
         raise ModelFileError(
@@ -2305,7 +2311,8 @@ def save_model(
     its history on, ``pruner`` pruned a model of other shapes than ``model``, kwargs/history/extra are not JSON-able,
     or kwargs have a key that is not a string or a NaN/inf (load_model refuses such a file as damaged), and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
-    TypeError when ``model`` is not an ``nn.Module`` or ``pruner`` not a :class:`~sparsekit.Pruner`."""
+    TypeError when ``model`` is not an ``nn.Module`` or ``pruner`` not a :class:`~sparsekit.Pruner`. Warns when the
+    weights hold NaN or inf (load_model refuses such a file)."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"save_model(model=...): expected a torch.nn.Module, got {type(model).__name__}; the arguments are "
@@ -2332,6 +2339,16 @@ def save_model(
 
     if (unfollowed := unfollowed_masks(model, f"save_model({str(path)!r})")) is not None:
         warnings.warn(unfollowed, stacklevel=2)
+    if bad := non_finite_tensors(model):
+        # Written without a word, the file was then refused by load_model and every command ("weights hold NaN or
+        # inf"): say so while the run that made them is at hand. A warning, not an error: the file still records it.
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        warnings.warn(
+            f"save_model({str(path)!r}): the weights hold NaN or inf values ({', '.join(bad[:4])}{more}); "
+            "load_model and every sparsekit command refuse such a file. Save finite weights (from before the "
+            "training diverged)",
+            stacklevel=2,
+        )
     # Without pruner=, the history and input shape the Pruner left on the model (STRUCTURE_ATTR): a
     # structurally pruned model saved without them could not be rebuilt at load.
     own = getattr(model, STRUCTURE_ATTR, None) or {}

@@ -120,3 +120,31 @@ def test_parity_difference_counts_a_nan_against_a_number_as_infinite():
     assert _max_abs_diff(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == np.inf
     assert _max_abs_diff(np.array([np.inf, np.nan, 1.0]), np.array([np.inf, np.nan, 1.5])) == 0.5
     assert _max_abs_diff(np.array([np.inf]), np.array([-np.inf])) == np.inf
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_save_model_warns_that_non_finite_weights_make_a_file_load_model_refuses(tmp_path, value):
+    # Written without a word, then refused by load_model and every command.
+    import torch
+
+    import sparsekit
+    from examples.models import mlp
+
+    model = mlp()
+    with torch.no_grad():
+        model.fc2.weight[3, 5] = value
+    with pytest.warns(UserWarning, match=r"weights hold NaN or inf values \(fc2\.weight\)"):
+        path = sparsekit.save_model(model, tmp_path / "m.pt", factory="examples.models:mlp", input_shape=[1, 64])
+    with pytest.raises(sparsekit.ModelFileError, match="NaN or inf"):
+        sparsekit.load_model(path, arch="examples.models:mlp")
+
+
+def test_save_model_of_finite_weights_gives_no_such_warning(tmp_path):
+    import warnings
+
+    import sparsekit
+    from examples.models import mlp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=[1, 64])
