@@ -148,3 +148,16 @@ def test_save_model_of_finite_weights_gives_no_such_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sparsekit.save_model(mlp(), tmp_path / "m.pt", factory="examples.models:mlp", input_shape=[1, 64])
+
+
+def test_export_onnx_warns_about_non_finite_weights(tmp_path):
+    # Parity agrees with torch's NaN, so the file was written as "ok" with nothing saying its outputs are NaN.
+    import torch
+
+    import sparsekit
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.warns(UserWarning, match=r"weights hold NaN or inf values \(2\.weight\)"):
+        sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 6), exporter="torchscript")

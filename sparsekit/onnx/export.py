@@ -150,6 +150,16 @@ def export_onnx(
     final = Path(path)
     if (unfollowed := unfollowed_masks(model, f"export_onnx({str(final)!r})")) is not None:
         warnings.warn(unfollowed, stacklevel=2)
+    from sparsekit.modelio import non_finite_tensors  # here: modelio is not needed by an export otherwise
+
+    if bad := non_finite_tensors(model):
+        # The file then computes NaN / inf too, and parity agrees with torch's NaN: nothing else would say so.
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        warnings.warn(
+            f"export_onnx({str(final)!r}): the weights hold NaN or inf values ({', '.join(bad[:4])}{more}), so the "
+            "file computes NaN or inf as the model does; export finite weights (from before the training diverged)",
+            stacklevel=2,
+        )
     stateless = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is None]
     if stateless:
         # Parity holds (the file normalizes over its batch as torch does), so nothing else would say it: each
