@@ -161,3 +161,15 @@ def test_export_onnx_warns_about_non_finite_weights(tmp_path):
         model[2].weight[0, 0] = float("nan")
     with pytest.warns(UserWarning, match=r"weights hold NaN or inf values \(2\.weight\)"):
         sparsekit.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 6), exporter="torchscript")
+
+
+@pytest.mark.parametrize(
+    ("elem", "np_dtype", "size"), [(TensorProto.FLOAT16, np.float16, 2), (TensorProto.DOUBLE, np.float64, 8)]
+)
+def test_activation_bytes_counts_the_input_at_its_own_width(tmp_path, elem, np_dtype, size):
+    # The benchmark's memory cap sized the input as float32 whatever its type; now that bench feeds float16 and
+    # float64 files, a float64 input's bytes were counted at half.
+    from sparsekit.onnx.graph import activation_bytes
+
+    path = _gemm_file(tmp_path / "m.onnx", elem, np_dtype)
+    assert activation_bytes(path, [8]) == size * 8 + size * 4  # the input (8 per sample) and the output (4)

@@ -150,7 +150,8 @@ def activation_bytes(path: PathLike, dims: Sequence[int]) -> int | None:
         for node in graph.node:
             if any(i in per_batch for i in node.input):
                 per_batch.update(node.output)
-        total = 4 * math.prod(dims)
+        # The input at its own width: a float64 file's input (or int64 token ids) is 8 bytes an element, not 4.
+        total = _itemsize(model.graph.input[0].type.tensor_type.elem_type) * math.prod(dims)
         for info in [*graph.value_info, *graph.output]:
             if info.name not in per_batch:
                 continue
