@@ -1950,7 +1950,7 @@ def _precision_note(
         then = (
             f"the model returned is {to}"
             if for_api
-            else f"the run trains in {to} and writes model.pt in {to} (larger than your file)"
+            else f"a prune run trains in {to} and writes model.pt in {to} (larger than your file)"
         )
         notes.append(
             f"{path}: its weights are {' and '.join(narrow)}; they were loaded into the model's "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 import sparsekit
@@ -39,3 +44,16 @@ def test_a_short_epoch_prints_its_epoch_line_alone(capsys):
     data = _data(4)
     sparsekit.finetune(mlp(), _recipe(), data, data[:1], progress="lines")
     assert [line.split(":")[0] for line in capsys.readouterr().err.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_inspect_of_a_half_precision_file_says_what_a_prune_run_would_do_not_that_inspect_trains(tmp_path):
+    torch.save(mlp().half().state_dict(), tmp_path / "h.pt")
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-m", "sparsekit", "inspect", "h.pt", "--arch", "examples.models:mlp"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    said = run.stdout + run.stderr
+    assert "so a prune run trains in float32 and writes model.pt in float32" in said
+    assert "so the run trains" not in said
