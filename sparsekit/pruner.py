@@ -411,6 +411,7 @@ class Pruner:
                 self._watch_rates(method)
                 method.start()
             self._check_overlap()
+            self._check_reachable()
             self._check_tied()
             self._share_tied_masks()
 
@@ -434,6 +435,7 @@ class Pruner:
             for i, spec in enumerate(recipe.pruning)
         ]
         self._check_overlap()
+        self._check_reachable(shape_later)
         self._check_tied()
         self._share_tied_masks()
         _note_loose_weights(self.model)
@@ -472,6 +474,24 @@ class Pruner:
             rates = LearningRates(weights, fallback=self.recipe.finetune.optimizer.lr)
             method.learning_rates = rates
             self._rates.append(rates)
+
+    def _check_reachable(self, shape_later: bool = False) -> None:
+        """An l1 ``target`` over more units (weights) than its per-layer caps let it zero could only be missed: the
+        TargetMissedWarning came at finalize, after the whole run, and ``validate MODEL`` called the recipe fine. It is
+        refused now. Not where another entry that zeroes or removes shares its layers, or a structured entry runs:
+        their zeros count toward the target and may pass l1's cap. ``shape_later``: the group lasso entries are built
+        again on the first batch, which may leave out a head this build kept: they are checked then."""
+        for i, method in enumerate(self.methods):
+            check = getattr(method, "check_reachable", None)
+            if check is None or (shape_later and self._regrouped(method)):
+                continue
+            helped = any(
+                other.structural or (other.zeroes_weights and not other.layers.keys().isdisjoint(method.layers))
+                for j, other in enumerate(self.methods)
+                if j != i
+            )
+            if not helped:
+                check()
 
     def _check_overlap(self) -> None:
         # Every layer of the first clashing pair is named at once: one name per error sent a user who excluded it

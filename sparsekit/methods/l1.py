@@ -465,6 +465,36 @@ class L1:
         self.initial = {n: weight_of(m).numel() for n, m in self.layers.items()}
         self.initial_units = {n: num_units(m) for n, m in self.layers.items()}
 
+    def check_reachable(self) -> None:
+        """RecipeError when the target asks for more zero units (weights) than the layer caps allow (each layer at most
+        ``layer_cap`` of its own, and one kept): short of it beyond the report's tolerance, it could only be missed.
+        The Pruner calls it when no other entry's zeros count toward this one's (see ``Pruner._check_reachable``)."""
+        if self.target is None or not self.total or self._reachable(self.target):
+            return
+        what = "units" if self.units else "weights"
+        most = sum(self._quota)
+        per = ", ".join(f"{n}: {q} of {size}" for n, q, size in zip(self._names, self._quota, self._sizes, strict=True))
+        # The largest target (in thousandths) met in full: a lower target lowers the cap too, so search, not divide.
+        fits = next(
+            (t / 1000 for t in range(math.floor(self.target * 1000), 0, -1) if self._reachable(t / 1000, slack=0.0)),
+            None,
+        )
+        raise RecipeError(
+            f"{self.where}.target: {self.target:g} asks for {round(self.target * self.total)} of the {self.total} "
+            f"{what} this entry selects at zero, but at most {most} ({most / self.total:.3g}) can be: no layer may "
+            f"have more than {self.layer_cap:g} of its {what} at zero, and every layer keeps one ({per}); "
+            + (f"ask for at most {fits:g}, or select more layers" if fits else "select more layers")
+        )
+
+    def _reachable(self, target: float, slack: float | None = None) -> bool:
+        """Whether the zeros ``target`` asks for are within ``slack`` (default: the report's tolerance) of what its
+        layer caps let this entry zero."""
+        cap = layer_cap_for(target, self.units)
+        most = sum(min(size - 1, math.floor(cap * size)) for size in self._sizes)
+        if slack is None:
+            return most / self.total >= target - (0.5 / self.total + _TARGET_SLACK)
+        return most >= round(target * self.total) - slack * self.total
+
     def _leave_out_head(self, model: nn.Module, spec: Any, shape_later: bool = False) -> None:
         """Group lasso leaves the classifier head out unless ``layers.include`` names it: a head row at zero
         leaves its class only its bias (the class can no longer be predicted from the input), and a head's
