@@ -1043,9 +1043,18 @@ def _outcome(
         topped = extra.get("topped_up")
         if isinstance(topped, int) and topped > 0:
             what = "units" if spec.get("group", "none") != "none" else "weights"
+            # A penalty's subgradient makes no exact zeros, and with a target its lambda stays within 10x strength
+            # (and under threshold / lr): no schedule or strength lets training zero the units, so only proximal
+            # mode is advice that can change this line.
+            how = (
+                "mode: penalty makes no exact zeros (its subgradient swings each weight around zero), so this is how "
+                "it meets a target, the penalty having shrunk those units first; mode: proximal lets training do it"
+                if spec.get("mode", "penalty") == "penalty"
+                else "a longer schedule or a higher strength lets training do it"
+            )
             remarks.append(
                 f"{topped:,} {what} were zeroed at end_epoch to meet the target, not by training: the target was met "
-                "by cutting the weakest; a longer schedule or a higher strength lets training do it"
+                f"by cutting the weakest; {how}"
             )
         lam = extra.get("strength")
         start, peak = (lam.get("start"), lam.get("max")) if isinstance(lam, dict) else (None, None)

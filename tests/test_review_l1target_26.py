@@ -64,3 +64,39 @@ def test_without_an_input_shape_the_target_is_checked_on_the_first_batch() -> No
     with pytest.raises(RecipeError, match=r"pruning\[0\]\.target: 0\.95 asks for 15 of the 16 units"):
         model(torch.randn(4, 10))
     assert not pruner.step_count
+
+
+def _train_penalty_target(strength: float, epochs: int) -> tuple[dict, dict]:
+    """Penalty-mode group L1 with a target, trained by plain SGD in a loop of one's own; (the entry, its report)."""
+    model = _mlp()
+    recipe = _recipe(0.5, "penalty", strength=strength)
+    recipe["finetune"]["epochs"] = epochs
+    recipe["pruning"][0]["schedule"]["end_epoch"] = epochs
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=5, context={"input_shape": [1, 10]})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 10), torch.randint(0, 3, (32,))
+    for _ in range(epochs * 5):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        pruner.regularize()
+        optimizer.step()
+        pruner.step()
+    pruner.finalize()
+    return recipe["pruning"][0], pruner.methods[0].report()
+
+
+def test_a_penalty_targets_top_up_remark_does_not_advise_what_cannot_help() -> None:
+    """In penalty mode every unit of a target is zeroed at end_epoch (a subgradient makes no exact zeros), whatever the
+    schedule's length or the strength: the summary's remark said 'a longer schedule or a higher strength lets training
+    do it', sending the user to runs that end the same. It now says it is how penalty mode meets a target, and that
+    mode: proximal lets training do it."""
+    from sparsekit.report import MethodResult, _outcome
+
+    for strength, epochs in ((1e-3, 1), (1e-1, 3)):  # 3x the schedule and 100x the strength: all topped up alike
+        entry, report = _train_penalty_target(strength, epochs)
+        assert report["topped_up"] == 8 and report["achieved"] == 0.5, report
+    result = MethodResult.model_validate({"method": "l1", "layers": ["0", "2"], **report})
+    remarks = " ".join(_outcome(0, result, entry, {}, {}).remarks)
+    assert "8 units were zeroed at end_epoch" in remarks, remarks
+    assert "a longer schedule or a higher strength" not in remarks, remarks
+    assert "mode: proximal lets training do it" in remarks, remarks
