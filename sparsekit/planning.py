@@ -558,7 +558,14 @@ def describe(
             "channel": " (group lasso over each channel)",
         }
         if spec.mode == "penalty":
-            text = f"l1: add {spec.strength:g} * the L1 norm of the weights of {names}{unit[spec.group]} to the loss"
+            # Group lasso's term is the sum of the units' L2 norms: "the L1 norm of the weights" described another
+            # penalty (unstructured L1), whose strength is on another scale for the same lambda.
+            norm = (
+                "the L1 norm of the weights"
+                if spec.group == "none"
+                else f"the sum of the L2 norms of the {'output units' if spec.group == 'row' else 'channels'}"
+            )
+            text = f"l1: add {spec.strength:g} * {norm} of {names}{unit[spec.group]} to the loss"
         else:
             n = spec.proximal_every
             every = "every optimizer step" if n == 1 else f"every {n} optimizer steps"

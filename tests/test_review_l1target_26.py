@@ -100,3 +100,21 @@ def test_a_penalty_targets_top_up_remark_does_not_advise_what_cannot_help() -> N
     assert "8 units were zeroed at end_epoch" in remarks, remarks
     assert "a longer schedule or a higher strength" not in remarks, remarks
     assert "mode: proximal lets training do it" in remarks, remarks
+
+
+@pytest.mark.parametrize(
+    ("group", "words"), [("row", "the L2 norms of the output units"), ("channel", "of the channels")]
+)
+def test_validate_describes_a_group_penalty_as_the_sum_of_unit_norms(group: str, words: str) -> None:
+    """`sparsekit validate` described penalty-mode group lasso as 'add 0.001 * the L1 norm of the weights of fc1
+    (group lasso over each output unit)': the L1 norm is the unstructured penalty, on another scale for one lambda.
+    It now names the sum of the units' L2 norms; group: none keeps 'the L1 norm of the weights'."""
+    from sparsekit.planning import describe
+    from sparsekit.recipe import load_recipe
+
+    recipe = load_recipe(_recipe(0.5, "penalty", group=group))
+    text = describe(recipe.pruning[0], ["fc1"])
+    assert text.startswith("l1: add 0.001 * the sum of the L2 norms of the "), text
+    assert words in text and "the L1 norm of the weights" not in text, text
+    plain = describe(load_recipe(_recipe(0.5, "penalty", group="none")).pruning[0], ["fc1"])
+    assert plain.startswith("l1: add 0.001 * the L1 norm of the weights of fc1 to the loss"), plain
