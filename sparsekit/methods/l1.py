@@ -32,10 +32,10 @@ ahead; in proximal mode no step
 may zero more than the curve allows one adaptation ahead (the strongest of the would-be zeros skip that
 step's shrink). In both modes lambda above ``strength`` shrinks (penalizes) only the units (weights) marked at the
 last adaptation as the weakest still to be zeroed, the others taking ``strength`` alone (growing regularization,
-Wang et al., 2021). No layer may have more than ``(1 + target) / 2`` of its units at zero (weights: 0.99,
-magnitude's default ``max_layer_sparsity``): unit norms of different layers are not comparable, and one ranking
-over them emptied layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is (what
-training left missing; ``topped_up`` in the report), and every one under ``threshold`` too (they count as zero),
+Wang et al., 2021). No layer may have more than ``(1 + target) / 2`` of its units at zero (weights: the larger of that
+and 0.99, magnitude's default ``max_layer_sparsity``): unit norms of different layers are not comparable, and one
+ranking over them emptied layers. At ``end_epoch`` the weakest weights/units are zeroed until exactly the target is
+(what training left missing; ``topped_up`` in the report), and every one under ``threshold`` too (they count as zero),
 after which l1 stops and the masked zeros stay.
 
 With ``group: row | channel`` a unit's group holds every parameter its removal takes away, as DepGraph's group-level
