@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import stat
 import sys
 import time
 import warnings
@@ -426,7 +427,9 @@ def finetune(
     structured pruning removed channels). With ``checkpoint_dir`` a resumable
     checkpoint (``last.pt``: weights, optimizer, scheduler, pruner, CPU and CUDA RNG and shuffle state)
     is written after every epoch; ``resume=True`` continues from it bit for bit as the uninterrupted
-    run would have. The checkpoint records what it belongs to (:mod:`sparsekit.provenance`): the
+    run would have. A ``last.pt`` already there that sparsekit did not write (your own script's) is never
+    replaced: :class:`~sparsekit.errors.OutputError`, before any training. The checkpoint
+    records what it belongs to (:mod:`sparsekit.provenance`): the
     resolved recipe, plus whatever the caller adds in ``provenance`` (the CLI adds the model file's and
     the data's hashes); a resume under a different one is refused naming each field that changed, except
     the fields named in ``allow_changes`` (only :data:`~sparsekit.provenance.SAFE_CHANGES`: more epochs,
@@ -543,6 +546,8 @@ def finetune(
         # Made now: a file or a dangling link where the folder goes was found only after the first epoch had trained.
         with writing(ckpt):
             ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if not resume and given is not None:
+            _refuse_foreign_checkpoint(given)
     home = nearest_folder(ckpt.parent) if ckpt else None
     home_id = identity(home) if home else None
     device_type = _distributed.resolve_device(spec.device).type
@@ -857,6 +862,37 @@ def _numpy_rng_state() -> list[Any]:
     ``weights_only=True`` can hold (a numpy array it cannot)."""
     name, key, *rest = cast(tuple[Any, ...], np.random.get_state())  # (name, uint32 key, pos, has_gauss, gauss)
     return [name, torch.from_numpy(key.astype(np.int64)), *rest]
+
+
+# The keys every checkpoint :func:`_save_checkpoint` writes has had: a file at last.pt without them is not sparsekit's.
+_CHECKPOINT_KEYS = frozenset({"epoch", "model", "optimizer", "pruner"})
+
+
+def _refuse_foreign_checkpoint(path: Path) -> None:
+    """Raise :class:`OutputError` when ``path`` (``CHECKPOINT_DIR/last.pt``, about to be written by a run that does
+    not resume) exists and is not a checkpoint sparsekit wrote: ``last.pt`` is what many training scripts name their
+    own checkpoint, and a caller's folder holding one had it replaced by the first epoch's, without a word."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # cannot tell: the write itself reports what is wrong with the folder
+    why = "a link" if stat.S_ISLNK(st.st_mode) else None if stat.S_ISREG(st.st_mode) else "not a regular file"
+    if why is None:
+        try:
+            # mmap: only the pickled keys are read, however large the tensors; weights_only: a file is data.
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            ours = isinstance(state, dict) and state.keys() >= _CHECKPOINT_KEYS
+        except Exception:  # noqa: BLE001 - anything torch cannot read as one of ours is the caller's
+            ours = False
+        if ours:
+            return
+        why = "not a checkpoint of sparsekit.finetune"
+    raise OutputError(
+        f"{path}: exists and is {why}; a run writes its checkpoint there and never replaces a file of yours: "
+        "move it away or choose another checkpoint folder"
+    )
 
 
 def _save_checkpoint(
