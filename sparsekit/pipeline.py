@@ -513,7 +513,9 @@ def run_prune(
     main = _distributed.is_main()
     logs: Path | None = None
     # The log folder is made before the inputs are checked; one whose run stopped before writing a row goes again.
-    made_base = log_dir is not None and not Path(log_dir).exists()
+    # The folders above it it makes too (--log-dir runs/a/b in a new place makes runs, runs/a and runs/a/b): all go
+    # again, when empty, not only the last one (runs/a was left behind).
+    made_base = _missing_folders(Path(log_dir)) if log_dir is not None else []
     try:
         folder = RunFolder(out, resume)
         failure: SparsekitError | None = None
@@ -627,7 +629,7 @@ def run_prune(
         # in the user's log folder every time, and the log folder itself when the run had made it; so did a
         # finished one that trained no epoch (a resume with none left). Only empty folders go: a log with rows in
         # it is the record of the epochs that ran.
-        for made in (logs, logs.parent if logs is not None and made_base else None):
+        for made in [logs] + (made_base if logs is not None else []):  # deepest first
             if made is not None:
                 with contextlib.suppress(OSError):
                     made.rmdir()
@@ -1109,6 +1111,17 @@ def measure(
     for phase, seconds in exported["seconds"].items():
         clock.add(phase, seconds)
     return Measured(metrics, stats, layers, exported, counts.get("samples", 0))
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist (yet), deepest first: the folders a ``mkdir(parents=True)`` of
+    ``path`` would create."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing.append(p)
+    return missing
 
 
 def _log_folder(log_dir: str | Path, out: Path) -> Path:

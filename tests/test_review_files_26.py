@@ -39,3 +39,24 @@ def test_finetune_never_replaces_a_callers_own_last_pt(tmp_path):
     model, recipe, loader = _tiny()
     sparsekit.finetune(model, recipe, loader, loader, checkpoint_dir=folder, progress=False)
     assert set(torch.load(mine, weights_only=True)) >= {"epoch", "model", "optimizer", "pruner"}
+
+
+def test_refused_prune_leaves_none_of_the_log_folders_it_made(tmp_path, monkeypatch):
+    # --log-dir logs/a/b in a new place: a run refused on its inputs removed b, its DATE-TIME folder, but left
+    # logs/a and logs behind, though the comment promised the folders it made go again.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(torch.nn.Linear(4, 2).state_dict(), "weights.pt")  # a state_dict with no architecture: refused
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\ndata: {source: synthetic}\npruning:\n  - {method: magnitude, sparsity: 0.5}\n")
+    (tmp_path / "kept").mkdir()
+    for log_dir in ("logs/a/b", "kept/a/b"):
+        res = CliRunner().invoke(main, ["prune", "weights.pt", str(recipe), "-o", "out", "--log-dir", log_dir])
+        assert res.exit_code == 2, res.output
+        assert "architecture" in res.output
+    assert not (tmp_path / "logs").exists()
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())  # the user's folder stays
+    assert not (tmp_path / "out").exists()
