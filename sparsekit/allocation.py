@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ from typing import Any
 from torch import nn
 
 from .errors import TargetError
+from .fsutil import scratch_folder
 from .layers import select_layers, tied_aliases
 from .masks import layer_cap, weight_of
 from .methods.base import Setup
@@ -627,7 +627,7 @@ def _latency_to_macs(
     _check_prunable(plan, f"pruning[{index}]", "target_latency")
     batch = max(recipe.benchmark.batch_sizes)
     sweep: list[dict[str, float]] = [{"ratio": 0.0, "macs": 1.0}]
-    with tempfile.TemporaryDirectory(prefix="sparsekit-latency-") as tmp:
+    with scratch_folder("sparsekit-latency-") as tmp:
         files = [Path(tmp) / "dense.onnx"]
         export_onnx(model, files[0], shape, opset=17, exporter="torchscript", check_parity=False)
         for u in LATENCY_SWEEP:
@@ -687,7 +687,7 @@ def _measured_latency(
             verify=False,  # the plan's own Structured probed the model's wiring
         )
         method.finalize(work)
-    with tempfile.TemporaryDirectory(prefix="sparsekit-latency-") as tmp:
+    with scratch_folder("sparsekit-latency-") as tmp:
         files = [Path(tmp) / "dense.onnx", Path(tmp) / "allocated.onnx"]
         export_onnx(model, files[0], shape, opset=17, exporter="torchscript", check_parity=False)
         export_onnx(work, files[1], shape, opset=17, exporter="torchscript", check_parity=False)

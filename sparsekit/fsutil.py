@@ -215,6 +215,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A new temporary folder (in the temp folder, ``$TMPDIR``), removed with everything in it when the block ends:
+    for files a check writes and reads back (a rehearsal's ONNX export, a latency sweep). A disk error while writing
+    in it (a full or read-only temp folder) is an :class:`OutputError` about the temp folder: its remedy, "choose an
+    output on another disk", named an output the user never gave, at a temp path that was gone when they read it."""
+    base = tempfile.gettempdir()
+
+    def about_temp(why: str) -> OutputError:
+        return OutputError(
+            f"{base}: cannot write the temporary files sparsekit checks with there ({why}); make room there (or make "
+            "it writable), or set the TMPDIR environment variable to another folder"
+        )
+
+    try:
+        tmp = tempfile.mkdtemp(prefix=prefix)
+    except OSError as err:
+        raise about_temp(DISK_ERRORS.get(err.errno or 0, err.strerror or str(err))) from None
+    try:
+        yield Path(tmp)
+    except OutputError as err:
+        said = err.raw_message
+        if not said.startswith(tmp + os.sep) or ": cannot write it: " not in said:
+            raise
+        raise about_temp(said.split(": cannot write it: ", 1)[1].split(";", 1)[0]) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def read_regular(path: str | os.PathLike[str]) -> bytes:
     """The bytes of the regular file at ``path``. Raises OSError when it is missing, unreadable or not a
     regular file: a named pipe is opened without waiting for a writer and refused (reading one blocks until

@@ -26,7 +26,6 @@ and the export's parity check runs them): those recipes are rehearsed on a full 
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from torch.nn.modules.conv import _ConvNd
 from . import surgery
 from . import tp_adapter as tpa
 from .errors import ExportError, SparsekitError, TargetError, one_line
+from .fsutil import scratch_folder
 from .methods import structured as structured_mod
 from .pruner import Pruner, checked_input_shape
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
@@ -345,7 +345,7 @@ def _export(work: nn.Module, original: nn.Module, shape: list[int]) -> dict[str,
     from .onnx import export_onnx
 
     work = work.float()
-    with tempfile.TemporaryDirectory(prefix="sparsekit-rehearsal-") as tmp:
+    with scratch_folder("sparsekit-rehearsal-") as tmp:
         try:
             info = export_onnx(work, Path(tmp) / "rehearsal.onnx", shape, exporter="torchscript", check_parity=True)
         except ExportError as err:

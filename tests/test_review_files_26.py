@@ -60,3 +60,30 @@ def test_refused_prune_leaves_none_of_the_log_folders_it_made(tmp_path, monkeypa
     assert not (tmp_path / "logs").exists()
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())  # the user's folder stays
     assert not (tmp_path / "out").exists()
+
+
+def test_full_temp_folder_in_a_rehearsal_names_the_temp_folder_not_an_output(tmp_path, monkeypatch):
+    # validate's rehearsal exports in a temporary folder: a full one said "/tmp/sparsekit-rehearsal-x/rehearsal.onnx:
+    # cannot write it: ...; choose an output on another disk", a path gone when read, and an output never given.
+    import errno
+    import tempfile
+
+    import onnx
+
+    from sparsekit.rehearsal import rehearse
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    recipe = sparsekit.Recipe(
+        version=1, pruning=[{"method": "structured", "ratio": 0.5, "schedule": "oneshot", "ignore": ["2"]}]
+    )
+    with pytest.raises(OutputError) as caught:
+        rehearse(model, recipe, [1, 8], 1)
+    said = str(caught.value)
+    assert said.startswith(f"{tmp_path}: cannot write the temporary files"), said
+    assert "no space left on device" in said and "TMPDIR" in said and "choose an output" not in said
+    assert list(tmp_path.iterdir()) == []  # the temporary folder went
