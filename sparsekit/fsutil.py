@@ -170,6 +170,17 @@ def replaced(path: str | os.PathLike[str], before: tuple[int, int] | None) -> bo
     return (st.st_dev, st.st_ino) != before
 
 
+def missing_folders(path: str | os.PathLike[str]) -> list[Path]:
+    """``path`` and its ancestors that do not exist (yet), deepest first: the folders a ``mkdir(parents=True)`` of
+    ``path`` would create, and a run that made them removes again (when empty) if it fails."""
+    missing = []
+    for p in (Path(path), *Path(path).parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing.append(p)
+    return missing
+
+
 def nearest_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` if it is a folder, else its nearest ancestor that is (the folder a write there would re-create
     the rest under)."""

@@ -51,6 +51,7 @@ from .fsutil import (
     atomic_path,
     identity,
     lock_folder,
+    missing_folders,
     read_regular,
     replaced,
     sigint_deferred,
@@ -187,6 +188,7 @@ class RunFolder:
         self.removed_temps: list[str] = []  # stale temp files begin() removed
         # What begin() found, so that discard() removes only what this run created.
         self._new_out = self._new_meta = self._new_stage = self._discarded = False
+        self._made_above: list[Path] = []  # the folders above ``out`` that begin() found missing
         self._ckpt_before: tuple[int, int] | None = None
         self._folder_fd: int | None = None  # the output folder's flock (see lock)
 
@@ -382,6 +384,8 @@ class RunFolder:
         if self.meta.exists() and not self.meta.is_dir():
             raise OutputError(f"{self.meta}: is not a folder; move it away or choose another output folder")
         self._new_out, self._new_meta = not self.out.exists(), not self.meta.exists()
+        # -o new/a/b makes new and new/a too: a failed run left them behind when it removed only b.
+        self._made_above = missing_folders(self.out)[1:]
         self._new_stage = not self.resume or not self.stage.exists()
         self.lock()  # released by the caller (unlock), after publish or on failure
         try:
@@ -609,7 +613,8 @@ class RunFolder:
                 )
             self._locked = False
             if self._discarded:  # only folders this run created, and only when empty
-                for made, folder in ((self._new_meta, self.meta), (self._new_out, self.out)):
+                made_above = [(True, above) for above in self._made_above]
+                for made, folder in ((self._new_meta, self.meta), (self._new_out, self.out), *made_above):
                     if made:
                         with contextlib.suppress(OSError):
                             folder.rmdir()

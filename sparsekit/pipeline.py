@@ -44,7 +44,7 @@ from .errors import (
     option,
     quoted,
 )
-from .fsutil import keeps_caller_generators, seed_generators, too_large_to_unpack
+from .fsutil import keeps_caller_generators, missing_folders, seed_generators, too_large_to_unpack
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
@@ -515,7 +515,7 @@ def run_prune(
     # The log folder is made before the inputs are checked; one whose run stopped before writing a row goes again.
     # The folders above it it makes too (--log-dir runs/a/b in a new place makes runs, runs/a and runs/a/b): all go
     # again, when empty, not only the last one (runs/a was left behind).
-    made_base = _missing_folders(Path(log_dir)) if log_dir is not None else []
+    made_base = missing_folders(Path(log_dir)) if log_dir is not None else []
     try:
         folder = RunFolder(out, resume)
         failure: SparsekitError | None = None
@@ -1111,17 +1111,6 @@ def measure(
     for phase, seconds in exported["seconds"].items():
         clock.add(phase, seconds)
     return Measured(metrics, stats, layers, exported, counts.get("samples", 0))
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist (yet), deepest first: the folders a ``mkdir(parents=True)`` of
-    ``path`` would create."""
-    missing = []
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            break
-        missing.append(p)
-    return missing
 
 
 def _log_folder(log_dir: str | Path, out: Path) -> Path:

@@ -87,3 +87,55 @@ def test_full_temp_folder_in_a_rehearsal_names_the_temp_folder_not_an_output(tmp
     assert said.startswith(f"{tmp_path}: cannot write the temporary files"), said
     assert "no space left on device" in said and "TMPDIR" in said and "choose an output" not in said
     assert list(tmp_path.iterdir()) == []  # the temporary folder went
+
+
+BAD_SECOND_BATCH = """
+import torch
+
+
+class Batches:
+    def __init__(self, bad):
+        self.bad = bad
+
+    def __len__(self):
+        return 3
+
+    def __iter__(self):
+        yield torch.randn(8, 8), torch.randint(0, 3, (8,))
+        if self.bad:  # the checks read the first batch only: this one fails in training, inside the run folder
+            yield torch.randn(8, 8), torch.full((8,), 99)
+        yield torch.randn(8, 8), torch.randint(0, 3, (8,))
+        yield torch.randn(8, 8), torch.randint(0, 3, (8,))
+
+
+def make():
+    return Batches(True), Batches(False)
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Linear(8, 3))
+"""
+
+
+def test_failed_prune_into_a_new_nested_folder_leaves_none_of_the_folders_it_made(tmp_path, monkeypatch):
+    # -o new/a/b: a run that failed once training had begun removed b (and its .sparsekit) but left new/a and new.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "files26_bad_second_batch.py").write_text(BAD_SECOND_BATCH)
+    torch.save(torch.nn.Sequential(torch.nn.Linear(8, 3)).state_dict(), "weights.pt")
+    (tmp_path / "r.yaml").write_text(
+        "version: 1\nmodel: {input_shape: [1, 8]}\nfinetune: {epochs: 1}\n"
+        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot, layers: {include: ['*']}}\n"
+    )
+    res = CliRunner().invoke(
+        main,
+        ["prune", "weights.pt", "r.yaml", "-o", "new/a/b", "--data", "files26_bad_second_batch:make",
+         "--arch", "files26_bad_second_batch:net"],
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "label 99" in res.output
+    assert not (tmp_path / "new").exists()
