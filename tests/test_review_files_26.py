@@ -139,3 +139,21 @@ def test_failed_prune_into_a_new_nested_folder_leaves_none_of_the_folders_it_mad
     assert res.exit_code == 2, res.output
     assert "label 99" in res.output
     assert not (tmp_path / "new").exists()
+
+
+def test_export_onnx_never_replaces_a_file_that_is_not_onnx(tmp_path):
+    # export_onnx(model, "model.pt", ...): the checkpoint's path given for the file to write was replaced by the
+    # ONNX graph without a word; a .onnx path (and a file sparsekit exported there) is replaced as before.
+    model = torch.nn.Sequential(torch.nn.Linear(8, 3))
+    ckpt = tmp_path / "model.pt"
+    torch.save(model.state_dict(), ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(OutputError, match=r"model\.pt: exists and is not an \.onnx file"):
+        sparsekit.export_onnx(model, ckpt, (1, 8), exporter="torchscript")
+    assert ckpt.read_bytes() == before
+    other = tmp_path / "model.bin"  # a name of the caller's choosing, new: written, and then sparsekit's own
+    for _ in range(2):
+        assert sparsekit.export_onnx(model, other, (1, 8), exporter="torchscript")["parity"]["ok"]
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    sparsekit.export_onnx(model, tmp_path / "m.onnx", (1, 8), exporter="torchscript")
+    assert (tmp_path / "m.onnx").stat().st_size > 3

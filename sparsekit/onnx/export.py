@@ -36,7 +36,7 @@ from onnx import numpy_helper
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sparsekit.errors import ExportError, one_line, option
+from sparsekit.errors import ExportError, OutputError, one_line, option
 from sparsekit.logits import describe
 from sparsekit.masks import unfollowed_masks
 from sparsekit.model_input import id_vocab, id_vocabs
@@ -52,6 +52,7 @@ from sparsekit.onnx.files import (  # the metadata keys are read where the file 
     publish,
     save_onnx,
     staging,
+    written_by_sparsekit,
 )
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
@@ -129,7 +130,8 @@ def export_onnx(
     Raises :class:`ExportError` for a bad shape, exporter, opset or tolerance, a model that fails on the input or
     that the exporters cannot handle, an opset that cannot be delivered (the message says which ones
     work), or an invalid graph; :class:`~sparsekit.errors.OutputError` when the disk is full,
-    read-only or not writable. Nothing is written at ``path`` then.
+    read-only or not writable, or ``path`` is an existing file not named ``.onnx`` that sparsekit did not export
+    there (a checkpoint's path given by mistake). Nothing is written at ``path`` then.
     """
     require_module(model, "export_onnx")
     require_initialized(model, "export_onnx", ExportError)
@@ -148,6 +150,7 @@ def export_onnx(
     # the model inside torch.compile / DDP / DataParallel (the exporters fail on the wrappers), as save_model does
     model, _ = unwrap_wrappers(model)
     final = Path(path)
+    refuse_non_onnx_target(final)
     if (unfollowed := unfollowed_masks(model, f"export_onnx({str(final)!r})")) is not None:
         warnings.warn(unfollowed, stacklevel=2)
     from sparsekit.modelio import non_finite_tensors  # here: modelio is not needed by an export otherwise
@@ -213,6 +216,20 @@ def export_onnx(
     }  # fmt: skip
 
 
+def refuse_non_onnx_target(path: Path) -> None:
+    """Raise :class:`OutputError` when ``path`` exists, is not named ``.onnx`` and is no ONNX file sparsekit wrote
+    there: ``export_onnx(model, "model.pt", ...)`` (the checkpoint's path given for the file to write) replaced the
+    user's checkpoint with an ONNX graph, without a word. A file named ``.onnx`` is replaced, as before."""
+    if path.suffix.lower() == ".onnx" or not (path.exists() or path.is_symlink()) or path.is_dir():
+        return  # (a folder: the writer's own error says so)
+    if not path.is_symlink() and written_by_sparsekit(path):
+        return
+    raise OutputError(
+        f"{path}: exists and is not an .onnx file (a model checkpoint, say); the export would replace it with an ONNX "
+        "graph: give the path of the .onnx file to write"
+    )
+
+
 def export_int8(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -247,12 +264,16 @@ def export_int8(
     with ``"int8"``: the quantization result, whose ``"path"`` is ``path``.
     Raises :class:`ExportError` as :func:`export_onnx` and :func:`~sparsekit.onnx.quantize.quantize_int8`
     do, and when ``fp32_path`` is ``path``; :class:`~sparsekit.errors.OutputError` for a full,
-    read-only or unwritable disk. Nothing is written at either path then.
+    read-only or unwritable disk, or a path that is an existing file not named ``.onnx`` (as :func:`export_onnx`).
+    Nothing is written at either path then.
     """
     final = Path(path)
     keep = Path(fp32_path) if fp32_path is not None else None
     if keep is not None and os.path.abspath(keep) == os.path.abspath(final):
         raise ExportError(f"{keep}: is where the int8 model goes; keep the fp32 model under another name")
+    for target in (final, keep):
+        if target is not None:
+            refuse_non_onnx_target(target)
     with contextlib.ExitStack() as stack:
         work = stack.enter_context(staging(final))
         # The fp32 file is staged beside its own target, so publishing it is a rename on one filesystem;
