@@ -2289,6 +2289,20 @@ def check_finite(model: nn.Module, path: str | Path) -> None:
         )
 
 
+def _refuse_non_torch_target(path: Path) -> None:
+    """Raise :class:`~sparsekit.errors.OutputError` when ``path`` exists and is not a file torch.save writes (a zip
+    archive): ``save_model(model, "recipe.yaml", ...)`` or onto an ``.onnx`` file replaced the user's file with a
+    checkpoint without a word. A checkpoint or state_dict there is replaced, as before (saving over one's own)."""
+    if not path.is_file() or is_zip_archive(path):
+        return  # (nothing there, or a folder: the writer's own error says so)
+    from .errors import OutputError
+
+    raise OutputError(
+        f"{path}: exists and is not a torch checkpoint (torch.save's zip archive); saving the model would replace "
+        "it: give the path of the .pt file to write"
+    )
+
+
 def save_model(
     model: nn.Module,
     path: str | Path,
@@ -2310,7 +2324,8 @@ def save_model(
     not a list of at least two positive integers (batch first), a structurally pruned model has no input shape to replay
     its history on, ``pruner`` pruned a model of other shapes than ``model``, kwargs/history/extra are not JSON-able,
     or kwargs have a key that is not a string or a NaN/inf (load_model refuses such a file as damaged), and
-    :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only), and
+    :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only) or ``path`` is an
+    existing file that torch.save did not write (a recipe, an ONNX file: never replaced), and
     TypeError when ``model`` is not an ``nn.Module`` or ``pruner`` not a :class:`~sparsekit.Pruner`. Warns when the
     weights hold NaN or inf (load_model refuses such a file)."""
     if not isinstance(model, nn.Module):
@@ -2328,6 +2343,7 @@ def save_model(
             "; or leave it out (the history a Pruner recorded on the model is saved then)"
         )
     require_path(path, "save_model(path=...)", "the arguments are (model, path, factory)")
+    _refuse_non_torch_target(Path(path))
     # What load_model refuses as a damaged file is refused here, before anything is written: a factory not of the
     # form pkg.module:callable, an input shape of zeros, fractions or texts (1.5 was cut to 1 without a word).
     split_spec(factory, "save_model(factory=...)", ModelFileError)

@@ -239,12 +239,13 @@ def test_disk_errors_name_the_path(tmp_path, monkeypatch, code):
         f.write(b"partial")
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(modelio.torch, "save", failing_save)
     target = tmp_path / "model.pt"
-    target.write_bytes(b"previous")
+    torch.save({"w": torch.ones(1)}, target)  # a checkpoint: save_model refuses to replace a file that is none
+    previous = target.read_bytes()
+    monkeypatch.setattr(modelio.torch, "save", failing_save)
     with pytest.raises(OutputError, match=str(target)):
         sparsekit.save_model(torch.nn.Linear(2, 2), target, "examples.models:mlp")
-    assert target.read_bytes() == b"previous"  # the old file, never half a new one
+    assert target.read_bytes() == previous  # the old file, never half a new one
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 

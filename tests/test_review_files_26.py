@@ -157,3 +157,20 @@ def test_export_onnx_never_replaces_a_file_that_is_not_onnx(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"old")
     sparsekit.export_onnx(model, tmp_path / "m.onnx", (1, 8), exporter="torchscript")
     assert (tmp_path / "m.onnx").stat().st_size > 3
+
+
+def test_save_model_never_replaces_a_file_that_is_not_a_checkpoint(tmp_path):
+    # save_model(model, "recipe.yaml", ...) (or onto an .onnx file) replaced the user's file with a checkpoint.
+    model = torch.nn.Sequential(torch.nn.Linear(8, 3))
+    for name, content in (("recipe.yaml", b"version: 1\n"), ("model.onnx", b"\x08\x07\x12\x07pytorch")):
+        mine = tmp_path / name
+        mine.write_bytes(content)
+        with pytest.raises(OutputError, match=rf"{name}: exists and is not a torch checkpoint"):
+            sparsekit.save_model(model, mine, factory="pkg.nets:build")
+        assert mine.read_bytes() == content
+    # A state_dict or a checkpoint there is the model's own file: saved over, as before.
+    ckpt = tmp_path / "model.pt"
+    torch.save(model.state_dict(), ckpt)
+    for _ in range(2):
+        sparsekit.save_model(model, ckpt, factory="pkg.nets:build")
+    assert torch.load(ckpt, weights_only=True)["factory"] == "pkg.nets:build"
