@@ -2375,13 +2375,14 @@ def _recipes_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@main.command(short_help="Re-render report.md and the plots of a prune output folder.")
+@main.command(short_help="Re-render the report (json, md) and the plots of a prune output folder.")
 @click.argument("folder", required=False, type=PATH)
 @click.option("--schema", is_flag=True, help="Print the JSON schema of report.json instead.")
 @debug_option
 @handle_errors
 def report(folder: Path | None, schema: bool, debug: bool) -> None:
-    """Re-render report.md and the plots in FOLDER from its report.json.
+    """Re-render report.md and the plots in FOLDER from its report.json, and rewrite report.json itself (its
+    summary recomputed from the rest). Only files the run wrote, unchanged since, are replaced.
 
     \b
     Example:

@@ -174,3 +174,16 @@ def test_save_model_never_replaces_a_file_that_is_not_a_checkpoint(tmp_path):
     for _ in range(2):
         sparsekit.save_model(model, ckpt, factory="pkg.nets:build")
     assert torch.load(ckpt, weights_only=True)["factory"] == "pkg.nets:build"
+
+
+def test_report_help_says_report_json_is_rewritten_too(tmp_path):
+    # `sparsekit report` rewrites report.json (its summary recomputed), as its own refusal says, but its help
+    # promised only report.md and the plots.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    for args in (["report", "--help"], ["--help"]):
+        out = CliRunner().invoke(main, args).output
+        line = next(line for line in out.splitlines() if "Re-render" in line)
+        assert "json" in line, line
