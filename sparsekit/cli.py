@@ -879,9 +879,44 @@ _NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
 )
 
 
+class _Command(click.Command):
+    """Every subcommand. An option that takes one value, given more than once, keeps the last value as click does
+    (a script's defaults overridden by a later option still works) and says so on stderr: ``-o a.onnx -o b.onnx``
+    wrote b.onnx alone, and ``--arch a --arch b`` built b, without a word."""
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_args(args: list[str]) -> Any:
+            opts, rest, order = parse(args=args)
+            if not ctx.resilient_parsing:
+                _note_repeated(order, opts)
+            return opts, rest, order
+
+        parser.parse_args = parse_args  # type: ignore[method-assign]
+        return parser
+
+
+def _note_repeated(order: list[Any], opts: dict[str, Any]) -> None:
+    """A ``Note:`` line for each single-value option that ``order`` (click's parameters, once per appearance on the
+    command line) holds more than once; ``opts``: the values parsed, the last one of each."""
+    counts: dict[str, int] = {}
+    for param in order:
+        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
+            counts[param.name or ""] = counts.get(param.name or "", 0) + 1
+    for param in dict.fromkeys(order):
+        name = getattr(param, "name", None) or ""
+        if counts.get(name, 0) > 1:
+            flag = max(param.opts, key=len)
+            click.echo(f"Note: {flag} given {counts[name]} times; the last one is used ({opts.get(name)})", err=True)
+
+
 class _Group(click.Group):
     """The command group: turns every usage error (bad option, missing argument, contradictory flags)
-    into :class:`_UsageError`."""
+    into :class:`_UsageError`; its commands are :class:`_Command`."""
+
+    command_class = _Command
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         _ARGS[:] = [str(a) for a in (args[1] if len(args) > 1 else kwargs.get("args", []))]

@@ -57,3 +57,22 @@ def test_inspect_of_a_half_precision_file_says_what_a_prune_run_would_do_not_tha
     said = run.stdout + run.stderr
     assert "so a prune run trains in float32 and writes model.pt in float32" in said
     assert "so the run trains" not in said
+
+
+def test_an_option_given_twice_says_the_last_one_is_used_and_repeatable_ones_say_nothing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(mlp().state_dict(), "m.pt")
+    both = CliRunner().invoke(main, ["inspect", "m.pt", "--arch", "examples.models:lenet_300_100", "--arch",
+                                     "examples.models:mlp"])  # fmt: skip
+    assert both.exit_code == 0, both.output
+    assert "Note: --arch given 2 times; the last one is used (examples.models:mlp)" in both.stderr
+    once = CliRunner().invoke(main, ["inspect", "m.pt", "--arch", "examples.models:mlp"])
+    assert once.exit_code == 0 and "given" not in once.stderr
+    # --set may be given many times (each one setting): no note
+    sets = CliRunner().invoke(main, ["validate", "--set", "finetune.epochs=2", "--set", "finetune.epochs=3",
+                                     "lenet-gradual-magnitude-90"])  # fmt: skip
+    assert "given" not in sets.stderr, sets.stderr
