@@ -557,6 +557,13 @@ class ChannelPruner:
                 # head by head, so the embedding's channels are blocks of one per head, removed evenly.
                 self._in_blocks[m] = self._out_blocks[m] = int(m.num_heads)
 
+    def retrace(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        """Trace the graph again from ``model`` as it is now. tp's stand-ins for a concatenation or split keep the
+        channel counts of the graph's own removals only: after channels were removed through another graph (a
+        resume's replay, another structured entry), a concatenation's second input was mapped past its new width.
+        The new graph's removal history starts empty."""
+        self.graph = dependency_graph(model, example_inputs)
+
     def groups(self) -> list[Group]:
         """Every prunable group (full channel sets), ignored layers left out."""
         return list(self.graph.get_all_groups(ignored_layers=self._ignored, root_module_types=self._root_types))

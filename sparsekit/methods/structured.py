@@ -249,6 +249,7 @@ class Structured:
             raise
         except Exception as err:  # noqa: BLE001 - the user's forward or torch-pruning's tracer
             raise self._untraceable(err) from None
+        self._shapes = _shapes(model)  # the layout tp's graph knows: see _remove
         graph = self._tp.graph
         self.touched: list[str] = []  # Conv/Linear layers whose weight shape may change
         self.touched_by: dict[str, list[str]] = {}  # touched layer -> selected layers whose removal shrinks it
@@ -892,6 +893,12 @@ class Structured:
 
     def _remove(self, until: int | None, single: bool = False) -> Changes:
         assert self._tp is not None, "removal after finalize"
+        if _shapes(self.model) != self._shapes:
+            # Channels went through another graph since ours last removed any (a resume's replay, another
+            # structured entry): ours would map them through a concatenation by its old widths.
+            with surgery.traced(self.model):
+                self._tp.retrace(self.model, surgery.example_input(self.model, self.input_shape))
+            self._history_seen = 0
         # This step's own gradients, put back on the parameters the removal leaves as they were: an entry after
         # this one in the recipe (gradient saliency on another layer) reads them in the same pruner.step().
         step_grads = [(p, p.grad) for p in self.model.parameters()] if self.needs_grad else []
@@ -926,6 +933,7 @@ class Structured:
         new = surgery.normalize_history(history[self._history_seen :])
         self._check_forward(new, skeleton)  # raises with the event's removals still pending (see pending_history)
         self._history_seen = len(history)
+        self._shapes = _shapes(self.model)
         return Changes(history=tuple(new), structure_changed=True)
 
     def pending_history(self) -> list[list[Any]]:
@@ -1103,6 +1111,11 @@ def _rounding_reason(r: tpa.Rounding, step: int = 1, steps: int = 1) -> str:
             f"above min_channels {r.floor}"
         )
     return f"{head}: keeps {r.kept} of {r.channels} channels, {r.asked} rounded to the nearest multiple of {of}"
+
+
+def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """Every parameter's and buffer's name and shape: what a channel removal changes."""
+    return [(n, tuple(t.shape)) for n, t in [*model.named_parameters(), *model.named_buffers()]]
 
 
 def _skeleton(model: nn.Module) -> nn.Module | None:

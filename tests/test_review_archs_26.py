@@ -1,0 +1,89 @@
+"""Architectures users bring that the repository does not hold (review round 26, angle: archs)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit
+
+
+class _SkipConcat(nn.Module):
+    """A U-Net's skip: the output of ``a`` joins ``b``'s (computed from it) in one concatenation, ``b``'s first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.a(x))
+        b = F.relu(self.b(a))
+        return self.head(F.relu(self.c(torch.cat([b, a], 1))).mean((2, 3)))
+
+
+def _kept(before: nn.Conv2d, after: nn.Conv2d) -> list[int]:
+    """Indices of ``before``'s output channels that ``after`` (its pruned self) kept, told by their biases (their
+    weights lose the input channels removed before them)."""
+    return [int((before.bias == b).nonzero()) for b in after.bias]
+
+
+@pytest.mark.parametrize("first", ["b", "a"])
+def test_a_second_structured_entry_removes_the_right_inputs_of_a_concatenation(one_thread, first):
+    # Each entry traced its own graph: after the first removed channels of the concatenation's first input, the
+    # second mapped the second input's channels by the old widths, past the end (IndexError, blamed on "a layout it
+    # does not model"). Removing the second input's channels first ("a") was right before too.
+    second = "a" if first == "b" else "b"
+    entries = [
+        {"method": "structured", "ratio": ratio, "round_to": None, "schedule": "oneshot", "layers": {"include": [name]}}
+        for name, ratio in ((first, 0.5), (second, 0.125))
+    ]
+    recipe = {"version": 1, "model": {"input_shape": [1, 3, 8, 8]}, "finetune": {"epochs": 1}, "pruning": entries}
+    torch.manual_seed(0)
+    model = _SkipConcat()
+    dense = copy.deepcopy(model)
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    kept_b, kept_a = _kept(dense.b, model.b), _kept(dense.a, model.a)
+    assert (len(kept_b), len(kept_a)) == ((4, 7) if first == "b" else (7, 4))
+    assert torch.equal(model.c.weight, dense.c.weight[:, kept_b + [8 + i for i in kept_a]])
+
+
+def test_a_resumed_run_removes_channels_after_a_concatenation_as_the_uninterrupted_one(one_thread):
+    # The resumed Pruner's graph was traced on the dense model, the saved removals replayed through another: its next
+    # event mapped channels through the concatenation by the dense widths (IndexError: a TargetError asking to ignore
+    # a layer the uninterrupted run pruned fine).
+    entry = {"method": "structured", "ratio": 0.5, "steps": 2, "round_to": None, "importance": "l1"}
+    entry["schedule"] = {"start_epoch": 0, "end_epoch": 2}
+    recipe = {"version": 1, "model": {"input_shape": [1, 3, 8, 8]}, "finetune": {"epochs": 2}, "pruning": [entry]}
+
+    def pruned(resume_after: int | None) -> tuple[nn.Module, sparsekit.Pruner]:
+        torch.manual_seed(0)
+        model = _SkipConcat()
+        pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+        for step in range(4):
+            if step == resume_after:
+                state, weights = pruner.state_dict(), model.state_dict()
+                torch.manual_seed(1)
+                model = _SkipConcat()
+                pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+                pruner.load_state_dict(state)
+                model.load_state_dict(weights)
+            pruner.step()
+        return model, pruner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole, whole_pruner = pruned(None)
+        resumed, resumed_pruner = pruned(1)
+    assert resumed_pruner.model_history == whole_pruner.model_history
+    assert resumed.c.weight.shape == (4, 8, 3, 3)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(resumed(x), whole(x))
