@@ -622,8 +622,7 @@ class ChannelPruner:
                 name = self._names.get(root)
                 if name is not None and self._global and name not in self._layer_ratios:
                     out = bool(self.graph.is_out_channel_pruning_fn(group[0].dep.handler))
-                    count = _count(self.graph, root, out) or 0
-                    held["DEFAULT_SCOPE"] = held.get("DEFAULT_SCOPE", 0) + count // self.channel_groups(group)
+                    held["DEFAULT_SCOPE"] = held.get("DEFAULT_SCOPE", 0) + (_count(self.graph, root, out) or 0)
                 continue
             blocks = self.channel_groups(group)
             try:
@@ -639,7 +638,13 @@ class ChannelPruner:
             scopes.setdefault(scope, []).append((group, blocks, dim_imp))
         for scope, records in scopes.items():
             concat = torch.cat([imp for _, _, imp in records])
-            now = len(concat) + held.get(scope, 0)
+            # The global scope is sized in channels: a unit of a grouped conv's group is one channel per block, and
+            # counting it as one made a scope holding one lose too few channels (0.24 of them for a ratio of 0.3).
+            # A layer's own scope is sized in its units, which is the same fraction.
+            if scope == "DEFAULT_SCOPE":
+                now = sum(len(imp) * blocks for _, blocks, imp in records) + held.get(scope, 0)
+            else:
+                now = len(concat)
             initial = self._scope_initial.setdefault(scope, now)
             n_pruned = now - kept_units(initial, self._scope_ratio(scope, ratio))  # round_to: _aligned
             if n_pruned <= 0:
@@ -661,7 +666,8 @@ class ChannelPruner:
 
     def _global_pick(self, records: list[tuple[Group, int, torch.Tensor]], n_pruned: int) -> list[torch.Tensor]:
         """Per record (group, blocks, importance per unit), the units global ranking removes, least important
-        first: the ``n_pruned`` least important units of all, skipping any that would take its group below the
+        first: the least important units of all, ``n_pruned`` channels' worth (a unit is ``blocks`` channels; one
+        that would go past it is passed over), skipping any that would take its group below the
         ``min_channels`` floor (or to no channel), so the next one elsewhere goes instead. A threshold on the
         ``n_pruned``-th score alone let a layer at its floor keep the channels it could not lose, and the scope
         ended short of its ratio (19 of 20 channels), and picked every unit tied at the threshold (dead channels,
@@ -679,9 +685,10 @@ class ChannelPruner:
             if left == 0:
                 break
             i = int(owner[at])
-            if len(picked[i]) < room[i]:
+            blocks = records[i][1]
+            if len(picked[i]) < room[i] and blocks <= left:
                 picked[i].append(int(unit[at]))
-                left -= 1
+                left -= blocks
         return [torch.tensor(p, dtype=torch.long) for p in picked]
 
     def _aligned(self, group: Group, blocks: int, imp: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
