@@ -88,15 +88,25 @@ def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> Graph:
 
     Frozen parameters (``requires_grad=False``) are traced as trainable ones: a frozen layer's output has no
     ``grad_fn`` when its input has none either (a frozen stem, a frozen branch off the input), and tp would
-    neither see it nor couple its channels to the layers it is added to."""
+    neither see it nor couple its channels to the layers it is added to.
+
+    A conv with ``padding_mode`` other than ``"zeros"`` is traced as a zero-padded one (the same output shape): its
+    padding works channel by channel, so the channels couple the same way, and tp looped forever over the
+    concatenated slices a ``"circular"`` pad is made of (a periodic 1-D CNN hung in the Pruner's constructor)."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    padded = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd) and m.padding_mode != "zeros"]
+    modes = [m.padding_mode for m in padded]
     for param in frozen:
         param.requires_grad_(True)
+    for conv in padded:
+        conv.padding_mode = "zeros"
     try:
         return _tp().DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     finally:
         for param in frozen:
             param.requires_grad_(False)
+        for conv, mode in zip(padded, modes, strict=True):
+            conv.padding_mode = mode
 
 
 def in_graph(graph: Graph, module: nn.Module) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 
 import pytest
@@ -117,3 +118,40 @@ def test_global_ranking_removes_its_ratio_of_channels_with_a_grouped_conv_in_sco
     removed = 80 - (model.stem.out_channels + model.pw.out_channels + model.g.out_channels)
     assert removed == round(80 * ratio)
     assert pruner.methods[0].report()["achieved"] == pytest.approx(removed / 80)
+
+
+class _Periodic(nn.Module):
+    """A 1-D CNN over a periodic signal (angles, days of a week): circular padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 16, 5, padding=2, padding_mode="circular")
+        self.c2 = nn.Conv1d(16, 16, 3, padding=1, padding_mode="circular")
+        self.head = nn.Linear(16 * 12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.c2(F.relu(self.c1(x)))).flatten(1))
+
+
+def test_a_circular_padded_conv1d_model_is_pruned_not_hung(one_thread):
+    # torch-pruning looped forever over the slices and concatenation a circular pad is made of: the Pruner's
+    # constructor never returned (nor did `sparsekit validate` or `prune`). Built in a daemon thread, so the old hang
+    # is a failure here.
+    entry = {"method": "structured", "ratio": 0.5, "round_to": None, "schedule": "oneshot"}
+    recipe = {"version": 1, "model": {"input_shape": [1, 2, 12]}, "finetune": {"epochs": 1}, "pruning": [entry]}
+    torch.manual_seed(0)
+    model = _Periodic()
+    built: list[sparsekit.Pruner] = []
+    worker = threading.Thread(target=lambda: built.append(sparsekit.Pruner(model, recipe, steps_per_epoch=1)))
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout=30)
+    assert built, "the Pruner was not built within 30 s"
+    pruner = built[0]
+    pruner.step()
+    x = torch.randn(3, 2, 12)
+    before = model(x)
+    pruner.finalize()
+    assert torch.equal(model(x), before)
+    assert (model.c1.out_channels, model.c2.out_channels) == (8, 8)
+    assert model.c1.padding_mode == model.c2.padding_mode == "circular"  # traced as zero-padded, then put back
