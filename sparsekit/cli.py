@@ -1523,9 +1523,14 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
     """Refuse to write over the input or over a file sparsekit did not write (before any work)."""
     from .errors import OutputError
     from .onnx import external_data_files, written_by_sparsekit
+    from .onnx.files import EXTERNAL_DATA_BYTES
     from .outputs import refuse_run_state
 
     src = model.resolve()
+    # Only a model over 1.8 GB of weights writes OUT.data: a smaller one's export never touches a file of that name
+    # (a user's own was refused all the same). Its weights may be wider in the model than in the file (a float16
+    # checkpoint loads into float32 layers): a file over half the limit is checked.
+    big = not model.is_file() or model.stat().st_size > EXTERNAL_DATA_BYTES // 2
     for target in targets:
         refuse_run_state(target, "the exported file")
         if target.resolve() == src:
@@ -1535,10 +1540,11 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
         ours = not target.is_symlink() and written_by_sparsekit(target)
         data = target.parent / f"{target.name}.data"  # where external data (models over 1.8 GB) goes
         data_ours = ours and not data.is_symlink() and data.name in external_data_files(target)
-        for path, owned in ((target, ours), (data, data_ours)):
+        for path, owned in ((target, ours), *([(data, data_ours)] if big else [])):
             if (path.exists() or path.is_symlink()) and not owned:
+                why = " (where the export of a model over 1.8 GB keeps its weights)" if path == data else ""
                 raise OutputError(
-                    f"{path}: exists and sparsekit did not write it there (a copy or a moved file is yours, a "
+                    f"{path}: exists{why} and sparsekit did not write it there (a copy or a moved file is yours, a "
                     "prune run's files belong to its folder), or it changed since; sparsekit never replaces your "
                     "files: choose another -o or move it away"
                 )
