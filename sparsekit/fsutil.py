@@ -424,14 +424,32 @@ def private_memory() -> int | None:
     return _proc_kib("/proc/self/status", "VmData")
 
 
+_IGNORED_CACHE: set[str] = set()  # relative SPARSEKIT_CACHE_DIR values warned of (see cache_dir)
+
+
 def cache_dir() -> Path:
     """sparsekit's cache folder: ``$SPARSEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparsekit``, else
     ``~/.cache/sparsekit``. It holds parsed built-in datasets, the import names of the installed packages sparsekit
     never runs code from (``denied-import-names.json``, see :mod:`sparsekit.trust`), the last sensitivity analysis of
     each model file a ``prune`` run allocated from (``sensitivity/``) and, for the ``sparsekit``
-    command, matplotlib's font cache (``matplotlib/``). Deleting it is always safe."""
-    if os.environ.get("SPARSEKIT_CACHE_DIR"):
-        return Path(os.environ["SPARSEKIT_CACHE_DIR"]).expanduser()
+    command, matplotlib's font cache (``matplotlib/``). Deleting it is always safe. A relative
+    ``$SPARSEKIT_CACHE_DIR`` is ignored with a warning, as a relative ``$XDG_CACHE_HOME`` is."""
+    given = os.environ.get("SPARSEKIT_CACHE_DIR")
+    if given:
+        path = Path(given).expanduser()
+        if path.is_absolute():
+            return path
+        # It named another cache in every working directory: one a downloaded project could ship, with its own list of
+        # the packages never run and its own sensitivity tables. Ignored, as SPARSEKIT_CONFIG_DIR's relative value is.
+        if given not in _IGNORED_CACHE:  # said once per process, not at each of a run's several looks at its cache
+            _IGNORED_CACHE.add(given)
+            import logging
+
+            logging.getLogger("sparsekit").warning(
+                "SPARSEKIT_CACHE_DIR=%s is a relative path, which would name another cache in every working "
+                "directory: ignored; set it to an absolute path",
+                given,
+            )
     xdg = xdg_home("XDG_CACHE_HOME")
     if xdg is not None:
         return xdg / "sparsekit"

@@ -76,3 +76,21 @@ def test_an_option_given_twice_says_the_last_one_is_used_and_repeatable_ones_say
     sets = CliRunner().invoke(main, ["validate", "--set", "finetune.epochs=2", "--set", "finetune.epochs=3",
                                      "lenet-gradual-magnitude-90"])  # fmt: skip
     assert "given" not in sets.stderr, sets.stderr
+
+
+def test_a_relative_cache_dir_is_ignored_with_one_warning_as_a_relative_config_dir_is(tmp_path, monkeypatch, caplog):
+    # A downloaded project could ship ./cache with its own list of the packages never run: a relative value named
+    # another cache in every working directory.
+    from sparsekit import fsutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", "cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(fsutil, "_IGNORED_CACHE", set())
+    with caplog.at_level("WARNING", logger="sparsekit"):
+        assert fsutil.cache_dir() == tmp_path / "xdg" / "sparsekit"
+        assert fsutil.cache_dir() == tmp_path / "xdg" / "sparsekit"
+    said = [r.getMessage() for r in caplog.records if "SPARSEKIT_CACHE_DIR" in r.getMessage()]
+    assert len(said) == 1 and "relative path" in said[0]
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "mine"))
+    assert fsutil.cache_dir() == tmp_path / "mine"
