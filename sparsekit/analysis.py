@@ -7,6 +7,7 @@ and the output files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -77,11 +78,26 @@ class _FolderLock:
             except BaseException:
                 self.release()
                 raise
+        _remove_killed_writes(self.out)
 
     def release(self) -> None:
         if self.fd >= 0:
             unlock_folder(self.fd)
             self.fd = -1
+
+
+def _remove_killed_writes(out: Path) -> None:
+    """Remove the temp files that an analysis killed while writing one of its files (SIGKILL, a power cut) left in
+    ``out``: nothing else removes them, and each run killed in its last seconds (the plot) left more. Called under
+    the folder's lock, so no live analysis is writing them."""
+    from .outputs import temp_target
+
+    own = (*OUTPUT_FILES, MANIFEST_FILE)
+    with contextlib.suppress(OSError):
+        for entry in out.iterdir():
+            if temp_target(entry.name) in own and not entry.is_symlink() and entry.is_file():
+                with contextlib.suppress(OSError):  # gone meanwhile: nothing to do
+                    entry.unlink()
 
 
 def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock | None = None) -> tuple[Any, Any]:
