@@ -135,20 +135,26 @@ def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock
                 lock.take()
             text = probe.table.to_json()
             with sigint_deferred():  # the file and its manifest entry together (milliseconds)
+                _note_pending(save_to.parent, {save_to.name: _sha256_of(text.encode("utf-8"))})
                 write_text(save_to, text)
                 _note_written(save_to.parent, [save_to.name])
 
     return bar, advance
 
 
-def _sha256(path: Path) -> str:
+def _sha256_of(data: bytes) -> str:
     import hashlib
 
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
-def _manifest(out: Path) -> dict[str, str]:
-    """The folder's manifest (file name -> SHA-256); empty when there is none or it is not one of ours."""
+def _sha256(path: Path) -> str:
+    return _sha256_of(path.read_bytes())
+
+
+def _manifest(out: Path, part: str = "files") -> dict[str, str]:
+    """The folder's manifest (file name -> SHA-256); empty when there is none or it is not one of ours. ``part``
+    ``pending``: the files being written when it was last written (see :func:`_note_pending`)."""
     path = out / MANIFEST_FILE
     try:
         if path.is_symlink() or not path.is_file():
@@ -156,17 +162,35 @@ def _manifest(out: Path) -> dict[str, str]:
         data = json.loads(read_regular(path).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return {}
-    files = data.get("files") if isinstance(data, dict) else None
+    files = data.get(part) if isinstance(data, dict) else None
     if not isinstance(files, dict):
         return {}
     return {k: v for k, v in files.items() if k in OUTPUT_FILES and isinstance(v, str)}
 
 
+def _write_manifest(out: Path, files: dict[str, str], pending: dict[str, str]) -> None:
+    data: dict[str, Any] = {"written_by": "sparsekit sensitivity", "files": files}
+    if pending:
+        data["pending"] = pending
+    write_text(out / MANIFEST_FILE, json.dumps(data, indent=2))
+
+
+def _note_pending(out: Path, hashes: dict[str, str]) -> None:
+    """Record the SHA-256 of files about to be written into ``out`` (name -> hash), before they are: a run killed
+    (SIGKILL) after a file was replaced but before :func:`_note_written` recorded it left a file its manifest did
+    not know, so the next ``resume`` and ``overwrite`` refused the folder as holding a file of the user's."""
+    _write_manifest(out, _manifest(out), {**_manifest(out, "pending"), **hashes})
+
+
 def _note_written(out: Path, names: list[str], dropped: tuple[str, ...] = ()) -> None:
-    """Record ``names`` (just written into ``out``) in its manifest, and forget ``dropped``."""
+    """Record ``names`` (just written into ``out``) in its manifest, and forget ``dropped``. A pending file a killed
+    run did write (its content is the hash noted) is recorded too."""
     files = {k: v for k, v in _manifest(out).items() if k not in dropped}
+    for name, sha in _manifest(out, "pending").items():
+        if name not in dropped and _ours(out / name, {name: sha}):
+            files[name] = sha
     files.update({name: _sha256(out / name) for name in names})
-    write_text(out / MANIFEST_FILE, json.dumps({"written_by": "sparsekit sensitivity", "files": files}, indent=2))
+    _write_manifest(out, files, {})
 
 
 def allocate_for_run(
@@ -337,13 +361,15 @@ def _own_name(name: str) -> bool:
     return name in own or temp_target(name) in own
 
 
-def _ours(path: Path, manifest: dict[str, str]) -> bool:
+def _ours(path: Path, manifest: dict[str, str], pending: dict[str, str] | None = None) -> bool:
     """Whether ``path`` is a file an earlier ``sparsekit sensitivity`` wrote and nobody changed since (so
-    ``overwrite`` may replace it): its SHA-256 is the one the folder's ``manifest`` recorded."""
+    ``overwrite`` may replace it): its SHA-256 is the one the folder's ``manifest`` recorded, or one of the
+    ``pending`` files that a run killed while writing them had noted."""
     try:
         if path.is_symlink() or not path.is_file():
             return False
-        return manifest.get(path.name) == _sha256(path)
+        sha = _sha256(path)
+        return manifest.get(path.name) == sha or (pending or {}).get(path.name) == sha
     except OSError:
         return False
 
@@ -374,8 +400,8 @@ def _check_folder(out: Path, *, resume: bool, overwrite: bool, final: bool = Fal
     that ``resume`` or ``overwrite`` allows). ``final``: the check again just before the results move in (the
     user may have put a file there while the analysis ran), when this run's own partial table is there."""
     existing = [name for name in OUTPUT_FILES if (out / name).exists() or (out / name).is_symlink()]
-    manifest = _manifest(out)
-    foreign = [name for name in existing if not _ours(out / name, manifest)]
+    manifest, pending = _manifest(out), _manifest(out, "pending")
+    foreign = [name for name in existing if not _ours(out / name, manifest, pending)]
     # A folder holding anything else is someone's: the analysis goes into its own folder, as a prune run does.
     others = sorted(p.name for p in out.iterdir() if not _own_name(p.name)) if out.is_dir() else []
     if others and not foreign:
@@ -429,6 +455,7 @@ def _publish(out: Path, table: SensitivityTable, allocation: dict[str, Any] | No
         umask = os.umask(0)
         os.umask(umask)
         with sigint_deferred():
+            _note_pending(out, {name: _sha256(temps[kind]) for kind, name in names.items()})
             for kind, name in names.items():
                 os.chmod(temps[kind], 0o666 & ~umask)  # (mkstemp makes 0600; a finished file gets the usual mode)
                 os.replace(temps[kind], out / name)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from click.testing import CliRunner
+
 from sparsekit import analysis
+from sparsekit.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_the_next_analysis_removes_the_temp_files_a_killed_one_left(tmp_path):
@@ -22,3 +29,36 @@ def test_the_next_analysis_removes_the_temp_files_a_killed_one_left(tmp_path):
     lock.take()
     lock.release()
     assert sorted(p.name for p in out.iterdir()) == sorted(["sensitivity.json", *(p.name for p in kept)])
+
+
+def test_an_analysis_killed_between_writing_its_files_and_its_manifest_can_be_rerun(tmp_path, monkeypatch):
+    # A SIGKILL after the finished files (or a probe's partial table) replaced the earlier ones but before the manifest
+    # recorded them left files whose hashes the manifest did not know: --overwrite and --resume then refused the
+    # folder as holding files "sparsekit sensitivity did not write", and only deleting them by hand went on.
+    import torch
+
+    import sparsekit
+    from examples.models import mlp
+
+    torch.manual_seed(0)
+    model_path = tmp_path / "mlp.pt"
+    kwargs = {"in_features": 64, "hidden": [16]}
+    sparsekit.save_model(mlp(**kwargs), model_path, factory="examples.models:mlp", kwargs=kwargs, input_shape=[1, 64])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: digits}\npruning: [{method: magnitude, sparsity: 0.5}]\n")
+    out = tmp_path / "sens"
+    args = ["sensitivity", model_path, recipe, "--arch", "examples.models:mlp", "-o", out, "--max-batches", "1"]
+    note = analysis._note_written
+
+    def killed(folder, names, dropped=()):
+        if "sensitivity.json" in names:  # the files are in place, their manifest entries not yet
+            raise KeyboardInterrupt
+        note(folder, names, dropped)
+
+    monkeypatch.setattr(analysis, "_note_written", killed)
+    killed_run = run(*args, "--no-progress")
+    assert killed_run.exit_code == 130, killed_run.stderr
+    monkeypatch.setattr(analysis, "_note_written", note)
+    again = run(*args, "--overwrite", "--no-progress")
+    assert again.exit_code == 0, again.stderr
+    assert sorted(analysis._manifest(out)) == ["sensitivity.json", "sensitivity.md", "sensitivity.png"]
