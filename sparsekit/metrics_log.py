@@ -177,7 +177,9 @@ def _truncate(path: Path, resume_step: int, keep_header: bool = True) -> None:
         return
     header, body = rows[0], rows[1:]
     at = header.index("step") if "step" in header else None
-    kept = [r for r in body if at is not None and resume_step and r and _int(r[at]) <= resume_step]
+    # A row with fewer fields than the header is the end of one a killed run was writing (a flush of many rows is
+    # several writes): its step cut short ("52" -> "5") read as an early step, and the cut row was kept.
+    kept = [r for r in body if at is not None and resume_step and len(r) == len(header) and _int(r[at]) <= resume_step]
     from .fsutil import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:

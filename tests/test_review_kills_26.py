@@ -62,3 +62,29 @@ def test_an_analysis_killed_between_writing_its_files_and_its_manifest_can_be_re
     again = run(*args, "--overwrite", "--no-progress")
     assert again.exit_code == 0, again.stderr
     assert sorted(analysis._manifest(out)) == ["sensitivity.json", "sensitivity.md", "sensitivity.png"]
+
+
+def test_a_resume_drops_the_log_row_a_killed_run_was_writing(tmp_path):
+    # steps.csv rows are flushed at each epoch's end, many rows in several writes: a SIGKILL between two writes leaves
+    # the last row cut short. A row cut inside its step ("52" -> "5") read as step 5, before the resume step, and
+    # stayed in the log for good, a row of one field.
+    from sparsekit.metrics_log import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    for step in range(1, 7):
+        log.step(step, step / 3, 1.0 / step, 0.1)
+        if step % 3 == 0:
+            log.epoch({"epoch": step // 3, "val_accuracy": 0.5, "sparsity": 0.1}, step, {"a": 0.1}, 5)
+    log.close()
+    with open(tmp_path / "steps.csv", "a") as fh:
+        fh.write("5")  # the start of epoch 3's step 52, say
+    with open(tmp_path / "epochs.csv", "a") as fh:
+        fh.write("3,5")
+    MetricsLog(tmp_path, resume_step=6).close()
+    steps = (tmp_path / "steps.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in steps] == ["step", "1", "2", "3", "4", "5", "6"]
+    assert all(len(line.split(",")) == 4 for line in steps)
+    assert [line.split(",")[:2] for line in (tmp_path / "epochs.csv").read_text().splitlines()[1:]] == [
+        ["1", "3"],
+        ["2", "6"],
+    ]
