@@ -24,6 +24,7 @@ from .fsutil import (
     keeps_caller_generators,
     lock_folder,
     read_regular,
+    remove_killed_temps,
     sigint_deferred,
     unlock_folder,
     write_text,
@@ -316,6 +317,7 @@ def _cache_table(inputs: Inputs, table: SensitivityTable) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_killed_temps(path)
         write_text(path, table.to_json())
     except (OSError, SparsekitError):
         pass

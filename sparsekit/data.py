@@ -50,7 +50,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparsekit.datapaths import check_beside_recipe, check_named_path
 from sparsekit.errors import DataError, TrustError, missing_dependency, one_line, option, shorten
-from sparsekit.fsutil import TEMP_SUFFIX, cache_dir, dangling_link, is_zip_archive, read_regular
+from sparsekit.fsutil import (
+    TEMP_SUFFIX,
+    cache_dir,
+    dangling_link,
+    is_zip_archive,
+    read_regular,
+    remove_killed_temps,
+)
 from sparsekit.recipe import DATA_SOURCES, SOURCE_CALLABLE, source_problem
 
 __all__ = ["BUILTIN_SOURCES", "NORMALIZATIONS", "DataBundle", "cache_dir", "load_data", "sample_shape"]
@@ -368,6 +375,7 @@ def _write_cache(path: Path, arrays: tuple[np.ndarray, np.ndarray]) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_killed_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -9,10 +9,12 @@ import errno
 import fcntl
 import functools
 import os
+import re
 import shutil
 import signal
 import stat
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -200,6 +202,25 @@ STAGING_MARK = ".sparsekit-staging"
 # of tempfile's, a user's private `.report.md.draft001.tmp` beside a run's report.md had the same shape and was
 # deleted by the next `prune --overwrite`.
 TEMP_SUFFIX = ".sparsekit.tmp"
+
+
+def remove_killed_temps(path: str | os.PathLike[str], age: float = 3600.0) -> None:
+    """Remove the temp files that writes of ``path`` killed before their rename (SIGKILL, a power cut) left beside
+    it: ``.NAME.XXXXXXXX.sparsekit.tmp`` regular files over ``age`` seconds old (a live write's is seconds old). For
+    the cache files any run may write at any time, where no lock says which writer is gone; nothing else removes
+    them, so every kill left one more. Never raises."""
+    path = Path(path)
+    shape = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    with contextlib.suppress(OSError), os.scandir(path.parent) as found:
+        for entry in found:
+            if not shape.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: leave it
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and time.time() - entry.stat(follow_symlinks=False).st_mtime > age
+                ):
+                    os.unlink(entry.path)
 
 
 @contextlib.contextmanager

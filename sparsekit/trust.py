@@ -766,11 +766,12 @@ def _read_names_cache(key: list[Any]) -> frozenset[str] | None:
 def _write_names_cache(key: list[Any], names: frozenset[str]) -> None:
     import tempfile
 
-    from .fsutil import TEMP_SUFFIX, cache_dir
+    from .fsutil import TEMP_SUFFIX, cache_dir, remove_killed_temps
 
     try:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
+        remove_killed_temps(folder / _NAMES_CACHE)
         fd, tmp = tempfile.mkstemp(prefix=f".{_NAMES_CACHE}.", suffix=TEMP_SUFFIX, dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

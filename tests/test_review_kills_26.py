@@ -88,3 +88,28 @@ def test_a_resume_drops_the_log_row_a_killed_run_was_writing(tmp_path):
         ["1", "3"],
         ["2", "6"],
     ]
+
+
+def test_a_cache_write_removes_the_temp_files_killed_writes_of_it_left(tmp_path):
+    # Cache files (parsed datasets, the names of installed packages, the last sensitivity table of a model file) are
+    # written to a temp file and renamed; a run killed in between left the temp file in the cache folder for good,
+    # one more with every kill. The next write of the same file removes those over an hour old (a live write's is
+    # seconds old), and nothing else.
+    import os
+    import time
+
+    import numpy as np
+
+    from sparsekit import data
+
+    target = tmp_path / "mnist5k-0123456789abcdef.npz"
+    old = tmp_path / ".mnist5k-0123456789abcdef.npz.k3x9a0b1.sparsekit.tmp"
+    young = tmp_path / ".mnist5k-0123456789abcdef.npz.ab12cd34.sparsekit.tmp"
+    other = tmp_path / ".other.npz.k3x9a0b1.sparsekit.tmp"
+    for path in (old, young, other):
+        path.write_bytes(b"half")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    data._write_cache(target, (np.zeros((2, 3), np.uint8), np.zeros(2, np.uint8)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, young.name, other.name])
