@@ -108,6 +108,7 @@ def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock
     import sys
     import time
 
+    from .train import _say as say_line
     from .train import progress_bar
 
     # Without a terminal (a log file, a pipe, a batch job) a bar shows only when it ends: a line per layer instead,
@@ -119,7 +120,9 @@ def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock
 
     def say(layer: str, done: int, total: int) -> None:
         took = time.perf_counter() - start
-        print(f"sensitivity: {layer} probed ({done}/{total} probes, {took:.1f} s)", file=sys.stderr, flush=True)
+        # One write with its newline (print() writes the end separately: a Ctrl-C between the two left the
+        # Interrupted line on the end of this one).
+        say_line(f"sensitivity: {layer} probed ({done}/{total} probes, {took:.1f} s)")
 
     def advance(probe: Probe) -> None:
         bar.update(task, total=probe.total, completed=probe.done, info=f"{probe.layer} at {probe.value:g}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from sparsekit import analysis
@@ -113,3 +114,31 @@ def test_a_cache_write_removes_the_temp_files_killed_writes_of_it_left(tmp_path)
     os.utime(other, (hours_ago, hours_ago))
     data._write_cache(target, (np.zeros((2, 3), np.uint8), np.zeros(2, np.uint8)))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, young.name, other.name])
+
+
+def test_a_ctrl_c_after_a_probe_line_leaves_the_interrupted_line_on_its_own(monkeypatch):
+    # The per-layer line was print()ed: the text, then its newline, two writes; a Ctrl-C between them left the
+    # newline unwritten, and the command's "Interrupted: ..." line went on the end of "sensitivity: fc3 probed (...)".
+    import io
+    import sys
+    from types import SimpleNamespace
+
+    class Stderr(io.StringIO):
+        def isatty(self):
+            return False
+
+        def write(self, text):
+            super().write(text)
+            if "probed" in text:
+                raise KeyboardInterrupt  # the Ctrl-C lands right after this write
+
+    stream = Stderr()
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar, advance = analysis._analysis_bar(True)
+    table = SimpleNamespace(to_json=lambda: "{}")
+    with bar:
+        advance(SimpleNamespace(layer="fc1", value=0.3, done=1, total=2, table=table))
+        with pytest.raises(KeyboardInterrupt):
+            advance(SimpleNamespace(layer="fc2", value=0.3, done=2, total=2, table=table))
+    assert stream.getvalue().startswith("sensitivity: fc1 probed (1/2 probes")
+    assert stream.getvalue().endswith("\n")
