@@ -180,11 +180,25 @@ def _foreign_pattern(model: nn.Module, pattern: str) -> str:
     return ""
 
 
+def _alias(model: nn.Module, pattern: str) -> str:
+    """When ``pattern`` matches only second names of modules registered twice (``nn.ModuleList([lin, lin])``: one
+    module at ``blocks.0`` and ``blocks.1``), which layers do not go by, as ``" ('blocks.1' is the module 'blocks.0'
+    ...)"``; "" otherwise. torch lists such a module once, under its first name: the pattern was told it matched
+    nothing, while the listing showed ``blocks.0`` alone."""
+    first: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name != (known := first.setdefault(id(module), name)) and fnmatchcase(name, pattern):
+            return (
+                f" ({name!r} is the module {known!r}, registered twice: layers go by their first name, write {known!r})"
+            )
+    return ""
+
+
 def _why_not(model: nn.Module, pattern: str) -> str:
     """Why the first module ``pattern`` matches is not prunable at all, as ``" ('rnn' is a GRU: ...)"``, or, for a
     module holding layers, how to name them (:func:`_inside`); "" when it matches none, or only prunable layers
     (of a type ``layers.types`` leaves out)."""
-    inside = _inside(model, pattern) or _foreign_pattern(model, pattern)
+    inside = _inside(model, pattern) or _foreign_pattern(model, pattern) or _alias(model, pattern)
     if inside:
         return inside
     prunable = prunable_layers(model)
@@ -202,7 +216,7 @@ def check_names(model: nn.Module, names: list[str], where: str) -> None:
     all_names = [n for n, _ in model.named_modules() if n]
     for pattern in names:
         if not any(fnmatchcase(n, pattern) for n in all_names):
-            hint = _foreign_pattern(model, pattern)
+            hint = _foreign_pattern(model, pattern) or _alias(model, pattern)
             raise TargetError(
                 f"{where}: {short(pattern, 120)!r} matches no layer{hint}; {_listing(model)}{_rename(where)}"
             )
@@ -236,7 +250,7 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
     excludable = weighted_layers(model)
     for pattern in spec.exclude:
         if not any(fnmatchcase(n, pattern) for n in excludable):
-            why = _inside(model, pattern) or _foreign_pattern(model, pattern)
+            why = _inside(model, pattern) or _foreign_pattern(model, pattern) or _alias(model, pattern)
             listing = f"{why}; {_listing(model)}{_rename(where + '.exclude')}"
             raise TargetError(f"{where}.exclude: {short(pattern, 120)!r} matches no layer{listing}")
     chosen = {

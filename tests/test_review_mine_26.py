@@ -94,3 +94,32 @@ def test_a_relative_cache_dir_is_ignored_with_one_warning_as_a_relative_config_d
     assert len(said) == 1 and "relative path" in said[0]
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "mine"))
     assert fsutil.cache_dir() == tmp_path / "mine"
+
+
+def test_a_pattern_naming_a_modules_second_registration_says_which_name_it_goes_by():
+    import pytest
+    from torch import nn
+
+    from sparsekit.errors import TargetError
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            lin = nn.Linear(8, 8)
+            self.blocks = nn.ModuleList([lin, lin])  # one layer applied twice, listed by torch as blocks.0 alone
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = torch.relu(block(x))
+            return self.head(x)
+
+    for field in ("include", "exclude"):
+        recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5, "layers": {field: ["blocks.1"]}}]}
+        said = r"'blocks.1' is the module 'blocks.0', registered twice.*write 'blocks.0'"
+        with pytest.raises(TargetError, match=said):
+            sparsekit.Pruner(Twice(), {**recipe, "finetune": {"epochs": 1}}, steps_per_epoch=2)
+    pruner = sparsekit.Pruner(Twice(), {"pruning": [{"method": "magnitude", "sparsity": 0.5,
+                                                     "layers": {"include": ["blocks.0"]}}], "finetune": {"epochs": 1}},
+                              steps_per_epoch=2)  # fmt: skip
+    assert list(pruner.methods[0].layers) == ["blocks.0"]
