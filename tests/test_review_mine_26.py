@@ -123,3 +123,26 @@ def test_a_pattern_naming_a_modules_second_registration_says_which_name_it_goes_
                                                      "layers": {"include": ["blocks.0"]}}], "finetune": {"epochs": 1}},
                               steps_per_epoch=2)  # fmt: skip
     assert list(pruner.methods[0].layers) == ["blocks.0"]
+
+
+def test_structureds_tied_weight_refusal_names_the_module_sharing_the_tensor():
+    import pytest
+    from torch import nn
+
+    from sparsekit.errors import TargetError
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 16)
+            self.p = nn.Linear(16, 16)
+            self.out = nn.Linear(16, 20, bias=False)
+            self.out.weight = self.emb.weight  # the output layer reuses the embedding table
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.p(self.emb(x))))
+
+    recipe = {"model": {"input_shape": [1, 5]}, "pruning": [{"method": "structured", "ratio": 0.5}],
+              "finetune": {"epochs": 1}}  # fmt: skip
+    with pytest.raises(TargetError, match=r"'out.weight' \(the same tensor as 'emb.weight'\) is used 1 more time"):
+        sparsekit.Pruner(Tied(), recipe, steps_per_epoch=2)

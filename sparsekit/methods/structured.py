@@ -337,8 +337,21 @@ class Structured:
         if hit:
             roots = list(dict.fromkeys(r for name, _, _ in hit for r in self.touched_by.get(name, [name])))
             # Each weight with its own count: the first one's count, said of all, was wrong for the others.
+            # The other modules holding the same tensor (an embedding tied to the output layer): the message named
+            # the layer alone, and "a decoder reusing it transposed" read as if a second tensor were involved.
+            holders: dict[int, list[str]] = {}
+            for pname, param in model.named_parameters(remove_duplicate=False):
+                holders.setdefault(id(param), []).append(pname)
+
+            def also(n: str, p: str) -> str:
+                own = f"{n}.{p}"
+                param = model.get_submodule(n)._parameters.get(p)
+                others = [h for h in holders.get(id(param), []) if h != own] if param is not None else []
+                return f" (the same tensor as {', '.join(map(repr, others))})" if others else ""
+
             uses = [
-                f"{f'{n}.{p}'!r} {'' if i else 'is used '}{extra} more time{'' if extra == 1 else 's'} outside {n!r}"
+                f"{f'{n}.{p}'!r}{also(n, p)} {'' if i else 'is used '}{extra} more time{'' if extra == 1 else 's'} "
+                f"outside {n!r}"
                 for i, (n, p, extra) in enumerate(hit)
             ]
             said = uses[0] if len(uses) == 1 else ", ".join(uses[:-1]) + " and " + uses[-1]
