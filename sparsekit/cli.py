@@ -1662,18 +1662,25 @@ def bench(
         raise ExportError(f"--batch-size {min(batch_sizes)}: batch sizes must be > 0")
     if shape is not None:
         _check_batch_first(files, shape)
-    res = benchmark(
-        list(files),
-        list(batch_sizes),
-        threads=threads,
-        warmup=warmup,
-        runs=runs,
-        budget_s=budget_s,
-        precision=precision,
-        provider=provider,
-        input_shape=shape,
-        progress=not no_progress and not as_json,
-    )
+    try:
+        res = benchmark(
+            list(files),
+            list(batch_sizes),
+            threads=threads,
+            warmup=warmup,
+            runs=runs,
+            budget_s=budget_s,
+            precision=precision,
+            provider=provider,
+            input_shape=shape,
+            progress=not no_progress and not as_json,
+        )
+    except KeyboardInterrupt as err:
+        # Stopped after some batch sizes were timed: their table first (it took the time), then the interruption.
+        partial = getattr(err, "partial", None)
+        if partial is not None:
+            _emit(partial, as_json, latency_table(partial))
+        raise
     _emit(res, as_json, latency_table(res))
 
 

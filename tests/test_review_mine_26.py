@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,50 @@ def test_structureds_tied_weight_refusal_names_the_module_sharing_the_tensor():
               "finetune": {"epochs": 1}}  # fmt: skip
     with pytest.raises(TargetError, match=r"'out.weight' \(the same tensor as 'emb.weight'\) is used 1 more time"):
         sparsekit.Pruner(Tied(), recipe, steps_per_epoch=2)
+
+
+def _interrupting_timer(monkeypatch, at: int = 2) -> list[int]:
+    """Make the benchmark's timed runs raise KeyboardInterrupt at its ``at``-th batch size (as a Ctrl-C there would)."""
+    import sparsekit.onnx.bench as bench_mod
+
+    real, calls = bench_mod._timed_runs, []
+
+    def timed(sessions, feeds, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(sessions, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(bench_mod, "_timed_runs", timed)
+    return calls
+
+
+def test_ctrl_c_during_bench_keeps_the_batch_sizes_already_timed(tmp_path, monkeypatch):
+    import pytest
+    from click.testing import CliRunner
+    from torch import nn
+
+    from sparsekit.cli import main
+    from sparsekit.onnx import benchmark, export_onnx
+
+    path = tmp_path / "tiny.onnx"
+    export_onnx(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)), path, [1, 16], exporter="torchscript")
+    _interrupting_timer(monkeypatch)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        benchmark(path, batch_sizes=(1, 8), runs=20, warmup=2)
+    partial = caught.value.partial  # type: ignore[attr-defined]
+    assert partial["interrupted"] is True and partial["batch_sizes"] == [1]
+    assert list(partial["files"][0]["latency_ms"]) == ["1"] and partial["runs_done"]["1"] >= 1
+    assert "interrupted before batch size 8 was timed" in partial["notes"][-1]
+    # Interrupted before any batch size was timed: nothing to keep, the interruption as it was.
+    _interrupting_timer(monkeypatch, at=1)
+    with pytest.raises(KeyboardInterrupt) as first:
+        benchmark(path, batch_sizes=(1, 8), runs=20, warmup=2)
+    assert not hasattr(first.value, "partial")
+    # The command prints the table of what it timed, then stops as interrupted (130).
+    _interrupting_timer(monkeypatch)
+    result = CliRunner().invoke(main, ["bench", str(path), "-b", "1", "-b", "8", "--runs", "20", "--json"])
+    assert result.exit_code == 130, result.output
+    document = json.loads(result.stdout)
+    assert document["interrupted"] is True and document["batch_sizes"] == [1]
+    assert "Interrupted" in result.stderr

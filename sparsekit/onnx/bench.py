@@ -124,6 +124,9 @@ def benchmark(
     runs), ``speedup_significant`` and ``noise_band``; ``control`` is the A/A ratio per batch size; ``notes``
     says when the files take different inputs or give different outputs (their ratios then compare
     different models).
+    Ctrl-C (KeyboardInterrupt, or SIGTERM's :class:`~sparsekit.errors.Terminated`) once at least one batch size
+    was timed is raised again after those are summarised, carrying their result as its ``partial`` attribute
+    (``"interrupted": True`` and a note naming the batch sizes not timed).
     Raises :class:`ExportError` for bad options, an unavailable provider, a batch too big for the
     memory, and a file that is not ONNX, keeps external data outside its folder (checked before
     onnxruntime opens it) or does not load in onnxruntime.
@@ -190,19 +193,27 @@ def benchmark(
 
     samples = {}  # batch size -> int64 ns array of shape (len(sessions), runs)
     total = len(sizes) * (warmup + runs)
+    stopped: KeyboardInterrupt | None = None
+    feeds: list[dict] = []
     with _progress_bar(progress, total) as advance, _memory_cap() as cap:
-        for b in sizes:
-            # Seeded per file, so files with the same input shape see exactly the same data.
-            feeds = [
-                {s.get_inputs()[0].name: random_array([b, *d], _FED[s.get_inputs()[0].type], seed=seed)}
-                for s, d in zip(sessions, dims, strict=True)
-            ]
-            for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
-                _first_run(s, feed, path, [b, *d], cap)
-            _warm_up(sessions, feeds, warmup, None if budget_ns is None else int(budget_ns * WARMUP_SHARE), advance)
-            samples[b] = _timed_runs(
-                sessions, feeds, runs, advance, budget_ns, min(min_runs, runs), None if budget_ns is None else precision
-            )
+        try:
+            for b in sizes:
+                # Seeded per file, so files with the same input shape see exactly the same data.
+                feeds = [
+                    {s.get_inputs()[0].name: random_array([b, *d], _FED[s.get_inputs()[0].type], seed=seed)}
+                    for s, d in zip(sessions, dims, strict=True)
+                ]
+                for path, s, feed, d in zip([*files, files[0]], sessions, feeds, dims, strict=True):
+                    _first_run(s, feed, path, [b, *d], cap)
+                _warm_up(sessions, feeds, warmup, None if budget_ns is None else int(budget_ns * WARMUP_SHARE), advance)
+                samples[b] = _timed_runs(
+                    sessions, feeds, runs, advance, budget_ns, min(min_runs, runs),
+                    None if budget_ns is None else precision,
+                )  # fmt: skip
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (errors.Terminated)
+            if not samples:
+                raise
+            stopped = err  # the batch sizes timed are summarised below and go with it (nothing measured is lost)
     del sessions, feeds  # onnxruntime's copies of the weights go before the files are read for their stats
 
     out = _summarise(files, dims, samples, threads, provider, warmup, runs, seed)
@@ -214,6 +225,15 @@ def benchmark(
             "before and after pruning"
         )
     out.update(budget_s=budget_s, min_runs=min(min_runs, runs), precision=None if budget_s is None else precision)
+    if stopped is not None:
+        left = [b for b in sizes if b not in samples]
+        out["interrupted"] = True
+        out["notes"].append(
+            f"interrupted before batch size {', '.join(map(str, left))} {'was' if len(left) == 1 else 'were'} "
+            "timed: these results are of the batch sizes timed before"
+        )
+        stopped.partial = out  # type: ignore[attr-defined]
+        raise stopped
     return out
 
 
