@@ -304,6 +304,16 @@ def is_zip_archive(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def empty_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an empty regular file (not a link): replacing it loses nothing. ``tempfile``'s
+    ``mkstemp`` and ``NamedTemporaryFile`` make one, whose name a caller then gives a writer to fill. Never raises."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` as UTF-8, atomically (see :func:`atomic_path`). Raises
     :class:`OutputError` naming ``path`` when the disk is full, read-only or not writable."""

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
-from .fsutil import atomic_path, available_memory, dangling_link, is_zip_archive, text_start
+from .fsutil import atomic_path, available_memory, dangling_link, empty_file, is_zip_archive, text_start
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import int_dims, require_initialized, require_path, unwrap
 
@@ -2293,8 +2293,9 @@ def _refuse_non_torch_target(path: Path) -> None:
     """Raise :class:`~sparsekit.errors.OutputError` when ``path`` exists and is not a file torch.save writes (a zip
     archive): ``save_model(model, "recipe.yaml", ...)`` or onto an ``.onnx`` file replaced the user's file with a
     checkpoint without a word. A checkpoint or state_dict there is replaced, as before (saving over one's own)."""
-    if not path.is_file() or is_zip_archive(path):
-        return  # (nothing there, or a folder: the writer's own error says so)
+    if not path.is_file() or is_zip_archive(path) or empty_file(path):
+        # (nothing there, or a folder: the writer's own error says so; an empty file: a tempfile made for it)
+        return
     from .errors import OutputError
 
     raise OutputError(
@@ -2325,7 +2326,7 @@ def save_model(
     its history on, ``pruner`` pruned a model of other shapes than ``model``, kwargs/history/extra are not JSON-able,
     or kwargs have a key that is not a string or a NaN/inf (load_model refuses such a file as damaged), and
     :class:`~sparsekit.errors.OutputError` when the file cannot be written (disk full, read-only) or ``path`` is an
-    existing file that torch.save did not write (a recipe, an ONNX file: never replaced), and
+    existing non-empty file that torch.save did not write (a recipe, an ONNX file: never replaced), and
     TypeError when ``model`` is not an ``nn.Module`` or ``pruner`` not a :class:`~sparsekit.Pruner`. Warns when the
     weights hold NaN or inf (load_model refuses such a file)."""
     if not isinstance(model, nn.Module):

@@ -879,6 +879,8 @@ def _refuse_foreign_checkpoint(path: Path) -> None:
     except OSError:
         return  # cannot tell: the write itself reports what is wrong with the folder
     why = "a link" if stat.S_ISLNK(st.st_mode) else None if stat.S_ISREG(st.st_mode) else "not a regular file"
+    if why is None and st.st_size == 0:
+        return  # an empty file (made by tempfile, or touch): replacing it loses nothing
     if why is None:
         try:
             # mmap: only the pickled keys are read, however large the tensors; weights_only: a file is data.

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from sparsekit.errors import ExportError, OutputError, one_line, option
+from sparsekit.fsutil import empty_file
 from sparsekit.logits import describe
 from sparsekit.masks import unfollowed_masks
 from sparsekit.model_input import id_vocab, id_vocabs
@@ -130,8 +131,8 @@ def export_onnx(
     Raises :class:`ExportError` for a bad shape, exporter, opset or tolerance, a model that fails on the input or
     that the exporters cannot handle, an opset that cannot be delivered (the message says which ones
     work), or an invalid graph; :class:`~sparsekit.errors.OutputError` when the disk is full,
-    read-only or not writable, or ``path`` is an existing file not named ``.onnx`` that sparsekit did not export
-    there (a checkpoint's path given by mistake). Nothing is written at ``path`` then.
+    read-only or not writable, or ``path`` is an existing non-empty file not named ``.onnx`` that sparsekit did not
+    export there (a checkpoint's path given by mistake). Nothing is written at ``path`` then.
     """
     require_module(model, "export_onnx")
     require_initialized(model, "export_onnx", ExportError)
@@ -222,6 +223,8 @@ def refuse_non_onnx_target(path: Path) -> None:
     user's checkpoint with an ONNX graph, without a word. A file named ``.onnx`` is replaced, as before."""
     if path.suffix.lower() == ".onnx" or not (path.exists() or path.is_symlink()) or path.is_dir():
         return  # (a folder: the writer's own error says so)
+    if empty_file(path):
+        return  # nothing to lose: a tempfile.mkstemp() made for the export to fill
     if not path.is_symlink() and written_by_sparsekit(path):
         return
     raise OutputError(
