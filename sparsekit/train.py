@@ -621,7 +621,10 @@ def finetune(
                     loss = _train_loss(model, x, y, teacher, spec.distill)
                     value = loss.item()  # the one host sync per step, for the divergence check and the mean
                     if not math.isfinite(value):
-                        first = epoch == first_epoch and i == 0  # no optimizer step of this run taken yet
+                        # The weights as the caller gave them: no optimizer step taken yet. Not a resume's first batch
+                        # (epoch >= 1): the checkpoint's weights are what this run's training made (a last step of an
+                        # epoch that diverged with a finite loss), and lowering the lr is the remedy.
+                        first = epoch == 0 and i == 0
                         raise _not_finite(value, epoch, i, x, model, optimizer, first=first)
                     loss.backward()
                     pruner.regularize()  # the penalty's gradient added in place: cheaper than autograd (l1, see there)

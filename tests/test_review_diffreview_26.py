@@ -67,3 +67,38 @@ def test_finetune_fills_an_empty_last_pt(tmp_path: Path) -> None:
     recipe = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.5}], finetune={"epochs": 1})
     sparsekit.finetune(_mlp(), recipe, _data(), _data(), progress=False, checkpoint_dir=tmp_path)
     assert (tmp_path / "last.pt").stat().st_size > 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resume_whose_checkpoint_diverged_is_told_to_lower_the_lr(tmp_path: Path) -> None:
+    # The run's own last optimizer step of an epoch can leave NaN weights with a finite loss: the checkpoint then
+    # holds them. Resuming, the first batch's NaN loss was blamed on "the model's weights" given to the run
+    # (ModelFileError, "load finite weights"), though this run's training made them: it is divergence (lower the lr).
+    recipe = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.5}], finetune={"epochs": 2})
+
+    def stop(row: dict) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        sparsekit.finetune(_mlp(), recipe, _data(), _data(), progress=False, checkpoint_dir=tmp_path, on_epoch=stop)
+    ckpt = tmp_path / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] >= 1
+    state["model"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()
+    }
+    torch.save(state, ckpt)
+    with pytest.raises(sparsekit.errors.RecipeError, match="training diverged"):
+        sparsekit.finetune(_mlp(), recipe, _data(), _data(), progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_nan_weights_given_to_a_fresh_run_are_still_the_model_files_fault(tmp_path: Path) -> None:
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    recipe = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.5}], finetune={"epochs": 1})
+    with pytest.raises(sparsekit.errors.ModelFileError, match="already hold NaN"):
+        sparsekit.finetune(model, recipe, _data(), _data(), progress=False)
