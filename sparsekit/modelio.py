@@ -2289,11 +2289,23 @@ def check_finite(model: nn.Module, path: str | Path) -> None:
         )
 
 
+def _torch_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip archive as torch.save writes it (a ``data.pkl`` member, in any case, as torch reads
+    it): any zip passed for one, a numpy ``.npz`` of the user's data or a ``.zip`` of images, was replaced too."""
+    if not is_zip_archive(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.rsplit("/", 1)[-1].lower() == "data.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+        return False
+
+
 def _refuse_non_torch_target(path: Path) -> None:
     """Raise :class:`~sparsekit.errors.OutputError` when ``path`` exists and is not a file torch.save writes (a zip
     archive): ``save_model(model, "recipe.yaml", ...)`` or onto an ``.onnx`` file replaced the user's file with a
     checkpoint without a word. A checkpoint or state_dict there is replaced, as before (saving over one's own)."""
-    if not path.is_file() or is_zip_archive(path) or empty_file(path):
+    if not path.is_file() or _torch_archive(path) or empty_file(path):
         # (nothing there, or a folder: the writer's own error says so; an empty file: a tempfile made for it)
         return
     from .errors import OutputError

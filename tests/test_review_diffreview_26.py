@@ -102,3 +102,20 @@ def test_nan_weights_given_to_a_fresh_run_are_still_the_model_files_fault(tmp_pa
     recipe = sparsekit.Recipe(pruning=[{"method": "magnitude", "sparsity": 0.5}], finetune={"epochs": 1})
     with pytest.raises(sparsekit.errors.ModelFileError, match="already hold NaN"):
         sparsekit.finetune(model, recipe, _data(), _data(), progress=False)
+
+
+def test_save_model_does_not_replace_a_zip_that_torch_did_not_write(tmp_path: Path) -> None:
+    # Any zip archive passed for torch.save's: a numpy .npz of the user's data was replaced by the checkpoint.
+    import numpy as np
+
+    data = tmp_path / "calibration.npz"
+    np.savez(data, x=np.zeros((2, 8), np.float32))
+    before = data.read_bytes()
+    with pytest.raises(sparsekit.errors.OutputError, match="not a torch checkpoint"):
+        sparsekit.save_model(_mlp(), data, "torch.nn:Linear")
+    assert data.read_bytes() == before
+    # a torch.save file (a checkpoint, a state_dict) is still saved over
+    own = tmp_path / "own.pt"
+    torch.save(_mlp().state_dict(), own)
+    sparsekit.save_model(_mlp(), own, "torch.nn:Linear")
+    assert torch.load(own, weights_only=True)["format"] == "sparsekit/1"
