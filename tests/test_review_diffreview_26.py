@@ -119,3 +119,11 @@ def test_save_model_does_not_replace_a_zip_that_torch_did_not_write(tmp_path: Pa
     torch.save(_mlp().state_dict(), own)
     sparsekit.save_model(_mlp(), own, "torch.nn:Linear")
     assert torch.load(own, weights_only=True)["format"] == "sparsekit/1"
+
+
+def test_readme_says_report_rewrites_report_json_too() -> None:
+    # `sparsekit report` rewrites report.json (its summary recomputed), as its --help says since it was corrected;
+    # the README's command list still said it re-renders report.md and the plots only.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("sparsekit report DIR")]
+    assert "report.json's summary" in line
