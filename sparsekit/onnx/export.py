@@ -1031,7 +1031,8 @@ def _parity(model: nn.Module, tmp: Path, shapes: list[list[int]], rtol: float, a
         # np.max, not max(): Python's max(0.0, nan) is 0.0, which reported a file whose outputs are NaN where torch's
         # are numbers (or a model whose outputs are all NaN) as "max diff 0 (FAILED)".
         worst = float(np.max([worst, *(_max_abs_diff(g, e) for g, e in pairs)]))
-        scale = float(np.max([scale, *(float(np.max(np.abs(e), initial=0.0)) for e in expected)]))
+        # The scale skips torch's own NaN (a passed parity's "outputs up to X" lost its X to one NaN output).
+        scale = float(np.max([scale, *(float(np.max(np.abs(e[~np.isnan(e)]), initial=0.0)) for e in expected)]))
         # NaN where torch gives NaN (log of a negative input, say) is the file computing what the model does.
         ok = ok and all(np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True) for g, e in pairs)
     # NaN is not valid JSON: leave None ("not comparable"); allclose already says not ok.
