@@ -1522,6 +1522,7 @@ def _sparse_storage_line(out: Path, st: dict[str, Any]) -> str:
 def _check_export_targets(model: Path, targets: list[Path]) -> None:
     """Refuse to write over the input or over a file sparsekit did not write (before any work)."""
     from .errors import OutputError
+    from .fsutil import empty_file
     from .onnx import external_data_files, written_by_sparsekit
     from .onnx.files import EXTERNAL_DATA_BYTES
     from .outputs import refuse_run_state
@@ -1537,9 +1538,11 @@ def _check_export_targets(model: Path, targets: list[Path]) -> None:
             raise OutputError(f"-o {target}: is the input MODEL; choose another output file")
         if target.is_dir():
             raise OutputError(f"-o {target}: is a folder; give the .onnx file to write, e.g. -o {target}/model.onnx")
-        ours = not target.is_symlink() and written_by_sparsekit(target)
+        # An empty file loses nothing (-o "$(mktemp --suffix .onnx)"): filled, as export_onnx and save_model fill one.
+        empty = empty_file(target)
+        ours = not target.is_symlink() and (empty or written_by_sparsekit(target))
         data = target.parent / f"{target.name}.data"  # where external data (models over 1.8 GB) goes
-        data_ours = ours and not data.is_symlink() and data.name in external_data_files(target)
+        data_ours = ours and not empty and not data.is_symlink() and data.name in external_data_files(target)
         for path, owned in ((target, ours), *([(data, data_ours)] if big else [])):
             if (path.exists() or path.is_symlink()) and not owned:
                 why = " (where the export of a model over 1.8 GB keeps its weights)" if path == data else ""

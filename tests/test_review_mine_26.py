@@ -194,3 +194,20 @@ def test_ctrl_c_during_bench_keeps_the_batch_sizes_already_timed(tmp_path, monke
     document = json.loads(result.stdout)
     assert document["interrupted"] is True and document["batch_sizes"] == [1]
     assert "Interrupted" in result.stderr
+
+
+def test_export_fills_an_empty_file_given_as_its_output_as_the_python_api_does(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(mlp().state_dict(), "m.pt")
+    (tmp_path / "e.onnx").write_bytes(b"")  # -o "$(mktemp --suffix .onnx)"
+    result = CliRunner().invoke(main, ["export", "m.pt", "--arch", "examples.models:mlp", "-o", "e.onnx",
+                                       "--exporter", "torchscript"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "e.onnx").stat().st_size > 1000
+    (tmp_path / "mine.onnx").write_bytes(b"x")  # not empty, not sparsekit's: still never replaced
+    refused = CliRunner().invoke(main, ["export", "m.pt", "--arch", "examples.models:mlp", "-o", "mine.onnx"])
+    assert refused.exit_code == 2 and (tmp_path / "mine.onnx").read_bytes() == b"x"
