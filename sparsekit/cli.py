@@ -607,10 +607,29 @@ device_option = click.option(
     help="Where to train (overrides finetune.device, default auto: CUDA when available). Under torchrun "
     "each process uses cuda:LOCAL_RANK.",
 )
+
+
+def _note_repeated_keys(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--set`` may be given many times, each a setting; one key set twice keeps the last value (they apply in
+    order) and now says so, as a single-value option given twice does (:func:`_note_repeated`)."""
+    last: dict[str, tuple[int, str]] = {}
+    for item in value:
+        key, eq, _ = str(item).partition("=")
+        if eq:
+            count = last.get(key.strip(), (0, ""))[0]
+            last[key.strip()] = (count + 1, str(item))
+    if not ctx.resilient_parsing:
+        for key, (count, item) in last.items():
+            if count > 1:
+                click.echo(f"Note: --set {key} given {count} times; the last one is used ({item})", err=True)
+    return value
+
+
 set_option = click.option(
     "--set",
     "overrides",
     multiple=True,
+    callback=_note_repeated_keys,
     metavar="KEY.PATH=VALUE",
     help="Override a recipe key (repeatable; list items by index), e.g. --set pruning.0.sparsity=0.8 or "
     "--set data.batch_size=128; the whole recipe is validated again (every key: `sparsekit recipes --reference`).",

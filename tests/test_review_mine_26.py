@@ -73,10 +73,14 @@ def test_an_option_given_twice_says_the_last_one_is_used_and_repeatable_ones_say
     assert "Note: --arch given 2 times; the last one is used (examples.models:mlp)" in both.stderr
     once = CliRunner().invoke(main, ["inspect", "m.pt", "--arch", "examples.models:mlp"])
     assert once.exit_code == 0 and "given" not in once.stderr
-    # --set may be given many times (each one setting): no note
-    sets = CliRunner().invoke(main, ["validate", "--set", "finetune.epochs=2", "--set", "finetune.epochs=3",
+    # --set may be given many times (each one a setting): no note, unless one key is set twice
+    sets = CliRunner().invoke(main, ["validate", "--set", "finetune.epochs=4", "--set", "seed=3",
                                      "lenet-gradual-magnitude-90"])  # fmt: skip
-    assert "given" not in sets.stderr, sets.stderr
+    assert sets.exit_code == 0 and "given" not in sets.stderr, sets.stderr
+    twice = CliRunner().invoke(main, ["validate", "--set", "finetune.epochs=2", "--set", "finetune.epochs=4",
+                                      "lenet-gradual-magnitude-90"])  # fmt: skip
+    said = "Note: --set finetune.epochs given 2 times; the last one is used (finetune.epochs=4)"
+    assert twice.exit_code == 0 and said in twice.stderr, twice.stderr
 
 
 def test_a_relative_cache_dir_is_ignored_with_one_warning_as_a_relative_config_dir_is(tmp_path, monkeypatch, caplog):
