@@ -1758,6 +1758,31 @@ def _fold_torch_prune(state: dict[str, Any], own: dict[str, Any]) -> tuple[dict[
     return state, folded
 
 
+def _bake_torch_prune(model: nn.Module, path: Path) -> list[str]:
+    """Make permanent the torch.nn.utils.prune masks of a whole model saved while they were on (before
+    ``prune.remove``), as :func:`_fold_torch_prune` reads a state_dict saved so; the note to show, else [].
+
+    Such a layer's weight is computed in the forward pass (``weight_orig * weight_mask``), so every command
+    left it out: inspect listed its layers as one unnamed row at sparsity 0.000, and prune refused the recipe
+    as selecting no layer while naming only the layers the mask hooks did not cover."""
+    prune = sys.modules.get("torch.nn.utils.prune")  # a file holding such hooks imported it when unpickled
+    if prune is None:
+        return []
+    baked = []
+    for name, module in model.named_modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                tensor = hook._tensor_name
+                prune.remove(module, tensor)
+                baked.append(f"{name}.{tensor}" if name else tensor)
+    if not baked:
+        return []
+    return [
+        f"{path}: {shorten(', '.join(baked), 120)} held torch.nn.utils.prune's masks (saved before "
+        "torch.nn.utils.prune.remove); read as weight_orig * weight_mask, as prune.remove would have stored it"
+    ]
+
+
 def load_weights(
     model: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str, kwargs: dict[str, Any] | None = None
 ) -> list[str]:
@@ -2100,9 +2125,10 @@ def read_model(
             raise ModelFileError(f"{path}: holds a {type(obj).__name__}, not an nn.Module or a state_dict")
         if not (arch and compiled_module(obj)):
             check_finite(obj, path)
+            baked = _bake_torch_prune(obj, path)
             if keep_wide and _wide_dtype(obj.state_dict(), {torch.float32}) is not None:
-                return LoadedModel(obj.eval(), arch, kwargs or {}, input_shape, kind=kind)
-            note = _precision_note(obj.state_dict(), path)
+                return LoadedModel(obj.eval(), arch, kwargs or {}, input_shape, kind=kind, notes=baked)
+            note = baked + _precision_note(obj.state_dict(), path)
             return LoadedModel(obj.float().eval(), arch, kwargs or {}, input_shape, kind=kind, notes=note)
         # TorchScript and torch.export keep no layer classes a method could prune: their weights go into the
         # architecture named, checked strictly as a state_dict's are.
