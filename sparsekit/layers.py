@@ -259,6 +259,17 @@ def select_layers(model: nn.Module, spec: LayerSelect, where: str = "layers") ->
         if any(fnmatchcase(n, p) for p in spec.include) and not any(fnmatchcase(n, p) for p in spec.exclude)
     }
     if not chosen:
+        computed = computed_left_out(model, spec, chosen)
+        if computed:
+            # The layers are there, named as the recipe says, but their weight is computed in the forward pass
+            # (torch.nn.utils.prune's mask, weight_norm): "name this model's layers in include" sent the user after
+            # names that were right all along. Say what hides them and the call that gives the weight back.
+            shown = ", ".join(name for name, _, _ in computed[:8]) + (" ..." if len(computed) > 8 else "")
+            what, call = computed[0][2]
+            raise TargetError(
+                f"{where}: every layer it selects ({shown}) has a weight computed in the forward pass ({what}), "
+                f"which pruning cannot mask; call {call} on each before pruning it"
+            )
         raise TargetError(
             f"{where}: include/exclude leave no layer to prune; {_listing(model)}{_rename(where + '.include')}"
         )
