@@ -996,7 +996,17 @@ def _outcome(
         before = sum(r.params - r.nonzero_params for name in m.layers if (r := dense.get(name)))
         weights = sum(r.params for name in m.layers if (r := dense.get(name)))
         new_zeros = m.achieved * weights - before if weights else m.achieved
-        if new_zeros < 0.5 if weights else m.achieved <= 0:
+        tol = (m.model_extra or {}).get("tolerance")
+        tol = float(tol) if isinstance(tol, (int, float)) else SPARSITY_TOLERANCE
+        if weights and abs(new_zeros) < 0.5 and m.asked is not None and m.achieved >= m.asked - tol:
+            # A model that came already pruned to the target (torch.nn.utils.prune's, then fine-tuned here with its
+            # zeros held): nothing was left for the entry to zero. "Target missed ... achieved nothing", an exit 2
+            # under --strict, called a target met a miss.
+            remarks.append(
+                f"zeroed no weight itself: its {n} layer(s) already held {before:,} zeros ({before / weights:.3f}), "
+                f"as many as the {m.asked:g} asked"
+            )
+        elif new_zeros < 0.5 if weights else m.achieved <= 0:
             nothing = True
             had = f" beyond the {before:,} zeros the dense model had" if before else ""
             advice = f": {_l1_advice(spec, epochs)}" if m.method == "l1" else ""
