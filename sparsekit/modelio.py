@@ -2298,8 +2298,12 @@ def _fallback_kwargs(
 def non_finite_tensors(model: nn.Module) -> list[str]:
     """The names of ``model``'s parameters holding NaN or inf and of its buffers holding NaN (what
     :func:`check_finite` refuses)."""
-    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-    return bad + [n for n, b in model.named_buffers() if b.is_floating_point() and bool(torch.isnan(b).any())]
+    # Detached: under torch.inference_mode a parameter that requires grad made isfinite fail ("functions with out=...
+    # arguments don't support automatic differentiation"), so save_model failed there.
+    bad = [
+        n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())
+    ]
+    return bad + [n for n, b in model.named_buffers() if b.is_floating_point() and bool(torch.isnan(b.detach()).any())]
 
 
 def check_finite(model: nn.Module, path: str | Path) -> None:

@@ -832,7 +832,9 @@ def _not_finite(
     where = f"the loss became {value} at epoch {epoch + 1}, batch {batch + 1}"
     if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         return DataError(f"data: {where}: this batch of inputs holds NaN or inf values; clean the data")
-    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    bad = [
+        n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())
+    ]
     if bad and first:
         # Before any step the run took, no learning rate made them so: "training diverged, lower the lr" sent the
         # user to retune a recipe when the model given to it already held NaN / inf (a diverged checkpoint).
