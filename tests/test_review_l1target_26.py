@@ -32,7 +32,7 @@ def test_a_target_the_layer_caps_cannot_reach_is_refused_when_the_pruner_is_buil
         sparsekit.Pruner(_mlp(), _recipe(0.95, mode), steps_per_epoch=4, context={"input_shape": [1, 10]})
     msg = str(err.value)
     assert msg.startswith("pruning[0].target: 0.95 asks for 15 of the 16 units"), msg
-    assert "at most 14 (0.875) can be" in msg and "ask for at most 0.906" in msg, msg
+    assert "at most 14 (0.875) can be" in msg and "ask for at most 0.906 (14 of them)" in msg, msg
     # the suggestion is met in full: built, trained and finalized, it reaches it with no warning
     model = _mlp()
     pruner = sparsekit.Pruner(model, _recipe(0.906, mode), steps_per_epoch=4, context={"input_shape": [1, 10]})

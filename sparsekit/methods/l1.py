@@ -483,7 +483,13 @@ class L1:
             f"{self.where}.target: {self.target:g} asks for {round(self.target * self.total)} of the {self.total} "
             f"{what} this entry selects at zero, but at most {most} ({most / self.total:.3g}) can be: no layer may "
             f"have more than {self.layer_cap:g} of its {what} at zero, and every layer keeps one ({per}); "
-            + (f"ask for at most {fits:g}, or select more layers" if fits else "select more layers")
+            # (with the count it stands for: 0.812 of 8 units reads as contradicting "at most 6 (0.75)" until it
+            # says it is 6 of them, round(6.5))
+            + (
+                f"ask for at most {fits:g} ({round(fits * self.total)} of them), or select more layers"
+                if fits
+                else "select more layers"
+            )
         )
 
     def _reachable(self, target: float, slack: float | None = None) -> bool:
