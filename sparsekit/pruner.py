@@ -32,7 +32,8 @@ from .errors import TargetError, TargetMissedWarning, one_line
 from .layers import computed_weight, layer_kind, prunable_layers, tied_aliases
 from .learning_rate import LearningRates, on_optimizer_steps
 from .masks import MASK, apply_masks, bake, forget_applied, forget_plan, get_mask, weight_of
-from .modelio import compiled_module
+from .methods.base import outside_sparsekit
+from .modelio import compiled_module, non_finite_tensors
 from .precision import autocast_off, full_precision
 from .recipe import Recipe, as_recipe, pruning_key, remedies_for
 from .schedule import checked_steps_per_epoch
@@ -231,6 +232,15 @@ class Pruner:
             # Every mask applied in place then failed with torch's "Inplace update to inference tensor outside
             # InferenceMode", and structured tracing with advice to check model.input_shape.
             raise TargetError(f"Pruner(model=...): {INFERENCE_TENSORS_ADVICE}")
+        if bad := non_finite_tensors(self.model):
+            # Taken without a word: magnitude ranked a NaN weight first (kept), a masked one stayed NaN (0 * NaN), and
+            # max_norm turned an inf weight's whole row into NaN. The CLI refuses such a file at load.
+            more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+            warnings.warn(
+                f"Pruner(model=...): the model's weights hold NaN or inf values ({', '.join(bad[:4])}{more}): rankings "
+                "and masks are undefined on them; load finite weights (from before a training run diverged)",
+                stacklevel=outside_sparsekit(),
+            )
         # (DDP inside torch.compile's wrapper is one of its modules)
         ddp = nn.parallel.DistributedDataParallel
         self._in_ddp = data_parallel and any(isinstance(m, ddp) for m in model.modules())

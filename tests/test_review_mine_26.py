@@ -215,3 +215,16 @@ def test_export_fills_an_empty_file_given_as_its_output_as_the_python_api_does(t
     (tmp_path / "mine.onnx").write_bytes(b"x")  # not empty, not sparsekit's: still never replaced
     refused = CliRunner().invoke(main, ["export", "m.pt", "--arch", "examples.models:mlp", "-o", "mine.onnx"])
     assert refused.exit_code == 2 and (tmp_path / "mine.onnx").read_bytes() == b"x"
+
+
+def test_a_pruner_built_on_weights_holding_nan_or_inf_says_so():
+    import pytest
+
+    model = mlp()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("nan")
+        model.fc2.weight[1, 1] = float("inf")
+    recipe = {"pruning": [{"method": "magnitude", "sparsity": 0.5}], "finetune": {"epochs": 1}}
+    with pytest.warns(UserWarning, match=r"weights hold NaN or inf values \(fc1.weight, fc2.weight\)") as caught:
+        sparsekit.Pruner(model, recipe, steps_per_epoch=2)
+    assert caught[0].filename == __file__  # the user's line, not sparsekit's
