@@ -2300,10 +2300,17 @@ def non_finite_tensors(model: nn.Module) -> list[str]:
     :func:`check_finite` refuses)."""
     # Detached: under torch.inference_mode a parameter that requires grad made isfinite fail ("functions with out=...
     # arguments don't support automatic differentiation"), so save_model failed there.
+    # (a meta tensor, a rehearsal's shapes-only copy, holds no values to check)
     bad = [
-        n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())
+        n
+        for n, p in model.named_parameters()
+        if p.is_floating_point() and not p.is_meta and not bool(torch.isfinite(p.detach()).all())
     ]
-    return bad + [n for n, b in model.named_buffers() if b.is_floating_point() and bool(torch.isnan(b.detach()).any())]
+    return bad + [
+        n
+        for n, b in model.named_buffers()
+        if b.is_floating_point() and not b.is_meta and bool(torch.isnan(b.detach()).any())
+    ]
 
 
 def check_finite(model: nn.Module, path: str | Path) -> None:
