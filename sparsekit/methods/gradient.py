@@ -315,8 +315,8 @@ class Gradient(Magnitude):
                 )
             raise TargetError(
                 f"{self.where}: gradient criterion got no gradients, or only zero ones (for {self._missing()}): call "
-                "loss.backward() before pruner.step() and optimizer.zero_grad() after it, or give the recipe "
-                "fine-tuning epochs / calibration batches; exclude frozen layers with layers.exclude"
+                "loss.backward() before pruner.step() and optimizer.zero_grad() after it (a sparsekit prune run: "
+                "give the recipe fine-tuning epochs or calibration_batches); exclude frozen layers with layers.exclude"
             )
         return super().finalize(model)
 
