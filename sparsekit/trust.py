@@ -36,6 +36,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -913,6 +914,35 @@ def _near_module(module: str, exc: ImportError) -> str:
         close = difflib.get_close_matches(top, [n for n in here if n.isidentifier()], n=1)
         if close:
             return f"; did you mean {close[0] + module[len(top) :]!r} (in the current folder)?"
+    # Rightly spelt, but run from the wrong folder (`sparsekit prune proj/weights.pt ... --arch mynet:LeNet` from
+    # proj's parent, or from inside the output folder): name the nearby folder that holds it, so the fix is a `cd`.
+    elsewhere = _folder_holding(top)
+    if elsewhere:
+        return f"; {top!r} is in {elsewhere}/: run from that folder"
+    return ""
+
+
+def _folder_holding(top: str, most: int = 200) -> str:
+    """The parent folder or a sub-folder of the current one (the first ``most`` of them, so a huge folder costs
+    little) holding module ``top`` as ``top.py`` or a package; else "". Only file names are read."""
+
+    def holds(folder: str) -> bool:
+        return os.path.isfile(os.path.join(folder, f"{top}.py")) or os.path.isfile(
+            os.path.join(folder, top, "__init__.py")
+        )
+
+    with contextlib.suppress(OSError):
+        if holds(".."):
+            return ".."
+        with os.scandir(".") as entries:
+            subfolders = sorted(
+                entry.name
+                for entry in itertools.islice(entries, most)
+                if entry.is_dir() and not entry.name.startswith(".")
+            )
+        for name in subfolders:
+            if holds(name):
+                return name
     return ""
 
 
