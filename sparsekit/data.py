@@ -55,6 +55,7 @@ from sparsekit.fsutil import (
     cache_dir,
     dangling_link,
     is_zip_archive,
+    near_file,
     read_regular,
     remove_killed_temps,
 )
@@ -453,7 +454,7 @@ def npz_file(source: str) -> tuple[Path, str]:
             raise DataError(f"{where}: {link}")
         raise DataError(
             f"{where} not found (relative paths start at the current directory {os.getcwd()}); "
-            "check the path or use one of: " + ", ".join(BUILTIN_SOURCES)
+            "check the path or use one of: " + ", ".join(BUILTIN_SOURCES) + near_file(path)
         )
     if not is_zip_archive(path):
         raise DataError(f"{where} is not a valid .npz archive; write it with numpy.savez(path, x=..., y=...)")

@@ -75,6 +75,29 @@ def file_in_the_way(path: str | os.PathLike[str] | None, code: int | None) -> st
     return None
 
 
+def near_file(path: str | os.PathLike[str], most: int = 1000) -> str:
+    """For a file not found: "; did you mean 'weights.pt'?" naming the file of the closest name in the folder it was
+    looked for in (a missing or extra letter, .yml for .yaml), written as the user wrote the folder; else "". Only the
+    first ``most`` names of the folder are read, and hidden files are never offered."""
+    import difflib
+    import itertools
+
+    try:
+        p = Path(os.fsdecode(path))
+        with os.scandir(p.parent) as entries:
+            names = [
+                entry.name
+                for entry in itertools.islice(entries, most)
+                if not entry.name.startswith(".") and entry.is_file()
+            ]
+        close = difflib.get_close_matches(p.name, names, n=1, cutoff=0.8)
+    except (OSError, ValueError, TypeError):
+        return ""
+    if not close:
+        return ""
+    return f"; did you mean {str(p.with_name(close[0]))!r}?"
+
+
 def dangling_link(path: str | os.PathLike[str] | None) -> str | None:
     """For a path (or a folder above it) that is a symbolic link to nothing, which mkdir reports as "File exists":
     what the link points at and what to do; else None."""

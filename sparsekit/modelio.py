@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFileError, one_line, option, quoted, shorten
-from .fsutil import atomic_path, available_memory, dangling_link, empty_file, is_zip_archive, text_start
+from .fsutil import atomic_path, available_memory, dangling_link, empty_file, is_zip_archive, near_file, text_start
 from .trust import call_user_code, installed_with_sparsekit, load_callable, split_spec
 from .wrappers import int_dims, require_initialized, require_path, unwrap
 
@@ -1327,7 +1327,7 @@ def check_model_path(path: Path) -> None:
     ``run_prune`` checks it before the output folder, so a mistyped name is the first error, not the second)."""
     if not path.exists():
         # A link to nothing is no missing name: "model file not found" pointed at the link, which is there.
-        raise ModelFileError(dangling_link(path) or f"{path}: model file not found")
+        raise ModelFileError(dangling_link(path) or f"{path}: model file not found{near_file(path)}")
     if path.is_dir():
         if (path / "model.pt").is_file():
             # A run's output folder (`prune -o out`, then `inspect out`): naming the file in it is the remedy, where

@@ -25,7 +25,7 @@ import yaml
 
 from .errors import RecipeError, option
 from .errors import shorten as short
-from .fsutil import dangling_link
+from .fsutil import dangling_link, near_file
 
 # What a recipe file may hold. A recipe is a page of settings; these limits are orders of magnitude
 # above any real one and stop hostile or broken input (huge files, deep nesting, alias bombs that
@@ -573,7 +573,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             )
         if not path.exists():
             # A link to nothing is no missing name: "recipe file not found" pointed at the link, which is there.
-            raise RecipeError(dangling_link(path) or f"{path}: recipe file not found{_shipped_hint(path)}")
+            raise RecipeError(
+                dangling_link(path) or f"{path}: recipe file not found{near_file(path) or _shipped_hint(path)}"
+            )
         if path.is_dir():
             raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
         mode = path.stat().st_mode

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sparsekit.errors import SparsekitError
@@ -37,3 +39,38 @@ def test_arch_of_a_module_nowhere_near_gets_no_folder_hint(tmp_path, monkeypatch
         load_callable("mynet:build", kind="model", field="arch")
     assert "cannot import module 'mynet'" in str(err.value)
     assert "run from that folder" not in str(err.value)
+
+
+def test_a_mistyped_file_name_suggests_the_file_beside_it(tmp_path, monkeypatch):
+    # `sparsekit prune weight.pt ...` (for weights.pt), `validate my-recipe.yml` (for the .yaml that
+    # `sparsekit recipes NAME > my-recipe.yaml` wrote), `bench out/mode.onnx`, `--data dat.npz`: each said only "not
+    # found", while the module and recipe-name look-ups already suggested the closest name. Every file kind now does.
+    import numpy as np
+
+    from sparsekit.data import npz_file
+    from sparsekit.errors import DataError, ExportError, ModelFileError, RecipeError
+    from sparsekit.modelio import check_model_path
+    from sparsekit.onnx.files import load_onnx
+    from sparsekit.recipe_yaml import read_yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for name in ("weights.pt", "my-recipe.yaml", "out/model.onnx", ".hidden.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    np.savez(tmp_path / "data.npz", x=np.zeros((2, 4), "float32"), y=np.zeros(2, int))
+
+    cases = [
+        (ModelFileError, lambda: check_model_path(Path("weight.pt")), "'weights.pt'"),
+        (RecipeError, lambda: read_yaml("my-recipe.yml"), "'my-recipe.yaml'"),
+        (ExportError, lambda: load_onnx("out/mode.onnx"), "'out/model.onnx'"),
+        (DataError, lambda: npz_file("dat.npz"), "'data.npz'"),
+    ]
+    for kind, call, meant in cases:
+        with pytest.raises(kind) as err:
+            call()
+        assert f"did you mean {meant}?" in str(err.value), str(err.value)
+    # No invented suggestion: nothing close, or only a hidden file close.
+    for call in (lambda: check_model_path(Path("lenet.safetensors")), lambda: check_model_path(Path("hidden.pt"))):
+        with pytest.raises(ModelFileError) as err:
+            call()
+        assert "did you mean" not in str(err.value)

@@ -47,6 +47,7 @@ from sparsekit.fsutil import (
     TEMP_SUFFIX,
     atomic_path,
     lock_folder,
+    near_file,
     sigint_deferred,
     text_start,
     unlock_folder,
@@ -228,7 +229,7 @@ def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[s
     if not path.is_file():
         if path.is_dir():
             raise ExportError(f"{path}: is a folder; give the .onnx file in it")
-        raise ExportError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+        raise ExportError(f"{path}: {'not a regular file' if path.exists() else 'no such file' + near_file(path)}")
     try:
         # Never let onnx follow external-data locations before they are checked. Always the binary format: onnx
         # guesses a text format from a .json/.txt name (report.json was "parsed" into a ParseError listing fields),
