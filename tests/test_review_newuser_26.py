@@ -74,3 +74,32 @@ def test_a_mistyped_file_name_suggests_the_file_beside_it(tmp_path, monkeypatch)
         with pytest.raises(ModelFileError) as err:
             call()
         assert "did you mean" not in str(err.value)
+
+
+def test_the_readme_command_synopsis_names_every_option_of_each_command():
+    # A new user reads README's `## Commands` block as the list of what each command takes: it left out --kwargs
+    # on prune, sensitivity, export and inspect (only a paragraph below said it works "wherever --arch is
+    # accepted") and --no-progress on prune, sensitivity and bench, which --help lists. Each option is now there
+    # (--debug and --help are said once for all; -o / -b stand for --output / --batch-size).
+    import re
+
+    import click
+
+    from sparsekit.cli import main
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("\n## Commands\n", 1)[1].split("```", 2)[1]
+    missing = {}
+    for line in block.splitlines():
+        found = re.match(r"sparsekit (\w+) ", line)
+        if not found:
+            continue
+        command = main.commands[found.group(1)]  # type: ignore[attr-defined]
+        synopsis = line.split("  #")[0]
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            names = [n for n in param.opts + param.secondary_opts if n not in ("--debug", "--help", "-h")]
+            if names and not any(re.search(re.escape(n) + r"(?![\w-])", synopsis) for n in names):
+                missing.setdefault(found.group(1), []).append(names[0])
+    assert not missing, missing
