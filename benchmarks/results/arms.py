@@ -126,8 +126,11 @@ def _plain_finetune(model: nn.Module, recipe: sparsekit.Recipe, split: Split) ->
     opt = make_optimizer(model.parameters(), spec)
     sched = make_scheduler(opt, spec)
     model.train()
+    # One loader for every epoch, as sparsekit.finetune gets in run_sparsekit: a fresh loader per epoch restarted its
+    # generator, so the baselines saw epoch 1's batch order 8 times while the sparsekit arm saw 8 orders.
+    loader = split.train_loader()
     for _ in range(spec.epochs):
-        for x, y in split.train_loader():
+        for x, y in loader:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
