@@ -85,8 +85,9 @@ def train_dense(model: nn.Module, split: Split, epochs: int, lr: float = 1e-3) -
     torch.manual_seed(split.seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in range(epochs):
-        for x, y in split.train_loader():
+    loader = split.train_loader()  # one loader, reshuffled each epoch as examples/train.py's (a fresh one per epoch
+    for _ in range(epochs):  # replayed epoch 1's batch order every epoch)
+        for x, y in loader:
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
