@@ -23,6 +23,7 @@ from .fsutil import (
     TEMP_SUFFIX,
     keeps_caller_generators,
     lock_folder,
+    missing_folders,
     read_regular,
     remove_killed_temps,
     sigint_deferred,
@@ -277,11 +278,14 @@ def allocate_for_run(
     return _with_pruning(recipe, pruning), table, allocation
 
 
-def _discard_empty(out: Path, created: bool) -> None:
-    """An allocation that fails with nothing probed leaves no folder behind: this run made it, and it holds nothing
-    to resume from (a partial table, when there is one, stays to be resumed)."""
-    if created and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+def _discard_empty(made: list[Path]) -> None:
+    """An allocation that fails with nothing probed leaves no folder behind: ``made`` (the output folder and the
+    folders above it this run created, deepest first: ``-o new/a/b`` made three) go when empty; they hold nothing to
+    resume from (a partial table, when there is one, stays to be resumed)."""
+    for folder in made:
+        if not folder.is_dir() or folder.is_symlink() or any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def _table_cache(inputs: Inputs) -> Path | None:
@@ -672,7 +676,7 @@ def run_sensitivity(
                 f"{table_path}: cannot be resumed: it was measured on another setup {why}; start again with "
                 f"{option('overwrite')}, or resume with the same model, data, seed and recipe settings"
             ) from None
-        created = not out.exists()  # (no probe saved a partial table into it)
+        made = missing_folders(out)  # (none when a probe saved a partial table into it)
         out.mkdir(parents=True, exist_ok=True)
         lock.take()
         allocation: dict[str, Any] | None = None
@@ -683,7 +687,7 @@ def run_sensitivity(
                 allocated, details = allocate_with_details(inputs.loaded.model, recipe, table, input_shape=inputs.shape)
             except SparsekitError as err:
                 if not (out / PARTIAL_FILE).is_file():
-                    _discard_empty(out, created)
+                    _discard_empty(made)
                     raise
                 # The analysis finished and only the allocation failed: its table stays in the partial file, which
                 # was not said, so a user who fixed the target met "holds an earlier analysis" next, not knowing
@@ -697,7 +701,7 @@ def run_sensitivity(
                 kept.args = (render(kept.raw_message), *err.args[1:])
                 raise kept from None
             except BaseException:
-                _discard_empty(out, created)
+                _discard_empty(made)
                 raise
             pruning = [spec.model_dump(mode="json") for spec in allocated.pruning]
             allocation = {
