@@ -436,7 +436,8 @@ def finetune(
     the device, the export and benchmark sections). ``checkpoint_shown``: the folder progress lines name instead of
     ``checkpoint_dir`` (``sparsekit prune`` trains in a staging folder and publishes its checkpoints to
     ``OUT/checkpoints``, where the user finds them). With ``log_dir``, per-step and per-epoch metrics
-    go to CSV (and TensorBoard when installed), see :mod:`sparsekit.metrics_log`.
+    go to CSV (and TensorBoard when installed), see :mod:`sparsekit.metrics_log`; a run that does not resume starts
+    the logs sparsekit wrote there before over (rows past step 0 dropped), a resume cuts them at its checkpoint.
 
     With ``finetune.distill`` set, the loss is Hinton et al.'s mix of cross-entropy and the dense model's
     soft targets (:class:`~sparsekit.recipe.DistillSpec`, :func:`distillation_loss`; ``train_loss`` is then
