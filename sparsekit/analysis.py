@@ -92,14 +92,11 @@ def _remove_killed_writes(out: Path) -> None:
     """Remove the temp files that an analysis killed while writing one of its files (SIGKILL, a power cut) left in
     ``out``: nothing else removes them, and each run killed in its last seconds (the plot) left more. Called under
     the folder's lock, so no live analysis is writing them."""
-    from .outputs import temp_target
+    from .outputs import remove_stale_temps, temp_target
 
     own = (*OUTPUT_FILES, MANIFEST_FILE)
-    with contextlib.suppress(OSError):
-        for entry in out.iterdir():
-            if temp_target(entry.name) in own and not entry.is_symlink() and entry.is_file():
-                with contextlib.suppress(OSError):  # gone meanwhile: nothing to do
-                    entry.unlink()
+    with contextlib.suppress(OSError):  # (the run folders' own sweep, limited to the analysis's file names)
+        remove_stale_temps(out, lambda rel: temp_target(rel) in own)
 
 
 def _analysis_bar(progress: bool, save_to: Path | None = None, lock: _FolderLock | None = None) -> tuple[Any, Any]:
