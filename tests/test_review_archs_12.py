@@ -123,14 +123,12 @@ def build():
 """
 
 
-def test_sensitivity_whose_allocation_fails_with_nothing_probed_leaves_no_folder(tmp_path, monkeypatch, one_thread):
-    # Nothing to probe (c3, the only layer selected, is held by the ignored 'proj'), then the allocation fails
-    # (exit 2): the command had created the output folder and left it there, empty; a prune run leaves none.
+def failing_allocation(tmp_path, monkeypatch) -> list[str]:
+    """A ``sensitivity`` command line (without ``-o``) with nothing to probe (c3, the only layer selected, is held by
+    the ignored 'proj') whose allocation then fails (exit 2, naming target_macs)."""
     import numpy as np
-    from click.testing import CliRunner
 
-    from sparsekit.cli import main
-    from tests.conftest import assert_bad_input, user_module
+    from tests.conftest import user_module
 
     mod = user_module(tmp_path, monkeypatch, "projected_residual", PROJECTED)
     model = tmp_path / "m.pt"
@@ -143,8 +141,19 @@ def test_sensitivity_whose_allocation_fails_with_nothing_probed_leaves_no_folder
         "version: 1\ndata: {batch_size: 16}\nfinetune: {epochs: 1}\npruning:\n  - method: structured\n"
         "    ratio: auto\n    target_macs: 0.5\n    schedule: oneshot\n    ignore: [c1, c2, proj, fc]\n"
     )
+    return ["sensitivity", str(model), str(recipe), "--arch", "projected_residual:build", "--data", str(data)]
+
+
+def test_sensitivity_whose_allocation_fails_with_nothing_probed_leaves_no_folder(tmp_path, monkeypatch, one_thread):
+    # Nothing to probe, then the allocation fails (exit 2): the command had created the output folder and left it
+    # there, empty; a prune run leaves none.
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+    from tests.conftest import assert_bad_input
+
     out = tmp_path / "sens"
-    args = ["sensitivity", str(model), str(recipe), "--arch", "projected_residual:build", "--data", str(data)]
+    args = failing_allocation(tmp_path, monkeypatch)
     result = CliRunner().invoke(main, [*args, "-o", str(out), "--no-progress"])
     assert_bad_input(result, "target_macs")
     assert not out.exists()

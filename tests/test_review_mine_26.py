@@ -232,27 +232,15 @@ def test_a_pruner_built_on_weights_holding_nan_or_inf_says_so():
 
 def test_sensitivity_whose_allocation_fails_with_nothing_probed_leaves_no_parent_it_made(tmp_path, monkeypatch):
     # -o new/a/b: the failed allocation removed b alone and left the empty new/a it had made (a prune run removes
-    # them all). The model and data of test_review_archs_12's variant: nothing to probe, then the allocation fails.
-    import numpy as np
+    # them all). test_review_archs_12's command: nothing to probe, then the allocation fails.
     from click.testing import CliRunner
-    from conftest import assert_bad_input, user_module
-    from test_review_archs_12 import PROJECTED
+    from conftest import assert_bad_input
+    from test_review_archs_12 import failing_allocation
 
     from sparsekit.cli import main
 
-    mod = user_module(tmp_path, monkeypatch, "projected_residual", PROJECTED)
-    model = tmp_path / "m.pt"
-    sparsekit.save_model(mod.build(), model, factory="projected_residual:build", input_shape=[1, 3, 8, 8])
-    rng = np.random.default_rng(0)
-    data = tmp_path / "d.npz"
-    np.savez(data, x=rng.standard_normal((32, 3, 8, 8)).astype("float32"), y=rng.integers(0, 4, 32))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {batch_size: 16}\nfinetune: {epochs: 1}\npruning:\n  - method: structured\n"
-        "    ratio: auto\n    target_macs: 0.5\n    schedule: oneshot\n    ignore: [c1, c2, proj, fc]\n"
-    )
+    args = failing_allocation(tmp_path, monkeypatch)
     (tmp_path / "kept").mkdir()  # a folder of the user's above the new ones: stays
     out = tmp_path / "kept" / "new" / "a" / "b"
-    args = ["sensitivity", str(model), str(recipe), "--arch", "projected_residual:build", "--data", str(data)]
     assert_bad_input(CliRunner().invoke(main, [*args, "-o", str(out), "--no-progress"]), "target_macs")
     assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()
