@@ -39,6 +39,10 @@ from .errors import SparsekitError, option
 #: already trained did. A name ending in ``.`` covers a whole section (everything after training).
 SAFE_CHANGES = ("finetune.epochs", "finetune.device", "finetune.log", "export.", "benchmark.")
 
+# Recipe fields added since checkpoints were first written, with their defaults: a checkpoint written before one
+# existed lacks it, which is no change while the recipe leaves it at the default (its run trained that way).
+ADDED_FIELDS: dict[str, Any] = {"finetune.lr_schedule.hold_epochs": 0}
+
 # Provenance keys that are not recipe fields, with the words that name them in an error.
 _INPUTS = {
     "model_file": "the model file",
@@ -277,6 +281,9 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, t
                 continue  # the same .npz bytes under another name or folder (as for the model file)
             diff[key] = (saved[key], now[key])
     _walk(saved.get("recipe", {}), now.get("recipe", {}), "", diff)
+    for key, default in ADDED_FIELDS.items():
+        if key in diff and diff[key] == (None, default):
+            del diff[key]
     if same_data:
         diff.pop("data.source", None)  # the recipe's path to those same bytes
     return diff

@@ -367,7 +367,10 @@ class OptimizerSpec(_Strict):
 
 
 class LRScheduleSpec(_Strict):
-    """``finetune.lr_schedule:``: constant, cosine over the epochs, or step (x ``gamma`` every ``step_size`` epochs)."""
+    """``finetune.lr_schedule:``: constant, cosine over the epochs, or step (x ``gamma`` every ``step_size`` epochs),
+    optionally after ``hold_epochs`` at the full rate (Zhu & Gupta 2017 prune while the rate is still high, so the
+    network recovers from each mask update; a decay that starts at the end of pruning leaves the recovery epochs
+    the whole curve)."""
 
     name: Literal["constant", "cosine", "step"] = Field(
         "constant",
@@ -378,6 +381,15 @@ class LRScheduleSpec(_Strict):
     step_size: Int = Field(1, gt=0, le=MAX_EPOCHS, description="epochs between decays (name: step only)")
     gamma: FractionTo1 = Field(
         0.1, gt=0, le=1, description="factor the learning rate is multiplied by at each decay (name: step only)"
+    )
+    hold_epochs: Int = Field(
+        0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="epochs trained at the full rate before the decay starts (name: cosine or step; < "
+        "finetune.epochs): cosine then runs over the epochs left, lr * (1 + cos(pi * (epoch - hold_epochs) / "
+        "(epochs - hold_epochs))) / 2, and step counts its step_size from there; set it to a pruning schedule's "
+        "end_epoch to keep the rate up while the masks change and decay it over the recovery",
     )
 
 
@@ -422,7 +434,7 @@ class FinetuneSpec(_Strict):
         default_factory=OptimizerSpec, description="the optimizer: {name, lr, momentum, weight_decay}"
     )
     lr_schedule: LRScheduleSpec = Field(
-        default_factory=LRScheduleSpec, description="the learning-rate schedule: {name, step_size, gamma}"
+        default_factory=LRScheduleSpec, description="the learning-rate schedule: {name, step_size, gamma, hold_epochs}"
     )
     loss: Literal["cross_entropy"] = Field(
         "cross_entropy", description="training loss; cross_entropy (classification) is the only one"
@@ -439,6 +451,17 @@ class FinetuneSpec(_Strict):
         "option overrides it",
     )
     log: bool = Field(False, description="write per-step and per-epoch metrics (CSV, TensorBoard) to OUT/logs")
+
+    @model_validator(mode="after")
+    def _hold_within_epochs(self) -> FinetuneSpec:
+        hold, sched = self.lr_schedule.hold_epochs, self.lr_schedule.name
+        if self.epochs > 0 and sched != "constant" and hold >= self.epochs:
+            raise ValueError(
+                f"lr_schedule.hold_epochs ({hold}) must be < epochs ({self.epochs}): the {sched} decay would never "
+                f"start; lower hold_epochs (e.g. to the pruning schedule's end_epoch) or use lr_schedule: "
+                "{name: constant}"
+            )
+        return self
 
     @field_validator("distill", mode="before")
     @classmethod
@@ -1271,6 +1294,8 @@ def unread_finetune_keys(finetune: FinetuneSpec) -> list[str]:
         written = [f"finetune.lr_schedule.{k}" for k in ("step_size", "gamma") if k in sched.model_fields_set]
         if written:
             unread.append(f"{' and '.join(written)}: read by name: step only (the schedule is {sched.name})")
+    if sched.name == "constant" and "hold_epochs" in sched.model_fields_set:
+        unread.append("finetune.lr_schedule.hold_epochs: read by name: cosine or step only (the schedule is constant)")
     return unread
 
 

@@ -89,18 +89,41 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: FinetuneSpec) -> torc
     - ``constant``: ``lr`` (``ConstantLR`` with factor 1);
     - ``cosine``: ``lr * (1 + cos(pi * e / epochs)) / 2`` (``CosineAnnealingLR``, ``T_max = epochs``,
       down to 0 after the last epoch);
-    - ``step``: ``lr * gamma ** (e // step_size)`` (``StepLR``).
+    - ``step``: ``lr * gamma ** (e // step_size)`` (``StepLR``);
+    - with ``hold_epochs: h`` (cosine, step): ``lr`` while ``e < h``, then the curve over the epochs left with
+      ``e - h`` for ``e`` and ``epochs - h`` for ``epochs`` (``LambdaLR`` of :class:`HeldDecay`, computed directly).
 
     torch computes the cosine and step curves recursively from the previous epoch's rate, so they
     match the formulas to within a few ulps (relative error ~1e-15). Create the scheduler on the
     optimizer it drives, before its first step; it reads and writes ``optimizer.param_groups[i]["lr"]``.
     """
     s = spec.lr_schedule
+    if s.hold_epochs and s.name in ("cosine", "step"):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, HeldDecay(s.name, s.hold_epochs, spec.epochs, s))
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(spec.epochs, 1))
     if s.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+class HeldDecay:
+    """The factor of the base rate at epoch ``e`` (from 0) for ``lr_schedule: {hold_epochs: h}``: 1 while ``e < h``,
+    then the cosine (``(1 + cos(pi * (e - h) / (epochs - h))) / 2``) or step (``gamma ** ((e - h) // step_size)``)
+    curve over the epochs left. A class, not a closure: ``LambdaLR.state_dict()`` saves a callable object's
+    attributes, so a resume checkpoint holds them (a function it leaves out)."""
+
+    def __init__(self, name: str, hold: int, epochs: int, spec: Any) -> None:
+        self.name, self.hold, self.span = name, hold, max(epochs - hold, 1)
+        self.step_size, self.gamma = int(spec.step_size), float(spec.gamma)
+
+    def __call__(self, epoch: int) -> float:
+        e = epoch - self.hold
+        if e < 0:
+            return 1.0
+        if self.name == "cosine":
+            return (1 + math.cos(math.pi * e / self.span)) / 2
+        return self.gamma ** (e // self.step_size)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -1091,8 +1114,10 @@ def _replayed(
 
 def _schedule_key(spec: FinetuneSpec) -> str:
     """What a saved LR scheduler state depends on: the optimizer, the schedule and the epoch count."""
+    schedule = spec.lr_schedule.model_dump(mode="json")
+    if not schedule.get("hold_epochs"):
+        schedule.pop("hold_epochs", None)  # (added later: the key of a checkpoint written before stays the same)
     return json.dumps(
-        {"optimizer": spec.optimizer.model_dump(mode="json"), "lr_schedule": spec.lr_schedule.model_dump(mode="json"),
-         "epochs": spec.epochs},
+        {"optimizer": spec.optimizer.model_dump(mode="json"), "lr_schedule": schedule, "epochs": spec.epochs},
         sort_keys=True,
-    )  # fmt: skip
+    )

@@ -44,6 +44,9 @@ def _model(structured: bool) -> nn.Module:
 
 
 def _expected(schedule: dict[str, Any], base: float, epochs: int) -> list[float]:
+    hold = schedule.get("hold_epochs", 0)
+    if hold:  # the full rate for `hold` epochs, then the same curve over the epochs left
+        return [base] * hold + _expected({**schedule, "hold_epochs": 0}, base, epochs - hold)
     if schedule["name"] == "cosine":
         return [base * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
     if schedule["name"] == "step":
@@ -51,10 +54,20 @@ def _expected(schedule: dict[str, Any], base: float, epochs: int) -> list[float]
     return [base] * epochs
 
 
-SCHEDULES = [{"name": "cosine"}, {"name": "step", "step_size": 2, "gamma": 0.1}, {"name": "constant"}]
+SCHEDULES = [
+    {"name": "cosine"},
+    {"name": "step", "step_size": 2, "gamma": 0.1},
+    {"name": "constant"},
+    {"name": "cosine", "hold_epochs": 2},
+    {"name": "step", "step_size": 2, "gamma": 0.1, "hold_epochs": 1},
+]
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s["name"])
+def _schedule_id(s: dict[str, Any]) -> str:
+    return s["name"] + (f"-hold{s['hold_epochs']}" if s.get("hold_epochs") else "")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=_schedule_id)
 def test_lr_per_epoch_follows_the_schedule(schedule):
     r = _recipe(schedule, epochs=6)
     data = _data(False)
@@ -101,8 +114,10 @@ def _interrupted_then_resumed(r: Any, structured: bool, tmp_path, stop_after: in
 @pytest.mark.parametrize(
     ("schedule", "structured", "stop_after"),
     [({"name": "cosine"}, False, 2), ({"name": "step", "step_size": 1, "gamma": 0.5}, False, 1),
-     ({"name": "cosine"}, True, 2), ({"name": "cosine"}, True, 1)],
-    ids=["cosine", "step", "cosine-structured-after-removal", "cosine-structured-before-removal"],
+     ({"name": "cosine"}, True, 2), ({"name": "cosine"}, True, 1), ({"name": "cosine", "hold_epochs": 2}, False, 1),
+     ({"name": "step", "step_size": 1, "gamma": 0.5, "hold_epochs": 1}, False, 2)],
+    ids=["cosine", "step", "cosine-structured-after-removal", "cosine-structured-before-removal", "cosine-hold",
+         "step-hold"],
 )  # fmt: skip
 def test_resume_is_bit_identical(tmp_path, schedule, structured, stop_after):
     r = _recipe(schedule, structured=structured)
@@ -275,3 +290,53 @@ def test_a_resume_says_when_there_was_no_checkpoint_and_when_no_epoch_is_left(tm
         f"resuming from {tmp_path / 'last.pt'}: 2 of 2 epochs finished, none left: only what follows training runs "
         "again"
     ]
+
+
+def test_hold_epochs_must_leave_a_decay():
+    """A hold as long as the run would never decay: refused, naming the field and the fixes; 0 epochs (no training)
+    and a constant schedule read no hold, and a hold under constant is reported as unread."""
+    with pytest.raises(sparsekit.RecipeError, match=r"lr_schedule\.hold_epochs \(4\) must be < epochs \(4\)"):
+        sparsekit.Recipe(finetune={"epochs": 4, "lr_schedule": {"name": "cosine", "hold_epochs": 4}})
+    sparsekit.Recipe(finetune={"epochs": 5, "lr_schedule": {"name": "step", "hold_epochs": 4}})
+    r = sparsekit.Recipe(finetune={"epochs": 2, "lr_schedule": {"name": "constant", "hold_epochs": 3}})
+    from sparsekit.recipe import unread_finetune_keys
+
+    assert any("hold_epochs" in line for line in unread_finetune_keys(r.finetune))
+
+
+def test_held_schedule_state_round_trips():
+    """The held schedule's settings travel in the scheduler's state_dict (a resume checkpoint)."""
+    spec = sparsekit.Recipe(finetune={"epochs": 6, "lr_schedule": {"name": "cosine", "hold_epochs": 2}}).finetune
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = train_mod.make_scheduler(opt, spec)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    assert state["lr_lambdas"][0]["hold"] == 2 and state["lr_lambdas"][0]["span"] == 4
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    other = sparsekit.Recipe(finetune={"epochs": 6, "lr_schedule": {"name": "cosine", "hold_epochs": 1}}).finetune
+    sched2 = train_mod.make_scheduler(opt2, other)
+    sched2.load_state_dict(state)
+    for s_ in (sched, sched2):
+        s_.optimizer.step()
+        s_.step()
+    assert (
+        opt2.param_groups[0]["lr"]
+        == opt.param_groups[0]["lr"]
+        == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+    )
+
+
+def test_a_checkpoint_from_before_hold_epochs_is_no_change():
+    """A checkpoint written before lr_schedule.hold_epochs existed resumes under a recipe that leaves it at 0; a
+    recipe that sets it is a change (refused unless accepted)."""
+    from sparsekit.provenance import differences
+
+    before = {"recipe": {"finetune": {"lr_schedule": {"name": "cosine", "step_size": 1, "gamma": 0.1}}}}
+    now0 = {"recipe": {"finetune": {"lr_schedule": {"name": "cosine", "step_size": 1, "gamma": 0.1, "hold_epochs": 0}}}}
+    now3 = {"recipe": {"finetune": {"lr_schedule": {"name": "cosine", "step_size": 1, "gamma": 0.1, "hold_epochs": 3}}}}
+    assert differences(before, now0) == {}
+    assert differences(before, now3) == {"finetune.lr_schedule.hold_epochs": (None, 3)}
+    spec = sparsekit.Recipe(finetune={"epochs": 3, "lr_schedule": {"name": "cosine"}}).finetune
+    assert "hold_epochs" not in train_mod._schedule_key(spec)
