@@ -65,14 +65,13 @@ class Split:
         return DataLoader(getattr(self, part), batch_size=500)
 
 
-def mnist_split(seed: int, shape: list[int]) -> Split:
-    """The seed's train / validation / test split of mnist5k, samples of shape ``shape[1:]``."""
+def mnist_split(seed: int, shape: list[int], normalize: str = "standard") -> Split:
+    """The seed's train / validation / test split of mnist5k, samples of shape ``shape[1:]``; ``normalize``:
+    ``standard`` (the suite's) or ``none`` (pixels in [0, 1], the CLI's default; ``tune --normalize none``)."""
     # Standardized pixels (data.normalize: standard), as torchvision's MNIST examples train: the same
     # inputs for every arm. With pixels in [0, 1] (the CLI default) the tables differ; the closing notes
     # of issue 13 give that run.
-    bundle = load_data(
-        "mnist5k", batch_size=BATCH, val_fraction=0.2, seed=seed, input_shape=shape, normalize="standard"
-    )
+    bundle = load_data("mnist5k", batch_size=BATCH, val_fraction=0.2, seed=seed, input_shape=shape, normalize=normalize)
     x, y = bundle.train.dataset.tensors  # type: ignore[attr-defined]
     order = torch.from_numpy(np.random.default_rng(10_000 + seed).permutation(len(y)))
     val_idx, train_idx = order[:N_VAL], order[N_VAL:]
@@ -120,9 +119,16 @@ def run_allocated(dense: nn.Module, recipe: sparsekit.Recipe, split: Split, shap
     return run_sparsekit(dense, recipe, split)
 
 
-def _plain_finetune(model: nn.Module, recipe: sparsekit.Recipe, split: Split) -> None:
-    """The recipe's optimizer, LR schedule and epochs, plain cross-entropy, no pruner: the baselines' loop."""
+def _plain_finetune(model: nn.Module, recipe: sparsekit.Recipe, split: Split, held_lr: bool = False) -> None:
+    """The recipe's optimizer, LR schedule and epochs, plain cross-entropy, no pruner: the baselines' loop.
+
+    The decay starts at epoch 0 unless ``held_lr``: a recipe's ``lr_schedule.hold_epochs`` is the end of its gradual
+    pruning (the rate held up while the masks change), and a one-shot baseline's pruning ends at epoch 0, so it
+    fine-tunes as a user of torch.nn.utils.prune would, the schedule over all the epochs. ``held_lr=True``: the
+    recipe's schedule exactly (the tuning tables show that arm too: a held rate helps the baseline as well)."""
     spec = recipe.finetune
+    if not held_lr and spec.lr_schedule.hold_epochs:
+        spec = spec.model_copy(update={"lr_schedule": spec.lr_schedule.model_copy(update={"hold_epochs": 0})})
     torch.manual_seed(recipe.seed)
     opt = make_optimizer(model.parameters(), spec)
     sched = make_scheduler(opt, spec)
@@ -150,16 +156,18 @@ def run_dense_ft(dense: nn.Module, recipe: sparsekit.Recipe, split: Split) -> nn
     return model
 
 
-def run_torch_prune(dense: nn.Module, recipe: sparsekit.Recipe, split: Split, sparsity: float) -> nn.Module:
+def run_torch_prune(
+    dense: nn.Module, recipe: sparsekit.Recipe, split: Split, sparsity: float, held_lr: bool = False
+) -> nn.Module:
     """torch.nn.utils.prune global L1 one-shot at ``sparsity`` over the recipe's layers, then the recipe's
-    fine-tuning with torch's masks in place, then ``prune.remove``."""
+    fine-tuning with torch's masks in place (``held_lr``: see :func:`_plain_finetune`), then ``prune.remove``."""
     from torch.nn.utils import prune
 
     model = copy.deepcopy(dense)
     names = set(selected_layers(dense, recipe))
     params = [(m, "weight") for n, m in model.named_modules() if n in names]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=sparsity)
-    _plain_finetune(model, recipe, split)
+    _plain_finetune(model, recipe, split, held_lr)
     for m, name in params:
         prune.remove(m, name)
     return model.eval()

@@ -101,6 +101,18 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
             "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
             "finetune.distill={weight: 0.2, temperature: 1}",
         ],
+        # round 3 (tuning/hold/, after the baselines' batch-order fix; both pixel scales): the rate held at its
+        # start until the target is reached, cosine over the 5 recovery epochs, against the cosine over all 8
+        "end 3, every 1/8, cosine": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
+            "finetune.lr_schedule={name: cosine, hold_epochs: 0}",
+            "finetune.distill=null",
+        ],
+        "end 3, every 1/8, hold 3": [
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 3, every: 0.125}",
+            "finetune.lr_schedule={name: cosine, hold_epochs: 3}",
+            "finetune.distill=null",
+        ],
     },
     "cnn": {
         "v0: layer, end 3, every 1/2": [],
@@ -161,16 +173,18 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
 }
 
 
-def run_seed(job: tuple[str, int, dict[str, list[str]], bool]) -> list[dict[str, Any]]:
-    """Every candidate and the baseline at every value, for one seed: validation accuracy."""
+def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str]) -> list[dict[str, Any]]:
+    """Every candidate and the baseline at every value, for one seed: validation accuracy. Where the shipped recipe
+    holds its learning rate (``lr_schedule.hold_epochs``), torch's one shot runs twice: with the schedule over all
+    the epochs (the suite's baseline) and with the recipe's held schedule (``torch (held LR)``)."""
     import torch
 
     from examples import models
 
-    model_name, seed, candidates, with_baseline = job
+    model_name, seed, candidates, with_baseline, normalize = job
     torch.set_num_threads(1)
     setup = SETUPS[model_name]
-    split = arms.mnist_split(seed, setup["shape"])
+    split = arms.mnist_split(seed, setup["shape"], normalize)
     torch.manual_seed(seed)
     dense = arms.train_dense(getattr(models, setup["factory"])(), split, setup["dense_epochs"])
     rows = [{"seed": seed, "arm": "dense", "value": 0.0, "val_accuracy": arms.accuracy(dense, split, "val")}]
@@ -191,6 +205,18 @@ def run_seed(job: tuple[str, int, dict[str, list[str]], bool]) -> list[dict[str,
                     "seconds": time.perf_counter() - start,
                 }
             )
+            if setup["baseline"] == "torch" and base.finetune.lr_schedule.hold_epochs:
+                start = time.perf_counter()
+                pruned = arms.run_torch_prune(dense, base, split, value, held_lr=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "arm": "torch (held LR)",
+                        "value": value,
+                        "val_accuracy": arms.accuracy(pruned, split, "val"),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
         for name, overrides in candidates.items():
             recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *overrides])
             start = time.perf_counter()
@@ -235,6 +261,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--only", action="append", default=None, help="run only this candidate (repeatable)")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--normalize",
+        choices=["standard", "none"],
+        default="standard",
+        help="pixels standardized (the suite's inputs) or in [0, 1] (the CLI's default)",
+    )
     args = ap.parse_args(argv)
     candidates = CANDIDATES[args.model]
     if args.only:
@@ -247,7 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
         candidates = {k: v for k, v in candidates.items() if k in args.only}
     started = time.perf_counter()
-    jobs = [(args.model, seed, candidates, not args.no_baseline) for seed in range(args.seeds)]
+    jobs = [(args.model, seed, candidates, not args.no_baseline, args.normalize) for seed in range(args.seeds)]
     workers = max(1, min(args.workers, 2, len(jobs)))
     if workers == 1:
         results = [run_seed(j) for j in jobs]
