@@ -91,7 +91,9 @@ def quantize_int8(
 
     ``calibration``: batches of model input, each a numpy array or torch tensor, an ``(x, y)``
     pair (so a ``DataLoader`` works as is; ``y`` is ignored) or a dict of input name to array (other keys, such
-    as a dict batch's ``labels``, are ignored as ``y`` is). At
+    as a dict batch's ``labels``, are ignored as ``y`` is); for a model of several inputs also
+    ``((input1, input2, ...), y)``, one array per input in the file's (the forward's) order, as
+    :func:`sparsekit.finetune` takes them. At
     most ``max_calibration_batches`` are read. ``None`` selects dynamic quantization.
     ``eval_data``: optional ``(x, y)`` arrays (inputs N x ..., labels N); adds fp32 and int8
     accuracy and top-1 agreement, run in ``batch_size`` batches.
@@ -569,11 +571,24 @@ class _Reader:
         else:
             if isinstance(batch, (tuple, list)):
                 batch = batch[0]  # (x, y) from a DataLoader
-            if len(self.names) != 1:
+            if len(self.names) > 1 and isinstance(batch, (tuple, list)):
+                # ((input1, input2, ...), labels): the batches sparsekit.finetune trains a model of several inputs on,
+                # each tensor one of the forward's arguments, in its order, which is the file's input order (the
+                # loader a model was fine-tuned with was refused here: "give calibration batches as dicts").
+                if len(batch) != len(self.names):
+                    raise ExportError(
+                        f"calibration batch {self.count} holds {len(batch)} input(s) but the model takes "
+                        f"{len(self.names)} {self.names}: give ((input1, input2, ...), labels) batches, one tensor per "
+                        "input in the forward's order, or dicts of input name to tensor"
+                    )
+                feed = {name: _to_numpy(value) for name, value in zip(self.names, batch, strict=True)}
+            elif len(self.names) != 1:
                 raise ExportError(
-                    f"the model has {len(self.names)} inputs {self.names}; give calibration batches as dicts"
+                    f"the model has {len(self.names)} inputs {self.names}; give calibration batches as dicts of input "
+                    "name to tensor, or as ((input1, input2, ...), labels) in the forward's order"
                 )
-            feed = {self.names[0]: _to_numpy(batch)}
+            else:
+                feed = {self.names[0]: _to_numpy(batch)}
         feed = {k: v.astype(self.ints[k]) if k in self.ints else v for k, v in feed.items()}
         for name in self.names:
             rank = self.ranks[name]
