@@ -56,3 +56,43 @@ def test_a_batch_with_the_wrong_number_of_inputs_is_named(tmp_path, one_thread):
     with pytest.raises(ExportError, match=r"holds 3 input\(s\) but the model takes 2 \['image', 'meta'\]"):
         quantize_int8(path, tmp_path / "q.onnx", calibration=[((image, meta, meta), None)])
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("src") / "mlp.onnx"
+    export_onnx(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), path, (1, 6))
+    return path
+
+
+def _quantize(src, out):
+    quantize_int8(src, out, calibration=[np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)])
+
+
+def _sparse(src, out):
+    from sparsekit.onnx import to_sparse_storage
+
+    to_sparse_storage(src, out)
+
+
+def _choose(src, out):
+    from sparsekit.onnx import choose_storage
+
+    choose_storage(src, out, "dense")
+
+
+@pytest.mark.parametrize("write", [_quantize, _sparse, _choose], ids=["quantize_int8", "to_sparse_storage", "choose"])
+@pytest.mark.parametrize("name", ["notes.txt", "model.pt"])
+def test_no_onnx_writer_replaces_a_users_file_not_named_onnx(tmp_path, small_onnx, write, name, one_thread):
+    # export_onnx refused a user's checkpoint as its output; quantize_int8, to_sparse_storage and choose_storage
+    # replaced it with an ONNX graph without a word.
+    from sparsekit.errors import OutputError
+
+    mine = tmp_path / name
+    mine.write_bytes(b"the user's own bytes")
+    with pytest.raises(OutputError, match="is not an .onnx file"):
+        write(small_onnx, mine)
+    assert mine.read_bytes() == b"the user's own bytes"
+    write(small_onnx, tmp_path / "fresh.onnx")  # an .onnx name is written, as before
+    assert (tmp_path / "fresh.onnx").stat().st_size > 0

@@ -36,8 +36,7 @@ from onnx import numpy_helper
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sparsekit.errors import ExportError, OutputError, one_line, option
-from sparsekit.fsutil import empty_file
+from sparsekit.errors import ExportError, one_line, option
 from sparsekit.logits import describe
 from sparsekit.masks import unfollowed_masks
 from sparsekit.model_input import id_vocab, id_vocabs
@@ -51,9 +50,9 @@ from sparsekit.onnx.files import (  # the metadata keys are read where the file 
     native_path,
     onnx_sizes,
     publish,
+    refuse_non_onnx_target,
     save_onnx,
     staging,
-    written_by_sparsekit,
 )
 from sparsekit.onnx.quantize import quantize_int8, quantize_on_data
 from sparsekit.onnx.quiet import quiet
@@ -215,22 +214,6 @@ def export_onnx(
         "fallback": fallback, "seconds": {k: round(v, 4) for k, v in job.seconds.items()},
         "tracer_warnings": list(written.tracer_warnings),
     }  # fmt: skip
-
-
-def refuse_non_onnx_target(path: Path) -> None:
-    """Raise :class:`OutputError` when ``path`` exists, is not named ``.onnx`` and is no ONNX file sparsekit wrote
-    there: ``export_onnx(model, "model.pt", ...)`` (the checkpoint's path given for the file to write) replaced the
-    user's checkpoint with an ONNX graph, without a word. A file named ``.onnx`` is replaced, as before."""
-    if path.suffix.lower() == ".onnx" or not (path.exists() or path.is_symlink()) or path.is_dir():
-        return  # (a folder: the writer's own error says so)
-    if empty_file(path):
-        return  # nothing to lose: a tempfile.mkstemp() made for the export to fill
-    if not path.is_symlink() and written_by_sparsekit(path):
-        return
-    raise OutputError(
-        f"{path}: exists and is not an .onnx file (a model checkpoint, say); the export would replace it with an ONNX "
-        "graph: give the path of the .onnx file to write"
-    )
 
 
 def export_int8(

@@ -40,12 +40,13 @@ from onnx.external_data_helper import (
     write_external_data_tensors,
 )
 
-from sparsekit.errors import ExportError
+from sparsekit.errors import ExportError, OutputError
 from sparsekit.fsutil import (
     GIT_LFS_POINTER,
     STAGING_MARK,
     TEMP_SUFFIX,
     atomic_path,
+    empty_file,
     lock_folder,
     near_file,
     sigint_deferred,
@@ -532,6 +533,23 @@ def save_onnx(
         raise ExportError(f"{p.name}: cannot write the {what}: {e}") from e
 
 
+def refuse_non_onnx_target(path: Path) -> None:
+    """Raise :class:`OutputError` when ``path`` exists, is not named ``.onnx`` and is no ONNX file sparsekit wrote
+    there: ``export_onnx(model, "model.pt", ...)`` (the checkpoint's path given for the file to write) replaced the
+    user's checkpoint with an ONNX graph, without a word, and ``quantize_int8(src, "notes.txt")`` or
+    ``to_sparse_storage(src, "model.pt")`` did the same. A file named ``.onnx`` is replaced, as before."""
+    if path.suffix.lower() == ".onnx" or not (path.exists() or path.is_symlink()) or path.is_dir():
+        return  # (a folder: the writer's own error says so)
+    if empty_file(path):
+        return  # nothing to lose: a tempfile.mkstemp() made for the export to fill
+    if not path.is_symlink() and written_by_sparsekit(path):
+        return
+    raise OutputError(
+        f"{path}: exists and is not an .onnx file (a model checkpoint, say); writing the ONNX model there would "
+        "replace it: give the path of the .onnx file to write"
+    )
+
+
 @contextlib.contextmanager
 def staging(final: PathLike) -> Iterator[Path]:
     """A private folder beside ``final`` (same filesystem, so renames out of it are atomic) for a file
@@ -543,6 +561,9 @@ def staging(final: PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     native_path(final.absolute())  # an ONNX file onnx cannot open by name is refused before any work, naming it
+    # Every ONNX writer stages here (export_onnx, quantize_int8, to_sparse_storage, choose_storage): the one place
+    # that keeps each from replacing a user's checkpoint or notes given as its output path.
+    refuse_non_onnx_target(final)
     with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(final)
