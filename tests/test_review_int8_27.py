@@ -96,3 +96,15 @@ def test_no_onnx_writer_replaces_a_users_file_not_named_onnx(tmp_path, small_onn
     assert mine.read_bytes() == b"the user's own bytes"
     write(small_onnx, tmp_path / "fresh.onnx")  # an .onnx name is written, as before
     assert (tmp_path / "fresh.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("inputs", ["image only", "tuple", "dict"])
+def test_eval_data_of_a_model_of_several_inputs_is_refused_before_quantizing(tmp_path, inputs, one_thread):
+    # Scoring feeds one input: a tuple of the inputs was read as "2 inputs but 48 labels", and one array failed after
+    # the whole quantization with onnxruntime's "Required inputs (['meta']) are missing from input feed".
+    _, path, image, meta, loader = _two_input_file(tmp_path)
+    x = {"image only": image, "tuple": (image, meta), "dict": {"image": image, "meta": meta}}[inputs]
+    with pytest.raises(ExportError, match=r"eval_data scores a model of one input") as err:
+        quantize_int8(path, tmp_path / "q.onnx", [((image, meta), None)], eval_data=(x, torch.zeros(48, dtype=int)))
+    assert "labels" not in str(err.value) and "missing" not in str(err.value)
+    assert not (tmp_path / "q.onnx").exists()

@@ -95,7 +95,7 @@ def quantize_int8(
     ``((input1, input2, ...), y)``, one array per input in the file's (the forward's) order, as
     :func:`sparsekit.finetune` takes them. At
     most ``max_calibration_batches`` are read. ``None`` selects dynamic quantization.
-    ``eval_data``: optional ``(x, y)`` arrays (inputs N x ..., labels N); adds fp32 and int8
+    ``eval_data``: optional ``(x, y)`` arrays (inputs N x ..., labels N; a model of one input); adds fp32 and int8
     accuracy and top-1 agreement, run in ``batch_size`` batches.
 
     Returns ``{"path", "mode": "static"|"dynamic", "per_channel", "latency_note", "bytes", "gzip_bytes",
@@ -139,6 +139,10 @@ def quantize_int8(
     inputs = graph_inputs(model)
     if not inputs:
         raise ExportError(f"{src}: the model has no inputs to quantize for")
+    if eval_data is not None and len(inputs) > 1:
+        # Scoring feeds one input: this failed after the whole quantization, as onnxruntime's "Required inputs
+        # (['meta']) are missing from input feed".
+        raise ExportError(f"{src}: {_ONE_INPUT_EVAL} (this model takes {len(inputs)}: {[i.name for i in inputs]})")
     large = fp32["bytes"] > EXTERNAL_DATA_BYTES
 
     with staging(final) as work, native_folder(src.parent) as src_dir, native_folder(work) as work_dir:
@@ -411,8 +415,18 @@ def top1_agreement(path_a: PathLike, path_b: PathLike, x: np.ndarray, batch_size
 # --- helpers --------------------------------------------------------------------------------------
 
 
+_ONE_INPUT_EVAL = (
+    "eval_data scores a model of one input, given one array of inputs (N x ...); leave eval_data out for a model of "
+    "several inputs and score it with your own loop over onnxruntime"
+)
+
+
 def _eval_arrays(eval_data: tuple[Any, Any]) -> tuple[Any, np.ndarray]:
     """``quantize_int8``'s ``eval_data`` checked (before anything is quantized): its inputs and integer labels."""
+    if isinstance(eval_data[0], (tuple, dict)):
+        # A tuple or dict of several inputs' arrays: its length, the number of inputs, was said to be the number of
+        # samples ("eval_data: 2 inputs but 64 labels").
+        raise ExportError(f"eval_data: the inputs are a {type(eval_data[0]).__name__}; {_ONE_INPUT_EVAL}")
     x, y = eval_data[0], _labels(eval_data[0], eval_data[1], "eval_data")
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
