@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -108,3 +109,36 @@ def test_eval_data_of_a_model_of_several_inputs_is_refused_before_quantizing(tmp
         quantize_int8(path, tmp_path / "q.onnx", [((image, meta), None)], eval_data=(x, torch.zeros(48, dtype=int)))
     assert "labels" not in str(err.value) and "missing" not in str(err.value)
     assert not (tmp_path / "q.onnx").exists()
+
+
+class _ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.body, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.body(torch.relu(self.bn(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_inspect_names_an_int8_conv_with_its_batchnorm_folded_in_as_the_fp32_file_does(tmp_path, static, one_thread):
+    # The TorchScript exporter folds each BatchNorm into its Conv and may store the folded weight as "onnx::Conv_NN"
+    # (here: a BatchNorm with a zeroed scale): the layer is named by its node ("/body/Conv" -> body), which the int8
+    # file's short names renamed ("n8", "nb"), so `sparsekit inspect` listed a layer the model does not have.
+    from sparsekit.inspection import inspect
+
+    torch.manual_seed(0)
+    model = _ConvBN().eval()
+    with torch.no_grad():
+        model.bn2.weight[1] = 0  # a channel a BatchNorm-scale criterion silenced: its folded weight is stored anew
+    fp32 = tmp_path / "cnn.onnx"
+    export_onnx(model, fp32, (1, 1, 8, 8), exporter="torchscript")
+    assert "body.weight" not in {t.name for t in onnx.load(str(fp32)).graph.initializer}  # the case at hand
+    calibration = [np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)] if static else None
+    quantize_int8(fp32, tmp_path / "q.onnx", calibration=calibration)
+    names = [row["name"] for row in inspect(fp32)["layers"]]
+    assert names == ["stem", "body", "fc"]
+    assert [row["name"] for row in inspect(tmp_path / "q.onnx")["layers"]] == names

@@ -701,7 +701,8 @@ def _short_names(graph: onnx.GraphProto, initializers: bool = True) -> None:
     scales are found by their names) and the nodes themselves, to short base-36 names. The graph's inputs and
     outputs and its weights (rank >= 2: the fp32 names with onnxruntime's ``_quantized`` suffix, which
     :func:`quantized_zeros` and a reader of the file go by) keep theirs, and so do the layer nodes that read a
-    weight with others (a tie), whose weight cannot name them.
+    weight with others (a tie), or a weight not named after their layer (a BatchNorm folded in), which cannot name
+    them.
 
     onnxruntime's quantizer names each value after the node and weight it came from
     (``/blocks.3/expand/Conv_output_0_QuantizeLinear_Output``, ``blocks.3.expand.weight_zero_point``): 9-13% of a small
@@ -731,13 +732,25 @@ def _short_names(graph: onnx.GraphProto, initializers: bool = True) -> None:
     for node in graph.node:
         if node.op_type in _LAYER_OPS and len(node.input) > 1:
             readers[node.input[1]] = readers.get(node.input[1], 0) + 1
+    # A layer whose weight is not named after it (a Conv with its BatchNorm folded in by the TorchScript exporter
+    # reads "onnx::Conv_29", quantized "onnx::Conv_29_quantized") is named by its node in `sparsekit inspect`
+    # ("/c2/Conv": layer c2), which therefore stays too: "n8" named no layer of the model. Looked up through the
+    # DequantizeLinear a QDQ file reads each weight by.
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.output}
+    unnamed = {  # by index: protobuf hands out a new Python object for a node on each access
+        i
+        for i, node in enumerate(graph.node)
+        if node.op_type in _LAYER_OPS
+        and len(node.input) > 1
+        and ".weight" not in dequantized.get(node.input[1], node.input[1])
+    }
     for t in graph.initializer:
         t.name = short(t.name)
     for i, node in enumerate(graph.node):
         shared = node.op_type in _LAYER_OPS and len(node.input) > 1 and readers[node.input[1]] > 1
         node.input[:] = [short(x) for x in node.input]
         node.output[:] = [short(x) for x in node.output]
-        node.name = node.name if shared and node.name else f"n{_base36(i)}"
+        node.name = node.name if (shared or i in unnamed) and node.name else f"n{_base36(i)}"
 
 
 def _base36(n: int) -> str:
