@@ -1167,11 +1167,15 @@ def _recipe_lines(report: Report, methods: list[MethodOutcome], excluded: list[s
     elif epochs is not None:
         opt = ft.get("optimizer") or {}
         sched = (ft.get("lr_schedule") or {}).get("name")
+        hold = (ft.get("lr_schedule") or {}).get("hold_epochs") or 0
+        held = ""
+        if sched in ("cosine", "step") and hold:
+            held = f" after {hold} epoch(s) at the full rate" if hold < epochs else " held back (hold_epochs >= epochs)"
         how = ", ".join(
             x
             for x in (
                 opt.get("name") and f"{opt['name']} lr {opt.get('lr', 0):g}",
-                sched and f"{sched} schedule",
+                sched and f"{sched} schedule{held}",
                 ft.get("distill") and "distilled from the dense model",
             )
             if x
