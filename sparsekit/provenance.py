@@ -68,8 +68,11 @@ def data_identity(source: str) -> str:
     ``pkg.module:callable sha256:HEX`` (the module's file) for a callable already imported; the name
     alone when there is no file to hash. Never imports anything. (The user's modules the callable's module
     imports are ``data_deps``, see :func:`provenance`.)"""
-    if source.endswith(".npz") and Path(source).is_file():
-        return f"{Path(source).name} sha256:{file_sha256(source)}"
+    # "~/d.npz" as the data loader reads it (it expands "~"): unexpanded, no file was found here, the name alone
+    # was recorded, and a resume with other bytes in that file was not refused.
+    path = Path(source).expanduser()
+    if source.endswith(".npz") and path.is_file():
+        return f"{path.name} sha256:{file_sha256(path)}"
     module_file = _module_file(source)
     if module_file is not None:
         return f"{source} sha256:{file_sha256(module_file)}"

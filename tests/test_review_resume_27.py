@@ -1,0 +1,50 @@
+"""Review (resume angle, 27): a checkpoint stays tied to what produced it, whatever way the user spelled its inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import FAST, InterruptOnEvaluate, assert_bad_input
+
+from sparsekit.cli import main
+
+MLP = ("--arch", "examples.models:mlp")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _digits_npz(path, shift: int = 0) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(path, x=(digits.data / 16).astype("float32"), y=(digits.target + shift) % 10)
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 2, optimizer: {name: adam, lr: 0.001}}\n"
+        "pruning: [{method: magnitude, sparsity: 0.5, schedule: oneshot}]\nbenchmark: {enabled: false}\n"
+    )
+    return path
+
+
+def test_a_data_file_under_the_home_folder_is_compared_by_content(tmp_path, monkeypatch, mlp_checkpoint, recipe):
+    # --data=~/d.npz (no shell expands "~" after "="): the loader reads ~/d.npz, but the checkpoint recorded the name
+    # alone, so a resume with other labels in that file went on, training one run on two data sets.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    _digits_npz(home / "d.npz")
+    out = tmp_path / "o"
+    interrupt = InterruptOnEvaluate(monkeypatch, 3)  # stopped after epoch 1
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--data", "~/d.npz", *FAST).exit_code == 130
+    interrupt.restore()
+    _digits_npz(home / "d.npz", shift=1)
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--data", "~/d.npz", *FAST)
+    assert_bad_input(result, "the data source differs", "d.npz sha256:")
+    assert not (out / "report.json").exists()
