@@ -30,6 +30,7 @@ from .fsutil import (
     unlock_folder,
     write_text,
 )
+from .provenance import describe_changes, differences
 from .recipe import Recipe, resolve_recipe
 
 if TYPE_CHECKING:
@@ -227,9 +228,15 @@ def allocate_for_run(
                     f"{option('overwrite')}"
                 ) from None
             if allocation.get("asked") != asked:
+                # Named field by field, as a resume's other refusals are: "another pruning section" alone left the
+                # user to find which of their --set overrides or recipe edits it meant.
+                changed = describe_changes(
+                    differences({"recipe": {"pruning": allocation.get("asked")}}, {"recipe": {"pruning": asked}})
+                )
                 raise SparsekitError(
-                    f"{saved}: its per-layer values were chosen for another pruning section (a changed target, "
-                    f"say); the run cannot continue with them. Start again with {option('overwrite')}"
+                    f"{saved}: its per-layer values were chosen for another pruning section ({changed}); the run "
+                    f"cannot continue with them: resume with what the checkpoint was written with, or start again "
+                    f"with {option('overwrite')}"
                 )
             # A run folder is data: the allocated entries and the notes on them must be what sparsekit writes.
             try:

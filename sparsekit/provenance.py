@@ -382,8 +382,7 @@ def check_resume(
 
     refused = {k: v for k, v in diff.items() if not covered(k)}
     if refused:
-        parts = [_describe(k, old, new) for k, (old, new) in refused.items()]
-        shown = "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
+        shown = describe_changes(refused)
         safe = [k for k in refused if is_safe(k)]
         if safe and len(safe) == len(refused):
             hint = f"to continue with the new value, accept the change: {option('allow_change', ','.join(safe))}"
@@ -391,6 +390,13 @@ def check_resume(
             hint = "resume with what the checkpoint was written with"
         raise SparsekitError(f"the run changed since the checkpoint was written: {shown}; {hint}")
     return {k: v for k, v in diff.items() if covered(k)}
+
+
+def describe_changes(diff: Mapping[str, tuple[Any, Any]]) -> str:
+    """:func:`differences`' result as an error names it: ``finetune.optimizer.lr: 0.001 then, 0.01 now; ...``
+    (the first six, then how many more)."""
+    parts = [_describe(k, old, new) for k, (old, new) in diff.items()]
+    return "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
 
 
 def _describe(key: str, old: Any, new: Any) -> str:

@@ -48,3 +48,19 @@ def test_a_data_file_under_the_home_folder_is_compared_by_content(tmp_path, monk
     result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", "--data", "~/d.npz", *FAST)
     assert_bad_input(result, "the data source differs", "d.npz sha256:")
     assert not (out / "report.json").exists()
+
+
+def test_a_resume_whose_auto_target_changed_names_the_change(tmp_path, mlp_checkpoint):
+    # sparsity: auto reuses the first run's per-layer values on a resume, and refused a changed target with "another
+    # pruning section (a changed target, say)": the user had to guess which of their edits or --set it meant.
+    recipe = tmp_path / "auto.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}\n"
+        "pruning: [{method: magnitude, sparsity: auto, target: 0.6, schedule: oneshot}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    out = tmp_path / "o"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    changed = ("--set", "pruning.0.target=0.65")
+    result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *changed, *FAST)
+    assert_bad_input(result, "allocation.json", "pruning.0.target: 0.6 then, 0.65 now", "--overwrite")
