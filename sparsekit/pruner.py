@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import math
 import numbers
 import os
@@ -125,6 +126,24 @@ def _rebind(method: Any, model: nn.Module) -> None:
         return
     modules = dict(model.named_modules())
     method.layers = {n: modules[n] for n in method.layers if n in modules}
+
+
+def _pruning_changes(saved: object, recipe: Recipe) -> str:
+    """What differs between a saved Pruner state's pruning section (:func:`pruning_key`'s text) and ``recipe``'s, named
+    field by field (``pruning.0.sparsity: 0.5 then, 0.7 now``) as the CLI's resume names them: a bare "a changed
+    method, target or schedule" left the user comparing two recipes by hand. Those words when the saved text is not
+    a section sparsekit wrote."""
+    from .provenance import describe_changes, differences
+
+    try:
+        before = json.loads(saved) if isinstance(saved, str) else None
+    except (ValueError, RecursionError):
+        before = None
+    now = json.loads(pruning_key(recipe))
+    diff = (
+        differences({"recipe": {"pruning": before}}, {"recipe": {"pruning": now}}) if isinstance(before, list) else {}
+    )
+    return describe_changes(diff) if diff else "a changed method, target or schedule"
 
 
 class Pruner:
@@ -1163,9 +1182,10 @@ class Pruner:
             )
         saved_clock, saved_pruning = state.get("steps_per_epoch"), state.get("pruning")
         if saved_pruning is not None and saved_pruning != pruning_key(self.recipe):
+            changed = _pruning_changes(saved_pruning, self.recipe)
             raise ValueError(
-                "load_state_dict: the state was saved for another pruning section (a changed method, target or "
-                "schedule); resume with the recipe it was saved with"
+                f"load_state_dict: the state was saved for another pruning section ({changed}); resume with the "
+                "recipe it was saved with"
             )
         if saved_clock is not None and saved_clock != self.steps_per_epoch:
             raise ValueError(

@@ -64,3 +64,31 @@ def test_a_resume_whose_auto_target_changed_names_the_change(tmp_path, mlp_check
     changed = ("--set", "pruning.0.target=0.65")
     result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *changed, *FAST)
     assert_bad_input(result, "allocation.json", "pruning.0.target: 0.6 then, 0.65 now", "--overwrite")
+
+
+def test_a_pruner_state_of_another_pruning_section_names_what_changed():
+    # A user's own loop resuming with an edited recipe got "another pruning section (a changed method, target or
+    # schedule)": which field of which entry was left to find by comparing the two recipes by hand.
+    import torch
+    from torch import nn
+
+    import sparsekit
+
+    def recipe(sparsity: float) -> sparsekit.Recipe:
+        return sparsekit.Recipe(
+            version=1,
+            model={"input_shape": [1, 8]},
+            finetune={"epochs": 1},
+            pruning=[{"method": "magnitude", "sparsity": sparsity, "schedule": {"start_epoch": 0, "end_epoch": 1}}],
+        )
+
+    def pruner(sparsity: float) -> sparsekit.Pruner:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        return sparsekit.Pruner(model, recipe(sparsity), steps_per_epoch=2)
+
+    first = pruner(0.5)
+    first.step()
+    with pytest.raises(ValueError, match=r"pruning\.0\.sparsity: 0\.5 then, 0\.7 now"):
+        pruner(0.7).load_state_dict(first.state_dict())
+    pruner(0.5).load_state_dict(first.state_dict())  # the same section loads
