@@ -1398,9 +1398,32 @@ def _entry_targets(
         met = achieved <= asked * (1 + MACS_OVER_TOLERANCE)
         out.append(check("target_macs", asked, achieved, asked * MACS_OVER_TOLERANCE, met,
                          f"asked MACs {asked:.3f}x of dense, reached {achieved:.3f}x"))  # fmt: skip
-    if o.method == "structured" and spec.get("target_latency") is not None and report.benchmark:
-        speedup = report.benchmark.speedup
-        if speedup:
+    if o.method == "structured" and spec.get("target_latency") is not None:
+        speedup = report.benchmark.speedup if report.benchmark else None
+        if not speedup:
+            # No benchmark (benchmark.enabled: false) left the target out of summary.targets altogether: no warning,
+            # and --strict passed a target nothing had checked. Unchecked is said, as a miss is.
+            asked = float(spec["target_latency"])
+            bench = report.recipe.get("benchmark")
+            off = isinstance(bench, dict) and bench.get("enabled") is False
+            why = "benchmark.enabled: false" if off else "the benchmark timed no batch size of both models"
+            message = (
+                f"target not checked: {head} asked latency {asked:.3f}x of dense, but the pruned model's latency was "
+                f"not measured at the end ({why}); enable the benchmark to check it"
+            )
+            out.append(
+                TargetCheck(
+                    entry=o.entry,
+                    method=o.method,
+                    target="target_latency",
+                    asked=asked,
+                    achieved=None,
+                    tolerance=0.0,
+                    met=False,
+                    message=message,
+                )
+            )
+        else:
             batch = max(speedup, key=lambda b: int(b) if b.isascii() and b.isdigit() else 0)
             asked, achieved, noise = float(spec["target_latency"]), speedup[batch].ratio, speedup[batch].noise
             tol = asked * noise + 0.1 * asked

@@ -92,3 +92,29 @@ def test_a_pruner_state_of_another_pruning_section_names_what_changed():
     with pytest.raises(ValueError, match=r"pruning\.0\.sparsity: 0\.5 then, 0\.7 now"):
         pruner(0.7).load_state_dict(first.state_dict())
     pruner(0.5).load_state_dict(first.state_dict())  # the same section loads
+
+
+def test_a_latency_target_with_the_benchmark_off_is_reported_unchecked(tmp_path, mlp_checkpoint):
+    # ratio: auto with target_latency and benchmark.enabled: false: the final check needs the benchmark's latency, and
+    # without it the target was left out of summary.targets altogether (no warning; --strict passed). Measured here on
+    # a fixed-ratio run's report whose pruning section is then read as written with target_latency (the allocation
+    # that measures latency takes minutes on a shared machine).
+    import json
+
+    from sparsekit.report import Report, check_targets, summarize
+
+    recipe = tmp_path / "s.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}\n"
+        "pruning: [{method: structured, ratio: 0.5, round_to: null, schedule: oneshot, steps: 1}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    out = tmp_path / "o"
+    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    report = Report.model_validate(json.loads((out / "report.json").read_text()))
+    asked = dict(report.recipe["pruning"][0], ratio="auto", target_latency=0.9)
+    report.recipe_asked = [asked]
+    latency = [c for c in check_targets(report) if c.target == "target_latency"]
+    assert len(latency) == 1 and not latency[0].met and latency[0].achieved is None
+    assert "not checked" in latency[0].message and "benchmark.enabled: false" in latency[0].message
+    assert latency[0].message in summarize(report).warnings
