@@ -14,11 +14,12 @@ older ``pytorch_lightning``): ``pip install 'sparsekit[lightning]'``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -97,7 +98,8 @@ class SparsekitCallback(pl.Callback):
     - ``on_before_optimizer_step``: :meth:`Pruner.regularize` (the L1 / group-lasso gradient added to
       ``.grad`` in place, so ``training_step``'s loss needs no edit). Lightning calls it once per real
       optimizer step, after the last accumulated backward and after the precision plugin unscaled the
-      gradients (AMP), before gradient clipping.
+      gradients (AMP), before gradient clipping. With several optimizers (manual optimization) it runs before each
+      one's step and adds the penalty's gradient to the weights that optimizer steps only.
     - ``on_train_batch_end``: :meth:`Pruner.step` when ``trainer.global_step`` advanced, so with
       ``accumulate_grad_batches`` only real optimizer steps count (``pruner.step_count`` equals the
       optimizer steps taken under this callback). Gradients are still there (Lightning zeroes them at
@@ -394,7 +396,14 @@ class SparsekitCallback(pl.Callback):
     ) -> None:
         if self.pruner is not None and not self.pruner.finalized:
             require_first_batch(self.pruner, type(self).__name__, pl_module, self.submodule, "training_step")
-            self.pruner.regularize()
+            if len(trainer.optimizers) > 1:
+                # Manual optimization with several optimizers: this hook runs before each one's step, and
+                # regularize() adds the penalty's gradient to every pruned weight. A weight another optimizer steps
+                # (opt1.step(); opt2.step() after one backward, each over some layers) got it once per optimizer.
+                with _grads_kept_outside(self.pruner.model, optimizer):
+                    self.pruner.regularize()
+            else:
+                self.pruner.regularize()
 
     @at_user_code
     def on_train_batch_end(
@@ -460,6 +469,27 @@ class SparsekitCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Restored in on_load_checkpoint, which also gets the LightningModule the pruner is built on.
         pass
+
+
+@contextlib.contextmanager
+def _grads_kept_outside(model: nn.Module, optimizer: Any) -> Iterator[None]:
+    """Leave the ``.grad`` of ``model``'s parameters that ``optimizer`` does not step as they were before the block,
+    so that what the block adds to gradients reaches only the weights this optimizer step uses."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    kept = [
+        (p, p.grad, None if p.grad is None else p.grad.clone())
+        for p in model.parameters()
+        if id(p) not in held and p.requires_grad
+    ]
+    try:
+        yield
+    finally:
+        for param, grad, values in kept:
+            if grad is None or values is None:
+                param.grad = None
+            else:
+                grad.copy_(values)  # the same tensor the next backward accumulates into (added to in place)
+                param.grad = grad
 
 
 def _shape_mismatch(checkpoint: Mapping[str, Any], module: nn.Module) -> tuple[str, tuple, tuple] | None:

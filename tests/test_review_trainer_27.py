@@ -1,0 +1,83 @@
+"""Review (w3, trainer angle): users' own Lightning / transformers loops around the trainer callbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from sparsekit.integrations.lightning import SparsekitCallback  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _loader(n: int = 64) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+
+
+def _trainer(callbacks: list, **kwargs) -> pl.Trainer:
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "max_epochs": 1,
+        **kwargs,
+    }
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+STRENGTH = 0.5
+
+
+class _PerLayerOptimizers(pl.LightningModule):
+    """Manual optimization, one backward, then one optimizer per layer (as Lightning's docs step several)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.plain: dict[int, torch.Tensor] = {}
+        self.penalties: list[float] = []  # the penalty's gradient at each optimizer step, in multiples of strength
+
+    def training_step(self, batch, batch_idx):
+        first, second = self.optimizers()
+        first.zero_grad()
+        second.zero_grad()
+        x, y = batch
+        self.manual_backward(F.cross_entropy(self.net(x), y))
+        self.plain = {id(p): p.grad.clone() for p in self.net.parameters()}
+        first.step()
+        second.step()
+
+    def configure_optimizers(self):
+        # lr 0: the weights stay put, so each step's penalty gradient is strength * sign(w) exactly
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.0), torch.optim.SGD(self.net[2].parameters(), lr=0.0)]
+
+
+class _PenaltySeen(pl.Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        weight = optimizer.param_groups[0]["params"][0]
+        added = (weight.grad - pl_module.plain[id(weight)]) / (STRENGTH * torch.sign(weight.detach()))
+        pl_module.penalties.append(round(float(added.median()), 3))
+
+
+def test_lightning_two_optimizers_each_weight_gets_the_l1_penalty_once() -> None:
+    # Before: the callback's regularize() before the second optimizer's step added the penalty to every pruned
+    # weight again, so the layer the second optimizer steps trained under twice the recipe's strength.
+    recipe = {
+        "version": 1,
+        "pruning": [{"method": "l1", "mode": "penalty", "strength": STRENGTH, "layers": {"include": ["0", "2"]}}],
+    }
+    module = _PerLayerOptimizers()
+    _trainer([SparsekitCallback(recipe, submodule="net", finalize=False), _PenaltySeen()]).fit(module, _loader())
+    assert module.penalties == [1.0, 1.0, 1.0, 1.0]
