@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,3 +83,38 @@ def test_lightning_two_optimizers_each_weight_gets_the_l1_penalty_once() -> None
     module = _PerLayerOptimizers()
     _trainer([SparsekitCallback(recipe, submodule="net", finalize=False), _PenaltySeen()]).fit(module, _loader())
     assert module.penalties == [1.0, 1.0, 1.0, 1.0]
+
+
+class _Plain(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.1)
+
+
+def test_lightning_fit_in_a_child_process_says_where_the_pruned_model_is() -> None:
+    # Before: under ddp_fork / ddp_spawn / ddp_notebook the fit ran in child processes, and the callback of the
+    # process that called fit() kept model = None (README's `pruned = pruning.model`) without a word. The child
+    # inherits pytest's warning capture (fork), so the warning is made an error there, which reaches this process.
+    recipe = {"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.8, "layers": {"include": ["0"]}}]}
+    pruning = SparsekitCallback(recipe, submodule="net")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="SparsekitCallback: strategy")
+        with pytest.raises(Exception, match=r"callback.model and callback.pruner stay None(.|\n)*lit_module.net"):
+            _trainer([pruning], strategy="ddp_fork").fit(_Plain(), _loader())
+    assert pruning.model is None  # what the parent sees: Lightning returns weights only
+
+
+def test_lightning_fit_in_this_process_does_not_warn_of_child_processes() -> None:
+    recipe = {"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.8, "layers": {"include": ["0"]}}]}
+    pruning = SparsekitCallback(recipe, submodule="net")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="SparsekitCallback: strategy")
+        _trainer([pruning]).fit(_Plain(), _loader())
+    assert float((pruning.model[0].weight == 0).float().mean()) == pytest.approx(0.8, abs=0.01)

@@ -126,6 +126,9 @@ class SparsekitCallback(pl.Callback):
     ``trainer.validate``/``test`` with ``ckpt_path`` on the module a fit finalized, when finalize removed channels
     after that checkpoint was written (structured removals still to come, l1's ``remove_dead``), is a ValueError:
     the smaller module cannot take the checkpoint's weights (a new instance of the LightningModule can).
+    Strategies that fit in child processes (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) leave :attr:`model` and
+    :attr:`pruner` None in the process that called ``fit`` (a warning says so): the pruned weights are those Lightning
+    copies back into the LightningModule.
     Attributes: :attr:`pruner` (None before ``on_train_start``), :attr:`model`.
     """
 
@@ -426,6 +429,20 @@ class SparsekitCallback(pl.Callback):
         pruner = self.pruner
         if pruner is None:
             return
+        if trainer.is_global_zero and _in_spawned_process(trainer):
+            # ddp_spawn / ddp_fork / ddp_notebook run the fit in child processes with copies of this callback: the
+            # process that called fit() sees callback.model and callback.pruner still None (README's
+            # `pruned = pruning.model` was None there, silently). Lightning copies rank 0's weights back into the
+            # LightningModule, which is where the pruned model is.
+            where = f"lit_module.{self.submodule}" if self.submodule else "your LightningModule"
+            warnings.warn(
+                f"SparsekitCallback: strategy {type(trainer.strategy).__name__} (start method "
+                f"{getattr(trainer.strategy, '_start_method', 'spawn')!r}) runs fit in child processes, so "
+                "callback.model and callback.pruner stay None in the process that called trainer.fit(); the pruned "
+                f"weights are copied back into {where} there: use that (or strategy='ddp', whose rank 0 is that "
+                "process)",
+                stacklevel=2,
+            )
         target = pruner.model
         if not self.finalize or pruner.finalized:
             self.model = target
@@ -469,6 +486,13 @@ class SparsekitCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Restored in on_load_checkpoint, which also gets the LightningModule the pruner is built on.
         pass
+
+
+def _in_spawned_process(trainer: pl.Trainer) -> bool:
+    """Whether this fit runs in a child process Lightning started (strategy ddp_spawn, ddp_fork, ddp_notebook): its
+    launcher is the multiprocessing one, whose results reach the parent as rank 0's weights only."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return type(launcher).__name__ == "_MultiProcessingLauncher"
 
 
 @contextlib.contextmanager
