@@ -118,3 +118,65 @@ def test_lightning_fit_in_this_process_does_not_warn_of_child_processes() -> Non
         warnings.filterwarnings("error", message="SparsekitCallback: strategy")
         _trainer([pruning]).fit(_Plain(), _loader())
     assert float((pruning.model[0].weight == 0).float().mean()) == pytest.approx(0.8, abs=0.01)
+
+
+class _StopAt(pl.Callback):
+    """Sets trainer.should_stop after `step` optimizer steps, as Lightning's Timer (max_time) or a user's own does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+_LATE = {
+    "version": 1,
+    "pruning": [
+        {
+            "method": "magnitude",
+            "sparsity": 0.8,
+            "layers": {"include": ["0"]},
+            "schedule": {"start_epoch": 0, "end_epoch": 3},
+        }
+    ],
+}
+
+
+def _missed(callbacks: list, pruning: SparsekitCallback, **kwargs) -> str:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer([pruning, *callbacks], max_epochs=4, **kwargs).fit(_Plain(), _loader())
+    missed = [str(w.message) for w in caught if "missed its target" in str(w.message)]
+    assert len(missed) == 1
+    return missed[0]
+
+
+def test_lightning_target_missed_because_a_callback_stopped_the_fit_does_not_blame_max_epochs() -> None:
+    # Before: a fit that trainer.should_stop ended (here after 3 of 8 steps; max_epochs=4 was long enough) was told
+    # to "train until the schedule's end_epoch (Trainer max_epochs / max_steps)".
+    pruning = SparsekitCallback(_LATE, submodule="net")
+    message = _missed([_StopAt(3)], pruning)
+    assert "Trainer max_epochs / max_steps" not in message
+    assert "trainer.should_stop, set by a callback or training_step, stopped this fit at optimizer step 3" in message
+
+
+def test_lightning_target_missed_because_max_time_ran_out_names_max_time(monkeypatch) -> None:
+    pruning = SparsekitCallback(_LATE, submodule="net")
+    # Lightning's Timer (Trainer(max_time=...)) ends the fit once time_remaining() is <= 0: make it so after step 3.
+    timer_cls = pl.callbacks.Timer
+    monkeypatch.setattr(timer_cls, "time_remaining", lambda self, stage="train": 0.0 if self._ran else 1.0)
+    monkeypatch.setattr(timer_cls, "_ran", False, raising=False)
+
+    class _Clock(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= 3:
+                for c in trainer.callbacks:
+                    if isinstance(c, timer_cls):
+                        c._ran = True
+                trainer.should_stop = True
+
+    message = _missed([_Clock()], pruning, max_time={"days": 1})
+    assert "Trainer max_epochs / max_steps" not in message
+    assert "Trainer(max_time=...) stopped this fit at optimizer step 3" in message

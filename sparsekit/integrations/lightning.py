@@ -447,14 +447,10 @@ class SparsekitCallback(pl.Callback):
         if not self.finalize or pruner.finalized:
             self.model = target
             return
-        if trainer.should_stop and trainer.early_stopping_callbacks:
-            # EarlyStopping ended the fit, not max_epochs / max_steps: finalize's missed-target warning said to
+        if trainer.should_stop:
+            # Something other than max_epochs / max_steps ended the fit: finalize's missed-target warning said to
             # raise those, which were already long enough.
-            pruner._stepped_by = (
-                type(self).__name__,
-                f"EarlyStopping stopped this fit after {trainer.current_epoch} epochs: let it stop only after the "
-                "schedule's end, e.g. with a larger patience, or monitor a metric pruning does not worsen",
-            )
+            pruner._stepped_by = (type(self).__name__, _why_stopped(trainer))
         model = pruner.finalize()
         if model is not target:
             if self.submodule:
@@ -486,6 +482,25 @@ class SparsekitCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Restored in on_load_checkpoint, which also gets the LightningModule the pruner is built on.
         pass
+
+
+def _why_stopped(trainer: pl.Trainer) -> str:
+    """What to tell of a fit that ``trainer.should_stop`` ended before max_epochs / max_steps: EarlyStopping, the
+    Timer of ``Trainer(max_time=...)``, or else a callback or ``training_step`` that set ``trainer.should_stop``."""
+    if trainer.early_stopping_callbacks:
+        return (
+            f"EarlyStopping stopped this fit after {trainer.current_epoch} epochs: let it stop only after the "
+            "schedule's end, e.g. with a larger patience, or monitor a metric pruning does not worsen"
+        )
+    when = f"at optimizer step {trainer.global_step}"  # (mid-epoch: current_epoch already counts that epoch)
+    timer = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+    left = timer.time_remaining("train") if timer is not None else None
+    if left is not None and left <= 0:
+        return f"Trainer(max_time=...) stopped this fit {when}: give it the time the schedule takes"
+    return (
+        f"trainer.should_stop, set by a callback or training_step, stopped this fit {when}: let it stop only after "
+        "the schedule's end"
+    )
 
 
 def _in_spawned_process(trainer: pl.Trainer) -> bool:
