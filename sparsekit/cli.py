@@ -2004,6 +2004,11 @@ def validate(
     from .recipe import unread_finetune_keys
 
     res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
+    if not rec.pruning:
+        res["notes"].append(
+            "no pruning entries: prune would fine-tune, export and benchmark the model dense (a baseline run); add "
+            "entries under the top-level `pruning:` key to prune"
+        )
     lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
     _emit(res, as_json, "\n".join(lines))
     chance = (res.get("auto_allocation") or {}).get("warning")  # the allocation's, left out of its lines above

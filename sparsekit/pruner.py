@@ -146,6 +146,11 @@ def _pruning_changes(saved: object, recipe: Recipe) -> str:
     return describe_changes(diff) if diff else "a changed method, target or schedule"
 
 
+NO_PRUNING_WARNING = "the recipe has no pruning entries"
+"""How the warning of a Pruner built on a recipe without pruning entries starts (``sparsekit prune`` says it in its own
+words, "no method here creates zeros", and filters this one)."""
+
+
 class Pruner:
     """Binds a model and a recipe's ``pruning`` list; call :meth:`step` after every optimizer step.
 
@@ -258,6 +263,14 @@ class Pruner:
             warnings.warn(
                 f"Pruner(model=...): the model's weights hold NaN or inf values ({', '.join(bad[:4])}{more}): rankings "
                 "and masks are undefined on them; load finite weights (from before a training run diverged)",
+                stacklevel=outside_sparsekit(),
+            )
+        if not recipe.pruning:
+            # A recipe with no pruning entries trained the model dense through a Pruner (and a trainer callback) that
+            # said nothing: a `pruning:` key misspelt or indented under another section reads that way.
+            warnings.warn(
+                NO_PRUNING_WARNING + ", so nothing is pruned and the model trains dense; add entries under the "
+                "top-level `pruning:` key (sparsekit recipes --reference)",
                 stacklevel=outside_sparsekit(),
             )
         # (DDP inside torch.compile's wrapper is one of its modules)
