@@ -564,7 +564,18 @@ class LayerSelect(_Strict):
                 not any(c in pattern for c in "*?[") and any(fnmatchcase(pattern, e) for e in self.exclude)
             )
 
-        if self.include and all(excluded(p) for p in self.include):
+        # An empty include or types list selects nothing for any model: prune refused it once the model loaded,
+        # after recipe-only validate had said "valid" (and described "the layers matching " with no pattern).
+        if not self.include:
+            raise ValueError(
+                "include is empty: it names no layer to prune; write ['*'] for every layer, or leave it out"
+            )
+        if not self.types:
+            raise ValueError(
+                "types is empty: no kind of layer may be pruned; name the kinds (e.g. [Linear, Conv2d]), or leave it "
+                "out for every prunable kind"
+            )
+        if all(excluded(p) for p in self.include):
             raise ValueError(
                 f"exclude {self.exclude} leaves out everything include {self.include} names: no layer to prune; "
                 "narrow exclude (or drop this entry)"

@@ -1,0 +1,44 @@
+"""Review 27, angle "recipes": hand-written recipes at their limits, and `validate RECIPE` agreeing with `prune`."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.errors import RecipeError
+
+HEAD = "version: 1\nfinetune: {epochs: 1}\npruning:\n"
+
+
+def _validate(tmp_path, text: str, *options: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return CliRunner().invoke(main, ["validate", str(path), *options])
+
+
+@pytest.mark.parametrize(
+    ("layers", "needle"),
+    [
+        ("{include: []}", "layers: include is empty"),
+        ("[]", "layers: include is empty"),
+        ("{types: []}", "layers: types is empty"),
+    ],
+)
+def test_a_layer_selection_that_is_empty_is_refused_by_validate_of_the_recipe_alone(tmp_path, layers, needle):
+    # `layers: {include: []}` (or `types: []`) selects no layer of any model: `validate RECIPE` said "valid"
+    # ("the layers matching  ", with no pattern), and prune refused the same recipe once the model was loaded.
+    result = _validate(
+        tmp_path, HEAD + f"  - {{method: magnitude, sparsity: 0.5, schedule: oneshot, layers: {layers}}}\n"
+    )
+    assert result.exit_code == 2, result.output
+    assert f"pruning[0].{needle}" in result.output, result.output
+    assert "Traceback" not in result.output
+    # the same for an override, and in Python
+    ok = _validate(tmp_path, HEAD + "  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n")
+    assert ok.exit_code == 0, ok.output
+    over = CliRunner().invoke(main, ["validate", str(tmp_path / "r.yaml"), "--set", "pruning.0.layers.include=[]"])
+    assert over.exit_code == 2 and "pruning[0].layers: include is empty" in over.output, over.output
+    with pytest.raises(RecipeError, match="include is empty"):
+        sparsekit.Recipe(pruning=[{"method": "l1", "strength": 1e-3, "layers": {"include": []}}])
