@@ -72,6 +72,10 @@ MAX_LR = 100.0
 MAX_WEIGHT_DECAY = 10.0  # in use: <= 1 (AdamW); SGD/AdamW scale weights by (1 - lr * wd) each step
 MAX_STRENGTH = 100.0  # l1.strength: useful values are ~1e-6..1e-2, so 100 is far past useful
 MAX_MAGNITUDE = 1e6  # l1.threshold, max_norm.max_value: compared with |w| / row norms; float32-safe
+# max_norm.max_value: useful bounds are ~0.5..5 (Srivastava et al. used 3-4). Far below, the rescaled weights are
+# ~0: under float32's range (1e-300 is 0.0 there) every weight became an exact zero, from a method that "makes no
+# zeros" as validate says; from this bound on, a row of a million weights keeps weights of ~1e-7.
+MIN_MAX_NORM = 1e-4
 MAX_STRUCTURED_STEPS = 1_000  # each step traces the model; validate costs epochs x steps
 MAX_CHANNELS = 2**24  # structured.min_channels, model.input_shape dims
 MAX_INPUT_VALUES = 2**28  # product of model.input_shape: 1 GiB of float32 for a single input
@@ -1015,7 +1019,9 @@ class MaxNormSpec(_MethodBase):
         "L2 norm is at most max_value (a constraint; it makes no zeros)"
     )
     max_value: Float = Field(
-        gt=0, le=MAX_MAGNITUDE, description="the bound on each output unit's incoming-weight L2 norm (bias excluded)"
+        ge=MIN_MAX_NORM,
+        le=MAX_MAGNITUDE,
+        description="the bound on each output unit's incoming-weight L2 norm (bias excluded)",
     )
 
 

@@ -42,3 +42,27 @@ def test_a_layer_selection_that_is_empty_is_refused_by_validate_of_the_recipe_al
     assert over.exit_code == 2 and "pruning[0].layers: include is empty" in over.output, over.output
     with pytest.raises(RecipeError, match="include is empty"):
         sparsekit.Recipe(pruning=[{"method": "l1", "strength": 1e-3, "layers": {"include": []}}])
+
+
+@pytest.mark.parametrize("value", ["1.0e-300", "1.0e-40", "0"])
+def test_a_max_norm_bound_so_small_the_weights_vanish_is_refused(tmp_path, value):
+    # max_value 1e-300 is 0.0 in float32: every weight of every selected layer became an exact zero (sparsity 1.0,
+    # accuracy at chance) from a method validate described as "makes no zeros".
+    result = _validate(tmp_path, HEAD + f"  - {{method: max_norm, max_value: {value}}}\n")
+    assert result.exit_code == 2, result.output
+    assert "pruning[0].max_value: must be >= 0.0001" in result.output, result.output
+    assert _validate(tmp_path, HEAD + "  - {method: max_norm, max_value: 0.0001}\n").exit_code == 0
+
+
+def test_max_norm_at_its_smallest_bound_makes_no_zeros():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    recipe = sparsekit.Recipe(pruning=[{"method": "max_norm", "max_value": 1e-4}])
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    for layer in (model[0], model[2]):
+        assert bool((layer.weight != 0).all())
+        assert float(layer.weight.norm(dim=1).max()) <= 1e-4 * (1 + 1e-5)
