@@ -103,6 +103,11 @@ def _text_hint(value: str, fraction: tuple[str, str] | None = None) -> str:
         if not (above and below):  # "write it as the fraction 1" (or 0) offered a value refused as well
             return f": a percentage, and as the fraction {value_of:g} out of range too"
         return f": a percentage; write it as the fraction {value_of:g}"
+    if re.fullmatch(r"\s*[-+]?0[0-9_]*[0-9]\s*", value):
+        # YAML 1.1 reads a whole number with a leading 0 as octal (010 is 8) and, with an 8 or 9 in it, as text:
+        # `epochs: 08` arrives here unquoted, and "write it without quotes" sent the user looking for quotes.
+        digits = value.strip().replace("_", "")
+        return f": write it as {int(digits)}, without a leading 0 (YAML reads 08 as text and 010 as the octal 8)"
     try:
         # float() reads "nan" and "inf" too: they are no number a recipe field takes, quoted or not.
         return ": write it without quotes" if math.isfinite(float(value)) else ": use a finite number"

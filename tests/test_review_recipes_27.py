@@ -66,3 +66,17 @@ def test_max_norm_at_its_smallest_bound_makes_no_zeros():
     for layer in (model[0], model[2]):
         assert bool((layer.weight != 0).all())
         assert float(layer.weight.norm(dim=1).max()) <= 1e-4 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize(("written", "number"), [("08", 8), ("09", 9), ("'010'", 10)])
+def test_a_whole_number_with_a_leading_zero_is_not_told_to_lose_quotes_it_does_not_have(tmp_path, written, number):
+    # `epochs: 08` is text to YAML 1.1 (no octal has an 8), so the field refused "the text '08': write it without
+    # quotes" of a value written without any.
+    result = _validate(tmp_path, f"version: 1\nfinetune: {{epochs: {written}}}\n")
+    assert result.exit_code == 2, result.output
+    assert "finetune.epochs: must be a number" in result.output
+    assert f"write it as {number}, without a leading 0" in result.output, result.output
+    assert "without quotes" not in result.output
+    # a quoted number with no leading zero keeps its hint
+    quoted = _validate(tmp_path, "version: 1\nfinetune: {epochs: '8'}\n")
+    assert quoted.exit_code == 2 and "write it without quotes" in quoted.output, quoted.output
