@@ -80,3 +80,29 @@ def test_a_whole_number_with_a_leading_zero_is_not_told_to_lose_quotes_it_does_n
     # a quoted number with no leading zero keeps its hint
     quoted = _validate(tmp_path, "version: 1\nfinetune: {epochs: '8'}\n")
     assert quoted.exit_code == 2 and "write it without quotes" in quoted.output, quoted.output
+
+
+def test_an_l1_threshold_above_every_weight_does_not_report_a_layer_kept_alive_that_ended_all_zero():
+    # threshold: 100 zeroes every weight; each layer's floor keeps its largest weight, but the next layer's kept
+    # weight read a unit removed as dead, so it went too: the report said "kept one unit alive" beside
+    # "achieved 1.000" and the note that every weight of the layer is zero.
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+    recipe = sparsekit.Recipe(
+        model={"input_shape": [1, 64]}, pruning=[{"method": "l1", "strength": 1e-3, "threshold": 100}]
+    )
+    pruner = sparsekit.Pruner(model, recipe, steps_per_epoch=1)
+    pruner.step()
+    model = pruner.finalize()
+    per_layer = pruner.methods[0].report()["per_layer"]
+    layers = dict(model.named_modules())
+    assert int((layers["0"].weight != 0).sum()) == 1  # the first layer's floor held
+    assert per_layer["0"]["reason"].startswith("kept one unit alive")
+    for name in ("2", "4"):
+        assert not bool(layers[name].weight.any())
+        assert per_layer[name]["achieved"] == 1.0
+        assert "kept one unit alive" not in per_layer[name]["reason"]
+        assert per_layer[name]["reason"].startswith("every weight is zero"), per_layer[name]["reason"]

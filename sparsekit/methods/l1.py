@@ -1685,6 +1685,17 @@ class L1:
         """How many of ``module``'s output units have all their weights at zero."""
         return int((torch.linalg.vector_norm(self._groups(weight_of(module).detach(), module), dim=1) == 0).sum())
 
+    def _floor_reason(self, name: str) -> str:
+        """Why a layer L1 kept from going all-zero (``floored``) is short of what L1 would have made of it."""
+        if bool(weight_of(self.layers[name]).detach().any()):
+            return "kept one unit alive: L1 would have zeroed the whole layer"
+        # Each layer's floor is its own: the weight kept alive may read an earlier layer's unit that went all-zero
+        # and was removed at finalize, and goes with it. "kept one unit alive" then stood beside "achieved 1.000".
+        return (
+            "every weight is zero: L1 zeroed the whole layer, and the weight kept alive read an input removed as "
+            "dead; lower strength or threshold, or exclude the layer"
+        )
+
     def report(self) -> dict[str, Any]:
         """Asked vs achieved: ``asked`` is ``target`` (None without one); ``achieved`` the fraction of the
         weights at zero or, with ``group: row | channel``, of the output units at zero or removed
@@ -1700,9 +1711,7 @@ class L1:
         its zeroed units will stay: a tied or reused weight, a coupling no group spans; ``{}`` when none); with a
         target, ``tolerance``: how far short of it ``achieved`` still counts as met (half a unit or weight, the
         nearest whole count, plus 0.005)."""
-        reasons = {
-            n: "kept one unit alive: L1 would have zeroed the whole layer" for n in self.floored if n in self.layers
-        }
+        reasons = {n: self._floor_reason(n) for n in self.floored if n in self.layers}
         out = asked_vs_achieved(self.layers, None, reasons=reasons, initial=self.initial)
         out["unit"] = "weights"
         if self.units:
