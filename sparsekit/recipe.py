@@ -591,6 +591,14 @@ class LayerSelect(_Strict):
             )
         return self
 
+    def leaves_out(self, name: str) -> str | None:
+        """Why the layer called ``name`` is outside this selection in every model (from the patterns alone, as
+        :func:`sparsekit.layers.select_layers` matches them), or None when a model may have it selected."""
+        if not any(fnmatchcase(name, p) for p in self.include):
+            return f"matches no layers.include pattern ({', '.join(map(repr, self.include))})"
+        pattern = next((e for e in self.exclude if fnmatchcase(name, e)), None)
+        return None if pattern is None else f"is left out by the layers.exclude pattern {pattern!r}"
+
 
 def _layers_mapping(data: Any) -> Any:
     # `layers: [fc1, fc2]` or `layers: "features.*"` is what people write first (SparseML's `params:` is a
@@ -794,6 +802,19 @@ class _Ranked(_MethodBase):
                     "or lower the layer's value"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _listed_layers_selected(self) -> _Ranked:
+        # A layer_sparsity name the entry's own layers leave out is known from the patterns alone: recipe-only
+        # validate said "valid" and prune refused it once the model loaded ("is not a layer this entry selects").
+        for name in self.layer_sparsity or {}:
+            why = self.layers.leaves_out(name)
+            if why:
+                raise ValueError(
+                    f"layer_sparsity names {short(name, 60)!r}, which {why}: it is no layer of this entry; remove it "
+                    "from layer_sparsity, or select it in layers"
+                )
+        return self
 
     @model_validator(mode="after")
     def _layer_cap(self) -> _Ranked:

@@ -106,3 +106,26 @@ def test_an_l1_threshold_above_every_weight_does_not_report_a_layer_kept_alive_t
         assert per_layer[name]["achieved"] == 1.0
         assert "kept one unit alive" not in per_layer[name]["reason"]
         assert per_layer[name]["reason"].startswith("every weight is zero"), per_layer[name]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("layers", "needle"),
+    [
+        ("{exclude: [fc3]}", "which is left out by the layers.exclude pattern 'fc3'"),
+        ("['conv*']", "which matches no layers.include pattern ('conv*')"),
+    ],
+)
+def test_a_layer_sparsity_name_its_own_entry_leaves_out_is_refused_by_validate_of_the_recipe_alone(
+    tmp_path, layers, needle
+):
+    # `layer_sparsity: {fc3: 0.5}` beside `layers: {exclude: [fc3]}`: `validate RECIPE` said "valid", and prune
+    # refused the recipe once the model was loaded ("'fc3' is not a layer this entry selects").
+    entry = (
+        f"  - {{method: magnitude, sparsity: 0.5, layer_sparsity: {{fc3: 0.5}}, schedule: oneshot, layers: {layers}}}\n"
+    )
+    result = _validate(tmp_path, HEAD + entry)
+    assert result.exit_code == 2, result.output
+    assert "pruning[0]: layer_sparsity names 'fc3', " + needle in result.output, result.output
+    # a name the patterns may select stays for the model to decide
+    fine = "  - {method: magnitude, sparsity: 0.5, layer_sparsity: {fc3: 0.5}, schedule: oneshot, layers: ['fc*']}\n"
+    assert _validate(tmp_path, HEAD + fine).exit_code == 0
