@@ -565,6 +565,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     line, for YAML errors) when it is missing, unreadable, too large, not UTF-8, not YAML, empty, not a
     mapping or holds anything but plain data."""
     path = Path(path)
+    pipe = False
     try:
         if str(path) == "-" and not path.exists():  # Unix tools' stdin
             raise RecipeError(
@@ -579,7 +580,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         if path.is_dir():
             raise RecipeError(f"{path}: is a directory, expected a YAML recipe file")
         mode = path.stat().st_mode
-        if stat.S_ISFIFO(mode):
+        pipe = stat.S_ISFIFO(mode)
+        if pipe:
             # A pipe: `<(cat r.yaml)` from a shell. Opened without waiting (a named pipe nobody writes to blocked
             # forever), then read to its end: empty when nobody writes.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -619,6 +621,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         ) from None
     # Parsed with a safe loader only: a recipe never constructs Python objects (!!python/... is refused).
     data = _parse_yaml(text, str(path))
+    if data is None and pipe and not raw:
+        # A named pipe nothing had written to (mkfifo, or a writer not started yet): "the recipe is empty" sent
+        # the user to a file that is not one.
+        raise RecipeError(
+            f"{path}: a pipe with nothing written to it (a named pipe is read without waiting for a writer); give "
+            "the recipe file itself, or start what writes to the pipe first"
+        )
     if data is None:
         raise RecipeError(f"{path}: the recipe is empty; start from a shipped one (`sparsekit recipes`)")
     if not isinstance(data, dict):

@@ -503,8 +503,8 @@ def test_a_pipe_or_a_device_given_as_a_model_or_a_recipe_is_refused_without_read
         (["inspect", tmp_path / "model.pt", *ARCH], "model.pt: is not a regular file"),
         (
             ["validate", tmp_path / "recipe.yaml"],
-            "recipe.yaml: the recipe is empty",
-        ),  # a pipe nobody writes to: read, empty
+            "recipe.yaml: a pipe with nothing written to it",
+        ),  # a pipe nobody writes to: read without waiting, and named as a pipe
         (["validate", tmp_path / "zero.yaml"], "zero.yaml: is not a regular file"),
     ):
         done = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True, timeout=120, env=env, cwd=root)

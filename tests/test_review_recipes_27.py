@@ -129,3 +129,20 @@ def test_a_layer_sparsity_name_its_own_entry_leaves_out_is_refused_by_validate_o
     # a name the patterns may select stays for the model to decide
     fine = "  - {method: magnitude, sparsity: 0.5, layer_sparsity: {fc3: 0.5}, schedule: oneshot, layers: ['fc*']}\n"
     assert _validate(tmp_path, HEAD + fine).exit_code == 0
+
+
+def test_a_named_pipe_nothing_writes_to_is_named_as_a_pipe_not_an_empty_recipe(tmp_path):
+    # `mkfifo r.yaml` (or a writer not started yet): read without waiting, it was "the recipe is empty; start from a
+    # shipped one", about a file that is no recipe file at all.
+    import os
+
+    fifo = tmp_path / "r.yaml"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(main, ["validate", str(fifo)])
+    assert result.exit_code == 2, result.output
+    assert "r.yaml: a pipe with nothing written to it" in result.output, result.output
+    assert "the recipe is empty" not in result.output
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    result = CliRunner().invoke(main, ["validate", str(empty)])
+    assert result.exit_code == 2 and "empty.yaml: the recipe is empty" in result.output, result.output
