@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from types import UnionType
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, get_args, get_origin
 
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -2069,8 +2070,10 @@ def _message(e: Any) -> str:
             return f"must be {form} (got {got}): write it as {{name: {value}}}"
         if kind == "list_type" and isinstance(value, str) and value.strip() and not set(value) & set("[]{}:"):
             # `ignore: fc2`, `--set pruning.0.ignore=fc2`: one name where a list is taken; the list of it is the fix.
-            items = ", ".join(part.strip() for part in value.split(",") if part.strip())
-            return f"must be {form} (got {got}): write [{short(items, 80)}]"
+            items = [part.strip() for part in value.split(",") if part.strip()]
+            # Written as YAML reads it back: `include: "*"` was told "write [*]", which YAML reads as an alias.
+            flow = yaml.safe_dump(items, default_flow_style=True, width=2**31, allow_unicode=True).strip()
+            return f"must be {form} (got {got}): write {short(flow, 80)}"
         return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
 

@@ -146,3 +146,16 @@ def test_a_named_pipe_nothing_writes_to_is_named_as_a_pipe_not_an_empty_recipe(t
     empty.write_text("# nothing yet\n")
     result = CliRunner().invoke(main, ["validate", str(empty)])
     assert result.exit_code == 2 and "empty.yaml: the recipe is empty" in result.output, result.output
+
+
+def test_a_glob_given_where_a_list_goes_is_told_a_list_yaml_reads_back(tmp_path):
+    # `include: "*"` was told "write [*]": YAML reads `[*]` as an alias and refuses it ("expected alphabetic or
+    # numeric character"), so the remedy given was itself a broken recipe.
+    import yaml
+
+    entry = "  - {method: magnitude, sparsity: 0.5, schedule: oneshot, layers: {include: '*', exclude: 'fc3, 0'}}\n"
+    result = _validate(tmp_path, HEAD + entry)
+    assert result.exit_code == 2, result.output
+    assert "pruning[0].layers.include: must be a list" in result.output
+    assert "write ['*']" in result.output and "write [fc3, '0']" in result.output, result.output
+    assert yaml.safe_load("['*']") == ["*"] and yaml.safe_load("[fc3, '0']") == ["fc3", "0"]
