@@ -1417,7 +1417,8 @@ def export(
         f"zeros kept: {res['zeros']['zeros_ok']}"
     ]
     if res.get("fallback"):
-        lines.append(f"  {res['fallback']}")
+        # (the reason alone, "the dynamo exporter wrote opset 18 ...", left the user to infer which file was shipped)
+        lines.append(f"  the file is the {res['exporter']} exporter's, not the one asked for: {res['fallback']}")
     from .report import parity_warning
 
     other = "torchscript" if res.get("exporter") == "dynamo" else "dynamo"

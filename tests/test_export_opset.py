@@ -208,3 +208,28 @@ def test_cli_undeliverable_opset_exits_2(tmp_path, checkpoint, monkeypatch, dyna
     result = CliRunner().invoke(main, [*args, "--opset", "13"])
     assert_bad_input(result, "opset 13", "wrote opset 18", "Ask for a higher opset", "support 18-23")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_says_which_exporters_file_it_shipped(tmp_path, monkeypatch, mlp_checkpoint):
+    """`export --exporter dynamo --opset 16` whose dynamo file fails parity ships the TorchScript exporter's: the
+    command printed only the dynamo exporter's problem, leaving which file was written to the first line's words."""
+    real_export, real_parity = export_mod._export, export_mod._parity
+    monkeypatch.setattr(
+        export_mod, "_export", lambda model, tmp, x, opset, exporter, external, names=("output",): real_export(
+            model, tmp, x, opset, "torchscript", external, names
+        )
+    )  # fmt: skip
+
+    def parity(model, tmp, shape, rtol, atol):
+        result = real_parity(model, tmp, shape, rtol, atol)
+        return {**result, "ok": False, "max_abs_diff": 0.5} if tmp.parent.name == "dynamo" else result
+
+    monkeypatch.setattr(export_mod, "_parity", parity)
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(mlp_checkpoint), "-o", str(out), "--opset", "16", "--exporter", "dynamo", "--trust-code"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "the file is the torchscript exporter's, not the one asked for: the dynamo exporter's conversion" in (
+        " ".join(result.output.split())
+    )
