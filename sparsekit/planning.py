@@ -219,7 +219,7 @@ def simulate(
     import torch
 
     from .layers import prunable_layers, weight_of
-    from .pruner import Pruner
+    from .pruner import internal_pruner
     from .stats import sparsity
     from .train import model_input
 
@@ -229,7 +229,7 @@ def simulate(
     total = epochs * steps_per_epoch
     with torch.random.fork_rng(devices=[]):
         work = copy_model(unwrap(model))
-        pruner = Pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
+        pruner = internal_pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
         needs_grad = any(m.needs_grad for m in pruner.methods)
 
         def grads() -> None:
@@ -663,7 +663,13 @@ def _epochs(value: float) -> str:
 
 
 def _pct(value: float) -> str:
-    return f"{round(value * 100, 4):g}%"
+    """``value`` (a fraction) in percent, to 4 decimals, or as many as keep it off a bound it is not: sparsity
+    0.9999999 read "zero the 100% smallest weights", 1e-7 "0%"."""
+    for places in range(4, 12):
+        text = f"{round(value * 100, places):g}"
+        if (text == "100") == (value == 1) and (text == "0") == (value == 0):
+            return f"{text}%"
+    return f"{value * 100:.10g}%"
 
 
 def _names(layers: Sequence[str], limit: int = 6) -> str:

@@ -147,8 +147,17 @@ def _pruning_changes(saved: object, recipe: Recipe) -> str:
 
 
 NO_PRUNING_WARNING = "the recipe has no pruning entries"
-"""How the warning of a Pruner built on a recipe without pruning entries starts (``sparsekit prune`` says it in its own
-words, "no method here creates zeros", and filters this one)."""
+"""How the warning of a Pruner built on a recipe without pruning entries starts (for a user's own loop or trainer: a
+`pruning:` key misspelt or indented under another section reads that way)."""
+
+
+def internal_pruner(*args: Any, **kwargs: Any) -> Pruner:
+    """``Pruner(*args, **kwargs)`` for sparsekit's own use, without the no-pruning-entries warning: a rehearsal on a
+    copy, validate's simulation of the entries it can predict (none, for an l1-only recipe), and ``sparsekit prune``,
+    which says it in its own words ("no method here creates zeros")."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NO_PRUNING_WARNING)
+        return Pruner(*args, **kwargs)
 
 
 class Pruner:

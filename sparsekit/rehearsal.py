@@ -27,7 +27,6 @@ and the export's parity check runs them): those recipes are rehearsed on a full 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from . import tp_adapter as tpa
 from .errors import ExportError, SparsekitError, TargetError, one_line
 from .fsutil import scratch_folder
 from .methods import structured as structured_mod
-from .pruner import NO_PRUNING_WARNING, Pruner, checked_input_shape
+from .pruner import Pruner, checked_input_shape, internal_pruner
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
 from .schedule import checked_steps_per_epoch
 from .wrappers import copy_model, require_initialized, require_module, unwrap
@@ -164,10 +163,7 @@ def _build(
     """The run's Pruner on ``work``: what building it raises, as a prune run would raise it (anything
     but sparsekit's errors, ValueError and TypeError becomes a TargetError: never exit 1)."""
     try:
-        with warnings.catch_warnings():
-            # (a rehearsal on a copy: the run's own Pruner, or validate's note, says it once)
-            warnings.filterwarnings("ignore", message=NO_PRUNING_WARNING)
-            return Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
+        return internal_pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
     except (SparsekitError, ValueError, TypeError):
         raise
     except Exception as err:  # noqa: BLE001 - torch-pruning or torch while building: never exit 1
