@@ -123,8 +123,9 @@ def test_torchscript_failure_after_dynamo_names_both(tmp_path, monkeypatch, dyna
     assert list(tmp_path.iterdir()) == []
 
 
-def test_converted_file_failing_parity_falls_back(tmp_path, monkeypatch):
-    # A dynamo conversion that writes the right opset but changes the outputs.
+def _dynamo_conversion_fails_parity(monkeypatch) -> None:
+    """Every export writes TorchScript's graph (at the asked opset), and the file in the dynamo folder fails parity:
+    a dynamo conversion that writes the right opset but changes the outputs."""
     real_export, real_parity = export_mod._export, export_mod._parity
     monkeypatch.setattr(
         export_mod, "_export", lambda model, tmp, x, opset, exporter, external, names=("output",): real_export(
@@ -137,6 +138,10 @@ def test_converted_file_failing_parity_falls_back(tmp_path, monkeypatch):
         return {**result, "ok": False, "max_abs_diff": 0.5} if tmp.parent.name == "dynamo" else result
 
     monkeypatch.setattr(export_mod, "_parity", parity)
+
+
+def test_converted_file_failing_parity_falls_back(tmp_path, monkeypatch):
+    _dynamo_conversion_fails_parity(monkeypatch)
     info = export_onnx(mlp(), tmp_path / "m.onnx", [1, 20], opset=16, exporter="dynamo")
     assert info["exporter"] == "torchscript" and info["opset"] == 16 and info["parity"]["ok"]
     assert "changes the outputs" in info["fallback"]
@@ -213,18 +218,7 @@ def test_cli_undeliverable_opset_exits_2(tmp_path, checkpoint, monkeypatch, dyna
 def test_export_says_which_exporters_file_it_shipped(tmp_path, monkeypatch, mlp_checkpoint):
     """`export --exporter dynamo --opset 16` whose dynamo file fails parity ships the TorchScript exporter's: the
     command printed only the dynamo exporter's problem, leaving which file was written to the first line's words."""
-    real_export, real_parity = export_mod._export, export_mod._parity
-    monkeypatch.setattr(
-        export_mod, "_export", lambda model, tmp, x, opset, exporter, external, names=("output",): real_export(
-            model, tmp, x, opset, "torchscript", external, names
-        )
-    )  # fmt: skip
-
-    def parity(model, tmp, shape, rtol, atol):
-        result = real_parity(model, tmp, shape, rtol, atol)
-        return {**result, "ok": False, "max_abs_diff": 0.5} if tmp.parent.name == "dynamo" else result
-
-    monkeypatch.setattr(export_mod, "_parity", parity)
+    _dynamo_conversion_fails_parity(monkeypatch)
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(
         main, ["export", str(mlp_checkpoint), "-o", str(out), "--opset", "16", "--exporter", "dynamo", "--trust-code"]
