@@ -2009,6 +2009,13 @@ def _message(e: Any) -> str:
     if kind == "int_from_float":
         return "must be a whole number"
     value = e.get("input")
+    if kind in ("int_type", "float_type"):
+        # pydantic's "Input should be a valid integer" did not say what was written: `epochs: null` (or a bare
+        # `epochs:`, meant as "the default") read as if a number had been given wrongly. Not "leave the key out":
+        # some of these keys are required (max_value, strength), and a list item has none to leave out.
+        number = "a whole number" if kind == "int_type" else "a number"
+        got = "null" if value is None else f"{_kind_of(value)} {short(repr(value), 40)}"
+        return f"must be {number} (got {got})"
     if kind == "literal_error":
         # pydantic's "Input should be 'global' or 'layer'" showed neither the value given nor a likely meaning, and
         # `version: 2` read "Input should be 1" without saying that 1 is the only recipe format there is.
