@@ -1329,15 +1329,35 @@ def unread_finetune_keys(finetune: FinetuneSpec) -> list[str]:
             unread.append(f"{' and '.join(written)}: read by name: step only (the schedule is {sched.name})")
     if sched.name == "constant" and "hold_epochs" in sched.model_fields_set:
         unread.append("finetune.lr_schedule.hold_epochs: read by name: cosine or step only (the schedule is constant)")
-    elif sched.name != "constant" and sched.hold_epochs >= finetune.epochs:
+    elif sched.name != "constant" and first_lowered_epoch(sched.name, sched.hold_epochs, sched.step_size) >= (
+        finetune.epochs
+    ):
         # Not refused: a shipped recipe's hold equals its pruning's end_epoch, and `--set finetune.epochs=3` on it (a
         # shorter run that still reaches the target) is a fair thing to ask; the rate then stays up to the end.
+        # Judged by the first epoch whose rate is lowered, not by hold_epochs >= epochs: the first epoch of a cosine
+        # decay still trains at the full rate (cos 0 = 1), and a step decay's first step_size epochs do, so
+        # `hold_epochs: 3` over 4 epochs trained every epoch at the full rate without a word.
+        first = first_lowered_epoch(sched.name, sched.hold_epochs, sched.step_size)
+        held = f" after hold_epochs: {sched.hold_epochs}" if sched.hold_epochs else ""
+        fix = f"raise finetune.epochs to at least {first + 1}"
+        if sched.hold_epochs:
+            most = sched.hold_epochs - (first - finetune.epochs) - 1  # the largest hold whose decay starts in time
+            fix = f"lower hold_epochs to at most {most}, or {fix}" if most >= 0 else fix
+        if sched.name == "step" and finetune.epochs - sched.hold_epochs > 1:
+            fix = f"lower step_size to at most {finetune.epochs - sched.hold_epochs - 1}, or {fix}"
         unread.append(
-            f"finetune.lr_schedule: hold_epochs ({sched.hold_epochs}) >= finetune.epochs ({finetune.epochs}): the "
-            f"{sched.name} decay never starts, every epoch trains at the full rate (lower hold_epochs, or raise "
-            "finetune.epochs, for a decay)"
+            f"finetune.lr_schedule: the {sched.name} decay{held} first lowers the rate in epoch {first + 1}, past "
+            f"finetune.epochs ({finetune.epochs}): every epoch trains at the full rate ({fix}, for a decay)"
         )
     return unread
+
+
+def first_lowered_epoch(name: str, hold_epochs: int, step_size: int) -> int:
+    """The first epoch (from 0) that ``lr_schedule`` ``name`` (cosine or step) trains below the full rate: the
+    decay's own first epoch is at the full rate (cosine's factor at its start is 1; step keeps it for ``step_size``
+    epochs), so it is ``hold_epochs + 1`` for cosine and ``hold_epochs + step_size`` for step (see
+    :class:`sparsekit.train.HeldDecay`)."""
+    return hold_epochs + (1 if name == "cosine" else step_size)
 
 
 def pruning_key(recipe: Recipe) -> str:

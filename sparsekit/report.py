@@ -1167,10 +1167,18 @@ def _recipe_lines(report: Report, methods: list[MethodOutcome], excluded: list[s
     elif epochs is not None:
         opt = ft.get("optimizer") or {}
         sched = (ft.get("lr_schedule") or {}).get("name")
+        from .recipe import first_lowered_epoch
+
         hold = (ft.get("lr_schedule") or {}).get("hold_epochs") or 0
-        held = ""
-        if sched in ("cosine", "step") and hold:
-            held = f" after {hold} epoch(s) at the full rate" if hold < epochs else " held back (hold_epochs >= epochs)"
+        step_size = (ft.get("lr_schedule") or {}).get("step_size") or 1
+        decays = sched in ("cosine", "step") and all(isinstance(v, int) for v in (hold, step_size, epochs))
+        held = ""  # (report.json may be edited: other values are left unsaid)
+        if decays and first_lowered_epoch(str(sched), hold, step_size) >= epochs:
+            # (A decay's own first epoch is at the full rate: hold 1 of 2 cosine epochs lowers the rate in none, which
+            # "after 1 epoch(s) at the full rate" read as a decay over the second.)
+            held = ": the full rate in every epoch (the decay would start after the last)"
+        elif decays and hold:
+            held = f" after {hold} epoch(s) at the full rate"
         how = ", ".join(
             x
             for x in (

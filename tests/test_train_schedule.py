@@ -298,7 +298,10 @@ def test_a_hold_as_long_as_the_run_is_noted_and_trains_at_the_full_rate():
     from sparsekit.recipe import unread_finetune_keys
 
     r = sparsekit.Recipe(finetune={"epochs": 3, "lr_schedule": {"name": "cosine", "hold_epochs": 3}})
-    assert any("hold_epochs (3) >= finetune.epochs (3)" in line for line in unread_finetune_keys(r.finetune))
+    assert any(
+        "first lowers the rate in epoch 5, past finetune.epochs (3)" in line
+        for line in unread_finetune_keys(r.finetune)
+    )
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     sched = train_mod.make_scheduler(opt, r.finetune)
     rates = []
@@ -307,7 +310,9 @@ def test_a_hold_as_long_as_the_run_is_noted_and_trains_at_the_full_rate():
         opt.step()
         sched.step()
     assert rates == [0.1, 0.1, 0.1]
-    fine = sparsekit.Recipe(finetune={"epochs": 5, "lr_schedule": {"name": "step", "hold_epochs": 4}})
+    fine = sparsekit.Recipe(
+        finetune={"epochs": 6, "lr_schedule": {"name": "step", "hold_epochs": 4}}
+    )  # step_size 1 after the hold: epoch 6 is the first lowered
     assert not unread_finetune_keys(fine.finetune)
     r = sparsekit.Recipe(finetune={"epochs": 2, "lr_schedule": {"name": "constant", "hold_epochs": 3}})
     assert any("read by name: cosine or step only" in line for line in unread_finetune_keys(r.finetune))
@@ -359,7 +364,7 @@ def test_the_summary_names_the_held_rate(tmp_path, mlp_checkpoint):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "model: {input_shape: [1, 64]}\ndata: {source: digits}\n"
-        "finetune: {epochs: 2, max_steps_per_epoch: 2, lr_schedule: {name: cosine, hold_epochs: 1}}\n"
+        "finetune: {epochs: 3, max_steps_per_epoch: 2, lr_schedule: {name: cosine, hold_epochs: 1}}\n"
         "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
     )
     arch = ["--arch", "examples.models:mlp", "--set", "benchmark.enabled=false"]

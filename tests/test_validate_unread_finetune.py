@@ -45,7 +45,7 @@ def test_keys_the_run_will_not_read_are_named(finetune, named):
     [
         {"epochs": 2, "optimizer": {"name": "sgd", "momentum": 0.5}},
         {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.001}},
-        {"epochs": 2, "lr_schedule": {"name": "step", "step_size": 2, "gamma": 0.5}},
+        {"epochs": 3, "lr_schedule": {"name": "step", "step_size": 2, "gamma": 0.5}},  # (2 epochs: no decay, noted)
         {"epochs": 2, "distill": {"weight": 0.5}},
         {"epochs": 0},
         {"epochs": 0, "distill": None},
