@@ -398,8 +398,11 @@ class LRScheduleSpec(_Strict):
         le=MAX_EPOCHS,
         description="epochs trained at the full rate before the decay starts (name: cosine or step): cosine then "
         "runs over the epochs left, lr * (1 + cos(pi * (epoch - hold_epochs) / (epochs - hold_epochs))) / 2, and step "
-        "counts its step_size from there; at least finetune.epochs: no decay (validate says so); set it to a pruning "
-        "schedule's end_epoch to keep the rate up while the masks change and decay it over the recovery",
+        "counts its step_size from there; the decay's own first epoch is still at the full rate (cosine's factor "
+        "starts at 1, step keeps it for step_size epochs), so the first lowered epoch is hold_epochs + 1 (cosine) or "
+        "hold_epochs + step_size (step), from 0: at finetune.epochs or later, no epoch is lowered (validate says so); "
+        "set it to a pruning schedule's end_epoch to keep the rate up while the masks change and decay it over the "
+        "recovery",
     )
 
 
