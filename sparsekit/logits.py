@@ -31,6 +31,7 @@ __all__ = [
     "mattering",
     "not_logits",
     "output_tensors",
+    "recipe_output",
     "select_logits",
     "selected",
 ]
@@ -205,6 +206,22 @@ def mattering(model: nn.Module, tensors: list[torch.Tensor]) -> list[torch.Tenso
     """Of the tensors a traced forward pass returned (inside :func:`every_output`), those that are the model's output:
     the logits alone when ``model.output`` selects them (the first), else every one."""
     return tensors[:1] if selected(model) is not None else tensors
+
+
+@contextlib.contextmanager
+def recipe_output(model: nn.Module, output: int | str | None) -> Iterator[None]:
+    """Within the block, ``model`` returns the ``output`` part a recipe's ``model.output`` names (:func:`attach`),
+    unless it already has a selection or ``output`` is None; afterwards it is as it was. For the calls that take a
+    recipe but must not change the model (the sensitivity analysis, the allocation): they evaluated a dict / tuple
+    model's whole output and asked for ``model.output`` while the recipe they were given already set it."""
+    if output is None or selected(model) is not None:
+        yield
+        return
+    attach(model, output)
+    try:
+        yield
+    finally:
+        detach(model)
 
 
 def selected(model: nn.Module) -> int | str | None:

@@ -45,6 +45,7 @@ from .data import batches
 from .errors import DataError, SparsekitError, TargetError, interrupted_while, naming_recipe, one_line
 from .fsutil import atomic_path, write_text
 from .layers import NORM_REASON, num_units, select_layers, tied_aliases, unselected_layers, weighted_layers
+from .logits import recipe_output, selected
 from .masks import count_true, global_topk_masks, weight_of
 from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
@@ -703,6 +704,14 @@ def analyze(
     check_arguments("analyze", model, val_loader, max_batches, progress, resume_from)
     recipe = as_recipe(recipe)
     model = unwrap(model)
+    if recipe.model.output is not None and selected(model) is None:
+        # A dict / tuple model analysed from Python: the recipe's model.output was not applied, so the dense evaluation
+        # refused the whole output with "set model.output: logits in the recipe", which the recipe had set.
+        with recipe_output(model, recipe.model.output):
+            return analyze(
+                model, recipe, val_loader, grid=grid, max_batches=max_batches, progress=progress,
+                resume_from=resume_from, input_shape=input_shape, entries=entries,
+            )  # fmt: skip
     grids = _grid(grid)
     if max_batches is not None:
         # Read once: a loader that shuffles would give the dense model and each probe other batches to compare.

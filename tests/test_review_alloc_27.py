@@ -1,0 +1,44 @@
+"""Review (alloc, 27): sensitivity analysis and automatic allocation on architectures users bring."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsekit import load_recipe
+
+
+class _DictHeads(nn.Module):
+    """A multi-task model: the logits under one key, an auxiliary head under another (the run evaluates the logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.head, self.aux = nn.Linear(8, 32), nn.Linear(32, 4), nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return {"logits": self.head(h), "aux": self.aux(h)}
+
+
+def test_analyze_and_auto_allocate_take_the_logits_the_recipe_names_and_leave_the_model_as_it_was():
+    # From Python, a dict model with model.output: logits in the recipe failed the dense evaluation with "set
+    # model.output: logits in the recipe", which it had; the CLI attached the selection, the library did not.
+    from sparsekit.allocation import auto_allocate
+
+    torch.manual_seed(0)
+    model, x = _DictHeads(), torch.randn(64, 8)
+    y = model(x)["logits"].argmax(1)
+    rec = load_recipe(
+        {
+            "model": {"output": "logits"},
+            "pruning": [
+                {"method": "magnitude", "layers": ["fc1", "head"], "sparsity": "auto", "target": 0.5},
+                {"method": "structured", "ratio": "auto", "target_macs": 0.6, "round_to": None},
+            ],
+        }
+    )
+    allocated, table = auto_allocate(model, rec, [(x, y)], input_shape=[1, 8], grid={"unstructured": [0.3, 0.6]})
+    assert table is not None and table.dense_accuracy == 1.0  # the logits' argmax are the labels
+    assert set(allocated.pruning[0].layer_sparsity or {}) == {"fc1", "head"}
+    assert allocated.pruning[1].layer_ratio
+    assert isinstance(model(x), dict)  # the model is not changed: its own output again
