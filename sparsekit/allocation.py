@@ -300,13 +300,32 @@ def _allocate_unstructured(
     # A layer the forward pass never runs (an unused module, a head run in training mode only) costs no loss in the
     # analysis, so it took the most sparsity and counted toward the target while the layers that run kept more.
     idle = [n for n in layers if rows[n].macs == 0 and counts[n] > 0]
+    # A layer that runs but does not feed the evaluated output (an auxiliary head beside the part model.output picks,
+    # a branch into another dict key) is as free: every probe left the loss and accuracy exactly as dense, and it took
+    # max_layer_sparsity (0.99) toward the target without a word while the logits' layers kept more.
+    unseen = [n for n in layers if n not in idle and counts[n] > 0 and _never_measured(rows[n])]
+    notes = []
     if idle:
-        info.note = (
+        notes.append(
             f"{', '.join(repr(n) for n in idle)} did not run in the model's forward pass (eval mode) in the analysis, "
             f"so losing weights there cost nothing measured: it takes sparsity {max(values[n] for n in idle):.3f} "
             f"toward target {target:g} while the layers that run keep more; exclude it in {where}.layers.exclude"
         )
+    if unseen:
+        notes.append(
+            f"pruning {', '.join(repr(n) for n in unseen)} alone left the validation loss and accuracy exactly as "
+            "dense at every probed sparsity: its output does not reach the evaluated logits (another output than "
+            f"model.output's part, or unused), so it takes sparsity {max(values[n] for n in unseen):.3f} toward "
+            f"target {target:g} unmeasured while the logits' layers keep more; exclude it in {where}.layers.exclude"
+        )
+    info.note = "; ".join(notes) or None
     return allocated, info
+
+
+def _never_measured(row: LayerSensitivity) -> bool:
+    """Whether every probe of ``row`` changed nothing the analysis measures (loss and accuracy exactly as dense):
+    a layer feeding the logits changes the loss in some bit by its largest probe (0.98 of its weights gone)."""
+    return bool(row.points) and all(p.loss_increase == 0.0 and p.accuracy_drop == 0.0 for p in row.points)
 
 
 def _feasible(units: int, blocks: int, limit: int, align: int, round_to: int | None = None) -> list[int]:

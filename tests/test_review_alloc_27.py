@@ -20,6 +20,28 @@ class _DictHeads(nn.Module):
         return {"logits": self.head(h), "aux": self.aux(h)}
 
 
+def test_an_auto_allocation_says_when_a_head_beside_the_logits_takes_the_sparsity_unmeasured():
+    # The aux head runs (so the "did not run" note stayed quiet), but its output is not the evaluated part: every probe
+    # changed the loss by exactly 0, and the allocation gave it max_layer_sparsity toward the target without a word.
+    from sparsekit.allocation import allocate_with_details, auto_allocate
+    from sparsekit.analysis import allocation_summary
+
+    torch.manual_seed(0)
+    model, x = _DictHeads(), torch.randn(64, 8)
+    rec = load_recipe(
+        {"model": {"output": "logits"}, "pruning": [{"method": "magnitude", "sparsity": "auto", "target": 0.5}]}
+    )
+    y = model(x)["logits"].argmax(1)
+    _, table = auto_allocate(model, rec, [(x, y)], input_shape=[1, 8], grid={"unstructured": [0.3, 0.6, 0.9]})
+    assert table is not None
+    _, (info,) = allocate_with_details(model, rec, table, input_shape=[1, 8])
+    assert info.values["aux"] > 0.6 > info.values["fc1"]  # the free head took most (what the note explains)
+    assert info.note is not None and "'aux'" in info.note and "does not reach the evaluated logits" in info.note
+    assert "'fc1'" not in info.note and "'head'" not in info.note and "layers.exclude" in info.note
+    line = allocation_summary({"entries": {"0": info.as_dict()}}, warning=False)
+    assert "does not reach the evaluated logits" in line
+
+
 def test_analyze_and_auto_allocate_take_the_logits_the_recipe_names_and_leave_the_model_as_it_was():
     # From Python, a dict model with model.output: logits in the recipe failed the dense evaluation with "set
     # model.output: logits in the recipe", which it had; the CLI attached the selection, the library did not.
