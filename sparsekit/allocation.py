@@ -322,10 +322,12 @@ def _allocate_unstructured(
     return allocated, info
 
 
-def _never_measured(row: LayerSensitivity) -> bool:
+def _never_measured(row: LayerSensitivity | None) -> bool:
     """Whether every probe of ``row`` changed nothing the analysis measures (loss and accuracy exactly as dense):
     a layer feeding the logits changes the loss in some bit by its largest probe (0.98 of its weights gone)."""
-    return bool(row.points) and all(p.loss_increase == 0.0 and p.accuracy_drop == 0.0 for p in row.points)
+    if row is None or not row.points:
+        return False
+    return all(p.loss_increase == 0.0 and p.accuracy_drop == 0.0 for p in row.points)
 
 
 def _feasible(units: int, blocks: int, limit: int, align: int, round_to: int | None = None) -> list[int]:
@@ -624,6 +626,18 @@ def _allocate_macs(
             f"the allocation's predicted loss increase ({predicted:.{digits}f}) is above one uniform ratio's "
             f"({uniform:.{digits}f}) for target_macs {aim:g}: {blocks}"
         )
+    # A group feeding only another output than the logits (an auxiliary branch) costs no measured loss: the target was
+    # met by emptying it, MACs the exported logits-only model.onnx does not even compute, without a word.
+    rows = [table.layer(n, index) for n, r in ratios.items() if r > 0] if table is not None else []  # (None: a stub)
+    unseen = [row.name for row in rows if row is not None and _never_measured(row)]
+    if unseen:
+        free = (
+            f"pruning {', '.join(repr(n) for n in unseen)} alone left the validation loss and accuracy exactly as "
+            "dense at every probed ratio: its output does not reach the evaluated logits (another output than "
+            f"model.output's part, or unused), so its channels go toward target_macs {aim:g} unmeasured while the "
+            f"logits' layers keep more; exclude it in pruning[{index}].layers.exclude"
+        )
+        note = free if note is None else f"{note}; {free}"
     info = EntryAllocation(
         index, "structured", {"macs": aim}, ratios, predicted, uniform, {"macs": reached}, None, aim, note
     )

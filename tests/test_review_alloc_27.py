@@ -64,3 +64,34 @@ def test_analyze_and_auto_allocate_take_the_logits_the_recipe_names_and_leave_th
     assert set(allocated.pruning[0].layer_sparsity or {}) == {"fc1", "head"}
     assert allocated.pruning[1].layer_ratio
     assert isinstance(model(x), dict)  # the model is not changed: its own output again
+
+
+class _AuxBranch(nn.Module):
+    """The logits through fc2, and an auxiliary branch (aux1 -> aux2) under another key of the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+        self.aux1, self.aux2 = nn.Linear(32, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return {"logits": self.head(torch.relu(self.fc2(h))), "aux": self.aux2(torch.relu(self.aux1(h)))}
+
+
+def test_a_target_macs_allocation_says_when_a_branch_beside_the_logits_takes_the_channels_unmeasured():
+    # target_macs 0.6 was met by emptying the aux branch alone (its channels cost no measured loss; the exported
+    # logits-only model.onnx does not compute it), fc1 and fc2 kept whole, and the allocation said nothing.
+    from sparsekit.allocation import allocate_with_details, auto_allocate
+
+    torch.manual_seed(0)
+    model, x = _AuxBranch(), torch.randn(64, 8)
+    y = model(x)["logits"].argmax(1)
+    entry = {"method": "structured", "ratio": "auto", "target_macs": 0.6, "round_to": None}
+    rec = load_recipe({"model": {"output": "logits"}, "pruning": [entry]})
+    _, table = auto_allocate(model, rec, [(x, y)], input_shape=[1, 8], grid={"structured": [0.3, 0.6]})
+    assert table is not None
+    _, (info,) = allocate_with_details(model, rec, table, input_shape=[1, 8])
+    assert info.values["aux1"] > 0.5  # (what the note explains)
+    assert info.note is not None and "'aux1'" in info.note and "does not reach the evaluated logits" in info.note
+    assert "'fc1'" not in info.note and "pruning[0].layers.exclude" in info.note
