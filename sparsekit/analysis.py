@@ -339,13 +339,15 @@ def _check_setup(inputs: Inputs, recipe: Recipe) -> None:
     the allocation chooses (two entries masking one layer, a structured entry reshaping the weights another
     masks, ...): it is built on a weightless copy of the model (:func:`sparsekit.rehearsal.meta_copy`) with
     uniform stand-ins for the auto values (:func:`sparsekit.allocation.placeholder_recipe`, as ``validate``
-    rehearses them). What fails there only for want of values is left to the checks after the allocation."""
+    rehearses them). What fails there only for want of values is left to the checks after the allocation. A
+    ``gradient`` entry's layers must get gradients (not frozen, on the path to the logits), checked as ``validate``
+    does: a frozen layer was refused only after the whole analysis had run."""
     from .allocation import placeholder_recipe
     from .pruner import Pruner
-    from .rehearsal import meta_copy
+    from .rehearsal import _check_gradient_reach, meta_copy
 
     try:
-        Pruner(
+        pruner = Pruner(
             meta_copy(inputs.loaded.model),
             placeholder_recipe(recipe),
             inputs.steps_per_epoch,
@@ -355,6 +357,8 @@ def _check_setup(inputs: Inputs, recipe: Recipe) -> None:
         raise
     except Exception:  # noqa: BLE001 - a check that reads values cannot run on meta tensors
         return
+    if any(spec.method == "gradient" for spec in recipe.pruning):
+        _check_gradient_reach(pruner, list(inputs.shape))  # (checks nothing where the copy cannot run on meta)
 
 
 def _with_source(recipe: Recipe, source: str) -> Recipe:

@@ -95,3 +95,44 @@ def test_a_target_macs_allocation_says_when_a_branch_beside_the_logits_takes_the
     assert info.values["aux1"] > 0.5  # (what the note explains)
     assert info.note is not None and "'aux1'" in info.note and "does not reach the evaluated logits" in info.note
     assert "'fc1'" not in info.note and "pruning[0].layers.exclude" in info.note
+
+
+class _FrozenFirst(nn.Module):
+    """A model with a frozen (requires_grad=False) first layer, as a fine-tuned backbone's stem often is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(20, 16), nn.Linear(16, 3)
+        self.a.requires_grad_(False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_gradient_auto_entry_over_a_frozen_layer_is_refused_before_the_analysis(tmp_path, monkeypatch):
+    # The frozen layer was refused only after the whole sensitivity analysis (every layer probed at every value) and
+    # the allocation had run; `validate MODEL` refused it up front.
+    import numpy as np
+
+    from sparsekit import sensitivity
+    from tests.conftest import fast_prune
+
+    def analysed(*args, **kwargs):
+        raise AssertionError("the analysis ran before the recipe was refused")
+
+    monkeypatch.setattr(sensitivity, "analyze", analysed)
+    torch.manual_seed(0)
+    torch.save(_FrozenFirst().state_dict(), tmp_path / "m.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((64, 20)).astype(np.float32), y=rng.integers(0, 3, 64))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"version: 1\nmodel: {{input_shape: [1, 20]}}\ndata: {{source: {tmp_path / 'd.npz'}, batch_size: 32}}\n"
+        "finetune: {epochs: 1}\npruning: [{method: gradient, sparsity: auto, target: 0.5, schedule: oneshot}]\n"
+        "benchmark: {enabled: false}\n"
+    )
+    res = fast_prune(tmp_path / "m.pt", recipe, tmp_path / "out", "--arch", "tests.test_review_alloc_27:_FrozenFirst")
+    assert res.exit_code == 2, res.output
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {recipe}: pruning[0] (gradient): layer 'a' is frozen (requires_grad=False)")
+    assert "pruning[0].layers.exclude" in line and not (tmp_path / "out").exists()
