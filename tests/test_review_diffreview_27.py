@@ -42,3 +42,31 @@ def test_a_hold_that_leaves_no_epoch_decayed_is_noted_and_only_then(schedule):
     never_decayed = all(rate == 1.0 for rate in _rates(spec))
     noted = [n for n in unread_finetune_keys(spec) if "every epoch trains at the full rate" in n]
     assert bool(noted) == never_decayed, (schedule, _rates(spec), noted)
+
+
+def test_tune_refuses_to_merge_rows_of_another_pixel_scale(tmp_path, monkeypatch):
+    # `tune lenet --normalize none --only X` with the default --out replaced the standardized file's rows of arm X (and
+    # its dense and torch rows) with rows on pixels in [0, 1] and kept the other arms: one table of arms trained on
+    # different inputs, with nothing saying so.
+    import json
+
+    from benchmarks.results import tune
+
+    ran: list[tuple] = []
+
+    def fake_seed(job: tuple) -> list[dict]:
+        ran.append(job)
+        return [{"seed": job[1], "arm": "dense", "value": 0.0, "val_accuracy": 0.9}]
+
+    monkeypatch.setattr(tune, "run_seed", fake_seed)
+    out = tmp_path / "tuning"
+    out.mkdir()
+    standard = [{"seed": 0, "arm": "v0", "value": 0.9, "val_accuracy": 0.94}]  # written before rows named a scale
+    (out / "lenet.json").write_text(json.dumps(standard))
+    options = ["lenet", "--seeds", "1", "--workers", "1", "--no-baseline", "--out", str(out)]
+    with pytest.raises(SystemExit, match=r"lenet\.json: holds rows with --normalize standard.*another --out"):
+        tune.main([*options, "--normalize", "none"])
+    assert not ran and json.loads((out / "lenet.json").read_text()) == standard  # refused before any training
+    rows = tune.main([*options, "--normalize", "standard"])  # the same scale merges as before
+    assert rows == [{"seed": 0, "arm": "dense", "value": 0.0, "val_accuracy": 0.9, "normalize": "standard"}]
+    assert len(json.loads((out / "lenet.json").read_text())) == 2

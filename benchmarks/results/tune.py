@@ -278,6 +278,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 + ", ".join(repr(c) for c in candidates)
             )
         candidates = {k: v for k, v in candidates.items() if k in args.only}
+    path = args.out / f"{args.model}.json"
+    previous = json.loads(path.read_text()) if path.exists() else []
+    # This run's rows replace the file's rows of the same arms and keep the others beside them in one table: rows on
+    # the other pixel scale (the default --out holds standardized ones) made a table of arms trained on different
+    # inputs, silently. Refused before any training. (Rows written before the field existed are standardized.)
+    scales = {r.get("normalize", "standard") for r in previous} - {args.normalize}
+    if scales:
+        raise SystemExit(
+            f"{path}: holds rows with --normalize {', '.join(sorted(scales))}, and this run's are --normalize "
+            f"{args.normalize}: one table compares arms on one pixel scale; give another --out"
+        )
     started = time.perf_counter()
     jobs = [(args.model, seed, candidates, not args.no_baseline, args.normalize) for seed in range(args.seeds)]
     workers = max(1, min(args.workers, 2, len(jobs)))
@@ -286,10 +297,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     else:
         with get_context("spawn").Pool(workers) as pool:
             results = pool.map(run_seed, jobs)
-    rows = [r for part in results for r in part]
+    rows = [{**r, "normalize": args.normalize} for part in results for r in part]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{args.model}.json"
-    previous = json.loads(path.read_text()) if path.exists() else []
     keep = [r for r in previous if r["arm"] not in {r2["arm"] for r2 in rows}]
     path.write_text(json.dumps(keep + rows, indent=1) + "\n")
     print(table(keep + rows))
