@@ -285,8 +285,13 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, t
             diff[key] = (saved[key], now[key])
     _walk(saved.get("recipe", {}), now.get("recipe", {}), "", diff)
     for key, default in ADDED_FIELDS.items():
-        if key in diff and diff[key] == (None, default):
-            del diff[key]
+        if key in diff and diff[key][0] is None:
+            # The saved run predates the field and trained at its default: a change from it is named from that
+            # value ("null then, 3 now" named a null the user never wrote, and no recipe may write).
+            if diff[key][1] == default:
+                del diff[key]
+            else:
+                diff[key] = (default, diff[key][1])
     if same_data:
         diff.pop("data.source", None)  # the recipe's path to those same bytes
     return diff

@@ -70,3 +70,15 @@ def test_tune_refuses_to_merge_rows_of_another_pixel_scale(tmp_path, monkeypatch
     rows = tune.main([*options, "--normalize", "standard"])  # the same scale merges as before
     assert rows == [{"seed": 0, "arm": "dense", "value": 0.0, "val_accuracy": 0.9, "normalize": "standard"}]
     assert len(json.loads((out / "lenet.json").read_text())) == 2
+
+
+def test_a_hold_added_to_a_checkpoint_from_before_the_field_is_named_from_its_default():
+    # A checkpoint written before lr_schedule.hold_epochs existed, resumed with hold_epochs: 3, was refused as
+    # "finetune.lr_schedule.hold_epochs: null then, 3 now": a null no recipe may write; that run trained at 0.
+    from sparsekit.provenance import describe_changes, differences
+
+    before = {"recipe": {"finetune": {"lr_schedule": {"name": "cosine", "step_size": 1, "gamma": 0.1}}}}
+    now = {"recipe": {"finetune": {"lr_schedule": {"name": "cosine", "step_size": 1, "gamma": 0.1, "hold_epochs": 3}}}}
+    assert describe_changes(differences(before, now)) == "finetune.lr_schedule.hold_epochs: 0 then, 3 now"
+    now["recipe"]["finetune"]["lr_schedule"]["hold_epochs"] = 0
+    assert differences(before, now) == {}
