@@ -487,16 +487,23 @@ class SparsekitCallback(pl.Callback):
 def _why_stopped(trainer: pl.Trainer) -> str:
     """What to tell of a fit that ``trainer.should_stop`` ended before max_epochs / max_steps: EarlyStopping, the
     Timer of ``Trainer(max_time=...)``, or else a callback or ``training_step`` that set ``trainer.should_stop``."""
-    if trainer.early_stopping_callbacks:
-        return (
-            f"EarlyStopping stopped this fit after {trainer.current_epoch} epochs: let it stop only after the "
-            "schedule's end, e.g. with a larger patience, or monitor a metric pruning does not worsen"
-        )
+    # An EarlyStopping in the Trainer is not always what stopped it: with max_time running out first (or a callback
+    # setting should_stop), "a larger patience" was the advice. Lightning >= 2.6 keeps each one's stopping_reason;
+    # before that, an EarlyStopping present is taken to be what stopped the fit, unless the Timer ran out.
+    reasons = [getattr(c, "stopping_reason", None) for c in trainer.early_stopping_callbacks]
+    early = (
+        f"EarlyStopping stopped this fit after {trainer.current_epoch} epochs: let it stop only after the "
+        "schedule's end, e.g. with a larger patience, or monitor a metric pruning does not worsen"
+    )
+    if any(r is not None and getattr(r, "name", "") != "NOT_STOPPED" for r in reasons):
+        return early
     when = f"at optimizer step {trainer.global_step}"  # (mid-epoch: current_epoch already counts that epoch)
     timer = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
     left = timer.time_remaining("train") if timer is not None else None
     if left is not None and left <= 0:
         return f"Trainer(max_time=...) stopped this fit {when}: give it the time the schedule takes"
+    if any(r is None for r in reasons):
+        return early
     return (
         f"trainer.should_stop, set by a callback or training_step, stopped this fit {when}: let it stop only after "
         "the schedule's end"
