@@ -23,18 +23,10 @@ def _loader(n: int = 64) -> torch.utils.data.DataLoader:
 
 
 def _trainer(callbacks: list, **kwargs) -> pl.Trainer:
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "max_epochs": 1,
-        **kwargs,
-    }
-    return pl.Trainer(callbacks=callbacks, **options)
+    """A quiet one-process CPU Trainer (the Lightning tests' own), one epoch unless ``max_epochs`` says otherwise."""
+    from test_integrations_lightning import trainer
+
+    return trainer(callbacks, **kwargs)
 
 
 STRENGTH = 0.5
