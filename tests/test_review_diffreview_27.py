@@ -104,3 +104,34 @@ def test_lightning_an_early_stopping_that_did_not_stop_the_fit_is_not_blamed() -
     message = _lightning_missed([_StopAt(3), waiting])
     assert "EarlyStopping stopped" not in message, message
     assert "trainer.should_stop, set by a callback or training_step, stopped this fit at optimizer step 3" in message
+
+
+@pytest.mark.parametrize(("held_lr", "hold"), [(False, 0), (True, 3)])
+def test_the_suites_one_shot_baseline_decays_from_epoch_0_unless_held(monkeypatch, held_lr, hold):
+    # The shipped LeNet recipe holds its rate for the 3 epochs its gradual pruning takes; torch's one shot is pruned at
+    # epoch 0, so the suite's baseline fine-tunes with the schedule over all the epochs, and the tuning's extra arm
+    # (held_lr) with the recipe's own. Nothing tested which schedule each baseline trained under.
+    from torch.utils.data import TensorDataset
+
+    from benchmarks.results import arms
+
+    seen: list[int] = []
+    real = arms.make_scheduler
+
+    def spy(optimizer, spec):
+        seen.append(spec.lr_schedule.hold_epochs)
+        return real(optimizer, spec)
+
+    monkeypatch.setattr(arms, "make_scheduler", spy)
+    recipe = sparsekit.load_recipe(
+        "lenet-gradual-magnitude-90", overrides=["finetune.epochs=1", "pruning.0.schedule=oneshot"]
+    )
+    assert recipe.finetune.lr_schedule.hold_epochs == 3  # (the shipped recipe's own, left as it is)
+    data = TensorDataset(torch.rand(8, 784), torch.zeros(8, dtype=torch.long))
+    split = arms.Split(data, data, data, seed=0)
+    from examples.models import lenet_300_100
+
+    dense = lenet_300_100()
+    arms.run_torch_prune(dense, recipe, split, 0.5, held_lr=held_lr)
+    assert seen == [hold]
+    assert recipe.finetune.lr_schedule.hold_epochs == 3  # the caller's recipe is not edited
