@@ -2006,9 +2006,14 @@ def validate(
 
     res["notes"] = unread_finetune_keys(rec.finetune)  # keys written that the run will not read
     if not rec.pruning:
+        # What this recipe's run does, not every step a run may take: "would fine-tune ... and benchmark" was said of
+        # a recipe with finetune.epochs: 0 and benchmark.enabled: false too.
+        steps = (["fine-tune"] if rec.finetune.epochs > 0 else []) + ["export"]
+        steps += ["benchmark"] if rec.benchmark.enabled else []
+        done = ", ".join(steps[:-1]) + " and " + steps[-1] if len(steps) > 1 else steps[0]
         res["notes"].append(
-            "no pruning entries: prune would fine-tune, export and benchmark the model dense (a baseline run); add "
-            "entries under the top-level `pruning:` key to prune"
+            f"no pruning entries: prune would {done} the model dense (a baseline run); add entries under the "
+            "top-level `pruning:` key to prune"
         )
     lines = _validate_lines(path, rec, res) + allocation_lines(res) + auto_lines
     _emit(res, as_json, "\n".join(lines))

@@ -135,3 +135,24 @@ def test_the_suites_one_shot_baseline_decays_from_epoch_0_unless_held(monkeypatc
     arms.run_torch_prune(dense, recipe, split, 0.5, held_lr=held_lr)
     assert seen == [hold]
     assert recipe.finetune.lr_schedule.hold_epochs == 3  # the caller's recipe is not edited
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ("finetune: {epochs: 1}\n", "prune would fine-tune, export and benchmark the model dense"),
+        ("benchmark: {enabled: false}\n", "prune would export the model dense"),
+        ("finetune: {epochs: 2}\nbenchmark: {enabled: false}\n", "prune would fine-tune and export the model dense"),
+    ],
+)
+def test_validate_of_a_recipe_without_entries_says_what_its_run_does(tmp_path, extra, said):
+    # `version: 1` with benchmark off (finetune.epochs 0 by default) was said to "fine-tune, export and benchmark".
+    from click.testing import CliRunner
+
+    from sparsekit.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\n" + extra)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert said in " ".join(result.output.split()), result.output
