@@ -57,7 +57,7 @@ from .masks import count_true
 from .metrics_log import MetricsLog
 from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
-from .recipe import DistillSpec, FinetuneSpec, Recipe, as_recipe, pruning_key, spells_remedies
+from .recipe import DistillSpec, FinetuneSpec, LRScheduleSpec, Recipe, as_recipe, pruning_key, spells_remedies
 from .stats import layer_report, sparsity
 from .wrappers import copy_model, require_initialized, require_module
 
@@ -99,7 +99,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: FinetuneSpec) -> torc
     """
     s = spec.lr_schedule
     if s.hold_epochs and s.name in ("cosine", "step"):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, HeldDecay(s.name, s.hold_epochs, spec.epochs, s))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, HeldDecay(s, spec.epochs))
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(spec.epochs, 1))
     if s.name == "step":
@@ -113,9 +113,12 @@ class HeldDecay:
     curve over the epochs left. A class, not a closure: ``LambdaLR.state_dict()`` saves a callable object's
     attributes, so a resume checkpoint holds them (a function it leaves out)."""
 
-    def __init__(self, name: str, hold: int, epochs: int, spec: Any) -> None:
-        self.name, self.hold, self.span = name, hold, max(epochs - hold, 1)
-        self.step_size, self.gamma = int(spec.step_size), float(spec.gamma)
+    def __init__(self, schedule: LRScheduleSpec, epochs: int) -> None:
+        """``schedule``: a cosine or step ``lr_schedule`` with ``hold_epochs``; ``epochs``: ``finetune.epochs``. The
+        attributes are what a checkpoint saves (their names are read back from checkpoints already written)."""
+        self.name, self.hold = schedule.name, schedule.hold_epochs
+        self.span = max(epochs - self.hold, 1)  # the epochs the curve runs over (1 when the hold covers the run)
+        self.step_size, self.gamma = int(schedule.step_size), float(schedule.gamma)
 
     def __call__(self, epoch: int) -> float:
         e = epoch - self.hold
