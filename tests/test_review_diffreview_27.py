@@ -84,28 +84,6 @@ def test_a_hold_added_to_a_checkpoint_from_before_the_field_is_named_from_its_de
     assert differences(before, now) == {}
 
 
-def _lightning_missed(callbacks: list) -> str:
-    """The missed-target warning of a SparsekitCallback fit that ``callbacks`` stop after optimizer step 3."""
-    pytest.importorskip("lightning")
-    from test_review_trainer_27 import _LATE, _missed
-
-    from sparsekit.integrations.lightning import SparsekitCallback
-
-    return _missed(callbacks, SparsekitCallback(_LATE, submodule="net"))
-
-
-def test_lightning_an_early_stopping_that_did_not_stop_the_fit_is_not_blamed() -> None:
-    # An EarlyStopping in the Trainer (patience 100, here never stopping: its metric is not logged, strict=False) was
-    # named as what stopped a fit a callback (or max_time) ended, with "a larger patience" as the advice.
-    from lightning.pytorch.callbacks import EarlyStopping
-    from test_review_trainer_27 import _StopAt
-
-    waiting = EarlyStopping(monitor="never_logged", patience=100, strict=False, check_on_train_epoch_end=True)
-    message = _lightning_missed([_StopAt(3), waiting])
-    assert "EarlyStopping stopped" not in message, message
-    assert "trainer.should_stop, set by a callback or training_step, stopped this fit at optimizer step 3" in message
-
-
 @pytest.mark.parametrize(("held_lr", "hold"), [(False, 0), (True, 3)])
 def test_the_suites_one_shot_baseline_decays_from_epoch_0_unless_held(monkeypatch, held_lr, hold):
     # The shipped LeNet recipe holds its rate for the 3 epochs its gradual pruning takes; torch's one shot is pruned at

@@ -172,3 +172,14 @@ def test_lightning_target_missed_because_max_time_ran_out_names_max_time(monkeyp
     message = _missed([_Clock()], pruning, max_time={"days": 1})
     assert "Trainer max_epochs / max_steps" not in message
     assert "Trainer(max_time=...) stopped this fit at optimizer step 3" in message
+
+
+def test_lightning_an_early_stopping_that_did_not_stop_the_fit_is_not_blamed() -> None:
+    # (review diffreview 27) An EarlyStopping in the Trainer (patience 100, here never stopping: its metric is not
+    # logged, strict=False) was named as what stopped a fit a callback (or max_time) ended, "a larger patience" advised.
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    waiting = EarlyStopping(monitor="never_logged", patience=100, strict=False, check_on_train_epoch_end=True)
+    message = _missed([_StopAt(3), waiting], SparsekitCallback(_LATE, submodule="net"))
+    assert "EarlyStopping stopped" not in message, message
+    assert "trainer.should_stop, set by a callback or training_step, stopped this fit at optimizer step 3" in message
