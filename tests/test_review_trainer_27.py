@@ -91,27 +91,17 @@ class _Plain(pl.LightningModule):
 
 
 _FORKED_FIT = """
-import torch, torch.nn.functional as F, lightning.pytorch as pl
-from torch import nn
+import sys
+sys.path.insert(0, sys.argv[1])  # this tests folder: the module's own LightningModule and data
+import lightning.pytorch as pl
 from sparsekit.integrations.lightning import SparsekitCallback
+from test_review_trainer_27 import _Plain, _loader
 
-class Plain(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self.net(batch[0]), batch[1])
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=0.01)
-
-x, y = torch.rand(64, 64), torch.randint(0, 10, (64,))
-loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
 recipe = {"version": 1, "pruning": [{"method": "magnitude", "sparsity": 0.8, "layers": {"include": ["0"]}}]}
 pruning = SparsekitCallback(recipe, submodule="net")
 trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, strategy="ddp_fork", callbacks=[pruning], logger=False,
                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-trainer.fit(Plain(), loader)
+trainer.fit(_Plain(), _loader())
 print("parent model:", pruning.model)
 """
 
@@ -124,11 +114,13 @@ def test_lightning_fit_in_a_child_process_says_where_the_pruned_model_is(tmp_pat
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     script = tmp_path / "forked_fit.py"
     script.write_text(_FORKED_FIT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    tests = str(Path(__file__).parent)
+    done = subprocess.run([sys.executable, str(script), tests], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     said = " ".join(done.stderr.split())
     assert "callback.model and callback.pruner stay None" in said and "lit_module.net" in said, said[-2000:]
