@@ -50,7 +50,7 @@ from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
 from .plots import PlotWorker
 from .provenance import change_lines, check_allowed, check_resume, provenance, recipe_record
-from .pruner import Pruner, internal_pruner
+from .pruner import Pruner, no_entries_warning_off
 from .recipe import Recipe, resolve_recipe
 from .report import Benchmark, Int8, Report, Speedup, fill_layer_aims, first_plot_data, notes, plot_data, what_it_buys
 from .stats import layer_report, model_stats
@@ -1159,9 +1159,8 @@ def prune_model(
     distill = recipe.finetune.distill is not None and recipe.finetune.epochs > 0
     teacher = frozen_teacher(model) if distill else None
     # (the Pruner's own advice, a weight_norm layer left unpruned: the CLI says sparsekit's warnings, cli.handle_errors)
-    pruner = internal_pruner(
-        model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape}
-    )
+    with no_entries_warning_off():  # (said as "no method here creates zeros")
+        pruner = Pruner(model, recipe, steps_per_epoch=inputs.steps_per_epoch, context={"input_shape": inputs.shape})
     history: list[dict[str, Any]] = []
     if recipe.finetune.epochs > 0:
         # Where the user finds it: the checkpoint the resume reads, or where a finished run publishes them

@@ -219,7 +219,7 @@ def simulate(
     import torch
 
     from .layers import prunable_layers, weight_of
-    from .pruner import internal_pruner
+    from .pruner import Pruner, no_entries_warning_off
     from .stats import sparsity
     from .train import model_input
 
@@ -229,7 +229,8 @@ def simulate(
     total = epochs * steps_per_epoch
     with torch.random.fork_rng(devices=[]):
         work = copy_model(unwrap(model))
-        pruner = internal_pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
+        with no_entries_warning_off():  # (an l1-only recipe leaves no entry to simulate)
+            pruner = Pruner(work, sim, steps_per_epoch, context={"input_shape": [int(d) for d in input_shape]})
         needs_grad = any(m.needs_grad for m in pruner.methods)
 
         def grads() -> None:

@@ -151,13 +151,14 @@ NO_PRUNING_WARNING = "the recipe has no pruning entries"
 `pruning:` key misspelt or indented under another section reads that way)."""
 
 
-def internal_pruner(*args: Any, **kwargs: Any) -> Pruner:
-    """``Pruner(*args, **kwargs)`` for sparsekit's own use, without the no-pruning-entries warning: a rehearsal on a
-    copy, validate's simulation of the entries it can predict (none, for an l1-only recipe), and ``sparsekit prune``,
-    which says it in its own words ("no method here creates zeros")."""
+@contextlib.contextmanager
+def no_entries_warning_off() -> Iterator[None]:
+    """Within it, a Pruner built on a recipe without pruning entries does not warn: for sparsekit's own Pruners (a
+    rehearsal on a copy, validate's simulation of the entries it can predict, none for an l1-only recipe, and
+    ``sparsekit prune``'s run, which says it in its own words: "no method here creates zeros")."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NO_PRUNING_WARNING)
-        return Pruner(*args, **kwargs)
+        yield
 
 
 class Pruner:
@@ -279,7 +280,7 @@ class Pruner:
             # said nothing: a `pruning:` key misspelt or indented under another section reads that way.
             warnings.warn(
                 NO_PRUNING_WARNING + ", so nothing is pruned and the model trains dense; add entries under the "
-                "top-level `pruning:` key (sparsekit recipes --reference)",
+                "top-level `pruning:` key (the recipe reference lists each method's keys)",
                 stacklevel=outside_sparsekit(),
             )
         # (DDP inside torch.compile's wrapper is one of its modules)

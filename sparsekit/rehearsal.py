@@ -41,7 +41,7 @@ from . import tp_adapter as tpa
 from .errors import ExportError, SparsekitError, TargetError, one_line
 from .fsutil import scratch_folder
 from .methods import structured as structured_mod
-from .pruner import Pruner, checked_input_shape, internal_pruner
+from .pruner import Pruner, checked_input_shape, no_entries_warning_off
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
 from .schedule import checked_steps_per_epoch
 from .wrappers import copy_model, require_initialized, require_module, unwrap
@@ -163,7 +163,8 @@ def _build(
     """The run's Pruner on ``work``: what building it raises, as a prune run would raise it (anything
     but sparsekit's errors, ValueError and TypeError becomes a TargetError: never exit 1)."""
     try:
-        return internal_pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
+        with no_entries_warning_off():  # (a copy: the run's own Pruner, or validate's note, says it once)
+            return Pruner(work, recipe, steps_per_epoch, context={"input_shape": shape}, scorers=scorers)
     except (SparsekitError, ValueError, TypeError):
         raise
     except Exception as err:  # noqa: BLE001 - torch-pruning or torch while building: never exit 1
