@@ -74,17 +74,8 @@ def test_a_decay_that_lowers_no_epoch_of_the_run_is_noted(schedule, epochs, note
 def test_the_summary_does_not_call_a_run_without_a_lowered_epoch_a_decay(tmp_path, mlp_checkpoint):
     # hold_epochs: 1 of 2 cosine epochs lowers the rate in neither; the summary said "cosine schedule after 1
     # epoch(s) at the full rate", read as a decay over the second.
-    from conftest import fast_prune
+    from test_train_schedule import held_summary
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        "model: {input_shape: [1, 64]}\ndata: {source: digits}\n"
-        "finetune: {epochs: 2, max_steps_per_epoch: 2, lr_schedule: {name: cosine, hold_epochs: 1}}\n"
-        "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
-    )
-    arch = ["--arch", "examples.models:mlp", "--set", "benchmark.enabled=false"]
-    result = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", *arch)
-    assert result.exit_code == 0, result.output
-    text = " ".join((result.output + (tmp_path / "out" / "report.md").read_text()).split())
+    text = held_summary(tmp_path, mlp_checkpoint, epochs=2, hold=1)
     assert "cosine schedule: the full rate in every epoch (the decay would start after the last)" in text
     assert "after 1 epoch(s) at the full rate" not in text

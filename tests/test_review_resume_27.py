@@ -50,17 +50,25 @@ def test_a_data_file_under_the_home_folder_is_compared_by_content(tmp_path, monk
     assert not (out / "report.json").exists()
 
 
+def _finished_run(tmp_path, checkpoint, entry: str):
+    """A one-epoch digits run of the recipe with this one pruning entry (flow YAML), finished in tmp_path/o: (recipe
+    path, output folder)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}\n"
+        f"pruning: [{entry}]\nbenchmark: {{enabled: false}}\n"
+    )
+    out = tmp_path / "o"
+    assert run("prune", checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
+    return recipe, out
+
+
 def test_a_resume_whose_auto_target_changed_names_the_change(tmp_path, mlp_checkpoint):
     # sparsity: auto reuses the first run's per-layer values on a resume, and refused a changed target with "another
     # pruning section (a changed target, say)": the user had to guess which of their edits or --set it meant.
-    recipe = tmp_path / "auto.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}\n"
-        "pruning: [{method: magnitude, sparsity: auto, target: 0.6, schedule: oneshot}]\n"
-        "benchmark: {enabled: false}\n"
+    recipe, out = _finished_run(
+        tmp_path, mlp_checkpoint, "{method: magnitude, sparsity: auto, target: 0.6, schedule: oneshot}"
     )
-    out = tmp_path / "o"
-    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
     changed = ("--set", "pruning.0.target=0.65")
     result = run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, "--resume", *changed, *FAST)
     assert_bad_input(result, "allocation.json", "pruning.0.target: 0.6 then, 0.65 now", "--overwrite")
@@ -103,14 +111,9 @@ def test_a_latency_target_with_the_benchmark_off_is_reported_unchecked(tmp_path,
 
     from sparsekit.report import Report, check_targets, summarize
 
-    recipe = tmp_path / "s.yaml"
-    recipe.write_text(
-        "version: 1\ndata: {source: digits}\nfinetune: {epochs: 1, optimizer: {name: adam, lr: 0.001}}\n"
-        "pruning: [{method: structured, ratio: 0.5, round_to: null, schedule: oneshot, steps: 1}]\n"
-        "benchmark: {enabled: false}\n"
+    _, out = _finished_run(
+        tmp_path, mlp_checkpoint, "{method: structured, ratio: 0.5, round_to: null, schedule: oneshot, steps: 1}"
     )
-    out = tmp_path / "o"
-    assert run("prune", mlp_checkpoint, *MLP, recipe, "-o", out, *FAST).exit_code == 0
     report = Report.model_validate(json.loads((out / "report.json").read_text()))
     asked = dict(report.recipe["pruning"][0], ratio="auto", target_latency=0.9)
     report.recipe_asked = [asked]

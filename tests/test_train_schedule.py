@@ -359,16 +359,23 @@ def test_a_checkpoint_from_before_hold_epochs_is_no_change():
 def test_the_summary_names_the_held_rate(tmp_path, mlp_checkpoint):
     """prune's summary line says the decay started after the held epochs (it said "cosine schedule" alone, which reads
     as the cosine over the whole run)."""
+    assert "cosine schedule after 1 epoch(s) at the full rate" in held_summary(
+        tmp_path, mlp_checkpoint, epochs=3, hold=1
+    )
+
+
+def held_summary(tmp_path, checkpoint, epochs: int, hold: int) -> str:
+    """The output and report.md of a short prune of ``checkpoint`` (the digits MLP) under a cosine schedule holding
+    ``hold`` of ``epochs`` epochs, whitespace collapsed."""
     from conftest import fast_prune
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "model: {input_shape: [1, 64]}\ndata: {source: digits}\n"
-        "finetune: {epochs: 3, max_steps_per_epoch: 2, lr_schedule: {name: cosine, hold_epochs: 1}}\n"
+        f"finetune: {{epochs: {epochs}, max_steps_per_epoch: 2, lr_schedule: {{name: cosine, hold_epochs: {hold}}}}}\n"
         "pruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n"
     )
     arch = ["--arch", "examples.models:mlp", "--set", "benchmark.enabled=false"]
-    result = fast_prune(mlp_checkpoint, recipe, tmp_path / "out", *arch)
+    result = fast_prune(checkpoint, recipe, tmp_path / "out", *arch)
     assert result.exit_code == 0, result.output
-    text = " ".join((result.output + (tmp_path / "out" / "report.md").read_text()).split())
-    assert "cosine schedule after 1 epoch(s) at the full rate" in text
+    return " ".join((result.output + (tmp_path / "out" / "report.md").read_text()).split())
