@@ -173,9 +173,12 @@ def run_torch_prune(
     return model.eval()
 
 
-def run_torch_pruning(dense: nn.Module, recipe: sparsekit.Recipe, split: Split, shape: list[int]) -> nn.Module:
+def run_torch_pruning(
+    dense: nn.Module, recipe: sparsekit.Recipe, split: Split, shape: list[int], held_lr: bool = False
+) -> nn.Module:
     """Torch-Pruning used directly: MetaPruner, GroupMagnitudeImportance(p=2) (= GroupNormImportance), the
-    recipe's ratio, ignored modules and round_to, one shot; then the recipe's fine-tuning."""
+    recipe's ratio, ignored modules and round_to, one shot; then the recipe's fine-tuning (``held_lr``: see
+    :func:`_plain_finetune`)."""
     import torch_pruning as tp
 
     spec = recipe.pruning[0]
@@ -192,7 +195,7 @@ def run_torch_pruning(dense: nn.Module, recipe: sparsekit.Recipe, split: Split, 
         iterative_steps=1,
     )
     pruner.step()
-    _plain_finetune(model, recipe, split)
+    _plain_finetune(model, recipe, split, held_lr)
     return model
 
 

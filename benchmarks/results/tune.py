@@ -169,11 +169,28 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
             "pruning.0.steps=1",
             "pruning.0.schedule={start_epoch: 0.25, end_epoch: 0.25}",
         ],
+        # round 5 (tuning/lr/): the learning rate after the one removal, as LeNet's round 3 found a held rate helps:
+        # held at its start for 1 or 2 of the 6 epochs, then cosine; or twice the rate, with the cosine over all 6
+        "1 step at epoch 0, hold 1": [
+            "pruning.0.steps=1",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 0}",
+            "finetune.lr_schedule={name: cosine, hold_epochs: 1}",
+        ],
+        "1 step at epoch 0, hold 2": [
+            "pruning.0.steps=1",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 0}",
+            "finetune.lr_schedule={name: cosine, hold_epochs: 2}",
+        ],
+        "1 step at epoch 0, lr 1e-3": [
+            "pruning.0.steps=1",
+            "pruning.0.schedule={start_epoch: 0, end_epoch: 0}",
+            "finetune.optimizer.lr=0.001",
+        ],
     },
 }
 
 
-def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str]) -> list[dict[str, Any]]:
+def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str, list[str]]) -> list[dict[str, Any]]:
     """Every candidate and the baseline at every value, for one seed: validation accuracy. Where the shipped recipe
     holds its learning rate (``lr_schedule.hold_epochs``), torch's one shot runs twice: with the schedule over all
     the epochs (the suite's baseline) and with the recipe's held schedule (``torch (held LR)``)."""
@@ -181,7 +198,7 @@ def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str]) -> list[dict
 
     from examples import models
 
-    model_name, seed, candidates, with_baseline, normalize = job
+    model_name, seed, candidates, with_baseline, normalize, baseline_as = job
     torch.set_num_threads(1)
     setup = SETUPS[model_name]
     split = arms.mnist_split(seed, setup["shape"], normalize)
@@ -217,6 +234,25 @@ def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str]) -> list[dict
                         "seconds": time.perf_counter() - start,
                     }
                 )
+        for name in baseline_as:
+            # The baseline with a candidate's fine-tuning settings (its finetune.* overrides, the schedule exactly as
+            # the candidate's): whether what helps sparsekit's arm helps the baseline as well.
+            tuned = [o for o in CANDIDATES[model_name][name] if o.startswith("finetune.")]
+            recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *tuned])
+            start = time.perf_counter()
+            if setup["baseline"] == "torch":
+                pruned = arms.run_torch_prune(dense, recipe, split, value, held_lr=True)
+            else:
+                pruned = arms.run_torch_pruning(dense, recipe, split, setup["shape"], held_lr=True)
+            rows.append(
+                {
+                    "seed": seed,
+                    "arm": f"{setup['baseline']}, {name.split(', ', 1)[-1]}",
+                    "value": value,
+                    "val_accuracy": arms.accuracy(pruned, split, "val"),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
         for name, overrides in candidates.items():
             recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *overrides])
             start = time.perf_counter()
@@ -260,6 +296,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--workers", type=int, default=2, help="processes (at most 2; one torch thread each)")
     ap.add_argument("--only", action="append", default=None, help="run only this candidate (repeatable)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--baseline-as",
+        action="append",
+        default=[],
+        metavar="CANDIDATE",
+        help="also run the baseline with this candidate's finetune.* settings (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument(
         "--normalize",
@@ -278,6 +321,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 + ", ".join(repr(c) for c in candidates)
             )
         candidates = {k: v for k, v in candidates.items() if k in args.only}
+    unknown = [name for name in args.baseline_as if name not in CANDIDATES[args.model]]
+    if unknown:
+        ap.error(f"--baseline-as {unknown[0]!r} is not a {args.model} candidate")
     path = args.out / f"{args.model}.json"
     previous = json.loads(path.read_text()) if path.exists() else []
     # This run's rows replace the file's rows of the same arms and keep the others beside them in one table: rows on
@@ -290,7 +336,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{args.normalize}: one table compares arms on one pixel scale; give another --out"
         )
     started = time.perf_counter()
-    jobs = [(args.model, seed, candidates, not args.no_baseline, args.normalize) for seed in range(args.seeds)]
+    jobs = [
+        (args.model, seed, candidates, not args.no_baseline, args.normalize, args.baseline_as)
+        for seed in range(args.seeds)
+    ]
     workers = max(1, min(args.workers, 2, len(jobs)))
     if workers == 1:
         results = [run_seed(j) for j in jobs]
