@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         metavar="CANDIDATE",
         help="also run the baseline with this candidate's finetune.* settings (repeatable)",
     )
+    ap.add_argument(
+        "--no-candidates", action="store_true", help="run the baseline (and --baseline-as) alone, no candidate"
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument(
         "--normalize",
@@ -321,6 +324,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 + ", ".join(repr(c) for c in candidates)
             )
         candidates = {k: v for k, v in candidates.items() if k in args.only}
+    if args.no_candidates:
+        candidates = {}
     unknown = [name for name in args.baseline_as if name not in CANDIDATES[args.model]]
     if unknown:
         ap.error(f"--baseline-as {unknown[0]!r} is not a {args.model} candidate")
