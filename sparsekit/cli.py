@@ -1385,16 +1385,21 @@ def export(
     # the exported file, where rewriting a large tensor costs a copy of it.
     positive_zeros_(loaded.model)
     if quantize == "int8":
-        res = export_int8(
-            loaded.model,
-            out,
-            shape,
-            data=bundle,
-            fp32_path=fp32_out,
-            opset=opset,
-            exporter=exporter,
-            fp32_storage=storage,
-        )
+        try:
+            res = export_int8(
+                loaded.model,
+                out,
+                shape,
+                data=bundle,
+                fp32_path=fp32_out,
+                opset=opset,
+                exporter=exporter,
+                fp32_storage=storage,
+            )
+        except DataError as err:  # "data: the training loader: ...": the calibration batches --data gave
+            if not (data and err.raw_message.startswith("data: ")):
+                raise
+            raise DataError(f"{option('data', data)}: {err.raw_message[len('data: ') :]}") from None
         fp32 = f"Wrote {fp32_out} (fp32, " if fp32_out is not None else "Exported fp32, not kept ("
     else:
         res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)

@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sparsekit.errors import ExportError
+from sparsekit.errors import ExportError, SparsekitError, one_line
 from sparsekit.onnx.files import EXTERNAL_DATA_BYTES, load_onnx, native_folder, publish, save_onnx, staging
 from sparsekit.onnx.graph import graph_inputs
 from sparsekit.onnx.quiet import quiet
@@ -183,7 +183,7 @@ def quantize_int8(
                             extra_options={**options, "ActivationSymmetric": False, "QuantizeBias": False},
                         )  # fmt: skip
                 break
-            except ExportError:
+            except SparsekitError:  # (the calibration batches' own faults too: no per-tensor retry hides them)
                 raise
             except Exception as e:
                 msg = f"{src}: onnxruntime {mode} int8 quantization failed: {type(e).__name__}: {e}"
@@ -316,8 +316,9 @@ def quantize_on_data(
     ``input_shape`` (batch first, e.g. ``[1, 784]``): the shape the model was exported for. Batches
     are reshaped to it, so a model that flattens its input itself (trained on ``[N, 1, 28, 28]``
     batches, exported for ``[N, 784]``) is calibrated and evaluated on exactly the samples it was
-    fine-tuned on. Returns and raises as :func:`quantize_int8`, and :class:`ExportError` when a
-    batch's samples do not have the number of values ``input_shape`` says."""
+    fine-tuned on. Returns and raises as :func:`quantize_int8`, :class:`ExportError` when a
+    batch's samples do not have the number of values ``input_shape`` says, and :class:`~sparsekit.errors.DataError`
+    (``"data: the training loader: ..."``) when reading ``bundle.train`` fails or gives no ``(x, y)`` pair."""
 
     def shaped(x: Any) -> np.ndarray:
         a = np.asarray(x, dtype=np.float32)
@@ -331,8 +332,11 @@ def quantize_on_data(
             )
         return a.reshape(len(a), *sample)
 
+    from sparsekit.data import batches
+
     xs, ys = zip(*[(shaped(x), np.asarray(y)) for x, y in bundle.val], strict=True)
-    calibration = ((shaped(x), y) for x, y in bundle.train)
+    # A training loader that fails is the data's fault, named as a run's training names it ("data: ...").
+    calibration = ((shaped(x), y) for x, y in batches(bundle.train, "data: the training loader"))
     return quantize_int8(
         onnx_path, out_path, calibration=calibration, eval_data=(np.concatenate(xs), np.concatenate(ys))
     )
@@ -567,7 +571,14 @@ class _Reader:
         if kept is not None:
             self.count += 1
             return kept
-        batch = next(self._it, None)
+        try:
+            batch = next(self._it, None)
+        except (SparsekitError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the caller's batches: their fault, said as such
+            # It was taken for onnxruntime's, whose per-channel failure is retried per-tensor: the file was then
+            # calibrated on the batches read before it, the fault in report.json's "fallback" alone.
+            raise ExportError(f"calibration batch {self.count + 1}: reading it raised {one_line(exc)}") from None
         if batch is None:
             return None
         self.count += 1

@@ -1,0 +1,72 @@
+"""The data a user brings (review 28): int8 calibration reads the training batches as a run's training does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_bad_input, user_module
+
+from sparsekit.cli import main
+
+LOADERS = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+def mlp():
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+def _xy():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(64, 8, generator=g), torch.arange(64) % 3
+
+class Breaks:
+    # A loader whose second batch cannot be read (a shard gone): len() 2, one batch, then OSError.
+    def __init__(self, first):
+        self.first = first
+    def __len__(self):
+        return 2
+    def __iter__(self):
+        yield self.first
+        raise OSError("read error on shard 2")
+
+def breaks():
+    x, y = _xy()
+    return Breaks((x[:32], y[:32])), DataLoader(TensorDataset(x, y), batch_size=32)
+"""
+
+
+def _model(tmp_path, monkeypatch):
+    import sparsekit
+
+    mod = user_module(tmp_path, monkeypatch, "sk_review28_calib", LOADERS)
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    sparsekit.save_model(mod.mlp(), path, factory="sk_review28_calib:mlp", input_shape=[1, 8])
+    return path
+
+
+def test_a_training_loader_that_fails_mid_calibration_is_a_data_error_not_a_per_tensor_fallback(tmp_path, monkeypatch):
+    # The loader's OSError was taken for onnxruntime's per-channel failure: the per-tensor retry calibrated on the one
+    # batch read before it, exit 0, the fault named only in report.json's int8 "fallback".
+    model = _model(tmp_path, monkeypatch)
+    out = tmp_path / "q.onnx"
+    args = ["export", str(model), "-o", str(out), "--arch", "sk_review28_calib:mlp", "--quantize", "int8"]
+    result = CliRunner().invoke(main, [*args, "--data", "sk_review28_calib:breaks", "--exporter", "torchscript"])
+    assert_bad_input(
+        result, "--data sk_review28_calib:breaks: the training loader: reading a batch raised OSError: read error"
+    )
+    assert not out.exists()
+
+
+def test_calibration_batches_that_cannot_be_read_are_named_by_quantize_int8(tmp_path, monkeypatch):
+    from sparsekit import export_onnx
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx import quantize_int8
+
+    mod = user_module(tmp_path, monkeypatch, "sk_review28_calib", LOADERS)
+    export_onnx(mod.mlp(), tmp_path / "m.onnx", [1, 8], exporter="torchscript")
+    with pytest.raises(ExportError, match=r"^calibration batch 2: reading it raised OSError: read error on shard 2$"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=mod.breaks()[0])
+    assert not (tmp_path / "q.onnx").exists()
