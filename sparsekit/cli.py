@@ -1396,10 +1396,13 @@ def export(
                 exporter=exporter,
                 fp32_storage=storage,
             )
-        except DataError as err:  # "data: the training loader: ...": the calibration batches --data gave
-            if not (data and err.raw_message.startswith("data: ")):
-                raise
-            raise DataError(f"{option('data', data)}: {err.raw_message[len('data: ') :]}") from None
+        except (DataError, ExportError) as err:  # the calibration batches --data gave: named after it
+            said = err.raw_message
+            if data and said.startswith("data: "):  # "data: the training loader: ..."
+                raise DataError(f"{option('data', data)}: {said[len('data: ') :]}") from None
+            if data and said.startswith("calibration batch "):  # quantize_int8's words for its batches
+                raise DataError(f"{option('data', data)}: the training loader's {said}") from None
+            raise
         fp32 = f"Wrote {fp32_out} (fp32, " if fp32_out is not None else "Exported fp32, not kept ("
     else:
         res = export_onnx(loaded.model, out, shape, opset=opset, exporter=exporter)

@@ -34,6 +34,12 @@ class Breaks:
 def breaks():
     x, y = _xy()
     return Breaks((x[:32], y[:32])), DataLoader(TensorDataset(x, y), batch_size=32)
+
+def raw_pixels_later():
+    # The second training batch holds 8-bit pixels (0..255) where the first held floats in [0, 1].
+    x, y = _xy()
+    train = [(x[:32].abs(), y[:32]), ((x[32:].abs() * 100).to(torch.uint8), y[32:])]
+    return train, DataLoader(TensorDataset(x, y), batch_size=32)
 """
 
 
@@ -70,3 +76,30 @@ def test_calibration_batches_that_cannot_be_read_are_named_by_quantize_int8(tmp_
     with pytest.raises(ExportError, match=r"^calibration batch 2: reading it raised OSError: read error on shard 2$"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=mod.breaks()[0])
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_integer_calibration_batches_for_a_float_input_are_refused_as_training_refuses_them(tmp_path, monkeypatch):
+    # Only the first training batch was checked: a later one of raw 8-bit pixels was cast to float and set the
+    # activation ranges of a model trained on [0, 1], exit 0 (quantize_int8 cast integer calibration arrays alike).
+    import numpy as np
+
+    from sparsekit import export_onnx
+    from sparsekit.errors import ExportError
+    from sparsekit.onnx import quantize_int8
+
+    model = _model(tmp_path, monkeypatch)
+    out = tmp_path / "q.onnx"
+    args = ["export", str(model), "-o", str(out), "--arch", "sk_review28_calib:mlp", "--quantize", "int8"]
+    result = CliRunner().invoke(
+        main, [*args, "--data", "sk_review28_calib:raw_pixels_later", "--exporter", "torchscript"]
+    )
+    assert_bad_input(
+        result,
+        "--data sk_review28_calib:raw_pixels_later: the training loader's calibration batch 2 for input 'input' holds "
+        "uint8 values, and the model takes floating-point inputs",
+    )
+    assert not out.exists()
+    mod = __import__("sk_review28_calib")
+    export_onnx(mod.mlp(), tmp_path / "m.onnx", [1, 8], exporter="torchscript")
+    with pytest.raises(ExportError, match=r"^calibration batch 1 for input 'input' holds int64 values"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q8.onnx", calibration=[np.ones((4, 8), dtype=np.int64)])

@@ -93,7 +93,8 @@ def quantize_int8(
     pair (so a ``DataLoader`` works as is; ``y`` is ignored) or a dict of input name to array (other keys, such
     as a dict batch's ``labels``, are ignored as ``y`` is); for a model of several inputs also
     ``((input1, input2, ...), y)``, one array per input in the file's (the forward's) order, as
-    :func:`sparsekit.finetune` takes them. At
+    :func:`sparsekit.finetune` takes them. Floats for a float input (integer arrays only for an input the file
+    declares integer: token ids), as the model was trained on them. At
     most ``max_calibration_batches`` are read. ``None`` selects dynamic quantization.
     ``eval_data``: optional ``(x, y)`` arrays (inputs N x ..., labels N; a model of one input); adds fp32 and int8
     accuracy and top-1 agreement, run in ``batch_size`` batches.
@@ -320,23 +321,26 @@ def quantize_on_data(
     batch's samples do not have the number of values ``input_shape`` says, and :class:`~sparsekit.errors.DataError`
     (``"data: the training loader: ..."``) when reading ``bundle.train`` fails or gives no ``(x, y)`` pair."""
 
-    def shaped(x: Any) -> np.ndarray:
-        a = np.asarray(x, dtype=np.float32)
+    def shaped(x: Any, where: str) -> np.ndarray:
+        # (in the loader's dtype: the calibration reader refuses integers for a float input, as training does)
+        a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         if input_shape is None:
             return a
         sample = [int(d) for d in input_shape[1:]]
         if a.ndim < 1 or int(np.prod(a.shape[1:])) != int(np.prod(sample)):
             raise ExportError(
-                f"int8 calibration: a batch of shape {list(a.shape)} does not fit the exported input "
-                f"{list(input_shape)}"
+                f"data: {where} yields a batch of shape {list(a.shape)}, which does not fit the exported input "
+                f"{list(input_shape)}: give batches of samples of {int(np.prod(sample))} values"
             )
         return a.reshape(len(a), *sample)
 
     from sparsekit.data import batches
 
-    xs, ys = zip(*[(shaped(x), np.asarray(y)) for x, y in bundle.val], strict=True)
+    xs, ys = zip(
+        *[(shaped(x, "the validation loader").astype(np.float32), np.asarray(y)) for x, y in bundle.val], strict=True
+    )
     # A training loader that fails is the data's fault, named as a run's training names it ("data: ...").
-    calibration = ((shaped(x), y) for x, y in batches(bundle.train, "data: the training loader"))
+    calibration = ((shaped(x, "the training loader"), y) for x, y in batches(bundle.train, "data: the training loader"))
     return quantize_int8(
         onnx_path, out_path, calibration=calibration, eval_data=(np.concatenate(xs), np.concatenate(ys))
     )
@@ -592,7 +596,7 @@ class _Reader:
             if missing:
                 raise ExportError(f"calibration batch {self.count} lacks model input(s) {sorted(missing)}")
             # The model's inputs only: a dict batch's labels fed to onnxruntime were "Invalid input name: labels".
-            feed = {k: _to_numpy(batch[k]) for k in self.names}
+            feed = {k: _numeric(batch[k]) for k in self.names}
         else:
             if isinstance(batch, (tuple, list)):
                 batch = batch[0]  # (x, y) from a DataLoader
@@ -606,15 +610,23 @@ class _Reader:
                         f"{len(self.names)} {self.names}: give ((input1, input2, ...), labels) batches, one tensor per "
                         "input in the forward's order, or dicts of input name to tensor"
                     )
-                feed = {name: _to_numpy(value) for name, value in zip(self.names, batch, strict=True)}
+                feed = {name: _numeric(value) for name, value in zip(self.names, batch, strict=True)}
             elif len(self.names) != 1:
                 raise ExportError(
                     f"the model has {len(self.names)} inputs {self.names}; give calibration batches as dicts of input "
                     "name to tensor, or as ((input1, input2, ...), labels) in the forward's order"
                 )
             else:
-                feed = {self.names[0]: _to_numpy(batch)}
-        feed = {k: v.astype(self.ints[k]) if k in self.ints else v for k, v in feed.items()}
+                feed = {self.names[0]: _numeric(batch)}
+        for name, value in feed.items():
+            if name not in self.ints and value.dtype.kind in "iu":
+                # Cast to float as they were: raw 8-bit pixels (0..255) set the ranges of a model trained on [0, 1].
+                raise ExportError(
+                    f"calibration batch {self.count} for input {name!r} holds {value.dtype} values, and the model "
+                    "takes floating-point inputs: give floats on the scale the model was trained on (e.g. / 255 for "
+                    "8-bit pixels); integer inputs are for a model whose input feeds an nn.Embedding (token ids)"
+                )
+        feed = {k: np.ascontiguousarray(v, dtype=self.ints.get(k, np.float32)) for k, v in feed.items()}
         for name in self.names:
             rank = self.ranks[name]
             if rank and feed[name].ndim != rank:
@@ -639,12 +651,17 @@ class _Reader:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
+    return np.ascontiguousarray(_numeric(value), dtype=np.float32)
+
+
+def _numeric(value: Any) -> np.ndarray:
+    """``value`` (an array or a tensor) as a numpy array of its own numeric dtype."""
     if hasattr(value, "detach"):  # torch tensor, without importing torch here
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise ExportError(f"calibration batches must be numeric arrays, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return arr
 
 
 def _check_runs(path: Path) -> None:
