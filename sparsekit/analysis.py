@@ -616,7 +616,7 @@ def run_sensitivity(
     from .data import check_npz_option
     from .modelio import precheck_model_file
     from .outputs import guard_location
-    from .pipeline import check_inputs, data_option
+    from .pipeline import check_inputs, data_option, naming_training_source
     from .sensitivity import _ANALYSED, NOTHING_TO_ANALYSE, RESUME_REFUSED, SensitivityTable, analyze, auto_entries
 
     # A file's pathlib.Path is taken as its path, as run_prune and plan take it (it failed as "'PosixPath' object
@@ -664,7 +664,8 @@ def run_sensitivity(
         # unfinished analysis's partial table is the only thing it starts over from).
         bar, advance = _analysis_bar(progress, save_to=partial, lock=lock)
         try:
-            with bar:
+            # (a fault found in the validation batches, "data: label 30 is outside ...", names the source as prune's)
+            with bar, naming_training_source(inputs):
                 table = analyze(
                     inputs.loaded.model,
                     _with_source(recipe, inputs.source),

@@ -571,7 +571,7 @@ def run_prune(
                 notify("resuming with accepted changes: " + "; ".join(new))
         inputs.provenance, inputs.allow_changes = origin, tuple(allow_changes)
         if not main:
-            with _naming_training_source(inputs):
+            with naming_training_source(inputs):
                 _run_other_rank(inputs, recipe, folder.stage, device, resume=resume)
             epochs = recipe.finetune.epochs
             trained = f", {TRAINING_DONE} (the checkpoint holds epoch {epochs} of {epochs})" if epochs else ""
@@ -582,7 +582,7 @@ def run_prune(
             return None
         stage = folder.begin()  # after inputs are known good: a typo never touches the folder
         try:
-            with clock.around(), _naming_training_source(inputs):
+            with clock.around(), naming_training_source(inputs):
                 write_allocation(stage, table, allocation)
                 report = _run(
                     inputs, recipe, stage, out, device=device, resume=resume, progress=progress, notify=notify,
@@ -805,7 +805,7 @@ def _naming_overridden_source(recipe: Recipe, data: str | None) -> Iterator[None
 
 
 @contextlib.contextmanager
-def _naming_training_source(inputs: Inputs) -> Iterator[None]:
+def naming_training_source(inputs: Inputs) -> Iterator[None]:
     """A data error found in a run's batches (the dense evaluation's, training's: a label past the model's outputs,
     a batch the model cannot run: "data: ...") names the source as load_data's errors do, the data option or the
     recipe file before its field: "data: label 19 is outside the model's 10 outputs" named neither."""

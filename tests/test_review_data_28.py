@@ -35,6 +35,13 @@ def breaks():
     x, y = _xy()
     return Breaks((x[:32], y[:32])), DataLoader(TensorDataset(x, y), batch_size=32)
 
+def label_past_outputs_later():
+    # The validation loader's second batch holds label 7 for a model of 3 outputs.
+    x, y = _xy()
+    val_y = y.clone()
+    val_y[40] = 7
+    return DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(TensorDataset(x, val_y), batch_size=32)
+
 def raw_pixels_later():
     # The second training batch holds 8-bit pixels (0..255) where the first held floats in [0, 1].
     x, y = _xy()
@@ -103,3 +110,17 @@ def test_integer_calibration_batches_for_a_float_input_are_refused_as_training_r
     export_onnx(mod.mlp(), tmp_path / "m.onnx", [1, 8], exporter="torchscript")
     with pytest.raises(ExportError, match=r"^calibration batch 1 for input 'input' holds int64 values"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "q8.onnx", calibration=[np.ones((4, 8), dtype=np.int64)])
+
+
+def test_sensitivity_names_the_data_option_for_a_fault_in_a_later_validation_batch(tmp_path, monkeypatch):
+    # "Error: data: label 7 is outside the model's 3 outputs" named neither --data nor the recipe, as prune's run does.
+    model = _model(tmp_path, monkeypatch)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5, schedule: oneshot}\n")
+    args = ["sensitivity", str(model), str(recipe), "--arch", "sk_review28_calib:mlp", "--no-progress"]
+    result = CliRunner().invoke(
+        main, [*args, "--data", "sk_review28_calib:label_past_outputs_later", "-o", str(tmp_path / "s")]
+    )
+    assert_bad_input(
+        result, "Error: --data sk_review28_calib:label_past_outputs_later: label 7 is outside the model's 3 outputs"
+    )
