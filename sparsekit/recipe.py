@@ -308,12 +308,26 @@ def source_problem(source: str) -> str | None:
         hint = "a file is read as an .npz holding arrays x and y (numpy.savez(path, x=..., y=...)); "
     if source.lower().endswith(".npz"):  # `x.NPZ`: the suffix is matched as written, as in numpy.savez
         hint = f"name the file with a lower-case .npz ({short(source[:-4], 60)}.npz); "
+    if source.endswith(("/", os.sep)) or (not hint.startswith("a file") and _is_folder(source)):
+        # A folder of images (one subfolder per class): "did you mean 'digits'?" for `imgs`, or nothing for `imgs/`.
+        hint = (
+            "a folder is not read as data: save its samples with numpy.savez(path, x=..., y=...), or name a "
+            "pkg.module:callable returning (train_loader, val_loader), e.g. over torchvision's ImageFolder; "
+        )
     if source == "-":  # a Unix tool's standard input
         hint = "sparsekit reads no data from standard input: save it with numpy.savez(path, x=..., y=...); "
     return (
         f"{short(source, 80)!r} is not a known source; {hint}valid sources: {', '.join(DATA_SOURCES)}, "
         f"path/to/file.npz (arrays x, y), pkg.module:callable{module_spec_hint(source)}"
     )
+
+
+def _is_folder(source: str) -> bool:
+    """Whether ``source`` names an existing folder (looked up, not opened)."""
+    try:
+        return os.path.isdir(os.path.expanduser(source))
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 class DataSpec(_Strict):

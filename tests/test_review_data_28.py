@@ -124,3 +124,16 @@ def test_sensitivity_names_the_data_option_for_a_fault_in_a_later_validation_bat
     assert_bad_input(
         result, "Error: --data sk_review28_calib:label_past_outputs_later: label 7 is outside the model's 3 outputs"
     )
+
+
+@pytest.mark.parametrize("trailing", ["", "/"])
+def test_a_folder_named_as_the_data_source_is_told_how_to_become_one(tmp_path, trailing):
+    # A folder of images (one subfolder per class) was "not a known source; did you mean 'digits'?" (for `imgs`), or
+    # got no hint at all (for `imgs/`).
+    from sparsekit.recipe import source_problem
+
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    told = source_problem(str(tmp_path / "imgs") + trailing)
+    assert told is not None and "did you mean" not in told
+    assert "a folder is not read as data: save its samples with numpy.savez(path, x=..., y=...), or name a " in told
+    assert "did you mean 'digits'" in (source_problem("digit") or "")
