@@ -44,7 +44,7 @@ from .methods import structured as structured_mod
 from .pruner import Pruner, checked_input_shape, no_entries_warning_off
 from .recipe import Recipe, RecipeLike, as_recipe, spells_remedies
 from .schedule import checked_steps_per_epoch
-from .wrappers import copy_model, require_initialized, require_module, unwrap
+from .wrappers import copy_model, mark_shapes_only, require_initialized, require_module, unwrap
 
 __all__ = ["Rehearsal", "rehearse"]
 
@@ -180,7 +180,7 @@ def meta_copy(model: nn.Module) -> nn.Module:
         memo.setdefault(id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
     for b in model.buffers():
         memo.setdefault(id(b), torch.empty_like(b, device="meta"))
-    return copy_model(model, memo)
+    return mark_shapes_only(copy_model(model, memo))
 
 
 def _weightless(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape: list[int]) -> Pruner | None:

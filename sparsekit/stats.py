@@ -18,14 +18,16 @@ from torch.overrides import TorchFunctionMode
 from . import model_input
 from .layers import output_dim, prunable_layers, tied_aliases, weighted_layers
 from .masks import count_true, weight_of
-from .wrappers import checked_input_shape, require_module, unwrap
+from .wrappers import checked_input_shape, require_initialized, require_module, unwrap
 
 
 def sparsity(model: nn.Module) -> float:
     """Fraction (0..1) of exactly-zero weights over all prunable layers (Linear/Conv weights, masks
     applied, a tied weight once; biases not counted), 0.0 for a model with none. A DDP wrapper is unwrapped.
-    TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path)."""
+    TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path); ValueError when its weights
+    hold no values yet (a lazy layer before its first batch, a model on the ``meta`` device)."""
     require_module(model, "sparsity")
+    require_initialized(model, "sparsity", ValueError)
     total = zeros = 0
     layers = prunable_layers(unwrap(model))
     aliases = tied_aliases(layers)  # a weight shared by several layers counts once
@@ -195,8 +197,10 @@ def layer_report(
     ``macs`` (dense, one sample) and ``effective_macs`` (scaled by the nonzero share): counted as
     :func:`layer_macs` does, so whatever the model raises on that input (e.g. a shape it does not take)
     propagates. TypeError when ``model`` is not an ``nn.Module`` (a state_dict, a file's path); ValueError when
-    ``input_shape`` is not a batch-first list of positive integers."""
+    ``input_shape`` is not a batch-first list of positive integers, or when the weights hold no values yet (a lazy
+    layer before its first batch, a model on the ``meta`` device)."""
     require_module(model, "layer_report")
+    require_initialized(model, "layer_report", ValueError)
     if input_shape is not None:
         # [1, 784.9] was counted as [1, 784] and [1, '8'] as [1, 8] without a word; 8 or '1,8' failed inside.
         input_shape = checked_input_shape(input_shape, "layer_report(input_shape=...)")

@@ -10,6 +10,7 @@ its layers keep the names the recipe gives them (``module.0``).
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,14 +69,28 @@ def require_module(model: object, call: str) -> None:
     raise TypeError(f"{call}(model=...): expected a torch.nn.Module, got {type(model).__name__}; {remedy}")
 
 
+# Models sparsekit itself made weightless on purpose (sparsekit.rehearsal.meta_copy: a rehearsal on shapes alone),
+# which require_initialized lets through; by id (a module of one's own may define __eq__ and be unhashable)
+_SHAPES_ONLY: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
+
+
+def mark_shapes_only(model: nn.Module) -> nn.Module:
+    """``model``, a copy sparsekit put on the ``meta`` device itself, let through :func:`require_initialized`."""
+    _SHAPES_ONLY[id(model)] = model
+    return model
+
+
 def require_initialized(model: nn.Module, call: str, error: type[Exception]) -> None:
     """``error`` naming the first layer whose parameters are still uninitialized (a ``LazyLinear`` /
-    ``LazyConv2d`` before its first forward pass) and what to do. Such a parameter raises on any tensor call
-    (``numel``, ``dim``, ``detach``), so the Pruner, an export or a save failed deep inside with torch's
-    "Attempted to use an uninitialized parameter", naming neither the layer nor the call."""
+    ``LazyConv2d`` before its first forward pass) or hold no values (on the ``meta`` device: a model built under
+    ``torch.device("meta")``) and what to do. Such a parameter raises on any tensor call (``numel``, ``dim``,
+    ``detach``) or on reading a value, so the Pruner, an export or a save failed deep inside with torch's
+    "Attempted to use an uninitialized parameter" or "Tensor.item() cannot be called on meta tensors", naming
+    neither the layer nor the call."""
     from torch import nn
 
-    for name, module in unwrap(model).named_modules():
+    inner = unwrap(model)
+    for name, module in inner.named_modules():
         lazy = [p for p, t in module._parameters.items() if isinstance(t, nn.parameter.UninitializedParameter)]
         # (a LazyBatchNorm1d(affine=False) holds only buffers, running_mean and running_var, which raise alike)
         buffers = [b for b, t in module._buffers.items() if isinstance(t, nn.parameter.UninitializedBuffer)]
@@ -85,6 +100,14 @@ def require_initialized(model: nn.Module, call: str, error: type[Exception]) -> 
                 f"{call}(model=...): layer {name or '(the model)'!r} ({type(module).__name__}) has uninitialized "
                 f"{kind} ({', '.join(lazy + buffers)}): a lazy module gets its shapes from its first forward pass, so "
                 f"run one batch through the model (model(example_batch)) before calling {call}"
+            )
+        meta = [n for n, t in [*module._parameters.items(), *module._buffers.items()] if t is not None and t.is_meta]
+        if meta and not any(_SHAPES_ONLY.get(id(m)) is m for m in (model, inner)):
+            raise error(
+                f"{call}(model=...): layer {name or '(the model)'!r} ({type(module).__name__}) holds no values: "
+                f"{', '.join(meta)} on the meta device (shapes only, as a model built under torch.device('meta') "
+                "has); give it its weights first, model.load_state_dict(state, assign=True), or "
+                f"model.to_empty(device='cpu') then model.load_state_dict(state), before calling {call}"
             )
 
 
