@@ -51,7 +51,7 @@ from .methods.base import Setup
 from .recipe import GradientSpec, MagnitudeSpec, Recipe, RecipeLike, ScheduleSpec, StructuredSpec, as_recipe
 from .stats import layer_macs
 from .train import evaluate
-from .wrappers import checked_input_shape, copy_model, require_module, unwrap
+from .wrappers import SAMPLES_NOT_BATCHES, checked_input_shape, copy_model, is_torch_dataset, require_module, unwrap
 
 __all__ = [
     "GRID_STRUCTURED",
@@ -559,8 +559,12 @@ def check_arguments(
     if val_loader is None or isinstance(val_loader, str | bytes | Mapping) or not isinstance(val_loader, Iterable):
         # A DataError, as finetune(val_loader=None) says it
         raise DataError(
-            f"{call}(val_loader=...): got a {type(val_loader).__name__}, which yields no batches; pass a re-iterable "
-            "of (inputs, labels) batches (a torch DataLoader, a list)"
+            f"{call}(val_loader=...): got a {type(val_loader).__name__}, "
+            + (
+                f"which holds {SAMPLES_NOT_BATCHES}"
+                if is_torch_dataset(val_loader)
+                else "which yields no batches; pass a re-iterable of (inputs, labels) batches (a DataLoader, a list)"
+            )
         )
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)):
         raise TypeError(f"{call}(max_batches=...): expected an int or None, got {max_batches!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import pickle
 import random
@@ -59,7 +60,7 @@ from .provenance import change_lines, check_allowed, check_resume, recipe_record
 from .pruner import Pruner
 from .recipe import DistillSpec, FinetuneSpec, LRScheduleSpec, Recipe, as_recipe, pruning_key, spells_remedies
 from .stats import layer_report, sparsity
-from .wrappers import copy_model, require_initialized, require_module
+from .wrappers import SAMPLES_NOT_BATCHES, copy_model, is_torch_dataset, require_initialized, require_module
 
 log = logging.getLogger("sparsekit")
 
@@ -232,6 +233,10 @@ def _check_labels(x: Any, y: Any) -> None:
     """``y`` holds one integer class label per input of ``x``, as the built-in loop's cross-entropy and
     accuracy need; a :class:`DataError` naming what the batch holds otherwise."""
     wanted = "labels must be integer class indices, one per input ([N], torch.long), not one-hot rows or probabilities"
+    if isinstance(y, numbers.Number) or (isinstance(y, torch.Tensor) and y.ndim == 0):
+        raise DataError(
+            f"data: a batch holds one label, {y!r}, not one per input: the loader yields {SAMPLES_NOT_BATCHES}"
+        )
     if not isinstance(y, torch.Tensor):
         raise DataError(f"data: a batch holds labels of type {type(y).__name__}; {wanted}")
     if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
@@ -378,8 +383,12 @@ def _check_loader(loader: Any, name: str, needs_len: bool = True) -> None:
     kind = type(loader).__name__
     if not needs_len and not isinstance(loader, Iterable):
         raise DataError(
-            f"finetune({name}=...): got a {kind}, which yields no batches; pass a torch DataLoader or a list of "
-            "(inputs, labels) batches"
+            f"finetune({name}=...): got a {kind}, "
+            + (
+                f"which holds {SAMPLES_NOT_BATCHES}"
+                if is_torch_dataset(loader)
+                else "which yields no batches; pass a torch DataLoader or a list of (inputs, labels) batches"
+            )
         )
     if isinstance(loader, Iterator):
         raise DataError(

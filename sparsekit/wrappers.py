@@ -134,6 +134,19 @@ def require_path(value: object, call: str, module_remedy: str = SAVE_IT_FIRST) -
     )
 
 
+# What to do when single samples came where batches go: a Dataset given for a DataLoader (finetune(model, recipe,
+# dataset, ...)), whose samples were read as batches and refused as "labels of shape []" or "has shape [20]"
+SAMPLES_NOT_BATCHES = (
+    "single samples, not batches (a Dataset given for a DataLoader?): wrap the dataset, "
+    "torch.utils.data.DataLoader(dataset, batch_size=64)"
+)
+
+
+def is_torch_dataset(value: object) -> bool:
+    """Whether ``value`` is a ``torch.utils.data.Dataset`` (samples, not batches), read off its type's bases."""
+    return any(c.__name__ == "Dataset" and c.__module__.startswith("torch.utils.data") for c in type(value).__mro__)
+
+
 def is_torch_module(value: object) -> bool:
     """Whether ``value`` is an ``nn.Module``, read off its type's bases: no torch import for a path."""
     return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(value).__mro__)

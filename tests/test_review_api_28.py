@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import sparsekit
 
@@ -66,3 +67,41 @@ def test_a_meta_model_given_its_weights_is_taken() -> None:
     pruner = sparsekit.Pruner(model, RECIPE, 2)
     pruner.step()
     assert sparsekit.sparsity(pruner.finalize()) == pytest.approx(0.5, abs=0.02)
+
+
+def _samples() -> TensorDataset:
+    torch.manual_seed(0)
+    return TensorDataset(torch.randn(16, 8), torch.randint(0, 2, (16,)))
+
+
+@pytest.mark.parametrize("argument", ["train_loader", "val_loader"])
+def test_a_dataset_given_for_a_loader_says_to_wrap_it_in_a_dataloader(argument: str) -> None:
+    # finetune(model, recipe, dataset, ...) read the dataset's samples as batches: "a batch holds torch.int64 labels
+    # of shape []; labels must be integer class indices ... not one-hot rows", a message about labels that sent the
+    # user to their labels; as val_loader it "yields no batches", naming no way out for a Dataset.
+    loaders: dict[str, Any] = {
+        "train_loader": DataLoader(_samples(), batch_size=4),
+        "val_loader": [(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))],
+    }
+    loaders[argument] = _samples()
+    with pytest.raises(sparsekit.DataError, match=r"single samples, not batches.*DataLoader\(dataset, batch_size="):
+        sparsekit.finetune(_mlp(), RECIPE, loaders["train_loader"], loaders["val_loader"], progress=False)
+
+
+def test_samples_with_python_int_labels_are_named_as_samples() -> None:
+    samples = [(torch.randn(8), 1), (torch.randn(8), 0)]  # what a torchvision-style dataset yields
+    with pytest.raises(sparsekit.DataError, match="one label, 1, not one per input.*DataLoader"):
+        sparsekit.finetune(_mlp(), RECIPE, samples, samples, progress=False)
+
+
+def test_sensitivity_and_int8_calibration_say_to_wrap_a_dataset(tmp_path: Path) -> None:
+    from sparsekit.onnx import quantize_int8
+    from sparsekit.sensitivity import analyze
+
+    with pytest.raises(sparsekit.DataError, match=r"analyze\(val_loader=\.\.\.\).*DataLoader\(dataset"):
+        analyze(_mlp(), RECIPE, _samples(), input_shape=[1, 8])  # type: ignore[arg-type]
+    sparsekit.export_onnx(_mlp(), tmp_path / "m.onnx", input_shape=[1, 8])
+    # "calibration batch 1 for input 'input' has shape [8]; the model takes rank 2", and no more
+    with pytest.raises(sparsekit.ExportError, match=r"has shape \[8\].*single samples.*DataLoader\(dataset"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=_samples())
+    assert not (tmp_path / "q.onnx").exists()

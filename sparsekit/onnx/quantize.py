@@ -53,6 +53,7 @@ from sparsekit.onnx.quiet import quiet
 from sparsekit.onnx.sessions import ORT_DTYPES, open_session
 from sparsekit.onnx.stats import size_report
 from sparsekit.onnx.tensors import FLOAT_TYPES, QLINEAR_LAYERS, QUANT_TYPES, QUANT_WEIGHT_INPUTS
+from sparsekit.wrappers import SAMPLES_NOT_BATCHES
 
 __all__ = [
     "onnx_accuracy",
@@ -633,6 +634,7 @@ class _Reader:
                 raise ExportError(
                     f"calibration batch {self.count} for input {name!r} has shape {list(feed[name].shape)}; "
                     f"the model takes rank {rank} (batch dim included)"
+                    + (f": these are {SAMPLES_NOT_BATCHES}" if feed[name].ndim == rank - 1 else "")
                 )
             if feed[name].dtype.kind == "f" and not np.isfinite(feed[name]).all():
                 # onnxruntime's MinMax then failed with "AssertionError: scale issue", naming no batch or value.
