@@ -975,7 +975,8 @@ class Pruner:
         ...     optimizer = pruner.update_optimizer(optimizer)
 
         RuntimeError after :meth:`finalize`; TypeError when ``optimizer`` is not an optimizer (one with
-        ``param_groups`` and ``state``, as ``torch.optim`` optimizers and a trainer's wrappers of them have).
+        ``param_groups`` and ``state``, as ``torch.optim`` optimizers and a trainer's wrappers of them have);
+        ValueError when it holds none of the model's parameters (an optimizer of another model, or of a copy).
         """
         self._refuse_finalized("update_optimizer")
         if not (hasattr(optimizer, "param_groups") and hasattr(optimizer, "state")):
@@ -983,6 +984,15 @@ class Pruner:
             raise TypeError(
                 f"pruner.update_optimizer(optimizer=...): expected the optimizer that trains the model, got "
                 f"{type(optimizer).__name__}; to build one afresh instead, pass the model's parameters to it"
+            )
+        if not self.trains(optimizer) and any(group["params"] for group in optimizer.param_groups):
+            # It was taken without a word: the optimizer that does train the model kept stepping the removed
+            # parameters, the model's new ones never trained, and the warning that it was not updated was silenced.
+            raise ValueError(
+                "pruner.update_optimizer(optimizer=...): this optimizer holds none of the pruned model's parameters "
+                "(an optimizer of another model or of a copy of it, or one keeping its own flat copies of the weights, "
+                "as DeepSpeed ZeRO and FSDP do, where channel removal is not supported); pass the optimizer that "
+                "trains the model given to the Pruner, or skip the call for an optimizer that trains none of it"
             )
         current = dict(self.model.named_parameters(remove_duplicate=False))
         placed: set[int] = set()  # each parameter once, in the group of the first old one it replaces
@@ -1014,6 +1024,12 @@ class Pruner:
         self._stop_rebuild_watch()
         self._remember_params()
         return optimizer
+
+    def trains(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether ``optimizer`` holds any of the model's parameters, as they are or as they were before a channel
+        removal replaced them (the optimizers :meth:`update_optimizer` takes)."""
+        known = set(self._param_names) | {id(p) for p in self.model.parameters()}
+        return any(id(p) in known for group in optimizer.param_groups for p in group["params"])
 
     @property
     def epoch(self) -> float:

@@ -105,3 +105,39 @@ def test_sensitivity_and_int8_calibration_say_to_wrap_a_dataset(tmp_path: Path) 
     with pytest.raises(sparsekit.ExportError, match=r"has shape \[8\].*single samples.*DataLoader\(dataset"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=_samples())
     assert not (tmp_path / "q.onnx").exists()
+
+
+STRUCTURED: dict[str, Any] = {
+    "version": 1,
+    "finetune": {"epochs": 1},
+    "pruning": [{"method": "structured", "ratio": 0.5, "schedule": "oneshot"}],
+}
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
+
+
+def test_update_optimizer_of_an_optimizer_over_another_model_is_refused() -> None:
+    # Taken without a word: the optimizer that trains the model kept stepping the removed parameters, the model's new
+    # ones never trained, and the "optimizer was not updated" warning was silenced by the call.
+    import copy
+
+    model = _cnn()
+    copy_opt = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = sparsekit.Pruner(model, STRUCTURED, 1, context={"input_shape": [1, 1, 6, 6]})
+    nn.functional.cross_entropy(model(torch.randn(4, 1, 6, 6)), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    pruner.step()
+    assert pruner.structure_changed
+    assert not pruner.trains(copy_opt) and pruner.trains(optimizer)
+    with pytest.raises(ValueError, match="holds none of the pruned model's parameters.*the optimizer that trains"):
+        pruner.update_optimizer(copy_opt)
+    assert pruner.structure_changed  # still told to update the real one
+    assert pruner.update_optimizer(optimizer) is optimizer
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
+    assert pruner.update_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))  # one built afresh: taken

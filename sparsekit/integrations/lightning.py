@@ -330,7 +330,8 @@ class SparsekitCallback(pl.Callback):
         if pruner.structure_changed:
             if trainer.optimizers:  # a strategy that restores after configuring the optimizers
                 for optimizer in trainer.optimizers:
-                    pruner.update_optimizer(optimizer)
+                    if pruner.trains(optimizer):  # (a GAN's other optimizer trains none of the pruned module)
+                        pruner.update_optimizer(optimizer)
             pruner.structure_changed = False  # otherwise Lightning configures them next, over the new parameters
         self.pruner = pruner
 
@@ -421,7 +422,8 @@ class SparsekitCallback(pl.Callback):
         pruner.step()
         if pruner.structure_changed:
             for optimizer in trainer.optimizers:
-                pruner.update_optimizer(optimizer)  # in place: LR schedulers keep driving it
+                if pruner.trains(optimizer):  # (a GAN's other optimizer trains none of the pruned module)
+                    pruner.update_optimizer(optimizer)  # in place: LR schedulers keep driving it
             pruner.structure_changed = False
 
     @at_user_code
