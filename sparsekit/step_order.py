@@ -28,6 +28,10 @@ A call that finds the watched weight's ``.grad`` another tensor than the previou
 between, as a loop of two optimizers does before each backward) starts the count afresh. So is using both ways of
 applying the penalty: ``pruner.penalty()`` added to the loss (its gradient seen flowing in ``backward``) and
 ``pruner.regularize()`` before the same optimizer step add the penalty's gradient twice.
+A ``regularize()`` whose gradient ``zero_grad()`` resets before the holder's next optimizer step (called after
+``optimizer.step()``, or before ``optimizer.zero_grad()``) adds nothing the optimizer sees, and the penalty never acts:
+warned too (a step ``GradScaler`` skips on an overflow excepted); the gradient it left after ``optimizer.step()`` is
+then not taken for a ``pruner.step()`` before that step.
 
 A third mistake trains silently dense: the Pruner built on another model object than the one the optimizer trains (a
 copy, or a model built again after the Pruner, say to load a checkpoint into). Optimizers step, yet none of them holds
@@ -84,6 +88,10 @@ class StepOrderCheck:
         self._penalty_backwards = 0
         self.penalty_and_regularized = 0
         self._both_this_step = False
+        # The .grad the last regularize() added to and its version then, until the holder's next optimizer step; the
+        # holder's steps that found another .grad (the addition reset by zero_grad() before any step used it)
+        self._reg_pending: tuple[weakref.ref[torch.Tensor], int] | None = None
+        self.regularized_lost = 0
         self._handle = on_optimizer_steps(self, StepOrderCheck._observe)
 
     def _grad(self) -> torch.Tensor | None:
@@ -108,6 +116,9 @@ class StepOrderCheck:
             else:
                 self._others.add(optimizer)
         if self.holding_steps != holding:  # a step of the watched weight: the regularize() calls before it are judged
+            if self._reg_pending is not None and self._reg_pending[0]() is not self._grad():
+                self.regularized_lost += 1
+            self._reg_pending = None
             if self._regularized > 1:
                 self.regularized_again += 1
                 self._most_regularized = max(self._most_regularized, self._regularized)
@@ -128,6 +139,20 @@ class StepOrderCheck:
         if self._penalty_backwards and not self._both_this_step:
             self._both_this_step = True
             self.penalty_and_regularized += 1
+        self._reg_pending = None if grad is None else (weakref.ref(grad), grad._version)
+
+    def _regularized_since_step(self) -> bool:
+        """Whether the only change to the weight's gradient since the last optimizer step is a regularize() call's
+        (regularize() after optimizer.step(): not pruner.step() before it)."""
+        grad, seen, pending = self._grad(), self._grad_at_step, self._reg_pending
+        return (
+            grad is not None
+            and seen is not None
+            and pending is not None
+            and seen[0]() is grad
+            and pending[0]() is grad
+            and pending[1] == grad._version
+        )
 
     def watch_penalty(self, term: torch.Tensor) -> None:
         """Note when ``backward`` reaches a ``pruner.penalty()`` term (added to the loss, not only logged)."""
@@ -165,7 +190,9 @@ class StepOrderCheck:
         if held > 1 and self.checked > 1:
             self.seldom += 1
             self._gap = max(self._gap, held)
-        newer = self._newer_grad()
+        newer = self._newer_grad() and not self._regularized_since_step()
+        if not held and self._overflowed():
+            self._reg_pending = None  # GradScaler skipped the step: what regularize() added was not for one
         if stepped and newer:  # an optimizer step came since the last call, but not since this gradient
             self.before += 1
         elif not stepped and not (newer and self._overflowed()):
@@ -224,6 +251,14 @@ class StepOrderCheck:
                 "penalty's gradient to .grad again, so the L1 strength acts that many times over; call it once per "
                 "optimizer step (when accumulating gradients, after the last micro-batch's backward, just before "
                 "optimizer.step())",
+                stacklevel=stacklevel,
+            )
+        if self.regularized_lost >= half:
+            warnings.warn(
+                f"pruner.regularize() added the penalty's gradient to a .grad that optimizer.zero_grad() reset before "
+                f"any optimizer step used it ({self.regularized_lost} of the first {self.holding_steps} optimizer "
+                "steps), so the L1 penalty does not act: call it after loss.backward() and before optimizer.step(), "
+                "not after optimizer.step() or before optimizer.zero_grad()",
                 stacklevel=stacklevel,
             )
         if self.penalty_and_regularized >= half:

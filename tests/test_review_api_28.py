@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,58 @@ def test_update_optimizer_of_an_optimizer_over_another_model_is_refused() -> Non
     assert pruner.update_optimizer(optimizer) is optimizer
     assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
     assert pruner.update_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))  # one built afresh: taken
+
+
+L1: dict[str, Any] = {
+    "version": 1,
+    "finetune": {"epochs": 2},
+    "pruning": [{"method": "l1", "strength": 1.0e-2, "mode": "penalty", "threshold": 1.0e-3}],
+}
+
+
+def _l1_loop_warnings(order: list[str]) -> list[str]:
+    model = _mlp()
+    pruner = sparsekit.Pruner(model, L1, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
+        "zero_grad": lambda x, y: optimizer.zero_grad(),
+        "backward": lambda x, y: nn.functional.cross_entropy(model(x), y).backward(),
+        "regularize": lambda x, y: pruner.regularize(),
+        "optimizer.step": lambda x, y: optimizer.step(),
+        "pruner.step": lambda x, y: pruner.step(),
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            x, y = torch.randn(8, 8), torch.randint(0, 2, (8,))
+            for call in order:
+                calls[call](x, y)
+    return [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["zero_grad", "backward", "optimizer.step", "regularize", "pruner.step"],
+        ["zero_grad", "backward", "optimizer.step", "pruner.step", "regularize"],
+        ["regularize", "zero_grad", "backward", "optimizer.step", "pruner.step"],
+    ],
+)
+def test_regularize_whose_gradient_zero_grad_discards_is_warned(order: list[str]) -> None:
+    # Its gradient was reset by the next zero_grad() before any optimizer step used it: the L1 penalty never acted,
+    # without a word (or, called after optimizer.step(), blamed on pruner.step() "before optimizer.step()").
+    told = _l1_loop_warnings(order)
+    assert len(told) == 1, told
+    assert "zero_grad() reset before any optimizer step used it" in told[0]
+    assert "after loss.backward() and before optimizer.step()" in told[0]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["zero_grad", "backward", "regularize", "optimizer.step", "pruner.step"],
+        ["zero_grad", "regularize", "backward", "optimizer.step", "pruner.step"],  # accumulates into the same .grad
+    ],
+)
+def test_regularize_before_the_optimizer_step_is_not_warned(order: list[str]) -> None:
+    assert _l1_loop_warnings(order) == []
