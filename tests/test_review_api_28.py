@@ -197,3 +197,23 @@ def test_regularize_whose_gradient_zero_grad_discards_is_warned(order: list[str]
 )
 def test_regularize_before_the_optimizer_step_is_not_warned(order: list[str]) -> None:
     assert _l1_loop_warnings(order) == []
+
+
+@pytest.mark.parametrize("checkpoint", [True, 3, None])
+def test_prepare_resume_names_a_checkpoint_that_is_no_folder_path(checkpoint: object) -> None:
+    # HF's resume_from_checkpoint=True (the last checkpoint) given here failed in pathlib: "expected str, bytes or
+    # os.PathLike object, not bool", naming neither the argument nor how to find the folder.
+    pytest.importorskip("transformers")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    with pytest.raises(TypeError, match=r"prepare_resume\(checkpoint=\.\.\.\).*get_last_checkpoint"):
+        SparsekitTrainerCallback(RECIPE).prepare_resume(object(), checkpoint)  # type: ignore[arg-type]
+
+
+def test_prepare_resume_names_a_trainer_that_is_not_one(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from sparsekit.integrations.transformers import SparsekitTrainerCallback
+
+    (tmp_path / "pruner.pt").write_bytes(b"")
+    with pytest.raises(TypeError, match=r"prepare_resume\(trainer=\.\.\.\): expected the transformers.Trainer"):
+        SparsekitTrainerCallback(RECIPE).prepare_resume(None, tmp_path)  # type: ignore[arg-type]

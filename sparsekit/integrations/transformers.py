@@ -237,15 +237,26 @@ class SparsekitTrainerCallback(transformers.TrainerCallback):
         checkpoint's smaller weights (and optimizer state) fit when the Trainer loads them. Needed when
         the recipe has a ``structured`` entry or the checkpoint lies outside ``args.output_dir``; harmless
         otherwise. FileNotFoundError when ``checkpoint`` has no ``pruner.pt``; ValueError when it was
-        written under another recipe's pruning section."""
+        written under another recipe's pruning section; TypeError when ``checkpoint`` is not a folder's path (``True``,
+        as ``resume_from_checkpoint`` takes it, included) or ``trainer`` has no model."""
+        if not isinstance(checkpoint, str | os.PathLike):
+            # pathlib's "expected str, bytes or os.PathLike object, not bool" named neither the argument nor the way
+            raise TypeError(
+                f"prepare_resume(checkpoint=...): expected the checkpoint folder's path, got {checkpoint!r}; "
+                "transformers.trainer_utils.get_last_checkpoint(args.output_dir) finds the last one"
+            )
         path = Path(checkpoint) / PRUNER_FILE
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: no pruner state there; was the run trained with SparsekitTrainerCallback?"
             )
-        model: Any = trainer.model
+        model: Any = getattr(trainer, "model", None)  # (None or another object: "has no attribute 'model'")
         if not isinstance(model, nn.Module):
-            raise TypeError(f"prepare_resume: trainer.model is {type(model).__name__}, not an nn.Module")
+            raise TypeError(
+                f"prepare_resume(trainer=...): expected the transformers.Trainer to resume, whose model is an "
+                f"nn.Module; got a {type(trainer).__name__}"
+                + (f" whose model is {type(model).__name__}" if hasattr(trainer, "model") else "")
+            )
         self._restore(model, self._read(path), trainer.optimizer, path)
         self._prepared = True
 
