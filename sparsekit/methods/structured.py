@@ -880,14 +880,21 @@ class Structured:
                 "channels cannot be ranked by gradients; use importance l1, l2 or bn_scale, or leave those layers out "
                 "with layers.exclude"
             )
-        if not self.accum_steps or missing or zeros:
-            got = (
-                "none arrived"
-                if not self.accum_steps
-                else f"layers {missing} got none"
-                if missing
-                else "only zero ones arrived"
+        if missing:
+            # Other parameters got gradients, so the loop's order is right: the missing layers are off the path from
+            # the output to the loss (run under torch.no_grad() or detached in forward, or an unused branch), and
+            # "give the recipe fine-tuning epochs" sent a user whose recipe had them looking for a bug in the loop.
+            one = len(missing) == 1
+            raise TargetError(
+                f"{self.where}.importance: {self._importance_name()!r} ranks channels by their gradients, but "
+                f"{', '.join(repr(n) for n in missing)} {'gets' if one else 'get'} none while the rest of the model "
+                f"{'does' if one else 'do'}: {'it is' if one else 'they are'} off the path from the output to the loss "
+                "(run under torch.no_grad() or detached in forward, or unused): leave "
+                f"{'it' if one else 'them'} out with {self.where}.layers.exclude (the layers coupled to "
+                f"{'it' if one else 'them'} then keep their channels too), or use importance l1, l2 or bn_scale"
             )
+        if not self.accum_steps or zeros:
+            got = "none arrived" if not self.accum_steps else "only zero ones arrived"
             raise TargetError(
                 f"{self.where}.importance: {self._importance_name()!r} needs gradients, but {got} before the "
                 "removal: give the recipe fine-tuning epochs (finetune.epochs > 0), and in a loop of your own call "
