@@ -113,7 +113,9 @@ def rehearse(
     with torch.random.fork_rng(devices=[]):
         # A user's scorer may read values (or refuse meta tensors in ways that look like bad input).
         removes = any(s.method == "structured" for s in recipe.pruning)
-        reach = scorers is None and any(s.method == "gradient" for s in recipe.pruning)
+        reach = scorers is None and any(
+            s.method == "gradient" or (s.method == "structured" and s.importance == "taylor") for s in recipe.pruning
+        )
         weightless = None
         if scorers is None and (reach or not removes):
             weightless = _weightless(original, recipe, steps_per_epoch, shape)
@@ -194,7 +196,8 @@ def _weightless(original: nn.Module, recipe: Recipe, steps_per_epoch: int, shape
 
 
 def _check_gradient_reach(pruner: Pruner, shape: list[int]) -> None:
-    """Every layer of a ``gradient`` entry gets a gradient from the model's output, checked by one backward
+    """Every layer of a ``gradient`` entry (or of a ``structured`` one ranking channels by gradients: taylor)
+    gets a gradient from the model's output, checked by one backward
     pass through ``pruner``'s model, a :func:`meta_copy` (shapes only: no memory, no values). A layer off the
     path to the output the run trains on (an unused module, a second head that ``model.output`` leaves out, a
     frozen layer) never gets scores, and the entry's mask updates would wait for it through the whole
@@ -204,7 +207,13 @@ def _check_gradient_reach(pruner: Pruner, shape: list[int]) -> None:
     from .layers import weight_of
     from .methods.gradient import Gradient
 
-    entries = [m for m in pruner.methods if isinstance(m, Gradient)]
+    # A structured entry ranking channels by gradients (taylor) needs them as much: its removal waited a whole
+    # fine-tuning epoch to fail on a layer run under torch.no_grad() in forward.
+    entries = [
+        m
+        for m in pruner.methods
+        if isinstance(m, Gradient) or (isinstance(m, structured_mod.Structured) and m.needs_grad)
+    ]
     try:
         work = pruner.model
         modes = [(m, m.training) for m in work.modules()]
@@ -232,9 +241,16 @@ def _check_gradient_reach(pruner: Pruner, shape: list[int]) -> None:
                 if len(frozen) == len(unreached)
                 else (
                     f"{'gets' if one else 'get'} no gradient from the model's output (not on the path to the logits "
-                    "the run trains on, or frozen)"
+                    "the run trains on: run under torch.no_grad() or detached in forward, or unused)"
                 )
             )
+            if isinstance(method, structured_mod.Structured):
+                raise TargetError(
+                    f"{method.where}.importance: {method._importance_name()!r} ranks channels by their gradients, "
+                    f"but {'layer' if one else 'layers'} {shown} {why}: leave {'it' if one else 'them'} out with "
+                    f"{method.where}.layers.exclude (the layers coupled to {'it' if one else 'them'} then keep their "
+                    "channels too), or use importance l1, l2 or bn_scale"
+                )
             raise TargetError(
                 f"{method.where} (gradient): {'layer' if one else 'layers'} {shown} {why}, so "
                 f"{'its' if one else 'their'} scores never exist and the entry could prune nothing; add "

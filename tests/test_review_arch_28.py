@@ -59,3 +59,15 @@ def test_structured_taylor_names_layers_off_the_gradient_path_not_the_loop_order
     pruner = sparsekit.Pruner(model, _taylor_recipe(exclude=["backbone.*"]), steps_per_epoch=2)
     _train(model, pruner, 2)
     assert pruner.finalize().neck.out_features == 4
+
+
+def test_structured_taylor_on_layers_off_the_gradient_path_is_refused_before_training(one_thread):
+    # Users saw `prune` fine-tune a whole epoch before the taylor removal failed for a backbone run under
+    # torch.no_grad() (the rehearsal's placeholder gradients reach every layer); the up-front gradient-reach check
+    # that gradient entries had now covers structured taylor too: the rehearsal refuses it, naming the layers.
+    with pytest.raises(TargetError, match=r"'backbone.0', 'backbone.2' get no gradient .*torch.no_grad\(\)"):
+        sparsekit.rehearse(_NoGradBackbone(), _taylor_recipe(), input_shape=[1, 16], steps_per_epoch=2)
+    # Left out, the same entry rehearses.
+    sparsekit.rehearse(
+        _NoGradBackbone(), _taylor_recipe(exclude=["backbone.*"]), input_shape=[1, 16], steps_per_epoch=2
+    )
