@@ -702,8 +702,9 @@ def _load_callable(
         except OverflowError:
             raise DataError(f"{where}: the {name} loader claims more batches than Python can count") from None
         except TypeError:
-            # (each loader's own reason: the validation loader's len() sets no schedule, report.json counts it)
-            why = "the pruning schedule needs" if name == "train" else "report.json records"
+            # (each loader's own reason: the validation loader's len() sets no schedule, report.json counts it; the
+            # training one's sets prune's schedule, and export / sensitivity read it too, which have no schedule)
+            why = "a pruning schedule and the progress count need" if name == "train" else "report.json records"
             raise DataError(
                 f"{where}: the {name} loader has no len(); return torch DataLoaders over map-style datasets "
                 f"({why} the number of batches per epoch)"
