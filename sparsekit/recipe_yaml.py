@@ -555,7 +555,8 @@ def _shipped_hint(path: Path) -> str:
     close = difflib.get_close_matches(stem, names, n=1)
     if close:
         return f"; did you mean the shipped recipe {close[0]!r}? (`sparsekit recipes` lists them)"
-    return " (see `sparsekit recipes` for shipped ones)"
+    # (the library raises this too: a script's author is told the Python way beside the command)
+    return " (shipped ones: `sparsekit recipes`, or sparsekit.shipped_recipes() in Python)"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

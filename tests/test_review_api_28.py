@@ -217,3 +217,12 @@ def test_prepare_resume_names_a_trainer_that_is_not_one(tmp_path: Path) -> None:
     (tmp_path / "pruner.pt").write_bytes(b"")
     with pytest.raises(TypeError, match=r"prepare_resume\(trainer=\.\.\.\): expected the transformers.Trainer"):
         SparsekitTrainerCallback(RECIPE).prepare_resume(None, tmp_path)  # type: ignore[arg-type]
+
+
+def test_a_missing_recipe_file_names_the_python_way_to_list_shipped_ones_too():
+    # The library's message named only the command, to a Python caller (y4's find).
+    import sparsekit
+    from sparsekit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"nope\.yaml: recipe file not found.*sparsekit\.shipped_recipes\(\)"):
+        sparsekit.Pruner(torch.nn.Linear(2, 2), "nope.yaml", 1)
