@@ -58,6 +58,7 @@ from sparsekit.fsutil import (
     near_file,
     read_regular,
     remove_killed_temps,
+    temp_prefix,
 )
 from sparsekit.recipe import DATA_SOURCES, SOURCE_CALLABLE, source_problem
 
@@ -377,7 +378,7 @@ def _write_cache(path: Path, arrays: tuple[np.ndarray, np.ndarray]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_killed_temps(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, x=arrays[0], y=arrays[1])

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -226,6 +227,22 @@ STAGING_MARK = ".sparsekit-staging"
 # deleted by the next `prune --overwrite`.
 TEMP_SUFFIX = ".sparsekit.tmp"
 
+# The longest file name (in bytes) the usual file systems take: ext4, XFS, btrfs, APFS.
+NAME_MAX = 255
+
+
+def temp_prefix(name: str) -> str:
+    """The start of the temp names sparsekit makes for ``name``: ``.NAME.``, and for a name too long to fit in a
+    temp name (``.NAME.XXXXXXXX.sparsekit.tmp`` is 24 bytes longer) ``.CUT~HASH.``: its start and a hash of the
+    whole. An output named with up to 255 bytes, which the file system takes, was refused with "File name too
+    long" about a temp name the user never gave."""
+    room = NAME_MAX - len(f"..XXXXXXXX{TEMP_SUFFIX}")
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return f".{name}."
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    return f".{os.fsdecode(raw[: room - len(digest) - 1])}~{digest}."
+
 
 def remove_killed_temps(path: str | os.PathLike[str], age: float = 3600.0) -> None:
     """Remove the temp files that writes of ``path`` killed before their rename (SIGKILL, a power cut) left beside
@@ -233,7 +250,7 @@ def remove_killed_temps(path: str | os.PathLike[str], age: float = 3600.0) -> No
     the cache files any run may write at any time, where no lock says which writer is gone; nothing else removes
     them, so every kill left one more. Never raises."""
     path = Path(path)
-    shape = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    shape = re.compile(re.escape(temp_prefix(path.name)) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
     with contextlib.suppress(OSError), os.scandir(path.parent) as found:
         for entry in found:
             if not shape.fullmatch(entry.name):
@@ -255,7 +272,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         try:
             yield Path(tmp)

@@ -50,6 +50,7 @@ from sparsekit.fsutil import (
     lock_folder,
     near_file,
     sigint_deferred,
+    temp_prefix,
     text_start,
     unlock_folder,
     writing,
@@ -481,7 +482,7 @@ def _place(path: Path) -> str:
 def _destination(path: Path) -> Path:
     """Where a file written inside :func:`staging` folders (nested ones too) is published: a staged file is
     named as its destination, in a folder ``.NAME.XXXXXXXX.sparsekit.tmp`` beside it."""
-    while re.fullmatch(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX), path.parent.name):
+    while re.fullmatch(re.escape(temp_prefix(path.name)) + r"[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX), path.parent.name):
         path = path.parent.parent / path.name
     return path
 
@@ -567,7 +568,7 @@ def staging(final: PathLike) -> Iterator[Path]:
     with writing(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(final)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
+        work = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=TEMP_SUFFIX, dir=final.parent))
         held = lock_folder(work, wait=True)
         try:
             # Signed as sparsekit's, so that only a folder this made is ever removed as a killed writer's.
@@ -591,7 +592,7 @@ def _remove_dead_staging(final: Path) -> None:
     lock, that is not a folder of that exact name, or that lacks :data:`~sparsekit.fsutil.STAGING_MARK`
     (sparsekit did not make it) is left alone; but for an empty private one (0700, as mkdtemp makes it: a writer
     killed before its mark was written), which ``rmdir`` removes."""
-    shape = re.compile(re.escape(f".{final.name}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    shape = re.compile(re.escape(temp_prefix(final.name)) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
     try:
         entries = [e for e in os.scandir(final.parent) if shape.fullmatch(e.name)]
     except OSError:

@@ -1,0 +1,29 @@
+"""Paths review (round 28): file and folder names as users have them."""
+
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner
+
+import sparsekit
+from sparsekit.cli import main
+
+ARCH = ["--arch", "examples.models:mlp"]
+
+
+def test_a_long_output_name_the_file_system_takes_is_written(tmp_path, mlp_checkpoint):
+    # A 245-byte name is a legal file name (255 is the limit), but the temp name beside it (24 bytes longer) was
+    # not: export failed with "File name too long" about a `.NAME.XXXXXXXX.sparsekit.tmp` the user never named,
+    # and save_model with it too.
+    target = tmp_path / ("é" * 120 + ".onnx")
+    res = CliRunner().invoke(main, ["export", str(mlp_checkpoint), "-o", str(target), *ARCH])
+    assert res.exit_code == 0, res.output
+    assert target.is_file()
+    # Its own file: replaced.
+    again = CliRunner().invoke(main, ["export", str(mlp_checkpoint), "-o", str(target), *ARCH])
+    assert again.exit_code == 0, again.output
+    saved = tmp_path / ("m" * 252 + ".pt")
+    kwargs = {"in_features": 4, "out_features": 2}
+    sparsekit.save_model(torch.nn.Linear(4, 2), saved, factory="torch.nn:Linear", kwargs=kwargs)
+    assert saved.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mlp.pt", target.name, saved.name])
