@@ -367,12 +367,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as err:  # a path the user gave: missing folder, a file where a folder should be, ...
             if debug:
                 traceback.print_exc()
-            from .fsutil import dangling_link, file_in_the_way
+            from .fsutil import dangling_link, file_in_the_way, name_too_long
 
             where = err.filename or ""
             _fail(
                 dangling_link(where)
                 or file_in_the_way(where, err.errno)
+                or name_too_long(where, err.errno)
                 or f"{where}: {err.strerror or err}; check the path and its permissions",
                 2,
                 as_json,

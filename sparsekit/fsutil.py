@@ -76,6 +76,20 @@ def file_in_the_way(path: str | os.PathLike[str] | None, code: int | None) -> st
     return None
 
 
+def name_too_long(path: str | os.PathLike[str] | None, code: int | None) -> str | None:
+    """For "File name too long" (ENAMETOOLONG): the part of ``path`` the file system cannot take and what to do;
+    else None. Its "check the path and its permissions" sent users to permissions, and named the lock or temp file
+    inside an output folder whose own name was the one too long."""
+    if code != errno.ENAMETOOLONG or not path:
+        return None
+    p = Path(os.fsdecode(path))
+    for part in [*reversed(p.parents), p]:
+        size = len(os.fsencode(part.name))
+        if size > NAME_MAX:
+            return f"{part}: the name is {size} bytes, more than the {NAME_MAX} file systems take; choose a shorter one"
+    return f"{p}: the path is too long for this system; choose a shorter one (or a folder nearer the top)"
+
+
 def near_file(path: str | os.PathLike[str], most: int = 1000) -> str:
     """For a file not found: "; did you mean 'weights.pt'?" naming the file of the closest name in the folder it was
     looked for in (a missing or extra letter, .yml for .yaml), written as the user wrote the folder; else "". Only the

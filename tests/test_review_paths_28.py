@@ -27,3 +27,20 @@ def test_a_long_output_name_the_file_system_takes_is_written(tmp_path, mlp_check
     sparsekit.save_model(torch.nn.Linear(4, 2), saved, factory="torch.nn:Linear", kwargs=kwargs)
     assert saved.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mlp.pt", target.name, saved.name])
+
+
+def test_a_name_too_long_is_named_with_its_remedy(tmp_path, mlp_checkpoint):
+    # ENAMETOOLONG said "check the path and its permissions", and for -o DIR named DIR/.sparsekit/lock, a file
+    # inside the folder whose own name was the one too long.
+    long = "d" * 260
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\ndata: {source: digits}\npruning:\n  - {method: magnitude, sparsity: 0.5}\n")
+    res = CliRunner().invoke(main, ["prune", str(mlp_checkpoint), str(recipe), "-o", str(tmp_path / long), *ARCH])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        f"Error: {tmp_path / long}: the name is 260 bytes, more than the 255 file systems take; choose a shorter one"
+    )
+    res = CliRunner().invoke(main, ["export", str(mlp_checkpoint), "-o", str(tmp_path / f"{long}.onnx"), *ARCH])
+    assert res.exit_code == 2, res.output
+    assert f"{long}.onnx: the name is 265 bytes" in res.output
+    assert "permissions" not in res.output
