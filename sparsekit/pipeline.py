@@ -44,7 +44,15 @@ from .errors import (
     option,
     quoted,
 )
-from .fsutil import keeps_caller_generators, missing_folders, seed_generators, too_large_to_unpack
+from .fsutil import (
+    DISK_ERRORS,
+    file_in_the_way,
+    keeps_caller_generators,
+    missing_folders,
+    name_too_long,
+    seed_generators,
+    too_large_to_unpack,
+)
 from .logits import attach as attach_logits
 from .logits import not_logits, select_logits
 from .modelio import LoadedModel, infer_input_shape, precheck_model_file, read_model, refuse_compiled, save_model
@@ -1133,8 +1141,13 @@ def _log_folder(log_dir: str | Path, out: Path) -> Path:
             return folder
         except FileExistsError:
             continue
-        except OSError as err:
-            raise OutputError(f"{base}: cannot create a log folder there ({err.strerror or err})") from None
+        except OSError as err:  # "Not a directory", no permission, a name too long: each with what to do
+            why = DISK_ERRORS.get(err.errno or 0, err.strerror or str(err))
+            raise OutputError(
+                file_in_the_way(folder, err.errno)
+                or name_too_long(folder, err.errno)
+                or f"{base}: cannot create a log folder there ({why}); choose another log folder"
+            ) from None
     raise OutputError(f"{base}: too many log folders named {name}-*; choose another log folder")
 
 

@@ -44,3 +44,22 @@ def test_a_name_too_long_is_named_with_its_remedy(tmp_path, mlp_checkpoint):
     assert res.exit_code == 2, res.output
     assert f"{long}.onnx: the name is 265 bytes" in res.output
     assert "permissions" not in res.output
+
+
+def test_a_log_folder_that_cannot_be_made_says_what_to_do(tmp_path, mlp_checkpoint):
+    # --log-dir notes.txt (a file) said "notes.txt: cannot create a log folder there (Not a directory)", and
+    # stopped there: no word of what was wrong with it or what to do.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\ndata: {source: digits}\npruning:\n  - {method: magnitude, sparsity: 0.5}\n")
+    for log_dir in (notes, notes / "logs"):
+        args = ["prune", str(mlp_checkpoint), str(recipe), "-o", str(tmp_path / "out"), "--log-dir", str(log_dir)]
+        res = CliRunner().invoke(main, [*args, *ARCH])
+        assert res.exit_code == 2, res.output
+        assert (
+            res.output.strip()
+            == f"Error: {notes}: is a file, not a folder, and the output would go inside it; name another path"
+        )
+    assert notes.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.pt", "notes.txt", "r.yaml"]
