@@ -91,6 +91,11 @@ class _PathType(click.Path):
             # Unix tools' stdin/stdout; here it was looked up as a file and answered "model file not found".
             self.fail("is '-': sparsekit reads and writes files, not standard input or output; give a path (./- for "
                       "a file named '-')", param, ctx)  # fmt: skip
+        if isinstance(value, str) and value.startswith("~"):
+            # The shell leaves `--output=~/out` and a quoted '~/out' as they are: a folder named "~" was made in the
+            # current one (which a later `rm -rf ~` mistaken for the home folder takes), while --data ~/d.npz and a
+            # recipe's paths were read from the home folder. ./~ names such a folder.
+            value = os.path.expanduser(value)
         return super().convert(value, param, ctx)
 
 

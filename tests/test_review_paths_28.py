@@ -63,3 +63,18 @@ def test_a_log_folder_that_cannot_be_made_says_what_to_do(tmp_path, mlp_checkpoi
         )
     assert notes.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.pt", "notes.txt", "r.yaml"]
+
+
+def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path, mlp_checkpoint, monkeypatch):
+    # `--output=~/m.onnx` (or a quoted '~/m.onnx') reaches sparsekit unexpanded: it made a folder named "~" in the
+    # current one, while --data ~/d.npz read from the home folder.
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    res = CliRunner().invoke(main, ["export", str(mlp_checkpoint), "--output=~/m.onnx", *ARCH])
+    assert res.exit_code == 0, res.output
+    assert (home / "m.onnx").is_file()
+    assert list(work.iterdir()) == []
