@@ -129,6 +129,8 @@ class _RecipeType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value.strip():
             self.fail("is empty: give a recipe file or a shipped recipe's name (sparsekit recipes)", param, ctx)
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)  # as a path argument's (see _PathType): no recipe name starts with ~
         return value
 
 

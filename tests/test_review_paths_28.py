@@ -78,3 +78,12 @@ def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path, mlp_checkpoint, mon
     assert res.exit_code == 0, res.output
     assert (home / "m.onnx").is_file()
     assert list(work.iterdir()) == []
+
+
+def test_a_recipe_given_as_tilde_path_is_read_from_home(tmp_path, monkeypatch):
+    # `sparsekit validate '~/r.yaml'` said "recipe file not found" though the file was in the home folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "r.yaml").write_text("version: 1\npruning:\n  - {method: magnitude, sparsity: 0.5}\n")
+    res = CliRunner().invoke(main, ["validate", "~/r.yaml"])
+    assert res.exit_code == 0, res.output
+    assert "valid" in res.output
