@@ -731,6 +731,7 @@ class Pruner:
         self._require_built("regularize")
         total: Any = None
         added = False
+        after_step = self._order is not None and self._order.unchanged_since_step()  # (read before it adds)
         for method in self.methods:
             # A method may add its penalty's gradient itself (methods.base: add_penalty_grad), in one pass over each
             # weight where autograd's graph takes several; the others' terms go through autograd together.
@@ -743,7 +744,7 @@ class Pruner:
                 total = term if total is None else total + term
         if total is None:
             if added and self._order is not None:
-                self._order.regularized()  # (a second call per optimizer step doubles what it added: warned)
+                self._order.regularized(after_step)  # (a second call per optimizer step doubles what it added: warned)
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(total, params, allow_unused=True)
@@ -755,7 +756,7 @@ class Pruner:
             else:
                 param.grad.add_(grad)
         if self._order is not None:
-            self._order.regularized()  # (a second call per optimizer step doubles what it added: warned)
+            self._order.regularized(after_step)  # (a second call per optimizer step doubles what it added: warned)
 
     @full_precision
     def step(self, lr: float | torch.Tensor | None = None) -> None:

@@ -92,6 +92,8 @@ class StepOrderCheck:
         # holder's steps that found another .grad (the addition reset by zero_grad() before any step used it)
         self._reg_pending: tuple[weakref.ref[torch.Tensor], int] | None = None
         self.regularized_lost = 0
+        # Whether that call found the gradient the last optimizer step saw, unchanged (regularize() after the step)
+        self._reg_after_step = False
         self._handle = on_optimizer_steps(self, StepOrderCheck._observe)
 
     def _grad(self) -> torch.Tensor | None:
@@ -128,8 +130,15 @@ class StepOrderCheck:
         grad = self._grad()
         self._grad_at_step = None if grad is None else (weakref.ref(grad), grad._version)
 
-    def regularized(self) -> None:
-        """Note a ``pruner.regularize()`` call (after it added to the gradients)."""
+    def unchanged_since_step(self) -> bool:
+        """Whether the weight's gradient is the one the last optimizer step saw, unchanged since (read by
+        ``pruner.regularize()`` before it adds to it)."""
+        grad, seen = self._grad(), self._grad_at_step
+        return grad is not None and seen is not None and seen[0]() is grad and seen[1] == grad._version
+
+    def regularized(self, after_step: bool) -> None:
+        """Note a ``pruner.regularize()`` call (after it added to the gradients); ``after_step``: what
+        :meth:`unchanged_since_step` said before it added."""
         grad = self._grad()
         last = self._regularized_grad
         if grad is None or last is None or last() is not grad:
@@ -140,16 +149,18 @@ class StepOrderCheck:
             self._both_this_step = True
             self.penalty_and_regularized += 1
         self._reg_pending = None if grad is None else (weakref.ref(grad), grad._version)
+        self._reg_after_step = after_step
 
     def _regularized_since_step(self) -> bool:
         """Whether the only change to the weight's gradient since the last optimizer step is a regularize() call's
-        (regularize() after optimizer.step(): not pruner.step() before it)."""
-        grad, seen, pending = self._grad(), self._grad_at_step, self._reg_pending
+        (regularize() after optimizer.step(): not pruner.step() before it). A gradient zeroed in place
+        (``zero_grad(set_to_none=False)``) is the step's tensor too: the step must have seen it as regularize() found
+        it, or a backward since makes ``pruner.step()`` one before the optimizer's."""
+        grad, pending = self._grad(), self._reg_pending
         return (
-            grad is not None
-            and seen is not None
+            self._reg_after_step
+            and grad is not None
             and pending is not None
-            and seen[0]() is grad
             and pending[0]() is grad
             and pending[1] == grad._version
         )
