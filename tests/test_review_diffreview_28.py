@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,3 +40,36 @@ def test_pruner_step_before_the_optimizer_step_is_warned_beside_regularize(set_t
     told = [str(w.message) for w in caught]
     assert len(told) == 1, told
     assert "pruner.step() ran before optimizer.step()" in told[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "candidate"),
+    [("structured", "1 step at epoch 0, kd 0.5/T2"), ("cnn", "global, end 3, every 1/8"), ("lenet", "every 1/8")],
+)
+def test_tune_baseline_as_a_candidate_it_cannot_follow_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: str, candidate: str
+) -> None:
+    # The baseline's plain loop reads no distillation and no pruning schedule: such a candidate's arm was the baseline
+    # itself under the candidate's name ("torch-pruning, kd 0.5/T2", undistilled), merged into the tuning table.
+    from benchmarks.results import tune
+
+    monkeypatch.setattr(tune, "run_seed", lambda job: [])  # no training, old code or new
+    with pytest.raises(SystemExit) as info:
+        tune.main([model, "--baseline-as", candidate, "--seeds", "1", "--workers", "1", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "changes nothing the baseline's fine-tuning reads" in capsys.readouterr().err
+    assert not (tmp_path / f"{model}.json").exists()
+
+
+def test_tune_baseline_as_takes_the_settings_the_baseline_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from benchmarks.results import tune
+
+    jobs: list[Any] = []
+    monkeypatch.setattr(tune, "run_seed", lambda job: jobs.append(job) or [])
+    name = "1 step at epoch 0, lr 1e-3"
+    tune.main(["structured", "--baseline-as", name, "--baseline-as", name, "--no-candidates", "--seeds", "1",
+               "--workers", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert jobs[0][5] == [name]  # once
+    assert tune.baseline_settings("structured", name) == ["finetune.optimizer.lr=0.001"]

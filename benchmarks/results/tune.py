@@ -190,6 +190,16 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
 }
 
 
+# The fine-tuning settings the baselines' plain loop reads (arms._plain_finetune): not finetune.distill, which it
+# leaves out, so "--baseline-as '...kd 0.5/T2'" ran the baseline undistilled under a distilled arm's name
+BASELINE_READS = ("finetune.optimizer", "finetune.lr_schedule", "finetune.epochs")
+
+
+def baseline_settings(model_name: str, candidate: str) -> list[str]:
+    """The overrides of ``candidate`` that the baseline takes for ``--baseline-as``: those it reads."""
+    return [o for o in CANDIDATES[model_name][candidate] if o.startswith(BASELINE_READS)]
+
+
 def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str, list[str]]) -> list[dict[str, Any]]:
     """Every candidate and the baseline at every value, for one seed: validation accuracy. Where the shipped recipe
     holds its learning rate (``lr_schedule.hold_epochs``), torch's one shot runs twice: with the schedule over all
@@ -237,7 +247,7 @@ def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str, list[str]]) -
         for name in baseline_as:
             # The baseline with a candidate's fine-tuning settings (its finetune.* overrides, the schedule exactly as
             # the candidate's): whether what helps sparsekit's arm helps the baseline as well.
-            tuned = [o for o in CANDIDATES[model_name][name] if o.startswith("finetune.")]
+            tuned = baseline_settings(model_name, name)
             recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *tuned])
             start = time.perf_counter()
             if setup["baseline"] == "torch":
@@ -329,6 +339,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     unknown = [name for name in args.baseline_as if name not in CANDIDATES[args.model]]
     if unknown:
         ap.error(f"--baseline-as {unknown[0]!r} is not a {args.model} candidate")
+    # A candidate whose settings the baseline does not read (its pruning schedule, distillation) ran the baseline
+    # itself, named as the candidate ("torch, end 3, every 1/8": no schedule of its own), beside the real one.
+    same = [name for name in args.baseline_as if not baseline_settings(args.model, name)]
+    if same:
+        ap.error(
+            f"--baseline-as {same[0]!r} changes nothing the baseline's fine-tuning reads (its optimizer, lr_schedule "
+            "and epochs): that arm would be the baseline itself; give a candidate that sets one of them"
+        )
+    args.baseline_as = list(dict.fromkeys(args.baseline_as))  # (one given twice: its rows once per seed)
     path = args.out / f"{args.model}.json"
     previous = json.loads(path.read_text()) if path.exists() else []
     # This run's rows replace the file's rows of the same arms and keep the others beside them in one table: rows on
