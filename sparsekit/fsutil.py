@@ -255,7 +255,12 @@ def temp_prefix(name: str) -> str:
     if len(raw) <= room:
         return f".{name}."
     digest = hashlib.sha256(raw).hexdigest()[:8]
-    return f".{os.fsdecode(raw[: room - len(digest) - 1])}~{digest}."
+    # Cut whole characters: bytes cut inside a UTF-8 character became a lone surrogate ('\udcc3'), which a message
+    # naming the temp (a full disk's) printed as such and which no UTF-8 text (JSON, a log) can hold
+    cut = name
+    while len(os.fsencode(cut)) > room - len(digest) - 1:
+        cut = cut[:-1]
+    return f".{cut}~{digest}."
 
 
 def remove_killed_temps(path: str | os.PathLike[str], age: float = 3600.0) -> None:

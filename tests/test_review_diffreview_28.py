@@ -73,3 +73,13 @@ def test_tune_baseline_as_takes_the_settings_the_baseline_reads(
                "--workers", "1", "--out", str(tmp_path)])  # fmt: skip
     assert jobs[0][5] == [name]  # once
     assert tune.baseline_settings("structured", name) == ["finetune.optimizer.lr=0.001"]
+
+
+@pytest.mark.parametrize("name", ["a" + "é" * 120 + ".onnx", "模" * 84 + ".pt", "x" * 255])
+def test_a_long_names_temp_name_holds_whole_characters_and_fits(name: str) -> None:
+    # A cut inside a multi-byte character left a lone surrogate in the temp's name ('\udcc3'): not UTF-8 text.
+    from sparsekit.fsutil import NAME_MAX, TEMP_SUFFIX, temp_prefix
+
+    prefix = temp_prefix(name)
+    assert len(prefix.encode("utf-8")) + 8 + len(TEMP_SUFFIX) <= NAME_MAX
+    assert prefix.startswith("." + name[:50])
