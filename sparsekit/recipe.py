@@ -2114,12 +2114,39 @@ def _message(e: Any) -> str:
             return f"must be {form} (got {got}): write it as {{name: {value}}}"
         if kind == "list_type" and isinstance(value, str) and value.strip() and not set(value) & set("[]{}:"):
             # `ignore: fc2`, `--set pruning.0.ignore=fc2`: one name where a list is taken; the list of it is the fix.
-            items = [part.strip() for part in value.split(",") if part.strip()]
             # Written as YAML reads it back: `include: "*"` was told "write [*]", which YAML reads as an alias.
-            flow = yaml.safe_dump(items, default_flow_style=True, width=2**31, allow_unicode=True).strip()
+            items = _list_from_text(value, numbers=_list_of_numbers(tuple(e["loc"])))
+            flow = yaml.safe_dump(items, default_flow_style=True, width=2**31, allow_unicode=True)
+            flow = flow.strip()
             return f"must be {form} (got {got}): write {short(flow, 80)}"
         return f"must be {form} (got {got})"
     return short(e["msg"].removeprefix("Value error, "), 300)
+
+
+def _list_of_numbers(loc: tuple[Any, ...]) -> bool:
+    """Whether the recipe field at ``loc`` is a list of numbers (``input_shape``, ``batch_sizes``), not of names."""
+    section = section_at(loc[:-1]) if loc else None
+    field = section.model_fields.get(str(loc[-1])) if section else None
+    if field is None or get_origin(tp := _unwrap(field.annotation)) is not list:
+        return False
+    item = get_args(tp)[0]
+    return (get_args(item)[0] if get_origin(item) is Annotated else item) in (int, float)
+
+
+def _list_from_text(value: str, *, numbers: bool) -> list[Any]:
+    """The list a text meant (`input_shape: "1,3,32,32"`, `1x3x32x32`, `batch_sizes: 1 32`, `ignore: fc1,fc2`): split
+    at commas, and for a list of numbers at `x` or spaces too, its items as numbers (the remedy said `write ['1',
+    '32']`, a list of texts, and `write [1x3x32x32]`, one item). Names stay text: a Sequential's layer is '0'."""
+    items = [part.strip() for part in value.split(",") if part.strip()]
+    if not numbers:
+        return items
+    if len(items) == 1 and re.fullmatch(r"\d+(\s*[x×*\s]\s*\d+)+", items[0]):
+        items = re.split(r"\s*[x×*\s]\s*", items[0])
+    number = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+    return [
+        (float(item) if "." in item or "e" in item.lower() else int(item)) if number.fullmatch(item) else item
+        for item in items
+    ]
 
 
 def _pruning_as_list(value: dict[Any, Any]) -> str:
