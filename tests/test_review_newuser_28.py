@@ -24,3 +24,39 @@ def test_a_number_list_written_as_text_is_told_as_numbers(tmp_path, written, rem
     recipe.write_text(f"version: 1\n{written}\npruning: [{{method: magnitude, sparsity: 0.5}}]\n")
     result = CliRunner().invoke(main, ["validate", str(recipe)])
     assert_bad_input(result, "r.yaml", remedy)
+
+
+def _external_model(folder):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = folder / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("command", ["inspect", "bench"])
+@pytest.mark.parametrize(("damage", "needles"), [("missing", ["not in the model's folder", "copy"]),
+                                                 ("short", ["holds 10 bytes", "cut short"])])  # fmt: skip
+def test_external_data_missing_or_cut_short_is_named_with_its_remedy(tmp_path, command, damage, needles):
+    # A model copied without its data file: inspect said "... should be stored in ..., but it is not regular file"
+    # (onnx's words), bench onnxruntime's "External data path does not exist"; one cut short, "out of bounds".
+    path = _external_model(tmp_path)
+    data = tmp_path / "m.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:10])
+    args = [command, str(path)] + (["-b", "1", "--runs", "5"] if command == "bench" else [])
+    result = CliRunner().invoke(main, args)
+    assert_bad_input(result, "m.onnx", "'m.data'", *needles)

@@ -198,7 +198,7 @@ def check_external_data(path: PathLike) -> None:
     once per version of it (:func:`memoized`): its locations are kept, the checks on them run on
     every call.
     """
-    _checked_locations(Path(path))
+    _data_present(Path(path), memoized(Path(path), "locations", _locations, load_external_data=False))
 
 
 def external_data_files(path: PathLike) -> set[str]:
@@ -242,7 +242,8 @@ def _read(path: Path, load_external_data: bool) -> tuple[onnx.ModelProto, dict[s
     # Protobuf happily parses some non-ONNX bytes (an empty file, say) into an empty message.
     if model.ir_version == 0 or not model.graph.output:
         raise ExportError(f"{path}: not an ONNX model (no IR version or no graph outputs){_not_onnx_hint(path)}")
-    targets = _check_locations(path, _locations(path, model, []))
+    locations = _locations(path, model, [])
+    targets = _data_present(path, locations) if load_external_data else _check_locations(path, locations)
     if load_external_data:
         _load_external_data(path, model, targets)
     _check_tensors(path, model)
@@ -376,9 +377,42 @@ def _check_tensors(path: Path, model: onnx.ModelProto) -> None:
             )
 
 
-def _locations(path: Path, model: onnx.ModelProto, files: list[Path]) -> list[tuple[str, str]]:
-    """``(tensor name, location)`` of every external tensor of ``model``, in order."""
-    return [(name, location) for name, tensor in model_tensors(model) for location in external_locations(tensor)]
+def _locations(path: Path, model: onnx.ModelProto, files: list[Path]) -> list[tuple[str, str, int]]:
+    """``(tensor name, location, end)`` of every external tensor of ``model``, in order: ``end`` is the byte its
+    data ends at in that file (its offset + length; 0 where they are not numbers, which the reader refuses)."""
+    return [
+        (name, location, _data_end(tensor))
+        for name, tensor in model_tensors(model)
+        for location in external_locations(tensor)
+    ]
+
+
+def _data_end(tensor: onnx.TensorProto) -> int:
+    entries = {e.key: e.value for e in tensor.external_data}
+    try:
+        return max(0, int(entries.get("offset") or 0)) + max(0, int(entries.get("length") or 0))
+    except ValueError:
+        return 0
+
+
+def _data_present(path: Path, locations: list[tuple[str, str, int]]) -> dict[str, str]:
+    """:func:`_check_locations`, and then raise :class:`ExportError` naming the first external-data file that is
+    missing or shorter than a tensor's data in it (onnxruntime said "External data path does not exist" or
+    "out of bounds", onnx "it is not regular file", and neither what to do)."""
+    targets = _check_locations(path, locations)
+    for name, location, end in locations:
+        real = targets[location]
+        if not os.path.exists(real):
+            raise ExportError(
+                f"{path}: tensor {name!r} stores its data in {location!r}, which is not in the model's folder "
+                f"{str(path.parent)!r}: copy the data file saved with the model there, beside {path.name}"
+            )
+        if end > (size := os.path.getsize(real)):
+            raise ExportError(
+                f"{path}: tensor {name!r} reads up to byte {end:,} of {location!r}, which holds {size:,} bytes: the "
+                f"data file is cut short or from another save of the model; copy it again together with {path.name}"
+            )
+    return targets
 
 
 def _checked_locations(path: Path) -> dict[str, str]:
@@ -386,14 +420,14 @@ def _checked_locations(path: Path) -> dict[str, str]:
     return _check_locations(path, memoized(path, "locations", _locations, load_external_data=False))
 
 
-def _check_locations(path: Path, locations: list[tuple[str, str]]) -> dict[str, str]:
+def _check_locations(path: Path, locations: list[tuple[str, str, int]]) -> dict[str, str]:
     """Raise :class:`ExportError` for the first ``(tensor name, location)`` of the model at ``path``
     whose external data is not a file inside the model's folder; else return each location's real
     path. Touches no data file's contents."""
     folder = path.parent
     real_folder = os.path.realpath(folder)
     targets: dict[str, str] = {}  # location -> real path; most tensors share one file
-    for name, location in locations:
+    for name, location, _ in locations:
         if location in targets:
             continue
         why = _location_problem(folder, real_folder, location)
@@ -762,6 +796,7 @@ def memoized(
     data = zip(files[1:], signatures[1:], strict=True)
     digests = [first_digest, *(_file_digest(f) if _racy(sig) else None for f, sig in data)]
     if load_external_data:
+        _data_present(p, locations)
         _load_external_data(p, model, targets)
     value = compute(p, model, files)
     with _memo_lock:
