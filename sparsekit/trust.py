@@ -215,6 +215,10 @@ def trust_module(module: str) -> Path:
     packages), a malformed name or one not found from here, and :class:`~sparsekit.errors.OutputError` when
     the store cannot be written."""
     if not _module_ok(module):
+        head, colon, _ = module.partition(":")
+        if colon and _module_ok(head):
+            # `sparsekit trust mynet:CNN`, as --arch names it: the module is what is trusted.
+            raise TrustError(f"{module!r}: a callable, as --arch names it; trust its module: sparsekit trust {head}")
         raise TrustError(f"{module!r}: not a module name (e.g. mypkg.nets)")
     reason = _denied(module)
     if reason:

@@ -60,3 +60,10 @@ def test_external_data_missing_or_cut_short_is_named_with_its_remedy(tmp_path, c
     args = [command, str(path)] + (["-b", "1", "--runs", "5"] if command == "bench" else [])
     result = CliRunner().invoke(main, args)
     assert_bad_input(result, "m.onnx", "'m.data'", *needles)
+
+
+def test_trust_given_an_arch_callable_names_its_module(tmp_path, monkeypatch):
+    # `sparsekit trust mynet:CNN` (as --arch names it) said only "not a module name (e.g. mypkg.nets)".
+    monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "config"))
+    result = CliRunner().invoke(main, ["trust", "mynet:CNN"])
+    assert_bad_input(result, "mynet:CNN", "sparsekit trust mynet")
