@@ -67,3 +67,12 @@ def test_trust_given_an_arch_callable_names_its_module(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "config"))
     result = CliRunner().invoke(main, ["trust", "mynet:CNN"])
     assert_bad_input(result, "mynet:CNN", "sparsekit trust mynet")
+
+
+@pytest.mark.parametrize("command", ["inspect", "bench"])
+def test_an_onnx_file_cut_short_says_to_copy_it_again(tmp_path, command):
+    # A .onnx cut short (an unfinished download) said only protobuf's "Wire format was corrupt": no remedy.
+    path = _external_model(tmp_path)
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(path.read_bytes()[:40])
+    assert_bad_input(CliRunner().invoke(main, [command, str(cut)]), "cut.onnx", "cut short", "copy or export it again")

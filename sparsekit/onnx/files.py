@@ -273,8 +273,11 @@ def _not_onnx_hint(path: Path) -> str:
     safetensors = len(head) >= 10 and head[8:10] == b'{"'
     if not (torch_file or safetensors) and head.lstrip()[:1] in (b"{", b"["):
         return "; it is JSON text (a report.json?), not an ONNX model: give the .onnx file a prune run or export wrote"
-    if path.suffix.lower() == ".npz" or not (torch_file or safetensors):
+    if path.suffix.lower() == ".npz":
         return ""
+    if not (torch_file or safetensors):
+        # A cut-short .onnx (an unfinished copy or download) said only protobuf's "Wire format was corrupt".
+        return "; the file is damaged or cut short (an incomplete copy or download?): copy or export it again"
     if zipped:  # torch.save writes a zip holding data.pkl; a zip of anything else (a downloaded .onnx) is no torch file
         names = _zip_names(path)
         if names is not None and not any(n.rsplit("/", 1)[-1] == "data.pkl" for n in names):
