@@ -231,9 +231,17 @@ class RunFolder:
             self.check_owned()
         elif others or has_run:
             if not has_run:
+                from .analysis import MANIFEST_FILE  # lazily: analysis imports this module
+
+                # A `sparsekit sensitivity` folder was "files sparsekit did not write", naming its manifest.
+                what = (
+                    "a sensitivity analysis (`sparsekit sensitivity -o`), not a prune run"
+                    if MANIFEST_FILE in others
+                    else f"files sparsekit did not write (first: {others[0]})"
+                )
                 raise OutputError(
-                    f"{out}: holds files sparsekit did not write (first: {others[0]}); sparsekit writes only into "
-                    "a new or empty folder or over its own earlier run: choose another output folder"
+                    f"{out}: holds {what}; a prune run writes only into a new or empty folder or over an earlier "
+                    "prune run's: choose another output folder"
                 )
             if not self.overwrite:
                 raise OutputError(

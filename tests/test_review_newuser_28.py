@@ -76,3 +76,19 @@ def test_an_onnx_file_cut_short_says_to_copy_it_again(tmp_path, command):
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(path.read_bytes()[:40])
     assert_bad_input(CliRunner().invoke(main, [command, str(cut)]), "cut.onnx", "cut short", "copy or export it again")
+
+
+def test_prune_into_a_sensitivity_folder_says_what_it_holds(tmp_path):
+    # `prune -o` a `sensitivity -o` folder said "holds files sparsekit did not write (first:
+    # .sensitivity-manifest.json)": sparsekit wrote them, and naming its manifest hid what the folder is.
+    from sparsekit.analysis import MANIFEST_FILE
+    from sparsekit.errors import OutputError
+    from sparsekit.outputs import RunFolder
+
+    out = tmp_path / "sens"
+    out.mkdir()
+    (out / MANIFEST_FILE).write_text("{}")
+    (out / "sensitivity.json").write_text("{}")
+    with pytest.raises(OutputError, match="holds a sensitivity analysis") as caught:
+        RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
+    assert "did not write" not in str(caught.value) and "choose another output folder" in str(caught.value)
