@@ -1282,6 +1282,10 @@ def export(
         raise click.UsageError("--keep-fp32 is only used with --quantize int8 (without it -o is the fp32 model)")
     if out is not None and out.suffix.lower() != ".onnx":
         # An ONNX file under another name is found by no tool (and q.txt could be a user's notes).
+        if out.is_dir():  # `-o out`, the prune folder: "name the output file NAME.onnx" did not say it is a folder
+            raise click.UsageError(
+                f"-o {out}: is a folder; name the file to write in it, e.g. -o {out / (model.stem + '.onnx')}"
+            )
         raise click.UsageError(f"-o {out}: name the output file NAME.onnx")
     kwargs = _kwargs(arch_kwargs, arch)
     given_shape = _shape(input_shape)

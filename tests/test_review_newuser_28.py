@@ -92,3 +92,10 @@ def test_prune_into_a_sensitivity_folder_says_what_it_holds(tmp_path):
     with pytest.raises(OutputError, match="holds a sensitivity analysis") as caught:
         RunFolder.prepare(out, inputs=[], overwrite=False, resume=False)
     assert "did not write" not in str(caught.value) and "choose another output folder" in str(caught.value)
+
+
+def test_export_to_a_folder_says_it_is_one(tmp_path):
+    # `export weights.pt -o out` (a folder) said "name the output file NAME.onnx", as for `-o notes.txt`.
+    (tmp_path / "out").mkdir()
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "weights.pt"), "-o", str(tmp_path / "out")])
+    assert_bad_input(result, "is a folder", str(tmp_path / "out" / "weights.onnx"))
