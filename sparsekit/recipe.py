@@ -2089,6 +2089,11 @@ def _message(e: Any) -> str:
             write = "write none" if "none" in choices and not value else "write one of them"
             return f"must be {expected} (got {got}; {why}): {write}"
         return f"must be {expected} (got {got})" + (f"; did you mean {meant!r}?" if meant else "")
+    if kind in ("too_short", "too_long") and isinstance(ctx.get("actual_length"), int):
+        # pydantic's "List should have at least 1 item after validation, not 0" spoke of its own validation.
+        bound = ctx.get("min_length" if kind == "too_short" else "max_length")
+        limit = "at least" if kind == "too_short" else "at most"
+        return f"must hold {limit} {bound} item{'' if bound == 1 else 's'} (got {ctx['actual_length']})"
     if kind == "string_type" and isinstance(value, bool | int | float):
         # A Sequential's layers are named 0, 1, ...: `include: [0]` is a number to YAML, and pydantic's "Input should
         # be a valid string" did not say that quoting it is the remedy (layer_sparsity's keys said so already).

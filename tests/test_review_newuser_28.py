@@ -99,3 +99,11 @@ def test_export_to_a_folder_says_it_is_one(tmp_path):
     (tmp_path / "out").mkdir()
     result = CliRunner().invoke(main, ["export", str(tmp_path / "weights.pt"), "-o", str(tmp_path / "out")])
     assert_bad_input(result, "is a folder", str(tmp_path / "out" / "weights.onnx"))
+
+
+def test_an_empty_list_where_items_are_needed_is_told_in_plain_words(tmp_path):
+    # `batch_sizes: []` said pydantic's "List should have at least 1 item after validation, not 0".
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nbenchmark: {batch_sizes: []}\n")
+    line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "benchmark.batch_sizes")
+    assert "must hold at least 1 item (got 0)" in line and "after validation" not in line
