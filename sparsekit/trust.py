@@ -218,7 +218,8 @@ def trust_module(module: str) -> Path:
         head, colon, _ = module.partition(":")
         if colon and _module_ok(head):
             # `sparsekit trust mynet:CNN`, as --arch names it: the module is what is trusted.
-            raise TrustError(f"{module!r}: a callable, as --arch names it; trust its module: sparsekit trust {head}")
+            # (trust_module is the library's too: the remedy names the module, not a command-line flag)
+            raise TrustError(f"{module!r}: a callable (module:name), not a module; trust its module, {head!r}")
         raise TrustError(f"{module!r}: not a module name (e.g. mypkg.nets)")
     reason = _denied(module)
     if reason:

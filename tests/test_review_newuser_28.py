@@ -66,7 +66,7 @@ def test_trust_given_an_arch_callable_names_its_module(tmp_path, monkeypatch):
     # `sparsekit trust mynet:CNN` (as --arch names it) said only "not a module name (e.g. mypkg.nets)".
     monkeypatch.setenv("SPARSEKIT_CONFIG_DIR", str(tmp_path / "config"))
     result = CliRunner().invoke(main, ["trust", "mynet:CNN"])
-    assert_bad_input(result, "mynet:CNN", "sparsekit trust mynet")
+    assert_bad_input(result, "mynet:CNN", "trust its module, 'mynet'")
 
 
 @pytest.mark.parametrize("command", ["inspect", "bench"])
