@@ -720,7 +720,10 @@ def _shape(value: str | None) -> list[int] | None:
     text = value.strip()
     if text.startswith("(") and text.endswith(")"):
         text = text[1:-1].strip().removesuffix(",")
-    parts = [v.strip() for v in text.strip("[]").replace("x", ",").split(",")]
+    text = text.strip("[]")
+    if "," not in text and "x" not in text:
+        text = ",".join(text.split())  # "1 1 8 8", as the recipe-list hint writes a shape split at spaces
+    parts = [v.strip() for v in text.replace("x", ",").split(",")]
     if not all(p.isascii() and p.isdigit() for p in parts):  # ASCII digits: '¹'.isdigit() is True, int('¹') raises
         raise click.BadParameter(
             f"{value!r}: expected comma-separated positive integers like 1,3,32,32", param_hint=_SHAPE_HINT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import assert_bad_input
@@ -107,3 +108,13 @@ def test_an_empty_list_where_items_are_needed_is_told_in_plain_words(tmp_path):
     recipe.write_text("version: 1\nbenchmark: {batch_sizes: []}\n")
     line = assert_bad_input(CliRunner().invoke(main, ["validate", str(recipe)]), "benchmark.batch_sizes")
     assert "must hold at least 1 item (got 0)" in line and "after validation" not in line
+
+
+@pytest.mark.parametrize("given", ["1 1 8 8", " 1  1 8 8 ", "[1 1 8 8]"])
+def test_an_input_shape_split_at_spaces_is_taken_as_1x1x8x8_is(given):
+    # `--input-shape "1 1 8 8"` was refused while 1x1x8x8 and [1,1,8,8] were taken (z1's find).
+    from sparsekit.cli import _shape
+
+    assert _shape(given) == [1, 1, 8, 8]
+    with pytest.raises(click.BadParameter):
+        _shape("1,,8")  # an empty dimension between commas is still refused

@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
         candidates = {k: v for k, v in candidates.items() if k in args.only}
     if args.no_candidates:
+        if args.only:
+            ap.error("--only chooses candidates to run and --no-candidates runs none: give one of them")
         candidates = {}
     unknown = [name for name in args.baseline_as if name not in CANDIDATES[args.model]]
     if unknown:
