@@ -263,13 +263,19 @@ def temp_prefix(name: str) -> str:
     return f".{cut}~{digest}."
 
 
+def temp_shape(name: str) -> re.Pattern[str]:
+    """The exact shape of a temp name tempfile made for ``name`` (:func:`temp_prefix`, its 8 random characters,
+    :data:`TEMP_SUFFIX`): what a clean-up may remove as sparsekit's own, and nothing else."""
+    return re.compile(re.escape(temp_prefix(name)) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
 def remove_killed_temps(path: str | os.PathLike[str], age: float = 3600.0) -> None:
     """Remove the temp files that writes of ``path`` killed before their rename (SIGKILL, a power cut) left beside
     it: ``.NAME.XXXXXXXX.sparsekit.tmp`` regular files over ``age`` seconds old (a live write's is seconds old). For
     the cache files any run may write at any time, where no lock says which writer is gone; nothing else removes
     them, so every kill left one more. Never raises."""
     path = Path(path)
-    shape = re.compile(re.escape(temp_prefix(path.name)) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    shape = temp_shape(path.name)
     with contextlib.suppress(OSError), os.scandir(path.parent) as found:
         for entry in found:
             if not shape.fullmatch(entry.name):

@@ -215,67 +215,42 @@ def run_seed(job: tuple[str, int, dict[str, list[str]], bool, str, list[str]]) -
     torch.manual_seed(seed)
     dense = arms.train_dense(getattr(models, setup["factory"])(), split, setup["dense_epochs"])
     rows = [{"seed": seed, "arm": "dense", "value": 0.0, "val_accuracy": arms.accuracy(dense, split, "val")}]
+
+    def row(arm: str, value: float, run: Any, *args: Any, **kwargs: Any) -> None:
+        """Run ``run(*args, **kwargs)`` (a pruned model), timed, and add its validation accuracy as ``arm``'s row."""
+        start = time.perf_counter()
+        pruned = run(*args, **kwargs)
+        rows.append(
+            {
+                "seed": seed,
+                "arm": arm,
+                "value": value,
+                "val_accuracy": arms.accuracy(pruned, split, "val"),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+
+    def baseline(recipe: Any, value: float, held_lr: bool = False) -> Any:
+        if setup["baseline"] == "torch":
+            return arms.run_torch_prune(dense, recipe, split, value, held_lr=held_lr)
+        return arms.run_torch_pruning(dense, recipe, split, setup["shape"], held_lr=held_lr)
+
     for value in setup["values"]:
         base = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}"])
         if with_baseline:
-            start = time.perf_counter()
-            if setup["baseline"] == "torch":
-                pruned = arms.run_torch_prune(dense, base, split, value)
-            else:
-                pruned = arms.run_torch_pruning(dense, base, split, setup["shape"])
-            rows.append(
-                {
-                    "seed": seed,
-                    "arm": setup["baseline"],
-                    "value": value,
-                    "val_accuracy": arms.accuracy(pruned, split, "val"),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+            row(setup["baseline"], value, baseline, base, value)
             if setup["baseline"] == "torch" and base.finetune.lr_schedule.hold_epochs:
-                start = time.perf_counter()
-                pruned = arms.run_torch_prune(dense, base, split, value, held_lr=True)
-                rows.append(
-                    {
-                        "seed": seed,
-                        "arm": "torch (held LR)",
-                        "value": value,
-                        "val_accuracy": arms.accuracy(pruned, split, "val"),
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
+                row("torch (held LR)", value, baseline, base, value, held_lr=True)
         for name in baseline_as:
             # The baseline with a candidate's fine-tuning settings (its finetune.* overrides, the schedule exactly as
             # the candidate's): whether what helps sparsekit's arm helps the baseline as well.
-            tuned = baseline_settings(model_name, name)
-            recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *tuned])
-            start = time.perf_counter()
-            if setup["baseline"] == "torch":
-                pruned = arms.run_torch_prune(dense, recipe, split, value, held_lr=True)
-            else:
-                pruned = arms.run_torch_pruning(dense, recipe, split, setup["shape"], held_lr=True)
-            rows.append(
-                {
-                    "seed": seed,
-                    "arm": f"{setup['baseline']}, {name.split(', ', 1)[-1]}",
-                    "value": value,
-                    "val_accuracy": arms.accuracy(pruned, split, "val"),
-                    "seconds": time.perf_counter() - start,
-                }
+            tuned = arms.shipped(
+                setup["recipe"], seed, [f"{setup['key']}={value}", *baseline_settings(model_name, name)]
             )
+            row(f"{setup['baseline']}, {name.split(', ', 1)[-1]}", value, baseline, tuned, value, held_lr=True)
         for name, overrides in candidates.items():
             recipe = arms.shipped(setup["recipe"], seed, [f"{setup['key']}={value}", *overrides])
-            start = time.perf_counter()
-            pruned = arms.run_sparsekit(dense, recipe, split)
-            rows.append(
-                {
-                    "seed": seed,
-                    "arm": name,
-                    "value": value,
-                    "val_accuracy": arms.accuracy(pruned, split, "val"),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+            row(name, value, arms.run_sparsekit, dense, recipe, split)
     return rows
 
 

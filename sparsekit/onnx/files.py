@@ -51,6 +51,7 @@ from sparsekit.fsutil import (
     near_file,
     sigint_deferred,
     temp_prefix,
+    temp_shape,
     text_start,
     unlock_folder,
     writing,
@@ -629,7 +630,7 @@ def _remove_dead_staging(final: Path) -> None:
     lock, that is not a folder of that exact name, or that lacks :data:`~sparsekit.fsutil.STAGING_MARK`
     (sparsekit did not make it) is left alone; but for an empty private one (0700, as mkdtemp makes it: a writer
     killed before its mark was written), which ``rmdir`` removes."""
-    shape = re.compile(re.escape(temp_prefix(final.name)) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    shape = temp_shape(final.name)
     try:
         entries = [e for e in os.scandir(final.parent) if shape.fullmatch(e.name)]
     except OSError:
